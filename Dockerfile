@@ -1,0 +1,20 @@
+# Sophia Gateway: slim image, non-root, serving the policy in /app/routing_policies.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    SOPHIA_HOST=0.0.0.0 SOPHIA_PORT=8080 SOPHIA_POLICY=/app/routing_policies/default.yaml
+COPY --from=build /install /usr/local
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin sophia
+WORKDIR /app
+COPY routing_policies ./routing_policies
+USER 10001
+EXPOSE 8080
+# SIGTERM drains in-flight requests (server.drain_grace_s) before exiting 0.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["sophia-gateway"]
+CMD ["serve"]

@@ -1,0 +1,111 @@
+"""The ``sophia-gateway`` command: serve, policy check/schema, fake-provider."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+
+from gateway import __version__
+from gateway.policy.loader import PolicyError, format_loc, load_policy, policy_json_schema
+from gateway.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    code: int = args.func(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sophia-gateway", description="OpenAI-compatible LLM gateway.")
+    parser.add_argument("--version", action="version", version=f"sophia-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--policy", help="policy file (default: $SOPHIA_POLICY or routing_policies/default.yaml)")
+    serve.add_argument("--host", help="address to bind (default: $SOPHIA_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default: $SOPHIA_PORT or 8080; 0 = any free port)")
+    serve.add_argument("--log-format", choices=("json", "text"), help="log line format (default: json)")
+    serve.set_defaults(func=_serve)
+
+    policy = sub.add_parser("policy", help="work with policy files")
+    policy_sub = policy.add_subparsers(dest="policy_command")
+    check = policy_sub.add_parser("check", help="validate a policy file")
+    check.add_argument("path")
+    check.set_defaults(func=_policy_check)
+    schema = policy_sub.add_parser("schema", help="print the policy JSON Schema")
+    schema.add_argument("--output", "-o", help="write to this file instead of stdout")
+    schema.set_defaults(func=_policy_schema)
+
+    from gateway.testing import fake_provider
+
+    fake = sub.add_parser("fake-provider", help="run a fake OpenAI-compatible provider with injectable faults")
+    fake_provider.add_arguments(fake)
+    fake.set_defaults(func=fake_provider.run)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.app import build_app
+    from gateway.observability.logging import configure_logging
+    from gateway.server import run
+
+    settings = Settings.from_env()
+    settings = replace(
+        settings,
+        policy_path=args.policy or settings.policy_path,
+        host=args.host or settings.host,
+        port=args.port if args.port is not None else settings.port,
+        log_format=args.log_format or settings.log_format,
+    )
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        policy = load_policy(settings.policy_path)
+    except PolicyError as exc:
+        print(f"sophia-gateway: cannot start, the policy is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    return run(build_app(settings, policy), settings.host, settings.port)
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{args.path}: {len(exc.problems)} error(s)", file=sys.stderr)
+        return 1
+    for name, provider in policy.providers.items():
+        env = provider.api_key_env
+        if env and not os.environ.get(env):
+            loc = format_loc(("providers", name, "api_key_env"))
+            print(f"warning: {args.path}: {loc}: {env} is not set here; its deployments will be skipped")
+    deployments = sum(len(g.deployments) for g in policy.models.values())
+    print(
+        f"{args.path}: ok ({len(policy.providers)} providers, {len(policy.models)} models, "
+        f"{deployments} deployments)"
+    )
+    return 0
+
+
+def _policy_schema(args: argparse.Namespace) -> int:
+    text = orjson.dumps(policy_json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

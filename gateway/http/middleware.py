@@ -1,0 +1,125 @@
+"""The request middleware: request id, error envelope, metrics and access log, in one pass.
+
+One middleware rather than four keeps the per-request overhead to a single coroutine frame.
+This is the only place with a broad ``except Exception``: whatever escapes a handler becomes an
+OpenAI-format 500 that says nothing about internals but gives the request id to quote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway import keys
+from gateway.errors import (
+    GatewayError,
+    HTTPStatusError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from gateway.http.responses import error_response
+
+log = logging.getLogger("gateway.http")
+access_log = logging.getLogger("gateway.access")
+
+_CLIENT_CLOSED = 499  # nginx's code for "client went away before the answer"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+def request_id_for(request: web.Request) -> str:
+    """The client's ``x-request-id`` if it is sane, else a new one."""
+    given = request.headers.get("x-request-id")
+    if given and _VALID_REQUEST_ID.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    app = request.app
+    metrics = app[keys.METRICS]
+    request[keys.REQUEST_ID] = rid = request_id_for(request)
+    started = time.perf_counter()
+    status = 500
+    metrics.in_flight.inc()
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except GatewayError as error:
+        status = error.http_status
+        return error_response(error)
+    except web.HTTPException as exc:
+        translated = _from_http_exception(exc, request)
+        status = translated.http_status
+        return error_response(translated)
+    except asyncio.CancelledError:
+        status = _CLIENT_CLOSED
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": request.path}})
+        status = 500
+        return error_response(InternalError(f"The gateway hit an internal error. Request id: {rid}."))
+    finally:
+        metrics.in_flight.dec()
+        _observe(request, status, time.perf_counter() - started)
+
+
+def _from_http_exception(exc: web.HTTPException, request: web.Request) -> GatewayError:
+    if exc.status == 413:
+        return PayloadTooLarge(request.app[keys.SETTINGS].max_body_bytes or 0)
+    if exc.status == 404:
+        return NotFound(f"Unknown path: {request.method} {request.path}.")
+    if exc.status == 405:
+        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+    return HTTPStatusError(exc.status, exc.reason)
+
+
+def _observe(request: web.Request, status: int, elapsed_s: float) -> None:
+    app = request.app
+    metrics = app[keys.METRICS]
+    resource = request.match_info.route.resource
+    endpoint = resource.canonical if resource is not None else "unmatched"
+    model = request.get(keys.REQUEST_MODEL, "")
+    target = request.get(keys.REQUEST_TARGET)
+    provider = target.provider if target is not None else ""
+    metrics.requests.labels(endpoint, model, provider, str(status)).inc()
+    if model:
+        metrics.request_duration.labels(endpoint, model, provider).observe(elapsed_s)
+    if app[keys.SETTINGS].access_log:
+        access_log.info(
+            "request",
+            extra={
+                "fields": {
+                    "request_id": request[keys.REQUEST_ID],
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "model": model,
+                    "provider": provider,
+                    "upstream_model": target.model if target is not None else "",
+                    "attempts": request.get(keys.REQUEST_ATTEMPTS, 0),
+                    "duration_ms": round(elapsed_s * 1000, 3),
+                }
+            },
+        )
+
+
+async def add_gateway_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: every response, error or stream, says its request id."""
+    rid = request.get(keys.REQUEST_ID)
+    if rid is not None:
+        response.headers["x-request-id"] = rid
+    target = request.get(keys.REQUEST_TARGET)
+    if target is not None:
+        response.headers["x-gateway-provider"] = target.provider
+        response.headers["x-gateway-model"] = target.model
+        response.headers["x-gateway-attempts"] = str(request.get(keys.REQUEST_ATTEMPTS, 1))

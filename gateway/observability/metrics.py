@@ -1,0 +1,88 @@
+"""Every Prometheus metric the gateway exports, defined once, on a registry owned by the app.
+
+Names follow the OpenTelemetry GenAI semantic conventions where one exists
+(``gen_ai.client.token.usage``, ``gen_ai.server.time_to_first_token``), else ``gateway_*`` with
+``_seconds`` / ``_total`` suffixes. Label values are bounded: model names come from the policy
+(an unknown model is recorded as ``unknown``), never from free client input, and no label or
+value ever holds a key.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Buckets for LLM calls: sub-millisecond cache hits up to multi-minute generations.
+_LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+)
+_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class GatewayMetrics:
+    """The gateway's metrics; one instance per app, reached through ``keys.METRICS``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "Client requests answered, by endpoint, model group, provider and HTTP status.",
+            ("endpoint", "model", "provider", "status_code"),
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request received to response finished (streams: to the last byte).",
+            ("endpoint", "model", "provider"),
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "gateway_requests_in_flight", "Client requests being handled now.", registry=r
+        )
+        self.upstream_requests = Counter(
+            "gateway_upstream_requests",
+            "Requests sent to providers, by provider, upstream model and outcome.",
+            ("provider", "upstream_model", "outcome"),
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Failed provider requests, by provider, upstream model and error class.",
+            ("provider", "upstream_model", "error_type"),
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time a provider took to answer (headers for streams, whole body otherwise).",
+            ("provider", "upstream_model"),
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Streams: time from request received to the first chunk sent to the client.",
+            ("gen_ai_request_model", "gen_ai_provider_name"),
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens per request as the provider reported them, by type (input, output).",
+            ("gen_ai_request_model", "gen_ai_provider_name", "gen_ai_token_type"),
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text exposition format."""
+        return generate_latest(self.registry)

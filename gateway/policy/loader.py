@@ -1,0 +1,207 @@
+"""Load a policy file: parse YAML raw, validate into a frozen ``Policy``, explain every problem.
+
+Each problem names the file, the line, the key path and, where we can guess one, a hint:
+``routing_policies/default.yaml:14: models.gpt-4o.deployments[1].provider: unknown provider 'azur'
+(hint: known providers: openai, local)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union, cast
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from gateway.policy.model import Policy, PolicyReferenceError
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyProblem:
+    """One thing wrong with a policy file."""
+
+    path: str
+    line: int | None
+    loc: Loc
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        key = f" {format_loc(self.loc)}:" if self.loc else ""
+        hint = f" (hint: {self.hint})" if self.hint else ""
+        return f"{where}:{key} {self.message}{hint}"
+
+
+class PolicyError(Exception):
+    """A policy file could not be loaded; ``problems`` says every reason."""
+
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate the policy at ``path``; raise ``PolicyError`` listing every problem."""
+    shown = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([PolicyProblem(shown, None, (), f"cannot read file: {exc.strerror}")]) from None
+    return parse_policy(text, shown)
+
+
+def parse_policy(text: str, shown_path: str = "<policy>") -> Policy:
+    """Validate policy YAML ``text``; ``shown_path`` is used in messages."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError([PolicyProblem(shown_path, line, (), f"invalid YAML: {reason}")]) from None
+    if not isinstance(raw, dict):
+        raise PolicyError(
+            [PolicyProblem(shown_path, 1, (), "the policy must be a mapping with version, providers, models")]
+        )
+    references = [
+        PolicyProblem(shown_path, _line_of(root, ref.loc), ref.loc, ref.message, ref.hint)
+        for ref in _broken_references(raw)
+    ]
+    try:
+        policy = Policy.model_validate(raw)
+    except ValidationError as exc:
+        raise PolicyError(references + _problems(exc, root, shown_path)) from None
+    if references:  # pragma: no cover - the model validator finds the same ones
+        raise PolicyError(references)
+    return policy
+
+
+def format_loc(loc: Loc) -> str:
+    """``("models", "gpt-4o", "deployments", 1)`` -> ``models.gpt-4o.deployments[1]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _problems(exc: ValidationError, root: yaml.Node | None, shown_path: str) -> list[PolicyProblem]:
+    problems = []
+    for err in exc.errors():
+        loc: Loc = tuple(err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        hint = _hint(err, loc)
+        if isinstance((err.get("ctx") or {}).get("error"), PolicyReferenceError):
+            continue  # reported by _broken_references, even when other fields are wrong too
+        if err["type"] == "extra_forbidden" and loc:
+            message = f"unknown key '{loc[-1]}'"
+        problems.append(PolicyProblem(shown_path, _line_of(root, loc), loc, message, hint))
+    return problems
+
+
+def _broken_references(raw: dict[Any, Any]) -> list[PolicyReferenceError]:
+    """Deployments naming a provider the file does not define (checked on the raw data, so they
+    are reported alongside any other problem rather than only once everything else is fixed)."""
+    providers = raw.get("providers")
+    models = raw.get("models")
+    if not isinstance(providers, dict) or not isinstance(models, dict):
+        return []
+    known = ", ".join(sorted(str(p) for p in providers))
+    out = []
+    for name, group in models.items():
+        deployments = group.get("deployments") if isinstance(group, dict) else None
+        for i, dep in enumerate(deployments if isinstance(deployments, list) else []):
+            provider = dep.get("provider") if isinstance(dep, dict) else None
+            if isinstance(provider, str) and provider not in providers:
+                out.append(
+                    PolicyReferenceError(
+                        ("models", str(name), "deployments", i, "provider"),
+                        f"unknown provider '{provider}'",
+                        f"known providers: {known}",
+                    )
+                )
+    return out
+
+
+def _hint(err: Any, loc: Loc) -> str | None:
+    kind = err["type"]
+    if kind == "extra_forbidden" and loc:
+        allowed = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        if close:
+            return f"did you mean '{close[0]}'?"
+        return f"allowed keys: {', '.join(allowed)}" if allowed else None
+    if kind == "missing":
+        return "add this key"
+    if kind == "literal_error":
+        expected = (err.get("ctx") or {}).get("expected")
+        return f"expected {expected}" if expected else None
+    return None
+
+
+def _fields_at(loc: Loc) -> list[str]:
+    """The field names the policy model allows at ``loc`` (empty when it is not a model)."""
+    current: Any = Policy
+    for part in loc:
+        current = _step(current, part)
+        if current is None:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _step(tp: Any, part: str | int) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _step(options[0], part) if options else None
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        field = tp.model_fields.get(str(part))
+        return field.annotation if field else None
+    if origin in (dict, list):
+        return typing.get_args(tp)[-1]
+    return None
+
+
+def _line_of(root: yaml.Node | None, loc: Loc) -> int | None:
+    """1-based line of the deepest node along ``loc`` (a missing key reports its parent)."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        node = _child(node, part)
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if str(key.value) == str(part):
+                # For an empty value the key itself is the thing to point at.
+                found: yaml.Node = value if not isinstance(value, yaml.ScalarNode) or value.value else key
+                return found
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        child: yaml.Node = node.value[part]
+        return child
+    return None
+
+
+def policy_json_schema() -> dict[str, Any]:
+    """JSON Schema of the policy format, for editors (``routing_policies/policy.schema.json``)."""
+    schema = Policy.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Sophia Gateway routing policy"
+    return schema

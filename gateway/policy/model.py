@@ -1,0 +1,156 @@
+"""The routing policy file, as pydantic models.
+
+These models are the single source of the policy format: ``policy.schema.json`` is generated from
+them (``sophia-gateway policy schema``), and ``loader.py`` validates YAML against them. Every model
+rejects unknown keys so a typo is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Weights(_Strict):
+    """Relative weight of each score term; they need not sum to 1 (they are normalised)."""
+
+    latency: float = Field(0.35, ge=0, description="Weight of the latency term (lower latency scores higher).")
+    quality: float = Field(0.40, ge=0, description="Weight of the quality term.")
+    reliability: float = Field(0.15, ge=0, description="Weight of the success-rate term.")
+    cost: float = Field(0.10, ge=0, description="Weight of the cost term (cheaper scores higher).")
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> Weights:
+        if self.latency + self.quality + self.reliability + self.cost <= 0:
+            raise ValueError("at least one weight must be above 0")
+        return self
+
+
+class Timeouts(_Strict):
+    """Upstream timeouts, in seconds."""
+
+    connect_s: float = Field(5.0, gt=0, description="Time to open a TCP/TLS connection.")
+    first_byte_s: float = Field(
+        60.0,
+        gt=0,
+        description="Time to wait for the response to start, and the longest gap between two "
+        "reads of a streamed body.",
+    )
+    total_s: float = Field(600.0, gt=0, description="Time for the whole request, streams included.")
+
+
+class Provider(_Strict):
+    """An upstream API endpoint and how to authenticate to it."""
+
+    kind: Literal["openai"] = Field(description="Wire format the provider speaks.")
+    base_url: str = Field(description="API root, e.g. https://api.openai.com/v1")
+    api_key_env: str | None = Field(
+        None,
+        description="Name of the environment variable holding the API key. The key itself never "
+        "goes in the policy file. Omit for providers without auth (a local vLLM or Ollama).",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra static headers sent on every upstream request."
+    )
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = Field(
+        256, ge=1, description="Most connections kept open to this provider at once."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            raise ValueError(
+                "must be the NAME of an environment variable (letters, digits, _), not the key itself"
+            )
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _no_auth_header(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name.lower() in {"authorization", "api-key", "x-api-key"}:
+                raise ValueError(f"'{name}' carries a secret: use api_key_env instead")
+        return value
+
+
+class Price(_Strict):
+    """Provider price in US dollars per million tokens."""
+
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+
+
+class Deployment(_Strict):
+    """One way to serve a model: a provider and the model name it knows."""
+
+    provider: str = Field(description="A key of `providers`.")
+    model: str = Field(min_length=1, description="The model name sent to the provider.")
+    price: Price = Price()
+    quality: float = Field(0.5, ge=0, le=1, description="Prior quality score, 0..1.")
+    context_window: int | None = Field(None, gt=0, description="Max tokens of context, if known.")
+
+
+class ModelGroup(_Strict):
+    """A model name clients send, and the deployments that can serve it."""
+
+    deployments: list[Deployment] = Field(min_length=1)
+    description: str | None = None
+
+
+class Server(_Strict):
+    """HTTP server settings that belong with the policy rather than the environment."""
+
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    drain_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+
+
+class Policy(_Strict):
+    """The whole policy file."""
+
+    version: Literal[1] = Field(description="Policy format version; only 1 exists.")
+    weights: Weights = Weights()
+    server: Server = Server()
+    providers: dict[str, Provider] = Field(min_length=1)
+    models: dict[str, ModelGroup] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _providers_exist(self) -> Policy:
+        known = sorted(self.providers)
+        for name, group in self.models.items():
+            for i, dep in enumerate(group.deployments):
+                if dep.provider not in self.providers:
+                    raise PolicyReferenceError(
+                        ("models", name, "deployments", i, "provider"),
+                        f"unknown provider '{dep.provider}'",
+                        f"known providers: {', '.join(known)}",
+                    )
+        return self
+
+
+class PolicyReferenceError(ValueError):
+    """A cross-reference inside the policy is broken; carries the key path it is at."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str, hint: str) -> None:
+        super().__init__(f"{message} ({hint})")
+        self.loc = loc
+        self.message = message
+        self.hint = hint

@@ -1,0 +1,146 @@
+"""The proxy service: one OpenAI call in, one routed provider call out.
+
+Handlers give it a parsed body; it validates the fields the gateway interprets, asks the router
+to run the call with failover, and hands back either a complete JSON body or a live stream whose
+first chunk has already arrived (so a provider that fails before its first byte is failed over
+without the client noticing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+import orjson
+
+from gateway.errors import UpstreamBadResponse
+from gateway.observability.metrics import GatewayMetrics
+from gateway.providers.base import Endpoint, StreamTranslator
+from gateway.providers.transport import UpstreamResponse
+from gateway.routing.router import Router, Target
+from gateway.wire.requests import (
+    ChatCompletionHead,
+    CompletionHead,
+    EmbeddingHead,
+    JSONObject,
+    validate_head,
+)
+
+_HEADS: dict[Endpoint, type[ChatCompletionHead | CompletionHead | EmbeddingHead]] = {
+    Endpoint.CHAT: ChatCompletionHead,
+    Endpoint.COMPLETIONS: CompletionHead,
+    Endpoint.EMBEDDINGS: EmbeddingHead,
+}
+_USAGE_TAIL_BYTES = 8192
+
+
+@dataclass(slots=True)
+class StreamReply:
+    """A provider stream in OpenAI SSE format; ``first`` has been read already."""
+
+    first: bytes
+    response: UpstreamResponse
+    translator: StreamTranslator | None
+    _tail: bytearray = field(default_factory=bytearray)
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """Every chunk, the first included, as it arrives; keeps a tail to read usage from."""
+        translator = self.translator
+        try:
+            yield self._keep(self.first)
+            async for chunk in self.response.chunks():
+                out = translator.feed(chunk) if translator is not None else chunk
+                if out:
+                    yield self._keep(out)
+        finally:
+            self.response.close()
+
+    def usage(self) -> JSONObject | None:
+        """The usage object of the stream's last usage-bearing event, if the provider sent one."""
+        text = bytes(self._tail)
+        for event in reversed(text.split(b"\n\n")):
+            line = event.strip()
+            if not line.startswith(b"data:") or b'"usage"' not in line:
+                continue
+            try:
+                usage = orjson.loads(line[5:]).get("usage")
+            except (orjson.JSONDecodeError, AttributeError):
+                continue
+            if isinstance(usage, dict):
+                return usage
+        return None
+
+    def _keep(self, chunk: bytes) -> bytes:
+        self._tail += chunk
+        if len(self._tail) > 2 * _USAGE_TAIL_BYTES:
+            del self._tail[:-_USAGE_TAIL_BYTES]
+        return chunk
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a proxied call produced: exactly one of ``body`` and ``stream`` is set."""
+
+    target: Target
+    attempts: int
+    body: bytes | None = None
+    stream: StreamReply | None = None
+
+
+class Proxy:
+    """Validates, routes and sends OpenAI calls."""
+
+    def __init__(self, router: Router, metrics: GatewayMetrics) -> None:
+        self._router = router
+        self._metrics = metrics
+
+    async def call(self, endpoint: Endpoint, body: JSONObject) -> Reply:
+        """Serve ``body`` on ``endpoint``; raise a ``GatewayError`` the client should see."""
+        head = validate_head(_HEADS[endpoint], body)
+        model = head.model
+        if getattr(head, "stream", False):
+            routed_stream = await self._router.call(model, lambda t: self._open_stream(t, endpoint, body))
+            return Reply(routed_stream.target, routed_stream.attempts, stream=routed_stream.value)
+        routed = await self._router.call(model, lambda t: self._fetch(t, endpoint, body))
+        return Reply(routed.target, routed.attempts, body=routed.value)
+
+    async def _fetch(self, target: Target, endpoint: Endpoint, body: JSONObject) -> bytes:
+        adapter = target.client.adapter
+        response = await target.client.send(adapter.build_request(endpoint, body, target.model))
+        try:
+            raw, parsed = await response.json()
+        finally:
+            response.close()
+        translated = adapter.translate_response(endpoint, parsed)
+        if translated is None:
+            self.record_usage(target, parsed.get("usage"))
+            return raw  # already OpenAI format: forward the provider's bytes as they are
+        self.record_usage(target, translated.get("usage"))
+        return orjson.dumps(translated)
+
+    async def _open_stream(self, target: Target, endpoint: Endpoint, body: JSONObject) -> StreamReply:
+        adapter = target.client.adapter
+        response = await target.client.send(adapter.build_request(endpoint, body, target.model))
+        try:
+            translator = adapter.stream_translator(endpoint)
+            async for chunk in response.chunks():
+                first = translator.feed(chunk) if translator is not None else chunk
+                if first:
+                    return StreamReply(first, response, translator)
+        except BaseException:
+            response.close()
+            raise
+        response.close()
+        raise UpstreamBadResponse(f"{target.provider}: provider ended the stream without data", provider=target.provider)
+
+    def record_usage(self, target: Target, usage: object) -> None:
+        """Export the token counts a provider reported (no-op when it reported none)."""
+        if not isinstance(usage, dict):
+            return
+        hist = self._metrics.token_usage
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            hist.labels(target.model, target.provider, "input").observe(prompt)
+        if isinstance(completion, int):
+            hist.labels(target.model, target.provider, "output").observe(completion)
+

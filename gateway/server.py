@@ -1,0 +1,65 @@
+"""Run the gateway process: bind, serve, and drain on SIGTERM/SIGINT.
+
+On a signal the gateway stops accepting connections, reports not-ready, lets in-flight requests
+(streams included) finish for up to the drain grace period, closes provider sessions and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+from gateway import keys
+
+log = logging.getLogger("gateway.server")
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop where it is installed (Linux), else asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def run(app: web.Application, host: str, port: int) -> int:
+    """Serve ``app`` until SIGTERM or SIGINT, then drain; return the exit code."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(_serve(app, host, port))
+
+
+async def _serve(app: web.Application, host: str, port: int) -> int:
+    settings = app[keys.SETTINGS]
+    grace_s = settings.drain_grace_s if settings.drain_grace_s is not None else 30.0
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=grace_s)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024, shutdown_timeout=grace_s)
+        await site.start()
+        bound = ", ".join(f"http://{h}:{p}" for h, p in _bound_addresses(runner))
+        log.info("listening", extra={"fields": {"address": bound, "policy": settings.policy_path}})
+        print(f"sophia-gateway listening on {bound}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        app[keys.LIFECYCLE].draining = True
+        log.info("draining", extra={"fields": {"grace_s": grace_s}})
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def _bound_addresses(runner: web.AppRunner) -> list[tuple[str, int]]:
+    out = []
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            out.append((str(address[0]), int(address[1])))
+    return out

@@ -1,0 +1,294 @@
+"""The OpenAI wire shapes the fake provider speaks: read requests, build response bodies. No I/O.
+
+Everything here is deterministic: the reply to a request depends only on the request (and the
+configured fixed reply), embeddings only on the input text, so tests can assert exact values.
+Tokens are whitespace-separated words, for usage counts and for stream chunks alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeGuard
+
+import orjson
+
+DONE = b"data: [DONE]\n\n"
+# 200 with a JSON content type but a body cut off mid-object, as a crashing upstream proxy might send.
+MALFORMED = b'{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{"index": 0, "mess'
+
+# A token is a word with the whitespace before it, so joining the tokens gives the text back.
+_TOKEN = re.compile(r"\s*\S+")
+
+
+class WireError(ValueError):
+    """A request the fake provider refuses with 400, naming the offending parameter."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """What a chat or text completion request asks for, as far as the fake provider cares."""
+
+    model: str
+    prompt: str  # the text the default reply echoes: the last user message, or the prompt
+    prompt_tokens: int
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    model: str
+    inputs: tuple[str, ...]
+    prompt_tokens: int
+    dimensions: int | None
+    as_base64: bool
+
+
+def error_body(message: str, error_type: str, code: str | None = None, param: str | None = None) -> bytes:
+    """An OpenAI error envelope."""
+    return orjson.dumps({"error": {"message": message, "type": error_type, "param": param, "code": code}})
+
+
+def sse(event: object) -> bytes:
+    """One server-sent event carrying ``event`` as JSON."""
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def parse_chat(body: dict[str, object]) -> Generation:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise WireError("'messages' must be a non-empty array", "messages")
+    last_user = ""
+    words = 0
+    for message in messages:
+        if not isinstance(message, dict):
+            raise WireError("each message must be an object", "messages")
+        text = _content_text(message.get("content"))
+        words += len(text.split())
+        if message.get("role") == "user":
+            last_user = text
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    return Generation(
+        _model(body), last_user, words, _flag(body, "stream"), _include_usage(body), _limit(limit)
+    )
+
+
+def parse_completion(body: dict[str, object]) -> Generation:
+    prompt = body.get("prompt")
+    # A list of prompts is answered as one: the fake provider always returns a single choice.
+    if isinstance(prompt, list):
+        prompt = " ".join(p for p in prompt if isinstance(p, str))
+    if not isinstance(prompt, str):
+        raise WireError("'prompt' must be a string or an array of strings", "prompt")
+    return Generation(
+        _model(body),
+        prompt,
+        len(prompt.split()),
+        _flag(body, "stream"),
+        _include_usage(body),
+        _limit(body.get("max_tokens")),
+    )
+
+
+def parse_embeddings(body: dict[str, object]) -> EmbeddingRequest:
+    raw = body.get("input")
+    if isinstance(raw, str) or _is_token_array(raw):
+        raw = [raw]  # one input
+    if not isinstance(raw, list) or not raw or not all(isinstance(i, str) or _is_token_array(i) for i in raw):
+        raise WireError("'input' must be a string, an array of strings or an array of token arrays", "input")
+    # Token arrays are embedded by their JSON text and count one token per id.
+    inputs = tuple(i if isinstance(i, str) else orjson.dumps(i).decode() for i in raw)
+    tokens = sum(len(i.split()) if isinstance(i, str) else len(i) for i in raw)
+    dimensions = body.get("dimensions")
+    if dimensions is not None and not (_is_int(dimensions) and 1 <= dimensions <= 65536):
+        raise WireError("'dimensions' must be an integer from 1 to 65536", "dimensions")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise WireError("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+    return EmbeddingRequest(_model(body), inputs, tokens, dimensions, encoding == "base64")
+
+
+def reply_tokens(text: str, max_tokens: int | None) -> tuple[list[str], str]:
+    """The reply's tokens (joined, they give the reply) and its finish reason."""
+    tokens = _TOKEN.findall(text)
+    if max_tokens is not None and len(tokens) > max_tokens:
+        return tokens[:max_tokens], "length"
+    return tokens, "stop"
+
+
+class ReplyFormat(Protocol):
+    """Renders one reply as a whole body or as stream events (chat or text completion)."""
+
+    def whole(self, tokens: Sequence[str], finish_reason: str, usage: Usage) -> bytes: ...
+    def opening(self) -> bytes | None: ...
+    def token(self, text: str) -> bytes: ...
+    def closing(self, finish_reason: str) -> bytes: ...
+    def usage(self, usage: Usage) -> bytes: ...
+
+
+class ChatFormat:
+    """``chat.completion`` and ``chat.completion.chunk`` objects."""
+
+    __slots__ = ("_head",)
+
+    def __init__(self, serial: int, model: str) -> None:
+        self._head = {"id": f"chatcmpl-fake{serial:08x}", "created": int(time.time()), "model": model}
+
+    def whole(self, tokens: Sequence[str], finish_reason: str, usage: Usage) -> bytes:
+        message = {"role": "assistant", "content": "".join(tokens), "refusal": None}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+        return orjson.dumps(
+            {**self._head, "object": "chat.completion", "choices": [choice], "usage": usage.as_dict()}
+        )
+
+    def opening(self) -> bytes:
+        return self._chunk({"role": "assistant", "content": ""}, None)
+
+    def token(self, text: str) -> bytes:
+        return self._chunk({"content": text}, None)
+
+    def closing(self, finish_reason: str) -> bytes:
+        return self._chunk({}, finish_reason)
+
+    def usage(self, usage: Usage) -> bytes:
+        return sse({**self._head, "object": "chat.completion.chunk", "choices": [], "usage": usage.as_dict()})
+
+    def _chunk(self, delta: dict[str, str], finish_reason: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return sse({**self._head, "object": "chat.completion.chunk", "choices": [choice]})
+
+
+class CompletionFormat:
+    """``text_completion`` objects, whole and streamed (the legacy completions API)."""
+
+    __slots__ = ("_head",)
+
+    def __init__(self, serial: int, model: str) -> None:
+        self._head = {
+            "id": f"cmpl-fake{serial:08x}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+        }
+
+    def whole(self, tokens: Sequence[str], finish_reason: str, usage: Usage) -> bytes:
+        choice = {"index": 0, "text": "".join(tokens), "logprobs": None, "finish_reason": finish_reason}
+        return orjson.dumps({**self._head, "choices": [choice], "usage": usage.as_dict()})
+
+    def opening(self) -> None:
+        return None  # text completions have no role chunk
+
+    def token(self, text: str) -> bytes:
+        return self._chunk(text, None)
+
+    def closing(self, finish_reason: str) -> bytes:
+        return self._chunk("", finish_reason)
+
+    def usage(self, usage: Usage) -> bytes:
+        return sse({**self._head, "choices": [], "usage": usage.as_dict()})
+
+    def _chunk(self, text: str, finish_reason: str | None) -> bytes:
+        return sse(
+            {
+                **self._head,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+            }
+        )
+
+
+def embeddings_body(request: EmbeddingRequest, default_dim: int) -> bytes:
+    """A ``list`` of embeddings, as floats or base64 of little-endian float32."""
+    dim = request.dimensions or default_dim
+    data = []
+    for index, text in enumerate(request.inputs):
+        packed = embedding_bytes(text, dim)
+        vector: object = (
+            base64.b64encode(packed).decode()
+            if request.as_base64
+            else list(struct.unpack(f"<{dim}f", packed))
+        )
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    usage = {"prompt_tokens": request.prompt_tokens, "total_tokens": request.prompt_tokens}
+    return orjson.dumps({"object": "list", "data": data, "model": request.model, "usage": usage})
+
+
+def embedding_bytes(text: str, dim: int) -> bytes:
+    """A unit-length vector of ``dim`` little-endian float32 derived from a hash of ``text``."""
+    raw = struct.unpack(f"<{dim}i", hashlib.shake_256(text.encode()).digest(4 * dim))
+    norm = sum(x * x for x in raw) ** 0.5 or 1.0
+    return struct.pack(f"<{dim}f", *(x / norm for x in raw))
+
+
+def models_body(names: Sequence[str]) -> bytes:
+    return orjson.dumps({"object": "list", "data": [model_object(name) for name in names]})
+
+
+def model_object(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "sophia-fake-provider"}
+
+
+def _content_text(content: object) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""  # None (assistant tool calls) or anything else carries no text
+
+
+def _model(body: dict[str, object]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise WireError("you must provide a model parameter", "model")
+    return model
+
+
+def _flag(body: dict[str, object], name: str) -> bool:
+    return body.get(name) is True
+
+
+def _include_usage(body: dict[str, object]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _limit(value: object) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or value < 1:
+        raise WireError("'max_tokens' must be a positive integer", "max_tokens")
+    return value
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_token_array(value: object) -> TypeGuard[list[int]]:
+    return isinstance(value, list) and bool(value) and all(_is_int(t) for t in value)

@@ -1,0 +1,167 @@
+"""Every error path answers in OpenAI's envelope with the right status, and never leaks a key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.error
+import urllib.request
+
+import aiohttp
+import openai
+import pytest
+
+from tests.e2e.conftest import MAX_BODY_BYTES, PROVIDER_KEY, Stack
+from tests.e2e.test_openai_api import client
+
+
+def post_raw(stack: Stack, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:  # type: ignore[type-arg]
+    req = urllib.request.Request(
+        stack.url + path, data=body, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read())
+
+
+def assert_envelope(payload: dict) -> dict:  # type: ignore[type-arg]
+    error = payload["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    return error  # type: ignore[no-any-return]
+
+
+def test_malformed_json_is_400(stack: Stack) -> None:
+    status, headers, payload = post_raw(stack, "/v1/chat/completions", b'{"model": "chat", "messages": [')
+    assert status == 400
+    error = assert_envelope(payload)
+    assert error["type"] == "invalid_request_error" and "not valid JSON" in error["message"]
+    assert headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "chat"}, "messages"),
+        ({"model": "chat", "messages": []}, "messages"),
+        ({"model": "chat", "messages": [{"content": "no role"}]}, "messages[0].role"),
+        ({"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+    ],
+)
+def test_missing_or_invalid_field_is_400_naming_it(stack: Stack, body: dict, param: str) -> None:  # type: ignore[type-arg]
+    status, _, payload = post_raw(stack, "/v1/chat/completions", json.dumps(body).encode())
+    assert status == 400
+    error = assert_envelope(payload)
+    assert error["param"] == param and f"'{param}'" in error["message"]
+
+
+def test_sdk_sees_bad_request(stack: Stack) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client(stack).embeddings.create(model="embed", input=None)  # type: ignore[arg-type]
+    assert err.value.status_code == 400 and "input" in err.value.message
+
+
+def test_unknown_model_is_404_naming_it(stack: Stack) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        client(stack).chat.completions.create(model="gpt-17", messages=[{"role": "user", "content": "x"}])
+    assert "gpt-17" in err.value.message
+    assert err.value.code == "model_not_found"
+
+
+def test_body_over_limit_is_413(stack: Stack) -> None:
+    big = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "x" * (MAX_BODY_BYTES + 10)}]})
+    status, _, payload = post_raw(stack, "/v1/chat/completions", big.encode())
+    assert status == 413
+    assert assert_envelope(payload)["code"] == "request_too_large"
+
+
+async def test_chunked_body_over_limit_is_413(stack: Stack) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(MAX_BODY_BYTES // 1024 + 4):
+            yield b"x" * 1024
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(stack.url + "/v1/chat/completions", data=chunks()) as resp:
+            assert resp.status == 413
+            assert_envelope(await resp.json())
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "sdk_error"),
+    [
+        ("failing-chat", 502, openai.APIStatusError),
+        ("malformed-chat", 502, openai.APIStatusError),
+        ("dead-chat", 502, openai.APIStatusError),
+        ("unavailable-chat", 503, openai.APIStatusError),
+        ("hanging-chat", 504, openai.APIStatusError),
+    ],
+)
+def test_upstream_failures(stack: Stack, model: str, status: int, sdk_error: type[Exception]) -> None:
+    with pytest.raises(sdk_error) as err:
+        client(stack).chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == status  # type: ignore[attr-defined]
+    body = err.value.body  # type: ignore[attr-defined]
+    assert isinstance(body, dict) and body["message"]
+    assert "Traceback" not in body["message"]
+    assert err.value.response.headers["x-request-id"]  # type: ignore[attr-defined]
+
+
+def test_upstream_429_passes_retry_after(stack: Stack) -> None:
+    with pytest.raises(openai.RateLimitError) as err:
+        client(stack).chat.completions.create(model="ratelimited-chat", messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 429
+    assert err.value.response.headers["retry-after"] == "7"
+
+
+def test_missing_provider_key_is_503_naming_the_variable(stack: Stack) -> None:
+    with pytest.raises(openai.APIStatusError) as err:
+        client(stack).chat.completions.create(model="nokey-chat", messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 503
+    assert "E2E_KEY_THAT_IS_NOT_SET" in err.value.message
+
+
+def test_unknown_path_and_method(stack: Stack) -> None:
+    status, _, payload = post_raw(stack, "/v1/nothing-here", b"{}")
+    assert status == 404 and assert_envelope(payload)["type"] == "invalid_request_error"
+    req = urllib.request.Request(stack.url + "/v1/chat/completions", method="GET")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=5)
+    assert err.value.code == 405
+    assert_envelope(json.loads(err.value.read()))
+
+
+async def test_client_disconnect_cancels_the_upstream_request(stack: Stack) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(asyncio.TimeoutError):
+            await session.post(
+                stack.url + "/v1/chat/completions",
+                json={"model": "hanging-chat", "messages": [{"role": "user", "content": "x"}]},
+                timeout=aiohttp.ClientTimeout(total=0.3),
+            )
+        # The gateway notices the client left (499) well before its own 1.5 s upstream timeout.
+        for _ in range(50):
+            async with session.get(stack.url + "/metrics") as resp:
+                text = await resp.text()
+            if re.search(r'gateway_requests_total\{[^}]*model="hanging-chat"[^}]*status_code="499"', text):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("no 499 recorded for the abandoned request")
+
+
+def test_provider_key_never_leaks(stack: Stack) -> None:
+    c = client(stack)
+    c.chat.completions.create(model="keyed-chat", messages=[{"role": "user", "content": "x"}])
+    for model in ("failing-chat", "dead-chat", "nokey-chat"):
+        with pytest.raises(openai.APIStatusError) as err:
+            c.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+        assert PROVIDER_KEY not in err.value.response.text
+    with urllib.request.urlopen(stack.url + "/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    assert "gateway_requests_total" in metrics
+    assert PROVIDER_KEY not in metrics
+    assert PROVIDER_KEY not in stack.gateway.output

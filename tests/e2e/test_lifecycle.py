@@ -1,0 +1,136 @@
+"""Process behaviour: SIGTERM drain, health, metrics, and the policy CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.e2e.conftest import Stack, policy_text, start_gateway
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_health_endpoints(stack: Stack) -> None:
+    assert get(stack.url + "/health/live")[0] == 200
+    status, body = get(stack.url + "/health/ready")
+    assert status == 200
+    ready = json.loads(body)
+    assert ready["models"]["chat"] == "ok" and ready["models"]["nokey-chat"] == "no provider key set"
+
+
+def test_metrics_by_model_provider_status(stack: Stack) -> None:
+    c = openai.OpenAI(base_url=stack.api, api_key="k", max_retries=0)
+    c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "count me"}])
+    with pytest.raises(openai.APIStatusError):
+        c.chat.completions.create(model="failing-chat", messages=[{"role": "user", "content": "x"}])
+    _, raw = get(stack.url + "/metrics")
+    text = raw.decode()
+    assert re.search(
+        r'gateway_requests_total\{endpoint="/v1/chat/completions",model="chat",provider="healthy",status_code="200"\} [1-9]',
+        text,
+    )
+    assert re.search(
+        r'gateway_request_duration_seconds_count\{endpoint="/v1/chat/completions",model="chat",provider="healthy"\} [1-9]', text
+    )
+    assert re.search(
+        r'gateway_upstream_errors_total\{provider="failing",upstream_model="bad",error_type="UpstreamStatusError"\} [1-9]', text
+    )
+    assert re.search(r'gen_ai_client_token_usage_count\{[^}]*gen_ai_token_type="output"[^}]*\} [1-9]', text)
+
+
+def test_sigterm_drains_an_in_flight_stream(stack: Stack, tmp_path: Path) -> None:
+    policy = tmp_path / "drain.yaml"
+    policy.write_text(policy_text(stack.fakes, 9))
+    gateway = start_gateway(policy)
+    try:
+        c = openai.OpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=0, timeout=20)
+        stream = c.chat.completions.create(model="slow-stream", messages=[{"role": "user", "content": "x"}], stream=True)
+        pieces: list[str] = []
+        iterator = iter(stream)
+        first = next(iterator)  # the stream is under way (about 1 s more to go) ...
+        pieces.append(first.choices[0].delta.content or "")
+        gateway.signal()  # ... when the gateway is told to stop
+        exited: list[int] = []
+        waiter = threading.Thread(target=lambda: exited.append(gateway.wait(30)))
+        waiter.start()
+        time.sleep(0.2)
+        # While draining it accepts no new connections.
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(gateway.url + "/health/live", timeout=2)
+        for chunk in iterator:
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+        waiter.join(30)
+    finally:
+        code = gateway.stop()
+    assert "".join(pieces).strip() == "one two three four five six seven eight nine ten"
+    assert exited == [0] and code == 0
+
+
+def test_default_policy_without_keys_starts_and_names_the_variable() -> None:
+    env = {"OPENAI_API_KEY": "", "OPENROUTER_API_KEY": "", "GROQ_API_KEY": ""}
+    gateway = start_gateway(REPO / "routing_policies" / "default.yaml", env=env)
+    try:
+        c = openai.OpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=0)
+        assert "gpt-4o-mini" in [m.id for m in c.models.list()]
+        with pytest.raises(openai.APIStatusError) as err:
+            c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        assert err.value.status_code == 503
+        assert "OPENAI_API_KEY" in err.value.message and "OPENROUTER_API_KEY" in err.value.message
+    finally:
+        assert gateway.stop() == 0
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_policy_check_reports_each_error_with_location(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "version: 1\n"
+        "providers:\n"
+        "  openai: {kind: openai, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY}\n"
+        "models:\n"
+        "  gpt-4o:\n"
+        "    deployments:\n"
+        "      - {provider: openai, model: gpt-4o}\n"
+        "      - {provider: azur, model: gpt-4o, quailty: 0.3}\n"
+    )
+    result = run_cli("policy", "check", str(broken))
+    assert result.returncode == 1
+    err = result.stderr
+    assert f"{broken}:8: models.gpt-4o.deployments[1].provider: unknown provider 'azur' (hint: known providers: openai)" in err
+    assert f"{broken}:8: models.gpt-4o.deployments[1].quailty: unknown key 'quailty' (hint: did you mean 'quality'?)" in err
+
+
+def test_policy_check_accepts_shipped_policies() -> None:
+    for name in ("default.yaml", "demo.yaml"):
+        result = run_cli("policy", "check", f"routing_policies/{name}")
+        assert result.returncode == 0, result.stderr
+        assert "ok (" in result.stdout
+
+
+def test_shipped_schema_is_current() -> None:
+    result = run_cli("policy", "schema")
+    assert result.returncode == 0
+    shipped = (REPO / "routing_policies" / "policy.schema.json").read_text()
+    assert json.loads(result.stdout) == json.loads(shipped), "run: sophia-gateway policy schema -o routing_policies/policy.schema.json"
