@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.results import write_section
-from gateway.testing.process import start
+from benchmarks.results import write_section  # noqa: E402
+from gateway.testing.process import start  # noqa: E402
 
 BODY = '{"model": "%s", "messages": [{"role": "user", "content": "Say something short about gateways."}]}'
 WRK_SCRIPT = """
@@ -54,7 +54,19 @@ def ensure_wrk() -> str:
 def run_wrk(wrk: str, url: str, model: str, connections: int, duration_s: int, cpu: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT % (BODY % model))
-    cmd = ["taskset", "-c", str(cpu), wrk, "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", script.name, url]
+    cmd = [
+        "taskset",
+        "-c",
+        str(cpu),
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        "-s",
+        script.name,
+        url,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -83,8 +95,8 @@ def main() -> int:
     fake = start(["fake-provider", "--port", "0"], cpu=1)
     policy = Path(tempfile.mkdtemp()) / "bench.yaml"
     policy.write_text(
-        "version: 1\nproviders:\n  fake: {kind: openai, base_url: %s/v1}\n"
-        "models:\n  bench: {deployments: [{provider: fake, model: fake-model}]}\n" % fake.url
+        f"version: 1\nproviders:\n  fake: {{kind: openai, base_url: {fake.url}/v1}}\n"
+        "models:\n  bench: {deployments: [{provider: fake, model: fake-model}]}\n"
     )
     gateway = start(["serve", "--policy", str(policy), "--port", "0"], cpu=0, env={"SOPHIA_ACCESS_LOG": "0"})
     results: dict[str, dict[str, float]] = {}
@@ -113,7 +125,9 @@ def main() -> int:
     ]
     for key, r in results.items():
         name, conc = key.split("_c")
-        lines.append(f"| {name} | {conc} | {r['rps']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['non_2xx']:.0f} |")
+        lines.append(
+            f"| {name} | {conc} | {r['rps']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['non_2xx']:.0f} |"
+        )
     lines += [
         "",
         f"- Gateway requests/s at concurrency 16: **{g16['rps']:.0f}** (target >= 3,000 on one core): "

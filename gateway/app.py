@@ -26,11 +26,15 @@ def build_app(settings: Settings, policy: Policy, env: Mapping[str, str] | None 
     settings = replace(
         settings,
         max_body_bytes=settings.max_body_bytes or policy.server.max_body_bytes,
-        drain_grace_s=settings.drain_grace_s if settings.drain_grace_s is not None else policy.server.drain_grace_s,
+        drain_grace_s=settings.drain_grace_s
+        if settings.drain_grace_s is not None
+        else policy.server.drain_grace_s,
     )
     metrics = GatewayMetrics()
     clients = {
-        name: ProviderClient(name, cfg, adapter_for(cfg.kind), environ.get(cfg.api_key_env) if cfg.api_key_env else None)
+        name: ProviderClient(
+            name, cfg, adapter_for(cfg.kind), environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        )
         for name, cfg in policy.providers.items()
     }
     router = Router(policy, clients, metrics)

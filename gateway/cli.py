@@ -32,9 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--policy", help="policy file (default: $SOPHIA_POLICY or routing_policies/default.yaml)")
+    serve.add_argument(
+        "--policy", help="policy file (default: $SOPHIA_POLICY or routing_policies/default.yaml)"
+    )
     serve.add_argument("--host", help="address to bind (default: $SOPHIA_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default: $SOPHIA_PORT or 8080; 0 = any free port)")
+    serve.add_argument(
+        "--port", type=int, help="port to bind (default: $SOPHIA_PORT or 8080; 0 = any free port)"
+    )
     serve.add_argument("--log-format", choices=("json", "text"), help="log line format (default: json)")
     serve.set_defaults(func=_serve)
 
@@ -49,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
     from gateway.testing import fake_provider
 
-    fake = sub.add_parser("fake-provider", help="run a fake OpenAI-compatible provider with injectable faults")
+    fake = sub.add_parser(
+        "fake-provider", help="run a fake OpenAI-compatible provider with injectable faults"
+    )
     fake_provider.add_arguments(fake)
     fake.set_defaults(func=fake_provider.run)
     return parser
@@ -99,7 +105,9 @@ def _policy_check(args: argparse.Namespace) -> int:
 
 
 def _policy_schema(args: argparse.Namespace) -> int:
-    text = orjson.dumps(policy_json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
+    text = (
+        orjson.dumps(policy_json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
+    )
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:

@@ -131,7 +131,9 @@ class Proxy:
             response.close()
             raise
         response.close()
-        raise UpstreamBadResponse(f"{target.provider}: provider ended the stream without data", provider=target.provider)
+        raise UpstreamBadResponse(
+            f"{target.provider}: provider ended the stream without data", provider=target.provider
+        )
 
     def record_usage(self, target: Target, usage: object) -> None:
         """Export the token counts a provider reported (no-op when it reported none)."""
@@ -143,4 +145,3 @@ class Proxy:
             hist.labels(target.model, target.provider, "input").observe(prompt)
         if isinstance(completion, int):
             hist.labels(target.model, target.provider, "output").observe(completion)
-

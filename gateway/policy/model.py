@@ -22,7 +22,9 @@ class _Strict(BaseModel):
 class Weights(_Strict):
     """Relative weight of each score term; they need not sum to 1 (they are normalised)."""
 
-    latency: float = Field(0.35, ge=0, description="Weight of the latency term (lower latency scores higher).")
+    latency: float = Field(
+        0.35, ge=0, description="Weight of the latency term (lower latency scores higher)."
+    )
     quality: float = Field(0.40, ge=0, description="Weight of the quality term.")
     reliability: float = Field(0.15, ge=0, description="Weight of the success-rate term.")
     cost: float = Field(0.10, ge=0, description="Weight of the cost term (cheaper scores higher).")

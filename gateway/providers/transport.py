@@ -77,7 +77,9 @@ class ProviderClient:
         self._api_key = api_key
         self._session: aiohttp.ClientSession | None = None
         t = config.timeouts
-        self._timeout = aiohttp.ClientTimeout(total=t.total_s, sock_connect=t.connect_s, sock_read=t.first_byte_s)
+        self._timeout = aiohttp.ClientTimeout(
+            total=t.total_s, sock_connect=t.connect_s, sock_read=t.first_byte_s
+        )
 
     @property
     def configured(self) -> bool:
@@ -115,7 +117,9 @@ class ProviderClient:
             raise UpstreamConnectError(f"{self.name}: client not started", provider=self.name)
         headers = _JSON_HEADERS if request.headers is None else {**_JSON_HEADERS, **request.headers}
         async with self.translated_errors():
-            raw = await self._session.post(self.config.base_url + request.path, data=request.body, headers=headers)
+            raw = await self._session.post(
+                self.config.base_url + request.path, data=request.body, headers=headers
+            )
             if raw.status < 300:
                 return UpstreamResponse(raw, self)
             try:
@@ -147,7 +151,9 @@ class _ErrorTranslation:
     async def __aenter__(self) -> None:
         return None
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
         if exc is None or isinstance(exc, (GatewayError, asyncio.CancelledError)):
             return False
         name = self._client.name
@@ -155,7 +161,8 @@ class _ErrorTranslation:
             raise UpstreamTimeout(f"{name}: provider timed out ({_describe(exc)})", provider=name) from None
         if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ContentTypeError)):
             raise UpstreamBadResponse(
-                f"{name}: provider sent a broken response ({self._client.scrub(_describe(exc))})", provider=name
+                f"{name}: provider sent a broken response ({self._client.scrub(_describe(exc))})",
+                provider=name,
             ) from None
         if isinstance(exc, (aiohttp.ClientError, OSError)):
             raise UpstreamConnectError(
@@ -176,4 +183,3 @@ def _retry_after_s(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None  # an HTTP date; rare from LLM providers, and then a plain backoff is right
-

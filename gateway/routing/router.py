@@ -56,7 +56,9 @@ class Routed(Generic[T]):
 class Router:
     """Maps model names to ranked targets and runs the failover loop."""
 
-    def __init__(self, policy: Policy, clients: Mapping[str, ProviderClient], metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, policy: Policy, clients: Mapping[str, ProviderClient], metrics: GatewayMetrics
+    ) -> None:
         self._metrics = metrics
         self._groups: dict[str, tuple[Target, ...]] = {
             name: tuple(Target(dep, clients[dep.provider]) for dep in group.deployments)

@@ -50,7 +50,9 @@ class Stack:
         return self.gateway.url + "/v1"
 
 
-def policy_text(fakes: dict[str, ManagedProcess], dead_port: int, max_body_bytes: int = MAX_BODY_BYTES) -> str:
+def policy_text(
+    fakes: dict[str, ManagedProcess], dead_port: int, max_body_bytes: int = MAX_BODY_BYTES
+) -> str:
     def provider(name: str, url: str, extra: str = "") -> str:
         return (
             f"  {name}:\n    kind: openai\n    base_url: {url}/v1\n"
@@ -83,13 +85,18 @@ def policy_text(fakes: dict[str, ManagedProcess], dead_port: int, max_body_bytes
             model("embed", ("healthy", "upstream-embed")),
         ]
     )
-    return textwrap.dedent(
-        f"""\
+    return (
+        textwrap.dedent(
+            f"""\
         version: 1
         server: {{max_body_bytes: {max_body_bytes}, drain_grace_s: 10}}
         providers:
         """
-    ) + providers + "models:\n" + models
+        )
+        + providers
+        + "models:\n"
+        + models
+    )
 
 
 def start_fakes(names: dict[str, list[str]]) -> dict[str, ManagedProcess]:

@@ -16,9 +16,14 @@ from tests.e2e.conftest import MAX_BODY_BYTES, PROVIDER_KEY, Stack
 from tests.e2e.test_openai_api import client
 
 
-def post_raw(stack: Stack, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:  # type: ignore[type-arg]
+def post_raw(
+    stack: Stack, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict, dict]:  # type: ignore[type-arg]
     req = urllib.request.Request(
-        stack.url + path, data=body, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+        stack.url + path,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -73,7 +78,9 @@ def test_unknown_model_is_404_naming_it(stack: Stack) -> None:
 
 
 def test_body_over_limit_is_413(stack: Stack) -> None:
-    big = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "x" * (MAX_BODY_BYTES + 10)}]})
+    big = json.dumps(
+        {"model": "chat", "messages": [{"role": "user", "content": "x" * (MAX_BODY_BYTES + 10)}]}
+    )
     status, _, payload = post_raw(stack, "/v1/chat/completions", big.encode())
     assert status == 413
     assert assert_envelope(payload)["code"] == "request_too_large"
@@ -84,10 +91,12 @@ async def test_chunked_body_over_limit_is_413(stack: Stack) -> None:
         for _ in range(MAX_BODY_BYTES // 1024 + 4):
             yield b"x" * 1024
 
-    async with aiohttp.ClientSession() as session:
-        async with session.post(stack.url + "/v1/chat/completions", data=chunks()) as resp:
-            assert resp.status == 413
-            assert_envelope(await resp.json())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(stack.url + "/v1/chat/completions", data=chunks()) as resp,
+    ):
+        assert resp.status == 413
+        assert_envelope(await resp.json())
 
 
 @pytest.mark.parametrize(
@@ -112,7 +121,9 @@ def test_upstream_failures(stack: Stack, model: str, status: int, sdk_error: typ
 
 def test_upstream_429_passes_retry_after(stack: Stack) -> None:
     with pytest.raises(openai.RateLimitError) as err:
-        client(stack).chat.completions.create(model="ratelimited-chat", messages=[{"role": "user", "content": "x"}])
+        client(stack).chat.completions.create(
+            model="ratelimited-chat", messages=[{"role": "user", "content": "x"}]
+        )
     assert err.value.status_code == 429
     assert err.value.response.headers["retry-after"] == "7"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Stack, policy_text, start_gateway
 
@@ -42,18 +42,55 @@ def test_metrics_by_model_provider_status(stack: Stack) -> None:
     with pytest.raises(openai.APIStatusError):
         c.chat.completions.create(model="failing-chat", messages=[{"role": "user", "content": "x"}])
     _, raw = get(stack.url + "/metrics")
-    text = raw.decode()
-    assert re.search(
-        r'gateway_requests_total\{endpoint="/v1/chat/completions",model="chat",provider="healthy",status_code="200"\} [1-9]',
-        text,
+    samples = parse_samples(raw.decode())
+    assert (
+        samples[
+            (
+                "gateway_requests_total",
+                (
+                    ("endpoint", "/v1/chat/completions"),
+                    ("model", "chat"),
+                    ("provider", "healthy"),
+                    ("status_code", "200"),
+                ),
+            )
+        ]
+        >= 1
     )
-    assert re.search(
-        r'gateway_request_duration_seconds_count\{endpoint="/v1/chat/completions",model="chat",provider="healthy"\} [1-9]', text
+    assert (
+        samples[
+            (
+                "gateway_request_duration_seconds_count",
+                (("endpoint", "/v1/chat/completions"), ("model", "chat"), ("provider", "healthy")),
+            )
+        ]
+        >= 1
     )
-    assert re.search(
-        r'gateway_upstream_errors_total\{provider="failing",upstream_model="bad",error_type="UpstreamStatusError"\} [1-9]', text
+    assert (
+        samples[
+            (
+                "gateway_upstream_errors_total",
+                (("error_type", "UpstreamStatusError"), ("provider", "failing"), ("upstream_model", "bad")),
+            )
+        ]
+        >= 1
     )
-    assert re.search(r'gen_ai_client_token_usage_count\{[^}]*gen_ai_token_type="output"[^}]*\} [1-9]', text)
+    token_counts = [
+        v
+        for (name, labels), v in samples.items()
+        if name == "gen_ai_client_token_usage_count" and ("gen_ai_token_type", "output") in labels
+    ]
+    assert token_counts and max(token_counts) >= 1
+    assert not any(name.endswith("_created") for name, _ in samples), "the _created series are disabled"
+
+
+def parse_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text -> {(sample name, sorted labels): value}, label order independent."""
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
 
 
 def test_sigterm_drains_an_in_flight_stream(stack: Stack, tmp_path: Path) -> None:
@@ -62,7 +99,9 @@ def test_sigterm_drains_an_in_flight_stream(stack: Stack, tmp_path: Path) -> Non
     gateway = start_gateway(policy)
     try:
         c = openai.OpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=0, timeout=20)
-        stream = c.chat.completions.create(model="slow-stream", messages=[{"role": "user", "content": "x"}], stream=True)
+        stream = c.chat.completions.create(
+            model="slow-stream", messages=[{"role": "user", "content": "x"}], stream=True
+        )
         pieces: list[str] = []
         iterator = iter(stream)
         first = next(iterator)  # the stream is under way (about 1 s more to go) ...
@@ -100,7 +139,9 @@ def test_default_policy_without_keys_starts_and_names_the_variable() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
 
 
 def test_policy_check_reports_each_error_with_location(tmp_path: Path) -> None:
@@ -118,8 +159,14 @@ def test_policy_check_reports_each_error_with_location(tmp_path: Path) -> None:
     result = run_cli("policy", "check", str(broken))
     assert result.returncode == 1
     err = result.stderr
-    assert f"{broken}:8: models.gpt-4o.deployments[1].provider: unknown provider 'azur' (hint: known providers: openai)" in err
-    assert f"{broken}:8: models.gpt-4o.deployments[1].quailty: unknown key 'quailty' (hint: did you mean 'quality'?)" in err
+    assert (
+        f"{broken}:8: models.gpt-4o.deployments[1].provider: unknown provider 'azur' (hint: known providers: openai)"
+        in err
+    )
+    assert (
+        f"{broken}:8: models.gpt-4o.deployments[1].quailty: unknown key 'quailty' (hint: did you mean 'quality'?)"
+        in err
+    )
 
 
 def test_policy_check_accepts_shipped_policies() -> None:
@@ -133,4 +180,6 @@ def test_shipped_schema_is_current() -> None:
     result = run_cli("policy", "schema")
     assert result.returncode == 0
     shipped = (REPO / "routing_policies" / "policy.schema.json").read_text()
-    assert json.loads(result.stdout) == json.loads(shipped), "run: sophia-gateway policy schema -o routing_policies/policy.schema.json"
+    assert json.loads(result.stdout) == json.loads(shipped), (
+        "run: sophia-gateway policy schema -o routing_policies/policy.schema.json"
+    )

@@ -41,7 +41,8 @@ def test_chat_sync_sdk(stack: Stack) -> None:
 
 async def test_chat_async_sdk(stack: Stack) -> None:
     completion = await aclient(stack).chat.completions.create(
-        model="chat", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "async hi"}]
+        model="chat",
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "async hi"}],
     )
     assert completion.choices[0].message.content == "Echo: async hi"
 
@@ -57,7 +58,9 @@ def test_streamed_chat_with_usage(stack: Stack) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip() == "Echo: stream these words please"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + chunks[-1].usage.completion_tokens
+    assert (
+        chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + chunks[-1].usage.completion_tokens
+    )
 
 
 async def test_stream_chunks_arrive_as_upstream_sends_them(stack: Stack) -> None:
@@ -81,7 +84,11 @@ def test_completions_and_stream(stack: Stack) -> None:
     c = client(stack)
     done = c.completions.create(model="chat", prompt="complete me")
     assert done.choices[0].text
-    streamed = "".join(ch.choices[0].text for ch in c.completions.create(model="chat", prompt="x y", stream=True) if ch.choices)
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(model="chat", prompt="x y", stream=True)
+        if ch.choices
+    )
     assert streamed
 
 
@@ -107,7 +114,12 @@ def test_models_list_and_retrieve(stack: Stack) -> None:
 
 
 def test_unknown_fields_pass_through_and_model_is_rewritten(stack: Stack) -> None:
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
     client(stack).chat.completions.create(
         model="keyed-chat",
         messages=[{"role": "user", "content": "with extras"}],
@@ -134,7 +146,9 @@ def test_unknown_fields_pass_through_and_model_is_rewritten(stack: Stack) -> Non
 def test_request_id_echoed_or_made(stack: Stack) -> None:
     c = client(stack)
     raw = c.chat.completions.with_raw_response.create(
-        model="chat", messages=[{"role": "user", "content": "id"}], extra_headers={"x-request-id": "my-trace-123"}
+        model="chat",
+        messages=[{"role": "user", "content": "id"}],
+        extra_headers={"x-request-id": "my-trace-123"},
     )
     assert raw.headers["x-request-id"] == "my-trace-123"
     raw2 = c.models.with_raw_response.list()
@@ -166,7 +180,9 @@ def test_stream_cut_after_first_byte_ends_with_error_event_and_done(stack: Stack
 def test_stream_cut_raw_events_end_with_done(stack: Stack) -> None:
     req = urllib.request.Request(
         stack.api + "/chat/completions",
-        data=json.dumps({"model": "cut-stream", "stream": True, "messages": [{"role": "user", "content": "x"}]}).encode(),
+        data=json.dumps(
+            {"model": "cut-stream", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        ).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=10) as resp:

@@ -28,7 +28,9 @@ def test_envelope_shape() -> None:
 
 
 def test_upstream_status_mapping_and_retryability() -> None:
-    assert UpstreamStatusError(400, "bad").http_status == 400 and not is_retryable(UpstreamStatusError(400, "x"))
+    assert UpstreamStatusError(400, "bad").http_status == 400 and not is_retryable(
+        UpstreamStatusError(400, "x")
+    )
     assert UpstreamStatusError(429, "slow", retry_after_s=2.2).headers == {"retry-after": "3"}
     assert is_retryable(UpstreamStatusError(429, "x")) and is_retryable(UpstreamStatusError(408, "x"))
     assert UpstreamStatusError(500, "x").http_status == 502 and is_retryable(UpstreamStatusError(500, "x"))
@@ -38,7 +40,8 @@ def test_upstream_status_mapping_and_retryability() -> None:
 
 def test_all_failed_reports_every_attempt_and_last_status() -> None:
     err = AllDeploymentsFailed(
-        "m", [Attempt("a", "m1", UpstreamConnectError("refused")), Attempt("b", "m2", UpstreamTimeout("slow"))]
+        "m",
+        [Attempt("a", "m1", UpstreamConnectError("refused")), Attempt("b", "m2", UpstreamTimeout("slow"))],
     )
     assert err.http_status == 504
     assert "a/m1: refused" in err.message and "b/m2: slow" in err.message

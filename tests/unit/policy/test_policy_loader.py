@@ -31,7 +31,12 @@ def test_issue_example_loads_frozen() -> None:
     policy = parse_policy(GOOD)
     assert policy.providers["openai"].base_url == "https://api.openai.com/v1"  # trailing slash trimmed
     dep = policy.models["gpt-4o-mini"].deployments[1]
-    assert (dep.provider, dep.model, dep.quality, dep.price.output_per_mtok) == ("local", "llama3.1:8b", 0.6, 0.0)
+    assert (dep.provider, dep.model, dep.quality, dep.price.output_per_mtok) == (
+        "local",
+        "llama3.1:8b",
+        0.6,
+        0.0,
+    )
     assert policy.server.max_body_bytes == 10 * 1024 * 1024
     with pytest.raises(ValidationError):
         policy.weights.latency = 1.0  # type: ignore[misc]
@@ -49,14 +54,19 @@ def test_out_of_range_and_missing_values() -> None:
     text = GOOD.replace("quality: 0.80", "quality: 1.5").replace("version: 1\n", "")
     found = problems(text)
     assert any(p.startswith("p.yaml:1: version: Field required") for p in found), found
-    assert any("models.gpt-4o-mini.deployments[0].quality: Input should be less than or equal to 1" in p for p in found), found
+    assert any(
+        "models.gpt-4o-mini.deployments[0].quality: Input should be less than or equal to 1" in p
+        for p in found
+    ), found
 
 
 def test_key_in_policy_is_refused() -> None:
     text = GOOD.replace("api_key_env: OPENAI_API_KEY", "api_key_env: sk-abc123-not-a-name")
     (found,) = problems(text)
     assert "providers.openai.api_key_env" in found and "NAME of an environment variable" in found
-    header = GOOD.replace("base_url: http://127.0.0.1:11434/v1}", "base_url: http://x/v1, headers: {Authorization: Bearer x}}")
+    header = GOOD.replace(
+        "base_url: http://127.0.0.1:11434/v1}", "base_url: http://x/v1, headers: {Authorization: Bearer x}}"
+    )
     assert "use api_key_env instead" in problems(header)[0]
 
 

@@ -33,7 +33,9 @@ models:
 
 def router(env: dict[str, str]) -> Router:
     clients = {
-        name: ProviderClient(name, cfg, OpenAIAdapter(), env.get(cfg.api_key_env) if cfg.api_key_env else None)
+        name: ProviderClient(
+            name, cfg, OpenAIAdapter(), env.get(cfg.api_key_env) if cfg.api_key_env else None
+        )
         for name, cfg in POLICY.providers.items()
     }
     return Router(POLICY, clients, GatewayMetrics())

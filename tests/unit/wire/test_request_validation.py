@@ -25,9 +25,16 @@ def test_valid_chat_keeps_everything_else_untouched() -> None:
     [
         ({}, "model", "missing_required_parameter"),
         ({"model": "", "messages": [{"role": "user"}]}, "model", "invalid_value"),
-        ({"model": "m", "messages": [{"role": "user"}, {"role": "bot"}]}, "messages[1].role", "invalid_value"),
-        ({"model": "m", "messages": [{"role": "user"}], "stream_options": {"include_usage": "maybe"}},
-         "stream_options.include_usage", "invalid_value"),
+        (
+            {"model": "m", "messages": [{"role": "user"}, {"role": "bot"}]},
+            "messages[1].role",
+            "invalid_value",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user"}], "stream_options": {"include_usage": "maybe"}},
+            "stream_options.include_usage",
+            "invalid_value",
+        ),
     ],
 )
 def test_errors_name_the_field(body: dict, param: str, code: str) -> None:  # type: ignore[type-arg]
