@@ -9,7 +9,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from gateway import keys
-from gateway.api import health, openai
+from gateway.api import admin, health, openai
 from gateway.http.middleware import add_gateway_headers, gateway_middleware
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
@@ -79,6 +79,8 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/embeddings", openai.embeddings)
     app.router.add_get("/v1/models", openai.list_models)
     app.router.add_get("/v1/models/{model:.+}", openai.retrieve_model)
+    app.router.add_post("/v1/feedback", admin.feedback)
+    app.router.add_get("/admin/models", admin.models)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
     app.router.add_get("/metrics", health.metrics)

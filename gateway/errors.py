@@ -10,8 +10,10 @@ the OpenAI error ``type`` and whether the failover loop may retry it on another 
     │   └── ModelNotFound          404 invalid_request_error   code=model_not_found
     ├── MethodNotAllowed           405 invalid_request_error
     ├── PayloadTooLarge            413 invalid_request_error   code=request_too_large
+    ├── ContextTooLong             400 invalid_request_error   code=context_length_exceeded
     ├── ServiceUnavailable         503 service_unavailable     (draining, not ready)
-    │   └── ProviderNotConfigured  503 service_unavailable     code=provider_not_configured
+    │   ├── ProviderNotConfigured  503 service_unavailable     code=provider_not_configured
+    │   └── NoHealthyDeployment    503 service_unavailable     code=no_healthy_deployment
     ├── UpstreamError              502 upstream_error          (base of everything a provider did)
     │   ├── UpstreamConnectError   502 retryable               (refused, reset, DNS)
     │   ├── UpstreamTimeout        504 retryable               (connect / first byte / total)
@@ -132,6 +134,30 @@ class ProviderNotConfigured(ServiceUnavailable):
         )
 
 
+class NoHealthyDeployment(ServiceUnavailable):
+    """Every deployment of the group is behind an open circuit breaker."""
+
+    def __init__(self, model: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"No healthy deployment for model '{model}': every one failed recently and is "
+            f"cooling down. Retry in {_format_retry_after(retry_after_s)} s.",
+            code="no_healthy_deployment",
+            headers={"retry-after": _format_retry_after(retry_after_s)},
+        )
+
+
+class ContextTooLong(InvalidRequest):
+    """The prompt is longer than the context window of every deployment of the group."""
+
+    def __init__(self, model: str, estimated_tokens: int, largest: int) -> None:
+        super().__init__(
+            f"The prompt (about {estimated_tokens} tokens) is longer than the context window of "
+            f"every deployment of model '{model}' (largest: {largest} tokens).",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+
 class UpstreamError(GatewayError):
     """Something went wrong talking to a provider."""
 
@@ -160,7 +186,7 @@ class UpstreamBadResponse(UpstreamError):
 class UpstreamStatusError(UpstreamError):
     """The provider answered with an error status; its own error envelope is kept."""
 
-    RETRYABLE_STATUSES: ClassVar[frozenset[int]] = frozenset({408, 409, 429})
+    RETRYABLE_STATUSES: ClassVar[frozenset[int]] = frozenset({408, 429})
 
     def __init__(
         self,
@@ -258,6 +284,22 @@ def is_retryable(error: GatewayError) -> bool:
     if isinstance(error, UpstreamStatusError):
         return error.is_retryable
     return error.retryable
+
+
+def is_context_length_error(error: GatewayError) -> bool:
+    """Whether a provider refused the request for being longer than the model's context."""
+    if not isinstance(error, UpstreamStatusError) or error.upstream_status not in (400, 413):
+        return False
+    text = error.message.lower()
+    return error.code == "context_length_exceeded" or "context length" in text or "context window" in text
+
+
+def counts_against_provider(error: GatewayError) -> bool:
+    """Whether ``error`` shows the provider unhealthy (for breakers and reliability); the
+    client's own mistakes and rate limits do not."""
+    if isinstance(error, UpstreamStatusError):
+        return error.upstream_status >= 500 or error.upstream_status == 408
+    return isinstance(error, UpstreamError)
 
 
 def _format_retry_after(seconds: float) -> str:

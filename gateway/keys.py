@@ -12,8 +12,8 @@ from aiohttp import web
 
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
-from gateway.proxy import Proxy
-from gateway.routing.router import Router, Target
+from gateway.proxy import Proxy, Reply
+from gateway.routing.router import Router
 from gateway.settings import Settings
 
 
@@ -35,6 +35,5 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 REQUEST_ID = web.RequestKey("request_id", str)
 # The model group a request named, once the gateway knows it exists (a bounded metric label).
 REQUEST_MODEL = web.RequestKey("request_model", str)
-# Where the request was served, once a provider answered.
-REQUEST_TARGET = web.RequestKey("request_target", Target)
-REQUEST_ATTEMPTS = web.RequestKey("request_attempts", int)
+# Where the request was served (group, deployment, attempts, fallback), once a provider answered.
+REQUEST_ROUTE = web.RequestKey("request_route", Reply)

@@ -17,7 +17,7 @@ from gateway.errors import UpstreamBadResponse
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.base import Endpoint, StreamTranslator
 from gateway.providers.transport import UpstreamResponse
-from gateway.routing.router import Router, Target
+from gateway.routing.router import RouteContext, Router, Target
 from gateway.wire.requests import (
     ChatCompletionHead,
     CompletionHead,
@@ -41,6 +41,7 @@ class StreamReply:
     first: bytes
     response: UpstreamResponse
     translator: StreamTranslator | None
+    events: int = 0  # SSE events relayed: a stand-in for output tokens when no usage comes
     _tail: bytearray = field(default_factory=bytearray)
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
@@ -70,7 +71,14 @@ class StreamReply:
                 return usage
         return None
 
+    def output_tokens(self) -> int:
+        """Output tokens the provider reported, else about one per content event."""
+        usage = self.usage()
+        tokens = usage.get("completion_tokens") if usage else None
+        return tokens if isinstance(tokens, int) else max(0, self.events - 2)
+
     def _keep(self, chunk: bytes) -> bytes:
+        self.events += chunk.count(b"data:")
         self._tail += chunk
         if len(self._tail) > 2 * _USAGE_TAIL_BYTES:
             del self._tail[:-_USAGE_TAIL_BYTES]
@@ -83,6 +91,8 @@ class Reply:
 
     target: Target
     attempts: int
+    group: str
+    fallback: bool
     body: bytes | None = None
     stream: StreamReply | None = None
 
@@ -94,17 +104,28 @@ class Proxy:
         self._router = router
         self._metrics = metrics
 
-    async def call(self, endpoint: Endpoint, body: JSONObject) -> Reply:
+    async def call(
+        self, endpoint: Endpoint, body: JSONObject, *, tags: frozenset[str] = frozenset()
+    ) -> Reply:
         """Serve ``body`` on ``endpoint``; raise a ``GatewayError`` the client should see."""
         head = validate_head(_HEADS[endpoint], body)
-        model = head.model
-        if getattr(head, "stream", False):
-            routed_stream = await self._router.call(model, lambda t: self._open_stream(t, endpoint, body))
-            return Reply(routed_stream.target, routed_stream.attempts, stream=routed_stream.value)
-        routed = await self._router.call(model, lambda t: self._fetch(t, endpoint, body))
-        return Reply(routed.target, routed.attempts, body=routed.value)
+        stream = bool(getattr(head, "stream", False))
+        ctx = RouteContext(head.model, body, stream=stream, tags=tags)
+        if stream:
+            routed_stream = await self._router.call(ctx, lambda t: self._open_stream(t, endpoint, body))
+            return Reply(
+                routed_stream.target,
+                routed_stream.attempts,
+                routed_stream.group,
+                routed_stream.fallback,
+                stream=routed_stream.value,
+            )
+        routed = await self._router.call(ctx, lambda t: self._fetch(t, endpoint, body))
+        reply = Reply(routed.target, routed.attempts, routed.group, routed.fallback, body=routed.value.body)
+        self.record_usage(reply.group, reply.target, routed.value.usage)
+        return reply
 
-    async def _fetch(self, target: Target, endpoint: Endpoint, body: JSONObject) -> bytes:
+    async def _fetch(self, target: Target, endpoint: Endpoint, body: JSONObject) -> _Fetched:
         adapter = target.client.adapter
         response = await target.client.send(adapter.build_request(endpoint, body, target.model))
         try:
@@ -113,10 +134,8 @@ class Proxy:
             response.close()
         translated = adapter.translate_response(endpoint, parsed)
         if translated is None:
-            self.record_usage(target, parsed.get("usage"))
-            return raw  # already OpenAI format: forward the provider's bytes as they are
-        self.record_usage(target, translated.get("usage"))
-        return orjson.dumps(translated)
+            return _Fetched(raw, parsed.get("usage"))  # OpenAI format already: forward as is
+        return _Fetched(orjson.dumps(translated), translated.get("usage"))
 
     async def _open_stream(self, target: Target, endpoint: Endpoint, body: JSONObject) -> StreamReply:
         adapter = target.client.adapter
@@ -135,13 +154,21 @@ class Proxy:
             f"{target.provider}: provider ended the stream without data", provider=target.provider
         )
 
-    def record_usage(self, target: Target, usage: object) -> None:
-        """Export the token counts a provider reported (no-op when it reported none)."""
+    def record_usage(self, group: str, target: Target, usage: object) -> None:
+        """Export the token counts a provider reported and their cost (no-op without usage)."""
         if not isinstance(usage, dict):
             return
         hist = self._metrics.token_usage
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if isinstance(prompt, int):
-            hist.labels(target.model, target.provider, "input").observe(prompt)
-        if isinstance(completion, int):
+        prompt = prompt if isinstance(prompt, int) else 0
+        completion = completion if isinstance(completion, int) else 0
+        hist.labels(target.model, target.provider, "input").observe(prompt)
+        if "completion_tokens" in usage:
             hist.labels(target.model, target.provider, "output").observe(completion)
+        self._router.record_usage(group, target, prompt, completion)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    body: bytes
+    usage: object

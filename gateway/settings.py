@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
     access_log: bool = True
+    # When set, /admin/* needs "Authorization: Bearer <token>".
+    admin_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -40,4 +42,5 @@ class Settings:
             log_level=e.get("SOPHIA_LOG_LEVEL", base.log_level).upper(),
             log_format=e.get("SOPHIA_LOG_FORMAT", base.log_format),
             access_log=e.get("SOPHIA_ACCESS_LOG", "1") not in ("0", "false", "no"),
+            admin_token=e.get("SOPHIA_ADMIN_TOKEN") or None,
         )

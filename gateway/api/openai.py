@@ -36,11 +36,13 @@ async def _proxied(request: web.Request, endpoint: Endpoint) -> web.StreamRespon
     model = body.get("model")
     if isinstance(model, str) and request.app[keys.ROUTER].has_model(model):
         request[keys.REQUEST_MODEL] = model
-    reply = await request.app[keys.PROXY].call(endpoint, body)
-    request[keys.REQUEST_TARGET] = reply.target
-    request[keys.REQUEST_ATTEMPTS] = reply.attempts
+    tags = request.headers.get("x-gateway-tags")
+    tag_set = frozenset(t.strip() for t in tags.split(",") if t.strip()) if tags else frozenset()
+    reply = await request.app[keys.PROXY].call(endpoint, body, tags=tag_set)
+    request[keys.REQUEST_ROUTE] = reply
+    request.app[keys.ROUTER].remember(request[keys.REQUEST_ID], reply.group, reply.target)
     if reply.stream is not None:
-        return await relay(request, reply.stream, started)
+        return await relay(request, reply, started)
     return json_response(reply.body or b"{}")
 
 

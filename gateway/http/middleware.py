@@ -89,7 +89,8 @@ def _observe(request: web.Request, status: int, elapsed_s: float) -> None:
     resource = request.match_info.route.resource
     endpoint = resource.canonical if resource is not None else "unmatched"
     model = request.get(keys.REQUEST_MODEL, "")
-    target = request.get(keys.REQUEST_TARGET)
+    route = request.get(keys.REQUEST_ROUTE)
+    target = route.target if route is not None else None
     provider = target.provider if target is not None else ""
     metrics.requests.labels(endpoint, model, provider, str(status)).inc()
     if model:
@@ -106,7 +107,8 @@ def _observe(request: web.Request, status: int, elapsed_s: float) -> None:
                     "model": model,
                     "provider": provider,
                     "upstream_model": target.model if target is not None else "",
-                    "attempts": request.get(keys.REQUEST_ATTEMPTS, 0),
+                    "attempts": route.attempts if route is not None else 0,
+                    "fallback": route.fallback if route is not None else False,
                     "duration_ms": round(elapsed_s * 1000, 3),
                 }
             },
@@ -118,8 +120,12 @@ async def add_gateway_headers(request: web.Request, response: web.StreamResponse
     rid = request.get(keys.REQUEST_ID)
     if rid is not None:
         response.headers["x-request-id"] = rid
-    target = request.get(keys.REQUEST_TARGET)
-    if target is not None:
-        response.headers["x-gateway-provider"] = target.provider
-        response.headers["x-gateway-model"] = target.model
-        response.headers["x-gateway-attempts"] = str(request.get(keys.REQUEST_ATTEMPTS, 1))
+    route = request.get(keys.REQUEST_ROUTE)
+    if route is not None:
+        headers = response.headers
+        headers["x-gateway-provider"] = route.target.provider
+        headers["x-gateway-model"] = route.target.model
+        headers["x-gateway-attempts"] = str(route.attempts)
+        headers["x-gateway-fallback"] = "true" if route.fallback else "false"
+        if route.group != request.get(keys.REQUEST_MODEL):
+            headers["x-gateway-group"] = route.group  # a rule sent it to another group

@@ -8,6 +8,7 @@ provider request is closed at once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import GatewayError
-from gateway.proxy import StreamReply
+from gateway.proxy import Reply
 
 log = logging.getLogger("gateway.sse")
 
@@ -33,31 +34,43 @@ def error_event(error: GatewayError) -> bytes:
     return b"data: " + error.body() + b"\n\n" + DONE
 
 
-async def relay(request: web.Request, stream: StreamReply, started_s: float) -> web.StreamResponse:
-    """Stream ``stream`` to the client; ``started_s`` (perf_counter) is when the request arrived."""
+async def relay(request: web.Request, reply: Reply, started_s: float) -> web.StreamResponse:
+    """Stream ``reply`` to the client; ``started_s`` (perf_counter) is when the request arrived.
+
+    Tells the router how the stream ended, so breakers and live figures count mid-stream cuts.
+    """
+    stream = reply.stream
+    assert stream is not None
+    target = reply.target
+    app = request.app
+    router, metrics = app[keys.ROUTER], app[keys.METRICS]
     response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-    await response.prepare(request)
-    target = request[keys.REQUEST_TARGET]
-    metrics = request.app[keys.METRICS]
-    first = True
+    first_at = 0.0
+    error: GatewayError | None = None
     try:
+        await response.prepare(request)
         async with contextlib.aclosing(stream.chunks()) as chunks:
             async for chunk in chunks:
                 await response.write(chunk)
-                if first:
+                if not first_at:
+                    first_at = time.perf_counter()
                     metrics.time_to_first_token.labels(target.model, target.provider).observe(
-                        time.perf_counter() - started_s
+                        first_at - started_s
                     )
-                    first = False
-    except GatewayError as error:
+    except GatewayError as failed:
+        error = failed
         log.warning(
             "stream failed after first byte",
             extra={"fields": {"request_id": request[keys.REQUEST_ID], "error": error.message}},
         )
-        metrics.upstream_errors.labels(target.provider, target.model, type(error).__name__).inc()
         await response.write(error_event(error))
     except ConnectionResetError:
-        return response  # the client left; aclosing() has already closed the provider request
-    request.app[keys.PROXY].record_usage(target, stream.usage())
+        router.stream_abandoned(target)  # the client left; aclosing() closed the provider request
+        return response
+    except asyncio.CancelledError:
+        router.stream_abandoned(target)
+        raise
+    router.stream_ended(target, error, stream.output_tokens(), time.perf_counter() - (first_at or started_s))
+    app[keys.PROXY].record_usage(reply.group, target, stream.usage())
     await response.write_eof()
     return response

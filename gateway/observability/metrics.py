@@ -9,6 +9,9 @@ value ever holds a key.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -18,6 +21,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # The ``*_created`` series double the exposition size and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -46,6 +51,39 @@ _LATENCY_BUCKETS_S = (
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class RouterView(Protocol):
+    """What the metrics need of the router (kept structural to avoid an import cycle)."""
+
+    def breaker_states(self) -> Iterable[tuple[str, str, int]]: ...
+
+    def scores(self) -> Iterable[tuple[str, str, str, float]]: ...
+
+
+class _RouterCollector(Collector):
+    def __init__(self, router: RouterView) -> None:
+        self._router = router
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # families are only known at collect time
+
+    def collect(self) -> Iterable[Metric]:
+        breaker = GaugeMetricFamily(
+            "gateway_breaker_state",
+            "Circuit breaker per deployment: 0 closed, 1 half-open, 2 open.",
+            labels=("provider", "upstream_model"),
+        )
+        for provider, model, state in self._router.breaker_states():
+            breaker.add_metric((provider, model), int(state))
+        score = GaugeMetricFamily(
+            "gateway_deployment_score",
+            "Each deployment's live routing score (0..1) in each model group.",
+            labels=("model", "provider", "upstream_model"),
+        )
+        for group, provider, model, value in self._router.scores():
+            score.add_metric((group, provider, model), value)
+        return [breaker, score]
 
 
 class GatewayMetrics:
@@ -101,6 +139,30 @@ class GatewayMetrics:
             buckets=_TOKEN_BUCKETS,
             registry=r,
         )
+
+        self.retries = Counter(
+            "gateway_retries",
+            "Upstream attempts beyond the first, by the model group that served the request.",
+            ("model",),
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "gateway_fallbacks",
+            "Requests served by a deployment other than the first choice (the seed's fallback "
+            "rate KPI is this over gateway_requests_total).",
+            ("model",),
+            registry=r,
+        )
+        self.cost = Counter(
+            "gateway_cost_usd",
+            "Spend in US dollars, from the policy's prices and the usage providers reported.",
+            ("model", "provider", "upstream_model"),
+            registry=r,
+        )
+
+    def register_router(self, router: RouterView) -> None:
+        """Export the router's live breaker states and scores, read at scrape time."""
+        self.registry.register(_RouterCollector(router))
 
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""

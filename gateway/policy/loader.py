@@ -101,8 +101,14 @@ def _problems(exc: ValidationError, root: yaml.Node | None, shown_path: str) -> 
         loc: Loc = tuple(err["loc"])
         message = err["msg"].removeprefix("Value error, ")
         hint = _hint(err, loc)
-        if isinstance((err.get("ctx") or {}).get("error"), PolicyReferenceError):
-            continue  # reported by _broken_references, even when other fields are wrong too
+        ref = (err.get("ctx") or {}).get("error")
+        if isinstance(ref, PolicyReferenceError):
+            if ref.loc[-1] == "provider":
+                continue  # reported by _broken_references, even when other fields are wrong too
+            problems.append(
+                PolicyProblem(shown_path, _line_of(root, ref.loc), ref.loc, ref.message, ref.hint)
+            )
+            continue
         if err["type"] == "extra_forbidden" and loc:
             message = f"unknown key '{loc[-1]}'"
         problems.append(PolicyProblem(shown_path, _line_of(root, loc), loc, message, hint))

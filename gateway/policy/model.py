@@ -105,8 +105,139 @@ class Deployment(_Strict):
     provider: str = Field(description="A key of `providers`.")
     model: str = Field(min_length=1, description="The model name sent to the provider.")
     price: Price = Price()
-    quality: float = Field(0.5, ge=0, le=1, description="Prior quality score, 0..1.")
-    context_window: int | None = Field(None, gt=0, description="Max tokens of context, if known.")
+    quality: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Prior quality score, 0..1; live feedback (POST /v1/feedback) moves it.",
+    )
+    context_window: int | None = Field(
+        None,
+        gt=0,
+        description="Max tokens of context, if known. Requests whose estimated prompt is longer "
+        "skip this deployment, and a context-length error falls back to a bigger one.",
+    )
+    weight: float = Field(1.0, ge=0, description="Fixed traffic share under `strategy: weighted` (relative).")
+
+
+Strategy = Literal["score", "weighted", "ordered", "least-busy"]
+
+
+class RuleMatch(_Strict):
+    """Request properties a rule tests; every condition given must hold."""
+
+    tags: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Matches when the request's `x-gateway-tags` header (comma-separated) "
+        "holds any of these tags.",
+    )
+    has_tools: bool | None = Field(
+        None, description="Matches on whether the request carries `tools` (or `functions`)."
+    )
+    min_prompt_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Matches when the estimated prompt length (characters / 4) is at least this.",
+    )
+    max_prompt_tokens: int | None = Field(
+        None, ge=0, description="Matches when the estimated prompt length is at most this."
+    )
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> RuleMatch:
+        if all(
+            v is None for v in (self.tags, self.has_tools, self.min_prompt_tokens, self.max_prompt_tokens)
+        ):
+            raise ValueError(
+                "a rule needs at least one condition (tags, has_tools, min_prompt_tokens, max_prompt_tokens)"
+            )
+        return self
+
+
+class Rule(_Strict):
+    """Send matching requests to another model group."""
+
+    when: RuleMatch
+    use: str = Field(description="The model group (a key of `models`) that serves a match.")
+
+
+class Retry(_Strict):
+    """How one client request is retried across deployments."""
+
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="Most upstream attempts per client request, the first included."
+    )
+    deadline_s: float = Field(
+        60.0, gt=0, description="No new attempt starts after this long since the request arrived."
+    )
+    backoff_initial_s: float = Field(
+        0.05,
+        ge=0,
+        description="Backoff before re-trying a deployment already tried for this request "
+        "(exponential, with jitter). Moving to a different deployment does not wait.",
+    )
+    backoff_max_s: float = Field(2.0, ge=0, description="Cap on one backoff wait.")
+    max_retry_after_s: float = Field(
+        5.0,
+        ge=0,
+        description="A `Retry-After` up to this long is waited for when no other deployment is "
+        "left; longer ones end the request with the provider's 429.",
+    )
+
+
+class Breaker(_Strict):
+    """Per-deployment circuit breaker."""
+
+    consecutive_failures: int = Field(5, ge=1, description="Open after this many failures in a row.")
+    failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Open when the failure share over `window_s` reaches this..."
+    )
+    min_requests: int = Field(20, ge=1, description="...once the window holds at least this many requests.")
+    window_s: float = Field(30.0, gt=0, description="Window for the failure rate.")
+    cooldown_s: float = Field(
+        30.0, gt=0, description="How long an open breaker stays open before one probe is let through."
+    )
+
+
+class Routing(_Strict):
+    """How live figures become a choice (used by `strategy: score`)."""
+
+    exploration: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Share of traffic spread evenly over every eligible deployment, so one that "
+        "was slow or failing is measured again and gets traffic back once it recovers.",
+    )
+    temperature: float = Field(
+        0.05,
+        gt=0,
+        description="Softmax temperature over scores for the rest of the traffic: small values "
+        "send nearly everything to the best score, large values spread it.",
+    )
+    latency_alpha: float = Field(
+        0.2, gt=0, le=1, description="Weight of each new latency sample in the moving average."
+    )
+    stale_after_s: float = Field(
+        120.0,
+        gt=0,
+        description="Latency figures older than this are forgotten: the deployment is treated "
+        "as unmeasured (optimistically) until new traffic measures it.",
+    )
+    window_s: float = Field(
+        300.0, gt=0, description="Sliding window for success rate, uptime and error classes."
+    )
+    quality_prior_votes: float = Field(
+        20.0,
+        gt=0,
+        description="How many feedback votes weigh as much as the policy's quality prior.",
+    )
+    reliability_prior_requests: float = Field(
+        10.0,
+        gt=0,
+        description="How many requests' worth of assumed success a new deployment starts with.",
+    )
 
 
 class ModelGroup(_Strict):
@@ -114,6 +245,17 @@ class ModelGroup(_Strict):
 
     deployments: list[Deployment] = Field(min_length=1)
     description: str | None = None
+    strategy: Strategy = Field(
+        "score",
+        description="score: best live score (with exploration); weighted: fixed shares by "
+        "`weight`; ordered: policy order, the rest are fallbacks; least-busy: fewest requests "
+        "in flight.",
+    )
+    rules: list[Rule] = Field(
+        default_factory=list,
+        description="Checked in order; the first that matches sends the request to its group.",
+    )
+    retry: Retry | None = Field(None, description="Overrides the top-level `retry` for this group.")
 
 
 class Server(_Strict):
@@ -130,6 +272,9 @@ class Policy(_Strict):
 
     version: Literal[1] = Field(description="Policy format version; only 1 exists.")
     weights: Weights = Weights()
+    routing: Routing = Routing()
+    retry: Retry = Retry()
+    breaker: Breaker = Breaker()
     server: Server = Server()
     providers: dict[str, Provider] = Field(min_length=1)
     models: dict[str, ModelGroup] = Field(min_length=1)
@@ -144,6 +289,25 @@ class Policy(_Strict):
                         ("models", name, "deployments", i, "provider"),
                         f"unknown provider '{dep.provider}'",
                         f"known providers: {', '.join(known)}",
+                    )
+            for i, rule in enumerate(group.rules):
+                if rule.use not in self.models:
+                    raise PolicyReferenceError(
+                        ("models", name, "rules", i, "use"),
+                        f"unknown model group '{rule.use}'",
+                        f"known model groups: {', '.join(sorted(self.models))}",
+                    )
+                if rule.use == name:
+                    raise PolicyReferenceError(
+                        ("models", name, "rules", i, "use"),
+                        "a rule may not point at its own group",
+                        "name another group, or drop the rule",
+                    )
+                if self.models[rule.use].rules:
+                    raise PolicyReferenceError(
+                        ("models", name, "rules", i, "use"),
+                        f"group '{rule.use}' has rules of its own",
+                        "rules are applied once; point at a group without rules",
                     )
         return self
 

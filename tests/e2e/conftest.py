@@ -64,19 +64,25 @@ def policy_text(
     providers += provider("unset", fakes["healthy"].url, "    api_key_env: E2E_KEY_THAT_IS_NOT_SET\n")
     providers += provider("dead", f"http://127.0.0.1:{dead_port}")
 
-    def model(name: str, *deps: tuple[str, str]) -> str:
+    def model(name: str, *deps: tuple[str, str], extra: str = "") -> str:
         lines = "".join(f"      - {{provider: {p}, model: {m}}}\n" for p, m in deps)
-        return f"  {name}:\n    deployments:\n{lines}"
+        return f"  {name}:\n{extra}    deployments:\n{lines}"
 
     models = "".join(
         [
             model("chat", ("healthy", "upstream-chat")),
             model("keyed-chat", ("keyed", "upstream-keyed")),
-            model("failover-chat", ("dead", "gone"), ("failing", "bad"), ("healthy", "upstream-chat")),
+            model(
+                "failover-chat",
+                ("dead", "gone"),
+                ("failing", "bad"),
+                ("healthy", "upstream-chat"),
+                extra="    strategy: ordered\n",
+            ),
             model("failing-chat", ("failing", "bad")),
             model("unavailable-chat", ("unavailable", "bad")),
             model("ratelimited-chat", ("ratelimited", "rl")),
-            model("hanging-chat", ("hanging", "slow")),
+            model("hanging-chat", ("hanging", "slow"), extra="    retry: {max_attempts: 1}\n"),
             model("malformed-chat", ("malformed", "broken")),
             model("dead-chat", ("dead", "gone")),
             model("nokey-chat", ("unset", "needs-key")),
@@ -90,6 +96,10 @@ def policy_text(
             f"""\
         version: 1
         server: {{max_body_bytes: {max_body_bytes}, drain_grace_s: 10}}
+        # These tests hit always-failing fakes on purpose and must see each failure as it is:
+        # breakers stay shut (test_routing_faults.py covers them) and retries do not back off.
+        breaker: {{consecutive_failures: 1000000, min_requests: 1000000}}
+        retry: {{max_attempts: 3, backoff_initial_s: 0.001, backoff_max_s: 0.01}}
         providers:
         """
         )

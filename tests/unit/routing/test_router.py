@@ -1,84 +1,219 @@
+"""The failover loop and planning, on real ProviderClients that are never sent a byte."""
+
 from __future__ import annotations
+
+import random
 
 import pytest
 
 from gateway.errors import (
     AllDeploymentsFailed,
+    ContextTooLong,
     GatewayError,
     ModelNotFound,
+    NoHealthyDeployment,
     ProviderNotConfigured,
     UpstreamConnectError,
     UpstreamStatusError,
+    UpstreamTimeout,
 )
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.loader import parse_policy
+from gateway.policy.model import Policy
 from gateway.providers.openai import OpenAIAdapter
 from gateway.providers.transport import ProviderClient
-from gateway.routing.router import Router, Target
+from gateway.routing.router import RouteContext, Router, Target
 
-POLICY = parse_policy(
-    """
+POLICY = """
 version: 1
+retry: {max_attempts: 3, backoff_initial_s: 0.001, backoff_max_s: 0.002}
+breaker: {consecutive_failures: 3, cooldown_s: 10}
 providers:
   a: {kind: openai, base_url: http://a/v1}
   b: {kind: openai, base_url: http://b/v1, api_key_env: B_KEY}
   c: {kind: openai, base_url: http://c/v1}
   nokey: {kind: openai, base_url: http://n/v1, api_key_env: MISSING_KEY}
 models:
-  m: {deployments: [{provider: a, model: a1}, {provider: nokey, model: n1}, {provider: b, model: b1}, {provider: c, model: c1}]}
+  m:
+    strategy: ordered
+    deployments: [{provider: a, model: a1}, {provider: nokey, model: n1}, {provider: b, model: b1}, {provider: c, model: c1}]
   locked: {deployments: [{provider: nokey, model: n1}]}
+  solo: {deployments: [{provider: a, model: s1}]}
+  long:
+    strategy: ordered
+    deployments:
+      - {provider: a, model: small, context_window: 1000}
+      - {provider: c, model: big, context_window: 100000}
+  routed:
+    deployments: [{provider: a, model: r1}]
+    rules:
+      - {when: {tags: [premium]}, use: solo}
+      - {when: {has_tools: true}, use: long}
+      - {when: {min_prompt_tokens: 50}, use: m}
 """
-)
 
 
-def router(env: dict[str, str]) -> Router:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def router(env: dict[str, str] | None = None, text: str = POLICY, clock: Clock | None = None) -> Router:
+    policy: Policy = parse_policy(text)
+    env = {"B_KEY": "k"} if env is None else env
     clients = {
         name: ProviderClient(
             name, cfg, OpenAIAdapter(), env.get(cfg.api_key_env) if cfg.api_key_env else None
         )
-        for name, cfg in POLICY.providers.items()
+        for name, cfg in policy.providers.items()
     }
-    return Router(POLICY, clients, GatewayMetrics())
+    return Router(policy, clients, GatewayMetrics(), rng=random.Random(7), clock=clock or Clock())
 
 
-def test_targets_in_policy_order_skipping_unconfigured() -> None:
-    r = router({"B_KEY": "k"})
-    assert [t.provider for t in r.targets("m")] == ["a", "b", "c"]
-    with pytest.raises(ModelNotFound):
-        r.targets("other")
-    with pytest.raises(ProviderNotConfigured) as err:
-        r.targets("locked")
-    assert "MISSING_KEY" in err.value.message and err.value.http_status == 503
+def ctx(model: str = "m", **body: object) -> RouteContext:
+    return RouteContext(model, body)
 
 
-def fails(errors: dict[str, GatewayError]):  # type: ignore[no-untyped-def]
+def fails(errors: dict[str, list[GatewayError]]):  # type: ignore[no-untyped-def]
+    """An attempt that raises each provider's errors in turn, then succeeds."""
     tried: list[str] = []
 
     async def attempt(target: Target) -> str:
         tried.append(target.provider)
-        if target.provider in errors:
-            raise errors[target.provider]
+        queue = errors.get(target.provider)
+        if queue:
+            raise queue.pop(0)
         return target.model
 
     return attempt, tried
 
 
-async def test_fails_over_on_retryable_errors() -> None:
-    attempt, tried = fails({"a": UpstreamConnectError("down"), "b": UpstreamStatusError(503, "busy")})
-    routed = await router({"B_KEY": "k"}).call("m", attempt)
-    assert (routed.value, routed.attempts, tried) == ("c1", 3, ["a", "b", "c"])
+def test_plan_in_policy_order_skipping_unconfigured() -> None:
+    r = router()
+    assert [t.provider for t in r.plan(ctx())] == ["a", "b", "c"]
+    with pytest.raises(ModelNotFound):
+        r.plan(ctx("other"))
+    with pytest.raises(ProviderNotConfigured) as err:
+        r.plan(ctx("locked"))
+    assert "MISSING_KEY" in err.value.message and err.value.http_status == 503
 
 
-async def test_client_errors_are_not_retried() -> None:
-    attempt, tried = fails({"a": UpstreamStatusError(400, "bad param")})
+async def test_each_retry_goes_to_the_next_deployment() -> None:
+    attempt, tried = fails({"a": [UpstreamConnectError("down")], "b": [UpstreamStatusError(503, "busy")]})
+    routed = await router().call(ctx(), attempt)
+    assert (routed.value, routed.attempts, routed.fallback, tried) == ("c1", 3, True, ["a", "b", "c"])
+
+
+async def test_clean_request_is_not_a_fallback() -> None:
+    attempt, tried = fails({})
+    routed = await router().call(ctx(), attempt)
+    assert (routed.attempts, routed.fallback, tried) == (1, False, ["a"])
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
+async def test_client_errors_are_not_retried(status: int) -> None:
+    attempt, tried = fails({"a": [UpstreamStatusError(status, "no")]})
     with pytest.raises(UpstreamStatusError):
-        await router({"B_KEY": "k"}).call("m", attempt)
+        await router().call(ctx(), attempt)
     assert tried == ["a"]
 
 
 async def test_all_failed_collects_every_attempt() -> None:
-    attempt, _ = fails({p: UpstreamConnectError(f"{p} down") for p in "abc"})
+    attempt, _ = fails({p: [UpstreamConnectError(f"{p} down")] for p in "abc"})
     with pytest.raises(AllDeploymentsFailed) as err:
-        await router({"B_KEY": "k"}).call("m", attempt)
+        await router().call(ctx(), attempt)
     assert [a.provider for a in err.value.attempts] == ["a", "b", "c"]
     assert err.value.http_status == 502
+
+
+async def test_single_deployment_is_retried_with_backoff_up_to_max_attempts() -> None:
+    attempt, tried = fails({"a": [UpstreamTimeout("slow"), UpstreamStatusError(500, "oops")]})
+    routed = await router().call(ctx("solo"), attempt)
+    assert (routed.attempts, tried) == (3, ["a", "a", "a"])
+
+
+async def test_429_sets_the_deployment_aside_for_every_request() -> None:
+    clock = Clock()
+    r = router(clock=clock)
+    attempt, tried = fails({"a": [UpstreamStatusError(429, "slow down", retry_after_s=30)]})
+    routed = await r.call(ctx(), attempt)
+    assert routed.target.provider == "b" and tried == ["a", "b"]
+    # Later requests skip a until its Retry-After has passed: no retry storm.
+    assert [t.provider for t in r.plan(ctx())] == ["b", "c", "a"]
+    await r.call(ctx(), attempt)
+    assert tried == ["a", "b", "b"]
+    clock.now += 31
+    assert [t.provider for t in r.plan(ctx())] == ["a", "b", "c"]
+
+
+async def test_429_longer_than_the_limit_goes_back_to_the_client() -> None:
+    r = router()
+    attempt, tried = fails({"a": [UpstreamStatusError(429, "slow down", retry_after_s=60)]})
+    with pytest.raises(UpstreamStatusError) as err:
+        await r.call(ctx("solo"), attempt)
+    assert err.value.http_status == 429 and err.value.headers["retry-after"] == "60"
+    with pytest.raises(UpstreamStatusError) as again:  # no upstream call while it cools
+        await r.call(ctx("solo"), attempt)
+    assert tried == ["a"] and again.value.http_status == 429
+
+
+async def test_breaker_opens_then_skips_then_probes() -> None:
+    clock = Clock()
+    r = router(clock=clock)
+    attempt, tried = fails({"a": [UpstreamConnectError("down")] * 3})
+    with pytest.raises(AllDeploymentsFailed):
+        await r.call(ctx("solo"), attempt)  # three failures in a row: the breaker opens
+    assert tried == ["a", "a", "a"]
+    with pytest.raises(NoHealthyDeployment) as err:
+        await r.call(ctx("solo"), attempt)
+    assert err.value.http_status == 503 and err.value.headers["retry-after"] == "10"
+    assert tried == ["a", "a", "a"]
+    clock.now += 10
+    assert r.snapshot()["models"]["solo"]["deployments"][0]["breaker"] == "half_open"
+    await r.call(ctx("solo"), attempt)
+    assert r.snapshot()["models"]["solo"]["deployments"][0]["breaker"] == "closed"
+
+
+async def test_context_error_falls_back_to_a_bigger_window() -> None:
+    attempt, tried = fails(
+        {
+            "a": [
+                UpstreamStatusError(
+                    400, "This model's maximum context length is 1000 tokens", code="context_length_exceeded"
+                )
+            ]
+        }
+    )
+    routed = await router().call(ctx("long"), attempt)
+    assert routed.target.model == "big" and tried == ["a", "c"]
+
+
+def test_prompt_longer_than_every_window_is_refused_and_small_windows_skipped() -> None:
+    r = router()
+    assert [t.model for t in r.plan(ctx("long", prompt="x" * 8000))] == ["big"]
+    with pytest.raises(ContextTooLong) as err:
+        r.plan(ctx("long", prompt="x" * 800_000))
+    assert err.value.http_status == 400 and err.value.code == "context_length_exceeded"
+
+
+def test_rules_pick_a_group_by_tags_tools_and_prompt_length() -> None:
+    r = router()
+    assert r.resolve(RouteContext("routed", {}, tags=frozenset({"premium"}))) == "solo"
+    assert r.resolve(ctx("routed", tools=[{"type": "function"}])) == "long"
+    assert r.resolve(ctx("routed", messages=[{"role": "user", "content": "y" * 400}])) == "m"
+    assert r.resolve(ctx("routed", messages=[{"role": "user", "content": "short"}])) == "routed"
+
+
+async def test_feedback_moves_quality_and_a_second_vote_replaces_the_first() -> None:
+    r = router()
+    attempt, _ = fails({})
+    routed = await r.call(ctx("solo"), attempt)
+    r.remember("req-1", routed.group, routed.target)
+    group, target, q1 = r.feedback("req-1", 1.0) or ("", None, 0.0)
+    assert group == "solo" and target is routed.target and q1 > 0.5
+    _, _, q2 = r.feedback("req-1", 0.0) or ("", None, 0.0)
+    assert q2 < 0.5
+    assert r.feedback("unknown", 1.0) is None

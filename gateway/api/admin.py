@@ -1,0 +1,58 @@
+"""Operator endpoints: the router's live view, and quality feedback from applications."""
+
+from __future__ import annotations
+
+import hmac
+
+import orjson
+from aiohttp import web
+
+from gateway import keys
+from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound
+from gateway.http.responses import json_response
+from gateway.wire.requests import parse_body
+
+
+async def models(request: web.Request) -> web.Response:
+    """Every deployment with its live figures, score terms, first-choice share and breaker."""
+    token = request.app[keys.SETTINGS].admin_token
+    if token is not None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <SOPHIA_ADMIN_TOKEN>'.")
+    return json_response(orjson.dumps(request.app[keys.ROUTER].snapshot()))
+
+
+async def feedback(request: web.Request) -> web.Response:
+    """``POST /v1/feedback {"request_id", "score"}``: a 0..1 vote on an earlier answer's quality."""
+    body = parse_body(await request.read())
+    request_id = body.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidRequest(
+            "'request_id' is required: the x-request-id header of the response you rate.",
+            param="request_id",
+        )
+    score = body.get("score")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
+        raise InvalidRequest("'score' must be a number from 0 to 1.", param="score")
+    result = request.app[keys.ROUTER].feedback(request_id, float(score))
+    if result is None:
+        raise NotFound(
+            f"Unknown request id '{request_id}': feedback must name a request this gateway served recently.",
+            param="request_id",
+            code="request_not_found",
+        )
+    group, target, quality = result
+    return json_response(
+        orjson.dumps(
+            {
+                "object": "feedback",
+                "request_id": request_id,
+                "score": score,
+                "model": group,
+                "provider": target.provider,
+                "upstream_model": target.model,
+                "quality": round(quality, 6),
+            }
+        )
+    )

@@ -1,0 +1,146 @@
+"""Live figures per deployment, from real traffic: latency, success, uptime, errors, feedback.
+
+Everything here is plain arithmetic on numbers the router hands in; no I/O and no clock of its own
+(callers pass ``now`` from ``time.monotonic()``), so it is exact to unit-test. One instance per
+deployment per gateway process: replicas each learn from their own traffic (see ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+_BUCKETS = 10
+
+
+@dataclass(slots=True)
+class _Bucket:
+    start: float = -1.0
+    successes: int = 0
+    failures: int = 0
+
+
+class WindowCounter:
+    """Successes and failures over the last ``window_s`` seconds, in ten time buckets."""
+
+    __slots__ = ("_buckets", "_width")
+
+    def __init__(self, window_s: float) -> None:
+        self._width = window_s / _BUCKETS
+        self._buckets = [_Bucket() for _ in range(_BUCKETS)]
+
+    def add(self, now: float, ok: bool) -> None:
+        start = now - (now % self._width)
+        bucket = self._buckets[int(now / self._width) % _BUCKETS]
+        if bucket.start != start:
+            bucket.start, bucket.successes, bucket.failures = start, 0, 0
+        if ok:
+            bucket.successes += 1
+        else:
+            bucket.failures += 1
+
+    def _live(self, now: float) -> list[_Bucket]:
+        oldest = now - self._width * _BUCKETS
+        return [b for b in self._buckets if b.start > oldest]
+
+    def totals(self, now: float) -> tuple[int, int]:
+        """(successes, failures) inside the window."""
+        live = self._live(now)
+        return sum(b.successes for b in live), sum(b.failures for b in live)
+
+    def uptime(self, now: float) -> float | None:
+        """Share of the window's time slices with traffic in which at least one request succeeded."""
+        busy = [b for b in self._live(now) if b.successes or b.failures]
+        if not busy:
+            return None
+        return sum(1 for b in busy if b.successes) / len(busy)
+
+    def clear(self) -> None:
+        for b in self._buckets:
+            b.start, b.successes, b.failures = -1.0, 0, 0
+
+
+@dataclass(slots=True)
+class _Ewma:
+    value: float | None = None
+    updated: float = 0.0
+
+    def add(self, sample: float, alpha: float, now: float) -> None:
+        self.value = sample if self.value is None else self.value + alpha * (sample - self.value)
+        self.updated = now
+
+    def get(self, now: float, stale_after_s: float) -> float | None:
+        if self.value is None or now - self.updated > stale_after_s:
+            return None
+        return self.value
+
+
+@dataclass(slots=True)
+class DeploymentStats:
+    """What one deployment has shown lately.
+
+    ``latency`` is the whole answer for plain requests; ``ttft`` the first token of a stream;
+    both are exponentially weighted moving averages (``alpha`` per sample) that are forgotten
+    once older than ``stale_after_s``, so a deployment that was slow once is measured afresh.
+    """
+
+    window_s: float
+    alpha: float
+    stale_after_s: float
+    window: WindowCounter = field(init=False)
+    latency_s: _Ewma = field(default_factory=_Ewma)
+    ttft_s: _Ewma = field(default_factory=_Ewma)
+    tokens_per_s: _Ewma = field(default_factory=_Ewma)
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    in_flight: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    feedback_sum: float = 0.0
+    feedback_votes: int = 0
+    cost_usd: float = 0.0
+    cooling_until: float = 0.0  # a 429's Retry-After: skipped by every request until then
+
+    def __post_init__(self) -> None:
+        self.window = WindowCounter(self.window_s)
+
+    def latency(self, now: float, seconds: float, *, stream: bool) -> None:
+        """Time to a whole answer, or to a stream's first chunk (``stream=True``)."""
+        (self.ttft_s if stream else self.latency_s).add(seconds, self.alpha, now)
+
+    def success(self, now: float) -> None:
+        self.requests += 1
+        self.successes += 1
+        self.window.add(now, True)
+
+    def failure(self, now: float, error_class: str, *, counts: bool) -> None:
+        """A call failed; ``counts`` is False when the provider is not at fault (bad parameters,
+        rate limits), which then do not lower its reliability."""
+        self.requests += 1
+        self.errors[error_class] += 1
+        if counts:
+            self.failures += 1
+            self.window.add(now, False)
+
+    def stream_rate(self, now: float, output_tokens: int, seconds: float) -> None:
+        if output_tokens > 0 and seconds > 0:
+            self.tokens_per_s.add(output_tokens / seconds, self.alpha, now)
+
+    def vote(self, score: float) -> None:
+        self.feedback_sum += score
+        self.feedback_votes += 1
+
+    def quality(self, prior: float, prior_votes: float) -> float:
+        """Prior and feedback mean, weighted: ``prior_votes`` votes weigh as much as the prior."""
+        return (prior * prior_votes + self.feedback_sum) / (prior_votes + self.feedback_votes)
+
+    def reliability(self, now: float, prior_requests: float) -> float:
+        """Success share over the window, starting from ``prior_requests`` assumed successes."""
+        ok, bad = self.window.totals(now)
+        return (ok + prior_requests) / (ok + bad + prior_requests)
+
+    def latency_estimate(self, now: float, *, stream: bool) -> float | None:
+        """Seconds to the answer (first token for streams), or None when unmeasured or stale."""
+        primary, other = (self.ttft_s, self.latency_s) if stream else (self.latency_s, self.ttft_s)
+        value = primary.get(now, self.stale_after_s)
+        return value if value is not None else other.get(now, self.stale_after_s)
