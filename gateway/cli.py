@@ -47,6 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     check = policy_sub.add_parser("check", help="validate a policy file")
     check.add_argument("path")
     check.set_defaults(func=_policy_check)
+    explain = policy_sub.add_parser(
+        "explain", help="show the ranking a policy produces for a model, and why"
+    )
+    explain.add_argument("path")
+    explain.add_argument("--model", required=True, help="the model group to explain")
+    explain.add_argument(
+        "--url",
+        help="a running gateway (e.g. http://127.0.0.1:8080): explain its live figures "
+        "instead of the file's priors",
+    )
+    explain.set_defaults(func=_policy_explain)
     schema = policy_sub.add_parser("schema", help="print the policy JSON Schema")
     schema.add_argument("--output", "-o", help="write to this file instead of stdout")
     schema.set_defaults(func=_policy_schema)
@@ -101,6 +112,42 @@ def _policy_check(args: argparse.Namespace) -> int:
         f"{args.path}: ok ({len(policy.providers)} providers, {len(policy.models)} models, "
         f"{deployments} deployments)"
     )
+    return 0
+
+
+def _policy_explain(args: argparse.Namespace) -> int:
+    import urllib.request
+
+    from gateway.routing.explain import offline_view, render
+
+    try:
+        policy = load_policy(args.path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    if args.model not in policy.models:
+        print(f"error: no model group '{args.model}'; known: {', '.join(policy.models)}", file=sys.stderr)
+        return 1
+    if args.url:
+        request = urllib.request.Request(args.url.rstrip("/") + "/admin/models")
+        token = os.environ.get("SOPHIA_ADMIN_TOKEN")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                view = orjson.loads(resp.read())
+        except OSError as exc:
+            print(f"error: cannot read {args.url}/admin/models: {exc}", file=sys.stderr)
+            return 1
+        source = f"live figures from {args.url}"
+    else:
+        view = offline_view(policy, os.environ)
+        source = "priors from the file: no traffic yet"
+    if args.model not in view["models"]:
+        print(f"error: the gateway has no model group '{args.model}'", file=sys.stderr)
+        return 1
+    print(render(view, args.model, policy, source))
     return 0
 
 

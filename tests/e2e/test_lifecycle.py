@@ -183,3 +183,34 @@ def test_shipped_schema_is_current() -> None:
     assert json.loads(result.stdout) == json.loads(shipped), (
         "run: sophia-gateway policy schema -o routing_policies/policy.schema.json"
     )
+
+
+def test_policy_explain_ranks_from_priors(tmp_path: Path) -> None:
+    policy = tmp_path / "explain.yaml"
+    policy.write_text(
+        "version: 1\n"
+        "providers:\n"
+        "  fast: {kind: openai, base_url: http://127.0.0.1:1/v1}\n"
+        "  dear: {kind: openai, base_url: http://127.0.0.1:2/v1}\n"
+        "  locked: {kind: openai, base_url: http://127.0.0.1:3/v1, api_key_env: E2E_EXPLAIN_UNSET}\n"
+        "models:\n"
+        "  chat:\n"
+        "    deployments:\n"
+        "      - {provider: dear, model: big, quality: 0.8, price: {input_per_mtok: 5, output_per_mtok: 15}}\n"
+        "      - {provider: fast, model: small, quality: 0.8, price: {input_per_mtok: 0.1, output_per_mtok: 0.4}}\n"
+        "      - {provider: locked, model: other}\n"
+    )
+    result = run_cli("policy", "explain", str(policy), "--model", "chat")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[1] for row in rows] == ["fast/small", "dear/big", "locked/other"]
+    assert rows[2][-3:] == ["skipped:", "no", "key"]
+    assert "strategy: score" in result.stdout
+    missing = run_cli("policy", "explain", str(policy), "--model", "nope")
+    assert missing.returncode == 1 and "known: chat" in missing.stderr
+
+
+def test_policy_explain_reads_a_running_gateway(stack: Stack) -> None:
+    result = run_cli("policy", "explain", str(stack.policy_path), "--model", "chat", "--url", stack.url)
+    assert result.returncode == 0, result.stderr
+    assert f"live figures from {stack.url}" in result.stdout and "healthy/upstream-chat" in result.stdout
