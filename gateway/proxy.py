@@ -162,9 +162,9 @@ class Proxy:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         prompt = prompt if isinstance(prompt, int) else 0
         completion = completion if isinstance(completion, int) else 0
-        hist.labels(target.model, target.provider, "input").observe(prompt)
+        self._metrics.child(hist, target.model, target.provider, "input").observe(prompt)
         if "completion_tokens" in usage:
-            hist.labels(target.model, target.provider, "output").observe(completion)
+            self._metrics.child(hist, target.model, target.provider, "output").observe(completion)
         self._router.record_usage(group, target, prompt, completion)
 
 

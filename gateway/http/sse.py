@@ -54,7 +54,7 @@ async def relay(request: web.Request, reply: Reply, started_s: float) -> web.Str
                 await response.write(chunk)
                 if not first_at:
                     first_at = time.perf_counter()
-                    metrics.time_to_first_token.labels(target.model, target.provider).observe(
+                    metrics.child(metrics.time_to_first_token, target.model, target.provider).observe(
                         first_at - started_s
                     )
     except GatewayError as failed:

@@ -10,7 +10,7 @@ value ever holds a key.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,7 +22,10 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 # The ``*_created`` series double the exposition size and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -91,6 +94,7 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
         r = self.registry
         self.requests = Counter(
             "gateway_requests",
@@ -159,6 +163,15 @@ class GatewayMetrics:
             ("model", "provider", "upstream_model"),
             registry=r,
         )
+
+    def child(self, metric: M, *labels: str) -> M:
+        """``metric.labels(*labels)``, memoised: the hot path skips prometheus_client's label
+        validation and lock. Label values are bounded (see the module docstring), so is this."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[return-value]
 
     def register_router(self, router: RouterView) -> None:
         """Export the router's live breaker states and scores, read at scrape time."""

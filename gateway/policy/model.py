@@ -216,6 +216,12 @@ class Routing(_Strict):
         description="Softmax temperature over scores for the rest of the traffic: small values "
         "send nearly everything to the best score, large values spread it.",
     )
+    latency_floor_ms: float = Field(
+        20.0,
+        ge=0,
+        description="Added to every latency before comparing (best+floor)/(own+floor), so "
+        "differences far below it (jitter between equally fast deployments) barely count.",
+    )
     latency_alpha: float = Field(
         0.2, gt=0, le=1, description="Weight of each new latency sample in the moving average."
     )

@@ -119,13 +119,6 @@ class _Group:
     input_share: float = 0.75  # EWMA of input tokens / all tokens, for blending prices
 
 
-@dataclass(slots=True)
-class _Feedback:
-    target: Target
-    group: str
-    vote: float | None = None
-
-
 class Router:
     """Maps model names to planned targets and runs the failover loop."""
 
@@ -165,7 +158,11 @@ class Router:
             )
             for name, group in policy.models.items()
         }
-        self._requests: OrderedDict[str, _Feedback] = OrderedDict()
+        # request id -> (group, index into _all_targets, vote or None). Plain tuples of atomic
+        # values, which the garbage collector stops tracking: 100,000 of them cost no GC time.
+        self._requests: OrderedDict[str, tuple[str, int, float | None]] = OrderedDict()
+        self._all_targets = [t for g in self._groups.values() for t in g.targets]
+        self._target_index = {id(t): i for i, t in enumerate(self._all_targets)}
         metrics.register_router(self)
 
     # ----- lookups
@@ -261,7 +258,8 @@ class Router:
             )
             for t in targets
         ]
-        return list(zip(targets, scoring.terms(figures, group.input_share), strict=True))
+        floor_s = routing.latency_floor_ms / 1000
+        return list(zip(targets, scoring.terms(figures, group.input_share, floor_s), strict=True))
 
     # ----- the failover loop
 
@@ -271,10 +269,38 @@ class Router:
         group = self._groups[group_name]
         cursor = _Cursor(self.plan(ctx, group_name), group.retry, self._clock, self._rng, ctx)
         failures: list[Attempt] = []
+        # The first attempt runs outside tenacity: most requests need no retry, and building
+        # the retry machinery for each would cost a sizeable share of the proxy's overhead.
+        target = await cursor.take()
+        try:
+            value = await self._attempt(target, ctx, attempt)
+        except GatewayError as error:
+            failures.append(Attempt(target.provider, target.model, error))
+            cursor.failed(target, error)
+            if not cursor.may_retry(error) or cursor.stop_after(1, cursor.wait(None)):
+                raise
+            await asyncio.sleep(cursor.pending_wait_s)
+            value, target = await self._retry(group_name, cursor, ctx, attempt, failures)
+        if len(failures):
+            self._metrics.child(self._metrics.retries, group_name).inc(len(failures))
+        fallback = target is not cursor.first
+        if fallback:
+            self._metrics.child(self._metrics.fallbacks, group_name).inc()
+        return Routed(value, target, len(failures) + 1, group_name, fallback)
+
+    async def _retry(
+        self,
+        group_name: str,
+        cursor: _Cursor,
+        ctx: RouteContext,
+        attempt: Callable[[Target], Awaitable[T]],
+        failures: list[Attempt],
+    ) -> tuple[T, Target]:
+        """Attempts 2..n, run by tenacity: the cursor picks each target and its wait."""
         retrying = AsyncRetrying(
             retry=retry_if_exception(cursor.may_retry),
             wait=cursor.wait,
-            stop=cursor.stop,
+            stop=lambda state: cursor.stop_after(state.attempt_number + 1, cursor.pending_wait_s),
             reraise=True,
         )
         try:
@@ -288,15 +314,8 @@ class Router:
                         cursor.failed(target, error)
                         raise
         except GatewayError as error:
-            if len(failures) > 1:
-                raise AllDeploymentsFailed(group_name, failures) from error
-            raise
-        if len(failures):
-            self._metrics.retries.labels(group_name).inc(len(failures))
-        fallback = target is not cursor.first
-        if fallback:
-            self._metrics.fallbacks.labels(group_name).inc()
-        return Routed(value, target, len(failures) + 1, group_name, fallback)
+            raise AllDeploymentsFailed(group_name, failures) from error
+        return value, target
 
     async def _attempt(
         self, target: Target, ctx: RouteContext, attempt: Callable[[Target], Awaitable[T]]
@@ -319,7 +338,7 @@ class Router:
         now = self._clock()
         live.stats.latency(now, elapsed, stream=ctx.stream)
         m = self._metrics
-        m.upstream_duration.labels(target.provider, target.model).observe(elapsed)
+        m.child(m.upstream_duration, target.provider, target.model).observe(elapsed)
         if not ctx.stream:
             live.stats.in_flight -= 1
             self._record_success(target, now)
@@ -346,7 +365,7 @@ class Router:
     def _record_success(self, target: Target, now: float) -> None:
         target.live.stats.success(now)
         target.live.breaker.success(now)
-        self._metrics.upstream_requests.labels(target.provider, target.model, "success").inc()
+        self._metrics.child(self._metrics.upstream_requests, target.provider, target.model, "success").inc()
 
     def _record_failure(self, target: Target, error: GatewayError) -> None:
         now = self._clock()
@@ -361,8 +380,8 @@ class Router:
         else:
             live.breaker.success(now)  # it answered: the provider is up, the request was wrong
         m = self._metrics
-        m.upstream_requests.labels(target.provider, target.model, "error").inc()
-        m.upstream_errors.labels(target.provider, target.model, type(error).__name__).inc()
+        m.child(m.upstream_requests, target.provider, target.model, "error").inc()
+        m.child(m.upstream_errors, target.provider, target.model, type(error).__name__).inc()
 
     # ----- usage, cost and feedback
 
@@ -372,7 +391,7 @@ class Router:
         cost = (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1_000_000
         target.live.stats.cost_usd += cost
         if cost:
-            self._metrics.cost.labels(group_name, target.provider, target.model).inc(cost)
+            self._metrics.child(self._metrics.cost, group_name, target.provider, target.model).inc(cost)
         group = self._groups.get(group_name)
         if group is not None and prompt + completion > 0:
             group.input_share += 0.05 * (prompt / (prompt + completion) - group.input_share)
@@ -380,10 +399,12 @@ class Router:
 
     def remember(self, request_id: str, group: str, target: Target) -> None:
         """Keep where ``request_id`` was served, so feedback on it can reach that deployment."""
-        self._requests[request_id] = _Feedback(target, group)
-        self._requests.move_to_end(request_id)
-        while len(self._requests) > _REMEMBERED_REQUESTS:
-            self._requests.popitem(last=False)
+        requests = self._requests
+        if request_id in requests:
+            del requests[request_id]
+        requests[request_id] = (group, self._target_index[id(target)], None)
+        if len(requests) > _REMEMBERED_REQUESTS:
+            requests.popitem(last=False)
 
     def feedback(self, request_id: str, score: float) -> tuple[str, Target, float] | None:
         """Apply a 0..1 vote on an earlier request; a second vote on it replaces the first.
@@ -391,14 +412,16 @@ class Router:
         entry = self._requests.get(request_id)
         if entry is None:
             return None
-        stats = entry.target.live.stats
-        if entry.vote is None:
+        group, index, previous = entry
+        target = self._all_targets[index]
+        stats = target.live.stats
+        if previous is None:
             stats.vote(score)
         else:
-            stats.feedback_sum += score - entry.vote
-        entry.vote = score
-        quality = stats.quality(entry.target.deployment.quality, self._policy.routing.quality_prior_votes)
-        return entry.group, entry.target, quality
+            stats.feedback_sum += score - previous
+        self._requests[request_id] = (group, index, score)
+        quality = stats.quality(target.deployment.quality, self._policy.routing.quality_prior_votes)
+        return group, target, quality
 
     # ----- what /admin/models, policy explain and the metrics collector show
 
@@ -567,7 +590,11 @@ class _Cursor:
             return self._min_context > 0
         return is_retryable(error)
 
-    def wait(self, state: RetryCallState) -> float:
+    @property
+    def pending_wait_s(self) -> float:
+        return self._wait_s
+
+    def wait(self, state: RetryCallState | None) -> float:
         """Pick the next target and say how long to wait for it (0 for a fresh one)."""
         self._next = None
         self._wait_s = 0.0
@@ -589,11 +616,12 @@ class _Cursor:
         self._wait_s = wait
         return wait
 
-    def stop(self, state: RetryCallState) -> bool:
-        if self._next is None or state.attempt_number >= self._retry.max_attempts:
+    def stop_after(self, attempts_done: int, wait_s: float) -> bool:
+        """Whether to give up after ``attempts_done`` attempts, the next needing ``wait_s``."""
+        if self._next is None or attempts_done >= self._retry.max_attempts:
             return True
         elapsed = self._clock() - self._started
-        return elapsed + self._wait_s > self._retry.deadline_s
+        return elapsed + wait_s > self._retry.deadline_s
 
     def _find(self) -> tuple[Target, int] | None:
         """The next usable target from the current position, and how many rounds in it is."""

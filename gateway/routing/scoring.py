@@ -4,8 +4,10 @@ Every term is normalised to 0..1 within the group, higher is better, so the poli
 compare like with like (the seed plan added raw milliseconds and dollars, which made the slow,
 expensive model win):
 
-* latency:     best estimate in the group / this one's (an unmeasured deployment scores 1,
-               optimism that makes the router measure it);
+* latency:     (best estimate in the group + floor) / (this one's + floor); an unmeasured
+               deployment scores 1, optimism that makes the router measure it. The floor
+               (``routing.latency_floor_ms``) keeps sub-millisecond jitter between equally fast
+               deployments from looking like a 2x difference;
 * quality:     the policy prior blended with live feedback (``DeploymentStats.quality``);
 * reliability: smoothed success share over the sliding window;
 * cost:        (cheapest blended price + eps) / (this one's + eps), blended at the group's
@@ -56,7 +58,7 @@ class Terms:
         ) / total
 
 
-def terms(figures: Sequence[Figures], input_share: float = 0.75) -> list[Terms]:
+def terms(figures: Sequence[Figures], input_share: float = 0.75, latency_floor_s: float = 0.0) -> list[Terms]:
     """Normalised terms for each deployment of one group (same order as ``figures``).
 
     ``input_share`` is the group's share of input tokens among all tokens, for blending prices.
@@ -71,7 +73,7 @@ def terms(figures: Sequence[Figures], input_share: float = 0.75) -> list[Terms]:
         if f.latency_s is None or best_latency is None or f.latency_s <= 0:
             latency = 1.0
         else:
-            latency = best_latency / f.latency_s
+            latency = (best_latency + latency_floor_s) / (f.latency_s + latency_floor_s)
         out.append(
             Terms(
                 latency=latency,
