@@ -47,9 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     check = policy_sub.add_parser("check", help="validate a policy file")
     check.add_argument("path")
     check.set_defaults(func=_policy_check)
-    explain = policy_sub.add_parser(
-        "explain", help="show the ranking a policy produces for a model, and why"
-    )
+    explain = policy_sub.add_parser("explain", help="show the ranking a policy produces for a model, and why")
     explain.add_argument("path")
     explain.add_argument("--model", required=True, help="the model group to explain")
     explain.add_argument(

@@ -17,7 +17,8 @@ from gateway.errors import UpstreamBadResponse
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.base import Endpoint, StreamTranslator
 from gateway.providers.transport import UpstreamResponse
-from gateway.routing.router import RouteContext, Router, Target
+from gateway.routing.router import Router
+from gateway.routing.target import RouteContext, Target
 from gateway.wire.requests import (
     ChatCompletionHead,
     CompletionHead,

@@ -19,11 +19,10 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from tenacity import AsyncRetrying, retry_if_exception
 
 from gateway.errors import (
     AllDeploymentsFailed,
@@ -35,68 +34,22 @@ from gateway.errors import (
     ProviderNotConfigured,
     UpstreamStatusError,
     counts_against_provider,
-    is_context_length_error,
-    is_retryable,
 )
 from gateway.observability.metrics import GatewayMetrics
-from gateway.policy.model import Deployment, ModelGroup, Policy, Retry, RuleMatch
+from gateway.policy.model import ModelGroup, Policy, Retry
 from gateway.providers.transport import ProviderClient
 from gateway.routing import scoring
+from gateway.routing.attempts import Cursor
 from gateway.routing.breaker import BreakerState, CircuitBreaker
 from gateway.routing.stats import DeploymentStats
+from gateway.routing.strategies import Strategy, strategy_for
+from gateway.routing.target import Live, RouteContext, Target, rule_matches
 
 T = TypeVar("T")
 
 _REMEMBERED_REQUESTS = 100_000  # request ids kept for feedback (oldest forgotten first)
 _DEFAULT_COOLING_S = 1.0  # a 429 without Retry-After sets its deployment aside this long
 _CHARS_PER_TOKEN = 4
-
-
-@dataclass(slots=True)
-class Live:
-    """The mutable state of one deployment."""
-
-    stats: DeploymentStats
-    breaker: CircuitBreaker
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A deployment bound to the client that reaches it and to its live state."""
-
-    deployment: Deployment
-    client: ProviderClient
-    live: Live = field(compare=False, repr=False)
-
-    @property
-    def provider(self) -> str:
-        return self.client.name
-
-    @property
-    def model(self) -> str:
-        return self.deployment.model
-
-
-@dataclass
-class RouteContext:
-    """What the router needs to know of a request."""
-
-    model: str
-    body: Mapping[str, Any]
-    stream: bool = False
-    tags: frozenset[str] = frozenset()
-
-    @cached_property
-    def prompt_tokens(self) -> int:
-        """A cheap estimate of the prompt's length in tokens (characters / 4)."""
-        return (
-            _text_chars(self.body.get("messages", self.body.get("prompt", self.body.get("input"))))
-            // _CHARS_PER_TOKEN
-        )
-
-    @property
-    def has_tools(self) -> bool:
-        return bool(self.body.get("tools") or self.body.get("functions"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +69,7 @@ class _Group:
     config: ModelGroup
     targets: tuple[Target, ...]
     retry: Retry
+    strategy: Strategy
     input_share: float = 0.75  # EWMA of input tokens / all tokens, for blending prices
 
 
@@ -155,6 +109,7 @@ class Router:
                     for dep in group.deployments
                 ),
                 group.retry or policy.retry,
+                strategy_for(group.strategy, policy.routing),
             )
             for name, group in policy.models.items()
         }
@@ -186,7 +141,7 @@ class Router:
         if group is None:
             raise ModelNotFound(ctx.model, list(self._groups))
         for rule in group.config.rules:
-            if _matches(rule.when, ctx):
+            if rule_matches(rule.when, ctx):
                 return rule.use
         return ctx.model
 
@@ -220,29 +175,11 @@ class Router:
     def _order(self, group: _Group, targets: list[Target], ctx: RouteContext, now: float) -> list[Target]:
         if len(targets) <= 1:
             return targets
-        strategy = group.config.strategy
-        if strategy == "ordered":
-            return targets
-        if strategy == "least-busy":
-            least = min(t.live.stats.in_flight for t in targets)
-            idle = [t for t in targets if t.live.stats.in_flight == least]
-            first = idle[self._rng.randrange(len(idle))]
-            rest = sorted((t for t in targets if t is not first), key=lambda t: t.live.stats.in_flight)
-            return [first, *rest]
-        if strategy == "weighted":
-            weights = [t.deployment.weight for t in targets]
-            if sum(weights) <= 0:
-                return targets
-            first = targets[scoring.pick(weights, self._rng)]
-            rest = sorted((t for t in targets if t is not first), key=lambda t: -t.deployment.weight)
-            return [first, *rest]
+        return group.strategy.order(targets, lambda ts: self._scores(group, ts, now, ctx.stream), self._rng)
+
+    def _scores(self, group: _Group, targets: Sequence[Target], now: float, stream: bool) -> list[float]:
         w = self._policy.weights
-        scores = [terms.score(w) for _, terms in self._terms(group, targets, now, ctx.stream)]
-        routing = self._policy.routing
-        shares = scoring.shares(scores, routing.exploration, routing.temperature)
-        i = scoring.pick(shares, self._rng)
-        by_score = sorted(range(len(targets)), key=lambda j: -scores[j])
-        return [targets[i], *(targets[j] for j in by_score if j != i)]
+        return [terms.score(w) for _, terms in self._terms(group, targets, now, stream)]
 
     def _terms(
         self, group: _Group, targets: Sequence[Target], now: float, stream: bool
@@ -267,7 +204,7 @@ class Router:
         """Run ``attempt`` on planned targets until one succeeds or the error is final."""
         group_name = self.resolve(ctx)
         group = self._groups[group_name]
-        cursor = _Cursor(self.plan(ctx, group_name), group.retry, self._clock, self._rng, ctx)
+        cursor = Cursor(self.plan(ctx, group_name), group.retry, self._clock, self._rng, ctx)
         failures: list[Attempt] = []
         # The first attempt runs outside tenacity: most requests need no retry, and building
         # the retry machinery for each would cost a sizeable share of the proxy's overhead.
@@ -291,7 +228,7 @@ class Router:
     async def _retry(
         self,
         group_name: str,
-        cursor: _Cursor,
+        cursor: Cursor,
         ctx: RouteContext,
         attempt: Callable[[Target], Awaitable[T]],
         failures: list[Attempt],
@@ -496,19 +433,8 @@ class Router:
     def _first_shares(self, group: _Group, targets: Sequence[Target], scores: Sequence[float]) -> list[float]:
         if not targets:
             return []
-        strategy = group.config.strategy
-        n = len(targets)
-        if strategy == "ordered":
-            return [1.0] + [0.0] * (n - 1)
-        if strategy == "least-busy":
-            least = min(t.live.stats.in_flight for t in targets)
-            idle = [t.live.stats.in_flight == least for t in targets]
-            return [1 / sum(idle) if i else 0.0 for i in idle]
-        if strategy == "weighted":
-            total = sum(t.deployment.weight for t in targets)
-            return [t.deployment.weight / total if total else 1 / n for t in targets]
-        r = self._policy.routing
-        return scoring.shares(scores, r.exploration, r.temperature)
+        by_target = dict(zip(map(id, targets), scores, strict=True))
+        return group.strategy.shares(targets, lambda ts: [by_target[id(t)] for t in ts])
 
     def breaker_states(self) -> Iterator[tuple[str, str, BreakerState]]:
         now = self._clock()
@@ -520,144 +446,3 @@ class Router:
         for name, group in self._groups.items():
             for target, terms in self._terms(group, group.targets, now, stream=False):
                 yield name, target.provider, target.model, terms.score(self._policy.weights)
-
-
-class _Cursor:
-    """Walks one request's plan for tenacity: which target next, how long to wait, when to stop.
-
-    Positions run over the plan repeated (``plan[i % n]``): a position past the first round is a
-    revisit of a deployment this request already tried, and only revisits back off.
-    """
-
-    def __init__(
-        self,
-        plan: list[Target],
-        retry: Retry,
-        clock: Callable[[], float],
-        rng: random.Random,
-        ctx: RouteContext,
-    ) -> None:
-        self.first = plan[0]
-        self._plan = plan
-        self._retry = retry
-        self._clock = clock
-        self._rng = rng
-        self._ctx = ctx
-        self._started = clock()
-        self._pos = 0  # the next position to consider
-        self._next: Target | None = None
-        self._wait_s = 0.0
-        self._min_context = 0
-
-    async def take(self) -> Target:
-        """The target for this attempt, with its breaker slot taken (the half-open probe)."""
-        target, self._next = self._next, None
-        now = self._clock()
-        if target is None:  # the first attempt
-            target = self._plan[0]
-            self._pos = 1
-            cooling = target.live.stats.cooling_until - now
-            if cooling > 0:  # every deployment is rate limited: wait for the soonest, or refuse
-                if cooling > self._retry.max_retry_after_s or cooling > self._retry.deadline_s:
-                    raise UpstreamStatusError(
-                        429,
-                        f"{target.provider} is rate limited for {cooling:.1f} s more.",
-                        provider=target.provider,
-                        code="rate_limit_exceeded",
-                        retry_after_s=cooling,
-                    )
-                await asyncio.sleep(cooling)
-        while not target.live.breaker.acquire(self._clock()):
-            found = self._find()  # another request took the half-open probe: move on
-            if found is None:
-                breaker = target.live.breaker
-                raise NoHealthyDeployment(self._ctx.model, breaker.retry_in(self._clock()) or 1.0)
-            target = found[0]
-        return target
-
-    def failed(self, target: Target, error: GatewayError) -> None:
-        if is_context_length_error(error):
-            # Only a deployment with a bigger context may help now.
-            self._min_context = max(
-                self._min_context,
-                (target.deployment.context_window or self._ctx.prompt_tokens) + 1,
-            )
-
-    def may_retry(self, error: BaseException) -> bool:
-        if not isinstance(error, GatewayError):
-            return False
-        if is_context_length_error(error):
-            return self._min_context > 0
-        return is_retryable(error)
-
-    @property
-    def pending_wait_s(self) -> float:
-        return self._wait_s
-
-    def wait(self, state: RetryCallState | None) -> float:
-        """Pick the next target and say how long to wait for it (0 for a fresh one)."""
-        self._next = None
-        self._wait_s = 0.0
-        found = self._find()
-        if found is None:
-            return 0.0
-        target, rounds = found
-        wait = 0.0
-        if rounds:
-            r = self._retry
-            cap = min(r.backoff_max_s, r.backoff_initial_s * 2 ** (rounds - 1))
-            wait = cap / 2 + self._rng.uniform(0, cap / 2)  # exponential, with jitter
-        cooling = target.live.stats.cooling_until - self._clock()
-        if cooling > 0:
-            if cooling > self._retry.max_retry_after_s:
-                return 0.0  # too long to hold the client: stop() hands it the 429
-            wait = max(wait, cooling)
-        self._next = target
-        self._wait_s = wait
-        return wait
-
-    def stop_after(self, attempts_done: int, wait_s: float) -> bool:
-        """Whether to give up after ``attempts_done`` attempts, the next needing ``wait_s``."""
-        if self._next is None or attempts_done >= self._retry.max_attempts:
-            return True
-        elapsed = self._clock() - self._started
-        return elapsed + wait_s > self._retry.deadline_s
-
-    def _find(self) -> tuple[Target, int] | None:
-        """The next usable target from the current position, and how many rounds in it is."""
-        now = self._clock()
-        plan = self._plan
-        n = len(plan)
-        any_fresh = any(t.live.stats.cooling_until <= now and t.live.breaker.available(now) for t in plan)
-        for pos in range(self._pos, self._pos + n):
-            target = plan[pos % n]
-            if self._min_context and (target.deployment.context_window or 0) < self._min_context:
-                continue
-            if not target.live.breaker.available(now):
-                continue
-            if any_fresh and target.live.stats.cooling_until > now:
-                continue  # a rate-limited deployment is the last resort
-            self._pos = pos + 1
-            return target, pos // n
-        return None
-
-
-def _matches(when: RuleMatch, ctx: RouteContext) -> bool:
-    if when.tags is not None and not ctx.tags.intersection(when.tags):
-        return False
-    if when.has_tools is not None and when.has_tools != ctx.has_tools:
-        return False
-    if when.min_prompt_tokens is not None and ctx.prompt_tokens < when.min_prompt_tokens:
-        return False
-    return not (when.max_prompt_tokens is not None and ctx.prompt_tokens > when.max_prompt_tokens)
-
-
-def _text_chars(value: object) -> int:
-    """Characters of text in a prompt, message list or content-part list."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_chars(v) for v in value)
-    if isinstance(value, dict):
-        return _text_chars(value.get("content")) + _text_chars(value.get("text"))
-    return 0

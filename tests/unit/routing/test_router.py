@@ -22,7 +22,8 @@ from gateway.policy.loader import parse_policy
 from gateway.policy.model import Policy
 from gateway.providers.openai import OpenAIAdapter
 from gateway.providers.transport import ProviderClient
-from gateway.routing.router import RouteContext, Router, Target
+from gateway.routing.router import Router
+from gateway.routing.target import RouteContext, Target
 
 POLICY = """
 version: 1

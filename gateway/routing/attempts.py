@@ -1,0 +1,139 @@
+"""One request's walk over its plan, in the form tenacity asks for: next target, wait, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+from tenacity import RetryCallState
+
+from gateway.errors import (
+    GatewayError,
+    NoHealthyDeployment,
+    UpstreamStatusError,
+    is_context_length_error,
+    is_retryable,
+)
+from gateway.policy.model import Retry
+from gateway.routing.target import RouteContext, Target
+
+
+class Cursor:
+    """Walks one request's plan for tenacity: which target next, how long to wait, when to stop.
+
+    Positions run over the plan repeated (``plan[i % n]``): a position past the first round is a
+    revisit of a deployment this request already tried, and only revisits back off.
+    """
+
+    def __init__(
+        self,
+        plan: list[Target],
+        retry: Retry,
+        clock: Callable[[], float],
+        rng: random.Random,
+        ctx: RouteContext,
+    ) -> None:
+        self.first = plan[0]
+        self._plan = plan
+        self._retry = retry
+        self._clock = clock
+        self._rng = rng
+        self._ctx = ctx
+        self._started = clock()
+        self._pos = 0  # the next position to consider
+        self._next: Target | None = None
+        self._wait_s = 0.0
+        self._min_context = 0
+
+    async def take(self) -> Target:
+        """The target for this attempt, with its breaker slot taken (the half-open probe)."""
+        target, self._next = self._next, None
+        now = self._clock()
+        if target is None:  # the first attempt
+            target = self._plan[0]
+            self._pos = 1
+            cooling = target.live.stats.cooling_until - now
+            if cooling > 0:  # every deployment is rate limited: wait for the soonest, or refuse
+                if cooling > self._retry.max_retry_after_s or cooling > self._retry.deadline_s:
+                    raise UpstreamStatusError(
+                        429,
+                        f"{target.provider} is rate limited for {cooling:.1f} s more.",
+                        provider=target.provider,
+                        code="rate_limit_exceeded",
+                        retry_after_s=cooling,
+                    )
+                await asyncio.sleep(cooling)
+        while not target.live.breaker.acquire(self._clock()):
+            found = self._find()  # another request took the half-open probe: move on
+            if found is None:
+                breaker = target.live.breaker
+                raise NoHealthyDeployment(self._ctx.model, breaker.retry_in(self._clock()) or 1.0)
+            target = found[0]
+        return target
+
+    def failed(self, target: Target, error: GatewayError) -> None:
+        if is_context_length_error(error):
+            # Only a deployment with a bigger context may help now.
+            self._min_context = max(
+                self._min_context,
+                (target.deployment.context_window or self._ctx.prompt_tokens) + 1,
+            )
+
+    def may_retry(self, error: BaseException) -> bool:
+        if not isinstance(error, GatewayError):
+            return False
+        if is_context_length_error(error):
+            return self._min_context > 0
+        return is_retryable(error)
+
+    @property
+    def pending_wait_s(self) -> float:
+        return self._wait_s
+
+    def wait(self, state: RetryCallState | None) -> float:
+        """Pick the next target and say how long to wait for it (0 for a fresh one)."""
+        self._next = None
+        self._wait_s = 0.0
+        found = self._find()
+        if found is None:
+            return 0.0
+        target, rounds = found
+        wait = 0.0
+        if rounds:
+            r = self._retry
+            cap = min(r.backoff_max_s, r.backoff_initial_s * 2 ** (rounds - 1))
+            wait = cap / 2 + self._rng.uniform(0, cap / 2)  # exponential, with jitter
+        cooling = target.live.stats.cooling_until - self._clock()
+        if cooling > 0:
+            if cooling > self._retry.max_retry_after_s:
+                return 0.0  # too long to hold the client: stop() hands it the 429
+            wait = max(wait, cooling)
+        self._next = target
+        self._wait_s = wait
+        return wait
+
+    def stop_after(self, attempts_done: int, wait_s: float) -> bool:
+        """Whether to give up after ``attempts_done`` attempts, the next needing ``wait_s``."""
+        if self._next is None or attempts_done >= self._retry.max_attempts:
+            return True
+        elapsed = self._clock() - self._started
+        return elapsed + wait_s > self._retry.deadline_s
+
+    def _find(self) -> tuple[Target, int] | None:
+        """The next usable target from the current position, and how many rounds in it is."""
+        now = self._clock()
+        plan = self._plan
+        n = len(plan)
+        any_fresh = any(t.live.stats.cooling_until <= now and t.live.breaker.available(now) for t in plan)
+        for pos in range(self._pos, self._pos + n):
+            target = plan[pos % n]
+            if self._min_context and (target.deployment.context_window or 0) < self._min_context:
+                continue
+            if not target.live.breaker.available(now):
+                continue
+            if any_fresh and target.live.stats.cooling_until > now:
+                continue  # a rate-limited deployment is the last resort
+            self._pos = pos + 1
+            return target, pos // n
+        return None

@@ -1,0 +1,101 @@
+"""Routing strategies: how a group's first choice is made, and in which order the rest follow.
+
+Each is a small class implementing ``Strategy``; the policy names one per group
+(``strategy: score | weighted | ordered | least-busy``) and ``STRATEGIES`` maps the name to it.
+Every strategy sees only eligible targets (key set, breaker letting calls through, big enough,
+not rate limited) and gets their scores on demand, as a callable, so the ones that do not
+need scores never compute them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from gateway.policy.model import Routing
+from gateway.routing import scoring
+from gateway.routing.target import Target
+
+Scores = Callable[[Sequence[Target]], list[float]]
+
+
+class Strategy(Protocol):
+    def order(self, targets: list[Target], scores: Scores, rng: random.Random) -> list[Target]:
+        """``targets`` with the first choice first, then the fallbacks in order."""
+        ...
+
+    def shares(self, targets: Sequence[Target], scores: Scores) -> list[float]:
+        """The probability of each target being the first choice right now."""
+        ...
+
+
+class ScoreStrategy:
+    """Best live score, drawn by softmax with an exploration floor (see ``scoring``)."""
+
+    def __init__(self, routing: Routing) -> None:
+        self._exploration = routing.exploration
+        self._temperature = routing.temperature
+
+    def order(self, targets: list[Target], scores: Scores, rng: random.Random) -> list[Target]:
+        values = scores(targets)
+        first = scoring.pick(scoring.shares(values, self._exploration, self._temperature), rng)
+        by_score = sorted(range(len(targets)), key=lambda j: -values[j])
+        return [targets[first], *(targets[j] for j in by_score if j != first)]
+
+    def shares(self, targets: Sequence[Target], scores: Scores) -> list[float]:
+        return scoring.shares(scores(targets), self._exploration, self._temperature)
+
+
+class WeightedStrategy:
+    """Fixed shares by each deployment's ``weight`` (canaries, A/B splits)."""
+
+    def order(self, targets: list[Target], scores: Scores, rng: random.Random) -> list[Target]:
+        weights = [t.deployment.weight for t in targets]
+        if sum(weights) <= 0:
+            return targets
+        first = targets[scoring.pick(weights, rng)]
+        return [first, *sorted((t for t in targets if t is not first), key=lambda t: -t.deployment.weight)]
+
+    def shares(self, targets: Sequence[Target], scores: Scores) -> list[float]:
+        total = sum(t.deployment.weight for t in targets)
+        return [t.deployment.weight / total if total else 1 / len(targets) for t in targets]
+
+
+class OrderedStrategy:
+    """Policy order: the first eligible deployment, the rest as strict fallbacks."""
+
+    def order(self, targets: list[Target], scores: Scores, rng: random.Random) -> list[Target]:
+        return targets
+
+    def shares(self, targets: Sequence[Target], scores: Scores) -> list[float]:
+        return [1.0 if i == 0 else 0.0 for i in range(len(targets))]
+
+
+class LeastBusyStrategy:
+    """Fewest requests in flight on this replica; ties drawn at random."""
+
+    def order(self, targets: list[Target], scores: Scores, rng: random.Random) -> list[Target]:
+        least = min(t.live.stats.in_flight for t in targets)
+        idle = [t for t in targets if t.live.stats.in_flight == least]
+        first = idle[rng.randrange(len(idle))]
+        return [first, *sorted((t for t in targets if t is not first), key=lambda t: t.live.stats.in_flight)]
+
+    def shares(self, targets: Sequence[Target], scores: Scores) -> list[float]:
+        least = min(t.live.stats.in_flight for t in targets)
+        idle = [t.live.stats.in_flight == least for t in targets]
+        return [1 / sum(idle) if i else 0.0 for i in idle]
+
+
+def strategy_for(name: str, routing: Routing) -> Strategy:
+    """The strategy the policy names (the names are validated by the policy model)."""
+    if name == "score":
+        return ScoreStrategy(routing)
+    return STRATEGIES[name]()
+
+
+STRATEGIES: dict[str, Callable[[], Strategy]] = {
+    "weighted": WeightedStrategy,
+    "ordered": OrderedStrategy,
+    "least-busy": LeastBusyStrategy,
+}

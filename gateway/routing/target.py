@@ -1,0 +1,83 @@
+"""What routing works on: a deployment bound to its client and live state, and a request's facts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from gateway.policy.model import Deployment, RuleMatch
+from gateway.providers.transport import ProviderClient
+from gateway.routing.breaker import CircuitBreaker
+from gateway.routing.stats import DeploymentStats
+
+_CHARS_PER_TOKEN = 4
+
+
+@dataclass(slots=True)
+class Live:
+    """The mutable state of one deployment."""
+
+    stats: DeploymentStats
+    breaker: CircuitBreaker
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A deployment bound to the client that reaches it and to its live state."""
+
+    deployment: Deployment
+    client: ProviderClient
+    live: Live = field(compare=False, repr=False)
+
+    @property
+    def provider(self) -> str:
+        return self.client.name
+
+    @property
+    def model(self) -> str:
+        return self.deployment.model
+
+
+@dataclass
+class RouteContext:
+    """What the router needs to know of a request."""
+
+    model: str
+    body: Mapping[str, Any]
+    stream: bool = False
+    tags: frozenset[str] = frozenset()
+
+    @cached_property
+    def prompt_tokens(self) -> int:
+        """A cheap estimate of the prompt's length in tokens (characters / 4)."""
+        return (
+            _text_chars(self.body.get("messages", self.body.get("prompt", self.body.get("input"))))
+            // _CHARS_PER_TOKEN
+        )
+
+    @property
+    def has_tools(self) -> bool:
+        return bool(self.body.get("tools") or self.body.get("functions"))
+
+
+def rule_matches(when: RuleMatch, ctx: RouteContext) -> bool:
+    if when.tags is not None and not ctx.tags.intersection(when.tags):
+        return False
+    if when.has_tools is not None and when.has_tools != ctx.has_tools:
+        return False
+    if when.min_prompt_tokens is not None and ctx.prompt_tokens < when.min_prompt_tokens:
+        return False
+    return not (when.max_prompt_tokens is not None and ctx.prompt_tokens > when.max_prompt_tokens)
+
+
+def _text_chars(value: object) -> int:
+    """Characters of text in a prompt, message list or content-part list."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_chars(v) for v in value)
+    if isinstance(value, dict):
+        return _text_chars(value.get("content")) + _text_chars(value.get("text"))
+    return 0
