@@ -6,13 +6,19 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
+import orjson
 from aiohttp import web
 
 from gateway import keys
 from gateway.api import admin, health, openai
+from gateway.cache.memory_store import MemoryStore
+from gateway.cache.redis_store import RedisStore
+from gateway.cache.service import Embedder, ResponseCache
+from gateway.cache.store import CacheStore, CategoryBudget
 from gateway.http.middleware import add_gateway_headers, gateway_middleware
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
+from gateway.providers.base import Endpoint
 from gateway.providers.registry import adapter_for
 from gateway.providers.transport import ProviderClient
 from gateway.proxy import Proxy
@@ -44,7 +50,10 @@ def build_app(settings: Settings, policy: Policy, env: Mapping[str, str] | None 
     app[keys.POLICY] = policy
     app[keys.METRICS] = metrics
     app[keys.ROUTER] = router
-    app[keys.PROXY] = Proxy(router, metrics)
+    proxy = app[keys.PROXY] = Proxy(router, metrics)
+    store = _cache_store(settings, policy)
+    cache = app[keys.CACHE] = ResponseCache(policy.cache, store, metrics, _embedder(proxy))
+    metrics.cache_collector(cache)
     app[keys.LIFECYCLE] = keys.Lifecycle()
 
     async def provider_sessions(app: web.Application) -> AsyncIterator[None]:
@@ -54,12 +63,46 @@ def build_app(settings: Settings, policy: Policy, env: Mapping[str, str] | None 
         for client in clients.values():
             await client.close()
 
+    async def cache_store(app: web.Application) -> AsyncIterator[None]:
+        await store.start()  # never fails: an unreachable Redis starts unhealthy (fail-open)
+        yield
+        await store.close()
+
     app.cleanup_ctx.append(provider_sessions)
+    app.cleanup_ctx.append(cache_store)
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_start_draining)
     app.on_response_prepare.append(add_gateway_headers)
     _add_routes(app)
     return app
+
+
+def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
+    budgets = {name: CategoryBudget(name, c.max_bytes) for name, c in policy.cache.categories.items()}
+    if settings.redis_url:
+        return RedisStore(
+            settings.redis_url,
+            budgets,
+            prefix=settings.cache_prefix,
+            op_timeout_s=policy.cache.lookup_timeout_ms / 1000,
+        )
+    return MemoryStore(budgets)
+
+
+def _embedder(proxy: Proxy) -> Embedder:
+    """Embeddings for the semantic cache, through the gateway's own routing."""
+
+    async def embed(model: str, text: str) -> list[float] | None:
+        reply = await proxy.call(
+            Endpoint.EMBEDDINGS, {"model": model, "input": text, "encoding_format": "float"}
+        )
+        try:
+            vector = orjson.loads(reply.body or b"")["data"][0]["embedding"]
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            return None
+        return vector if isinstance(vector, list) else None
+
+    return embed
 
 
 async def _readiness(app: web.Application) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.cache.service import CacheOutcome, ResponseCache
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
 from gateway.proxy import Proxy, Reply
@@ -31,9 +32,12 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 ROUTER = web.AppKey("router", Router)
 PROXY = web.AppKey("proxy", Proxy)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+CACHE = web.AppKey("cache", ResponseCache)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # The model group a request named, once the gateway knows it exists (a bounded metric label).
 REQUEST_MODEL = web.RequestKey("request_model", str)
 # Where the request was served (group, deployment, attempts, fallback), once a provider answered.
 REQUEST_ROUTE = web.RequestKey("request_route", Reply)
+# What the response cache did (hit, miss, bypass, refresh), once it decided.
+REQUEST_CACHE = web.RequestKey("request_cache", CacheOutcome)

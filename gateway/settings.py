@@ -24,6 +24,9 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
     access_log: bool = True
+    # Redis for the response cache; None keeps it in this process.
+    redis_url: str | None = field(default=None, repr=False)
+    cache_prefix: str = "sophia:cache:"
     # When set, /admin/* needs "Authorization: Bearer <token>".
     admin_token: str | None = field(default=None, repr=False)
 
@@ -43,4 +46,6 @@ class Settings:
             log_format=e.get("SOPHIA_LOG_FORMAT", base.log_format),
             access_log=e.get("SOPHIA_ACCESS_LOG", "1") not in ("0", "false", "no"),
             admin_token=e.get("SOPHIA_ADMIN_TOKEN") or None,
+            redis_url=e.get("REDIS_URL") or None,
+            cache_prefix=e.get("SOPHIA_CACHE_PREFIX", base.cache_prefix),
         )

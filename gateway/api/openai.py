@@ -9,8 +9,8 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import ModelNotFound, PayloadTooLarge
+from gateway.http.caching import respond
 from gateway.http.responses import json_response
-from gateway.http.sse import relay
 from gateway.providers.base import Endpoint
 from gateway.wire.requests import parse_body
 
@@ -36,14 +36,7 @@ async def _proxied(request: web.Request, endpoint: Endpoint) -> web.StreamRespon
     model = body.get("model")
     if isinstance(model, str) and request.app[keys.ROUTER].has_model(model):
         request[keys.REQUEST_MODEL] = model
-    tags = request.headers.get("x-gateway-tags")
-    tag_set = frozenset(t.strip() for t in tags.split(",") if t.strip()) if tags else frozenset()
-    reply = await request.app[keys.PROXY].call(endpoint, body, tags=tag_set)
-    request[keys.REQUEST_ROUTE] = reply
-    request.app[keys.ROUTER].remember(request[keys.REQUEST_ID], reply.group, reply.target)
-    if reply.stream is not None:
-        return await relay(request, reply, started)
-    return json_response(reply.body or b"{}")
+    return await respond(request, endpoint, body, started)
 
 
 async def list_models(request: web.Request) -> web.Response:

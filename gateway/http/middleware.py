@@ -92,6 +92,9 @@ def _observe(request: web.Request, status: int, elapsed_s: float) -> None:
     route = request.get(keys.REQUEST_ROUTE)
     target = route.target if route is not None else None
     provider = target.provider if target is not None else ""
+    cached = request.get(keys.REQUEST_CACHE)
+    if cached is not None and cached.status == "hit":
+        provider = "cache"
     metrics.child(metrics.requests, endpoint, model, provider, str(status)).inc()
     if model:
         metrics.child(metrics.request_duration, endpoint, model, provider).observe(elapsed_s)
@@ -129,3 +132,12 @@ async def add_gateway_headers(request: web.Request, response: web.StreamResponse
         headers["x-gateway-fallback"] = "true" if route.fallback else "false"
         if route.group != request.get(keys.REQUEST_MODEL):
             headers["x-gateway-group"] = route.group  # a rule sent it to another group
+    cached = request.get(keys.REQUEST_CACHE)
+    if cached is not None:
+        headers = response.headers
+        headers["x-gateway-cache"] = cached.status
+        if cached.status == "hit":
+            headers["x-gateway-provider"] = "cache"
+            headers["x-gateway-model"] = cached.model or ""
+            headers["x-gateway-cache-match"] = cached.match or "exact"
+            headers["x-gateway-cache-category"] = cached.category

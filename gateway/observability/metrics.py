@@ -21,7 +21,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
@@ -62,6 +62,54 @@ class RouterView(Protocol):
     def breaker_states(self) -> Iterable[tuple[str, str, int]]: ...
 
     def scores(self) -> Iterable[tuple[str, str, str, float]]: ...
+
+
+class CacheView(Protocol):
+    """What the metrics need of the cache store."""
+
+    @property
+    def categories(self) -> Iterable[str]: ...
+
+    def usage(self, category: str) -> tuple[int, int]:
+        """(entries, bytes)"""
+        ...
+
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def errors(self) -> int: ...
+
+
+class _CacheCollector(Collector):
+    def __init__(self, view: CacheView) -> None:
+        self._view = view
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        view = self._view
+        size = GaugeMetricFamily(
+            "gateway_cache_bytes", "Bytes stored per cache category.", labels=("category",)
+        )
+        entries = GaugeMetricFamily(
+            "gateway_cache_entries", "Entries stored per cache category.", labels=("category",)
+        )
+        for category in view.categories:
+            count, used = view.usage(category)
+            entries.add_metric((category,), count)
+            size.add_metric((category,), used)
+        up = GaugeMetricFamily(
+            "gateway_cache_backend_up", "1 while the cache backend answers, 0 while it is skipped."
+        )
+        up.add_metric((), 1 if view.healthy else 0)
+        errors = CounterMetricFamily(
+            "gateway_cache_backend_errors",
+            "Cache operations that failed or timed out (the request went on without the cache).",
+        )
+        errors.add_metric((), view.errors)
+        return [size, entries, up, errors]
 
 
 class _RouterCollector(Collector):
@@ -157,12 +205,29 @@ class GatewayMetrics:
             ("model",),
             registry=r,
         )
+        self.cache_requests = Counter(
+            "gateway_cache_requests",
+            "Cacheable-path requests by category and result (hit, miss, bypass, refresh); hit "
+            "rate = hit / (hit + miss).",
+            ("category", "result"),
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "gateway_cache_evictions",
+            "Entries evicted to keep a category within its byte budget.",
+            ("category",),
+            registry=r,
+        )
         self.cost = Counter(
             "gateway_cost_usd",
             "Spend in US dollars, from the policy's prices and the usage providers reported.",
             ("model", "provider", "upstream_model"),
             registry=r,
         )
+
+    def cache_collector(self, view: CacheView) -> None:
+        """Export the cache store's per-category footprint and health, read at scrape time."""
+        self.registry.register(_CacheCollector(view))
 
     def child(self, metric: M, *labels: str) -> M:
         """``metric.labels(*labels)``, memoised: the hot path skips prometheus_client's label

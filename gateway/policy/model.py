@@ -8,9 +8,9 @@ rejects unknown keys so a typo is an error, not a silently ignored setting.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -264,6 +264,123 @@ class ModelGroup(_Strict):
     retry: Retry | None = Field(None, description="Overrides the top-level `retry` for this group.")
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def _parse_size(value: object) -> object:
+    """``100MB`` / ``64 MiB`` / ``1048576`` -> bytes; anything else is left for pydantic to refuse."""
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError("must be a size such as 50MB, 64MiB or a number of bytes")
+        return int(float(match.group(1)) * _UNITS[(match.group(2) or "B").lower()])
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
+
+
+class SemanticCache(_Strict):
+    """Serve a cached answer to a prompt that means the same as a cached one."""
+
+    embedding_model: str = Field(
+        description="A model group of this policy that serves /v1/embeddings; prompts are "
+        "embedded through the gateway's own routing."
+    )
+    threshold: float = Field(
+        0.95, gt=0, le=1, description="Least cosine similarity that counts as the same prompt."
+    )
+    max_entries: int = Field(
+        10_000, ge=1, description="Prompts kept in each replica's in-memory index for the category."
+    )
+
+
+class CacheCategory(_Strict):
+    """A class of cached answers with its own lifetime and space."""
+
+    ttl_s: float = Field(gt=0, description="How long an answer stays (x-gateway-cache-ttl may shorten it).")
+    max_bytes: ByteSize = Field(
+        description="Space for this category (e.g. 50MB); when full, its least recently used "
+        "entries are evicted, never another category's."
+    )
+    shared: bool = Field(
+        False,
+        description="Share answers across tenants (callers' API keys). Only for answers that are "
+        "the same for everyone; by default each tenant has its own entries.",
+    )
+    semantic: SemanticCache | None = Field(None, description="Opt in to semantic matching.")
+
+
+class CacheRuleMatch(_Strict):
+    """Request properties a cache rule tests; every condition given must hold."""
+
+    models: list[str] | None = Field(None, min_length=1, description="Model names the client sent.")
+    tags: list[str] | None = Field(
+        None, min_length=1, description="Any of these in the `x-gateway-tags` header."
+    )
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> CacheRuleMatch:
+        if self.models is None and self.tags is None:
+            raise ValueError("a cache rule needs at least one condition (models, tags)")
+        return self
+
+
+class CacheRule(_Strict):
+    """Put matching requests in a category (the `x-gateway-cache-category` header wins)."""
+
+    when: CacheRuleMatch
+    category: str = Field(description="A key of `cache.categories`.")
+
+
+def _seed_categories() -> dict[str, CacheCategory]:
+    return {
+        "executive_insights": CacheCategory(ttl_s=3600, max_bytes=100 * 10**6),
+        "common_queries": CacheCategory(ttl_s=1800, max_bytes=50 * 10**6),
+        "user_preferences": CacheCategory(ttl_s=86400, max_bytes=10 * 10**6),
+    }
+
+
+class Cache(_Strict):
+    """The response cache (Redis when REDIS_URL is set, else in this process)."""
+
+    enabled: bool = Field(True, description="Turn the response cache on or off.")
+    cacheable: Literal["deterministic", "always", "opt-in"] = Field(
+        "deterministic",
+        description="deterministic: requests with temperature 0 (embeddings always), or that "
+        "name a category; always: every request; opt-in: only requests that name a category "
+        "(header or rule).",
+    )
+    default_category: str = Field("common_queries", description="Category when nothing picks one.")
+    categories: dict[str, CacheCategory] = Field(default_factory=_seed_categories, min_length=1)
+    rules: list[CacheRule] = Field(default_factory=list, description="First match picks the category.")
+    lookup_timeout_ms: float = Field(
+        50,
+        gt=0,
+        description="A cache operation slower than this is abandoned and the request goes upstream "
+        "(fail-open).",
+    )
+
+    @model_validator(mode="after")
+    def _categories_exist(self) -> Cache:
+        known = ", ".join(sorted(self.categories))
+        if self.default_category not in self.categories:
+            raise PolicyReferenceError(
+                ("cache", "default_category"),
+                f"unknown cache category '{self.default_category}'",
+                f"known categories: {known}",
+            )
+        for i, rule in enumerate(self.rules):
+            if rule.category not in self.categories:
+                raise PolicyReferenceError(
+                    ("cache", "rules", i, "category"),
+                    f"unknown cache category '{rule.category}'",
+                    f"known categories: {known}",
+                )
+        return self
+
+
 class Server(_Strict):
     """HTTP server settings that belong with the policy rather than the environment."""
 
@@ -281,6 +398,7 @@ class Policy(_Strict):
     routing: Routing = Routing()
     retry: Retry = Retry()
     breaker: Breaker = Breaker()
+    cache: Cache = Cache()
     server: Server = Server()
     providers: dict[str, Provider] = Field(min_length=1)
     models: dict[str, ModelGroup] = Field(min_length=1)
@@ -315,6 +433,14 @@ class Policy(_Strict):
                         f"group '{rule.use}' has rules of its own",
                         "rules are applied once; point at a group without rules",
                     )
+        for cname, category in self.cache.categories.items():
+            semantic = category.semantic
+            if semantic is not None and semantic.embedding_model not in self.models:
+                raise PolicyReferenceError(
+                    ("cache", "categories", cname, "semantic", "embedding_model"),
+                    f"unknown model group '{semantic.embedding_model}'",
+                    f"known model groups: {', '.join(sorted(self.models))}",
+                )
         return self
 
 

@@ -1,0 +1,310 @@
+"""``RedisStore``: the shared ``CacheStore``, one Redis for every replica.
+
+Layout per category (``P`` = ``{prefix}{category}``):
+
+* ``P:v:{key}``  the value, with a PX TTL;
+* ``P:lru``      ZSET key -> last access (Redis server time in µs, kept strictly increasing so
+  two accesses never tie and replicas with skewed clocks still agree on the order);
+* ``P:sizes``    HASH key -> bytes the entry counts (``entry_size``: UTF-8 key + value);
+* ``P:bytes``    the sum of ``P:sizes``, compared to the category's budget.
+
+``set``, ``get`` and ``delete`` are Lua scripts, so value, recency and byte count change together
+even with many replicas writing. A value expired by TTL stays indexed (and counted in
+``P:bytes``) until a ``get`` of it or an eviction sweep meets it. The scripts compute value keys
+from ``P``, so this needs one Redis (5+, or a primary with replicas), not Redis Cluster.
+
+Fail-open: each call is bounded by ``op_timeout_s``; on a Redis, OS or timeout error it returns
+"nothing" (miss, 0 evictions), ``errors`` counts it, and the store turns unhealthy and skips
+Redis for a backoff (0.1 s doubling to 5 s, jittered); then one call probes, and its success
+makes the store healthy again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+from redis.maint_notifications import MaintNotificationsConfig
+from redis.typing import EncodableT
+
+from gateway.cache.memory_store import entry_size
+from gateway.cache.store import CategoryBudget, CategoryUsage
+
+if TYPE_CHECKING:
+    from gateway.cache.store import CacheStore
+
+log = logging.getLogger("gateway.cache.redis")
+
+T = TypeVar("T")
+
+_USERINFO = re.compile(r"^(?P<scheme>[^:/]+://)(?P<userinfo>[^/?#]*)@")
+_PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+BACKOFF_BASE_S = 0.1
+BACKOFF_MAX_S = 5.0
+# Idle pooled connections are PINGed before reuse after this long, so a connection that died
+# silently (no FIN, e.g. a vanished host) is replaced instead of costing a request its timeout.
+HEALTH_CHECK_INTERVAL_S = 15
+
+# Prepended to SET and GET: ``now``, the next recency score (server time in µs, but above the
+# category's current newest, so scores never tie or go back).
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')[2]
+if newest and tonumber(newest) >= now then now = tonumber(newest) + 1 end
+"""
+
+# Prepended to GET and DELETE: ``forget(key)`` unindexes an entry (e.g. one expired by TTL).
+_FORGET = """
+local function forget(key)
+  local size = redis.call('HGET', KEYS[3], key)
+  if size then
+    redis.call('HDEL', KEYS[3], key)
+    redis.call('ZREM', KEYS[2], key)
+    redis.call('DECRBY', KEYS[4], size)
+  end
+end
+"""
+
+# KEYS: value, lru, sizes, bytes.  ARGV: key, value, ttl_ms, size, budget, value key prefix.
+# Returns {evicted, bytes, entries}.
+_SET = """
+local key, size, budget = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+local old = tonumber(redis.call('HGET', KEYS[3], key) or 0)
+local total = redis.call('INCRBY', KEYS[4], size - old)
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('HSET', KEYS[3], key, size)
+redis.call('ZADD', KEYS[2], now, key)
+local evicted = 0
+while total > budget do
+  local oldest = redis.call('ZPOPMIN', KEYS[2])
+  if #oldest == 0 then break end
+  local victim = oldest[1]
+  local vsize = tonumber(redis.call('HGET', KEYS[3], victim) or 0)
+  redis.call('HDEL', KEYS[3], victim)
+  total = redis.call('DECRBY', KEYS[4], vsize)
+  -- An entry already expired by TTL is only unindexed: dropping it is not an eviction.
+  evicted = evicted + redis.call('DEL', ARGV[6] .. victim)
+end
+return {evicted, total, redis.call('ZCARD', KEYS[2])}
+"""
+
+# KEYS: value, lru, sizes, bytes.  ARGV: key.  Returns the value or nil.
+_GET = """
+local value = redis.call('GET', KEYS[1])
+if value then
+  redis.call('ZADD', KEYS[2], 'XX', now, ARGV[1])
+  return value
+end
+forget(ARGV[1])
+return false
+"""
+
+# KEYS: value, lru, sizes, bytes.  ARGV: key.  Returns {bytes, entries}.
+_DELETE = """
+redis.call('DEL', KEYS[1])
+forget(ARGV[1])
+return {tonumber(redis.call('GET', KEYS[4]) or 0), redis.call('ZCARD', KEYS[2])}
+"""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (userinfo or ``password=`` query) shown as ``***``, for logs."""
+
+    def hide(match: re.Match[str]) -> str:
+        user, colon, _ = match["userinfo"].partition(":")
+        # A lone userinfo token may be a password written without its colon: hide it as well.
+        return f"{match['scheme']}{user}:***@" if colon else f"{match['scheme']}***@"
+
+    return _PASSWORD_PARAM.sub(r"\1***", _USERINFO.sub(hide, url, count=1))
+
+
+class RedisStore:
+    """Per-category LRU byte budgets and TTLs in Redis, fail-open.
+
+    ``url`` is a redis-py URL (``redis://[:password@]host:port/db``, ``rediss://``, ``unix://``);
+    ``prefix`` namespaces every key; ``op_timeout_s`` bounds each call in seconds, connecting
+    included; ``clock`` (seconds) times the backoff. ``errors`` counts failed Redis calls.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        budgets: Mapping[str, CategoryBudget],
+        *,
+        prefix: str = "sophia:cache:",
+        op_timeout_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = url
+        self.redacted_url = redact_url(url)
+        self._budgets = {name: budget.max_bytes for name, budget in budgets.items()}
+        self._prefix = prefix
+        self._op_timeout_s = op_timeout_s
+        self._clock = clock
+        self._usage = {name: CategoryUsage(entries=0, bytes=0) for name in budgets}
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self.errors = 0
+        self._healthy = False
+        self._failures = 0  # consecutive failed backoff windows; sets the next backoff
+        self._retry_at = 0.0  # clock time before which Redis is skipped
+        self._probing = False  # one call at a time tries Redis again after a backoff
+
+    async def start(self) -> None:
+        """Create the client and PING; an unreachable Redis just leaves the store unhealthy.
+
+        A malformed URL raises ``ValueError``: that is configuration, not a backend failure.
+        """
+        if self._client is not None:
+            return
+        # asyncio.timeout bounds each call; the socket timeouts only bound what runs outside it
+        # (close). No redis-py retries: they would spend the op's budget; the backoff decides.
+        # Maintenance notifications (redis-py 8 default "auto", with RESP3) make the pool skip its
+        # check-out test for connections the server closed, so after a Redis restart the first
+        # call on each pooled connection would fail; they serve managed-Redis failovers only.
+        slack_s = max(1.0, self._op_timeout_s)
+        self._client = aioredis.Redis.from_url(
+            self._url,
+            socket_connect_timeout=slack_s,
+            socket_timeout=slack_s,
+            health_check_interval=HEALTH_CHECK_INTERVAL_S,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        )
+        self._scripts = {
+            "set": self._client.register_script(_NOW + _SET),
+            "get": self._client.register_script(_NOW + _FORGET + _GET),
+            "delete": self._client.register_script(_FORGET + _DELETE),
+        }
+        self._healthy = True  # so the first failure logs the transition
+        client = self._client
+        await self._call(lambda: client.ping())
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except (RedisError, OSError) as exc:  # closing a dead connection may complain
+                log.debug("redis close failed", extra={"fields": {"error": repr(exc)}})
+
+    async def get(self, category: str, key: str) -> bytes | None:
+        """The value (now the category's most recently used), or None: absent, expired, failing."""
+        keys = self._keys(category, key)
+        result = await self._call(lambda: self._scripts["get"](keys=keys, args=[key]))
+        return bytes(result) if result is not None else None
+
+    async def set(self, category: str, key: str, value: bytes, ttl_s: float) -> int:
+        """Store ``value`` for ``ttl_s`` seconds; returns how many live entries were evicted.
+
+        A value larger than the whole budget, or ``ttl_s`` <= 0, is not stored and removes any
+        previous entry under ``key``; returns 0, as does a failing Redis.
+        """
+        keys = self._keys(category, key)
+        size = entry_size(key, value)
+        budget = self._budgets[category]
+        if size > budget or ttl_s <= 0:
+            await self.delete(category, key)
+            return 0
+        ttl_ms = max(1, math.ceil(ttl_s * 1000))
+        value_prefix = f"{self._prefix}{category}:v:"
+        args: list[EncodableT] = [key, value, ttl_ms, size, budget, value_prefix]
+        result = await self._call(lambda: self._scripts["set"](keys=keys, args=args))
+        if result is None:
+            return 0
+        evicted, total, entries = (int(n) for n in result)
+        self._usage[category] = CategoryUsage(entries=entries, bytes=total)
+        return evicted
+
+    async def delete(self, category: str, key: str) -> None:
+        """Remove the entry if present (nothing happens while Redis is failing)."""
+        keys = self._keys(category, key)
+        result = await self._call(lambda: self._scripts["delete"](keys=keys, args=[key]))
+        if result is not None:
+            total, entries = (int(n) for n in result)
+            self._usage[category] = CategoryUsage(entries=entries, bytes=total)
+
+    def usage(self, category: str) -> CategoryUsage:
+        """Entries and bytes as of this replica's last write (other replicas' writes lag)."""
+        self._check(category)
+        return self._usage[category]
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @property
+    def kind(self) -> str:
+        return "redis"
+
+    def _check(self, category: str) -> None:
+        if category not in self._budgets:
+            raise ValueError(f"unknown cache category {category!r}")
+
+    def _keys(self, category: str, key: str) -> list[str]:
+        self._check(category)
+        base = f"{self._prefix}{category}"
+        return [f"{base}:v:{key}", f"{base}:lru", f"{base}:sizes", f"{base}:bytes"]
+
+    async def _call(self, op: Callable[[], Awaitable[T]]) -> T | None:
+        """Run ``op`` against Redis within the op timeout; None if skipped or failed."""
+        if self._client is None:
+            return None
+        probe = False
+        if not self._healthy:
+            if self._probing or self._clock() < self._retry_at:
+                return None  # backing off: no Redis round trip at all
+            probe = self._probing = True
+        try:
+            async with asyncio.timeout(self._op_timeout_s):
+                result = await op()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc, probe)
+            return None
+        finally:
+            if probe:
+                self._probing = False
+        if not self._healthy:
+            log.info("redis cache recovered", extra={"fields": {"url": self.redacted_url}})
+        self._healthy = True
+        self._failures = 0
+        return result
+
+    def _failed(self, exc: BaseException, probe: bool) -> None:
+        self.errors += 1
+        # Calls already in flight when Redis broke fail too; only the first of them, or a failed
+        # probe, opens a new (longer) backoff window, so concurrency does not inflate the backoff.
+        if not (self._healthy or probe):
+            return
+        if self._healthy:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning(
+                "redis cache unavailable, serving without it",
+                extra={"fields": {"url": self.redacted_url, "error": error}},
+            )
+        self._healthy = False
+        self._failures += 1
+        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(self._failures - 1, 16))
+        # Jitter spreads the replicas' probes so a recovering Redis is not hit by all at once.
+        self._retry_at = self._clock() + delay * random.uniform(0.5, 1.0)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(store: RedisStore) -> CacheStore:
+        return store

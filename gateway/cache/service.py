@@ -1,0 +1,262 @@
+"""The response cache service: what is cacheable, where it goes, and how it is found again.
+
+``plan`` decides from the policy and the request (category, key, TTL, whether to read and write);
+``lookup`` tries the exact key, then (for semantic categories) the nearest cached prompt;
+``store`` writes a complete answer. ``Flights`` makes N identical concurrent misses cost one
+upstream call. Nothing here raises because the cache failed: the store fails open, and semantic
+lookups that cannot embed simply miss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.cache import fingerprint
+from gateway.cache.semantic import SemanticIndex, Vector
+from gateway.cache.store import CacheStore
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.observability.metrics import GatewayMetrics
+from gateway.policy.model import Cache
+from gateway.providers.base import Endpoint
+
+log = logging.getLogger("gateway.cache")
+
+# (embedding model group, text) -> the embedding, or None when it could not be had.
+Embedder = Callable[[str, str], Awaitable[list[float] | None]]
+
+CATEGORY_HEADER = "x-gateway-cache-category"
+TTL_HEADER = "x-gateway-cache-ttl"
+_MAX_TTL_S = 7 * 86400
+
+
+@dataclass(slots=True)
+class CachePlan:
+    """How the cache treats one request."""
+
+    category: str
+    key: str
+    ttl_s: float
+    read: bool  # look the answer up (False for Cache-Control: no-cache)
+    write: bool  # store the answer (False for no-store)
+    status: str  # the x-gateway-cache value unless it is a hit: miss | refresh | bypass
+    scope: str | None = None  # semantic categories: the neighbourhood the prompt lives in
+    text: str | None = None
+    vector: Vector | None = None  # the prompt's embedding, once computed (reused to store)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    """A stored answer: the body exactly as first sent (JSON, or the SSE stream's bytes)."""
+
+    body: bytes
+    provider: str
+    model: str
+    match: str = "exact"  # exact | semantic
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"p": self.provider, "m": self.model}) + b"\n" + self.body
+
+    @classmethod
+    def decode(cls, raw: bytes, match: str) -> CachedAnswer | None:
+        head, sep, body = raw.partition(b"\n")
+        try:
+            meta = orjson.loads(head) if sep else None
+        except orjson.JSONDecodeError:
+            meta = None
+        if not isinstance(meta, dict):
+            return None  # not ours (or corrupted): a miss, never an error
+        return cls(body, str(meta.get("p", "")), str(meta.get("m", "")), match)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheOutcome:
+    """What the cache did for a request (response headers and metrics read it)."""
+
+    status: str  # hit | miss | bypass | refresh
+    category: str
+    match: str | None = None  # hits: exact | semantic
+    model: str | None = None  # hits: the upstream model that first produced the answer
+
+
+class Flights:
+    """In-process single flight: the first miss for a key leads, identical ones wait for it."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, asyncio.Future[CachedAnswer | None]] = {}
+
+    def waiter(self, key: str) -> asyncio.Future[CachedAnswer | None] | None:
+        return self._pending.get(key)
+
+    def lead(self, key: str) -> None:
+        self._pending[key] = asyncio.get_running_loop().create_future()
+
+    def land(self, key: str, answer: CachedAnswer | None) -> None:
+        future = self._pending.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(answer)
+
+
+class ResponseCache:
+    def __init__(self, config: Cache, store: CacheStore, metrics: GatewayMetrics, embed: Embedder) -> None:
+        self.config = config
+        self.store = store
+        self.flights = Flights()
+        self._metrics = metrics
+        self._embed = embed
+        self._indexes = {
+            name: SemanticIndex(c.semantic.max_entries)
+            for name, c in config.categories.items()
+            if c.semantic is not None
+        }
+
+    def plan(self, endpoint: Endpoint, body: Mapping[str, Any], headers: Mapping[str, str]) -> CachePlan:
+        """Decide how the cache treats this request; raises ``InvalidRequest`` for bad cache headers."""
+        cfg = self.config
+        named = headers.get(CATEGORY_HEADER)
+        if named is not None and named not in cfg.categories:
+            raise InvalidRequest(
+                f"Unknown cache category '{named}' in {CATEGORY_HEADER}. Known: {', '.join(sorted(cfg.categories))}.",
+                param=CATEGORY_HEADER,
+            )
+        category = named or self._rule_category(body, headers)
+        chosen = category is not None
+        category = category or cfg.default_category
+        settings = cfg.categories[category]
+        ttl_s = self._ttl(headers, settings.ttl_s)
+        directives = {d.strip().lower() for d in headers.get("cache-control", "").split(",")}
+        read = "no-cache" not in directives
+        write = "no-store" not in directives
+        cacheable = cfg.enabled and self._cacheable(endpoint, body, chosen)
+        if not cacheable or not (read or write):
+            return CachePlan(category, "", ttl_s, False, False, "bypass")
+        tenant = (
+            fingerprint.SHARED_TENANT
+            if settings.shared
+            else fingerprint.tenant_of(headers.get("authorization"))
+        )
+        plan = CachePlan(
+            category,
+            fingerprint.request_key(endpoint.value, tenant, body),
+            ttl_s,
+            read,
+            write,
+            "miss" if read else "refresh",
+        )
+        if settings.semantic is not None:
+            plan.scope = fingerprint.semantic_scope(endpoint.value, tenant, body)
+            plan.text = fingerprint.prompt_text(body)
+        return plan
+
+    async def lookup(self, plan: CachePlan) -> CachedAnswer | None:
+        """The cached answer for ``plan``: exact key first, then the nearest prompt."""
+        raw = await self.store.get(plan.category, plan.key)
+        if raw is not None:
+            return CachedAnswer.decode(raw, "exact")
+        index = self._indexes.get(plan.category)
+        semantic = self.config.categories[plan.category].semantic
+        if index is None or semantic is None or plan.scope is None or not plan.text:
+            return None
+        plan.vector = await self._vector(semantic.embedding_model, plan.text)
+        if plan.vector is None:
+            return None
+        near = index.nearest(plan.scope, plan.vector, semantic.threshold)
+        if near is None:
+            return None
+        raw = await self.store.get(plan.category, near)
+        if raw is None:
+            index.discard(plan.scope, near)  # expired or evicted from the store
+            return None
+        return CachedAnswer.decode(raw, "semantic")
+
+    async def store_answer(self, plan: CachePlan, answer: CachedAnswer) -> None:
+        """Write a complete answer (never an error or a cut stream: callers only pass those)."""
+        if not plan.write:
+            return
+        evicted = await self.store.set(plan.category, plan.key, answer.encode(), plan.ttl_s)
+        if evicted:
+            self._metrics.child(self._metrics.cache_evictions, plan.category).inc(evicted)
+        index = self._indexes.get(plan.category)
+        semantic = self.config.categories[plan.category].semantic
+        if index is not None and semantic is not None and plan.scope is not None and plan.text:
+            if plan.vector is None:
+                plan.vector = await self._vector(semantic.embedding_model, plan.text)
+            if plan.vector is not None:
+                index.add(plan.scope, plan.key, plan.vector)
+
+    # ----- what the metrics collector reads (``observability.metrics.CacheView``)
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.config.categories)
+
+    def usage(self, category: str) -> tuple[int, int]:
+        used = self.store.usage(category)
+        return used.entries, used.bytes
+
+    @property
+    def healthy(self) -> bool:
+        return self.store.healthy
+
+    @property
+    def errors(self) -> int:
+        return self.store.errors
+
+    def count(self, category: str, result: str) -> None:
+        self._metrics.child(self._metrics.cache_requests, category, result).inc()
+
+    def _rule_category(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
+        if not self.config.rules:
+            return None
+        model = body.get("model")
+        tags = {t.strip() for t in headers.get("x-gateway-tags", "").split(",") if t.strip()}
+        for rule in self.config.rules:
+            when = rule.when
+            if when.models is not None and model not in when.models:
+                continue
+            if when.tags is not None and not tags.intersection(when.tags):
+                continue
+            return rule.category
+        return None
+
+    def _cacheable(self, endpoint: Endpoint, body: Mapping[str, Any], chosen: bool) -> bool:
+        mode = self.config.cacheable
+        if mode == "always" or chosen:
+            return True
+        if mode == "opt-in":
+            return False
+        if endpoint is Endpoint.EMBEDDINGS:
+            return True  # embeddings are deterministic
+        temperature = body.get("temperature")
+        return isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature == 0
+
+    @staticmethod
+    def _ttl(headers: Mapping[str, str], default_s: float) -> float:
+        given = headers.get(TTL_HEADER)
+        if given is None:
+            return default_s
+        try:
+            ttl_s = float(given)
+        except ValueError:
+            ttl_s = -1.0
+        if not 0 < ttl_s <= _MAX_TTL_S:
+            raise InvalidRequest(
+                f"{TTL_HEADER} must be a number of seconds above 0 and at most {_MAX_TTL_S}.",
+                param=TTL_HEADER,
+            )
+        return ttl_s
+
+    async def _vector(self, model: str, text: str) -> Vector | None:
+        try:
+            values = await self._embed(model, text)
+        except GatewayError as exc:  # the embeddings call failed: a miss, not an error
+            log.warning(
+                "semantic cache: could not embed the prompt", extra={"fields": {"error": exc.message}}
+            )
+            return None
+        return SemanticIndex.normalise(values) if values else None

@@ -1,0 +1,98 @@
+"""Serve a proxied call through the response cache: hit, wait for an identical miss, or go upstream.
+
+Kept apart from the handlers so they stay thin, and from ``cache/`` so the cache service knows
+nothing of HTTP. Only complete answers are stored: a 200 JSON body, or a stream that ended with
+``[DONE]`` and no error; errors and cut streams never are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from gateway import keys
+from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache
+from gateway.http.responses import json_response
+from gateway.http.sse import relay, replay
+from gateway.providers.base import Endpoint
+from gateway.wire.requests import JSONObject
+
+_FOLLOWER_WAIT_S = 300.0  # an identical in-flight request is waited for at most this long
+
+
+async def respond(
+    request: web.Request, endpoint: Endpoint, body: JSONObject, started_s: float
+) -> web.StreamResponse:
+    """Answer ``body`` from the cache when it can, else upstream (storing what comes back)."""
+    cache = request.app[keys.CACHE]
+    plan = cache.plan(endpoint, body, request.headers)
+    stream = bool(body.get("stream"))
+    if plan.status == "bypass":
+        return await _upstream(request, endpoint, body, started_s, cache, plan, lead=False)
+    if plan.read:
+        answer = await cache.lookup(plan)
+        lead = True
+        if answer is None:
+            waiter = cache.flights.waiter(plan.key)
+            if waiter is not None:
+                lead = False
+                try:
+                    answer = await asyncio.wait_for(asyncio.shield(waiter), _FOLLOWER_WAIT_S)
+                except TimeoutError:
+                    answer = None
+        if answer is not None:
+            return await _hit(request, cache, plan, answer, stream)
+        return await _upstream(request, endpoint, body, started_s, cache, plan, lead=lead)
+    return await _upstream(request, endpoint, body, started_s, cache, plan, lead=False)
+
+
+async def _hit(
+    request: web.Request, cache: ResponseCache, plan: CachePlan, answer: CachedAnswer, stream: bool
+) -> web.StreamResponse:
+    request[keys.REQUEST_CACHE] = CacheOutcome("hit", plan.category, answer.match, answer.model)
+    cache.count(plan.category, "hit")
+    if stream:
+        return await replay(request, answer.body)
+    return json_response(answer.body)
+
+
+async def _upstream(
+    request: web.Request,
+    endpoint: Endpoint,
+    body: JSONObject,
+    started_s: float,
+    cache: ResponseCache,
+    plan: CachePlan,
+    *,
+    lead: bool,
+) -> web.StreamResponse:
+    request[keys.REQUEST_CACHE] = CacheOutcome(plan.status, plan.category)
+    cache.count(plan.category, plan.status)
+    if lead:
+        cache.flights.lead(plan.key)
+    answer: CachedAnswer | None = None
+    try:
+        reply = await request.app[keys.PROXY].call(endpoint, body, tags=_tags(request))
+        request[keys.REQUEST_ROUTE] = reply
+        request.app[keys.ROUTER].remember(request[keys.REQUEST_ID], reply.group, reply.target)
+        if reply.stream is not None:
+            capture = bytearray() if plan.write else None
+            response = await relay(request, reply, started_s, capture)
+            if capture and bytes(capture[-32:]).rstrip().endswith(b"data: [DONE]"):
+                answer = CachedAnswer(bytes(capture), reply.target.provider, reply.target.model)
+        else:
+            response = json_response(reply.body or b"{}")
+            if plan.write and reply.body:
+                answer = CachedAnswer(reply.body, reply.target.provider, reply.target.model)
+        if answer is not None:
+            await cache.store_answer(plan, answer)
+        return response
+    finally:
+        if lead:
+            cache.flights.land(plan.key, answer)
+
+
+def _tags(request: web.Request) -> frozenset[str]:
+    tags = request.headers.get("x-gateway-tags")
+    return frozenset(t.strip() for t in tags.split(",") if t.strip()) if tags else frozenset()

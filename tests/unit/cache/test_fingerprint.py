@@ -1,0 +1,66 @@
+"""Cache keys: canonical, parameter-sensitive, tenant-scoped."""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway.cache import fingerprint
+
+BODY = {
+    "model": "chat",
+    "messages": [{"role": "user", "content": "What is our Q3 revenue?"}],
+    "temperature": 0,
+}
+
+
+def key(body: dict[str, object], tenant: str = "t1") -> str:
+    return fingerprint.request_key("/v1/chat/completions", tenant, body)
+
+
+def test_key_order_and_whitespace_do_not_matter() -> None:
+    reordered = orjson.loads(
+        b'{ "temperature" : 0,\n "messages": [{"content": "What is our Q3 revenue?", "role": "user"}], "model":"chat"}'
+    )
+    assert key(BODY) == key(reordered)
+
+
+def test_every_answer_changing_parameter_changes_the_key() -> None:
+    base = key(BODY)
+    for field, value in {
+        "temperature": 0.5,
+        "top_p": 0.1,
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "tool_choice": "none",
+        "response_format": {"type": "json_object"},
+        "seed": 1,
+        "max_tokens": 5,
+        "stop": ["\n"],
+        "n": 2,
+        "model": "other",
+        "stream": True,
+    }.items():
+        assert key({**BODY, field: value}) != base, field
+    assert key({**BODY, "messages": [{"role": "user", "content": "What is our Q4 revenue?"}]}) != base
+
+
+def test_delivery_and_bookkeeping_fields_do_not_change_the_key() -> None:
+    assert key({**BODY, "user": "u-1", "metadata": {"a": "b"}, "store": True}) == key(BODY)
+    assert key({**BODY, "stream": True, "stream_options": {"include_usage": True}}) == key(
+        {**BODY, "stream": True}
+    )
+
+
+def test_tenants_never_share_a_key() -> None:
+    a = fingerprint.tenant_of("Bearer sk-team-a")
+    b = fingerprint.tenant_of("Bearer sk-team-b")
+    assert a != b and "sk-team" not in a
+    assert key(BODY, a) != key(BODY, b)
+    assert fingerprint.tenant_of(None) == fingerprint.tenant_of("") == "anonymous"
+
+
+def test_semantic_scope_ignores_only_the_prompt() -> None:
+    other_prompt = {**BODY, "messages": [{"role": "user", "content": "Q3 revenue, please"}]}
+    scope = fingerprint.semantic_scope("/v1/chat/completions", "t", BODY)
+    assert fingerprint.semantic_scope("/v1/chat/completions", "t", other_prompt) == scope
+    assert fingerprint.semantic_scope("/v1/chat/completions", "t", {**BODY, "temperature": 1}) != scope
+    assert fingerprint.prompt_text(BODY) == "user: What is our Q3 revenue?"
