@@ -99,6 +99,7 @@ class FakeConfig:
     reply: str | None = None  # fixed reply text; None echoes the last user message
     models: tuple[str, ...] = ("fake-model",)
     embedding_dim: int = 8
+    embedding_kind: str = "hash"  # hash: unrelated texts, unrelated vectors; words: bag of words
     require_key: str | None = None
     seed: int | None = None
     latency_ms: float = 0.0
@@ -124,6 +125,8 @@ class FakeConfig:
         _check_number("error_status", self.error_status, 400, 599, integer=True)
         _check_number("embedding_dim", self.embedding_dim, 1, 65536, integer=True)
         _check_number("port", self.port, 0, 65535, integer=True)
+        if self.embedding_kind not in fake_wire.EMBEDDING_KINDS:
+            raise ValueError(f"embedding_kind: must be one of {', '.join(fake_wire.EMBEDDING_KINDS)}")
         if self.latency_dist not in LATENCY_DISTRIBUTIONS:
             raise ValueError(
                 f"latency_dist: must be one of {', '.join(LATENCY_DISTRIBUTIONS)}, not {self.latency_dist!r}"
@@ -273,7 +276,7 @@ async def _embeddings(request: web.Request) -> web.StreamResponse:
     embedding = _parsed(fake_wire.parse_embeddings, await _admit(request, state))
     early = await _inject(request, config, state.rng, draw_fault(config, state.rng), stream=False)
     # Not ``early or ...``: a response is a mapping, and empty ones are falsy.
-    return early if early is not None else _json(fake_wire.embeddings_body(embedding, config.embedding_dim))
+    return early if early is not None else _json(fake_wire.embeddings_body(embedding, config.embedding_dim, config.embedding_kind))
 
 
 async def _models(request: web.Request) -> web.StreamResponse:
@@ -509,6 +512,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, kind, metavar, text in flags:
         default = getattr(defaults, flag.removeprefix("--").replace("-", "_"))
         parser.add_argument(flag, type=kind, metavar=metavar, default=default, help=text)
+    parser.add_argument(
+        "--embedding-kind",
+        choices=fake_wire.EMBEDDING_KINDS,
+        default=defaults.embedding_kind,
+        help="hash (default): a hash of the text, so different texts are unrelated; words: a bag of "
+        "words, so texts sharing words are similar (for semantic-cache tests)",
+    )
     parser.add_argument(
         "--latency-dist",
         choices=tuple(LATENCY_DISTRIBUTIONS),

@@ -220,12 +220,15 @@ class CompletionFormat:
         )
 
 
-def embeddings_body(request: EmbeddingRequest, default_dim: int) -> bytes:
+EMBEDDING_KINDS = ("hash", "words")
+
+
+def embeddings_body(request: EmbeddingRequest, default_dim: int, kind: str = "hash") -> bytes:
     """A ``list`` of embeddings, as floats or base64 of little-endian float32."""
     dim = request.dimensions or default_dim
     data = []
     for index, text in enumerate(request.inputs):
-        packed = embedding_bytes(text, dim)
+        packed = embedding_bytes(text, dim) if kind == "hash" else word_embedding_bytes(text, dim)
         vector: object = (
             base64.b64encode(packed).decode()
             if request.as_base64
@@ -241,6 +244,18 @@ def embedding_bytes(text: str, dim: int) -> bytes:
     raw = struct.unpack(f"<{dim}i", hashlib.shake_256(text.encode()).digest(4 * dim))
     norm = sum(x * x for x in raw) ** 0.5 or 1.0
     return struct.pack(f"<{dim}f", *(x / norm for x in raw))
+
+
+def word_embedding_bytes(text: str, dim: int) -> bytes:
+    """A unit-length bag-of-words vector: each lower-cased word adds +-1 to a hashed dimension,
+    so texts sharing most words have a cosine similarity near 1 and unrelated ones near 0."""
+    vector = [0.0] * dim
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        slot = int.from_bytes(digest[:4], "little") % dim
+        vector[slot] += 1.0 if digest[4] & 1 else -1.0
+    norm = sum(x * x for x in vector) ** 0.5 or 1.0
+    return struct.pack(f"<{dim}f", *(x / norm for x in vector))
 
 
 def models_body(names: Sequence[str]) -> bytes:
