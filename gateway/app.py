@@ -39,7 +39,7 @@ def build_app(settings: Settings, policy: Policy, env: Mapping[str, str] | None 
     metrics = GatewayMetrics()
     clients = {
         name: ProviderClient(
-            name, cfg, adapter_for(cfg.kind), environ.get(cfg.api_key_env) if cfg.api_key_env else None
+            name, cfg, adapter_for(cfg), environ.get(cfg.api_key_env) if cfg.api_key_env else None
         )
         for name, cfg in policy.providers.items()
     }

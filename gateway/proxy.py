@@ -54,6 +54,9 @@ class StreamReply:
                 out = translator.feed(chunk) if translator is not None else chunk
                 if out:
                     yield self._keep(out)
+            tail = translator.finish() if translator is not None else b""
+            if tail:
+                yield self._keep(tail)
         finally:
             self.response.close()
 
@@ -133,7 +136,7 @@ class Proxy:
             raw, parsed = await response.json()
         finally:
             response.close()
-        translated = adapter.translate_response(endpoint, parsed)
+        translated = adapter.translate_response(endpoint, parsed, body, target.model)
         if translated is None:
             return _Fetched(raw, parsed.get("usage"))  # OpenAI format already: forward as is
         return _Fetched(orjson.dumps(translated), translated.get("usage"))
@@ -142,7 +145,7 @@ class Proxy:
         adapter = target.client.adapter
         response = await target.client.send(adapter.build_request(endpoint, body, target.model))
         try:
-            translator = adapter.stream_translator(endpoint)
+            translator = adapter.stream_translator(endpoint, body, target.model)
             async for chunk in response.chunks():
                 first = translator.feed(chunk) if translator is not None else chunk
                 if first:

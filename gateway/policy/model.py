@@ -52,7 +52,11 @@ class Timeouts(_Strict):
 class Provider(_Strict):
     """An upstream API endpoint and how to authenticate to it."""
 
-    kind: Literal["openai"] = Field(description="Wire format the provider speaks.")
+    kind: Literal["openai", "azure", "anthropic", "gemini"] = Field(
+        description="Wire format: openai (and every compatible API), azure (Azure OpenAI: "
+        "deployment paths, api-key header, api-version query), anthropic (Messages API), "
+        "gemini (Google Generative Language API)."
+    )
     base_url: str = Field(description="API root, e.g. https://api.openai.com/v1")
     api_key_env: str | None = Field(
         None,
@@ -65,6 +69,17 @@ class Provider(_Strict):
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(
         256, ge=1, description="Most connections kept open to this provider at once."
+    )
+    api_version: str | None = Field(
+        None,
+        description="azure: the api-version query parameter (default 2024-10-21); anthropic: the "
+        "anthropic-version header (default 2023-06-01). Ignored by other kinds.",
+    )
+    default_max_tokens: int = Field(
+        4096,
+        ge=1,
+        description="anthropic: max_tokens sent when the client gives none (the Messages API "
+        "requires it).",
     )
 
     @field_validator("base_url")
@@ -87,7 +102,7 @@ class Provider(_Strict):
     @classmethod
     def _no_auth_header(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if name.lower() in {"authorization", "api-key", "x-api-key"}:
+            if name.lower() in {"authorization", "api-key", "x-api-key", "x-goog-api-key"}:
                 raise ValueError(f"'{name}' carries a secret: use api_key_env instead")
         return value
 

@@ -36,15 +36,28 @@ class UpstreamRequest:
 
 
 class StreamTranslator(Protocol):
-    """Turns provider stream bytes into OpenAI SSE bytes, chunk by chunk, in order."""
+    """Turns provider stream bytes into OpenAI SSE bytes, chunk by chunk, in order.
+
+    One instance per stream (it keeps the partial event and the stream's state). ``feed`` raises
+    ``UpstreamError`` for an error event inside the stream.
+    """
 
     def feed(self, chunk: bytes) -> bytes:
         """Translate one chunk as received; may return b"" while an event is incomplete."""
         ...
 
+    def finish(self) -> bytes:
+        """What to send once the provider's stream has ended (e.g. a usage chunk and
+        ``data: [DONE]`` for providers whose streams have no end marker); may be b""."""
+        ...
+
 
 class ProviderAdapter(Protocol):
-    """Translation between OpenAI's wire format and one provider's."""
+    """Translation between OpenAI's wire format and one provider's.
+
+    Built once per provider from its policy entry (``registry.adapter_for``), so it may read
+    provider settings (API version, default max_tokens, ...); it holds no per-request state.
+    """
 
     def auth_headers(self, api_key: str | None) -> Mapping[str, str]:
         """Headers that authenticate every request (sent on the provider's pooled session)."""
@@ -54,12 +67,18 @@ class ProviderAdapter(Protocol):
         """The provider request for an OpenAI ``body`` to be served by ``upstream_model``."""
         ...
 
-    def translate_response(self, endpoint: Endpoint, body: JSONObject) -> JSONObject | None:
-        """The OpenAI response for a parsed provider body, or None when it already is one."""
+    def translate_response(
+        self, endpoint: Endpoint, body: JSONObject, request: JSONObject, upstream_model: str
+    ) -> JSONObject | None:
+        """The OpenAI response for a parsed provider ``body`` answering the OpenAI ``request``,
+        or None when the body already is one (then the provider's bytes are sent as they are)."""
         ...
 
-    def stream_translator(self, endpoint: Endpoint) -> StreamTranslator | None:
-        """A translator for streamed bodies, or None when the stream is already OpenAI SSE."""
+    def stream_translator(
+        self, endpoint: Endpoint, request: JSONObject, upstream_model: str
+    ) -> StreamTranslator | None:
+        """A new translator for one streamed body, or None when it is already OpenAI SSE.
+        ``request`` is the client's OpenAI body (e.g. for ``stream_options.include_usage``)."""
         ...
 
     def translate_error(

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import orjson
 
 from gateway.errors import UpstreamStatusError
+from gateway.policy.model import Provider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
 from gateway.wire.requests import JSONObject
 
@@ -21,6 +22,9 @@ _PATHS = {endpoint: "/" + endpoint.value for endpoint in Endpoint}
 class OpenAIAdapter:
     """Pass-through adapter for OpenAI-compatible providers."""
 
+    def __init__(self, config: Provider | None = None) -> None:
+        self._config = config
+
     def auth_headers(self, api_key: str | None) -> Mapping[str, str]:
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -29,10 +33,14 @@ class OpenAIAdapter:
             body = {**body, "model": upstream_model}
         return UpstreamRequest(_PATHS[endpoint], orjson.dumps(body), bool(body.get("stream")))
 
-    def translate_response(self, endpoint: Endpoint, body: JSONObject) -> JSONObject | None:
+    def translate_response(
+        self, endpoint: Endpoint, body: JSONObject, request: JSONObject, upstream_model: str
+    ) -> JSONObject | None:
         return None
 
-    def stream_translator(self, endpoint: Endpoint) -> StreamTranslator | None:
+    def stream_translator(
+        self, endpoint: Endpoint, request: JSONObject, upstream_model: str
+    ) -> StreamTranslator | None:
         return None
 
     def translate_error(

@@ -20,7 +20,7 @@ def offline_view(policy: Policy, env: Mapping[str, str]) -> dict[str, Any]:
     """What ``/admin/models`` would show for ``policy`` before any traffic."""
     clients = {
         name: ProviderClient(
-            name, cfg, adapter_for(cfg.kind), env.get(cfg.api_key_env) if cfg.api_key_env else None
+            name, cfg, adapter_for(cfg), env.get(cfg.api_key_env) if cfg.api_key_env else None
         )
         for name, cfg in policy.providers.items()
     }
