@@ -36,6 +36,7 @@ import orjson
 from aiohttp import web
 
 from gateway.testing import fake_wire
+from gateway.testing.fake_flavors import FLAVORS, add_flavor_routes
 from gateway.testing.fake_wire import DONE, ReplyFormat, Usage
 
 _T = TypeVar("_T")
@@ -99,6 +100,7 @@ class FakeConfig:
     reply: str | None = None  # fixed reply text; None echoes the last user message
     models: tuple[str, ...] = ("fake-model",)
     embedding_dim: int = 8
+    flavor: str = "openai"  # wire format: openai | anthropic | gemini (see fake_flavors.py)
     embedding_kind: str = "hash"  # hash: unrelated texts, unrelated vectors; words: bag of words
     require_key: str | None = None
     seed: int | None = None
@@ -125,6 +127,8 @@ class FakeConfig:
         _check_number("error_status", self.error_status, 400, 599, integer=True)
         _check_number("embedding_dim", self.embedding_dim, 1, 65536, integer=True)
         _check_number("port", self.port, 0, 65535, integer=True)
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"flavor: must be one of {', '.join(FLAVORS)}")
         if self.embedding_kind not in fake_wire.EMBEDDING_KINDS:
             raise ValueError(f"embedding_kind: must be one of {', '.join(fake_wire.EMBEDDING_KINDS)}")
         if self.latency_dist not in LATENCY_DISTRIBUTIONS:
@@ -226,11 +230,14 @@ def build_app(config: FakeConfig) -> web.Application:
     """The fake provider's application; its state is ``app[FAKE_STATE]``."""
     app = web.Application(client_max_size=_MAX_BODY_BYTES)
     app[FAKE_STATE] = FakeState.start(config)
-    app.router.add_post("/v1/chat/completions", _chat_completions)
-    app.router.add_post("/v1/completions", _completions)
-    app.router.add_post("/v1/embeddings", _embeddings)
-    app.router.add_get("/v1/models", _models)
-    app.router.add_get("/v1/models/{name:.+}", _model)
+    if config.flavor == "openai":
+        app.router.add_post("/v1/chat/completions", _chat_completions)
+        app.router.add_post("/v1/completions", _completions)
+        app.router.add_post("/v1/embeddings", _embeddings)
+        app.router.add_get("/v1/models", _models)
+        app.router.add_get("/v1/models/{name:.+}", _model)
+    else:
+        add_flavor_routes(app, config.flavor)
     app.router.add_get("/_fake/stats", _stats)
     app.router.add_get("/_fake/faults", _faults)
     app.router.add_post("/_fake/faults", _faults)
@@ -512,6 +519,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, kind, metavar, text in flags:
         default = getattr(defaults, flag.removeprefix("--").replace("-", "_"))
         parser.add_argument(flag, type=kind, metavar=metavar, default=default, help=text)
+    parser.add_argument(
+        "--flavor",
+        choices=FLAVORS,
+        default=defaults.flavor,
+        help="wire format to speak: openai (default), anthropic (Messages API), gemini "
+        "(generateContent); faults work the same in each",
+    )
     parser.add_argument(
         "--embedding-kind",
         choices=fake_wire.EMBEDDING_KINDS,
