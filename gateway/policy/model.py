@@ -78,8 +78,7 @@ class Provider(_Strict):
     default_max_tokens: int = Field(
         4096,
         ge=1,
-        description="anthropic: max_tokens sent when the client gives none (the Messages API "
-        "requires it).",
+        description="anthropic: max_tokens sent when the client gives none (the Messages API requires it).",
     )
 
     @field_validator("base_url")
@@ -396,6 +395,72 @@ class Cache(_Strict):
         return self
 
 
+class MemoryPool(_Strict):
+    """Connection pool of the Snowflake memory backend (the seed plan's knobs)."""
+
+    min_size: int = Field(5, ge=0, description="Connections kept open.")
+    max_size: int = Field(20, ge=1, description="Most connections at once.")
+    connect_timeout_s: float = Field(30.0, gt=0, description="Time to open one connection.")
+    idle_timeout_s: float = Field(300.0, gt=0, description="An idle connection older than this is closed.")
+    health_check_interval_s: float = Field(
+        60.0, gt=0, description="Idle connections are checked with SELECT 1 this often."
+    )
+
+
+class Retention(_Strict):
+    """Lifecycle of one namespace's memories."""
+
+    retention_days: float | None = Field(
+        None, gt=0, description="Delete memories last updated longer ago than this."
+    )
+    archive_after_days: float | None = Field(
+        None, gt=0, description="Mark memories last updated longer ago than this as archived (not searched)."
+    )
+    confidence_threshold: float | None = Field(
+        None, ge=0, le=1, description="Delete memories whose confidence_score is below this."
+    )
+
+
+class Pruning(_Strict):
+    """The seed plan's pruning rule, applied to every namespace."""
+
+    enabled: bool = True
+    idle_days: float = Field(90, gt=0, description="Not accessed for this long...")
+    min_importance: float = Field(0.7, ge=0, le=1, description="...and importance_score below this...")
+    min_access_count: int = Field(5, ge=0, description="...and access_count below this: deleted.")
+    interval_s: float = Field(
+        3600, gt=0, description="How often the background task applies retention and pruning."
+    )
+
+
+class MemoryConfig(_Strict):
+    """The memory service: where memories live and how they age."""
+
+    enabled: bool = True
+    backend: Literal["embedded", "snowflake"] = Field(
+        "embedded",
+        description="embedded: a SQLite file (nothing to install); snowflake: credentials from "
+        "SNOWFLAKE_* variables. MEMORY_URL overrides.",
+    )
+    path: str = Field("data/memory.sqlite3", description="embedded: the database file.")
+    index_dir: str = Field("data/memory-index", description="Where the HNSW index is persisted.")
+    embedding_model: str | None = Field(
+        None,
+        description="A model group of this policy serving /v1/embeddings, used to embed memories "
+        "and queries through the gateway's own routing. Without it, callers must send vectors.",
+    )
+    namespaces: dict[str, Retention] = Field(
+        default_factory=dict, description="Retention per namespace; others keep memories until pruned."
+    )
+    pruning: Pruning = Pruning()
+    pool: MemoryPool = MemoryPool()
+    search_cache_ttl_s: float = Field(
+        300,
+        ge=0,
+        description="Search results are cached this long (0: off) and dropped on writes to their namespaces.",
+    )
+
+
 class Server(_Strict):
     """HTTP server settings that belong with the policy rather than the environment."""
 
@@ -414,6 +479,7 @@ class Policy(_Strict):
     retry: Retry = Retry()
     breaker: Breaker = Breaker()
     cache: Cache = Cache()
+    memory: MemoryConfig = MemoryConfig()
     server: Server = Server()
     providers: dict[str, Provider] = Field(min_length=1)
     models: dict[str, ModelGroup] = Field(min_length=1)
@@ -448,6 +514,12 @@ class Policy(_Strict):
                         f"group '{rule.use}' has rules of its own",
                         "rules are applied once; point at a group without rules",
                     )
+        if self.memory.embedding_model is not None and self.memory.embedding_model not in self.models:
+            raise PolicyReferenceError(
+                ("memory", "embedding_model"),
+                f"unknown model group '{self.memory.embedding_model}'",
+                f"known model groups: {', '.join(sorted(self.models))}",
+            )
         for cname, category in self.cache.categories.items():
             semantic = category.semantic
             if semantic is not None and semantic.embedding_model not in self.models:

@@ -1,0 +1,147 @@
+"""The memory record and the store/index boundaries every backend implements.
+
+A memory is one fact or document chunk in a namespace (the seed's schemas: slack_data,
+gong_data, ai_web_research, ...), with its embedding and the seed's lifecycle columns.
+Stores (``sqlite_store.py`` embedded, ``snowflake_store.py``) keep records; the index
+(``index.py``) finds ids by meaning. Both are driven by ``service.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """One stored memory. Times are timezone-aware UTC."""
+
+    id: str
+    namespace: str
+    content: str
+    embedding: tuple[float, ...] | None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    data_source: str | None = None
+    confidence_score: float = 1.0
+    importance_score: float = 0.5
+    processing_status: str = "active"  # active | archived
+    row_version: int = 1
+    access_count: int = 0
+    created_at: datetime | None = None
+    last_updated: datetime | None = None
+    last_accessed: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPatch:
+    """Fields an update may change; None leaves a field as it is."""
+
+    content: str | None = None
+    embedding: tuple[float, ...] | None = None
+    metadata: Mapping[str, Any] | None = None
+    data_source: str | None = None
+    confidence_score: float | None = None
+    importance_score: float | None = None
+    processing_status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryFilter:
+    """Conditions a search result or a listing must meet (None: no condition)."""
+
+    namespaces: Sequence[str] | None = None
+    data_source: str | None = None
+    min_confidence: float | None = None
+    processing_status: str | None = "active"
+
+
+@dataclass(frozen=True, slots=True)
+class PruneRule:
+    """Delete memories idle for ``idle_days`` (not accessed, or never accessed and created that
+    long ago) whose importance is below ``min_importance`` and whose access_count is below
+    ``min_access_count``; high-value memories stay whatever their age."""
+
+    idle_days: float
+    min_importance: float
+    min_access_count: int
+
+
+class MemoryStore(Protocol):
+    """Durable storage of memories. Every method is async; blocking drivers run off the loop."""
+
+    async def start(self) -> None:
+        """Connect and run the idempotent migrations (create table, add missing columns, indexes)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def insert(self, memories: Sequence[Memory]) -> None:
+        """Store new memories (ids are set by the caller; created_at/last_updated set here)."""
+        ...
+
+    async def get(self, memory_id: str) -> Memory | None: ...
+
+    async def get_many(self, ids: Sequence[str]) -> list[Memory]:
+        """The memories that exist among ``ids`` (any order)."""
+        ...
+
+    async def update(self, memory_id: str, patch: MemoryPatch) -> Memory | None:
+        """Apply ``patch``, bump row_version and last_updated; None when the id does not exist."""
+        ...
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        """Delete memories; returns how many existed."""
+        ...
+
+    async def touch(self, counts: Mapping[str, int], at: datetime) -> None:
+        """Add ``counts[id]`` to access_count and set last_accessed (batched by the caller)."""
+        ...
+
+    def scan_embeddings(self, batch_size: int) -> AsyncIterator[list[tuple[str, str, tuple[float, ...]]]]:
+        """Every (id, namespace, embedding) with an embedding, in batches (for index builds)."""
+        ...
+
+    async def prune_candidates(self, namespace: str | None, rule: PruneRule, now: datetime) -> list[str]:
+        """Ids the prune rule would delete (optionally within one namespace)."""
+        ...
+
+    async def archive_older_than(self, namespace: str, cutoff: datetime) -> int:
+        """Set processing_status='archived' on the namespace's active memories last updated
+        before ``cutoff``; returns how many changed."""
+        ...
+
+    async def delete_older_than(self, namespace: str, cutoff: datetime) -> list[str]:
+        """Delete the namespace's memories last updated before ``cutoff`` (retention); returns ids."""
+        ...
+
+    async def delete_below_confidence(self, namespace: str, threshold: float) -> list[str]:
+        """Delete the namespace's memories with confidence_score below ``threshold``; returns ids."""
+        ...
+
+    async def count(self, namespace: str | None = None) -> int: ...
+
+
+class VectorIndex(Protocol):
+    """Approximate nearest neighbours by cosine, one HNSW graph per namespace."""
+
+    def add(self, namespace: str, items: Sequence[tuple[str, Sequence[float]]]) -> None: ...
+
+    def remove(self, namespace: str, ids: Sequence[str]) -> None: ...
+
+    def search(self, namespace: str, vector: Sequence[float], k: int) -> list[tuple[str, float]]:
+        """Up to ``k`` (id, cosine similarity) pairs, best first."""
+        ...
+
+    def namespaces(self) -> list[str]: ...
+
+    def save(self) -> None:
+        """Persist every namespace's graph and id map to the index directory."""
+        ...
+
+    def load(self) -> bool:
+        """Load a persisted index; False when there is none (or it is unusable)."""
+        ...
+
+    def __len__(self) -> int: ...
