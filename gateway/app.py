@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 
-import orjson
 from aiohttp import web
 
 from gateway import keys
 from gateway.api import admin, health, openai
+from gateway.api import memory as memory_api
+from gateway.cache.internal import embed_texts
 from gateway.cache.memory_store import MemoryStore
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.service import Embedder, ResponseCache
 from gateway.cache.store import CacheStore, CategoryBudget
 from gateway.http.middleware import add_gateway_headers, gateway_middleware
+from gateway.memory.backends import build_memory
+from gateway.memory.lifecycle import lifecycle_loop
+from gateway.memory.service import MemoryService
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
-from gateway.providers.base import Endpoint
 from gateway.providers.registry import adapter_for
 from gateway.providers.transport import ProviderClient
 from gateway.proxy import Proxy
@@ -52,8 +57,13 @@ def build_app(settings: Settings, policy: Policy, env: Mapping[str, str] | None 
     app[keys.ROUTER] = router
     proxy = app[keys.PROXY] = Proxy(router, metrics)
     store = _cache_store(settings, policy)
-    cache = app[keys.CACHE] = ResponseCache(policy.cache, store, metrics, _embedder(proxy))
+    holder: dict[str, ResponseCache] = {}
+    cache = app[keys.CACHE] = holder["cache"] = ResponseCache(policy.cache, store, metrics, _embedder(holder, proxy))
     metrics.cache_collector(cache)
+    if policy.memory.enabled:
+        memory = app[keys.MEMORY] = build_memory(policy.memory, settings.memory_url, environ, cache, proxy)
+        metrics.memory_collector(memory)
+        app.cleanup_ctx.append(_memory_service(memory))
     app[keys.LIFECYCLE] = keys.Lifecycle()
 
     async def provider_sessions(app: web.Application) -> AsyncIterator[None]:
@@ -89,20 +99,29 @@ def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
     return MemoryStore(budgets)
 
 
-def _embedder(proxy: Proxy) -> Embedder:
-    """Embeddings for the semantic cache, through the gateway's own routing."""
+def _embedder(holder: dict[str, ResponseCache], proxy: Proxy) -> Embedder:
+    """Embeddings for the semantic cache, through the gateway's own routing (and cache)."""
 
     async def embed(model: str, text: str) -> list[float] | None:
-        reply = await proxy.call(
-            Endpoint.EMBEDDINGS, {"model": model, "input": text, "encoding_format": "float"}
-        )
-        try:
-            vector = orjson.loads(reply.body or b"")["data"][0]["embedding"]
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-            return None
-        return vector if isinstance(vector, list) else None
+        return (await embed_texts(holder["cache"], proxy, model, [text]))[0]
 
     return embed
+
+
+def _memory_service(memory: MemoryService) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        await memory.start()
+        lifecycle: asyncio.Task[None] | None = None
+        if memory.config.pruning.enabled or memory.config.namespaces:
+            lifecycle = asyncio.create_task(lifecycle_loop(memory, memory.config.pruning.interval_s))
+        yield
+        if lifecycle is not None:
+            lifecycle.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lifecycle
+        await memory.close()
+
+    return run
 
 
 async def _readiness(app: web.Application) -> AsyncIterator[None]:
@@ -123,6 +142,11 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", openai.list_models)
     app.router.add_get("/v1/models/{model:.+}", openai.retrieve_model)
     app.router.add_post("/v1/feedback", admin.feedback)
+    app.router.add_post("/v1/memory", memory_api.create)
+    app.router.add_post("/v1/memory/search", memory_api.search)
+    app.router.add_get("/v1/memory/{id}", memory_api.read)
+    app.router.add_patch("/v1/memory/{id}", memory_api.patch)
+    app.router.add_delete("/v1/memory/{id}", memory_api.delete)
     app.router.add_get("/admin/models", admin.models)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)

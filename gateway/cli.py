@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--output", "-o", help="write to this file instead of stdout")
     schema.set_defaults(func=_policy_schema)
 
+    memory = sub.add_parser("memory", help="work with the memory service's store")
+    memory_sub = memory.add_subparsers(dest="memory_command")
+    prune = memory_sub.add_parser(
+        "prune", help="apply the policy's retention and pruning rules to the memory store now"
+    )
+    prune.add_argument("--policy", help="policy file (default: $SOPHIA_POLICY or routing_policies/default.yaml)")
+    prune.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
+    prune.set_defaults(func=_memory_prune)
+
     from gateway.testing import fake_provider
 
     fake = sub.add_parser(
@@ -146,6 +155,41 @@ def _policy_explain(args: argparse.Namespace) -> int:
         print(f"error: the gateway has no model group '{args.model}'", file=sys.stderr)
         return 1
     print(render(view, args.model, policy, source))
+    return 0
+
+
+def _memory_prune(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.memory.backends import memory_store
+    from gateway.memory.index import HnswIndex
+    from gateway.memory.lifecycle import apply_lifecycle
+    from gateway.memory.service import MemoryService
+
+    settings = Settings.from_env()
+    path = args.policy or settings.policy_path
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        print(f"sophia-gateway: the policy is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    config = policy.memory
+
+    async def no_embeddings(model: str, texts: Sequence[str]) -> list[list[float]]:
+        raise RuntimeError("memory prune never embeds")
+
+    async def run() -> list[str]:
+        store = memory_store(config, settings.memory_url, os.environ)
+        service = MemoryService(config, store, HnswIndex(config.index_dir), no_embeddings)
+        await service.start()
+        try:
+            report = await apply_lifecycle(service, dry_run=args.dry_run)
+        finally:
+            await service.close()
+        return report.lines()
+
+    for line in asyncio.run(run()):
+        print(line)
     return 0
 
 

@@ -11,6 +11,7 @@ the OpenAI error ``type`` and whether the failover loop may retry it on another 
     ├── MethodNotAllowed           405 invalid_request_error
     ├── PayloadTooLarge            413 invalid_request_error   code=request_too_large
     ├── ContextTooLong             400 invalid_request_error   code=context_length_exceeded
+    ├── UnsupportedByProvider      400 invalid_request_error   code=unsupported_endpoint, retryable
     ├── ServiceUnavailable         503 service_unavailable     (draining, not ready)
     │   ├── ProviderNotConfigured  503 service_unavailable     code=provider_not_configured
     │   └── NoHealthyDeployment    503 service_unavailable     code=no_healthy_deployment
@@ -158,6 +159,24 @@ class ContextTooLong(InvalidRequest):
         )
 
 
+class UnsupportedByProvider(InvalidRequest):
+    """A deployment's provider kind cannot serve the operation (e.g. embeddings on Anthropic).
+
+    Raised by an adapter before any I/O. Retryable, so a group that mixes provider kinds is
+    served by a deployment that can; it is not an upstream error, so it never counts against
+    the provider's health. A group with no capable deployment ends with this 400.
+    """
+
+    retryable = True
+
+    def __init__(self, kind: str, operation: str) -> None:
+        super().__init__(
+            f"Provider kind '{kind}' does not support {operation}; route this model to a "
+            "deployment whose provider does.",
+            code="unsupported_endpoint",
+        )
+
+
 class UpstreamError(GatewayError):
     """Something went wrong talking to a provider."""
 
@@ -208,10 +227,11 @@ class UpstreamStatusError(UpstreamError):
     @property
     def http_status(self) -> int:
         # Client errors (400 bad parameter, 413 context too long, 429) are the client's to see
-        # as the provider said them; provider-side failures become a gateway 502/503.
+        # as the provider said them; provider-side failures become a gateway 502/503
+        # (Anthropic's 529 "overloaded" is a 503: the same condition under another number).
         if self.upstream_status < 500:
             return self.upstream_status
-        return 503 if self.upstream_status == 503 else 502
+        return 503 if self.upstream_status in (503, 529) else 502
 
     @property
     def is_retryable(self) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.cache.service import CacheOutcome, ResponseCache
+from gateway.memory.service import MemoryService
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
 from gateway.proxy import Proxy, Reply
@@ -33,6 +34,7 @@ ROUTER = web.AppKey("router", Router)
 PROXY = web.AppKey("proxy", Proxy)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 CACHE = web.AppKey("cache", ResponseCache)
+MEMORY = web.AppKey("memory", MemoryService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # The model group a request named, once the gateway knows it exists (a bounded metric label).
@@ -41,3 +43,5 @@ REQUEST_MODEL = web.RequestKey("request_model", str)
 REQUEST_ROUTE = web.RequestKey("request_route", Reply)
 # What the response cache did (hit, miss, bypass, refresh), once it decided.
 REQUEST_CACHE = web.RequestKey("request_cache", CacheOutcome)
+# Ids of the memories added to a memory-augmented chat request.
+REQUEST_MEMORY_IDS = web.RequestKey("request_memory_ids", list)

@@ -27,6 +27,8 @@ class Settings:
     # Redis for the response cache; None keeps it in this process.
     redis_url: str | None = field(default=None, repr=False)
     cache_prefix: str = "sophia:cache:"
+    # Memory backend override: sqlite:///path/file.db or snowflake:// (credentials from SNOWFLAKE_*).
+    memory_url: str | None = field(default=None, repr=False)
     # When set, /admin/* needs "Authorization: Bearer <token>".
     admin_token: str | None = field(default=None, repr=False)
 
@@ -48,4 +50,5 @@ class Settings:
             admin_token=e.get("SOPHIA_ADMIN_TOKEN") or None,
             redis_url=e.get("REDIS_URL") or None,
             cache_prefix=e.get("SOPHIA_CACHE_PREFIX", base.cache_prefix),
+            memory_url=e.get("MEMORY_URL") or None,
         )

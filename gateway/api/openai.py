@@ -11,6 +11,7 @@ from gateway import keys
 from gateway.errors import ModelNotFound, PayloadTooLarge
 from gateway.http.caching import respond
 from gateway.http.responses import json_response
+from gateway.memory import augment as memory_augment
 from gateway.providers.base import Endpoint
 from gateway.wire.requests import parse_body
 
@@ -36,6 +37,9 @@ async def _proxied(request: web.Request, endpoint: Endpoint) -> web.StreamRespon
     model = body.get("model")
     if isinstance(model, str) and request.app[keys.ROUTER].has_model(model):
         request[keys.REQUEST_MODEL] = model
+    if endpoint is Endpoint.CHAT and memory_augment.wanted(body, request.headers):
+        body, used = await memory_augment.augment(request.app.get(keys.MEMORY), body, request.headers)
+        request[keys.REQUEST_MEMORY_IDS] = used
     return await respond(request, endpoint, body, started)
 
 

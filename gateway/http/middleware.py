@@ -132,6 +132,9 @@ async def add_gateway_headers(request: web.Request, response: web.StreamResponse
         headers["x-gateway-fallback"] = "true" if route.fallback else "false"
         if route.group != request.get(keys.REQUEST_MODEL):
             headers["x-gateway-group"] = route.group  # a rule sent it to another group
+    memory_ids = request.get(keys.REQUEST_MEMORY_IDS)
+    if memory_ids is not None:
+        response.headers["x-gateway-memory-ids"] = ",".join(memory_ids)
     cached = request.get(keys.REQUEST_CACHE)
     if cached is not None:
         headers = response.headers

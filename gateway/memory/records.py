@@ -107,17 +107,27 @@ class MemoryStore(Protocol):
         """Ids the prune rule would delete (optionally within one namespace)."""
         ...
 
-    async def archive_older_than(self, namespace: str, cutoff: datetime) -> int:
+    async def archive_older_than(self, namespace: str, cutoff: datetime, *, dry_run: bool = False) -> int:
         """Set processing_status='archived' on the namespace's active memories last updated
-        before ``cutoff``; returns how many changed."""
+        before ``cutoff``; returns how many changed (would change, with ``dry_run``)."""
         ...
 
-    async def delete_older_than(self, namespace: str, cutoff: datetime) -> list[str]:
-        """Delete the namespace's memories last updated before ``cutoff`` (retention); returns ids."""
+    async def delete_older_than(
+        self, namespace: str, cutoff: datetime, *, dry_run: bool = False
+    ) -> list[str]:
+        """Delete the namespace's memories last updated before ``cutoff`` (retention); returns
+        their ids (with ``dry_run``, only returns them)."""
         ...
 
-    async def delete_below_confidence(self, namespace: str, threshold: float) -> list[str]:
-        """Delete the namespace's memories with confidence_score below ``threshold``; returns ids."""
+    async def delete_below_confidence(
+        self, namespace: str, threshold: float, *, dry_run: bool = False
+    ) -> list[str]:
+        """Delete the namespace's memories with confidence_score below ``threshold``; returns
+        their ids (with ``dry_run``, only returns them)."""
+        ...
+
+    async def namespaces(self) -> list[str]:
+        """Every namespace that holds at least one memory."""
         ...
 
     async def count(self, namespace: str | None = None) -> int: ...

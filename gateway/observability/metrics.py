@@ -10,7 +10,7 @@ value ever holds a key.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -110,6 +110,48 @@ class _CacheCollector(Collector):
         )
         errors.add_metric((), view.errors)
         return [size, entries, up, errors]
+
+
+class MemoryView(Protocol):
+    """What the metrics need of the memory service."""
+
+    def figures(self) -> dict[str, float]:
+        """Flat figures: index_vectors, search_cache_hits/misses, and pool_* when pooled."""
+        ...
+
+
+class _MemoryCollector(Collector):
+    _HELP: ClassVar[dict[str, tuple[str, str]]] = {
+        "index_vectors": ("gauge", "Vectors in the memory index."),
+        "search_cache_hits": ("counter", "Memory searches answered from the search cache."),
+        "search_cache_misses": ("counter", "Memory searches that went to the index."),
+        "pool_acquisitions": ("counter", "Store connections handed out by the pool."),
+        "pool_served_idle": ("counter", "Acquisitions served at once by an idle healthy connection."),
+        "pool_waits": ("counter", "Acquisitions that had to wait for a connection."),
+        "pool_replaced_dead": ("counter", "Dead connections replaced instead of handed out."),
+        "pool_open": ("gauge", "Store connections open."),
+        "pool_in_use": ("gauge", "Store connections in use."),
+        "pool_efficiency": ("gauge", "Share of acquisitions served by an idle healthy connection (KPI > 0.85)."),
+    }
+
+    def __init__(self, view: MemoryView) -> None:
+        self._view = view
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        out: list[Metric] = []
+        for name, value in self._view.figures().items():
+            kind, text = self._HELP.get(name, ("gauge", name))
+            family: Metric
+            if kind == "counter":
+                family = CounterMetricFamily(f"gateway_memory_{name}", text)
+            else:
+                family = GaugeMetricFamily(f"gateway_memory_{name}", text)
+            family.add_metric((), value)
+            out.append(family)
+        return out
 
 
 class _RouterCollector(Collector):
@@ -228,6 +270,10 @@ class GatewayMetrics:
     def cache_collector(self, view: CacheView) -> None:
         """Export the cache store's per-category footprint and health, read at scrape time."""
         self.registry.register(_CacheCollector(view))
+
+    def memory_collector(self, view: MemoryView) -> None:
+        """Export the memory service's index size, search cache and store pool, at scrape time."""
+        self.registry.register(_MemoryCollector(view))
 
     def child(self, metric: M, *labels: str) -> M:
         """``metric.labels(*labels)``, memoised: the hot path skips prometheus_client's label

@@ -7,6 +7,7 @@ rejects unknown keys so a typo is an error, not a silently ignored setting.
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Annotated, Literal
 
@@ -87,6 +88,12 @@ class Provider(_Strict):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_text(cls, value: object) -> object:
+        # YAML reads an unquoted 2024-10-21 as a date; the API wants it as written.
+        return value.isoformat() if isinstance(value, datetime.date) else value
 
     @field_validator("api_key_env")
     @classmethod

@@ -5,11 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway.policy.model import Provider
+from gateway.providers.anthropic import AnthropicAdapter
+from gateway.providers.azure import AzureOpenAIAdapter
 from gateway.providers.base import ProviderAdapter
+from gateway.providers.gemini import GeminiAdapter
 from gateway.providers.openai import OpenAIAdapter
 
 ADAPTERS: dict[str, Callable[[Provider], ProviderAdapter]] = {
     "openai": OpenAIAdapter,
+    "anthropic": AnthropicAdapter,
+    "gemini": GeminiAdapter,
+    "azure": AzureOpenAIAdapter,
 }
 
 

@@ -11,6 +11,7 @@ from tenacity import RetryCallState
 from gateway.errors import (
     GatewayError,
     NoHealthyDeployment,
+    UnsupportedByProvider,
     UpstreamStatusError,
     is_context_length_error,
     is_retryable,
@@ -45,6 +46,7 @@ class Cursor:
         self._next: Target | None = None
         self._wait_s = 0.0
         self._min_context = 0
+        self._unable: set[int] = set()  # targets whose provider kind cannot serve this request
 
     async def take(self) -> Target:
         """The target for this attempt, with its breaker slot taken (the half-open probe)."""
@@ -73,6 +75,8 @@ class Cursor:
         return target
 
     def failed(self, target: Target, error: GatewayError) -> None:
+        if isinstance(error, UnsupportedByProvider):
+            self._unable.add(id(target))  # asking it again cannot help
         if is_context_length_error(error):
             # Only a deployment with a bigger context may help now.
             self._min_context = max(
@@ -129,6 +133,8 @@ class Cursor:
         for pos in range(self._pos, self._pos + n):
             target = plan[pos % n]
             if self._min_context and (target.deployment.context_window or 0) < self._min_context:
+                continue
+            if id(target) in self._unable:
                 continue
             if not target.live.breaker.available(now):
                 continue

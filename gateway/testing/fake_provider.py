@@ -2,7 +2,8 @@
 
 A real HTTP server for tests, demos and benchmarks to use as the upstream. It answers
 ``/v1/chat/completions``, ``/v1/completions`` (both streamed or whole), ``/v1/embeddings`` and
-``/v1/models`` deterministically (the default reply echoes the last user message), and can be
+``/v1/models`` (and Azure OpenAI's ``/openai/deployments/{deployment}/...`` paths, keyed by
+``api-key``) deterministically (the default reply echoes the last user message), and can be
 told to misbehave: latency, slow streams, error statuses, hangs, dropped connections, malformed
 bodies, streams cut mid-way.
 
@@ -236,6 +237,10 @@ def build_app(config: FakeConfig) -> web.Application:
         app.router.add_post("/v1/embeddings", _embeddings)
         app.router.add_get("/v1/models", _models)
         app.router.add_get("/v1/models/{name:.+}", _model)
+        # Azure OpenAI's paths (the ``azure`` provider kind): the deployment stands for the model.
+        for path, handler in (("chat/completions", _chat_completions), ("completions", _completions)):
+            app.router.add_post(f"/openai/deployments/{{deployment}}/{path}", handler)
+        app.router.add_post("/openai/deployments/{deployment}/embeddings", _embeddings)
     else:
         add_flavor_routes(app, config.flavor)
     app.router.add_get("/_fake/stats", _stats)
@@ -335,7 +340,9 @@ async def _admit(request: web.Request, state: FakeState, *, needs_body: bool = T
         body = None
     state.record(SeenRequest(request.path, request.headers, body))
     key = state.config.require_key
-    if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+    deployment = request.match_info.get("deployment")  # Azure: key in api-key, model in the path
+    authorised = request.headers.get("api-key" if deployment else "Authorization")
+    if key is not None and authorised != (key if deployment else f"Bearer {key}"):
         envelope = fake_wire.error_body(
             "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
         )
@@ -344,13 +351,26 @@ async def _admit(request: web.Request, state: FakeState, *, needs_body: bool = T
         return {}
     if not isinstance(body, dict):
         raise _bad_request("We could not parse the JSON body of your request: expected a JSON object.")
+    if deployment is not None:
+        if "api-version" not in request.query:
+            raise _bad_request("Missing required query parameter: api-version", "api-version")
+        body = {"model": deployment, **body}  # a copy: the stats show the body as it came
     return body
 
 
 async def _inject(
-    request: web.Request, config: FakeConfig, rng: random.Random, fault: Fault | None, *, stream: bool
+    request: web.Request,
+    config: FakeConfig,
+    rng: random.Random,
+    fault: Fault | None,
+    *,
+    stream: bool,
+    error_response: Callable[[FakeConfig], web.Response] | None = None,
 ) -> web.StreamResponse | None:
-    """Apply latency and the request's fault; a response is the answer to give instead of the real one."""
+    """Apply latency and the request's fault; a response is the answer to give instead of the real one.
+
+    ``error_response`` renders an injected error in another flavor's wire format (default: OpenAI's).
+    """
     if fault is Fault.RESET or (fault is Fault.DISCONNECT and not stream):
         return _drop_connection(request, abort=True)
     if fault is Fault.HANG:
@@ -360,7 +380,7 @@ async def _inject(
     if fault is Fault.MALFORMED:
         return web.Response(body=fake_wire.MALFORMED, content_type="application/json")
     if fault is Fault.ERROR:
-        return _injected_error(config)
+        return (error_response or _injected_error)(config)
     return None
 
 
@@ -372,8 +392,12 @@ async def _stream(
     finish_reason: str,
     usage: Usage | None,
     cut: bool,
+    done: bytes = DONE,
 ) -> web.StreamResponse:
-    """Send the reply as server-sent events, one write per event, paced by ttft and tokens/s."""
+    """Send the reply as server-sent events, one write per event, paced by ttft and tokens/s.
+
+    ``done`` ends a whole stream (b"" for flavors whose streams have no end marker of that kind).
+    """
     response = web.StreamResponse(headers=_SSE_HEADERS)
     await response.prepare(request)
     if config.ttft_ms:
@@ -396,7 +420,8 @@ async def _stream(
     await response.write(fmt.closing(finish_reason))
     if usage is not None:
         await response.write(fmt.usage(usage))
-    await response.write(DONE)
+    if done:
+        await response.write(done)
     return response
 
 

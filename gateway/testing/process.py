@@ -13,10 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _LISTENING = re.compile(r"listening on (http://[^\s,]+)")
 
@@ -63,17 +65,26 @@ def start(
     env: Mapping[str, str] | None = None,
     timeout_s: float = 20.0,
     cpu: int | None = None,
+    cwd: str | None = None,
 ) -> ManagedProcess:
     """Run ``sophia-gateway <subcommand...>`` and return once it listens.
 
-    ``cpu`` pins the process to one core (Linux), for benchmarks.
+    ``cpu`` pins the process to one core (Linux), for benchmarks. ``serve`` runs in a fresh
+    temporary directory unless ``cwd`` is given, so the files it keeps relative to its working
+    directory (the embedded memory database and index under ``data/``) never mix between runs.
     """
+    if cwd is None and subcommand and subcommand[0] == "serve":
+        cwd = tempfile.mkdtemp(prefix="sophia-serve-")
     args = [sys.executable, "-m", "gateway.cli", *subcommand]
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         args = ["taskset", "-c", str(cpu), *args]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # Run the same gateway code as the caller, whatever the working directory or an editable
+    # install elsewhere would otherwise resolve.
+    root = str(Path(__file__).resolve().parents[2])
+    python_path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, **(env or {})}
     popen = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, bufsize=1
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, bufsize=1, cwd=cwd
     )
     proc = ManagedProcess(list(args), popen)
     found = threading.Event()

@@ -218,3 +218,15 @@ async def test_feedback_moves_quality_and_a_second_vote_replaces_the_first() -> 
     _, _, q2 = r.feedback("req-1", 0.0) or ("", None, 0.0)
     assert q2 < 0.5
     assert r.feedback("unknown", 1.0) is None
+
+
+async def test_a_provider_kind_that_cannot_serve_is_not_asked_twice() -> None:
+    from gateway.errors import UnsupportedByProvider
+
+    attempt, tried = fails({"a": [UnsupportedByProvider("anthropic", "embeddings")] * 3})
+    with pytest.raises(UnsupportedByProvider) as err:
+        await router().call(ctx("solo"), attempt)
+    assert tried == ["a"] and err.value.http_status == 400
+    attempt, tried = fails({"a": [UnsupportedByProvider("anthropic", "embeddings")]})
+    routed = await router().call(ctx(), attempt)
+    assert routed.target.provider == "b" and tried == ["a", "b"]

@@ -1,0 +1,120 @@
+"""Handlers of the memory API: parse, call the memory service, render."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway import keys
+from gateway.errors import InvalidRequest, ServiceUnavailable
+from gateway.http.responses import json_response
+from gateway.memory.records import Memory, MemoryFilter, MemoryPatch
+from gateway.memory.service import MemoryService, NewMemory
+from gateway.wire.memory import MemoryBatchIn, MemoryIn, MemoryPatchIn, MemorySearchIn
+from gateway.wire.requests import parse_body
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def create(request: web.Request) -> web.Response:
+    """``POST /v1/memory``: one memory, or ``{"memories": [...]}``."""
+    body = parse_body(await request.read())
+    items = _parse(MemoryBatchIn, body).memories if "memories" in body else [_parse(MemoryIn, body)]
+    created = await _service(request).add([_new(i) for i in items])
+    return json_response(orjson.dumps({"object": "list", "data": [memory_json(m) for m in created]}), status=201)
+
+
+async def read(request: web.Request) -> web.Response:
+    memory = await _service(request).get(request.match_info["id"])
+    return json_response(orjson.dumps(memory_json(memory)))
+
+
+async def patch(request: web.Request) -> web.Response:
+    given = _parse(MemoryPatchIn, parse_body(await request.read()))
+    change = MemoryPatch(
+        content=given.content,
+        embedding=tuple(given.embedding) if given.embedding is not None else None,
+        metadata=given.metadata,
+        data_source=given.data_source,
+        confidence_score=given.confidence_score,
+        importance_score=given.importance_score,
+        processing_status=given.processing_status,
+    )
+    memory = await _service(request).update(request.match_info["id"], change)
+    return json_response(orjson.dumps(memory_json(memory)))
+
+
+async def delete(request: web.Request) -> web.Response:
+    service = _service(request)
+    memory_id = request.match_info["id"]
+    await service.get(memory_id)  # 404 when it does not exist
+    await service.delete([memory_id])
+    return json_response(orjson.dumps({"id": memory_id, "object": "memory.deleted", "deleted": True}))
+
+
+async def search(request: web.Request) -> web.Response:
+    """``POST /v1/memory/search``: by text or vector, filtered, across namespaces."""
+    q = _parse(MemorySearchIn, parse_body(await request.read()))
+    where = MemoryFilter(q.namespaces, q.data_source, q.min_confidence, q.processing_status)
+    hits = await _service(request).search(q.query, q.vector, q.top_k, where)
+    data = [{"score": round(h.score, 6), "memory": memory_json(h.memory, with_embedding=False)} for h in hits]
+    return json_response(orjson.dumps({"object": "list", "data": data}))
+
+
+def memory_json(memory: Memory, *, with_embedding: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": memory.id,
+        "object": "memory",
+        "namespace": memory.namespace,
+        "content": memory.content,
+        "metadata": dict(memory.metadata),
+        "data_source": memory.data_source,
+        "confidence_score": memory.confidence_score,
+        "importance_score": memory.importance_score,
+        "processing_status": memory.processing_status,
+        "row_version": memory.row_version,
+        "access_count": memory.access_count,
+        "created_at": _iso(memory.created_at),
+        "last_updated": _iso(memory.last_updated),
+        "last_accessed": _iso(memory.last_accessed),
+    }
+    if with_embedding:
+        out["embedding"] = list(memory.embedding) if memory.embedding is not None else None
+    return out
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _new(item: MemoryIn) -> NewMemory:
+    return NewMemory(
+        namespace=item.namespace,
+        content=item.content,
+        embedding=tuple(item.embedding) if item.embedding is not None else None,
+        metadata=item.metadata,
+        data_source=item.data_source,
+        confidence_score=item.confidence_score,
+        importance_score=item.importance_score,
+        id=item.id,
+    )
+
+
+def _service(request: web.Request) -> MemoryService:
+    service = request.app.get(keys.MEMORY)
+    if service is None:
+        raise ServiceUnavailable("The memory service is disabled in this gateway's policy (memory.enabled).")
+    return service
+
+
+def _parse(model: type[M], body: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        message = err["msg"].removeprefix("Value error, ")
+        raise InvalidRequest(f"Invalid value for '{param}': {message}." if param else f"{message}.", param=param) from None

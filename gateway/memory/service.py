@@ -1,0 +1,345 @@
+"""The memory service: writes go to the store and the index together; searches go index-first.
+
+Embeddings come through the gateway's own embeddings routing (``memory.embedding_model``), so
+they get scoring, failover and caching like any request. Searches fan out over namespaces in
+parallel, merge by score, and are cached until a write touches one of their namespaces.
+Access counts are gathered in memory and written in batches, off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import orjson
+
+from gateway.errors import InvalidRequest, NotFound
+from gateway.memory.records import Memory, MemoryFilter, MemoryPatch, MemoryStore, VectorIndex
+from gateway.policy.model import MemoryConfig
+
+log = logging.getLogger("gateway.memory")
+
+# (embedding model group, texts) -> one vector per text; raises GatewayError when it cannot.
+TextEmbedder = Callable[[str, Sequence[str]], Awaitable[list[list[float]]]]
+
+_BUILD_BATCH = 1000
+_FLUSH_EVERY_S = 1.0
+_SEARCH_CACHE_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    memory: Memory
+    score: float  # cosine similarity, higher is closer
+
+
+@dataclass(frozen=True, slots=True)
+class NewMemory:
+    namespace: str
+    content: str
+    embedding: tuple[float, ...] | None = None
+    metadata: dict[str, object] | None = None
+    data_source: str | None = None
+    confidence_score: float = 1.0
+    importance_score: float = 0.5
+    id: str | None = None
+
+
+class MemoryService:
+    def __init__(
+        self,
+        config: MemoryConfig,
+        store: MemoryStore,
+        index: VectorIndex,
+        embed: TextEmbedder,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.index = index
+        self._embed = embed
+        self._clock = clock
+        self._pending_access: Counter[str] = Counter()
+        self._cache: OrderedDict[str, tuple[float, frozenset[str], list[tuple[str, float]]]] = OrderedDict()
+        self._flusher: asyncio.Task[None] | None = None
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    # ----- lifecycle of the service itself
+
+    async def start(self) -> None:
+        """Open the store, load the persisted index or rebuild it from the store."""
+        await self.store.start()
+        loaded = await asyncio.to_thread(self.index.load)
+        if not loaded:
+            count = await self.rebuild_index()
+            log.info("memory index rebuilt from the store", extra={"fields": {"memories": count}})
+        self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush_access()
+        await asyncio.to_thread(self.index.save)
+        await self.store.close()
+
+    async def rebuild_index(self) -> int:
+        """Add every stored embedding to the index, in batches of 1,000; returns how many."""
+        count = 0
+        async for batch in self.store.scan_embeddings(_BUILD_BATCH):
+            by_namespace: dict[str, list[tuple[str, Sequence[float]]]] = {}
+            for memory_id, namespace, vector in batch:
+                by_namespace.setdefault(namespace, []).append((memory_id, vector))
+            for namespace, items in by_namespace.items():
+                self.index.add(namespace, items)
+            count += len(batch)
+        await asyncio.to_thread(self.index.save)
+        return count
+
+    # ----- writes
+
+    async def add(self, items: Sequence[NewMemory]) -> list[Memory]:
+        """Store new memories, embedding those that came without a vector."""
+        vectors = await self._vectors_for([i.content for i in items if i.embedding is None])
+        supplied = iter(vectors)
+        memories = []
+        for item in items:
+            embedding = item.embedding if item.embedding is not None else tuple(next(supplied))
+            memories.append(
+                Memory(
+                    id=item.id or uuid.uuid4().hex,
+                    namespace=item.namespace,
+                    content=item.content,
+                    embedding=embedding,
+                    metadata=item.metadata or {},
+                    data_source=item.data_source,
+                    confidence_score=item.confidence_score,
+                    importance_score=item.importance_score,
+                )
+            )
+        await self.store.insert(memories)
+        by_namespace: dict[str, list[tuple[str, Sequence[float]]]] = {}
+        for m in memories:
+            if m.embedding is not None:
+                by_namespace.setdefault(m.namespace, []).append((m.id, m.embedding))
+        for namespace, batch in by_namespace.items():
+            self._index_add(namespace, batch)
+        self._invalidate({m.namespace for m in memories})
+        return [await self.store.get(m.id) or m for m in memories]
+
+    async def get(self, memory_id: str) -> Memory:
+        memory = await self.store.get(memory_id)
+        if memory is None:
+            raise NotFound(f"No memory with id '{memory_id}'.", param="id", code="memory_not_found")
+        return memory
+
+    async def update(self, memory_id: str, patch: MemoryPatch) -> Memory:
+        """Change a memory; new content is re-embedded unless a vector comes with it."""
+        if patch.content is not None and patch.embedding is None:
+            vector = (await self._vectors_for([patch.content]))[0]
+            patch = replace(patch, embedding=tuple(vector))
+        before = await self.get(memory_id)
+        updated = await self.store.update(memory_id, patch)
+        if updated is None:
+            raise NotFound(f"No memory with id '{memory_id}'.", param="id", code="memory_not_found")
+        if patch.embedding is not None:
+            self._index_add(updated.namespace, [(updated.id, patch.embedding)])
+        self._invalidate({before.namespace, updated.namespace})
+        return updated
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        memories = await self.store.get_many(ids)
+        deleted = await self.store.delete(ids)
+        self.forget([(m.namespace, m.id) for m in memories])
+        return deleted
+
+    def forget(self, items: Sequence[tuple[str, str]]) -> None:
+        """Drop deleted memories from the index and the search cache."""
+        by_namespace: dict[str, list[str]] = {}
+        for namespace, memory_id in items:
+            by_namespace.setdefault(namespace, []).append(memory_id)
+        for namespace, ids in by_namespace.items():
+            self.index.remove(namespace, ids)
+        self._invalidate(set(by_namespace))
+
+    # ----- search
+
+    async def search(
+        self, query: str | None, vector: Sequence[float] | None, top_k: int, where: MemoryFilter
+    ) -> list[Hit]:
+        """The ``top_k`` memories closest to the query (text or vector) that pass ``where``."""
+        if vector is None:
+            if not query:
+                raise InvalidRequest("Give 'query' (text) or 'vector'.", param="query")
+            vector = (await self._vectors_for([query]))[0]
+        namespaces = list(where.namespaces) if where.namespaces else self.index.namespaces()
+        key = self._cache_key(vector, top_k, where, namespaces)
+        scored = self._cached(key)
+        rows: dict[str, Memory] | None = None
+        if scored is None:
+            self.cache_misses += 1
+            scored, rows = await self._search_index(namespaces, vector, top_k, where)
+            self._remember(key, frozenset(namespaces), scored)
+        else:
+            self.cache_hits += 1
+        memories = (
+            rows if rows is not None else {m.id: m for m in await self.store.get_many([i for i, _ in scored])}
+        )
+        hits = [Hit(memories[i], s) for i, s in scored if i in memories][:top_k]
+        self._pending_access.update(h.memory.id for h in hits)
+        return hits
+
+    async def _search_index(
+        self, namespaces: list[str], vector: Sequence[float], top_k: int, where: MemoryFilter
+    ) -> tuple[list[tuple[str, float]], dict[str, Memory] | None]:
+        # Over-fetch so filters on stored fields still leave top_k; namespaces run in parallel
+        # threads (usearch releases the GIL), then merge by score.
+        fetch = top_k * 4 if self._filters_rows(where) else top_k
+        per_namespace = await asyncio.gather(
+            *(asyncio.to_thread(self._search_one, ns, vector, fetch) for ns in namespaces)
+        )
+        merged = sorted((pair for result in per_namespace for pair in result), key=lambda p: -p[1])
+        if not self._filters_rows(where):
+            return merged[:top_k], None
+        rows = {m.id: m for m in await self.store.get_many([i for i, _ in merged])}
+        kept = [(i, s) for i, s in merged if i in rows and _passes(rows[i], where)]
+        return kept[:top_k], rows
+
+    def _search_one(self, namespace: str, vector: Sequence[float], k: int) -> list[tuple[str, float]]:
+        try:
+            return self.index.search(namespace, vector, k)
+        except ValueError as exc:  # a vector of another dimension than the namespace's
+            raise InvalidRequest(f"Namespace '{namespace}': {exc}", param="vector") from None
+
+    @staticmethod
+    def _filters_rows(where: MemoryFilter) -> bool:
+        return (
+            where.data_source is not None
+            or where.min_confidence is not None
+            or where.processing_status is not None
+        )
+
+    # ----- memory-augmented chat
+
+    async def context_for(self, prompt: str, namespaces: Sequence[str], top_k: int) -> list[Hit]:
+        """Memories to add to a chat request about ``prompt``."""
+        return await self.search(prompt, None, top_k, MemoryFilter(namespaces=namespaces))
+
+    # ----- access counts, batched
+
+    async def flush_access(self) -> None:
+        if not self._pending_access:
+            return
+        counts, self._pending_access = self._pending_access, Counter()
+        try:
+            await self.store.touch(counts, datetime.now(UTC))
+        except Exception:
+            # Access counts are best effort: put them back for the next flush.
+            self._pending_access.update(counts)
+            raise
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_EVERY_S)
+            try:
+                await self.flush_access()
+            except Exception:  # a failing store must not kill the loop; counts wait for the next
+                log.warning("memory: could not write access counts; will retry", exc_info=True)
+
+    def figures(self) -> dict[str, float]:
+        """What the metrics collector exports (``observability.metrics.MemoryView``)."""
+        out: dict[str, float] = {
+            "index_vectors": len(self.index),
+            "search_cache_hits": self.cache_hits,
+            "search_cache_misses": self.cache_misses,
+        }
+        pool_stats = getattr(self.store, "pool_stats", None)
+        stats = pool_stats() if callable(pool_stats) else None
+        if stats is not None:
+            out.update(
+                pool_acquisitions=stats.acquisitions_total,
+                pool_served_idle=stats.served_idle_total,
+                pool_waits=stats.waits_total,
+                pool_replaced_dead=stats.replaced_dead_total,
+                pool_open=stats.open,
+                pool_in_use=stats.in_use,
+                pool_efficiency=stats.efficiency,
+            )
+        return out
+
+    # ----- helpers
+
+    async def _vectors_for(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        model = self.config.embedding_model
+        if model is None:
+            raise InvalidRequest(
+                "This gateway has no memory.embedding_model in its policy: send 'embedding' / 'vector' "
+                "with the request.",
+                param="embedding",
+            )
+        return await self._embed(model, texts)
+
+    def _index_add(self, namespace: str, items: Sequence[tuple[str, Sequence[float]]]) -> None:
+        try:
+            self.index.add(namespace, items)
+        except ValueError as exc:
+            raise InvalidRequest(f"Namespace '{namespace}': {exc}", param="embedding") from None
+
+    def _cache_key(
+        self, vector: Sequence[float], top_k: int, where: MemoryFilter, namespaces: list[str]
+    ) -> str:
+        raw = orjson.dumps(
+            [
+                list(vector),
+                top_k,
+                sorted(namespaces),
+                where.data_source,
+                where.min_confidence,
+                where.processing_status,
+            ]
+        )
+        return hashlib.sha256(raw).hexdigest()
+
+    def _cached(self, key: str) -> list[tuple[str, float]] | None:
+        ttl = self.config.search_cache_ttl_s
+        entry = self._cache.get(key)
+        if entry is None or ttl <= 0:
+            return None
+        stored_at, _, scored = entry
+        if self._clock() - stored_at > ttl:
+            del self._cache[key]
+            return None
+        self._cache.move_to_end(key)
+        return scored
+
+    def _remember(self, key: str, namespaces: frozenset[str], scored: list[tuple[str, float]]) -> None:
+        if self.config.search_cache_ttl_s <= 0:
+            return
+        self._cache[key] = (self._clock(), namespaces, scored)
+        if len(self._cache) > _SEARCH_CACHE_MAX:
+            self._cache.popitem(last=False)
+
+    def _invalidate(self, namespaces: set[str]) -> None:
+        stale = [k for k, (_, spaces, _) in self._cache.items() if spaces & namespaces]
+        for k in stale:
+            del self._cache[k]
+
+
+def _passes(memory: Memory, where: MemoryFilter) -> bool:
+    if where.data_source is not None and memory.data_source != where.data_source:
+        return False
+    if where.min_confidence is not None and memory.confidence_score < where.min_confidence:
+        return False
+    return where.processing_status is None or memory.processing_status == where.processing_status

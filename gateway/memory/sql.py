@@ -1,0 +1,403 @@
+"""The memory table's SQL, shared by the SQLite and Snowflake stores, and row <-> ``Memory``.
+
+Both drivers take qmark (``?``) parameters (Snowflake's connector is opened with
+``paramstyle="qmark"``: server-side binding, so a statement's text is the same whatever its
+values), so every statement here runs unchanged on both; only column types, the timestamp
+encoding and the migrations differ (``Dialect``, and the stores themselves).
+
+Storage formats:
+
+* ``embedding``: little-endian float32, packed (SQLite BLOB, Snowflake BINARY): 4 bytes a
+  dimension instead of ~20 as JSON text, and decoded with one ``struct.unpack``. Values come
+  back at float32 precision, which is what the HNSW index holds anyway.
+* ``metadata``: JSON text (SQLite TEXT, Snowflake VARCHAR; ``PARSE_JSON(metadata)`` reads it
+  in Snowflake). VARCHAR rather than VARIANT because a VARIANT cannot take a bound parameter
+  in ``INSERT ... VALUES``, which would cost the connector's bulk-insert path.
+* times: UTC without a zone (Snowflake TIMESTAMP_NTZ, as the seed's metadata columns; SQLite
+  TEXT ``YYYY-MM-DD HH:MM:SS.ffffff``, which sorts as it compares). ``Memory`` times are aware.
+
+Everything here is blocking: the stores call it on their worker threads.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.errors import InvalidRequest
+from gateway.memory.records import Memory, MemoryPatch, PruneRule
+
+# Ids per ``IN (...)`` list: far below SQLite's 32,766 variables and Snowflake's expression limit.
+CHUNK = 500
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+class Cursor(Protocol):
+    """The DB-API cursor both drivers provide (``sqlite3.Cursor``, ``SnowflakeCursor``)."""
+
+    @property
+    def rowcount(self) -> int | None: ...
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> object: ...
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> object: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Sequence[Any]: ...
+
+    def close(self) -> object: ...
+
+
+class Connection(Protocol):
+    """The DB-API connection both drivers provide."""
+
+    def cursor(self) -> Cursor: ...
+
+    def close(self) -> object: ...
+
+
+def select_one(conn: Connection) -> None:
+    """The health check: ``SELECT 1`` round trip; raises the driver's error when it fails."""
+    cur = conn.cursor()
+    try:
+        cur.execute("SELECT 1")
+        cur.fetchone()
+    finally:
+        cur.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of the memory table: its type in each dialect and its default (a SQL literal)."""
+
+    name: str
+    sqlite_type: str
+    snowflake_type: str
+    default: str | None = None
+
+
+# Columns in the order every SELECT returns them (``row_to_memory`` relies on it). ``id``,
+# ``namespace`` and ``content`` exist in every version of the table; migrations add the others.
+COLUMNS = (
+    Column("id", "TEXT", "VARCHAR"),
+    Column("namespace", "TEXT", "VARCHAR"),
+    Column("content", "TEXT", "VARCHAR"),
+    Column("embedding", "BLOB", "BINARY"),
+    Column("metadata", "TEXT", "VARCHAR"),
+    Column("data_source", "TEXT", "VARCHAR(100)"),
+    Column("confidence_score", "REAL", "FLOAT", "1.0"),
+    Column("importance_score", "REAL", "FLOAT", "0.5"),
+    Column("processing_status", "TEXT", "VARCHAR(50)", "'active'"),
+    Column("row_version", "INTEGER", "INTEGER", "1"),
+    Column("access_count", "INTEGER", "INTEGER", "0"),
+    Column("created_at", "TEXT", "TIMESTAMP_NTZ"),
+    Column("last_updated", "TEXT", "TIMESTAMP_NTZ"),
+    Column("last_accessed", "TEXT", "TIMESTAMP_NTZ"),
+)
+CORE_COLUMNS = frozenset({"id", "namespace", "content"})
+_SELECT = ", ".join(c.name for c in COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between the two databases for the shared statements."""
+
+    name: str
+    encode_time: Callable[[datetime], object]
+
+    def column_type(self, column: Column) -> str:
+        return column.sqlite_type if self.name == "sqlite" else column.snowflake_type
+
+
+def _naive_utc(at: datetime) -> datetime:
+    """``at`` in UTC without a zone; a naive ``at`` is taken to be UTC already."""
+    return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
+
+
+SQLITE = Dialect("sqlite", lambda at: _naive_utc(at).strftime(_TIME_FORMAT))
+SNOWFLAKE = Dialect("snowflake", _naive_utc)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def decode_time(value: object) -> datetime | None:
+    """A stored time (naive UTC ``datetime`` or SQLite text) as an aware UTC ``datetime``."""
+    if value is None:
+        return None
+    at = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def encode_embedding(vector: Sequence[float] | None) -> bytes | None:
+    return None if vector is None else struct.pack(f"<{len(vector)}f", *vector)
+
+
+def decode_embedding(blob: bytes | bytearray | memoryview | None) -> tuple[float, ...] | None:
+    if blob is None:
+        return None
+    return struct.unpack(f"<{len(blob) // 4}f", blob)
+
+
+def encode_metadata(metadata: Mapping[str, Any]) -> str:
+    return orjson.dumps(dict(metadata)).decode()
+
+
+def row_to_memory(row: Sequence[Any]) -> Memory:
+    """A row selected as ``COLUMNS`` as a ``Memory`` (NULLs of migrated columns get the defaults)."""
+    (mid, namespace, content, embedding, metadata, source, confidence, importance, status) = row[:9]
+    version, accesses, created, updated, accessed = row[9:]
+    return Memory(
+        id=mid,
+        namespace=namespace,
+        content=content,
+        embedding=decode_embedding(embedding),
+        metadata=orjson.loads(metadata) if metadata else {},
+        data_source=source,
+        confidence_score=1.0 if confidence is None else float(confidence),
+        importance_score=0.5 if importance is None else float(importance),
+        processing_status=status or "active",
+        row_version=1 if version is None else int(version),
+        access_count=0 if accesses is None else int(accesses),
+        created_at=decode_time(created),
+        last_updated=decode_time(updated),
+        last_accessed=decode_time(accessed),
+    )
+
+
+def chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def marks(n: int) -> str:
+    """``?, ?, ?`` for ``n`` parameters."""
+    return ", ".join("?" * n)
+
+
+class MemoryQueries:
+    """The store operations as blocking calls on a cursor of either database.
+
+    ``table`` is interpolated into the SQL, so it must be a plain (optionally dotted)
+    identifier; the stores validate it. Every value travels as a bound parameter.
+    """
+
+    def __init__(self, table: str, dialect: Dialect) -> None:
+        self.table = table
+        self.dialect = dialect
+
+    def _time(self, at: datetime) -> object:
+        return self.dialect.encode_time(at)
+
+    # ----- schema
+
+    def create_table(self) -> str:
+        cols = []
+        for c in COLUMNS:
+            spec = f"{c.name} {self.dialect.column_type(c)}"
+            if c.name in CORE_COLUMNS:
+                spec += " NOT NULL PRIMARY KEY" if c.name == "id" else " NOT NULL"
+            elif c.default is not None:
+                spec += f" DEFAULT {c.default}"
+            cols.append(spec)
+        return f"CREATE TABLE IF NOT EXISTS {self.table} ({', '.join(cols)})"
+
+    def add_column(self, column: Column, *, if_not_exists: bool) -> str:
+        """``ALTER TABLE ... ADD COLUMN`` for a column an older table lacks (never NOT NULL)."""
+        guard = " IF NOT EXISTS" if if_not_exists else ""
+        default = f" DEFAULT {column.default}" if column.default is not None else ""
+        return (
+            f"ALTER TABLE {self.table} ADD COLUMN{guard} {column.name} "
+            f"{self.dialect.column_type(column)}{default}"
+        )
+
+    # ----- reads
+
+    def get_many(self, cur: Cursor, ids: Sequence[str]) -> list[Memory]:
+        out: list[Memory] = []
+        for part in chunks(list(dict.fromkeys(ids))):
+            cur.execute(f"SELECT {_SELECT} FROM {self.table} WHERE id IN ({marks(len(part))})", part)
+            out.extend(row_to_memory(row) for row in cur.fetchall())
+        return out
+
+    def existing_ids(self, cur: Cursor, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for part in chunks(list(dict.fromkeys(ids))):
+            cur.execute(f"SELECT id FROM {self.table} WHERE id IN ({marks(len(part))})", part)
+            found.update(row[0] for row in cur.fetchall())
+        return found
+
+    def embeddings_after(
+        self, cur: Cursor, after_id: str | None, limit: int
+    ) -> list[tuple[str, str, tuple[float, ...]]]:
+        """Up to ``limit`` (id, namespace, embedding) with ids above ``after_id``, by id (keyset
+        paging: no cursor stays open between batches)."""
+        where, params = (
+            ("embedding IS NOT NULL", [])
+            if after_id is None
+            else ("embedding IS NOT NULL AND id > ?", [after_id])
+        )
+        cur.execute(
+            f"SELECT id, namespace, embedding FROM {self.table} WHERE {where} ORDER BY id LIMIT {int(limit)}",
+            params,
+        )
+        return [(mid, ns, decode_embedding(blob) or ()) for mid, ns, blob in cur.fetchall()]
+
+    def prune_candidates(
+        self, cur: Cursor, namespace: str | None, rule: PruneRule, now: datetime
+    ) -> list[str]:
+        cutoff = now - timedelta(days=rule.idle_days)
+        sql = (
+            f"SELECT id FROM {self.table} WHERE COALESCE(last_accessed, created_at) < ? "
+            "AND importance_score < ? AND access_count < ?"
+        )
+        params: list[object] = [self._time(cutoff), rule.min_importance, rule.min_access_count]
+        if namespace is not None:
+            sql += " AND namespace = ?"
+            params.append(namespace)
+        cur.execute(sql + " ORDER BY id", params)
+        return [row[0] for row in cur.fetchall()]
+
+    def namespaces(self, cur: Cursor) -> list[str]:
+        cur.execute(f"SELECT DISTINCT namespace FROM {self.table} ORDER BY namespace")
+        return [row[0] for row in cur.fetchall()]
+
+    def count(self, cur: Cursor, namespace: str | None) -> int:
+        if namespace is None:
+            cur.execute(f"SELECT COUNT(*) FROM {self.table}")
+        else:
+            cur.execute(f"SELECT COUNT(*) FROM {self.table} WHERE namespace = ?", [namespace])
+        return int(cur.fetchone()[0])
+
+    # ----- writes
+
+    def insert(self, cur: Cursor, memories: Sequence[Memory], now: datetime) -> None:
+        """Insert new memories (row_version 1, created_at = last_updated = ``now``).
+
+        Ids must be new: Snowflake does not enforce primary keys, so this checks first and
+        refuses the whole batch rather than letting the two backends differ.
+        """
+        ids = [m.id for m in memories]
+        twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if twice:
+            raise InvalidRequest(
+                f"The id '{twice[0]}' appears twice in the batch.", param="id", code="memory_exists"
+            )
+        taken = sorted(self.existing_ids(cur, ids))
+        if taken:
+            raise InvalidRequest(
+                f"A memory with id '{taken[0]}' already exists; use PATCH to change it.",
+                param="id",
+                code="memory_exists",
+            )
+        at = self._time(now)
+        rows = [
+            (
+                m.id,
+                m.namespace,
+                m.content,
+                encode_embedding(m.embedding),
+                encode_metadata(m.metadata),
+                m.data_source,
+                # One Python type a column: the connector's bulk insert binds a column as one type.
+                float(m.confidence_score),
+                float(m.importance_score),
+                m.processing_status,
+                1,
+                int(m.access_count),
+                at,
+                at,
+                None if m.last_accessed is None else self._time(m.last_accessed),
+            )
+            for m in memories
+        ]
+        cur.executemany(f"INSERT INTO {self.table} ({_SELECT}) VALUES ({marks(len(COLUMNS))})", rows)
+
+    def update(self, cur: Cursor, memory_id: str, patch: MemoryPatch, now: datetime) -> Memory | None:
+        sets, params = _patch_assignments(patch)
+        sets += ["row_version = row_version + 1", "last_updated = ?"]
+        params += [self._time(now), memory_id]
+        cur.execute(f"UPDATE {self.table} SET {', '.join(sets)} WHERE id = ?", params)
+        if not cur.rowcount:
+            return None
+        found = self.get_many(cur, [memory_id])
+        return found[0] if found else None
+
+    def delete(self, cur: Cursor, ids: Sequence[str]) -> int:
+        deleted = 0
+        for part in chunks(list(dict.fromkeys(ids))):
+            cur.execute(f"DELETE FROM {self.table} WHERE id IN ({marks(len(part))})", part)
+            deleted += cur.rowcount or 0
+        return deleted
+
+    def touch(self, cur: Cursor, counts: Mapping[str, int], at: datetime) -> None:
+        """One UPDATE per distinct increment and chunk of ids (usually all increments are 1)."""
+        by_increment: dict[int, list[str]] = {}
+        for memory_id, n in counts.items():
+            by_increment.setdefault(n, []).append(memory_id)
+        stamp = self._time(at)
+        for n, ids in by_increment.items():
+            for part in chunks(ids):
+                cur.execute(
+                    f"UPDATE {self.table} SET access_count = COALESCE(access_count, 0) + ?, last_accessed = ? "
+                    f"WHERE id IN ({marks(len(part))})",
+                    [n, stamp, *part],
+                )
+
+    def archive_older_than(self, cur: Cursor, namespace: str, cutoff: datetime, dry_run: bool) -> int:
+        """Archiving bumps row_version but not last_updated, so retention still counts from the
+        last real change."""
+        where = "namespace = ? AND processing_status = 'active' AND last_updated < ?"
+        params = [namespace, self._time(cutoff)]
+        if dry_run:
+            cur.execute(f"SELECT COUNT(*) FROM {self.table} WHERE {where}", params)
+            return int(cur.fetchone()[0])
+        cur.execute(
+            f"UPDATE {self.table} SET processing_status = 'archived', row_version = row_version + 1 WHERE {where}",
+            params,
+        )
+        return cur.rowcount or 0
+
+    def delete_where(self, cur: Cursor, where: str, params: Sequence[object], dry_run: bool) -> list[str]:
+        """Delete the rows matching ``where``; returns their ids (selected first: neither
+        database returns deleted rows portably)."""
+        cur.execute(f"SELECT id FROM {self.table} WHERE {where} ORDER BY id", params)
+        ids = [row[0] for row in cur.fetchall()]
+        if not dry_run:
+            self.delete(cur, ids)
+        return ids
+
+    def delete_older_than(self, cur: Cursor, namespace: str, cutoff: datetime, dry_run: bool) -> list[str]:
+        return self.delete_where(
+            cur, "namespace = ? AND last_updated < ?", [namespace, self._time(cutoff)], dry_run
+        )
+
+    def delete_below_confidence(
+        self, cur: Cursor, namespace: str, threshold: float, dry_run: bool
+    ) -> list[str]:
+        return self.delete_where(
+            cur, "namespace = ? AND confidence_score < ?", [namespace, threshold], dry_run
+        )
+
+
+def _patch_assignments(patch: MemoryPatch) -> tuple[list[str], list[object]]:
+    """``col = ?`` assignments and their values for the fields ``patch`` sets."""
+    values: Iterable[tuple[str, object]] = (
+        ("content", patch.content),
+        ("embedding", encode_embedding(patch.embedding)),
+        ("metadata", None if patch.metadata is None else encode_metadata(patch.metadata)),
+        ("data_source", patch.data_source),
+        ("confidence_score", patch.confidence_score),
+        ("importance_score", patch.importance_score),
+        ("processing_status", patch.processing_status),
+    )
+    chosen = [(name, value) for name, value in values if value is not None]
+    return [f"{name} = ?" for name, _ in chosen], [value for _, value in chosen]

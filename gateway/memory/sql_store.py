@@ -1,0 +1,131 @@
+"""``SQLMemoryStore``: the ``MemoryStore`` methods both SQL backends share.
+
+A backend supplies ``start``/``close`` and ``_execute``: run one blocking operation on a cursor
+of its database, off the event loop, as one unit of work. Everything else (the statements, row
+conversion, batching) lives in ``sql.py`` and is identical for SQLite and Snowflake.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from gateway.memory.records import Memory, MemoryPatch, PruneRule
+from gateway.memory.sql import Cursor, MemoryQueries
+
+T = TypeVar("T")
+
+# Called after every store operation with its name ("insert", "get_many", ...) and duration in
+# seconds, e.g. to feed a Prometheus histogram.
+ObserveHook = Callable[[str, float], None]
+
+
+class SQLMemoryStore(ABC):
+    """Shared implementation of ``MemoryStore`` over a DB-API cursor."""
+
+    def __init__(
+        self, queries: MemoryQueries, clock: Callable[[], datetime], observe: ObserveHook | None
+    ) -> None:
+        self._q = queries
+        self._clock = clock
+        self._observe = observe
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def _execute(self, op: Callable[[Cursor], T]) -> T:
+        """Run ``op`` on a cursor in a worker thread, as one unit of work."""
+
+    async def _run(self, name: str, op: Callable[[Cursor], T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await self._execute(op)
+        finally:
+            if self._observe is not None:
+                self._observe(name, time.perf_counter() - started)
+
+    async def insert(self, memories: Sequence[Memory]) -> None:
+        if memories:
+            now = self._clock()
+            await self._run("insert", lambda cur: self._q.insert(cur, memories, now))
+
+    async def get(self, memory_id: str) -> Memory | None:
+        found = await self.get_many([memory_id])
+        return found[0] if found else None
+
+    async def get_many(self, ids: Sequence[str]) -> list[Memory]:
+        if not ids:
+            return []
+        return await self._run("get_many", lambda cur: self._q.get_many(cur, ids))
+
+    async def update(self, memory_id: str, patch: MemoryPatch) -> Memory | None:
+        now = self._clock()
+        return await self._run("update", lambda cur: self._q.update(cur, memory_id, patch, now))
+
+    async def delete(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        return await self._run("delete", lambda cur: self._q.delete(cur, ids))
+
+    async def touch(self, counts: Mapping[str, int], at: datetime) -> None:
+        if counts:
+            await self._run("touch", lambda cur: self._q.touch(cur, counts, at))
+
+    async def scan_embeddings(
+        self, batch_size: int
+    ) -> AsyncIterator[list[tuple[str, str, tuple[float, ...]]]]:
+        """Batches ordered by id; each is its own query, so no connection is held between them
+        (memories written during a scan may or may not appear)."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        after: str | None = None
+        while True:
+            batch = await self._run("scan_embeddings", self._page(after, batch_size))
+            if batch:
+                yield batch
+            if len(batch) < batch_size:
+                return
+            after = batch[-1][0]
+
+    def _page(
+        self, after: str | None, batch_size: int
+    ) -> Callable[[Cursor], list[tuple[str, str, tuple[float, ...]]]]:
+        return lambda cur: self._q.embeddings_after(cur, after, batch_size)
+
+    async def prune_candidates(self, namespace: str | None, rule: PruneRule, now: datetime) -> list[str]:
+        return await self._run(
+            "prune_candidates", lambda cur: self._q.prune_candidates(cur, namespace, rule, now)
+        )
+
+    async def archive_older_than(self, namespace: str, cutoff: datetime, *, dry_run: bool = False) -> int:
+        return await self._run(
+            "archive_older_than", lambda cur: self._q.archive_older_than(cur, namespace, cutoff, dry_run)
+        )
+
+    async def delete_older_than(
+        self, namespace: str, cutoff: datetime, *, dry_run: bool = False
+    ) -> list[str]:
+        return await self._run(
+            "delete_older_than", lambda cur: self._q.delete_older_than(cur, namespace, cutoff, dry_run)
+        )
+
+    async def delete_below_confidence(
+        self, namespace: str, threshold: float, *, dry_run: bool = False
+    ) -> list[str]:
+        return await self._run(
+            "delete_below_confidence",
+            lambda cur: self._q.delete_below_confidence(cur, namespace, threshold, dry_run),
+        )
+
+    async def namespaces(self) -> list[str]:
+        return await self._run("namespaces", self._q.namespaces)
+
+    async def count(self, namespace: str | None = None) -> int:
+        return await self._run("count", lambda cur: self._q.count(cur, namespace))

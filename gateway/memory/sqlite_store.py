@@ -1,0 +1,157 @@
+"""``SQLiteMemoryStore``: the embedded default backend, one SQLite file, nothing to install.
+
+One worker thread owns the connection (a sqlite3 connection belongs to the thread that opened
+it) and runs every statement, so operations queue in order and nothing blocks the event loop.
+Each operation is one transaction. The WAL journal lets readers in other processes (e.g.
+``sophia-gateway memory prune`` next to a running gateway) work while this one writes; a writer
+waits up to ``busy_timeout_s`` for another's lock.
+
+Migrations are idempotent: ``CREATE TABLE IF NOT EXISTS``, then each column an older table
+lacks is added (SQLite has no ``ADD COLUMN IF NOT EXISTS``, so ``PRAGMA table_info`` says
+which), then ``CREATE INDEX IF NOT EXISTS`` on namespace, (namespace, last_updated) and
+last_accessed: the lookups retention and pruning make.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from gateway.errors import ServiceUnavailable
+from gateway.memory.sql import COLUMNS, CORE_COLUMNS, SQLITE, Cursor, MemoryQueries, utc_now
+from gateway.memory.sql_store import ObserveHook, SQLMemoryStore
+
+if TYPE_CHECKING:
+    from gateway.memory.records import MemoryStore
+
+T = TypeVar("T")
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Errors of the file rather than of the statement (locked past busy_timeout, disk full, I/O):
+# the store, not the request, failed. Others (e.g. a malformed statement) are bugs and propagate.
+_OUTAGES = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+)
+# (index name suffix, indexed columns)
+_INDEXES = (
+    ("namespace", "namespace"),
+    ("namespace_updated", "namespace, last_updated"),
+    ("last_accessed", "last_accessed"),
+)
+
+
+class SQLiteMemoryStore(SQLMemoryStore):
+    """Memories in the SQLite file at ``path`` (its directory is created if missing)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        table: str = "memories",
+        clock: Callable[[], datetime] = utc_now,
+        busy_timeout_s: float = 5.0,
+        observe: ObserveHook | None = None,
+    ) -> None:
+        if not _IDENTIFIER.match(table):
+            raise ValueError(f"table must be a plain identifier, not {table!r}")
+        super().__init__(MemoryQueries(table, SQLITE), clock, observe)
+        self.path = path
+        self.table = table
+        self._busy_timeout_s = busy_timeout_s
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def start(self) -> None:
+        """Open the file (WAL mode) and migrate the table; a second call does nothing."""
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-sqlite")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        await asyncio.get_running_loop().run_in_executor(executor, self._close_connection)
+        executor.shutdown(wait=True)
+
+    def _open(self) -> None:
+        if self.path != ":memory:" and not self.path.startswith("file:"):
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # With WAL, NORMAL only risks the last transactions on power loss, never corruption.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute(self._q.create_table())
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({self.table})")}
+        for column in COLUMNS:
+            if column.name in present:
+                continue
+            if column.name in CORE_COLUMNS:
+                raise RuntimeError(f"{self.path}: table {self.table} has no {column.name} column")
+            conn.execute(self._q.add_column(column, if_not_exists=False))
+        for suffix, columns in _INDEXES:
+            conn.execute(f"CREATE INDEX IF NOT EXISTS idx_{self.table}_{suffix} ON {self.table} ({columns})")
+        conn.commit()
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def _execute(self, op: Callable[[Cursor], T]) -> T:
+        if self._executor is None:
+            raise ServiceUnavailable("The memory store is not open.", code="memory_store_unavailable")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._transaction, op)
+
+    def _transaction(self, op: Callable[[Cursor], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise ServiceUnavailable("The memory store is not open.", code="memory_store_unavailable")
+        cur = conn.cursor()
+        try:
+            result = op(cur)
+            conn.commit()
+            return result
+        except sqlite3.Error as exc:
+            conn.rollback()
+            if exc.sqlite_errorname.startswith(_OUTAGES):
+                raise ServiceUnavailable(
+                    f"The memory store failed ({exc.sqlite_errorname}).", code="memory_store_unavailable"
+                ) from exc
+            raise
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            cur.close()
+
+
+if TYPE_CHECKING:
+
+    def _conforms(store: SQLiteMemoryStore) -> MemoryStore:
+        return store

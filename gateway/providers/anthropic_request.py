@@ -1,0 +1,266 @@
+"""OpenAI chat request -> Anthropic Messages API request (``POST /v1/messages``).
+
+Pure functions, no I/O. The Messages API differs from OpenAI's chat format in ways that need
+more than renaming: the system prompt is a top-level field, roles must alternate (so
+consecutive same-role messages are merged), tool results are ``tool_result`` blocks inside a
+user message, and ``max_tokens`` is required. What cannot be expressed raises a gateway error
+naming the field, so the client learns what to change instead of getting a provider's 400.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.errors import InvalidRequest, UnsupportedByProvider
+from gateway.wire.requests import JSONObject
+
+KIND = "anthropic"
+
+_TOOL_CHOICES: dict[str, JSONObject] = {
+    "auto": {"type": "auto"},
+    "none": {"type": "none"},
+    "required": {"type": "any"},
+}
+_JSON_OBJECT_INSTRUCTION = (
+    "Respond with a single valid JSON object and nothing else: no prose before or after it, "
+    "no Markdown code fences."
+)
+_JSON_SCHEMA_INSTRUCTION = (
+    "Respond with a single valid JSON object that conforms to the following JSON Schema, and "
+    "nothing else: no prose before or after it, no Markdown code fences.\nJSON Schema: "
+)
+
+
+def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: int) -> JSONObject:
+    """The Messages API body for the OpenAI chat ``body``, to be served by ``upstream_model``."""
+    if isinstance(body.get("n"), int) and body["n"] > 1:
+        raise UnsupportedByProvider(KIND, "n > 1 (one choice per request)")
+    if body.get("functions") is not None or body.get("function_call") is not None:
+        raise UnsupportedByProvider(KIND, "the legacy 'functions' parameters (use 'tools')")
+    system, messages = _conversation(body["messages"])
+    instruction = _format_instruction(body.get("response_format"))
+    if instruction:
+        system.append(instruction)
+    out: JSONObject = {"model": upstream_model, "messages": messages}
+    if system:
+        out["system"] = "\n\n".join(system)
+    limit = body.get("max_completion_tokens")
+    if limit is None:
+        limit = body.get("max_tokens")
+    out["max_tokens"] = limit if limit is not None else default_max_tokens
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    temperature = body.get("temperature")
+    if isinstance(temperature, int | float):
+        # OpenAI allows 0..2, Anthropic 0..1: clip rather than have the provider refuse.
+        out["temperature"] = min(max(float(temperature), 0.0), 1.0)
+    if body.get("top_p") is not None:
+        out["top_p"] = body["top_p"]
+    user = body.get("user") or body.get("safety_identifier")
+    if isinstance(user, str) and user:
+        out["metadata"] = {"user_id": user}
+    tools = body.get("tools")
+    if tools:
+        out["tools"] = [_tool(tool, i) for i, tool in enumerate(tools)]
+        choice = _tool_choice(body.get("tool_choice"))
+        if body.get("parallel_tool_calls") is False and choice["type"] != "none":
+            choice = {**choice, "disable_parallel_tool_use": True}
+        if body.get("tool_choice") is not None or "disable_parallel_tool_use" in choice:
+            out["tool_choice"] = choice
+    if body.get("stream"):
+        out["stream"] = True
+    return out
+
+
+def _conversation(messages: list[Any]) -> tuple[list[str], list[JSONObject]]:
+    """System texts, and the user/assistant turns with same-role neighbours merged."""
+    system: list[str] = []
+    turns: list[JSONObject] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
+        role = message.get("role")
+        if role in ("system", "developer"):
+            text = _plain_text(message.get("content"), f"messages[{i}].content")
+            if text:
+                system.append(text)
+            continue
+        if role == "user":
+            blocks = _user_blocks(message.get("content"), f"messages[{i}].content")
+        elif role == "assistant":
+            blocks = _assistant_blocks(message, i)
+        elif role == "tool":
+            blocks = [_tool_result(message, i)]
+            role = "user"  # Anthropic carries tool results in the user's turn
+        else:
+            raise UnsupportedByProvider(KIND, f"messages with role '{role}' (use 'tool')")
+        if not blocks:
+            continue  # Anthropic refuses empty turns; an empty message adds nothing anyway
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    return system, turns
+
+
+def _user_blocks(content: object, where: str) -> list[JSONObject]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if content is None:
+        return []
+    if not isinstance(content, list):
+        raise InvalidRequest(f"'{where}' must be a string or an array of parts.", param=where)
+    return [block for j, part in enumerate(content) if (block := _user_part(part, f"{where}[{j}]"))]
+
+
+def _user_part(part: object, where: str) -> JSONObject | None:
+    if not isinstance(part, dict):
+        raise InvalidRequest(f"'{where}' must be an object.", param=where)
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        return {"type": "text", "text": text} if isinstance(text, str) and text else None
+    if kind == "image_url":
+        image = part.get("image_url")
+        url = image.get("url") if isinstance(image, dict) else image
+        if not isinstance(url, str) or not url:
+            raise InvalidRequest(f"'{where}.image_url.url' must be a URL.", param=where)
+        return {"type": "image", "source": _source(url, where)}
+    if kind == "file":
+        file = part.get("file")
+        data = file.get("file_data") if isinstance(file, dict) else None
+        if not isinstance(data, str) or not data.startswith("data:"):
+            raise UnsupportedByProvider(KIND, "file parts other than inline data: URLs (file_data)")
+        return {"type": "document", "source": _source(data, where)}
+    raise UnsupportedByProvider(KIND, f"content parts of type '{kind}'")
+
+
+def _source(url: str, where: str) -> JSONObject:
+    """An Anthropic image/document source: ``url``, or ``base64`` for a ``data:`` URL."""
+    if not url.startswith("data:"):
+        return {"type": "url", "url": url}
+    head, sep, data = url[5:].partition(",")
+    media_type, _, encoding = head.partition(";")
+    if not sep or encoding != "base64" or not media_type:
+        raise InvalidRequest(
+            f"'{where}': a data: URL must look like data:<media type>;base64,<data>.", param=where
+        )
+    return {"type": "base64", "media_type": media_type, "data": data}
+
+
+def _assistant_blocks(message: JSONObject, i: int) -> list[JSONObject]:
+    text = _plain_text(message.get("content"), f"messages[{i}].content")
+    blocks: list[JSONObject] = [{"type": "text", "text": text}] if text else []
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise InvalidRequest(
+            f"'messages[{i}].tool_calls' must be an array.", param=f"messages[{i}].tool_calls"
+        )
+    for j, call in enumerate(calls):
+        where = f"messages[{i}].tool_calls[{j}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(call.get("id"), str):
+            raise InvalidRequest(f"'{where}' needs an id and a function.", param=where)
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call["id"],
+                "name": function.get("name"),
+                "input": _arguments(function.get("arguments"), f"{where}.function.arguments"),
+            }
+        )
+    return blocks
+
+
+def _arguments(arguments: object, where: str) -> JSONObject:
+    """The JSON object a tool call's ``arguments`` string holds (Anthropic wants the object)."""
+    if arguments is None or arguments == "":
+        return {}
+    try:
+        parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise InvalidRequest(f"'{where}' must be a JSON object encoded as a string.", param=where)
+    return parsed
+
+
+def _tool_result(message: JSONObject, i: int) -> JSONObject:
+    call_id = message.get("tool_call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise InvalidRequest(
+            f"'messages[{i}].tool_call_id' is required.", param=f"messages[{i}].tool_call_id"
+        )
+    result: JSONObject = {"type": "tool_result", "tool_use_id": call_id}
+    content = message.get("content")
+    if isinstance(content, list):
+        blocks = _user_blocks(content, f"messages[{i}].content")
+        if blocks:
+            result["content"] = blocks
+    elif isinstance(content, str) and content:
+        result["content"] = content
+    return result
+
+
+def _plain_text(content: object, where: str) -> str:
+    """The text of a system/developer/assistant message: a string or its text parts, joined."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise InvalidRequest(f"'{where}' must be a string or an array of text parts.", param=where)
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "refusal") and isinstance(part.get(kind), str):
+            texts.append(part[kind])
+        else:
+            raise InvalidRequest(f"'{where}[{j}]' must be a text part.", param=f"{where}[{j}]")
+    return "".join(texts)
+
+
+def _tool(tool: object, i: int) -> JSONObject:
+    where = f"tools[{i}]"
+    if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        raise UnsupportedByProvider(KIND, f"tools of type '{kind}' (only 'function')")
+    function = tool.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise InvalidRequest(f"'{where}.function.name' is required.", param=f"{where}.function.name")
+    out: JSONObject = {"name": function["name"]}
+    if function.get("description"):
+        out["description"] = function["description"]
+    # Anthropic requires a schema; OpenAI's default for a function without one is "no arguments".
+    out["input_schema"] = function.get("parameters") or {"type": "object", "properties": {}}
+    return out
+
+
+def _tool_choice(choice: object) -> JSONObject:
+    if choice is None:
+        return _TOOL_CHOICES["auto"]
+    if isinstance(choice, str) and choice in _TOOL_CHOICES:
+        return _TOOL_CHOICES[choice]
+    function = choice.get("function") if isinstance(choice, dict) else None
+    if isinstance(function, dict) and isinstance(function.get("name"), str):
+        return {"type": "tool", "name": function["name"]}
+    raise InvalidRequest(
+        "Invalid value for 'tool_choice': use 'auto', 'none', 'required' or "
+        '{"type": "function", "function": {"name": ...}}.',
+        param="tool_choice",
+    )
+
+
+def _format_instruction(response_format: object) -> str | None:
+    """A system instruction standing in for ``response_format`` (see the adapter's docstring)."""
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_object":
+        return _JSON_OBJECT_INSTRUCTION
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if schema is None:
+            return _JSON_OBJECT_INSTRUCTION
+        return _JSON_SCHEMA_INSTRUCTION + orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode()
+    return None

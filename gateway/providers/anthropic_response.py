@@ -1,0 +1,145 @@
+"""Anthropic Messages API answers -> OpenAI chat completions, and Anthropic errors -> ours.
+
+Pure functions shared by the adapter (whole responses, error responses) and the stream
+translator (stream events, error events).
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from gateway.errors import UpstreamStatusError
+from gateway.wire.requests import JSONObject
+
+# Anthropic stop_reason -> OpenAI finish_reason. pause_turn (a server tool loop paused) is a
+# normal end of this response; refusal is what content_filter means to OpenAI clients.
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# Anthropic error type -> (HTTP status it comes with, OpenAI error type, OpenAI code). The status
+# is for error *events* in a stream, which carry no status of their own; "overloaded" is 529.
+_ERRORS: dict[str, tuple[int, str, str | None]] = {
+    "invalid_request_error": (400, "invalid_request_error", None),
+    "authentication_error": (401, "authentication_error", "invalid_api_key"),
+    "billing_error": (402, "insufficient_quota", "insufficient_quota"),
+    "permission_error": (403, "permission_error", None),
+    "not_found_error": (404, "invalid_request_error", "not_found"),
+    "request_too_large": (413, "invalid_request_error", "request_too_large"),
+    "rate_limit_error": (429, "rate_limit_error", "rate_limit_exceeded"),
+    "api_error": (500, "server_error", None),
+    "timeout_error": (504, "timeout", None),
+    "overloaded_error": (529, "server_error", "overloaded"),
+}
+_CONTEXT_HINTS = ("prompt is too long", "context window", "context length")
+
+
+def finish_reason(stop_reason: object) -> str:
+    """The OpenAI finish_reason for an Anthropic stop_reason (unknown ones end normally)."""
+    return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+def openai_usage(usage: object) -> JSONObject:
+    """OpenAI usage for Anthropic usage. Anthropic's ``input_tokens`` excludes cache reads and
+    writes (total input = input + cache_creation + cache_read); OpenAI's ``prompt_tokens`` is the
+    total, with the cache reads repeated as ``prompt_tokens_details.cached_tokens``."""
+    u = usage if isinstance(usage, dict) else {}
+    read, written = _count(u, "cache_read_input_tokens"), _count(u, "cache_creation_input_tokens")
+    prompt = _count(u, "input_tokens") + read + written
+    completion = _count(u, "output_tokens")
+    out: JSONObject = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if "cache_read_input_tokens" in u or "cache_creation_input_tokens" in u:
+        out["prompt_tokens_details"] = {"cached_tokens": read}
+    return out
+
+
+def chat_completion(message: JSONObject, upstream_model: str) -> JSONObject:
+    """The ``chat.completion`` for an Anthropic ``message`` object."""
+    texts: list[str] = []
+    tool_calls: list[JSONObject] = []
+    for block in message.get("content") or ():
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+        elif kind == "tool_use":
+            tool_calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {
+                        "name": block.get("name"),
+                        "arguments": orjson.dumps(block.get("input") or {}).decode(),
+                    },
+                }
+            )
+        # thinking, redacted_thinking and server tool blocks have no OpenAI chat equivalent.
+    reply: JSONObject = {
+        "role": "assistant",
+        # OpenAI sends null content beside tool calls when the model said nothing else.
+        "content": "".join(texts) if texts or not tool_calls else None,
+        "refusal": None,
+    }
+    if tool_calls:
+        reply["tool_calls"] = tool_calls
+    model = message.get("model")
+    return {
+        "id": message.get("id") or "msg_unknown",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model if isinstance(model, str) and model else upstream_model,
+        "choices": [
+            {
+                "index": 0,
+                "message": reply,
+                "logprobs": None,
+                "finish_reason": finish_reason(message.get("stop_reason")),
+            }
+        ],
+        "usage": openai_usage(message.get("usage")),
+    }
+
+
+def status_error(
+    status: int | None, body: object, provider: str, retry_after_s: float | None = None
+) -> UpstreamStatusError:
+    """The gateway error for an Anthropic error ``body`` (``{"type": "error", "error": {...}}``).
+
+    ``status`` is the HTTP status, or None for an error event in a stream (then the error type
+    decides it, e.g. 529 for ``overloaded_error``).
+    """
+    error = body.get("error") if isinstance(body, dict) else None
+    anthropic_type = error.get("type") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    known = _ERRORS.get(anthropic_type) if isinstance(anthropic_type, str) else None
+    if status is None:
+        status = known[0] if known else 500
+    if not isinstance(message, str) or not message:
+        message = f"Provider returned HTTP {status}" + (f" ({anthropic_type})." if anthropic_type else ".")
+    err_type, code = (known[1], known[2]) if known else (None, None)
+    if status in (400, 413) and any(hint in message.lower() for hint in _CONTEXT_HINTS):
+        code = "context_length_exceeded"  # lets the router fall back to a bigger context
+    return UpstreamStatusError(
+        status,
+        f"{provider}: {message}",
+        provider=provider,
+        upstream_type=err_type,
+        code=code,
+        retry_after_s=retry_after_s,
+    )
+
+
+def _count(usage: JSONObject, name: str) -> int:
+    value = usage.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -1,0 +1,214 @@
+"""Anthropic Messages API event stream -> OpenAI ``chat.completion.chunk`` server-sent events.
+
+The input is parsed incrementally: bytes may be split anywhere (inside a line, between ``\\r``
+and ``\\n``), and only the unfinished line and the current event's ``data:`` lines are kept.
+Each event is translated as soon as its blank line arrives:
+
+* ``message_start`` -> the chunk with ``role: assistant`` (held back until the first content,
+  so an ``error`` event before any content still fails over to another deployment);
+* ``content_block_start`` of a ``tool_use`` block -> a ``tool_calls`` delta with the call's
+  index (counting tool calls only, as OpenAI does), id, type and name;
+* ``content_block_delta`` -> ``content`` (``text_delta``) or tool-call ``arguments``
+  (``input_json_delta``); thinking and signature deltas are dropped;
+* ``message_delta`` -> the chunk with ``finish_reason``;
+* ``message_stop`` -> the usage chunk (if the client asked with ``stream_options``) and
+  ``data: [DONE]``;
+* ``error`` -> an ``UpstreamStatusError`` (``overloaded_error`` is a retryable 529);
+* ``ping`` and event types added later -> nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from gateway.errors import UpstreamBadResponse, UpstreamConnectError
+from gateway.providers.anthropic_response import finish_reason, openai_usage, status_error
+from gateway.wire.requests import JSONObject
+
+DONE = b"data: [DONE]\n\n"
+_PROVIDER = "anthropic"  # the translator is not told the provider's policy name
+
+
+class AnthropicStreamTranslator:
+    """One stream's parser and translator state (see the module docstring)."""
+
+    __slots__ = (
+        "_buffer",
+        "_created",
+        "_data",
+        "_done",
+        "_id",
+        "_include_usage",
+        "_model",
+        "_pending_role",
+        "_tools",
+        "_usage",
+    )
+
+    def __init__(self, upstream_model: str, include_usage: bool) -> None:
+        self._include_usage = include_usage
+        self._model = upstream_model
+        self._id = "msg_unknown"
+        self._created = int(time.time())
+        self._buffer = b""  # the unfinished line
+        self._data: list[bytes] = []  # data lines of the event being read
+        self._pending_role = False
+        self._tools: dict[int, int] = {}  # content block index -> OpenAI tool call index
+        self._usage: JSONObject = {}
+        self._done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        """OpenAI SSE bytes for every event that ``chunk`` completes (b"" if none)."""
+        out: list[bytes] = []
+        buffer = self._buffer + chunk
+        start = 0
+        cr = buffer.find(b"\r")  # searched again only once passed: most streams have none
+        while True:
+            if 0 <= cr < start:
+                cr = buffer.find(b"\r", start)
+            lf = buffer.find(b"\n", start)
+            end = cr if lf < 0 or 0 <= cr < lf else lf
+            if end < 0:
+                break
+            line = buffer[start:end]
+            # A line ends at \n, \r\n or a lone \r; a \r at the very end may be half of \r\n.
+            if buffer[end : end + 1] == b"\r":
+                if end + 1 == len(buffer):
+                    break
+                start = end + 2 if buffer[end + 1 : end + 2] == b"\n" else end + 1
+            else:
+                start = end + 1
+            if line:
+                self._field(line)
+            elif self._data:
+                out.append(self._event(b"\n".join(self._data)))
+                self._data = []
+        self._buffer = buffer[start:]
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """b"" once ``message_stop`` has been translated; a stream cut before it is an error."""
+        if self._done:
+            return b""
+        raise UpstreamConnectError(
+            f"{_PROVIDER}: stream ended early (no message_stop event)", provider=_PROVIDER
+        )
+
+    def _field(self, line: bytes) -> None:
+        # Only data matters: Anthropic repeats the event name as the data's "type".
+        if line.startswith(b"data:"):
+            value = line[5:]
+            self._data.append(value[1:] if value.startswith(b" ") else value)
+
+    def _event(self, data: bytes) -> bytes:
+        if not data.strip():
+            return b""
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamBadResponse(
+                f"{_PROVIDER}: provider sent a stream event that is not JSON", provider=_PROVIDER
+            ) from None
+        if not isinstance(event, dict) or self._done:
+            return b""
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            return self._delta(event)
+        if kind == "message_start":
+            return self._start(event)
+        if kind == "content_block_start":
+            return self._block_start(event)
+        if kind == "message_delta":
+            return self._message_delta(event)
+        if kind == "message_stop":
+            return self._stop()
+        if kind == "error":
+            raise status_error(None, event, _PROVIDER)
+        return b""  # ping, content_block_stop, and event types added after this was written
+
+    def _start(self, event: JSONObject) -> bytes:
+        message = event.get("message")
+        if isinstance(message, dict):
+            if isinstance(message.get("id"), str):
+                self._id = message["id"]
+            if isinstance(message.get("model"), str) and message["model"]:
+                self._model = message["model"]
+            if isinstance(message.get("usage"), dict):
+                self._usage.update(message["usage"])
+        self._pending_role = True
+        return b""
+
+    def _block_start(self, event: JSONObject) -> bytes:
+        block = event.get("content_block")
+        if not isinstance(block, dict):
+            return b""
+        if block.get("type") == "text" and block.get("text"):
+            return self._chunk({"content": block["text"]})
+        if block.get("type") != "tool_use":
+            return b""
+        index = len(self._tools)
+        self._tools[_index(event)] = index
+        function = {"name": block.get("name"), "arguments": ""}
+        call = {"index": index, "id": block.get("id"), "type": "function", "function": function}
+        return self._chunk({"tool_calls": [call]})
+
+    def _delta(self, event: JSONObject) -> bytes:
+        delta = event.get("delta")
+        if not isinstance(delta, dict):
+            return b""
+        kind = delta.get("type")
+        if kind == "text_delta" and delta.get("text"):
+            return self._chunk({"content": delta["text"]})
+        if kind == "input_json_delta" and delta.get("partial_json"):
+            index = self._tools.get(_index(event))
+            if index is None:
+                return b""  # arguments of a block that was not a client tool_use
+            call = {"index": index, "function": {"arguments": delta["partial_json"]}}
+            return self._chunk({"tool_calls": [call]})
+        return b""
+
+    def _message_delta(self, event: JSONObject) -> bytes:
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self._usage.update(usage)  # counts here are cumulative: the latest wins
+        delta = event.get("delta")
+        stop = delta.get("stop_reason") if isinstance(delta, dict) else None
+        if stop is None:
+            return b""
+        return self._chunk({}, finish_reason(stop))
+
+    def _stop(self) -> bytes:
+        self._done = True
+        out = self._role()
+        if self._include_usage:
+            out += _sse({**self._head(), "choices": [], "usage": openai_usage(self._usage)})
+        return out + DONE
+
+    def _chunk(self, delta: JSONObject, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return self._role() + _sse({**self._head(), "choices": [choice]})
+
+    def _role(self) -> bytes:
+        if not self._pending_role:
+            return b""
+        self._pending_role = False
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def _head(self) -> JSONObject:
+        return {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+        }
+
+
+def _index(event: JSONObject) -> int:
+    index = event.get("index")
+    return index if isinstance(index, int) else -1
+
+
+def _sse(event: JSONObject) -> bytes:
+    return b"data: " + orjson.dumps(event) + b"\n\n"

@@ -1,0 +1,74 @@
+"""Adapter for Azure OpenAI: OpenAI's wire format at Azure's paths, with Azure's key header.
+
+Per the Azure OpenAI REST reference ("Data plane - inference", GA api-version 2024-10-21,
+https://learn.microsoft.com/azure/ai-services/openai/reference), a deployment is addressed by
+path and the key goes in the ``api-key`` header::
+
+    POST {base_url}/openai/deployments/{deployment-id}/chat/completions?api-version=2024-10-21
+
+``base_url`` is the resource endpoint (``https://NAME.openai.azure.com``; a trailing ``/openai``
+is accepted too) and a deployment's ``model`` in the policy is the Azure *deployment name*. The
+body is OpenAI's, minus ``model``: the path names the deployment, and the official SDK's
+``AzureOpenAI`` client drops it likewise. ``api_version: v1`` selects Azure's newer v1 API
+instead (``{base_url}/openai/v1/chat/completions``, no api-version, ``model`` in the body is the
+deployment name). Responses, streams and error envelopes are OpenAI's and pass through as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from urllib.parse import quote
+
+import orjson
+
+from gateway.errors import UpstreamStatusError
+from gateway.policy.model import Provider
+from gateway.providers.base import Endpoint, UpstreamRequest
+from gateway.providers.openai import OpenAIAdapter
+from gateway.wire.requests import JSONObject
+
+DEFAULT_API_VERSION = "2024-10-21"
+# Azure's error bodies carry a ``code`` but no OpenAI ``type``; the SDKs' exception classes go by
+# status anyway, and this keeps the type clients see the one OpenAI would send.
+_TYPES_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class AzureOpenAIAdapter(OpenAIAdapter):
+    """OpenAI's adapter with Azure's paths, ``api-key`` header and ``api-version``."""
+
+    def __init__(self, config: Provider | None = None) -> None:
+        super().__init__(config)
+        version = (config.api_version if config is not None else None) or DEFAULT_API_VERSION
+        base_url = config.base_url if config is not None else ""
+        root = "" if base_url.endswith("/openai") else "/openai"
+        self._v1_root = f"{root}/v1" if version == "v1" else None
+        self._root = root
+        self._query = f"?api-version={quote(version, safe='')}"
+
+    def auth_headers(self, api_key: str | None) -> Mapping[str, str]:
+        return {"api-key": api_key} if api_key else {}
+
+    def build_request(self, endpoint: Endpoint, body: JSONObject, upstream_model: str) -> UpstreamRequest:
+        if self._v1_root is not None:
+            request = super().build_request(endpoint, body, upstream_model)
+            return replace(request, path=self._v1_root + request.path)
+        if "model" in body:
+            body = {key: value for key, value in body.items() if key != "model"}
+        deployment = quote(upstream_model, safe="")
+        path = f"{self._root}/deployments/{deployment}/{endpoint.value}{self._query}"
+        return UpstreamRequest(path, orjson.dumps(body), bool(body.get("stream")))
+
+    def translate_error(
+        self, status: int, body: bytes, retry_after_s: float | None, provider: str
+    ) -> UpstreamStatusError:
+        error = super().translate_error(status, body, retry_after_s, provider)
+        if error.upstream_type is None:
+            error.upstream_type = _TYPES_BY_STATUS.get(status)
+        return error

@@ -1,0 +1,88 @@
+"""Adapter for Google's Gemini API (Generative Language API, ``generativelanguage.googleapis.com``).
+
+``base_url`` is the API root with its version, e.g. ``https://generativelanguage.googleapis.com/v1beta``;
+the key goes in the ``x-goog-api-key`` header (https://ai.google.dev/gemini-api/docs/api-key).
+
+=====================  ===============================================================
+OpenAI                 Gemini
+=====================  ===============================================================
+chat completions       ``POST /models/{model}:generateContent``, or
+                       ``:streamGenerateContent?alt=sse`` when streamed
+legacy completions     the same, the prompt sent as one user message
+embeddings             ``POST /models/{model}:batchEmbedContents`` (one request per input)
+=====================  ===============================================================
+
+The translations live beside this module: ``gemini_request.py`` (requests),
+``gemini_response.py`` (whole responses), ``gemini_stream.py`` (streams), ``gemini_schema.py``
+(JSON Schema) and ``gemini_errors.py`` (error bodies); their docstrings say what maps to what
+and what is left out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import orjson
+
+from gateway.errors import UpstreamStatusError
+from gateway.policy.model import Provider
+from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
+from gateway.providers.gemini_errors import gemini_error
+from gateway.providers.gemini_request import (
+    chat_request,
+    completion_request,
+    embedding_request,
+    model_resource,
+)
+from gateway.providers.gemini_response import chat_completion, embeddings, text_completion
+from gateway.providers.gemini_stream import GeminiStreamTranslator
+from gateway.wire.requests import JSONObject
+
+
+class GeminiAdapter:
+    """Translates OpenAI calls to the Gemini API and its answers back."""
+
+    def __init__(self, config: Provider | None = None) -> None:
+        self._config = config  # nothing in it changes the translation (yet)
+
+    def auth_headers(self, api_key: str | None) -> Mapping[str, str]:
+        return {"x-goog-api-key": api_key} if api_key else {}
+
+    def build_request(self, endpoint: Endpoint, body: JSONObject, upstream_model: str) -> UpstreamRequest:
+        resource = model_resource(upstream_model)
+        if endpoint is Endpoint.EMBEDDINGS:
+            request = embedding_request(body, resource)
+            return UpstreamRequest(f"/{resource}:batchEmbedContents", orjson.dumps(request), False)
+        request = chat_request(body) if endpoint is Endpoint.CHAT else completion_request(body)
+        if body.get("stream") is True:
+            return UpstreamRequest(f"/{resource}:streamGenerateContent?alt=sse", orjson.dumps(request), True)
+        return UpstreamRequest(f"/{resource}:generateContent", orjson.dumps(request), False)
+
+    def translate_response(
+        self, endpoint: Endpoint, body: JSONObject, request: JSONObject, upstream_model: str
+    ) -> JSONObject:
+        if endpoint is Endpoint.EMBEDDINGS:
+            return embeddings(body, request, upstream_model)
+        if endpoint is Endpoint.CHAT:
+            return chat_completion(body, upstream_model, int(time.time()))
+        return text_completion(body, upstream_model, int(time.time()))
+
+    def stream_translator(
+        self, endpoint: Endpoint, request: JSONObject, upstream_model: str
+    ) -> StreamTranslator | None:
+        if endpoint is Endpoint.EMBEDDINGS:
+            return None  # never streamed
+        options = request.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        return GeminiStreamTranslator(
+            chat=endpoint is Endpoint.CHAT,
+            include_usage=include_usage,
+            model=upstream_model,
+            created=int(time.time()),
+        )
+
+    def translate_error(
+        self, status: int, body: bytes, retry_after_s: float | None, provider: str
+    ) -> UpstreamStatusError:
+        return gemini_error(status, body, retry_after_s, provider)

@@ -1,0 +1,84 @@
+"""Gemini error bodies as the gateway's ``UpstreamStatusError``.
+
+Google APIs answer ``{"error": {"code": 429, "message": "...", "status": "RESOURCE_EXHAUSTED",
+"details": [...]}}`` (https://ai.google.dev/gemini-api/docs/troubleshooting, "Backend service
+error codes"; https://cloud.google.com/apis/design/errors). The HTTP status decides retrying as
+for every provider (429 and 5xx are retried elsewhere); the ``status`` name picks the OpenAI error
+type, and two details are read: ``ErrorInfo.reason`` ``API_KEY_INVALID`` (Gemini's answer to a bad
+key is a 400) and ``RetryInfo.retryDelay`` (Gemini's way to say Retry-After).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from gateway.errors import UpstreamStatusError
+
+_TYPES = {
+    "INVALID_ARGUMENT": "invalid_request_error",
+    "FAILED_PRECONDITION": "invalid_request_error",
+    "OUT_OF_RANGE": "invalid_request_error",
+    "NOT_FOUND": "invalid_request_error",
+    "UNAUTHENTICATED": "authentication_error",
+    "PERMISSION_DENIED": "permission_error",
+    "RESOURCE_EXHAUSTED": "rate_limit_error",
+}
+_TYPES_BY_STATUS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+# "The input token count (N) exceeds the maximum number of tokens allowed (M)."
+_CONTEXT_TOO_LONG = "exceeds the maximum number of tokens"
+
+
+def gemini_error(status: int, body: bytes, retry_after_s: float | None, provider: str) -> UpstreamStatusError:
+    """The gateway error for a Gemini error response of HTTP ``status``."""
+    try:
+        parsed: Any = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, list) and parsed:  # the non-SSE stream endpoint wraps it in an array
+        parsed = parsed[0]
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return error_from_object(status, error if isinstance(error, dict) else {}, retry_after_s, provider)
+
+
+def error_from_object(
+    status: int, error: dict[str, Any], retry_after_s: float | None, provider: str
+) -> UpstreamStatusError:
+    """The gateway error for Gemini's ``error`` object (``status`` 0: take its ``code``)."""
+    if not status:
+        code = error.get("code")
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+    message = str(error.get("message") or f"Provider returned HTTP {status}.")
+    google_status = error.get("status") if isinstance(error.get("status"), str) else None
+    details = [d for d in error.get("details") or [] if isinstance(d, dict)]
+    err_type = _TYPES.get(google_status or "") or _TYPES_BY_STATUS.get(status)
+    code_name = google_status
+    if any(d.get("reason") == "API_KEY_INVALID" for d in details):
+        err_type, code_name = "authentication_error", "invalid_api_key"
+    elif google_status == "RESOURCE_EXHAUSTED" or status == 429:
+        code_name = "rate_limit_exceeded"
+    elif _CONTEXT_TOO_LONG in message:
+        code_name = "context_length_exceeded"  # lets the router fall back to a larger context
+    if retry_after_s is None:
+        retry_after_s = _retry_delay_s(details)
+    return UpstreamStatusError(
+        status,
+        f"{provider}: {message}" if provider else message,
+        provider=provider,
+        upstream_type=err_type,
+        code=code_name,
+        retry_after_s=retry_after_s,
+    )
+
+
+def _retry_delay_s(details: list[dict[str, Any]]) -> float | None:
+    """``RetryInfo.retryDelay`` (a protobuf Duration in JSON: "37s", "0.5s"), in seconds."""
+    for detail in details:
+        delay = detail.get("retryDelay")
+        match = _DELAY.match(delay) if isinstance(delay, str) else None
+        if match:
+            return float(match.group(1))
+    return None

@@ -1,0 +1,352 @@
+"""OpenAI request bodies as Gemini API requests. Pure functions, no I/O.
+
+References (Gemini API, v1beta): ``GenerateContentRequest``, ``Content``, ``Part`` and
+``GenerationConfig`` in https://ai.google.dev/api/generate-content; function calling (tools,
+``toolConfig``, ``functionCall``/``functionResponse`` parts) in
+https://ai.google.dev/gemini-api/docs/function-calling; thought signatures in
+https://ai.google.dev/gemini-api/docs/thought-signatures; ``batchEmbedContents`` in
+https://ai.google.dev/api/embeddings.
+
+What Gemini cannot serve (non-function tools, content parts other than text, images, audio and
+inline files, token-id inputs, several prompts in one legacy completion, ``echo``/``suffix``) is
+refused with ``UnsupportedByProvider``, a retryable 400, so a model group mixing provider kinds is
+served by a deployment that can; a malformed request is an ``InvalidRequest`` naming the
+parameter. Parameters Gemini has no equivalent for (``logprobs``, ``logit_bias``, ``user``,
+``parallel_tool_calls``, ``reasoning_effort``, ...) are left out, as sampling hints are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import orjson
+
+from gateway.errors import InvalidRequest, UnsupportedByProvider
+from gateway.providers.gemini_schema import gemini_schema
+from gateway.wire.requests import JSONObject
+
+KIND = "gemini"
+# Gemini 3 refuses a history whose function calls lack the signature it attached to them. Calls
+# made by another model (a failover, a client-built history) have none: Google documents this
+# value for them ("Thought signatures", FAQ), and only the first call of a step needs one.
+SIGNATURE_FALLBACK = "skip_thought_signature_validator"
+
+_GENERATION_FIELDS = (
+    ("temperature", "temperature"),
+    ("top_p", "topP"),
+    ("top_k", "topK"),  # not OpenAI's, but vLLM-style clients send it
+    ("n", "candidateCount"),
+    ("seed", "seed"),
+    ("presence_penalty", "presencePenalty"),
+    ("frequency_penalty", "frequencyPenalty"),
+)
+_TOOL_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
+# Gemini needs a MIME type for a file URL; guessed from the extension, images by default.
+_MIME_TYPES = {
+    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
+    "webp": "image/webp", "heic": "image/heic", "heif": "image/heif", "pdf": "application/pdf",
+    "mp3": "audio/mp3", "wav": "audio/wav", "mp4": "video/mp4", "txt": "text/plain",
+}  # fmt: skip
+_AUDIO_TYPES = {"wav": "audio/wav", "mp3": "audio/mp3"}
+
+
+def model_resource(model: str) -> str:
+    """The resource name for ``model``: ``models/NAME`` unless it already names one."""
+    return quote(model if "/" in model else f"models/{model}", safe="/")
+
+
+def chat_request(body: JSONObject) -> JSONObject:
+    """A ``GenerateContentRequest`` for an OpenAI chat completion body."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidRequest("'messages' must be an array.", param="messages")
+    system, contents = _contents(messages)
+    request: JSONObject = {"contents": contents}
+    if system:
+        request["systemInstruction"] = {"parts": system}
+    declarations = _declarations(body)
+    if declarations:
+        request["tools"] = [{"functionDeclarations": declarations}]
+        tool_config = _tool_config(body)
+        if tool_config is not None:
+            request["toolConfig"] = tool_config
+    config = _generation_config(body)
+    if config:
+        request["generationConfig"] = config
+    return request
+
+
+def completion_request(body: JSONObject) -> JSONObject:
+    """A ``GenerateContentRequest`` for a legacy completion: the prompt as one user message."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise UnsupportedByProvider(KIND, "completions of several or token-id prompts (one text prompt only)")
+    for name in ("echo", "suffix"):
+        if body.get(name):
+            raise UnsupportedByProvider(KIND, f"the completion parameter '{name}'")
+    request: JSONObject = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
+    config = _generation_config(body)
+    if config:
+        request["generationConfig"] = config
+    return request
+
+
+def embedding_request(body: JSONObject, resource: str) -> JSONObject:
+    """A ``batchEmbedContents`` request, one ``EmbedContentRequest`` per OpenAI input."""
+    raw = body.get("input")
+    inputs = [raw] if isinstance(raw, str) else raw
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
+        raise UnsupportedByProvider(KIND, "embeddings of token-id inputs (text only)")
+    extra: JSONObject = {}
+    dimensions = body.get("dimensions")
+    if dimensions is not None:
+        extra["outputDimensionality"] = dimensions
+    return {"requests": [{"model": resource, "content": {"parts": [{"text": t}]}, **extra} for t in inputs]}
+
+
+def _contents(messages: list[Any]) -> tuple[list[JSONObject], list[JSONObject]]:
+    """System parts (every system/developer message, wherever it stands) and the contents.
+
+    Consecutive messages of one Gemini role are merged into one ``Content``, so parallel tool
+    results travel together as the function-calling guide shows.
+    """
+    system: list[JSONObject] = []
+    contents: list[JSONObject] = []
+    call_names: dict[str, str] = {}  # tool call id -> function name (Gemini matches by name)
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        role = message.get("role") if isinstance(message, dict) else None
+        if role in ("system", "developer"):
+            system.extend(_text_parts(message.get("content"), where))
+            continue
+        if role == "user":
+            gemini_role, parts = "user", _user_parts(message.get("content"), where)
+        elif role == "assistant":
+            gemini_role, parts = "model", _assistant_parts(message, where, call_names)
+        elif role in ("tool", "function"):
+            gemini_role, parts = "user", [_tool_result(message, where, call_names)]
+        else:
+            raise InvalidRequest(f"{where}.role: unsupported role {role!r}.", param=f"{where}.role")
+        if not parts:
+            continue  # an empty message: Gemini refuses empty parts
+        if contents and contents[-1]["role"] == gemini_role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": gemini_role, "parts": parts})
+    if not contents:
+        raise UnsupportedByProvider(KIND, "a conversation without user or assistant messages")
+    return system, contents
+
+
+def _text_parts(content: object, where: str) -> list[JSONObject]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            text = part.get("text", part.get("refusal")) if isinstance(part, dict) else None
+            if not isinstance(text, str):
+                raise InvalidRequest(
+                    f"{where}.content[{j}]: only text parts are allowed here.", param=f"{where}.content"
+                )
+            if text:
+                parts.append({"text": text})
+        return parts
+    raise InvalidRequest(f"{where}.content must be a string or an array of parts.", param=f"{where}.content")
+
+
+def _user_parts(content: object, where: str) -> list[JSONObject]:
+    if not isinstance(content, list):
+        return _text_parts(content, where)
+    parts = []
+    for j, part in enumerate(content):
+        param = f"{where}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            if part["text"]:
+                parts.append({"text": part["text"]})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            parts.append(_media_part(url, param))
+        elif kind == "input_audio":
+            audio = part.get("input_audio") or {}
+            mime = _AUDIO_TYPES.get(str(audio.get("format")))
+            if mime is None or not isinstance(audio.get("data"), str):
+                raise InvalidRequest(
+                    f"{param}: input_audio needs base64 'data' and format wav or mp3.", param=param
+                )
+            parts.append({"inlineData": {"mimeType": mime, "data": audio["data"]}})
+        elif kind == "file" and isinstance(part.get("file"), dict) and "file_data" in part["file"]:
+            parts.append(_media_part(part["file"]["file_data"], param))
+        elif kind == "file":
+            raise UnsupportedByProvider(KIND, "file parts other than inline data: URLs (file_data)")
+        else:
+            raise UnsupportedByProvider(KIND, f"content parts of type '{kind}'")
+    return parts
+
+
+def _media_part(url: object, param: str) -> JSONObject:
+    """A ``data:`` URL as ``inlineData``; an http(s)/gs URL as ``fileData``, which Gemini fetches
+    itself: the Files API and, for recent models, public URLs (the gateway downloads nothing)."""
+    if isinstance(url, str) and url.startswith("data:"):
+        header, comma, data = url[5:].partition(",")
+        mime, *params = header.split(";")
+        if comma and "base64" in params:
+            return {"inlineData": {"mimeType": mime or "application/octet-stream", "data": data}}
+    elif isinstance(url, str) and url.startswith(("https://", "http://", "gs://")):
+        extension = urlsplit(url).path.rpartition(".")[2].lower()
+        return {"fileData": {"mimeType": _MIME_TYPES.get(extension, "image/jpeg"), "fileUri": url}}
+    raise InvalidRequest(f"{param}: expected a base64 data: URL or an http(s) URL.", param=param)
+
+
+def _assistant_parts(message: JSONObject, where: str, call_names: dict[str, str]) -> list[JSONObject]:
+    parts = _text_parts(message.get("content"), where)
+    calls = message.get("tool_calls") or []
+    legacy = message.get("function_call")
+    if isinstance(legacy, dict):  # the deprecated functions API
+        calls = [*calls, {"function": legacy}]
+    for j, call in enumerate(calls):
+        param = f"{where}.tool_calls[{j}].function"
+        function = call.get("function") if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(function, dict) or not isinstance(name, str) or not name:
+            raise InvalidRequest(f"{param}.name is missing.", param=f"{param}.name")
+        part: JSONObject = {"functionCall": {"name": name, "args": _arguments(function, param)}}
+        signature = _signature(call)
+        if signature or j == 0:
+            part["thoughtSignature"] = signature or SIGNATURE_FALLBACK
+        parts.append(part)
+        if isinstance(call.get("id"), str):
+            call_names[call["id"]] = name
+    return parts
+
+
+def _arguments(function: JSONObject, param: str) -> JSONObject:
+    raw = function.get("arguments")
+    if raw is None or raw == "":
+        return {}
+    try:
+        args = orjson.loads(raw) if isinstance(raw, str) else raw
+    except orjson.JSONDecodeError:
+        args = None
+    if not isinstance(args, dict):
+        raise InvalidRequest(f"{param}.arguments must be a JSON object.", param=f"{param}.arguments")
+    return args
+
+
+def _signature(call: JSONObject) -> str | None:
+    """The thought signature a Gemini response attached to a tool call (``extra_content``, as
+    Google's own OpenAI-compatible endpoint carries it), if the client sent it back."""
+    extra = call.get("extra_content")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
+    return signature if isinstance(signature, str) and signature else None
+
+
+def _tool_result(message: JSONObject, where: str, call_names: dict[str, str]) -> JSONObject:
+    call_id = message.get("tool_call_id")
+    name = call_names.get(call_id) if isinstance(call_id, str) else None
+    name = name or message.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(
+            f"{where}.tool_call_id: no earlier assistant tool call has id {call_id!r}; Gemini needs "
+            "the function's name for a tool result.",
+            param=f"{where}.tool_call_id",
+        )
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return {"functionResponse": {"name": name, "response": _response_object(content)}}
+
+
+def _response_object(content: object) -> JSONObject:
+    """A tool result as the object ``functionResponse.response`` must be: a JSON object as it is,
+    anything else wrapped as ``{"result": ...}`` (the key Google's examples use)."""
+    if isinstance(content, str):
+        try:
+            parsed = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            parsed = content
+        return parsed if isinstance(parsed, dict) else {"result": parsed}
+    return {"result": content}
+
+
+def _declarations(body: JSONObject) -> list[JSONObject]:
+    declarations = []
+    tools = body.get("tools") or []
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            raise UnsupportedByProvider(KIND, f"tools of type '{kind}' (function tools only)")
+        declarations.append(_declaration(tool.get("function"), f"tools[{i}].function"))
+    functions = body.get("functions") or []  # the deprecated functions API
+    for i, function in enumerate(functions if isinstance(functions, list) else []):
+        declarations.append(_declaration(function, f"functions[{i}]"))
+    return declarations
+
+
+def _declaration(function: object, param: str) -> JSONObject:
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(function, dict) or not isinstance(name, str) or not name:
+        raise InvalidRequest(f"{param}.name is missing.", param=f"{param}.name")
+    declaration: JSONObject = {"name": name}
+    if isinstance(function.get("description"), str):
+        declaration["description"] = function["description"]
+    parameters = function.get("parameters")
+    if isinstance(parameters, dict):
+        schema = gemini_schema(parameters)
+        # Gemini refuses an OBJECT schema with empty properties: a function without parameters
+        # simply has none.
+        if schema.get("properties") or schema.get("type") not in (None, "object"):
+            declaration["parameters"] = schema
+    return declaration
+
+
+def _tool_config(body: JSONObject) -> JSONObject | None:
+    choice = body.get("tool_choice", body.get("function_call"))
+    if choice is None:
+        return None
+    if isinstance(choice, str) and choice in _TOOL_MODES:
+        return {"functionCallingConfig": {"mode": _TOOL_MODES[choice]}}
+    if isinstance(choice, dict):
+        function = choice.get("function") if choice.get("type") == "function" else choice
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str) and name:
+            return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
+    raise UnsupportedByProvider(KIND, "this tool_choice (none, auto, required or one function only)")
+
+
+def _generation_config(body: JSONObject) -> JSONObject:
+    config: JSONObject = {}
+    for openai_name, gemini_name in _GENERATION_FIELDS:
+        value = body.get(openai_name)
+        if value is not None:
+            config[gemini_name] = value
+    limit = body.get("max_completion_tokens")
+    limit = body.get("max_tokens") if limit is None else limit
+    if limit is not None:
+        config["maxOutputTokens"] = limit
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        config["stopSequences"] = [stop]
+    elif isinstance(stop, list) and stop:
+        config["stopSequences"] = stop
+    response_format = body.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind in ("json_object", "json_schema"):
+        config["responseMimeType"] = "application/json"
+        spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if isinstance(schema, dict):
+            config["responseSchema"] = gemini_schema(schema)  # best effort: see gemini_schema.py
+    elif kind not in (None, "text"):
+        raise InvalidRequest(
+            f"response_format type {kind!r} is not supported by Gemini.", param="response_format"
+        )
+    return config

@@ -1,0 +1,213 @@
+"""Gemini responses as OpenAI responses, and the pieces the stream translator shares.
+
+``GenerateContentResponse`` (https://ai.google.dev/api/generate-content#generatecontentresponse):
+``candidates[].content.parts`` hold text and ``functionCall`` parts, ``finishReason`` says why a
+candidate stopped (``Candidate.FinishReason``), ``usageMetadata`` counts tokens, and
+``promptFeedback.blockReason`` replaces the candidates when the prompt itself was blocked.
+
+Gemini gives function calls no id, so each gets ``call_<response id>_<n>``; the client's tool
+results name that id and the request translation finds the function's name from it. A
+``thoughtSignature`` on a call is handed to the client in ``extra_content.google`` (where
+Google's OpenAI-compatible endpoint puts it) so that it comes back with the history. Thought
+summaries (``thought: true`` parts) and non-text output (images, code execution) are dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import struct
+from typing import Any
+
+import orjson
+
+from gateway.errors import UpstreamBadResponse
+from gateway.wire.requests import JSONObject
+
+_FINISH_REASONS = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "LANGUAGE": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+}  # anything else (OTHER, MALFORMED_FUNCTION_CALL, ...) ends the choice as "stop"
+
+
+def response_key(body: JSONObject) -> str:
+    """A key for one response's ids: Gemini's ``responseId``, else a random one."""
+    rid = body.get("responseId")
+    return rid if isinstance(rid, str) and rid else secrets.token_hex(12)
+
+
+def model_name(body: JSONObject, upstream_model: str) -> str:
+    """The model to report: Gemini's ``modelVersion`` (as OpenAI reports a dated snapshot)."""
+    version = body.get("modelVersion")
+    return version if isinstance(version, str) and version else upstream_model
+
+
+def finish_reason(gemini_reason: object, has_tool_calls: bool) -> str | None:
+    """OpenAI's ``finish_reason`` for a candidate's ``finishReason`` (None: not finished)."""
+    if not isinstance(gemini_reason, str) or gemini_reason == "FINISH_REASON_UNSPECIFIED":
+        return None
+    reason = _FINISH_REASONS.get(gemini_reason, "stop")
+    return "tool_calls" if has_tool_calls and reason == "stop" else reason
+
+
+def usage(metadata: object) -> JSONObject | None:
+    """OpenAI's ``usage`` for ``usageMetadata``; thinking tokens count as completion tokens,
+    as OpenAI counts reasoning tokens."""
+    if not isinstance(metadata, dict) or "promptTokenCount" not in metadata:
+        return None
+    prompt = _count(metadata, "promptTokenCount")
+    thoughts = _count(metadata, "thoughtsTokenCount")
+    completion = _count(metadata, "candidatesTokenCount") + thoughts
+    out: JSONObject = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": _count(metadata, "totalTokenCount") or prompt + completion,
+    }
+    cached = _count(metadata, "cachedContentTokenCount")
+    if cached:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    if thoughts:
+        out["completion_tokens_details"] = {"reasoning_tokens": thoughts}
+    return out
+
+
+def parts(candidate: object) -> list[JSONObject]:
+    """A candidate's output parts, thought summaries left out."""
+    content = candidate.get("content") if isinstance(candidate, dict) else None
+    found = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(found, list):
+        return []
+    return [p for p in found if isinstance(p, dict) and not p.get("thought")]
+
+
+def tool_call(part: JSONObject, call_id: str) -> JSONObject | None:
+    """The OpenAI tool call for a ``functionCall`` part (None for any other part)."""
+    call = part.get("functionCall")
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        return None
+    args = call.get("args")
+    out: JSONObject = {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": call["name"], "arguments": orjson.dumps(args or {}).decode()},
+    }
+    signature = part.get("thoughtSignature")
+    if isinstance(signature, str) and signature:
+        out["extra_content"] = {"google": {"thought_signature": signature}}
+    return out
+
+
+def chat_completion(body: JSONObject, upstream_model: str, created: int) -> JSONObject:
+    """A ``chat.completion`` for a ``GenerateContentResponse``."""
+    key = response_key(body)
+    calls = 0
+    choices = []
+    for position, candidate in enumerate(_candidates(body)):
+        texts, tool_calls = [], []
+        for part in parts(candidate):
+            if isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            call = tool_call(part, f"call_{key}_{calls}")
+            if call is not None:
+                tool_calls.append(call)
+                calls += 1
+        reason = finish_reason(candidate.get("finishReason"), bool(tool_calls)) or "stop"
+        message: JSONObject = {
+            "role": "assistant",
+            "content": "".join(texts) if texts or not (tool_calls or reason == "content_filter") else None,
+            "refusal": None,
+        }
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        choices.append(
+            {
+                "index": _index(candidate, position),
+                "message": message,
+                "logprobs": None,
+                "finish_reason": reason,
+            }
+        )
+    if not choices:  # the prompt was blocked: no candidate at all
+        message = {"role": "assistant", "content": None, "refusal": None}
+        choices.append({"index": 0, "message": message, "logprobs": None, "finish_reason": "content_filter"})
+    return _envelope(body, f"chatcmpl-{key}", "chat.completion", upstream_model, created, choices)
+
+
+def text_completion(body: JSONObject, upstream_model: str, created: int) -> JSONObject:
+    """A ``text_completion`` (legacy completions API) for a ``GenerateContentResponse``."""
+    choices = []
+    for position, candidate in enumerate(_candidates(body)):
+        text = "".join(p["text"] for p in parts(candidate) if isinstance(p.get("text"), str))
+        reason = finish_reason(candidate.get("finishReason"), False) or "stop"
+        choices.append(
+            {"index": _index(candidate, position), "text": text, "logprobs": None, "finish_reason": reason}
+        )
+    if not choices:
+        choices.append({"index": 0, "text": "", "logprobs": None, "finish_reason": "content_filter"})
+    return _envelope(body, f"cmpl-{response_key(body)}", "text_completion", upstream_model, created, choices)
+
+
+def embeddings(body: JSONObject, request: JSONObject, upstream_model: str) -> JSONObject:
+    """An OpenAI embeddings ``list`` for a ``BatchEmbedContentsResponse``; base64 (little-endian
+    float32, as OpenAI encodes it) when the client asked for ``encoding_format: base64``."""
+    found = body.get("embeddings")
+    if not isinstance(found, list):
+        raise UpstreamBadResponse("Gemini returned an embeddings response without 'embeddings'.")
+    as_base64 = request.get("encoding_format") == "base64"
+    data = []
+    for index, item in enumerate(found):
+        values = item.get("values") if isinstance(item, dict) else None
+        if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
+            raise UpstreamBadResponse("Gemini returned an embedding that is not a list of numbers.")
+        vector: Any = values
+        if as_base64:
+            vector = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    # Gemini reports no token count for embeddings (usageMetadata, where present, is read).
+    tokens = (usage(body.get("usageMetadata")) or {}).get("prompt_tokens", 0)
+    return {
+        "object": "list",
+        "data": data,
+        "model": upstream_model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def _candidates(body: JSONObject) -> list[JSONObject]:
+    found = body.get("candidates")
+    if found is None and not isinstance(body.get("promptFeedback"), dict):
+        raise UpstreamBadResponse("Gemini returned a response with neither candidates nor promptFeedback.")
+    return [c for c in found or [] if isinstance(c, dict)]
+
+
+def _envelope(
+    body: JSONObject, rid: str, kind: str, upstream_model: str, created: int, choices: list[JSONObject]
+) -> JSONObject:
+    out: JSONObject = {
+        "id": rid,
+        "object": kind,
+        "created": created,
+        "model": model_name(body, upstream_model),
+        "choices": choices,
+    }
+    found = usage(body.get("usageMetadata"))
+    if found is not None:
+        out["usage"] = found
+    return out
+
+
+def _index(candidate: JSONObject, position: int) -> int:
+    index = candidate.get("index")
+    return index if isinstance(index, int) else position
+
+
+def _count(metadata: JSONObject, name: str) -> int:
+    value = metadata.get(name)
+    return value if isinstance(value, int) else 0

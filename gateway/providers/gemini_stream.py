@@ -1,0 +1,168 @@
+"""Gemini's ``streamGenerateContent?alt=sse`` stream as OpenAI chunks, event by event.
+
+With ``alt=sse`` every event is ``data: {GenerateContentResponse}`` holding the next slice of each
+candidate (https://ai.google.dev/api/generate-content#method:-models.streamgeneratecontent); the
+last one carries the final ``usageMetadata``, and the stream simply ends: there is no
+``[DONE]``. So each event is translated as soon as it is complete (chunks may split it anywhere,
+lines may end in CRLF). ``finishReason`` may come with every slice, not only the last (the
+Streaming REST quickstart shows ``STOP`` on each), so the finish chunk of each choice goes out
+from ``finish()``, when the stream has ended, with the usage chunk the client asked for and
+``data: [DONE]``: no content is held back, only the verdict. A function call arrives whole in one
+part, so it becomes one complete ``tool_calls`` delta (id, name, all arguments). A stream that
+ends before any candidate gave a finish reason was cut: ``finish()`` raises, so the client gets
+an error event and the cache keeps nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import orjson
+
+from gateway.errors import UpstreamBadResponse
+from gateway.providers.gemini_errors import error_from_object
+from gateway.providers.gemini_response import (
+    finish_reason,
+    model_name,
+    parts,
+    response_key,
+    tool_call,
+    usage,
+)
+from gateway.wire.requests import JSONObject
+
+_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True)
+class _Choice:
+    """What one candidate's stream has sent so far."""
+
+    started: bool = False
+    tool_calls: int = 0
+    finish_reason: object = None  # Gemini's, the latest seen
+
+
+class GeminiStreamTranslator:
+    """One Gemini stream in, OpenAI chat (or legacy text completion) SSE out."""
+
+    __slots__ = ("_calls", "_chat", "_choices", "_created", "_head", "_include_usage", "_key",
+                 "_model", "_pending", "_usage")  # fmt: skip
+
+    def __init__(self, *, chat: bool, include_usage: bool, model: str, created: int) -> None:
+        self._chat = chat
+        self._include_usage = include_usage
+        self._model = model
+        self._created = created
+        self._pending = b""  # the incomplete event so far
+        self._head: JSONObject | None = None  # id, object, created, model: set by the first event
+        self._key = ""
+        self._choices: dict[int, _Choice] = {}
+        self._calls = 0
+        self._usage: JSONObject | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        out = bytearray()
+        for event in self._events(chunk):
+            out += self._translate(event)
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        out = bytearray()
+        if self._pending.strip():  # a last event without its blank line: take it all the same
+            self._pending += b"\n\n"
+            for event in self._events(b""):
+                out += self._translate(event)
+        reasons = {i: finish_reason(c.finish_reason, c.tool_calls > 0) for i, c in self._choices.items()}
+        if not any(reasons.values()):
+            raise UpstreamBadResponse("Gemini stream ended before any candidate finished.")
+        for index in sorted(reasons):
+            out += self._chunk(index, {} if self._chat else "", reasons[index] or "stop")
+        if self._include_usage and self._usage is not None and self._head is not None:
+            out += _sse({**self._head, "choices": [], "usage": self._usage})
+        return bytes(out + _DONE)
+
+    def _events(self, chunk: bytes) -> Iterator[JSONObject]:
+        """Each complete event's parsed data, in order; keeps the incomplete rest."""
+        buffer = self._pending + chunk
+        held = b""
+        if buffer.endswith(b"\r"):  # maybe the first half of a CRLF split across chunks
+            buffer, held = buffer[:-1], b"\r"
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *complete, rest = buffer.split(b"\n\n")
+        self._pending = rest + held
+        for raw in complete:
+            lines = [line[5:].removeprefix(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")]
+            data = b"\n".join(lines)
+            if not data.strip() or data.strip() == b"[DONE]":
+                continue  # comments, keep-alives, or a proxy's end marker
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise UpstreamBadResponse("Gemini sent a stream event that is not valid JSON.") from None
+            if not isinstance(event, dict):
+                raise UpstreamBadResponse("Gemini sent a stream event that is not a JSON object.")
+            yield event
+
+    def _translate(self, event: JSONObject) -> bytes:
+        error = event.get("error")
+        if isinstance(error, dict):
+            raise error_from_object(0, error, None, "gemini stream")
+        if self._head is None:
+            self._key = response_key(event)
+            prefix, kind = (
+                ("chatcmpl", "chat.completion.chunk") if self._chat else ("cmpl", "text_completion")
+            )
+            model = model_name(event, self._model)
+            self._head = {
+                "id": f"{prefix}-{self._key}",
+                "object": kind,
+                "created": self._created,
+                "model": model,
+            }
+        found = usage(event.get("usageMetadata"))
+        if found is not None:
+            self._usage = found  # cumulative: the last one counts
+        out = bytearray()
+        candidates = event.get("candidates")
+        feedback = event.get("promptFeedback")
+        if not candidates and isinstance(feedback, dict) and feedback.get("blockReason"):
+            candidates = [{"index": 0, "finishReason": "SAFETY"}]  # the prompt itself was blocked
+        for position, candidate in enumerate(candidates or []):
+            if isinstance(candidate, dict):
+                out += self._candidate(candidate, position)
+        return bytes(out)
+
+    def _candidate(self, candidate: JSONObject, position: int) -> bytes:
+        index = candidate.get("index")
+        index = index if isinstance(index, int) else position
+        state = self._choices.setdefault(index, _Choice())
+        out = bytearray()
+        if self._chat and not state.started:
+            out += self._chunk(index, {"role": "assistant", "content": ""}, None)
+        state.started = True
+        for part in parts(candidate):
+            text = part.get("text")
+            if isinstance(text, str) and text:
+                out += self._chunk(index, {"content": text} if self._chat else text, None)
+            call = tool_call(part, f"call_{self._key}_{self._calls}") if self._chat else None
+            if call is not None:
+                out += self._chunk(index, {"tool_calls": [{"index": state.tool_calls, **call}]}, None)
+                state.tool_calls += 1
+                self._calls += 1
+        if candidate.get("finishReason") is not None:
+            state.finish_reason = candidate["finishReason"]
+        return bytes(out)
+
+    def _chunk(self, index: int, delta: JSONObject | str, reason: str | None) -> bytes:
+        if isinstance(delta, str):
+            choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": reason}
+        else:
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+        return _sse({**(self._head or {}), "choices": [choice]})
+
+
+def _sse(event: JSONObject) -> bytes:
+    return b"data: " + orjson.dumps(event) + b"\n\n"

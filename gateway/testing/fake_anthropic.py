@@ -1,0 +1,328 @@
+"""The Anthropic flavor of the fake provider: ``sophia-gateway fake-provider --flavor anthropic``.
+
+Answers ``POST /v1/messages`` in the Messages API wire format, whole or as the real event
+sequence (``message_start``, ``content_block_start``, ``ping``, ``content_block_delta``...,
+``content_block_stop``, ``message_delta``, ``message_stop``), deterministically:
+
+* with ``tools``, when ``tool_choice`` forces a tool (``tool``, or ``any``: the first) or the last
+  user message says "call NAME" for an offered tool, the reply is a short text block and a
+  ``tool_use`` block whose input is built from the tool's schema (see :func:`tool_input`), with
+  ``stop_reason: tool_use``;
+* otherwise it echoes the last user message ("Echo: ..."), cut at ``max_tokens`` (stop reason
+  ``max_tokens``) or at the first ``stop_sequences`` match (``stop_sequence``).
+
+Usage counts words: ``input_tokens`` over the system prompt and every text block, so a
+request the gateway translated counts the same as its OpenAI original at the OpenAI fake.
+``--require-key`` checks ``x-api-key``; injected errors, 401 and 400 use Anthropic's error
+body (``--error-status 529`` is ``overloaded_error``). Faults, pacing and the control endpoints
+are the OpenAI fake's (``fake_provider``), drawn and applied the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+
+from gateway.testing import fake_wire
+from gateway.testing.fake_provider import (
+    FAKE_STATE,
+    FakeConfig,
+    FakeState,
+    Fault,
+    SeenRequest,
+    _echo,
+    _inject,
+    _json,
+    _stream,
+    draw_fault,
+)
+from gateway.testing.fake_wire import Usage
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the Messages API on the fake provider's ``app``."""
+    app.router.add_post("/v1/messages", _messages)
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesRequest:
+    """What a Messages API request asks for, as far as the fake cares."""
+
+    model: str
+    prompt: str  # the text of the last user turn
+    input_tokens: int
+    max_tokens: int
+    stream: bool
+    stop_sequences: tuple[str, ...]
+    tool: dict[str, object] | None  # the tool to call, if the reply is a tool call
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to one request: ``tokens`` are the streamed pieces (text, or the tool input's JSON)."""
+
+    tokens: list[str]
+    stop_reason: str
+    stop_sequence: str | None = None
+    tool_name: str | None = None
+    tool_input: dict[str, object] | None = None
+
+
+async def _messages(request: web.Request) -> web.StreamResponse:
+    state = request.app[FAKE_STATE]
+    config = state.config  # one snapshot per request
+    ask = parse_messages(await _admit(request, state))
+    fault = draw_fault(config, state.rng)
+    early = await _inject(request, config, state.rng, fault, stream=ask.stream, error_response=injected_error)
+    if early is not None:
+        return early
+    reply = plan_reply(config, ask)
+    fmt = MessagesFormat(next(state.serials), ask, reply)
+    if not ask.stream:
+        return _json(fmt.whole(reply.tokens, reply.stop_reason, fmt.usage_counts))
+    cut = fault is Fault.DISCONNECT
+    return await _stream(request, config, fmt, reply.tokens, reply.stop_reason, None, cut, done=b"")
+
+
+def plan_reply(config: FakeConfig, ask: MessagesRequest) -> Reply:
+    """A tool call if one is asked for, else the echo (or ``--reply``), cut as the API would."""
+    if ask.tool is not None:
+        arguments = tool_input(ask.tool)
+        tokens, _ = fake_wire.reply_tokens(orjson.dumps(arguments).decode(), None)
+        return Reply(tokens, "tool_use", None, str(ask.tool["name"]), arguments)
+    text = config.reply if config.reply is not None else _echo(ask.prompt)
+    hits = sorted((text.find(s), s) for s in ask.stop_sequences if s in text)
+    if hits:
+        text = text[: hits[0][0]]
+    tokens, finish = fake_wire.reply_tokens(text, ask.max_tokens)
+    if finish == "length":
+        return Reply(tokens, "max_tokens")
+    return Reply(tokens, "stop_sequence", hits[0][1]) if hits else Reply(tokens, "end_turn")
+
+
+async def _admit(request: web.Request, state: FakeState) -> dict[str, object]:
+    """Record the request, then refuse it unless authorised (401) and a JSON object (400)."""
+    raw = await request.read()
+    try:
+        body: object = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        body = None
+    state.record(SeenRequest(request.path, request.headers, body))
+    key = state.config.require_key
+    if key is not None and request.headers.get("x-api-key") != key:
+        raise _refusal(401, "invalid x-api-key")
+    if not isinstance(body, dict):
+        raise _refusal(400, "The request body is not a JSON object.")
+    return body
+
+
+def parse_messages(body: dict[str, object]) -> MessagesRequest:
+    """The request's essentials; a request the real API would refuse gets its 400."""
+    model, max_tokens, messages = body.get("model"), body.get("max_tokens"), body.get("messages")
+    if not isinstance(model, str) or not model:
+        raise _refusal(400, "model: Field required")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise _refusal(400, "max_tokens: Field required (a positive integer)")
+    if not isinstance(messages, list) or not messages:
+        raise _refusal(400, "messages: at least one message is required")
+    words = len(_text(body.get("system")).split())
+    prompt = ""
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ("user", "assistant"):
+            raise _refusal(400, f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        text = _text(message.get("content"))
+        words += len(text.split())
+        if role == "user":
+            prompt = text
+    stops = body.get("stop_sequences")
+    stop_sequences = tuple(s for s in stops if isinstance(s, str) and s) if isinstance(stops, list) else ()
+    return MessagesRequest(
+        model,
+        prompt,
+        words,
+        max_tokens,
+        body.get("stream") is True,
+        stop_sequences,
+        _chosen_tool(body, prompt),
+    )
+
+
+def tool_input(tool: dict[str, object]) -> dict[str, object]:
+    """Deterministic arguments for ``tool``: per schema property, the first ``enum`` value, or
+    by type "<name>-value", 42, 1.5, true, [] or {}."""
+    schema = tool.get("input_schema")
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(properties, dict):
+        return {}
+    by_type: dict[object, object] = {"integer": 42, "number": 1.5, "boolean": True, "array": [], "object": {}}
+    values: dict[str, object] = {}
+    for name, spec in properties.items():
+        spec = spec if isinstance(spec, dict) else {}
+        enum = spec.get("enum")
+        if isinstance(enum, list) and enum:
+            values[name] = enum[0]
+        else:
+            values[name] = by_type.get(spec.get("type"), f"{name}-value")
+    return values
+
+
+def injected_error(config: FakeConfig) -> web.Response:
+    """An injected ``--error-status`` answer with Anthropic's error body."""
+    status = config.error_status
+    retry_after = config.retry_after if config.retry_after is not None else (1.0 if status == 429 else None)
+    headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else None
+    body = error_body(status, f"fake-provider: injected {status} error")
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def error_body(status: int, message: str) -> bytes:
+    """Anthropic's error envelope for ``status``."""
+    kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
+class MessagesFormat:
+    """Renders one reply as a Messages API ``message`` or as its stream events (the
+    ``fake_wire.ReplyFormat`` shape, so ``fake_provider._stream`` paces and cuts it as it does
+    OpenAI streams). A tool reply is a text block (index 0) and a ``tool_use`` block (index 1)."""
+
+    __slots__ = ("_ask", "_id", "_reply", "_tool_id")
+
+    def __init__(self, serial: int, ask: MessagesRequest, reply: Reply) -> None:
+        self._ask = ask
+        self._reply = reply
+        self._id = f"msg_fake{serial:08x}"
+        self._tool_id = f"toolu_fake{serial:08x}"
+
+    @property
+    def usage_counts(self) -> Usage:
+        return Usage(self._ask.input_tokens, len(self._reply.tokens))
+
+    def whole(self, tokens: Sequence[str], finish_reason: str, usage: Usage) -> bytes:
+        reply = self._reply
+        if reply.tool_name is not None:
+            tool: dict[str, object] = {
+                "type": "tool_use",
+                "id": self._tool_id,
+                "name": reply.tool_name,
+                "input": reply.tool_input,
+            }
+            content: list[dict[str, object]] = [{"type": "text", "text": self._preamble}, tool]
+        else:
+            content = [{"type": "text", "text": "".join(tokens)}]
+        message = {
+            **self._message(),
+            "content": content,
+            "stop_reason": finish_reason,
+            "stop_sequence": reply.stop_sequence,
+            "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
+        }
+        return orjson.dumps(message)
+
+    def opening(self) -> bytes:
+        start = {**self._message(), "content": [], "stop_reason": None, "stop_sequence": None}
+        start["usage"] = {"input_tokens": self._ask.input_tokens, "output_tokens": 1}
+        out = _event("message_start", {"message": start})
+        out += _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        out += _event("ping", {})
+        if self._reply.tool_name is not None:
+            out += self._text_delta(self._preamble)
+            out += _event("content_block_stop", {"index": 0})
+            block = {"type": "tool_use", "id": self._tool_id, "name": self._reply.tool_name, "input": {}}
+            out += _event("content_block_start", {"index": 1, "content_block": block})
+        return out
+
+    def token(self, text: str) -> bytes:
+        if self._reply.tool_name is None:
+            return self._text_delta(text)
+        delta = {"type": "input_json_delta", "partial_json": text}
+        return _event("content_block_delta", {"index": 1, "delta": delta})
+
+    def closing(self, finish_reason: str) -> bytes:
+        out = _event("content_block_stop", {"index": 0 if self._reply.tool_name is None else 1})
+        delta = {"stop_reason": finish_reason, "stop_sequence": self._reply.stop_sequence}
+        out += _event("message_delta", {"delta": delta, "usage": {"output_tokens": len(self._reply.tokens)}})
+        return out + _event("message_stop", {})
+
+    def usage(self, usage: Usage) -> bytes:
+        return b""  # usage travels in message_start and message_delta
+
+    @property
+    def _preamble(self) -> str:
+        return f"Calling {self._reply.tool_name}."
+
+    def _text_delta(self, text: str) -> bytes:
+        return _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}})
+
+    def _message(self) -> dict[str, object]:
+        return {"id": self._id, "type": "message", "role": "assistant", "model": self._ask.model}
+
+
+def _chosen_tool(body: dict[str, object], prompt: str) -> dict[str, object] | None:
+    offered = body.get("tools")
+    tools = (
+        [t for t in offered if isinstance(t, dict) and isinstance(t.get("name"), str)]
+        if isinstance(offered, list)
+        else []
+    )
+    if not tools:
+        return None
+    by_name = {str(t["name"]): t for t in tools}
+    choice = body.get("tool_choice")
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind == "none":
+        return None
+    if kind == "tool" and isinstance(choice, dict):
+        return by_name.get(str(choice.get("name")))
+    if kind == "any":
+        return tools[0]
+    lowered = {name.lower(): tool for name, tool in by_name.items()}
+    words = [word.strip(".,!?\"'") for word in prompt.lower().split()]
+    for word, following in itertools.pairwise(words):
+        if word == "call" and following in lowered:
+            return lowered[following]
+    return None
+
+
+def _text(content: object) -> str:
+    """The text of a string, or of the text blocks (and tool results) in a list of blocks."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts = []
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif block.get("type") == "tool_result":
+            texts.append(_text(block.get("content")))
+    return " ".join(t for t in texts if t)
+
+
+def _event(name: str, data: dict[str, object]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **data}) + b"\n\n"
+
+
+def _refusal(status: int, message: str) -> web.HTTPException:
+    kinds: dict[int, type[web.HTTPException]] = {401: web.HTTPUnauthorized, 400: web.HTTPBadRequest}
+    return kinds[status](text=error_body(status, message).decode(), content_type="application/json")

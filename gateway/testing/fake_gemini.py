@@ -1,0 +1,354 @@
+"""The Gemini flavor of the fake provider: ``sophia-gateway fake-provider --flavor gemini``.
+
+Answers the Gemini API under ``/v1beta`` (and ``/v1``), so a provider's ``base_url`` is
+``http://HOST:PORT/v1beta``:
+
+* ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent?alt=sse`` (one
+  ``data: {GenerateContentResponse}`` event per word, the last with ``finishReason`` and
+  ``usageMetadata``, and no end marker, like the real stream);
+* ``POST /v1beta/models/{model}:batchEmbedContents`` and ``:embedContent`` (the OpenAI fake's
+  vectors, so the same text embeds the same through either flavor).
+
+Replies are deterministic: with ``tools``, when ``toolConfig`` mode ``ANY`` forces a call (the
+first allowed function, else the first declared) or the last user turn says "call NAME" for a
+declared function (mode ``AUTO``), the reply is one ``functionCall`` part (arguments built from
+the parameter schema as the Anthropic fake builds them, plus a fake ``thoughtSignature``);
+otherwise it echoes the last user turn ("Echo: ...", or ``--reply``), cut at ``maxOutputTokens``
+(``MAX_TOKENS``) or at a ``stopSequences`` match. Usage counts words over the system instruction
+and every text part (function responses included), so a request the gateway translated counts
+the same as its OpenAI original at the OpenAI fake.
+
+``--require-key`` checks ``x-goog-api-key`` (or ``?key=``): a missing key is a 403
+``PERMISSION_DENIED``, a wrong one the 400 ``API_KEY_INVALID`` Gemini sends. Injected errors use
+Google's error body (``--error-status 429`` is ``RESOURCE_EXHAUSTED`` with a ``RetryInfo`` delay
+instead of a Retry-After header, 503 ``UNAVAILABLE``). Faults, pacing and the control endpoints
+are the OpenAI fake's (``fake_provider``), drawn and applied the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+
+from gateway.testing import fake_wire
+from gateway.testing.fake_anthropic import tool_input
+from gateway.testing.fake_provider import (
+    FAKE_STATE,
+    FakeConfig,
+    FakeState,
+    Fault,
+    SeenRequest,
+    _echo,
+    _inject,
+    _json,
+    _stream,
+    draw_fault,
+)
+from gateway.testing.fake_wire import Usage
+
+# google.rpc.Code names by HTTP status (https://cloud.google.com/apis/design/errors).
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_FINISH = {"stop": "STOP", "length": "MAX_TOKENS"}
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the Gemini API on the fake provider's ``app``."""
+    for version in ("v1beta", "v1"):
+        app.router.add_post(f"/{version}/models/{{target}}", _models)
+
+
+def refusal(status: int, message: str, details: Sequence[dict[str, object]] = ()) -> web.HTTPException:
+    """A refusal (400, 403 or 404) with Google's error body, to raise from a handler."""
+    kinds: dict[int, type[web.HTTPException]] = {
+        400: web.HTTPBadRequest,
+        403: web.HTTPForbidden,
+        404: web.HTTPNotFound,
+    }
+    return kinds[status](text=error_body(status, message, details).decode(), content_type="application/json")
+
+
+def error_body(status: int, message: str, details: Sequence[dict[str, object]] = ()) -> bytes:
+    """Google's error envelope for ``status``."""
+    name = STATUS_NAMES.get(status, "FAILED_PRECONDITION" if status < 500 else "UNKNOWN")
+    error: dict[str, object] = {"code": status, "message": message, "status": name}
+    if details:
+        error["details"] = list(details)
+    return orjson.dumps({"error": error})
+
+
+def injected_error(config: FakeConfig) -> web.Response:
+    """An injected ``--error-status`` answer; a 429's delay travels as ``RetryInfo``."""
+    status = config.error_status
+    retry_after = config.retry_after if config.retry_after is not None else (1.0 if status == 429 else None)
+    details: list[dict[str, object]] = []
+    if retry_after is not None:
+        details.append(
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after:g}s"}
+        )
+    body = error_body(status, f"fake-provider: injected {status} error", details)
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """What a ``generateContent`` request asks for, as far as the fake cares."""
+
+    model: str
+    prompt: str  # the text of the last user turn
+    prompt_tokens: int
+    max_tokens: int | None
+    stop_sequences: tuple[str, ...]
+    function: dict[str, object] | None  # the declaration to call, if the reply is a call
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    tokens: list[str]  # streamed text pieces; empty for a function call
+    finish_reason: str  # Gemini's
+    usage: Usage
+    call: dict[str, object] | None = None  # the functionCall part's value
+
+
+async def _models(request: web.Request) -> web.StreamResponse:
+    model, _, method = request.match_info["target"].partition(":")
+    state = request.app[FAKE_STATE]
+    body = await _admit(request, state)
+    if method == "generateContent":
+        return await _generate(request, state, parse_generate(model, body), stream=False)
+    if method == "streamGenerateContent":
+        if request.query.get("alt") != "sse":
+            raise refusal(400, "This fake streams with alt=sse only.")
+        return await _generate(request, state, parse_generate(model, body), stream=True)
+    if method in ("batchEmbedContents", "embedContent"):
+        return await _embed(request, state, model, body, batch=method == "batchEmbedContents")
+    raise refusal(404, f"Method models.{method or '(none)'} is not found.")
+
+
+async def _generate(
+    request: web.Request, state: FakeState, ask: GenerateRequest, *, stream: bool
+) -> web.StreamResponse:
+    config = state.config  # one snapshot per request
+    fault = draw_fault(config, state.rng)
+    early = await _inject(request, config, state.rng, fault, stream=stream, error_response=injected_error)
+    if early is not None:
+        return early
+    reply = plan_reply(config, ask)
+    fmt = GenerateFormat(next(state.serials), ask.model, reply)
+    if not stream:
+        return _json(fmt.whole(reply.tokens, reply.finish_reason, reply.usage))
+    cut = fault is Fault.DISCONNECT
+    return await _stream(request, config, fmt, reply.tokens, reply.finish_reason, None, cut, done=b"")
+
+
+async def _embed(
+    request: web.Request, state: FakeState, model: str, body: dict[str, object], *, batch: bool
+) -> web.StreamResponse:
+    config = state.config
+    requests = body.get("requests") if batch else [body]
+    if not isinstance(requests, list) or not requests:
+        raise refusal(400, "* BatchEmbedContentsRequest.requests: requests is not specified")
+    texts, dims = [], []
+    for i, item in enumerate(requests):
+        if not isinstance(item, dict) or item.get("model") != f"models/{model}":
+            raise refusal(400, f"* requests[{i}].model: must be models/{model}, the model in the URL")
+        texts.append(_text(item.get("content")))
+        size = item.get("outputDimensionality")
+        dims.append(size if isinstance(size, int) and size > 0 else config.embedding_dim)
+    fault = draw_fault(config, state.rng)
+    early = await _inject(request, config, state.rng, fault, stream=False, error_response=injected_error)
+    if early is not None:
+        return early
+    vectors = [
+        {"values": _vector(text, dim, config.embedding_kind)} for text, dim in zip(texts, dims, strict=True)
+    ]
+    return _json(orjson.dumps({"embeddings": vectors} if batch else {"embedding": vectors[0]}))
+
+
+async def _admit(request: web.Request, state: FakeState) -> dict[str, object]:
+    """Record the request, then refuse it unless authorised and a JSON object, as Gemini does."""
+    raw = await request.read()
+    try:
+        body: object = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        body = None
+    state.record(SeenRequest(request.path, request.headers, body))
+    key = state.config.require_key
+    given = request.headers.get("x-goog-api-key") or request.query.get("key")
+    if key is not None and given is None:
+        raise refusal(403, "Method doesn't allow unregistered callers. Please use an API key.")
+    if key is not None and given != key:
+        info: dict[str, object] = {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "API_KEY_INVALID",
+        }
+        raise refusal(400, "API key not valid. Please pass a valid API key.", [info])
+    if not isinstance(body, dict):
+        raise refusal(400, "Invalid JSON payload received. Expected a JSON object.")
+    return body
+
+
+def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
+    """The request's essentials; a request the real API would refuse gets its 400."""
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise refusal(400, "* GenerateContentRequest.contents: contents is not specified")
+    words = len(_text(body.get("systemInstruction")).split())
+    prompt = ""
+    for i, content in enumerate(contents):
+        role = content.get("role") if isinstance(content, dict) else None
+        if role not in ("user", "model"):
+            raise refusal(400, f"* GenerateContentRequest.contents[{i}].role: must be user or model")
+        text = _text(content)
+        words += len(text.split())
+        if role == "user":
+            prompt = text
+    config = body.get("generationConfig")
+    config = config if isinstance(config, dict) else {}
+    limit = config.get("maxOutputTokens")
+    stops = config.get("stopSequences")
+    return GenerateRequest(
+        model,
+        prompt,
+        words,
+        limit if isinstance(limit, int) and limit > 0 else None,
+        tuple(s for s in stops if isinstance(s, str) and s) if isinstance(stops, list) else (),
+        _chosen_function(body, contents[-1], prompt),
+    )
+
+
+def plan_reply(config: FakeConfig, ask: GenerateRequest) -> Reply:
+    """A function call if one is asked for, else the echo (or ``--reply``), cut as the API would."""
+    if ask.function is not None:
+        args = tool_input({"input_schema": ask.function.get("parameters")})
+        tokens, _ = fake_wire.reply_tokens(orjson.dumps(args).decode(), None)
+        call = {"name": ask.function["name"], "args": args}
+        return Reply([], "STOP", Usage(ask.prompt_tokens, len(tokens)), call)
+    text = config.reply if config.reply is not None else _echo(ask.prompt)
+    hits = [text.find(s) for s in ask.stop_sequences if s in text]
+    if hits:
+        text = text[: min(hits)]
+    tokens, finish = fake_wire.reply_tokens(text, ask.max_tokens)
+    return Reply(tokens, _FINISH[finish], Usage(ask.prompt_tokens, len(tokens)))
+
+
+class GenerateFormat:
+    """Renders one reply as a ``GenerateContentResponse`` or as its stream events (the
+    ``fake_wire.ReplyFormat`` shape, so ``fake_provider._stream`` paces and cuts it as it does
+    OpenAI streams)."""
+
+    __slots__ = ("_head", "_reply", "_signature")
+
+    def __init__(self, serial: int, model: str, reply: Reply) -> None:
+        self._reply = reply
+        self._head = {"modelVersion": model, "responseId": f"fake{serial:08x}"}
+        self._signature = f"fake-signature-{serial:08x}"
+
+    def whole(self, tokens: Sequence[str], finish_reason: str, usage: Usage) -> bytes:
+        return orjson.dumps(self._response(self._parts("".join(tokens)), finish_reason, usage))
+
+    def opening(self) -> None:
+        return None  # Gemini streams start with the first slice of text
+
+    def token(self, text: str) -> bytes:
+        return fake_wire.sse(self._response([{"text": text}], None, None))
+
+    def closing(self, finish_reason: str) -> bytes:
+        return fake_wire.sse(self._response(self._parts(""), finish_reason, self._reply.usage))
+
+    def usage(self, usage: Usage) -> bytes:
+        return b""  # the closing event carries usageMetadata
+
+    def _parts(self, text: str) -> list[dict[str, object]]:
+        call = self._reply.call
+        if call is None:
+            return [{"text": text}]
+        return [{"functionCall": call, "thoughtSignature": self._signature}]
+
+    def _response(
+        self, parts: list[dict[str, object]], finish_reason: str | None, usage: Usage | None
+    ) -> dict[str, object]:
+        candidate: dict[str, object] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+        if finish_reason is not None:
+            candidate["finishReason"] = finish_reason
+        out: dict[str, object] = {"candidates": [candidate]}
+        if usage is not None:
+            out["usageMetadata"] = {
+                "promptTokenCount": usage.prompt_tokens,
+                "candidatesTokenCount": usage.completion_tokens,
+                "totalTokenCount": usage.prompt_tokens + usage.completion_tokens,
+            }
+        return {**out, **self._head}
+
+
+def _chosen_function(body: dict[str, object], last: object, prompt: str) -> dict[str, object] | None:
+    tools = body.get("tools")
+    declared = [
+        d
+        for tool in (tools if isinstance(tools, list) else [])
+        if isinstance(tool, dict)
+        for d in tool.get("functionDeclarations") or []
+        if isinstance(d, dict) and isinstance(d.get("name"), str)
+    ]
+    parts = last.get("parts") if isinstance(last, dict) else None
+    answered = isinstance(parts, list) and any(isinstance(p, dict) and "functionResponse" in p for p in parts)
+    if not declared or answered:  # after a function's result, the model answers in text
+        return None
+    by_name = {str(d["name"]): d for d in declared}
+    tool_config = body.get("toolConfig")
+    calling = tool_config.get("functionCallingConfig") if isinstance(tool_config, dict) else None
+    mode = calling.get("mode") if isinstance(calling, dict) else None
+    if mode == "NONE":
+        return None
+    if mode == "ANY":
+        allowed = calling.get("allowedFunctionNames") if isinstance(calling, dict) else None
+        names = [n for n in allowed if n in by_name] if isinstance(allowed, list) else []
+        return by_name[names[0]] if names else declared[0]
+    lowered = {name.lower(): d for name, d in by_name.items()}
+    words = [word.strip(".,!?\"'") for word in prompt.lower().split()]
+    for word, following in itertools.pairwise(words):
+        if word == "call" and following in lowered:
+            return lowered[following]
+    return None
+
+
+def _text(content: object) -> str:
+    """The text of a ``Content``: its text parts, and function responses as the text the gateway
+    wrapped (``{"result": TEXT}``) or as JSON."""
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list):
+        return ""
+    texts = []
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        if isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif isinstance(part.get("functionResponse"), dict):
+            response = part["functionResponse"].get("response")
+            result = response.get("result") if isinstance(response, dict) and len(response) == 1 else None
+            texts.append(result if isinstance(result, str) else orjson.dumps(response).decode())
+    return " ".join(t for t in texts if t)
+
+
+def _vector(text: str, dim: int, kind: str) -> list[float]:
+    packed = (
+        fake_wire.embedding_bytes(text, dim) if kind == "hash" else fake_wire.word_embedding_bytes(text, dim)
+    )
+    return list(struct.unpack(f"<{dim}f", packed))

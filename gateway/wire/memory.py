@@ -1,0 +1,61 @@
+"""Request bodies of the memory API, validated strictly (unknown fields are refused)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_NAMESPACE = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MemoryIn(_Strict):
+    namespace: str = Field(pattern=_NAMESPACE)
+    content: str = Field(min_length=1)
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    embedding: list[float] | None = Field(None, min_length=1)
+    metadata: dict[str, Any] | None = None
+    data_source: str | None = None
+    confidence_score: float = Field(1.0, ge=0, le=1)
+    importance_score: float = Field(0.5, ge=0, le=1)
+
+
+class MemoryBatchIn(_Strict):
+    memories: list[MemoryIn] = Field(min_length=1, max_length=1000)
+
+
+class MemoryPatchIn(_Strict):
+    content: str | None = Field(None, min_length=1)
+    embedding: list[float] | None = Field(None, min_length=1)
+    metadata: dict[str, Any] | None = None
+    data_source: str | None = None
+    confidence_score: float | None = Field(None, ge=0, le=1)
+    importance_score: float | None = Field(None, ge=0, le=1)
+    processing_status: Literal["active", "archived"] | None = None
+
+
+class MemorySearchIn(_Strict):
+    query: str | None = Field(None, min_length=1)
+    vector: list[float] | None = Field(None, min_length=1)
+    top_k: int = Field(10, ge=1, le=100)
+    namespaces: list[str] | None = Field(None, min_length=1)
+    data_source: str | None = None
+    min_confidence: float | None = Field(None, ge=0, le=1)
+    processing_status: Literal["active", "archived"] | None = "active"
+
+    @model_validator(mode="after")
+    def _query_or_vector(self) -> MemorySearchIn:
+        if (self.query is None) == (self.vector is None):
+            raise ValueError("give exactly one of 'query' (text) and 'vector'")
+        return self
+
+
+class ChatMemoryIn(_Strict):
+    """The ``memory`` field of a chat request: which memories to add as context."""
+
+    namespaces: list[str] = Field(min_length=1)
+    top_k: int = Field(5, ge=1, le=50)

@@ -1,0 +1,268 @@
+"""HnswIndex: upserts, removal, namespaces, dimensions, persistence across restarts, recall."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from gateway.memory.index import HnswIndex, IndexRow
+from gateway.memory.records import VectorIndex
+
+
+def unit_vectors(rng: np.random.Generator, count: int, ndim: int) -> npt.NDArray[np.float32]:
+    """Random directions (isotropic Gaussian, normalised): no structure for the graph to use."""
+    vectors = rng.standard_normal((count, ndim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def items(prefix: str, vectors: npt.NDArray[np.float32]) -> list[tuple[str, Sequence[float]]]:
+    return [(f"{prefix}{i}", tuple(v.tolist())) for i, v in enumerate(vectors)]
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
+
+
+def test_is_a_vector_index(tmp_path: Path) -> None:
+    index: VectorIndex = HnswIndex(tmp_path)
+    assert len(index) == 0
+    assert index.namespaces() == []
+
+
+def test_add_search_remove(tmp_path: Path, rng: np.random.Generator) -> None:
+    vectors = unit_vectors(rng, 50, 16)
+    index = HnswIndex(tmp_path)
+    index.add("facts", items("m", vectors))
+    assert index.ndim == 16
+    assert len(index) == 50
+    assert index.size("facts") == 50
+
+    hits = index.search("facts", vectors[7].tolist(), 5)
+    assert hits[0][0] == "m7"
+    assert hits[0][1] == pytest.approx(1.0, abs=1e-5)  # cosine similarity, not distance
+    scores = [s for _, s in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert len(hits) == 5
+    # The score is the cosine similarity of the stored vector with the query.
+    expected = float(vectors[7] @ vectors[int(hits[1][0][1:])])
+    assert hits[1][1] == pytest.approx(expected, abs=1e-5)
+
+    index.remove("facts", ["m7", "m8", "not-there"])
+    assert len(index) == 48
+    assert all(i not in ("m7", "m8") for i, _ in index.search("facts", vectors[7].tolist(), 50))
+    assert index.search("facts", vectors[7].tolist(), 0) == []
+    assert len(index.search("facts", vectors[0].tolist(), 100)) == 48  # k beyond the size: all
+    index.remove("unknown", ["m1"])  # no such namespace: nothing to do
+
+
+def test_add_replaces_the_vector_of_an_existing_id(tmp_path: Path, rng: np.random.Generator) -> None:
+    a, b, c = unit_vectors(rng, 3, 8)
+    index = HnswIndex(tmp_path)
+    index.add("facts", [("x", a.tolist()), ("y", b.tolist())])
+    index.add("facts", [("x", c.tolist())])
+    assert len(index) == 2
+    assert index.search("facts", c.tolist(), 1) == [("x", pytest.approx(1.0, abs=1e-5))]
+    assert dict(index.search("facts", a.tolist(), 2))["x"] == pytest.approx(float(a @ c), abs=1e-5)
+    # Repeated ids in one batch: the last vector wins.
+    index.add("facts", [("y", a.tolist()), ("y", c.tolist())])
+    assert len(index) == 2
+    assert {i for i, s in index.search("facts", c.tolist(), 2) if s > 0.999} == {"x", "y"}
+
+
+def test_namespaces_are_isolated(tmp_path: Path, rng: np.random.Generator) -> None:
+    vectors = unit_vectors(rng, 20, 8)
+    index = HnswIndex(tmp_path)
+    index.add("slack_data", items("s", vectors[:10]))
+    index.add("gong_data", items("g", vectors[10:]))
+    assert index.namespaces() == ["gong_data", "slack_data"]
+    assert {i for i, _ in index.search("slack_data", vectors[12].tolist(), 20)} == {f"s{i}" for i in range(10)}
+    assert index.search("gong_data", vectors[12].tolist(), 1)[0][0] == "g2"
+    assert index.search("ai_web_research", vectors[0].tolist(), 5) == []
+    # The same id in two namespaces is two memories.
+    index.add("gong_data", [("s1", vectors[1].tolist())])
+    index.remove("slack_data", ["s1"])
+    assert index.search("gong_data", vectors[1].tolist(), 1)[0][0] == "s1"
+    assert index.size("slack_data") == 9
+
+
+def test_wrong_dimension_is_a_clear_error(tmp_path: Path, rng: np.random.Generator) -> None:
+    index = HnswIndex(tmp_path)
+    index.add("facts", items("m", unit_vectors(rng, 3, 8)))
+    with pytest.raises(ValueError, match=r"memory 'bad': embedding has 5 dimensions, the index holds 8"):
+        index.add("facts", [("ok", [0.1] * 8), ("bad", [0.1] * 5)])
+    assert len(index) == 3  # nothing of the failed batch went in
+    # All namespaces share the dimension: one query vector is searched across several.
+    with pytest.raises(ValueError, match="5 dimensions"):
+        index.add("other", [("m", [0.1] * 5)])
+    with pytest.raises(ValueError, match="4 dimensions"):
+        index.search("facts", [0.1] * 4, 3)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        index.add("facts", [("nan", [float("nan")] + [0.1] * 7)])
+    with pytest.raises(ValueError, match="the index holds 8"):
+        HnswIndex(tmp_path / "fixed", ndim=8).add("facts", [("m", [0.1] * 3)])
+
+
+def test_index_survives_restart(tmp_path: Path, rng: np.random.Generator) -> None:
+    vectors = unit_vectors(rng, 500, 32)
+    queries = unit_vectors(rng, 20, 32)
+    first = HnswIndex(tmp_path / "idx")
+    first.add("slack_data", items("s", vectors[:300]))
+    first.add("team/α β", items("t", vectors[300:]))  # not a safe file name as it stands
+    first.remove("slack_data", ["s0"])
+    first.save()
+    before = {ns: [first.search(ns, q.tolist(), 10) for q in queries] for ns in first.namespaces()}
+
+    restarted = HnswIndex(tmp_path / "idx")
+    assert restarted.load()
+    assert restarted.ndim == 32
+    assert restarted.namespaces() == ["slack_data", "team/α β"]
+    assert len(restarted) == 499
+    after = {ns: [restarted.search(ns, q.tolist(), 10) for q in queries] for ns in restarted.namespaces()}
+    assert after == before
+    # It keeps working after the restart: upserts, removals, a new save.
+    restarted.add("slack_data", [("s0", vectors[0].tolist()), ("s1", vectors[2].tolist())])
+    restarted.remove("team/α β", ["t0"])
+    assert restarted.search("slack_data", vectors[0].tolist(), 1)[0][0] == "s0"
+    restarted.save()
+    again = HnswIndex(tmp_path / "idx")
+    assert again.load()
+    assert len(again) == 499
+    assert again.search("slack_data", vectors[2].tolist(), 2)[0][0] in ("s1", "s2")
+
+
+def test_save_drops_files_of_forgotten_namespaces(tmp_path: Path, rng: np.random.Generator) -> None:
+    index = HnswIndex(tmp_path)
+    index.add("a", items("m", unit_vectors(rng, 5, 8)))
+    index.add("b", items("m", unit_vectors(rng, 5, 8)))
+    index.save()
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "index.json",
+        "a.usearch",
+        "a.ids.json",
+        "b.usearch",
+        "b.ids.json",
+    }
+    index.clear()
+    index.add("b", items("n", unit_vectors(rng, 2, 8)))
+    index.save()
+    assert {p.name for p in tmp_path.iterdir()} == {"index.json", "b.usearch", "b.ids.json"}
+    reloaded = HnswIndex(tmp_path)
+    assert reloaded.load()
+    assert reloaded.namespaces() == ["b"]
+    assert len(reloaded) == 2
+
+
+def test_empty_index_round_trip(tmp_path: Path) -> None:
+    HnswIndex(tmp_path).save()
+    index = HnswIndex(tmp_path)
+    assert index.load()
+    assert len(index) == 0
+    assert index.ndim is None
+
+
+def saved_index(directory: Path, rng: np.random.Generator) -> HnswIndex:
+    index = HnswIndex(directory)
+    index.add("facts", items("m", unit_vectors(rng, 100, 16)))
+    index.save()
+    return index
+
+
+def test_load_without_an_index_is_false(tmp_path: Path) -> None:
+    assert not HnswIndex(tmp_path / "never-saved").load()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated graph",
+        "garbage graph",
+        "missing graph",
+        "missing id map",
+        "id map of other keys",
+        "graph of an older save",
+        "corrupt manifest",
+        "manifest not an object",
+    ],
+)
+def test_load_of_a_damaged_index_is_false_and_changes_nothing(
+    tmp_path: Path, rng: np.random.Generator, damage: str
+) -> None:
+    saved = saved_index(tmp_path, rng)
+    graph, ids, manifest = tmp_path / "facts.usearch", tmp_path / "facts.ids.json", tmp_path / "index.json"
+    if damage == "truncated graph":
+        graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    elif damage == "garbage graph":
+        graph.write_bytes(b"not a usearch file" * 100)
+    elif damage == "missing graph":
+        graph.unlink()
+    elif damage == "missing id map":
+        ids.unlink()
+    elif damage == "id map of other keys":
+        ids.write_bytes(ids.read_bytes().replace(b'"keys":[0,', b'"keys":[1000,'))
+    elif damage == "graph of an older save":  # a crash between the two renames of a save
+        older = graph.read_bytes()
+        saved.remove("facts", ["m1"])
+        saved.add("facts", [("m2", [0.5] * 16)])
+        saved.save()
+        graph.write_bytes(older)
+    elif damage == "corrupt manifest":
+        manifest.write_bytes(b"{not json")
+    else:
+        manifest.write_bytes(b"[1, 2]")
+    index = HnswIndex(tmp_path)
+    index.add("live", [("x", [0.5] * 16)])
+    assert not index.load()
+    assert index.namespaces() == ["live"]  # the failed load left the index as it was
+
+
+def test_load_of_a_mismatched_configuration_is_false(tmp_path: Path, rng: np.random.Generator) -> None:
+    saved_index(tmp_path, rng)
+    assert not HnswIndex(tmp_path, ndim=384).load()  # another embedding model
+    assert not HnswIndex(tmp_path, dtype="f16").load()
+    assert HnswIndex(tmp_path, ndim=16).load()
+
+
+async def test_build_from_async_and_sync_batches(tmp_path: Path, rng: np.random.Generator) -> None:
+    vectors = unit_vectors(rng, 2500, 8)
+    rows: list[IndexRow] = [(f"m{i}", ("a", "b")[i % 2], tuple(v.tolist())) for i, v in enumerate(vectors)]
+
+    async def scan() -> AsyncIterator[list[IndexRow]]:
+        for start in range(0, len(rows), 1000):
+            await asyncio.sleep(0)
+            yield rows[start : start + 1000]
+
+    index = HnswIndex(tmp_path / "async")
+    assert await index.build(scan()) == 2500
+    assert index.size("a") == 1250
+    assert index.search("b", vectors[3].tolist(), 1)[0][0] == "m3"
+
+    index = HnswIndex(tmp_path / "sync")
+    assert await index.build([rows[:1000], rows[1000:]]) == 2500
+    assert len(index) == 2500
+
+
+def test_recall_at_10_against_brute_force(tmp_path: Path) -> None:
+    """The issue's target: recall@10 >= 0.95 on 10,000 random vectors.
+
+    Isotropic random vectors are the hardest data for a graph index (the 10th neighbour is barely
+    nearer than the 1,000th), so this asks for ``expansion_search`` 384: at the default the same
+    data scores ~0.8, while embedding-like data scores > 0.95 (benchmarks/memory_index.py).
+    """
+    rng = np.random.default_rng(42)
+    vectors = unit_vectors(rng, 10_000, 128)
+    queries = unit_vectors(rng, 200, 128)
+    index = HnswIndex(tmp_path, expansion_search=384)
+    for start in range(0, len(vectors), 1000):
+        index.add("facts", [(str(i), v.tolist()) for i, v in enumerate(vectors[start : start + 1000], start)])
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    found = 0
+    for query, truth in zip(queries, exact, strict=True):
+        found += len({int(i) for i, _ in index.search("facts", query.tolist(), 10)} & set(truth.tolist()))
+    recall = found / exact.size
+    assert recall >= 0.95, f"recall@10 {recall:.3f}"

@@ -1,0 +1,395 @@
+"""The Anthropic adapter against Anthropic's documented examples (fixtures/anthropic/*, each
+citing the doc section it comes from): requests, responses, streams fed in odd pieces, errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.errors import (
+    InvalidRequest,
+    UnsupportedByProvider,
+    UpstreamBadResponse,
+    UpstreamConnectError,
+    UpstreamStatusError,
+    counts_against_provider,
+    is_context_length_error,
+    is_retryable,
+)
+from gateway.policy.model import Provider
+from gateway.providers.anthropic import AnthropicAdapter
+from gateway.providers.base import Endpoint
+from gateway.providers.registry import adapter_for
+
+FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
+REQUESTS = sorted(p.name for p in FIXTURES.glob("request_*.json"))
+RESPONSES = sorted(p.name for p in FIXTURES.glob("response_*.json"))
+STREAMS = ["stream_basic", "stream_tool_use"]
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def adapter(**config: Any) -> AnthropicAdapter:
+    return AnthropicAdapter(Provider(kind="anthropic", base_url="https://api.anthropic.com/v1", **config))
+
+
+def translate(body: dict[str, Any], model: str = "claude-x", **config: Any) -> dict[str, Any]:
+    request = adapter(**config).build_request(Endpoint.CHAT, body, model)
+    return orjson.loads(request.body)  # type: ignore[no-any-return]
+
+
+USER = {"role": "user", "content": "hi"}
+
+
+# ----- requests
+
+
+@pytest.mark.parametrize("name", REQUESTS)
+def test_documented_requests(name: str) -> None:
+    case = fixture(name)
+    request = adapter(default_max_tokens=case["default_max_tokens"]).build_request(
+        Endpoint.CHAT, case["openai"], case["upstream_model"]
+    )
+    assert request.path == "/messages"
+    assert orjson.loads(request.body) == case["anthropic"]
+    assert request.stream is bool(case["openai"].get("stream"))
+
+
+def test_registry_builds_the_adapter_from_the_policy_entry() -> None:
+    config = Provider(kind="anthropic", base_url="https://api.anthropic.com/v1", api_version="2024-01-01")
+    built = adapter_for(config)
+    assert isinstance(built, AnthropicAdapter)
+    assert built.auth_headers("sk-ant") == {"x-api-key": "sk-ant", "anthropic-version": "2024-01-01"}
+
+
+def test_auth_headers_default_version_and_no_key() -> None:
+    assert adapter().auth_headers("k") == {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    assert adapter().auth_headers(None) == {"anthropic-version": "2023-06-01"}
+
+
+def test_max_tokens_defaults_to_the_provider_setting() -> None:
+    assert translate({"messages": [USER]}, default_max_tokens=77)["max_tokens"] == 77
+    assert translate({"messages": [USER], "max_tokens": 5})["max_tokens"] == 5
+
+
+def test_stop_list_and_clipped_temperature() -> None:
+    out = translate({"messages": [USER], "stop": ["a", "b"], "temperature": 0.2})
+    assert out["stop_sequences"] == ["a", "b"] and out["temperature"] == 0.2
+
+
+@pytest.mark.parametrize(
+    ("choice", "parallel", "expected"),
+    [
+        ("auto", None, {"type": "auto"}),
+        ("none", False, {"type": "none"}),  # none takes no disable_parallel_tool_use
+        ("required", False, {"type": "any", "disable_parallel_tool_use": True}),
+        (None, False, {"type": "auto", "disable_parallel_tool_use": True}),
+        (None, None, None),  # Anthropic's default (auto) needs no field
+    ],
+)
+def test_tool_choice(choice: object, parallel: object, expected: object) -> None:
+    body: dict[str, Any] = {"messages": [USER], "tools": [{"type": "function", "function": {"name": "f"}}]}
+    if choice is not None:
+        body["tool_choice"] = choice
+    if parallel is not None:
+        body["parallel_tool_calls"] = parallel
+    out = translate(body)
+    assert out.get("tool_choice") == expected
+    assert out["tools"] == [{"name": "f", "input_schema": {"type": "object", "properties": {}}}]
+
+
+def test_response_format_becomes_a_system_instruction() -> None:
+    messages = [{"role": "system", "content": "You are terse."}, USER]
+    plain = translate({"messages": messages, "response_format": {"type": "json_object"}})
+    assert plain["system"].startswith("You are terse.\n\nRespond with a single valid JSON object")
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    strict = translate({"messages": [USER], "response_format": fmt})
+    assert strict["system"].endswith(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    assert "system" not in translate({"messages": [USER], "response_format": {"type": "text"}})
+
+
+def test_pdf_file_part_becomes_a_document_block() -> None:
+    part = {
+        "type": "file",
+        "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"},
+    }
+    out = translate({"messages": [{"role": "user", "content": [part]}]})
+    source = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}
+    assert out["messages"][0]["content"] == [{"type": "document", "source": source}]
+
+
+@pytest.mark.parametrize("endpoint", [Endpoint.EMBEDDINGS, Endpoint.COMPLETIONS])
+def test_embeddings_and_completions_are_refused_but_may_fail_over(endpoint: Endpoint) -> None:
+    with pytest.raises(UnsupportedByProvider) as err:
+        adapter().build_request(endpoint, {"model": "m", "input": "x", "prompt": "x"}, "claude-x")
+    error = err.value
+    assert "anthropic" in error.message and endpoint.value in error.message
+    assert error.http_status == 400 and error.code == "unsupported_endpoint"
+    # Another deployment of a mixed group may serve it; the Anthropic one is not unhealthy.
+    assert is_retryable(error) and not counts_against_provider(error)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [USER], "n": 2},
+        {"messages": [USER], "functions": [{"name": "f"}]},
+        {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+        {"messages": [USER], "tools": [{"type": "custom", "custom": {"name": "x"}}]},
+    ],
+)
+def test_features_without_an_anthropic_equivalent_are_refused(body: dict[str, Any]) -> None:
+    with pytest.raises(UnsupportedByProvider):
+        translate(body)
+
+
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [
+        (
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,raw"}}]},
+            "messages[0].content[0]",
+        ),
+        (
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}
+                ],
+            },
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        ({"role": "tool", "content": "x"}, "messages[0].tool_call_id"),
+    ],
+)
+def test_malformed_messages_name_the_field(message: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        translate({"messages": [message]})
+    assert err.value.param == param and not is_retryable(err.value)
+
+
+# ----- responses
+
+
+@pytest.mark.parametrize("name", RESPONSES)
+def test_documented_responses(name: str) -> None:
+    case = fixture(name)
+    out = adapter().translate_response(Endpoint.CHAT, case["anthropic"], {}, case["upstream_model"])
+    assert out is not None
+    created = out.pop("created")
+    assert isinstance(created, int) and abs(created - time.time()) < 5
+    assert out == case["openai"]
+
+
+def test_cache_tokens_count_as_prompt_tokens() -> None:
+    # Prompt caching docs: total input = cache_read_input_tokens + cache_creation_input_tokens
+    # + input_tokens (https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching).
+    usage = {
+        "input_tokens": 50,
+        "cache_read_input_tokens": 100000,
+        "cache_creation_input_tokens": 2000,
+        "output_tokens": 500,
+    }
+    out = adapter().translate_response(Endpoint.CHAT, {"content": [], "usage": usage}, {}, "claude-x")
+    assert out is not None and out["usage"] == {
+        "prompt_tokens": 102050,
+        "completion_tokens": 500,
+        "total_tokens": 102550,
+        "prompt_tokens_details": {"cached_tokens": 100000},
+    }
+    assert out["model"] == "claude-x" and out["choices"][0]["message"]["content"] == ""
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        ("something_new", "stop"),
+    ],
+)
+def test_stop_reasons(stop_reason: str, finish: str) -> None:
+    body = {"content": [{"type": "text", "text": "x"}], "stop_reason": stop_reason}
+    out = adapter().translate_response(Endpoint.CHAT, body, {}, "m")
+    assert out is not None and out["choices"][0]["finish_reason"] == finish
+
+
+def test_tool_call_without_text_has_null_content_and_thinking_is_dropped() -> None:
+    content = [
+        {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+        {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
+    ]
+    out = adapter().translate_response(
+        Endpoint.CHAT, {"content": content, "stop_reason": "tool_use"}, {}, "m"
+    )
+    assert out is not None
+    message = out["choices"][0]["message"]
+    assert message["content"] is None and message["tool_calls"][0]["function"]["arguments"] == "{}"
+
+
+# ----- streams
+
+
+def run_stream(data: bytes, sizes: list[int] | None = None, include_usage: bool = True) -> bytes:
+    """Feed ``data`` in pieces of the given sizes (cycled), then finish; the whole output."""
+    request = {"stream": True, "stream_options": {"include_usage": include_usage}}
+    translator = adapter().stream_translator(Endpoint.CHAT, request, "claude-x")
+    assert translator is not None
+    out, pos, i = [], 0, 0
+    sizes = sizes or [len(data)]
+    while pos < len(data):
+        out.append(translator.feed(data[pos : pos + sizes[i % len(sizes)]]))
+        pos += sizes[i % len(sizes)]
+        i += 1
+    out.append(translator.finish())
+    return b"".join(out)
+
+
+def events(sse: bytes) -> list[Any]:
+    """The data of every event, parsed, with the volatile ``created`` dropped."""
+    assert sse.endswith(b"\n\n")
+    parsed = []
+    for event in sse.decode().split("\n\n")[:-1]:
+        assert event.startswith("data: "), event
+        payload = event[6:]
+        if payload == "[DONE]":
+            parsed.append(payload)
+            continue
+        obj = json.loads(payload)
+        assert isinstance(obj.pop("created"), int)
+        parsed.append(obj)
+    return parsed
+
+
+@pytest.mark.parametrize("name", STREAMS)
+@pytest.mark.parametrize("sizes", [None, [1], [7], [50], [3, 1, 64, 2, 19]], ids=str)
+def test_documented_streams_in_any_pieces(name: str, sizes: list[int] | None) -> None:
+    data = (FIXTURES / f"{name}.sse").read_bytes()
+    assert events(run_stream(data, sizes)) == fixture(f"{name}.openai.json")["events"]
+
+
+@pytest.mark.parametrize("name", STREAMS)
+def test_crlf_streams_and_random_splits_give_the_same_output(name: str) -> None:
+    data = (FIXTURES / f"{name}.sse").read_bytes()
+    expected = events(run_stream(data))
+    crlf = data.replace(b"\n", b"\r\n")
+    rng = random.Random(5)
+    for _ in range(20):
+        assert events(run_stream(crlf, [rng.randint(1, 40) for _ in range(30)])) == expected
+
+
+def test_without_include_usage_there_is_no_usage_chunk() -> None:
+    out = events(run_stream((FIXTURES / "stream_basic.sse").read_bytes(), include_usage=False))
+    assert [e for e in out if e != "[DONE]" and not e["choices"]] == []
+    assert out[-1] == "[DONE]" and out[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_each_event_is_sent_as_soon_as_it_is_complete() -> None:
+    translator = adapter().stream_translator(Endpoint.CHAT, {}, "m")
+    assert translator is not None
+    data = (FIXTURES / "stream_basic.sse").read_bytes()
+    hello = data.index(b'"text": "Hello"')
+    end_of_event = data.index(b"\n\n", hello) + 2
+    assert translator.feed(data[:hello]) == b""  # the role chunk waits for content
+    assert translator.feed(data[hello : end_of_event - 1]) == b""  # blank line not complete yet
+    first = translator.feed(data[end_of_event - 1 : end_of_event])
+    assert b'"role":"assistant"' in first and b'"content":"Hello"' in first
+
+
+def test_overloaded_error_event_is_a_retryable_529() -> None:
+    # Streaming docs, "Error events": an overloaded_error, which would be an HTTP 529 outside
+    # a stream (https://docs.anthropic.com/en/docs/build-with-claude/streaming#error-events).
+    translator = adapter().stream_translator(Endpoint.CHAT, {}, "m")
+    assert translator is not None
+    start = (
+        b'event: message_start\ndata: {"type": "message_start", "message": {"id": "msg_1", "model": "m"}}\n\n'
+    )
+    assert translator.feed(start) == b""  # nothing sent yet, so the router may still fail over
+    error = b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}\n\n'
+    with pytest.raises(UpstreamStatusError) as err:
+        translator.feed(error)
+    assert err.value.upstream_status == 529 and is_retryable(err.value)
+    assert err.value.http_status == 503 and "Overloaded" in err.value.message
+
+
+def test_a_stream_without_message_stop_ended_early() -> None:
+    data = (FIXTURES / "stream_basic.sse").read_bytes()
+    cut = data[: data.index(b"event: message_stop")]
+    translator = adapter().stream_translator(Endpoint.CHAT, {}, "m")
+    assert translator is not None
+    assert translator.feed(cut)
+    with pytest.raises(UpstreamConnectError, match="ended early"):
+        translator.finish()
+
+
+def test_unknown_events_and_comments_are_ignored_and_bad_json_is_an_error() -> None:
+    translator = adapter().stream_translator(Endpoint.CHAT, {}, "m")
+    assert translator is not None
+    assert translator.feed(b': keep-alive\n\nevent: future_event\ndata: {"type": "future_event"}\n\n') == b""
+    with pytest.raises(UpstreamBadResponse):
+        translator.feed(b"event: message_start\ndata: {not json\n\n")
+
+
+# ----- errors
+
+
+def test_documented_error_shape() -> None:
+    # Errors page, "Error shapes" (https://docs.anthropic.com/en/api/errors#error-shapes).
+    body = {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "The requested resource could not be found."},
+        "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy",
+    }
+    error = adapter().translate_error(404, orjson.dumps(body), None, "claude-prov")
+    assert error.http_status == 404 and not is_retryable(error)
+    assert error.message == "claude-prov: The requested resource could not be found."
+    assert error.envelope()["error"]["type"] == "invalid_request_error"
+    assert error.provider == "claude-prov"
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "client_status", "client_type", "retryable"),
+    [
+        # Errors page, "HTTP errors" (https://docs.anthropic.com/en/api/errors#http-errors).
+        (400, "invalid_request_error", 400, "invalid_request_error", False),
+        (401, "authentication_error", 401, "authentication_error", False),
+        (403, "permission_error", 403, "permission_error", False),
+        (429, "rate_limit_error", 429, "rate_limit_error", True),
+        (500, "api_error", 502, "upstream_error", True),
+        (529, "overloaded_error", 503, "upstream_error", True),
+    ],
+)
+def test_error_statuses(
+    status: int, kind: str, client_status: int, client_type: str, retryable: bool
+) -> None:
+    body = orjson.dumps({"type": "error", "error": {"type": kind, "message": "x"}})
+    error = adapter().translate_error(status, body, 2.0 if status == 429 else None, "p")
+    assert error.upstream_status == status and error.http_status == client_status
+    assert error.envelope()["error"]["type"] == client_type and is_retryable(error) is retryable
+    assert counts_against_provider(error) is (status >= 500)
+    if status == 429:
+        assert error.retry_after_s == 2.0 and error.headers == {"retry-after": "2"}
+
+
+def test_prompt_too_long_is_a_context_length_error() -> None:
+    message = "prompt is too long: 210000 tokens > 200000 maximum"
+    body = orjson.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+    error = adapter().translate_error(400, body, None, "p")
+    assert is_context_length_error(error) and error.code == "context_length_exceeded"
+
+
+def test_a_body_that_is_not_anthropic_json_still_gives_an_error() -> None:
+    error = adapter().translate_error(502, b"<html>Bad gateway</html>", None, "p")
+    assert error.message == "p: Provider returned HTTP 502." and is_retryable(error)

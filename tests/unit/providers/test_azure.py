@@ -1,0 +1,84 @@
+"""The Azure OpenAI adapter: OpenAI's wire format at Azure's paths (fixtures/azure/)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.errors import is_retryable
+from gateway.policy.model import Provider
+from gateway.providers.azure import DEFAULT_API_VERSION, AzureOpenAIAdapter
+from gateway.providers.base import Endpoint
+from gateway.providers.registry import adapter_for
+
+FIXTURE: dict[str, Any] = json.loads((Path(__file__).parent / "fixtures" / "azure" / "chat.json").read_text())
+BODY = {"model": "gpt-4o", "input": "hi"}
+
+
+def adapter(
+    base_url: str = "https://res.openai.azure.com", api_version: str | None = None
+) -> AzureOpenAIAdapter:
+    return AzureOpenAIAdapter(Provider(kind="azure", base_url=base_url, api_version=api_version))
+
+
+def test_chat_request_matches_the_reference() -> None:
+    request = adapter_for(Provider(kind="azure", base_url="https://res.openai.azure.com")).build_request(
+        Endpoint.CHAT, FIXTURE["openai"], "my-gpt4o"
+    )
+    assert request.path == FIXTURE["path"]
+    assert orjson.loads(request.body) == FIXTURE["azure"]
+    assert request.stream is False
+    assert DEFAULT_API_VERSION == "2024-10-21"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "tail"),
+    [(Endpoint.COMPLETIONS, "completions"), (Endpoint.EMBEDDINGS, "embeddings")],
+)
+def test_every_endpoint_has_its_deployment_path(endpoint: Endpoint, tail: str) -> None:
+    request = adapter(api_version="2025-01-01-preview").build_request(endpoint, BODY, "dep one")
+    assert request.path == f"/openai/deployments/dep%20one/{tail}?api-version=2025-01-01-preview"
+    assert orjson.loads(request.body) == {"input": "hi"}
+
+
+def test_stream_flag_base_url_with_openai_and_key_header() -> None:
+    az = adapter(base_url="https://res.openai.azure.com/openai")
+    request = az.build_request(Endpoint.CHAT, {**FIXTURE["openai"], "stream": True}, "d")
+    assert request.path == "/deployments/d/chat/completions?api-version=2024-10-21"
+    assert request.stream is True
+    assert az.auth_headers("secret") == {"api-key": "secret"}
+    assert az.auth_headers(None) == {}
+
+
+def test_v1_api_keeps_the_deployment_as_model() -> None:
+    request = adapter(api_version="v1").build_request(Endpoint.CHAT, FIXTURE["openai"], "my-gpt4o")
+    assert request.path == "/openai/v1/chat/completions"
+    assert orjson.loads(request.body) == {**FIXTURE["azure"], "model": "my-gpt4o"}
+
+
+def test_responses_and_streams_pass_through() -> None:
+    az = adapter()
+    assert az.translate_response(Endpoint.CHAT, {"choices": []}, FIXTURE["openai"], "d") is None
+    assert az.stream_translator(Endpoint.CHAT, FIXTURE["openai"], "d") is None
+
+
+@pytest.mark.parametrize("case", FIXTURE["errors"], ids=lambda c: str(c["code"]))
+def test_errors(case: dict[str, Any]) -> None:
+    error = adapter().translate_error(case["status"], orjson.dumps(case["body"]), 6.0, "az")
+    assert error.upstream_status == case["status"]
+    assert error.upstream_type == case["type"]
+    assert error.code == case["code"]
+    assert is_retryable(error) is case["retryable"]
+    assert error.message.startswith("az: ") and error.retry_after_s == 6.0
+
+
+def test_an_unquoted_yaml_date_is_a_valid_api_version() -> None:
+    config = Provider.model_validate(
+        {"kind": "azure", "base_url": "https://r.openai.azure.com", "api_version": date(2024, 10, 21)}
+    )
+    assert config.api_version == "2024-10-21"

@@ -1,0 +1,447 @@
+"""The Gemini adapter against golden examples from Google's documentation (fixtures/gemini/)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import struct
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.errors import (
+    InvalidRequest,
+    UnsupportedByProvider,
+    UpstreamBadResponse,
+    UpstreamStatusError,
+    is_retryable,
+)
+from gateway.policy.model import Provider
+from gateway.providers.base import Endpoint
+from gateway.providers.gemini import GeminiAdapter
+from gateway.providers.gemini_schema import gemini_schema
+from gateway.providers.registry import adapter_for
+
+FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
+CONFIG = Provider(kind="gemini", base_url="https://generativelanguage.googleapis.com/v1beta")
+ADAPTER = GeminiAdapter(CONFIG)
+HELLO = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def load(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    return data
+
+
+def sent(endpoint: Endpoint, body: dict[str, Any], model: str = "gemini-2.0-flash") -> dict[str, Any]:
+    request = ADAPTER.build_request(endpoint, body, model)
+    parsed: dict[str, Any] = orjson.loads(request.body)
+    return parsed
+
+
+def without_created(obj: dict[str, Any]) -> dict[str, Any]:
+    assert isinstance(obj.pop("created"), int)
+    return obj
+
+
+def chunks(sse: bytes) -> list[Any]:
+    """The data of each event of OpenAI SSE output, 'created' dropped; [DONE] must end it."""
+    events = [e for e in sse.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    out = []
+    for event in events[:-1]:
+        assert event.startswith(b"data: ")
+        out.append(without_created(orjson.loads(event[6:])))
+    return out
+
+
+def translate_stream(raw: bytes, sizes: list[int], *, include_usage: bool = True, chat: bool = True) -> bytes:
+    endpoint = Endpoint.CHAT if chat else Endpoint.COMPLETIONS
+    request = {"stream": True, "stream_options": {"include_usage": include_usage}}
+    translator = ADAPTER.stream_translator(endpoint, request, "gemini-pro")
+    assert translator is not None
+    out, at, turn = b"", 0, 0
+    while at < len(raw):
+        size = sizes[turn % len(sizes)]
+        out += translator.feed(raw[at : at + size])
+        at, turn = at + size, turn + 1
+    return out + translator.finish()
+
+
+# ----- requests
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["chat_system_and_turns", "chat_images", "chat_tools", "chat_tool_results", "chat_response_format"],
+)
+def test_chat_requests_match_the_documented_shapes(name: str) -> None:
+    fixture = load(f"{name}.json")
+    model = fixture["openai"]["model"]
+    request = ADAPTER.build_request(Endpoint.CHAT, fixture["openai"], model)
+    assert request.path == f"/models/{model}:generateContent"
+    assert request.stream is False
+    assert orjson.loads(request.body) == fixture["gemini"]
+
+
+def test_streamed_request_uses_sse_and_the_registry_builds_the_adapter() -> None:
+    request = adapter_for(CONFIG).build_request(Endpoint.CHAT, {**HELLO, "stream": True}, "gemini-2.5-pro")
+    assert request.path == "/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+    assert request.stream is True
+    assert ADAPTER.auth_headers("k-123") == {"x-goog-api-key": "k-123"}
+    assert ADAPTER.auth_headers(None) == {}
+
+
+@pytest.mark.parametrize(
+    ("model", "path"),
+    [
+        ("models/gemini-2.0-flash", "/models/gemini-2.0-flash"),
+        ("tunedModels/my-tune", "/tunedModels/my-tune"),
+    ],
+)
+def test_model_resource_names_are_kept(model: str, path: str) -> None:
+    assert ADAPTER.build_request(Endpoint.CHAT, HELLO, model).path == f"{path}:generateContent"
+
+
+@pytest.mark.parametrize(
+    ("choice", "config"),
+    [
+        ("none", {"mode": "NONE"}),
+        ("auto", {"mode": "AUTO"}),
+        ("required", {"mode": "ANY"}),
+        ({"type": "function", "function": {"name": "f"}}, {"mode": "ANY", "allowedFunctionNames": ["f"]}),
+    ],
+)
+def test_tool_choice_becomes_a_function_calling_mode(choice: object, config: dict[str, Any]) -> None:
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    body = sent(Endpoint.CHAT, {**HELLO, "tools": tools, "tool_choice": choice})
+    assert body["toolConfig"] == {"functionCallingConfig": config}
+    assert body["tools"] == [{"functionDeclarations": [{"name": "f"}]}]
+
+
+def test_deprecated_functions_api_is_translated() -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}},
+            {"role": "function", "name": "f", "content": "done"},
+        ],
+        "functions": [
+            {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}
+        ],
+        "function_call": {"name": "f"},
+    }
+    out = sent(Endpoint.CHAT, body)
+    assert out["tools"][0]["functionDeclarations"][0]["parameters"]["properties"] == {
+        "x": {"type": "integer"}
+    }
+    assert out["toolConfig"]["functionCallingConfig"] == {"mode": "ANY", "allowedFunctionNames": ["f"]}
+    assert out["contents"][2] == {
+        "role": "user",
+        "parts": [{"functionResponse": {"name": "f", "response": {"result": "done"}}}],
+    }
+
+
+def test_audio_and_file_parts_are_inline_data() -> None:
+    content = [
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}},
+    ]
+    out = sent(Endpoint.CHAT, {"model": "m", "messages": [{"role": "user", "content": content}]})
+    assert out["contents"][0]["parts"] == [
+        {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}},
+        {"inlineData": {"mimeType": "application/pdf", "data": "JVBERi0="}},
+    ]
+
+
+def chat(*messages: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": list(messages), **fields}
+
+
+FUNCTION_TOOL = {"type": "function", "function": {"name": "f"}}
+BAD_CALL = {"id": "c", "function": {"name": "f", "arguments": "{oops"}}
+FTP_IMAGE = {"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body"),
+    [
+        (Endpoint.CHAT, {**HELLO, "tools": [{"type": "web_search"}]}),
+        (Endpoint.CHAT, {**HELLO, "tools": [FUNCTION_TOOL], "tool_choice": {"type": "allowed_tools"}}),
+        (Endpoint.CHAT, chat({"role": "user", "content": [{"type": "video"}]})),
+        (Endpoint.CHAT, chat({"role": "user", "content": [{"type": "file", "file": {"file_id": "f"}}]})),
+        (Endpoint.CHAT, chat({"role": "system", "content": "a system prompt only"})),
+        (Endpoint.COMPLETIONS, {"model": "m", "prompt": ["one", "two"]}),
+        (Endpoint.COMPLETIONS, {"model": "m", "prompt": "x", "echo": True}),
+        (Endpoint.EMBEDDINGS, {"model": "m", "input": [[1, 2, 3]]}),
+    ],
+)
+def test_what_gemini_cannot_serve_is_a_retryable_refusal(endpoint: Endpoint, body: dict[str, Any]) -> None:
+    # Retryable: a group that mixes provider kinds moves on to a deployment that can serve it.
+    with pytest.raises(UnsupportedByProvider) as err:
+        ADAPTER.build_request(endpoint, body, "m")
+    assert err.value.code == "unsupported_endpoint" and "'gemini'" in err.value.message
+    assert is_retryable(err.value) and err.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (chat({"role": "user", "content": [FTP_IMAGE]}), "messages[0].content[0]"),
+        (chat({"role": "tool", "tool_call_id": "x", "content": "x"}), "messages[0].tool_call_id"),
+        (
+            chat({"role": "assistant", "tool_calls": [BAD_CALL]}),
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        ({**HELLO, "response_format": {"type": "grammar"}}, "response_format"),
+    ],
+)
+def test_malformed_requests_are_the_clients_error(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        ADAPTER.build_request(Endpoint.CHAT, body, "m")
+    assert err.value.param == param and not is_retryable(err.value)
+
+
+# ----- responses
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("response_text", "gemini-2.5-flash"),
+        ("response_function_call", "gemini-pro"),
+        ("response_blocked_prompt", "gemini-2.0-flash"),
+    ],
+)
+def test_responses_match_the_golden_translation(name: str, model: str) -> None:
+    fixture = load(f"{name}.json")
+    out = ADAPTER.translate_response(Endpoint.CHAT, fixture["gemini"], HELLO, model)
+    assert without_created(out) == fixture["openai"]
+
+
+@pytest.mark.parametrize(
+    ("gemini", "openai"),
+    [
+        ("STOP", "stop"), ("MAX_TOKENS", "length"), ("SAFETY", "content_filter"), ("RECITATION", "content_filter"),
+        ("BLOCKLIST", "content_filter"), ("PROHIBITED_CONTENT", "content_filter"), ("SPII", "content_filter"),
+        ("OTHER", "stop"), ("MALFORMED_FUNCTION_CALL", "stop"),
+    ],
+)  # fmt: skip
+def test_finish_reasons(gemini: str, openai: str) -> None:
+    body = {"candidates": [{"content": {"parts": [{"text": "x"}], "role": "model"}, "finishReason": gemini}]}
+    out = ADAPTER.translate_response(Endpoint.CHAT, body, HELLO, "m")
+    assert out["choices"][0]["finish_reason"] == openai
+
+
+def test_several_candidates_are_several_choices_with_unique_call_ids() -> None:
+    call = {"functionCall": {"name": "f", "args": {"a": 1}}}
+    body = {
+        "responseId": "r9",
+        "candidates": [
+            {"content": {"parts": [call], "role": "model"}, "finishReason": "STOP", "index": 0},
+            {
+                "content": {"parts": [{"text": "cut"}], "role": "model"},
+                "finishReason": "MAX_TOKENS",
+                "index": 1,
+            },
+            {"content": {"parts": [call, call]}, "finishReason": "STOP", "index": 2},
+        ],
+    }
+    out = ADAPTER.translate_response(Endpoint.CHAT, body, HELLO, "m")
+    assert [c["index"] for c in out["choices"]] == [0, 1, 2]
+    assert [c["finish_reason"] for c in out["choices"]] == ["tool_calls", "length", "tool_calls"]
+    ids = [t["id"] for c in out["choices"] for t in c["message"].get("tool_calls", [])]
+    assert ids == ["call_r9_0", "call_r9_1", "call_r9_2"]
+    assert out["choices"][1]["message"]["content"] == "cut"
+
+
+def test_a_response_without_candidates_or_feedback_is_a_bad_response() -> None:
+    with pytest.raises(UpstreamBadResponse):
+        ADAPTER.translate_response(Endpoint.CHAT, {"usageMetadata": {}}, HELLO, "m")
+
+
+def test_legacy_completion_round_trip() -> None:
+    body = {"model": "m", "prompt": ["Once upon a time"], "max_tokens": 16, "stop": ["\n"], "temperature": 0}
+    assert sent(Endpoint.COMPLETIONS, body) == {
+        "contents": [{"role": "user", "parts": [{"text": "Once upon a time"}]}],
+        "generationConfig": {"maxOutputTokens": 16, "stopSequences": ["\n"], "temperature": 0},
+    }
+    gemini = load("response_text.json")["gemini"]
+    out = without_created(ADAPTER.translate_response(Endpoint.COMPLETIONS, gemini, body, "m"))
+    assert out["object"] == "text_completion" and out["id"] == "cmpl-tTCwacuEBMvnitYP06qsgQY"
+    assert out["choices"] == [
+        {"index": 0, "text": "Two dogs have eight paws.", "logprobs": None, "finish_reason": "stop"}
+    ]
+    assert out["usage"]["total_tokens"] == 38
+
+
+def test_embeddings_golden_and_base64() -> None:
+    fixture = load("embeddings.json")
+    request = ADAPTER.build_request(Endpoint.EMBEDDINGS, fixture["openai"], "text-embedding-004")
+    assert request.path == "/models/text-embedding-004:batchEmbedContents" and not request.stream
+    assert orjson.loads(request.body) == fixture["gemini"]
+    out = ADAPTER.translate_response(
+        Endpoint.EMBEDDINGS, fixture["gemini_response"], fixture["openai"], "text-embedding-004"
+    )
+    assert out == fixture["openai_response"]
+    as_base64 = {**fixture["openai"], "encoding_format": "base64"}
+    out = ADAPTER.translate_response(
+        Endpoint.EMBEDDINGS, fixture["gemini_response"], as_base64, "text-embedding-004"
+    )
+    for item, expected in zip(out["data"], fixture["openai_response"]["data"], strict=True):
+        raw = base64.b64decode(item["embedding"])
+        assert list(struct.unpack("<3f", raw)) == pytest.approx(expected["embedding"], rel=1e-6)
+    one = sent(Endpoint.EMBEDDINGS, {"model": "m", "input": "single"}, "text-embedding-004")
+    assert one == {
+        "requests": [{"model": "models/text-embedding-004", "content": {"parts": [{"text": "single"}]}}]
+    }
+
+
+# ----- streams
+
+
+STORY = (FIXTURES / "stream_story.sse").read_bytes()
+TOOLS = (FIXTURES / "stream_tools.sse").read_bytes()
+
+
+@pytest.mark.parametrize("sizes", [[len(STORY)], [1], [2], [3], [7], [64], [5, 1, 13, 2]])
+def test_documented_stream_translates_identically_however_it_is_split(sizes: list[int]) -> None:
+    out = chunks(translate_stream(STORY, sizes))
+    ids = {c.pop("id") for c in out}
+    assert len(ids) == 1 and ids.pop().startswith("chatcmpl-")
+    expected = load("stream_story.expected.json")["chunks"]
+    for chunk in expected:
+        del chunk["id"]
+    assert out == expected
+
+
+def test_stream_with_tool_calls_and_usage_in_random_splits() -> None:
+    expected = load("stream_tools.expected.json")["chunks"]
+    rng = random.Random(5)
+    for _ in range(20):
+        sizes = [rng.randint(1, 40) for _ in range(10)]
+        assert chunks(translate_stream(TOOLS, sizes)) == expected
+
+
+def test_usage_chunk_only_when_asked() -> None:
+    out = chunks(translate_stream(TOOLS, [len(TOOLS)], include_usage=False))
+    assert all("usage" not in c for c in out)
+    assert out[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_crlf_and_lf_streams_give_the_same_output() -> None:
+    lf = TOOLS.replace(b"\r\n", b"\n")
+    assert chunks(translate_stream(lf, [3])) == chunks(translate_stream(TOOLS, [3]))
+
+
+def test_each_event_is_translated_as_soon_as_it_is_complete() -> None:
+    translator = ADAPTER.stream_translator(Endpoint.CHAT, {"stream": True}, "m")
+    assert translator is not None
+    first, rest = STORY.split(b"\r\n\n", 1)
+    assert translator.feed(first) == b""  # no blank line yet: the event may go on
+    out = translator.feed(b"\r\n\n")
+    assert out.count(b"data: ") == 2 and b"sunlit cottage" in out  # role chunk and first text
+    assert b'finish_reason":"stop' not in out
+    assert b"Mittens" in translator.feed(rest.split(b"\n\n", 1)[0] + b"\n\n")
+
+
+def test_legacy_completion_stream() -> None:
+    out = chunks(translate_stream(STORY, [11], chat=False))
+    assert all(c["object"] == "text_completion" and "delta" not in c["choices"][0] for c in out)
+    assert "".join(c["choices"][0]["text"] for c in out).startswith("In the quaint")
+    assert out[-1]["choices"][0] == {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
+
+
+def test_a_stream_cut_before_a_finish_reason_is_an_error() -> None:
+    translator = ADAPTER.stream_translator(Endpoint.CHAT, {}, "m")
+    assert translator is not None
+    event = {"candidates": [{"content": {"parts": [{"text": "half"}], "role": "model"}, "index": 0}]}
+    assert b"half" in translator.feed(b"data: " + orjson.dumps(event) + b"\n\n")
+    with pytest.raises(UpstreamBadResponse):
+        translator.finish()
+
+
+def test_an_error_event_in_the_stream_raises_a_retryable_error() -> None:
+    translator = ADAPTER.stream_translator(Endpoint.CHAT, {}, "m")
+    assert translator is not None
+    event = {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
+    with pytest.raises(UpstreamStatusError) as err:
+        translator.feed(b"data: " + orjson.dumps(event) + b"\n\n")
+    assert err.value.upstream_status == 503 and is_retryable(err.value)
+
+
+def test_a_blocked_prompt_in_a_stream_is_content_filter() -> None:
+    event = {
+        "promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+        "usageMetadata": {"promptTokenCount": 4},
+    }
+    out = chunks(translate_stream(b"data: " + orjson.dumps(event) + b"\n\n", [9]))
+    assert [c["choices"][0]["finish_reason"] for c in out if c["choices"]] == [None, "content_filter"]
+    assert out[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 0, "total_tokens": 4}
+
+
+def test_a_last_event_without_its_blank_line_still_counts() -> None:
+    event = {"candidates": [{"content": {"parts": [{"text": "end"}]}, "finishReason": "STOP"}]}
+    out = chunks(translate_stream(b"data: " + orjson.dumps(event) + b"\n", [4]))
+    assert [c["choices"][0].get("delta") for c in out] == [
+        {"role": "assistant", "content": ""},
+        {"content": "end"},
+        {},
+    ]
+
+
+# ----- errors
+
+
+@pytest.mark.parametrize("case", load("errors.json")["cases"], ids=lambda c: c["name"])
+def test_errors_match_the_documented_codes(case: dict[str, Any]) -> None:
+    error = ADAPTER.translate_error(case["status"], orjson.dumps(case["body"]), None, "gem")
+    assert isinstance(error, UpstreamStatusError)
+    assert error.upstream_status == case["status"]
+    assert error.upstream_type == case["type"]
+    assert error.code == case["code"]
+    assert is_retryable(error) is case["retryable"]
+    assert error.retry_after_s == case["retry_after_s"]
+    assert error.http_status == case["client_status"]
+    assert error.message.startswith("gem: ") and error.provider == "gem"
+
+
+def test_a_retry_after_header_wins_over_retry_info_and_junk_bodies_still_map() -> None:
+    body = load("errors.json")["cases"][0]["body"]
+    assert ADAPTER.translate_error(429, orjson.dumps(body), 3.0, "gem").retry_after_s == 3.0
+    junk = ADAPTER.translate_error(502, b"<html>bad gateway</html>", None, "gem")
+    assert junk.message == "gem: Provider returned HTTP 502." and is_retryable(junk)
+    assert ADAPTER.translate_error(429, b"", None, "gem").upstream_type == "rate_limit_error"
+
+
+# ----- schemas
+
+
+def test_schema_idioms_gemini_lacks_are_rewritten() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "a": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+            "b": {"oneOf": [{"type": "integer"}, {"type": "boolean"}]},
+            "c": {"type": ["number", "string"]},
+            "d": {"const": "fixed", "format": "uri", "examples": ["x"]},
+            "e": {"allOf": [{"$ref": "#/definitions/Node"}], "description": "a tree"},
+            "f": {"type": "array", "items": {"enum": [1, 2]}, "minItems": 1},
+        },
+        "definitions": {"Node": {"type": "object", "properties": {"child": {"$ref": "#/definitions/Node"}}}},
+    }
+    assert gemini_schema(schema) == {
+        "type": "object",
+        "properties": {
+            "a": {"type": "string", "nullable": True, "default": None},
+            "b": {"anyOf": [{"type": "integer"}, {"type": "boolean"}]},
+            "c": {"anyOf": [{"type": "number"}, {"type": "string"}]},
+            "d": {"type": "string", "enum": ["fixed"]},
+            "e": {"type": "object", "properties": {"child": {"type": "object"}}, "description": "a tree"},
+            "f": {"type": "array", "items": {}, "minItems": 1},
+        },
+    }

@@ -1,0 +1,127 @@
+"""The Gemini flavor of the fake provider over real HTTP: wire format, key check, Google errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
+
+from gateway.testing.fake_provider import FakeConfig, build_app
+
+Client = TestClient[web.Request, web.Application]
+KEY = {"x-goog-api-key": "k"}
+ASK = {"contents": [{"role": "user", "parts": [{"text": "hello there"}]}]}
+WEATHER = {"functionDeclarations": [{"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"location": {"type": "string"}}}}]}  # fmt: skip
+
+
+async def fake(aiohttp_client: AiohttpClient, **config: Any) -> Client:
+    return await aiohttp_client(build_app(FakeConfig(flavor="gemini", **config)))
+
+
+async def post(
+    client: Client, target: str, body: object, headers: dict[str, str] | None = None
+) -> aiohttp.ClientResponse:
+    return await client.post(f"/v1beta/models/{target}", data=orjson.dumps(body), headers=headers or KEY)
+
+
+def events(text: str) -> list[Any]:
+    return [orjson.loads(e.removeprefix("data: ")) for e in text.split("\n\n") if e.strip()]
+
+
+async def test_generate_whole_and_streamed(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    resp = await post(
+        client, "gem:generateContent", {**ASK, "systemInstruction": {"parts": [{"text": "be nice"}]}}
+    )
+    body = await resp.json()
+    assert body["candidates"][0]["content"] == {"parts": [{"text": "Echo: hello there"}], "role": "model"}
+    assert body["candidates"][0]["finishReason"] == "STOP"
+    assert body["usageMetadata"] == {"promptTokenCount": 4, "candidatesTokenCount": 3, "totalTokenCount": 7}
+    resp = await client.post("/v1beta/models/gem:streamGenerateContent?alt=sse", data=orjson.dumps(ASK))
+    streamed = events(await resp.text())
+    assert "".join(e["candidates"][0]["content"]["parts"][0]["text"] for e in streamed) == "Echo: hello there"
+    assert [e["candidates"][0].get("finishReason") for e in streamed] == [None, None, None, "STOP"]
+    assert "usageMetadata" in streamed[-1] and "[DONE]" not in await resp.text()
+    assert (
+        await client.post("/v1beta/models/gem:streamGenerateContent", data=orjson.dumps(ASK))
+    ).status == 400
+
+
+async def test_limits_and_stop_sequences(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client, reply="one two three four")
+    config = {"generationConfig": {"maxOutputTokens": 2}}
+    body = await (await post(client, "gem:generateContent", {**ASK, **config})).json()
+    assert body["candidates"][0]["finishReason"] == "MAX_TOKENS"
+    assert body["candidates"][0]["content"]["parts"][0]["text"] == "one two"
+    config = {"generationConfig": {"stopSequences": [" three"]}}
+    body = await (await post(client, "gem:generateContent", {**ASK, **config})).json()
+    assert body["candidates"][0]["content"]["parts"][0]["text"] == "one two"
+
+
+async def test_function_calls_asked_forced_or_answered(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    asked = {
+        "contents": [{"role": "user", "parts": [{"text": "please call get_weather"}]}],
+        "tools": [WEATHER],
+    }
+    part = (await (await post(client, "gem:generateContent", asked)).json())["candidates"][0]["content"][
+        "parts"
+    ][0]
+    assert part["functionCall"] == {"name": "get_weather", "args": {"location": "location-value"}}
+    assert part["thoughtSignature"].startswith("fake-signature-")
+    forced = {**ASK, "tools": [WEATHER], "toolConfig": {"functionCallingConfig": {"mode": "ANY"}}}
+    body = await (await post(client, "gem:generateContent", forced)).json()
+    assert "functionCall" in body["candidates"][0]["content"]["parts"][0]
+    never = {**asked, "toolConfig": {"functionCallingConfig": {"mode": "NONE"}}}
+    body = await (await post(client, "gem:generateContent", never)).json()
+    assert body["candidates"][0]["content"]["parts"][0]["text"].startswith("Echo: please call")
+    answer = {
+        "role": "user",
+        "parts": [{"functionResponse": {"name": "get_weather", "response": {"result": "rain"}}}],
+    }
+    answered = {**asked, "contents": [*asked["contents"], {"role": "model", "parts": [part]}, answer]}
+    body = await (await post(client, "gem:generateContent", answered)).json()
+    assert body["candidates"][0]["content"]["parts"] == [{"text": "Echo: rain"}]
+
+
+async def test_embeddings_single_and_batch(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client, embedding_dim=4)
+    one = {"model": "models/emb", "content": {"parts": [{"text": "alpha"}]}}
+    single = await (await post(client, "emb:embedContent", one)).json()
+    batch = await (
+        await post(client, "emb:batchEmbedContents", {"requests": [one, {**one, "outputDimensionality": 2}]})
+    ).json()
+    assert len(single["embedding"]["values"]) == 4
+    assert batch["embeddings"][0] == single["embedding"] and len(batch["embeddings"][1]["values"]) == 2
+    resp = await post(client, "emb:batchEmbedContents", {"requests": [{**one, "model": "models/other"}]})
+    assert resp.status == 400 and (await resp.json())["error"]["status"] == "INVALID_ARGUMENT"
+
+
+async def test_key_checks_answer_as_google_does(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client, require_key="k")
+    missing = await post(client, "gem:generateContent", ASK, headers={"x-other": "1"})
+    assert missing.status == 403 and (await missing.json())["error"]["status"] == "PERMISSION_DENIED"
+    wrong = await post(client, "gem:generateContent", ASK, headers={"x-goog-api-key": "nope"})
+    error = (await wrong.json())["error"]
+    assert wrong.status == 400 and error["details"][0]["reason"] == "API_KEY_INVALID"
+    by_query = await client.post("/v1beta/models/gem:generateContent?key=k", data=orjson.dumps(ASK))
+    assert by_query.status == 200
+
+
+async def test_injected_errors_use_google_bodies(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client, error_rate=1.0, error_status=429)
+    resp = await post(client, "gem:generateContent", ASK)
+    error = (await resp.json())["error"]
+    assert resp.status == 429 and error["status"] == "RESOURCE_EXHAUSTED" and error["code"] == 429
+    assert error["details"] == [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}]
+    assert "Retry-After" not in resp.headers  # Gemini says it in RetryInfo
+    await client.post("/_fake/faults", data=orjson.dumps({"error_status": 503}))
+    resp = await post(client, "gem:generateContent", ASK)
+    assert resp.status == 503 and (await resp.json())["error"]["status"] == "UNAVAILABLE"
+    unknown = await post(client, "gem:countTokens", ASK)
+    assert unknown.status == 404 and (await unknown.json())["error"]["status"] == "NOT_FOUND"
