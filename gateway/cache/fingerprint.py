@@ -4,7 +4,8 @@ Canonical means parsed JSON re-serialised with sorted keys and no whitespace, so
 formatting do not matter, while every parameter that can change the answer (model, messages,
 temperature, top_p, tools, tool_choice, response_format, seed, max_tokens, stop, n, ...) does:
 the body is hashed whole, minus the few fields that only change delivery or bookkeeping. Streams
-and whole answers are cached apart (``stream`` is part of the key), since their bytes differ.
+and whole answers are cached apart (``stream`` and ``stream_options`` are part of the key), since
+their bytes differ (a stream with ``include_usage`` ends with a usage chunk).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 
 # Fields that do not change the answer: how it is delivered, or the caller's bookkeeping.
-_NOT_ANSWER_FIELDS = frozenset({"stream_options", "user", "metadata", "store", "service_tier"})
+_NOT_ANSWER_FIELDS = frozenset({"user", "metadata", "store", "service_tier"})
 _PROMPT_FIELDS = frozenset({"messages", "prompt", "input"})
 SHARED_TENANT = "*"
 

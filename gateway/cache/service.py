@@ -244,9 +244,9 @@ class ResponseCache:
             ttl_s = float(given)
         except ValueError:
             ttl_s = -1.0
-        if not 0 < ttl_s <= _MAX_TTL_S:
+        if not 1 <= ttl_s <= _MAX_TTL_S:
             raise InvalidRequest(
-                f"{TTL_HEADER} must be a number of seconds above 0 and at most {_MAX_TTL_S}.",
+                f"{TTL_HEADER} must be a number of seconds from 1 to {_MAX_TTL_S}.",
                 param=TTL_HEADER,
             )
         return ttl_s

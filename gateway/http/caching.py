@@ -79,7 +79,7 @@ async def _upstream(
         if reply.stream is not None:
             capture = bytearray() if plan.write else None
             response = await relay(request, reply, started_s, capture)
-            if capture and bytes(capture[-32:]).rstrip().endswith(b"data: [DONE]"):
+            if capture and _complete_stream(capture):
                 answer = CachedAnswer(bytes(capture), reply.target.provider, reply.target.model)
         else:
             response = json_response(reply.body or b"{}")
@@ -91,6 +91,11 @@ async def _upstream(
     finally:
         if lead:
             cache.flights.land(plan.key, answer)
+
+
+def _complete_stream(sse: bytearray) -> bool:
+    """A stream worth caching: it ended with ``[DONE]`` and no event in it was an error."""
+    return bytes(sse[-32:]).rstrip().endswith(b"data: [DONE]") and b'data: {"error"' not in sse
 
 
 def _tags(request: web.Request) -> frozenset[str]:

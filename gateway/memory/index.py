@@ -30,7 +30,8 @@ import logging
 import os
 import re
 import threading
-from collections.abc import AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ Matrix = npt.NDArray[np.float32]
 
 BUILD_BATCH = 1000  # rows per batch when building from the store (the seed's figure)
 _ADD_CHUNK = 64  # vectors added per hold of a namespace's lock
+_WRITER_WAIT_S = 0.05  # how long a writer lets waiting searches go first, per chunk
 _FORMAT = 1
 _MANIFEST = "index.json"
 _GRAPH_SUFFIX = ".usearch"
@@ -63,7 +65,18 @@ _LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError, Attribut
 class _Graph:
     """One namespace: its usearch graph, the id <-> key maps and a change counter for save()."""
 
-    __slots__ = ("ids", "index", "keys", "lock", "namespace", "next_key", "saved_version", "version")
+    __slots__ = (
+        "ids",
+        "index",
+        "keys",
+        "lock",
+        "namespace",
+        "next_key",
+        "saved_version",
+        "searches_waiting",
+        "turn",
+        "version",
+    )
 
     def __init__(self, namespace: str, index: Index) -> None:
         self.namespace = namespace
@@ -73,7 +86,29 @@ class _Graph:
         self.next_key = 0
         self.version = 1  # bumped on every change; saved_version is the one on disk
         self.saved_version = 0
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # held by every call into usearch and every map change
+        self.searches_waiting = 0  # guarded by turn
+        self.turn = threading.Condition(threading.Lock())
+
+    @contextmanager
+    def searching(self) -> Iterator[None]:
+        """Hold the lock for a search, counted so that a writer between chunks lets it in first."""
+        with self.turn:
+            self.searches_waiting += 1
+        try:
+            with self.lock:
+                yield
+        finally:
+            with self.turn:
+                self.searches_waiting -= 1
+                if not self.searches_waiting:
+                    self.turn.notify_all()
+
+    def let_searches_in(self) -> None:
+        """Wait (at most _WRITER_WAIT_S) until no search is waiting for the lock. Python's locks are
+        not fair: a writer re-taking the lock at once after each chunk would starve searches."""
+        with self.turn:
+            self.turn.wait_for(lambda: not self.searches_waiting, timeout=_WRITER_WAIT_S)
 
 
 class HnswIndex:
@@ -131,6 +166,7 @@ class HnswIndex:
         threads = 1 if len(ids) <= _ADD_CHUNK else 0  # 0: all cores, for bulk loads
         for start in range(0, len(ids), _ADD_CHUNK):
             chunk = ids[start : start + _ADD_CHUNK]
+            graph.let_searches_in()
             with graph.lock:
                 self._add_chunk(graph, chunk, matrix[start : start + _ADD_CHUNK], threads)
 
@@ -182,7 +218,7 @@ class HnswIndex:
         if graph is None or k <= 0:
             return []
         query = self._matrix(["query"], [vector])[0]
-        with graph.lock:
+        with graph.searching():
             if not graph.ids:
                 return []
             matches = graph.index.search(query, k, threads=1)

@@ -81,7 +81,9 @@ def test_namespaces_are_isolated(tmp_path: Path, rng: np.random.Generator) -> No
     index.add("slack_data", items("s", vectors[:10]))
     index.add("gong_data", items("g", vectors[10:]))
     assert index.namespaces() == ["gong_data", "slack_data"]
-    assert {i for i, _ in index.search("slack_data", vectors[12].tolist(), 20)} == {f"s{i}" for i in range(10)}
+    assert {i for i, _ in index.search("slack_data", vectors[12].tolist(), 20)} == {
+        f"s{i}" for i in range(10)
+    }
     assert index.search("gong_data", vectors[12].tolist(), 1)[0][0] == "g2"
     assert index.search("ai_web_research", vectors[0].tolist(), 5) == []
     # The same id in two namespaces is two memories.
