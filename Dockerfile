@@ -12,6 +12,9 @@ COPY --from=build /install /usr/local
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin sophia
 WORKDIR /app
 COPY routing_policies ./routing_policies
+# The embedded memory store and its index live in /app/data (mount a volume to keep them;
+# replicas that share memories use the Snowflake backend instead).
+RUN mkdir -p /app/data && chown 10001 /app/data
 USER 10001
 EXPOSE 8080
 # SIGTERM drains in-flight requests (server.drain_grace_s) before exiting 0.
