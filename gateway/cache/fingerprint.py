@@ -55,6 +55,17 @@ def prompt_text(body: Mapping[str, Any]) -> str:
     return _text(body.get("prompt", body.get("input")))
 
 
+def _numbers(value: Any) -> Any:
+    """``0.0`` and ``0`` (and ``1.0`` / ``1``) are the same parameter: make whole floats ints."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
 def _text(value: object) -> str:
     if isinstance(value, str):
         return value
@@ -66,5 +77,5 @@ def _text(value: object) -> str:
 
 
 def _digest(endpoint: str, tenant: str, body: Mapping[str, Any]) -> str:
-    canonical = orjson.dumps([endpoint, tenant, body], option=orjson.OPT_SORT_KEYS)
+    canonical = orjson.dumps([endpoint, tenant, _numbers(body)], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()

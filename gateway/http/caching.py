@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 from aiohttp import web
 
 from gateway import keys
@@ -19,6 +20,7 @@ from gateway.providers.base import Endpoint
 from gateway.wire.requests import JSONObject
 
 _FOLLOWER_WAIT_S = 300.0  # an identical in-flight request is waited for at most this long
+_MAX_FOLLOW_ROUNDS = 3  # leaders that may fail in a row before waiters give up and go alone
 
 
 async def respond(
@@ -32,15 +34,23 @@ async def respond(
         return await _upstream(request, endpoint, body, started_s, cache, plan, lead=False)
     if plan.read:
         answer = await cache.lookup(plan)
-        lead = True
-        if answer is None:
+        # Wait for an identical request already in flight. If its answer cannot be shared (it
+        # failed, or was not to be stored), the first waiter to wake leads the next try rather
+        # than all of them going upstream at once. Checking for a leader and becoming one happen
+        # with no await in between, so exactly one request leads at a time.
+        lead = False
+        for _ in range(_MAX_FOLLOW_ROUNDS):
+            if answer is not None:
+                break
             waiter = cache.flights.waiter(plan.key)
-            if waiter is not None:
-                lead = False
-                try:
-                    answer = await asyncio.wait_for(asyncio.shield(waiter), _FOLLOWER_WAIT_S)
-                except TimeoutError:
-                    answer = None
+            if waiter is None:
+                cache.flights.lead(plan.key)
+                lead = True
+                break
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(waiter), _FOLLOWER_WAIT_S)
+            except TimeoutError:
+                break
         if answer is not None:
             return await _hit(request, cache, plan, answer, stream)
         return await _upstream(request, endpoint, body, started_s, cache, plan, lead=lead)
@@ -69,8 +79,6 @@ async def _upstream(
 ) -> web.StreamResponse:
     request[keys.REQUEST_CACHE] = CacheOutcome(plan.status, plan.category)
     cache.count(plan.category, plan.status)
-    if lead:
-        cache.flights.lead(plan.key)
     answer: CachedAnswer | None = None
     try:
         reply = await request.app[keys.PROXY].call(endpoint, body, tags=_tags(request))
@@ -94,8 +102,24 @@ async def _upstream(
 
 
 def _complete_stream(sse: bytearray) -> bool:
-    """A stream worth caching: it ended with ``[DONE]`` and no event in it was an error."""
-    return bytes(sse[-32:]).rstrip().endswith(b"data: [DONE]") and b'data: {"error"' not in sse
+    """A stream worth caching: it ended with ``[DONE]`` and no event in it was an error.
+
+    SSE allows ``data:`` with or without a space, so lines are read, not byte patterns matched.
+    """
+    done = False
+    for line in bytes(sse).splitlines():
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        done = data == b"[DONE]"
+        if data.startswith(b"{") and b'"error"' in data:
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                return False  # a malformed event: not an answer to keep
+            if isinstance(event, dict) and "error" in event:
+                return False
+    return done
 
 
 def _tags(request: web.Request) -> frozenset[str]:

@@ -50,7 +50,7 @@ IndexRow = tuple[str, str, Sequence[float]]
 Matrix = npt.NDArray[np.float32]
 
 BUILD_BATCH = 1000  # rows per batch when building from the store (the seed's figure)
-_ADD_CHUNK = 64  # vectors added per hold of a namespace's lock
+_ADD_CHUNK = 32  # vectors added per hold of a namespace's lock (a few ms: bounds a search's wait)
 _WRITER_WAIT_S = 0.05  # how long a writer lets waiting searches go first, per chunk
 _FORMAT = 1
 _MANIFEST = "index.json"
@@ -73,6 +73,7 @@ class _Graph:
         "namespace",
         "next_key",
         "saved_version",
+        "searches_done",
         "searches_waiting",
         "turn",
         "version",
@@ -87,7 +88,8 @@ class _Graph:
         self.version = 1  # bumped on every change; saved_version is the one on disk
         self.saved_version = 0
         self.lock = threading.Lock()  # held by every call into usearch and every map change
-        self.searches_waiting = 0  # guarded by turn
+        self.searches_waiting = 0  # these two are guarded by turn
+        self.searches_done = 0
         self.turn = threading.Condition(threading.Lock())
 
     @contextmanager
@@ -101,14 +103,15 @@ class _Graph:
         finally:
             with self.turn:
                 self.searches_waiting -= 1
-                if not self.searches_waiting:
-                    self.turn.notify_all()
+                self.searches_done += 1
+                self.turn.notify_all()
 
     def let_searches_in(self) -> None:
-        """Wait (at most _WRITER_WAIT_S) until no search is waiting for the lock. Python's locks are
-        not fair: a writer re-taking the lock at once after each chunk would starve searches."""
+        """Wait until the searches waiting now have run (at most _WRITER_WAIT_S). Python's locks
+        are not fair: a writer re-taking the lock at once after each chunk would starve them."""
         with self.turn:
-            self.turn.wait_for(lambda: not self.searches_waiting, timeout=_WRITER_WAIT_S)
+            target = self.searches_done + self.searches_waiting
+            self.turn.wait_for(lambda: self.searches_done >= target, timeout=_WRITER_WAIT_S)
 
 
 class HnswIndex:

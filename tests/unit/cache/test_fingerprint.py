@@ -65,3 +65,9 @@ def test_semantic_scope_ignores_only_the_prompt() -> None:
     assert fingerprint.semantic_scope("/v1/chat/completions", "t", other_prompt) == scope
     assert fingerprint.semantic_scope("/v1/chat/completions", "t", {**BODY, "temperature": 1}) != scope
     assert fingerprint.prompt_text(BODY) == "user: What is our Q3 revenue?"
+
+
+def test_whole_floats_and_ints_are_the_same_number() -> None:
+    assert key({**BODY, "temperature": 0.0}) == key(BODY)
+    assert key({**BODY, "top_p": 1.0}) == key({**BODY, "top_p": 1})
+    assert key({**BODY, "top_p": 0.5}) != key({**BODY, "top_p": 1})

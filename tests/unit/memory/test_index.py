@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -247,6 +248,32 @@ async def test_build_from_async_and_sync_batches(tmp_path: Path, rng: np.random.
     index = HnswIndex(tmp_path / "sync")
     assert await index.build([rows[:1000], rows[1000:]]) == 2500
     assert len(index) == 2500
+
+
+def test_searches_and_writes_from_several_threads(tmp_path: Path, rng: np.random.Generator) -> None:
+    vectors = unit_vectors(rng, 3000, 16)
+    index = HnswIndex(tmp_path)
+    index.add("facts", items("m", vectors[:1000]))
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for start in range(1000, 3000, 500):
+                index.add("facts", items("m", vectors[: start + 500])[start:])
+                index.remove("facts", [f"m{start}"])
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    searches = 0
+    while writer.is_alive() or searches < 50:
+        hits = index.search("facts", vectors[searches % 1000].tolist(), 5)
+        assert hits[0][0] == f"m{searches % 1000}"
+        searches += 1
+    writer.join()
+    assert not errors
+    assert len(index) == 3000 - 4
 
 
 def test_recall_at_10_against_brute_force(tmp_path: Path) -> None:
