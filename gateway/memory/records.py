@@ -146,6 +146,15 @@ class VectorIndex(Protocol):
 
     def namespaces(self) -> list[str]: ...
 
+    @property
+    def ndim(self) -> int | None:
+        """The dimension every vector must have; None until the first vector."""
+        ...
+
+    def clear(self) -> None:
+        """Forget every vector (before a rebuild)."""
+        ...
+
     def save(self) -> None:
         """Persist every namespace's graph and id map to the index directory."""
         ...

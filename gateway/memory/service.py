@@ -32,6 +32,7 @@ TextEmbedder = Callable[[str, Sequence[str]], Awaitable[list[list[float]]]]
 
 _BUILD_BATCH = 1000
 _FLUSH_EVERY_S = 1.0
+_SAVE_EVERY_ROUNDS = 30  # the index is saved every 30 flushes (~30 s) when it changed
 _SEARCH_CACHE_MAX = 10_000
 
 
@@ -79,7 +80,10 @@ class MemoryService:
         """Open the store, load the persisted index or rebuild it from the store."""
         await self.store.start()
         loaded = await asyncio.to_thread(self.index.load)
-        if not loaded:
+        # An index saved before a crash misses the memories written after it: rebuild it from
+        # the stored embeddings (no re-embedding) when it does not hold as many as the store.
+        if not loaded or len(self.index) != await self.store.count():
+            self.index.clear()
             count = await self.rebuild_index()
             log.info("memory index rebuilt from the store", extra={"fields": {"memories": count}})
         self._flusher = asyncio.create_task(self._flush_loop())
@@ -95,22 +99,34 @@ class MemoryService:
 
     async def rebuild_index(self) -> int:
         """Add every stored embedding to the index, in batches of 1,000; returns how many."""
-        count = 0
+        count = skipped = 0
         async for batch in self.store.scan_embeddings(_BUILD_BATCH):
             by_namespace: dict[str, list[tuple[str, Sequence[float]]]] = {}
             for memory_id, namespace, vector in batch:
+                ndim = self.index.ndim
+                if ndim is not None and len(vector) != ndim:
+                    skipped += 1  # another embedding model's vector: unsearchable, not fatal
+                    continue
                 by_namespace.setdefault(namespace, []).append((memory_id, vector))
+                if ndim is None:
+                    self.index.add(namespace, by_namespace.pop(namespace))  # fixes the dimension
             for namespace, items in by_namespace.items():
                 self.index.add(namespace, items)
             count += len(batch)
+        if skipped:
+            log.warning(
+                "memory: stored vectors of another dimension were left out of the index",
+                extra={"fields": {"skipped": skipped, "ndim": self.index.ndim}},
+            )
         await asyncio.to_thread(self.index.save)
-        return count
+        return count - skipped
 
     # ----- writes
 
     async def add(self, items: Sequence[NewMemory]) -> list[Memory]:
         """Store new memories, embedding those that came without a vector."""
         vectors = await self._vectors_for([i.content for i in items if i.embedding is None])
+        self._check_dimensions([*vectors, *(i.embedding for i in items if i.embedding is not None)])
         supplied = iter(vectors)
         memories = []
         for item in items:
@@ -148,6 +164,8 @@ class MemoryService:
         if patch.content is not None and patch.embedding is None:
             vector = (await self._vectors_for([patch.content]))[0]
             patch = replace(patch, embedding=tuple(vector))
+        if patch.embedding is not None:
+            self._check_dimensions([patch.embedding])
         before = await self.get(memory_id)
         updated = await self.store.update(memory_id, patch)
         if updated is None:
@@ -249,10 +267,14 @@ class MemoryService:
             raise
 
     async def _flush_loop(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(_FLUSH_EVERY_S)
+            rounds += 1
             try:
                 await self.flush_access()
+                if rounds % _SAVE_EVERY_ROUNDS == 0:
+                    await asyncio.to_thread(self.index.save)  # bounds what a crash loses
             except Exception:  # a failing store must not kill the loop; counts wait for the next
                 log.warning("memory: could not write access counts; will retry", exc_info=True)
 
@@ -290,6 +312,17 @@ class MemoryService:
                 param="embedding",
             )
         return await self._embed(model, texts)
+
+    def _check_dimensions(self, vectors: Sequence[Sequence[float]]) -> None:
+        """Refuse vectors the index cannot hold, before anything is written."""
+        expected = self.index.ndim or (len(vectors[0]) if vectors else None)
+        for vector in vectors:
+            if len(vector) != expected:
+                raise InvalidRequest(
+                    f"Embedding has {len(vector)} dimensions; this memory holds {expected}-dimensional "
+                    "vectors (one embedding model for all memories).",
+                    param="embedding",
+                )
 
     def _index_add(self, namespace: str, items: Sequence[tuple[str, Sequence[float]]]) -> None:
         try:
@@ -330,6 +363,10 @@ class MemoryService:
         self._cache[key] = (self._clock(), namespaces, scored)
         if len(self._cache) > _SEARCH_CACHE_MAX:
             self._cache.popitem(last=False)
+
+    def invalidate(self, namespaces: set[str]) -> None:
+        """Drop cached searches over any of ``namespaces`` (after a change the cache cannot see)."""
+        self._invalidate(namespaces)
 
     def _invalidate(self, namespaces: set[str]) -> None:
         stale = [k for k, (_, spaces, _) in self._cache.items() if spaces & namespaces]

@@ -1,0 +1,488 @@
+"""The memory service end to end: real gateway processes over a real fake provider.
+
+The fake embeds with ``--embedding-kind words`` (bag of words, 64 dimensions), so texts sharing
+words are close; the gateway embeds memories and queries through its own ``embed`` model group.
+Each gateway runs in its own temporary directory, where its SQLite file and HNSW index live
+(``data/``), so a restart on the same directory finds them again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.testing.process import ManagedProcess, start
+from tests.e2e.routing_support import metric_value
+
+REPO = Path(__file__).resolve().parents[2]
+EMBEDDINGS = "/v1/embeddings"
+REBUILT = "memory index rebuilt from the store"  # what the gateway logs when it did not load the index
+PRUNE_IDLE_DAYS = 0.00001  # 0.864 s: memories made a moment ago are already "idle" for the prune test
+
+
+def policy_text(fake_url: str, memory: str = "") -> str:
+    return textwrap.dedent(
+        f"""\
+        version: 1
+        providers:
+          fake:
+            kind: openai
+            base_url: {fake_url}/v1
+        models:
+          chat:
+            deployments:
+              - {{provider: fake, model: upstream-chat}}
+          embed:
+            deployments:
+              - {{provider: fake, model: upstream-embed}}
+        memory:
+          embedding_model: embed
+        """
+    ) + textwrap.indent(memory, "  ")
+
+
+def start_gateway(policy: Path, cwd: Path) -> ManagedProcess:
+    return start(
+        ["serve", "--policy", str(policy), "--port", "0"], cwd=str(cwd), env={"SOPHIA_LOG_FORMAT": "text"}
+    )
+
+
+def call(method: str, url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=20) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def text_of(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+@dataclass
+class Fake:
+    process: ManagedProcess
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    def stats(self) -> dict[str, Any]:
+        status, body = call("GET", self.url + "/_fake/stats")
+        assert status == 200
+        return dict(body)
+
+    def embedding_calls(self) -> int:
+        return int(self.stats()["by_path"].get(EMBEDDINGS, 0))
+
+
+@dataclass
+class Gateway:
+    process: ManagedProcess
+    cwd: Path
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    def add(self, *memories: dict[str, Any]) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"memories": list(memories)} if len(memories) > 1 else memories[0]
+        status, answer = call("POST", self.url + "/v1/memory", body)
+        assert status == 201, answer
+        assert answer["object"] == "list" and len(answer["data"]) == len(memories)
+        return list(answer["data"])
+
+    def search(self, **body: Any) -> list[dict[str, Any]]:
+        status, answer = call("POST", self.url + "/v1/memory/search", body)
+        assert status == 200, answer
+        return list(answer["data"])
+
+    def index_vectors(self) -> float:
+        value = metric_value(text_of(self.url + "/metrics"), "gateway_memory_index_vectors")
+        assert value is not None, "gateway_memory_index_vectors is not exported"
+        return value
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[Fake]:
+    process = start(["fake-provider", "--port", "0", "--embedding-kind", "words", "--embedding-dim", "64"])
+    try:
+        yield Fake(process)
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(fake: Fake, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    cwd = tmp_path_factory.mktemp("memory-gateway")
+    policy = cwd / "policy.yaml"
+    policy.write_text(policy_text(fake.url))
+    process = start_gateway(policy, cwd)
+    try:
+        yield Gateway(process, cwd)
+    finally:
+        assert process.stop() == 0
+
+
+def ids(hits: list[dict[str, Any]]) -> list[str]:
+    return [h["memory"]["id"] for h in hits]
+
+
+def manifest_file(cwd: Path) -> tuple[int, int]:
+    """The index manifest's inode and mtime: every save (a rebuild saves) replaces the file."""
+    stat = (cwd / "data" / "memory-index" / "index.json").stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def wait_for_output(process: ManagedProcess, text: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in process.output:
+        assert time.monotonic() < deadline, f"{text!r} never appeared in:\n{process.output}"
+        time.sleep(0.05)
+
+
+# ----- the API
+
+
+def test_create_get_patch_delete(gateway: Gateway) -> None:
+    [one] = gateway.add({"namespace": "crud", "content": "the deploy is on Friday", "data_source": "slack"})
+    assert one["object"] == "memory" and one["row_version"] == 1 and one["processing_status"] == "active"
+    assert len(one["embedding"]) == 64  # embedded through the gateway's own embeddings routing
+    batch = gateway.add(
+        {"namespace": "crud", "content": "renewal in March", "id": "crud-renewal", "importance_score": 0.8},
+        {"namespace": "crud", "content": "SSO requested", "metadata": {"call": 7}, "embedding": [0.5] * 64},
+    )
+    assert batch[0]["id"] == "crud-renewal" and batch[1]["embedding"] == [0.5] * 64
+
+    status, got = call("GET", f"{gateway.url}/v1/memory/{one['id']}")
+    assert status == 200 and got == one
+    status, got = call("GET", f"{gateway.url}/v1/memory/{batch[1]['id']}")
+    assert status == 200 and got["metadata"] == {"call": 7}
+
+    status, patched = call("PATCH", f"{gateway.url}/v1/memory/crud-renewal", {"importance_score": 0.3})
+    assert status == 200
+    assert (patched["row_version"], patched["importance_score"], patched["content"]) == (
+        2,
+        0.3,
+        "renewal in March",
+    )
+    status, patched = call(
+        "PATCH", f"{gateway.url}/v1/memory/crud-renewal", {"content": "renewal moved to June"}
+    )
+    assert status == 200 and patched["row_version"] == 3 and patched["embedding"] != batch[0]["embedding"]
+    assert ids(gateway.search(query="when is the renewal moved to June", namespaces=["crud"], top_k=1)) == [
+        "crud-renewal"
+    ]
+
+    status, gone = call("DELETE", f"{gateway.url}/v1/memory/crud-renewal")
+    assert status == 200 and gone == {"id": "crud-renewal", "object": "memory.deleted", "deleted": True}
+    status, err = call("GET", f"{gateway.url}/v1/memory/crud-renewal")
+    assert status == 404 and err["error"]["code"] == "memory_not_found"
+    assert "crud-renewal" not in ids(gateway.search(query="renewal moved to June", namespaces=["crud"]))
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
+def test_unknown_id_is_404(gateway: Gateway, method: str) -> None:
+    body = {"importance_score": 0.1} if method == "PATCH" else None
+    status, err = call(method, f"{gateway.url}/v1/memory/no-such-memory", body)
+    assert status == 404
+    assert err["error"]["code"] == "memory_not_found" and err["error"]["type"] == "invalid_request_error"
+    assert "no-such-memory" in err["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param"),
+    [
+        ("POST", "/v1/memory", {"content": "no namespace"}, "namespace"),
+        ("POST", "/v1/memory", {"namespace": "has space", "content": "x"}, "namespace"),
+        ("POST", "/v1/memory", {"namespace": "ns"}, "content"),
+        (
+            "POST",
+            "/v1/memory",
+            {"namespace": "ns", "content": "x", "confidence_score": 2},
+            "confidence_score",
+        ),
+        ("POST", "/v1/memory", {"namespace": "ns", "content": "x", "colour": "red"}, "colour"),
+        ("POST", "/v1/memory", {"memories": []}, "memories"),
+        (
+            "POST",
+            "/v1/memory",
+            {"memories": [{"namespace": "ns", "content": "fine"}, {"namespace": "ns", "content": ""}]},
+            "memories.1.content",
+        ),
+        ("PATCH", "/v1/memory/any", {"processing_status": "deleted"}, "processing_status"),
+        ("PATCH", "/v1/memory/any", {"namespace": "other"}, "namespace"),
+        ("POST", "/v1/memory/search", {"query": "x", "top_k": 0}, "top_k"),
+        ("POST", "/v1/memory/search", {"query": "x", "min_confidence": -1}, "min_confidence"),
+    ],
+)
+def test_bad_bodies_are_400_naming_the_field(
+    gateway: Gateway, method: str, path: str, body: dict[str, Any], param: str
+) -> None:
+    before = gateway.index_vectors()
+    status, err = call(method, gateway.url + path, body)
+    assert status == 400, err
+    assert set(err) == {"error"} and set(err["error"]) == {"message", "type", "param", "code"}
+    assert err["error"]["type"] == "invalid_request_error" and err["error"]["param"] == param
+    assert f"'{param}'" in err["error"]["message"]
+    assert gateway.index_vectors() == before  # nothing was written
+
+
+def test_bodies_that_are_not_memory_json_are_400(gateway: Gateway) -> None:
+    status, err = call("POST", gateway.url + "/v1/memory", raw=b"{not json")
+    assert status == 400 and err["error"]["type"] == "invalid_request_error"
+    status, err = call("POST", gateway.url + "/v1/memory/search", {"query": "x", "vector": [1.0]})
+    assert status == 400 and "exactly one of 'query'" in err["error"]["message"]
+    status, err = call("POST", gateway.url + "/v1/memory/search", {"top_k": 3})
+    assert status == 400 and "'query'" in err["error"]["message"]
+
+
+def test_search_by_query_text_and_by_vector(gateway: Gateway) -> None:
+    made = gateway.add(
+        {"namespace": "finance", "content": "Q3 revenue was 12 million", "data_source": "gong"},
+        {"namespace": "finance", "content": "The office moves to Berlin in May", "data_source": "slack"},
+        {"namespace": "finance", "content": "Alice leads the platform team", "data_source": "slack"},
+    )
+    revenue, office, _ = made
+    hits = gateway.search(query="what was the Q3 revenue", namespaces=["finance"], top_k=3)
+    assert ids(hits)[0] == revenue["id"] and len(hits) == 3
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[1]
+    assert "embedding" not in hits[0]["memory"]  # search answers leave the vectors out
+
+    by_vector = gateway.search(vector=office["embedding"], namespaces=["finance"], top_k=1)
+    assert ids(by_vector) == [office["id"]] and by_vector[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    slack_only = gateway.search(query="what was the Q3 revenue", namespaces=["finance"], data_source="slack")
+    assert revenue["id"] not in ids(slack_only) and len(slack_only) == 2
+
+
+def test_memory_augmented_chat(gateway: Gateway, fake: Fake) -> None:
+    revenue, board, _ = gateway.add(
+        {"namespace": "kb", "content": "Q3 revenue was 12 million"},
+        {"namespace": "kb", "content": "the Q3 board meeting reviewed revenue"},
+        {"namespace": "kb", "content": "the cafeteria serves pasta on Mondays"},
+    )
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=0, timeout=20)
+    raw = client.chat.completions.with_raw_response.create(
+        model="chat",
+        messages=[
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "what was the Q3 revenue"},
+        ],
+        extra_body={"memory": {"namespaces": ["kb"], "top_k": 2}},
+    )
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-gateway-memory-ids"].split(",") == [revenue["id"], board["id"]]
+
+    seen = fake.stats()["last_request"]
+    assert seen["path"] == "/v1/chat/completions"
+    upstream = seen["body"]
+    assert "memory" not in upstream
+    messages = upstream["messages"]
+    assert [m["role"] for m in messages] == ["system", "system", "user"]
+    assert messages[0]["content"] == "You are terse."  # the client's own system message stays first
+    context = messages[1]["content"]
+    assert f"[{revenue['id']}] Q3 revenue was 12 million" in context
+    assert f"[{board['id']}] the Q3 board meeting reviewed revenue" in context
+    assert "cafeteria" not in context
+    assert messages[2] == {"role": "user", "content": "what was the Q3 revenue"}
+
+    raw = client.chat.completions.with_raw_response.create(
+        model="chat",
+        messages=[{"role": "user", "content": "what was the Q3 revenue"}],
+        extra_headers={"x-gateway-memory": "kb", "x-gateway-memory-top-k": "1"},
+    )
+    assert raw.headers["x-gateway-memory-ids"] == revenue["id"]
+    upstream = fake.stats()["last_request"]["body"]
+    assert [m["role"] for m in upstream["messages"]] == ["system", "user"]
+    assert "Q3 revenue was 12 million" in upstream["messages"][0]["content"]
+    assert "board meeting" not in upstream["messages"][0]["content"]
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"memory": {"namespaces": []}},
+        )
+    assert bad.value.param == "memory.namespaces"
+
+
+def test_index_size_is_exported(gateway: Gateway) -> None:
+    before = gateway.index_vectors()
+    [made] = gateway.add({"namespace": "metrics", "content": "counted", "embedding": [0.25] * 64})
+    assert gateway.index_vectors() == before + 1
+    assert call("DELETE", f"{gateway.url}/v1/memory/{made['id']}")[0] == 200
+    assert gateway.index_vectors() == before
+
+
+# ----- restarts and pruning, each on a gateway of its own
+
+
+def test_restart_loads_the_index_and_does_not_re_embed(fake: Fake, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text(fake.url))
+    first = Gateway(start_gateway(policy, tmp_path), tmp_path)
+    try:
+        calls = fake.embedding_calls()
+        made = first.add(
+            {"namespace": "restart", "content": "Q3 revenue was 12 million"},
+            {"namespace": "restart", "content": "the office moves to Berlin"},
+            {"namespace": "other", "content": "Alice leads the platform team"},
+        )
+        assert fake.embedding_calls() == calls + 1  # one call embeds the whole batch
+        assert first.index_vectors() == 3
+    finally:
+        assert first.process.stop() == 0
+    wait_for_output(first.process, REBUILT)  # the first start found no index and built one
+    assert (tmp_path / "data" / "memory.sqlite3").exists()
+    assert (tmp_path / "data" / "memory-index" / "index.json").exists()
+
+    calls = fake.embedding_calls()
+    saved = manifest_file(tmp_path)
+    second = Gateway(start_gateway(policy, tmp_path), tmp_path)
+    try:
+        assert manifest_file(tmp_path) == saved  # loaded: a rebuild would have saved a new one
+        assert second.index_vectors() == 3  # before any search: the index came from disk
+        assert fake.embedding_calls() == calls  # nothing re-embedded at start
+        hits = second.search(query="tell me the Q3 revenue", top_k=3)
+        assert ids(hits)[0] == made[0]["id"] and sorted(ids(hits)) == sorted(m["id"] for m in made)
+        assert fake.embedding_calls() == calls + 1  # only the query itself
+    finally:
+        assert second.process.stop() == 0
+    assert REBUILT not in second.process.output
+
+
+def test_prune_dry_run_then_real(fake: Fake, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        policy_text(
+            fake.url,
+            f"pruning: {{idle_days: {PRUNE_IDLE_DAYS}, min_importance: 0.7, min_access_count: 5, "
+            "interval_s: 3600}\n",
+        )
+    )
+    gw = Gateway(start_gateway(policy, tmp_path), tmp_path)
+    try:
+        made = gw.add(
+            {
+                "namespace": "notes",
+                "id": "keep-important",
+                "content": "board approved budget",
+                "importance_score": 0.9,
+            },
+            {
+                "namespace": "notes",
+                "id": "keep-often",
+                "content": "wifi password rotates",
+                "importance_score": 0.2,
+            },
+            {"namespace": "notes", "id": "drop-low", "content": "lunch was late", "importance_score": 0.2},
+            {
+                "namespace": "notes",
+                "id": "drop-mid",
+                "content": "printer jammed twice",
+                "importance_score": 0.5,
+            },
+            {
+                "namespace": "chatter",
+                "id": "drop-other",
+                "content": "someone liked a post",
+                "importance_score": 0.1,
+            },
+            {
+                "namespace": "chatter",
+                "id": "keep-other",
+                "content": "CEO announced merger",
+                "importance_score": 0.95,
+            },
+        )
+        # keep-often is read five times (min_access_count), so it stays though idle and unimportant.
+        for _ in range(5):
+            assert ids(gw.search(query="wifi password rotates", namespaces=["notes"], top_k=1)) == [
+                "keep-often"
+            ]
+        deadline = time.monotonic() + 15
+        while call("GET", f"{gw.url}/v1/memory/keep-often")[1]["access_count"] < 5:
+            assert time.monotonic() < deadline, "access counts were never flushed"
+            time.sleep(0.1)
+    finally:
+        assert gw.process.stop() == 0
+
+    # Everything was created over PRUNE_IDLE_DAYS ago before pruning runs (wait for it if need be).
+    newest = max(datetime.fromisoformat(m["created_at"]) for m in made)
+    idle = timedelta(days=PRUNE_IDLE_DAYS)
+    deadline = time.monotonic() + 15
+    while datetime.now(UTC) - newest <= idle + timedelta(seconds=0.2):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    def stored() -> list[str]:
+        with sqlite3.connect(tmp_path / "data" / "memory.sqlite3") as db:
+            return sorted(row[0] for row in db.execute("SELECT id FROM memories"))
+
+    everything = sorted(m["id"] for m in made)
+    dry = prune(policy, tmp_path, "--dry-run")
+    assert dry == [
+        "chatter: would archive 0, delete 0 past retention, 0 below confidence, 1 idle and low-value",
+        "notes: would archive 0, delete 0 past retention, 0 below confidence, 2 idle and low-value",
+        "total: would delete 3",
+    ]
+    assert stored() == everything
+
+    real = prune(policy, tmp_path)
+    assert real[-1] == "total: did delete 3"
+    assert real[:2] == [line.replace("would", "did") for line in dry[:2]]
+    kept = ["keep-important", "keep-often", "keep-other"]
+    assert stored() == kept
+    assert prune(policy, tmp_path, "--dry-run")[-1] == "total: would delete 0"
+
+    # The gateway starts on the pruned store with the index the prune saved, without the deleted.
+    saved = manifest_file(tmp_path)
+    gw = Gateway(start_gateway(policy, tmp_path), tmp_path)
+    try:
+        assert manifest_file(tmp_path) == saved  # loaded, not rebuilt
+        assert gw.index_vectors() == 3
+        for gone, text in (("drop-low", "lunch was late"), ("drop-other", "someone liked a post")):
+            assert call("GET", f"{gw.url}/v1/memory/{gone}")[0] == 404
+            assert gone not in ids(gw.search(query=text, top_k=10))
+        assert sorted(ids(gw.search(query="anything at all", top_k=10))) == kept
+    finally:
+        assert gw.process.stop() == 0
+    assert REBUILT not in gw.process.output
+
+
+def prune(policy: Path, cwd: Path, *flags: str) -> list[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "memory", "prune", "--policy", str(policy), *flags],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
