@@ -230,3 +230,19 @@ async def test_a_provider_kind_that_cannot_serve_is_not_asked_twice() -> None:
     attempt, tried = fails({"a": [UnsupportedByProvider("anthropic", "embeddings")]})
     routed = await router().call(ctx(), attempt)
     assert routed.target.provider == "b" and tried == ["a", "b"]
+
+
+def test_cost_is_counted_from_policy_prices_and_reported_usage() -> None:
+    text = POLICY.replace(
+        "solo: {deployments: [{provider: a, model: s1}]}",
+        "solo: {deployments: [{provider: a, model: s1, price: {input_per_mtok: 2.0, output_per_mtok: 8.0}}]}",
+    )
+    r = router(text=text)
+    target = r.plan(ctx("solo"))[0]
+    cost = r.record_usage("solo", target, 1000, 500)
+    assert cost == (1000 * 2.0 + 500 * 8.0) / 1_000_000
+    value = r._metrics.registry.get_sample_value(
+        "gateway_cost_usd_total", {"model": "solo", "provider": "a", "upstream_model": "s1"}
+    )
+    assert value == cost
+    assert r.snapshot()["models"]["solo"]["deployments"][0]["stats"]["cost_usd"] == round(cost, 6)
