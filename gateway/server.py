@@ -7,6 +7,7 @@ On a signal the gateway stops accepting connections, reports not-ready, lets in-
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -41,6 +42,10 @@ async def _serve(app: web.Application, host: str, port: int) -> int:
     try:
         site = web.TCPSite(runner, host, port, backlog=1024, shutdown_timeout=grace_s)
         await site.start()
+        # Everything built at start-up lives as long as the process: move it out of the
+        # collector's reach, so full collections scan only per-request garbage (p99 pauses).
+        gc.collect()
+        gc.freeze()
         bound = ", ".join(f"http://{h}:{p}" for h, p in _bound_addresses(runner))
         log.info("listening", extra={"fields": {"address": bound, "policy": settings.policy_path}})
         print(f"sophia-gateway listening on {bound}", flush=True)
