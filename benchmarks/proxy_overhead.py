@@ -44,6 +44,13 @@ wrk.body = [[%s]]
 """
 
 
+def this_checkout_env(**extra: str) -> dict[str, str]:
+    """Environment for the processes started here: they import ``gateway`` from this checkout
+    (not whatever an editable install points at, as ``serve`` may run in another directory)."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": str(ROOT) + (os.pathsep + path if path else ""), **extra}
+
+
 def ensure_wrk() -> str:
     found = shutil.which("wrk")
     if found:
@@ -129,10 +136,18 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     args = parser.parse_args()
     wrk = ensure_wrk()
-    fake = start(["fake-provider", "--port", "0"], cpu=1)
+    fake = start(["fake-provider", "--port", "0"], cpu=1, env=this_checkout_env())
     policy = Path(tempfile.mkdtemp()) / "bench.yaml"
     policy.write_text(policy_text(fake.url))
-    gateway = start(["serve", "--policy", str(policy), "--port", "0"], cpu=0, env={"SOPHIA_ACCESS_LOG": "0"})
+    try:
+        gateway = start(
+            ["serve", "--policy", str(policy), "--port", "0"],
+            cpu=0,
+            env=this_checkout_env(SOPHIA_ACCESS_LOG="0"),
+        )
+    except BaseException:
+        fake.stop()  # do not leave the fake running when the gateway cannot start
+        raise
     results: dict[tuple[str, int], dict[str, float]] = {}
     spread: dict[str, int] = {}
     admin: object = None

@@ -15,8 +15,8 @@ missing, corrupt or mismatched, and the service then rebuilds from the store.
 
 Threads: usearch releases the GIL while it adds or searches, and neither its per-thread search
 contexts nor its growth on add are safe against a concurrent call, so each namespace has a lock
-held by every call into its graph. At 100,000 384-dimensional memories (bf16, expansion_search
-128) a search takes ~0.7 ms, p99 ~1 ms, on one core (benchmarks/memory_index.py), so it may run on
+held by every call into its graph. At 100,000 384-dimensional memories (f32, expansion_search
+128) a search takes ~1.3 ms, p99 < 2 ms, on one core (benchmarks/memory_index.py), so it may run on
 the event loop thread or in worker threads; an add costs ~0.4-0.7 ms of CPU per vector, so
 batches belong in a worker thread (``build_index`` does that). ``add`` takes the lock for
 ``ADD_CHUNK`` vectors at a time and lets waiting searches in between chunks, so a search waits
@@ -122,8 +122,9 @@ class HnswIndex:
     ``connectivity`` and ``expansion_add`` shape the graph as it is built (the seed asks 16 and
     200); ``expansion_search`` trades search time for recall and can differ between runs (128:
     recall@10 0.96 on embedding-like vectors at 100,000, where 64 gives 0.86).
-    ``dtype`` is how usearch stores vectors: bf16 (usearch's default) has the recall of f32 at
-    half the memory and twice the build and search speed; similarities are within 0.001 of f32.
+    ``dtype`` is how usearch stores vectors: f32 returns exact similarities; bf16 (usearch's own
+    default) had the recall of f32 at half the memory and twice the build and search speed in
+    the benchmark, with similarities off by up to ~0.001.
     """
 
     def __init__(
@@ -134,7 +135,7 @@ class HnswIndex:
         connectivity: int = 16,
         expansion_add: int = 200,
         expansion_search: int = 128,
-        dtype: str = "bf16",
+        dtype: str = "f32",
     ) -> None:
         if ndim is not None and ndim <= 0:
             raise ValueError(f"ndim must be positive, got {ndim}")
