@@ -16,11 +16,12 @@ missing, corrupt or mismatched, and the service then rebuilds from the store.
 Threads: usearch releases the GIL while it adds or searches, and neither its per-thread search
 contexts nor its growth on add are safe against a concurrent call, so each namespace has a lock
 held by every call into its graph. At 100,000 384-dimensional memories (f32, expansion_search
-128) a search takes ~1.3 ms, p99 < 2 ms, on one core (benchmarks/memory_index.py), so it may run on
-the event loop thread or in worker threads; an add costs ~0.4-0.7 ms of CPU per vector, so
-batches belong in a worker thread (``build_index`` does that). ``add`` takes the lock for
-``ADD_CHUNK`` vectors at a time and lets waiting searches in between chunks, so a search waits
-for one chunk of a bulk load (p99 under 20 ms in the benchmark), never for a whole batch.
+128) a search takes ~1.5 ms, p99 ~2 ms, on one core (benchmarks/memory_index.py), so it may run
+on the event loop thread or in worker threads; an add costs ~1.5 ms of CPU per vector (1,300
+vectors/s on two cores), so batches belong in a worker thread (``build_index`` does that).
+``add`` takes the lock for ``ADD_CHUNK`` vectors at a time and lets waiting searches in between
+chunks, so a search waits for one chunk of a bulk load (p99 ~30 ms in the benchmark), never for
+a whole batch.
 """
 
 from __future__ import annotations
@@ -113,6 +114,9 @@ class _Graph:
         with self.turn:
             target = self.searches_done + self.searches_waiting
             self.turn.wait_for(lambda: self.searches_done >= target, timeout=_WRITER_WAIT_S)
+
+
+_EXACT_SEARCH_MAX = 2048
 
 
 class HnswIndex:
@@ -228,7 +232,10 @@ class HnswIndex:
         with graph.searching():
             if not graph.ids:
                 return []
-            matches = graph.index.search(query, min(k, len(graph.ids)), threads=1)
+            # Small namespaces are searched exactly (brute force costs less than the graph walk
+            # there, and removals cannot leave unreachable nodes out of the answer).
+            exact = len(graph.ids) <= _EXACT_SEARCH_MAX
+            matches = graph.index.search(query, min(k, len(graph.ids)), threads=1, exact=exact)
             assert isinstance(matches, Matches)
             keys: list[int] = matches.keys.tolist()
             distances: list[float] = matches.distances.tolist()
