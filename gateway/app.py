@@ -58,7 +58,9 @@ def build_app(settings: Settings, policy: Policy, env: Mapping[str, str] | None 
     proxy = app[keys.PROXY] = Proxy(router, metrics)
     store = _cache_store(settings, policy)
     holder: dict[str, ResponseCache] = {}
-    cache = app[keys.CACHE] = holder["cache"] = ResponseCache(policy.cache, store, metrics, _embedder(holder, proxy))
+    cache = app[keys.CACHE] = holder["cache"] = ResponseCache(
+        policy.cache, store, metrics, _embedder(holder, proxy)
+    )
     metrics.cache_collector(cache)
     if policy.memory.enabled:
         memory = app[keys.MEMORY] = build_memory(policy.memory, settings.memory_url, environ, cache, proxy)

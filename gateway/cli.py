@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     prune = memory_sub.add_parser(
         "prune", help="apply the policy's retention and pruning rules to the memory store now"
     )
-    prune.add_argument("--policy", help="policy file (default: $SOPHIA_POLICY or routing_policies/default.yaml)")
+    prune.add_argument(
+        "--policy", help="policy file (default: $SOPHIA_POLICY or routing_policies/default.yaml)"
+    )
     prune.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     prune.set_defaults(func=_memory_prune)
 

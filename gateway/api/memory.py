@@ -24,7 +24,9 @@ async def create(request: web.Request) -> web.Response:
     body = parse_body(await request.read())
     items = _parse(MemoryBatchIn, body).memories if "memories" in body else [_parse(MemoryIn, body)]
     created = await _service(request).add([_new(i) for i in items])
-    return json_response(orjson.dumps({"object": "list", "data": [memory_json(m) for m in created]}), status=201)
+    return json_response(
+        orjson.dumps({"object": "list", "data": [memory_json(m) for m in created]}), status=201
+    )
 
 
 async def read(request: web.Request) -> web.Response:
@@ -117,4 +119,6 @@ def _parse(model: type[M], body: dict[str, Any]) -> M:
         err = exc.errors(include_url=False)[0]
         param = ".".join(str(p) for p in err["loc"]) or None
         message = err["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(f"Invalid value for '{param}': {message}." if param else f"{message}.", param=param) from None
+        raise InvalidRequest(
+            f"Invalid value for '{param}': {message}." if param else f"{message}.", param=param
+        ) from None

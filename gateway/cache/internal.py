@@ -15,7 +15,9 @@ from gateway.proxy import Proxy
 _NO_HEADERS: dict[str, str] = {}
 
 
-async def embed_texts(cache: ResponseCache, proxy: Proxy, model: str, texts: Sequence[str]) -> list[list[float]]:
+async def embed_texts(
+    cache: ResponseCache, proxy: Proxy, model: str, texts: Sequence[str]
+) -> list[list[float]]:
     """One embedding per text from model group ``model``; raises ``GatewayError`` on failure.
 
     Embeddings are the same for every caller, so these calls share the anonymous tenant's cache.
@@ -35,7 +37,11 @@ async def embed_texts(cache: ResponseCache, proxy: Proxy, model: str, texts: Seq
         data = sorted(orjson.loads(raw)["data"], key=lambda d: d["index"])
         vectors = [list(map(float, d["embedding"])) for d in data]
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise UpstreamBadResponse(f"model '{model}' returned an embeddings body the gateway cannot read") from None
+        raise UpstreamBadResponse(
+            f"model '{model}' returned an embeddings body the gateway cannot read"
+        ) from None
     if len(vectors) != len(texts):
-        raise UpstreamBadResponse(f"model '{model}' returned {len(vectors)} embeddings for {len(texts)} texts")
+        raise UpstreamBadResponse(
+            f"model '{model}' returned {len(vectors)} embeddings for {len(texts)} texts"
+        )
     return vectors

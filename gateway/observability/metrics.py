@@ -131,7 +131,10 @@ class _MemoryCollector(Collector):
         "pool_replaced_dead": ("counter", "Dead connections replaced instead of handed out."),
         "pool_open": ("gauge", "Store connections open."),
         "pool_in_use": ("gauge", "Store connections in use."),
-        "pool_efficiency": ("gauge", "Share of acquisitions served by an idle healthy connection (KPI > 0.85)."),
+        "pool_efficiency": (
+            "gauge",
+            "Share of acquisitions served by an idle healthy connection (KPI > 0.85).",
+        ),
     }
 
     def __init__(self, view: MemoryView) -> None:

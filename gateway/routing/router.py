@@ -73,7 +73,9 @@ class _Group:
     strategy: Strategy
     input_share: float = 0.75
     # (stream, ids of the eligible targets) -> (computed at, scores)
-    scores: dict[tuple[bool, tuple[int, ...]], tuple[float, list[float]]] = field(default_factory=dict)  # EWMA of input tokens / all tokens, for blending prices
+    scores: dict[tuple[bool, tuple[int, ...]], tuple[float, list[float]]] = field(
+        default_factory=dict
+    )  # EWMA of input tokens / all tokens, for blending prices
 
 
 class Router:

@@ -288,7 +288,11 @@ async def _embeddings(request: web.Request) -> web.StreamResponse:
     embedding = _parsed(fake_wire.parse_embeddings, await _admit(request, state))
     early = await _inject(request, config, state.rng, draw_fault(config, state.rng), stream=False)
     # Not ``early or ...``: a response is a mapping, and empty ones are falsy.
-    return early if early is not None else _json(fake_wire.embeddings_body(embedding, config.embedding_dim, config.embedding_kind))
+    return (
+        early
+        if early is not None
+        else _json(fake_wire.embeddings_body(embedding, config.embedding_dim, config.embedding_kind))
+    )
 
 
 async def _models(request: web.Request) -> web.StreamResponse:
