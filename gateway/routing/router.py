@@ -49,7 +49,6 @@ T = TypeVar("T")
 
 _REMEMBERED_REQUESTS = 100_000  # request ids kept for feedback (oldest forgotten first)
 _DEFAULT_COOLING_S = 1.0  # a 429 without Retry-After sets its deployment aside this long
-_CHARS_PER_TOKEN = 4
 _SCORE_TTL_S = 0.05
 
 
