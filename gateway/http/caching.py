@@ -33,15 +33,14 @@ async def respond(
     if plan.status == "bypass":
         return await _upstream(request, endpoint, body, started_s, cache, plan, lead=False)
     if plan.read:
-        answer = await cache.lookup(plan)
-        # Wait for an identical request already in flight. If its answer cannot be shared (it
-        # failed, or was not to be stored), the first waiter to wake leads the next try rather
-        # than all of them going upstream at once. Checking for a leader and becoming one happen
-        # with no await in between, so exactly one request leads at a time.
+        # One request per key leads: it registers its flight *before* looking the answer up, so
+        # an identical request arriving while it looks up or fetches waits for it, instead of
+        # missing the store by a hair and going upstream too. If the leader's answer cannot be
+        # shared (it failed, or was not to be stored), the first waiter to wake leads the next
+        # try. Checking for a leader and becoming one happen with no await in between.
+        answer: CachedAnswer | None = None
         lead = False
         for _ in range(_MAX_FOLLOW_ROUNDS):
-            if answer is not None:
-                break
             waiter = cache.flights.waiter(plan.key)
             if waiter is None:
                 cache.flights.lead(plan.key)
@@ -51,6 +50,17 @@ async def respond(
                 answer = await asyncio.wait_for(asyncio.shield(waiter), _FOLLOWER_WAIT_S)
             except TimeoutError:
                 break
+            if answer is not None:
+                break
+        if lead:
+            try:
+                answer = await cache.lookup(plan)
+            except BaseException:
+                cache.flights.land(plan.key, None)
+                raise
+            if answer is not None:
+                cache.flights.land(plan.key, answer)
+                lead = False
         if answer is not None:
             return await _hit(request, cache, plan, answer, stream)
         return await _upstream(request, endpoint, body, started_s, cache, plan, lead=lead)
