@@ -10,8 +10,8 @@ such as all-MiniLM-L6-v2 or bge-small), in three configurations:
     the norm, so neighbours are markedly nearer than strangers, as with text embeddings;
   * "embedding-like", bf16: the same vectors stored at half the size (``dtype="bf16"``);
 and for each:
-  * build rate (vectors/s): ``HnswIndex.build`` over batches of 1,000 (id, namespace, vector)
-    rows, both cores, excluding the time to make the rows;
+  * build rate (vectors/s): ``HnswIndex.add`` over batches of 1,000 (id, vector) items, as
+    ``MemoryService.rebuild_index`` adds them, both cores, excluding the time to make the items;
   * save time and size on disk; load time into a new HnswIndex;
   * search latency p50/p99 for top_k 10 through ``HnswIndex.search`` (the index only: no
     embedding call, no store), one query at a time from a Python list, on one pinned core, for a
@@ -25,7 +25,6 @@ Run: python benchmarks/memory_index.py [--count 100000] [--ndim 384] [--queries 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import platform
 import shutil
@@ -33,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.results import write_section  # noqa: E402
-from gateway.memory.index import ADD_CHUNK, BUILD_BATCH, HnswIndex, IndexRow  # noqa: E402
+from gateway.memory.index import ADD_CHUNK, HnswIndex  # noqa: E402
+from gateway.memory.service import REBUILD_BATCH  # noqa: E402
 
 TITLE = "Memory index (issue 6)"
 NAMESPACE = "bench"
@@ -106,23 +106,17 @@ def percentile_ms(samples_ns: list[int], p: float) -> float:
 
 
 def build(index: HnswIndex, vectors: Matrix) -> float:
-    """Vectors/s of HnswIndex.build over batches of BUILD_BATCH rows (row making excluded)."""
-    making_s = 0.0
-
-    def batches() -> Iterator[list[IndexRow]]:
-        nonlocal making_s
-        for start in range(0, len(vectors), BUILD_BATCH):
-            t = time.perf_counter()
-            chunk = vectors[start : start + BUILD_BATCH].tolist()
-            rows: list[IndexRow] = [(f"m{i}", NAMESPACE, tuple(v)) for i, v in enumerate(chunk, start)]
-            making_s += time.perf_counter() - t
-            yield rows
-
-    started = time.perf_counter()
-    added = asyncio.run(index.build(batches()))
-    elapsed = time.perf_counter() - started - making_s
-    assert added == len(vectors)
-    return added / elapsed
+    """Vectors/s of HnswIndex.add over batches of REBUILD_BATCH items, the batches
+    MemoryService.rebuild_index adds (from a worker thread there), item making excluded."""
+    elapsed = 0.0
+    for start in range(0, len(vectors), REBUILD_BATCH):
+        chunk = vectors[start : start + REBUILD_BATCH].tolist()
+        batch: list[tuple[str, Sequence[float]]] = [(f"m{i}", tuple(v)) for i, v in enumerate(chunk, start)]
+        t = time.perf_counter()
+        index.add(NAMESPACE, batch)
+        elapsed += time.perf_counter() - t
+    assert len(index) == len(vectors)
+    return len(vectors) / elapsed
 
 
 def time_searches(index: HnswIndex, queries: list[list[float]]) -> tuple[list[int], list[list[str]]]:
@@ -148,8 +142,8 @@ def searches_during_adds(index: HnswIndex, queries: list[list[float]], extra: Ma
     done = threading.Event()
 
     def writer() -> None:
-        for start in range(0, len(extra), BUILD_BATCH):
-            chunk = extra[start : start + BUILD_BATCH].tolist()
+        for start in range(0, len(extra), REBUILD_BATCH):
+            chunk = extra[start : start + REBUILD_BATCH].tolist()
             index.add(NAMESPACE, [(f"x{i}", v) for i, v in enumerate(chunk, start)])
         done.set()
 
@@ -230,8 +224,9 @@ def report(results: list[RunResult], args: argparse.Namespace) -> str:
         f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, "
         f"usearch {usearch.__version__}; load average at the end {load[0]:.1f} / {load[1]:.1f}. "
         f"{args.count:,} memories of {args.ndim} dimensions in one namespace; `HnswIndex`: cosine, "
-        "connectivity 16, expansion_add 200, f32 storage unless said. Build: `HnswIndex.build` over "
-        "batches of 1,000 rows, both cores. Searches: top_k 10 through `HnswIndex.search` (index only: "
+        "connectivity 16, expansion_add 200, f32 storage unless said. Build: `HnswIndex.add` over "
+        "batches of 1,000 vectors (as `MemoryService.rebuild_index`), both cores. Searches: top_k 10 "
+        "through `HnswIndex.search` (index only: "
         f"no embedding call, no store), one at a time from a Python list, on core {args.cpu} "
         f"(sched_setaffinity); {args.queries:,} timed queries per setting after 100 warm-ups; recall@10 "
         f"against numpy brute force on {min(args.recall_queries, args.queries)} of them. Data: *random* = "
@@ -283,7 +278,7 @@ def main() -> int:
     parser.add_argument("--cpu", type=int, default=0, help="core the timed searches are pinned to")
     args = parser.parse_args()
     rng = np.random.default_rng(2024)
-    extra_count = EXTRA_BATCHES * BUILD_BATCH
+    extra_count = EXTRA_BATCHES * REBUILD_BATCH
     random_set = (
         random_directions(rng, args.count, args.ndim),
         random_directions(rng, args.queries, args.ndim),

@@ -135,10 +135,6 @@ class MemoryStore:
     def healthy(self) -> bool:
         return True
 
-    @property
-    def kind(self) -> str:
-        return "memory"
-
     def _category(self, name: str) -> _Category:
         try:
             return self._categories[name]

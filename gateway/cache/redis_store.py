@@ -248,10 +248,6 @@ class RedisStore:
     def healthy(self) -> bool:
         return self._healthy
 
-    @property
-    def kind(self) -> str:
-        return "redis"
-
     def _check(self, category: str) -> None:
         if category not in self._budgets:
             raise ValueError(f"unknown cache category {category!r}")

@@ -65,8 +65,3 @@ class CacheStore(Protocol):
     def errors(self) -> int:
         """Operations that failed or timed out since start (always 0 for memory)."""
         ...
-
-    @property
-    def kind(self) -> str:
-        """``memory`` or ``redis``."""
-        ...

@@ -18,7 +18,7 @@ contexts nor its growth on add are safe against a concurrent call, so each names
 held by every call into its graph. At 100,000 384-dimensional memories (f32, expansion_search
 128) a search takes ~1.5 ms, p99 ~2 ms, on one core (benchmarks/memory_index.py), so it may run
 on the event loop thread or in worker threads; an add costs ~1.5 ms of CPU per vector (1,300
-vectors/s on two cores), so batches belong in a worker thread (``build_index`` does that).
+vectors/s on two cores), so batches belong in a worker thread (``MemoryService`` adds them so).
 ``add`` takes the lock for ``ADD_CHUNK`` vectors at a time and lets waiting searches in between
 chunks, so a search waits for one chunk of a bulk load (p99 ~30 ms in the benchmark), never for
 a whole batch.
@@ -26,16 +26,15 @@ a whole batch.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
 import re
 import threading
-from collections.abc import AsyncIterable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,15 +42,13 @@ import orjson
 from usearch.compiled import MetricKind
 from usearch.index import Index, Matches
 
-from gateway.memory.records import VectorIndex
+if TYPE_CHECKING:
+    from gateway.memory.records import VectorIndex
 
 log = logging.getLogger("gateway.memory.index")
 
-# (memory id, namespace, embedding): what the store's scan_embeddings yields, in batches.
-IndexRow = tuple[str, str, Sequence[float]]
 Matrix = npt.NDArray[np.float32]
 
-BUILD_BATCH = 1000  # rows per batch when building from the store (the seed's figure)
 ADD_CHUNK = 16  # vectors added per hold of a namespace's lock: bounds how long a search waits
 _WRITER_WAIT_S = 0.05  # how long a writer lets waiting searches go first, per chunk
 _FORMAT = 1
@@ -215,10 +212,6 @@ class HnswIndex:
         with self._lock:
             self._graphs = {}
             self._ndim = self._configured_ndim
-
-    async def build(self, batches: AsyncIterable[Sequence[IndexRow]] | Iterable[Sequence[IndexRow]]) -> int:
-        """Add every (id, namespace, embedding) row; see ``build_index``."""
-        return await build_index(self, batches)
 
     # ----- reads
 
@@ -427,31 +420,6 @@ class HnswIndex:
         return matrix
 
 
-async def build_index(
-    index: VectorIndex, batches: AsyncIterable[Sequence[IndexRow]] | Iterable[Sequence[IndexRow]]
-) -> int:
-    """Add every (id, namespace, embedding) row of ``batches`` (the store's scan_embeddings, in
-    batches of ``BUILD_BATCH``) to ``index``; returns how many rows. Each batch is added in a
-    worker thread, so the event loop stays free while 100,000 vectors go in."""
-    count = 0
-    if isinstance(batches, AsyncIterable):
-        async for batch in batches:
-            count += await asyncio.to_thread(_add_rows, index, batch)
-    else:
-        for batch in batches:
-            count += await asyncio.to_thread(_add_rows, index, batch)
-    return count
-
-
-def _add_rows(index: VectorIndex, rows: Sequence[IndexRow]) -> int:
-    by_namespace: dict[str, list[tuple[str, Sequence[float]]]] = {}
-    for memory_id, namespace, vector in rows:
-        by_namespace.setdefault(namespace, []).append((memory_id, vector))
-    for namespace, items in by_namespace.items():
-        index.add(namespace, items)
-    return len(rows)
-
-
 def _stem(namespace: str) -> str:
     """A file name stem for ``namespace``: itself when already safe, else a cleaned form plus a
     hash of the original, so that two namespaces never share files."""
@@ -473,3 +441,9 @@ def _write_atomically(path: Path, data: bytes | bytearray) -> None:
 
 def _what(memory_id: str) -> str:
     return f"memory '{memory_id}'"
+
+
+if TYPE_CHECKING:
+
+    def _conforms(index: HnswIndex) -> VectorIndex:
+        return index

@@ -73,7 +73,7 @@ async def apply_lifecycle(
                 cutoff = now - timedelta(days=retention.archive_after_days)
                 r.archived = await store.archive_older_than(namespace, cutoff, dry_run=dry_run)
                 if r.archived and not dry_run:
-                    service.invalidate({namespace})  # cached searches may hold them
+                    service.forget_cached_searches([namespace])  # cached searches may hold them
             if retention.retention_days is not None:
                 cutoff = now - timedelta(days=retention.retention_days)
                 r.expired = await store.delete_older_than(namespace, cutoff, dry_run=dry_run)

@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from gateway.memory.pool import PoolStats  # pool.py imports this module (through sql.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,11 @@ class MemoryStore(Protocol):
         ...
 
     async def count(self, namespace: str | None = None) -> int: ...
+
+    def pool_stats(self) -> PoolStats | None:
+        """The connection pool's figures for export; None for a store without a pool (SQLite:
+        one connection on one thread) or before ``start``."""
+        ...
 
 
 class VectorIndex(Protocol):

@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -30,10 +30,9 @@ log = logging.getLogger("gateway.memory")
 # (embedding model group, texts) -> one vector per text; raises GatewayError when it cannot.
 TextEmbedder = Callable[[str, Sequence[str]], Awaitable[list[list[float]]]]
 
-_BUILD_BATCH = 1000
+REBUILD_BATCH = 1000  # rows per store scan when the index is rebuilt (the seed's figure)
 _INLINE_ADD_MAX = 8
-_FLUSH_EVERY_S = 1.0
-_SAVE_EVERY_ROUNDS = 30  # the index is saved every 30 flushes (~30 s) when it changed
+_SAVE_EVERY_ROUNDS = 30  # the changed index is saved every 30th flush round (~30 s by default)
 _SEARCH_CACHE_MAX = 10_000
 
 
@@ -56,6 +55,13 @@ class NewMemory:
 
 
 class MemoryService:
+    """Memories in ``store``, found through ``index``, texts embedded by ``embed``.
+
+    ``clock`` (monotonic seconds) ages the search cache; ``flush_every_s`` is the interval in
+    seconds at which access counts gathered by searches are written to the store in the
+    background (``flush_access()`` and ``close()`` write them at once).
+    """
+
     def __init__(
         self,
         config: MemoryConfig,
@@ -63,12 +69,17 @@ class MemoryService:
         index: VectorIndex,
         embed: TextEmbedder,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        flush_every_s: float = 1.0,
     ) -> None:
+        if flush_every_s <= 0:
+            raise ValueError(f"flush_every_s must be positive, got {flush_every_s}")
         self.config = config
         self.store = store
         self.index = index
         self._embed = embed
         self._clock = clock
+        self._flush_every_s = flush_every_s
         self._pending_access: Counter[str] = Counter()
         self._cache: OrderedDict[str, tuple[float, frozenset[str], list[tuple[str, float]]]] = OrderedDict()
         self._flusher: asyncio.Task[None] | None = None
@@ -99,9 +110,9 @@ class MemoryService:
         await self.store.close()
 
     async def rebuild_index(self) -> int:
-        """Add every stored embedding to the index, in batches of 1,000; returns how many."""
+        """Add every stored embedding to the index, in batches of ``REBUILD_BATCH``; returns how many."""
         count = skipped = 0
-        async for batch in self.store.scan_embeddings(_BUILD_BATCH):
+        async for batch in self.store.scan_embeddings(REBUILD_BATCH):
             by_namespace: dict[str, list[tuple[str, Sequence[float]]]] = {}
             for memory_id, namespace, vector in batch:
                 ndim = self.index.ndim
@@ -151,7 +162,7 @@ class MemoryService:
                 by_namespace.setdefault(m.namespace, []).append((m.id, m.embedding))
         for namespace, batch in by_namespace.items():
             await self._index_add(namespace, batch)
-        self._invalidate({m.namespace for m in memories})
+        self.forget_cached_searches({m.namespace for m in memories})
         return [await self.store.get(m.id) or m for m in memories]
 
     async def get(self, memory_id: str) -> Memory:
@@ -173,7 +184,7 @@ class MemoryService:
             raise NotFound(f"No memory with id '{memory_id}'.", param="id", code="memory_not_found")
         if patch.embedding is not None:
             await self._index_add(updated.namespace, [(updated.id, patch.embedding)])
-        self._invalidate({before.namespace, updated.namespace})
+        self.forget_cached_searches({before.namespace, updated.namespace})
         return updated
 
     async def delete(self, ids: Sequence[str]) -> int:
@@ -189,7 +200,7 @@ class MemoryService:
             by_namespace.setdefault(namespace, []).append(memory_id)
         for namespace, ids in by_namespace.items():
             self.index.remove(namespace, ids)
-        self._invalidate(set(by_namespace))
+        self.forget_cached_searches(set(by_namespace))
 
     # ----- search
 
@@ -270,7 +281,7 @@ class MemoryService:
     async def _flush_loop(self) -> None:
         rounds = 0
         while True:
-            await asyncio.sleep(_FLUSH_EVERY_S)
+            await asyncio.sleep(self._flush_every_s)
             rounds += 1
             try:
                 await self.flush_access()
@@ -286,8 +297,7 @@ class MemoryService:
             "search_cache_hits": self.cache_hits,
             "search_cache_misses": self.cache_misses,
         }
-        pool_stats = getattr(self.store, "pool_stats", None)
-        stats = pool_stats() if callable(pool_stats) else None
+        stats = self.store.pool_stats()
         if stats is not None:
             out.update(
                 pool_acquisitions=stats.acquisitions_total,
@@ -368,12 +378,10 @@ class MemoryService:
         if len(self._cache) > _SEARCH_CACHE_MAX:
             self._cache.popitem(last=False)
 
-    def invalidate(self, namespaces: set[str]) -> None:
-        """Drop cached searches over any of ``namespaces`` (after a change the cache cannot see)."""
-        self._invalidate(namespaces)
-
-    def _invalidate(self, namespaces: set[str]) -> None:
-        stale = [k for k, (_, spaces, _) in self._cache.items() if spaces & namespaces]
+    def forget_cached_searches(self, namespaces: Collection[str]) -> None:
+        """Drop cached searches over any of ``namespaces``: after a write to them, or a change
+        the service did not make itself (e.g. the lifecycle archiving memories)."""
+        stale = [k for k, (_, spaces, _) in self._cache.items() if not spaces.isdisjoint(namespaces)]
         for k in stale:
             del self._cache[k]
 

@@ -11,10 +11,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.memory.records import Memory, MemoryPatch, PruneRule
 from gateway.memory.sql import Cursor, MemoryQueries
+
+if TYPE_CHECKING:
+    from gateway.memory.pool import PoolStats
 
 T = TypeVar("T")
 
@@ -38,6 +41,10 @@ class SQLMemoryStore(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    @abstractmethod
+    def pool_stats(self) -> PoolStats | None:
+        """The connection pool's figures, None for a backend without a pool."""
 
     @abstractmethod
     async def _execute(self, op: Callable[[Cursor], T]) -> T:

@@ -28,6 +28,7 @@ from gateway.memory.sql import COLUMNS, CORE_COLUMNS, SQLITE, Cursor, MemoryQuer
 from gateway.memory.sql_store import ObserveHook, SQLMemoryStore
 
 if TYPE_CHECKING:
+    from gateway.memory.pool import PoolStats
     from gateway.memory.records import MemoryStore
 
 T = TypeVar("T")
@@ -90,6 +91,10 @@ class SQLiteMemoryStore(SQLMemoryStore):
             return
         await asyncio.get_running_loop().run_in_executor(executor, self._close_connection)
         executor.shutdown(wait=True)
+
+    def pool_stats(self) -> PoolStats | None:
+        """None: one connection, owned by one worker thread, no pool."""
+        return None
 
     def _open(self) -> None:
         if self.path != ":memory:" and not self.path.startswith("file:"):

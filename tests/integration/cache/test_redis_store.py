@@ -55,7 +55,6 @@ async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 async def test_set_get_delete_and_usage(store: RedisStore, raw: aioredis.Redis, redis_prefix: str) -> None:
-    assert store.kind == "redis"
     assert await store.get("chat", "a") is None
     assert await store.set("chat", "a", VALUE, 30) == 0
     assert await store.set("chat", "b", b"yy", 30) == 0

@@ -15,7 +15,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,10 +24,9 @@ from typing import Any
 import pytest
 
 from gateway.errors import InvalidRequest, NotFound
-from gateway.memory import service as service_module
 from gateway.memory.index import HnswIndex
 from gateway.memory.lifecycle import apply_lifecycle
-from gateway.memory.records import Memory, MemoryFilter, MemoryPatch
+from gateway.memory.records import Memory, MemoryFilter, MemoryPatch, MemoryStore
 from gateway.memory.service import MemoryService, NewMemory
 from gateway.policy.model import MemoryConfig, Pruning, Retention
 from tests.integration.memory.conftest import START, Backend
@@ -36,6 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:
 
 DIM = 16
 ANY = MemoryFilter(processing_status=None)  # every status, every namespace
+QUIET_S = 3600.0  # a flush interval no test waits out: only flush_access() and close() write counts
 
 
 def basis(i: int) -> tuple[float, ...]:
@@ -60,6 +60,26 @@ class CountingService(MemoryService):
     async def rebuild_index(self) -> int:
         self.rebuilds += 1
         return await super().rebuild_index()
+
+
+class ObservedTouchStore:
+    """The backend's store behind the ``MemoryStore`` Protocol, with ``touch`` observed: each
+    batch of access counts is recorded, and while ``failing`` it raises as a store outage would.
+    Every other call goes straight to the real store."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+        self.touched: list[dict[str, int]] = []
+        self.failing = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def touch(self, counts: Mapping[str, int], at: datetime) -> None:
+        if self.failing:
+            raise OSError("store down")
+        self.touched.append(dict(counts))
+        await self.inner.touch(counts, at)
 
 
 @dataclass
@@ -91,13 +111,17 @@ class Services:
         embed: Callable[[str, Sequence[str]], Any] = no_embedder,
         index: HnswIndex | None = None,
         clock: Callable[[], float] = time.monotonic,
+        store: MemoryStore | None = None,
+        flush_every_s: float = QUIET_S,
     ) -> CountingService:
+        """A started service, on a new store of the backend unless given one (a test double)."""
         service = CountingService(
             config or MemoryConfig(index_dir=str(self.index_dir)),
-            self.backend.make(),
+            store or self.backend.make(),
             index or HnswIndex(self.index_dir),
             embed,
             clock,
+            flush_every_s=flush_every_s,
         )
         self.opened.append(service)
         await service.start()
@@ -376,31 +400,21 @@ async def test_search_cache_off_with_ttl_zero(services: Services) -> None:
 # ----- access counts
 
 
-async def test_access_counts_are_written_in_batches_on_flush(
-    services: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(service_module, "_FLUSH_EVERY_S", 3600.0)  # only explicit flushes
-    service = await services.open()
+async def test_access_counts_are_written_in_batches_on_flush(services: Services) -> None:
+    store = ObservedTouchStore(services.backend.make())
+    service = await services.open(store=store)  # flush_every_s QUIET_S: flushes only when told
     await service.add([NewMemory("ns", "x", basis(1), id="x"), NewMemory("ns", "y", basis(2), id="y")])
-    touched: list[dict[str, int]] = []
-    real_touch = service.store.touch
-
-    async def counting_touch(counts: Any, at: datetime) -> None:
-        touched.append(dict(counts))
-        await real_touch(counts, at)
-
-    monkeypatch.setattr(service.store, "touch", counting_touch)
 
     await service.search(None, basis(1), 1, MemoryFilter())  # x
     await service.search(None, basis(1), 1, MemoryFilter())  # x again (a cache hit counts too)
     await service.search(None, basis(2), 2, MemoryFilter())  # y then x
-    assert touched == []
+    assert store.touched == []
     before = {m.id: m for m in await service.store.get_many(["x", "y"])}
     assert [(before[i].access_count, before[i].last_accessed) for i in ("x", "y")] == [(0, None), (0, None)]
 
     started = datetime.now(UTC)
     await service.flush_access()
-    assert touched == [{"x": 3, "y": 1}]  # one batch for everything pending
+    assert store.touched == [{"x": 3, "y": 1}]  # one batch for everything pending
     after = {m.id: m for m in await service.store.get_many(["x", "y"])}
     assert (after["x"].access_count, after["y"].access_count) == (3, 1)
     for m in after.values():
@@ -409,35 +423,26 @@ async def test_access_counts_are_written_in_batches_on_flush(
     assert after["x"].row_version == 1  # an access is not an update
 
     await service.flush_access()  # nothing pending: no write
-    assert len(touched) == 1
+    assert len(store.touched) == 1
 
 
-async def test_a_failed_flush_keeps_its_counts_for_the_next(
-    services: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(service_module, "_FLUSH_EVERY_S", 3600.0)
-    service = await services.open()
+async def test_a_failed_flush_keeps_its_counts_for_the_next(services: Services) -> None:
+    store = ObservedTouchStore(services.backend.make())
+    service = await services.open(store=store)
     await service.add([NewMemory("ns", "x", basis(1), id="x")])
-    real_touch = service.store.touch
-
-    async def broken_touch(counts: Any, at: datetime) -> None:
-        raise OSError("store down")
 
     await service.search(None, basis(1), 1, MemoryFilter())
-    monkeypatch.setattr(service.store, "touch", broken_touch)
+    store.failing = True
     with pytest.raises(OSError):
         await service.flush_access()
-    monkeypatch.setattr(service.store, "touch", real_touch)
+    store.failing = False
     await service.search(None, basis(1), 1, MemoryFilter())
     await service.flush_access()
     assert (await service.get("x")).access_count == 2
 
 
-async def test_access_counts_flush_in_the_background_and_on_close(
-    services: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(service_module, "_FLUSH_EVERY_S", 0.05)
-    service = await services.open()
+async def test_access_counts_flush_in_the_background_and_on_close(services: Services) -> None:
+    service = await services.open(flush_every_s=0.05)
     await service.add([NewMemory("ns", "x", basis(1), id="x")])
     await service.search(None, basis(1), 1, MemoryFilter())
     deadline = time.monotonic() + 10
@@ -447,14 +452,24 @@ async def test_access_counts_flush_in_the_background_and_on_close(
 
     await service.close()
 
-    monkeypatch.setattr(service_module, "_FLUSH_EVERY_S", 3600.0)
-    quiet = await services.open()  # its flush loop sleeps for an hour: only close() can write
+    quiet = await services.open()  # flush_every_s QUIET_S: only close() can write its count
     assert ids(await quiet.search(None, basis(1), 1, MemoryFilter())) == ["x"]
     assert (await quiet.get("x")).access_count == 1
     await quiet.close()
     reader = await services.backend.open()
     found = await reader.get("x")
     assert found is not None and found.access_count == 2
+
+
+async def test_figures_include_the_pool_of_a_pooled_store(backend: Backend, services: Services) -> None:
+    service = await services.open()
+    await service.add([NewMemory("ns", "x", basis(1), id="x")])
+    figures = service.figures()
+    assert figures["index_vectors"] == 1
+    if backend.name == "sqlite":  # one connection on one thread: no pool figures
+        assert not [name for name in figures if name.startswith("pool_")]
+    else:
+        assert figures["pool_open"] >= 1 and figures["pool_acquisitions"] >= 1
 
 
 # ----- the index across restarts
@@ -496,10 +511,7 @@ async def test_a_missing_or_corrupt_index_is_rebuilt_from_the_store(services: Se
     assert ids(await again.search(None, basis(4), 1, MemoryFilter())) == ["m4"]
 
 
-async def test_memories_written_before_a_crash_are_searchable_after_restart(
-    services: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(service_module, "_FLUSH_EVERY_S", 3600.0)
+async def test_memories_written_before_a_crash_are_searchable_after_restart(services: Services) -> None:
     first = await services.open()
     await first.add([NewMemory("ns", "saved", basis(1), id="saved")])
     await first.close()

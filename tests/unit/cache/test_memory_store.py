@@ -35,7 +35,6 @@ def store(clock: Clock) -> MemoryStore:
 
 
 async def test_set_get_delete_and_exact_usage(store: MemoryStore) -> None:
-    assert store.kind == "memory"
     assert store.healthy
     assert store.errors == 0
     assert await store.get("chat", "a") is None

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from gateway.memory.index import HnswIndex, IndexRow
+from gateway.memory.index import HnswIndex
 from gateway.memory.records import VectorIndex
 
 
@@ -241,23 +241,19 @@ def test_load_of_a_mismatched_configuration_is_false(tmp_path: Path, rng: np.ran
     assert HnswIndex(tmp_path, ndim=16).load()
 
 
-async def test_build_from_async_and_sync_batches(tmp_path: Path, rng: np.random.Generator) -> None:
+async def test_bulk_adds_from_worker_threads_fill_each_namespace(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The rebuild's path (``MemoryService.rebuild_index``): batches of 1,000 rows from the
+    store, split by namespace, each added in a worker thread."""
     vectors = unit_vectors(rng, 2500, 8)
-    rows: list[IndexRow] = [(f"m{i}", ("a", "b")[i % 2], tuple(v.tolist())) for i, v in enumerate(vectors)]
-
-    async def scan() -> AsyncIterator[list[IndexRow]]:
-        for start in range(0, len(rows), 1000):
-            await asyncio.sleep(0)
-            yield rows[start : start + 1000]
-
-    index = HnswIndex(tmp_path / "async")
-    assert await index.build(scan()) == 2500
-    assert index.size("a") == 1250
+    index = HnswIndex(tmp_path)
+    for start in range(0, len(vectors), 1000):
+        batch = items("m", vectors[: start + 1000])[start:]
+        for namespace, rows in (("a", batch[0::2]), ("b", batch[1::2])):  # even ids in a, odd in b
+            await asyncio.to_thread(index.add, namespace, rows)
+    assert (index.size("a"), index.size("b"), len(index)) == (1250, 1250, 2500)
     assert index.search("b", vectors[3].tolist(), 1)[0][0] == "m3"
-
-    index = HnswIndex(tmp_path / "sync")
-    assert await index.build([rows[:1000], rows[1000:]]) == 2500
-    assert len(index) == 2500
 
 
 def test_searches_and_writes_from_several_threads(tmp_path: Path, rng: np.random.Generator) -> None:
