@@ -1,28 +1,39 @@
 """The gateway's one error tree.
 
-Every error a client can see is a ``GatewayError``; each class declares the HTTP status,
-the OpenAI error ``type`` and whether the failover loop may retry it on another deployment.
+Every error a client can see is a ``GatewayError``; each class declares the HTTP status
+(``status``, or an ``http_status`` property when the instance decides), the OpenAI error
+``type`` and whether the failover loop may retry it on another deployment (``retryable``).
+Two more properties answer the router's questions: ``counts_against_provider`` (the provider
+looks unhealthy: breakers and reliability count it) and ``is_context_length`` (the prompt was
+too long for the deployment; only a larger context can help).
 
-    GatewayError
-    ├── InvalidRequest             400 invalid_request_error   (bad JSON, missing/invalid field)
-    ├── AuthenticationFailed       401 authentication_error
-    ├── NotFound                   404 invalid_request_error   (unknown route)
-    │   └── ModelNotFound          404 invalid_request_error   code=model_not_found
-    ├── MethodNotAllowed           405 invalid_request_error
-    ├── PayloadTooLarge            413 invalid_request_error   code=request_too_large
-    ├── ContextTooLong             400 invalid_request_error   code=context_length_exceeded
-    ├── UnsupportedByProvider      400 invalid_request_error   code=unsupported_endpoint, retryable
-    ├── ServiceUnavailable         503 service_unavailable     (draining, not ready)
-    │   ├── ProviderNotConfigured  503 service_unavailable     code=provider_not_configured
-    │   └── NoHealthyDeployment    503 service_unavailable     code=no_healthy_deployment
-    ├── UpstreamError              502 upstream_error          (base of everything a provider did)
-    │   ├── UpstreamConnectError   502 retryable               (refused, reset, DNS)
-    │   ├── UpstreamTimeout        504 retryable               (connect / first byte / total)
-    │   ├── UpstreamBadResponse    502 retryable               (malformed body)
-    │   └── UpstreamStatusError    the provider's status; retryable for 408, 429 and 5xx
-    ├── AllDeploymentsFailed       status of the last attempt; carries every attempt's error
-    └── HTTPStatusError            any other HTTP refusal aiohttp makes (411, 415, ...)
-    InternalError                  500 server_error            (a bug; message never has details)
+``*`` in a column: decided per instance. A unit test checks this tree against the classes.
+
+    class                          status  type                    retry  notes
+    GatewayError                   500     server_error            no     base of them all
+    ├── InvalidRequest             400     invalid_request_error   no     bad JSON, missing/invalid field
+    │   ├── ContextTooLong         400     invalid_request_error   no     code=context_length_exceeded
+    │   └── UnsupportedByProvider  400     invalid_request_error   yes    code=unsupported_endpoint
+    ├── AuthenticationFailed       401     authentication_error    no
+    ├── NotFound                   404     invalid_request_error   no     unknown route
+    │   └── ModelNotFound          404     invalid_request_error   no     code=model_not_found
+    ├── MethodNotAllowed           405     invalid_request_error   no
+    ├── PayloadTooLarge            413     invalid_request_error   no     code=request_too_large
+    ├── ServiceUnavailable         503     service_unavailable     no     draining, not ready
+    │   ├── ProviderNotConfigured  503     service_unavailable     no     code=provider_not_configured
+    │   └── NoHealthyDeployment    503     service_unavailable     no     code=no_healthy_deployment
+    ├── UpstreamError              502     upstream_error          no     what a provider did; counts against it
+    │   ├── UpstreamConnectError   502     upstream_error          yes    refused, reset, DNS
+    │   ├── UpstreamTimeout        504     timeout                 yes    connect / first byte / total
+    │   ├── UpstreamBadResponse    502     upstream_error          yes    malformed body
+    │   └── UpstreamStatusError    *       *                       *      the provider's status (note 1)
+    ├── AllDeploymentsFailed       *       *                       no     the last attempt's status and type
+    ├── HTTPStatusError            *       invalid_request_error   no     other HTTP refusals (411, 415, ...)
+    └── InternalError              500     server_error            no     a bug; message never has details
+
+Note 1: a 4xx keeps its status and the provider's ``type``; 503 and Anthropic's 529 become 503,
+other 5xx 502. Retryable for 408, 429 and 5xx; counts against the provider for 408 and 5xx (a
+429 sets the deployment aside instead); ``is_context_length`` for a 400/413 saying so.
 
 Library exceptions (aiohttp, asyncio) are translated into this tree at the boundary that
 calls the library (``providers/transport.py``); nothing else raises them further.
@@ -42,7 +53,6 @@ class GatewayError(Exception):
 
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "server_error"
-    retryable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -62,6 +72,22 @@ class GatewayError(Exception):
     def http_status(self) -> int:
         """The HTTP status sent to the client (instances may override the class default)."""
         return self.status
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the failover loop may try another deployment after this error."""
+        return False
+
+    @property
+    def counts_against_provider(self) -> bool:
+        """Whether this error shows the provider unhealthy (for breakers and reliability);
+        the client's own mistakes and rate limits do not."""
+        return False
+
+    @property
+    def is_context_length(self) -> bool:
+        """Whether a provider refused the request for being longer than the model's context."""
+        return False
 
     def envelope(self) -> dict[str, Any]:
         """OpenAI's error envelope for this error."""
@@ -167,7 +193,9 @@ class UnsupportedByProvider(InvalidRequest):
     the provider's health. A group with no capable deployment ends with this 400.
     """
 
-    retryable = True
+    @property
+    def retryable(self) -> bool:
+        return True
 
     def __init__(self, kind: str, operation: str) -> None:
         super().__init__(
@@ -183,23 +211,42 @@ class UpstreamError(GatewayError):
     status = 502
     error_type = "upstream_error"
 
-    def __init__(self, message: str, *, provider: str = "", **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code, headers=headers)
         self.provider = provider
+
+    @property
+    def counts_against_provider(self) -> bool:
+        return True
 
 
 class UpstreamConnectError(UpstreamError):
-    retryable = True
+    @property
+    def retryable(self) -> bool:
+        return True
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     error_type = "timeout"
-    retryable = True
+
+    @property
+    def retryable(self) -> bool:
+        return True
 
 
 class UpstreamBadResponse(UpstreamError):
-    retryable = True
+    @property
+    def retryable(self) -> bool:
+        return True
 
 
 class UpstreamStatusError(UpstreamError):
@@ -234,8 +281,21 @@ class UpstreamStatusError(UpstreamError):
         return 503 if self.upstream_status in (503, 529) else 502
 
     @property
-    def is_retryable(self) -> bool:
+    def retryable(self) -> bool:
         return self.upstream_status >= 500 or self.upstream_status in self.RETRYABLE_STATUSES
+
+    @property
+    def counts_against_provider(self) -> bool:
+        # A 429 is the provider protecting itself (the router sets the deployment aside
+        # instead); other 4xx are the client's mistakes.
+        return self.upstream_status >= 500 or self.upstream_status == 408
+
+    @property
+    def is_context_length(self) -> bool:
+        if self.upstream_status not in (400, 413):
+            return False
+        text = self.message.lower()
+        return self.code == "context_length_exceeded" or "context length" in text or "context window" in text
 
     def envelope(self) -> dict[str, Any]:
         env = super().envelope()
@@ -297,29 +357,6 @@ class Attempt:
     provider: str
     model: str
     error: GatewayError
-
-
-def is_retryable(error: GatewayError) -> bool:
-    """Whether the failover loop may try another deployment after ``error``."""
-    if isinstance(error, UpstreamStatusError):
-        return error.is_retryable
-    return error.retryable
-
-
-def is_context_length_error(error: GatewayError) -> bool:
-    """Whether a provider refused the request for being longer than the model's context."""
-    if not isinstance(error, UpstreamStatusError) or error.upstream_status not in (400, 413):
-        return False
-    text = error.message.lower()
-    return error.code == "context_length_exceeded" or "context length" in text or "context window" in text
-
-
-def counts_against_provider(error: GatewayError) -> bool:
-    """Whether ``error`` shows the provider unhealthy (for breakers and reliability); the
-    client's own mistakes and rate limits do not."""
-    if isinstance(error, UpstreamStatusError):
-        return error.upstream_status >= 500 or error.upstream_status == 408
-    return isinstance(error, UpstreamError)
 
 
 def _format_retry_after(seconds: float) -> str:

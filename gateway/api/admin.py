@@ -10,7 +10,8 @@ from aiohttp import web
 from gateway import keys
 from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound
 from gateway.http.responses import json_response
-from gateway.wire.requests import parse_body
+from gateway.routing.explain import snapshot
+from gateway.service.validation import parse_body
 
 
 async def models(request: web.Request) -> web.Response:
@@ -20,7 +21,7 @@ async def models(request: web.Request) -> web.Response:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <SOPHIA_ADMIN_TOKEN>'.")
-    return json_response(orjson.dumps(request.app[keys.ROUTER].snapshot()))
+    return json_response(orjson.dumps(snapshot(request.app[keys.ROUTER])))
 
 
 async def feedback(request: web.Request) -> web.Response:

@@ -1,30 +1,114 @@
-"""``sophia-gateway policy explain``: the ranking a policy produces, and why, as text.
+"""What routing would do and why: ``/admin/models`` and ``sophia-gateway policy explain``.
 
-From the file alone (priors only: no traffic yet, so latency and reliability are equal and
-quality is the policy's prior), or from a running gateway's ``/admin/models`` (live figures).
+``snapshot`` is a router's view (per group: strategy, rules, and each deployment's score, share of
+first choices, terms and live figures), served by ``/admin/models``. ``render`` turns one group of
+it into text, from the policy file alone (``offline_view``: priors only, no traffic yet, so latency
+and reliability are equal and quality is the policy's prior) or from a running gateway's view.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
-from gateway.providers.registry import adapter_for
-from gateway.providers.transport import ProviderClient
+from gateway.providers.base import ProviderHandle
 from gateway.routing.router import Router
+from gateway.routing.scoring import Terms
+from gateway.routing.target import Target
 
 
-def offline_view(policy: Policy, env: Mapping[str, str]) -> dict[str, Any]:
-    """What ``/admin/models`` would show for ``policy`` before any traffic."""
-    clients = {
-        name: ProviderClient(
-            name, cfg, adapter_for(cfg), env.get(cfg.api_key_env) if cfg.api_key_env else None
-        )
-        for name, cfg in policy.providers.items()
+def snapshot(router: Router) -> dict[str, Any]:
+    """The ``/admin/models`` view of ``router`` now: ``{"models": {group: {...}}}``, latencies in
+    ms, costs in US dollars, shares and terms 0..1."""
+    now = router.now()
+    groups = router.policy.models
+    return {
+        "models": {
+            name: {
+                "strategy": groups[name].strategy.type,
+                "rules": [rule.model_dump(exclude_none=True) for rule in groups[name].rules],
+                "deployments": _deployments(router, name, now),
+            }
+            for name in router.model_names
+        }
     }
-    return Router(policy, clients, GatewayMetrics()).snapshot()
+
+
+def _deployments(router: Router, group: str, now: float) -> list[dict[str, Any]]:
+    terms = router.terms(group, now)
+    scores = [t.score(router.policy.weights) for _, t in terms]
+    eligible = [
+        i
+        for i, (target, _) in enumerate(terms)
+        if target.client.configured
+        and target.live.breaker.available(now)
+        and target.live.stats.cooling_until <= now
+    ]
+    shares = _first_choice_shares(
+        router, group, [terms[i][0] for i in eligible], [scores[i] for i in eligible]
+    )
+    share_of = dict(zip(eligible, shares, strict=True))
+    return [
+        _deployment(router, target, t, scores[i], share_of.get(i, 0.0), now)
+        for i, (target, t) in enumerate(terms)
+    ]
+
+
+def _first_choice_shares(
+    router: Router, group: str, targets: Sequence[Target], scores: Sequence[float]
+) -> list[float]:
+    if not targets:
+        return []
+    by_target = dict(zip(map(id, targets), scores, strict=True))
+    return router.strategy(group).shares(targets, lambda ts: [by_target[id(t)] for t in ts])
+
+
+def _deployment(
+    router: Router, target: Target, t: Terms, score: float, share: float, now: float
+) -> dict[str, Any]:
+    routing = router.policy.routing
+    st = target.live.stats
+    ok, bad = st.window.totals(now)
+    latency = st.latency_s.get(now, routing.stale_after_s)
+    ttft = st.ttft_s.get(now, routing.stale_after_s)
+    rate = st.tokens_per_s.get(now, routing.stale_after_s)
+    return {
+        "provider": target.provider,
+        "model": target.model,
+        "configured": target.client.configured,
+        "breaker": target.live.breaker.state(now).label,
+        "score": round(score, 4),
+        "share": round(share, 4),
+        "terms": {
+            "latency": round(t.latency, 4),
+            "quality": round(t.quality, 4),
+            "reliability": round(t.reliability, 4),
+            "cost": round(t.cost, 4),
+        },
+        "stats": {
+            "requests": st.requests,
+            "successes": st.successes,
+            "failures": st.failures,
+            "success_rate": round(ok / (ok + bad), 4) if ok + bad else None,
+            "uptime": st.window.uptime(now),
+            "latency_ms": round(latency * 1000, 3) if latency is not None else None,
+            "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
+            "output_tokens_per_s": round(rate, 2) if rate is not None else None,
+            "in_flight": st.in_flight,
+            "errors": dict(st.errors),
+            "quality": round(st.quality(target.deployment.quality, routing.quality_prior_votes), 4),
+            "feedback_votes": st.feedback_votes,
+            "cost_usd": round(st.cost_usd, 6),
+            "cooling_for_s": round(st.cooling_until - now, 3) if st.cooling_until > now else None,
+        },
+    }
+
+
+def offline_view(policy: Policy, clients: Mapping[str, ProviderHandle]) -> dict[str, Any]:
+    """What ``/admin/models`` would show for ``policy`` before any traffic."""
+    return snapshot(Router(policy, clients, GatewayMetrics()))
 
 
 def render(view: Mapping[str, Any], model: str, policy: Policy | None, source: str) -> str:

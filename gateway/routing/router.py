@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception
 
@@ -33,17 +33,16 @@ from gateway.errors import (
     NoHealthyDeployment,
     ProviderNotConfigured,
     UpstreamStatusError,
-    counts_against_provider,
 )
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import ModelGroup, Policy, Retry
-from gateway.providers.transport import ProviderClient
+from gateway.providers.base import ProviderHandle
 from gateway.routing import scoring
-from gateway.routing.attempts import Cursor
 from gateway.routing.breaker import BreakerState, CircuitBreaker
+from gateway.routing.failover import FailoverCursor
 from gateway.routing.stats import DeploymentStats
 from gateway.routing.strategies import Strategy, strategy_for
-from gateway.routing.target import Live, RouteContext, Target, rule_matches
+from gateway.routing.target import DeploymentState, RouteContext, Target, rule_matches
 
 T = TypeVar("T")
 
@@ -83,7 +82,7 @@ class Router:
     def __init__(
         self,
         policy: Policy,
-        clients: Mapping[str, ProviderClient],
+        clients: Mapping[str, ProviderHandle],
         metrics: GatewayMetrics,
         *,
         rng: random.Random | None = None,
@@ -94,12 +93,12 @@ class Router:
         self._rng = rng or random.Random()
         self._clock = clock
         r = policy.routing
-        self._live: dict[tuple[str, str], Live] = {}
+        self._live: dict[tuple[str, str], DeploymentState] = {}
         for group in policy.models.values():
             for dep in group.deployments:
                 self._live.setdefault(
                     (dep.provider, dep.model),
-                    Live(
+                    DeploymentState(
                         DeploymentStats(r.window_s, r.latency_alpha, r.stale_after_s),
                         CircuitBreaker(policy.breaker),
                     ),
@@ -125,6 +124,15 @@ class Router:
         metrics.register_router(self)
 
     # ----- lookups
+
+    @property
+    def policy(self) -> Policy:
+        """The policy the router was built from."""
+        return self._policy
+
+    def now(self) -> float:
+        """The router's clock, in seconds (monotonic)."""
+        return self._clock()
 
     @property
     def model_names(self) -> Sequence[str]:
@@ -219,7 +227,7 @@ class Router:
         """Run ``attempt`` on planned targets until one succeeds or the error is final."""
         group_name = self.resolve(ctx)
         group = self._groups[group_name]
-        cursor = Cursor(self.plan(ctx, group_name), group.retry, self._clock, self._rng, ctx)
+        cursor = FailoverCursor(self.plan(ctx, group_name), group.retry, self._clock, self._rng, ctx)
         failures: list[Attempt] = []
         # The first attempt runs outside tenacity: most requests need no retry, and building
         # the retry machinery for each would cost a sizeable share of the proxy's overhead.
@@ -243,7 +251,7 @@ class Router:
     async def _retry(
         self,
         group_name: str,
-        cursor: Cursor,
+        cursor: FailoverCursor,
         ctx: RouteContext,
         attempt: Callable[[Target], Awaitable[T]],
         failures: list[Attempt],
@@ -322,7 +330,7 @@ class Router:
     def _record_failure(self, target: Target, error: GatewayError) -> None:
         now = self._clock()
         live = target.live
-        counts = counts_against_provider(error)
+        counts = error.counts_against_provider
         live.stats.failure(now, type(error).__name__, counts=counts)
         if counts:
             live.breaker.failure(now)
@@ -375,81 +383,20 @@ class Router:
         quality = stats.quality(target.deployment.quality, self._policy.routing.quality_prior_votes)
         return group, target, quality
 
-    # ----- what /admin/models, policy explain and the metrics collector show
+    # ----- what /admin/models, policy explain (``explain.snapshot``) and the metrics collector show
 
-    def snapshot(self) -> dict[str, Any]:
-        now = self._clock()
-        routing = self._policy.routing
-        out: dict[str, Any] = {}
-        for name, group in self._groups.items():
-            terms = self._terms(group, group.targets, now, stream=False)
-            scores = [t.score(self._policy.weights) for _, t in terms]
-            eligible = [
-                i
-                for i, (target, _) in enumerate(terms)
-                if target.client.configured
-                and target.live.breaker.available(now)
-                and target.live.stats.cooling_until <= now
-            ]
-            first_shares = self._first_shares(
-                group, [terms[i][0] for i in eligible], [scores[i] for i in eligible]
-            )
-            share_of = dict(zip(eligible, first_shares, strict=True))
-            deployments = []
-            for i, (target, t) in enumerate(terms):
-                st = target.live.stats
-                ok, bad = st.window.totals(now)
-                latency = st.latency_s.get(now, routing.stale_after_s)
-                ttft = st.ttft_s.get(now, routing.stale_after_s)
-                rate = st.tokens_per_s.get(now, routing.stale_after_s)
-                deployments.append(
-                    {
-                        "provider": target.provider,
-                        "model": target.model,
-                        "configured": target.client.configured,
-                        "breaker": target.live.breaker.state(now).label,
-                        "score": round(scores[i], 4),
-                        "share": round(share_of.get(i, 0.0), 4),
-                        "terms": {
-                            "latency": round(t.latency, 4),
-                            "quality": round(t.quality, 4),
-                            "reliability": round(t.reliability, 4),
-                            "cost": round(t.cost, 4),
-                        },
-                        "stats": {
-                            "requests": st.requests,
-                            "successes": st.successes,
-                            "failures": st.failures,
-                            "success_rate": round(ok / (ok + bad), 4) if ok + bad else None,
-                            "uptime": st.window.uptime(now),
-                            "latency_ms": round(latency * 1000, 3) if latency is not None else None,
-                            "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
-                            "output_tokens_per_s": round(rate, 2) if rate is not None else None,
-                            "in_flight": st.in_flight,
-                            "errors": dict(st.errors),
-                            "quality": round(
-                                st.quality(target.deployment.quality, routing.quality_prior_votes), 4
-                            ),
-                            "feedback_votes": st.feedback_votes,
-                            "cost_usd": round(st.cost_usd, 6),
-                            "cooling_for_s": round(st.cooling_until - now, 3)
-                            if st.cooling_until > now
-                            else None,
-                        },
-                    }
-                )
-            out[name] = {
-                "strategy": group.config.strategy,
-                "rules": [rule.model_dump(exclude_none=True) for rule in group.config.rules],
-                "deployments": deployments,
-            }
-        return {"models": out}
+    def targets(self, group_name: str) -> tuple[Target, ...]:
+        """The group's targets, in policy order."""
+        return self._groups[group_name].targets
 
-    def _first_shares(self, group: _Group, targets: Sequence[Target], scores: Sequence[float]) -> list[float]:
-        if not targets:
-            return []
-        by_target = dict(zip(map(id, targets), scores, strict=True))
-        return group.strategy.shares(targets, lambda ts: [by_target[id(t)] for t in ts])
+    def strategy(self, group_name: str) -> Strategy:
+        """The strategy that orders the group's targets."""
+        return self._groups[group_name].strategy
+
+    def terms(self, group_name: str, now: float) -> list[tuple[Target, scoring.Terms]]:
+        """Each of the group's targets with its score terms for a non-streamed request at ``now``."""
+        group = self._groups[group_name]
+        return self._terms(group, group.targets, now, stream=False)
 
     def breaker_states(self) -> Iterator[tuple[str, str, BreakerState]]:
         now = self._clock()
@@ -458,6 +405,6 @@ class Router:
 
     def scores(self) -> Iterator[tuple[str, str, str, float]]:
         now = self._clock()
-        for name, group in self._groups.items():
-            for target, terms in self._terms(group, group.targets, now, stream=False):
+        for name in self._groups:
+            for target, terms in self.terms(name, now):
                 yield name, target.provider, target.model, terms.score(self._policy.weights)

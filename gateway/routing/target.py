@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from gateway.policy.model import Deployment, RuleMatch
-from gateway.providers.transport import ProviderClient
+from gateway.providers.base import ProviderHandle
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.stats import DeploymentStats
 
@@ -16,8 +16,9 @@ _CHARS_PER_TOKEN = 4
 
 
 @dataclass(slots=True)
-class Live:
-    """The mutable state of one deployment."""
+class DeploymentState:
+    """The mutable state of one deployment (per provider and upstream model): its live
+    figures and its circuit breaker, shared by every group that lists it."""
 
     stats: DeploymentStats
     breaker: CircuitBreaker
@@ -28,8 +29,8 @@ class Target:
     """A deployment bound to the client that reaches it and to its live state."""
 
     deployment: Deployment
-    client: ProviderClient
-    live: Live = field(compare=False, repr=False)
+    client: ProviderHandle
+    live: DeploymentState = field(compare=False, repr=False)
 
     @property
     def provider(self) -> str:

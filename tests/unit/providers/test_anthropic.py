@@ -18,11 +18,8 @@ from gateway.errors import (
     UpstreamBadResponse,
     UpstreamConnectError,
     UpstreamStatusError,
-    counts_against_provider,
-    is_context_length_error,
-    is_retryable,
 )
-from gateway.policy.model import Provider
+from gateway.policy.model import AnthropicProvider
 from gateway.providers.anthropic import AnthropicAdapter
 from gateway.providers.base import Endpoint
 from gateway.providers.registry import adapter_for
@@ -38,7 +35,9 @@ def fixture(name: str) -> Any:
 
 
 def adapter(**config: Any) -> AnthropicAdapter:
-    return AnthropicAdapter(Provider(kind="anthropic", base_url="https://api.anthropic.com/v1", **config))
+    return AnthropicAdapter(
+        AnthropicProvider(kind="anthropic", base_url="https://api.anthropic.com/v1", **config)
+    )
 
 
 def translate(body: dict[str, Any], model: str = "claude-x", **config: Any) -> dict[str, Any]:
@@ -64,7 +63,9 @@ def test_documented_requests(name: str) -> None:
 
 
 def test_registry_builds_the_adapter_from_the_policy_entry() -> None:
-    config = Provider(kind="anthropic", base_url="https://api.anthropic.com/v1", api_version="2024-01-01")
+    config = AnthropicProvider(
+        kind="anthropic", base_url="https://api.anthropic.com/v1", api_version="2024-01-01"
+    )
     built = adapter_for(config)
     assert isinstance(built, AnthropicAdapter)
     assert built.auth_headers("sk-ant") == {"x-api-key": "sk-ant", "anthropic-version": "2024-01-01"}
@@ -135,7 +136,7 @@ def test_embeddings_and_completions_are_refused_but_may_fail_over(endpoint: Endp
     assert "anthropic" in error.message and endpoint.value in error.message
     assert error.http_status == 400 and error.code == "unsupported_endpoint"
     # Another deployment of a mixed group may serve it; the Anthropic one is not unhealthy.
-    assert is_retryable(error) and not counts_against_provider(error)
+    assert error.retryable and not error.counts_against_provider
 
 
 @pytest.mark.parametrize(
@@ -174,7 +175,7 @@ def test_features_without_an_anthropic_equivalent_are_refused(body: dict[str, An
 def test_malformed_messages_name_the_field(message: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as err:
         translate({"messages": [message]})
-    assert err.value.param == param and not is_retryable(err.value)
+    assert err.value.param == param and not err.value.retryable
 
 
 # ----- responses
@@ -320,7 +321,7 @@ def test_overloaded_error_event_is_a_retryable_529() -> None:
     error = b'event: error\ndata: {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}\n\n'
     with pytest.raises(UpstreamStatusError) as err:
         translator.feed(error)
-    assert err.value.upstream_status == 529 and is_retryable(err.value)
+    assert err.value.upstream_status == 529 and err.value.retryable
     assert err.value.http_status == 503 and "Overloaded" in err.value.message
 
 
@@ -353,7 +354,7 @@ def test_documented_error_shape() -> None:
         "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy",
     }
     error = adapter().translate_error(404, orjson.dumps(body), None, "claude-prov")
-    assert error.http_status == 404 and not is_retryable(error)
+    assert error.http_status == 404 and not error.retryable
     assert error.message == "claude-prov: The requested resource could not be found."
     assert error.envelope()["error"]["type"] == "invalid_request_error"
     assert error.provider == "claude-prov"
@@ -377,8 +378,8 @@ def test_error_statuses(
     body = orjson.dumps({"type": "error", "error": {"type": kind, "message": "x"}})
     error = adapter().translate_error(status, body, 2.0 if status == 429 else None, "p")
     assert error.upstream_status == status and error.http_status == client_status
-    assert error.envelope()["error"]["type"] == client_type and is_retryable(error) is retryable
-    assert counts_against_provider(error) is (status >= 500)
+    assert error.envelope()["error"]["type"] == client_type and error.retryable is retryable
+    assert error.counts_against_provider is (status >= 500)
     if status == 429:
         assert error.retry_after_s == 2.0 and error.headers == {"retry-after": "2"}
 
@@ -387,9 +388,9 @@ def test_prompt_too_long_is_a_context_length_error() -> None:
     message = "prompt is too long: 210000 tokens > 200000 maximum"
     body = orjson.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
     error = adapter().translate_error(400, body, None, "p")
-    assert is_context_length_error(error) and error.code == "context_length_exceeded"
+    assert error.is_context_length and error.code == "context_length_exceeded"
 
 
 def test_a_body_that_is_not_anthropic_json_still_gives_an_error() -> None:
     error = adapter().translate_error(502, b"<html>Bad gateway</html>", None, "p")
-    assert error.message == "p: Provider returned HTTP 502." and is_retryable(error)
+    assert error.message == "p: Provider returned HTTP 502." and error.retryable

@@ -10,8 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.errors import is_retryable
-from gateway.policy.model import Provider
+from gateway.policy.model import AzureProvider
 from gateway.providers.azure import DEFAULT_API_VERSION, AzureOpenAIAdapter
 from gateway.providers.base import Endpoint
 from gateway.providers.registry import adapter_for
@@ -23,11 +22,11 @@ BODY = {"model": "gpt-4o", "input": "hi"}
 def adapter(
     base_url: str = "https://res.openai.azure.com", api_version: str | None = None
 ) -> AzureOpenAIAdapter:
-    return AzureOpenAIAdapter(Provider(kind="azure", base_url=base_url, api_version=api_version))
+    return AzureOpenAIAdapter(AzureProvider(kind="azure", base_url=base_url, api_version=api_version))
 
 
 def test_chat_request_matches_the_reference() -> None:
-    request = adapter_for(Provider(kind="azure", base_url="https://res.openai.azure.com")).build_request(
+    request = adapter_for(AzureProvider(kind="azure", base_url="https://res.openai.azure.com")).build_request(
         Endpoint.CHAT, FIXTURE["openai"], "my-gpt4o"
     )
     assert request.path == FIXTURE["path"]
@@ -64,7 +63,9 @@ def test_v1_api_keeps_the_deployment_as_model() -> None:
 def test_responses_and_streams_pass_through() -> None:
     az = adapter()
     assert az.translate_response(Endpoint.CHAT, {"choices": []}, FIXTURE["openai"], "d") is None
-    assert az.stream_translator(Endpoint.CHAT, FIXTURE["openai"], "d") is None
+    translator = az.stream_translator(Endpoint.CHAT, FIXTURE["openai"], "d")
+    stream = b'data: {"choices": []}\r\n\r\ndata: [DONE]\r\n\r\n'
+    assert translator.feed(stream) == stream and translator.completed
 
 
 @pytest.mark.parametrize("case", FIXTURE["errors"], ids=lambda c: str(c["code"]))
@@ -73,12 +74,12 @@ def test_errors(case: dict[str, Any]) -> None:
     assert error.upstream_status == case["status"]
     assert error.upstream_type == case["type"]
     assert error.code == case["code"]
-    assert is_retryable(error) is case["retryable"]
+    assert error.retryable is case["retryable"]
     assert error.message.startswith("az: ") and error.retry_after_s == 6.0
 
 
 def test_an_unquoted_yaml_date_is_a_valid_api_version() -> None:
-    config = Provider.model_validate(
+    config = AzureProvider.model_validate(
         {"kind": "azure", "base_url": "https://r.openai.azure.com", "api_version": date(2024, 10, 21)}
     )
     assert config.api_version == "2024-10-21"

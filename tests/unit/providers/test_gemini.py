@@ -17,16 +17,15 @@ from gateway.errors import (
     UnsupportedByProvider,
     UpstreamBadResponse,
     UpstreamStatusError,
-    is_retryable,
 )
-from gateway.policy.model import Provider
+from gateway.policy.model import GeminiProvider
 from gateway.providers.base import Endpoint
 from gateway.providers.gemini import GeminiAdapter
 from gateway.providers.gemini_schema import gemini_schema
 from gateway.providers.registry import adapter_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gemini"
-CONFIG = Provider(kind="gemini", base_url="https://generativelanguage.googleapis.com/v1beta")
+CONFIG = GeminiProvider(kind="gemini", base_url="https://generativelanguage.googleapis.com/v1beta")
 ADAPTER = GeminiAdapter(CONFIG)
 HELLO = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -185,7 +184,7 @@ def test_what_gemini_cannot_serve_is_a_retryable_refusal(endpoint: Endpoint, bod
     with pytest.raises(UnsupportedByProvider) as err:
         ADAPTER.build_request(endpoint, body, "m")
     assert err.value.code == "unsupported_endpoint" and "'gemini'" in err.value.message
-    assert is_retryable(err.value) and err.value.status == 400
+    assert err.value.retryable and err.value.status == 400
 
 
 @pytest.mark.parametrize(
@@ -203,7 +202,7 @@ def test_what_gemini_cannot_serve_is_a_retryable_refusal(endpoint: Endpoint, bod
 def test_malformed_requests_are_the_clients_error(body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as err:
         ADAPTER.build_request(Endpoint.CHAT, body, "m")
-    assert err.value.param == param and not is_retryable(err.value)
+    assert err.value.param == param and not err.value.retryable
 
 
 # ----- responses
@@ -371,7 +370,7 @@ def test_an_error_event_in_the_stream_raises_a_retryable_error() -> None:
     event = {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
     with pytest.raises(UpstreamStatusError) as err:
         translator.feed(b"data: " + orjson.dumps(event) + b"\n\n")
-    assert err.value.upstream_status == 503 and is_retryable(err.value)
+    assert err.value.upstream_status == 503 and err.value.retryable
 
 
 def test_a_blocked_prompt_in_a_stream_is_content_filter() -> None:
@@ -404,7 +403,7 @@ def test_errors_match_the_documented_codes(case: dict[str, Any]) -> None:
     assert error.upstream_status == case["status"]
     assert error.upstream_type == case["type"]
     assert error.code == case["code"]
-    assert is_retryable(error) is case["retryable"]
+    assert error.retryable is case["retryable"]
     assert error.retry_after_s == case["retry_after_s"]
     assert error.http_status == case["client_status"]
     assert error.message.startswith("gem: ") and error.provider == "gem"
@@ -414,7 +413,7 @@ def test_a_retry_after_header_wins_over_retry_info_and_junk_bodies_still_map() -
     body = load("errors.json")["cases"][0]["body"]
     assert ADAPTER.translate_error(429, orjson.dumps(body), 3.0, "gem").retry_after_s == 3.0
     junk = ADAPTER.translate_error(502, b"<html>bad gateway</html>", None, "gem")
-    assert junk.message == "gem: Provider returned HTTP 502." and is_retryable(junk)
+    assert junk.message == "gem: Provider returned HTTP 502." and junk.retryable
     assert ADAPTER.translate_error(429, b"", None, "gem").upstream_type == "rate_limit_error"
 
 

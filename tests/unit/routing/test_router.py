@@ -20,8 +20,9 @@ from gateway.errors import (
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.loader import parse_policy
 from gateway.policy.model import Policy
+from gateway.providers.client import ProviderClient
 from gateway.providers.openai import OpenAIAdapter
-from gateway.providers.transport import ProviderClient
+from gateway.routing.explain import snapshot
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 
@@ -173,9 +174,9 @@ async def test_breaker_opens_then_skips_then_probes() -> None:
     assert err.value.http_status == 503 and err.value.headers["retry-after"] == "10"
     assert tried == ["a", "a", "a"]
     clock.now += 10
-    assert r.snapshot()["models"]["solo"]["deployments"][0]["breaker"] == "half_open"
+    assert snapshot(r)["models"]["solo"]["deployments"][0]["breaker"] == "half_open"
     await r.call(ctx("solo"), attempt)
-    assert r.snapshot()["models"]["solo"]["deployments"][0]["breaker"] == "closed"
+    assert snapshot(r)["models"]["solo"]["deployments"][0]["breaker"] == "closed"
 
 
 async def test_context_error_falls_back_to_a_bigger_window() -> None:
@@ -245,4 +246,4 @@ def test_cost_is_counted_from_policy_prices_and_reported_usage() -> None:
         "gateway_cost_usd_total", {"model": "solo", "provider": "a", "upstream_model": "s1"}
     )
     assert value == cost
-    assert r.snapshot()["models"]["solo"]["deployments"][0]["stats"]["cost_usd"] == round(cost, 6)
+    assert snapshot(r)["models"]["solo"]["deployments"][0]["stats"]["cost_usd"] == round(cost, 6)

@@ -13,14 +13,12 @@ from gateway.errors import (
     NoHealthyDeployment,
     UnsupportedByProvider,
     UpstreamStatusError,
-    is_context_length_error,
-    is_retryable,
 )
 from gateway.policy.model import Retry
 from gateway.routing.target import RouteContext, Target
 
 
-class Cursor:
+class FailoverCursor:
     """Walks one request's plan for tenacity: which target next, how long to wait, when to stop.
 
     Positions run over the plan repeated (``plan[i % n]``): a position past the first round is a
@@ -77,7 +75,7 @@ class Cursor:
     def failed(self, target: Target, error: GatewayError) -> None:
         if isinstance(error, UnsupportedByProvider):
             self._unable.add(id(target))  # asking it again cannot help
-        if is_context_length_error(error):
+        if error.is_context_length:
             # Only a deployment with a bigger context may help now.
             self._min_context = max(
                 self._min_context,
@@ -87,9 +85,9 @@ class Cursor:
     def may_retry(self, error: BaseException) -> bool:
         if not isinstance(error, GatewayError):
             return False
-        if is_context_length_error(error):
+        if error.is_context_length:
             return self._min_context > 0
-        return is_retryable(error)
+        return error.retryable
 
     @property
     def pending_wait_s(self) -> float:
