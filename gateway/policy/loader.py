@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -98,10 +98,12 @@ def format_loc(loc: Loc) -> str:
 def _problems(exc: ValidationError, root: yaml.Node | None, shown_path: str) -> list[PolicyProblem]:
     problems = []
     for err in exc.errors():
-        loc: Loc = tuple(err["loc"])
+        raw_loc: Loc = tuple(err["loc"])
+        loc, at = _resolve(raw_loc)
         message = err["msg"].removeprefix("Value error, ")
-        hint = _hint(err, loc)
-        ref = (err.get("ctx") or {}).get("error")
+        hint = _hint(err, loc, raw_loc)
+        ctx = err.get("ctx") or {}
+        ref = ctx.get("error")
         if isinstance(ref, PolicyReferenceError):
             if ref.loc[-1] == "provider":
                 continue  # reported by _broken_references, even when other fields are wrong too
@@ -111,8 +113,23 @@ def _problems(exc: ValidationError, root: yaml.Node | None, shown_path: str) -> 
             continue
         if err["type"] == "extra_forbidden" and loc:
             message = f"unknown key '{loc[-1]}'"
+        elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            # A variant's tag (``kind``, ``type``) is missing or names no variant.
+            field = str(ctx.get("discriminator", "")).strip("'")
+            loc = (*loc, field)
+            message, hint = _tag_problem(field, ctx.get("tag"), _tags(at, field))
         problems.append(PolicyProblem(shown_path, _line_of(root, loc), loc, message, hint))
     return problems
+
+
+def _tag_problem(field: str, tag: object, known: list[str]) -> tuple[str, str]:
+    """Message and hint for a variant tag that is missing (``tag`` None) or unknown."""
+    listed = f"known {field}s: {', '.join(known)}"
+    if tag is None:
+        return "Field required", f"add this key; {listed}"
+    close = difflib.get_close_matches(str(tag), known, n=1)
+    guess = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown {field} '{tag}'", guess + listed
 
 
 def _broken_references(raw: dict[Any, Any]) -> list[PolicyReferenceError]:
@@ -139,13 +156,17 @@ def _broken_references(raw: dict[Any, Any]) -> list[PolicyReferenceError]:
     return out
 
 
-def _hint(err: Any, loc: Loc) -> str | None:
+def _hint(err: Any, loc: Loc, raw_loc: Loc) -> str | None:
     kind = err["type"]
     if kind == "extra_forbidden" and loc:
-        allowed = _fields_at(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        key = str(loc[-1])
+        allowed = _fields_of(_resolve(raw_loc[:-1])[1])
+        close = difflib.get_close_matches(key, allowed, n=1)
         if close:
             return f"did you mean '{close[0]}'?"
+        owners = _other_variants_with(raw_loc[:-1], key)
+        if owners:
+            return f"'{key}' is a key of {owners} only"
         return f"allowed keys: {', '.join(allowed)}" if allowed else None
     if kind == "missing":
         return "add this key"
@@ -155,20 +176,89 @@ def _hint(err: Any, loc: Loc) -> str | None:
     return None
 
 
-def _fields_at(loc: Loc) -> list[str]:
-    """The field names the policy model allows at ``loc`` (empty when it is not a model)."""
+def _other_variants_with(raw_loc: Loc, key: str) -> str | None:
+    """When ``raw_loc`` ends at a tagged union's variant, the other variants that have ``key``
+    (``kind anthropic``), so a key used on the wrong variant says where it belongs."""
+    if not raw_loc:
+        return None
+    union = _resolve(raw_loc[:-1])[1]
+    found = _variant(union, raw_loc[-1])
+    if found is None:
+        return None
+    field = found[1]
+    tags = [
+        tag
+        for model in _models_in(union)
+        if key in model.model_fields
+        for tag in _literal_values(model, field)
+    ]
+    return f"{field} {', '.join(tags)}" if tags else None
+
+
+def _resolve(loc: Loc) -> tuple[Loc, Any]:
+    """``loc`` as the policy file spells it, and the type it leads to (None past the models).
+
+    Pydantic puts the tag of a tagged union's variant in the path (``providers.x.openai.base_url``);
+    the file has no such key, so it is dropped (``providers.x.base_url``).
+    """
     current: Any = Policy
+    out: list[str | int] = []
     for part in loc:
+        variant = _variant(current, part)
+        if variant is not None:
+            current = variant[0]
+            continue
+        out.append(part)
         current = _step(current, part)
-        if current is None:
-            return []
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
+    return tuple(out), current
+
+
+def _fields_of(tp: Any) -> list[str]:
+    """The field names of ``tp`` when it is a policy model, else none."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
     return []
+
+
+def _models_in(tp: Any) -> list[type[BaseModel]]:
+    """The models of a union of models (the variants of a tagged union); empty for anything else."""
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) not in (Union, types.UnionType):
+        return []
+    return [a for a in typing.get_args(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def _variant(tp: Any, part: str | int) -> tuple[type[BaseModel], str] | None:
+    """The variant of tagged union ``tp`` whose tag is ``part``, and the name of its tag field,
+    if ``tp`` is one and has it."""
+    models = _models_in(tp)
+    if len(models) < 2:  # ``Retry | None`` and the like: pydantic adds no tag to their paths
+        return None
+    for model in models:
+        for name in model.model_fields:
+            if part in _literal_values(model, name):
+                return model, name
+    return None
+
+
+def _tags(tp: Any, field: str) -> list[str]:
+    """The tags of tagged union ``tp``, by the name of its tag ``field``."""
+    return [tag for model in _models_in(tp) for tag in _literal_values(model, field)]
+
+
+def _literal_values(model: type[BaseModel], field: str) -> list[str]:
+    """The values of ``model``'s ``field`` when it is a ``Literal``, else none."""
+    info = model.model_fields.get(field)
+    if info is None or typing.get_origin(info.annotation) is not Literal:
+        return []
+    return [str(value) for value in typing.get_args(info.annotation)]
 
 
 def _step(tp: Any, part: str | int) -> Any:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _step(typing.get_args(tp)[0], part)
     if origin in (Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         return _step(options[0], part) if options else None

@@ -2,7 +2,8 @@
 
 These models are the single source of the policy format: ``policy.schema.json`` is generated from
 them (``sophia-gateway policy schema``), and ``loader.py`` validates YAML against them. Every model
-rejects unknown keys so a typo is an error, not a silently ignored setting.
+rejects unknown keys so a typo is an error, not a silently ignored setting. Variants are tagged
+unions (providers by ``kind``, strategies by ``type``), each class with only its own keys.
 """
 
 from __future__ import annotations
@@ -50,14 +51,10 @@ class Timeouts(_Strict):
     total_s: float = Field(600.0, gt=0, description="Time for the whole request, streams included.")
 
 
-class Provider(_Strict):
-    """An upstream API endpoint and how to authenticate to it."""
+class ProviderBase(_Strict):
+    """What every provider kind has: where the API is, how to authenticate, how to connect."""
 
-    kind: Literal["openai", "azure", "anthropic", "gemini"] = Field(
-        description="Wire format: openai (and every compatible API), azure (Azure OpenAI: "
-        "deployment paths, api-key header, api-version query), anthropic (Messages API), "
-        "gemini (Google Generative Language API)."
-    )
+    kind: str  # each kind narrows it to its own tag
     base_url: str = Field(description="API root, e.g. https://api.openai.com/v1")
     api_key_env: str | None = Field(
         None,
@@ -71,16 +68,6 @@ class Provider(_Strict):
     max_connections: int = Field(
         256, ge=1, description="Most connections kept open to this provider at once."
     )
-    api_version: str | None = Field(
-        None,
-        description="azure: the api-version query parameter (default 2024-10-21); anthropic: the "
-        "anthropic-version header (default 2023-06-01). Ignored by other kinds.",
-    )
-    default_max_tokens: int = Field(
-        4096,
-        ge=1,
-        description="anthropic: max_tokens sent when the client gives none (the Messages API requires it).",
-    )
 
     @field_validator("base_url")
     @classmethod
@@ -88,12 +75,6 @@ class Provider(_Strict):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
-
-    @field_validator("api_version", mode="before")
-    @classmethod
-    def _version_text(cls, value: object) -> object:
-        # YAML reads an unquoted 2024-10-21 as a date; the API wants it as written.
-        return value.isoformat() if isinstance(value, datetime.date) else value
 
     @field_validator("api_key_env")
     @classmethod
@@ -111,6 +92,55 @@ class Provider(_Strict):
             if name.lower() in {"authorization", "api-key", "x-api-key", "x-goog-api-key"}:
                 raise ValueError(f"'{name}' carries a secret: use api_key_env instead")
         return value
+
+
+def _version_text(value: object) -> object:
+    # YAML reads an unquoted 2024-10-21 as a date; the API wants it as written.
+    return value.isoformat() if isinstance(value, datetime.date) else value
+
+
+ApiVersion = Annotated[str | None, BeforeValidator(_version_text)]
+
+
+class OpenAIProvider(ProviderBase):
+    """OpenAI, and every API speaking its wire format (vLLM, Ollama, Groq, Together, ...)."""
+
+    kind: Literal["openai"]
+
+
+class AzureProvider(ProviderBase):
+    """Azure OpenAI: deployment paths, the api-key header, the api-version query."""
+
+    kind: Literal["azure"]
+    api_version: ApiVersion = Field(
+        None,
+        description="The api-version query parameter (default 2024-10-21); v1 selects Azure's "
+        "/openai/v1 API, which takes none.",
+    )
+
+
+class AnthropicProvider(ProviderBase):
+    """Anthropic's Messages API."""
+
+    kind: Literal["anthropic"]
+    api_version: ApiVersion = Field(None, description="The anthropic-version header (default 2023-06-01).")
+    default_max_tokens: int = Field(
+        4096,
+        ge=1,
+        description="max_tokens sent when the client gives none (the Messages API requires it).",
+    )
+
+
+class GeminiProvider(ProviderBase):
+    """Google's Generative Language API (Gemini)."""
+
+    kind: Literal["gemini"]
+
+
+Provider = Annotated[
+    OpenAIProvider | AzureProvider | AnthropicProvider | GeminiProvider, Field(discriminator="kind")
+]
+"""An upstream API endpoint and how to authenticate to it, by wire format (``kind``)."""
 
 
 class Price(_Strict):
@@ -141,7 +171,50 @@ class Deployment(_Strict):
     weight: float = Field(1.0, ge=0, description="Fixed traffic share under `strategy: weighted` (relative).")
 
 
-Strategy = Literal["score", "weighted", "ordered", "least-busy"]
+class ScoreStrategyConfig(_Strict):
+    """Best live score: softmax over scores, with an exploration floor (see `routing`)."""
+
+    type: Literal["score"]
+    exploration: float | None = Field(
+        None, ge=0, le=1, description="Overrides `routing.exploration` for this group."
+    )
+    temperature: float | None = Field(
+        None, gt=0, description="Overrides `routing.temperature` for this group."
+    )
+
+
+class WeightedStrategyConfig(_Strict):
+    """Fixed traffic shares by each deployment's `weight` (canaries, A/B splits)."""
+
+    type: Literal["weighted"]
+
+
+class OrderedStrategyConfig(_Strict):
+    """Policy order: the first eligible deployment, the rest as strict fallbacks."""
+
+    type: Literal["ordered"]
+
+
+class LeastBusyStrategyConfig(_Strict):
+    """Fewest requests in flight on this replica; ties drawn at random."""
+
+    type: Literal["least-busy"]
+
+
+StrategyName = Literal["score", "weighted", "ordered", "least-busy"]
+"""The ``type`` of each strategy; a bare name is short for ``{type: NAME}`` (parameters at defaults)."""
+
+
+def _strategy_shorthand(value: object) -> object:
+    """``strategy: ordered`` is short for ``strategy: {type: ordered}``."""
+    return {"type": value} if isinstance(value, str) else value
+
+
+StrategyConfig = Annotated[
+    ScoreStrategyConfig | WeightedStrategyConfig | OrderedStrategyConfig | LeastBusyStrategyConfig,
+    Field(discriminator="type"),
+]
+"""How a group makes its first choice, by ``type``; each type carries only its own parameters."""
 
 
 class RuleMatch(_Strict):
@@ -229,13 +302,15 @@ class Routing(_Strict):
         ge=0,
         le=1,
         description="Share of traffic spread evenly over every eligible deployment, so one that "
-        "was slow or failing is measured again and gets traffic back once it recovers.",
+        "was slow or failing is measured again and gets traffic back once it recovers. A group's "
+        "`strategy: {type: score, exploration: ...}` overrides it.",
     )
     temperature: float = Field(
         0.05,
         gt=0,
         description="Softmax temperature over scores for the rest of the traffic: small values "
-        "send nearly everything to the best score, large values spread it.",
+        "send nearly everything to the best score, large values spread it. A group's "
+        "`strategy: {type: score, temperature: ...}` overrides it.",
     )
     latency_floor_ms: float = Field(
         20.0,
@@ -272,11 +347,15 @@ class ModelGroup(_Strict):
 
     deployments: list[Deployment] = Field(min_length=1)
     description: str | None = None
-    strategy: Strategy = Field(
+    strategy: Annotated[
+        StrategyConfig,
+        BeforeValidator(_strategy_shorthand, json_schema_input_type=StrategyName | StrategyConfig),
+    ] = Field(
         "score",
-        description="score: best live score (with exploration); weighted: fixed shares by "
-        "`weight`; ordered: policy order, the rest are fallbacks; least-busy: fewest requests "
-        "in flight.",
+        validate_default=True,
+        description="How the first choice is made: score (best live score, with exploration), "
+        "weighted (fixed shares by `weight`), ordered (policy order, the rest are fallbacks), "
+        "least-busy (fewest requests in flight). A bare name is short for {type: NAME}.",
     )
     rules: list[Rule] = Field(
         default_factory=list,

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 import orjson
 
 from gateway.errors import UnsupportedByProvider, UpstreamStatusError
-from gateway.policy.model import Provider
+from gateway.policy.model import AnthropicProvider
 from gateway.providers.anthropic_request import KIND, messages_request
 from gateway.providers.anthropic_response import chat_completion, status_error
 from gateway.providers.anthropic_stream import AnthropicStreamTranslator
@@ -50,7 +50,7 @@ _UNSUPPORTED = {
 class AnthropicAdapter:
     """Translation between OpenAI chat completions and Anthropic's Messages API."""
 
-    def __init__(self, config: Provider) -> None:
+    def __init__(self, config: AnthropicProvider) -> None:
         self._version = config.api_version or DEFAULT_VERSION
         self._default_max_tokens = config.default_max_tokens
 

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import orjson
 
 from gateway.errors import UpstreamStatusError
-from gateway.policy.model import Provider
+from gateway.policy.model import AzureProvider
 from gateway.providers.base import Endpoint, UpstreamRequest
 from gateway.providers.openai import OpenAIAdapter
 from gateway.wire.requests import JSONObject
@@ -43,10 +43,10 @@ _TYPES_BY_STATUS = {
 class AzureOpenAIAdapter(OpenAIAdapter):
     """OpenAI's adapter with Azure's paths, ``api-key`` header and ``api-version``."""
 
-    def __init__(self, config: Provider | None = None) -> None:
-        super().__init__(config)
-        version = (config.api_version if config is not None else None) or DEFAULT_API_VERSION
-        base_url = config.base_url if config is not None else ""
+    def __init__(self, config: AzureProvider) -> None:
+        super().__init__()
+        version = config.api_version or DEFAULT_API_VERSION
+        base_url = config.base_url
         root = "" if base_url.endswith("/openai") else "/openai"
         self._v1_root = f"{root}/v1" if version == "v1" else None
         self._root = root

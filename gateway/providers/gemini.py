@@ -26,7 +26,7 @@ from collections.abc import Mapping
 import orjson
 
 from gateway.errors import UpstreamStatusError
-from gateway.policy.model import Provider
+from gateway.policy.model import GeminiProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
 from gateway.providers.gemini_errors import gemini_error
 from gateway.providers.gemini_request import (
@@ -43,7 +43,7 @@ from gateway.wire.requests import JSONObject
 class GeminiAdapter:
     """Translates OpenAI calls to the Gemini API and its answers back."""
 
-    def __init__(self, config: Provider | None = None) -> None:
+    def __init__(self, config: GeminiProvider | None = None) -> None:
         self._config = config  # nothing in it changes the translation (yet)
 
     def auth_headers(self, api_key: str | None) -> Mapping[str, str]:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import orjson
 
 from gateway.errors import UpstreamStatusError
-from gateway.policy.model import Provider
+from gateway.policy.model import OpenAIProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
 from gateway.wire.requests import JSONObject
 
@@ -22,7 +22,7 @@ _PATHS = {endpoint: "/" + endpoint.value for endpoint in Endpoint}
 class OpenAIAdapter:
     """Pass-through adapter for OpenAI-compatible providers."""
 
-    def __init__(self, config: Provider | None = None) -> None:
+    def __init__(self, config: OpenAIProvider | None = None) -> None:
         self._config = config
 
     def auth_headers(self, api_key: str | None) -> Mapping[str, str]:

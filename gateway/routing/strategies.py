@@ -1,7 +1,8 @@
 """Routing strategies: how a group's first choice is made, and in which order the rest follow.
 
-Each is a small class implementing ``Strategy``; the policy names one per group
-(``strategy: score | weighted | ordered | least-busy``) and ``STRATEGIES`` maps the name to it.
+Each is a small class implementing ``Strategy``, built from its own entry in the policy
+(``strategy: {type: score, temperature: 0.1}``, or just ``strategy: ordered``); ``STRATEGIES``
+maps each ``type`` to the class, so adding one is a policy class, a class here and one line.
 Every strategy sees only eligible targets (key set, breaker letting calls through, big enough,
 not rate limited) and gets their scores on demand, as a callable, so the ones that do not
 need scores never compute them.
@@ -11,9 +12,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
-from gateway.policy.model import Routing
+from pydantic import BaseModel
+
+from gateway.policy.model import (
+    LeastBusyStrategyConfig,
+    OrderedStrategyConfig,
+    Routing,
+    ScoreStrategyConfig,
+    StrategyConfig,
+    WeightedStrategyConfig,
+)
 from gateway.routing import scoring
 from gateway.routing.target import Target
 
@@ -33,9 +44,9 @@ class Strategy(Protocol):
 class ScoreStrategy:
     """Best live score, drawn by softmax with an exploration floor (see ``scoring``)."""
 
-    def __init__(self, routing: Routing) -> None:
-        self._exploration = routing.exploration
-        self._temperature = routing.temperature
+    def __init__(self, config: ScoreStrategyConfig, routing: Routing) -> None:
+        self._exploration = routing.exploration if config.exploration is None else config.exploration
+        self._temperature = routing.temperature if config.temperature is None else config.temperature
 
     def order(self, targets: list[Target], scores: Scores, rng: random.Random) -> list[Target]:
         values = scores(targets)
@@ -49,6 +60,9 @@ class ScoreStrategy:
 
 class WeightedStrategy:
     """Fixed shares by each deployment's ``weight`` (canaries, A/B splits)."""
+
+    def __init__(self, config: WeightedStrategyConfig, routing: Routing) -> None:
+        pass  # the weights are the deployments'
 
     def order(self, targets: list[Target], scores: Scores, rng: random.Random) -> list[Target]:
         weights = [t.deployment.weight for t in targets]
@@ -65,6 +79,9 @@ class WeightedStrategy:
 class OrderedStrategy:
     """Policy order: the first eligible deployment, the rest as strict fallbacks."""
 
+    def __init__(self, config: OrderedStrategyConfig, routing: Routing) -> None:
+        pass  # nothing to set: the order is the policy's
+
     def order(self, targets: list[Target], scores: Scores, rng: random.Random) -> list[Target]:
         return targets
 
@@ -74,6 +91,9 @@ class OrderedStrategy:
 
 class LeastBusyStrategy:
     """Fewest requests in flight on this replica; ties drawn at random."""
+
+    def __init__(self, config: LeastBusyStrategyConfig, routing: Routing) -> None:
+        pass  # nothing to set: in-flight counts are live figures
 
     def order(self, targets: list[Target], scores: Scores, rng: random.Random) -> list[Target]:
         least = min(t.live.stats.in_flight for t in targets)
@@ -87,15 +107,31 @@ class LeastBusyStrategy:
         return [1 / sum(idle) if i else 0.0 for i in idle]
 
 
-def strategy_for(name: str, routing: Routing) -> Strategy:
-    """The strategy the policy names (the names are validated by the policy model)."""
-    if name == "score":
-        return ScoreStrategy(routing)
-    return STRATEGIES[name]()
+C = TypeVar("C", bound=BaseModel)
 
 
-STRATEGIES: dict[str, Callable[[], Strategy]] = {
-    "weighted": WeightedStrategy,
-    "ordered": OrderedStrategy,
-    "least-busy": LeastBusyStrategy,
+@dataclass(frozen=True, slots=True)
+class StrategyKind(Generic[C]):
+    """A strategy ``type``: the policy class of its entries and the strategy built from one."""
+
+    config: type[C]
+    build: Callable[[C, Routing], Strategy]
+
+    def __call__(self, config: StrategyConfig, routing: Routing) -> Strategy:
+        if not isinstance(config, self.config):
+            raise TypeError(f"expected {self.config.__name__}, got {type(config).__name__}")
+        return self.build(config, routing)
+
+
+STRATEGIES: dict[str, Callable[[StrategyConfig, Routing], Strategy]] = {
+    "score": StrategyKind(ScoreStrategyConfig, ScoreStrategy),
+    "weighted": StrategyKind(WeightedStrategyConfig, WeightedStrategy),
+    "ordered": StrategyKind(OrderedStrategyConfig, OrderedStrategy),
+    "least-busy": StrategyKind(LeastBusyStrategyConfig, LeastBusyStrategy),
 }
+
+
+def strategy_for(config: StrategyConfig, routing: Routing) -> Strategy:
+    """The strategy a group's policy entry names, built from its own parameters; ``routing``
+    holds the policy-wide defaults some of them fall back on."""
+    return STRATEGIES[config.type](config, routing)

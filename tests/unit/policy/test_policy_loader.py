@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from gateway.policy.loader import PolicyError, load_policy, parse_policy
+from gateway.policy.model import (
+    AnthropicProvider,
+    AzureProvider,
+    GeminiProvider,
+    OpenAIProvider,
+    OrderedStrategyConfig,
+    ScoreStrategyConfig,
+    StrategyConfig,
+    StrategyName,
+)
 
 GOOD = """\
 version: 1
@@ -82,3 +93,102 @@ def test_shipped_policies_load() -> None:
     for name in ("default.yaml", "demo.yaml"):
         policy = load_policy(Path(__file__).resolve().parents[3] / "routing_policies" / name)
         assert policy.models
+
+
+# ----- providers and strategies are tagged unions: each variant has only its own keys
+
+VARIANTS = """\
+version: 1
+providers:
+  oa:  {kind: openai, base_url: http://oa/v1}
+  az:  {kind: azure, base_url: https://r.openai.azure.com, api_version: 2024-10-21}
+  an:  {kind: anthropic, base_url: https://api.anthropic.com/v1, default_max_tokens: 512}
+  ge:  {kind: gemini, base_url: https://generativelanguage.googleapis.com/v1beta}
+models:
+  short:
+    strategy: ordered
+    deployments: [{provider: oa, model: m}]
+  long:
+    strategy: {type: score, temperature: 0.5}
+    deployments: [{provider: az, model: m}, {provider: an, model: m}, {provider: ge, model: m}]
+  plain:
+    deployments: [{provider: oa, model: m}]
+"""
+
+
+def test_each_provider_kind_is_its_own_class() -> None:
+    providers = parse_policy(VARIANTS).providers
+    assert isinstance(providers["oa"], OpenAIProvider)
+    assert isinstance(providers["ge"], GeminiProvider)
+    azure, anthropic = providers["az"], providers["an"]
+    assert isinstance(azure, AzureProvider) and azure.api_version == "2024-10-21"  # YAML date -> text
+    assert isinstance(anthropic, AnthropicProvider) and anthropic.default_max_tokens == 512
+    assert anthropic.api_version is None  # the adapter's default (2023-06-01) applies
+
+
+def test_a_key_of_another_kind_is_unknown_at_the_file_path() -> None:
+    text = VARIANTS.replace("base_url: http://oa/v1}", "base_url: http://oa/v1, default_max_tokens: 9}")
+    assert problems(text) == [
+        "p.yaml:3: providers.oa.default_max_tokens: unknown key 'default_max_tokens' "
+        "(hint: 'default_max_tokens' is a key of kind anthropic only)"
+    ]
+    text = VARIANTS.replace("kind: gemini,", "kind: gemini, api_version: v1beta,")
+    assert problems(text) == [
+        "p.yaml:6: providers.ge.api_version: unknown key 'api_version' "
+        "(hint: 'api_version' is a key of kind azure, anthropic only)"
+    ]
+
+
+def test_errors_inside_a_variant_name_the_file_path() -> None:
+    (found,) = problems(VARIANTS.replace("base_url: https://r.openai", "base_url: r.openai"))
+    assert found == "p.yaml:4: providers.az.base_url: must start with http:// or https://"
+    (found,) = problems(VARIANTS.replace("default_max_tokens: 512", "default_max_tokens: 0"))
+    assert found.startswith("p.yaml:5: providers.an.default_max_tokens: Input should be greater")
+
+
+def test_unknown_or_missing_kind_lists_the_kinds() -> None:
+    assert problems(VARIANTS.replace("kind: openai", "kind: opnai")) == [
+        "p.yaml:3: providers.oa.kind: unknown kind 'opnai' "
+        "(hint: did you mean 'openai'? known kinds: openai, azure, anthropic, gemini)"
+    ]
+    assert problems(VARIANTS.replace("kind: gemini, ", "")) == [
+        "p.yaml:6: providers.ge.kind: Field required "
+        "(hint: add this key; known kinds: openai, azure, anthropic, gemini)"
+    ]
+
+
+def test_strategy_shorthand_object_form_and_default() -> None:
+    models = parse_policy(VARIANTS).models
+    assert models["short"].strategy == OrderedStrategyConfig(type="ordered")
+    assert models["long"].strategy == ScoreStrategyConfig(type="score", temperature=0.5)
+    assert models["plain"].strategy == ScoreStrategyConfig(type="score")
+    for name in ("score", "weighted", "ordered", "least-busy"):
+        group = parse_policy(VARIANTS.replace("strategy: ordered", f"strategy: {name}")).models["short"]
+        assert group.strategy.type == name
+        again = VARIANTS.replace("strategy: ordered", f"strategy: {{type: {name}}}")
+        assert parse_policy(again).models["short"].strategy == group.strategy
+
+
+def test_unknown_strategy_type_lists_the_types() -> None:
+    expected = "(hint: known types: score, weighted, ordered, least-busy)"
+    assert problems(VARIANTS.replace("strategy: ordered", "strategy: fastest")) == [
+        f"p.yaml:9: models.short.strategy.type: unknown type 'fastest' {expected}"
+    ]
+    assert problems(VARIANTS.replace("strategy: ordered", "strategy: {type: random}")) == [
+        f"p.yaml:9: models.short.strategy.type: unknown type 'random' {expected}"
+    ]
+
+
+def test_strategy_parameters_belong_to_their_type() -> None:
+    text = VARIANTS.replace("strategy: ordered", "strategy: {type: ordered, temperature: 0.5}")
+    assert problems(text) == [
+        "p.yaml:9: models.short.strategy.temperature: unknown key 'temperature' "
+        "(hint: 'temperature' is a key of type score only)"
+    ]
+    (found,) = problems(VARIANTS.replace("temperature: 0.5", "temperature: 0"))
+    assert found == "p.yaml:12: models.long.strategy.temperature: Input should be greater than 0"
+
+
+def test_strategy_names_are_the_union_types() -> None:
+    mapping = TypeAdapter(StrategyConfig).json_schema()["discriminator"]["mapping"]
+    assert set(typing.get_args(StrategyName)) == set(mapping)

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from gateway.policy.model import Provider
+from gateway.policy.model import AnthropicProvider
 from gateway.providers.anthropic import AnthropicAdapter
 from gateway.providers.base import Endpoint
 from gateway.testing.fake_provider import FakeConfig, build_app
@@ -121,7 +121,7 @@ async def test_the_adapter_reads_the_fake_stream(aiohttp_client: AiohttpClient) 
     client = await fake(aiohttp_client)
     body = {**ASK, "stream": True, "tools": [WEATHER], "tool_choice": {"type": "tool", "name": "get_weather"}}
     raw = await (await post(client, body)).read()
-    config = Provider(kind="anthropic", base_url="http://fake/v1")
+    config = AnthropicProvider(kind="anthropic", base_url="http://fake/v1")
     translator = AnthropicAdapter(config).stream_translator(Endpoint.CHAT, {}, "claude-x")
     assert translator is not None
     out = b"".join(translator.feed(raw[i : i + 5]) for i in range(0, len(raw), 5)) + translator.finish()
