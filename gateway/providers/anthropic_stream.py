@@ -1,8 +1,7 @@
 """Anthropic Messages API event stream -> OpenAI ``chat.completion.chunk`` server-sent events.
 
-The input is parsed incrementally: bytes may be split anywhere (inside a line, between ``\\r``
-and ``\\n``), and only the unfinished line and the current event's ``data:`` lines are kept.
-Each event is translated as soon as its blank line arrives:
+The input is parsed incrementally by the gateway's one SSE decoder (``wire/sse.py``), so bytes
+may be split anywhere; each event is translated as soon as its blank line arrives:
 
 * ``message_start`` -> the chunk with ``role: assistant`` (held back until the first content,
   so an ``error`` event before any content still fails over to another deployment);
@@ -26,8 +25,8 @@ import orjson
 from gateway.errors import UpstreamBadResponse, UpstreamConnectError
 from gateway.providers.anthropic_response import finish_reason, openai_usage, status_error
 from gateway.wire.requests import JSONObject
+from gateway.wire.sse import DONE, SSEDecoder, encode_json
 
-DONE = b"data: [DONE]\n\n"
 _PROVIDER = "anthropic"  # the translator is not told the provider's policy name
 
 
@@ -35,9 +34,8 @@ class AnthropicStreamTranslator:
     """One stream's parser and translator state (see the module docstring)."""
 
     __slots__ = (
-        "_buffer",
         "_created",
-        "_data",
+        "_decoder",
         "_done",
         "_id",
         "_include_usage",
@@ -52,8 +50,7 @@ class AnthropicStreamTranslator:
         self._model = upstream_model
         self._id = "msg_unknown"
         self._created = int(time.time())
-        self._buffer = b""  # the unfinished line
-        self._data: list[bytes] = []  # data lines of the event being read
+        self._decoder = SSEDecoder()
         self._pending_role = False
         self._tools: dict[int, int] = {}  # content block index -> OpenAI tool call index
         self._usage: JSONObject = {}
@@ -61,32 +58,11 @@ class AnthropicStreamTranslator:
 
     def feed(self, chunk: bytes) -> bytes:
         """OpenAI SSE bytes for every event that ``chunk`` completes (b"" if none)."""
-        out: list[bytes] = []
-        buffer = self._buffer + chunk
-        start = 0
-        cr = buffer.find(b"\r")  # searched again only once passed: most streams have none
-        while True:
-            if 0 <= cr < start:
-                cr = buffer.find(b"\r", start)
-            lf = buffer.find(b"\n", start)
-            end = cr if lf < 0 or 0 <= cr < lf else lf
-            if end < 0:
-                break
-            line = buffer[start:end]
-            # A line ends at \n, \r\n or a lone \r; a \r at the very end may be half of \r\n.
-            if buffer[end : end + 1] == b"\r":
-                if end + 1 == len(buffer):
-                    break
-                start = end + 2 if buffer[end + 1 : end + 2] == b"\n" else end + 1
-            else:
-                start = end + 1
-            if line:
-                self._field(line)
-            elif self._data:
-                out.append(self._event(b"\n".join(self._data)))
-                self._data = []
-        self._buffer = buffer[start:]
-        return b"".join(out)
+        # Only data matters: Anthropic repeats the event name as the data's "type".
+        events = self._decoder.feed(chunk)
+        if not events:
+            return b""
+        return b"".join([self._event(data) for data in events])
 
     def finish(self) -> bytes:
         """b"" once ``message_stop`` has been translated; a stream cut before it is an error."""
@@ -96,11 +72,12 @@ class AnthropicStreamTranslator:
             f"{_PROVIDER}: stream ended early (no message_stop event)", provider=_PROVIDER
         )
 
-    def _field(self, line: bytes) -> None:
-        # Only data matters: Anthropic repeats the event name as the data's "type".
-        if line.startswith(b"data:"):
-            value = line[5:]
-            self._data.append(value[1:] if value.startswith(b" ") else value)
+    def usage(self) -> JSONObject | None:
+        return openai_usage(self._usage) if self._usage else None
+
+    @property
+    def completed(self) -> bool:
+        return self._done
 
     def _event(self, data: bytes) -> bytes:
         if not data.strip():
@@ -183,12 +160,12 @@ class AnthropicStreamTranslator:
         self._done = True
         out = self._role()
         if self._include_usage:
-            out += _sse({**self._head(), "choices": [], "usage": openai_usage(self._usage)})
+            out += encode_json({**self._head(), "choices": [], "usage": openai_usage(self._usage)})
         return out + DONE
 
     def _chunk(self, delta: JSONObject, finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return self._role() + _sse({**self._head(), "choices": [choice]})
+        return self._role() + encode_json({**self._head(), "choices": [choice]})
 
     def _role(self) -> bytes:
         if not self._pending_role:
@@ -208,7 +185,3 @@ class AnthropicStreamTranslator:
 def _index(event: JSONObject) -> int:
     index = event.get("index")
     return index if isinstance(index, int) else -1
-
-
-def _sse(event: JSONObject) -> bytes:
-    return b"data: " + orjson.dumps(event) + b"\n\n"

@@ -2,27 +2,33 @@
 
 An adapter is a pure translator: it turns an OpenAI-format request into the provider's HTTP
 request and the provider's answers (bodies, stream chunks, errors) back into OpenAI format.
-It does no I/O; ``transport.py`` sends what it builds. Adding a wire format means one new module
-implementing ``ProviderAdapter`` and one line in ``registry.py``.
+It does no I/O; a ``Transport`` sends what it builds (``transport.py`` over aiohttp, or
+``gateway.testing.MockTransport`` in tests) and ``client.py`` ties adapter, transport and key
+together. Adding a wire format means one new module implementing ``ProviderAdapter`` and one line
+in ``registry.py``.
+
+Routing and the request service see a provider only through ``ProviderHandle``.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.errors import UpstreamStatusError
-from gateway.wire.requests import JSONObject
+from gateway.policy.model import Provider
+from gateway.wire.requests import Endpoint, JSONObject
 
-
-class Endpoint(enum.Enum):
-    """The OpenAI operations the gateway proxies; the value is the path under /v1."""
-
-    CHAT = "chat/completions"
-    COMPLETIONS = "completions"
-    EMBEDDINGS = "embeddings"
+__all__ = [
+    "Endpoint",
+    "ProviderAdapter",
+    "ProviderHandle",
+    "StreamTranslator",
+    "Transport",
+    "UpstreamRequest",
+    "UpstreamResponse",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +41,49 @@ class UpstreamRequest:
     headers: Mapping[str, str] | None = None
 
 
+class UpstreamResponse(Protocol):
+    """A provider's answer once its status and headers are in; the body is read on demand."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; raises ``UpstreamError`` if it ends before it is complete."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection (closing it if the body was not fully read)."""
+        ...
+
+
+class Transport(Protocol):
+    """Sends a provider's requests: the seam between the gateway and the network.
+
+    ``transport.AiohttpTransport`` is the real one (one pooled session per provider);
+    ``gateway.testing.MockTransport`` answers in process. Library exceptions are translated
+    into ``UpstreamError`` here; a non-2xx status is returned, not raised.
+    """
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
+
+
 class StreamTranslator(Protocol):
     """Turns provider stream bytes into OpenAI SSE bytes, chunk by chunk, in order.
 
-    One instance per stream (it keeps the partial event and the stream's state). ``feed`` raises
-    ``UpstreamError`` for an error event inside the stream.
+    One instance per stream (it keeps the partial event and the stream's state); every stream
+    has one, OpenAI's own format included (a pass-through that only watches). ``feed`` raises
+    ``UpstreamError`` for an error event it cannot pass on (formats other than OpenAI's).
     """
 
     def feed(self, chunk: bytes) -> bytes:
@@ -49,6 +93,15 @@ class StreamTranslator(Protocol):
     def finish(self) -> bytes:
         """What to send once the provider's stream has ended (e.g. a usage chunk and
         ``data: [DONE]`` for providers whose streams have no end marker); may be b""."""
+        ...
+
+    def usage(self) -> JSONObject | None:
+        """The OpenAI usage object of the stream so far (the provider's latest counts), if any."""
+        ...
+
+    @property
+    def completed(self) -> bool:
+        """Whether the stream reached its end marker with no error event in it: a whole answer."""
         ...
 
 
@@ -76,13 +129,45 @@ class ProviderAdapter(Protocol):
 
     def stream_translator(
         self, endpoint: Endpoint, request: JSONObject, upstream_model: str
-    ) -> StreamTranslator | None:
-        """A new translator for one streamed body, or None when it is already OpenAI SSE.
-        ``request`` is the client's OpenAI body (e.g. for ``stream_options.include_usage``)."""
+    ) -> StreamTranslator:
+        """A new translator for one streamed body. ``request`` is the client's OpenAI body
+        (e.g. for ``stream_options.include_usage``)."""
         ...
 
     def translate_error(
         self, status: int, body: bytes, retry_after_s: float | None, provider: str
     ) -> UpstreamStatusError:
         """The gateway error for a provider error response."""
+        ...
+
+
+class ProviderHandle(Protocol):
+    """What routing and the request service see of a provider (``client.ProviderClient``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def config(self) -> Provider: ...
+
+    @property
+    def adapter(self) -> ProviderAdapter: ...
+
+    @property
+    def configured(self) -> bool:
+        """False when the policy names a key variable that is not set."""
+        ...
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send ``request``; the response once its headers are in (2xx only: any other status
+        is raised as the adapter's translation of the provider's error, key scrubbed)."""
+        ...
+
+    async def read_json(self, response: UpstreamResponse) -> tuple[bytes, JSONObject]:
+        """A 2xx response's whole body, raw and parsed; malformed is ``UpstreamBadResponse``."""
+        ...
+
+    def chunks(self, response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
+        """A 2xx response's body as it arrives, key scrubbed; iterate it once, and ``aclose``
+        it if you stop early."""
         ...

@@ -31,8 +31,7 @@ from gateway.providers.gemini_response import (
     usage,
 )
 from gateway.wire.requests import JSONObject
-
-_DONE = b"data: [DONE]\n\n"
+from gateway.wire.sse import DONE, DONE_DATA, SSEDecoder, encode_json
 
 
 @dataclass(slots=True)
@@ -47,15 +46,16 @@ class _Choice:
 class GeminiStreamTranslator:
     """One Gemini stream in, OpenAI chat (or legacy text completion) SSE out."""
 
-    __slots__ = ("_calls", "_chat", "_choices", "_created", "_head", "_include_usage", "_key",
-                 "_model", "_pending", "_usage")  # fmt: skip
+    __slots__ = ("_calls", "_chat", "_choices", "_completed", "_created", "_decoder", "_head",
+                 "_include_usage", "_key", "_model", "_usage")  # fmt: skip
 
     def __init__(self, *, chat: bool, include_usage: bool, model: str, created: int) -> None:
         self._chat = chat
         self._include_usage = include_usage
         self._model = model
         self._created = created
-        self._pending = b""  # the incomplete event so far
+        self._decoder = SSEDecoder()
+        self._completed = False
         self._head: JSONObject | None = None  # id, object, created, model: set by the first event
         self._key = ""
         self._choices: dict[int, _Choice] = {}
@@ -64,40 +64,37 @@ class GeminiStreamTranslator:
 
     def feed(self, chunk: bytes) -> bytes:
         out = bytearray()
-        for event in self._events(chunk):
+        for event in self._events(self._decoder.feed(chunk)):
             out += self._translate(event)
         return bytes(out)
 
     def finish(self) -> bytes:
         out = bytearray()
-        if self._pending.strip():  # a last event without its blank line: take it all the same
-            self._pending += b"\n\n"
-            for event in self._events(b""):
-                out += self._translate(event)
+        for event in self._events(self._decoder.flush()):  # a last event without its blank line
+            out += self._translate(event)
         reasons = {i: finish_reason(c.finish_reason, c.tool_calls > 0) for i, c in self._choices.items()}
         if not any(reasons.values()):
             raise UpstreamBadResponse("Gemini stream ended before any candidate finished.")
         for index in sorted(reasons):
             out += self._chunk(index, {} if self._chat else "", reasons[index] or "stop")
         if self._include_usage and self._usage is not None and self._head is not None:
-            out += _sse({**self._head, "choices": [], "usage": self._usage})
-        return bytes(out + _DONE)
+            out += encode_json({**self._head, "choices": [], "usage": self._usage})
+        self._completed = True
+        return bytes(out + DONE)
 
-    def _events(self, chunk: bytes) -> Iterator[JSONObject]:
-        """Each complete event's parsed data, in order; keeps the incomplete rest."""
-        buffer = self._pending + chunk
-        held = b""
-        if buffer.endswith(b"\r"):  # maybe the first half of a CRLF split across chunks
-            buffer, held = buffer[:-1], b"\r"
-        if b"\r" in buffer:
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *complete, rest = buffer.split(b"\n\n")
-        self._pending = rest + held
-        for raw in complete:
-            lines = [line[5:].removeprefix(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")]
-            data = b"\n".join(lines)
-            if not data.strip() or data.strip() == b"[DONE]":
-                continue  # comments, keep-alives, or a proxy's end marker
+    def usage(self) -> JSONObject | None:
+        return self._usage
+
+    @property
+    def completed(self) -> bool:
+        return self._completed
+
+    @staticmethod
+    def _events(events: list[bytes]) -> Iterator[JSONObject]:
+        """Each event's parsed data, in order."""
+        for data in events:
+            if not data.strip() or data.strip() == DONE_DATA:
+                continue  # keep-alives, or a proxy's end marker
             try:
                 event = orjson.loads(data)
             except orjson.JSONDecodeError:
@@ -161,8 +158,4 @@ class GeminiStreamTranslator:
             choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": reason}
         else:
             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
-        return _sse({**(self._head or {}), "choices": [choice]})
-
-
-def _sse(event: JSONObject) -> bytes:
-    return b"data: " + orjson.dumps(event) + b"\n\n"
+        return encode_json({**(self._head or {}), "choices": [choice]})

@@ -15,6 +15,7 @@ from gateway.errors import UpstreamStatusError
 from gateway.policy.model import OpenAIProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
 from gateway.wire.requests import JSONObject
+from gateway.wire.sse import DONE_DATA, SSEDecoder
 
 _PATHS = {endpoint: "/" + endpoint.value for endpoint in Endpoint}
 
@@ -40,8 +41,8 @@ class OpenAIAdapter:
 
     def stream_translator(
         self, endpoint: Endpoint, request: JSONObject, upstream_model: str
-    ) -> StreamTranslator | None:
-        return None
+    ) -> StreamTranslator:
+        return OpenAIStreamTranslator()
 
     def translate_error(
         self, status: int, body: bytes, retry_after_s: float | None, provider: str
@@ -68,6 +69,59 @@ class OpenAIAdapter:
             code=code,
             retry_after_s=retry_after_s,
         )
+
+
+class OpenAIStreamTranslator:
+    """OpenAI SSE in, the same bytes out: it only watches for usage, ``[DONE]`` and error events.
+
+    An error event is relayed as the provider sent it (the client's SDK raises on it), but the
+    stream then counts as failed and is never cached.
+    """
+
+    __slots__ = ("_decoder", "_done", "_errored", "_usage")
+
+    def __init__(self) -> None:
+        self._decoder = SSEDecoder()
+        self._done = False
+        self._errored = False
+        self._usage: JSONObject | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        for data in self._decoder.feed(chunk):
+            self._watch(data)
+        return chunk
+
+    def finish(self) -> bytes:
+        for data in self._decoder.flush():
+            self._watch(data)
+        return b""
+
+    def usage(self) -> JSONObject | None:
+        return self._usage
+
+    @property
+    def completed(self) -> bool:
+        return self._done and not self._errored
+
+    def _watch(self, data: bytes) -> None:
+        if data == DONE_DATA:
+            self._done = True
+            return
+        # Only events that can carry usage or an error are parsed; content deltas are not.
+        if b'"usage"' not in data and b'"error"' not in data:
+            return
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._errored = True  # a malformed event: not an answer to keep
+            return
+        if not isinstance(event, dict):
+            return
+        if "error" in event:
+            self._errored = True
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
 
 
 def _str_or_none(value: object) -> str | None:

@@ -18,7 +18,9 @@ from typing import Protocol, TypeGuard
 
 import orjson
 
-DONE = b"data: [DONE]\n\n"
+from gateway.wire.sse import DONE as DONE  # re-exported: the fake's streams end with the gateway's marker
+from gateway.wire.sse import encode_json
+
 # 200 with a JSON content type but a body cut off mid-object, as a crashing upstream proxy might send.
 MALFORMED = b'{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{"index": 0, "mess'
 
@@ -73,9 +75,7 @@ def error_body(message: str, error_type: str, code: str | None = None, param: st
     return orjson.dumps({"error": {"message": message, "type": error_type, "param": param, "code": code}})
 
 
-def sse(event: object) -> bytes:
-    """One server-sent event carrying ``event`` as JSON."""
-    return b"data: " + orjson.dumps(event) + b"\n\n"
+sse = encode_json  # one server-sent event carrying an object as JSON
 
 
 def parse_chat(body: dict[str, object]) -> Generation:

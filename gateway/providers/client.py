@@ -1,0 +1,121 @@
+"""One provider as the gateway uses it: its policy entry, adapter, key and transport.
+
+The key lives here and only here: it goes into the transport's default headers, and everything
+a provider sends back that could echo it (an error body before it is translated, stream bytes,
+library messages) is scrubbed first, so no error object, log line or client response can hold it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import orjson
+
+from gateway.errors import GatewayError, UpstreamBadResponse
+from gateway.policy.model import Provider
+from gateway.providers.base import ProviderAdapter, Transport, UpstreamRequest, UpstreamResponse
+from gateway.providers.transport import AiohttpTransport
+from gateway.wire.requests import JSONObject
+
+_REDACTED = "***"
+
+
+class ProviderClient:
+    """A ``ProviderHandle``: adapter + key + transport for one provider of the policy."""
+
+    def __init__(
+        self,
+        name: str,
+        config: Provider,
+        adapter: ProviderAdapter,
+        api_key: str | None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.adapter = adapter
+        self._api_key = api_key or None
+        self._key_bytes = api_key.encode() if api_key else b""
+        headers = {**config.headers, **adapter.auth_headers(api_key)}
+        self.transport: Transport = transport or AiohttpTransport(name, config, headers, self.scrub)
+
+    @property
+    def configured(self) -> bool:
+        """False when the policy names a key variable that is not set."""
+        return self.config.api_key_env is None or self._api_key is not None
+
+    async def start(self) -> None:
+        await self.transport.start()
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send ``request``; the response once its headers arrive (2xx only, else raised)."""
+        response = await self.transport.send(request)
+        status = response.status
+        if 200 <= status < 300:
+            return response
+        try:
+            body = await response.read()
+            retry_after = response.headers.get("Retry-After")
+        finally:
+            response.close()
+        raise self._status_error(status, body, retry_after)
+
+    async def read_json(self, response: UpstreamResponse) -> tuple[bytes, JSONObject]:
+        """The whole body, raw and parsed; a non-object or malformed body is an upstream error."""
+        try:
+            data = self.scrub_bytes(await response.read())
+        finally:
+            response.close()
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamBadResponse(
+                f"{self.name}: provider returned a body that is not valid JSON", provider=self.name
+            ) from None
+        if not isinstance(parsed, dict):
+            raise UpstreamBadResponse(
+                f"{self.name}: provider returned JSON that is not an object", provider=self.name
+            )
+        return data, parsed
+
+    async def chunks(self, response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
+        """The body as it arrives, key scrubbed (a no-op scan when no key is set or echoed)."""
+        key = self._key_bytes
+        async for chunk in response.chunks():
+            yield chunk.replace(key, b"***") if key and key in chunk else chunk
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the provider key replaced, in case a provider or library echoes it."""
+        return text.replace(self._api_key, _REDACTED) if self._api_key else text
+
+    def scrub_bytes(self, data: bytes) -> bytes:
+        key = self._key_bytes
+        return data.replace(key, b"***") if key and key in data else data
+
+    def _status_error(self, status: int, body: bytes, retry_after: str | None) -> GatewayError:
+        if status < 200 or 300 <= status < 400:
+            # Redirects are never followed (the key would go to another host) and 1xx is not an
+            # answer: either way the provider is misconfigured, so another deployment should serve.
+            return UpstreamBadResponse(
+                f"{self.name}: provider answered HTTP {status}, which the gateway does not follow",
+                provider=self.name,
+            )
+        # Scrubbed before the adapter reads it: every relayed field (message, type, param,
+        # code) and the error's own args are built from clean text.
+        scrubbed_after = self.scrub(retry_after) if retry_after else None
+        return self.adapter.translate_error(
+            status, self.scrub_bytes(body), _retry_after_s(scrubbed_after), self.name
+        )
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date; rare from LLM providers, and then a plain backoff is right
+    return seconds if seconds >= 0 and seconds == seconds and seconds != float("inf") else None

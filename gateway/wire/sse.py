@@ -1,0 +1,66 @@
+"""Server-Sent Events: the one decoder and encoder every stream in the gateway uses.
+
+The decoder follows the WHATWG framing: a line ends at CRLF, LF or a lone CR (a CR at the end of
+a chunk may be half of a CRLF, so it is held back); ``data:`` is read with or without the one
+space after the colon; a blank line ends an event; comments (``:``) and other fields are skipped.
+It keeps only the unfinished line and the current event's data lines, so it costs nothing to
+keep across a long stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+DONE_DATA = b"[DONE]"
+DONE = b"data: [DONE]\n\n"  # OpenAI's end-of-stream event
+
+
+class SSEDecoder:
+    """Incremental SSE decoder: bytes in, the ``data`` of each completed event out."""
+
+    __slots__ = ("_data", "_rest")
+
+    def __init__(self) -> None:
+        self._rest = b""  # the unfinished line (plus a held-back CR)
+        self._data: list[bytes] = []  # data lines of the event being read
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The data of every event ``chunk`` completes, in order (empty while none is)."""
+        buffer = self._rest + chunk if self._rest else chunk
+        held = b""
+        if b"\r" in buffer:
+            if buffer.endswith(b"\r"):  # maybe the first half of a CRLF split across chunks
+                buffer, held = buffer[:-1], b"\r"
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buffer.split(b"\n")
+        self._rest = lines.pop() + held
+        events: list[bytes] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    events.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data = self._data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value[:1] == b" " else value)
+        return events
+
+    def flush(self) -> list[bytes]:
+        """At the end of the stream: the last event if its blank line never came."""
+        rest, self._rest = self._rest.rstrip(b"\r"), b""
+        events = self.feed(rest + b"\n\n") if rest or self._data else []
+        self._rest = b""
+        return events
+
+
+def encode(data: bytes) -> bytes:
+    """One SSE event carrying ``data`` (which must not contain a newline; JSON from orjson never does)."""
+    return b"data: " + data + b"\n\n"
+
+
+def encode_json(value: Any) -> bytes:
+    """One SSE event carrying ``value`` as JSON."""
+    return b"data: " + orjson.dumps(value) + b"\n\n"

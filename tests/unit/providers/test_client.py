@@ -1,0 +1,75 @@
+"""The provider client: status errors translated by the adapter from scrubbed bytes, so a provider
+that echoes its key anywhere cannot put it in an error object, an error body or a stream."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from gateway.errors import GatewayError, UpstreamBadResponse
+from gateway.policy.loader import parse_policy
+from gateway.providers.base import UpstreamRequest
+from gateway.providers.client import ProviderClient
+from gateway.providers.registry import adapter_for
+from gateway.testing.mock_transport import MockResponse, MockTransport
+
+KEY = "sk-live-secret-0123456789"
+POLICY = """
+version: 1
+providers:
+  p: {kind: KIND, base_url: "http://p.test/v1", api_key_env: P_KEY}
+models:
+  m: {deployments: [{provider: p, model: x}]}
+memory: {enabled: false}
+"""
+REQUEST = UpstreamRequest("/chat/completions", b"{}", False)
+
+
+def client(kind: str, answer: MockResponse) -> ProviderClient:
+    config = parse_policy(POLICY.replace("KIND", kind)).providers["p"]
+    return ProviderClient("p", config, adapter_for(config), KEY, MockTransport(lambda r: answer))
+
+
+def echoing_error(kind: str) -> MockResponse:
+    """An error body carrying the key in every field each format relays."""
+    if kind == "anthropic":
+        body = {
+            "type": "error",
+            "error": {"type": f"invalid_request_error {KEY}", "message": f"bad key {KEY}"},
+        }
+    elif kind == "gemini":
+        body = {"error": {"code": 400, "message": f"API key {KEY} invalid", "status": f"INVALID_ARGUMENT {KEY}",
+                          "details": [{"reason": KEY}]}}  # fmt: skip
+    else:
+        body = {"error": {"message": f"Incorrect API key provided: {KEY}", "type": f"t-{KEY}",
+                          "param": f"p-{KEY}", "code": f"c-{KEY}"}}  # fmt: skip
+    return MockResponse.json(body, status=429, headers={"Retry-After": KEY})
+
+
+@pytest.mark.parametrize("kind", ["openai", "azure", "anthropic", "gemini"])
+async def test_a_provider_echoing_its_key_in_every_field_leaks_nothing(kind: str) -> None:
+    with pytest.raises(GatewayError) as raised:
+        await client(kind, echoing_error(kind)).send(REQUEST)
+    error = raised.value
+    exposed = [str(error), repr(error.args), error.message, error.body().decode(),
+               orjson.dumps(error.envelope()).decode(), repr(error.headers), repr(vars(error))]  # fmt: skip
+    assert all(KEY not in text for text in exposed), exposed
+    assert "***" in error.message  # scrubbed, not dropped: the message still says what happened
+
+
+async def test_stream_bytes_and_json_bodies_are_scrubbed() -> None:
+    stream = client("openai", MockResponse.stream([b'data: {"echo": "' + KEY.encode() + b'"}\n\n']))
+    response = await stream.send(REQUEST)
+    chunks = [chunk async for chunk in stream.chunks(response)]
+    assert KEY.encode() not in b"".join(chunks)
+    whole = client("openai", MockResponse.json({"echo": KEY}))
+    raw, parsed = await whole.read_json(await whole.send(REQUEST))
+    assert KEY.encode() not in raw and parsed == {"echo": "***"}
+
+
+@pytest.mark.parametrize("status", [301, 302, 307])
+async def test_a_redirect_is_not_followed_but_failed_over(status: int) -> None:
+    answer = MockResponse(status, b"", {"Location": "http://elsewhere.test/steal"})
+    with pytest.raises(UpstreamBadResponse) as raised:
+        await client("openai", answer).send(REQUEST)
+    assert raised.value.retryable and answer.closed
