@@ -13,26 +13,35 @@ from aiohttp import web
 from gateway import keys
 from gateway.api import admin, health, openai
 from gateway.api import memory as memory_api
-from gateway.cache.internal import embed_texts
 from gateway.cache.memory_store import MemoryStore
 from gateway.cache.redis_store import RedisStore
-from gateway.cache.service import Embedder, ResponseCache
+from gateway.cache.service import ResponseCache
 from gateway.cache.store import CacheStore, CategoryBudget
 from gateway.http.middleware import add_gateway_headers, gateway_middleware
 from gateway.memory.backends import build_memory
 from gateway.memory.lifecycle import lifecycle_loop
-from gateway.memory.service import MemoryService
+from gateway.memory.service import MemoryService, TextEmbedder
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
+from gateway.providers.base import Transport
+from gateway.providers.client import ProviderClient
 from gateway.providers.registry import adapter_for
-from gateway.providers.transport import ProviderClient
-from gateway.proxy import Proxy
 from gateway.routing.router import Router
+from gateway.service.calls import RequestService
 from gateway.settings import Settings
 
 
-def build_app(settings: Settings, policy: Policy, env: Mapping[str, str] | None = None) -> web.Application:
-    """The gateway app for ``policy``; provider keys are read from ``env`` (default: os.environ)."""
+def build_app(
+    settings: Settings,
+    policy: Policy,
+    env: Mapping[str, str] | None = None,
+    *,
+    transports: Mapping[str, Transport] | None = None,
+) -> web.Application:
+    """The gateway app for ``policy``; provider keys are read from ``env`` (default: os.environ).
+
+    ``transports`` replaces the HTTP transport of the providers it names (tests pass
+    ``gateway.testing.MockTransport``); the others get the aiohttp one."""
     environ = os.environ if env is None else env
     settings = replace(
         settings,
@@ -42,12 +51,7 @@ def build_app(settings: Settings, policy: Policy, env: Mapping[str, str] | None 
         else policy.server.drain_grace_s,
     )
     metrics = GatewayMetrics()
-    clients = {
-        name: ProviderClient(
-            name, cfg, adapter_for(cfg), environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        )
-        for name, cfg in policy.providers.items()
-    }
+    clients = provider_clients(policy, environ, transports)
     router = Router(policy, clients, metrics)
 
     app = web.Application(middlewares=[gateway_middleware], client_max_size=settings.max_body_bytes or 0)
@@ -55,25 +59,29 @@ def build_app(settings: Settings, policy: Policy, env: Mapping[str, str] | None 
     app[keys.POLICY] = policy
     app[keys.METRICS] = metrics
     app[keys.ROUTER] = router
-    proxy = app[keys.PROXY] = Proxy(router, metrics)
     store = _cache_store(settings, policy)
-    holder: dict[str, ResponseCache] = {}
-    cache = app[keys.CACHE] = holder["cache"] = ResponseCache(
-        policy.cache, store, metrics, _embedder(holder, proxy)
-    )
+    cache = app[keys.CACHE] = ResponseCache(policy.cache, store, metrics)
     metrics.cache_collector(cache)
-    if policy.memory.enabled:
-        memory = app[keys.MEMORY] = build_memory(policy.memory, settings.memory_url, environ, cache, proxy)
-        metrics.memory_collector(memory)
-        app.cleanup_ctx.append(_memory_service(memory))
+
+    def memory_service(embed: TextEmbedder) -> MemoryService:
+        return build_memory(policy.memory, settings.memory_url, environ, embed)
+
+    service = app[keys.SERVICE] = RequestService(
+        router, cache, metrics, memory=memory_service if policy.memory.enabled else None
+    )
+    if service.memory is not None:
+        app[keys.MEMORY] = service.memory
+        metrics.memory_collector(service.memory)
+        app.cleanup_ctx.append(_memory_service(service.memory))
     app[keys.LIFECYCLE] = keys.Lifecycle()
 
     async def provider_sessions(app: web.Application) -> AsyncIterator[None]:
-        for client in clients.values():
-            await client.start()
-        yield
-        for client in clients.values():
-            await client.close()
+        # If one provider fails to start, the ones already started are closed on the way out.
+        async with contextlib.AsyncExitStack() as stack:
+            for client in clients.values():
+                await client.start()
+                stack.push_async_callback(client.close)
+            yield
 
     async def cache_store(app: web.Application) -> AsyncIterator[None]:
         await store.start()  # never fails: an unreachable Redis starts unhealthy (fail-open)
@@ -89,6 +97,23 @@ def build_app(settings: Settings, policy: Policy, env: Mapping[str, str] | None 
     return app
 
 
+def provider_clients(
+    policy: Policy, env: Mapping[str, str], transports: Mapping[str, Transport] | None = None
+) -> dict[str, ProviderClient]:
+    """A client per provider of ``policy``, its key read from ``env`` (not started)."""
+    given = transports or {}
+    return {
+        name: ProviderClient(
+            name,
+            cfg,
+            adapter_for(cfg),
+            env.get(cfg.api_key_env) if cfg.api_key_env else None,
+            given.get(name),
+        )
+        for name, cfg in policy.providers.items()
+    }
+
+
 def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
     budgets = {name: CategoryBudget(name, c.max_bytes) for name, c in policy.cache.categories.items()}
     if settings.redis_url:
@@ -99,15 +124,6 @@ def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
             op_timeout_s=policy.cache.lookup_timeout_ms / 1000,
         )
     return MemoryStore(budgets)
-
-
-def _embedder(holder: dict[str, ResponseCache], proxy: Proxy) -> Embedder:
-    """Embeddings for the semantic cache, through the gateway's own routing (and cache)."""
-
-    async def embed(model: str, text: str) -> list[float] | None:
-        return (await embed_texts(holder["cache"], proxy, model, [text]))[0]
-
-    return embed
 
 
 def _memory_service(memory: MemoryService) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -127,6 +127,7 @@ def _policy_check(args: argparse.Namespace) -> int:
 def _policy_explain(args: argparse.Namespace) -> int:
     import urllib.request
 
+    from gateway.app import provider_clients
     from gateway.routing.explain import offline_view, render
 
     try:
@@ -151,7 +152,7 @@ def _policy_explain(args: argparse.Namespace) -> int:
             return 1
         source = f"live figures from {args.url}"
     else:
-        view = offline_view(policy, os.environ)
+        view = offline_view(policy, provider_clients(policy, os.environ))
         source = "priors from the file: no traffic yet"
     if args.model not in view["models"]:
         print(f"error: the gateway has no model group '{args.model}'", file=sys.stderr)

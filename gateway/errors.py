@@ -12,7 +12,7 @@ too long for the deployment; only a larger context can help).
     class                          status  type                    retry  notes
     GatewayError                   500     server_error            no     base of them all
     ├── InvalidRequest             400     invalid_request_error   no     bad JSON, missing/invalid field
-    │   ├── ContextTooLong         400     invalid_request_error   no     code=context_length_exceeded
+    │   ├── ContextTooLong         400     invalid_request_error   no     code=context_length_exceeded; is_context_length
     │   └── UnsupportedByProvider  400     invalid_request_error   yes    code=unsupported_endpoint
     ├── AuthenticationFailed       401     authentication_error    no
     ├── NotFound                   404     invalid_request_error   no     unknown route
@@ -183,6 +183,10 @@ class ContextTooLong(InvalidRequest):
             param="messages",
             code="context_length_exceeded",
         )
+
+    @property
+    def is_context_length(self) -> bool:
+        return True
 
 
 class UnsupportedByProvider(InvalidRequest):

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.cache.service import CacheOutcome, ResponseCache
+from gateway.cache.service import ResponseCache
 from gateway.memory.service import MemoryService
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
-from gateway.proxy import Proxy, Reply
 from gateway.routing.router import Router
+from gateway.service.calls import RequestService
+from gateway.service.context import CallRecord
 from gateway.settings import Settings
 
 
@@ -31,17 +32,12 @@ SETTINGS = web.AppKey("settings", Settings)
 POLICY = web.AppKey("policy", Policy)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 ROUTER = web.AppKey("router", Router)
-PROXY = web.AppKey("proxy", Proxy)
+SERVICE = web.AppKey("service", RequestService)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 CACHE = web.AppKey("cache", ResponseCache)
 MEMORY = web.AppKey("memory", MemoryService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
-# The model group a request named, once the gateway knows it exists (a bounded metric label).
-REQUEST_MODEL = web.RequestKey("request_model", str)
-# Where the request was served (group, deployment, attempts, fallback), once a provider answered.
-REQUEST_ROUTE = web.RequestKey("request_route", Reply)
-# What the response cache did (hit, miss, bypass, refresh), once it decided.
-REQUEST_CACHE = web.RequestKey("request_cache", CacheOutcome)
-# Ids of the memories added to a memory-augmented chat request.
-REQUEST_MEMORY_IDS = web.RequestKey("request_memory_ids", list)
+# What the request service did for a proxied call (model group, cache, route, memories), filled
+# in as it goes; response headers, metrics and the access log read it.
+REQUEST_CALL = web.RequestKey("request_call", CallRecord)

@@ -13,8 +13,8 @@ from gateway.errors import InvalidRequest, ServiceUnavailable
 from gateway.http.responses import json_response
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch
 from gateway.memory.service import MemoryService, NewMemory
+from gateway.service.validation import parse_body
 from gateway.wire.memory import MemoryBatchIn, MemoryIn, MemoryPatchIn, MemorySearchIn
-from gateway.wire.requests import parse_body
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -1,4 +1,4 @@
-"""Handlers for the OpenAI-compatible endpoints. Parse, call the proxy, render: nothing more."""
+"""Handlers for the OpenAI-compatible endpoints. Parse, call the request service, render: nothing more."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import ModelNotFound, PayloadTooLarge
-from gateway.http.caching import respond
 from gateway.http.responses import json_response
-from gateway.memory import augment as memory_augment
-from gateway.providers.base import Endpoint
-from gateway.wire.requests import parse_body
+from gateway.http.sse import send_stream
+from gateway.service.context import CallContext
+from gateway.service.validation import parse_body
+from gateway.wire.requests import Endpoint
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -29,18 +29,16 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 
 async def _proxied(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
-    started = time.perf_counter()
+    ctx = CallContext.for_client(request[keys.REQUEST_ID], time.perf_counter(), request.headers)
     limit = request.app[keys.SETTINGS].max_body_bytes or 0
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(limit)  # refuse before reading a byte of it
     body = parse_body(await request.read())
-    model = body.get("model")
-    if isinstance(model, str) and request.app[keys.ROUTER].has_model(model):
-        request[keys.REQUEST_MODEL] = model
-    if endpoint is Endpoint.CHAT and memory_augment.wanted(body, request.headers):
-        body, used = await memory_augment.augment(request.app.get(keys.MEMORY), body, request.headers)
-        request[keys.REQUEST_MEMORY_IDS] = used
-    return await respond(request, endpoint, body, started)
+    request[keys.REQUEST_CALL] = ctx.record
+    answer = await request.app[keys.SERVICE].run(endpoint, body, ctx)
+    if answer.stream is not None:
+        return await send_stream(request, answer.stream, ctx.request_id)
+    return json_response(answer.body or b"{}")
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ from gateway.cache.store import CacheStore
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Cache
-from gateway.providers.base import Endpoint
+from gateway.wire.requests import Endpoint
 
 log = logging.getLogger("gateway.cache")
 
@@ -103,20 +103,29 @@ class Flights:
 
 
 class ResponseCache:
-    def __init__(self, config: Cache, store: CacheStore, metrics: GatewayMetrics, embed: Embedder) -> None:
+    def __init__(self, config: Cache, store: CacheStore, metrics: GatewayMetrics) -> None:
         self.config = config
         self.store = store
         self.flights = Flights()
         self._metrics = metrics
-        self._embed = embed
         self._indexes = {
             name: SemanticIndex(c.semantic.max_entries)
             for name, c in config.categories.items()
             if c.semantic is not None
         }
 
-    def plan(self, endpoint: Endpoint, body: Mapping[str, Any], headers: Mapping[str, str]) -> CachePlan:
-        """Decide how the cache treats this request; raises ``InvalidRequest`` for bad cache headers."""
+    def plan(
+        self,
+        endpoint: Endpoint,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
+        *,
+        caller: str | None,
+        tags: frozenset[str],
+    ) -> CachePlan:
+        """Decide how the cache treats this request; raises ``InvalidRequest`` for bad cache headers.
+
+        ``caller`` is the credential the tenant is derived from (None: the anonymous tenant)."""
         cfg = self.config
         named = headers.get(CATEGORY_HEADER)
         if named is not None and named not in cfg.categories:
@@ -124,7 +133,7 @@ class ResponseCache:
                 f"Unknown cache category '{named}' in {CATEGORY_HEADER}. Known: {', '.join(sorted(cfg.categories))}.",
                 param=CATEGORY_HEADER,
             )
-        category = named or self._rule_category(body, headers)
+        category = named or self._rule_category(body, tags)
         chosen = category is not None
         category = category or cfg.default_category
         settings = cfg.categories[category]
@@ -135,11 +144,7 @@ class ResponseCache:
         cacheable = cfg.enabled and self._cacheable(endpoint, body, chosen)
         if not cacheable or not (read or write):
             return CachePlan(category, "", ttl_s, False, False, "bypass")
-        tenant = (
-            fingerprint.SHARED_TENANT
-            if settings.shared
-            else fingerprint.tenant_of(headers.get("authorization"))
-        )
+        tenant = fingerprint.SHARED_TENANT if settings.shared else fingerprint.tenant_of(caller)
         plan = CachePlan(
             category,
             fingerprint.request_key(endpoint.value, tenant, body),
@@ -153,8 +158,9 @@ class ResponseCache:
             plan.text = fingerprint.prompt_text(body)
         return plan
 
-    async def lookup(self, plan: CachePlan) -> CachedAnswer | None:
-        """The cached answer for ``plan``: exact key first, then the nearest prompt."""
+    async def lookup(self, plan: CachePlan, embed: Embedder) -> CachedAnswer | None:
+        """The cached answer for ``plan``: exact key first, then the nearest prompt (embedded
+        with ``embed``, which the request service gives: its own embeddings path)."""
         raw = await self.store.get(plan.category, plan.key)
         if raw is not None:
             return CachedAnswer.decode(raw, "exact")
@@ -162,7 +168,7 @@ class ResponseCache:
         semantic = self.config.categories[plan.category].semantic
         if index is None or semantic is None or plan.scope is None or not plan.text:
             return None
-        plan.vector = await self._vector(semantic.embedding_model, plan.text)
+        plan.vector = await self._vector(embed, semantic.embedding_model, plan.text)
         if plan.vector is None:
             return None
         near = index.nearest(plan.scope, plan.vector, semantic.threshold)
@@ -174,7 +180,7 @@ class ResponseCache:
             return None
         return CachedAnswer.decode(raw, "semantic")
 
-    async def store_answer(self, plan: CachePlan, answer: CachedAnswer) -> None:
+    async def store_answer(self, plan: CachePlan, answer: CachedAnswer, embed: Embedder) -> None:
         """Write a complete answer (never an error or a cut stream: callers only pass those)."""
         if not plan.write:
             return
@@ -185,7 +191,7 @@ class ResponseCache:
         semantic = self.config.categories[plan.category].semantic
         if index is not None and semantic is not None and plan.scope is not None and plan.text:
             if plan.vector is None:
-                plan.vector = await self._vector(semantic.embedding_model, plan.text)
+                plan.vector = await self._vector(embed, semantic.embedding_model, plan.text)
             if plan.vector is not None:
                 index.add(plan.scope, plan.key, plan.vector)
 
@@ -210,11 +216,10 @@ class ResponseCache:
     def count(self, category: str, result: str) -> None:
         self._metrics.child(self._metrics.cache_requests, category, result).inc()
 
-    def _rule_category(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
+    def _rule_category(self, body: Mapping[str, Any], tags: frozenset[str]) -> str | None:
         if not self.config.rules:
             return None
         model = body.get("model")
-        tags = {t.strip() for t in headers.get("x-gateway-tags", "").split(",") if t.strip()}
         for rule in self.config.rules:
             when = rule.when
             if when.models is not None and model not in when.models:
@@ -251,9 +256,10 @@ class ResponseCache:
             )
         return ttl_s
 
-    async def _vector(self, model: str, text: str) -> Vector | None:
+    @staticmethod
+    async def _vector(embed: Embedder, model: str, text: str) -> Vector | None:
         try:
-            values = await self._embed(model, text)
+            values = await embed(model, text)
         except GatewayError as exc:  # the embeddings call failed: a miss, not an error
             log.warning(
                 "semantic cache: could not embed the prompt", extra={"fields": {"error": exc.message}}

@@ -88,13 +88,17 @@ def _observe(request: web.Request, status: int, elapsed_s: float) -> None:
     metrics = app[keys.METRICS]
     resource = request.match_info.route.resource
     endpoint = resource.canonical if resource is not None else "unmatched"
-    model = request.get(keys.REQUEST_MODEL, "")
-    route = request.get(keys.REQUEST_ROUTE)
-    target = route.target if route is not None else None
-    provider = target.provider if target is not None else ""
-    cached = request.get(keys.REQUEST_CACHE)
-    if cached is not None and cached.status == "hit":
-        provider = "cache"
+    call = request.get(keys.REQUEST_CALL)
+    model = provider = upstream_model = ""
+    attempts, fallback = 0, False
+    if call is not None:
+        model = call.model
+        route = call.route
+        if route is not None:
+            provider, upstream_model = route.target.provider, route.target.model
+            attempts, fallback = route.attempts, route.fallback
+        if call.cache is not None and call.cache.status == "hit":
+            provider = "cache"
     metrics.child(metrics.requests, endpoint, model, provider, str(status)).inc()
     if model:
         metrics.child(metrics.request_duration, endpoint, model, provider).observe(elapsed_s)
@@ -109,9 +113,9 @@ def _observe(request: web.Request, status: int, elapsed_s: float) -> None:
                     "status": status,
                     "model": model,
                     "provider": provider,
-                    "upstream_model": target.model if target is not None else "",
-                    "attempts": route.attempts if route is not None else 0,
-                    "fallback": route.fallback if route is not None else False,
+                    "upstream_model": upstream_model,
+                    "attempts": attempts,
+                    "fallback": fallback,
                     "duration_ms": round(elapsed_s * 1000, 3),
                 }
             },
@@ -119,25 +123,27 @@ def _observe(request: web.Request, status: int, elapsed_s: float) -> None:
 
 
 async def add_gateway_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` hook: every response, error or stream, says its request id."""
+    """``on_response_prepare`` hook: every response, error or stream, says its request id and,
+    for a proxied call, where it was served and what the cache did."""
     rid = request.get(keys.REQUEST_ID)
     if rid is not None:
         response.headers["x-request-id"] = rid
-    route = request.get(keys.REQUEST_ROUTE)
+    call = request.get(keys.REQUEST_CALL)
+    if call is None:
+        return
+    headers = response.headers
+    route = call.route
     if route is not None:
-        headers = response.headers
         headers["x-gateway-provider"] = route.target.provider
         headers["x-gateway-model"] = route.target.model
         headers["x-gateway-attempts"] = str(route.attempts)
         headers["x-gateway-fallback"] = "true" if route.fallback else "false"
-        if route.group != request.get(keys.REQUEST_MODEL):
+        if route.group != call.model:
             headers["x-gateway-group"] = route.group  # a rule sent it to another group
-    memory_ids = request.get(keys.REQUEST_MEMORY_IDS)
-    if memory_ids is not None:
-        response.headers["x-gateway-memory-ids"] = ",".join(memory_ids)
-    cached = request.get(keys.REQUEST_CACHE)
+    if call.memory_ids is not None:
+        headers["x-gateway-memory-ids"] = ",".join(call.memory_ids)
+    cached = call.cache
     if cached is not None:
-        headers = response.headers
         headers["x-gateway-cache"] = cached.status
         if cached.status == "hit":
             headers["x-gateway-provider"] = "cache"

@@ -1,23 +1,21 @@
-"""Relay a provider stream to the client as Server-Sent Events, chunk by chunk.
+"""Write an answer stream to the client as Server-Sent Events, chunk by chunk.
 
 Each chunk is written as soon as it arrives (no buffering). If the provider fails after the first
 byte has gone out, failover is no longer possible: the stream ends with an OpenAI-style error
-event and ``data: [DONE]`` so SDKs stop cleanly instead of hanging. If the client goes away, the
-provider request is closed at once.
+event and ``data: [DONE]`` so SDKs stop cleanly instead of hanging. The stream itself does the
+bookkeeping (``service/streams.py``); this module only writes, and always closes the stream, so a
+client that leaves closes the provider request at once.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
 
 from aiohttp import web
 
-from gateway import keys
 from gateway.errors import GatewayError
-from gateway.proxy import Reply
+from gateway.service.streams import AnswerStream
+from gateway.wire.sse import DONE
 
 log = logging.getLogger("gateway.sse")
 
@@ -26,16 +24,6 @@ _SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # tell nginx-style proxies in front of us not to buffer either
 }
-DONE = b"data: [DONE]\n\n"
-
-
-async def replay(request: web.Request, body: bytes) -> web.StreamResponse:
-    """Send a whole stored SSE stream (a cache hit) as a proper event stream."""
-    response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-    await response.prepare(request)
-    await response.write(body)
-    await response.write_eof()
-    return response
 
 
 def error_event(error: GatewayError) -> bytes:
@@ -43,55 +31,25 @@ def error_event(error: GatewayError) -> bytes:
     return b"data: " + error.body() + b"\n\n" + DONE
 
 
-async def relay(
-    request: web.Request, reply: Reply, started_s: float, capture: bytearray | None = None
-) -> web.StreamResponse:
-    """Stream ``reply`` to the client; ``started_s`` (perf_counter) is when the request arrived.
-
-    Tells the router how the stream ended, so breakers and live figures count mid-stream cuts.
-    With ``capture``, every byte sent is appended to it; it is emptied unless the stream
-    completed whole (so a cut stream is never mistaken for an answer).
-    """
-    stream = reply.stream
-    assert stream is not None
-    target = reply.target
-    app = request.app
-    router, metrics = app[keys.ROUTER], app[keys.METRICS]
+async def send_stream(request: web.Request, stream: AnswerStream, request_id: str) -> web.StreamResponse:
+    """Write ``stream`` to the client; a provider failure mid-stream ends it with an error event."""
     response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-    first_at = 0.0
-    error: GatewayError | None = None
     try:
         await response.prepare(request)
-        async with contextlib.aclosing(stream.chunks()) as chunks:
-            async for chunk in chunks:
-                await response.write(chunk)
-                if capture is not None:
-                    capture += chunk
-                if not first_at:
-                    first_at = time.perf_counter()
-                    metrics.child(metrics.time_to_first_token, target.model, target.provider).observe(
-                        first_at - started_s
-                    )
-    except GatewayError as failed:
-        error = failed
-        if capture is not None:
-            capture.clear()
+        async for chunk in stream:
+            await response.write(chunk)
+    except GatewayError as error:
         log.warning(
             "stream failed after first byte",
-            extra={"fields": {"request_id": request[keys.REQUEST_ID], "error": error.message}},
+            extra={"fields": {"request_id": request_id, "error": error.message}},
         )
-        await response.write(error_event(error))
+        try:
+            await response.write(error_event(error))
+        except ConnectionResetError:
+            return response
     except ConnectionResetError:
-        router.stream_abandoned(target)  # the client left; aclosing() closed the provider request
-        if capture is not None:
-            capture.clear()
-        return response
-    except asyncio.CancelledError:
-        router.stream_abandoned(target)
-        if capture is not None:
-            capture.clear()
-        raise
-    router.stream_ended(target, error, stream.output_tokens(), time.perf_counter() - (first_at or started_s))
-    app[keys.PROXY].record_usage(reply.group, target, stream.usage())
+        return response  # the client left; closing the stream below closes the provider request
+    finally:
+        await stream.aclose()
     await response.write_eof()
     return response

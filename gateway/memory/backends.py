@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from urllib.parse import urlparse
 
-from gateway.cache.internal import embed_texts
-from gateway.cache.service import ResponseCache
 from gateway.memory.index import HnswIndex
 from gateway.memory.records import MemoryStore
-from gateway.memory.service import MemoryService
+from gateway.memory.service import MemoryService, TextEmbedder
 from gateway.policy.model import MemoryConfig
-from gateway.proxy import Proxy
 
 
 def memory_store(config: MemoryConfig, memory_url: str | None, env: Mapping[str, str]) -> MemoryStore:
@@ -42,9 +39,7 @@ def memory_store(config: MemoryConfig, memory_url: str | None, env: Mapping[str,
 
 
 def build_memory(
-    config: MemoryConfig, memory_url: str | None, env: Mapping[str, str], cache: ResponseCache, proxy: Proxy
+    config: MemoryConfig, memory_url: str | None, env: Mapping[str, str], embed: TextEmbedder
 ) -> MemoryService:
-    async def embed(model: str, texts: Sequence[str]) -> list[list[float]]:
-        return await embed_texts(cache, proxy, model, texts)
-
+    """The memory service; ``embed`` is the request service's embeddings path."""
     return MemoryService(config, memory_store(config, memory_url, env), HnswIndex(config.index_dir), embed)

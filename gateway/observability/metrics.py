@@ -224,15 +224,17 @@ class GatewayMetrics:
         )
         self.time_to_first_token = Histogram(
             "gen_ai_server_time_to_first_token_seconds",
-            "Streams: time from request received to the first chunk sent to the client.",
-            ("gen_ai_request_model", "gen_ai_provider_name"),
+            "Streams: time from request received to the first chunk sent to the client, by the "
+            "model the client asked for, the model that answered and its provider.",
+            ("gen_ai_request_model", "gen_ai_response_model", "gen_ai_provider_name"),
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
         self.token_usage = Histogram(
             "gen_ai_client_token_usage",
-            "Tokens per request as the provider reported them, by type (input, output).",
-            ("gen_ai_request_model", "gen_ai_provider_name", "gen_ai_token_type"),
+            "Tokens per request as the provider reported them, by the model the client asked for, "
+            "the model that answered, its provider and the token type (input, output).",
+            ("gen_ai_request_model", "gen_ai_response_model", "gen_ai_provider_name", "gen_ai_token_type"),
             buckets=_TOKEN_BUCKETS,
             registry=r,
         )

@@ -110,7 +110,7 @@ CONTEXT = "This model's maximum context length is 1000 tokens"
     [
         (GatewayError("x"), False, False, False),
         (InvalidRequest("x"), False, False, False),
-        (ContextTooLong("m", 2000, 1000), False, False, False),  # ours, before any attempt
+        (ContextTooLong("m", 2000, 1000), False, False, True),  # ours, before any attempt
         (UnsupportedByProvider("anthropic", "embeddings"), True, False, False),
         (AuthenticationFailed("x"), False, False, False),
         (NotFound("x"), False, False, False),

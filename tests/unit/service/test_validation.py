@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import InvalidRequest
-from gateway.wire.requests import ChatCompletionHead, EmbeddingHead, parse_body, validate_head
+from gateway.service.validation import parse_body, validate_head
+from gateway.wire.requests import ChatCompletionHead, EmbeddingHead
 
 
 @pytest.mark.parametrize("raw", [b"", b"[1,2]", b"{nope", b'"text"'])

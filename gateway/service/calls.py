@@ -1,0 +1,343 @@
+"""The request service: one OpenAI call in, one answer out, every stage in one visible place.
+
+    run(endpoint, body, ctx)
+      1. validate       the fields the gateway interprets, cache headers, the model group (404)
+      2. admit          the admission gates in order (caller identity, limits, budgets)
+      3. augment        memories added to a chat that asks for them
+      4. cache          plan, single flight (identical misses wait for one leader), lookup
+      5. route          with failover; a stream returns once its first chunk is in
+      6. store          a whole answer (a stream's once it ended whole, from the stream itself)
+      7. account        usage, cost, token metrics, the router's verdict, feedback's request map
+
+Handlers only parse and render; internal calls (embeddings for the semantic cache and the
+memory service) take the same path through ``embed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache
+from gateway.errors import GatewayError, UpstreamBadResponse
+from gateway.memory import augment as memory_augment
+from gateway.memory.service import MemoryService
+from gateway.observability.metrics import GatewayMetrics
+from gateway.routing.router import Router
+from gateway.routing.target import RouteContext, Target
+from gateway.service.context import CallContext, Route
+from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
+from gateway.service.validation import validate_head
+from gateway.wire.requests import HEADS, Endpoint, JSONObject
+
+# Builds the memory service around the request service's own embeddings path.
+MemoryFactory = Callable[["Embed"], MemoryService]
+
+
+class Embed(Protocol):
+    async def __call__(self, model: str, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+class AdmissionGate(Protocol):
+    """A check every client call passes before it costs anything (keys, limits, budgets).
+
+    Raises a ``GatewayError`` (401, 403, 429, ...) to refuse; runs after validation, so a gate
+    sees the model group, and before memory, cache and providers are touched."""
+
+    async def admit(self, endpoint: Endpoint, model: str, body: JSONObject, ctx: CallContext) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a call produced: exactly one of ``body`` (JSON bytes) and ``stream`` is set."""
+
+    body: bytes | None = None
+    stream: AnswerStream | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """Single-flight limits: how long an identical request waits for its leader, and how many
+    leaders may fail in a row before waiters go upstream on their own."""
+
+    follower_wait_s: float = 300.0
+    max_follow_rounds: int = 3
+
+
+class RequestService:
+    """Runs OpenAI calls end to end (see the module docstring)."""
+
+    def __init__(
+        self,
+        router: Router,
+        cache: ResponseCache,
+        metrics: GatewayMetrics,
+        *,
+        memory: MemoryFactory | None = None,
+        gates: Sequence[AdmissionGate] = (),
+        tuning: Tuning = Tuning(),
+    ) -> None:
+        self.router = router
+        self.cache = cache
+        self._metrics = metrics
+        self._gates = tuple(gates)
+        self._tuning = tuning
+        self.memory: MemoryService | None = memory(self.embed) if memory is not None else None
+
+    # ----- the call
+
+    async def run(self, endpoint: Endpoint, body: JSONObject, ctx: CallContext) -> Answer:
+        """Serve ``body`` on ``endpoint``; raise the ``GatewayError`` the client should see."""
+        # 1. validate: nothing below runs for a request that will be refused anyway
+        head = validate_head(HEADS[endpoint], body)
+        stream = bool(getattr(head, "stream", False))
+        route = RouteContext(head.model, body, stream=stream, tags=ctx.tags)
+        self.router.resolve(route)  # an unknown model is a 404 before any store is read
+        ctx.record.model = head.model
+        plan = self.cache.plan(endpoint, body, ctx.headers, caller=ctx.caller, tags=ctx.tags)
+        # 2. admit
+        for gate in self._gates:
+            await gate.admit(endpoint, head.model, body, ctx)
+        # 3. augment
+        if endpoint is Endpoint.CHAT and memory_augment.wanted(body, ctx.headers):
+            body, ctx.record.memory_ids = await memory_augment.augment(self.memory, body, ctx.headers)
+            route = RouteContext(head.model, body, stream=stream, tags=ctx.tags)
+            plan = self.cache.plan(endpoint, body, ctx.headers, caller=ctx.caller, tags=ctx.tags)
+        # 4. cache: lead the single flight or wait for its leader, then look up
+        lead = False
+        if plan.read:
+            found, lead = await self._find(plan)
+            if found is not None:
+                return self._hit(plan, found, ctx, stream)
+        ctx.record.cache = CacheOutcome(plan.status, plan.category)
+        self.cache.count(plan.category, plan.status)
+        # 5. route with failover (6 and 7 follow in _whole, or in the stream when it ends)
+        try:
+            if stream:
+                return await self._stream(endpoint, body, route, plan, ctx, lead)
+            return await self._whole(endpoint, body, route, plan, ctx, lead)
+        except BaseException:
+            if lead:
+                self.cache.flights.land(plan.key, None)
+            raise
+
+    async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
+        """One embedding per text from model group ``model``, through the whole request path
+        (cache and single flight included); raises ``GatewayError`` on failure. Embeddings are
+        the same for every caller, so these calls share the anonymous tenant's cache entries."""
+        body = {"model": model, "input": list(texts), "encoding_format": "float"}
+        answer = await self.run(Endpoint.EMBEDDINGS, body, CallContext("", 0.0))
+        try:
+            data = sorted(orjson.loads(answer.body or b"")["data"], key=lambda d: d["index"])
+            vectors = [list(map(float, d["embedding"])) for d in data]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise UpstreamBadResponse(
+                f"model '{model}' returned an embeddings body the gateway cannot read"
+            ) from None
+        if len(vectors) != len(texts):
+            raise UpstreamBadResponse(
+                f"model '{model}' returned {len(vectors)} embeddings for {len(texts)} texts"
+            )
+        return vectors
+
+    async def _embed_one(self, model: str, text: str) -> list[float] | None:
+        return (await self.embed(model, [text]))[0]
+
+    # ----- 4. cache
+
+    async def _find(self, plan: CachePlan) -> tuple[CachedAnswer | None, bool]:
+        """(the answer, whether this request leads the flight for ``plan.key``).
+
+        The leader registers its flight *before* looking up, so an identical request arriving
+        while it looks up or fetches waits for it instead of missing the store by a hair. If the
+        leader's answer cannot be shared (it failed, or was not to be stored), the first waiter to
+        wake leads the next try. Checking for a leader and becoming one happen with no await."""
+        flights = self.cache.flights
+        for _ in range(self._tuning.max_follow_rounds):
+            waiter = flights.waiter(plan.key)
+            if waiter is None:
+                flights.lead(plan.key)
+                break
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(waiter), self._tuning.follower_wait_s)
+            except TimeoutError:
+                return None, False
+            if answer is not None:
+                return answer, False
+        else:
+            return None, False
+        try:
+            answer = await self.cache.lookup(plan, self._embed_one)
+        except BaseException:
+            flights.land(plan.key, None)
+            raise
+        if answer is not None:
+            flights.land(plan.key, answer)
+            return answer, False
+        return None, True
+
+    def _hit(self, plan: CachePlan, answer: CachedAnswer, ctx: CallContext, stream: bool) -> Answer:
+        ctx.record.cache = CacheOutcome("hit", plan.category, answer.match, answer.model)
+        self.cache.count(plan.category, "hit")
+        return Answer(stream=ReplayStream(answer.body)) if stream else Answer(body=answer.body)
+
+    # ----- 5-7 for a whole answer
+
+    async def _whole(
+        self,
+        endpoint: Endpoint,
+        body: JSONObject,
+        route: RouteContext,
+        plan: CachePlan,
+        ctx: CallContext,
+        lead: bool,
+    ) -> Answer:
+        routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body))
+        raw, usage = routed.value
+        target = routed.target
+        self._served(ctx, Route(routed.group, target, routed.attempts, routed.fallback))
+        answer = CachedAnswer(raw, target.provider, target.model) if plan.write else None
+        if answer is not None:
+            await self.cache.store_answer(plan, answer, self._embed_one)
+        if lead:
+            self.cache.flights.land(plan.key, answer)
+        self.account_usage(routed.group, target, usage)
+        return Answer(body=raw)
+
+    async def _fetch(self, target: Target, endpoint: Endpoint, body: JSONObject) -> tuple[bytes, object]:
+        client, adapter = target.client, target.client.adapter
+        response = await client.send(adapter.build_request(endpoint, body, target.model))
+        raw, parsed = await client.read_json(response)
+        translated = adapter.translate_response(endpoint, parsed, body, target.model)
+        if translated is None:
+            return raw, parsed.get("usage")  # OpenAI format already: forward the provider's bytes
+        return orjson.dumps(translated), translated.get("usage")
+
+    # ----- 5-7 for a stream
+
+    async def _stream(
+        self,
+        endpoint: Endpoint,
+        body: JSONObject,
+        route: RouteContext,
+        plan: CachePlan,
+        ctx: CallContext,
+        lead: bool,
+    ) -> Answer:
+        book = _StreamBook(self, plan, ctx, lead)
+        routed = await self.router.call(
+            route, lambda t: self._open_stream(t, endpoint, body, book, plan.write)
+        )
+        book.route = Route(routed.group, routed.target, routed.attempts, routed.fallback)
+        self._served(ctx, book.route)
+        return Answer(stream=routed.value)
+
+    async def _open_stream(
+        self, target: Target, endpoint: Endpoint, body: JSONObject, book: _StreamBook, capture: bool
+    ) -> RoutedStream:
+        client, adapter = target.client, target.client.adapter
+        response = await client.send(adapter.build_request(endpoint, body, target.model))
+        chunks = client.chunks(response)
+        try:
+            translator = adapter.stream_translator(endpoint, body, target.model)
+            async for chunk in chunks:
+                first = translator.feed(chunk)
+                if first:
+                    return RoutedStream(first, response, chunks, translator, book, capture=capture)
+        except BaseException:
+            await chunks.aclose()
+            response.close()
+            raise
+        response.close()
+        raise UpstreamBadResponse(
+            f"{target.provider}: provider ended the stream without data", provider=target.provider
+        )
+
+    # ----- 7. accounting
+
+    def _served(self, ctx: CallContext, route: Route) -> None:
+        ctx.record.route = route
+        if not ctx.internal:
+            self.router.remember(ctx.request_id, route.group, route.target)
+
+    def account_usage(self, group: str, target: Target, usage: object) -> None:
+        """Export the token counts a provider reported and their cost (no-op without usage)."""
+        if not isinstance(usage, dict):
+            return
+        m = self._metrics
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        prompt = prompt if isinstance(prompt, int) else 0
+        completion = completion if isinstance(completion, int) else 0
+        m.child(m.token_usage, group, target.model, target.provider, "input").observe(prompt)
+        if "completion_tokens" in usage:
+            m.child(m.token_usage, group, target.model, target.provider, "output").observe(completion)
+        self.router.record_usage(group, target, prompt, completion)
+
+
+class _StreamBook:
+    """A routed stream's bookkeeping, run by the stream itself as it goes and when it ends."""
+
+    __slots__ = ("_ctx", "_lead", "_plan", "_service", "route")
+
+    def __init__(self, service: RequestService, plan: CachePlan, ctx: CallContext, lead: bool) -> None:
+        self._service = service
+        self._plan = plan
+        self._ctx = ctx
+        self._lead = lead
+        self.route: Route | None = None
+
+    def first_chunk(self, stream: RoutedStream) -> None:
+        route = self.route
+        if route is not None and not self._ctx.internal:
+            m = self._service._metrics
+            target = route.target
+            m.child(m.time_to_first_token, route.group, target.model, target.provider).observe(
+                stream.first_at - self._ctx.started_s
+            )
+
+    async def ended(self, stream: RoutedStream) -> None:
+        """The provider's stream ended: a whole answer if its translator says so."""
+        route = self.route
+        assert route is not None
+        service = self._service
+        seconds = max(0.0, time.perf_counter() - (stream.first_at or self._ctx.started_s))
+        error = None if stream.translator.completed else _incomplete(route.target)
+        service.router.stream_ended(route.target, error, stream.output_tokens(), seconds)
+        service.account_usage(route.group, route.target, stream.translator.usage())
+        answer: CachedAnswer | None = None
+        if error is None and stream.captured:
+            answer = CachedAnswer(bytes(stream.captured), route.target.provider, route.target.model)
+            await service.cache.store_answer(self._plan, answer, service._embed_one)
+        self._land(answer)
+
+    def failed(self, stream: RoutedStream, error: GatewayError) -> None:
+        """The provider failed after the first chunk went out: the client gets an error event."""
+        route = self.route
+        assert route is not None
+        seconds = max(0.0, time.perf_counter() - (stream.first_at or self._ctx.started_s))
+        self._service.router.stream_ended(route.target, error, stream.output_tokens(), seconds)
+        self._service.account_usage(route.group, route.target, stream.translator.usage())
+        self._land(None)
+
+    def abandoned(self, stream: RoutedStream) -> None:
+        """The client left (or was never sent the stream): no verdict on the provider."""
+        if self.route is not None:
+            self._service.router.stream_abandoned(self.route.target)
+        self._land(None)
+
+    def _land(self, answer: CachedAnswer | None) -> None:
+        if self._lead:
+            self._lead = False
+            self._service.cache.flights.land(self._plan.key, answer)
+
+
+def _incomplete(target: Target) -> GatewayError:
+    return UpstreamBadResponse(
+        f"{target.provider}: stream ended without its end marker or carried an error event",
+        provider=target.provider,
+    )

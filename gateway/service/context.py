@@ -1,0 +1,71 @@
+"""What the request service knows of a call besides its body: who asks, with which tags and
+headers, and (filled in as the call goes) what happened to it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from gateway.cache.service import CacheOutcome
+from gateway.routing.target import Target
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+TAGS_HEADER = "x-gateway-tags"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a call was served, once a provider answered."""
+
+    group: str  # the model group that served it (a rule may have sent it to another)
+    target: Target
+    attempts: int
+    fallback: bool  # served by a deployment other than the first choice
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """What happened to a call, filled in stage by stage; response headers, metrics and the
+    access log read it, for errors too (a call that failed upstream still says its cache miss)."""
+
+    model: str = ""  # the model group the client named, once known to exist (a bounded label)
+    cache: CacheOutcome | None = None
+    route: Route | None = None
+    memory_ids: list[str] | None = None
+
+
+@dataclass(slots=True)
+class CallContext:
+    """One call's context: identity, tags and the headers that steer the gateway.
+
+    ``headers`` are the client's request headers (read: ``authorization`` for the caller's
+    identity, ``cache-control`` and ``x-gateway-cache-*``, ``x-gateway-memory*``); internal calls
+    have none. ``started_s`` is ``time.perf_counter()`` when the request arrived.
+    """
+
+    request_id: str
+    started_s: float
+    headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
+    tags: frozenset[str] = frozenset()
+    record: CallRecord = field(default_factory=CallRecord)
+
+    @property
+    def caller(self) -> str | None:
+        """The caller's credentials as sent (the cache's tenant is derived from them)."""
+        return self.headers.get("authorization")
+
+    @property
+    def internal(self) -> bool:
+        """A call the gateway makes to itself (embeddings for the semantic cache and memory)."""
+        return not self.request_id
+
+    @classmethod
+    def for_client(cls, request_id: str, started_s: float, headers: Mapping[str, str]) -> CallContext:
+        tags = headers.get(TAGS_HEADER)
+        return cls(
+            request_id,
+            started_s,
+            headers,
+            frozenset(t.strip() for t in tags.split(",") if t.strip()) if tags else frozenset(),
+        )

@@ -1,0 +1,144 @@
+"""Answer streams: a routed provider stream that does its own bookkeeping when it ends, and the
+replay of a cached one.
+
+The HTTP layer iterates a stream once and always closes it (``aclose``); everything that depends
+on how the stream ended (the router's verdict, usage and cost, time to first token, the cache
+write, waking identical requests) happens here, through the ``StreamBook`` the service gives,
+whichever way it ends: whole, cut by the provider, or abandoned by the client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Protocol
+
+from gateway.errors import GatewayError
+from gateway.providers.base import StreamTranslator, UpstreamResponse
+
+
+class AnswerStream(Protocol):
+    """What the HTTP layer writes out: iterate once, then ``aclose()`` whatever happened."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class StreamBook(Protocol):
+    """The service's bookkeeping for a routed stream (see ``service.calls``)."""
+
+    def first_chunk(self, stream: RoutedStream) -> None: ...
+
+    async def ended(self, stream: RoutedStream) -> None: ...
+
+    def failed(self, stream: RoutedStream, error: GatewayError) -> None: ...
+
+    def abandoned(self, stream: RoutedStream) -> None: ...
+
+
+class ReplayStream:
+    """A cached stream's stored SSE bytes, sent as they were first sent."""
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._body
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RoutedStream:
+    """A provider stream in OpenAI SSE whose first chunk has arrived (so a provider that failed
+    before it was failed over unseen). ``captured`` keeps every byte sent when the answer may be
+    cached; ``events`` counts SSE events, a stand-in for output tokens when no usage comes."""
+
+    __slots__ = (
+        "_book",
+        "_iterator",
+        "_response",
+        "_settled",
+        "_source",
+        "captured",
+        "events",
+        "first",
+        "first_at",
+        "translator",
+    )
+
+    def __init__(
+        self,
+        first: bytes,
+        response: UpstreamResponse,
+        source: AsyncGenerator[bytes, None],
+        translator: StreamTranslator,
+        book: StreamBook,
+        *,
+        capture: bool,
+    ) -> None:
+        self.first = first
+        self.translator = translator
+        self.captured: bytearray | None = bytearray() if capture else None
+        self.events = 0
+        self.first_at = 0.0  # perf_counter() when the first chunk went out
+        self._response = response
+        self._source = source  # the provider's chunks, already read up to ``first``
+        self._book = book
+        self._iterator: AsyncIterator[bytes] | None = None
+        self._settled = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._iterator is None:
+            self._iterator = self._run()
+        return self._iterator
+
+    async def aclose(self) -> None:
+        """Close the provider request; a stream not read to its end gets no verdict."""
+        iterator = self._iterator
+        if iterator is not None:
+            await iterator.aclose()  # type: ignore[attr-defined]
+        await self._source.aclose()
+        self._response.close()
+        if not self._settled:
+            self._settled = True
+            self._book.abandoned(self)
+
+    def output_tokens(self) -> int:
+        """Output tokens the provider reported, else about one per content event."""
+        usage = self.translator.usage()
+        tokens = usage.get("completion_tokens") if usage else None
+        return tokens if isinstance(tokens, int) else max(0, self.events - 2)
+
+    async def _run(self) -> AsyncIterator[bytes]:
+        translator = self.translator
+        try:
+            self.first_at = time.perf_counter()
+            self._book.first_chunk(self)
+            yield self._keep(self.first)
+            async for chunk in self._source:
+                out = translator.feed(chunk)
+                if out:
+                    yield self._keep(out)
+            tail = translator.finish()
+            if tail:
+                yield self._keep(tail)
+        except GatewayError as error:
+            self._response.close()
+            if self.captured is not None:
+                self.captured.clear()
+            self._settled = True
+            self._book.failed(self, error)
+            raise
+        self._response.close()
+        self._settled = True
+        await self._book.ended(self)
+
+    def _keep(self, chunk: bytes) -> bytes:
+        self.events += chunk.count(b"data:")
+        if self.captured is not None:
+            self.captured += chunk
+        return chunk
