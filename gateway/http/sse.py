@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gateway.errors import GatewayError
 from gateway.service.streams import AnswerStream
-from gateway.wire.sse import DONE
+from gateway.wire.sse import DONE, encode
 
 log = logging.getLogger("gateway.sse")
 
@@ -28,7 +28,7 @@ _SSE_HEADERS = {
 
 def error_event(error: GatewayError) -> bytes:
     """An SSE event carrying ``error`` in OpenAI's envelope, followed by ``[DONE]``."""
-    return b"data: " + error.body() + b"\n\n" + DONE
+    return encode(error.body()) + DONE
 
 
 async def send_stream(request: web.Request, stream: AnswerStream, request_id: str) -> web.StreamResponse:

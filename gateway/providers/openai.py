@@ -87,7 +87,18 @@ class OpenAIStreamTranslator:
         self._usage: JSONObject | None = None
 
     def feed(self, chunk: bytes) -> bytes:
-        for data in self._decoder.feed(chunk):
+        decoder = self._decoder
+        if (
+            decoder.idle
+            and chunk.endswith(b"\n\n")
+            and b'"usage"' not in chunk
+            and b'"error"' not in chunk
+            and b"[DONE]" not in chunk
+        ):
+            # Whole events only, none of which can matter: the decoder stays between events,
+            # so the chunk needs no parsing at all (most chunks of a stream are like this).
+            return chunk
+        for data in decoder.feed(chunk):
             self._watch(data)
         return chunk
 

@@ -310,10 +310,12 @@ class _StreamBook:
         service.router.stream_ended(route.target, error, stream.output_tokens(), seconds)
         service.account_usage(route.group, route.target, stream.translator.usage())
         answer: CachedAnswer | None = None
-        if error is None and stream.captured:
-            answer = CachedAnswer(bytes(stream.captured), route.target.provider, route.target.model)
-            await service.cache.store_answer(self._plan, answer, service._embed_one)
-        self._land(answer)
+        try:
+            if error is None and stream.captured:
+                answer = CachedAnswer(bytes(stream.captured), route.target.provider, route.target.model)
+                await service.cache.store_answer(self._plan, answer, service._embed_one)
+        finally:
+            self._land(answer)  # even if cancelled while storing: waiters must never hang
 
     def failed(self, stream: RoutedStream, error: GatewayError) -> None:
         """The provider failed after the first chunk went out: the client gets an error event."""

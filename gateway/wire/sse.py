@@ -48,6 +48,11 @@ class SSEDecoder:
                 data.append(value[1:] if value[:1] == b" " else value)
         return events
 
+    @property
+    def idle(self) -> bool:
+        """Between events: no unfinished line and no data lines waiting for their blank line."""
+        return not self._rest and not self._data
+
     def flush(self) -> list[bytes]:
         """At the end of the stream: the last event if its blank line never came."""
         rest, self._rest = self._rest.rstrip(b"\r"), b""

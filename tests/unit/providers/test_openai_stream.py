@@ -44,3 +44,13 @@ def test_a_stream_without_its_end_or_with_an_error_event_is_not_complete(stream:
 def test_usage_null_in_every_chunk_is_not_usage() -> None:
     _, usage, _ = run(CHUNK.replace(b"}]}", b'}],"usage":null}') + b"data: [DONE]\n\n", 3)
     assert usage is None
+
+
+def test_usage_split_inside_its_key_across_chunks_is_still_seen() -> None:
+    stream = CHUNK + USAGE + b"data: [DONE]\n\n"
+    cut = len(CHUNK) + USAGE.index(b'"usage"') + 3  # ...,"us | age":{...}
+    translator = OpenAIAdapter().stream_translator(Endpoint.CHAT, {}, "m")
+    assert translator.feed(CHUNK) == CHUNK  # whole events, nothing to watch: the fast path
+    assert translator.feed(stream[len(CHUNK) : cut]) + translator.feed(stream[cut:]) == stream[len(CHUNK) :]
+    assert translator.usage() == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert translator.completed
