@@ -71,7 +71,9 @@ class AnthropicAdapter:
     ) -> JSONObject | None:
         return chat_completion(body, upstream_model)
 
-    def stream_translator(self, endpoint: Endpoint, request: JSONObject, upstream_model: str) -> StreamTranslator:
+    def stream_translator(
+        self, endpoint: Endpoint, request: JSONObject, upstream_model: str
+    ) -> StreamTranslator:
         options = request.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         return AnthropicStreamTranslator(upstream_model, include_usage)

@@ -68,7 +68,9 @@ class GeminiAdapter:
             return chat_completion(body, upstream_model, int(time.time()))
         return text_completion(body, upstream_model, int(time.time()))
 
-    def stream_translator(self, endpoint: Endpoint, request: JSONObject, upstream_model: str) -> StreamTranslator:
+    def stream_translator(
+        self, endpoint: Endpoint, request: JSONObject, upstream_model: str
+    ) -> StreamTranslator:
         options = request.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         return GeminiStreamTranslator(
