@@ -37,11 +37,13 @@ def build_app(
     env: Mapping[str, str] | None = None,
     *,
     transports: Mapping[str, Transport] | None = None,
+    cache_store: CacheStore | None = None,
 ) -> web.Application:
     """The gateway app for ``policy``; provider keys are read from ``env`` (default: os.environ).
 
     ``transports`` replaces the HTTP transport of the providers it names (tests pass
-    ``gateway.testing.MockTransport``); the others get the aiohttp one."""
+    ``gateway.testing.MockTransport``); the others get the aiohttp one. ``cache_store`` replaces
+    the response cache's store (default: Redis when ``REDIS_URL`` is set, else in process)."""
     environ = os.environ if env is None else env
     settings = replace(
         settings,
@@ -59,7 +61,7 @@ def build_app(
     app[keys.POLICY] = policy
     app[keys.METRICS] = metrics
     app[keys.ROUTER] = router
-    store = _cache_store(settings, policy)
+    store = cache_store or _cache_store(settings, policy)
     cache = app[keys.CACHE] = ResponseCache(policy.cache, store, metrics)
     metrics.cache_collector(cache)
 
