@@ -85,7 +85,7 @@ class ProviderClient:
         """The body as it arrives, key scrubbed (a no-op scan when no key is set or echoed)."""
         key = self._key_bytes
         async for chunk in response.chunks():
-            yield chunk.replace(key, b"***") if key and key in chunk else chunk
+            yield chunk.replace(key, b"***") if key and chunk.find(key) >= 0 else chunk
 
     def scrub(self, text: str) -> str:
         """``text`` with the provider key replaced, in case a provider or library echoes it."""
@@ -93,7 +93,7 @@ class ProviderClient:
 
     def scrub_bytes(self, data: bytes) -> bytes:
         key = self._key_bytes
-        return data.replace(key, b"***") if key and key in data else data
+        return data.replace(key, b"***") if key and data.find(key) >= 0 else data
 
     def _status_error(self, status: int, body: bytes, retry_after: str | None) -> GatewayError:
         if status < 200 or 300 <= status < 400:

@@ -30,7 +30,7 @@ class SSEDecoder:
         """The data of every event ``chunk`` completes, in order (empty while none is)."""
         buffer = self._rest + chunk if self._rest else chunk
         held = b""
-        if b"\r" in buffer:
+        if buffer.find(b"\r") >= 0:
             if buffer.endswith(b"\r"):  # maybe the first half of a CRLF split across chunks
                 buffer, held = buffer[:-1], b"\r"
             buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")

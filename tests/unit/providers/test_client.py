@@ -3,8 +3,12 @@ that echoes its key anywhere cannot put it in an error object, an error body or 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from gateway.errors import GatewayError, UpstreamBadResponse
 from gateway.policy.loader import parse_policy
@@ -73,3 +77,38 @@ async def test_a_redirect_is_not_followed_but_failed_over(status: int) -> None:
     with pytest.raises(UpstreamBadResponse) as raised:
         await client("openai", answer).send(REQUEST)
     assert raised.value.retryable and answer.closed
+
+
+async def test_the_real_transport_never_follows_a_redirect_to_another_origin(
+    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> None:
+    """aiohttp would strip only Authorization on a cross-origin redirect: x-api-key and the
+    prompt would reach the other host. Issue 10 item 8."""
+    stolen: list[dict[str, str]] = []
+
+    async def thief(request: web.Request) -> web.Response:
+        stolen.append(dict(request.headers))
+        return web.json_response({"choices": []})
+
+    other = web.Application()
+    other.router.add_post("/{tail:.*}", thief)
+    other_server = await aiohttp_server(other)
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(str(other_server.make_url("/v1/messages")))
+
+    provider = web.Application()
+    provider.router.add_post("/{tail:.*}", redirect)
+    provider_server = await aiohttp_server(provider)
+    text = POLICY.replace("KIND", "anthropic").replace(
+        "http://p.test/v1", str(provider_server.make_url("/v1"))
+    )
+    config = parse_policy(text).providers["p"]
+    client = ProviderClient("p", config, adapter_for(config), KEY)
+    await client.start()
+    try:
+        with pytest.raises(UpstreamBadResponse, match="HTTP 307"):
+            await client.send(UpstreamRequest("/messages", b'{"secret prompt": 1}', False))
+    finally:
+        await client.close()
+    assert stolen == []

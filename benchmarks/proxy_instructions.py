@@ -1,0 +1,217 @@
+"""Benchmark: CPU instructions the gateway executes per request, counted exactly by callgrind.
+
+Requests/s on this shared machine moves by 10-30 % between identical runs, too much to tell a 3 %
+change. Instruction counts do not move: valgrind's callgrind counts every instruction the gateway
+process executes, whatever else the machine is doing. For each gateway (a baseline revision,
+extracted with ``git archive``, and the working tree) and each kind of request (non-streaming,
+streaming with usage), this script:
+
+  1. starts the gateway under ``valgrind --tool=callgrind --instr-atstart=no`` (start-up not counted),
+  2. sends warm-up requests, switches instrumentation on and zeroes the counters,
+  3. sends N requests one after another on one keep-alive connection (a zero-latency fake upstream,
+     not under valgrind), dumps the counters and divides the instructions by N.
+
+Run: python benchmarks/proxy_instructions.py --baseline fd3191d [--requests 400]
+Writes its section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.proxy_overhead import (  # noqa: E402
+    BODY,
+    STREAM_BODY,
+    Revision,
+    extract,
+    policy_text,
+    tree_env,
+    uncommitted_paths,
+)
+from benchmarks.results import write_section  # noqa: E402
+from gateway.testing.process import start  # noqa: E402
+
+_LISTENING = re.compile(r"listening on http://([^:\s]+):(\d+)")
+KINDS = {"non-streaming": BODY % "bench", "streaming (include_usage)": STREAM_BODY % "bench"}
+TARGET_RATIO = 0.97
+
+
+def valgrind_gateway(tree: Path, policy: Path, out: Path, cwd: Path) -> tuple[subprocess.Popen[str], int]:
+    """The gateway of ``tree`` under callgrind with instrumentation off; (process, port)."""
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--policy",
+        str(policy),
+        "--port",
+        "0",
+    ]
+    env = {**os.environ, **tree_env(tree, SOPHIA_ACCESS_LOG="0", PYTHONUNBUFFERED="1")}
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    found: list[int] = []
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            match = _LISTENING.search(line)
+            if match and not found:
+                found.append(int(match.group(2)))
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 600
+    while not found:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("gateway under valgrind did not start:\n" + "".join(lines[-30:]))
+        time.sleep(0.2)
+    return proc, found[0]
+
+
+def send(conn: http.client.HTTPConnection, body: str, count: int) -> None:
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
+    for _ in range(count):
+        conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise SystemExit(f"gateway answered {response.status}: {data[:300]!r}")
+
+
+def callgrind(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=120)
+
+
+def instructions(out_dir: Path, prefix: str) -> int:
+    """The instruction total (Ir) of the dump callgrind wrote after the zeroing."""
+    dumps = sorted(p for p in out_dir.iterdir() if p.name.startswith(prefix) and p.name != prefix)
+    for dump in reversed(dumps):
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise SystemExit(f"no callgrind dump with a total in {out_dir}")
+
+
+def measure(
+    tree: Path, policy: Path, body: str, requests: int, warmup: int, scratch: Path, label: str
+) -> int:
+    out = scratch / f"callgrind.{label}"
+    cwd = Path(tempfile.mkdtemp(prefix="serve-", dir=scratch))
+    proc, port = valgrind_gateway(tree, policy, out, cwd)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        send(conn, body, warmup)
+        callgrind(proc.pid, "-i", "on")
+        callgrind(proc.pid, "-z")
+        send(conn, body, requests)
+        callgrind(proc.pid, "-d")
+        conn.close()
+        return instructions(scratch, out.name)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", required=True, help="a revision of this repository to compare with")
+    parser.add_argument(
+        "--current",
+        default=None,
+        help="a revision to measure instead of the working tree (extracted likewise)",
+    )
+    parser.add_argument("--requests", type=int, default=400, help="requests counted per measurement")
+    parser.add_argument("--warmup", type=int, default=100, help="requests before counting starts")
+    args = parser.parse_args()
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        raise SystemExit("valgrind is required: apt-get install valgrind")
+    baseline = Revision.of(args.baseline)
+    head = Revision.of(args.current or "HEAD")
+    dirty = [] if args.current else [p for p in uncommitted_paths() if not p.startswith("benchmarks/")]
+    scratch = Path(tempfile.mkdtemp(prefix="proxy-instructions-"))
+    trees = {"baseline": scratch / "baseline", "current": ROOT}
+    trees["baseline"].mkdir()
+    extract(args.baseline, trees["baseline"])
+    if args.current:
+        trees["current"] = scratch / "current"
+        trees["current"].mkdir()
+        extract(args.current, trees["current"])
+    fake = start(["fake-provider", "--port", "0"], env=tree_env(ROOT))
+    results: dict[tuple[str, str], float] = {}
+    try:
+        policy = scratch / "bench.yaml"
+        policy.write_text(policy_text(fake.url) + "memory: {enabled: false}\n")
+        for kind, body in KINDS.items():
+            for side, tree in trees.items():
+                total = measure(
+                    tree, policy, body, args.requests, args.warmup, scratch, f"{side}.{len(results)}"
+                )
+                results[(kind, side)] = total / args.requests
+                print(f"{kind} [{side}]: {results[(kind, side)]:.0f} instructions per request", flush=True)
+    finally:
+        fake.stop()
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, Python "
+        f"{platform.python_version()}, `valgrind --tool=callgrind`: instructions the gateway process executes "
+        f"per chat completion, averaged over {args.requests} sequential requests on one keep-alive connection "
+        f"after {args.warmup} warm-up requests (start-up and warm-up not counted), zero-latency fake upstream, "
+        "access log off, one deployment. Exact and repeatable, unlike requests/s on a shared machine.",
+        "",
+        f"- **Compared**: baseline = {baseline.describe()}; current = "
+        + (f"revision {head.describe()}" if args.current else f"the working tree at {head.describe()}")
+        + (f", with uncommitted changes in {len(dirty)} path(s)" if dirty else "")
+        + ".",
+        "",
+        "| request | instructions before | instructions after | after / before | throughput ratio (before / after) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    verdicts = []
+    for kind in KINDS:
+        before, after = results[(kind, "baseline")], results[(kind, "current")]
+        verdicts.append((kind, before / after))
+        lines.append(
+            f"| {kind} | {before:,.0f} | {after:,.0f} | {after / before:.3f} | **{before / after:.3f}** |"
+        )
+    met = all(ratio >= TARGET_RATIO for _, ratio in verdicts)
+    lines += [
+        "",
+        f"- **Verdict** (issue 9: requests/s may not drop by more than 3 %, streaming included; a CPU-bound "
+        f"process's requests/s is inversely proportional to its instructions per request): "
+        f"**{'met' if met else 'NOT met'}**: "
+        + ", ".join(f"{kind} {ratio:.3f}" for kind, ratio in verdicts)
+        + f" (>= {TARGET_RATIO} needed).",
+    ]
+    write_section("Proxy instructions per request (issue 9)", "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
