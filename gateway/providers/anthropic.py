@@ -13,6 +13,12 @@ calls, tool results, ``tools``, ``tool_choice``, ``parallel_tool_calls: false``,
 ``max_completion_tokens`` (default: the provider's ``default_max_tokens``, as Anthropic requires
 one), ``user`` (as ``metadata.user_id``), ``stream`` with ``stream_options.include_usage``.
 
+What Anthropic refuses but OpenAI accepts is made valid (see ``anthropic_request``): tool-call
+ids other providers minted (``functions.get_weather:0``, repeated across turns) are rewritten
+per request to valid, unique ``toolu_`` ids, with each tool result pointed at its call (answers
+keep Anthropic's own ids); a conversation opening with an assistant turn gets a one-character
+user turn (``"."``) before it; blank text blocks are dropped.
+
 ``response_format`` has no exact equivalent that works on every model and API version, so
 ``json_object`` adds a system instruction to answer with one JSON object only, and
 ``json_schema`` adds the same instruction with the schema; the answer is what the model

@@ -5,10 +5,27 @@ more than renaming: the system prompt is a top-level field, roles must alternate
 consecutive same-role messages are merged), tool results are ``tool_result`` blocks inside a
 user message, and ``max_tokens`` is required. What cannot be expressed raises a gateway error
 naming the field, so the client learns what to change instead of getting a provider's 400.
+
+Requests any OpenAI client can send but Anthropic refuses are made valid here:
+
+* tool-call ids: ``tool_use.id`` must match ``^[a-zA-Z0-9_-]+$`` and be unique in the request,
+  while other providers mint ids such as ``functions.get_weather:0`` that may repeat across
+  turns. :class:`_ToolCallIds` keeps a valid, unused id and rewrites any other one to
+  ``toolu_`` + a hash of the id and its place (``messages[i].tool_calls[j]``), and points each
+  tool result at the id of the latest call the client's id named;
+* the conversation must open with a user turn: a conversation opening with an assistant turn
+  (a chat UI's greeting), or with none left, gets :data:`PLACEHOLDER_USER_TEXT` as its first
+  user turn; the same turn closes a conversation whose last user message had no content left,
+  so the model answers instead of continuing the assistant's text;
+* text blocks must contain non-whitespace text: blank text (empty, or whitespace only such as
+  the two newlines open models put beside tool calls) is dropped, in every role; a message left
+  empty is dropped (its neighbours merge), while an assistant's tool calls always stay.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import orjson
@@ -31,6 +48,11 @@ _JSON_SCHEMA_INSTRUCTION = (
     "Respond with a single valid JSON object that conforms to the following JSON Schema, and "
     "nothing else: no prose before or after it, no Markdown code fences.\nJSON Schema: "
 )
+# The user turn put first when a conversation opens with the assistant (and last when the
+# client's last user message was blank): one neutral character, the least that Anthropic
+# accepts and the least that can steer the model.
+PLACEHOLDER_USER_TEXT = "."
+_VALID_TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")  # Anthropic's pattern for tool_use.id
 
 
 def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: int) -> JSONObject:
@@ -76,39 +98,103 @@ def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: 
 
 
 def _conversation(messages: list[Any]) -> tuple[list[str], list[JSONObject]]:
-    """System texts, and the user/assistant turns with same-role neighbours merged."""
+    """System texts, and the user/assistant turns with same-role neighbours merged, opening
+    (and, unless the client ended on an assistant message, closing) with a user turn."""
     system: list[str] = []
     turns: list[JSONObject] = []
+    tool_ids = _ToolCallIds()
+    last_role = None
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
         role = message.get("role")
         if role in ("system", "developer"):
             text = _plain_text(message.get("content"), f"messages[{i}].content")
-            if text:
+            if not _blank(text):
                 system.append(text)
             continue
         if role == "user":
             blocks = _user_blocks(message.get("content"), f"messages[{i}].content")
         elif role == "assistant":
-            blocks = _assistant_blocks(message, i)
+            blocks = _assistant_blocks(message, i, tool_ids)
         elif role == "tool":
-            blocks = [_tool_result(message, i)]
+            blocks = [_tool_result(message, i, tool_ids)]
             role = "user"  # Anthropic carries tool results in the user's turn
         else:
             raise UnsupportedByProvider(KIND, f"messages with role '{role}' (use 'tool')")
+        last_role = role
         if not blocks:
             continue  # Anthropic refuses empty turns; an empty message adds nothing anyway
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    # Anthropic refuses a first turn that is not the user's; and a last assistant turn would be
+    # continued (a prefill) rather than answered, which the client asked only if it sent it last.
+    if not turns or turns[0]["role"] != "user":
+        turns.insert(0, _placeholder_turn())
+    if turns[-1]["role"] == "assistant" and last_role == "user":
+        turns.append(_placeholder_turn())
     return system, turns
+
+
+def _placeholder_turn() -> JSONObject:
+    return {"role": "user", "content": [{"type": "text", "text": PLACEHOLDER_USER_TEXT}]}
+
+
+def _blank(text: str) -> bool:
+    """Whether ``text`` holds no visible character (Anthropic refuses such text blocks)."""
+    return not text or text.isspace()
+
+
+class _ToolCallIds:
+    """One request's map from the client's tool-call ids to the ``tool_use`` ids sent.
+
+    A valid id not used yet in the request is kept; any other is rewritten, deterministically,
+    to ``toolu_`` + a hash of the id and the call's place, made unique if it ever collides. A
+    tool result names the call the client's id named last: a repeated id belongs to its latest
+    assistant message, and the k-th result naming an id repeated within one assistant message
+    answers the k-th of those calls.
+    """
+
+    __slots__ = ("_answered", "_issued", "_used")
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+        self._issued: dict[str, tuple[int, list[str]]] = {}  # id -> (message index, sent ids)
+        self._answered: dict[str, int] = {}  # id -> results paired with that message's calls
+
+    def issue(self, call_id: str, i: int, j: int) -> str:
+        """The ``tool_use`` id for the call ``call_id`` at ``messages[i].tool_calls[j]``."""
+        sent = call_id
+        salt = 0
+        while _VALID_TOOL_USE_ID.fullmatch(sent) is None or sent in self._used:
+            digest = hashlib.blake2b(f"{i}:{j}:{salt}:{call_id}".encode(), digest_size=12)
+            sent = "toolu_" + digest.hexdigest()
+            salt += 1
+        self._used.add(sent)
+        issued = self._issued.get(call_id)
+        if issued is None or issued[0] != i:
+            issued = (i, [])
+            self._issued[call_id] = issued
+            self._answered[call_id] = 0
+        issued[1].append(sent)
+        return sent
+
+    def answer(self, call_id: str) -> str | None:
+        """The ``tool_use`` id a result naming ``call_id`` answers; None if no call had it."""
+        issued = self._issued.get(call_id)
+        if issued is None:
+            return None
+        k = self._answered[call_id]
+        self._answered[call_id] = k + 1
+        sent = issued[1]
+        return sent[min(k, len(sent) - 1)]
 
 
 def _user_blocks(content: object, where: str) -> list[JSONObject]:
     if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
+        return [] if _blank(content) else [{"type": "text", "text": content}]
     if content is None:
         return []
     if not isinstance(content, list):
@@ -122,7 +208,7 @@ def _user_part(part: object, where: str) -> JSONObject | None:
     kind = part.get("type")
     if kind == "text":
         text = part.get("text")
-        return {"type": "text", "text": text} if isinstance(text, str) and text else None
+        return {"type": "text", "text": text} if isinstance(text, str) and not _blank(text) else None
     if kind == "image_url":
         image = part.get("image_url")
         url = image.get("url") if isinstance(image, dict) else image
@@ -151,9 +237,9 @@ def _source(url: str, where: str) -> JSONObject:
     return {"type": "base64", "media_type": media_type, "data": data}
 
 
-def _assistant_blocks(message: JSONObject, i: int) -> list[JSONObject]:
+def _assistant_blocks(message: JSONObject, i: int, tool_ids: _ToolCallIds) -> list[JSONObject]:
     text = _plain_text(message.get("content"), f"messages[{i}].content")
-    blocks: list[JSONObject] = [{"type": "text", "text": text}] if text else []
+    blocks: list[JSONObject] = [] if _blank(text) else [{"type": "text", "text": text}]
     calls = message.get("tool_calls") or []
     if not isinstance(calls, list):
         raise InvalidRequest(
@@ -167,7 +253,7 @@ def _assistant_blocks(message: JSONObject, i: int) -> list[JSONObject]:
         blocks.append(
             {
                 "type": "tool_use",
-                "id": call["id"],
+                "id": tool_ids.issue(call["id"], i, j),
                 "name": function.get("name"),
                 "input": _arguments(function.get("arguments"), f"{where}.function.arguments"),
             }
@@ -188,19 +274,23 @@ def _arguments(arguments: object, where: str) -> JSONObject:
     return parsed
 
 
-def _tool_result(message: JSONObject, i: int) -> JSONObject:
+def _tool_result(message: JSONObject, i: int, tool_ids: _ToolCallIds) -> JSONObject:
     call_id = message.get("tool_call_id")
+    where = f"messages[{i}].tool_call_id"
     if not isinstance(call_id, str) or not call_id:
+        raise InvalidRequest(f"'{where}' is required.", param=where)
+    tool_use_id = tool_ids.answer(call_id)
+    if tool_use_id is None:  # the client's id is not echoed: it is the client's text
         raise InvalidRequest(
-            f"'messages[{i}].tool_call_id' is required.", param=f"messages[{i}].tool_call_id"
+            f"'{where}' must be the id of a tool call in an earlier assistant message.", param=where
         )
-    result: JSONObject = {"type": "tool_result", "tool_use_id": call_id}
+    result: JSONObject = {"type": "tool_result", "tool_use_id": tool_use_id}
     content = message.get("content")
     if isinstance(content, list):
         blocks = _user_blocks(content, f"messages[{i}].content")
         if blocks:
             result["content"] = blocks
-    elif isinstance(content, str) and content:
+    elif isinstance(content, str) and not _blank(content):
         result["content"] = content
     return result
 

@@ -13,6 +13,11 @@ sequence (``message_start``, ``content_block_start``, ``ping``, ``content_block_
 
 Usage counts words: ``input_tokens`` over the system prompt and every text block, so a
 request the gateway translated counts the same as its OpenAI original at the OpenAI fake.
+
+Requests the real API refuses get its 400 and message (see :func:`check_conversation`): a first
+message that is not the user's, an empty message, blank text blocks, ``tool_use`` ids that do
+not match ``^[a-zA-Z0-9_-]+$`` or repeat, and ``tool_result`` blocks naming no ``tool_use`` of
+the message before.
 ``--require-key`` checks ``x-api-key``; injected errors, 401 and 400 use Anthropic's error
 body (``--error-status 529`` is ``overloaded_error``). Faults, pacing and the control endpoints
 are the OpenAI fake's (``fake_provider``), drawn and applied the same way.
@@ -21,6 +26,7 @@ are the OpenAI fake's (``fake_provider``), drawn and applied the same way.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,6 +60,7 @@ ERROR_TYPES = {
     504: "timeout_error",
     529: "overloaded_error",
 }
+_TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 
 def add_routes(app: web.Application) -> None:
@@ -152,6 +159,7 @@ def parse_messages(body: dict[str, object]) -> MessagesRequest:
         words += len(text.split())
         if role == "user":
             prompt = text
+    check_conversation(messages)
     stops = body.get("stop_sequences")
     stop_sequences = tuple(s for s in stops if isinstance(s, str) and s) if isinstance(stops, list) else ()
     return MessagesRequest(
@@ -163,6 +171,85 @@ def parse_messages(body: dict[str, object]) -> MessagesRequest:
         stop_sequences,
         _chosen_tool(body, prompt),
     )
+
+
+def check_conversation(messages: list[dict[str, object]]) -> None:
+    """Refuse, as the real Messages API does (400, its message), a conversation it would refuse.
+
+    The API reference documents alternating user and assistant turns (Messages > Create a
+    Message, ``messages``: https://docs.claude.com/en/api/messages) but not these rules; the
+    messages are the API's own, as users quote them verbatim in error reports:
+    "messages: first message must use the \"user\" role" (lobehub/lobehub#1601,
+    langchain4j/langchain4j#940; anthropics/anthropic-sdk-typescript#622 found the first-party
+    API once letting an assistant turn open, which Bedrock refused: the fake is the strict one);
+    "messages.0: all messages must have non-empty content except for the optional final
+    assistant message" (anthropics/claude-code#3196); "messages: text content blocks must be
+    non-empty" (mckaywrigley/chatbot-ui#1656) and "messages: text content blocks must contain
+    non-whitespace text" (anthropics/claude-code#23440); "messages.1.content.1.tool_use.id:
+    String should match pattern '^[a-zA-Z0-9_-]+$'" (BlockRunAI/ClawRouter#17,
+    anomalyco/opencode#1279); "messages.1.content.1: `tool_use` ids must be unique"
+    (anthropics/claude-code#20901); "messages.0.content.0: unexpected `tool_use_id` found in
+    `tool_result` blocks: ID. Each `tool_result` block must have a corresponding `tool_use`
+    block in the previous message." (anthropics/claude-code#13460). String content counts as
+    one text block, and text inside a ``tool_result`` is checked like any other.
+    """
+    if messages[0].get("role") != "user":
+        raise _refusal(400, 'messages: first message must use the "user" role')
+    seen_ids: set[str] = set()
+    offered: set[str] = set()  # the tool_use ids of the message before
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) and content else content
+        if not isinstance(blocks, list) or not blocks:
+            if i < len(messages) - 1 or message.get("role") != "assistant":
+                raise _refusal(
+                    400,
+                    f"messages.{i}: all messages must have non-empty content except for the "
+                    "optional final assistant message",
+                )
+            blocks = []
+        ids: set[str] = set()
+        for j, block in enumerate(blocks):
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "text":
+                _check_text(block)
+            elif kind == "tool_use":
+                tool_id = block.get("id")
+                if not isinstance(tool_id, str) or not _TOOL_USE_ID.fullmatch(tool_id):
+                    raise _refusal(
+                        400,
+                        f"messages.{i}.content.{j}.tool_use.id: String should match pattern "
+                        f"'{_TOOL_USE_ID.pattern}'",
+                    )
+                if tool_id in seen_ids:
+                    raise _refusal(400, f"messages.{i}.content.{j}: `tool_use` ids must be unique")
+                seen_ids.add(tool_id)
+                ids.add(tool_id)
+            elif kind == "tool_result":
+                _check_tool_result(block, offered, f"messages.{i}.content.{j}")
+        offered = ids
+
+
+def _check_text(block: dict[str, object]) -> None:
+    text = block.get("text")
+    if not isinstance(text, str) or not text:
+        raise _refusal(400, "messages: text content blocks must be non-empty")
+    if text.isspace():
+        raise _refusal(400, "messages: text content blocks must contain non-whitespace text")
+
+
+def _check_tool_result(block: dict[str, object], offered: set[str], where: str) -> None:
+    tool_use_id = block.get("tool_use_id")
+    if tool_use_id not in offered:
+        raise _refusal(
+            400,
+            f"{where}: unexpected `tool_use_id` found in `tool_result` blocks: {tool_use_id}. Each "
+            "`tool_result` block must have a corresponding `tool_use` block in the previous message.",
+        )
+    content = block.get("content")
+    for inner in content if isinstance(content, list) else []:
+        if isinstance(inner, dict) and inner.get("type") == "text":
+            _check_text(inner)
 
 
 def tool_input(tool: dict[str, object]) -> dict[str, object]:

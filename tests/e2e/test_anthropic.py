@@ -211,6 +211,54 @@ def test_tool_calls_whole_and_streamed(astack: AnthropicStack) -> None:
     assert sent[2]["content"] == [{"type": "tool_result", "tool_use_id": call.id, "content": "15 degrees"}]
 
 
+def test_what_other_providers_and_chat_uis_produce_is_accepted(astack: AnthropicStack) -> None:
+    # A chat UI's greeting first, then an open model's tool calls sent back as the client got
+    # them: ids minted by another provider, repeated across turns, with "\n\n" beside them. The
+    # fake refuses each of these as the real API does (fake_anthropic.check_conversation).
+    def weather(city: str) -> Any:
+        arguments = json.dumps({"location": city})
+        return {
+            "id": "functions.get_weather:0",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": arguments},
+        }
+
+    messages: Any = [
+        {"role": "assistant", "content": "Hello! How can I help you today?"},
+        {"role": "user", "content": "Weather in Paris, then in Rome?"},
+        {"role": "assistant", "content": "\n\n", "tool_calls": [weather("Paris")]},
+        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "15 degrees"},
+        {"role": "assistant", "content": "\n\n", "tool_calls": [weather("Rome")]},
+        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "20 degrees"},
+        {"role": "user", "content": [{"type": "text", "text": "Thanks!"}, {"type": "text", "text": "\n"}]},
+    ]
+    answer = astack.client().chat.completions.create(model="claude", messages=messages, tools=[WEATHER_TOOL])
+    assert answer.choices[0].message.content == "Echo: 20 degrees Thanks!"
+    sent = astack.last_request("claude")["body"]["messages"]
+    assert [m["role"] for m in sent] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert sent[0]["content"] == [{"type": "text", "text": "."}]  # the user turn put first
+    uses = [sent[3]["content"], sent[5]["content"]]
+    assert [[b["type"] for b in blocks] for blocks in uses] == [["tool_use"], ["tool_use"]]  # no blank text
+    paris, rome = uses[0][0], uses[1][0]
+    assert paris["input"] == {"location": "Paris"} and rome["input"] == {"location": "Rome"}
+    assert paris["id"] != rome["id"] and all(i.startswith("toolu_") for i in (paris["id"], rome["id"]))
+    assert sent[4]["content"] == [
+        {"type": "tool_result", "tool_use_id": paris["id"], "content": "15 degrees"}
+    ]
+    assert sent[6]["content"] == [
+        {"type": "tool_result", "tool_use_id": rome["id"], "content": "20 degrees"},
+        {"type": "text", "text": "Thanks!"},
+    ]
+
+
 def test_provider_key_is_sent_as_x_api_key(astack: AnthropicStack) -> None:
     astack.client().chat.completions.create(model="claude", messages=[{"role": "user", "content": "key?"}])
     last = astack.last_request("claude")

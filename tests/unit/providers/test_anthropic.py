@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,127 @@ def test_malformed_messages_name_the_field(message: dict[str, Any], param: str) 
     with pytest.raises(InvalidRequest) as err:
         translate({"messages": [message]})
     assert err.value.param == param and not err.value.retryable
+
+
+# ----- requests any OpenAI client can send that Anthropic would refuse as they are (issue 10)
+
+TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")  # Anthropic's pattern for tool_use.id
+
+
+def call(call_id: str, name: str = "get_weather") -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}
+
+
+def result(call_id: str, content: str) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
+def blocks(out: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [b for m in out["messages"] for b in m["content"] if b["type"] == kind]
+
+
+def test_foreign_tool_call_ids_are_rewritten_and_results_follow_their_call() -> None:
+    # Kimi-style ids (not Anthropic's pattern) repeated across turns, and a valid id repeated.
+    body = {
+        "messages": [
+            {"role": "user", "content": "weather in Paris, then Rome?"},
+            {"role": "assistant", "tool_calls": [call("functions.get_weather:0"), call("call_1", "f")]},
+            result("functions.get_weather:0", "Paris: 15 degrees"),
+            result("call_1", "f once"),
+            {"role": "assistant", "tool_calls": [call("functions.get_weather:0"), call("call_1", "f")]},
+            result("functions.get_weather:0", "Rome: 20 degrees"),
+            result("call_1", "f twice"),
+        ]
+    }
+    out = translate(body)
+    uses, results = blocks(out, "tool_use"), blocks(out, "tool_result")
+    ids = [u["id"] for u in uses]
+    assert all(TOOL_ID.fullmatch(i) for i in ids) and len(set(ids)) == 4
+    assert ids[1] == "call_1"  # valid and unused: kept
+    assert ids[0].startswith("toolu_") and ids[2].startswith("toolu_") and ids[3].startswith("toolu_")
+    # Each result answers the call of the turn before it, the repeated id included.
+    assert [(r["tool_use_id"], r["content"]) for r in results] == [
+        (ids[0], "Paris: 15 degrees"),
+        (ids[1], "f once"),
+        (ids[2], "Rome: 20 degrees"),
+        (ids[3], "f twice"),
+    ]
+    assert translate(body) == out  # deterministic: the same request, the same ids (and cache key)
+
+
+def test_an_id_repeated_within_one_message_pairs_results_in_order() -> None:
+    body = {
+        "messages": [
+            USER,
+            {"role": "assistant", "tool_calls": [call("0"), call("0"), call("toolu_ok")]},
+            result("0", "first"),
+            result("0", "second"),
+            result("toolu_ok", "third"),
+        ]
+    }
+    out = translate(body)
+    ids = [u["id"] for u in blocks(out, "tool_use")]
+    assert ids[0] == "0" and ids[1] != "0" and TOOL_ID.fullmatch(ids[1]) and ids[2] == "toolu_ok"
+    assert [r["tool_use_id"] for r in blocks(out, "tool_result")] == ids
+
+
+def test_a_tool_result_naming_no_call_is_refused_without_echoing_the_id() -> None:
+    body = {"messages": [USER, {"role": "assistant", "tool_calls": [call("a")]}, result("b\nX", "x")]}
+    with pytest.raises(InvalidRequest) as err:
+        translate(body)
+    assert err.value.param == "messages[2].tool_call_id" and "b\nX" not in err.value.message
+
+
+def test_a_conversation_opening_with_the_assistant_gets_a_user_turn_first() -> None:
+    greeting = {"role": "assistant", "content": "Hello! How can I help you today?"}
+    out = translate({"messages": [{"role": "system", "content": "Be kind."}, greeting, USER]})
+    assert out["system"] == "Be kind."
+    assert out["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello! How can I help you today?"}]},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+    ]
+    # No user or assistant turn at all (a system prompt alone): the same one user turn.
+    alone = translate({"messages": [{"role": "system", "content": "Say hello."}]})
+    assert alone["messages"] == [{"role": "user", "content": [{"type": "text", "text": "."}]}]
+
+
+def test_blank_text_is_dropped_and_every_turn_keeps_content() -> None:
+    body = {
+        "messages": [
+            {"role": "system", "content": " \n"},
+            {"role": "user", "content": [{"type": "text", "text": "\n\n"}, {"type": "text", "text": "go"}]},
+            # An open model's answer: "\n\n" beside its tool call, sent back by the client.
+            {"role": "assistant", "content": "\n\n", "tool_calls": [call("c1")]},
+            result("c1", "  "),
+            {"role": "assistant", "content": [{"type": "text", "text": "\t"}]},  # nothing left
+            {"role": "user", "content": [{"type": "text", "text": "thanks"}, {"type": "text", "text": " "}]},
+        ]
+    }
+    out = translate(body)
+    assert "system" not in out
+    assert out["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "go"}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "c1", "name": "get_weather", "input": {}}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "c1"}, {"type": "text", "text": "thanks"}],
+        },
+    ]
+
+
+def test_a_blank_last_user_message_still_asks_for_an_answer() -> None:
+    # Dropping it would leave the assistant's turn last, which Anthropic continues (a prefill).
+    body = {"messages": [USER, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "  "}]}
+    out = translate(body)
+    assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user"]
+    assert out["messages"][-1]["content"] == [{"type": "text", "text": "."}]
+    # An assistant message the client sent last is a prefill, and stays last.
+    prefill = translate({"messages": [USER, {"role": "assistant", "content": "Sure:"}]})
+    assert prefill["messages"][-1] == {"role": "assistant", "content": [{"type": "text", "text": "Sure:"}]}
 
 
 # ----- responses

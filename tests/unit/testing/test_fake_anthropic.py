@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
@@ -164,3 +165,186 @@ async def test_openai_routes_are_not_served(aiohttp_client: AiohttpClient) -> No
     assert (await client.post("/v1/chat/completions", json={})).status == 404
     stats = await (await client.get("/_fake/stats")).json()
     assert stats["requests"] == 0
+
+
+# ----- what the real API refuses in a conversation (fake_anthropic.check_conversation)
+
+USE: dict[str, Any] = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
+
+
+def refusal(message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+
+
+@pytest.mark.parametrize(
+    ("messages", "message"),
+    [
+        (
+            [{"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "hi"}],
+            'messages: first message must use the "user" role',
+        ),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "\n\n"}]}],
+            "messages: text content blocks must contain non-whitespace text",
+        ),
+        (
+            [{"role": "user", "content": " "}],
+            "messages: text content blocks must contain non-whitespace text",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [{"type": "text", "text": "\n\n"}, USE]},
+            ],
+            "messages: text content blocks must contain non-whitespace text",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": ""}]}],
+            "messages: text content blocks must be non-empty",
+        ),
+        (
+            [{"role": "user", "content": []}, {"role": "assistant", "content": "x"}],
+            "messages.0: all messages must have non-empty content except for the optional final "
+            "assistant message",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [{**USE, "id": "functions.get_weather:0"}]},
+            ],
+            "messages.1.content.0.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [{**USE, "id": "toolu_1\n"}]},
+            ],
+            "messages.1.content.0.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [USE]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "again"}, USE]},
+            ],
+            "messages.3.content.1: `tool_use` ids must be unique",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [USE]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_2"}]},
+            ],
+            "messages.2.content.0: unexpected `tool_use_id` found in `tool_result` blocks: toolu_2. "
+            "Each `tool_result` block must have a corresponding `tool_use` block in the previous message.",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [USE]},
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "toolu_1",
+                            "content": [{"type": "text", "text": "\t"}],
+                        }
+                    ],
+                },
+            ],
+            "messages: text content blocks must contain non-whitespace text",
+        ),
+    ],
+    ids=[
+        "assistant-first",
+        "whitespace-block",
+        "whitespace-string",
+        "whitespace-beside-tool-use",
+        "empty-block",
+        "empty-message",
+        "foreign-id",
+        "id-with-newline",
+        "repeated-id",
+        "unknown-result-id",
+        "whitespace-in-result",
+    ],
+)
+async def test_conversations_the_api_refuses(
+    aiohttp_client: AiohttpClient, messages: list[dict[str, Any]], message: str
+) -> None:
+    client = await fake(aiohttp_client)
+    resp = await post(client, {**ASK, "messages": messages})
+    assert resp.status == 400 and await resp.json() == refusal(message)
+
+
+async def test_valid_tool_turns_and_a_final_empty_assistant_turn_are_accepted(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await fake(aiohttp_client)
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Checking."}, USE]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "15"}]},
+        {"role": "assistant", "content": []},  # the optional final (prefill) assistant message
+    ]
+    assert (await post(client, {**ASK, "messages": messages})).status == 200
+
+
+CALL: dict[str, Any] = {"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+
+
+# What OpenAI clients send (issue 10, items 14-16), each refused by the fake as it stands and
+# accepted once the adapter has translated it.
+OPENAI_CONVERSATIONS: dict[str, list[dict[str, Any]]] = {
+    "ids-from-another-provider": [
+        {"role": "user", "content": "weather in Paris, then Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "functions.get_weather:0", **CALL}]},
+        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "15 degrees"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "functions.get_weather:0", **CALL}]},
+        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "20 degrees"},
+    ],
+    "assistant-greeting-first": [
+        {"role": "assistant", "content": "Hello! How can I help you today?"},
+        {"role": "user", "content": "hello there"},
+    ],
+    "blank-text-beside-tool-calls": [
+        {"role": "user", "content": [{"type": "text", "text": "weather?"}, {"type": "text", "text": "\n\n"}]},
+        {"role": "assistant", "content": "\n\n", "tool_calls": [{"id": "call_1", **CALL}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "15 degrees"},
+        {"role": "assistant", "content": "\n\n"},
+        {"role": "user", "content": " "},
+    ],
+}
+
+
+def as_sent_untranslated(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation mapped one to one, as a gateway without the fixes sent it."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m["role"] == "tool":
+            block = {"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": m["content"]}
+            out.append({"role": "user", "content": [block]})
+            continue
+        content = m["content"]
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+        for c in m.get("tool_calls", []):
+            parts.append({"type": "tool_use", "id": c["id"], "name": c["function"]["name"], "input": {}})
+        out.append({"role": m["role"], "content": parts})
+    return out
+
+
+@pytest.mark.parametrize("name", list(OPENAI_CONVERSATIONS))
+async def test_what_openai_clients_send_is_accepted_once_translated(
+    aiohttp_client: AiohttpClient, name: str
+) -> None:
+    client = await fake(aiohttp_client)
+    messages = OPENAI_CONVERSATIONS[name]
+    untranslated = await post(client, {**ASK, "messages": as_sent_untranslated(messages)})
+    assert untranslated.status == 400  # the fake is as strict as the API
+    config = AnthropicProvider(kind="anthropic", base_url="http://fake/v1")
+    request = AnthropicAdapter(config).build_request(Endpoint.CHAT, {"messages": messages}, "claude-x")
+    resp = await client.post("/v1/messages", data=request.body)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["stop_reason"] == "end_turn"
