@@ -54,7 +54,7 @@ class UpstreamResponse(Protocol):
         """The whole body."""
         ...
 
-    def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body as it arrives; raises ``UpstreamError`` if it ends before it is complete."""
         ...
 

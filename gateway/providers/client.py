@@ -81,11 +81,17 @@ class ProviderClient:
             )
         return data, parsed
 
-    async def chunks(self, response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
-        """The body as it arrives, key scrubbed (a no-op scan when no key is set or echoed)."""
+    def chunks(self, response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
+        """The body as it arrives, key scrubbed. Without a key there is nothing to scrub, and the
+        response's own iterator is handed out: no extra generator step per chunk."""
+        if not self._key_bytes:
+            return response.chunks()
+        return self._scrubbed(response)
+
+    async def _scrubbed(self, response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
         key = self._key_bytes
         async for chunk in response.chunks():
-            yield chunk.replace(key, b"***") if key and chunk.find(key) >= 0 else chunk
+            yield chunk.replace(key, b"***") if chunk.find(key) >= 0 else chunk
 
     def scrub(self, text: str) -> str:
         """``text`` with the provider key replaced, in case a provider or library echoes it."""

@@ -78,18 +78,18 @@ class OpenAIStreamTranslator:
     stream then counts as failed and is never cached.
     """
 
-    __slots__ = ("_decoder", "_done", "_errored", "_usage")
+    __slots__ = ("_between", "_decoder", "_done", "_errored", "_usage")
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
+        self._between = True  # the decoder holds nothing: the last chunk ended between events
         self._done = False
         self._errored = False
         self._usage: JSONObject | None = None
 
     def feed(self, chunk: bytes) -> bytes:
-        decoder = self._decoder
         if (
-            decoder.idle
+            self._between
             and chunk.endswith(b"\n\n")
             and not chunk.endswith(b"[DONE]\n\n")
             and chunk.find(b'"usage"') < 0
@@ -101,8 +101,10 @@ class OpenAIStreamTranslator:
             # ``bytes.__contains__`` first tries the argument as an int and formats a TypeError
             # it then discards, which costs twice the search (callgrind, benchmarks/RESULTS.md).
             return chunk
+        decoder = self._decoder
         for data in decoder.feed(chunk):
             self._watch(data)
+        self._between = decoder.idle
         return chunk
 
     def finish(self) -> bytes:

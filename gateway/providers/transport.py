@@ -8,7 +8,7 @@ scrubbed from whatever the library says, so it cannot reach a log, an error body
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 import aiohttp
 
@@ -44,7 +44,7 @@ class AiohttpResponse:
             data = await self._raw.read()
         return data
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body as it arrives, without waiting for more than the socket has."""
         async with self._errors:
             async for chunk in self._raw.content.iter_any():

@@ -98,6 +98,8 @@ class RoutedStream:
 
     async def aclose(self) -> None:
         """Close the provider request; a stream not read to its end gets no verdict."""
+        if self._settled:  # it ended (whole or failed): its generators are done, its response closed
+            return
         iterator = self._iterator
         if iterator is not None:
             await iterator.aclose()  # type: ignore[attr-defined]

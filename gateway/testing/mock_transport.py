@@ -13,7 +13,7 @@ where ``chunks`` is a list of bytes or an async iterator (to pause, or to raise 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,7 @@ class MockResponse:
             return self.body
         return b"".join([chunk async for chunk in self.chunks()])
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body, once: like a socket, what was read is gone (a second call goes on from there)."""
         source = self.stream_chunks if self.stream_chunks is not None else [self.body]
         if isinstance(source, AsyncIterable):
