@@ -69,12 +69,15 @@ def build_app(
         return build_memory(policy.memory, settings.memory_url, environ, embed)
 
     service = app[keys.SERVICE] = RequestService(
-        router, cache, metrics, memory=memory_service if policy.memory.enabled else None
+        router,
+        cache,
+        metrics,
+        memory=memory_service if policy.memory.enabled else None,
+        limits=policy.limits,
     )
     if service.memory is not None:
         app[keys.MEMORY] = service.memory
         metrics.memory_collector(service.memory)
-        app.cleanup_ctx.append(_memory_service(service.memory))
     app[keys.LIFECYCLE] = keys.Lifecycle()
 
     async def provider_sessions(app: web.Application) -> AsyncIterator[None]:
@@ -85,13 +88,16 @@ def build_app(
                 stack.push_async_callback(client.close)
             yield
 
-    async def cache_store(app: web.Application) -> AsyncIterator[None]:
+    async def cache_store_open(app: web.Application) -> AsyncIterator[None]:
         await store.start()  # never fails: an unreachable Redis starts unhealthy (fail-open)
         yield
         await store.close()
 
     app.cleanup_ctx.append(provider_sessions)
-    app.cleanup_ctx.append(cache_store)
+    app.cleanup_ctx.append(cache_store_open)
+    if service.memory is not None:
+        # After the providers and the cache: its start-up check embeds through them.
+        app.cleanup_ctx.append(_memory_service(service.memory))
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_start_draining)
     app.on_response_prepare.append(add_gateway_headers)
@@ -128,9 +134,19 @@ def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
     return MemoryStore(budgets)
 
 
+# The start-up check's one embedding call: long enough for a cold provider, short enough that a
+# provider that is down delays the start only this much (the check is then skipped).
+_DIMENSION_CHECK_TIMEOUT_S = 10.0
+
+
 def _memory_service(memory: MemoryService) -> Callable[[web.Application], AsyncIterator[None]]:
     async def run(app: web.Application) -> AsyncIterator[None]:
         await memory.start()
+        try:
+            await memory.check_embedding_dimension(_DIMENSION_CHECK_TIMEOUT_S)
+        except BaseException:
+            await memory.close()
+            raise
         lifecycle: asyncio.Task[None] | None = None
         if memory.config.pruning.enabled or memory.config.namespaces:
             lifecycle = asyncio.create_task(lifecycle_loop(memory, memory.config.pruning.interval_s))

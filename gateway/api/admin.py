@@ -8,10 +8,11 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
+from gateway.cache.fingerprint import tenant_of
 from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound
+from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.routing.explain import snapshot
-from gateway.service.validation import parse_body
 
 
 async def models(request: web.Request) -> web.Response:
@@ -25,8 +26,9 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def feedback(request: web.Request) -> web.Response:
-    """``POST /v1/feedback {"request_id", "score"}``: a 0..1 vote on an earlier answer's quality."""
-    body = parse_body(await request.read())
+    """``POST /v1/feedback {"request_id", "score"}``: a 0..1 vote on an earlier answer's quality,
+    by the caller that made that request (same ``Authorization``); to anyone else it is unknown."""
+    body = await read_json(request)
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
         raise InvalidRequest(
@@ -36,7 +38,8 @@ async def feedback(request: web.Request) -> web.Response:
     score = body.get("score")
     if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
         raise InvalidRequest("'score' must be a number from 0 to 1.", param="score")
-    result = request.app[keys.ROUTER].feedback(request_id, float(score))
+    caller = tenant_of(request.headers.get("Authorization"))
+    result = request.app[keys.ROUTER].feedback(request_id, float(score), caller)
     if result is None:
         raise NotFound(
             f"Unknown request id '{request_id}': feedback must name a request this gateway served recently.",

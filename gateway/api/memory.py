@@ -10,10 +10,10 @@ from pydantic import BaseModel, ValidationError
 
 from gateway import keys
 from gateway.errors import InvalidRequest, ServiceUnavailable
+from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch
 from gateway.memory.service import MemoryService, NewMemory
-from gateway.service.validation import parse_body
 from gateway.wire.memory import MemoryBatchIn, MemoryIn, MemoryPatchIn, MemorySearchIn
 
 M = TypeVar("M", bound=BaseModel)
@@ -21,7 +21,7 @@ M = TypeVar("M", bound=BaseModel)
 
 async def create(request: web.Request) -> web.Response:
     """``POST /v1/memory``: one memory, or ``{"memories": [...]}``."""
-    body = parse_body(await request.read())
+    body = await read_json(request)
     items = _parse(MemoryBatchIn, body).memories if "memories" in body else [_parse(MemoryIn, body)]
     created = await _service(request).add([_new(i) for i in items])
     return json_response(
@@ -35,7 +35,7 @@ async def read(request: web.Request) -> web.Response:
 
 
 async def patch(request: web.Request) -> web.Response:
-    given = _parse(MemoryPatchIn, parse_body(await request.read()))
+    given = _parse(MemoryPatchIn, await read_json(request))
     change = MemoryPatch(
         content=given.content,
         embedding=tuple(given.embedding) if given.embedding is not None else None,
@@ -59,7 +59,7 @@ async def delete(request: web.Request) -> web.Response:
 
 async def search(request: web.Request) -> web.Response:
     """``POST /v1/memory/search``: by text or vector, filtered, across namespaces."""
-    q = _parse(MemorySearchIn, parse_body(await request.read()))
+    q = _parse(MemorySearchIn, await read_json(request))
     where = MemoryFilter(q.namespaces, q.data_source, q.min_confidence, q.processing_status)
     hits = await _service(request).search(q.query, q.vector, q.top_k, where)
     data = [{"score": round(h.score, 6), "memory": memory_json(h.memory, with_embedding=False)} for h in hits]
@@ -117,8 +117,19 @@ def _parse(model: type[M], body: dict[str, Any]) -> M:
         return model.model_validate(body)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        message = err["msg"].removeprefix("Value error, ")
+        param = _param(err["loc"]) or None
+        if err["type"] in ("less_than", "greater_than", "finite_number"):  # only Float32 has these
+            message = "vector values must be finite float32 numbers (magnitude below 3.4e38)"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
         raise InvalidRequest(
             f"Invalid value for '{param}': {message}." if param else f"{message}.", param=param
         ) from None
+
+
+def _param(loc: tuple[str | int, ...]) -> str:
+    """The key path as the client wrote it: ``memories[1].embedding[3]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out

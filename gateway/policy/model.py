@@ -272,11 +272,18 @@ class Retry(_Strict):
         "(exponential, with jitter). Moving to a different deployment does not wait.",
     )
     backoff_max_s: float = Field(2.0, ge=0, description="Cap on one backoff wait.")
-    max_retry_after_s: float = Field(
-        5.0,
+    budget_percent: float = Field(
+        20.0,
         ge=0,
-        description="A `Retry-After` up to this long is waited for when no other deployment is "
-        "left; longer ones end the request with the provider's 429.",
+        le=100,
+        description="Retry budget (as Envoy's): at most this percent of the group's active requests "
+        "may be retrying at once; a request over budget gets its first error.",
+    )
+    min_retry_concurrency: int = Field(
+        3,
+        ge=0,
+        description="Requests of the group that may always be retrying at once, whatever "
+        "`budget_percent` allows (so a quiet group still fails over).",
     )
 
 
@@ -494,7 +501,7 @@ class MemoryPool(_Strict):
 
 
 class Retention(_Strict):
-    """Lifecycle of one namespace's memories."""
+    """One namespace's settings: the lifecycle of its memories, and whether they are trusted."""
 
     retention_days: float | None = Field(
         None, gt=0, description="Delete memories last updated longer ago than this."
@@ -504,6 +511,12 @@ class Retention(_Strict):
     )
     confidence_threshold: float | None = Field(
         None, ge=0, le=1, description="Delete memories whose confidence_score is below this."
+    )
+    trusted: bool = Field(
+        False,
+        description="true: this namespace's memories join a chat as a system message. false: they go "
+        "in a delimited reference block, in a user message before the last user turn, so a planted "
+        "memory cannot speak with system authority.",
     )
 
 
@@ -536,7 +549,9 @@ class MemoryConfig(_Strict):
         "and queries through the gateway's own routing. Without it, callers must send vectors.",
     )
     namespaces: dict[str, Retention] = Field(
-        default_factory=dict, description="Retention per namespace; others keep memories until pruned."
+        default_factory=dict,
+        description="Settings per namespace (retention, trust); others keep memories until pruned "
+        "and are untrusted.",
     )
     pruning: Pruning = Pruning()
     pool: MemoryPool = MemoryPool()
@@ -554,6 +569,31 @@ class Server(_Strict):
     drain_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )
+    keepalive_timeout_s: float = Field(
+        75.0, gt=0, description="How long an idle keep-alive connection is kept open between requests."
+    )
+    request_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "How long a client may take to send a request's headers (from connecting, or from the "
+            "first byte of a later request on the connection; then the connection is closed) and, "
+            "again, its body (then 408 and the connection is closed)."
+        ),
+    )
+
+
+class Limits(_Strict):
+    """Bounds on what one chat or completions request may ask of a provider (checked before any
+    call; a request beyond them is a 400 naming the field). ``n`` is always at least 1 and
+    ``max_tokens`` / ``max_completion_tokens`` at least 1."""
+
+    max_n: int = Field(128, ge=1, description="Most choices one request may ask for (`n`).")
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Largest `max_tokens` / `max_completion_tokens` a request may ask for (null: no bound).",
+    )
 
 
 class Policy(_Strict):
@@ -567,6 +607,7 @@ class Policy(_Strict):
     cache: Cache = Cache()
     memory: MemoryConfig = MemoryConfig()
     server: Server = Server()
+    limits: Limits = Limits()
     providers: dict[str, Provider] = Field(min_length=1)
     models: dict[str, ModelGroup] = Field(min_length=1)
 

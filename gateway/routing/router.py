@@ -5,8 +5,10 @@ For each request the router (1) applies the group's rules, which may send it to 
 through, and orders them by the group's strategy, and (3) runs the attempts with tenacity. Every
 retry goes to the next deployment of the plan, at once; only after the plan is used up does it go
 round again, with exponential backoff and jitter. A 429 puts its deployment aside for every
-request until its ``Retry-After`` has passed. Streams are retried only before their first chunk
-(the attempt returns once that chunk is in).
+request until its ``Retry-After`` has passed; nothing waits for it, and when every deployment is
+set aside the client gets the 429 at once. A group's retry budget (``retry_budget.py``) bounds
+how many of its requests retry at once. Streams are retried only before their first chunk (the
+attempt returns once that chunk is in).
 
 Live figures (``stats.py``) and breakers (``breaker.py``) are per deployment, that is per
 (provider, upstream model), shared by every group that lists it.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -40,6 +43,7 @@ from gateway.providers.base import ProviderHandle
 from gateway.routing import scoring
 from gateway.routing.breaker import BreakerState, CircuitBreaker
 from gateway.routing.failover import FailoverCursor
+from gateway.routing.retry_budget import RetryBudget
 from gateway.routing.stats import DeploymentStats
 from gateway.routing.strategies import Strategy, strategy_for
 from gateway.routing.target import DeploymentState, RouteContext, Target, rule_matches
@@ -69,6 +73,7 @@ class _Group:
     targets: tuple[Target, ...]
     retry: Retry
     strategy: Strategy
+    budget: RetryBudget
     input_share: float = 0.75
     # (stream, ids of the eligible targets) -> (computed at, scores)
     scores: dict[tuple[bool, tuple[int, ...]], tuple[float, list[float]]] = field(
@@ -113,12 +118,15 @@ class Router:
                 ),
                 group.retry or policy.retry,
                 strategy_for(group.strategy, policy.routing),
+                RetryBudget(group.retry or policy.retry),
             )
             for name, group in policy.models.items()
         }
-        # request id -> (group, index into _all_targets, vote or None). Plain tuples of atomic
-        # values, which the garbage collector stops tracking: 100,000 of them cost no GC time.
-        self._requests: OrderedDict[str, tuple[str, int, float | None]] = OrderedDict()
+        # (caller, request id) -> (group, index into _all_targets, vote or None). Plain tuples of
+        # atomic values, which the garbage collector stops tracking: 100,000 cost no GC time.
+        # The caller is part of the key: a request id (clients may choose theirs) is only ever
+        # found, or replaced, by the caller that made the request.
+        self._requests: OrderedDict[tuple[str, str], tuple[str, int, float | None]] = OrderedDict()
         self._all_targets = [t for g in self._groups.values() for t in g.targets]
         self._target_index = {id(t): i for i, t in enumerate(self._all_targets)}
         metrics.register_router(self)
@@ -231,7 +239,9 @@ class Router:
         failures: list[Attempt] = []
         # The first attempt runs outside tenacity: most requests need no retry, and building
         # the retry machinery for each would cost a sizeable share of the proxy's overhead.
-        target = await cursor.take()
+        target = cursor.take()
+        budget = group.budget
+        budget.active += 1
         try:
             value = await self._attempt(target, ctx, attempt)
         except GatewayError as error:
@@ -239,8 +249,15 @@ class Router:
             cursor.failed(target, error)
             if not cursor.may_retry(error) or cursor.stop_after(1, cursor.wait(None)):
                 raise
-            await asyncio.sleep(cursor.pending_wait_s)
-            value, target = await self._retry(group_name, cursor, ctx, attempt, failures)
+            if not budget.try_retry():
+                raise  # too many of the group's requests are retrying: this one gets its error
+            try:
+                await asyncio.sleep(cursor.pending_wait_s)
+                value, target = await self._retry(group_name, cursor, ctx, attempt, failures)
+            finally:
+                budget.done()
+        finally:
+            budget.active -= 1
         if len(failures):
             self._metrics.child(self._metrics.retries, group_name).inc(len(failures))
         fallback = target is not cursor.first
@@ -266,7 +283,7 @@ class Router:
         try:
             async for tenacity_attempt in retrying:
                 with tenacity_attempt:
-                    target = await cursor.take()
+                    target = cursor.take()
                     try:
                         value = await self._attempt(target, ctx, attempt)
                     except GatewayError as error:
@@ -357,19 +374,23 @@ class Router:
             group.input_share += 0.05 * (prompt / (prompt + completion) - group.input_share)
         return cost
 
-    def remember(self, request_id: str, group: str, target: Target) -> None:
-        """Keep where ``request_id`` was served, so feedback on it can reach that deployment."""
+    def remember(self, request_id: str, group: str, target: Target, caller: str) -> None:
+        """Keep where ``request_id`` was served, so feedback on it can reach that deployment.
+        ``caller`` is a hash of the caller's credential; only that caller may vote on it."""
+        key = (sys.intern(caller), request_id)  # one string per caller, however many requests
         requests = self._requests
-        if request_id in requests:
-            del requests[request_id]
-        requests[request_id] = (group, self._target_index[id(target)], None)
+        if key in requests:
+            del requests[key]
+        requests[key] = (group, self._target_index[id(target)], None)
         if len(requests) > _REMEMBERED_REQUESTS:
             requests.popitem(last=False)
 
-    def feedback(self, request_id: str, score: float) -> tuple[str, Target, float] | None:
+    def feedback(self, request_id: str, score: float, caller: str) -> tuple[str, Target, float] | None:
         """Apply a 0..1 vote on an earlier request; a second vote on it replaces the first.
-        Returns (group, target, new quality), or None when the request id is unknown."""
-        entry = self._requests.get(request_id)
+        Returns (group, target, new quality), or None when ``caller`` (the hash given to
+        ``remember``) made no request ``request_id``: another caller's id is unknown to it."""
+        key = (caller, request_id)
+        entry = self._requests.get(key)
         if entry is None:
             return None
         group, index, previous = entry
@@ -379,7 +400,7 @@ class Router:
             stats.vote(score)
         else:
             stats.feedback_sum += score - previous
-        self._requests[request_id] = (group, index, score)
+        self._requests[key] = (group, index, score)
         quality = stats.quality(target.deployment.quality, self._policy.routing.quality_prior_votes)
         return group, target, quality
 

@@ -1,7 +1,8 @@
 """The request service: one OpenAI call in, one answer out, every stage in one visible place.
 
     run(endpoint, body, ctx)
-      1. validate       the fields the gateway interprets, cache headers, the model group (404)
+      1. validate       the fields the gateway interprets, request limits (n, max_tokens), cache
+                        headers, the model group (404)
       2. admit          the admission gates in order (caller identity, limits, budgets)
       3. augment        memories added to a chat that asks for them
       4. cache          plan, single flight (identical misses wait for one leader), lookup
@@ -23,14 +24,17 @@ from typing import Protocol
 
 import orjson
 
+from gateway.cache.fingerprint import tenant_of
 from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache
 from gateway.errors import GatewayError, UpstreamBadResponse
 from gateway.memory import augment as memory_augment
 from gateway.memory.service import MemoryService
 from gateway.observability.metrics import GatewayMetrics
+from gateway.policy.model import Limits
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.context import CallContext, Route
+from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import validate_head
 from gateway.wire.requests import HEADS, Endpoint, JSONObject
@@ -81,11 +85,13 @@ class RequestService:
         memory: MemoryFactory | None = None,
         gates: Sequence[AdmissionGate] = (),
         tuning: Tuning = Tuning(),
+        limits: Limits | None = None,
     ) -> None:
         self.router = router
         self.cache = cache
         self._metrics = metrics
         self._gates = tuple(gates)
+        self._limits = limits if limits is not None else Limits()  # the policy's defaults
         self._tuning = tuning
         self.memory: MemoryService | None = memory(self.embed) if memory is not None else None
 
@@ -95,6 +101,7 @@ class RequestService:
         """Serve ``body`` on ``endpoint``; raise the ``GatewayError`` the client should see."""
         # 1. validate: nothing below runs for a request that will be refused anyway
         head = validate_head(HEADS[endpoint], body)
+        check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
         stream = bool(getattr(head, "stream", False))
         route = RouteContext(head.model, body, stream=stream, tags=ctx.tags)
         self.router.resolve(route)  # an unknown model is a 404 before any store is read
@@ -262,8 +269,8 @@ class RequestService:
 
     def _served(self, ctx: CallContext, route: Route) -> None:
         ctx.record.route = route
-        if not ctx.internal:
-            self.router.remember(ctx.request_id, route.group, route.target)
+        if not ctx.internal:  # only the same caller may vote on it later (/v1/feedback)
+            self.router.remember(ctx.request_id, route.group, route.target, tenant_of(ctx.caller))
 
     def account_usage(self, group: str, target: Target, usage: object) -> None:
         """Export the token counts a provider reported and their cost (no-op without usage)."""

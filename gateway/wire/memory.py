@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _NAMESPACE = r"^[A-Za-z0-9_.-]{1,64}$"
+
+# Vectors are stored and indexed as float32: a value must round to a finite float32 (magnitude
+# below 2**128 - 2**103; beyond that it rounds to infinity). NaN and Infinity are refused too
+# (orjson refuses the literals, but pydantic would read the strings "NaN" and "inf").
+FLOAT32_LIMIT = 2.0**128 - 2.0**103
+Float32 = Annotated[float, Field(allow_inf_nan=False, gt=-FLOAT32_LIMIT, lt=FLOAT32_LIMIT)]
 
 
 class _Strict(BaseModel):
@@ -17,7 +23,7 @@ class MemoryIn(_Strict):
     namespace: str = Field(pattern=_NAMESPACE)
     content: str = Field(min_length=1)
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
-    embedding: list[float] | None = Field(None, min_length=1)
+    embedding: list[Float32] | None = Field(None, min_length=1)
     metadata: dict[str, Any] | None = None
     data_source: str | None = None
     confidence_score: float = Field(1.0, ge=0, le=1)
@@ -30,7 +36,7 @@ class MemoryBatchIn(_Strict):
 
 class MemoryPatchIn(_Strict):
     content: str | None = Field(None, min_length=1)
-    embedding: list[float] | None = Field(None, min_length=1)
+    embedding: list[Float32] | None = Field(None, min_length=1)
     metadata: dict[str, Any] | None = None
     data_source: str | None = None
     confidence_score: float | None = Field(None, ge=0, le=1)
@@ -40,7 +46,7 @@ class MemoryPatchIn(_Strict):
 
 class MemorySearchIn(_Strict):
     query: str | None = Field(None, min_length=1)
-    vector: list[float] | None = Field(None, min_length=1)
+    vector: list[Float32] | None = Field(None, min_length=1)
     top_k: int = Field(10, ge=1, le=100)
     namespaces: list[str] | None = Field(None, min_length=1)
     data_source: str | None = None

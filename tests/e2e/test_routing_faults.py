@@ -442,12 +442,16 @@ async def test_feedback_moves_quality_and_validates(rstack: RoutingStack) -> Non
         await client.close()
     before = (await deployment(rstack, "feedback", "h_a"))["stats"]
 
-    async def post(body: object) -> tuple[int, dict]:  # type: ignore[type-arg]
+    async def post(body: object, key: str = "client-key") -> tuple[int, dict]:  # type: ignore[type-arg]
         async with (
-            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session,
             session.post(rstack.api + "/feedback", json=body) as resp,
         ):
             return resp.status, await resp.json()
+
+    # Only the caller that made the request may vote on it (issue 10, item 12).
+    status, payload = await post({"request_id": served.request_id, "score": 0.0}, key="another-key")
+    assert status == 404 and payload["error"]["code"] == "request_not_found"
 
     status, payload = await post({"request_id": served.request_id, "score": 1.0})
     assert status == 200, payload

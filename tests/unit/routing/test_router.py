@@ -213,12 +213,14 @@ async def test_feedback_moves_quality_and_a_second_vote_replaces_the_first() -> 
     r = router()
     attempt, _ = fails({})
     routed = await r.call(ctx("solo"), attempt)
-    r.remember("req-1", routed.group, routed.target)
-    group, target, q1 = r.feedback("req-1", 1.0) or ("", None, 0.0)
+    r.remember("req-1", routed.group, routed.target, "caller-a")
+    group, target, q1 = r.feedback("req-1", 1.0, "caller-a") or ("", None, 0.0)
     assert group == "solo" and target is routed.target and q1 > 0.5
-    _, _, q2 = r.feedback("req-1", 0.0) or ("", None, 0.0)
+    _, _, q2 = r.feedback("req-1", 0.0, "caller-a") or ("", None, 0.0)
     assert q2 < 0.5
-    assert r.feedback("unknown", 1.0) is None
+    assert r.feedback("unknown", 1.0, "caller-a") is None
+    assert r.feedback("req-1", 1.0, "caller-b") is None  # another caller's request is unknown to it
+    assert routed.target.live.stats.feedback_votes == 1
 
 
 async def test_a_provider_kind_that_cannot_serve_is_not_asked_twice() -> None:

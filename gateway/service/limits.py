@@ -1,0 +1,44 @@
+"""Bounds on what one request may ask of a provider (``limits:`` in the policy).
+
+The body is forwarded as the client sent it, so a field the gateway does not bound reaches the
+provider as is: a self-hosted backend asked for ``n: 1000000`` choices may well try. Only the
+fields that multiply a provider's work are checked here; the rest is the provider's to judge.
+"""
+
+from __future__ import annotations
+
+from gateway.errors import InvalidRequest
+from gateway.policy.model import Limits
+from gateway.wire.requests import Endpoint, JSONObject
+
+# The token fields of each endpoint (OpenAI's chat API renamed max_tokens to max_completion_tokens).
+_TOKEN_FIELDS: dict[Endpoint, tuple[str, ...]] = {
+    Endpoint.CHAT: ("max_tokens", "max_completion_tokens"),
+    Endpoint.COMPLETIONS: ("max_tokens",),
+}
+
+
+def check_limits(endpoint: Endpoint, body: JSONObject, limits: Limits) -> None:
+    """Raise ``InvalidRequest`` naming the first of ``n`` / ``max_tokens`` /
+    ``max_completion_tokens`` outside ``limits`` (absent or null fields are left to the provider)."""
+    fields = _TOKEN_FIELDS.get(endpoint)
+    if fields is None:
+        return
+    _check_int(body, "n", limits.max_n, "limits.max_n")
+    for name in fields:
+        _check_int(body, name, limits.max_tokens, "limits.max_tokens")
+
+
+def _check_int(body: JSONObject, name: str, most: int | None, setting: str) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= 1
+        and (most is None or value <= most)
+    ):
+        return
+    bound = f"an integer from 1 to {most} (this gateway's {setting})" if most else "an integer of at least 1"
+    raise InvalidRequest(f"Invalid value for '{name}': it must be {bound}.", param=name, code="invalid_value")

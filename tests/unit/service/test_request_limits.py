@@ -1,0 +1,126 @@
+"""Request limits (issue 10, item 5): ``n`` and ``max_tokens`` / ``max_completion_tokens`` are
+bounded in the validation stage, so a request beyond them never reaches a provider.
+
+The whole request path runs in process: aiohttp's TestClient in front, MockTransport behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.app import build_app
+from gateway.policy.loader import PolicyError, parse_policy
+from gateway.providers.base import UpstreamRequest
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
+
+POLICY = """
+version: 1
+providers:
+  a: {kind: openai, base_url: "http://a.test/v1"}
+models:
+  m: {deployments: [{provider: a, model: ma}]}
+memory: {enabled: false}
+"""
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+COMPLETION = {"model": "m", "prompt": "hi"}
+
+
+def answer(request: UpstreamRequest) -> MockResponse:
+    body = orjson.loads(request.body)
+    if body.get("stream"):
+        event = {"id": "c", "object": "chat.completion.chunk", "model": "ma",
+                 "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}  # fmt: skip
+        return MockResponse.stream([b"data: " + orjson.dumps(event) + b"\n\n", b"data: [DONE]\n\n"])
+    return MockResponse.json(
+        {
+            "id": "x",
+            "object": "chat.completion" if "messages" in body else "text_completion",
+            "model": "ma",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "text": "hi"}],
+        }
+    )
+
+
+async def gateway(aiohttp_client: ClientFactory, limits: str = "") -> tuple[TestClient, MockTransport]:
+    transport = MockTransport(answer)
+    policy = parse_policy(POLICY + limits)
+    app = build_app(Settings(access_log=False), policy, {}, transports={"a": transport})
+    return await aiohttp_client(app), transport
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {**CHAT, "n": 1_000_000}, "n"),
+        ("/v1/chat/completions", {**CHAT, "n": 129}, "n"),
+        ("/v1/chat/completions", {**CHAT, "n": 0}, "n"),
+        ("/v1/chat/completions", {**CHAT, "n": -3}, "n"),
+        ("/v1/chat/completions", {**CHAT, "n": 2.5}, "n"),
+        ("/v1/chat/completions", {**CHAT, "n": "5"}, "n"),
+        ("/v1/chat/completions", {**CHAT, "n": True}, "n"),
+        ("/v1/chat/completions", {**CHAT, "n": 1_000_000, "stream": True}, "n"),
+        ("/v1/chat/completions", {**CHAT, "max_tokens": 0}, "max_tokens"),
+        ("/v1/chat/completions", {**CHAT, "max_tokens": -1}, "max_tokens"),
+        ("/v1/chat/completions", {**CHAT, "max_completion_tokens": 0}, "max_completion_tokens"),
+        ("/v1/completions", {**COMPLETION, "n": 500}, "n"),
+        ("/v1/completions", {**COMPLETION, "max_tokens": 0}, "max_tokens"),
+    ],
+)
+async def test_out_of_bounds_is_400_naming_the_field_and_no_provider_call(
+    aiohttp_client: ClientFactory, path: str, body: dict[str, Any], param: str
+) -> None:
+    client, transport = await gateway(aiohttp_client)
+    resp = await client.post(path, json=body)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert error["code"] == "invalid_value" and f"'{param}'" in error["message"]
+    assert transport.requests == []  # the provider was never called
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**CHAT, "n": 128, "max_tokens": 1_000_000}),
+        ("/v1/chat/completions", {**CHAT, "n": 1, "max_completion_tokens": 1}),
+        ("/v1/chat/completions", {**CHAT, "n": None, "max_tokens": None}),
+        ("/v1/completions", {**COMPLETION, "n": 128, "max_tokens": 16}),
+    ],
+)
+async def test_within_the_default_bounds_reaches_the_provider(
+    aiohttp_client: ClientFactory, path: str, body: dict[str, Any]
+) -> None:
+    client, transport = await gateway(aiohttp_client)
+    resp = await client.post(path, json=body)
+    assert resp.status == 200, await resp.text()
+    [sent] = transport.requests
+    forwarded = orjson.loads(sent.body)
+    assert {k: forwarded.get(k) for k in ("n", "max_tokens")} == {k: body.get(k) for k in ("n", "max_tokens")}
+
+
+async def test_the_policy_sets_the_upper_bounds(aiohttp_client: ClientFactory) -> None:
+    client, transport = await gateway(aiohttp_client, "limits: {max_n: 4, max_tokens: 2048}\n")
+    for field, value in (("n", 5), ("max_tokens", 2049), ("max_completion_tokens", 4096)):
+        resp = await client.post("/v1/chat/completions", json={**CHAT, field: value})
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+        assert error["param"] == field and "limits.max_" in error["message"]
+    assert transport.requests == []
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "n": 4, "max_completion_tokens": 2048})
+    assert resp.status == 200
+    assert len(transport.requests) == 1
+
+
+def test_the_policy_refuses_bounds_below_one() -> None:
+    with pytest.raises(PolicyError, match=r"limits\.max_n: Input should be greater than or equal to 1"):
+        parse_policy(POLICY + "limits: {max_n: 0}\n")
