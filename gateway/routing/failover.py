@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Callable
 
@@ -22,7 +21,10 @@ class FailoverCursor:
     """Walks one request's plan for tenacity: which target next, how long to wait, when to stop.
 
     Positions run over the plan repeated (``plan[i % n]``): a position past the first round is a
-    revisit of a deployment this request already tried, and only revisits back off.
+    revisit of a deployment this request already tried, and only revisits back off. Nothing waits
+    for a ``Retry-After``: a deployment rate limited now (a 429, to this request or another) is
+    skipped, and one that answered this request 429 is never asked again by it. Waiting would
+    send every held request back to the provider the moment its limit ends: the retry storm.
     """
 
     def __init__(
@@ -44,9 +46,11 @@ class FailoverCursor:
         self._next: Target | None = None
         self._wait_s = 0.0
         self._min_context = 0
-        self._unable: set[int] = set()  # targets whose provider kind cannot serve this request
+        # Targets this request will not ask again: their provider kind cannot serve it, or
+        # they answered it 429.
+        self._excluded: set[int] = set()
 
-    async def take(self) -> Target:
+    def take(self) -> Target:
         """The target for this attempt, with its breaker slot taken (the half-open probe)."""
         target, self._next = self._next, None
         now = self._clock()
@@ -54,16 +58,15 @@ class FailoverCursor:
             target = self._plan[0]
             self._pos = 1
             cooling = target.live.stats.cooling_until - now
-            if cooling > 0:  # every deployment is rate limited: wait for the soonest, or refuse
-                if cooling > self._retry.max_retry_after_s or cooling > self._retry.deadline_s:
-                    raise UpstreamStatusError(
-                        429,
-                        f"{target.provider} is rate limited for {cooling:.1f} s more.",
-                        provider=target.provider,
-                        code="rate_limit_exceeded",
-                        retry_after_s=cooling,
-                    )
-                await asyncio.sleep(cooling)
+            if cooling > 0:  # the plan puts rate-limited ones last: every deployment is
+                raise UpstreamStatusError(  # the client gets the soonest Retry-After, at once
+                    429,
+                    f"Every deployment of model '{self._ctx.model}' is rate limited; the first "
+                    f"is free again in {cooling:.1f} s.",
+                    provider=target.provider,
+                    code="rate_limit_exceeded",
+                    retry_after_s=cooling,
+                )
         while not target.live.breaker.acquire(self._clock()):
             found = self._find()  # another request took the half-open probe: move on
             if found is None:
@@ -74,7 +77,9 @@ class FailoverCursor:
 
     def failed(self, target: Target, error: GatewayError) -> None:
         if isinstance(error, UnsupportedByProvider):
-            self._unable.add(id(target))  # asking it again cannot help
+            self._excluded.add(id(target))  # asking it again cannot help
+        elif isinstance(error, UpstreamStatusError) and error.upstream_status == 429:
+            self._excluded.add(id(target))  # not before its Retry-After, which we do not wait for
         if error.is_context_length:
             # Only a deployment with a bigger context may help now.
             self._min_context = max(
@@ -106,11 +111,6 @@ class FailoverCursor:
             r = self._retry
             cap = min(r.backoff_max_s, r.backoff_initial_s * 2 ** (rounds - 1))
             wait = cap / 2 + self._rng.uniform(0, cap / 2)  # exponential, with jitter
-        cooling = target.live.stats.cooling_until - self._clock()
-        if cooling > 0:
-            if cooling > self._retry.max_retry_after_s:
-                return 0.0  # too long to hold the client: stop() hands it the 429
-            wait = max(wait, cooling)
         self._next = target
         self._wait_s = wait
         return wait
@@ -127,17 +127,16 @@ class FailoverCursor:
         now = self._clock()
         plan = self._plan
         n = len(plan)
-        any_fresh = any(t.live.stats.cooling_until <= now and t.live.breaker.available(now) for t in plan)
         for pos in range(self._pos, self._pos + n):
             target = plan[pos % n]
             if self._min_context and (target.deployment.context_window or 0) < self._min_context:
                 continue
-            if id(target) in self._unable:
+            if id(target) in self._excluded:
                 continue
             if not target.live.breaker.available(now):
                 continue
-            if any_fresh and target.live.stats.cooling_until > now:
-                continue  # a rate-limited deployment is the last resort
+            if target.live.stats.cooling_until > now:
+                continue  # rate limited: skipped until its Retry-After, never waited for
             self._pos = pos + 1
             return target, pos // n
         return None
