@@ -3,9 +3,10 @@
 Every error a client can see is a ``GatewayError``; each class declares the HTTP status
 (``status``, or an ``http_status`` property when the instance decides), the OpenAI error
 ``type`` and whether the failover loop may retry it on another deployment (``retryable``).
-Two more properties answer the router's questions: ``counts_against_provider`` (the provider
-looks unhealthy: breakers and reliability count it) and ``is_context_length`` (the prompt was
-too long for the deployment; only a larger context can help).
+Three more properties answer the router's questions: ``counts_against_provider`` (the provider
+looks unhealthy: breakers and reliability count it), ``is_context_length`` (the prompt was
+too long for the deployment; only a larger context can help) and ``shows_overload`` (the
+provider said it is too busy: a retry after it spends the group's retry budget).
 
 ``*`` in a column: decided per instance. A unit test checks this tree against the classes.
 
@@ -18,7 +19,9 @@ too long for the deployment; only a larger context can help).
     ├── NotFound                   404     invalid_request_error   no     unknown route
     │   └── ModelNotFound          404     invalid_request_error   no     code=model_not_found
     ├── MethodNotAllowed           405     invalid_request_error   no
+    ├── RequestTimeout             408     invalid_request_error   no     code=request_timeout; body sent too slowly
     ├── PayloadTooLarge            413     invalid_request_error   no     code=request_too_large
+    ├── UnsupportedMediaType       415     invalid_request_error   no     code=unsupported_media_type; not JSON
     ├── ServiceUnavailable         503     service_unavailable     no     draining, not ready
     │   ├── ProviderNotConfigured  503     service_unavailable     no     code=provider_not_configured
     │   └── NoHealthyDeployment    503     service_unavailable     no     code=no_healthy_deployment
@@ -28,21 +31,31 @@ too long for the deployment; only a larger context can help).
     │   ├── UpstreamBadResponse    502     upstream_error          yes    malformed body
     │   └── UpstreamStatusError    *       *                       *      the provider's status (note 1)
     ├── AllDeploymentsFailed       *       *                       no     the last attempt's status and type
-    ├── HTTPStatusError            *       invalid_request_error   no     other HTTP refusals (411, 415, ...)
+    ├── HTTPStatusError            *       invalid_request_error   no     other HTTP refusals (411, ...)
     └── InternalError              500     server_error            no     a bug; message never has details
 
 Note 1: a 4xx keeps its status and the provider's ``type``; 503 and Anthropic's 529 become 503,
 other 5xx 502. Retryable for 408, 429 and 5xx; counts against the provider for 408 and 5xx (a
 429 sets the deployment aside instead); ``is_context_length`` for a 400/413 saying so.
 
+Note 2: ``x-should-retry: false`` (honoured by the openai and anthropic SDKs) goes with
+``ProviderNotConfigured``, ``NoHealthyDeployment`` and an ``AllDeploymentsFailed`` of more than
+one attempt: the gateway has retried already, or a retry cannot help, so a client should not
+stack its own retries (and their ``Retry-After`` waits) on top.
+
 Library exceptions (aiohttp, asyncio) are translated into this tree at the boundary that
 calls the library (``providers/transport.py``); nothing else raises them further.
+
+``StartupError`` stands outside the tree: no client ever sees it. The process cannot start as
+configured (port in use, a bad ``MEMORY_URL``, a missing extra...); its message is one line
+saying what to do, which the CLI prints before exiting 2.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import orjson
@@ -87,6 +100,12 @@ class GatewayError(Exception):
     @property
     def is_context_length(self) -> bool:
         """Whether a provider refused the request for being longer than the model's context."""
+        return False
+
+    @property
+    def shows_overload(self) -> bool:
+        """Whether the provider said it is overloaded (429, 503, 529) or was too slow (408, a
+        timeout): retrying then adds load where there is too much already."""
         return False
 
     def envelope(self) -> dict[str, Any]:
@@ -135,6 +154,20 @@ class MethodNotAllowed(GatewayError):
     error_type = "invalid_request_error"
 
 
+class RequestTimeout(GatewayError):
+    """The client sent its request body more slowly than ``server.request_read_timeout_s``."""
+
+    status = 408
+    error_type = "invalid_request_error"
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            f"The request body did not arrive within the gateway's read timeout of {timeout_s:g} s.",
+            code="request_timeout",
+            headers={"connection": "close"},
+        )
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     error_type = "invalid_request_error"
@@ -144,6 +177,24 @@ class PayloadTooLarge(GatewayError):
             f"Request body is larger than the gateway's limit of {limit_bytes} bytes.",
             code="request_too_large",
         )
+
+
+class UnsupportedMediaType(GatewayError):
+    """A JSON endpoint got a body that does not say ``Content-Type: application/json``."""
+
+    status = 415
+    error_type = "invalid_request_error"
+
+    def __init__(self, given: str) -> None:
+        super().__init__(
+            f"Content-Type must be application/json (got '{given or 'none'}').",
+            code="unsupported_media_type",
+        )
+
+
+# Tells SDKs not to retry: openai-python's ``_should_retry`` (and the anthropic SDK's, the same
+# generated code) obeys ``x-should-retry`` before looking at the status.
+_NO_CLIENT_RETRY: Mapping[str, str] = MappingProxyType({"x-should-retry": "false"})
 
 
 class ServiceUnavailable(GatewayError):
@@ -158,6 +209,7 @@ class ProviderNotConfigured(ServiceUnavailable):
             f"No provider is configured for model '{model}': set {wanted} in the gateway's "
             "environment and restart it.",
             code="provider_not_configured",
+            headers=_NO_CLIENT_RETRY,
         )
 
 
@@ -169,7 +221,7 @@ class NoHealthyDeployment(ServiceUnavailable):
             f"No healthy deployment for model '{model}': every one failed recently and is "
             f"cooling down. Retry in {_format_retry_after(retry_after_s)} s.",
             code="no_healthy_deployment",
-            headers={"retry-after": _format_retry_after(retry_after_s)},
+            headers={"retry-after": _format_retry_after(retry_after_s), **_NO_CLIENT_RETRY},
         )
 
 
@@ -246,6 +298,10 @@ class UpstreamTimeout(UpstreamError):
     def retryable(self) -> bool:
         return True
 
+    @property
+    def shows_overload(self) -> bool:
+        return True
+
 
 class UpstreamBadResponse(UpstreamError):
     @property
@@ -257,6 +313,7 @@ class UpstreamStatusError(UpstreamError):
     """The provider answered with an error status; its own error envelope is kept."""
 
     RETRYABLE_STATUSES: ClassVar[frozenset[int]] = frozenset({408, 429})
+    OVERLOAD_STATUSES: ClassVar[frozenset[int]] = frozenset({408, 429, 503, 529})
 
     def __init__(
         self,
@@ -295,6 +352,10 @@ class UpstreamStatusError(UpstreamError):
         return self.upstream_status >= 500 or self.upstream_status == 408
 
     @property
+    def shows_overload(self) -> bool:
+        return self.upstream_status in self.OVERLOAD_STATUSES
+
+    @property
     def is_context_length(self) -> bool:
         if self.upstream_status not in (400, 413):
             return False
@@ -320,7 +381,7 @@ class AllDeploymentsFailed(GatewayError):
             f"All {len(attempts)} attempt(s) for model '{model}' failed. {detail}",
             param=last.param,
             code=last.code,
-            headers=last.headers,
+            headers={**last.headers, **_NO_CLIENT_RETRY} if len(attempts) > 1 else last.headers,
         )
         self.attempts = list(attempts)
         self.last = last
@@ -365,3 +426,7 @@ class Attempt:
 
 def _format_retry_after(seconds: float) -> str:
     return str(max(0, int(seconds + 0.999)))
+
+
+class StartupError(Exception):
+    """The gateway cannot start as configured; the message is one line saying what to do."""

@@ -7,14 +7,18 @@ On a signal the gateway stops accepting connections, reports not-ready, lets in-
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Callable
 
 from aiohttp import web
 
 from gateway import keys
+from gateway.errors import StartupError
+from gateway.http.connection import GatewayRunner
 
 log = logging.getLogger("gateway.server")
 
@@ -29,7 +33,10 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def run(app: web.Application, host: str, port: int) -> int:
-    """Serve ``app`` until SIGTERM or SIGINT, then drain; return the exit code."""
+    """Serve ``app`` until SIGTERM or SIGINT, then drain; return the exit code.
+
+    Raises ``StartupError`` when the address cannot be bound or a resource refuses to start;
+    whatever had started is closed first."""
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(_serve(app, host, port))
 
@@ -37,11 +44,26 @@ def run(app: web.Application, host: str, port: int) -> int:
 async def _serve(app: web.Application, host: str, port: int) -> int:
     settings = app[keys.SETTINGS]
     grace_s = settings.drain_grace_s if settings.drain_grace_s is not None else 30.0
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=grace_s)
-    await runner.setup()
+    server = app[keys.POLICY].server
+    runner = GatewayRunner(
+        app,
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=grace_s,
+        keepalive_timeout=server.keepalive_timeout_s,
+        request_read_timeout_s=server.request_read_timeout_s,
+        # Draining the unread body of a refused request (so the client reads the answer, not a
+        # reset) is reading the request too: bounded by the same timeout (aiohttp: 10 s).
+        lingering_time=min(10.0, server.request_read_timeout_s),
+    )
     try:
+        # Inside the try: when one resource fails to start, cleanup closes those already started.
+        await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=1024, shutdown_timeout=grace_s)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(_cannot_listen(host, port, exc)) from None
         # Everything built at start-up lives as long as the process: move it out of the
         # collector's reach, so full collections scan only per-request garbage (p99 pauses).
         gc.collect()
@@ -60,6 +82,23 @@ async def _serve(app: web.Application, host: str, port: int) -> int:
         await runner.cleanup()
     log.info("stopped")
     return 0
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    where = f"cannot listen on {host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where}: the port is already in use (another gateway still running?); stop that "
+            "process or choose another port with --port or SOPHIA_PORT"
+        )
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied; choose a port from 1024 up with --port or SOPHIA_PORT"
+    if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return (
+            f"{where}: {host} is not an address of this machine; set --host or SOPHIA_HOST "
+            "(e.g. 127.0.0.1, or 0.0.0.0 for every interface)"
+        )
+    return f"{where}: {exc.strerror or exc}"
 
 
 def _bound_addresses(runner: web.AppRunner) -> list[tuple[str, int]]:

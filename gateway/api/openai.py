@@ -8,11 +8,11 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
-from gateway.errors import ModelNotFound, PayloadTooLarge
+from gateway.errors import ModelNotFound
+from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.http.sse import send_stream
 from gateway.service.context import CallContext
-from gateway.service.validation import parse_body
 from gateway.wire.requests import Endpoint
 
 
@@ -30,10 +30,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 async def _proxied(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     ctx = CallContext.for_client(request[keys.REQUEST_ID], time.perf_counter(), request.headers)
-    limit = request.app[keys.SETTINGS].max_body_bytes or 0
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(limit)  # refuse before reading a byte of it
-    body = parse_body(await request.read())
+    body = await read_json(request)
     request[keys.REQUEST_CALL] = ctx.record
     answer = await request.app[keys.SERVICE].run(endpoint, body, ctx)
     if answer.stream is not None:

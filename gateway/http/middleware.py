@@ -39,6 +39,11 @@ def request_id_for(request: web.Request) -> str:
     given = request.headers.get("x-request-id")
     if given and _VALID_REQUEST_ID.match(given):
         return given
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 hex digits."""
     return os.urandom(16).hex()  # as random as uuid4, without building a UUID object
 
 

@@ -11,9 +11,12 @@ JSON = "application/json"
 
 def error_response(error: GatewayError) -> web.Response:
     """The OpenAI error envelope for ``error`` with its status and headers (e.g. Retry-After)."""
-    return web.Response(
+    response = web.Response(
         body=error.body(), status=error.http_status, content_type=JSON, headers=error.headers or None
     )
+    if error.headers.get("connection") == "close":
+        response.force_close()  # aiohttp would otherwise keep the connection for the next request
+    return response
 
 
 def json_response(body: bytes, status: int = 200) -> web.Response:

@@ -3,16 +3,52 @@
 Fields passed with ``extra={"fields": {...}}`` are merged into the record. Nothing logged here
 ever carries a provider key: errors are scrubbed where they are made (``providers/transport.py``),
 and request bodies and headers are never logged.
+
+Logged text can hold a client's characters (a path, a model name, a parser's message), so a
+record can never take more than its line, nor send a terminal escape: in the text format every
+non-printable character of the message, of every field and of a traceback is written as a
+backslash escape, as ``repr()`` does (``\\n``, ``\\x1b``, ``\\x85``, ``\\u2028``), values holding
+whitespace, ``=``, a quote or a backslash are quoted (logfmt), and traceback lines are indented
+under ``  | ``. In JSON, orjson escapes C0 controls, quotes and backslashes; the gateway also escapes
+DEL, C1 controls and the Unicode line separators, which JSON allows raw.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
 
 import orjson
+
+# Characters valid raw in a JSON string that a terminal or a line-splitting log reader would act on.
+_JSON_RAW_CONTROLS = re.compile("[\x7f-\x9f\u2028\u2029]")
+_LOGFMT_QUOTED = re.compile(r'[\s="\\]')  # a logfmt value holding one of these is quoted
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every non-printable character (control, format or separator character other
+    than the space) written as its ``repr()`` escape; printable text is returned as it is."""
+    if text.isprintable():
+        return text  # the common case: one C-level scan
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _json_escape_raw_controls(line: str) -> str:
+    if line.isascii() and "\x7f" not in line:
+        return line  # the common case: both checks are C-level scans
+    return _JSON_RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+
+
+def _logfmt_value(value: object) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if not text:
+        return '""'
+    if _LOGFMT_QUOTED.search(text):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return escape_controls(text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,19 +67,22 @@ class JsonFormatter(logging.Formatter):
             out.update(fields)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        return _json_escape_raw_controls(orjson.dumps(out, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
     """Human-readable lines with the structured fields appended as key=value."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{self.formatTime(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        message = escape_controls(record.getMessage())
+        line = f"{self.formatTime(record)} {record.levelname:<7} {escape_controls(record.name)}: {message}"
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            line += " " + " ".join(f"{escape_controls(str(k))}={_logfmt_value(v)}" for k, v in fields.items())
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # A traceback spans lines; each is indented, so none can pass for a record of its own.
+            trace = self.formatException(record.exc_info)
+            line += "".join(f"\n  | {escape_controls(part)}" for part in trace.split("\n"))
         return line
 
 

@@ -10,9 +10,13 @@ from pydantic import ValidationError
 from gateway.errors import InvalidRequest
 from gateway.wire.requests import H, JSONObject
 
+# orjson reads 1,024 levels of nesting but writes only 254; the gateway re-serialises a body one
+# or two levels deeper than the client sent it (cache keys, provider requests), so it accepts 200.
+MAX_JSON_DEPTH = 200
+
 
 def parse_body(raw: bytes) -> JSONObject:
-    """Parse a request body that must be a JSON object."""
+    """Parse a request body that must be a JSON object nested at most ``MAX_JSON_DEPTH`` deep."""
     if not raw:
         raise InvalidRequest("Request body is empty: send a JSON object.")
     try:
@@ -21,7 +25,30 @@ def parse_body(raw: bytes) -> JSONObject:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
+    # Only a body with more than MAX_JSON_DEPTH brackets can nest that deep; counting bytes is
+    # far cheaper than walking, so the walk runs for large bodies only.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _nests_deeper_than(body, MAX_JSON_DEPTH):
+        raise InvalidRequest(
+            f"Request body nests JSON deeper than the gateway's limit of {MAX_JSON_DEPTH} levels.",
+            code="json_too_deep",
+        )
     return body
+
+
+def _nests_deeper_than(value: JSONObject, limit: int) -> bool:
+    """Whether ``value`` has more than ``limit`` levels of objects and arrays (itself is level 1);
+    walked a level at a time, so no recursion."""
+    level: list[dict[str, Any] | list[Any]] = [value]
+    for _ in range(limit):
+        nested: list[dict[str, Any] | list[Any]] = []
+        for container in level:
+            for child in container.values() if isinstance(container, dict) else container:
+                if type(child) is dict or type(child) is list:
+                    nested.append(child)
+        if not nested:
+            return False
+        level = nested
+    return True
 
 
 def validate_head(head_type: type[H], body: JSONObject) -> H:

@@ -93,7 +93,9 @@ async def test_chunked_body_over_limit_is_413(stack: Stack) -> None:
 
     async with (
         aiohttp.ClientSession() as session,
-        session.post(stack.url + "/v1/chat/completions", data=chunks()) as resp,
+        session.post(
+            stack.url + "/v1/chat/completions", data=chunks(), headers={"Content-Type": "application/json"}
+        ) as resp,
     ):
         assert resp.status == 413
         assert_envelope(await resp.json())

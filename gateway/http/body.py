@@ -1,0 +1,41 @@
+"""Read a JSON request body: the one way every JSON endpoint gets its body.
+
+In order: the ``Content-Type`` must be ``application/json`` (415 otherwise: a web page can send
+``text/plain`` cross-site without a CORS preflight, ``application/json`` it cannot), the declared
+length must be within ``server.max_body_bytes`` (413 before reading a byte), the body must arrive
+within ``server.request_read_timeout_s`` (408, and the connection is closed), and it must parse
+as a JSON object the gateway can serialise again (400, ``service/validation.parse_body``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from gateway import keys
+from gateway.errors import PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from gateway.service.validation import parse_body
+from gateway.wire.requests import JSONObject
+
+JSON_CONTENT_TYPE = "application/json"
+
+
+async def read_json(request: web.Request) -> JSONObject:
+    """The request's body as a JSON object, or the client's error (415, 413, 408, 400)."""
+    if request.content_type != JSON_CONTENT_TYPE:
+        # aiohttp reports a missing header as application/octet-stream; show what was sent.
+        raise UnsupportedMediaType(request.headers.get("Content-Type", ""))
+    limit = request.app[keys.SETTINGS].max_body_bytes or 0
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(limit)  # refuse before reading a byte of it
+    if request.content.is_eof():
+        # The whole body came with the headers (most requests): no timer needed.
+        return parse_body(await request.read())
+    timeout_s = request.app[keys.POLICY].server.request_read_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(timeout_s) from None
+    return parse_body(raw)

@@ -1,0 +1,161 @@
+"""Client connections: a deadline for reading each request, and protocol errors in OpenAI's envelope.
+
+aiohttp has one timer per connection, ``keepalive_timeout``: armed when a connection opens and
+after each response, it closes the connection if no complete request has arrived by then. With
+its default of 3,630 s it is also the only bound on a client that connects and sends nothing, or
+sends its headers a byte at a time (slowloris): aiohttp has no header-read timeout. So:
+
+- ``keepalive_timeout_s`` (policy ``server``) is aiohttp's own timer: how long an idle connection
+  is kept between requests.
+- ``request_read_timeout_s``: a new connection must deliver a request's complete headers within
+  it, and so must a kept-alive connection from the first byte of its next request; otherwise the
+  connection is closed. The body has the same time again once the handler reads it
+  (``http/body.py``: 408).
+
+The deadline lives in a subclass of aiohttp's ``RequestHandler`` (the per-connection protocol).
+It uses the asyncio protocol callbacks and two attributes of aiohttp's handler: ``_request_count``
+(requests parsed on this connection: headers complete) and ``_waiter`` (pending while waiting for
+a request: aiohttp's own keep-alive timer uses the same test). ``tests/e2e/test_http_hardening.py``
+checks the behaviour against the installed aiohttp.
+
+Requests aiohttp cannot parse (a 100 KB header, too many headers, a bad request line) never reach
+the application, so the middleware cannot answer them; ``handle_error`` does, in OpenAI's envelope
+with an ``x-request-id``, logging one WARNING line instead of aiohttp's ERROR traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequest
+from gateway.http.middleware import new_request_id
+from gateway.http.responses import error_response
+
+log = logging.getLogger("gateway.http")
+
+_MAX_DETAIL_CHARS = 200
+
+
+class GatewayRequestHandler(RequestHandler):
+    """aiohttp's connection handler with a request-read deadline and OpenAI-format protocol errors."""
+
+    __slots__ = ("_read_deadline", "_read_timeout_s")
+
+    def __init__(self, manager: web.Server, *, request_read_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._read_timeout_s = request_read_timeout_s
+        self._read_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_read_deadline()  # a silent connection is closed when it passes
+
+    def data_received(self, data: bytes) -> None:
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:
+            self._disarm_read_deadline()  # a request's headers are complete
+        elif self._read_deadline is None and self._waiting_for_request():
+            self._arm_read_deadline()  # the first bytes of the next request on a kept-alive connection
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_read_deadline()
+        super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """The response to a request aiohttp could not parse (or, as a last resort, to an error
+        that escaped the middleware); the connection is closed after it, as aiohttp does."""
+        if request.writer.output_size > 0:
+            # As aiohttp: a response has begun, so no other can be sent; the connection drops.
+            raise ConnectionError("a response was already started; cannot send the error")
+        request_id = new_request_id()
+        error: GatewayError
+        if status >= 500:
+            log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": request_id}})
+            error = InternalError(f"The gateway hit an internal error. Request id: {request_id}.")
+        else:
+            detail = _one_line(message or (str(exc) if exc is not None else ""))
+            log.warning(
+                "malformed http request",
+                extra={"fields": {"request_id": request_id, "status": status, "error": detail}},
+            )
+            text = f"Malformed HTTP request: {detail}" if detail else "Malformed HTTP request."
+            if status == 400:
+                error = InvalidRequest(text, code="malformed_http_request")
+            else:
+                error = HTTPStatusError(status, text)
+        response = error_response(error)
+        response.headers["x-request-id"] = request_id
+        response.force_close()
+        return response
+
+    def _waiting_for_request(self) -> bool:
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    def _arm_read_deadline(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._read_deadline = loop.call_later(self._read_timeout_s, self._read_deadline_passed)
+
+    def _disarm_read_deadline(self) -> None:
+        if self._read_deadline is not None:
+            self._read_deadline.cancel()
+            self._read_deadline = None
+
+    def _read_deadline_passed(self) -> None:
+        self._read_deadline = None
+        if self._waiting_for_request():  # never cut a request that is being handled
+            self.force_close()
+
+
+class GatewayServer(web.Server):
+    """aiohttp's low-level server, making a ``GatewayRequestHandler`` per connection."""
+
+    def __init__(self, handler: Any, *, request_read_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.request_read_timeout_s = request_read_timeout_s
+
+    def __call__(self) -> RequestHandler:
+        return GatewayRequestHandler(
+            self, loop=self._loop, request_read_timeout_s=self.request_read_timeout_s, **self._kwargs
+        )
+
+
+class GatewayRunner(web.AppRunner):
+    """``web.AppRunner`` whose server is a ``GatewayServer``; other arguments are AppRunner's
+    (``keepalive_timeout``, ``lingering_time``... go to every connection's handler)."""
+
+    __slots__ = ("_request_read_timeout_s",)
+
+    def __init__(self, app: web.Application, *, request_read_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._request_read_timeout_s = request_read_timeout_s
+
+    async def _make_server(self) -> web.Server:
+        # AppRunner's own: runs the app's start-up and builds aiohttp's server with the handler
+        # arguments it would use; the same, but making our connection handler.
+        plain = await super()._make_server()
+        return GatewayServer(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            request_read_timeout_s=self._request_read_timeout_s,
+            **plain._kwargs,
+        )
+
+
+def _one_line(text: str) -> str:
+    """aiohttp's parser messages span lines (the bad bytes, a caret under them): one short line."""
+    return " ".join(text.split())[:_MAX_DETAIL_CHARS]

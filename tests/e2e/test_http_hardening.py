@@ -1,0 +1,364 @@
+"""The HTTP edge against hostile clients, on a real gateway process over loopback (issue 10).
+
+Slow, silent and idle connections are closed after the policy's timeouts while normal requests
+keep their latency; JSON endpoints refuse other content types (415) and JSON nested deeper than
+the gateway can write back (400); requests aiohttp cannot parse get OpenAI's envelope and one
+WARNING line; client text cannot forge log lines. The gateway logs in the text format here, the
+one a forged line could fool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import pytest
+
+from gateway.service.validation import MAX_JSON_DEPTH
+from gateway.testing.process import ManagedProcess, start
+from tests.e2e.conftest import start_fakes
+
+READ_TIMEOUT_S = 1.0  # server.request_read_timeout_s of the module's gateway
+KEEPALIVE_S = 2.0  # server.keepalive_timeout_s: different, so each test sees which timer closed
+MARGIN_S = 2.0  # a loaded 2-core machine: timers fire late, never early
+EACH = 10  # sockets of each kind
+CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+JSON = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Edge:
+    gateway: ManagedProcess
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    fakes = start_fakes({"healthy": []})
+    policy = tmp_path_factory.mktemp("edge") / "edge.yaml"
+    policy.write_text(
+        textwrap.dedent(
+            f"""\
+            version: 1
+            server:
+              keepalive_timeout_s: {KEEPALIVE_S}
+              request_read_timeout_s: {READ_TIMEOUT_S}
+              max_body_bytes: 65536
+            providers:
+              fake: {{kind: openai, base_url: "{fakes["healthy"].url}/v1"}}
+            models:
+              chat: {{deployments: [{{provider: fake, model: upstream-chat}}]}}
+            """
+        )
+    )
+    gateway = start(["serve", "--policy", str(policy), "--port", "0"], env={"SOPHIA_LOG_FORMAT": "text"})
+    try:
+        address = urlsplit(gateway.url)
+        yield Edge(gateway, address.hostname or "127.0.0.1", address.port or 0)
+    finally:
+        gateway.stop()
+        for fake in fakes.values():
+            fake.stop()
+
+
+# --- raw HTTP/1.1 on a socket -------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+async def read_reply(reader: asyncio.StreamReader) -> Reply:
+    """One response with a Content-Length body (every gateway answer that is not a stream)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return Reply(status, headers, body)
+
+
+async def until_closed(reader: asyncio.StreamReader, deadline: float) -> float:
+    """Read (and drop) until the server closes the connection; the monotonic time it did.
+    Past ``deadline`` the connection counts as kept open: ``inf``."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return float("inf")
+        try:
+            data = await asyncio.wait_for(reader.read(65536), left)
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic()
+        except TimeoutError:
+            return float("inf")
+        if not data:
+            return time.monotonic()
+
+
+async def dribble(writer: asyncio.StreamWriter, piece: bytes, until: asyncio.Future[float]) -> None:
+    """Send ``piece`` every 0.1 s until ``until`` is done (the server closed) or writing fails."""
+    while not until.done():
+        try:
+            writer.write(piece)
+            await writer.drain()
+        except (ConnectionError, RuntimeError):
+            return
+        await asyncio.sleep(0.1)
+
+
+def stderr_lines(edge: Edge) -> list[str]:
+    return edge.gateway.stderr.splitlines()
+
+
+def wait_for_log(edge: Edge, needle: str, timeout_s: float = 5.0) -> list[str]:
+    """The gateway's stderr lines holding ``needle``, once at least one has been written."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [line for line in stderr_lines(edge) if needle in line]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+# --- 1. slow, silent and idle connections -----------------------------------------------------------
+
+
+async def test_slow_silent_and_idle_connections_are_closed_while_requests_keep_their_latency(
+    edge: Edge,
+) -> None:
+    deadline = time.monotonic() + KEEPALIVE_S + MARGIN_S + 1.0
+
+    async def silent() -> tuple[str, float]:
+        reader, writer = await asyncio.open_connection(edge.host, edge.port)
+        opened = time.monotonic()
+        closed = await until_closed(reader, deadline)
+        writer.close()
+        return "silent", closed - opened
+
+    async def slowloris() -> tuple[str, float]:
+        reader, writer = await asyncio.open_connection(edge.host, edge.port)
+        opened = time.monotonic()
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n")
+        closed: asyncio.Future[float] = asyncio.ensure_future(until_closed(reader, deadline))
+        await dribble(writer, b"X-Slow: a\r\n", closed)
+        writer.close()
+        return "slowloris", await closed - opened
+
+    async def idle() -> tuple[str, float]:
+        reader, writer = await asyncio.open_connection(edge.host, edge.port)
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        assert (await read_reply(reader)).status == 200
+        answered = time.monotonic()
+        closed = await until_closed(reader, deadline)
+        writer.close()
+        return "idle", closed - answered
+
+    async def slow_body() -> tuple[str, float]:
+        reader, writer = await asyncio.open_connection(edge.host, edge.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{"
+        )
+        sent = time.monotonic()
+        answer: asyncio.Future[Reply] = asyncio.ensure_future(read_reply(reader))
+        await dribble(writer, b" ", answer)
+        reply = await answer
+        assert reply.status == 408, reply
+        assert reply.json()["error"]["code"] == "request_timeout"
+        assert reply.headers["connection"] == "close" and reply.headers["x-request-id"]
+        assert time.monotonic() - sent < READ_TIMEOUT_S + MARGIN_S
+        closed = await until_closed(reader, deadline)
+        writer.close()
+        return "slow body", closed - sent
+
+    latencies: list[float] = []
+
+    async def normal_traffic() -> None:
+        # Fresh connections and real proxied calls, all the while the hostile sockets are open.
+        while time.monotonic() < deadline - 1.0:
+            reader, writer = await asyncio.open_connection(edge.host, edge.port)
+            body = orjson.dumps(CHAT)
+            started = time.monotonic()
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            reply = await read_reply(reader)
+            latencies.append(time.monotonic() - started)
+            assert reply.status == 200, reply
+            writer.close()
+            await asyncio.sleep(0.05)
+
+    kinds = [silent, slowloris, idle, slow_body]
+    results = await asyncio.gather(normal_traffic(), *(kind() for kind in kinds for _ in range(EACH)))
+    lived: dict[str, list[float]] = {}
+    for kind, seconds in results[1:]:  # type: ignore[misc]
+        lived.setdefault(kind, []).append(seconds)
+
+    # Headers (or nothing) after READ_TIMEOUT_S; idle after KEEPALIVE_S; a slow body gets its 408
+    # after READ_TIMEOUT_S, then at most as long again draining the body so the 408 is read.
+    expected = {
+        "silent": (READ_TIMEOUT_S, READ_TIMEOUT_S),
+        "slowloris": (READ_TIMEOUT_S, READ_TIMEOUT_S),
+        "idle": (KEEPALIVE_S, KEEPALIVE_S),
+        "slow body": (READ_TIMEOUT_S, 2 * READ_TIMEOUT_S),
+    }
+    for kind, (earliest, latest) in expected.items():
+        assert len(lived[kind]) == EACH
+        assert max(lived[kind]) <= latest + MARGIN_S, (kind, lived[kind])
+        assert min(lived[kind]) >= earliest - 0.1, (kind, lived[kind])
+    assert len(latencies) >= 5
+    assert max(latencies) < READ_TIMEOUT_S / 2, latencies  # unaffected by 40 hostile sockets
+
+
+async def test_a_kept_alive_connection_gets_the_read_timeout_for_its_next_request(edge: Edge) -> None:
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    writer.write(b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n")
+    assert (await read_reply(reader)).status == 200
+    writer.write(b"GET /health/live HTTP/1.1\r\n")  # then a header a byte at a time
+    started = time.monotonic()
+    closed: asyncio.Future[float] = asyncio.ensure_future(
+        until_closed(reader, started + KEEPALIVE_S + MARGIN_S)
+    )
+    await dribble(writer, b"X", closed)
+    writer.close()
+    assert READ_TIMEOUT_S - 0.1 <= await closed - started <= READ_TIMEOUT_S + MARGIN_S / 2
+
+
+# --- 2. only application/json ----------------------------------------------------------------------
+
+JSON_ENDPOINTS = [
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
+    ("POST", "/v1/memory"),
+    ("PATCH", "/v1/memory/mem-415"),
+    ("POST", "/v1/memory/search"),
+    ("POST", "/v1/feedback"),
+]
+
+
+async def send(
+    edge: Edge, method: str, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> Reply:
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    head = f"{method} {path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    writer.write(head.encode() + b"\r\n" + body)
+    try:
+        return await asyncio.wait_for(read_reply(reader), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(("method", "path"), JSON_ENDPOINTS)
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+async def test_json_endpoints_refuse_other_content_types(
+    edge: Edge, method: str, path: str, content_type: str | None
+) -> None:
+    memory = {"id": "mem-415", "namespace": "n", "content": "planted", "embedding": [0.5, 0.5]}
+    body = orjson.dumps(memory if "memory" in path else CHAT)
+    reply = await send(edge, method, path, body, {"Content-Type": content_type} if content_type else {})
+    assert reply.status == 415
+    assert reply.headers["content-type"].startswith("application/json") and reply.headers["x-request-id"]
+    error = reply.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "unsupported_media_type")
+    assert (content_type or "none") in error["message"]
+    # Nothing happened: the memory a cross-site form would have planted does not exist.
+    assert (await send(edge, "GET", "/v1/memory/mem-415", b"")).status == 404
+
+
+@pytest.mark.parametrize(("method", "path"), JSON_ENDPOINTS)
+async def test_json_with_parameters_is_accepted(edge: Edge, method: str, path: str) -> None:
+    reply = await send(edge, method, path, b"{}", {"Content-Type": "Application/JSON; charset=utf-8"})
+    assert reply.status in (200, 400, 404), reply  # past the media type: the (empty) body is judged
+    assert reply.json()["error"]["code"] != "unsupported_media_type"
+
+
+# --- 3. JSON nested deeper than the gateway can write back ------------------------------------------
+
+
+def nested(levels: int) -> bytes:
+    """A chat request whose whole body nests ``levels`` deep (the body itself is level 1)."""
+    inner = b"[" * (levels - 1) + b"]" * (levels - 1)
+    return orjson.dumps(CHAT)[:-1] + b',"metadata":' + inner + b"}"
+
+
+@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 255, 1024])
+async def test_json_nested_too_deep_is_400_naming_the_limit(edge: Edge, levels: int) -> None:
+    reply = await send(edge, "POST", "/v1/chat/completions", nested(levels), JSON)
+    assert reply.status == 400, reply
+    error = reply.json()["error"]
+    assert error["code"] == "json_too_deep" and f"{MAX_JSON_DEPTH} levels" in error["message"]
+    inner = levels - 2  # the body and its metadata object are two levels
+    memory = b'{"namespace": "n", "content": "x", "metadata": {"a": ' + b"[" * inner + b"]" * inner + b"}}"
+    assert (await send(edge, "POST", "/v1/memory", memory, JSON)).json()["error"]["code"] == "json_too_deep"
+
+
+async def test_json_at_the_depth_limit_is_served_end_to_end(edge: Edge) -> None:
+    reply = await send(edge, "POST", "/v1/chat/completions", nested(MAX_JSON_DEPTH), JSON)
+    assert reply.status == 200, reply  # cache key, provider request and answer all written
+
+
+# --- 6. requests aiohttp cannot parse ---------------------------------------------------------------
+
+MALFORMED = {
+    "100 KB header": b"GET /health/live HTTP/1.1\r\nHost: gateway\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    "10,000 headers": b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n"
+    + b"".join(b"X-H%d: v\r\n" % i for i in range(10_000))
+    + b"\r\n",
+    "bad request line": b"G\x1bT /\x85 HTTP/1.1\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+async def test_malformed_requests_get_the_envelope_and_one_warning(edge: Edge, name: str) -> None:
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    writer.write(MALFORMED[name])
+    reply = await asyncio.wait_for(read_reply(reader), 10)
+    writer.close()
+    assert reply.status == 400
+    assert reply.headers["content-type"].startswith("application/json")
+    error = reply.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "malformed_http_request")
+    request_id = reply.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+    logged = wait_for_log(edge, request_id)
+    assert len(logged) == 1 and " WARNING " in logged[0] and "malformed http request" in logged[0]
+    assert "Traceback" not in edge.gateway.stderr and " ERROR " not in edge.gateway.stderr
+
+
+# --- 9. log lines cannot be forged -----------------------------------------------------------------
+
+CONTROLS = "\n\r\x1b\x07\x00\x7f\x85\x9b\u2028"  # C0 (LF, CR, ESC, BEL, NUL), DEL, C1 (NEL, CSI), LS
+
+
+async def test_control_characters_in_a_path_cannot_forge_log_lines(edge: Edge) -> None:
+    forged = "\n2030-01-01 00:00:00,000 ERROR   gateway.http: forged"
+    path = "/v1/x" + "".join(f"%{b:02X}" for b in (forged + CONTROLS).encode())
+    reply = await send(edge, "GET", path, b"", {"x-request-id": "forge-1"})
+    assert reply.status == 404
+    (line,) = wait_for_log(edge, "request_id=forge-1")
+    assert "\\n2030-01-01" in line and "\\x1b" in line and "\\x85" in line and "\\u2028" in line
+    text = edge.gateway.stderr
+    assert not any(ln.startswith("2030-01-01") for ln in text.splitlines())
+    assert not any(c in text for c in CONTROLS.replace("\n", ""))  # only real line ends
