@@ -277,7 +277,8 @@ class Retry(_Strict):
         ge=0,
         le=100,
         description="Retry budget (as Envoy's): at most this percent of the group's active requests "
-        "may be retrying at once; a request over budget gets its first error.",
+        "may be retrying after an overload (429, 503, 529, 408, a timeout) at once; a request over "
+        "budget ends with that error. Failing over from a broken deployment is not budgeted.",
     )
     min_retry_concurrency: int = Field(
         3,

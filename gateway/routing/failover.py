@@ -14,6 +14,7 @@ from gateway.errors import (
     UpstreamStatusError,
 )
 from gateway.policy.model import Retry
+from gateway.routing.retry_budget import RetryBudget
 from gateway.routing.target import RouteContext, Target
 
 
@@ -34,6 +35,7 @@ class FailoverCursor:
         clock: Callable[[], float],
         rng: random.Random,
         ctx: RouteContext,
+        budget: RetryBudget,
     ) -> None:
         self.first = plan[0]
         self._plan = plan
@@ -49,6 +51,9 @@ class FailoverCursor:
         # Targets this request will not ask again: their provider kind cannot serve it, or
         # they answered it 429.
         self._excluded: set[int] = set()
+        self._budget = budget
+        self._overloaded = False  # the last attempt's error showed the provider overloaded
+        self._permit = False  # this request holds one of the group's retry permits
 
     def take(self) -> Target:
         """The target for this attempt, with its breaker slot taken (the half-open probe)."""
@@ -76,6 +81,7 @@ class FailoverCursor:
         return target
 
     def failed(self, target: Target, error: GatewayError) -> None:
+        self._overloaded = error.shows_overload
         if isinstance(error, UnsupportedByProvider):
             self._excluded.add(id(target))  # asking it again cannot help
         elif isinstance(error, UpstreamStatusError) and error.upstream_status == 429:
@@ -116,11 +122,26 @@ class FailoverCursor:
         return wait
 
     def stop_after(self, attempts_done: int, wait_s: float) -> bool:
-        """Whether to give up after ``attempts_done`` attempts, the next needing ``wait_s``."""
+        """Whether to give up after ``attempts_done`` attempts, the next needing ``wait_s``.
+
+        Checked last: a retry after an overload (429, 503, 529, 408, a timeout) needs one of the
+        group's retry permits, taken here and kept until ``release``. Other failures (refused,
+        reset, 500, a malformed body) fail over freely: they say a deployment is broken, not
+        busy, and its breaker soon takes it out of plans."""
         if self._next is None or attempts_done >= self._retry.max_attempts:
             return True
-        elapsed = self._clock() - self._started
-        return elapsed + wait_s > self._retry.deadline_s
+        if self._clock() - self._started + wait_s > self._retry.deadline_s:
+            return True
+        if self._overloaded and not self._permit:
+            self._permit = self._budget.try_retry()
+            return not self._permit
+        return False
+
+    def release(self) -> None:
+        """The request is done with routing: give back its retry permit, if it took one."""
+        if self._permit:
+            self._permit = False
+            self._budget.done()
 
     def _find(self) -> tuple[Target, int] | None:
         """The next usable target from the current position, and how many rounds in it is."""

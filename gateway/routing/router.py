@@ -235,29 +235,26 @@ class Router:
         """Run ``attempt`` on planned targets until one succeeds or the error is final."""
         group_name = self.resolve(ctx)
         group = self._groups[group_name]
-        cursor = FailoverCursor(self.plan(ctx, group_name), group.retry, self._clock, self._rng, ctx)
+        budget = group.budget
+        cursor = FailoverCursor(self.plan(ctx, group_name), group.retry, self._clock, self._rng, ctx, budget)
         failures: list[Attempt] = []
         # The first attempt runs outside tenacity: most requests need no retry, and building
         # the retry machinery for each would cost a sizeable share of the proxy's overhead.
         target = cursor.take()
-        budget = group.budget
         budget.active += 1
         try:
             value = await self._attempt(target, ctx, attempt)
         except GatewayError as error:
             failures.append(Attempt(target.provider, target.model, error))
             cursor.failed(target, error)
+            # stop_after also says no when the group's retry budget is spent (``retry_budget.py``)
             if not cursor.may_retry(error) or cursor.stop_after(1, cursor.wait(None)):
                 raise
-            if not budget.try_retry():
-                raise  # too many of the group's requests are retrying: this one gets its error
-            try:
-                await asyncio.sleep(cursor.pending_wait_s)
-                value, target = await self._retry(group_name, cursor, ctx, attempt, failures)
-            finally:
-                budget.done()
+            await asyncio.sleep(cursor.pending_wait_s)
+            value, target = await self._retry(group_name, cursor, ctx, attempt, failures)
         finally:
             budget.active -= 1
+            cursor.release()
         if len(failures):
             self._metrics.child(self._metrics.retries, group_name).inc(len(failures))
         fallback = target is not cursor.first

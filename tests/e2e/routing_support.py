@@ -148,7 +148,6 @@ def policy_text(fakes: dict[str, ManagedProcess], dead_port: int) -> str:
               - {provider: rl, model: m-rl}
               - {provider: h_a, model: m-rl}
           rl-alone:
-            retry: {max_retry_after_s: 1}
             deployments:
               - {provider: rl, model: m-rl-alone}
           rl-wait:

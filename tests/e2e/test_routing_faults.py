@@ -203,9 +203,9 @@ async def test_429_sets_deployment_aside_for_retry_after_without_storm(rstack: R
         await client.close()
 
 
-async def test_429_with_retry_after_beyond_limit_reaches_client(rstack: RoutingStack) -> None:
-    # rl-alone has only the rl deployment (Retry-After: 3) and retry.max_retry_after_s: 1, so
-    # the gateway must not wait: the client gets the 429 and its Retry-After at once.
+async def test_429_of_the_only_deployment_reaches_client_at_once(rstack: RoutingStack) -> None:
+    # rl-alone has only the rl deployment (Retry-After: 3). The gateway neither waits nor asks it
+    # again (issue 10, item 10): the client gets the 429 and its Retry-After at once.
     rl_before = await afake_requests(rstack, "rl")
     client = aclient(rstack)
     try:
@@ -230,26 +230,36 @@ async def test_429_with_retry_after_beyond_limit_reaches_client(rstack: RoutingS
         await client.close()
 
 
-async def test_429_with_short_retry_after_is_waited_for(rstack: RoutingStack) -> None:
-    # rl-wait has one deployment (the mutable fake). It answers 429 with Retry-After: 1, which
-    # is within max_retry_after_s (5): the gateway waits, then tries again; by then it is fixed.
+async def test_429_with_short_retry_after_is_not_waited_for(rstack: RoutingStack) -> None:
+    # rl-wait has one deployment (the mutable fake), answering 429 with Retry-After: 1. Waiting
+    # it out and asking again was the retry storm of issue 10 (item 10): the client gets the 429
+    # at once, and nothing reaches the provider again until its Retry-After has passed.
     await aset_faults(rstack, "mut", error_rate=1, error_status=429, retry_after=1)
     before = await afake_requests(rstack, "mut")
     client = aclient(rstack)
     try:
         started = time.monotonic()
-        task = asyncio.create_task(chat(client, "rl-wait"))
-
-        async def first_429_given() -> bool:
-            return await afake_requests(rstack, "mut") - before >= 1
-
-        await wait_for(first_429_given, "the first 429")
+        with pytest.raises(openai.RateLimitError) as err:
+            await chat(client, "rl-wait")
+        assert time.monotonic() - started < 0.9
+        assert err.value.response.headers.get("retry-after") == "1"
+        assert await afake_requests(rstack, "mut") - before == 1
         await aset_faults(rstack, "mut", error_rate=0)
-        served = await task
+
+        # Cooling: refused at once, without an upstream call; then served once it is over.
+        async def served_again() -> bool:
+            try:
+                served = await chat(client, "rl-wait")
+            except openai.RateLimitError:
+                assert await afake_requests(rstack, "mut") - before == 1
+                return False
+            assert served.provider == "rlw" and served.attempts == 1
+            return True
+
+        await wait_for(served_again, "rl-wait to be served again", timeout_s=5, every_s=0.05)
         elapsed = time.monotonic() - started
     finally:
         await client.close()
-    assert served.provider == "rlw" and served.attempts == 2
     assert elapsed >= 0.95, elapsed
     assert await afake_requests(rstack, "mut") - before == 2
 
@@ -278,6 +288,7 @@ async def test_breaker_opens_probes_and_closes(rstack: RoutingStack) -> None:
         assert err.value.status_code == 503
         assert err.value.code == "no_healthy_deployment"
         assert err.value.response.headers.get("retry-after")
+        assert err.value.response.headers.get("x-should-retry") == "false"  # SDKs: do not retry
         assert await afake_requests(rstack, "mut") == count
 
     client = aclient(rstack)
