@@ -1,9 +1,12 @@
 # Sophia Gateway: slim image, non-root, serving the policy in /app/routing_policies.
+# EXTRAS names the optional dependencies to install: by default the Snowflake memory backend
+# (memory.backend: snowflake, or MEMORY_URL=snowflake://); --build-arg EXTRAS= builds without it.
 FROM python:3.11-slim AS build
+ARG EXTRAS=snowflake
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --prefix=/install ".${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \

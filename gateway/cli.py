@@ -12,8 +12,9 @@ from pathlib import Path
 import orjson
 
 from gateway import __version__
+from gateway.errors import StartupError
 from gateway.policy.loader import PolicyError, format_loc, load_policy, policy_json_schema
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError, port_number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to bind (default: $SOPHIA_HOST or 127.0.0.1)")
     serve.add_argument(
-        "--port", type=int, help="port to bind (default: $SOPHIA_PORT or 8080; 0 = any free port)"
+        "--port", type=_port, help="port to bind (default: $SOPHIA_PORT or 8080; 0 = any free port)"
     )
     serve.add_argument("--log-format", choices=("json", "text"), help="log line format (default: json)")
     serve.set_defaults(func=_serve)
@@ -81,7 +82,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _port(text: str) -> int:
+    try:
+        return port_number(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cannot_start(exc: Exception) -> int:
+    """A start-up failure as one line on stderr (what to do), exit code 2."""
+    print(f"sophia-gateway: cannot start: {exc}", file=sys.stderr)
+    return 2
+
+
 def _serve(args: argparse.Namespace) -> int:
+    try:
+        return _run_server(args)
+    except (SettingsError, StartupError) as exc:
+        return _cannot_start(exc)
+
+
+def _run_server(args: argparse.Namespace) -> int:
     from gateway.app import build_app
     from gateway.observability.logging import configure_logging
     from gateway.server import run
@@ -169,7 +190,10 @@ def _memory_prune(args: argparse.Namespace) -> int:
     from gateway.memory.lifecycle import apply_lifecycle
     from gateway.memory.service import MemoryService
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        return _cannot_start(exc)
     path = args.policy or settings.policy_path
     try:
         policy = load_policy(path)
@@ -191,7 +215,11 @@ def _memory_prune(args: argparse.Namespace) -> int:
             await service.close()
         return report.lines()
 
-    for line in asyncio.run(run()):
+    try:
+        lines = asyncio.run(run())
+    except StartupError as exc:
+        return _cannot_start(exc)
+    for line in lines:
         print(line)
     return 0
 

@@ -6,9 +6,58 @@ settings that describe routing live in the policy file.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the gateway cannot use; the message names it and
+    says what it should be."""
+
+
+def port_number(text: str) -> int:
+    """``text`` as a TCP port (0 to 65535; 0 = any free port); ValueError otherwise."""
+    return _in_range(text, int, 0, 65535, "a port number")
+
+
+def _in_range(text: str, kind: type[N], low: N, high: N | None, what: str) -> N:
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < low or (high is not None and value > high):
+        bounds = f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
+        raise ValueError(f"must be {what} {bounds}, not {text!r}") from None
+    return value
+
+
+def _env_number(
+    e: Mapping[str, str], name: str, kind: type[N], low: N, high: N | None, what: str
+) -> N | None:
+    """The number in variable ``name``, None when unset or empty; SettingsError naming it otherwise."""
+    text = e.get(name)
+    if not text:
+        return None
+    try:
+        return _in_range(text.strip(), kind, low, high, what)
+    except ValueError as exc:
+        raise SettingsError(f"{name} {exc}") from None
+
+
+def _env_choice(
+    e: Mapping[str, str], name: str, default: str, choices: tuple[str, ...], *, upper: bool = False
+) -> str:
+    value = e.get(name) or default
+    value = value.upper() if upper else value
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,18 +83,20 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read ``SOPHIA_*`` variables (see the README's configuration table)."""
+        """Read ``SOPHIA_*`` variables (see the README's configuration table); a value that is
+        not a number where one is needed raises ``SettingsError`` naming the variable."""
         e = os.environ if env is None else env
         base = cls()
+        port = _env_number(e, "SOPHIA_PORT", int, 0, 65535, "a port number")
         return replace(
             base,
             policy_path=e.get("SOPHIA_POLICY", base.policy_path),
             host=e.get("SOPHIA_HOST", base.host),
-            port=int(e.get("SOPHIA_PORT", base.port)),
-            max_body_bytes=int(e["SOPHIA_MAX_BODY_BYTES"]) if e.get("SOPHIA_MAX_BODY_BYTES") else None,
-            drain_grace_s=float(e["SOPHIA_DRAIN_GRACE_S"]) if e.get("SOPHIA_DRAIN_GRACE_S") else None,
-            log_level=e.get("SOPHIA_LOG_LEVEL", base.log_level).upper(),
-            log_format=e.get("SOPHIA_LOG_FORMAT", base.log_format),
+            port=base.port if port is None else port,
+            max_body_bytes=_env_number(e, "SOPHIA_MAX_BODY_BYTES", int, 1024, None, "a number of bytes"),
+            drain_grace_s=_env_number(e, "SOPHIA_DRAIN_GRACE_S", float, 0.0, None, "a number of seconds"),
+            log_level=_env_choice(e, "SOPHIA_LOG_LEVEL", base.log_level, _LOG_LEVELS, upper=True),
+            log_format=_env_choice(e, "SOPHIA_LOG_FORMAT", base.log_format, ("json", "text")),
             access_log=e.get("SOPHIA_ACCESS_LOG", "1") not in ("0", "false", "no"),
             admin_token=e.get("SOPHIA_ADMIN_TOKEN") or None,
             redis_url=e.get("REDIS_URL") or None,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from urllib.parse import urlparse
 
+from gateway.errors import StartupError
 from gateway.memory.index import HnswIndex
 from gateway.memory.records import MemoryStore
 from gateway.memory.service import MemoryService, TextEmbedder
@@ -12,30 +14,60 @@ from gateway.policy.model import MemoryConfig
 
 
 def memory_store(config: MemoryConfig, memory_url: str | None, env: Mapping[str, str]) -> MemoryStore:
-    """The store ``MEMORY_URL`` names (``sqlite:///path`` or ``snowflake://``), else the policy's."""
+    """The store ``MEMORY_URL`` names (``sqlite:///path`` or ``snowflake://``), else the policy's.
+
+    Raises ``StartupError`` saying what to do for a malformed ``MEMORY_URL``, missing
+    ``SNOWFLAKE_*`` variables or a missing snowflake extra."""
     backend, path = config.backend, config.path
     if memory_url:
-        scheme = urlparse(memory_url).scheme
+        scheme = _scheme(memory_url)
         if scheme == "sqlite":
             # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db
-            if not memory_url.startswith("sqlite:///"):
-                raise ValueError(
-                    "MEMORY_URL for SQLite looks like sqlite:///relative.db or sqlite:////abs/path.db"
-                )
-            backend, path = "embedded", memory_url[len("sqlite:///") :]
+            path = memory_url[len("sqlite:///") :] if memory_url.startswith("sqlite:///") else ""
+            if not path:
+                raise StartupError(f"MEMORY_URL {_SHAPES}, not {_shown(memory_url)}")
+            backend = "embedded"
         elif scheme == "snowflake":
             backend = "snowflake"
         else:
-            raise ValueError(
-                f"MEMORY_URL must start with sqlite:// or snowflake://, not {scheme or memory_url!r}"
-            )
+            raise StartupError(f"MEMORY_URL {_SHAPES}, not {_shown(memory_url)}")
     if backend == "snowflake":
-        from gateway.memory.snowflake_store import SnowflakeMemoryStore, snowflake_settings_from_env
-
-        return SnowflakeMemoryStore(snowflake_settings_from_env(env), config.pool)
+        try:
+            from gateway.memory.snowflake_store import SnowflakeMemoryStore, snowflake_settings_from_env
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("snowflake"):
+                raise
+            raise StartupError(
+                "the Snowflake memory backend needs the snowflake extra: "
+                f"{sys.executable} -m pip install 'sophia-gateway[snowflake]'"
+            ) from None
+        try:
+            connect_args = snowflake_settings_from_env(env)
+        except ValueError as exc:
+            raise StartupError(f"{exc} (see the README's Memory service section)") from None
+        return SnowflakeMemoryStore(connect_args, config.pool)
     from gateway.memory.sqlite_store import SQLiteMemoryStore
 
     return SQLiteMemoryStore(path)
+
+
+_SHAPES = "must be sqlite:///relative/file.db, sqlite:////absolute/file.db or snowflake://"
+
+
+def _scheme(url: str) -> str:
+    try:
+        return urlparse(url).scheme
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return ""
+
+
+def _shown(url: str) -> str:
+    """``url`` without a password, for the error message."""
+    try:
+        password = urlparse(url).password
+    except ValueError:
+        password = None
+    return repr(url.replace(f":{password}@", ":***@", 1) if password else url)
 
 
 def build_memory(

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import GatewayError, InvalidRequest, NotFound, StartupError
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch, MemoryStore, VectorIndex
 from gateway.policy.model import MemoryConfig
 
@@ -108,6 +108,31 @@ class MemoryService:
         await self.flush_access()
         await asyncio.to_thread(self.index.save)
         await self.store.close()
+
+    async def check_embedding_dimension(self, timeout_s: float) -> None:
+        """At start, after ``start()``: raise ``StartupError`` when ``memory.embedding_model``
+        makes vectors of another dimension than those already stored (every write and search
+        would be refused). A model that cannot answer within ``timeout_s`` seconds is only
+        logged: a provider that is down must not keep the gateway from starting."""
+        model, stored = self.config.embedding_model, self.index.ndim
+        if model is None or stored is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                vector = (await self._embed(model, ["sophia-gateway dimension check"]))[0]
+        except (GatewayError, TimeoutError) as exc:
+            reason = exc.message if isinstance(exc, GatewayError) else f"no answer in {timeout_s:g} s"
+            log.warning(
+                "memory: cannot check the embedding model's dimension at start",
+                extra={"fields": {"model": model, "reason": reason}},
+            )
+            return
+        if len(vector) != stored:
+            raise StartupError(
+                f"the memory store holds {stored}-dimensional vectors but memory.embedding_model "
+                f"'{model}' makes {len(vector)}-dimensional ones; use another memory.path or "
+                "MEMORY_URL for this model (or the model that made the stored ones)"
+            )
 
     async def rebuild_index(self) -> int:
         """Add every stored embedding to the index, in batches of ``REBUILD_BATCH``; returns how many."""

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from gateway.errors import ServiceUnavailable
+from gateway.errors import ServiceUnavailable, StartupError
 from gateway.memory.sql import COLUMNS, CORE_COLUMNS, SQLITE, Cursor, MemoryQueries, utc_now
 from gateway.memory.sql_store import ObserveHook, SQLMemoryStore
 
@@ -74,15 +74,23 @@ class SQLiteMemoryStore(SQLMemoryStore):
         self._conn: sqlite3.Connection | None = None
 
     async def start(self) -> None:
-        """Open the file (WAL mode) and migrate the table; a second call does nothing."""
+        """Open the file (WAL mode) and migrate the table; a second call does nothing.
+
+        Raises ``StartupError`` when the file cannot be created or opened."""
         if self._executor is not None:
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-sqlite")
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
-        except BaseException:
+        except BaseException as exc:
             self._executor.shutdown(wait=False)
             self._executor = None
+            if isinstance(exc, OSError | sqlite3.DatabaseError):
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise StartupError(
+                    f"cannot open the memory store {self.path}: {reason}; set memory.path or "
+                    "MEMORY_URL to a file this process can create and write"
+                ) from None
             raise
 
     async def close(self) -> None:

@@ -2,7 +2,10 @@
 
 Each problem names the file, the line, the key path and, where we can guess one, a hint:
 ``routing_policies/default.yaml:14: models.gpt-4o.deployments[1].provider: unknown provider 'azur'
-(hint: known providers: openai, local)``.
+(hint: known providers: openai, local)``. Every problem is reported in one run: duplicate keys
+(which YAML would otherwise resolve silently, the last one winning), broken cross-references
+(``references.py``) and whatever the models refuse; a key indented too little gets a hint
+saying where it belongs.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from gateway.policy.model import Policy, PolicyReferenceError
+from gateway.policy.references import broken_references
 
 Loc = tuple[str | int, ...]
 
@@ -71,16 +75,18 @@ def parse_policy(text: str, shown_path: str = "<policy>") -> Policy:
         raise PolicyError(
             [PolicyProblem(shown_path, 1, (), "the policy must be a mapping with version, providers, models")]
         )
-    references = [
+    found = _duplicate_keys(root, shown_path)
+    references = broken_references(raw)
+    found += [
         PolicyProblem(shown_path, _line_of(root, ref.loc), ref.loc, ref.message, ref.hint)
-        for ref in _broken_references(raw)
+        for ref in references
     ]
     try:
         policy = Policy.model_validate(raw)
     except ValidationError as exc:
-        raise PolicyError(references + _problems(exc, root, shown_path)) from None
-    if references:  # pragma: no cover - the model validator finds the same ones
-        raise PolicyError(references)
+        found += _problems(exc, root, shown_path, {ref.loc for ref in references})
+    if found:
+        raise PolicyError(found)
     return policy
 
 
@@ -95,18 +101,21 @@ def format_loc(loc: Loc) -> str:
     return out
 
 
-def _problems(exc: ValidationError, root: yaml.Node | None, shown_path: str) -> list[PolicyProblem]:
+def _problems(
+    exc: ValidationError, root: yaml.Node | None, shown_path: str, reported: set[Loc]
+) -> list[PolicyProblem]:
+    """The model's complaints as problems; references already in ``reported`` are left out."""
     problems = []
     for err in exc.errors():
         raw_loc: Loc = tuple(err["loc"])
         loc, at = _resolve(raw_loc)
         message = err["msg"].removeprefix("Value error, ")
-        hint = _hint(err, loc, raw_loc)
+        hint = _indentation_hint(root, loc, err["type"]) or _hint(err, loc, raw_loc)
         ctx = err.get("ctx") or {}
         ref = ctx.get("error")
         if isinstance(ref, PolicyReferenceError):
-            if ref.loc[-1] == "provider":
-                continue  # reported by _broken_references, even when other fields are wrong too
+            if ref.loc in reported:
+                continue  # found on the raw data, with every other broken reference
             problems.append(
                 PolicyProblem(shown_path, _line_of(root, ref.loc), ref.loc, ref.message, ref.hint)
             )
@@ -130,30 +139,6 @@ def _tag_problem(field: str, tag: object, known: list[str]) -> tuple[str, str]:
     close = difflib.get_close_matches(str(tag), known, n=1)
     guess = f"did you mean '{close[0]}'? " if close else ""
     return f"unknown {field} '{tag}'", guess + listed
-
-
-def _broken_references(raw: dict[Any, Any]) -> list[PolicyReferenceError]:
-    """Deployments naming a provider the file does not define (checked on the raw data, so they
-    are reported alongside any other problem rather than only once everything else is fixed)."""
-    providers = raw.get("providers")
-    models = raw.get("models")
-    if not isinstance(providers, dict) or not isinstance(models, dict):
-        return []
-    known = ", ".join(sorted(str(p) for p in providers))
-    out = []
-    for name, group in models.items():
-        deployments = group.get("deployments") if isinstance(group, dict) else None
-        for i, dep in enumerate(deployments if isinstance(deployments, list) else []):
-            provider = dep.get("provider") if isinstance(dep, dict) else None
-            if isinstance(provider, str) and provider not in providers:
-                out.append(
-                    PolicyReferenceError(
-                        ("models", str(name), "deployments", i, "provider"),
-                        f"unknown provider '{provider}'",
-                        f"known providers: {known}",
-                    )
-                )
-    return out
 
 
 def _hint(err: Any, loc: Loc, raw_loc: Loc) -> str | None:
@@ -293,6 +278,120 @@ def _child(node: yaml.Node | None, part: str | int) -> yaml.Node | None:
         child: yaml.Node = node.value[part]
         return child
     return None
+
+
+def _duplicate_keys(root: yaml.Node | None, shown_path: str) -> list[PolicyProblem]:
+    """Keys given twice in one mapping (YAML keeps the last silently), with both lines."""
+    problems: list[PolicyProblem] = []
+    seen: set[int] = set()  # an alias makes a node reachable twice
+
+    def walk(node: yaml.Node | None, loc: Loc) -> None:
+        if node is None or id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*loc, i))
+        if not isinstance(node, yaml.MappingNode):
+            return
+        first_line: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            line, name = key.start_mark.line + 1, str(key.value)
+            if (key.tag, name) in first_line:
+                problems.append(
+                    PolicyProblem(
+                        shown_path,
+                        line,
+                        (*loc, name),
+                        f"duplicate key '{name}' (lines {first_line[key.tag, name]} and {line}); "
+                        "YAML would keep only the last",
+                        "keep one of them",
+                    )
+                )
+            else:
+                first_line[key.tag, name] = line
+            walk(value, (*loc, name))
+
+    walk(root, ())
+    return problems
+
+
+# Errors where the value at a key is not the mapping (or not the key) the model expected: what a
+# key indented too little produces, e.g. a provider's base_url read as a provider of its own.
+_SHAPE_ERRORS = frozenset(
+    {"extra_forbidden", "dict_type", "model_type", "model_attributes_type", "union_tag_not_found"}
+)
+
+
+def _indentation_hint(root: yaml.Node | None, loc: Loc, kind: str) -> str | None:
+    """A hint when the key at ``loc`` (or, for a missing key, its sibling below) looks indented
+    too little: it is a key of the block-style entry just above it, not of this level."""
+    if kind == "missing" and len(loc) >= 2:
+        return _missing_key_below(root, loc)
+    if kind not in _SHAPE_ERRORS or not loc or not isinstance(loc[-1], str):
+        return None
+    parent = _node_at(root, loc[:-1])
+    if not isinstance(parent, yaml.MappingNode):
+        return None
+    above: tuple[yaml.Node, yaml.Node] | None = None
+    for key, value in parent.value:
+        if str(key.value) == loc[-1]:
+            break
+        above = (key, value)
+    else:
+        return None
+    if above is None:
+        return None
+    above_loc: Loc = (*loc[:-1], str(above[0].value))
+    node, tp = above[1], _resolve(above_loc)[1]
+    if isinstance(node, yaml.SequenceNode) and node.value:  # the last item of a list above
+        above_loc, node, tp = (*above_loc, len(node.value) - 1), node.value[-1], _step(tp, 0)
+    if not isinstance(node, yaml.MappingNode) or node.flow_style or not node.value:
+        return None
+    if loc[-1] not in {f for model in (_models_in(tp) or [tp]) for f in _fields_of(model)}:
+        return None
+    first = node.value[0][0]
+    return (
+        f"indented too little? '{loc[-1]}' is a key of {format_loc(above_loc)} above: indent it "
+        f"like '{first.value}' (line {first.start_mark.line + 1}, column {first.start_mark.column + 1})"
+    )
+
+
+def _missing_key_below(root: yaml.Node | None, loc: Loc) -> str | None:
+    """For ``a.b.key: Field required``: a ``key`` after ``b`` at ``b``'s own level (or, for an
+    item of a list ``b[i]``, at the level of the list's key)."""
+    owner, key = loc[:-1], loc[-1]
+    level = owner
+    while level and isinstance(level[-1], int):
+        level = level[:-1]
+    parent = _node_at(root, level[:-1])
+    if not level or not isinstance(parent, yaml.MappingNode):
+        return None
+    names = [str(k.value) for k, _ in parent.value]
+    if str(level[-1]) not in names:
+        return None
+    for k, _ in parent.value[names.index(str(level[-1])) + 1 :]:
+        if str(k.value) == key:
+            return (
+                f"indented too little? '{key}' on line {k.start_mark.line + 1} is at the level of "
+                f"'{level[-1]}'; indent it under {format_loc(owner)}"
+            )
+    return None
+
+
+def _node_at(root: yaml.Node | None, loc: Loc) -> yaml.Node | None:
+    """The value node at ``loc``, None when the path leaves the document."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if str(k.value) == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            return None
+    return node
 
 
 def policy_json_schema() -> dict[str, Any]:

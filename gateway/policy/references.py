@@ -1,0 +1,126 @@
+"""Cross-references inside a policy file, checked on the raw YAML data.
+
+Names that must be keys elsewhere in the file: a deployment's provider, a rule's group, the
+embedding models of memory and of the semantic cache, cache categories. Checked before the
+models validate, so every broken reference is reported in one run alongside any other problem:
+the model validators (``model.py``) stop at the first one and run only once everything else
+is valid; they remain the guard for policies built in code. Messages and hints are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from gateway.policy.model import Cache, PolicyReferenceError
+
+_DEFAULT_CACHE = Cache()
+
+
+def broken_references(raw: Mapping[Any, Any]) -> list[PolicyReferenceError]:
+    """Every broken cross-reference of the raw policy ``raw``, in file order of the checks."""
+    models = _mapping(raw.get("models"))
+    return [
+        *_deployment_providers(_mapping(raw.get("providers")), models),
+        *_rule_targets(models),
+        *_embedding_models(raw, models),
+        *_cache_categories(raw.get("cache", {})),
+    ]
+
+
+def _mapping(value: object) -> Mapping[Any, Any] | None:
+    return value if isinstance(value, Mapping) else None
+
+
+def _items(value: object) -> Iterator[tuple[int, Mapping[Any, Any]]]:
+    """(index, entry) for the mapping entries of a raw list."""
+    for i, entry in enumerate(value if isinstance(value, list) else []):
+        if isinstance(entry, Mapping):
+            yield i, entry
+
+
+def _known(names: Mapping[Any, Any]) -> str:
+    return ", ".join(sorted(str(n) for n in names))
+
+
+def _deployment_providers(
+    providers: Mapping[Any, Any] | None, models: Mapping[Any, Any] | None
+) -> Iterator[PolicyReferenceError]:
+    if providers is None or models is None:
+        return
+    for name, group in models.items():
+        for i, dep in _items(group.get("deployments") if isinstance(group, Mapping) else None):
+            provider = dep.get("provider")
+            if isinstance(provider, str) and provider not in providers:
+                yield PolicyReferenceError(
+                    ("models", str(name), "deployments", i, "provider"),
+                    f"unknown provider '{provider}'",
+                    f"known providers: {_known(providers)}",
+                )
+
+
+def _rule_targets(models: Mapping[Any, Any] | None) -> Iterator[PolicyReferenceError]:
+    if models is None:
+        return
+    for name, group in models.items():
+        for i, rule in _items(group.get("rules") if isinstance(group, Mapping) else None):
+            use, loc = rule.get("use"), ("models", str(name), "rules", i, "use")
+            if not isinstance(use, str):
+                continue
+            if use not in models:
+                yield PolicyReferenceError(
+                    loc, f"unknown model group '{use}'", f"known model groups: {_known(models)}"
+                )
+            elif use == name:
+                yield PolicyReferenceError(
+                    loc, "a rule may not point at its own group", "name another group, or drop the rule"
+                )
+            elif isinstance(models[use], Mapping) and models[use].get("rules"):
+                yield PolicyReferenceError(
+                    loc,
+                    f"group '{use}' has rules of its own",
+                    "rules are applied once; point at a group without rules",
+                )
+
+
+def _embedding_models(
+    raw: Mapping[Any, Any], models: Mapping[Any, Any] | None
+) -> Iterator[PolicyReferenceError]:
+    if models is None:
+        return
+    wanted: list[tuple[tuple[str | int, ...], object]] = []
+    memory = _mapping(raw.get("memory"))
+    if memory is not None:
+        wanted.append((("memory", "embedding_model"), memory.get("embedding_model")))
+    cache = _mapping(raw.get("cache"))
+    categories = _mapping(cache.get("categories")) if cache is not None else None
+    for cname, category in (categories or {}).items():
+        semantic = _mapping(category.get("semantic")) if isinstance(category, Mapping) else None
+        if semantic is not None:
+            at = ("cache", "categories", str(cname), "semantic", "embedding_model")
+            wanted.append((at, semantic.get("embedding_model")))
+    for loc, model in wanted:
+        if isinstance(model, str) and model not in models:
+            yield PolicyReferenceError(
+                loc, f"unknown model group '{model}'", f"known model groups: {_known(models)}"
+            )
+
+
+def _cache_categories(cache: object) -> Iterator[PolicyReferenceError]:
+    if not isinstance(cache, Mapping):
+        return
+    categories = cache.get("categories", _DEFAULT_CACHE.categories)
+    if not isinstance(categories, Mapping):
+        return
+    known = f"known categories: {_known(categories)}"
+    default = cache.get("default_category", _DEFAULT_CACHE.default_category)
+    if isinstance(default, str) and default not in categories:
+        yield PolicyReferenceError(
+            ("cache", "default_category"), f"unknown cache category '{default}'", known
+        )
+    for i, rule in _items(cache.get("rules")):
+        category = rule.get("category")
+        if isinstance(category, str) and category not in categories:
+            yield PolicyReferenceError(
+                ("cache", "rules", i, "category"), f"unknown cache category '{category}'", known
+            )

@@ -1,0 +1,183 @@
+"""``policy check`` reports every problem in one run: broken cross-references, duplicate keys,
+and keys indented too little (with a hint saying where they belong)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.policy.loader import PolicyError, parse_policy
+from gateway.policy.model import Policy, PolicyReferenceError
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text, "p.yaml")
+    return [str(p) for p in err.value.problems]
+
+
+PROVIDERS = """\
+version: 1
+providers:
+  openai: {kind: openai, base_url: https://api.openai.com/v1}
+"""
+
+EVERY_REFERENCE_BROKEN = (
+    PROVIDERS
+    + """\
+models:
+  chat:
+    deployments: [{provider: opnai, model: gpt-4o}]
+    rules:
+      - {when: {tags: [cheap]}, use: chep}
+      - {when: {tags: [self]}, use: chat}
+      - {when: {tags: [routed]}, use: routed}
+  routed:
+    deployments: [{provider: openai, model: gpt-4o}]
+    rules: [{when: {tags: [x]}, use: chat}]
+memory: {embedding_model: embed}
+cache:
+  default_category: everything
+  categories:
+    faq: {ttl_s: 60, max_bytes: 1MB, semantic: {embedding_model: embedder}}
+  rules:
+    - {when: {tags: [faq]}, category: fqa}
+"""
+)
+
+
+def test_every_broken_reference_in_one_run() -> None:
+    groups = "(hint: known model groups: chat, routed)"
+    assert problems(EVERY_REFERENCE_BROKEN) == [
+        "p.yaml:6: models.chat.deployments[0].provider: unknown provider 'opnai' (hint: known providers: openai)",
+        f"p.yaml:8: models.chat.rules[0].use: unknown model group 'chep' {groups}",
+        "p.yaml:9: models.chat.rules[1].use: a rule may not point at its own group (hint: name another group, or drop the rule)",
+        "p.yaml:10: models.chat.rules[2].use: group 'routed' has rules of its own (hint: rules are applied once; point at a group without rules)",
+        "p.yaml:13: models.routed.rules[0].use: group 'chat' has rules of its own (hint: rules are applied once; point at a group without rules)",
+        f"p.yaml:14: memory.embedding_model: unknown model group 'embed' {groups}",
+        f"p.yaml:18: cache.categories.faq.semantic.embedding_model: unknown model group 'embedder' {groups}",
+        "p.yaml:16: cache.default_category: unknown cache category 'everything' (hint: known categories: faq)",
+        "p.yaml:20: cache.rules[0].category: unknown cache category 'fqa' (hint: known categories: faq)",
+    ]
+
+
+def test_references_are_reported_alongside_other_problems() -> None:
+    text = EVERY_REFERENCE_BROKEN.replace(
+        "model: gpt-4o}]\n    rules:", "model: gpt-4o, qualty: 2}]\n    rules:"
+    )
+    found = problems(text)
+    # Both groups got the typo: the nine broken references, then the model's two complaints.
+    assert len(found) == 11
+    assert found[-2:] == [
+        "p.yaml:6: models.chat.deployments[0].qualty: unknown key 'qualty' (hint: did you mean 'quality'?)",
+        "p.yaml:12: models.routed.deployments[0].qualty: unknown key 'qualty' (hint: did you mean 'quality'?)",
+    ]
+
+
+def test_default_cache_categories_count_as_known() -> None:
+    text = PROVIDERS + (
+        "models:\n  chat: {deployments: [{provider: openai, model: m}]}\n"
+        "cache:\n  rules: [{when: {tags: [x]}, category: user_preferences}, {when: {tags: [y]}, category: nope}]\n"
+    )
+    assert problems(text) == [
+        "p.yaml:7: cache.rules[1].category: unknown cache category 'nope' "
+        "(hint: known categories: common_queries, executive_insights, user_preferences)"
+    ]
+
+
+def test_model_validators_still_guard_policies_built_in_code() -> None:
+    raw = {
+        "version": 1,
+        "providers": {"openai": {"kind": "openai", "base_url": "https://api.openai.com/v1"}},
+        "models": {"chat": {"deployments": [{"provider": "openai", "model": "m"}]}},
+        "memory": {"embedding_model": "embed"},
+    }
+    with pytest.raises(ValueError) as err:
+        Policy.model_validate(raw)
+    assert isinstance(err.value.errors()[0]["ctx"]["error"], PolicyReferenceError)  # type: ignore[attr-defined]
+
+
+def test_duplicate_keys_are_refused_with_both_lines() -> None:
+    text = (
+        PROVIDERS
+        + """\
+  openai: {kind: openai, base_url: http://127.0.0.1:11434/v1}
+models:
+  chat:
+    deployments: [{provider: openai, model: gpt-4o, quality: 0.9, quality: 0.1}]
+    description: first
+    description: second
+"""
+    )
+    assert problems(text) == [
+        "p.yaml:4: providers.openai: duplicate key 'openai' (lines 3 and 4); YAML would keep only the last (hint: keep one of them)",
+        "p.yaml:7: models.chat.deployments[0].quality: duplicate key 'quality' (lines 7 and 7); YAML would keep only the last (hint: keep one of them)",
+        "p.yaml:9: models.chat.description: duplicate key 'description' (lines 8 and 9); YAML would keep only the last (hint: keep one of them)",
+    ]
+
+
+def test_merge_keys_and_aliases_are_not_duplicates() -> None:
+    text = (
+        PROVIDERS
+        + """\
+  local: &local {kind: openai, base_url: http://127.0.0.1:11434/v1}
+  other:
+    <<: *local
+    base_url: http://127.0.0.1:8000/v1
+models:
+  chat: {deployments: [{provider: local, model: m}]}
+"""
+    )
+    policy = parse_policy(text, "p.yaml")
+    assert policy.providers["other"].base_url == "http://127.0.0.1:8000/v1"
+
+
+def test_a_provider_key_indented_too_little_gets_a_hint() -> None:
+    text = """\
+version: 1
+providers:
+  openai:
+    kind: openai
+  base_url: https://api.openai.com/v1
+models:
+  chat: {deployments: [{provider: openai, model: m}]}
+"""
+    found = problems(text)
+    assert found == [
+        "p.yaml:4: providers.openai.base_url: Field required (hint: indented too little? 'base_url' "
+        "on line 5 is at the level of 'openai'; indent it under providers.openai)",
+        "p.yaml:5: providers.base_url: Input should be a valid dictionary or object to extract fields "
+        "from (hint: indented too little? 'base_url' is a key of providers.openai above: indent it "
+        "like 'kind' (line 4, column 5))",
+    ]
+
+
+def test_a_deployment_key_indented_too_little_gets_a_hint() -> None:
+    text = (
+        PROVIDERS
+        + """\
+models:
+  chat:
+    deployments:
+      - provider: openai
+    model: gpt-4o
+  strategy: ordered
+"""
+    )
+    assert problems(text) == [
+        "p.yaml:7: models.chat.deployments[0].model: Field required (hint: indented too little? "
+        "'model' on line 8 is at the level of 'deployments'; indent it under models.chat.deployments[0])",
+        "p.yaml:8: models.chat.model: unknown key 'model' (hint: indented too little? 'model' is a key "
+        "of models.chat.deployments[0] above: indent it like 'provider' (line 7, column 9))",
+        "p.yaml:9: models.strategy: Input should be a valid dictionary or instance of ModelGroup "
+        "(hint: indented too little? 'strategy' is a key of models.chat above: indent it like "
+        "'deployments' (line 6, column 5))",
+    ]
+
+
+def test_an_unknown_key_that_belongs_nowhere_above_keeps_its_usual_hint() -> None:
+    text = (
+        PROVIDERS + "models:\n  chat:\n    deployments: [{provider: openai, model: m}]\n    descripton: x\n"
+    )
+    assert problems(text) == [
+        "p.yaml:7: models.chat.descripton: unknown key 'descripton' (hint: did you mean 'description'?)"
+    ]
