@@ -8,21 +8,31 @@ repository on ``PYTHONPATH``, as ``gateway.testing.process`` does) and expect ex
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import tomllib
+import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from gateway.policy.model import Breaker
+from gateway.testing.fake_provider import FakeConfig
 from gateway.testing.process import ManagedProcess, free_port
 from gateway.testing.redis_server import INSTALL_HINT, PrivateRedis
 from tests.e2e.conftest import start_fakes, start_gateway
@@ -430,3 +440,172 @@ def test_image_installs_the_snowflake_extra_unless_told_not_to() -> None:
             env={"EXTRAS": value},
         )
         assert shell.stdout == spec
+
+
+# ----- 21: the README says what happens -----------------------------------------------------------
+#
+# Each test checks the behaviour on real processes, then that the README states it (whitespace
+# aside, as the README wraps its lines).
+
+
+def readme_says(*phrases: str) -> None:
+    text = " ".join((REPO / "README.md").read_text().split())
+    for phrase in phrases:
+        assert " ".join(phrase.split()) in text, phrase
+
+
+def chat(conn: http.client.HTTPConnection) -> tuple[int, str | None, str | None, str | None]:
+    """(status, x-gateway-provider, x-gateway-attempts, x-gateway-fallback) of one demo request."""
+    body = b'{"model": "demo-chat", "messages": [{"role": "user", "content": "hello"}]}'
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"content-type": "application/json"})
+    resp = conn.getresponse()
+    resp.read()
+    return (
+        resp.status,
+        resp.getheader("x-gateway-provider"),
+        resp.getheader("x-gateway-attempts"),
+        resp.getheader("x-gateway-fallback"),
+    )
+
+
+def connect(gateway: ManagedProcess) -> http.client.HTTPConnection:
+    address = urllib.parse.urlsplit(gateway.url)
+    assert address.hostname is not None and address.port is not None
+    return http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+
+
+def test_demo_split_and_breaker_are_what_the_readme_says(tmp_path: Path) -> None:
+    fakes = start_fakes({"a": [], "b": ["--latency-ms", "50"]})  # the README's two commands
+    gateway = None
+    try:
+        demo = (REPO / "routing_policies" / "demo.yaml").read_text()
+        for name, port in (("a", "9101"), ("b", "9102")):
+            assert f"http://127.0.0.1:{port}/v1" in demo
+            demo = demo.replace(f"http://127.0.0.1:{port}/v1", f"{fakes[name].url}/v1")
+        (tmp_path / "demo.yaml").write_text(demo)
+        gateway = start_gateway(tmp_path / "demo.yaml")
+        conn = connect(gateway)
+        served = Counter(chat(conn)[1] for _ in range(400))
+        # ~97 % to fake-a; fake-b keeps its exploration share (2.5 %). Expected 12 for fake-b:
+        # outside 1..40 is a chance below 1e-4.
+        assert served["fake-a"] + served["fake-b"] == 400 and 1 <= served["fake-b"] <= 40, served
+        fakes["a"].stop()
+        answers = [chat(conn) for _ in range(30)]
+        assert {(status, provider) for status, provider, _, _ in answers} == {(200, "fake-b")}
+        failures = Breaker().consecutive_failures
+        retried = [i for i, answer in enumerate(answers) if answer[2:] == ("2", "true")]
+        assert len(retried) == failures, answers  # then fake-a's breaker is open...
+        assert all(answer[2:] == ("1", "false") for answer in answers[retried[-1] + 1 :]), answers
+        status, raw = http_get(gateway.url + "/admin/models")  # ...as the admin view shows
+        assert status == 200
+        states = {d["provider"]: d["breaker"] for d in json.loads(raw)["models"]["demo-chat"]["deployments"]}
+        assert states["fake-a"] == "open"
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        for fake in fakes.values():
+            fake.stop()
+    readme_says(
+        "Nearly all requests (about 97 %) go to `fake-a`",
+        "`fake-b` keeps its exploration share (`routing.exploration` / 2, 2.5 %)",
+        "the first ones with `x-gateway-attempts: 2` and `x-gateway-fallback: true`",
+        f"after {failures} failures in a row (`breaker.consecutive_failures`) fake-a's breaker opens "
+        "and requests go straight to `fake-b` with `x-gateway-attempts: 1`",
+    )
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_draining_refuses_new_connections_and_finishes_requests_in_flight(tmp_path: Path) -> None:
+    fakes = start_fakes({"slow": ["--latency-ms", "1500"]})
+    gateway = None
+    try:
+        policy = tmp_path / "slow.yaml"
+        policy.write_text(MINIMAL_POLICY.replace("http://127.0.0.1:9/v1", fakes["slow"].url + "/v1"))
+        gateway = running = start_gateway(policy)
+        in_flight: dict[str, int] = {}
+
+        def slow_request() -> None:
+            conn = connect(running)
+            conn.request(
+                "POST",
+                "/v1/chat/completions",
+                body=b'{"model": "chat", "messages": [{"role": "user", "content": "x"}]}',
+                headers={"content-type": "application/json"},
+            )
+            in_flight["status"] = conn.getresponse().status
+
+        thread = threading.Thread(target=slow_request)
+        thread.start()
+        poll_until(lambda: json.loads(http_get(fakes["slow"].url + "/_fake/stats")[1])["requests"] >= 1)
+        gateway.signal(signal.SIGTERM)
+        # The listening socket closes at once: new connections are refused while the request runs.
+        poll_until(lambda: not accepts_connections(gateway))
+        assert "status" not in in_flight
+        thread.join(10)
+        assert in_flight == {"status": 200}
+        assert gateway.wait(10) == 0
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        fakes["slow"].stop()
+    readme_says(
+        "the listening socket closes at once, so new connections are refused",
+        "only a request already being handled when draining starts gets 503 `draining`",
+    )
+
+
+def poll_until(condition: Callable[[], bool], deadline_s: float = 10.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def accepts_connections(gateway: ManagedProcess) -> bool:
+    address = urllib.parse.urlsplit(gateway.url)
+    assert address.hostname is not None and address.port is not None
+    try:
+        socket.create_connection((address.hostname, address.port), timeout=1).close()
+    except ConnectionRefusedError:
+        return False
+    return True
+
+
+def test_unknown_path_is_a_404_without_a_code(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(MINIMAL_POLICY)
+    gateway = start_gateway(policy)
+    try:
+        status, raw = http_get(gateway.url + "/v1/no-such-thing")
+    finally:
+        gateway.stop()
+    error = json.loads(raw)["error"]
+    assert status == 404 and error["type"] == "invalid_request_error" and error["code"] is None
+    assert "/v1/no-such-thing" in error["message"]
+    readme_says(
+        "| 404 | unknown model (message lists the available ones) | `invalid_request_error` / `model_not_found` |",
+        "| 404 | unknown path (message names the method and path) | `invalid_request_error` / code `null`",
+    )
+
+
+def test_fake_provider_port_default_is_the_readmes() -> None:
+    assert FakeConfig().port == 9000
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "fake-provider", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert "default: 9000" in " ".join(result.stdout.split())
+    readme_says(
+        "Listens on `127.0.0.1:9000` unless told otherwise",
+        "`sophia-gateway fake-provider [--host H] [--port P]` (default `127.0.0.1:9000`",
+    )
