@@ -286,6 +286,13 @@ class Retry(_Strict):
         description="Requests of the group that may always be retrying at once, whatever "
         "`budget_percent` allows (so a quiet group still fails over).",
     )
+    max_retry_after_s: float | None = Field(
+        None,
+        ge=0,
+        description="Deprecated and ignored: the gateway no longer waits out a provider's Retry-After "
+        "(a rate-limited deployment is skipped, and a group whose deployments all are answers 429 at "
+        "once). Accepted so that policies written before still load.",
+    )
 
 
 class Breaker(_Strict):

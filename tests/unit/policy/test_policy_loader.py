@@ -192,3 +192,12 @@ def test_strategy_parameters_belong_to_their_type() -> None:
 def test_strategy_names_are_the_union_types() -> None:
     mapping = TypeAdapter(StrategyConfig).json_schema()["discriminator"]["mapping"]
     assert set(typing.get_args(StrategyName)) == set(mapping)
+
+
+def test_the_retired_max_retry_after_s_still_loads() -> None:
+    """Issue 10 stopped waiting out Retry-After; policies that set the old knob must still load."""
+    text = (
+        "version: 1\nproviders:\n  p: {kind: openai, base_url: 'http://p.test/v1'}\n"
+        "models:\n  m: {deployments: [{provider: p, model: x}]}\nretry: {max_retry_after_s: 30}\n"
+    )
+    assert parse_policy(text).retry.max_retry_after_s == 30
