@@ -22,10 +22,13 @@ _PROMPT_FIELDS = frozenset({"messages", "prompt", "input"})
 SHARED_TENANT = "*"
 
 
+ANONYMOUS_TENANT = "anonymous"
+
+
 def tenant_of(authorization: str | None) -> str:
     """A stable, non-reversible tenant id from the caller's ``Authorization`` header."""
     if not authorization:
-        return "anonymous"
+        return ANONYMOUS_TENANT
     return hashlib.sha256(authorization.strip().encode()).hexdigest()[:32]
 
 

@@ -120,12 +120,12 @@ class ResponseCache:
         body: Mapping[str, Any],
         headers: Mapping[str, str],
         *,
-        caller: str | None,
+        tenant: str,
         tags: frozenset[str],
     ) -> CachePlan:
         """Decide how the cache treats this request; raises ``InvalidRequest`` for bad cache headers.
 
-        ``caller`` is the credential the tenant is derived from (None: the anonymous tenant)."""
+        ``tenant`` is whose answers these are (categories marked shared ignore it)."""
         cfg = self.config
         named = headers.get(CATEGORY_HEADER)
         if named is not None and named not in cfg.categories:
@@ -144,7 +144,8 @@ class ResponseCache:
         cacheable = cfg.enabled and self._cacheable(endpoint, body, chosen)
         if not cacheable or not (read or write):
             return CachePlan(category, "", ttl_s, False, False, "bypass")
-        tenant = fingerprint.SHARED_TENANT if settings.shared else fingerprint.tenant_of(caller)
+        if settings.shared:
+            tenant = fingerprint.SHARED_TENANT
         plan = CachePlan(
             category,
             fingerprint.request_key(endpoint.value, tenant, body),

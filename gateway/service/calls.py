@@ -24,7 +24,6 @@ from typing import Protocol
 
 import orjson
 
-from gateway.cache.fingerprint import tenant_of
 from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache
 from gateway.errors import GatewayError, UpstreamBadResponse
 from gateway.memory import augment as memory_augment
@@ -106,7 +105,7 @@ class RequestService:
         route = RouteContext(head.model, body, stream=stream, tags=ctx.tags)
         self.router.resolve(route)  # an unknown model is a 404 before any store is read
         ctx.record.model = head.model
-        plan = self.cache.plan(endpoint, body, ctx.headers, caller=ctx.caller, tags=ctx.tags)
+        plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
         # 2. admit
         for gate in self._gates:
             await gate.admit(endpoint, head.model, body, ctx)
@@ -114,7 +113,7 @@ class RequestService:
         if endpoint is Endpoint.CHAT and memory_augment.wanted(body, ctx.headers):
             body, ctx.record.memory_ids = await memory_augment.augment(self.memory, body, ctx.headers)
             route = RouteContext(head.model, body, stream=stream, tags=ctx.tags)
-            plan = self.cache.plan(endpoint, body, ctx.headers, caller=ctx.caller, tags=ctx.tags)
+            plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
         # 4. cache: lead the single flight or wait for its leader, then look up
         lead = False
         if plan.read:
@@ -270,7 +269,7 @@ class RequestService:
     def _served(self, ctx: CallContext, route: Route) -> None:
         ctx.record.route = route
         if not ctx.internal:  # only the same caller may vote on it later (/v1/feedback)
-            self.router.remember(ctx.request_id, route.group, route.target, tenant_of(ctx.caller))
+            self.router.remember(ctx.request_id, route.group, route.target, ctx.tenant)
 
     def account_usage(self, group: str, target: Target, usage: object) -> None:
         """Export the token counts a provider reported and their cost (no-op without usage)."""

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from gateway.auth.identity import Caller
+from gateway.cache.fingerprint import ANONYMOUS_TENANT, tenant_of
 from gateway.cache.service import CacheOutcome
 from gateway.routing.target import Target
 
@@ -39,8 +41,7 @@ class CallRecord:
 class CallContext:
     """One call's context: identity, tags and the headers that steer the gateway.
 
-    ``headers`` are the client's request headers (read: ``authorization`` for the caller's
-    identity, ``cache-control`` and ``x-gateway-cache-*``, ``x-gateway-memory*``); internal calls
+    ``headers`` are the client's request headers (read: ``cache-control`` and ``x-gateway-cache-*``, ``x-gateway-memory*``); internal calls
     have none. ``started_s`` is ``time.perf_counter()`` when the request arrived.
     """
 
@@ -49,11 +50,10 @@ class CallContext:
     headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
     tags: frozenset[str] = frozenset()
     record: CallRecord = field(default_factory=CallRecord)
-
-    @property
-    def caller(self) -> str | None:
-        """The caller's credentials as sent (the cache's tenant is derived from them)."""
-        return self.headers.get("authorization")
+    # Whose call it is: cache entries, feedback (and, with keys, memory and spend) are the tenant's.
+    # Open mode: a hash of the Authorization header sent; with virtual keys: the key's team.
+    tenant: str = ANONYMOUS_TENANT
+    identity: Caller | None = None  # the authenticated caller, once the edge has resolved it
 
     @property
     def internal(self) -> bool:
@@ -61,11 +61,15 @@ class CallContext:
         return not self.request_id
 
     @classmethod
-    def for_client(cls, request_id: str, started_s: float, headers: Mapping[str, str]) -> CallContext:
+    def for_client(
+        cls, request_id: str, started_s: float, headers: Mapping[str, str], identity: Caller | None = None
+    ) -> CallContext:
         tags = headers.get(TAGS_HEADER)
         return cls(
             request_id,
             started_s,
             headers,
             frozenset(t.strip() for t in tags.split(",") if t.strip()) if tags else frozenset(),
+            tenant=identity.tenant if identity is not None else tenant_of(headers.get("authorization")),
+            identity=identity,
         )

@@ -1,0 +1,44 @@
+"""The caller a request was authenticated as, and what it may do (resolved once per request).
+
+A virtual key belongs to a team; what it may do is the key's own setting where it has one, else its
+team's default (the policy's ``auth.teams``). In ``auth.mode: open`` there are no keys: every caller
+is an unlimited ``Caller`` whose team is a hash of the Authorization header it sent (today's tenancy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OPEN_KEY_ID = ""  # the key id of callers in open mode
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated caller: its key, its team (the tenant) and its effective grants and limits.
+
+    ``None`` means unrestricted for ``models`` and the namespace grants, unlimited for the limits.
+    """
+
+    key_id: str  # the key's public id (never the secret); OPEN_KEY_ID in open mode
+    team: str  # cache tenant, memory owner, feedback and spend are the team's
+    models: frozenset[str] | None = None  # model groups it may call
+    rpm: int | None = None  # requests per minute
+    tpm: int | None = None  # tokens (in + out) per minute
+    budget_usd: float | None = None  # spend allowed per budget period
+    budget_period_s: float | None = None
+    read_namespaces: frozenset[str] | None = None  # memory namespaces it may read and search
+    write_namespaces: frozenset[str] | None = None  # memory namespaces it may write and delete
+
+    @property
+    def tenant(self) -> str:
+        """The cache and memory tenant: the team, never the raw credential (rotation keeps it)."""
+        return f"team:{self.team}"
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def may_read(self, namespace: str) -> bool:
+        return self.read_namespaces is None or namespace in self.read_namespaces
+
+    def may_write(self, namespace: str) -> bool:
+        return self.write_namespaces is None or namespace in self.write_namespaces
