@@ -24,7 +24,8 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     ├── UnsupportedMediaType       415     invalid_request_error   no     code=unsupported_media_type; not JSON
     ├── ServiceUnavailable         503     service_unavailable     no     draining, not ready
     │   ├── ProviderNotConfigured  503     service_unavailable     no     code=provider_not_configured
-    │   └── NoHealthyDeployment    503     service_unavailable     no     code=no_healthy_deployment
+    │   ├── NoHealthyDeployment    503     service_unavailable     no     code=no_healthy_deployment
+    │   └── KeyStoreUnavailable    503     service_unavailable     no     code=key_store_unavailable; never an open door
     ├── UpstreamError              502     upstream_error          no     what a provider did; counts against it
     │   ├── UpstreamConnectError   502     upstream_error          yes    refused, reset, DNS
     │   ├── UpstreamTimeout        504     timeout                 yes    connect / first byte / total
@@ -222,6 +223,18 @@ class NoHealthyDeployment(ServiceUnavailable):
             f"cooling down. Retry in {_format_retry_after(retry_after_s)} s.",
             code="no_healthy_deployment",
             headers={"retry-after": _format_retry_after(retry_after_s), **_NO_CLIENT_RETRY},
+        )
+
+
+class KeyStoreUnavailable(ServiceUnavailable):
+    """The key store cannot answer, so the caller's key cannot be checked: refused, never let in."""
+
+    def __init__(self) -> None:
+        # No detail from the store: its errors may name hosts or users; the gateway logs them.
+        super().__init__(
+            "The gateway cannot check API keys right now (its key store is unavailable). Retry shortly.",
+            code="key_store_unavailable",
+            headers={"retry-after": "1"},
         )
 
 
