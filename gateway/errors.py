@@ -16,6 +16,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     │   ├── ContextTooLong         400     invalid_request_error   no     code=context_length_exceeded; is_context_length
     │   └── UnsupportedByProvider  400     invalid_request_error   yes    code=unsupported_endpoint
     ├── AuthenticationFailed       401     authentication_error    no
+    ├── PermissionDenied           403     permission_error        no     a granted key that may not do this
     ├── NotFound                   404     invalid_request_error   no     unknown route
     │   └── ModelNotFound          404     invalid_request_error   no     code=model_not_found
     ├── MethodNotAllowed           405     invalid_request_error   no
@@ -133,6 +134,13 @@ class InvalidRequest(GatewayError):
 class AuthenticationFailed(GatewayError):
     status = 401
     error_type = "authentication_error"
+
+
+class PermissionDenied(GatewayError):
+    """A known caller asked for something its key is not granted (OpenAI's 403 shape)."""
+
+    status = 403
+    error_type = "permission_error"
 
 
 class NotFound(GatewayError):
