@@ -23,9 +23,12 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     ├── RequestTimeout             408     invalid_request_error   no     code=request_timeout; body sent too slowly
     ├── PayloadTooLarge            413     invalid_request_error   no     code=request_too_large
     ├── UnsupportedMediaType       415     invalid_request_error   no     code=unsupported_media_type; not JSON
+    ├── RateLimited                429     *                       no     code=rate_limit_exceeded; type requests or tokens
+    ├── QuotaExceeded              429     insufficient_quota      no     code=insufficient_quota; the key's budget is spent
     ├── ServiceUnavailable         503     service_unavailable     no     draining, not ready
     │   ├── ProviderNotConfigured  503     service_unavailable     no     code=provider_not_configured
     │   ├── NoHealthyDeployment    503     service_unavailable     no     code=no_healthy_deployment
+    │   ├── LimitsUnavailable      503     service_unavailable     no     code=limits_unavailable; auth.limits_fail: closed
     │   └── KeyStoreUnavailable    503     service_unavailable     no     code=key_store_unavailable; never an open door
     ├── UpstreamError              502     upstream_error          no     what a provider did; counts against it
     │   ├── UpstreamConnectError   502     upstream_error          yes    refused, reset, DNS
@@ -231,6 +234,57 @@ class NoHealthyDeployment(ServiceUnavailable):
             f"cooling down. Retry in {_format_retry_after(retry_after_s)} s.",
             code="no_healthy_deployment",
             headers={"retry-after": _format_retry_after(retry_after_s), **_NO_CLIENT_RETRY},
+        )
+
+
+class LimitsUnavailable(ServiceUnavailable):
+    """The limits' Redis cannot be reached and the policy says ``auth.limits_fail: closed``."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The gateway cannot check rate limits right now (its limits store is unavailable). "
+            "Retry shortly.",
+            code="limits_unavailable",
+            headers={"retry-after": "1"},
+        )
+
+
+class RateLimited(GatewayError):
+    """A key's requests (RPM) or tokens (TPM) per minute are used up. OpenAI's shape: type
+    ``requests`` or ``tokens``, code ``rate_limit_exceeded``, with ``Retry-After``."""
+
+    status = 429
+    error_type = "requests"
+
+    def __init__(self, kind: str, limit: int, retry_after_s: float, headers: Mapping[str, str]) -> None:
+        unit = "requests" if kind == "requests" else "tokens"
+        super().__init__(
+            f"Rate limit reached for this key on {unit} per min: limit {limit}. "
+            f"Please try again in {_format_retry_after(retry_after_s)}s.",
+            code="rate_limit_exceeded",
+            headers={**headers, "retry-after": _format_retry_after(retry_after_s)},
+        )
+        self.kind = unit
+
+    def envelope(self) -> dict[str, Any]:
+        env = super().envelope()
+        env["error"]["type"] = self.kind
+        return env
+
+
+class QuotaExceeded(GatewayError):
+    """A key's spend budget for the current period is used up (OpenAI's ``insufficient_quota``);
+    a retry cannot help before the period ends, so SDKs are told not to retry."""
+
+    status = 429
+    error_type = "insufficient_quota"
+
+    def __init__(self, budget_usd: float, reset_s: float, headers: Mapping[str, str]) -> None:
+        super().__init__(
+            f"You exceeded this key's budget of ${budget_usd:g} for the current period; it renews "
+            f"in {_format_retry_after(reset_s)}s.",
+            code="insufficient_quota",
+            headers={**headers, **_NO_CLIENT_RETRY},
         )
 
 

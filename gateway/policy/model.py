@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from gateway.policy.durations import DurationS
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -604,6 +606,77 @@ class Limits(_Strict):
     )
 
 
+_TEAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class TeamNamespaces(_Strict):
+    """A team's memory namespace grants (null: every namespace)."""
+
+    read: list[str] | None = Field(None, description="Namespaces its keys may read and search.")
+    write: list[str] | None = Field(None, description="Namespaces its keys may write and delete.")
+
+
+class Team(_Strict):
+    """A team: the defaults its virtual keys inherit (a key's own setting overrides each)."""
+
+    description: str | None = None
+    models: list[str] | None = Field(
+        None, description="Model groups its keys may call (null: every group of the policy)."
+    )
+    rpm: int | None = Field(None, ge=1, description="Requests per minute per key (null: unlimited).")
+    tpm: int | None = Field(
+        None, ge=1, description="Tokens (prompt + completion) per minute per key (null: unlimited)."
+    )
+    budget_usd: float | None = Field(
+        None, ge=0, description="Spend allowed per key per `budget_period`, in US dollars (null: unlimited)."
+    )
+    budget_period: DurationS = Field(
+        30 * 86400.0, description="The budget's period, e.g. 30d, 7d, 12h (seconds when a number)."
+    )
+    namespaces: TeamNamespaces = TeamNamespaces()
+
+
+class Auth(_Strict):
+    """Who may call: virtual keys (the records live in the key store) and their teams."""
+
+    mode: Literal["keys", "open"] = Field(
+        "keys",
+        description="keys: every /v1/* call needs 'Authorization: Bearer <virtual key>'; open: "
+        "anyone (demos, tests; loopback only unless --allow-open).",
+    )
+    teams: dict[str, Team] = Field(
+        default_factory=dict, description="Teams by name; `keys create --team NAME` needs one here."
+    )
+    key_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a key lookup (found or not) is cached in each gateway process; a "
+        "revocation reaches other replicas within this time.",
+    )
+    limits_fail: Literal["open", "closed"] = Field(
+        "open",
+        description="When the limits' Redis cannot be reached: open (count RPM, TPM and spend in "
+        "each process, logged and exported) or closed (refuse with 503).",
+    )
+    store: str = Field(
+        "data/keys.sqlite3",
+        min_length=1,
+        description="The embedded key store's SQLite file; KEYS_URL=postgresql://... in the "
+        "environment uses PostgreSQL instead (replicas sharing keys).",
+    )
+
+    @field_validator("teams")
+    @classmethod
+    def _team_names(cls, value: dict[str, Team]) -> dict[str, Team]:
+        for name in value:
+            if not _TEAM_NAME.match(name):
+                raise ValueError(
+                    f"team name {name!r} must be 1-64 letters, digits, '_', '.' or '-' "
+                    "(starting with a letter or digit)"
+                )
+        return value
+
+
 class Policy(_Strict):
     """The whole policy file."""
 
@@ -616,6 +689,7 @@ class Policy(_Strict):
     memory: MemoryConfig = MemoryConfig()
     server: Server = Server()
     limits: Limits = Limits()
+    auth: Auth = Auth()
     providers: dict[str, Provider] = Field(min_length=1)
     models: dict[str, ModelGroup] = Field(min_length=1)
 
@@ -663,6 +737,18 @@ class Policy(_Strict):
                     f"unknown model group '{semantic.embedding_model}'",
                     f"known model groups: {', '.join(sorted(self.models))}",
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _team_models_exist(self) -> Policy:
+        for team_name, team in self.auth.teams.items():
+            for i, model in enumerate(team.models or ()):
+                if model not in self.models:
+                    raise PolicyReferenceError(
+                        ("auth", "teams", team_name, "models", i),
+                        f"unknown model group '{model}'",
+                        f"known model groups: {', '.join(sorted(self.models))}",
+                    )
         return self
 
 

@@ -20,6 +20,7 @@ from gateway.errors import (
     InternalError,
     InvalidRequest,
     KeyStoreUnavailable,
+    LimitsUnavailable,
     MethodNotAllowed,
     ModelNotFound,
     NoHealthyDeployment,
@@ -27,6 +28,8 @@ from gateway.errors import (
     PayloadTooLarge,
     PermissionDenied,
     ProviderNotConfigured,
+    QuotaExceeded,
+    RateLimited,
     RequestTimeout,
     ServiceUnavailable,
     UnsupportedByProvider,
@@ -54,6 +57,9 @@ SAMPLES: dict[type[GatewayError], GatewayError] = {
         RequestTimeout(1.5),
         PayloadTooLarge(10),
         UnsupportedMediaType("text/plain"),
+        RateLimited("tokens", 100, 1.5, {}),
+        QuotaExceeded(5.0, 60.0, {}),
+        LimitsUnavailable(),
         ServiceUnavailable("x"),
         ProviderNotConfigured("m", ["KEY"]),
         NoHealthyDeployment("m", 1.0),
@@ -127,6 +133,9 @@ CONTEXT = "This model's maximum context length is 1000 tokens"
         (RequestTimeout(1.5), False, False, False),
         (PayloadTooLarge(10), False, False, False),
         (UnsupportedMediaType("text/plain"), False, False, False),
+        (RateLimited("requests", 10, 1.0, {}), False, False, False),
+        (QuotaExceeded(5.0, 60.0, {}), False, False, False),
+        (LimitsUnavailable(), False, False, False),
         (ServiceUnavailable("x"), False, False, False),
         (ProviderNotConfigured("m", ["KEY"]), False, False, False),
         (NoHealthyDeployment("m", 1.0), False, False, False),
@@ -240,3 +249,21 @@ def test_docstring_tree_matches_the_classes() -> None:
             assert _overrides(cls, "retryable"), f"{name}: retry '*' but the class fixes it"
         else:
             assert sample.retryable is (retry == "yes"), name
+
+
+def test_limit_refusals_have_openais_shapes() -> None:
+    # OpenAI: 429 type "requests" / "tokens", code rate_limit_exceeded, Retry-After; a spent budget
+    # is insufficient_quota (type and code), which no retry can fix.
+    tokens = RateLimited("tokens", 100, 1.2, {"x-ratelimit-limit-tokens": "100"})
+    assert tokens.http_status == 429
+    assert orjson.loads(tokens.body())["error"]["type"] == "tokens"
+    assert tokens.code == "rate_limit_exceeded"
+    assert tokens.headers == {"x-ratelimit-limit-tokens": "100", "retry-after": "2"}
+    quota = QuotaExceeded(5.0, 60.0, {})
+    assert orjson.loads(quota.body())["error"] == {
+        "message": quota.message,
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    }
+    assert quota.headers["x-should-retry"] == "false"
