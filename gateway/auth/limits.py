@@ -1,0 +1,219 @@
+"""Per-key limits: requests per minute, tokens per minute (reserved when a request starts, settled
+when it ends) and spend per budget period, with one ``Limiter`` Protocol and two backends:
+``LocalLimiter`` here (in process, the embedded default) and ``RedisLimiter`` (shared by replicas).
+
+Both count with a **sliding-window log**: every admitted request (and every token reservation)
+is an entry stamped with its time, and a request is admitted only if the entries of the last
+``window_s`` (60 s) leave room for it. Any 60 s interval then holds at most the limit, exactly
+(a GCRA or token bucket with a burst of the limit lets up to twice the limit through in some
+60 s interval; a two-window counter approximates). It costs one entry per request in the
+window, which per key is bounded by its RPM.
+
+Spend is counted per budget period, fixed periods aligned to the epoch (a 30 d budget renews
+every 30 days at the same instant for every replica); it is known only when a request ends, so
+requests already running when the budget runs out still finish (the overshoot is what they cost).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.auth.identity import Caller
+from gateway.auth.usage import UsageQuery, UsageRow, UsageTable
+
+WINDOW_S = 60.0  # RPM and TPM are per minute
+
+REFUSED_REQUESTS = "requests"
+REFUSED_TOKENS = "tokens"
+REFUSED_BUDGET = "budget"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One limit's state after a decision (for the ``x-ratelimit-*`` headers)."""
+
+    limit: int
+    remaining: int
+    reset_s: float  # until everything counted now has left the window (back to the full limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A limiter's answer for one request: ``refused`` is None (admitted: counted and reserved)
+    or the limit it hit (``requests``, ``tokens``, ``budget``), with when a retry may fit."""
+
+    refused: str | None
+    requests: Window | None
+    tokens: Window | None
+    retry_after_s: float = 0.0
+    budget_reset_s: float = 0.0
+
+
+ADMITTED_UNLIMITED = Decision(None, None, None)
+
+
+class Limiter(Protocol):
+    """Counts one key's requests, tokens and spend; every method takes the key's ``Caller``."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def admit(self, caller: Caller, ticket: str, tokens: int) -> Decision:
+        """RPM check, TPM reservation of ``tokens`` and budget check, all or nothing; ``ticket``
+        names the reservation for ``settle`` (unique per request)."""
+        ...
+
+    async def settle(
+        self, caller: Caller, ticket: str, reserved: int, tokens_in: int, tokens_out: int, cost_usd: float
+    ) -> None:
+        """The request ended: its reservation becomes the tokens it used, its cost is spent, and
+        its usage row counts it."""
+        ...
+
+    async def refused(self, caller: Caller, reason: str) -> None:
+        """Count a refusal in the usage rows."""
+        ...
+
+    async def usage(self, query: UsageQuery) -> list[UsageRow]: ...
+
+
+@dataclass(slots=True)
+class _KeyCounts:
+    requests: deque[float] = field(default_factory=deque)  # admitted at (clock s)
+    tokens: deque[tuple[float, str]] = field(default_factory=deque)  # (reserved at, ticket)
+    amounts: dict[str, int] = field(default_factory=dict)  # ticket -> tokens it counts for
+    tokens_total: int = 0
+    period: int = -1  # the budget period ``spent_usd`` belongs to
+    spent_usd: float = 0.0
+
+
+class LocalLimiter:
+    """The embedded limiter: exact within one process, nothing shared with other replicas.
+
+    ``clock`` is in seconds (wall clock: budget periods are aligned to the epoch)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time, window_s: float = WINDOW_S) -> None:
+        self._clock = clock
+        self._window_s = window_s
+        self._keys: dict[str, _KeyCounts] = {}
+        self.table = UsageTable(clock)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def admit(self, caller: Caller, ticket: str, tokens: int) -> Decision:
+        return self.admit_now(caller, ticket, tokens)
+
+    def admit_now(self, caller: Caller, ticket: str, tokens: int) -> Decision:
+        """``admit`` without a coroutine (the Redis limiter's fallback calls it directly)."""
+        now, window = self._clock(), self._window_s
+        counts = self._keys.get(caller.key_id)
+        if counts is None:
+            counts = self._keys[caller.key_id] = _KeyCounts()
+        self._expire(counts, now - window)
+        refused, retry_s, budget_reset_s = None, 0.0, 0.0
+        if caller.budget_usd is not None and caller.budget_period_s:
+            period = int(now // caller.budget_period_s)
+            spent = counts.spent_usd if counts.period == period else 0.0
+            budget_reset_s = (period + 1) * caller.budget_period_s - now
+            if spent >= caller.budget_usd:
+                refused, retry_s = REFUSED_BUDGET, budget_reset_s
+        rpm, tpm = caller.rpm, caller.tpm
+        if refused is None and rpm is not None and len(counts.requests) >= rpm:
+            refused, retry_s = REFUSED_REQUESTS, counts.requests[0] + window - now
+        if refused is None and tpm is not None and counts.tokens_total + tokens > tpm:
+            refused, retry_s = REFUSED_TOKENS, self._tokens_fit_in(counts, tokens, tpm, now)
+        if refused is None:
+            if rpm is not None:
+                counts.requests.append(now)
+            if tpm is not None:
+                counts.tokens.append((now, ticket))
+                counts.amounts[ticket] = tokens
+                counts.tokens_total += tokens
+        return Decision(
+            refused,
+            None if rpm is None else _window(rpm, len(counts.requests), counts.requests, now, window),
+            None if tpm is None else _window(tpm, counts.tokens_total, counts.tokens, now, window),
+            max(0.0, retry_s),
+            budget_reset_s,
+        )
+
+    async def settle(
+        self, caller: Caller, ticket: str, reserved: int, tokens_in: int, tokens_out: int, cost_usd: float
+    ) -> None:
+        self.settle_now(caller, ticket, reserved, tokens_in, tokens_out, cost_usd)
+
+    def settle_now(
+        self, caller: Caller, ticket: str, reserved: int, tokens_in: int, tokens_out: int, cost_usd: float
+    ) -> None:
+        now = self._clock()
+        counts = self._keys.get(caller.key_id)
+        if counts is None:
+            counts = self._keys[caller.key_id] = _KeyCounts()
+        self._expire(counts, now - self._window_s)
+        used = tokens_in + tokens_out
+        held = counts.amounts.get(ticket)
+        if held is not None:  # still in the window: it now counts what it used
+            counts.amounts[ticket] = used
+            counts.tokens_total += used - held
+        elif caller.tpm is not None and used > reserved:
+            # Its reservation already left the window (a stream longer than a minute): what it
+            # used beyond the reservation counts from now.
+            extra = f"{ticket}+"
+            counts.tokens.append((now, extra))
+            counts.amounts[extra] = used - reserved
+            counts.tokens_total += used - reserved
+        if cost_usd and caller.budget_period_s:
+            period = int(now // caller.budget_period_s)
+            if counts.period != period:
+                counts.period, counts.spent_usd = period, 0.0
+            counts.spent_usd += cost_usd
+        self.table.record(caller.team, caller.key_id, tokens_in, tokens_out, cost_usd)
+
+    async def refused(self, caller: Caller, reason: str) -> None:
+        self.table.refused(caller.team, caller.key_id, reason)
+
+    async def usage(self, query: UsageQuery) -> list[UsageRow]:
+        return self.table.query(query)
+
+    @staticmethod
+    def _expire(counts: _KeyCounts, edge: float) -> None:
+        requests = counts.requests
+        while requests and requests[0] <= edge:
+            requests.popleft()
+        tokens, amounts = counts.tokens, counts.amounts
+        while tokens and tokens[0][0] <= edge:
+            counts.tokens_total -= amounts.pop(tokens.popleft()[1], 0)
+
+    def _tokens_fit_in(self, counts: _KeyCounts, tokens: int, tpm: int, now: float) -> float:
+        """Seconds until enough reserved tokens leave the window for ``tokens`` more to fit."""
+        free = tpm - counts.tokens_total
+        for at, ticket in counts.tokens:
+            free += counts.amounts.get(ticket, 0)
+            if free >= tokens:
+                return at + self._window_s - now
+        return self._window_s  # more than the whole limit: it never fits (OpenAI refuses it too)
+
+
+def _window(
+    limit: int, used: int, entries: deque[float] | deque[tuple[float, str]], now: float, w: float
+) -> Window:
+    if not entries:
+        return Window(limit, max(0, limit - used), 0.0)
+    newest = entries[-1]
+    at = newest if isinstance(newest, float) else newest[0]
+    return Window(limit, max(0, limit - used), max(0.0, at + w - now))
+
+
+if TYPE_CHECKING:
+
+    def _conforms(limiter: LocalLimiter) -> Limiter:
+        return limiter

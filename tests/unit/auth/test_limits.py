@@ -1,0 +1,143 @@
+"""The in-process limiter, driven by a clock the test sets: sliding-window RPM, TPM reservations
+settled at the end, spend per budget period, and the usage rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.auth.identity import Caller
+from gateway.auth.limits import LocalLimiter
+from gateway.auth.usage import UsageQuery, day_of
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def caller(**limits: object) -> Caller:
+    return Caller("k1", "alpha", **limits)  # type: ignore[arg-type]
+
+
+async def test_rpm_is_a_sliding_window_never_more_than_the_limit_in_any_minute() -> None:
+    clock = Clock()
+    limiter = LocalLimiter(clock=clock)
+    key = caller(rpm=3)
+    admitted = []
+    # One request every 10 s for 3 minutes: a fixed-window counter would let 6 through around
+    # a window's edge; the sliding window never more than 3 in any 60 s.
+    for i in range(18):
+        decision = await limiter.admit(key, f"t{i}", 0)
+        if decision.refused is None:
+            admitted.append(clock.now)
+        clock.now += 10
+    for start in admitted:
+        assert sum(1 for t in admitted if start <= t < start + 60) <= 3
+    assert len(admitted) == 9  # 3 per 60 s: t=0,10,20 then 60,70,80 ...
+
+
+async def test_rpm_refusal_says_when_a_slot_frees() -> None:
+    clock = Clock()
+    limiter = LocalLimiter(clock=clock)
+    key = caller(rpm=2)
+    first = await limiter.admit(key, "a", 0)
+    assert first.requests is not None and first.requests.remaining == 1
+    assert first.requests.reset_s == 60
+    clock.now += 15
+    await limiter.admit(key, "b", 0)
+    clock.now += 5
+    refused = await limiter.admit(key, "c", 0)
+    assert refused.refused == "requests"
+    assert refused.retry_after_s == pytest.approx(40)  # the first entry leaves at +60
+    assert refused.requests is not None and refused.requests.remaining == 0
+    clock.now += 40
+    assert (await limiter.admit(key, "d", 0)).refused is None
+
+
+async def test_tpm_reservations_hold_until_settled_then_count_what_was_used() -> None:
+    clock = Clock()
+    limiter = LocalLimiter(clock=clock)
+    key = caller(tpm=1000)
+    assert (await limiter.admit(key, "a", 600)).refused is None
+    refused = await limiter.admit(key, "b", 500)  # 600 reserved + 500 > 1000
+    assert refused.refused == "tokens"
+    assert refused.tokens is not None and refused.tokens.remaining == 400
+    # "a" used only 150 of its 600: the rest is free again at once.
+    await limiter.settle(key, "a", 600, 100, 50, 0.0)
+    fits = await limiter.admit(key, "b", 500)
+    assert fits.refused is None
+    assert fits.tokens is not None and fits.tokens.remaining == 1000 - 150 - 500
+
+
+async def test_tpm_retry_after_is_when_enough_reservations_leave() -> None:
+    clock = Clock()
+    limiter = LocalLimiter(clock=clock)
+    key = caller(tpm=1000)
+    await limiter.admit(key, "a", 300)
+    clock.now += 10
+    await limiter.admit(key, "b", 600)
+    clock.now += 10
+    refused = await limiter.admit(key, "c", 400)  # needs "a" to leave (at +60 from its start)
+    assert refused.retry_after_s == pytest.approx(40)
+    never = await limiter.admit(key, "d", 5000)  # larger than the limit itself
+    assert never.refused == "tokens" and never.retry_after_s == 60
+
+
+async def test_a_stream_longer_than_the_window_counts_its_excess_when_it_ends() -> None:
+    clock = Clock()
+    limiter = LocalLimiter(clock=clock)
+    key = caller(tpm=1000)
+    await limiter.admit(key, "long", 100)
+    clock.now += 90  # the reservation has left the window
+    await limiter.settle(key, "long", 100, 50, 650, 0.0)  # used 700: 600 more than reserved
+    refused = await limiter.admit(key, "next", 500)
+    assert refused.refused == "tokens" and refused.tokens is not None
+    assert refused.tokens.remaining == 400
+
+
+async def test_budget_refuses_once_spent_until_the_next_period() -> None:
+    clock = Clock(now=10 * 3600.0)  # periods of 1 h aligned to the epoch
+    limiter = LocalLimiter(clock=clock)
+    key = caller(budget_usd=1.0, budget_period_s=3600.0)
+    assert (await limiter.admit(key, "a", 0)).refused is None
+    await limiter.settle(key, "a", 0, 1000, 1000, 0.6)
+    assert (await limiter.admit(key, "b", 0)).refused is None  # 0.6 < 1.0: admitted
+    await limiter.settle(key, "b", 0, 1000, 1000, 0.6)  # overshoot: it was already running
+    clock.now += 600
+    spent = await limiter.admit(key, "c", 0)
+    assert spent.refused == "budget"
+    assert spent.retry_after_s == pytest.approx(3000)
+    clock.now += 3000
+    assert (await limiter.admit(key, "d", 0)).refused is None  # a new period
+
+
+async def test_refused_requests_are_not_counted_and_keys_are_separate() -> None:
+    limiter = LocalLimiter(clock=Clock())
+    key = caller(rpm=1)
+    other = Caller("k2", "alpha", rpm=1)
+    assert (await limiter.admit(key, "a", 0)).refused is None
+    for i in range(5):
+        assert (await limiter.admit(key, f"r{i}", 0)).refused == "requests"
+    assert (await limiter.admit(other, "b", 0)).refused is None
+
+
+async def test_usage_rows_per_team_key_and_day() -> None:
+    clock = Clock()
+    limiter = LocalLimiter(clock=clock)
+    key, other = caller(rpm=10), Caller("k2", "beta")
+    await limiter.settle(key, "a", 10, 7, 3, 0.25)
+    await limiter.settle(key, "b", 10, 1, 1, 0.25)
+    await limiter.refused(key, "requests")
+    await limiter.settle(other, "c", 0, 5, 5, 1.0)
+    today = day_of(clock.now)
+    rows = await limiter.usage(UsageQuery("alpha", None, today, today))
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.key_id, row.requests, row.tokens_in, row.tokens_out) == ("k1", 2, 8, 4)
+    assert row.cost_usd == pytest.approx(0.5)
+    assert row.refusals == {"requests": 1}
+    assert [r.team for r in await limiter.usage(UsageQuery(None, None, today, today))] == ["alpha", "beta"]
+    assert await limiter.usage(UsageQuery(None, None, today + 1, today + 2)) == []
