@@ -1,0 +1,205 @@
+"""Virtual key records and the ``KeyStore`` Protocol both stores (SQLite, PostgreSQL) implement.
+
+A record never holds the secret: only its hash and a short prefix for listings. Every setting
+that is ``None`` is inherited from the key's team in the policy (``auth.teams``) when the key
+authenticates, so editing a team's defaults changes its keys without touching the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+import orjson
+
+SECRET_PREFIX = "sk-sg-"
+# Shown in listings: the prefix and the first 4 characters of the random part, then an ellipsis.
+_SHOWN_CHARS = 4
+
+
+def new_secret() -> str:
+    """A fresh key: ``sk-sg-`` + 43 url-safe characters (256 random bits)."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_key_id() -> str:
+    """A fresh public key id: ``key_`` + 12 lower-case base32 characters (60 random bits)."""
+    return "key_" + base64.b32encode(secrets.token_bytes(10)).decode()[:12].lower()
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of a secret: SHA-256, hex.
+
+    A plain fast hash is right here (not bcrypt/argon2): the secrets are 256 random bits, so
+    there is no dictionary to try and a brute force of the hash is as hopeless as one of the
+    key; slow hashes exist for low-entropy passwords. It also lets a lookup find the record by
+    its hash in one indexed query, in microseconds, on every request."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def shown_prefix(secret: str) -> str:
+    """What listings show of a secret: ``sk-sg-ab12…`` (enough to recognise it, not to use it)."""
+    return secret[: len(SECRET_PREFIX) + _SHOWN_CHARS] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One virtual key as stored. Times are Unix seconds; ``None`` settings inherit the team's."""
+
+    key_id: str
+    hash: str  # sha256 hex of the secret (see hash_secret)
+    prefix: str  # shown in listings, e.g. "sk-sg-ab12…"
+    team: str
+    created_at: float
+    models: tuple[str, ...] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    budget_period_s: float | None = None
+    read_namespaces: tuple[str, ...] | None = None
+    write_namespaces: tuple[str, ...] | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    name: str | None = None
+    description: str | None = None
+
+    def is_active(self, now_s: float) -> bool:
+        """Neither revoked nor expired at ``now_s``."""
+        return self.revoked_at is None and (self.expires_at is None or now_s < self.expires_at)
+
+
+# Column order shared by both stores' SQL (parameterised statements only).
+COLUMNS: Sequence[str] = (
+    "key_id",
+    "hash",
+    "prefix",
+    "team",
+    "created_at",
+    "models",
+    "rpm",
+    "tpm",
+    "budget_usd",
+    "budget_period_s",
+    "read_namespaces",
+    "write_namespaces",
+    "expires_at",
+    "revoked_at",
+    "name",
+    "description",
+)
+
+
+def join_names(names: tuple[str, ...] | None) -> str | None:
+    """A list column's stored text: a JSON array (names may hold any character); None stays."""
+    return None if names is None else orjson.dumps(list(names)).decode()
+
+
+def split_names(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(str(name) for name in orjson.loads(_text(value)))
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text in a key record column, got {type(value).__name__}")
+    return value
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise TypeError(f"expected a number in a key record column, got {type(value).__name__}")
+    return float(value)
+
+
+def _opt_number(value: object) -> float | None:
+    return None if value is None else _number(value)
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(_number(value))
+
+
+def _opt_text(value: object) -> str | None:
+    return None if value is None else _text(value)
+
+
+def record_row(record: KeyRecord) -> tuple[object, ...]:
+    """``record`` as the values of ``COLUMNS``, in order."""
+    return (
+        record.key_id,
+        record.hash,
+        record.prefix,
+        record.team,
+        record.created_at,
+        join_names(record.models),
+        record.rpm,
+        record.tpm,
+        record.budget_usd,
+        record.budget_period_s,
+        join_names(record.read_namespaces),
+        join_names(record.write_namespaces),
+        record.expires_at,
+        record.revoked_at,
+        record.name,
+        record.description,
+    )
+
+
+def row_record(row: Sequence[object]) -> KeyRecord:
+    """A row of ``COLUMNS`` (as either store returns it) back into a record."""
+    (key_id, hash_, prefix, team, created_at, models, rpm, tpm, budget_usd, budget_period_s) = row[:10]
+    (read_ns, write_ns, expires_at, revoked_at, name, description) = row[10:]
+    return KeyRecord(
+        key_id=_text(key_id),
+        hash=_text(hash_),
+        prefix=_text(prefix),
+        team=_text(team),
+        created_at=_number(created_at),
+        models=split_names(models),
+        rpm=_opt_int(rpm),
+        tpm=_opt_int(tpm),
+        budget_usd=_opt_number(budget_usd),
+        budget_period_s=_opt_number(budget_period_s),
+        read_namespaces=split_names(read_ns),
+        write_namespaces=split_names(write_ns),
+        expires_at=_opt_number(expires_at),
+        revoked_at=_opt_number(revoked_at),
+        name=_opt_text(name),
+        description=_opt_text(description),
+    )
+
+
+class KeyStore(Protocol):
+    """Where key records live. Every method may raise ``KeyStoreUnavailable`` when the store
+    cannot answer (the caller then refuses the request: never an open door)."""
+
+    async def start(self) -> None:
+        """Connect and create the table if missing; a second call does nothing."""
+
+    async def close(self) -> None: ...
+
+    async def insert(self, record: KeyRecord) -> None:
+        """Add a new record (its key id and hash are new)."""
+
+    async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
+        """The record whose secret hashes to ``key_hash`` (revoked and expired ones too)."""
+
+    async def get(self, key_id: str) -> KeyRecord | None: ...
+
+    async def list(self, team: str | None = None) -> builtins.list[KeyRecord]:
+        """Every record (of ``team`` when given), oldest first."""
+
+    async def revoke(self, key_id: str, at_s: float) -> KeyRecord | None:
+        """Mark the key revoked at ``at_s`` (a key revoked already keeps its first time); the
+        record after the change, None when there is no such key."""
+
+    async def replace(self, new: KeyRecord, old_key_id: str, at_s: float) -> bool:
+        """Rotation: insert ``new`` and revoke ``old_key_id`` at ``at_s`` in one transaction.
+        False (and nothing written) when the old key does not exist or is revoked already."""

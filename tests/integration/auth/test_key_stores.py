@@ -1,0 +1,135 @@
+"""One contract for both key stores (``key_store`` runs each test on SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+import pytest
+
+from gateway.auth.records import KeyRecord, KeyStore, hash_secret, new_key_id, new_secret, shown_prefix
+from gateway.errors import KeyStoreUnavailable
+from tests.integration.auth.conftest import StoreFactory
+
+
+def record(team: str = "research", created_at: float = 1000.0, **fields: object) -> KeyRecord:
+    secret = new_secret()
+    base = KeyRecord(
+        key_id=new_key_id(),
+        hash=hash_secret(secret),
+        prefix=shown_prefix(secret),
+        team=team,
+        created_at=created_at,
+    )
+    return replace(base, **fields)  # type: ignore[arg-type]
+
+
+async def test_insert_then_find_by_hash_and_id_round_trip(key_store: KeyStore) -> None:
+    full = record(
+        models=("gpt-4o", "claude"),
+        rpm=60,
+        tpm=100_000,
+        budget_usd=12.5,
+        budget_period_s=7 * 86400.0,
+        read_namespaces=("a", "b, c\nd"),  # any character survives
+        write_namespaces=(),  # empty: no namespace, not "inherit"
+        expires_at=5000.25,
+        name="ci bot",
+        description='it\'s "quoted"; DROP TABLE x; --',
+    )
+    bare = record(team="ops", created_at=1001.0)
+    await key_store.insert(full)
+    await key_store.insert(bare)
+    assert await key_store.find_by_hash(full.hash) == full
+    assert await key_store.get(full.key_id) == full
+    assert await key_store.get(bare.key_id) == bare  # every None setting stays None (inherit)
+    assert await key_store.find_by_hash(hash_secret("sk-sg-unknown")) is None
+    assert await key_store.get("key_missing00000") is None
+
+
+async def test_list_all_or_by_team_oldest_first(key_store: KeyStore) -> None:
+    b = record(team="ops", created_at=20.0)
+    a = record(team="research", created_at=10.0)
+    c = record(team="research", created_at=30.0)
+    for r in (b, c, a):
+        await key_store.insert(r)
+    assert [r.key_id for r in await key_store.list()] == [a.key_id, b.key_id, c.key_id]
+    assert [r.key_id for r in await key_store.list("research")] == [a.key_id, c.key_id]
+    assert await key_store.list("nobody") == []
+
+
+async def test_revoke_keeps_the_first_time_and_unknown_is_none(key_store: KeyStore) -> None:
+    r = record()
+    await key_store.insert(r)
+    revoked = await key_store.revoke(r.key_id, 2000.0)
+    assert revoked == replace(r, revoked_at=2000.0)
+    again = await key_store.revoke(r.key_id, 3000.0)
+    assert again is not None and again.revoked_at == 2000.0
+    assert await key_store.revoke("key_missing00000", 1.0) is None
+    found = await key_store.find_by_hash(r.hash)
+    assert found is not None and not found.is_active(2500.0)
+
+
+async def test_replace_inserts_new_and_revokes_old_in_one_transaction(key_store: KeyStore) -> None:
+    old = record()
+    await key_store.insert(old)
+    new = record()
+    assert await key_store.replace(new, old.key_id, 50.0)
+    got_old = await key_store.get(old.key_id)
+    assert got_old is not None and got_old.revoked_at == 50.0
+    assert await key_store.get(new.key_id) == new
+    # The old key is revoked now: a second rotation writes nothing.
+    newer = record()
+    assert not await key_store.replace(newer, old.key_id, 60.0)
+    assert await key_store.get(newer.key_id) is None
+    assert not await key_store.replace(record(), "key_missing00000", 60.0)
+
+
+async def test_replace_rolls_back_the_revocation_when_the_insert_fails(key_store: KeyStore) -> None:
+    old, other = record(), record()
+    await key_store.insert(old)
+    await key_store.insert(other)
+    clash = replace(record(), key_id=other.key_id)  # the insert breaks the primary key
+    with pytest.raises(Exception):  # noqa: B017 - each driver's IntegrityError
+        await key_store.replace(clash, old.key_id, 70.0)
+    still = await key_store.get(old.key_id)
+    assert still is not None and still.revoked_at is None
+
+
+async def test_sql_looking_values_are_data(key_store: KeyStore) -> None:
+    hostile = "x' OR '1'='1"
+    await key_store.insert(record())
+    assert await key_store.find_by_hash(hostile) is None
+    assert await key_store.get(hostile) is None
+    assert await key_store.list(hostile) == []
+    assert await key_store.revoke(hostile, 1.0) is None
+    assert len(await key_store.list()) == 1
+
+
+async def test_records_survive_a_new_store_over_the_same_data(new_key_store: StoreFactory) -> None:
+    first = new_key_store()
+    await first.start()
+    r = record(models=("m",))
+    await first.insert(r)
+    await first.close()
+    second = new_key_store()
+    await second.start()
+    await second.start()  # a second start does nothing
+    try:
+        assert await second.get(r.key_id) == r
+    finally:
+        await second.close()
+
+
+async def test_concurrent_lookups_all_answer(key_store: KeyStore) -> None:
+    records = [record(created_at=float(i)) for i in range(20)]
+    for r in records:
+        await key_store.insert(r)
+    found = await asyncio.gather(*(key_store.find_by_hash(r.hash) for r in records))
+    assert found == records
+
+
+async def test_a_closed_store_is_unavailable_not_open(key_store: KeyStore) -> None:
+    await key_store.close()
+    with pytest.raises(KeyStoreUnavailable):
+        await key_store.find_by_hash(hash_secret("sk-sg-x"))
