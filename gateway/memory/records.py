@@ -35,6 +35,7 @@ class Memory:
     created_at: datetime | None = None
     last_updated: datetime | None = None
     last_accessed: datetime | None = None
+    owner: str | None = None  # the team that wrote it; None: written in open mode (memory/access.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +103,10 @@ class MemoryStore(Protocol):
         """Add ``counts[id]`` to access_count and set last_accessed (batched by the caller)."""
         ...
 
-    def scan_embeddings(self, batch_size: int) -> AsyncIterator[list[tuple[str, str, tuple[float, ...]]]]:
-        """Every (id, namespace, embedding) with an embedding, in batches (for index builds)."""
+    def scan_embeddings(
+        self, batch_size: int
+    ) -> AsyncIterator[list[tuple[str, str, str | None, tuple[float, ...]]]]:
+        """Every (id, namespace, owner, embedding) with an embedding, in batches (index builds)."""
         ...
 
     async def prune_candidates(self, namespace: str | None, rule: PruneRule, now: datetime) -> list[str]:

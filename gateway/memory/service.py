@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 
 import orjson
 
-from gateway.errors import GatewayError, InvalidRequest, NotFound, StartupError
+from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, StartupError
+from gateway.memory.access import MemoryAccess, not_found, partition_of, split_partition
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch, MemoryStore, VectorIndex
 from gateway.policy.model import MemoryConfig
 
@@ -138,17 +139,18 @@ class MemoryService:
         """Add every stored embedding to the index, in batches of ``REBUILD_BATCH``; returns how many."""
         count = skipped = 0
         async for batch in self.store.scan_embeddings(REBUILD_BATCH):
-            by_namespace: dict[str, list[tuple[str, Sequence[float]]]] = {}
-            for memory_id, namespace, vector in batch:
+            by_partition: dict[str, list[tuple[str, Sequence[float]]]] = {}
+            for memory_id, namespace, owner, vector in batch:
                 ndim = self.index.ndim
                 if ndim is not None and len(vector) != ndim:
                     skipped += 1  # another embedding model's vector: unsearchable, not fatal
                     continue
-                by_namespace.setdefault(namespace, []).append((memory_id, vector))
+                partition = partition_of(namespace, owner)
+                by_partition.setdefault(partition, []).append((memory_id, vector))
                 if ndim is None:
-                    self.index.add(namespace, by_namespace.pop(namespace))  # fixes the dimension
-            for namespace, items in by_namespace.items():
-                await asyncio.to_thread(self.index.add, namespace, items)  # ~1 ms per vector
+                    self.index.add(partition, by_partition.pop(partition))  # fixes the dimension
+            for partition, items in by_partition.items():
+                await asyncio.to_thread(self.index.add, partition, items)  # ~1 ms per vector
             count += len(batch)
         if skipped:
             log.warning(
@@ -160,8 +162,13 @@ class MemoryService:
 
     # ----- writes
 
-    async def add(self, items: Sequence[NewMemory]) -> list[Memory]:
-        """Store new memories, embedding those that came without a vector."""
+    async def add(self, items: Sequence[NewMemory], access: MemoryAccess | None = None) -> list[Memory]:
+        """Store new memories, embedding those that came without a vector. With ``access`` (a
+        caller with keys) every namespace must be writable and the memories are its team's."""
+        if access is not None:
+            for item in items:
+                access.check_write(item.namespace)
+        owner = access.team if access is not None else None
         vectors = await self._vectors_for([i.content for i in items if i.embedding is None])
         self._check_dimensions([*vectors, *(i.embedding for i in items if i.embedding is not None)])
         supplied = iter(vectors)
@@ -178,6 +185,7 @@ class MemoryService:
                     data_source=item.data_source,
                     confidence_score=item.confidence_score,
                     importance_score=item.importance_score,
+                    owner=owner,
                 )
             )
         await self.store.insert(memories)
@@ -186,65 +194,98 @@ class MemoryService:
             if m.embedding is not None:
                 by_namespace.setdefault(m.namespace, []).append((m.id, m.embedding))
         for namespace, batch in by_namespace.items():
-            await self._index_add(namespace, batch)
+            await self._index_add(namespace, owner, batch)
         self.forget_cached_searches({m.namespace for m in memories})
         return [await self.store.get(m.id) or m for m in memories]
 
-    async def get(self, memory_id: str) -> Memory:
+    async def get(self, memory_id: str, access: MemoryAccess | None = None) -> Memory:
+        """The memory ``memory_id``; ``NotFound`` when it does not exist or ``access`` may not
+        see it (the same answer: another team's ids are not revealed)."""
         memory = await self.store.get(memory_id)
-        if memory is None:
-            raise NotFound(f"No memory with id '{memory_id}'.", param="id", code="memory_not_found")
+        if memory is None or (access is not None and not access.sees(memory.namespace, memory.owner)):
+            raise not_found(memory_id)
         return memory
 
-    async def update(self, memory_id: str, patch: MemoryPatch) -> Memory:
+    async def _changeable(self, memory_id: str, access: MemoryAccess | None) -> Memory:
+        """The memory ``access`` may change: ``NotFound`` if it cannot see it, else
+        ``PermissionDenied`` if it may only read it."""
+        memory = await self.get(memory_id, access)
+        if access is not None and not access.may_change(memory.namespace, memory.owner):
+            raise PermissionDenied(
+                f"This API key may not change memories in namespace '{memory.namespace}'.",
+                param="id",
+                code="namespace_not_granted",
+            )
+        return memory
+
+    async def update(self, memory_id: str, patch: MemoryPatch, access: MemoryAccess | None = None) -> Memory:
         """Change a memory; new content is re-embedded unless a vector comes with it."""
+        before = await self._changeable(memory_id, access)  # before embedding: a refusal costs nothing
         if patch.content is not None and patch.embedding is None:
             vector = (await self._vectors_for([patch.content]))[0]
             patch = replace(patch, embedding=tuple(vector))
         if patch.embedding is not None:
             self._check_dimensions([patch.embedding])
-        before = await self.get(memory_id)
         updated = await self.store.update(memory_id, patch)
         if updated is None:
-            raise NotFound(f"No memory with id '{memory_id}'.", param="id", code="memory_not_found")
+            raise not_found(memory_id)
         if patch.embedding is not None:
-            await self._index_add(updated.namespace, [(updated.id, patch.embedding)])
+            await self._index_add(updated.namespace, updated.owner, [(updated.id, patch.embedding)])
         self.forget_cached_searches({before.namespace, updated.namespace})
         return updated
 
-    async def delete(self, ids: Sequence[str]) -> int:
+    async def delete(self, ids: Sequence[str], access: MemoryAccess | None = None) -> int:
+        """Delete memories; with ``access``, each must be one it may change (``NotFound`` for
+        one it cannot see, ``PermissionDenied`` for one it may only read; nothing is deleted)."""
+        if access is not None:
+            for memory_id in ids:
+                await self._changeable(memory_id, access)
         memories = await self.store.get_many(ids)
         deleted = await self.store.delete(ids)
         self.forget([(m.namespace, m.id) for m in memories])
         return deleted
 
     def forget(self, items: Sequence[tuple[str, str]]) -> None:
-        """Drop deleted memories from the index and the search cache."""
+        """Drop deleted memories (namespace, id) from the index (every owner's partition of the
+        namespace: ids are unique, so only the right one holds each) and the search cache."""
         by_namespace: dict[str, list[str]] = {}
         for namespace, memory_id in items:
             by_namespace.setdefault(namespace, []).append(memory_id)
-        for namespace, ids in by_namespace.items():
-            self.index.remove(namespace, ids)
+        for partition in self.index.namespaces():
+            ids = by_namespace.get(split_partition(partition)[0])
+            if ids:
+                self.index.remove(partition, ids)
         self.forget_cached_searches(set(by_namespace))
 
     # ----- search
 
     async def search(
-        self, query: str | None, vector: Sequence[float] | None, top_k: int, where: MemoryFilter
+        self,
+        query: str | None,
+        vector: Sequence[float] | None,
+        top_k: int,
+        where: MemoryFilter,
+        access: MemoryAccess | None = None,
     ) -> list[Hit]:
-        """The ``top_k`` memories closest to the query (text or vector) that pass ``where``."""
+        """The ``top_k`` memories closest to the query (text or vector) that pass ``where``.
+
+        With ``access``, every namespace named must be readable (else ``PermissionDenied``) and
+        only the partitions it may see are searched: owners filter inside the index query, so
+        other teams' memories neither take top_k places nor show in any count."""
+        if vector is None and not query:
+            raise InvalidRequest("Give 'query' (text) or 'vector'.", param="query")
+        if access is not None and where.namespaces:
+            access.check_read(list(where.namespaces))
         if vector is None:
-            if not query:
-                raise InvalidRequest("Give 'query' (text) or 'vector'.", param="query")
-            vector = (await self._vectors_for([query]))[0]
-        namespaces = list(where.namespaces) if where.namespaces else self.index.namespaces()
-        key = self._cache_key(vector, top_k, where, namespaces)
+            vector = (await self._vectors_for([query or ""]))[0]
+        partitions = self._partitions(where.namespaces, access)
+        key = self._cache_key(vector, top_k, where, partitions)
         scored = self._cached(key)
         rows: dict[str, Memory] | None = None
         if scored is None:
             self.cache_misses += 1
-            scored, rows = await self._search_index(namespaces, vector, top_k, where)
-            self._remember(key, frozenset(namespaces), scored)
+            scored, rows = await self._search_index(partitions, vector, top_k, where)
+            self._remember(key, frozenset(split_partition(p)[0] for p in partitions), scored)
         else:
             self.cache_hits += 1
         memories = (
@@ -255,13 +296,13 @@ class MemoryService:
         return hits
 
     async def _search_index(
-        self, namespaces: list[str], vector: Sequence[float], top_k: int, where: MemoryFilter
+        self, partitions: list[str], vector: Sequence[float], top_k: int, where: MemoryFilter
     ) -> tuple[list[tuple[str, float]], dict[str, Memory] | None]:
-        # Over-fetch so filters on stored fields still leave top_k; namespaces run in parallel
+        # Over-fetch so filters on stored fields still leave top_k; partitions run in parallel
         # threads (usearch releases the GIL), then merge by score.
         fetch = top_k * 4 if self._filters_rows(where) else top_k
         per_namespace = await asyncio.gather(
-            *(asyncio.to_thread(self._search_one, ns, vector, fetch) for ns in namespaces)
+            *(asyncio.to_thread(self._search_one, p, vector, fetch) for p in partitions)
         )
         merged = sorted((pair for result in per_namespace for pair in result), key=lambda p: -p[1])
         if not self._filters_rows(where):
@@ -270,10 +311,24 @@ class MemoryService:
         kept = [(i, s) for i, s in merged if i in rows and _passes(rows[i], where)]
         return kept[:top_k], rows
 
-    def _search_one(self, namespace: str, vector: Sequence[float], k: int) -> list[tuple[str, float]]:
+    def _partitions(self, namespaces: Sequence[str] | None, access: MemoryAccess | None) -> list[str]:
+        """The index partitions a search covers: those of ``namespaces`` (all when None) whose
+        owner ``access`` may see (every owner's in open mode)."""
+        wanted = set(namespaces) if namespaces else None
+        out = []
+        for partition in self.index.namespaces():
+            namespace, owner = split_partition(partition)
+            if wanted is not None and namespace not in wanted:
+                continue
+            if access is None or access.sees(namespace, owner):
+                out.append(partition)
+        return out
+
+    def _search_one(self, partition: str, vector: Sequence[float], k: int) -> list[tuple[str, float]]:
         try:
-            return self.index.search(namespace, vector, k)
+            return self.index.search(partition, vector, k)
         except ValueError as exc:  # a vector of another dimension than the namespace's
+            namespace = split_partition(partition)[0]
             raise InvalidRequest(f"Namespace '{namespace}': {exc}", param="vector") from None
 
     @staticmethod
@@ -286,9 +341,11 @@ class MemoryService:
 
     # ----- memory-augmented chat
 
-    async def context_for(self, prompt: str, namespaces: Sequence[str], top_k: int) -> list[Hit]:
-        """Memories to add to a chat request about ``prompt``."""
-        return await self.search(prompt, None, top_k, MemoryFilter(namespaces=namespaces))
+    async def context_for(
+        self, prompt: str, namespaces: Sequence[str], top_k: int, access: MemoryAccess | None = None
+    ) -> list[Hit]:
+        """Memories to add to a chat request about ``prompt`` (only those ``access`` may read)."""
+        return await self.search(prompt, None, top_k, MemoryFilter(namespaces=namespaces), access)
 
     # ----- access counts, batched
 
@@ -360,23 +417,26 @@ class MemoryService:
                     param="embedding",
                 )
 
-    async def _index_add(self, namespace: str, items: Sequence[tuple[str, Sequence[float]]]) -> None:
+    async def _index_add(
+        self, namespace: str, owner: str | None, items: Sequence[tuple[str, Sequence[float]]]
+    ) -> None:
+        partition = partition_of(namespace, owner)
         try:
             if len(items) > _INLINE_ADD_MAX:  # adding costs ~1 ms per vector: not on the loop
-                await asyncio.to_thread(self.index.add, namespace, items)
+                await asyncio.to_thread(self.index.add, partition, items)
             else:
-                self.index.add(namespace, items)
+                self.index.add(partition, items)
         except ValueError as exc:
             raise InvalidRequest(f"Namespace '{namespace}': {exc}", param="embedding") from None
 
     def _cache_key(
-        self, vector: Sequence[float], top_k: int, where: MemoryFilter, namespaces: list[str]
+        self, vector: Sequence[float], top_k: int, where: MemoryFilter, partitions: list[str]
     ) -> str:
         raw = orjson.dumps(
             [
                 list(vector),
                 top_k,
-                sorted(namespaces),
+                sorted(partitions),
                 where.data_source,
                 where.min_confidence,
                 where.processing_status,

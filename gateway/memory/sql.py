@@ -100,6 +100,9 @@ COLUMNS = (
     Column("created_at", "TEXT", "TIMESTAMP_NTZ"),
     Column("last_updated", "TEXT", "TIMESTAMP_NTZ"),
     Column("last_accessed", "TEXT", "TIMESTAMP_NTZ"),
+    # The team that wrote the row (issue 11); rows older than the column, or written in open
+    # mode, are NULL: ownerless (memory/access.py says who sees them).
+    Column("owner", "TEXT", "VARCHAR"),
 )
 CORE_COLUMNS = frozenset({"id", "namespace", "content"})
 _SELECT = ", ".join(c.name for c in COLUMNS)
@@ -154,7 +157,7 @@ def encode_metadata(metadata: Mapping[str, Any]) -> str:
 def row_to_memory(row: Sequence[Any]) -> Memory:
     """A row selected as ``COLUMNS`` as a ``Memory`` (NULLs of migrated columns get the defaults)."""
     (mid, namespace, content, embedding, metadata, source, confidence, importance, status) = row[:9]
-    version, accesses, created, updated, accessed = row[9:]
+    version, accesses, created, updated, accessed, owner = row[9:]
     return Memory(
         id=mid,
         namespace=namespace,
@@ -170,6 +173,7 @@ def row_to_memory(row: Sequence[Any]) -> Memory:
         created_at=decode_time(created),
         last_updated=decode_time(updated),
         last_accessed=decode_time(accessed),
+        owner=owner,
     )
 
 
@@ -237,19 +241,20 @@ class MemoryQueries:
 
     def embeddings_after(
         self, cur: Cursor, after_id: str | None, limit: int
-    ) -> list[tuple[str, str, tuple[float, ...]]]:
-        """Up to ``limit`` (id, namespace, embedding) with ids above ``after_id``, by id (keyset
-        paging: no cursor stays open between batches)."""
+    ) -> list[tuple[str, str, str | None, tuple[float, ...]]]:
+        """Up to ``limit`` (id, namespace, owner, embedding) with ids above ``after_id``, by id
+        (keyset paging: no cursor stays open between batches)."""
         where, params = (
             ("embedding IS NOT NULL", [])
             if after_id is None
             else ("embedding IS NOT NULL AND id > ?", [after_id])
         )
         cur.execute(
-            f"SELECT id, namespace, embedding FROM {self.table} WHERE {where} ORDER BY id LIMIT {int(limit)}",
+            f"SELECT id, namespace, owner, embedding FROM {self.table} WHERE {where} "
+            f"ORDER BY id LIMIT {int(limit)}",
             params,
         )
-        return [(mid, ns, decode_embedding(blob) or ()) for mid, ns, blob in cur.fetchall()]
+        return [(mid, ns, owner, decode_embedding(blob) or ()) for mid, ns, owner, blob in cur.fetchall()]
 
     def prune_candidates(
         self, cur: Cursor, namespace: str | None, rule: PruneRule, now: datetime
@@ -316,6 +321,7 @@ class MemoryQueries:
                 at,
                 at,
                 None if m.last_accessed is None else self._time(m.last_accessed),
+                m.owner,
             )
             for m in memories
         ]

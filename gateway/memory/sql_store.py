@@ -87,7 +87,7 @@ class SQLMemoryStore(ABC):
 
     async def scan_embeddings(
         self, batch_size: int
-    ) -> AsyncIterator[list[tuple[str, str, tuple[float, ...]]]]:
+    ) -> AsyncIterator[list[tuple[str, str, str | None, tuple[float, ...]]]]:
         """Batches ordered by id; each is its own query, so no connection is held between them
         (memories written during a scan may or may not appear)."""
         if batch_size < 1:
@@ -103,7 +103,7 @@ class SQLMemoryStore(ABC):
 
     def _page(
         self, after: str | None, batch_size: int
-    ) -> Callable[[Cursor], list[tuple[str, str, tuple[float, ...]]]]:
+    ) -> Callable[[Cursor], list[tuple[str, str, str | None, tuple[float, ...]]]]:
         return lambda cur: self._q.embeddings_after(cur, after, batch_size)
 
     async def prune_candidates(self, namespace: str | None, rule: PruneRule, now: datetime) -> list[str]:

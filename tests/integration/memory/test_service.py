@@ -618,7 +618,7 @@ async def snapshot(service: MemoryService) -> dict[str, Memory]:
     """Every stored memory (all of these tests' memories have an embedding), by id."""
     out: dict[str, Memory] = {}
     async for batch in service.store.scan_embeddings(1000):
-        for memory in await service.store.get_many([mid for mid, _, _ in batch]):
+        for memory in await service.store.get_many([mid for mid, _, _, _ in batch]):
             out[memory.id] = memory
     return out
 

@@ -111,8 +111,11 @@ async def test_scan_embeddings_in_batches(
     batches = [batch async for batch in store.scan_embeddings(10)]
     assert [len(b) for b in batches] == sizes
     seen = [item for batch in batches for item in batch]
-    assert sorted(i for i, _, _ in seen) == [m.id for m in rows]
-    assert all(vector == VECTOR and ns == ("ns" if int(i[1:]) % 2 else "other") for i, ns, vector in seen)
+    assert sorted(i for i, _, _, _ in seen) == [m.id for m in rows]
+    assert all(
+        vector == VECTOR and ns == ("ns" if int(i[1:]) % 2 else "other") and owner is None
+        for i, ns, owner, vector in seen
+    )
 
 
 async def test_prune_candidates_follow_the_seed_rule(backend: Backend, store: SQLMemoryStore) -> None:
@@ -256,6 +259,7 @@ async def test_migration_adds_missing_columns(backend: Backend) -> None:
         "importance_score",
         "access_count",
         "last_accessed",
+        "owner",
     } <= columns(backend)
     old = await store.get("old")
     assert old is not None
@@ -267,6 +271,7 @@ async def test_migration_adds_missing_columns(backend: Backend) -> None:
         0,
     )
     assert (old.importance_score, old.last_updated, old.embedding) == (0.5, None, None)
+    assert old.owner is None  # ownerless: seen in open mode or with an explicit grant (issue 11)
     assert old.created_at is not None and old.created_at.year == 2024
     await store.insert([memory("new")])
     updated = await store.update("old", MemoryPatch(content="hello"))

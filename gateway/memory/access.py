@@ -1,0 +1,82 @@
+"""Who may see and change which memories: a caller's team and namespace grants, as plain values.
+
+The memory layer does not know about keys (``gateway.auth`` is a sibling): the handlers and the
+request service translate the authenticated caller into a ``MemoryAccess``; ``None`` instead of
+one means open mode, where nothing is checked (every memory is everyone's, as before issue 11).
+
+The rules (README "Memory access control"):
+
+* Every row carries its ``owner``: the team that wrote it (``None``: written in open mode, or
+  before owners existed).
+* A team sees its own memories in every namespace it may read (``read=None``: any namespace).
+* Another team's memories, and ownerless ones, are seen only in a namespace the team is granted
+  *explicitly* (named in ``read``): an unrestricted team is not granted anyone else's memories.
+* Changing or deleting follows the same rule with ``write``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.errors import NotFound, PermissionDenied
+
+# Separates a namespace from its owner in an index partition's name ("ns<US>team"). The API's
+# namespace pattern ([A-Za-z0-9_.-]) cannot contain it, so the first one splits unambiguously.
+_OWNER_SEPARATOR = "\x1f"
+
+
+def partition_of(namespace: str, owner: str | None) -> str:
+    """The index partition holding ``owner``'s vectors of ``namespace``: the namespace itself for
+    ownerless rows (so an index persisted before owners existed stays valid)."""
+    return namespace if owner is None else f"{namespace}{_OWNER_SEPARATOR}{owner}"
+
+
+def split_partition(partition: str) -> tuple[str, str | None]:
+    """``(namespace, owner)`` of an index partition."""
+    namespace, separator, owner = partition.partition(_OWNER_SEPARATOR)
+    return namespace, owner if separator else None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryAccess:
+    """A caller's team (the owner of what it writes) and its namespace grants (None: any)."""
+
+    team: str
+    read: frozenset[str] | None = None
+    write: frozenset[str] | None = None
+
+    def sees(self, namespace: str, owner: str | None) -> bool:
+        """Whether rows of ``owner`` in ``namespace`` are visible to this caller."""
+        if owner == self.team:
+            return self.read is None or namespace in self.read
+        return self.read is not None and namespace in self.read
+
+    def may_change(self, namespace: str, owner: str | None) -> bool:
+        """Whether rows of ``owner`` in ``namespace`` may be changed or deleted by this caller."""
+        if owner == self.team:
+            return self.write is None or namespace in self.write
+        return self.write is not None and namespace in self.write
+
+    def check_read(self, namespaces: list[str] | tuple[str, ...]) -> None:
+        """Raise ``PermissionDenied`` for the first namespace this caller may not read."""
+        for namespace in namespaces:
+            if self.read is not None and namespace not in self.read:
+                raise PermissionDenied(
+                    f"This API key may not read memory namespace '{namespace}'.",
+                    param="namespaces",
+                    code="namespace_not_granted",
+                )
+
+    def check_write(self, namespace: str) -> None:
+        """Raise ``PermissionDenied`` when this caller may not write in ``namespace``."""
+        if self.write is not None and namespace not in self.write:
+            raise PermissionDenied(
+                f"This API key may not write memory namespace '{namespace}'.",
+                param="namespace",
+                code="namespace_not_granted",
+            )
+
+
+def not_found(memory_id: str) -> NotFound:
+    """The one answer for a memory that does not exist or that the caller may not see."""
+    return NotFound(f"No memory with id '{memory_id}'.", param="id", code="memory_not_found")
