@@ -1,0 +1,242 @@
+"""The key ring over the real SQLite store: hash-only storage, team defaults, revoke, rotate,
+expiry, and the in-process lookup cache driven by an injected clock."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.auth.identity import Caller
+from gateway.auth.keyring import MAX_CACHED_MISSES, KeyRing, KeySettings
+from gateway.auth.records import KeyRecord, hash_secret
+from gateway.auth.sqlite_keys import SQLiteKeyStore
+from gateway.errors import InvalidRequest, NotFound
+from gateway.policy.model import Team, TeamNamespaces
+
+TEAMS = {
+    "research": Team(
+        models=["gpt-4o", "claude"],
+        rpm=60,
+        tpm=10_000,
+        budget_usd=100.0,
+        budget_period=30 * 86400.0,
+        namespaces=TeamNamespaces(read=["papers", "notes"], write=["notes"]),
+    ),
+    "ops": Team(),
+}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingStore(SQLiteKeyStore):
+    """The real store, counting lookups by hash (what the cache should save)."""
+
+    lookups = 0
+
+    async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
+        self.lookups += 1
+        return await super().find_by_hash(key_hash)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
+    s = CountingStore(str(tmp_path / "keys.sqlite3"))
+    await s.start()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ring(store: CountingStore, clock: Clock) -> KeyRing:
+    return KeyRing(store, TEAMS, cache_s=5.0, clock=clock, model_groups={"gpt-4o", "claude", "mini"})
+
+
+async def test_secret_is_shown_once_and_only_its_hash_is_stored(ring: KeyRing, tmp_path: Path) -> None:
+    secret, record = await ring.create("research")
+    assert secret.startswith("sk-sg-") and len(secret) == 6 + 43
+    assert record.hash == hash_secret(secret) and record.prefix == secret[:10] + "…"
+    assert record.key_id.startswith("key_") and len(record.key_id) == 16
+    with sqlite3.connect(tmp_path / "keys.sqlite3") as conn:
+        dump = "\n".join(conn.iterdump())
+    assert secret not in dump and secret[6:] not in dump
+    assert record.hash in dump
+    listed = await ring.list()
+    assert listed == [record]
+    second, _ = await ring.create("research")
+    assert second != secret
+
+
+async def test_team_defaults_are_inherited(ring: KeyRing) -> None:
+    secret, record = await ring.create("research")
+    assert await ring.authenticate(secret) == Caller(
+        key_id=record.key_id,
+        team="research",
+        models=frozenset({"gpt-4o", "claude"}),
+        rpm=60,
+        tpm=10_000,
+        budget_usd=100.0,
+        budget_period_s=30 * 86400.0,
+        read_namespaces=frozenset({"papers", "notes"}),
+        write_namespaces=frozenset({"notes"}),
+    )
+    ops_secret, _ = await ring.create("ops")
+    ops = await ring.authenticate(ops_secret)
+    assert ops is not None and ops.tenant == "team:ops"
+    assert (ops.models, ops.rpm, ops.tpm, ops.budget_usd, ops.budget_period_s) == (None,) * 5
+    assert (ops.read_namespaces, ops.write_namespaces) == (None, None)
+
+
+async def test_a_keys_own_settings_override_its_teams(ring: KeyRing) -> None:
+    secret, _ = await ring.create(
+        "research",
+        KeySettings(
+            models=("mini",),
+            rpm=5,
+            tpm=50,
+            budget_usd=1.5,
+            budget_period_s=86400.0,
+            namespaces_read=("papers",),
+            namespaces_write=(),
+        ),
+    )
+    caller = await ring.authenticate(secret)
+    assert caller is not None
+    assert (caller.models, caller.rpm, caller.tpm) == (frozenset({"mini"}), 5, 50)
+    assert (caller.budget_usd, caller.budget_period_s) == (1.5, 86400.0)
+    assert caller.read_namespaces == frozenset({"papers"})
+    assert caller.write_namespaces == frozenset()  # none, not "the team's"
+    assert not caller.may_write("notes")
+    # A budget without its own period takes the team's.
+    secret2, _ = await ring.create("research", KeySettings(budget_usd=2.0))
+    caller2 = await ring.authenticate(secret2)
+    assert caller2 is not None and caller2.budget_period_s == 30 * 86400.0
+
+
+async def test_unknown_team_and_models_are_clear_errors(ring: KeyRing) -> None:
+    with pytest.raises(InvalidRequest, match=r"Unknown team 'sales'.*Known teams: ops, research") as exc:
+        await ring.create("sales")
+    assert exc.value.code == "unknown_team"
+    with pytest.raises(InvalidRequest, match="'gpt-9'") as exc2:
+        await ring.create("ops", KeySettings(models=("gpt-9",)))
+    assert exc2.value.param == "models"
+    with pytest.raises(InvalidRequest):
+        await ring.create("ops", KeySettings(rpm=0))
+    assert await ring.list() == []
+
+
+async def test_revoke_is_immediate_here_and_unknown_keys_are_404(ring: KeyRing) -> None:
+    secret, record = await ring.create("ops")
+    assert await ring.authenticate(secret) is not None  # now cached
+    revoked = await ring.revoke(record.key_id)
+    assert revoked.revoked_at is not None
+    assert await ring.authenticate(secret) is None  # this replica dropped its cache entry
+    with pytest.raises(NotFound):
+        await ring.revoke("key_doesnotexist")
+    with pytest.raises(NotFound) as exc:
+        await ring.revoke("'; DROP TABLE virtual_keys; --")
+    assert "DROP" not in exc.value.message  # never echoed
+
+
+async def test_rotate_keeps_settings_and_retires_the_old_secret(ring: KeyRing, clock: Clock) -> None:
+    old_secret, old = await ring.create(
+        "research", KeySettings(rpm=7, models=("mini",), expires_in_s=86400.0, name="ci")
+    )
+    assert await ring.authenticate(old_secret) is not None
+    clock.now += 10
+    new_secret, new = await ring.rotate(old.key_id)
+    assert new_secret != old_secret and new.key_id != old.key_id
+    assert (new.team, new.rpm, new.models, new.expires_at, new.name) == (
+        "research",
+        7,
+        ("mini",),
+        old.expires_at,
+        "ci",
+    )
+    assert new.created_at == clock.now and new.revoked_at is None
+    assert await ring.authenticate(old_secret) is None
+    caller = await ring.authenticate(new_secret)
+    assert caller is not None and caller.rpm == 7 and caller.tenant == "team:research"
+    with pytest.raises(InvalidRequest) as exc:
+        await ring.rotate(old.key_id)
+    assert exc.value.code == "key_revoked"
+
+
+async def test_expired_keys_are_refused_even_from_the_cache(ring: KeyRing, clock: Clock) -> None:
+    secret, record = await ring.create("ops", KeySettings(expires_in_s=3.0))
+    assert await ring.authenticate(secret) is not None
+    clock.now += 3.0  # still within the 5 s cache entry, but past the key's expiry
+    assert await ring.authenticate(secret) is None
+    with pytest.raises(InvalidRequest) as exc:
+        await ring.rotate(record.key_id)
+    assert exc.value.code == "key_expired"
+
+
+async def test_lookups_found_or_not_are_cached_for_cache_s(
+    ring: KeyRing, store: CountingStore, clock: Clock
+) -> None:
+    secret, _ = await ring.create("ops")
+    for _ in range(5):
+        assert await ring.authenticate(secret) is not None
+        assert await ring.authenticate("sk-sg-" + "x" * 43) is None
+    assert store.lookups == 2  # one per secret
+    clock.now += 5.0
+    assert await ring.authenticate(secret) is not None
+    assert store.lookups == 3
+
+
+async def test_a_revocation_elsewhere_is_seen_within_cache_s(store: CountingStore, clock: Clock) -> None:
+    # Two replicas over one store: one revokes, the other sees it when its entry expires.
+    here = KeyRing(store, TEAMS, cache_s=5.0, clock=clock)
+    there = KeyRing(store, TEAMS, cache_s=5.0, clock=clock)
+    secret, record = await here.create("ops")
+    assert await there.authenticate(secret) is not None
+    await here.revoke(record.key_id)
+    clock.now += 4.9
+    assert await there.authenticate(secret) is not None  # the documented window
+    clock.now += 0.1
+    assert await there.authenticate(secret) is None
+    # And a key created elsewhere after a cached miss is found once the miss expires.
+    secret2, _ = await here.create("ops")
+    assert await there.authenticate(secret2) is not None  # never looked up before: found at once
+
+
+async def test_the_miss_cache_is_bounded(ring: KeyRing) -> None:
+    for i in range(MAX_CACHED_MISSES + 50):
+        await ring.authenticate(f"sk-sg-unknown{i}")
+    assert len(ring._misses) == MAX_CACHED_MISSES
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "' OR '1'='1",
+        "sk-sg-' OR 1=1; --",
+        'sk-sg-"; DROP TABLE virtual_keys; --',
+        "",
+        "sk-sg-" + "\x00" * 10,
+        "x" * 10_000,
+    ],
+)
+async def test_sql_looking_and_odd_secrets_are_just_unknown(ring: KeyRing, secret: str) -> None:
+    real, _ = await ring.create("ops")
+    assert await ring.authenticate(secret) is None
+    assert await ring.authenticate(real) is not None  # the table is still there
+
+
+async def test_a_key_whose_team_left_the_policy_is_refused(store: CountingStore, clock: Clock) -> None:
+    secret, _ = await KeyRing(store, TEAMS, clock=clock).create("ops")
+    assert await KeyRing(store, {"research": TEAMS["research"]}, clock=clock).authenticate(secret) is None
