@@ -96,7 +96,7 @@ end
 def policy_text(slow_url: str, fast_url: str) -> str:
     """``slow``: the fake with 20 ms latency; ``fast``: the zero-latency fake. Cache defaults."""
     return (
-        "version: 1\n"
+        "version: 1\nauth: {mode: open}\n"
         f"providers:\n  slowfake: {{kind: openai, base_url: {slow_url}/v1}}\n"
         f"  fastfake: {{kind: openai, base_url: {fast_url}/v1}}\n"
         "models:\n  slow: {deployments: [{provider: slowfake, model: fake-model}]}\n"

@@ -151,7 +151,7 @@ def policy_text(fakes: dict[str, ManagedProcess]) -> str:
     )
     deployments = "".join(f"      - {{provider: {name}, model: fake-model}}\n" for name in fakes)
     return (
-        "version: 1\n"
+        "version: 1\nauth: {mode: open}\n"
         f"routing: {{window_s: {POLICY_TUNING['routing.window_s']}}}\n"
         f"breaker: {{cooldown_s: {POLICY_TUNING['breaker.cooldown_s']}}}\n"
         f"providers:\n{providers}"

@@ -277,7 +277,7 @@ def policy_text(fake_url: str) -> str:
     scored = "".join(f"  {name}: {{kind: openai, base_url: {fake_url}/v1}}\n" for name in SCORE_PROVIDERS)
     deployments = ", ".join(f"{{provider: {name}, model: fake-model}}" for name in SCORE_PROVIDERS)
     return (
-        f"version: 1\nproviders:\n  fake: {{kind: openai, base_url: {fake_url}/v1}}\n{scored}"
+        f"version: 1\nauth: {{mode: open}}\nproviders:\n  fake: {{kind: openai, base_url: {fake_url}/v1}}\n{scored}"
         "models:\n  bench: {deployments: [{provider: fake, model: fake-model}]}\n"
         f"  bench-score: {{strategy: score, deployments: [{deployments}]}}\n"
     )

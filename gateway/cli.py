@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=_port, help="port to bind (default: $SOPHIA_PORT or 8080; 0 = any free port)"
     )
     serve.add_argument("--log-format", choices=("json", "text"), help="log line format (default: json)")
+    serve.add_argument(
+        "--allow-open",
+        action="store_true",
+        help="let a policy with auth.mode: open listen beyond loopback (anyone reaching it may call)",
+    )
     serve.set_defaults(func=_serve)
 
     policy = sub.add_parser("policy", help="work with policy files")
@@ -121,7 +126,7 @@ def _run_server(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"sophia-gateway: cannot start, the policy is invalid:\n{exc}", file=sys.stderr)
         return 2
-    return run(build_app(settings, policy), settings.host, settings.port)
+    return run(build_app(settings, policy), settings.host, settings.port, allow_open=args.allow_open)
 
 
 def _policy_check(args: argparse.Namespace) -> int:

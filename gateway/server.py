@@ -18,9 +18,14 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import StartupError
+from gateway.http.auth import is_loopback
 from gateway.http.connection import GatewayRunner
 
 log = logging.getLogger("gateway.server")
+
+# aiohttp's default (8,190) would answer a 10 KB Authorization header itself with a 400; at
+# 16 KiB it reaches the edge's checks, which refuse it as every bad credential is (401).
+MAX_HEADER_FIELD_BYTES = 16384
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -32,11 +37,17 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def run(app: web.Application, host: str, port: int) -> int:
+def run(app: web.Application, host: str, port: int, *, allow_open: bool = False) -> int:
     """Serve ``app`` until SIGTERM or SIGINT, then drain; return the exit code.
 
-    Raises ``StartupError`` when the address cannot be bound or a resource refuses to start;
-    whatever had started is closed first."""
+    Raises ``StartupError`` when the address cannot be bound or a resource refuses to start
+    (whatever had started is closed first), and when ``auth.mode: open`` would listen beyond
+    loopback without ``allow_open``."""
+    if app[keys.POLICY].auth.mode == "open" and not allow_open and not is_loopback(host):
+        raise StartupError(
+            f"auth.mode is open and {host or 'every interface'} is not loopback: anyone who reaches it "
+            "could spend the provider keys; use auth.mode: keys, bind 127.0.0.1, or pass --allow-open"
+        )
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(_serve(app, host, port))
 
@@ -51,6 +62,7 @@ async def _serve(app: web.Application, host: str, port: int) -> int:
         handler_cancellation=True,
         shutdown_timeout=grace_s,
         keepalive_timeout=server.keepalive_timeout_s,
+        max_field_size=MAX_HEADER_FIELD_BYTES,
         request_read_timeout_s=server.request_read_timeout_s,
         # Draining the unread body of a refused request (so the client reads the answer, not a
         # reset) is reading the request too: bounded by the same timeout (aiohttp: 10 s).

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway import keys
 from gateway.errors import InvalidRequest, ServiceUnavailable
+from gateway.http.auth import authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch
@@ -21,6 +22,7 @@ M = TypeVar("M", bound=BaseModel)
 
 async def create(request: web.Request) -> web.Response:
     """``POST /v1/memory``: one memory, or ``{"memories": [...]}``."""
+    await authenticate(request)
     body = await read_json(request)
     items = _parse(MemoryBatchIn, body).memories if "memories" in body else [_parse(MemoryIn, body)]
     created = await _service(request).add([_new(i) for i in items])
@@ -30,11 +32,13 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def read(request: web.Request) -> web.Response:
+    await authenticate(request)
     memory = await _service(request).get(request.match_info["id"])
     return json_response(orjson.dumps(memory_json(memory)))
 
 
 async def patch(request: web.Request) -> web.Response:
+    await authenticate(request)
     given = _parse(MemoryPatchIn, await read_json(request))
     change = MemoryPatch(
         content=given.content,
@@ -50,6 +54,7 @@ async def patch(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
+    await authenticate(request)
     service = _service(request)
     memory_id = request.match_info["id"]
     await service.get(memory_id)  # 404 when it does not exist
@@ -59,6 +64,7 @@ async def delete(request: web.Request) -> web.Response:
 
 async def search(request: web.Request) -> web.Response:
     """``POST /v1/memory/search``: by text or vector, filtered, across namespaces."""
+    await authenticate(request)
     q = _parse(MemorySearchIn, await read_json(request))
     where = MemoryFilter(q.namespaces, q.data_source, q.min_confidence, q.processing_status)
     hits = await _service(request).search(q.query, q.vector, q.top_k, where)

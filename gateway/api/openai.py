@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import orjson
 from aiohttp import web
 
 from gateway import keys
+from gateway.auth.identity import Caller
 from gateway.errors import ModelNotFound
+from gateway.http.auth import authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.http.sse import send_stream
@@ -29,7 +32,9 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
 
 async def _proxied(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
-    ctx = CallContext.for_client(request[keys.REQUEST_ID], time.perf_counter(), request.headers)
+    started_s = time.perf_counter()
+    caller = await authenticate(request)  # before the body is read: a stranger's body costs nothing
+    ctx = CallContext.for_client(request[keys.REQUEST_ID], started_s, request.headers, caller)
     body = await read_json(request)
     request[keys.REQUEST_CALL] = ctx.record
     answer = await request.app[keys.SERVICE].run(endpoint, body, ctx)
@@ -39,17 +44,24 @@ async def _proxied(request: web.Request, endpoint: Endpoint) -> web.StreamRespon
 
 
 async def list_models(request: web.Request) -> web.Response:
-    names = request.app[keys.ROUTER].model_names
+    """The model groups the caller's key may call (with keys, a key is needed, as OpenAI's)."""
+    names = _visible_models(request, await authenticate(request))
     data = [_model_card(name) for name in names]
     return json_response(orjson.dumps({"object": "list", "data": data}))
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    router = request.app[keys.ROUTER]
-    if not router.has_model(name):
-        raise ModelNotFound(name, router.model_names)
+    names = _visible_models(request, await authenticate(request))
+    if name not in names:
+        raise ModelNotFound(name, names)
     return json_response(orjson.dumps(_model_card(name)))
+
+
+def _visible_models(request: web.Request, caller: Caller | None) -> Sequence[str]:
+    """Other teams' models do not exist for a key with an allow-list."""
+    names = request.app[keys.ROUTER].model_names
+    return names if caller is None else [n for n in names if caller.may_use(n)]
 
 
 def _model_card(name: str) -> dict[str, object]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
@@ -157,5 +158,11 @@ class GatewayRunner(web.AppRunner):
 
 
 def _one_line(text: str) -> str:
-    """aiohttp's parser messages span lines (the bad bytes, a caret under them): one short line."""
-    return " ".join(text.split())[:_MAX_DETAIL_CHARS]
+    """aiohttp's parser messages span lines (the bad bytes, a caret under them): one short line,
+    without the bytes, which may be a credential (``b'Authorization: Bearer sk-...'``)."""
+    text = _QUOTED_BYTES.sub("", text).replace(" ^", "")
+    return " ".join(text.split()).rstrip(" :.")[:_MAX_DETAIL_CHARS]
+
+
+# A bytes repr in a parser message: b'...' or b"..." (escaped quotes inside are skipped over).
+_QUOTED_BYTES = re.compile(r"""\bb'(?:[^'\\]|\\.)*'?|\bb"(?:[^"\\]|\\.)*"?""", re.DOTALL)

@@ -69,6 +69,7 @@ def policy_text(fakes: Mapping[str, ManagedProcess], lookup_timeout_ms: float, i
     head = textwrap.dedent(
         f"""\
         version: 1
+        auth: {{mode: open}}
         server: {{drain_grace_s: 1}}
         # Failures are injected on purpose: breakers stay shut, one attempt per request.
         breaker: {{consecutive_failures: 1000000, min_requests: 1000000}}

@@ -95,6 +95,7 @@ def policy_text(
         textwrap.dedent(
             f"""\
         version: 1
+        auth: {{mode: open}}
         server: {{max_body_bytes: {max_body_bytes}, drain_grace_s: 10}}
         # These tests hit always-failing fakes on purpose and must see each failure as it is:
         # breakers stay shut (test_routing_faults.py covers them) and retries do not back off.

@@ -236,6 +236,7 @@ def policy_text(fakes: dict[str, ManagedProcess], dead_port: int) -> str:
     head = textwrap.dedent(
         f"""\
         version: 1
+        auth: {{mode: open}}
         server: {{drain_grace_s: 2}}
         routing:
           exploration: {EXPLORATION}

@@ -71,6 +71,7 @@ def serve_until_exit(
 MINIMAL_POLICY = textwrap.dedent(
     """\
     version: 1
+    auth: {mode: open}
     providers:
       local: {kind: openai, base_url: http://127.0.0.1:9/v1}
     models:
@@ -161,6 +162,7 @@ def memory_policy(tmp_path: Path, fakes: Mapping[str, ManagedProcess], embedding
         textwrap.dedent(
             f"""\
             version: 1
+            auth: {{mode: open}}
             providers:
               dim8: {{kind: openai, base_url: {fakes["dim8"].url}/v1}}
               dim16: {{kind: openai, base_url: {fakes["dim16"].url}/v1}}

@@ -123,6 +123,7 @@ def policy(fakes: dict[str, ManagedProcess]) -> str:
     head = textwrap.dedent(
         """\
         version: 1
+        auth: {mode: open}
         breaker: {consecutive_failures: 1000000, min_requests: 1000000}
         retry: {max_attempts: 3, backoff_initial_s: 0.001, backoff_max_s: 0.01}
         providers:

@@ -52,6 +52,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         textwrap.dedent(
             f"""\
             version: 1
+            auth: {{mode: open}}
             server:
               keepalive_timeout_s: {KEEPALIVE_S}
               request_read_timeout_s: {READ_TIMEOUT_S}

@@ -41,6 +41,7 @@ def policy_text(fake_url: str, memory: str = "") -> str:
     return textwrap.dedent(
         f"""\
         version: 1
+        auth: {{mode: open}}
         providers:
           fake:
             kind: openai

@@ -29,6 +29,7 @@ ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
 
 POLICY = """
 version: 1
+auth: {mode: open}
 providers:
   a: {kind: openai, base_url: "http://a.test/v1"}
   b: {kind: openai, base_url: "http://b.test/v1"}

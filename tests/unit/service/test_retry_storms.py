@@ -35,6 +35,7 @@ Behaviour = Callable[[UpstreamRequest], "MockResponse | Awaitable[MockResponse]"
 # shared between groups; the cache is off so that identical requests are not collapsed.
 POLICY = """
 version: 1
+auth: {mode: open}
 providers:
   a: {kind: openai, base_url: "http://a.test/v1"}
   b: {kind: openai, base_url: "http://b.test/v1"}

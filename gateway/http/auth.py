@@ -1,0 +1,111 @@
+"""Who is calling: the ``Authorization`` header checked at the edge, before anything costs.
+
+``auth.mode: keys`` (the default): every ``/v1/*`` call needs ``Authorization: Bearer <virtual key>``.
+What is accepted is RFC 6750 section 2.1: the scheme ``Bearer`` in any case (RFC 9110 section 11.1:
+auth schemes are case-insensitive), one or more spaces, then a ``b64token``
+(``A-Z a-z 0-9 - . _ ~ + /``, then ``=`` padding). Every other shape (no header, two headers, another
+scheme, a tab, control characters, quotes or spaces inside, SQL-looking text, more than
+``MAX_AUTHORIZATION_CHARS``) is refused by these cheap checks before any hashing or store access.
+A refused, unknown, revoked or expired key all get the same 401 ``invalid_api_key`` with the same
+message (no hint which, never echoing the header); a key store that cannot answer is the key ring's
+503, never an open door.
+
+``auth.mode: open``: no key needed; the caller is ``None`` and the request context keeps today's
+tenant (a hash of the Authorization header).
+
+Admin endpoints (``/admin/*``) need ``Authorization: Bearer $SOPHIA_ADMIN_TOKEN`` (compared in
+constant time) whenever the token is set; without it they answer only on a gateway bound to
+loopback, and 403 when it listens beyond.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+
+from aiohttp import web
+
+from gateway import keys
+from gateway.auth.identity import Caller
+from gateway.errors import AuthenticationFailed, KeyStoreUnavailable, PermissionDenied
+
+# A virtual key is ~50 characters; a credential this long is not one (and is refused before the
+# regular expression or any hash sees it).
+MAX_AUTHORIZATION_CHARS = 256
+KEY_PREFIX = "sk-sg-"  # every virtual key starts so; anything else cannot be one
+
+_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9._~+/-]+=*)", re.ASCII)
+# Bearer plus any printable ASCII token: the admin token is the operator's own string.
+_ADMIN_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]+)", re.ASCII)
+_INVALID_KEY_MESSAGE = (
+    "Invalid API key. Send 'Authorization: Bearer <key>' with a virtual key issued by this gateway "
+    "(sophia-gateway keys create)."
+)
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sophia-gateway"'}
+
+
+def invalid_api_key() -> AuthenticationFailed:
+    """The one 401 for every credential that is not a valid key, whatever was wrong with it."""
+    return AuthenticationFailed(_INVALID_KEY_MESSAGE, code="invalid_api_key", headers=_CHALLENGE)
+
+
+def bearer_token(values: list[str], pattern: re.Pattern[str] = _BEARER) -> str | None:
+    """The token of the one ``Authorization`` header in ``values``, or None for any other shape."""
+    if len(values) != 1:
+        return None
+    value = values[0]
+    if len(value) > MAX_AUTHORIZATION_CHARS:
+        return None
+    match = pattern.fullmatch(value)
+    return match.group(1) if match is not None else None
+
+
+async def authenticate(request: web.Request) -> Caller | None:
+    """The caller of a ``/v1/*`` request: None in ``auth.mode: open``, else its key's ``Caller``.
+
+    Raises 401 ``invalid_api_key`` for a missing, malformed, unknown, revoked or expired key, and
+    the key ring's 503 when the key store cannot answer."""
+    app = request.app
+    if app[keys.POLICY].auth.mode == "open":
+        return None
+    secret = bearer_token(request.headers.getall("Authorization", []))
+    if secret is None or not secret.startswith(KEY_PREFIX):
+        raise invalid_api_key()
+    keyring = app.get(keys.KEYRING)
+    if keyring is None:  # no key store wired in: nobody can be checked, so nobody gets in
+        raise KeyStoreUnavailable()
+    caller = await keyring.authenticate(secret)
+    if caller is None:
+        raise invalid_api_key()
+    return caller
+
+
+def require_admin(request: web.Request) -> None:
+    """Let an admin request through, or raise: 401 without the right ``SOPHIA_ADMIN_TOKEN``; 403
+    when no token is set and the gateway listens beyond loopback (the admin API is then closed)."""
+    settings = request.app[keys.SETTINGS]
+    token = settings.admin_token
+    if token is None:
+        if is_loopback(settings.host):
+            return
+        raise PermissionDenied(
+            "The admin API is closed: this gateway listens beyond loopback and SOPHIA_ADMIN_TOKEN "
+            "is not set. Set it and send 'Authorization: Bearer <SOPHIA_ADMIN_TOKEN>'.",
+        )
+    given = bearer_token(request.headers.getall("Authorization", []), _ADMIN_BEARER) or ""
+    if not hmac.compare_digest(given.encode(), token.encode("utf-8", "surrogateescape")):
+        raise AuthenticationFailed(
+            "The admin API needs 'Authorization: Bearer <SOPHIA_ADMIN_TOKEN>'.", headers=_CHALLENGE
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` listens on this machine only (127.0.0.0/8, ::1, localhost).
+    Any other name, and the wildcards ``0.0.0.0``, ``::`` and ``""``, reach beyond."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

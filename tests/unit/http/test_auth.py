@@ -1,0 +1,367 @@
+"""Authentication at the edge (issue 11, items 2, 3, 9) over real HTTP on loopback, in process.
+
+Every bad ``Authorization`` shape is sent as raw bytes (so nothing in a client library tidies it
+up first) and must get the same 401 ``invalid_api_key``: same message, never echoing the header,
+never a 500, and without the key store being asked (the cheap checks come first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway import keys
+from gateway.app import build_app
+from gateway.auth.identity import Caller
+from gateway.cache.memory_store import MemoryStore
+from gateway.cache.store import CategoryBudget
+from gateway.errors import KeyStoreUnavailable, StartupError
+from gateway.http.connection import GatewayRunner
+from gateway.policy.loader import parse_policy
+from gateway.providers.base import UpstreamRequest
+from gateway.server import MAX_HEADER_FIELD_BYTES, run
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+
+POLICY = """
+version: 1
+providers:
+  a: {kind: openai, base_url: "http://a.test/v1"}
+models:
+  m: {deployments: [{provider: a, model: ma}]}
+  secret-model: {deployments: [{provider: a, model: sa}]}
+memory: {enabled: false}
+"""
+
+GOOD = "sk-sg-" + "A1b2_C3d4-" * 4  # the shape of a real key (url-safe base64)
+LIMITED = "sk-sg-limited0000000000000000000000000000000"
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+
+
+@dataclass
+class FakeKeyRing:
+    """The key ring's interface (``authenticate``), with every lookup recorded."""
+
+    callers: dict[str, Caller]
+    down: bool = False
+    asked: list[str] = field(default_factory=list)
+
+    async def authenticate(self, secret: str) -> Caller | None:
+        self.asked.append(secret)
+        if self.down:
+            raise KeyStoreUnavailable()
+        return self.callers.get(secret)
+
+
+class CountingStore(MemoryStore):
+    def __init__(self, categories: Iterable[str]) -> None:
+        super().__init__({name: CategoryBudget(name, 10**6) for name in categories})
+        self.operations = 0
+
+    async def get(self, category: str, key: str) -> bytes | None:
+        self.operations += 1
+        return await super().get(category, key)
+
+
+@dataclass
+class Edge:
+    client: aiohttp.ClientSession  # base_url: the gateway
+    port: int
+    app: web.Application
+    keyring: FakeKeyRing
+    upstream_calls: list[str]
+    store: CountingStore
+
+
+def answer(request: UpstreamRequest) -> MockResponse:
+    model = orjson.loads(request.body)["model"]
+    return MockResponse.json(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+            ],
+        }
+    )
+
+
+Start = Callable[..., Awaitable[Edge]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    """Gateways served as ``serve`` serves them (GatewayRunner, its header limit) on loopback."""
+    opened: list[tuple[web.AppRunner, aiohttp.ClientSession]] = []
+
+    async def go(
+        policy: str = POLICY, settings: Settings | None = None, *, wire_keyring: bool = True
+    ) -> Edge:
+        calls: list[str] = []
+
+        def upstream(request: UpstreamRequest) -> MockResponse:
+            calls.append(orjson.loads(request.body)["model"])
+            return answer(request)
+
+        parsed = parse_policy(policy)
+        store = CountingStore(parsed.cache.categories)
+        app = build_app(
+            settings or Settings(access_log=False),
+            parsed,
+            {},
+            transports={"a": MockTransport(upstream)},
+            cache_store=store,
+        )
+        keyring = FakeKeyRing(
+            {
+                GOOD: Caller("key_good", "blue"),
+                LIMITED: Caller("key_limited", "green", models=frozenset({"m"})),
+            }
+        )
+        if wire_keyring:
+            app[keys.KEYRING] = keyring
+        else:
+            app.pop(keys.KEYRING, None)  # build_app may wire the real key ring: take it out
+        runner = GatewayRunner(app, request_read_timeout_s=10, max_field_size=MAX_HEADER_FIELD_BYTES)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        session = aiohttp.ClientSession(f"http://127.0.0.1:{port}")
+        opened.append((runner, session))
+        return Edge(session, port, app, keyring, calls, store)
+
+    yield go
+    for runner, session in opened:
+        await session.close()
+        await runner.cleanup()
+
+
+async def raw(edge: Edge, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request written byte for byte; (status, headers, body) of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    try:
+        writer.write(head + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    header_block, _, payload = data.partition(b"\r\n\r\n")
+    lines = header_block.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, payload
+
+
+def chat_head(authorization: list[bytes]) -> bytes:
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+    return head + b"".join(b"Authorization: " + value + b"\r\n" for value in authorization)
+
+
+BAD_SHAPES: dict[str, list[bytes]] = {
+    "missing": [],
+    "empty": [b""],
+    "no scheme": [GOOD.encode()],
+    "Basic scheme": [b"Basic dXNlcjpwYXNz"],
+    "scheme only": [b"Bearer"],
+    "scheme and space": [b"Bearer "],
+    "tab, not space": [b"Bearer\t" + GOOD.encode()],
+    "no space": [b"Bearer" + GOOD.encode()],
+    "10 KB": [b"Bearer sk-sg-" + b"a" * 10_240],
+    "just over the cap": [b"Bearer sk-sg-" + b"a" * 250],
+    "control character": [b"Bearer sk-sg-\x01" + GOOD.encode()[6:]],
+    "DEL character": [b"Bearer " + GOOD.encode() + b"\x7f"],
+    "non-ASCII": ["Bearer sk-sg-clé".encode()],
+    "SQL": [b"Bearer sk-sg-x' OR '1'='1"],
+    "SQL, no spaces": [b"Bearer sk-sg-x';DROP/**/TABLE/**/keys;--"],
+    "quoted": [b'Bearer "' + GOOD.encode() + b'"'],
+    "two tokens": [b"Bearer " + GOOD.encode() + b" " + GOOD.encode()],
+    "two headers": [b"Bearer " + GOOD.encode(), b"Bearer " + GOOD.encode()],
+    "not our prefix": [b"Bearer sk-proj-abcdef0123456789"],
+    "unknown key": [b"Bearer sk-sg-unknownunknownunknownunknownunknown0000"],
+}
+# Shapes that get as far as the key store: well-formed, and only the store can say no.
+ASKS_THE_STORE = {"unknown key"}
+# Shapes HTTP itself forbids (RFC 9110 5.5: no CTL but HTAB in a field value; a field over the
+# server's limit): aiohttp's parser refuses them before any handler runs, 400 malformed_http_request.
+PARSER_REFUSES = {"control character", "DEL character", "20 KB"}
+BAD_SHAPES["20 KB"] = [b"Bearer sk-sg-" + b"a" * 20_480]
+
+
+async def test_every_bad_authorization_is_the_same_401_without_echo(start: Start) -> None:
+    edge = await start()
+    body = orjson.dumps(CHAT)
+    messages = set()
+    for name, values in BAD_SHAPES.items():
+        edge.keyring.asked.clear()
+        status, headers, payload = await raw(edge, chat_head(values), body)
+        for value in values:  # the header is never echoed, not even in part
+            assert len(value) < 8 or value[7:20] not in payload, (name, payload[:300])
+        error = orjson.loads(payload)["error"]
+        if name in PARSER_REFUSES:
+            assert (status, error["code"]) == (400, "malformed_http_request"), (name, payload[:300])
+            continue
+        assert status == 401, (name, status, payload[:300])
+        assert error["code"] == "invalid_api_key" and error["type"] == "authentication_error", name
+        assert headers["www-authenticate"].startswith("Bearer"), name
+        messages.add(error["message"])
+        assert bool(edge.keyring.asked) == (name in ASKS_THE_STORE), name  # cheap checks first
+    assert len(messages) == 1  # no hint of which
+    assert edge.upstream_calls == [] and edge.store.operations == 0
+
+
+async def test_rfc_6750_shapes_are_accepted(start: Start) -> None:
+    """Auth schemes are case-insensitive (RFC 9110 11.1) and b64token follows 1*SP (RFC 6750 2.1)."""
+    edge = await start()
+    for value in (b"Bearer ", b"bearer ", b"BEARER ", b"Bearer    "):
+        status, _, payload = await raw(edge, chat_head([value + GOOD.encode()]), orjson.dumps(CHAT))
+        assert status == 200, (value, payload[:300])
+
+
+async def test_key_store_down_is_503_never_an_open_door(start: Start) -> None:
+    edge = await start()
+    edge.keyring.down = True
+    resp = await edge.client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {GOOD}"}
+    )
+    assert resp.status == 503
+    error = (await resp.json())["error"]
+    assert error["code"] == "key_store_unavailable" and "key store" in error["message"]
+    assert edge.upstream_calls == [] and edge.store.operations == 0
+
+
+async def test_no_key_ring_wired_in_refuses_with_503(start: Start) -> None:
+    edge = await start(wire_keyring=False)
+    resp = await edge.client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {GOOD}"}
+    )
+    assert resp.status == 503 and edge.upstream_calls == []
+
+
+async def test_every_v1_endpoint_needs_a_key_health_and_metrics_do_not(start: Start) -> None:
+    edge = await start()
+    c = edge.client
+    calls = [
+        c.post("/v1/chat/completions", json=CHAT),
+        c.post("/v1/completions", json={"model": "m", "prompt": "x"}),
+        c.post("/v1/embeddings", json={"model": "m", "input": "x"}),
+        c.get("/v1/models"),
+        c.get("/v1/models/m"),
+        c.post("/v1/feedback", json={"request_id": "r", "score": 1}),
+        c.post("/v1/memory", json={"namespace": "n", "content": "x"}),
+        c.post("/v1/memory/search", json={"query": "x"}),
+        c.get("/v1/memory/mem_1"),
+        c.patch("/v1/memory/mem_1", json={"content": "y"}),
+        c.delete("/v1/memory/mem_1"),
+    ]
+    for call in calls:
+        resp = await call
+        assert resp.status == 401, resp.url
+        assert (await resp.json())["error"]["code"] == "invalid_api_key"
+    for path in ("/health/live", "/health/ready", "/metrics"):
+        assert (await c.get(path)).status == 200, path
+
+
+async def test_a_keys_model_allow_list_hides_other_models(start: Start) -> None:
+    edge = await start()
+    limited = {"Authorization": f"Bearer {LIMITED}"}
+    listed = await (await edge.client.get("/v1/models", headers=limited)).json()
+    assert [m["id"] for m in listed["data"]] == ["m"]
+    everything = await (
+        await edge.client.get("/v1/models", headers={"Authorization": f"Bearer {GOOD}"})
+    ).json()
+    assert [m["id"] for m in everything["data"]] == ["m", "secret-model"]
+
+    for resp in (
+        await edge.client.get("/v1/models/secret-model", headers=limited),
+        await edge.client.post(
+            "/v1/chat/completions", json={**CHAT, "model": "secret-model"}, headers=limited
+        ),
+        await edge.client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=limited),
+    ):
+        assert resp.status == 404
+        error = (await resp.json())["error"]
+        assert error["code"] == "model_not_found"
+        assert "secret-model' does not" in error["message"] or "secret-model" not in error["message"]
+        assert "Available models: m." in error["message"]  # only its own
+    assert edge.upstream_calls == [] and edge.store.operations == 0  # refused before cache and provider
+
+    ok = await edge.client.post("/v1/chat/completions", json=CHAT, headers=limited)
+    assert ok.status == 200 and edge.upstream_calls == ["ma"]
+
+
+async def test_open_mode_needs_no_key(start: Start) -> None:
+    edge = await start(POLICY + "auth: {mode: open}\n")
+    assert (await edge.client.post("/v1/chat/completions", json=CHAT)).status == 200
+    assert (await edge.client.get("/v1/models")).status == 200
+    assert edge.keyring.asked == []
+
+
+async def test_admin_needs_the_token_in_constant_time_compare(start: Start) -> None:
+    edge = await start(settings=Settings(access_log=False, admin_token="s3cret!token"))
+    c = edge.client
+    for value in (
+        None,
+        "Bearer wrong",
+        "Bearer s3cret!token2",
+        "Bearer s3cret!toke",
+        f"Bearer {GOOD}",
+        "s3cret!token",
+    ):
+        headers = {"Authorization": value} if value is not None else {}
+        resp = await c.get("/admin/models", headers=headers)
+        assert resp.status == 401, value
+        assert "s3cret" not in await resp.text()
+    assert (await c.get("/admin/models", headers={"Authorization": "Bearer s3cret!token"})).status == 200
+    assert (await c.get("/admin/models", headers={"Authorization": "bearer s3cret!token"})).status == 200
+
+
+async def test_admin_without_a_token_answers_only_on_loopback(start: Start) -> None:
+    local = await start(settings=Settings(access_log=False, host="127.0.0.1"))
+    assert (await local.client.get("/admin/models")).status == 200
+    wide = await start(settings=Settings(access_log=False, host="0.0.0.0"))
+    resp = await wide.client.get("/admin/models")
+    assert resp.status == 403
+    error: dict[str, Any] = (await resp.json())["error"]
+    assert error["type"] == "permission_error" and "SOPHIA_ADMIN_TOKEN" in error["message"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "10.1.2.3", "gateway.example"])
+def test_open_mode_refuses_to_listen_beyond_loopback(host: str) -> None:
+    app = build_app(Settings(access_log=False), parse_policy(POLICY + "auth: {mode: open}\n"), {})
+    with pytest.raises(StartupError, match="--allow-open"):
+        run(app, host, 0)
+
+
+def test_serve_says_so_in_one_line_and_exits_2(tmp_path: Any) -> None:
+    policy = tmp_path / "open.yaml"
+    policy.write_text(POLICY + "auth: {mode: open}\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--policy",
+            str(policy),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("sophia-gateway: cannot start: auth.mode is open")
+    assert "--allow-open" in result.stderr and result.stderr.count("\n") == 1
