@@ -11,8 +11,14 @@ from dataclasses import replace
 from aiohttp import web
 
 from gateway import keys
-from gateway.api import admin, health, openai
+from gateway.api import admin, admin_keys, admin_usage, health, openai
 from gateway.api import memory as memory_api
+from gateway.auth.backends import key_store
+from gateway.auth.gate import LimitGate
+from gateway.auth.keyring import KeyRing
+from gateway.auth.limits import Limiter, LocalLimiter
+from gateway.auth.records import KeyStore
+from gateway.auth.redis_limits import RedisLimiter
 from gateway.cache.memory_store import MemoryStore
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.service import ResponseCache
@@ -68,17 +74,27 @@ def build_app(
     def memory_service(embed: TextEmbedder) -> MemoryService:
         return build_memory(policy.memory, settings.memory_url, environ, embed)
 
+    limit_gate = app[keys.LIMITS] = LimitGate(_limiter(settings, policy, metrics), metrics)
     service = app[keys.SERVICE] = RequestService(
         router,
         cache,
         metrics,
         memory=memory_service if policy.memory.enabled else None,
         limits=policy.limits,
+        # Open mode has no keys, so no limits: the gate is not even installed.
+        gates=(limit_gate,) if policy.auth.mode == "keys" else (),
     )
     if service.memory is not None:
         app[keys.MEMORY] = service.memory
         metrics.memory_collector(service.memory)
     app[keys.LIFECYCLE] = keys.Lifecycle()
+    key_ring = app[keys.KEY_ADMIN] = KeyRing(
+        key_store(policy.auth, environ.get("KEYS_URL")),
+        policy.auth.teams,
+        policy.auth.key_cache_s,
+        model_groups=policy.models.keys(),
+    )
+    app[keys.KEYRING] = key_ring
 
     async def provider_sessions(app: web.Application) -> AsyncIterator[None]:
         # If one provider fails to start, the ones already started are closed on the way out.
@@ -95,6 +111,8 @@ def build_app(
 
     app.cleanup_ctx.append(provider_sessions)
     app.cleanup_ctx.append(cache_store_open)
+    app.cleanup_ctx.append(_limits_open(limit_gate))
+    app.cleanup_ctx.append(_key_store(key_ring.store))
     if service.memory is not None:
         # After the providers and the cache: its start-up check embeds through them.
         app.cleanup_ctx.append(_memory_service(service.memory))
@@ -134,6 +152,28 @@ def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
     return MemoryStore(budgets)
 
 
+def _limiter(settings: Settings, policy: Policy, metrics: GatewayMetrics) -> Limiter:
+    """Shared by every replica through Redis when ``REDIS_URL`` is set, else in process."""
+    if settings.redis_url:
+        return RedisLimiter(
+            settings.redis_url,
+            op_timeout_s=max(0.05, policy.cache.lookup_timeout_ms / 1000),
+            fail=policy.auth.limits_fail,
+            on_fallback=metrics.limits_local.inc,
+        )
+    return LocalLimiter()
+
+
+def _limits_open(gate: LimitGate) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        await gate.limiter.start()
+        yield
+        await gate.drain()  # settlements still running are counted before the client closes
+        await gate.limiter.close()
+
+    return run
+
+
 # The start-up check's one embedding call: long enough for a cold provider, short enough that a
 # provider that is down delays the start only this much (the check is then skipped).
 _DIMENSION_CHECK_TIMEOUT_S = 10.0
@@ -156,6 +196,15 @@ def _memory_service(memory: MemoryService) -> Callable[[web.Application], AsyncI
             with contextlib.suppress(asyncio.CancelledError):
                 await lifecycle
         await memory.close()
+
+    return run
+
+
+def _key_store(store: KeyStore) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        await store.start()  # a store that cannot be opened is a StartupError
+        yield
+        await store.close()
 
     return run
 
@@ -184,6 +233,11 @@ def _add_routes(app: web.Application) -> None:
     app.router.add_patch("/v1/memory/{id}", memory_api.patch)
     app.router.add_delete("/v1/memory/{id}", memory_api.delete)
     app.router.add_get("/admin/models", admin.models)
+    app.router.add_get("/admin/usage", admin_usage.usage)
+    app.router.add_post("/admin/keys", admin_keys.create)
+    app.router.add_get("/admin/keys", admin_keys.list_keys)
+    app.router.add_delete("/admin/keys/{id}", admin_keys.revoke)
+    app.router.add_post("/admin/keys/{id}/rotate", admin_keys.rotate)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
     app.router.add_get("/metrics", health.metrics)

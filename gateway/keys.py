@@ -11,7 +11,9 @@ from typing import Protocol
 
 from aiohttp import web
 
+from gateway.auth.gate import LimitGate
 from gateway.auth.identity import Caller
+from gateway.auth.keyring import KeyRing
 from gateway.cache.service import ResponseCache
 from gateway.memory.service import MemoryService
 from gateway.observability.metrics import GatewayMetrics
@@ -45,8 +47,13 @@ SERVICE = web.AppKey("service", RequestService)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 CACHE = web.AppKey("cache", ResponseCache)
 MEMORY = web.AppKey("memory", MemoryService)
+# The limits' gate and its limiter (RPM, TPM, budgets, usage rows: /admin/usage)
+LIMITS = web.AppKey("limits", LimitGate)
 # The virtual keys (auth.mode: keys); absent, every key is refused with 503, never let in.
 KEYRING: web.AppKey[KeyLookup] = web.AppKey("keyring")
+# The key ring itself, with its admin operations (/admin/keys, created by build_app); the edge
+# reads KEYRING, which is this same object unless a test plugged in a lookup of its own.
+KEY_ADMIN = web.AppKey("key_admin", KeyRing)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # What the request service did for a proxied call (model group, cache, route, memories), filled

@@ -137,6 +137,9 @@ async def add_gateway_headers(request: web.Request, response: web.StreamResponse
     if call is None:
         return
     headers = response.headers
+    if call.rate_limits is not None:  # a key with limits: OpenAI's x-ratelimit-* on every answer
+        for name, value in call.rate_limits.items():
+            headers[name] = value
     route = call.route
     if route is not None:
         headers["x-gateway-provider"] = route.target.provider

@@ -272,6 +272,26 @@ class GatewayMetrics:
             registry=r,
         )
 
+        # Teams are the policy's (auth.teams), reasons the limits' own: bounded, never client text.
+        self.spend = Counter(
+            "gateway_spend_usd",
+            "Spend in US dollars by team (virtual keys), from the policy's prices and reported usage.",
+            ("team",),
+            registry=r,
+        )
+        self.refusals = Counter(
+            "gateway_refusals",
+            "Requests refused by a key's limits, by team and reason (requests, tokens, budget).",
+            ("team", "reason"),
+            registry=r,
+        )
+        self.limits_local = Counter(
+            "gateway_limits_local",
+            "Limit checks counted in this process because the limits' Redis was unavailable "
+            "(auth.limits_fail: open).",
+            registry=r,
+        )
+
     def cache_collector(self, view: CacheView) -> None:
         """Export the cache store's per-category footprint and health, read at scrape time."""
         self.registry.register(_CacheCollector(view))

@@ -33,6 +33,7 @@ from gateway.policy.model import Limits
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.context import CallContext, Route
+from gateway.service.grants import memory_access_of
 from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import validate_head
@@ -113,27 +114,32 @@ class RequestService:
         # 2. admit
         for gate in self._gates:
             await gate.admit(endpoint, head.model, body, ctx)
-        # 3. augment
-        if endpoint is Endpoint.CHAT and memory_augment.wanted(body, ctx.headers):
-            body, ctx.record.memory_ids = await memory_augment.augment(self.memory, body, ctx.headers)
-            route = RouteContext(head.model, body, stream=stream, tags=ctx.tags)
-            plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
-        # 4. cache: lead the single flight or wait for its leader, then look up
         lead = False
-        if plan.read:
-            found, lead = await self._find(plan)
-            if found is not None:
-                return self._hit(plan, found, ctx, stream)
-        ctx.record.cache = CacheOutcome(plan.status, plan.category)
-        self.cache.count(plan.category, plan.status)
-        # 5. route with failover (6 and 7 follow in _whole, or in the stream when it ends)
         try:
+            # 3. augment
+            if endpoint is Endpoint.CHAT and memory_augment.wanted(body, ctx.headers):
+                access = memory_access_of(ctx.identity)  # only memories the caller's team may read
+                body, ctx.record.memory_ids = await memory_augment.augment(
+                    self.memory, body, ctx.headers, access
+                )
+                route = RouteContext(head.model, body, stream=stream, tags=ctx.tags)
+                plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
+            # 4. cache: lead the single flight or wait for its leader, then look up
+            if plan.read:
+                found, lead = await self._find(plan)
+                if found is not None:
+                    return self._hit(plan, found, ctx, stream)
+            ctx.record.cache = CacheOutcome(plan.status, plan.category)
+            self.cache.count(plan.category, plan.status)
+            # 5. route with failover (6 and 7 follow in _whole, or in the stream when it ends)
             if stream:
                 return await self._stream(endpoint, body, route, plan, ctx, lead)
             return await self._whole(endpoint, body, route, plan, ctx, lead)
         except BaseException:
             if lead:
                 self.cache.flights.land(plan.key, None)
+            if ctx.limit_ticket is not None:  # no provider answered: the reservation is released
+                ctx.limit_ticket.settle_later(0, 0, 0.0)
             raise
 
     async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
@@ -194,6 +200,8 @@ class RequestService:
     def _hit(self, plan: CachePlan, answer: CachedAnswer, ctx: CallContext, stream: bool) -> Answer:
         ctx.record.cache = CacheOutcome("hit", plan.category, answer.match, answer.model)
         self.cache.count(plan.category, "hit")
+        if ctx.limit_ticket is not None:  # a hit costs no provider tokens
+            ctx.limit_ticket.settle_later(0, 0, 0.0)
         return Answer(stream=ReplayStream(answer.body)) if stream else Answer(body=answer.body)
 
     # ----- 5-7 for a whole answer
@@ -216,7 +224,9 @@ class RequestService:
             await self.cache.store_answer(plan, answer, self._embed_one)
         if lead:
             self.cache.flights.land(plan.key, answer)
-        self.account_usage(routed.group, target, usage)
+        used = self.account_usage(routed.group, target, usage)
+        if ctx.limit_ticket is not None:
+            ctx.limit_ticket.settle_later(*used)
         return Answer(body=raw)
 
     async def _fetch(self, target: Target, endpoint: Endpoint, body: JSONObject) -> tuple[bytes, object]:
@@ -275,10 +285,11 @@ class RequestService:
         if not ctx.internal:  # only the same caller may vote on it later (/v1/feedback)
             self.router.remember(ctx.request_id, route.group, route.target, ctx.tenant)
 
-    def account_usage(self, group: str, target: Target, usage: object) -> None:
-        """Export the token counts a provider reported and their cost (no-op without usage)."""
+    def account_usage(self, group: str, target: Target, usage: object) -> tuple[int, int, float]:
+        """Export the token counts a provider reported and their cost (no-op without usage);
+        returns (prompt tokens, completion tokens, cost in US dollars)."""
         if not isinstance(usage, dict):
-            return
+            return 0, 0, 0.0
         m = self._metrics
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         prompt = prompt if isinstance(prompt, int) else 0
@@ -286,7 +297,7 @@ class RequestService:
         m.child(m.token_usage, group, target.model, target.provider, "input").observe(prompt)
         if "completion_tokens" in usage:
             m.child(m.token_usage, group, target.model, target.provider, "output").observe(completion)
-        self.router.record_usage(group, target, prompt, completion)
+        return prompt, completion, self.router.record_usage(group, target, prompt, completion)
 
 
 class _StreamBook:
@@ -318,7 +329,8 @@ class _StreamBook:
         seconds = max(0.0, time.perf_counter() - (stream.first_at or self._ctx.started_s))
         error = None if stream.translator.completed else _incomplete(route.target)
         service.router.stream_ended(route.target, error, stream.output_tokens(), seconds)
-        service.account_usage(route.group, route.target, stream.translator.usage())
+        used = service.account_usage(route.group, route.target, stream.translator.usage())
+        self._settle(stream, used)
         answer: CachedAnswer | None = None
         try:
             if error is None and stream.captured:
@@ -333,14 +345,33 @@ class _StreamBook:
         assert route is not None
         seconds = max(0.0, time.perf_counter() - (stream.first_at or self._ctx.started_s))
         self._service.router.stream_ended(route.target, error, stream.output_tokens(), seconds)
-        self._service.account_usage(route.group, route.target, stream.translator.usage())
+        used = self._service.account_usage(route.group, route.target, stream.translator.usage())
+        self._settle(stream, used)
         self._land(None)
 
     def abandoned(self, stream: RoutedStream) -> None:
         """The client left (or was never sent the stream): no verdict on the provider."""
         if self.route is not None:
             self._service.router.stream_abandoned(self.route.target)
+        self._settle(stream, None)
         self._land(None)
+
+    def _settle(self, stream: RoutedStream, used: tuple[int, int, float] | None) -> None:
+        """Settle a keyed call's reservation. Without the provider's usage (it never said, or the
+        client left) tokens were spent all the same: the reservation stands, or the output seen
+        if larger, and its cost at the deployment's price counts against the budget."""
+        ticket = self._ctx.limit_ticket
+        if ticket is None:
+            return
+        if used is None or used[0] + used[1] == 0:
+            out = stream.output_tokens()
+            prompt = max(0, ticket.reserved - out)
+            cost = 0.0
+            if self.route is not None:
+                price = self.route.target.deployment.price
+                cost = (prompt * price.input_per_mtok + out * price.output_per_mtok) / 1_000_000
+            used = (prompt, out, cost)
+        ticket.settle_later(*used)
 
     def _land(self, answer: CachedAnswer | None) -> None:
         if self._lead:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from gateway.auth.gate import LimitTicket
 from gateway.auth.identity import Caller
 from gateway.cache.fingerprint import ANONYMOUS_TENANT, tenant_of
 from gateway.cache.service import CacheOutcome
@@ -35,6 +36,8 @@ class CallRecord:
     cache: CacheOutcome | None = None
     route: Route | None = None
     memory_ids: list[str] | None = None
+    # OpenAI's x-ratelimit-* headers for a key with limits (set at admission, refusals included)
+    rate_limits: Mapping[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -54,6 +57,7 @@ class CallContext:
     # Open mode: a hash of the Authorization header sent; with virtual keys: the key's team.
     tenant: str = ANONYMOUS_TENANT
     identity: Caller | None = None  # the authenticated caller, once the edge has resolved it
+    limit_ticket: LimitTicket | None = None  # an admitted keyed call's reservation, settled at its end
 
     @property
     def internal(self) -> bool:

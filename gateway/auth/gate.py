@@ -1,0 +1,187 @@
+"""The limits' admission gate: RPM, TPM (a reservation) and budget per key, before a call costs
+anything; the call's ``LimitTicket`` settles the reservation and the spend when it ends.
+
+Reservation (TPM): the prompt estimated at 4 characters a token (the text of ``messages``,
+``prompt`` or ``input``), plus the output: ``max_completion_tokens`` or ``max_tokens`` when the
+request gives one, else ``DEFAULT_OUTPUT_TOKENS``, times ``n``. When the call ends, the tokens
+the provider reported replace it.
+
+Refusals (OpenAI's shapes): 429 ``rate_limit_exceeded`` (type ``requests`` / ``tokens``) with
+``Retry-After``; 429 ``insufficient_quota`` when the period's budget is spent. Every answer to a
+limited key carries the ``x-ratelimit-*`` headers (``headers_for``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol
+
+from gateway.auth.identity import Caller
+from gateway.auth.limits import REFUSED_BUDGET, Decision, Limiter, LocalLimiter, Window
+from gateway.errors import QuotaExceeded, RateLimited
+from gateway.observability.metrics import GatewayMetrics
+from gateway.wire.requests import Endpoint, JSONObject
+
+DEFAULT_OUTPUT_TOKENS = 256  # the output reserved when a request sets no max_tokens
+CHARS_PER_TOKEN = 4
+
+
+class _Record(Protocol):
+    rate_limits: Mapping[str, str] | None
+
+
+class LimitedCall(Protocol):
+    """What the gate needs of a call's context (the service's ``CallContext``)."""
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def identity(self) -> Caller | None: ...
+
+    @property
+    def record(self) -> _Record: ...
+
+    limit_ticket: LimitTicket | None
+
+
+class LimitGate:
+    """Admits a keyed call against its key's limits (``Caller.rpm``, ``tpm``, ``budget_usd``);
+    a caller without limits (and every call in open mode) passes without a limiter call."""
+
+    def __init__(self, limiter: Limiter, metrics: GatewayMetrics) -> None:
+        self.limiter = limiter
+        self._metrics = metrics
+        self._pending: set[asyncio.Task[None]] = set()  # settlements started from sync code
+
+    async def admit(self, endpoint: Endpoint, model: str, body: JSONObject, ctx: LimitedCall) -> None:
+        caller = ctx.identity
+        if caller is None or (caller.rpm is None and caller.tpm is None and caller.budget_usd is None):
+            return
+        tokens = reservation(endpoint, body) if caller.tpm is not None else 0
+        ticket = f"{ctx.request_id}:{os.urandom(4).hex()}"
+        decision = await self.limiter.admit(caller, ticket, tokens)
+        headers = headers_for(decision)
+        ctx.record.rate_limits = headers
+        if decision.refused is None:
+            ctx.limit_ticket = LimitTicket(self, caller, ticket, tokens)
+            return
+        m = self._metrics
+        m.child(m.refusals, caller.team, decision.refused).inc()
+        self.later(self.limiter.refused(caller, decision.refused))
+        if decision.refused == REFUSED_BUDGET:
+            raise QuotaExceeded(caller.budget_usd or 0.0, decision.budget_reset_s, headers)
+        window = decision.requests if decision.refused == "requests" else decision.tokens
+        raise RateLimited(decision.refused, window.limit if window else 0, decision.retry_after_s, headers)
+
+    def later(self, settlement: Coroutine[Any, Any, None]) -> None:
+        """Run a limiter coroutine without waiting for it (from a stream's synchronous end)."""
+        task = asyncio.ensure_future(settlement)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self) -> None:
+        """Wait for settlements still running (at shutdown, and in tests)."""
+        while self._pending:
+            await asyncio.gather(*tuple(self._pending), return_exceptions=True)
+
+
+class LimitTicket:
+    """One admitted call's reservation: settled once, when the call ends."""
+
+    __slots__ = ("_caller", "_gate", "_settled", "reserved", "ticket")
+
+    def __init__(self, gate: LimitGate, caller: Caller, ticket: str, reserved: int) -> None:
+        self._gate = gate
+        self._caller = caller
+        self.ticket = ticket
+        self.reserved = reserved
+        self._settled = False
+
+    async def settle(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        """The call ended having used these tokens and cost (0, 0, 0: nothing reached a provider)."""
+        if self._settled:
+            return
+        self._settled = True
+        self._spent(cost_usd)
+        await self._gate.limiter.settle(
+            self._caller, self.ticket, self.reserved, tokens_in, tokens_out, cost_usd
+        )
+
+    def settle_later(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        """``settle`` without waiting: at once in process, else in a task (the answer is not
+        held back by a Redis round trip)."""
+        if self._settled:
+            return
+        limiter = self._gate.limiter
+        if isinstance(limiter, LocalLimiter):
+            self._settled = True
+            self._spent(cost_usd)
+            limiter.settle_now(self._caller, self.ticket, self.reserved, tokens_in, tokens_out, cost_usd)
+            return
+        self._gate.later(self.settle(tokens_in, tokens_out, cost_usd))
+
+    def _spent(self, cost_usd: float) -> None:
+        if cost_usd:
+            m = self._gate._metrics
+            m.child(m.spend, self._caller.team).inc(cost_usd)
+
+
+def reservation(endpoint: Endpoint, body: JSONObject) -> int:
+    """Tokens to reserve for ``body``: prompt characters / 4 plus the output it may produce."""
+    chars = 0
+    if endpoint is Endpoint.CHAT:
+        messages = body.get("messages")
+        for message in messages if isinstance(messages, list) else ():
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                for part in content:
+                    text = part.get("text") if isinstance(part, dict) else None
+                    chars += len(text) if isinstance(text, str) else 0
+    else:
+        given = body.get("prompt" if endpoint is Endpoint.COMPLETIONS else "input")
+        items = given if isinstance(given, list) else [given]
+        chars = sum(len(item) for item in items if isinstance(item, str))
+    prompt = chars // CHARS_PER_TOKEN + 1
+    if endpoint is Endpoint.EMBEDDINGS:
+        return prompt
+    output = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not isinstance(output, int) or isinstance(output, bool):
+        output = DEFAULT_OUTPUT_TOKENS
+    n = body.get("n")
+    return prompt + output * (n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1)
+
+
+def headers_for(decision: Decision) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers for the limits a key has (reset as ``6m0s``, ``1s``)."""
+    headers: dict[str, str] = {}
+    _add(headers, "requests", decision.requests)
+    _add(headers, "tokens", decision.tokens)
+    return headers
+
+
+def _add(headers: dict[str, str], unit: str, window: Window | None) -> None:
+    if window is None:
+        return
+    headers[f"x-ratelimit-limit-{unit}"] = str(window.limit)
+    headers[f"x-ratelimit-remaining-{unit}"] = str(window.remaining)
+    headers[f"x-ratelimit-reset-{unit}"] = duration(window.reset_s)
+
+
+def duration(seconds: float) -> str:
+    """A duration as OpenAI writes it (Go's format): ``20ms``, ``1s``, ``59.5s``, ``6m0s``, ``1h0m0s``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    ms = round(seconds * 1000)
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    secs = f"{ms / 1000:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
