@@ -1,4 +1,4 @@
-"""The ``sophia-gateway`` command: serve, policy check/schema, fake-provider."""
+"""The ``sophia-gateway`` command: serve, policy check/schema, keys, fake-provider."""
 
 from __future__ import annotations
 
@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     prune.set_defaults(func=_memory_prune)
+
+    from gateway import keys_command
+
+    keys = sub.add_parser("keys", help="issue, list, revoke and rotate virtual keys")
+    keys_command.add_arguments(keys)
 
     from gateway.testing import fake_provider
 

@@ -1,0 +1,305 @@
+"""``sophia-gateway keys create | list | revoke | rotate``: virtual keys from the command line.
+
+Works on the key store the policy names (``auth.store``, or ``KEYS_URL`` when set), or with
+``--url`` on a running gateway through ``/admin/keys`` (``SOPHIA_ADMIN_TOKEN`` from the
+environment). A new key's secret is printed once; ``--json`` prints what the API answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from gateway.api.admin_keys import key_json
+from gateway.auth.backends import key_store
+from gateway.auth.keyring import KeyRing, KeySettings
+from gateway.errors import GatewayError, StartupError
+from gateway.policy.durations import format_duration, parse_duration_s
+from gateway.policy.loader import PolicyError, load_policy
+from gateway.settings import Settings, SettingsError
+
+Json = dict[str, Any]
+
+
+def add_arguments(keys: argparse.ArgumentParser) -> None:
+    """The ``keys`` sub-commands, on the ``keys`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--policy", help="policy file (default: $SOPHIA_POLICY or routing_policies/default.yaml)"
+    )
+    common.add_argument(
+        "--url", help="a running gateway (e.g. http://127.0.0.1:8080): use its /admin/keys API"
+    )
+    common.add_argument("--json", action="store_true", help="print JSON (as the /admin/keys API answers)")
+    sub = keys.add_subparsers(dest="keys_command")
+
+    create = sub.add_parser("create", parents=[common], help="issue a key (its secret is printed once)")
+    create.add_argument("--team", required=True, help="a team of the policy's auth.teams")
+    create.add_argument("--models", type=_names, help="model groups it may call, comma-separated")
+    create.add_argument("--rpm", type=_positive_int, help="requests per minute")
+    create.add_argument("--tpm", type=_positive_int, help="tokens per minute")
+    create.add_argument("--budget-usd", type=_budget, help="spend allowed per budget period (USD)")
+    create.add_argument("--budget-period", type=_duration, help="the budget's period, e.g. 30d")
+    create.add_argument("--expires", type=_duration, help="lifetime, e.g. 90d (default: never)")
+    create.add_argument(
+        "--namespaces",
+        nargs="+",
+        metavar="read:a,b|write:a",
+        help="memory namespace grants (read:, write:; an empty list grants none)",
+    )
+    create.add_argument("--name", help="a label shown in listings")
+    create.add_argument("--description")
+    create.set_defaults(func=_create)
+
+    listing = sub.add_parser("list", parents=[common], help="list keys (never their secrets)")
+    listing.add_argument("--team", help="only this team's keys")
+    listing.set_defaults(func=_list)
+
+    revoke = sub.add_parser("revoke", parents=[common], help="revoke a key now")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(func=_revoke)
+
+    rotate = sub.add_parser("rotate", parents=[common], help="replace a key's secret, keeping its settings")
+    rotate.add_argument("key_id")
+    rotate.set_defaults(func=_rotate)
+
+
+def _create(args: argparse.Namespace) -> int:
+    read, write = _grants(args.namespaces or [])
+    settings = KeySettings(
+        models=args.models,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        budget_usd=args.budget_usd,
+        budget_period_s=args.budget_period,
+        expires_in_s=args.expires,
+        namespaces_read=read,
+        namespaces_write=write,
+        name=args.name,
+        description=args.description,
+    )
+    if args.url:
+        return _remote(args, "POST", "/admin/keys", _create_body(args.team, settings))
+
+    async def op(ring: KeyRing) -> Json:
+        secret, record = await ring.create(args.team, settings)
+        return {**key_json(record, time.time()), "secret": secret}
+
+    return _local(args, op)
+
+
+def _list(args: argparse.Namespace) -> int:
+    if args.url:
+        query = f"?{urllib.parse.urlencode({'team': args.team})}" if args.team else ""
+        return _remote(args, "GET", f"/admin/keys{query}")
+
+    async def op(ring: KeyRing) -> Json:
+        now = time.time()
+        return {"object": "list", "data": [key_json(r, now) for r in await ring.list(args.team)]}
+
+    return _local(args, op)
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    if args.url:
+        return _remote(args, "DELETE", f"/admin/keys/{urllib.parse.quote(args.key_id, safe='')}")
+
+    async def op(ring: KeyRing) -> Json:
+        return key_json(await ring.revoke(args.key_id), time.time())
+
+    return _local(args, op)
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    if args.url:
+        path = f"/admin/keys/{urllib.parse.quote(args.key_id, safe='')}/rotate"
+        return _remote(args, "POST", path, {})
+
+    async def op(ring: KeyRing) -> Json:
+        secret, record = await ring.rotate(args.key_id)
+        return {**key_json(record, time.time()), "secret": secret, "replaces": args.key_id}
+
+    return _local(args, op)
+
+
+def _local(args: argparse.Namespace, op: Callable[[KeyRing], Awaitable[Json]]) -> int:
+    """Run ``op`` on the key store the policy (or ``KEYS_URL``) names, then print its answer."""
+    try:
+        path = args.policy or Settings.from_env().policy_path
+    except SettingsError as exc:
+        return _fail(str(exc), 2)
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        return _fail(f"the policy is invalid:\n{exc}", 2)
+
+    async def run() -> Json:
+        store = key_store(policy.auth, os.environ.get("KEYS_URL"))
+        ring = KeyRing(store, policy.auth.teams, model_groups=policy.models.keys())
+        await store.start()
+        try:
+            return await op(ring)
+        finally:
+            await store.close()
+
+    try:
+        answer = asyncio.run(run())
+    except StartupError as exc:
+        return _fail(f"cannot open the key store: {exc}", 2)
+    except GatewayError as exc:
+        return _fail(exc.message, 1)
+    _print(args, answer)
+    return 0
+
+
+def _remote(args: argparse.Namespace, method: str, path: str, body: Json | None = None) -> int:
+    """Call the gateway's ``/admin/keys`` API and print its answer."""
+    request = urllib.request.Request(
+        args.url.rstrip("/") + path,
+        method=method,
+        data=None if body is None else orjson.dumps(body),
+        headers={"Content-Type": "application/json"} if body is not None else {},
+    )
+    token = os.environ.get("SOPHIA_ADMIN_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            answer = orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = orjson.loads(exc.read())["error"]["message"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            message = f"HTTP {exc.code}"
+        return _fail(f"{args.url}: {message}", 1)
+    except OSError as exc:
+        return _fail(f"cannot reach {args.url}: {exc}", 1)
+    _print(args, answer)
+    return 0
+
+
+def _create_body(team: str, s: KeySettings) -> Json:
+    body: Json = {"team": team}
+    for name, value in (
+        ("models", s.models),
+        ("rpm", s.rpm),
+        ("tpm", s.tpm),
+        ("budget_usd", s.budget_usd),
+        ("budget_period", s.budget_period_s),
+        ("expires", s.expires_in_s),
+        ("name", s.name),
+        ("description", s.description),
+    ):
+        if value is not None:
+            body[name] = list(value) if isinstance(value, tuple) else value
+    if s.namespaces_read is not None or s.namespaces_write is not None:
+        body["namespaces"] = {
+            "read": None if s.namespaces_read is None else list(s.namespaces_read),
+            "write": None if s.namespaces_write is None else list(s.namespaces_write),
+        }
+    return body
+
+
+def _print(args: argparse.Namespace, answer: Json) -> None:
+    if args.json:
+        sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif answer.get("object") == "list":
+        _print_table(answer["data"])
+    elif "secret" in answer:
+        verb = f"Rotated {answer['replaces']} (now revoked) into" if "replaces" in answer else "Created"
+        print(f"{verb} key {answer['id']} for team {answer['team']}.")
+        print("Its secret, shown this once (only its hash is stored):")
+        print(answer["secret"])
+    else:
+        print(f"Key {answer['id']} ({answer['prefix']}, team {answer['team']}) is {answer['status']}.")
+
+
+def _print_table(rows: list[Json]) -> None:
+    if not rows:
+        print("no keys")
+        return
+    table = [("ID", "PREFIX", "TEAM", "STATUS", "NAME", "CREATED", "EXPIRES", "LIMITS")]
+    for k in rows:
+        limits = [f"{n}={k[n]}" for n in ("rpm", "tpm", "budget_usd") if k[n] is not None]
+        if k["budget_period_s"] is not None:
+            limits.append(f"period={format_duration(k['budget_period_s'])}")
+        if k["models"] is not None:
+            limits.append("models=" + ",".join(k["models"]))
+        table.append(
+            (
+                k["id"],
+                k["prefix"],
+                k["team"],
+                k["status"],
+                k["name"] or "",
+                _date(k["created_at"]),
+                _date(k["expires_at"]) if k["expires_at"] is not None else "never",
+                " ".join(limits) or "team defaults",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _date(epoch_s: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(epoch_s))
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"sophia-gateway keys: {message}", file=sys.stderr)
+    return code
+
+
+def _grants(items: list[str]) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    grants: dict[str, tuple[str, ...]] = {}
+    for item in items:
+        kind, sep, names = item.partition(":")
+        if not sep or kind not in ("read", "write"):
+            raise SystemExit(f"sophia-gateway keys: --namespaces takes read:a,b and write:a, not {item!r}")
+        grants[kind] = tuple(n for n in names.split(",") if n)
+    return grants.get("read"), grants.get("write")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one name, e.g. gpt-4o,claude-sonnet")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of US dollars, not {text!r}")
+    return value
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration_s(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

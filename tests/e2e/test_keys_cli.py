@@ -1,0 +1,158 @@
+"""``sophia-gateway keys ...`` as a user runs it: on the SQLite store in a temporary directory,
+then against a running gateway (``--url``, admin token), whose edge honours what it did."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.testing.process import ManagedProcess, start
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "e2e-admin-token"
+POLICY = """
+version: 1
+providers:
+  a: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
+models:
+  m: {deployments: [{provider: a, model: ma}]}
+  other: {deployments: [{provider: a, model: oa}]}
+memory: {enabled: false}
+auth:
+  teams:
+    research: {models: [m], rpm: 60, budget_usd: 20, budget_period: 30d}
+    ops: {}
+"""
+
+
+def keys(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env.pop("KEYS_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "keys", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def keys_json(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    result = keys(cwd, *args, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return orjson.loads(result.stdout)
+
+
+def status(url: str, secret: str) -> int:
+    request = urllib.request.Request(f"{url}/v1/models", headers={"Authorization": f"Bearer {secret}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    return tmp_path
+
+
+@pytest.fixture
+def gateway(workdir: Path) -> Iterator[ManagedProcess]:
+    proc = start(
+        ["serve", "--policy", "policy.yaml", "--port", "0"],
+        cwd=str(workdir),
+        env={"SOPHIA_ADMIN_TOKEN": TOKEN, "KEYS_URL": ""},
+    )
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_create_list_revoke_rotate_on_the_sqlite_store(workdir: Path) -> None:
+    created = keys(
+        workdir,
+        "create",
+        "--policy",
+        "policy.yaml",
+        "--team",
+        "research",
+        "--rpm",
+        "5",
+        "--expires",
+        "90d",
+        "--namespaces",
+        "read:a,b",
+        "write:",
+        "--name",
+        "ci",
+    )
+    assert created.returncode == 0, created.stderr
+    lines = created.stdout.splitlines()
+    secret = lines[-1]
+    assert secret.startswith("sk-sg-") and len(secret) == 49
+    key_id = lines[0].split()[2]
+    assert key_id.startswith("key_")
+    assert (workdir / "data" / "keys.sqlite3").exists()  # auth.store's default, beside the policy's cwd
+    assert secret.encode() not in (workdir / "data" / "keys.sqlite3").read_bytes()
+
+    listed = keys(workdir, "list", "--policy", "policy.yaml")
+    assert listed.returncode == 0 and key_id in listed.stdout and secret not in listed.stdout
+    assert secret[:10] + "…" in listed.stdout and "rpm=5" in listed.stdout
+
+    data = keys_json(workdir, "list", "--policy", "policy.yaml", "--team", "research")["data"]
+    assert [(k["id"], k["namespaces"]) for k in data] == [(key_id, {"read": ["a", "b"], "write": []})]
+    assert keys_json(workdir, "list", "--policy", "policy.yaml", "--team", "ops")["data"] == []
+
+    rotated = keys_json(workdir, "rotate", key_id, "--policy", "policy.yaml")
+    assert rotated["replaces"] == key_id and rotated["secret"] != secret and rotated["rpm"] == 5
+    revoked = keys_json(workdir, "revoke", rotated["id"], "--policy", "policy.yaml")
+    assert revoked["status"] == "revoked"
+    statuses = {k["id"]: k["status"] for k in keys_json(workdir, "list", "--policy", "policy.yaml")["data"]}
+    assert statuses == {key_id: "revoked", rotated["id"]: "revoked"}
+
+
+def test_refusals_are_one_line_and_exit_non_zero(workdir: Path) -> None:
+    unknown_team = keys(workdir, "create", "--team", "sales", "--policy", "policy.yaml")
+    assert unknown_team.returncode == 1
+    assert "Unknown team 'sales'" in unknown_team.stderr and "research" in unknown_team.stderr
+    bad_model = keys(workdir, "create", "--team", "ops", "--models", "gpt-9", "--policy", "policy.yaml")
+    assert bad_model.returncode == 1 and "'gpt-9'" in bad_model.stderr
+    bad_flag = keys(workdir, "create", "--team", "ops", "--expires", "soon", "--policy", "policy.yaml")
+    assert bad_flag.returncode == 2 and "duration" in bad_flag.stderr
+    missing = keys(workdir, "revoke", "key_abcdefghijkl", "--policy", "policy.yaml")
+    assert missing.returncode == 1 and "No such key" in missing.stderr
+
+
+def test_keys_made_by_the_cli_work_on_a_running_gateway_and_url_mode(
+    workdir: Path, gateway: ManagedProcess
+) -> None:
+    local = keys_json(workdir, "create", "--team", "ops", "--policy", "policy.yaml")
+    assert status(gateway.url, local["secret"]) == 200  # same SQLite file, read by the gateway
+
+    admin = {"SOPHIA_ADMIN_TOKEN": TOKEN}
+    remote = keys_json(workdir, "create", "--team", "research", "--url", gateway.url, env=admin)
+    assert status(gateway.url, remote["secret"]) == 200
+    ids = {k["id"] for k in keys_json(workdir, "list", "--url", gateway.url, env=admin)["data"]}
+    assert ids == {local["id"], remote["id"]}
+
+    new = keys_json(workdir, "rotate", remote["id"], "--url", gateway.url, env=admin)
+    assert status(gateway.url, remote["secret"]) == 401  # revoked through this gateway: at once
+    assert status(gateway.url, new["secret"]) == 200
+    keys_json(workdir, "revoke", new["id"], "--url", gateway.url, env=admin)
+    assert status(gateway.url, new["secret"]) == 401
+
+    refused = keys(workdir, "list", "--url", gateway.url, env={"SOPHIA_ADMIN_TOKEN": "wrong"})
+    assert refused.returncode == 1 and "SOPHIA_ADMIN_TOKEN" in refused.stderr

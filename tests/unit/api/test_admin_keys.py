@@ -1,0 +1,139 @@
+"""``/admin/keys`` over real HTTP on loopback (in process): behind the admin token, the secret
+shown once, and the keys it issues, revokes and rotates work (or stop working) at the edge."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import build_app
+from gateway.policy.loader import parse_policy
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+
+TOKEN = "admin-token-for-tests"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def policy_text(store: Path) -> str:
+    return f"""
+version: 1
+providers:
+  a: {{kind: openai, base_url: "http://a.test/v1"}}
+models:
+  m: {{deployments: [{{provider: a, model: ma}}]}}
+  other: {{deployments: [{{provider: a, model: oa}}]}}
+memory: {{enabled: false}}
+auth:
+  store: {store}
+  teams:
+    research: {{models: [m], rpm: 60, budget_usd: 10, budget_period: 7d}}
+    ops: {{}}
+"""
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[TestClient]:
+    app = build_app(
+        Settings(access_log=False, admin_token=TOKEN),
+        parse_policy(policy_text(tmp_path / "keys.sqlite3")),
+        {},
+        transports={"a": MockTransport(lambda request: MockResponse.json({"data": []}))},
+    )
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        yield c
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}])
+async def test_every_endpoint_needs_the_admin_token(client: TestClient, headers: dict[str, str]) -> None:
+    for method, path in [
+        ("POST", "/admin/keys"),
+        ("GET", "/admin/keys"),
+        ("DELETE", "/admin/keys/key_abcdefghijkl"),
+        ("POST", "/admin/keys/key_abcdefghijkl/rotate"),
+    ]:
+        resp = await client.request(method, path, json={"team": "ops"}, headers=headers)
+        assert resp.status == 401, (method, path)
+        assert (await resp.json())["error"]["type"] == "authentication_error"
+    listed = await client.get("/admin/keys", headers=ADMIN)
+    assert (await listed.json())["data"] == []  # nothing was created
+
+
+async def test_create_shows_the_secret_once_and_the_key_works(client: TestClient) -> None:
+    resp = await client.post(
+        "/admin/keys",
+        json={"team": "research", "rpm": 5, "expires": "90d", "name": "ci", "namespaces": {"read": ["a"]}},
+        headers=ADMIN,
+    )
+    assert resp.status == 201
+    created = await resp.json()
+    secret = created["secret"]
+    assert secret.startswith("sk-sg-") and len(secret) == 49
+    assert created["prefix"] == secret[:10] + "…" and created["team"] == "research"
+    assert (created["rpm"], created["name"], created["status"]) == (5, "ci", "active")
+    assert created["expires_at"] - created["created_at"] == 90 * 86400
+    assert created["namespaces"] == {"read": ["a"], "write": None}
+    assert created["models"] is None  # inherits the team's
+
+    listed = await (await client.get("/admin/keys", headers=ADMIN)).json()
+    assert [k["id"] for k in listed["data"]] == [created["id"]]
+    text = str(listed)
+    assert secret not in text and "hash" not in listed["data"][0] and "secret" not in listed["data"][0]
+    assert (await (await client.get("/admin/keys?team=ops", headers=ADMIN)).json())["data"] == []
+
+    assert (await client.get("/v1/models", headers=bearer(secret))).status == 200
+    assert (await client.get("/v1/models", headers=bearer("sk-sg-" + "x" * 43))).status == 401
+
+
+async def test_revoke_then_the_key_is_refused_at_once(client: TestClient) -> None:
+    created = await (await client.post("/admin/keys", json={"team": "ops"}, headers=ADMIN)).json()
+    assert (await client.get("/v1/models", headers=bearer(created["secret"]))).status == 200  # cached
+    resp = await client.delete(f"/admin/keys/{created['id']}", headers=ADMIN)
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["status"] == "revoked" and body["revoked_at"] is not None and "secret" not in body
+    assert (await client.get("/v1/models", headers=bearer(created["secret"]))).status == 401
+    missing = await client.delete("/admin/keys/key_abcdefghijkl", headers=ADMIN)
+    assert missing.status == 404 and (await missing.json())["error"]["code"] == "key_not_found"
+
+
+async def test_rotate_keeps_settings_and_retires_the_old_secret(client: TestClient) -> None:
+    old = await (
+        await client.post("/admin/keys", json={"team": "research", "tpm": 900}, headers=ADMIN)
+    ).json()
+    resp = await client.post(f"/admin/keys/{old['id']}/rotate", headers=ADMIN)
+    assert resp.status == 201
+    new = await resp.json()
+    assert new["replaces"] == old["id"] and new["id"] != old["id"]
+    assert (new["team"], new["tpm"]) == ("research", 900) and new["secret"] != old["secret"]
+    assert (await client.get("/v1/models", headers=bearer(old["secret"]))).status == 401
+    assert (await client.get("/v1/models", headers=bearer(new["secret"]))).status == 200
+    again = await client.post(f"/admin/keys/{old['id']}/rotate", headers=ADMIN)
+    assert again.status == 400 and (await again.json())["error"]["code"] == "key_revoked"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"team": "sales"}, "team"),
+        ({"team": "ops", "models": ["gpt-9"]}, "models"),
+        ({"team": "ops", "rpm": 0}, "rpm"),
+        ({"team": "ops", "expires": "soon"}, "expires"),
+        ({"team": "ops", "colour": "red"}, "colour"),
+        ({}, "team"),
+    ],
+)
+async def test_bad_bodies_are_400_naming_the_field(
+    client: TestClient, body: dict[str, object], param: str
+) -> None:
+    resp = await client.post("/admin/keys", json=body, headers=ADMIN)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == param
+    assert (await (await client.get("/admin/keys", headers=ADMIN)).json())["data"] == []
