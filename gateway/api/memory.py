@@ -15,6 +15,7 @@ from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch
 from gateway.memory.service import MemoryService, NewMemory
+from gateway.service.grants import memory_access_of
 from gateway.wire.memory import MemoryBatchIn, MemoryIn, MemoryPatchIn, MemorySearchIn
 
 M = TypeVar("M", bound=BaseModel)
@@ -22,23 +23,23 @@ M = TypeVar("M", bound=BaseModel)
 
 async def create(request: web.Request) -> web.Response:
     """``POST /v1/memory``: one memory, or ``{"memories": [...]}``."""
-    await authenticate(request)
+    access = memory_access_of(await authenticate(request))
     body = await read_json(request)
     items = _parse(MemoryBatchIn, body).memories if "memories" in body else [_parse(MemoryIn, body)]
-    created = await _service(request).add([_new(i) for i in items])
+    created = await _service(request).add([_new(i) for i in items], access)
     return json_response(
         orjson.dumps({"object": "list", "data": [memory_json(m) for m in created]}), status=201
     )
 
 
 async def read(request: web.Request) -> web.Response:
-    await authenticate(request)
-    memory = await _service(request).get(request.match_info["id"])
+    access = memory_access_of(await authenticate(request))
+    memory = await _service(request).get(request.match_info["id"], access)
     return json_response(orjson.dumps(memory_json(memory)))
 
 
 async def patch(request: web.Request) -> web.Response:
-    await authenticate(request)
+    access = memory_access_of(await authenticate(request))
     given = _parse(MemoryPatchIn, await read_json(request))
     change = MemoryPatch(
         content=given.content,
@@ -49,25 +50,25 @@ async def patch(request: web.Request) -> web.Response:
         importance_score=given.importance_score,
         processing_status=given.processing_status,
     )
-    memory = await _service(request).update(request.match_info["id"], change)
+    memory = await _service(request).update(request.match_info["id"], change, access)
     return json_response(orjson.dumps(memory_json(memory)))
 
 
 async def delete(request: web.Request) -> web.Response:
-    await authenticate(request)
+    access = memory_access_of(await authenticate(request))
     service = _service(request)
     memory_id = request.match_info["id"]
-    await service.get(memory_id)  # 404 when it does not exist
-    await service.delete([memory_id])
+    await service.get(memory_id, access)  # 404 when it does not exist (or is not the caller's to see)
+    await service.delete([memory_id], access)  # 403 when the caller may only read it
     return json_response(orjson.dumps({"id": memory_id, "object": "memory.deleted", "deleted": True}))
 
 
 async def search(request: web.Request) -> web.Response:
     """``POST /v1/memory/search``: by text or vector, filtered, across namespaces."""
-    await authenticate(request)
+    access = memory_access_of(await authenticate(request))
     q = _parse(MemorySearchIn, await read_json(request))
     where = MemoryFilter(q.namespaces, q.data_source, q.min_confidence, q.processing_status)
-    hits = await _service(request).search(q.query, q.vector, q.top_k, where)
+    hits = await _service(request).search(q.query, q.vector, q.top_k, where, access)
     data = [{"score": round(h.score, 6), "memory": memory_json(h.memory, with_embedding=False)} for h in hits]
     return json_response(orjson.dumps({"object": "list", "data": data}))
 
@@ -77,6 +78,7 @@ def memory_json(memory: Memory, *, with_embedding: bool = True) -> dict[str, Any
         "id": memory.id,
         "object": "memory",
         "namespace": memory.namespace,
+        "owner": memory.owner,  # the team that wrote it; null: written in open mode
         "content": memory.content,
         "metadata": dict(memory.metadata),
         "data_source": memory.data_source,

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.errors import InvalidRequest
+from gateway.memory.access import MemoryAccess
 from gateway.memory.service import Hit, MemoryService
 from gateway.wire.memory import ChatMemoryIn
 
@@ -50,9 +51,15 @@ def wanted(body: Mapping[str, Any], headers: Mapping[str, str]) -> bool:
 
 
 async def augment(
-    service: MemoryService | None, body: dict[str, Any], headers: Mapping[str, str]
+    service: MemoryService | None,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+    access: MemoryAccess | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """``body`` with the best memories added (and its ``memory`` field removed), and their ids."""
+    """``body`` with the best memories added (and its ``memory`` field removed), and their ids.
+
+    With ``access`` (a caller with keys) every namespace asked for must be readable (else 403)
+    and only memories it may see are added; None is open mode."""
     spec = _spec(body, headers)
     body = {k: v for k, v in body.items() if k != "memory"}
     if service is None:
@@ -63,7 +70,7 @@ async def augment(
     prompt = _last_user_text(body.get("messages"))
     if not prompt:
         return body, []
-    hits = await service.context_for(prompt, spec.namespaces, spec.top_k)
+    hits = await service.context_for(prompt, spec.namespaces, spec.top_k, access)
     if not hits:
         return body, []
     settings = service.config.namespaces

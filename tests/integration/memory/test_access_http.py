@@ -1,0 +1,220 @@
+"""Memory access control over real HTTP (issue 11, item 6): two keys of two teams against the
+gateway in process (aiohttp's TestClient, ``build_app``), with the memory on SQLite in a temporary
+directory or on Snowflake (fakesnow, through ``MEMORY_URL=snowflake://``). Embeddings and chats
+go to a MockTransport provider, which records what reached it: the chat test checks that one
+team's memory never travels upstream inside another team's prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import fakesnow
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway import keys
+from gateway.app import build_app
+from gateway.auth.identity import Caller
+from gateway.policy.loader import parse_policy
+from gateway.providers.base import UpstreamRequest
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+from tests.integration.memory.conftest import SNOWFLAKE_ARGS
+
+pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+
+ALPHA = "sk-sg-alpha000000000000000000000000000000000"  # unrestricted: its own memories anywhere
+BETA = "sk-sg-beta0000000000000000000000000000000000"  # unrestricted, another team
+BETA_READER = "sk-sg-betareader000000000000000000000000000"  # beta, granted read on team_notes
+X = "team_notes"
+DIM = 8
+
+
+def policy(index_dir: Path, path: Path) -> str:
+    return f"""
+version: 1
+providers:
+  p: {{kind: openai, base_url: "http://p.test/v1"}}
+models:
+  chat: {{deployments: [{{provider: p, model: c}}]}}
+  emb: {{deployments: [{{provider: p, model: e}}]}}
+memory:
+  embedding_model: emb
+  index_dir: "{index_dir}"
+  path: "{path}"
+  pool: {{min_size: 1, max_size: 4}}  # fakesnow: one connection at start (its first creates the database)
+"""
+
+
+def vector_for(text: str) -> list[float]:
+    """Texts about the launch land together, everything else far away."""
+    return [1.0 if d == (0 if "launch" in text.lower() else DIM - 1) else 0.0 for d in range(DIM)]
+
+
+@dataclass
+class Upstream:
+    chats: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, request: UpstreamRequest) -> MockResponse:
+        body = orjson.loads(request.body)
+        if "input" in body:
+            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            data = [
+                {"object": "embedding", "index": i, "embedding": vector_for(t)} for i, t in enumerate(texts)
+            ]
+            return MockResponse.json({"object": "list", "data": data, "model": "e"})
+        self.chats.append(body)
+        choice = {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        return MockResponse.json({"id": "x", "object": "chat.completion", "model": "c", "choices": [choice]})
+
+
+class KeyRing:
+    """The key ring's interface (``authenticate``): three keys of two teams."""
+
+    callers: ClassVar[dict[str, Caller]] = {
+        ALPHA: Caller("key_alpha", "alpha"),
+        BETA: Caller("key_beta", "beta"),
+        BETA_READER: Caller(
+            "key_beta_reader", "beta", read_namespaces=frozenset({X}), write_namespaces=frozenset()
+        ),
+    }
+
+    async def authenticate(self, secret: str) -> Caller | None:
+        return self.callers.get(secret)
+
+
+@dataclass
+class Gateway:
+    client: TestClient
+    upstream: Upstream
+
+    async def call(self, key: str | None, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with self.client.request(method, path, json=body, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+
+@pytest.fixture(params=["sqlite", "snowflake"])
+def store_env(request: pytest.FixtureRequest) -> Iterator[tuple[str | None, dict[str, str]]]:
+    """(MEMORY_URL, environment) for the store: the policy's SQLite file, or fakesnow."""
+    if request.param == "sqlite":
+        yield None, {}
+        return
+    env = {f"SNOWFLAKE_{k.upper()}": v for k, v in SNOWFLAKE_ARGS.items()}
+    with fakesnow.patch():
+        yield "snowflake://", env
+
+
+async def open_gateway(
+    tmp_path: Path, store_env: tuple[str | None, dict[str, str]], *, auth: str = ""
+) -> AsyncIterator[Gateway]:
+    memory_url, env = store_env
+    upstream = Upstream()
+    parsed = parse_policy(policy(tmp_path / "index", tmp_path / "memory.sqlite3") + auth)
+    app = build_app(
+        Settings(access_log=False, memory_url=memory_url),
+        parsed,
+        env,
+        transports={"p": MockTransport(upstream)},
+    )
+    app[keys.KEYRING] = KeyRing()
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield Gateway(client, upstream)
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, store_env: tuple[str | None, dict[str, str]]) -> AsyncIterator[Gateway]:
+    async for g in open_gateway(tmp_path, store_env):
+        yield g
+
+
+async def write_alpha_secret(gw: Gateway) -> str:
+    status, body = await gw.call(
+        ALPHA, "POST", "/v1/memory", {"namespace": X, "content": "Alpha's launch date is 3 May"}
+    )
+    assert status == 201, body
+    memory = body["data"][0]
+    assert memory["owner"] == "alpha"
+    return str(memory["id"])
+
+
+async def test_another_team_gets_404s_and_empty_searches(gw: Gateway) -> None:
+    secret = await write_alpha_secret(gw)
+    status, unknown = await gw.call(BETA, "GET", "/v1/memory/no-such-id")
+    assert status == 404
+    for method, body in (("GET", None), ("PATCH", {"content": "pwned"}), ("DELETE", None)):
+        status, err = await gw.call(BETA, method, f"/v1/memory/{secret}", body)
+        # The same answer as for an id that does not exist: nothing says it does.
+        assert status == 404, (method, err)
+        assert err["error"]["code"] == "memory_not_found" == unknown["error"]["code"]
+        assert err["error"]["message"] == unknown["error"]["message"].replace("no-such-id", secret)
+    for where in ({"namespaces": [X]}, {}):
+        status, found = await gw.call(BETA, "POST", "/v1/memory/search", {"query": "launch date", **where})
+        assert (status, found["data"]) == (200, [])
+    status, mine = await gw.call(ALPHA, "GET", f"/v1/memory/{secret}")
+    assert (status, mine["content"]) == (200, "Alpha's launch date is 3 May")  # untouched
+
+
+async def test_chat_augmentation_never_carries_another_teams_memory(gw: Gateway) -> None:
+    secret = await write_alpha_secret(gw)
+    chat = {"model": "chat", "messages": [{"role": "user", "content": "When is the launch?"}]}
+    async with gw.client.post(
+        "/v1/chat/completions",
+        json={**chat, "memory": {"namespaces": [X]}},
+        headers={"Authorization": f"Bearer {BETA}"},
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers.get("x-gateway-memory-ids", "") == ""
+    assert "3 May" not in orjson.dumps(gw.upstream.chats[-1]).decode()
+
+    async with gw.client.post(
+        "/v1/chat/completions",
+        json={**chat, "memory": {"namespaces": [X]}},
+        headers={"Authorization": f"Bearer {BETA_READER}"},  # granted read on X
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["x-gateway-memory-ids"] == secret
+    assert "3 May" in orjson.dumps(gw.upstream.chats[-1]).decode()
+
+
+async def test_a_read_grant_reads_and_searches_but_cannot_write(gw: Gateway) -> None:
+    secret = await write_alpha_secret(gw)
+    status, got = await gw.call(BETA_READER, "GET", f"/v1/memory/{secret}")
+    assert (status, got["owner"]) == (200, "alpha")
+    status, found = await gw.call(
+        BETA_READER, "POST", "/v1/memory/search", {"query": "launch", "namespaces": [X]}
+    )
+    assert [h["memory"]["id"] for h in found["data"]] == [secret]
+    for method, path, body in (
+        ("PATCH", f"/v1/memory/{secret}", {"importance_score": 0.1}),
+        ("DELETE", f"/v1/memory/{secret}", None),
+        ("POST", "/v1/memory", {"namespace": X, "content": "beta writes"}),
+    ):
+        status, err = await gw.call(BETA_READER, method, path, body)
+        assert status == 403, (method, err)
+        assert (err["error"]["type"], err["error"]["code"]) == ("permission_error", "namespace_not_granted")
+    # A namespace it is not granted, named in a search: 403, not an empty list.
+    status, err = await gw.call(
+        BETA_READER, "POST", "/v1/memory/search", {"query": "x", "namespaces": ["hr"]}
+    )
+    assert (status, err["error"]["type"]) == (403, "permission_error")
+
+
+async def test_open_mode_is_unchanged(tmp_path: Path, store_env: tuple[str | None, dict[str, str]]) -> None:
+    async for gw in open_gateway(tmp_path, store_env, auth="auth: {mode: open}\n"):
+        status, body = await gw.call(None, "POST", "/v1/memory", {"namespace": X, "content": "launch notes"})
+        assert status == 201 and body["data"][0]["owner"] is None
+        memory_id = body["data"][0]["id"]
+        status, found = await gw.call("anything", "POST", "/v1/memory/search", {"query": "launch"})
+        assert [h["memory"]["id"] for h in found["data"]] == [memory_id]
+        assert (await gw.call(None, "PATCH", f"/v1/memory/{memory_id}", {"importance_score": 0.2}))[0] == 200
+        assert (await gw.call(None, "DELETE", f"/v1/memory/{memory_id}"))[0] == 200
