@@ -1,0 +1,90 @@
+"""The policy's ``auth:`` section: teams, their defaults, durations and cross-references."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.policy.durations import format_duration, parse_duration_s
+from gateway.policy.loader import PolicyError, load_policy, parse_policy
+
+BASE = """
+version: 1
+providers:
+  a: {kind: openai, base_url: "http://a.test/v1"}
+models:
+  m: {deployments: [{provider: a, model: ma}]}
+"""
+
+
+def test_defaults_are_keys_mode_with_the_embedded_store() -> None:
+    auth = parse_policy(BASE).auth
+    assert (auth.mode, auth.teams, auth.key_cache_s, auth.store) == ("keys", {}, 5.0, "data/keys.sqlite3")
+
+
+def test_teams_carry_their_key_defaults() -> None:
+    policy = parse_policy(
+        BASE
+        + """
+auth:
+  key_cache_s: 2
+  teams:
+    research:
+      models: [m]
+      rpm: 10
+      tpm: 1000
+      budget_usd: 5.5
+      budget_period: 7d
+      namespaces: {read: [a, b], write: []}
+    ops: {}
+"""
+    )
+    research = policy.auth.teams["research"]
+    assert (research.models, research.rpm, research.tpm, research.budget_usd) == (["m"], 10, 1000, 5.5)
+    assert research.budget_period == 7 * 86400
+    assert (research.namespaces.read, research.namespaces.write) == (["a", "b"], [])
+    ops = policy.auth.teams["ops"]
+    assert (ops.models, ops.rpm, ops.budget_period, ops.namespaces.read) == (None, None, 30 * 86400, None)
+
+
+@pytest.mark.parametrize(
+    ("auth", "where", "says"),
+    [
+        ("{teams: {t: {models: [nope]}}}", "auth.teams.t.models[0]", "unknown model group 'nope'"),
+        ("{teams: {'bad name': {}}}", "auth.teams", "team name 'bad name'"),
+        ("{teams: {t: {budget_period: soon}}}", "auth.teams.t.budget_period", "duration"),
+        ("{teams: {t: {rpm: 0}}}", "auth.teams.t.rpm", "greater than or equal to 1"),
+        ("{mode: closed}", "auth.mode", "keys"),
+        ("{teams: {t: {colour: red}}}", "auth.teams.t.colour", ""),
+    ],
+)
+def test_mistakes_name_the_key_path(tmp_path: object, auth: str, where: str, says: str) -> None:
+    path = f"{tmp_path}/p.yaml"
+    with open(path, "w") as f:
+        f.write(BASE + f"auth: {auth}\n")
+    with pytest.raises(PolicyError) as exc:
+        load_policy(path)
+    text = str(exc.value)
+    assert where in text and says in text
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30d", 2592000),
+        ("12h", 43200),
+        ("90m", 5400),
+        ("45s", 45),
+        ("2w", 1209600),
+        ("1.5d", 129600),
+        ("600", 600),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration_s(text) == seconds
+    assert parse_duration_s(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0d", "-1d", "soon", "3 days", "1y", "nan"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration_s(text)
