@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.testing.process import ManagedProcess, start
+from gateway.testing.process import ManagedProcess, free_port, start
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "e2e-admin-token"
@@ -156,3 +156,31 @@ def test_keys_made_by_the_cli_work_on_a_running_gateway_and_url_mode(
 
     refused = keys(workdir, "list", "--url", gateway.url, env={"SOPHIA_ADMIN_TOKEN": "wrong"})
     assert refused.returncode == 1 and "SOPHIA_ADMIN_TOKEN" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("keys_url", "says"),
+    [
+        (
+            "postgresql://sophia:s3cret@127.0.0.1:{port}/keys",
+            "cannot open the key store postgresql://sophia@127.0.0.1:",
+        ),
+        ("mysql://sophia:s3cret@127.0.0.1/keys", "KEYS_URL must be postgresql://"),
+    ],
+)
+def test_a_key_store_that_cannot_open_stops_serve_in_one_line(
+    workdir: Path, keys_url: str, says: str
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KEYS_URL": keys_url.format(port=free_port())}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--policy", "policy.yaml", "--port", "0"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sophia-gateway: cannot start: ")
+    assert says in lines[0] and "s3cret" not in result.stderr
