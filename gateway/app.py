@@ -157,8 +157,7 @@ def _limiter(settings: Settings, policy: Policy, metrics: GatewayMetrics) -> Lim
     if settings.redis_url:
         return RedisLimiter(
             settings.redis_url,
-            op_timeout_s=max(0.05, policy.cache.lookup_timeout_ms / 1000),
-            fail=policy.auth.limits_fail,
+            fail=policy.auth.limits_fail,  # op timeout: redis_limits.OP_TIMEOUT_S, not the cache's
             on_fallback=metrics.limits_local.inc,
         )
     return LocalLimiter()
