@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _LISTENING = re.compile(r"listening on (http://[^\s,]+)")
+_SERVICE_VARIABLES = ("REDIS_URL", "KEYS_URL", "MEMORY_URL")
 
 
 @dataclass
@@ -82,7 +83,11 @@ def start(
     # install elsewhere would otherwise resolve.
     root = str(Path(__file__).resolve().parents[2])
     python_path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, **(env or {})}
+    # The services a process uses are given explicitly in ``env``, never inherited: a test runner's
+    # REDIS_URL (scripts/test.sh sets one for the integration tests) would otherwise give every
+    # gateway a cache shared with every other test and run, so answers leak between them.
+    inherited = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARIABLES}
+    full_env = {**inherited, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, **(env or {})}
     popen = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, bufsize=1, cwd=cwd
     )

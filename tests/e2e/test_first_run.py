@@ -53,7 +53,8 @@ def serve_until_exit(
         policy = tmp_path / "policy.yaml"
         policy.write_text(MINIMAL_POLICY)
     full_env = {
-        **os.environ,
+        # The runner's service URLs (scripts/test.sh sets REDIS_URL) must not reach the gateway.
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KEYS_URL", "MEMORY_URL")},
         "PYTHONPATH": os.pathsep.join(p for p in (python_path, str(REPO)) if p),
         "SOPHIA_LOG_FORMAT": "json",
         **env,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import openai
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Stack, policy_text, start_gateway
@@ -128,7 +129,9 @@ def test_default_policy_without_keys_starts_and_names_the_variable(tmp_path: Pat
     env = {"OPENAI_API_KEY": "", "OPENROUTER_API_KEY": "", "GROQ_API_KEY": ""}
     # The default policy asks for virtual keys; this test is about provider keys, so open mode.
     policy = tmp_path / "default-open.yaml"
-    policy.write_text((REPO / "routing_policies" / "default.yaml").read_text() + "\nauth: {mode: open}\n")
+    shipped = yaml.safe_load((REPO / "routing_policies" / "default.yaml").read_text())
+    shipped.setdefault("auth", {})["mode"] = "open"  # its teams stay: only the mode changes
+    policy.write_text(yaml.safe_dump(shipped, sort_keys=False))
     gateway = start_gateway(policy, env=env)
     try:
         c = openai.OpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=0)
