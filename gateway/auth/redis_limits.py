@@ -7,12 +7,13 @@ in one Redis Cluster slot and a script may touch them all):
 * ``P{K}:tk``  ZSET ticket -> reserved at (ms), ``P{K}:ta`` HASH ticket -> tokens, ``P{K}:ts``
   their sum: the token reservations of the window;
 * ``P{K}:sp``  HASH ``period`` (index of the budget period), ``usd`` (spent in it);
-* ``P:u:{day}:{team}:{K}`` HASH requests, tokens_in, tokens_out, cost_usd, refused:<reason>,
-  indexed by the SET ``P:ud:{day}`` of ``team\\tkey`` (the usage rows of ``/admin/usage``).
+* ``P:{K}:u:{day}:{team}`` HASH requests, tokens_in, tokens_out, cost_usd, refused:<reason>
+  (in the key's slot), indexed by the SET ``P:ud:{day}`` of ``team\\tkey`` (the usage rows of
+  ``/admin/usage``; added once per key and day by each process).
 
 ``admit`` is one script (one round trip): expire, check the budget, the RPM and the TPM, and only
-if all pass count the request and reserve its tokens. ``settle`` is one script plus the usage
-row's increments, pipelined (one round trip). Time is Redis's own (``TIME``), so replicas with
+if all pass count the request and reserve its tokens. ``settle`` is one script too, the usage
+row's increments included (it ran as 9 commands: redis-py's packing of each cost about 40 us here). Time is Redis's own (``TIME``), so replicas with
 skewed clocks agree. A failure (Redis, OS, timeout) falls back to the ``LocalLimiter``
 (``fail: open``: counted in this process, logged once per outage, ``errors`` exported) or raises
 ``LimitsUnavailable`` (``fail: closed``); after a backoff (0.1 s doubling to 5 s) one call probes.
@@ -141,9 +142,14 @@ end
 return {refused, used_rq, newest(KEYS[1]), total, newest(KEYS[2]), math.max(0, retry), breset}
 """
 
-# KEYS: rq, tk, ta, ts, sp.  ARGV: now_ms, window_ms, tpm (0: none), ticket, reserved, used,
-# cost_usd, period_ms (0: no budget).
+# KEYS: rq, tk, ta, ts, sp, usage row.  ARGV: now_ms, window_ms, tpm (0: none), ticket, reserved,
+# used, cost_usd, period_ms (0: no budget), tokens_in, tokens_out, usage_ttl_s.
 _SETTLE = """
+redis.call('HINCRBY', KEYS[6], 'requests', 1)
+redis.call('HINCRBY', KEYS[6], 'tokens_in', ARGV[9])
+redis.call('HINCRBY', KEYS[6], 'tokens_out', ARGV[10])
+if tonumber(ARGV[7]) > 0 then redis.call('HINCRBYFLOAT', KEYS[6], 'cost_usd', ARGV[7]) end
+redis.call('EXPIRE', KEYS[6], ARGV[11])
 local tpm, ticket = tonumber(ARGV[3]), ARGV[4]
 local reserved, used, cost, period = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 if tpm > 0 then
@@ -201,6 +207,7 @@ class RedisLimiter:
         self._client: aioredis.Redis | None = None
         self._admit: AsyncScript | None = None
         self._settle: AsyncScript | None = None
+        self._indexed: set[tuple[int, str, str]] = set()  # (day, team, key) rows already indexed
         self.errors = 0
         self._healthy = True
         self._failures = 0
@@ -236,7 +243,9 @@ class RedisLimiter:
         return str(self._clock_ms()) if self._clock_ms is not None else ""
 
     def _usage_key(self, day: int, team: str, key_id: str) -> str:
-        return f"{self._prefix}u:{day}:{team}:{key_id}"
+        # Hash-tagged with the key id: in the same cluster slot as the key's limit counters, so
+        # the settle script updates both in one call.
+        return f"{self._prefix}{{{key_id}}}:u:{day}:{team}"
 
     def _today(self) -> int:
         return day_of(self._clock_ms() / 1000 if self._clock_ms is not None else time.time())
@@ -284,22 +293,28 @@ class RedisLimiter:
             tokens_in + tokens_out,
             repr(cost_usd),
             period_ms,
+            tokens_in,
+            tokens_out,
+            USAGE_TTL_S,
         ]
         day = self._today()
-        row = self._usage_key(day, caller.team, caller.key_id)
+        keys = [*self._keys(caller.key_id), self._usage_key(day, caller.team, caller.key_id)]
+        indexed = (day, caller.team, caller.key_id)
 
         async def run() -> object:
+            if indexed in self._indexed:  # the usual case: one call (the usage row is in the script)
+                return await script(keys=keys, args=args)
+            # The day's index of rows (read by /admin/usage) lives in another slot: added once
+            # per key and day from each process.
             pipe = client.pipeline(transaction=False)
-            await script(keys=self._keys(caller.key_id), args=args, client=pipe)
-            pipe.hincrby(row, "requests", 1)
-            pipe.hincrby(row, "tokens_in", tokens_in)
-            pipe.hincrby(row, "tokens_out", tokens_out)
-            if cost_usd:
-                pipe.hincrbyfloat(row, "cost_usd", cost_usd)
-            pipe.expire(row, USAGE_TTL_S)
+            await script(keys=keys, args=args, client=pipe)
             pipe.sadd(f"{self._prefix}ud:{day}", f"{caller.team}\t{caller.key_id}")
             pipe.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
-            return await pipe.execute()
+            done = await pipe.execute()
+            if len(self._indexed) > 100_000:
+                self._indexed.clear()
+            self._indexed.add(indexed)
+            return done
 
         if await self._call(run) is None:
             self.local.settle_now(caller, ticket, reserved, tokens_in, tokens_out, cost_usd)
