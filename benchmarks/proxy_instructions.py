@@ -39,6 +39,7 @@ from benchmarks.proxy_overhead import (  # noqa: E402
     STREAM_BODY,
     Revision,
     extract,
+    policy_for,
     policy_text,
     tree_env,
     uncommitted_paths,
@@ -121,7 +122,9 @@ def measure(
 ) -> int:
     out = scratch / f"callgrind.{label}"
     cwd = Path(tempfile.mkdtemp(prefix="serve-", dir=scratch))
-    proc, port = valgrind_gateway(tree, policy, out, cwd)
+    own = cwd / "policy.yaml"
+    own.write_text(policy_for(tree, policy.read_text()))
+    proc, port = valgrind_gateway(tree, own, out, cwd)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         send(conn, body, warmup)

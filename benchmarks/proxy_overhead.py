@@ -277,10 +277,20 @@ def policy_text(fake_url: str) -> str:
     scored = "".join(f"  {name}: {{kind: openai, base_url: {fake_url}/v1}}\n" for name in SCORE_PROVIDERS)
     deployments = ", ".join(f"{{provider: {name}, model: fake-model}}" for name in SCORE_PROVIDERS)
     return (
-        f"version: 1\nauth: {{mode: open}}\nproviders:\n  fake: {{kind: openai, base_url: {fake_url}/v1}}\n{scored}"
+        f"version: 1\n{OPEN_AUTH}providers:\n  fake: {{kind: openai, base_url: {fake_url}/v1}}\n{scored}"
         "models:\n  bench: {deployments: [{provider: fake, model: fake-model}]}\n"
         f"  bench-score: {{strategy: score, deployments: [{deployments}]}}\n"
     )
+
+
+OPEN_AUTH = "auth: {mode: open}\n"
+
+
+def policy_for(tree: Path, text: str) -> str:
+    """``text`` as ``tree``'s gateway reads it: revisions before virtual keys (issue 11) have no
+    ``auth`` section (and refuse it as an unknown key); they are open anyway."""
+    knows_auth = "class Auth(" in (tree / "gateway" / "policy" / "model.py").read_text()
+    return text if knows_auth else text.replace(OPEN_AUTH, "")
 
 
 def fake_chat_count(fake_url: str, reset: bool = False) -> int:
@@ -327,7 +337,9 @@ def start_gateway(
     source = imported_from(env, cwd)
     if source != tree.resolve():
         raise SystemExit(f"the {side} gateway would import gateway from {source}, not from {tree}")
-    proc = start(["serve", "--policy", str(policy), "--port", "0"], cpu=0, env=env, cwd=cwd)
+    own = Path(cwd) / "policy.yaml"
+    own.write_text(policy_for(tree, policy.read_text()))
+    proc = start(["serve", "--policy", str(own), "--port", "0"], cpu=0, env=env, cwd=cwd)
     return stack.enter_context(running(proc))
 
 
