@@ -23,23 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
-from redis.maint_notifications import MaintNotificationsConfig
 from redis.typing import EncodableT
 
 from gateway.auth.identity import Caller
 from gateway.auth.limits import WINDOW_S, Decision, LocalLimiter, Window
 from gateway.auth.usage import UsageQuery, UsageRow, day_of
 from gateway.errors import LimitsUnavailable
+from gateway.redis_link import Outage, redis_client
 
 if TYPE_CHECKING:
     from gateway.auth.limits import Limiter
@@ -53,8 +50,6 @@ T = TypeVar("T")
 # (tests/e2e/test_limits_replicas.py). A down Redis refuses at once; a stalled one costs this
 # much only to the one call that probes it after the backoff.
 OP_TIMEOUT_S = 1.0
-BACKOFF_BASE_S = 0.1
-BACKOFF_MAX_S = 5.0
 USAGE_TTL_S = 400 * 86400  # a usage row is kept for 400 days
 
 _NOW = """
@@ -208,25 +203,12 @@ class RedisLimiter:
         self._admit: AsyncScript | None = None
         self._settle: AsyncScript | None = None
         self._indexed: set[tuple[int, str, str]] = set()  # (day, team, key) rows already indexed
-        self.errors = 0
-        self._healthy = True
-        self._failures = 0
-        self._retry_at = 0.0
-        self._probing = False
+        self._outage = Outage()
 
     async def start(self) -> None:
         if self._client is not None:
             return
-        slack_s = max(1.0, self._op_timeout_s)
-        self._client = aioredis.Redis.from_url(
-            self._url,
-            socket_connect_timeout=slack_s,
-            socket_timeout=slack_s,
-            health_check_interval=15,
-            retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 0),
-            maint_notifications_config=MaintNotificationsConfig(enabled=False),
-        )
+        self._client = redis_client(self._url, self._op_timeout_s, health_check_interval_s=15)
         self._admit = self._client.register_script(_NOW + _ADMIT)
         self._settle = self._client.register_script(_NOW + _SETTLE)
 
@@ -367,25 +349,28 @@ class RedisLimiter:
     async def _call(self, op: Callable[[], Awaitable[T]], *, fallback_ok: bool = False) -> T | None:
         """``op`` within the op timeout; None (count locally) when Redis is skipped or failed and
         the policy fails open; ``LimitsUnavailable`` when it fails closed."""
-        if not self._healthy:
-            if self._probing or time.monotonic() < self._retry_at:
-                self._unavailable(fallback_ok)
-                return None
-            self._probing = True
-        probe = self._probing
+        outage = self._outage
+        probe = outage.attempt()
+        if probe is None:
+            self._unavailable(fallback_ok)
+            return None
         try:
             async with asyncio.timeout(self._op_timeout_s):
                 result = await op()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc, probe)
+            if outage.failed(probe):
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                log.warning(
+                    "redis limits unavailable: "
+                    + ("counting in this process" if self._fail == "open" else "refusing requests (503)"),
+                    extra={"fields": {"error": error}},
+                )
             self._unavailable(fallback_ok)
             return None
         finally:
-            if probe:
-                self._probing = False
-        if not self._healthy:
+            outage.finished(probe)
+        if outage.succeeded():
             log.info("redis limits recovered: counting shared again")
-        self._healthy, self._failures = True, 0
         return result
 
     def _unavailable(self, fallback_ok: bool) -> None:
@@ -395,25 +380,14 @@ class RedisLimiter:
             self._on_fallback()
         return None
 
-    def _failed(self, exc: BaseException, probe: bool) -> None:
-        self.errors += 1
-        if not (self._healthy or probe):
-            return
-        if self._healthy:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            log.warning(
-                "redis limits unavailable: "
-                + ("counting in this process" if self._fail == "open" else "refusing requests (503)"),
-                extra={"fields": {"error": error}},
-            )
-        self._healthy = False
-        self._failures += 1
-        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(self._failures - 1, 16))
-        self._retry_at = time.monotonic() + delay * random.uniform(0.5, 1.0)
-
     @property
     def healthy(self) -> bool:
-        return self._healthy
+        return self._outage.healthy
+
+    @property
+    def errors(self) -> int:
+        """Failed Redis calls so far."""
+        return self._outage.errors
 
 
 def _text(value: bytes | str) -> str:

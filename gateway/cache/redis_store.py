@@ -24,22 +24,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
-from redis.maint_notifications import MaintNotificationsConfig
 from redis.typing import EncodableT
 
 from gateway.cache.memory_store import entry_size
 from gateway.cache.store import CategoryBudget, CategoryUsage
+from gateway.redis_link import Outage, redis_client
 
 if TYPE_CHECKING:
     from gateway.cache.store import CacheStore
@@ -51,8 +48,6 @@ T = TypeVar("T")
 _USERINFO = re.compile(r"^(?P<scheme>[^:/]+://)(?P<userinfo>[^/?#]*)@")
 _PASSWORD_PARAM = re.compile(r"(?i)([?&]password=)[^&#]*")
 
-BACKOFF_BASE_S = 0.1
-BACKOFF_MAX_S = 5.0
 # Idle pooled connections are PINGed before reuse after this long, so a connection that died
 # silently (no FIN, e.g. a vanished host) is replaced instead of costing a request its timeout.
 HEALTH_CHECK_INTERVAL_S = 15
@@ -153,15 +148,10 @@ class RedisStore:
         self._budgets = {name: budget.max_bytes for name, budget in budgets.items()}
         self._prefix = prefix
         self._op_timeout_s = op_timeout_s
-        self._clock = clock
         self._usage = {name: CategoryUsage(entries=0, bytes=0) for name in budgets}
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
-        self.errors = 0
-        self._healthy = False
-        self._failures = 0  # consecutive failed backoff windows; sets the next backoff
-        self._retry_at = 0.0  # clock time before which Redis is skipped
-        self._probing = False  # one call at a time tries Redis again after a backoff
+        self._outage = Outage(healthy=False, clock=clock)
 
     async def start(self) -> None:
         """Create the client and PING; an unreachable Redis just leaves the store unhealthy.
@@ -170,27 +160,13 @@ class RedisStore:
         """
         if self._client is not None:
             return
-        # asyncio.timeout bounds each call; the socket timeouts only bound what runs outside it
-        # (close). No redis-py retries: they would spend the op's budget; the backoff decides.
-        # Maintenance notifications (redis-py 8 default "auto", with RESP3) make the pool skip its
-        # check-out test for connections the server closed, so after a Redis restart the first
-        # call on each pooled connection would fail; they serve managed-Redis failovers only.
-        slack_s = max(1.0, self._op_timeout_s)
-        self._client = aioredis.Redis.from_url(
-            self._url,
-            socket_connect_timeout=slack_s,
-            socket_timeout=slack_s,
-            health_check_interval=HEALTH_CHECK_INTERVAL_S,
-            retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 0),
-            maint_notifications_config=MaintNotificationsConfig(enabled=False),
-        )
+        self._client = redis_client(self._url, self._op_timeout_s, HEALTH_CHECK_INTERVAL_S)
         self._scripts = {
             "set": self._client.register_script(_NOW + _SET),
             "get": self._client.register_script(_NOW + _FORGET + _GET),
             "delete": self._client.register_script(_FORGET + _DELETE),
         }
-        self._healthy = True  # so the first failure logs the transition
+        self._outage.healthy = True  # so the first failure logs the transition
         client = self._client
         await self._call(lambda: client.ping())
 
@@ -246,7 +222,12 @@ class RedisStore:
 
     @property
     def healthy(self) -> bool:
-        return self._healthy
+        return self._outage.healthy
+
+    @property
+    def errors(self) -> int:
+        """Failed Redis calls so far."""
+        return self._outage.errors
 
     def _check(self, category: str) -> None:
         if category not in self._budgets:
@@ -261,43 +242,26 @@ class RedisStore:
         """Run ``op`` against Redis within the op timeout; None if skipped or failed."""
         if self._client is None:
             return None
-        probe = False
-        if not self._healthy:
-            if self._probing or self._clock() < self._retry_at:
-                return None  # backing off: no Redis round trip at all
-            probe = self._probing = True
+        outage = self._outage
+        probe = outage.attempt()
+        if probe is None:
+            return None  # backing off: no Redis round trip at all
         try:
             async with asyncio.timeout(self._op_timeout_s):
                 result = await op()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc, probe)
+            if outage.failed(probe):
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                log.warning(
+                    "redis cache unavailable, serving without it",
+                    extra={"fields": {"url": self.redacted_url, "error": error}},
+                )
             return None
         finally:
-            if probe:
-                self._probing = False
-        if not self._healthy:
+            outage.finished(probe)
+        if outage.succeeded():
             log.info("redis cache recovered", extra={"fields": {"url": self.redacted_url}})
-        self._healthy = True
-        self._failures = 0
         return result
-
-    def _failed(self, exc: BaseException, probe: bool) -> None:
-        self.errors += 1
-        # Calls already in flight when Redis broke fail too; only the first of them, or a failed
-        # probe, opens a new (longer) backoff window, so concurrency does not inflate the backoff.
-        if not (self._healthy or probe):
-            return
-        if self._healthy:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            log.warning(
-                "redis cache unavailable, serving without it",
-                extra={"fields": {"url": self.redacted_url, "error": error}},
-            )
-        self._healthy = False
-        self._failures += 1
-        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(self._failures - 1, 16))
-        # Jitter spreads the replicas' probes so a recovering Redis is not hit by all at once.
-        self._retry_at = self._clock() + delay * random.uniform(0.5, 1.0)
 
 
 if TYPE_CHECKING:
