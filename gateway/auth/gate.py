@@ -19,7 +19,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol
 
 from gateway.auth.identity import Caller
-from gateway.auth.limits import REFUSED_BUDGET, Decision, Limiter, LocalLimiter, Window
+from gateway.auth.limits import REFUSED_BUDGET, Decision, Limiter, Window
 from gateway.errors import QuotaExceeded, RateLimited
 from gateway.observability.metrics import GatewayMetrics
 from gateway.wire.requests import Endpoint, JSONObject
@@ -66,7 +66,7 @@ class LimitGate:
         headers = headers_for(decision)
         ctx.record.rate_limits = headers
         if decision.refused is None:
-            ctx.limit_ticket = LimitTicket(self, caller, ticket, tokens)
+            ctx.limit_ticket = LimitTicket(self, caller, decision.ticket or ticket, tokens)
             return
         m = self._metrics
         m.child(m.refusals, caller.team, decision.refused).inc()
@@ -83,9 +83,10 @@ class LimitGate:
         task.add_done_callback(self._pending.discard)
 
     async def drain(self) -> None:
-        """Wait for settlements still running (at shutdown, and in tests)."""
+        """Wait for settlements still running and written (at shutdown, and in tests)."""
         while self._pending:
             await asyncio.gather(*tuple(self._pending), return_exceptions=True)
+        await self.limiter.flush()
 
 
 class LimitTicket:
@@ -111,17 +112,15 @@ class LimitTicket:
         )
 
     def settle_later(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
-        """``settle`` without waiting: at once in process, else in a task (the answer is not
-        held back by a Redis round trip)."""
+        """``settle`` without waiting: the limiter counts it now (in process) or on its next write
+        (Redis); the answer is not held back by a round trip."""
         if self._settled:
             return
-        limiter = self._gate.limiter
-        if isinstance(limiter, LocalLimiter):
-            self._settled = True
-            self._spent(cost_usd)
-            limiter.settle_now(self._caller, self.ticket, self.reserved, tokens_in, tokens_out, cost_usd)
-            return
-        self._gate.later(self.settle(tokens_in, tokens_out, cost_usd))
+        self._settled = True
+        self._spent(cost_usd)
+        self._gate.limiter.settle_soon(
+            self._caller, self.ticket, self.reserved, tokens_in, tokens_out, cost_usd
+        )
 
     def _spent(self, cost_usd: float) -> None:
         if cost_usd:

@@ -51,6 +51,7 @@ class Decision:
     tokens: Window | None
     retry_after_s: float = 0.0
     budget_reset_s: float = 0.0
+    ticket: str | None = None  # the reservation to settle, when not the ticket admit was given
 
 
 ADMITTED_UNLIMITED = Decision(None, None, None)
@@ -75,8 +76,18 @@ class Limiter(Protocol):
         its usage row counts it."""
         ...
 
+    def settle_soon(
+        self, caller: Caller, ticket: str, reserved: int, tokens_in: int, tokens_out: int, cost_usd: float
+    ) -> None:
+        """``settle`` without waiting for it (the answer is not held back by it)."""
+        ...
+
     async def refused(self, caller: Caller, reason: str) -> None:
         """Count a refusal in the usage rows."""
+        ...
+
+    async def flush(self) -> None:
+        """Write what ``settle_soon`` and ``refused`` left pending."""
         ...
 
     async def usage(self, query: UsageQuery) -> list[UsageRow]: ...
@@ -151,6 +162,11 @@ class LocalLimiter:
     ) -> None:
         self.settle_now(caller, ticket, reserved, tokens_in, tokens_out, cost_usd)
 
+    def settle_soon(
+        self, caller: Caller, ticket: str, reserved: int, tokens_in: int, tokens_out: int, cost_usd: float
+    ) -> None:
+        self.settle_now(caller, ticket, reserved, tokens_in, tokens_out, cost_usd)
+
     def settle_now(
         self, caller: Caller, ticket: str, reserved: int, tokens_in: int, tokens_out: int, cost_usd: float
     ) -> None:
@@ -183,6 +199,9 @@ class LocalLimiter:
 
     async def usage(self, query: UsageQuery) -> list[UsageRow]:
         return self.table.query(query)
+
+    async def flush(self) -> None:
+        return None
 
     @staticmethod
     def _expire(counts: _KeyCounts, edge: float) -> None:

@@ -1,22 +1,39 @@
-"""``RedisLimiter``: the limits shared by every replica, one Redis, atomic Lua scripts.
+"""``RedisLimiter``: the limits shared by every replica, one Redis, atomic Lua scripts, and
+**leases** so that a busy key's requests are admitted without a Redis round trip.
 
 Layout per key (``P`` = prefix, ``{K}`` = the key id as a hash tag, so one key's counters live
-in one Redis Cluster slot and a script may touch them all):
+in one Redis Cluster slot and a script may touch them all). Both limits are **weighted
+sliding-window logs**: an entry is a ZSET member stamped with a time (ms), its weight in a HASH,
+and the weights' sum in a STRING:
 
-* ``P{K}:rq``  ZSET ticket -> admitted at (ms): the requests of the sliding window;
-* ``P{K}:tk``  ZSET ticket -> reserved at (ms), ``P{K}:ta`` HASH ticket -> tokens, ``P{K}:ts``
-  their sum: the token reservations of the window;
+* ``P{K}:rq`` / ``:ra`` / ``:rs``: the requests of the window;
+* ``P{K}:tk`` / ``:ta`` / ``:ts``: the token reservations of the window;
 * ``P{K}:sp``  HASH ``period`` (index of the budget period), ``usd`` (spent in it);
-* ``P:{K}:u:{day}:{team}`` HASH requests, tokens_in, tokens_out, cost_usd, refused:<reason>
+* ``P{K}:u:{day}:{team}`` HASH requests, tokens_in, tokens_out, cost_usd, refused:<reason>
   (in the key's slot), indexed by the SET ``P:ud:{day}`` of ``team\\tkey`` (the usage rows of
   ``/admin/usage``; added once per key and day by each process).
 
-``admit`` is one script (one round trip): expire, check the budget, the RPM and the TPM, and only
-if all pass count the request and reserve its tokens. ``settle`` is one script too, the usage
-row's increments included (it ran as 9 commands: redis-py's packing of each cost about 40 us here). Time is Redis's own (``TIME``), so replicas with
-skewed clocks agree. A failure (Redis, OS, timeout) falls back to the ``LocalLimiter``
-(``fail: open``: counted in this process, logged once per outage, ``errors`` exported) or raises
-``LimitsUnavailable`` (``fail: closed``); after a backoff (0.1 s doubling to 5 s) one call probes.
+**Admission** (``_ADMIT``, one script, one round trip): expire, check the budget, the RPM and the
+TPM, and only if all pass add one entry per log. The entry is a **lease** when the key is busy:
+it may hold more than this request (up to ``1/LEASE_SHARE`` of each limit, sized from what this
+process drew from its last lease), and this process then admits the key's next requests from it
+**in process** for ``LEASE_S``, with no round trip. A lease's entry is stamped at its end (now +
+``LEASE_S``), so every request drawn from it counts in the window for at least 60 s after it was
+admitted: any 60 s holds at most the limit, exactly, across replicas. Unused requests and tokens
+are given back when the lease ends (on the next round trip, on a timer, at shutdown); until
+then other replicas may be refused a little early (at most ``1/LEASE_SHARE`` of a limit per
+replica). A limit below ``LEASE_SHARE`` gets no lease: one round trip per request, exact to the
+request (so do the ``x-ratelimit-remaining-*`` headers; with a lease they are what the last
+round trip saw, less what this process drew since). A budget is checked on each round trip: a
+lease's requests may overrun a spent budget by what they cost within ``LEASE_S``.
+
+**Settlement** (``_SETTLE``) is batched: what calls ended with (usage, token corrections, spend,
+refusals, lease returns) is summed per key in process and written every ``FLUSH_S`` in one
+pipeline, so a request's end costs no round trip either (``settle`` waits for that write;
+``settle_soon`` does not). Time is Redis's own (``TIME``), so replicas with skewed clocks agree.
+A failure (Redis, OS, timeout) falls back to the ``LocalLimiter`` (``fail: open``: counted in
+this process, logged once per outage, ``errors`` exported) or raises ``LimitsUnavailable``
+(``fail: closed``); after a backoff (0.1 s doubling to 5 s) one call probes.
 """
 
 from __future__ import annotations
@@ -24,7 +41,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 import redis.asyncio as aioredis
@@ -51,8 +70,12 @@ T = TypeVar("T")
 # much only to the one call that probes it after the backoff.
 OP_TIMEOUT_S = 1.0
 USAGE_TTL_S = 400 * 86400  # a usage row is kept for 400 days
+LEASE_S = 1.0  # how long a lease's requests may be admitted in process
+LEASE_SHARE = 200  # a lease holds at most 1/200 (0.5 %) of a limit; limits below 200: no lease
+MAX_LEASE = 10_000  # requests per lease when the key has no RPM (a TPM or budget alone)
+FLUSH_S = 0.05  # settlements are written at most this long after the call ended
 
-_NOW = """
+_COMMON = """
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
@@ -60,117 +83,200 @@ if not now then
 end
 local window = tonumber(ARGV[2])
 local edge = now - window
-local function expire_tokens()
-  local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', edge)
+local function expire(z, h, s)
+  local old = redis.call('ZRANGEBYSCORE', z, '-inf', edge)
+  if #old == 0 then return tonumber(redis.call('GET', s) or 0) end
   local freed = 0
   for i = 1, #old do
-    freed = freed + tonumber(redis.call('HGET', KEYS[3], old[i]) or 0)
-    redis.call('HDEL', KEYS[3], old[i])
+    freed = freed + tonumber(redis.call('HGET', h, old[i]) or 0)
+    redis.call('HDEL', h, old[i])
   end
-  if #old > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', edge)
-    return redis.call('DECRBY', KEYS[4], freed)
-  end
-  return tonumber(redis.call('GET', KEYS[4]) or 0)
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', edge)
+  return redis.call('DECRBY', s, freed)
 end
-local function newest(key)
-  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  if #last == 0 then return 0 end
-  return math.max(0, tonumber(last[2]) + window - now)
+local function adjust(h, s, id, delta)
+  local old = redis.call('HGET', h, id)
+  if not old then return false end
+  old = tonumber(old)
+  local new = math.max(0, old + delta)
+  if new ~= old then
+    redis.call('HSET', h, id, new)
+    redis.call('INCRBY', s, new - old)
+  end
+  return true
+end
+local function add(z, h, s, id, at, weight, ttl)
+  redis.call('ZADD', z, at, id)
+  redis.call('HSET', h, id, weight)
+  local total = redis.call('INCRBY', s, weight)
+  redis.call('PEXPIRE', z, ttl)
+  redis.call('PEXPIRE', h, ttl)
+  redis.call('PEXPIRE', s, ttl)
+  return total
 end
 """
 
-# KEYS: rq, tk, ta, ts, sp.  ARGV: now_ms ('' = Redis time), window_ms, rpm (0: none),
-# tpm (0: none), tokens, budget_usd ('' = none), period_ms, ticket.
+# KEYS: rq, ra, rs, tk, ta, ts, sp.  ARGV: now_ms ('' = Redis time), window_ms, rpm (0: none),
+# tpm (0: none), tokens, budget_usd ('' = none), period_ms, ticket, requests asked, tokens
+# asked, lease_ms, the lease given back ('' = none), its unused requests, its unused tokens.
 # Returns {refused, requests used, requests reset ms, tokens used, tokens reset ms, retry ms,
-# budget reset ms}.
+# budget reset ms, requests granted, tokens granted}.
 _ADMIT = """
 local rpm, tpm, need = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local budget, period, ticket = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local ask_rq, ask_tk, lease_ms = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local ttl = window + lease_ms + 1000
+if ARGV[12] ~= '' then
+  adjust(KEYS[2], KEYS[3], ARGV[12], -tonumber(ARGV[13]))
+  adjust(KEYS[5], KEYS[6], ARGV[12], -tonumber(ARGV[14]))
+end
+local function fit(z, h, used, limit, want)
+  local free = limit - used
+  local entries = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    free = free + tonumber(redis.call('HGET', h, entries[i]) or 0)
+    if free >= want then return tonumber(entries[i + 1]) + window - now end
+  end
+  return window
+end
+local function reset_of(z)
+  local last = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+  if #last == 0 then return 0 end
+  return math.max(0, tonumber(last[2]) + window - now)
+end
 local refused, retry, breset = '', 0, 0
 if budget then
   local idx = math.floor(now / period)
-  local s = redis.call('HMGET', KEYS[5], 'period', 'usd')
+  local s = redis.call('HMGET', KEYS[7], 'period', 'usd')
   local spent = 0
   if tonumber(s[1]) == idx then spent = tonumber(s[2]) or 0 end
   breset = (idx + 1) * period - now
   if spent >= budget then refused, retry = 'budget', breset end
 end
-local used_rq = 0
+local used_rq, used_tk = 0, 0
 if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', edge)
-  used_rq = redis.call('ZCARD', KEYS[1])
-  if refused == '' and used_rq >= rpm then
-    refused = 'requests'
-    retry = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) + window - now
+  used_rq = expire(KEYS[1], KEYS[2], KEYS[3])
+  if refused == '' and used_rq + 1 > rpm then
+    refused, retry = 'requests', fit(KEYS[1], KEYS[2], used_rq, rpm, 1)
   end
 end
-local total = 0
 if tpm > 0 then
-  total = expire_tokens()
-  if refused == '' and total + need > tpm then
-    refused, retry = 'tokens', window
-    local free = tpm - total
-    local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-    for i = 1, #entries, 2 do
-      free = free + tonumber(redis.call('HGET', KEYS[3], entries[i]) or 0)
-      if free >= need then
-        retry = tonumber(entries[i + 1]) + window - now
-        break
-      end
-    end
+  used_tk = expire(KEYS[4], KEYS[5], KEYS[6])
+  if refused == '' and used_tk + need > tpm then
+    refused, retry = 'tokens', fit(KEYS[4], KEYS[5], used_tk, tpm, need)
   end
 end
+local grant_rq, grant_tk = 0, 0
 if refused == '' then
-  if rpm > 0 then
-    redis.call('ZADD', KEYS[1], now, ticket)
-    redis.call('PEXPIRE', KEYS[1], window + 1000)
-    used_rq = used_rq + 1
-  end
-  if tpm > 0 then
-    redis.call('ZADD', KEYS[2], now, ticket)
-    redis.call('HSET', KEYS[3], ticket, need)
-    total = redis.call('INCRBY', KEYS[4], need)
-    for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], window + 1000) end
-  end
+  grant_rq, grant_tk = ask_rq, math.max(need, ask_tk)
+  if rpm > 0 then grant_rq = math.max(1, math.min(ask_rq, rpm - used_rq)) end
+  if tpm > 0 then grant_tk = math.max(need, math.min(ask_tk, tpm - used_tk)) end
+  local at = now
+  if grant_rq > 1 or grant_tk > need then at = now + lease_ms end
+  if rpm > 0 then used_rq = add(KEYS[1], KEYS[2], KEYS[3], ticket, at, grant_rq, ttl) end
+  if tpm > 0 then used_tk = add(KEYS[4], KEYS[5], KEYS[6], ticket, at, grant_tk, ttl) end
 end
-return {refused, used_rq, newest(KEYS[1]), total, newest(KEYS[2]), math.max(0, retry), breset}
+return {refused, used_rq, reset_of(KEYS[1]), used_tk, reset_of(KEYS[4]), math.max(0, retry), breset,
+        grant_rq, grant_tk}
 """
 
-# KEYS: rq, tk, ta, ts, sp, usage row.  ARGV: now_ms, window_ms, tpm (0: none), ticket, reserved,
-# used, cost_usd, period_ms (0: no budget), tokens_in, tokens_out, usage_ttl_s.
+# KEYS: rq, ra, rs, tk, ta, ts, sp, usage row.  ARGV: now_ms, window_ms, lease_ms, period_ms (0:
+# no budget), cost_usd, requests, tokens_in, tokens_out, usage_ttl_s, an id for tokens used
+# beyond a reservation that left the window, the number of corrections, then (log 'r' | 't',
+# entry, delta) for each, the number of refusal reasons, then (reason, count) for each.
 _SETTLE = """
-redis.call('HINCRBY', KEYS[6], 'requests', 1)
-redis.call('HINCRBY', KEYS[6], 'tokens_in', ARGV[9])
-redis.call('HINCRBY', KEYS[6], 'tokens_out', ARGV[10])
-if tonumber(ARGV[7]) > 0 then redis.call('HINCRBYFLOAT', KEYS[6], 'cost_usd', ARGV[7]) end
-redis.call('EXPIRE', KEYS[6], ARGV[11])
-local tpm, ticket = tonumber(ARGV[3]), ARGV[4]
-local reserved, used, cost, period = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-if tpm > 0 then
-  expire_tokens()
-  local held = redis.call('HGET', KEYS[3], ticket)
-  if held then
-    redis.call('HSET', KEYS[3], ticket, used)
-    redis.call('INCRBY', KEYS[4], used - tonumber(held))
-  elseif used > reserved then
-    local extra = ticket .. '+'
-    redis.call('ZADD', KEYS[2], now, extra)
-    redis.call('HSET', KEYS[3], extra, used - reserved)
-    redis.call('INCRBY', KEYS[4], used - reserved)
-    for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], window + 1000) end
+local ttl = window + tonumber(ARGV[3]) + 1000
+local period, cost, requests = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local i, extra = 12, 0
+for _ = 1, tonumber(ARGV[11]) do
+  local id, delta = ARGV[i + 1], tonumber(ARGV[i + 2])
+  if ARGV[i] == 'r' then
+    adjust(KEYS[2], KEYS[3], id, delta)
+  elseif not adjust(KEYS[5], KEYS[6], id, delta) and delta > 0 then
+    extra = extra + delta  -- its reservation already left the window: counted from now
   end
+  i = i + 3
 end
+if extra > 0 then add(KEYS[4], KEYS[5], KEYS[6], ARGV[10], now, extra, ttl) end
+local reasons = tonumber(ARGV[i])
+i = i + 1
+if requests > 0 then
+  redis.call('HINCRBY', KEYS[8], 'requests', requests)
+  redis.call('HINCRBY', KEYS[8], 'tokens_in', ARGV[7])
+  redis.call('HINCRBY', KEYS[8], 'tokens_out', ARGV[8])
+  if cost > 0 then redis.call('HINCRBYFLOAT', KEYS[8], 'cost_usd', ARGV[5]) end
+end
+for _ = 1, reasons do
+  redis.call('HINCRBY', KEYS[8], 'refused:' .. ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if requests > 0 or reasons > 0 then redis.call('EXPIRE', KEYS[8], ARGV[9]) end
 if cost > 0 and period > 0 then
   local idx = math.floor(now / period)
-  if tonumber(redis.call('HGET', KEYS[5], 'period')) ~= idx then
-    redis.call('HSET', KEYS[5], 'period', idx, 'usd', 0)
+  if tonumber(redis.call('HGET', KEYS[7], 'period')) ~= idx then
+    redis.call('HSET', KEYS[7], 'period', idx, 'usd', 0)
   end
-  redis.call('HINCRBYFLOAT', KEYS[5], 'usd', ARGV[7])
-  redis.call('PEXPIRE', KEYS[5], period + 1000)
+  redis.call('HINCRBYFLOAT', KEYS[7], 'usd', ARGV[5])
+  redis.call('PEXPIRE', KEYS[7], period + 1000)
 end
 return 1
 """
+
+
+@dataclass(slots=True)
+class _Lease:
+    """Requests and tokens this process holds for one key, admitted in process until ``ends``."""
+
+    entry: str  # the entries' name in Redis (the ticket of the request that took it)
+    limits: tuple[int | None, int | None, float | None, float | None]
+    ends: float  # monotonic s
+    requests: int  # left
+    tokens: int  # left
+    # What the round trip saw, for the x-ratelimit-* headers of the requests drawn from it:
+    rq_used: int
+    rq_reset_s: float
+    tk_used: int
+    tk_reset_s: float
+    taken_at: float  # monotonic s
+
+
+@dataclass(slots=True)
+class _Rate:
+    since: float  # monotonic s: the current period began
+    count: int = 0  # admitted in the current period
+    last: int = 0  # admitted in the period before
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One key's (and team's, and day's) settlements not yet written to Redis."""
+
+    caller: Caller
+    day: int
+    requests: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    corrections: Counter[tuple[str, str]] = field(default_factory=Counter)  # (log, entry) -> delta
+    refusals: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class _Batch:
+    pending: dict[tuple[str, str, int], _Pending] = field(default_factory=dict)
+    # Each settlement as given, for the local fallback when the write fails.
+    settled: list[tuple[Caller, str, int, int, int, float]] = field(default_factory=list)
+    refused: list[tuple[Caller, str]] = field(default_factory=list)
+    written: asyncio.Future[None] | None = None
+
+    def of(self, caller: Caller, day: int) -> _Pending:
+        slot = (caller.key_id, caller.team, day)
+        found = self.pending.get(slot)
+        if found is None:
+            found = self.pending[slot] = _Pending(caller, day)
+        else:
+            found.caller = caller  # the newest limits
+        return found
 
 
 class RedisLimiter:
@@ -178,7 +284,8 @@ class RedisLimiter:
 
     ``url`` is a redis-py URL; ``prefix`` namespaces every key; ``op_timeout_s`` bounds each
     call; ``fail`` is the policy's ``auth.limits_fail``; ``clock_ms`` replaces Redis's time
-    (tests only); ``on_fallback`` is called for each request counted locally instead."""
+    (tests only); ``on_fallback`` is called for each request counted locally instead;
+    ``lease_s`` 0 turns leases off (every request a round trip)."""
 
     def __init__(
         self,
@@ -190,6 +297,8 @@ class RedisLimiter:
         window_s: float = WINDOW_S,
         clock_ms: Callable[[], int] | None = None,
         on_fallback: Callable[[], None] | None = None,
+        lease_s: float = LEASE_S,
+        flush_s: float = FLUSH_S,
     ) -> None:
         self._url = url
         self._prefix = prefix
@@ -198,28 +307,41 @@ class RedisLimiter:
         self._window_ms = int(window_s * 1000)
         self._clock_ms = clock_ms
         self._on_fallback = on_fallback
+        self._lease_s = lease_s
+        self._flush_s = flush_s
         self.local = LocalLimiter(window_s=window_s)  # fail-open: counted in this process
         self._client: aioredis.Redis | None = None
         self._admit: AsyncScript | None = None
         self._settle: AsyncScript | None = None
         self._indexed: set[tuple[int, str, str]] = set()  # (day, team, key) rows already indexed
         self._outage = Outage()
+        self._leases: dict[str, _Lease] = {}
+        self._rates: dict[str, _Rate] = {}  # key id -> its admissions in this process
+        self._batch = _Batch()
+        self._flush_at: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self.round_trips = 0  # admission scripts run (the rest were admitted from leases)
 
     async def start(self) -> None:
         if self._client is not None:
             return
         self._client = redis_client(self._url, self._op_timeout_s, health_check_interval_s=15)
-        self._admit = self._client.register_script(_NOW + _ADMIT)
-        self._settle = self._client.register_script(_NOW + _SETTLE)
+        self._admit = self._client.register_script(_COMMON + _ADMIT)
+        self._settle = self._client.register_script(_COMMON + _SETTLE)
 
     async def close(self) -> None:
+        """Give the leases back and write what is pending, then close the client."""
+        for key_id in list(self._leases):
+            self._give_back(key_id)
+        if self._client is not None:
+            await self.flush()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
 
     def _keys(self, key_id: str) -> list[str]:
         base = f"{self._prefix}{{{key_id}}}"
-        return [f"{base}:rq", f"{base}:tk", f"{base}:ta", f"{base}:ts", f"{base}:sp"]
+        return [f"{base}:{name}" for name in ("rq", "ra", "rs", "tk", "ta", "ts", "sp")]
 
     def _now_arg(self) -> str:
         return str(self._clock_ms()) if self._clock_ms is not None else ""
@@ -232,95 +354,257 @@ class RedisLimiter:
     def _today(self) -> int:
         return day_of(self._clock_ms() / 1000 if self._clock_ms is not None else time.time())
 
+    # -- admission -------------------------------------------------------------------------
+
     async def admit(self, caller: Caller, ticket: str, tokens: int) -> Decision:
+        lease = self._leases.get(caller.key_id)
+        if lease is not None:
+            drawn = self._draw(lease, caller, tokens)
+            if drawn is not None:
+                return drawn
+        return await self._admit_remote(caller, ticket, tokens)
+
+    def _draw(self, lease: _Lease, caller: Caller, tokens: int) -> Decision | None:
+        """A request admitted from this process's lease, or None (ended, used up, other limits)."""
+        now = time.monotonic()
+        fits = lease.requests >= 1 and (caller.tpm is None or lease.tokens >= tokens)
+        if not fits or now >= lease.ends or lease.limits != _limits(caller):
+            return None
+        lease.requests -= 1
+        lease.tokens -= tokens
+        self._count(caller.key_id)
+        elapsed = now - lease.taken_at
+        rpm, tpm = caller.rpm, caller.tpm
+        return Decision(
+            None,
+            None if rpm is None else _window(rpm, lease.rq_used - lease.requests, lease.rq_reset_s - elapsed),
+            None if tpm is None else _window(tpm, lease.tk_used - lease.tokens, lease.tk_reset_s - elapsed),
+            ticket=lease.entry,
+        )
+
+    async def _admit_remote(self, caller: Caller, ticket: str, tokens: int) -> Decision:
         script = self._admit
         assert script is not None, "start() first"
+        key_id = caller.key_id
+        old = self._leases.pop(key_id, None)
+        demand = self._count(key_id)
+        rpm, tpm = caller.rpm, caller.tpm
+        # A key this process admits more than once per lease period asks for a lease of twice
+        # that, within 1/LEASE_SHARE of each limit (the tokens: as many requests of this size).
+        ask_rq = 1
+        if self._lease_s > 0 and demand > 1:
+            ask_rq = min(2 * demand, rpm // LEASE_SHARE if rpm is not None else MAX_LEASE)
+            if tpm is not None:
+                ask_rq = min(ask_rq, tpm // LEASE_SHARE // max(1, tokens))
+            ask_rq = max(1, ask_rq)
+        ask_tk = tokens * ask_rq
         args: list[EncodableT] = [
             self._now_arg(),
             self._window_ms,
-            caller.rpm or 0,
-            caller.tpm or 0,
+            rpm or 0,
+            tpm or 0,
             tokens,
             "" if caller.budget_usd is None or not caller.budget_period_s else repr(caller.budget_usd),
             int((caller.budget_period_s or 0) * 1000),
             ticket,
+            ask_rq,
+            ask_tk,
+            int(self._lease_s * 1000),
+            old.entry if old is not None else "",
+            old.requests if old is not None else 0,
+            max(0, old.tokens) if old is not None else 0,
         ]
-        keys = self._keys(caller.key_id)
+        keys = self._keys(key_id)
+        sent = time.monotonic()
+        self.round_trips += 1
         found = await self._call(lambda: script(keys=keys, args=args))
         if found is None:
             return self.local.admit_now(caller, ticket, tokens)
-        refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset = found
+        refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk = found
         refused = refused.decode() if isinstance(refused, bytes) else str(refused)
-        rpm, tpm = caller.rpm, caller.tpm
+        used_rq, used_tk, grant_rq, grant_tk = int(used_rq), int(used_tk), int(grant_rq), int(grant_tk)
+        lease = None
+        if not refused and (grant_rq > 1 or grant_tk > tokens):
+            lease = _Lease(
+                ticket,
+                _limits(caller),
+                sent + self._lease_s,
+                grant_rq - 1,
+                grant_tk - tokens,
+                used_rq,
+                int(rq_reset) / 1000,
+                used_tk,
+                int(tk_reset) / 1000,
+                sent,
+            )
+            if key_id in self._leases:  # a concurrent round trip took one too
+                self._give_back(key_id)
+            self._leases[key_id] = lease
+            asyncio.get_running_loop().call_later(self._lease_s, self._lease_ended, key_id, lease)
+        # The headers: what Redis counted, less what this process's lease holds and has not used.
+        unused_rq, unused_tk = (lease.requests, lease.tokens) if lease is not None else (0, 0)
         return Decision(
             refused or None,
-            None if rpm is None else Window(rpm, max(0, rpm - int(used_rq)), int(rq_reset) / 1000),
-            None if tpm is None else Window(tpm, max(0, tpm - int(used_tk)), int(tk_reset) / 1000),
+            None if rpm is None else Window(rpm, max(0, rpm - used_rq + unused_rq), int(rq_reset) / 1000),
+            None if tpm is None else Window(tpm, max(0, tpm - used_tk + unused_tk), int(tk_reset) / 1000),
             int(retry) / 1000,
             int(breset) / 1000,
+            ticket=None if refused else ticket,
         )
+
+    def _count(self, key_id: str) -> int:
+        """Count one admission of the key in this process; returns its demand: the most it
+        admitted in one lease period lately (the current one or the one before)."""
+        now = time.monotonic()
+        rate = self._rates.get(key_id)
+        if rate is None:
+            if len(self._rates) > 100_000:
+                self._rates.clear()
+            rate = self._rates[key_id] = _Rate(now)
+        elif now - rate.since >= self._lease_s:
+            rate.last = rate.count if now - rate.since < 2 * self._lease_s else 0
+            rate.count, rate.since = 0, now
+        rate.count += 1
+        return max(rate.last, rate.count)
+
+    def _lease_ended(self, key_id: str, lease: _Lease) -> None:
+        if self._leases.get(key_id) is lease:
+            self._give_back(key_id)
+
+    def _give_back(self, key_id: str) -> None:
+        """The key's lease ends here: what it did not admit is given back on the next write."""
+        lease = self._leases.pop(key_id, None)
+        if lease is None:
+            return
+        if lease.requests <= 0 and lease.tokens <= 0:
+            return
+        rpm, tpm, _, _ = lease.limits
+        pending = self._batch.of(Caller(key_id, "", rpm=rpm, tpm=tpm), self._today())
+        if lease.requests > 0:
+            pending.corrections["r", lease.entry] -= lease.requests
+        if lease.tokens > 0:
+            pending.corrections["t", lease.entry] -= lease.tokens
+        lease.requests = lease.tokens = 0
+        self._schedule()
+
+    # -- settlement ------------------------------------------------------------------------
+
+    def settle_soon(
+        self, caller: Caller, ticket: str, reserved: int, tokens_in: int, tokens_out: int, cost_usd: float
+    ) -> None:
+        """Count the call's end on the next write (within ``FLUSH_S``), without waiting for it."""
+        batch = self._batch
+        pending = batch.of(caller, self._today())
+        pending.requests += 1
+        pending.tokens_in += tokens_in
+        pending.tokens_out += tokens_out
+        pending.cost_usd += cost_usd
+        used = tokens_in + tokens_out
+        if caller.tpm is not None and used != reserved:
+            pending.corrections["t", ticket] += used - reserved
+        batch.settled.append((caller, ticket, reserved, tokens_in, tokens_out, cost_usd))
+        self._schedule()
 
     async def settle(
         self, caller: Caller, ticket: str, reserved: int, tokens_in: int, tokens_out: int, cost_usd: float
     ) -> None:
-        client, script = self._client, self._settle
-        assert client is not None and script is not None, "start() first"
-        period_ms = int((caller.budget_period_s or 0) * 1000) if caller.budget_usd is not None else 0
-        args: list[EncodableT] = [
-            self._now_arg(),
-            self._window_ms,
-            caller.tpm or 0,
-            ticket,
-            reserved,
-            tokens_in + tokens_out,
-            repr(cost_usd),
-            period_ms,
-            tokens_in,
-            tokens_out,
-            USAGE_TTL_S,
-        ]
-        day = self._today()
-        keys = [*self._keys(caller.key_id), self._usage_key(day, caller.team, caller.key_id)]
-        indexed = (day, caller.team, caller.key_id)
-
-        async def run() -> object:
-            if indexed in self._indexed:  # the usual case: one call (the usage row is in the script)
-                return await script(keys=keys, args=args)
-            # The day's index of rows (read by /admin/usage) lives in another slot: added once
-            # per key and day from each process.
-            pipe = client.pipeline(transaction=False)
-            await script(keys=keys, args=args, client=pipe)
-            pipe.sadd(f"{self._prefix}ud:{day}", f"{caller.team}\t{caller.key_id}")
-            pipe.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
-            done = await pipe.execute()
-            if len(self._indexed) > 100_000:
-                self._indexed.clear()
-            self._indexed.add(indexed)
-            return done
-
-        if await self._call(run) is None:
-            self.local.settle_now(caller, ticket, reserved, tokens_in, tokens_out, cost_usd)
+        self.settle_soon(caller, ticket, reserved, tokens_in, tokens_out, cost_usd)
+        await self._written()
 
     async def refused(self, caller: Caller, reason: str) -> None:
-        client = self._client
-        assert client is not None, "start() first"
-        day = self._today()
-        row = self._usage_key(day, caller.team, caller.key_id)
+        self._batch.of(caller, self._today()).refusals[reason] += 1
+        self._batch.refused.append((caller, reason))
+        self._schedule()
 
-        async def run() -> object:
-            pipe = client.pipeline(transaction=False)
-            pipe.hincrby(row, f"refused:{reason}", 1)
-            pipe.expire(row, USAGE_TTL_S)
-            pipe.sadd(f"{self._prefix}ud:{day}", f"{caller.team}\t{caller.key_id}")
-            return await pipe.execute()
+    async def flush(self) -> None:
+        """Write every pending settlement now (and wait for a write already running)."""
+        while self._flushing is not None or self._batch.pending:
+            if self._flushing is not None:
+                await asyncio.shield(self._flushing)
+                continue
+            if self._flush_at is not None:
+                self._flush_at.cancel()
+                self._flush_at = None
+            self._start_flush()
 
-        if await self._call(run, fallback_ok=True) is None:
-            await self.local.refused(caller, reason)
+    async def _written(self) -> None:
+        """Wait for the write of the current batch."""
+        batch = self._batch
+        if batch.written is None:
+            batch.written = asyncio.get_running_loop().create_future()
+        await asyncio.shield(batch.written)
+
+    def _schedule(self) -> None:
+        if self._flush_at is None and self._flushing is None:
+            self._flush_at = asyncio.get_running_loop().call_later(self._flush_s, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush_at = None
+        if self._flushing is None and self._batch.pending:
+            self._flushing = asyncio.ensure_future(self._write(self._batch))
+            self._batch = _Batch()
+
+    async def _write(self, batch: _Batch) -> None:
+        try:
+            ok = self._client is not None and await self._call(lambda: self._send(batch), fallback_ok=True)
+            if not ok:
+                for settled in batch.settled:
+                    self.local.settle_now(*settled)
+                for caller, reason in batch.refused:
+                    await self.local.refused(caller, reason)
+        finally:
+            self._flushing = None
+            if batch.written is not None and not batch.written.done():
+                batch.written.set_result(None)
+            if self._batch.pending:
+                self._schedule()
+
+    async def _send(self, batch: _Batch) -> bool:
+        client, script = self._client, self._settle
+        assert client is not None and script is not None, "start() first"
+        pipe = client.pipeline(transaction=False)
+        indexed: list[tuple[int, str, str]] = []
+        for (key_id, team, day), p in batch.pending.items():
+            caller = p.caller
+            period_ms = int((caller.budget_period_s or 0) * 1000) if caller.budget_usd is not None else 0
+            args: list[EncodableT] = [
+                self._now_arg(),
+                self._window_ms,
+                int(self._lease_s * 1000),
+                period_ms,
+                repr(p.cost_usd),
+                p.requests,
+                p.tokens_in,
+                p.tokens_out,
+                USAGE_TTL_S,
+                f"x:{id(p):x}:{time.monotonic_ns()}",
+                len(p.corrections),
+            ]
+            for (which, entry), delta in p.corrections.items():
+                args += [which, entry, delta]
+            args.append(len(p.refusals))
+            for reason, count in p.refusals.items():
+                args += [reason, count]
+            keys = [*self._keys(key_id), self._usage_key(day, team, key_id)]
+            await script(keys=keys, args=args, client=pipe)
+            if team and (p.requests or p.refusals) and (day, team, key_id) not in self._indexed:
+                # The day's index of rows (read by /admin/usage) lives in another slot.
+                pipe.sadd(f"{self._prefix}ud:{day}", f"{team}\t{key_id}")
+                pipe.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
+                indexed.append((day, team, key_id))
+        await pipe.execute()
+        if len(self._indexed) > 100_000:
+            self._indexed.clear()
+        self._indexed.update(indexed)
+        return True
+
+    # -- usage -----------------------------------------------------------------------------
 
     async def usage(self, query: UsageQuery) -> list[UsageRow]:
         """The rows of every replica (and this process's own rows counted while Redis was down)."""
         client = self._client
         assert client is not None, "start() first"
+        await self.flush()  # this process's own calls, up to now
         rows: list[UsageRow] = []
         for day in range(query.from_day, query.to_day + 1):
             members = await client.smembers(f"{self._prefix}ud:{day}")
@@ -331,13 +615,13 @@ class RedisLimiter:
                 fields = await client.hgetall(self._usage_key(day, team, key_id))
                 row = UsageRow(team, key_id, day)
                 for name, value in fields.items():
-                    field = _text(name)
-                    if field.startswith("refused:"):
-                        row.refusals[field.removeprefix("refused:")] = int(value)
-                    elif field == "cost_usd":
+                    field_name = _text(name)
+                    if field_name.startswith("refused:"):
+                        row.refusals[field_name.removeprefix("refused:")] = int(value)
+                    elif field_name == "cost_usd":
                         row.cost_usd = float(value)
-                    elif field in ("requests", "tokens_in", "tokens_out"):
-                        setattr(row, field, int(value))
+                    elif field_name in ("requests", "tokens_in", "tokens_out"):
+                        setattr(row, field_name, int(value))
                 rows.append(row)
         local = {(r.day, r.team, r.key_id): r for r in self.local.table.query(query)}
         for row in rows:
@@ -376,7 +660,7 @@ class RedisLimiter:
     def _unavailable(self, fallback_ok: bool) -> None:
         if self._fail == "closed" and not fallback_ok:
             raise LimitsUnavailable()
-        if self._on_fallback is not None:
+        if self._on_fallback is not None and not fallback_ok:
             self._on_fallback()
         return None
 
@@ -388,6 +672,14 @@ class RedisLimiter:
     def errors(self) -> int:
         """Failed Redis calls so far."""
         return self._outage.errors
+
+
+def _limits(caller: Caller) -> tuple[int | None, int | None, float | None, float | None]:
+    return (caller.rpm, caller.tpm, caller.budget_usd, caller.budget_period_s)
+
+
+def _window(limit: int, used: int, reset_s: float) -> Window:
+    return Window(limit, max(0, limit - used), max(0.0, reset_s))
 
 
 def _text(value: bytes | str) -> str:

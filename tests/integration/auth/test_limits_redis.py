@@ -4,8 +4,10 @@ several limiters (replicas) share one Redis, and the policy's fail-open / fail-c
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+import redis
 
 from gateway.auth.identity import Caller
 from gateway.auth.redis_limits import RedisLimiter
@@ -137,3 +139,107 @@ async def _try(limiter: RedisLimiter, key: Caller) -> object | None:
         return await limiter.admit(key, "probe", 0)
     except LimitsUnavailable:
         return None
+
+
+# -- leases: a busy key admitted in process, still exact across replicas --------------------
+
+
+def _evalsha_calls(url: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def _sum(url: str, prefix: str, key_id: str, log: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        return int(client.get(f"{prefix}{{{key_id}}}:{log}s") or 0)
+
+
+async def test_leases_admit_a_busy_key_without_a_round_trip_per_request(private_redis: PrivateRedis) -> None:
+    limiter = await _limiter(private_redis.url, "t:")
+    key = Caller("k1", "alpha", rpm=100_000, tpm=10_000_000)
+    before = _evalsha_calls(private_redis.url)
+    try:
+        for i in range(1000):
+            decision = await limiter.admit(key, f"r{i}", 100)
+            assert decision.refused is None and decision.ticket is not None
+            limiter.settle_soon(key, decision.ticket, 100, 30, 20, 0.0)
+        await limiter.flush()
+        admissions, scripts = limiter.round_trips, _evalsha_calls(private_redis.url) - before
+        # Leases ramp up (2, 4, 8, ... requests) within the 0.5 % cap (500): a handful of
+        # admission scripts, and the settlements are written in batches, not one by one.
+        assert admissions <= 20, admissions
+        assert scripts <= admissions + 20, scripts
+        rows = await limiter.usage(UsageQuery("alpha", "k1", day_of(time.time()), day_of(time.time())))
+        assert [(r.requests, r.tokens_in, r.tokens_out) for r in rows] == [(1000, 30_000, 20_000)]
+    finally:
+        await limiter.close()  # gives the lease back
+    # Exact after the lease is given back: 1000 requests, and 50 tokens each (not the 100 reserved).
+    assert _sum(private_redis.url, "t:", "k1", "r") == 1000
+    assert _sum(private_redis.url, "t:", "k1", "t") == 50_000
+
+
+async def test_three_limiters_with_leases_never_admit_more_than_the_limit(
+    redis_url: str, redis_prefix: str
+) -> None:
+    limiters = [await _limiter(redis_url, redis_prefix) for _ in range(3)]
+    rpm = 2_000  # leases of up to 10 requests
+    key = Caller("k1", "alpha", rpm=rpm, tpm=200 * rpm)
+    admitted = refused = 0
+    try:
+        for round_ in range(100):  # 3000 requests, 30 at a time over the three
+            decisions = await asyncio.gather(
+                *(limiters[i % 3].admit(key, f"t{round_}-{i}", 100) for i in range(30))
+            )
+            admitted += sum(1 for d in decisions if d.refused is None)
+            refused += sum(1 for d in decisions if d.refused is not None)
+            assert all(d.refused in (None, "requests") for d in decisions)
+        assert admitted <= rpm
+        # What leases still hold unused is refused to the others until it is given back: at
+        # most 1/200 of the limit per replica.
+        assert admitted >= rpm - 3 * rpm // 200
+        # Each refusal is a round trip (never from a lease); the admissions took a few.
+        assert sum(limiter.round_trips for limiter in limiters) - refused < admitted // 4
+    finally:
+        for limiter in limiters:
+            await limiter.close()
+    assert _sum(redis_url, redis_prefix, "k1", "r") == admitted
+    assert _sum(redis_url, redis_prefix, "k1", "t") == admitted * 100
+
+
+async def test_an_unused_lease_is_given_back_when_it_ends(redis_url: str, redis_prefix: str) -> None:
+    limiter = RedisLimiter(redis_url, prefix=redis_prefix, lease_s=0.2, flush_s=0.01)
+    await limiter.start()
+    other = await _limiter(redis_url, redis_prefix)
+    key = Caller("k1", "alpha", rpm=4_000)  # leases of up to 20
+    try:
+        for i in range(10):
+            assert (await limiter.admit(key, f"a{i}", 0)).refused is None
+        held = _sum(redis_url, redis_prefix, "k1", "r")
+        assert held > 10  # a lease holds more than was admitted ...
+        # ... the other replica sees that much less remaining ...
+        seen = await other.admit(key, "b", 0)
+        assert seen.requests is not None and seen.requests.remaining == 4_000 - held - 1
+        # ... until the lease ends and its unused requests are given back (bounded wait).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while _sum(redis_url, redis_prefix, "k1", "r") != 11:
+            assert loop.time() < deadline, "the lease was never given back"
+            await asyncio.sleep(0.02)
+    finally:
+        await limiter.close()
+        await other.close()
+
+
+async def test_a_lease_is_not_drawn_for_other_limits(redis_url: str, redis_prefix: str) -> None:
+    # The key's limits changed (an admin edit): the next request goes back to Redis.
+    limiter = await _limiter(redis_url, redis_prefix)
+    try:
+        for i in range(10):
+            await limiter.admit(Caller("k1", "alpha", rpm=4_000), f"a{i}", 0)
+        trips = limiter.round_trips
+        decision = await limiter.admit(Caller("k1", "alpha", rpm=3_000), "b", 0)
+        assert limiter.round_trips == trips + 1
+        assert decision.requests is not None and decision.requests.limit == 3_000
+    finally:
+        await limiter.close()
