@@ -1,31 +1,34 @@
-"""Every Prometheus metric the gateway exports, defined once, on a registry owned by the app.
+"""Every Prometheus metric the gateway exports, defined once, owned by the app.
 
 Names follow the OpenTelemetry GenAI semantic conventions where one exists
 (``gen_ai.client.token.usage``, ``gen_ai.server.time_to_first_token``), else ``gateway_*`` with
 ``_seconds`` / ``_total`` suffixes. Label values are bounded: model names come from the policy
 (an unknown model is recorded as ``unknown``), never from free client input, and no label or
 value ever holds a key.
+
+The per-request metrics are plain Python numbers in dicts keyed by label tuples (``Counter``,
+``Gauge``, ``Histogram`` below), exported by one collector at scrape time in the same text
+prometheus-client's own metrics would give: prometheus-client takes a threading lock for every
+``inc``/``observe``, which the event loop never needs. They are only safe from one thread: every
+call site runs on the event loop (the memory service's worker threads keep their own figures,
+read at scrape time through ``MemoryView``).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
-from typing import ClassVar, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
-
-M = TypeVar("M", bound=MetricWrapperBase)
+from prometheus_client.utils import floatToGoString
 
 # The ``*_created`` series double the exposition size and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -54,6 +57,170 @@ _LATENCY_BUCKETS_S = (
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class CounterChild:
+    """One labelled series of a counter: a plain number."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.value += amount
+
+
+class GaugeChild:
+    """One labelled series of a gauge: a plain number."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class HistogramChild:
+    """One labelled series of a histogram: a count per bucket (not cumulative) and the sum."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds  # sorted, +Inf last
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        # Prometheus buckets are "less than or equal": the first bound >= amount.
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.sum += amount
+
+
+C = TypeVar("C", CounterChild, GaugeChild, HistogramChild)
+
+
+class _Family(Generic[C]):
+    """A metric: its name, help text and label names, and a child per label-value tuple."""
+
+    kind: ClassVar[str]
+    __slots__ = ("children", "documentation", "labelnames", "name")
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = ()) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.children: dict[tuple[str, ...], C] = {}
+        if not self.labelnames:
+            self.children[()] = self._new()
+
+    def _new(self) -> C:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> C:
+        """The child for ``values`` (one per label name), made on first use."""
+        found = self.children.get(values)
+        if found is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: expected {len(self.labelnames)} label values, got {values!r}")
+            found = self.children[values] = self._new()
+        return found
+
+    def family(self) -> Metric:
+        """The metric's samples now, as prometheus-client's exposition expects them."""
+        raise NotImplementedError
+
+
+class Counter(_Family[CounterChild]):
+    kind = "counter"
+    __slots__ = ()
+
+    def _new(self) -> CounterChild:
+        return CounterChild()
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Increment an unlabelled counter."""
+        self.children[()].inc(amount)
+
+    def family(self) -> Metric:
+        out = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self.children.items():
+            out.add_metric(values, child.value)
+        return out
+
+
+class Gauge(_Family[GaugeChild]):
+    kind = "gauge"
+    __slots__ = ()
+
+    def _new(self) -> GaugeChild:
+        return GaugeChild()
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.children[()].value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.children[()].value -= amount
+
+    def set(self, value: float) -> None:
+        self.children[()].set(value)
+
+    def family(self) -> Metric:
+        out = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self.children.items():
+            out.add_metric(values, child.value)
+        return out
+
+
+class Histogram(_Family[HistogramChild]):
+    kind = "histogram"
+    __slots__ = ("_bounds", "_les")
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Iterable[str], buckets: Iterable[float]
+    ) -> None:
+        bounds = sorted(float(b) for b in buckets)
+        if bounds[-1] != float("inf"):
+            bounds.append(float("inf"))
+        self._bounds = tuple(bounds)
+        self._les = tuple(floatToGoString(b) for b in bounds)  # type: ignore[no-untyped-call]
+        super().__init__(name, documentation, labelnames)
+
+    def _new(self) -> HistogramChild:
+        return HistogramChild(self._bounds)
+
+    def family(self) -> Metric:
+        out = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self.children.items():
+            cumulative, buckets = 0, []
+            for le, count in zip(self._les, child.counts, strict=True):
+                cumulative += count
+                buckets.append((le, float(cumulative)))
+            out.add_metric(values, buckets, child.sum)
+        return out
+
+
+class _PlainCollector(Collector):
+    """Exports the plain metrics, in the order they were defined."""
+
+    def __init__(self, families: list[Counter | Gauge | Histogram]) -> None:
+        self._families = families
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        return [family.family() for family in self._families]
 
 
 class RouterView(Protocol):
@@ -187,40 +354,33 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
-        r = self.registry
         self.requests = Counter(
             "gateway_requests",
             "Client requests answered, by endpoint, model group, provider and HTTP status.",
             ("endpoint", "model", "provider", "status_code"),
-            registry=r,
         )
         self.request_duration = Histogram(
             "gateway_request_duration_seconds",
             "Time from request received to response finished (streams: to the last byte).",
             ("endpoint", "model", "provider"),
             buckets=_LATENCY_BUCKETS_S,
-            registry=r,
         )
-        self.in_flight = Gauge("gateway_requests_in_flight", "Client requests being handled now.", registry=r)
+        self.in_flight = Gauge("gateway_requests_in_flight", "Client requests being handled now.")
         self.upstream_requests = Counter(
             "gateway_upstream_requests",
             "Requests sent to providers, by provider, upstream model and outcome.",
             ("provider", "upstream_model", "outcome"),
-            registry=r,
         )
         self.upstream_errors = Counter(
             "gateway_upstream_errors",
             "Failed provider requests, by provider, upstream model and error class.",
             ("provider", "upstream_model", "error_type"),
-            registry=r,
         )
         self.upstream_duration = Histogram(
             "gateway_upstream_duration_seconds",
             "Time a provider took to answer (headers for streams, whole body otherwise).",
             ("provider", "upstream_model"),
             buckets=_LATENCY_BUCKETS_S,
-            registry=r,
         )
         self.time_to_first_token = Histogram(
             "gen_ai_server_time_to_first_token_seconds",
@@ -228,7 +388,6 @@ class GatewayMetrics:
             "model the client asked for, the model that answered and its provider.",
             ("gen_ai_request_model", "gen_ai_response_model", "gen_ai_provider_name"),
             buckets=_LATENCY_BUCKETS_S,
-            registry=r,
         )
         self.token_usage = Histogram(
             "gen_ai_client_token_usage",
@@ -236,40 +395,34 @@ class GatewayMetrics:
             "the model that answered, its provider and the token type (input, output).",
             ("gen_ai_request_model", "gen_ai_response_model", "gen_ai_provider_name", "gen_ai_token_type"),
             buckets=_TOKEN_BUCKETS,
-            registry=r,
         )
 
         self.retries = Counter(
             "gateway_retries",
             "Upstream attempts beyond the first, by the model group that served the request.",
             ("model",),
-            registry=r,
         )
         self.fallbacks = Counter(
             "gateway_fallbacks",
             "Requests served by a deployment other than the first choice (the seed's fallback "
             "rate KPI is this over gateway_requests_total).",
             ("model",),
-            registry=r,
         )
         self.cache_requests = Counter(
             "gateway_cache_requests",
             "Cacheable-path requests by category and result (hit, miss, bypass, refresh); hit "
             "rate = hit / (hit + miss).",
             ("category", "result"),
-            registry=r,
         )
         self.cache_evictions = Counter(
             "gateway_cache_evictions",
             "Entries evicted to keep a category within its byte budget.",
             ("category",),
-            registry=r,
         )
         self.cost = Counter(
             "gateway_cost_usd",
             "Spend in US dollars, from the policy's prices and the usage providers reported.",
             ("model", "provider", "upstream_model"),
-            registry=r,
         )
 
         # Teams are the policy's (auth.teams), reasons the limits' own: bounded, never client text.
@@ -277,19 +430,25 @@ class GatewayMetrics:
             "gateway_spend_usd",
             "Spend in US dollars by team (virtual keys), from the policy's prices and reported usage.",
             ("team",),
-            registry=r,
         )
         self.refusals = Counter(
             "gateway_refusals",
             "Requests refused by a key's limits, by team and reason (requests, tokens, budget).",
             ("team", "reason"),
-            registry=r,
         )
         self.limits_local = Counter(
             "gateway_limits_local",
             "Limit checks counted in this process because the limits' Redis was unavailable "
             "(auth.limits_fail: open).",
-            registry=r,
+        )
+
+        self.access_log_dropped = Counter(
+            "gateway_access_log_dropped",
+            "Access log lines dropped because stderr did not take them (more than the access "
+            "log's backlog bound was waiting on a full pipe).",
+        )
+        self.registry.register(
+            _PlainCollector([m for m in vars(self).values() if isinstance(m, Counter | Gauge | Histogram)])
         )
 
     def cache_collector(self, view: CacheView) -> None:
@@ -300,14 +459,13 @@ class GatewayMetrics:
         """Export the memory service's index size, search cache and store pool, at scrape time."""
         self.registry.register(_MemoryCollector(view))
 
-    def child(self, metric: M, *labels: str) -> M:
-        """``metric.labels(*labels)``, memoised: the hot path skips prometheus_client's label
-        validation and lock. Label values are bounded (see the module docstring), so is this."""
-        key = (id(metric), labels)
-        found = self._children.get(key)
+    def child(self, metric: _Family[C], *labels: str) -> C:
+        """``metric.labels(*labels)``: the series for these label values, a dict lookup once made.
+        Label values are bounded (see the module docstring), so is the number of series."""
+        found = metric.children.get(labels)
         if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found  # type: ignore[return-value]
+            found = metric.labels(*labels)
+        return found
 
     def register_router(self, router: RouterView) -> None:
         """Export the router's live breaker states and scores, read at scrape time."""

@@ -1,0 +1,95 @@
+"""The plain-number metrics export exactly what prometheus-client's own metrics would."""
+
+from __future__ import annotations
+
+import prometheus_client as prom
+import pytest
+
+from gateway.observability.metrics import Counter, GatewayMetrics, Gauge, Histogram
+
+
+def reference_registry(metrics: GatewayMetrics) -> tuple[prom.CollectorRegistry, dict[str, object]]:
+    """prometheus-client metrics with the same names, help texts, labels and buckets."""
+    registry = prom.CollectorRegistry(auto_describe=True)
+    made: dict[str, object] = {}
+    for family in vars(metrics).values():
+        if isinstance(family, Histogram):
+            made[family.name] = prom.Histogram(
+                family.name,
+                family.documentation,
+                family.labelnames,
+                buckets=[float(le) for le in family._les],
+                registry=registry,
+            )
+        elif isinstance(family, Counter):
+            made[family.name] = prom.Counter(
+                family.name, family.documentation, family.labelnames, registry=registry
+            )
+        elif isinstance(family, Gauge):
+            made[family.name] = prom.Gauge(
+                family.name, family.documentation, family.labelnames, registry=registry
+            )
+    return registry, made
+
+
+def test_exposition_is_the_same_text_prometheus_client_writes() -> None:
+    metrics = GatewayMetrics()
+    registry, ref = reference_registry(metrics)
+
+    def both(name: str, labels: tuple[str, ...], op: str, *args: float) -> None:
+        family = next(f for f in vars(metrics).values() if getattr(f, "name", None) == name)
+        getattr(metrics.child(family, *labels), op)(*args)
+        other = ref[name]
+        getattr(other.labels(*labels) if labels else other, op)(*args)  # type: ignore[attr-defined]
+
+    both("gateway_requests", ("/v1/chat/completions", "gpt", "a", "200"), "inc")
+    both("gateway_requests", ("/v1/chat/completions", "gpt", "a", "200"), "inc")
+    both("gateway_requests", ("unmatched", "", "", "404"), "inc")
+    for value in (0.0, 0.0004, 0.0005, 0.0006, 1, 2.5, 299.9, 300, 301, 10_000):
+        both("gateway_request_duration_seconds", ("/v1/chat/completions", "gpt", "a"), "observe", value)
+    for tokens in (0, 1, 3, 4, 5, 1048576, 2_000_000):
+        both("gen_ai_client_token_usage", ("gpt", "gpt-4o", "a", "input"), "observe", tokens)
+    both("gateway_cost_usd", ("gpt", "a", "gpt-4o"), "inc", 0.000125)
+    both("gateway_limits_local", (), "inc")
+    both("gateway_requests_in_flight", (), "inc")
+    both("gateway_requests_in_flight", (), "inc")
+    both("gateway_requests_in_flight", (), "dec")
+
+    ours = metrics.render().decode()
+    theirs = prom.generate_latest(registry).decode()
+    assert ours == theirs
+    assert (
+        'gateway_request_duration_seconds_bucket{endpoint="/v1/chat/completions",le="0.0005",model="gpt",provider="a"} 3.0'
+        in ours
+    )
+    assert "gateway_requests_in_flight 1.0" in ours and "gateway_limits_local_total 1.0" in ours
+
+
+def test_sample_values_read_back_through_the_registry() -> None:
+    metrics = GatewayMetrics()
+    metrics.child(metrics.retries, "gpt").inc(2)
+    metrics.child(metrics.upstream_duration, "a", "m").observe(0.3)
+    registry = metrics.registry
+    assert registry.get_sample_value("gateway_retries_total", {"model": "gpt"}) == 2.0
+    assert (
+        registry.get_sample_value(
+            "gateway_upstream_duration_seconds_count", {"provider": "a", "upstream_model": "m"}
+        )
+        == 1.0
+    )
+    assert (
+        registry.get_sample_value(
+            "gateway_upstream_duration_seconds_bucket", {"provider": "a", "upstream_model": "m", "le": "0.25"}
+        )
+        == 0.0
+    )
+
+
+def test_a_child_is_made_once_and_checks_its_label_count() -> None:
+    metrics = GatewayMetrics()
+    first = metrics.child(metrics.fallbacks, "gpt")
+    assert metrics.child(metrics.fallbacks, "gpt") is first
+    with pytest.raises(ValueError, match="expected 1 label values"):
+        metrics.child(metrics.fallbacks, "gpt", "extra")
+    with pytest.raises(ValueError):
+        first.inc(-1)
