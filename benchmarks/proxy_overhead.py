@@ -1,30 +1,32 @@
-"""Benchmark: requests/s and added latency of the gateway over a zero-latency fake upstream.
+"""Benchmark: the gateway against the bare aiohttp floor, over a zero-latency fake upstream.
 
-One run measures, with wrk as the load generator:
-  * direct to the fake provider, and through the gateway (gateway pinned to core 0;
-    fake provider and wrk share core 1);
-  * requests/s at concurrency 16 and latency p50/p99 at concurrency 1 and 16, for non-streaming
-    chat completions and for streamed ones (``"stream": true`` with
-    ``"stream_options": {"include_usage": true}``: server-sent events over chunked encoding; a
-    short wrk run with a ``response()`` hook first checks that every streamed response wrk counts
-    is whole: status 200, chunked, a usage chunk, ending with ``data: [DONE]``);
-  * the same through the gateway for a model group of three deployments with ``strategy: score``
-    (the same fake provider under three provider names, so only the routing differs), compared
-    with the single-deployment group (issue 3 target: requests/s within 15 %).
+One run measures, in the same run and interleaved round by round (each measurement taken for every
+target back to back, the order rotating between rounds, so machine drift hits all alike):
+  * the **floor** (``benchmarks/floor_proxy.py``: a bare aiohttp pass-through proxy, one
+    ClientSession, uvloop as the gateway), a second floor process (``floor (A/A)``: the noise),
+    the **gateway** as users run it (access log at its default, on) and ``gateway (log off)``
+    (``SOPHIA_ACCESS_LOG=0``); with ``--baseline REV`` also the gateway of a git revision; and the
+    fake provider itself (``direct``, reference);
+  * non-streaming chat, not cacheable: requests/s at 16 connections and p50 / p99 at 1 connection
+    (wrk), and the CPU each proxy process spent per request it forwarded (/proc; CPU time is not
+    moved by what the machine gives to others);
+  * streams (``stream_options.include_usage``): streams/s and CPU per stream at 16 connections;
+    time to first byte, to the first ``data:`` event and to the end at 1 connection
+    (``benchmarks/stream_probe.py``: a plain socket, one request at a time); and the per-chunk relay
+    cost: (CPU per long stream - CPU per short stream) / (events of the long - of the short), the
+    long one a prompt the fake echoes as many more events;
+  * cache hits: an in-process (embedded) hit's requests/s on the gateway's one core, and a Redis
+    hit's p50 / p99 at 1 connection (a gateway with ``REDIS_URL`` on a private ``redis-server``);
+  * score routing over three deployments (issue 3);
+  * **workers** (unless ``--no-workers``): ``serve --workers 2`` against ``--workers 1``, next to the
+    floor as 2 processes on one port (SO_REUSEPORT) against 1, in the same run; skipped with a note
+    when ``serve --help`` has no ``--workers``.
+Proxies pinned to core 0; fake provider, Redis, wrk and the probe on core 1 (workers rows: see
+there). Every gateway writes its log (the access log included) to a file, as a log collector would
+read it. It writes its figures to benchmarks/RESULTS.md (its own section, replaced on each run).
 
-``--baseline REV`` compares the gateway of this working tree ("current") with the gateway of a
-git revision of this repository ("baseline", extracted with ``git archive REV`` into a temporary
-directory and run from there with the same policy and core pinning). Both gateways run side by
-side; every gateway row is measured for both in each of ``--rounds`` rounds, back to back, in
-alternating order (baseline, current, then current, baseline, ...) so that machine drift hits
-both alike; the figures reported are medians over the rounds, with the ratio current/baseline of
-the median requests/s (issue 2 target: at concurrency 16 the ratio stays >= 0.97, streaming
-included). ``--current REV`` runs the current side (and the fake provider) from a revision as well,
-instead of the working tree (to compare two commits whatever the working tree holds).
-
-It writes its figures to benchmarks/RESULTS.md (its own section, replaced on each run).
-
-Run: python benchmarks/proxy_overhead.py [--duration 10] [--baseline REV [--rounds 3]] [--current REV]
+Run: python benchmarks/proxy_overhead.py [--duration 10] [--rounds 3] [--baseline REV] [--current REV]
+     [--no-workers]
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import collections
 import contextlib
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -43,20 +44,28 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.processes import Logged, gateway_command, launch  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
-from gateway.testing.process import ManagedProcess, start  # noqa: E402
+from gateway.testing.process import ManagedProcess, free_port, start  # noqa: E402
 
 SECTION = "Proxy overhead (issue 2)"
 PROMPT = '"messages": [{"role": "user", "content": "Say something short about gateways."}]'
 BODY = '{"model": "%s", ' + PROMPT + "}"
 STREAM_BODY = '{"model": "%s", ' + PROMPT + ', "stream": true, "stream_options": {"include_usage": true}}'
+LONG_WORDS = 120  # the long stream's prompt: the fake echoes it one word per event
+LONG_STREAM_BODY = (
+    '{"model": "%s", "messages": [{"role": "user", "content": "'
+    + " ".join(["gateway"] * LONG_WORDS)
+    + '"}], "stream": true, "stream_options": {"include_usage": true}}'
+)
+HIT_BODY = '{"model": "%s", "temperature": 0, ' + PROMPT + "}"  # cacheable (cache.cacheable: deterministic)
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -94,29 +103,72 @@ function done(summary, latency, requests)
 end
 """
 CHAT_PATH = "/v1/chat/completions"
-CONCURRENCIES = (1, 16)
-TARGET_CONCURRENCY = 16
-TARGET_RATIO = 0.97
+PROXY_CPU, LOAD_CPU = 0, 1
 BASELINE, CURRENT = "baseline", "current"
+
+# Targets: the processes measured.
+DIRECT, FLOOR, FLOOR_AA, GATEWAY, LOG_OFF, REDIS_GATEWAY = (
+    "direct (fake provider)",
+    "floor",
+    "floor (A/A)",
+    "gateway",
+    "gateway (log off)",
+    "gateway (Redis cache)",
+)
+BASELINE_GATEWAY = "gateway (baseline)"
+
+# The issue's targets, each a ratio to or a difference from the floor measured in the same run.
+TARGET_RPS_RATIO = 0.80
+TARGET_P50_ADDED_MS = 0.1
+TARGET_P99_ADDED_MS = 0.3
+TARGET_TTFB_ADDED_MS = 0.1
+TARGET_LOG_COST = 0.05
+TARGET_REDIS_HIT_P99_MS = 0.5
+TARGET_MEMORY_HIT_RPS = 20_000
+TARGET_WORKERS_RATIO = 1.7
 
 
 @dataclass(frozen=True)
-class Row:
+class Kind:
+    """One measurement, taken for each of ``targets`` in every round."""
+
     name: str
-    via_gateway: bool
-    model: str
-    stream: bool = False
+    body: str
+    connections: int
+    targets: tuple[str, ...]
+    probe: bool = False  # the stream probe (time to first byte) instead of wrk
+    per_forwarded: bool = True  # CPU per request forwarded upstream (False: per request served)
 
 
-SCORE_ROW = "gateway (score, 3 deployments)"
-SCORE_PROVIDERS = ("fake-a", "fake-b", "fake-c")
-ROWS = (
-    Row("direct", False, "fake-model"),
-    Row("gateway", True, "bench"),
-    Row(SCORE_ROW, True, "bench-score"),
-    Row("direct (stream)", False, "fake-model", stream=True),
-    Row("gateway (stream)", True, "bench", stream=True),
+CHAT16, CHAT1, STREAM16, LONG16, STREAM1 = "chat c16", "chat c1", "stream c16", "long stream c16", "stream c1"
+SCORE16, SCORE1, HIT16, HIT1, REDIS1, REDIS16 = (
+    "score c16",
+    "score c1",
+    "in-process hit c16",
+    "in-process hit c1",
+    "Redis hit c1",
+    "Redis hit c16",
 )
+
+
+def kinds_for(compared: tuple[str, ...]) -> list[Kind]:
+    """``compared``: the proxies measured on the common path (floor, gateways)."""
+    with_direct = (DIRECT, *compared)
+    no_aa = tuple(t for t in compared if t != FLOOR_AA)
+    on_paths = tuple(t for t in no_aa if t != LOG_OFF)  # the long stream, for the per-chunk cost
+    return [
+        Kind(CHAT16, BODY % "bench", 16, with_direct),
+        Kind(CHAT1, BODY % "bench", 1, with_direct),
+        Kind(STREAM16, STREAM_BODY % "bench", 16, (DIRECT, *no_aa)),
+        Kind(LONG16, LONG_STREAM_BODY % "bench", 16, on_paths),
+        Kind(STREAM1, STREAM_BODY % "bench", 1, (DIRECT, *on_paths), probe=True),
+        Kind(SCORE16, BODY % "bench-score", 16, (GATEWAY,)),
+        Kind(SCORE1, BODY % "bench-score", 1, (GATEWAY,)),
+        Kind(HIT16, HIT_BODY % "bench", 16, (GATEWAY,), per_forwarded=False),
+        Kind(HIT1, HIT_BODY % "bench", 1, (GATEWAY,), per_forwarded=False),
+        Kind(REDIS1, HIT_BODY % "bench", 1, (REDIS_GATEWAY,), per_forwarded=False),
+        Kind(REDIS16, HIT_BODY % "bench", 16, (REDIS_GATEWAY,), per_forwarded=False),
+    ]
 
 
 def tree_env(tree: Path, **extra: str) -> dict[str, str]:
@@ -200,27 +252,34 @@ def imported_from(env: dict[str, str], cwd: str) -> Path:
     return Path(out.strip()).resolve().parents[1]
 
 
-# --- wrk ----------------------------------------------------------------------------------------
+# --- wrk and the stream probe ------------------------------------------------------------------
 
 
-def wrk_script(row: Row, check: bool = False) -> str:
-    body = (STREAM_BODY if row.stream else BODY) % row.model
+def write_script(body: str, check: bool = False) -> str:
     text = WRK_SCRIPT % body + (WRK_STREAM_CHECK if check else "")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(text)
     return script.name
 
 
-def wrk_output(wrk: str, url: str, script: str, connections: int, duration_s: int, cpu: int) -> str:
-    cmd = ["taskset", "-c", str(cpu), wrk, "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency"]
+def wrk_output(
+    wrk: str, url: str, script: str, connections: int, duration_s: int, cpu: int | str | None
+) -> str:
+    """wrk's output for one run (one thread, ``connections``), pinned to ``cpu`` (a taskset list) if given;
+    ``script`` (a file) is removed afterwards."""
+    cmd = [wrk, "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency"]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
     try:
         return subprocess.run([*cmd, "-s", script, url], capture_output=True, text=True, check=True).stdout
     finally:
         os.unlink(script)
 
 
-def run_wrk(wrk: str, url: str, row: Row, connections: int, duration_s: int, cpu: int) -> dict[str, float]:
-    out = wrk_output(wrk, url, wrk_script(row), connections, duration_s, cpu)
+def run_wrk(
+    wrk: str, url: str, body: str, connections: int, duration_s: int, cpu: int | str | None
+) -> dict[str, float]:
+    out = wrk_output(wrk, url, write_script(body), connections, duration_s, cpu)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -238,9 +297,9 @@ def run_wrk(wrk: str, url: str, row: Row, connections: int, duration_s: int, cpu
     }
 
 
-def check_stream(wrk: str, url: str, row: Row, duration_s: int, cpu: int) -> dict[str, object]:
+def check_stream(wrk: str, url: str, body: str, duration_s: int, cpu: int) -> dict[str, object]:
     """A short wrk run whose response() hook inspects every streamed response wrk counts as complete."""
-    out = wrk_output(wrk, url, wrk_script(row, check=True), TARGET_CONCURRENCY, duration_s, cpu)
+    out = wrk_output(wrk, url, write_script(body, check=True), 16, duration_s, cpu)
     found = re.search(r"CHECK checked=(\d+) complete=(\d+) chunked=(\d+) usage=(\d+)", out)
     if not found:
         raise RuntimeError(f"wrk's stream check printed nothing:\n{out}")
@@ -258,10 +317,33 @@ def check_stream(wrk: str, url: str, row: Row, duration_s: int, cpu: int) -> dic
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux /proc), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+def run_probe(url: str, body: str, duration_s: int, cpu: int) -> dict[str, float]:
+    """``stream_probe.py`` pinned to ``cpu``: time to first byte / first event / end, one at a time."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        f.write(body)
+    try:
+        out = subprocess.run(
+            [
+                "taskset",
+                "-c",
+                str(cpu),
+                sys.executable,
+                str(ROOT / "benchmarks" / "stream_probe.py"),
+                "--url",
+                url,
+                "--body-file",
+                f.name,
+                "--duration",
+                str(duration_s),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(f.name)
+    result: dict[str, float] = json.loads(out)
+    return {**result, "non_2xx": 0.0, "socket_errors": 0.0}
 
 
 def _ms(text: str) -> float:
@@ -269,7 +351,7 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-# --- fake provider and gateways -----------------------------------------------------------------
+# --- fake provider, floor and gateways ------------------------------------------------------------
 
 
 def policy_text(fake_url: str) -> str:
@@ -283,6 +365,7 @@ def policy_text(fake_url: str) -> str:
     )
 
 
+SCORE_PROVIDERS = ("fake-a", "fake-b", "fake-c")
 OPEN_AUTH = "auth: {mode: open}\n"
 
 
@@ -304,79 +387,159 @@ def fake_chat_count(fake_url: str, reset: bool = False) -> int:
         return int(json.load(resp)["by_path"].get(CHAT_PATH, 0))
 
 
+def post(url: str, body: str) -> tuple[dict[str, str], bytes]:
+    """One request with urllib: the response headers (lower-case names) and body."""
+    req = urllib.request.Request(
+        url, data=body.encode(), headers={"Content-Type": "application/json", "Authorization": "Bearer bench"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+
+
 def served_by(url: str, model: str, n: int) -> dict[str, int]:
     """How ``n`` sequential requests spread over providers, by their ``x-gateway-provider``."""
     seen: collections.Counter[str] = collections.Counter()
-    body = (BODY % model).encode()
     for _ in range(n):
-        req = urllib.request.Request(
-            url, data=body, headers={"Content-Type": "application/json", "Authorization": "Bearer bench"}
-        )
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                seen[resp.headers.get("x-gateway-provider", "?")] += 1
+            seen[post(url, BODY % model)[0].get("x-gateway-provider", "?")] += 1
         except OSError as exc:
             seen[f"error {getattr(exc, 'code', type(exc).__name__)}"] += 1
     return dict(sorted(seen.items()))
 
 
 @contextlib.contextmanager
-def running(proc: ManagedProcess) -> Iterator[ManagedProcess]:
+def running(proc: ManagedProcess | Logged) -> Iterator[ManagedProcess | Logged]:
     try:
         yield proc
     finally:
         proc.stop()
 
 
+def start_floor(
+    stack: contextlib.ExitStack, upstream: str, log: Path, cpus: str | None, workers: int = 1, port: int = 0
+) -> Logged:
+    args = [sys.executable, str(ROOT / "benchmarks" / "floor_proxy.py"), "--upstream", upstream]
+    proc = launch([*args, "--port", str(port), "--workers", str(workers)], log, cpus=cpus)
+    stack.enter_context(running(proc))
+    return proc
+
+
 def start_gateway(
-    stack: contextlib.ExitStack, tree: Path, policy: Path, scratch: Path, side: str
-) -> ManagedProcess:
-    """``serve`` from ``tree``, pinned to core 0, in its own working directory under ``scratch``."""
-    env = tree_env(tree, SOPHIA_ACCESS_LOG="0")
-    cwd = tempfile.mkdtemp(prefix=f"serve-{side}-", dir=scratch)
-    source = imported_from(env, cwd)
+    stack: contextlib.ExitStack,
+    tree: Path,
+    policy: Path,
+    scratch: Path,
+    name: str,
+    cpus: str | None,
+    extra: tuple[str, ...] = ("--port", "0"),
+    **env: str,
+) -> Logged:
+    """``serve`` from ``tree`` in its own working directory under ``scratch``, its output in a file."""
+    full_env = tree_env(tree, **env)
+    cwd = tempfile.mkdtemp(prefix="serve-", dir=scratch)
+    source = imported_from(full_env, cwd)
     if source != tree.resolve():
-        raise SystemExit(f"the {side} gateway would import gateway from {source}, not from {tree}")
+        raise SystemExit(f"{name} would import gateway from {source}, not from {tree}")
     own = Path(cwd) / "policy.yaml"
     own.write_text(policy_for(tree, policy.read_text()))
-    proc = start(["serve", "--policy", str(own), "--port", "0"], cpu=0, env=env, cwd=cwd)
-    return stack.enter_context(running(proc))
+    proc = launch(
+        gateway_command("serve", "--policy", str(own), *extra),
+        Path(cwd) / "output.log",
+        env=full_env,
+        cpus=cpus,
+        cwd=cwd,
+    )
+    stack.enter_context(running(proc))
+    return proc
+
+
+def start_redis(stack: contextlib.ExitStack, cpu: int) -> tuple[str, bool]:
+    """A private ``redis-server`` on core ``cpu`` (never the shared one: tests may flush it);
+    (its URL, whether redis-py in this interpreter parses with hiredis)."""
+    import redis
+    import redis.utils
+
+    from gateway.testing.redis_server import PrivateRedis
+
+    server = stack.enter_context(PrivateRedis())
+    client = redis.Redis.from_url(server.url)
+    pid = int(client.info("server")["process_id"])
+    client.close()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(pid, {cpu})
+    return server.url, bool(getattr(redis.utils, "HIREDIS_AVAILABLE", False))
+
+
+def stream_events(url: str, body: str) -> int:
+    """``data:`` events in one streamed answer."""
+    return post(url, body)[1].count(b"data:")
+
+
+def has_workers_option(tree: Path) -> bool:
+    out = subprocess.run(
+        gateway_command("serve", "--help"),
+        env={**os.environ, **tree_env(tree)},
+        capture_output=True,
+        text=True,
+    ).stdout
+    return "--workers" in out
 
 
 # --- measurement --------------------------------------------------------------------------------
 
 
-def planned_seconds(duration: int, warmup: int, rounds: int, sides: int) -> int:
-    direct = sum(not r.via_gateway for r in ROWS)
-    via = sum(r.via_gateway for r in ROWS)
-    streams = sum(r.stream for r in ROWS if r.via_gateway) * sides + sum(
-        r.stream for r in ROWS if not r.via_gateway
-    )
-    runs = rounds * len(CONCURRENCIES) * (direct + via * sides)
-    return runs * duration + (direct + via * sides) * warmup + streams * warmup
+@dataclass
+class Target:
+    name: str
+    url: str
+    cpu: Callable[[], float] | None  # CPU seconds of the process (tree) so far; None: not measured
+
+
+Results = dict[tuple[str, str], list[dict[str, float]]]
+
+
+def rotated(items: tuple[str, ...], index: int) -> tuple[str, ...]:
+    shift = index % len(items)
+    return items[shift:] + items[:shift]
+
+
+def measure(
+    wrk: str, kind: Kind, target: Target, fake_url: str, duration: int, load_cpu: int | str | None
+) -> dict[str, float]:
+    """One timed run of ``kind`` on ``target``, with the CPU the target spent per request."""
+    fake_chat_count(fake_url, reset=True)
+    before = target.cpu() if target.cpu else 0.0
+    if kind.probe:
+        result = run_probe(target.url + CHAT_PATH, kind.body, duration, int(str(load_cpu).split(",")[0]))
+    else:
+        result = run_wrk(wrk, target.url + CHAT_PATH, kind.body, kind.connections, duration, load_cpu)
+    forwarded = fake_chat_count(fake_url)
+    result["forwarded"] = float(forwarded)
+    if target.cpu:
+        per = forwarded if kind.per_forwarded else result["requests"]
+        result["cpu_us"] = (target.cpu() - before) * 1e6 / max(1.0, per)
+    return result
+
+
+def planned_seconds(kinds: list[Kind], duration: int, warmup: int, rounds: int, workers_runs: int) -> int:
+    runs = sum(len(k.targets) for k in kinds)
+    return runs * (rounds * duration + warmup) + workers_runs * (rounds * duration + warmup)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument(
-        "--baseline",
-        metavar="REV",
-        help="also run the gateway of git revision REV (e.g. a commit id) and compare it with this working tree",
-    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per timed run")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; medians reported (default 3)")
+    parser.add_argument("--baseline", metavar="REV", help="also run the gateway of git revision REV")
     parser.add_argument(
         "--current",
         metavar="REV",
-        help="run the current gateway (and the fake provider) from git revision REV instead of the working tree",
+        help="run the gateway (and the fake provider) of revision REV, not the working tree",
     )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        help="measurements per row and gateway, medians reported (default: 3 with --baseline, else 1)",
-    )
+    parser.add_argument("--no-workers", action="store_true", help="skip the workers rows")
+    parser.add_argument("--no-write", action="store_true", help="print the section, do not write RESULTS.md")
     args = parser.parse_args()
-    rounds = args.rounds if args.rounds is not None else (3 if args.baseline else 1)
-    if rounds < 1 or args.duration < 1:
+    if args.rounds < 1 or args.duration < 1:
         parser.error("--rounds and --duration must be at least 1")
     wrk = ensure_wrk()
     warmup = max(1, min(2, args.duration))
@@ -384,21 +547,15 @@ def main() -> int:
     dirty = uncommitted_paths()
     baseline_rev = Revision.of(args.baseline) if args.baseline else None
     current_rev = Revision.of(args.current) if args.current else None
-    sides = [BASELINE, CURRENT] if baseline_rev else [CURRENT]
+    compared = (FLOOR, FLOOR_AA, GATEWAY, LOG_OFF, *((BASELINE_GATEWAY,) if baseline_rev else ()))
+    kinds = kinds_for(compared)
     load_before = os.getloadavg()[0]
+    run = Run(args, wrk, warmup, head, dirty, baseline_rev, current_rev, load_before)
     print(
-        f"planned: about {planned_seconds(args.duration, warmup, rounds, len(sides))} s of wrk runs "
-        f"({rounds} round(s), {args.duration} s per run)",
+        f"planned: about {planned_seconds(kinds, args.duration, warmup, args.rounds, 0 if args.no_workers else 4)} s "
+        f"of timed runs ({args.rounds} round(s), {args.duration} s per run)",
         flush=True,
     )
-
-    # results[(row, concurrency, side)]: one dict per round; direct rows have the side "direct".
-    results: dict[tuple[str, int, str], list[dict[str, float]]] = collections.defaultdict(list)
-    stream_checks: dict[str, dict[str, object]] = {}
-    # The largest (chat completions the fake received - responses wrk counted) of any timed run, and where.
-    upstream_gap: tuple[int, str] = (0, "")
-    spread: dict[str, int] = {}
-    admin: object = None
     with contextlib.ExitStack() as stack:
         scratch = Path(tempfile.mkdtemp(prefix="proxy-overhead-"))
         stack.callback(shutil.rmtree, scratch, ignore_errors=True)
@@ -411,226 +568,189 @@ def main() -> int:
                 trees[side] = scratch / f"{side}-{rev.short}"
                 trees[side].mkdir()
                 extract(rev_arg, trees[side])
+        run.trees = trees
+        with contextlib.ExitStack() as phase:
+            run.measure_common(phase, scratch, kinds)
+        if not args.no_workers:
+            with contextlib.ExitStack() as phase:
+                run.measure_workers(phase, scratch)
+    lines = run.report(kinds)
+    if not args.no_write:
+        write_section(SECTION, "\n".join(lines))
+    print("\n".join(lines))
+    return 0 if run.ok() else 1
+
+
+class Run:
+    """The state of one benchmark run: its processes' results and how to report them."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        wrk: str,
+        warmup: int,
+        head: Revision,
+        dirty: list[str],
+        baseline_rev: Revision | None,
+        current_rev: Revision | None,
+        load_before: float,
+    ) -> None:
+        self.args, self.wrk, self.warmup, self.head, self.dirty = args, wrk, warmup, head, dirty
+        self.baseline_rev, self.current_rev, self.load_before = baseline_rev, current_rev, load_before
+        self.trees: dict[str, Path] = {}
+        self.results: Results = collections.defaultdict(list)
+        self.stream_checks: dict[str, dict[str, object]] = {}
+        self.notes: list[str] = []
+        self.events: dict[str, dict[str, int]] = {}
+        self.hiredis = False
+        self.spread: dict[str, int] = {}
+        self.workers_results: Results = collections.defaultdict(list)
+        self.workers_note = ""
+        self.workers_layout = ""
+        self.fake_busy: dict[str, list[float]] = collections.defaultdict(list)
+        self.log_lines: dict[str, int] = {}
+
+    # --- phase 1: one core ---------------------------------------------------------------------
+
+    def measure_common(self, stack: contextlib.ExitStack, scratch: Path, kinds: list[Kind]) -> None:
+        args, current = self.args, self.trees[CURRENT]
         fake = stack.enter_context(
-            running(start(["fake-provider", "--port", "0"], cpu=1, env=tree_env(trees[CURRENT])))
+            running(start(["fake-provider", "--port", "0"], cpu=LOAD_CPU, env=tree_env(current)))
         )
         policy = scratch / "bench.yaml"
         policy.write_text(policy_text(fake.url))
-        gateways = {side: start_gateway(stack, trees[side], policy, scratch, side) for side in sides}
-        for side, proc in gateways.items():
-            print(f"{side} gateway from {trees[side]} at {proc.url}", flush=True)
-
-        def url_of(row: Row, side: str) -> str:
-            return (gateways[side].url if row.via_gateway else fake.url) + CHAT_PATH
-
-        def measure(row: Row, side: str, conc: int) -> None:
-            nonlocal upstream_gap
-            fake_chat_count(fake.url, reset=True)
-            pid = gateways[side].popen.pid if row.via_gateway else None
-            cpu_before = cpu_seconds(pid) if pid else 0.0
-            result = run_wrk(wrk, url_of(row, side), row, conc, args.duration, cpu=1)
-            forwarded = fake_chat_count(fake.url)
-            if pid:
-                # CPU the gateway process spent per request it forwarded: unlike requests/s, not
-                # moved by time the machine gives to others (steal, neighbours), only by our code.
-                result["cpu_us"] = (cpu_seconds(pid) - cpu_before) * 1e6 / max(1, forwarded)
-            gap = forwarded - int(result["requests"])
-            if gap > upstream_gap[0]:
-                upstream_gap = (gap, f"{row.name} [{side}] at concurrency {conc}")
-            results[(row.name, conc, side)].append(result)
-            print(f"{row.name} [{side}] c{conc}", result, flush=True)
-
-        for row in ROWS:  # warm-up: connections, caches, page-in; then the streaming check
-            for side in sides if row.via_gateway else ["direct"]:
-                run_wrk(wrk, url_of(row, side), row, TARGET_CONCURRENCY, warmup, cpu=1)
-                if row.stream:
-                    check = check_stream(wrk, url_of(row, side), row, warmup, cpu=1)
-                    stream_checks[row.name if side == "direct" else f"{row.name} [{side}]"] = check
-                    print(f"stream check {row.name} [{side}]", check, flush=True)
-        for index in range(rounds):
-            order = sides if index % 2 == 0 else sides[::-1]
-            for row in ROWS:
-                for conc in CONCURRENCIES:
-                    for side in order if row.via_gateway else ["direct"]:
-                        measure(row, side, conc)
-        spread = served_by(gateways[CURRENT].url + CHAT_PATH, "bench-score", 300)
-        print("bench-score served by", spread, flush=True)
-        try:
-            with urllib.request.urlopen(gateways[CURRENT].url + "/admin/models", timeout=5) as resp:
-                admin = json.load(resp)["models"]["bench-score"]
-        except (OSError, KeyError, ValueError) as exc:
-            print("GET /admin/models:", exc, flush=True)
-
-    load_after = os.getloadavg()[0]
-
-    def med(row: str, conc: int, side: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[(row, conc, side)])
-
-    def total(row: str, conc: int, side: str, key: str) -> float:
-        return sum(r[key] for r in results[(row, conc, side)])
-
-    errors = sum(r["non_2xx"] + r["socket_errors"] for runs in results.values() for r in runs)
-    streams_ok = all(c["ok"] for c in stream_checks.values())
-    d1, g1 = med("direct", 1, "direct", "p50_ms"), med("gateway", 1, CURRENT, "p50_ms")
-    d16p50, d16p99 = med("direct", 16, "direct", "p50_ms"), med("direct", 16, "direct", "p99_ms")
-    g16, g16p50, g16p99 = (med("gateway", 16, CURRENT, k) for k in ("rps", "p50_ms", "p99_ms"))
-    s16, s1 = med(SCORE_ROW, 16, CURRENT, "rps"), med(SCORE_ROW, 1, CURRENT, "p50_ms")
-    score_ratio = s16 / g16
-    added_p50 = g1 - d1
-
-    dirty_code = [p for p in dirty if not p.startswith("benchmarks/")]
-    tree_state = "clean (no uncommitted changes)"
-    if dirty:
-        named = ", ".join(f"`{p}`" for p in dirty_code[:8]) + (", ..." if len(dirty_code) > 8 else "")
-        tree_state = (
-            f"with uncommitted changes ({len(dirty)} path(s), {len(dirty_code)} outside benchmarks/"
-            + (f": {named})" if dirty_code else ")")
-        )
-    current_text = (
-        f"revision {current_rev.describe()}, extracted with `git archive` and run from there"
-        if current_rev
-        else f"the working tree at HEAD {head.describe()}, {tree_state}"
-    )
-    runs_text = (
-        f"{rounds} round(s) of {args.duration} s per wrk run" if rounds > 1 else f"{args.duration} s per run"
-    )
-    lines = [
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores "
-        f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, wrk, "
-        f"{runs_text}. Gateway pinned to core 0; fake provider (zero latency) and wrk on core 1. "
-        'Chat completions, access log off; `(stream)` rows send `"stream": true, '
-        '"stream_options": {"include_usage": true}` (server-sent events over chunked encoding). '
-        f"`{SCORE_ROW}`: one model group of three deployments with `strategy: score`, "
-        "the same fake provider under three provider names, in the same gateway process.",
-        "",
-    ]
-    if baseline_rev:
-        lines += [
-            f"- **Compared**: baseline = revision {baseline_rev.describe()}, extracted with `git archive` "
-            f"and run from there; current = {current_text}.",
-            "- **Method**: both gateways run side by side with the same policy and pinning (each checked to "
-            f"import `gateway` from its own tree). In each of {rounds} round(s) every row is measured for both "
-            "gateways back to back, the order alternating between rounds (baseline then current, then current "
-            "then baseline, ...), so machine drift hits both alike; the figures are medians over the rounds, "
-            "the ratio is current / baseline of the median requests/s (per round: the same ratio within the round).",
-            "",
-            "| path | concurrency | requests/s before | requests/s after | ratio | ratio per round "
-            "| CPU us/request before | CPU us/request after | CPU ratio (before/after) "
-            "| p50 ms before | p50 ms after | p99 ms before | p99 ms after | non-2xx |",
-            "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        verdicts = []
-        cpu_verdicts: list[tuple[str, float]] = []
-        for row in ROWS:
-            if not row.via_gateway:
-                continue
-            for conc in CONCURRENCIES:
-                b, c = (med(row.name, conc, s, "rps") for s in (BASELINE, CURRENT))
-                ratio = c / b
-                per_round = " / ".join(
-                    f"{rc['rps'] / rb['rps']:.3f}"
-                    for rb, rc in zip(
-                        results[(row.name, conc, BASELINE)], results[(row.name, conc, CURRENT)], strict=True
-                    )
-                )
-                cpu_b, cpu_c = (med(row.name, conc, s, "cpu_us") for s in (BASELINE, CURRENT))
-                lines.append(
-                    f"| {row.name} | {conc} | {b:.0f} | {c:.0f} | **{ratio:.3f}** | {per_round} "
-                    f"| {cpu_b:.0f} | {cpu_c:.0f} | **{cpu_b / cpu_c:.3f}** "
-                    f"| {med(row.name, conc, BASELINE, 'p50_ms'):.3f} | {med(row.name, conc, CURRENT, 'p50_ms'):.3f} "
-                    f"| {med(row.name, conc, BASELINE, 'p99_ms'):.3f} | {med(row.name, conc, CURRENT, 'p99_ms'):.3f} "
-                    f"| {total(row.name, conc, BASELINE, 'non_2xx') + total(row.name, conc, CURRENT, 'non_2xx'):.0f} |"
-                )
-                if conc == TARGET_CONCURRENCY:
-                    verdicts.append((row.name, ratio))
-                    cpu_verdicts.append((row.name, cpu_b / cpu_c))
-        failed = [name for name, ratio in verdicts if ratio < TARGET_RATIO]
-        lines += [
-            "",
-            "Direct to the fake provider (reference, medians):",
-            "",
-            "| path | concurrency | requests/s | p50 ms | p99 ms | non-2xx |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for row in ROWS:
-            if not row.via_gateway:
-                for conc in CONCURRENCIES:
-                    lines.append(
-                        f"| {row.name} | {conc} | {med(row.name, conc, 'direct', 'rps'):.0f} "
-                        f"| {med(row.name, conc, 'direct', 'p50_ms'):.3f} "
-                        f"| {med(row.name, conc, 'direct', 'p99_ms'):.3f} "
-                        f"| {total(row.name, conc, 'direct', 'non_2xx'):.0f} |"
-                    )
-        lines += [
-            "",
-            f"- **Verdict** (issue 9: requests/s at concurrency {TARGET_CONCURRENCY} may not drop by more than 3 %, "
-            f"ratio >= {TARGET_RATIO}, streaming included): **{'met' if not failed else 'NOT met'}**: "
-            + ", ".join(f"{name} {ratio:.3f}" for name, ratio in verdicts)
-            + (f" (below {TARGET_RATIO}: {', '.join(failed)})" if failed else "")
-            + ".",
-            f"- **CPU per request** at concurrency {TARGET_CONCURRENCY} (the gateway process's user + system CPU "
-            "over the requests it forwarded, before / after: the same question without the machine's noise, "
-            f"since time given to other processes is not counted): "
-            + ", ".join(f"{name} {ratio:.3f}" for name, ratio in cpu_verdicts)
-            + f" ({'all' if all(r >= TARGET_RATIO for _, r in cpu_verdicts) else 'NOT all'} >= {TARGET_RATIO}).",
-        ]
-    else:
-        lines += [
-            f"Gateway: {current_text}.",
-            "",
-            "| path | concurrency | requests/s | p50 ms | p99 ms | non-2xx |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for row in ROWS:
-            side = CURRENT if row.via_gateway else "direct"
-            for conc in CONCURRENCIES:
-                lines.append(
-                    f"| {row.name} | {conc} | {med(row.name, conc, side, 'rps'):.0f} "
-                    f"| {med(row.name, conc, side, 'p50_ms'):.3f} | {med(row.name, conc, side, 'p99_ms'):.3f} "
-                    f"| {total(row.name, conc, side, 'non_2xx'):.0f} |"
-                )
-        lines.append("")
-    after = " (current)" if baseline_rev else ""
-    lines += [
-        f"- Gateway{after} requests/s at concurrency 16: **{g16:.0f}** (target >= 3,000 on one core): "
-        f"{'met' if g16 >= 3000 else 'NOT met'}.",
-        f"- Added latency p50 at concurrency 1 (gateway{after} - direct): **{added_p50:.3f} ms** "
-        f"(target <= 0.5 ms): {'met' if added_p50 <= 0.5 else 'NOT met'}.",
-        f"- Added latency p50 / p99 at concurrency 16: {g16p50 - d16p50:.3f} ms / {g16p99 - d16p99:.3f} ms.",
-        f"- Score routing over 3 deployments at concurrency 16{after}: **{s16:.0f}** requests/s, "
-        f"{100 * (score_ratio - 1):+.1f} % vs the single-deployment gateway's {g16:.0f} "
-        f"(issue 3 target: within 15 %): {'met' if score_ratio >= 0.85 else 'NOT met'}. "
-        f"p50 at concurrency 1: {s1:.3f} ms vs {g1:.3f} ms.",
-        "- Streaming check (wrk with a `response()` hook inspecting every response it counts, "
-        f"{warmup} s at concurrency {TARGET_CONCURRENCY}; whole = status 200, chunked, a usage chunk, "
-        "ending with `data: [DONE]`): "
-        + "; ".join(f"{name} {c['complete']}/{c['checked']} whole" for name, c in stream_checks.items())
-        + f": {'all whole' if streams_ok else 'NOT all whole'}. Chat completions the fake received minus responses "
-        f"wrk counted, largest over the timed runs: {upstream_gap[0]}"
-        + (f" ({upstream_gap[1]})" if upstream_gap[1] else "")
-        + " (requests still in flight when wrk stops reach the fake but are not counted).",
-        f"- Errors (non-2xx and socket errors, all timed runs): {errors:.0f}. Load average (1 min) before / "
-        f"after the runs: {load_before:.2f} / {load_after:.2f} (the benchmark itself keeps about 2 busy).",
-        f"- Score routing spread ({'current gateway, ' if baseline_rev else ''}300 sequential requests after "
-        "the runs, by `x-gateway-provider`): " + ", ".join(f"{k} {v}" for k, v in spread.items()) + ".",
-    ]
-    if isinstance(admin, dict):
-        lines.append(
-            "- `GET /admin/models` for the scored group after the runs: "
-            + "; ".join(
-                f"{d.get('provider')} share {d.get('share')}, score {d.get('score')}, "
-                f"{(d.get('stats') or {}).get('requests')} requests"
-                for d in admin.get("deployments", [])
+        pin = str(PROXY_CPU)
+        redis_url, self.hiredis = start_redis(stack, LOAD_CPU)
+        procs: dict[str, Logged] = {
+            FLOOR: start_floor(stack, fake.url, scratch / "floor.log", pin),
+            FLOOR_AA: start_floor(stack, fake.url, scratch / "floor-aa.log", pin),
+            GATEWAY: start_gateway(stack, current, policy, scratch, GATEWAY, pin),
+            LOG_OFF: start_gateway(stack, current, policy, scratch, LOG_OFF, pin, SOPHIA_ACCESS_LOG="0"),
+            REDIS_GATEWAY: start_gateway(
+                stack, current, policy, scratch, REDIS_GATEWAY, pin, REDIS_URL=redis_url
+            ),
+        }
+        if self.baseline_rev:
+            procs[BASELINE_GATEWAY] = start_gateway(
+                stack, self.trees[BASELINE], policy, scratch, BASELINE_GATEWAY, pin
             )
-            + "."
-        )
-    write_section(SECTION, "\n".join(lines))
-    print("\n".join(lines))
-    if not streams_ok:
-        for name, c in stream_checks.items():
-            if not c["ok"]:
-                print(f"stream check failed for {name}: {c}", file=sys.stderr)
-    return 0 if streams_ok and errors == 0 else 1
+        targets = {name: Target(name, proc.url, proc.cpu_seconds) for name, proc in procs.items()}
+        targets[DIRECT] = Target(DIRECT, fake.url, None)
+        for name, proc in procs.items():
+            print(f"{name} at {proc.url} (log: {proc.log})", flush=True)
+        self.prime(kinds, targets, fake.url)
+        for index in range(args.rounds):
+            for kind in kinds:
+                for name in rotated(kind.targets, index):
+                    result = measure(self.wrk, kind, targets[name], fake.url, args.duration, LOAD_CPU)
+                    self.results[(kind.name, name)].append(result)
+                    print(
+                        f"round {index + 1} {kind.name} [{name}]",
+                        {k: round(v, 3) for k, v in result.items()},
+                        flush=True,
+                    )
+        self.spread = served_by(targets[GATEWAY].url + CHAT_PATH, "bench-score", 300)
+        for name in (GATEWAY, LOG_OFF):
+            proc = procs[name]
+            proc.stop()
+            self.log_lines[name] = sum(1 for _ in proc.log.open(errors="replace"))
+
+    def prime(self, kinds: list[Kind], targets: dict[str, Target], fake_url: str) -> None:
+        """Warm-up runs, the stream checks, the events per stream, and that hits are hits."""
+        for kind in kinds:
+            for name in kind.targets:
+                url = targets[name].url + CHAT_PATH
+                if kind.body == HIT_BODY % "bench":
+                    post(url, kind.body)  # the miss that stores it
+                    headers, _ = post(url, kind.body)
+                    if headers.get("x-gateway-cache") != "hit":
+                        raise SystemExit(f"{name}: a repeated temperature-0 request is not a hit: {headers}")
+                if not kind.probe:
+                    run_wrk(self.wrk, url, kind.body, 16, self.warmup, LOAD_CPU)
+                if kind.name in (STREAM16, LONG16):
+                    check = check_stream(self.wrk, url, kind.body, self.warmup, LOAD_CPU)
+                    self.stream_checks[f"{kind.name} [{name}]"] = check
+                    self.events.setdefault(kind.name, {})[name] = stream_events(url, kind.body)
+                    print(f"stream check {kind.name} [{name}]", check, flush=True)
+        before = fake_chat_count(fake_url)
+        run_wrk(self.wrk, targets[GATEWAY].url + CHAT_PATH, HIT_BODY % "bench", 16, 1, LOAD_CPU)
+        if fake_chat_count(fake_url) != before:
+            self.notes.append("the fake provider received requests during a hit run: not all were hits")
+
+    # --- phase 2: workers -----------------------------------------------------------------------
+
+    def measure_workers(self, stack: contextlib.ExitStack, scratch: Path) -> None:
+        current = self.trees[CURRENT]
+        if not has_workers_option(current):
+            self.workers_note = "skipped: `sophia-gateway serve --help` has no `--workers` in this tree"
+            return
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if len(cpus) >= 4:
+            proxy_cpus, load_cpus = f"{cpus[0]},{cpus[1]}", ",".join(str(c) for c in cpus[2:])
+            self.workers_layout = f"proxies on cores {proxy_cpus}; fake provider and wrk on cores {load_cpus}"
+        else:
+            proxy_cpus, load_cpus = None, None
+            self.workers_layout = f"{len(cpus) or os.cpu_count()} cores: proxies, fake provider and wrk all share them (unpinned)"
+        fake = stack.enter_context(running(start(["fake-provider", "--port", "0"], env=tree_env(current))))
+        if load_cpus and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(fake.popen.pid, {int(c) for c in load_cpus.split(",")})
+        policy = scratch / "bench-workers.yaml"
+        policy.write_text(policy_text(fake.url))
+        targets: dict[str, Target] = {}
+        for workers in (1, 2):
+            floor = start_floor(
+                stack, fake.url, scratch / f"floor-w{workers}.log", proxy_cpus, workers, free_port()
+            )
+            targets[f"floor x{workers}"] = Target(f"floor x{workers}", floor.url, floor.cpu_seconds)
+            gw = start_gateway(
+                stack,
+                current,
+                policy,
+                scratch,
+                f"gateway --workers {workers}",
+                proxy_cpus,
+                ("--port", str(free_port()), "--workers", str(workers)),
+            )
+            targets[f"gateway x{workers}"] = Target(f"gateway x{workers}", gw.url, gw.cpu_seconds)
+        kind = Kind("workers c16", BODY % "bench", 16, tuple(targets))
+        for name in kind.targets:
+            run_wrk(self.wrk, targets[name].url + CHAT_PATH, kind.body, 16, self.warmup, load_cpus)
+        fake_pid = fake.popen.pid
+        from benchmarks.processes import cpu_seconds
+
+        for index in range(self.args.rounds):
+            for name in rotated(kind.targets, index):
+                fake_before, started = cpu_seconds(fake_pid), time.monotonic()
+                result = measure(self.wrk, kind, targets[name], fake.url, self.args.duration, load_cpus)
+                self.fake_busy[name].append(
+                    (cpu_seconds(fake_pid) - fake_before) / (time.monotonic() - started)
+                )
+                self.workers_results[(kind.name, name)].append(result)
+                print(
+                    f"round {index + 1} workers [{name}]",
+                    {k: round(v, 3) for k, v in result.items()},
+                    flush=True,
+                )
+
+    # --- report ---------------------------------------------------------------------------------
+
+    def ok(self) -> bool:
+        errors = sum(r["non_2xx"] + r["socket_errors"] for runs in self.results.values() for r in runs)
+        return errors == 0 and all(c["ok"] for c in self.stream_checks.values())
+
+    def med(self, kind: str, target: str, key: str, results: Results | None = None) -> float:
+        runs = (results if results is not None else self.results).get((kind, target), [])
+        values = [r[key] for r in runs if key in r]
+        return statistics.median(values) if values else float("nan")
+
+    def per_round(self, kind: str, target: str, key: str, reference: str) -> str:
+        pairs = zip(self.results[(kind, target)], self.results[(kind, reference)], strict=False)
+        return " / ".join(f"{a[key] / b[key]:.2f}" for a, b in pairs)
+
+    def report(self, kinds: list[Kind]) -> list[str]:
+        from benchmarks.proxy_report import render
+
+        return render(self, kinds)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""The floor: a bare aiohttp pass-through proxy, the least any aiohttp proxy pays per request.
+
+The benchmarks run it next to the gateway, against the same zero-latency fake provider, with the
+same pinning and the same event loop (uvloop, as ``gateway.server`` uses), and report the gateway
+as a ratio to it. It does only what every proxy must: read the body, POST it upstream on one
+``ClientSession``, and relay the answer (a whole body, or a stream chunk by chunk). No access log,
+no metrics, no validation: that is the point.
+
+Run: python benchmarks/floor_proxy.py --upstream http://127.0.0.1:9000 [--port 0] [--workers N]
+With ``--workers N`` it runs N processes on one port (SO_REUSEPORT), each with its own event loop,
+as ``sophia-gateway serve --workers N`` does; it prints ``floor listening on http://HOST:PORT``
+once all of them listen, and SIGTERM stops them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+
+import aiohttp
+import uvloop
+from aiohttp import web
+
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+# --- the floor proxy itself (the ~30 lines the issue measures the gateway against) -------------
+
+
+def build_floor(upstream: str) -> web.Application:
+    async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+        async with aiohttp.ClientSession(upstream, connector=aiohttp.TCPConnector(limit=0)) as session:
+            app[SESSION] = session
+            yield
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
+        async with request.app[SESSION].post(request.path, data=body, headers=headers) as upstream_resp:
+            content_type = upstream_resp.headers.get("Content-Type", "application/json")
+            if not content_type.startswith("text/event-stream"):
+                payload = await upstream_resp.read()
+                return web.Response(body=payload, status=upstream_resp.status, content_type=content_type)
+            response = web.StreamResponse(status=upstream_resp.status, headers={"Content-Type": content_type})
+            await response.prepare(request)
+            async for chunk in upstream_resp.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_post("/{tail:.*}", proxy)
+    return app
+
+
+# --- running it: one process, or N on one port ----------------------------------------------------
+
+
+async def _serve(upstream: str, host: str, port: int, reuse_port: bool) -> None:
+    runner = web.AppRunner(build_floor(upstream), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port)
+    await site.start()
+    bound = runner.addresses[0]
+    print(f"floor listening on http://{bound[0]}:{bound[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """N worker processes on one port: the port is reserved here (bound, never listening, so the
+    kernel hands no connection to this socket), then each worker binds it with SO_REUSEPORT."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((args.host, args.port))
+    port = holder.getsockname()[1]
+    cmd = [sys.executable, __file__, "--upstream", args.upstream, "--host", args.host, "--port", str(port)]
+    workers = [
+        subprocess.Popen([*cmd, "--reuse-port"], stdout=subprocess.PIPE, text=True)
+        for _ in range(args.workers)
+    ]
+    for worker in workers:
+        assert worker.stdout is not None
+        if "listening on" not in worker.stdout.readline():
+            for other in workers:
+                other.kill()
+            return 1
+    holder.close()
+    print(f"floor listening on http://{args.host}:{port} ({args.workers} processes)", flush=True)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    codes = [worker.wait() for worker in workers]
+    return 0 if stopping or not any(codes) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--upstream", required=True, help="base URL of the upstream, e.g. http://127.0.0.1:9000"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="processes on one port (SO_REUSEPORT)")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.workers > 1:
+        return _supervise(args)
+    uvloop.run(_serve(args.upstream, args.host, args.port, args.reuse_port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,292 @@
+"""The RESULTS.md section of ``benchmarks/proxy_overhead.py``: tables, ratios to the floor, verdicts."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from typing import TYPE_CHECKING
+
+from benchmarks.proxy_overhead import (
+    BASELINE_GATEWAY,
+    CHAT1,
+    CHAT16,
+    DIRECT,
+    FLOOR,
+    FLOOR_AA,
+    GATEWAY,
+    HIT1,
+    HIT16,
+    LOG_OFF,
+    LONG16,
+    REDIS1,
+    REDIS16,
+    REDIS_GATEWAY,
+    SCORE1,
+    SCORE16,
+    STREAM1,
+    STREAM16,
+    TARGET_LOG_COST,
+    TARGET_MEMORY_HIT_RPS,
+    TARGET_P50_ADDED_MS,
+    TARGET_P99_ADDED_MS,
+    TARGET_REDIS_HIT_P99_MS,
+    TARGET_RPS_RATIO,
+    TARGET_TTFB_ADDED_MS,
+    TARGET_WORKERS_RATIO,
+    Kind,
+)
+
+if TYPE_CHECKING:
+    from benchmarks.proxy_overhead import Run
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**NOT met**"
+
+
+def _f(value: float, digits: int = 0) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def render(run: Run, kinds: list[Kind]) -> list[str]:
+    args = run.args
+    compared = [
+        t for t in (FLOOR, FLOOR_AA, GATEWAY, LOG_OFF, BASELINE_GATEWAY) if (CHAT16, t) in run.results
+    ]
+    med = run.med
+    lines = [_header(run), ""]
+
+    # --- non-streaming chat --------------------------------------------------------------------
+    lines += [
+        "**Non-streaming chat, not cacheable** (ratios and differences to the floor of the same run; "
+        "per-round ratios show the spread):",
+        "",
+        "| proxy | req/s c16 | ratio to floor | per round | CPU us/req c16 | CPU - floor us | p50 ms c1 "
+        "| p50 - floor ms | p99 ms c1 | p99 - floor ms | errors |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    floor_rps, floor_cpu = med(CHAT16, FLOOR, "rps"), med(CHAT16, FLOOR, "cpu_us")
+    floor_p50, floor_p99 = med(CHAT1, FLOOR, "p50_ms"), med(CHAT1, FLOOR, "p99_ms")
+    for name in (DIRECT, *compared):
+        errors = sum(
+            r["non_2xx"] + r["socket_errors"] for k in (CHAT16, CHAT1) for r in run.results.get((k, name), [])
+        )
+        is_proxy = name != DIRECT
+        rps, cpu = med(CHAT16, name, "rps"), med(CHAT16, name, "cpu_us")
+        p50, p99 = med(CHAT1, name, "p50_ms"), med(CHAT1, name, "p99_ms")
+        lines.append(
+            f"| {name} | {rps:.0f} | {f'**{rps / floor_rps:.3f}**' if is_proxy else ''} "
+            f"| {run.per_round(CHAT16, name, 'rps', FLOOR) if is_proxy else ''} "
+            f"| {_f(cpu)} | {_f(cpu - floor_cpu) if is_proxy else ''} | {p50:.3f} "
+            f"| {f'{p50 - floor_p50:+.3f}' if is_proxy else ''} | {p99:.3f} "
+            f"| {f'{p99 - floor_p99:+.3f}' if is_proxy else ''} | {errors:.0f} |"
+        )
+
+    # --- streams ---------------------------------------------------------------------------------
+    stream_targets = [t for t in (DIRECT, *compared) if (STREAM16, t) in run.results]
+    lines += [
+        "",
+        f"**Streams** (`stream_options.include_usage`; the short stream has {run.events.get(STREAM16, {}).get(FLOOR, 0)} "
+        f"`data:` events, the long one {run.events.get(LONG16, {}).get(FLOOR, 0)}; per-chunk relay cost = (CPU per long "
+        "stream - CPU per short stream) / (events of the long - of the short); time to first byte / first event "
+        "/ end at 1 connection from `stream_probe.py`):",
+        "",
+        "| proxy | streams/s c16 | ratio to floor | CPU us/stream c16 | CPU us/long stream | per-chunk us "
+        "| first byte p50 / p99 ms | first byte - floor ms | first event p50 ms | end p50 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    floor_ttfb = med(STREAM1, FLOOR, "first_byte_p50_ms")
+    per_chunk: dict[str, float] = {}
+    for name in stream_targets:
+        short_cpu, long_cpu = med(STREAM16, name, "cpu_us"), med(LONG16, name, "cpu_us")
+        short_n, long_n = run.events.get(STREAM16, {}).get(name, 0), run.events.get(LONG16, {}).get(name, 0)
+        if long_n > short_n and not math.isnan(long_cpu):
+            per_chunk[name] = (long_cpu - short_cpu) / (long_n - short_n)
+        is_proxy = name != DIRECT
+        rps, floor_stream_rps = med(STREAM16, name, "rps"), med(STREAM16, FLOOR, "rps")
+        ttfb = med(STREAM1, name, "first_byte_p50_ms")
+        lines.append(
+            f"| {name} | {rps:.0f} | {f'**{rps / floor_stream_rps:.3f}**' if is_proxy else ''} "
+            f"| {_f(short_cpu)} | {_f(long_cpu)} | {_f(per_chunk.get(name, math.nan), 1)} "
+            f"| {_f(ttfb, 3)} / {_f(med(STREAM1, name, 'first_byte_p99_ms'), 3)} "
+            f"| {f'{ttfb - floor_ttfb:+.3f}' if is_proxy and not math.isnan(ttfb) else ''} "
+            f"| {_f(med(STREAM1, name, 'first_event_p50_ms'), 3)} | {_f(med(STREAM1, name, 'total_p50_ms'), 3)} |"
+        )
+
+    # --- cache hits ------------------------------------------------------------------------------
+    lines += [
+        "",
+        "**Cache hits** (a repeated `temperature: 0` chat; the gateway pinned to one core; the in-process "
+        "rows on the gateway above, the Redis rows on a gateway with `REDIS_URL` on a private `redis-server` "
+        f"on core 1; redis-py {'parses with hiredis' if run.hiredis else 'has no hiredis here (pure-Python parser)'}):",
+        "",
+        "| row | req/s c16 | CPU us/req c16 | p50 ms c1 | p99 ms c1 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| not cacheable (the gateway row above) | {med(CHAT16, GATEWAY, 'rps'):.0f} | {_f(med(CHAT16, GATEWAY, 'cpu_us'))} "
+        f"| {med(CHAT1, GATEWAY, 'p50_ms'):.3f} | {med(CHAT1, GATEWAY, 'p99_ms'):.3f} |",
+        f"| in-process hit | {med(HIT16, GATEWAY, 'rps'):.0f} | {_f(med(HIT16, GATEWAY, 'cpu_us'))} "
+        f"| {med(HIT1, GATEWAY, 'p50_ms'):.3f} | {med(HIT1, GATEWAY, 'p99_ms'):.3f} |",
+        f"| Redis hit | {med(REDIS16, REDIS_GATEWAY, 'rps'):.0f} | {_f(med(REDIS16, REDIS_GATEWAY, 'cpu_us'))} "
+        f"| {med(REDIS1, REDIS_GATEWAY, 'p50_ms'):.3f} | {med(REDIS1, REDIS_GATEWAY, 'p99_ms'):.3f} |",
+    ]
+
+    # --- workers ---------------------------------------------------------------------------------
+    lines += [
+        "",
+        "**Workers** (`serve --workers N` against the floor as N processes on one port, SO_REUSEPORT):",
+        "",
+    ]
+    workers_ratio = math.nan
+    floor_workers_ratio = math.nan
+    if run.workers_note:
+        lines.append(f"- {run.workers_note}.")
+    elif run.workers_results:
+        wr = run.workers_results
+
+        def wmed(name: str, key: str) -> float:
+            return run.med("workers c16", name, key, wr)
+
+        lines += [
+            f"Layout: {run.workers_layout}; 16 connections, wrk one thread. `fake busy` is the fake provider's "
+            "CPU share during the run (1.0 = one core: then the upstream, not the proxy, is the limit).",
+            "",
+            "| proxy | 1 process req/s | 2 processes req/s | 2 / 1 | per round | CPU us/req 1 / 2 | fake busy 1 / 2 |",
+            "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        ]
+        for proxy in ("floor", "gateway"):
+            one, two = wmed(f"{proxy} x1", "rps"), wmed(f"{proxy} x2", "rps")
+            rounds = " / ".join(
+                f"{b['rps'] / a['rps']:.2f}"
+                for a, b in zip(
+                    wr[("workers c16", f"{proxy} x1")], wr[("workers c16", f"{proxy} x2")], strict=False
+                )
+            )
+            busy = " / ".join(f"{_median(run.fake_busy[f'{proxy} x{n}']):.2f}" for n in (1, 2))
+            lines.append(
+                f"| {proxy} | {one:.0f} | {two:.0f} | **{two / one:.2f}** | {rounds} "
+                f"| {_f(wmed(f'{proxy} x1', 'cpu_us'))} / {_f(wmed(f'{proxy} x2', 'cpu_us'))} | {busy} |"
+            )
+            if proxy == "gateway":
+                workers_ratio = two / one
+            else:
+                floor_workers_ratio = two / one
+
+    # --- verdicts --------------------------------------------------------------------------------
+    g_rps, off_rps = med(CHAT16, GATEWAY, "rps"), med(CHAT16, LOG_OFF, "rps")
+    g_cpu, off_cpu = med(CHAT16, GATEWAY, "cpu_us"), med(CHAT16, LOG_OFF, "cpu_us")
+    ratio = g_rps / floor_rps
+    p50_added, p99_added = (
+        med(CHAT1, GATEWAY, "p50_ms") - floor_p50,
+        med(CHAT1, GATEWAY, "p99_ms") - floor_p99,
+    )
+    ttfb_added = med(STREAM1, GATEWAY, "first_byte_p50_ms") - floor_ttfb
+    event_added = med(STREAM1, GATEWAY, "first_event_p50_ms") - med(STREAM1, FLOOR, "first_event_p50_ms")
+    log_cost_rps, log_cost_cpu = 1 - g_rps / off_rps, g_cpu / off_cpu - 1
+    redis_p99 = med(REDIS1, REDIS_GATEWAY, "p99_ms")
+    hit_rps = med(HIT16, GATEWAY, "rps")
+    aa = med(CHAT16, FLOOR_AA, "rps") / floor_rps
+    lines += [
+        "",
+        "Verdicts (the issue 12 targets; medians over the rounds):",
+        "",
+        f"- Requests/s at 16 connections, gateway / floor: **{ratio:.3f}** (target >= {TARGET_RPS_RATIO}): "
+        f"{_verdict(ratio >= TARGET_RPS_RATIO)}. A/A (a second floor / the floor): {aa:.3f}, the noise of this run. "
+        f"CPU per request: gateway {_f(g_cpu)} us, floor {_f(floor_cpu)} us, extra **{_f(g_cpu - floor_cpu)} us** "
+        f"(ratio of CPU floor / gateway {floor_cpu / g_cpu:.3f}).",
+        f"- p50 at 1 connection, gateway - floor: **{p50_added:+.3f} ms** (target <= {TARGET_P50_ADDED_MS} ms): "
+        f"{_verdict(p50_added <= TARGET_P50_ADDED_MS)}; p99: **{p99_added:+.3f} ms** (target <= {TARGET_P99_ADDED_MS} ms): "
+        f"{_verdict(p99_added <= TARGET_P99_ADDED_MS)}.",
+        f"- Streaming, time to first byte p50 at 1 connection, gateway - floor: **{ttfb_added:+.3f} ms** (target <= "
+        f"{TARGET_TTFB_ADDED_MS} ms): {_verdict(ttfb_added <= TARGET_TTFB_ADDED_MS)}; to the first `data:` event "
+        f"{event_added:+.3f} ms. Per-chunk relay cost: gateway **{_f(per_chunk.get(GATEWAY, math.nan), 1)} us**, "
+        f"floor {_f(per_chunk.get(FLOOR, math.nan), 1)} us per `data:` event.",
+        f"- Access log at its default (on) vs off: requests/s {-100 * log_cost_rps:+.1f} %, CPU per request "
+        f"{100 * log_cost_cpu:+.1f} % (target: costs at most {100 * TARGET_LOG_COST:.0f} %): "
+        f"{_verdict(max(log_cost_rps, log_cost_cpu) <= TARGET_LOG_COST)}. Lines in the gateways' output files at exit: "
+        + ", ".join(f"{name} {n}" for name, n in run.log_lines.items())
+        + ".",
+        f"- Redis cache hit p99 at 1 connection: **{redis_p99:.3f} ms** (target <= {TARGET_REDIS_HIT_P99_MS} ms): "
+        f"{_verdict(redis_p99 <= TARGET_REDIS_HIT_P99_MS)}"
+        + ("" if run.hiredis else " (without hiredis)")
+        + f". In-process hit: **{hit_rps:.0f}** requests/s on one core (target >= {TARGET_MEMORY_HIT_RPS:,}): "
+        f"{_verdict(hit_rps >= TARGET_MEMORY_HIT_RPS)}.",
+    ]
+    if not math.isnan(workers_ratio):
+        cores = os.cpu_count() or 0
+        lines.append(
+            f"- Workers, 2 / 1 at 16 connections: gateway **{workers_ratio:.2f}x**, the floor's own "
+            f"{floor_workers_ratio:.2f}x in the same run (target >= {TARGET_WORKERS_RATIO}x where the load generator "
+            + (
+                f"has its own cores): {_verdict(workers_ratio >= TARGET_WORKERS_RATIO)}."
+                if cores >= 4
+                else f"has its own cores; on this {cores}-core machine it does not, so the floor's ratio is the "
+                f"reference: gateway / floor scaling {workers_ratio / floor_workers_ratio:.2f})."
+            )
+        )
+    elif run.workers_note:
+        lines.append(f"- Workers: {run.workers_note}.")
+    s16, s1 = med(SCORE16, GATEWAY, "rps"), med(SCORE1, GATEWAY, "p50_ms")
+    checks = "; ".join(
+        f"{name} {c['complete']}/{c['checked']} whole" for name, c in run.stream_checks.items()
+    )
+    errors = sum(r["non_2xx"] + r["socket_errors"] for runs in run.results.values() for r in runs)
+    lines += [
+        f"- Score routing over 3 deployments at 16 connections: {s16:.0f} requests/s, {100 * (s16 / g_rps - 1):+.1f} % "
+        f"vs the single-deployment gateway (issue 3 target: within 15 %): {_verdict(s16 / g_rps >= 0.85)}; p50 at 1 "
+        f"connection {s1:.3f} ms. Spread of 300 sequential requests: "
+        + ", ".join(f"{k} {v}" for k, v in run.spread.items())
+        + ".",
+        f"- Stream checks (wrk `response()` hook, {run.warmup} s at 16 connections; whole = 200, chunked, a usage "
+        f"chunk, ending with `data: [DONE]`): {checks}.",
+        f"- Errors (non-2xx and socket errors, all timed runs): {errors:.0f}. Load average (1 min) before / after: "
+        f"{run.load_before:.2f} / {os.getloadavg()[0]:.2f}.",
+    ]
+    lines += [f"- Note: {note}" for note in run.notes]
+    lines += [
+        "",
+        f"Run: `python benchmarks/proxy_overhead.py --duration {args.duration} --rounds {args.rounds}"
+        + (f" --baseline {args.baseline}" if args.baseline else "")
+        + (f" --current {args.current}" if args.current else "")
+        + (" --no-workers" if args.no_workers else "")
+        + "`.",
+    ]
+    return lines
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else math.nan
+
+
+def _header(run: Run) -> str:
+    args = run.args
+    dirty_code = [p for p in run.dirty if not p.startswith("benchmarks/")]
+    state = (
+        "clean"
+        if not run.dirty
+        else f"with uncommitted changes ({len(dirty_code)} path(s) outside benchmarks/)"
+    )
+    current = (
+        f"revision {run.current_rev.describe()} (extracted with `git archive`)"
+        if run.current_rev
+        else f"the working tree at HEAD {run.head.describe()}, {state}"
+    )
+    baseline = (
+        f" `{BASELINE_GATEWAY}`: revision {run.baseline_rev.describe()}, access log at its default."
+        if run.baseline_rev
+        else ""
+    )
+    return (
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores "
+        f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, wrk; "
+        f"{args.rounds} round(s) of {args.duration} s per timed run, every measurement taken for every proxy back to "
+        "back in each round, the order rotating between rounds; medians over the rounds. Gateway: "
+        f"{current}. Proxies pinned to core 0, each its own process started once; the fake provider (zero "
+        "latency), Redis, wrk and the stream probe on core 1. The floor is `benchmarks/floor_proxy.py` (bare aiohttp, "
+        "one ClientSession, uvloop); `floor (A/A)` a second process of it. `gateway` runs as users run it, "
+        "access log on (its default), its output going to a file; `gateway (log off)` has `SOPHIA_ACCESS_LOG=0`."
+        + baseline
+        + " CPU per request: the proxy process's user + system CPU over the requests it forwarded (hits: served)."
+    )
