@@ -52,7 +52,9 @@ KINDS = {"non-streaming": BODY % "bench", "streaming (include_usage)": STREAM_BO
 TARGET_RATIO = 0.97
 
 
-def valgrind_gateway(tree: Path, policy: Path, out: Path, cwd: Path) -> tuple[subprocess.Popen[str], int]:
+def valgrind_gateway(
+    tree: Path, policy: Path, out: Path, cwd: Path, access_log: bool = False
+) -> tuple[subprocess.Popen[str], int]:
     """The gateway of ``tree`` under callgrind with instrumentation off; (process, port)."""
     cmd = [
         "valgrind",
@@ -68,7 +70,7 @@ def valgrind_gateway(tree: Path, policy: Path, out: Path, cwd: Path) -> tuple[su
         "--port",
         "0",
     ]
-    env = {**os.environ, **tree_env(tree, SOPHIA_ACCESS_LOG="0", PYTHONUNBUFFERED="1")}
+    env = {**os.environ, **tree_env(tree, SOPHIA_ACCESS_LOG="1" if access_log else "0", PYTHONUNBUFFERED="1")}
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
@@ -118,13 +120,20 @@ def instructions(out_dir: Path, prefix: str) -> int:
 
 
 def measure(
-    tree: Path, policy: Path, body: str, requests: int, warmup: int, scratch: Path, label: str
+    tree: Path,
+    policy: Path,
+    body: str,
+    requests: int,
+    warmup: int,
+    scratch: Path,
+    label: str,
+    access_log: bool = False,
 ) -> int:
     out = scratch / f"callgrind.{label}"
     cwd = Path(tempfile.mkdtemp(prefix="serve-", dir=scratch))
     own = cwd / "policy.yaml"
     own.write_text(policy_for(tree, policy.read_text()))
-    proc, port = valgrind_gateway(tree, own, out, cwd)
+    proc, port = valgrind_gateway(tree, own, out, cwd, access_log)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         send(conn, body, warmup)
@@ -155,6 +164,11 @@ def main() -> int:
     )
     parser.add_argument("--requests", type=int, default=400, help="requests counted per measurement")
     parser.add_argument("--warmup", type=int, default=100, help="requests before counting starts")
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="run the gateways with the access log on (its default in serve; off by default here)",
+    )
     args = parser.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         raise SystemExit("valgrind is required: apt-get install valgrind")
@@ -177,7 +191,14 @@ def main() -> int:
         for kind, body in KINDS.items():
             for side, tree in trees.items():
                 total = measure(
-                    tree, policy, body, args.requests, args.warmup, scratch, f"{side}.{len(results)}"
+                    tree,
+                    policy,
+                    body,
+                    args.requests,
+                    args.warmup,
+                    scratch,
+                    f"{side}.{len(results)}",
+                    args.access_log,
                 )
                 results[(kind, side)] = total / args.requests
                 print(f"{kind} [{side}]: {results[(kind, side)]:.0f} instructions per request", flush=True)
@@ -188,7 +209,7 @@ def main() -> int:
         f"{platform.python_version()}, `valgrind --tool=callgrind`: instructions the gateway process executes "
         f"per chat completion, averaged over {args.requests} sequential requests on one keep-alive connection "
         f"after {args.warmup} warm-up requests (start-up and warm-up not counted), zero-latency fake upstream, "
-        "access log off, one deployment. Exact and repeatable, unlike requests/s on a shared machine.",
+        f"access log {'on (JSON lines to a pipe)' if args.access_log else 'off'}, one deployment. Exact and repeatable, unlike requests/s on a shared machine.",
         "",
         f"- **Compared**: baseline = {baseline.describe()}; current = "
         + (f"revision {head.describe()}" if args.current else f"the working tree at {head.describe()}")

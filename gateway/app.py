@@ -27,6 +27,7 @@ from gateway.http.middleware import add_gateway_headers, gateway_middleware
 from gateway.memory.backends import build_memory
 from gateway.memory.lifecycle import lifecycle_loop
 from gateway.memory.service import MemoryService, TextEmbedder
+from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
 from gateway.providers.base import Transport
@@ -66,6 +67,10 @@ def build_app(
     app[keys.SETTINGS] = settings
     app[keys.POLICY] = policy
     app[keys.METRICS] = metrics
+    access_log = app[keys.ACCESS_LOG] = AccessLog.configured(
+        settings.access_log, settings.log_format, metrics.access_log_dropped
+    )
+    app.cleanup_ctx.append(access_log.running)  # first, so closed last: every line of the drain written
     app[keys.ROUTER] = router
     store = cache_store or _cache_store(settings, policy)
     cache = app[keys.CACHE] = ResponseCache(policy.cache, store, metrics)

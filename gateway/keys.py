@@ -16,6 +16,7 @@ from gateway.auth.identity import Caller
 from gateway.auth.keyring import KeyRing
 from gateway.cache.service import ResponseCache
 from gateway.memory.service import MemoryService
+from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
 from gateway.routing.router import Router
@@ -42,6 +43,7 @@ class KeyLookup(Protocol):
 SETTINGS = web.AppKey("settings", Settings)
 POLICY = web.AppKey("policy", Policy)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
 ROUTER = web.AppKey("router", Router)
 SERVICE = web.AppKey("service", RequestService)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

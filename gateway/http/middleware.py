@@ -28,7 +28,6 @@ from gateway.errors import (
 from gateway.http.responses import error_response
 
 log = logging.getLogger("gateway.http")
-access_log = logging.getLogger("gateway.access")
 
 _CLIENT_CLOSED = 499  # nginx's code for "client went away before the answer"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -50,11 +49,11 @@ def new_request_id() -> str:
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app
-    metrics = app[keys.METRICS]
+    in_flight = app[keys.METRICS].in_flight.children[()]  # a plain number (metrics.py)
     request[keys.REQUEST_ID] = rid = request_id_for(request)
     started = time.perf_counter()
     status = 500
-    metrics.in_flight.inc()
+    in_flight.value += 1
     try:
         response = await handler(request)
         status = response.status
@@ -74,7 +73,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = 500
         return error_response(InternalError(f"The gateway hit an internal error. Request id: {rid}."))
     finally:
-        metrics.in_flight.dec()
+        in_flight.value -= 1
         _observe(request, status, time.perf_counter() - started)
 
 
@@ -107,23 +106,19 @@ def _observe(request: web.Request, status: int, elapsed_s: float) -> None:
     metrics.child(metrics.requests, endpoint, model, provider, str(status)).inc()
     if model:
         metrics.child(metrics.request_duration, endpoint, model, provider).observe(elapsed_s)
-    if app[keys.SETTINGS].access_log:
-        access_log.info(
-            "request",
-            extra={
-                "fields": {
-                    "request_id": request[keys.REQUEST_ID],
-                    "method": request.method,
-                    "path": request.path,
-                    "status": status,
-                    "model": model,
-                    "provider": provider,
-                    "upstream_model": upstream_model,
-                    "attempts": attempts,
-                    "fallback": fallback,
-                    "duration_ms": round(elapsed_s * 1000, 3),
-                }
-            },
+    access = app[keys.ACCESS_LOG]
+    if access.enabled:  # buffered: written once per loop iteration, off the loop (access_log.py)
+        access.record(
+            request[keys.REQUEST_ID],
+            request.method,
+            request.path,
+            status,
+            model,
+            provider,
+            upstream_model,
+            attempts,
+            fallback,
+            round(elapsed_s * 1000, 3),
         )
 
 

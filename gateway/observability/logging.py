@@ -36,13 +36,16 @@ def escape_controls(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _json_escape_raw_controls(line: str) -> str:
+def json_escape_raw_controls(line: str) -> str:
+    """``line`` (JSON) with DEL, the C1 controls and U+2028/U+2029 written as ``\\uXXXX``."""
     if line.isascii() and "\x7f" not in line:
         return line  # the common case: both checks are C-level scans
     return _JSON_RAW_CONTROLS.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
 
 
-def _logfmt_value(value: object) -> str:
+def logfmt_value(value: object) -> str:
+    """``value`` as a logfmt value: quoted when it holds whitespace, ``=``, a quote or a backslash,
+    every non-printable character escaped."""
     text = value if isinstance(value, str) else str(value)
     if not text:
         return '""'
@@ -67,7 +70,7 @@ class JsonFormatter(logging.Formatter):
             out.update(fields)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return _json_escape_raw_controls(orjson.dumps(out, default=str).decode())
+        return json_escape_raw_controls(orjson.dumps(out, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -78,7 +81,7 @@ class TextFormatter(logging.Formatter):
         line = f"{self.formatTime(record)} {record.levelname:<7} {escape_controls(record.name)}: {message}"
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            line += " " + " ".join(f"{escape_controls(str(k))}={_logfmt_value(v)}" for k, v in fields.items())
+            line += " " + " ".join(f"{escape_controls(str(k))}={logfmt_value(v)}" for k, v in fields.items())
         if record.exc_info:
             # A traceback spans lines; each is indented, so none can pass for a record of its own.
             trace = self.formatException(record.exc_info)

@@ -1,0 +1,148 @@
+"""The buffered access log writes the lines ``logging`` wrote, once per loop iteration, off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import threading
+
+import orjson
+import pytest
+
+from gateway.observability.access_log import FIELDS, AccessLog
+from gateway.observability.logging import JsonFormatter, TextFormatter
+from gateway.observability.metrics import Counter
+
+CONTROLS = "\n\r\x1b\x07\x00\x0b\x1c\x7f\x85\x9b\u2028\u2029"
+HOSTILE_PATH = "/v1/x\n2030-01-01 00:00:00,000 ERROR   gateway.http: forged\r\x1b[31m" + CONTROLS
+ENTRIES = [
+    ("r-1", "POST", "/v1/chat/completions", 200, "gpt", "openai", "gpt-4o", 1, False, 1.234),
+    ("r-2", "GET", HOSTILE_PATH, 404, "", "", "", 0, False, 0.05),
+    ("r-3", "POST", '/v1/x y="z"\\ Grüße 世界', 502, "m odel", "cache", "", 3, True, 12.0),
+]
+CREATED = (1_700_000_000.0, 1_700_000_000.9995, 1_700_000_001.0421)
+
+
+def logged_by_logging(formatter: logging.Formatter, created: float, entry: tuple[object, ...]) -> bytes:
+    """The line the ``gateway.access`` logger wrote through a StreamHandler before."""
+    record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, "request", (), None)
+    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+    record.fields = dict(zip(FIELDS, entry, strict=True))
+    return (formatter.format(record) + "\n").encode()
+
+
+def dropped() -> Counter:
+    return Counter("dropped", "test")
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_lines_are_those_logging_wrote_byte_for_byte(fmt: str) -> None:
+    out = io.StringIO()
+    access = AccessLog(fmt, True, dropped(), stream=out)
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    expected = b""
+    for created, entry in zip(CREATED, ENTRIES, strict=True):
+        access._pending.append((created, *entry))  # type: ignore[arg-type]
+        expected += logged_by_logging(formatter, created, entry)
+    access.flush()
+    assert out.getvalue().encode() == expected
+    assert out.getvalue().count("\n") == len(ENTRIES)  # a hostile path cannot add a line
+    for c in CONTROLS.replace("\n", ""):
+        assert c not in out.getvalue()
+    if fmt == "json":
+        assert orjson.loads(out.getvalue().splitlines()[1])["path"] == HOSTILE_PATH
+
+
+def test_a_path_that_is_not_utf8_is_written_escaped_not_lost() -> None:
+    out = io.StringIO()
+    access = AccessLog("json", True, dropped(), stream=out)
+    access.record("r", "GET", "/v1/\udcff", 404, "", "", "", 0, False, 0.1)
+    assert orjson.loads(out.getvalue())["path"] == "/v1/\\udcff"
+
+
+def read_all(fd: int, into: bytearray) -> threading.Thread:
+    def run() -> None:
+        while chunk := os.read(fd, 65536):
+            into.extend(chunk)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+class PipeStream:
+    """A stream whose descriptor is the write end of a pipe, as stderr is under a supervisor."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def flush(self) -> None:
+        pass
+
+    def write(self, text: str) -> int:
+        raise AssertionError("a started access log writes through its thread")
+
+
+async def test_lines_of_one_iteration_are_one_batch_written_in_order_by_the_thread() -> None:
+    read_fd, write_fd = os.pipe()
+    received = bytearray()
+    reader = read_all(read_fd, received)
+    access = AccessLog("json", True, dropped(), stream=PipeStream(write_fd))  # type: ignore[arg-type]
+    access.start()
+    writer = access._writer
+    assert writer is not None and writer.is_alive()
+    for i in range(5):
+        access.record(f"r-{i}", "POST", "/v1/chat/completions", 200, "m", "p", "u", 1, False, 0.5)
+    assert len(access._pending) == 5  # nothing formatted yet: the request only appended a tuple
+    await asyncio.sleep(0)  # one loop iteration: the flush ran and handed one batch over
+    assert access._pending == [] and access._queued_bytes > 0
+    for i in range(5, 8):
+        access.record(f"r-{i}", "GET", "/health/live", 200, "", "", "", 0, False, 0.1)
+    await access.close()  # flushes what is pending and waits for the thread to write it all
+    assert not writer.is_alive()
+    os.close(write_fd)
+    reader.join(10)
+    os.close(read_fd)
+    ids = [orjson.loads(line)["request_id"] for line in received.splitlines()]
+    assert ids == [f"r-{i}" for i in range(8)]
+
+
+async def test_a_full_pipe_never_blocks_the_loop_and_drops_beyond_the_backlog() -> None:
+    read_fd, write_fd = os.pipe()  # nobody reads it yet: 64 KiB and it is full
+    counter = dropped()
+    access = AccessLog("json", True, counter, stream=PipeStream(write_fd), backlog_bytes=256 * 1024)  # type: ignore[arg-type]
+    access.start()
+    total = 0
+    for _ in range(40):  # 40 iterations of 100 lines of about 300 bytes: 1.2 MB, far beyond the pipe
+        for _ in range(100):
+            access.record("r" * 32, "POST", "/v1/chat/completions", 200, "m", "p", "u", 1, False, 0.5)
+            total += 1
+        await asyncio.sleep(0)  # the loop keeps turning although the writer is stuck
+    assert counter.children[()].value > 0  # beyond the backlog: dropped and counted
+    received = bytearray()
+    reader = read_all(read_fd, received)  # the reader comes back
+    await access.close()
+    os.close(write_fd)
+    reader.join(10)
+    os.close(read_fd)
+    lines = received.splitlines()
+    assert all(orjson.loads(line)["status"] == 200 for line in lines)  # whole lines only
+    assert len(lines) + counter.children[()].value == total  # each line written or counted
+
+
+def test_disabled_when_the_access_logger_is_above_info() -> None:
+    logger = logging.getLogger("gateway.access")
+    before = logger.level
+    try:
+        logger.setLevel(logging.WARNING)
+        assert not AccessLog.configured(True, "json", dropped()).enabled
+        logger.setLevel(logging.INFO)
+        assert AccessLog.configured(True, "json", dropped()).enabled
+        assert not AccessLog.configured(False, "json", dropped()).enabled
+    finally:
+        logger.setLevel(before)
