@@ -76,8 +76,17 @@ def build_app(
     cache = app[keys.CACHE] = ResponseCache(policy.cache, store, metrics)
     metrics.cache_collector(cache)
 
+    worker = settings.worker  # serve --workers N: the store is shared, worker 0 owns its files
+
     def memory_service(embed: TextEmbedder) -> MemoryService:
-        return build_memory(policy.memory, settings.memory_url, environ, embed)
+        return build_memory(
+            policy.memory,
+            settings.memory_url,
+            environ,
+            embed,
+            shared_by_workers=worker is not None,
+            owns_index_files=worker is None or worker.owns_files,
+        )
 
     limit_gate = app[keys.LIMITS] = LimitGate(_limiter(settings, policy, metrics), metrics)
     service = app[keys.SERVICE] = RequestService(
@@ -120,7 +129,7 @@ def build_app(
     app.cleanup_ctx.append(_key_store(key_ring.store))
     if service.memory is not None:
         # After the providers and the cache: its start-up check embeds through them.
-        app.cleanup_ctx.append(_memory_service(service.memory))
+        app.cleanup_ctx.append(_memory_service(service.memory, worker is None or worker.owns_files))
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_start_draining)
     app.on_response_prepare.append(add_gateway_headers)
@@ -183,7 +192,9 @@ def _limits_open(gate: LimitGate) -> Callable[[web.Application], AsyncIterator[N
 _DIMENSION_CHECK_TIMEOUT_S = 10.0
 
 
-def _memory_service(memory: MemoryService) -> Callable[[web.Application], AsyncIterator[None]]:
+def _memory_service(
+    memory: MemoryService, runs_lifecycle: bool
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def run(app: web.Application) -> AsyncIterator[None]:
         await memory.start()
         try:
@@ -192,7 +203,7 @@ def _memory_service(memory: MemoryService) -> Callable[[web.Application], AsyncI
             await memory.close()
             raise
         lifecycle: asyncio.Task[None] | None = None
-        if memory.config.pruning.enabled or memory.config.namespaces:
+        if runs_lifecycle and (memory.config.pruning.enabled or memory.config.namespaces):
             lifecycle = asyncio.create_task(lifecycle_loop(memory, memory.config.pruning.interval_s))
         yield
         if lifecycle is not None:

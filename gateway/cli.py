@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +14,8 @@ import orjson
 from gateway import __version__
 from gateway.errors import StartupError
 from gateway.policy.loader import PolicyError, format_loc, load_policy, policy_json_schema
-from gateway.settings import Settings, SettingsError, port_number
+from gateway.policy.model import Policy
+from gateway.settings import Settings, SettingsError, WorkerSlot, port_number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-open",
         action="store_true",
         help="let a policy with auth.mode: open listen beyond loopback (anyone reaching it may call)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="processes serving the port (SO_REUSEPORT, Linux), supervised by a parent; "
+        "'auto' = the cores this process may use (default: 1, no parent)",
     )
     serve.set_defaults(func=_serve)
 
@@ -99,6 +107,20 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _workers(text: str) -> int:
+    if text == "auto":
+        from gateway.workers import available_cores
+
+        return available_cores()
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a number of processes from 1 up, or auto, not {text!r}")
+    return count
+
+
 def _cannot_start(exc: Exception) -> int:
     """A start-up failure as one line on stderr (what to do), exit code 2."""
     print(f"sophia-gateway: cannot start: {exc}", file=sys.stderr)
@@ -131,7 +153,35 @@ def _run_server(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"sophia-gateway: cannot start, the policy is invalid:\n{exc}", file=sys.stderr)
         return 2
-    return run(build_app(settings, policy), settings.host, settings.port, allow_open=args.allow_open)
+    if args.workers == 1:
+        return run(build_app(settings, policy), settings.host, settings.port, allow_open=args.allow_open)
+    return _run_workers(args.workers, settings, policy, allow_open=args.allow_open)
+
+
+def _run_workers(count: int, settings: Settings, policy: Policy, *, allow_open: bool) -> int:
+    """``serve --workers N``: checks once in the parent, then N forked workers under a supervisor."""
+    from gateway.app import build_app
+    from gateway.server import check_open, run
+    from gateway.workers import Supervisor, check_supported
+
+    check_supported()
+    check_open(policy, settings.host, allow_open)
+    if policy.auth.mode == "keys" and not settings.redis_url:
+        raise StartupError(
+            f"--workers {count} with auth.mode: keys needs REDIS_URL: without it each worker would "
+            f"count every key's limits on its own (up to {count}x the limit); set REDIS_URL so the "
+            "workers share them, or run one worker"
+        )
+
+    def worker_main(slot: WorkerSlot, port: int, ready: Callable[[str], None]) -> int:
+        own = replace(settings, worker=slot, port=port)
+        try:
+            return run(build_app(own, policy), own.host, port, allow_open=allow_open, on_ready=ready)
+        except (SettingsError, StartupError) as exc:
+            return _cannot_start(exc)
+
+    grace_s = settings.drain_grace_s if settings.drain_grace_s is not None else policy.server.drain_grace_s
+    return Supervisor(count, settings.host, settings.port, worker_main, grace_s).run()
 
 
 def _policy_check(args: argparse.Namespace) -> int:

@@ -61,6 +61,27 @@ def _env_choice(
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """This process's place in a ``serve --workers N`` set (absent when it serves alone).
+
+    ``run_dir`` is the set's private directory (mode 0700): worker ``i`` serves the app on the Unix
+    socket ``run_dir/worker-i.sock`` too, where the others reach it (one ``/metrics`` for the set)."""
+
+    index: int
+    count: int
+    run_dir: str
+
+    def socket_path(self, index: int) -> str:
+        return os.path.join(self.run_dir, f"worker-{index}.sock")
+
+    @property
+    def owns_files(self) -> bool:
+        """Worker 0 alone writes the files the set shares (the memory index) and runs the
+        memory lifecycle, so several processes never write them at once."""
+        return self.index == 0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the process needs before it reads the policy."""
 
@@ -80,6 +101,8 @@ class Settings:
     memory_url: str | None = field(default=None, repr=False)
     # When set, /admin/* needs "Authorization: Bearer <token>".
     admin_token: str | None = field(default=None, repr=False)
+    # Set by ``serve --workers N`` (N > 1) in each worker; None for a process serving alone.
+    worker: WorkerSlot | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -71,7 +71,22 @@ def _shown(url: str) -> str:
 
 
 def build_memory(
-    config: MemoryConfig, memory_url: str | None, env: Mapping[str, str], embed: TextEmbedder
+    config: MemoryConfig,
+    memory_url: str | None,
+    env: Mapping[str, str],
+    embed: TextEmbedder,
+    *,
+    shared_by_workers: bool = False,
+    owns_index_files: bool = True,
 ) -> MemoryService:
-    """The memory service; ``embed`` is the request service's embeddings path."""
-    return MemoryService(config, memory_store(config, memory_url, env), HnswIndex(config.index_dir), embed)
+    """The memory service; ``embed`` is the request service's embeddings path. A worker of
+    ``serve --workers N`` shares the store with the others (``shared_by_workers``: its index
+    follows their writes) and only one of them writes the index files (``owns_index_files``)."""
+    return MemoryService(
+        config,
+        memory_store(config, memory_url, env),
+        HnswIndex(config.index_dir),
+        embed,
+        follow_changes=shared_by_workers,
+        owns_index_files=owns_index_files,
+    )

@@ -138,6 +138,19 @@ class MemoryStore(Protocol):
 
     async def count(self, namespace: str | None = None) -> int: ...
 
+    async def changes_after(self, seq: int, limit: int) -> list[tuple[int, str, str, str | None, bool]]:
+        """The change log: up to ``limit`` writes numbered above ``seq``, oldest first, as (seq,
+        id, namespace, owner, deleted); how processes sharing the store keep their index current."""
+        ...
+
+    async def last_change(self) -> int:
+        """The number of the last write in the change log (0 when empty)."""
+        ...
+
+    async def trim_changes(self, keep: int) -> None:
+        """Forget all but the last ``keep`` changes."""
+        ...
+
     def pool_stats(self) -> PoolStats | None:
         """The connection pool's figures for export; None for a store without a pool (SQLite:
         one connection on one thread) or before ``start``."""

@@ -35,6 +35,8 @@ REBUILD_BATCH = 1000  # rows per store scan when the index is rebuilt (the seed'
 _INLINE_ADD_MAX = 8
 _SAVE_EVERY_ROUNDS = 30  # the changed index is saved every 30th flush round (~30 s by default)
 _SEARCH_CACHE_MAX = 10_000
+_CHANGES_BATCH = 1000  # change-log rows read per query when catching up
+_CHANGES_KEPT = 100_000  # the owner trims the change log to this many rows every save
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,8 @@ class MemoryService:
         clock: Callable[[], float] = time.monotonic,
         *,
         flush_every_s: float = 1.0,
+        follow_changes: bool = False,
+        owns_index_files: bool = True,
     ) -> None:
         if flush_every_s <= 0:
             raise ValueError(f"flush_every_s must be positive, got {flush_every_s}")
@@ -86,12 +90,20 @@ class MemoryService:
         self._flusher: asyncio.Task[None] | None = None
         self.cache_hits = 0
         self.cache_misses = 0
+        # Several processes sharing the store (serve --workers N): each applies the others'
+        # writes from the store's change log before a search; one of them writes the index files.
+        self._follow = follow_changes
+        self._owns_files = owns_index_files
+        self._seen_change = 0
+        self._catching_up = asyncio.Lock()
 
     # ----- lifecycle of the service itself
 
     async def start(self) -> None:
         """Open the store, load the persisted index or rebuild it from the store."""
         await self.store.start()
+        if self._follow:  # before the index is read: a write after this is applied later
+            self._seen_change = await self.store.last_change()
         loaded = await asyncio.to_thread(self.index.load)
         # An index saved before a crash misses the memories written after it: rebuild it from
         # the stored embeddings (no re-embedding) when it does not hold as many as the store.
@@ -107,7 +119,8 @@ class MemoryService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         await self.flush_access()
-        await asyncio.to_thread(self.index.save)
+        if self._owns_files:
+            await asyncio.to_thread(self.index.save)
         await self.store.close()
 
     async def check_embedding_dimension(self, timeout_s: float) -> None:
@@ -157,7 +170,8 @@ class MemoryService:
                 "memory: stored vectors of another dimension were left out of the index",
                 extra={"fields": {"skipped": skipped, "ndim": self.index.ndim}},
             )
-        await asyncio.to_thread(self.index.save)
+        if self._owns_files:
+            await asyncio.to_thread(self.index.save)
         return count - skipped
 
     # ----- writes
@@ -274,6 +288,8 @@ class MemoryService:
         other teams' memories neither take top_k places nor show in any count."""
         if vector is None and not query:
             raise InvalidRequest("Give 'query' (text) or 'vector'.", param="query")
+        if self._follow:
+            await self.catch_up()
         if access is not None and where.namespaces:
             access.check_read(list(where.namespaces))
         if vector is None:
@@ -339,6 +355,43 @@ class MemoryService:
             or where.processing_status is not None
         )
 
+    async def catch_up(self) -> None:
+        """Apply the writes other processes made to the shared store since the last call (one
+        store query when there are none). A gap in the log (trimmed while this process was
+        behind) rebuilds the index from the store."""
+        async with self._catching_up:
+            while True:
+                changes = await self.store.changes_after(self._seen_change, _CHANGES_BATCH)
+                if not changes:
+                    return
+                if changes[0][0] != self._seen_change + 1:
+                    log.info("memory: change log trimmed past this process; rebuilding the index")
+                    self._seen_change = await self.store.last_change()
+                    self.index.clear()
+                    await self.rebuild_index()
+                    self._cache.clear()
+                    return
+                self._seen_change = changes[-1][0]
+                await self._apply(changes)
+                if len(changes) < _CHANGES_BATCH:
+                    return
+
+    async def _apply(self, changes: Sequence[tuple[int, str, str, str | None, bool]]) -> None:
+        latest = {memory_id: (namespace, deleted) for _, memory_id, namespace, _, deleted in changes}
+        gone = [(ns, i) for i, (ns, deleted) in latest.items() if deleted]
+        rows = await self.store.get_many([i for i, (_, deleted) in latest.items() if not deleted])
+        by_partition: dict[str, list[tuple[str, Sequence[float]]]] = {}
+        for m in rows:
+            if m.embedding is not None and (self.index.ndim is None or len(m.embedding) == self.index.ndim):
+                by_partition.setdefault(partition_of(m.namespace, m.owner), []).append((m.id, m.embedding))
+        for partition, items in by_partition.items():
+            if len(items) > _INLINE_ADD_MAX:
+                await asyncio.to_thread(self.index.add, partition, items)
+            else:
+                self.index.add(partition, items)
+        self.forget(gone)
+        self.forget_cached_searches({ns for ns, _ in latest.values()})
+
     # ----- memory-augmented chat
 
     async def context_for(
@@ -367,8 +420,10 @@ class MemoryService:
             rounds += 1
             try:
                 await self.flush_access()
-                if rounds % _SAVE_EVERY_ROUNDS == 0:
+                if rounds % _SAVE_EVERY_ROUNDS == 0 and self._owns_files:
                     await asyncio.to_thread(self.index.save)  # bounds what a crash loses
+                    if self._follow:
+                        await self.store.trim_changes(_CHANGES_KEPT)
             except Exception:  # a failing store must not kill the loop; counts wait for the next
                 log.warning("memory: could not write access counts; will retry", exc_info=True)
 

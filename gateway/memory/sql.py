@@ -326,6 +326,7 @@ class MemoryQueries:
             for m in memories
         ]
         cur.executemany(f"INSERT INTO {self.table} ({_SELECT}) VALUES ({marks(len(COLUMNS))})", rows)
+        self.log_changes(cur, [(m.id, m.namespace, m.owner, 0) for m in memories])
 
     def update(self, cur: Cursor, memory_id: str, patch: MemoryPatch, now: datetime) -> Memory | None:
         sets, params = _patch_assignments(patch)
@@ -335,14 +336,70 @@ class MemoryQueries:
         if not cur.rowcount:
             return None
         found = self.get_many(cur, [memory_id])
+        if found:
+            self.log_changes(cur, [(found[0].id, found[0].namespace, found[0].owner, 0)])
         return found[0] if found else None
 
     def delete(self, cur: Cursor, ids: Sequence[str]) -> int:
         deleted = 0
         for part in chunks(list(dict.fromkeys(ids))):
+            cur.execute(
+                f"SELECT id, namespace, owner FROM {self.table} WHERE id IN ({marks(len(part))})", part
+            )
+            gone = [(i, ns, owner, 1) for i, ns, owner in cur.fetchall()]
             cur.execute(f"DELETE FROM {self.table} WHERE id IN ({marks(len(part))})", part)
             deleted += cur.rowcount or 0
+            self.log_changes(cur, gone)
         return deleted
+
+    # ----- the change log: what other processes sharing the store must apply to their index
+
+    @property
+    def changes_table(self) -> str:
+        return f"{self.table}_changes"
+
+    def create_changes_table(self) -> str:
+        text = "TEXT" if self.dialect.name == "sqlite" else "VARCHAR"
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.changes_table} (seq INTEGER NOT NULL PRIMARY KEY, "
+            f"memory_id {text} NOT NULL, namespace {text} NOT NULL, owner {text}, deleted INTEGER NOT NULL)"
+        )
+
+    def log_changes(self, cur: Cursor, rows: Sequence[tuple[str, str, str | None, int]]) -> None:
+        """Append (id, namespace, owner, deleted) rows, numbered on from the last: called after
+        the write itself, in its transaction, so SQLite's write lock makes the numbers gapless."""
+        if not rows:
+            return
+        cur.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}")
+        base = int(cur.fetchone()[0])
+        cur.executemany(
+            f"INSERT INTO {self.changes_table} (seq, memory_id, namespace, owner, deleted) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(base + n, *row) for n, row in enumerate(rows, start=1)],
+        )
+
+    def changes_after(
+        self, cur: Cursor, seq: int, limit: int
+    ) -> list[tuple[int, str, str, str | None, bool]]:
+        """Up to ``limit`` changes numbered above ``seq``: (seq, id, namespace, owner, deleted)."""
+        cur.execute(
+            f"SELECT seq, memory_id, namespace, owner, deleted FROM {self.changes_table} "
+            f"WHERE seq > ? ORDER BY seq LIMIT {int(limit)}",
+            [seq],
+        )
+        return [(int(q), i, ns, owner, bool(d)) for q, i, ns, owner, d in cur.fetchall()]
+
+    def last_change(self, cur: Cursor) -> int:
+        cur.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}")
+        return int(cur.fetchone()[0])
+
+    def trim_changes(self, cur: Cursor, keep: int) -> None:
+        """Keep the last ``keep`` changes (a process further behind rebuilds its index)."""
+        cur.execute(
+            f"DELETE FROM {self.changes_table} WHERE seq <= (SELECT COALESCE(MAX(seq), 0) "
+            f"FROM {self.changes_table}) - ?",
+            [int(keep)],
+        )
 
     def touch(self, cur: Cursor, counts: Mapping[str, int], at: datetime) -> None:
         """One UPDATE per distinct increment and chunk of ids (usually all increments are 1)."""

@@ -131,6 +131,16 @@ class SQLMemoryStore(ABC):
             lambda cur: self._q.delete_below_confidence(cur, namespace, threshold, dry_run),
         )
 
+    async def changes_after(self, seq: int, limit: int) -> list[tuple[int, str, str, str | None, bool]]:
+        """The change log after ``seq`` (see ``MemoryQueries.log_changes``)."""
+        return await self._run("changes_after", lambda cur: self._q.changes_after(cur, seq, limit))
+
+    async def last_change(self) -> int:
+        return await self._run("last_change", self._q.last_change)
+
+    async def trim_changes(self, keep: int) -> None:
+        await self._run("trim_changes", lambda cur: self._q.trim_changes(cur, keep))
+
     async def namespaces(self) -> list[str]:
         return await self._run("namespaces", self._q.namespaces)
 

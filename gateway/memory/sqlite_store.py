@@ -129,6 +129,7 @@ class SQLiteMemoryStore(SQLMemoryStore):
             conn.execute(self._q.add_column(column, if_not_exists=False))
         for suffix, columns in _INDEXES:
             conn.execute(f"CREATE INDEX IF NOT EXISTS idx_{self.table}_{suffix} ON {self.table} ({columns})")
+        conn.execute(self._q.create_changes_table())
         conn.commit()
 
     def _close_connection(self) -> None:

@@ -1,0 +1,293 @@
+"""``sophia-gateway serve --workers N``: N processes on one port, supervised by a parent.
+
+Each worker is a fork of the parent made before any event loop or thread exists; it builds its
+own app and event loop (uvloop) and binds the port with SO_REUSEPORT, so the kernel spreads new
+connections over the workers. Worker ``i`` also serves the app on ``run_dir/worker-i.sock``, a
+Unix socket in a private per-run directory, where the worker that gets a ``/metrics`` scrape asks
+the others for theirs (``api/health.py``).
+
+The parent only supervises: it holds the port (a bound, non-listening SO_REUSEPORT socket, so
+``--port 0`` names one port for every worker and a restarted worker gets the same one), prints
+one ``listening`` line once every worker is ready, restarts a worker that dies (after 0.5 s,
+doubling up to 30 s while it keeps dying, back to 0.5 s once it stayed up 30 s), and on SIGTERM
+or SIGINT sends SIGTERM to every worker, waits for each to drain, and exits 0. A worker that
+exits before it is ready during the first start stops the whole set with its exit code (it has
+printed its own ``cannot start`` line).
+
+Linux only: elsewhere SO_REUSEPORT does not spread connections (``serve`` refuses N > 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import selectors
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from gateway.errors import StartupError
+from gateway.server import cannot_listen
+from gateway.settings import WorkerSlot
+
+log = logging.getLogger("gateway.workers")
+
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 30.0
+STABLE_AFTER_S = 30.0  # a worker up this long has its restart delay reset
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1
+
+# Runs a worker in the forked child: (slot, port, ready) -> exit code; ``ready(url)`` tells the
+# parent the worker listens.
+WorkerMain = Callable[[WorkerSlot, int, Callable[[str], None]], int]
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), for ``--workers auto``."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)  # pragma: no cover - Linux has sched_getaffinity
+
+
+def check_supported() -> None:
+    """StartupError where several workers cannot share a port (SO_REUSEPORT spreads connections
+    over the listening sockets only on Linux)."""
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        raise StartupError("--workers above 1 needs Linux (SO_REUSEPORT); run one process per port instead")
+
+
+@dataclass
+class _Worker:
+    slot: WorkerSlot
+    pid: int | None = None
+    started_at: float = 0.0
+    ready: bool = False
+    delay_s: float = RESTART_FIRST_S
+    restart_at: float | None = None
+
+
+class Supervisor:
+    """Starts ``count`` workers running ``main`` on ``host:port`` and keeps them running."""
+
+    def __init__(self, count: int, host: str, port: int, main: WorkerMain, grace_s: float) -> None:
+        self._count = count
+        self._host = host
+        self._port = port
+        self._main = main
+        self._grace_s = grace_s
+        self._workers: list[_Worker] = []
+        self._stopping = False
+        self._kill_at = 0.0
+        self._run_dir = ""
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; the exit code (0, or a worker's failed first start)."""
+        with self._port_reserved() as port:
+            self._port = port
+            self._run_dir = tempfile.mkdtemp(prefix="sophia-workers-")  # mode 0700
+            try:
+                return self._supervise()
+            finally:
+                shutil.rmtree(self._run_dir, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _port_reserved(self) -> Iterator[int]:
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                sock.bind((self._host, self._port))
+            except OSError as exc:
+                raise StartupError(cannot_listen(self._host, self._port, exc)) from None
+            yield sock.getsockname()[1]
+        finally:
+            sock.close()
+
+    def _supervise(self) -> int:
+        ready_r, ready_w = os.pipe()
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        stop_requested: list[int] = []
+
+        def on_signal(signum: int, frame: object) -> None:
+            if signum in _STOP_SIGNALS:
+                stop_requested.append(signum)
+
+        previous = {s: signal.signal(s, on_signal) for s in (*_STOP_SIGNALS, signal.SIGCHLD)}
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        selector = selectors.DefaultSelector()
+        selector.register(ready_r, selectors.EVENT_READ)
+        selector.register(wake_r, selectors.EVENT_READ)
+        pending = b""
+        url = ""
+        announced = False
+        try:
+            self._workers = [_Worker(WorkerSlot(i, self._count, self._run_dir)) for i in range(self._count)]
+            fds = (ready_r, wake_r.fileno(), wake_w.fileno())
+            # Worker 0 first: it migrates the shared SQLite files (switching a new file to WAL
+            # needs it alone) and writes the memory index; the others then open what it made.
+            self._spawn(self._workers[0], ready_w, fds)
+            rest_started = False
+            while True:
+                if stop_requested and not self._stopping:
+                    self._stop_all()
+                if self._stopping and not any(w.pid for w in self._workers):
+                    return 0
+                if self._stopping and time.monotonic() > self._kill_at:
+                    self._kill_remaining()
+                for key, _ in selector.select(self._timeout()):
+                    if key.fd == wake_r.fileno():
+                        with contextlib.suppress(BlockingIOError):
+                            wake_r.recv(4096)
+                    else:
+                        pending += os.read(ready_r, 4096)
+                lines, _, pending = pending.rpartition(b"\n")
+                for line in lines.split(b"\n") if lines else ():
+                    index, _, where = line.decode().partition(" ")
+                    self._workers[int(index)].ready = True
+                    url = url or where
+                failed = self._reap()
+                if failed is not None and not announced and not self._stopping:
+                    self._stop_all()
+                    self._wait_all()
+                    return failed
+                if not rest_started and self._workers[0].ready and not self._stopping:
+                    rest_started = True
+                    for worker in self._workers[1:]:
+                        self._spawn(worker, ready_w, fds)
+                if not announced and all(w.ready for w in self._workers):
+                    announced = True
+                    log.info("workers ready", extra={"fields": {"workers": self._count, "address": url}})
+                    print(f"sophia-gateway listening on {url} ({self._count} workers)", flush=True)
+                if not self._stopping:
+                    self._restart_due(ready_w, fds)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            selector.close()
+            for fd in (ready_r, ready_w):
+                os.close(fd)
+            wake_r.close()
+            wake_w.close()
+
+    def _timeout(self) -> float | None:
+        due = [w.restart_at for w in self._workers if w.restart_at is not None]
+        if self._stopping:
+            return 0.5
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _spawn(self, worker: _Worker, ready_w: int, parent_fds: tuple[int, ...]) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                for s in (*_STOP_SIGNALS, signal.SIGCHLD):
+                    signal.signal(s, signal.SIG_DFL)
+                signal.set_wakeup_fd(-1)
+                for fd in parent_fds:
+                    os.close(fd)
+                _drain_when_orphaned(parent)
+
+                def ready(url: str) -> None:
+                    os.write(ready_w, f"{worker.slot.index} {url}\n".encode())
+
+                code = self._main(worker.slot, self._port, ready)
+            except BaseException:
+                log.exception("worker failed", extra={"fields": {"worker": worker.slot.index}})
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        worker.pid, worker.started_at, worker.ready, worker.restart_at = pid, time.monotonic(), False, None
+
+    def _reap(self) -> int | None:
+        """Collect exited workers and schedule their restart; the exit code of one that died
+        before it was ready, if any."""
+        failed = None
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return failed
+            if pid == 0:
+                return failed
+            worker = next((w for w in self._workers if w.pid == pid), None)
+            if worker is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            worker.pid = None
+            if self._stopping:
+                continue
+            if not worker.ready and failed is None:
+                failed = code if code > 0 else 1
+            up_s = time.monotonic() - worker.started_at
+            if up_s >= STABLE_AFTER_S:
+                worker.delay_s = RESTART_FIRST_S
+            worker.restart_at = time.monotonic() + worker.delay_s
+            log.warning(
+                "worker exited; restarting it",
+                extra={
+                    "fields": {
+                        "worker": worker.slot.index,
+                        "pid": pid,
+                        "exit_code": code,
+                        "up_s": round(up_s, 3),
+                        "restart_in_s": worker.delay_s,
+                    }
+                },
+            )
+            worker.delay_s = min(RESTART_MAX_S, worker.delay_s * 2)
+
+    def _restart_due(self, ready_w: int, parent_fds: tuple[int, ...]) -> None:
+        now = time.monotonic()
+        for worker in self._workers:
+            if worker.pid is None and worker.restart_at is not None and worker.restart_at <= now:
+                self._spawn(worker, ready_w, parent_fds)
+
+    def _stop_all(self) -> None:
+        self._stopping = True
+        log.info("draining workers", extra={"fields": {"workers": self._count, "grace_s": self._grace_s}})
+        for worker in self._workers:
+            worker.restart_at = None
+            if worker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
+        self._kill_at = time.monotonic() + self._grace_s + 15.0
+
+    def _kill_remaining(self) -> None:
+        """A worker still running well past the drain grace is stuck: SIGKILL it."""
+        for worker in self._workers:
+            if worker.pid is not None:
+                log.warning("worker did not drain in time; killing it", extra={"fields": {"pid": worker.pid}})
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)
+        self._kill_at = float("inf")
+
+    def _wait_all(self) -> None:
+        while any(w.pid for w in self._workers):
+            self._reap()
+            if any(w.pid for w in self._workers):
+                time.sleep(0.05)
+
+
+def _drain_when_orphaned(parent: int) -> None:
+    """Ask the kernel for SIGTERM (a drain) when the parent dies, even by SIGKILL, so no worker
+    outlives its supervisor holding the port (Linux ``prctl(PR_SET_PDEATHSIG)``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)

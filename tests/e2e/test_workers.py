@@ -1,0 +1,289 @@
+"""``sophia-gateway serve --workers N``: real worker processes on one port, under their supervisor.
+
+Every request below opens a new connection (urllib), so SO_REUSEPORT hands it to any worker: a
+figure that must hold "whichever worker answers" is checked over many requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.testing.process import ManagedProcess, start
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT (Linux)")
+
+CHAT = "/v1/chat/completions"
+
+
+def policy(fake_url: str, slow_url: str) -> str:
+    return textwrap.dedent(
+        f"""\
+        version: 1
+        auth: {{mode: open}}
+        server: {{drain_grace_s: 20}}
+        providers:
+          fake: {{kind: openai, base_url: {fake_url}/v1}}
+          slow: {{kind: openai, base_url: {slow_url}/v1}}
+        models:
+          chat:
+            deployments: [{{provider: fake, model: up-chat}}]
+          slow-stream:
+            deployments: [{{provider: slow, model: streamer}}]
+          embed:
+            deployments: [{{provider: fake, model: up-embed}}]
+        memory:
+          embedding_model: embed
+        """
+    )
+
+
+def call(url: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as err:
+        raw, status = err.read(), err.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()
+
+
+def chat(url: str, text: str = "hello") -> int:
+    status, _ = call(url + CHAT, {"model": "chat", "messages": [{"role": "user", "content": text}]})
+    return status
+
+
+def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = call(url + "/metrics")
+    assert status == 200
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def chat_total(url: str) -> float:
+    return sum(
+        v
+        for (name, labels), v in samples(url).items()
+        if name == "gateway_requests_total" and ("endpoint", CHAT) in labels
+    )
+
+
+def workers_of(gateway: ManagedProcess) -> list[int]:
+    pid = gateway.popen.pid
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return sorted(int(p) for p in text.split())
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def fakes() -> Iterator[tuple[ManagedProcess, ManagedProcess]]:
+    fake = start(["fake-provider", "--port", "0", "--seed", "1"])
+    slow = start(
+        ["fake-provider", "--port", "0", "--tokens-per-s", "10", "--reply", "one two three four five six"]
+    )
+    try:
+        yield fake, slow
+    finally:
+        fake.stop()
+        slow.stop()
+
+
+@pytest.fixture
+def policy_path(fakes: tuple[ManagedProcess, ManagedProcess], tmp_path: Path) -> Path:
+    path = tmp_path / "workers.yaml"
+    path.write_text(policy(fakes[0].url, fakes[1].url))
+    return path
+
+
+@pytest.fixture
+def gateway(policy_path: Path, tmp_path: Path) -> Iterator[ManagedProcess]:
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    proc = start(["serve", "--policy", str(policy_path), "--port", "0", "--workers", "2"], cwd=str(cwd))
+    try:
+        yield proc
+    finally:
+        proc.stop(30)
+
+
+def test_one_line_for_the_set_and_one_metrics_summing_every_worker(gateway: ManagedProcess) -> None:
+    assert "(2 workers)" in gateway.output
+    assert len(workers_of(gateway)) == 2
+    for n in range(40):
+        assert chat(gateway.url, f"count me {n}") == 200
+    # Each scrape lands on either worker (a new connection each): every one shows all 40.
+    for _ in range(8):
+        found = samples(gateway.url)
+        assert chat_total(gateway.url) == 40
+        # Per-worker state is exported per worker; counters are summed, so carry no worker label.
+        assert {
+            dict(labels).get("worker") for (name, labels) in found if name == "gateway_breaker_state"
+        } == {
+            "0",
+            "1",
+        }
+        assert not any(
+            "worker" in dict(labels) for (name, labels) in found if name == "gateway_requests_total"
+        )
+        count = sum(
+            v
+            for (name, labels), v in found.items()
+            if name == "gateway_request_duration_seconds_count" and ("endpoint", CHAT) in labels
+        )
+        assert count == 40
+
+
+def test_a_memory_added_through_one_worker_is_found_through_every_other(gateway: ManagedProcess) -> None:
+    for n in range(6):
+        status, added = call(
+            gateway.url + "/v1/memory", {"namespace": "shared", "content": f"fact number {n} about workers"}
+        )
+        assert status == 201, added
+        memory_id = added["data"][0]["id"]
+        # Ten searches on ten connections: both workers answer some (2^-10 that one takes all).
+        for _ in range(10):
+            status, found = call(
+                gateway.url + "/v1/memory/search",
+                {"query": f"fact number {n} about workers", "namespaces": ["shared"], "top_k": 1},
+            )
+            assert status == 200 and [h["memory"]["id"] for h in found["data"]] == [memory_id]
+    status, _ = call(gateway.url + f"/v1/memory/{memory_id}", None)
+    assert status == 200
+    request = urllib.request.Request(gateway.url + f"/v1/memory/{memory_id}", method="DELETE")
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200
+    for _ in range(10):
+        status, found = call(
+            gateway.url + "/v1/memory/search",
+            {"query": "fact number 5 about workers", "namespaces": ["shared"], "top_k": 1},
+        )
+        assert status == 200 and memory_id not in [h["memory"]["id"] for h in found["data"]]
+    vectors = {
+        dict(labels)["worker"]: v
+        for (name, labels), v in samples(gateway.url).items()
+        if name == "gateway_memory_index_vectors"
+    }
+    assert vectors == {"0": 5.0, "1": 5.0}
+
+
+def test_a_crashed_worker_is_restarted_and_sigterm_drains_every_worker(gateway: ManagedProcess) -> None:
+    before = workers_of(gateway)
+    os.kill(before[0], signal.SIGKILL)
+    wait_for(lambda: len(workers_of(gateway)) == 2 and before[0] not in workers_of(gateway))
+    assert "worker exited; restarting it" in gateway.output
+    wait_for(lambda: all(chat(gateway.url) == 200 for _ in range(10)))
+
+    # Streams in flight on both workers finish in full after SIGTERM.
+    results: list[str] = []
+
+    def stream() -> None:
+        body = {"model": "slow-stream", "stream": True, "messages": [{"role": "user", "content": "go"}]}
+        request = urllib.request.Request(
+            gateway.url + CHAT, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            results.append(resp.read().decode())
+
+    threads = [threading.Thread(target=stream) for _ in range(6)]
+    for t in threads:
+        t.start()
+    in_flight = "gateway_requests_in_flight"
+    wait_for(lambda: samples(gateway.url)[(in_flight, ())] >= 6 + 1)  # + the scrape itself
+    workers = workers_of(gateway)
+    gateway.signal(signal.SIGTERM)
+    assert gateway.wait(30) == 0
+    for t in threads:
+        t.join(30)
+    assert len(results) == 6 and all(r.rstrip().endswith("data: [DONE]") and "six" in r for r in results)
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_worker_that_cannot_start_stops_the_set_with_its_error(policy_path: Path, tmp_path: Path) -> None:
+    proc = _run(
+        ["serve", "--policy", str(policy_path), "--port", "0", "--workers", "2"],
+        {"MEMORY_URL": "sqlite:////proc/no-such-dir/memory.db"},
+        tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "sophia-gateway: cannot start: cannot open the memory store" in proc.stderr
+    assert "listening on" not in proc.stdout
+
+
+def test_a_port_in_use_stops_the_set_before_any_worker_starts(policy_path: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _run(
+            ["serve", "--policy", str(policy_path), "--port", str(port), "--workers", "2"], {}, tmp_path
+        )
+    assert proc.returncode == 2
+    assert "the port is already in use" in proc.stderr
+
+
+def test_keys_mode_without_redis_refuses_several_workers(tmp_path: Path) -> None:
+    path = tmp_path / "keys.yaml"
+    path.write_text(
+        "version: 1\nauth: {mode: keys, teams: {t: {}}}\n"
+        "providers: {p: {kind: openai, base_url: 'http://127.0.0.1:9/v1'}}\n"
+        "models: {m: {deployments: [{provider: p, model: x}]}}\n"
+    )
+    proc = _run(["serve", "--policy", str(path), "--port", "0", "--workers", "2"], {}, tmp_path)
+    assert proc.returncode == 2
+    assert "needs REDIS_URL" in proc.stderr and "up to 2x the limit" in proc.stderr
+
+
+def test_workers_must_be_a_count_or_auto(policy_path: Path, tmp_path: Path) -> None:
+    proc = _run(["serve", "--policy", str(policy_path), "--workers", "0"], {}, tmp_path)
+    assert (
+        proc.returncode == 2 and "--workers: must be a number of processes from 1 up, or auto" in proc.stderr
+    )
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path) -> Any:
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[2])
+    full_env = {
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KEYS_URL", "MEMORY_URL")},
+        "PYTHONPATH": root,
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=60,
+    )
