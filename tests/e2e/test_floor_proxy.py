@@ -1,0 +1,78 @@
+"""The benchmarks' floor proxy and stream probe, as real processes: the figures in RESULTS.md are
+ratios to the floor, so the floor must relay what the gateway relays (bodies whole, streams event by
+event), on one port with several processes too."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks.processes import Logged, launch, process_tree
+from benchmarks.proxy_overhead import BODY, LONG_STREAM_BODY, STREAM_BODY
+from benchmarks.stream_probe import probe
+from gateway.testing.process import ManagedProcess, free_port, start
+
+FLOOR = str(Path(__file__).resolve().parents[2] / "benchmarks" / "floor_proxy.py")
+CHAT = "/v1/chat/completions"
+
+
+def post(url: str, body: str) -> tuple[int, str, bytes]:
+    req = urllib.request.Request(url + CHAT, data=body.encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+
+
+@pytest.fixture
+def fake() -> Iterator[ManagedProcess]:
+    proc = start(["fake-provider", "--port", "0"])
+    yield proc
+    proc.stop()
+
+
+def floor(fake: ManagedProcess, log: Path, workers: int = 1) -> Logged:
+    port = free_port() if workers > 1 else 0
+    return launch(
+        [sys.executable, FLOOR, "--upstream", fake.url, "--port", str(port), "--workers", str(workers)], log
+    )
+
+
+def test_the_floor_relays_answers_and_streams_as_the_upstream_sends_them(
+    fake: ManagedProcess, tmp_path: Path
+) -> None:
+    proxy = floor(fake, tmp_path / "floor.log")
+    try:
+        status, content_type, body = post(proxy.url, BODY % "fake-model")
+        assert status == 200 and content_type.startswith("application/json")
+        assert (
+            json.loads(body)["choices"][0]["message"]["content"]
+            == "Echo: Say something short about gateways."
+        )
+        for stream_body in (STREAM_BODY, LONG_STREAM_BODY):
+            _, direct_type, direct = post(fake.url, stream_body % "fake-model")
+            _, via_type, via = post(proxy.url, stream_body % "fake-model")
+            assert via_type == direct_type and via_type.startswith("text/event-stream")
+            assert via.count(b"data:") == direct.count(b"data:") > 3
+            assert via.rstrip().endswith(b"data: [DONE]")
+        short_events = post(fake.url, STREAM_BODY % "fake-model")[2].count(b"data:")
+        measured = probe(proxy.url + CHAT, (STREAM_BODY % "fake-model").encode(), 0.3)
+        assert measured["requests"] >= 1
+        assert measured["events"] == short_events
+        assert 0 < measured["first_byte_p50_ms"] <= measured["total_p50_ms"]
+    finally:
+        assert proxy.stop() == 0
+
+
+def test_the_floor_runs_several_processes_on_one_port(fake: ManagedProcess, tmp_path: Path) -> None:
+    proxy = floor(fake, tmp_path / "floor2.log", workers=2)
+    try:
+        assert len(process_tree(proxy.pid)) == 3  # the parent and its two workers
+        for _ in range(20):  # new connections each time: the kernel spreads them over both
+            assert post(proxy.url, BODY % "fake-model")[0] == 200
+        assert proxy.cpu_seconds() > 0
+    finally:
+        assert proxy.stop() == 0
