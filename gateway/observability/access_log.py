@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 from typing import Protocol, TextIO
 
 import orjson
@@ -142,41 +142,33 @@ class _Writer(threading.Thread):
         batches = self._batches
         while True:
             batch = batches.get()
-            stop = batch is None
             parts = [] if batch is None else [batch]
-            while not stop:  # everything queued meanwhile goes in the same writes
-                try:
-                    more = batches.get_nowait()
-                except Empty:
-                    break
-                if more is None:
-                    stop = True
-                else:
-                    parts.append(more)
-            data = b"".join(parts)
+            while batch is not None and not batches.empty():  # queued meanwhile: same writes
+                batch = batches.get_nowait()
+                if batch is not None:
+                    parts.append(batch)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
             if data:
                 self._write(data)
                 self.written_bytes += len(data)
-            if stop:
+            if batch is None:
                 return
 
     def _write(self, data: bytes) -> None:
+        fd, start, size = self._fd, 0, len(data)
         view = memoryview(data)
-        while view:
-            size = len(view)
-            if size > _ATOMIC_WRITE_BYTES:  # cut after the last line end that fits, else after one line
-                cut = data.rfind(b"\n", len(data) - size, len(data) - size + _ATOMIC_WRITE_BYTES)
-                if cut < 0:
-                    cut = data.find(b"\n", len(data) - size)
-                size = size if cut < 0 else cut + 1 - (len(data) - size)
-            try:
-                done = os.write(self._fd, view[:size])
-            except InterruptedError:
-                continue
-            except OSError:  # stderr closed or broken: nothing more can be written there
-                self.failed_lines += view.tobytes().count(b"\n")
-                return
-            view = view[done:]
+        try:
+            while start < size:
+                end = size
+                if end - start > _ATOMIC_WRITE_BYTES:  # cut after the last line end that fits, else after one
+                    cut = data.rfind(b"\n", start, start + _ATOMIC_WRITE_BYTES)
+                    if cut < 0:
+                        cut = data.find(b"\n", start)
+                    if cut >= 0:
+                        end = cut + 1
+                start += os.write(fd, data if end - start == size else view[start:end])
+        except OSError:  # stderr closed or broken: nothing more can be written there
+            self.failed_lines += data.count(b"\n", start)
 
 
 class AccessLog:
