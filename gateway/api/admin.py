@@ -6,6 +6,7 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
+from gateway.api import peers
 from gateway.errors import InvalidRequest, NotFound
 from gateway.http.auth import authenticate, require_admin
 from gateway.http.body import read_json
@@ -38,6 +39,10 @@ async def feedback(request: web.Request) -> web.Response:
     tenant = CallContext.for_client(request[keys.REQUEST_ID], 0.0, request.headers, caller).tenant
     result = request.app[keys.ROUTER].feedback(request_id, float(score), tenant)
     if result is None:
+        # serve --workers N: the request may have been served by another worker, whose map has it.
+        elsewhere = await peers.pass_on(request, request.app[keys.SETTINGS].worker)
+        if elsewhere is not None:
+            return elsewhere
         raise NotFound(
             f"Unknown request id '{request_id}': feedback must name a request this gateway served recently.",
             param="request_id",

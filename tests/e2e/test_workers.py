@@ -194,6 +194,23 @@ def test_a_memory_added_through_one_worker_is_found_through_every_other(gateway:
     assert vectors == {"0": 5.0, "1": 5.0}
 
 
+def test_feedback_reaches_the_worker_that_served_the_request(gateway: ManagedProcess) -> None:
+    served = []
+    for n in range(12):
+        body = {"model": "chat", "messages": [{"role": "user", "content": f"rate me {n}"}]}
+        request = urllib.request.Request(
+            gateway.url + CHAT, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            served.append(resp.headers["x-request-id"])
+    # Each vote on a new connection: about half land on the other worker, which passes it on.
+    for request_id in served:
+        status, answer = call(gateway.url + "/v1/feedback", {"request_id": request_id, "score": 0.9})
+        assert status == 200 and answer["request_id"] == request_id, answer
+    status, answer = call(gateway.url + "/v1/feedback", {"request_id": "never-served", "score": 0.9})
+    assert status == 404 and answer["error"]["code"] == "request_not_found"
+
+
 def test_a_crashed_worker_is_restarted_and_sigterm_drains_every_worker(gateway: ManagedProcess) -> None:
     before = workers_of(gateway)
     os.kill(before[0], signal.SIGKILL)
