@@ -48,6 +48,7 @@ class CachePlan:
     scope: str | None = None  # semantic categories: the neighbourhood the prompt lives in
     text: str | None = None
     vector: Vector | None = None  # the prompt's embedding, once computed (reused to store)
+    outcome: CacheOutcome | None = None  # set on the shared bypass plans: their record, made once
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,12 @@ class ResponseCache:
             for name, c in config.categories.items()
             if c.semantic is not None
         }
+        # One bypass plan per category, shared by every request that cannot be cached (most
+        # requests, under the default ``deterministic``): nothing is hashed, parsed or built.
+        self._bypass = {
+            name: CachePlan(name, "", c.ttl_s, False, False, "bypass", outcome=CacheOutcome("bypass", name))
+            for name, c in config.categories.items()
+        }
 
     def plan(
         self,
@@ -125,9 +132,19 @@ class ResponseCache:
     ) -> CachePlan:
         """Decide how the cache treats this request; raises ``InvalidRequest`` for bad cache headers.
 
-        ``tenant`` is whose answers these are (categories marked shared ignore it)."""
+        ``tenant`` is whose answers these are (categories marked shared ignore it). A request that
+        cannot be cached gets its category's shared bypass plan (never to be changed)."""
         cfg = self.config
         named = headers.get(CATEGORY_HEADER)
+        # The common case, decided cheaply: no header names a category or a TTL and no rule can
+        # pick one, so only the default category and the request's own fields matter.
+        if (
+            named is None
+            and not cfg.rules
+            and TTL_HEADER not in headers
+            and not (cfg.enabled and self._cacheable(endpoint, body, False))
+        ):
+            return self._bypass[cfg.default_category]
         if named is not None and named not in cfg.categories:
             raise InvalidRequest(
                 f"Unknown cache category '{named}' in {CATEGORY_HEADER}. Known: {', '.join(sorted(cfg.categories))}.",
@@ -143,7 +160,7 @@ class ResponseCache:
         write = "no-store" not in directives
         cacheable = cfg.enabled and self._cacheable(endpoint, body, chosen)
         if not cacheable or not (read or write):
-            return CachePlan(category, "", ttl_s, False, False, "bypass")
+            return self._bypass[category]
         if settings.shared:
             tenant = fingerprint.SHARED_TENANT
         plan = CachePlan(

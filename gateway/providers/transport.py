@@ -39,19 +39,25 @@ class AiohttpResponse:
         return self._raw.headers
 
     async def read(self) -> bytes:
-        data = b""
-        async with self._errors:
-            data = await self._raw.read()
-        return data
+        try:
+            return await self._raw.read()
+        except _LIBRARY_ERRORS as exc:
+            raise self._errors.translate(exc) from None
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body as it arrives, without waiting for more than the socket has."""
-        async with self._errors:
-            async for chunk in self._raw.content.iter_any():
+        content = self._raw.content
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    break
                 yield chunk
-            if not self._raw.content.is_eof():
-                name = self._errors.name
-                raise UpstreamConnectError(f"{name}: stream ended early", provider=name)
+        except _LIBRARY_ERRORS as exc:
+            raise self._errors.translate(exc) from None
+        if not content.is_eof():
+            name = self._errors.name
+            raise UpstreamConnectError(f"{name}: stream ended early", provider=name)
 
     def close(self) -> None:
         self._raw.close()
@@ -63,9 +69,12 @@ class AiohttpTransport:
     def __init__(self, name: str, config: Provider, headers: Mapping[str, str], scrub: Scrub) -> None:
         self._name = name
         self._config = config
-        self._headers = dict(headers)
+        # Content-Type goes with the session's default headers: a request without headers of
+        # its own then passes none, and aiohttp merges nothing per request.
+        self._headers = {**_JSON_HEADERS, **headers}
         self._errors = _ErrorTranslation(name, scrub)
         self._session: aiohttp.ClientSession | None = None
+        self._base_url = config.base_url
         t = config.timeouts
         self._timeout = aiohttp.ClientTimeout(
             total=t.total_s, sock_connect=t.connect_s, sock_read=t.first_byte_s
@@ -97,20 +106,27 @@ class AiohttpTransport:
     async def send(self, request: UpstreamRequest) -> AiohttpResponse:
         if self._session is None:
             raise UpstreamConnectError(f"{self._name}: client not started", provider=self._name)
-        headers = _JSON_HEADERS if request.headers is None else {**_JSON_HEADERS, **request.headers}
-        async with self._errors:
+        try:
             # Redirects are not followed: a provider's key must never be sent to another host.
             raw = await self._session.post(
-                self._config.base_url + request.path,
+                self._base_url + request.path,
                 data=request.body,
-                headers=headers,
+                headers=request.headers,
                 allow_redirects=False,
             )
+        except _LIBRARY_ERRORS as exc:
+            raise self._errors.translate(exc) from None
         return AiohttpResponse(raw, self._errors)
 
 
+# What the library raises that ``_ErrorTranslation`` turns into upstream errors. A plain
+# ``try``/``except`` of these replaces an async context manager per send and per read (two
+# coroutines each, even when nothing goes wrong).
+_LIBRARY_ERRORS = (asyncio.TimeoutError, aiohttp.ClientError, OSError)
+
+
 class _ErrorTranslation:
-    """Async context manager mapping aiohttp/asyncio exceptions to the gateway's upstream errors."""
+    """Maps aiohttp/asyncio exceptions to the gateway's upstream errors, provider key scrubbed."""
 
     __slots__ = ("_scrub", "name")
 
@@ -118,26 +134,17 @@ class _ErrorTranslation:
         self.name = name
         self._scrub = scrub
 
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> bool:
-        if exc is None or isinstance(exc, (GatewayError, asyncio.CancelledError)):
-            return False
+    def translate(self, exc: BaseException) -> GatewayError:
         name = self.name
         if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-            raise UpstreamTimeout(f"{name}: provider timed out ({_describe(exc)})", provider=name) from None
+            return UpstreamTimeout(f"{name}: provider timed out ({_describe(exc)})", provider=name)
         if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ContentTypeError)):
-            raise UpstreamBadResponse(
+            return UpstreamBadResponse(
                 f"{name}: provider sent a broken response ({self._scrub(_describe(exc))})", provider=name
-            ) from None
-        if isinstance(exc, (aiohttp.ClientError, OSError)):
-            raise UpstreamConnectError(
-                f"{name}: cannot reach provider ({self._scrub(_describe(exc))})", provider=name
-            ) from None
-        return False
+            )
+        return UpstreamConnectError(
+            f"{name}: cannot reach provider ({self._scrub(_describe(exc))})", provider=name
+        )
 
 
 def _describe(exc: BaseException) -> str:

@@ -36,15 +36,21 @@ class FailoverCursor:
         rng: random.Random,
         ctx: RouteContext,
         budget: RetryBudget,
+        *,
+        started_s: float | None = None,
+        first_taken: bool = False,
     ) -> None:
+        """``started_s``: when the request began routing (the router's clock; now if None).
+        ``first_taken``: the router already ran the first attempt on ``plan[0]`` itself (the
+        common path builds no cursor unless that attempt fails)."""
         self.first = plan[0]
         self._plan = plan
         self._retry = retry
         self._clock = clock
         self._rng = rng
         self._ctx = ctx
-        self._started = clock()
-        self._pos = 0  # the next position to consider
+        self._started = clock() if started_s is None else started_s
+        self._pos = 1 if first_taken else 0  # the next position to consider
         self._next: Target | None = None
         self._wait_s = 0.0
         self._min_context = 0
@@ -60,6 +66,8 @@ class FailoverCursor:
         target, self._next = self._next, None
         now = self._clock()
         if target is None:  # the first attempt
+            if self._pos:  # taken already (``first_taken``), and ``wait`` found no other
+                raise NoHealthyDeployment(self._ctx.model, 1.0)
             target = self._plan[0]
             self._pos = 1
             cooling = target.live.stats.cooling_until - now

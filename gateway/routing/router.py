@@ -46,24 +46,28 @@ from gateway.routing.failover import FailoverCursor
 from gateway.routing.retry_budget import RetryBudget
 from gateway.routing.stats import DeploymentStats
 from gateway.routing.strategies import Strategy, strategy_for
-from gateway.routing.target import DeploymentState, RouteContext, Target, rule_matches
+from gateway.routing.target import DeploymentState, Route, RouteContext, Target, rule_matches
 
 T = TypeVar("T")
 
-_REMEMBERED_REQUESTS = 100_000  # request ids kept for feedback (oldest forgotten first)
+_REMEMBERED_REQUESTS = 100_000  # request ids kept for feedback (oldest forgotten first) ...
+_REMEMBERED_BYTES = 8 << 20  # ... and at most this much memory for them, whichever comes first
+# Memory per remembered request besides its key string (sys.getsizeof): the OrderedDict's slot
+# and link node, at worst right after its table grew (tracemalloc: 77-135 bytes; the test in
+# tests/unit/routing/test_router.py checks the count is no underestimate); a vote adds a tuple
+# and a float.
+_ENTRY_BYTES = 160
+_VOTE_BYTES = 80
 _DEFAULT_COOLING_S = 1.0  # a 429 without Retry-After sets its deployment aside this long
 _SCORE_TTL_S = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class Routed(Generic[T]):
-    """The result of a routed call and where it was served."""
+@dataclass(slots=True)
+class Routed(Route, Generic[T]):
+    """The result of a routed call and where it was served: a ``Route`` the service keeps as the
+    call's record as it is, so a served call builds one object here, not two."""
 
     value: T
-    target: Target
-    attempts: int
-    group: str
-    fallback: bool  # served by a deployment other than the first choice
 
 
 @dataclass(slots=True)
@@ -122,12 +126,17 @@ class Router:
             )
             for name, group in policy.models.items()
         }
-        # (caller, request id) -> (group, index into _all_targets, vote or None). Plain tuples of
-        # atomic values, which the garbage collector stops tracking: 100,000 cost no GC time.
-        # The caller is part of the key: a request id (clients may choose theirs) is only ever
-        # found, or replaced, by the caller that made the request.
-        self._requests: OrderedDict[tuple[str, str], tuple[str, int, float | None]] = OrderedDict()
+        # "caller NUL request id" -> the index of the target that served it into _all_targets, or
+        # (that index, the caller's vote) once voted on. The caller is part of the key: a request
+        # id (clients may choose theirs) is only ever found, or replaced, by the caller that made
+        # the request. One string and a small int per request: no tuple, no float, nothing the
+        # garbage collector tracks, and bounded by bytes as well as by count (a long run grew the
+        # tuples of the first version by 27 MB before the count capped them).
+        self._requests: OrderedDict[str, int | tuple[int, float]] = OrderedDict()
+        self._remembered_bytes = 0
+        self.remember_limits = (_REMEMBERED_REQUESTS, _REMEMBERED_BYTES)  # (entries, bytes)
         self._all_targets = [t for g in self._groups.values() for t in g.targets]
+        self._target_group = [g.name for g in self._groups.values() for _ in g.targets]
         self._target_index = {id(t): i for i, t in enumerate(self._all_targets)}
         metrics.register_router(self)
 
@@ -171,26 +180,51 @@ class Router:
         """The targets to try for ``ctx``, first choice first (drawn at random for ``score`` and
         ``weighted``). Raises when none can serve it."""
         group = self._groups[group_name or self.resolve(ctx)]
-        now = self._clock()
-        usable = [t for t in group.targets if t.client.configured]
-        if not usable:
-            envs = [t.client.config.api_key_env or "" for t in group.targets]
-            raise ProviderNotConfigured(group.name, [e for e in envs if e])
-        windows = [t.deployment.context_window for t in usable]
-        if any(w is not None for w in windows):
-            fits = [t for t in usable if (t.deployment.context_window or 1 << 62) >= ctx.prompt_tokens]
+        return self._plan(group, ctx, self._clock())
+
+    def _plan(self, group: _Group, ctx: RouteContext, now: float) -> list[Target]:
+        """``plan`` in one pass over the group's targets (run for every request): the usable
+        ones (key set, big enough), of those the ones whose breaker lets calls through, split
+        into fresh and rate limited (those last, soonest free first)."""
+        fresh: list[Target] = []
+        cooling: list[Target] | None = None
+        usable = fits = 0
+        largest = 0
+        retry_in: float | None = None
+        for t in group.targets:
+            if not t.client.configured:
+                continue
+            usable += 1
+            window = t.deployment.context_window
+            if window is not None:
+                largest = max(largest, window)
+                if window < ctx.prompt_tokens:
+                    continue
+            fits += 1
+            live = t.live
+            if not live.breaker.available(now):
+                wait = live.breaker.retry_in(now)
+                retry_in = wait if retry_in is None else min(retry_in, wait)
+                continue
+            if live.stats.cooling_until > now:
+                if cooling is None:
+                    cooling = []
+                cooling.append(t)
+            else:
+                fresh.append(t)
+        if not fresh and cooling is None:
+            if not usable:
+                envs = [t.client.config.api_key_env or "" for t in group.targets]
+                raise ProviderNotConfigured(group.name, [e for e in envs if e])
             if not fits:
-                raise ContextTooLong(group.name, ctx.prompt_tokens, max(w or 0 for w in windows))
-            usable = fits
-        open_ = [t for t in usable if not t.live.breaker.available(now)]
-        ready = [t for t in usable if t.live.breaker.available(now)]
-        if not ready:
-            raise NoHealthyDeployment(group.name, min(t.live.breaker.retry_in(now) for t in open_))
-        fresh = [t for t in ready if t.live.stats.cooling_until <= now]
-        cooling = sorted(
-            (t for t in ready if t.live.stats.cooling_until > now), key=lambda t: t.live.stats.cooling_until
-        )
-        return self._order(group, fresh, ctx, now) + cooling
+                raise ContextTooLong(group.name, ctx.prompt_tokens, largest)
+            raise NoHealthyDeployment(group.name, retry_in or 0.0)
+        if len(fresh) > 1:
+            fresh = self._order(group, fresh, ctx, now)
+        if cooling is not None:
+            cooling.sort(key=lambda t: t.live.stats.cooling_until)
+            fresh += cooling
+        return fresh
 
     def _order(self, group: _Group, targets: list[Target], ctx: RouteContext, now: float) -> list[Target]:
         if len(targets) <= 1:
@@ -235,32 +269,86 @@ class Router:
         """Run ``attempt`` on planned targets until one succeeds or the error is final."""
         group_name = self.resolve(ctx)
         group = self._groups[group_name]
+        now = self._clock()
+        plan = self._plan(group, ctx, now)
+        first = plan[0]
+        live = first.live
         budget = group.budget
-        cursor = FailoverCursor(self.plan(ctx, group_name), group.retry, self._clock, self._rng, ctx, budget)
-        failures: list[Attempt] = []
-        # The first attempt runs outside tenacity: most requests need no retry, and building
-        # the retry machinery for each would cost a sizeable share of the proxy's overhead.
+        if live.stats.cooling_until <= now and live.breaker.acquire(now):
+            # The common case: the first choice is free and its breaker let the call in. No
+            # cursor, no tenacity, no extra coroutine: they are built only once an attempt fails.
+            budget.active += 1
+            try:
+                live.stats.in_flight += 1
+                started = time.perf_counter()
+                try:
+                    value = await attempt(first)
+                except BaseException as error:
+                    self._attempt_failed(first, error)
+                    if not isinstance(error, GatewayError):
+                        raise
+                    cursor = self._cursor(group, plan, ctx, now, first_taken=True)
+                    return await self._fail_over(group_name, cursor, ctx, attempt, first, error)
+                self._attempt_succeeded(first, ctx, time.perf_counter() - started)
+            finally:
+                budget.active -= 1
+            return Routed(group_name, first, 1, False, value)
+        # The first choice is rate limited (so is every other: they would come first), or
+        # another request holds its half-open probe: the cursor walks the plan.
+        cursor = self._cursor(group, plan, ctx, now)
         target = cursor.take()
         budget.active += 1
         try:
-            value = await self._attempt(target, ctx, attempt)
-        except GatewayError as error:
-            failures.append(Attempt(target.provider, target.model, error))
+            try:
+                value = await self._attempt(target, ctx, attempt)
+            except GatewayError as error:
+                return await self._fail_over(group_name, cursor, ctx, attempt, target, error)
+        finally:
+            budget.active -= 1
+        fallback = target is not first
+        if fallback:
+            self._metrics.child(self._metrics.fallbacks, group_name).inc()
+        return Routed(group_name, target, 1, fallback, value)
+
+    def _cursor(
+        self, group: _Group, plan: list[Target], ctx: RouteContext, now: float, *, first_taken: bool = False
+    ) -> FailoverCursor:
+        return FailoverCursor(
+            plan,
+            group.retry,
+            self._clock,
+            self._rng,
+            ctx,
+            group.budget,
+            started_s=now,
+            first_taken=first_taken,
+        )
+
+    async def _fail_over(
+        self,
+        group_name: str,
+        cursor: FailoverCursor,
+        ctx: RouteContext,
+        attempt: Callable[[Target], Awaitable[T]],
+        target: Target,
+        error: GatewayError,
+    ) -> Routed[T]:
+        """After the first attempt failed on ``target`` with ``error``: retry or give up."""
+        failures = [Attempt(target.provider, target.model, error)]
+        try:
             cursor.failed(target, error)
             # stop_after also says no when the group's retry budget is spent (``retry_budget.py``)
             if not cursor.may_retry(error) or cursor.stop_after(1, cursor.wait(None)):
-                raise
+                raise error
             await asyncio.sleep(cursor.pending_wait_s)
             value, target = await self._retry(group_name, cursor, ctx, attempt, failures)
         finally:
-            budget.active -= 1
             cursor.release()
-        if len(failures):
-            self._metrics.child(self._metrics.retries, group_name).inc(len(failures))
+        self._metrics.child(self._metrics.retries, group_name).inc(len(failures))
         fallback = target is not cursor.first
         if fallback:
             self._metrics.child(self._metrics.fallbacks, group_name).inc()
-        return Routed(value, target, len(failures) + 1, group_name, fallback)
+        return Routed(group_name, target, len(failures) + 1, fallback, value)
 
     async def _retry(
         self,
@@ -294,29 +382,34 @@ class Router:
     async def _attempt(
         self, target: Target, ctx: RouteContext, attempt: Callable[[Target], Awaitable[T]]
     ) -> T:
-        live = target.live
-        live.stats.in_flight += 1
+        """One attempt on ``target`` (its breaker slot already taken), with its bookkeeping."""
+        target.live.stats.in_flight += 1
         started = time.perf_counter()
-        done = False
         try:
             value = await attempt(target)
-            done = True
-        except GatewayError as error:
-            self._record_failure(target, error)
+        except BaseException as error:
+            self._attempt_failed(target, error)
             raise
-        finally:
-            if not done:
-                live.stats.in_flight -= 1
-                live.breaker.release()
-        elapsed = time.perf_counter() - started
+        self._attempt_succeeded(target, ctx, time.perf_counter() - started)
+        return value
+
+    def _attempt_failed(self, target: Target, error: BaseException) -> None:
+        if isinstance(error, GatewayError):
+            self._record_failure(target, error)
+        live = target.live
+        live.stats.in_flight -= 1
+        live.breaker.release()
+
+    def _attempt_succeeded(self, target: Target, ctx: RouteContext, elapsed: float) -> None:
+        """A whole answer (or a stream's first chunk) came back after ``elapsed`` seconds."""
+        live = target.live
         now = self._clock()
         live.stats.latency(now, elapsed, stream=ctx.stream)
         m = self._metrics
         m.child(m.upstream_duration, target.provider, target.model).observe(elapsed)
-        if not ctx.stream:
+        if not ctx.stream:  # a stream stays in flight until it ends (``stream_ended``)
             live.stats.in_flight -= 1
             self._record_success(target, now)
-        return value
 
     def stream_ended(
         self, target: Target, error: GatewayError | None, output_tokens: int, seconds: float
@@ -373,33 +466,47 @@ class Router:
 
     def remember(self, request_id: str, group: str, target: Target, caller: str) -> None:
         """Keep where ``request_id`` was served, so feedback on it can reach that deployment.
-        ``caller`` is a hash of the caller's credential; only that caller may vote on it."""
-        key = (sys.intern(caller), request_id)  # one string per caller, however many requests
+        ``caller`` is a hash of the caller's credential (or its team); only that caller may vote
+        on it. ``group`` is the group ``target`` belongs to (it is kept through the target)."""
+        key = f"{caller}\0{request_id}"  # request ids never hold a NUL (middleware.request_id_for)
         requests = self._requests
-        if key in requests:
-            del requests[key]
-        requests[key] = (group, self._target_index[id(target)], None)
-        if len(requests) > _REMEMBERED_REQUESTS:
-            requests.popitem(last=False)
+        previous = requests.pop(key, None)
+        if previous is None:
+            self._remembered_bytes += _ENTRY_BYTES + sys.getsizeof(key)
+        elif not isinstance(previous, int):
+            self._remembered_bytes -= _VOTE_BYTES  # a new request under the same id: no vote yet
+        requests[key] = self._target_index[id(target)]
+        most_entries, most_bytes = self.remember_limits
+        while len(requests) > most_entries or self._remembered_bytes > most_bytes:
+            forgotten, entry = requests.popitem(last=False)
+            self._remembered_bytes -= _ENTRY_BYTES + sys.getsizeof(forgotten)
+            if not isinstance(entry, int):
+                self._remembered_bytes -= _VOTE_BYTES
+
+    @property
+    def remembered(self) -> tuple[int, int]:
+        """(request ids kept for feedback, the bytes they are counted at)."""
+        return len(self._requests), self._remembered_bytes
 
     def feedback(self, request_id: str, score: float, caller: str) -> tuple[str, Target, float] | None:
         """Apply a 0..1 vote on an earlier request; a second vote on it replaces the first.
         Returns (group, target, new quality), or None when ``caller`` (the hash given to
         ``remember``) made no request ``request_id``: another caller's id is unknown to it."""
-        key = (caller, request_id)
+        key = f"{caller}\0{request_id}"
         entry = self._requests.get(key)
         if entry is None:
             return None
-        group, index, previous = entry
+        index, previous = (entry, None) if isinstance(entry, int) else entry
         target = self._all_targets[index]
         stats = target.live.stats
         if previous is None:
             stats.vote(score)
+            self._remembered_bytes += _VOTE_BYTES
         else:
             stats.feedback_sum += score - previous
-        self._requests[key] = (group, index, score)
+        self._requests[key] = (index, score)
         quality = stats.quality(target.deployment.quality, self._policy.routing.quality_prior_votes)
-        return group, target, quality
+        return self._target_group[index], target, quality
 
     # ----- what /admin/models, policy explain (``explain.snapshot``) and the metrics collector show
 

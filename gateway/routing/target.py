@@ -41,6 +41,18 @@ class Target:
         return self.deployment.model
 
 
+@dataclass(slots=True)
+class Route:
+    """Where a call was served, once a provider answered (response headers, the access log and
+    feedback read it). Not frozen: a frozen dataclass's ``__init__`` goes through
+    ``object.__setattr__`` once per field, a cost on every request for nothing."""
+
+    group: str  # the model group that served it (a rule may have sent it to another)
+    target: Target
+    attempts: int
+    fallback: bool  # served by a deployment other than the first choice
+
+
 @dataclass
 class RouteContext:
     """What the router needs to know of a request."""

@@ -36,8 +36,8 @@ from gateway.service.context import CallContext, Route
 from gateway.service.grants import memory_access_of
 from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
-from gateway.service.validation import validate_head
-from gateway.wire.requests import HEADS, Endpoint, JSONObject
+from gateway.service.validation import check_request
+from gateway.wire.requests import Endpoint, JSONObject
 
 # Builds the memory service around the request service's own embeddings path.
 MemoryFactory = Callable[["Embed"], MemoryService]
@@ -100,20 +100,19 @@ class RequestService:
     async def run(self, endpoint: Endpoint, body: JSONObject, ctx: CallContext) -> Answer:
         """Serve ``body`` on ``endpoint``; raise the ``GatewayError`` the client should see."""
         # 1. validate: nothing below runs for a request that will be refused anyway
-        head = validate_head(HEADS[endpoint], body)
+        model, stream = check_request(endpoint, body)
         check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
-        stream = bool(getattr(head, "stream", False))
-        route = RouteContext(head.model, body, stream=stream, tags=ctx.tags)
-        if ctx.identity is not None and not ctx.identity.may_use(head.model):
+        route = RouteContext(model, body, stream=stream, tags=ctx.tags)
+        if ctx.identity is not None and not ctx.identity.may_use(model):
             # As if it did not exist (OpenAI's answer for a model a key cannot see): a 404 naming
             # only the key's own models, before resolve, whose 404 would list every group.
-            raise ModelNotFound(head.model, [m for m in self.router.model_names if ctx.identity.may_use(m)])
+            raise ModelNotFound(model, [m for m in self.router.model_names if ctx.identity.may_use(m)])
         self.router.resolve(route)  # an unknown model is a 404 before any store is read
-        ctx.record.model = head.model
+        ctx.record.model = model
         plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
         # 2. admit
         for gate in self._gates:
-            await gate.admit(endpoint, head.model, body, ctx)
+            await gate.admit(endpoint, model, body, ctx)
         lead = False
         try:
             # 3. augment
@@ -122,14 +121,14 @@ class RequestService:
                 body, ctx.record.memory_ids = await memory_augment.augment(
                     self.memory, body, ctx.headers, access
                 )
-                route = RouteContext(head.model, body, stream=stream, tags=ctx.tags)
+                route = RouteContext(model, body, stream=stream, tags=ctx.tags)
                 plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
             # 4. cache: lead the single flight or wait for its leader, then look up
             if plan.read:
                 found, lead = await self._find(plan)
                 if found is not None:
                     return self._hit(plan, found, ctx, stream)
-            ctx.record.cache = CacheOutcome(plan.status, plan.category)
+            ctx.record.cache = plan.outcome or CacheOutcome(plan.status, plan.category)
             self.cache.count(plan.category, plan.status)
             # 5. route with failover (6 and 7 follow in _whole, or in the stream when it ends)
             if stream:
@@ -218,7 +217,7 @@ class RequestService:
         routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body))
         raw, usage = routed.value
         target = routed.target
-        self._served(ctx, Route(routed.group, target, routed.attempts, routed.fallback))
+        self._served(ctx, routed)
         answer = CachedAnswer(raw, target.provider, target.model) if plan.write else None
         if answer is not None:
             await self.cache.store_answer(plan, answer, self._embed_one)
@@ -253,8 +252,8 @@ class RequestService:
         routed = await self.router.call(
             route, lambda t: self._open_stream(t, endpoint, body, book, plan.write)
         )
-        book.route = Route(routed.group, routed.target, routed.attempts, routed.fallback)
-        self._served(ctx, book.route)
+        book.route = routed
+        self._served(ctx, routed)
         return Answer(stream=routed.value)
 
     async def _open_stream(

@@ -11,20 +11,12 @@ from gateway.auth.gate import LimitTicket
 from gateway.auth.identity import Caller
 from gateway.cache.fingerprint import ANONYMOUS_TENANT, tenant_of
 from gateway.cache.service import CacheOutcome
-from gateway.routing.target import Target
+from gateway.routing.target import Route
+
+__all__ = ["CallContext", "CallRecord", "Route"]
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 TAGS_HEADER = "x-gateway-tags"
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """Where a call was served, once a provider answered."""
-
-    group: str  # the model group that served it (a rule may have sent it to another)
-    target: Target
-    attempts: int
-    fallback: bool  # served by a deployment other than the first choice
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ import orjson
 from pydantic import ValidationError
 
 from gateway.errors import InvalidRequest
-from gateway.wire.requests import H, JSONObject
+from gateway.wire.requests import HEADS, Endpoint, H, JSONObject
 
 # orjson reads 1,024 levels of nesting but writes only 254; the gateway re-serialises a body one
 # or two levels deeper than the client sent it (cache keys, provider requests), so it accepts 200.
@@ -49,6 +49,48 @@ def _nests_deeper_than(value: JSONObject, limit: int) -> bool:
             return False
         level = nested
     return True
+
+
+def check_request(endpoint: Endpoint, body: JSONObject) -> tuple[str, bool]:
+    """(model group, whether a stream is asked) of a valid ``body``; the client's error otherwise.
+
+    An ordinary chat body (the shapes clients send all day) is checked by hand, which costs a
+    fraction of building the pydantic head; anything else, valid or not, goes through pydantic,
+    so every refusal and its message are the head models' own."""
+    if endpoint is Endpoint.CHAT and _ordinary_chat(body):
+        return body["model"], body.get("stream") is True
+    head = validate_head(HEADS[endpoint], body)
+    return head.model, bool(getattr(head, "stream", False))
+
+
+_CHAT_ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))
+
+
+def _ordinary_chat(body: JSONObject) -> bool:
+    """Whether ``ChatCompletionHead`` would accept ``body`` as it is, for the common shapes only:
+    exact JSON types, no coercion. False means "ask pydantic", never "invalid"."""
+    model = body.get("model")
+    if type(model) is not str or not model:
+        return False
+    messages = body.get("messages")
+    if type(messages) is not list or not messages:
+        return False
+    for message in messages:
+        if type(message) is not dict:
+            return False
+        role = message.get("role")
+        if type(role) is not str or role not in _CHAT_ROLES:
+            return False
+        content = message.get("content")
+        if content is not None and type(content) is not str and type(content) is not list:
+            return False
+    stream = body.get("stream", False)
+    if stream is not True and stream is not False:
+        return False
+    options = body.get("stream_options")
+    if options is None:
+        return True
+    return type(options) is dict and type(options.get("include_usage", False)) is bool
 
 
 def validate_head(head_type: type[H], body: JSONObject) -> H:

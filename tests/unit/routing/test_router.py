@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import pytest
 
@@ -221,6 +222,32 @@ async def test_feedback_moves_quality_and_a_second_vote_replaces_the_first() -> 
     assert r.feedback("unknown", 1.0, "caller-a") is None
     assert r.feedback("req-1", 1.0, "caller-b") is None  # another caller's request is unknown to it
     assert routed.target.live.stats.feedback_votes == 1
+
+
+def test_remembered_requests_are_bounded_by_bytes_as_well_as_by_count() -> None:
+    r = router()
+    target = r.targets("solo")[0]
+    r.remember_limits = (1_000_000, 1 << 20)  # a count it never reaches: the bytes must bound it
+    ids = [f"{i:0128d}" for i in range(30_000)]  # the longest request ids a client may send
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for rid in ids:
+            r.remember(rid, "solo", target, "caller-a")
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    count, counted = r.remembered
+    assert counted <= 1 << 20 and 2_000 < count < 30_000
+    # What the map really holds (besides the ids' own strings, which the caller made) stays
+    # within the bytes it is counted at: the estimate per entry is not an underestimate.
+    assert held - before <= counted
+    # The oldest were forgotten, the newest are still there to vote on.
+    assert r.feedback(ids[0], 1.0, "caller-a") is None
+    assert r.feedback(ids[-1], 1.0, "caller-a") is not None
+    r.remember_limits = (10, 1 << 20)  # and the count still bounds it
+    r.remember("one-more", "solo", target, "caller-a")
+    assert r.remembered[0] == 10
 
 
 async def test_a_provider_kind_that_cannot_serve_is_not_asked_twice() -> None:

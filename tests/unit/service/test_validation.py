@@ -4,8 +4,8 @@ import orjson
 import pytest
 
 from gateway.errors import InvalidRequest
-from gateway.service.validation import MAX_JSON_DEPTH, parse_body, validate_head
-from gateway.wire.requests import ChatCompletionHead, EmbeddingHead
+from gateway.service.validation import MAX_JSON_DEPTH, check_request, parse_body, validate_head
+from gateway.wire.requests import ChatCompletionHead, EmbeddingHead, Endpoint
 
 
 @pytest.mark.parametrize("raw", [b"", b"[1,2]", b"{nope", b'"text"'])
@@ -79,3 +79,52 @@ def test_many_brackets_that_do_not_nest_deep_are_accepted() -> None:
     # More brackets than the limit (in strings and in siblings) only triggers the walk.
     raw = orjson.dumps({"messages": [{"role": "user", "content": "[{" * 500}] * 300})
     assert len(parse_body(raw)["messages"]) == 300
+
+
+_CHAT_SHAPES: list[dict] = [  # type: ignore[type-arg]
+    {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+    {
+        "model": "m",
+        "messages": [{"role": "system", "content": None}, {"role": "user", "content": [{"type": "text"}]}],
+    },
+    {"model": "m", "messages": [{"role": "assistant"}], "stream": True},
+    {"model": "m", "messages": [{"role": "tool", "content": "x"}], "stream": False, "stream_options": None},
+    {"model": "m", "messages": [{"role": "user"}], "stream": True, "stream_options": {"include_usage": True}},
+    {"model": "m", "messages": [{"role": "user"}], "stream_options": {}},
+    # shapes the hand-written check leaves to pydantic (coerced, or refused)
+    {"model": "m", "messages": [{"role": "user"}], "stream": "true"},
+    {"model": "m", "messages": [{"role": "user"}], "stream": 1},
+    {"model": "m", "messages": [{"role": "user"}], "stream": None},
+    {"model": "m", "messages": [{"role": "user"}], "stream_options": {"include_usage": "yes"}},
+    {"model": "m", "messages": [{"role": "user"}], "stream_options": {"include_usage": 0}},
+    {"model": "m", "messages": [{"role": "user"}], "stream_options": []},
+    {"model": "m", "messages": [{"role": ["user"]}]},
+    {"model": "m", "messages": [{"role": "bot"}]},
+    {"model": "m", "messages": [{"content": "no role"}]},
+    {"model": "m", "messages": [{"role": "user", "content": 3}]},
+    {"model": "m", "messages": [{"role": "user", "content": {"text": "x"}}]},
+    {"model": "m", "messages": ["hi"]},
+    {"model": "m", "messages": []},
+    {"model": "m", "messages": {"role": "user"}},
+    {"model": "", "messages": [{"role": "user"}]},
+    {"model": 3, "messages": [{"role": "user"}]},
+    {"messages": [{"role": "user"}]},
+    {"model": "m"},
+]
+
+
+@pytest.mark.parametrize("body", _CHAT_SHAPES)
+def test_the_hand_written_chat_check_agrees_with_pydantic(body: dict) -> None:  # type: ignore[type-arg]
+    """Same answer, same refusal (param, code and message) as the pydantic head, for every shape."""
+    try:
+        head = validate_head(ChatCompletionHead, body)
+    except InvalidRequest as expected:
+        with pytest.raises(InvalidRequest) as err:
+            check_request(Endpoint.CHAT, body)
+        assert (err.value.param, err.value.code, err.value.message) == (
+            expected.param,
+            expected.code,
+            expected.message,
+        )
+        return
+    assert check_request(Endpoint.CHAT, body) == (head.model, head.stream)

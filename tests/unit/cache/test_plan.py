@@ -1,0 +1,54 @@
+"""The cache plan: what a request that cannot be cached costs, and that headers still count."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.cache.memory_store import MemoryStore
+from gateway.cache.service import ResponseCache
+from gateway.errors import InvalidRequest
+from gateway.observability.metrics import GatewayMetrics
+from gateway.policy.loader import parse_policy
+from gateway.wire.requests import Endpoint
+
+POLICY = """
+version: 1
+providers: {p: {kind: openai, base_url: http://p/v1}}
+models: {m: {deployments: [{provider: p, model: m1}]}}
+"""
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def cache() -> ResponseCache:
+    policy = parse_policy(POLICY)
+    return ResponseCache(policy.cache, MemoryStore(policy.cache.categories), GatewayMetrics())
+
+
+def test_requests_that_cannot_be_cached_share_one_bypass_plan() -> None:
+    c = cache()
+    first = c.plan(Endpoint.CHAT, CHAT, {}, tenant="t1", tags=frozenset())
+    second = c.plan(Endpoint.CHAT, {**CHAT, "temperature": 0.7}, {}, tenant="t2", tags=frozenset())
+    assert first is second
+    assert (first.status, first.read, first.write, first.key) == ("bypass", False, False, "")
+    assert first.outcome is not None and (first.outcome.status, first.outcome.category) == (
+        "bypass",
+        first.category,
+    )
+
+
+def test_a_cacheable_request_gets_its_own_plan() -> None:
+    c = cache()
+    plan = c.plan(Endpoint.CHAT, {**CHAT, "temperature": 0}, {}, tenant="t1", tags=frozenset())
+    assert (plan.status, plan.read, plan.write) == ("miss", True, True) and plan.key
+    assert plan.outcome is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"x-gateway-cache-category": "nope"}, {"x-gateway-cache-ttl": "0"}, {"x-gateway-cache-ttl": "soon"}],
+)
+def test_bad_cache_headers_are_refused_even_when_the_request_cannot_be_cached(
+    headers: dict[str, str],
+) -> None:
+    with pytest.raises(InvalidRequest):
+        cache().plan(Endpoint.CHAT, CHAT, headers, tenant="t1", tags=frozenset())
