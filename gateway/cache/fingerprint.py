@@ -10,7 +10,9 @@ their bytes differ (a stream with ``include_usage`` ends with a usage chunk).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +31,13 @@ def tenant_of(authorization: str | None) -> str:
     """A stable, non-reversible tenant id from the caller's ``Authorization`` header."""
     if not authorization:
         return ANONYMOUS_TENANT
+    return _credential_hash(authorization)
+
+
+@functools.lru_cache(maxsize=1024)
+def _credential_hash(authorization: str) -> str:
+    # Remembered: a gateway sees a handful of credentials all day, and every open-mode request
+    # needs its tenant (feedback, cache), so the SHA-256 runs once per credential, not per request.
     return hashlib.sha256(authorization.strip().encode()).hexdigest()[:32]
 
 
@@ -58,10 +67,13 @@ def prompt_text(body: Mapping[str, Any]) -> str:
     return _text(body.get("prompt", body.get("input")))
 
 
+_INT64 = 2**63
+
+
 def _numbers(value: Any) -> Any:
     """``0.0`` and ``0`` (and ``1.0`` / ``1``) are the same parameter: make whole floats ints."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
+    if isinstance(value, float) and value.is_integer() and -_INT64 <= value < _INT64:
+        return int(value)  # (orjson writes no integer past 64 bits: larger ones stay floats)
     if isinstance(value, dict):
         return {k: _numbers(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -79,6 +91,17 @@ def _text(value: object) -> str:
     return ""
 
 
+# How orjson writes a whole float: ``1.0``, ``-0.0``, ``1e+20``. A body whose canonical bytes show
+# neither (almost every body) has no float for ``_numbers`` to change, so it is serialised once and
+# not walked; a string that merely looks like one only costs the walk.
+_WHOLE_FLOAT = re.compile(rb"\d\.0(?!\d)|\de\+")
+
+
 def _digest(endpoint: str, tenant: str, body: Mapping[str, Any]) -> str:
-    canonical = orjson.dumps([endpoint, tenant, _numbers(body)], option=orjson.OPT_SORT_KEYS)
+    """SHA-256 of ``[endpoint, tenant, body]`` in canonical JSON (sorted keys, whole floats as ints)."""
+    payload = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    if _WHOLE_FLOAT.search(payload) is not None:
+        payload = orjson.dumps(_numbers(body), option=orjson.OPT_SORT_KEYS)
+    # The same bytes as ``orjson.dumps([endpoint, tenant, body])``: keys made before stay valid.
+    canonical = b"".join((b"[", orjson.dumps(endpoint), b",", orjson.dumps(tenant), b",", payload, b"]"))
     return hashlib.sha256(canonical).hexdigest()

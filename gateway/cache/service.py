@@ -51,7 +51,7 @@ class CachePlan:
     outcome: CacheOutcome | None = None  # set on the shared bypass plans: their record, made once
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CachedAnswer:
     """A stored answer: the body exactly as first sent (JSON, or the SSE stream's bytes)."""
 
@@ -75,7 +75,7 @@ class CachedAnswer:
         return cls(body, str(meta.get("p", "")), str(meta.get("m", "")), match)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CacheOutcome:
     """What the cache did for a request (response headers and metrics read it)."""
 
@@ -86,16 +86,24 @@ class CacheOutcome:
 
 
 class Flights:
-    """In-process single flight: the first miss for a key leads, identical ones wait for it."""
+    """In-process single flight: the first miss for a key leads, identical ones wait for it.
+
+    A leader's future is made only when a second request asks for it: most flights have no
+    follower (a hit lands at once, a unique miss is alone), and then no future is built."""
 
     def __init__(self) -> None:
-        self._pending: dict[str, asyncio.Future[CachedAnswer | None]] = {}
+        self._pending: dict[str, asyncio.Future[CachedAnswer | None] | None] = {}
 
     def waiter(self, key: str) -> asyncio.Future[CachedAnswer | None] | None:
-        return self._pending.get(key)
+        if key not in self._pending:
+            return None
+        future = self._pending[key]
+        if future is None:
+            future = self._pending[key] = asyncio.get_running_loop().create_future()
+        return future
 
     def lead(self, key: str) -> None:
-        self._pending[key] = asyncio.get_running_loop().create_future()
+        self._pending[key] = None
 
     def land(self, key: str, answer: CachedAnswer | None) -> None:
         future = self._pending.pop(key, None)

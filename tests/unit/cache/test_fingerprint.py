@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import orjson
 
 from gateway.cache import fingerprint
@@ -71,3 +73,17 @@ def test_whole_floats_and_ints_are_the_same_number() -> None:
     assert key({**BODY, "temperature": 0.0}) == key(BODY)
     assert key({**BODY, "top_p": 1.0}) == key({**BODY, "top_p": 1})
     assert key({**BODY, "top_p": 0.5}) != key({**BODY, "top_p": 1})
+
+
+def test_keys_are_the_canonical_json_of_endpoint_tenant_and_body() -> None:
+    """Serialised once when no whole float is in sight, walked when one may be: same key either way."""
+    for body in (
+        BODY,
+        {**BODY, "temperature": 0.0, "top_p": 1e20, "tools": [{"x": [-0.0, 2.5]}]},
+        {**BODY, "messages": [{"role": "user", "content": "version 2.0, 3e+4"}]},
+    ):
+        kept = {**body, "stream": False}
+        canonical = orjson.dumps(
+            ["chat/completions", "t", fingerprint._numbers(kept)], option=orjson.OPT_SORT_KEYS
+        )
+        assert fingerprint.request_key("chat/completions", "t", body) == hashlib.sha256(canonical).hexdigest()
