@@ -743,9 +743,20 @@ class Run:
         values = [r[key] for r in runs if key in r]
         return statistics.median(values) if values else float("nan")
 
+    def ratios(self, kind: str, target: str, key: str, reference: str) -> list[float]:
+        """``target`` / ``reference`` in each round (measured back to back, so drift cancels)."""
+        pairs = zip(
+            self.results.get((kind, target), []), self.results.get((kind, reference), []), strict=False
+        )
+        return [a[key] / b[key] for a, b in pairs if key in a and key in b and b[key]]
+
+    def paired(self, kind: str, target: str, key: str, reference: str) -> float:
+        """The median of the per-round ratios: the figure reported as "ratio to floor"."""
+        values = self.ratios(kind, target, key, reference)
+        return statistics.median(values) if values else float("nan")
+
     def per_round(self, kind: str, target: str, key: str, reference: str) -> str:
-        pairs = zip(self.results[(kind, target)], self.results[(kind, reference)], strict=False)
-        return " / ".join(f"{a[key] / b[key]:.2f}" for a, b in pairs)
+        return " / ".join(f"{r:.2f}" for r in self.ratios(kind, target, key, reference))
 
     def report(self, kinds: list[Kind]) -> list[str]:
         from benchmarks.proxy_report import render
