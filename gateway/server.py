@@ -109,16 +109,17 @@ async def _serve(
         # A young collection every 700 container allocations ran every ~20 requests, scanning
         # the objects of the requests in flight; most die by reference counting long before.
         gc.set_threshold(*GC_THRESHOLDS)
+        # Before the listening line: a SIGTERM sent as soon as it is read must drain, not kill.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         bound = ", ".join(f"http://{h}:{p}" for h, p in _bound_addresses(runner))
         log.info("listening", extra={"fields": {"address": bound, "policy": settings.policy_path}})
         if on_ready is None:
             print(f"sophia-gateway listening on {bound}", flush=True)
         else:
             on_ready(bound)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         app[keys.LIFECYCLE].draining = True
         log.info("draining", extra={"fields": {"grace_s": grace_s}})
