@@ -23,7 +23,7 @@ from gateway.cache.memory_store import MemoryStore
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.service import ResponseCache
 from gateway.cache.store import CacheStore, CategoryBudget
-from gateway.http.middleware import add_gateway_headers, gateway_middleware
+from gateway.http.middleware import gateway_middleware
 from gateway.memory.backends import build_memory
 from gateway.memory.lifecycle import lifecycle_loop
 from gateway.memory.service import MemoryService, TextEmbedder
@@ -35,6 +35,7 @@ from gateway.providers.client import ProviderClient
 from gateway.providers.registry import adapter_for
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
+from gateway.service.context import RequestIds
 from gateway.settings import Settings
 
 
@@ -67,6 +68,7 @@ def build_app(
     app[keys.SETTINGS] = settings
     app[keys.POLICY] = policy
     app[keys.METRICS] = metrics
+    app[keys.REQUEST_IDS] = RequestIds()
     access_log = app[keys.ACCESS_LOG] = AccessLog.configured(
         settings.access_log, settings.log_format, metrics.access_log_dropped
     )
@@ -132,7 +134,6 @@ def build_app(
         app.cleanup_ctx.append(_memory_service(service.memory, worker is None or worker.owns_files))
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_start_draining)
-    app.on_response_prepare.append(add_gateway_headers)
     _add_routes(app)
     return app
 

@@ -21,7 +21,7 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
-from gateway.service.context import CallRecord
+from gateway.service.context import CallRecord, RequestIds
 from gateway.settings import Settings
 
 
@@ -56,6 +56,8 @@ KEYRING: web.AppKey[KeyLookup] = web.AppKey("keyring")
 # The key ring itself, with its admin operations (/admin/keys, created by build_app); the edge
 # reads KEYRING, which is this same object unless a test plugged in a lookup of its own.
 KEY_ADMIN = web.AppKey("key_admin", KeyRing)
+# Where the middleware draws fresh request ids (one buffer of random bytes per worker)
+REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # What the request service did for a proxied call (model group, cache, route, memories), filled

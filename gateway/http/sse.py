@@ -13,7 +13,9 @@ import logging
 
 from aiohttp import web
 
+from gateway import keys
 from gateway.errors import GatewayError
+from gateway.http.middleware import add_gateway_headers
 from gateway.service.streams import AnswerStream
 from gateway.wire.sse import DONE, encode
 
@@ -34,6 +36,7 @@ def error_event(error: GatewayError) -> bytes:
 async def send_stream(request: web.Request, stream: AnswerStream, request_id: str) -> web.StreamResponse:
     """Write ``stream`` to the client; a provider failure mid-stream ends it with an error event."""
     response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+    add_gateway_headers(response.headers, request_id, request[keys.REQUEST_CALL])
     try:
         await response.prepare(request)
         async for chunk in stream:

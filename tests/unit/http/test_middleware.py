@@ -1,0 +1,128 @@
+"""The middleware's own work: request ids, the gateway's response headers on every kind of
+answer (whole, stream, error, not proxied), and the access log's milliseconds."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.app import build_app
+from gateway.http.middleware import milliseconds
+from gateway.policy.loader import parse_policy
+from gateway.providers.base import UpstreamRequest
+from gateway.service.context import RequestIds
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
+
+POLICY = """
+version: 1
+auth: {mode: open}
+providers:
+  a: {kind: openai, base_url: "http://a.test/v1"}
+models:
+  m: {deployments: [{provider: a, model: ma}]}
+memory: {enabled: false}
+"""
+CHAT: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+def answer(request: UpstreamRequest) -> MockResponse:
+    body = orjson.loads(request.body)
+    if body.get("stream"):
+        event = {"id": "c", "object": "chat.completion.chunk", "model": "ma",
+                 "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}  # fmt: skip
+        return MockResponse.stream([b"data: " + orjson.dumps(event) + b"\n\n", b"data: [DONE]\n\n"])
+    return MockResponse.json(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "ma",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+            ],
+        }
+    )
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory) -> TestClient:
+    app = build_app(
+        Settings(access_log=False), parse_policy(POLICY), {}, transports={"a": MockTransport(answer)}
+    )
+    return await aiohttp_client(app)
+
+
+GATEWAY_HEADERS = {
+    "x-gateway-provider": "a",
+    "x-gateway-model": "ma",
+    "x-gateway-attempts": "1",
+    "x-gateway-fallback": "false",
+    "x-gateway-cache": "bypass",
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_proxied_answer_says_where_it_was_served(client: TestClient, stream: bool) -> None:
+    resp = await client.post(
+        "/v1/chat/completions", json={**CHAT, "stream": stream}, headers={"x-request-id": "r-1"}
+    )
+    assert resp.status == 200
+    await resp.read()
+    assert resp.headers["x-request-id"] == "r-1"
+    assert {name: resp.headers.get(name) for name in GATEWAY_HEADERS} == GATEWAY_HEADERS
+    assert resp.headers["Content-Type"].startswith("text/event-stream" if stream else "application/json")
+    assert "x-gateway-group" not in resp.headers
+
+
+async def test_errors_and_other_endpoints_carry_the_request_id_only(client: TestClient) -> None:
+    unknown = await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
+    assert unknown.status == 404
+    assert _HEX32.fullmatch(unknown.headers["x-request-id"])
+    assert not [name for name in unknown.headers if name.lower().startswith("x-gateway-")]
+    missing = await client.get("/no/such/path", headers={"x-request-id": "r-2"})
+    assert missing.status == 404
+    assert missing.headers["x-request-id"] == "r-2"
+    assert (await missing.json())["error"]["message"] == "Unknown path: GET /no/such/path."
+    live = await client.get("/health/live")
+    assert live.status == 200
+    assert _HEX32.fullmatch(live.headers["x-request-id"])
+    assert not [name for name in live.headers if name.lower().startswith("x-gateway-")]
+
+
+async def test_a_refused_body_still_gets_its_request_id(client: TestClient) -> None:
+    resp = await client.post(
+        "/v1/chat/completions",
+        data=b"{not json",
+        headers={"Content-Type": "application/json", "x-request-id": "r-3"},
+    )
+    assert resp.status == 400
+    assert resp.headers["x-request-id"] == "r-3"
+    assert (await resp.json())["error"]["type"] == "invalid_request_error"
+
+
+def test_request_ids_are_fresh_hex_across_batches() -> None:
+    ids = RequestIds()
+    drawn = [ids.new() for _ in range(1000)]  # about 8 batches of 128
+    assert all(_HEX32.fullmatch(i) for i in drawn)
+    assert len(set(drawn)) == len(drawn)
+    assert RequestIds().new() != RequestIds().new()
+
+
+def test_milliseconds_are_what_round_gives() -> None:
+    rng = random.Random(12)
+    durations = [rng.random() * scale for scale in (1e-4, 1e-3, 1e-2, 1.0, 300.0) for _ in range(20_000)]
+    durations += [0.0, 0.0005, 0.0015, 0.0025, 1e-7]
+    assert [milliseconds(d) for d in durations] == [round(d * 1000, 3) for d in durations]
+    # A duration a rounding error away from a half microsecond may land on the other side.
+    assert abs(milliseconds(0.1234565) - round(0.1234565 * 1000, 3)) <= 0.001 + 1e-9
