@@ -82,7 +82,7 @@ class MemoryStore:
 
     async def get(self, category: str, key: str) -> bytes | None:
         """The value, or None when absent or expired; a hit becomes the most recently used."""
-        cat = self._category(category)
+        cat = self._categories.get(category) or self._category(category)
         entry = cat.entries.get(key)
         if entry is None:
             return None

@@ -144,31 +144,36 @@ class ResponseCache:
         cannot be cached gets its category's shared bypass plan (never to be changed)."""
         cfg = self.config
         named = headers.get(CATEGORY_HEADER)
-        # The common case, decided cheaply: no header names a category or a TTL and no rule can
-        # pick one, so only the default category and the request's own fields matter.
-        if (
-            named is None
-            and not cfg.rules
-            and TTL_HEADER not in headers
-            and not (cfg.enabled and self._cacheable(endpoint, body, False))
-        ):
-            return self._bypass[cfg.default_category]
-        if named is not None and named not in cfg.categories:
-            raise InvalidRequest(
-                f"Unknown cache category '{named}' in {CATEGORY_HEADER}. Known: {', '.join(sorted(cfg.categories))}.",
-                param=CATEGORY_HEADER,
-            )
-        category = named or self._rule_category(body, tags)
-        chosen = category is not None
-        category = category or cfg.default_category
-        settings = cfg.categories[category]
-        ttl_s = self._ttl(headers, settings.ttl_s)
-        directives = {d.strip().lower() for d in headers.get("cache-control", "").split(",")}
-        read = "no-cache" not in directives
-        write = "no-store" not in directives
-        cacheable = cfg.enabled and self._cacheable(endpoint, body, chosen)
-        if not cacheable or not (read or write):
-            return self._bypass[category]
+        if named is None and not cfg.rules and TTL_HEADER not in headers:
+            # The common case, decided cheaply: no header names a category or a TTL and no rule
+            # can pick one, so only the default category and the request's own fields matter.
+            category = cfg.default_category
+            if not (cfg.enabled and self._cacheable(endpoint, body, False)):
+                return self._bypass[category]
+            settings = cfg.categories[category]
+            ttl_s = settings.ttl_s
+        else:
+            if named is not None and named not in cfg.categories:
+                raise InvalidRequest(
+                    f"Unknown cache category '{named}' in {CATEGORY_HEADER}. Known: {', '.join(sorted(cfg.categories))}.",
+                    param=CATEGORY_HEADER,
+                )
+            category = named or self._rule_category(body, tags)
+            chosen = category is not None
+            category = category or cfg.default_category
+            settings = cfg.categories[category]
+            ttl_s = self._ttl(headers, settings.ttl_s)
+            if not (cfg.enabled and self._cacheable(endpoint, body, chosen)):
+                return self._bypass[category]
+        control = headers.get("cache-control")
+        if control is None:
+            read = write = True
+        else:
+            directives = {d.strip().lower() for d in control.split(",")}
+            read = "no-cache" not in directives
+            write = "no-store" not in directives
+            if not (read or write):
+                return self._bypass[category]
         if settings.shared:
             tenant = fingerprint.SHARED_TENANT
         plan = CachePlan(
