@@ -158,9 +158,9 @@ class ResponseCache:
                     f"Unknown cache category '{named}' in {CATEGORY_HEADER}. Known: {', '.join(sorted(cfg.categories))}.",
                     param=CATEGORY_HEADER,
                 )
-            category = named or self._rule_category(body, tags)
-            chosen = category is not None
-            category = category or cfg.default_category
+            picked = named or self._rule_category(body, tags)
+            chosen = picked is not None
+            category = picked or cfg.default_category
             settings = cfg.categories[category]
             ttl_s = self._ttl(headers, settings.ttl_s)
             if not (cfg.enabled and self._cacheable(endpoint, body, chosen)):
