@@ -167,6 +167,10 @@ class ProviderHandle(Protocol):
         """A 2xx response's whole body, raw and parsed; malformed is ``UpstreamBadResponse``."""
         ...
 
+    async def fetch_json(self, request: UpstreamRequest) -> tuple[bytes, JSONObject]:
+        """``send`` then ``read_json``, in one coroutine."""
+        ...
+
     def chunks(self, response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
         """A 2xx response's body as it arrives, key scrubbed; iterate it once, and ``aclose``
         it if you stop early."""

@@ -63,12 +63,33 @@ class ProviderClient:
             response.close()
         raise self._status_error(status, body, retry_after)
 
+    async def fetch_json(self, request: UpstreamRequest) -> tuple[bytes, JSONObject]:
+        """``send`` then ``read_json`` in one coroutine (a whole answer's common path): the body
+        of a 2xx answer, raw and parsed; any other status is raised as ``send`` does."""
+        response = await self.transport.send(request)
+        status = response.status
+        if not 200 <= status < 300:
+            try:
+                body = await response.read()
+                retry_after = response.headers.get("Retry-After")
+            finally:
+                response.close()
+            raise self._status_error(status, body, retry_after)
+        try:
+            data = self.scrub_bytes(await response.read())
+        finally:
+            response.close()
+        return self._parsed(data)
+
     async def read_json(self, response: UpstreamResponse) -> tuple[bytes, JSONObject]:
         """The whole body, raw and parsed; a non-object or malformed body is an upstream error."""
         try:
             data = self.scrub_bytes(await response.read())
         finally:
             response.close()
+        return self._parsed(data)
+
+    def _parsed(self, data: bytes) -> tuple[bytes, JSONObject]:
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -265,9 +265,13 @@ class Router:
 
     # ----- the failover loop
 
-    async def call(self, ctx: RouteContext, attempt: Callable[[Target], Awaitable[T]]) -> Routed[T]:
-        """Run ``attempt`` on planned targets until one succeeds or the error is final."""
-        group_name = self.resolve(ctx)
+    async def call(
+        self, ctx: RouteContext, attempt: Callable[[Target], Awaitable[T]], group_name: str | None = None
+    ) -> Routed[T]:
+        """Run ``attempt`` on planned targets until one succeeds or the error is final.
+        ``group_name``: what ``resolve(ctx)`` returned, if the caller already asked."""
+        if group_name is None:
+            group_name = self.resolve(ctx)
         group = self._groups[group_name]
         now = self._clock()
         plan = self._plan(group, ctx, now)
@@ -404,12 +408,17 @@ class Router:
         """A whole answer (or a stream's first chunk) came back after ``elapsed`` seconds."""
         live = target.live
         now = self._clock()
-        live.stats.latency(now, elapsed, stream=ctx.stream)
+        stats = live.stats
+        stream = ctx.stream
+        (stats.ttft_s if stream else stats.latency_s).add(elapsed, stats.alpha, now)  # stats.latency
         m = self._metrics
-        m.child(m.upstream_duration, target.provider, target.model).observe(elapsed)
-        if not ctx.stream:  # a stream stays in flight until it ends (``stream_ended``)
-            live.stats.in_flight -= 1
-            self._record_success(target, now)
+        provider, upstream_model = target.client.name, target.deployment.model
+        m.child(m.upstream_duration, provider, upstream_model).observe(elapsed)
+        if not stream:  # a stream stays in flight until it ends (``stream_ended``)
+            stats.in_flight -= 1
+            stats.success(now)
+            live.breaker.success(now)
+            m.child(m.upstream_requests, provider, upstream_model, "success").inc()  # _record_success
 
     def stream_ended(
         self, target: Target, error: GatewayError | None, output_tokens: int, seconds: float

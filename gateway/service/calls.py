@@ -56,7 +56,7 @@ class AdmissionGate(Protocol):
     async def admit(self, endpoint: Endpoint, model: str, body: JSONObject, ctx: CallContext) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """What a call produced: exactly one of ``body`` (JSON bytes) and ``stream`` is set."""
 
@@ -107,7 +107,7 @@ class RequestService:
             # As if it did not exist (OpenAI's answer for a model a key cannot see): a 404 naming
             # only the key's own models, before resolve, whose 404 would list every group.
             raise ModelNotFound(model, [m for m in self.router.model_names if ctx.identity.may_use(m)])
-        self.router.resolve(route)  # an unknown model is a 404 before any store is read
+        group = self.router.resolve(route)  # an unknown model is a 404 before any store is read
         ctx.record.model = model
         plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
         # 2. admit
@@ -122,6 +122,7 @@ class RequestService:
                     self.memory, body, ctx.headers, access
                 )
                 route = RouteContext(model, body, stream=stream, tags=ctx.tags)
+                group = self.router.resolve(route)  # a rule may look at the longer prompt
                 plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
             # 4. cache: lead the single flight or wait for its leader, then look up
             if plan.read:
@@ -130,10 +131,26 @@ class RequestService:
                     return self._hit(plan, found, ctx, stream)
             ctx.record.cache = plan.outcome or CacheOutcome(plan.status, plan.category)
             self.cache.count(plan.category, plan.status)
-            # 5. route with failover (6 and 7 follow in _whole, or in the stream when it ends)
+            # 5. route with failover (6 and 7 follow, or in the stream when it ends)
             if stream:
-                return await self._stream(endpoint, body, route, plan, ctx, lead)
-            return await self._whole(endpoint, body, route, plan, ctx, lead)
+                return await self._stream(endpoint, body, route, group, plan, ctx, lead)
+            # A whole answer, here rather than in a coroutine of its own (one frame less).
+            routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body), group)
+            raw, usage = routed.value
+            target = routed.target
+            self._served(ctx, routed)
+            # 6. store
+            answer = CachedAnswer(raw, target.provider, target.model) if plan.write else None
+            if answer is not None:
+                await self.cache.store_answer(plan, answer, self._embed_one)
+            if lead:
+                lead = False
+                self.cache.flights.land(plan.key, answer)
+            # 7. account
+            used = self.account_usage(routed.group, target, usage)
+            if ctx.limit_ticket is not None:
+                ctx.limit_ticket.settle_later(*used)
+            return Answer(body=raw)
         except BaseException:
             if lead:
                 self.cache.flights.land(plan.key, None)
@@ -203,35 +220,11 @@ class RequestService:
             ctx.limit_ticket.settle_later(0, 0, 0.0)
         return Answer(stream=ReplayStream(answer.body)) if stream else Answer(body=answer.body)
 
-    # ----- 5-7 for a whole answer
-
-    async def _whole(
-        self,
-        endpoint: Endpoint,
-        body: JSONObject,
-        route: RouteContext,
-        plan: CachePlan,
-        ctx: CallContext,
-        lead: bool,
-    ) -> Answer:
-        routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body))
-        raw, usage = routed.value
-        target = routed.target
-        self._served(ctx, routed)
-        answer = CachedAnswer(raw, target.provider, target.model) if plan.write else None
-        if answer is not None:
-            await self.cache.store_answer(plan, answer, self._embed_one)
-        if lead:
-            self.cache.flights.land(plan.key, answer)
-        used = self.account_usage(routed.group, target, usage)
-        if ctx.limit_ticket is not None:
-            ctx.limit_ticket.settle_later(*used)
-        return Answer(body=raw)
+    # ----- 5 for a whole answer
 
     async def _fetch(self, target: Target, endpoint: Endpoint, body: JSONObject) -> tuple[bytes, object]:
         client, adapter = target.client, target.client.adapter
-        response = await client.send(adapter.build_request(endpoint, body, target.model))
-        raw, parsed = await client.read_json(response)
+        raw, parsed = await client.fetch_json(adapter.build_request(endpoint, body, target.model))
         translated = adapter.translate_response(endpoint, parsed, body, target.model)
         if translated is None:
             return raw, parsed.get("usage")  # OpenAI format already: forward the provider's bytes
@@ -244,13 +237,14 @@ class RequestService:
         endpoint: Endpoint,
         body: JSONObject,
         route: RouteContext,
+        group: str,
         plan: CachePlan,
         ctx: CallContext,
         lead: bool,
     ) -> Answer:
         book = _StreamBook(self, plan, ctx, lead)
         routed = await self.router.call(
-            route, lambda t: self._open_stream(t, endpoint, body, book, plan.write)
+            route, lambda t: self._open_stream(t, endpoint, body, book, plan.write), group
         )
         book.route = routed
         self._served(ctx, routed)
@@ -293,9 +287,10 @@ class RequestService:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         prompt = prompt if isinstance(prompt, int) else 0
         completion = completion if isinstance(completion, int) else 0
-        m.child(m.token_usage, group, target.model, target.provider, "input").observe(prompt)
-        if "completion_tokens" in usage:
-            m.child(m.token_usage, group, target.model, target.provider, "output").observe(completion)
+        upstream_model, provider = target.deployment.model, target.client.name  # no property calls
+        m.child(m.token_usage, group, upstream_model, provider, "input").observe(prompt)
+        if completion or "completion_tokens" in usage:
+            m.child(m.token_usage, group, upstream_model, provider, "output").observe(completion)
         return prompt, completion, self.router.record_usage(group, target, prompt, completion)
 
 
