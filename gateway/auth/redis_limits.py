@@ -317,6 +317,7 @@ class RedisLimiter:
         self._outage = Outage()
         self._leases: dict[str, _Lease] = {}
         self._rates: dict[str, _Rate] = {}  # key id -> its admissions in this process
+        self._taking: dict[str, asyncio.Future[None]] = {}  # key id -> a lease being taken
         self._batch = _Batch()
         self._flush_at: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
@@ -357,11 +358,22 @@ class RedisLimiter:
     # -- admission -------------------------------------------------------------------------
 
     async def admit(self, caller: Caller, ticket: str, tokens: int) -> Decision:
-        lease = self._leases.get(caller.key_id)
+        key_id = caller.key_id
+        lease = self._leases.get(key_id)
         if lease is not None:
             drawn = self._draw(lease, caller, tokens)
             if drawn is not None:
                 return drawn
+        taking = self._taking.get(key_id)
+        if taking is not None:
+            # A round trip of this process is taking a lease for the key: draw from it rather
+            # than take another (concurrent leases would each hold part of the limit unused).
+            await asyncio.shield(taking)
+            lease = self._leases.get(key_id)
+            if lease is not None:
+                drawn = self._draw(lease, caller, tokens)
+                if drawn is not None:
+                    return drawn
         return await self._admit_remote(caller, ticket, tokens)
 
     def _draw(self, lease: _Lease, caller: Caller, tokens: int) -> Decision | None:
@@ -417,7 +429,15 @@ class RedisLimiter:
         keys = self._keys(key_id)
         sent = time.monotonic()
         self.round_trips += 1
-        found = await self._call(lambda: script(keys=keys, args=args))
+        if ask_rq > 1 and key_id not in self._taking:
+            taking = self._taking[key_id] = asyncio.get_running_loop().create_future()
+            try:
+                found = await self._call(lambda: script(keys=keys, args=args))
+            finally:
+                del self._taking[key_id]
+                taking.set_result(None)
+        else:
+            found = await self._call(lambda: script(keys=keys, args=args))
         if found is None:
             return self.local.admit_now(caller, ticket, tokens)
         refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk = found
