@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway import keys
 from gateway.api import admin, admin_keys, admin_usage, health, openai
@@ -23,7 +24,7 @@ from gateway.cache.memory_store import MemoryStore
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.service import ResponseCache
 from gateway.cache.store import CacheStore, CategoryBudget
-from gateway.http.middleware import gateway_middleware
+from gateway.http.middleware import CatchAll, gateway_handler, unmatched
 from gateway.memory.backends import build_memory
 from gateway.memory.lifecycle import lifecycle_loop
 from gateway.memory.service import MemoryService, TextEmbedder
@@ -64,7 +65,7 @@ def build_app(
     clients = provider_clients(policy, environ, transports)
     router = Router(policy, clients, metrics)
 
-    app = web.Application(middlewares=[gateway_middleware], client_max_size=settings.max_body_bytes or 0)
+    app = web.Application(client_max_size=settings.max_body_bytes or 0)  # no middleware: see _add_routes
     app[keys.SETTINGS] = settings
     app[keys.POLICY] = policy
     app[keys.METRICS] = metrics
@@ -237,23 +238,35 @@ async def _start_draining(app: web.Application) -> None:
 
 
 def _add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", openai.chat_completions)
-    app.router.add_post("/v1/completions", openai.completions)
-    app.router.add_post("/v1/embeddings", openai.embeddings)
-    app.router.add_get("/v1/models", openai.list_models)
-    app.router.add_get("/v1/models/{model:.+}", openai.retrieve_model)
-    app.router.add_post("/v1/feedback", admin.feedback)
-    app.router.add_post("/v1/memory", memory_api.create)
-    app.router.add_post("/v1/memory/search", memory_api.search)
-    app.router.add_get("/v1/memory/{id}", memory_api.read)
-    app.router.add_patch("/v1/memory/{id}", memory_api.patch)
-    app.router.add_delete("/v1/memory/{id}", memory_api.delete)
-    app.router.add_get("/admin/models", admin.models)
-    app.router.add_get("/admin/usage", admin_usage.usage)
-    app.router.add_post("/admin/keys", admin_keys.create)
-    app.router.add_get("/admin/keys", admin_keys.list_keys)
-    app.router.add_delete("/admin/keys/{id}", admin_keys.revoke)
-    app.router.add_post("/admin/keys/{id}/rotate", admin_keys.rotate)
-    app.router.add_get("/health/live", health.live)
-    app.router.add_get("/health/ready", health.ready)
-    app.router.add_get("/metrics", health.metrics)
+    """Every route's handler wrapped in the gateway's per-request work (``http/middleware.py``),
+    and a catch-all last for what the gateway does not serve (404/405 in OpenAI's envelope)."""
+    router = app.router
+
+    def add(method: str, path: str, handler: Handler) -> None:
+        resource = router.add_resource(path)  # the same resource for a path's second method
+        wrapped = gateway_handler(handler, resource.canonical)
+        if method == "GET":
+            resource.add_route("HEAD", wrapped)  # as router.add_get does
+        resource.add_route(method, wrapped)
+
+    add("POST", "/v1/chat/completions", openai.chat_completions)
+    add("POST", "/v1/completions", openai.completions)
+    add("POST", "/v1/embeddings", openai.embeddings)
+    add("GET", "/v1/models", openai.list_models)
+    add("GET", "/v1/models/{model:.+}", openai.retrieve_model)
+    add("POST", "/v1/feedback", admin.feedback)
+    add("POST", "/v1/memory", memory_api.create)
+    add("POST", "/v1/memory/search", memory_api.search)
+    add("GET", "/v1/memory/{id}", memory_api.read)
+    add("PATCH", "/v1/memory/{id}", memory_api.patch)
+    add("DELETE", "/v1/memory/{id}", memory_api.delete)
+    add("GET", "/admin/models", admin.models)
+    add("GET", "/admin/usage", admin_usage.usage)
+    add("POST", "/admin/keys", admin_keys.create)
+    add("GET", "/admin/keys", admin_keys.list_keys)
+    add("DELETE", "/admin/keys/{id}", admin_keys.revoke)
+    add("POST", "/admin/keys/{id}/rotate", admin_keys.rotate)
+    add("GET", "/health/live", health.live)
+    add("GET", "/health/ready", health.ready)
+    add("GET", "/metrics", health.metrics)
+    router.register_resource(CatchAll(gateway_handler(unmatched, "unmatched")))  # last: what no route serves

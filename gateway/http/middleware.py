@@ -1,6 +1,11 @@
-"""The request middleware: request id, error envelope, metrics and access log, in one pass.
+"""The gateway's per-request work around every handler: request id, error envelope, response
+headers, metrics and access log, in one pass.
 
-One middleware rather than four keeps the per-request overhead to a single coroutine frame.
+It is not an aiohttp middleware: ``gateway_handler`` wraps each route's handler when the routes
+are added (``app.py``), and a catch-all route (``unmatched``) gives paths and methods the gateway
+does not serve the same treatment. With no middleware registered aiohttp skips its middleware
+chain (a ``functools.partial``, its own current-app middleware coroutine and a cache lookup per
+request): one coroutine frame between aiohttp and the handler.
 This is the only place with a broad ``except Exception``: whatever escapes a handler becomes an
 OpenAI-format 500 that says nothing about internals but gives the request id to quote.
 """
@@ -12,10 +17,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from yarl import URL
 
 from gateway import keys
 from gateway.errors import (
@@ -48,39 +55,95 @@ def new_request_id() -> str:
     return os.urandom(16).hex()  # as random as uuid4, without building a UUID object
 
 
-@web.middleware
-async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    app = request.app
-    in_flight = app[keys.METRICS].in_flight.children[()]  # a plain number (metrics.py)
-    # The call's record is made here, so this frame holds it: the handler of a proxied call
-    # fills it in (``request[REQUEST_CALL]``), and nothing below looks it up in the request's
-    # dict again. For any other request it stays empty, which adds no header and no label.
-    call = CallRecord()
-    request[keys.REQUEST_CALL] = call
-    request[keys.REQUEST_ID] = rid = request_id_for(request, app[keys.REQUEST_IDS])
-    started = time.perf_counter()
-    status = 500
-    in_flight.value += 1
-    try:
+def gateway_handler(handler: Handler, endpoint: str) -> Handler:
+    """``handler`` with the gateway's per-request work around it; ``endpoint`` is the route's
+    label in metrics (its resource's canonical path, or ``unmatched``)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        app = request.app
+        in_flight = app[keys.METRICS].in_flight.children[()]  # a plain number (metrics.py)
+        # The call's record is made here, so this frame holds it: the handler of a proxied call
+        # fills it in (``request[REQUEST_CALL]``), and nothing below looks it up in the request's
+        # dict again. For any other request it stays empty, which adds no header and no label.
+        call = CallRecord()
+        request[keys.REQUEST_CALL] = call
+        request[keys.REQUEST_ID] = rid = request_id_for(request, app[keys.REQUEST_IDS])
+        started = time.perf_counter()
+        status = 500
+        in_flight.value += 1
         try:
-            response = await handler(request)
-        except GatewayError as error:
-            response = error_response(error)
-        except web.HTTPException as exc:
-            response = error_response(_from_http_exception(exc, request))
-        except asyncio.CancelledError:
-            status = _CLIENT_CLOSED
-            raise
-        except Exception:
-            log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": request.path}})
-            response = error_response(InternalError(f"The gateway hit an internal error. Request id: {rid}."))
-        status = response.status
-        if not response.prepared:  # a stream set its headers before it started (``sse.py``)
-            add_gateway_headers(response.headers, rid, call)
-        return response
-    finally:
-        in_flight.value -= 1
-        _observe(request, call, rid, status, time.perf_counter() - started)
+            try:
+                response = await handler(request)
+            except GatewayError as error:
+                response = error_response(error)
+            except web.HTTPException as exc:
+                response = error_response(_from_http_exception(exc, request))
+            except asyncio.CancelledError:
+                status = _CLIENT_CLOSED
+                raise
+            except Exception:
+                log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": request.path}})
+                response = error_response(
+                    InternalError(f"The gateway hit an internal error. Request id: {rid}.")
+                )
+            status = response.status
+            if not response.prepared:  # a stream set its headers before it started (``sse.py``)
+                add_gateway_headers(response.headers, rid, call)
+            return response
+        finally:
+            in_flight.value -= 1
+            _observe(request, endpoint, call, rid, status, time.perf_counter() - started)
+
+    return handle
+
+
+class CatchAll(web.AbstractResource):
+    """A resource that matches every request target (any path, and ``*``), for any method.
+    Indexed under ``/``, the last prefix aiohttp's router tries, and registered last, so it
+    serves only what no other route does; its handler is ``gateway_handler(unmatched, ...)``."""
+
+    def __init__(self, handler: Handler) -> None:
+        super().__init__()
+        self._route = web.ResourceRoute("*", handler, self)
+
+    @property
+    def canonical(self) -> str:
+        return "/"
+
+    def url_for(self, **kwargs: str) -> URL:
+        return URL("/")
+
+    async def resolve(self, request: web.Request) -> tuple[web.UrlMappingMatchInfo | None, set[str]]:
+        return web.UrlMappingMatchInfo({}, self._route), set()
+
+    def add_prefix(self, prefix: str) -> None:
+        raise NotImplementedError("the catch-all serves the root application only")
+
+    def get_info(self) -> Any:  # aiohttp's _InfoDict, a private TypedDict
+        return {"path": "/"}
+
+    def raw_match(self, path: str) -> bool:
+        return False  # never reused by add_resource for a real path
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[web.AbstractRoute]:
+        return iter((self._route,))
+
+
+async def unmatched(request: web.Request) -> web.StreamResponse:
+    """The catch-all route's handler: the 404, or the 405 when another method would have been
+    served, that aiohttp's router answers without the catch-all (put in OpenAI's envelope by
+    ``gateway_handler``). Only requests the gateway does not serve come here."""
+    this = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not this:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
 
 
 def _from_http_exception(exc: web.HTTPException, request: web.Request) -> GatewayError:
@@ -93,11 +156,11 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> Gatewa
     return HTTPStatusError(exc.status, exc.reason)
 
 
-def _observe(request: web.Request, call: CallRecord, rid: str, status: int, elapsed_s: float) -> None:
+def _observe(
+    request: web.Request, endpoint: str, call: CallRecord, rid: str, status: int, elapsed_s: float
+) -> None:
     app = request.app
     metrics = app[keys.METRICS]
-    resource = request.match_info.route.resource
-    endpoint = resource.canonical if resource is not None else "unmatched"
     model = call.model
     provider = upstream_model = ""
     attempts, fallback = 0, False

@@ -3,6 +3,7 @@ answer (whole, stream, error, not proxied), and the access log's milliseconds.""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway import keys
 from gateway.app import build_app
 from gateway.http.middleware import milliseconds
 from gateway.policy.loader import parse_policy
@@ -126,3 +128,45 @@ def test_milliseconds_are_what_round_gives() -> None:
     assert [milliseconds(d) for d in durations] == [round(d * 1000, 3) for d in durations]
     # A duration a rounding error away from a half microsecond may land on the other side.
     assert abs(milliseconds(0.1234565) - round(0.1234565 * 1000, 3)) <= 0.001 + 1e-9
+
+
+async def test_paths_and_methods_not_served_get_the_envelope_and_one_label(client: TestClient) -> None:
+    wrong_method = await client.get("/v1/chat/completions", headers={"x-request-id": "r-4"})
+    assert wrong_method.status == 405
+    assert wrong_method.headers["x-request-id"] == "r-4"
+    assert (await wrong_method.json())["error"]["message"] == (
+        "Method GET is not allowed on /v1/chat/completions."
+    )
+    unknown = await client.delete("/v1/nothing/here")
+    assert unknown.status == 404
+    assert (await unknown.json())["error"]["message"] == "Unknown path: DELETE /v1/nothing/here."
+    head = await client.head("/health/live")  # a GET route answers HEAD, as aiohttp's add_get does
+    assert head.status == 200
+    registry = client.app[keys.METRICS].registry  # type: ignore[index]
+    counted = {
+        status: registry.get_sample_value(
+            "gateway_requests_total",
+            {"endpoint": "unmatched", "model": "", "provider": "", "status_code": status},
+        )
+        for status in ("404", "405")
+    }
+    assert counted == {"404": 1.0, "405": 1.0}
+    await client.get("/v1/models/m")
+    labels = {"endpoint": "/v1/models/{model}", "model": "", "provider": "", "status_code": "200"}
+    assert registry.get_sample_value("gateway_requests_total", labels) == 1.0
+
+
+async def test_any_request_target_reaches_the_catch_all(client: TestClient) -> None:
+    """``OPTIONS *`` and a path with a line end in it match no route pattern: still the envelope."""
+    for target, message in (
+        (b"*", "Unknown path: OPTIONS *."),
+        (b"/v1/a%0Ab", "Unknown path: OPTIONS /v1/a\nb."),
+    ):
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(b"OPTIONS " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404 ")
+        assert b"\r\nx-request-id: " in head.lower()
+        assert orjson.loads(body)["error"]["message"] == message
