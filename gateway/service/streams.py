@@ -121,10 +121,14 @@ class RoutedStream:
             self.first_at = time.perf_counter()
             self._book.first_chunk(self)
             yield self._keep(self.first)
+            captured = self.captured
             async for chunk in self._source:
                 out = translator.feed(chunk)
-                if out:
-                    yield self._keep(out)
+                if out:  # _keep, inline: one method call less per chunk
+                    self.events += out.count(b"data:")
+                    if captured is not None:
+                        captured += out
+                    yield out
             tail = translator.finish()
             if tail:
                 yield self._keep(tail)
