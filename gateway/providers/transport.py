@@ -24,7 +24,9 @@ from gateway.errors import GatewayError, UpstreamBadResponse, UpstreamConnectErr
 from gateway.policy.model import Provider
 from gateway.providers.base import UpstreamRequest
 
-_JSON_HEADERS = {"Content-Type": "application/json"}
+# A fixed User-Agent in the session's defaults: aiohttp would otherwise add its own (naming its
+# version), and skipping it with ``skip_auto_headers`` costs a header set built per request.
+_JSON_HEADERS = {"Content-Type": "application/json", "User-Agent": "sophia-gateway"}
 _IDLE: Final = float("inf")  # ``_Watchdog.since`` between two waits on the provider
 
 Scrub = Callable[[str], str]
@@ -139,7 +141,6 @@ class AiohttpTransport:
             headers=self._headers,
             timeout=self._timeout,
             auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
             raise_for_status=False,
         )
 
