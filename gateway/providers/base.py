@@ -31,9 +31,11 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamRequest:
-    """An HTTP request ready to send: ``path`` is appended to the provider's ``base_url``."""
+    """An HTTP request ready to send: ``path`` is appended to the provider's ``base_url``.
+    Not frozen: a frozen dataclass's ``__init__`` calls ``object.__setattr__`` per field, and
+    one is built per attempt; nothing changes it once built."""
 
     path: str
     body: bytes

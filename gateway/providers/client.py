@@ -76,9 +76,18 @@ class ProviderClient:
                 response.close()
             raise self._status_error(status, body, retry_after)
         try:
-            data = self.scrub_bytes(await response.read())
+            data = await response.read()
         finally:
             response.close()
+        key = self._key_bytes  # scrub_bytes and the common case of _parsed, inline
+        if key and data.find(key) >= 0:
+            data = data.replace(key, b"***")
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return self._parsed(data)  # raises the same error as read_json
+        if type(parsed) is dict:
+            return data, parsed
         return self._parsed(data)
 
     async def read_json(self, response: UpstreamResponse) -> tuple[bytes, JSONObject]:

@@ -55,6 +55,17 @@ class AiohttpResponse:
         is timed as for a stream (aiohttp's ``read`` would be one long wait)."""
         content = self._raw.content
         dog = self._dog
+        if content.is_eof():
+            # The whole body came in with the headers (a small answer): nothing to wait for, so
+            # nothing to time; no coroutine step, no clock read. Same errors as the loop below.
+            if dog.expired is not None:
+                raise dog.error(self._errors.name, "read")
+            try:
+                data = content.read_nowait(-1)
+            except _LIBRARY_ERRORS as exc:
+                raise self._errors.translate(exc) from None
+            dog.stop()
+            return data
         dog.adopt()
         clock = dog.loop.time
         parts: list[bytes] = []
@@ -120,6 +131,7 @@ class AiohttpTransport:
         self._headers = {**_JSON_HEADERS, **headers}
         self._errors = _ErrorTranslation(name, scrub)
         self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the session's, set by ``start``
         self._base_url = config.base_url
         t = config.timeouts
         self._gap_s = t.first_byte_s
@@ -129,6 +141,7 @@ class AiohttpTransport:
 
     async def start(self) -> None:
         """Open the pooled session (once, from the app's start-up)."""
+        self._loop = asyncio.get_running_loop()
         connector = aiohttp.TCPConnector(
             limit=self._config.max_connections,
             limit_per_host=self._config.max_connections,
@@ -152,7 +165,7 @@ class AiohttpTransport:
     async def send(self, request: UpstreamRequest) -> AiohttpResponse:
         if self._session is None:
             raise UpstreamConnectError(f"{self._name}: client not started", provider=self._name)
-        dog = _Watchdog(self._gap_s, self._total_s)
+        dog = _Watchdog(self._loop or asyncio.get_running_loop(), self._gap_s, self._total_s)
         try:
             # Redirects are not followed: a provider's key must never be sent to another host.
             raw = await self._session.post(
@@ -192,8 +205,8 @@ class _Watchdog:
         "_cancelled", "_cancelling", "_deadline", "_gap_s", "_handle", "_task", "_total_s", "expired", "loop", "since"
     )  # fmt: skip
 
-    def __init__(self, gap_s: float, total_s: float) -> None:
-        loop = self.loop = asyncio.get_running_loop()
+    def __init__(self, loop: asyncio.AbstractEventLoop, gap_s: float, total_s: float) -> None:
+        self.loop = loop
         now = loop.time()
         self._gap_s = gap_s
         self._total_s = total_s
