@@ -6,10 +6,11 @@ scrubbed from whatever the library says, so it cannot reach a log, an error body
 
 Timeouts: aiohttp keeps only the connect timeout (``sock_connect``, armed once per new
 connection). The first byte, the gap between two reads and the total are one ``_Watchdog`` per
-request: a single timer, re-armed only when it fires, that compares the clock with the start of
-the current wait on the provider and with the request's deadline. aiohttp's ``sock_read`` would
-cancel and re-arm a timer on every ``data_received``, and its total timeout arms another per
-request; a read here costs two attribute writes and a read of the loop's clock.
+request, checked by one timer per transport (``_Watchdogs``), re-armed only when it fires, that
+compares the clock with the start of each request's current wait on the provider and with its
+deadline. aiohttp's ``sock_read`` would cancel and re-arm a timer on every ``data_received``, and
+its total timeout arms another per request; a read here costs two attribute writes and a read of
+the loop's clock, a request a dict insertion and removal.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class AiohttpTransport:
         self._headers = {**_JSON_HEADERS, **headers}
         self._errors = _ErrorTranslation(name, scrub)
         self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # the session's, set by ``start``
+        self._dogs: _Watchdogs | None = None  # the requests' timeouts, on the session's loop
         self._base_url = config.base_url
         t = config.timeouts
         self._gap_s = t.first_byte_s
@@ -141,7 +142,7 @@ class AiohttpTransport:
 
     async def start(self) -> None:
         """Open the pooled session (once, from the app's start-up)."""
-        self._loop = asyncio.get_running_loop()
+        self._dogs = _Watchdogs(asyncio.get_running_loop(), self._gap_s, self._total_s)
         connector = aiohttp.TCPConnector(
             limit=self._config.max_connections,
             limit_per_host=self._config.max_connections,
@@ -161,11 +162,14 @@ class AiohttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._dogs is not None:
+            self._dogs.close()
 
     async def send(self, request: UpstreamRequest) -> AiohttpResponse:
-        if self._session is None:
+        dogs = self._dogs
+        if self._session is None or dogs is None:
             raise UpstreamConnectError(f"{self._name}: client not started", provider=self._name)
-        dog = _Watchdog(self._loop or asyncio.get_running_loop(), self._gap_s, self._total_s)
+        dog = dogs.watch()
         try:
             # Redirects are not followed: a provider's key must never be sent to another host.
             raw = await self._session.post(
@@ -189,35 +193,91 @@ class AiohttpTransport:
         return AiohttpResponse(raw, self._errors, dog)
 
 
-class _Watchdog:
-    """One upstream request's first-byte, read-gap and total timeouts, on one lazy timer.
+class _Watchdogs:
+    """One transport's watchdogs and the one timer they share.
 
-    ``since`` is when the current wait on the provider began (``_IDLE`` between waits: time the
-    gateway spends writing to its own client is not the provider's silence). The timer is armed
-    once, for the earliest moment a timeout could pass; when it fires it re-checks the clock and
-    either re-arms for the next such moment or expires. If the task is waiting on the provider
-    then, it is cancelled, and the waiting code turns that cancellation, and only that one, into
-    an ``UpstreamTimeout`` (``timed_out``: the counting ``asyncio.timeout`` does, so a
-    cancellation from elsewhere still propagates); otherwise the next read raises at once.
+    The timer is armed for the earliest moment any active watchdog could time out; when it
+    fires it checks each of them (``_Watchdog.check``), expires those whose time has passed and
+    re-arms for the next such moment. Starting a watchdog is a dict insertion (the timer is
+    moved only when the new one could time out first), stopping one a removal: no timer is
+    made or cancelled per request, against a ``call_at`` and a ``cancel`` each before.
     """
 
-    __slots__ = (
-        "_cancelled", "_cancelling", "_deadline", "_gap_s", "_handle", "_task", "_total_s", "expired", "loop", "since"
-    )  # fmt: skip
+    __slots__ = ("_active", "_handle", "_when", "gap_s", "loop", "total_s")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, gap_s: float, total_s: float) -> None:
         self.loop = loop
-        now = loop.time()
-        self._gap_s = gap_s
-        self._total_s = total_s
-        self._deadline = now + total_s
+        self.gap_s = gap_s
+        self.total_s = total_s
+        self._active: dict[_Watchdog, None] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._when = _IDLE
+
+    def watch(self) -> _Watchdog:
+        """A started watchdog for a request being sent now."""
+        now = self.loop.time()
+        dog = _Watchdog(self, now)
+        self._active[dog] = None
+        when = now + min(self.gap_s, self.total_s)
+        if when < self._when:
+            self._arm(when)
+        return dog
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._when = _IDLE
+
+    def forget(self, dog: _Watchdog) -> None:
+        self._active.pop(dog, None)  # the timer stays: when it fires it finds nothing to check
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._when = when
+        self._handle = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._when = _IDLE
+        now = self.loop.time()
+        soonest = _IDLE
+        for dog in list(self._active):
+            when = dog.check(now)
+            if when is None:
+                del self._active[dog]
+            elif when < soonest:
+                soonest = when
+        if soonest < self._when:
+            self._arm(soonest)
+
+
+class _Watchdog:
+    """One upstream request's first-byte, read-gap and total timeouts, checked by its
+    transport's shared timer (``_Watchdogs``).
+
+    ``since`` is when the current wait on the provider began (``_IDLE`` between waits: time the
+    gateway spends writing to its own client is not the provider's silence). The shared timer
+    fires no later than the earliest moment a timeout could pass; each check either gives the
+    next such moment or expires the watchdog. If the task is waiting on the provider then, it is
+    cancelled, and the waiting code turns that cancellation, and only that one, into an
+    ``UpstreamTimeout`` (``timed_out``: the counting ``asyncio.timeout`` does, so a
+    cancellation from elsewhere still propagates); otherwise the next read raises at once.
+    """
+
+    __slots__ = ("_cancelled", "_cancelling", "_deadline", "_owner", "_task", "expired", "loop", "since")
+
+    def __init__(self, owner: _Watchdogs, now: float) -> None:
+        self._owner = owner
+        self.loop = owner.loop
+        self._deadline = now + owner.total_s
         self.since = now  # the request is being sent: waiting for its first byte from now
         self.expired: str | None = None  # what passed: "total" or "gap"
         self._cancelled = False
         self._task: asyncio.Task[object] | None = None
         self._cancelling = 0
         self.adopt()
-        self._handle: asyncio.TimerHandle | None = loop.call_at(min(self._deadline, now + gap_s), self._fire)
 
     def adopt(self) -> None:
         """Time the current task's waits (a body may be read by another task than the send)."""
@@ -225,10 +285,7 @@ class _Watchdog:
         self._cancelling = task.cancelling() if task is not None else 0
 
     def stop(self) -> None:
-        handle = self._handle
-        if handle is not None:
-            handle.cancel()
-            self._handle = None
+        self._owner.forget(self)
 
     def timed_out(self) -> bool:
         """Whether the ``CancelledError`` being handled is this watchdog's (then it is consumed)."""
@@ -237,29 +294,31 @@ class _Watchdog:
         return self._cancelled and task is not None and task.uncancel() <= self._cancelling
 
     def error(self, provider: str, phase: str) -> UpstreamTimeout:
+        owner = self._owner
         if self.expired == "total":
-            what = f"no whole answer within total_s {self._total_s:g} s"
+            what = f"no whole answer within total_s {owner.total_s:g} s"
         elif phase == "first byte":
-            what = f"no first byte within first_byte_s {self._gap_s:g} s"
+            what = f"no first byte within first_byte_s {owner.gap_s:g} s"
         else:
-            what = f"nothing read for first_byte_s {self._gap_s:g} s"
+            what = f"nothing read for first_byte_s {owner.gap_s:g} s"
         return UpstreamTimeout(f"{provider}: provider timed out ({what})", provider=provider)
 
-    def _fire(self) -> None:
-        now = self.loop.time()
+    def check(self, now: float) -> float | None:
+        """At ``now``: the next moment to check again, or None once expired (then the task is
+        cancelled if it is waiting on the provider)."""
         since = self.since
+        gap_s = self._owner.gap_s
         if now >= self._deadline:
             self.expired = "total"
-        elif now >= since + self._gap_s:
+        elif now >= since + gap_s:
             self.expired = "gap"
-        else:  # not yet: the wait began after the timer was armed, or none is under way
-            self._handle = self.loop.call_at(min(self._deadline, min(since, now) + self._gap_s), self._fire)
-            return
-        self._handle = None
+        else:  # not yet: the wait began after the last check, or none is under way
+            return min(self._deadline, min(since, now) + gap_s)
         task = self._task
         if since != _IDLE and task is not None:  # waiting on the provider right now
             self._cancelled = True
             task.cancel()
+        return None
 
 
 # What the library raises that ``_ErrorTranslation`` turns into upstream errors. A plain

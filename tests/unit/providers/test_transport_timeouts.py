@@ -229,3 +229,36 @@ async def test_a_connect_that_never_completes_times_out() -> None:
         listener.close()
     assert isinstance(raised.value, UpstreamTimeout), raised.value
     assert "Connection timeout" in raised.value.message  # aiohttp's own sock_connect, kept
+
+
+async def test_one_shared_timer_times_out_the_stalled_request_among_quick_ones(
+    aiohttp_server: Server,
+) -> None:
+    # The transport's watchdogs share one timer: requests that finish (whole bodies read at
+    # once, with their headers) leave it armed for a moment nobody waits for any more; a request
+    # that stalls after them must still time out, and the quick ones running beside it must not.
+    async def answer(request: web.Request) -> web.Response:
+        if (await request.read()) == b"stall":
+            await asyncio.Event().wait()  # never answers
+        return web.Response(body=b'{"ok": true}', content_type="application/json")
+
+    t = transport(await upstream(aiohttp_server, answer), first_byte_s=0.4)
+    await t.start()
+
+    async def quick() -> bytes:
+        response = await t.send(REQUEST)
+        try:
+            return await response.read()
+        finally:
+            response.close()
+
+    try:
+        assert await asyncio.gather(*(quick() for _ in range(20))) == [b'{"ok": true}'] * 20
+        stalled = asyncio.ensure_future(t.send(UpstreamRequest("/chat/completions", b"stall", False)))
+        for _ in range(5):  # quick requests keep coming while the stalled one waits
+            assert await quick() == b'{"ok": true}'
+        with pytest.raises(UpstreamTimeout, match=r"no first byte within first_byte_s 0\.4 s"):
+            await stalled
+        assert await quick() == b'{"ok": true}'  # the timer still serves what comes next
+    finally:
+        await t.close()
