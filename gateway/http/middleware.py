@@ -34,6 +34,8 @@ from gateway.errors import (
     PayloadTooLarge,
 )
 from gateway.http.responses import error_response
+from gateway.observability.access_log import AccessLog
+from gateway.observability.metrics import GatewayMetrics
 from gateway.service.context import CallRecord, RequestIds
 
 log = logging.getLogger("gateway.http")
@@ -59,15 +61,22 @@ def gateway_handler(handler: Handler, endpoint: str) -> Handler:
     """``handler`` with the gateway's per-request work around it; ``endpoint`` is the route's
     label in metrics (its resource's canonical path, or ``unmatched``)."""
 
+    # The app's metrics, request ids and access log, looked up once per app rather than per
+    # request (set when the app is built; its state is frozen once it serves).
+    seen: list[Any] = [None, None, None, None]  # [app, metrics, request ids, access log]
+
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
-        in_flight = app[keys.METRICS].in_flight.children[()]  # a plain number (metrics.py)
+        if app is not seen[0]:
+            seen[:] = [app, app[keys.METRICS], app[keys.REQUEST_IDS], app[keys.ACCESS_LOG]]
+        _, metrics, ids, access = seen
+        in_flight = metrics.in_flight.children[()]  # a plain number (metrics.py)
         # The call's record is made here, so this frame holds it: the handler of a proxied call
         # fills it in (``request[REQUEST_CALL]``), and nothing below looks it up in the request's
         # dict again. For any other request it stays empty, which adds no header and no label.
         call = CallRecord()
         request[keys.REQUEST_CALL] = call
-        request[keys.REQUEST_ID] = rid = request_id_for(request, app[keys.REQUEST_IDS])
+        request[keys.REQUEST_ID] = rid = request_id_for(request, ids)
         started = time.perf_counter()
         status = 500
         in_flight.value += 1
@@ -92,7 +101,7 @@ def gateway_handler(handler: Handler, endpoint: str) -> Handler:
             return response
         finally:
             in_flight.value -= 1
-            _observe(request, endpoint, call, rid, status, time.perf_counter() - started)
+            _observe(request, metrics, access, endpoint, call, rid, status, time.perf_counter() - started)
 
     return handle
 
@@ -157,10 +166,15 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> Gatewa
 
 
 def _observe(
-    request: web.Request, endpoint: str, call: CallRecord, rid: str, status: int, elapsed_s: float
+    request: web.Request,
+    metrics: GatewayMetrics,
+    access: AccessLog,
+    endpoint: str,
+    call: CallRecord,
+    rid: str,
+    status: int,
+    elapsed_s: float,
 ) -> None:
-    app = request.app
-    metrics = app[keys.METRICS]
     model = call.model
     provider = upstream_model = ""
     attempts, fallback = 0, False
@@ -175,7 +189,6 @@ def _observe(
     metrics.child(metrics.requests, endpoint, model, provider, str(status)).inc()
     if model:
         metrics.child(metrics.request_duration, endpoint, model, provider).observe(elapsed_s)
-    access = app[keys.ACCESS_LOG]
     if access.enabled:  # buffered: written once per loop iteration, off the loop (access_log.py)
         access.record(
             rid,
