@@ -47,11 +47,19 @@ class ScoreStrategy:
     def __init__(self, config: ScoreStrategyConfig, routing: Routing) -> None:
         self._exploration = routing.exploration if config.exploration is None else config.exploration
         self._temperature = routing.temperature if config.temperature is None else config.temperature
+        # The shares and the order by score of the last scores seen: the router hands the same
+        # list back while its scores are fresh (50 ms), so neither is recomputed per request.
+        self._memo: tuple[Sequence[float], list[float], list[int]] | None = None
 
     def order(self, targets: list[Target], scores: Scores, rng: random.Random) -> list[Target]:
         values = scores(targets)
-        first = scoring.pick(scoring.shares(values, self._exploration, self._temperature), rng)
-        by_score = sorted(range(len(targets)), key=lambda j: -values[j])
+        memo = self._memo
+        if memo is None or memo[0] is not values:
+            shares = scoring.shares(values, self._exploration, self._temperature)
+            by_score = sorted(range(len(targets)), key=lambda j: -values[j])
+            memo = self._memo = (values, shares, by_score)
+        _, shares, by_score = memo
+        first = scoring.pick(shares, rng)
         return [targets[first], *(targets[j] for j in by_score if j != first)]
 
     def shares(self, targets: Sequence[Target], scores: Scores) -> list[float]:
