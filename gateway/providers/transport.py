@@ -58,7 +58,7 @@ class AiohttpResponse:
         dog = self._dog
         if content.is_eof():
             # The whole body came in with the headers (a small answer): nothing to wait for, so
-            # nothing to time; no coroutine step, no clock read. Same errors as the loop below.
+            # nothing to time; no coroutine step, no clock read. Same errors as `chunks`.
             if dog.expired is not None:
                 raise dog.error(self._errors.name, "read")
             try:
@@ -67,26 +67,7 @@ class AiohttpResponse:
                 raise self._errors.translate(exc) from None
             dog.stop()
             return data
-        dog.adopt()
-        clock = dog.loop.time
-        parts: list[bytes] = []
-        try:
-            while True:
-                if dog.expired is not None:
-                    raise dog.error(self._errors.name, "read")
-                dog.since = clock()
-                chunk = await content.readany()
-                dog.since = _IDLE
-                if not chunk:
-                    break
-                parts.append(chunk)
-        except asyncio.CancelledError:
-            if dog.timed_out():
-                raise dog.error(self._errors.name, "read") from None
-            raise
-        except _LIBRARY_ERRORS as exc:
-            raise self._errors.translate(exc) from None
-        dog.stop()  # the body is in: nothing more to time
+        parts = [chunk async for chunk in self.chunks()]  # timed gaps, as for a stream
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
