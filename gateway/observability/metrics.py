@@ -16,6 +16,7 @@ read at scrape time through ``MemoryView``).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Iterable
 from typing import ClassVar, Generic, Protocol, TypeVar
@@ -110,7 +111,7 @@ class HistogramChild:
 C = TypeVar("C", CounterChild, GaugeChild, HistogramChild)
 
 
-class _Family(Generic[C]):
+class _Family(ABC, Generic[C]):
     """A metric: its name, help text and label names, and a child per label-value tuple."""
 
     kind: ClassVar[str]
@@ -124,8 +125,9 @@ class _Family(Generic[C]):
         if not self.labelnames:
             self.children[()] = self._new()
 
+    @abstractmethod
     def _new(self) -> C:
-        raise NotImplementedError
+        """A new child (each kind of metric makes its own)."""
 
     def labels(self, *values: str) -> C:
         """The child for ``values`` (one per label name), made on first use."""
@@ -136,9 +138,9 @@ class _Family(Generic[C]):
             found = self.children[values] = self._new()
         return found
 
+    @abstractmethod
     def family(self) -> Metric:
         """The metric's samples now, as prometheus-client's exposition expects them."""
-        raise NotImplementedError
 
 
 class Counter(_Family[CounterChild]):
