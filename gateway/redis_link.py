@@ -15,14 +15,19 @@ jitter spreads the replicas' probes, so a recovering Redis is not hit by all of 
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
+
+T = TypeVar("T")
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 5.0
@@ -54,6 +59,33 @@ class Outage:
         self._failures = 0  # consecutive failed backoff windows; sets the next backoff
         self._retry_at = 0.0  # clock time before which Redis is skipped
         self._probing = False  # one call at a time tries Redis again after a backoff
+
+    async def call(
+        self,
+        op: Callable[[], Awaitable[T]],
+        timeout_s: float,
+        *,
+        went_down: Callable[[str], None],
+        came_back: Callable[[], None],
+    ) -> T | None:
+        """``op`` within ``timeout_s``, or None when Redis is skipped (backing off, another call
+        probes) or the call failed; ``went_down(error)`` when a failure starts an outage,
+        ``came_back()`` when a success ends one (each user logs them in its own words)."""
+        probe = self.attempt()
+        if probe is None:
+            return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await op()
+        except (RedisError, OSError, TimeoutError) as exc:
+            if self.failed(probe):
+                went_down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            return None
+        finally:
+            self.finished(probe)
+        if self.succeeded():
+            came_back()
+        return result
 
     def attempt(self) -> bool | None:
         """Before a call: None to skip Redis (backing off, or another call probes it), else

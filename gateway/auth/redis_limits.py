@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
 from gateway.auth.identity import Caller
@@ -653,29 +652,23 @@ class RedisLimiter:
     async def _call(self, op: Callable[[], Awaitable[T]], *, fallback_ok: bool = False) -> T | None:
         """``op`` within the op timeout; None (count locally) when Redis is skipped or failed and
         the policy fails open; ``LimitsUnavailable`` when it fails closed."""
-        outage = self._outage
-        probe = outage.attempt()
-        if probe is None:
+        result = await self._outage.call(
+            op, self._op_timeout_s, went_down=self._went_down, came_back=self._came_back
+        )
+        if result is None:
             self._unavailable(fallback_ok)
-            return None
-        try:
-            async with asyncio.timeout(self._op_timeout_s):
-                result = await op()
-        except (RedisError, OSError, TimeoutError) as exc:
-            if outage.failed(probe):
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                log.warning(
-                    "redis limits unavailable: "
-                    + ("counting in this process" if self._fail == "open" else "refusing requests (503)"),
-                    extra={"fields": {"error": error}},
-                )
-            self._unavailable(fallback_ok)
-            return None
-        finally:
-            outage.finished(probe)
-        if outage.succeeded():
-            log.info("redis limits recovered: counting shared again")
         return result
+
+    def _went_down(self, error: str) -> None:
+        log.warning(
+            "redis limits unavailable: "
+            + ("counting in this process" if self._fail == "open" else "refusing requests (503)"),
+            extra={"fields": {"error": error}},
+        )
+
+    @staticmethod
+    def _came_back() -> None:
+        log.info("redis limits recovered: counting shared again")
 
     def _unavailable(self, fallback_ok: bool) -> None:
         if self._fail == "closed" and not fallback_ok:

@@ -21,7 +21,6 @@ makes the store healthy again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import re
@@ -242,26 +241,18 @@ class RedisStore:
         """Run ``op`` against Redis within the op timeout; None if skipped or failed."""
         if self._client is None:
             return None
-        outage = self._outage
-        probe = outage.attempt()
-        if probe is None:
-            return None  # backing off: no Redis round trip at all
-        try:
-            async with asyncio.timeout(self._op_timeout_s):
-                result = await op()
-        except (RedisError, OSError, TimeoutError) as exc:
-            if outage.failed(probe):
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                log.warning(
-                    "redis cache unavailable, serving without it",
-                    extra={"fields": {"url": self.redacted_url, "error": error}},
-                )
-            return None
-        finally:
-            outage.finished(probe)
-        if outage.succeeded():
-            log.info("redis cache recovered", extra={"fields": {"url": self.redacted_url}})
-        return result
+        return await self._outage.call(
+            op, self._op_timeout_s, went_down=self._went_down, came_back=self._came_back
+        )
+
+    def _went_down(self, error: str) -> None:
+        log.warning(
+            "redis cache unavailable, serving without it",
+            extra={"fields": {"url": self.redacted_url, "error": error}},
+        )
+
+    def _came_back(self) -> None:
+        log.info("redis cache recovered", extra={"fields": {"url": self.redacted_url}})
 
 
 if TYPE_CHECKING:
