@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import keys
-from gateway.api import admin, admin_keys, admin_usage, health, openai
+from gateway.api import admin, admin_keys, admin_policy, admin_usage, health, openai
 from gateway.api import memory as memory_api
 from gateway.auth.backends import key_store
 from gateway.auth.gate import LimitGate
@@ -25,6 +25,7 @@ from gateway.cache.redis_store import RedisStore
 from gateway.cache.service import ResponseCache
 from gateway.cache.store import CacheStore, CategoryBudget
 from gateway.http.middleware import CatchAll, gateway_handler, unmatched
+from gateway.live_policy import LivePolicy, provider_clients
 from gateway.memory.backends import build_memory
 from gateway.memory.lifecycle import lifecycle_loop
 from gateway.memory.service import MemoryService, TextEmbedder
@@ -32,8 +33,6 @@ from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
 from gateway.providers.base import Transport
-from gateway.providers.client import ProviderClient
-from gateway.providers.registry import adapter_for
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import RequestIds
@@ -47,12 +46,15 @@ def build_app(
     *,
     transports: Mapping[str, Transport] | None = None,
     cache_store: CacheStore | None = None,
+    policy_path: str | None = None,
 ) -> web.Application:
     """The gateway app for ``policy``; provider keys are read from ``env`` (default: os.environ).
 
     ``transports`` replaces the HTTP transport of the providers it names (tests pass
     ``gateway.testing.MockTransport``); the others get the aiohttp one. ``cache_store`` replaces
-    the response cache's store (default: Redis when ``REDIS_URL`` is set, else in process)."""
+    the response cache's store (default: Redis when ``REDIS_URL`` is set, else in process).
+    ``policy_path``: the file ``policy`` was read from; given, the gateway reloads it when it
+    changes (unless ``settings.policy_watch`` is off), on SIGHUP and on POST /admin/policy/reload."""
     environ = os.environ if env is None else env
     settings = replace(
         settings,
@@ -113,20 +115,25 @@ def build_app(
     )
     app[keys.KEYRING] = key_ring
 
-    async def provider_sessions(app: web.Application) -> AsyncIterator[None]:
-        # If one provider fails to start, the ones already started are closed on the way out.
-        async with contextlib.AsyncExitStack() as stack:
-            for client in clients.values():
-                await client.start()
-                stack.push_async_callback(client.close)
-            yield
-
     async def cache_store_open(app: web.Application) -> AsyncIterator[None]:
         await store.start()  # never fails: an unreachable Redis starts unhealthy (fail-open)
         yield
         await store.close()
 
-    app.cleanup_ctx.append(provider_sessions)
+    live = app[keys.POLICY_CONTROL] = LivePolicy(
+        policy,
+        policy_path,
+        env=environ,
+        transports=transports,
+        clients=clients,
+        router=router,
+        cache=cache,
+        service=service,
+        key_ring=key_ring,
+        metrics=metrics,
+        watch=settings.policy_watch,
+    )
+    app.cleanup_ctx.append(live.running)  # the provider clients, then the file watcher
     app.cleanup_ctx.append(cache_store_open)
     app.cleanup_ctx.append(_limits_open(limit_gate))
     app.cleanup_ctx.append(_key_store(key_ring.store))
@@ -137,23 +144,6 @@ def build_app(
     app.on_shutdown.append(_start_draining)
     _add_routes(app)
     return app
-
-
-def provider_clients(
-    policy: Policy, env: Mapping[str, str], transports: Mapping[str, Transport] | None = None
-) -> dict[str, ProviderClient]:
-    """A client per provider of ``policy``, its key read from ``env`` (not started)."""
-    given = transports or {}
-    return {
-        name: ProviderClient(
-            name,
-            cfg,
-            adapter_for(cfg),
-            env.get(cfg.api_key_env) if cfg.api_key_env else None,
-            given.get(name),
-        )
-        for name, cfg in policy.providers.items()
-    }
 
 
 def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
@@ -262,6 +252,8 @@ def _add_routes(app: web.Application) -> None:
     add("DELETE", "/v1/memory/{id}", memory_api.delete)
     add("GET", "/admin/models", admin.models)
     add("GET", "/admin/usage", admin_usage.usage)
+    add("GET", "/admin/policy", admin_policy.status)
+    add("POST", "/admin/policy/reload", admin_policy.reload)
     add("POST", "/admin/keys", admin_keys.create)
     add("GET", "/admin/keys", admin_keys.list_keys)
     add("DELETE", "/admin/keys/{id}", admin_keys.revoke)

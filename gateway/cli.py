@@ -154,7 +154,8 @@ def _run_server(args: argparse.Namespace) -> int:
         print(f"sophia-gateway: cannot start, the policy is invalid:\n{exc}", file=sys.stderr)
         return 2
     if args.workers == 1:
-        return run(build_app(settings, policy), settings.host, settings.port, allow_open=args.allow_open)
+        app = build_app(settings, policy, policy_path=settings.policy_path)
+        return run(app, settings.host, settings.port, allow_open=args.allow_open)
     return _run_workers(args.workers, settings, policy, allow_open=args.allow_open)
 
 
@@ -176,7 +177,8 @@ def _run_workers(count: int, settings: Settings, policy: Policy, *, allow_open: 
     def worker_main(slot: WorkerSlot, port: int, ready: Callable[[str], None]) -> int:
         own = replace(settings, worker=slot, port=port)
         try:
-            return run(build_app(own, policy), own.host, port, allow_open=allow_open, on_ready=ready)
+            app = build_app(own, policy, policy_path=own.policy_path)
+            return run(app, own.host, port, allow_open=allow_open, on_ready=ready)
         except (SettingsError, StartupError) as exc:
             return _cannot_start(exc)
 
@@ -208,7 +210,7 @@ def _policy_check(args: argparse.Namespace) -> int:
 def _policy_explain(args: argparse.Namespace) -> int:
     import urllib.request
 
-    from gateway.app import provider_clients
+    from gateway.live_policy import provider_clients
     from gateway.routing.explain import offline_view, render
 
     try:

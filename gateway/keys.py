@@ -19,6 +19,7 @@ from gateway.memory.service import MemoryService
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
+from gateway.policy.versions import PolicyStatus, ReloadOutcome
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import CallRecord, RequestIds
@@ -40,8 +41,24 @@ class KeyLookup(Protocol):
     async def authenticate(self, secret: str) -> Caller | None: ...
 
 
+class PolicyControl(Protocol):
+    """The live policy as handlers and the server see it (``gateway/live_policy.py``)."""
+
+    async def reload(self, source: str) -> ReloadOutcome:
+        """Read, validate and apply the policy file (source: file, signal or admin)."""
+        ...
+
+    def reload_soon(self, source: str) -> None: ...
+
+    def status(self) -> PolicyStatus: ...
+
+
 SETTINGS = web.AppKey("settings", Settings)
+# The policy the process started with. Only its restart-only sections (policy/versions.py:
+# server, memory, auth mode, store and limits_fail) are read from it; everything a reload changes
+# is read through the router, cache, service and key ring, which follow reloads (POLICY_CONTROL).
 POLICY = web.AppKey("policy", Policy)
+POLICY_CONTROL: web.AppKey[PolicyControl] = web.AppKey("policy_control")
 METRICS = web.AppKey("metrics", GatewayMetrics)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 ROUTER = web.AppKey("router", Router)

@@ -114,6 +114,7 @@ async def _serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, app[keys.POLICY_CONTROL].reload_soon, "signal")
         bound = ", ".join(f"http://{h}:{p}" for h, p in _bound_addresses(runner))
         log.info("listening", extra={"fields": {"address": bound, "policy": settings.policy_path}})
         if on_ready is None:

@@ -94,6 +94,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
     access_log: bool = True
+    # Reload the policy file when it changes (SIGHUP and POST /admin/policy/reload work either way).
+    policy_watch: bool = True
     # Redis for the response cache; None keeps it in this process.
     redis_url: str | None = field(default=None, repr=False)
     cache_prefix: str = "sophia:cache:"
@@ -121,6 +123,7 @@ class Settings:
             log_level=_env_choice(e, "SOPHIA_LOG_LEVEL", base.log_level, _LOG_LEVELS, upper=True),
             log_format=_env_choice(e, "SOPHIA_LOG_FORMAT", base.log_format, ("json", "text")),
             access_log=e.get("SOPHIA_ACCESS_LOG", "1") not in ("0", "false", "no"),
+            policy_watch=e.get("SOPHIA_POLICY_WATCH", "1") not in ("0", "false", "no"),
             admin_token=e.get("SOPHIA_ADMIN_TOKEN") or None,
             redis_url=e.get("REDIS_URL") or None,
             cache_prefix=e.get("SOPHIA_CACHE_PREFIX", base.cache_prefix),

@@ -84,6 +84,15 @@ class KeyRing:
         self._hits: OrderedDict[str, _Cached] = OrderedDict()
         self._misses: OrderedDict[str, _Cached] = OrderedDict()
 
+    def reconfigure(
+        self, teams: Mapping[str, Team], cache_s: float, model_groups: Collection[str] | None
+    ) -> None:
+        """Follow a policy reload: teams (limits, models, namespaces) apply to the next request,
+        so the keys already looked up are looked up again."""
+        self.teams, self.cache_s, self._model_groups = teams, cache_s, model_groups
+        self._hits.clear()
+        self._misses.clear()
+
     async def create(self, team: str, settings: KeySettings | None = None) -> tuple[str, KeyRecord]:
         """A new key of ``team``: its secret (shown once, never stored) and its record.
 

@@ -76,9 +76,29 @@ class MemoryStore:
     async def close(self) -> None:
         """Drop every entry."""
         for cat in self._categories.values():
-            cat.entries.clear()
-            cat.expiries.clear()
-            cat.bytes = 0
+            self._empty(cat)
+
+    def set_budgets(self, budgets: Mapping[str, CategoryBudget]) -> None:
+        """See ``CacheStore.set_budgets``; a smaller budget evicts its oldest entries at once."""
+        for name, cat in self._categories.items():
+            if name not in budgets:
+                cat.budget = 0
+                self._empty(cat)
+        for name, budget in budgets.items():
+            found = self._categories.get(name)
+            if found is None:
+                self._categories[name] = _Category(budget.max_bytes)
+                continue
+            found.budget = budget.max_bytes
+            while found.bytes > found.budget:
+                _, victim = found.entries.popitem(last=False)
+                found.bytes -= victim[_SIZE]
+
+    @staticmethod
+    def _empty(cat: _Category) -> None:
+        cat.entries.clear()
+        cat.expiries.clear()
+        cat.bytes = 0
 
     async def get(self, category: str, key: str) -> bytes | None:
         """The value, or None when absent or expired; a hit becomes the most recently used."""

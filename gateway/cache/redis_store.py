@@ -178,6 +178,17 @@ class RedisStore:
             except (RedisError, OSError) as exc:  # closing a dead connection may complain
                 log.debug("redis close failed", extra={"fields": {"error": repr(exc)}})
 
+    def set_budgets(self, budgets: Mapping[str, CategoryBudget]) -> None:
+        """See ``CacheStore.set_budgets``: a smaller budget applies at the category's next
+        write (the write's script evicts down to it); a removed category's entries stay in Redis
+        until their TTL (other replicas may still run the old policy), nothing new is written."""
+        for name in self._budgets:
+            if name not in budgets:
+                self._budgets[name] = 0
+        for name, budget in budgets.items():
+            self._budgets[name] = budget.max_bytes
+            self._usage.setdefault(name, CategoryUsage(entries=0, bytes=0))
+
     async def get(self, category: str, key: str) -> bytes | None:
         """The value (now the category's most recently used), or None: absent, expired, failing."""
         keys = self._keys(category, key)

@@ -113,21 +113,32 @@ class Flights:
 
 class ResponseCache:
     def __init__(self, config: Cache, store: CacheStore, metrics: GatewayMetrics) -> None:
-        self.config = config
         self.store = store
         self.flights = Flights()
         self._metrics = metrics
-        self._indexes = {
-            name: SemanticIndex(c.semantic.max_entries)
-            for name, c in config.categories.items()
-            if c.semantic is not None
-        }
+        self.config = config
+        self._indexes: dict[str, SemanticIndex] = {}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Cache) -> None:
+        """Follow a policy reload: new categories and rules apply to the next request; a
+        semantic index is kept for a category that stays semantic with the same size bound.
+        The store's budgets are the caller's to set (``CacheStore.set_budgets``)."""
+        indexes: dict[str, SemanticIndex] = {}
+        for name, c in config.categories.items():
+            if c.semantic is None:
+                continue
+            kept = self._indexes.get(name)
+            old = self.config.categories.get(name)
+            same = old is not None and old.semantic is not None and old.semantic == c.semantic
+            indexes[name] = kept if kept is not None and same else SemanticIndex(c.semantic.max_entries)
         # One bypass plan per category, shared by every request that cannot be cached (most
         # requests, under the default ``deterministic``): nothing is hashed, parsed or built.
-        self._bypass = {
+        bypass = {
             name: CachePlan(name, "", c.ttl_s, False, False, "bypass", outcome=CacheOutcome("bypass", name))
             for name, c in config.categories.items()
         }
+        self.config, self._indexes, self._bypass = config, indexes, bypass
 
     def plan(
         self,
@@ -196,7 +207,8 @@ class ResponseCache:
         if raw is not None:
             return CachedAnswer.decode(raw, "exact")
         index = self._indexes.get(plan.category)
-        semantic = self.config.categories[plan.category].semantic
+        category = self.config.categories.get(plan.category)  # None: removed by a reload since
+        semantic = category.semantic if category is not None else None
         if index is None or semantic is None or plan.scope is None or not plan.text:
             return None
         plan.vector = await self._vector(embed, semantic.embedding_model, plan.text)
@@ -219,7 +231,8 @@ class ResponseCache:
         if evicted:
             self._metrics.child(self._metrics.cache_evictions, plan.category).inc(evicted)
         index = self._indexes.get(plan.category)
-        semantic = self.config.categories[plan.category].semantic
+        category = self.config.categories.get(plan.category)  # None: removed by a reload since
+        semantic = category.semantic if category is not None else None
         if index is not None and semantic is not None and plan.scope is not None and plan.text:
             if plan.vector is None:
                 plan.vector = await self._vector(embed, semantic.embedding_model, plan.text)

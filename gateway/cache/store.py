@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +41,12 @@ class CacheStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    def set_budgets(self, budgets: Mapping[str, CategoryBudget]) -> None:
+        """Apply a reloaded policy's categories: new ones start empty, changed budgets apply
+        from the next write, and a category no longer named gets a budget of 0 (its entries
+        dropped, nothing stored) so a request planned before the reload still finds it."""
+        ...
 
     async def get(self, category: str, key: str) -> bytes | None:
         """The entry, or None when absent, expired or the backend is unavailable."""

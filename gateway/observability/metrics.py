@@ -444,6 +444,19 @@ class GatewayMetrics:
             "(auth.limits_fail: open).",
         )
 
+        self.policy_reloads = Counter(
+            "gateway_policy_reloads",
+            "Policy reloads by result: applied, unchanged (the file means what is in force), "
+            "invalid (the file did not validate; the policy in force kept serving), failed.",
+            ("result",),
+        )
+        self.policy_info = Gauge(
+            "gateway_policy_info",
+            "1 for the version (a hash of the validated policy, as GET /admin/policy shows it) "
+            "this process serves.",
+            ("version",),
+        )
+
         self.access_log_dropped = Counter(
             "gateway_access_log_dropped",
             "Access log lines dropped because stderr did not take them (more than the access "

@@ -21,7 +21,7 @@ import random
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -97,35 +97,9 @@ class Router:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._policy = policy
         self._metrics = metrics
         self._rng = rng or random.Random()
         self._clock = clock
-        r = policy.routing
-        self._live: dict[tuple[str, str], DeploymentState] = {}
-        for group in policy.models.values():
-            for dep in group.deployments:
-                self._live.setdefault(
-                    (dep.provider, dep.model),
-                    DeploymentState(
-                        DeploymentStats(r.window_s, r.latency_alpha, r.stale_after_s),
-                        CircuitBreaker(policy.breaker),
-                    ),
-                )
-        self._groups: dict[str, _Group] = {
-            name: _Group(
-                name,
-                group,
-                tuple(
-                    Target(dep, clients[dep.provider], self._live[(dep.provider, dep.model)])
-                    for dep in group.deployments
-                ),
-                group.retry or policy.retry,
-                strategy_for(group.strategy, policy.routing),
-                RetryBudget(group.retry or policy.retry),
-            )
-            for name, group in policy.models.items()
-        }
         # "caller NUL request id" -> the index of the target that served it into _all_targets, or
         # (that index, the caller's vote) once voted on. The caller is part of the key: a request
         # id (clients may choose theirs) is only ever found, or replaced, by the caller that made
@@ -135,10 +109,94 @@ class Router:
         self._requests: OrderedDict[str, int | tuple[int, float]] = OrderedDict()
         self._remembered_bytes = 0
         self.remember_limits = (_REMEMBERED_REQUESTS, _REMEMBERED_BYTES)  # (entries, bytes)
-        self._all_targets = [t for g in self._groups.values() for t in g.targets]
-        self._target_group = [g.name for g in self._groups.values() for _ in g.targets]
-        self._target_index = {id(t): i for i, t in enumerate(self._all_targets)}
+        self._live: dict[tuple[str, str], DeploymentState] = {}
+        self._clients: Mapping[str, ProviderHandle] = {}
+        self._groups: dict[str, _Group] = {}
+        self._install(policy, clients, None)
         metrics.register_router(self)
+
+    def reconfigure(self, policy: Policy, clients: Mapping[str, ProviderHandle]) -> None:
+        """Route by ``policy`` from now on (a hot reload), in one step on the event loop.
+
+        Requests in flight keep the group and targets they hold. Deployments that stay (same
+        provider and upstream model, over the same client) keep their live figures and breaker
+        unless the policy's ``routing:`` windows or ``breaker:`` settings changed, which shape
+        them; votes remembered for feedback follow the deployments that stay in their group."""
+        old_groups = self._target_group
+        old_targets = self._all_targets
+        self._install(policy, clients, self._policy)
+        # Remap the feedback map's target indices (one pass; reloads are rare).
+        new_index = {
+            (group, t.provider, t.model): i
+            for i, (group, t) in enumerate(zip(self._target_group, self._all_targets, strict=True))
+        }
+        moved = [
+            new_index.get((group, t.provider, t.model))
+            for group, t in zip(old_groups, old_targets, strict=True)
+        ]
+        kept: OrderedDict[str, int | tuple[int, float]] = OrderedDict()
+        size = 0
+        for key, entry in self._requests.items():
+            index, vote = (entry, None) if isinstance(entry, int) else entry
+            to = moved[index]
+            if to is None:
+                continue
+            kept[key] = to if vote is None else (to, vote)
+            size += _ENTRY_BYTES + sys.getsizeof(key) + (0 if vote is None else _VOTE_BYTES)
+        self._requests, self._remembered_bytes = kept, size
+
+    def _install(
+        self, policy: Policy, clients: Mapping[str, ProviderHandle], old_policy: Policy | None
+    ) -> None:
+        """Build the groups, targets and live states of ``policy`` and swap them in."""
+        r = policy.routing
+        same_stats = old_policy is not None and (r.window_s, r.latency_alpha, r.stale_after_s) == (
+            old_policy.routing.window_s,
+            old_policy.routing.latency_alpha,
+            old_policy.routing.stale_after_s,
+        )
+        same_breaker = old_policy is not None and policy.breaker == old_policy.breaker
+        old_clients = self._clients
+        live: dict[tuple[str, str], DeploymentState] = {}
+        for group in policy.models.values():
+            for dep in group.deployments:
+                key = (dep.provider, dep.model)
+                if key in live:
+                    continue
+                previous = (
+                    self._live.get(key) if old_clients.get(dep.provider) is clients[dep.provider] else None
+                )
+                live[key] = DeploymentState(
+                    previous.stats
+                    if previous is not None and same_stats
+                    else DeploymentStats(r.window_s, r.latency_alpha, r.stale_after_s),
+                    previous.breaker
+                    if previous is not None and same_breaker
+                    else CircuitBreaker(policy.breaker),
+                )
+        groups = {
+            name: _Group(
+                name,
+                group,
+                tuple(
+                    Target(dep, clients[dep.provider], live[(dep.provider, dep.model)])
+                    for dep in group.deployments
+                ),
+                group.retry or policy.retry,
+                strategy_for(group.strategy, policy.routing),
+                RetryBudget(group.retry or policy.retry),
+            )
+            for name, group in policy.models.items()
+        }
+        for name, built in groups.items():  # the blend of input and output prices carries over
+            if name in self._groups:
+                built.input_share = self._groups[name].input_share
+        all_targets = [t for g in groups.values() for t in g.targets]
+        # No await from here on: a request sees the old set or the new one, never a mix.
+        self._policy, self._live, self._groups, self._clients = policy, live, groups, dict(clients)
+        self._all_targets = all_targets
+        self._target_group = [g.name for g in groups.values() for _ in g.targets]
+        self._target_index = {id(t): i for i, t in enumerate(all_targets)}
 
     # ----- lookups
 
@@ -484,7 +542,10 @@ class Router:
             self._remembered_bytes += _ENTRY_BYTES + sys.getsizeof(key)
         elif not isinstance(previous, int):
             self._remembered_bytes -= _VOTE_BYTES  # a new request under the same id: no vote yet
-        requests[key] = self._target_index[id(target)]
+        index = self._target_index.get(id(target))
+        if index is None:  # served before a policy reload that removed its deployment
+            return
+        requests[key] = index
         most_entries, most_bytes = self.remember_limits
         while len(requests) > most_entries or self._remembered_bytes > most_bytes:
             forgotten, entry = requests.popitem(last=False)
@@ -518,6 +579,11 @@ class Router:
         return self._target_group[index], target, quality
 
     # ----- what /admin/models, policy explain (``explain.snapshot``) and the metrics collector show
+
+    def states_of(self, providers: Collection[str]) -> list[DeploymentState]:
+        """The live states of the deployments served by ``providers`` (a reload waits for their
+        requests in flight before closing a replaced client)."""
+        return [state for (provider, _), state in self._live.items() if provider in providers]
 
     def targets(self, group_name: str) -> tuple[Target, ...]:
         """The group's targets, in policy order."""

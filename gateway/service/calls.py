@@ -95,6 +95,11 @@ class RequestService:
         self._tuning = tuning
         self.memory: MemoryService | None = memory(self.embed) if memory is not None else None
 
+    def reconfigure(self, limits: Limits) -> None:
+        """Follow a policy reload: ``limits`` bound the next request (one in flight keeps the
+        ones it was checked against)."""
+        self._limits = limits
+
     # ----- the call
 
     async def run(self, endpoint: Endpoint, body: JSONObject, ctx: CallContext) -> Answer:

@@ -1,0 +1,316 @@
+"""The policy in force, and changing it while the gateway serves (hot reload).
+
+A reload reads the policy file, validates it exactly as ``sophia-gateway policy check`` does
+(``policy/loader.parse_policy``) and, if it is valid and means something new, swaps it in at one
+point on the event loop: the router's groups and targets, the cache's categories and rules, the
+request limits, the teams, and whatever subscribed (``subscribe``). Requests in flight finish on
+the objects they hold; new requests see the new policy. Provider clients whose entry did not
+change are reused; the others are started before the swap and the replaced ones closed once the
+requests using them are done (at most their ``timeouts.total_s``). An invalid file changes
+nothing: its problems are logged with file:line and kept for ``GET /admin/policy``.
+
+Reloads come from the file watcher (watchfiles on the file's directory, so an edit in place, an
+editor's rename and a Kubernetes ConfigMap's symlink swap all count), SIGHUP and ``POST
+/admin/policy/reload``; one runs at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any
+
+import watchfiles
+
+from gateway.auth.keyring import KeyRing
+from gateway.cache.service import ResponseCache
+from gateway.cache.store import CategoryBudget
+from gateway.observability.metrics import GatewayMetrics
+from gateway.policy.loader import PolicyError, PolicyProblem, parse_policy
+from gateway.policy.model import Policy
+from gateway.policy.versions import (
+    PolicyStatus,
+    ReloadFailure,
+    ReloadOutcome,
+    ReloadResult,
+    policy_version,
+    restart_only_changes,
+)
+from gateway.providers.base import Transport
+from gateway.providers.client import ProviderClient
+from gateway.providers.registry import adapter_for
+from gateway.routing.router import Router
+from gateway.routing.target import DeploymentState
+from gateway.service.calls import RequestService
+
+log = logging.getLogger("gateway.policy")
+
+# watchfiles groups the events of one save (write, rename, a ConfigMap's several symlink steps)
+# over this many milliseconds; its default (1.6 s) would make a reload slow to land.
+_DEBOUNCE_MS = 100
+_DRAIN_POLL_S = 0.2  # how often a replaced provider client checks whether its requests are done
+
+
+def provider_clients(
+    policy: Policy,
+    env: Mapping[str, str],
+    transports: Mapping[str, Transport] | None = None,
+    reuse: Mapping[str, ProviderClient] | None = None,
+) -> dict[str, ProviderClient]:
+    """A client per provider of ``policy``, its key read from ``env`` (not started). A client in
+    ``reuse`` whose policy entry is unchanged is kept as it is (its connections with it)."""
+    given = transports or {}
+    kept = reuse or {}
+    clients = {}
+    for name, cfg in policy.providers.items():
+        old = kept.get(name)
+        if old is not None and old.config == cfg:
+            clients[name] = old
+            continue
+        key = env.get(cfg.api_key_env) if cfg.api_key_env else None
+        clients[name] = ProviderClient(name, cfg, adapter_for(cfg), key, given.get(name))
+    return clients
+
+
+class LivePolicy:
+    """The policy in force and its reloads (see the module docstring); one per app
+    (``keys.POLICY_CONTROL``), run by its cleanup context (``running``)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        path: str | None,
+        *,
+        env: Mapping[str, str],
+        transports: Mapping[str, Transport] | None,
+        clients: dict[str, ProviderClient],
+        router: Router,
+        cache: ResponseCache,
+        service: RequestService,
+        key_ring: KeyRing,
+        metrics: GatewayMetrics,
+        watch: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self.path = path
+        self.clients = clients
+        self._env = env
+        self._transports = transports
+        self._router = router
+        self._cache = cache
+        self._service = service
+        self._key_ring = key_ring
+        self._metrics = metrics
+        self._watch = watch and path is not None
+        self._clock = clock
+        self._subscribers: list[Callable[[Policy], None]] = []
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._retiring: list[ProviderClient] = []
+        self._stop = asyncio.Event()
+        self._file_digest: str | None = None  # of the bytes last read, so unrelated events are cheap
+        self._started = policy  # restart-only settings are compared with what the process started on
+        self.version = policy_version(policy)
+        self.loaded_at = clock()
+        self.source = "startup"
+        self.pending_restart: tuple[str, ...] = ()
+        self.last_error: ReloadFailure | None = None
+        metrics.child(metrics.policy_info, self.version).set(1)
+
+    def subscribe(self, on_change: Callable[[Policy], None]) -> None:
+        """Call ``on_change(policy)`` with each policy applied from now on, at the swap (it must
+        not await or raise: it runs inside the one step that switches the policy)."""
+        self._subscribers.append(on_change)
+
+    def status(self) -> PolicyStatus:
+        return PolicyStatus(
+            self.version,
+            self.loaded_at,
+            self.source,
+            self.path,
+            self._watch,
+            self.pending_restart,
+            self.last_error,
+        )
+
+    # ----- lifetime
+
+    async def running(self, app: object) -> AsyncIterator[None]:
+        """Cleanup context: start the provider clients (closing those started if one fails) and
+        the watcher; at the end stop watching and close every client, replaced ones included."""
+        started: list[ProviderClient] = []
+        try:
+            for client in self.clients.values():
+                await client.start()
+                started.append(client)
+        except BaseException:
+            for client in started:
+                await client.close()
+            raise
+        if self._watch:
+            self._spawn(self._watch_file())
+        try:
+            yield
+        finally:
+            self._stop.set()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            closed: set[int] = set()  # a test's MockTransport may serve several clients
+            for client in [*self.clients.values(), *self._retiring]:
+                if id(client.transport) not in closed:
+                    closed.add(id(client.transport))
+                    await client.close()
+
+    def reload_soon(self, source: str) -> None:
+        """Reload in the background (a signal handler cannot await)."""
+        self._spawn(self.reload(source))
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ----- reloading
+
+    async def reload(self, source: str) -> ReloadOutcome:
+        """Read, validate and apply the policy file; one reload at a time."""
+        if self.path is None:
+            return self._refused(source, ("this gateway was not started from a policy file",))
+        async with self._lock:
+            try:
+                data = await asyncio.to_thread(_read, self.path)
+                self._file_digest = hashlib.sha256(data).hexdigest()
+                policy = await asyncio.to_thread(_parse, data, self.path)
+            except PolicyError as exc:
+                return self._refused(source, tuple(str(p) for p in exc.problems), "invalid")
+            return await self._apply(policy, source)
+
+    async def _apply(self, policy: Policy, source: str) -> ReloadOutcome:
+        version = policy_version(policy)
+        if version == self.version:
+            self.last_error = None  # the file is valid and says what is in force
+            return self._done("unchanged", source)
+        clients = provider_clients(policy, self._env, self._transports, reuse=self.clients)
+        fresh = [c for c in clients.values() if all(c is not old for old in self.clients.values())]
+        try:
+            for client in fresh:
+                await client.start()
+        except Exception as exc:  # a transport that cannot start: keep serving on the old policy
+            for client in fresh:
+                await client.close()
+            return self._refused(source, (f"a provider client failed to start: {exc!r}",), "failed")
+        replaced = [c for c in self.clients.values() if all(c is not new for new in clients.values())]
+        draining = self._router.states_of({c.name for c in replaced})
+        # The swap: no await from here to the end of the block.
+        self._router.reconfigure(policy, clients)
+        budgets = {name: CategoryBudget(name, c.max_bytes) for name, c in policy.cache.categories.items()}
+        self._cache.store.set_budgets(budgets)
+        self._cache.reconfigure(policy.cache)
+        self._service.reconfigure(policy.limits)
+        self._key_ring.reconfigure(policy.auth.teams, policy.auth.key_cache_s, policy.models.keys())
+        for on_change in self._subscribers:
+            on_change(policy)
+        old_version = self.version
+        self.policy, self.clients, self.version = policy, clients, version
+        self.loaded_at, self.source, self.last_error = self._clock(), source, None
+        self.pending_restart = restart_only_changes(self._started, policy)
+        m = self._metrics
+        m.policy_info.children.pop((old_version,), None)
+        m.child(m.policy_info, version).set(1)
+        if replaced:
+            self._retiring += replaced
+            self._spawn(self._retire(replaced, draining))
+        fields = {"version": version, "previous": old_version, "source": source}
+        if self.pending_restart:
+            fields["pending_restart"] = ", ".join(self.pending_restart)
+        log.info("policy reloaded", extra={"fields": fields})
+        if self.pending_restart:
+            log.warning(
+                "policy settings that apply only after a restart changed",
+                extra={"fields": {"settings": ", ".join(self.pending_restart)}},
+            )
+        return self._done("applied", source)
+
+    def _done(self, result: ReloadResult, source: str) -> ReloadOutcome:
+        self._metrics.child(self._metrics.policy_reloads, result).inc()
+        return ReloadOutcome(result, self.version, (), self.pending_restart)
+
+    def _refused(
+        self, source: str, problems: tuple[str, ...], result: ReloadResult = "failed"
+    ) -> ReloadOutcome:
+        self.last_error = ReloadFailure(self._clock(), source, problems)
+        self._metrics.child(self._metrics.policy_reloads, result).inc()
+        log.warning(
+            "policy reload refused, the policy in force keeps serving",
+            extra={"fields": {"version": self.version, "source": source, "result": result}},
+        )
+        for problem in problems:
+            log.warning("policy problem: %s", problem, extra={"fields": {"source": source}})
+        return ReloadOutcome(result, self.version, problems, self.pending_restart)
+
+    async def _retire(self, clients: list[ProviderClient], states: list[DeploymentState]) -> None:
+        """Close replaced clients once their requests are done (bounded by their total timeout);
+        if the app stops first, its cleanup closes them."""
+        deadline = time.monotonic() + max(c.config.timeouts.total_s for c in clients)
+        while time.monotonic() < deadline and any(s.stats.in_flight > 0 for s in states):
+            await asyncio.sleep(_DRAIN_POLL_S)
+        in_use = {id(c.transport) for c in self.clients.values()}
+        for client in clients:
+            self._retiring.remove(client)
+            if id(client.transport) not in in_use:  # a test's MockTransport may be shared
+                await client.close()
+
+    # ----- watching the file
+
+    async def _watch_file(self) -> None:
+        """Reload when the file's bytes change. The directory is watched, not the file: editors
+        replace files by rename, and a ConfigMap swaps a symlink in that directory."""
+        assert self.path is not None
+        directory = os.path.dirname(os.path.abspath(self.path))
+        await self._check()  # a change between start-up and now (or a restarted worker)
+        try:
+            async for _ in watchfiles.awatch(
+                directory,
+                watch_filter=None,
+                debounce=_DEBOUNCE_MS,
+                recursive=False,
+                stop_event=self._stop,
+            ):
+                await self._check()
+        except (OSError, RuntimeError) as exc:  # no such directory, no inotify: say so, keep serving
+            log.warning(
+                "cannot watch the policy file; reload with SIGHUP or POST /admin/policy/reload",
+                extra={"fields": {"path": self.path, "error": repr(exc)}},
+            )
+
+    async def _check(self) -> None:
+        assert self.path is not None
+        try:
+            data = await asyncio.to_thread(_read, self.path)
+        except PolicyError:
+            data = b""  # gone for a moment (a rename in progress): reload says so if it stays
+        if hashlib.sha256(data).hexdigest() != self._file_digest:
+            await self.reload("file")
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise PolicyError([PolicyProblem(path, None, (), f"cannot read file: {exc.strerror}")]) from None
+
+
+def _parse(data: bytes, path: str) -> Policy:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
+        raise PolicyError([PolicyProblem(path, None, (), message)]) from None
+    return parse_policy(text, path)
