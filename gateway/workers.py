@@ -10,7 +10,9 @@ The parent only supervises: it holds the port (a bound, non-listening SO_REUSEPO
 ``--port 0`` names one port for every worker and a restarted worker gets the same one), prints
 one ``listening`` line once every worker is ready, restarts a worker that dies (after 0.5 s,
 doubling up to 30 s while it keeps dying, back to 0.5 s once it stayed up 30 s), and on SIGTERM
-or SIGINT sends SIGTERM to every worker, waits for each to drain, and exits 0. A worker that
+or SIGINT sends SIGTERM to every worker, waits for each to drain, and exits 0. SIGHUP is passed
+to every worker, each of which reloads the policy file (a restarted worker reads the file as it
+is when it starts, not the policy the parent first loaded). A worker that
 exits before it is ready during the first start stops the whole set with its exit code (it has
 printed its own ``cannot start`` line).
 
@@ -118,12 +120,16 @@ class Supervisor:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         stop_requested: list[int] = []
+        reload_requested: list[int] = []
 
         def on_signal(signum: int, frame: object) -> None:
             if signum in _STOP_SIGNALS:
                 stop_requested.append(signum)
+            elif signum == signal.SIGHUP:
+                reload_requested.append(signum)
 
-        previous = {s: signal.signal(s, on_signal) for s in (*_STOP_SIGNALS, signal.SIGCHLD)}
+        handled = (*_STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD)
+        previous = {s: signal.signal(s, on_signal) for s in handled}
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         selector = selectors.DefaultSelector()
         selector.register(ready_r, selectors.EVENT_READ)
@@ -141,6 +147,12 @@ class Supervisor:
             while True:
                 if stop_requested and not self._stopping:
                     self._stop_all()
+                if reload_requested:  # SIGHUP: every worker reloads its policy file
+                    reload_requested.clear()
+                    for worker in self._workers:
+                        if worker.pid:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(worker.pid, signal.SIGHUP)
                 if self._stopping and not any(w.pid for w in self._workers):
                     return 0
                 if self._stopping and time.monotonic() > self._kill_at:

@@ -166,6 +166,9 @@ class Router:
                 previous = (
                     self._live.get(key) if old_clients.get(dep.provider) is clients[dep.provider] else None
                 )
+                if previous is not None and same_stats and same_breaker:
+                    live[key] = previous
+                    continue
                 live[key] = DeploymentState(
                     previous.stats
                     if previous is not None and same_stats

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.cache.redis_store import RedisStore, redact_url
-from gateway.cache.store import CategoryBudget
+from gateway.cache.store import CategoryBudget, CategoryUsage
 from gateway.testing.process import free_port
 from gateway.testing.redis_server import PrivateRedis
 
@@ -107,6 +107,19 @@ async def test_lru_eviction_with_recency_refreshed_by_get(store: RedisStore) -> 
     assert await store.set("chat", "e", b"z" * 249, 30) == 2
     assert await store.get("chat", "e") is not None
     assert await store.get("chat", "d") == VALUE
+
+
+async def test_reloaded_budgets_apply_at_the_next_write(store: RedisStore) -> None:
+    for key in "abc":
+        await store.set("chat", key, VALUE, 30)
+    store.set_budgets({"chat": CategoryBudget("chat", 250), "new": CategoryBudget("new", 500)})
+    assert await store.set("chat", "d", VALUE, 30) == 2  # evicted down to the new budget: a and b
+    assert store.usage("chat") == CategoryUsage(entries=2, bytes=200)
+    assert await store.set("new", "n", VALUE, 30) == 0
+    assert await store.get("new", "n") == VALUE
+    # embed is no longer named: nothing new is stored there, and the call does not fail.
+    assert await store.set("embed", "e", VALUE, 30) == 0
+    assert await store.get("embed", "e") is None
 
 
 async def test_categories_have_separate_budgets(store: RedisStore) -> None:

@@ -148,3 +148,20 @@ async def test_overwrites_do_not_grow_the_expiry_heap(store: MemoryStore, clock:
     assert await store.get("embed", "k") == VALUE
     clock.now += 30 + 10_000
     assert store.usage("embed") == CategoryUsage(entries=0, bytes=0)
+
+
+async def test_reloaded_budgets_shrink_add_and_retire_categories(store: MemoryStore) -> None:
+    for key in "abc":
+        await store.set("chat", key, VALUE, 60)
+    await store.set("embed", "e", VALUE, 60)
+    store.set_budgets({"chat": CategoryBudget("chat", 250), "new": CategoryBudget("new", 500)})
+
+    assert store.usage("chat") == CategoryUsage(entries=2, bytes=200)  # the oldest went at once
+    assert await store.get("chat", "a") is None and await store.get("chat", "c") == VALUE
+    await store.set("new", "n", VALUE, 60)
+    assert await store.get("new", "n") == VALUE
+    # A category the policy no longer names: emptied, stores nothing, still answers (a request
+    # planned before the reload may yet write to it).
+    assert store.usage("embed") == CategoryUsage(entries=0, bytes=0)
+    assert await store.set("embed", "e", VALUE, 60) == 0
+    assert await store.get("embed", "e") is None

@@ -1,0 +1,297 @@
+"""Hot reload in process: a policy file, the real app (aiohttp TestClient), MockTransport upstreams.
+
+Reloads are asked for through POST /admin/policy/reload (the watcher is off) except in the
+watcher tests, which edit the file and wait for the new version to be served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway import keys
+from gateway.app import build_app
+from gateway.policy.loader import load_policy
+from gateway.providers.base import UpstreamRequest
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
+
+BASE = """
+version: 1
+auth: {mode: open}
+providers:
+  a: {kind: openai, base_url: "http://a.test/v1"}
+  b: {kind: openai, base_url: "http://b.test/v1"}
+memory: {enabled: false}
+models:
+  m: {strategy: ordered, deployments: [{provider: a, model: ma}, {provider: b, model: mb}]}
+"""
+
+
+def chat(model: str) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def answer(request: UpstreamRequest) -> MockResponse:
+    model = orjson.loads(request.body)["model"]
+    return MockResponse.json(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 1,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    )
+
+
+class Upstreams:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.gate: asyncio.Event | None = None  # set: provider a waits for it
+        self.transports = {name: MockTransport(self._handler(name)) for name in ("a", "b")}
+
+    def _handler(self, name: str) -> Callable[[UpstreamRequest], Awaitable[MockResponse]]:
+        async def handle(request: UpstreamRequest) -> MockResponse:
+            self.calls.append((name, orjson.loads(request.body)["model"]))
+            if name == "a" and self.gate is not None:
+                await self.gate.wait()
+            return answer(request)
+
+        return handle
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(BASE)
+    return path
+
+
+@pytest.fixture
+def upstreams() -> Upstreams:
+    return Upstreams()
+
+
+async def gateway(
+    aiohttp_client: ClientFactory, path: Path, upstreams: Upstreams, *, watch: bool = False
+) -> TestClient:
+    settings = Settings(access_log=False, policy_watch=watch, policy_path=str(path))
+    app = build_app(settings, load_policy(path), {}, transports=upstreams.transports, policy_path=str(path))
+    return await aiohttp_client(app)
+
+
+async def reload(client: TestClient) -> tuple[int, dict[str, Any]]:
+    resp = await client.post("/admin/policy/reload")
+    return resp.status, await resp.json()
+
+
+async def models(client: TestClient) -> list[str]:
+    resp = await client.get("/v1/models")
+    return [m["id"] for m in (await resp.json())["data"]]
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    return client.app[keys.METRICS].registry.get_sample_value(name, labels) or 0.0  # type: ignore[index]
+
+
+async def test_a_valid_edit_is_served_and_an_invalid_one_changes_nothing(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    client = await gateway(aiohttp_client, policy_file, upstreams)
+    first = (await (await client.get("/admin/policy")).json())["version"]
+
+    status, body = await reload(client)  # the file says what is in force
+    assert (status, body["policy"]["result"], body["policy"]["version"]) == (200, "unchanged", first)
+
+    policy_file.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
+    status, body = await reload(client)
+    assert (status, body["policy"]["result"]) == (200, "applied")
+    second = body["policy"]["version"]
+    assert second != first
+    assert await models(client) == ["m", "n"]
+    resp = await client.post("/v1/chat/completions", json=chat("n"))
+    assert resp.status == 200 and resp.headers["x-gateway-model"] == "nb"
+
+    # An unknown provider: refused with the file and line, the policy in force serving on.
+    policy_file.write_text(
+        BASE
+        + "  n: {deployments: [{provider: b, model: nb}]}\n  o:\n    deployments: [{provider: zz, model: x}]\n"
+    )
+    status, body = await reload(client)
+    assert status == 422
+    assert body["error"]["code"] == "policy_invalid"
+    assert body["policy"]["result"] == "invalid" and body["policy"]["version"] == second
+    assert any(p.startswith(f"{policy_file}:") and "zz" in p for p in body["policy"]["problems"])
+    state = await (await client.get("/admin/policy")).json()
+    assert state["version"] == second and state["source"] == "admin"
+    assert state["last_error"]["problems"] == body["policy"]["problems"]
+    assert await models(client) == ["m", "n"]
+    assert (await client.post("/v1/chat/completions", json=chat("n"))).status == 200
+
+    for result, count in (("applied", 1), ("unchanged", 1), ("invalid", 1)):
+        assert metric(client, "gateway_policy_reloads_total", result=result) == count
+    assert metric(client, "gateway_policy_info", version=second) == 1
+    assert metric(client, "gateway_policy_info", version=first) == 0
+
+    policy_file.write_text(BASE)  # valid again: the error is cleared
+    status, body = await reload(client)
+    assert (status, body["policy"]["version"]) == (200, first)
+    assert (await (await client.get("/admin/policy")).json())["last_error"] is None
+    assert (await client.post("/v1/chat/completions", json=chat("n"))).status == 404
+
+
+async def test_deployments_that_stay_keep_live_figures_and_breakers(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    client = await gateway(aiohttp_client, policy_file, upstreams)
+    router = client.app[keys.ROUTER]  # type: ignore[index]
+    for _ in range(3):
+        assert (await client.post("/v1/chat/completions", json=chat("m"))).status == 200
+    kept = {(t.provider, t.model): t.live for t in router.targets("m")}
+    assert kept[("a", "ma")].stats.successes == 3
+
+    # b's upstream changes (a new base_url), a's does not; a new group shares a's deployment.
+    edited = (
+        BASE.replace("http://b.test/v1", "http://b2.test/v1")
+        + "  n: {deployments: [{provider: a, model: ma}]}\n"
+    )
+    policy_file.write_text(edited)
+    assert (await reload(client))[0] == 200
+    now = {(t.provider, t.model): t.live for t in router.targets("m")}
+    assert now[("a", "ma")] is kept[("a", "ma")]
+    assert now[("b", "mb")] is not kept[("b", "mb")]
+    assert router.targets("n")[0].live is kept[("a", "ma")]
+
+
+async def test_a_request_in_flight_finishes_and_a_replaced_client_closes_after_it(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    client = await gateway(aiohttp_client, policy_file, upstreams)
+    upstreams.gate = asyncio.Event()
+    in_flight = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat("m")))
+    deadline = time.monotonic() + 5
+    while not upstreams.calls and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert upstreams.calls == [("a", "ma")]
+
+    # Provider a leaves the policy; group m is served by b alone.
+    policy_file.write_text(
+        BASE.replace('  a: {kind: openai, base_url: "http://a.test/v1"}\n', "").replace(
+            "{provider: a, model: ma}, ", ""
+        )
+    )
+    assert (await reload(client))[0] == 200
+    resp = await client.post("/v1/chat/completions", json=chat("m"))
+    assert resp.headers["x-gateway-provider"] == "b"
+    await asyncio.sleep(0.5)  # the drain polls every 0.2 s: a closed transport would show by now
+    assert not upstreams.transports["a"].closed
+
+    upstreams.gate.set()
+    resp = await in_flight
+    assert resp.status == 200 and resp.headers["x-gateway-provider"] == "a"
+    deadline = time.monotonic() + 5
+    while not upstreams.transports["a"].closed and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert upstreams.transports["a"].closed
+    assert not upstreams.transports["b"].closed
+
+
+async def test_feedback_on_a_request_served_before_a_reload_still_lands(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    client = await gateway(aiohttp_client, policy_file, upstreams)
+    served = await client.post("/v1/chat/completions", json=chat("m"))
+    request_id = served.headers["x-request-id"]
+    policy_file.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
+    assert (await reload(client))[0] == 200
+    resp = await client.post("/v1/feedback", json={"request_id": request_id, "score": 1})
+    assert resp.status == 200
+    assert (await resp.json())["upstream_model"] == "ma"
+
+
+async def test_settings_that_need_a_restart_are_reported(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    client = await gateway(aiohttp_client, policy_file, upstreams)
+    policy_file.write_text("server: {keepalive_timeout_s: 5}\nlimits: {max_n: 2}\n" + BASE)
+    status, body = await reload(client)
+    assert (status, body["policy"]["pending_restart"]) == (200, ["server"])
+    assert (await (await client.get("/admin/policy")).json())["pending_restart"] == ["server"]
+    resp = await client.post("/v1/chat/completions", json={**chat("m"), "n": 3})  # limits apply live
+    assert resp.status == 400 and (await resp.json())["error"]["param"] == "n"
+
+
+async def test_the_policy_endpoints_need_the_admin_token(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    settings = Settings(access_log=False, policy_watch=False, admin_token="admin-secret")
+    app = build_app(
+        settings, load_policy(policy_file), {}, transports=upstreams.transports, policy_path=str(policy_file)
+    )
+    client = await aiohttp_client(app)
+    assert (await client.get("/admin/policy")).status == 401
+    assert (await client.post("/admin/policy/reload")).status == 401
+    resp = await client.post("/admin/policy/reload", headers={"Authorization": "Bearer admin-secret"})
+    assert resp.status == 200
+
+
+async def wait_for_version(client: TestClient, not_version: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state: dict[str, Any] = await (await client.get("/admin/policy")).json()
+        if state["version"] != not_version or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.02)
+
+
+async def test_the_watcher_reloads_an_edit_in_place(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    client = await gateway(aiohttp_client, policy_file, upstreams, watch=True)
+    first = (await (await client.get("/admin/policy")).json())["version"]
+    await asyncio.sleep(0.2)  # the watcher is up (it checks the file once when it starts)
+    policy_file.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
+    state = await wait_for_version(client, first)
+    assert state["version"] != first and state["source"] == "file"
+    assert await models(client) == ["m", "n"]
+
+
+async def test_the_watcher_follows_a_configmap_symlink_swap(
+    aiohttp_client: ClientFactory, tmp_path: Path, upstreams: Upstreams
+) -> None:
+    # The layout the kubelet makes for a mounted ConfigMap: policy.yaml -> ..data/policy.yaml,
+    # ..data -> ..<timestamp>; an update writes a new timestamped directory and renames a new
+    # ..data symlink over the old one. The file's own inode never changes.
+    mount = tmp_path / "config"
+    (mount / "..2026_11_30_01").mkdir(parents=True)
+    (mount / "..2026_11_30_01" / "policy.yaml").write_text(BASE)
+    os.symlink("..2026_11_30_01", mount / "..data")
+    os.symlink("..data/policy.yaml", mount / "policy.yaml")
+    client = await gateway(aiohttp_client, mount / "policy.yaml", upstreams, watch=True)
+    first = (await (await client.get("/admin/policy")).json())["version"]
+    await asyncio.sleep(0.2)
+
+    (mount / "..2026_11_30_02").mkdir()
+    (mount / "..2026_11_30_02" / "policy.yaml").write_text(
+        BASE + "  n: {deployments: [{provider: b, model: nb}]}\n"
+    )
+    os.symlink("..2026_11_30_02", mount / "..data_tmp")
+    os.rename(mount / "..data_tmp", mount / "..data")
+    state = await wait_for_version(client, first)
+    assert state["version"] != first
+    assert await models(client) == ["m", "n"]
