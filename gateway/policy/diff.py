@@ -130,9 +130,11 @@ def changes(before: object, after: object, path: str = "") -> list[Change]:
         for key in _names(before, after):
             sub = f"{path}.{key}" if path else str(key)
             if key not in after:
-                found.append(Change(sub, "removed", before[key], None))
+                if before[key] is not None:  # a variant's unset parameter is no change
+                    found.append(Change(sub, "removed", before[key], None))
             elif key not in before:
-                found.append(Change(sub, "added", None, after[key]))
+                if after[key] is not None:
+                    found.append(Change(sub, "added", None, after[key]))
             else:
                 found += changes(before[key], after[key], sub)
         return found
