@@ -1,4 +1,4 @@
-"""The ``sophia-gateway`` command: serve, policy check/schema, keys, fake-provider."""
+"""The ``sophia-gateway`` command: serve, policy check/explain/diff/schema, keys, fake-provider."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -70,6 +71,20 @@ def _parser() -> argparse.ArgumentParser:
         "instead of the file's priors",
     )
     explain.set_defaults(func=_policy_explain)
+    diff = policy_sub.add_parser(
+        "diff",
+        help="show what changes from one policy file to another, group by group, and how each "
+        "deployment's share of first choices moves; exit 0: no changes, 1: changes, 2: trouble",
+    )
+    diff.add_argument("old", help="the policy now (e.g. the one a gateway serves)")
+    diff.add_argument("new", help="the policy after the edit")
+    diff.add_argument(
+        "--url",
+        help="a running gateway (e.g. http://127.0.0.1:8080): shares before are its live ones, "
+        "shares after use its live figures for the deployments that stay",
+    )
+    diff.add_argument("--json", action="store_true", help="print the diff as JSON (sorted keys)")
+    diff.set_defaults(func=_policy_diff)
     schema = policy_sub.add_parser("schema", help="print the policy JSON Schema")
     schema.add_argument("--output", "-o", help="write to this file instead of stdout")
     schema.set_defaults(func=_policy_schema)
@@ -208,8 +223,6 @@ def _policy_check(args: argparse.Namespace) -> int:
 
 
 def _policy_explain(args: argparse.Namespace) -> int:
-    import urllib.request
-
     from gateway.live_policy import provider_clients
     from gateway.routing.explain import offline_view, render
 
@@ -223,15 +236,8 @@ def _policy_explain(args: argparse.Namespace) -> int:
         print(f"error: no model group '{args.model}'; known: {', '.join(policy.models)}", file=sys.stderr)
         return 1
     if args.url:
-        request = urllib.request.Request(args.url.rstrip("/") + "/admin/models")
-        token = os.environ.get("SOPHIA_ADMIN_TOKEN")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as resp:
-                view = orjson.loads(resp.read())
-        except OSError as exc:
-            print(f"error: cannot read {args.url}/admin/models: {exc}", file=sys.stderr)
+        view = _admin_models(args.url)
+        if view is None:
             return 1
         source = f"live figures from {args.url}"
     else:
@@ -242,6 +248,72 @@ def _policy_explain(args: argparse.Namespace) -> int:
         return 1
     print(render(view, args.model, policy, source))
     return 0
+
+
+def _admin_models(url: str) -> dict[str, Any] | None:
+    """A running gateway's ``/admin/models`` view (with ``$SOPHIA_ADMIN_TOKEN`` when set), or
+    None after printing why it could not be read."""
+    import urllib.request
+
+    request = urllib.request.Request(url.rstrip("/") + "/admin/models")
+    token = os.environ.get("SOPHIA_ADMIN_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            view = orjson.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read {url}/admin/models: {exc}", file=sys.stderr)
+        return None
+    if not isinstance(view, dict) or not isinstance(view.get("models"), dict):
+        print(f"error: {url}/admin/models is not a gateway's model view", file=sys.stderr)
+        return None
+    return view
+
+
+def _policy_diff(args: argparse.Namespace) -> int:
+    """Exit 0 when the policies are equivalent, 1 when they differ, 2 when a file is invalid or
+    the gateway cannot be read (diff(1)'s convention)."""
+    from gateway.policy.diff import diff_policies, render, report_json
+    from gateway.routing.forecast import live_shares, prior_shares, serves, view_shares
+
+    loaded = [_load_or_report(path) for path in (args.old, args.new)]
+    old, new = loaded
+    if old is None or new is None:
+        return 2
+    header = [f"policy diff: {args.old} -> {args.new}"]
+    if args.url:
+        view = _admin_models(args.url)
+        if view is None:
+            return 2
+        before, after = view_shares(view), live_shares(new, view)
+        header.append(
+            f"first-choice shares: before = live at {args.url}; after = {args.new} with those live "
+            "figures for the deployments that stay, priors for new ones"
+        )
+        if not serves(view, old):
+            header.append(f"note: the gateway does not serve {args.old} as it is: before = what it serves")
+    else:
+        before, after = prior_shares(old), prior_shares(new)
+        header.append("first-choice shares: from each file's priors (no traffic yet, every key taken as set)")
+    diff = diff_policies(old, new)
+    if args.json:
+        sources = {"old": args.old, "new": args.new, "url": args.url}
+        sys.stdout.write(report_json(diff, before, after, sources).decode())
+    else:
+        print(render(diff, before, after, header))
+    return 0 if diff.empty else 1
+
+
+def _load_or_report(path: str) -> Policy | None:
+    """The policy at ``path``, or None after printing its problems as ``policy check`` does."""
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} error(s)", file=sys.stderr)
+        return None
 
 
 def _memory_prune(args: argparse.Namespace) -> int:
