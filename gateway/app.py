@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import keys
-from gateway.api import admin, admin_keys, admin_usage, health, openai
+from gateway.api import admin, admin_keys, admin_rollouts, admin_usage, health, openai
 from gateway.api import memory as memory_api
 from gateway.auth.backends import key_store
 from gateway.auth.gate import LimitGate
@@ -34,6 +34,8 @@ from gateway.policy.model import Policy
 from gateway.providers.base import Transport
 from gateway.providers.client import ProviderClient
 from gateway.providers.registry import adapter_for
+from gateway.routing.rollout import RolloutController
+from gateway.routing.rollout_store import FileRolloutStore, RedisRolloutStore, RolloutStore
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import RequestIds
@@ -75,6 +77,7 @@ def build_app(
     )
     app.cleanup_ctx.append(access_log.running)  # first, so closed last: every line of the drain written
     app[keys.ROUTER] = router
+    rollouts = app[keys.ROLLOUTS] = RolloutController(router, _rollout_store(settings), metrics)
     store = cache_store or _cache_store(settings, policy)
     cache = app[keys.CACHE] = ResponseCache(policy.cache, store, metrics)
     metrics.cache_collector(cache)
@@ -128,6 +131,7 @@ def build_app(
 
     app.cleanup_ctx.append(provider_sessions)
     app.cleanup_ctx.append(cache_store_open)
+    app.cleanup_ctx.append(rollouts.running)  # after the providers: smoke prompts go through them
     app.cleanup_ctx.append(_limits_open(limit_gate))
     app.cleanup_ctx.append(_key_store(key_ring.store))
     if service.memory is not None:
@@ -166,6 +170,13 @@ def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
             op_timeout_s=policy.cache.lookup_timeout_ms / 1000,
         )
     return MemoryStore(budgets)
+
+
+def _rollout_store(settings: Settings) -> RolloutStore:
+    """Shared by every replica through Redis when ``REDIS_URL`` is set, else a file of this host."""
+    if settings.redis_url:
+        return RedisRolloutStore(settings.redis_url, settings.rollout_prefix)
+    return FileRolloutStore(os.path.join(settings.state_dir, "rollouts.json"))
 
 
 def _limiter(settings: Settings, policy: Policy, metrics: GatewayMetrics) -> Limiter:
@@ -262,6 +273,8 @@ def _add_routes(app: web.Application) -> None:
     add("DELETE", "/v1/memory/{id}", memory_api.delete)
     add("GET", "/admin/models", admin.models)
     add("GET", "/admin/usage", admin_usage.usage)
+    add("GET", "/admin/rollouts", admin_rollouts.list_rollouts)
+    add("POST", "/admin/rollouts/{action}", admin_rollouts.act)
     add("POST", "/admin/keys", admin_keys.create)
     add("GET", "/admin/keys", admin_keys.list_keys)
     add("DELETE", "/admin/keys/{id}", admin_keys.revoke)
