@@ -230,6 +230,12 @@ class RolloutController:
         status: Status = "promoted" if len(rollout.config.steps) == 1 else "rolling"
         await self._write(rollout, "cas", state.moved(status, now, step_index=0), state.version)
 
+    async def smoke_finished(self) -> None:
+        """Wait for the smoke prompts running now (started by ``tick``) to finish."""
+        tasks = [r.smoke for r in self._rollouts.values() if r.smoke is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
     async def _smoke_failure(self, target: Target, config: Rollout) -> str | None:
         """Why the smoke prompts failed on ``target``, None when every answer held its ``expect``."""
         client, adapter = target.client, target.client.adapter
