@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from redis.exceptions import RedisError
+
 from gateway.errors import GatewayError, HTTPStatusError, NotFound
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy, Rollout
@@ -152,7 +154,9 @@ class RolloutController:
         while True:
             try:
                 await self.tick()
-            except Exception:  # the store is down, a bug: keep the last state, try again
+            except (RedisError, OSError, TimeoutError) as exc:  # the store is down: keep the last state
+                log.warning("rollout store unavailable: %s: %s", type(exc).__name__, exc)
+            except Exception:  # a bug: keep the last state, say so, try again
                 log.exception("rollout tick failed")
             await asyncio.sleep(self.poll_s)
 
