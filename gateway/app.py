@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import keys
-from gateway.api import admin, admin_keys, admin_policy, admin_usage, health, openai
+from gateway.api import admin, admin_keys, admin_policy, admin_rollouts, admin_usage, health, openai
 from gateway.api import memory as memory_api
 from gateway.auth.backends import key_store
 from gateway.auth.gate import LimitGate
@@ -33,6 +33,8 @@ from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
 from gateway.providers.base import Transport
+from gateway.routing.rollout import RolloutController
+from gateway.routing.rollout_store import FileRolloutStore, RedisRolloutStore, RolloutStore
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import RequestIds
@@ -77,6 +79,7 @@ def build_app(
     )
     app.cleanup_ctx.append(access_log.running)  # first, so closed last: every line of the drain written
     app[keys.ROUTER] = router
+    rollouts = app[keys.ROLLOUTS] = RolloutController(router, _rollout_store(settings), metrics)
     store = cache_store or _cache_store(settings, policy)
     cache = app[keys.CACHE] = ResponseCache(policy.cache, store, metrics)
     metrics.cache_collector(cache)
@@ -133,8 +136,10 @@ def build_app(
         metrics=metrics,
         watch=settings.policy_watch,
     )
+    live.subscribe(rollouts.reconfigure)  # after the router's swap: rollouts follow their groups
     app.cleanup_ctx.append(live.running)  # the provider clients, then the file watcher
     app.cleanup_ctx.append(cache_store_open)
+    app.cleanup_ctx.append(rollouts.running)  # after the providers: smoke prompts go through them
     app.cleanup_ctx.append(_limits_open(limit_gate))
     app.cleanup_ctx.append(_key_store(key_ring.store))
     if service.memory is not None:
@@ -156,6 +161,13 @@ def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
             op_timeout_s=policy.cache.lookup_timeout_ms / 1000,
         )
     return MemoryStore(budgets)
+
+
+def _rollout_store(settings: Settings) -> RolloutStore:
+    """Shared by every replica through Redis when ``REDIS_URL`` is set, else a file of this host."""
+    if settings.redis_url:
+        return RedisRolloutStore(settings.redis_url, settings.rollout_prefix)
+    return FileRolloutStore(os.path.join(settings.state_dir, "rollouts.json"))
 
 
 def _limiter(settings: Settings, policy: Policy, metrics: GatewayMetrics) -> Limiter:
@@ -254,6 +266,8 @@ def _add_routes(app: web.Application) -> None:
     add("GET", "/admin/usage", admin_usage.usage)
     add("GET", "/admin/policy", admin_policy.status)
     add("POST", "/admin/policy/reload", admin_policy.reload)
+    add("GET", "/admin/rollouts", admin_rollouts.list_rollouts)
+    add("POST", "/admin/rollouts/{action}", admin_rollouts.act)
     add("POST", "/admin/keys", admin_keys.create)
     add("GET", "/admin/keys", admin_keys.list_keys)
     add("DELETE", "/admin/keys/{id}", admin_keys.revoke)

@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="issue, list, revoke and rotate virtual keys")
     keys_command.add_arguments(keys)
 
+    from gateway import rollout_command
+
+    rollout = sub.add_parser("rollout", help="progressive rollouts: status, pause, resume, promote, abort")
+    rollout_command.add_arguments(rollout)
+
     from gateway.testing import fake_provider
 
     fake = sub.add_parser(

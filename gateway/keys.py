@@ -20,6 +20,7 @@ from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
 from gateway.policy.versions import PolicyStatus, ReloadOutcome
+from gateway.routing.rollout import RolloutController
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import CallRecord, RequestIds
@@ -63,6 +64,8 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 ROUTER = web.AppKey("router", Router)
 SERVICE = web.AppKey("service", RequestService)
+# Progressive rollouts (``routing/rollout.py``); call its ``reconfigure(policy)`` after the router's.
+ROLLOUTS = web.AppKey("rollouts", RolloutController)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 CACHE = web.AppKey("cache", ResponseCache)
 MEMORY = web.AppKey("memory", MemoryService)

@@ -103,6 +103,9 @@ class Settings:
     memory_url: str | None = field(default=None, repr=False)
     # When set, /admin/* needs "Authorization: Bearer <token>".
     admin_token: str | None = field(default=None, repr=False)
+    # Where the gateway keeps small state files of its own (rollouts.json without REDIS_URL).
+    state_dir: str = "data"
+    rollout_prefix: str = "sophia:rollout:"
     # Set by ``serve --workers N`` (N > 1) in each worker; None for a process serving alone.
     worker: WorkerSlot | None = None
 
@@ -128,4 +131,6 @@ class Settings:
             redis_url=e.get("REDIS_URL") or None,
             cache_prefix=e.get("SOPHIA_CACHE_PREFIX", base.cache_prefix),
             memory_url=e.get("MEMORY_URL") or None,
+            state_dir=e.get("SOPHIA_STATE_DIR") or base.state_dir,
+            rollout_prefix=e.get("SOPHIA_ROLLOUT_PREFIX", base.rollout_prefix),
         )

@@ -18,7 +18,8 @@ from gateway.service.context import CallContext
 async def models(request: web.Request) -> web.Response:
     """Every deployment with its live figures, score terms, first-choice share and breaker."""
     require_admin(request)
-    return json_response(orjson.dumps(snapshot(request.app[keys.ROUTER])))
+    app = request.app
+    return json_response(orjson.dumps(snapshot(app[keys.ROUTER], app[keys.ROLLOUTS].views())))
 
 
 async def feedback(request: web.Request) -> web.Response:

@@ -457,6 +457,21 @@ class GatewayMetrics:
             ("version",),
         )
 
+        # Rollouts are the policy's (group, provider, upstream model): bounded, never client text.
+        self.rollout_step = Gauge(
+            "gateway_rollout_step_percent",
+            "Share (percent) of its model group's first choices a deployment in rollout has now: "
+            "its step while rolling or paused, 0 before its smoke prompts pass or once rolled back "
+            "or aborted, 100 once promoted.",
+            ("group", "provider", "model"),
+        )
+        self.rollouts = Counter(
+            "gateway_rollouts",
+            "Rollouts finished by this replica, by result (promoted, rolled_back, aborted); the "
+            "seed's rollback-rate KPI (< 10 %) is rolled_back over all of them.",
+            ("result",),
+        )
+
         self.access_log_dropped = Counter(
             "gateway_access_log_dropped",
             "Access log lines dropped because stderr did not take them (more than the access "

@@ -152,6 +152,84 @@ class Price(_Strict):
     output_per_mtok: float = Field(0.0, ge=0)
 
 
+class RolloutGates(_Strict):
+    """What a rollout's candidate must show at each step (over the step's window, on each replica)."""
+
+    max_error_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Highest share of the candidate's attempts that may fail in a way that counts "
+        "against the provider (5xx, timeouts, resets; not 4xx or 429) before it is rolled back.",
+    )
+    max_latency_ratio: float = Field(
+        1.5,
+        gt=0,
+        description="Highest ratio of the candidate's p95 latency to the p95 of the group's other "
+        "deployments over the same window (skipped while those have no traffic).",
+    )
+    min_requests: int = Field(
+        50,
+        ge=1,
+        description="Attempts the candidate needs in a step before any gate is judged; a step "
+        "whose hold ends with fewer keeps holding.",
+    )
+
+
+class SmokeMessage(_Strict):
+    """One chat message of a smoke prompt (text content only)."""
+
+    role: Literal["system", "developer", "user", "assistant"] = Field(description="Who speaks.")
+    content: str = Field(description="The message text.")
+
+
+class SmokePrompt(_Strict):
+    """A prompt sent to the candidate before it serves anyone, and what its answer must contain."""
+
+    messages: list[SmokeMessage] = Field(
+        min_length=1, description="OpenAI chat messages, e.g. [{role: user, content: 'Say OK'}]."
+    )
+    expect: str = Field(
+        min_length=1,
+        description="A substring the answer's text must contain (case-insensitive).",
+    )
+
+
+def _default_steps() -> list[float]:
+    return [10.0, 25.0, 50.0, 100.0]
+
+
+class Rollout(_Strict):
+    """Progressive rollout of a deployment: smoke prompts, then growing shares of the group's
+    first choices, each held while the gates hold; rolled back the moment one fails."""
+
+    steps: list[float] = Field(
+        default_factory=_default_steps,
+        min_length=1,
+        description="Percent of the group's first choices at each step, strictly increasing, "
+        "each in (0, 100], the last 100 (then the deployment is promoted).",
+    )
+    hold_s: DurationS = Field(
+        300.0, description="How long each step is held before advancing (5m, 300, 1s ...)."
+    )
+    gates: RolloutGates = RolloutGates()
+    smoke: list[SmokePrompt] = Field(
+        default_factory=list, description="Sent before the first step; any failure rolls back."
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_grow_to_100(cls, value: list[float]) -> list[float]:
+        for i, step in enumerate(value):
+            if not 0 < step <= 100:
+                raise ValueError(f"step {i} ({step:g}) must be above 0 and at most 100")
+            if i and step <= value[i - 1]:
+                raise ValueError(f"steps must be strictly increasing ({value[i - 1]:g} then {step:g})")
+        if value[-1] != 100:
+            raise ValueError(f"the last step must be 100, not {value[-1]:g}")
+        return value
+
+
 class Deployment(_Strict):
     """One way to serve a model: a provider and the model name it knows."""
 
@@ -171,6 +249,12 @@ class Deployment(_Strict):
         "skip this deployment, and a context-length error falls back to a bigger one.",
     )
     weight: float = Field(1.0, ge=0, description="Fixed traffic share under `strategy: weighted` (relative).")
+    rollout: Rollout | None = Field(
+        None,
+        description="Roll this deployment out progressively (smoke prompts, then growing shares "
+        "of the group's first choices, gated by its live figures). At most one per group, and "
+        "never the group's only deployment.",
+    )
 
 
 class ScoreStrategyConfig(_Strict):
@@ -736,6 +820,24 @@ class Policy(_Strict):
                     ("cache", "categories", cname, "semantic", "embedding_model"),
                     f"unknown model group '{semantic.embedding_model}'",
                     f"known model groups: {', '.join(sorted(self.models))}",
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _one_rollout_per_group(self) -> Policy:
+        for name, group in self.models.items():
+            rolling = [i for i, dep in enumerate(group.deployments) if dep.rollout is not None]
+            if len(rolling) > 1:
+                raise PolicyReferenceError(
+                    ("models", name, "deployments", rolling[1], "rollout"),
+                    "a group may roll out one deployment at a time",
+                    f"deployment {rolling[0]} is in rollout already; drop one of the rollouts",
+                )
+            if rolling and len(group.deployments) == 1:
+                raise PolicyReferenceError(
+                    ("models", name, "deployments", 0, "rollout"),
+                    "the group's only deployment cannot be rolled out",
+                    "a rollout shifts traffic from the group's other deployments; add the one it replaces",
                 )
         return self
 

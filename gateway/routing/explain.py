@@ -19,21 +19,39 @@ from gateway.routing.scoring import Terms
 from gateway.routing.target import Target
 
 
-def snapshot(router: Router) -> dict[str, Any]:
+def snapshot(router: Router, rollouts: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The ``/admin/models`` view of ``router`` now: ``{"models": {group: {...}}}``, latencies in
-    ms, costs in US dollars, shares and terms 0..1."""
+    ms, costs in US dollars, shares and terms 0..1. ``rollouts``: the rollout controller's views
+    (``RolloutController.views``), shown on their deployments; without them a deployment with
+    ``rollout:`` in the policy shows ``{"status": "not started"}``."""
     now = router.now()
     groups = router.policy.models
+    by_deployment = {(r["model"], r["provider"], r["upstream_model"]): r for r in rollouts}
     return {
         "models": {
             name: {
                 "strategy": groups[name].strategy.type,
                 "rules": [rule.model_dump(exclude_none=True) for rule in groups[name].rules],
-                "deployments": _deployments(router, name, now),
+                "deployments": [
+                    {**d, "rollout": _rollout(router, name, d, by_deployment)}
+                    for d in _deployments(router, name, now)
+                ],
             }
             for name in router.model_names
         }
     }
+
+
+def _rollout(
+    router: Router, group: str, dep: Mapping[str, Any], known: Mapping[tuple[str, str, str], Any]
+) -> Any:
+    found = known.get((group, dep["provider"], dep["model"]))
+    if found is not None:
+        return {k: v for k, v in found.items() if k not in ("object", "model", "provider", "upstream_model")}
+    for d in router.policy.models[group].deployments:
+        if (d.provider, d.model) == (dep["provider"], dep["model"]) and d.rollout is not None:
+            return {"status": "not started", "steps": d.rollout.steps}
+    return None
 
 
 def _deployments(router: Router, group: str, now: float) -> list[dict[str, Any]]:
@@ -46,10 +64,21 @@ def _deployments(router: Router, group: str, now: float) -> list[dict[str, Any]]
         and target.live.breaker.available(now)
         and target.live.stats.cooling_until <= now
     ]
+    slot = router.rollout(group)
+    lead: int | None = None
+    if slot is not None:  # the candidate has its step's share; the strategy shares out the rest
+        index = next((i for i in eligible if terms[i][0] is slot.candidate), None)
+        eligible = [i for i in eligible if terms[i][0] is not slot.candidate]
+        if index is not None and slot.share > 0:
+            lead = index
     shares = _first_choice_shares(
         router, group, [terms[i][0] for i in eligible], [scores[i] for i in eligible]
     )
     share_of = dict(zip(eligible, shares, strict=True))
+    if slot is not None and lead is not None:
+        rest = 1 - slot.share if eligible else 0.0
+        share_of = {i: v * rest for i, v in share_of.items()}
+        share_of[lead] = slot.share if eligible else 1.0
     return [
         _deployment(router, target, t, scores[i], share_of.get(i, 0.0), now)
         for i, (target, t) in enumerate(terms)
@@ -134,6 +163,9 @@ def render(view: Mapping[str, Any], model: str, policy: Policy | None, source: s
     for rank, d in enumerate(ranked, 1):
         t = d["terms"]
         state = d["breaker"] if d["configured"] else "skipped: no key"
+        rollout = d.get("rollout")
+        if rollout:
+            state += f"; rollout {_rollout_text(rollout)}"
         lines.append(
             f"{rank:>4}  {d['provider'] + '/' + d['model']:<36} {d['share']:>6.1%} {d['score']:>6.3f}  "
             f"{t['latency']:>5.2f} {t['quality']:>5.2f} {t['reliability']:>5.2f} {t['cost']:>5.2f}  {state}"
@@ -147,3 +179,17 @@ def render(view: Mapping[str, Any], model: str, policy: Policy | None, source: s
         "quality = prior blended with feedback, reliability = smoothed success rate."
     )
     return "\n".join(lines)
+
+
+def _rollout_text(rollout: Mapping[str, Any]) -> str:
+    """``rolling 25% (step 2/4)``, ``rolled_back: <reason>``, ``not started (steps 10/25/50/100)``."""
+    status = str(rollout.get("status"))
+    steps = rollout.get("steps") or []
+    if status in ("rolling", "paused"):
+        text = f"{status} {rollout.get('step_percent', 0):g}% (step {rollout.get('step_index', 0) + 1}/{len(steps)})"
+    elif status == "not started":
+        text = f"not started (steps {'/'.join(f'{s:g}' for s in steps)})"
+    else:
+        text = status
+    reason = rollout.get("reason")
+    return f"{text}: {reason}" if reason else text

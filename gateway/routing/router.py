@@ -44,6 +44,7 @@ from gateway.routing import scoring
 from gateway.routing.breaker import BreakerState, CircuitBreaker
 from gateway.routing.failover import FailoverCursor
 from gateway.routing.retry_budget import RetryBudget
+from gateway.routing.rollout_state import RolloutSlot
 from gateway.routing.stats import DeploymentStats
 from gateway.routing.strategies import Strategy, strategy_for
 from gateway.routing.target import DeploymentState, Route, RouteContext, Target, rule_matches
@@ -79,6 +80,7 @@ class _Group:
     strategy: Strategy
     budget: RetryBudget
     input_share: float = 0.75
+    rollout: RolloutSlot | None = None  # a deployment being rolled out (``rollout.py``)
     # (stream, ids of the eligible targets) -> (computed at, scores)
     scores: dict[tuple[bool, tuple[int, ...]], tuple[float, list[float]]] = field(
         default_factory=dict
@@ -252,7 +254,15 @@ class Router:
         usable = fits = 0
         largest = 0
         retry_in: float | None = None
-        for t in group.targets:
+        targets = group.targets
+        lead: Target | None = None
+        rollout = group.rollout
+        if rollout is not None:  # the candidate is first with its step's share, else out of the plan
+            if rollout.share > 0 and self._rng.random() < rollout.share:
+                lead = rollout.candidate
+            else:
+                targets = rollout.others
+        for t in targets:
             if not t.client.configured:
                 continue
             usable += 1
@@ -282,6 +292,11 @@ class Router:
             raise NoHealthyDeployment(group.name, retry_in or 0.0)
         if len(fresh) > 1:
             fresh = self._order(group, fresh, ctx, now)
+            if lead is not None and fresh[0] is not lead:
+                for i, t in enumerate(fresh):
+                    if t is lead:  # first; the rest stay in the strategy's order
+                        fresh.insert(0, fresh.pop(i))
+                        break
         if cooling is not None:
             cooling.sort(key=lambda t: t.live.stats.cooling_until)
             fresh += cooling
@@ -472,6 +487,8 @@ class Router:
         stats = live.stats
         stream = ctx.stream
         (stats.ttft_s if stream else stats.latency_s).add(elapsed, stats.alpha, now)  # stats.latency
+        if live.watch is not None:
+            live.watch.succeeded(elapsed)
         m = self._metrics
         provider, upstream_model = target.client.name, target.deployment.model
         m.child(m.upstream_duration, provider, upstream_model).observe(elapsed)
@@ -492,7 +509,7 @@ class Router:
             live.stats.stream_rate(now, output_tokens, seconds)
             self._record_success(target, now)
         else:
-            self._record_failure(target, error)
+            self._record_failure(target, error, answered=True)
 
     def stream_abandoned(self, target: Target) -> None:
         """The client left before the stream ended: no verdict on the provider."""
@@ -504,10 +521,13 @@ class Router:
         target.live.breaker.success(now)
         self._metrics.child(self._metrics.upstream_requests, target.provider, target.model, "success").inc()
 
-    def _record_failure(self, target: Target, error: GatewayError) -> None:
+    def _record_failure(self, target: Target, error: GatewayError, *, answered: bool = False) -> None:
+        """``answered``: a stream cut after its first chunk (counted as an answer then)."""
         now = self._clock()
         live = target.live
         counts = error.counts_against_provider
+        if live.watch is not None:
+            live.watch.failed(counts, answered=answered)
         live.stats.failure(now, type(error).__name__, counts=counts)
         if counts:
             live.breaker.failure(now)
@@ -587,6 +607,14 @@ class Router:
         """The live states of the deployments served by ``providers`` (a reload waits for their
         requests in flight before closing a replaced client)."""
         return [state for (provider, _), state in self._live.items() if provider in providers]
+
+    def set_rollout(self, group_name: str, slot: RolloutSlot | None) -> None:
+        """Give the group's rollout candidate its share of first choices (None: no rollout)."""
+        self._groups[group_name].rollout = slot
+
+    def rollout(self, group_name: str) -> RolloutSlot | None:
+        """The group's rollout, if one runs."""
+        return self._groups[group_name].rollout
 
     def targets(self, group_name: str) -> tuple[Target, ...]:
         """The group's targets, in policy order."""

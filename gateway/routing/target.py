@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.policy.model import Deployment, RuleMatch
 from gateway.providers.base import ProviderHandle
@@ -15,13 +15,23 @@ from gateway.routing.stats import DeploymentStats
 _CHARS_PER_TOKEN = 4
 
 
+class AttemptWatch(Protocol):
+    """Told of each attempt on a deployment while a rollout judges it (``rollout_state.RolloutWatch``)."""
+
+    def succeeded(self, latency_s: float) -> None: ...
+
+    def failed(self, counts: bool, *, answered: bool = False) -> None: ...
+
+
 @dataclass(slots=True)
 class DeploymentState:
     """The mutable state of one deployment (per provider and upstream model): its live
-    figures and its circuit breaker, shared by every group that lists it."""
+    figures and its circuit breaker, shared by every group that lists it, and the watch of a
+    rollout that judges it (None unless one does: one attribute check per attempt)."""
 
     stats: DeploymentStats
     breaker: CircuitBreaker
+    watch: AttemptWatch | None = None
 
 
 @dataclass(frozen=True, slots=True)

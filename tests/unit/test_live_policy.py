@@ -295,3 +295,32 @@ async def test_the_watcher_follows_a_configmap_symlink_swap(
     state = await wait_for_version(client, first)
     assert state["version"] != first
     assert await models(client) == ["m", "n"]
+
+
+async def test_a_rollout_keeps_its_state_and_share_through_a_reload(
+    aiohttp_client: ClientFactory, tmp_path: Path, upstreams: Upstreams
+) -> None:
+    path = tmp_path / "policy.yaml"
+    rollout = BASE.replace(
+        "{provider: b, model: mb}]}",
+        "{provider: b, model: mb, rollout: {steps: [50, 100], hold_s: 3600}}]}",
+    )
+    path.write_text(rollout)
+    settings = Settings(access_log=False, policy_watch=False, state_dir=str(tmp_path / "state"))
+    app = build_app(settings, load_policy(path), {}, transports=upstreams.transports, policy_path=str(path))
+    client = await aiohttp_client(app)
+    controller = app[keys.ROLLOUTS]
+    for _ in range(5):  # no smoke prompts: to the first step within a tick or two
+        await controller.tick()
+        before = (await (await client.get("/admin/rollouts")).json())["data"]
+        if before[0]["status"] == "rolling":
+            break
+    assert [(r["status"], r["step_percent"]) for r in before] == [("rolling", 50.0)]
+
+    path.write_text(rollout + "  n: {deployments: [{provider: a, model: na}]}\n")
+    assert (await reload(client))[0] == 200
+    await controller.tick()
+    after = (await (await client.get("/admin/rollouts")).json())["data"]
+    assert after == before
+    router = app[keys.ROUTER]
+    assert router.rollout("m") is not None and router.rollout("m").candidate in router.targets("m")

@@ -1,0 +1,411 @@
+"""Progressive rollout with automatic rollback: the state machine, run on every replica.
+
+A deployment with ``rollout:`` in the policy is the candidate of its group. Its state lives in the
+store (``rollout_store.py``) and is read by every replica about once a second (``tick``):
+
+  pending_smoke -> the smoke prompts are sent to the candidate (through its client, not streamed);
+                   all pass: rolling at step 0; any fails: rolled_back
+  rolling       -> the candidate is the first choice of exactly its step's share of the group's
+                   requests (``Router._plan``); the gates are judged over the step's window each
+                   tick (from the replica's own traffic); a failing gate rolls back at once; after
+                   ``hold_s`` with the gates holding and at least ``min_requests`` attempts it
+                   advances (reaching the last step, 100, is promotion); fewer attempts: it holds on
+  paused / promoted / rolled_back / aborted: see ``rollout_state.py``; pause, resume, promote and
+  abort are the operator's (``act``)
+
+Step changes are compare-and-set, so of two replicas advancing the same step one wins; a rollback
+applies over any step change. The counters (``gateway_rollouts_total``) count the writes this
+replica made, so their sum over replicas counts each rollout once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from redis.exceptions import RedisError
+
+from gateway.errors import GatewayError, HTTPStatusError, NotFound
+from gateway.observability.metrics import GatewayMetrics
+from gateway.policy.model import Policy, Rollout
+from gateway.routing.rollout_state import (
+    FINISHED,
+    RolloutKey,
+    RolloutSlot,
+    RolloutState,
+    RolloutWatch,
+    Status,
+    judge,
+    share_of,
+)
+from gateway.routing.rollout_store import RolloutStore, WriteMode
+from gateway.routing.router import Router
+from gateway.routing.target import DeploymentState, Target
+from gateway.wire.requests import Endpoint
+
+log = logging.getLogger("gateway.rollout")
+
+Action = Literal["pause", "resume", "promote", "abort"]
+ACTIONS: tuple[Action, ...] = ("pause", "resume", "promote", "abort")
+_SMOKE_TIMEOUT_S = 120.0
+
+
+def _conflict(message: str) -> HTTPStatusError:
+    """409: the action does not apply to the rollout's state (e.g. pausing a promoted rollout)."""
+    return HTTPStatusError(409, message)
+
+
+@dataclass(slots=True)
+class _Rollout:
+    key: RolloutKey
+    config: Rollout
+    state: RolloutState | None = None
+    smoke: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Watched:
+    live: DeploymentState
+    watch: RolloutWatch = field(repr=False)
+
+
+class RolloutController:
+    """Runs the policy's rollouts on this replica (see the module docstring)."""
+
+    def __init__(
+        self,
+        router: Router,
+        store: RolloutStore,
+        metrics: GatewayMetrics,
+        *,
+        clock: Callable[[], float] = time.time,
+        poll_s: float = 1.0,
+    ) -> None:
+        self._router = router
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+        self.poll_s = poll_s
+        self._rollouts: dict[RolloutKey, _Rollout] = {}
+        self._watched: dict[tuple[str, str], _Watched] = {}
+        self._dropped: set[RolloutKey] = set()  # removed from the policy: their states to delete
+        self._sweep = True  # delete stored states of rollouts the policy no longer has
+        self.reconfigure(router.policy)
+
+    # ----- policy
+
+    def reconfigure(self, policy: Policy) -> None:
+        """Follow a new policy (call after ``Router.reconfigure``). A rollout that stays (same
+        group, provider and upstream model) keeps its state, under its new settings (a step index
+        beyond the new steps means the last step); a new one starts at pending_smoke; a removed
+        one's state is deleted at the next tick. Stored states are written by ``tick``."""
+        wanted: dict[RolloutKey, Rollout] = {}
+        for group, models in policy.models.items():
+            for dep in models.deployments:
+                if dep.rollout is not None:
+                    wanted[RolloutKey(group, dep.provider, dep.model)] = dep.rollout
+        for key in list(self._rollouts):
+            if key not in wanted:
+                self._forget(self._rollouts.pop(key))
+                self._dropped.add(key)
+        for key, config in wanted.items():
+            found = self._rollouts.get(key)
+            if found is None:
+                self._rollouts[key] = _Rollout(key, config)
+            else:
+                found.config = config
+            self._dropped.discard(key)
+        self._sweep = True
+        for group in policy.models:
+            if not any(k.group == group for k in wanted):
+                self._router.set_rollout(group, None)
+        for rollout in self._rollouts.values():
+            self._apply(rollout)
+
+    def _forget(self, rollout: _Rollout) -> None:
+        if rollout.smoke is not None:
+            rollout.smoke.cancel()
+        child = (rollout.key.group, rollout.key.provider, rollout.key.model)
+        self._metrics.rollout_step.children.pop(child, None)
+
+    # ----- the loop
+
+    async def running(self, _: object = None) -> AsyncIterator[None]:
+        """Start the store, run ``tick`` every ``poll_s`` until the app stops (a cleanup context)."""
+        await self._store.start()
+        task = asyncio.create_task(self._loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for rollout in self._rollouts.values():
+                if rollout.smoke is not None:
+                    rollout.smoke.cancel()
+            await self._store.close()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except (RedisError, OSError, TimeoutError) as exc:  # the store is down: keep the last state
+                log.warning("rollout store unavailable: %s: %s", type(exc).__name__, exc)
+            except Exception:  # a bug: keep the last state, say so, try again
+                log.exception("rollout tick failed")
+            await asyncio.sleep(self.poll_s)
+
+    async def tick(self) -> None:
+        """One round: read every rollout's state (creating new ones), start smoke prompts, judge
+        the gates and advance steps; delete the states of rollouts the policy dropped."""
+        if self._sweep:
+            self._sweep = False
+            stored = await self._store.keys()
+            self._dropped.update(k for k in stored if k not in self._rollouts)
+        for key in list(self._dropped):
+            await self._store.delete(key)
+            self._dropped.discard(key)
+        for rollout in list(self._rollouts.values()):
+            now = self._clock()
+            state = await self._store.load(rollout.key)
+            if state is None:
+                _, state = await self._store.write(rollout.key, "create", RolloutState.initial(now))
+            if rollout.key not in self._rollouts:  # dropped by a reconfigure meanwhile
+                continue
+            self._set(rollout, state)
+            if state is None:
+                continue
+            if state.status == "pending_smoke":
+                if rollout.smoke is None or rollout.smoke.done():
+                    rollout.smoke = asyncio.create_task(self.smoke(rollout.key))
+            elif state.status in ("rolling", "paused"):
+                await self._judge(rollout, state, now)
+
+    async def _judge(self, rollout: _Rollout, state: RolloutState, now: float) -> None:
+        slot = self._router.rollout(rollout.key.group)
+        if slot is None:
+            return
+        gates = rollout.config.gates
+        since = state.step_started_at
+        own = self._samples(slot.candidate, since)
+        others = [s for t in slot.others for s in self._samples(t, since)]
+        floor_s = self._router.policy.routing.latency_floor_ms / 1000
+        verdict = judge(own, others, gates, floor_s)
+        step = rollout.config.steps[min(state.step_index, len(rollout.config.steps) - 1)]
+        if verdict.failed is not None:
+            reason = f"step {step:g}%: {verdict.failed} ({verdict.figures})"
+            await self._write(rollout, "rollback", state.moved("rolled_back", now, reason=reason))
+            log.warning("rollout %s rolled back: %s", rollout.key.id, reason)
+            return
+        if state.status != "rolling" or now - since < rollout.config.hold_s:
+            return
+        if verdict.attempts < gates.min_requests:
+            return  # too little traffic to judge: hold on
+        last = len(rollout.config.steps) - 1
+        nxt = state.step_index + 1
+        moved = state.moved("promoted" if nxt >= last else "rolling", now, step_index=min(nxt, last))
+        await self._write(rollout, "cas", moved, state.version)
+
+    def _samples(self, target: Target, since: float) -> list[tuple[float, float, int, int]]:
+        watched = self._watched.get((target.provider, target.model))
+        return watched.watch.since(since) if watched is not None else []
+
+    # ----- smoke prompts
+
+    async def smoke(self, key: RolloutKey) -> None:
+        """Send the rollout's smoke prompts to its candidate; all pass: rolling (or promoted when
+        its only step is 100); one fails: rolled back with the reason."""
+        rollout = self._rollouts.get(key)
+        slot = self._router.rollout(key.group)
+        if rollout is None or slot is None or rollout.state is None:
+            return
+        state = rollout.state
+        failure = await self._smoke_failure(slot.candidate, rollout.config)
+        now = self._clock()
+        if failure is not None:
+            await self._write(rollout, "rollback", state.moved("rolled_back", now, reason=failure))
+            log.warning("rollout %s failed its smoke prompts: %s", key.id, failure)
+            return
+        status: Status = "promoted" if len(rollout.config.steps) == 1 else "rolling"
+        await self._write(rollout, "cas", state.moved(status, now, step_index=0), state.version)
+
+    async def smoke_finished(self) -> None:
+        """Wait for the smoke prompts running now (started by ``tick``) to finish."""
+        tasks = [r.smoke for r in self._rollouts.values() if r.smoke is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def _smoke_failure(self, target: Target, config: Rollout) -> str | None:
+        """Why the smoke prompts failed on ``target``, None when every answer held its ``expect``."""
+        client, adapter = target.client, target.client.adapter
+        if not client.configured:
+            return "smoke: the provider's key is not set"
+        for i, prompt in enumerate(config.smoke):
+            body: dict[str, Any] = {
+                "model": target.model,
+                "messages": [m.model_dump() for m in prompt.messages],
+                "stream": False,
+            }
+            try:
+                async with asyncio.timeout(_SMOKE_TIMEOUT_S):
+                    _, parsed = await client.fetch_json(
+                        adapter.build_request(Endpoint.CHAT, body, target.model)
+                    )
+                translated = adapter.translate_response(Endpoint.CHAT, parsed, body, target.model)
+            except (GatewayError, TimeoutError) as exc:
+                return f"smoke prompt {i}: {type(exc).__name__}: {exc}"[:500]
+            text = _answer_text(translated if translated is not None else parsed)
+            if prompt.expect.lower() not in text.lower():
+                return f"smoke prompt {i}: the answer does not contain {prompt.expect!r}: {text[:200]!r}"
+        return None
+
+    # ----- by hand
+
+    async def act(self, group: str, action: Action) -> RolloutState:
+        """``action`` on the group's rollout, by the operator; 409 when it does not
+        apply to the state (a concurrent change is retried on the state it left)."""
+        rollout = self._find(group)
+        for _ in range(5):
+            state = await self._store.load(rollout.key)
+            if state is None:
+                raise _conflict(f"The rollout in model group '{group}' has not started yet.")
+            moved = _manual(state, action, self._clock())
+            if moved is None:
+                raise _conflict(
+                    f"Cannot {action} the rollout of {rollout.key.provider}/{rollout.key.model} in "
+                    f"model group '{group}': it is {state.status}."
+                )
+            if await self._write(rollout, "cas", moved, state.version):
+                log.info("rollout %s: %s by hand", rollout.key.id, action)
+                return rollout.state or moved
+        raise _conflict(f"The rollout in model group '{group}' keeps changing; try again.")
+
+    def _find(self, group: str) -> _Rollout:
+        for key, rollout in self._rollouts.items():
+            if key.group == group:
+                return rollout
+        raise NotFound(
+            f"No rollout in model group '{group}'; rollouts: "
+            + (", ".join(sorted({k.group for k in self._rollouts})) or "none"),
+            param="group",
+            code="rollout_not_found",
+        )
+
+    # ----- state changes
+
+    async def _write(
+        self, rollout: _Rollout, mode: WriteMode, state: RolloutState, expected: int = 0
+    ) -> bool:
+        written, stored = await self._store.write(rollout.key, mode, state, expected)
+        if rollout.key in self._rollouts:
+            self._set(rollout, stored)
+        if written and stored is not None and stored.status in FINISHED:
+            self._metrics.child(self._metrics.rollouts, stored.status).inc()
+        return written
+
+    def _set(self, rollout: _Rollout, state: RolloutState | None) -> None:
+        if state != rollout.state:
+            rollout.state = state
+        self._apply(rollout)
+
+    def _apply(self, rollout: _Rollout) -> None:
+        """Hand the rollout's share to the router, its watches to the deployments it judges."""
+        key, state = rollout.key, rollout.state
+        steps = rollout.config.steps
+        share = share_of(state, steps)
+        self._metrics.child(self._metrics.rollout_step, key.group, key.provider, key.model).set(share * 100)
+        targets = self._router.targets(key.group)
+        candidate = next((t for t in targets if (t.provider, t.model) == (key.provider, key.model)), None)
+        if candidate is None or (state is not None and state.status == "promoted"):
+            self._router.set_rollout(key.group, None)
+        else:
+            self._router.set_rollout(
+                key.group,
+                RolloutSlot(
+                    key,
+                    candidate,
+                    tuple(t for t in targets if t is not candidate),
+                    share,
+                    state.status if state is not None else None,
+                    state.step_index if state is not None else 0,
+                    tuple(steps),
+                    state.reason if state is not None else "",
+                ),
+            )
+        self._rewatch()
+
+    def _rewatch(self) -> None:
+        """Watch the deployments of every group whose rollout is judged now; unwatch the rest."""
+        wanted: dict[tuple[str, str], DeploymentState] = {}
+        for rollout in self._rollouts.values():
+            if rollout.state is not None and rollout.state.status in ("rolling", "paused"):
+                for t in self._router.targets(rollout.key.group):
+                    wanted[(t.provider, t.model)] = t.live
+        for dep, watched in list(self._watched.items()):
+            if wanted.get(dep) is not watched.live:
+                watched.live.watch = None
+                del self._watched[dep]
+        for dep, live in wanted.items():
+            if dep not in self._watched:
+                watch = RolloutWatch(self._clock)
+                live.watch = watch
+                self._watched[dep] = _Watched(live, watch)
+
+    # ----- views
+
+    def views(self) -> list[dict[str, Any]]:
+        """Every rollout of the policy with its state (``GET /admin/rollouts``)."""
+        return [self.view(r.key.group) for r in sorted(self._rollouts.values(), key=lambda r: r.key)]
+
+    def view(self, group: str) -> dict[str, Any]:
+        rollout = self._find(group)
+        return rollout_json(rollout.key, rollout.config, rollout.state)
+
+
+def rollout_json(key: RolloutKey, config: Rollout, state: RolloutState | None) -> dict[str, Any]:
+    steps = config.steps
+    return {
+        "object": "rollout",
+        "model": key.group,
+        "provider": key.provider,
+        "upstream_model": key.model,
+        "status": state.status if state is not None else "pending_smoke",
+        "step_index": state.step_index if state is not None else 0,
+        "step_percent": round(share_of(state, steps) * 100, 4),
+        "steps": steps,
+        "hold_s": config.hold_s,
+        "gates": config.gates.model_dump(),
+        "step_started_at": state.step_started_at if state is not None else None,
+        "updated_at": state.updated_at if state is not None else None,
+        "reason": state.reason if state is not None else "",
+    }
+
+
+def _manual(state: RolloutState, action: Action, now: float) -> RolloutState | None:
+    """The state ``action`` leads to from ``state``, None when it does not apply."""
+    status = state.status
+    if action == "pause":
+        return state.moved("paused", now) if status == "rolling" else None
+    if action == "resume":
+        if status == "paused":
+            return state.moved("rolling", now)  # a fresh hold at the same step
+        if status in ("rolled_back", "aborted"):
+            return state.moved("pending_smoke", now, step_index=0)  # start over, smoke first
+        return None
+    if action == "promote":
+        return state.moved("promoted", now) if status != "promoted" else None
+    return state.moved("aborted", now, reason="aborted by hand") if status not in FINISHED else None
+
+
+def _answer_text(body: object) -> str:
+    """The text of a chat completion's first choice ('' when there is none)."""
+    try:
+        content = body["choices"][0]["message"]["content"]  # type: ignore[index]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return content if isinstance(content, str) else ""

@@ -1,0 +1,243 @@
+"""Where rollout states live: Redis when ``REDIS_URL`` is set (replicas share them), else a small
+JSON file (``$SOPHIA_STATE_DIR/rollouts.json``). Both survive a restart and a policy reload.
+
+Every write says how it may apply (``WriteMode``), and the store decides atomically:
+
+    create    only if the rollout has no state yet (the first replica to see it creates it)
+    cas       only if the stored ``version`` is the one the writer read (a step change, a
+              pause...: of two replicas advancing the same step, one wins)
+    rollback  unless the rollout has finished (promoted, rolled back, aborted): a rollback
+              always wins over a concurrent step change
+
+Each applied write sets ``version`` to the stored one plus one. In Redis a rollout is one hash,
+``{prefix}{group}:{provider}:{model}`` (parts percent-encoded), written by one Lua script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import orjson
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from gateway.redis_link import redis_client
+from gateway.routing.rollout_state import FINISHED, RolloutKey, RolloutState
+
+WriteMode = Literal["create", "cas", "rollback"]
+OP_TIMEOUT_S = 1.0
+
+
+class RolloutStore(Protocol):
+    """The rollout states (see the module docstring)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def load(self, key: RolloutKey) -> RolloutState | None:
+        """The stored state, None when there is none."""
+        ...
+
+    async def write(
+        self, key: RolloutKey, mode: WriteMode, state: RolloutState, expected_version: int = 0
+    ) -> tuple[bool, RolloutState | None]:
+        """Write ``state`` if ``mode`` allows it; (whether it was written, the stored state now)."""
+        ...
+
+    async def keys(self) -> list[RolloutKey]:
+        """Every rollout with a stored state."""
+        ...
+
+    async def delete(self, key: RolloutKey) -> None: ...
+
+
+def applies(mode: WriteMode, current: RolloutState | None, expected_version: int) -> bool:
+    """Whether a ``mode`` write applies over ``current`` (the rule both stores follow)."""
+    if mode == "create":
+        return current is None
+    if current is None:
+        return False
+    if mode == "cas":
+        return current.version == expected_version
+    return current.status not in FINISHED
+
+
+# KEYS: the rollout's hash.  ARGV: mode, expected version, then field, value pairs.
+_WRITE = """
+local current = redis.call('HGET', KEYS[1], 'version')
+local mode = ARGV[1]
+local apply = false
+if mode == 'create' then
+  apply = not current
+elseif mode == 'cas' then
+  apply = current and current == ARGV[2]
+elseif current then
+  local status = redis.call('HGET', KEYS[1], 'status')
+  apply = status ~= 'promoted' and status ~= 'rolled_back' and status ~= 'aborted'
+end
+if apply then
+  for i = 3, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+  redis.call('HSET', KEYS[1], 'version', tostring((tonumber(current) or 0) + 1))
+end
+return {apply and 1 or 0, redis.call('HGETALL', KEYS[1])}
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decoded(flat: list[bytes]) -> dict[str, str]:
+    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+class RedisRolloutStore:
+    """Rollout states in Redis, shared by every replica (one hash per rollout)."""
+
+    def __init__(self, url: str, prefix: str = "sophia:rollout:") -> None:
+        self._url = url
+        self._prefix = prefix
+        self._client: aioredis.Redis | None = None
+        self._script: AsyncScript | None = None
+
+    async def start(self) -> None:
+        self._client = redis_client(self._url, OP_TIMEOUT_S, 30.0)
+        self._script = self._client.register_script(_WRITE)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise RuntimeError("the rollout store is not started")
+        return self._client
+
+    async def load(self, key: RolloutKey) -> RolloutState | None:
+        async with asyncio.timeout(OP_TIMEOUT_S):
+            raw = await self._redis().hgetall(self._prefix + key.id)
+        return RolloutState.from_fields({_text(k): _text(v) for k, v in raw.items()}) if raw else None
+
+    async def write(
+        self, key: RolloutKey, mode: WriteMode, state: RolloutState, expected_version: int = 0
+    ) -> tuple[bool, RolloutState | None]:
+        fields = state.fields()
+        del fields["version"]
+        args: list[str] = [mode, str(expected_version)]
+        for name, value in fields.items():
+            args += [name, value]
+        script = self._script
+        if script is None:
+            raise RuntimeError("the rollout store is not started")
+        async with asyncio.timeout(OP_TIMEOUT_S):
+            applied, flat = await script(keys=[self._prefix + key.id], args=args)
+        stored = RolloutState.from_fields(_decoded(flat)) if flat else None
+        return bool(applied), stored
+
+    async def keys(self) -> list[RolloutKey]:
+        found: list[RolloutKey] = []
+        async with asyncio.timeout(OP_TIMEOUT_S * 5):
+            async for name in self._redis().scan_iter(match=self._glob_prefix() + "*", count=500):
+                key = RolloutKey.from_id(_text(name)[len(self._prefix) :])
+                if key is not None:
+                    found.append(key)
+        return sorted(found)
+
+    async def delete(self, key: RolloutKey) -> None:
+        async with asyncio.timeout(OP_TIMEOUT_S):
+            await self._redis().delete(self._prefix + key.id)
+
+    def _glob_prefix(self) -> str:
+        return "".join(f"\\{c}" if c in "*?[]\\" else c for c in self._prefix)
+
+
+class FileRolloutStore:
+    """Rollout states in one small JSON file, for a gateway without Redis: rewritten whole on
+    every change (a temporary file renamed over it, so a crash never leaves half a file), read
+    again on every load (so ``rollout`` commands of a restarted process see the last writes).
+    Written off the event loop."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = Path(path)
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        pass  # the directory is made on the first write: a gateway without rollouts leaves no trace
+
+    async def close(self) -> None:
+        pass
+
+    async def load(self, key: RolloutKey) -> RolloutState | None:
+        return (await asyncio.to_thread(self._read)).get(key.id)
+
+    async def write(
+        self, key: RolloutKey, mode: WriteMode, state: RolloutState, expected_version: int = 0
+    ) -> tuple[bool, RolloutState | None]:
+        async with self._lock:
+            states = await asyncio.to_thread(self._read)
+            current = states.get(key.id)
+            if not applies(mode, current, expected_version):
+                return False, current
+            version = current.version + 1 if current is not None else 1
+            states[key.id] = RolloutState(
+                state.status, state.step_index, state.step_started_at, state.reason, state.updated_at, version
+            )
+            await asyncio.to_thread(self._write, states)
+            return True, states[key.id]
+
+    async def keys(self) -> list[RolloutKey]:
+        ids = await asyncio.to_thread(self._read)
+        return sorted(k for k in map(RolloutKey.from_id, ids) if k is not None)
+
+    async def delete(self, key: RolloutKey) -> None:
+        async with self._lock:
+            states = await asyncio.to_thread(self._read)
+            if states.pop(key.id, None) is not None:
+                await asyncio.to_thread(self._write, states)
+
+    def _read(self) -> dict[str, RolloutState]:
+        try:
+            raw = orjson.loads(self._path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except orjson.JSONDecodeError:
+            return {}  # not ours, or damaged: start over rather than refuse to start
+        rollouts = raw.get("rollouts") if isinstance(raw, dict) else None
+        out: dict[str, RolloutState] = {}
+        for rid, fields in (rollouts or {}).items():
+            state = RolloutState.from_fields(fields) if isinstance(fields, dict) else None
+            if state is not None:
+                out[rid] = state
+        return out
+
+    def _write(self, states: dict[str, RolloutState]) -> None:
+        data = orjson.dumps(
+            {"rollouts": {rid: s.fields() for rid, s in sorted(states.items())}}, option=orjson.OPT_INDENT_2
+        )
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".rollouts.", dir=self._path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+if TYPE_CHECKING:
+
+    def _conforms(redis_store: RedisRolloutStore, file_store: FileRolloutStore) -> list[RolloutStore]:
+        return [redis_store, file_store]

@@ -1,0 +1,94 @@
+"""``/admin/rollouts`` over real HTTP on loopback (in process): behind the admin token, the states
+listed, actions applied, and bad input answered 4xx in OpenAI's envelope."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import build_app
+from gateway.policy.loader import parse_policy
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+
+TOKEN = "admin-token-for-tests"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+POLICY = """
+version: 1
+auth: {mode: open}
+memory: {enabled: false}
+providers:
+  a: {kind: openai, base_url: "http://a.test/v1"}
+models:
+  chat:
+    deployments:
+      - {provider: a, model: old}
+      - {provider: a, model: org/new:8b, rollout: {hold_s: 1h}}
+"""
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[TestClient]:
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+    app = build_app(
+        replace(Settings(access_log=False, admin_token=TOKEN), state_dir=str(tmp_path)),
+        parse_policy(POLICY),
+        {},
+        transports={"a": MockTransport(lambda request: MockResponse.json(answer))},
+    )
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        deadline = time.monotonic() + 10
+        while (await _listed(c))["status"] != "rolling":  # no smoke prompts: rolling at the first tick
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        yield c
+
+
+async def _listed(c: TestClient) -> dict[str, object]:
+    resp = await c.get("/admin/rollouts", headers=ADMIN)
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["object"] == "list" and len(body["data"]) == 1
+    rollout: dict[str, object] = body["data"][0]
+    return rollout
+
+
+async def test_lists_and_drives_a_rollout(client: TestClient, tmp_path: Path) -> None:
+    listed = await _listed(client)
+    assert (listed["model"], listed["provider"], listed["upstream_model"]) == ("chat", "a", "org/new:8b")
+    assert (listed["step_percent"], listed["steps"], listed["hold_s"]) == (10, [10, 25, 50, 100], 3600)
+    resp = await client.post("/admin/rollouts/pause", json={"model": "chat"}, headers=ADMIN)
+    assert resp.status == 200 and (await resp.json())["status"] == "paused"
+    models = await (await client.get("/admin/models", headers=ADMIN)).json()
+    assert models["models"]["chat"]["deployments"][1]["rollout"]["status"] == "paused"
+    assert (tmp_path / "rollouts.json").exists()  # the embedded store, under SOPHIA_STATE_DIR
+    resp = await client.post("/admin/rollouts/pause", json={"model": "chat"}, headers=ADMIN)
+    assert resp.status == 409
+    assert "it is paused" in (await resp.json())["error"]["message"]
+
+
+async def test_bad_input_is_a_clear_4xx(client: TestClient) -> None:
+    for path, body, status, text in [
+        ("/admin/rollouts/explode", {"model": "chat"}, 404, "Unknown rollout action 'explode'"),
+        ("/admin/rollouts/pause", {}, 400, "'model' is required"),
+        ("/admin/rollouts/pause", {"model": 3}, 400, "'model' is required"),
+        ("/admin/rollouts/pause", {"model": "nope"}, 404, "No rollout in model group 'nope'"),
+    ]:
+        resp = await client.post(path, json=body, headers=ADMIN)
+        assert resp.status == status, path
+        assert text in (await resp.json())["error"]["message"]
+    resp = await client.post(
+        "/admin/rollouts/pause", data=b"{not json", headers={**ADMIN, "Content-Type": "application/json"}
+    )
+    assert resp.status == 400 and (await resp.json())["error"]["type"] == "invalid_request_error"
+
+
+async def test_needs_the_admin_token(client: TestClient) -> None:
+    assert (await client.get("/admin/rollouts")).status == 401
+    assert (await client.post("/admin/rollouts/abort", json={"model": "chat"})).status == 401
