@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 
@@ -47,12 +48,14 @@ def build_app(
     *,
     transports: Mapping[str, Transport] | None = None,
     cache_store: CacheStore | None = None,
+    rng: random.Random | None = None,
 ) -> web.Application:
     """The gateway app for ``policy``; provider keys are read from ``env`` (default: os.environ).
 
     ``transports`` replaces the HTTP transport of the providers it names (tests pass
     ``gateway.testing.MockTransport``); the others get the aiohttp one. ``cache_store`` replaces
-    the response cache's store (default: Redis when ``REDIS_URL`` is set, else in process)."""
+    the response cache's store (default: Redis when ``REDIS_URL`` is set, else in process). ``rng``
+    draws which requests shadow traffic mirrors (tests seed it)."""
     environ = os.environ if env is None else env
     settings = replace(
         settings,
@@ -100,7 +103,9 @@ def build_app(
         limits=policy.limits,
         # Open mode has no keys, so no limits: the gate is not even installed.
         gates=(limit_gate,) if policy.auth.mode == "keys" else (),
+        rng=rng,
     )
+    app[keys.SHADOW] = service.shadow
     if service.memory is not None:
         app[keys.MEMORY] = service.memory
         metrics.memory_collector(service.memory)
@@ -127,6 +132,7 @@ def build_app(
         await store.close()
 
     app.cleanup_ctx.append(provider_sessions)
+    app.cleanup_ctx.append(_shadow_mirrors)  # after the providers: mirrors stop before clients close
     app.cleanup_ctx.append(cache_store_open)
     app.cleanup_ctx.append(_limits_open(limit_gate))
     app.cleanup_ctx.append(_key_store(key_ring.store))
@@ -226,6 +232,11 @@ def _key_store(store: KeyStore) -> Callable[[web.Application], AsyncIterator[Non
     return run
 
 
+async def _shadow_mirrors(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[keys.SHADOW].close()  # mirrors still outstanding are cancelled (no task outlives the app)
+
+
 async def _readiness(app: web.Application) -> AsyncIterator[None]:
     # Registered last, so the app reports ready only after every other resource started.
     app[keys.LIFECYCLE].ready = True
@@ -261,6 +272,7 @@ def _add_routes(app: web.Application) -> None:
     add("PATCH", "/v1/memory/{id}", memory_api.patch)
     add("DELETE", "/v1/memory/{id}", memory_api.delete)
     add("GET", "/admin/models", admin.models)
+    add("GET", "/admin/shadow", admin.shadow)
     add("GET", "/admin/usage", admin_usage.usage)
     add("POST", "/admin/keys", admin_keys.create)
     add("GET", "/admin/keys", admin_keys.list_keys)

@@ -22,6 +22,7 @@ from gateway.policy.model import Policy
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import CallRecord, RequestIds
+from gateway.service.shadow import ShadowTraffic
 from gateway.settings import Settings
 
 
@@ -47,6 +48,8 @@ ACCESS_LOG = web.AppKey("access_log", AccessLog)
 ROUTER = web.AppKey("router", Router)
 SERVICE = web.AppKey("service", RequestService)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+# Shadow traffic's mirrors and figures (/admin/shadow); the request service's own
+SHADOW = web.AppKey("shadow", ShadowTraffic)
 CACHE = web.AppKey("cache", ResponseCache)
 MEMORY = web.AppKey("memory", MemoryService)
 # The limits' gate and its limiter (RPM, TPM, budgets, usage rows: /admin/usage)

@@ -1,4 +1,5 @@
-"""Operator endpoints: the router's live view, and quality feedback from applications."""
+"""Operator endpoints: the router's live view, shadow traffic's figures, and quality feedback
+from applications."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ async def models(request: web.Request) -> web.Response:
     """Every deployment with its live figures, score terms, first-choice share and breaker."""
     require_admin(request)
     return json_response(orjson.dumps(snapshot(request.app[keys.ROUTER])))
+
+
+async def shadow(request: web.Request) -> web.Response:
+    """Each group's shadow candidate: mirrored, dropped, errors, latency, cost and agreement."""
+    require_admin(request)
+    return json_response(orjson.dumps(request.app[keys.SHADOW].snapshot()))
 
 
 async def feedback(request: web.Request) -> web.Response:

@@ -98,6 +98,7 @@ class Router:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._policy = policy
+        self._clients = clients  # every provider's, those no group lists too (shadow candidates)
         self._metrics = metrics
         self._rng = rng or random.Random()
         self._clock = clock
@@ -146,6 +147,10 @@ class Router:
     def policy(self) -> Policy:
         """The policy the router was built from."""
         return self._policy
+
+    def client(self, provider: str) -> ProviderHandle | None:
+        """The client of ``provider`` (a key of the policy's ``providers``), None if unknown."""
+        return self._clients.get(provider)
 
     def now(self) -> float:
         """The router's clock, in seconds (monotonic)."""
