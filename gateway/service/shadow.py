@@ -50,7 +50,9 @@ _BUCKETS = 10  # the agreement distribution: ten bins of 0.1 over 0..1
 
 
 class Fetch(Protocol):
-    async def __call__(self, target: Target, endpoint: Endpoint, body: JSONObject) -> tuple[bytes, object]: ...
+    async def __call__(
+        self, target: Target, endpoint: Endpoint, body: JSONObject
+    ) -> tuple[bytes, object]: ...
 
 
 Embed = Callable[[str, Sequence[str]], Awaitable[list[list[float]]]]
@@ -215,7 +217,8 @@ class ShadowTraffic:
         for (name, provider, model), figures in sorted(self._figures.items()):
             group = models.get(name)
             shadow = group.shadow if group is not None else None
-            if shadow is not None and (shadow.deployment.provider, shadow.deployment.model) != (provider, model):
+            candidate = shadow.deployment if shadow is not None else None
+            if candidate is not None and (candidate.provider, candidate.model) != (provider, model):
                 shadow = None  # the group mirrors to another candidate now
             rows.append(figures.view(shadow))
         return {"object": "shadow", "data": rows}
