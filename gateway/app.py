@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 
@@ -49,6 +50,7 @@ def build_app(
     transports: Mapping[str, Transport] | None = None,
     cache_store: CacheStore | None = None,
     policy_path: str | None = None,
+    rng: random.Random | None = None,
 ) -> web.Application:
     """The gateway app for ``policy``; provider keys are read from ``env`` (default: os.environ).
 
@@ -56,7 +58,8 @@ def build_app(
     ``gateway.testing.MockTransport``); the others get the aiohttp one. ``cache_store`` replaces
     the response cache's store (default: Redis when ``REDIS_URL`` is set, else in process).
     ``policy_path``: the file ``policy`` was read from; given, the gateway reloads it when it
-    changes (unless ``settings.policy_watch`` is off), on SIGHUP and on POST /admin/policy/reload."""
+    changes (unless ``settings.policy_watch`` is off), on SIGHUP and on POST /admin/policy/reload.
+    ``rng`` draws which requests shadow traffic mirrors (tests seed it)."""
     environ = os.environ if env is None else env
     settings = replace(
         settings,
@@ -105,7 +108,9 @@ def build_app(
         limits=policy.limits,
         # Open mode has no keys, so no limits: the gate is not even installed.
         gates=(limit_gate,) if policy.auth.mode == "keys" else (),
+        rng=rng,
     )
+    app[keys.SHADOW] = service.shadow
     if service.memory is not None:
         app[keys.MEMORY] = service.memory
         metrics.memory_collector(service.memory)
@@ -138,6 +143,7 @@ def build_app(
     )
     live.subscribe(rollouts.reconfigure)  # after the router's swap: rollouts follow their groups
     app.cleanup_ctx.append(live.running)  # the provider clients, then the file watcher
+    app.cleanup_ctx.append(_shadow_mirrors)  # after the providers: mirrors stop before clients close
     app.cleanup_ctx.append(cache_store_open)
     app.cleanup_ctx.append(rollouts.running)  # after the providers: smoke prompts go through them
     app.cleanup_ctx.append(_limits_open(limit_gate))
@@ -228,6 +234,11 @@ def _key_store(store: KeyStore) -> Callable[[web.Application], AsyncIterator[Non
     return run
 
 
+async def _shadow_mirrors(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[keys.SHADOW].close()  # mirrors still outstanding are cancelled (no task outlives the app)
+
+
 async def _readiness(app: web.Application) -> AsyncIterator[None]:
     # Registered last, so the app reports ready only after every other resource started.
     app[keys.LIFECYCLE].ready = True
@@ -263,6 +274,7 @@ def _add_routes(app: web.Application) -> None:
     add("PATCH", "/v1/memory/{id}", memory_api.patch)
     add("DELETE", "/v1/memory/{id}", memory_api.delete)
     add("GET", "/admin/models", admin.models)
+    add("GET", "/admin/shadow", admin.shadow)
     add("GET", "/admin/usage", admin_usage.usage)
     add("GET", "/admin/policy", admin_policy.status)
     add("POST", "/admin/policy/reload", admin_policy.reload)

@@ -24,6 +24,7 @@ from gateway.routing.rollout import RolloutController
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import CallRecord, RequestIds
+from gateway.service.shadow import ShadowTraffic
 from gateway.settings import Settings
 
 
@@ -67,6 +68,8 @@ SERVICE = web.AppKey("service", RequestService)
 # Progressive rollouts (``routing/rollout.py``); call its ``reconfigure(policy)`` after the router's.
 ROLLOUTS = web.AppKey("rollouts", RolloutController)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+# Shadow traffic's mirrors and figures (/admin/shadow); the request service's own
+SHADOW = web.AppKey("shadow", ShadowTraffic)
 CACHE = web.AppKey("cache", ResponseCache)
 MEMORY = web.AppKey("memory", MemoryService)
 # The limits' gate and its limiter (RPM, TPM, budgets, usage rows: /admin/usage)

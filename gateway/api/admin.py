@@ -1,4 +1,5 @@
-"""Operator endpoints: the router's live view, and quality feedback from applications."""
+"""Operator endpoints: the router's live view, shadow traffic's figures, and quality feedback
+from applications."""
 
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ async def models(request: web.Request) -> web.Response:
     require_admin(request)
     app = request.app
     return json_response(orjson.dumps(snapshot(app[keys.ROUTER], app[keys.ROLLOUTS].views())))
+
+
+async def shadow(request: web.Request) -> web.Response:
+    """Each group's shadow candidate: mirrored, dropped, errors, latency, cost and agreement."""
+    require_admin(request)
+    return json_response(orjson.dumps(request.app[keys.SHADOW].snapshot()))
 
 
 async def feedback(request: web.Request) -> web.Response:

@@ -55,6 +55,8 @@ _LATENCY_BUCKETS_S = (
     120,
     300,
 )
+# Agreement scores: cosine similarity or a length ratio (shorter over longer), 0..1.
+_AGREEMENT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -470,6 +472,32 @@ class GatewayMetrics:
             "Rollouts finished by this replica, by result (promoted, rolled_back, aborted); the "
             "seed's rollback-rate KPI (< 10 %) is rolled_back over all of them.",
             ("result",),
+        )
+
+        # Shadow traffic (``service/shadow.py``): the group, and the candidate from the policy.
+        self.shadow_requests = Counter(
+            "gateway_shadow_requests",
+            "Requests mirrored to a group's shadow candidate, by result: ok, error, dropped (the "
+            "candidate's max_in_flight was full).",
+            ("model", "provider", "upstream_model", "result"),
+        )
+        self.shadow_latency = Histogram(
+            "gateway_shadow_latency_seconds",
+            "Time the shadow candidate took to answer a mirrored request (whole body).",
+            ("model", "provider", "upstream_model"),
+            buckets=_LATENCY_BUCKETS_S,
+        )
+        self.shadow_cost = Counter(
+            "gateway_shadow_cost_usd",
+            "Spend on shadow candidates in US dollars (counted apart from gateway_cost_usd_total).",
+            ("model", "provider", "upstream_model"),
+        )
+        self.shadow_agreement = Histogram(
+            "gateway_shadow_agreement",
+            "Agreement of a candidate's answer with the served one, 0..1, by measure: cosine "
+            "(of their embeddings) or length (shorter over longer; 1 for an exact match).",
+            ("model", "provider", "upstream_model", "measure"),
+            buckets=_AGREEMENT_BUCKETS,
         )
 
         self.access_log_dropped = Counter(

@@ -443,6 +443,37 @@ class Routing(_Strict):
     )
 
 
+class ShadowDeployment(_Strict):
+    """The candidate a shadow mirrors requests to: a provider and the model name it knows
+    (usually not one of the group's deployments)."""
+
+    provider: str = Field(description="A key of `providers`.")
+    model: str = Field(min_length=1, description="The model name sent to the provider.")
+    price: Price = Field(Price(), description="The candidate's price, for the shadow's own cost figures.")
+
+
+class Shadow(_Strict):
+    """Mirror a share of the group's requests to a candidate, off the client's path: its answers
+    are never sent to the client, cached or counted in routing; its latency, errors, cost and
+    agreement with the served answer show at GET /admin/shadow and in metrics."""
+
+    deployment: ShadowDeployment = Field(description="The candidate to mirror to.")
+    share: float = Field(
+        gt=0, le=1, description="Share of the group's served requests (0..1] also sent to the candidate."
+    )
+    max_in_flight: int = Field(
+        20,
+        ge=1,
+        description="Most mirrored requests outstanding at once; a mirror beyond it is dropped "
+        "(and counted), never queued.",
+    )
+    embedding_model: str | None = Field(
+        None,
+        description="A model group of this policy serving /v1/embeddings: agreement is then the "
+        "cosine similarity of the two answers' embeddings (else exact match and length ratio).",
+    )
+
+
 class ModelGroup(_Strict):
     """A model name clients send, and the deployments that can serve it."""
 
@@ -463,6 +494,9 @@ class ModelGroup(_Strict):
         description="Checked in order; the first that matches sends the request to its group.",
     )
     retry: Retry | None = Field(None, description="Overrides the top-level `retry` for this group.")
+    shadow: Shadow | None = Field(
+        None, description="Mirror a share of this group's requests to a candidate (shadow traffic)."
+    )
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
@@ -788,6 +822,19 @@ class Policy(_Strict):
                         f"unknown provider '{dep.provider}'",
                         f"known providers: {', '.join(known)}",
                     )
+            shadow = group.shadow
+            if shadow is not None and shadow.deployment.provider not in self.providers:
+                raise PolicyReferenceError(
+                    ("models", name, "shadow", "deployment", "provider"),
+                    f"unknown provider '{shadow.deployment.provider}'",
+                    f"known providers: {', '.join(known)}",
+                )
+            if shadow is not None and shadow.embedding_model not in (None, *self.models):
+                raise PolicyReferenceError(
+                    ("models", name, "shadow", "embedding_model"),
+                    f"unknown model group '{shadow.embedding_model}'",
+                    f"known model groups: {', '.join(sorted(self.models))}",
+                )
             for i, rule in enumerate(group.rules):
                 if rule.use not in self.models:
                     raise PolicyReferenceError(

@@ -1,7 +1,8 @@
 """Cross-references inside a policy file, checked on the raw YAML data.
 
-Names that must be keys elsewhere in the file: a deployment's provider, a rule's group, the
-embedding models of memory and of the semantic cache, cache categories. Checked before the
+Names that must be keys elsewhere in the file: a deployment's provider (a shadow's candidate
+too), a rule's group, the embedding models of memory, of the semantic cache and of shadows, cache
+categories. Checked before the
 models validate, so every broken reference is reported in one run alongside any other problem:
 the model validators (``model.py``) stop at the first one and run only once everything else
 is valid; they remain the guard for policies built in code. Messages and hints are the same.
@@ -49,13 +50,19 @@ def _deployment_providers(
     if providers is None or models is None:
         return
     for name, group in models.items():
-        for i, dep in _items(group.get("deployments") if isinstance(group, Mapping) else None):
+        wanted: list[tuple[tuple[str | int, ...], Mapping[Any, Any]]] = [
+            (("models", str(name), "deployments", i, "provider"), dep)
+            for i, dep in _items(group.get("deployments") if isinstance(group, Mapping) else None)
+        ]
+        shadow = _mapping(group.get("shadow")) if isinstance(group, Mapping) else None
+        candidate = _mapping(shadow.get("deployment")) if shadow is not None else None
+        if candidate is not None:
+            wanted.append((("models", str(name), "shadow", "deployment", "provider"), candidate))
+        for loc, dep in wanted:
             provider = dep.get("provider")
             if isinstance(provider, str) and provider not in providers:
                 yield PolicyReferenceError(
-                    ("models", str(name), "deployments", i, "provider"),
-                    f"unknown provider '{provider}'",
-                    f"known providers: {_known(providers)}",
+                    loc, f"unknown provider '{provider}'", f"known providers: {_known(providers)}"
                 )
 
 
@@ -99,6 +106,10 @@ def _embedding_models(
         if semantic is not None:
             at = ("cache", "categories", str(cname), "semantic", "embedding_model")
             wanted.append((at, semantic.get("embedding_model")))
+    for name, group in models.items():
+        shadow = _mapping(group.get("shadow")) if isinstance(group, Mapping) else None
+        if shadow is not None:
+            wanted.append((("models", str(name), "shadow", "embedding_model"), shadow.get("embedding_model")))
     for loc, model in wanted:
         if isinstance(model, str) and model not in models:
             yield PolicyReferenceError(

@@ -210,6 +210,10 @@ class Router:
         """The policy the router was built from."""
         return self._policy
 
+    def client(self, provider: str) -> ProviderHandle | None:
+        """The client of ``provider`` (a key of the policy's ``providers``), None if unknown."""
+        return self._clients.get(provider)
+
     def now(self) -> float:
         """The router's clock, in seconds (monotonic)."""
         return self._clock()

@@ -9,6 +9,8 @@
       5. route          with failover; a stream returns once its first chunk is in
       6. store          a whole answer (a stream's once it ended whole, from the stream itself)
       7. account        usage, cost, token metrics, the router's verdict, feedback's request map
+      8. shadow         a group with ``shadow`` mirrors a share of served requests to its candidate,
+                        in the background (``shadow.py``)
 
 Handlers only parse and render; internal calls (embeddings for the semantic cache and the
 memory service) take the same path through ``embed``.
@@ -17,6 +19,7 @@ memory service) take the same path through ``embed``.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,12 +32,13 @@ from gateway.errors import GatewayError, ModelNotFound, UpstreamBadResponse
 from gateway.memory import augment as memory_augment
 from gateway.memory.service import MemoryService
 from gateway.observability.metrics import GatewayMetrics
-from gateway.policy.model import Limits
+from gateway.policy.model import Limits, Shadow
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.context import CallContext, Route
 from gateway.service.grants import memory_access_of
 from gateway.service.limits import check_limits
+from gateway.service.shadow import ShadowTraffic
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import check_request
 from gateway.wire.requests import Endpoint, JSONObject
@@ -86,6 +90,7 @@ class RequestService:
         gates: Sequence[AdmissionGate] = (),
         tuning: Tuning = Tuning(),
         limits: Limits | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.router = router
         self.cache = cache
@@ -94,6 +99,8 @@ class RequestService:
         self._limits = limits if limits is not None else Limits()  # the policy's defaults
         self._tuning = tuning
         self.memory: MemoryService | None = memory(self.embed) if memory is not None else None
+        # Shadow traffic (``shadow.py``): ``rng`` draws which requests are mirrored.
+        self.shadow = ShadowTraffic(router, metrics, self._fetch, self.embed, rng=rng)
 
     def reconfigure(self, limits: Limits) -> None:
         """Follow a policy reload: ``limits`` bound the next request (one in flight keeps the
@@ -155,6 +162,10 @@ class RequestService:
             used = self.account_usage(routed.group, target, usage)
             if ctx.limit_ticket is not None:
                 ctx.limit_ticket.settle_later(*used)
+            # Shadow traffic: one attribute check for a group without it (read now: reloads apply)
+            group_config = self.router.policy.models.get(routed.group)
+            if group_config is not None and group_config.shadow is not None and not ctx.internal:
+                self.shadow.offer(routed.group, group_config.shadow, endpoint, body, raw)
             return Answer(body=raw)
         except BaseException:
             if lead:
@@ -253,6 +264,10 @@ class RequestService:
         )
         book.route = routed
         self._served(ctx, routed)
+        group_config = self.router.policy.models.get(routed.group)
+        shadow = group_config.shadow if group_config is not None else None
+        if shadow is not None and not ctx.internal and self.shadow.draw(shadow):
+            book.mirror = (shadow, endpoint, body)  # sent once the stream has ended
         return Answer(stream=routed.value)
 
     async def _open_stream(
@@ -302,7 +317,7 @@ class RequestService:
 class _StreamBook:
     """A routed stream's bookkeeping, run by the stream itself as it goes and when it ends."""
 
-    __slots__ = ("_ctx", "_lead", "_plan", "_service", "route")
+    __slots__ = ("_ctx", "_lead", "_plan", "_service", "mirror", "route")
 
     def __init__(self, service: RequestService, plan: CachePlan, ctx: CallContext, lead: bool) -> None:
         self._service = service
@@ -310,6 +325,7 @@ class _StreamBook:
         self._ctx = ctx
         self._lead = lead
         self.route: Route | None = None
+        self.mirror: tuple[Shadow, Endpoint, JSONObject] | None = None  # shadow traffic's draw
 
     def first_chunk(self, stream: RoutedStream) -> None:
         route = self.route
@@ -330,6 +346,11 @@ class _StreamBook:
         service.router.stream_ended(route.target, error, stream.output_tokens(), seconds)
         used = service.account_usage(route.group, route.target, stream.translator.usage())
         self._settle(stream, used)
+        if self.mirror is not None:
+            # The served text is known cheaply only when the stream was captured for the cache.
+            shadow, endpoint, body = self.mirror
+            served = bytes(stream.captured) if error is None and stream.captured is not None else None
+            service.shadow.mirror(route.group, shadow, endpoint, body, served, sse=True)
         answer: CachedAnswer | None = None
         try:
             if error is None and stream.captured:

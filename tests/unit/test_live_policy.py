@@ -324,3 +324,28 @@ async def test_a_rollout_keeps_its_state_and_share_through_a_reload(
     assert after == before
     router = app[keys.ROUTER]
     assert router.rollout("m") is not None and router.rollout("m").candidate in router.targets("m")
+
+
+async def test_shadow_settings_follow_a_reload(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    client = await gateway(aiohttp_client, policy_file, upstreams)
+    shadowed = BASE.replace(
+        "{provider: b, model: mb}]}",
+        "{provider: b, model: mb}], shadow: {deployment: {provider: b, model: sx}, share: 1.0}}",
+    )
+    policy_file.write_text(shadowed)
+    assert (await reload(client))[0] == 200
+    assert (await client.post("/v1/chat/completions", json=chat("m"))).status == 200
+    deadline = time.monotonic() + 5
+    while ("b", "sx") not in upstreams.calls and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert ("b", "sx") in upstreams.calls  # the new setting applied to the next request
+
+    policy_file.write_text(BASE)
+    assert (await reload(client))[0] == 200
+    upstreams.calls.clear()
+    for _ in range(5):
+        assert (await client.post("/v1/chat/completions", json=chat("m"))).status == 200
+    await asyncio.sleep(0.1)  # a mirror, were one started, is sent at once (MockTransport)
+    assert upstreams.calls == [("a", "ma")] * 5
