@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 from gateway import keys
 from gateway.api import admin, admin_keys, admin_policy, admin_rollouts, admin_usage, health, openai
 from gateway.api import memory as memory_api
+from gateway.api import responses as responses_api
 from gateway.auth.backends import key_store
 from gateway.auth.gate import LimitGate
 from gateway.auth.keyring import KeyRing
@@ -24,7 +25,7 @@ from gateway.auth.redis_limits import RedisLimiter
 from gateway.cache.memory_store import MemoryStore
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.service import ResponseCache
-from gateway.cache.store import CacheStore, CategoryBudget
+from gateway.cache.store import CacheStore
 from gateway.http.middleware import CatchAll, gateway_handler, unmatched
 from gateway.live_policy import LivePolicy, provider_clients
 from gateway.memory.backends import build_memory
@@ -39,6 +40,7 @@ from gateway.routing.rollout_store import FileRolloutStore, RedisRolloutStore, R
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import RequestIds
+from gateway.service.responses import ResponsesService, cache_budgets
 from gateway.settings import Settings
 
 
@@ -111,6 +113,7 @@ def build_app(
         rng=rng,
     )
     app[keys.SHADOW] = service.shadow
+    app[keys.RESPONSES] = ResponsesService(service, store, app[keys.REQUEST_IDS].new)
     if service.memory is not None:
         app[keys.MEMORY] = service.memory
         metrics.memory_collector(service.memory)
@@ -158,7 +161,7 @@ def build_app(
 
 
 def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
-    budgets = {name: CategoryBudget(name, c.max_bytes) for name, c in policy.cache.categories.items()}
+    budgets = cache_budgets(policy)  # the policy's categories and kept responses (issue 17)
     if settings.redis_url:
         return RedisStore(
             settings.redis_url,
@@ -265,6 +268,7 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/chat/completions", openai.chat_completions)
     add("POST", "/v1/completions", openai.completions)
     add("POST", "/v1/embeddings", openai.embeddings)
+    add("POST", "/v1/responses", responses_api.create_response)
     add("GET", "/v1/models", openai.list_models)
     add("GET", "/v1/models/{model:.+}", openai.retrieve_model)
     add("POST", "/v1/feedback", admin.feedback)

@@ -24,6 +24,7 @@ from gateway.routing.rollout import RolloutController
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import CallRecord, RequestIds
+from gateway.service.responses import ResponsesService
 from gateway.service.shadow import ShadowTraffic
 from gateway.settings import Settings
 
@@ -65,6 +66,7 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 ROUTER = web.AppKey("router", Router)
 SERVICE = web.AppKey("service", RequestService)
+RESPONSES = web.AppKey("responses", ResponsesService)  # the Responses API front door (issue 17)
 # Progressive rollouts (``routing/rollout.py``); call its ``reconfigure(policy)`` after the router's.
 ROLLOUTS = web.AppKey("rollouts", RolloutController)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)

@@ -29,7 +29,6 @@ import watchfiles
 
 from gateway.auth.keyring import KeyRing
 from gateway.cache.service import ResponseCache
-from gateway.cache.store import CategoryBudget
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.loader import PolicyError, PolicyProblem, parse_policy
 from gateway.policy.model import Policy
@@ -47,6 +46,7 @@ from gateway.providers.registry import adapter_for
 from gateway.routing.router import Router
 from gateway.routing.target import DeploymentState
 from gateway.service.calls import RequestService
+from gateway.service.responses import cache_budgets
 
 log = logging.getLogger("gateway.policy")
 
@@ -210,8 +210,7 @@ class LivePolicy:
         draining = self._router.states_of({c.name for c in replaced})
         # The swap: no await from here to the end of the block.
         self._router.reconfigure(policy, clients)
-        budgets = {name: CategoryBudget(name, c.max_bytes) for name, c in policy.cache.categories.items()}
-        self._cache.store.set_budgets(budgets)
+        self._cache.store.set_budgets(cache_budgets(policy))  # with kept responses' (issue 17)
         self._cache.reconfigure(policy.cache)
         self._service.reconfigure(policy.limits)
         self._key_ring.reconfigure(policy.auth.teams, policy.auth.key_cache_s, policy.models.keys())

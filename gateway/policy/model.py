@@ -108,6 +108,12 @@ class OpenAIProvider(ProviderBase):
     """OpenAI, and every API speaking its wire format (vLLM, Ollama, Groq, Together, ...)."""
 
     kind: Literal["openai"]
+    responses: bool = Field(
+        False,
+        description="The provider serves OpenAI's Responses API (POST /responses), as OpenAI's own "
+        "API does: /v1/responses requests are passed through to it (model rewritten) instead of "
+        "being translated to chat completions.",
+    )
 
 
 class AzureProvider(ProviderBase):
@@ -795,6 +801,24 @@ class Auth(_Strict):
         return value
 
 
+class ResponsesSettings(_Strict):
+    """The Responses API front door (POST /v1/responses): what it keeps for previous_response_id."""
+
+    store: bool = Field(
+        True,
+        description="Keep responses asked with store: true (the API's default) in the response "
+        "cache's store, per tenant, so a later request can name one in previous_response_id. "
+        "false: nothing is kept and previous_response_id is refused.",
+    )
+    store_ttl_s: DurationS = Field(
+        3600.0, gt=0, description="How long a kept response can be named in previous_response_id."
+    )
+    store_max_bytes: ByteSize = Field(
+        20 * 10**6,
+        description="Space for kept responses; when full, the least recently used are dropped.",
+    )
+
+
 class Policy(_Strict):
     """The whole policy file."""
 
@@ -808,6 +832,7 @@ class Policy(_Strict):
     server: Server = Server()
     limits: Limits = Limits()
     auth: Auth = Auth()
+    responses: ResponsesSettings = ResponsesSettings()
     providers: dict[str, Provider] = Field(min_length=1)
     models: dict[str, ModelGroup] = Field(min_length=1)
 

@@ -33,6 +33,7 @@ from gateway.memory import augment as memory_augment
 from gateway.memory.service import MemoryService
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Limits, Shadow
+from gateway.providers.base import FrontDoor
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.context import CallContext, Route
@@ -109,8 +110,11 @@ class RequestService:
 
     # ----- the call
 
-    async def run(self, endpoint: Endpoint, body: JSONObject, ctx: CallContext) -> Answer:
-        """Serve ``body`` on ``endpoint``; raise the ``GatewayError`` the client should see."""
+    async def run(
+        self, endpoint: Endpoint, body: JSONObject, ctx: CallContext, door: FrontDoor | None = None
+    ) -> Answer:
+        """Serve ``body`` on ``endpoint``; raise the ``GatewayError`` the client should see.
+        ``door``: a request of another front door (issue 17), which picks each attempt's adapter."""
         # 1. validate: nothing below runs for a request that will be refused anyway
         model, stream = check_request(endpoint, body)
         check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
@@ -145,9 +149,9 @@ class RequestService:
             self.cache.count(plan.category, plan.status)
             # 5. route with failover (6 and 7 follow, or in the stream when it ends)
             if stream:
-                return await self._stream(endpoint, body, route, group, plan, ctx, lead)
+                return await self._stream(endpoint, body, route, group, plan, ctx, lead, door)
             # A whole answer, here rather than in a coroutine of its own (one frame less).
-            routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body), group)
+            routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body, door), group)
             raw, usage = routed.value
             target = routed.target
             self._served(ctx, routed)
@@ -164,7 +168,8 @@ class RequestService:
                 ctx.limit_ticket.settle_later(*used)
             # Shadow traffic: one attribute check for a group without it (read now: reloads apply)
             group_config = self.router.policy.models.get(routed.group)
-            if group_config is not None and group_config.shadow is not None and not ctx.internal:
+            shadowed = door is None  # mirrors take chat's path: front doors are not mirrored (yet)
+            if group_config is not None and group_config.shadow is not None and not ctx.internal and shadowed:
                 self.shadow.offer(routed.group, group_config.shadow, endpoint, body, raw)
             return Answer(body=raw)
         except BaseException:
@@ -238,8 +243,11 @@ class RequestService:
 
     # ----- 5 for a whole answer
 
-    async def _fetch(self, target: Target, endpoint: Endpoint, body: JSONObject) -> tuple[bytes, object]:
-        client, adapter = target.client, target.client.adapter
+    async def _fetch(
+        self, target: Target, endpoint: Endpoint, body: JSONObject, door: FrontDoor | None = None
+    ) -> tuple[bytes, object]:
+        client = target.client
+        adapter = client.adapter if door is None else door.adapter_for(client)
         raw, parsed = await client.fetch_json(adapter.build_request(endpoint, body, target.model))
         translated = adapter.translate_response(endpoint, parsed, body, target.model)
         if translated is None:
@@ -257,23 +265,31 @@ class RequestService:
         plan: CachePlan,
         ctx: CallContext,
         lead: bool,
+        door: FrontDoor | None = None,
     ) -> Answer:
         book = _StreamBook(self, plan, ctx, lead)
         routed = await self.router.call(
-            route, lambda t: self._open_stream(t, endpoint, body, book, plan.write), group
+            route, lambda t: self._open_stream(t, endpoint, body, book, plan.write, door), group
         )
         book.route = routed
         self._served(ctx, routed)
         group_config = self.router.policy.models.get(routed.group)
         shadow = group_config.shadow if group_config is not None else None
-        if shadow is not None and not ctx.internal and self.shadow.draw(shadow):
+        if shadow is not None and not ctx.internal and door is None and self.shadow.draw(shadow):
             book.mirror = (shadow, endpoint, body)  # sent once the stream has ended
         return Answer(stream=routed.value)
 
     async def _open_stream(
-        self, target: Target, endpoint: Endpoint, body: JSONObject, book: _StreamBook, capture: bool
+        self,
+        target: Target,
+        endpoint: Endpoint,
+        body: JSONObject,
+        book: _StreamBook,
+        capture: bool,
+        door: FrontDoor | None = None,
     ) -> RoutedStream:
-        client, adapter = target.client, target.client.adapter
+        client = target.client
+        adapter = client.adapter if door is None else door.adapter_for(client)
         response = await client.send(adapter.build_request(endpoint, body, target.model))
         chunks = client.chunks(response)
         try:
@@ -305,11 +321,13 @@ class RequestService:
             return 0, 0, 0.0
         m = self._metrics
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if prompt is None and completion is None:  # the Responses API's names (issue 17)
+            prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
         prompt = prompt if isinstance(prompt, int) else 0
         completion = completion if isinstance(completion, int) else 0
         upstream_model, provider = target.deployment.model, target.client.name  # no property calls
         m.child(m.token_usage, group, upstream_model, provider, "input").observe(prompt)
-        if completion or "completion_tokens" in usage:
+        if completion or "completion_tokens" in usage or "output_tokens" in usage:
             m.child(m.token_usage, group, upstream_model, provider, "output").observe(completion)
         return prompt, completion, self.router.record_usage(group, target, prompt, completion)
 

@@ -23,6 +23,7 @@ class Endpoint(enum.Enum):
     CHAT = "chat/completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"  # OpenAI's Responses API (issue 17): wire/responses.py
 
 
 class _Head(BaseModel):
@@ -59,10 +60,20 @@ class EmbeddingHead(_Head):
     input: str | list[Any]
 
 
+class ResponsesHead(_Head):
+    """The fields of a Responses request the request service reads itself (the rest is
+    translated or refused by ``wire/responses.py``)."""
+
+    model: str = Field(min_length=1)
+    input: str | list[Any]
+    stream: bool = False
+
+
 H = TypeVar("H", bound=_Head)
 
-HEADS: dict[Endpoint, type[ChatCompletionHead | CompletionHead | EmbeddingHead]] = {
+HEADS: dict[Endpoint, type[ChatCompletionHead | CompletionHead | EmbeddingHead | ResponsesHead]] = {
     Endpoint.CHAT: ChatCompletionHead,
     Endpoint.COMPLETIONS: CompletionHead,
     Endpoint.EMBEDDINGS: EmbeddingHead,
+    Endpoint.RESPONSES: ResponsesHead,
 }

@@ -1,0 +1,189 @@
+"""The Responses API front door (``POST /v1/responses``, issue 17) on the request service.
+
+    run(body, ctx)
+      1. expand      ``previous_response_id``: the kept conversation (its input and output items)
+                     goes before this request's input; unknown or another tenant's id: 400
+      2. translate   to a chat request once (``wire/responses.py``): what cannot be served is a
+                     400 here, before anything is read or routed
+      3. serve       ``RequestService.run(Endpoint.RESPONSES, ...)``: the same validation, limits,
+                     cache (keyed under ``responses``, so chat answers are never served here),
+                     routing, failover and accounting as chat; each attempt's adapter comes from
+                     the ``ResponsesDoor`` (pass-through or translation, per provider)
+      4. keep        with ``store`` (the API's default) and the policy's ``responses.store``: the
+                     conversation so far, for ``responses.store_ttl_s``, in the response cache's
+                     store under the tenant (a stream's when its ``response.completed`` passes)
+
+The gateway keeps the state itself rather than relying on a provider's: a conversation may move
+between deployments and provider kinds from one turn to the next.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from gateway.cache.store import CacheStore, CategoryBudget
+from gateway.errors import InvalidRequest
+from gateway.policy.model import Policy
+from gateway.providers.responses_bridge import ResponsesDoor
+from gateway.service.calls import Answer, RequestService
+from gateway.service.context import CallContext
+from gateway.service.streams import AnswerStream
+from gateway.wire.requests import Endpoint, JSONObject
+from gateway.wire.responses import ResponsesInputError, chat_request
+from gateway.wire.responses_output import ResponseIds
+from gateway.wire.sse import SSEDecoder
+
+# The store category of kept responses, beside the policy's cache categories (which cannot
+# clash with it: it is not a name the response cache ever plans).
+STORED_CATEGORY = "_responses"
+_KEPT_ITEMS = frozenset({"message", "function_call"})  # output items a later turn can take back
+
+
+def cache_budgets(policy: Policy) -> dict[str, CategoryBudget]:
+    """Every category the cache store holds: the policy's, and the kept responses'."""
+    budgets = {name: CategoryBudget(name, c.max_bytes) for name, c in policy.cache.categories.items()}
+    budgets[STORED_CATEGORY] = CategoryBudget(STORED_CATEGORY, policy.responses.store_max_bytes)
+    return budgets
+
+
+class ResponsesService:
+    """Serves Responses requests through ``service`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        service: RequestService,
+        store: CacheStore,
+        new_id: Callable[[], str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._service = service
+        self._store = store
+        self._new_id = new_id  # never the client's x-request-id: a response id must be ours
+        self._clock = clock
+
+    async def run(self, body: JSONObject, ctx: CallContext) -> Answer:
+        settings = self._service.router.policy.responses  # read per request: reloads apply
+        previous = body.get("previous_response_id")
+        if previous is not None:
+            body = await self._expand(body, previous, ctx.tenant, settings.store)
+        try:
+            chat = chat_request(body)
+        except ResponsesInputError as exc:
+            raise InvalidRequest(exc.message, param=exc.param, code=exc.code) from None
+        ids = ResponseIds(self._new_id(), int(self._clock()))
+        door = ResponsesDoor(body, chat, ids)
+        answer = await self._service.run(Endpoint.RESPONSES, body, ctx, door)
+        if not settings.store or body.get("store") is False or ctx.internal:
+            return answer
+        keep = _Keeper(self._store, ctx.tenant, _input_items(body), settings.store_ttl_s)
+        if answer.body is not None:
+            await keep.response(answer.body)
+            return answer
+        assert answer.stream is not None
+        return Answer(stream=_KeepingStream(answer.stream, keep))
+
+    async def _expand(self, body: JSONObject, previous: object, tenant: str, enabled: bool) -> JSONObject:
+        if not enabled:
+            raise InvalidRequest(
+                "This gateway keeps no responses (policy responses.store: false), so "
+                "'previous_response_id' cannot be used: send the conversation in 'input'.",
+                param="previous_response_id",
+            )
+        if not isinstance(previous, str) or not previous:
+            raise InvalidRequest(
+                "'previous_response_id' must be a response id.", param="previous_response_id"
+            )
+        raw = await self._store.get(STORED_CATEGORY, _key(tenant, previous))
+        items = _decoded(raw)
+        if items is None:
+            raise InvalidRequest(
+                f"Previous response with id '{previous}' not found (responses are kept for a "
+                "while, for the key that made them, and only when asked with store: true).",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        return {**body, "input": items + _input_items(body)}
+
+
+class _Keeper:
+    """Writes one conversation (input items + a response's output) under the response's id."""
+
+    __slots__ = ("_items", "_store", "_tenant", "_ttl_s")
+
+    def __init__(self, store: CacheStore, tenant: str, items: list[Any], ttl_s: float) -> None:
+        self._store = store
+        self._tenant = tenant
+        self._items = items
+        self._ttl_s = ttl_s
+
+    async def response(self, raw: bytes) -> None:
+        try:
+            response = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(response, dict):
+            await self.whole(response)
+
+    async def whole(self, response: JSONObject) -> None:
+        response_id, output = response.get("id"), response.get("output")
+        if not isinstance(response_id, str) or not isinstance(output, list):
+            return
+        kept = [item for item in output if isinstance(item, dict) and item.get("type") in _KEPT_ITEMS]
+        value = orjson.dumps(self._items + kept)
+        await self._store.set(STORED_CATEGORY, _key(self._tenant, response_id), value, self._ttl_s)
+
+
+class _KeepingStream:
+    """A Responses stream that keeps its conversation when its final event passes (before that
+    event is sent on, so the client's next request can already name it)."""
+
+    __slots__ = ("_decoder", "_keep", "_stream")
+
+    def __init__(self, stream: AnswerStream, keep: _Keeper) -> None:
+        self._stream = stream
+        self._keep = keep
+        self._decoder = SSEDecoder()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            for data in self._decoder.feed(chunk):
+                if data.find(b'"response.completed"') >= 0 or data.find(b'"response.incomplete"') >= 0:
+                    await self._kept(data)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def _kept(self, data: bytes) -> None:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        response = event.get("response") if isinstance(event, dict) else None
+        if isinstance(response, dict):
+            await self._keep.whole(response)
+
+
+def _input_items(body: JSONObject) -> list[Any]:
+    given = body.get("input")
+    if isinstance(given, str):
+        return [{"role": "user", "content": given}]
+    return list(given) if isinstance(given, list) else []
+
+
+def _decoded(raw: bytes | None) -> list[Any] | None:
+    if raw is None:
+        return None
+    try:
+        items = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return items if isinstance(items, list) else None
+
+
+def _key(tenant: str, response_id: str) -> str:
+    return f"{tenant}/{response_id}"

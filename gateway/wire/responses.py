@@ -1,0 +1,340 @@
+"""OpenAI's Responses API (``POST /v1/responses``) as a Chat Completions request.
+
+``chat_request(body)`` turns a Responses request into the chat body every provider adapter
+already serves; the answer comes back through ``responses_output.py``. Pure functions over
+parsed JSON: what cannot be expressed in a chat request raises ``ResponsesInputError`` (the
+request service makes it a 400 naming the field), so a Responses request is refused before it
+costs anything rather than silently answered differently.
+
+Field by field (https://platform.openai.com/docs/api-reference/responses/create):
+
+* ``input``: a string (one user message) or items: messages (``input_text``, ``input_image``,
+  ``input_file``, and the ``output_text`` / ``refusal`` parts of earlier answers),
+  ``function_call`` (an assistant tool call) and ``function_call_output`` (its result);
+  ``reasoning`` items are dropped (a chat model cannot take them back);
+* ``instructions`` -> a leading system message; ``tools`` (function tools only) and
+  ``tool_choice`` -> chat tools; ``text.format`` (``json_schema`` / ``json_object``) ->
+  ``response_format``; ``max_output_tokens`` -> ``max_completion_tokens``;
+  ``temperature``, ``top_p``, ``parallel_tool_calls``, ``user``, ``service_tier``,
+  ``reasoning.effort`` -> their chat namesakes;
+* accepted and not forwarded (they change bookkeeping, not the answer): ``metadata``, ``store``
+  and ``previous_response_id`` (the gateway's own, see ``service/responses.py``), ``include``,
+  ``truncation``, ``text.verbosity``, ``prompt_cache_key``, ``safety_identifier``,
+  ``stream_options``, ``max_tool_calls``, ``top_logprobs``, ``background: false``;
+* refused: built-in tools (web search, file search, computer use, code interpreter, image
+  generation, MCP, shells), ``background: true``, ``conversation``, ``prompt`` templates,
+  ``item_reference`` items, and any field not listed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.wire.requests import JSONObject
+
+
+class ResponsesInputError(ValueError):
+    """A Responses request the gateway cannot serve; ``param`` names the field."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+_COPIED = ("temperature", "top_p", "parallel_tool_calls", "user", "service_tier", "stream")
+_IGNORED = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "tools",
+        "tool_choice",
+        "text",
+        "max_output_tokens",
+        "reasoning",
+        "metadata",
+        "store",
+        "previous_response_id",
+        "include",
+        "truncation",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "safety_identifier",
+        "stream_options",
+        "max_tool_calls",
+        "top_logprobs",
+        "background",
+        *_COPIED,
+    }
+)
+_REFUSED_FIELDS = {
+    "conversation": "conversations (send the items, or use previous_response_id)",
+    "prompt": "reusable prompt templates",
+}
+BUILT_IN_TOOLS = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "web_search_2025_08_26",
+        "web_search_preview_2025_03_11",
+        "file_search",
+        "computer",
+        "computer_use",
+        "computer_use_preview",
+        "code_interpreter",
+        "image_generation",
+        "mcp",
+        "local_shell",
+        "shell",
+        "apply_patch",
+        "custom",
+    }
+)
+
+
+def chat_request(body: JSONObject) -> JSONObject:
+    """The Chat Completions body that asks what the Responses ``body`` asks (``model`` kept)."""
+    for name in body:
+        if name not in _IGNORED:
+            if name in _REFUSED_FIELDS:
+                raise ResponsesInputError(f"The gateway does not support {_REFUSED_FIELDS[name]}.", name)
+            raise ResponsesInputError(f"Unknown parameter: '{name}'.", name, "unknown_parameter")
+    if body.get("background"):
+        raise ResponsesInputError("The gateway does not run responses in the background.", "background")
+    messages: list[JSONObject] = []
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise ResponsesInputError("'instructions' must be a string.", "instructions")
+        messages.append({"role": "system", "content": instructions})
+    given = body.get("input")
+    if isinstance(given, str):
+        messages.append({"role": "user", "content": given})
+    elif isinstance(given, list):
+        _add_items(given, messages)
+    else:
+        raise ResponsesInputError("'input' must be a string or a list of items.", "input")
+    if not messages:
+        raise ResponsesInputError("'input' holds nothing a model can answer.", "input")
+    chat: JSONObject = {"model": body.get("model"), "messages": messages}
+    for name in _COPIED:
+        value = body.get(name)
+        if value is not None:
+            chat[name] = value
+    if body.get("stream") is True:
+        chat["stream_options"] = {"include_usage": True}  # usage goes into response.completed
+    limit = body.get("max_output_tokens")
+    if limit is not None:
+        chat["max_completion_tokens"] = limit
+    tools = body.get("tools")
+    if tools:
+        chat["tools"] = chat_tools(tools)
+    choice = body.get("tool_choice")
+    if choice is not None:
+        chat["tool_choice"] = chat_tool_choice(choice)
+    text = body.get("text")
+    if text is not None:
+        response_format = chat_response_format(text)
+        if response_format is not None:
+            chat["response_format"] = response_format
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
+        chat["reasoning_effort"] = reasoning["effort"]
+    return chat
+
+
+# ----- input items
+
+
+def _add_items(items: list[Any], messages: list[JSONObject]) -> None:
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise ResponsesInputError(f"'{where}' must be an object.", where)
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "message":
+            messages.append(_message(item, where))
+        elif kind == "function_call":
+            _add_call(item, where, messages)
+        elif kind == "function_call_output":
+            messages.append(_call_output(item, where))
+        elif kind == "reasoning":
+            continue  # a chat model cannot take its reasoning back; the answer stands without it
+        elif kind == "item_reference":
+            raise ResponsesInputError(
+                f"'{where}': item references are not supported (send the item itself).", f"{where}.type"
+            )
+        else:
+            raise ResponsesInputError(
+                f"'{where}': input items of type '{kind}' are not supported by the gateway "
+                "(messages, function_call and function_call_output only).",
+                f"{where}.type",
+            )
+
+
+_ROLES = frozenset({"user", "system", "developer", "assistant"})
+
+
+def _message(item: JSONObject, where: str) -> JSONObject:
+    role = item.get("role")
+    if role not in _ROLES:
+        raise ResponsesInputError(
+            f"'{where}.role' must be one of user, system, developer, assistant.", f"{where}.role"
+        )
+    content = item.get("content")
+    if isinstance(content, str):
+        return {"role": role, "content": content}
+    if not isinstance(content, list):
+        raise ResponsesInputError(
+            f"'{where}.content' must be a string or a list of parts.", f"{where}.content"
+        )
+    parts = [_part(part, f"{where}.content[{j}]") for j, part in enumerate(content)]
+    if role == "assistant" or all(p.get("type") == "text" for p in parts):
+        if role == "assistant" and any(p.get("type") != "text" for p in parts):
+            raise ResponsesInputError(f"'{where}': assistant messages hold text only.", f"{where}.content")
+        # Plain text where possible: every provider kind reads a string, not all read parts.
+        return {"role": role, "content": "".join(str(p["text"]) for p in parts)}
+    return {"role": role, "content": parts}
+
+
+def _part(part: object, where: str) -> JSONObject:
+    if not isinstance(part, dict):
+        raise ResponsesInputError(f"'{where}' must be an object.", where)
+    kind = part.get("type")
+    if kind in ("input_text", "output_text"):
+        return {"type": "text", "text": _string(part, "text", where)}
+    if kind == "refusal":
+        return {"type": "text", "text": _string(part, "refusal", where)}
+    if kind == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str):
+            raise ResponsesInputError(
+                f"'{where}': images need 'image_url' (a URL or a data: URL); file ids are not supported.",
+                f"{where}.image_url",
+            )
+        image: JSONObject = {"url": url}
+        if part.get("detail") is not None:
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    if kind == "input_file":
+        file: JSONObject = {}
+        for name in ("file_data", "file_id", "filename"):
+            if part.get(name) is not None:
+                file[name] = part[name]
+        if "file_data" not in file and "file_id" not in file:
+            raise ResponsesInputError(f"'{where}': files need 'file_data' or 'file_id'.", where)
+        return {"type": "file", "file": file}
+    raise ResponsesInputError(
+        f"'{where}': content parts of type '{kind}' are not supported.", f"{where}.type"
+    )
+
+
+def _add_call(item: JSONObject, where: str, messages: list[JSONObject]) -> None:
+    call = {
+        "id": _string(item, "call_id", where),
+        "type": "function",
+        "function": {"name": _string(item, "name", where), "arguments": _string(item, "arguments", where)},
+    }
+    last = messages[-1] if messages else None
+    # Calls of one turn (and the text before them) are one assistant message in chat's shape.
+    if last is not None and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+        if not last.get("content"):
+            last["content"] = None
+        return
+    messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def _call_output(item: JSONObject, where: str) -> JSONObject:
+    output = item.get("output")
+    if isinstance(output, list):
+        texts = []
+        for j, part in enumerate(output):
+            converted = _part(part, f"{where}.output[{j}]")
+            if converted.get("type") != "text":
+                raise ResponsesInputError(
+                    f"'{where}.output': tool results hold text only.", f"{where}.output"
+                )
+            texts.append(str(converted["text"]))
+        output = "".join(texts)
+    if not isinstance(output, str):
+        raise ResponsesInputError(f"'{where}.output' must be a string.", f"{where}.output")
+    return {"role": "tool", "tool_call_id": _string(item, "call_id", where), "content": output}
+
+
+def _string(item: JSONObject, name: str, where: str) -> str:
+    value = item.get(name)
+    if not isinstance(value, str):
+        raise ResponsesInputError(f"'{where}.{name}' must be a string.", f"{where}.{name}")
+    return value
+
+
+# ----- tools, tool choice, output format
+
+
+def chat_tools(tools: object) -> list[JSONObject]:
+    """Responses function tools as chat tools; a built-in tool is refused by name."""
+    if not isinstance(tools, list):
+        raise ResponsesInputError("'tools' must be a list.", "tools")
+    out: list[JSONObject] = []
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise ResponsesInputError(f"'{where}' must be an object.", where)
+        kind = tool.get("type")
+        if kind != "function":
+            what = "built-in tool" if kind in BUILT_IN_TOOLS else "tool type"
+            raise ResponsesInputError(
+                f"The {what} '{kind}' is not supported by the gateway: only function tools are "
+                "(the gateway cannot run tools on the provider's side).",
+                f"{where}.type",
+                "unsupported_tool",
+            )
+        function: JSONObject = {"name": _string(tool, "name", where)}
+        for name in ("description", "parameters", "strict"):
+            if tool.get(name) is not None:
+                function[name] = tool[name]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def chat_tool_choice(choice: object) -> object:
+    if choice in ("auto", "none", "required"):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    kind = choice.get("type") if isinstance(choice, dict) else choice
+    raise ResponsesInputError(
+        f"tool_choice '{kind}' is not supported: use auto, none, required or a function.",
+        "tool_choice",
+    )
+
+
+def chat_response_format(text: object) -> JSONObject | None:
+    """``text.format`` as chat's ``response_format`` (None for plain text)."""
+    if not isinstance(text, dict):
+        raise ResponsesInputError("'text' must be an object.", "text")
+    fmt = text.get("format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        assert isinstance(fmt, dict)
+        if not isinstance(fmt.get("name"), str) or not isinstance(fmt.get("schema"), dict):
+            raise ResponsesInputError(
+                "text.format of type json_schema needs a 'name' and a 'schema' object.", "text.format"
+            )
+        schema: JSONObject = {"name": fmt["name"], "schema": fmt["schema"]}
+        for name in ("description", "strict"):
+            if fmt.get(name) is not None:
+                schema[name] = fmt[name]
+        return {"type": "json_schema", "json_schema": schema}
+    raise ResponsesInputError(
+        "text.format must be of type text, json_object or json_schema.", "text.format.type"
+    )

@@ -1,0 +1,399 @@
+"""Chat Completions answers as Responses API answers: a whole ``response`` object, or the
+Responses event stream, built from a chat completion or its chunks.
+
+The shapes follow the openai SDK's own types (``openai/types/responses``), which its stream
+helper checks strictly: every output item is announced (``response.output_item.added``) and
+finished (``response.output_item.done``) under one ``output_index`` and ``id``, text arrives as
+``response.output_text.delta`` inside a ``content_part``, tool arguments as
+``response.function_call_arguments.delta``, and the stream ends with ``response.completed`` (or
+``response.incomplete`` when the token limit cut it) carrying the whole response and its usage.
+Every event has a ``sequence_number``, from 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.wire.requests import JSONObject
+
+# Request fields a response echoes back, with the API's defaults for those left out.
+_ECHOED: tuple[tuple[str, object], ...] = (
+    ("instructions", None),
+    ("max_output_tokens", None),
+    ("metadata", {}),
+    ("parallel_tool_calls", True),
+    ("previous_response_id", None),
+    ("reasoning", None),
+    ("service_tier", None),
+    ("store", True),
+    ("temperature", None),
+    ("tool_choice", "auto"),
+    ("tools", []),
+    ("top_p", None),
+    ("truncation", "disabled"),
+    ("user", None),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseIds:
+    """The ids of one response and its items: ``resp_<id>``, ``msg_<id>``, ``fc_<id>_<n>``."""
+
+    token: str  # the gateway's request id: unique, and the client can match it to x-request-id
+    created_at: int  # Unix seconds
+
+    @property
+    def response(self) -> str:
+        return f"resp_{self.token}"
+
+    def message(self, index: int = 0) -> str:
+        return f"msg_{self.token}" if index == 0 else f"msg_{self.token}_{index}"
+
+    def call(self, index: int) -> str:
+        return f"fc_{self.token}_{index}"
+
+
+def response_object(
+    request: Mapping[str, Any],
+    ids: ResponseIds,
+    model: str,
+    output: list[JSONObject],
+    status: str,
+    usage: JSONObject | None,
+    incomplete_reason: str | None = None,
+) -> JSONObject:
+    """A ``response`` object answering the Responses ``request`` (its settings echoed)."""
+    out: JSONObject = {
+        "id": ids.response,
+        "object": "response",
+        "created_at": ids.created_at,
+        "status": status,
+        "background": False,
+        "error": None,
+        "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
+        "model": model,
+        "output": output,
+    }
+    for name, default in _ECHOED:
+        value = request.get(name)
+        out[name] = default if value is None else value
+    text = request.get("text")
+    out["text"] = text if isinstance(text, dict) and "format" in text else {"format": {"type": "text"}}
+    out["usage"] = usage
+    return out
+
+
+def response_usage(chat_usage: object) -> JSONObject | None:
+    """Chat's usage object in the Responses shape."""
+    if not isinstance(chat_usage, dict):
+        return None
+    prompt = _int(chat_usage.get("prompt_tokens"))
+    completion = _int(chat_usage.get("completion_tokens"))
+    prompt_details = chat_usage.get("prompt_tokens_details")
+    completion_details = chat_usage.get("completion_tokens_details")
+    cached = _int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
+    reasoning = (
+        _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+    )
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": _int(chat_usage.get("total_tokens")) or prompt + completion,
+    }
+
+
+def chat_usage(response_usage: object) -> JSONObject | None:
+    """A Responses usage object in chat's shape (what accounting reads)."""
+    if not isinstance(response_usage, dict):
+        return None
+    prompt = _int(response_usage.get("input_tokens"))
+    completion = _int(response_usage.get("output_tokens"))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def status_of(finish_reason: object) -> tuple[str, str | None]:
+    """(response status, incomplete reason) for a chat ``finish_reason``."""
+    if finish_reason == "length":
+        return "incomplete", "max_output_tokens"
+    if finish_reason == "content_filter":
+        return "incomplete", "content_filter"
+    return "completed", None
+
+
+def message_item(item_id: str, text: str, refusal: str | None, status: str) -> JSONObject:
+    content: list[JSONObject] = []
+    if text:
+        content.append(_text_part(text))
+    if refusal:
+        content.append({"type": "refusal", "refusal": refusal})
+    return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
+
+
+def call_item(
+    ids: ResponseIds, index: int, call_id: str, name: str, arguments: str, status: str
+) -> JSONObject:
+    return {
+        "id": ids.call(index),
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+    }
+
+
+def _text_part(text: str) -> JSONObject:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def whole_response(request: Mapping[str, Any], chat: Mapping[str, Any], ids: ResponseIds) -> JSONObject:
+    """The ``response`` object for a whole chat completion ``chat`` (the first choice)."""
+    choices = chat.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    given = choice.get("message")
+    message: Mapping[str, Any] = given if isinstance(given, dict) else {}
+    status, reason = status_of(choice.get("finish_reason"))
+    item_status = "incomplete" if status == "incomplete" else "completed"
+    output: list[JSONObject] = []
+    text = message.get("content")
+    refusal = message.get("refusal")
+    if isinstance(text, list):  # some providers answer in parts
+        text = "".join(str(p.get("text", "")) for p in text if isinstance(p, dict))
+    if text or refusal:
+        output.append(
+            message_item(
+                ids.message(),
+                text if isinstance(text, str) else "",
+                refusal if isinstance(refusal, str) else None,
+                item_status,
+            )
+        )
+    calls = message.get("tool_calls")
+    for index, call in enumerate(calls if isinstance(calls, list) else []):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            continue
+        output.append(
+            call_item(
+                ids,
+                index,
+                str(call.get("id") or ids.call(index)),
+                str(function.get("name", "")),
+                str(function.get("arguments") or ""),
+                "completed",
+            )
+        )
+    model = str(chat.get("model") or request.get("model") or "")
+    return response_object(request, ids, model, output, status, response_usage(chat.get("usage")), reason)
+
+
+class ResponsesEvents:
+    """Chat completion chunks in, Responses stream events out (one instance per stream).
+
+    ``chunk(event)`` takes one parsed chat chunk and returns the SSE bytes of the events it
+    makes; ``done()`` closes what is open and returns ``response.completed`` (or
+    ``response.incomplete``). The first chunk opens the stream with ``response.created`` and
+    ``response.in_progress``."""
+
+    __slots__ = (
+        "_calls",
+        "_finish",
+        "_ids",
+        "_items",
+        "_message_index",
+        "_model",
+        "_open_call",
+        "_output",
+        "_request",
+        "_sequence",
+        "_started",
+        "_text",
+        "usage",
+    )
+
+    def __init__(self, request: Mapping[str, Any], ids: ResponseIds) -> None:
+        self._request = request
+        self._ids = ids
+        self._sequence = 0
+        self._started = False
+        self._model = str(request.get("model") or "")
+        self._items = 0  # output items started
+        self._output: list[tuple[int, JSONObject]] = []  # finished items and their output index
+        self._message_index: int | None = None  # output index of the open message item
+        self._text: list[str] = []
+        self._calls: dict[int, tuple[int, JSONObject]] = {}  # chat tool index -> (output index, item)
+        self._open_call: int | None = None  # chat tool index whose item is open
+        self._finish: object = None
+        self.usage: JSONObject | None = None  # chat's usage, as last reported
+
+    def chunk(self, event: Mapping[str, Any]) -> bytes:
+        out = bytearray()
+        if not self._started:
+            self._started = True
+            if isinstance(event.get("model"), str) and event["model"]:
+                self._model = event["model"]
+            opening = self._response("in_progress", [], None, None)
+            out += self._event("response.created", {"response": opening})
+            out += self._event("response.in_progress", {"response": opening})
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = event.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return bytes(out)
+        choice = choices[0]
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                out += self._text_delta(text)
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                for call in calls:
+                    if isinstance(call, dict):
+                        out += self._call_delta(call)
+        if choice.get("finish_reason") is not None:
+            self._finish = choice["finish_reason"]
+        return bytes(out)
+
+    def done(self) -> bytes:
+        """Close every open item and end with the whole response and its usage."""
+        out = bytearray()
+        if not self._started:
+            out += self.chunk({})
+        status, reason = status_of(self._finish)
+        item_status = "incomplete" if status == "incomplete" else "completed"
+        out += self._close_message(item_status)
+        out += self._close_call(item_status)
+        output = [item for _, item in sorted(self._output, key=lambda done: done[0])]
+        whole = self._response(status, output, response_usage(self.usage), reason)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        out += self._event(kind, {"response": whole})
+        return bytes(out)
+
+    # ----- items
+
+    def _text_delta(self, text: str) -> bytes:
+        out = bytearray()
+        if self._message_index is None:
+            out += self._close_call("completed")
+            index = self._message_index = self._next_index()
+            item = message_item(self._ids.message(index), "", None, "in_progress")
+            out += self._event("response.output_item.added", {"output_index": index, "item": item})
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            out += self._event(
+                "response.content_part.added",
+                {"item_id": item["id"], "output_index": index, "content_index": 0, "part": part},
+            )
+        self._text.append(text)
+        out += self._event(
+            "response.output_text.delta",
+            {
+                "item_id": self._ids.message(self._message_index),
+                "output_index": self._message_index,
+                "content_index": 0,
+                "delta": text,
+                "logprobs": [],
+            },
+        )
+        return bytes(out)
+
+    def _close_message(self, status: str) -> bytes:
+        index = self._message_index
+        if index is None:
+            return b""
+        text = "".join(self._text)
+        item_id = self._ids.message(index)
+        out = self._event(
+            "response.output_text.done",
+            {"item_id": item_id, "output_index": index, "content_index": 0, "text": text, "logprobs": []},
+        )
+        out += self._event(
+            "response.content_part.done",
+            {"item_id": item_id, "output_index": index, "content_index": 0, "part": _text_part(text)},
+        )
+        item = message_item(item_id, text, None, status)
+        out += self._event("response.output_item.done", {"output_index": index, "item": item})
+        self._output.append((index, item))
+        self._message_index = None
+        self._text = []
+        return out
+
+    def _call_delta(self, call: Mapping[str, Any]) -> bytes:
+        out = bytearray()
+        tool = call.get("index", 0)
+        tool = tool if isinstance(tool, int) else 0
+        given = call.get("function")
+        function: Mapping[str, Any] = given if isinstance(given, dict) else {}
+        arguments = function.get("arguments")
+        if tool not in self._calls:
+            out += self._close_message("completed")
+            out += self._close_call("completed")
+            index = self._next_index()
+            item = call_item(
+                self._ids,
+                len(self._calls),
+                str(call.get("id") or self._ids.call(len(self._calls))),
+                str(function.get("name") or ""),
+                "",
+                "in_progress",
+            )
+            self._calls[tool] = (index, item)
+            self._open_call = tool
+            out += self._event("response.output_item.added", {"output_index": index, "item": dict(item)})
+        index, item = self._calls[tool]
+        if isinstance(arguments, str) and arguments:
+            item["arguments"] += arguments
+            out += self._event(
+                "response.function_call_arguments.delta",
+                {"item_id": item["id"], "output_index": index, "delta": arguments},
+            )
+        return bytes(out)
+
+    def _close_call(self, status: str) -> bytes:
+        tool = self._open_call
+        if tool is None:
+            return b""
+        self._open_call = None
+        index, item = self._calls[tool]
+        item["status"] = status
+        out = self._event(
+            "response.function_call_arguments.done",
+            {
+                "item_id": item["id"],
+                "output_index": index,
+                "name": item["name"],
+                "arguments": item["arguments"],
+            },
+        )
+        out += self._event("response.output_item.done", {"output_index": index, "item": item})
+        self._output.append((index, item))
+        return out
+
+    def _next_index(self) -> int:
+        index = self._items
+        self._items += 1
+        return index
+
+    # ----- framing
+
+    def _response(
+        self, status: str, output: list[JSONObject], usage: JSONObject | None, reason: str | None
+    ) -> JSONObject:
+        return response_object(self._request, self._ids, self._model, output, status, usage, reason)
+
+    def _event(self, kind: str, fields: JSONObject) -> bytes:
+        fields["type"] = kind
+        fields["sequence_number"] = self._sequence
+        self._sequence += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(fields) + b"\n\n"
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
