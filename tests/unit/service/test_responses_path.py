@@ -1,0 +1,459 @@
+"""The Responses API front door in process: the official openai SDK (``client.responses``) in
+front of the real app, MockTransport behind. Chat-only providers get a translated chat request;
+a provider flagged ``responses: true`` gets the request passed through; both answer in the
+Responses shape, through the same failover, cache and accounting as chat."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pydantic import BaseModel
+
+from gateway import keys
+from gateway.app import build_app
+from gateway.errors import UpstreamConnectError
+from gateway.policy.loader import parse_policy
+from gateway.providers.base import UpstreamRequest
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+from tests.unit.service.test_request_path import ClientFactory
+
+POLICY = """
+version: 1
+auth: {mode: open}
+providers:
+  a: {kind: openai, base_url: "http://a.test/v1"}
+  b: {kind: openai, base_url: "http://b.test/v1"}
+  n: {kind: openai, base_url: "http://n.test/v1", responses: true}
+models:
+  m:
+    strategy: ordered
+    deployments: [{provider: a, model: ma}, {provider: b, model: mb}]
+  native:
+    strategy: ordered
+    deployments: [{provider: n, model: nm}, {provider: a, model: ma}]
+memory: {enabled: false}
+"""
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Get the weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def chat_answer(model: str, text: str | None = "hello", calls: list[Any] | None = None, finish: str = "stop") -> Any:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = calls
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+    }
+
+
+def sse(event: Any) -> bytes:
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def chat_chunk(model: str, delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> bytes:
+    event: dict[str, Any] = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if usage is not None:
+        event = {**event, "choices": [], "usage": usage}
+    return sse(event)
+
+
+def chat_stream(model: str, parts: list[str]) -> MockResponse:
+    chunks = [chat_chunk(model, {"role": "assistant", "content": ""})]
+    chunks += [chat_chunk(model, {"content": p}) for p in parts]
+    chunks.append(chat_chunk(model, {}, "stop"))
+    chunks.append(chat_chunk(model, {}, usage={"prompt_tokens": 5, "completion_tokens": len(parts)}))
+    chunks.append(b"data: [DONE]\n\n")
+    return MockResponse.stream(chunks)
+
+
+NATIVE_RESPONSE = {
+    "id": "resp_native1",
+    "object": "response",
+    "created_at": 1,
+    "status": "completed",
+    "model": "nm",
+    "output": [
+        {
+            "id": "msg_native1",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": "native hello", "annotations": []}],
+        }
+    ],
+    "parallel_tool_calls": True,
+    "tool_choice": "auto",
+    "tools": [],
+    "usage": {
+        "input_tokens": 4,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 2,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 6,
+    },
+}
+
+
+def native_stream() -> MockResponse:
+    created = {**NATIVE_RESPONSE, "status": "in_progress", "output": [], "usage": None}
+    item = NATIVE_RESPONSE["output"][0]  # type: ignore[index]
+    events = [
+        {"type": "response.created", "sequence_number": 0, "response": created},
+        {"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
+         "item": {**item, "status": "in_progress", "content": []}},
+        {"type": "response.content_part.added", "sequence_number": 2, "output_index": 0, "content_index": 0,
+         "item_id": "msg_native1", "part": {"type": "output_text", "text": "", "annotations": []}},
+        {"type": "response.output_text.delta", "sequence_number": 3, "output_index": 0, "content_index": 0,
+         "item_id": "msg_native1", "delta": "native hello", "logprobs": []},
+        {"type": "response.output_item.done", "sequence_number": 4, "output_index": 0, "item": item},
+        {"type": "response.completed", "sequence_number": 5, "response": NATIVE_RESPONSE},
+    ]  # fmt: skip
+    return MockResponse.stream([b"event: " + e["type"].encode() + b"\n" + sse(e) for e in events])
+
+
+class Upstreams:
+    """One MockTransport per provider; ``seen`` keeps (provider, path, parsed body)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, dict[str, Any]]] = []
+        self.behaviour: dict[str, Callable[[dict[str, Any]], MockResponse]] = {}
+        self.transports = {name: MockTransport(self._handler(name)) for name in ("a", "b", "n")}
+
+    def _handler(self, name: str) -> Callable[[UpstreamRequest], MockResponse]:
+        def handle(request: UpstreamRequest) -> MockResponse:
+            body = orjson.loads(request.body)
+            self.seen.append((name, request.path, body))
+            if name in self.behaviour:
+                return self.behaviour[name](body)
+            if request.path == "/responses":
+                return native_stream() if body.get("stream") else MockResponse.json(NATIVE_RESPONSE)
+            if body.get("stream"):
+                return chat_stream(body["model"], ["hel", "lo"])
+            return MockResponse.json(chat_answer(body["model"]))
+
+        return handle
+
+
+@pytest.fixture
+def upstreams() -> Upstreams:
+    return Upstreams()
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, upstreams: Upstreams) -> TestClient:
+    app = build_app(Settings(access_log=False), parse_policy(POLICY), {}, transports=upstreams.transports)
+    return await aiohttp_client(app)
+
+
+def sdk(client: TestClient, key: str = "client-key") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key=key, base_url=str(client.make_url("/v1")), max_retries=0)
+
+
+# ----- translated to chat
+
+
+async def test_plain_create_is_a_chat_request_and_a_response_object(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    response = await sdk(client).responses.create(
+        model="m", instructions="Be brief.", input="Say hello", max_output_tokens=50, temperature=0.5
+    )
+    assert response.id.startswith("resp_")
+    assert response.status == "completed"
+    assert response.output_text == "hello"
+    assert response.model == "ma"
+    assert response.instructions == "Be brief."
+    assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens) == (7, 2, 9)
+    provider, path, sent = upstreams.seen[-1]
+    assert (provider, path) == ("a", "/chat/completions")
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Say hello"},
+    ]
+    assert sent["max_completion_tokens"] == 50
+    assert sent["temperature"] == 0.5
+    metrics = client.app[keys.METRICS].registry  # type: ignore[index]
+    labels = {"gen_ai_request_model": "m", "gen_ai_response_model": "ma", "gen_ai_provider_name": "a", "gen_ai_token_type": "input"}
+    assert metrics.get_sample_value("gen_ai_client_token_usage_sum", labels) == 7
+
+
+async def test_streamed_events_follow_the_responses_sequence(client: TestClient) -> None:
+    stream = await sdk(client).responses.create(model="m", input="Say hello", stream=True)
+    events = [event async for event in stream]
+    kinds = [e.type for e in events]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    done = events[-1]
+    assert done.type == "response.completed"
+    assert done.response.output_text == "hello"
+    assert done.response.usage is not None and done.response.usage.output_tokens == 2
+
+
+async def test_the_sdk_stream_helper_assembles_the_final_response(client: TestClient) -> None:
+    async with sdk(client).responses.stream(model="m", input="Say hello") as stream:
+        deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
+        final = await stream.get_final_response()
+    assert deltas == ["hel", "lo"]
+    assert final.output_text == "hello"
+    assert final.status == "completed"
+
+
+async def test_function_tool_round_trip_with_previous_response_id(client: TestClient, upstreams: Upstreams) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    upstreams.behaviour["a"] = lambda body: MockResponse.json(chat_answer("ma", None, [call], "tool_calls"))
+    api = sdk(client)
+    first = await api.responses.create(model="m", input="Weather in Paris?", tools=[WEATHER], tool_choice="auto")
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1
+    assert (calls[0].name, calls[0].call_id, calls[0].arguments) == ("get_weather", "call_1", '{"city":"Paris"}')
+    sent = upstreams.seen[-1][2]
+    assert sent["tools"] == [
+        {
+            "type": "function",
+            "function": {"name": "get_weather", "description": "Get the weather", "parameters": WEATHER["parameters"]},
+        }
+    ]
+    assert sent["tool_choice"] == "auto"
+    del upstreams.behaviour["a"]
+    second = await api.responses.create(
+        model="m",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": "call_1", "output": "18C and sunny"}],
+        tools=[WEATHER],
+    )
+    assert second.output_text == "hello"
+    assert second.previous_response_id == first.id
+    assert upstreams.seen[-1][2]["messages"] == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"},
+    ]
+
+
+async def test_streamed_tool_call_arguments(client: TestClient, upstreams: Upstreams) -> None:
+    def tool_stream(body: dict[str, Any]) -> MockResponse:
+        first = {"index": 0, "id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+        return MockResponse.stream(
+            [
+                chat_chunk("ma", {"role": "assistant", "content": None, "tool_calls": [first]}),
+                chat_chunk("ma", {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+                chat_chunk("ma", {"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]}),
+                chat_chunk("ma", {}, "tool_calls"),
+                b"data: [DONE]\n\n",
+            ]
+        )
+
+    upstreams.behaviour["a"] = tool_stream
+    async with sdk(client).responses.stream(model="m", input="Weather?", tools=[WEATHER]) as stream:
+        kinds = [e.type async for e in stream]
+        final = await stream.get_final_response()
+    assert kinds.count("response.function_call_arguments.delta") == 2
+    assert "response.function_call_arguments.done" in kinds
+    call = final.output[0]
+    assert call.type == "function_call"
+    assert (call.call_id, call.name, call.arguments) == ("call_9", "get_weather", '{"city":"Oslo"}')
+
+
+class Weather(BaseModel):
+    city: str
+    degrees: int
+
+
+async def test_text_format_json_schema_is_response_format(client: TestClient, upstreams: Upstreams) -> None:
+    upstreams.behaviour["a"] = lambda body: MockResponse.json(chat_answer("ma", '{"city":"Oslo","degrees":3}'))
+    parsed = await sdk(client).responses.parse(model="m", input="Weather in Oslo as JSON", text_format=Weather)
+    assert parsed.output_parsed == Weather(city="Oslo", degrees=3)
+    sent = upstreams.seen[-1][2]
+    assert sent["response_format"]["type"] == "json_schema"
+    assert sent["response_format"]["json_schema"]["name"] == "Weather"
+    assert sent["response_format"]["json_schema"]["schema"]["properties"]["degrees"] == {
+        "title": "Degrees",
+        "type": "integer",
+    }
+
+
+async def test_the_token_limit_makes_an_incomplete_response(client: TestClient, upstreams: Upstreams) -> None:
+    upstreams.behaviour["a"] = lambda body: MockResponse.json(chat_answer("ma", "hel", finish="length"))
+    response = await sdk(client).responses.create(model="m", input="Say hello", max_output_tokens=1)
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+
+
+# ----- failover and cache from this front door
+
+
+def refused(body: dict[str, Any]) -> MockResponse:
+    raise UpstreamConnectError("refused", provider="a")
+
+
+async def test_failover_works_from_the_responses_door(client: TestClient, upstreams: Upstreams) -> None:
+    upstreams.behaviour["a"] = refused
+    response = await sdk(client).responses.with_raw_response.create(model="m", input="hi")
+    assert response.headers["x-gateway-provider"] == "b"
+    assert response.headers["x-gateway-attempts"] == "2"
+    assert response.parse().output_text == "hello"
+    stream = await sdk(client).responses.create(model="m", input="hi", stream=True)
+    kinds = [e.type async for e in stream]
+    assert kinds[-1] == "response.completed"
+    assert [p for p, _, _ in upstreams.seen] == ["a", "b", "a", "b"]
+
+
+async def test_cache_keys_include_the_front_door(client: TestClient, upstreams: Upstreams) -> None:
+    chat = await client.post(
+        "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    )
+    assert chat.headers["x-gateway-cache"] == "miss"
+    api = sdk(client)
+    first = await api.responses.with_raw_response.create(model="m", input="hi", temperature=0)
+    assert first.headers["x-gateway-cache"] == "miss"  # the cached chat answer is not served here
+    second = await api.responses.with_raw_response.create(model="m", input="hi", temperature=0)
+    assert second.headers["x-gateway-cache"] == "hit"
+    assert second.parse().output_text == "hello"
+    streamed = await api.responses.with_raw_response.create(model="m", input="hi", temperature=0, stream=True)
+    assert streamed.headers["x-gateway-cache"] == "miss"  # streams and whole answers apart
+    assert len(upstreams.seen) == 3
+
+
+# ----- pass-through to a provider that speaks Responses
+
+
+async def test_a_flagged_provider_gets_the_request_passed_through(client: TestClient, upstreams: Upstreams) -> None:
+    response = await sdk(client).responses.create(
+        model="native", input="hi", instructions="Be brief.", metadata={"k": "v"}
+    )
+    assert response.output_text == "native hello"
+    assert response.id == "resp_native1"
+    provider, path, sent = upstreams.seen[-1]
+    assert (provider, path) == ("n", "/responses")
+    assert sent == {"model": "nm", "input": "hi", "instructions": "Be brief.", "metadata": {"k": "v"}, "store": False}
+
+
+async def test_a_passed_through_stream_is_relayed(client: TestClient, upstreams: Upstreams) -> None:
+    async with sdk(client).responses.stream(model="native", input="hi") as stream:
+        final = await stream.get_final_response()
+    assert final.output_text == "native hello"
+    assert upstreams.seen[-1][:2] == ("n", "/responses")
+    # Kept for previous_response_id even though the provider keeps nothing (store: false upstream).
+    follow = await sdk(client).responses.create(model="m", input="and then?", previous_response_id=final.id)
+    assert follow.output_text == "hello"
+    assert upstreams.seen[-1][2]["messages"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "native hello"},
+        {"role": "user", "content": "and then?"},
+    ]
+
+
+async def test_a_mixed_group_fails_over_from_pass_through_to_translation(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    upstreams.behaviour["n"] = lambda body: MockResponse.json({"error": {"message": "down"}}, status=503)
+    response = await sdk(client).responses.create(model="native", input="hi")
+    assert response.output_text == "hello"
+    assert [(p, path) for p, path, _ in upstreams.seen] == [("n", "/responses"), ("a", "/chat/completions")]
+
+
+# ----- refusals: 400 in OpenAI's envelope, never a 500
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type", "web_search"),
+        ({"model": "m", "input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["v"]}]}, "tools[0].type", "file_search"),
+        ({"model": "m", "input": "hi", "tools": [{"type": "computer_use_preview"}]}, "tools[0].type", "computer_use_preview"),
+        ({"model": "m", "input": "hi", "frobnicate": 1}, "frobnicate", "Unknown parameter"),
+        ({"model": "m", "input": "hi", "background": True}, "background", "background"),
+        ({"model": "m", "input": "hi", "conversation": "conv_1"}, "conversation", "conversations"),
+        ({"model": "m", "input": 3}, "input", "string or a list"),
+        ({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}, "input[0].type", "item references"),
+        ({"model": "m", "input": [{"role": "robot", "content": "x"}]}, "input[0].role", "must be one of"),
+        ({"model": "m", "input": "hi", "text": {"format": {"type": "json_schema"}}}, "text.format", "schema"),
+        ({"model": "m", "input": "hi", "previous_response_id": "resp_nope"}, "previous_response_id", "not found"),
+        ({"model": "m", "input": "hi", "max_output_tokens": 0}, "max_output_tokens", "at least 1"),
+        ({"input": "hi"}, "model", "Missing required parameter"),
+    ],
+)
+async def test_bad_requests_are_400s_naming_the_field(
+    client: TestClient, upstreams: Upstreams, body: dict[str, Any], param: str, words: str
+) -> None:
+    resp = await client.post("/v1/responses", json=body)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert words in error["message"]
+    assert upstreams.seen == []
+
+
+async def test_the_sdk_raises_bad_request_for_a_built_in_tool(client: TestClient) -> None:
+    with pytest.raises(openai.BadRequestError, match="web_search"):
+        await sdk(client).responses.create(model="m", input="hi", tools=[{"type": "web_search"}])
+
+
+async def test_bad_json_and_unknown_models(client: TestClient) -> None:
+    resp = await client.post("/v1/responses", data=b"{nope", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    with pytest.raises(openai.NotFoundError):
+        await sdk(client).responses.create(model="unknown", input="hi")
+
+
+async def test_previous_response_ids_are_per_tenant(client: TestClient) -> None:
+    first = await sdk(client, "key-one").responses.create(model="m", input="hi")
+    with pytest.raises(openai.BadRequestError, match="not found"):
+        await sdk(client, "key-two").responses.create(model="m", input="more", previous_response_id=first.id)
+    again = await sdk(client, "key-one").responses.create(model="m", input="more", previous_response_id=first.id)
+    assert again.output_text == "hello"
+
+
+async def test_store_false_keeps_nothing(client: TestClient) -> None:
+    first = await sdk(client).responses.create(model="m", input="hi", store=False)
+    with pytest.raises(openai.BadRequestError, match="not found"):
+        await sdk(client).responses.create(model="m", input="more", previous_response_id=first.id)
+
+
+async def test_policy_store_off_refuses_previous_response_id(aiohttp_client: ClientFactory) -> None:
+    app: web.Application = build_app(
+        Settings(access_log=False),
+        parse_policy(POLICY + "responses: {store: false}\n"),
+        {},
+        transports=Upstreams().transports,
+    )
+    client = await aiohttp_client(app)
+    first = await sdk(client).responses.create(model="m", input="hi")
+    with pytest.raises(openai.BadRequestError, match=r"responses\.store: false"):
+        await sdk(client).responses.create(model="m", input="more", previous_response_id=first.id)
