@@ -101,7 +101,7 @@ def response_usage(chat_usage: object) -> JSONObject | None:
     )
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": _int(chat_usage.get("total_tokens")) or prompt + completion,

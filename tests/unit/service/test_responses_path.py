@@ -49,7 +49,9 @@ WEATHER = {
 }
 
 
-def chat_answer(model: str, text: str | None = "hello", calls: list[Any] | None = None, finish: str = "stop") -> Any:
+def chat_answer(
+    model: str, text: str | None = "hello", calls: list[Any] | None = None, finish: str = "stop"
+) -> Any:
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if calls:
         message["tool_calls"] = calls
@@ -186,7 +188,11 @@ async def test_plain_create_is_a_chat_request_and_a_response_object(
     assert response.model == "ma"
     assert response.instructions == "Be brief."
     assert response.usage is not None
-    assert (response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens) == (7, 2, 9)
+    assert (response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens) == (
+        7,
+        2,
+        9,
+    )
     provider, path, sent = upstreams.seen[-1]
     assert (provider, path) == ("a", "/chat/completions")
     assert sent["messages"] == [
@@ -196,7 +202,12 @@ async def test_plain_create_is_a_chat_request_and_a_response_object(
     assert sent["max_completion_tokens"] == 50
     assert sent["temperature"] == 0.5
     metrics = client.app[keys.METRICS].registry  # type: ignore[index]
-    labels = {"gen_ai_request_model": "m", "gen_ai_response_model": "ma", "gen_ai_provider_name": "a", "gen_ai_token_type": "input"}
+    labels = {
+        "gen_ai_request_model": "m",
+        "gen_ai_response_model": "ma",
+        "gen_ai_provider_name": "a",
+        "gen_ai_token_type": "input",
+    }
     assert metrics.get_sample_value("gen_ai_client_token_usage_sum", labels) == 7
 
 
@@ -232,19 +243,35 @@ async def test_the_sdk_stream_helper_assembles_the_final_response(client: TestCl
     assert final.status == "completed"
 
 
-async def test_function_tool_round_trip_with_previous_response_id(client: TestClient, upstreams: Upstreams) -> None:
-    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+async def test_function_tool_round_trip_with_previous_response_id(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+    }
     upstreams.behaviour["a"] = lambda body: MockResponse.json(chat_answer("ma", None, [call], "tool_calls"))
     api = sdk(client)
-    first = await api.responses.create(model="m", input="Weather in Paris?", tools=[WEATHER], tool_choice="auto")
+    first = await api.responses.create(
+        model="m", input="Weather in Paris?", tools=[WEATHER], tool_choice="auto"
+    )
     calls = [item for item in first.output if item.type == "function_call"]
     assert len(calls) == 1
-    assert (calls[0].name, calls[0].call_id, calls[0].arguments) == ("get_weather", "call_1", '{"city":"Paris"}')
+    assert (calls[0].name, calls[0].call_id, calls[0].arguments) == (
+        "get_weather",
+        "call_1",
+        '{"city":"Paris"}',
+    )
     sent = upstreams.seen[-1][2]
     assert sent["tools"] == [
         {
             "type": "function",
-            "function": {"name": "get_weather", "description": "Get the weather", "parameters": WEATHER["parameters"]},
+            "function": {
+                "name": "get_weather",
+                "description": "Get the weather",
+                "parameters": WEATHER["parameters"],
+            },
         }
     ]
     assert sent["tool_choice"] == "auto"
@@ -266,7 +293,12 @@ async def test_function_tool_round_trip_with_previous_response_id(client: TestCl
 
 async def test_streamed_tool_call_arguments(client: TestClient, upstreams: Upstreams) -> None:
     def tool_stream(body: dict[str, Any]) -> MockResponse:
-        first = {"index": 0, "id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+        first = {
+            "index": 0,
+            "id": "call_9",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": ""},
+        }
         return MockResponse.stream(
             [
                 chat_chunk("ma", {"role": "assistant", "content": None, "tool_calls": [first]}),
@@ -294,8 +326,12 @@ class Weather(BaseModel):
 
 
 async def test_text_format_json_schema_is_response_format(client: TestClient, upstreams: Upstreams) -> None:
-    upstreams.behaviour["a"] = lambda body: MockResponse.json(chat_answer("ma", '{"city":"Oslo","degrees":3}'))
-    parsed = await sdk(client).responses.parse(model="m", input="Weather in Oslo as JSON", text_format=Weather)
+    upstreams.behaviour["a"] = lambda body: MockResponse.json(
+        chat_answer("ma", '{"city":"Oslo","degrees":3}')
+    )
+    parsed = await sdk(client).responses.parse(
+        model="m", input="Weather in Oslo as JSON", text_format=Weather
+    )
     assert parsed.output_parsed == Weather(city="Oslo", degrees=3)
     sent = upstreams.seen[-1][2]
     assert sent["response_format"]["type"] == "json_schema"
@@ -335,7 +371,8 @@ async def test_failover_works_from_the_responses_door(client: TestClient, upstre
 
 async def test_cache_keys_include_the_front_door(client: TestClient, upstreams: Upstreams) -> None:
     chat = await client.post(
-        "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+        "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0},
     )
     assert chat.headers["x-gateway-cache"] == "miss"
     api = sdk(client)
@@ -352,7 +389,9 @@ async def test_cache_keys_include_the_front_door(client: TestClient, upstreams: 
 # ----- pass-through to a provider that speaks Responses
 
 
-async def test_a_flagged_provider_gets_the_request_passed_through(client: TestClient, upstreams: Upstreams) -> None:
+async def test_a_flagged_provider_gets_the_request_passed_through(
+    client: TestClient, upstreams: Upstreams
+) -> None:
     response = await sdk(client).responses.create(
         model="native", input="hi", instructions="Be brief.", metadata={"k": "v"}
     )
@@ -360,7 +399,13 @@ async def test_a_flagged_provider_gets_the_request_passed_through(client: TestCl
     assert response.id == "resp_native1"
     provider, path, sent = upstreams.seen[-1]
     assert (provider, path) == ("n", "/responses")
-    assert sent == {"model": "nm", "input": "hi", "instructions": "Be brief.", "metadata": {"k": "v"}, "store": False}
+    assert sent == {
+        "model": "nm",
+        "input": "hi",
+        "instructions": "Be brief.",
+        "metadata": {"k": "v"},
+        "store": False,
+    }
 
 
 async def test_a_passed_through_stream_is_relayed(client: TestClient, upstreams: Upstreams) -> None:
@@ -394,16 +439,32 @@ async def test_a_mixed_group_fails_over_from_pass_through_to_translation(
     ("body", "param", "words"),
     [
         ({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type", "web_search"),
-        ({"model": "m", "input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["v"]}]}, "tools[0].type", "file_search"),
-        ({"model": "m", "input": "hi", "tools": [{"type": "computer_use_preview"}]}, "tools[0].type", "computer_use_preview"),
+        (
+            {"model": "m", "input": "hi", "tools": [{"type": "file_search", "vector_store_ids": ["v"]}]},
+            "tools[0].type",
+            "file_search",
+        ),
+        (
+            {"model": "m", "input": "hi", "tools": [{"type": "computer_use_preview"}]},
+            "tools[0].type",
+            "computer_use_preview",
+        ),
         ({"model": "m", "input": "hi", "frobnicate": 1}, "frobnicate", "Unknown parameter"),
         ({"model": "m", "input": "hi", "background": True}, "background", "background"),
         ({"model": "m", "input": "hi", "conversation": "conv_1"}, "conversation", "conversations"),
         ({"model": "m", "input": 3}, "input", "string or a list"),
-        ({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}, "input[0].type", "item references"),
+        (
+            {"model": "m", "input": [{"type": "item_reference", "id": "x"}]},
+            "input[0].type",
+            "item references",
+        ),
         ({"model": "m", "input": [{"role": "robot", "content": "x"}]}, "input[0].role", "must be one of"),
         ({"model": "m", "input": "hi", "text": {"format": {"type": "json_schema"}}}, "text.format", "schema"),
-        ({"model": "m", "input": "hi", "previous_response_id": "resp_nope"}, "previous_response_id", "not found"),
+        (
+            {"model": "m", "input": "hi", "previous_response_id": "resp_nope"},
+            "previous_response_id",
+            "not found",
+        ),
         ({"model": "m", "input": "hi", "max_output_tokens": 0}, "max_output_tokens", "at least 1"),
         ({"input": "hi"}, "model", "Missing required parameter"),
     ],
@@ -436,7 +497,9 @@ async def test_previous_response_ids_are_per_tenant(client: TestClient) -> None:
     first = await sdk(client, "key-one").responses.create(model="m", input="hi")
     with pytest.raises(openai.BadRequestError, match="not found"):
         await sdk(client, "key-two").responses.create(model="m", input="more", previous_response_id=first.id)
-    again = await sdk(client, "key-one").responses.create(model="m", input="more", previous_response_id=first.id)
+    again = await sdk(client, "key-one").responses.create(
+        model="m", input="more", previous_response_id=first.id
+    )
     assert again.output_text == "hello"
 
 

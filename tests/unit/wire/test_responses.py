@@ -1,0 +1,161 @@
+"""Responses requests as chat requests, against OpenAI's documented examples
+(fixtures/responses/request_*.json, each citing its source), and the refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.wire.responses import BUILT_IN_TOOLS, ResponsesInputError, chat_request
+
+FIXTURES = Path(__file__).parent / "fixtures" / "responses"
+REQUESTS = sorted(p.name for p in FIXTURES.glob("request_*.json"))
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / name).read_text())
+
+
+@pytest.mark.parametrize("name", REQUESTS)
+def test_documented_requests_translate_to_their_chat_equivalent(name: str) -> None:
+    case = fixture(name)
+    assert case["source"].startswith("OpenAI")
+    assert chat_request(case["responses"]) == case["chat"]
+
+
+def test_text_and_calls_of_one_turn_are_one_assistant_message() -> None:
+    chat = chat_request(
+        {
+            "model": "m",
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+                {
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "Let me look."}],
+                },
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "{}"},
+                {
+                    "type": "function_call_output",
+                    "call_id": "c1",
+                    "output": [{"type": "input_text", "text": "one"}],
+                },
+                {"type": "function_call_output", "call_id": "c2", "output": "two"},
+            ],
+        }
+    )
+    assert chat["messages"] == [
+        {"role": "user", "content": "hi"},
+        {
+            "role": "assistant",
+            "content": "Let me look.",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                {"id": "c2", "type": "function", "function": {"name": "g", "arguments": "{}"}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "one"},
+        {"role": "tool", "tool_call_id": "c2", "content": "two"},
+    ]
+
+
+def test_options_map_to_their_chat_namesakes() -> None:
+    chat = chat_request(
+        {
+            "model": "m",
+            "input": "hi",
+            "tool_choice": {"type": "function", "name": "f"},
+            "text": {"format": {"type": "json_object"}, "verbosity": "low"},
+            "reasoning": {"effort": "low", "summary": "auto"},
+            "parallel_tool_calls": False,
+            "top_p": 0.5,
+            "user": "u1",
+            "include": ["message.output_text.logprobs"],
+            "truncation": "auto",
+        }
+    )
+    assert chat == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "response_format": {"type": "json_object"},
+        "reasoning_effort": "low",
+        "parallel_tool_calls": False,
+        "top_p": 0.5,
+        "user": "u1",
+    }
+
+
+def test_files_and_image_detail() -> None:
+    chat = chat_request(
+        {
+            "model": "m",
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"},
+                        {
+                            "type": "input_file",
+                            "filename": "a.pdf",
+                            "file_data": "data:application/pdf;base64,AAAA",
+                        },
+                    ],
+                }
+            ],
+        }
+    )
+    assert chat["messages"][0]["content"] == [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,AAAA", "filename": "a.pdf"}},
+    ]
+
+
+@pytest.mark.parametrize("tool", sorted(BUILT_IN_TOOLS))
+def test_every_built_in_tool_is_refused_by_name(tool: str) -> None:
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request({"model": "m", "input": "hi", "tools": [{"type": tool}]})
+    assert f"'{tool}'" in caught.value.message
+    assert caught.value.param == "tools[0].type"
+    assert caught.value.code == "unsupported_tool"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m", "input": "hi", "prompt": {"id": "pmpt_1"}}, "prompt"),
+        ({"model": "m", "input": "hi", "tool_choice": {"type": "file_search"}}, "tool_choice"),
+        ({"model": "m", "input": "hi", "tool_choice": {"type": "allowed_tools", "tools": []}}, "tool_choice"),
+        ({"model": "m", "input": "hi", "instructions": ["x"]}, "instructions"),
+        (
+            {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+            "input[0].content[0].image_url",
+        ),
+        (
+            {"model": "m", "input": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+            "input[0].content[0].type",
+        ),
+        (
+            {"model": "m", "input": [{"type": "function_call", "name": "f", "arguments": "{}"}]},
+            "input[0].call_id",
+        ),
+        (
+            {"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": 3}]},
+            "input[0].output",
+        ),
+        ({"model": "m", "input": [{"type": "web_search_call", "id": "ws"}]}, "input[0].type"),
+        ({"model": "m", "input": ["hi"]}, "input[0]"),
+        ({"model": "m", "input": []}, "input"),
+        ({"model": "m", "input": "hi", "tools": {"type": "function"}}, "tools"),
+        ({"model": "m", "input": "hi", "text": {"format": {"type": "xml"}}}, "text.format.type"),
+    ],
+)
+def test_what_chat_cannot_say_is_refused_naming_the_field(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request(body)
+    assert caught.value.param == param

@@ -1,0 +1,126 @@
+"""Chat answers as Responses answers, against OpenAI's documented examples
+(fixtures/responses/response_*.json) and the openai SDK's own types (the ground truth of
+field names): whole responses, and streams validated event by event."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from gateway.wire.responses_output import ResponseIds, ResponsesEvents, chat_usage, whole_response
+
+FIXTURES = Path(__file__).parent / "fixtures" / "responses"
+IDS = ResponseIds("T", 1741476542)
+EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def test_a_documented_text_answer() -> None:
+    case = fixture("response_text.json")
+    response = whole_response(case["request"], case["chat"], IDS)
+    assert response == case["response"]
+    assert Response.model_validate(response).output_text.startswith("In a peaceful grove")
+
+
+def test_a_documented_function_call_answer() -> None:
+    case = fixture("response_function_call.json")
+    response = whole_response(case["request"], case["chat"], IDS)
+    assert response["output"] == case["output"]
+    assert response["usage"] == case["usage"]
+    assert response["status"] == "completed"
+    Response.model_validate(response)
+
+
+def test_a_length_cut_is_incomplete() -> None:
+    chat = {"model": "x", "choices": [{"message": {"content": "abc"}, "finish_reason": "length"}]}
+    response = whole_response({"model": "m", "max_output_tokens": 3}, chat, IDS)
+    assert response["status"] == "incomplete"
+    assert response["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert response["output"][0]["status"] == "incomplete"
+    assert response["max_output_tokens"] == 3
+
+
+def test_usage_both_ways() -> None:
+    assert chat_usage({"input_tokens": 4, "output_tokens": 6, "total_tokens": 10}) == {
+        "prompt_tokens": 4,
+        "completion_tokens": 6,
+        "total_tokens": 10,
+    }
+    assert chat_usage(None) is None
+
+
+def events_of(sse: bytes) -> list[dict[str, Any]]:
+    out = []
+    for block in sse.split(b"\n\n"):
+        if not block:
+            continue
+        kind, data = block.split(b"\n")
+        event = orjson.loads(data.removeprefix(b"data: "))
+        assert kind == b"event: " + event["type"].encode()
+        EVENTS.validate_python(event)  # the SDK's own model of every event type
+        out.append(event)
+    return out
+
+
+def test_text_then_two_tool_calls_stream() -> None:
+    events = ResponsesEvents({"model": "m", "input": "hi"}, IDS)
+    out = events.chunk({"model": "up-1", "choices": [{"delta": {"role": "assistant", "content": ""}}]})
+    out += events.chunk({"choices": [{"delta": {"content": "Let me "}}]})
+    out += events.chunk({"choices": [{"delta": {"content": "check."}}]})
+    call = {"index": 0, "id": "c1", "function": {"name": "f", "arguments": '{"a"'}}
+    out += events.chunk({"choices": [{"delta": {"tool_calls": [call]}}]})
+    out += events.chunk(
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}}]}
+    )
+    out += events.chunk(
+        {"choices": [{"delta": {"tool_calls": [{"index": 1, "id": "c2", "function": {"name": "g"}}]}}]}
+    )
+    out += events.chunk({"choices": [{"delta": {}, "finish_reason": "tool_calls"}]})
+    out += events.chunk({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
+    out += events.done()
+    parsed = events_of(out)
+    assert [e["sequence_number"] for e in parsed] == list(range(len(parsed)))
+    assert [e["type"] for e in parsed] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    final = Response.model_validate(parsed[-1]["response"])
+    assert final.model == "up-1"
+    assert final.output_text == "Let me check."
+    assert [(o.type, getattr(o, "call_id", None)) for o in final.output] == [
+        ("message", None),
+        ("function_call", "c1"),
+        ("function_call", "c2"),
+    ]
+    assert final.output[1].arguments == '{"a":1}'  # type: ignore[union-attr]
+    assert [e["output_index"] for e in parsed if e["type"] == "response.output_item.added"] == [0, 1, 2]
+    assert final.usage is not None and (final.usage.input_tokens, final.usage.output_tokens) == (3, 5)
+
+
+def test_an_empty_stream_still_completes() -> None:
+    parsed = events_of(ResponsesEvents({"model": "m"}, IDS).done())
+    assert [e["type"] for e in parsed] == ["response.created", "response.in_progress", "response.completed"]
