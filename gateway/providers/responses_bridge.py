@@ -132,7 +132,12 @@ class ChatToResponsesStream:
 
     def feed(self, chunk: bytes) -> bytes:
         chat = self._inner.feed(chunk)
-        return self._convert(self._decoder.feed(chat)) if chat else b""
+        if not chat:
+            return b""
+        decoder = self._decoder
+        if decoder.idle and chat.startswith(b"data: ") and chat.endswith(b"\n\n") and chat.count(b"\n") == 2:
+            return self._convert([chat[6:-2]])  # one whole event (most chunks): no decoding
+        return self._convert(decoder.feed(chat))
 
     def finish(self) -> bytes:
         tail = self._inner.finish()

@@ -203,6 +203,7 @@ class ResponsesEvents:
 
     __slots__ = (
         "_calls",
+        "_delta_head",
         "_finish",
         "_ids",
         "_items",
@@ -230,9 +231,20 @@ class ResponsesEvents:
         self._calls: dict[int, tuple[int, JSONObject]] = {}  # chat tool index -> (output index, item)
         self._open_call: int | None = None  # chat tool index whose item is open
         self._finish: object = None
+        self._delta_head = b""  # the open message's text delta event, up to its delta
         self.usage: JSONObject | None = None  # chat's usage, as last reported
 
     def chunk(self, event: Mapping[str, Any]) -> bytes:
+        if self._message_index is not None:
+            # The common chunk, decided with few lookups: text for the open message, nothing else.
+            choices = event.get("choices")
+            if type(choices) is list and len(choices) == 1 and "usage" not in event:
+                choice = choices[0]
+                delta = choice.get("delta") if type(choice) is dict else None
+                if type(delta) is dict and choice.get("finish_reason") is None and "tool_calls" not in delta:
+                    text = delta.get("content")
+                    if type(text) is str:
+                        return self._text_delta(text) if text else b""
         out = bytearray()
         if not self._started:
             self._started = True
@@ -291,17 +303,14 @@ class ResponsesEvents:
                 "response.content_part.added",
                 {"item_id": item["id"], "output_index": index, "content_index": 0, "part": part},
             )
+            # Text deltas are most of a stream: their bytes are made once up to the delta.
+            fields = {"item_id": item["id"], "output_index": index, "content_index": 0, "logprobs": []}
+            head = orjson.dumps({"type": "response.output_text.delta", **fields})[:-1]
+            self._delta_head = b"event: response.output_text.delta\ndata: " + head + b',"delta":'
         self._text.append(text)
-        out += self._event(
-            "response.output_text.delta",
-            {
-                "item_id": self._ids.message(self._message_index),
-                "output_index": self._message_index,
-                "content_index": 0,
-                "delta": text,
-                "logprobs": [],
-            },
-        )
+        sequence = self._sequence
+        self._sequence = sequence + 1
+        out += b'%b%b,"sequence_number":%d}\n\n' % (self._delta_head, orjson.dumps(text), sequence)
         return bytes(out)
 
     def _close_message(self, status: str) -> bytes:
