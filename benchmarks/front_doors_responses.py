@@ -96,7 +96,7 @@ def translation_rows() -> list[str]:
 
         response_raw = orjson.dumps(whole_response(body, CHAT_ANSWER, ids))
 
-        def keep_cost() -> None:
+        def keep_cost(response_raw: bytes = response_raw) -> None:
             response = orjson.loads(response_raw)
             orjson.dumps([{"role": "user", "content": "x"}, *response["output"]])
 
