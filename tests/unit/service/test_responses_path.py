@@ -17,11 +17,13 @@ from pydantic import BaseModel
 
 from gateway import keys
 from gateway.app import build_app
+from gateway.auth.gate import reservation
 from gateway.errors import UpstreamConnectError
 from gateway.policy.loader import parse_policy
 from gateway.providers.base import UpstreamRequest
 from gateway.settings import Settings
 from gateway.testing.mock_transport import MockResponse, MockTransport
+from gateway.wire.requests import Endpoint
 from tests.unit.service.test_request_path import ClientFactory
 
 POLICY = """
@@ -520,3 +522,17 @@ async def test_policy_store_off_refuses_previous_response_id(aiohttp_client: Cli
     first = await sdk(client).responses.create(model="m", input="hi")
     with pytest.raises(openai.BadRequestError, match=r"responses\.store: false"):
         await sdk(client).responses.create(model="m", input="more", previous_response_id=first.id)
+
+
+def test_a_keyed_calls_token_reservation_reads_responses_fields() -> None:
+    body = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "x" * 400},
+            {"role": "user", "content": [{"type": "input_text", "text": "y" * 400}]},
+            {"type": "function_call_output", "call_id": "c", "output": "z" * 400},
+        ],
+        "max_output_tokens": 7,
+    }
+    assert reservation(Endpoint.RESPONSES, body) == 1200 // 4 + 1 + 7
+    assert reservation(Endpoint.RESPONSES, {"model": "m", "input": "x" * 40, "max_output_tokens": 3}) == 14
