@@ -5,7 +5,9 @@ formatting do not matter, while every parameter that can change the answer (mode
 temperature, top_p, tools, tool_choice, response_format, seed, max_tokens, stop, n, ...) does:
 the body is hashed whole, minus the few fields that only change delivery or bookkeeping. Streams
 and whole answers are cached apart (``stream`` and ``stream_options`` are part of the key), since
-their bytes differ (a stream with ``include_usage`` ends with a usage chunk).
+their bytes differ (a stream with ``include_usage`` ends with a usage chunk). Every key starts with
+the endpoint, which is the front door (issue 17): a chat answer is never served to a Responses
+request for the same prompt, nor the other way round, since their bytes have different shapes.
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ def _text(value: object) -> str:
     if isinstance(value, list):
         return " ".join(_text(v) for v in value)
     if isinstance(value, dict):
-        return _text(value.get("text"))
+        # A content part's text; a Responses input item's content (or a tool result's output).
+        return _text(value["text"] if "text" in value else value.get("content", value.get("output")))
     return ""
 
 

@@ -87,3 +87,28 @@ def test_keys_are_the_canonical_json_of_endpoint_tenant_and_body() -> None:
             ["chat/completions", "t", fingerprint._numbers(kept)], option=orjson.OPT_SORT_KEYS
         )
         assert fingerprint.request_key("chat/completions", "t", body) == hashlib.sha256(canonical).hexdigest()
+
+
+def test_the_front_door_is_part_of_the_key() -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    responses = {"model": "m", "input": "hi", "temperature": 0}
+    keys = {
+        fingerprint.request_key("chat/completions", "t", chat),
+        fingerprint.request_key("responses", "t", responses),
+        fingerprint.request_key("chat/completions", "t", responses),
+        fingerprint.request_key("responses", "t", chat),
+    }
+    assert len(keys) == 4
+
+
+def test_responses_input_items_have_prompt_text() -> None:
+    body = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "What is the weather?"},
+            {"role": "user", "content": [{"type": "input_text", "text": "In Oslo"}]},
+            {"type": "function_call_output", "call_id": "c", "output": "3C"},
+        ],
+    }
+    assert fingerprint.prompt_text(body) == "What is the weather? In Oslo 3C"
+    assert fingerprint.prompt_text({"model": "m", "input": "hi"}) == "hi"
