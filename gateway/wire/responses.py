@@ -16,11 +16,11 @@ Field by field (https://platform.openai.com/docs/api-reference/responses/create)
   ``tool_choice`` -> chat tools; ``text.format`` (``json_schema`` / ``json_object``) ->
   ``response_format``; ``max_output_tokens`` -> ``max_completion_tokens``;
   ``temperature``, ``top_p``, ``parallel_tool_calls``, ``user``, ``service_tier``,
-  ``reasoning.effort`` -> their chat namesakes;
+  ``safety_identifier``, ``prompt_cache_key``, ``reasoning.effort`` -> their chat namesakes;
 * accepted and not forwarded (they change bookkeeping, not the answer): ``metadata``, ``store``
   and ``previous_response_id`` (the gateway's own, see ``service/responses.py``), ``include``,
-  ``truncation``, ``text.verbosity``, ``prompt_cache_key``, ``safety_identifier``,
-  ``stream_options``, ``max_tool_calls``, ``top_logprobs``, ``background: false``;
+  ``truncation``, ``text.verbosity``, ``prompt_cache_retention``, ``stream_options``,
+  ``max_tool_calls``, ``top_logprobs``, ``background: false``;
 * refused: built-in tools (web search, file search, computer use, code interpreter, image
   generation, MCP, shells), ``background: true``, ``conversation``, ``prompt`` templates,
   ``item_reference`` items, and any field not listed here.
@@ -43,7 +43,16 @@ class ResponsesInputError(ValueError):
         self.code = code
 
 
-_COPIED = ("temperature", "top_p", "parallel_tool_calls", "user", "service_tier", "stream")
+_COPIED = (
+    "temperature",
+    "top_p",
+    "parallel_tool_calls",
+    "user",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+    "stream",
+)
 _IGNORED = frozenset(
     {
         "model",
@@ -59,9 +68,7 @@ _IGNORED = frozenset(
         "previous_response_id",
         "include",
         "truncation",
-        "prompt_cache_key",
         "prompt_cache_retention",
-        "safety_identifier",
         "stream_options",
         "max_tool_calls",
         "top_logprobs",
