@@ -6,6 +6,7 @@ Responses shape, through the same failover, cache and accounting as chat."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -19,7 +20,7 @@ from gateway import keys
 from gateway.app import build_app
 from gateway.auth.gate import reservation
 from gateway.errors import UpstreamConnectError
-from gateway.policy.loader import parse_policy
+from gateway.policy.loader import load_policy, parse_policy
 from gateway.providers.base import UpstreamRequest
 from gateway.settings import Settings
 from gateway.testing.mock_transport import MockResponse, MockTransport
@@ -536,3 +537,23 @@ def test_a_keyed_calls_token_reservation_reads_responses_fields() -> None:
     }
     assert reservation(Endpoint.RESPONSES, body) == 1200 // 4 + 1 + 7
     assert reservation(Endpoint.RESPONSES, {"model": "m", "input": "x" * 40, "max_output_tokens": 3}) == 14
+
+
+async def test_responses_settings_follow_a_policy_reload(
+    aiohttp_client: ClientFactory, upstreams: Upstreams, tmp_path: Path
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    settings = Settings(access_log=False, policy_watch=False, policy_path=str(path))
+    app = build_app(settings, load_policy(path), {}, transports=upstreams.transports, policy_path=str(path))
+    client = await aiohttp_client(app)
+    first = await sdk(client).responses.create(model="m", input="hi")
+    path.write_text(POLICY + "responses: {store: false}\n")
+    assert (await client.post("/admin/policy/reload")).status == 200
+    with pytest.raises(openai.BadRequestError, match=r"responses\.store: false"):
+        await sdk(client).responses.create(model="m", input="more", previous_response_id=first.id)
+    path.write_text(POLICY + "responses: {store: true, store_max_bytes: 1MB}\n")
+    assert (await client.post("/admin/policy/reload")).status == 200
+    kept = await sdk(client).responses.create(model="m", input="again")  # the budget survives reloads
+    follow = await sdk(client).responses.create(model="m", input="more", previous_response_id=kept.id)
+    assert follow.output_text == "hello"
