@@ -43,7 +43,7 @@ _ECHOED: tuple[tuple[str, object], ...] = (
 class ResponseIds:
     """The ids of one response and its items: ``resp_<id>``, ``msg_<id>``, ``fc_<id>_<n>``."""
 
-    token: str  # the gateway's request id: unique, and the client can match it to x-request-id
+    token: str  # 32 hex digits from the gateway's CSPRNG (never the client's x-request-id)
     created_at: int  # Unix seconds
 
     @property
