@@ -557,3 +557,20 @@ async def test_responses_settings_follow_a_policy_reload(
     kept = await sdk(client).responses.create(model="m", input="again")  # the budget survives reloads
     follow = await sdk(client).responses.create(model="m", input="more", previous_response_id=kept.id)
     assert follow.output_text == "hello"
+
+
+async def test_a_stream_cut_after_its_first_event_raises_in_the_sdk(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    async def cut() -> Any:
+        yield chat_chunk("ma", {"role": "assistant", "content": "hel"})
+        raise UpstreamConnectError("reset mid-stream", provider="a")
+
+    upstreams.behaviour["a"] = lambda body: MockResponse.stream(cut())
+    stream = await sdk(client).responses.create(model="m", input="hi", stream=True)
+    seen: list[str] = []
+    with pytest.raises(openai.APIError, match="reset mid-stream"):
+        async for event in stream:
+            seen.append(event.type)
+    assert seen[:2] == ["response.created", "response.in_progress"]
+    assert "response.completed" not in seen
