@@ -258,19 +258,14 @@ def _policy_explain(args: argparse.Namespace) -> int:
 def _admin_models(url: str) -> dict[str, Any] | None:
     """A running gateway's ``/admin/models`` view (with ``$SOPHIA_ADMIN_TOKEN`` when set), or
     None after printing why it could not be read."""
-    import urllib.request
+    from gateway.admin_client import AdminCallError, call_admin
 
-    request = urllib.request.Request(url.rstrip("/") + "/admin/models")
-    token = os.environ.get("SOPHIA_ADMIN_TOKEN")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            view = orjson.loads(resp.read())
-    except (OSError, ValueError) as exc:
+        view = call_admin(url, "GET", "/admin/models", timeout_s=10)
+    except AdminCallError as exc:
         print(f"error: cannot read {url}/admin/models: {exc}", file=sys.stderr)
         return None
-    if not isinstance(view, dict) or not isinstance(view.get("models"), dict):
+    if not isinstance(view.get("models"), dict):
         print(f"error: {url}/admin/models is not a gateway's model view", file=sys.stderr)
         return None
     return view
