@@ -64,7 +64,7 @@ def start(
     subcommand: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,
-    timeout_s: float = 20.0,
+    timeout_s: float = 60.0,  # generous: a loaded CI machine may take long to import and bind
     cpu: int | None = None,
     cwd: str | None = None,
 ) -> ManagedProcess:
