@@ -588,6 +588,11 @@ class Router:
         requests in flight before closing a replaced client)."""
         return [state for (provider, _), state in self._live.items() if provider in providers]
 
+    def group_of(self, target: Target) -> str:
+        """The model group ``target`` belongs to ("" once a reload removed it)."""
+        index = self._target_index.get(id(target))
+        return "" if index is None else self._target_group[index]
+
     def targets(self, group_name: str) -> tuple[Target, ...]:
         """The group's targets, in policy order."""
         return self._groups[group_name].targets
