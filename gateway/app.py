@@ -25,6 +25,7 @@ from gateway.cache.memory_store import MemoryStore
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.service import ResponseCache
 from gateway.cache.store import CacheStore, CategoryBudget
+from gateway.errors import StartupError
 from gateway.http.middleware import CatchAll, gateway_handler, unmatched
 from gateway.live_policy import LivePolicy, provider_clients
 from gateway.memory.backends import build_memory
@@ -32,6 +33,7 @@ from gateway.memory.lifecycle import lifecycle_loop
 from gateway.memory.service import MemoryService, TextEmbedder
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import Tracer, TracingUnavailable, tracer_from_env
 from gateway.policy.model import Policy
 from gateway.providers.base import Transport
 from gateway.routing.rollout import RolloutController
@@ -69,6 +71,10 @@ def build_app(
         else policy.server.drain_grace_s,
     )
     metrics = GatewayMetrics()
+    try:
+        tracer = tracer_from_env(environ)  # tracing.OFF unless OTEL_EXPORTER_OTLP_ENDPOINT is set
+    except TracingUnavailable as exc:
+        raise StartupError(str(exc)) from None
     clients = provider_clients(policy, environ, transports)
     router = Router(policy, clients, metrics)
 
@@ -81,6 +87,8 @@ def build_app(
         settings.access_log, settings.log_format, metrics.access_log_dropped
     )
     app.cleanup_ctx.append(access_log.running)  # first, so closed last: every line of the drain written
+    app[keys.TRACER] = tracer
+    app.cleanup_ctx.append(_tracer_open(tracer))  # closed after the drain: its spans exported
     app[keys.ROUTER] = router
     rollouts = app[keys.ROLLOUTS] = RolloutController(router, _rollout_store(settings), metrics)
     store = cache_store or _cache_store(settings, policy)
@@ -109,6 +117,7 @@ def build_app(
         # Open mode has no keys, so no limits: the gate is not even installed.
         gates=(limit_gate,) if policy.auth.mode == "keys" else (),
         rng=rng,
+        tracer=tracer,
     )
     app[keys.SHADOW] = service.shadow
     if service.memory is not None:
@@ -185,6 +194,14 @@ def _limiter(settings: Settings, policy: Policy, metrics: GatewayMetrics) -> Lim
             on_fallback=metrics.limits_local.inc,
         )
     return LocalLimiter()
+
+
+def _tracer_open(tracer: Tracer) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await tracer.close()
+
+    return run
 
 
 def _limits_open(gate: LimitGate) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -100,6 +100,22 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     prune.set_defaults(func=_memory_prune)
 
+    top = sub.add_parser(
+        "top",
+        help="a live view of a running gateway: requests/s, p50/p99, error, fallback and cache hit "
+        "rates, and each deployment's traffic, share, score, latency and breaker (from /metrics and "
+        "/admin/models; sends SOPHIA_ADMIN_TOKEN when set)",
+    )
+    top.add_argument(
+        "--url",
+        default=None,
+        help="the gateway (default: http://127.0.0.1:$SOPHIA_PORT, or port 8080)",
+    )
+    top.add_argument(
+        "--interval", type=_interval, default=1.0, help="seconds between two refreshes (default 1)"
+    )
+    top.set_defaults(func=_top)
+
     from gateway import keys_command
 
     keys = sub.add_parser("keys", help="issue, list, revoke and rotate virtual keys")
@@ -125,6 +141,23 @@ def _port(text: str) -> int:
         return port_number(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0.1 to 3600, not {text!r}")
+    return value
+
+
+def _top(args: argparse.Namespace) -> int:
+    from gateway import top
+
+    url = args.url or f"http://127.0.0.1:{os.environ.get('SOPHIA_PORT') or 8080}"
+    return top.run(url, args.interval, os.environ.get("SOPHIA_ADMIN_TOKEN") or None)
 
 
 def _workers(text: str) -> int:

@@ -18,6 +18,7 @@ from gateway.cache.service import ResponseCache
 from gateway.memory.service import MemoryService
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import Tracer
 from gateway.policy.model import Policy
 from gateway.policy.versions import PolicyStatus, ReloadOutcome
 from gateway.routing.rollout import RolloutController
@@ -81,6 +82,8 @@ KEYRING: web.AppKey[KeyLookup] = web.AppKey("keyring")
 KEY_ADMIN = web.AppKey("key_admin", KeyRing)
 # Where the middleware draws fresh request ids (one buffer of random bytes per worker)
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
+# Tracing (observability/tracing.py): tracing.OFF unless an OTLP endpoint is configured
+TRACER: web.AppKey[Tracer] = web.AppKey("tracer")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # What the request service did for a proxied call (model group, cache, route, memories), filled

@@ -67,5 +67,5 @@ ensure_redis() {
 }
 
 ensure_redis
-install_into_venv '.[test]'
+install_into_venv '.[test,tracing]'
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

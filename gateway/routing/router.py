@@ -620,6 +620,11 @@ class Router:
         """The group's rollout, if one runs."""
         return self._groups[group_name].rollout
 
+    def group_of(self, target: Target) -> str:
+        """The model group ``target`` belongs to ("" once a reload removed it)."""
+        index = self._target_index.get(id(target))
+        return "" if index is None else self._target_group[index]
+
     def targets(self, group_name: str) -> tuple[Target, ...]:
         """The group's targets, in policy order."""
         return self._groups[group_name].targets

@@ -31,8 +31,11 @@ from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, Respons
 from gateway.errors import GatewayError, ModelNotFound, UpstreamBadResponse
 from gateway.memory import augment as memory_augment
 from gateway.memory.service import MemoryService
+from gateway.observability import tracing
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import Span, Tracer
 from gateway.policy.model import Limits, Shadow
+from gateway.providers.base import UpstreamRequest
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.context import CallContext, Route
@@ -91,6 +94,7 @@ class RequestService:
         tuning: Tuning = Tuning(),
         limits: Limits | None = None,
         rng: random.Random | None = None,
+        tracer: Tracer = tracing.OFF,
     ) -> None:
         self.router = router
         self.cache = cache
@@ -98,6 +102,7 @@ class RequestService:
         self._gates = tuple(gates)
         self._limits = limits if limits is not None else Limits()  # the policy's defaults
         self._tuning = tuning
+        self._tracer = tracer  # tracing.OFF: each hook below costs one ``on`` check
         self.memory: MemoryService | None = memory(self.embed) if memory is not None else None
         # Shadow traffic (``shadow.py``): ``rng`` draws which requests are mirrored.
         self.shadow = ShadowTraffic(router, metrics, self._fetch, self.embed, rng=rng)
@@ -138,7 +143,10 @@ class RequestService:
                 plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
             # 4. cache: lead the single flight or wait for its leader, then look up
             if plan.read:
-                found, lead = await self._find(plan)
+                if self._tracer.on:
+                    found, lead = await self._find_traced(plan)
+                else:
+                    found, lead = await self._find(plan)
                 if found is not None:
                     return self._hit(plan, found, ctx, stream)
             ctx.record.cache = plan.outcome or CacheOutcome(plan.status, plan.category)
@@ -229,6 +237,21 @@ class RequestService:
             return answer, False
         return None, True
 
+    async def _find_traced(self, plan: CachePlan) -> tuple[CachedAnswer | None, bool]:
+        """``_find`` inside the cache span."""
+        span = self._tracer.cache(plan.category)
+        try:
+            found, lead = await self._find(plan)
+            span.set("gateway.cache.status", "miss" if found is None else "hit")
+            if found is not None:
+                span.set("gateway.cache.match", found.match or "exact")
+            return found, lead
+        except BaseException as error:
+            span.fail(type(error).__name__)
+            raise
+        finally:
+            span.end()
+
     def _hit(self, plan: CachePlan, answer: CachedAnswer, ctx: CallContext, stream: bool) -> Answer:
         ctx.record.cache = CacheOutcome("hit", plan.category, answer.match, answer.model)
         self.cache.count(plan.category, "hit")
@@ -239,12 +262,53 @@ class RequestService:
     # ----- 5 for a whole answer
 
     async def _fetch(self, target: Target, endpoint: Endpoint, body: JSONObject) -> tuple[bytes, object]:
+        if self._tracer.on:
+            return await self._fetch_traced(target, endpoint, body)
         client, adapter = target.client, target.client.adapter
         raw, parsed = await client.fetch_json(adapter.build_request(endpoint, body, target.model))
         translated = adapter.translate_response(endpoint, parsed, body, target.model)
         if translated is None:
             return raw, parsed.get("usage")  # OpenAI format already: forward the provider's bytes
         return orjson.dumps(translated), translated.get("usage")
+
+    async def _fetch_traced(
+        self, target: Target, endpoint: Endpoint, body: JSONObject
+    ) -> tuple[bytes, object]:
+        """``_fetch`` inside an attempt span, its ``traceparent`` sent upstream."""
+        client, adapter = target.client, target.client.adapter
+        request = adapter.build_request(endpoint, body, target.model)
+        span = self._attempt_span(target, endpoint, body, request)
+        try:
+            raw, parsed = await client.fetch_json(request)
+            translated = adapter.translate_response(endpoint, parsed, body, target.model)
+            answer = parsed if translated is None else translated
+            _answer_attributes(span, answer, target)
+            usage = answer.get("usage")
+            tracing.usage_attributes(span, usage)
+            return (raw if translated is None else orjson.dumps(translated)), usage
+        except BaseException as error:
+            span.fail(type(error).__name__)
+            raise
+        finally:
+            span.end()
+
+    def _attempt_span(
+        self, target: Target, endpoint: Endpoint, body: JSONObject, request: UpstreamRequest
+    ) -> Span:
+        """An upstream attempt's span; ``request`` carries its ``traceparent`` from now on."""
+        config = target.client.config
+        name, attributes = tracing.attempt_attributes(
+            endpoint.value,
+            config.kind,
+            target.provider,
+            config.base_url,
+            self.router.group_of(target),
+            target.model,
+            body,
+        )
+        span, headers = self._tracer.attempt(name, attributes)
+        request.headers = {**request.headers, **headers} if request.headers else headers
+        return span
 
     # ----- 5-7 for a stream
 
@@ -274,7 +338,10 @@ class RequestService:
         self, target: Target, endpoint: Endpoint, body: JSONObject, book: _StreamBook, capture: bool
     ) -> RoutedStream:
         client, adapter = target.client, target.client.adapter
-        response = await client.send(adapter.build_request(endpoint, body, target.model))
+        request = adapter.build_request(endpoint, body, target.model)
+        if self._tracer.on:
+            return await self._open_stream_traced(target, endpoint, body, book, capture, request)
+        response = await client.send(request)
         chunks = client.chunks(response)
         try:
             translator = adapter.stream_translator(endpoint, body, target.model)
@@ -290,6 +357,40 @@ class RequestService:
         raise UpstreamBadResponse(
             f"{target.provider}: provider ended the stream without data", provider=target.provider
         )
+
+    async def _open_stream_traced(
+        self,
+        target: Target,
+        endpoint: Endpoint,
+        body: JSONObject,
+        book: _StreamBook,
+        capture: bool,
+        request: UpstreamRequest,
+    ) -> RoutedStream:
+        """``_open_stream`` inside an attempt span, which the stream's book ends with the stream."""
+        span = self._attempt_span(target, endpoint, body, request)
+        try:
+            response = await target.client.send(request)
+            chunks = target.client.chunks(response)
+            try:
+                translator = target.client.adapter.stream_translator(endpoint, body, target.model)
+                async for chunk in chunks:
+                    first = translator.feed(chunk)
+                    if first:
+                        book.span = span  # ended with the stream (_StreamBook)
+                        return RoutedStream(first, response, chunks, translator, book, capture=capture)
+            except BaseException:
+                await chunks.aclose()
+                response.close()
+                raise
+            response.close()
+            raise UpstreamBadResponse(
+                f"{target.provider}: provider ended the stream without data", provider=target.provider
+            )
+        except BaseException as error:
+            span.fail(type(error).__name__)
+            span.end()
+            raise
 
     # ----- 7. accounting
 
@@ -317,7 +418,7 @@ class RequestService:
 class _StreamBook:
     """A routed stream's bookkeeping, run by the stream itself as it goes and when it ends."""
 
-    __slots__ = ("_ctx", "_lead", "_plan", "_service", "mirror", "route")
+    __slots__ = ("_ctx", "_lead", "_plan", "_service", "mirror", "route", "span")
 
     def __init__(self, service: RequestService, plan: CachePlan, ctx: CallContext, lead: bool) -> None:
         self._service = service
@@ -326,6 +427,7 @@ class _StreamBook:
         self._lead = lead
         self.route: Route | None = None
         self.mirror: tuple[Shadow, Endpoint, JSONObject] | None = None  # shadow traffic's draw
+        self.span: Span | None = None  # the serving attempt's span, when tracing is on
 
     def first_chunk(self, stream: RoutedStream) -> None:
         route = self.route
@@ -344,8 +446,11 @@ class _StreamBook:
         seconds = max(0.0, time.perf_counter() - (stream.first_at or self._ctx.started_s))
         error = None if stream.translator.completed else _incomplete(route.target)
         service.router.stream_ended(route.target, error, stream.output_tokens(), seconds)
-        used = service.account_usage(route.group, route.target, stream.translator.usage())
+        usage = stream.translator.usage()
+        used = service.account_usage(route.group, route.target, usage)
         self._settle(stream, used)
+        if self.span is not None:
+            self._end_span(usage, None if error is None else type(error).__name__)
         if self.mirror is not None:
             # The served text is known cheaply only when the stream was captured for the cache.
             shadow, endpoint, body = self.mirror
@@ -365,8 +470,11 @@ class _StreamBook:
         assert route is not None
         seconds = max(0.0, time.perf_counter() - (stream.first_at or self._ctx.started_s))
         self._service.router.stream_ended(route.target, error, stream.output_tokens(), seconds)
-        used = self._service.account_usage(route.group, route.target, stream.translator.usage())
+        usage = stream.translator.usage()
+        used = self._service.account_usage(route.group, route.target, usage)
         self._settle(stream, used)
+        if self.span is not None:
+            self._end_span(usage, type(error).__name__)
         self._land(None)
 
     def abandoned(self, stream: RoutedStream) -> None:
@@ -374,7 +482,19 @@ class _StreamBook:
         if self.route is not None:
             self._service.router.stream_abandoned(self.route.target)
         self._settle(stream, None)
+        if self.span is not None:
+            self._end_span(None, "client_closed")
         self._land(None)
+
+    def _end_span(self, usage: object, error_type: str | None) -> None:
+        span, self.span = self.span, None
+        assert span is not None
+        tracing.usage_attributes(span, usage)
+        if self.route is not None:
+            span.set("gen_ai.response.model", self.route.target.model)
+        if error_type is not None:
+            span.fail(error_type)
+        span.end()
 
     def _settle(self, stream: RoutedStream, used: tuple[int, int, float] | None) -> None:
         """Settle a keyed call's reservation. Without the provider's usage (it never said, or the
@@ -397,6 +517,15 @@ class _StreamBook:
         if self._lead:
             self._lead = False
             self._service.cache.flights.land(self._plan.key, answer)
+
+
+def _answer_attributes(span: Span, answer: JSONObject, target: Target) -> None:
+    """``gen_ai.response.*`` from an OpenAI-format answer (its model and id, never its text)."""
+    model = answer.get("model")
+    span.set("gen_ai.response.model", model if isinstance(model, str) and model else target.model)
+    answer_id = answer.get("id")
+    if isinstance(answer_id, str) and answer_id:
+        span.set("gen_ai.response.id", answer_id[:128])
 
 
 def _incomplete(target: Target) -> GatewayError:

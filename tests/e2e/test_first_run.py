@@ -341,7 +341,7 @@ def test_the_script_brings_redis_up_and_hands_it_to_the_tests(
     assert (tmp_path / f"sophia-test-redis-{redis_port}.pid").exists()  # never the system's pid file
     url = f"redis://127.0.0.1:{redis_port}/0"
     assert run.log[-2:] == [
-        f"-m pip install --quiet --disable-pip-version-check -e .[test] | REDIS_URL={url}",
+        f"-m pip install --quiet --disable-pip-version-check -e .[test,tracing] | REDIS_URL={url}",
         f"-m pytest -q -p no:cacheprovider tests/unit | REDIS_URL={url}",
     ]
 
