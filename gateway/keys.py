@@ -23,6 +23,7 @@ from gateway.policy.versions import PolicyStatus, ReloadOutcome
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import CallRecord, RequestIds
+from gateway.service.health import HealthMonitor
 from gateway.settings import Settings
 
 
@@ -73,6 +74,8 @@ KEYRING: web.AppKey[KeyLookup] = web.AppKey("keyring")
 # The key ring itself, with its admin operations (/admin/keys, created by build_app); the edge
 # reads KEYRING, which is this same object unless a test plugged in a lookup of its own.
 KEY_ADMIN = web.AppKey("key_admin", KeyRing)
+# Every dependency's health (GET /health, readiness, gateway_dependency_up)
+HEALTH = web.AppKey("health", HealthMonitor)
 # Where the middleware draws fresh request ids (one buffer of random bytes per worker)
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 
