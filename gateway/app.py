@@ -186,7 +186,7 @@ def _watch_health(
     app.cleanup_ctx.append(lag.running)
     app.cleanup_ctx.append(monitor.running)
     if server.max_rss_bytes is not None:
-        guard = MemoryGuard(
+        guard = app[keys.MEMORY_GUARD] = MemoryGuard(
             server.max_rss_bytes,
             resident_bytes,
             _cleanup_steps(app[keys.CACHE], store, memory),

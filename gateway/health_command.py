@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     if report is None:
         return 2
     if args.json:
-        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
+        sys.stdout.write(
+            orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
+        )
     else:
         print(render(report, args.url, time.time()))
     return 1 if any_down(report) else 0
@@ -93,7 +95,9 @@ def render(report: Mapping[str, Any], url: str, now: float) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [f"gateway {url}: {report.get('status')}"]
     for row in rows:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+        lines.append(
+            "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+        )
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -24,6 +24,7 @@ from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import CallRecord, RequestIds
 from gateway.service.health import HealthMonitor
+from gateway.service.recovery import MemoryGuard
 from gateway.settings import Settings
 
 
@@ -76,6 +77,8 @@ KEYRING: web.AppKey[KeyLookup] = web.AppKey("keyring")
 KEY_ADMIN = web.AppKey("key_admin", KeyRing)
 # Every dependency's health (GET /health, readiness, gateway_dependency_up)
 HEALTH = web.AppKey("health", HealthMonitor)
+# Frees caches when resident memory passes server.max_rss_bytes (absent when that is null)
+MEMORY_GUARD = web.AppKey("memory_guard", MemoryGuard)
 # Where the middleware draws fresh request ids (one buffer of random bytes per worker)
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 
