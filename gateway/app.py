@@ -38,7 +38,13 @@ from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import RequestIds
 from gateway.service.health import HealthMonitor, RedisProbe
-from gateway.service.recovery import RESPONSE_CACHE_SHARE, CleanupStep, MemoryGuard
+from gateway.service.recovery import (
+    RESPONSE_CACHE_SHARE,
+    CleanupStep,
+    MemoryGuard,
+    link_reconnects,
+    pool_reconnects,
+)
 from gateway.settings import Settings
 
 
@@ -165,12 +171,12 @@ def _watch_health(
     redis: dict[str, RedisProbe] = {}
     if isinstance(store, RedisStore):
         redis["redis:cache"] = store
-        metrics.recovery.add_source(_reconnects("redis_cache_reconnect", store))
+        metrics.recovery.add_source(link_reconnects("redis_cache_reconnect", store))
     if isinstance(limiter, RedisLimiter):
         redis["redis:limits"] = limiter
-        metrics.recovery.add_source(_reconnects("redis_limits_reconnect", limiter))
+        metrics.recovery.add_source(link_reconnects("redis_limits_reconnect", limiter))
     if memory is not None:
-        metrics.recovery.add_source(_pool_replacements(memory))
+        metrics.recovery.add_source(pool_reconnects(memory.store))
     lag = LoopLag()
     server = policy.server  # restart-only (policy/versions.py): read once
     monitor = app[keys.HEALTH] = HealthMonitor(
@@ -213,30 +219,6 @@ def _cleanup_steps(
             )
         )
     return steps
-
-
-def _reconnects(kind: str, link: RedisStore | RedisLimiter) -> Callable[[], list[tuple[str, str, int]]]:
-    def read() -> list[tuple[str, str, int]]:
-        ok, failed = link.reconnect_counts()
-        return [(kind, "ok", ok), (kind, "failed", failed)]
-
-    return read
-
-
-def _pool_replacements(memory: MemoryService) -> Callable[[], list[tuple[str, str, int]]]:
-    """The memory store's pool (Snowflake): a dead connection replaced is ok, a connect that
-    failed after its retries is failed. SQLite has no pool: nothing to count."""
-
-    def read() -> list[tuple[str, str, int]]:
-        stats = memory.store.pool_stats()
-        if stats is None:
-            return []
-        return [
-            ("memory_store_reconnect", "ok", stats.replaced_dead_total),
-            ("memory_store_reconnect", "failed", stats.connect_failures_total),
-        ]
-
-    return read
 
 
 def _cache_store(settings: Settings, policy: Policy) -> CacheStore:

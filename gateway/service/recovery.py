@@ -13,6 +13,11 @@ emptied caches have nothing more to drop. Freed memory goes back to the operatin
 
 Redis holds its own memory: a Redis response cache has no step here. Nothing of this runs on a
 request's path.
+
+The other recovery actions are counted by the objects that act, read at scrape time through
+``link_reconnects`` (a Redis link's reconnects and failed probes, ``redis_link.Outage``) and
+``pool_reconnects`` (the memory store pool's dead connections replaced, and connects that failed
+after every retry).
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import ctypes.util
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
+from gateway.memory.records import MemoryStore
 from gateway.observability.metrics import RecoveryActions
 
 log = logging.getLogger("gateway.recovery")
@@ -122,6 +129,38 @@ class MemoryGuard:
         yield
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class ReconnectingLink(Protocol):
+    def reconnect_counts(self) -> tuple[int, int]:
+        """(outages ended by a successful probe, probes that failed) so far."""
+        ...
+
+
+def link_reconnects(kind: str, link: ReconnectingLink) -> Callable[[], list[tuple[str, str, int]]]:
+    """A ``RecoveryActions`` source: ``link``'s reconnects (ok) and failed probes (failed)."""
+
+    def read() -> list[tuple[str, str, int]]:
+        ok, failed = link.reconnect_counts()
+        return [(kind, "ok", ok), (kind, "failed", failed)]
+
+    return read
+
+
+def pool_reconnects(store: MemoryStore) -> Callable[[], list[tuple[str, str, int]]]:
+    """A ``RecoveryActions`` source: the memory store pool's dead connections replaced (ok) and
+    connects that failed after every retry (failed); nothing for a store without a pool (SQLite)."""
+
+    def read() -> list[tuple[str, str, int]]:
+        stats = store.pool_stats()
+        if stats is None:
+            return []
+        return [
+            ("memory_store_reconnect", "ok", stats.replaced_dead_total),
+            ("memory_store_reconnect", "failed", stats.connect_failures_total),
+        ]
+
+    return read
 
 
 def _malloc_trim() -> Callable[[], None]:
