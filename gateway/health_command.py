@@ -106,6 +106,8 @@ def _detail(dep: Mapping[str, Any]) -> str:
     for key, value in dep.items():
         if key in _FIXED or value is None:
             continue
+        if key == "breaker" and str(dep.get("detail") or "").startswith("breaker"):
+            continue  # the detail says it already
         if key.endswith("_age_s"):
             parts.append(f"{key.removesuffix('_age_s').replace('_', ' ')} {_ago(float(value))}")
         elif key.endswith("_bytes"):
