@@ -33,6 +33,7 @@ from gateway.memory.lifecycle import lifecycle_loop
 from gateway.memory.service import MemoryService, TextEmbedder
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.runtime import LoopLag, resident_bytes
 from gateway.observability.tracing import Tracer, TracingUnavailable, tracer_from_env
 from gateway.policy.model import Policy
 from gateway.providers.base import Transport
@@ -41,6 +42,14 @@ from gateway.routing.rollout_store import FileRolloutStore, RedisRolloutStore, R
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import RequestIds
+from gateway.service.health import HealthMonitor, RedisProbe
+from gateway.service.recovery import (
+    RESPONSE_CACHE_SHARE,
+    CleanupStep,
+    MemoryGuard,
+    link_reconnects,
+    pool_reconnects,
+)
 from gateway.settings import Settings
 
 
@@ -160,10 +169,76 @@ def build_app(
     if service.memory is not None:
         # After the providers and the cache: its start-up check embeds through them.
         app.cleanup_ctx.append(_memory_service(service.memory, worker is None or worker.owns_files))
+    _watch_health(app, policy, store, limit_gate.limiter, service.memory)
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_start_draining)
     _add_routes(app)
     return app
+
+
+def _watch_health(
+    app: web.Application,
+    policy: Policy,
+    store: CacheStore,
+    limiter: Limiter,
+    memory: MemoryService | None,
+) -> None:
+    """The health monitor, the event loop's lag sampler and (with ``server.max_rss_bytes``) the
+    memory guard, each a background task of its own; and the recovery actions the Redis links
+    and the memory pool count themselves, exported at scrape time. After the stores: the first
+    check runs once they are open."""
+    metrics = app[keys.METRICS]
+    redis: dict[str, RedisProbe] = {}
+    if isinstance(store, RedisStore):
+        redis["redis:cache"] = store
+        metrics.recovery.add_source(link_reconnects("redis_cache_reconnect", store))
+    if isinstance(limiter, RedisLimiter):
+        redis["redis:limits"] = limiter
+        metrics.recovery.add_source(link_reconnects("redis_limits_reconnect", limiter))
+    if memory is not None:
+        metrics.recovery.add_source(pool_reconnects(memory.store))
+    lag = LoopLag()
+    server = policy.server  # restart-only (policy/versions.py): read once
+    monitor = app[keys.HEALTH] = HealthMonitor(
+        app[keys.ROUTER],
+        lag,
+        redis=redis,
+        memory=memory,
+        rss=resident_bytes,
+        max_rss_bytes=server.max_rss_bytes,
+        interval_s=server.health_interval_s,
+    )
+    metrics.health_collector(monitor)
+    app.cleanup_ctx.append(lag.running)
+    app.cleanup_ctx.append(monitor.running)
+    if server.max_rss_bytes is not None:
+        guard = app[keys.MEMORY_GUARD] = MemoryGuard(
+            server.max_rss_bytes,
+            resident_bytes,
+            _cleanup_steps(app[keys.CACHE], store, memory),
+            metrics.recovery,
+            interval_s=server.health_interval_s,
+        )
+        app.cleanup_ctx.append(guard.running)
+
+
+def _cleanup_steps(
+    cache: ResponseCache, store: CacheStore, memory: MemoryService | None
+) -> list[CleanupStep]:
+    """The memory cleanup's steps, in order: what is cheapest to lose first."""
+    steps = []
+    if memory is not None:
+        steps.append(CleanupStep("memory_cleanup_search_cache", memory.drop_search_cache))
+    steps.append(CleanupStep("memory_cleanup_semantic_index", cache.drop_semantic_indexes))
+    if isinstance(store, MemoryStore):  # a Redis cache holds its memory in Redis
+        steps.append(
+            CleanupStep(
+                "memory_cleanup_response_cache",
+                lambda: store.drop_oldest(RESPONSE_CACHE_SHARE),
+                repeat=True,
+            )
+        )
+    return steps
 
 
 def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
@@ -301,6 +376,7 @@ def _add_routes(app: web.Application) -> None:
     add("GET", "/admin/keys", admin_keys.list_keys)
     add("DELETE", "/admin/keys/{id}", admin_keys.revoke)
     add("POST", "/admin/keys/{id}/rotate", admin_keys.rotate)
+    add("GET", "/health", health.health)
     add("GET", "/health/live", health.live)
     add("GET", "/health/ready", health.ready)
     add("GET", "/metrics", health.metrics)

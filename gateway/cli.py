@@ -1,4 +1,4 @@
-"""The ``sophia-gateway`` command: serve, policy check/explain/diff/schema, keys, fake-provider."""
+"""The ``sophia-gateway`` command: serve, policy check/explain/diff/schema, keys, health, fake-provider."""
 
 from __future__ import annotations
 
@@ -116,7 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     top.set_defaults(func=_top)
 
-    from gateway import keys_command
+    from gateway import health_command, keys_command
+
+    health = sub.add_parser(
+        "health",
+        help="a running gateway's dependencies (GET /health) as a table; exit 1 when one is down",
+    )
+    health_command.add_arguments(health)
 
     keys = sub.add_parser("keys", help="issue, list, revoke and rotate virtual keys")
     keys_command.add_arguments(keys)

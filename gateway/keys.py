@@ -25,6 +25,8 @@ from gateway.routing.rollout import RolloutController
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import CallRecord, RequestIds
+from gateway.service.health import HealthMonitor
+from gateway.service.recovery import MemoryGuard
 from gateway.service.shadow import ShadowTraffic
 from gateway.settings import Settings
 
@@ -80,6 +82,10 @@ KEYRING: web.AppKey[KeyLookup] = web.AppKey("keyring")
 # The key ring itself, with its admin operations (/admin/keys, created by build_app); the edge
 # reads KEYRING, which is this same object unless a test plugged in a lookup of its own.
 KEY_ADMIN = web.AppKey("key_admin", KeyRing)
+# Every dependency's health (GET /health, readiness, gateway_dependency_up)
+HEALTH = web.AppKey("health", HealthMonitor)
+# Frees caches when resident memory passes server.max_rss_bytes (absent when that is null)
+MEMORY_GUARD = web.AppKey("memory_guard", MemoryGuard)
 # Where the middleware draws fresh request ids (one buffer of random bytes per worker)
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
 # Tracing (observability/tracing.py): tracing.OFF unless an OTLP endpoint is configured

@@ -96,6 +96,7 @@ class MemoryService:
         self._owns_files = owns_index_files
         self._seen_change = 0
         self._catching_up = asyncio.Lock()
+        self.index_saved_at: float | None = None  # clock time of this process's last index save
 
     # ----- lifecycle of the service itself
 
@@ -172,6 +173,7 @@ class MemoryService:
             )
         if self._owns_files:
             await asyncio.to_thread(self.index.save)
+            self.index_saved_at = self._clock()
         return count - skipped
 
     # ----- writes
@@ -422,6 +424,7 @@ class MemoryService:
                 await self.flush_access()
                 if rounds % _SAVE_EVERY_ROUNDS == 0 and self._owns_files:
                     await asyncio.to_thread(self.index.save)  # bounds what a crash loses
+                    self.index_saved_at = self._clock()
                     if self._follow:
                         await self.store.trim_changes(_CHANGES_KEPT)
             except Exception:  # a failing store must not kill the loop; counts wait for the next
@@ -517,6 +520,26 @@ class MemoryService:
         self._cache[key] = (self._clock(), namespaces, scored)
         if len(self._cache) > _SEARCH_CACHE_MAX:
             self._cache.popitem(last=False)
+
+    def drop_search_cache(self) -> int:
+        """Forget every cached search (a memory cleanup); returns how many were dropped."""
+        count = len(self._cache)
+        self._cache.clear()
+        return count
+
+    def now(self) -> float:
+        """The service's clock, in seconds (monotonic): ``index_saved_at`` is on it."""
+        return self._clock()
+
+    @property
+    def owns_index_files(self) -> bool:
+        """Whether this process writes the index files (one process of a worker set does)."""
+        return self._owns_files
+
+    @property
+    def index_save_interval_s(self) -> float:
+        """How often this process saves the index while it runs (when it owns the files)."""
+        return self._flush_every_s * _SAVE_EVERY_ROUNDS
 
     def forget_cached_searches(self, namespaces: Collection[str]) -> None:
         """Drop cached searches over any of ``namespaces``: after a write to them, or a change

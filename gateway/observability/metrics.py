@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import ClassVar, Generic, Protocol, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
@@ -353,6 +353,96 @@ class _RouterCollector(Collector):
         return [breaker, score]
 
 
+class RecoveryActions:
+    """``gateway_recovery_actions_total{kind,result}``: what the gateway did by itself to recover
+    from a fault, ``ok`` or ``failed`` (the seed's recovery success KPI is ok / all).
+
+    Two kinds of figures feed it: actions counted here as they happen (``count``: failovers after
+    a timeout, memory cleanups), and totals kept by the objects that act (``add_source``: the
+    Redis links' reconnects, the memory pool's replacements), read at scrape time. A (kind,
+    result) pair has one owner, so the figures just add up."""
+
+    __slots__ = ("_counts", "_sources")
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+        self._sources: list[Callable[[], Iterable[tuple[str, str, int]]]] = []
+
+    def count(self, kind: str, result: str, amount: int = 1) -> None:
+        """One action of ``kind`` (a fixed name, never client text) ended with ``result``."""
+        key = (kind, result)
+        self._counts[key] = self._counts.get(key, 0) + amount
+
+    def add_source(self, source: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        """Read ``source()`` -> (kind, result, total so far) at every scrape."""
+        self._sources.append(source)
+
+    def totals(self) -> dict[tuple[str, str], int]:
+        """Every (kind, result) with its total now."""
+        out = dict(self._counts)
+        for source in self._sources:
+            for kind, result, total in source():
+                out[(kind, result)] = out.get((kind, result), 0) + total
+        return out
+
+
+class _RecoveryCollector(Collector):
+    def __init__(self, actions: RecoveryActions) -> None:
+        self._actions = actions
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "gateway_recovery_actions",
+            "Automatic recovery actions by kind (redis_cache_reconnect, redis_limits_reconnect, "
+            "memory_store_reconnect, failover, memory_cleanup_*) and result (ok, failed); the seed's "
+            "recovery success KPI is ok / all.",
+            labels=("kind", "result"),
+        )
+        for (kind, result), total in sorted(self._actions.totals().items()):
+            family.add_metric((kind, result), total)
+        return [family]
+
+
+class HealthView(Protocol):
+    """What the metrics need of the health monitor (``service/health.py``)."""
+
+    def dependencies_up(self) -> Iterable[tuple[str, bool]]:
+        """(dependency, up or degraded) as of the last check."""
+        ...
+
+    def loop_lag_s(self) -> float:
+        """The event loop's worst lateness over the last few seconds."""
+        ...
+
+
+class _HealthCollector(Collector):
+    def __init__(self, view: HealthView) -> None:
+        self._view = view
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "gateway_dependency_up",
+            "1 while a dependency (deployment:<provider>/<model>, redis:cache, redis:limits, "
+            "memory:store, memory:index, event_loop, resident_memory) is up or degraded, 0 while "
+            "it is down, as of the health monitor's last check.",
+            labels=("dependency",),
+        )
+        for name, is_up in self._view.dependencies_up():
+            up.add_metric((name,), 1 if is_up else 0)
+        lag = GaugeMetricFamily(
+            "gateway_event_loop_lag_seconds",
+            "How late the event loop woke a sleeping task, worst over the last 10 seconds.",
+        )
+        lag.add_metric((), self._view.loop_lag_s())
+        return [up, lag]
+
+
 class GatewayMetrics:
     """The gateway's metrics; one instance per app, reached through ``keys.METRICS``."""
 
@@ -508,10 +598,17 @@ class GatewayMetrics:
         self.registry.register(
             _PlainCollector([m for m in vars(self).values() if isinstance(m, Counter | Gauge | Histogram)])
         )
+        self.recovery = RecoveryActions()  # exported with the health figures (health_collector)
 
     def cache_collector(self, view: CacheView) -> None:
         """Export the cache store's per-category footprint and health, read at scrape time."""
         self.registry.register(_CacheCollector(view))
+
+    def health_collector(self, view: HealthView) -> None:
+        """Export each dependency's up/down, the event loop's lag and the recovery actions, read
+        at scrape time."""
+        self.registry.register(_HealthCollector(view))
+        self.registry.register(_RecoveryCollector(self.recovery))
 
     def memory_collector(self, view: MemoryView) -> None:
         """Export the memory service's index size, search cache and store pool, at scrape time."""
