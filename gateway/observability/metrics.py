@@ -57,6 +57,7 @@ _LATENCY_BUCKETS_S = (
     120,
     300,
 )
+_MEMORY_SEARCH_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 # Time per output token: OTel's advice (10 ms .. 2.5 s) below which fast local models and the
 # fake provider stream (down to 0.1 ms a token).
@@ -330,11 +331,22 @@ class _CacheCollector(Collector):
         return [size, entries, up, errors]
 
 
+def memory_search_histogram() -> HistogramChild:
+    """The memory service's search durations (seconds), exported as
+    ``gateway_memory_search_duration_seconds``."""
+    return HistogramChild((*_MEMORY_SEARCH_BUCKETS_S, float("inf")))
+
+
 class MemoryView(Protocol):
     """What the metrics need of the memory service."""
 
     def figures(self) -> dict[str, float]:
         """Flat figures: index_vectors, search_cache_hits/misses, and pool_* when pooled."""
+        ...
+
+    @property
+    def search_duration(self) -> HistogramChild:
+        """Search durations, made by ``memory_search_histogram``."""
         ...
 
 
@@ -357,6 +369,10 @@ class _MemoryCollector(Collector):
 
     def __init__(self, view: MemoryView) -> None:
         self._view = view
+        self._les = tuple(
+            floatToGoString(b)  # type: ignore[no-untyped-call]
+            for b in (*_MEMORY_SEARCH_BUCKETS_S, float("inf"))
+        )
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -372,6 +388,17 @@ class _MemoryCollector(Collector):
                 family = GaugeMetricFamily(f"gateway_memory_{name}", text)
             family.add_metric((), value)
             out.append(family)
+        searches = self._view.search_duration
+        cumulative, buckets = 0, []
+        for le, count in zip(self._les, searches.counts, strict=True):
+            cumulative += count
+            buckets.append((le, float(cumulative)))
+        duration = HistogramMetricFamily(
+            "gateway_memory_search_duration_seconds",
+            "Memory searches (POST /v1/memory/search and chats with memory), query embedding included.",
+        )
+        duration.add_metric((), buckets, searches.sum)
+        out.append(duration)
         return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import prometheus_client as prom
 import pytest
 
-from gateway.observability.metrics import Counter, GatewayMetrics, Gauge, Histogram
+from gateway.observability.metrics import Counter, GatewayMetrics, Gauge, Histogram, memory_search_histogram
 
 
 def reference_registry(metrics: GatewayMetrics) -> tuple[prom.CollectorRegistry, dict[str, object]]:
@@ -93,3 +93,28 @@ def test_a_child_is_made_once_and_checks_its_label_count() -> None:
         metrics.child(metrics.fallbacks, "gpt", "extra")
     with pytest.raises(ValueError):
         first.inc(-1)
+
+
+class _Memory:
+    """A MemoryView: the memory service's figures and its search durations."""
+
+    def __init__(self) -> None:
+        self.search_duration = memory_search_histogram()
+
+    def figures(self) -> dict[str, float]:
+        return {"index_vectors": 3.0, "search_cache_hits": 1.0}
+
+
+def test_memory_search_durations_are_a_histogram() -> None:
+    metrics, memory = GatewayMetrics(), _Memory()
+    metrics.memory_collector(memory)
+    for seconds in (0.0002, 0.003, 0.003, 5.0):
+        memory.search_duration.observe(seconds)
+    registry = metrics.registry
+    name = "gateway_memory_search_duration_seconds"
+    assert registry.get_sample_value(f"{name}_count") == 4
+    assert registry.get_sample_value(f"{name}_bucket", {"le": "0.00025"}) == 1
+    assert registry.get_sample_value(f"{name}_bucket", {"le": "0.005"}) == 3
+    assert registry.get_sample_value(f"{name}_bucket", {"le": "+Inf"}) == 4
+    assert registry.get_sample_value(f"{name}_sum") == pytest.approx(5.0062)
+    assert registry.get_sample_value("gateway_memory_index_vectors") == 3
