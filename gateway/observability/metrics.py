@@ -107,6 +107,7 @@ def vendor_of(kind: str) -> str:
     """OTel's ``gen_ai.provider.name`` for a policy provider ``kind`` (``_OTHER`` if unknown)."""
     return _VENDOR_OF_KIND.get(kind, "_OTHER")
 
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -470,8 +471,7 @@ class GatewayMetrics:
         )
         self.time_to_first_token = Histogram(
             "gen_ai_server_time_to_first_token_seconds",
-            "Streams: time from request received to the first chunk sent to the client, by the "
-            "GenAI labels.",
+            "Streams: time from request received to the first chunk sent to the client, by the GenAI labels.",
             GENAI_LABELS,
             buckets=_LATENCY_BUCKETS_S,
         )

@@ -48,7 +48,9 @@ def test_exposition_is_the_same_text_prometheus_client_writes() -> None:
     for value in (0.0, 0.0004, 0.0005, 0.0006, 1, 2.5, 299.9, 300, 301, 10_000):
         both("gateway_request_duration_seconds", ("/v1/chat/completions", "gpt", "a"), "observe", value)
     for tokens in (0, 1, 3, 4, 5, 1048576, 2_000_000):
-        both("gen_ai_client_token_usage", ("chat", "openai", "gpt", "gpt-4o", "a", "input"), "observe", tokens)
+        both(
+            "gen_ai_client_token_usage", ("chat", "openai", "gpt", "gpt-4o", "a", "input"), "observe", tokens
+        )
     both("gateway_cost_usd", ("gpt", "a", "gpt-4o"), "inc", 0.000125)
     both("gateway_limits_local", (), "inc")
     both("gateway_requests_in_flight", (), "inc")
