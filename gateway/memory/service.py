@@ -24,6 +24,7 @@ import orjson
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, StartupError
 from gateway.memory.access import MemoryAccess, not_found, partition_of, split_partition
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch, MemoryStore, VectorIndex
+from gateway.observability.metrics import memory_search_histogram
 from gateway.policy.model import MemoryConfig
 
 log = logging.getLogger("gateway.memory")
@@ -90,6 +91,7 @@ class MemoryService:
         self._flusher: asyncio.Task[None] | None = None
         self.cache_hits = 0
         self.cache_misses = 0
+        self.search_duration = memory_search_histogram()  # exported by observability.metrics
         # Several processes sharing the store (serve --workers N): each applies the others'
         # writes from the store's change log before a search; one of them writes the index files.
         self._follow = follow_changes
@@ -290,6 +292,7 @@ class MemoryService:
         other teams' memories neither take top_k places nor show in any count."""
         if vector is None and not query:
             raise InvalidRequest("Give 'query' (text) or 'vector'.", param="query")
+        started = time.perf_counter()
         if self._follow:
             await self.catch_up()
         if access is not None and where.namespaces:
@@ -311,6 +314,7 @@ class MemoryService:
         )
         hits = [Hit(memories[i], s) for i, s in scored if i in memories][:top_k]
         self._pending_access.update(h.memory.id for h in hits)
+        self.search_duration.observe(time.perf_counter() - started)
         return hits
 
     async def _search_index(

@@ -1,8 +1,10 @@
 """Every Prometheus metric the gateway exports, defined once, owned by the app.
 
 Names follow the OpenTelemetry GenAI semantic conventions where one exists
-(``gen_ai.client.token.usage``, ``gen_ai.server.time_to_first_token``), else ``gateway_*`` with
-``_seconds`` / ``_total`` suffixes. Label values are bounded: model names come from the policy
+(``gen_ai.client.operation.duration``, ``gen_ai.client.token.usage``,
+``gen_ai.server.time_to_first_token``, ``gen_ai.server.time_per_output_token``) in the form the
+OTel-to-Prometheus mapping gives them (dots to underscores, ``_seconds`` for unit ``s``, none for
+``{token}``), else ``gateway_*`` with ``_seconds`` / ``_total`` suffixes. Label values are bounded: model names come from the policy
 (an unknown model is recorded as ``unknown``), never from free client input, and no label or
 value ever holds a key.
 
@@ -57,7 +59,56 @@ _LATENCY_BUCKETS_S = (
 )
 # Agreement scores: cosine similarity or a length ratio (shorter over longer), 0..1.
 _AGREEMENT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+_MEMORY_SEARCH_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+# Time per output token: OTel's advice (10 ms .. 2.5 s) below which fast local models and the
+# fake provider stream (down to 0.1 ms a token).
+_PER_TOKEN_BUCKETS_S = (
+    0.0001,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+)
+
+# The GenAI labels every gen_ai_* family carries, in this order (``GenAILabels`` builds them):
+# the operation (chat, text_completion, embeddings), the vendor (OTel's gen_ai.provider.name:
+# openai, azure.ai.openai, anthropic, gcp.gemini), the model group the client asked for, the
+# upstream model that answered, and the policy's own provider name (``provider``).
+GENAI_LABELS = (
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "provider",
+)
+
+# OTel's gen_ai.provider.name for each provider kind of the policy.
+_VENDOR_OF_KIND = {
+    "openai": "openai",
+    "azure": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini",
+}
+
+
+def vendor_of(kind: str) -> str:
+    """OTel's ``gen_ai.provider.name`` for a policy provider ``kind`` (``_OTHER`` if unknown)."""
+    return _VENDOR_OF_KIND.get(kind, "_OTHER")
+
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -283,11 +334,22 @@ class _CacheCollector(Collector):
         return [size, entries, up, errors]
 
 
+def memory_search_histogram() -> HistogramChild:
+    """The memory service's search durations (seconds), exported as
+    ``gateway_memory_search_duration_seconds``."""
+    return HistogramChild((*_MEMORY_SEARCH_BUCKETS_S, float("inf")))
+
+
 class MemoryView(Protocol):
     """What the metrics need of the memory service."""
 
     def figures(self) -> dict[str, float]:
         """Flat figures: index_vectors, search_cache_hits/misses, and pool_* when pooled."""
+        ...
+
+    @property
+    def search_duration(self) -> HistogramChild:
+        """Search durations, made by ``memory_search_histogram``."""
         ...
 
 
@@ -310,6 +372,10 @@ class _MemoryCollector(Collector):
 
     def __init__(self, view: MemoryView) -> None:
         self._view = view
+        self._les = tuple(
+            floatToGoString(b)  # type: ignore[no-untyped-call]
+            for b in (*_MEMORY_SEARCH_BUCKETS_S, float("inf"))
+        )
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -325,6 +391,17 @@ class _MemoryCollector(Collector):
                 family = GaugeMetricFamily(f"gateway_memory_{name}", text)
             family.add_metric((), value)
             out.append(family)
+        searches = self._view.search_duration
+        cumulative, buckets = 0, []
+        for le, count in zip(self._les, searches.counts, strict=True):
+            cumulative += count
+            buckets.append((le, float(cumulative)))
+        duration = HistogramMetricFamily(
+            "gateway_memory_search_duration_seconds",
+            "Memory searches (POST /v1/memory/search and chats with memory), query embedding included.",
+        )
+        duration.add_metric((), buckets, searches.sum)
+        out.append(duration)
         return out
 
 
@@ -476,18 +553,32 @@ class GatewayMetrics:
             ("provider", "upstream_model"),
             buckets=_LATENCY_BUCKETS_S,
         )
+        self.operation_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "Time the gateway took to get an answer from providers (failover included; streams: "
+            "to the last chunk), by the GenAI labels and, for a call that failed, error_type "
+            "(the gateway error class).",
+            (*GENAI_LABELS, "error_type"),
+            buckets=_LATENCY_BUCKETS_S,
+        )
         self.time_to_first_token = Histogram(
             "gen_ai_server_time_to_first_token_seconds",
-            "Streams: time from request received to the first chunk sent to the client, by the "
-            "model the client asked for, the model that answered and its provider.",
-            ("gen_ai_request_model", "gen_ai_response_model", "gen_ai_provider_name"),
+            "Streams: time from request received to the first chunk sent to the client, by the GenAI labels.",
+            GENAI_LABELS,
             buckets=_LATENCY_BUCKETS_S,
+        )
+        self.time_per_output_token = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Streams that ended whole: time per output token after the first, (end - first "
+            "chunk) / (output tokens - 1), by the GenAI labels.",
+            GENAI_LABELS,
+            buckets=_PER_TOKEN_BUCKETS_S,
         )
         self.token_usage = Histogram(
             "gen_ai_client_token_usage",
-            "Tokens per request as the provider reported them, by the model the client asked for, "
-            "the model that answered, its provider and the token type (input, output).",
-            ("gen_ai_request_model", "gen_ai_response_model", "gen_ai_provider_name", "gen_ai_token_type"),
+            "Tokens per request as the provider reported them, by the GenAI labels and the token "
+            "type (input, output).",
+            (*GENAI_LABELS, "gen_ai_token_type"),
             buckets=_TOKEN_BUCKETS,
         )
 
@@ -555,7 +646,7 @@ class GatewayMetrics:
             "Share (percent) of its model group's first choices a deployment in rollout has now: "
             "its step while rolling or paused, 0 before its smoke prompts pass or once rolled back "
             "or aborted, 100 once promoted.",
-            ("group", "provider", "model"),
+            ("model", "provider", "upstream_model"),
         )
         self.rollouts = Counter(
             "gateway_rollouts",
@@ -595,6 +686,13 @@ class GatewayMetrics:
             "Access log lines dropped because stderr did not take them (more than the access "
             "log's backlog bound was waiting on a full pipe).",
         )
+        # Counters whose label values are known up front start at 0, so each series exists from
+        # the first scrape: Prometheus' increase() and rate() miss a series' first appearance,
+        # and a ratio over a series that never existed has no data at all (the rollback KPI).
+        for result in ("promoted", "rolled_back", "aborted"):
+            self.rollouts.labels(result)
+        for result in ("applied", "unchanged", "invalid", "failed"):
+            self.policy_reloads.labels(result)
         self.registry.register(
             _PlainCollector([m for m in vars(self).values() if isinstance(m, Counter | Gauge | Histogram)])
         )

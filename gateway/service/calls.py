@@ -32,7 +32,7 @@ from gateway.errors import GatewayError, ModelNotFound, UpstreamBadResponse
 from gateway.memory import augment as memory_augment
 from gateway.memory.service import MemoryService
 from gateway.observability import tracing
-from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.metrics import GatewayMetrics, vendor_of
 from gateway.observability.tracing import Span, Tracer
 from gateway.policy.model import Limits, Shadow
 from gateway.providers.base import UpstreamRequest
@@ -46,6 +46,12 @@ from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import check_request
 from gateway.wire.requests import Endpoint, JSONObject
 
+# OTel's gen_ai.operation.name for each endpoint.
+_OPERATION = {
+    Endpoint.CHAT: "chat",
+    Endpoint.COMPLETIONS: "text_completion",
+    Endpoint.EMBEDDINGS: "embeddings",
+}
 # Builds the memory service around the request service's own embeddings path.
 MemoryFactory = Callable[["Embed"], MemoryService]
 
@@ -155,9 +161,15 @@ class RequestService:
             if stream:
                 return await self._stream(endpoint, body, route, group, plan, ctx, lead)
             # A whole answer, here rather than in a coroutine of its own (one frame less).
-            routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body), group)
+            called_s = time.perf_counter()
+            try:
+                routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body), group)
+            except GatewayError as error:
+                self.record_operation(endpoint, model, None, called_s, type(error).__name__)
+                raise
             raw, usage = routed.value
             target = routed.target
+            self.record_operation(endpoint, model, target, called_s)
             self._served(ctx, routed)
             # 6. store
             answer = CachedAnswer(raw, target.provider, target.model) if plan.write else None
@@ -167,7 +179,7 @@ class RequestService:
                 lead = False
                 self.cache.flights.land(plan.key, answer)
             # 7. account
-            used = self.account_usage(routed.group, target, usage)
+            used = self.account_usage(endpoint, model, routed.group, target, usage)
             if ctx.limit_ticket is not None:
                 ctx.limit_ticket.settle_later(*used)
             # Shadow traffic: one attribute check for a group without it (read now: reloads apply)
@@ -322,10 +334,14 @@ class RequestService:
         ctx: CallContext,
         lead: bool,
     ) -> Answer:
-        book = _StreamBook(self, plan, ctx, lead)
-        routed = await self.router.call(
-            route, lambda t: self._open_stream(t, endpoint, body, book, plan.write), group
-        )
+        book = _StreamBook(self, endpoint, plan, ctx, lead)
+        try:
+            routed = await self.router.call(
+                route, lambda t: self._open_stream(t, endpoint, body, book, plan.write), group
+            )
+        except GatewayError as error:
+            self.record_operation(endpoint, route.model, None, book.called_s, type(error).__name__)
+            raise
         book.route = routed
         self._served(ctx, routed)
         group_config = self.router.policy.models.get(routed.group)
@@ -399,33 +415,66 @@ class RequestService:
         if not ctx.internal:  # only the same caller may vote on it later (/v1/feedback)
             self.router.remember(ctx.request_id, route.group, route.target, ctx.tenant)
 
-    def account_usage(self, group: str, target: Target, usage: object) -> tuple[int, int, float]:
+    def account_usage(
+        self, endpoint: Endpoint, model: str, group: str, target: Target, usage: object
+    ) -> tuple[int, int, float]:
         """Export the token counts a provider reported and their cost (no-op without usage);
-        returns (prompt tokens, completion tokens, cost in US dollars)."""
+        ``model`` is the group the client asked for, ``group`` the one that served it. Returns
+        (prompt tokens, completion tokens, cost in US dollars)."""
         if not isinstance(usage, dict):
             return 0, 0, 0.0
         m = self._metrics
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         prompt = prompt if isinstance(prompt, int) else 0
         completion = completion if isinstance(completion, int) else 0
-        upstream_model, provider = target.deployment.model, target.client.name  # no property calls
-        m.child(m.token_usage, group, upstream_model, provider, "input").observe(prompt)
+        labels = genai_labels(endpoint, model, target)
+        m.child(m.token_usage, *labels, "input").observe(prompt)
         if completion or "completion_tokens" in usage:
-            m.child(m.token_usage, group, upstream_model, provider, "output").observe(completion)
+            m.child(m.token_usage, *labels, "output").observe(completion)
         return prompt, completion, self.router.record_usage(group, target, prompt, completion)
+
+    def record_operation(
+        self, endpoint: Endpoint, model: str, target: Target | None, called_s: float, error_type: str = ""
+    ) -> None:
+        """``gen_ai_client_operation_duration_seconds`` for a routed call that started at
+        ``called_s`` (``perf_counter``) and ends now: answered by ``target``, or failed with
+        ``error_type`` (a gateway error class; then nobody answered and ``target`` is None)."""
+        m = self._metrics
+        if target is None:  # no vendor, response model or provider: nobody answered
+            labels = (_OPERATION[endpoint], "", model, "", "")
+        else:
+            labels = genai_labels(endpoint, model, target)
+        m.child(m.operation_duration, *labels, error_type).observe(time.perf_counter() - called_s)
+
+
+def genai_labels(endpoint: Endpoint, model: str, target: Target) -> tuple[str, str, str, str, str]:
+    """The GenAI label values (``metrics.GENAI_LABELS``) of a call on ``endpoint`` for model
+    group ``model`` (what the client asked for) answered by ``target``."""
+    client = target.client
+    return (
+        _OPERATION[endpoint],
+        vendor_of(client.config.kind),
+        model,
+        target.deployment.model,
+        client.name,
+    )
 
 
 class _StreamBook:
     """A routed stream's bookkeeping, run by the stream itself as it goes and when it ends."""
 
-    __slots__ = ("_ctx", "_lead", "_plan", "_service", "mirror", "route", "span")
+    __slots__ = ("_ctx", "_endpoint", "_lead", "_plan", "_service", "called_s", "mirror", "route", "span")
 
-    def __init__(self, service: RequestService, plan: CachePlan, ctx: CallContext, lead: bool) -> None:
+    def __init__(
+        self, service: RequestService, endpoint: Endpoint, plan: CachePlan, ctx: CallContext, lead: bool
+    ) -> None:
         self._service = service
+        self._endpoint = endpoint
         self._plan = plan
         self._ctx = ctx
         self._lead = lead
         self.route: Route | None = None
+        self.called_s = time.perf_counter()  # when routing began (the operation's start)
         self.mirror: tuple[Shadow, Endpoint, JSONObject] | None = None  # shadow traffic's draw
         self.span: Span | None = None  # the serving attempt's span, when tracing is on
 
@@ -433,10 +482,8 @@ class _StreamBook:
         route = self.route
         if route is not None and not self._ctx.internal:
             m = self._service._metrics
-            target = route.target
-            m.child(m.time_to_first_token, route.group, target.model, target.provider).observe(
-                stream.first_at - self._ctx.started_s
-            )
+            labels = genai_labels(self._endpoint, self._ctx.record.model, route.target)
+            m.child(m.time_to_first_token, *labels).observe(stream.first_at - self._ctx.started_s)
 
     async def ended(self, stream: RoutedStream) -> None:
         """The provider's stream ended: a whole answer if its translator says so."""
@@ -445,9 +492,11 @@ class _StreamBook:
         service = self._service
         seconds = max(0.0, time.perf_counter() - (stream.first_at or self._ctx.started_s))
         error = None if stream.translator.completed else _incomplete(route.target)
-        service.router.stream_ended(route.target, error, stream.output_tokens(), seconds)
+        output_tokens = stream.output_tokens()
+        service.router.stream_ended(route.target, error, output_tokens, seconds)
+        self._timed(route.target, error, output_tokens, seconds)
         usage = stream.translator.usage()
-        used = service.account_usage(route.group, route.target, usage)
+        used = service.account_usage(self._endpoint, self._ctx.record.model, route.group, route.target, usage)
         self._settle(stream, used)
         if self.span is not None:
             self._end_span(usage, None if error is None else type(error).__name__)
@@ -469,13 +518,31 @@ class _StreamBook:
         route = self.route
         assert route is not None
         seconds = max(0.0, time.perf_counter() - (stream.first_at or self._ctx.started_s))
-        self._service.router.stream_ended(route.target, error, stream.output_tokens(), seconds)
+        output_tokens = stream.output_tokens()
+        self._service.router.stream_ended(route.target, error, output_tokens, seconds)
+        self._timed(route.target, error, output_tokens, seconds)
         usage = stream.translator.usage()
-        used = self._service.account_usage(route.group, route.target, usage)
+        used = self._service.account_usage(
+            self._endpoint, self._ctx.record.model, route.group, route.target, usage
+        )
         self._settle(stream, used)
         if self.span is not None:
             self._end_span(usage, type(error).__name__)
         self._land(None)
+
+    def _timed(self, target: Target, error: GatewayError | None, output_tokens: int, seconds: float) -> None:
+        """The operation's duration, and for a whole stream its time per output token after the
+        first: ``seconds`` (first chunk to end) over ``output_tokens - 1``."""
+        service = self._service
+        model = self._ctx.record.model
+        if error is not None:
+            service.record_operation(self._endpoint, model, target, self.called_s, type(error).__name__)
+            return
+        service.record_operation(self._endpoint, model, target, self.called_s)
+        if output_tokens > 1:
+            m = service._metrics
+            labels = genai_labels(self._endpoint, model, target)
+            m.child(m.time_per_output_token, *labels).observe(seconds / (output_tokens - 1))
 
     def abandoned(self, stream: RoutedStream) -> None:
         """The client left (or was never sent the stream): no verdict on the provider."""
