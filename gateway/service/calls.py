@@ -36,6 +36,7 @@ from gateway.policy.model import Limits, Shadow
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.context import CallContext, Route
+from gateway.service.front_door import FrontDoor
 from gateway.service.grants import memory_access_of
 from gateway.service.limits import check_limits
 from gateway.service.shadow import ShadowTraffic
@@ -109,8 +110,12 @@ class RequestService:
 
     # ----- the call
 
-    async def run(self, endpoint: Endpoint, body: JSONObject, ctx: CallContext) -> Answer:
-        """Serve ``body`` on ``endpoint``; raise the ``GatewayError`` the client should see."""
+    async def run(
+        self, endpoint: Endpoint, body: JSONObject, ctx: CallContext, door: FrontDoor | None = None
+    ) -> Answer:
+        """Serve ``body`` on ``endpoint``; raise the ``GatewayError`` the client should see.
+
+        ``door``: a front door's call (``front_door.py``): ``body`` is its chat translation."""
         # 1. validate: nothing below runs for a request that will be refused anyway
         model, stream = check_request(endpoint, body)
         check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
@@ -121,14 +126,17 @@ class RequestService:
             raise ModelNotFound(model, [m for m in self.router.model_names if ctx.identity.may_use(m)])
         group = self.router.resolve(route)  # an unknown model is a 404 before any store is read
         ctx.record.model = model
-        plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
+        if door is None:
+            plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
+        else:  # keyed by the client's own body under its door: answers are served in one shape only
+            plan = self.cache.plan(door.endpoint, door.body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
         # 2. admit
         for gate in self._gates:
             await gate.admit(endpoint, model, body, ctx)
         lead = False
         try:
             # 3. augment
-            if endpoint is Endpoint.CHAT and memory_augment.wanted(body, ctx.headers):
+            if endpoint is Endpoint.CHAT and door is None and memory_augment.wanted(body, ctx.headers):
                 access = memory_access_of(ctx.identity)  # only memories the caller's team may read
                 body, ctx.record.memory_ids = await memory_augment.augment(
                     self.memory, body, ctx.headers, access
@@ -145,9 +153,12 @@ class RequestService:
             self.cache.count(plan.category, plan.status)
             # 5. route with failover (6 and 7 follow, or in the stream when it ends)
             if stream:
-                return await self._stream(endpoint, body, route, group, plan, ctx, lead)
+                return await self._stream(endpoint, body, route, group, plan, ctx, lead, door)
             # A whole answer, here rather than in a coroutine of its own (one frame less).
-            routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body), group)
+            if door is None:
+                routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body), group)
+            else:
+                routed = await self.router.call(route, lambda t: self._fetch_door(t, door), group)
             raw, usage = routed.value
             target = routed.target
             self._served(ctx, routed)
@@ -164,7 +175,13 @@ class RequestService:
                 ctx.limit_ticket.settle_later(*used)
             # Shadow traffic: one attribute check for a group without it (read now: reloads apply)
             group_config = self.router.policy.models.get(routed.group)
-            if group_config is not None and group_config.shadow is not None and not ctx.internal:
+            # (A front door's answer is not chat-shaped: its calls are not mirrored.)
+            if (
+                group_config is not None
+                and group_config.shadow is not None
+                and not ctx.internal
+                and door is None
+            ):
                 self.shadow.offer(routed.group, group_config.shadow, endpoint, body, raw)
             return Answer(body=raw)
         except BaseException:
@@ -246,6 +263,10 @@ class RequestService:
             return raw, parsed.get("usage")  # OpenAI format already: forward the provider's bytes
         return orjson.dumps(translated), translated.get("usage")
 
+    async def _fetch_door(self, target: Target, door: FrontDoor) -> tuple[bytes, object]:
+        raw, parsed = await target.client.fetch_json(door.build(target))
+        return door.answer(target, raw, parsed)
+
     # ----- 5-7 for a stream
 
     async def _stream(
@@ -257,27 +278,40 @@ class RequestService:
         plan: CachePlan,
         ctx: CallContext,
         lead: bool,
+        door: FrontDoor | None = None,
     ) -> Answer:
         book = _StreamBook(self, plan, ctx, lead)
         routed = await self.router.call(
-            route, lambda t: self._open_stream(t, endpoint, body, book, plan.write), group
+            route, lambda t: self._open_stream(t, endpoint, body, book, plan.write, door), group
         )
         book.route = routed
         self._served(ctx, routed)
         group_config = self.router.policy.models.get(routed.group)
         shadow = group_config.shadow if group_config is not None else None
-        if shadow is not None and not ctx.internal and self.shadow.draw(shadow):
+        if shadow is not None and not ctx.internal and door is None and self.shadow.draw(shadow):
             book.mirror = (shadow, endpoint, body)  # sent once the stream has ended
         return Answer(stream=routed.value)
 
     async def _open_stream(
-        self, target: Target, endpoint: Endpoint, body: JSONObject, book: _StreamBook, capture: bool
+        self,
+        target: Target,
+        endpoint: Endpoint,
+        body: JSONObject,
+        book: _StreamBook,
+        capture: bool,
+        door: FrontDoor | None = None,
     ) -> RoutedStream:
         client, adapter = target.client, target.client.adapter
-        response = await client.send(adapter.build_request(endpoint, body, target.model))
+        if door is None:
+            response = await client.send(adapter.build_request(endpoint, body, target.model))
+        else:
+            response = await client.send(door.build(target))
         chunks = client.chunks(response)
         try:
-            translator = adapter.stream_translator(endpoint, body, target.model)
+            if door is None:
+                translator = adapter.stream_translator(endpoint, body, target.model)
+            else:
+                translator = door.stream_translator(target)
             async for chunk in chunks:
                 first = translator.feed(chunk)
                 if first:
