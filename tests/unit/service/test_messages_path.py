@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway import keys
 from gateway.app import build_app
+from gateway.auth.identity import Caller
 from gateway.errors import UpstreamConnectError
 from gateway.policy.loader import parse_policy
 from gateway.providers.base import UpstreamRequest
@@ -533,3 +534,51 @@ async def test_requests_are_counted_under_the_messages_route(gateway: TestClient
     registry = gateway.app[keys.METRICS].registry  # type: ignore[index]
     labels = {"endpoint": "/v1/messages", "model": "gpt", "provider": "oa", "status_code": "200"}
     assert registry.get_sample_value("gateway_requests_total", labels) == 1.0
+
+
+# ----- the gateway's own keys, as x-api-key or Bearer
+
+
+GOOD = "sk-sg-" + "A1b2_C3d4-" * 4
+LIMITED = "sk-sg-limited0000000000000000000000000000000"
+
+
+class KeyRing:
+    """The key ring's interface (``authenticate``) over fixed callers."""
+
+    def __init__(self) -> None:
+        self.callers = {
+            GOOD: Caller("key_good", "blue"),
+            LIMITED: Caller("key_l", "green", models=frozenset({"gpt"})),
+        }
+
+    async def authenticate(self, secret: str) -> Caller | None:
+        return self.callers.get(secret)
+
+
+@pytest.fixture
+async def keyed(aiohttp_client: ClientFactory, upstreams: Upstreams) -> TestClient:
+    policy = POLICY.replace("auth: {mode: open}\n", "")  # the default: keys
+    app = build_app(Settings(access_log=False), parse_policy(policy), {}, transports=upstreams.transports)
+    app[keys.KEYRING] = KeyRing()  # type: ignore[assignment]
+    return await aiohttp_client(app)
+
+
+async def test_gateway_keys_as_x_api_key_or_bearer(keyed: TestClient) -> None:
+    url = str(keyed.make_url(""))
+    ask: dict[str, Any] = {"model": "gpt", "max_tokens": 5, "messages": USER}
+    async with anthropic.AsyncAnthropic(base_url=url, api_key=GOOD, max_retries=0) as by_header:
+        assert (await by_header.messages.create(**ask)).content[0].text == "Hello!"  # type: ignore[union-attr]
+    async with anthropic.AsyncAnthropic(base_url=url, auth_token=GOOD, max_retries=0) as by_bearer:
+        assert (await by_bearer.messages.count_tokens(model="gpt", messages=USER)).input_tokens == 3
+    async with anthropic.AsyncAnthropic(base_url=url, api_key="sk-sg-unknown", max_retries=0) as stranger:
+        with pytest.raises(anthropic.AuthenticationError) as caught:
+            await stranger.messages.create(**ask)
+        assert caught.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    async with anthropic.AsyncAnthropic(base_url=url, api_key=LIMITED, max_retries=0) as limited:
+        with pytest.raises(anthropic.NotFoundError):  # another team's model does not exist for it
+            await limited.messages.create(**{**ask, "model": "claude"})
+        with pytest.raises(anthropic.NotFoundError):
+            await limited.messages.count_tokens(model="claude", messages=USER)
+    bad = await keyed.post("/v1/messages", json=ask, headers={"x-api-key": "has spaces"})
+    assert bad.status == 401 and (await bad.json())["error"]["type"] == "authentication_error"
