@@ -582,3 +582,21 @@ async def test_gateway_keys_as_x_api_key_or_bearer(keyed: TestClient) -> None:
             await limited.messages.count_tokens(model="claude", messages=USER)
     bad = await keyed.post("/v1/messages", json=ask, headers={"x-api-key": "has spaces"})
     assert bad.status == 401 and (await bad.json())["error"]["type"] == "authentication_error"
+
+
+async def test_a_body_over_the_limit_is_request_too_large(
+    aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    settings = Settings(access_log=False, max_body_bytes=1024)
+    app = build_app(settings, parse_policy(POLICY), {}, transports=upstreams.transports)
+    gateway = await aiohttp_client(app)
+    async with anthropic.AsyncAnthropic(
+        base_url=str(gateway.make_url("")), api_key="k", max_retries=0
+    ) as sdk:
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            await sdk.messages.create(
+                model="gpt", max_tokens=5, messages=[{"role": "user", "content": "x" * 4096}]
+            )
+    assert caught.value.status_code == 413
+    assert caught.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+    assert upstreams.calls == []
