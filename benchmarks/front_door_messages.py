@@ -61,11 +61,15 @@ COMPLETION = orjson.dumps(
         "object": "chat.completion",
         "created": 1,
         "model": "gpt-x",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Rome."}, "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Rome."}, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42},
     }
 )
-HEAD = b'{"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-x","choices":[{"index":0,"delta":'
+HEAD = (
+    b'{"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-x","choices":[{"index":0,"delta":'
+)
 CHUNKS = (
     [HEAD + b'{"role":"assistant","content":""},"finish_reason":null}]}']
     + [HEAD + b'{"content":"tok "},"finish_reason":null}]}'] * 98
@@ -131,7 +135,11 @@ def main() -> None:
             best_us(lambda: door.answer(openai_target, COMPLETION, parsed_completion), n, r),
             0.0,
         ),
-        ("stream: 100 chunks -> events", best_us(messages_stream, n // 10, r), best_us(chat_stream, n // 10, r)),
+        (
+            "stream: 100 chunks -> events",
+            best_us(messages_stream, n // 10, r),
+            best_us(chat_stream, n // 10, r),
+        ),
         (
             "native attempt: request for kind anthropic",
             best_us(lambda: stream_door.build(anthropic_target), n, r),
