@@ -33,6 +33,7 @@ from gateway.memory import augment as memory_augment
 from gateway.memory.service import MemoryService
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Limits, Shadow
+from gateway.providers.base import UpstreamRequest
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.context import CallContext, Route
@@ -264,8 +265,14 @@ class RequestService:
         return orjson.dumps(translated), translated.get("usage")
 
     async def _fetch_door(self, target: Target, door: FrontDoor) -> tuple[bytes, object]:
-        raw, parsed = await target.client.fetch_json(door.build(target))
+        raw, parsed = await target.client.fetch_json(self._door_request(target, door))
         return door.answer(target, raw, parsed)
+
+    def _door_request(self, target: Target, door: FrontDoor) -> UpstreamRequest:
+        request = door.build(target)  # raises first for a kind the door cannot serve: not counted
+        m = self._metrics
+        m.child(m.front_door_attempts, door.endpoint.value, door.mode(target)).inc()
+        return request
 
     # ----- 5-7 for a stream
 
@@ -305,7 +312,7 @@ class RequestService:
         if door is None:
             response = await client.send(adapter.build_request(endpoint, body, target.model))
         else:
-            response = await client.send(door.build(target))
+            response = await client.send(self._door_request(target, door))
         chunks = client.chunks(response)
         try:
             if door is None:

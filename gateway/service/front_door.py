@@ -36,6 +36,10 @@ class FrontDoor(Protocol):
         cannot serve it: retryable, so a capable deployment of the group is tried next)."""
         ...
 
+    def mode(self, target: Target) -> str:
+        """``native`` when ``target`` gets the client's own format, else ``translated`` (a label)."""
+        ...
+
     def answer(self, target: Target, raw: bytes, parsed: JSONObject) -> tuple[bytes, object]:
         """(the answer in the door's shape, the OpenAI usage for accounting) for a provider's
         whole answer to ``build(target)``."""

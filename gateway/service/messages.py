@@ -80,6 +80,9 @@ class MessagesDoor:
             chat = {**chat, "top_k": self._top_k}
         return client.adapter.build_request(Endpoint.CHAT, chat, target.model)
 
+    def mode(self, target: Target) -> str:
+        return "native" if target.client.config.kind == NATIVE_KIND else "translated"
+
     def answer(self, target: Target, raw: bytes, parsed: JSONObject) -> tuple[bytes, object]:
         if target.client.config.kind == NATIVE_KIND:
             if parsed.get("type") != "message":

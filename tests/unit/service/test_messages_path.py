@@ -370,13 +370,17 @@ async def test_a_stream_cut_mid_way_ends_with_an_anthropic_error_event(
 
 
 async def test_failover_from_an_overloaded_anthropic_deployment_to_a_translated_one(
-    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams, gateway: TestClient
 ) -> None:
     upstreams.behaviour = {"an": anthropic_error(529, "overloaded_error")}
     raw = await sdk.messages.with_raw_response.create(model="mixed", max_tokens=10, messages=USER)
     assert (await raw.parse()).content[0].text == "Hello!"  # type: ignore[union-attr]
     assert (raw.headers["x-gateway-provider"], raw.headers["x-gateway-fallback"]) == ("oa", "true")
     assert [(n, p) for n, p, _ in upstreams.calls] == [("an", "/messages"), ("oa", "/chat/completions")]
+    registry = gateway.app[keys.METRICS].registry  # type: ignore[index]
+    for mode in ("native", "translated"):
+        labels = {"endpoint": "messages", "mode": mode}
+        assert registry.get_sample_value("gateway_front_door_attempts_total", labels) == 1.0
 
 
 async def test_stream_failover_before_the_first_event(
