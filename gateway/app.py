@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 from gateway import keys
 from gateway.api import admin, admin_keys, admin_policy, admin_rollouts, admin_usage, health, openai
 from gateway.api import memory as memory_api
+from gateway.api import messages as messages_api
 from gateway.auth.backends import key_store
 from gateway.auth.gate import LimitGate
 from gateway.auth.keyring import KeyRing
@@ -357,6 +358,8 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/chat/completions", openai.chat_completions)
     add("POST", "/v1/completions", openai.completions)
     add("POST", "/v1/embeddings", openai.embeddings)
+    add("POST", "/v1/messages", messages_api.create_message)  # Anthropic's Messages API (issue 17)
+    add("POST", "/v1/messages/count_tokens", messages_api.count_message_tokens)
     add("GET", "/v1/models", openai.list_models)
     add("GET", "/v1/models/{model:.+}", openai.retrieve_model)
     add("POST", "/v1/feedback", admin.feedback)

@@ -33,7 +33,7 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from gateway.http.responses import error_response
+from gateway.http.responses import error_renderer
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Span
@@ -65,6 +65,9 @@ def gateway_handler(handler: Handler, endpoint: str) -> Handler:
     # The app's metrics, request ids, access log and tracer, looked up once per app rather than
     # per request (set when the app is built; its state is frozen once it serves).
     seen: list[Any] = [None, None, None, None, None]  # [app, metrics, request ids, access log, tracer]
+    # Errors in the envelope of the route's API (Anthropic's under /v1/messages: issue 17); the
+    # catch-all decides per request, so an unknown path under a front door gets its envelope too.
+    route_render = None if endpoint == "unmatched" else error_renderer(endpoint)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
@@ -87,15 +90,15 @@ def gateway_handler(handler: Handler, endpoint: str) -> Handler:
             try:
                 response = await handler(request)
             except GatewayError as error:
-                response = error_response(error)
+                response = (route_render or error_renderer(request.path))(error)
             except web.HTTPException as exc:
-                response = error_response(_from_http_exception(exc, request))
+                response = (route_render or error_renderer(request.path))(_from_http_exception(exc, request))
             except asyncio.CancelledError:
                 status = _CLIENT_CLOSED
                 raise
             except Exception:
                 log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": request.path}})
-                response = error_response(
+                response = (route_render or error_renderer(request.path))(
                     InternalError(f"The gateway hit an internal error. Request id: {rid}.")
                 )
             status = response.status

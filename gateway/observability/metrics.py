@@ -542,6 +542,14 @@ class GatewayMetrics:
             "Requests sent to providers, by provider, upstream model and outcome.",
             ("provider", "upstream_model", "outcome"),
         )
+        # Front doors (issue 17): each attempt of a front door's call, passed to the provider in the
+        # door's own format (native) or translated to chat for it.
+        self.front_door_attempts = Counter(
+            "gateway_front_door_attempts",
+            "Provider attempts of front-door calls (e.g. /v1/messages), by endpoint and mode "
+            "(native: the client's format passed through; translated: via chat).",
+            ("endpoint", "mode"),
+        )
         self.upstream_errors = Counter(
             "gateway_upstream_errors",
             "Failed provider requests, by provider, upstream model and error class.",

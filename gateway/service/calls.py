@@ -39,6 +39,7 @@ from gateway.providers.base import UpstreamRequest
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.context import CallContext, Route
+from gateway.service.front_door import FrontDoor
 from gateway.service.grants import memory_access_of
 from gateway.service.limits import check_limits
 from gateway.service.shadow import ShadowTraffic
@@ -120,8 +121,12 @@ class RequestService:
 
     # ----- the call
 
-    async def run(self, endpoint: Endpoint, body: JSONObject, ctx: CallContext) -> Answer:
-        """Serve ``body`` on ``endpoint``; raise the ``GatewayError`` the client should see."""
+    async def run(
+        self, endpoint: Endpoint, body: JSONObject, ctx: CallContext, door: FrontDoor | None = None
+    ) -> Answer:
+        """Serve ``body`` on ``endpoint``; raise the ``GatewayError`` the client should see.
+
+        ``door``: a front door's call (``front_door.py``): ``body`` is its chat translation."""
         # 1. validate: nothing below runs for a request that will be refused anyway
         model, stream = check_request(endpoint, body)
         check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
@@ -132,14 +137,17 @@ class RequestService:
             raise ModelNotFound(model, [m for m in self.router.model_names if ctx.identity.may_use(m)])
         group = self.router.resolve(route)  # an unknown model is a 404 before any store is read
         ctx.record.model = model
-        plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
+        if door is None:
+            plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
+        else:  # keyed by the client's own body under its door: answers are served in one shape only
+            plan = self.cache.plan(door.endpoint, door.body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
         # 2. admit
         for gate in self._gates:
             await gate.admit(endpoint, model, body, ctx)
         lead = False
         try:
             # 3. augment
-            if endpoint is Endpoint.CHAT and memory_augment.wanted(body, ctx.headers):
+            if endpoint is Endpoint.CHAT and door is None and memory_augment.wanted(body, ctx.headers):
                 access = memory_access_of(ctx.identity)  # only memories the caller's team may read
                 body, ctx.record.memory_ids = await memory_augment.augment(
                     self.memory, body, ctx.headers, access
@@ -159,11 +167,14 @@ class RequestService:
             self.cache.count(plan.category, plan.status)
             # 5. route with failover (6 and 7 follow, or in the stream when it ends)
             if stream:
-                return await self._stream(endpoint, body, route, group, plan, ctx, lead)
+                return await self._stream(endpoint, body, route, group, plan, ctx, lead, door)
             # A whole answer, here rather than in a coroutine of its own (one frame less).
             called_s = time.perf_counter()
             try:
-                routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body), group)
+                if door is None:
+                    routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body), group)
+                else:
+                    routed = await self.router.call(route, lambda t: self._fetch_door(t, door), group)
             except GatewayError as error:
                 self.record_operation(endpoint, model, None, called_s, type(error).__name__)
                 raise
@@ -184,7 +195,13 @@ class RequestService:
                 ctx.limit_ticket.settle_later(*used)
             # Shadow traffic: one attribute check for a group without it (read now: reloads apply)
             group_config = self.router.policy.models.get(routed.group)
-            if group_config is not None and group_config.shadow is not None and not ctx.internal:
+            # (A front door's answer is not chat-shaped: its calls are not mirrored.)
+            if (
+                group_config is not None
+                and group_config.shadow is not None
+                and not ctx.internal
+                and door is None
+            ):
                 self.shadow.offer(routed.group, group_config.shadow, endpoint, body, raw)
             return Answer(body=raw)
         except BaseException:
@@ -322,6 +339,16 @@ class RequestService:
         request.headers = {**request.headers, **headers} if request.headers else headers
         return span
 
+    async def _fetch_door(self, target: Target, door: FrontDoor) -> tuple[bytes, object]:
+        raw, parsed = await target.client.fetch_json(self._door_request(target, door))
+        return door.answer(target, raw, parsed)
+
+    def _door_request(self, target: Target, door: FrontDoor) -> UpstreamRequest:
+        request = door.build(target)  # raises first for a kind the door cannot serve: not counted
+        m = self._metrics
+        m.child(m.front_door_attempts, door.endpoint.value, door.mode(target)).inc()
+        return request
+
     # ----- 5-7 for a stream
 
     async def _stream(
@@ -333,11 +360,12 @@ class RequestService:
         plan: CachePlan,
         ctx: CallContext,
         lead: bool,
+        door: FrontDoor | None = None,
     ) -> Answer:
         book = _StreamBook(self, endpoint, plan, ctx, lead)
         try:
             routed = await self.router.call(
-                route, lambda t: self._open_stream(t, endpoint, body, book, plan.write), group
+                route, lambda t: self._open_stream(t, endpoint, body, book, plan.write, door), group
             )
         except GatewayError as error:
             self.record_operation(endpoint, route.model, None, book.called_s, type(error).__name__)
@@ -346,21 +374,33 @@ class RequestService:
         self._served(ctx, routed)
         group_config = self.router.policy.models.get(routed.group)
         shadow = group_config.shadow if group_config is not None else None
-        if shadow is not None and not ctx.internal and self.shadow.draw(shadow):
+        if shadow is not None and not ctx.internal and door is None and self.shadow.draw(shadow):
             book.mirror = (shadow, endpoint, body)  # sent once the stream has ended
         return Answer(stream=routed.value)
 
     async def _open_stream(
-        self, target: Target, endpoint: Endpoint, body: JSONObject, book: _StreamBook, capture: bool
+        self,
+        target: Target,
+        endpoint: Endpoint,
+        body: JSONObject,
+        book: _StreamBook,
+        capture: bool,
+        door: FrontDoor | None = None,
     ) -> RoutedStream:
         client, adapter = target.client, target.client.adapter
-        request = adapter.build_request(endpoint, body, target.model)
-        if self._tracer.on:
-            return await self._open_stream_traced(target, endpoint, body, book, capture, request)
+        if door is None:
+            request = adapter.build_request(endpoint, body, target.model)
+            if self._tracer.on:
+                return await self._open_stream_traced(target, endpoint, body, book, capture, request)
+        else:
+            request = self._door_request(target, door)
         response = await client.send(request)
         chunks = client.chunks(response)
         try:
-            translator = adapter.stream_translator(endpoint, body, target.model)
+            if door is None:
+                translator = adapter.stream_translator(endpoint, body, target.model)
+            else:
+                translator = door.stream_translator(target)
             async for chunk in chunks:
                 first = translator.feed(chunk)
                 if first:

@@ -23,6 +23,8 @@ class Endpoint(enum.Enum):
     CHAT = "chat/completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    # Front doors (issue 17): served as chat calls; the value scopes their cache keys.
+    MESSAGES = "messages"  # Anthropic's Messages API (service/messages.py)
 
 
 class _Head(BaseModel):
@@ -59,7 +61,7 @@ class EmbeddingHead(_Head):
     input: str | list[Any]
 
 
-H = TypeVar("H", bound=_Head)
+H = TypeVar("H", bound=BaseModel)  # a request head (front doors have their own: wire/messages.py)
 
 HEADS: dict[Endpoint, type[ChatCompletionHead | CompletionHead | EmbeddingHead]] = {
     Endpoint.CHAT: ChatCompletionHead,
