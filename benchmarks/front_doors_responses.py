@@ -42,13 +42,13 @@ from gateway.policy.loader import parse_policy  # noqa: E402
 from gateway.policy.model import OpenAIProvider  # noqa: E402
 from gateway.providers.base import UpstreamRequest  # noqa: E402
 from gateway.providers.openai import OpenAIAdapter, OpenAIStreamTranslator  # noqa: E402
-from gateway.providers.responses_bridge import ChatBridge, ResponsesDoor  # noqa: E402
+from gateway.providers.responses_bridge import ChatToResponsesStream  # noqa: E402
 from gateway.service.validation import check_request  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from gateway.testing.mock_transport import MockResponse, MockTransport  # noqa: E402
 from gateway.wire.requests import Endpoint  # noqa: E402
 from gateway.wire.responses import chat_request  # noqa: E402
-from gateway.wire.responses_output import ResponseIds, whole_response  # noqa: E402
+from gateway.wire.responses_output import ResponseIds, ResponsesEvents, whole_response  # noqa: E402
 
 SECTION = "Front doors: Responses (issue 17)"
 FIXTURES = ROOT / "tests" / "unit" / "wire" / "fixtures" / "responses"
@@ -88,8 +88,9 @@ def translation_rows() -> list[str]:
             orjson.dumps(chat)
 
         def responses_request_cost(body: dict[str, Any] = body) -> None:
-            check_request(Endpoint.RESPONSES, body)
-            orjson.dumps(chat_request(body))
+            translated = chat_request(body)  # the service validates the door's chat translation
+            check_request(Endpoint.CHAT, translated)
+            orjson.dumps(translated)
 
         def answer_cost(body: dict[str, Any] = body) -> None:
             orjson.dumps(whole_response(body, orjson.loads(answer_raw), ids))
@@ -118,8 +119,8 @@ def stream_row(chunks: int = 100) -> str:
     events.append(b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":100}}\n\n')
     events.append(b"data: [DONE]\n\n")
     body = {"model": "m", "input": "hi", "stream": True}
-    door = ResponsesDoor(body, chat_request(body), ResponseIds("0" * 32, 1))
-    bridge = ChatBridge(OpenAIAdapter(OpenAIProvider(kind="openai", base_url="http://x/v1")), door)
+    chat = chat_request(body)
+    adapter = OpenAIAdapter(OpenAIProvider(kind="openai", base_url="http://x/v1"))
 
     def chat_stream() -> None:
         t = OpenAIStreamTranslator()
@@ -128,7 +129,11 @@ def stream_row(chunks: int = 100) -> str:
         t.finish()
 
     def responses_stream() -> None:
-        t = bridge.stream_translator(Endpoint.RESPONSES, body, "up")
+        # what ResponsesDoor.stream_translator gives a provider without the Responses API
+        t = ChatToResponsesStream(
+            adapter.stream_translator(Endpoint.CHAT, chat, "up"),
+            ResponsesEvents(body, ResponseIds("0" * 32, 1)),
+        )
         for e in events:
             t.feed(e)
         t.finish()

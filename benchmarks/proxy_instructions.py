@@ -12,7 +12,10 @@ streaming with usage), this script:
      not under valgrind), dumps the counters and divides the instructions by N.
 
 Run: python benchmarks/proxy_instructions.py --baseline fd3191d [--requests 400]
-Writes its section of benchmarks/RESULTS.md.
+Writes its section of benchmarks/RESULTS.md. With ``--tracing`` the current gateway is measured a
+second time with tracing on (``OTEL_EXPORTER_OTLP_ENDPOINT`` set, spans batched and exported over
+OTLP/HTTP to a collector stand-in on loopback, ``gateway.testing.otlp_sink``; the exporter's thread
+runs in the gateway process, so its instructions count too), and the table gains its columns.
 """
 
 from __future__ import annotations
@@ -53,7 +56,12 @@ TARGET_RATIO = 0.97
 
 
 def valgrind_gateway(
-    tree: Path, policy: Path, out: Path, cwd: Path, access_log: bool = False
+    tree: Path,
+    policy: Path,
+    out: Path,
+    cwd: Path,
+    access_log: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[str], int]:
     """The gateway of ``tree`` under callgrind with instrumentation off; (process, port)."""
     cmd = [
@@ -71,6 +79,8 @@ def valgrind_gateway(
         "0",
     ]
     env = {**os.environ, **tree_env(tree, SOPHIA_ACCESS_LOG="1" if access_log else "0", PYTHONUNBUFFERED="1")}
+    # Tracing only where asked: an OTEL_* variable of the caller's would otherwise turn it on.
+    env = {k: v for k, v in env.items() if not k.startswith("OTEL_")} | (extra_env or {})
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
@@ -128,12 +138,13 @@ def measure(
     scratch: Path,
     label: str,
     access_log: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> int:
     out = scratch / f"callgrind.{label}"
     cwd = Path(tempfile.mkdtemp(prefix="serve-", dir=scratch))
     own = cwd / "policy.yaml"
     own.write_text(policy_for(tree, policy.read_text()))
-    proc, port = valgrind_gateway(tree, own, out, cwd, access_log)
+    proc, port = valgrind_gateway(tree, own, out, cwd, access_log, extra_env)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         send(conn, body, warmup)
@@ -169,6 +180,11 @@ def main() -> int:
         action="store_true",
         help="run the gateways with the access log on (its default in serve; off by default here)",
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also measure the current gateway with tracing on, exporting to a local OTLP sink",
+    )
     args = parser.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         raise SystemExit("valgrind is required: apt-get install valgrind")
@@ -185,11 +201,21 @@ def main() -> int:
         extract(args.current, trees["current"])
     fake = start(["fake-provider", "--port", "0"], env=tree_env(ROOT))
     results: dict[tuple[str, str], float] = {}
+    sides: dict[str, tuple[Path, dict[str, str] | None]] = {
+        side: (tree, None) for side, tree in trees.items()
+    }
+    sink = None
+    if args.tracing:
+        from gateway.testing.otlp_sink import OtlpSink
+
+        sink = OtlpSink()
+        sink.start()
+        sides["traced"] = (trees["current"], {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url})
     try:
         policy = scratch / "bench.yaml"
         policy.write_text(policy_text(fake.url) + "memory: {enabled: false}\n")
         for kind, body in KINDS.items():
-            for side, tree in trees.items():
+            for side, (tree, extra_env) in sides.items():
                 total = measure(
                     tree,
                     policy,
@@ -199,11 +225,19 @@ def main() -> int:
                     scratch,
                     f"{side}.{len(results)}",
                     args.access_log,
+                    extra_env,
                 )
                 results[(kind, side)] = total / args.requests
                 print(f"{kind} [{side}]: {results[(kind, side)]:.0f} instructions per request", flush=True)
     finally:
         fake.stop()
+        if sink is not None:
+            sink.stop()
+    if args.tracing:
+        section = tracing_section(args, baseline, head, dirty, results, len(sink.spans()) if sink else 0)
+        write_section(args.title, section)
+        print(section)
+        return 0
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, Python "
         f"{platform.python_version()}, `valgrind --tool=callgrind`: instructions the gateway process executes "
@@ -238,6 +272,41 @@ def main() -> int:
     write_section(args.title, "\n".join(lines))
     print("\n".join(lines))
     return 0
+
+
+def tracing_section(
+    args: argparse.Namespace,
+    baseline: Revision,
+    head: Revision,
+    dirty: list[str],
+    results: dict[tuple[str, str], float],
+    spans_exported: int,
+) -> str:
+    """The RESULTS.md section of a ``--tracing`` run: off against the baseline, on against off."""
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, Python "
+        f"{platform.python_version()}, `valgrind --tool=callgrind`: instructions the gateway process executes "
+        f"per chat completion (all its threads: the span exporter's included), averaged over {args.requests} "
+        f"sequential requests on one keep-alive connection after {args.warmup} warm-up requests, zero-latency "
+        "fake upstream, one deployment, access log off. Tracing on: `OTEL_EXPORTER_OTLP_ENDPOINT` set to a "
+        "collector stand-in on loopback (`gateway.testing.otlp_sink`), SDK defaults (batch of 512, every 5 s); "
+        f"{spans_exported:,} spans reached it. Reproduce: `python benchmarks/proxy_instructions.py --baseline "
+        f"{args.baseline} --tracing --title '{args.title}'`.",
+        "",
+        f"- **Compared**: baseline = {baseline.describe()}; current = "
+        + (f"revision {head.describe()}" if args.current else f"the working tree at {head.describe()}")
+        + (f", with uncommitted changes in {len(dirty)} path(s)" if dirty else "")
+        + ".",
+        "",
+        "| request | baseline | tracing off | off / baseline | tracing on | on / off |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for kind in KINDS:
+        before, off, on = results[(kind, "baseline")], results[(kind, "current")], results[(kind, "traced")]
+        lines.append(
+            f"| {kind} | {before:,.0f} | {off:,.0f} | **{off / before:.3f}** | {on:,.0f} | **{on / off:.2f}** |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 from gateway import keys
 from gateway.api import admin, admin_keys, admin_policy, admin_rollouts, admin_usage, health, openai
 from gateway.api import memory as memory_api
+from gateway.api import messages as messages_api
 from gateway.api import responses as responses_api
 from gateway.auth.backends import key_store
 from gateway.auth.gate import LimitGate
@@ -26,6 +27,7 @@ from gateway.cache.memory_store import MemoryStore
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.service import ResponseCache
 from gateway.cache.store import CacheStore
+from gateway.errors import StartupError
 from gateway.http.middleware import CatchAll, gateway_handler, unmatched
 from gateway.live_policy import LivePolicy, provider_clients
 from gateway.memory.backends import build_memory
@@ -33,6 +35,8 @@ from gateway.memory.lifecycle import lifecycle_loop
 from gateway.memory.service import MemoryService, TextEmbedder
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.runtime import LoopLag, resident_bytes
+from gateway.observability.tracing import Tracer, TracingUnavailable, tracer_from_env
 from gateway.policy.model import Policy
 from gateway.providers.base import Transport
 from gateway.routing.rollout import RolloutController
@@ -40,6 +44,14 @@ from gateway.routing.rollout_store import FileRolloutStore, RedisRolloutStore, R
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import RequestIds
+from gateway.service.health import HealthMonitor, RedisProbe
+from gateway.service.recovery import (
+    RESPONSE_CACHE_SHARE,
+    CleanupStep,
+    MemoryGuard,
+    link_reconnects,
+    pool_reconnects,
+)
 from gateway.service.responses import ResponsesService, cache_budgets
 from gateway.settings import Settings
 
@@ -71,6 +83,10 @@ def build_app(
         else policy.server.drain_grace_s,
     )
     metrics = GatewayMetrics()
+    try:
+        tracer = tracer_from_env(environ)  # tracing.OFF unless OTEL_EXPORTER_OTLP_ENDPOINT is set
+    except TracingUnavailable as exc:
+        raise StartupError(str(exc)) from None
     clients = provider_clients(policy, environ, transports)
     router = Router(policy, clients, metrics)
 
@@ -83,6 +99,8 @@ def build_app(
         settings.access_log, settings.log_format, metrics.access_log_dropped
     )
     app.cleanup_ctx.append(access_log.running)  # first, so closed last: every line of the drain written
+    app[keys.TRACER] = tracer
+    app.cleanup_ctx.append(_tracer_open(tracer))  # closed after the drain: its spans exported
     app[keys.ROUTER] = router
     rollouts = app[keys.ROLLOUTS] = RolloutController(router, _rollout_store(settings), metrics)
     store = cache_store or _cache_store(settings, policy)
@@ -111,6 +129,7 @@ def build_app(
         # Open mode has no keys, so no limits: the gate is not even installed.
         gates=(limit_gate,) if policy.auth.mode == "keys" else (),
         rng=rng,
+        tracer=tracer,
     )
     app[keys.SHADOW] = service.shadow
     app[keys.RESPONSES] = ResponsesService(service, store, app[keys.REQUEST_IDS].new)
@@ -154,10 +173,76 @@ def build_app(
     if service.memory is not None:
         # After the providers and the cache: its start-up check embeds through them.
         app.cleanup_ctx.append(_memory_service(service.memory, worker is None or worker.owns_files))
+    _watch_health(app, policy, store, limit_gate.limiter, service.memory)
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_start_draining)
     _add_routes(app)
     return app
+
+
+def _watch_health(
+    app: web.Application,
+    policy: Policy,
+    store: CacheStore,
+    limiter: Limiter,
+    memory: MemoryService | None,
+) -> None:
+    """The health monitor, the event loop's lag sampler and (with ``server.max_rss_bytes``) the
+    memory guard, each a background task of its own; and the recovery actions the Redis links
+    and the memory pool count themselves, exported at scrape time. After the stores: the first
+    check runs once they are open."""
+    metrics = app[keys.METRICS]
+    redis: dict[str, RedisProbe] = {}
+    if isinstance(store, RedisStore):
+        redis["redis:cache"] = store
+        metrics.recovery.add_source(link_reconnects("redis_cache_reconnect", store))
+    if isinstance(limiter, RedisLimiter):
+        redis["redis:limits"] = limiter
+        metrics.recovery.add_source(link_reconnects("redis_limits_reconnect", limiter))
+    if memory is not None:
+        metrics.recovery.add_source(pool_reconnects(memory.store))
+    lag = LoopLag()
+    server = policy.server  # restart-only (policy/versions.py): read once
+    monitor = app[keys.HEALTH] = HealthMonitor(
+        app[keys.ROUTER],
+        lag,
+        redis=redis,
+        memory=memory,
+        rss=resident_bytes,
+        max_rss_bytes=server.max_rss_bytes,
+        interval_s=server.health_interval_s,
+    )
+    metrics.health_collector(monitor)
+    app.cleanup_ctx.append(lag.running)
+    app.cleanup_ctx.append(monitor.running)
+    if server.max_rss_bytes is not None:
+        guard = app[keys.MEMORY_GUARD] = MemoryGuard(
+            server.max_rss_bytes,
+            resident_bytes,
+            _cleanup_steps(app[keys.CACHE], store, memory),
+            metrics.recovery,
+            interval_s=server.health_interval_s,
+        )
+        app.cleanup_ctx.append(guard.running)
+
+
+def _cleanup_steps(
+    cache: ResponseCache, store: CacheStore, memory: MemoryService | None
+) -> list[CleanupStep]:
+    """The memory cleanup's steps, in order: what is cheapest to lose first."""
+    steps = []
+    if memory is not None:
+        steps.append(CleanupStep("memory_cleanup_search_cache", memory.drop_search_cache))
+    steps.append(CleanupStep("memory_cleanup_semantic_index", cache.drop_semantic_indexes))
+    if isinstance(store, MemoryStore):  # a Redis cache holds its memory in Redis
+        steps.append(
+            CleanupStep(
+                "memory_cleanup_response_cache",
+                lambda: store.drop_oldest(RESPONSE_CACHE_SHARE),
+                repeat=True,
+            )
+        )
+    return steps
 
 
 def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
@@ -188,6 +273,14 @@ def _limiter(settings: Settings, policy: Policy, metrics: GatewayMetrics) -> Lim
             on_fallback=metrics.limits_local.inc,
         )
     return LocalLimiter()
+
+
+def _tracer_open(tracer: Tracer) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await tracer.close()
+
+    return run
 
 
 def _limits_open(gate: LimitGate) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -269,6 +362,8 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/completions", openai.completions)
     add("POST", "/v1/embeddings", openai.embeddings)
     add("POST", "/v1/responses", responses_api.create_response)
+    add("POST", "/v1/messages", messages_api.create_message)  # Anthropic's Messages API (issue 17)
+    add("POST", "/v1/messages/count_tokens", messages_api.count_message_tokens)
     add("GET", "/v1/models", openai.list_models)
     add("GET", "/v1/models/{model:.+}", openai.retrieve_model)
     add("POST", "/v1/feedback", admin.feedback)
@@ -288,6 +383,7 @@ def _add_routes(app: web.Application) -> None:
     add("GET", "/admin/keys", admin_keys.list_keys)
     add("DELETE", "/admin/keys/{id}", admin_keys.revoke)
     add("POST", "/admin/keys/{id}/rotate", admin_keys.rotate)
+    add("GET", "/health", health.health)
     add("GET", "/health/live", health.live)
     add("GET", "/health/ready", health.ready)
     add("GET", "/metrics", health.metrics)

@@ -1,4 +1,4 @@
-"""The ``sophia-gateway`` command: serve, policy check/explain/diff/schema, keys, fake-provider."""
+"""The ``sophia-gateway`` command: serve, policy check/explain/diff/schema, keys, health, fake-provider."""
 
 from __future__ import annotations
 
@@ -100,7 +100,29 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     prune.set_defaults(func=_memory_prune)
 
-    from gateway import keys_command
+    top = sub.add_parser(
+        "top",
+        help="a live view of a running gateway: requests/s, p50/p99, error, fallback and cache hit "
+        "rates, and each deployment's traffic, share, score, latency and breaker (from /metrics and "
+        "/admin/models; sends SOPHIA_ADMIN_TOKEN when set)",
+    )
+    top.add_argument(
+        "--url",
+        default=None,
+        help="the gateway (default: http://127.0.0.1:$SOPHIA_PORT, or port 8080)",
+    )
+    top.add_argument(
+        "--interval", type=_interval, default=1.0, help="seconds between two refreshes (default 1)"
+    )
+    top.set_defaults(func=_top)
+
+    from gateway import health_command, keys_command
+
+    health = sub.add_parser(
+        "health",
+        help="a running gateway's dependencies (GET /health) as a table; exit 1 when one is down",
+    )
+    health_command.add_arguments(health)
 
     keys = sub.add_parser("keys", help="issue, list, revoke and rotate virtual keys")
     keys_command.add_arguments(keys)
@@ -125,6 +147,23 @@ def _port(text: str) -> int:
         return port_number(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0.1 to 3600, not {text!r}")
+    return value
+
+
+def _top(args: argparse.Namespace) -> int:
+    from gateway import top
+
+    url = args.url or f"http://127.0.0.1:{os.environ.get('SOPHIA_PORT') or 8080}"
+    return top.run(url, args.interval, os.environ.get("SOPHIA_ADMIN_TOKEN") or None)
 
 
 def _workers(text: str) -> int:
@@ -258,19 +297,14 @@ def _policy_explain(args: argparse.Namespace) -> int:
 def _admin_models(url: str) -> dict[str, Any] | None:
     """A running gateway's ``/admin/models`` view (with ``$SOPHIA_ADMIN_TOKEN`` when set), or
     None after printing why it could not be read."""
-    import urllib.request
+    from gateway.admin_client import AdminCallError, call_admin
 
-    request = urllib.request.Request(url.rstrip("/") + "/admin/models")
-    token = os.environ.get("SOPHIA_ADMIN_TOKEN")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            view = orjson.loads(resp.read())
-    except (OSError, ValueError) as exc:
+        view = call_admin(url, "GET", "/admin/models", timeout_s=10)
+    except AdminCallError as exc:
         print(f"error: cannot read {url}/admin/models: {exc}", file=sys.stderr)
         return None
-    if not isinstance(view, dict) or not isinstance(view.get("models"), dict):
+    if not isinstance(view.get("models"), dict):
         print(f"error: {url}/admin/models is not a gateway's model view", file=sys.stderr)
         return None
     return view

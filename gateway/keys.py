@@ -18,12 +18,15 @@ from gateway.cache.service import ResponseCache
 from gateway.memory.service import MemoryService
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import Tracer
 from gateway.policy.model import Policy
 from gateway.policy.versions import PolicyStatus, ReloadOutcome
 from gateway.routing.rollout import RolloutController
 from gateway.routing.router import Router
 from gateway.service.calls import RequestService
 from gateway.service.context import CallRecord, RequestIds
+from gateway.service.health import HealthMonitor
+from gateway.service.recovery import MemoryGuard
 from gateway.service.responses import ResponsesService
 from gateway.service.shadow import ShadowTraffic
 from gateway.settings import Settings
@@ -81,8 +84,14 @@ KEYRING: web.AppKey[KeyLookup] = web.AppKey("keyring")
 # The key ring itself, with its admin operations (/admin/keys, created by build_app); the edge
 # reads KEYRING, which is this same object unless a test plugged in a lookup of its own.
 KEY_ADMIN = web.AppKey("key_admin", KeyRing)
+# Every dependency's health (GET /health, readiness, gateway_dependency_up)
+HEALTH = web.AppKey("health", HealthMonitor)
+# Frees caches when resident memory passes server.max_rss_bytes (absent when that is null)
+MEMORY_GUARD = web.AppKey("memory_guard", MemoryGuard)
 # Where the middleware draws fresh request ids (one buffer of random bytes per worker)
 REQUEST_IDS = web.AppKey("request_ids", RequestIds)
+# Tracing (observability/tracing.py): tracing.OFF unless an OTLP endpoint is configured
+TRACER: web.AppKey[Tracer] = web.AppKey("tracer")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # What the request service did for a proxied call (model group, cache, route, memories), filled

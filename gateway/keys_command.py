@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from gateway.admin_client import AdminCallError, call_admin
 from gateway.api.admin_keys import key_json
 from gateway.auth.backends import key_store
 from gateway.auth.keyring import KeyRing, KeySettings
@@ -164,26 +165,10 @@ def _local(args: argparse.Namespace, op: Callable[[KeyRing], Awaitable[Json]]) -
 
 def _remote(args: argparse.Namespace, method: str, path: str, body: Json | None = None) -> int:
     """Call the gateway's ``/admin/keys`` API and print its answer."""
-    request = urllib.request.Request(
-        args.url.rstrip("/") + path,
-        method=method,
-        data=None if body is None else orjson.dumps(body),
-        headers={"Content-Type": "application/json"} if body is not None else {},
-    )
-    token = os.environ.get("SOPHIA_ADMIN_TOKEN")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            answer = orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            message = orjson.loads(exc.read())["error"]["message"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            message = f"HTTP {exc.code}"
-        return _fail(f"{args.url}: {message}", 1)
-    except OSError as exc:
-        return _fail(f"cannot reach {args.url}: {exc}", 1)
+        answer = call_admin(args.url, method, path, body)
+    except AdminCallError as exc:
+        return _fail(str(exc), 1)
     _print(args, answer)
     return 0
 

@@ -11,6 +11,8 @@ connection would fail; they serve managed-Redis failovers only, so they are off.
 then one call probes it. Calls already in flight when it broke fail too; only the first of them,
 or a failed probe, opens a new (longer) backoff window, so concurrency does not inflate it. The
 jitter spreads the replicas' probes, so a recovering Redis is not hit by all of them at once.
+Each probe is a recovery action (``gateway_recovery_actions_total``): ``reconnects`` counts the
+ones that ended an outage, ``failed_probes`` those that found Redis still down.
 """
 
 from __future__ import annotations
@@ -50,11 +52,22 @@ def redis_client(url: str, op_timeout_s: float, health_check_interval_s: float) 
 class Outage:
     """The fail-open state of one Redis link (see the module docstring); ``clock`` in seconds."""
 
-    __slots__ = ("_clock", "_failures", "_probing", "_retry_at", "errors", "healthy")
+    __slots__ = (
+        "_clock",
+        "_failures",
+        "_probing",
+        "_retry_at",
+        "errors",
+        "failed_probes",
+        "healthy",
+        "reconnects",
+    )
 
     def __init__(self, *, healthy: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.healthy = healthy
         self.errors = 0  # failed calls, exported
+        self.reconnects = 0  # successes that ended an outage, exported as recovery actions (ok)
+        self.failed_probes = 0  # probes after a backoff that failed (recovery actions: failed)
         self._clock = clock
         self._failures = 0  # consecutive failed backoff windows; sets the next backoff
         self._retry_at = 0.0  # clock time before which Redis is skipped
@@ -105,6 +118,8 @@ class Outage:
     def succeeded(self) -> bool:
         """A call worked; True when that ends an outage (say so in the log)."""
         recovered = not self.healthy
+        if recovered:
+            self.reconnects += 1
         self.healthy = True
         self._failures = 0
         return recovered
@@ -112,6 +127,8 @@ class Outage:
     def failed(self, probe: bool) -> bool:
         """A call failed; True when that starts an outage (say so in the log)."""
         self.errors += 1
+        if probe:
+            self.failed_probes += 1
         if not (self.healthy or probe):
             return False
         started = self.healthy

@@ -8,13 +8,12 @@ group names it: ``sophia-gateway rollout pause chat``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 import orjson
+
+from gateway.admin_client import AdminCallError, call_admin
 
 Json = dict[str, Any]
 _ACTIONS = {
@@ -73,25 +72,8 @@ def line(rollout: Json) -> str:
 
 def _call(args: argparse.Namespace, method: str, path: str, body: Json | None = None) -> Json | None:
     """The gateway's answer, or None after printing why there is none."""
-    request = urllib.request.Request(
-        args.url.rstrip("/") + path,
-        method=method,
-        data=None if body is None else orjson.dumps(body),
-        headers={"Content-Type": "application/json"} if body is not None else {},
-    )
-    token = os.environ.get("SOPHIA_ADMIN_TOKEN")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            answer: Json = orjson.loads(resp.read())
-            return answer
-    except urllib.error.HTTPError as exc:
-        try:
-            message = orjson.loads(exc.read())["error"]["message"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            message = f"HTTP {exc.code}"
-        print(f"error: {args.url}: {message}", file=sys.stderr)
-    except OSError as exc:
-        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
-    return None
+        return call_admin(args.url, method, path, body)
+    except AdminCallError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None

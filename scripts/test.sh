@@ -7,6 +7,7 @@
 # own) and a shared Redis: REDIS_URL when set, else the one on 127.0.0.1:6379. When that port
 # has no Redis, it is started; when redis-server is missing, it is installed as root with apt-get,
 # else one line names the package to install. SOPHIA_TEST_REDIS_PORT picks another port.
+# Prometheus and promtool (package prometheus) are installed the same way for the dashboard test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
@@ -66,6 +67,24 @@ ensure_redis() {
   fi
 }
 
+# Prometheus: tests/e2e/test_prometheus_dashboard.py starts its own (and skips, naming the
+# package, where it is missing). As root, the package is installed; the service the package
+# may start is stopped at once (the test runs the binaries only, on ports of its own).
+ensure_prometheus() {
+  if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+    return
+  fi
+  if is_root_with_apt; then
+    apt_install prometheus
+    if command -v service >/dev/null 2>&1; then
+      service prometheus stop >/dev/null 2>&1 || true
+    fi
+  else
+    echo "note: the Prometheus dashboard test is skipped: install the package prometheus (Debian/Ubuntu: sudo apt-get install prometheus)" >&2
+  fi
+}
+
 ensure_redis
-install_into_venv '.[test]'
+ensure_prometheus
+install_into_venv '.[test,tracing]'
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

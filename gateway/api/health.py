@@ -9,9 +9,11 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.api import peers
+from gateway.http.auth import require_admin
 from gateway.http.responses import json_response
 from gateway.observability.exposition import merge_expositions
 from gateway.observability.metrics import CONTENT_TYPE
+from gateway.routing.router import Router
 
 
 async def live(request: web.Request) -> web.Response:
@@ -20,14 +22,33 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """200 once start-up finished, 503 while starting or draining (so no new traffic is sent)."""
+    """200 once start-up finished, 503 while starting or draining (so no new traffic is sent),
+    and 503 while the gateway can serve nothing: no model group has a deployment with its key set
+    and its breaker not open. One provider down never makes it unready."""
     state = request.app[keys.LIFECYCLE]
     router = request.app[keys.ROUTER]
     if state.draining or not state.ready:
         status = "draining" if state.draining else "starting"
         return json_response(orjson.dumps({"status": status}), status=503)
-    models = {n: "ok" if router.is_configured(n) else "no provider key set" for n in router.model_names}
-    return json_response(orjson.dumps({"status": "ok", "models": models}))
+    models = {n: _model_state(router, n) for n in router.model_names}
+    serving = any(v == "ok" for v in models.values())
+    body = orjson.dumps({"status": "ok" if serving else "unavailable", "models": models})
+    return json_response(body, status=200 if serving else 503)
+
+
+def _model_state(router: Router, name: str) -> str:
+    if not router.is_configured(name):
+        return "no provider key set"
+    return "ok" if router.can_serve(name) else "every breaker open"
+
+
+async def health(request: web.Request) -> web.Response:
+    """Every dependency's status, latency and last change (``service/health.py``), checked now.
+    Admin only, like ``/admin/models``: it shows the topology. 503 when the gateway can serve
+    nothing, else 200 (``degraded`` says something is not up)."""
+    require_admin(request)
+    report = await request.app[keys.HEALTH].check()
+    return json_response(orjson.dumps(report.to_json()), status=503 if report.status == "down" else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -145,25 +145,14 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
         given = body.get("prompt" if endpoint is Endpoint.COMPLETIONS else "input")
         items = given if isinstance(given, list) else [given]
         chars = sum(len(item) for item in items if isinstance(item, str))
-        if endpoint is Endpoint.RESPONSES:  # issue 17: input items (messages, tool results)
-            chars += sum(_item_chars(item) for item in items if isinstance(item, dict))
     prompt = chars // CHARS_PER_TOKEN + 1
     if endpoint is Endpoint.EMBEDDINGS:
         return prompt
-    output = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+    output = body.get("max_completion_tokens") or body.get("max_tokens")
     if not isinstance(output, int) or isinstance(output, bool):
         output = DEFAULT_OUTPUT_TOKENS
     n = body.get("n")
     return prompt + output * (n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1)
-
-
-def _item_chars(item: JSONObject) -> int:
-    """Text characters of a Responses input item (a message's content, a tool call's output)."""
-    value = item.get("content", item.get("output"))
-    if isinstance(value, str):
-        return len(value)
-    parts = value if isinstance(value, list) else ()
-    return sum(len(p["text"]) for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
 
 
 def headers_for(decision: Decision) -> dict[str, str]:

@@ -686,6 +686,23 @@ class RedisLimiter:
         """Failed Redis calls so far."""
         return self._outage.errors
 
+    async def ping(self) -> float | None:
+        """One PING through the fail-open link (see ``RedisStore.ping``): its round trip in
+        seconds, or None when it failed or Redis is being skipped. Never raises, whatever
+        ``fail`` says: a health check is not a request to refuse."""
+        client = self._client
+        if client is None:
+            return None
+        started = time.perf_counter()
+        answered = await self._outage.call(
+            lambda: client.ping(), self._op_timeout_s, went_down=self._went_down, came_back=self._came_back
+        )
+        return time.perf_counter() - started if answered else None
+
+    def reconnect_counts(self) -> tuple[int, int]:
+        """(outages ended by a successful probe, probes that failed) so far."""
+        return self._outage.reconnects, self._outage.failed_probes
+
 
 def _limits(caller: Caller) -> tuple[int | None, int | None, float | None, float | None]:
     return (caller.rpm, caller.tpm, caller.budget_usd, caller.budget_period_s)

@@ -13,6 +13,7 @@ on dead entries and live ones are evicted only when the live set itself is over 
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -144,6 +145,20 @@ class MemoryStore:
     async def delete(self, category: str, key: str) -> None:
         """Remove the entry if present."""
         self._remove(self._category(category), key)
+
+    def drop_oldest(self, share: float) -> int:
+        """Drop the least recently used ``share`` (0..1] of every category's entries (at least
+        one of a category that has any), when the process is short of memory; returns how many."""
+        dropped = 0
+        for cat in self._categories.values():
+            count = min(len(cat.entries), max(1, math.ceil(len(cat.entries) * share))) if cat.entries else 0
+            for _ in range(count):
+                _, victim = cat.entries.popitem(last=False)
+                cat.bytes -= victim[_SIZE]
+            if not cat.entries:
+                cat.expiries.clear()
+            dropped += count
+        return dropped
 
     def usage(self, category: str) -> CategoryUsage:
         """Live entries and their bytes, exactly (expired entries are dropped first)."""

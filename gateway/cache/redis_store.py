@@ -239,6 +239,21 @@ class RedisStore:
         """Failed Redis calls so far."""
         return self._outage.errors
 
+    async def ping(self) -> float | None:
+        """One PING through the fail-open link, as any call goes: its round trip in seconds, or
+        None when it failed or Redis is being skipped (backing off). After a backoff this PING is
+        the probe, so a Redis that came back is found even with no traffic."""
+        client = self._client
+        if client is None:
+            return None
+        started = time.perf_counter()
+        answered = await self._call(lambda: client.ping())
+        return time.perf_counter() - started if answered else None
+
+    def reconnect_counts(self) -> tuple[int, int]:
+        """(outages ended by a successful probe, probes that failed) so far."""
+        return self._outage.reconnects, self._outage.failed_probes
+
     def _check(self, category: str) -> None:
         if category not in self._budgets:
             raise ValueError(f"unknown cache category {category!r}")

@@ -57,6 +57,12 @@ class SemanticIndex:
         if entries is not None and entries.pop(key, None) is not None:
             self._count -= 1
 
+    def clear(self) -> int:
+        """Forget every prompt (the entries stay in the store); returns how many were held."""
+        count, self._count = self._count, 0
+        self._scopes = {}
+        return count
+
     def __len__(self) -> int:
         return self._count
 

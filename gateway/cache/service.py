@@ -257,6 +257,11 @@ class ResponseCache:
     def errors(self) -> int:
         return self.store.errors
 
+    def drop_semantic_indexes(self) -> int:
+        """Forget every semantic category's prompts (a memory cleanup: exact hits still work,
+        the index refills as answers are stored); returns how many prompts were dropped."""
+        return sum(index.clear() for index in self._indexes.values())
+
     def count(self, category: str, result: str) -> None:
         self._metrics.child(self._metrics.cache_requests, category, result).inc()
 

@@ -36,6 +36,7 @@ MAX_AUTHORIZATION_CHARS = 256
 KEY_PREFIX = "sk-sg-"  # every virtual key starts so; anything else cannot be one
 
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9._~+/-]+=*)", re.ASCII)
+_API_KEY = re.compile(r"[A-Za-z0-9._~+/-]+=*", re.ASCII)
 # Bearer plus any printable ASCII token: the admin token is the operator's own string.
 _ADMIN_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([\x21-\x7e]+)", re.ASCII)
 _INVALID_KEY_MESSAGE = (
@@ -61,15 +62,28 @@ def bearer_token(values: list[str], pattern: re.Pattern[str] = _BEARER) -> str |
     return match.group(1) if match is not None else None
 
 
-async def authenticate(request: web.Request) -> Caller | None:
+def api_key_header(values: list[str]) -> str | None:
+    """The key of the one ``x-api-key`` header in ``values`` (a ``b64token``, as after Bearer),
+    or None for any other shape."""
+    if len(values) != 1 or len(values[0]) > MAX_AUTHORIZATION_CHARS:
+        return None
+    return values[0] if _API_KEY.fullmatch(values[0]) else None
+
+
+async def authenticate(request: web.Request, *, x_api_key: bool = False) -> Caller | None:
     """The caller of a ``/v1/*`` request: None in ``auth.mode: open``, else its key's ``Caller``.
 
+    ``x_api_key``: the key may come as ``x-api-key: <key>`` instead (Anthropic's SDK sends it so;
+    the Messages front door, issue 17); ``Authorization`` wins when both are sent.
     Raises 401 ``invalid_api_key`` for a missing, malformed, unknown, revoked or expired key, and
     the key ring's 503 when the key store cannot answer."""
     app = request.app
     if app[keys.POLICY].auth.mode == "open":
         return None
-    secret = bearer_token(request.headers.getall("Authorization", []))
+    if x_api_key and "Authorization" not in request.headers:
+        secret = api_key_header(request.headers.getall("x-api-key", []))
+    else:
+        secret = bearer_token(request.headers.getall("Authorization", []))
     if secret is None or not secret.startswith(KEY_PREFIX):
         raise invalid_api_key()
     keyring = app.get(keys.KEYRING)

@@ -33,9 +33,10 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from gateway.http.responses import error_response
+from gateway.http.responses import error_renderer
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import Span
 from gateway.service.context import CallRecord, RequestIds
 
 log = logging.getLogger("gateway.http")
@@ -61,15 +62,18 @@ def gateway_handler(handler: Handler, endpoint: str) -> Handler:
     """``handler`` with the gateway's per-request work around it; ``endpoint`` is the route's
     label in metrics (its resource's canonical path, or ``unmatched``)."""
 
-    # The app's metrics, request ids and access log, looked up once per app rather than per
-    # request (set when the app is built; its state is frozen once it serves).
-    seen: list[Any] = [None, None, None, None]  # [app, metrics, request ids, access log]
+    # The app's metrics, request ids, access log and tracer, looked up once per app rather than
+    # per request (set when the app is built; its state is frozen once it serves).
+    seen: list[Any] = [None, None, None, None, None]  # [app, metrics, request ids, access log, tracer]
+    # Errors in the envelope of the route's API (Anthropic's under /v1/messages: issue 17); the
+    # catch-all decides per request, so an unknown path under a front door gets its envelope too.
+    route_render = None if endpoint == "unmatched" else error_renderer(endpoint)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         app = request.app
         if app is not seen[0]:
-            seen[:] = [app, app[keys.METRICS], app[keys.REQUEST_IDS], app[keys.ACCESS_LOG]]
-        _, metrics, ids, access = seen
+            seen[:] = [app, app[keys.METRICS], app[keys.REQUEST_IDS], app[keys.ACCESS_LOG], app[keys.TRACER]]
+        _, metrics, ids, access, tracer = seen
         in_flight = metrics.in_flight.children[()]  # a plain number (metrics.py)
         # The call's record is made here, so this frame holds it: the handler of a proxied call
         # fills it in (``request[REQUEST_CALL]``), and nothing below looks it up in the request's
@@ -79,20 +83,22 @@ def gateway_handler(handler: Handler, endpoint: str) -> Handler:
         request[keys.REQUEST_ID] = rid = request_id_for(request, ids)
         started = time.perf_counter()
         status = 500
+        # Tracing off (the default): this check is all it costs (observability/tracing.py).
+        span = tracer.request(request.method, endpoint, request.headers) if tracer.on else None
         in_flight.value += 1
         try:
             try:
                 response = await handler(request)
             except GatewayError as error:
-                response = error_response(error)
+                response = (route_render or error_renderer(request.path))(error)
             except web.HTTPException as exc:
-                response = error_response(_from_http_exception(exc, request))
+                response = (route_render or error_renderer(request.path))(_from_http_exception(exc, request))
             except asyncio.CancelledError:
                 status = _CLIENT_CLOSED
                 raise
             except Exception:
                 log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": request.path}})
-                response = error_response(
+                response = (route_render or error_renderer(request.path))(
                     InternalError(f"The gateway hit an internal error. Request id: {rid}.")
                 )
             status = response.status
@@ -102,6 +108,8 @@ def gateway_handler(handler: Handler, endpoint: str) -> Handler:
         finally:
             in_flight.value -= 1
             _observe(request, metrics, access, endpoint, call, rid, status, time.perf_counter() - started)
+            if span is not None:
+                _end_span(span, call, rid, status)
 
     return handle
 
@@ -202,6 +210,28 @@ def _observe(
             fallback,
             milliseconds(elapsed_s),
         )
+
+
+def _end_span(span: Span, call: CallRecord, rid: str, status: int) -> None:
+    """The request span's outcome: status, model group, where it was served (no request text)."""
+    span.set("http.response.status_code", status)
+    span.set("gateway.request_id", rid)
+    if call.model:
+        span.set("gen_ai.request.model", call.model)
+    route = call.route
+    if route is not None:
+        span.set("gateway.provider", route.target.provider)
+        span.set("gen_ai.response.model", route.target.model)
+        span.set("gateway.attempts", route.attempts)
+        span.set("gateway.fallback", route.fallback)
+    cached = call.cache
+    if cached is not None:
+        span.set("gateway.cache.status", cached.status)
+        if cached.status == "hit":
+            span.set("gateway.provider", "cache")
+    if status >= 500 or status == _CLIENT_CLOSED:
+        span.fail(str(status))
+    span.end()
 
 
 def milliseconds(elapsed_s: float) -> float:

@@ -10,6 +10,7 @@ client that leaves closes the provider request at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -33,8 +34,14 @@ def error_event(error: GatewayError) -> bytes:
     return encode(error.body()) + DONE
 
 
-async def send_stream(request: web.Request, stream: AnswerStream, request_id: str) -> web.StreamResponse:
-    """Write ``stream`` to the client; a provider failure mid-stream ends it with an error event."""
+async def send_stream(
+    request: web.Request,
+    stream: AnswerStream,
+    request_id: str,
+    error_event: Callable[[GatewayError], bytes] = error_event,
+) -> web.StreamResponse:
+    """Write ``stream`` to the client; a provider failure mid-stream ends it with ``error_event``
+    (OpenAI's by default; a front door passes its own)."""
     response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
     add_gateway_headers(response.headers, request_id, request[keys.REQUEST_CALL])
     try:

@@ -138,6 +138,10 @@ class MemoryStore(Protocol):
 
     async def count(self, namespace: str | None = None) -> int: ...
 
+    async def ping(self) -> None:
+        """One ``SELECT 1`` round trip (the health check); raises when the store cannot answer."""
+        ...
+
     async def changes_after(self, seq: int, limit: int) -> list[tuple[int, str, str, str | None, bool]]:
         """The change log: up to ``limit`` writes numbered above ``seq``, oldest first, as (seq,
         id, namespace, owner, deleted); how processes sharing the store keep their index current."""

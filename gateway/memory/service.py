@@ -24,6 +24,7 @@ import orjson
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, StartupError
 from gateway.memory.access import MemoryAccess, not_found, partition_of, split_partition
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch, MemoryStore, VectorIndex
+from gateway.observability.metrics import memory_search_histogram
 from gateway.policy.model import MemoryConfig
 
 log = logging.getLogger("gateway.memory")
@@ -90,12 +91,14 @@ class MemoryService:
         self._flusher: asyncio.Task[None] | None = None
         self.cache_hits = 0
         self.cache_misses = 0
+        self.search_duration = memory_search_histogram()  # exported by observability.metrics
         # Several processes sharing the store (serve --workers N): each applies the others'
         # writes from the store's change log before a search; one of them writes the index files.
         self._follow = follow_changes
         self._owns_files = owns_index_files
         self._seen_change = 0
         self._catching_up = asyncio.Lock()
+        self.index_saved_at: float | None = None  # clock time of this process's last index save
 
     # ----- lifecycle of the service itself
 
@@ -172,6 +175,7 @@ class MemoryService:
             )
         if self._owns_files:
             await asyncio.to_thread(self.index.save)
+            self.index_saved_at = self._clock()
         return count - skipped
 
     # ----- writes
@@ -288,6 +292,7 @@ class MemoryService:
         other teams' memories neither take top_k places nor show in any count."""
         if vector is None and not query:
             raise InvalidRequest("Give 'query' (text) or 'vector'.", param="query")
+        started = time.perf_counter()
         if self._follow:
             await self.catch_up()
         if access is not None and where.namespaces:
@@ -309,6 +314,7 @@ class MemoryService:
         )
         hits = [Hit(memories[i], s) for i, s in scored if i in memories][:top_k]
         self._pending_access.update(h.memory.id for h in hits)
+        self.search_duration.observe(time.perf_counter() - started)
         return hits
 
     async def _search_index(
@@ -422,6 +428,7 @@ class MemoryService:
                 await self.flush_access()
                 if rounds % _SAVE_EVERY_ROUNDS == 0 and self._owns_files:
                     await asyncio.to_thread(self.index.save)  # bounds what a crash loses
+                    self.index_saved_at = self._clock()
                     if self._follow:
                         await self.store.trim_changes(_CHANGES_KEPT)
             except Exception:  # a failing store must not kill the loop; counts wait for the next
@@ -517,6 +524,26 @@ class MemoryService:
         self._cache[key] = (self._clock(), namespaces, scored)
         if len(self._cache) > _SEARCH_CACHE_MAX:
             self._cache.popitem(last=False)
+
+    def drop_search_cache(self) -> int:
+        """Forget every cached search (a memory cleanup); returns how many were dropped."""
+        count = len(self._cache)
+        self._cache.clear()
+        return count
+
+    def now(self) -> float:
+        """The service's clock, in seconds (monotonic): ``index_saved_at`` is on it."""
+        return self._clock()
+
+    @property
+    def owns_index_files(self) -> bool:
+        """Whether this process writes the index files (one process of a worker set does)."""
+        return self._owns_files
+
+    @property
+    def index_save_interval_s(self) -> float:
+        """How often this process saves the index while it runs (when it owns the files)."""
+        return self._flush_every_s * _SAVE_EVERY_ROUNDS
 
     def forget_cached_searches(self, namespaces: Collection[str]) -> None:
         """Drop cached searches over any of ``namespaces``: after a write to them, or a change

@@ -146,3 +146,12 @@ class SQLMemoryStore(ABC):
 
     async def count(self, namespace: str | None = None) -> int:
         return await self._run("count", lambda cur: self._q.count(cur, namespace))
+
+    async def ping(self) -> None:
+        """``SELECT 1`` as one unit of work (the health check); raises as any operation would."""
+        await self._run("ping", _select_one)
+
+
+def _select_one(cur: Cursor) -> None:
+    cur.execute("SELECT 1")
+    cur.fetchone()

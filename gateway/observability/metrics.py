@@ -1,8 +1,10 @@
 """Every Prometheus metric the gateway exports, defined once, owned by the app.
 
 Names follow the OpenTelemetry GenAI semantic conventions where one exists
-(``gen_ai.client.token.usage``, ``gen_ai.server.time_to_first_token``), else ``gateway_*`` with
-``_seconds`` / ``_total`` suffixes. Label values are bounded: model names come from the policy
+(``gen_ai.client.operation.duration``, ``gen_ai.client.token.usage``,
+``gen_ai.server.time_to_first_token``, ``gen_ai.server.time_per_output_token``) in the form the
+OTel-to-Prometheus mapping gives them (dots to underscores, ``_seconds`` for unit ``s``, none for
+``{token}``), else ``gateway_*`` with ``_seconds`` / ``_total`` suffixes. Label values are bounded: model names come from the policy
 (an unknown model is recorded as ``unknown``), never from free client input, and no label or
 value ever holds a key.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import ClassVar, Generic, Protocol, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
@@ -57,7 +59,56 @@ _LATENCY_BUCKETS_S = (
 )
 # Agreement scores: cosine similarity or a length ratio (shorter over longer), 0..1.
 _AGREEMENT_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+_MEMORY_SEARCH_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+# Time per output token: OTel's advice (10 ms .. 2.5 s) below which fast local models and the
+# fake provider stream (down to 0.1 ms a token).
+_PER_TOKEN_BUCKETS_S = (
+    0.0001,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+)
+
+# The GenAI labels every gen_ai_* family carries, in this order (``GenAILabels`` builds them):
+# the operation (chat, text_completion, embeddings), the vendor (OTel's gen_ai.provider.name:
+# openai, azure.ai.openai, anthropic, gcp.gemini), the model group the client asked for, the
+# upstream model that answered, and the policy's own provider name (``provider``).
+GENAI_LABELS = (
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "provider",
+)
+
+# OTel's gen_ai.provider.name for each provider kind of the policy.
+_VENDOR_OF_KIND = {
+    "openai": "openai",
+    "azure": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini",
+}
+
+
+def vendor_of(kind: str) -> str:
+    """OTel's ``gen_ai.provider.name`` for a policy provider ``kind`` (``_OTHER`` if unknown)."""
+    return _VENDOR_OF_KIND.get(kind, "_OTHER")
+
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -283,11 +334,22 @@ class _CacheCollector(Collector):
         return [size, entries, up, errors]
 
 
+def memory_search_histogram() -> HistogramChild:
+    """The memory service's search durations (seconds), exported as
+    ``gateway_memory_search_duration_seconds``."""
+    return HistogramChild((*_MEMORY_SEARCH_BUCKETS_S, float("inf")))
+
+
 class MemoryView(Protocol):
     """What the metrics need of the memory service."""
 
     def figures(self) -> dict[str, float]:
         """Flat figures: index_vectors, search_cache_hits/misses, and pool_* when pooled."""
+        ...
+
+    @property
+    def search_duration(self) -> HistogramChild:
+        """Search durations, made by ``memory_search_histogram``."""
         ...
 
 
@@ -310,6 +372,10 @@ class _MemoryCollector(Collector):
 
     def __init__(self, view: MemoryView) -> None:
         self._view = view
+        self._les = tuple(
+            floatToGoString(b)  # type: ignore[no-untyped-call]
+            for b in (*_MEMORY_SEARCH_BUCKETS_S, float("inf"))
+        )
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -325,6 +391,17 @@ class _MemoryCollector(Collector):
                 family = GaugeMetricFamily(f"gateway_memory_{name}", text)
             family.add_metric((), value)
             out.append(family)
+        searches = self._view.search_duration
+        cumulative, buckets = 0, []
+        for le, count in zip(self._les, searches.counts, strict=True):
+            cumulative += count
+            buckets.append((le, float(cumulative)))
+        duration = HistogramMetricFamily(
+            "gateway_memory_search_duration_seconds",
+            "Memory searches (POST /v1/memory/search and chats with memory), query embedding included.",
+        )
+        duration.add_metric((), buckets, searches.sum)
+        out.append(duration)
         return out
 
 
@@ -353,6 +430,96 @@ class _RouterCollector(Collector):
         return [breaker, score]
 
 
+class RecoveryActions:
+    """``gateway_recovery_actions_total{kind,result}``: what the gateway did by itself to recover
+    from a fault, ``ok`` or ``failed`` (the seed's recovery success KPI is ok / all).
+
+    Two kinds of figures feed it: actions counted here as they happen (``count``: failovers after
+    a timeout, memory cleanups), and totals kept by the objects that act (``add_source``: the
+    Redis links' reconnects, the memory pool's replacements), read at scrape time. A (kind,
+    result) pair has one owner, so the figures just add up."""
+
+    __slots__ = ("_counts", "_sources")
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+        self._sources: list[Callable[[], Iterable[tuple[str, str, int]]]] = []
+
+    def count(self, kind: str, result: str, amount: int = 1) -> None:
+        """One action of ``kind`` (a fixed name, never client text) ended with ``result``."""
+        key = (kind, result)
+        self._counts[key] = self._counts.get(key, 0) + amount
+
+    def add_source(self, source: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        """Read ``source()`` -> (kind, result, total so far) at every scrape."""
+        self._sources.append(source)
+
+    def totals(self) -> dict[tuple[str, str], int]:
+        """Every (kind, result) with its total now."""
+        out = dict(self._counts)
+        for source in self._sources:
+            for kind, result, total in source():
+                out[(kind, result)] = out.get((kind, result), 0) + total
+        return out
+
+
+class _RecoveryCollector(Collector):
+    def __init__(self, actions: RecoveryActions) -> None:
+        self._actions = actions
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "gateway_recovery_actions",
+            "Automatic recovery actions by kind (redis_cache_reconnect, redis_limits_reconnect, "
+            "memory_store_reconnect, failover, memory_cleanup_*) and result (ok, failed); the seed's "
+            "recovery success KPI is ok / all.",
+            labels=("kind", "result"),
+        )
+        for (kind, result), total in sorted(self._actions.totals().items()):
+            family.add_metric((kind, result), total)
+        return [family]
+
+
+class HealthView(Protocol):
+    """What the metrics need of the health monitor (``service/health.py``)."""
+
+    def dependencies_up(self) -> Iterable[tuple[str, bool]]:
+        """(dependency, up or degraded) as of the last check."""
+        ...
+
+    def loop_lag_s(self) -> float:
+        """The event loop's worst lateness over the last few seconds."""
+        ...
+
+
+class _HealthCollector(Collector):
+    def __init__(self, view: HealthView) -> None:
+        self._view = view
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "gateway_dependency_up",
+            "1 while a dependency (deployment:<provider>/<model>, redis:cache, redis:limits, "
+            "memory:store, memory:index, event_loop, resident_memory) is up or degraded, 0 while "
+            "it is down, as of the health monitor's last check.",
+            labels=("dependency",),
+        )
+        for name, is_up in self._view.dependencies_up():
+            up.add_metric((name,), 1 if is_up else 0)
+        lag = GaugeMetricFamily(
+            "gateway_event_loop_lag_seconds",
+            "How late the event loop woke a sleeping task, worst over the last 10 seconds.",
+        )
+        lag.add_metric((), self._view.loop_lag_s())
+        return [up, lag]
+
+
 class GatewayMetrics:
     """The gateway's metrics; one instance per app, reached through ``keys.METRICS``."""
 
@@ -375,6 +542,14 @@ class GatewayMetrics:
             "Requests sent to providers, by provider, upstream model and outcome.",
             ("provider", "upstream_model", "outcome"),
         )
+        # Front doors (issue 17): each attempt of a front door's call, passed to the provider in the
+        # door's own format (native) or translated to chat for it.
+        self.front_door_attempts = Counter(
+            "gateway_front_door_attempts",
+            "Provider attempts of front-door calls (e.g. /v1/messages), by endpoint and mode "
+            "(native: the client's format passed through; translated: via chat).",
+            ("endpoint", "mode"),
+        )
         self.upstream_errors = Counter(
             "gateway_upstream_errors",
             "Failed provider requests, by provider, upstream model and error class.",
@@ -386,18 +561,32 @@ class GatewayMetrics:
             ("provider", "upstream_model"),
             buckets=_LATENCY_BUCKETS_S,
         )
+        self.operation_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "Time the gateway took to get an answer from providers (failover included; streams: "
+            "to the last chunk), by the GenAI labels and, for a call that failed, error_type "
+            "(the gateway error class).",
+            (*GENAI_LABELS, "error_type"),
+            buckets=_LATENCY_BUCKETS_S,
+        )
         self.time_to_first_token = Histogram(
             "gen_ai_server_time_to_first_token_seconds",
-            "Streams: time from request received to the first chunk sent to the client, by the "
-            "model the client asked for, the model that answered and its provider.",
-            ("gen_ai_request_model", "gen_ai_response_model", "gen_ai_provider_name"),
+            "Streams: time from request received to the first chunk sent to the client, by the GenAI labels.",
+            GENAI_LABELS,
             buckets=_LATENCY_BUCKETS_S,
+        )
+        self.time_per_output_token = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Streams that ended whole: time per output token after the first, (end - first "
+            "chunk) / (output tokens - 1), by the GenAI labels.",
+            GENAI_LABELS,
+            buckets=_PER_TOKEN_BUCKETS_S,
         )
         self.token_usage = Histogram(
             "gen_ai_client_token_usage",
-            "Tokens per request as the provider reported them, by the model the client asked for, "
-            "the model that answered, its provider and the token type (input, output).",
-            ("gen_ai_request_model", "gen_ai_response_model", "gen_ai_provider_name", "gen_ai_token_type"),
+            "Tokens per request as the provider reported them, by the GenAI labels and the token "
+            "type (input, output).",
+            (*GENAI_LABELS, "gen_ai_token_type"),
             buckets=_TOKEN_BUCKETS,
         )
 
@@ -465,7 +654,7 @@ class GatewayMetrics:
             "Share (percent) of its model group's first choices a deployment in rollout has now: "
             "its step while rolling or paused, 0 before its smoke prompts pass or once rolled back "
             "or aborted, 100 once promoted.",
-            ("group", "provider", "model"),
+            ("model", "provider", "upstream_model"),
         )
         self.rollouts = Counter(
             "gateway_rollouts",
@@ -505,13 +694,27 @@ class GatewayMetrics:
             "Access log lines dropped because stderr did not take them (more than the access "
             "log's backlog bound was waiting on a full pipe).",
         )
+        # Counters whose label values are known up front start at 0, so each series exists from
+        # the first scrape: Prometheus' increase() and rate() miss a series' first appearance,
+        # and a ratio over a series that never existed has no data at all (the rollback KPI).
+        for result in ("promoted", "rolled_back", "aborted"):
+            self.rollouts.labels(result)
+        for result in ("applied", "unchanged", "invalid", "failed"):
+            self.policy_reloads.labels(result)
         self.registry.register(
             _PlainCollector([m for m in vars(self).values() if isinstance(m, Counter | Gauge | Histogram)])
         )
+        self.recovery = RecoveryActions()  # exported with the health figures (health_collector)
 
     def cache_collector(self, view: CacheView) -> None:
         """Export the cache store's per-category footprint and health, read at scrape time."""
         self.registry.register(_CacheCollector(view))
+
+    def health_collector(self, view: HealthView) -> None:
+        """Export each dependency's up/down, the event loop's lag and the recovery actions, read
+        at scrape time."""
+        self.registry.register(_HealthCollector(view))
+        self.registry.register(_RecoveryCollector(self.recovery))
 
     def memory_collector(self, view: MemoryView) -> None:
         """Export the memory service's index size, search cache and store pool, at scrape time."""

@@ -715,6 +715,23 @@ class Server(_Strict):
             "again, its body (then 408 and the connection is closed)."
         ),
     )
+    health_interval_s: DurationS = Field(
+        5.0,
+        description=(
+            "How often the health monitor checks every dependency (GET /health, "
+            "gateway_dependency_up; its Redis PING is also the reconnect probe after a backoff) "
+            "and resident memory against max_rss_bytes."
+        ),
+    )
+    max_rss_bytes: ByteSize | None = Field(
+        None,
+        description=(
+            "Resident memory above which the gateway frees memory by itself, in order until it is "
+            "back under: the memory search cache, the semantic cache index, then the in-process "
+            "response cache's oldest entries (each step counted in gateway_recovery_actions_total). "
+            "A size such as 2GiB; null: never."
+        ),
+    )
 
 
 class Limits(_Strict):

@@ -22,7 +22,6 @@ from gateway.wire.requests import Endpoint, JSONObject
 
 __all__ = [
     "Endpoint",
-    "FrontDoor",
     "ProviderAdapter",
     "ProviderHandle",
     "StreamTranslator",
@@ -178,11 +177,3 @@ class ProviderHandle(Protocol):
         """A 2xx response's body as it arrives, key scrubbed; iterate it once, and ``aclose``
         it if you stop early."""
         ...
-
-
-class FrontDoor(Protocol):
-    """One request that came in through a front door other than chat's (issue 17: the Responses
-    API), translated once; per attempt it gives the adapter that serves it on a provider (a
-    pass-through where the provider speaks that API, else a translation around its adapter)."""
-
-    def adapter_for(self, provider: ProviderHandle) -> ProviderAdapter: ...

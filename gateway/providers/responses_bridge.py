@@ -1,18 +1,13 @@
-"""The Responses API front door on every provider kind: a ``FrontDoor`` per request.
-
-A ``/v1/responses`` request is translated to a chat request once (``wire/responses.py``); then,
-per attempt, the deployment's provider decides how it is served:
+"""The Responses API on every provider kind: what a ``ResponsesDoor`` (``service/responses.py``)
+hands the request service per attempt.
 
 * ``kind: openai`` with ``responses: true`` (OpenAI's own API, or a compatible server that has
-  it): passed through to the provider's ``/responses`` (model rewritten, ``store: false``: the
-  gateway keeps conversation state itself), the provider's bytes forwarded, its stream watched by
-  ``NativeResponsesStream``;
-* any other provider: the chat request through the provider's own adapter (so Anthropic and
-  Gemini work as they do for chat), and its OpenAI-format answer or chunks turned into a
-  ``response`` object or the Responses event stream (``wire/responses_output.py``).
-
-So one model group may mix both: failover moves between them freely, and each attempt's answer
-has the Responses shape whichever way it was made.
+  it): the client's body passed through to the provider's ``/responses`` (``native_request``:
+  model rewritten by the adapter, ``store: false``: the gateway keeps conversation state itself),
+  the provider's bytes forwarded, its stream watched by ``NativeResponsesStream``;
+* any other provider: the chat translation through the provider's own adapter (so Anthropic and
+  Gemini work as they do for chat), and its OpenAI-format chunks turned into the Responses event
+  stream by ``ChatToResponsesStream`` (``wire/responses_output.py``).
 """
 
 from __future__ import annotations
@@ -22,91 +17,16 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import UpstreamStatusError
-from gateway.policy.model import OpenAIProvider
-from gateway.providers.base import ProviderAdapter, ProviderHandle, StreamTranslator, UpstreamRequest
-from gateway.wire.requests import Endpoint, JSONObject
-from gateway.wire.responses_output import ResponseIds, ResponsesEvents, chat_usage, whole_response
+from gateway.policy.model import OpenAIProvider, ProviderBase
+from gateway.providers.base import StreamTranslator
+from gateway.wire.requests import JSONObject
+from gateway.wire.responses_output import ResponsesEvents, chat_usage
 from gateway.wire.sse import DONE_DATA, SSEDecoder, encode
 
 
-class ResponsesDoor:
-    """One Responses request: its body (``previous_response_id`` already expanded), its chat
-    translation and the ids its answer gets. Implements ``FrontDoor``."""
-
-    __slots__ = ("body", "chat", "ids")
-
-    def __init__(self, body: JSONObject, chat: JSONObject, ids: ResponseIds) -> None:
-        self.body = body
-        self.chat = chat
-        self.ids = ids
-
-    def adapter_for(self, provider: ProviderHandle) -> ProviderAdapter:
-        config = provider.config
-        if isinstance(config, OpenAIProvider) and config.responses:
-            return NativeResponses(provider.adapter, self)
-        return ChatBridge(provider.adapter, self)
-
-
-class _Wrapped:
-    """What both ways share: the provider's own headers and error translation."""
-
-    __slots__ = ("_door", "_inner")
-
-    def __init__(self, inner: ProviderAdapter, door: ResponsesDoor) -> None:
-        self._inner = inner
-        self._door = door
-
-    def auth_headers(self, api_key: str | None) -> Mapping[str, str]:
-        return self._inner.auth_headers(api_key)
-
-    def translate_error(
-        self, status: int, body: bytes, retry_after_s: float | None, provider: str
-    ) -> UpstreamStatusError:
-        return self._inner.translate_error(status, body, retry_after_s, provider)
-
-
-class ChatBridge(_Wrapped):
-    """A Responses request served as a chat request by any provider's adapter."""
-
-    __slots__ = ()
-
-    def build_request(self, endpoint: Endpoint, body: JSONObject, upstream_model: str) -> UpstreamRequest:
-        return self._inner.build_request(Endpoint.CHAT, self._door.chat, upstream_model)
-
-    def translate_response(
-        self, endpoint: Endpoint, body: JSONObject, request: JSONObject, upstream_model: str
-    ) -> JSONObject | None:
-        door = self._door
-        chat = self._inner.translate_response(Endpoint.CHAT, body, door.chat, upstream_model)
-        return whole_response(door.body, chat if chat is not None else body, door.ids)
-
-    def stream_translator(
-        self, endpoint: Endpoint, request: JSONObject, upstream_model: str
-    ) -> StreamTranslator:
-        door = self._door
-        inner = self._inner.stream_translator(Endpoint.CHAT, door.chat, upstream_model)
-        return ChatToResponsesStream(inner, ResponsesEvents(door.body, door.ids))
-
-
-class NativeResponses(_Wrapped):
-    """A Responses request passed through to a provider that serves the Responses API."""
-
-    __slots__ = ()
-
-    def build_request(self, endpoint: Endpoint, body: JSONObject, upstream_model: str) -> UpstreamRequest:
-        native = native_request(self._door.body)
-        return self._inner.build_request(Endpoint.RESPONSES, native, upstream_model)
-
-    def translate_response(
-        self, endpoint: Endpoint, body: JSONObject, request: JSONObject, upstream_model: str
-    ) -> JSONObject | None:
-        return None  # the Responses shape already: the provider's bytes are forwarded
-
-    def stream_translator(
-        self, endpoint: Endpoint, request: JSONObject, upstream_model: str
-    ) -> StreamTranslator:
-        return NativeResponsesStream()
+def speaks_responses(config: ProviderBase) -> bool:
+    """Whether a provider serves the Responses API itself (``kind: openai``, ``responses: true``)."""
+    return isinstance(config, OpenAIProvider) and config.responses
 
 
 def native_request(body: Mapping[str, Any]) -> JSONObject:

@@ -36,6 +36,7 @@ from gateway.errors import (
     NoHealthyDeployment,
     ProviderNotConfigured,
     UpstreamStatusError,
+    UpstreamTimeout,
 )
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import ModelGroup, Policy, Retry
@@ -231,6 +232,17 @@ class Router:
         group = self._groups.get(model)
         return group is not None and any(t.client.configured for t in group.targets)
 
+    def can_serve(self, model: str) -> bool:
+        """Whether some deployment of the group could take a call now: its key is set and its
+        breaker is not open (readiness: a gateway none of whose groups can is not ready)."""
+        group = self._groups.get(model)
+        if group is None:
+            return False
+        now = self._clock()
+        return any(
+            t.client.configured and t.live.breaker.state(now) is not BreakerState.OPEN for t in group.targets
+        )
+
     def resolve(self, ctx: RouteContext) -> str:
         """The group that serves ``ctx``: the named one, or where its first matching rule points."""
         group = self._groups.get(ctx.model)
@@ -417,8 +429,11 @@ class Router:
         target: Target,
         error: GatewayError,
     ) -> Routed[T]:
-        """After the first attempt failed on ``target`` with ``error``: retry or give up."""
+        """After the first attempt failed on ``target`` with ``error``: retry or give up.
+        After a timeout this is a recovery action (``failover``): ok when another attempt
+        served the request, failed when none could."""
         failures = [Attempt(target.provider, target.model, error)]
+        timed_out = isinstance(error, UpstreamTimeout)
         try:
             cursor.failed(target, error)
             # stop_after also says no when the group's retry budget is spent (``retry_budget.py``)
@@ -426,8 +441,14 @@ class Router:
                 raise error
             await asyncio.sleep(cursor.pending_wait_s)
             value, target = await self._retry(group_name, cursor, ctx, attempt, failures)
+        except GatewayError:
+            if timed_out:
+                self._metrics.recovery.count("failover", "failed")
+            raise
         finally:
             cursor.release()
+        if timed_out:
+            self._metrics.recovery.count("failover", "ok")
         self._metrics.child(self._metrics.retries, group_name).inc(len(failures))
         fallback = target is not cursor.first
         if fallback:
@@ -619,6 +640,11 @@ class Router:
     def rollout(self, group_name: str) -> RolloutSlot | None:
         """The group's rollout, if one runs."""
         return self._groups[group_name].rollout
+
+    def group_of(self, target: Target) -> str:
+        """The model group ``target`` belongs to ("" once a reload removed it)."""
+        index = self._target_index.get(id(target))
+        return "" if index is None else self._target_group[index]
 
     def targets(self, group_name: str) -> tuple[Target, ...]:
         """The group's targets, in policy order."""

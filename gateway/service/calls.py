@@ -31,12 +31,15 @@ from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, Respons
 from gateway.errors import GatewayError, ModelNotFound, UpstreamBadResponse
 from gateway.memory import augment as memory_augment
 from gateway.memory.service import MemoryService
-from gateway.observability.metrics import GatewayMetrics
+from gateway.observability import tracing
+from gateway.observability.metrics import GatewayMetrics, vendor_of
+from gateway.observability.tracing import Span, Tracer
 from gateway.policy.model import Limits, Shadow
-from gateway.providers.base import FrontDoor
+from gateway.providers.base import UpstreamRequest
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.context import CallContext, Route
+from gateway.service.front_door import FrontDoor
 from gateway.service.grants import memory_access_of
 from gateway.service.limits import check_limits
 from gateway.service.shadow import ShadowTraffic
@@ -44,6 +47,12 @@ from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import check_request
 from gateway.wire.requests import Endpoint, JSONObject
 
+# OTel's gen_ai.operation.name for each endpoint.
+_OPERATION = {
+    Endpoint.CHAT: "chat",
+    Endpoint.COMPLETIONS: "text_completion",
+    Endpoint.EMBEDDINGS: "embeddings",
+}
 # Builds the memory service around the request service's own embeddings path.
 MemoryFactory = Callable[["Embed"], MemoryService]
 
@@ -92,6 +101,7 @@ class RequestService:
         tuning: Tuning = Tuning(),
         limits: Limits | None = None,
         rng: random.Random | None = None,
+        tracer: Tracer = tracing.OFF,
     ) -> None:
         self.router = router
         self.cache = cache
@@ -99,6 +109,7 @@ class RequestService:
         self._gates = tuple(gates)
         self._limits = limits if limits is not None else Limits()  # the policy's defaults
         self._tuning = tuning
+        self._tracer = tracer  # tracing.OFF: each hook below costs one ``on`` check
         self.memory: MemoryService | None = memory(self.embed) if memory is not None else None
         # Shadow traffic (``shadow.py``): ``rng`` draws which requests are mirrored.
         self.shadow = ShadowTraffic(router, metrics, self._fetch, self.embed, rng=rng)
@@ -114,7 +125,8 @@ class RequestService:
         self, endpoint: Endpoint, body: JSONObject, ctx: CallContext, door: FrontDoor | None = None
     ) -> Answer:
         """Serve ``body`` on ``endpoint``; raise the ``GatewayError`` the client should see.
-        ``door``: a request of another front door (issue 17), which picks each attempt's adapter."""
+
+        ``door``: a front door's call (``front_door.py``): ``body`` is its chat translation."""
         # 1. validate: nothing below runs for a request that will be refused anyway
         model, stream = check_request(endpoint, body)
         check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
@@ -125,14 +137,17 @@ class RequestService:
             raise ModelNotFound(model, [m for m in self.router.model_names if ctx.identity.may_use(m)])
         group = self.router.resolve(route)  # an unknown model is a 404 before any store is read
         ctx.record.model = model
-        plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
+        if door is None:
+            plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
+        else:  # keyed by the client's own body under its door: answers are served in one shape only
+            plan = self.cache.plan(door.endpoint, door.body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
         # 2. admit
         for gate in self._gates:
             await gate.admit(endpoint, model, body, ctx)
         lead = False
         try:
             # 3. augment
-            if endpoint is Endpoint.CHAT and memory_augment.wanted(body, ctx.headers):
+            if endpoint is Endpoint.CHAT and door is None and memory_augment.wanted(body, ctx.headers):
                 access = memory_access_of(ctx.identity)  # only memories the caller's team may read
                 body, ctx.record.memory_ids = await memory_augment.augment(
                     self.memory, body, ctx.headers, access
@@ -142,7 +157,10 @@ class RequestService:
                 plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
             # 4. cache: lead the single flight or wait for its leader, then look up
             if plan.read:
-                found, lead = await self._find(plan)
+                if self._tracer.on:
+                    found, lead = await self._find_traced(plan)
+                else:
+                    found, lead = await self._find(plan)
                 if found is not None:
                     return self._hit(plan, found, ctx, stream)
             ctx.record.cache = plan.outcome or CacheOutcome(plan.status, plan.category)
@@ -151,9 +169,18 @@ class RequestService:
             if stream:
                 return await self._stream(endpoint, body, route, group, plan, ctx, lead, door)
             # A whole answer, here rather than in a coroutine of its own (one frame less).
-            routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body, door), group)
+            called_s = time.perf_counter()
+            try:
+                if door is None:
+                    routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body), group)
+                else:
+                    routed = await self.router.call(route, lambda t: self._fetch_door(t, door), group)
+            except GatewayError as error:
+                self.record_operation(endpoint, model, None, called_s, type(error).__name__)
+                raise
             raw, usage = routed.value
             target = routed.target
+            self.record_operation(endpoint, model, target, called_s)
             self._served(ctx, routed)
             # 6. store
             answer = CachedAnswer(raw, target.provider, target.model) if plan.write else None
@@ -163,13 +190,18 @@ class RequestService:
                 lead = False
                 self.cache.flights.land(plan.key, answer)
             # 7. account
-            used = self.account_usage(routed.group, target, usage)
+            used = self.account_usage(endpoint, model, routed.group, target, usage)
             if ctx.limit_ticket is not None:
                 ctx.limit_ticket.settle_later(*used)
             # Shadow traffic: one attribute check for a group without it (read now: reloads apply)
             group_config = self.router.policy.models.get(routed.group)
-            shadowed = door is None  # mirrors take chat's path: front doors are not mirrored (yet)
-            if group_config is not None and group_config.shadow is not None and not ctx.internal and shadowed:
+            # (A front door's answer is not chat-shaped: its calls are not mirrored.)
+            if (
+                group_config is not None
+                and group_config.shadow is not None
+                and not ctx.internal
+                and door is None
+            ):
                 self.shadow.offer(routed.group, group_config.shadow, endpoint, body, raw)
             return Answer(body=raw)
         except BaseException:
@@ -234,6 +266,21 @@ class RequestService:
             return answer, False
         return None, True
 
+    async def _find_traced(self, plan: CachePlan) -> tuple[CachedAnswer | None, bool]:
+        """``_find`` inside the cache span."""
+        span = self._tracer.cache(plan.category)
+        try:
+            found, lead = await self._find(plan)
+            span.set("gateway.cache.status", "miss" if found is None else "hit")
+            if found is not None:
+                span.set("gateway.cache.match", found.match or "exact")
+            return found, lead
+        except BaseException as error:
+            span.fail(type(error).__name__)
+            raise
+        finally:
+            span.end()
+
     def _hit(self, plan: CachePlan, answer: CachedAnswer, ctx: CallContext, stream: bool) -> Answer:
         ctx.record.cache = CacheOutcome("hit", plan.category, answer.match, answer.model)
         self.cache.count(plan.category, "hit")
@@ -243,16 +290,64 @@ class RequestService:
 
     # ----- 5 for a whole answer
 
-    async def _fetch(
-        self, target: Target, endpoint: Endpoint, body: JSONObject, door: FrontDoor | None = None
-    ) -> tuple[bytes, object]:
-        client = target.client
-        adapter = client.adapter if door is None else door.adapter_for(client)
+    async def _fetch(self, target: Target, endpoint: Endpoint, body: JSONObject) -> tuple[bytes, object]:
+        if self._tracer.on:
+            return await self._fetch_traced(target, endpoint, body)
+        client, adapter = target.client, target.client.adapter
         raw, parsed = await client.fetch_json(adapter.build_request(endpoint, body, target.model))
         translated = adapter.translate_response(endpoint, parsed, body, target.model)
         if translated is None:
             return raw, parsed.get("usage")  # OpenAI format already: forward the provider's bytes
         return orjson.dumps(translated), translated.get("usage")
+
+    async def _fetch_traced(
+        self, target: Target, endpoint: Endpoint, body: JSONObject
+    ) -> tuple[bytes, object]:
+        """``_fetch`` inside an attempt span, its ``traceparent`` sent upstream."""
+        client, adapter = target.client, target.client.adapter
+        request = adapter.build_request(endpoint, body, target.model)
+        span = self._attempt_span(target, endpoint, body, request)
+        try:
+            raw, parsed = await client.fetch_json(request)
+            translated = adapter.translate_response(endpoint, parsed, body, target.model)
+            answer = parsed if translated is None else translated
+            _answer_attributes(span, answer, target)
+            usage = answer.get("usage")
+            tracing.usage_attributes(span, usage)
+            return (raw if translated is None else orjson.dumps(translated)), usage
+        except BaseException as error:
+            span.fail(type(error).__name__)
+            raise
+        finally:
+            span.end()
+
+    def _attempt_span(
+        self, target: Target, endpoint: Endpoint, body: JSONObject, request: UpstreamRequest
+    ) -> Span:
+        """An upstream attempt's span; ``request`` carries its ``traceparent`` from now on."""
+        config = target.client.config
+        name, attributes = tracing.attempt_attributes(
+            endpoint.value,
+            config.kind,
+            target.provider,
+            config.base_url,
+            self.router.group_of(target),
+            target.model,
+            body,
+        )
+        span, headers = self._tracer.attempt(name, attributes)
+        request.headers = {**request.headers, **headers} if request.headers else headers
+        return span
+
+    async def _fetch_door(self, target: Target, door: FrontDoor) -> tuple[bytes, object]:
+        raw, parsed = await target.client.fetch_json(self._door_request(target, door))
+        return door.answer(target, raw, parsed)
+
+    def _door_request(self, target: Target, door: FrontDoor) -> UpstreamRequest:
+        request = door.build(target)  # raises first for a kind the door cannot serve: not counted
+        m = self._metrics
+        m.child(m.front_door_attempts, door.endpoint.value, door.mode(target)).inc()
+        return request
 
     # ----- 5-7 for a stream
 
@@ -267,10 +362,14 @@ class RequestService:
         lead: bool,
         door: FrontDoor | None = None,
     ) -> Answer:
-        book = _StreamBook(self, plan, ctx, lead)
-        routed = await self.router.call(
-            route, lambda t: self._open_stream(t, endpoint, body, book, plan.write, door), group
-        )
+        book = _StreamBook(self, endpoint, plan, ctx, lead)
+        try:
+            routed = await self.router.call(
+                route, lambda t: self._open_stream(t, endpoint, body, book, plan.write, door), group
+            )
+        except GatewayError as error:
+            self.record_operation(endpoint, route.model, None, book.called_s, type(error).__name__)
+            raise
         book.route = routed
         self._served(ctx, routed)
         group_config = self.router.policy.models.get(routed.group)
@@ -288,12 +387,20 @@ class RequestService:
         capture: bool,
         door: FrontDoor | None = None,
     ) -> RoutedStream:
-        client = target.client
-        adapter = client.adapter if door is None else door.adapter_for(client)
-        response = await client.send(adapter.build_request(endpoint, body, target.model))
+        client, adapter = target.client, target.client.adapter
+        if door is None:
+            request = adapter.build_request(endpoint, body, target.model)
+            if self._tracer.on:
+                return await self._open_stream_traced(target, endpoint, body, book, capture, request)
+        else:
+            request = self._door_request(target, door)
+        response = await client.send(request)
         chunks = client.chunks(response)
         try:
-            translator = adapter.stream_translator(endpoint, body, target.model)
+            if door is None:
+                translator = adapter.stream_translator(endpoint, body, target.model)
+            else:
+                translator = door.stream_translator(target)
             async for chunk in chunks:
                 first = translator.feed(chunk)
                 if first:
@@ -307,6 +414,40 @@ class RequestService:
             f"{target.provider}: provider ended the stream without data", provider=target.provider
         )
 
+    async def _open_stream_traced(
+        self,
+        target: Target,
+        endpoint: Endpoint,
+        body: JSONObject,
+        book: _StreamBook,
+        capture: bool,
+        request: UpstreamRequest,
+    ) -> RoutedStream:
+        """``_open_stream`` inside an attempt span, which the stream's book ends with the stream."""
+        span = self._attempt_span(target, endpoint, body, request)
+        try:
+            response = await target.client.send(request)
+            chunks = target.client.chunks(response)
+            try:
+                translator = target.client.adapter.stream_translator(endpoint, body, target.model)
+                async for chunk in chunks:
+                    first = translator.feed(chunk)
+                    if first:
+                        book.span = span  # ended with the stream (_StreamBook)
+                        return RoutedStream(first, response, chunks, translator, book, capture=capture)
+            except BaseException:
+                await chunks.aclose()
+                response.close()
+                raise
+            response.close()
+            raise UpstreamBadResponse(
+                f"{target.provider}: provider ended the stream without data", provider=target.provider
+            )
+        except BaseException as error:
+            span.fail(type(error).__name__)
+            span.end()
+            raise
+
     # ----- 7. accounting
 
     def _served(self, ctx: CallContext, route: Route) -> None:
@@ -314,45 +455,75 @@ class RequestService:
         if not ctx.internal:  # only the same caller may vote on it later (/v1/feedback)
             self.router.remember(ctx.request_id, route.group, route.target, ctx.tenant)
 
-    def account_usage(self, group: str, target: Target, usage: object) -> tuple[int, int, float]:
+    def account_usage(
+        self, endpoint: Endpoint, model: str, group: str, target: Target, usage: object
+    ) -> tuple[int, int, float]:
         """Export the token counts a provider reported and their cost (no-op without usage);
-        returns (prompt tokens, completion tokens, cost in US dollars)."""
+        ``model`` is the group the client asked for, ``group`` the one that served it. Returns
+        (prompt tokens, completion tokens, cost in US dollars)."""
         if not isinstance(usage, dict):
             return 0, 0, 0.0
         m = self._metrics
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if prompt is None and completion is None:  # the Responses API's names (issue 17)
-            prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
         prompt = prompt if isinstance(prompt, int) else 0
         completion = completion if isinstance(completion, int) else 0
-        upstream_model, provider = target.deployment.model, target.client.name  # no property calls
-        m.child(m.token_usage, group, upstream_model, provider, "input").observe(prompt)
-        if completion or "completion_tokens" in usage or "output_tokens" in usage:
-            m.child(m.token_usage, group, upstream_model, provider, "output").observe(completion)
+        labels = genai_labels(endpoint, model, target)
+        m.child(m.token_usage, *labels, "input").observe(prompt)
+        if completion or "completion_tokens" in usage:
+            m.child(m.token_usage, *labels, "output").observe(completion)
         return prompt, completion, self.router.record_usage(group, target, prompt, completion)
+
+    def record_operation(
+        self, endpoint: Endpoint, model: str, target: Target | None, called_s: float, error_type: str = ""
+    ) -> None:
+        """``gen_ai_client_operation_duration_seconds`` for a routed call that started at
+        ``called_s`` (``perf_counter``) and ends now: answered by ``target``, or failed with
+        ``error_type`` (a gateway error class; then nobody answered and ``target`` is None)."""
+        m = self._metrics
+        if target is None:  # no vendor, response model or provider: nobody answered
+            labels = (_OPERATION[endpoint], "", model, "", "")
+        else:
+            labels = genai_labels(endpoint, model, target)
+        m.child(m.operation_duration, *labels, error_type).observe(time.perf_counter() - called_s)
+
+
+def genai_labels(endpoint: Endpoint, model: str, target: Target) -> tuple[str, str, str, str, str]:
+    """The GenAI label values (``metrics.GENAI_LABELS``) of a call on ``endpoint`` for model
+    group ``model`` (what the client asked for) answered by ``target``."""
+    client = target.client
+    return (
+        _OPERATION[endpoint],
+        vendor_of(client.config.kind),
+        model,
+        target.deployment.model,
+        client.name,
+    )
 
 
 class _StreamBook:
     """A routed stream's bookkeeping, run by the stream itself as it goes and when it ends."""
 
-    __slots__ = ("_ctx", "_lead", "_plan", "_service", "mirror", "route")
+    __slots__ = ("_ctx", "_endpoint", "_lead", "_plan", "_service", "called_s", "mirror", "route", "span")
 
-    def __init__(self, service: RequestService, plan: CachePlan, ctx: CallContext, lead: bool) -> None:
+    def __init__(
+        self, service: RequestService, endpoint: Endpoint, plan: CachePlan, ctx: CallContext, lead: bool
+    ) -> None:
         self._service = service
+        self._endpoint = endpoint
         self._plan = plan
         self._ctx = ctx
         self._lead = lead
         self.route: Route | None = None
+        self.called_s = time.perf_counter()  # when routing began (the operation's start)
         self.mirror: tuple[Shadow, Endpoint, JSONObject] | None = None  # shadow traffic's draw
+        self.span: Span | None = None  # the serving attempt's span, when tracing is on
 
     def first_chunk(self, stream: RoutedStream) -> None:
         route = self.route
         if route is not None and not self._ctx.internal:
             m = self._service._metrics
-            target = route.target
-            m.child(m.time_to_first_token, route.group, target.model, target.provider).observe(
-                stream.first_at - self._ctx.started_s
-            )
+            labels = genai_labels(self._endpoint, self._ctx.record.model, route.target)
+            m.child(m.time_to_first_token, *labels).observe(stream.first_at - self._ctx.started_s)
 
     async def ended(self, stream: RoutedStream) -> None:
         """The provider's stream ended: a whole answer if its translator says so."""
@@ -361,9 +532,14 @@ class _StreamBook:
         service = self._service
         seconds = max(0.0, time.perf_counter() - (stream.first_at or self._ctx.started_s))
         error = None if stream.translator.completed else _incomplete(route.target)
-        service.router.stream_ended(route.target, error, stream.output_tokens(), seconds)
-        used = service.account_usage(route.group, route.target, stream.translator.usage())
+        output_tokens = stream.output_tokens()
+        service.router.stream_ended(route.target, error, output_tokens, seconds)
+        self._timed(route.target, error, output_tokens, seconds)
+        usage = stream.translator.usage()
+        used = service.account_usage(self._endpoint, self._ctx.record.model, route.group, route.target, usage)
         self._settle(stream, used)
+        if self.span is not None:
+            self._end_span(usage, None if error is None else type(error).__name__)
         if self.mirror is not None:
             # The served text is known cheaply only when the stream was captured for the cache.
             shadow, endpoint, body = self.mirror
@@ -382,17 +558,50 @@ class _StreamBook:
         route = self.route
         assert route is not None
         seconds = max(0.0, time.perf_counter() - (stream.first_at or self._ctx.started_s))
-        self._service.router.stream_ended(route.target, error, stream.output_tokens(), seconds)
-        used = self._service.account_usage(route.group, route.target, stream.translator.usage())
+        output_tokens = stream.output_tokens()
+        self._service.router.stream_ended(route.target, error, output_tokens, seconds)
+        self._timed(route.target, error, output_tokens, seconds)
+        usage = stream.translator.usage()
+        used = self._service.account_usage(
+            self._endpoint, self._ctx.record.model, route.group, route.target, usage
+        )
         self._settle(stream, used)
+        if self.span is not None:
+            self._end_span(usage, type(error).__name__)
         self._land(None)
+
+    def _timed(self, target: Target, error: GatewayError | None, output_tokens: int, seconds: float) -> None:
+        """The operation's duration, and for a whole stream its time per output token after the
+        first: ``seconds`` (first chunk to end) over ``output_tokens - 1``."""
+        service = self._service
+        model = self._ctx.record.model
+        if error is not None:
+            service.record_operation(self._endpoint, model, target, self.called_s, type(error).__name__)
+            return
+        service.record_operation(self._endpoint, model, target, self.called_s)
+        if output_tokens > 1:
+            m = service._metrics
+            labels = genai_labels(self._endpoint, model, target)
+            m.child(m.time_per_output_token, *labels).observe(seconds / (output_tokens - 1))
 
     def abandoned(self, stream: RoutedStream) -> None:
         """The client left (or was never sent the stream): no verdict on the provider."""
         if self.route is not None:
             self._service.router.stream_abandoned(self.route.target)
         self._settle(stream, None)
+        if self.span is not None:
+            self._end_span(None, "client_closed")
         self._land(None)
+
+    def _end_span(self, usage: object, error_type: str | None) -> None:
+        span, self.span = self.span, None
+        assert span is not None
+        tracing.usage_attributes(span, usage)
+        if self.route is not None:
+            span.set("gen_ai.response.model", self.route.target.model)
+        if error_type is not None:
+            span.fail(error_type)
+        span.end()
 
     def _settle(self, stream: RoutedStream, used: tuple[int, int, float] | None) -> None:
         """Settle a keyed call's reservation. Without the provider's usage (it never said, or the
@@ -415,6 +624,15 @@ class _StreamBook:
         if self._lead:
             self._lead = False
             self._service.cache.flights.land(self._plan.key, answer)
+
+
+def _answer_attributes(span: Span, answer: JSONObject, target: Target) -> None:
+    """``gen_ai.response.*`` from an OpenAI-format answer (its model and id, never its text)."""
+    model = answer.get("model")
+    span.set("gen_ai.response.model", model if isinstance(model, str) and model else target.model)
+    answer_id = answer.get("id")
+    if isinstance(answer_id, str) and answer_id:
+        span.set("gen_ai.response.id", answer_id[:128])
 
 
 def _incomplete(target: Target) -> GatewayError:

@@ -15,6 +15,7 @@ from gateway.wire.requests import Endpoint, JSONObject
 _TOKEN_FIELDS: dict[Endpoint, tuple[str, ...]] = {
     Endpoint.CHAT: ("max_tokens", "max_completion_tokens"),
     Endpoint.COMPLETIONS: ("max_tokens",),
+    # A front door's own names, checked by its service before translation (issue 17).
     Endpoint.RESPONSES: ("max_output_tokens",),
 }
 

@@ -5,10 +5,12 @@
                      goes before this request's input; unknown or another tenant's id: 400
       2. translate   to a chat request once (``wire/responses.py``): what cannot be served is a
                      400 here, before anything is read or routed
-      3. serve       ``RequestService.run(Endpoint.RESPONSES, ...)``: the same validation, limits,
-                     cache (keyed under ``responses``, so chat answers are never served here),
-                     routing, failover and accounting as chat; each attempt's adapter comes from
-                     the ``ResponsesDoor`` (pass-through or translation, per provider)
+      3. serve       ``RequestService.run(Endpoint.CHAT, chat, ctx, door=ResponsesDoor)``, as
+                     every front door (``front_door.py``): the same validation, limits, admission,
+                     routing, failover and accounting as chat, over the chat translation; the
+                     cache keyed by the client's body under ``responses`` (chat answers are never
+                     served here); each attempt's provider request and answer from the door
+                     (pass-through to a provider that speaks Responses, else the chat bridge)
       4. keep        with ``store`` (the API's default) and the policy's ``responses.store``: the
                      conversation so far, for ``responses.store_ttl_s``, in the response cache's
                      store under the tenant (a stream's when its ``response.completed`` passes)
@@ -28,13 +30,21 @@ import orjson
 from gateway.cache.store import CacheStore, CategoryBudget
 from gateway.errors import InvalidRequest
 from gateway.policy.model import Policy
-from gateway.providers.responses_bridge import ResponsesDoor
+from gateway.providers.base import StreamTranslator, UpstreamRequest
+from gateway.providers.responses_bridge import (
+    ChatToResponsesStream,
+    NativeResponsesStream,
+    native_request,
+    speaks_responses,
+)
+from gateway.routing.target import Target
 from gateway.service.calls import Answer, RequestService
 from gateway.service.context import CallContext
+from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream
 from gateway.wire.requests import Endpoint, JSONObject
 from gateway.wire.responses import ResponsesInputError, chat_request
-from gateway.wire.responses_output import ResponseIds
+from gateway.wire.responses_output import ResponseIds, ResponsesEvents, chat_usage, whole_response
 from gateway.wire.sse import SSEDecoder
 
 # The store category of kept responses, beside the policy's cache categories (which cannot
@@ -66,7 +76,9 @@ class ResponsesService:
         self._clock = clock
 
     async def run(self, body: JSONObject, ctx: CallContext) -> Answer:
-        settings = self._service.router.policy.responses  # read per request: reloads apply
+        policy = self._service.router.policy  # read per request: reloads apply
+        settings = policy.responses
+        check_limits(Endpoint.RESPONSES, body, policy.limits)  # named as the client named them
         previous = body.get("previous_response_id")
         if previous is not None:
             body = await self._expand(body, previous, ctx.tenant, settings.store)
@@ -76,7 +88,7 @@ class ResponsesService:
             raise InvalidRequest(exc.message, param=exc.param, code=exc.code) from None
         ids = ResponseIds(self._new_id(), int(self._clock()))
         door = ResponsesDoor(body, chat, ids)
-        answer = await self._service.run(Endpoint.RESPONSES, body, ctx, door)
+        answer = await self._service.run(Endpoint.CHAT, chat, ctx, door=door)
         if not settings.store or body.get("store") is False or ctx.internal:
             return answer
         keep = _Keeper(self._store, ctx.tenant, _input_items(body), settings.store_ttl_s)
@@ -107,6 +119,44 @@ class ResponsesService:
                 code="previous_response_not_found",
             )
         return {**body, "input": items + _input_items(body)}
+
+
+class ResponsesDoor:
+    """One Responses request (``previous_response_id`` already expanded into its input), its
+    chat translation and the ids its answer gets; per attempt, a provider that speaks Responses
+    (``speaks_responses``) gets the client's body passed through, any other provider the chat
+    translation through its own adapter, its answer made a ``response`` (``FrontDoor``)."""
+
+    __slots__ = ("body", "chat", "ids")
+
+    endpoint = Endpoint.RESPONSES
+
+    def __init__(self, body: JSONObject, chat: JSONObject, ids: ResponseIds) -> None:
+        self.body = body
+        self.chat = chat
+        self.ids = ids
+
+    def build(self, target: Target) -> UpstreamRequest:
+        adapter = target.client.adapter
+        if speaks_responses(target.client.config):
+            return adapter.build_request(Endpoint.RESPONSES, native_request(self.body), target.model)
+        return adapter.build_request(Endpoint.CHAT, self.chat, target.model)
+
+    def mode(self, target: Target) -> str:
+        return "native" if speaks_responses(target.client.config) else "translated"
+
+    def answer(self, target: Target, raw: bytes, parsed: JSONObject) -> tuple[bytes, object]:
+        if speaks_responses(target.client.config):
+            return raw, chat_usage(parsed.get("usage"))  # the provider's bytes, forwarded
+        chat = target.client.adapter.translate_response(Endpoint.CHAT, parsed, self.chat, target.model)
+        chat = chat if chat is not None else parsed
+        return orjson.dumps(whole_response(self.body, chat, self.ids)), chat.get("usage")
+
+    def stream_translator(self, target: Target) -> StreamTranslator:
+        if speaks_responses(target.client.config):
+            return NativeResponsesStream()
+        inner = target.client.adapter.stream_translator(Endpoint.CHAT, self.chat, target.model)
+        return ChatToResponsesStream(inner, ResponsesEvents(self.body, self.ids))
 
 
 class _Keeper:

@@ -64,11 +64,15 @@ def start(
     subcommand: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,
-    timeout_s: float = 20.0,
+    timeout_s: float = 60.0,  # generous: a loaded CI machine may take long to import and bind
     cpu: int | None = None,
     cwd: str | None = None,
+    module: str = "gateway.cli",
 ) -> ManagedProcess:
     """Run ``sophia-gateway <subcommand...>`` and return once it listens.
+
+    ``module``: the one run with ``python -m`` (a test's wrapper around ``gateway.cli``, e.g.
+    one that fakes Snowflake in the process before serving).
 
     ``cpu`` pins the process to one core (Linux), for benchmarks. ``serve`` runs in a fresh
     temporary directory unless ``cwd`` is given, so the files it keeps relative to its working
@@ -76,7 +80,7 @@ def start(
     """
     if cwd is None and subcommand and subcommand[0] == "serve":
         cwd = tempfile.mkdtemp(prefix="sophia-serve-")
-    args = [sys.executable, "-m", "gateway.cli", *subcommand]
+    args = [sys.executable, "-m", module, *subcommand]
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         args = ["taskset", "-c", str(cpu), *args]
     # Run the same gateway code as the caller, whatever the working directory or an editable

@@ -23,7 +23,10 @@ class Endpoint(enum.Enum):
     CHAT = "chat/completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
-    RESPONSES = "responses"  # OpenAI's Responses API (issue 17): wire/responses.py
+    # Front doors (issue 17): served as chat calls; the value scopes their cache keys (and
+    # names the path of a provider the door passes its request through to).
+    RESPONSES = "responses"  # OpenAI's Responses API (service/responses.py)
+    MESSAGES = "messages"  # Anthropic's Messages API (service/messages.py)
 
 
 class _Head(BaseModel):
@@ -60,20 +63,10 @@ class EmbeddingHead(_Head):
     input: str | list[Any]
 
 
-class ResponsesHead(_Head):
-    """The fields of a Responses request the request service reads itself (the rest is
-    translated or refused by ``wire/responses.py``)."""
+H = TypeVar("H", bound=BaseModel)  # a request head (front doors have their own: wire/messages.py)
 
-    model: str = Field(min_length=1)
-    input: str | list[Any]
-    stream: bool = False
-
-
-H = TypeVar("H", bound=_Head)
-
-HEADS: dict[Endpoint, type[ChatCompletionHead | CompletionHead | EmbeddingHead | ResponsesHead]] = {
+HEADS: dict[Endpoint, type[ChatCompletionHead | CompletionHead | EmbeddingHead]] = {
     Endpoint.CHAT: ChatCompletionHead,
     Endpoint.COMPLETIONS: CompletionHead,
     Endpoint.EMBEDDINGS: EmbeddingHead,
-    Endpoint.RESPONSES: ResponsesHead,
 }

@@ -125,7 +125,10 @@ def chat_request(body: JSONObject) -> JSONObject:
         raise ResponsesInputError("'input' must be a string or a list of items.", "input")
     if not messages:
         raise ResponsesInputError("'input' holds nothing a model can answer.", "input")
-    chat: JSONObject = {"model": body.get("model"), "messages": messages}
+    # ``model`` as given (a missing one is the request service's 400, as for chat)
+    chat: JSONObject = (
+        {"model": body["model"], "messages": messages} if "model" in body else {"messages": messages}
+    )
     for name in _COPIED:
         value = body.get(name)
         if value is not None:

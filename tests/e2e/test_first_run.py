@@ -217,8 +217,8 @@ def test_stored_vectors_of_another_dimension_are_one_line(
 #
 # The real script runs in a copy of ``scripts/`` with a PATH of its own: bash, python3 and dirname,
 # plus stand-ins for ``id`` (root or not), ``apt-get`` (records its arguments; "install" puts the
-# real redis-server on the PATH) and ``.venv/bin/python`` (records the pip and pytest commands,
-# and the REDIS_URL they would see). Redis runs for real, on a free port.
+# real redis-server, or do-nothing prometheus and promtool, on the PATH) and ``.venv/bin/python``
+# (records the pip and pytest commands, and the REDIS_URL they would see). Redis runs for real, on a free port.
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -268,8 +268,13 @@ def run_script(
             bin_dir / "apt-get",
             f"""\
             {record}
-            if "install" in sys.argv:
+            if "install" in sys.argv and "redis-server" in sys.argv:
                 os.symlink({REDIS_SERVER!r}, {str(bin_dir / "redis-server")!r})
+            if "install" in sys.argv and "prometheus" in sys.argv:
+                for tool in ("prometheus", "promtool"):
+                    path = os.path.join({str(bin_dir)!r}, tool)
+                    open(path, "w").write("#!/bin/sh\\n")
+                    os.chmod(path, 0o755)
             """,
         )
     if redis_server:
@@ -335,13 +340,25 @@ def test_the_script_brings_redis_up_and_hands_it_to_the_tests(
     run = run_script(tmp_path, "tests/unit", uid=uid, redis_server=redis_server, apt=True, port=redis_port)
     assert run.result.returncode == 0, run.result.stderr
     installs = [line for line in run.log if line.startswith(("update", "install"))]
-    assert installs == ([] if redis_server else ["update -qq", "install -y -qq redis-server"])
+    if uid == 0:  # root installs what is missing: redis-server, then prometheus (the dashboard test)
+        assert installs == [
+            "update -qq",
+            "install -y -qq redis-server",
+            "update -qq",
+            "install -y -qq prometheus",
+        ]
+    else:  # not root: redis-server was there; the missing prometheus is named, nothing installed
+        assert installs == []
+        assert (
+            "note: the Prometheus dashboard test is skipped: install the package prometheus "
+            "(Debian/Ubuntu: sudo apt-get install prometheus)"
+        ) in run.result.stderr.splitlines()
     assert f"started redis-server on 127.0.0.1:{redis_port} (left running)" in run.result.stderr
     assert redis_answers(redis_port)
     assert (tmp_path / f"sophia-test-redis-{redis_port}.pid").exists()  # never the system's pid file
     url = f"redis://127.0.0.1:{redis_port}/0"
     assert run.log[-2:] == [
-        f"-m pip install --quiet --disable-pip-version-check -e .[test] | REDIS_URL={url}",
+        f"-m pip install --quiet --disable-pip-version-check -e .[test,tracing] | REDIS_URL={url}",
         f"-m pytest -q -p no:cacheprovider tests/unit | REDIS_URL={url}",
     ]
 

@@ -117,7 +117,9 @@ async def test_rewrites_under_load_fail_no_request_and_only_valid_versions_serve
             await asyncio.gather(*workers)
             during = sum(statuses.values()) - before
 
-        print(f"\nreload under load: {during / elapsed:.0f} requests/s, {during} requests, statuses {statuses}, valid version served after max {max(delays):.3f} s")
+        print(
+            f"\nreload under load: {during / elapsed:.0f} requests/s, {during} requests, statuses {statuses}, valid version served after max {max(delays):.3f} s"
+        )
         assert statuses.keys() == {200}, statuses
         assert during / elapsed >= 200, f"{during / elapsed:.0f} requests/s"
         assert len(delays) == REWRITES // 2 and max(delays) < VALID_WITHIN_S

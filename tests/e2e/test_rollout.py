@@ -155,7 +155,8 @@ async def test_healthy_candidate_advances_through_every_step(
         metrics = resp.read().decode()
     assert 'gateway_rollouts_total{result="promoted"} 1.0' in metrics
     assert (
-        'gateway_rollout_step_percent{group="healthy",model="cand-healthy",provider="cand"} 100.0' in metrics
+        'gateway_rollout_step_percent{model="healthy",provider="cand",upstream_model="cand-healthy"} 100.0'
+        in metrics
     )
 
 

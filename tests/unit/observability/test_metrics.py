@@ -5,7 +5,7 @@ from __future__ import annotations
 import prometheus_client as prom
 import pytest
 
-from gateway.observability.metrics import Counter, GatewayMetrics, Gauge, Histogram
+from gateway.observability.metrics import Counter, GatewayMetrics, Gauge, Histogram, memory_search_histogram
 
 
 def reference_registry(metrics: GatewayMetrics) -> tuple[prom.CollectorRegistry, dict[str, object]]:
@@ -48,12 +48,20 @@ def test_exposition_is_the_same_text_prometheus_client_writes() -> None:
     for value in (0.0, 0.0004, 0.0005, 0.0006, 1, 2.5, 299.9, 300, 301, 10_000):
         both("gateway_request_duration_seconds", ("/v1/chat/completions", "gpt", "a"), "observe", value)
     for tokens in (0, 1, 3, 4, 5, 1048576, 2_000_000):
-        both("gen_ai_client_token_usage", ("gpt", "gpt-4o", "a", "input"), "observe", tokens)
+        both(
+            "gen_ai_client_token_usage", ("chat", "openai", "gpt", "gpt-4o", "a", "input"), "observe", tokens
+        )
     both("gateway_cost_usd", ("gpt", "a", "gpt-4o"), "inc", 0.000125)
     both("gateway_limits_local", (), "inc")
     both("gateway_requests_in_flight", (), "inc")
     both("gateway_requests_in_flight", (), "inc")
     both("gateway_requests_in_flight", (), "dec")
+    for family, results in (  # the series GatewayMetrics starts at 0 (known label values)
+        ("gateway_rollouts", ("promoted", "rolled_back", "aborted")),
+        ("gateway_policy_reloads", ("applied", "unchanged", "invalid", "failed")),
+    ):
+        for result in results:
+            ref[family].labels(result)  # type: ignore[attr-defined]
 
     ours = metrics.render().decode()
     theirs = prom.generate_latest(registry).decode()
@@ -93,3 +101,28 @@ def test_a_child_is_made_once_and_checks_its_label_count() -> None:
         metrics.child(metrics.fallbacks, "gpt", "extra")
     with pytest.raises(ValueError):
         first.inc(-1)
+
+
+class _Memory:
+    """A MemoryView: the memory service's figures and its search durations."""
+
+    def __init__(self) -> None:
+        self.search_duration = memory_search_histogram()
+
+    def figures(self) -> dict[str, float]:
+        return {"index_vectors": 3.0, "search_cache_hits": 1.0}
+
+
+def test_memory_search_durations_are_a_histogram() -> None:
+    metrics, memory = GatewayMetrics(), _Memory()
+    metrics.memory_collector(memory)
+    for seconds in (0.0002, 0.003, 0.003, 5.0):
+        memory.search_duration.observe(seconds)
+    registry = metrics.registry
+    name = "gateway_memory_search_duration_seconds"
+    assert registry.get_sample_value(f"{name}_count") == 4
+    assert registry.get_sample_value(f"{name}_bucket", {"le": "0.00025"}) == 1
+    assert registry.get_sample_value(f"{name}_bucket", {"le": "0.005"}) == 3
+    assert registry.get_sample_value(f"{name}_bucket", {"le": "+Inf"}) == 4
+    assert registry.get_sample_value(f"{name}_sum") == pytest.approx(5.0062)
+    assert registry.get_sample_value("gateway_memory_index_vectors") == 3

@@ -1,7 +1,8 @@
-"""The Responses door per attempt: pass-through for providers flagged ``responses: true``, a
-chat bridge around every other adapter; the documented Anthropic and Gemini streams (fixtures
-of their own adapters' tests) come out as Responses events the openai SDK's types accept, fed
-in odd pieces; native streams are watched for their end, usage and failures."""
+"""What the Responses door hands each attempt: the pass-through body; the documented Anthropic
+and Gemini streams (fixtures of their own adapters' tests) through their adapters' translators
+come out as Responses events the openai SDK's types accept, fed in odd pieces; native streams
+are watched for their end, usage and failures. (The door's per-attempt choice:
+tests/unit/service/test_responses_door.py.)"""
 
 from __future__ import annotations
 
@@ -14,18 +15,17 @@ from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from gateway.policy.model import AnthropicProvider, GeminiProvider, OpenAIProvider
-from gateway.providers.client import ProviderClient
+from gateway.providers.base import StreamTranslator
 from gateway.providers.registry import adapter_for
 from gateway.providers.responses_bridge import (
-    ChatBridge,
-    NativeResponses,
+    ChatToResponsesStream,
     NativeResponsesStream,
-    ResponsesDoor,
+    native_request,
+    speaks_responses,
 )
-from gateway.testing.mock_transport import MockTransport
 from gateway.wire.requests import Endpoint
 from gateway.wire.responses import chat_request
-from gateway.wire.responses_output import ResponseIds
+from gateway.wire.responses_output import ResponseIds, ResponsesEvents
 from gateway.wire.sse import SSEDecoder
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -33,36 +33,22 @@ EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
 
 
-def door(body: dict[str, Any]) -> ResponsesDoor:
-    return ResponsesDoor(body, chat_request(body), ResponseIds("T", 1))
+def bridged(config: Any, body: dict[str, Any]) -> StreamTranslator:
+    """The chat bridge's stream for ``body`` on a provider of ``config``'s kind."""
+    inner = adapter_for(config).stream_translator(Endpoint.CHAT, chat_request(body), "up")
+    return ChatToResponsesStream(inner, ResponsesEvents(body, ResponseIds("T", 1)))
 
 
-def client(config: Any) -> ProviderClient:
-    return ProviderClient("p", config, adapter_for(config), None, MockTransport(lambda r: None))  # type: ignore[arg-type, return-value]
-
-
-def test_each_attempt_picks_pass_through_or_the_chat_bridge() -> None:
-    d = door({"model": "m", "input": "hi", "previous_response_id": "resp_1", "store": True})
-    native = client(OpenAIProvider(kind="openai", base_url="http://x/v1", responses=True))
-    plain = client(OpenAIProvider(kind="openai", base_url="http://x/v1"))
-    claude = client(AnthropicProvider(kind="anthropic", base_url="http://x/v1"))
-    assert isinstance(d.adapter_for(native), NativeResponses)
-    assert isinstance(d.adapter_for(plain), ChatBridge)
-    request = d.adapter_for(native).build_request(Endpoint.RESPONSES, d.body, "up")
-    assert request.path == "/responses"
-    assert orjson.loads(request.body) == {"model": "up", "input": "hi", "store": False}
-    request = d.adapter_for(plain).build_request(Endpoint.RESPONSES, d.body, "up")
-    assert (request.path, orjson.loads(request.body)["messages"]) == (
-        "/chat/completions",
-        [{"role": "user", "content": "hi"}],
-    )
-    request = d.adapter_for(claude).build_request(Endpoint.RESPONSES, d.body, "claude-x")
-    assert request.path == "/messages"
+def test_the_pass_through_body_keeps_no_state_upstream() -> None:
+    body = {"model": "m", "input": "hi", "previous_response_id": "resp_1", "store": True}
+    assert native_request(body) == {"model": "m", "input": "hi", "store": False}
+    assert speaks_responses(OpenAIProvider(kind="openai", base_url="http://x/v1", responses=True))
+    assert not speaks_responses(OpenAIProvider(kind="openai", base_url="http://x/v1"))
+    assert not speaks_responses(AnthropicProvider(kind="anthropic", base_url="http://x/v1"))
 
 
 def translated_events(config: Any, body: dict[str, Any], sse: bytes, piece: int) -> list[dict[str, Any]]:
-    d = door(body)
-    translator = ChatBridge(adapter_for(config), d).stream_translator(Endpoint.RESPONSES, d.body, "up")
+    translator = bridged(config, body)
     out = b""
     for start in range(0, len(sse), piece):
         out += translator.feed(sse[start : start + piece])
@@ -107,10 +93,8 @@ def test_geminis_documented_stream_becomes_responses_events() -> None:
 
 
 def test_an_error_event_mid_stream_is_relayed_and_fails_the_stream() -> None:
-    d = door({"model": "m", "input": "hi", "stream": True})
-    translator = ChatBridge(
-        adapter_for(OpenAIProvider(kind="openai", base_url="http://x/v1")), d
-    ).stream_translator(Endpoint.RESPONSES, d.body, "up")
+    body = {"model": "m", "input": "hi", "stream": True}
+    translator = bridged(OpenAIProvider(kind="openai", base_url="http://x/v1"), body)
     first = translator.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n')
     assert b"response.created" in first and b"response.output_text.delta" in first
     relayed = translator.feed(b'data: {"error":{"message":"boom","type":"server_error"}}\n\ndata: [DONE]\n\n')

@@ -25,6 +25,7 @@ from gateway.providers.base import UpstreamRequest
 from gateway.settings import Settings
 from gateway.testing.mock_transport import MockResponse, MockTransport
 from gateway.wire.requests import Endpoint
+from gateway.wire.responses import chat_request
 from tests.unit.service.test_request_path import ClientFactory
 
 POLICY = """
@@ -206,12 +207,16 @@ async def test_plain_create_is_a_chat_request_and_a_response_object(
     assert sent["temperature"] == 0.5
     metrics = client.app[keys.METRICS].registry  # type: ignore[index]
     labels = {
+        "gen_ai_operation_name": "chat",  # a front door's call is served as a chat call
+        "gen_ai_provider_name": "openai",
         "gen_ai_request_model": "m",
         "gen_ai_response_model": "ma",
-        "gen_ai_provider_name": "a",
+        "provider": "a",
         "gen_ai_token_type": "input",
     }
     assert metrics.get_sample_value("gen_ai_client_token_usage_sum", labels) == 7
+    attempts = {"endpoint": "responses", "mode": "translated"}
+    assert metrics.get_sample_value("gateway_front_door_attempts_total", attempts) == 1
 
 
 async def test_streamed_events_follow_the_responses_sequence(client: TestClient) -> None:
@@ -433,6 +438,10 @@ async def test_a_mixed_group_fails_over_from_pass_through_to_translation(
     response = await sdk(client).responses.create(model="native", input="hi")
     assert response.output_text == "hello"
     assert [(p, path) for p, path, _ in upstreams.seen] == [("n", "/responses"), ("a", "/chat/completions")]
+    registry = client.app[keys.METRICS].registry  # type: ignore[index]
+    for mode in ("native", "translated"):  # one attempt each way (front_door.py's metric)
+        labels = {"endpoint": "responses", "mode": mode}
+        assert registry.get_sample_value("gateway_front_door_attempts_total", labels) == 1
 
 
 # ----- refusals: 400 in OpenAI's envelope, never a 500
@@ -535,8 +544,10 @@ def test_a_keyed_calls_token_reservation_reads_responses_fields() -> None:
         ],
         "max_output_tokens": 7,
     }
-    assert reservation(Endpoint.RESPONSES, body) == 1200 // 4 + 1 + 7
-    assert reservation(Endpoint.RESPONSES, {"model": "m", "input": "x" * 40, "max_output_tokens": 3}) == 14
+    # Admission reads the chat translation, as for every front door.
+    assert reservation(Endpoint.CHAT, chat_request(body)) == 1200 // 4 + 1 + 7
+    short = {"model": "m", "input": "x" * 40, "max_output_tokens": 3}
+    assert reservation(Endpoint.CHAT, chat_request(short)) == 14
 
 
 async def test_responses_settings_follow_a_policy_reload(

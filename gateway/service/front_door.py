@@ -1,0 +1,50 @@
+"""A front door: a client API other than OpenAI's served through the same request service.
+
+The service runs such a call as a chat call (validation, limits, admission, routing rules and
+token estimates read the door's chat translation), with three differences the door decides:
+the cache key is taken over the client's own body under the door's endpoint (so an answer is
+only ever served to a request of the same shape), and each attempt asks the door for the
+provider request and for the answer in the door's shape, whole or streamed. Per attempt, so a
+model group may mix deployments the door passes its request to natively (Anthropic for
+``/v1/messages``) with ones it translates for (every other kind), and fail over between them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.providers.base import StreamTranslator, UpstreamRequest
+from gateway.routing.target import Target
+from gateway.wire.requests import Endpoint, JSONObject
+
+
+class FrontDoor(Protocol):
+    """One request through a front door (built per request by its handler)."""
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The operation the client called: the cache key's scope."""
+        ...
+
+    @property
+    def body(self) -> JSONObject:
+        """The client's own request body (hashed for the cache key)."""
+        ...
+
+    def build(self, target: Target) -> UpstreamRequest:
+        """The provider request for one attempt (``UnsupportedByProvider`` if ``target``'s kind
+        cannot serve it: retryable, so a capable deployment of the group is tried next)."""
+        ...
+
+    def mode(self, target: Target) -> str:
+        """``native`` when ``target`` gets the client's own format, else ``translated`` (a label)."""
+        ...
+
+    def answer(self, target: Target, raw: bytes, parsed: JSONObject) -> tuple[bytes, object]:
+        """(the answer in the door's shape, the OpenAI usage for accounting) for a provider's
+        whole answer to ``build(target)``."""
+        ...
+
+    def stream_translator(self, target: Target) -> StreamTranslator:
+        """A translator from ``target``'s stream to the door's SSE events."""
+        ...

@@ -1,0 +1,322 @@
+"""The health of every dependency (``GET /health``, ``sophia-gateway health``, the
+``gateway_dependency_up`` gauges): each with a status, a latency and the time its status last
+changed.
+
+* ``deployment:<provider>/<model>``: from the router, nothing sent: down while its key is not set
+  or its breaker is open, degraded while half-open; latency is its recent average, and the age of
+  its last success (a whole answer or a stream's first chunk) is shown.
+* ``redis:cache`` / ``redis:limits`` (with ``REDIS_URL``): one PING through the link's fail-open
+  state (``redis_link.Outage``), bounded by the link's own timeout. While the link backs off the
+  PING is skipped (down); after the backoff it is the probe, so a Redis that came back is found
+  and used again even when no request comes.
+* ``memory:store``: ``SELECT 1`` through the store (its pool, for Snowflake), and the pool's
+  efficiency (degraded below the seed's 85 % once 100 acquisitions were made).
+* ``memory:index``: vectors held, and the age of this process's last save (degraded when the
+  owner of the files has not saved for three save intervals: saving fails).
+* ``event_loop``: the worst lag of the last 10 s (``observability/runtime.py``): degraded from
+  0.1 s, down from 1 s.
+* ``resident_memory``: degraded while above ``server.max_rss_bytes`` (``service/recovery.py``
+  frees memory then).
+
+The gateway as a whole is ``down`` when it can serve nothing (no model group has a deployment
+with its key set and its breaker not open: readiness fails then, never because one provider is
+down), ``degraded`` when a dependency is not up, else ``up``. The monitor checks every
+``server.health_interval_s`` in the background (one task), and again for each ``GET /health``;
+concurrent asks share one check. Nothing here runs on a request's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from aiohttp import web
+
+from gateway.errors import GatewayError
+from gateway.memory.service import MemoryService
+from gateway.observability.runtime import LoopLag
+from gateway.routing.breaker import BreakerState
+from gateway.routing.router import Router
+from gateway.routing.target import Target
+
+Status = Literal["up", "degraded", "down"]
+Figure = float | int | str | bool | tuple[str, ...] | None
+
+LAG_DEGRADED_S = 0.1
+LAG_DOWN_S = 1.0
+POOL_EFFICIENCY_KPI = 0.85
+_POOL_MIN_ACQUISITIONS = 100  # fewer: the efficiency says nothing yet
+_INDEX_SAVES_MISSED = 3  # an index owner this many save intervals late is failing to save
+STORE_TIMEOUT_S = 2.0  # the memory store's SELECT 1 (a pooled connection, or one SQLite thread)
+
+
+class RedisProbe(Protocol):
+    """A Redis link the health monitor PINGs (``RedisStore``, ``RedisLimiter``)."""
+
+    async def ping(self) -> float | None:
+        """The round trip in seconds, or None when it failed or was skipped (backing off)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One dependency as a check found it."""
+
+    status: Status
+    latency_s: float | None = None
+    detail: str | None = None
+    figures: Mapping[str, Figure] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyHealth:
+    """One dependency in a report: ``changed_at`` is when (Unix seconds) its status became what it
+    is, as the monitor saw it (the first check, for one that never changed)."""
+
+    name: str
+    check: Check
+    changed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    status: Status
+    checked_at: float  # Unix seconds
+    dependencies: tuple[DependencyHealth, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``GET /health`` body: latencies in milliseconds, times in Unix seconds."""
+        return {
+            "status": self.status,
+            "checked_at": round(self.checked_at, 3),
+            "dependencies": {
+                d.name: {
+                    "status": d.check.status,
+                    "latency_ms": None if d.check.latency_s is None else round(d.check.latency_s * 1000, 3),
+                    "changed_at": round(d.changed_at, 3),
+                    "detail": d.check.detail,
+                    **d.check.figures,
+                }
+                for d in self.dependencies
+            },
+        }
+
+
+class HealthMonitor:
+    """Checks every dependency (see the module docstring); ``clock`` is monotonic seconds (the
+    router's, for deployment ages), ``wall`` Unix seconds (for the times reported)."""
+
+    def __init__(
+        self,
+        router: Router,
+        lag: LoopLag,
+        *,
+        redis: Mapping[str, RedisProbe] | None = None,
+        memory: MemoryService | None = None,
+        rss: Callable[[], int | None],
+        max_rss_bytes: int | None = None,
+        interval_s: float = 5.0,
+        wall: Callable[[], float] = time.time,
+        store_timeout_s: float = STORE_TIMEOUT_S,
+    ) -> None:
+        self._router = router
+        self._lag = lag
+        self._redis = dict(redis or {})
+        self._memory = memory
+        self._rss = rss
+        self.max_rss_bytes = max_rss_bytes
+        self.interval_s = interval_s
+        self._wall = wall
+        self._store_timeout_s = store_timeout_s
+        self._since: dict[str, tuple[Status, float]] = {}
+        self._pending: asyncio.Future[HealthReport] | None = None
+        self.last: HealthReport | None = None
+
+    # ----- what /health/ready, the metrics and the CLI read
+
+    def can_serve(self) -> bool:
+        """Whether some model group has a usable deployment (key set, breaker not open)."""
+        router = self._router
+        return any(router.can_serve(name) for name in router.model_names)
+
+    def dependencies_up(self) -> Iterator[tuple[str, bool]]:
+        """``HealthView``: each dependency of the last check, True unless it was down."""
+        if self.last is not None:
+            for d in self.last.dependencies:
+                yield d.name, d.check.status != "down"
+
+    def loop_lag_s(self) -> float:
+        return self._lag.worst_s
+
+    # ----- checking
+
+    async def check(self) -> HealthReport:
+        """Check every dependency now (concurrent callers share one check)."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._check_all())
+            self._pending.add_done_callback(self._checked)
+        return await asyncio.shield(self._pending)
+
+    def _checked(self, future: asyncio.Future[HealthReport]) -> None:
+        self._pending = None
+
+    async def _check_all(self) -> HealthReport:
+        checks: dict[str, Check] = dict(self._deployments())
+        names = list(self._redis)
+        store_check = asyncio.ensure_future(self._store_check())
+        found = await asyncio.gather(*(self._redis_check(self._redis[n]) for n in names))
+        checks.update(zip(names, found, strict=True))
+        store = await store_check
+        if store is not None:
+            checks["memory:store"] = store
+        if self._memory is not None:
+            checks["memory:index"] = self._index_check(self._memory)
+        checks["event_loop"] = self._loop_check()
+        checks["resident_memory"] = self._rss_check()
+        now = self._wall()
+        since = {}
+        for name, c in checks.items():
+            before = self._since.get(name)
+            since[name] = before if before is not None and before[0] == c.status else (c.status, now)
+        self._since = since  # dependencies gone with a reload are forgotten
+        if not self.can_serve():
+            overall: Status = "down"
+        elif all(c.status == "up" for c in checks.values()):
+            overall = "up"
+        else:
+            overall = "degraded"
+        self.last = HealthReport(
+            overall,
+            now,
+            tuple(DependencyHealth(name, c, since[name][1]) for name, c in checks.items()),
+        )
+        return self.last
+
+    def _deployments(self) -> Iterator[tuple[str, Check]]:
+        router = self._router
+        now = router.now()
+        stale_after_s = router.policy.routing.stale_after_s
+        groups: dict[tuple[str, str], tuple[Target, list[str]]] = {}
+        for name in router.model_names:
+            for target in router.targets(name):
+                groups.setdefault((target.provider, target.model), (target, []))[1].append(name)
+        for (provider, model), (target, names) in groups.items():
+            yield f"deployment:{provider}/{model}", _deployment_check(target, names, now, stale_after_s)
+
+    @staticmethod
+    async def _redis_check(probe: RedisProbe) -> Check:
+        latency_s = await probe.ping()
+        if latency_s is None:
+            return Check("down", detail="no answer to PING (skipped while backing off, or failed)")
+        return Check("up", latency_s)
+
+    async def _store_check(self) -> Check | None:
+        memory = self._memory
+        if memory is None:
+            return None
+        figures: dict[str, Figure] = {}
+        stats = memory.store.pool_stats()
+        if stats is not None:
+            figures = {
+                "pool_efficiency": round(stats.efficiency, 4),
+                "pool_open": stats.open,
+                "pool_in_use": stats.in_use,
+                "pool_replaced_dead": stats.replaced_dead_total,
+            }
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._store_timeout_s):
+                await memory.store.ping()
+        except TimeoutError:
+            return Check(
+                "down", detail=f"SELECT 1: no answer within {self._store_timeout_s:g} s", figures=figures
+            )
+        except (GatewayError, OSError) as exc:
+            reason = exc.message if isinstance(exc, GatewayError) else type(exc).__name__
+            return Check("down", detail=f"SELECT 1 failed: {reason}", figures=figures)
+        latency_s = time.perf_counter() - started
+        if (
+            stats is not None
+            and stats.acquisitions_total >= _POOL_MIN_ACQUISITIONS
+            and stats.efficiency < POOL_EFFICIENCY_KPI
+        ):
+            detail = f"pool efficiency {stats.efficiency:.0%} is below {POOL_EFFICIENCY_KPI:.0%}"
+            return Check("degraded", latency_s, detail, figures)
+        return Check("up", latency_s, figures=figures)
+
+    @staticmethod
+    def _index_check(memory: MemoryService) -> Check:
+        saved_at = memory.index_saved_at
+        age_s = None if saved_at is None else max(0.0, memory.now() - saved_at)
+        figures: dict[str, Figure] = {
+            "vectors": len(memory.index),
+            "namespaces": len(memory.index.namespaces()),
+            "last_save_age_s": None if age_s is None else round(age_s, 3),
+        }
+        late_s = _INDEX_SAVES_MISSED * memory.index_save_interval_s
+        if memory.owns_index_files and age_s is not None and age_s > late_s:
+            return Check("degraded", detail=f"the index was last saved {age_s:.0f} s ago", figures=figures)
+        if not memory.owns_index_files:
+            return Check("up", detail="another worker saves the index files", figures=figures)
+        return Check("up", figures=figures)
+
+    def _loop_check(self) -> Check:
+        worst_s = self._lag.worst_s
+        figures: dict[str, Figure] = {"last_lag_ms": round(self._lag.last_s * 1000, 3)}
+        if worst_s >= LAG_DOWN_S:
+            return Check("down", worst_s, f"the loop stalled {worst_s:.2f} s", figures)
+        if worst_s >= LAG_DEGRADED_S:
+            return Check("degraded", worst_s, f"the loop ran {worst_s * 1000:.0f} ms late", figures)
+        return Check("up", worst_s, figures=figures)
+
+    def _rss_check(self) -> Check:
+        rss = self._rss()
+        limit = self.max_rss_bytes
+        figures: dict[str, Figure] = {"rss_bytes": rss, "max_rss_bytes": limit}
+        if rss is None:
+            return Check("up", detail="not measurable on this platform", figures=figures)
+        if limit is not None and rss > limit:
+            return Check("degraded", detail="above server.max_rss_bytes: freeing caches", figures=figures)
+        return Check("up", figures=figures)
+
+    # ----- the background check
+
+    async def running(self, app: web.Application) -> AsyncIterator[None]:
+        """Check at start, then every ``interval_s`` (one cleanup context, one task)."""
+
+        async def forever() -> None:
+            while True:
+                await self.check()
+                await asyncio.sleep(self.interval_s)
+
+        task = asyncio.create_task(forever(), name="health-monitor")
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _deployment_check(target: Target, groups: list[str], now: float, stale_after_s: float) -> Check:
+    stats = target.live.stats
+    answered = [e.updated for e in (stats.latency_s, stats.ttft_s) if e.value is not None]
+    last_success_age_s = round(now - max(answered), 3) if answered else None
+    state = target.live.breaker.state(now)
+    figures: dict[str, Figure] = {
+        "breaker": state.label,
+        "last_success_age_s": last_success_age_s,
+        "groups": tuple(groups),
+    }
+    latency_s = stats.latency_s.get(now, stale_after_s)
+    if not target.client.configured:
+        env = target.client.config.api_key_env
+        return Check(
+            "down", detail=f"no provider key set ({env})" if env else "no provider key set", figures=figures
+        )
+    if state is BreakerState.OPEN:
+        retry_in = target.live.breaker.retry_in(now)
+        return Check("down", latency_s, f"breaker open: next probe in {retry_in:.1f} s", figures)
+    if state is BreakerState.HALF_OPEN:
+        return Check("degraded", latency_s, "breaker half-open: one probe call decides", figures)
+    return Check("up", latency_s, figures=figures)

@@ -1,0 +1,198 @@
+"""The Messages front door (``POST /v1/messages``): one request's door (``front_door.py``).
+
+Per attempt: a deployment of ``kind: anthropic`` gets the client's own body with only ``model``
+rewritten (and the client's ``anthropic-beta`` header), and its answer, whole or streamed, is
+relayed as Anthropic sent it; any other kind gets the chat translation (``wire/messages.py``)
+through its adapter, and its answer is translated back (``wire/messages_stream.py`` for
+streams). ``top_k`` reaches Anthropic (natively) and Gemini (its ``topK``); OpenAI has none, so
+it is dropped there. A request with something only Anthropic can do (server tools, ...) is a
+retryable ``UnsupportedByProvider`` on other kinds: a mixed group is served by its Anthropic
+deployments, a group without one answers 400.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+
+from gateway.auth.identity import Caller
+from gateway.errors import InvalidRequest, ModelNotFound, UnsupportedByProvider, UpstreamBadResponse
+from gateway.providers.anthropic_response import openai_usage
+from gateway.providers.anthropic_stream import AnthropicStreamTranslator
+from gateway.providers.base import StreamTranslator, UpstreamRequest
+from gateway.routing.router import Router
+from gateway.routing.target import RouteContext, Target
+from gateway.service.validation import validate_head
+from gateway.wire.messages import (
+    ChatTranslation,
+    CountTokensHead,
+    MessagesHead,
+    MessagesInputError,
+    message_from_chat,
+    to_chat,
+)
+from gateway.wire.messages_stream import ChatToMessagesEvents
+from gateway.wire.requests import Endpoint, JSONObject
+
+NATIVE_KIND = "anthropic"
+_TOP_K_KINDS = frozenset({"gemini"})  # translated kinds whose adapter reads ``top_k``
+_CHARS_PER_TOKEN = 4  # the router's estimate (routing/target.py)
+
+
+class MessagesDoor:
+    """One Messages request: the client's body, its chat translation, and per-attempt requests
+    and answers (``FrontDoor``)."""
+
+    __slots__ = ("_beta", "_top_k", "body", "chat", "stream", "unsupported")
+
+    endpoint = Endpoint.MESSAGES
+
+    def __init__(self, body: JSONObject, translation: ChatTranslation, beta: str | None = None) -> None:
+        self.body = body
+        self.chat = translation.chat
+        self.unsupported = translation.unsupported
+        self.stream = bool(translation.chat.get("stream"))
+        top_k = body.get("top_k")
+        self._top_k = top_k if isinstance(top_k, int) and not isinstance(top_k, bool) else None
+        self._beta = {"anthropic-beta": beta} if beta else None
+
+    @classmethod
+    def parse(cls, body: JSONObject, headers: Mapping[str, str]) -> MessagesDoor:
+        """The door for a parsed request body; a 400 naming the bad field otherwise."""
+        head = validate_head(MessagesHead, body)
+        try:
+            translation = to_chat(body, head)
+        except MessagesInputError as exc:
+            raise InvalidRequest(f"Invalid value for '{exc.param}': {exc.message}", param=exc.param) from None
+        return cls(body, translation, headers.get("anthropic-beta"))
+
+    def build(self, target: Target) -> UpstreamRequest:
+        client = target.client
+        kind = client.config.kind
+        if kind == NATIVE_KIND:
+            native = orjson.dumps({**self.body, "model": target.model})
+            return UpstreamRequest("/messages", native, self.stream, self._beta)
+        if self.unsupported is not None:
+            raise UnsupportedByProvider(kind, self.unsupported)
+        chat = self.chat
+        if self._top_k is not None and kind in _TOP_K_KINDS:
+            chat = {**chat, "top_k": self._top_k}
+        return client.adapter.build_request(Endpoint.CHAT, chat, target.model)
+
+    def mode(self, target: Target) -> str:
+        return "native" if target.client.config.kind == NATIVE_KIND else "translated"
+
+    def answer(self, target: Target, raw: bytes, parsed: JSONObject) -> tuple[bytes, object]:
+        if target.client.config.kind == NATIVE_KIND:
+            if parsed.get("type") != "message":
+                raise _bad(target, "answered /messages with something other than a message")
+            return raw, openai_usage(parsed.get("usage"))
+        completion = target.client.adapter.translate_response(Endpoint.CHAT, parsed, self.chat, target.model)
+        completion = completion if completion is not None else parsed
+        choices = completion.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _bad(target, "returned a chat completion without choices")
+        return orjson.dumps(message_from_chat(completion, target.model)), completion.get("usage")
+
+    def stream_translator(self, target: Target) -> StreamTranslator:
+        if target.client.config.kind == NATIVE_KIND:
+            return NativeMessagesStream(AnthropicStreamTranslator(target.model, True))
+        inner = target.client.adapter.stream_translator(Endpoint.CHAT, self.chat, target.model)
+        return TranslatedMessagesStream(inner, target.model, target.provider)
+
+
+class NativeMessagesStream:
+    """An Anthropic stream relayed byte for byte, watched by the upstream adapter's own
+    translator (usage, ``message_stop``, ``error`` events). Bytes are held until the first
+    content event, so an ``error`` event before any content fails over, as on the chat path."""
+
+    __slots__ = ("_held", "_open", "_watch")
+
+    def __init__(self, watch: AnthropicStreamTranslator) -> None:
+        self._watch = watch
+        self._held = b""
+        self._open = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        seen = self._watch.feed(chunk)  # raises the gateway error of an ``error`` event
+        if self._open:
+            return chunk
+        self._held += chunk
+        if not (seen or self._watch.completed):
+            return b""
+        self._open = True
+        out, self._held = self._held, b""
+        return out
+
+    def finish(self) -> bytes:
+        self._watch.finish()  # raises for a stream cut before ``message_stop``
+        out, self._held = self._held, b""
+        return out
+
+    def usage(self) -> JSONObject | None:
+        return self._watch.usage()
+
+    @property
+    def completed(self) -> bool:
+        return self._watch.completed
+
+
+class TranslatedMessagesStream:
+    """A provider's stream, made OpenAI SSE by its adapter's translator, then Messages events."""
+
+    __slots__ = ("_events", "_inner", "_provider")
+
+    def __init__(self, inner: StreamTranslator, model: str, provider: str) -> None:
+        self._inner = inner
+        self._events = ChatToMessagesEvents(model)
+        self._provider = provider
+
+    def feed(self, chunk: bytes) -> bytes:
+        out = self._events.feed(self._inner.feed(chunk))
+        self._check()
+        return out
+
+    def finish(self) -> bytes:
+        out = self._events.feed(self._inner.finish())
+        self._check()
+        if not self._inner.completed:
+            raise UpstreamBadResponse(
+                f"{self._provider}: stream ended without its end marker", provider=self._provider
+            )
+        return out + self._events.end()
+
+    def usage(self) -> JSONObject | None:
+        return self._inner.usage()
+
+    @property
+    def completed(self) -> bool:
+        return self._inner.completed and self._events.done
+
+    def _check(self) -> None:
+        if self._events.error is not None:
+            raise UpstreamBadResponse(f"{self._provider}: {self._events.error}", provider=self._provider)
+
+
+def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int:
+    """The estimated input tokens of a ``count_tokens`` body, for a model group ``caller`` may
+    use (404 otherwise, as for a call).
+
+    The estimate is the router's own (``RouteContext.prompt_tokens``: characters of prompt text
+    / 4, what routing rules' ``min_prompt_tokens`` see) over the chat translation (system and
+    every turn's text), plus the tool definitions' JSON / 4. Images and documents count 0."""
+    head = validate_head(CountTokensHead, body)
+    full = {**body, "max_tokens": 1, "stream": False}
+    try:
+        chat = to_chat(full, validate_head(MessagesHead, full)).chat
+    except MessagesInputError as exc:
+        raise InvalidRequest(f"Invalid value for '{exc.param}': {exc.message}", param=exc.param) from None
+    names = router.model_names
+    if head.model not in names or (caller is not None and not caller.may_use(head.model)):
+        raise ModelNotFound(head.model, [n for n in names if caller is None or caller.may_use(n)])
+    tools = sum(len(orjson.dumps(tool)) for tool in head.tools or ()) // _CHARS_PER_TOKEN
+    return RouteContext(head.model, chat).prompt_tokens + tools
+
+
+def _bad(target: Target, what: str) -> UpstreamBadResponse:
+    return UpstreamBadResponse(f"{target.provider}: provider {what}", provider=target.provider)

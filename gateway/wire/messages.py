@@ -1,0 +1,426 @@
+"""Anthropic's Messages API (``POST /v1/messages``) as a front door: the request head the gateway
+validates, and the translation to and from OpenAI chat completions.
+
+    to_chat(body)          Messages request -> chat request (+ what no chat provider can take)
+    message_from_chat(c)   chat.completion -> Messages ``message`` object
+    messages_usage(u)      OpenAI usage -> Anthropic usage
+
+Pure functions over parsed JSON; refusals are ``MessagesInputError`` (this layer knows nothing of
+the gateway's errors: the service turns it into a 400 naming ``param``). Ground truth: the
+``anthropic`` SDK's types (``MessageCreateParams``, ``Message``, ``Usage``) and Anthropic's API
+reference ("Messages", "Streaming Messages", "Errors").
+
+Translated (for deployments that do not speak Messages): ``system`` (string or text blocks),
+user and assistant turns with text, images (``base64`` and ``url`` sources -> ``image_url``
+parts), PDF ``document`` blocks (base64 -> a ``file`` part; plain text sources -> text),
+``tool_use`` (-> assistant ``tool_calls``) and ``tool_result`` (-> ``tool`` messages, placed before
+the rest of their user turn as OpenAI requires), ``tools`` (custom tools with ``input_schema``),
+``tool_choice`` (auto / any -> required / tool -> named function / none;
+``disable_parallel_tool_use`` -> ``parallel_tool_calls: false``), ``stop_sequences`` -> ``stop``,
+``max_tokens``, ``temperature``, ``top_p``, ``metadata.user_id`` -> ``user``,
+``output_config.format`` (JSON schema) -> ``response_format``, ``stream`` (with
+``stream_options.include_usage`` so the usage can be told). Dropped: ``top_k`` (kept for Gemini
+by the service), ``thinking`` and thinking blocks in history, ``cache_control``,
+``service_tier``, ``is_error`` of a tool result (its text is kept). What a chat provider cannot
+take at all (server tools such as web search, images inside tool results, ``mcp_servers``,
+``container``, unknown block types) is reported as ``ChatTranslation.unsupported``: Anthropic
+deployments still serve such a request natively, others refuse it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from gateway.wire.requests import JSONObject
+
+# Anthropic stop_reason for each OpenAI finish_reason (the other direction of the upstream adapter).
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+# Fields only Anthropic can act on: a chat provider cannot be asked for them.
+_NATIVE_ONLY = ("mcp_servers", "container")
+_TOOL_ID = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class MessagesInputError(ValueError):
+    """A Messages request the gateway cannot read; ``param`` is the key path."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+class MessagesHead(BaseModel):
+    """The fields of a Messages request the gateway interprets (the rest is passed through to
+    Anthropic deployments and translated, or dropped, for the others)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1)
+    max_tokens: StrictInt = Field(ge=1)
+    messages: list[_Message] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    stream: StrictBool = False
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: StrictInt | None = Field(default=None, ge=0)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class CountTokensHead(BaseModel):
+    """``/v1/messages/count_tokens``: the request minus ``max_tokens`` and ``stream``."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1)
+    messages: list[_Message] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTranslation:
+    """A Messages request as a chat request; ``unsupported`` names what no chat provider can
+    take (None when everything translated)."""
+
+    chat: JSONObject
+    unsupported: str | None = None
+
+
+class _Translation:
+    """One request's translation state: the first untranslatable thing met."""
+
+    def __init__(self) -> None:
+        self.unsupported: str | None = None
+
+    def cannot(self, what: str) -> None:
+        if self.unsupported is None:
+            self.unsupported = what
+
+
+def to_chat(body: JSONObject, head: MessagesHead) -> ChatTranslation:
+    """The chat request for a validated Messages ``body`` (``head`` is its validated head)."""
+    t = _Translation()
+    messages: list[JSONObject] = []
+    system = _system_text(head.system)
+    if system:
+        messages.append({"role": "system", "content": system})
+    for i, message in enumerate(head.messages):
+        messages.extend(_turn(message, f"messages[{i}]", t))
+    chat: JSONObject = {"model": head.model, "messages": messages, "max_tokens": head.max_tokens}
+    for name in ("temperature", "top_p"):
+        if body.get(name) is not None:
+            chat[name] = body[name]
+    if head.stop_sequences:
+        chat["stop"] = head.stop_sequences
+    if head.tools:
+        chat["tools"] = [_tool(tool, f"tools[{i}]", t) for i, tool in enumerate(head.tools)]
+    if head.tool_choice is not None:
+        _tool_choice(head.tool_choice, chat)
+    user = head.metadata.get("user_id") if head.metadata else None
+    if isinstance(user, str) and user:
+        chat["user"] = user
+    fmt = _output_format(body.get("output_config"))
+    if fmt is not None:
+        chat["response_format"] = fmt
+    if head.stream:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    for name in _NATIVE_ONLY:
+        if body.get(name):
+            t.cannot(f"'{name}'")
+    return ChatTranslation(chat, t.unsupported)
+
+
+def _system_text(system: str | list[dict[str, Any]] | None) -> str:
+    if system is None or isinstance(system, str):
+        return system or ""
+    texts = []
+    for i, block in enumerate(system):
+        if block.get("type") != "text" or not isinstance(block.get("text"), str):
+            raise MessagesInputError(
+                "system blocks must be text blocks with a 'text' string.", f"system[{i}]"
+            )
+        texts.append(block["text"])
+    return "\n\n".join(texts)
+
+
+def _turn(message: Any, at: str, t: _Translation) -> list[JSONObject]:
+    """The chat messages for one Messages turn (a user turn with tool results becomes several)."""
+    content = message.content
+    if isinstance(content, str):
+        return [{"role": message.role, "content": content}]
+    if message.role == "assistant":
+        return [_assistant(content, at, t)]
+    results: list[JSONObject] = []
+    parts: list[JSONObject] = []
+    for j, block in enumerate(content):
+        where = f"{at}.content[{j}]"
+        kind = block.get("type")
+        if kind == "tool_result":
+            results.append(_tool_result(block, where, t))
+        else:
+            part = _user_part(block, where, t)
+            if part is not None:
+                parts.append(part)
+    out = results
+    if parts:
+        plain = all(p["type"] == "text" for p in parts)
+        text = "".join(p["text"] for p in parts) if plain and len(parts) == 1 else None
+        out.append({"role": "user", "content": text if text is not None else parts})
+    return out
+
+
+def _text_of(block: JSONObject, where: str) -> str:
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise MessagesInputError("a text block needs a 'text' string.", f"{where}.text")
+    return text
+
+
+def _user_part(block: JSONObject, where: str, t: _Translation) -> JSONObject | None:
+    kind = block.get("type")
+    if kind == "text":
+        return {"type": "text", "text": _text_of(block, where)}
+    if kind == "image":
+        return {"type": "image_url", "image_url": {"url": _image_url(block.get("source"), f"{where}.source")}}
+    if kind == "document":
+        return _document(block, where, t)
+    if kind in ("thinking", "redacted_thinking"):
+        return None
+    t.cannot(f"content blocks of type '{kind}' ({where})")
+    return None
+
+
+def _image_url(source: object, where: str) -> str:
+    if not isinstance(source, dict):
+        raise MessagesInputError("an image block needs a 'source' object.", where)
+    kind = source.get("type")
+    if kind == "base64":
+        media, data = source.get("media_type"), source.get("data")
+        if not isinstance(media, str) or not isinstance(data, str):
+            raise MessagesInputError("a base64 source needs 'media_type' and 'data' strings.", where)
+        return f"data:{media};base64,{data}"
+    if kind == "url":
+        url = source.get("url")
+        if not isinstance(url, str) or not url:
+            raise MessagesInputError("a url source needs a 'url' string.", f"{where}.url")
+        return url
+    raise MessagesInputError(f"image source type must be 'base64' or 'url', not {kind!r}.", f"{where}.type")
+
+
+def _document(block: JSONObject, where: str, t: _Translation) -> JSONObject | None:
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    if isinstance(source, dict) and kind == "base64" and source.get("media_type") == "application/pdf":
+        data = source.get("data")
+        if not isinstance(data, str):
+            raise MessagesInputError("a base64 source needs a 'data' string.", f"{where}.source.data")
+        title = block.get("title")
+        name = title if isinstance(title, str) and title else "document.pdf"
+        return {
+            "type": "file",
+            "file": {"filename": name, "file_data": f"data:application/pdf;base64,{data}"},
+        }
+    if isinstance(source, dict) and kind == "text" and isinstance(source.get("data"), str):
+        return {"type": "text", "text": source["data"]}
+    t.cannot(f"document sources of type {kind!r} ({where})")
+    return None
+
+
+def _tool_result(block: JSONObject, where: str, t: _Translation) -> JSONObject:
+    call = block.get("tool_use_id")
+    if not isinstance(call, str) or not call:
+        raise MessagesInputError("a tool_result block needs a 'tool_use_id' string.", f"{where}.tool_use_id")
+    content = block.get("content")
+    if content is None or isinstance(content, str):
+        text = content or ""
+    elif isinstance(content, list):
+        texts = []
+        for k, part in enumerate(content):
+            if not isinstance(part, dict):
+                raise MessagesInputError("tool_result content must be blocks.", f"{where}.content[{k}]")
+            if part.get("type") == "text":
+                texts.append(_text_of(part, f"{where}.content[{k}]"))
+            else:
+                t.cannot(f"{part.get('type')} blocks inside a tool_result ({where})")
+        text = "\n".join(texts)
+    else:
+        raise MessagesInputError("tool_result content must be a string or blocks.", f"{where}.content")
+    return {"role": "tool", "tool_call_id": call, "content": text}
+
+
+def _assistant(content: list[dict[str, Any]], at: str, t: _Translation) -> JSONObject:
+    texts: list[str] = []
+    calls: list[JSONObject] = []
+    for j, block in enumerate(content):
+        where = f"{at}.content[{j}]"
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(_text_of(block, where))
+        elif kind == "tool_use":
+            call, name = block.get("id"), block.get("name")
+            if not isinstance(call, str) or not isinstance(name, str):
+                raise MessagesInputError("a tool_use block needs 'id' and 'name' strings.", where)
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            calls.append({"id": call, "type": "function", "function": {"name": name, "arguments": arguments}})
+        elif kind not in ("thinking", "redacted_thinking"):
+            t.cannot(f"content blocks of type '{kind}' ({where})")
+    reply: JSONObject = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+    if calls:
+        reply["tool_calls"] = calls
+    return reply
+
+
+def _tool(tool: JSONObject, where: str, t: _Translation) -> JSONObject:
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise MessagesInputError("a tool needs a 'name' string.", f"{where}.name")
+    schema = tool.get("input_schema")
+    kind = tool.get("type")
+    if schema is None and kind not in (None, "custom"):
+        t.cannot(f"server tool '{kind}' ({where})")  # web search, bash, text editor, ...
+        return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+    if not isinstance(schema, dict):
+        raise MessagesInputError("a tool needs an 'input_schema' object.", f"{where}.input_schema")
+    function: JSONObject = {"name": name, "parameters": schema}
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: JSONObject, chat: JSONObject) -> None:
+    kind = choice.get("type")
+    if kind == "auto":
+        chat["tool_choice"] = "auto"
+    elif kind == "any":
+        chat["tool_choice"] = "required"
+    elif kind == "none":
+        chat["tool_choice"] = "none"
+    elif kind == "tool":
+        name = choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise MessagesInputError("tool_choice of type 'tool' needs a 'name'.", "tool_choice.name")
+        chat["tool_choice"] = {"type": "function", "function": {"name": name}}
+    else:
+        raise MessagesInputError(
+            f"tool_choice type must be auto, any, tool or none, not {kind!r}.", "tool_choice.type"
+        )
+    if choice.get("disable_parallel_tool_use") is True and chat.get("tools"):
+        chat["parallel_tool_calls"] = False
+
+
+def _output_format(config: object) -> JSONObject | None:
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if not isinstance(fmt, dict):
+        return None
+    schema = fmt.get("schema")
+    if fmt.get("type") != "json_schema" or not isinstance(schema, dict):
+        raise MessagesInputError(
+            "output_config.format must be {'type': 'json_schema', 'schema': {...}}.", "output_config.format"
+        )
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+
+
+# ----- answers
+
+
+def stop_reason(finish_reason: object) -> str:
+    """The Anthropic stop_reason for an OpenAI finish_reason (unknown or none: end_turn)."""
+    return STOP_REASONS.get(finish_reason, "end_turn") if isinstance(finish_reason, str) else "end_turn"
+
+
+def messages_usage(usage: object) -> JSONObject:
+    """Anthropic usage for OpenAI usage: Anthropic's ``input_tokens`` excludes cache reads,
+    OpenAI's ``prompt_tokens`` includes them (as ``prompt_tokens_details.cached_tokens``)."""
+    u = usage if isinstance(usage, dict) else {}
+    prompt, completion = _count(u.get("prompt_tokens")), _count(u.get("completion_tokens"))
+    details = u.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    out: JSONObject = {"input_tokens": max(0, prompt - cached), "output_tokens": completion}
+    if cached:
+        out["cache_read_input_tokens"] = cached
+    return out
+
+
+def tool_use_id(call_id: object, fallback: str) -> str:
+    """An id Anthropic accepts (``[A-Za-z0-9_-]+``) for an OpenAI tool call id, so a client that
+    sends it back in a ``tool_result`` may be served by any deployment next turn."""
+    cleaned = _TOOL_ID.sub("_", call_id) if isinstance(call_id, str) else ""
+    return cleaned or fallback
+
+
+def tool_input(arguments: object) -> JSONObject:
+    """A tool call's arguments (a JSON text) as the object Anthropic's ``input`` is; arguments
+    that are not a JSON object (a model's malformed output) become ``{}``."""
+    if isinstance(arguments, str) and arguments:
+        try:
+            value = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+    return arguments if isinstance(arguments, dict) else {}
+
+
+def message_id(chat_id: object) -> str:
+    """A Messages id (``msg_...``) for a chat completion's id."""
+    if isinstance(chat_id, str) and chat_id:
+        return chat_id if chat_id.startswith("msg_") else "msg_" + chat_id.removeprefix("chatcmpl-")
+    return "msg_gateway"
+
+
+def message_from_chat(completion: JSONObject, model: str) -> JSONObject:
+    """The Messages ``message`` for a ``chat.completion`` (its first choice)."""
+    choices = completion.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    found = choice.get("message")
+    reply: JSONObject = found if isinstance(found, dict) else {}
+    content: list[JSONObject] = []
+    text = reply.get("content")
+    if isinstance(text, str) and text:
+        content.append({"type": "text", "text": text})
+    calls = reply.get("tool_calls")
+    for i, call in enumerate(calls if isinstance(calls, list) else ()):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            continue
+        content.append(
+            {
+                "type": "tool_use",
+                "id": tool_use_id(call.get("id"), f"toolu_{i}"),
+                "name": str(function.get("name") or ""),
+                "input": tool_input(function.get("arguments")),
+            }
+        )
+    answered = completion.get("model")
+    return {
+        "id": message_id(completion.get("id")),
+        "type": "message",
+        "role": "assistant",
+        "model": answered if isinstance(answered, str) and answered else model,
+        "content": content,
+        "stop_reason": stop_reason(choice.get("finish_reason")),
+        "stop_sequence": None,
+        "usage": messages_usage(completion.get("usage")),
+    }
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -1,0 +1,191 @@
+"""OpenAI ``chat.completion.chunk`` events -> Anthropic's Messages stream, event by event.
+
+Anthropic's sequence (its "Streaming Messages" reference; the SDK skips events without an
+``event:`` line, so every event carries one):
+
+    message_start, ping,
+    per content block: content_block_start, content_block_delta (text_delta | input_json_delta)...,
+                       content_block_stop,
+    message_delta (stop_reason, usage), message_stop
+
+The input is what a provider adapter's stream translator produced (OpenAI SSE, whatever the
+provider spoke), decoded with the gateway's one SSE decoder. The first chunk opens the message;
+text opens a text block, a tool call (a delta with an ``id``, or an index not seen yet) a
+``tool_use`` block; a block is closed when another opens or at ``[DONE]``, which also sends
+``message_delta`` with the stop reason and the usage chunk's counts (``input_tokens`` there
+too: OpenAI says the prompt's size only at the end, so ``message_start`` carries 0, and the
+SDK takes the delta's cumulative counts) and ``message_stop``. An OpenAI error event is not
+translated: ``error`` holds its message and the caller raises (the HTTP layer then writes
+Anthropic's ``error`` event).
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway.wire.messages import message_id, messages_usage, stop_reason, tool_use_id
+from gateway.wire.requests import JSONObject
+from gateway.wire.sse import DONE_DATA, SSEDecoder
+
+
+def event(kind: str, data: JSONObject) -> bytes:
+    """One Anthropic SSE event (``event:`` line and JSON ``data:`` line)."""
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+PING = event("ping", {"type": "ping"})
+
+
+class ChatToMessagesEvents:
+    """One stream's state (see the module docstring)."""
+
+    __slots__ = (
+        "_block",
+        "_blocks",
+        "_decoder",
+        "_model",
+        "_started",
+        "_stop",
+        "_tools",
+        "_usage",
+        "done",
+        "error",
+    )
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._decoder = SSEDecoder()
+        self._started = False
+        self._blocks = 0  # content blocks opened so far (the next one's index)
+        self._block: str | None = None  # the open block: "text" or "tool"
+        self._tools: dict[int, int] = {}  # OpenAI tool call index -> content block index
+        self._stop: str | None = None
+        self._usage: object = None
+        self.done = False  # [DONE] translated: message_stop sent
+        self.error: str | None = None  # an OpenAI error event's message
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Anthropic SSE bytes for every OpenAI event ``chunk`` completes (b"" if none)."""
+        if not chunk:
+            return b""
+        out = b""
+        for data in self._decoder.feed(chunk):
+            if self.done or self.error is not None:
+                break
+            out += self._event(data)
+        return out
+
+    def end(self) -> bytes:
+        """Close the message if ``[DONE]`` never came (a provider whose stream just ends)."""
+        return b"" if self.done or not self._started else self._finish()
+
+    def _event(self, data: bytes) -> bytes:
+        if data == DONE_DATA:
+            return self._start({}) + self._finish() if not self._started else self._finish()
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self.error = "provider sent a stream event that is not JSON"
+            return b""
+        if not isinstance(chunk, dict):
+            return b""
+        if "error" in chunk:
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            self.error = str(message or "provider sent an error event")
+            return b""
+        out = b"" if self._started else self._start(chunk)
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return out
+        choice = choices[0]
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                out += self._text(text)
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                for call in calls:
+                    if isinstance(call, dict):
+                        out += self._tool(call)
+        finish = choice.get("finish_reason")
+        if isinstance(finish, str):
+            self._stop = stop_reason(finish)
+        return out
+
+    def _start(self, chunk: JSONObject) -> bytes:
+        self._started = True
+        model = chunk.get("model")
+        message: JSONObject = {
+            "id": message_id(chunk.get("id")),
+            "type": "message",
+            "role": "assistant",
+            "model": model if isinstance(model, str) and model else self._model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return event("message_start", {"type": "message_start", "message": message}) + PING
+
+    def _text(self, text: str) -> bytes:
+        out = b""
+        if self._block != "text":
+            out = self._close() + self._open({"type": "text", "text": ""}, "text")
+        index = self._blocks - 1
+        delta = {"type": "text_delta", "text": text}
+        return out + event(
+            "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+        )
+
+    def _tool(self, call: JSONObject) -> bytes:
+        out = b""
+        at = call.get("index")
+        at = at if isinstance(at, int) else len(self._tools)
+        found = call.get("function")
+        function: JSONObject = found if isinstance(found, dict) else {}
+        if at not in self._tools:
+            out = self._close()
+            self._tools[at] = self._blocks
+            block = {
+                "type": "tool_use",
+                "id": tool_use_id(call.get("id"), f"toolu_{at}"),
+                "name": str(function.get("name") or ""),
+                "input": {},
+            }
+            out += self._open(block, "tool")
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            delta = {"type": "input_json_delta", "partial_json": arguments}
+            index = self._tools[at]
+            out += event(
+                "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+            )
+        return out
+
+    def _open(self, block: JSONObject, kind: str) -> bytes:
+        index = self._blocks
+        self._blocks += 1
+        self._block = kind
+        return event(
+            "content_block_start", {"type": "content_block_start", "index": index, "content_block": block}
+        )
+
+    def _close(self) -> bytes:
+        if self._block is None:
+            return b""
+        self._block = None
+        return event("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})
+
+    def _finish(self) -> bytes:
+        self.done = True
+        usage = messages_usage(self._usage)
+        delta = {"stop_reason": self._stop or "end_turn", "stop_sequence": None}
+        return (
+            self._close()
+            + event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
+            + event("message_stop", {"type": "message_stop"})
+        )

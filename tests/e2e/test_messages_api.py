@@ -1,0 +1,208 @@
+"""The official anthropic SDK, as a user runs it with ``base_url`` at a real gateway, against real
+fake providers of each kind (``fake-provider --flavor anthropic|gemini`` and the OpenAI one):
+plain, streamed and tool-calling Messages calls answer alike whichever kind serves them (Anthropic
+natively, the others translated), failover across kinds, and 529 as the SDK's OverloadedError."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from gateway.testing.process import ManagedProcess
+from tests.e2e.conftest import start_fakes, start_gateway
+
+ANTHROPIC_KEY = "sk-ant-e2e-messages-0123456789abcdef"
+FAKES = {
+    "claude": ["--flavor", "anthropic", "--require-key", ANTHROPIC_KEY],
+    "gem": ["--flavor", "gemini"],
+    "gpt": [],
+    "busy": ["--flavor", "anthropic", "--error-rate", "1", "--error-status", "529"],
+}
+KINDS = ["claude", "gpt", "gemini"]  # one model group per provider kind
+WEATHER: Any = {
+    "name": "get_weather",
+    "description": "Get the current weather in a given location",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "location": {"type": "string"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["location"],
+    },
+}
+ASK: Any = [{"role": "user", "content": "translate me across providers"}]
+
+
+@dataclass
+class MessagesStack:
+    gateway: ManagedProcess
+    fakes: dict[str, ManagedProcess]
+
+    def client(self) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=self.gateway.url, api_key="client-key", max_retries=0, timeout=10)
+
+    def last_request(self, fake: str) -> tuple[str, dict[str, Any]]:
+        with urllib.request.urlopen(self.fakes[fake].url + "/_fake/stats", timeout=5) as resp:
+            stats = json.loads(resp.read())
+        seen = stats["last_request"]
+        return seen["path"], seen["body"]
+
+
+def policy(fakes: dict[str, ManagedProcess]) -> str:
+    def provider(name: str, kind: str, path: str, extra: str = "") -> str:
+        return (
+            f"  {name}:\n    kind: {kind}\n    base_url: {fakes[name].url}{path}\n"
+            f"    timeouts: {{connect_s: 1, first_byte_s: 5, total_s: 20}}\n{extra}"
+        )
+
+    head = textwrap.dedent(
+        """\
+        version: 1
+        auth: {mode: open}
+        breaker: {consecutive_failures: 1000000, min_requests: 1000000}
+        retry: {max_attempts: 3, backoff_initial_s: 0.001, backoff_max_s: 0.01}
+        providers:
+        """
+    )
+    models = textwrap.dedent(
+        """\
+        models:
+          claude: {deployments: [{provider: claude, model: claude-test}]}
+          gpt: {deployments: [{provider: gpt, model: gpt-test}]}
+          gemini: {deployments: [{provider: gem, model: gemini-test}]}
+          busy-then-gpt:
+            strategy: ordered
+            deployments: [{provider: busy, model: claude-busy}, {provider: gpt, model: gpt-fallback}]
+          busy-only: {deployments: [{provider: busy, model: claude-busy-only}]}
+        """
+    )
+    return (
+        head
+        + provider("claude", "anthropic", "/v1", "    api_key_env: E2E_ANTHROPIC_KEY\n")
+        + provider("gem", "gemini", "/v1beta")
+        + provider("gpt", "openai", "/v1")
+        + provider("busy", "anthropic", "/v1")
+        + models
+    )
+
+
+@pytest.fixture(scope="module")
+def mstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MessagesStack]:
+    fakes = start_fakes(FAKES)
+    path: Path = tmp_path_factory.mktemp("messages") / "policy.yaml"
+    path.write_text(policy(fakes))
+    gateway = None
+    try:
+        gateway = start_gateway(path, env={"E2E_ANTHROPIC_KEY": ANTHROPIC_KEY})
+        yield MessagesStack(gateway, fakes)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+            assert ANTHROPIC_KEY not in gateway.output
+        for fake in fakes.values():
+            fake.stop()
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_plain_answer_from_every_kind(mstack: MessagesStack, model: str) -> None:
+    raw = mstack.client().messages.with_raw_response.create(
+        model=model, max_tokens=200, system="You are terse.", messages=ASK
+    )
+    message = raw.parse()
+    assert message.type == "message" and message.role == "assistant"
+    assert [b.type for b in message.content] == ["text"]
+    assert message.content[0].text == "Echo: translate me across providers"  # type: ignore[union-attr]
+    assert message.stop_reason == "end_turn"
+    assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
+    assert raw.headers["x-gateway-model"] == f"{model}-test"
+    assert ANTHROPIC_KEY not in raw.http_response.text
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_streamed_answer_from_every_kind(mstack: MessagesStack, model: str) -> None:
+    with mstack.client().messages.stream(model=model, max_tokens=200, messages=ASK) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Echo: translate me across providers"
+    assert final.content[0].text == text  # type: ignore[union-attr]
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens > 0
+
+
+# (The OpenAI fake never calls tools; the OpenAI translation of tools is tested in process:
+# tests/unit/service/test_messages_path.py.)
+@pytest.mark.parametrize("model", ["claude", "gemini"])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_tool_use_and_result_round_trip_on_every_kind(
+    mstack: MessagesStack, model: str, streamed: bool
+) -> None:
+    client = mstack.client()
+    ask: Any = [{"role": "user", "content": "What is the weather like in San Francisco?"}]
+    kwargs: Any = {"model": model, "max_tokens": 200, "tools": [WEATHER], "tool_choice": {"type": "any"}}
+    if streamed:
+        with client.messages.stream(messages=ask, **kwargs) as stream:
+            first = stream.get_final_message()
+    else:
+        first = client.messages.create(messages=ask, **kwargs)
+    assert first.stop_reason == "tool_use"
+    uses = [b for b in first.content if b.type == "tool_use"]
+    assert len(uses) == 1 and uses[0].name == "get_weather"
+    assert uses[0].input["location"]  # type: ignore[index]
+    follow_up: Any = [
+        *ask,
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": uses[0].id, "content": "15 degrees"}],
+        },
+    ]
+    answer = client.messages.create(model=model, max_tokens=200, tools=[WEATHER], messages=follow_up)
+    assert answer.stop_reason == "end_turn"
+    assert answer.content[0].type == "text"
+
+
+def test_anthropic_gets_the_body_natively(mstack: MessagesStack) -> None:
+    mstack.client().messages.create(
+        model="claude", max_tokens=77, messages=ASK, stop_sequences=["STOP"], extra_body={"top_k": 4}
+    )
+    path, sent = mstack.last_request("claude")
+    assert path == "/v1/messages"
+    assert sent["model"] == "claude-test" and sent["max_tokens"] == 77
+    assert sent["top_k"] == 4 and sent["stop_sequences"] == ["STOP"] and sent["messages"] == ASK
+
+
+def test_failover_from_overloaded_anthropic_to_openai(mstack: MessagesStack) -> None:
+    raw = mstack.client().messages.with_raw_response.create(
+        model="busy-then-gpt", max_tokens=50, messages=ASK
+    )
+    assert raw.parse().content[0].text == "Echo: translate me across providers"  # type: ignore[union-attr]
+    assert raw.headers["x-gateway-model"] == "gpt-fallback" and raw.headers["x-gateway-fallback"] == "true"
+
+
+def test_overloaded_everywhere_is_the_sdks_overloaded_error(mstack: MessagesStack) -> None:
+    with pytest.raises(anthropic.OverloadedError) as caught:
+        mstack.client().messages.create(model="busy-only", max_tokens=50, messages=ASK)
+    assert caught.value.status_code == 529
+    with (
+        pytest.raises(anthropic.OverloadedError),
+        mstack.client().messages.stream(model="busy-only", max_tokens=50, messages=ASK) as stream,
+    ):
+        stream.get_final_message()
+
+
+def test_sdk_errors_for_bad_requests(mstack: MessagesStack) -> None:
+    client = mstack.client()
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.create(model="gpt", max_tokens=0, messages=ASK)
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.create(model="no-such-model", max_tokens=5, messages=ASK)
+    assert client.messages.count_tokens(model="gpt", messages=ASK).input_tokens == 7

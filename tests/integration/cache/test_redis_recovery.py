@@ -1,0 +1,98 @@
+"""A gateway with ``REDIS_URL`` whose Redis stops and starts again: /health and
+``gateway_dependency_up`` follow it, failed probes and the reconnect are counted as recovery
+actions, for the cache's link and the limits' link alike. A private ``redis-server``; the
+gateway in process (aiohttp's TestClient); waits poll with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway import keys
+from gateway.app import build_app
+from gateway.policy.loader import parse_policy
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+from gateway.testing.redis_server import PrivateRedis
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
+
+POLICY = """
+version: 1
+auth: {mode: open}
+providers:
+  a: {kind: openai, base_url: "http://a.test/v1"}
+models:
+  m: {deployments: [{provider: a, model: ma}]}
+memory: {enabled: false}
+"""
+LINKS = {"redis:cache": "redis_cache_reconnect", "redis:limits": "redis_limits_reconnect"}
+
+
+async def until(condition: Callable[[], Awaitable[bool]], deadline_s: float, what: str) -> None:
+    end = time.monotonic() + deadline_s
+    while not await condition():
+        assert time.monotonic() < end, f"not within {deadline_s} s: {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_redis_stops_and_comes_back_under_a_gateway(
+    aiohttp_client: ClientFactory, private_redis: PrivateRedis
+) -> None:
+    settings = Settings(access_log=False, redis_url=private_redis.url, cache_prefix="test:recovery:")
+    transports = {"a": MockTransport(lambda r: MockResponse.json({}))}
+    app = build_app(settings, parse_policy(POLICY), {}, transports=transports)
+    client = await aiohttp_client(app)
+    registry = app[keys.METRICS].registry
+
+    def actions(kind: str, result: str) -> float:
+        return (
+            registry.get_sample_value("gateway_recovery_actions_total", {"kind": kind, "result": result}) or 0
+        )
+
+    def up(dependency: str) -> float | None:
+        return registry.get_sample_value("gateway_dependency_up", {"dependency": dependency})
+
+    async def statuses() -> dict[str, str]:
+        body = await (await client.get("/health")).json()
+        return {name: body["dependencies"][name]["status"] for name in LINKS}
+
+    first = await (await client.get("/health")).json()
+    for name in LINKS:
+        assert first["dependencies"][name]["status"] == "up"
+        assert 0 < first["dependencies"][name]["latency_ms"] < 1000
+        assert up(name) == 1
+    assert all(actions(kind, result) == 0 for kind in LINKS.values() for result in ("ok", "failed"))
+
+    private_redis.stop()
+
+    async def both_down() -> bool:
+        return set((await statuses()).values()) == {"down"}
+
+    await until(both_down, 10, "both links down")
+    assert up("redis:cache") == 0 and up("redis:limits") == 0
+
+    async def probes_failed() -> bool:
+        await statuses()  # each check is the probe once the link's backoff has passed
+        return all(actions(kind, "failed") >= 1 for kind in LINKS.values())
+
+    await until(probes_failed, 15, "a failed probe on each link")
+    assert all(actions(kind, "ok") == 0 for kind in LINKS.values())
+    down_since = (await (await client.get("/health")).json())["dependencies"]["redis:cache"]["changed_at"]
+
+    private_redis.start()
+
+    async def both_up() -> bool:
+        return set((await statuses()).values()) == {"up"}
+
+    await until(both_up, 15, "both links back up")  # the backoff is at most 5 s, jittered
+    assert all(actions(kind, "ok") == 1 for kind in LINKS.values())
+    body = await (await client.get("/health")).json()
+    assert body["dependencies"]["redis:cache"]["changed_at"] > down_since
+    assert up("redis:cache") == 1 and up("redis:limits") == 1
+    text = await (await client.get("/metrics")).text()
+    assert 'gateway_recovery_actions_total{kind="redis_cache_reconnect",result="ok"} 1.0' in text

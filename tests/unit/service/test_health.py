@@ -1,0 +1,272 @@
+"""The health monitor, GET /health and readiness, in process: MockTransport behind, the real
+router, breakers, caches and SQLite memory store; clocks driven by hand where time matters."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway import keys
+from gateway.app import build_app
+from gateway.errors import UpstreamConnectError, UpstreamTimeout
+from gateway.live_policy import provider_clients
+from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.runtime import LoopLag
+from gateway.policy.loader import parse_policy
+from gateway.providers.base import UpstreamRequest
+from gateway.routing.router import Router
+from gateway.routing.target import RouteContext, Target
+from gateway.service.health import HealthMonitor
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
+
+POLICY = """
+version: 1
+auth: {mode: open}
+breaker: {consecutive_failures: 1, cooldown_s: 600}
+retry: {max_attempts: 2, backoff_initial_s: 0.001, backoff_max_s: 0.001}
+providers:
+  a: {kind: openai, base_url: "http://a.test/v1"}
+  b: {kind: openai, base_url: "http://b.test/v1"}
+  paid: {kind: openai, base_url: "http://p.test/v1", api_key_env: PAID_KEY}
+models:
+  m:
+    strategy: ordered
+    deployments: [{provider: a, model: ma}, {provider: b, model: mb}]
+  other: {deployments: [{provider: paid, model: big}]}
+memory: {enabled: false}
+"""
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def completion(model: str) -> dict[str, object]:
+    return {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+@dataclass
+class Upstream:
+    """Provider ``name``'s answers: ok, refused (connection error) or timed out."""
+
+    name: str
+    mode: str = "ok"
+
+    def __call__(self, request: UpstreamRequest) -> MockResponse:
+        if self.mode == "refused":
+            raise UpstreamConnectError("refused", provider=self.name)
+        if self.mode == "timeout":
+            raise UpstreamTimeout("no first byte within 1 s", provider=self.name)
+        return MockResponse.json(completion(orjson.loads(request.body)["model"]))
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def monitor_for(
+    policy_text: str, upstreams: dict[str, Upstream], clock: Clock, wall: Clock, rss: list[int | None]
+) -> tuple[HealthMonitor, Router, LoopLag]:
+    policy = parse_policy(policy_text)
+    transports = {name: MockTransport(u) for name, u in upstreams.items()}
+    router = Router(policy, provider_clients(policy, {}, transports), GatewayMetrics(), clock=clock)
+    lag = LoopLag(window=4)
+    monitor = HealthMonitor(router, lag, rss=lambda: rss[0], max_rss_bytes=1000, wall=wall)
+    return monitor, router, lag
+
+
+async def test_each_dependency_with_status_latency_and_last_change() -> None:
+    clock, wall, rss = Clock(), Clock(1_700_000_000.0), [500]
+    upstreams = {"a": Upstream("a"), "b": Upstream("b")}
+    monitor, router, lag = monitor_for(POLICY, upstreams, clock, wall, rss)
+    first = await monitor.check()
+    deps = {d.name: d for d in first.dependencies}
+    assert set(deps) == {
+        "deployment:a/ma",
+        "deployment:b/mb",
+        "deployment:paid/big",
+        "event_loop",
+        "resident_memory",
+    }
+    assert deps["deployment:a/ma"].check.status == "up"
+    assert deps["deployment:paid/big"].check.status == "down"
+    assert deps["deployment:paid/big"].check.detail == "no provider key set (PAID_KEY)"
+    assert first.status == "degraded"  # a deployment without its key is not up, but m serves
+
+    # a answers: its latency and the age of its last success are shown
+    async def call(target: Target) -> str:
+        return "ok"
+
+    await router.call(RouteContext("m", CHAT), call)
+    clock.now += 4
+    wall.now += 10
+    # a's breaker opens (one failure); the loop ran late; memory above the limit
+    a = router.targets("m")[0]
+    a.live.breaker.failure(clock.now)
+    lag.record(0.25, 0.55)
+    rss[0] = 2000
+    second = await monitor.check()
+    deps = {d.name: d for d in second.dependencies}
+    dep_a = deps["deployment:a/ma"]
+    assert dep_a.check.status == "down" and dep_a.check.figures["breaker"] == "open"
+    assert dep_a.check.figures["last_success_age_s"] == pytest.approx(4.0)
+    assert dep_a.check.latency_s is not None
+    assert dep_a.changed_at == wall.now  # it changed at this check ...
+    assert deps["deployment:b/mb"].changed_at == wall.now - 10  # ... b did not
+    assert deps["event_loop"].check.status == "degraded"
+    assert deps["event_loop"].check.latency_s == pytest.approx(0.3)
+    assert deps["resident_memory"].check.status == "degraded"
+    assert second.status == "degraded"
+
+    # the cooldown passes: half-open is degraded, and a's status changed again
+    clock.now += 601
+    wall.now += 601
+    third = {d.name: d for d in (await monitor.check()).dependencies}
+    assert third["deployment:a/ma"].check.status == "degraded"
+    assert third["deployment:a/ma"].changed_at == wall.now
+    assert dict(monitor.dependencies_up())["deployment:paid/big"] is False
+    assert monitor.loop_lag_s() == pytest.approx(0.3)
+
+
+async def test_down_only_when_no_group_can_serve() -> None:
+    clock, wall, rss = Clock(), Clock(), [None]
+    upstreams = {"a": Upstream("a"), "b": Upstream("b")}
+    monitor, router, _ = monitor_for(POLICY, upstreams, clock, wall, rss)
+    a, b = router.targets("m")
+    a.live.breaker.failure(clock.now)
+    assert monitor.can_serve() and (await monitor.check()).status == "degraded"
+    b.live.breaker.failure(clock.now)
+    assert not monitor.can_serve()
+    assert (await monitor.check()).status == "down"
+
+
+@pytest.fixture
+def upstreams() -> dict[str, Upstream]:
+    return {"a": Upstream("a"), "b": Upstream("b")}
+
+
+async def start(
+    aiohttp_client: ClientFactory, upstreams: dict[str, Upstream], settings: Settings | None = None
+) -> TestClient:
+    transports = {name: MockTransport(u) for name, u in upstreams.items()}
+    app = build_app(settings or Settings(access_log=False), parse_policy(POLICY), {}, transports=transports)
+    return await aiohttp_client(app)
+
+
+async def test_readiness_fails_only_when_nothing_can_serve(
+    aiohttp_client: ClientFactory, upstreams: dict[str, Upstream]
+) -> None:
+    client = await start(aiohttp_client, upstreams)
+    upstreams["a"].mode = "refused"
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200  # failed over to b; a's breaker is open now
+    ready = await client.get("/health/ready")
+    assert ready.status == 200, "one provider down never makes the gateway unready"
+    assert (await ready.json())["models"] == {"m": "ok", "other": "no provider key set"}
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "degraded"
+    assert health["dependencies"]["deployment:a/ma"]["status"] == "down"
+    assert health["dependencies"]["deployment:b/mb"]["status"] == "up"
+
+    upstreams["b"].mode = "refused"
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 502  # b refused too
+    ready = await client.get("/health/ready")
+    assert ready.status == 503
+    assert await ready.json() == {
+        "status": "unavailable",
+        "models": {"m": "every breaker open", "other": "no provider key set"},
+    }
+    health_resp = await client.get("/health")
+    assert health_resp.status == 503 and (await health_resp.json())["status"] == "down"
+    text = await (await client.get("/metrics")).text()
+    assert 'gateway_dependency_up{dependency="deployment:a/ma"} 0.0' in text
+    assert "gateway_event_loop_lag_seconds " in text
+
+
+async def test_health_is_admin_only_beyond_loopback(
+    aiohttp_client: ClientFactory, upstreams: dict[str, Upstream]
+) -> None:
+    wide = await start(aiohttp_client, upstreams, Settings(access_log=False, host="0.0.0.0"))
+    assert (await wide.get("/health")).status == 403
+    assert (await wide.get("/health/ready")).status == 200  # probes stay open
+    guarded = await start(
+        aiohttp_client, upstreams, Settings(access_log=False, host="0.0.0.0", admin_token="t0ken")
+    )
+    refused = await guarded.get("/health")
+    assert refused.status == 401 and (await refused.json())["error"]["type"]
+    ok = await guarded.get("/health", headers={"Authorization": "Bearer t0ken"})
+    assert ok.status == 200
+    body = await ok.json()
+    assert body["dependencies"]["event_loop"]["status"] in ("up", "degraded")
+    assert set(body["dependencies"]["resident_memory"]) >= {"status", "latency_ms", "changed_at", "rss_bytes"}
+
+
+async def test_a_timeout_that_fails_over_is_a_counted_recovery(
+    aiohttp_client: ClientFactory, upstreams: dict[str, Upstream]
+) -> None:
+    client = await start(aiohttp_client, upstreams)
+    registry = client.app[keys.METRICS].registry  # type: ignore[index]
+
+    def failovers(result: str) -> float:
+        labels = {"kind": "failover", "result": result}
+        return registry.get_sample_value("gateway_recovery_actions_total", labels) or 0.0
+
+    upstreams["a"].mode = "timeout"
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200 and resp.headers["x-gateway-provider"] == "b"
+    assert (failovers("ok"), failovers("failed")) == (1, 0)
+    # a's breaker is open now: b is first choice, and b timing out has nowhere to go
+    upstreams["b"].mode = "timeout"
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 504
+    assert (failovers("ok"), failovers("failed")) == (1, 1)
+
+
+async def test_a_failover_after_a_refused_connection_is_not_a_timeout_recovery(
+    aiohttp_client: ClientFactory, upstreams: dict[str, Upstream]
+) -> None:
+    client = await start(aiohttp_client, upstreams)
+    upstreams["a"].mode = "refused"
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200 and resp.headers["x-gateway-fallback"] == "true"
+    text = await (await client.get("/metrics")).text()
+    assert 'kind="failover"' not in text
+
+
+async def test_memory_store_and_index_are_checked(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
+    policy = POLICY.replace(
+        "memory: {enabled: false}",
+        f"memory: {{enabled: true, path: '{tmp_path}/m.db', index_dir: '{tmp_path}/index'}}",
+    )
+    transports = {"a": MockTransport(Upstream("a")), "b": MockTransport(Upstream("b"))}
+    app = build_app(Settings(access_log=False), parse_policy(policy), {}, transports=transports)
+    client = await aiohttp_client(app)
+    added = await client.post(
+        "/v1/memory", json={"namespace": "facts", "content": "x", "embedding": [0.1, 0.2, 0.3]}
+    )
+    assert added.status in (200, 201)
+    body = await (await client.get("/health")).json()
+    store, index = body["dependencies"]["memory:store"], body["dependencies"]["memory:index"]
+    assert store["status"] == "up" and store["latency_ms"] > 0
+    assert index["status"] == "up" and index["vectors"] == 1 and index["last_save_age_s"] is not None
+    await app[keys.MEMORY].store.close()  # the store goes away under the gateway
+    store = (await (await client.get("/health")).json())["dependencies"]["memory:store"]
+    assert store["status"] == "down" and "SELECT 1 failed" in store["detail"]

@@ -1,0 +1,606 @@
+"""The Messages front door in process: the official ``anthropic`` SDK (async) against the gateway
+on loopback (aiohttp's TestClient), MockTransport behind, everything between the real code.
+
+Providers: ``oa`` (kind openai, translated), ``an`` (kind anthropic, passed through natively)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anthropic
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway import keys
+from gateway.app import build_app
+from gateway.auth.identity import Caller
+from gateway.errors import UpstreamConnectError
+from gateway.policy.loader import parse_policy
+from gateway.providers.base import UpstreamRequest
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
+
+POLICY = """
+version: 1
+auth: {mode: open}
+breaker: {consecutive_failures: 1000000, min_requests: 1000000}
+retry: {max_attempts: 3, backoff_initial_s: 0.001, backoff_max_s: 0.01}
+providers:
+  oa: {kind: openai, base_url: "http://oa.test/v1"}
+  an: {kind: anthropic, base_url: "http://an.test/v1"}
+  an2: {kind: anthropic, base_url: "http://an2.test/v1"}
+models:
+  gpt: {deployments: [{provider: oa, model: gpt-x}]}
+  claude: {deployments: [{provider: an, model: claude-x}]}
+  mixed:
+    strategy: ordered
+    deployments: [{provider: an, model: claude-m}, {provider: oa, model: gpt-m}]
+  busy:
+    strategy: ordered
+    deployments: [{provider: an, model: claude-b1}, {provider: an2, model: claude-b2}]
+memory: {enabled: false}
+"""
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "Get the current weather in a given location",
+    "input_schema": {
+        "type": "object",
+        "properties": {"location": {"type": "string"}},
+        "required": ["location"],
+    },
+}
+
+
+def completion(model: str, text: str | None = "Hello!", calls: list[Any] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["tool_calls"] = calls
+    return {
+        "id": "chatcmpl-abc",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
+    }
+
+
+def sse(value: Any) -> bytes:
+    return b"data: " + orjson.dumps(value) + b"\n\n"
+
+
+def chat_chunks(model: str, deltas: list[dict[str, Any]], finish: str = "stop") -> list[bytes]:
+    head = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 1, "model": model}
+    out = [sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})]
+    out += [sse({**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]}) for d in deltas]
+    out.append(sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}))
+    usage = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+    out.append(sse({**head, "choices": [], "usage": usage}))
+    return [*out, b"data: [DONE]\n\n"]
+
+
+def anthropic_message(model: str, text: str = "Bonjour") -> dict[str, Any]:
+    return {
+        "id": "msg_01native",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 3},
+    }
+
+
+def anthropic_events(model: str) -> list[bytes]:
+    def ev(kind: str, data: dict[str, Any]) -> bytes:
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+    start = anthropic_message(model, "")
+    start["content"], start["stop_reason"] = [], None
+    start["usage"] = {"input_tokens": 10, "output_tokens": 1}
+    return [
+        ev("message_start", {"message": start}),
+        ev("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ev("ping", {}),
+        ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Bon"}}),
+        ev("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "jour"}}),
+        ev("content_block_stop", {"index": 0}),
+        ev("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 3}}),
+        ev("message_stop", {}),
+    ]  # fmt: skip
+
+
+Behaviour = Callable[[UpstreamRequest], MockResponse]
+
+
+class Upstreams:
+    """One MockTransport per provider; each request lands in ``calls`` as (provider, path, body)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self.behaviour: dict[str, Behaviour] = {}
+        self.transports = {name: MockTransport(self._handler(name)) for name in ("oa", "an", "an2")}
+
+    def _handler(self, name: str) -> Callable[[UpstreamRequest], MockResponse]:
+        def handle(request: UpstreamRequest) -> MockResponse:
+            self.calls.append((name, request.path, orjson.loads(request.body)))
+            return self.behaviour.get(name, default_answer)(request)
+
+        return handle
+
+    def last(self, name: str) -> dict[str, Any]:
+        return [body for (n, _, body) in self.calls if n == name][-1]
+
+
+def default_answer(request: UpstreamRequest) -> MockResponse:
+    body = orjson.loads(request.body)
+    if request.path == "/messages":  # Anthropic, natively
+        if body.get("stream"):
+            return MockResponse.stream(anthropic_events(body["model"]))
+        return MockResponse.json(anthropic_message(body["model"]))
+    if body.get("stream"):
+        return MockResponse.stream(chat_chunks(body["model"], [{"content": "Hel"}, {"content": "lo!"}]))
+    return MockResponse.json(completion(body["model"]))
+
+
+def anthropic_error(status: int, kind: str) -> Behaviour:
+    return lambda request: MockResponse.json(
+        {"type": "error", "error": {"type": kind, "message": f"upstream {kind}"}}, status=status
+    )
+
+
+@pytest.fixture
+def upstreams() -> Upstreams:
+    return Upstreams()
+
+
+@pytest.fixture
+async def gateway(aiohttp_client: ClientFactory, upstreams: Upstreams) -> TestClient:
+    app = build_app(Settings(access_log=False), parse_policy(POLICY), {}, transports=upstreams.transports)
+    return await aiohttp_client(app)
+
+
+@pytest.fixture
+async def sdk(gateway: TestClient) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    client = anthropic.AsyncAnthropic(
+        base_url=str(gateway.make_url("")), api_key="client-key", max_retries=0, timeout=10
+    )
+    yield client
+    await client.close()  # on this test's loop
+
+
+USER = [{"role": "user", "content": "Hello, Claude"}]
+
+
+# ----- plain answers
+
+
+async def test_plain_answer_from_an_openai_deployment(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
+) -> None:
+    message = await sdk.messages.create(
+        model="gpt",
+        max_tokens=100,
+        system="Be brief.",
+        messages=USER,
+        stop_sequences=["\n\nHuman:"],
+        metadata={"user_id": "u-1"},
+        # (anthropic 2.x dropped temperature and top_k from its signature; the API takes them)
+        extra_body={"temperature": 0.5, "top_k": 5},
+    )
+    assert message.type == "message" and message.role == "assistant"
+    assert [b.type for b in message.content] == ["text"]
+    assert message.content[0].text == "Hello!"  # type: ignore[union-attr]
+    assert message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (12, 5)
+    assert message.model == "gpt-x"
+    assert upstreams.calls[0][1] == "/chat/completions"
+    assert upstreams.last("oa") == {
+        "model": "gpt-x",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello, Claude"},
+        ],
+        "max_tokens": 100,
+        "temperature": 0.5,
+        "stop": ["\n\nHuman:"],
+        "user": "u-1",
+    }  # top_k dropped: OpenAI has none
+
+
+async def test_anthropic_deployments_get_the_request_natively(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
+) -> None:
+    raw = await sdk.messages.with_raw_response.create(
+        model="claude",
+        max_tokens=50,
+        messages=USER,
+        extra_body={"top_k": 3},
+        extra_headers={"anthropic-beta": "b-1"},
+    )
+    message = await raw.parse()
+    assert message.id == "msg_01native"
+    assert message.content[0].text == "Bonjour"  # type: ignore[union-attr]
+    assert raw.headers["x-gateway-provider"] == "an"
+    assert upstreams.calls == [
+        ("an", "/messages", {"model": "claude-x", "max_tokens": 50, "messages": USER, "top_k": 3})
+    ]
+
+
+async def test_tool_use_and_a_tool_result_round_trip(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
+) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"location": "Paris"}'},
+    }
+    upstreams.behaviour = {"oa": lambda r: MockResponse.json(completion("gpt-x", None, [call]))}
+    first = await sdk.messages.create(
+        model="gpt",
+        max_tokens=100,
+        messages=USER,
+        tools=[WEATHER],
+        tool_choice={"type": "any"},  # type: ignore[list-item]
+    )
+    assert first.stop_reason == "tool_use"
+    use = first.content[0]
+    assert use.type == "tool_use" and use.name == "get_weather" and use.input == {"location": "Paris"}
+    sent = upstreams.last("oa")
+    assert sent["tool_choice"] == "required"
+    assert sent["tools"] == [
+        {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER["input_schema"],
+                                          "description": WEATHER["description"]}}
+    ]  # fmt: skip
+    upstreams.behaviour = {}
+    second = await sdk.messages.create(
+        model="gpt",
+        max_tokens=100,
+        tools=[WEATHER],  # type: ignore[list-item]
+        messages=[
+            *USER,
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},  # type: ignore[misc]
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": use.id, "content": "15 degrees"},
+                    {"type": "text", "text": "And tomorrow?"},
+                ],
+            },
+        ],
+    )
+    assert second.content[0].text == "Hello!"  # type: ignore[union-attr]
+    turns = upstreams.last("oa")["messages"]
+    assert turns[1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"location":"Paris"}'}}],
+    }  # fmt: skip
+    assert turns[2] == {"role": "tool", "tool_call_id": "call_1", "content": "15 degrees"}
+    assert turns[3] == {"role": "user", "content": "And tomorrow?"}
+
+
+async def test_json_output_with_output_config(sdk: anthropic.AsyncAnthropic, upstreams: Upstreams) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    upstreams.behaviour = {"oa": lambda r: MockResponse.json(completion("gpt-x", '{"city": "Paris"}'))}
+    message = await sdk.messages.create(
+        model="gpt",
+        max_tokens=100,
+        messages=USER,
+        extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}},
+    )
+    assert orjson.loads(message.content[0].text) == {"city": "Paris"}  # type: ignore[union-attr]
+    assert upstreams.last("oa")["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema},
+    }
+
+
+# ----- streams
+
+
+async def test_stream_from_an_openai_deployment(sdk: anthropic.AsyncAnthropic, upstreams: Upstreams) -> None:
+    async with sdk.messages.stream(model="gpt", max_tokens=100, messages=USER) as stream:
+        texts = [text async for text in stream.text_stream]
+        final = await stream.get_final_message()
+    assert texts == ["Hel", "lo!"]
+    assert final.content[0].text == "Hello!"  # type: ignore[union-attr]
+    assert final.stop_reason == "end_turn"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (9, 4)
+    sent = upstreams.last("oa")
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+
+
+async def test_streamed_tool_call_arrives_as_input_json_deltas(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
+) -> None:
+    deltas = [
+        {"content": "Let me check."},
+        {"tool_calls": [{"index": 0, "id": "call_9", "type": "function",
+                         "function": {"name": "get_weather", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"locat'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": 'ion": "Paris"}'}}]},
+    ]  # fmt: skip
+    upstreams.behaviour = {"oa": lambda r: MockResponse.stream(chat_chunks("gpt-x", deltas, "tool_calls"))}
+    kinds: list[str] = []
+    async with sdk.messages.stream(model="gpt", max_tokens=100, messages=USER, tools=[WEATHER]) as stream:  # type: ignore[list-item]
+        async for event in stream:
+            kinds.append(event.type)
+        final = await stream.get_final_message()
+    assert [b.type for b in final.content] == ["text", "tool_use"]
+    assert final.content[1].input == {"location": "Paris"}  # type: ignore[union-attr]
+    assert final.content[1].id == "call_9"  # type: ignore[union-attr]
+    assert final.stop_reason == "tool_use"
+    assert "input_json" in kinds and kinds[-1] == "message_stop"
+
+
+async def test_native_stream_is_relayed_as_anthropic_sent_it(gateway: TestClient) -> None:
+    resp = await gateway.post(
+        "/v1/messages", json={"model": "claude", "max_tokens": 9, "messages": USER, "stream": True}
+    )
+    assert resp.status == 200
+    assert await resp.read() == b"".join(anthropic_events("claude-x"))
+
+
+async def test_a_stream_cut_mid_way_ends_with_an_anthropic_error_event(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
+) -> None:
+    async def cut() -> AsyncIterator[bytes]:
+        for chunk in chat_chunks("gpt-x", [{"content": "Hel"}])[:2]:
+            yield chunk
+        raise UpstreamConnectError("oa: connection reset", provider="oa")
+
+    upstreams.behaviour = {"oa": lambda r: MockResponse.stream(cut())}
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        async with sdk.messages.stream(model="gpt", max_tokens=100, messages=USER) as stream:
+            async for _ in stream.text_stream:
+                pass
+    assert "connection reset" in str(caught.value)
+
+
+# ----- failover and cache
+
+
+async def test_failover_from_an_overloaded_anthropic_deployment_to_a_translated_one(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams, gateway: TestClient
+) -> None:
+    upstreams.behaviour = {"an": anthropic_error(529, "overloaded_error")}
+    raw = await sdk.messages.with_raw_response.create(model="mixed", max_tokens=10, messages=USER)
+    assert (await raw.parse()).content[0].text == "Hello!"  # type: ignore[union-attr]
+    assert (raw.headers["x-gateway-provider"], raw.headers["x-gateway-fallback"]) == ("oa", "true")
+    assert [(n, p) for n, p, _ in upstreams.calls] == [("an", "/messages"), ("oa", "/chat/completions")]
+    registry = gateway.app[keys.METRICS].registry  # type: ignore[index]
+    for mode in ("native", "translated"):
+        labels = {"endpoint": "messages", "mode": mode}
+        assert registry.get_sample_value("gateway_front_door_attempts_total", labels) == 1.0
+
+
+async def test_stream_failover_before_the_first_event(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
+) -> None:
+    error = (
+        b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
+    )
+    upstreams.behaviour = {"an": lambda r: MockResponse.stream([anthropic_events("claude-m")[0], error])}
+    async with sdk.messages.stream(model="mixed", max_tokens=10, messages=USER) as stream:
+        final = await stream.get_final_message()
+    assert final.content[0].text == "Hello!"  # type: ignore[union-attr]
+    assert [n for n, _, _ in upstreams.calls] == ["an", "oa"]
+
+
+async def test_cache_serves_messages_answers_only_to_messages_requests(
+    gateway: TestClient, upstreams: Upstreams
+) -> None:
+    body = {"model": "gpt", "max_tokens": 10, "temperature": 0, "messages": USER}
+    first = await gateway.post("/v1/messages", json=body)
+    second = await gateway.post("/v1/messages", json=body)
+    assert (first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]) == ("miss", "hit")
+    assert await second.read() == await first.read()
+    assert orjson.loads(await second.read())["type"] == "message"
+    chat = {"model": "gpt", "max_tokens": 10, "temperature": 0, "messages": USER}  # the same JSON, on chat
+    answer = await gateway.post("/v1/chat/completions", json=chat)
+    assert answer.headers["x-gateway-cache"] == "miss"
+    assert (await answer.json())["object"] == "chat.completion"
+    streamed = await gateway.post("/v1/messages", json={**body, "stream": True})
+    assert streamed.headers["x-gateway-cache"] == "miss"  # a stream is cached apart
+    await streamed.read()
+    replay = await gateway.post("/v1/messages", json={**body, "stream": True})
+    assert replay.headers["x-gateway-cache"] == "hit"
+    assert b"event: message_stop" in await replay.read()
+    assert len(upstreams.calls) == 3
+
+
+# ----- errors, each as the SDK's own exception
+
+
+async def test_missing_max_tokens_is_a_bad_request(
+    sdk: anthropic.AsyncAnthropic, gateway: TestClient
+) -> None:
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        await sdk.messages.create(model="gpt", messages=USER, max_tokens=anthropic.omit)  # type: ignore[arg-type]
+    assert caught.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert "max_tokens" in caught.value.message
+    resp = await gateway.post("/v1/messages", data=b"{not json", headers={"content-type": "application/json"})
+    assert resp.status == 400
+    assert (await resp.json())["type"] == "error"
+
+
+async def test_unknown_model_is_not_found(sdk: anthropic.AsyncAnthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        await sdk.messages.create(model="nope", max_tokens=5, messages=USER)
+    assert caught.value.body == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": caught.value.body["error"]["message"]},
+    }  # type: ignore[index]
+
+
+async def test_upstream_rate_limit_is_a_rate_limit_error(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
+) -> None:
+    upstreams.behaviour = {"an": anthropic_error(429, "rate_limit_error")}
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        await sdk.messages.create(model="claude", max_tokens=5, messages=USER)
+    assert caught.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+
+
+async def test_every_deployment_overloaded_is_an_overloaded_error(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
+) -> None:
+    upstreams.behaviour = {
+        "an": anthropic_error(529, "overloaded_error"),
+        "an2": anthropic_error(529, "overloaded_error"),
+    }
+    with pytest.raises(anthropic.OverloadedError) as caught:
+        await sdk.messages.create(model="busy", max_tokens=5, messages=USER)
+    assert caught.value.status_code == 529
+    assert caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+
+
+async def test_unknown_paths_and_methods_answer_in_anthropic_envelope(gateway: TestClient) -> None:
+    missing = await gateway.post("/v1/messages/batches", json={})
+    assert missing.status == 404
+    assert (await missing.json())["error"]["type"] == "not_found_error"
+    wrong = await gateway.get("/v1/messages")
+    assert wrong.status == 405
+    assert (await wrong.json())["type"] == "error"
+    chat = await gateway.get("/v1/nothing")
+    assert "type" not in await chat.json()  # OpenAI's envelope elsewhere
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "gpt", "max_tokens": "5", "messages": USER},
+        {"model": "gpt", "max_tokens": 0, "messages": USER},
+        {"model": "gpt", "max_tokens": 5, "messages": []},
+        {"model": "gpt", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]},
+        {"model": "gpt", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image"}]}]},
+        {
+            "model": "gpt",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "ftp"}}]}],
+        },
+        {"model": "gpt", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "system": [{"type": "image"}]},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "tools": [{"name": "x"}]},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "tool_choice": {"type": "maybe"}},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "temperature": 3},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "stream": "yes"},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "output_config": {"format": {"type": "xml"}}},
+        {"model": 5, "max_tokens": 5, "messages": USER},
+        [1, 2],
+    ],
+)
+async def test_bad_input_is_a_400_in_anthropic_envelope_never_a_500(gateway: TestClient, body: Any) -> None:
+    resp = await gateway.post("/v1/messages", json=body)
+    assert resp.status == 400
+    answer = await resp.json()
+    assert answer["type"] == "error" and answer["error"]["type"] == "invalid_request_error"
+
+
+async def test_server_tools_need_an_anthropic_deployment(gateway: TestClient, upstreams: Upstreams) -> None:
+    body = {
+        "max_tokens": 5,
+        "messages": USER,
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+    }
+    refused = await gateway.post("/v1/messages", json={**body, "model": "gpt"})
+    assert refused.status == 400
+    assert "web_search_20250305" in (await refused.json())["error"]["message"]
+    assert upstreams.calls == []
+    served = await gateway.post("/v1/messages", json={**body, "model": "mixed"})
+    assert served.status == 200
+    assert upstreams.last("an")["tools"] == body["tools"]
+
+
+# ----- count_tokens
+
+
+async def test_count_tokens_is_the_gateway_estimate(sdk: anthropic.AsyncAnthropic) -> None:
+    counted = await sdk.messages.count_tokens(
+        model="gpt", system="x" * 40, messages=[{"role": "user", "content": "y" * 80}]
+    )
+    assert counted.input_tokens == 30  # (40 + 80) characters / 4
+    with pytest.raises(anthropic.NotFoundError):
+        await sdk.messages.count_tokens(model="nope", messages=USER)
+
+
+async def test_requests_are_counted_under_the_messages_route(gateway: TestClient) -> None:
+    await gateway.post("/v1/messages", json={"model": "gpt", "max_tokens": 5, "messages": USER})
+    registry = gateway.app[keys.METRICS].registry  # type: ignore[index]
+    labels = {"endpoint": "/v1/messages", "model": "gpt", "provider": "oa", "status_code": "200"}
+    assert registry.get_sample_value("gateway_requests_total", labels) == 1.0
+
+
+# ----- the gateway's own keys, as x-api-key or Bearer
+
+
+GOOD = "sk-sg-" + "A1b2_C3d4-" * 4
+LIMITED = "sk-sg-limited0000000000000000000000000000000"
+
+
+class KeyRing:
+    """The key ring's interface (``authenticate``) over fixed callers."""
+
+    def __init__(self) -> None:
+        self.callers = {
+            GOOD: Caller("key_good", "blue"),
+            LIMITED: Caller("key_l", "green", models=frozenset({"gpt"})),
+        }
+
+    async def authenticate(self, secret: str) -> Caller | None:
+        return self.callers.get(secret)
+
+
+@pytest.fixture
+async def keyed(aiohttp_client: ClientFactory, upstreams: Upstreams) -> TestClient:
+    policy = POLICY.replace("auth: {mode: open}\n", "")  # the default: keys
+    app = build_app(Settings(access_log=False), parse_policy(policy), {}, transports=upstreams.transports)
+    app[keys.KEYRING] = KeyRing()  # type: ignore[assignment]
+    return await aiohttp_client(app)
+
+
+async def test_gateway_keys_as_x_api_key_or_bearer(keyed: TestClient) -> None:
+    url = str(keyed.make_url(""))
+    ask: dict[str, Any] = {"model": "gpt", "max_tokens": 5, "messages": USER}
+    async with anthropic.AsyncAnthropic(base_url=url, api_key=GOOD, max_retries=0) as by_header:
+        assert (await by_header.messages.create(**ask)).content[0].text == "Hello!"  # type: ignore[union-attr]
+    async with anthropic.AsyncAnthropic(base_url=url, auth_token=GOOD, max_retries=0) as by_bearer:
+        assert (await by_bearer.messages.count_tokens(model="gpt", messages=USER)).input_tokens == 3
+    async with anthropic.AsyncAnthropic(base_url=url, api_key="sk-sg-unknown", max_retries=0) as stranger:
+        with pytest.raises(anthropic.AuthenticationError) as caught:
+            await stranger.messages.create(**ask)
+        assert caught.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    async with anthropic.AsyncAnthropic(base_url=url, api_key=LIMITED, max_retries=0) as limited:
+        with pytest.raises(anthropic.NotFoundError):  # another team's model does not exist for it
+            await limited.messages.create(**{**ask, "model": "claude"})
+        with pytest.raises(anthropic.NotFoundError):
+            await limited.messages.count_tokens(model="claude", messages=USER)
+    bad = await keyed.post("/v1/messages", json=ask, headers={"x-api-key": "has spaces"})
+    assert bad.status == 401 and (await bad.json())["error"]["type"] == "authentication_error"
+
+
+async def test_a_body_over_the_limit_is_request_too_large(
+    aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    settings = Settings(access_log=False, max_body_bytes=1024)
+    app = build_app(settings, parse_policy(POLICY), {}, transports=upstreams.transports)
+    gateway = await aiohttp_client(app)
+    async with anthropic.AsyncAnthropic(
+        base_url=str(gateway.make_url("")), api_key="k", max_retries=0
+    ) as sdk:
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            await sdk.messages.create(
+                model="gpt", max_tokens=5, messages=[{"role": "user", "content": "x" * 4096}]
+            )
+    assert caught.value.status_code == 413
+    assert caught.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
+    assert upstreams.calls == []

@@ -1,0 +1,141 @@
+"""deploy/: the Grafana dashboard is what its generator builds, and the Prometheus rules pass
+promtool and cover every seed KPI. (Whether each query finds data: tests/e2e/test_prometheus_dashboard.py.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.observability.metrics import GatewayMetrics
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO / "deploy" / "grafana" / "sophia-gateway.json"
+RULES = REPO / "deploy" / "prometheus" / "rules.yml"
+# The seed plan's KPIs: (recording rule, the alert on it, its threshold).
+KPIS = {
+    "sophia:latency_avg:5m": ("SophiaSlowResponses", "> 0.5"),
+    "sophia:cache_hit_ratio:5m": ("SophiaLowCacheHitRate", "< 0.7"),
+    "sophia:pool_efficiency:5m": ("SophiaLowPoolEfficiency", "< 0.85"),
+    "sophia:fallback_ratio:5m": ("SophiaHighFallbackRate", "> 0.05"),
+    "sophia:uptime:1h": ("SophiaUptimeBelowTarget", "< 0.999"),
+    "sophia:error_ratio:5m": ("SophiaHighErrorRate", "> 0.001"),
+    "sophia:recovery_success_ratio:1h": ("SophiaLowRecoverySuccess", "< 0.95"),
+    "sophia:rollback_ratio:1d": ("SophiaHighRollbackRate", "> 0.1"),
+}
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("sophia_dashboard", REPO / "deploy/grafana/dashboard.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rules() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def test_the_committed_dashboard_is_what_the_generator_builds() -> None:
+    assert DASHBOARD.read_text() == generator().render(), "run: python deploy/grafana/dashboard.py"
+
+
+def test_the_dashboard_has_its_variables_rows_and_unique_panels() -> None:
+    board = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert list(variables) == ["datasource", "model", "provider", "team"]
+    assert (
+        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    )
+    for name in ("model", "provider", "team"):
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+    rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
+    assert rows == [
+        "Seed KPIs",
+        "Traffic and errors",
+        "Latency",
+        "Routing",
+        "Cache",
+        "Memory",
+        "Tokens and cost",
+    ]
+    ids = [p["id"] for p in board["panels"]]
+    assert len(set(ids)) == len(ids)
+    cells: set[tuple[int, int]] = set()
+    for panel in board["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24
+        mine = {
+            (x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not mine & cells, f"panel {panel['title']!r} overlaps another"
+        cells |= mine
+        if panel["type"] != "row":
+            assert panel["targets"] and panel["datasource"]["uid"] == "${datasource}"
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == "${datasource}" and target["expr"]
+
+
+def test_every_metric_the_dashboard_reads_is_one_the_gateway_exports() -> None:
+    """Names only (values: the e2e test); families from parallel work are listed by name."""
+    metrics = GatewayMetrics()
+    exported = {f.name for f in vars(metrics).values() if hasattr(f, "labelnames")}
+    exported |= {
+        "gateway_breaker_state",
+        "gateway_deployment_score",
+        "gateway_cache_bytes",
+        "gateway_cache_entries",
+        "gateway_cache_backend_up",
+        "gateway_cache_backend_errors",
+        "gateway_memory_search_duration_seconds",
+        "up",
+    }
+    exported |= {
+        f"gateway_memory_{name}" for name in ("index_vectors", "search_cache_hits", "search_cache_misses")
+    }
+    exported |= {
+        f"gateway_memory_pool_{n}" for n in ("served_idle", "acquisitions", "open", "in_use", "efficiency")
+    }
+    exported |= {"gateway_rollout_step_percent", "gateway_recovery_actions", "gateway_rollouts"}
+    board = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    exprs += [r["expr"] for r in rules()]
+    for expr in exprs:
+        for name in re.findall(r"\b(gateway_\w+|gen_ai_\w+|up)\s*(?:\{|\[)", expr):
+            base = re.sub(r"_(bucket|sum|count|total)$", "", name)
+            assert base in exported, f"{name} in {expr!r} is not a gateway metric"
+
+
+def test_every_seed_kpi_has_a_recording_rule_an_alert_and_a_stat_panel() -> None:
+    by_record = {r["record"]: r for r in rules() if "record" in r}
+    alerts = {r["alert"]: r for r in rules() if "alert" in r}
+    board = json.loads(DASHBOARD.read_text())
+    stats = [" ".join(p["targets"][0]["expr"].split()) for p in board["panels"] if p["type"] == "stat"]
+    for record, (alert, threshold) in KPIS.items():
+        assert record in by_record
+        assert alerts[alert]["expr"] == f"{record} {threshold}"
+        assert alerts[alert]["labels"]["severity"] in {"info", "warning", "critical"}
+        assert " ".join(by_record[record]["expr"].split()) in stats  # the panel shows what alerts
+    assert len(stats) == len(KPIS)
+
+
+def test_promtool_accepts_the_rules() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip(
+            "promtool is missing: install the Debian package prometheus (scripts/test.sh does as root)"
+        )
+    done = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(rules())} rules found" in done.stdout

@@ -1,0 +1,206 @@
+"""The Messages front door's translation against documented examples (fixtures/messages/*, each
+citing the doc it comes from): Messages requests -> chat requests, chat answers -> messages, and
+chat streams -> Anthropic's event sequence, fed in odd pieces."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.wire.messages import (
+    MessagesHead,
+    MessagesInputError,
+    message_from_chat,
+    messages_usage,
+    stop_reason,
+    to_chat,
+)
+from gateway.wire.messages_stream import ChatToMessagesEvents
+
+FIXTURES = Path(__file__).parent / "fixtures" / "messages"
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def translate(body: dict[str, Any]) -> Any:
+    return to_chat(body, MessagesHead.model_validate(body))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("request_*.json")))
+def test_documented_requests(name: str) -> None:
+    case = fixture(name)
+    translation = translate(case["messages"])
+    assert translation.chat == case["chat"]
+    assert translation.unsupported is None
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("response_*.json")))
+def test_documented_responses(name: str) -> None:
+    case = fixture(name)
+    assert message_from_chat(case["chat"], "upstream") == case["messages"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "web_search_20250305"),
+        ({"mcp_servers": [{"type": "url", "url": "https://x", "name": "x"}]}, "mcp_servers"),
+        ({"messages": [{"role": "user", "content": [{"type": "search_result", "source": "s"}]}]}, "search_result"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                                                       "content": [{"type": "image", "source": {}}]}]}]},
+            "image blocks inside a tool_result",
+        ),
+        ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "file", "file_id": "f"}}]}]}, "'file'"),
+    ],
+)  # fmt: skip
+def test_what_only_anthropic_can_do_is_reported_not_refused(extra: dict[str, Any], named: str) -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], **extra}
+    translation = translate(body)
+    assert translation.unsupported is not None and named in translation.unsupported
+
+
+def test_malformed_blocks_name_their_path() -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": 5, "name": "x"}]},
+    ]}  # fmt: skip
+    with pytest.raises(MessagesInputError) as caught:
+        translate(body)
+    assert caught.value.param == "messages[1].content[0]"
+
+
+def test_tool_choice_variants() -> None:
+    base = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    assert translate({**base, "tool_choice": {"type": "auto"}}).chat["tool_choice"] == "auto"
+    assert translate({**base, "tool_choice": {"type": "any"}}).chat["tool_choice"] == "required"
+    assert translate({**base, "tool_choice": {"type": "none"}}).chat["tool_choice"] == "none"
+
+
+def test_stop_reasons_and_usage() -> None:
+    assert [stop_reason(r) for r in ("stop", "length", "tool_calls", "content_filter", None, "odd")] == [
+        "end_turn", "max_tokens", "tool_use", "refusal", "end_turn", "end_turn",
+    ]  # fmt: skip
+    assert messages_usage(None) == {"input_tokens": 0, "output_tokens": 0}
+    assert messages_usage({"prompt_tokens": 7, "completion_tokens": 2}) == {
+        "input_tokens": 7,
+        "output_tokens": 2,
+    }
+
+
+def test_arguments_that_are_not_an_object_become_an_empty_input() -> None:
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "not json"}}
+    chat = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [call]}}]}
+    assert message_from_chat(chat, "m")["content"] == [
+        {"type": "tool_use", "id": "c", "name": "f", "input": {}}
+    ]
+
+
+# ----- streams
+
+
+def sse(value: Any) -> bytes:
+    return b"data: " + orjson.dumps(value) + b"\n\n"
+
+
+HEAD = {
+    "id": "chatcmpl-123",
+    "object": "chat.completion.chunk",
+    "created": 1694268190,
+    "model": "gpt-4o-mini",
+}
+
+
+def delta(d: dict[str, Any], finish: str | None = None) -> bytes:
+    return sse({**HEAD, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]})
+
+
+# OpenAI API reference, The chat completion chunk object (streaming example), with the usage chunk
+# ``stream_options.include_usage`` adds and a tool call's deltas (Function calling > Streaming).
+CHAT_STREAM = [
+    delta({"role": "assistant", "content": ""}),
+    delta({"content": "Hello"}),
+    delta({"content": "!"}),
+    delta({"tool_calls": [{"index": 0, "id": "call_abc", "type": "function",
+                           "function": {"name": "get_weather", "arguments": ""}}]}),
+    delta({"tool_calls": [{"index": 0, "function": {"arguments": '{"location":'}}]}),
+    delta({"tool_calls": [{"index": 0, "function": {"arguments": ' "Paris"}'}}]}),
+    delta({}, "tool_calls"),
+    sse({**HEAD, "choices": [], "usage": {"prompt_tokens": 19, "completion_tokens": 9, "total_tokens": 28}}),
+    b"data: [DONE]\n\n",
+]  # fmt: skip
+
+# Anthropic docs, Streaming Messages > "Basic streaming request" and "Streaming request with tool
+# use": the event sequence, each event with its ``event:`` line.
+EXPECTED = [
+    ("message_start", {"type": "message_start", "message": {
+        "id": "msg_123", "type": "message", "role": "assistant", "model": "gpt-4o-mini", "content": [],
+        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+    ("ping", {"type": "ping"}),
+    ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "!"}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {
+        "type": "tool_use", "id": "call_abc", "name": "get_weather", "input": {}}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"location":'}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ' "Paris"}'}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                       "usage": {"input_tokens": 19, "output_tokens": 9}}),
+    ("message_stop", {"type": "message_stop"}),
+]  # fmt: skip
+
+
+def events(raw: bytes) -> list[tuple[str, Any]]:
+    out = []
+    for block in raw.decode().split("\n\n"):
+        if block:
+            name, data = block.split("\n")
+            assert name.startswith("event: ") and data.startswith("data: ")
+            out.append((name[7:], json.loads(data[6:])))
+    return out
+
+
+def test_chat_stream_becomes_the_documented_event_sequence() -> None:
+    events_out = ChatToMessagesEvents("fallback")
+    raw = b"".join(events_out.feed(chunk) for chunk in CHAT_STREAM)
+    assert events(raw) == EXPECTED
+    assert events_out.done and events_out.error is None
+    assert events_out.end() == b""
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_same_events_whatever_the_chunking(seed: int) -> None:
+    whole = b"".join(CHAT_STREAM)
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(whole)), 40))
+    pieces = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
+    converter = ChatToMessagesEvents("fallback")
+    assert events(b"".join(converter.feed(p) for p in pieces)) == EXPECTED
+
+
+def test_an_error_event_is_held_for_the_caller() -> None:
+    converter = ChatToMessagesEvents("m")
+    out = converter.feed(
+        delta({"content": "Hi"}) + sse({"error": {"message": "boom", "type": "server_error"}})
+    )
+    assert converter.error == "boom"
+    assert [name for name, _ in events(out)][-1] == "content_block_delta"
+
+
+def test_a_stream_without_done_is_closed_by_end() -> None:
+    converter = ChatToMessagesEvents("m")
+    converter.feed(delta({"content": "Hi"}, "length"))
+    assert [name for name, data in events(converter.end())] == [
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
