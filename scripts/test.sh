@@ -7,6 +7,9 @@
 # own) and a shared Redis: REDIS_URL when set, else the one on 127.0.0.1:6379. When that port
 # has no Redis, it is started; when redis-server is missing, it is installed as root with apt-get,
 # else one line names the package to install. SOPHIA_TEST_REDIS_PORT picks another port.
+#
+# The Kubernetes and Dockerfile checks (tests/e2e/test_k8s_manifests.py) need kubectl (its
+# built-in kustomize) and hadolint: both come as wheels of the test extra, nothing from apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh

