@@ -478,3 +478,70 @@ def test_the_rendered_pod_answers_its_probes_and_writes_only_to_its_volumes(
     outside = [p for p in written if p.parts[:2] not in {("app", "data"), ("home", "tmp")}]
     assert outside == [Path("etc-sophia/policy.yaml")], outside
     assert any(p.parts[:2] == ("app", "data") for p in written)  # the key store, at least
+
+
+# ----- the analysis queries, evaluated ----------------------------------------------------------
+
+PROMQL_TEST = """
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # The canary (hash c1): 10 % 5xx, every request between 1 and 2 s.
+      - {series: 'gateway_requests_total{rollouts_pod_template_hash="c1",status_code="200"}', values: '0+90x10'}
+      - {series: 'gateway_requests_total{rollouts_pod_template_hash="c1",status_code="502"}', values: '0+10x10'}
+      - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="c1",le="0.5"}', values: '0x10'}
+      - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="c1",le="1"}', values: '0x10'}
+      - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="c1",le="2"}', values: '0+100x10'}
+      - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="c1",le="+Inf"}', values: '0+100x10'}
+      # The stable version (s1): half its requests fail, which must not count against the canary;
+      # every request between 0.5 and 1 s.
+      - {series: 'gateway_requests_total{rollouts_pod_template_hash="s1",status_code="200"}', values: '0+50x10'}
+      - {series: 'gateway_requests_total{rollouts_pod_template_hash="s1",status_code="500"}', values: '0+50x10'}
+      - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="s1",le="0.5"}', values: '0x10'}
+      - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="s1",le="1"}', values: '0+100x10'}
+      - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="s1",le="2"}', values: '0+100x10'}
+      - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="s1",le="+Inf"}', values: '0+100x10'}
+    promql_expr_test:
+      - {expr: 'analysis:error_ratio', eval_time: 10m, exp_samples: [{labels: 'analysis:error_ratio', value: 0.1}]}
+      # p95: 1.95 s (canary) against 0.975 s (stable).
+      - {expr: 'analysis:latency_p95_ratio', eval_time: 10m, exp_samples: [{labels: 'analysis:latency_p95_ratio', value: 2}]}
+"""
+
+
+def test_the_analysis_queries_measure_the_canary_alone(tmp_path: Path) -> None:
+    """The AnalysisTemplate's PromQL, with Argo's args filled in, evaluated by promtool on
+    synthetic series: the canary's own 5xx ratio and its p95 against the stable version's."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    template = the(render("prod"), "AnalysisTemplate", "sophia-gateway-canary")
+    metrics = {m["name"]: m["provider"]["prometheus"]["query"] for m in template["spec"]["metrics"]}
+    args = {"canary-hash": "c1", "stable-hash": "s1"}
+
+    def filled(query: str) -> str:
+        return re.sub(r"\{\{args\.([\w-]+)\}\}", lambda m: args[m.group(1)], query)
+
+    rules = {
+        "groups": [
+            {
+                "name": "analysis",
+                "rules": [
+                    {"record": "analysis:error_ratio", "expr": filled(metrics["error-ratio"])},
+                    {"record": "analysis:latency_p95_ratio", "expr": filled(metrics["latency-p95-ratio"])},
+                ],
+            }
+        ]
+    }
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    (tmp_path / "test.yml").write_text(PROMQL_TEST)
+    out = subprocess.run(
+        [promtool, "test", "rules", "test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
