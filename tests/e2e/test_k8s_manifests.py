@@ -416,16 +416,20 @@ def test_hadolint_would_report_a_problem() -> None:
 # ----- the rendered pod, run as a process ------------------------------------------------------
 
 
-def pod_process_env(container: Doc, home: Path, data: Path, port: int, **extra: str) -> dict[str, str]:
+def pod_process_env(
+    container: Doc, home: Path, data: Path, policy: Path, port: int, **extra: str
+) -> dict[str, str]:
     """The container's environment with what only makes sense in the pod mapped to this machine:
     loopback instead of 0.0.0.0, a free port, the data volume's path."""
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env.pop("SOPHIA_STATE_DIR") == "/app/data"
+    assert env.pop("SOPHIA_POLICY") == "/etc/sophia/policy.yaml"
     return {
         **env,
         "SOPHIA_HOST": "127.0.0.1",
         "SOPHIA_PORT": str(port),
         "SOPHIA_STATE_DIR": str(data),
+        "SOPHIA_POLICY": str(policy),
         "SOPHIA_POLICY_WATCH": "1",
         "HOME": str(home),
         "TMPDIR": str(home / "tmp"),
@@ -461,7 +465,7 @@ def test_the_rendered_pod_answers_its_probes_and_writes_only_to_its_volumes(
         str(policy_dir / "policy.yaml") if a == "/etc/sophia/policy.yaml" else a for a in container["args"]
     ]
     port = free_port()
-    env = pod_process_env(container, tmp_path / "home", data, port, **keys)
+    env = pod_process_env(container, tmp_path / "home", data, policy_dir / "policy.yaml", port, **keys)
     gateway = start(args, env=env, cwd=str(app))
     try:
         base = f"http://127.0.0.1:{port}"
