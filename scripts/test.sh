@@ -8,6 +8,9 @@
 # has no Redis, it is started; when redis-server is missing, it is installed as root with apt-get,
 # else one line names the package to install. SOPHIA_TEST_REDIS_PORT picks another port.
 # Prometheus and promtool (package prometheus) are installed the same way for the dashboard test.
+#
+# The Kubernetes and Dockerfile checks (tests/e2e/test_k8s_manifests.py) need kubectl (its
+# built-in kustomize) and hadolint: both come as wheels of the test extra, nothing from apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
