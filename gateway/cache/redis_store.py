@@ -1,6 +1,7 @@
 """``RedisStore``: the shared ``CacheStore``, one Redis for every replica.
 
-Layout per category (``P`` = ``{prefix}{category}``):
+Layout per category (``P`` = ``{prefix}{{category}}``: the category is the hash tag, so a
+category's keys live in one Redis Cluster slot and its scripts may touch them all):
 
 * ``P:v:{key}``  the value, with a PX TTL;
 * ``P:lru``      ZSET key -> last access (Redis server time in µs, kept strictly increasing so
@@ -10,8 +11,8 @@ Layout per category (``P`` = ``{prefix}{category}``):
 
 ``set``, ``get`` and ``delete`` are Lua scripts, so value, recency and byte count change together
 even with many replicas writing. A value expired by TTL stays indexed (and counted in
-``P:bytes``) until a ``get`` of it or an eviction sweep meets it. The scripts compute value keys
-from ``P``, so this needs one Redis (5+, or a primary with replicas), not Redis Cluster.
+``P:bytes``) until a ``get`` of it or an eviction sweep meets it. The eviction computes value
+keys from ``P``: in the same slot, so this runs on one Redis (5+), Sentinel or Redis Cluster.
 
 Fail-open: each call is bounded by ``op_timeout_s``; on a Redis, OS or timeout error it returns
 "nothing" (miss, 0 evictions), ``errors`` counts it, and the store turns unhealthy and skips
@@ -28,14 +29,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
 from gateway.cache.memory_store import entry_size
 from gateway.cache.store import CategoryBudget, CategoryUsage
-from gateway.redis_link import Outage, redis_client
+from gateway.redis_link import Outage, RedisClient, redis_client
 
 if TYPE_CHECKING:
     from gateway.cache.store import CacheStore
@@ -148,7 +148,7 @@ class RedisStore:
         self._prefix = prefix
         self._op_timeout_s = op_timeout_s
         self._usage = {name: CategoryUsage(entries=0, bytes=0) for name in budgets}
-        self._client: aioredis.Redis | None = None
+        self._client: RedisClient | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._outage = Outage(healthy=False, clock=clock)
 
@@ -208,7 +208,7 @@ class RedisStore:
             await self.delete(category, key)
             return 0
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
-        value_prefix = f"{self._prefix}{category}:v:"
+        value_prefix = f"{self._prefix}{{{category}}}:v:"
         args: list[EncodableT] = [key, value, ttl_ms, size, budget, value_prefix]
         result = await self._call(lambda: self._scripts["set"](keys=keys, args=args))
         if result is None:
@@ -260,7 +260,7 @@ class RedisStore:
 
     def _keys(self, category: str, key: str) -> list[str]:
         self._check(category)
-        base = f"{self._prefix}{category}"
+        base = f"{self._prefix}{{{category}}}"  # the hash tag: one category, one Cluster slot
         return [f"{base}:v:{key}", f"{base}:lru", f"{base}:sizes", f"{base}:bytes"]
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T | None:

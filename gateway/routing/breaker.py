@@ -28,7 +28,15 @@ class BreakerState(enum.IntEnum):
 
 
 class CircuitBreaker:
-    __slots__ = ("_config", "_consecutive", "_open_until", "_probing", "_state", "_window")
+    __slots__ = (
+        "_config",
+        "_consecutive",
+        "_open_until",
+        "_probing",
+        "_state",
+        "_window",
+        "opened_here",
+    )
 
     def __init__(self, config: BreakerConfig) -> None:
         self._config = config
@@ -37,6 +45,9 @@ class CircuitBreaker:
         self._consecutive = 0
         self._open_until = 0.0
         self._probing = False
+        # Whether the open (if open) came from this process's own calls, not from another
+        # replica's (``force_open``): only those are published to the others (``shared.py``).
+        self.opened_here = False
 
     def state(self, now: float) -> BreakerState:
         if self._state is BreakerState.OPEN and now >= self._open_until:
@@ -87,7 +98,23 @@ class CircuitBreaker:
         """A probe ended with no verdict (client error, cancelled): let another one through."""
         self._probing = False
 
+    def force_open(self, now: float, until: float) -> None:
+        """Open until ``until`` (clock time) because another replica's breaker for the same
+        deployment opened (``shared.py``); an open that already lasts longer is kept. After it
+        this breaker half-opens and probes like after its own open."""
+        if until <= now or (self._state is BreakerState.OPEN and self._open_until >= until):
+            return
+        self._state = BreakerState.OPEN
+        self._open_until = until
+        self._probing = False
+        self.opened_here = False
+
+    def open_until(self, now: float) -> float | None:
+        """When an open breaker half-opens (clock time), None when it is not open."""
+        return self._open_until if self.state(now) is BreakerState.OPEN else None
+
     def _open(self, now: float) -> None:
         self._state = BreakerState.OPEN
         self._open_until = now + self._config.cooldown_s
         self._probing = False
+        self.opened_here = True
