@@ -20,6 +20,9 @@ What a replica does with the others' summaries:
 * a breaker open elsewhere is forced open here until the same moment (``CircuitBreaker.force_open``),
   and then half-opens and probes on its own; a 429 cool-down likewise (``stats.cooling_until``).
   Only opens and cool-downs a replica's *own* calls caused are published, so they do not echo;
+* each replica's current failure streak (closed breaker) is summed into ``breaker.peer_failures``:
+  ``consecutive_failures`` then counts the failures in a row of all replicas, so a provider that
+  dies costs the whole fleet about that many failed calls, not that many per replica;
 * the rest becomes ``stats.peer`` (``PeerFigures``): latency EWMAs averaged, weighted by each
   replica's window request count, window counts and votes summed; the score's latency,
   reliability and quality terms blend it with the replica's own figures (``stats.py``). Scores
@@ -219,6 +222,7 @@ class SharedRouting:
                 stats.in_flight,
                 None if open_until is None else int((open_until - now) * 1000),
                 int((cooling - now) * 1000) if own_cooling else None,
+                breaker.streak,
             ]
             flushed = self._flushed.get(key)
             if flushed is None or flushed.stats is not stats:
@@ -267,11 +271,14 @@ class SharedRouting:
             vote_count = round(votes.get(f"{name}:n", 0.0)) - own_votes
             if m is None and not vote_count and not vote_sum:
                 live.stats.peer = None
+                live.breaker.peer_failures = 0
                 continue
             m = m or _Merge()
             live.stats.peer = m.figures(vote_sum, max(0, vote_count))
             if m.open_ms_left is not None:
                 live.breaker.force_open(now, now + m.open_ms_left / 1000)
+            else:
+                live.breaker.merge_streak(now, m.streak)
             if m.cooling_ms_left is not None:
                 until = now + m.cooling_ms_left / 1000
                 if until > live.stats.cooling_until:
@@ -283,6 +290,7 @@ class SharedRouting:
     def _fall_back(self, states: Mapping[Key, DeploymentState]) -> None:
         for live in states.values():
             live.stats.peer = None
+            live.breaker.peer_failures = 0
         self.peers = 0
         if self._on_health is not None:
             self._on_health(False, 0)
@@ -308,18 +316,21 @@ class _Merge:
         "latency_weight",
         "ok",
         "open_ms_left",
+        "streak",
         "ttft_sum",
         "ttft_weight",
     )
 
     def __init__(self) -> None:
         self.latency_sum = self.ttft_sum = 0.0
-        self.latency_weight = self.ttft_weight = self.ok = self.bad = self.in_flight = 0
+        self.latency_weight = self.ttft_weight = self.ok = self.bad = self.in_flight = self.streak = 0
         self.open_ms_left: int | None = None
         self.cooling_ms_left: int | None = None
 
     def add(self, row: list[float | int | None], age_ms: int) -> None:
-        latency, ttft, ok, bad, in_flight, open_ms, cooling_ms = row
+        latency, ttft, ok, bad, in_flight, open_ms, cooling_ms = row[:7]
+        if len(row) > 7:
+            self.streak += int(row[7] or 0)
         weight = max(1, int(ok or 0) + int(bad or 0))
         if latency is not None:
             self.latency_sum += float(latency) * weight

@@ -194,3 +194,21 @@ async def _until(check: Callable[[], bool], shared: SharedRouting, clock: Clock)
         if check():
             return
     raise AssertionError("the link did not come back")
+
+
+async def test_failure_streaks_add_up_across_replicas(pair: Pair) -> None:
+    clock, a, b, live_a, live_b = pair.clock, pair.a, pair.b, pair.live_a, pair.live_b
+    live_a[KEY].breaker.failure(clock.now)  # threshold 2: one failure here, one there
+    assert live_a[KEY].breaker.state(clock.now) is BreakerState.CLOSED
+    assert await a.sync() and await b.sync()
+    breaker_b = live_b[KEY].breaker
+    assert breaker_b.peer_failures == 1
+    breaker_b.failure(clock.now)
+    assert breaker_b.state(clock.now) is BreakerState.OPEN and breaker_b.opened_here
+    assert await b.sync() and await a.sync()
+    assert live_a[KEY].breaker.state(clock.now) is BreakerState.OPEN
+    # A success anywhere ends that replica's streak.
+    live_a[OTHER].breaker.failure(clock.now)
+    live_a[OTHER].breaker.success(clock.now)
+    assert await a.sync() and await b.sync()
+    assert live_b[OTHER].breaker.peer_failures == 0
