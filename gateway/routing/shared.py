@@ -178,7 +178,7 @@ class SharedRouting:
             return False
         states = dict(self._states())
         now = self._clock()
-        summary, votes = self._summary(states, now)
+        summary, votes, sent = self._summary(states, now)
         args: list[EncodableT] = [self.replica_id, summary, int(SUMMARY_TTL_S * 1000), VOTES_TTL_S]
         for field, increment in votes:
             args += [field, repr(increment)]
@@ -191,7 +191,7 @@ class SharedRouting:
         if result is None:
             self._fall_back(states)
             return False
-        self._confirm_votes(states)
+        self._confirm_votes(states, sent)
         server_ms, peers, flat_votes = result
         self._apply(states, int(server_ms), [bytes(p) for p in peers], _votes(flat_votes), self._clock())
         self.syncs += 1
@@ -203,10 +203,12 @@ class SharedRouting:
 
     def _summary(
         self, states: Mapping[Key, DeploymentState], now: float
-    ) -> tuple[bytes, list[tuple[str, float]]]:
-        """This replica's summary, and the vote increments not yet in the shared totals."""
+    ) -> tuple[bytes, list[tuple[str, float]], dict[Key, tuple[float, int]]]:
+        """This replica's summary, the vote increments not yet in the shared totals, and the
+        totals they bring each deployment to (confirmed once the script ran)."""
         out: dict[str, list[float | int | None]] = {}
         votes: list[tuple[str, float]] = []
+        sent: dict[Key, tuple[float, int]] = {}
         for key, live in states.items():
             stats, breaker = live.stats, live.breaker
             ok, bad = stats.window.totals(now)
@@ -230,14 +232,18 @@ class SharedRouting:
             if stats.feedback_votes != flushed.votes or stats.feedback_sum != flushed.total:
                 votes.append((f"{name}:s", stats.feedback_sum - flushed.total))
                 votes.append((f"{name}:n", float(stats.feedback_votes - flushed.votes)))
-        return orjson.dumps(out), votes
+                sent[key] = (stats.feedback_sum, stats.feedback_votes)
+        return orjson.dumps(out), votes, sent
 
-    def _confirm_votes(self, states: Mapping[Key, DeploymentState]) -> None:
-        """The votes sent are in the shared totals now."""
-        for key, live in states.items():
+    def _confirm_votes(
+        self, states: Mapping[Key, DeploymentState], sent: Mapping[Key, tuple[float, int]]
+    ) -> None:
+        """The votes sent are in the shared totals now (votes given during the call go next time)."""
+        for key, (total, votes) in sent.items():
             flushed = self._flushed.get(key)
-            if flushed is not None and flushed.stats is live.stats:
-                flushed.total, flushed.votes = live.stats.feedback_sum, live.stats.feedback_votes
+            live = states.get(key)
+            if flushed is not None and live is not None and flushed.stats is live.stats:
+                flushed.total, flushed.votes = total, votes
         for key in [k for k in self._flushed if k not in states]:
             del self._flushed[key]
 

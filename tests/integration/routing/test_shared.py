@@ -3,6 +3,7 @@ other replicas; a replica that loses Redis routes on its own figures and merges 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -212,3 +213,15 @@ async def test_failure_streaks_add_up_across_replicas(pair: Pair) -> None:
     live_a[OTHER].breaker.success(clock.now)
     assert await a.sync() and await b.sync()
     assert live_b[OTHER].breaker.peer_failures == 0
+
+
+async def test_a_vote_given_while_a_sync_runs_is_sent_by_the_next(pair: Pair) -> None:
+    a, b, live_a, live_b = pair.a, pair.b, pair.live_a, pair.live_b
+    live_a[KEY].stats.vote(0.0)
+    running = asyncio.create_task(a.sync())
+    await asyncio.sleep(0)  # the sync has taken its summary and waits for Redis
+    live_a[KEY].stats.vote(0.0)
+    assert await running
+    assert await a.sync() and await b.sync()
+    peer = live_b[KEY].stats.peer
+    assert peer is not None and peer.feedback_votes == 2
