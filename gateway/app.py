@@ -200,6 +200,10 @@ def _watch_health(
     if isinstance(limiter, RedisLimiter):
         redis["redis:limits"] = limiter
         metrics.recovery.add_source(link_reconnects("redis_limits_reconnect", limiter))
+    if keys.SHARED_ROUTING in app:
+        shared = app[keys.SHARED_ROUTING]
+        redis["redis:routing"] = shared
+        metrics.recovery.add_source(link_reconnects("redis_routing_reconnect", shared))
     if memory is not None:
         metrics.recovery.add_source(pool_reconnects(memory.store))
     lag = LoopLag()

@@ -136,6 +136,22 @@ class SharedRouting:
     def healthy(self) -> bool:
         return self._outage.healthy and self._client is not None
 
+    async def ping(self) -> float | None:
+        """One PING through the fail-open link (the health monitor's ``redis:routing`` check):
+        its round trip in seconds, or None when it failed or Redis is being skipped."""
+        client = self._client
+        if client is None:
+            return None
+        started = time.perf_counter()
+        answered = await self._outage.call(
+            lambda: client.ping(), OP_TIMEOUT_S, went_down=self._went_down, came_back=self._came_back
+        )
+        return time.perf_counter() - started if answered else None
+
+    def reconnect_counts(self) -> tuple[int, int]:
+        """(outages ended by a successful call, probes that failed) so far."""
+        return self._outage.reconnects, self._outage.failed_probes
+
     async def start(self) -> None:
         self._client = redis_client(self._url, OP_TIMEOUT_S, HEALTH_CHECK_INTERVAL_S)
         self._script = self._client.register_script(_SYNC)
