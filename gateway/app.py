@@ -42,6 +42,7 @@ from gateway.providers.base import Transport
 from gateway.routing.rollout import RolloutController
 from gateway.routing.rollout_store import FileRolloutStore, RedisRolloutStore, RolloutStore
 from gateway.routing.router import Router
+from gateway.routing.shared import SharedRouting
 from gateway.service.calls import RequestService
 from gateway.service.context import RequestIds
 from gateway.service.health import HealthMonitor, RedisProbe
@@ -168,6 +169,10 @@ def build_app(
     app.cleanup_ctx.append(_shadow_mirrors)  # after the providers: mirrors stop before clients close
     app.cleanup_ctx.append(cache_store_open)
     app.cleanup_ctx.append(rollouts.running)  # after the providers: smoke prompts go through them
+    shared = _shared_routing(settings, router, metrics)
+    if shared is not None:
+        app[keys.SHARED_ROUTING] = shared
+        app.cleanup_ctx.append(shared.running)
     app.cleanup_ctx.append(_limits_open(limit_gate))
     app.cleanup_ctx.append(_key_store(key_ring.store))
     if service.memory is not None:
@@ -199,6 +204,10 @@ def _watch_health(
     if isinstance(limiter, RedisLimiter):
         redis["redis:limits"] = limiter
         metrics.recovery.add_source(link_reconnects("redis_limits_reconnect", limiter))
+    if keys.SHARED_ROUTING in app:
+        shared = app[keys.SHARED_ROUTING]
+        redis["redis:routing"] = shared
+        metrics.recovery.add_source(link_reconnects("redis_routing_reconnect", shared))
     if memory is not None:
         metrics.recovery.add_source(pool_reconnects(memory.store))
     lag = LoopLag()
@@ -262,6 +271,24 @@ def _rollout_store(settings: Settings) -> RolloutStore:
     if settings.redis_url:
         return RedisRolloutStore(settings.redis_url, settings.rollout_prefix)
     return FileRolloutStore(os.path.join(settings.state_dir, "rollouts.json"))
+
+
+def _shared_routing(settings: Settings, router: Router, metrics: GatewayMetrics) -> SharedRouting | None:
+    """The replicas' shared routing state, when ``REDIS_URL`` is set (unless turned off)."""
+    if not (settings.redis_url and settings.shared_routing):
+        return None
+
+    def health(up: bool, peers: int) -> None:
+        metrics.shared_state_up.set(1 if up else 0)
+        metrics.shared_state_replicas.set(peers)
+
+    return SharedRouting(
+        settings.redis_url,
+        router.live_states,
+        prefix=settings.routing_prefix,
+        clock=router.now,
+        on_health=health,
+    )
 
 
 def _limiter(settings: Settings, policy: Policy, metrics: GatewayMetrics) -> Limiter:

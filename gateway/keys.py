@@ -23,6 +23,7 @@ from gateway.policy.model import Policy
 from gateway.policy.versions import PolicyStatus, ReloadOutcome
 from gateway.routing.rollout import RolloutController
 from gateway.routing.router import Router
+from gateway.routing.shared import SharedRouting
 from gateway.service.calls import RequestService
 from gateway.service.context import CallRecord, RequestIds
 from gateway.service.health import HealthMonitor
@@ -72,6 +73,9 @@ SERVICE = web.AppKey("service", RequestService)
 RESPONSES = web.AppKey("responses", ResponsesService)  # the Responses API front door (issue 17)
 # Progressive rollouts (``routing/rollout.py``); call its ``reconfigure(policy)`` after the router's.
 ROLLOUTS = web.AppKey("rollouts", RolloutController)
+# Shared routing state between replicas (``routing/shared.py``); absent without REDIS_URL or with
+# SOPHIA_SHARED_ROUTING=0. It reads the router's live states at each sync: nothing to call on reload.
+SHARED_ROUTING = web.AppKey("shared_routing", SharedRouting)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 # Shadow traffic's mirrors and figures (/admin/shadow); the request service's own
 SHADOW = web.AppKey("shadow", ShadowTraffic)

@@ -1,5 +1,17 @@
-"""How the gateway talks to Redis, for the response cache and for limits alike: one client
-configuration and the fail-open state of the link.
+"""How the gateway talks to Redis, for the response cache, limits, rollouts and shared routing
+alike: one place that makes clients, and the fail-open state of the link.
+
+``redis_client(url)`` returns the client kind the URL names, as users deploy Redis:
+
+* ``redis://[[user]:password@]host:port/db``, ``unix://``: one Redis (or a managed primary);
+* ``rediss://...``: the same over TLS (redis-py reads ``ssl_cert_reqs``, ``ssl_ca_certs``,
+  ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname`` from the query);
+* ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]`` (``rediss+sentinel``
+  for TLS): the primary of ``service`` as the Sentinels name it, found again after a failover;
+  ``sentinel_password`` and ``sentinel_username`` in the query authenticate to the Sentinels;
+* ``redis+cluster://[[user]:password@]host:port`` (``rediss+cluster``): Redis Cluster through
+  redis-py's cluster client, the other nodes discovered from that one. Every Lua script of the
+  gateway names keys that share one hash tag, so each runs on one node.
 
 The client: ``asyncio.timeout`` bounds each call, the socket timeouts only what runs outside it
 (close). No redis-py retries: they would spend the call's budget; the outage backoff decides.
@@ -22,22 +34,53 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+from urllib.parse import parse_qs, unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 T = TypeVar("T")
 
+RedisClient = aioredis.Redis | RedisCluster
+
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 5.0
 
 
-def redis_client(url: str, op_timeout_s: float, health_check_interval_s: float) -> aioredis.Redis:
-    """A client for ``url`` configured as the module docstring says (no connection made yet)."""
+def redis_client(url: str, op_timeout_s: float, health_check_interval_s: float) -> RedisClient:
+    """A client of the kind ``url`` names (see the module docstring), configured as it says;
+    no connection made yet. A malformed URL raises ``ValueError``."""
     slack_s = max(1.0, op_timeout_s)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(
+            "not a Redis URL (expected redis://, rediss://, redis+sentinel://, redis+cluster://)"
+        )
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        base = "rediss" if scheme.startswith("rediss") else "redis"
+        return RedisCluster.from_url(
+            f"{base}://{rest}",
+            socket_connect_timeout=slack_s,
+            socket_timeout=slack_s,
+            health_check_interval=health_check_interval_s,
+            retry=Retry(NoBackoff(), 0),
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        )
+    options: dict[str, object] = {
+        "socket_connect_timeout": slack_s,
+        "socket_timeout": slack_s,
+        "health_check_interval": health_check_interval_s,
+        "retry_on_timeout": False,
+        "retry": Retry(NoBackoff(), 0),
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+    }
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        return _sentinel_client(rest, tls=scheme.startswith("rediss"), options=options)
     return aioredis.Redis.from_url(
         url,
         socket_connect_timeout=slack_s,
@@ -47,6 +90,59 @@ def redis_client(url: str, op_timeout_s: float, health_check_interval_s: float) 
         retry=Retry(NoBackoff(), 0),
         maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
+
+
+def _sentinel_client(rest: str, *, tls: bool, options: dict[str, object]) -> aioredis.Redis:
+    """``redis+sentinel://`` after the scheme: userinfo, the Sentinels, the service and db."""
+    rest, _, query_text = rest.partition("?")
+    userinfo, at, hosts_and_path = rest.rpartition("@")
+    if not at:
+        hosts_and_path = rest
+    hosts, _, path = hosts_and_path.partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not hosts or not parts:
+        raise ValueError(
+            "a Sentinel URL names its Sentinels and service: redis+sentinel://host:26379/mymaster"
+        )
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.rpartition(":")
+        if not colon:
+            host, port = item, "26379"
+        if not host or not port.isdigit():
+            raise ValueError(f"a Sentinel address is host:port, not {item!r}")
+        sentinels.append((host.strip("[]"), int(port)))
+    service = unquote(parts[0])
+    db = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    query = {k: v[-1] for k, v in parse_qs(query_text).items()}
+    kwargs: dict[str, object] = dict(options, db=db)
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            kwargs["password"] = unquote(password)
+            if user:
+                kwargs["username"] = unquote(user)
+        else:
+            kwargs["password"] = unquote(user)
+    sentinel_kwargs: dict[str, object] = {
+        "socket_connect_timeout": options["socket_connect_timeout"],
+        "socket_timeout": options["socket_timeout"],
+    }
+    if "sentinel_password" in query:
+        sentinel_kwargs["password"] = query.pop("sentinel_password")
+    if "sentinel_username" in query:
+        sentinel_kwargs["username"] = query.pop("sentinel_username")
+    if tls:
+        kwargs["ssl"] = sentinel_kwargs["ssl"] = True
+        for name in ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            if name in query:
+                kwargs[name] = sentinel_kwargs[name] = query[name]
+        if "ssl_check_hostname" in query:
+            check = query["ssl_check_hostname"].lower() in ("1", "true", "yes")
+            kwargs["ssl_check_hostname"] = sentinel_kwargs["ssl_check_hostname"] = check
+    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
+    client: aioredis.Redis = sentinel.master_for(service, redis_class=aioredis.Redis)
+    return client
 
 
 class Outage:

@@ -106,6 +106,10 @@ class Settings:
     # Where the gateway keeps small state files of its own (rollouts.json without REDIS_URL).
     state_dir: str = "data"
     rollout_prefix: str = "sophia:rollout:"
+    # Shared routing state (figures, breakers, cool-downs, votes) through REDIS_URL: on unless
+    # SOPHIA_SHARED_ROUTING=0; its keys start with routing_prefix.
+    shared_routing: bool = True
+    routing_prefix: str = "sophia:routing:"
     # Set by ``serve --workers N`` (N > 1) in each worker; None for a process serving alone.
     worker: WorkerSlot | None = None
 
@@ -133,4 +137,6 @@ class Settings:
             memory_url=e.get("MEMORY_URL") or None,
             state_dir=e.get("SOPHIA_STATE_DIR") or base.state_dir,
             rollout_prefix=e.get("SOPHIA_ROLLOUT_PREFIX", base.rollout_prefix),
+            shared_routing=e.get("SOPHIA_SHARED_ROUTING", "1") not in ("0", "false", "no"),
+            routing_prefix=e.get("SOPHIA_ROUTING_PREFIX", base.routing_prefix),
         )

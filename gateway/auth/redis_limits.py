@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.typing import EncodableT
 
@@ -54,7 +54,7 @@ from gateway.auth.identity import Caller
 from gateway.auth.limits import WINDOW_S, Decision, LocalLimiter, Window
 from gateway.auth.usage import UsageQuery, UsageRow, day_of
 from gateway.errors import LimitsUnavailable
-from gateway.redis_link import Outage, redis_client
+from gateway.redis_link import Outage, RedisClient, redis_client
 
 if TYPE_CHECKING:
     from gateway.auth.limits import Limiter
@@ -309,7 +309,7 @@ class RedisLimiter:
         self._lease_s = lease_s
         self._flush_s = flush_s
         self.local = LocalLimiter(window_s=window_s)  # fail-open: counted in this process
-        self._client: aioredis.Redis | None = None
+        self._client: RedisClient | None = None
         self._admit: AsyncScript | None = None
         self._settle: AsyncScript | None = None
         self._indexed: set[tuple[int, str, str]] = set()  # (day, team, key) rows already indexed
@@ -581,7 +581,7 @@ class RedisLimiter:
     async def _send(self, batch: _Batch) -> bool:
         client, script = self._client, self._settle
         assert client is not None and script is not None, "start() first"
-        pipe = client.pipeline(transaction=False)
+        calls: list[tuple[list[str], list[EncodableT]]] = []
         indexed: list[tuple[int, str, str]] = []
         for (key_id, team, day), p in batch.pending.items():
             caller = p.caller
@@ -604,18 +604,33 @@ class RedisLimiter:
             args.append(len(p.refusals))
             for reason, count in p.refusals.items():
                 args += [reason, count]
-            keys = [*self._keys(key_id), self._usage_key(day, team, key_id)]
-            await script(keys=keys, args=args, client=pipe)
+            calls.append(([*self._keys(key_id), self._usage_key(day, team, key_id)], args))
             if team and (p.requests or p.refusals) and (day, team, key_id) not in self._indexed:
+                indexed.append((day, team, key_id))
+        if isinstance(client, RedisCluster):
+            # A cluster pipeline does not load scripts on the nodes it reaches (NOSCRIPT): each
+            # key's settlement goes on its own, all at once (it is a background flush).
+            await asyncio.gather(
+                *(script(keys=keys, args=args) for keys, args in calls),
+                *(self._index_row(client, day, team, key_id) for day, team, key_id in indexed),
+            )
+        else:
+            pipe = client.pipeline(transaction=False)
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            for day, team, key_id in indexed:
                 # The day's index of rows (read by /admin/usage) lives in another slot.
                 pipe.sadd(f"{self._prefix}ud:{day}", f"{team}\t{key_id}")
                 pipe.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
-                indexed.append((day, team, key_id))
-        await pipe.execute()
+            await pipe.execute()
         if len(self._indexed) > 100_000:
             self._indexed.clear()
         self._indexed.update(indexed)
         return True
+
+    async def _index_row(self, client: RedisClient, day: int, team: str, key_id: str) -> None:
+        await client.sadd(f"{self._prefix}ud:{day}", f"{team}\t{key_id}")
+        await client.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
 
     # -- usage -----------------------------------------------------------------------------
 

@@ -113,6 +113,13 @@ class MemoryStore:
         cat.entries.move_to_end(key)
         return entry[_VALUE]
 
+    async def get_or_claim(self, category: str, key: str, claim_s: float) -> tuple[bytes | None, bool]:
+        """``get``; one process needs no claim (its own single flight is in ``cache/service.py``)."""
+        return await self.get(category, key), True
+
+    async def release_claim(self, category: str, key: str) -> None:
+        """Nothing to release (``get_or_claim`` claims nothing in one process)."""
+
     async def set(self, category: str, key: str, value: bytes, ttl_s: float) -> int:
         """Store ``value`` for ``ttl_s`` seconds as the most recently used entry.
 

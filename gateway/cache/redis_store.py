@@ -1,17 +1,21 @@
 """``RedisStore``: the shared ``CacheStore``, one Redis for every replica.
 
-Layout per category (``P`` = ``{prefix}{category}``):
+Layout per category (``P`` = ``{prefix}{{category}}``: the category is the hash tag, so a
+category's keys live in one Redis Cluster slot and its scripts may touch them all):
 
 * ``P:v:{key}``  the value, with a PX TTL;
 * ``P:lru``      ZSET key -> last access (Redis server time in µs, kept strictly increasing so
   two accesses never tie and replicas with skewed clocks still agree on the order);
 * ``P:sizes``    HASH key -> bytes the entry counts (``entry_size``: UTF-8 key + value);
-* ``P:bytes``    the sum of ``P:sizes``, compared to the category's budget.
+* ``P:bytes``    the sum of ``P:sizes``, compared to the category's budget;
+* ``P:f:{key}``  a replica's claim to fetch a missing key (``get_or_claim``: SET NX PX in the
+  lookup's own script, so neither a hit nor a miss costs a second round trip), deleted by the
+  ``set`` that stores the answer, else gone after its PX.
 
 ``set``, ``get`` and ``delete`` are Lua scripts, so value, recency and byte count change together
 even with many replicas writing. A value expired by TTL stays indexed (and counted in
-``P:bytes``) until a ``get`` of it or an eviction sweep meets it. The scripts compute value keys
-from ``P``, so this needs one Redis (5+, or a primary with replicas), not Redis Cluster.
+``P:bytes``) until a ``get`` of it or an eviction sweep meets it. The eviction computes value
+keys from ``P``: in the same slot, so this runs on one Redis (5+), Sentinel or Redis Cluster.
 
 Fail-open: each call is bounded by ``op_timeout_s``; on a Redis, OS or timeout error it returns
 "nothing" (miss, 0 evictions), ``errors`` counts it, and the store turns unhealthy and skips
@@ -28,14 +32,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
 from gateway.cache.memory_store import entry_size
 from gateway.cache.store import CategoryBudget, CategoryUsage
-from gateway.redis_link import Outage, redis_client
+from gateway.redis_link import Outage, RedisClient, redis_client
 
 if TYPE_CHECKING:
     from gateway.cache.store import CacheStore
@@ -72,10 +75,11 @@ local function forget(key)
 end
 """
 
-# KEYS: value, lru, sizes, bytes.  ARGV: key, value, ttl_ms, size, budget, value key prefix.
+# KEYS: value, lru, sizes, bytes, claim.  ARGV: key, value, ttl_ms, size, budget, value key prefix.
 # Returns {evicted, bytes, entries}.
 _SET = """
 local key, size, budget = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('DEL', KEYS[5])
 local old = tonumber(redis.call('HGET', KEYS[3], key) or 0)
 local total = redis.call('INCRBY', KEYS[4], size - old)
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -95,7 +99,8 @@ end
 return {evicted, total, redis.call('ZCARD', KEYS[2])}
 """
 
-# KEYS: value, lru, sizes, bytes.  ARGV: key.  Returns the value or nil.
+# KEYS: value, lru, sizes, bytes, claim.  ARGV: key, claim_ms (0: no claim).  Returns the value;
+# on a miss 1 when this caller claimed the fetch, 0 when another holds the claim, nil when none asked.
 _GET = """
 local value = redis.call('GET', KEYS[1])
 if value then
@@ -103,12 +108,17 @@ if value then
   return value
 end
 forget(ARGV[1])
+local claim_ms = tonumber(ARGV[2] or '0')
+if claim_ms > 0 then
+  if redis.call('SET', KEYS[5], '1', 'NX', 'PX', claim_ms) then return 1 end
+  return 0
+end
 return false
 """
 
-# KEYS: value, lru, sizes, bytes.  ARGV: key.  Returns {bytes, entries}.
+# KEYS: value, lru, sizes, bytes, claim.  ARGV: key.  Returns {bytes, entries}.
 _DELETE = """
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[5])
 forget(ARGV[1])
 return {tonumber(redis.call('GET', KEYS[4]) or 0), redis.call('ZCARD', KEYS[2])}
 """
@@ -148,7 +158,7 @@ class RedisStore:
         self._prefix = prefix
         self._op_timeout_s = op_timeout_s
         self._usage = {name: CategoryUsage(entries=0, bytes=0) for name in budgets}
-        self._client: aioredis.Redis | None = None
+        self._client: RedisClient | None = None
         self._scripts: dict[str, AsyncScript] = {}
         self._outage = Outage(healthy=False, clock=clock)
 
@@ -195,6 +205,23 @@ class RedisStore:
         result = await self._call(lambda: self._scripts["get"](keys=keys, args=[key]))
         return bytes(result) if result is not None else None
 
+    async def get_or_claim(self, category: str, key: str, claim_s: float) -> tuple[bytes | None, bool]:
+        """See ``CacheStore.get_or_claim``: one script, one round trip, hit or miss. A failing
+        Redis gives (None, True): fetch, as without a shared cache."""
+        keys = self._keys(category, key)
+        claim_ms = max(1, math.ceil(claim_s * 1000))
+        result = await self._call(lambda: self._scripts["get"](keys=keys, args=[key, claim_ms]))
+        if isinstance(result, int):
+            return None, bool(result)
+        return (bytes(result), False) if result is not None else (None, True)
+
+    async def release_claim(self, category: str, key: str) -> None:
+        """Delete the claim key (nothing happens while Redis is failing: it expires)."""
+        claim = self._keys(category, key)[4]
+        client = self._client
+        if client is not None:
+            await self._call(lambda: client.delete(claim))
+
     async def set(self, category: str, key: str, value: bytes, ttl_s: float) -> int:
         """Store ``value`` for ``ttl_s`` seconds; returns how many live entries were evicted.
 
@@ -208,7 +235,7 @@ class RedisStore:
             await self.delete(category, key)
             return 0
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
-        value_prefix = f"{self._prefix}{category}:v:"
+        value_prefix = f"{self._prefix}{{{category}}}:v:"
         args: list[EncodableT] = [key, value, ttl_ms, size, budget, value_prefix]
         result = await self._call(lambda: self._scripts["set"](keys=keys, args=args))
         if result is None:
@@ -260,8 +287,8 @@ class RedisStore:
 
     def _keys(self, category: str, key: str) -> list[str]:
         self._check(category)
-        base = f"{self._prefix}{category}"
-        return [f"{base}:v:{key}", f"{base}:lru", f"{base}:sizes", f"{base}:bytes"]
+        base = f"{self._prefix}{{{category}}}"  # the hash tag: one category, one Cluster slot
+        return [f"{base}:v:{key}", f"{base}:lru", f"{base}:sizes", f"{base}:bytes", f"{base}:f:{key}"]
 
     async def _call(self, op: Callable[[], Awaitable[T]]) -> T | None:
         """Run ``op`` against Redis within the op timeout; None if skipped or failed."""

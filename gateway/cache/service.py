@@ -3,7 +3,9 @@
 ``plan`` decides from the policy and the request (category, key, TTL, whether to read and write);
 ``lookup`` tries the exact key, then (for semantic categories) the nearest cached prompt;
 ``store`` writes a complete answer. ``Flights`` makes N identical concurrent misses cost one
-upstream call. Nothing here raises because the cache failed: the store fails open, and semantic
+upstream call in one process; across replicas the exact lookup claims the fetch in the same
+store call (``CacheStore.get_or_claim``: no extra round trip, hit or miss), and a replica that
+finds another's claim polls the store for that answer (``CLAIM_S`` at most, then fetches itself). Nothing here raises because the cache failed: the store fails open, and semantic
 lookups that cannot embed simply miss.
 """
 
@@ -33,6 +35,10 @@ Embedder = Callable[[str, str], Awaitable[list[float] | None]]
 CATEGORY_HEADER = "x-gateway-cache-category"
 TTL_HEADER = "x-gateway-cache-ttl"
 _MAX_TTL_S = 7 * 86400
+# Cross-replica single flight: how long a claim to fetch a missing answer lasts (a leader that
+# fails leaves it to expire), and how often a replica that met another's claim asks again.
+CLAIM_S = 5.0
+_CLAIM_POLL_S = (0.02, 0.5)  # first wait, doubling up to the second
 
 
 @dataclass(slots=True)
@@ -115,6 +121,7 @@ class ResponseCache:
     def __init__(self, config: Cache, store: CacheStore, metrics: GatewayMetrics) -> None:
         self.store = store
         self.flights = Flights()
+        self._releases: set[asyncio.Task[None]] = set()  # claims being released (``land``)
         self._metrics = metrics
         self.config = config
         self._indexes: dict[str, SemanticIndex] = {}
@@ -203,9 +210,19 @@ class ResponseCache:
     async def lookup(self, plan: CachePlan, embed: Embedder) -> CachedAnswer | None:
         """The cached answer for ``plan``: exact key first, then the nearest prompt (embedded
         with ``embed``, which the request service gives: its own embeddings path)."""
-        raw = await self.store.get(plan.category, plan.key)
+        if plan.write:
+            raw = await self._exact_or_claim(plan)
+        else:
+            raw = await self.store.get(plan.category, plan.key)
         if raw is not None:
             return CachedAnswer.decode(raw, "exact")
+        near = await self._nearest(plan, embed)
+        if near is not None and plan.write:
+            self._release(plan)  # answered from another prompt's entry: nothing will be fetched
+        return near
+
+    async def _nearest(self, plan: CachePlan, embed: Embedder) -> CachedAnswer | None:
+        """The answer of the nearest cached prompt (semantic categories), else None."""
         index = self._indexes.get(plan.category)
         category = self.config.categories.get(plan.category)  # None: removed by a reload since
         semantic = category.semantic if category is not None else None
@@ -222,6 +239,37 @@ class ResponseCache:
             index.discard(plan.scope, near)  # expired or evicted from the store
             return None
         return CachedAnswer.decode(raw, "semantic")
+
+    def land(self, plan: CachePlan, answer: CachedAnswer | None) -> None:
+        """The leader of ``plan``'s flight is done: its followers here get ``answer``; without
+        one (the fetch failed or is not stored), its claim is released in the background so
+        another replica's waiters fetch now rather than when the claim expires."""
+        self.flights.land(plan.key, answer)
+        if answer is None and plan.write:
+            self._release(plan)
+
+    def _release(self, plan: CachePlan) -> None:
+        task = asyncio.get_running_loop().create_task(self.store.release_claim(plan.category, plan.key))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _exact_or_claim(self, plan: CachePlan) -> bytes | None:
+        """The exact entry, or None once this replica may fetch it: it claimed the fetch, or
+        another replica's claim ended (stored answer not found, or ``CLAIM_S`` passed)."""
+        store = self.store
+        raw, mine = await store.get_or_claim(plan.category, plan.key, CLAIM_S)
+        if raw is not None or mine:
+            return raw
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLAIM_S
+        wait_s, most_s = _CLAIM_POLL_S
+        while loop.time() < deadline:
+            await asyncio.sleep(wait_s)
+            wait_s = min(most_s, wait_s * 2)
+            raw, mine = await store.get_or_claim(plan.category, plan.key, CLAIM_S)
+            if raw is not None or mine:
+                return raw
+        return None
 
     async def store_answer(self, plan: CachePlan, answer: CachedAnswer, embed: Embedder) -> None:
         """Write a complete answer (never an error or a cut stream: callers only pass those)."""

@@ -52,6 +52,19 @@ class CacheStore(Protocol):
         """The entry, or None when absent, expired or the backend is unavailable."""
         ...
 
+    async def get_or_claim(self, category: str, key: str, claim_s: float) -> tuple[bytes | None, bool]:
+        """``get`` in the same call, and on a miss claim the fetch of ``key`` for ``claim_s``
+        seconds (single flight across replicas): (value, _) on a hit; (None, True) when this
+        caller should fetch (it claimed it, or the store is not shared); (None, False) when
+        another replica holds the claim (its answer is coming: ask again). ``set`` of the key
+        ends the claim."""
+        ...
+
+    async def release_claim(self, category: str, key: str) -> None:
+        """End this caller's claim on ``key`` without an answer (its fetch failed), so another
+        replica fetches at once instead of waiting for the claim to expire."""
+        ...
+
     async def set(self, category: str, key: str, value: bytes, ttl_s: float) -> int:
         """Store ``value`` for ``ttl_s`` seconds; returns how many entries were evicted to make
         room (0 when the backend is unavailable and nothing was stored)."""

@@ -9,6 +9,7 @@ client that leaves closes the provider request at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -61,11 +62,9 @@ async def send_stream(
         return response  # the client left; closing the stream below closes the provider request
     finally:
         await stream.aclose()
-    try:
+    # The client may read [DONE] and close before the chunked encoding's last bytes go out: the
+    # stream was delivered. Unguarded, that race (a tracing test hit it in CI) turned a served
+    # stream into an "unhandled error", a 500 in the metrics and the access log.
+    with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
-    except ConnectionResetError:
-        # The client read [DONE] and closed before the chunked encoding's last bytes went out:
-        # the stream was delivered. Without this the race (a tracing test hit it in CI) turned a
-        # served stream into an "unhandled error", a 500 in the metrics and the access log.
-        pass
     return response

@@ -648,6 +648,16 @@ class GatewayMetrics:
             ("version",),
         )
 
+        self.shared_state_up = Gauge(
+            "gateway_shared_state_up",
+            "1 while this replica shares routing state (breakers, 429 cool-downs, figures, votes) "
+            "with the others through Redis; 0 when it routes on its own figures (Redis down, "
+            "no REDIS_URL, or SOPHIA_SHARED_ROUTING=0).",
+        )
+        self.shared_state_replicas = Gauge(
+            "gateway_shared_state_replicas",
+            "Other replicas whose routing summaries this one merged at its last sync.",
+        )
         # Rollouts are the policy's (group, provider, upstream model): bounded, never client text.
         self.rollout_step = Gauge(
             "gateway_rollout_step_percent",

@@ -16,6 +16,7 @@ from gateway.policy.model import Policy
 from gateway.providers.base import ProviderHandle
 from gateway.routing.router import Router
 from gateway.routing.scoring import Terms
+from gateway.routing.stats import PeerFigures
 from gateway.routing.target import Target
 
 
@@ -134,7 +135,22 @@ def _deployment(
             "feedback_mean": round(st.feedback_sum / st.feedback_votes, 6) if st.feedback_votes else None,
             "cost_usd": round(st.cost_usd, 6),
             "cooling_for_s": round(st.cooling_until - now, 3) if st.cooling_until > now else None,
+            "peers": _peers(st.peer),
         },
+    }
+
+
+def _peers(peer: PeerFigures | None) -> dict[str, Any] | None:
+    """The other replicas' merged figures (shared routing state), None when not shared."""
+    if peer is None:
+        return None
+    return {
+        "window_successes": peer.successes,
+        "window_failures": peer.failures,
+        "latency_ms": round(peer.latency_s * 1000, 3) if peer.latency_s is not None else None,
+        "ttft_ms": round(peer.ttft_s * 1000, 3) if peer.ttft_s is not None else None,
+        "in_flight": peer.in_flight,
+        "feedback_votes": peer.feedback_votes,
     }
 
 

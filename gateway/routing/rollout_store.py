@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import orjson
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from gateway.redis_link import redis_client
+from gateway.redis_link import RedisClient, redis_client
 from gateway.routing.rollout_state import FINISHED, RolloutKey, RolloutState
 
 WriteMode = Literal["create", "cas", "rollback"]
@@ -105,7 +104,7 @@ class RedisRolloutStore:
     def __init__(self, url: str, prefix: str = "sophia:rollout:") -> None:
         self._url = url
         self._prefix = prefix
-        self._client: aioredis.Redis | None = None
+        self._client: RedisClient | None = None
         self._script: AsyncScript | None = None
 
     async def start(self) -> None:
@@ -117,7 +116,7 @@ class RedisRolloutStore:
         if client is not None:
             await client.aclose()
 
-    def _redis(self) -> aioredis.Redis:
+    def _redis(self) -> RedisClient:
         if self._client is None:
             raise RuntimeError("the rollout store is not started")
         return self._client

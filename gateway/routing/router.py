@@ -11,7 +11,8 @@ how many of its requests retry at once. Streams are retried only before their fi
 attempt returns once that chunk is in).
 
 Live figures (``stats.py``) and breakers (``breaker.py``) are per deployment, that is per
-(provider, upstream model), shared by every group that lists it.
+(provider, upstream model), shared by every group that lists it; with ``REDIS_URL`` set,
+``shared.py`` merges in the other replicas' figures, breakers and cool-downs in the background.
 """
 
 from __future__ import annotations
@@ -627,6 +628,11 @@ class Router:
         return self._target_group[index], target, quality
 
     # ----- what /admin/models, policy explain (``explain.snapshot``) and the metrics collector show
+
+    def live_states(self) -> Mapping[tuple[str, str], DeploymentState]:
+        """Every deployment's live state by (provider, upstream model), as the policy in force
+        has them (shared routing state reads it at each sync, so it follows reloads)."""
+        return self._live
 
     def states_of(self, providers: Collection[str]) -> list[DeploymentState]:
         """The live states of the deployments served by ``providers`` (a reload waits for their

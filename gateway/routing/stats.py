@@ -2,7 +2,10 @@
 
 Everything here is plain arithmetic on numbers the router hands in; no I/O and no clock of its own
 (callers pass ``now`` from ``time.monotonic()``), so it is exact to unit-test. One instance per
-deployment per gateway process: replicas each learn from their own traffic (see ARCHITECTURE.md).
+deployment per gateway process. With shared routing state (``shared.py``, when ``REDIS_URL`` is
+set) the other replicas' figures arrive as one ``PeerFigures`` that the estimates below blend in,
+weighted by request counts; without it (or while Redis is down) ``peer`` is None and each replica
+learns from its own traffic only.
 """
 
 from __future__ import annotations
@@ -75,6 +78,31 @@ class _Ewma:
         return self.value
 
 
+@dataclass(frozen=True, slots=True)
+class PeerFigures:
+    """The other replicas' figures for one deployment, merged (``shared.py``): latency EWMAs
+    weighted by each replica's request count, window counts and votes summed."""
+
+    latency_s: float | None = None
+    latency_weight: int = 0  # the requests behind ``latency_s``
+    ttft_s: float | None = None
+    ttft_weight: int = 0
+    successes: int = 0  # inside their windows
+    failures: int = 0
+    in_flight: int = 0
+    feedback_sum: float = 0.0
+    feedback_votes: int = 0
+
+
+def _blend(own: float | None, own_weight: int, peer: float | None, peer_weight: int) -> float | None:
+    if peer is None:
+        return own
+    if own is None:
+        return peer
+    own_weight, peer_weight = max(own_weight, 1), max(peer_weight, 1)
+    return (own * own_weight + peer * peer_weight) / (own_weight + peer_weight)
+
+
 @dataclass(slots=True)
 class DeploymentStats:
     """What one deployment has shown lately.
@@ -100,6 +128,7 @@ class DeploymentStats:
     feedback_votes: int = 0
     cost_usd: float = 0.0
     cooling_until: float = 0.0  # a 429's Retry-After: skipped by every request until then
+    peer: PeerFigures | None = None  # the other replicas' figures (shared routing state)
 
     def __post_init__(self) -> None:
         self.window = WindowCounter(self.window_s)
@@ -131,16 +160,53 @@ class DeploymentStats:
         self.feedback_votes += 1
 
     def quality(self, prior: float, prior_votes: float) -> float:
-        """Prior and feedback mean, weighted: ``prior_votes`` votes weigh as much as the prior."""
-        return (prior * prior_votes + self.feedback_sum) / (prior_votes + self.feedback_votes)
+        """Prior and feedback mean (every replica's votes), weighted: ``prior_votes`` votes weigh
+        as much as the prior."""
+        total, votes = self.feedback_sum, self.feedback_votes
+        peer = self.peer
+        if peer is not None:
+            total, votes = total + peer.feedback_sum, votes + peer.feedback_votes
+        return (prior * prior_votes + total) / (prior_votes + votes)
 
     def reliability(self, now: float, prior_requests: float) -> float:
-        """Success share over the window, starting from ``prior_requests`` assumed successes."""
+        """Success share over the window (every replica's), starting from ``prior_requests``
+        assumed successes."""
         ok, bad = self.window.totals(now)
+        peer = self.peer
+        if peer is not None:
+            ok, bad = ok + peer.successes, bad + peer.failures
         return (ok + prior_requests) / (ok + bad + prior_requests)
 
     def latency_estimate(self, now: float, *, stream: bool) -> float | None:
-        """Seconds to the answer (first token for streams), or None when unmeasured or stale."""
+        """Seconds to the answer (first token for streams), or None when unmeasured or stale;
+        blended with the other replicas' estimate, weighted by request counts."""
         primary, other = (self.ttft_s, self.latency_s) if stream else (self.latency_s, self.ttft_s)
         value = primary.get(now, self.stale_after_s)
-        return value if value is not None else other.get(now, self.stale_after_s)
+        own = value if value is not None else other.get(now, self.stale_after_s)
+        peer = self.peer
+        if peer is None:
+            return own
+        ok, bad = self.window.totals(now)
+        if stream:
+            theirs, weight = (
+                (peer.ttft_s, peer.ttft_weight)
+                if peer.ttft_s is not None
+                else (
+                    peer.latency_s,
+                    peer.latency_weight,
+                )
+            )
+        else:
+            theirs, weight = (
+                (peer.latency_s, peer.latency_weight)
+                if peer.latency_s is not None
+                else (
+                    peer.ttft_s,
+                    peer.ttft_weight,
+                )
+            )
+        return _blend(own, ok + bad, theirs, weight)
+
+    def own_latency(self, now: float, *, stream: bool) -> float | None:
+        """This replica's own EWMA (what it publishes to the others), None when stale."""
+        return (self.ttft_s if stream else self.latency_s).get(now, self.stale_after_s)

@@ -188,7 +188,7 @@ class RequestService:
                 await self.cache.store_answer(plan, answer, self._embed_one)
             if lead:
                 lead = False
-                self.cache.flights.land(plan.key, answer)
+                self.cache.land(plan, answer)
             # 7. account
             used = self.account_usage(endpoint, model, routed.group, target, usage)
             if ctx.limit_ticket is not None:
@@ -206,7 +206,7 @@ class RequestService:
             return Answer(body=raw)
         except BaseException:
             if lead:
-                self.cache.flights.land(plan.key, None)
+                self.cache.land(plan, None)
             if ctx.limit_ticket is not None:  # no provider answered: the reservation is released
                 ctx.limit_ticket.settle_later(0, 0, 0.0)
             raise
@@ -259,7 +259,7 @@ class RequestService:
         try:
             answer = await self.cache.lookup(plan, self._embed_one)
         except BaseException:
-            flights.land(plan.key, None)
+            self.cache.land(plan, None)
             raise
         if answer is not None:
             flights.land(plan.key, answer)
@@ -623,7 +623,7 @@ class _StreamBook:
     def _land(self, answer: CachedAnswer | None) -> None:
         if self._lead:
             self._lead = False
-            self._service.cache.flights.land(self._plan.key, answer)
+            self._service.cache.land(self._plan, answer)
 
 
 def _answer_attributes(span: Span, answer: JSONObject, target: Target) -> None:

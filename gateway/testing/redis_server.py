@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 
 from gateway.testing.process import free_port
@@ -34,20 +37,58 @@ def _major_version(binary: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A self-signed certificate for 127.0.0.1 (``self_signed``), its key: the server's own and
+    the clients' CA."""
+
+    cert: str
+    key: str
+
+
+def self_signed(directory: str) -> TlsFiles:
+    """Make a self-signed certificate for IP 127.0.0.1 in ``directory`` with ``openssl``."""
+    cert, key = f"{directory}/redis.crt", f"{directory}/redis.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return TlsFiles(cert, key)
+
+
 class PrivateRedis:
     """A ``redis-server`` on ``127.0.0.1:port`` that this process owns.
 
     ``start()`` launches it and waits until it answers PING; ``stop()`` terminates it (SIGTERM,
     then SIGKILL); ``start()`` again brings it back on the same port, empty. Also a context manager.
+    ``extra_args`` are appended to the command line; ``tls`` serves TLS only on the port (the
+    URL is then ``rediss://`` with the certificate as CA); ``sentinel_of`` makes it a Sentinel
+    (``redis-server --sentinel``) that watches that server as ``mymaster``.
     """
 
-    def __init__(self, port: int | None = None, *, ready_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        ready_timeout_s: float = 10.0,
+        extra_args: Sequence[str] = (),
+        tls: TlsFiles | None = None,
+        sentinel_of: PrivateRedis | None = None,
+    ) -> None:
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError(INSTALL_HINT)
         self.binary = binary
         self.port = port if port is not None else free_port()
         self.ready_timeout_s = ready_timeout_s
+        self.extra_args = list(extra_args)
+        self.tls = tls
+        self.sentinel_of = sentinel_of
         self._popen: subprocess.Popen[bytes] | None = None
         self._dir: str | None = None
         # DEBUG (used to simulate a slow server) is disabled by default since Redis 7, and the
@@ -56,6 +97,8 @@ class PrivateRedis:
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.cert}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -72,9 +115,29 @@ class PrivateRedis:
             return
         if self._dir is None:
             self._dir = tempfile.mkdtemp(prefix="sophia-redis-")
-        args = [
+        if self.sentinel_of is not None:
+            self._popen = self._launch_sentinel(self.sentinel_of)
+        else:
+            self._popen = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not self._answers_ping():
+            if self._popen.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{self.log()}")
+            time.sleep(0.02)
+
+    def _args(self) -> list[str]:
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", self.tls.cert, "--tls-key-file", self.tls.key,
+                "--tls-ca-cert-file", self.tls.cert, "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        assert self._dir is not None
+        return [
             self.binary,
-            "--port", str(self.port),
+            *ports,
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
@@ -82,15 +145,22 @@ class PrivateRedis:
             "--loglevel", "warning",
             "--logfile", self._log_path,
             *self._extra,
+            *self.extra_args,
         ]  # fmt: skip
-        # The log goes to a file, not a pipe: nobody drains a pipe, and a full one would block Redis.
-        self._popen = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.ready_timeout_s
-        while not self._answers_ping():
-            if self._popen.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{self.log()}")
-            time.sleep(0.02)
+
+    def _launch_sentinel(self, primary: PrivateRedis) -> subprocess.Popen[bytes]:
+        # A Sentinel rewrites its configuration file: it must be a file of its own.
+        config = f"{self._dir}/sentinel.conf"
+        with open(config, "w") as f:
+            f.write(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self._dir}\nlogfile {self._log_path}\n"
+                f"sentinel monitor mymaster 127.0.0.1 {primary.port} 1\n"
+                "sentinel down-after-milliseconds mymaster 1000\n"
+            )
+        # The log goes to a file, not a pipe: nobody drains a pipe, and a full one would block it.
+        return subprocess.Popen(
+            [self.binary, config, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Terminate the server (SIGTERM, SIGKILL after ``timeout_s``) and wait for it to exit."""
@@ -130,8 +200,86 @@ class PrivateRedis:
 
     def _answers_ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                sock = raw
+                if self.tls is not None:
+                    context = ssl.create_default_context(cafile=self.tls.cert)
+                    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster of ``masters`` private ``redis-server`` processes on loopback (no
+    replicas), made with ``redis-cli --cluster create``; ``url`` is ``redis+cluster://``."""
+
+    def __init__(self, masters: int = 3, *, ready_timeout_s: float = 20.0) -> None:
+        if shutil.which("redis-cli") is None:
+            raise RuntimeError("redis-cli is not installed (it creates the cluster)")
+        self.ready_timeout_s = ready_timeout_s
+        self.nodes = [PrivateRedis(extra_args=self._node_args()) for _ in range(masters)]
+
+    @staticmethod
+    def _node_args() -> list[str]:
+        return [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-port", str(free_port()),
+            "--cluster-node-timeout", "2000",
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        """Start the nodes, join them, and return once every node says the cluster is ok."""
+        for node in self.nodes:
+            node.start()
+        created = subprocess.run(
+            [
+                "redis-cli", "--cluster", "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas", "0", "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=self.ready_timeout_s,
+            check=False,
+        )  # fmt: skip
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}{created.stderr}")
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not all(self._ok(node) for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _ok(node: PrivateRedis) -> bool:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(node.port), "cluster", "info"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        return "cluster_state:ok" in out
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> PrivateRedisCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,7 +1,8 @@
 """A gateway with ``REDIS_URL`` whose Redis stops and starts again: /health and
 ``gateway_dependency_up`` follow it, failed probes and the reconnect are counted as recovery
-actions, for the cache's link and the limits' link alike. A private ``redis-server``; the
-gateway in process (aiohttp's TestClient); waits poll with a deadline."""
+actions, for the cache's, the limits' and the shared routing state's links alike (the last also
+sets ``gateway_shared_state_up``). A private ``redis-server``; the gateway in process (aiohttp's
+TestClient); waits poll with a deadline."""
 
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ models:
   m: {deployments: [{provider: a, model: ma}]}
 memory: {enabled: false}
 """
-LINKS = {"redis:cache": "redis_cache_reconnect", "redis:limits": "redis_limits_reconnect"}
+LINKS = {
+    "redis:cache": "redis_cache_reconnect",
+    "redis:limits": "redis_limits_reconnect",
+    "redis:routing": "redis_routing_reconnect",
+}
 
 
 async def until(condition: Callable[[], Awaitable[bool]], deadline_s: float, what: str) -> None:
@@ -76,6 +81,11 @@ async def test_redis_stops_and_comes_back_under_a_gateway(
     await until(both_down, 10, "both links down")
     assert up("redis:cache") == 0 and up("redis:limits") == 0
 
+    async def shared_off() -> bool:  # the next sync (every 0.25 s) finds the link down
+        return registry.get_sample_value("gateway_shared_state_up") == 0
+
+    await until(shared_off, 5, "each replica on its own figures")
+
     async def probes_failed() -> bool:
         await statuses()  # each check is the probe once the link's backoff has passed
         return all(actions(kind, "failed") >= 1 for kind in LINKS.values())
@@ -94,5 +104,10 @@ async def test_redis_stops_and_comes_back_under_a_gateway(
     body = await (await client.get("/health")).json()
     assert body["dependencies"]["redis:cache"]["changed_at"] > down_since
     assert up("redis:cache") == 1 and up("redis:limits") == 1
+
+    async def shared_again() -> bool:
+        return registry.get_sample_value("gateway_shared_state_up") == 1
+
+    await until(shared_again, 5, "the shared routing state merged again")
     text = await (await client.get("/metrics")).text()
     assert 'gateway_recovery_actions_total{kind="redis_cache_reconnect",result="ok"} 1.0' in text

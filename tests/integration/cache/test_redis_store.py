@@ -61,8 +61,8 @@ async def test_set_get_delete_and_usage(store: RedisStore, raw: aioredis.Redis, 
     assert await store.get("chat", "a") == VALUE
     assert store.usage("chat").entries == 2
     assert store.usage("chat").bytes == 100 + 3
-    assert await raw.get(f"{redis_prefix}chat:bytes") == b"103"
-    ttl_ms = await raw.pttl(f"{redis_prefix}chat:v:a")
+    assert await raw.get(f"{redis_prefix}{{chat}}:bytes") == b"103"
+    ttl_ms = await raw.pttl(f"{redis_prefix}{{chat}}:v:a")
     assert 29_000 < ttl_ms <= 30_000
 
     await store.delete("chat", "a")
@@ -87,9 +87,9 @@ async def test_ttl_expiry_unindexes_the_entry(
 
     await eventually(expired)
     # The miss that found it expired also dropped its recency and size bookkeeping.
-    assert await raw.zrange(f"{redis_prefix}chat:lru", 0, -1) == [b"b"]
-    assert await raw.hkeys(f"{redis_prefix}chat:sizes") == [b"b"]
-    assert await raw.get(f"{redis_prefix}chat:bytes") == b"100"
+    assert await raw.zrange(f"{redis_prefix}{{chat}}:lru", 0, -1) == [b"b"]
+    assert await raw.hkeys(f"{redis_prefix}{{chat}}:sizes") == [b"b"]
+    assert await raw.get(f"{redis_prefix}{{chat}}:bytes") == b"100"
     assert await store.get("chat", "b") == VALUE
 
 
@@ -140,7 +140,7 @@ async def test_replacing_a_key_adjusts_bytes(
     await store.set("chat", "a", b"short", 30)
     assert store.usage("chat").bytes == 6
     assert store.usage("chat").entries == 1
-    assert await raw.get(f"{redis_prefix}chat:bytes") == b"6"
+    assert await raw.get(f"{redis_prefix}{{chat}}:bytes") == b"6"
     assert await store.get("chat", "a") == b"short"
     # Replacing does not count as eviction, and the freed bytes are usable.
     for key in "bcd":
@@ -162,7 +162,7 @@ async def test_expired_entries_are_dropped_without_counting_as_evictions(
     await store.set("chat", "c", VALUE, 30)
 
     async def gone() -> bool:
-        return not await raw.exists(f"{redis_prefix}chat:v:a")
+        return not await raw.exists(f"{redis_prefix}{{chat}}:v:a")
 
     await eventually(gone)
     assert await store.set("chat", "d", VALUE, 30) == 0  # a was oldest, but already dead
