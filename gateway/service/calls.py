@@ -32,7 +32,7 @@ from gateway.errors import GatewayError, ModelNotFound, UpstreamBadResponse
 from gateway.memory import augment as memory_augment
 from gateway.memory.service import MemoryService
 from gateway.observability import tracing
-from gateway.observability.metrics import GatewayMetrics, vendor_of
+from gateway.observability.metrics import GatewayMetrics, HistogramChild, vendor_of
 from gateway.observability.tracing import Span, Tracer
 from gateway.policy.model import Limits, Shadow
 from gateway.providers.base import UpstreamRequest
@@ -110,6 +110,7 @@ class RequestService:
         self._limits = limits if limits is not None else Limits()  # the policy's defaults
         self._tuning = tuning
         self._tracer = tracer  # tracing.OFF: each hook below costs one ``on`` check
+        self._genai: dict[tuple[Endpoint, str, int], tuple[Target, _GenAISeries]] = {}
         self.memory: MemoryService | None = memory(self.embed) if memory is not None else None
         # Shadow traffic (``shadow.py``): ``rng`` draws which requests are mirrored.
         self.shadow = ShadowTraffic(router, metrics, self._fetch, self.embed, rng=rng)
@@ -463,14 +464,13 @@ class RequestService:
         (prompt tokens, completion tokens, cost in US dollars)."""
         if not isinstance(usage, dict):
             return 0, 0, 0.0
-        m = self._metrics
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         prompt = prompt if isinstance(prompt, int) else 0
         completion = completion if isinstance(completion, int) else 0
-        labels = genai_labels(endpoint, model, target)
-        m.child(m.token_usage, *labels, "input").observe(prompt)
+        series = self.genai_series(endpoint, model, target)
+        series.tokens_in.observe(prompt)
         if completion or "completion_tokens" in usage:
-            m.child(m.token_usage, *labels, "output").observe(completion)
+            series.output_tokens().observe(completion)
         return prompt, completion, self.router.record_usage(group, target, prompt, completion)
 
     def record_operation(
@@ -479,12 +479,28 @@ class RequestService:
         """``gen_ai_client_operation_duration_seconds`` for a routed call that started at
         ``called_s`` (``perf_counter``) and ends now: answered by ``target``, or failed with
         ``error_type`` (a gateway error class; then nobody answered and ``target`` is None)."""
+        elapsed = time.perf_counter() - called_s
+        if target is not None and not error_type:
+            self.genai_series(endpoint, model, target).duration.observe(elapsed)
+            return
         m = self._metrics
         if target is None:  # no vendor, response model or provider: nobody answered
             labels = (_OPERATION[endpoint], "", model, "", "")
         else:
             labels = genai_labels(endpoint, model, target)
-        m.child(m.operation_duration, *labels, error_type).observe(time.perf_counter() - called_s)
+        m.child(m.operation_duration, *labels, error_type).observe(elapsed)
+
+    def genai_series(self, endpoint: Endpoint, model: str, target: Target) -> _GenAISeries:
+        """The GenAI series of calls on ``endpoint`` for group ``model`` answered by ``target``."""
+        key = (endpoint, model, id(target))
+        found = self._genai.get(key)
+        if found is not None and found[0] is target:  # the entry holds its target: its id stays its own
+            return found[1]
+        if len(self._genai) >= _MOST_SERIES:
+            self._genai.clear()
+        series = _GenAISeries(self._metrics, genai_labels(endpoint, model, target))
+        self._genai[key] = (target, series)
+        return series
 
 
 def genai_labels(endpoint: Endpoint, model: str, target: Target) -> tuple[str, str, str, str, str]:
@@ -498,6 +514,40 @@ def genai_labels(endpoint: Endpoint, model: str, target: Target) -> tuple[str, s
         target.deployment.model,
         client.name,
     )
+
+
+_MOST_SERIES = 4096  # (endpoint, group, target) combinations kept; reloads leave old targets behind
+
+
+class _GenAISeries:
+    """The GenAI histogram series of one (endpoint, model group, target): looked up once, not
+    per request (building their five labels and four lookups cost ~1 % of a proxied call). Output
+    tokens and time per token are made on first use, so no empty series is exported."""
+
+    __slots__ = ("_labels", "_metrics", "duration", "per_token", "tokens_in", "tokens_out", "ttft")
+
+    def __init__(self, metrics: GatewayMetrics, labels: tuple[str, str, str, str, str]) -> None:
+        self._metrics, self._labels = metrics, labels
+        self.duration = metrics.child(metrics.operation_duration, *labels, "")
+        self.tokens_in = metrics.child(metrics.token_usage, *labels, "input")
+        self.tokens_out: HistogramChild | None = None
+        self.ttft: HistogramChild | None = None
+        self.per_token: HistogramChild | None = None
+
+    def output_tokens(self) -> HistogramChild:
+        if self.tokens_out is None:
+            self.tokens_out = self._metrics.child(self._metrics.token_usage, *self._labels, "output")
+        return self.tokens_out
+
+    def time_to_first_token(self) -> HistogramChild:
+        if self.ttft is None:
+            self.ttft = self._metrics.child(self._metrics.time_to_first_token, *self._labels)
+        return self.ttft
+
+    def time_per_output_token(self) -> HistogramChild:
+        if self.per_token is None:
+            self.per_token = self._metrics.child(self._metrics.time_per_output_token, *self._labels)
+        return self.per_token
 
 
 class _StreamBook:
@@ -521,9 +571,8 @@ class _StreamBook:
     def first_chunk(self, stream: RoutedStream) -> None:
         route = self.route
         if route is not None and not self._ctx.internal:
-            m = self._service._metrics
-            labels = genai_labels(self._endpoint, self._ctx.record.model, route.target)
-            m.child(m.time_to_first_token, *labels).observe(stream.first_at - self._ctx.started_s)
+            series = self._service.genai_series(self._endpoint, self._ctx.record.model, route.target)
+            series.time_to_first_token().observe(stream.first_at - self._ctx.started_s)
 
     async def ended(self, stream: RoutedStream) -> None:
         """The provider's stream ended: a whole answer if its translator says so."""
@@ -580,9 +629,8 @@ class _StreamBook:
             return
         service.record_operation(self._endpoint, model, target, self.called_s)
         if output_tokens > 1:
-            m = service._metrics
-            labels = genai_labels(self._endpoint, model, target)
-            m.child(m.time_per_output_token, *labels).observe(seconds / (output_tokens - 1))
+            series = service.genai_series(self._endpoint, model, target)
+            series.time_per_output_token().observe(seconds / (output_tokens - 1))
 
     def abandoned(self, stream: RoutedStream) -> None:
         """The client left (or was never sent the stream): no verdict on the provider."""
