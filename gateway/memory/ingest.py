@@ -31,7 +31,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -191,18 +191,27 @@ class IngestService:
         digest = hashlib.sha256()
         size = 0
         f = await asyncio.to_thread(open, path, "wb")
+        pending = bytearray()
         try:
             async for block in chunks:
                 size += len(block)
                 if size > limit:
                     raise PayloadTooLarge(limit)
-                await asyncio.to_thread(_write_hashed, f, digest, block)
+                pending += block
+                if len(pending) >= READ_BYTES:  # one thread hop a MiB, however the blocks come
+                    await asyncio.to_thread(_write_hashed, f, digest, bytes(pending))
+                    pending.clear()
+            await asyncio.to_thread(_write_hashed, f, digest, bytes(pending))
         except BaseException:
             await asyncio.to_thread(f.close)
             await asyncio.to_thread(_remove, path)
             raise
         await asyncio.to_thread(f.close)
         return Spooled(path, os.path.basename(file) or "upload", size, digest.hexdigest())
+
+    async def discard(self, spooled: Spooled) -> None:
+        """Delete a spooled upload that will not become a job (its form was refused)."""
+        await asyncio.to_thread(_remove, spooled.path)
 
     async def submit(self, spooled: Spooled, options: JobOptions, access: MemoryAccess | None) -> IngestJob:
         """Start (or continue) the job for a spooled upload; returns it as it is now.
@@ -302,7 +311,7 @@ class IngestService:
 
     async def events(
         self, job_id: str, access: MemoryAccess | None
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
         """("progress", figures) every ``progress_interval_s`` while the job runs, then ("done",
         job) or ("error", job). A job of another process is followed through the store."""
         job = await self.get(job_id, access)
@@ -339,6 +348,18 @@ class IngestService:
             "chunks_per_s": round(chunk_rate, 1),
             "eta_s": round(eta, 1) if eta is not None else None,
         }
+
+    def figures(self) -> dict[str, float]:
+        """For the metrics: jobs running here, jobs started, bytes read, memories created."""
+        return {
+            "jobs_running": len(self._live),
+            "jobs_started": self.jobs_started,
+            "bytes_read": self.bytes_read,
+            "chunks_stored": self.chunks_stored,
+        }
+
+    def finished_by_status(self) -> dict[str, int]:
+        return dict(self.jobs_finished)
 
     def live_job(self, job_id: str) -> _Live | None:
         """The running job's pipeline state (tests read its counters)."""
@@ -540,6 +561,16 @@ class IngestService:
             await self._write(live, [waiting])
 
     async def _write(self, live: _Live, group: list[_Batch]) -> None:
+        """Store a group of batches; a cancel lets a write under way finish first, so the job
+        counts everything that reached the store (and its memories carry its id)."""
+        write = asyncio.ensure_future(self._write_now(live, group))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait([write])
+            raise
+
+    async def _write_now(self, live: _Live, group: list[_Batch]) -> None:
         job = live.job
         items = [item for batch in group for item in batch.items]
         step = self.config.store_batch
