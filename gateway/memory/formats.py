@@ -180,8 +180,13 @@ class _TextOfHTML(HTMLParser):
             self.parts.append("\n\n")
 
     def handle_data(self, data: str) -> None:
-        if not self._skipping:
-            self.parts.append(" ".join(data.split()) if not data.isspace() else " ")
+        if self._skipping:
+            return
+        # Runs of whitespace become one space, kept at the ends: "One &amp; <b>two</b>" is "One & two".
+        text = " ".join(data.split())
+        lead = " " if data[:1].isspace() else ""
+        trail = " " if data[-1:].isspace() and text else ""
+        self.parts.append(lead + text + trail)
 
     def take(self) -> str:
         text = "".join(self.parts)
