@@ -3,6 +3,8 @@ incremental chunker giving the same chunks however the text is cut into pieces."
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from gateway.memory.chunking import Chunker, ChunkOptions, chunk_text
@@ -51,7 +53,7 @@ def test_a_text_without_boundaries_is_cut_at_words_then_hard() -> None:
 def test_consecutive_chunks_overlap_by_about_the_overlap_starting_at_a_word() -> None:
     text = sentences(300)
     chunks = chunk_text(text, ChunkOptions(500, 100))
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         a_end = a.offset + len(a.text)
         overlap = a_end - b.offset
         assert 0 < overlap <= 100
