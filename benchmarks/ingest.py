@@ -51,7 +51,23 @@ FIRST_PARAGRAPH = (FIRST_WORDS + " ") * 100 + "\n\n"
 
 def make_text(path: Path, size: int) -> None:
     """Prose-like paragraphs of about 600 characters until ``size`` bytes."""
-    words = "the gateway routes each request to a healthy deployment and records latency cost and errors".split()
+    words = [
+        "the",
+        "gateway",
+        "routes",
+        "each",
+        "request",
+        "to",
+        "a",
+        "healthy",
+        "deployment",
+        "and",
+        "records",
+        "latency",
+        "cost",
+        "and",
+        "errors",
+    ]
     with path.open("w") as f:
         f.write(FIRST_PARAGRAPH)
         written, i = 0, 0
@@ -68,7 +84,9 @@ def make_jsonl(path: Path, size: int) -> None:
         f.write(json.dumps({"text": FIRST_WORDS, "ticket": -1, "team": "x"}) + "\n")
         written, i = 0, 0
         while written < size:
-            text = " ".join(f"call {i} transcript segment {k} about invoices and renewals." for k in range(16))
+            text = " ".join(
+                f"call {i} transcript segment {k} about invoices and renewals." for k in range(16)
+            )
             written += f.write(json.dumps({"text": text, "ticket": i, "team": f"team-{i % 7}"}) + "\n")
             i += 1
 
@@ -129,6 +147,7 @@ async def ingest(url: str, path: Path, run: Run, stop: threading.Event) -> None:
         await searching
         assert job["status"] == "done", job
         run.chunks, run.memories = job["chunks_done"], job["memories_created"]
+        run.embedding_calls = job["embedding_calls"]  # the job's own: searches embed their query too
 
 
 async def search_while_running(session: aiohttp.ClientSession, run: Run, accepted: float) -> None:
@@ -187,21 +206,12 @@ def measure(name: str, path: Path, fake_url: str, work: Path) -> Run:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        calls_before = embedding_calls(fake_url)
         asyncio.run(ingest(gw.url, path, run, stop))
         sampler.join()
         run.peak_rss = peak[0]
-        run.embedding_calls = embedding_calls(fake_url) - calls_before
     finally:
         gw.stop()
     return run
-
-
-def embedding_calls(fake_url: str) -> int:
-    import urllib.request
-
-    with urllib.request.urlopen(fake_url + "/_fake/stats", timeout=10) as resp:
-        return int(json.loads(resp.read())["by_path"].get("/v1/embeddings", 0))
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> str:
@@ -245,7 +255,9 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     fake = launch(
-        gateway_command("fake-provider", "--port", "0", "--embedding-kind", "words", "--embedding-dim", str(args.dim)),
+        gateway_command(
+            "fake-provider", "--port", "0", "--embedding-kind", "words", "--embedding-dim", str(args.dim)
+        ),
         work / "fake.log",
     )
     runs = []

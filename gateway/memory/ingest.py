@@ -60,6 +60,9 @@ log = logging.getLogger("gateway.memory.ingest")
 
 _PUT_POLL_S = 0.2  # how often a reader blocked on a full queue checks whether its job stopped
 _LIST_MAX = 200
+# A job the store shows running that was saved this recently is taken to be running in another
+# process (a running job saves after every write, every second or so).
+_ALIVE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,7 @@ class IngestService:
         )
         if not self._recover:
             return
+        await asyncio.to_thread(_remove_partial_uploads, self.config.spool_dir)
         for job in await self.memory.store.recent_jobs(None, sorted(ACTIVE), 1000):
             job.status = "interrupted"
             job.error = (
@@ -227,8 +231,11 @@ class IngestService:
         if live is not None:
             await asyncio.to_thread(_remove, spooled.path)
             return replace(live.job)
-        await asyncio.to_thread(os.replace, spooled.path, path)
         job = await self.memory.store.get_job(job_id)
+        if job is not None and job.status in ACTIVE and self._fresh(job):
+            await asyncio.to_thread(_remove, spooled.path)
+            return job  # running in another process of this gateway (serve --workers N)
+        await asyncio.to_thread(os.replace, spooled.path, path)
         if job is None:
             job = IngestJob(
                 id=job_id,
@@ -243,6 +250,12 @@ class IngestService:
         else:
             job.file, job.options = spooled.file, options  # the name may differ; the content does not
         return await self._launch(job, path, access)
+
+    def _fresh(self, job: IngestJob) -> bool:
+        """Whether a job the store shows active was saved lately (its process is alive: a running
+        job saves after every write) rather than left so by a process that died."""
+        at = job.updated_at or job.started_at
+        return (self._clock() - at).total_seconds() < _ALIVE_S
 
     async def _launch(self, job: IngestJob, path: str, access: MemoryAccess | None) -> IngestJob:
         job.status, job.error, job.finished_at = "queued", None, None
@@ -626,6 +639,13 @@ def _spool_file(spool_dir: str, job_id: str) -> str | None:
         if os.path.splitext(name)[0] == job_id:
             return os.path.join(spool_dir, name)
     return None
+
+
+def _remove_partial_uploads(spool_dir: str) -> None:
+    """Uploads cut by a stop before they became jobs (``upload-*.part``)."""
+    for name in os.listdir(spool_dir):
+        if name.startswith("upload-") and name.endswith(".part"):
+            _remove(os.path.join(spool_dir, name))
 
 
 def _remove_spool(spool_dir: str, job_id: str) -> None:

@@ -436,8 +436,9 @@ async def test_a_job_cut_by_a_restart_is_reported_and_continues_after_its_last_s
 ) -> None:
     embedder = Embedder()
     content = paragraphs(600)
+    SMALL = ", embed_batch: 8, embed_concurrency: 1, queue_batches: 1"  # noqa: N806
     async for gw in open_gateway(
-        tmp_path, embedder=embedder, ingest=", embed_batch: 8, embed_concurrency: 1"
+        tmp_path, embedder=embedder, ingest=SMALL
     ):
         status, job = await gw.upload("a.txt", content)
         while gw.count() < 40:
@@ -447,7 +448,7 @@ async def test_a_job_cut_by_a_restart_is_reported_and_continues_after_its_last_s
     embedder.gate.set()
     first_calls = embedder.calls
     async for gw in open_gateway(
-        tmp_path, embedder=embedder, ingest=", embed_batch: 8, embed_concurrency: 1"
+        tmp_path, embedder=embedder, ingest=SMALL
     ):
         cut = await gw.wait(job["id"], "interrupted")
         assert cut["resume_from"] >= 40 and cut["percent"] > 0 and "resume" in cut["error"]
@@ -457,9 +458,11 @@ async def test_a_job_cut_by_a_restart_is_reported_and_continues_after_its_last_s
         done = await gw.wait(job["id"], "done")
         assert gw.count() == done["memories_created"] == done["chunks_done"]
         total_chunks = done["chunks_done"]
-        # only the chunks after the cut (and a batch or two stored out of order) were embedded again
-        assert embedder.texts <= total_chunks + 8 * 2
-        assert embedder.calls - first_calls <= (total_chunks - cut["resume_from"]) // 8 + 2
+        # Embedded twice at most: what was embedded but not yet stored at the stop (the store
+        # queue's one batch, the one the worker held while the queue was full, and the call the
+        # held provider finished after the stop).
+        assert embedder.texts <= total_chunks + 8 * 3
+        assert embedder.calls - first_calls <= (total_chunks - cut["resume_from"]) // 8 + 3
         assert stored >= cut["resume_from"]
 
 
