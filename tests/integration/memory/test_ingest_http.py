@@ -436,10 +436,8 @@ async def test_a_job_cut_by_a_restart_is_reported_and_continues_after_its_last_s
 ) -> None:
     embedder = Embedder()
     content = paragraphs(600)
-    SMALL = ", embed_batch: 8, embed_concurrency: 1, queue_batches: 1"  # noqa: N806
-    async for gw in open_gateway(
-        tmp_path, embedder=embedder, ingest=SMALL
-    ):
+    small = ", embed_batch: 8, embed_concurrency: 1, queue_batches: 1"
+    async for gw in open_gateway(tmp_path, embedder=embedder, ingest=small):
         status, job = await gw.upload("a.txt", content)
         while gw.count() < 40:
             await asyncio.sleep(0.005)
@@ -447,9 +445,7 @@ async def test_a_job_cut_by_a_restart_is_reported_and_continues_after_its_last_s
     # the app stopped (as at a restart): the job was saved interrupted, its file kept
     embedder.gate.set()
     first_calls = embedder.calls
-    async for gw in open_gateway(
-        tmp_path, embedder=embedder, ingest=SMALL
-    ):
+    async for gw in open_gateway(tmp_path, embedder=embedder, ingest=small):
         cut = await gw.wait(job["id"], "interrupted")
         assert cut["resume_from"] >= 40 and cut["percent"] > 0 and "resume" in cut["error"]
         stored = gw.count()
