@@ -40,7 +40,7 @@ from typing import Any
 
 from gateway.errors import GatewayError, HTTPStatusError, NotFound, PayloadTooLarge
 from gateway.memory.access import MemoryAccess
-from gateway.memory.chunking import Chunker, ChunkOptions, TextChunk, chunk_text
+from gateway.memory.chunking import Chunker, ChunkOptions, chunk_text
 from gateway.memory.formats import READ_BYTES, FieldOptions, Problem, read_file
 from gateway.memory.jobs import (
     ACTIVE,
@@ -474,28 +474,31 @@ class IngestService:
 
     def _batches(self, live: _Live) -> Iterator[_Batch]:
         """The file's chunks in batches (on the reader thread): chunks below ``resume_from`` are
-        counted but not sent (stored before), and neither are the problems met before them."""
-        job = live.job
-        opts = job.options
+        counted but not sent (stored before), and neither are the problems met before them.
+
+        A batch's ``position`` (bytes read, for progress) is interpolated inside a stream piece
+        from where its last chunk ends, so progress moves within each 1 MiB read too."""
+        job, opts = live.job, live.job.options
         options = ChunkOptions(opts.chunk_chars, opts.overlap_chars)
-        fields = FieldOptions(opts.text_field, opts.metadata_fields)
         skip_below, size = job.resume_from, self.config.embed_batch
         base = {**opts.metadata, "file": job.file, "job_id": job.id}
         stream = Chunker(options)
-        index = seq = position = sent_at = 0
+        index = seq = position = sent_at = before = streamed = 0
         batch = _Batch(0, skip_below, 0)
-        for item in read_file(live.path, opts.format, fields):
+        items = read_file(live.path, opts.format, FieldOptions(opts.text_field, opts.metadata_fields))
+        for item in items:
             if live.stop.is_set():
                 raise _Stopped
-            position = item.position
             if isinstance(item, Problem):
                 if index >= skip_below:
                     batch.problems.append(item)
+                position = before = item.position
                 continue
-            pieces: Iterator[TextChunk] | list[TextChunk] = (
-                stream.push(item.text) if item.stream else chunk_text(item.text, options)
-            )
+            pieces = stream.push(item.text) if item.stream else iter(chunk_text(item.text, options))
             for piece in pieces:
+                if item.stream and item.text:
+                    done = (piece.offset + len(piece.text) - streamed) / len(item.text)
+                    position = before + int((item.position - before) * min(1.0, max(0.0, done)))
                 if index >= skip_below:
                     meta = {
                         **base,
@@ -511,6 +514,8 @@ class IngestService:
                     yield batch
                     seq, sent_at = seq + 1, position
                     batch = _Batch(seq, index, position)
+            position = before = item.position
+            streamed += len(item.text) if item.stream else 0
             if position - sent_at >= READ_BYTES:  # progress, even through text stored before
                 batch.end, batch.position = max(index, skip_below), position
                 yield batch
