@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -226,7 +227,7 @@ class IngestService:
         owner = access.team if access is not None else None
         key = job_key(spooled.content_sha256, owner, options)
         job_id = f"job_{key[:24]}"
-        path = os.path.join(self.config.spool_dir, job_id + os.path.splitext(spooled.file)[1].lower())
+        path = os.path.join(self.config.spool_dir, job_id + _extension(spooled.file))
         live = self._live.get(job_id)
         if live is not None:
             await asyncio.to_thread(_remove, spooled.path)
@@ -481,7 +482,7 @@ class IngestService:
         job, opts = live.job, live.job.options
         options = ChunkOptions(opts.chunk_chars, opts.overlap_chars)
         skip_below, size = job.resume_from, self.config.embed_batch
-        base = {**opts.metadata, "file": job.file, "job_id": job.id}
+        own = {"file": job.file, "job_id": job.id}  # last: a record's own fields cannot hide them
         stream = Chunker(options)
         index = seq = position = sent_at = before = streamed = 0
         batch = _Batch(0, skip_below, 0)
@@ -501,8 +502,9 @@ class IngestService:
                     position = before + int((item.position - before) * min(1.0, max(0.0, done)))
                 if index >= skip_below:
                     meta = {
-                        **base,
+                        **opts.metadata,
                         **item.metadata,
+                        **own,
                         **item.where,
                         "offset": piece.offset,
                         "chunk_index": index,
@@ -523,7 +525,7 @@ class IngestService:
                 batch = _Batch(seq, batch.end, position)
         for piece in stream.finish():
             if index >= skip_below:
-                meta = {**base, "offset": piece.offset, "chunk_index": index}
+                meta = {**opts.metadata, **own, "offset": piece.offset, "chunk_index": index}
                 batch.chunks.append(_Chunk(index, piece.text, meta))
             index += 1
         batch.end, batch.position = max(index, skip_below), position
@@ -622,6 +624,13 @@ class IngestService:
             if existing:
                 deleted += await self.memory.delete(existing)
         return deleted
+
+
+def _extension(file: str) -> str:
+    """The upload's extension for its spool file's name, when it is a plain one (the name is the
+    client's: nothing else of it reaches a path)."""
+    ext = os.path.splitext(file)[1].lower()
+    return ext if re.fullmatch(r"\.[a-z0-9]{1,10}", ext) else ""
 
 
 def _write_hashed(f: Any, digest: Any, block: bytes) -> None:

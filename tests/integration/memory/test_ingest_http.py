@@ -484,3 +484,24 @@ async def test_back_pressure_holds_the_reader_while_the_provider_is_stuck(tmp_pa
         embedder.gate.set()
         done = await gw.wait(job["id"], "done")
         assert done["chunks_done"] > 5 * bound  # the reader was held far from the end of the file
+
+
+async def test_a_hostile_file_name_reaches_no_path_and_records_cannot_hide_the_job_id(
+    sqlite_gw: Gateway, tmp_path: Path
+) -> None:
+    jsonl = b'{"text": "a record", "job_id": "forged", "file": "forged.txt"}\n'
+    body = (  # by hand: aiohttp's FormData would percent-encode the slashes
+        b'--b\r\nContent-Disposition: form-data; name="namespace"\r\n\r\ndocs\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="format"\r\n\r\njsonl\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="../../outside/evil name.we ird"\r\n\r\n'
+        + jsonl
+        + b"\r\n--b--\r\n"
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    async with sqlite_gw.client.post("/v1/memory/files", data=body, headers=headers) as resp:
+        assert resp.status == 202, await resp.text()
+        job = await sqlite_gw.wait((await resp.json())["id"])
+    assert job["status"] == "done" and job["file"] == "evil name.we ird"
+    assert not (tmp_path / "outside").exists() and not (tmp_path.parent / "outside").exists()
+    hit = (await sqlite_gw.search("a record"))[0]["memory"]
+    assert hit["metadata"]["job_id"] == job["id"] and hit["metadata"]["file"] == "evil name.we ird"
