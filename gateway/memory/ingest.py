@@ -64,6 +64,7 @@ _LIST_MAX = 200
 # A job the store shows running that was saved this recently is taken to be running in another
 # process (a running job saves after every write, every second or so).
 _ALIVE_S = 60.0
+_CANCEL_POLL_S = 1.0  # how often a running job looks for a cancel another process received
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,10 @@ class _Batch:
 
 class _Stopped(Exception):
     """The job stopped while its reader waited (cancel, pause, shutdown)."""
+
+
+class _CancelledElsewhere(Exception):
+    """Another process of the gateway marked the job cancelled in the store."""
 
 
 @dataclass(slots=True)
@@ -298,6 +303,8 @@ class IngestService:
             with contextlib.suppress(asyncio.CancelledError):
                 await live.task
             job = live.job
+        elif job.status in ACTIVE and self._fresh(job):
+            job = await self._cancel_elsewhere(job)
         elif job.status != "done":
             job.status, job.finished_at = "cancelled", self._clock()
             await asyncio.to_thread(_remove_spool, self.config.spool_dir, job.id)
@@ -306,6 +313,26 @@ class IngestService:
         job.updated_at = self._clock()
         await self.memory.store.save_job(job)
         return replace(job)
+
+    async def _cancel_elsewhere(self, job: IngestJob) -> IngestJob:
+        """Cancel a job another process runs: mark it cancelled in the store, which that process
+        reads before each write, and wait (up to ``_ALIVE_S``) until it has recorded its end, so
+        that a purge comes after its last write."""
+        deadline = self._timer() + _ALIVE_S
+        while True:
+            current = await self.memory.store.get_job(job.id) or job
+            if current.status not in ACTIVE and current.finished_at is not None:
+                return current
+            if current.status != "cancelled":  # again, if its save crossed ours
+                current.status, current.updated_at = "cancelled", self._clock()
+                await self.memory.store.save_job(current)
+            if self._timer() > deadline:
+                return current
+            await asyncio.sleep(_PUT_POLL_S)
+
+    async def _cancelled_in_store(self, job_id: str) -> bool:
+        stored = await self.memory.store.get_job(job_id)
+        return stored is not None and stored.status == "cancelled"
 
     async def resume(self, job_id: str, access: MemoryAccess | None) -> IngestJob:
         """Continue a paused, interrupted or cancelled job from its last stored batch, with
@@ -388,10 +415,14 @@ class IngestService:
                 job.status = "running"
                 live.started_mono = self._timer()
                 live.bytes_at_start, live.chunks_at_start = job.bytes_done, job.chunks_done
+                if await self._cancelled_in_store(job.id):  # while it was queued here
+                    raise _CancelledElsewhere
                 await self._pipeline(live)
             job.status = "done"
             if job.chunks_seen == 0:
                 job.warnings.append("the file has no text: no memories were created")
+        except _CancelledElsewhere:
+            job.status = "cancelled"
         except asyncio.CancelledError:
             job.status = live.stop_reason or "interrupted"
             if job.status == "interrupted":
@@ -431,6 +462,7 @@ class IngestService:
         workers = self.config.embed_concurrency
         chunks: asyncio.Queue[_Batch | None] = asyncio.Queue(self.config.queue_batches)
         embedded: asyncio.Queue[_Batch | None] = asyncio.Queue(self.config.queue_batches)
+        watcher = asyncio.create_task(self._watch_for_cancel(live))
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._read_stage(live, chunks, workers))
@@ -439,6 +471,20 @@ class IngestService:
                 group.create_task(self._store_stage(live, embedded, workers))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
+        finally:
+            watcher.cancel()
+
+    async def _watch_for_cancel(self, live: _Live) -> None:
+        """Stop the job when another process marks it cancelled in the store (``serve --workers
+        N``: the cancel may reach any worker), even while its provider is stuck."""
+        while True:
+            await asyncio.sleep(_CANCEL_POLL_S)
+            with contextlib.suppress(GatewayError):  # a store that fails now: the writes will say
+                if await self._cancelled_in_store(live.job.id) and live.task is not None:
+                    live.stop_reason = "cancelled"
+                    live.stop.set()
+                    live.task.cancel()
+                    return
 
     async def _read_stage(self, live: _Live, out: asyncio.Queue[_Batch | None], workers: int) -> None:
         loop = asyncio.get_running_loop()
@@ -612,6 +658,8 @@ class IngestService:
             job.resume_from = live.stored_seqs.pop(live.next_seq)
             live.next_seq += 1
         job.updated_at = self._clock()
+        if await self._cancelled_in_store(job.id):  # by a cancel another process received
+            raise _CancelledElsewhere
         await self.memory.store.save_job(replace(job))
 
     async def _purge(self, job: IngestJob) -> int:
