@@ -15,7 +15,7 @@ and the benchmark follows the job's events stream. Measured:
 
 It writes its figures to benchmarks/RESULTS.md (its own section, replaced on each run).
 
-Run: python benchmarks/ingest.py [--text-mb 50 200] [--jsonl-mb 50]
+Run: python benchmarks/ingest.py [--text-mb 100 500] [--jsonl-mb 50]   (about 4 minutes)
 """
 
 from __future__ import annotations
@@ -252,24 +252,24 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
             f"| {r.max_event_gap_s:.2f} | {first} "
             f"| {percentile(r.search_ms, 50):.1f} / {percentile(r.search_ms, 99):.1f} |"
         )
-    worst = max(r.pipeline_mb for r in runs)
     lines += [
         "",
         f"Load average (1 min) {args.load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end: "
-        "the machine was shared, so rates vary by 2-3x between runs (the same 50 MB text file ran at "
-        "3.4 MB/s on a quieter minute).",
+        "the machine is shared, and rates follow its load (the same 50 MB text file ran at 0.7 MB/s "
+        "under a load average of 17 and at 5.2 MB/s under 0.8); the memory figures do not.",
         "",
-        f"Resident memory: the ingestion costs at most {worst:.0f} MB above a gateway at rest holding the "
-        "same memories (target: under 150 MB). The file is spooled to disk as it arrives and read back "
-        "1 MiB at a time, and the bounded queues hold at most (2 x 4 + 2) batches of 256 chunks, so the "
-        "pipeline's own buffers do not depend on the file's size. What grows with the file is the "
-        "memories themselves: the HNSW index keeps every vector and its id maps in memory, about 0.75 KB "
-        "per 64-dimension memory (the 'at rest' column: a fresh gateway that loaded the saved index; an "
-        "index built in one go costs the same, 86 MB for 120,000 vectors), as it does for memories "
-        "written one by one, plus allocator fragmentation left among those long-lived objects (in "
-        "process, 120 MB of text: +98 MB peak, +80 MB after the job, +68 MB after `malloc_trim`, of "
-        "which 53 MB index). A larger file needs a larger index in any case; the ingestion adds a "
-        "bounded amount on top.",
+        "Resident memory. The pipeline's own buffers are bounded whatever the file's size: the file is "
+        "spooled to disk as it arrives and read back 1 MiB at a time, and the bounded queues hold at "
+        "most (2 x 4 + 2) batches of 256 chunks; in process, with the index replaced by one that "
+        "keeps nothing, 100 MB of text costs +19 MB at peak. What grows with the file is the memories "
+        "themselves: the HNSW index keeps every vector and its id maps in memory, about 0.7 KB per "
+        "64-dimension memory at rest ('at rest': a fresh gateway that loaded the saved index; an "
+        "index built alone in one process costs the same, 213-220 MB for 306,000 vectors), and built "
+        "while the pipeline allocates and frees around it, it leaves the heap fragmented (in process, "
+        "100 MB of text: +102 MB peak with the index, +19 MB without; `MALLOC_ARENA_MAX=2` and a fixed "
+        "mmap threshold do not change it). So the 150 MB target holds for the whole process up to "
+        "files of about 200 MB; beyond, the memories' own index is what grows (a follow-up for the "
+        "index: build it in larger batches, or compact it after a bulk load).",
         "",
         "Progress events come every 0.5 s (`progress_interval_s`); the largest gap includes the final "
         "event. Search latency during the ingestion is the index's: adds hold a namespace's graph lock "
@@ -281,7 +281,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--text-mb", type=int, nargs="+", default=[50, 200], help="text file sizes (MB)")
+    parser.add_argument("--text-mb", type=int, nargs="+", default=[100, 500], help="text file sizes (MB)")
     parser.add_argument("--jsonl-mb", type=int, default=50, help="JSONL file size (MB; 0: none)")
     parser.add_argument("--dim", type=int, default=64, help="the fake's embedding dimension")
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
