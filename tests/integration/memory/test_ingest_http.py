@@ -505,3 +505,18 @@ async def test_a_hostile_file_name_reaches_no_path_and_records_cannot_hide_the_j
     assert not (tmp_path / "outside").exists() and not (tmp_path.parent / "outside").exists()
     hit = (await sqlite_gw.search("a record"))[0]["memory"]
     assert hit["metadata"]["job_id"] == job["id"] and hit["metadata"]["file"] == "evil name.we ird"
+
+
+async def test_unknown_jobs_are_404_and_bad_listing_queries_400(sqlite_gw: Gateway) -> None:
+    for method, path in (
+        ("GET", "/v1/memory/jobs/job_nope"),
+        ("GET", "/v1/memory/jobs/job_nope/events"),
+        ("DELETE", "/v1/memory/jobs/job_nope"),
+        ("POST", "/v1/memory/jobs/job_nope/resume"),
+    ):
+        status, body = await sqlite_gw.call(method, path)
+        assert status == 404 and body["error"]["code"] == "job_not_found", (method, path, body)
+    status, body = await sqlite_gw.call("GET", "/v1/memory/jobs?status=sleeping")
+    assert status == 400 and body["error"]["param"] == "status"
+    status, body = await sqlite_gw.call("GET", "/v1/memory/jobs?limit=0")
+    assert status == 400 and body["error"]["param"] == "limit"
