@@ -13,7 +13,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import keys
-from gateway.api import admin, admin_keys, admin_policy, admin_rollouts, admin_usage, health, openai
+from gateway.api import (
+    admin,
+    admin_keys,
+    admin_policy,
+    admin_rollouts,
+    admin_usage,
+    health,
+    memory_files,
+    openai,
+)
 from gateway.api import memory as memory_api
 from gateway.api import messages as messages_api
 from gateway.api import responses as responses_api
@@ -31,6 +40,7 @@ from gateway.errors import StartupError
 from gateway.http.middleware import CatchAll, gateway_handler, unmatched
 from gateway.live_policy import LivePolicy, provider_clients
 from gateway.memory.backends import build_memory
+from gateway.memory.ingest import IngestService
 from gateway.memory.lifecycle import lifecycle_loop
 from gateway.memory.service import MemoryService, TextEmbedder
 from gateway.observability.access_log import AccessLog
@@ -134,9 +144,14 @@ def build_app(
     )
     app[keys.SHADOW] = service.shadow
     app[keys.RESPONSES] = ResponsesService(service, store, app[keys.REQUEST_IDS].new)
+    ingest: IngestService | None = None
     if service.memory is not None:
         app[keys.MEMORY] = service.memory
         metrics.memory_collector(service.memory)
+        ingest = app[keys.INGEST] = IngestService(
+            service.memory, policy.memory.ingest, recover=worker is None or worker.owns_files
+        )
+        metrics.ingest_collector(ingest)
     app[keys.LIFECYCLE] = keys.Lifecycle()
     key_ring = app[keys.KEY_ADMIN] = KeyRing(
         key_store(policy.auth, environ.get("KEYS_URL")),
@@ -178,6 +193,8 @@ def build_app(
     if service.memory is not None:
         # After the providers and the cache: its start-up check embeds through them.
         app.cleanup_ctx.append(_memory_service(service.memory, worker is None or worker.owns_files))
+    if ingest is not None:
+        app.cleanup_ctx.append(_ingest_jobs(ingest))  # after the memory: its jobs stop before it closes
     _watch_health(app, policy, store, limit_gate.limiter, service.memory)
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_start_draining)
@@ -348,6 +365,15 @@ def _memory_service(
     return run
 
 
+def _ingest_jobs(ingest: IngestService) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        await ingest.start()
+        yield
+        await ingest.close()  # running jobs are saved as interrupted (resumable)
+
+    return run
+
+
 def _key_store(store: KeyStore) -> Callable[[web.Application], AsyncIterator[None]]:
     async def run(app: web.Application) -> AsyncIterator[None]:
         await store.start()  # a store that cannot be opened is a StartupError
@@ -396,6 +422,12 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/feedback", admin.feedback)
     add("POST", "/v1/memory", memory_api.create)
     add("POST", "/v1/memory/search", memory_api.search)
+    add("POST", "/v1/memory/files", memory_files.upload)
+    add("GET", "/v1/memory/jobs", memory_files.list_jobs)  # before /v1/memory/{id}, which would take it
+    add("GET", "/v1/memory/jobs/{id}", memory_files.read_job)
+    add("DELETE", "/v1/memory/jobs/{id}", memory_files.cancel_job)
+    add("GET", "/v1/memory/jobs/{id}/events", memory_files.job_events)
+    add("POST", "/v1/memory/jobs/{id}/resume", memory_files.resume_job)
     add("GET", "/v1/memory/{id}", memory_api.read)
     add("PATCH", "/v1/memory/{id}", memory_api.patch)
     add("DELETE", "/v1/memory/{id}", memory_api.delete)

@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     prune.set_defaults(func=_memory_prune)
+    from gateway import ingest_command
+
+    ingest_command.add_arguments(memory_sub)
 
     top = sub.add_parser(
         "top",

@@ -192,14 +192,15 @@ class PayloadTooLarge(GatewayError):
 
 
 class UnsupportedMediaType(GatewayError):
-    """A JSON endpoint got a body that does not say ``Content-Type: application/json``."""
+    """A JSON endpoint got a body that does not say ``Content-Type: application/json`` (or an
+    upload is of a type the gateway cannot read: ``message`` says which are supported)."""
 
     status = 415
     error_type = "invalid_request_error"
 
-    def __init__(self, given: str) -> None:
+    def __init__(self, given: str, message: str | None = None) -> None:
         super().__init__(
-            f"Content-Type must be application/json (got '{given or 'none'}').",
+            message or f"Content-Type must be application/json (got '{given or 'none'}').",
             code="unsupported_media_type",
         )
 

@@ -15,6 +15,7 @@ from gateway.auth.gate import LimitGate
 from gateway.auth.identity import Caller
 from gateway.auth.keyring import KeyRing
 from gateway.cache.service import ResponseCache
+from gateway.memory.ingest import IngestService
 from gateway.memory.service import MemoryService
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
@@ -81,6 +82,8 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 SHADOW = web.AppKey("shadow", ShadowTraffic)
 CACHE = web.AppKey("cache", ResponseCache)
 MEMORY = web.AppKey("memory", MemoryService)
+# File ingestion into memory (POST /v1/memory/files, /v1/memory/jobs): present with MEMORY
+INGEST = web.AppKey("ingest", IngestService)
 # The limits' gate and its limiter (RPM, TPM, budgets, usage rows: /admin/usage)
 LIMITS = web.AppKey("limits", LimitGate)
 # The virtual keys (auth.mode: keys); absent, every key is refused with 503, never let in.

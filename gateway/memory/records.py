@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from gateway.memory.jobs import IngestJob  # jobs.py imports this module (through sql.py)
     from gateway.memory.pool import PoolStats  # pool.py imports this module (through sql.py)
 
 
@@ -87,6 +88,10 @@ class MemoryStore(Protocol):
 
     async def get(self, memory_id: str) -> Memory | None: ...
 
+    async def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` that are stored."""
+        ...
+
     async def get_many(self, ids: Sequence[str]) -> list[Memory]:
         """The memories that exist among ``ids`` (any order)."""
         ...
@@ -158,6 +163,18 @@ class MemoryStore(Protocol):
     def pool_stats(self) -> PoolStats | None:
         """The connection pool's figures for export; None for a store without a pool (SQLite:
         one connection on one thread) or before ``start``."""
+        ...
+
+    async def save_job(self, job: IngestJob) -> None:
+        """Insert or replace an ingest job's row (``<table>_jobs``, ``memory/jobs.py``)."""
+        ...
+
+    async def get_job(self, job_id: str) -> IngestJob | None: ...
+
+    async def recent_jobs(
+        self, owner: str | None, statuses: Sequence[str] | None, limit: int
+    ) -> list[IngestJob]:
+        """The last ``limit`` jobs updated, newest first (only ``owner``'s when given)."""
         ...
 
 

@@ -180,12 +180,28 @@ class MemoryService:
 
     # ----- writes
 
-    async def add(self, items: Sequence[NewMemory], access: MemoryAccess | None = None) -> list[Memory]:
+    async def add(
+        self,
+        items: Sequence[NewMemory],
+        access: MemoryAccess | None = None,
+        *,
+        skip_existing: bool = False,
+        read_back: bool = True,
+    ) -> list[Memory]:
         """Store new memories, embedding those that came without a vector. With ``access`` (a
-        caller with keys) every namespace must be writable and the memories are its team's."""
+        caller with keys) every namespace must be writable and the memories are its team's.
+
+        ``skip_existing``: items whose id is stored already are left out (not an error), so a
+        batch with ids derived from its content can be written again (file ingestion).
+        ``read_back``: return the rows as stored (times set); False returns them as built."""
         if access is not None:
             for item in items:
                 access.check_write(item.namespace)
+        if skip_existing:
+            stored = await self.store.existing_ids([i.id for i in items if i.id is not None])
+            items = [i for i in items if i.id is None or i.id not in stored]
+            if not items:
+                return []
         owner = access.team if access is not None else None
         vectors = await self._vectors_for([i.content for i in items if i.embedding is None])
         self._check_dimensions([*vectors, *(i.embedding for i in items if i.embedding is not None)])
@@ -214,7 +230,20 @@ class MemoryService:
         for namespace, batch in by_namespace.items():
             await self._index_add(namespace, owner, batch)
         self.forget_cached_searches({m.namespace for m in memories})
-        return [await self.store.get(m.id) or m for m in memories]
+        if not read_back:
+            return memories
+        rows = {m.id: m for m in await self.store.get_many([m.id for m in memories])}
+        return [rows.get(m.id, m) for m in memories]
+
+    async def embed_texts(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text from ``memory.embedding_model``, through the gateway's own
+        embeddings routing (cache, failover, limits and cost apply); ``InvalidRequest`` when the
+        policy names no model, the routing's ``GatewayError`` when no deployment can answer."""
+        return await self._vectors_for(texts)
+
+    async def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` that are stored."""
+        return await self.store.existing_ids(ids)
 
     async def get(self, memory_id: str, access: MemoryAccess | None = None) -> Memory:
         """The memory ``memory_id``; ``NotFound`` when it does not exist or ``access`` may not

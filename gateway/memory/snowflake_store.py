@@ -149,6 +149,7 @@ class SnowflakeMemoryStore(SQLMemoryStore):
         try:
             cur.execute(self._q.create_table())
             cur.execute(self._q.create_changes_table())
+            cur.execute(self._jobs.create_table())
             cur.execute(f"SELECT * FROM {self.table} LIMIT 0")
             present = {column.name.lower() for column in cur.description}
             for column in COLUMNS:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
+from gateway.memory.jobs import IngestJob, JobQueries
 from gateway.memory.records import Memory, MemoryPatch, PruneRule
 from gateway.memory.sql import Cursor, MemoryQueries
 
@@ -33,6 +34,7 @@ class SQLMemoryStore(ABC):
         self, queries: MemoryQueries, clock: Callable[[], datetime], observe: ObserveHook | None
     ) -> None:
         self._q = queries
+        self._jobs = JobQueries(queries.table, queries.dialect.name)
         self._clock = clock
         self._observe = observe
 
@@ -71,6 +73,22 @@ class SQLMemoryStore(ABC):
         if not ids:
             return []
         return await self._run("get_many", lambda cur: self._q.get_many(cur, ids))
+
+    async def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        return await self._run("existing_ids", lambda cur: self._q.existing_ids(cur, ids))
+
+    async def save_job(self, job: IngestJob) -> None:
+        await self._run("save_job", lambda cur: self._jobs.save(cur, job))
+
+    async def get_job(self, job_id: str) -> IngestJob | None:
+        return await self._run("get_job", lambda cur: self._jobs.get(cur, job_id))
+
+    async def recent_jobs(
+        self, owner: str | None, statuses: Sequence[str] | None, limit: int
+    ) -> list[IngestJob]:
+        return await self._run("recent_jobs", lambda cur: self._jobs.recent(cur, owner, statuses, limit))
 
     async def update(self, memory_id: str, patch: MemoryPatch) -> Memory | None:
         now = self._clock()

@@ -130,6 +130,7 @@ class SQLiteMemoryStore(SQLMemoryStore):
         for suffix, columns in _INDEXES:
             conn.execute(f"CREATE INDEX IF NOT EXISTS idx_{self.table}_{suffix} ON {self.table} ({columns})")
         conn.execute(self._q.create_changes_table())
+        conn.execute(self._jobs.create_table())
         conn.commit()
 
     def _close_connection(self) -> None:

@@ -405,6 +405,52 @@ class _MemoryCollector(Collector):
         return out
 
 
+class IngestView(Protocol):
+    """What the metrics need of file ingestion (``memory/ingest.py``)."""
+
+    def figures(self) -> dict[str, float]:
+        """Flat figures: jobs_running, jobs_started, bytes_read, chunks_stored."""
+        ...
+
+    def finished_by_status(self) -> dict[str, int]:
+        """Jobs ended in this process, by status (done, failed, cancelled, paused, interrupted)."""
+        ...
+
+
+class _IngestCollector(Collector):
+    _HELP: ClassVar[dict[str, tuple[str, str]]] = {
+        "jobs_running": ("gauge", "Ingest jobs running or queued in this process."),
+        "jobs_started": ("counter", "Ingest jobs started (uploads, and resumes)."),
+        "bytes_read": ("counter", "Bytes of uploaded files read by ingest jobs."),
+        "chunks_stored": ("counter", "Memories created by ingest jobs."),
+    }
+
+    def __init__(self, view: IngestView) -> None:
+        self._view = view
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        out: list[Metric] = []
+        for name, value in self._view.figures().items():
+            kind, text = self._HELP.get(name, ("gauge", name))
+            family: Metric
+            if kind == "counter":
+                family = CounterMetricFamily(f"gateway_memory_ingest_{name}", text)
+            else:
+                family = GaugeMetricFamily(f"gateway_memory_ingest_{name}", text)
+            family.add_metric((), value)
+            out.append(family)
+        finished = CounterMetricFamily(
+            "gateway_memory_ingest_jobs_finished", "Ingest jobs ended, by final status.", labels=("status",)
+        )
+        for status, count in sorted(self._view.finished_by_status().items()):
+            finished.add_metric((status,), count)
+        out.append(finished)
+        return out
+
+
 class _RouterCollector(Collector):
     def __init__(self, router: RouterView) -> None:
         self._router = router
@@ -729,6 +775,10 @@ class GatewayMetrics:
     def memory_collector(self, view: MemoryView) -> None:
         """Export the memory service's index size, search cache and store pool, at scrape time."""
         self.registry.register(_MemoryCollector(view))
+
+    def ingest_collector(self, view: IngestView) -> None:
+        """Export file ingestion's jobs, bytes and memories, at scrape time."""
+        self.registry.register(_IngestCollector(view))
 
     def child(self, metric: _Family[C], *labels: str) -> C:
         """``metric.labels(*labels)``: the series for these label values, a dict lookup once made.

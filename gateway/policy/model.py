@@ -634,6 +634,49 @@ class MemoryPool(_Strict):
     )
 
 
+class Ingest(_Strict):
+    """File ingestion (POST /v1/memory/files): limits, chunking defaults and the pipeline's sizes."""
+
+    max_file_bytes: int = Field(
+        1 << 30,
+        ge=1,
+        description="Largest file accepted; a larger upload is refused with 413 while it streams.",
+    )
+    chunk_chars: int = Field(
+        2000, ge=50, description="Default chunk size in characters (an upload may set its own)."
+    )
+    overlap_chars: int = Field(
+        200,
+        ge=0,
+        description="Default overlap between consecutive chunks, in characters (below half the size).",
+    )
+    embed_batch: int = Field(256, ge=1, le=2048, description="Texts per embeddings call.")
+    embed_concurrency: int = Field(2, ge=1, le=32, description="Embeddings calls one job keeps in flight.")
+    store_batch: int = Field(1000, ge=1, le=1000, description="Most memories written to the store at once.")
+    queue_batches: int = Field(
+        4, ge=1, le=64, description="Batches each queue between the pipeline's stages holds (back-pressure)."
+    )
+    spool_dir: str = Field(
+        "data/ingest-spool",
+        description="Where uploads are spooled while their job runs (kept while it is paused, to resume).",
+    )
+    progress_interval_s: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="How often the events stream (GET /v1/memory/jobs/{id}/events) reports progress.",
+    )
+    max_concurrent_jobs: int = Field(
+        4, ge=1, description="Jobs running at once in a process; more wait, queued."
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_half(self) -> Ingest:
+        if self.overlap_chars * 2 >= self.chunk_chars:
+            raise ValueError("overlap_chars must be below half of chunk_chars")
+        return self
+
+
 class Retention(_Strict):
     """One namespace's settings: the lifecycle of its memories, and whether they are trusted."""
 
@@ -694,6 +737,7 @@ class MemoryConfig(_Strict):
         ge=0,
         description="Search results are cached this long (0: off) and dropped on writes to their namespaces.",
     )
+    ingest: Ingest = Ingest()
 
 
 class Server(_Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _NAMESPACE = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -65,3 +66,35 @@ class ChatMemoryIn(_Strict):
 
     namespaces: list[str] = Field(min_length=1)
     top_k: int = Field(5, ge=1, le=50)
+
+
+class MemoryFileIn(_Strict):
+    """The form fields of ``POST /v1/memory/files`` (every value arrives as text)."""
+
+    namespace: str = Field(pattern=_NAMESPACE)
+    data_source: str | None = Field(None, max_length=100)
+    metadata: dict[str, Any] | None = None
+    chunk_chars: int | None = Field(None, ge=50, le=100_000)
+    overlap_chars: int | None = Field(None, ge=0, le=50_000)
+    text_field: str = Field("text", min_length=1, max_length=200)
+    metadata_fields: list[str] | None = None
+    format: str | None = Field(None, max_length=20)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_form(cls, values: Any) -> Any:
+        """Form fields are text: ``metadata`` is JSON, ``metadata_fields`` a comma-separated list."""
+        if not isinstance(values, dict):
+            return values
+        out = dict(values)
+        for name in ("chunk_chars", "overlap_chars"):
+            if out.get(name) == "":
+                out.pop(name)
+        if isinstance(out.get("metadata"), str):
+            try:
+                out["metadata"] = orjson.loads(out["metadata"])
+            except orjson.JSONDecodeError:
+                raise ValueError("metadata must be a JSON object") from None
+        if isinstance(out.get("metadata_fields"), str):
+            out["metadata_fields"] = [f.strip() for f in out["metadata_fields"].split(",") if f.strip()]
+        return out

@@ -66,6 +66,11 @@ def encode(data: bytes) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
+def encode_event(name: str, value: Any) -> bytes:
+    """One named SSE event (``event: name``) carrying ``value`` as JSON."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(value) + b"\n\n"
+
+
 def encode_json(value: Any) -> bytes:
     """One SSE event carrying ``value`` as JSON."""
     return b"data: " + orjson.dumps(value) + b"\n\n"

@@ -1,0 +1,320 @@
+"""File ingestion at constant memory (issue 15): a gateway process ingests generated files through a
+fake embedding provider process, and its resident memory is watched.
+
+For each file (text files of two sizes, and a JSONL), a fresh gateway (SQLite memory, HNSW index,
+``memory.ingest`` defaults: 2,000-character chunks, 256 texts an embeddings call, 2 calls in
+flight, 1,000 rows a write) gets the file through ``POST /v1/memory/files`` (streamed from disk)
+and the benchmark follows the job's events stream. Measured:
+
+* MB/s and chunks/s from the 202 to ``done``; embeddings calls (the fake's count);
+* peak resident memory above the idle gateway (VmRSS sampled every 50 ms, from before the upload
+  to the end; the target is under 150 MB whatever the size);
+* the progress events' cadence (largest gap between two events);
+* time from the 202 until the file's first chunk is found by a search;
+* search latency (p50/p99) of searches sent every 100 ms while the job runs.
+
+It writes its figures to benchmarks/RESULTS.md (its own section, replaced on each run).
+
+Run: python benchmarks/ingest.py [--text-mb 100 500] [--jsonl-mb 50]   (about 4 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.processes import Logged, gateway_command, launch, rss_bytes  # noqa: E402
+from benchmarks.results import write_section  # noqa: E402
+from gateway.wire.sse import SSEDecoder  # noqa: E402
+
+TITLE = "File ingestion (issue 15)"
+FIRST_WORDS = "zebra quasar nebula"  # only in the first chunk: the first-chunk search finds it
+# The file's first chunk is these words alone, so its vector is the query's (the fake embeds words).
+FIRST_PARAGRAPH = (FIRST_WORDS + " ") * 100 + "\n\n"
+
+
+def make_text(path: Path, size: int) -> None:
+    """Prose-like paragraphs of about 600 characters until ``size`` bytes."""
+    words = [
+        "the",
+        "gateway",
+        "routes",
+        "each",
+        "request",
+        "to",
+        "a",
+        "healthy",
+        "deployment",
+        "and",
+        "records",
+        "latency",
+        "cost",
+        "and",
+        "errors",
+    ]
+    with path.open("w") as f:
+        f.write(FIRST_PARAGRAPH)
+        written, i = 0, 0
+        while written < size:
+            sentence = " ".join(words[(i + k) % len(words)] for k in range(12)).capitalize()
+            paragraph = " ".join(f"{sentence} number {i}-{k}." for k in range(6)) + "\n\n"
+            written += f.write(paragraph)
+            i += 1
+
+
+def make_jsonl(path: Path, size: int) -> None:
+    """One record a line, about 900 characters of text and two metadata fields."""
+    with path.open("w") as f:
+        f.write(json.dumps({"text": FIRST_WORDS, "ticket": -1, "team": "x"}) + "\n")
+        written, i = 0, 0
+        while written < size:
+            text = " ".join(
+                f"call {i} transcript segment {k} about invoices and renewals." for k in range(16)
+            )
+            written += f.write(json.dumps({"text": text, "ticket": i, "team": f"team-{i % 7}"}) + "\n")
+            i += 1
+
+
+@dataclass
+class Run:
+    name: str
+    size: int
+    seconds: float = 0.0
+    upload_s: float = 0.0
+    chunks: int = 0
+    memories: int = 0
+    embedding_calls: int = 0
+    idle_rss: int = 0
+    peak_rss: int = 0
+    at_rest_rss: int = 0  # a fresh gateway on the same store: the memories' own cost (the index)
+    max_event_gap_s: float = 0.0
+    events: int = 0
+    first_searchable_s: float | None = None
+    search_ms: list[float] = field(default_factory=list)
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak_rss - self.idle_rss) / 1e6
+
+    @property
+    def pipeline_mb(self) -> float:
+        """Peak above a gateway at rest that holds the same memories: the ingestion's own cost."""
+        return (self.peak_rss - self.at_rest_rss) / 1e6
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def ingest(url: str, path: Path, run: Run, stop: threading.Event) -> None:
+    async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=None)) as session:
+        started = time.monotonic()
+        with path.open("rb") as f:
+            form = aiohttp.FormData()
+            form.add_field("namespace", "bench")
+            form.add_field("file", f, filename=path.name)
+            async with session.post("/v1/memory/files", data=form) as resp:
+                job = await resp.json()
+                assert resp.status == 202, job
+        accepted = time.monotonic()
+        run.upload_s = accepted - started
+        searching = asyncio.create_task(search_while_running(session, run, accepted))
+        last, decoder = time.monotonic(), SSEDecoder()
+        async with session.get(f"/v1/memory/jobs/{job['id']}/events") as resp:
+            async for block in resp.content.iter_any():
+                for data in decoder.feed(block):
+                    now = time.monotonic()
+                    run.max_event_gap_s = max(run.max_event_gap_s, now - last)
+                    last, run.events = now, run.events + 1
+                    event = json.loads(data)
+                    if "object" in event:
+                        job = event
+        run.seconds = time.monotonic() - accepted
+        stop.set()
+        await searching
+        assert job["status"] == "done", job
+        run.chunks, run.memories = job["chunks_done"], job["memories_created"]
+        run.embedding_calls = job["embedding_calls"]  # the job's own: searches embed their query too
+
+
+async def search_while_running(session: aiohttp.ClientSession, run: Run, accepted: float) -> None:
+    body = {"query": FIRST_WORDS, "namespaces": ["bench"], "top_k": 3}
+    while run.seconds == 0.0:
+        started = time.monotonic()
+        async with session.post("/v1/memory/search", json=body) as resp:
+            hits = (await resp.json())["data"]
+            assert resp.status == 200, hits
+        run.search_ms.append((time.monotonic() - started) * 1000)
+        if run.first_searchable_s is None and any(FIRST_WORDS in h["memory"]["content"] for h in hits):
+            run.first_searchable_s = time.monotonic() - accepted
+        await asyncio.sleep(0.1)
+
+
+def measure(name: str, path: Path, fake_url: str, work: Path) -> Run:
+    cwd = work / f"gw-{name}"
+    (cwd / "policy").mkdir(parents=True)
+    # In a folder of its own: the gateway watches the policy's folder for changes, and the memory
+    # files and the spool (under data/) change all the time.
+    policy = cwd / "policy" / "policy.yaml"
+    policy.write_text(
+        textwrap.dedent(
+            f"""\
+            version: 1
+            auth: {{mode: open}}
+            providers:
+              fake: {{kind: openai, base_url: "{fake_url}/v1"}}
+            models:
+              embed: {{deployments: [{{provider: fake, model: upstream-embed}}]}}
+            cache: {{enabled: false}}
+            memory:
+              embedding_model: embed
+              search_cache_ttl_s: 0
+              ingest: {{max_file_bytes: {2 << 30}}}
+            """
+        )
+    )
+
+    def serve(log: str) -> Logged:  # a log of its own: launch() looks for the "listening" line in it
+        return launch(
+            gateway_command("serve", "--policy", str(policy), "--port", "0"),
+            cwd / log,
+            cwd=cwd,
+            env={"SOPHIA_LOG_FORMAT": "text", "SOPHIA_ACCESS_LOG": "off"},
+        )
+
+    gw = serve("gateway.log")
+    run = Run(name, path.stat().st_size)
+    try:
+        time.sleep(1.0)
+        run.idle_rss = rss_bytes(gw.pid)
+        stop = threading.Event()
+        peak = [run.idle_rss]
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], rss_bytes(gw.pid))
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        asyncio.run(ingest(gw.url, path, run, stop))
+        sampler.join()
+        run.peak_rss = peak[0]
+    finally:
+        gw.stop()
+    gw = serve("at-rest.log")  # loads the index saved at the stop: what the memories cost at rest
+    try:
+        time.sleep(1.0)
+        run.at_rest_rss = rss_bytes(gw.pid)
+    finally:
+        gw.stop()
+    return run
+
+
+def report(runs: list[Run], args: argparse.Namespace) -> str:
+    lines = [
+        f"`python benchmarks/ingest.py --text-mb {' '.join(map(str, args.text_mb))} --jsonl-mb {args.jsonl_mb}` "
+        f"on {platform.machine()}, {os.cpu_count()} cores shared with other work; gateway, fake provider "
+        f"(`--embedding-kind words --embedding-dim {args.dim}`) and this script on the same host; SQLite "
+        "memory, HNSW index; `memory.ingest` defaults (2,000-character chunks, 200 overlap, 256 texts a "
+        "call, 2 calls in flight, writes of up to 1,000 rows, queues of 4 batches).",
+        "",
+        "| file | size | upload (s) | ingest (s) | MB/s | chunks | chunks/s | embeddings calls | idle RSS (MB) "
+        "| peak RSS above idle (MB) | at rest with these memories (MB) | peak above that (MB) | events "
+        "| largest event gap (s) | first chunk searchable (s) | search p50 / p99 during (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        first = f"{r.first_searchable_s:.2f}" if r.first_searchable_s is not None else "n/a"
+        lines.append(
+            f"| {r.name} | {r.size / 1e6:.0f} MB | {r.upload_s:.1f} | {r.seconds:.1f} | {r.size / 1e6 / r.seconds:.1f} "
+            f"| {r.chunks} | {r.chunks / r.seconds:.0f} | {r.embedding_calls} | {r.idle_rss / 1e6:.0f} "
+            f"| {r.growth_mb:.0f} | {r.at_rest_rss / 1e6:.0f} | {r.pipeline_mb:.0f} | {r.events} "
+            f"| {r.max_event_gap_s:.2f} | {first} "
+            f"| {percentile(r.search_ms, 50):.1f} / {percentile(r.search_ms, 99):.1f} |"
+        )
+    lines += [
+        "",
+        f"Load average (1 min) {args.load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end: "
+        "the machine is shared, and rates follow its load (the same 50 MB text file ran at 0.7 MB/s "
+        "under a load average of 17 and at 5.2 MB/s under 0.8); the memory figures do not.",
+        "",
+        "Resident memory. The pipeline's own buffers are bounded whatever the file's size: the file is "
+        "spooled to disk as it arrives and read back 1 MiB at a time, and the bounded queues hold at "
+        "most (2 x 4 + 2) batches of 256 chunks; in process, with the index replaced by one that "
+        "keeps nothing, 100 MB of text costs +19 MB at peak. What grows with the file is the memories "
+        "themselves: the HNSW index keeps every vector and its id maps in memory, about 0.7 KB per "
+        "64-dimension memory at rest ('at rest': a fresh gateway that loaded the saved index; an "
+        "index built alone in one process costs the same, 213-220 MB for 306,000 vectors), and built "
+        "while the pipeline allocates and frees around it, it leaves the heap fragmented (in process, "
+        "100 MB of text: +102 MB peak with the index, +19 MB without; `MALLOC_ARENA_MAX=2` and a fixed "
+        "mmap threshold do not change it). So the 150 MB target holds for the whole process up to "
+        "files of about 200 MB; beyond, the memories' own index is what grows (a follow-up for the "
+        "index: build it in larger batches, or compact it after a bulk load).",
+        "",
+        "Progress events come every 0.5 s (`progress_interval_s`); the largest gap includes the final "
+        "event. Search latency during the ingestion is the index's: adds hold a namespace's graph lock "
+        "16 vectors at a time (`ADD_CHUNK`), and on two shared cores the pipeline's threads compete "
+        "with the loop.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--text-mb", type=int, nargs="+", default=[100, 500], help="text file sizes (MB)")
+    parser.add_argument("--jsonl-mb", type=int, default=50, help="JSONL file size (MB; 0: none)")
+    parser.add_argument("--dim", type=int, default=64, help="the fake's embedding dimension")
+    parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
+    args = parser.parse_args()
+    args.load = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    fake = launch(
+        gateway_command(
+            "fake-provider", "--port", "0", "--embedding-kind", "words", "--embedding-dim", str(args.dim)
+        ),
+        work / "fake.log",
+    )
+    runs = []
+    try:
+        files = [(f"text {mb} MB", work / f"text-{mb}.txt", mb, make_text) for mb in args.text_mb]
+        if args.jsonl_mb:
+            files.append((f"jsonl {args.jsonl_mb} MB", work / "records.jsonl", args.jsonl_mb, make_jsonl))
+        for name, path, mb, make in files:
+            make(path, mb * 1_000_000)
+            run = measure(name.replace(" ", "-"), path, fake.url, work)
+            run.name = name
+            runs.append(run)
+            path.unlink()
+            print(report([run], args).splitlines()[4], flush=True)
+    finally:
+        fake.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    text = report(runs, args)
+    print(text)
+    if not args.no_write:
+        write_section(TITLE, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""Handlers of file ingestion: upload a file, follow its job (JSON or SSE), cancel, resume."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from gateway import keys
+from gateway.api.memory import _parse
+from gateway.errors import GatewayError, InvalidRequest, ServiceUnavailable
+from gateway.http.auth import authenticate
+from gateway.http.responses import json_response
+from gateway.http.upload import read_upload
+from gateway.memory.chunking import ChunkOptions
+from gateway.memory.ingest import IngestService
+from gateway.memory.jobs import JobOptions
+from gateway.service.grants import memory_access_of
+from gateway.wire.memory import MemoryFileIn
+from gateway.wire.sse import encode_event
+
+_STATUSES = frozenset({"queued", "running", "paused", "done", "failed", "cancelled", "interrupted"})
+
+
+async def upload(request: web.Request) -> web.Response:
+    """``POST /v1/memory/files``: 202 with the job; the file is read by the job, after the answer."""
+    access = memory_access_of(await authenticate(request))
+    ingest = _ingest(request)
+    form = await read_upload(request, ingest, access)
+    try:
+        given = _parse(MemoryFileIn, dict(form.fields))
+        chunking = ChunkOptions(
+            given.chunk_chars or ingest.config.chunk_chars,
+            ingest.config.overlap_chars if given.overlap_chars is None else given.overlap_chars,
+        )
+    except (GatewayError, ValueError) as exc:
+        await ingest.discard(form.spooled)
+        if isinstance(exc, ValueError):
+            raise InvalidRequest(f"Invalid chunking: {exc}.", param="chunk_chars") from None
+        raise
+    options = JobOptions(
+        namespace=given.namespace,
+        format=form.format,
+        data_source=given.data_source,
+        metadata=given.metadata or {},
+        chunk_chars=chunking.size_chars,
+        overlap_chars=chunking.overlap_chars,
+        text_field=given.text_field,
+        metadata_fields=tuple(given.metadata_fields) if given.metadata_fields is not None else None,
+    )
+    job = await ingest.submit(form.spooled, options, access)
+    return json_response(orjson.dumps(job.to_json()), status=202)
+
+
+async def read_job(request: web.Request) -> web.Response:
+    access = memory_access_of(await authenticate(request))
+    job = await _ingest(request).get(request.match_info["id"], access)
+    return json_response(orjson.dumps(job.to_json()))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """``GET /v1/memory/jobs?status=running,paused&limit=50``: the caller's recent jobs, newest first."""
+    access = memory_access_of(await authenticate(request))
+    statuses = [s for s in request.query.get("status", "").split(",") if s]
+    unknown = sorted(set(statuses) - _STATUSES)
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown job status '{unknown[0]}': one of {', '.join(sorted(_STATUSES))}.", param="status"
+        )
+    limit = _int(request.query.get("limit", "50"), "limit")
+    jobs = await _ingest(request).recent(access, statuses or None, limit)
+    return json_response(orjson.dumps({"object": "list", "data": [j.to_json() for j in jobs]}))
+
+
+async def job_events(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/memory/jobs/{id}/events``: SSE, ``progress`` events, then ``done`` or ``error``."""
+    access = memory_access_of(await authenticate(request))
+    events = _ingest(request).events(request.match_info["id"], access)
+    first = await anext(events)  # NotFound before the stream starts: a plain 404
+    response = web.StreamResponse(
+        status=200,
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+    await response.prepare(request)
+    try:
+        await response.write(encode_event(*first))
+        async for event in events:
+            await response.write(encode_event(*event))
+    except ConnectionResetError:
+        return response  # the client left; the job goes on
+    finally:
+        await events.aclose()
+    await response.write_eof()
+    return response
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """``DELETE /v1/memory/jobs/{id}[?purge=true]``: stop it; ``purge`` deletes what it stored."""
+    access = memory_access_of(await authenticate(request))
+    purge = request.query.get("purge", "false").lower() in ("1", "true", "yes")
+    job = await _ingest(request).cancel(request.match_info["id"], access, purge=purge)
+    return json_response(orjson.dumps(job.to_json()))
+
+
+async def resume_job(request: web.Request) -> web.Response:
+    """``POST /v1/memory/jobs/{id}/resume``: continue a paused or interrupted job (202)."""
+    access = memory_access_of(await authenticate(request))
+    job = await _ingest(request).resume(request.match_info["id"], access)
+    return json_response(orjson.dumps(job.to_json()), status=202)
+
+
+def _int(text: str, param: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidRequest(f"'{param}' must be a positive integer.", param=param)
+    return value
+
+
+def _ingest(request: web.Request) -> IngestService:
+    ingest = request.app.get(keys.INGEST)
+    if ingest is None:
+        raise ServiceUnavailable("The memory service is disabled in this gateway's policy (memory.enabled).")
+    return ingest

@@ -1,0 +1,117 @@
+"""Read a file upload (``multipart/form-data``) as a stream: the file goes to the ingest spool
+1 MiB at a time and is never held in memory; the other fields are small and read whole.
+
+The upload has its own size limit (``memory.ingest.max_file_bytes``), not the app's
+``client_max_size`` (``server.max_body_bytes``, for JSON bodies): a declared length beyond it
+is refused before a byte is read, and a body that grows beyond it while streaming is refused as
+soon as it does (413, ``Connection: close``; what was spooled is deleted). Each read must
+arrive within ``server.request_read_timeout_s`` (408): the whole upload may take as long as it
+needs, a stalled one may not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from aiohttp import BodyPartReader, web
+
+from gateway import keys
+from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from gateway.memory.access import MemoryAccess
+from gateway.memory.formats import READ_BYTES, format_of, supported
+from gateway.memory.ingest import IngestService, Spooled
+
+T = TypeVar("T")
+
+_FIELD_MAX_BYTES = 64 * 1024  # a form field other than the file (metadata JSON included)
+_FORM_OVERHEAD = 1 << 20  # the fields and multipart framing a declared length may add to the file
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """The form's fields (text), the file's format and the spooled file."""
+
+    fields: dict[str, str]
+    format: str
+    spooled: Spooled
+
+
+async def read_upload(request: web.Request, ingest: IngestService, access: MemoryAccess | None) -> Upload:
+    """The upload of ``request``, its file spooled; the client's error otherwise (415 not a
+    form or a file type the gateway cannot read, 413, 408, 403 a namespace it may not write,
+    400 a malformed form)."""
+    if request.content_type != "multipart/form-data":
+        raise UnsupportedMediaType(
+            request.content_type,
+            "Content-Type must be multipart/form-data with a 'file' part "
+            f"(got '{request.headers.get('Content-Type', 'none')}').",
+        )
+    limit = ingest.config.max_file_bytes
+    if request.content_length is not None and request.content_length > limit + _FORM_OVERHEAD:
+        raise _too_large(limit)  # refused before reading a byte of it
+    timeout_s = request.app[keys.POLICY].server.request_read_timeout_s
+    reader = await request.multipart()
+    fields: dict[str, str] = {}
+    found: tuple[str, Spooled] | None = None
+    while (part := await _within(timeout_s, reader.next())) is not None:
+        if not isinstance(part, BodyPartReader) or not part.name:
+            raise InvalidRequest("Every part of the form must be a named field.", param="file")
+        if part.filename is None:
+            fields[part.name] = await _field(part, timeout_s)
+            continue
+        if part.name != "file" or found is not None:
+            raise InvalidRequest("Send one file, in the form field 'file'.", param="file")
+        fmt = format_of(part.filename, fields.get("format"))
+        if fmt is None:
+            raise UnsupportedMediaType(
+                part.filename, f"Cannot read '{part.filename}': supported file types are {supported()}."
+            )
+        if "namespace" in fields:  # before reading the file: a refusal costs nothing
+            ingest.check_writable(fields["namespace"], access)
+        try:
+            found = fmt, await ingest.spool(_blocks(part, timeout_s), part.filename)
+        except PayloadTooLarge:
+            raise _too_large(limit) from None
+    if found is None:
+        raise InvalidRequest("The form has no 'file' part.", param="file")
+    return Upload(fields, found[0], found[1])
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    error = PayloadTooLarge(limit)
+    error.headers["connection"] = "close"  # the rest of the body is not wanted on this connection
+    return error
+
+
+async def _within(timeout_s: float, read: Awaitable[T]) -> T:
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await read
+    except TimeoutError:
+        raise RequestTimeout(timeout_s) from None
+
+
+async def _field(part: BodyPartReader, timeout_s: float) -> str:
+    raw = bytearray()
+    while block := await _read(part, timeout_s):
+        raw += block
+        if len(raw) > _FIELD_MAX_BYTES:
+            raise InvalidRequest(
+                f"The form field '{part.name}' is over {_FIELD_MAX_BYTES} bytes.", param=part.name
+            )
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"The form field '{part.name}' is not UTF-8 text.", param=part.name) from None
+
+
+async def _blocks(part: BodyPartReader, timeout_s: float) -> AsyncIterator[bytes]:
+    while block := await _read(part, timeout_s):
+        yield block
+
+
+async def _read(part: BodyPartReader, timeout_s: float) -> bytes:
+    return await _within(timeout_s, part.read_chunk(READ_BYTES))

@@ -1,0 +1,271 @@
+"""``sophia-gateway memory ingest PATH... --namespace N``: upload files into a gateway's memory.
+
+Files and folders (recursive, filtered by ``--include`` / ``--exclude`` globs on the path below
+the folder given) are uploaded one at a time to ``POST /v1/memory/files`` of a running gateway
+(``--url``, default http://127.0.0.1:8080), streamed from disk (never read whole). Each job is
+followed through its events stream (``/v1/memory/jobs/{id}/events``), which feeds a progress
+bar per file and one for the total, with rate and ETA (rich); a summary table ends the run.
+
+The key is ``--key`` or ``$SOPHIA_API_KEY`` (a gateway in open mode needs none). ``--resume``
+skips files a finished job of this namespace already holds (same content hash) and continues
+the others (the gateway continues an unfinished job of the same file by itself, after its last
+stored batch). Ctrl-C cancels the running job (``--purge-on-cancel``: and deletes what it
+stored). Exit status: 0 every file done, 1 a file failed or paused, 2 bad arguments or no
+gateway, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fnmatch
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.memory.formats import EXTENSIONS
+from gateway.wire.sse import SSEDecoder
+
+Json = dict[str, Any]
+_FINAL = frozenset({"done", "failed", "cancelled", "paused", "interrupted"})
+
+
+def add_arguments(memory_sub: Any) -> None:
+    """The ``ingest`` sub-command, on the ``memory`` sub-parsers."""
+    ingest = memory_sub.add_parser(
+        "ingest", help="upload files or folders into a running gateway's memory, with progress bars"
+    )
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
+    ingest.add_argument("--namespace", required=True, help="the memory namespace to write")
+    ingest.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway (default: %(default)s)")
+    ingest.add_argument("--key", help="the virtual key (default: $SOPHIA_API_KEY; none in open mode)")
+    ingest.add_argument("--include", action="append", default=[], metavar="GLOB", help="only matching files")
+    ingest.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching files")
+    ingest.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip files already ingested in this namespace; continue the others",
+    )
+    ingest.add_argument(
+        "--purge-on-cancel", action="store_true", help="on Ctrl-C, delete what the cancelled job stored"
+    )
+    ingest.add_argument("--data-source", help="data_source of every memory")
+    ingest.add_argument("--metadata", help="JSON object added to every memory's metadata")
+    ingest.add_argument("--chunk-chars", type=int, help="chunk size in characters (default: the policy's)")
+    ingest.add_argument(
+        "--overlap-chars", type=int, help="chunk overlap in characters (default: the policy's)"
+    )
+    ingest.add_argument("--text-field", help=".jsonl field / .csv column holding the text (default: text)")
+    ingest.add_argument("--metadata-fields", help=".jsonl fields / .csv columns kept as metadata (a,b,c)")
+    ingest.set_defaults(func=run)
+
+
+@dataclass
+class Outcome:
+    path: Path
+    status: str
+    memories: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    note: str = ""
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = [p for p in args.paths if not os.path.exists(p)]
+    if missing:
+        print(f"no such file or folder: {missing[0]}", file=sys.stderr)
+        return 2
+    files = collect(args.paths, args.include, args.exclude)
+    if not files:
+        print("no files to ingest (supported: " + ", ".join(sorted(EXTENSIONS)) + ")", file=sys.stderr)
+        return 2
+    try:
+        outcomes = asyncio.run(_ingest_all(args, files))
+    except KeyboardInterrupt:
+        print("interrupted: the running job was cancelled", file=sys.stderr)
+        return 130
+    except aiohttp.ClientError as exc:
+        print(f"cannot reach the gateway at {args.url}: {exc}", file=sys.stderr)
+        return 2
+    _summary(outcomes)
+    return 0 if all(o.status in ("done", "skipped") for o in outcomes) else 1
+
+
+def collect(paths: list[str], include: list[str], exclude: list[str]) -> list[Path]:
+    """The files to upload: each file given, and every file below each folder given (sorted),
+    that matches an ``include`` glob (when any) and no ``exclude`` glob; in a folder, only files
+    of a supported type."""
+    out: list[Path] = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            found = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+            out += [p for p in found if _wanted(p.relative_to(given).as_posix(), include, exclude)]
+        elif _wanted(given.name, include, exclude):
+            out.append(given)
+    return out
+
+
+def _wanted(name: str, include: list[str], exclude: list[str]) -> bool:
+    def matches(glob: str) -> bool:
+        return fnmatch.fnmatch(name, glob) or fnmatch.fnmatch(os.path.basename(name), glob)
+
+    return (not include or any(map(matches, include))) and not any(map(matches, exclude))
+
+
+async def _ingest_all(args: argparse.Namespace, files: list[Path]) -> list[Outcome]:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    key = args.key or os.environ.get("SOPHIA_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
+    outcomes: list[Outcome] = []
+    async with aiohttp.ClientSession(args.url, headers=headers, timeout=timeout) as session:
+        done_hashes = await _finished_hashes(session, args.namespace) if args.resume else set()
+        with Progress(
+            TextColumn("{task.description}", table_column=None),
+            BarColumn(),
+            TaskProgressColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        ) as progress:
+            total_bytes = sum(p.stat().st_size for p in files)
+            total = progress.add_task(f"total ({len(files)} files)", total=total_bytes)
+            before = 0
+            for path in files:
+                size = path.stat().st_size
+                bar = progress.add_task(_label(path), total=size or 1)
+                if args.resume and _sha256(path) in done_hashes:
+                    outcomes.append(Outcome(path, "skipped", note="already ingested"))
+                    progress.update(bar, completed=size or 1)
+                else:
+                    outcome = await _ingest_one(session, args, path, progress, bar, total, before)
+                    outcomes.append(outcome)
+                    if outcome.note:
+                        progress.console.print(f"{path}: {outcome.status}: {outcome.note}")
+                before += size
+                progress.update(total, completed=before)
+    return outcomes
+
+
+async def _ingest_one(
+    session: aiohttp.ClientSession,
+    args: argparse.Namespace,
+    path: Path,
+    progress: Any,
+    bar: Any,
+    total: Any,
+    before: int,
+) -> Outcome:
+    started = time.monotonic()
+    status, job = await _upload(session, args, path)
+    if status != 202:
+        error = job.get("error") or {}
+        return Outcome(path, "refused", note=f"{status}: {error.get('message', job)}")
+    try:
+        async for event in _events(session, job["id"]):
+            done = int(event.get("bytes_done", 0))
+            progress.update(bar, completed=done)
+            progress.update(total, completed=before + done)
+            if event.get("status") in _FINAL and "object" in event:
+                job = event
+                break
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        purge = "?purge=true" if args.purge_on_cancel else ""
+        async with session.delete(f"/v1/memory/jobs/{job['id']}{purge}"):
+            pass
+        raise
+    note = job.get("error") or "; ".join(job.get("warnings") or [])
+    if job.get("errors_count"):
+        first = job["errors"][0]
+        note = (
+            note + "; " if note else ""
+        ) + f"{job['errors_count']} errors, first: {first['where']}: {first['message']}"
+    if job["status"] == "done":
+        progress.update(bar, completed=path.stat().st_size or 1)
+    return Outcome(
+        path,
+        job["status"],
+        job.get("memories_created", 0),
+        job.get("errors_count", 0),
+        time.monotonic() - started,
+        note,
+    )
+
+
+async def _upload(session: aiohttp.ClientSession, args: argparse.Namespace, path: Path) -> tuple[int, Json]:
+    form = aiohttp.FormData()
+    fields = {
+        "namespace": args.namespace,
+        "data_source": args.data_source,
+        "metadata": args.metadata,
+        "chunk_chars": None if args.chunk_chars is None else str(args.chunk_chars),
+        "overlap_chars": None if args.overlap_chars is None else str(args.overlap_chars),
+        "text_field": args.text_field,
+        "metadata_fields": args.metadata_fields,
+    }
+    for name, value in fields.items():
+        if value is not None:
+            form.add_field(name, value)
+    with path.open("rb") as f:  # aiohttp streams the file object, a block at a time
+        form.add_field("file", f, filename=path.name, content_type="application/octet-stream")
+        async with session.post("/v1/memory/files", data=form) as resp:
+            body: Json = await resp.json(content_type=None)
+            return resp.status, body
+
+
+async def _events(session: aiohttp.ClientSession, job_id: str) -> Any:
+    """The job's events (progress figures, then the job), as the gateway sends them."""
+    async with session.get(f"/v1/memory/jobs/{job_id}/events") as resp:
+        decoder = SSEDecoder()
+        async for block in resp.content.iter_any():
+            for data in decoder.feed(block):
+                yield orjson.loads(data)
+
+
+async def _finished_hashes(session: aiohttp.ClientSession, namespace: str) -> set[str]:
+    async with session.get("/v1/memory/jobs", params={"status": "done", "limit": "200"}) as resp:
+        body = await resp.json(content_type=None)
+    return {j["content_sha256"] for j in body.get("data", []) if j["namespace"] == namespace}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _label(path: Path) -> str:
+    name = str(path)
+    return name if len(name) <= 40 else "..." + name[-37:]
+
+
+def _summary(outcomes: list[Outcome]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="memory ingest")
+    for column in ("file", "status", "memories", "errors", "seconds"):
+        table.add_column(column, justify="right" if column in ("memories", "errors", "seconds") else "left")
+    for o in outcomes:
+        table.add_row(str(o.path), o.status, str(o.memories), str(o.errors), f"{o.seconds:.1f}")
+    Console().print(table)
+    made = sum(o.memories for o in outcomes)
+    print(f"{len(outcomes)} files, {made} memories created, {sum(o.errors for o in outcomes)} errors")

@@ -1,0 +1,365 @@
+"""Read an uploaded file as text passages, one format at a time, at constant memory.
+
+Every reader is a blocking generator over a file on disk (the upload's spool), run on a worker
+thread by the ingest pipeline. It reads ``READ_BYTES`` (1 MiB, the seed's figure) at a time, or
+one line or page, and yields:
+
+* ``Passage``: text to chunk. ``stream`` passages (``.txt``, ``.md``, ``.html``) are pieces of
+  one running text, chunked across piece boundaries; the others (a ``.jsonl`` line, a ``.csv``
+  row, a ``.pdf`` page) are chunked on their own and carry their line or page.
+* ``Problem``: a line or page that could not be read (malformed JSON, a CSV row of the wrong
+  width, a corrupt page); the reader goes on with the next one.
+
+Both carry ``position``: the bytes of the file read so far (for progress).
+
+HTML is read with the standard library's ``html.parser`` (fed incrementally, so a large page
+never sits whole in memory; no dependency to install): text outside ``script``/``style``/
+``template``, with block elements ending paragraphs. PDFs with ``pypdf``, page by page.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from typing import Any
+
+import orjson
+
+READ_BYTES = 1 << 20
+# A .jsonl line longer than this is refused (one error) rather than held in memory whole.
+MAX_LINE_BYTES = 16 << 20
+
+# extension -> format name
+EXTENSIONS = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".pdf": "pdf",
+    ".html": "html",
+    ".htm": "html",
+}
+FORMATS = ("text", "markdown", "jsonl", "csv", "pdf", "html")
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """Text read from the file; ``where`` is its line or page ({} for a stream piece)."""
+
+    text: str
+    position: int
+    stream: bool = False
+    where: Mapping[str, int] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A part of the file that could not be read: ``where`` names it ("line 7", "page 3")."""
+
+    where: str
+    message: str
+    position: int
+
+
+Item = Passage | Problem
+
+
+@dataclass(frozen=True, slots=True)
+class FieldOptions:
+    """Which fields of a record are its text and its metadata (``None``: every other field)."""
+
+    text_field: str = "text"
+    metadata_fields: tuple[str, ...] | None = None
+
+
+def format_of(filename: str, given: str | None = None) -> str | None:
+    """The format named by ``given`` (a format or an extension), else by the file's extension;
+    None when unsupported."""
+    if given:
+        given = given.lower()
+        return given if given in FORMATS else EXTENSIONS.get("." + given.lstrip("."))
+    return EXTENSIONS.get(os.path.splitext(filename)[1].lower())
+
+
+def supported() -> str:
+    """The supported extensions, for an error message."""
+    return ", ".join(sorted(EXTENSIONS))
+
+
+def read_file(path: str, fmt: str, fields: FieldOptions) -> Iterator[Item]:
+    """The passages and problems of the file at ``path`` in format ``fmt`` (one of ``FORMATS``)."""
+    if fmt in ("text", "markdown"):
+        return read_text(path)
+    if fmt == "html":
+        return read_html(path)
+    if fmt == "jsonl":
+        return read_jsonl(path, fields)
+    if fmt == "csv":
+        return read_csv(path, fields)
+    if fmt == "pdf":
+        return read_pdf(path)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def _decoded(path: str) -> Iterator[tuple[str, int]]:
+    """The file's text, ``READ_BYTES`` at a time, as UTF-8 (bad bytes replaced; a BOM dropped),
+    with the bytes read so far."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+    position = 0
+    with open(path, "rb") as f:
+        while block := f.read(READ_BYTES):
+            position += len(block)
+            yield decoder.decode(block), position
+        yield decoder.decode(b"", final=True), position
+
+
+def read_text(path: str) -> Iterator[Item]:
+    for text, position in _decoded(path):
+        if text:
+            yield Passage(text, position, stream=True)
+
+
+_SKIPPED = frozenset({"script", "style", "template", "noscript", "head"})
+_BLOCKS = frozenset(
+    {
+        "p",
+        "div",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "li",
+        "ul",
+        "ol",
+        "table",
+        "tr",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "pre",
+        "blockquote",
+        "br",
+        "hr",
+        "title",
+    }
+)
+
+
+class _TextOfHTML(HTMLParser):
+    """Collects the text of the HTML fed to it; block elements end a paragraph."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _SKIPPED:
+            self._skipping += 1
+        elif tag in _BLOCKS:
+            self.parts.append("\n\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIPPED:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in _BLOCKS:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._skipping:
+            return
+        # Runs of whitespace become one space, kept at the ends: "One &amp; <b>two</b>" is "One & two".
+        text = " ".join(data.split())
+        lead = " " if data[:1].isspace() else ""
+        trail = " " if data[-1:].isspace() and text else ""
+        self.parts.append(lead + text + trail)
+
+    def take(self) -> str:
+        text = "".join(self.parts)
+        self.parts.clear()
+        return text
+
+
+def read_html(path: str) -> Iterator[Item]:
+    parser = _TextOfHTML()
+    for text, position in _decoded(path):
+        parser.feed(text)
+        if out := parser.take():
+            yield Passage(out, position, stream=True)
+    parser.close()
+    if out := parser.take():
+        yield Passage(out, position, stream=True)
+
+
+def _record(values: Mapping[str, Any], fields: FieldOptions) -> tuple[str, dict[str, Any]] | str:
+    """(text, metadata) of a JSONL object or a CSV row, or the problem with it."""
+    text = values.get(fields.text_field)
+    if text is None:
+        return f"no '{fields.text_field}' field"
+    if not isinstance(text, str):
+        return f"'{fields.text_field}' is not a string"
+    names: Sequence[str] = (
+        fields.metadata_fields
+        if fields.metadata_fields is not None
+        else [k for k in values if k != fields.text_field]
+    )
+    return text, {name: values[name] for name in names if name in values}
+
+
+def read_jsonl(path: str, fields: FieldOptions) -> Iterator[Item]:
+    position = 0
+    with open(path, "rb") as f:
+        for number, (line, length) in enumerate(_lines(f), start=1):
+            position += length
+            where = f"line {number}"
+            if line is None:
+                yield Problem(where, f"longer than {MAX_LINE_BYTES} bytes", position)
+                continue
+            if not line.strip():
+                continue
+            try:
+                values = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield Problem(where, f"not JSON ({exc})", position)
+                continue
+            if not isinstance(values, dict):
+                yield Problem(where, "not a JSON object", position)
+                continue
+            record = _record(values, fields)
+            if isinstance(record, str):
+                yield Problem(where, record, position)
+            else:
+                yield Passage(record[0], position, where={"line": number}, metadata=record[1])
+
+
+def _lines(f: io.BufferedReader) -> Iterator[tuple[bytes | None, int]]:
+    """(line, its length in bytes) for each line of ``f``; a line beyond ``MAX_LINE_BYTES``
+    comes as (None, length), skipped without ever being held whole."""
+    while line := f.readline(MAX_LINE_BYTES + 1):
+        if len(line) <= MAX_LINE_BYTES:
+            yield line, len(line)
+            continue
+        length = len(line)
+        while not line.endswith(b"\n") and (line := f.readline(READ_BYTES)):
+            length += len(line)
+        yield None, length
+
+
+class _Counting(io.RawIOBase):
+    """A binary file that counts the bytes read from it (CSV reads through a text wrapper)."""
+
+    def __init__(self, f: io.BufferedReader) -> None:
+        self._f = f
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._f.readinto(buffer)
+        self.position += n
+        return n
+
+
+def read_csv(path: str, fields: FieldOptions) -> Iterator[Item]:
+    with open(path, "rb") as raw:
+        counted = _Counting(raw)
+        text = io.TextIOWrapper(
+            io.BufferedReader(counted, READ_BYTES), encoding="utf-8-sig", errors="replace", newline=""
+        )
+        reader = csv.reader(text, strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield Problem("line 1", f"unreadable header ({exc})", counted.position)
+            return
+        if fields.text_field not in header:
+            yield Problem("line 1", f"no '{fields.text_field}' column (columns: {', '.join(header)})", 0)
+            return
+        yield from _csv_rows(reader, header, fields, counted)
+
+
+def _csv_rows(reader: Any, header: list[str], fields: FieldOptions, counted: _Counting) -> Iterator[Item]:
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield Problem(f"line {start}", f"malformed CSV ({exc})", counted.position)
+            continue
+        if not row or row == [""]:
+            continue
+        where = f"line {start}"
+        if len(row) != len(header):
+            yield Problem(where, f"{len(row)} fields, the header has {len(header)}", counted.position)
+            continue
+        record = _record(dict(zip(header, row, strict=True)), fields)
+        if isinstance(record, str):
+            yield Problem(where, record, counted.position)
+        else:
+            yield Passage(record[0], counted.position, where={"line": start}, metadata=record[1])
+
+
+class _ThreadWarnings(logging.Handler):
+    """The warnings pypdf logs on this thread: it reports most damage (a stream that does not
+    decompress, a missing object) as a log line and carries on, rather than raising."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self._thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self._thread:
+            self.messages.append(record.getMessage())
+
+
+def read_pdf(path: str) -> Iterator[Item]:
+    """Page by page; a page pypdf cannot read (it raises, or logs damage) is a problem and the
+    next page is still read. A file that is not a readable PDF at all raises ``ValueError``."""
+    from pypdf import PdfReader  # imported here: only PDF uploads pay its import
+    from pypdf.errors import PyPdfError
+
+    size = os.path.getsize(path)
+    warnings = _ThreadWarnings()
+    pypdf_log = logging.getLogger("pypdf")
+    pypdf_log.addHandler(warnings)
+    try:
+        try:
+            reader = PdfReader(path)
+            pages = len(reader.pages)
+        except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
+            raise ValueError(f"not a readable PDF ({exc})") from None
+        for number in range(1, pages + 1):
+            position = size * number // pages
+            warnings.messages.clear()
+            try:
+                text = reader.pages[number - 1].extract_text()
+            # pypdf raises whatever its parser met on a corrupt page (KeyError, TypeError, its
+            # own errors...); any of them is one bad page, not a failed job.
+            except Exception as exc:
+                yield Problem(f"page {number}", f"unreadable page ({type(exc).__name__}: {exc})", position)
+                continue
+            if warnings.messages:
+                yield Problem(f"page {number}", f"damaged page ({warnings.messages[0]})", position)
+            yield Passage(text or "", position, where={"page": number})
+    finally:
+        pypdf_log.removeHandler(warnings)

@@ -1,0 +1,53 @@
+"""Make small PDFs for tests and benchmarks: one page of text per string, some pages damaged."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+
+def make_pdf(pages: Sequence[str], corrupt: Collection[int] = ()) -> bytes:
+    """A minimal PDF 1.4 (Helvetica, one text line a page); the pages whose index is in
+    ``corrupt`` get a content stream that claims FlateDecode but is not compressed data."""
+    objects: list[bytes] = []
+
+    def add(body: bytes) -> int:
+        objects.append(body)
+        return len(objects)
+
+    font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    contents = []
+    for i, text in enumerate(pages):
+        if i in corrupt:
+            junk = b"this is not deflate data at all"
+            contents.append(
+                add(b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(junk) + junk + b"\nendstream")
+            )
+            continue
+        escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+        stream = f"BT /F1 12 Tf 72 720 Td ({escaped}) Tj ET".encode("latin-1")
+        contents.append(add(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream"))
+    parent = len(objects) + len(pages) + 1
+    kids = [
+        add(
+            b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >> "
+            b"/Contents %d 0 R >>" % (parent, font, content)
+        )
+        for content in contents
+    ]
+    add(b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % k for k in kids) + b"] /Count %d >>" % len(kids))
+    catalog = add(b"<< /Type /Catalog /Pages %d 0 R >>" % parent)
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        catalog,
+        xref,
+    )
+    return bytes(out)

@@ -1,0 +1,188 @@
+"""File ingestion end to end: a gateway process, a fake provider process serving /v1/embeddings,
+and the ``sophia-gateway memory ingest`` command run as a process against them (its output
+captured, non-interactively)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.testing.pdf import make_pdf
+from gateway.testing.process import ManagedProcess, start
+from tests.e2e.test_memory import Fake, call, policy_text, start_gateway
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def fake() -> Iterator[Fake]:
+    process = start(["fake-provider", "--port", "0", "--embedding-kind", "words", "--embedding-dim", "64"])
+    try:
+        yield Fake(process)
+    finally:
+        process.stop()
+
+
+def gateway(fake: Fake, cwd: Path, ingest: str = "") -> ManagedProcess:
+    policy = cwd / "policy.yaml"
+    policy.write_text(policy_text(fake.url, f"ingest: {{progress_interval_s: 0.2{ingest}}}\n"))
+    return start_gateway(policy, cwd)
+
+
+def cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "memory", "ingest", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "COLUMNS": "120"},
+    )
+
+
+def upload(url: str, path: Path, namespace: str) -> dict[str, Any]:
+    async def send() -> dict[str, Any]:
+        form = aiohttp.FormData()
+        form.add_field("namespace", namespace)
+        form.add_field("file", path.read_bytes(), filename=path.name)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url + "/v1/memory/files", data=form) as resp,
+        ):
+            assert resp.status == 202, await resp.text()
+            body: dict[str, Any] = await resp.json()
+            return body
+
+    return asyncio.run(send())
+
+
+def wait_job(url: str, job_id: str, *statuses: str, timeout_s: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, job = call("GET", f"{url}/v1/memory/jobs/{job_id}")
+        assert status == 200, job
+        if job["status"] in statuses:
+            return dict(job)
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+
+def corpus(folder: Path) -> None:
+    (folder / "sub").mkdir(parents=True)
+    (folder / "handbook.txt").write_text(
+        "\n\n".join(f"Chapter {i}. The on-call rota for team {i} starts on Monday." for i in range(300))
+    )
+    (folder / "sub" / "notes.jsonl").write_text(
+        "\n".join(json.dumps({"text": f"customer {i} asked about invoices", "account": i}) for i in range(50))
+        + "\n{broken line\n"
+    )
+    (folder / "sub" / "paper.pdf").write_bytes(make_pdf(["Quantum widgets reduce latency.", "Page two."]))
+    (folder / "skip-me.txt").write_text("this file is excluded")
+    (folder / "image.png").write_bytes(b"\x89PNG")
+
+
+def test_the_cli_uploads_a_folder_with_progress_bars_and_resume_skips_what_is_done(
+    fake: Fake, tmp_path: Path
+) -> None:
+    folder = tmp_path / "corpus"
+    corpus(folder)
+    process = gateway(fake, tmp_path)
+    try:
+        url = process.url
+        run = cli(
+            str(folder), "--namespace", "kb", "--url", url, "--exclude", "skip-*", "--data-source", "cli"
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        out = run.stdout
+        assert "total (3 files)" in out and "100%" in out  # the bars, drawn to a pipe
+        assert "handbook.txt" in out and "notes.jsonl" in out and "paper.pdf" in out
+        assert "skip-me" not in out and "image.png" not in out
+        assert "1 errors, first: line 51" in out  # the broken JSONL line, reported and skipped
+        assert "3 files," in out and "memories created" in out
+        status, hits = call(
+            "POST", url + "/v1/memory/search", {"query": "quantum widgets latency", "top_k": 1}
+        )
+        assert status == 200 and hits["data"][0]["memory"]["metadata"]["file"] == "paper.pdf"
+        assert hits["data"][0]["memory"]["data_source"] == "cli"
+        status, jobs = call("GET", url + "/v1/memory/jobs")
+        assert status == 200 and {j["status"] for j in jobs["data"]} == {"done"} and len(jobs["data"]) == 3
+        created = sum(j["memories_created"] for j in jobs["data"])
+        calls = fake.embedding_calls()
+
+        again = cli(str(folder), "--namespace", "kb", "--url", url, "--exclude", "skip-*", "--resume")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert again.stdout.count("skipped") == 3 and "0 memories created" in again.stdout
+        assert fake.embedding_calls() == calls
+        status, jobs = call("GET", url + "/v1/memory/jobs")
+        assert sum(j["memories_created"] for j in jobs["data"]) == created
+    finally:
+        assert process.stop() == 0
+
+
+def test_the_cli_reports_missing_paths_and_an_absent_gateway(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("hello")
+    run = cli(str(tmp_path / "a.txt"), "--namespace", "kb", "--url", "http://127.0.0.1:9")
+    assert run.returncode == 2 and "cannot reach the gateway" in run.stderr
+    run = cli(str(tmp_path / "nothing-here"), "--namespace", "kb")
+    assert run.returncode == 2 and "no such file or folder" in run.stderr
+    (tmp_path / "empty").mkdir()
+    run = cli(str(tmp_path / "empty"), "--namespace", "kb")
+    assert run.returncode == 2 and "no files to ingest" in run.stderr
+
+
+def test_a_failing_provider_pauses_the_job_and_a_restart_leaves_it_resumable(
+    fake: Fake, tmp_path: Path
+) -> None:
+    text = tmp_path / "big.txt"
+    text.write_text(
+        "\n\n".join(f"Paragraph {i} is about subject {i % 17} and more words." for i in range(4000))
+    )
+    process = gateway(fake, tmp_path, ", embed_batch: 16, embed_concurrency: 1")
+    try:
+        call("POST", fake.url + "/_fake/faults", {"error_rate": 1.0, "error_status": 503})
+        job = upload(process.url, text, "kb")
+        paused = wait_job(process.url, job["id"], "paused")
+        assert "resume" in paused["error"] and paused["memories_created"] == 0
+        call("POST", fake.url + "/_fake/faults", {"error_rate": 0.0, "latency_ms": 150})
+        status, _ = call("POST", f"{process.url}/v1/memory/jobs/{job['id']}/resume")
+        assert status == 202
+        deadline = time.monotonic() + 20
+        while wait_job(process.url, job["id"], "running", "done")["resume_from"] < 32:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        assert process.stop() == 0  # SIGTERM while the job runs: saved as interrupted
+    call("POST", fake.url + "/_fake/faults", {"latency_ms": 0})
+    process = gateway(fake, tmp_path, ", embed_batch: 16, embed_concurrency: 1")
+    try:
+        cut = wait_job(process.url, job["id"], "interrupted")
+        assert cut["resume_from"] >= 32 and cut["memories_created"] >= 32
+        status, _ = call("POST", f"{process.url}/v1/memory/jobs/{job['id']}/resume")
+        assert status == 202
+        done = wait_job(process.url, job["id"], "done")
+        body = urllib_text(process.url + "/metrics")  # one memory per chunk, none twice
+        vectors = next(
+            float(line.split()[-1])
+            for line in body.splitlines()
+            if line.startswith("gateway_memory_index_vectors ")
+        )
+        assert vectors == done["memories_created"] == done["chunks_done"]
+        assert "gateway_memory_ingest_jobs_finished_total" in body
+    finally:
+        assert process.stop() == 0
+
+
+def urllib_text(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return str(resp.read().decode())

@@ -1,0 +1,522 @@
+"""File ingestion over real HTTP (issue 15): multipart uploads to the gateway in process
+(aiohttp's TestClient, ``build_app``), the memory on SQLite in a temporary directory or on
+Snowflake (fakesnow), embeddings from a MockTransport provider that counts its calls and can
+be slowed, blocked or made to fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import aiohttp
+import fakesnow
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway import keys
+from gateway.app import build_app
+from gateway.auth.identity import Caller
+from gateway.errors import UpstreamConnectError
+from gateway.policy.loader import parse_policy
+from gateway.providers.base import UpstreamRequest
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+from gateway.testing.pdf import make_pdf
+from tests.integration.memory.conftest import SNOWFLAKE_ARGS
+
+pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+
+WRITER = "sk-sg-writer00000000000000000000000000000000"  # may write 'docs' only
+DIM = 8
+
+
+def policy(tmp_path: Path, ingest: str = "") -> str:
+    return f"""
+version: 1
+providers:
+  p: {{kind: openai, base_url: "http://p.test/v1"}}
+models:
+  emb: {{deployments: [{{provider: p, model: e}}]}}
+cache: {{enabled: false}}
+memory:
+  embedding_model: emb
+  index_dir: "{tmp_path / "index"}"
+  path: "{tmp_path / "memory.sqlite3"}"
+  pool: {{min_size: 1, max_size: 4}}
+  ingest: {{spool_dir: "{tmp_path / "spool"}", progress_interval_s: 0.2{ingest}}}
+"""
+
+
+def vector_for(text: str) -> list[float]:
+    return [float((hash(text) >> d) & 7) + (1.0 if d == 0 else 0.0) for d in range(DIM)]
+
+
+@dataclass
+class Embedder:
+    """The provider: counts embeddings calls; ``gate`` (cleared) holds every call; ``failing``
+    refuses the connection, as a provider that is down."""
+
+    calls: int = 0
+    texts: int = 0
+    failing: bool = False
+    delay_s: float = 0.0
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.gate.set()
+
+    async def __call__(self, request: UpstreamRequest) -> MockResponse:
+        await self.gate.wait()
+        await asyncio.sleep(self.delay_s)
+        if self.failing:
+            raise UpstreamConnectError("connection refused", provider="p")
+        texts = orjson.loads(request.body)["input"]
+        self.calls += 1
+        self.texts += len(texts)
+        data = [{"object": "embedding", "index": i, "embedding": vector_for(t)} for i, t in enumerate(texts)]
+        return MockResponse.json({"object": "list", "data": data, "model": "e"})
+
+
+class KeyRing:
+    callers: ClassVar[dict[str, Caller]] = {
+        WRITER: Caller("key_writer", "alpha", read_namespaces=None, write_namespaces=frozenset({"docs"})),
+    }
+
+    async def authenticate(self, secret: str) -> Caller | None:
+        return self.callers.get(secret)
+
+
+@dataclass
+class Gateway:
+    client: TestClient
+    embedder: Embedder
+    key: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+    async def upload(self, name: str, content: bytes, **fields: str) -> tuple[int, Any]:
+        form = aiohttp.FormData()
+        for k, v in {"namespace": "docs", **fields}.items():
+            form.add_field(k, v)
+        form.add_field("file", content, filename=name, content_type="application/octet-stream")
+        async with self.client.post("/v1/memory/files", data=form, headers=self.headers) as resp:
+            return resp.status, await resp.json()
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.client.request(method, path, json=body, headers=self.headers) as resp:
+            return resp.status, await resp.json()
+
+    async def wait(self, job_id: str, *statuses: str, timeout_s: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, job = await self.call("GET", f"/v1/memory/jobs/{job_id}")
+            assert status == 200, job
+            if job["status"] in (statuses or ("done", "failed", "paused", "cancelled")):
+                return dict(job)
+            assert time.monotonic() < deadline, job
+            await asyncio.sleep(0.02)
+
+    async def ingest(self, name: str, content: bytes, **fields: str) -> dict[str, Any]:
+        status, job = await self.upload(name, content, **fields)
+        assert status == 202, job
+        return await self.wait(job["id"])
+
+    async def search(self, query: str) -> list[dict[str, Any]]:
+        status, answer = await self.call("POST", "/v1/memory/search", {"query": query, "top_k": 5})
+        assert status == 200, answer
+        return list(answer["data"])
+
+    def count(self) -> int:
+        memory = self.client.app[keys.MEMORY]  # type: ignore[index]
+        return len(memory.index)
+
+
+@pytest.fixture(params=["sqlite", "snowflake"])
+def store_env(request: pytest.FixtureRequest) -> Iterator[tuple[str | None, dict[str, str]]]:
+    if request.param == "sqlite":
+        yield None, {}
+        return
+    env = {f"SNOWFLAKE_{k.upper()}": v for k, v in SNOWFLAKE_ARGS.items()}
+    with fakesnow.patch():
+        yield "snowflake://", env
+
+
+async def open_gateway(
+    tmp_path: Path,
+    store_env: tuple[str | None, dict[str, str]] = (None, {}),
+    *,
+    embedder: Embedder | None = None,
+    extra: str = "",
+    ingest: str = "",
+    key: str | None = None,
+) -> AsyncIterator[Gateway]:
+    memory_url, env = store_env
+    embedder = embedder or Embedder()
+    app = build_app(
+        Settings(access_log=False, memory_url=memory_url),
+        parse_policy(policy(tmp_path, ingest) + (extra or "auth: {mode: open}\n")),
+        env,
+        transports={"p": MockTransport(embedder)},
+    )
+    app[keys.KEYRING] = KeyRing()
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield Gateway(client, embedder, key)
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, store_env: tuple[str | None, dict[str, str]]) -> AsyncIterator[Gateway]:
+    async for g in open_gateway(tmp_path, store_env):
+        yield g
+
+
+@pytest.fixture
+async def sqlite_gw(tmp_path: Path) -> AsyncIterator[Gateway]:
+    async for g in open_gateway(tmp_path):
+        yield g
+
+
+def paragraphs(n: int, words: int = 40) -> bytes:
+    return "\n\n".join(
+        " ".join(f"p{i}w{j}." if j % 10 == 9 else f"p{i}w{j}" for j in range(words)) for i in range(n)
+    ).encode()
+
+
+# ----- formats, metadata, idempotency (both stores)
+
+
+async def test_a_text_file_becomes_searchable_chunks_with_their_file_offset_and_index(gw: Gateway) -> None:
+    content = paragraphs(300)
+    job = await gw.ingest("notes.txt", content, data_source="upload", metadata='{"team": "research"}')
+    assert job["status"] == "done" and job["errors_count"] == 0, job
+    assert job["bytes_done"] == job["bytes_total"] == len(content) and job["percent"] == 100
+    assert job["memories_created"] == job["chunks_done"] == gw.count() > 5
+    hits = await gw.search("p7w3")
+    meta = hits[0]["memory"]["metadata"]
+    assert set(meta) >= {"file", "offset", "chunk_index", "job_id", "team"}
+    assert meta["file"] == "notes.txt" and meta["job_id"] == job["id"] and meta["team"] == "research"
+    text = content.decode()
+    memory = hits[0]["memory"]
+    assert text[meta["offset"] : meta["offset"] + len(memory["content"])] == memory["content"]
+    assert memory["data_source"] == "upload" and memory["namespace"] == "docs"
+
+
+async def test_the_same_file_twice_creates_no_duplicates_and_costs_no_embeddings(gw: Gateway) -> None:
+    content = paragraphs(200)
+    first = await gw.ingest("a.txt", content)
+    calls = gw.embedder.calls
+    second = await gw.ingest("renamed.txt", content)
+    assert second["id"] == first["id"] and second["status"] == "done"
+    assert gw.count() == first["memories_created"] == second["memories_created"]
+    assert gw.embedder.calls == calls  # every chunk was found stored: nothing re-embedded
+    status, listing = await gw.call("GET", "/v1/memory/jobs")
+    assert status == 200 and [j["id"] for j in listing["data"]] == [first["id"]]
+
+
+async def test_jsonl_and_csv_take_their_text_and_metadata_fields_and_count_bad_lines(gw: Gateway) -> None:
+    jsonl = b'{"body": "first note", "author": "ann", "x": 1}\n{broken\n[1, 2]\n{"author": "bob"}\n{"body": "second note", "author": "cy"}\n'
+    job = await gw.ingest("n.jsonl", jsonl, text_field="body", metadata_fields="author")
+    assert job["status"] == "done" and job["memories_created"] == 2
+    assert [e["where"] for e in job["errors"]] == ["line 2", "line 3", "line 4"] and job["errors_count"] == 3
+    hit = (await gw.search("second note"))[0]["memory"]
+    assert hit["metadata"]["author"] == "cy" and hit["metadata"]["line"] == 5 and "x" not in hit["metadata"]
+
+    csv = b'text,source,year\n"a row, quoted",web,2024\nshort row\n"multi\nline",book,1999\n'
+    job = await gw.ingest("r.csv", csv)
+    assert job["status"] == "done" and job["memories_created"] == 2
+    assert job["errors"] == [{"where": "line 3", "message": "1 fields, the header has 3"}]
+    hit = next(h["memory"] for h in await gw.search("multi\nline") if h["memory"]["content"] == "multi\nline")
+    assert hit["metadata"]["source"] == "book" and hit["metadata"]["year"] == "1999"
+
+
+async def test_pdf_pages_and_html_text(gw: Gateway) -> None:
+    pdf = make_pdf(["First page text.", "Broken page.", "Third page text."], corrupt={1})
+    job = await gw.ingest("doc.pdf", pdf)
+    assert job["status"] == "done" and job["memories_created"] == 2, job
+    assert job["errors_count"] == 1 and job["errors"][0]["where"] == "page 2"
+    hit = next(h["memory"] for h in await gw.search("x") if h["memory"]["metadata"].get("page") == 3)
+    assert hit["content"] == "Third page text."
+
+    html = b"<html><head><style>p{}</style><script>var x = 1;</script></head><body><h1>Title</h1><p>Body &amp; soul.</p></body></html>"
+    job = await gw.ingest("page.html", html)
+    assert job["status"] == "done" and job["memories_created"] == 1
+    hit = next(h["memory"] for h in await gw.search("x") if h["memory"]["metadata"]["file"] == "page.html")
+    assert "Title" in hit["content"] and "Body & soul." in hit["content"] and "var x" not in hit["content"]
+
+
+async def test_a_file_with_no_text_finishes_with_no_memories_and_a_warning(gw: Gateway) -> None:
+    job = await gw.ingest("empty.md", b"\n\n   \n")
+    assert job["status"] == "done" and job["memories_created"] == 0
+    assert job["warnings"] == ["the file has no text: no memories were created"]
+
+
+async def test_a_corrupt_pdf_fails_its_job_with_the_reason(gw: Gateway) -> None:
+    job = await gw.ingest("broken.pdf", b"%PDF-1.4 this is not a pdf")
+    assert job["status"] == "failed" and "not a readable PDF" in job["error"]
+
+
+# ----- refusals
+
+
+async def test_an_unknown_type_is_415_listing_the_supported_ones(sqlite_gw: Gateway) -> None:
+    status, body = await sqlite_gw.upload("slides.pptx", b"PK\x03\x04")
+    assert status == 415
+    assert body["error"]["code"] == "unsupported_media_type"
+    assert ".pdf" in body["error"]["message"] and ".jsonl" in body["error"]["message"]
+    async with sqlite_gw.client.post("/v1/memory/files", json={"namespace": "docs"}) as resp:
+        assert resp.status == 415 and "multipart/form-data" in (await resp.json())["error"]["message"]
+
+
+async def test_bad_form_fields_are_400_and_leave_nothing_spooled(sqlite_gw: Gateway, tmp_path: Path) -> None:
+    for fields, param in (
+        ({"metadata": "{not json"}, None),
+        ({"namespace": "bad namespace!"}, "namespace"),
+        ({"chunk_chars": "100", "overlap_chars": "80"}, "chunk_chars"),
+        ({"chunk_chars": "ten"}, "chunk_chars"),
+    ):
+        status, body = await sqlite_gw.upload("a.txt", b"hello", **fields)
+        assert status == 400, (fields, body)
+        if param:
+            assert body["error"]["param"] == param
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+async def test_a_namespace_the_key_may_not_write_is_403_before_the_file_is_read(tmp_path: Path) -> None:
+    async for gw in open_gateway(tmp_path, extra="auth: {mode: keys}\n", key=WRITER):
+        status, body = await gw.upload("a.txt", paragraphs(5), namespace="secrets")
+        assert status == 403 and body["error"]["code"] == "namespace_not_granted"
+        assert list((tmp_path / "spool").iterdir()) == []
+        job = await gw.ingest("a.txt", paragraphs(5))
+        assert job["status"] == "done" and job["owner"] == "alpha"
+        gw.key = None
+        status, _ = await gw.call("GET", f"/v1/memory/jobs/{job['id']}")
+        assert status == 401
+
+
+async def test_a_file_over_the_limit_is_413_while_it_streams(tmp_path: Path) -> None:
+    """The body is sent by hand, 64 KiB at a time, with no Content-Length (chunked): the 413
+    must arrive long before the client has sent it all, and nothing stays in the spool."""
+    limit = 256 * 1024
+    async for gw in open_gateway(tmp_path, ingest=f", max_file_bytes: {limit}"):
+        server = gw.client.server
+        boundary = "b0undary"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="namespace"\r\n\r\ndocs\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n\r\n'
+        ).encode()
+        total = 64 * 1024 * 1024
+        sock = socket.create_connection((server.host, server.port))
+        sock.setblocking(False)
+
+        def chunk(data: bytes) -> bytes:
+            return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+        pending = (
+            b"POST /v1/memory/files HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            + f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode()
+            + chunk(head)
+        )
+        piece = chunk(b"x" * 65536)
+        answer, sent = b"", 0
+        while sent < total and b"\r\n\r\n" not in answer:
+            pending = pending or piece
+            try:
+                n = sock.send(pending)
+                pending, sent = pending[n:], sent + n
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            try:
+                answer += sock.recv(65536)
+            except BlockingIOError:
+                await asyncio.sleep(0.001)  # let the server (on this loop) run
+        deadline = time.monotonic() + 5
+        while b"\r\n\r\n" not in answer and time.monotonic() < deadline:
+            try:
+                answer += sock.recv(65536)
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert sent < total // 8, f"the client sent {sent} bytes before the 413"
+        assert list((tmp_path / "spool").iterdir()) == []
+
+
+# ----- progress, failures, cancel, resume (SQLite)
+
+
+async def test_events_report_progress_at_least_every_second_then_done(tmp_path: Path) -> None:
+    embedder = Embedder(delay_s=0.1)  # a slow provider: the job takes about 1.5 s
+    async for gw in open_gateway(
+        tmp_path, embedder=embedder, ingest=", embed_batch: 4, embed_concurrency: 1"
+    ):
+        status, job = await gw.upload("a.txt", paragraphs(400))
+        assert status == 202 and job["status"] in ("queued", "running")
+        events: list[tuple[float, str, dict[str, Any]]] = []
+        async with gw.client.get(f"/v1/memory/jobs/{job['id']}/events") as resp:
+            assert resp.headers["Content-Type"] == "text/event-stream"
+            name = ""
+            async for line in resp.content:
+                text = line.decode().strip()
+                if text.startswith("event: "):
+                    name = text[7:]
+                elif text.startswith("data: "):
+                    events.append((time.monotonic(), name, orjson.loads(text[6:])))
+        names = [e[1] for e in events]
+        assert names[-1] == "done" and set(names[:-1]) == {"progress"} and len(names) >= 4
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(events)]
+        assert max(gaps) < 1.0, gaps
+        progress = [e[2] for e in events if e[1] == "progress"]
+        assert {
+            "percent",
+            "bytes_done",
+            "bytes_total",
+            "chunks_done",
+            "bytes_per_s",
+            "chunks_per_s",
+            "eta_s",
+        } <= set(progress[-1])
+        assert progress[-1]["chunks_done"] > progress[0]["chunks_done"]
+        # bytes move within a 1 MiB read (the file is smaller): interpolated from the chunks stored
+        assert len({p["bytes_done"] for p in progress}) >= 3 and any(0 < p["percent"] < 100 for p in progress)
+        assert any(p["eta_s"] is not None and p["bytes_per_s"] > 0 for p in progress)
+        assert events[-1][2]["status"] == "done"
+
+
+async def test_a_failing_provider_pauses_the_job_and_it_resumes(sqlite_gw: Gateway) -> None:
+    gw = sqlite_gw
+    gw.embedder.failing = True
+    status, job = await gw.upload("a.txt", paragraphs(300))
+    paused = await gw.wait(job["id"], "paused")
+    assert "resume" in paused["error"] and gw.count() == 0
+    gw.embedder.failing = False
+    status, resumed = await gw.call("POST", f"/v1/memory/jobs/{job['id']}/resume")
+    assert status == 202 and resumed["status"] in ("queued", "running")
+    done = await gw.wait(job["id"], "done")
+    assert done["memories_created"] == gw.count() > 0 and done["error"] is None
+    status, _body = await gw.call("POST", f"/v1/memory/jobs/{job['id']}/resume")
+    assert status == 409  # done: nothing to resume
+
+
+async def test_cancel_keeps_what_was_stored_and_purge_removes_it(tmp_path: Path) -> None:
+    embedder = Embedder()
+    async for gw in open_gateway(
+        tmp_path, embedder=embedder, ingest=", embed_batch: 8, embed_concurrency: 1"
+    ):
+        status, job = await gw.upload("a.txt", paragraphs(400))
+        while gw.count() < 16:
+            await asyncio.sleep(0.005)
+        embedder.gate.clear()  # hold the provider: the job cannot finish before the cancel
+        status, cancelled = await gw.call("DELETE", f"/v1/memory/jobs/{job['id']}")
+        assert status == 200 and cancelled["status"] == "cancelled"
+        embedder.gate.set()  # searches embed their query
+        kept = gw.count()
+        assert kept >= 16 and kept == cancelled["memories_created"]
+        hit = (await gw.search("p0w1"))[0]["memory"]
+        assert hit["metadata"]["job_id"] == job["id"]
+        status, purged = await gw.call("DELETE", f"/v1/memory/jobs/{job['id']}?purge=true")
+        assert status == 200 and purged["warnings"][-1] == f"purged: {kept} memories deleted"
+        assert gw.count() == 0
+
+
+async def test_a_job_cut_by_a_restart_is_reported_and_continues_after_its_last_stored_batch(
+    tmp_path: Path,
+) -> None:
+    embedder = Embedder()
+    content = paragraphs(600)
+    small = ", embed_batch: 8, embed_concurrency: 1, queue_batches: 1"
+    async for gw in open_gateway(tmp_path, embedder=embedder, ingest=small):
+        status, job = await gw.upload("a.txt", content)
+        while gw.count() < 40:
+            await asyncio.sleep(0.005)
+        embedder.gate.clear()
+    # the app stopped (as at a restart): the job was saved interrupted, its file kept
+    embedder.gate.set()
+    first_calls = embedder.calls
+    async for gw in open_gateway(tmp_path, embedder=embedder, ingest=small):
+        cut = await gw.wait(job["id"], "interrupted")
+        assert cut["resume_from"] >= 40 and cut["percent"] > 0 and "resume" in cut["error"]
+        stored = gw.count()
+        status, again = await gw.upload("a.txt", content)  # uploading it again continues it
+        assert status == 202 and again["id"] == job["id"] and again["chunks_done"] == cut["resume_from"]
+        done = await gw.wait(job["id"], "done")
+        assert gw.count() == done["memories_created"] == done["chunks_done"]
+        total_chunks = done["chunks_done"]
+        # Embedded twice at most: what was embedded but not yet stored at the stop (the store
+        # queue's one batch, the one the worker held while the queue was full, and the call the
+        # held provider finished after the stop).
+        assert embedder.texts <= total_chunks + 8 * 3
+        assert embedder.calls - first_calls <= (total_chunks - cut["resume_from"]) // 8 + 3
+        assert stored >= cut["resume_from"]
+
+
+async def test_back_pressure_holds_the_reader_while_the_provider_is_stuck(tmp_path: Path) -> None:
+    embedder = Embedder()
+    settings = ", embed_batch: 4, embed_concurrency: 2, queue_batches: 2"
+    async for gw in open_gateway(tmp_path, embedder=embedder, ingest=settings):
+        embedder.gate.clear()
+        _status, job = await gw.upload("a.txt", paragraphs(2000, words=20))
+        ingest = gw.client.app[keys.INGEST]  # type: ignore[index]
+        live = ingest.live_job(job["id"])
+        assert live is not None
+        # At most: the chunk queue full (2 batches), one batch in each embedding worker, one more
+        # the reader holds while it waits to put it; the store queue stays empty (nothing embedded).
+        bound = (2 + 2 + 1) * 4
+        deadline = time.monotonic() + 10
+        while live.chunks_read < bound - 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)  # time enough for an unbounded reader to run far ahead
+        assert live.chunks_read <= bound, live.chunks_read
+        embedder.gate.set()
+        done = await gw.wait(job["id"], "done")
+        assert done["chunks_done"] > 5 * bound  # the reader was held far from the end of the file
+
+
+async def test_a_hostile_file_name_reaches_no_path_and_records_cannot_hide_the_job_id(
+    sqlite_gw: Gateway, tmp_path: Path
+) -> None:
+    jsonl = b'{"text": "a record", "job_id": "forged", "file": "forged.txt"}\n'
+    body = (  # by hand: aiohttp's FormData would percent-encode the slashes
+        b'--b\r\nContent-Disposition: form-data; name="namespace"\r\n\r\ndocs\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="format"\r\n\r\njsonl\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="../../outside/evil name.we ird"\r\n\r\n'
+        + jsonl
+        + b"\r\n--b--\r\n"
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    async with sqlite_gw.client.post("/v1/memory/files", data=body, headers=headers) as resp:
+        assert resp.status == 202, await resp.text()
+        job = await sqlite_gw.wait((await resp.json())["id"])
+    assert job["status"] == "done" and job["file"] == "evil name.we ird"
+    assert not (tmp_path / "outside").exists() and not (tmp_path.parent / "outside").exists()
+    hit = (await sqlite_gw.search("a record"))[0]["memory"]
+    assert hit["metadata"]["job_id"] == job["id"] and hit["metadata"]["file"] == "evil name.we ird"
+
+
+async def test_unknown_jobs_are_404_and_bad_listing_queries_400(sqlite_gw: Gateway) -> None:
+    for method, path in (
+        ("GET", "/v1/memory/jobs/job_nope"),
+        ("GET", "/v1/memory/jobs/job_nope/events"),
+        ("DELETE", "/v1/memory/jobs/job_nope"),
+        ("POST", "/v1/memory/jobs/job_nope/resume"),
+    ):
+        status, body = await sqlite_gw.call(method, path)
+        assert status == 404 and body["error"]["code"] == "job_not_found", (method, path, body)
+    status, body = await sqlite_gw.call("GET", "/v1/memory/jobs?status=sleeping")
+    assert status == 400 and body["error"]["param"] == "status"
+    status, body = await sqlite_gw.call("GET", "/v1/memory/jobs?limit=0")
+    assert status == 400 and body["error"]["param"] == "limit"

@@ -1,0 +1,108 @@
+"""IngestService on a real SQLite store, below HTTP: what ``serve --workers N`` needs, with two
+services over one store standing for two processes (each knows only its own running jobs)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from gateway.memory.index import HnswIndex
+from gateway.memory.ingest import IngestService
+from gateway.memory.jobs import JobOptions
+from gateway.memory.service import MemoryService
+from gateway.memory.sqlite_store import SQLiteMemoryStore
+from gateway.policy.model import Ingest, MemoryConfig
+
+
+class Provider:
+    """Embeddings that wait on ``gate`` (set: they flow); it closes by itself once
+    ``hold_after`` texts went through."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.texts = 0
+        self.hold_after: int | None = None
+
+    async def __call__(self, model: str, texts: Sequence[str]) -> list[list[float]]:
+        if self.hold_after is not None and self.texts >= self.hold_after:
+            self.gate.clear()
+            self.hold_after = None
+        await self.gate.wait()
+        self.texts += len(texts)
+        return [[1.0 + (hash(t) % 5), 1.0, 0.5, 0.25] for t in texts]
+
+
+@pytest.fixture
+async def memory(tmp_path: Path) -> AsyncIterator[tuple[MemoryService, Provider, Ingest]]:
+    provider = Provider()
+    config = MemoryConfig(
+        embedding_model="e",
+        path=str(tmp_path / "m.sqlite3"),
+        index_dir=str(tmp_path / "index"),
+        ingest=Ingest(spool_dir=str(tmp_path / "spool"), embed_batch=8, embed_concurrency=1),
+    )
+    service = MemoryService(config, SQLiteMemoryStore(config.path), HnswIndex(config.index_dir), provider)
+    await service.start()
+    yield service, provider, config.ingest
+    await service.close()
+
+
+async def blocks(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 65536):
+        yield data[start : start + 65536]
+
+
+async def test_a_cancel_received_by_another_process_stops_the_job_and_purges_it(
+    memory: tuple[MemoryService, Provider, Ingest],
+) -> None:
+    service, provider, config = memory
+    running, other = IngestService(service, config), IngestService(service, config, recover=False)
+    await running.start()
+    await other.start()
+    try:
+        text = "\n\n".join(f"Paragraph {i}, with words and more words." for i in range(3000)).encode()
+        provider.hold_after = 24  # then the provider holds: the job cannot go on by itself
+        spooled = await running.spool(blocks(text), "a.txt")
+        job = await running.submit(spooled, JobOptions("docs", "text"), None)
+        while provider.gate.is_set() or len(service.index) < 24:
+            await asyncio.sleep(0.01)
+        # The running process sees the row cancelled (before its next write, or within a second
+        # while its provider is stuck), stops and records its end; the cancel waits, then purges.
+        cancelled = await asyncio.wait_for(other.cancel(job.id, None, purge=True), 10)
+        provider.gate.set()
+        assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+        assert cancelled.warnings == ["purged: 24 memories deleted"]
+        assert running.live_job(job.id) is None
+        assert len(service.index) == 0 and await service.store.count() == 0
+        assert (await running.get(job.id, None)).status == "cancelled"
+    finally:
+        await other.close()
+        await running.close()
+
+
+async def test_the_same_file_uploaded_to_another_process_while_it_runs_is_not_started_twice(
+    memory: tuple[MemoryService, Provider, Ingest],
+) -> None:
+    service, provider, config = memory
+    running, other = IngestService(service, config), IngestService(service, config, recover=False)
+    await running.start()
+    await other.start()
+    try:
+        text = "\n\n".join(f"Line {i} of the file." for i in range(2000)).encode()
+        provider.gate.clear()
+        job = await running.submit(
+            await running.spool(blocks(text), "a.txt"), JobOptions("docs", "text"), None
+        )
+        again = await other.submit(await other.spool(blocks(text), "b.txt"), JobOptions("docs", "text"), None)
+        assert again.id == job.id and other.live_job(job.id) is None  # the other's job, as stored
+        provider.gate.set()
+        while (await other.get(job.id, None)).status != "done":
+            await asyncio.sleep(0.02)
+        assert await service.store.count() == (await other.get(job.id, None)).memories_created
+    finally:
+        await other.close()
+        await running.close()

@@ -1,0 +1,130 @@
+"""The format readers on real files: passages with their line or page, problems counted with
+theirs (and the reading goes on), progress in bytes, and a 1 MiB read at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.memory.formats import READ_BYTES, FieldOptions, Passage, Problem, format_of, read_file, supported
+from gateway.testing.pdf import make_pdf
+
+
+def write(tmp_path: Path, name: str, content: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+def test_formats_come_from_the_extension_or_the_given_format() -> None:
+    assert format_of("a.TXT") == "text" and format_of("b.md") == "markdown" and format_of("c.htm") == "html"
+    assert format_of("d.ndjson") == "jsonl" and format_of("e.pdf") == "pdf" and format_of("f.csv") == "csv"
+    assert format_of("slides.pptx") is None and format_of("noext") is None
+    assert format_of("notes.log", "txt") == "text" and format_of("x", "jsonl") == "jsonl"
+    assert ".pdf" in supported() and ".jsonl" in supported()
+
+
+def test_text_is_read_a_mebibyte_at_a_time_with_its_position(tmp_path: Path) -> None:
+    content = ("é" * 1000 + "\n").encode() * 1200  # 2.4 MB, multi-byte characters across reads
+    items = list(read_file(write(tmp_path, "a.txt", content), "text", FieldOptions()))
+    assert all(isinstance(i, Passage) and i.stream for i in items)
+    assert "".join(i.text for i in items if isinstance(i, Passage)) == content.decode()
+    positions = [i.position for i in items]
+    assert positions[0] == READ_BYTES and positions[-1] == len(content) and len(items) == 3
+
+
+def test_invalid_utf8_is_replaced_not_fatal(tmp_path: Path) -> None:
+    items = list(read_file(write(tmp_path, "a.md", b"ok \xff\xfe then more"), "markdown", FieldOptions()))
+    assert [i.text for i in items if isinstance(i, Passage)] == ["ok \ufffd\ufffd then more"]
+
+
+def test_jsonl_lines_with_text_and_metadata_fields_and_their_problems(tmp_path: Path) -> None:
+    content = (
+        b'{"text": "one", "a": 1, "b": 2}\n'
+        b"not json\n"
+        b"\n"
+        b'"a string"\n'
+        b'{"a": 1}\n'
+        b'{"text": 5}\n'
+        b'{"text": "two", "a": 3}'  # no newline at the end
+    )
+    path = write(tmp_path, "a.jsonl", content)
+    items = list(read_file(path, "jsonl", FieldOptions()))
+    passages = [i for i in items if isinstance(i, Passage)]
+    problems = [(p.where, p.message.split(" (")[0]) for p in items if isinstance(p, Problem)]
+    assert [(p.text, dict(p.where), dict(p.metadata)) for p in passages] == [
+        ("one", {"line": 1}, {"a": 1, "b": 2}),
+        ("two", {"line": 7}, {"a": 3}),
+    ]
+    assert problems == [
+        ("line 2", "not JSON"),
+        ("line 4", "not a JSON object"),
+        ("line 5", "no 'text' field"),
+        ("line 6", "'text' is not a string"),
+    ]
+    assert items[-1].position == len(content)
+    only_a = list(read_file(path, "jsonl", FieldOptions(metadata_fields=("a",))))
+    assert dict(next(i for i in only_a if isinstance(i, Passage)).metadata) == {"a": 1}
+
+
+def test_an_overlong_jsonl_line_is_one_problem_and_the_next_lines_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.memory.formats.MAX_LINE_BYTES", 100)
+    content = b'{"text": "' + b"x" * 500 + b'"}\n{"text": "after"}\n'
+    items = list(read_file(write(tmp_path, "a.jsonl", content), "jsonl", FieldOptions()))
+    assert isinstance(items[0], Problem) and items[0].where == "line 1" and "longer than" in items[0].message
+    assert isinstance(items[1], Passage) and items[1].text == "after" and dict(items[1].where) == {"line": 2}
+
+
+def test_csv_rows_with_a_text_column_and_malformed_rows(tmp_path: Path) -> None:
+    content = (
+        b'text,author,year\n"first, quoted",ann,2020\nbad row\n"two\nlines",bob,2021\n\n"unclosed,cy,2022\n'
+    )
+    items = list(
+        read_file(write(tmp_path, "a.csv", content), "csv", FieldOptions(metadata_fields=("author",)))
+    )
+    passages = [(i.text, dict(i.where), dict(i.metadata)) for i in items if isinstance(i, Passage)]
+    assert passages == [
+        ("first, quoted", {"line": 2}, {"author": "ann"}),
+        ("two\nlines", {"line": 4}, {"author": "bob"}),
+    ]
+    problems = [(p.where, p.message) for p in items if isinstance(p, Problem)]
+    assert problems[0] == ("line 3", "1 fields, the header has 3")
+    assert problems[1][0] == "line 7" and "malformed CSV" in problems[1][1]
+
+
+def test_a_csv_without_the_text_column_is_one_problem(tmp_path: Path) -> None:
+    items = list(read_file(write(tmp_path, "a.csv", b"body,x\n1,2\n"), "csv", FieldOptions()))
+    assert len(items) == 1 and isinstance(items[0], Problem) and "no 'text' column" in items[0].message
+
+
+def test_html_text_without_scripts_and_with_paragraphs(tmp_path: Path) -> None:
+    html = (
+        b"<!doctype html><html><head><title>Ignored head</title><script>alert(1)</script></head>"
+        b"<body><h1>Title</h1><p>One &amp; <b>two</b>.</p><style>.x{}</style><ul><li>item</li></ul>"
+        b"<template>hidden</template></body></html>"
+    )
+    text = "".join(
+        i.text
+        for i in read_file(write(tmp_path, "a.html", html), "html", FieldOptions())
+        if isinstance(i, Passage)
+    )
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    assert paragraphs == ["Title", "One & two.", "item"]
+
+
+def test_pdf_pages_and_a_corrupt_page_counted_while_the_next_is_read(tmp_path: Path) -> None:
+    pdf = make_pdf(["Page one text.", "Damaged.", "Page three text."], corrupt={1})
+    items = list(read_file(write(tmp_path, "a.pdf", pdf), "pdf", FieldOptions()))
+    problems = [i for i in items if isinstance(i, Problem)]
+    texts = [(dict(i.where), i.text) for i in items if isinstance(i, Passage) and i.text]
+    assert texts == [({"page": 1}, "Page one text."), ({"page": 3}, "Page three text.")]
+    assert [p.where for p in problems] == ["page 2"]
+    assert items[-1].position == len(pdf)
+
+
+def test_a_file_that_is_not_a_pdf_raises(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a readable PDF"):
+        list(read_file(write(tmp_path, "a.pdf", b"%PDF-1.4 nothing"), "pdf", FieldOptions()))
