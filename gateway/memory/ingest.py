@@ -1,12 +1,8 @@
-"""File ingestion: an uploaded file becomes memories through a pipeline at constant memory.
+"""File ingestion: an uploaded file becomes memories, as a job that runs in the background.
 
-    spool file --(thread: read 1 MiB, parse, chunk)--> [chunk queue] --(N embedding workers:
-    batches of up to ``embed_batch`` texts through the gateway's own embeddings routing)-->
-    [store queue] --(one writer: MemoryService.add in batches of up to ``store_batch``)--> index
-
-Both queues hold at most ``queue_batches`` batches, so a slow provider stops the reader (its
-thread blocks on the full queue) and what is resident does not grow with the file: about
-``(2 * queue_batches + embed_concurrency) * embed_batch`` chunks at most.
+``IngestService`` spools uploads, starts, follows, cancels and resumes jobs, and decides what a
+job's ending means; each job runs through ``pipeline.Pipeline`` (read and chunk on a thread,
+embed, store, behind bounded queues: constant memory whatever the file's size).
 
 Ids are ``memory_id(job key, chunk index)``: the job key hashes the file's content, its owner,
 namespace and chunking (``jobs.job_key``), so the same file sent twice is the same job, and
@@ -23,48 +19,43 @@ file again.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import hashlib
 import logging
 import os
 import re
-import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError, HTTPStatusError, NotFound, PayloadTooLarge
 from gateway.memory.access import MemoryAccess
-from gateway.memory.chunking import Chunker, ChunkOptions, chunk_text
-from gateway.memory.formats import READ_BYTES, FieldOptions, Problem, read_file
+from gateway.memory.formats import READ_BYTES
 from gateway.memory.jobs import (
     ACTIVE,
     FINISHED,
     RESUMABLE,
     IngestJob,
     JobOptions,
-    JobProblem,
     job_key,
     memory_id,
 )
-from gateway.memory.service import MemoryService, NewMemory
+from gateway.memory.pipeline import CancelledElsewhere, Pipeline, RunningJob, cancelled_in_store
+from gateway.memory.service import MemoryService
 from gateway.memory.sql import utc_now
 from gateway.policy.model import Ingest
 
 log = logging.getLogger("gateway.memory.ingest")
 
-_PUT_POLL_S = 0.2  # how often a reader blocked on a full queue checks whether its job stopped
 _LIST_MAX = 200
+_CANCEL_WAIT_POLL_S = 0.2  # how often a cancel waiting for another process looks at the job
 # A job the store shows running that was saved this recently is taken to be running in another
 # process (a running job saves after every write, every second or so).
 _ALIVE_S = 60.0
-_CANCEL_POLL_S = 1.0  # how often a running job looks for a cancel another process received
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,52 +66,6 @@ class Spooled:
     file: str
     size: int
     content_sha256: str
-
-
-@dataclass(slots=True)
-class _Chunk:
-    index: int
-    text: str
-    metadata: dict[str, Any]
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Up to ``embed_batch`` chunks, numbered ``seq`` in file order, with the problems met
-    while reading them; ``end`` is the chunk index after them, ``position`` the bytes read."""
-
-    seq: int
-    end: int
-    position: int
-    chunks: list[_Chunk] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    items: list[NewMemory] = field(default_factory=list)  # set by the embedding stage
-
-
-class _Stopped(Exception):
-    """The job stopped while its reader waited (cancel, pause, shutdown)."""
-
-
-class _CancelledElsewhere(Exception):
-    """Another process of the gateway marked the job cancelled in the store."""
-
-
-@dataclass(slots=True)
-class _Live:
-    """A job running (or queued) in this process."""
-
-    job: IngestJob
-    path: str
-    access: MemoryAccess | None
-    task: asyncio.Task[None] | None = None
-    stop: threading.Event = field(default_factory=threading.Event)
-    stop_reason: str = ""  # cancelled | interrupted
-    started_mono: float = 0.0
-    bytes_at_start: int = 0
-    chunks_at_start: int = 0
-    chunks_read: int = 0  # chunks the reader handed to the chunk queue (back-pressure tests)
-    next_seq: int = 0
-    stored_seqs: dict[int, int] = field(default_factory=dict)  # seq -> end, stored out of order
 
 
 class IngestService:
@@ -144,22 +89,18 @@ class IngestService:
         self._clock = clock
         self._timer = timer
         self._recover = recover
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, RunningJob] = {}
         self._slots = asyncio.Semaphore(config.max_concurrent_jobs)
-        self._executor: ThreadPoolExecutor | None = None
+        self._pipeline = Pipeline(memory, config, clock, config.max_concurrent_jobs)
         self.jobs_started = 0
         self.jobs_finished: dict[str, int] = {}
-        self.bytes_read = 0
-        self.chunks_stored = 0
 
     # ----- lifecycle
 
     async def start(self) -> None:
         """Create the spool directory; mark jobs cut by a restart as interrupted."""
         await asyncio.to_thread(Path(self.config.spool_dir).mkdir, parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.config.max_concurrent_jobs, thread_name_prefix="ingest-reader"
-        )
+        self._pipeline.open()
         if not self._recover:
             return
         await asyncio.to_thread(_remove_partial_uploads, self.config.spool_dir)
@@ -182,9 +123,7 @@ class IngestService:
         tasks = [live.task for live in self._live.values() if live.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        self._pipeline.close()
 
     # ----- uploads
 
@@ -268,7 +207,7 @@ class IngestService:
         job.bytes_done, job.chunks_done = 0, job.resume_from
         job.updated_at = self._clock()
         await self.memory.store.save_job(job)
-        live = self._live[job.id] = _Live(job, path, access)
+        live = self._live[job.id] = RunningJob(job, path, access)
         live.task = asyncio.create_task(self._run(live), name=f"ingest {job.id}")
         self.jobs_started += 1
         return replace(job)
@@ -328,11 +267,7 @@ class IngestService:
                 await self.memory.store.save_job(current)
             if self._timer() > deadline:
                 return current
-            await asyncio.sleep(_PUT_POLL_S)
-
-    async def _cancelled_in_store(self, job_id: str) -> bool:
-        stored = await self.memory.store.get_job(job_id)
-        return stored is not None and stored.status == "cancelled"
+            await asyncio.sleep(_CANCEL_WAIT_POLL_S)
 
     async def resume(self, job_id: str, access: MemoryAccess | None) -> IngestJob:
         """Continue a paused, interrupted or cancelled job from its last stored batch, with
@@ -368,7 +303,7 @@ class IngestService:
             yield "progress", self.progress(job, live)
             await asyncio.sleep(self.config.progress_interval_s)
 
-    def progress(self, job: IngestJob, live: _Live | None) -> dict[str, Any]:
+    def progress(self, job: IngestJob, live: RunningJob | None) -> dict[str, Any]:
         """Percent, bytes, chunks, rates (per second, this run) and ETA (seconds) of a job."""
         rate = chunk_rate = 0.0
         if live is not None and live.started_mono:
@@ -395,33 +330,33 @@ class IngestService:
         return {
             "jobs_running": len(self._live),
             "jobs_started": self.jobs_started,
-            "bytes_read": self.bytes_read,
-            "chunks_stored": self.chunks_stored,
+            "bytes_read": self._pipeline.bytes_read,
+            "chunks_stored": self._pipeline.chunks_stored,
         }
 
     def finished_by_status(self) -> dict[str, int]:
         return dict(self.jobs_finished)
 
-    def live_job(self, job_id: str) -> _Live | None:
+    def live_job(self, job_id: str) -> RunningJob | None:
         """The running job's pipeline state (tests read its counters)."""
         return self._live.get(job_id)
 
     # ----- the pipeline
 
-    async def _run(self, live: _Live) -> None:
+    async def _run(self, live: RunningJob) -> None:
         job = live.job
         try:
             async with self._slots:
                 job.status = "running"
                 live.started_mono = self._timer()
                 live.bytes_at_start, live.chunks_at_start = job.bytes_done, job.chunks_done
-                if await self._cancelled_in_store(job.id):  # while it was queued here
-                    raise _CancelledElsewhere
-                await self._pipeline(live)
+                if await cancelled_in_store(self.memory, job.id):  # while it was queued here
+                    raise CancelledElsewhere
+                await self._pipeline.run(live)
             job.status = "done"
             if job.chunks_seen == 0:
                 job.warnings.append("the file has no text: no memories were created")
-        except _CancelledElsewhere:
+        except CancelledElsewhere:
             job.status = "cancelled"
         except asyncio.CancelledError:
             job.status = live.stop_reason or "interrupted"
@@ -456,211 +391,6 @@ class IngestService:
                 "ingest job ended",
                 extra={"fields": {"job": job.id, "status": job.status, "memories": job.memories_created}},
             )
-
-    async def _pipeline(self, live: _Live) -> None:
-        """The three stages; the first error of any of them stops the others and is raised."""
-        workers = self.config.embed_concurrency
-        chunks: asyncio.Queue[_Batch | None] = asyncio.Queue(self.config.queue_batches)
-        embedded: asyncio.Queue[_Batch | None] = asyncio.Queue(self.config.queue_batches)
-        watcher = asyncio.create_task(self._watch_for_cancel(live))
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._read_stage(live, chunks, workers))
-                for _ in range(workers):
-                    group.create_task(self._embed_stage(live, chunks, embedded))
-                group.create_task(self._store_stage(live, embedded, workers))
-        except BaseExceptionGroup as failed:
-            raise failed.exceptions[0] from None
-        finally:
-            watcher.cancel()
-
-    async def _watch_for_cancel(self, live: _Live) -> None:
-        """Stop the job when another process marks it cancelled in the store (``serve --workers
-        N``: the cancel may reach any worker), even while its provider is stuck."""
-        while True:
-            await asyncio.sleep(_CANCEL_POLL_S)
-            with contextlib.suppress(GatewayError):  # a store that fails now: the writes will say
-                if await self._cancelled_in_store(live.job.id) and live.task is not None:
-                    live.stop_reason = "cancelled"
-                    live.stop.set()
-                    live.task.cancel()
-                    return
-
-    async def _read_stage(self, live: _Live, out: asyncio.Queue[_Batch | None], workers: int) -> None:
-        loop = asyncio.get_running_loop()
-
-        def put(batch: _Batch | None) -> None:
-            future = asyncio.run_coroutine_threadsafe(out.put(batch), loop)
-            while True:
-                try:
-                    future.result(timeout=_PUT_POLL_S)
-                    return
-                except concurrent.futures.TimeoutError:
-                    if live.stop.is_set():
-                        future.cancel()
-                        raise _Stopped from None
-
-        def produce() -> None:
-            try:
-                for batch in self._batches(live):
-                    put(batch)
-                    live.chunks_read += len(batch.chunks)
-                for _ in range(workers):
-                    put(None)
-            except _Stopped:
-                return
-
-        assert self._executor is not None
-        future = loop.run_in_executor(self._executor, produce)
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            live.stop.set()
-            await asyncio.wait([future])  # the thread sees the flag within _PUT_POLL_S
-            raise
-
-    def _batches(self, live: _Live) -> Iterator[_Batch]:
-        """The file's chunks in batches (on the reader thread): chunks below ``resume_from`` are
-        counted but not sent (stored before), and neither are the problems met before them.
-
-        A batch's ``position`` (bytes read, for progress) is interpolated inside a stream piece
-        from where its last chunk ends, so progress moves within each 1 MiB read too."""
-        job, opts = live.job, live.job.options
-        options = ChunkOptions(opts.chunk_chars, opts.overlap_chars)
-        skip_below, size = job.resume_from, self.config.embed_batch
-        own = {"file": job.file, "job_id": job.id}  # last: a record's own fields cannot hide them
-        stream = Chunker(options)
-        index = seq = position = sent_at = before = streamed = 0
-        batch = _Batch(0, skip_below, 0)
-        items = read_file(live.path, opts.format, FieldOptions(opts.text_field, opts.metadata_fields))
-        for item in items:
-            if live.stop.is_set():
-                raise _Stopped
-            if isinstance(item, Problem):
-                if index >= skip_below:
-                    batch.problems.append(item)
-                position = before = item.position
-                continue
-            pieces = stream.push(item.text) if item.stream else iter(chunk_text(item.text, options))
-            for piece in pieces:
-                if item.stream and item.text:
-                    done = (piece.offset + len(piece.text) - streamed) / len(item.text)
-                    position = before + int((item.position - before) * min(1.0, max(0.0, done)))
-                if index >= skip_below:
-                    meta = {
-                        **opts.metadata,
-                        **item.metadata,
-                        **own,
-                        **item.where,
-                        "offset": piece.offset,
-                        "chunk_index": index,
-                    }
-                    batch.chunks.append(_Chunk(index, piece.text, meta))
-                index += 1
-                if len(batch.chunks) >= size:
-                    batch.end, batch.position = index, position
-                    yield batch
-                    seq, sent_at = seq + 1, position
-                    batch = _Batch(seq, index, position)
-            position = before = item.position
-            streamed += len(item.text) if item.stream else 0
-            if position - sent_at >= READ_BYTES:  # progress, even through text stored before
-                batch.end, batch.position = max(index, skip_below), position
-                yield batch
-                seq, sent_at = seq + 1, position
-                batch = _Batch(seq, batch.end, position)
-        for piece in stream.finish():
-            if index >= skip_below:
-                meta = {**opts.metadata, **own, "offset": piece.offset, "chunk_index": index}
-                batch.chunks.append(_Chunk(index, piece.text, meta))
-            index += 1
-        batch.end, batch.position = max(index, skip_below), position
-        yield batch
-
-    async def _embed_stage(
-        self, live: _Live, source: asyncio.Queue[_Batch | None], out: asyncio.Queue[_Batch | None]
-    ) -> None:
-        job = live.job
-        while (batch := await source.get()) is not None:
-            if batch.chunks:
-                ids = [memory_id(job.key, c.index) for c in batch.chunks]
-                stored = await self.memory.existing_ids(ids)
-                todo = [(i, c) for i, c in zip(ids, batch.chunks, strict=True) if i not in stored]
-                vectors = await self.memory.embed_texts([c.text for _, c in todo]) if todo else []
-                job.embedding_calls += 1 if todo else 0
-                batch.items = [
-                    NewMemory(
-                        namespace=job.options.namespace,
-                        content=c.text,
-                        embedding=tuple(v),
-                        metadata=c.metadata,
-                        data_source=job.options.data_source,
-                        id=i,
-                    )
-                    for (i, c), v in zip(todo, vectors, strict=True)
-                ]
-            await out.put(batch)
-        await out.put(None)
-
-    async def _store_stage(self, live: _Live, source: asyncio.Queue[_Batch | None], workers: int) -> None:
-        ended = 0
-        waiting: _Batch | None = None
-        while ended < workers:
-            first = waiting or await source.get()
-            waiting = None
-            if first is None:
-                ended += 1
-                continue
-            group, rows = [first], len(first.items)
-            while not source.empty():  # join what is ready, up to store_batch rows
-                following = source.get_nowait()
-                if following is None:
-                    ended += 1
-                elif rows + len(following.items) > self.config.store_batch:
-                    waiting = following
-                    break
-                else:
-                    group.append(following)
-                    rows += len(following.items)
-            await self._write(live, group)
-        if waiting is not None:
-            await self._write(live, [waiting])
-
-    async def _write(self, live: _Live, group: list[_Batch]) -> None:
-        """Store a group of batches; a cancel lets a write under way finish first, so the job
-        counts everything that reached the store (and its memories carry its id)."""
-        write = asyncio.ensure_future(self._write_now(live, group))
-        try:
-            await asyncio.shield(write)
-        except asyncio.CancelledError:
-            await asyncio.wait([write])
-            raise
-
-    async def _write_now(self, live: _Live, group: list[_Batch]) -> None:
-        job = live.job
-        items = [item for batch in group for item in batch.items]
-        step = self.config.store_batch
-        for start in range(0, len(items), step):
-            added = await self.memory.add(
-                items[start : start + step], live.access, skip_existing=True, read_back=False
-            )
-            job.memories_created += len(added)
-            self.chunks_stored += len(added)
-        for batch in group:
-            job.chunks_done += len(batch.chunks)
-            for problem in batch.problems:
-                job.add_error(JobProblem(problem.where, problem.message))
-            self.bytes_read += max(0, batch.position - job.bytes_done)
-            job.bytes_done = max(job.bytes_done, batch.position)
-            job.chunks_seen = max(job.chunks_seen, batch.end)
-            live.stored_seqs[batch.seq] = batch.end
-        while live.next_seq in live.stored_seqs:  # the stored prefix: where a resumed run starts
-            job.resume_from = live.stored_seqs.pop(live.next_seq)
-            live.next_seq += 1
-        job.updated_at = self._clock()
-        if await self._cancelled_in_store(job.id):  # by a cancel another process received
-            raise _CancelledElsewhere
-        await self.memory.store.save_job(replace(job))
 
     async def _purge(self, job: IngestJob) -> int:
         """Delete the memories the job stored (ids ing_<key>_0 .. _<chunks_seen - 1>)."""
