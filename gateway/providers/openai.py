@@ -7,6 +7,7 @@ Requests pass through untouched except for ``model``, so fields the gateway does
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
 import orjson
@@ -71,21 +72,52 @@ class OpenAIAdapter:
         )
 
 
-class OpenAIStreamTranslator:
+class WatchedStream(ABC):
+    """A stream relayed as the provider sent it, its events watched (``_watch``, per subclass) for
+    its end, its usage and failures: the shared part of the pass-through translators."""
+
+    __slots__ = ("_decoder", "_done", "_errored", "_usage")
+
+    def __init__(self) -> None:
+        self._decoder = SSEDecoder()
+        self._done = False
+        self._errored = False
+        self._usage: JSONObject | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        for data in self._decoder.feed(chunk):
+            self._watch(data)
+        return chunk
+
+    def finish(self) -> bytes:
+        for data in self._decoder.flush():
+            self._watch(data)
+        return b""
+
+    def usage(self) -> JSONObject | None:
+        return self._usage
+
+    @property
+    def completed(self) -> bool:
+        return self._done and not self._errored
+
+    @abstractmethod
+    def _watch(self, data: bytes) -> None:
+        """Look at one event's data (what ``feed`` and ``finish`` decoded)."""
+
+
+class OpenAIStreamTranslator(WatchedStream):
     """OpenAI SSE in, the same bytes out: it only watches for usage, ``[DONE]`` and error events.
 
     An error event is relayed as the provider sent it (the client's SDK raises on it), but the
     stream then counts as failed and is never cached.
     """
 
-    __slots__ = ("_between", "_decoder", "_done", "_errored", "_usage")
+    __slots__ = ("_between",)
 
     def __init__(self) -> None:
-        self._decoder = SSEDecoder()
+        super().__init__()
         self._between = True  # the decoder holds nothing: the last chunk ended between events
-        self._done = False
-        self._errored = False
-        self._usage: JSONObject | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         if (
@@ -106,18 +138,6 @@ class OpenAIStreamTranslator:
             self._watch(data)
         self._between = decoder.idle
         return chunk
-
-    def finish(self) -> bytes:
-        for data in self._decoder.flush():
-            self._watch(data)
-        return b""
-
-    def usage(self) -> JSONObject | None:
-        return self._usage
-
-    @property
-    def completed(self) -> bool:
-        return self._done and not self._errored
 
     def _watch(self, data: bytes) -> None:
         if data == DONE_DATA:

@@ -19,6 +19,7 @@ import orjson
 
 from gateway.policy.model import OpenAIProvider, ProviderBase
 from gateway.providers.base import StreamTranslator
+from gateway.providers.openai import WatchedStream
 from gateway.wire.requests import JSONObject
 from gateway.wire.responses_output import ResponsesEvents, chat_usage
 from gateway.wire.sse import DONE_DATA, SSEDecoder, encode
@@ -96,35 +97,12 @@ class ChatToResponsesStream:
         return bytes(out)
 
 
-class NativeResponsesStream:
+class NativeResponsesStream(WatchedStream):
     """A provider's own Responses stream: relayed as it is, watched for its end
     (``response.completed`` / ``response.incomplete``, with usage) and for failures
     (``response.failed``, ``error``). Delta events are not parsed."""
 
-    __slots__ = ("_decoder", "_done", "_errored", "_usage")
-
-    def __init__(self) -> None:
-        self._decoder = SSEDecoder()
-        self._done = False
-        self._errored = False
-        self._usage: JSONObject | None = None
-
-    def feed(self, chunk: bytes) -> bytes:
-        for data in self._decoder.feed(chunk):
-            self._watch(data)
-        return chunk
-
-    def finish(self) -> bytes:
-        for data in self._decoder.flush():
-            self._watch(data)
-        return b""
-
-    def usage(self) -> JSONObject | None:
-        return self._usage
-
-    @property
-    def completed(self) -> bool:
-        return self._done and not self._errored
+    __slots__ = ()
 
     def _watch(self, data: bytes) -> None:
         if data.find(b'.delta"', 0, 96) >= 0 or data == DONE_DATA:
