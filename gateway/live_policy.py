@@ -277,7 +277,7 @@ class LivePolicy:
         try:
             async for _ in watchfiles.awatch(
                 directory,
-                watch_filter=None,
+                watch_filter=PolicyFileEvents(self.path),
                 debounce=_DEBOUNCE_MS,
                 recursive=False,
                 stop_event=self._stop,
@@ -297,6 +297,23 @@ class LivePolicy:
             data = b""  # gone for a moment (a rename in progress): reload says so if it stays
         if hashlib.sha256(data).hexdigest() != self._file_digest:
             await self.reload("file")
+
+
+class PolicyFileEvents:
+    """watchfiles' filter for the policy's directory: only events on the policy file itself (an
+    edit in place, or an editor's rename over it) and on the entries a mounted ConfigMap swaps
+    (``..data``, ``..<timestamp>``) wake the watcher. Anything else in the directory, above all
+    the gateway's own log file when ``serve > gateway.log`` runs next to its policy, is ignored:
+    otherwise each log line would be a change, each change a check and a log line, forever."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, path: str) -> None:
+        self._name = os.path.basename(path)
+
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        name = os.path.basename(path)
+        return name == self._name or name.startswith("..")
 
 
 def _read(path: str) -> bytes:

@@ -98,3 +98,6 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
     # aiohttp's own access log is replaced by the gateway's structured one.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # watchfiles says "N changes detected" at INFO for every event batch of the policy's
+    # directory; the gateway logs what matters (a reload and its result) itself.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import watchfiles
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway import keys
+from gateway import keys, live_policy
 from gateway.app import build_app
 from gateway.policy.loader import load_policy
 from gateway.providers.base import UpstreamRequest
@@ -351,3 +352,48 @@ async def test_shadow_settings_follow_a_reload(
         assert (await client.post("/v1/chat/completions", json=chat("m"))).status == 200
     await asyncio.sleep(0.1)  # a mirror, were one started, is sent at once (MockTransport)
     assert upstreams.calls == [("a", "ma")] * 5
+
+
+async def test_the_watcher_ignores_other_files_in_the_policy_directory(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `serve --policy policy.yaml > gateway.log` in one directory: the log is written on every
+    # request and every reload; it must not wake the watcher (each wake-up reads and hashes the
+    # policy, and watchfiles' own INFO line about it would be one more write to the log).
+    reads: list[str] = []
+    real_read = live_policy._read
+
+    def counting_read(path: str) -> bytes:
+        reads.append(path)
+        return real_read(path)
+
+    monkeypatch.setattr(live_policy, "_read", counting_read)
+    client = await gateway(aiohttp_client, policy_file, upstreams, watch=True)
+    first = (await (await client.get("/admin/policy")).json())["version"]
+    deadline = time.monotonic() + 5
+    while not reads and time.monotonic() < deadline:  # the watcher's check when it starts
+        await asyncio.sleep(0.02)
+    assert reads
+    started = len(reads)
+    log_file = policy_file.parent / "gateway.log"
+    for i in range(20):
+        with log_file.open("a") as f:
+            f.write(f"line {i}\n")
+        (policy_file.parent / f"other-{i}.yaml").write_text("x: 1\n")
+        await asyncio.sleep(0.02)
+    # Then an edit of the policy itself: the watcher is alive and sees it.
+    policy_file.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
+    state = await wait_for_version(client, first)
+    assert state["version"] != first
+    assert len(reads) - started <= 2  # the edit (a write may come as two events), nothing else
+
+
+def test_the_policy_file_filter_keeps_the_file_and_configmap_entries_only(tmp_path: Path) -> None:
+    keep = live_policy.PolicyFileEvents(str(tmp_path / "policy.yaml"))
+    modified = watchfiles.Change.modified
+    assert keep(modified, str(tmp_path / "policy.yaml"))
+    assert keep(watchfiles.Change.added, str(tmp_path / "..data"))
+    assert keep(watchfiles.Change.deleted, str(tmp_path / "..2026_11_30_01"))
+    assert not keep(modified, str(tmp_path / "gateway.log"))
+    assert not keep(modified, str(tmp_path / "policy.yaml.swp"))
+    assert not keep(modified, str(tmp_path / "mem.db-wal"))
