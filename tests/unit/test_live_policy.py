@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import watchfiles
 import pytest
+import watchfiles
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
