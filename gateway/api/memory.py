@@ -128,6 +128,10 @@ def _parse(model: type[M], body: dict[str, Any]) -> M:
         param = _param(err["loc"]) or None
         if err["type"] in ("less_than", "greater_than", "finite_number"):  # only Float32 has these
             message = "vector values must be finite float32 numbers (magnitude below 3.4e38)"
+        elif err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
+            raise InvalidRequest(
+                f"Unknown field '{param}'. Accepted: {', '.join(model.model_fields)}.", param=param
+            ) from None
         else:
             message = err["msg"].removeprefix("Value error, ")
         raise InvalidRequest(

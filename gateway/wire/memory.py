@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _NAMESPACE = r"^[A-Za-z0-9_.-]{1,64}$"
 
@@ -90,11 +90,17 @@ class MemoryFileIn(_Strict):
         for name in ("chunk_chars", "overlap_chars"):
             if out.get(name) == "":
                 out.pop(name)
-        if isinstance(out.get("metadata"), str):
-            try:
-                out["metadata"] = orjson.loads(out["metadata"])
-            except orjson.JSONDecodeError:
-                raise ValueError("metadata must be a JSON object") from None
         if isinstance(out.get("metadata_fields"), str):
             out["metadata_fields"] = [f.strip() for f in out["metadata_fields"].split(",") if f.strip()]
         return out
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata_json(cls, value: Any) -> Any:
+        """The ``metadata`` form field is JSON text (an error names the field)."""
+        if isinstance(value, str):
+            try:
+                return orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise ValueError("must be a JSON object (not valid JSON)") from None
+        return value

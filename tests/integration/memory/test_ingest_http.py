@@ -282,15 +282,19 @@ async def test_an_unknown_type_is_415_listing_the_supported_ones(sqlite_gw: Gate
 
 async def test_bad_form_fields_are_400_and_leave_nothing_spooled(sqlite_gw: Gateway, tmp_path: Path) -> None:
     for fields, param in (
-        ({"metadata": "{not json"}, None),
+        ({"metadata": "{not json"}, "metadata"),
+        ({"metadata": "[1, 2]"}, "metadata"),
         ({"namespace": "bad namespace!"}, "namespace"),
         ({"chunk_chars": "100", "overlap_chars": "80"}, "chunk_chars"),
         ({"chunk_chars": "ten"}, "chunk_chars"),
+        ({"chunk_size": "500"}, "chunk_size"),  # a name other tools use: the answer lists ours
     ):
         status, body = await sqlite_gw.upload("a.txt", b"hello", **fields)
         assert status == 400, (fields, body)
-        if param:
-            assert body["error"]["param"] == param
+        assert body["error"]["param"] == param, body
+    status, body = await sqlite_gw.upload("a.txt", b"hello", chunk_size="500")
+    assert "Unknown field 'chunk_size'" in body["error"]["message"]
+    assert "chunk_chars" in body["error"]["message"] and "overlap_chars" in body["error"]["message"]
     assert list((tmp_path / "spool").iterdir()) == []
 
 
