@@ -3,10 +3,18 @@
 The key lives here and only here: it goes into the transport's default headers, and everything
 a provider sends back that could echo it (an error body before it is translated, stream bytes,
 library messages) is scrubbed first, so no error object, log line or client response can hold it.
+
+A key shorter than ``MIN_SCRUBBED_KEY_CHARS`` is not scrubbed: local servers take placeholder
+keys (Ollama's docs use ``ollama``, vLLM's ``EMPTY`` or ``token-abc123``), and replacing every
+occurrence of such a string corrupts ordinary answers (a key ``x`` turned each ``"index"`` of an
+embeddings body into ``"inde***"``; a key ``ollama``, every answer that names Ollama). Real
+provider keys are far longer (OpenAI and Anthropic 50+, Gemini 39, Azure 32 characters). Such a
+provider gets one warning at start-up.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator
 
 import orjson
@@ -18,6 +26,9 @@ from gateway.providers.transport import AiohttpTransport
 from gateway.wire.requests import JSONObject
 
 _REDACTED = "***"
+MIN_SCRUBBED_KEY_CHARS = 16
+
+log = logging.getLogger("gateway.providers")
 
 
 class ProviderClient:
@@ -35,7 +46,16 @@ class ProviderClient:
         self.config = config
         self.adapter = adapter
         self._api_key = api_key or None
-        self._key_bytes = api_key.encode() if api_key else b""
+        # What is scrubbed: the key, unless it is too short to be told from ordinary text.
+        secret = api_key if api_key and len(api_key) >= MIN_SCRUBBED_KEY_CHARS else None
+        self._secret = secret
+        self._key_bytes = secret.encode() if secret else b""
+        if api_key and secret is None:
+            log.warning(
+                "provider key shorter than %d characters: not scrubbed from provider answers",
+                MIN_SCRUBBED_KEY_CHARS,
+                extra={"fields": {"provider": name, "key_env": config.api_key_env}},
+            )
         headers = {**config.headers, **adapter.auth_headers(api_key)}
         self.transport: Transport = transport or AiohttpTransport(name, config, headers, self.scrub)
 
@@ -125,7 +145,7 @@ class ProviderClient:
 
     def scrub(self, text: str) -> str:
         """``text`` with the provider key replaced, in case a provider or library echoes it."""
-        return text.replace(self._api_key, _REDACTED) if self._api_key else text
+        return text.replace(self._secret, _REDACTED) if self._secret else text
 
     def scrub_bytes(self, data: bytes) -> bytes:
         key = self._key_bytes

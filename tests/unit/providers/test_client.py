@@ -112,3 +112,30 @@ async def test_the_real_transport_never_follows_a_redirect_to_another_origin(
     finally:
         await client.close()
     assert stolen == []
+
+
+@pytest.mark.parametrize("placeholder", ["x", "ollama", "EMPTY", "token-abc123"])
+async def test_a_placeholder_key_of_a_local_server_does_not_corrupt_answers(
+    placeholder: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Local OpenAI-compatible servers take any key; their docs use short placeholders. Scrubbing
+    # one would rewrite ordinary text: "index" -> "inde***" for a key "x".
+    config = parse_policy(POLICY.replace("KIND", "openai")).providers["p"]
+    body = {"data": [{"index": 0, "embedding": [0.5]}], "note": "served by ollama: EMPTY token-abc123"}
+    with caplog.at_level("WARNING", logger="gateway.providers"):
+        whole = ProviderClient(
+            "p", config, adapter_for(config), placeholder, MockTransport(lambda r: MockResponse.json(body))
+        )
+    raw, parsed = await whole.fetch_json(REQUEST)
+    assert parsed == body and b"***" not in raw
+    assert [r.getMessage() for r in caplog.records] == [
+        "provider key shorter than 16 characters: not scrubbed from provider answers"
+    ]
+    fields = caplog.records[0].fields  # type: ignore[attr-defined]
+    assert fields == {"provider": "p", "key_env": "P_KEY"}  # the key's variable, never the key
+
+
+async def test_a_real_length_key_is_still_scrubbed_from_whole_answers() -> None:
+    whole = client("openai", MockResponse.json({"echo": f"key={KEY}", "index": 1}))
+    raw, parsed = await whole.fetch_json(REQUEST)
+    assert parsed == {"echo": "key=***", "index": 1} and KEY.encode() not in raw
