@@ -180,7 +180,8 @@ def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int
 
     The estimate is the router's own (``RouteContext.prompt_tokens``: characters of prompt text
     / 4, what routing rules' ``min_prompt_tokens`` see) over the chat translation (system and
-    every turn's text), plus the tool definitions' JSON / 4. Images and documents count 0."""
+    every turn's text), plus the tool definitions' JSON / 4, and at least 1. Images and documents
+    count 0."""
     head = validate_head(CountTokensHead, body)
     full = {**body, "max_tokens": 1, "stream": False}
     try:
@@ -191,7 +192,9 @@ def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int
     if head.model not in names or (caller is not None and not caller.may_use(head.model)):
         raise ModelNotFound(head.model, [n for n in names if caller is None or caller.may_use(n)])
     tools = sum(len(orjson.dumps(tool)) for tool in head.tools or ()) // _CHARS_PER_TOKEN
-    return RouteContext(head.model, chat).prompt_tokens + tools
+    # At least 1: a short message is still tokens (Anthropic's own count is never 0), and a
+    # client that sizes a request from this must not read "free".
+    return max(1, RouteContext(head.model, chat).prompt_tokens + tools)
 
 
 def _bad(target: Target, what: str) -> UpstreamBadResponse:

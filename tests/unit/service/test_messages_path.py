@@ -529,6 +529,8 @@ async def test_count_tokens_is_the_gateway_estimate(sdk: anthropic.AsyncAnthropi
         model="gpt", system="x" * 40, messages=[{"role": "user", "content": "y" * 80}]
     )
     assert counted.input_tokens == 30  # (40 + 80) characters / 4
+    short = await sdk.messages.count_tokens(model="gpt", messages=[{"role": "user", "content": "hi"}])
+    assert short.input_tokens == 1  # never 0 for a message
     with pytest.raises(anthropic.NotFoundError):
         await sdk.messages.count_tokens(model="nope", messages=USER)
 
