@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 JSONObject = dict[str, Any]
 
@@ -35,7 +35,7 @@ class _Head(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ChatMessage(BaseModel):
@@ -47,14 +47,16 @@ class ChatMessage(BaseModel):
 class ChatCompletionHead(_Head):
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    # Strict, as OpenAI's API: "yes" or "true" is a 400, not a stream the provider then refuses
+    # (lax pydantic read "yes" as True while the body went upstream as "yes"). null is allowed.
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
 
 
 class CompletionHead(_Head):
     model: str = Field(min_length=1)
     prompt: str | list[Any]
-    stream: bool = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
 
 

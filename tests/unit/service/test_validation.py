@@ -127,4 +127,17 @@ def test_the_hand_written_chat_check_agrees_with_pydantic(body: dict) -> None:  
             expected.message,
         )
         return
-    assert check_request(Endpoint.CHAT, body) == (head.model, head.stream)
+    assert check_request(Endpoint.CHAT, body) == (head.model, bool(head.stream))
+
+
+@pytest.mark.parametrize("endpoint", [Endpoint.CHAT, Endpoint.COMPLETIONS])
+@pytest.mark.parametrize("value", ["yes", "true", 1, 0, "false"])
+def test_stream_must_be_a_boolean_as_openai_requires(endpoint: Endpoint, value: object) -> None:
+    # Lax pydantic read "yes" as a stream while the body went upstream as "yes": a provider that
+    # answered JSON then looked like one that "ended the stream without data", three times over.
+    body = {"model": "m", "messages": [{"role": "user"}], "prompt": "p", "stream": value}
+    with pytest.raises(InvalidRequest) as err:
+        check_request(endpoint, body)
+    assert err.value.param == "stream" and err.value.code == "invalid_value"
+    body = {"model": "m", "messages": [{"role": "user"}], "prompt": "p", "stream": None}
+    assert check_request(endpoint, body) == ("m", False)  # null is OpenAI's "not set"
