@@ -93,18 +93,42 @@ class IdMap:
         return None
 
     def keys_of(self, ids: Iterable[str]) -> list[int]:
-        """Keys of those of ``ids`` the namespace holds."""
-        return [key for key in map(self.key_of, ids) if key is not None]
+        """Keys of those of ``ids`` the namespace holds (hashed and searched as one batch)."""
+        found: list[int] = []
+        rest: list[bytes] = []
+        for memory_id in ids:
+            key = self._recent.get(memory_id)
+            if key is not None:
+                found.append(key)
+            elif len(self._hashes):
+                rest.append(memory_id.encode())
+        if not rest:
+            return found
+        targets = _hashes(rest, len(rest))
+        los = np.searchsorted(self._hashes, targets, side="left").tolist()
+        his = np.searchsorted(self._hashes, targets, side="right").tolist()
+        for encoded, lo, hi in zip(rest, los, his, strict=True):
+            for candidate in self._hash_keys[lo:hi].tolist():
+                row = self._row(candidate)
+                if row is not None and self._bytes(row) == encoded:
+                    found.append(int(candidate))
+                    break
+        return found
 
     def ids_of(self, keys: npt.NDArray[np.uint64] | Sequence[int]) -> list[str | None]:
         """The id of each key, None for a key that is not (or no longer) held."""
         wanted = np.asarray(keys, dtype=np.uint64)
+        if not self._rows:
+            return [None] * len(wanted)
         rows = np.searchsorted(self._keys[: self._rows], wanted)
-        found: list[str | None] = []
-        for row, key in zip(rows.tolist(), wanted.tolist(), strict=True):
-            held = row < self._rows and int(self._keys[row]) == key and self._lens[row] >= 0
-            found.append(self._bytes(row).decode() if held else None)
-        return found
+        rows = np.minimum(rows, self._rows - 1)
+        held = ((self._keys[rows] == wanted) & (self._lens[rows] >= 0)).tolist()
+        starts, lens = self._starts[rows].tolist(), self._lens[rows].tolist()
+        blob = self._blob
+        return [
+            blob[start : start + size].decode() if ok else None
+            for ok, start, size in zip(held, starts, lens, strict=True)
+        ]
 
     def keys(self) -> U64:
         """The live keys, ascending (a copy)."""
