@@ -1,27 +1,39 @@
 """The semantic index of memories: one usearch HNSW graph per namespace, persisted to a directory.
 
 Memory ids are strings; usearch keys are unsigned 64-bit integers, so each namespace keeps a
-two-way map. Keys come from a per-namespace counter and are never reused: an upsert removes the
-id's old key and adds the vector under a new one. Every vector of an index has the same
-dimension, fixed by the constructor or by the first vector added (one embedding model feeds all
-namespaces, and one query vector is searched across several of them).
+two-way map (``idmap.IdMap``: numpy arrays and one bytearray, no Python object per memory).
+Keys come from a per-namespace counter and are never reused: an upsert removes the id's old key
+and adds the vector under a new one. Every vector of an index has the same dimension, fixed by
+the constructor or by the first vector added (one embedding model feeds all namespaces, and one
+query vector is searched across several of them).
 
-Files, in the index's own directory (``save()`` deletes other ``*.usearch`` / ``*.ids.json``
-files there): ``{stem}.usearch`` (the graph) and ``{stem}.ids.json`` (the id map) per namespace,
-the stem being the namespace made safe for a file name, and ``index.json`` (the manifest). Each
-file is written under a temporary name, fsynced and renamed, the manifest last; ``load()``
-checks every file against the manifest and the configuration and returns False for anything
-missing, corrupt or mismatched, and the service then rebuilds from the store.
+Files, in the index's own directory (``save()`` deletes other ``*.usearch`` / ``*.ids`` files
+there, and ``*.ids.json`` maps of the former format): ``{stem}.usearch`` (the graph) and
+``{stem}.ids`` (the id map, binary, checksummed) per namespace, the stem being the namespace
+made safe for a file name, and ``index.json`` (the manifest). Each file is written under a
+temporary name, fsynced and renamed, the manifest last; ``load()`` checks every file against the
+manifest and the configuration and returns False for anything missing, corrupt or mismatched
+(an index saved in an older format included), and the service then rebuilds from the store.
+
+Memory (issue 15): at 64 dimensions (f32) a memory costs ~550-600 bytes at rest, ~500 of them
+usearch's (the vector, 256, and its graph links) and ~85 the id map (20 per row, 16 for the
+hash, the id's bytes); the dict-based maps cost ~730 in all and, as long-lived small objects
+allocated among the ingest pipeline's garbage, kept pymalloc arenas from being freed. A save
+writes the graph straight to its file under the lock, not into a copy in memory as large as
+the graph. usearch grows its capacity to the next power of two on add (its Python binding has no
+``reserve``): up to ~36 bytes per unused slot until the index is reloaded.
 
 Threads: usearch releases the GIL while it adds or searches, and neither its per-thread search
 contexts nor its growth on add are safe against a concurrent call, so each namespace has a lock
-held by every call into its graph. At 100,000 384-dimensional memories (f32, expansion_search
-128) a search takes ~1.5 ms, p99 ~2 ms, on one core (benchmarks/memory_index.py), so it may run
-on the event loop thread or in worker threads; an add costs ~1.5 ms of CPU per vector (1,300
-vectors/s on two cores), so batches belong in a worker thread (``MemoryService`` adds them so).
-``add`` takes the lock for ``ADD_CHUNK`` vectors at a time and lets waiting searches in between
-chunks, so a search waits for one chunk of a bulk load (p99 ~30 ms in the benchmark), never for
-a whole batch.
+held by every call into its graph and every change of its id map. At 100,000 384-dimensional
+memories (f32, expansion_search 128) a search takes ~1.5 ms, p99 ~2 ms, on one core
+(benchmarks/memory_index.py), so it may run on the event loop thread or in worker threads; an
+add costs ~1.5 ms of CPU per vector (1,300 vectors/s on two cores), so batches belong in a
+worker thread (``MemoryService`` adds them so). ``add`` takes the lock for ``ADD_CHUNK`` vectors
+at a time and lets waiting searches in between chunks, so a search waits for one chunk of a bulk
+load (p99 ~30 ms in the benchmark), never for a whole batch. A save holds the lock while it
+writes the namespace's files into the page cache (0.5-1 s at 300,000 x 64 floats on two busy
+cores, as long as usearch took to serialise into memory); fsync and rename come after.
 """
 
 from __future__ import annotations
@@ -274,8 +286,9 @@ class HnswIndex:
 
     def _save_graph(self, graph: _Graph, stem: str) -> None:
         # Written under the lock straight into the files (the page cache): a copy in memory
-        # first would be as large as the graph (~120 MB at 300,000 x 64 floats, on top of the
-        # graph itself, at every save during a bulk load). fsync and rename come after the lock.
+        # first would be as large as the graph (121 MB at 300,000 x 64 floats, on top of the
+        # graph itself, at every save during a bulk load) and takes as long to make under the
+        # lock (0.5-1 s there). fsync and rename come after the lock.
         graph_tmp = self.directory / (stem + _GRAPH_SUFFIX + _TMP_SUFFIX)
         ids_tmp = self.directory / (stem + _IDS_SUFFIX + _TMP_SUFFIX)
         with graph.lock:

@@ -155,6 +155,7 @@ def test_save_drops_files_of_forgotten_namespaces(tmp_path: Path, rng: np.random
     index = HnswIndex(tmp_path)
     index.add("a", items("m", unit_vectors(rng, 5, 8)))
     index.add("b", items("m", unit_vectors(rng, 5, 8)))
+    (tmp_path / "a.ids.json").write_text('{"format": 1}')  # an id map of the former format
     index.save()
     assert {p.name for p in tmp_path.iterdir()} == {
         "index.json",
