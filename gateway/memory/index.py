@@ -1,27 +1,39 @@
 """The semantic index of memories: one usearch HNSW graph per namespace, persisted to a directory.
 
 Memory ids are strings; usearch keys are unsigned 64-bit integers, so each namespace keeps a
-two-way map. Keys come from a per-namespace counter and are never reused: an upsert removes the
-id's old key and adds the vector under a new one. Every vector of an index has the same
-dimension, fixed by the constructor or by the first vector added (one embedding model feeds all
-namespaces, and one query vector is searched across several of them).
+two-way map (``idmap.IdMap``: numpy arrays and one bytearray, no Python object per memory).
+Keys come from a per-namespace counter and are never reused: an upsert removes the id's old key
+and adds the vector under a new one. Every vector of an index has the same dimension, fixed by
+the constructor or by the first vector added (one embedding model feeds all namespaces, and one
+query vector is searched across several of them).
 
-Files, in the index's own directory (``save()`` deletes other ``*.usearch`` / ``*.ids.json``
-files there): ``{stem}.usearch`` (the graph) and ``{stem}.ids.json`` (the id map) per namespace,
-the stem being the namespace made safe for a file name, and ``index.json`` (the manifest). Each
-file is written under a temporary name, fsynced and renamed, the manifest last; ``load()``
-checks every file against the manifest and the configuration and returns False for anything
-missing, corrupt or mismatched, and the service then rebuilds from the store.
+Files, in the index's own directory (``save()`` deletes other ``*.usearch`` / ``*.ids`` files
+there, and ``*.ids.json`` maps of the former format): ``{stem}.usearch`` (the graph) and
+``{stem}.ids`` (the id map, binary, checksummed) per namespace, the stem being the namespace
+made safe for a file name, and ``index.json`` (the manifest). Each file is written under a
+temporary name, fsynced and renamed, the manifest last; ``load()`` checks every file against the
+manifest and the configuration and returns False for anything missing, corrupt or mismatched
+(an index saved in an older format included), and the service then rebuilds from the store.
+
+Memory (issue 15): at 64 dimensions (f32) a memory costs ~550-600 bytes at rest, ~500 of them
+usearch's (the vector, 256, and its graph links) and ~85 the id map (20 per row, 16 for the
+hash, the id's bytes); the dict-based maps cost ~730 in all and, as long-lived small objects
+allocated among the ingest pipeline's garbage, kept pymalloc arenas from being freed. A save
+writes the graph straight to its file under the lock, not into a copy in memory as large as
+the graph. usearch grows its capacity to the next power of two on add (its Python binding has no
+``reserve``): up to ~36 bytes per unused slot until the index is reloaded.
 
 Threads: usearch releases the GIL while it adds or searches, and neither its per-thread search
 contexts nor its growth on add are safe against a concurrent call, so each namespace has a lock
-held by every call into its graph. At 100,000 384-dimensional memories (f32, expansion_search
-128) a search takes ~1.5 ms, p99 ~2 ms, on one core (benchmarks/memory_index.py), so it may run
-on the event loop thread or in worker threads; an add costs ~1.5 ms of CPU per vector (1,300
-vectors/s on two cores), so batches belong in a worker thread (``MemoryService`` adds them so).
-``add`` takes the lock for ``ADD_CHUNK`` vectors at a time and lets waiting searches in between
-chunks, so a search waits for one chunk of a bulk load (p99 ~30 ms in the benchmark), never for
-a whole batch.
+held by every call into its graph and every change of its id map. At 100,000 384-dimensional
+memories (f32, expansion_search 128) a search takes ~1.5 ms, p99 ~2 ms, on one core
+(benchmarks/memory_index.py), so it may run on the event loop thread or in worker threads; an
+add costs ~1.5 ms of CPU per vector (1,300 vectors/s on two cores), so batches belong in a
+worker thread (``MemoryService`` adds them so). ``add`` takes the lock for ``ADD_CHUNK`` vectors
+at a time and lets waiting searches in between chunks, so a search waits for one chunk of a bulk
+load (p99 ~30 ms in the benchmark), never for a whole batch. A save holds the lock while it
+writes the namespace's files into the page cache (0.5-1 s at 300,000 x 64 floats on two busy
+cores, as long as usearch took to serialise into memory); fsync and rename come after.
 """
 
 from __future__ import annotations
@@ -42,6 +54,8 @@ import orjson
 from usearch.compiled import MetricKind
 from usearch.index import Index, Matches
 
+from gateway.memory.idmap import IdMap
+
 if TYPE_CHECKING:
     from gateway.memory.records import VectorIndex
 
@@ -51,10 +65,11 @@ Matrix = npt.NDArray[np.float32]
 
 ADD_CHUNK = 16  # vectors added per hold of a namespace's lock: bounds how long a search waits
 _WRITER_WAIT_S = 0.05  # how long a writer lets waiting searches go first, per chunk
-_FORMAT = 1
+_FORMAT = 2  # 1: id maps as JSON lists (.ids.json), rebuilt from the store when found
 _MANIFEST = "index.json"
 _GRAPH_SUFFIX = ".usearch"
-_IDS_SUFFIX = ".ids.json"
+_IDS_SUFFIX = ".ids"
+_OLD_SUFFIXES = (".ids.json",)  # deleted by save()
 _TMP_SUFFIX = ".tmp"
 _SAFE_STEM = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 # What a missing, truncated or foreign file makes usearch, orjson or the checks below raise.
@@ -67,7 +82,6 @@ class _Graph:
     __slots__ = (
         "ids",
         "index",
-        "keys",
         "lock",
         "namespace",
         "next_key",
@@ -81,8 +95,7 @@ class _Graph:
     def __init__(self, namespace: str, index: Index) -> None:
         self.namespace = namespace
         self.index = index
-        self.keys: dict[str, int] = {}  # memory id -> usearch key
-        self.ids: dict[int, str] = {}  # usearch key -> memory id
+        self.ids = IdMap()  # memory id <-> usearch key
         self.next_key = 0
         self.version = 1  # bumped on every change; saved_version is the one on disk
         self.saved_version = 0
@@ -180,17 +193,14 @@ class HnswIndex:
 
     @staticmethod
     def _add_chunk(graph: _Graph, ids: list[str], vectors: Matrix, threads: int) -> None:
-        old = [graph.keys[i] for i in ids if i in graph.keys]
+        old = graph.ids.keys_of(ids)
         if old:
             graph.index.remove(np.asarray(old, dtype=np.uint64))
-            for key in old:
-                del graph.ids[key]
+            graph.ids.remove(old)
         keys = np.arange(graph.next_key, graph.next_key + len(ids), dtype=np.uint64)
         graph.index.add(keys, vectors, threads=threads)
         graph.next_key += len(ids)
-        for memory_id, key in zip(ids, keys.tolist(), strict=True):
-            graph.keys[memory_id] = key
-            graph.ids[key] = memory_id
+        graph.ids.add(ids, keys)
         graph.version += 1
 
     def remove(self, namespace: str, ids: Sequence[str]) -> None:
@@ -199,12 +209,11 @@ class HnswIndex:
         if graph is None:
             return
         with graph.lock:
-            keys = [graph.keys.pop(i) for i in set(ids) if i in graph.keys]
+            keys = graph.ids.keys_of(set(ids))
             if not keys:
                 return
             graph.index.remove(np.asarray(keys, dtype=np.uint64))
-            for key in keys:
-                del graph.ids[key]
+            graph.ids.remove(keys)
             graph.version += 1
 
     def clear(self) -> None:
@@ -230,11 +239,10 @@ class HnswIndex:
             exact = len(graph.ids) <= _EXACT_SEARCH_MAX
             matches = graph.index.search(query, min(k, len(graph.ids)), threads=1, exact=exact)
             assert isinstance(matches, Matches)
-            keys: list[int] = matches.keys.tolist()
+            ids = graph.ids.ids_of(matches.keys)
             distances: list[float] = matches.distances.tolist()
-            ids = graph.ids
             # usearch's cosine distance is 1 - cosine similarity.
-            return [(ids[key], 1.0 - d) for key, d in zip(keys, distances, strict=True) if key in ids]
+            return [(i, 1.0 - d) for i, d in zip(ids, distances, strict=True) if i is not None]
 
     def namespaces(self) -> list[str]:
         """Namespaces that hold at least one vector, sorted."""
@@ -277,22 +285,21 @@ class HnswIndex:
             self._delete_stale({_stem(g.namespace) for g in graphs})
 
     def _save_graph(self, graph: _Graph, stem: str) -> None:
-        # Copy under the lock (a memcpy: ~20 ms at 100,000 x 384 floats); write outside it.
+        # Written under the lock straight into the files (the page cache): a copy in memory
+        # first would be as large as the graph (121 MB at 300,000 x 64 floats, on top of the
+        # graph itself, at every save during a bulk load) and takes as long to make under the
+        # lock (0.5-1 s there). fsync and rename come after the lock.
+        graph_tmp = self.directory / (stem + _GRAPH_SUFFIX + _TMP_SUFFIX)
+        ids_tmp = self.directory / (stem + _IDS_SUFFIX + _TMP_SUFFIX)
         with graph.lock:
             version = graph.version
-            data = graph.index.save()
-            ids_doc = {
-                "format": _FORMAT,
-                "namespace": graph.namespace,
-                "next_key": graph.next_key,
-                "keys": list(graph.ids),
-                "ids": list(graph.ids.values()),
-            }
-        assert data is not None
+            graph.index.save(graph_tmp)
+            with open(ids_tmp, "wb") as f:
+                graph.ids.write(f, graph.namespace, graph.next_key)
         # Graph first, id map second: a crash in between leaves a pair that load() rejects
         # unless both hold the same keys (keys are never reused, so the map is then right).
-        _write_atomically(self.directory / (stem + _GRAPH_SUFFIX), data)
-        _write_atomically(self.directory / (stem + _IDS_SUFFIX), orjson.dumps(ids_doc))
+        _sync_and_replace(graph_tmp, self.directory / (stem + _GRAPH_SUFFIX))
+        _sync_and_replace(ids_tmp, self.directory / (stem + _IDS_SUFFIX))
         graph.saved_version = version
 
     def _delete_stale(self, stems: set[str]) -> None:
@@ -301,7 +308,7 @@ class HnswIndex:
             for suffix in (_GRAPH_SUFFIX, _IDS_SUFFIX):
                 if name.endswith(suffix) and name[: -len(suffix)] not in stems:
                     path.unlink(missing_ok=True)
-            if name.endswith(_TMP_SUFFIX):
+            if name.endswith(_TMP_SUFFIX) or name.endswith(_OLD_SUFFIXES):
                 path.unlink(missing_ok=True)  # left by a save that crashed
 
     def load(self) -> bool:
@@ -343,16 +350,11 @@ class HnswIndex:
 
     def _read_graph(self, namespace: str, ndim: int) -> _Graph:
         stem = _stem(namespace)
-        doc = orjson.loads((self.directory / (stem + _IDS_SUFFIX)).read_bytes())
-        keys: list[int] = doc["keys"]
-        ids: list[str] = doc["ids"]
-        if doc.get("format") != _FORMAT or doc.get("namespace") != namespace:
-            raise ValueError(f"{stem}{_IDS_SUFFIX} is not the id map of namespace {namespace!r}")
-        if len(keys) != len(ids) or len(set(keys)) != len(keys) or len(set(ids)) != len(ids):
-            raise ValueError(f"{stem}{_IDS_SUFFIX}: keys and ids do not pair up")
-        next_key = int(doc["next_key"])
-        if keys and max(keys) >= next_key:
-            raise ValueError(f"{stem}{_IDS_SUFFIX}: next_key {next_key} is not past every key")
+        try:
+            with open(self.directory / (stem + _IDS_SUFFIX), "rb") as f:
+                ids, next_key = IdMap.read(f, namespace)
+        except ValueError as exc:
+            raise ValueError(f"{stem}{_IDS_SUFFIX}: {exc}") from None
         graph = _Graph(namespace, self._new_index(ndim))
         expected_dtype = graph.index.dtype
         graph.index.load(self.directory / (stem + _GRAPH_SUFFIX))
@@ -360,11 +362,11 @@ class HnswIndex:
         # usearch's load adopts the file's settings: check them against ours.
         if index.ndim != ndim or index.metric != MetricKind.Cos or index.dtype != expected_dtype:
             raise ValueError(f"{stem}{_GRAPH_SUFFIX}: {index.ndim} x {index.dtype}, {index.metric}")
-        present = index.contains(np.asarray(keys, dtype=np.uint64)) if keys else True
+        keys = ids.keys()
+        present = index.contains(keys) if len(keys) else True
         if len(index) != len(keys) or not np.all(present):
             raise ValueError(f"{stem}{_GRAPH_SUFFIX} and {stem}{_IDS_SUFFIX} hold different keys")
-        graph.keys = dict(zip(ids, keys, strict=True))
-        graph.ids = dict(zip(keys, ids, strict=True))
+        graph.ids = ids
         graph.next_key = next_key
         graph.saved_version = graph.version
         return graph
@@ -435,6 +437,13 @@ def _write_atomically(path: Path, data: bytes | bytearray) -> None:
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sync_and_replace(tmp: Path, path: Path) -> None:
+    """Make a written file durable, then give it its name."""
+    with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
 

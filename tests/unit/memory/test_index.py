@@ -11,6 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from gateway.memory import idmap
+from gateway.memory.idmap import IdMap
 from gateway.memory.index import HnswIndex
 from gateway.memory.records import VectorIndex
 
@@ -153,18 +155,19 @@ def test_save_drops_files_of_forgotten_namespaces(tmp_path: Path, rng: np.random
     index = HnswIndex(tmp_path)
     index.add("a", items("m", unit_vectors(rng, 5, 8)))
     index.add("b", items("m", unit_vectors(rng, 5, 8)))
+    (tmp_path / "a.ids.json").write_text('{"format": 1}')  # an id map of the former format
     index.save()
     assert {p.name for p in tmp_path.iterdir()} == {
         "index.json",
         "a.usearch",
-        "a.ids.json",
+        "a.ids",
         "b.usearch",
-        "b.ids.json",
+        "b.ids",
     }
     index.clear()
     index.add("b", items("n", unit_vectors(rng, 2, 8)))
     index.save()
-    assert {p.name for p in tmp_path.iterdir()} == {"index.json", "b.usearch", "b.ids.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {"index.json", "b.usearch", "b.ids"}
     reloaded = HnswIndex(tmp_path)
     assert reloaded.load()
     assert reloaded.namespaces() == ["b"]
@@ -197,6 +200,9 @@ def test_load_without_an_index_is_false(tmp_path: Path) -> None:
         "garbage graph",
         "missing graph",
         "missing id map",
+        "truncated id map",
+        "id map of another namespace",
+        "a save of the former format",
         "id map of other keys",
         "graph of an older save",
         "corrupt manifest",
@@ -207,7 +213,7 @@ def test_load_of_a_damaged_index_is_false_and_changes_nothing(
     tmp_path: Path, rng: np.random.Generator, damage: str
 ) -> None:
     saved = saved_index(tmp_path, rng)
-    graph, ids, manifest = tmp_path / "facts.usearch", tmp_path / "facts.ids.json", tmp_path / "index.json"
+    graph, ids, manifest = tmp_path / "facts.usearch", tmp_path / "facts.ids", tmp_path / "index.json"
     if damage == "truncated graph":
         graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
     elif damage == "garbage graph":
@@ -216,8 +222,22 @@ def test_load_of_a_damaged_index_is_false_and_changes_nothing(
         graph.unlink()
     elif damage == "missing id map":
         ids.unlink()
+    elif damage == "truncated id map":
+        ids.write_bytes(ids.read_bytes()[:-3])
+    elif damage == "id map of another namespace":
+        other = HnswIndex(tmp_path / "other")
+        other.add("notes", items("m", unit_vectors(rng, 100, 16)))
+        other.save()
+        ids.write_bytes((tmp_path / "other" / "notes.ids").read_bytes())
+    elif damage == "a save of the former format":  # JSON id maps: rebuilt from the store
+        manifest.write_bytes(manifest.read_bytes().replace(b'"format":2', b'"format":1'))
     elif damage == "id map of other keys":
-        ids.write_bytes(ids.read_bytes().replace(b'"keys":[0,', b'"keys":[1000,'))
+        other = HnswIndex(tmp_path / "other")  # the same ids under keys 100-199
+        other.add("facts", items("m", unit_vectors(rng, 100, 16)))
+        other.remove("facts", [f"m{i}" for i in range(100)])
+        other.add("facts", items("m", unit_vectors(rng, 100, 16)))
+        other.save()
+        ids.write_bytes((tmp_path / "other" / "facts.ids").read_bytes())
     elif damage == "graph of an older save":  # a crash between the two renames of a save
         older = graph.read_bytes()
         saved.remove("facts", ["m1"])
@@ -306,3 +326,121 @@ def test_recall_at_10_against_brute_force(tmp_path: Path) -> None:
         found += len({int(i) for i, _ in index.search("facts", query.tolist(), 10)} & set(truth.tolist()))
     recall = found / exact.size
     assert recall >= 0.95, f"recall@10 {recall:.3f}"
+
+
+# ----- the id map (gateway/memory/idmap.py): no Python object per memory
+
+
+@pytest.fixture
+def colliding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every id hashes to the same value: only the comparison of stored ids tells them apart."""
+    monkeypatch.setattr(idmap, "hash_id", lambda data: 42)
+
+
+def test_id_map_adds_finds_and_removes_across_merges() -> None:
+    ids = IdMap()
+    count = idmap.MERGE_AT * 2 + 100  # two merges into the sorted arrays, then recent additions
+    names = [f"ing_{i:x}_é{i}" for i in range(count)]  # non-ASCII: lengths are bytes, not chars
+    for start in range(0, count, 300):
+        chunk = names[start : start + 300]
+        ids.add(chunk, np.arange(start, start + len(chunk), dtype=np.uint64))
+    assert len(ids) == count
+    assert [ids.key_of(n) for n in (names[0], names[5000], names[-1])] == [0, 5000, count - 1]
+    assert ids.key_of("ing_missing") is None
+    assert ids.ids_of([3, count - 1, count, 10**12]) == [names[3], names[-1], None, None]
+    assert ids.remove([3, 3, 10**12]) == 1
+    assert ids.key_of(names[3]) is None and ids.ids_of([3]) == [None]
+    assert len(ids) == count - 1
+    with pytest.raises(ValueError, match="keys must grow"):
+        ids.add(["late"], [5])
+
+
+def test_id_map_resolves_ids_that_share_a_hash(colliding: None) -> None:
+    ids = IdMap()
+    names = [f"m{i}" for i in range(idmap.MERGE_AT + 10)]  # most merged, the last 10 recent
+    ids.add(names, np.arange(len(names), dtype=np.uint64))
+    assert all(ids.key_of(n) == i for i, n in enumerate(names) if i % 97 == 0)
+    assert ids.key_of("m-not-there") is None
+    ids.remove([ids.key_of("m1") or 0])
+    assert ids.key_of("m1") is None and ids.key_of("m2") == 2
+    # A round trip recomputes the hashes (all equal here) and still tells the ids apart.
+    again, _ = IdMap.from_bytes(ids.to_bytes("ns", len(names)), "ns")
+    assert again.key_of("m2") == 2 and again.key_of("m1") is None and again.key_of("m4100") == 4100
+
+
+def test_index_with_colliding_hashes_upserts_and_searches(
+    tmp_path: Path, rng: np.random.Generator, colliding: None
+) -> None:
+    vectors = unit_vectors(rng, 40, 8)
+    index = HnswIndex(tmp_path)
+    index.add("facts", items("m", vectors[:20]))
+    index.add("facts", [("m3", vectors[30].tolist())])  # upsert: m3 is found by comparing ids
+    assert len(index) == 20
+    assert index.search("facts", vectors[30].tolist(), 1)[0][0] == "m3"
+    assert index.search("facts", vectors[4].tolist(), 1)[0][0] == "m4"
+    index.remove("facts", ["m4"])
+    assert "m4" not in [i for i, _ in index.search("facts", vectors[4].tolist(), 20)]
+    index.save()
+    reloaded = HnswIndex(tmp_path)
+    assert reloaded.load()
+    assert reloaded.size("facts") == 19
+    assert reloaded.search("facts", vectors[30].tolist(), 1)[0][0] == "m3"
+
+
+def test_id_map_compacts_removed_rows(rng: np.random.Generator) -> None:
+    ids = IdMap()
+    names = [f"id-{i}" for i in range(10_000)]
+    ids.add(names, np.arange(10_000, dtype=np.uint64))
+    blob_before = len(ids._blob)
+    ids.remove(range(0, 5_000))  # half: not yet more removed than live
+    assert ids._rows == 10_000
+    ids.remove([5_000])  # now removed rows outnumber live ones: compacted
+    assert (ids._rows, len(ids)) == (4_999, 4_999)
+    assert len(ids._blob) < blob_before * 0.51
+    assert len(ids._hashes) == 4_999  # hash entries of removed rows are gone too
+    assert ids.key_of("id-5001") == 5001 and ids.key_of("id-10") is None
+    assert ids.ids_of([5001, 9999, 100]) == ["id-5001", "id-9999", None]
+    ids.add(["id-10"], [10_000])  # keys keep growing after a compaction
+    assert ids.key_of("id-10") == 10_000
+    assert ids.items()[:2] == [("id-5001", 5001), ("id-5002", 5002)]
+
+
+def test_many_upserts_of_one_id_keep_one_entry(tmp_path: Path, rng: np.random.Generator) -> None:
+    vectors = unit_vectors(rng, 3, 8)
+    index = HnswIndex(tmp_path)
+    index.add("facts", items("other", vectors[:2]))
+    for round_ in range(5_000):
+        index.add("facts", [("same", vectors[2 if round_ % 2 else 0].tolist())])
+    assert index.size("facts") == 3
+    graph_ids = index._graphs["facts"].ids
+    assert graph_ids._rows <= 2 * 3 + 64  # compacted as it goes, not one row per upsert
+    assert len(graph_ids._hashes) + len(graph_ids._recent) <= 2 * 3 + 64 + idmap.MERGE_AT
+    assert index.search("facts", vectors[2].tolist(), 1) == [("same", pytest.approx(1.0, abs=1e-5))]
+    index.save()
+    reloaded = HnswIndex(tmp_path)
+    assert reloaded.load()
+    assert sorted(reloaded._graphs["facts"].ids.items()) == [("other0", 0), ("other1", 1), ("same", 5_001)]
+
+
+def test_id_map_round_trip_and_damage() -> None:
+    ids = IdMap()
+    ids.add(["a", "β", "c"], [0, 1, 7])
+    ids.remove([1])
+    data = ids.to_bytes("facts", 8)
+    again, next_key = IdMap.from_bytes(data, "facts")
+    assert next_key == 8 and again.items() == [("a", 0), ("c", 7)]
+    with pytest.raises(ValueError, match="namespace"):
+        IdMap.from_bytes(data, "other")
+    with pytest.raises(ValueError, match="wrong size"):
+        IdMap.from_bytes(data[:-1], "facts")
+    with pytest.raises(ValueError, match="checksum"):
+        IdMap.from_bytes(data[:-1] + b"x", "facts")
+    with pytest.raises(ValueError, match="format"):
+        IdMap.from_bytes(b'{"format":1}', "facts")
+    # A duplicated id, with a valid checksum, is refused: built by hand as a writer could not.
+    twice = IdMap()
+    twice.add(["a"], [0])
+    twice._recent.clear()
+    twice.add(["a"], [1])
+    with pytest.raises(ValueError, match="held twice"):
+        IdMap.from_bytes(twice.to_bytes("facts", 2), "facts")
