@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -444,3 +445,74 @@ def test_id_map_round_trip_and_damage() -> None:
     twice.add(["a"], [1])
     with pytest.raises(ValueError, match="held twice"):
         IdMap.from_bytes(twice.to_bytes("facts", 2), "facts")
+
+
+def test_searches_go_on_while_a_save_writes_and_changes_wait_for_it(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    index = HnswIndex(tmp_path / "idx")
+    vectors = unit_vectors(rng, 2000, 16)  # searched exactly: no approximate miss
+    index.add("ns", items("m", vectors))
+    graph = index._graphs["ns"]
+    real_save = graph.index.save
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_save(path: object) -> None:  # usearch's save, held open until the test lets it go
+        writing.set()
+        assert release.wait(10)
+        real_save(path)
+
+    graph.index.save = slow_save  # type: ignore[method-assign]
+    saver = threading.Thread(target=index.save)
+    saver.start()
+    assert writing.wait(10)
+    # The save is in the middle of writing: a search neither waits for it nor sees a change.
+    found = index.search("ns", vectors[7].tolist(), 1)
+    assert found[0][0] == "m7"
+    adder = threading.Thread(target=index.add, args=("ns", items("late", unit_vectors(rng, 1, 16))))
+    adder.start()
+    adder.join(0.3)
+    assert adder.is_alive() and index.size("ns") == 2000  # the add waits for the save
+    release.set()
+    saver.join(10)
+    adder.join(10)
+    assert index.size("ns") == 2001
+    reloaded = HnswIndex(tmp_path / "idx")
+    assert reloaded.load() and reloaded.size("ns") == 2000  # the file holds what the save began with
+
+
+def test_saves_and_searches_from_threads_at_once_stay_right(tmp_path: Path, rng: np.random.Generator) -> None:
+    index = HnswIndex(tmp_path / "idx")
+    vectors = unit_vectors(rng, 2000, 16)
+    index.add("ns", items("m", vectors))
+    extra = unit_vectors(rng, 5, 16)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def search() -> None:
+        draw = random.Random(threading.get_ident())
+        try:
+            while not stop.is_set():
+                i = draw.randrange(2000)
+                assert index.search("ns", vectors[i].tolist(), 1)[0][0] == f"m{i}"
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def save() -> None:
+        try:
+            for n in range(5):
+                index.add("ns", items(f"s{n}-", extra[n : n + 1]))  # a change to save
+                index.save()
+        except BaseException as exc:
+            errors.append(exc)
+
+    searchers = [threading.Thread(target=search) for _ in range(3)]
+    for t in searchers:
+        t.start()
+    save()
+    stop.set()
+    for t in searchers:
+        t.join(10)
+    assert errors == []
+    reloaded = HnswIndex(tmp_path / "idx")
+    assert reloaded.load() and reloaded.size("ns") == 2005
