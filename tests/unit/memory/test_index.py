@@ -457,10 +457,10 @@ def test_searches_go_on_while_a_save_writes_and_changes_wait_for_it(
     real_save = graph.index.save
     writing, release = threading.Event(), threading.Event()
 
-    def slow_save(path: object) -> None:  # usearch's save, held open until the test lets it go
+    def slow_save(path: object, **options: object) -> None:  # held open until the test lets it go
         writing.set()
         assert release.wait(10)
-        real_save(path)
+        real_save(path, **options)
 
     graph.index.save = slow_save  # type: ignore[method-assign]
     saver = threading.Thread(target=index.save)
@@ -516,3 +516,25 @@ def test_saves_and_searches_from_threads_at_once_stay_right(tmp_path: Path, rng:
     assert errors == []
     reloaded = HnswIndex(tmp_path / "idx")
     assert reloaded.load() and reloaded.size("ns") == 2005
+
+
+def test_a_save_lets_other_threads_run_while_usearch_writes(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # usearch holds the GIL for a whole save; its progress callback is where the index yields.
+    import gateway.memory.index as index_module
+
+    yields: list[float] = []
+    real_sleep = index_module.time.sleep
+
+    def counting_sleep(seconds: float) -> None:
+        yields.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(index_module.time, "sleep", counting_sleep)
+    index = HnswIndex(tmp_path / "idx")
+    index.add("ns", items("m", unit_vectors(rng, 10_000, 8)))
+    index.save()
+    assert yields.count(0) >= 4  # two calls a node: every 4,096th yields
+    reloaded = HnswIndex(tmp_path / "idx")
+    assert reloaded.load() and reloaded.size("ns") == 10_000
