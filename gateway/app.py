@@ -415,6 +415,8 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/completions", openai.completions)
     add("POST", "/v1/embeddings", openai.embeddings)
     add("POST", "/v1/responses", responses_api.create_response)
+    add("GET", "/v1/responses/{response_id}", responses_api.retrieve_response)
+    add("DELETE", "/v1/responses/{response_id}", responses_api.delete_response)
     add("POST", "/v1/messages", messages_api.create_message)  # Anthropic's Messages API (issue 17)
     add("POST", "/v1/messages/count_tokens", messages_api.count_message_tokens)
     add("GET", "/v1/models", openai.list_models)

@@ -1,13 +1,17 @@
-"""Handler of OpenAI's Responses API (``POST /v1/responses``, issue 17): parse, call the
-Responses service, render. Errors are OpenAI's envelope, as for every other endpoint."""
+"""Handlers of OpenAI's Responses API (``POST /v1/responses``, issue 17, and ``GET`` / ``DELETE
+/v1/responses/{id}`` for kept responses): parse, call the Responses service, render. Errors are
+OpenAI's envelope, as for every other endpoint."""
 
 from __future__ import annotations
 
 import time
 
+import orjson
 from aiohttp import web
 
 from gateway import keys
+from gateway.auth.identity import Caller
+from gateway.errors import NotFound
 from gateway.http.auth import authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
@@ -26,3 +30,39 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if answer.stream is not None:
         return await send_stream(request, answer.stream, ctx.request_id)
     return json_response(answer.body or b"{}")
+
+
+def _caller_context(request: web.Request, caller: Caller | None) -> CallContext:
+    return CallContext.for_client(request[keys.REQUEST_ID], time.perf_counter(), request.headers, caller)
+
+
+def _not_found(response_id: str) -> NotFound:
+    # One answer for an unknown id and another caller's: ids cannot be probed.
+    return NotFound(
+        f"No response with id '{response_id}' is kept for this key (responses are kept for "
+        "responses.store_ttl_s, and only with store: true).",
+        param="response_id",
+    )
+
+
+async def retrieve_response(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/responses/{id}``: a response kept with ``store``, as it was answered."""
+    app = request.app
+    caller = None if app[keys.POLICY].auth.mode == "open" else await authenticate(request)
+    ctx = _caller_context(request, caller)
+    response_id = request.match_info["response_id"]
+    found = await app[keys.RESPONSES].retrieve(ctx.tenant, response_id)
+    if found is None:
+        raise _not_found(response_id)
+    return json_response(orjson.dumps(found))
+
+
+async def delete_response(request: web.Request) -> web.StreamResponse:
+    """``DELETE /v1/responses/{id}``: forget a kept response (OpenAI's deletion object)."""
+    app = request.app
+    caller = None if app[keys.POLICY].auth.mode == "open" else await authenticate(request)
+    ctx = _caller_context(request, caller)
+    response_id = request.match_info["response_id"]
+    if not await app[keys.RESPONSES].delete(ctx.tenant, response_id):
+        raise _not_found(response_id)
+    return json_response(orjson.dumps({"id": response_id, "object": "response.deleted", "deleted": True}))

@@ -110,7 +110,8 @@ class ResponsesService:
                 "'previous_response_id' must be a response id.", param="previous_response_id"
             )
         raw = await self._store.get(STORED_CATEGORY, _key(tenant, previous))
-        items = _decoded(raw)
+        kept = _decoded(raw)
+        items = None if kept is None else kept[0]
         if items is None:
             raise InvalidRequest(
                 f"Previous response with id '{previous}' not found (responses are kept for a "
@@ -119,6 +120,20 @@ class ResponsesService:
                 code="previous_response_not_found",
             )
         return {**body, "input": items + _input_items(body)}
+
+    async def retrieve(self, tenant: str, response_id: str) -> JSONObject | None:
+        """``GET /v1/responses/{id}``: the response as it was answered, if this tenant's and
+        still kept (None otherwise, and for one kept before the gateway stored whole responses)."""
+        kept = _decoded(await self._store.get(STORED_CATEGORY, _key(tenant, response_id)))
+        return None if kept is None else kept[1]
+
+    async def delete(self, tenant: str, response_id: str) -> bool:
+        """``DELETE /v1/responses/{id}``: forget a kept response; False when there is none."""
+        key = _key(tenant, response_id)
+        if await self._store.get(STORED_CATEGORY, key) is None:
+            return False
+        await self._store.delete(STORED_CATEGORY, key)
+        return True
 
 
 class ResponsesDoor:
@@ -183,7 +198,8 @@ class _Keeper:
         if not isinstance(response_id, str) or not isinstance(output, list):
             return
         kept = [item for item in output if isinstance(item, dict) and item.get("type") in _KEPT_ITEMS]
-        value = orjson.dumps(self._items + kept)
+        # The conversation for previous_response_id, and the response itself for retrieval.
+        value = orjson.dumps({"items": self._items + kept, "response": response})
         await self._store.set(STORED_CATEGORY, _key(self._tenant, response_id), value, self._ttl_s)
 
 
@@ -225,14 +241,21 @@ def _input_items(body: JSONObject) -> list[Any]:
     return list(given) if isinstance(given, list) else []
 
 
-def _decoded(raw: bytes | None) -> list[Any] | None:
+def _decoded(raw: bytes | None) -> tuple[list[Any], JSONObject | None] | None:
+    """(conversation items, the response) of a kept value; a value kept before responses were
+    stored whole is the items alone (the response is then None)."""
     if raw is None:
         return None
     try:
-        items = orjson.loads(raw)
+        kept = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    return items if isinstance(items, list) else None
+    if isinstance(kept, list):
+        return kept, None
+    if isinstance(kept, dict) and isinstance(kept.get("items"), list):
+        response = kept.get("response")
+        return kept["items"], response if isinstance(response, dict) else None
+    return None
 
 
 def _key(tenant: str, response_id: str) -> str:

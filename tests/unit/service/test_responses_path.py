@@ -521,6 +521,31 @@ async def test_store_false_keeps_nothing(client: TestClient) -> None:
         await sdk(client).responses.create(model="m", input="more", previous_response_id=first.id)
 
 
+async def test_a_kept_response_can_be_retrieved_and_deleted_by_its_tenant_only(client: TestClient) -> None:
+    first = await sdk(client, "key-one").responses.create(model="m", input="hi")
+    got = await sdk(client, "key-one").responses.retrieve(first.id)
+    assert got.model_dump() == first.model_dump()  # the response as it was answered
+    with pytest.raises(openai.NotFoundError):  # another caller's id is unknown to it
+        await sdk(client, "key-two").responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError):
+        await sdk(client, "key-two").responses.delete(first.id)
+    await sdk(client, "key-one").responses.delete(first.id)  # OpenAI's deletion object, 200
+    with pytest.raises(openai.NotFoundError):
+        await sdk(client, "key-one").responses.retrieve(first.id)
+    with pytest.raises(openai.BadRequestError, match="not found"):  # and it is gone as a previous one
+        await sdk(client, "key-one").responses.create(model="m", input="x", previous_response_id=first.id)
+    streamed = sdk(client, "key-one").responses.stream(model="m", input="hi")
+    async with streamed as events:
+        final = await events.get_final_response()
+    assert (await sdk(client, "key-one").responses.retrieve(final.id)).output_text == final.output_text
+    unkept = await sdk(client).responses.create(model="m", input="hi", store=False)
+    with pytest.raises(openai.NotFoundError):
+        await sdk(client).responses.retrieve(unkept.id)
+    resp = await client.delete("/v1/responses/resp_unknown")
+    body = await resp.json()
+    assert resp.status == 404 and body["error"]["param"] == "response_id"
+
+
 async def test_policy_store_off_refuses_previous_response_id(aiohttp_client: ClientFactory) -> None:
     app: web.Application = build_app(
         Settings(access_log=False),
