@@ -10,7 +10,6 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
-from gateway.auth.identity import Caller
 from gateway.errors import NotFound
 from gateway.http.auth import authenticate
 from gateway.http.body import read_json
@@ -32,8 +31,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     return json_response(answer.body or b"{}")
 
 
-def _caller_context(request: web.Request, caller: Caller | None) -> CallContext:
-    return CallContext.for_client(request[keys.REQUEST_ID], time.perf_counter(), request.headers, caller)
+async def _kept_id(request: web.Request) -> tuple[str, str]:
+    """(the caller's tenant, the response id in the path): a kept response is its tenant's only.
+    The tenant is ``CallContext``'s own (the key's team, or a hash of the Authorization header)."""
+    app = request.app
+    caller = None if app[keys.POLICY].auth.mode == "open" else await authenticate(request)
+    ctx = CallContext.for_client(request[keys.REQUEST_ID], time.perf_counter(), request.headers, caller)
+    return ctx.tenant, request.match_info["response_id"]
 
 
 def _not_found(response_id: str) -> NotFound:
@@ -47,11 +51,8 @@ def _not_found(response_id: str) -> NotFound:
 
 async def retrieve_response(request: web.Request) -> web.StreamResponse:
     """``GET /v1/responses/{id}``: a response kept with ``store``, as it was answered."""
-    app = request.app
-    caller = None if app[keys.POLICY].auth.mode == "open" else await authenticate(request)
-    ctx = _caller_context(request, caller)
-    response_id = request.match_info["response_id"]
-    found = await app[keys.RESPONSES].retrieve(ctx.tenant, response_id)
+    tenant, response_id = await _kept_id(request)
+    found = await request.app[keys.RESPONSES].retrieve(tenant, response_id)
     if found is None:
         raise _not_found(response_id)
     return json_response(orjson.dumps(found))
@@ -59,10 +60,7 @@ async def retrieve_response(request: web.Request) -> web.StreamResponse:
 
 async def delete_response(request: web.Request) -> web.StreamResponse:
     """``DELETE /v1/responses/{id}``: forget a kept response (OpenAI's deletion object)."""
-    app = request.app
-    caller = None if app[keys.POLICY].auth.mode == "open" else await authenticate(request)
-    ctx = _caller_context(request, caller)
-    response_id = request.match_info["response_id"]
-    if not await app[keys.RESPONSES].delete(ctx.tenant, response_id):
+    tenant, response_id = await _kept_id(request)
+    if not await request.app[keys.RESPONSES].delete(tenant, response_id):
         raise _not_found(response_id)
     return json_response(orjson.dumps({"id": response_id, "object": "response.deleted", "deleted": True}))
