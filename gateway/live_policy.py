@@ -179,13 +179,15 @@ class LivePolicy:
 
     # ----- reloading
 
-    async def reload(self, source: str) -> ReloadOutcome:
-        """Read, validate and apply the policy file; one reload at a time."""
+    async def reload(self, source: str, data: bytes | None = None) -> ReloadOutcome:
+        """Read (unless the watcher has just read ``data``), validate and apply the policy file;
+        one reload at a time."""
         if self.path is None:
             return self._refused(source, ("this gateway was not started from a policy file",))
         async with self._lock:
             try:
-                data = await asyncio.to_thread(_read, self.path)
+                if data is None:
+                    data = await asyncio.to_thread(_read, self.path)
                 self._file_digest = hashlib.sha256(data).hexdigest()
                 policy = await asyncio.to_thread(_parse, data, self.path)
             except PolicyError as exc:
@@ -296,7 +298,9 @@ class LivePolicy:
         except PolicyError:
             data = b""  # gone for a moment (a rename in progress): reload says so if it stays
         if hashlib.sha256(data).hexdigest() != self._file_digest:
-            await self.reload("file")
+            # Apply the bytes just read (one read per change); a file that was gone is read again
+            # so that the reload names the problem if it stays gone.
+            await self.reload("file", data or None)
 
 
 class PolicyFileEvents:
