@@ -42,10 +42,13 @@ put the search p99 during a 500 MB ingestion at 415 ms). fsync and rename come a
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
+import mmap
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -69,11 +72,19 @@ log = logging.getLogger("gateway.memory.index")
 Matrix = npt.NDArray[np.float32]
 
 ADD_CHUNK = 16  # vectors added per hold of a namespace's lock: bounds how long a search waits
+# What a namespace's growing segment may hold in RAM before it is sealed to a file and mapped.
+SEAL_BYTES = 32 * 1024 * 1024
+_SEAL_MIN = 1024  # vectors: a segment smaller than this is never sealed (too many files)
+_NODE_BYTES = 200  # usearch's per-node cost beyond the vector: key, level, links at connectivity 16
+_ITEM_BYTES = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2, "i8": 1, "b1": 1}
 _WRITER_WAIT_S = 0.05  # how long a writer lets waiting searches go first, per chunk
-_FORMAT = 2  # 1: id maps as JSON lists (.ids.json), rebuilt from the store when found
+_FORMAT = 3  # 3 adds sealed segments; 2 (one graph per namespace) loads as a growing segment
+_FORMATS_READ = (2, 3)  # 1: id maps as JSON lists (.ids.json), rebuilt from the store when found
 _MANIFEST = "index.json"
 _GRAPH_SUFFIX = ".usearch"
 _IDS_SUFFIX = ".ids"
+_SEGMENT_SUFFIX = ".seg"  # {stem}.{first key}.seg: a sealed segment, written once
+_PRIVATE_PREFIX = ".private-"  # {directory}/.private-{pid}: a worker's own sealed segments
 _OLD_SUFFIXES = (".ids.json",)  # deleted by save()
 _TMP_SUFFIX = ".tmp"
 _SAFE_STEM = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
@@ -81,17 +92,33 @@ _SAFE_STEM = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 _LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError)
 
 
+class _Segment:
+    """A sealed segment: a usearch graph memory-mapped from its file (read-only), holding keys in
+    [lo, hi). ``dead`` counts its keys whose memories were since removed or replaced: they stay
+    in the graph (a view cannot change) and are dropped from answers by the id map."""
+
+    __slots__ = ("dead", "file", "hi", "index", "lo", "mapping")
+
+    def __init__(self, view: tuple[Index, memoryview], lo: int, hi: int, file: str, dead: int = 0) -> None:
+        self.index, self.mapping = view  # the mapping outlives no index that reads it
+        self.lo, self.hi, self.file, self.dead = lo, hi, file, dead
+
+
 class _Graph:
-    """One namespace: its usearch graph, the id <-> key maps and a change counter for save()."""
+    """One namespace: its sealed segments, the growing segment (``index``, in RAM, keys from
+    ``mutable_lo``), the id <-> key maps and a change counter for save()."""
 
     __slots__ = (
         "changing",
         "ids",
         "index",
         "lock",
+        "mutable_lo",
         "namespace",
         "next_key",
+        "saved_segments",
         "saved_version",
+        "sealed",
         "searches_done",
         "searches_waiting",
         "turn",
@@ -101,6 +128,9 @@ class _Graph:
     def __init__(self, namespace: str, index: Index) -> None:
         self.namespace = namespace
         self.index = index
+        self.sealed: tuple[_Segment, ...] = ()  # oldest first; replaced whole, under ``lock``
+        self.mutable_lo = 0
+        self.saved_segments: list[list[Any]] = []  # [file, lo, hi] as the manifest lists them
         self.ids = IdMap()  # memory id <-> usearch key
         self.next_key = 0
         self.version = 1  # bumped on every change; saved_version is the one on disk
@@ -134,6 +164,14 @@ class _Graph:
             target = self.searches_done + self.searches_waiting
             self.turn.wait_for(lambda: self.searches_done >= target, timeout=_WRITER_WAIT_S)
 
+    def count_dead(self, keys: Sequence[int]) -> None:
+        """Count removed keys of sealed segments (under ``lock``)."""
+        los = [segment.lo for segment in self.sealed]
+        for key in keys:
+            i = bisect.bisect_right(los, key) - 1
+            if i >= 0:
+                self.sealed[i].dead += 1
+
 
 _EXACT_SEARCH_MAX = 2048
 
@@ -148,6 +186,8 @@ class HnswIndex:
     ``dtype`` is how usearch stores vectors: f32 returns exact similarities; bf16 (usearch's own
     default) had the recall of f32 at half the memory and twice the build and search speed in
     the benchmark, with similarities off by up to ~0.001.
+    ``seal_vectors``: how many vectors a namespace's growing segment holds before it is sealed
+    (written to a file and memory-mapped); None fits it in ``SEAL_BYTES``.
     """
 
     def __init__(
@@ -159,6 +199,7 @@ class HnswIndex:
         expansion_add: int = 200,
         expansion_search: int = 128,
         dtype: str = "f32",
+        seal_vectors: int | None = None,
     ) -> None:
         if ndim is not None and ndim <= 0:
             raise ValueError(f"ndim must be positive, got {ndim}")
@@ -169,9 +210,14 @@ class HnswIndex:
         self._expansion_add = expansion_add
         self._expansion_search = expansion_search
         self._dtype = dtype
+        self._seal_vectors = seal_vectors  # None: as many as fit in SEAL_BYTES
         self._graphs: dict[str, _Graph] = {}
         self._lock = threading.Lock()  # guards _graphs and _ndim
         self._save_lock = threading.Lock()  # one save() at a time
+        # Held while a segment file is written and joins its namespace, and while save() deletes
+        # the files nothing refers to: a segment being sealed is never taken for a stale file.
+        self._files_lock = threading.Lock()
+        self._segment_dir = self.directory  # a worker that does not own the files: its own
 
     @property
     def ndim(self) -> int | None:
@@ -194,19 +240,81 @@ class HnswIndex:
         graph = self._graph(namespace, create=True)
         assert graph is not None
         threads = 1 if len(ids) <= ADD_CHUNK else 0  # 0: all cores, for bulk loads
+        seal_at = self._seal_at()
         for start in range(0, len(ids), ADD_CHUNK):
             chunk = ids[start : start + ADD_CHUNK]
             with graph.changing:
                 graph.let_searches_in()
                 with graph.lock:
                     self._add_chunk(graph, chunk, matrix[start : start + ADD_CHUNK], threads)
+                if len(graph.index) >= seal_at:
+                    self._seal(graph)
+
+    def _seal_at(self) -> int:
+        """Vectors in a growing segment that seal it: a power of two (usearch grows its capacity
+        to the next one), at least _SEAL_MIN."""
+        if self._seal_vectors is not None:
+            return self._seal_vectors
+        node = (self._ndim or 1) * _ITEM_BYTES.get(self._dtype, 4) + _NODE_BYTES
+        fit = max(_SEAL_MIN, SEAL_BYTES // node)
+        return 1 << (fit.bit_length() - 1)
+
+    def _seal(self, graph: _Graph) -> None:
+        """Write the growing segment to its file, map the file and start a new growing segment
+        (under ``changing``: no change meanwhile; searches go on reading the segment). The
+        segment's RAM is given back; the mapped file's pages are the kernel's page cache, read
+        as searches need them and dropped under memory pressure instead of growing the heap."""
+        assert self._ndim is not None
+        lo, hi = graph.mutable_lo, graph.next_key
+        with self._files_lock:
+            directory = self._segment_dir
+            directory.mkdir(parents=True, exist_ok=True)
+            name = f"{_stem(graph.namespace)}.{lo}{_SEGMENT_SUFFIX}"
+            tmp = directory / (name + _TMP_SUFFIX)
+            graph.index.save(tmp, progress=_yield_the_gil)
+            _sync_and_replace(tmp, directory / name)
+            view = self._view(directory / name, self._ndim)
+            fresh = self._new_index(self._ndim)
+            with graph.lock:
+                graph.sealed = (*graph.sealed, _Segment(view, lo, hi, name))
+                graph.index = fresh
+                graph.mutable_lo = hi
+                graph.version += 1
+        log.info(
+            "memory index: segment sealed",
+            extra={"fields": {"namespace": graph.namespace, "vectors": len(view[0]), "file": name}},
+        )
+
+    def _view(self, path: Path, ndim: int) -> tuple[Index, memoryview]:
+        """A sealed segment's file, memory-mapped; raises ValueError when it does not match."""
+        # Mapped here and handed over as a buffer: usearch's own view of a path closes a file
+        # descriptor that is not its own when the file cannot be opened (stdin, in the tests).
+        # usearch keeps no reference to the buffer: the segment holds it as long as it lives.
+        with open(path, "rb") as f:
+            mapping = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        view = self._new_index(ndim)
+        expected_dtype = view.dtype
+        view.view(mapping)
+        if view.ndim != ndim or view.metric != MetricKind.Cos or view.dtype != expected_dtype:
+            raise ValueError(f"{path.name}: {view.ndim} x {view.dtype}, {view.metric}")
+        return view, mapping  # expansion_search stays the constructor's (not the file's)
 
     @staticmethod
-    def _add_chunk(graph: _Graph, ids: list[str], vectors: Matrix, threads: int) -> None:
+    def _drop_keys(graph: _Graph, keys: Sequence[int]) -> None:
+        """Remove ``keys`` (under ``lock``): from the growing segment's graph, or counted dead
+        in their sealed segment; then from the id map."""
+        growing = [k for k in keys if k >= graph.mutable_lo]
+        if growing:
+            graph.index.remove(np.asarray(growing, dtype=np.uint64))
+        if len(growing) != len(keys):
+            graph.count_dead([k for k in keys if k < graph.mutable_lo])
+        graph.ids.remove(keys)
+
+    @classmethod
+    def _add_chunk(cls, graph: _Graph, ids: list[str], vectors: Matrix, threads: int) -> None:
         old = graph.ids.keys_of(ids)
         if old:
-            graph.index.remove(np.asarray(old, dtype=np.uint64))
-            graph.ids.remove(old)
+            cls._drop_keys(graph, old)
         keys = np.arange(graph.next_key, graph.next_key + len(ids), dtype=np.uint64)
         graph.index.add(keys, vectors, threads=threads)
         graph.next_key += len(ids)
@@ -222,8 +330,7 @@ class HnswIndex:
             keys = graph.ids.keys_of(set(ids))
             if not keys:
                 return
-            graph.index.remove(np.asarray(keys, dtype=np.uint64))
-            graph.ids.remove(keys)
+            self._drop_keys(graph, keys)
             graph.version += 1
 
     def clear(self) -> None:
@@ -244,15 +351,21 @@ class HnswIndex:
         with graph.searching():
             if not graph.ids:
                 return []
-            # Small namespaces are searched exactly (brute force costs less than the graph walk
-            # there, and removals cannot leave unreachable nodes out of the answer).
-            exact = len(graph.ids) <= _EXACT_SEARCH_MAX
-            matches = graph.index.search(query, min(k, len(graph.ids)), threads=1, exact=exact)
-            assert isinstance(matches, Matches)
-            ids = graph.ids.ids_of(matches.keys)
-            distances: list[float] = matches.distances.tolist()
+            if not graph.sealed:
+                keys, distances = _search_segment(graph.index, query, k, len(graph.index), 0)
+            else:
+                found = [
+                    _search_segment(s.index, query, k, len(s.index) - s.dead, s.dead) for s in graph.sealed
+                ]
+                found.append(_search_segment(graph.index, query, k, len(graph.index), 0))
+                keys = np.concatenate([f[0] for f in found])
+                distances = np.concatenate([f[1] for f in found])
+                order = np.argsort(distances, kind="stable")
+                keys, distances = keys[order], distances[order]
+            ids = graph.ids.ids_of(keys)  # None: a dead key of a sealed segment
             # usearch's cosine distance is 1 - cosine similarity.
-            return [(i, 1.0 - d) for i, d in zip(ids, distances, strict=True) if i is not None]
+            hits = [(i, 1.0 - d) for i, d in zip(ids, distances.tolist(), strict=True) if i is not None]
+            return hits[:k]
 
     def namespaces(self) -> list[str]:
         """Namespaces that hold at least one vector, sorted."""
@@ -272,8 +385,27 @@ class HnswIndex:
 
     # ----- persistence
 
+    def keep_segments_private(self) -> None:
+        """For a worker of ``serve --workers N`` that does not own the index files: seal its
+        segments into a directory of its own (``.private-{pid}`` in the index directory, deleted
+        by ``close()``, and by the next worker to start if this one was killed) and never
+        ``save()``. The directory's other files belong to the owner."""
+        for path in self.directory.glob(_PRIVATE_PREFIX + "*"):
+            pid = path.name[len(_PRIVATE_PREFIX) :]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+        self._segment_dir = self.directory / f"{_PRIVATE_PREFIX}{os.getpid()}"
+
+    def close(self) -> None:
+        """Delete this worker's private segments (their mappings stay valid until unmapped)."""
+        if self._segment_dir != self.directory:
+            shutil.rmtree(self._segment_dir, ignore_errors=True)
+
     def save(self) -> None:
-        """Write changed namespaces and the manifest atomically; delete files of dropped ones."""
+        """Write changed namespaces and the manifest atomically; delete files of dropped ones.
+        A worker that keeps its segments private writes nothing."""
+        if self._segment_dir != self.directory:
+            return
         with self._save_lock:
             self.directory.mkdir(parents=True, exist_ok=True)
             with self._lock:
@@ -290,9 +422,10 @@ class HnswIndex:
                 "dtype": self._dtype,
                 "ndim": ndim,
                 "namespaces": sorted(g.namespace for g in graphs),
+                "segments": {g.namespace: g.saved_segments for g in graphs if g.saved_segments},
             }
             _write_atomically(self.directory / _MANIFEST, orjson.dumps(manifest))
-            self._delete_stale({_stem(g.namespace) for g in graphs})
+            self._delete_stale()
 
     def _save_graph(self, graph: _Graph, stem: str) -> None:
         # Written straight into the files (the page cache): a copy in memory first would be
@@ -304,6 +437,7 @@ class HnswIndex:
         ids_tmp = self.directory / (stem + _IDS_SUFFIX + _TMP_SUFFIX)
         with graph.changing:
             version = graph.version
+            segments = [[segment.file, segment.lo, segment.hi] for segment in graph.sealed]
             graph.index.save(graph_tmp, progress=_yield_the_gil)
             with open(ids_tmp, "wb") as f:
                 graph.ids.write(f, graph.namespace, graph.next_key)
@@ -312,15 +446,26 @@ class HnswIndex:
         _sync_and_replace(graph_tmp, self.directory / (stem + _GRAPH_SUFFIX))
         _sync_and_replace(ids_tmp, self.directory / (stem + _IDS_SUFFIX))
         graph.saved_version = version
+        graph.saved_segments = segments
 
-    def _delete_stale(self, stems: set[str]) -> None:
-        for path in self.directory.iterdir():
-            name = path.name
-            for suffix in (_GRAPH_SUFFIX, _IDS_SUFFIX):
-                if name.endswith(suffix) and name[: -len(suffix)] not in stems:
+    def _delete_stale(self) -> None:
+        """Delete the index files no namespace in memory refers to: those of forgotten
+        namespaces, segments of a namespace since cleared, what a crashed save left."""
+        with self._files_lock:  # a seal writes its file and joins its namespace under it
+            with self._lock:
+                graphs = list(self._graphs.values())
+            keep = {_MANIFEST}
+            for graph in graphs:
+                stem = _stem(graph.namespace)
+                keep |= {stem + _GRAPH_SUFFIX, stem + _IDS_SUFFIX}
+                keep |= {segment.file for segment in graph.sealed}
+                keep |= {str(file) for file, _, _ in graph.saved_segments}
+            for path in self.directory.iterdir():
+                name = path.name
+                if name.endswith((_GRAPH_SUFFIX, _IDS_SUFFIX, _SEGMENT_SUFFIX)) and name not in keep:
                     path.unlink(missing_ok=True)
-            if name.endswith(_TMP_SUFFIX) or name.endswith(_OLD_SUFFIXES):
-                path.unlink(missing_ok=True)  # left by a save that crashed
+                if name.endswith(_TMP_SUFFIX) or name.endswith(_OLD_SUFFIXES):
+                    path.unlink(missing_ok=True)  # left by a save that crashed
 
     def load(self) -> bool:
         """Replace the in-memory index with the persisted one; False (and nothing changed) when
@@ -343,7 +488,7 @@ class HnswIndex:
         return True
 
     def _read(self, manifest: Any) -> tuple[int | None, dict[str, _Graph]]:
-        if manifest.get("format") != _FORMAT or manifest.get("metric") != "cos":
+        if manifest.get("format") not in _FORMATS_READ or manifest.get("metric") != "cos":
             raise ValueError(f"unknown format {manifest.get('format')!r} / metric {manifest.get('metric')!r}")
         if manifest.get("dtype") != self._dtype:
             raise ValueError(f"stored as {manifest.get('dtype')!r}, configured {self._dtype!r}")
@@ -353,13 +498,14 @@ class HnswIndex:
         if self._configured_ndim is not None and ndim not in (None, self._configured_ndim):
             raise ValueError(f"holds {ndim}-dimensional vectors, configured {self._configured_ndim}")
         graphs: dict[str, _Graph] = {}
+        segments = manifest.get("segments", {})
         for namespace in manifest["namespaces"]:
             if ndim is None:
                 raise ValueError("namespaces without a dimension")
-            graphs[namespace] = self._read_graph(str(namespace), ndim)
+            graphs[namespace] = self._read_graph(str(namespace), ndim, segments.get(namespace, []))
         return ndim, graphs
 
-    def _read_graph(self, namespace: str, ndim: int) -> _Graph:
+    def _read_graph(self, namespace: str, ndim: int, segments: list[Any]) -> _Graph:
         stem = _stem(namespace)
         try:
             with open(self.directory / (stem + _IDS_SUFFIX), "rb") as f:
@@ -373,13 +519,28 @@ class HnswIndex:
         # usearch's load adopts the file's settings: check them against ours.
         if index.ndim != ndim or index.metric != MetricKind.Cos or index.dtype != expected_dtype:
             raise ValueError(f"{stem}{_GRAPH_SUFFIX}: {index.ndim} x {index.dtype}, {index.metric}")
-        keys = ids.keys()
-        present = index.contains(keys) if len(keys) else True
-        if len(index) != len(keys) or not np.all(present):
+        keys = np.sort(ids.keys())
+        sealed: list[_Segment] = []
+        lo = 0
+        for file, first, end in segments:
+            if first != lo or end < first or not str(file).endswith(_SEGMENT_SUFFIX) or "/" in str(file):
+                raise ValueError(f"{stem}: segment {file!r} [{first}, {end}) does not follow key {lo}")
+            view, mapping = self._view(self.directory / str(file), ndim)
+            live = keys[np.searchsorted(keys, first) : np.searchsorted(keys, end)]
+            if len(live) > len(view) or (len(live) and not np.all(view.contains(live))):
+                raise ValueError(f"{file} and {stem}{_IDS_SUFFIX} hold different keys")
+            sealed.append(_Segment((view, mapping), first, end, str(file), len(view) - len(live)))
+            lo = end
+        growing = keys[np.searchsorted(keys, lo) :]
+        present = index.contains(growing) if len(growing) else True
+        if len(index) != len(growing) or not np.all(present) or (len(keys) and int(keys[-1]) >= next_key):
             raise ValueError(f"{stem}{_GRAPH_SUFFIX} and {stem}{_IDS_SUFFIX} hold different keys")
         graph.ids = ids
         graph.next_key = next_key
+        graph.sealed = tuple(sealed)
+        graph.mutable_lo = lo
         graph.saved_version = graph.version
+        graph.saved_segments = [[s.file, s.lo, s.hi] for s in sealed]
         return graph
 
     # ----- helpers
@@ -431,6 +592,32 @@ class HnswIndex:
             bad = int(np.argwhere(~np.isfinite(matrix))[0][0])
             raise ValueError(f"{_what(ids[bad])}: embedding holds NaN or infinite values")
         return matrix
+
+
+_NO_KEYS = np.zeros(0, dtype=np.uint64)
+_NO_DISTANCES = np.zeros(0, dtype=np.float32)
+
+
+def _search_segment(index: Index, query: Matrix, k: int, alive: int, dead: int) -> tuple[Any, Any]:
+    """The keys and distances of up to ``k`` live matches in one segment: ``k + dead`` asked,
+    since the ``dead`` keys it still holds may come first."""
+    if alive <= 0:
+        return _NO_KEYS, _NO_DISTANCES
+    # Small segments are searched exactly (brute force costs less than the graph walk there,
+    # and removals cannot leave unreachable nodes out of the answer).
+    matches = index.search(query, min(k + dead, alive + dead), threads=1, exact=alive <= _EXACT_SEARCH_MAX)
+    assert isinstance(matches, Matches)
+    return matches.keys, matches.distances
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _yield_the_gil(done: int, total: int) -> bool:

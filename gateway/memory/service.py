@@ -124,6 +124,7 @@ class MemoryService:
         await self.flush_access()
         if self._owns_files:
             await asyncio.to_thread(self.index.save)
+        self.index.close()
         await self.store.close()
 
     async def check_embedding_dimension(self, timeout_s: float) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import random
 import threading
 from collections.abc import Sequence
@@ -231,7 +233,7 @@ def test_load_of_a_damaged_index_is_false_and_changes_nothing(
         other.save()
         ids.write_bytes((tmp_path / "other" / "notes.ids").read_bytes())
     elif damage == "a save of the former format":  # JSON id maps: rebuilt from the store
-        manifest.write_bytes(manifest.read_bytes().replace(b'"format":2', b'"format":1'))
+        manifest.write_bytes(manifest.read_bytes().replace(b'"format":3', b'"format":1'))
     elif damage == "id map of other keys":
         other = HnswIndex(tmp_path / "other")  # the same ids under keys 100-199
         other.add("facts", items("m", unit_vectors(rng, 100, 16)))
@@ -538,3 +540,162 @@ def test_a_save_lets_other_threads_run_while_usearch_writes(
     assert yields.count(0) >= 4  # two calls a node: every 4,096th yields
     reloaded = HnswIndex(tmp_path / "idx")
     assert reloaded.load() and reloaded.size("ns") == 10_000
+
+
+# ----- sealed segments: a namespace's older vectors in memory-mapped files
+
+
+def brute_force(
+    vectors: dict[str, npt.NDArray[np.float32]], query: npt.NDArray[np.float32], k: int
+) -> list[str]:
+    ranked = sorted(vectors, key=lambda i: -float(vectors[i] @ query))
+    return ranked[:k]
+
+
+def test_sealed_segments_answer_as_one_graph_through_upserts_and_removals(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    index = HnswIndex(tmp_path, seal_vectors=64)
+    vectors = unit_vectors(rng, 300, 16)
+    live = {f"m{i}": v for i, v in enumerate(vectors)}
+    for start in range(0, 300, 50):
+        index.add("facts", items("m", vectors)[start : start + 50])
+    # 300 vectors, a seal once 64 have grown (checked every 16 added): four sealed files.
+    sealed = sorted(int(p.name.split(".")[1]) for p in tmp_path.glob("facts.*.seg"))
+    assert len(sealed) == 4 and sealed[0] == 0
+    assert all(64 <= b - a < 80 for a, b in itertools.pairwise(sealed))
+    assert len(index) == index.size("facts") == 300
+    # Replaced and removed memories of sealed segments never come back from a search.
+    replaced = unit_vectors(rng, 3, 16)
+    index.add("facts", [(f"m{i}", replaced[j].tolist()) for j, i in enumerate((3, 70, 299))])
+    live.update({f"m{i}": replaced[j] for j, i in enumerate((3, 70, 299))})
+    index.remove("facts", ["m5", "m130", "m131", "m298"])
+    for gone in ("m5", "m130", "m131", "m298"):
+        del live[gone]
+    assert len(index) == 296
+    for query in [*unit_vectors(rng, 20, 16), vectors[5], vectors[3], replaced[1]]:
+        hits = index.search("facts", query.tolist(), 10)  # each segment is small: searched exactly
+        assert [i for i, _ in hits] == brute_force(live, query, 10)
+        assert [s for _, s in hits] == pytest.approx([float(live[i] @ query) for i, _ in hits], abs=1e-5)
+    assert len(index.search("facts", vectors[0].tolist(), 1000)) == 296  # k beyond the size: all live
+
+
+def test_sealed_segments_survive_restart_and_files_follow_the_namespaces(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    index = HnswIndex(tmp_path, seal_vectors=64)
+    vectors = unit_vectors(rng, 200, 16)
+    index.add("facts", items("m", vectors))
+    index.add("notes", items("n", vectors[:10]))
+    index.remove("facts", ["m1", "m100"])
+    index.save()
+    queries = unit_vectors(rng, 10, 16)
+    before = [index.search("facts", q.tolist(), 10) for q in queries]
+
+    restarted = HnswIndex(tmp_path, seal_vectors=64)
+    assert restarted.load()
+    assert len(restarted) == 208
+    assert [restarted.search("facts", q.tolist(), 10) for q in queries] == before
+    assert all(i not in ("m1", "m100") for i, _ in restarted.search("facts", vectors[1].tolist(), 200))
+    # A removal after the restart is counted against the loaded segment, and kept by a save.
+    restarted.remove("facts", ["m2"])
+    restarted.save()
+    again = HnswIndex(tmp_path, seal_vectors=64)
+    assert again.load()
+    assert "m2" not in [i for i, _ in again.search("facts", vectors[2].tolist(), 5)]
+    # A cleared namespace's sealed files go at the next save; the other's stay.
+    again.clear()
+    again.add("notes", items("n", vectors[:10]))
+    again.save()
+    assert {p.name for p in tmp_path.iterdir()} == {"index.json", "notes.usearch", "notes.ids"}
+
+
+def test_a_save_of_the_one_graph_format_loads_and_seals_as_it_grows(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    vectors = unit_vectors(rng, 300, 16)
+    HnswIndex(tmp_path).add("facts", items("m", vectors[:200]))
+    old = HnswIndex(tmp_path)
+    old.add("facts", items("m", vectors[:200]))
+    old.save()
+    manifest = tmp_path / "index.json"
+    manifest.write_bytes(
+        manifest.read_bytes().replace(b'"format":3', b'"format":2').replace(b',"segments":{}', b"")
+    )
+    assert b"segments" not in manifest.read_bytes()
+    index = HnswIndex(tmp_path, seal_vectors=64)
+    assert index.load()
+    index.add("facts", items("m", vectors)[200:])  # the 200 loaded are sealed with the first add
+    # The first seal holds the 200 loaded and the first chunk added.
+    assert sorted(int(p.name.split(".")[1]) for p in tmp_path.glob("*.seg")) == [0, 216]
+    assert len(index) == 300
+    assert index.search("facts", vectors[250].tolist(), 1)[0][0] == "m250"
+    assert index.search("facts", vectors[20].tolist(), 1)[0][0] == "m20"
+
+
+@pytest.mark.parametrize("damage", ["missing segment", "segment of other keys", "segments out of order"])
+def test_load_with_a_damaged_segment_is_false(tmp_path: Path, rng: np.random.Generator, damage: str) -> None:
+    index = HnswIndex(tmp_path, seal_vectors=64)
+    index.add("facts", items("m", unit_vectors(rng, 200, 16)))
+    index.save()
+    manifest = tmp_path / "index.json"
+    if damage == "missing segment":
+        (tmp_path / "facts.64.seg").unlink()
+    elif damage == "segment of other keys":
+        (tmp_path / "facts.64.seg").write_bytes((tmp_path / "facts.0.seg").read_bytes())
+    else:
+        manifest.write_bytes(manifest.read_bytes().replace(b'"facts.0.seg",0,64', b'"facts.0.seg",1,64'))
+    assert not HnswIndex(tmp_path, seal_vectors=64).load()
+
+
+def test_a_worker_that_does_not_own_the_files_seals_into_its_own_directory(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    dead = tmp_path / ".private-999999999"  # a worker killed before its close(): no such process
+    dead.mkdir(parents=True)
+    (dead / "facts.0.seg").write_bytes(b"x")
+    index = HnswIndex(tmp_path, seal_vectors=64)
+    index.keep_segments_private()
+    assert not dead.exists()
+    vectors = unit_vectors(rng, 150, 16)
+    index.add("facts", items("m", vectors))
+    private = tmp_path / f".private-{os.getpid()}"
+    assert sorted(p.name for p in private.iterdir()) == ["facts.0.seg", "facts.64.seg"]
+    index.save()  # the owner's files are not this worker's to write
+    assert [p.name for p in tmp_path.iterdir()] == [private.name]
+    assert index.search("facts", vectors[10].tolist(), 1)[0][0] == "m10"
+    index.close()
+    assert not private.exists()
+    assert index.search("facts", vectors[10].tolist(), 1)[0][0] == "m10"  # still mapped
+
+
+def test_searches_go_on_while_segments_are_sealed(tmp_path: Path, rng: np.random.Generator) -> None:
+    vectors = unit_vectors(rng, 3000, 16)
+    index = HnswIndex(tmp_path, seal_vectors=256)
+    index.add("facts", items("m", vectors[:1000]))
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for start in range(1000, 3000, 100):
+                index.add("facts", items("m", vectors[: start + 100])[start:])
+                index.remove("facts", [f"m{start - 400}"])  # in a sealed segment by now
+                index.save()
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    searches = found = 0
+    while writer.is_alive() or searches < 50:
+        i = searches % 600  # never removed
+        hits = index.search("facts", vectors[i].tolist(), 5)
+        found += f"m{i}" in [memory_id for memory_id, _ in hits]
+        searches += 1
+    writer.join()
+    assert not errors
+    assert len(index) == 3000 - 20
+    assert len(list(tmp_path.glob("*.seg"))) == 11
+    assert found >= 0.95 * searches, f"{found} of {searches}"
+    reloaded = HnswIndex(tmp_path, seal_vectors=256)
+    assert reloaded.load() and len(reloaded) == 3000 - 20
