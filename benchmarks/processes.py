@@ -112,6 +112,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+def rss_parts(pid: int) -> tuple[int, int]:
+    """(RssAnon, RssFile + RssShmem) of process ``pid`` in bytes: its private memory, and the
+    pages of mapped files it has resident (page cache the kernel can drop); (0, 0) if gone."""
+    parts = {"RssAnon:": 0, "RssFile:": 0, "RssShmem:": 0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            name = line.split(maxsplit=1)[0] if line else ""
+            if name in parts:
+                parts[name] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return parts["RssAnon:"], parts["RssFile:"] + parts["RssShmem:"]
+
+
 def rss_bytes(pid: int) -> int:
     """VmRSS of process ``pid`` in bytes; 0 if it is gone."""
     try:

@@ -82,7 +82,7 @@ def build_memory(
     """The memory service; ``embed`` is the request service's embeddings path. A worker of
     ``serve --workers N`` shares the store with the others (``shared_by_workers``: its index
     follows their writes) and only one of them writes the index files (``owns_index_files``)."""
-    index = HnswIndex(config.index_dir)
+    index = HnswIndex(config.index_dir, seal_vectors=config.index_segment_vectors)
     if not owns_index_files:
         index.keep_segments_private()  # the index directory's files are the owner's to write
     return MemoryService(

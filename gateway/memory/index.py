@@ -1,4 +1,19 @@
-"""The semantic index of memories: one usearch HNSW graph per namespace, persisted to a directory.
+"""The semantic index of memories: usearch HNSW graphs per namespace, persisted to a directory.
+
+Segments (issue 15): a namespace is a growing segment in RAM plus sealed segments. Once the
+growing one holds ``seal_vectors`` vectors (65,536: ~30 MB of nodes at 64 dimensions f32, ~113 MB
+at 384, ~420 MB at 1,536) it is written to ``{stem}.{first key}.seg``, memory-mapped read-only
+in its place and a new growing segment starts, so what a namespace holds in private memory is
+bounded by one segment and its id map (~85 B a memory), not by its size: the sealed segments'
+pages are the kernel's page cache, read in as searches touch them and dropped under memory
+pressure. A search asks every segment (sealed ones for ``k`` plus their dead keys) and merges by
+distance, so it costs about one graph walk per segment: fewer, larger segments search faster
+and hold more in RAM (65,536 keeps 100,000 x 384 at two segments; benchmarks/memory_index.py). A sealed graph cannot change: a removal or upsert of a memory in one removes the id
+from the id map and counts the key dead there (searches drop it; nothing compacts a sealed
+segment yet, so a namespace rewritten many times over asks ever more of its old segments). A
+worker of ``serve --workers N`` that does not own the files seals into ``.private-{pid}`` of its
+own. The index maps segment files itself and hands usearch the buffer: usearch's ``view`` of a
+path that cannot be opened closes a file descriptor that is not its own.
 
 Memory ids are strings; usearch keys are unsigned 64-bit integers, so each namespace keeps a
 two-way map (``idmap.IdMap``: numpy arrays and one bytearray, no Python object per memory).
@@ -7,13 +22,16 @@ and adds the vector under a new one. Every vector of an index has the same dimen
 the constructor or by the first vector added (one embedding model feeds all namespaces, and one
 query vector is searched across several of them).
 
-Files, in the index's own directory (``save()`` deletes other ``*.usearch`` / ``*.ids`` files
-there, and ``*.ids.json`` maps of the former format): ``{stem}.usearch`` (the graph) and
-``{stem}.ids`` (the id map, binary, checksummed) per namespace, the stem being the namespace
-made safe for a file name, and ``index.json`` (the manifest). Each file is written under a
-temporary name, fsynced and renamed, the manifest last; ``load()`` checks every file against the
-manifest and the configuration and returns False for anything missing, corrupt or mismatched
-(an index saved in an older format included), and the service then rebuilds from the store.
+Files, in the index's own directory (``save()`` deletes the ``*.usearch``, ``*.ids`` and
+``*.seg`` files no namespace refers to, and ``*.ids.json`` maps of the former format):
+``{stem}.usearch`` (the growing segment) and ``{stem}.ids`` (the id map, binary, checksummed)
+per namespace, the stem being the namespace made safe for a file name, its sealed segments
+(written once, when sealed), and ``index.json`` (the manifest, which lists each namespace's
+segments and key ranges). Each file is written under a temporary name, fsynced and renamed, the
+manifest last; ``load()`` checks every file against the manifest and the configuration and
+returns False for anything missing, corrupt or mismatched (an index saved as JSON id maps
+included), and the service then rebuilds from the store. A save of format 2 (one graph per
+namespace) loads as a growing segment, sealed at the next add.
 
 Memory (issue 15): at 64 dimensions (f32) a memory costs ~550-600 bytes at rest, ~500 of them
 usearch's (the vector, 256, and its graph links) and ~85 the id map (20 per row, 16 for the
@@ -72,11 +90,9 @@ log = logging.getLogger("gateway.memory.index")
 Matrix = npt.NDArray[np.float32]
 
 ADD_CHUNK = 16  # vectors added per hold of a namespace's lock: bounds how long a search waits
-# What a namespace's growing segment may hold in RAM before it is sealed to a file and mapped.
-SEAL_BYTES = 32 * 1024 * 1024
-_SEAL_MIN = 1024  # vectors: a segment smaller than this is never sealed (too many files)
-_NODE_BYTES = 200  # usearch's per-node cost beyond the vector: key, level, links at connectivity 16
-_ITEM_BYTES = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2, "i8": 1, "b1": 1}
+# Vectors a namespace's growing segment holds in RAM before it is sealed to a file and mapped
+# (the policy's memory.index_segment_vectors): a power of two, as usearch grows its capacity.
+SEAL_VECTORS = 65_536
 _WRITER_WAIT_S = 0.05  # how long a writer lets waiting searches go first, per chunk
 _FORMAT = 3  # 3 adds sealed segments; 2 (one graph per namespace) loads as a growing segment
 _FORMATS_READ = (2, 3)  # 1: id maps as JSON lists (.ids.json), rebuilt from the store when found
@@ -187,7 +203,7 @@ class HnswIndex:
     default) had the recall of f32 at half the memory and twice the build and search speed in
     the benchmark, with similarities off by up to ~0.001.
     ``seal_vectors``: how many vectors a namespace's growing segment holds before it is sealed
-    (written to a file and memory-mapped); None fits it in ``SEAL_BYTES``.
+    (written to a file and memory-mapped; the policy's ``memory.index_segment_vectors``).
     """
 
     def __init__(
@@ -199,7 +215,7 @@ class HnswIndex:
         expansion_add: int = 200,
         expansion_search: int = 128,
         dtype: str = "f32",
-        seal_vectors: int | None = None,
+        seal_vectors: int = SEAL_VECTORS,
     ) -> None:
         if ndim is not None and ndim <= 0:
             raise ValueError(f"ndim must be positive, got {ndim}")
@@ -210,7 +226,9 @@ class HnswIndex:
         self._expansion_add = expansion_add
         self._expansion_search = expansion_search
         self._dtype = dtype
-        self._seal_vectors = seal_vectors  # None: as many as fit in SEAL_BYTES
+        if seal_vectors <= 0:
+            raise ValueError(f"seal_vectors must be positive, got {seal_vectors}")
+        self._seal_vectors = seal_vectors
         self._graphs: dict[str, _Graph] = {}
         self._lock = threading.Lock()  # guards _graphs and _ndim
         self._save_lock = threading.Lock()  # one save() at a time
@@ -240,7 +258,7 @@ class HnswIndex:
         graph = self._graph(namespace, create=True)
         assert graph is not None
         threads = 1 if len(ids) <= ADD_CHUNK else 0  # 0: all cores, for bulk loads
-        seal_at = self._seal_at()
+        seal_at = self._seal_vectors
         for start in range(0, len(ids), ADD_CHUNK):
             chunk = ids[start : start + ADD_CHUNK]
             with graph.changing:
@@ -249,15 +267,6 @@ class HnswIndex:
                     self._add_chunk(graph, chunk, matrix[start : start + ADD_CHUNK], threads)
                 if len(graph.index) >= seal_at:
                     self._seal(graph)
-
-    def _seal_at(self) -> int:
-        """Vectors in a growing segment that seal it: a power of two (usearch grows its capacity
-        to the next one), at least _SEAL_MIN."""
-        if self._seal_vectors is not None:
-            return self._seal_vectors
-        node = (self._ndim or 1) * _ITEM_BYTES.get(self._dtype, 4) + _NODE_BYTES
-        fit = max(_SEAL_MIN, SEAL_BYTES // node)
-        return 1 << (fit.bit_length() - 1)
 
     def _seal(self, graph: _Graph) -> None:
         """Write the growing segment to its file, map the file and start a new growing segment

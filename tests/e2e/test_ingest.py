@@ -186,3 +186,42 @@ def urllib_text(url: str) -> str:
 
     with urllib.request.urlopen(url, timeout=10) as resp:
         return str(resp.read().decode())
+
+
+def test_a_namespace_past_its_segment_size_is_sealed_to_mapped_files_a_restart_reads(
+    fake: Fake, tmp_path: Path
+) -> None:
+    # 2,500 memories through a gateway whose growing segments hold 1,024 vectors: two are sealed
+    # to files and memory-mapped while the job runs; searches find memories of every segment,
+    # before and after a restart.
+    lines = [f"record {i} of the archive mentions marker{i}x" for i in range(2500)]
+    (tmp_path / "archive.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in lines))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text(fake.url, "index_segment_vectors: 1024\n"))
+
+    def found(url: str, text: str) -> bool:
+        status, body = call("POST", f"{url}/v1/embeddings", {"model": "embed", "input": text})
+        assert status == 200, body
+        search = {"vector": body["data"][0]["embedding"], "namespaces": ["archive"], "top_k": 5}
+        status, hits = call("POST", f"{url}/v1/memory/search", search)
+        assert status == 200, hits
+        return text in [h["memory"]["content"] for h in hits["data"]]
+
+    process = start_gateway(policy, tmp_path)
+    try:
+        job = upload(process.url, tmp_path / "archive.jsonl", "archive")
+        done = wait_job(process.url, job["id"], "done", "failed", timeout_s=120)
+        assert done["status"] == "done" and done["memories_created"] == 2500, done
+        sealed = sorted((tmp_path / "data" / "memory-index").glob("*.seg"))
+        assert len(sealed) == 2, sealed
+        for i in (3, 1500, 2400):  # in the first sealed segment, the second, the growing one
+            assert found(process.url, lines[i]), i
+    finally:
+        assert process.stop() == 0
+    restarted = start_gateway(policy, tmp_path)
+    try:
+        assert "memory index rebuilt" not in restarted.stderr  # loaded from its files
+        for i in (3, 1500, 2400):
+            assert found(restarted.url, lines[i]), i
+    finally:
+        assert restarted.stop() == 0
