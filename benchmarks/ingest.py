@@ -36,6 +36,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,7 @@ class Run:
     peak_anon: int = 0
     at_rest_anon: int = 0
     peak_file: int = 0  # resident pages of mapped files: the index's sealed segments, libraries
+    job_id: str = ""
     max_event_gap_s: float = 0.0
     events: int = 0
     first_searchable_s: float | None = None
@@ -141,6 +143,7 @@ class Limited:
 
     name: str
     limit_mb: int
+    segment_vectors: int
     outcome: str = ""
     memories: int = 0
     cgroup_peak: int = 0
@@ -148,6 +151,9 @@ class Limited:
     oom_kills: int = 0
     seconds: float = 0.0
     vector_search_ms: list[float] = field(default_factory=list)
+
+
+LIMITED_TIMEOUT_S = 300.0  # a run under a limit that has not finished by then is reported so
 
 
 class MemoryCgroup:
@@ -198,21 +204,24 @@ async def ingest(url: str, path: Path, run: Run, stop: threading.Event) -> None:
                 job = await resp.json()
                 assert resp.status == 202, job
         accepted = time.monotonic()
-        run.upload_s = accepted - started
+        run.upload_s, run.job_id = accepted - started, job["id"]
         searching = asyncio.create_task(search_while_running(session, run, accepted))
-        last, decoder = time.monotonic(), SSEDecoder()
-        async with session.get(f"/v1/memory/jobs/{job['id']}/events") as resp:
-            async for block in resp.content.iter_any():
-                for data in decoder.feed(block):
-                    now = time.monotonic()
-                    run.max_event_gap_s = max(run.max_event_gap_s, now - last)
-                    last, run.events = now, run.events + 1
-                    event = json.loads(data)
-                    if "object" in event:
-                        job = event
-        run.seconds = time.monotonic() - accepted
-        stop.set()
-        await searching
+        try:
+            last, decoder = time.monotonic(), SSEDecoder()
+            async with session.get(f"/v1/memory/jobs/{job['id']}/events") as resp:
+                async for block in resp.content.iter_any():
+                    for data in decoder.feed(block):
+                        now = time.monotonic()
+                        run.max_event_gap_s = max(run.max_event_gap_s, now - last)
+                        last, run.events = now, run.events + 1
+                        event = json.loads(data)
+                        if "object" in event:
+                            job = event
+            run.seconds = time.monotonic() - accepted
+            stop.set()
+            await searching
+        finally:
+            searching.cancel()  # given up (a run under a limit): stop searching too
         assert job["status"] == "done", job
         run.chunks, run.memories = job["chunks_done"], job["memories_created"]
         run.embedding_calls = job["embedding_calls"]  # the job's own: searches embed their query too
@@ -238,26 +247,35 @@ async def search_while_running(session: aiohttp.ClientSession, run: Run, accepte
         await asyncio.sleep(0.1)
 
 
-def measure_limited(name: str, path: Path, fake_url: str, work: Path, limit_mb: int) -> Limited:
-    """The ingestion of ``path`` by a gateway held to ``limit_mb`` above idle (``Limited``)."""
-    cwd = work / f"gw-limited-{name}"
-    policy = write_policy(cwd, fake_url)
+def measure_limited(
+    name: str, path: Path, fake_url: str, work: Path, limit_mb: int, segment_vectors: int, timeout_s: float
+) -> Limited:
+    """The ingestion of ``path`` by a gateway held to ``limit_mb`` above idle, its index sealing
+    segments of ``segment_vectors`` (``Limited``); given up after ``timeout_s``."""
+    cwd = work / f"gw-limited-{name}-{limit_mb}-{segment_vectors}"
+    policy = write_policy(cwd, fake_url, f"index_segment_vectors: {segment_vectors}")
     gw = launch(
         gateway_command("serve", "--policy", str(policy), "--port", "0"),
         cwd / "gateway.log",
         cwd=cwd,
         env={"SOPHIA_LOG_FORMAT": "text", "SOPHIA_ACCESS_LOG": "off"},
     )
-    limited = Limited(name, limit_mb)
+    limited = Limited(name, limit_mb, segment_vectors)
     cgroup = None
     try:
         time.sleep(1.0)
-        cgroup = MemoryCgroup(f"sophia-bench-{os.getpid()}-{name}", limit_mb << 20)
+        cgroup = MemoryCgroup(f"sophia-bench-{os.getpid()}-{limit_mb}-{segment_vectors}", limit_mb << 20)
         cgroup.add(gw.pid)
         run = Run(name, path.stat().st_size)
         try:
-            asyncio.run(ingest(gw.url, path, run, threading.Event()))
+            asyncio.run(asyncio.wait_for(ingest(gw.url, path, run, threading.Event()), timeout_s))
             limited.outcome = "completed"
+        except TimeoutError:
+            with urllib.request.urlopen(f"{gw.url}/v1/memory/jobs/{run.job_id}", timeout=60) as resp:
+                job = json.loads(resp.read())
+            run.memories, run.seconds = job["memories_created"], timeout_s
+            read = job["bytes_done"] / job["bytes_total"]
+            limited.outcome = f"not done after {timeout_s:.0f} s ({read:.0%} read)"
         except Exception as exc:  # the gateway killed, or the job failed: the row says which
             with contextlib.suppress(subprocess.TimeoutExpired):
                 gw.popen.wait(timeout=5)  # a killed gateway's connections close before it is reaped
@@ -276,7 +294,7 @@ def measure_limited(name: str, path: Path, fake_url: str, work: Path, limit_mb: 
     return limited
 
 
-def write_policy(cwd: Path, fake_url: str) -> Path:
+def write_policy(cwd: Path, fake_url: str, memory: str = "") -> Path:
     (cwd / "policy").mkdir(parents=True)
     # In a folder of its own: the gateway watches the policy's folder for changes, and the memory
     # files and the spool (under data/) change all the time.
@@ -297,6 +315,7 @@ def write_policy(cwd: Path, fake_url: str) -> Path:
               ingest: {{max_file_bytes: {2 << 30}}}
             """
         )
+        + (f"  {memory}\n" if memory else "")
     )
     return policy
 
@@ -376,8 +395,9 @@ def memory_verdict(runs: list[Run], limits: list[Limited]) -> str:
             )
     for x in limits:
         text += (
-            f"Held to {x.limit_mb} MB above idle, the {x.name.replace('-', ' ')} ingestion {x.outcome}"
-            f" ({x.memories:,} memories, {x.oom_kills} process killed). "
+            f"Held to {x.limit_mb} MB above idle with segments of {x.segment_vectors:,}, the "
+            f"{x.name.replace('-', ' ')} ingestion {x.outcome} ({x.memories:,} memories, {x.oom_kills} "
+            "process killed). "
         )
     return text.rstrip()
 
@@ -457,13 +477,14 @@ def report(runs: list[Run], args: argparse.Namespace, index: list[tuple[str, dic
 
 def limited_rows(limits: list[Limited]) -> list[str]:
     rows = [
-        "| file | limit above idle (MB) | outcome | memories | cgroup peak (MB) | times at the limit "
-        "| processes killed | ingest (s) | search by vector p50 / p99 during (ms) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| file | limit above idle (MB) | index_segment_vectors | outcome | memories | cgroup peak (MB) "
+        "| times at the limit | processes killed | ingest (s) | search by vector p50 / p99 during (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for x in limits:
         rows.append(
-            f"| {x.name.replace('-', ' ')} | {x.limit_mb} | {x.outcome} | {x.memories:,} | {x.cgroup_peak / 2**20:.0f} "
+            f"| {x.name.replace('-', ' ')} | {x.limit_mb} | {x.segment_vectors:,} | {x.outcome} | {x.memories:,} "
+            f"| {x.cgroup_peak / 2**20:.0f} "
             f"| {x.limit_hits:,} | {x.oom_kills} | {x.seconds:.1f} "
             f"| {percentile(x.vector_search_ms, 50):.1f} / {percentile(x.vector_search_ms, 99):.1f} |"
         )
@@ -475,7 +496,9 @@ def limited_report(runs: list[Run], limits: list[Limited], args: argparse.Namesp
         "",
         "",
         f"Under a memory limit (`--limit-text-mb {args.limit_text_mb} --limit-mb "
-        f"{' '.join(map(str, args.limit_mb))}`): the same ingestion with the idle gateway moved into "
+        f"{' '.join(map(str, args.limit_mb))} --limit-segment-vectors "
+        f"{' '.join(map(str, args.limit_segment_vectors))}`, given up after {LIMITED_TIMEOUT_S:.0f} s): "
+        "the same ingestion with the idle gateway moved into "
         "a child memory cgroup (v1) whose limit counts what it allocates from then on: its private "
         "memory and the page cache it causes (the spool, the store's and the index's files). The "
         "kernel takes cache back at the limit; private memory it cannot (no swap), and a process "
@@ -503,6 +526,13 @@ def main() -> int:
     parser.add_argument(
         "--limit-mb", type=int, nargs="+", default=[150], help="memory limits above idle for those runs (MB)"
     )
+    parser.add_argument(
+        "--limit-segment-vectors",
+        type=int,
+        nargs="+",
+        default=[131_072, 65_536],
+        help="memory.index_segment_vectors for those runs",
+    )
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
     args = parser.parse_args()
     args.load = os.getloadavg()
@@ -529,10 +559,11 @@ def main() -> int:
         if args.limit_text_mb:
             path = work / "text-limited.txt"
             make_text(path, args.limit_text_mb * 1_000_000)
-            for limit in args.limit_mb:
+            for limit, segment in ((x, y) for x in args.limit_mb for y in args.limit_segment_vectors):
                 try:
+                    name = f"text-{args.limit_text_mb}-MB"
                     limits.append(
-                        measure_limited(f"text-{args.limit_text_mb}-MB", path, fake.url, work, limit)
+                        measure_limited(name, path, fake.url, work, limit, segment, LIMITED_TIMEOUT_S)
                     )
                 except OSError as exc:  # no memory cgroup to create here: the report says so
                     args.limit_error = str(exc)

@@ -1,19 +1,21 @@
 """The semantic index of memories: usearch HNSW graphs per namespace, persisted to a directory.
 
-Segments (issue 15): a namespace is a growing segment in RAM plus sealed segments. Once the
-growing one holds ``seal_vectors`` vectors (65,536: ~30 MB of nodes at 64 dimensions f32, ~113 MB
-at 384, ~420 MB at 1,536) it is written to ``{stem}.{first key}.seg``, memory-mapped read-only
-in its place and a new growing segment starts, so what a namespace holds in private memory is
-bounded by one segment and its id map (~85 B a memory), not by its size: the sealed segments'
-pages are the kernel's page cache, read in as searches touch them and dropped under memory
-pressure. A search asks every segment (sealed ones for ``k`` plus their dead keys) and merges by
-distance, so it costs about one graph walk per segment: fewer, larger segments search faster
-and hold more in RAM (65,536 keeps 100,000 x 384 at two segments; benchmarks/memory_index.py). A sealed graph cannot change: a removal or upsert of a memory in one removes the id
-from the id map and counts the key dead there (searches drop it; nothing compacts a sealed
-segment yet, so a namespace rewritten many times over asks ever more of its old segments). A
-worker of ``serve --workers N`` that does not own the files seals into ``.private-{pid}`` of its
-own. The index maps segment files itself and hands usearch the buffer: usearch's ``view`` of a
-path that cannot be opened closes a file descriptor that is not its own.
+Segments (issue 15): a namespace is a growing segment in RAM plus sealed segments. Once the growing
+one holds ``seal_vectors`` vectors (131,072: ~60 MB of nodes at 64 dimensions f32, ~230 MB at 384,
+~830 MB at 1,536) it is written to ``{stem}.{first key}.seg``, memory-mapped read-only in its place
+and a new growing segment starts, so what a namespace holds in private memory is bounded by one
+segment and its id map (~85 B a memory), not by its size: the sealed segments' pages are the
+kernel's page cache, read in as searches touch them and dropped under memory pressure. A search
+asks every segment (sealed ones for ``k`` plus their dead keys) and merges by distance, so it costs
+about one graph walk per segment, more with the caches shared between graphs: at 100,000 x 384,
+segments of 65,536 and 34,464 searched in 3.2 ms (p50, random vectors) where one graph took 1.7 ms.
+The default keeps a namespace of 100,000 in one graph (issue 6's search target). A sealed graph
+cannot change: a removal or upsert of a memory in one removes the id from the id map and counts the
+key dead there (searches drop it; nothing compacts a sealed segment yet, so a namespace rewritten
+many times over asks ever more of its old segments). A worker of ``serve --workers N`` that does
+not own the files seals into ``.private-{pid}`` of its own. The index maps segment files itself and
+hands usearch the buffer: usearch's ``view`` of a path that cannot be opened closes a file
+descriptor that is not its own.
 
 Memory ids are strings; usearch keys are unsigned 64-bit integers, so each namespace keeps a
 two-way map (``idmap.IdMap``: numpy arrays and one bytearray, no Python object per memory).
@@ -92,7 +94,7 @@ Matrix = npt.NDArray[np.float32]
 ADD_CHUNK = 16  # vectors added per hold of a namespace's lock: bounds how long a search waits
 # Vectors a namespace's growing segment holds in RAM before it is sealed to a file and mapped
 # (the policy's memory.index_segment_vectors): a power of two, as usearch grows its capacity.
-SEAL_VECTORS = 65_536
+SEAL_VECTORS = 131_072
 _WRITER_WAIT_S = 0.05  # how long a writer lets waiting searches go first, per chunk
 _FORMAT = 3  # 3 adds sealed segments; 2 (one graph per namespace) loads as a growing segment
 _FORMATS_READ = (2, 3)  # 1: id maps as JSON lists (.ids.json), rebuilt from the store when found

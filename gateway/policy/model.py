@@ -721,14 +721,15 @@ class MemoryConfig(_Strict):
     path: str = Field("data/memory.sqlite3", description="embedded: the database file.")
     index_dir: str = Field("data/memory-index", description="Where the HNSW index is persisted.")
     index_segment_vectors: int = Field(
-        65_536,
+        131_072,
         ge=1_024,
         le=1 << 24,
         description="How many vectors a namespace's growing HNSW segment holds in RAM before it is "
         "sealed to a file under index_dir and memory-mapped: the index's private memory per "
-        "namespace (~30 MB at 64 dimensions, ~113 MB at 384, ~420 MB at 1,536), whatever the "
-        "namespace's size. Fewer, larger segments search faster (a search walks each one). A power "
-        "of two wastes nothing (usearch grows its capacity by doubling). Applies at start.",
+        "namespace (~60 MB at 64 dimensions, f32; ~230 MB at 384; ~830 MB at 1,536: lower it for "
+        "large embeddings), whatever the namespace's size. Fewer, larger segments search faster (a "
+        "search walks each one: two segments cost ~2.5x one). A power of two wastes nothing (usearch "
+        "grows its capacity by doubling). Applies at start.",
     )
     embedding_model: str | None = Field(
         None,
