@@ -453,9 +453,9 @@ def report(runs: list[Run], args: argparse.Namespace, index: list[tuple[str, dic
         "spooled to disk as it arrives and read back 1 MiB at a time, and the bounded queues hold at "
         "most (2 x 4 + 2) batches of 256 chunks; in process, with the index replaced by one that "
         "keeps nothing, 100 MB of text costs +19 MB at peak. The memories' index is bounded too: a "
-        "namespace's growing HNSW segment is sealed to a file once its nodes fill "
-        "`memory.index_segment_mb` (32 MiB: 65,536 vectors at 64 dimensions, f32) and memory-mapped "
-        "read-only, so the index holds in private memory one growing segment per namespace and the "
+        "namespace's growing HNSW segment is sealed to a file once it holds "
+        "`memory.index_segment_vectors` vectors (131,072: ~60 MB at 64 dimensions, f32) and "
+        "memory-mapped read-only, so the index holds in private memory one growing segment per namespace and the "
         "id map (~85 B a memory); the sealed segments' pages are page cache, resident while searches "
         "touch them (they count in RSS: the mapped-file column) and dropped by the kernel when memory "
         "is short. Private memory (RssAnon) is what a memory limit cannot take back, so the rows give "
@@ -468,9 +468,11 @@ def report(runs: list[Run], args: argparse.Namespace, index: list[tuple[str, dic
         "includes the query's embedding by the fake provider, which is busy with the job's 256-text "
         "calls; by vector it is the gateway's own part (index and store). Adds hold a namespace's graph lock 16 vectors at a time "
         "(`ADD_CHUNK`); a save every 30 s holds its own lock, not the search lock, but usearch holds "
-        "the GIL while it writes, stalling every thread, the event loop included (~100 ms at 300,000 "
-        "x 64 floats with the index's yielding callback, 210 ms without: 'Memory index saves and the "
-        "GIL' below); and on two shared cores the pipeline's threads compete with the loop.",
+        "the GIL while it writes, stalling every thread, the event loop included; a save writes only "
+        "the growing graphs (at most 131,072 vectors each: ~40-100 ms at 100,000-300,000 x 64 floats "
+        "in 'Memory index saves and the GIL' below), and sealing one writes it once; under a memory "
+        "limit, searches also wait for the sealed segments' pages to be read back; and on two shared "
+        "cores the pipeline's threads compete with the loop.",
     ]
     return "\n".join(lines)
 
