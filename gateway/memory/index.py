@@ -394,6 +394,14 @@ class HnswIndex:
             graphs = list(self._graphs.values())
         return sum(len(g.ids) for g in graphs)
 
+    def segments(self) -> tuple[int, int]:
+        """(sealed segments, dead vectors they still hold) over every namespace: dead vectors are
+        removed or replaced memories a sealed graph cannot drop, which every search skips."""
+        with self._lock:
+            graphs = list(self._graphs.values())
+        sealed = [segment for g in graphs for segment in g.sealed]
+        return len(sealed), sum(segment.dead for segment in sealed)
+
     # ----- persistence
 
     def keep_segments_private(self) -> None:

@@ -466,8 +466,11 @@ class MemoryService:
 
     def figures(self) -> dict[str, float]:
         """What the metrics collector exports (``observability.metrics.MemoryView``)."""
+        sealed, dead = self.index.segments()
         out: dict[str, float] = {
             "index_vectors": len(self.index),
+            "index_sealed_segments": sealed,
+            "index_dead_vectors": dead,
             "search_cache_hits": self.cache_hits,
             "search_cache_misses": self.cache_misses,
         }

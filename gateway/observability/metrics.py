@@ -356,6 +356,11 @@ class MemoryView(Protocol):
 class _MemoryCollector(Collector):
     _HELP: ClassVar[dict[str, tuple[str, str]]] = {
         "index_vectors": ("gauge", "Vectors in the memory index."),
+        "index_sealed_segments": ("gauge", "Sealed (memory-mapped) segments of the memory index."),
+        "index_dead_vectors": (
+            "gauge",
+            "Removed or replaced memories still in sealed index segments (searches skip them).",
+        ),
         "search_cache_hits": ("counter", "Memory searches answered from the search cache."),
         "search_cache_misses": ("counter", "Memory searches that went to the index."),
         "pool_acquisitions": ("counter", "Store connections handed out by the pool."),

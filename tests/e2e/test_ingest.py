@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,10 @@ def test_a_namespace_past_its_segment_size_is_sealed_to_mapped_files_a_restart_r
         assert done["status"] == "done" and done["memories_created"] == 2500, done
         sealed = sorted((tmp_path / "data" / "memory-index").glob("*.seg"))
         assert len(sealed) == 2, sealed
+        with urllib.request.urlopen(process.url + "/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        assert "gateway_memory_index_sealed_segments 2.0" in metrics
+        assert "gateway_memory_index_dead_vectors 0.0" in metrics
         for i in (3, 1500, 2400):  # in the first sealed segment, the second, the growing one
             assert found(process.url, lines[i]), i
     finally:

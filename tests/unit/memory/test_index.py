@@ -573,6 +573,7 @@ def test_sealed_segments_answer_as_one_graph_through_upserts_and_removals(
     for gone in ("m5", "m130", "m131", "m298"):
         del live[gone]
     assert len(index) == 296
+    assert index.segments() == (4, 5)  # m3, m70, m5, m130, m131 are dead in sealed graphs
     for query in [*unit_vectors(rng, 20, 16), vectors[5], vectors[3], replaced[1]]:
         hits = index.search("facts", query.tolist(), 10)  # each segment is small: searched exactly
         assert [i for i, _ in hits] == brute_force(live, query, 10)
