@@ -302,7 +302,11 @@ class HnswIndex:
         # descriptor that is not its own when the file cannot be opened (stdin, in the tests).
         # usearch keeps no reference to the buffer: the segment holds it as long as it lives.
         with open(path, "rb") as f:
-            mapping = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        # A graph walk reads nodes scattered over the file: no read-ahead around each fault,
+        # which would read (and keep resident) pages no search asked for.
+        mapped.madvise(mmap.MADV_RANDOM)
+        mapping = memoryview(mapped)
         view = self._new_index(ndim)
         expected_dtype = view.dtype
         view.view(mapping)
