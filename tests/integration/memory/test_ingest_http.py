@@ -61,19 +61,24 @@ def vector_for(text: str) -> list[float]:
 
 @dataclass
 class Embedder:
-    """The provider: counts embeddings calls; ``gate`` (cleared) holds every call; ``failing``
-    refuses the connection, as a provider that is down."""
+    """The provider: counts embeddings calls; ``gate`` (cleared) holds every call, and is cleared
+    by the call after ``hold_after`` answered ones; ``failing`` refuses the connection, as a
+    provider that is down."""
 
     calls: int = 0
     texts: int = 0
     failing: bool = False
     delay_s: float = 0.0
+    hold_after: int | None = None
     gate: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.gate.set()
 
     async def __call__(self, request: UpstreamRequest) -> MockResponse:
+        if self.hold_after is not None and self.calls >= self.hold_after:
+            self.gate.clear()
+            self.hold_after = None
         await self.gate.wait()
         await asyncio.sleep(self.delay_s)
         if self.failing:
@@ -417,14 +422,13 @@ async def test_a_failing_provider_pauses_the_job_and_it_resumes(sqlite_gw: Gatew
 
 
 async def test_cancel_keeps_what_was_stored_and_purge_removes_it(tmp_path: Path) -> None:
-    embedder = Embedder()
+    embedder = Embedder(hold_after=2)  # two batches of 8 answered, then the provider holds
     async for gw in open_gateway(
         tmp_path, embedder=embedder, ingest=", embed_batch: 8, embed_concurrency: 1"
     ):
         status, job = await gw.upload("a.txt", paragraphs(400))
-        while gw.count() < 16:
-            await asyncio.sleep(0.005)
-        embedder.gate.clear()  # hold the provider: the job cannot finish before the cancel
+        while gw.count() < 16:  # the job cannot finish before the cancel (it polled here once,
+            await asyncio.sleep(0.005)  # then held the provider, and lost that race on CI)
         status, cancelled = await gw.call("DELETE", f"/v1/memory/jobs/{job['id']}")
         assert status == 200 and cancelled["status"] == "cancelled"
         embedder.gate.set()  # searches embed their query
