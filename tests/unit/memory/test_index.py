@@ -7,7 +7,7 @@ import itertools
 import os
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -279,29 +279,43 @@ async def test_bulk_adds_from_worker_threads_fill_each_namespace(
     assert index.search("b", vectors[3].tolist(), 1)[0][0] == "m3"
 
 
+def search_while_writing(
+    index: HnswIndex, vectors: npt.NDArray[np.float32], kept: int, write: Callable[[], None]
+) -> tuple[int, int]:
+    """Run ``write`` in a thread while this one searches for memories m0..m{kept - 1} (never
+    removed) by their own vectors; (searches, how many found themselves in their top 5)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            write()
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    writer = threading.Thread(target=run)
+    writer.start()
+    searches = found = 0
+    while writer.is_alive() or searches < 50:
+        i = searches % kept
+        hits = index.search("facts", vectors[i].tolist(), 5)
+        found += f"m{i}" in [memory_id for memory_id, _ in hits]
+        searches += 1
+    writer.join()
+    assert not errors
+    return searches, found
+
+
 def test_searches_and_writes_from_several_threads(tmp_path: Path, rng: np.random.Generator) -> None:
     vectors = unit_vectors(rng, 3000, 16)
     index = HnswIndex(tmp_path)
     index.add("facts", items("m", vectors[:1000]))
-    errors: list[BaseException] = []
 
     def write() -> None:
-        try:
-            for start in range(1000, 3000, 500):
-                index.add("facts", items("m", vectors[: start + 500])[start:])
-                index.remove("facts", [f"m{start}"])
-        except BaseException as exc:  # surfaced by the assertion below
-            errors.append(exc)
+        for start in range(1000, 3000, 500):
+            index.add("facts", items("m", vectors[: start + 500])[start:])
+            index.remove("facts", [f"m{start}"])
 
-    writer = threading.Thread(target=write)
-    writer.start()
-    searches = found = 0
-    while writer.is_alive() or searches < 50:
-        hits = index.search("facts", vectors[searches % 1000].tolist(), 5)
-        found += f"m{searches % 1000}" in [memory_id for memory_id, _ in hits]
-        searches += 1
-    writer.join()
-    assert not errors
+    searches, found = search_while_writing(index, vectors, 1000, write)
     assert len(index) == 3000 - 4
     # Approximate search while the graph grows (HNSW): the vector itself is among its own top 5
     # almost always, but not always (a search racing an insert may take a poorer path; it missed
@@ -674,27 +688,14 @@ def test_searches_go_on_while_segments_are_sealed(tmp_path: Path, rng: np.random
     vectors = unit_vectors(rng, 3000, 16)
     index = HnswIndex(tmp_path, seal_vectors=256)
     index.add("facts", items("m", vectors[:1000]))
-    errors: list[BaseException] = []
 
     def write() -> None:
-        try:
-            for start in range(1000, 3000, 100):
-                index.add("facts", items("m", vectors[: start + 100])[start:])
-                index.remove("facts", [f"m{start - 400}"])  # in a sealed segment by now
-                index.save()
-        except BaseException as exc:  # surfaced by the assertion below
-            errors.append(exc)
+        for start in range(1000, 3000, 100):
+            index.add("facts", items("m", vectors[: start + 100])[start:])
+            index.remove("facts", [f"m{start - 400}"])  # in a sealed segment by now
+            index.save()
 
-    writer = threading.Thread(target=write)
-    writer.start()
-    searches = found = 0
-    while writer.is_alive() or searches < 50:
-        i = searches % 600  # never removed
-        hits = index.search("facts", vectors[i].tolist(), 5)
-        found += f"m{i}" in [memory_id for memory_id, _ in hits]
-        searches += 1
-    writer.join()
-    assert not errors
+    searches, found = search_while_writing(index, vectors, 600, write)
     assert len(index) == 3000 - 20
     assert len(list(tmp_path.glob("*.seg"))) == 11
     assert found >= 0.95 * searches, f"{found} of {searches}"
