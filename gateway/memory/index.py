@@ -121,6 +121,10 @@ class _Segment:
         self.index, self.mapping = view  # the mapping outlives no index that reads it
         self.lo, self.hi, self.file, self.dead = lo, hi, file, dead
 
+    def listing(self) -> list[Any]:
+        """The segment as the manifest lists it: [file, first key, end key]."""
+        return [self.file, self.lo, self.hi]
+
 
 class _Graph:
     """One namespace: its sealed segments, the growing segment (``index``, in RAM, keys from
@@ -460,7 +464,7 @@ class HnswIndex:
         ids_tmp = self.directory / (stem + _IDS_SUFFIX + _TMP_SUFFIX)
         with graph.changing:
             version = graph.version
-            segments = [[segment.file, segment.lo, segment.hi] for segment in graph.sealed]
+            segments = [segment.listing() for segment in graph.sealed]
             graph.index.save(graph_tmp, progress=_yield_the_gil)
             with open(ids_tmp, "wb") as f:
                 graph.ids.write(f, graph.namespace, graph.next_key)
@@ -481,8 +485,7 @@ class HnswIndex:
             for graph in graphs:
                 stem = _stem(graph.namespace)
                 keep |= {stem + _GRAPH_SUFFIX, stem + _IDS_SUFFIX}
-                keep |= {segment.file for segment in graph.sealed}
-                keep |= {str(file) for file, _, _ in graph.saved_segments}
+                keep |= {segment.file for segment in graph.sealed}  # the saved ones among them
             for path in self.directory.iterdir():
                 name = path.name
                 if name.endswith((_GRAPH_SUFFIX, _IDS_SUFFIX, _SEGMENT_SUFFIX)) and name not in keep:
@@ -563,7 +566,7 @@ class HnswIndex:
         graph.sealed = tuple(sealed)
         graph.mutable_lo = lo
         graph.saved_version = graph.version
-        graph.saved_segments = [[s.file, s.lo, s.hi] for s in sealed]
+        graph.saved_segments = [segment.listing() for segment in sealed]
         return graph
 
     # ----- helpers
