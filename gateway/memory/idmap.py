@@ -1,4 +1,5 @@
-"""Memory id <-> usearch key for one namespace of the index, without a Python object per memory.
+"""Memory id <-> usearch key for the growing segment of one namespace of the index (a sealed
+segment's rows are in a file of their own: ``sealed_ids.py``), without a Python object per memory.
 
 Two Python dicts (id -> key, key -> id) cost ~250 bytes per memory in dict entries, a str and an
 int, and those long-lived small objects, allocated among the ingest pipeline's short-lived ones,
@@ -21,8 +22,10 @@ so the same id may have several hash entries of which one only is live. The call
 every call (``HnswIndex`` holds the namespace's lock); ``len()`` may be read without it.
 
 On disk (``to_bytes``/``from_bytes``): ``MAGIC``, a 4-byte header length, a JSON header (format,
-namespace, next_key, count, blob size, SHA-256 of the payload), then the live rows' keys (uint64
-little-endian), lengths (uint32) and id bytes. Hashes are recomputed at load, so the file does
+namespace, next_key, count, blob size, removed, SHA-256 of the payload), then the live rows' keys
+(uint64 little-endian), lengths (uint32) and id bytes, then the keys of the namespace's sealed
+segments (``sealed_ids.py``) removed since they were sealed (uint64; their files are never
+rewritten, so the growing segment's map records them). Hashes are recomputed at load, so the file does
 not depend on the hash function.
 """
 
@@ -38,7 +41,8 @@ import numpy.typing as npt
 import orjson
 
 MAGIC = b"SOPHIDS\x02"
-FORMAT = 2
+FORMAT = 3  # 3 adds the removed keys of sealed segments (sealed_ids.py); 2 had none
+FORMATS_READ = (2, 3)
 MERGE_AT = 4096  # ids added before _recent is merged into the sorted hash arrays
 _MIN_ROWS = 64
 
@@ -50,7 +54,7 @@ def hash_id(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-def _hashes(encoded: Iterable[bytes], count: int) -> U64:
+def hash_ids(encoded: Iterable[bytes], count: int) -> U64:
     return np.fromiter((hash_id(e) for e in encoded), dtype=np.uint64, count=count)
 
 
@@ -104,7 +108,7 @@ class IdMap:
                 rest.append(memory_id.encode())
         if not rest:
             return found
-        targets = _hashes(rest, len(rest))
+        targets = hash_ids(rest, len(rest))
         los = np.searchsorted(self._hashes, targets, side="left").tolist()
         his = np.searchsorted(self._hashes, targets, side="right").tolist()
         for encoded, lo, hi in zip(rest, los, his, strict=True):
@@ -187,21 +191,27 @@ class IdMap:
 
     # ----- persistence
 
-    def to_bytes(self, namespace: str, next_key: int) -> bytes:
+    def to_bytes(self, namespace: str, next_key: int, removed: U64 | None = None) -> bytes:
         """The live rows as a file (see the module docstring)."""
-        return b"".join(self._pieces(namespace, next_key))
+        return b"".join(self._pieces(namespace, next_key, removed))
 
-    def write(self, file: BinaryIO, namespace: str, next_key: int) -> None:
+    def write(self, file: BinaryIO, namespace: str, next_key: int, removed: U64 | None = None) -> None:
         """``to_bytes`` into ``file``, without joining the pieces in memory first."""
-        for piece in self._pieces(namespace, next_key):
+        for piece in self._pieces(namespace, next_key, removed):
             file.write(piece)
 
-    def _pieces(self, namespace: str, next_key: int) -> list[bytes | memoryview]:
+    def live_rows(self) -> tuple[U64, npt.NDArray[np.uint32], bytes | memoryview]:
+        """The live rows' keys (ascending), id lengths in bytes and ids' bytes end to end (a view
+        of the map's own bytes when nothing was removed: not to be kept past the caller's use)."""
         alive = self._lens[: self._rows] >= 0
-        keys = self._keys[: self._rows][alive].astype("<u8")
-        lens = self._lens[: self._rows][alive].astype("<u4")
-        blob = self._live_blob(alive)
-        payload = [keys.tobytes(), lens.tobytes(), blob]
+        keys = self._keys[: self._rows][alive]
+        lens = self._lens[: self._rows][alive].astype(np.uint32)
+        return keys, lens, self._live_blob(alive)
+
+    def _pieces(self, namespace: str, next_key: int, removed: U64 | None) -> list[bytes | memoryview]:
+        keys, lens, blob = self.live_rows()
+        gone = np.zeros(0, dtype="<u8") if removed is None else np.asarray(removed, dtype="<u8")
+        payload = [keys.astype("<u8").tobytes(), lens.astype("<u4").tobytes(), blob, gone.tobytes()]
         digest = hashlib.sha256()
         for piece in payload:
             digest.update(piece)
@@ -212,36 +222,39 @@ class IdMap:
                 "next_key": next_key,
                 "count": len(keys),
                 "blob_bytes": len(blob),
+                "removed": len(gone),
                 "sha256": digest.hexdigest(),
             }
         )
         return [MAGIC + len(header).to_bytes(4, "little") + header, *payload]
 
     @classmethod
-    def from_bytes(cls, data: bytes, namespace: str) -> tuple[IdMap, int]:
+    def from_bytes(cls, data: bytes, namespace: str) -> tuple[IdMap, int, U64]:
         """``read`` from bytes."""
         return cls.read(io.BytesIO(data), namespace)
 
     @classmethod
-    def read(cls, file: io.BufferedIOBase, namespace: str) -> tuple[IdMap, int]:
-        """The map a ``to_bytes`` file holds and its next key; ValueError when the file is not a
-        whole, intact map of ``namespace``. Read into the arrays directly, hashed in slices: no
+    def read(cls, file: io.BufferedIOBase, namespace: str) -> tuple[IdMap, int, U64]:
+        """The map a ``to_bytes`` file holds, its next key and the removed keys of sealed
+        segments it records; ValueError when the file is not a whole, intact map of ``namespace``. Read into the arrays directly, hashed in slices: no
         copy of the whole file, no Python object per row alive at once."""
         if file.read(len(MAGIC)) != MAGIC:
             raise ValueError("not an id map of this format")
         header: dict[str, Any] = orjson.loads(file.read(int.from_bytes(file.read(4), "little")))
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
+        if not isinstance(header, dict) or header.get("format") not in FORMATS_READ:
             raise ValueError("not an id map of this format")
         if header.get("namespace") != namespace:
             raise ValueError(f"the id map of namespace {header.get('namespace')!r}")
         count, blob_bytes, next_key = int(header["count"]), int(header["blob_bytes"]), int(header["next_key"])
-        if count < 0 or blob_bytes < 0:
+        removed_count = int(header.get("removed", 0))  # format 2 records none
+        if count < 0 or blob_bytes < 0 or removed_count < 0:
             raise ValueError("negative sizes")
         keys = np.zeros(count, dtype="<u8")
         lens = np.zeros(count, dtype="<u4")
         blob = bytearray(blob_bytes)
+        removed = np.zeros(removed_count, dtype="<u8")
         digest = hashlib.sha256()
-        for target in (keys.data.cast("B"), lens.data.cast("B"), memoryview(blob)):
+        for target in (keys.data.cast("B"), lens.data.cast("B"), memoryview(blob), removed.data.cast("B")):
             if file.readinto(target) != len(target):
                 raise ValueError("id map of the wrong size (truncated?)")
             digest.update(target)
@@ -268,12 +281,12 @@ class IdMap:
             parts = [view[s:e].tobytes() for s, e in zip(starts, ends, strict=True)]
             for part in parts:
                 part.decode()
-            hashes[lo : lo + len(parts)] = _hashes(parts, len(parts))
+            hashes[lo : lo + len(parts)] = hash_ids(parts, len(parts))
         del view
         order = np.argsort(hashes, kind="stable")
         idmap._hashes, idmap._hash_keys = hashes[order], idmap._keys[:count][order]
         idmap._check_unique()
-        return idmap, next_key
+        return idmap, next_key, removed.astype(np.uint64)
 
     # ----- internals
 
@@ -304,7 +317,7 @@ class IdMap:
         """Move ``_recent`` into the sorted hash arrays."""
         if not self._recent:
             return
-        hashes = _hashes((memory_id.encode() for memory_id in self._recent), len(self._recent))
+        hashes = hash_ids((memory_id.encode() for memory_id in self._recent), len(self._recent))
         keys = np.fromiter(self._recent.values(), dtype=np.uint64, count=len(self._recent))
         order = np.argsort(hashes, kind="stable")
         hashes, keys = hashes[order], keys[order]

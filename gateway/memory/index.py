@@ -4,36 +4,41 @@ Segments (issue 15): a namespace is a growing segment in RAM plus sealed segment
 one holds ``seal_vectors`` vectors (131,072: ~60 MB of nodes at 64 dimensions f32, ~230 MB at 384,
 ~830 MB at 1,536) it is written to ``{stem}.{first key}.seg``, memory-mapped read-only in its place
 and a new growing segment starts, so what a namespace holds in private memory is bounded by one
-segment and its id map (~85 B a memory), not by its size: the sealed segments' pages are the
+segment and its id map (~85 B a memory of the growing segment), not by its size: a sealed
+segment's id rows go to a file beside it (``{stem}.{first key}.sids``, ``sealed_ids.py``), also
+mapped, with one byte per row left in RAM (removed since or not). The sealed files' pages are the
 kernel's page cache, read in as searches touch them and dropped under memory pressure. A search
 asks every segment (sealed ones for ``k`` plus their dead keys) and merges by distance, so it costs
 about one graph walk per segment, more with the caches shared between graphs: at 100,000 x 384,
 segments of 65,536 and 34,464 searched in 3.2 ms (p50, random vectors) where one graph took 1.7 ms.
 The default keeps a namespace of 100,000 in one graph (issue 6's search target). A sealed graph
-cannot change: a removal or upsert of a memory in one removes the id from the id map and counts the
-key dead there (searches drop it; nothing compacts a sealed segment yet, so a namespace rewritten
+cannot change: a removal or upsert of a memory in one marks its row removed and counts the key
+dead there (searches drop it; the removed keys are saved with the growing segment's id map; nothing compacts a sealed segment yet, so a namespace rewritten
 many times over asks ever more of its old segments). A worker of ``serve --workers N`` that does
 not own the files seals into ``.private-{pid}`` of its own. The index maps segment files itself and
 hands usearch the buffer: usearch's ``view`` of a path that cannot be opened closes a file
 descriptor that is not its own.
 
 Memory ids are strings; usearch keys are unsigned 64-bit integers, so each namespace keeps a
-two-way map (``idmap.IdMap``: numpy arrays and one bytearray, no Python object per memory).
+two-way map (``idmap.IdMap`` for the growing segment: numpy arrays and one bytearray, no Python
+object per memory; ``sealed_ids.SealedIds`` for each sealed one).
 Keys come from a per-namespace counter and are never reused: an upsert removes the id's old key
 and adds the vector under a new one. Every vector of an index has the same dimension, fixed by
 the constructor or by the first vector added (one embedding model feeds all namespaces, and one
 query vector is searched across several of them).
 
-Files, in the index's own directory (``save()`` deletes the ``*.usearch``, ``*.ids`` and
-``*.seg`` files no namespace refers to, and ``*.ids.json`` maps of the former format):
-``{stem}.usearch`` (the growing segment) and ``{stem}.ids`` (the id map, binary, checksummed)
-per namespace, the stem being the namespace made safe for a file name, its sealed segments
-(written once, when sealed), and ``index.json`` (the manifest, which lists each namespace's
+Files, in the index's own directory (``save()`` deletes the ``*.usearch``, ``*.ids``, ``*.seg``
+and ``*.sids`` files no namespace refers to, and ``*.ids.json`` maps of the former format):
+``{stem}.usearch`` (the growing segment) and ``{stem}.ids`` (its id map and the sealed rows
+removed since their seal, binary, checksummed) per namespace, the stem being the namespace made
+safe for a file name, its sealed segments and their id rows (written once, when sealed), and
+``index.json`` (the manifest, which lists each namespace's
 segments and key ranges). Each file is written under a temporary name, fsynced and renamed, the
 manifest last; ``load()`` checks every file against the manifest and the configuration and
 returns False for anything missing, corrupt or mismatched (an index saved as JSON id maps
 included), and the service then rebuilds from the store. A save of format 2 (one graph per
-namespace) loads as a growing segment, sealed at the next add.
+namespace) loads as a growing segment, sealed at the next add; one of format 3 with sealed
+segments (their ids in the namespace's map) is rebuilt.
 
 Memory (issue 15): at 64 dimensions (f32) a memory costs ~550-600 bytes at rest, ~500 of them
 usearch's (the vector, 256, and its graph links) and ~85 the id map (20 per row, 16 for the
@@ -71,7 +76,7 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,7 +87,9 @@ import orjson
 from usearch.compiled import MetricKind
 from usearch.index import Index, Matches
 
+from gateway.memory import idmap, sealed_ids
 from gateway.memory.idmap import IdMap
+from gateway.memory.sealed_ids import SealedIds
 
 if TYPE_CHECKING:
     from gateway.memory.records import VectorIndex
@@ -96,8 +103,11 @@ ADD_CHUNK = 16  # vectors added per hold of a namespace's lock: bounds how long 
 # (the policy's memory.index_segment_vectors): a power of two, as usearch grows its capacity.
 SEAL_VECTORS = 131_072
 _WRITER_WAIT_S = 0.05  # how long a writer lets waiting searches go first, per chunk
-_FORMAT = 3  # 3 adds sealed segments; 2 (one graph per namespace) loads as a growing segment
-_FORMATS_READ = (2, 3)  # 1: id maps as JSON lists (.ids.json), rebuilt from the store when found
+# 4 keeps a sealed segment's id rows in a file beside it (sealed_ids.py); 3 added sealed segments
+# with their ids in the namespace's map (read when it has none); 2 (one graph per namespace) loads
+# as a growing segment; 1 (id maps as JSON lists, .ids.json) is rebuilt from the store when found.
+_FORMAT = 4
+_FORMATS_READ = (2, 3, 4)
 _MANIFEST = "index.json"
 _GRAPH_SUFFIX = ".usearch"
 _IDS_SUFFIX = ".ids"
@@ -112,14 +122,24 @@ _LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError, Attribut
 
 class _Segment:
     """A sealed segment: a usearch graph memory-mapped from its file (read-only), holding keys in
-    [lo, hi). ``dead`` counts its keys whose memories were since removed or replaced: they stay
-    in the graph (a view cannot change) and are dropped from answers by the id map."""
+    [lo, hi), and its id rows (``SealedIds``, mapped from the file beside it). ``dead`` counts
+    its keys whose memories were since removed or replaced: they stay in the graph (a view cannot
+    change) and are dropped from answers by the id rows."""
 
-    __slots__ = ("dead", "file", "hi", "index", "lo", "mapping")
+    __slots__ = ("file", "hi", "ids", "index", "lo", "mapping")
 
-    def __init__(self, view: tuple[Index, memoryview], lo: int, hi: int, file: str, dead: int = 0) -> None:
+    def __init__(self, view: tuple[Index, memoryview], ids: SealedIds, file: str) -> None:
         self.index, self.mapping = view  # the mapping outlives no index that reads it
-        self.lo, self.hi, self.file, self.dead = lo, hi, file, dead
+        self.ids = ids
+        self.lo, self.hi, self.file = ids.first, ids.end, file
+
+    @property
+    def dead(self) -> int:
+        return len(self.index) - self.ids.live
+
+    @property
+    def ids_file(self) -> str:
+        return _ids_file(self.file)
 
     def listing(self) -> list[Any]:
         """The segment as the manifest lists it: [file, first key, end key]."""
@@ -128,7 +148,8 @@ class _Segment:
 
 class _Graph:
     """One namespace: its sealed segments, the growing segment (``index``, in RAM, keys from
-    ``mutable_lo``), the id <-> key maps and a change counter for save()."""
+    ``mutable_lo``) and its id <-> key map (``ids``: the growing segment's keys only; a sealed
+    segment's are in its file), and a change counter for save()."""
 
     __slots__ = (
         "changing",
@@ -153,7 +174,7 @@ class _Graph:
         self.sealed: tuple[_Segment, ...] = ()  # oldest first; replaced whole, under ``lock``
         self.mutable_lo = 0
         self.saved_segments: list[list[Any]] = []  # [file, lo, hi] as the manifest lists them
-        self.ids = IdMap()  # memory id <-> usearch key
+        self.ids = IdMap()  # memory id <-> usearch key, of the growing segment
         self.next_key = 0
         self.version = 1  # bumped on every change; saved_version is the one on disk
         self.saved_version = 0
@@ -186,13 +207,51 @@ class _Graph:
             target = self.searches_done + self.searches_waiting
             self.turn.wait_for(lambda: self.searches_done >= target, timeout=_WRITER_WAIT_S)
 
-    def count_dead(self, keys: Sequence[int]) -> None:
-        """Count removed keys of sealed segments (under ``lock``)."""
-        los = [segment.lo for segment in self.sealed]
-        for key in keys:
-            i = bisect.bisect_right(los, key) - 1
-            if i >= 0:
-                self.sealed[i].dead += 1
+    # The id <-> key lookups over every segment (under ``lock``, or ``changing`` for reads).
+
+    def live(self) -> int:
+        """How many memories the namespace holds."""
+        return len(self.ids) + sum(segment.ids.live for segment in self.sealed)
+
+    def keys_of(self, ids: Collection[str]) -> list[int]:
+        """The keys of those of ``ids`` the namespace holds (an id lives in one segment only)."""
+        found = self.ids.keys_of(ids)
+        if self.sealed and len(found) < len(ids):
+            encoded = [memory_id.encode() for memory_id in ids]
+            hashes = idmap.hash_ids(encoded, len(encoded))
+            for segment in self.sealed:
+                found += segment.ids.keys_of(encoded, hashes)
+        return found
+
+    def ids_of(self, keys: npt.NDArray[np.uint64]) -> list[str | None]:
+        """The id of each key, None for a removed one (a dead key of a sealed segment)."""
+        if not self.sealed:
+            return self.ids.ids_of(keys)
+        found: list[str | None] = [None] * len(keys)
+        bounds = np.asarray([segment.lo for segment in self.sealed] + [self.mutable_lo], dtype=np.uint64)
+        which = np.searchsorted(bounds, keys, side="right") - 1
+        parts: list[SealedIds | IdMap] = [segment.ids for segment in self.sealed]
+        parts.append(self.ids)
+        for i, part in enumerate(parts):
+            at = np.flatnonzero(which == i)
+            if len(at):
+                for position, memory_id in zip(at.tolist(), part.ids_of(keys[at]), strict=True):
+                    found[position] = memory_id
+        return found
+
+    def drop_keys(self, keys: Sequence[int]) -> None:
+        """Remove ``keys`` (under ``lock``): from the growing segment's graph and map, or marked
+        removed in their sealed segment's rows (a dead key its graph keeps)."""
+        growing = [k for k in keys if k >= self.mutable_lo]
+        if growing:
+            self.index.remove(np.asarray(growing, dtype=np.uint64))
+            self.ids.remove(growing)
+        if len(growing) != len(keys):
+            los = [segment.lo for segment in self.sealed]
+            for key in keys:
+                i = bisect.bisect_right(los, key) - 1
+                if key < self.mutable_lo and i >= 0:
+                    self.sealed[i].ids.remove([key])
 
 
 _EXACT_SEARCH_MAX = 2048
@@ -285,14 +344,22 @@ class HnswIndex:
             directory = self._segment_dir
             directory.mkdir(parents=True, exist_ok=True)
             name = f"{_stem(graph.namespace)}.{lo}{_SEGMENT_SUFFIX}"
+            tmp = directory / (_ids_file(name) + _TMP_SUFFIX)
+            keys, lens, blob = graph.ids.live_rows()  # every key of the growing segment
+            with open(tmp, "wb") as f:
+                sealed_ids.write(f, graph.namespace, lo, hi, keys, lens, blob)
+            del keys, lens, blob
+            _sync_and_replace(tmp, directory / _ids_file(name))
             tmp = directory / (name + _TMP_SUFFIX)
             graph.index.save(tmp, progress=_yield_the_gil)
             _sync_and_replace(tmp, directory / name)
             view = self._view(directory / name, self._ndim)
+            ids = SealedIds(directory / _ids_file(name), graph.namespace, lo, hi)
             fresh = self._new_index(self._ndim)
             with graph.lock:
-                graph.sealed = (*graph.sealed, _Segment(view, lo, hi, name))
+                graph.sealed = (*graph.sealed, _Segment(view, ids, name))
                 graph.index = fresh
+                graph.ids = IdMap()
                 graph.mutable_lo = hi
                 graph.version += 1
         log.info(
@@ -319,21 +386,10 @@ class HnswIndex:
         return view, mapping  # expansion_search stays the constructor's (not the file's)
 
     @staticmethod
-    def _drop_keys(graph: _Graph, keys: Sequence[int]) -> None:
-        """Remove ``keys`` (under ``lock``): from the growing segment's graph, or counted dead
-        in their sealed segment; then from the id map."""
-        growing = [k for k in keys if k >= graph.mutable_lo]
-        if growing:
-            graph.index.remove(np.asarray(growing, dtype=np.uint64))
-        if len(growing) != len(keys):
-            graph.count_dead([k for k in keys if k < graph.mutable_lo])
-        graph.ids.remove(keys)
-
-    @classmethod
-    def _add_chunk(cls, graph: _Graph, ids: list[str], vectors: Matrix, threads: int) -> None:
-        old = graph.ids.keys_of(ids)
+    def _add_chunk(graph: _Graph, ids: list[str], vectors: Matrix, threads: int) -> None:
+        old = graph.keys_of(ids)
         if old:
-            cls._drop_keys(graph, old)
+            graph.drop_keys(old)
         keys = np.arange(graph.next_key, graph.next_key + len(ids), dtype=np.uint64)
         graph.index.add(keys, vectors, threads=threads)
         graph.next_key += len(ids)
@@ -346,10 +402,10 @@ class HnswIndex:
         if graph is None:
             return
         with graph.changing, graph.lock:
-            keys = graph.ids.keys_of(set(ids))
+            keys = graph.keys_of(set(ids))
             if not keys:
                 return
-            self._drop_keys(graph, keys)
+            graph.drop_keys(keys)
             graph.version += 1
 
     def clear(self) -> None:
@@ -368,20 +424,18 @@ class HnswIndex:
             return []
         query = self._matrix(["query"], [vector])[0]
         with graph.searching():
-            if not graph.ids:
+            if not graph.live():
                 return []
             if not graph.sealed:
                 keys, distances = _search_segment(graph.index, query, k, len(graph.index), 0)
             else:
-                found = [
-                    _search_segment(s.index, query, k, len(s.index) - s.dead, s.dead) for s in graph.sealed
-                ]
+                found = [_search_segment(s.index, query, k, s.ids.live, s.dead) for s in graph.sealed]
                 found.append(_search_segment(graph.index, query, k, len(graph.index), 0))
                 keys = np.concatenate([f[0] for f in found])
                 distances = np.concatenate([f[1] for f in found])
                 order = np.argsort(distances, kind="stable")
                 keys, distances = keys[order], distances[order]
-            ids = graph.ids.ids_of(keys)  # None: a dead key of a sealed segment
+            ids = graph.ids_of(keys)  # None: a dead key of a sealed segment
             # usearch's cosine distance is 1 - cosine similarity.
             hits = [(i, 1.0 - d) for i, d in zip(ids, distances.tolist(), strict=True) if i is not None]
             return hits[:k]
@@ -390,17 +444,17 @@ class HnswIndex:
         """Namespaces that hold at least one vector, sorted."""
         with self._lock:
             graphs = list(self._graphs.values())
-        return sorted(g.namespace for g in graphs if g.ids)
+        return sorted(g.namespace for g in graphs if g.live())
 
     def size(self, namespace: str) -> int:
         """How many vectors the namespace holds."""
         graph = self._graph(namespace, create=False)
-        return 0 if graph is None else len(graph.ids)
+        return 0 if graph is None else graph.live()
 
     def __len__(self) -> int:
         with self._lock:
             graphs = list(self._graphs.values())
-        return sum(len(g.ids) for g in graphs)
+        return sum(g.live() for g in graphs)
 
     def segments(self) -> tuple[int, int]:
         """(sealed segments, dead vectors they still hold) over every namespace: dead vectors are
@@ -465,9 +519,10 @@ class HnswIndex:
         with graph.changing:
             version = graph.version
             segments = [segment.listing() for segment in graph.sealed]
+            removed = [segment.ids.removed_keys() for segment in graph.sealed]
             graph.index.save(graph_tmp, progress=_yield_the_gil)
             with open(ids_tmp, "wb") as f:
-                graph.ids.write(f, graph.namespace, graph.next_key)
+                graph.ids.write(f, graph.namespace, graph.next_key, np.concatenate([_NO_KEYS, *removed]))
         # Graph first, id map second: a crash in between leaves a pair that load() rejects
         # unless both hold the same keys (keys are never reused, so the map is then right).
         _sync_and_replace(graph_tmp, self.directory / (stem + _GRAPH_SUFFIX))
@@ -485,10 +540,13 @@ class HnswIndex:
             for graph in graphs:
                 stem = _stem(graph.namespace)
                 keep |= {stem + _GRAPH_SUFFIX, stem + _IDS_SUFFIX}
-                keep |= {segment.file for segment in graph.sealed}  # the saved ones among them
+                keep |= {name for s in graph.sealed for name in (s.file, s.ids_file)}  # the saved among them
             for path in self.directory.iterdir():
                 name = path.name
-                if name.endswith((_GRAPH_SUFFIX, _IDS_SUFFIX, _SEGMENT_SUFFIX)) and name not in keep:
+                if (
+                    name.endswith((_GRAPH_SUFFIX, _IDS_SUFFIX, _SEGMENT_SUFFIX, sealed_ids.SUFFIX))
+                    and name not in keep
+                ):
                     path.unlink(missing_ok=True)
                 if name.endswith(_TMP_SUFFIX) or name.endswith(_OLD_SUFFIXES):
                     path.unlink(missing_ok=True)  # left by a save that crashed
@@ -516,6 +574,10 @@ class HnswIndex:
     def _read(self, manifest: Any) -> tuple[int | None, dict[str, _Graph]]:
         if manifest.get("format") not in _FORMATS_READ or manifest.get("metric") != "cos":
             raise ValueError(f"unknown format {manifest.get('format')!r} / metric {manifest.get('metric')!r}")
+        if manifest.get("format") == 3 and any(manifest.get("segments", {}).values()):
+            # Format 3 kept sealed segments' ids in the namespace's map, format 4 in files of
+            # their own: such an index (a few hours of the project's history) is rebuilt.
+            raise ValueError("sealed segments of format 3 (ids kept in the namespace map)")
         if manifest.get("dtype") != self._dtype:
             raise ValueError(f"stored as {manifest.get('dtype')!r}, configured {self._dtype!r}")
         ndim = manifest.get("ndim")
@@ -535,7 +597,7 @@ class HnswIndex:
         stem = _stem(namespace)
         try:
             with open(self.directory / (stem + _IDS_SUFFIX), "rb") as f:
-                ids, next_key = IdMap.read(f, namespace)
+                ids, next_key, removed = IdMap.read(f, namespace)
         except ValueError as exc:
             raise ValueError(f"{stem}{_IDS_SUFFIX}: {exc}") from None
         graph = _Graph(namespace, self._new_index(ndim))
@@ -545,21 +607,30 @@ class HnswIndex:
         # usearch's load adopts the file's settings: check them against ours.
         if index.ndim != ndim or index.metric != MetricKind.Cos or index.dtype != expected_dtype:
             raise ValueError(f"{stem}{_GRAPH_SUFFIX}: {index.ndim} x {index.dtype}, {index.metric}")
-        keys = np.sort(ids.keys())
         sealed: list[_Segment] = []
         lo = 0
         for file, first, end in segments:
             if first != lo or end < first or not str(file).endswith(_SEGMENT_SUFFIX) or "/" in str(file):
                 raise ValueError(f"{stem}: segment {file!r} [{first}, {end}) does not follow key {lo}")
             view, mapping = self._view(self.directory / str(file), ndim)
-            live = keys[np.searchsorted(keys, first) : np.searchsorted(keys, end)]
-            if len(live) > len(view) or (len(live) and not np.all(view.contains(live))):
-                raise ValueError(f"{file} and {stem}{_IDS_SUFFIX} hold different keys")
-            sealed.append(_Segment((view, mapping), first, end, str(file), len(view) - len(live)))
+            rows = SealedIds(self.directory / _ids_file(str(file)), namespace, first, end)
+            held = rows.keys()
+            if len(held) != len(view) or (len(held) and not np.all(view.contains(held))):
+                raise ValueError(f"{file} and {_ids_file(str(file))} hold different keys")
+            sealed.append(_Segment((view, mapping), rows, str(file)))
             lo = end
-        growing = keys[np.searchsorted(keys, lo) :]
+        if len(removed):  # the sealed rows removed since their seal, as the last save saw them
+            bounds = np.asarray([segment.lo for segment in sealed], dtype=np.uint64)
+            which = np.searchsorted(bounds, removed, side="right") - 1
+            if not sealed or np.any(which < 0) or int(removed.max()) >= lo:
+                raise ValueError(f"{stem}{_IDS_SUFFIX}: removed keys outside the sealed segments")
+            for i, segment in enumerate(sealed):
+                segment.ids.restore_removed(np.sort(removed[which == i]))
+        growing = ids.keys()
         present = index.contains(growing) if len(growing) else True
-        if len(index) != len(growing) or not np.all(present) or (len(keys) and int(keys[-1]) >= next_key):
+        if len(growing) and (int(growing[0]) < lo or int(growing[-1]) >= next_key):
+            raise ValueError(f"{stem}{_IDS_SUFFIX}: keys outside the growing segment [{lo}, {next_key})")
+        if len(index) != len(growing) or not np.all(present):
             raise ValueError(f"{stem}{_GRAPH_SUFFIX} and {stem}{_IDS_SUFFIX} hold different keys")
         graph.ids = ids
         graph.next_key = next_key
@@ -660,6 +731,11 @@ def _yield_the_gil(done: int, total: int) -> bool:
 # usearch checks a callback's annotations against (int, int) -> bool, and this module's are
 # strings (``from __future__ import annotations``): give it the types themselves.
 _yield_the_gil.__annotations__ = {"done": int, "total": int, "return": bool}
+
+
+def _ids_file(segment_file: str) -> str:
+    """The name of a sealed segment's id file: ``{stem}.{first key}.sids`` beside its ``.seg``."""
+    return segment_file[: -len(_SEGMENT_SUFFIX)] + sealed_ids.SUFFIX
 
 
 def _stem(namespace: str) -> str:

@@ -233,7 +233,7 @@ def test_load_of_a_damaged_index_is_false_and_changes_nothing(
         other.save()
         ids.write_bytes((tmp_path / "other" / "notes.ids").read_bytes())
     elif damage == "a save of the former format":  # JSON id maps: rebuilt from the store
-        manifest.write_bytes(manifest.read_bytes().replace(b'"format":3', b'"format":1'))
+        manifest.write_bytes(manifest.read_bytes().replace(b'"format":4', b'"format":1'))
     elif damage == "id map of other keys":
         other = HnswIndex(tmp_path / "other")  # the same ids under keys 100-199
         other.add("facts", items("m", unit_vectors(rng, 100, 16)))
@@ -381,7 +381,7 @@ def test_id_map_resolves_ids_that_share_a_hash(colliding: None) -> None:
     ids.remove([ids.key_of("m1") or 0])
     assert ids.key_of("m1") is None and ids.key_of("m2") == 2
     # A round trip recomputes the hashes (all equal here) and still tells the ids apart.
-    again, _ = IdMap.from_bytes(ids.to_bytes("ns", len(names)), "ns")
+    again, _, _ = IdMap.from_bytes(ids.to_bytes("ns", len(names)), "ns")
     assert again.key_of("m2") == 2 and again.key_of("m1") is None and again.key_of("m4100") == 4100
 
 
@@ -444,7 +444,7 @@ def test_id_map_round_trip_and_damage() -> None:
     ids.add(["a", "β", "c"], [0, 1, 7])
     ids.remove([1])
     data = ids.to_bytes("facts", 8)
-    again, next_key = IdMap.from_bytes(data, "facts")
+    again, next_key, _ = IdMap.from_bytes(data, "facts")
     assert next_key == 8 and again.items() == [("a", 0), ("c", 7)]
     with pytest.raises(ValueError, match="namespace"):
         IdMap.from_bytes(data, "other")
@@ -635,7 +635,7 @@ def test_a_save_of_the_one_graph_format_loads_and_seals_as_it_grows(
     old.save()
     manifest = tmp_path / "index.json"
     manifest.write_bytes(
-        manifest.read_bytes().replace(b'"format":3', b'"format":2').replace(b',"segments":{}', b"")
+        manifest.read_bytes().replace(b'"format":4', b'"format":2').replace(b',"segments":{}', b"")
     )
     assert b"segments" not in manifest.read_bytes()
     index = HnswIndex(tmp_path, seal_vectors=64)
@@ -648,18 +648,62 @@ def test_a_save_of_the_one_graph_format_loads_and_seals_as_it_grows(
     assert index.search("facts", vectors[20].tolist(), 1)[0][0] == "m20"
 
 
-@pytest.mark.parametrize("damage", ["missing segment", "segment of other keys", "segments out of order"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "missing segment",
+        "segment of other keys",
+        "segments out of order",
+        "missing ids",
+        "ids of another segment",
+        "truncated ids",
+        "flipped byte in ids",
+        "removed key of no segment",
+        "removed key its segment does not hold",
+        "format 3 with segments",
+    ],
+)
 def test_load_with_a_damaged_segment_is_false(tmp_path: Path, rng: np.random.Generator, damage: str) -> None:
     index = HnswIndex(tmp_path, seal_vectors=64)
-    index.add("facts", items("m", unit_vectors(rng, 200, 16)))
+    vectors = items("m", unit_vectors(rng, 200, 16))
+    index.add("facts", vectors[:10])
+    index.remove("facts", ["m1"])  # before its segment is sealed
+    index.add("facts", vectors[10:])
+    index.remove("facts", ["m3"])  # after: recorded in the map's removed keys
     index.save()
-    manifest = tmp_path / "index.json"
+    first, second, *_ = sorted(tmp_path.glob("facts.*.seg"), key=lambda p: int(p.name.split(".")[1]))
+    lo = int(second.name.split(".")[1])
+    manifest, sids = tmp_path / "index.json", second.with_suffix(".sids")
+    assert HnswIndex(tmp_path, seal_vectors=64).load()  # as saved
     if damage == "missing segment":
-        (tmp_path / "facts.64.seg").unlink()
+        second.unlink()
     elif damage == "segment of other keys":
-        (tmp_path / "facts.64.seg").write_bytes((tmp_path / "facts.0.seg").read_bytes())
-    else:
-        manifest.write_bytes(manifest.read_bytes().replace(b'"facts.0.seg",0,64', b'"facts.0.seg",1,64'))
+        second.write_bytes(first.read_bytes())
+    elif damage == "segments out of order":
+        listing = f'"facts.0.seg",0,{lo}'.encode()
+        assert listing in manifest.read_bytes()
+        manifest.write_bytes(manifest.read_bytes().replace(listing, f'"facts.0.seg",1,{lo}'.encode()))
+    elif damage == "missing ids":
+        sids.unlink()
+    elif damage == "ids of another segment":
+        sids.write_bytes(first.with_suffix(".sids").read_bytes())
+    elif damage == "truncated ids":
+        sids.write_bytes(sids.read_bytes()[:-1])
+    elif damage == "flipped byte in ids":
+        data = bytearray(sids.read_bytes())
+        data[-3] ^= 1
+        sids.write_bytes(bytes(data))
+    elif damage in ("removed key of no segment", "removed key its segment does not hold"):
+        with open(tmp_path / "facts.ids", "rb") as f:
+            rows, next_key, removed = IdMap.read(f, "facts")
+        assert removed.tolist() == [3]
+        # Key 1 was removed while its segment still grew: its sealed file never held it.
+        wrong = 10**6 if damage == "removed key of no segment" else 1
+        (tmp_path / "facts.ids").write_bytes(
+            rows.to_bytes("facts", next_key, np.array([wrong], dtype=np.uint64))
+        )
+    else:  # sealed segments whose ids were kept in the namespace's map: rebuilt from the store
+        manifest.write_bytes(manifest.read_bytes().replace(b'"format":4', b'"format":3'))
     assert not HnswIndex(tmp_path, seal_vectors=64).load()
 
 
@@ -675,7 +719,12 @@ def test_a_worker_that_does_not_own_the_files_seals_into_its_own_directory(
     vectors = unit_vectors(rng, 150, 16)
     index.add("facts", items("m", vectors))
     private = tmp_path / f".private-{os.getpid()}"
-    assert sorted(p.name for p in private.iterdir()) == ["facts.0.seg", "facts.64.seg"]
+    assert sorted(p.name for p in private.iterdir()) == [
+        "facts.0.seg",
+        "facts.0.sids",
+        "facts.64.seg",
+        "facts.64.sids",
+    ]
     index.save()  # the owner's files are not this worker's to write
     assert [p.name for p in tmp_path.iterdir()] == [private.name]
     assert index.search("facts", vectors[10].tolist(), 1)[0][0] == "m10"
@@ -701,3 +750,50 @@ def test_searches_go_on_while_segments_are_sealed(tmp_path: Path, rng: np.random
     assert found >= 0.95 * searches, f"{found} of {searches}"
     reloaded = HnswIndex(tmp_path, seal_vectors=256)
     assert reloaded.load() and len(reloaded) == 3000 - 20
+
+
+def test_sealed_segments_keep_their_ids_in_files_written_once(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    index = HnswIndex(tmp_path, seal_vectors=64)
+    vectors = unit_vectors(rng, 300, 16)
+    index.add("facts", items("m", vectors))
+    graph = index._graphs["facts"]
+    # The map in memory holds the growing segment's rows only; the four sealed segments' are in
+    # their files, and every id is still found, by key (search) and by id (upsert, removal).
+    assert len(graph.ids) == 300 - graph.mutable_lo < 80 and len(graph.sealed) == 4
+    assert sorted(p.name for p in tmp_path.glob("facts.*.sids")) == sorted(
+        s.file.replace(".seg", ".sids") for s in graph.sealed
+    )
+    assert [i for s in graph.sealed for i, _ in s.ids.items()] == [f"m{i}" for i in range(graph.mutable_lo)]
+    assert all(index.search("facts", vectors[i].tolist(), 1)[0][0] == f"m{i}" for i in (0, 63, 64, 200, 299))
+    index.save()
+    written = {p.name: p.read_bytes() for p in tmp_path.glob("*.s*")}
+    index.remove("facts", ["m10", "m150"])
+    index.add("facts", [("m20", vectors[21].tolist())])  # upsert of a sealed memory
+    assert len(index) == 298
+    index.save()
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.s*")} == written  # never rewritten
+    reloaded = HnswIndex(tmp_path, seal_vectors=64)
+    assert reloaded.load() and len(reloaded) == 298 and reloaded.segments() == (4, 3)
+    found = [i for i, _ in reloaded.search("facts", vectors[10].tolist(), 300)]
+    assert "m10" not in found and "m150" not in found and found.count("m20") == 1
+    assert reloaded.search("facts", vectors[21].tolist(), 2)[1][0] in ("m20", "m21")
+
+
+def test_sealed_ids_that_share_a_hash_are_told_apart(
+    tmp_path: Path, rng: np.random.Generator, colliding: None
+) -> None:
+    index = HnswIndex(tmp_path, seal_vectors=64)
+    vectors = unit_vectors(rng, 200, 16)
+    index.add("facts", items("m", vectors))
+    index.add("facts", [("m5", vectors[199].tolist()), ("m70", vectors[198].tolist())])  # in sealed ones
+    index.remove("facts", ["m6", "m71"])
+    assert len(index) == 198
+    index.save()
+    reloaded = HnswIndex(tmp_path, seal_vectors=64)
+    assert reloaded.load() and len(reloaded) == 198
+    hits = [i for i, _ in reloaded.search("facts", vectors[199].tolist(), 200)]
+    assert hits.count("m5") == 1 and "m6" not in hits and "m71" not in hits
+    reloaded.remove("facts", ["m7"])
+    assert reloaded.size("facts") == 197
