@@ -4,7 +4,7 @@ round. Prints each round and the medians (CPU us per request, requests/s, ratio 
 
 The quick check behind each issue-12 commit message; ``proxy_overhead.py`` is the full benchmark.
 
-Run: python benchmarks/ab.py --baseline REV [--rounds 5] [--duration 5] [--env-b K=V ...]
+Run: python benchmarks/ab.py --baseline REV [--rounds 5] [--duration 5] [--log-pipe]
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--log-pipe",
+        action="store_true",
+        help="the gateways' output through a pipe (as in a container), not a file",
+    )
     args = parser.parse_args()
     wrk = ensure_wrk()
     body = BODY % "bench"
@@ -56,10 +61,11 @@ def main() -> int:
         policy = scratch / "bench.yaml"
         policy.write_text(policy_text(fake.url))
         pin = str(PROXY_CPU)
+        pipe = str(LOAD_CPU) if args.log_pipe else None
         procs = {
             "floor": start_floor(stack, fake.url, scratch / "floor.log", pin),
-            "A": start_gateway(stack, tree_a, policy, scratch, "A", pin),
-            "B": start_gateway(stack, ROOT, policy, scratch, "B", pin),
+            "A": start_gateway(stack, tree_a, policy, scratch, "A", pin, pipe_cpus=pipe),
+            "B": start_gateway(stack, ROOT, policy, scratch, "B", pin, pipe_cpus=pipe),
         }
         names = list(procs)
         for name in names:

@@ -455,13 +455,16 @@ def report(runs: list[Run], args: argparse.Namespace, index: list[tuple[str, dic
         "keeps nothing, 100 MB of text costs +19 MB at peak. The memories' index is bounded too: a "
         "namespace's growing HNSW segment is sealed to a file once it holds "
         "`memory.index_segment_vectors` vectors (131,072: ~60 MB at 64 dimensions, f32) and "
-        "memory-mapped read-only, so the index holds in private memory one growing segment per namespace and the "
-        "id map (~85 B a memory); the sealed segments' pages are page cache, resident while searches "
+        "memory-mapped read-only with its id rows (a file beside it), so the index holds in private "
+        "memory one growing segment per namespace and its id map (~85 B a memory), plus ~55 B per "
+        "sealed memory (usearch's lookup tables for a mapped graph, ~7 MB per segment of 131,072, and "
+        "one byte of ours); the sealed files' pages are page cache, resident while searches "
         "touch them (they count in RSS: the mapped-file column) and dropped by the kernel when memory "
         "is short. Private memory (RssAnon) is what a memory limit cannot take back, so the rows give "
         "both. Before the segments the index kept every vector in private memory: the 500 MB file's "
         "306,444 memories cost 187 MB at rest and its ingestion peaked at +241 MB above idle, all of "
-        "it private.",
+        "it private; with segments but the id rows of sealed ones still in memory, the 1,000 MB file "
+        "peaked at +190 MB private and the 500 MB one at +139-147.",
         "",
         "Progress events come every 0.5 s (`progress_interval_s`); the largest gap includes the final "
         "event. Search latency during the ingestion is the whole `POST /v1/memory/search`: by text it "

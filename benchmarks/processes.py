@@ -65,15 +65,26 @@ def launch(
     cpus: str | None = None,
     cwd: str | Path | None = None,
     timeout_s: float = 30.0,
+    pipe_cpus: str | None = None,
 ) -> Logged:
     """Run ``args`` (pinned to ``cpus``, a taskset list such as ``"0"`` or ``"0,1"``) with its output
-    in ``log``, and return once it has printed its ``listening on`` line."""
+    in ``log``, and return once it has printed its ``listening on`` line. ``pipe_cpus``: the
+    output goes through a pipe to a ``cat`` on those cores that appends it to ``log`` (stderr as
+    a container runtime or a supervisor gives it), not straight into the file."""
     cmd = [*(["taskset", "-c", cpus] if cpus else []), *args]
     inherited = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARIABLES}
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, **(env or {})}
     with log.open("ab") as sink:
-        popen = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+        if pipe_cpus is None:
+            popen = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+        else:
+            read_fd, write_fd = os.pipe()
+            # The collector exits when the process (its pipe's only writer) does.
+            subprocess.Popen(["taskset", "-c", pipe_cpus, "cat"], stdin=read_fd, stdout=sink)
+            popen = subprocess.Popen(cmd, stdout=write_fd, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+            os.close(read_fd)
+            os.close(write_fd)
     proc = Logged(popen, log)
     deadline = time.monotonic() + timeout_s
     while True:

@@ -432,9 +432,11 @@ def start_gateway(
     name: str,
     cpus: str | None,
     extra: tuple[str, ...] = ("--port", "0"),
+    pipe_cpus: str | None = None,
     **env: str,
 ) -> Logged:
-    """``serve`` from ``tree`` in its own working directory under ``scratch``, its output in a file."""
+    """``serve`` from ``tree`` in its own working directory under ``scratch``, its output in a file
+    (through a pipe read on ``pipe_cpus``, when given: ``processes.launch``)."""
     full_env = tree_env(tree, **env)
     cwd = tempfile.mkdtemp(prefix="serve-", dir=scratch)
     source = imported_from(full_env, cwd)
@@ -448,6 +450,7 @@ def start_gateway(
         env=full_env,
         cpus=cpus,
         cwd=cwd,
+        pipe_cpus=pipe_cpus,
     )
     stack.enter_context(running(proc))
     return proc
