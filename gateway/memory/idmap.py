@@ -54,6 +54,14 @@ def hash_id(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
+def sha256_of(pieces: Iterable[bytes | memoryview]) -> str:
+    """The SHA-256 (hex) of the pieces end to end: a file's checksum, without joining them."""
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    return digest.hexdigest()
+
+
 def hash_ids(encoded: Iterable[bytes], count: int) -> U64:
     return np.fromiter((hash_id(e) for e in encoded), dtype=np.uint64, count=count)
 
@@ -212,9 +220,7 @@ class IdMap:
         keys, lens, blob = self.live_rows()
         gone = np.zeros(0, dtype="<u8") if removed is None else np.asarray(removed, dtype="<u8")
         payload = [keys.astype("<u8").tobytes(), lens.astype("<u4").tobytes(), blob, gone.tobytes()]
-        digest = hashlib.sha256()
-        for piece in payload:
-            digest.update(piece)
+        digest = sha256_of(payload)
         header = orjson.dumps(
             {
                 "format": FORMAT,
@@ -223,7 +229,7 @@ class IdMap:
                 "count": len(keys),
                 "blob_bytes": len(blob),
                 "removed": len(gone),
-                "sha256": digest.hexdigest(),
+                "sha256": digest,
             }
         )
         return [MAGIC + len(header).to_bytes(4, "little") + header, *payload]

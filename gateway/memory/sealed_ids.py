@@ -92,9 +92,6 @@ def write(
         rows + b"\0" * (_aligned(len(rows)) - len(rows)),
         blob,
     ]
-    digest = hashlib.sha256()
-    for piece in payload:
-        digest.update(piece)
     header = orjson.dumps(
         {
             "format": FORMAT,
@@ -104,7 +101,7 @@ def write(
             "count": count,
             "blob_bytes": len(blob),
             "hash": HASH,
-            "sha256": digest.hexdigest(),
+            "sha256": idmap.sha256_of(payload),
         }
     )
     head = MAGIC + len(header).to_bytes(4, "little") + header
