@@ -2,8 +2,8 @@
 
 Segments (issue 15): a namespace is a growing segment in RAM plus sealed segments. Once the growing
 one holds ``seal_vectors`` vectors (131,072: ~60 MB of nodes at 64 dimensions f32, ~230 MB at 384,
-~830 MB at 1,536) it is written to ``{stem}.{first key}.seg``, memory-mapped read-only in its place
-and a new growing segment starts, so what a namespace holds in private memory is bounded by one
+~830 MB at 1,536; half of that once the namespace has a sealed segment) it is written to
+``{stem}.{first key}.seg``, memory-mapped read-only in its place and a new growing segment starts, so what a namespace holds in private memory is bounded by one
 segment and its id map (~85 B a memory of the growing segment), not by its size: a sealed
 segment's id rows go to a file beside it (``{stem}.{first key}.sids``, ``sealed_ids.py``), also
 mapped, with one byte per row left in RAM (removed since or not). The sealed files' pages are the
@@ -267,8 +267,9 @@ class HnswIndex:
     ``dtype`` is how usearch stores vectors: f32 returns exact similarities; bf16 (usearch's own
     default) had the recall of f32 at half the memory and twice the build and search speed in
     the benchmark, with similarities off by up to ~0.001.
-    ``seal_vectors``: how many vectors a namespace's growing segment holds before it is sealed
-    (written to a file and memory-mapped; the policy's ``memory.index_segment_vectors``).
+    ``seal_vectors``: how many vectors a namespace's first growing segment holds before it is
+    sealed (written to a file and memory-mapped; the policy's ``memory.index_segment_vectors``);
+    later segments of the namespace are sealed at half of it (``_seal_at``).
     """
 
     def __init__(
@@ -323,15 +324,22 @@ class HnswIndex:
         graph = self._graph(namespace, create=True)
         assert graph is not None
         threads = 1 if len(ids) <= ADD_CHUNK else 0  # 0: all cores, for bulk loads
-        seal_at = self._seal_vectors
         for start in range(0, len(ids), ADD_CHUNK):
             chunk = ids[start : start + ADD_CHUNK]
             with graph.changing:
                 graph.let_searches_in()
                 with graph.lock:
                     self._add_chunk(graph, chunk, matrix[start : start + ADD_CHUNK], threads)
-                if len(graph.index) >= seal_at:
+                if len(graph.index) >= self._seal_at(graph):
                     self._seal(graph)
+
+    def _seal_at(self, graph: _Graph) -> int:
+        """How many vectors ``graph``'s growing segment holds before it is sealed: ``seal_vectors``
+        for a namespace's first segment (a namespace up to that size is one graph, the fastest to
+        search), half of it once the namespace has sealed ones (a large namespace is searched
+        segment by segment anyway; the growing segment, the largest part of the index's private
+        memory while a big file is ingested, then peaks at half the size)."""
+        return self._seal_vectors if not graph.sealed else max(1, self._seal_vectors // 2)
 
     def _seal(self, graph: _Graph) -> None:
         """Write the growing segment to its file, map the file and start a new growing segment

@@ -725,11 +725,12 @@ class MemoryConfig(_Strict):
         ge=1_024,
         le=1 << 24,
         description="How many vectors a namespace's growing HNSW segment holds in RAM before it is "
-        "sealed to a file under index_dir and memory-mapped: the index's private memory per "
-        "namespace (~60 MB at 64 dimensions, f32; ~230 MB at 384; ~830 MB at 1,536: lower it for "
-        "large embeddings), whatever the namespace's size. Fewer, larger segments search faster (a "
-        "search walks each one: two segments cost ~2.5x one). A power of two wastes nothing (usearch "
-        "grows its capacity by doubling). Applies at start.",
+        "sealed to a file under index_dir and memory-mapped (the namespace's first segment; later "
+        "ones are sealed at half of it): the index's private memory per namespace (~60 MB at 64 "
+        "dimensions, f32; ~230 MB at 384; ~830 MB at 1,536: lower it for large embeddings), "
+        "whatever the namespace's size. Fewer, larger segments search faster (a search walks each "
+        "one: two segments cost ~2.5x one). A power of two wastes nothing (usearch grows its "
+        "capacity by doubling). Applies at start.",
     )
     embedding_model: str | None = Field(
         None,

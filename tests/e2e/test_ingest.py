@@ -192,9 +192,9 @@ def urllib_text(url: str) -> str:
 def test_a_namespace_past_its_segment_size_is_sealed_to_mapped_files_a_restart_reads(
     fake: Fake, tmp_path: Path
 ) -> None:
-    # 2,500 memories through a gateway whose growing segments hold 1,024 vectors: two are sealed
-    # to files and memory-mapped while the job runs; searches find memories of every segment,
-    # before and after a restart.
+    # 2,500 memories through a gateway whose growing segments hold 1,024 vectors (the first; the
+    # later ones 512): three are sealed to files and memory-mapped while the job runs; searches
+    # find memories of every segment, before and after a restart.
     lines = [f"record {i} of the archive mentions marker{i}x" for i in range(2500)]
     (tmp_path / "archive.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in lines))
     policy = tmp_path / "policy.yaml"
@@ -214,19 +214,19 @@ def test_a_namespace_past_its_segment_size_is_sealed_to_mapped_files_a_restart_r
         done = wait_job(process.url, job["id"], "done", "failed", timeout_s=120)
         assert done["status"] == "done" and done["memories_created"] == 2500, done
         sealed = sorted((tmp_path / "data" / "memory-index").glob("*.seg"))
-        assert len(sealed) == 2, sealed
+        assert len(sealed) == 3, sealed
         with urllib.request.urlopen(process.url + "/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
-        assert "gateway_memory_index_sealed_segments 2.0" in metrics
+        assert "gateway_memory_index_sealed_segments 3.0" in metrics
         assert "gateway_memory_index_dead_vectors 0.0" in metrics
-        for i in (3, 1500, 2400):  # in the first sealed segment, the second, the growing one
+        for i in (3, 1500, 2000, 2400):  # spread over the sealed segments and the growing one
             assert found(process.url, lines[i]), i
     finally:
         assert process.stop() == 0
     restarted = start_gateway(policy, tmp_path)
     try:
         assert "memory index rebuilt" not in restarted.stderr  # loaded from its files
-        for i in (3, 1500, 2400):
+        for i in (3, 1500, 2000, 2400):
             assert found(restarted.url, lines[i]), i
     finally:
         assert restarted.stop() == 0
