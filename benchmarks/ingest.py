@@ -454,7 +454,8 @@ def report(runs: list[Run], args: argparse.Namespace, index: list[tuple[str, dic
         "most (2 x 4 + 2) batches of 256 chunks; in process, with the index replaced by one that "
         "keeps nothing, 100 MB of text costs +19 MB at peak. The memories' index is bounded too: a "
         "namespace's growing HNSW segment is sealed to a file once it holds "
-        "`memory.index_segment_vectors` vectors (131,072: ~60 MB at 64 dimensions, f32) and "
+        "`memory.index_segment_vectors` vectors (131,072: ~60 MB at 64 dimensions, f32; half of that "
+        "for a namespace's later segments) and "
         "memory-mapped read-only with its id rows (a file beside it), so the index holds in private "
         "memory one growing segment per namespace and its id map (~85 B a memory), plus ~55 B per "
         "sealed memory (usearch's lookup tables for a mapped graph, ~7 MB per segment of 131,072, and "
@@ -464,7 +465,8 @@ def report(runs: list[Run], args: argparse.Namespace, index: list[tuple[str, dic
         "both. Before the segments the index kept every vector in private memory: the 500 MB file's "
         "306,444 memories cost 187 MB at rest and its ingestion peaked at +241 MB above idle, all of "
         "it private; with segments but the id rows of sealed ones still in memory, the 1,000 MB file "
-        "peaked at +190 MB private and the 500 MB one at +139-147.",
+        "peaked at +190 MB private and the 500 MB one at +139-147; with the id rows in files but "
+        "every segment sealed at 131,072, at +155 and +133.",
         "",
         "Progress events come every 0.5 s (`progress_interval_s`); the largest gap includes the final "
         "event. Search latency during the ingestion is the whole `POST /v1/memory/search`: by text it "
