@@ -153,7 +153,7 @@ class Limited:
     vector_search_ms: list[float] = field(default_factory=list)
 
 
-LIMITED_TIMEOUT_S = 300.0  # a run under a limit that has not finished by then is reported so
+LIMITED_TIMEOUT_S = 300.0  # per 500 MB: a run under a limit not finished by then is reported so
 
 
 class MemoryCgroup:
@@ -502,9 +502,9 @@ def limited_report(runs: list[Run], limits: list[Limited], args: argparse.Namesp
     head = [
         "",
         "",
-        f"Under a memory limit (`--limit-text-mb {args.limit_text_mb} --limit-mb "
+        f"Under a memory limit (`--limit-text-mb {' '.join(map(str, args.limit_text_mb))} --limit-mb "
         f"{' '.join(map(str, args.limit_mb))} --limit-segment-vectors "
-        f"{' '.join(map(str, args.limit_segment_vectors))}`, given up after {LIMITED_TIMEOUT_S:.0f} s): "
+        f"{' '.join(map(str, args.limit_segment_vectors))}`, given up after {LIMITED_TIMEOUT_S:.0f} s per 500 MB): "
         "the same ingestion with the idle gateway moved into "
         "a child memory cgroup (v1) whose limit counts what it allocates from then on: its private "
         "memory and the page cache it causes (the spool, the store's and the index's files). The "
@@ -528,7 +528,11 @@ def main() -> int:
         "--index-baseline", default="82af39f", help="git revision of the index to compare with"
     )
     parser.add_argument(
-        "--limit-text-mb", type=int, default=500, help="text file for the runs under a memory limit (0: none)"
+        "--limit-text-mb",
+        type=int,
+        nargs="+",
+        default=[500],
+        help="text files for the runs under a memory limit (0: none)",
     )
     parser.add_argument(
         "--limit-mb", type=int, nargs="+", default=[150], help="memory limits above idle for those runs (MB)"
@@ -563,20 +567,21 @@ def main() -> int:
             runs.append(run)
             path.unlink()
             print(report([run], args, []).splitlines()[4], flush=True)
-        if args.limit_text_mb:
+        for mb in [mb for mb in args.limit_text_mb if mb > 0]:
             path = work / "text-limited.txt"
-            make_text(path, args.limit_text_mb * 1_000_000)
+            make_text(path, mb * 1_000_000)
+            timeout_s = LIMITED_TIMEOUT_S * max(1.0, mb / 500)
             for limit, segment in ((x, y) for x in args.limit_mb for y in args.limit_segment_vectors):
                 try:
-                    name = f"text-{args.limit_text_mb}-MB"
-                    limits.append(
-                        measure_limited(name, path, fake.url, work, limit, segment, LIMITED_TIMEOUT_S)
-                    )
+                    name = f"text-{mb}-MB"
+                    limits.append(measure_limited(name, path, fake.url, work, limit, segment, timeout_s))
                 except OSError as exc:  # no memory cgroup to create here: the report says so
                     args.limit_error = str(exc)
                     break
                 print(limited_rows(limits[-1:])[-1], flush=True)
             path.unlink()
+            if args.limit_error:
+                break
     finally:
         fake.stop()
     try:
