@@ -33,6 +33,7 @@ class Logged:
     popen: subprocess.Popen[bytes]
     log: Path
     url: str = ""
+    collector: subprocess.Popen[bytes] | None = None  # the ``cat`` reading its output pipe, if any
 
     @property
     def pid(self) -> int:
@@ -43,10 +44,13 @@ class Logged:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
         try:
-            return self.popen.wait(timeout=timeout_s)
+            code = self.popen.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.popen.kill()
-            return self.popen.wait(timeout=timeout_s)
+            code = self.popen.wait(timeout=timeout_s)
+        if self.collector is not None:
+            self.collector.wait(timeout=timeout_s)  # ends at the pipe's end: every line is in the log
+        return code
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the process and every live descendant (workers), in seconds."""
@@ -75,17 +79,18 @@ def launch(
     inherited = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARIABLES}
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     full_env = {**inherited, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, **(env or {})}
+    collector = None
     with log.open("ab") as sink:
         if pipe_cpus is None:
             popen = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
         else:
             read_fd, write_fd = os.pipe()
             # The collector exits when the process (its pipe's only writer) does.
-            subprocess.Popen(["taskset", "-c", pipe_cpus, "cat"], stdin=read_fd, stdout=sink)
+            collector = subprocess.Popen(["taskset", "-c", pipe_cpus, "cat"], stdin=read_fd, stdout=sink)
             popen = subprocess.Popen(cmd, stdout=write_fd, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
             os.close(read_fd)
             os.close(write_fd)
-    proc = Logged(popen, log)
+    proc = Logged(popen, log, collector=collector)
     deadline = time.monotonic() + timeout_s
     while True:
         found = _LISTENING.search(log.read_text(errors="replace")[:20000])

@@ -233,8 +233,8 @@ class SealedIds:
         """Mark ``keys`` removed as a save recorded them; ValueError for a key not held."""
         if not len(keys):
             return
-        rows = np.minimum(np.searchsorted(self._keys, keys), self.count - 1)
-        if not np.all(self._keys[rows] == keys):
+        rows = np.minimum(np.searchsorted(self._keys, keys), max(self.count - 1, 0))
+        if not self.count or not np.all(self._keys[rows] == keys):
             raise ValueError(f"removed keys [{self.first}, {self.end}) that the segment does not hold")
         self._removed[rows] = True
         self.live = self.count - int(np.count_nonzero(self._removed))

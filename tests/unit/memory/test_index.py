@@ -766,7 +766,7 @@ def test_sealed_segments_keep_their_ids_in_files_written_once(
     vectors = unit_vectors(rng, 300, 16)
     index.add("facts", items("m", vectors))
     graph = index._graphs["facts"]
-    # The map in memory holds the growing segment's rows only; the four sealed segments' are in
+    # The map in memory holds the growing segment's rows only; the eight sealed segments' are in
     # their files, and every id is still found, by key (search) and by id (upsert, removal).
     assert len(graph.ids) == 300 - graph.mutable_lo < 48 and len(graph.sealed) == 8
     assert sorted(p.name for p in tmp_path.glob("facts.*.sids")) == sorted(
