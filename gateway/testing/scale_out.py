@@ -246,14 +246,14 @@ async def kill_mid_run(
 class FeedbackFigures:
     before: list[float]  # each replica's score of the rated deployment before the votes
     after: list[float]  # ... once the votes (sent to replica 0 only) reached it
-    seconds: float  # from the last vote until every replica's score moved
+    seconds: float  # from the last vote until every replica's score moved to the same figure
 
 
 async def feedback_everywhere(
     urls: Sequence[str], votes: int = 3, timeout_s: float = 10.0
 ) -> FeedbackFigures:
     """Requests to ``rated`` through replica 0, each voted 0 there; then every replica's score of
-    that deployment is polled until it moved down."""
+    that deployment is polled until it moved down, the same on every replica (or the timeout)."""
 
     def score(m: Mapping[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
         return sample(m, "gateway_deployment_score", model="rated", provider="steady")
@@ -270,7 +270,9 @@ async def feedback_everywhere(
         voted = time.monotonic()
         while True:
             after = [score(await metrics(session, u)) for u in urls]
-            if all(a < b for a, b in zip(after, before, strict=True)):
+            # Moved everywhere and settled: a replica that read the shared votes while they were
+            # still arriving has moved, but not yet as far as the one that took them.
+            if all(a < b for a, b in zip(after, before, strict=True)) and len(set(after)) == 1:
                 return FeedbackFigures(before, after, time.monotonic() - voted)
             if time.monotonic() - voted > timeout_s:
                 return FeedbackFigures(before, after, float("inf"))
