@@ -30,7 +30,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
@@ -39,6 +39,7 @@ from redis.typing import EncodableT
 from gateway.cache.memory_store import entry_size
 from gateway.cache.store import CategoryBudget, CategoryUsage
 from gateway.redis_link import Outage, RedisClient, redis_client
+from gateway.redis_pipe import ScriptPipe
 
 if TYPE_CHECKING:
     from gateway.cache.store import CacheStore
@@ -160,6 +161,7 @@ class RedisStore:
         self._usage = {name: CategoryUsage(entries=0, bytes=0) for name in budgets}
         self._client: RedisClient | None = None
         self._scripts: dict[str, AsyncScript] = {}
+        self._pipe: ScriptPipe | None = None  # the lookup's own connection (redis_pipe.py)
         self._outage = Outage(healthy=False, clock=clock)
 
     async def start(self) -> None:
@@ -175,6 +177,7 @@ class RedisStore:
             "get": self._client.register_script(_NOW + _FORGET + _GET),
             "delete": self._client.register_script(_FORGET + _DELETE),
         }
+        self._pipe = ScriptPipe.for_client(self._client, stall_s=20 * self._op_timeout_s)
         self._outage.healthy = True  # so the first failure logs the transition
         client = self._client
         await self._call(lambda: client.ping())
@@ -182,6 +185,9 @@ class RedisStore:
     async def close(self) -> None:
         """Close the connection pool."""
         client, self._client = self._client, None
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            await pipe.close()
         if client is not None:
             try:
                 await client.aclose()
@@ -201,8 +207,7 @@ class RedisStore:
 
     async def get(self, category: str, key: str) -> bytes | None:
         """The value (now the category's most recently used), or None: absent, expired, failing."""
-        keys = self._keys(category, key)
-        result = await self._call(lambda: self._scripts["get"](keys=keys, args=[key]))
+        result = await self._call(self._lookup(self._keys(category, key), [key]))
         return bytes(result) if result is not None else None
 
     async def get_or_claim(self, category: str, key: str, claim_s: float) -> tuple[bytes | None, bool]:
@@ -210,10 +215,17 @@ class RedisStore:
         Redis gives (None, True): fetch, as without a shared cache."""
         keys = self._keys(category, key)
         claim_ms = max(1, math.ceil(claim_s * 1000))
-        result = await self._call(lambda: self._scripts["get"](keys=keys, args=[key, claim_ms]))
+        result = await self._call(self._lookup(keys, [key, claim_ms]))
         if isinstance(result, int):
             return None, bool(result)
         return (bytes(result), False) if result is not None else (None, True)
+
+    def _lookup(self, keys: list[str], args: list[str | int]) -> Callable[[], Awaitable[Any]]:
+        """The get script's call: on the pipe where there is one (the hot path), else redis-py."""
+        script, pipe = self._scripts["get"], self._pipe
+        if pipe is not None:
+            return lambda: pipe.run(script, keys, args)
+        return lambda: script(keys=keys, args=args)
 
     async def release_claim(self, category: str, key: str) -> None:
         """Delete the claim key (nothing happens while Redis is failing: it expires)."""

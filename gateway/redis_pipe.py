@@ -1,0 +1,230 @@
+"""``ScriptPipe``: one pipelined connection for a Lua script a request runs on its hot path.
+
+redis-py spends about 55 us of CPU on each command it sends (the pool's check-out and check-in,
+its own timeout around the read, the parser's coroutine steps; ``benchmarks/redis_call.py``):
+more than the Redis round trip itself. The response cache's lookup is one script call per
+cacheable request, hit or miss, so that cost sits on every one of them. A pipe writes the packed
+command on one connection and takes the replies, in order, from a ``hiredis.Reader`` fed by the
+connection's ``data_received``: one write and one callback per call, and concurrent calls share
+the connection (Redis answers a connection's commands in the order it sent them).
+
+The connection is opened and authenticated by redis-py itself (``make_connection`` of the
+client's own pool: the URL's host or socket, TLS settings, username and password or credential
+provider, database and client name are redis-py's, exactly), then its transport is handed to the
+pipe's protocol. So the pipe exists only where that is plain: a ``redis://``, ``rediss://`` or
+``unix://`` client speaking RESP2 through redis-py's ordinary pool. Sentinel and Cluster clients
+(whose connections follow a primary or a slot) keep redis-py's path, as does a redis-py release
+whose connection does not expose its transport as expected (``for_client`` returns None; a unit
+test pins the versions where it does).
+
+Failures are those of a redis-py call, so ``Outage`` treats them alike: a refused or lost
+connection is ``ConnectionError`` for every call waiting on it, an error reply ``ResponseError``.
+A script Redis no longer has (a restart, ``SCRIPT FLUSH``) is loaded through the redis-py client
+and the call sent again. A caller's timeout only abandons its own reply, which is read and dropped
+when it comes; a connection whose oldest unanswered call has waited ``stall_s`` (a Redis that
+stopped answering, a half-open TCP connection) is closed, failing what waits on it, and the next
+call connects again. Connecting runs in its own task, so a caller's short timeout does not cut a
+TLS handshake short: the next caller finds it done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, ResponseError
+
+STALL_MIN_S = 1.0
+
+
+class _Protocol(asyncio.Protocol):
+    """Replies to futures, in the order the commands were written."""
+
+    __slots__ = ("_reader", "closed", "paused", "transport", "waiting")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self.closed = False
+        self.paused = False
+
+    def data_received(self, data: bytes) -> None:
+        reader, waiting = self._reader, self.waiting
+        reader.feed(data)
+        while True:
+            try:
+                reply = reader.gets()
+            except InvalidResponse as exc:  # not RESP: nothing after this can be trusted
+                self.fail(exc)
+                return
+            if reply is False:
+                return
+            if not waiting:  # a reply nobody asked for: the stream is out of step
+                self.fail(InvalidResponse("a reply with no command waiting for it"))
+                return
+            future = waiting.popleft()[0]
+            if not future.done():  # its caller may have given up (timeout, cancelled request)
+                if isinstance(reply, ResponseError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+    def pause_writing(self) -> None:
+        self.paused = True  # Redis is not reading what we send: new calls fail at once
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail_waiting(
+            RedisConnectionError(
+                f"connection to Redis lost: {exc!r}" if exc else "connection to Redis closed"
+            )
+        )
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: connection_lost fails what waits
+
+    def fail(self, exc: Exception) -> None:
+        """Close the connection; everything waiting on it gets ``exc``."""
+        self.closed = True
+        self._fail_waiting(exc)
+        self.transport.close()
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        waiting = self.waiting
+        while waiting:
+            future = waiting.popleft()[0]
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: a caller that gave up does not log it as lost
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class ScriptPipe:
+    """``await pipe.run(script, keys, args)``: the script's reply, as ``script(keys, args)``."""
+
+    def __init__(self, client: aioredis.Redis, stall_s: float) -> None:
+        self._client = client
+        self._stall_s = max(STALL_MIN_S, stall_s)
+        self._protocol: _Protocol | None = None
+        self._connection: AbstractConnection | None = None  # redis-py's, kept so it is not collected
+        self._connecting: asyncio.Task[_Protocol] | None = None
+        self._closed = False
+        self._loading: dict[str, asyncio.Task[Any]] = {}
+
+    @classmethod
+    def for_client(cls, client: Any, stall_s: float) -> ScriptPipe | None:
+        """A pipe beside ``client`` when it is a plain single-Redis RESP2 client, else None."""
+        if type(client) is not aioredis.Redis:
+            return None
+        pool = client.connection_pool
+        if type(pool) is not ConnectionPool or pool.connection_kwargs.get("protocol") not in (None, 2, "2"):
+            return None
+        if not hasattr(hiredis, "pack_command"):
+            return None
+        return cls(client, stall_s)
+
+    async def run(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int | float | bytes]
+    ) -> Any:
+        """EVALSHA of ``script``; loads it (through redis-py) and sends it again after NOSCRIPT."""
+        command = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))  # type: ignore[arg-type]  # its stub: a 1-tuple
+        try:
+            return await self._send(command)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        loading = self._loading.get(script.sha)
+        if loading is None or loading.done():  # one SCRIPT LOAD for every call that met NOSCRIPT
+            loading = asyncio.get_running_loop().create_task(self._client.script_load(script.script))
+            loading.add_done_callback(_retrieve)
+            self._loading[script.sha] = loading
+        await asyncio.shield(loading)
+        return await self._send(command)
+
+    async def close(self) -> None:
+        """Close the connection; calls waiting on it fail with ``ConnectionError``."""
+        self._closed = True
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None and not connecting.done():
+            connecting.cancel()
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and not protocol.closed:
+            protocol.fail(RedisConnectionError("the Redis pipe was closed"))
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.disconnect(nowait=True)  # its writer: the transport, closed already
+
+    @property
+    def connected(self) -> bool:
+        return self._protocol is not None and not self._protocol.closed
+
+    def _send(self, command: bytes) -> Awaitable[Any]:
+        protocol = self._protocol
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if protocol is not None and not protocol.closed:
+            waiting = protocol.waiting
+            if waiting and now - waiting[0][1] > self._stall_s:
+                protocol.fail(RedisConnectionError(f"Redis did not answer within {self._stall_s:g} s"))
+            elif protocol.paused:
+                raise RedisConnectionError("Redis is not reading what the gateway sends")
+            else:
+                future: asyncio.Future[Any] = loop.create_future()
+                protocol.transport.write(command)
+                waiting.append((future, now))
+                return future
+        return self._send_after_connect(command)
+
+    async def _send_after_connect(self, command: bytes) -> Any:
+        if self._closed:
+            raise RedisConnectionError("the Redis pipe was closed")
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            self._connecting.add_done_callback(_retrieve)  # callers may all have given up
+        # Shielded: a caller that gives up (its short timeout) leaves the connect to finish.
+        protocol = await asyncio.shield(self._connecting)
+        if protocol.closed:
+            raise RedisConnectionError("connection to Redis closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        protocol.transport.write(command)
+        protocol.waiting.append((future, loop.time()))
+        return await future
+
+    async def _connect(self) -> _Protocol:
+        old, self._connection = self._connection, None
+        if old is not None:
+            await old.disconnect(nowait=True)
+        pool = self._client.connection_pool
+        connection = pool.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.connect()  # TCP or socket, TLS, AUTH / HELLO, SELECT: redis-py's
+            transport = connection._writer.transport  # asyncio's StreamWriter
+        except AttributeError:
+            await connection.disconnect(nowait=True)
+            raise RedisConnectionError("this redis-py's connection exposes no transport") from None
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        protocol = _Protocol(transport)
+        transport.set_protocol(protocol)
+        if transport.is_closing():
+            protocol.closed = True
+            raise RedisConnectionError("connection to Redis closed while it was made")
+        self._connection, self._protocol = connection, protocol
+        return protocol
