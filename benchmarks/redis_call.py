@@ -42,9 +42,7 @@ TITLE = "Redis script calls: redis-py and the pipe (issue 12)"
 VALUE = b"v" * 800
 
 
-async def measure(
-    call: Callable[[], Awaitable[object]], calls: int, concurrency: int
-) -> tuple[float, float]:
+async def measure(call: Callable[[], Awaitable[object]], calls: int, concurrency: int) -> tuple[float, float]:
     """(wall us per call, CPU us per call) for ``calls`` calls by ``concurrency`` callers."""
 
     async def caller(n: int) -> None:

@@ -152,11 +152,14 @@ class ScriptPipe:
                 raise
         loading = self._loading.get(script.sha)
         if loading is None or loading.done():  # one SCRIPT LOAD for every call that met NOSCRIPT
-            loading = asyncio.get_running_loop().create_task(self._client.script_load(script.script))
+            loading = asyncio.get_running_loop().create_task(self._load(script))
             loading.add_done_callback(_retrieve)
             self._loading[script.sha] = loading
         await asyncio.shield(loading)
         return await self._send(command)
+
+    async def _load(self, script: AsyncScript) -> None:
+        await self._client.script_load(script.script)
 
     async def close(self) -> None:
         """Close the connection; calls waiting on it fail with ``ConnectionError``."""
