@@ -10,11 +10,12 @@ takes the replies, in order, from a ``hiredis.Reader`` fed by the connection's
 connection (Redis answers a connection's commands in the order it sent them). A Redis hit then
 costs 513k (``benchmarks/redis_call.py`` measures the call alone).
 
-The connection is opened and authenticated by redis-py itself (``make_connection`` of the
+The connection is opened and authenticated by redis-py itself (the connection class of the
 client's own pool: the URL's host or socket, TLS settings, username and password or credential
 provider, database and client name are redis-py's, exactly), then its transport is handed to the
-pipe's protocol. So the pipe exists only where that is plain: a ``redis://``, ``rediss://`` or
-``unix://`` client speaking RESP2 through redis-py's ordinary pool. Sentinel and Cluster clients
+pipe's protocol; it speaks RESP2 (redis-py 8 would say HELLO 3), so every reply answers a
+command and none is an out-of-band push. The pipe exists only where that is plain: a
+``redis://``, ``rediss://`` or ``unix://`` client with redis-py's ordinary pool. Sentinel and Cluster clients
 (whose connections follow a primary or a slot) keep redis-py's path, as does a redis-py release
 whose connection does not expose its transport as expected (``for_client`` returns None; a unit
 test pins the versions where it does).
@@ -34,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -130,11 +131,11 @@ class ScriptPipe:
 
     @classmethod
     def for_client(cls, client: Any, stall_s: float) -> ScriptPipe | None:
-        """A pipe beside ``client`` when it is a plain single-Redis RESP2 client, else None."""
+        """A pipe beside ``client`` when it is a plain single-Redis client, else None."""
         if type(client) is not aioredis.Redis:
             return None
         pool = client.connection_pool
-        if type(pool) is not ConnectionPool or pool.connection_kwargs.get("protocol") not in (None, 2, "2"):
+        if type(pool) is not ConnectionPool:
             return None
         if not hasattr(hiredis, "pack_command"):
             return None
@@ -216,13 +217,16 @@ class ScriptPipe:
         if old is not None:
             await old.disconnect(nowait=True)
         pool = self._client.connection_pool
-        connection = pool.make_connection()  # type: ignore[no-untyped-call]
+        # RESP2 whatever the client speaks (redis-py 8 defaults to RESP3): its replies are all
+        # answers to commands, never out-of-band pushes that would shift the order.
+        connection = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2})
         try:
-            await connection.connect()  # TCP or socket, TLS, AUTH / HELLO, SELECT: redis-py's
-            transport = connection._writer.transport  # asyncio's StreamWriter
-        except AttributeError:
-            await connection.disconnect(nowait=True)
-            raise RedisConnectionError("this redis-py's connection exposes no transport") from None
+            await connection.connect()  # type: ignore[no-untyped-call]  # TCP or socket, TLS, AUTH, SELECT
+            writer = getattr(connection, "_writer", None)  # asyncio's StreamWriter
+            # asyncio's or uvloop's (whose transports are not asyncio.Transport subclasses)
+            transport = cast(asyncio.Transport, getattr(writer, "transport", None))
+            if not all(hasattr(transport, name) for name in ("set_protocol", "write", "is_closing")):
+                raise RedisConnectionError("this redis-py's connection exposes no transport")
         except BaseException:
             await connection.disconnect(nowait=True)
             raise

@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
-from redis.typing import EncodableT
 
 from gateway.cache.memory_store import entry_size
 from gateway.cache.store import CategoryBudget, CategoryUsage
@@ -207,7 +206,7 @@ class RedisStore:
 
     async def get(self, category: str, key: str) -> bytes | None:
         """The value (now the category's most recently used), or None: absent, expired, failing."""
-        result = await self._call(self._lookup(self._keys(category, key), [key]))
+        result = await self._call(self._script("get", self._keys(category, key), [key]))
         return bytes(result) if result is not None else None
 
     async def get_or_claim(self, category: str, key: str, claim_s: float) -> tuple[bytes | None, bool]:
@@ -215,14 +214,17 @@ class RedisStore:
         Redis gives (None, True): fetch, as without a shared cache."""
         keys = self._keys(category, key)
         claim_ms = max(1, math.ceil(claim_s * 1000))
-        result = await self._call(self._lookup(keys, [key, claim_ms]))
+        result = await self._call(self._script("get", keys, [key, claim_ms]))
         if isinstance(result, int):
             return None, bool(result)
         return (bytes(result), False) if result is not None else (None, True)
 
-    def _lookup(self, keys: list[str], args: list[str | int]) -> Callable[[], Awaitable[Any]]:
-        """The get script's call: on the pipe where there is one (the hot path), else redis-py."""
-        script, pipe = self._scripts["get"], self._pipe
+    def _script(
+        self, name: str, keys: list[str], args: list[str | int | bytes]
+    ) -> Callable[[], Awaitable[Any]]:
+        """A call of script ``name``: on the pipe where there is one (a lookup per cacheable
+        request, a write per stored answer), else through redis-py."""
+        script, pipe = self._scripts[name], self._pipe
         if pipe is not None:
             return lambda: pipe.run(script, keys, args)
         return lambda: script(keys=keys, args=args)
@@ -248,8 +250,8 @@ class RedisStore:
             return 0
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
         value_prefix = f"{self._prefix}{{{category}}}:v:"
-        args: list[EncodableT] = [key, value, ttl_ms, size, budget, value_prefix]
-        result = await self._call(lambda: self._scripts["set"](keys=keys, args=args))
+        args: list[str | int | bytes] = [key, value, ttl_ms, size, budget, value_prefix]
+        result = await self._call(self._script("set", keys, args))
         if result is None:
             return 0
         evicted, total, entries = (int(n) for n in result)
@@ -259,7 +261,7 @@ class RedisStore:
     async def delete(self, category: str, key: str) -> None:
         """Remove the entry if present (nothing happens while Redis is failing)."""
         keys = self._keys(category, key)
-        result = await self._call(lambda: self._scripts["delete"](keys=keys, args=[key]))
+        result = await self._call(self._script("delete", keys, [key]))
         if result is not None:
             total, entries = (int(n) for n in result)
             self._usage[category] = CategoryUsage(entries=entries, bytes=total)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
+import uvloop
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -240,7 +241,8 @@ async def test_redis_py_authenticates_the_pipe(private_redis: PrivateRedis) -> N
         await wrong.aclose()
 
 
-async def test_tls_and_the_cache_store_use_the_pipe() -> None:
+@pytest.fixture(scope="module")
+def tls_url() -> Iterator[str]:
     if redis_server_binary() is None or shutil.which("openssl") is None:
         pytest.skip("redis-server and openssl are needed for a TLS server")
     directory = tempfile.mkdtemp(prefix="sophia-tls-")
@@ -251,20 +253,43 @@ async def test_tls_and_the_cache_store_use_the_pipe() -> None:
         except RuntimeError as exc:
             pytest.skip(f"redis-server cannot serve TLS here: {exc}")
         with server:
-            store = RedisStore(
-                server.url, {"chat": CategoryBudget("chat", 1000)}, prefix="t:", op_timeout_s=2.0
-            )
-            await store.start()
-            try:
-                await store.set("chat", "k", b"value", 60)
-                assert await store.get_or_claim("chat", "k", 1.0) == (b"value", False)
-                assert await store.get_or_claim("chat", "other", 1.0) == (None, True)
-                assert store._pipe is not None and store._pipe.connected  # the lookups went through it
-                assert store.errors == 0
-            finally:
-                await store.close()
+            yield server.url
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_tls_and_the_cache_store_use_the_pipe(tls_url: str) -> None:
+    store = RedisStore(tls_url, {"chat": CategoryBudget("chat", 1000)}, prefix="t:", op_timeout_s=2.0)
+    await store.start()
+    try:
+        assert await store.set("chat", "k", b"value", 60) == 0
+        assert await store.get_or_claim("chat", "k", 1.0) == (b"value", False)
+        assert await store.get_or_claim("chat", "other", 1.0) == (None, True)
+        assert store._pipe is not None and store._pipe.connected  # the scripts went through it
+        assert store.errors == 0
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("kind", ["plain", "tls"])
+def test_on_uvloop_as_the_gateway_runs_it(kind: str, request: pytest.FixtureRequest) -> None:
+    """The gateway's loop is uvloop, whose transports are its own classes (and its TLS its own)."""
+    url = str(request.getfixturevalue("redis_url" if kind == "plain" else "tls_url"))
+
+    async def calls() -> list[object]:
+        client = _client(url)
+        pipe = ScriptPipe.for_client(client, 1.0)
+        assert pipe is not None
+        echo = client.register_script(ECHO)
+        try:
+            replies = await asyncio.gather(*(pipe.run(echo, [], [str(i)]) for i in range(50)))
+            assert pipe.connected
+            return list(replies)
+        finally:
+            await pipe.close()
+            await client.aclose()
+
+    assert uvloop.run(calls()) == [str(i).encode() for i in range(50)]
 
 
 @pytest.mark.parametrize(
@@ -272,13 +297,17 @@ async def test_tls_and_the_cache_store_use_the_pipe() -> None:
     [
         "redis+sentinel://127.0.0.1:26379/mymaster/0",
         "redis+cluster://127.0.0.1:7000",
-        "redis://127.0.0.1:6379/0?protocol=3",
     ],
 )
-def test_sentinel_cluster_and_resp3_clients_keep_redis_py(url: str) -> None:
+def test_sentinel_and_cluster_clients_keep_redis_py(url: str) -> None:
     assert ScriptPipe.for_client(redis_client(url, 1.0, 15), 1.0) is None
 
 
 def test_plain_tls_and_socket_clients_get_a_pipe() -> None:
-    for url in ("redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6380/0", "unix:///tmp/redis.sock?db=0"):
+    for url in (
+        "redis://127.0.0.1:6379/0",
+        "redis://127.0.0.1:6379/0?protocol=3",  # the pipe's own connection speaks RESP2
+        "rediss://127.0.0.1:6380/0",
+        "unix:///tmp/redis.sock?db=0",
+    ):
         assert ScriptPipe.for_client(redis_client(url, 1.0, 15), 1.0) is not None, url
