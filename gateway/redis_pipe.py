@@ -8,7 +8,7 @@ that cost sat on every one of them. A pipe writes the packed command on one conn
 takes the replies, in order, from a ``hiredis.Reader`` fed by the connection's
 ``data_received``: one write and one callback per call, and concurrent calls share the
 connection (Redis answers a connection's commands in the order it sent them). A Redis hit then
-costs 513k (``benchmarks/redis_call.py`` measures the call alone).
+costs 511k (``benchmarks/redis_call.py`` measures the call alone).
 
 The connection is opened and authenticated by redis-py itself (the connection class of the
 client's own pool: the URL's host or socket, TLS settings, username and password or credential
