@@ -26,7 +26,8 @@ A script Redis no longer has (a restart, ``SCRIPT FLUSH``) is loaded through the
 and the call sent again. A caller's timeout only abandons its own reply, which is read and dropped
 when it comes; a connection whose oldest unanswered call has waited ``stall_s`` (a Redis that
 stopped answering, a half-open TCP connection) is closed, failing what waits on it, and the next
-call connects again. Connecting runs in its own task, so a caller's short timeout does not cut a
+call connects again; so does the first call after the connection sat unused for ``IDLE_S``
+(redis-py's pool PINGs an idle connection for the same reason). Connecting runs in its own task, so a caller's short timeout does not cut a
 TLS handshake short: the next caller finds it done.
 """
 
@@ -45,6 +46,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
 
 STALL_MIN_S = 1.0
+# A connection unused this long is replaced before the next call, as redis-py PINGs a pooled
+# connection idle that long: one that died silently (a vanished host, a NAT or load balancer
+# that dropped it, no FIN) would otherwise cost a lookup its timeout and open an outage.
+IDLE_S = 15.0
 
 
 class _Protocol(asyncio.Protocol):
@@ -120,9 +125,11 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 class ScriptPipe:
     """``await pipe.run(script, keys, args)``: the script's reply, as ``script(keys, args)``."""
 
-    def __init__(self, client: aioredis.Redis, stall_s: float) -> None:
+    def __init__(self, client: aioredis.Redis, stall_s: float, idle_s: float = IDLE_S) -> None:
         self._client = client
         self._stall_s = max(STALL_MIN_S, stall_s)
+        self._idle_s = idle_s
+        self._sent_at = 0.0  # loop time of the last command written
         self._protocol: _Protocol | None = None
         self._connection: AbstractConnection | None = None  # redis-py's, kept so it is not collected
         self._connecting: asyncio.Task[_Protocol] | None = None
@@ -130,7 +137,7 @@ class ScriptPipe:
         self._loading: dict[str, asyncio.Task[Any]] = {}
 
     @classmethod
-    def for_client(cls, client: Any, stall_s: float) -> ScriptPipe | None:
+    def for_client(cls, client: Any, stall_s: float, idle_s: float = IDLE_S) -> ScriptPipe | None:
         """A pipe beside ``client`` when it is a plain single-Redis client, else None."""
         if type(client) is not aioredis.Redis:
             return None
@@ -139,7 +146,7 @@ class ScriptPipe:
             return None
         if not hasattr(hiredis, "pack_command"):
             return None
-        return cls(client, stall_s)
+        return cls(client, stall_s, idle_s)
 
     async def run(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int | float | bytes]
@@ -187,12 +194,15 @@ class ScriptPipe:
             waiting = protocol.waiting
             if waiting and now - waiting[0][1] > self._stall_s:
                 protocol.fail(RedisConnectionError(f"Redis did not answer within {self._stall_s:g} s"))
+            elif not waiting and now - self._sent_at > self._idle_s:
+                protocol.fail(RedisConnectionError("idle"))  # nobody waits: a fresh connection
             elif protocol.paused:
                 raise RedisConnectionError("Redis is not reading what the gateway sends")
             else:
                 future: asyncio.Future[Any] = loop.create_future()
                 protocol.transport.write(command)
                 waiting.append((future, now))
+                self._sent_at = now
                 return future
         return self._send_after_connect(command)
 
@@ -210,6 +220,7 @@ class ScriptPipe:
         future: asyncio.Future[Any] = loop.create_future()
         protocol.transport.write(command)
         protocol.waiting.append((future, loop.time()))
+        self._sent_at = loop.time()
         return await future
 
     async def _connect(self) -> _Protocol:

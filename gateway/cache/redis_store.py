@@ -176,7 +176,9 @@ class RedisStore:
             "get": self._client.register_script(_NOW + _FORGET + _GET),
             "delete": self._client.register_script(_FORGET + _DELETE),
         }
-        self._pipe = ScriptPipe.for_client(self._client, stall_s=20 * self._op_timeout_s)
+        self._pipe = ScriptPipe.for_client(
+            self._client, stall_s=20 * self._op_timeout_s, idle_s=HEALTH_CHECK_INTERVAL_S
+        )
         self._outage.healthy = True  # so the first failure logs the transition
         client = self._client
         await self._call(lambda: client.ping())

@@ -182,6 +182,22 @@ async def test_a_redis_that_stops_answering_is_left_for_a_new_connection(private
         await blocker.aclose()
 
 
+async def test_a_connection_left_idle_is_replaced_before_the_next_call(client: aioredis.Redis) -> None:
+    pipe = ScriptPipe.for_client(client, 1.0, idle_s=1.0)
+    assert pipe is not None
+    echo = client.register_script(ECHO)
+    try:
+        assert await pipe.run(echo, [], ["a"]) == b"a"
+        first = _connection(pipe)
+        assert await pipe.run(echo, [], ["b"]) == b"b"
+        assert _connection(pipe) is first  # in use: kept
+        await asyncio.sleep(1.1)  # idle past idle_s
+        assert await pipe.run(echo, [], ["c"]) == b"c"
+        assert _connection(pipe) is not first and pipe.connected
+    finally:
+        await pipe.close()
+
+
 async def test_close_fails_what_waits_and_every_later_call(private_redis: PrivateRedis) -> None:
     client = _client(private_redis.url)
     pipe = ScriptPipe.for_client(client, 10.0)
