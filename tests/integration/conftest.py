@@ -2,20 +2,23 @@
 
 ``redis_url`` is shared by the session (``REDIS_URL`` when set, else one private
 ``redis-server``); ``redis_prefix`` gives each test its own key namespace and deletes it after.
-``private_redis`` is a server of the test's own, for tests that stop, restart or block it.
+``private_redis`` is a server of the test's own, for tests that stop, restart or block it;
+``tls_url`` a TLS-only one (a self-signed certificate), shared by a test module.
 There is no fake Redis: without ``REDIS_URL`` and without ``redis-server`` these tests fail.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from gateway.testing.redis_server import INSTALL_HINT, PrivateRedis, redis_server_binary
+from gateway.testing.redis_server import INSTALL_HINT, PrivateRedis, redis_server_binary, self_signed
 
 
 def _private() -> PrivateRedis:
@@ -59,3 +62,21 @@ def private_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def tls_url() -> Iterator[str]:
+    """A TLS-only ``redis-server`` of the module's own (``rediss://`` with the certificate as CA)."""
+    if redis_server_binary() is None or shutil.which("openssl") is None:
+        pytest.skip("redis-server and openssl are needed for a TLS server")
+    directory = tempfile.mkdtemp(prefix="sophia-tls-")
+    try:
+        server = PrivateRedis(tls=self_signed(directory))
+        try:
+            server.start()
+        except RuntimeError as exc:  # a redis-server built without TLS refuses --tls-port
+            pytest.skip(f"redis-server cannot serve TLS here: {exc}")
+        with server:
+            yield server.url
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 
@@ -26,30 +25,12 @@ from gateway.routing.rollout_store import RedisRolloutStore
 from gateway.routing.shared import SharedRouting
 from gateway.routing.stats import DeploymentStats
 from gateway.routing.target import DeploymentState
-from gateway.testing.redis_server import PrivateRedis, PrivateRedisCluster, redis_server_binary, self_signed
+from gateway.testing.redis_server import PrivateRedis, PrivateRedisCluster, redis_server_binary
 
 
 def _needs_binaries() -> None:
     if redis_server_binary() is None or shutil.which("redis-cli") is None:
         pytest.skip("redis-server and redis-cli are needed to start TLS, Sentinel and Cluster servers")
-
-
-@pytest.fixture(scope="module")
-def tls_url() -> Iterator[str]:
-    _needs_binaries()
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make the test's self-signed certificate")
-    directory = tempfile.mkdtemp(prefix="sophia-tls-")
-    try:
-        server = PrivateRedis(tls=self_signed(directory))
-        try:
-            server.start()
-        except RuntimeError as exc:  # a redis-server built without TLS refuses --tls-port
-            pytest.skip(f"redis-server cannot serve TLS here: {exc}")
-        with server:
-            yield server.url
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,8 @@ abandoned calls, close; and which clients get a pipe at all."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,11 +17,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.store import CategoryBudget
 from gateway.redis_link import redis_client
-from gateway.redis_pipe import STALL_MIN_S, ScriptPipe
-from gateway.testing.redis_server import PrivateRedis, redis_server_binary, self_signed
+from gateway.redis_pipe import IDLE_S, STALL_MIN_S, ScriptPipe
+from gateway.testing.redis_server import PrivateRedis
 
 ECHO = "return ARGV[1]"
 FAILS = "return redis.error_reply('boom: ' .. ARGV[1])"
+# Keeps Redis busy for ARGV[1] ms (as a slow script or a stalled server would): it answers
+# nobody meanwhile, and the call is on the pipe itself, so nothing races it.
+SPIN = """
+local function now() local t = redis.call('TIME') return t[1] * 1000 + t[2] / 1000 end
+local start = now()
+while now() - start < tonumber(ARGV[1]) do end
+return 'spun'
+"""
 
 
 def _connection(pipe: ScriptPipe) -> object:
@@ -35,72 +42,56 @@ async def _clients(url: str) -> int:
         return int((await probe.info("clients"))["connected_clients"]) - 1  # not the probe itself
 
 
-def _client(url: str) -> aioredis.Redis:
-    client = redis_client(url, 1.0, 15)
+@contextlib.asynccontextmanager
+async def piped(
+    url: str, stall_s: float = 1.0, *, op_timeout_s: float = 1.0, idle_s: float = IDLE_S
+) -> AsyncIterator[tuple[aioredis.Redis, ScriptPipe]]:
+    """A client of ``url`` (connect timeout ``op_timeout_s``, 1 s at least) and its pipe, both
+    closed at the end."""
+    client = redis_client(url, op_timeout_s, 15)
     assert isinstance(client, aioredis.Redis)
-    return client
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = _client(redis_url)
-    yield c
-    await c.aclose()
+    pipe = ScriptPipe.for_client(client, stall_s, idle_s)
+    assert pipe is not None
+    try:
+        yield client, pipe
+    finally:
+        await pipe.close()
+        await client.aclose()
 
 
 async def test_concurrent_calls_each_get_their_own_reply_on_one_connection(
     private_redis: PrivateRedis,
 ) -> None:
-    client = _client(private_redis.url)
-    pipe = ScriptPipe.for_client(client, 1.0)
-    assert pipe is not None
-    echo = client.register_script(ECHO)
-    try:
+    async with piped(private_redis.url) as (client, pipe):
+        echo = client.register_script(ECHO)
         await client.script_load(ECHO)
         assert await _clients(private_redis.url) == 1  # the script load's pooled connection
         replies = await asyncio.gather(*(pipe.run(echo, [], [f"call-{i}"]) for i in range(300)))
         assert replies == [f"call-{i}".encode() for i in range(300)]
         assert await _clients(private_redis.url) == 2  # the pipe's one connection served them all
-    finally:
-        await pipe.close()
-        await client.aclose()
 
 
 async def test_calls_that_all_meet_noscript_load_it_once(private_redis: PrivateRedis) -> None:
-    client = _client(private_redis.url)
-    pipe = ScriptPipe.for_client(client, 1.0)
-    assert pipe is not None
-    echo = client.register_script(ECHO)  # not loaded: all 200 meet NOSCRIPT together
-    try:
+    async with piped(private_redis.url) as (client, pipe):
+        echo = client.register_script(ECHO)  # not loaded: all 200 meet NOSCRIPT together
         replies = await asyncio.gather(*(pipe.run(echo, [], [str(i)]) for i in range(200)))
         assert replies == [str(i).encode() for i in range(200)]
         async with aioredis.Redis.from_url(private_redis.url) as probe:
             stats = await probe.info("commandstats")
         assert stats["cmdstat_script|load"]["calls"] == 1
-    finally:
-        await pipe.close()
-        await client.aclose()
 
 
 async def test_a_script_redis_lost_is_loaded_again(private_redis: PrivateRedis) -> None:
-    client = _client(private_redis.url)
-    pipe = ScriptPipe.for_client(client, 1.0)
-    assert pipe is not None
-    echo = client.register_script(ECHO)  # never loaded: the first call meets NOSCRIPT
-    try:
+    async with piped(private_redis.url) as (client, pipe):
+        echo = client.register_script(ECHO)  # never loaded: the first call meets NOSCRIPT
         assert await pipe.run(echo, [], ["one"]) == b"one"
         await client.script_flush()
         assert await pipe.run(echo, [], ["two"]) == b"two"
-    finally:
-        await pipe.close()
-        await client.aclose()
 
 
-async def test_an_error_reply_is_a_response_error_and_the_connection_goes_on(client: aioredis.Redis) -> None:
-    pipe = ScriptPipe.for_client(client, 1.0)
-    assert pipe is not None
-    fails, echo = client.register_script(FAILS), client.register_script(ECHO)
-    try:
+async def test_an_error_reply_is_a_response_error_and_the_connection_goes_on(redis_url: str) -> None:
+    async with piped(redis_url) as (client, pipe):
+        fails, echo = client.register_script(FAILS), client.register_script(ECHO)
         assert await pipe.run(echo, [], ["before"]) == b"before"
         connection = _connection(pipe)
         results = await asyncio.gather(
@@ -108,85 +99,54 @@ async def test_an_error_reply_is_a_response_error_and_the_connection_goes_on(cli
         )
         assert isinstance(results[0], ResponseError) and "boom: x" in str(results[0])
         assert results[1] == b"after" and _connection(pipe) is connection
-    finally:
-        await pipe.close()
 
 
 async def test_a_restarted_redis_fails_the_waiting_calls_then_the_pipe_reconnects(
     private_redis: PrivateRedis,
 ) -> None:
-    client = _client(private_redis.url)
-    pipe = ScriptPipe.for_client(client, 1.0)
-    assert pipe is not None
-    echo = client.register_script(ECHO)
-    try:
-        before = await pipe.run(echo, [], ["a"])
+    async with piped(private_redis.url) as (client, pipe):
+        echo = client.register_script(ECHO)
+        assert await pipe.run(echo, [], ["a"]) == b"a"
         connection = _connection(pipe)
         await asyncio.to_thread(private_redis.stop)
         with pytest.raises(RedisConnectionError):
             await pipe.run(echo, [], ["while down"])  # lost, then refused
         assert not pipe.connected
-        await asyncio.to_thread(private_redis.start)  # same port, empty: no script, a new client id
+        await asyncio.to_thread(private_redis.start)  # same port, empty: no script loaded
         assert await pipe.run(echo, [], ["b"]) == b"b"
         assert pipe.connected and _connection(pipe) is not connection
-    finally:
-        await pipe.close()
-        await client.aclose()
-    assert before == b"a"
 
 
 async def test_an_abandoned_call_does_not_shift_the_replies(private_redis: PrivateRedis) -> None:
-    client = _client(private_redis.url)
-    pipe = ScriptPipe.for_client(client, 10.0)
-    assert pipe is not None
-    echo = client.register_script(ECHO)
-    blocker = aioredis.Redis.from_url(private_redis.url, socket_timeout=30)  # sleeps Redis
-    try:
+    async with piped(private_redis.url, 10.0) as (client, pipe):
+        spin, echo = client.register_script(SPIN), client.register_script(ECHO)
         await pipe.run(echo, [], ["warm"])
-        sleeping = asyncio.create_task(blocker.execute_command("DEBUG", "SLEEP", "0.5"))
-        await asyncio.sleep(0.05)  # the sleep is running: Redis answers nobody until it ends
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # Redis is busy with it for 300 ms
             async with asyncio.timeout(0.1):
-                await pipe.run(echo, [], ["given up"])
-        assert await pipe.run(echo, [], ["kept"]) == b"kept"  # not "given up"'s reply
-        await sleeping
-    finally:
-        await pipe.close()
-        await client.aclose()
-        await blocker.aclose()
+                await pipe.run(spin, [], [300])
+        # Its reply comes first on the connection, and is dropped: this call gets its own.
+        assert await pipe.run(echo, [], ["kept"]) == b"kept"
 
 
 async def test_a_redis_that_stops_answering_is_left_for_a_new_connection(private_redis: PrivateRedis) -> None:
-    client = _client(private_redis.url)
-    pipe = ScriptPipe.for_client(client, 0.0)  # the floor: a call unanswered for 1 s
-    assert pipe is not None
-    echo = client.register_script(ECHO)
-    blocker = aioredis.Redis.from_url(private_redis.url, socket_timeout=30)  # sleeps Redis
-    try:
+    # The floor: 1 s unanswered. The new connection waits for the spin to end (5 s allowed).
+    async with piped(private_redis.url, 0.0, op_timeout_s=5.0) as (client, pipe):
+        spin, echo = client.register_script(SPIN), client.register_script(ECHO)
         await pipe.run(echo, [], ["warm"])
         first = _connection(pipe)
-        sleeping = asyncio.create_task(blocker.execute_command("DEBUG", "SLEEP", str(STALL_MIN_S + 1.0)))
-        await asyncio.sleep(0.05)
-        stuck = asyncio.create_task(pipe.run(echo, [], ["stuck"]))
-        await asyncio.sleep(STALL_MIN_S + 0.2)  # the stuck call has now waited past the stall limit
+        stuck = asyncio.create_task(pipe.run(spin, [], [int((STALL_MIN_S + 2.0) * 1000)]))
+        await asyncio.sleep(STALL_MIN_S + 0.2)  # the stuck call has now waited past the limit
         assert not stuck.done()
         later = asyncio.create_task(pipe.run(echo, [], ["later"]))  # finds it: closes, connects anew
         with pytest.raises(RedisConnectionError, match="did not answer"):
             await stuck
-        await sleeping
-        assert await later == b"later"
-        assert _connection(pipe) is not first  # on a new connection
-    finally:
-        await pipe.close()
-        await client.aclose()
-        await blocker.aclose()
+        assert await later == b"later"  # once Redis is done spinning, on a new connection
+        assert _connection(pipe) is not first
 
 
-async def test_a_connection_left_idle_is_replaced_before_the_next_call(client: aioredis.Redis) -> None:
-    pipe = ScriptPipe.for_client(client, 1.0, idle_s=1.0)
-    assert pipe is not None
-    echo = client.register_script(ECHO)
-    try:
+async def test_a_connection_left_idle_is_replaced_before_the_next_call(redis_url: str) -> None:
+    async with piped(redis_url, idle_s=1.0) as (client, pipe):
+        echo = client.register_script(ECHO)
         assert await pipe.run(echo, [], ["a"]) == b"a"
         first = _connection(pipe)
         assert await pipe.run(echo, [], ["b"]) == b"b"
@@ -194,31 +154,21 @@ async def test_a_connection_left_idle_is_replaced_before_the_next_call(client: a
         await asyncio.sleep(1.1)  # idle past idle_s
         assert await pipe.run(echo, [], ["c"]) == b"c"
         assert _connection(pipe) is not first and pipe.connected
-    finally:
-        await pipe.close()
 
 
 async def test_close_fails_what_waits_and_every_later_call(private_redis: PrivateRedis) -> None:
-    client = _client(private_redis.url)
-    pipe = ScriptPipe.for_client(client, 10.0)
-    assert pipe is not None
-    echo = client.register_script(ECHO)
-    blocker = aioredis.Redis.from_url(private_redis.url, socket_timeout=30)  # sleeps Redis
-    try:
+    async with piped(private_redis.url, 10.0) as (client, pipe):
+        spin, echo = client.register_script(SPIN), client.register_script(ECHO)
         await pipe.run(echo, [], ["warm"])
-        sleeping = asyncio.create_task(blocker.execute_command("DEBUG", "SLEEP", "0.3"))
-        await asyncio.sleep(0.05)
-        waiting = asyncio.create_task(pipe.run(echo, [], ["waiting"]))
-        await asyncio.sleep(0.05)
+        await client.script_load(SPIN)
+        waiting = asyncio.create_task(pipe.run(spin, [], [300]))
+        await asyncio.sleep(0)  # the task's first step writes the call (the pipe is connected)
+        assert pipe._protocol is not None and len(pipe._protocol.waiting) == 1
         await pipe.close()
         with pytest.raises(RedisConnectionError):
             await waiting
         with pytest.raises(RedisConnectionError):
             await pipe.run(echo, [], ["after close"])
-        await sleeping
-    finally:
-        await client.aclose()
-        await blocker.aclose()
 
 
 async def test_redis_py_authenticates_the_pipe(private_redis: PrivateRedis) -> None:
@@ -227,51 +177,20 @@ async def test_redis_py_authenticates_the_pipe(private_redis: PrivateRedis) -> N
         await admin.acl_setuser(
             "gateway", enabled=True, passwords=["+s3cret"], keys=["gw:*"], commands=["+@all"]
         )
-    password_redis = private_redis
-    url = f"redis://gateway:s3cret@127.0.0.1:{password_redis.port}/3"
-    client = _client(url)
-    pipe = ScriptPipe.for_client(client, 1.0)
-    assert pipe is not None
-    setter = client.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
-    try:
+    port = private_redis.port
+    async with piped(f"redis://gateway:s3cret@127.0.0.1:{port}/3") as (client, pipe):
+        setter = client.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
         # The pipe's connection is the URL's user: its keys are gw:* only (the default user's
         # are all), and its database is the URL's (3).
         assert await pipe.run(setter, ["gw:check"], ["yes"]) == b"OK"
         with pytest.raises(ResponseError, match=r"NOPERM|No permissions"):
             await pipe.run(setter, ["elsewhere"], ["no"])
-        assert await client.get("gw:check") == b"yes"
-        async with aioredis.Redis.from_url(private_redis.url.replace("/0", "/3")) as admin:
+        async with aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/3") as admin:
             assert await admin.get("gw:check") == b"yes"
-    finally:
-        await pipe.close()
-        await client.aclose()
-    wrong = _client(f"redis://gateway:wrong@127.0.0.1:{password_redis.port}/0")
-    pipe = ScriptPipe.for_client(wrong, 1.0)
-    assert pipe is not None
-    try:
+    async with piped(f"redis://gateway:wrong@127.0.0.1:{port}/0") as (client, pipe):
         with pytest.raises(AuthenticationError):
-            await pipe.run(wrong.register_script(ECHO), [], ["x"])
+            await pipe.run(client.register_script(ECHO), [], ["x"])
         assert not pipe.connected
-    finally:
-        await pipe.close()
-        await wrong.aclose()
-
-
-@pytest.fixture(scope="module")
-def tls_url() -> Iterator[str]:
-    if redis_server_binary() is None or shutil.which("openssl") is None:
-        pytest.skip("redis-server and openssl are needed for a TLS server")
-    directory = tempfile.mkdtemp(prefix="sophia-tls-")
-    try:
-        server = PrivateRedis(tls=self_signed(directory))
-        try:
-            server.start()
-        except RuntimeError as exc:
-            pytest.skip(f"redis-server cannot serve TLS here: {exc}")
-        with server:
-            yield server.url
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_tls_and_the_cache_store_use_the_pipe(tls_url: str) -> None:
@@ -293,17 +212,11 @@ def test_on_uvloop_as_the_gateway_runs_it(kind: str, request: pytest.FixtureRequ
     url = str(request.getfixturevalue("redis_url" if kind == "plain" else "tls_url"))
 
     async def calls() -> list[object]:
-        client = _client(url)
-        pipe = ScriptPipe.for_client(client, 1.0)
-        assert pipe is not None
-        echo = client.register_script(ECHO)
-        try:
+        async with piped(url) as (client, pipe):
+            echo = client.register_script(ECHO)
             replies = await asyncio.gather(*(pipe.run(echo, [], [str(i)]) for i in range(50)))
             assert pipe.connected
             return list(replies)
-        finally:
-            await pipe.close()
-            await client.aclose()
 
     assert uvloop.run(calls()) == [str(i).encode() for i in range(50)]
 
