@@ -55,6 +55,7 @@ from gateway.auth.limits import WINDOW_S, Decision, LocalLimiter, Window
 from gateway.auth.usage import UsageQuery, UsageRow, day_of
 from gateway.errors import LimitsUnavailable
 from gateway.redis_link import Outage, RedisClient, redis_client
+from gateway.redis_pipe import ScriptPipe
 
 if TYPE_CHECKING:
     from gateway.auth.limits import Limiter
@@ -312,6 +313,7 @@ class RedisLimiter:
         self._client: RedisClient | None = None
         self._admit: AsyncScript | None = None
         self._settle: AsyncScript | None = None
+        self._pipe: ScriptPipe | None = None
         self._indexed: set[tuple[int, str, str]] = set()  # (day, team, key) rows already indexed
         self._outage = Outage()
         self._leases: dict[str, _Lease] = {}
@@ -328,6 +330,9 @@ class RedisLimiter:
         self._client = redis_client(self._url, self._op_timeout_s, health_check_interval_s=15)
         self._admit = self._client.register_script(_COMMON + _ADMIT)
         self._settle = self._client.register_script(_COMMON + _SETTLE)
+        # Admissions on a pipelined connection of their own (redis_pipe.py): a key admitted
+        # less than twice per lease period costs one per request, in the default policy.
+        self._pipe = ScriptPipe.for_client(self._client, stall_s=20 * self._op_timeout_s, idle_s=15)
 
     async def close(self) -> None:
         """Give the leases back and write what is pending, then close the client."""
@@ -336,6 +341,9 @@ class RedisLimiter:
         if self._client is not None:
             await self.flush()
         client, self._client = self._client, None
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            await pipe.close()
         if client is not None:
             await client.aclose()
 
@@ -409,7 +417,7 @@ class RedisLimiter:
                 ask_rq = min(ask_rq, tpm // LEASE_SHARE // max(1, tokens))
             ask_rq = max(1, ask_rq)
         ask_tk = tokens * ask_rq
-        args: list[EncodableT] = [
+        args: list[str | int] = [
             self._now_arg(),
             self._window_ms,
             rpm or 0,
@@ -428,15 +436,21 @@ class RedisLimiter:
         keys = self._keys(key_id)
         sent = time.monotonic()
         self.round_trips += 1
+        pipe = self._pipe
+        op = (
+            (lambda: pipe.run(script, keys, args))
+            if pipe is not None
+            else (lambda: script(keys=keys, args=args))
+        )
         if ask_rq > 1 and key_id not in self._taking:
             taking = self._taking[key_id] = asyncio.get_running_loop().create_future()
             try:
-                found = await self._call(lambda: script(keys=keys, args=args))
+                found = await self._call(op)
             finally:
                 del self._taking[key_id]
                 taking.set_result(None)
         else:
-            found = await self._call(lambda: script(keys=keys, args=args))
+            found = await self._call(op)
         if found is None:
             return self.local.admit_now(caller, ticket, tokens)
         refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk = found

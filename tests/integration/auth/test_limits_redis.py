@@ -47,6 +47,8 @@ async def test_rpm_sliding_window_and_retry_after(redis_url: str, redis_prefix: 
         assert refused.refused == "requests" and refused.retry_after_s == pytest.approx(40)
         clock.now += 40_000
         assert (await limiter.admit(key, "d", 0)).refused is None
+        # The admissions went over the limiter's pipelined connection (redis_pipe.py).
+        assert limiter._pipe is not None and limiter._pipe.connected and limiter.errors == 0
     finally:
         await limiter.close()
 
