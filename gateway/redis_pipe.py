@@ -55,14 +55,17 @@ IDLE_S = 15.0
 class _Protocol(asyncio.Protocol):
     """Replies to futures, in the order the commands were written."""
 
-    __slots__ = ("_reader", "closed", "paused", "transport", "waiting")
+    # No flow control of its own: a large write (a cached answer of a few MB) fills the
+    # transport's buffer past its high-water mark while Redis reads it, and the calls behind it
+    # must still be sent. What bounds the buffer is the stall rule: a Redis that stops reading
+    # stops answering, and the connection is closed once its oldest call waited ``stall_s``.
+    __slots__ = ("_reader", "closed", "transport", "waiting")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.closed = False
-        self.paused = False
 
     def data_received(self, data: bytes) -> None:
         reader, waiting = self._reader, self.waiting
@@ -84,12 +87,6 @@ class _Protocol(asyncio.Protocol):
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
-
-    def pause_writing(self) -> None:
-        self.paused = True  # Redis is not reading what we send: new calls fail at once
-
-    def resume_writing(self) -> None:
-        self.paused = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -196,8 +193,6 @@ class ScriptPipe:
                 protocol.fail(RedisConnectionError(f"Redis did not answer within {self._stall_s:g} s"))
             elif not waiting and now - self._sent_at > self._idle_s:
                 protocol.fail(RedisConnectionError("idle"))  # nobody waits: a fresh connection
-            elif protocol.paused:
-                raise RedisConnectionError("Redis is not reading what the gateway sends")
             else:
                 future: asyncio.Future[Any] = loop.create_future()
                 protocol.transport.write(command)

@@ -193,6 +193,27 @@ async def test_redis_py_authenticates_the_pipe(private_redis: PrivateRedis) -> N
         assert not pipe.connected
 
 
+async def test_a_large_write_does_not_hold_up_the_calls_behind_it(redis_url: str, redis_prefix: str) -> None:
+    """A cached answer of several MB fills the connection's write buffer past its high-water
+    mark; the lookups sent meanwhile still go out and are answered, and nothing counts as an
+    error (which would open an outage and skip the cache)."""
+    big = b"x" * (32 * 1024 * 1024)
+    budgets = {"chat": CategoryBudget("chat", 128 * 1024 * 1024)}
+    store = RedisStore(redis_url, budgets, prefix=redis_prefix, op_timeout_s=2.0)
+    await store.start()
+    try:
+        await store.set("chat", "small", b"v", 60)
+        results = await asyncio.gather(
+            store.set("chat", "big", big, 60),
+            *(store.get_or_claim("chat", "small", 1.0) for _ in range(20)),
+        )
+        assert results[0] == 0 and all(r == (b"v", False) for r in results[1:])
+        assert await store.get_or_claim("chat", "big", 1.0) == (big, False)
+        assert store.errors == 0 and store.healthy
+    finally:
+        await store.close()
+
+
 async def test_tls_and_the_cache_store_use_the_pipe(tls_url: str) -> None:
     store = RedisStore(tls_url, {"chat": CategoryBudget("chat", 1000)}, prefix="t:", op_timeout_s=2.0)
     await store.start()
