@@ -24,18 +24,19 @@ Failures are those of a redis-py call, so ``Outage`` treats them alike: a refuse
 connection is ``ConnectionError`` for every call waiting on it, an error reply ``ResponseError``.
 A script Redis no longer has (a restart, ``SCRIPT FLUSH``) is loaded through the redis-py client
 and the call sent again. A caller's timeout only abandons its own reply, which is read and dropped
-when it comes; a connection whose oldest unanswered call has waited ``stall_s`` (a Redis that
-stopped answering, a half-open TCP connection) is closed, failing what waits on it, and the next
-call connects again; so does the first call after the connection sat unused for ``IDLE_S``
-(redis-py's pool PINGs an idle connection for the same reason). Connecting runs in its own task, so a caller's short timeout does not cut a
-TLS handshake short: the next caller finds it done.
+when it comes; a connection whose oldest unanswered call has waited ``stall_s`` (20 op timeouts,
+1 s at least: a Redis that stopped answering, a half-open TCP connection) is closed, failing what
+waits on it, and the next call connects again; so does the first call after the connection sat
+unused for ``IDLE_S`` (redis-py's pool PINGs an idle connection for the same reason). Connecting
+runs in its own task, so a caller's short timeout does not cut a TLS handshake short: the next
+caller finds it done. ``script_op`` picks the pipe or redis-py for a caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -46,6 +47,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
 
 STALL_MIN_S = 1.0
+# A call unanswered this many op timeouts (STALL_MIN_S at least) marks the connection stalled.
+STALL_OP_TIMEOUTS = 20
 # A connection unused this long is replaced before the next call, as redis-py PINGs a pooled
 # connection idle that long: one that died silently (a vanished host, a NAT or load balancer
 # that dropped it, no FIN) would otherwise cost a lookup its timeout and open an outage.
@@ -114,6 +117,18 @@ class _Protocol(asyncio.Protocol):
                 future.exception()  # retrieved: a caller that gave up does not log it as lost
 
 
+def script_op(
+    pipe: ScriptPipe | None,
+    script: AsyncScript,
+    keys: Sequence[str],
+    args: Sequence[str | int | float | bytes],
+) -> Callable[[], Awaitable[Any]]:
+    """A call of ``script`` for ``Outage.call``: on ``pipe`` where there is one, else redis-py's."""
+    if pipe is not None:
+        return lambda: pipe.run(script, keys, args)
+    return lambda: script(keys=keys, args=args)
+
+
 def _retrieve(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -134,8 +149,9 @@ class ScriptPipe:
         self._loading: dict[str, asyncio.Task[Any]] = {}
 
     @classmethod
-    def for_client(cls, client: Any, stall_s: float, idle_s: float = IDLE_S) -> ScriptPipe | None:
-        """A pipe beside ``client`` when it is a plain single-Redis client, else None."""
+    def for_client(cls, client: Any, op_timeout_s: float) -> ScriptPipe | None:
+        """A pipe beside ``client`` (whose calls are bounded by ``op_timeout_s``) when it is a
+        plain single-Redis client, else None."""
         if type(client) is not aioredis.Redis:
             return None
         pool = client.connection_pool
@@ -143,7 +159,7 @@ class ScriptPipe:
             return None
         if not hasattr(hiredis, "pack_command"):
             return None
-        return cls(client, stall_s, idle_s)
+        return cls(client, STALL_OP_TIMEOUTS * op_timeout_s)
 
     async def run(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int | float | bytes]

@@ -55,7 +55,7 @@ from gateway.auth.limits import WINDOW_S, Decision, LocalLimiter, Window
 from gateway.auth.usage import UsageQuery, UsageRow, day_of
 from gateway.errors import LimitsUnavailable
 from gateway.redis_link import Outage, RedisClient, redis_client
-from gateway.redis_pipe import ScriptPipe
+from gateway.redis_pipe import ScriptPipe, script_op
 
 if TYPE_CHECKING:
     from gateway.auth.limits import Limiter
@@ -332,7 +332,7 @@ class RedisLimiter:
         self._settle = self._client.register_script(_COMMON + _SETTLE)
         # Admissions on a pipelined connection of their own (redis_pipe.py): a key admitted
         # less than twice per lease period costs one per request, in the default policy.
-        self._pipe = ScriptPipe.for_client(self._client, stall_s=20 * self._op_timeout_s, idle_s=15)
+        self._pipe = ScriptPipe.for_client(self._client, self._op_timeout_s)
 
     async def close(self) -> None:
         """Give the leases back and write what is pending, then close the client."""
@@ -436,12 +436,7 @@ class RedisLimiter:
         keys = self._keys(key_id)
         sent = time.monotonic()
         self.round_trips += 1
-        pipe = self._pipe
-        op = (
-            (lambda: pipe.run(script, keys, args))
-            if pipe is not None
-            else (lambda: script(keys=keys, args=args))
-        )
+        op = script_op(self._pipe, script, keys, args)
         if ask_rq > 1 and key_id not in self._taking:
             taking = self._taking[key_id] = asyncio.get_running_loop().create_future()
             try:

@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 from gateway.cache.memory_store import entry_size
 from gateway.cache.store import CategoryBudget, CategoryUsage
 from gateway.redis_link import Outage, RedisClient, redis_client
-from gateway.redis_pipe import ScriptPipe
+from gateway.redis_pipe import ScriptPipe, script_op
 
 if TYPE_CHECKING:
     from gateway.cache.store import CacheStore
@@ -176,9 +176,7 @@ class RedisStore:
             "get": self._client.register_script(_NOW + _FORGET + _GET),
             "delete": self._client.register_script(_FORGET + _DELETE),
         }
-        self._pipe = ScriptPipe.for_client(
-            self._client, stall_s=20 * self._op_timeout_s, idle_s=HEALTH_CHECK_INTERVAL_S
-        )
+        self._pipe = ScriptPipe.for_client(self._client, self._op_timeout_s)
         self._outage.healthy = True  # so the first failure logs the transition
         client = self._client
         await self._call(lambda: client.ping())
@@ -226,10 +224,7 @@ class RedisStore:
     ) -> Callable[[], Awaitable[Any]]:
         """A call of script ``name``: on the pipe where there is one (a lookup per cacheable
         request, a write per stored answer), else through redis-py."""
-        script, pipe = self._scripts[name], self._pipe
-        if pipe is not None:
-            return lambda: pipe.run(script, keys, args)
-        return lambda: script(keys=keys, args=args)
+        return script_op(self._pipe, self._scripts[name], keys, args)
 
     async def release_claim(self, category: str, key: str) -> None:
         """Delete the claim key (nothing happens while Redis is failing: it expires)."""

@@ -82,6 +82,10 @@ async def test_cache_store(url: str) -> None:
         assert store.usage("chat").entries == 2
         await store.delete("chat", "c")
         assert await store.get("chat", "c") is None and store.errors == 0
+        # TLS is a plain client: its scripts went over the pipe (redis_pipe.py); Sentinel and
+        # Cluster keep redis-py's pool.
+        piped = store._pipe is not None and store._pipe.connected
+        assert piped == url.startswith("rediss://")
     finally:
         await store.close()
 
