@@ -250,7 +250,7 @@ class AccessLog:
             return
         line, stamp = self._line, self._stamp
         data = b"".join([line(stamp, entry) for entry in pending])
-        if self._escape and (not data.isascii() or b"\x7f" in data):
+        if self._escape and (not data.isascii() or 0x7F in data):  # an int: no TypeError tried first
             data = json_escape_raw_controls(data.decode()).encode()
         writer = self._writer
         if writer is None:
