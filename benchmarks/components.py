@@ -192,7 +192,8 @@ def main() -> int:
         )
         stack.callback(fake.stop)
         floor = start_floor(stack, fake.url, scratch / "floor.log", PROXY_CPU)
-        policy = scratch / "policy.yaml"
+        (scratch / "policy").mkdir(exist_ok=True)  # a folder of its own: proxy_overhead.start_gateway
+        policy = scratch / "policy" / "policy.yaml"
         policy.write_text(policy_for(ROOT, policy_text(fake.url)))
         gateway = launch(
             gateway_command("serve", "--policy", str(policy), "--port", "0"),

@@ -442,7 +442,10 @@ def start_gateway(
     source = imported_from(full_env, cwd)
     if source != tree.resolve():
         raise SystemExit(f"{name} would import gateway from {source}, not from {tree}")
-    own = Path(cwd) / "policy.yaml"
+    # The policy in a folder of its own, as a ConfigMap mount is: the gateway watches the policy's
+    # folder, and its log file written there would wake the watcher on every batch of lines.
+    (Path(cwd) / "policy").mkdir()
+    own = Path(cwd) / "policy" / "policy.yaml"
     own.write_text(policy_for(tree, policy.read_text()))
     proc = launch(
         gateway_command("serve", "--policy", str(own), *extra),
