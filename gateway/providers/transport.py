@@ -137,8 +137,12 @@ class AiohttpTransport:
             keepalive_timeout=30,
             enable_cleanup_closed=True,
         )
+        # No cookie jar: the session is shared by every caller of this provider, so a cookie
+        # one response set (a load balancer's affinity cookie, a session cookie) would be sent
+        # on everyone else's requests after it. The gateway forwards no cookies either way.
         self._session = aiohttp.ClientSession(
             connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
             headers=self._headers,
             timeout=self._timeout,
             auto_decompress=True,

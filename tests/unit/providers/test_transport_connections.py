@@ -75,3 +75,30 @@ async def test_a_response_closed_half_way_closes_its_connection(aiohttp_server: 
     finally:
         await t.close()
     assert len(peers.ports) == 2 and peers.ports[0] != peers.ports[1], peers.ports
+
+
+async def test_a_cookie_set_by_the_provider_is_never_sent_back(aiohttp_server: Server) -> None:
+    """One pooled session serves every caller: a cookie set on one caller's response must not
+    ride on the next caller's request (aiohttp's default jar would send it)."""
+    seen: list[str | None] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        response = web.json_response({})
+        response.set_cookie("affinity", "caller-a-session", path="/")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", answer)
+    server: TestServer = await aiohttp_server(app)
+    # By a host name: aiohttp's default jar ignores cookies from a bare IP address.
+    t = transport(str(server.make_url("/v1").with_host("localhost")))
+    await t.start()
+    try:
+        for _ in range(2):
+            response = await t.send(REQUEST)
+            await response.read()
+            response.close()
+    finally:
+        await t.close()
+    assert seen == [None, None]
