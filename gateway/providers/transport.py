@@ -23,6 +23,7 @@ import aiohttp
 
 from gateway.errors import GatewayError, UpstreamBadResponse, UpstreamConnectError, UpstreamTimeout
 from gateway.policy.model import Provider
+from gateway.providers import eager_writes
 from gateway.providers.base import UpstreamRequest
 
 # A fixed User-Agent in the session's defaults: aiohttp would otherwise add its own (naming its
@@ -129,7 +130,9 @@ class AiohttpTransport:
 
     async def start(self) -> None:
         """Open the pooled session (once, from the app's start-up)."""
-        self._dogs = _Watchdogs(asyncio.get_running_loop(), self._gap_s, self._total_s)
+        loop = asyncio.get_running_loop()
+        eager_writes.install(loop)  # a body written with its headers, no task (Python 3.11)
+        self._dogs = _Watchdogs(loop, self._gap_s, self._total_s)
         connector = aiohttp.TCPConnector(
             limit=self._config.max_connections,
             limit_per_host=self._config.max_connections,
