@@ -65,6 +65,12 @@ class DropCounter(Protocol):
     def inc(self, amount: float = 1.0) -> None: ...
 
 
+# A timestamp's milliseconds, formatted once: ``f"{ms:03d}"`` per line cost 0.6 us. A 1001st
+# entry in case a fraction a hair below 1 ever multiplies up to 1000.0 (it cannot raise).
+_JSON_MS = tuple(f".{min(ms, 999):03d}Z" for ms in range(1001))
+_TEXT_MS = tuple(f",{min(ms, 999):03d}" for ms in range(1001))
+
+
 class _Timestamps:
     """The date and time part of a line's timestamp, formatted once per second."""
 
@@ -79,14 +85,14 @@ class _Timestamps:
         second = int(created)
         if second != self._json_s:
             self._json_s, self._json = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._json}.{int((created - second) * 1000):03d}Z"
+        return self._json + _JSON_MS[int((created - second) * 1000)]
 
     def text(self, created: float) -> str:
         """As ``logging.Formatter.formatTime``: local time, ``2025-01-31 12:00:00,123``."""
         second = int(created)
         if second != self._text_s:
             self._text_s, self._text = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self._text},{int((created - second) * 1000):03d}"
+        return self._text + _TEXT_MS[int((created - second) * 1000)]
 
 
 def _json_line(stamp: _Timestamps, entry: Entry) -> bytes:
