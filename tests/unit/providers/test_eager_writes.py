@@ -196,3 +196,21 @@ async def test_the_eager_step_runs_as_a_task_would() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert closed == [True] and never.cancelled()
+
+
+async def test_a_factory_installed_before_still_makes_every_other_task(aiohttp_server: Server) -> None:
+    """Installed over another library's factory: that factory still makes every task but the
+    body writes, which the eager step takes."""
+    loop = asyncio.get_running_loop()
+    made: list[tuple[str, asyncio.Future[Any]]] = []
+    counting_factory(loop, made)  # the other library's, first
+    install(loop)
+    url, digests = await hashing_server(aiohttp_server)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.post(url, data=b"{}") as response:
+                assert response.status == 200
+    assert len(digests) == 3
+    names = [name for name, _ in made]
+    assert names.count("RequestHandler._handle_request") == 3  # through the factory before
+    assert "ClientRequest.write_bytes" not in names  # taken by the eager step
