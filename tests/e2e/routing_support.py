@@ -64,7 +64,9 @@ DEFAULT_FAULTS: dict[str, object] = {
 
 # Policy knobs the tests depend on (explained where they are used):
 BREAKER_FAILURES = 3
-BREAKER_COOLDOWN_S = 0.5
+# Long enough that the breaker test's checks between the breaker opening and the request it
+# must refuse (five HTTP calls) fit inside it on a loaded CI machine: at 0.5 s one did not.
+BREAKER_COOLDOWN_S = 2.0
 EXPLORATION = 0.06
 TEMPERATURE = 0.07
 LATENCY_ALPHA = 0.8

@@ -269,7 +269,7 @@ async def test_429_with_short_retry_after_is_not_waited_for(rstack: RoutingStack
 
 async def test_breaker_opens_probes_and_closes(rstack: RoutingStack) -> None:
     # Group "breaker": one deployment (brk, the mutable fake), retry.max_attempts 1, so one
-    # client request is one upstream call. Breaker: 3 failures in a row, cooldown 0.5 s.
+    # client request is one upstream call. Breaker: 3 failures in a row, cooldown BREAKER_COOLDOWN_S.
     async def breaker() -> str:
         return str((await deployment(rstack, "breaker", "brk"))["breaker"])
 
