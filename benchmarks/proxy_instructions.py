@@ -62,21 +62,16 @@ def valgrind_gateway(
     cwd: Path,
     access_log: bool = False,
     extra_env: dict[str, str] | None = None,
+    program: list[str] | None = None,
 ) -> tuple[subprocess.Popen[str], int]:
-    """The gateway of ``tree`` under callgrind with instrumentation off; (process, port)."""
+    """The gateway of ``tree`` (or ``program``, a command line printing ``listening on
+    http://HOST:PORT``) under callgrind with instrumentation off; (process, port)."""
     cmd = [
         "valgrind",
         "--tool=callgrind",
         "--instr-atstart=no",
         f"--callgrind-out-file={out}",
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--policy",
-        str(policy),
-        "--port",
-        "0",
+        *(program or [sys.executable, "-m", "gateway.cli", "serve", "--policy", str(policy), "--port", "0"]),
     ]
     env = {**os.environ, **tree_env(tree, SOPHIA_ACCESS_LOG="1" if access_log else "0", PYTHONUNBUFFERED="1")}
     # Tracing only where asked: an OTEL_* variable of the caller's would otherwise turn it on.
@@ -139,12 +134,13 @@ def measure(
     label: str,
     access_log: bool = False,
     extra_env: dict[str, str] | None = None,
+    program: list[str] | None = None,
 ) -> int:
     out = scratch / f"callgrind.{label}"
     cwd = Path(tempfile.mkdtemp(prefix="serve-", dir=scratch))
     own = cwd / "policy.yaml"
     own.write_text(policy_for(tree, policy.read_text()))
-    proc, port = valgrind_gateway(tree, own, out, cwd, access_log, extra_env)
+    proc, port = valgrind_gateway(tree, own, out, cwd, access_log, extra_env, program)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         send(conn, body, warmup)
@@ -181,6 +177,12 @@ def main() -> int:
         help="run the gateways with the access log on (its default in serve; off by default here)",
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also count the bare aiohttp floor (benchmarks/floor_proxy.py) and give the gateway's "
+        "ratio to it (issue 12: >= 0.8)",
+    )
+    parser.add_argument(
         "--tracing",
         action="store_true",
         help="also measure the current gateway with tracing on, exporting to a local OTLP sink",
@@ -204,6 +206,7 @@ def main() -> int:
     sides: dict[str, tuple[Path, dict[str, str] | None]] = {
         side: (tree, None) for side, tree in trees.items()
     }
+    floor_program = [sys.executable, str(ROOT / "benchmarks" / "floor_proxy.py"), "--upstream", fake.url]
     sink = None
     if args.tracing:
         from gateway.testing.otlp_sink import OtlpSink
@@ -229,6 +232,13 @@ def main() -> int:
                 )
                 results[(kind, side)] = total / args.requests
                 print(f"{kind} [{side}]: {results[(kind, side)]:.0f} instructions per request", flush=True)
+            if args.floor:
+                label = f"floor.{len(results)}"
+                total = measure(
+                    ROOT, policy, body, args.requests, args.warmup, scratch, label, program=floor_program
+                )
+                results[(kind, "floor")] = total / args.requests
+                print(f"{kind} [floor]: {results[(kind, 'floor')]:.0f} instructions per request", flush=True)
     finally:
         fake.stop()
         if sink is not None:
@@ -260,6 +270,15 @@ def main() -> int:
         lines.append(
             f"| {kind} | {before:,.0f} | {after:,.0f} | {after / before:.3f} | **{before / after:.3f}** |"
         )
+    if args.floor:
+        lines += [
+            "",
+            "| request | the floor (bare aiohttp proxy) | gateway (current) | **floor / gateway** (issue 12: >= 0.8) |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for kind in KINDS:
+            floor, after = results[(kind, "floor")], results[(kind, "current")]
+            lines.append(f"| {kind} | {floor:,.0f} | {after:,.0f} | **{floor / after:.3f}** |")
     met = all(ratio >= TARGET_RATIO for _, ratio in verdicts)
     lines += [
         "",

@@ -39,7 +39,7 @@ from gateway.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.metrics import CounterChild, GatewayMetrics, HistogramChild
 from gateway.policy.model import ModelGroup, Policy, Retry
 from gateway.providers.base import ProviderHandle
 from gateway.routing import scoring
@@ -515,14 +515,16 @@ class Router:
         (stats.ttft_s if stream else stats.latency_s).add(elapsed, stats.alpha, now)  # stats.latency
         if live.watch is not None:
             live.watch.succeeded(elapsed)
-        m = self._metrics
-        provider, upstream_model = target.client.name, target.deployment.model
-        m.child(m.upstream_duration, provider, upstream_model).observe(elapsed)
+        series = live.success_series
+        if series is None:
+            series = live.success_series = self._success_series(target)
+        duration, successes = series
+        duration.observe(elapsed)
         if not stream:  # a stream stays in flight until it ends (``stream_ended``)
             stats.in_flight -= 1
             stats.success(now)
             live.breaker.success(now)
-            m.child(m.upstream_requests, provider, upstream_model, "success").inc()  # _record_success
+            successes.value += 1  # _record_success's count, without the call
 
     def stream_ended(
         self, target: Target, error: GatewayError | None, output_tokens: int, seconds: float
@@ -541,6 +543,14 @@ class Router:
         """The client left before the stream ended: no verdict on the provider."""
         target.live.stats.in_flight -= 1
         target.live.breaker.release()
+
+    def _success_series(self, target: Target) -> tuple[HistogramChild, CounterChild]:
+        """``target``'s upstream latency series and its success count (``success_series``)."""
+        m = self._metrics
+        return (
+            m.child(m.upstream_duration, target.provider, target.model),
+            m.child(m.upstream_requests, target.provider, target.model, "success"),
+        )
 
     def _record_success(self, target: Target, now: float) -> None:
         target.live.stats.success(now)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
+from gateway.observability.metrics import CounterChild, HistogramChild
 from gateway.policy.model import Deployment, RuleMatch
 from gateway.providers.base import ProviderHandle
 from gateway.routing.breaker import CircuitBreaker
@@ -32,6 +33,9 @@ class DeploymentState:
     stats: DeploymentStats
     breaker: CircuitBreaker
     watch: AttemptWatch | None = None
+    # The router's upstream series of this deployment's successes (latency histogram, success
+    # counter), found on the first and kept: two lookups fewer on every request.
+    success_series: tuple[HistogramChild, CounterChild] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +45,14 @@ class Target:
     deployment: Deployment
     client: ProviderHandle
     live: DeploymentState = field(compare=False, repr=False)
+    # Read on every request (headers, metrics, the access log, the upstream body): plain slots,
+    # set once, rather than properties (a Python call each, six a chat completion).
+    provider: str = field(init=False, compare=False, repr=False)
+    model: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def provider(self) -> str:
-        return self.client.name
-
-    @property
-    def model(self) -> str:
-        return self.deployment.model
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "provider", self.client.name)
+        object.__setattr__(self, "model", self.deployment.model)
 
 
 @dataclass(slots=True)

@@ -181,7 +181,8 @@ class RequestService:
                 raise
             raw, usage = routed.value
             target = routed.target
-            self.record_operation(endpoint, model, target, called_s)
+            series = self.genai_series(endpoint, model, target)  # looked up once for both below
+            series.duration.observe(time.perf_counter() - called_s)  # record_operation's success
             self._served(ctx, routed)
             # 6. store
             answer = CachedAnswer(raw, target.provider, target.model) if plan.write else None
@@ -191,7 +192,7 @@ class RequestService:
                 lead = False
                 self.cache.land(plan, answer)
             # 7. account
-            used = self.account_usage(endpoint, model, routed.group, target, usage)
+            used = self.account_usage(endpoint, model, routed.group, target, usage, series)
             if ctx.limit_ticket is not None:
                 ctx.limit_ticket.settle_later(*used)
             # Shadow traffic: one attribute check for a group without it (read now: reloads apply)
@@ -457,17 +458,25 @@ class RequestService:
             self.router.remember(ctx.request_id, route.group, route.target, ctx.tenant)
 
     def account_usage(
-        self, endpoint: Endpoint, model: str, group: str, target: Target, usage: object
+        self,
+        endpoint: Endpoint,
+        model: str,
+        group: str,
+        target: Target,
+        usage: object,
+        series: _GenAISeries | None = None,
     ) -> tuple[int, int, float]:
         """Export the token counts a provider reported and their cost (no-op without usage);
-        ``model`` is the group the client asked for, ``group`` the one that served it. Returns
-        (prompt tokens, completion tokens, cost in US dollars)."""
+        ``model`` is the group the client asked for, ``group`` the one that served it, ``series``
+        their GenAI series when the caller has it. Returns (prompt tokens, completion tokens,
+        cost in US dollars)."""
         if not isinstance(usage, dict):
             return 0, 0, 0.0
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         prompt = prompt if isinstance(prompt, int) else 0
         completion = completion if isinstance(completion, int) else 0
-        series = self.genai_series(endpoint, model, target)
+        if series is None:
+            series = self.genai_series(endpoint, model, target)
         series.tokens_in.observe(prompt)
         if completion or "completion_tokens" in usage:
             series.output_tokens().observe(completion)

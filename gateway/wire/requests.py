@@ -28,6 +28,11 @@ class Endpoint(enum.Enum):
     RESPONSES = "responses"  # OpenAI's Responses API (service/responses.py)
     MESSAGES = "messages"  # Anthropic's Messages API (service/messages.py)
 
+    # An endpoint keys dicts on every request (paths, series, cache plans): hashed by identity in
+    # C, as members are singletons compared by identity, not by ``Enum.__hash__``, a Python call
+    # (``hash(self._name_)``) each time (four a chat completion).
+    __hash__ = object.__hash__
+
 
 class _Head(BaseModel):
     model_config = ConfigDict(extra="ignore")

@@ -11,6 +11,7 @@ import threading
 import orjson
 import pytest
 
+from gateway.observability import access_log
 from gateway.observability.access_log import FIELDS, AccessLog
 from gateway.observability.logging import JsonFormatter, TextFormatter
 from gateway.observability.metrics import Counter
@@ -21,14 +22,21 @@ ENTRIES = [
     ("r-1", "POST", "/v1/chat/completions", 200, "gpt", "openai", "gpt-4o", 1, False, 1.234),
     ("r-2", "GET", HOSTILE_PATH, 404, "", "", "", 0, False, 0.05),
     ("r-3", "POST", '/v1/x y="z"\\ Grüße 世界', 502, "m odel", "cache", "", 3, True, 12.0),
+    # The seam the batch is cut at, inside a value: it is escaped there, so it cannot cut a line.
+    ("r-4", "GET", '/v1/a},{"ts":"b"}\n{"ts":"', 404, '},{"ts":"', "", "", 0, False, 0.1),
 ]
-CREATED = (1_700_000_000.0, 1_700_000_000.9995, 1_700_000_001.0421)
+CREATED_NS = (
+    1_700_000_000_000_000_000,
+    1_700_000_000_999_500_000,
+    1_700_000_001_042_100_000,
+    1_700_000_001_998_000_000,
+)
 
 
-def logged_by_logging(formatter: logging.Formatter, created: float, entry: tuple[object, ...]) -> bytes:
+def logged_by_logging(formatter: logging.Formatter, created_ns: int, entry: tuple[object, ...]) -> bytes:
     """The line the ``gateway.access`` logger wrote through a StreamHandler before."""
     record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, "request", (), None)
-    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+    record.created, record.msecs = created_ns / 1e9, created_ns // 1_000_000 % 1000 + 0.0
     record.fields = dict(zip(FIELDS, entry, strict=True))
     return (formatter.format(record) + "\n").encode()
 
@@ -37,16 +45,23 @@ def dropped() -> Counter:
     return Counter("dropped", "test")
 
 
+@pytest.mark.parametrize("batch", [1, len(ENTRIES)], ids=["line by line", "one batch"])
 @pytest.mark.parametrize("fmt", ["json", "text"])
-def test_lines_are_those_logging_wrote_byte_for_byte(fmt: str) -> None:
+def test_lines_are_those_logging_wrote_byte_for_byte(
+    fmt: str, batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = io.StringIO()
     access = AccessLog(fmt, True, dropped(), stream=out)
     formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    clock = iter(CREATED_NS)
+    monkeypatch.setattr(access_log, "time_ns", lambda: next(clock))
     expected = b""
-    for created, entry in zip(CREATED, ENTRIES, strict=True):
-        access._pending.append((created, *entry))  # type: ignore[arg-type]
-        expected += logged_by_logging(formatter, created, entry)
-    access.flush()
+    for i, (created_ns, entry) in enumerate(zip(CREATED_NS, ENTRIES, strict=True)):
+        access._scheduled = True  # as within one loop iteration: the flush below writes the batch
+        access.record(*entry)  # type: ignore[arg-type]
+        expected += logged_by_logging(formatter, created_ns, entry)
+        if (i + 1) % batch == 0:
+            access.flush()
     assert out.getvalue().encode() == expected
     assert out.getvalue().count("\n") == len(ENTRIES)  # a hostile path cannot add a line
     for c in CONTROLS.replace("\n", ""):
