@@ -65,6 +65,7 @@ from gateway.service.recovery import (
 )
 from gateway.service.responses import ResponsesService, cache_budgets
 from gateway.settings import Settings
+from gateway.wire.requests import Endpoint
 
 
 def build_app(
@@ -406,14 +407,14 @@ def _add_routes(app: web.Application) -> None:
 
     def add(method: str, path: str, handler: Handler) -> None:
         resource = router.add_resource(path)  # the same resource for a path's second method
-        wrapped = gateway_handler(handler, resource.canonical)
+        wrapped = gateway_handler(handler, resource.canonical, app)
         if method == "GET":
             resource.add_route("HEAD", wrapped)  # as router.add_get does
         resource.add_route(method, wrapped)
 
-    add("POST", "/v1/chat/completions", openai.chat_completions)
-    add("POST", "/v1/completions", openai.completions)
-    add("POST", "/v1/embeddings", openai.embeddings)
+    add("POST", "/v1/chat/completions", openai.proxy(Endpoint.CHAT, app))
+    add("POST", "/v1/completions", openai.proxy(Endpoint.COMPLETIONS, app))
+    add("POST", "/v1/embeddings", openai.proxy(Endpoint.EMBEDDINGS, app))
     add("POST", "/v1/responses", responses_api.create_response)
     add("GET", "/v1/responses/{response_id}", responses_api.retrieve_response)
     add("DELETE", "/v1/responses/{response_id}", responses_api.delete_response)
@@ -448,4 +449,6 @@ def _add_routes(app: web.Application) -> None:
     add("GET", "/health/live", health.live)
     add("GET", "/health/ready", health.ready)
     add("GET", "/metrics", health.metrics)
-    router.register_resource(CatchAll(gateway_handler(unmatched, "unmatched")))  # last: what no route serves
+    router.register_resource(
+        CatchAll(gateway_handler(unmatched, "unmatched", app))
+    )  # last: what no route serves

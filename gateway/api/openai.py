@@ -20,30 +20,29 @@ from gateway.service.context import CallContext
 from gateway.wire.requests import Endpoint
 
 
-def _proxy(endpoint: Endpoint) -> Handler:
-    """The handler of a proxied endpoint: one coroutine frame between the middleware and the
-    request service (a shared ``_proxied(request, endpoint)`` behind each handler was two)."""
+def proxy(endpoint: Endpoint, app: web.Application) -> Handler:
+    """The handler of a proxied endpoint of ``app``: one coroutine frame between the middleware
+    and the request service (a shared ``_proxied(request, endpoint)`` behind each handler was
+    two). What it needs of the app is read once, here (the app's state is set before its routes
+    are added and frozen once it serves), not through ``request.app`` on every request."""
+    service = app[keys.SERVICE]
+    open_mode = app[keys.POLICY].auth.mode == "open"
+    max_body_bytes = app[keys.SETTINGS].max_body_bytes or 0
 
     async def handle(request: web.Request) -> web.StreamResponse:
         started_s = time.perf_counter()
-        app = request.app
         # Before the body is read: a stranger's body costs nothing. Open mode has no caller to
         # find, so no coroutine is made for it.
-        caller = None if app[keys.POLICY].auth.mode == "open" else await authenticate(request)
+        caller = None if open_mode else await authenticate(request)
         record = request[keys.REQUEST_CALL]  # made by the middleware, which reads it at the end
         ctx = CallContext.for_client(request[keys.REQUEST_ID], started_s, request.headers, caller, record)
-        body = await read_json(request)
-        answer = await app[keys.SERVICE].run(endpoint, body, ctx)
+        body = await read_json(request, max_body_bytes)
+        answer = await service.run(endpoint, body, ctx)
         if answer.stream is not None:
             return await send_stream(request, answer.stream, ctx.request_id)
         return json_response(answer.body or b"{}")
 
     return handle
-
-
-chat_completions = _proxy(Endpoint.CHAT)
-completions = _proxy(Endpoint.COMPLETIONS)
-embeddings = _proxy(Endpoint.EMBEDDINGS)
 
 
 async def list_models(request: web.Request) -> web.Response:

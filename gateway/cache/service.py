@@ -23,7 +23,7 @@ from gateway.cache import fingerprint
 from gateway.cache.semantic import SemanticIndex, Vector
 from gateway.cache.store import CacheStore
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.metrics import CounterChild, GatewayMetrics
 from gateway.policy.model import Cache
 from gateway.wire.requests import Endpoint
 
@@ -55,6 +55,7 @@ class CachePlan:
     text: str | None = None
     vector: Vector | None = None  # the prompt's embedding, once computed (reused to store)
     outcome: CacheOutcome | None = None  # set on the shared bypass plans: their record, made once
+    counter: CounterChild | None = None  # and their ``cache_requests`` series, found once
 
 
 @dataclass(slots=True)
@@ -141,8 +142,18 @@ class ResponseCache:
             indexes[name] = kept if kept is not None and same else SemanticIndex(c.semantic.max_entries)
         # One bypass plan per category, shared by every request that cannot be cached (most
         # requests, under the default ``deterministic``): nothing is hashed, parsed or built.
+        m = self._metrics
         bypass = {
-            name: CachePlan(name, "", c.ttl_s, False, False, "bypass", outcome=CacheOutcome("bypass", name))
+            name: CachePlan(
+                name,
+                "",
+                c.ttl_s,
+                False,
+                False,
+                "bypass",
+                outcome=CacheOutcome("bypass", name),
+                counter=m.child(m.cache_requests, name, "bypass"),
+            )
             for name, c in config.categories.items()
         }
         self.config, self._indexes, self._bypass = config, indexes, bypass

@@ -21,14 +21,16 @@ from gateway.wire.requests import JSONObject
 JSON_CONTENT_TYPE = "application/json"
 
 
-async def read_json(request: web.Request) -> JSONObject:
-    """The request's body as a JSON object, or the client's error (415, 413, 408, 400)."""
+async def read_json(request: web.Request, max_body_bytes: int | None = None) -> JSONObject:
+    """The request's body as a JSON object, or the client's error (415, 413, 408, 400).
+    ``max_body_bytes``: the app's ``server.max_body_bytes`` when the caller has it at hand (0:
+    no limit); otherwise read from the app."""
     # The exact header most clients send needs no parsing (aiohttp's ``content_type`` copies
     # the parsed parameters into a new dict on each request).
     if request.headers.get("Content-Type") != JSON_CONTENT_TYPE and request.content_type != JSON_CONTENT_TYPE:
         # aiohttp reports a missing header as application/octet-stream; show what was sent.
         raise UnsupportedMediaType(request.headers.get("Content-Type", ""))
-    limit = request.app[keys.SETTINGS].max_body_bytes or 0
+    limit = request.app[keys.SETTINGS].max_body_bytes or 0 if max_body_bytes is None else max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(limit)  # refuse before reading a byte of it
     if request.content.is_eof():

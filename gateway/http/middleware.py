@@ -59,22 +59,19 @@ def new_request_id() -> str:
     return os.urandom(16).hex()  # as random as uuid4, without building a UUID object
 
 
-def gateway_handler(handler: Handler, endpoint: str) -> Handler:
+def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Handler:
     """``handler`` with the gateway's per-request work around it; ``endpoint`` is the route's
-    label in metrics (its resource's canonical path, or ``unmatched``)."""
+    label in metrics (its resource's canonical path, or ``unmatched``), ``app`` the app it serves."""
 
-    # The app's metrics, request ids, access log and tracer, looked up once per app rather than
-    # per request (set when the app is built; its state is frozen once it serves).
-    seen: list[Any] = [None, None, None, None, None]  # [app, metrics, request ids, access log, tracer]
+    # The app's metrics, request ids, access log and tracer, looked up once rather than per
+    # request (set before the routes are added; the app's state is frozen once it serves).
+    metrics: GatewayMetrics = app[keys.METRICS]
+    ids, access, tracer = app[keys.REQUEST_IDS], app[keys.ACCESS_LOG], app[keys.TRACER]
     # Errors in the envelope of the route's API (Anthropic's under /v1/messages: issue 17); the
     # catch-all decides per request, so an unknown path under a front door gets its envelope too.
     route_render = None if endpoint == "unmatched" else error_renderer(endpoint)
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        app = request.app
-        if app is not seen[0]:
-            seen[:] = [app, app[keys.METRICS], app[keys.REQUEST_IDS], app[keys.ACCESS_LOG], app[keys.TRACER]]
-        _, metrics, ids, access, tracer = seen
         in_flight = metrics.in_flight.children[()]  # a plain number (metrics.py)
         # The call's record is made here, so this frame holds it: the handler of a proxied call
         # fills it in (``request[REQUEST_CALL]``), and nothing below looks it up in the request's

@@ -46,6 +46,8 @@ class ProviderClient:
         self.config = config
         self.adapter = adapter
         self._api_key = api_key or None
+        # False when the policy names a key variable that is not set (read by every plan).
+        self.configured = config.api_key_env is None or self._api_key is not None
         # What is scrubbed: the key, unless it is too short to be told from ordinary text.
         secret = api_key if api_key and len(api_key) >= MIN_SCRUBBED_KEY_CHARS else None
         self._secret = secret
@@ -58,11 +60,6 @@ class ProviderClient:
             )
         headers = {**config.headers, **adapter.auth_headers(api_key)}
         self.transport: Transport = transport or AiohttpTransport(name, config, headers, self.scrub)
-
-    @property
-    def configured(self) -> bool:
-        """False when the policy names a key variable that is not set."""
-        return self.config.api_key_env is None or self._api_key is not None
 
     async def start(self) -> None:
         await self.transport.start()

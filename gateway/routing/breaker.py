@@ -62,11 +62,15 @@ class CircuitBreaker:
 
     def available(self, now: float) -> bool:
         """Whether a call could be let through now (without taking the probe slot)."""
+        if self._state is BreakerState.CLOSED:  # nearly always: no call to ``state``
+            return True
         state = self.state(now)
         return state is BreakerState.CLOSED or (state is BreakerState.HALF_OPEN and not self._probing)
 
     def acquire(self, now: float) -> bool:
         """Ask to make a call; in half-open state only the first asker gets through."""
+        if self._state is BreakerState.CLOSED:
+            return True
         state = self.state(now)
         if state is BreakerState.CLOSED:
             return True

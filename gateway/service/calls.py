@@ -165,7 +165,10 @@ class RequestService:
                 if found is not None:
                     return self._hit(plan, found, ctx, stream)
             ctx.record.cache = plan.outcome or CacheOutcome(plan.status, plan.category)
-            self.cache.count(plan.category, plan.status)
+            if plan.counter is not None:  # a shared bypass plan: its series was found once
+                plan.counter.value += 1
+            else:
+                self.cache.count(plan.category, plan.status)
             # 5. route with failover (6 and 7 follow, or in the stream when it ends)
             if stream:
                 return await self._stream(endpoint, body, route, group, plan, ctx, lead, door)
