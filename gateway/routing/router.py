@@ -553,9 +553,13 @@ class Router:
         )
 
     def _record_success(self, target: Target, now: float) -> None:
-        target.live.stats.success(now)
-        target.live.breaker.success(now)
-        self._metrics.child(self._metrics.upstream_requests, target.provider, target.model, "success").inc()
+        live = target.live
+        live.stats.success(now)
+        live.breaker.success(now)
+        series = live.success_series
+        if series is None:
+            series = live.success_series = self._success_series(target)
+        series[1].value += 1
 
     def _record_failure(self, target: Target, error: GatewayError, *, answered: bool = False) -> None:
         """``answered``: a stream cut after its first chunk (counted as an answer then)."""

@@ -565,7 +565,18 @@ class _GenAISeries:
 class _StreamBook:
     """A routed stream's bookkeeping, run by the stream itself as it goes and when it ends."""
 
-    __slots__ = ("_ctx", "_endpoint", "_lead", "_plan", "_service", "called_s", "mirror", "route", "span")
+    __slots__ = (
+        "_ctx",
+        "_endpoint",
+        "_lead",
+        "_plan",
+        "_service",
+        "called_s",
+        "mirror",
+        "route",
+        "series",
+        "span",
+    )
 
     def __init__(
         self, service: RequestService, endpoint: Endpoint, plan: CachePlan, ctx: CallContext, lead: bool
@@ -579,12 +590,20 @@ class _StreamBook:
         self.called_s = time.perf_counter()  # when routing began (the operation's start)
         self.mirror: tuple[Shadow, Endpoint, JSONObject] | None = None  # shadow traffic's draw
         self.span: Span | None = None  # the serving attempt's span, when tracing is on
+        self.series: _GenAISeries | None = None  # the serving route's GenAI series, found once
 
     def first_chunk(self, stream: RoutedStream) -> None:
         route = self.route
         if route is not None and not self._ctx.internal:
-            series = self._service.genai_series(self._endpoint, self._ctx.record.model, route.target)
+            series = self.series = self._service.genai_series(
+                self._endpoint, self._ctx.record.model, route.target
+            )
             series.time_to_first_token().observe(stream.first_at - self._ctx.started_s)
+
+    def _series(self, route: Route) -> _GenAISeries:
+        if self.series is None:
+            self.series = self._service.genai_series(self._endpoint, self._ctx.record.model, route.target)
+        return self.series
 
     async def ended(self, stream: RoutedStream) -> None:
         """The provider's stream ended: a whole answer if its translator says so."""
@@ -595,9 +614,12 @@ class _StreamBook:
         error = None if stream.translator.completed else _incomplete(route.target)
         output_tokens = stream.output_tokens()
         service.router.stream_ended(route.target, error, output_tokens, seconds)
-        self._timed(route.target, error, output_tokens, seconds)
+        series = self._series(route)
+        self._timed(route.target, error, output_tokens, seconds, series)
         usage = stream.translator.usage()
-        used = service.account_usage(self._endpoint, self._ctx.record.model, route.group, route.target, usage)
+        used = service.account_usage(
+            self._endpoint, self._ctx.record.model, route.group, route.target, usage, series
+        )
         self._settle(stream, used)
         if self.span is not None:
             self._end_span(usage, None if error is None else type(error).__name__)
@@ -621,27 +643,35 @@ class _StreamBook:
         seconds = max(0.0, time.perf_counter() - (stream.first_at or self._ctx.started_s))
         output_tokens = stream.output_tokens()
         self._service.router.stream_ended(route.target, error, output_tokens, seconds)
-        self._timed(route.target, error, output_tokens, seconds)
+        series = self._series(route)
+        self._timed(route.target, error, output_tokens, seconds, series)
         usage = stream.translator.usage()
         used = self._service.account_usage(
-            self._endpoint, self._ctx.record.model, route.group, route.target, usage
+            self._endpoint, self._ctx.record.model, route.group, route.target, usage, series
         )
         self._settle(stream, used)
         if self.span is not None:
             self._end_span(usage, type(error).__name__)
         self._land(None)
 
-    def _timed(self, target: Target, error: GatewayError | None, output_tokens: int, seconds: float) -> None:
+    def _timed(
+        self,
+        target: Target,
+        error: GatewayError | None,
+        output_tokens: int,
+        seconds: float,
+        series: _GenAISeries,
+    ) -> None:
         """The operation's duration, and for a whole stream its time per output token after the
-        first: ``seconds`` (first chunk to end) over ``output_tokens - 1``."""
-        service = self._service
-        model = self._ctx.record.model
+        first: ``seconds`` (first chunk to end) over ``output_tokens - 1``. ``series``: the
+        route's GenAI series."""
         if error is not None:
-            service.record_operation(self._endpoint, model, target, self.called_s, type(error).__name__)
+            self._service.record_operation(
+                self._endpoint, self._ctx.record.model, target, self.called_s, type(error).__name__
+            )
             return
-        service.record_operation(self._endpoint, model, target, self.called_s)
+        series.duration.observe(time.perf_counter() - self.called_s)  # record_operation's success
         if output_tokens > 1:
-            series = service.genai_series(self._endpoint, model, target)
             series.time_per_output_token().observe(seconds / (output_tokens - 1))
 
     def abandoned(self, stream: RoutedStream) -> None:
