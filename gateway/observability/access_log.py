@@ -2,10 +2,11 @@
 
 The lines are exactly those the ``gateway.access`` logger wrote through ``logging`` before (the
 same JSON object, key for key, or the same text line, with the same control-character escaping:
-``observability/logging.py``), but a request only appends a tuple to a list. The first request
-of a loop iteration schedules one flush (``loop.call_soon``) that formats every pending line with
-orjson and hands the batch, as one bytes object, to a writer thread. ``logging``'s way, a record,
-a formatter and a write + flush per request, cost 41 us per request (issue 12).
+``observability/logging.py``), but a request only appends its line's object to a list. The first
+request of a loop iteration schedules one flush (``loop.call_soon``) that formats every pending
+line with orjson and hands the batch, as one bytes object, to a writer thread. ``logging``'s way,
+a record, a formatter and a write + flush per request, cost 41 us per request (issue 12).
+(Batches timed at 50 ms instead were tried again and not kept: ARCHITECTURE.md.)
 
 Why a thread rather than a non-blocking write on the loop: stderr may be a pipe, a file, a
 terminal or a socket, and is often shared with the parent process; setting ``O_NONBLOCK`` on it
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -163,6 +165,12 @@ class _Writer(threading.Thread):
     def __init__(self, fd: int) -> None:
         super().__init__(name="access-log-writer", daemon=True)
         self._fd = fd
+        # A regular file takes a batch in one write (a write to it is not interleaved with
+        # another's); a pipe or anything else in pieces of at most PIPE_BUF, cut at line ends.
+        try:
+            self._whole = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            self._whole = False
         self._batches: SimpleQueue[bytes | None] = SimpleQueue()
         self.written_bytes = 0  # written by this thread only; read by the loop (an int: atomic)
         self.failed_lines = 0
@@ -188,9 +196,9 @@ class _Writer(threading.Thread):
                 data = batch
             size = len(data)
             try:
-                # The common batch, one line or a few: one write, which a pipe takes whole (at
-                # most PIPE_BUF bytes) and a file too; anything else is cut at line ends.
-                written = os.write(fd, data) if size <= _ATOMIC_WRITE_BYTES else 0
+                # One write for a file, or for a batch a pipe takes whole (at most PIPE_BUF
+                # bytes); anything else is cut at line ends.
+                written = os.write(fd, data) if size <= _ATOMIC_WRITE_BYTES or self._whole else 0
             except OSError:
                 written = -1
             if written == -1:

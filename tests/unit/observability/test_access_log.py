@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import threading
+from pathlib import Path
 
 import orjson
 import pytest
@@ -161,3 +162,17 @@ def test_disabled_when_the_access_logger_is_above_info() -> None:
         assert not AccessLog.configured(False, "json", dropped()).enabled
     finally:
         logger.setLevel(before)
+
+
+async def test_a_batch_to_a_regular_file_is_written_whole_and_complete(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    with path.open("w") as stream:
+        access = AccessLog("json", True, dropped(), stream=stream)
+        access.start()
+        writer = access._writer
+        assert writer is not None and writer._whole  # a regular file: one write per batch
+        for i in range(200):  # one iteration's batch of about 40 KB, ten times PIPE_BUF
+            access.record(f"r-{i}", "POST", "/v1/chat/completions", 200, "m", "p", "u", 1, False, 0.5)
+        await access.close()
+    lines = path.read_bytes().splitlines()
+    assert [orjson.loads(line)["request_id"] for line in lines] == [f"r-{i}" for i in range(200)]
