@@ -280,7 +280,9 @@ class _Watchdog:
 
     def adopt(self) -> None:
         """Time the current task's waits (a body may be read by another task than the send)."""
-        task = self._task = asyncio.current_task()
+        # Given the loop: without it ``current_task`` asks for the running loop, whose cached
+        # holder is checked against ``getpid()``, a system call per request.
+        task = self._task = asyncio.current_task(self.loop)
         self._cancelling = task.cancelling() if task is not None else 0
 
     def stop(self) -> None:
