@@ -196,7 +196,7 @@ def _observe(
     metrics.child(metrics.requests, endpoint, model, provider, label).value += 1  # inc(), without the call
     if model:
         metrics.child(metrics.request_duration, endpoint, model, provider).observe(elapsed_s)
-    if access.enabled:  # buffered: written once per loop iteration, off the loop (access_log.py)
+    if access.enabled:  # buffered: written in timed batches, off the loop (access_log.py)
         access.record(
             rid,
             request.method,

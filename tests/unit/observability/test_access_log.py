@@ -1,4 +1,4 @@
-"""The buffered access log writes the lines ``logging`` wrote, once per loop iteration, off the loop."""
+"""The buffered access log writes the lines ``logging`` wrote, in timed batches, off the loop."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_lines_are_those_logging_wrote_byte_for_byte(
     monkeypatch.setattr(access_log, "time_ns", lambda: next(clock))
     expected = b""
     for i, (created_ns, entry) in enumerate(zip(CREATED_NS, ENTRIES, strict=True)):
-        access._scheduled = True  # as within one loop iteration: the flush below writes the batch
+        access._scheduled = True  # as while a batch's timer is armed: the flush below writes the batch
         access.record(*entry)  # type: ignore[arg-type]
         expected += logged_by_logging(formatter, created_ns, entry)
         if (i + 1) % batch == 0:
@@ -104,7 +104,7 @@ class PipeStream:
         raise AssertionError("a started access log writes through its thread")
 
 
-async def test_lines_of_one_iteration_are_one_batch_written_in_order_by_the_thread() -> None:
+async def test_lines_are_handed_over_in_batches_on_a_timer_and_written_in_order_by_the_thread() -> None:
     read_fd, write_fd = os.pipe()
     received = bytearray()
     reader = read_all(read_fd, received)
@@ -114,18 +114,29 @@ async def test_lines_of_one_iteration_are_one_batch_written_in_order_by_the_thre
     assert writer is not None and writer.is_alive()
     for i in range(5):
         access.record(f"r-{i}", "POST", "/v1/chat/completions", 200, "m", "p", "u", 1, False, 0.5)
-    assert len(access._pending) == 5  # nothing formatted yet: the request only appended a tuple
-    await asyncio.sleep(0)  # one loop iteration: the flush ran and handed one batch over
-    assert access._pending == [] and access._queued_bytes > 0
-    for i in range(5, 8):
+    assert len(access._pending) == 5  # nothing formatted yet: a request only appends its line
+    timer = access._timer
+    assert timer is not None  # one timer for the batch, armed by its first line
+    loop = asyncio.get_running_loop()
+    assert 0 < timer.when() - loop.time() <= access_log.FLUSH_INTERVAL_S
+    await asyncio.sleep(0)
+    assert len(access._pending) == 5  # still waiting: not one hand-over per loop iteration
+    deadline = loop.time() + 10
+    while access._pending and loop.time() < deadline:  # the timer's flush hands the batch over
+        await asyncio.sleep(0.01)
+    assert access._pending == [] and access._queued_bytes > 0 and access._timer is None
+    for i in range(5, 5 + access_log.MOST_PENDING_LINES):  # a full batch goes at once, no timer
         access.record(f"r-{i}", "GET", "/health/live", 200, "", "", "", 0, False, 0.1)
-    await access.close()  # flushes what is pending and waits for the thread to write it all
-    assert not writer.is_alive()
+    assert access._pending == []
+    last = 5 + access_log.MOST_PENDING_LINES
+    access.record(f"r-{last}", "GET", "/health/live", 200, "", "", "", 0, False, 0.1)
+    await access.close()  # flushes what is pending (the timer cancelled) and waits for the thread
+    assert access._timer is None and not writer.is_alive()
     os.close(write_fd)
     reader.join(10)
     os.close(read_fd)
     ids = [orjson.loads(line)["request_id"] for line in received.splitlines()]
-    assert ids == [f"r-{i}" for i in range(8)]
+    assert ids == [f"r-{i}" for i in range(last + 1)]
 
 
 async def test_a_full_pipe_never_blocks_the_loop_and_drops_beyond_the_backlog() -> None:
@@ -171,7 +182,7 @@ async def test_a_batch_to_a_regular_file_is_written_whole_and_complete(tmp_path:
         access.start()
         writer = access._writer
         assert writer is not None and writer._whole  # a regular file: one write per batch
-        for i in range(200):  # one iteration's batch of about 40 KB, ten times PIPE_BUF
+        for i in range(200):  # batches of 64 lines, about 16 KB: four times PIPE_BUF
             access.record(f"r-{i}", "POST", "/v1/chat/completions", 200, "m", "p", "u", 1, False, 0.5)
         await access.close()
     lines = path.read_bytes().splitlines()
