@@ -375,8 +375,13 @@ class RequestService:
         except GatewayError as error:
             self.record_operation(endpoint, route.model, None, book.called_s, type(error).__name__)
             raise
-        book.route = routed
-        self._served(ctx, routed)
+        # The book and the call's record keep the route without the stream: the stream holds the
+        # book, so keeping ``routed`` (whose value is the stream) would make a reference cycle per
+        # stream, the whole request (its task, response and buffers) then waiting for the cyclic
+        # GC instead of being freed when it ends.
+        served = Route(routed.group, routed.target, routed.attempts, routed.fallback)
+        book.route = served
+        self._served(ctx, served)
         group_config = self.router.policy.models.get(routed.group)
         shadow = group_config.shadow if group_config is not None else None
         if shadow is not None and not ctx.internal and door is None and self.shadow.draw(shadow):
