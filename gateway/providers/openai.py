@@ -134,6 +134,16 @@ class OpenAIStreamTranslator(WatchedStream):
             # it then discards, which costs twice the search (callgrind, benchmarks/RESULTS.md).
             return chunk
         decoder = self._decoder
+        if self._between and chunk.endswith(b"\n\n") and chunk.find(b"\r") < 0:
+            # Whole events with plain line ends, some of which matter (a fast upstream sends a
+            # whole stream, usage and [DONE] included, in one or two chunks): only those go
+            # through the decoder, each a whole event, so it stays between events; the content
+            # deltas around them are not split into lines one by one.
+            for event in chunk.split(b"\n\n"):
+                if event.endswith(b"[DONE]") or event.find(b'"usage"') >= 0 or event.find(b'"error"') >= 0:
+                    for data in decoder.feed(event + b"\n\n"):
+                        self._watch(data)
+            return chunk
         for data in decoder.feed(chunk):
             self._watch(data)
         self._between = decoder.idle

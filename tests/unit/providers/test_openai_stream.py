@@ -36,14 +36,34 @@ def test_bytes_pass_unchanged_and_usage_and_end_are_seen(size: int, newline: byt
         CHUNK + b'data: {"error": not json\n\n' + b"data: [DONE]\n\n",
     ],
 )
-def test_a_stream_without_its_end_or_with_an_error_event_is_not_complete(stream: bytes) -> None:
-    out, _, completed = run(stream, 7)
+@pytest.mark.parametrize("size", [7, 10_000])  # 10,000: the whole stream in one chunk
+def test_a_stream_without_its_end_or_with_an_error_event_is_not_complete(stream: bytes, size: int) -> None:
+    out, _, completed = run(stream, size)
     assert out == stream and not completed
 
 
-def test_usage_null_in_every_chunk_is_not_usage() -> None:
-    _, usage, _ = run(CHUNK.replace(b"}]}", b'}],"usage":null}') + b"data: [DONE]\n\n", 3)
-    assert usage is None
+@pytest.mark.parametrize("size", [3, 10_000])
+def test_usage_null_in_every_chunk_is_not_usage(size: int) -> None:
+    _, usage, completed = run(CHUNK.replace(b"}]}", b'}],"usage":null}') + b"data: [DONE]\n\n", size)
+    assert usage is None and completed
+
+
+def test_whole_events_in_one_chunk_only_the_ones_that_matter_are_read() -> None:
+    # As a fast upstream sends a short stream: content, usage and [DONE] in one chunk; a comment
+    # line and an event of several data lines between them.
+    stream = (
+        CHUNK * 3
+        + b": keep-alive\n\n"
+        + b"event: x\ndata: {\ndata: }\n\n"
+        + USAGE
+        + CHUNK
+        + b"data:[DONE]\n\n"
+    )
+    translator = OpenAIAdapter().stream_translator(Endpoint.CHAT, {}, "m")
+    assert translator.feed(stream) == stream
+    assert translator.usage() == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert translator.completed and translator.finish() == b""
+    assert translator.feed(CHUNK) == CHUNK  # still between events: the fast path next
 
 
 def test_usage_split_inside_its_key_across_chunks_is_still_seen() -> None:
