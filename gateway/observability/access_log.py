@@ -206,16 +206,17 @@ class _Writer(threading.Thread):
             else:
                 data = batch
             size = len(data)
-            try:
-                # One write for a file, or for a batch a pipe takes whole (at most PIPE_BUF
-                # bytes); anything else is cut at line ends.
-                written = os.write(fd, data) if size <= _ATOMIC_WRITE_BYTES or self._whole else 0
-            except OSError:
-                written = -1
-            if written == -1:
-                self.failed_lines += data.count(b"\n")
-            elif written < size:
-                self._write(data, written)
+            if size <= _ATOMIC_WRITE_BYTES or self._whole:
+                # One write for a file, or for a batch a pipe takes whole (at most PIPE_BUF bytes).
+                try:
+                    written = os.write(fd, data)
+                except OSError:  # stderr closed or broken
+                    self.failed_lines += data.count(b"\n")
+                    written = size
+                if written < size:  # cut short (a signal, a full disk): the rest as below
+                    self._write(data, written)
+            else:
+                self._write(data)  # in pieces cut at line ends
             self.written_bytes += size
             if batch is None:
                 return

@@ -515,9 +515,9 @@ class Router:
         (stats.ttft_s if stream else stats.latency_s).add(elapsed, stats.alpha, now)  # stats.latency
         if live.watch is not None:
             live.watch.succeeded(elapsed)
-        series = live.success_series
+        series = live.success_series  # ``_success_series`` inline: the hot path's one lookup
         if series is None:
-            series = live.success_series = self._success_series(target)
+            series = self._success_series(target)
         duration, successes = series
         duration.observe(elapsed)
         if not stream:  # a stream stays in flight until it ends (``stream_ended``)
@@ -545,21 +545,22 @@ class Router:
         target.live.breaker.release()
 
     def _success_series(self, target: Target) -> tuple[HistogramChild, CounterChild]:
-        """``target``'s upstream latency series and its success count (``success_series``)."""
-        m = self._metrics
-        return (
-            m.child(m.upstream_duration, target.provider, target.model),
-            m.child(m.upstream_requests, target.provider, target.model, "success"),
-        )
+        """``target``'s upstream latency series and its success count, found once and kept on
+        its live state (``DeploymentState.success_series``)."""
+        live = target.live
+        if live.success_series is None:
+            m = self._metrics
+            live.success_series = (
+                m.child(m.upstream_duration, target.provider, target.model),
+                m.child(m.upstream_requests, target.provider, target.model, "success"),
+            )
+        return live.success_series
 
     def _record_success(self, target: Target, now: float) -> None:
         live = target.live
         live.stats.success(now)
         live.breaker.success(now)
-        series = live.success_series
-        if series is None:
-            series = live.success_series = self._success_series(target)
-        series[1].value += 1
+        self._success_series(target)[1].value += 1
 
     def _record_failure(self, target: Target, error: GatewayError, *, answered: bool = False) -> None:
         """``answered``: a stream cut after its first chunk (counted as an answer then)."""

@@ -600,12 +600,10 @@ class _StreamBook:
     def first_chunk(self, stream: RoutedStream) -> None:
         route = self.route
         if route is not None and not self._ctx.internal:
-            series = self.series = self._service.genai_series(
-                self._endpoint, self._ctx.record.model, route.target
-            )
-            series.time_to_first_token().observe(stream.first_at - self._ctx.started_s)
+            self._series(route).time_to_first_token().observe(stream.first_at - self._ctx.started_s)
 
     def _series(self, route: Route) -> _GenAISeries:
+        """The serving route's GenAI series, looked up on first use and kept for the stream."""
         if self.series is None:
             self.series = self._service.genai_series(self._endpoint, self._ctx.record.model, route.target)
         return self.series

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.providers.openai import OpenAIAdapter
+from gateway.providers.openai import OpenAIAdapter, OpenAIStreamTranslator
 from gateway.wire.requests import Endpoint
 
 CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
@@ -59,11 +59,27 @@ def test_whole_events_in_one_chunk_only_the_ones_that_matter_are_read() -> None:
         + CHUNK
         + b"data:[DONE]\n\n"
     )
-    translator = OpenAIAdapter().stream_translator(Endpoint.CHAT, {}, "m")
+    translator = Watching()
     assert translator.feed(stream) == stream
     assert translator.usage() == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert translator.completed and translator.finish() == b""
-    assert translator.feed(CHUNK) == CHUNK  # still between events: the fast path next
+    # Only the usage event and [DONE] were decoded and watched, not the content deltas.
+    assert translator.watched == [USAGE[len(b"data: ") : -2], b"[DONE]"]
+    assert translator.feed(CHUNK) == CHUNK and len(translator.watched) == 2  # the fast path next
+
+
+class Watching(OpenAIStreamTranslator):
+    """The translator, recording the data of each event it watches."""
+
+    __slots__ = ("watched",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watched: list[bytes] = []
+
+    def _watch(self, data: bytes) -> None:
+        self.watched.append(data)
+        super()._watch(data)
 
 
 def test_usage_split_inside_its_key_across_chunks_is_still_seen() -> None:
