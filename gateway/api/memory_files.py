@@ -9,6 +9,7 @@ from gateway import keys
 from gateway.api.memory import _parse
 from gateway.errors import GatewayError, InvalidRequest, ServiceUnavailable
 from gateway.http.auth import authenticate
+from gateway.http.middleware import add_gateway_headers
 from gateway.http.responses import json_response
 from gateway.http.upload import read_upload
 from gateway.memory.chunking import ChunkOptions
@@ -80,6 +81,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         status=200,
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    # Prepared here, so the middleware's headers are set here (as ``send_stream`` does).
+    add_gateway_headers(response.headers, request[keys.REQUEST_ID], request[keys.REQUEST_CALL])
     await response.prepare(request)
     try:
         await response.write(encode_event(*first))

@@ -34,7 +34,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequest
-from gateway.http.middleware import new_request_id
+from gateway.http.middleware import SERVER, new_request_id
 from gateway.http.responses import error_response
 
 log = logging.getLogger("gateway.http")
@@ -97,6 +97,7 @@ class GatewayRequestHandler(RequestHandler):
             else:
                 error = HTTPStatusError(status, text)
         response = error_response(error)
+        response.headers["Server"] = SERVER
         response.headers["x-request-id"] = request_id
         response.force_close()
         return response

@@ -241,10 +241,17 @@ def milliseconds(elapsed_s: float) -> float:
     return int(elapsed_s * 1_000_000.0 + 0.5) / 1000
 
 
+# The ``Server`` header of every response: the product's name, no version. aiohttp's default,
+# ``Python/3.11 aiohttp/3.x.y``, tells a scanner exactly which CVEs to try (nginx's
+# ``server_tokens off``, Envoy's ``server_header_transformation``).
+SERVER = "sophia-gateway"
+
+
 def add_gateway_headers(headers: MutableMapping[str, str], rid: str, call: CallRecord) -> None:
     """Every response, error or stream, says its request id and, for a proxied call, where it
     was served and what the cache did. Set before the response starts: by the middleware for a
     whole response, by ``send_stream`` for a stream (no ``on_response_prepare`` hook to run)."""
+    headers["Server"] = SERVER
     headers["x-request-id"] = rid
     if call.rate_limits is not None:  # a key with limits: OpenAI's x-ratelimit-* on every answer
         for name, value in call.rate_limits.items():

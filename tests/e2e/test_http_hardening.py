@@ -3,8 +3,8 @@
 Slow, silent and idle connections are closed after the policy's timeouts while normal requests
 keep their latency; JSON endpoints refuse other content types (415) and JSON nested deeper than
 the gateway can write back (400); requests aiohttp cannot parse get OpenAI's envelope and one
-WARNING line; client text cannot forge log lines. The gateway logs in the text format here, the
-one a forged line could fool.
+WARNING line; every answer names the gateway without software versions; client text cannot forge
+log lines. The gateway logs in the text format here, the one a forged line could fool.
 """
 
 from __future__ import annotations
@@ -341,11 +341,46 @@ async def test_malformed_requests_get_the_envelope_and_one_warning(edge: Edge, n
     assert reply.headers["content-type"].startswith("application/json")
     error = reply.json()["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "malformed_http_request")
+    assert reply.headers["server"] == "sophia-gateway"  # aiohttp's own answer would name itself
     request_id = reply.headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", request_id)
     logged = wait_for_log(edge, request_id)
     assert len(logged) == 1 and " WARNING " in logged[0] and "malformed http request" in logged[0]
     assert "Traceback" not in edge.gateway.stderr and " ERROR " not in edge.gateway.stderr
+
+
+# --- 7. the Server header names no software versions ----------------------------------------------
+
+NAMED = [
+    ("POST", "/v1/chat/completions", orjson.dumps(CHAT), 200),
+    ("POST", "/v1/chat/completions", orjson.dumps({**CHAT, "stream": True}), 200),
+    ("POST", "/v1/chat/completions", b"{", 400),
+    ("POST", "/v1/chat/completions", orjson.dumps({**CHAT, "model": "nope"}), 404),
+    ("GET", "/v1/chat/completions", b"", 405),
+    ("GET", "/no/such/route", b"", 404),
+    ("GET", "/health/live", b"", 200),
+    ("GET", "/metrics", b"", 200),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), NAMED)
+async def test_every_answer_names_the_gateway_without_versions(
+    edge: Edge, method: str, path: str, body: bytes, status: int
+) -> None:
+    """aiohttp's default ``Server: Python/3.11 aiohttp/3.x.y`` would tell a scanner which CVEs to
+    try; every answer, whole or streamed, says only ``sophia-gateway``."""
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    head = f"{method} {path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {len(body)}\r\n"
+    writer.write(head.encode() + b"Content-Type: application/json\r\n\r\n" + body)
+    try:
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)  # the head, stream or not
+    finally:
+        writer.close()
+    lines = raw.decode("latin-1").split("\r\n")
+    assert int(lines[0].split()[1]) == status, lines
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)}
+    assert headers["server"] == "sophia-gateway"
+    assert not [v for v in headers.values() if re.search("aiohttp|python", v, re.IGNORECASE)], headers
 
 
 # --- 9. log lines cannot be forged -----------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -378,6 +379,9 @@ async def test_events_report_progress_at_least_every_second_then_done(tmp_path: 
         events: list[tuple[float, str, dict[str, Any]]] = []
         async with gw.client.get(f"/v1/memory/jobs/{job['id']}/events") as resp:
             assert resp.headers["Content-Type"] == "text/event-stream"
+            # Prepared by its handler, it still carries the gateway's headers.
+            assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["x-request-id"])
+            assert resp.headers["Server"] == "sophia-gateway"
             name = ""
             async for line in resp.content:
                 text = line.decode().strip()
