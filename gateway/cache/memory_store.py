@@ -103,6 +103,11 @@ class MemoryStore:
 
     async def get(self, category: str, key: str) -> bytes | None:
         """The value, or None when absent or expired; a hit becomes the most recently used."""
+        return self.get_now(category, key)
+
+    def get_now(self, category: str, key: str) -> bytes | None:
+        """``get`` without a coroutine: a dict in this process has nothing to wait for (the
+        response cache looks up through it, ``cache/service.py``)."""
         cat = self._categories.get(category) or self._category(category)
         entry = cat.entries.get(key)
         if entry is None:
@@ -115,7 +120,7 @@ class MemoryStore:
 
     async def get_or_claim(self, category: str, key: str, claim_s: float) -> tuple[bytes | None, bool]:
         """``get``; one process needs no claim (its own single flight is in ``cache/service.py``)."""
-        return await self.get(category, key), True
+        return self.get_now(category, key), True
 
     async def release_claim(self, category: str, key: str) -> None:
         """Nothing to release (``get_or_claim`` claims nothing in one process)."""

@@ -121,6 +121,10 @@ class Flights:
 class ResponseCache:
     def __init__(self, config: Cache, store: CacheStore, metrics: GatewayMetrics) -> None:
         self.store = store
+        # An in-process store answers without a coroutine and claims nothing (one process has
+        # no other replica to wait for): ``lookup`` calls it directly, three coroutines fewer
+        # per cacheable request. Any other store (Redis) is awaited.
+        self._get_now: Callable[[str, str], bytes | None] | None = getattr(store, "get_now", None)
         self.flights = Flights()
         self._releases: set[asyncio.Task[None]] = set()  # claims being released (``land``)
         self._metrics = metrics
@@ -221,7 +225,10 @@ class ResponseCache:
     async def lookup(self, plan: CachePlan, embed: Embedder) -> CachedAnswer | None:
         """The cached answer for ``plan``: exact key first, then the nearest prompt (embedded
         with ``embed``, which the request service gives: its own embeddings path)."""
-        if plan.write:
+        get_now = self._get_now
+        if get_now is not None:
+            raw = get_now(plan.category, plan.key)
+        elif plan.write:
             raw = await self._exact_or_claim(plan)
         else:
             raw = await self.store.get(plan.category, plan.key)
