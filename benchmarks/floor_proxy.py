@@ -6,7 +6,11 @@ as a ratio to it. It does only what every proxy must: read the body, POST it ups
 ``ClientSession``, and relay the answer (a whole body, or a stream chunk by chunk). No access log,
 no metrics, no validation: that is the point.
 
-Run: python benchmarks/floor_proxy.py --upstream http://127.0.0.1:9000 [--port 0] [--workers N]
+With ``--answer-fixed`` it is the floor of a cache hit instead: it reads the body and answers fixed
+bytes of a chat completion's size, never calling the upstream (the least an aiohttp server answering
+from memory pays; issue 12 sets an in-process hit at 20,000 requests/s).
+
+Run: python benchmarks/floor_proxy.py --upstream http://127.0.0.1:9000 [--port 0] [--workers N] [--answer-fixed]
 With ``--workers N`` it runs N processes on one port (SO_REUSEPORT), each with its own event loop,
 as ``sophia-gateway serve --workers N`` does; it prints ``floor listening on http://HOST:PORT``
 once all of them listen, and SIGTERM stops them all.
@@ -58,11 +62,33 @@ def build_floor(upstream: str) -> web.Application:
     return app
 
 
+# A chat completion of the size the fake provider answers (and a gateway's cache hit replays).
+FIXED_ANSWER = (
+    b'{"id":"chatcmpl-fixed","object":"chat.completion","created":1700000000,"model":"fake-model",'
+    b'"choices":[{"index":0,"message":{"role":"assistant","content":"fixed answer from memory"},'
+    b'"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":4,'
+    b'"total_tokens":13},"system_fingerprint":"fp_fixed"}'
+)
+
+
+def build_answering() -> web.Application:
+    """The floor of a cache hit: read the body, answer fixed bytes (no upstream, no lookup)."""
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=FIXED_ANSWER, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", answer)
+    return app
+
+
 # --- running it: one process, or N on one port ----------------------------------------------------
 
 
-async def _serve(upstream: str, host: str, port: int, reuse_port: bool) -> None:
-    runner = web.AppRunner(build_floor(upstream), access_log=None)
+async def _serve(upstream: str, host: str, port: int, reuse_port: bool, answer_fixed: bool = False) -> None:
+    app = build_answering() if answer_fixed else build_floor(upstream)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port)
     await site.start()
@@ -118,11 +144,18 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="processes on one port (SO_REUSEPORT)")
+    parser.add_argument(
+        "--answer-fixed",
+        action="store_true",
+        help="answer every POST with fixed bytes, never calling the upstream (a cache hit's floor)",
+    )
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.workers > 1:
+        if args.answer_fixed:
+            parser.error("--answer-fixed runs one process")
         return _supervise(args)
-    uvloop.run(_serve(args.upstream, args.host, args.port, args.reuse_port))
+    uvloop.run(_serve(args.upstream, args.host, args.port, args.reuse_port, args.answer_fixed))
     return 0
 
 

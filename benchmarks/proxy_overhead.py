@@ -116,6 +116,8 @@ DIRECT, FLOOR, FLOOR_AA, GATEWAY, LOG_OFF, REDIS_GATEWAY = (
     "gateway (Redis cache)",
 )
 BASELINE_GATEWAY = "gateway (baseline)"
+# The floor of a cache hit: bare aiohttp reading the body and answering fixed bytes (no upstream).
+ANSWER_FLOOR = "floor (fixed answer)"
 
 # The targets, each a ratio to or a difference from the floor measured in the same run.
 TARGET_RPS_RATIO = 0.80
@@ -164,8 +166,8 @@ def kinds_for(compared: tuple[str, ...]) -> list[Kind]:
         Kind(STREAM1, STREAM_BODY % "bench", 1, (DIRECT, *on_paths), probe=True),
         Kind(SCORE16, BODY % "bench-score", 16, (GATEWAY,)),
         Kind(SCORE1, BODY % "bench-score", 1, (GATEWAY,)),
-        Kind(HIT16, HIT_BODY % "bench", 16, (GATEWAY,), per_forwarded=False),
-        Kind(HIT1, HIT_BODY % "bench", 1, (GATEWAY,), per_forwarded=False),
+        Kind(HIT16, HIT_BODY % "bench", 16, (GATEWAY, ANSWER_FLOOR), per_forwarded=False),
+        Kind(HIT1, HIT_BODY % "bench", 1, (GATEWAY, ANSWER_FLOOR), per_forwarded=False),
         Kind(REDIS1, HIT_BODY % "bench", 1, (REDIS_GATEWAY,), per_forwarded=False),
         Kind(REDIS16, HIT_BODY % "bench", 16, (REDIS_GATEWAY,), per_forwarded=False),
     ]
@@ -416,9 +418,15 @@ def running(proc: ManagedProcess | Logged) -> Iterator[ManagedProcess | Logged]:
 
 
 def start_floor(
-    stack: contextlib.ExitStack, upstream: str, log: Path, cpus: str | None, workers: int = 1, port: int = 0
+    stack: contextlib.ExitStack,
+    upstream: str,
+    log: Path,
+    cpus: str | None,
+    workers: int = 1,
+    port: int = 0,
+    *extra: str,
 ) -> Logged:
-    args = [sys.executable, str(ROOT / "benchmarks" / "floor_proxy.py"), "--upstream", upstream]
+    args = [sys.executable, str(ROOT / "benchmarks" / "floor_proxy.py"), "--upstream", upstream, *extra]
     proc = launch([*args, "--port", str(port), "--workers", str(workers)], log, cpus=cpus)
     stack.enter_context(running(proc))
     return proc
@@ -630,6 +638,9 @@ class Run:
         procs: dict[str, Logged] = {
             FLOOR: start_floor(stack, fake.url, scratch / "floor.log", pin),
             FLOOR_AA: start_floor(stack, fake.url, scratch / "floor-aa.log", pin),
+            ANSWER_FLOOR: start_floor(
+                stack, fake.url, scratch / "floor-fixed.log", pin, 1, 0, "--answer-fixed"
+            ),
             GATEWAY: start_gateway(stack, current, policy, scratch, GATEWAY, pin),
             LOG_OFF: start_gateway(stack, current, policy, scratch, LOG_OFF, pin, SOPHIA_ACCESS_LOG="0"),
             REDIS_GATEWAY: start_gateway(
@@ -666,7 +677,7 @@ class Run:
         for kind in kinds:
             for name in kind.targets:
                 url = targets[name].url + CHAT_PATH
-                if kind.body == HIT_BODY % "bench":
+                if kind.body == HIT_BODY % "bench" and name != ANSWER_FLOOR:
                     post(url, kind.body)  # the miss that stores it
                     headers, _ = post(url, kind.body)
                     if headers.get("x-gateway-cache") != "hit":

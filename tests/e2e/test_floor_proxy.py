@@ -76,3 +76,25 @@ def test_the_floor_runs_several_processes_on_one_port(fake: ManagedProcess, tmp_
         assert proxy.cpu_seconds() > 0
     finally:
         assert proxy.stop() == 0
+
+
+def test_the_answering_floor_answers_fixed_bytes_without_the_upstream(
+    fake: ManagedProcess, tmp_path: Path
+) -> None:
+    """A cache hit's floor: reads the body, answers a chat completion, never calls the provider."""
+    proxy = launch(
+        [sys.executable, FLOOR, "--upstream", fake.url, "--port", "0", "--answer-fixed"],
+        tmp_path / "fixed.log",
+    )
+    try:
+        urllib.request.urlopen(urllib.request.Request(fake.url + "/_fake/reset", method="POST"), timeout=5)
+        for _ in range(3):
+            status, content_type, body = post(proxy.url, BODY % "fake-model")
+            assert status == 200 and content_type.startswith("application/json")
+            assert json.loads(body)["object"] == "chat.completion"
+        _, _, direct = post(fake.url, BODY % "fake-model")  # about the size a hit replays
+        assert 0.5 < len(body) / len(direct) < 2
+        with urllib.request.urlopen(fake.url + "/_fake/stats", timeout=5) as resp:
+            assert json.load(resp)["by_path"].get(CHAT, 0) == 1  # only the direct call above
+    finally:
+        assert proxy.stop() == 0
