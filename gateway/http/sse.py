@@ -9,7 +9,6 @@ client that leaves closes the provider request at once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -64,7 +63,10 @@ async def send_stream(
         await stream.aclose()
     # The client may read [DONE] and close before the chunked encoding's last bytes go out: the
     # stream was delivered. Unguarded, that race (a tracing test hit it in CI) turned a served
-    # stream into an "unhandled error", a 500 in the metrics and the access log.
-    with contextlib.suppress(ConnectionResetError):
+    # stream into an "unhandled error", a 500 in the metrics and the access log. (A try, not
+    # ``contextlib.suppress``: that is three Python calls per stream.)
+    try:  # noqa: SIM105
         await response.write_eof()
+    except ConnectionResetError:
+        pass
     return response
