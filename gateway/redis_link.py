@@ -13,7 +13,8 @@ alike: one place that makes clients, and the fail-open state of the link.
   redis-py's cluster client, the other nodes discovered from that one. Every Lua script of the
   gateway names keys that share one hash tag, so each runs on one node.
 
-The client: ``asyncio.timeout`` bounds each call, the socket timeouts only what runs outside it
+The client: ``asyncio.timeout`` bounds each call (a call on a ``ScriptPipe`` is bounded by the
+pipe's own timer instead: ``redis_pipe.py``), the socket timeouts only what runs outside it
 (close). No redis-py retries: they would spend the call's budget; the outage backoff decides.
 Maintenance notifications (redis-py 8 default "auto", with RESP3) make the pool skip its check-out
 test for connections the server closed, so after a Redis restart the first call on each pooled
@@ -176,16 +177,22 @@ class Outage:
         *,
         went_down: Callable[[str], None],
         came_back: Callable[[], None],
+        bounded: bool = False,
     ) -> T | None:
         """``op`` within ``timeout_s``, or None when Redis is skipped (backing off, another call
         probes) or the call failed; ``went_down(error)`` when a failure starts an outage,
-        ``came_back()`` when a success ends one (each user logs them in its own words)."""
+        ``came_back()`` when a success ends one (each user logs them in its own words).
+        ``bounded``: ``op`` raises ``TimeoutError`` after ``timeout_s`` by itself (a call on a
+        ``ScriptPipe``, ``redis_pipe.py``), so no ``asyncio.timeout`` is put around it."""
         probe = self.attempt()
         if probe is None:
             return None
         try:
-            async with asyncio.timeout(timeout_s):
+            if bounded:
                 result = await op()
+            else:
+                async with asyncio.timeout(timeout_s):
+                    result = await op()
         except (RedisError, OSError, TimeoutError) as exc:
             if self.failed(probe):
                 went_down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

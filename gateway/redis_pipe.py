@@ -21,7 +21,13 @@ whose connection does not expose its transport as expected (``for_client`` retur
 test pins the versions where it does).
 
 Failures are those of a redis-py call, so ``Outage`` treats them alike: a refused or lost
-connection is ``ConnectionError`` for every call waiting on it, an error reply ``ResponseError``.
+connection is ``ConnectionError`` for every call waiting on it, an error reply ``ResponseError``,
+and a call not answered within its op timeout ``TimeoutError``. The op timeout is the pipe's own
+(``bounded``): every call on a pipe has the same one, so the oldest waiting call is always the
+next to expire, and one timer armed for it does for all of them what an ``asyncio.timeout``
+around each call did (29k instructions a call, on every cacheable request: a Python context
+manager that makes and cancels a timer handle and checks the task's cancellations). The rare
+slow paths, connecting and reloading a script, keep an ``asyncio.timeout`` of their own.
 A script Redis no longer has (a restart, ``SCRIPT FLUSH``) is loaded through the redis-py client
 and the call sent again. A caller's timeout only abandons its own reply, which is read and dropped
 when it comes; a connection whose oldest unanswered call has waited ``stall_s`` (20 op timeouts,
@@ -53,6 +59,9 @@ STALL_OP_TIMEOUTS = 20
 # connection idle that long: one that died silently (a vanished host, a NAT or load balancer
 # that dropped it, no FIN) would otherwise cost a lookup its timeout and open an outage.
 IDLE_S = 15.0
+# The loop's clock counts whole milliseconds (uvloop): a deadline within half of one is reached
+# (without it, float rounding could have the op timer re-armed for "now" until the clock ticks).
+_CLOCK_SLACK_S = 0.0005
 
 
 class _Protocol(asyncio.Protocol):
@@ -137,10 +146,23 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 class ScriptPipe:
     """``await pipe.run(script, keys, args)``: the script's reply, as ``script(keys, args)``."""
 
-    def __init__(self, client: aioredis.Redis, stall_s: float, idle_s: float = IDLE_S) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        stall_s: float,
+        idle_s: float = IDLE_S,
+        op_timeout_s: float | None = None,
+    ) -> None:
         self._client = client
         self._stall_s = max(STALL_MIN_S, stall_s)
         self._idle_s = idle_s
+        # With an op timeout a call gets TimeoutError once it waited that long (``bounded``):
+        # one timer, armed for the oldest waiting call (``_expire``). None: the caller bounds it.
+        self._op_timeout_s = op_timeout_s
+        self._timer: asyncio.TimerHandle | None = None
+        # Whether every ``run`` ends within the op timeout by itself (then no caller needs an
+        # ``asyncio.timeout`` around it). An attribute: read on every call.
+        self.bounded = op_timeout_s is not None
         self._sent_at = 0.0  # loop time of the last command written
         self._protocol: _Protocol | None = None
         self._connection: AbstractConnection | None = None  # redis-py's, kept so it is not collected
@@ -159,7 +181,8 @@ class ScriptPipe:
             return None
         if not hasattr(hiredis, "pack_command"):
             return None
-        return cls(client, STALL_OP_TIMEOUTS * op_timeout_s)
+        return cls(client, STALL_OP_TIMEOUTS * op_timeout_s, op_timeout_s=op_timeout_s)
+
 
     async def run(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int | float | bytes]
@@ -171,6 +194,12 @@ class ScriptPipe:
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
+        if self._op_timeout_s is None:
+            return await self._reload_and_send(script, command)
+        async with asyncio.timeout(self._op_timeout_s):  # a slow path: its own bound
+            return await self._reload_and_send(script, command)
+
+    async def _reload_and_send(self, script: AsyncScript, command: bytes) -> Any:
         loading = self._loading.get(script.sha)
         if loading is None or loading.done():  # one SCRIPT LOAD for every call that met NOSCRIPT
             loading = asyncio.get_running_loop().create_task(self._load(script))
@@ -185,6 +214,9 @@ class ScriptPipe:
     async def close(self) -> None:
         """Close the connection; calls waiting on it fail with ``ConnectionError``."""
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         connecting, self._connecting = self._connecting, None
         if connecting is not None and not connecting.done():
             connecting.cancel()
@@ -214,8 +246,38 @@ class ScriptPipe:
                 protocol.transport.write(command)
                 waiting.append((future, now))
                 self._sent_at = now
+                if self._timer is None and self._op_timeout_s is not None:
+                    self._timer = loop.call_at(now + self._op_timeout_s, self._expire)
                 return future
-        return self._send_after_connect(command)
+        if self._op_timeout_s is None:
+            return self._send_after_connect(command)
+        return self._bounded(self._send_after_connect(command), self._op_timeout_s)
+
+    @staticmethod
+    async def _bounded(call: Awaitable[Any], timeout_s: float) -> Any:
+        async with asyncio.timeout(timeout_s):  # connecting: a slow path, its own bound
+            return await call
+
+    def _expire(self) -> None:
+        """The op timer: each waiting call sent ``op_timeout_s`` ago or more gets TimeoutError
+        (its reply, when it comes, is read and dropped: ``_Protocol.data_received``); then the
+        timer is armed for the oldest call still within its time, if any. Calls wait in the
+        order they were sent, all with the same timeout, so the first one within its time ends
+        the scan."""
+        self._timer = None
+        protocol = self._protocol
+        timeout_s = self._op_timeout_s
+        if protocol is None or timeout_s is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for future, sent in protocol.waiting:
+            deadline = sent + timeout_s
+            if deadline - now > _CLOCK_SLACK_S:
+                self._timer = loop.call_at(deadline, self._expire)
+                return
+            if not future.done():
+                future.set_exception(TimeoutError(f"Redis did not answer within {timeout_s:g} s"))
 
     async def _send_after_connect(self, command: bytes) -> Any:
         if self._closed:

@@ -437,15 +437,16 @@ class RedisLimiter:
         sent = time.monotonic()
         self.round_trips += 1
         op = script_op(self._pipe, script, keys, args)
+        bounded = self._pipe is not None and self._pipe.bounded  # the pipe times its calls itself
         if ask_rq > 1 and key_id not in self._taking:
             taking = self._taking[key_id] = asyncio.get_running_loop().create_future()
             try:
-                found = await self._call(op)
+                found = await self._call(op, bounded=bounded)
             finally:
                 del self._taking[key_id]
                 taking.set_result(None)
         else:
-            found = await self._call(op)
+            found = await self._call(op, bounded=bounded)
         if found is None:
             return self.local.admit_now(caller, ticket, tokens)
         refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk = found
@@ -673,11 +674,14 @@ class RedisLimiter:
                 row.add(extra)
         return sorted([*rows, *local.values()], key=lambda r: (r.day, r.team, r.key_id))
 
-    async def _call(self, op: Callable[[], Awaitable[T]], *, fallback_ok: bool = False) -> T | None:
+    async def _call(
+        self, op: Callable[[], Awaitable[T]], *, fallback_ok: bool = False, bounded: bool = False
+    ) -> T | None:
         """``op`` within the op timeout; None (count locally) when Redis is skipped or failed and
-        the policy fails open; ``LimitsUnavailable`` when it fails closed."""
+        the policy fails open; ``LimitsUnavailable`` when it fails closed. ``bounded``: ``op``
+        times out by itself (a pipe call: ``Outage.call``)."""
         result = await self._outage.call(
-            op, self._op_timeout_s, went_down=self._went_down, came_back=self._came_back
+            op, self._op_timeout_s, went_down=self._went_down, came_back=self._came_back, bounded=bounded
         )
         if result is None:
             self._unavailable(fallback_ok)

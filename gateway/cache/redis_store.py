@@ -206,7 +206,7 @@ class RedisStore:
 
     async def get(self, category: str, key: str) -> bytes | None:
         """The value (now the category's most recently used), or None: absent, expired, failing."""
-        result = await self._call(self._script("get", self._keys(category, key), [key]))
+        result = await self._call_script("get", self._keys(category, key), [key])
         return bytes(result) if result is not None else None
 
     async def get_or_claim(self, category: str, key: str, claim_s: float) -> tuple[bytes | None, bool]:
@@ -214,17 +214,25 @@ class RedisStore:
         Redis gives (None, True): fetch, as without a shared cache."""
         keys = self._keys(category, key)
         claim_ms = max(1, math.ceil(claim_s * 1000))
-        result = await self._call(self._script("get", keys, [key, claim_ms]))
+        result = await self._call_script("get", keys, [key, claim_ms])
         if isinstance(result, int):
             return None, bool(result)
         return (bytes(result), False) if result is not None else (None, True)
 
-    def _script(
-        self, name: str, keys: list[str], args: list[str | int | bytes]
-    ) -> Callable[[], Awaitable[Any]]:
-        """A call of script ``name``: on the pipe where there is one (a lookup per cacheable
-        request, a write per stored answer), else through redis-py."""
-        return script_op(self._pipe, self._scripts[name], keys, args)
+    async def _call_script(self, name: str, keys: list[str], args: list[str | int | bytes]) -> Any:
+        """Script ``name`` within the op timeout, as ``_call``: on the pipe where there is one (a
+        lookup per cacheable request, a write per stored answer), which bounds the call by its
+        own timer, else through redis-py."""
+        if self._client is None:
+            return None
+        pipe = self._pipe
+        return await self._outage.call(
+            script_op(pipe, self._scripts[name], keys, args),
+            self._op_timeout_s,
+            went_down=self._went_down,
+            came_back=self._came_back,
+            bounded=pipe is not None and pipe.bounded,
+        )
 
     async def release_claim(self, category: str, key: str) -> None:
         """Delete the claim key (nothing happens while Redis is failing: it expires)."""
@@ -248,7 +256,7 @@ class RedisStore:
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
         value_prefix = f"{self._prefix}{{{category}}}:v:"
         args: list[str | int | bytes] = [key, value, ttl_ms, size, budget, value_prefix]
-        result = await self._call(self._script("set", keys, args))
+        result = await self._call_script("set", keys, args)
         if result is None:
             return 0
         evicted, total, entries = (int(n) for n in result)
@@ -258,7 +266,7 @@ class RedisStore:
     async def delete(self, category: str, key: str) -> None:
         """Remove the entry if present (nothing happens while Redis is failing)."""
         keys = self._keys(category, key)
-        result = await self._call(self._script("delete", keys, [key]))
+        result = await self._call_script("delete", keys, [key])
         if result is not None:
             total, entries = (int(n) for n in result)
             self._usage[category] = CategoryUsage(entries=entries, bytes=total)

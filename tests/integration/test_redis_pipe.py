@@ -128,6 +128,88 @@ async def test_an_abandoned_call_does_not_shift_the_replies(private_redis: Priva
         assert await pipe.run(echo, [], ["kept"]) == b"kept"
 
 
+async def test_a_bounded_pipe_times_out_its_own_calls_in_order_and_keeps_the_connection(
+    private_redis: PrivateRedis,
+) -> None:
+    """With an op timeout the pipe bounds each call itself (one timer for the oldest waiting
+    call, no ``asyncio.timeout`` per call): a call Redis does not answer in time gets
+    TimeoutError, so do the calls queued behind it, each about ``op_timeout_s`` after it was
+    sent; their late replies are dropped and the connection serves the next calls."""
+    client = redis_client(private_redis.url, 1.0, 15)
+    assert isinstance(client, aioredis.Redis)
+    pipe = ScriptPipe(client, 10.0, op_timeout_s=0.2)
+    assert pipe.bounded and not ScriptPipe(client, 10.0).bounded
+    try:
+        spin, echo = client.register_script(SPIN), client.register_script(ECHO)
+        await client.script_load(SPIN)
+        assert await pipe.run(echo, [], ["warm"]) == b"warm"
+        first = _connection(pipe)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stuck = asyncio.create_task(pipe.run(spin, [], [600]))  # Redis busy for 0.6 s
+        await asyncio.sleep(0.1)
+        behind = asyncio.create_task(pipe.run(echo, [], ["behind"]))  # sent 0.1 s later
+        with pytest.raises(TimeoutError):
+            await stuck
+        stuck_s = loop.time() - started
+        with pytest.raises(TimeoutError):
+            await behind
+        behind_s = loop.time() - started
+        assert 0.199 <= stuck_s < 0.45 and 0.299 <= behind_s < 0.55, (stuck_s, behind_s)
+        # Both replies come once Redis is done, are read in order and dropped: the same
+        # connection answers the next call with its own reply.
+        protocol = pipe._protocol
+        assert protocol is not None
+        for _ in range(500):  # until Redis has spun and both late replies were read (5 s at most)
+            if not protocol.waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert not protocol.waiting
+        assert await pipe.run(echo, [], ["kept"]) == b"kept"
+        assert _connection(pipe) is first
+        # A call answered in time is not touched by the timer armed for it.
+        assert await asyncio.gather(*(pipe.run(echo, [], [str(i)]) for i in range(50))) == [
+            str(i).encode() for i in range(50)
+        ]
+        await asyncio.sleep(0.3)  # the timer fires, finds nothing late, stops
+        assert pipe._timer is None
+    finally:
+        await pipe.close()
+        await client.aclose()
+
+
+async def test_the_store_bounds_a_lookup_on_the_pipe_without_asyncio_timeout(
+    private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache lookup on the pipe is bounded by the pipe's timer: a Redis busy past the op
+    timeout makes it a miss in about that time (fail open), with no ``asyncio.timeout`` made."""
+    store = RedisStore(private_redis.url, {"c": CategoryBudget("c", 10**6)}, op_timeout_s=0.1)
+    await store.start()
+    try:
+        assert await store.get_or_claim("c", "warm", 1.0) == (None, True)
+        assert store._pipe is not None and store._pipe.bounded
+        made: list[float] = []
+        real_timeout = asyncio.timeout
+
+        def counting(delay: float | None) -> asyncio.Timeout:
+            made.append(delay or 0.0)
+            return real_timeout(delay)
+
+        monkeypatch.setattr(asyncio, "timeout", counting)
+        assert await store.get_or_claim("c", "k", 1.0) == (None, True)
+        assert made == []  # bounded by the pipe, not by a context manager per call
+        async with aioredis.Redis.from_url(private_redis.url) as other:
+            busy = asyncio.create_task(other.eval(SPIN, 0, 500))  # Redis answers nobody for 0.5 s
+            await asyncio.sleep(0.05)
+            started = asyncio.get_running_loop().time()
+            assert await store.get_or_claim("c", "k2", 1.0) == (None, True)  # timed out: fail open
+            assert asyncio.get_running_loop().time() - started < 0.4
+            assert not store.healthy and made == []
+            await busy
+    finally:
+        await store.close()
+
+
 async def test_a_redis_that_stops_answering_is_left_for_a_new_connection(private_redis: PrivateRedis) -> None:
     # The floor: 1 s unanswered. The new connection waits for the spin to end (5 s allowed).
     async with piped(private_redis.url, 0.0, op_timeout_s=5.0) as (client, pipe):
