@@ -183,7 +183,6 @@ class ScriptPipe:
             return None
         return cls(client, STALL_OP_TIMEOUTS * op_timeout_s, op_timeout_s=op_timeout_s)
 
-
     async def run(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int | float | bytes]
     ) -> Any:
