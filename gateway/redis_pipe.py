@@ -131,11 +131,12 @@ def script_op(
     script: AsyncScript,
     keys: Sequence[str],
     args: Sequence[str | int | float | bytes],
-) -> Callable[[], Awaitable[Any]]:
-    """A call of ``script`` for ``Outage.call``: on ``pipe`` where there is one, else redis-py's."""
+) -> tuple[Callable[[], Awaitable[Any]], bool]:
+    """A call of ``script`` for ``Outage.call``, on ``pipe`` where there is one, else redis-py's;
+    and whether it times out by itself (``Outage.call``'s ``bounded``: a bounded pipe's call)."""
     if pipe is not None:
-        return lambda: pipe.run(script, keys, args)
-    return lambda: script(keys=keys, args=args)
+        return (lambda: pipe.run(script, keys, args)), pipe.bounded
+    return (lambda: script(keys=keys, args=args)), False
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -193,10 +194,7 @@ class ScriptPipe:
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        if self._op_timeout_s is None:
-            return await self._reload_and_send(script, command)
-        async with asyncio.timeout(self._op_timeout_s):  # a slow path: its own bound
-            return await self._reload_and_send(script, command)
+        return await self._slow(self._reload_and_send(script, command))
 
     async def _reload_and_send(self, script: AsyncScript, command: bytes) -> Any:
         loading = self._loading.get(script.sha)
@@ -248,13 +246,14 @@ class ScriptPipe:
                 if self._timer is None and self._op_timeout_s is not None:
                     self._timer = loop.call_at(now + self._op_timeout_s, self._expire)
                 return future
-        if self._op_timeout_s is None:
-            return self._send_after_connect(command)
-        return self._bounded(self._send_after_connect(command), self._op_timeout_s)
+        return self._slow(self._send_after_connect(command))
 
-    @staticmethod
-    async def _bounded(call: Awaitable[Any], timeout_s: float) -> Any:
-        async with asyncio.timeout(timeout_s):  # connecting: a slow path, its own bound
+    async def _slow(self, call: Awaitable[Any]) -> Any:
+        """A slow path (connecting, reloading a script) of a bounded pipe's call, within the op
+        timeout by an ``asyncio.timeout`` of its own (the op timer covers only sent calls)."""
+        if self._op_timeout_s is None:
+            return await call
+        async with asyncio.timeout(self._op_timeout_s):
             return await call
 
     def _expire(self) -> None:

@@ -436,8 +436,7 @@ class RedisLimiter:
         keys = self._keys(key_id)
         sent = time.monotonic()
         self.round_trips += 1
-        op = script_op(self._pipe, script, keys, args)
-        bounded = self._pipe is not None and self._pipe.bounded  # the pipe times its calls itself
+        op, bounded = script_op(self._pipe, script, keys, args)  # bounded: the pipe times it
         if ask_rq > 1 and key_id not in self._taking:
             taking = self._taking[key_id] = asyncio.get_running_loop().create_future()
             try:

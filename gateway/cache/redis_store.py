@@ -219,20 +219,12 @@ class RedisStore:
             return None, bool(result)
         return (bytes(result), False) if result is not None else (None, True)
 
-    async def _call_script(self, name: str, keys: list[str], args: list[str | int | bytes]) -> Any:
-        """Script ``name`` within the op timeout, as ``_call``: on the pipe where there is one (a
-        lookup per cacheable request, a write per stored answer), which bounds the call by its
-        own timer, else through redis-py."""
-        if self._client is None:
-            return None
-        pipe = self._pipe
-        return await self._outage.call(
-            script_op(pipe, self._scripts[name], keys, args),
-            self._op_timeout_s,
-            went_down=self._went_down,
-            came_back=self._came_back,
-            bounded=pipe is not None and pipe.bounded,
-        )
+    def _call_script(self, name: str, keys: list[str], args: list[str | int | bytes]) -> Awaitable[Any]:
+        """Script ``name`` through ``_call``: on the pipe where there is one (a lookup per
+        cacheable request, a write per stored answer), which times the call itself, else
+        through redis-py. (No coroutine of its own: ``_call``'s is awaited.)"""
+        op, bounded = script_op(self._pipe, self._scripts[name], keys, args)
+        return self._call(op, bounded=bounded)
 
     async def release_claim(self, category: str, key: str) -> None:
         """Delete the claim key (nothing happens while Redis is failing: it expires)."""
@@ -309,12 +301,13 @@ class RedisStore:
         base = f"{self._prefix}{{{category}}}"  # the hash tag: one category, one Cluster slot
         return [f"{base}:v:{key}", f"{base}:lru", f"{base}:sizes", f"{base}:bytes", f"{base}:f:{key}"]
 
-    async def _call(self, op: Callable[[], Awaitable[T]]) -> T | None:
-        """Run ``op`` against Redis within the op timeout; None if skipped or failed."""
+    async def _call(self, op: Callable[[], Awaitable[T]], bounded: bool = False) -> T | None:
+        """Run ``op`` against Redis within the op timeout; None if skipped or failed.
+        ``bounded``: ``op`` times out by itself (``Outage.call``)."""
         if self._client is None:
             return None
         return await self._outage.call(
-            op, self._op_timeout_s, went_down=self._went_down, came_back=self._came_back
+            op, self._op_timeout_s, went_down=self._went_down, came_back=self._came_back, bounded=bounded
         )
 
     def _went_down(self, error: str) -> None:
