@@ -44,6 +44,20 @@ if TYPE_CHECKING:
     from benchmarks.proxy_overhead import Run
 
 
+def _machine_limits(answer_rps: float, answer_p99_ms: float) -> str:
+    """What the two absolute hit targets ask of this machine: the hit's floor (bare aiohttp
+    answering fixed bytes, no lookup, no gateway) in the same run, against each target."""
+    parts = [
+        f"bare aiohttp answering fixed bytes: {answer_rps:.0f} requests/s "
+        f"({'above' if answer_rps >= TARGET_MEMORY_HIT_RPS else 'below'} the hit target), "
+        f"p99 at 1 connection {answer_p99_ms:.3f} ms "
+        f"({'within' if answer_p99_ms <= TARGET_REDIS_HIT_P99_MS else 'above'} the Redis hit's target)"
+    ]
+    if answer_rps < TARGET_MEMORY_HIT_RPS or answer_p99_ms > TARGET_REDIS_HIT_P99_MS:
+        parts.append("a target the floor itself misses cannot be met on this machine by any aiohttp server")
+    return "This machine's limits: " + "; ".join(parts) + "."
+
+
 def _verdict(ok: bool) -> str:
     return "**met**" if ok else "**NOT met**"
 
@@ -221,7 +235,8 @@ def render(run: Run, kinds: list[Kind]) -> list[str]:
         + ("" if run.hiredis else " (without hiredis)")
         + f". In-process hit: **{hit_rps:.0f}** requests/s on one core (target >= {TARGET_MEMORY_HIT_RPS:,}): "
         f"{_verdict(hit_rps >= TARGET_MEMORY_HIT_RPS)}; the hit's floor (bare aiohttp answering fixed bytes, "
-        f"same pinning) served {answer_rps:.0f}: the gateway's hit is **{hit_ratio:.3f}** of it.",
+        f"same pinning) served {answer_rps:.0f}: the gateway's hit is **{hit_ratio:.3f}** of it. "
+        + _machine_limits(answer_rps, med(HIT1, ANSWER_FLOOR, "p99_ms")),
     ]
     if not math.isnan(workers_ratio):
         cores = os.cpu_count() or 0

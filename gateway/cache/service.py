@@ -109,6 +109,10 @@ class Flights:
             future = self._pending[key] = asyncio.get_running_loop().create_future()
         return future
 
+    def leading(self, key: str) -> bool:
+        """Whether a request leads a flight for ``key`` (``waiter`` would give a future)."""
+        return key in self._pending
+
     def lead(self, key: str) -> None:
         self._pending[key] = None
 
@@ -221,6 +225,17 @@ class ResponseCache:
             plan.scope = fingerprint.semantic_scope(endpoint.value, tenant, body)
             plan.text = fingerprint.prompt_text(body)
         return plan
+
+    def answers_now(self, plan: CachePlan) -> bool:
+        """Whether ``exact_now`` gives ``plan``'s whole lookup: an in-process store and a category
+        with no semantic index (every default category). Otherwise ``lookup`` must be awaited."""
+        return self._get_now is not None and plan.category not in self._indexes
+
+    def exact_now(self, plan: CachePlan) -> CachedAnswer | None:
+        """``lookup`` without a coroutine, where ``answers_now`` says it is the whole lookup."""
+        assert self._get_now is not None
+        raw = self._get_now(plan.category, plan.key)
+        return None if raw is None else CachedAnswer.decode(raw, "exact")
 
     async def lookup(self, plan: CachePlan, embed: Embedder) -> CachedAnswer | None:
         """The cached answer for ``plan``: exact key first, then the nearest prompt (embedded

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway import keys
 from gateway.app import build_app
+from gateway.cache.fingerprint import tenant_of
 from gateway.cache.memory_store import MemoryStore
 from gateway.cache.store import CategoryBudget
 from gateway.errors import UpstreamConnectError
@@ -27,6 +28,7 @@ from gateway.service.calls import _StreamBook
 from gateway.service.streams import RoutedStream
 from gateway.settings import Settings
 from gateway.testing.mock_transport import MockResponse, MockTransport
+from gateway.wire.requests import Endpoint
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
 
@@ -355,3 +357,41 @@ async def test_a_served_stream_is_freed_when_it_ends_not_left_to_the_cyclic_gc(
         assert alive == []
     finally:
         gc.enable()
+
+
+async def test_identical_cacheable_chats_share_one_flight_on_the_in_process_store(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    gate = asyncio.Event()
+
+    async def held(request: UpstreamRequest) -> MockResponse:
+        await gate.wait()
+        return ok(request)
+
+    upstreams.behaviour = {"a": held}
+    posts = [asyncio.create_task(client.post("/v1/chat/completions", json=CHAT)) for _ in range(4)]
+    while not upstreams.calls:  # the leader is at the provider; the others are queued behind it
+        await asyncio.sleep(0.01)
+    gate.set()
+    responses = await asyncio.gather(*posts)
+    bodies = [await r.read() for r in responses]
+    assert [r.status for r in responses] == [200] * 4
+    assert len(set(bodies)) == 1
+    assert upstreams.calls == [("a", "ma")]  # four identical requests, one upstream call
+    assert sorted(r.headers["x-gateway-cache"] for r in responses) == ["hit", "hit", "hit", "miss"]
+    assert client.app[keys.SERVICE].cache.flights._pending == {}  # type: ignore[index]  # every flight landed
+
+
+async def test_an_unreadable_in_process_entry_is_a_miss_fetched_again_and_replaced(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    cache = client.app[keys.SERVICE].cache  # type: ignore[index]
+    plan = cache.plan(Endpoint.CHAT, CHAT, {}, tenant=tenant_of(None), tags=frozenset())
+    await cache.store.set(plan.category, plan.key, b"not an entry of ours", 60)
+    first = await client.post("/v1/chat/completions", json=CHAT)
+    assert (first.status, first.headers["x-gateway-cache"]) == (200, "miss")
+    second = await client.post("/v1/chat/completions", json=CHAT)
+    assert (second.status, second.headers["x-gateway-cache"]) == (200, "hit")
+    assert await second.read() == await first.read()
+    assert upstreams.calls == [("a", "ma")]
+    assert cache.flights._pending == {}
