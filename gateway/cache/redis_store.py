@@ -301,12 +301,13 @@ class RedisStore:
         base = f"{self._prefix}{{{category}}}"  # the hash tag: one category, one Cluster slot
         return [f"{base}:v:{key}", f"{base}:lru", f"{base}:sizes", f"{base}:bytes", f"{base}:f:{key}"]
 
-    async def _call(self, op: Callable[[], Awaitable[T]], bounded: bool = False) -> T | None:
+    def _call(self, op: Callable[[], Awaitable[T]], bounded: bool = False) -> Awaitable[T | None]:
         """Run ``op`` against Redis within the op timeout; None if skipped or failed.
-        ``bounded``: ``op`` times out by itself (``Outage.call``)."""
+        ``bounded``: ``op`` times out by itself (``Outage.call``). (No coroutine of its own:
+        ``Outage.call``'s is awaited, one frame fewer on every cache lookup.)"""
         if self._client is None:
-            return None
-        return await self._outage.call(
+            return _nothing()
+        return self._outage.call(
             op, self._op_timeout_s, went_down=self._went_down, came_back=self._came_back, bounded=bounded
         )
 
@@ -318,6 +319,10 @@ class RedisStore:
 
     def _came_back(self) -> None:
         log.info("redis cache recovered", extra={"fields": {"url": self.redacted_url}})
+
+
+async def _nothing() -> None:
+    """What a call of a store without a client gives."""
 
 
 if TYPE_CHECKING:

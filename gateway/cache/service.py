@@ -244,7 +244,10 @@ class ResponseCache:
         if get_now is not None:
             raw = get_now(plan.category, plan.key)
         elif plan.write:
-            raw = await self._exact_or_claim(plan)
+            # The first try here rather than in ``_await_claim`` (one frame fewer per lookup).
+            raw, mine = await self.store.get_or_claim(plan.category, plan.key, CLAIM_S)
+            if raw is None and not mine:
+                raw = await self._await_claim(plan)
         else:
             raw = await self.store.get(plan.category, plan.key)
         if raw is not None:
@@ -286,13 +289,11 @@ class ResponseCache:
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
-    async def _exact_or_claim(self, plan: CachePlan) -> bytes | None:
-        """The exact entry, or None once this replica may fetch it: it claimed the fetch, or
-        another replica's claim ended (stored answer not found, or ``CLAIM_S`` passed)."""
+    async def _await_claim(self, plan: CachePlan) -> bytes | None:
+        """Another replica claimed the fetch of ``plan.key``: the entry once it is stored, or
+        None once this replica may fetch it (it claimed the fetch, or the other replica's claim
+        ended: stored answer not found, or ``CLAIM_S`` passed)."""
         store = self.store
-        raw, mine = await store.get_or_claim(plan.category, plan.key, CLAIM_S)
-        if raw is not None or mine:
-            return raw
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLAIM_S
         wait_s, most_s = _CLAIM_POLL_S
