@@ -43,7 +43,7 @@ from gateway.service.context import CallContext
 from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream
 from gateway.wire.requests import Endpoint, JSONObject
-from gateway.wire.responses import ResponsesInputError, chat_request
+from gateway.wire.responses import ResponsesInputError, chat_request, check_fields
 from gateway.wire.responses_output import ResponseIds, ResponsesEvents, chat_usage, whole_response
 from gateway.wire.sse import SSEDecoder
 
@@ -79,6 +79,10 @@ class ResponsesService:
         policy = self._service.router.policy  # read per request: reloads apply
         settings = policy.responses
         check_limits(Endpoint.RESPONSES, body, policy.limits)  # named as the client named them
+        try:
+            check_fields(body)  # before any lookup: store, metadata, ... as OpenAI types them
+        except ResponsesInputError as exc:
+            raise InvalidRequest(exc.message, param=exc.param, code=exc.code) from None
         previous = body.get("previous_response_id")
         if previous is not None:
             body = await self._expand(body, previous, ctx.tenant, settings.store)

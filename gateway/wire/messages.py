@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from gateway.wire.requests import JSONObject
 
@@ -66,6 +66,35 @@ class _Message(BaseModel):
     content: str | list[dict[str, Any]]
 
 
+# A number as Anthropic's API takes it: an integer or a float, never a boolean or a string
+# (forwarded as given, ``"0.5"`` would reach a provider that refuses it, or be misread).
+_Unit = Annotated[float, Field(strict=True, ge=0, le=1)]
+
+
+class _Thinking(BaseModel):
+    """``thinking``: its ``type`` (``enabled`` needs a ``budget_tokens`` of at least 1,024, as
+    Anthropic documents). Other types pass (``disabled``, ``adaptive`` and any newer one: an
+    Anthropic deployment decides; a translated request drops thinking)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: StrictStr
+    budget_tokens: StrictInt | None = Field(default=None, ge=1024)
+
+    @model_validator(mode="after")
+    def _budget_when_enabled(self) -> _Thinking:
+        if self.type == "enabled" and self.budget_tokens is None:
+            raise ValueError("budget_tokens is required when type is 'enabled'")
+        return self
+
+
+class _Metadata(BaseModel):
+    """``metadata``: ``user_id`` (a string of at most 256 characters, or null); other keys are
+    left to an Anthropic deployment."""
+
+    model_config = ConfigDict(extra="allow")
+    user_id: StrictStr | None = Field(default=None, max_length=256)
+
+
 class MessagesHead(BaseModel):
     """The fields of a Messages request the gateway interprets (the rest is passed through to
     Anthropic deployments and translated, or dropped, for the others)."""
@@ -77,12 +106,14 @@ class MessagesHead(BaseModel):
     system: str | list[dict[str, Any]] | None = None
     stream: StrictBool = False
     stop_sequences: list[str] | None = None
-    temperature: float | None = Field(default=None, ge=0, le=1)
-    top_p: float | None = Field(default=None, ge=0, le=1)
+    temperature: _Unit | None = None
+    top_p: _Unit | None = None
     top_k: StrictInt | None = Field(default=None, ge=0)
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: _Metadata | None = None
+    thinking: _Thinking | None = None
+    service_tier: StrictStr | None = None
 
 
 class CountTokensHead(BaseModel):
@@ -134,8 +165,8 @@ def to_chat(body: JSONObject, head: MessagesHead) -> ChatTranslation:
         chat["tools"] = [_tool(tool, f"tools[{i}]", t) for i, tool in enumerate(head.tools)]
     if head.tool_choice is not None:
         _tool_choice(head.tool_choice, chat)
-    user = head.metadata.get("user_id") if head.metadata else None
-    if isinstance(user, str) and user:
+    user = head.metadata.user_id if head.metadata else None
+    if user:
         chat["user"] = user
     fmt = _output_format(body.get("output_config"))
     if fmt is not None:

@@ -101,8 +101,107 @@ BUILT_IN_TOOLS = frozenset(
 )
 
 
+# The types of the fields the gateway reads or keeps itself (no provider sees them, so nobody
+# else would refuse a wrong one): as OpenAI's API checks them, with its message and code. A
+# ``store: "false"`` read as true would keep what the caller asked not to keep.
+_BOOLEAN = ("store", "background", "parallel_tool_calls")
+_INTEGER = ("max_tool_calls", "top_logprobs")
+_STRING = ("prompt_cache_retention", "previous_response_id")
+_OBJECT = ("stream_options", "text", "reasoning")
+_TRUNCATION = ("auto", "disabled")
+_TOP_LOGPROBS = 20
+# metadata: at most 16 pairs, keys of at most 64 characters, string values of at most 512.
+_METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
+_JSON_TYPES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+}
+
+
+def _invalid_type(name: str, expected: str, value: object) -> ResponsesInputError:
+    got = "null" if value is None else _JSON_TYPES.get(type(value), "a value")
+    got = got.removeprefix("an ").removeprefix("a ")
+    return ResponsesInputError(
+        f"Invalid type for '{name}': expected {expected}, but got {got} instead.", name, "invalid_type"
+    )
+
+
+def check_fields(body: JSONObject) -> None:
+    """Refuse a wrong type in a field the gateway reads or keeps itself (``null`` is "not
+    given", as for every optional field of the API)."""
+    for name in _BOOLEAN:
+        value = body.get(name)
+        if value is not None and type(value) is not bool:
+            raise _invalid_type(name, "a boolean", value)
+    for name in _INTEGER:
+        value = body.get(name)
+        if value is not None and type(value) is not int:
+            raise _invalid_type(name, "an integer", value)
+    for name in _STRING:
+        value = body.get(name)
+        if value is not None and type(value) is not str:
+            raise _invalid_type(name, "a string", value)
+    for name in _OBJECT:
+        value = body.get(name)
+        if value is not None and type(value) is not dict:
+            raise _invalid_type(name, "an object", value)
+    top = body.get("top_logprobs")
+    if top is not None and not 0 <= top <= _TOP_LOGPROBS:
+        raise ResponsesInputError(
+            f"Invalid 'top_logprobs': must be between 0 and {_TOP_LOGPROBS}.",
+            "top_logprobs",
+            "integer_out_of_range",
+        )
+    truncation = body.get("truncation")
+    if truncation is not None and truncation not in _TRUNCATION:
+        raise ResponsesInputError(
+            "Invalid value for 'truncation': expected one of 'auto' or 'disabled'.", "truncation"
+        )
+    include = body.get("include")
+    if include is not None:
+        if type(include) is not list:
+            raise _invalid_type("include", "an array of strings", include)
+        for i, entry in enumerate(include):
+            if type(entry) is not str:
+                raise _invalid_type(f"include[{i}]", "a string", entry)
+    _check_metadata(body.get("metadata"))
+
+
+def _check_metadata(metadata: object) -> None:
+    if metadata is None:
+        return
+    if type(metadata) is not dict:
+        raise _invalid_type("metadata", "an object", metadata)
+    if len(metadata) > _METADATA_PAIRS:
+        raise ResponsesInputError(
+            f"Invalid 'metadata': at most {_METADATA_PAIRS} key-value pairs, got {len(metadata)}.",
+            "metadata",
+            "object_above_max_properties",
+        )
+    for key, value in metadata.items():
+        if len(key) > _METADATA_KEY:
+            raise ResponsesInputError(
+                f"Invalid 'metadata': keys are at most {_METADATA_KEY} characters.",
+                "metadata",
+                "string_above_max_length",
+            )
+        if type(value) is not str:
+            raise _invalid_type(f"metadata.{key}", "a string", value)
+        if len(value) > _METADATA_VALUE:
+            raise ResponsesInputError(
+                f"Invalid 'metadata.{key}': values are at most {_METADATA_VALUE} characters.",
+                f"metadata.{key}",
+                "string_above_max_length",
+            )
+
+
 def chat_request(body: JSONObject) -> JSONObject:
-    """The Chat Completions body that asks what the Responses ``body`` asks (``model`` kept)."""
+    """The Chat Completions body that asks what the Responses ``body`` asks (``model`` kept);
+    ``check_fields(body)`` first (the request service calls it before any lookup)."""
     for name in body:
         if name not in _IGNORED:
             if name in _REFUSED_FIELDS:

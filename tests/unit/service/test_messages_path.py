@@ -215,6 +215,30 @@ async def test_plain_answer_from_an_openai_deployment(
     }  # top_k dropped: OpenAI has none
 
 
+@pytest.mark.parametrize(
+    "thinking",
+    [
+        {"type": "enabled", "budget_tokens": 1024},
+        {"type": "disabled"},
+        {"type": "adaptive", "display": "omitted"},
+    ],
+)
+async def test_documented_thinking_and_numbers_are_accepted_and_thinking_dropped_for_chat(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams, thinking: dict[str, Any]
+) -> None:
+    message = await sdk.messages.create(
+        model="gpt",
+        max_tokens=2048,
+        messages=USER,
+        metadata={"user_id": None},
+        extra_body={"thinking": thinking, "temperature": 1, "top_p": 0.5, "service_tier": "auto"},
+    )
+    assert message.content[0].text == "Hello!"  # type: ignore[union-attr]
+    sent = upstreams.last("oa")
+    assert (sent["temperature"], sent["top_p"]) == (1, 0.5)
+    assert not {"thinking", "service_tier", "user"} & set(sent)  # no chat provider takes them
+
+
 async def test_anthropic_deployments_get_the_request_natively(
     sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
 ) -> None:
@@ -497,6 +521,24 @@ async def test_unknown_paths_and_methods_answer_in_anthropic_envelope(gateway: T
         {"model": "gpt", "max_tokens": 5, "messages": USER, "output_config": {"format": {"type": "xml"}}},
         {"model": 5, "max_tokens": 5, "messages": USER},
         [1, 2],
+        # Types as Anthropic's API takes them: never a boolean or a string for a number, and the
+        # shapes of thinking and metadata (forwarded or dropped as given, they were never checked)
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "temperature": True},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "temperature": "0.5"},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "top_p": "1"},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "thinking": "on"},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "thinking": {"budget_tokens": 2048}},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "thinking": {"type": "enabled"}},
+        {
+            "model": "gpt",
+            "max_tokens": 5,
+            "messages": USER,
+            "thinking": {"type": "enabled", "budget_tokens": 100},
+        },
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "metadata": "u-1"},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "metadata": {"user_id": 7}},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "metadata": {"user_id": "u" * 257}},
+        {"model": "gpt", "max_tokens": 5, "messages": USER, "service_tier": 1},
     ],
 )
 async def test_bad_input_is_a_400_in_anthropic_envelope_never_a_500(gateway: TestClient, body: Any) -> None:

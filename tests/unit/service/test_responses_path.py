@@ -479,6 +479,36 @@ async def test_a_mixed_group_fails_over_from_pass_through_to_translation(
         ),
         ({"model": "m", "input": "hi", "max_output_tokens": 0}, "max_output_tokens", "at least 1"),
         ({"input": "hi"}, "model", "Missing required parameter"),
+        # Fields the gateway reads or keeps itself, typed as OpenAI's API types them (issue 17)
+        ({"model": "m", "input": "hi", "store": "false"}, "store", "expected a boolean, but got string"),
+        ({"model": "m", "input": "hi", "store": 0}, "store", "expected a boolean, but got integer"),
+        ({"model": "m", "input": "hi", "background": "no"}, "background", "expected a boolean"),
+        (
+            {"model": "m", "input": "hi", "parallel_tool_calls": 1},
+            "parallel_tool_calls",
+            "expected a boolean",
+        ),
+        ({"model": "m", "input": "hi", "metadata": "x"}, "metadata", "expected an object, but got string"),
+        ({"model": "m", "input": "hi", "metadata": {"team": 7}}, "metadata.team", "expected a string"),
+        (
+            {"model": "m", "input": "hi", "metadata": {f"k{i}": "v" for i in range(17)}},
+            "metadata",
+            "at most 16",
+        ),
+        ({"model": "m", "input": "hi", "metadata": {"k" * 65: "v"}}, "metadata", "at most 64"),
+        ({"model": "m", "input": "hi", "metadata": {"k": "v" * 513}}, "metadata.k", "at most 512"),
+        ({"model": "m", "input": "hi", "include": "reasoning"}, "include", "expected an array of strings"),
+        ({"model": "m", "input": "hi", "include": [1]}, "include[0]", "expected a string"),
+        ({"model": "m", "input": "hi", "truncation": "middle"}, "truncation", "'auto' or 'disabled'"),
+        ({"model": "m", "input": "hi", "top_logprobs": 21}, "top_logprobs", "between 0 and 20"),
+        ({"model": "m", "input": "hi", "max_tool_calls": 1.5}, "max_tool_calls", "expected an integer"),
+        ({"model": "m", "input": "hi", "reasoning": "high"}, "reasoning", "expected an object"),
+        ({"model": "m", "input": "hi", "text": "json"}, "text", "expected an object"),
+        (
+            {"model": "m", "input": "hi", "previous_response_id": 7},
+            "previous_response_id",
+            "expected a string",
+        ),
     ],
 )
 async def test_bad_requests_are_400s_naming_the_field(
@@ -519,6 +549,22 @@ async def test_store_false_keeps_nothing(client: TestClient) -> None:
     first = await sdk(client).responses.create(model="m", input="hi", store=False)
     with pytest.raises(openai.BadRequestError, match="not found"):
         await sdk(client).responses.create(model="m", input="more", previous_response_id=first.id)
+
+
+async def test_fields_the_gateway_keeps_take_their_documented_values(client: TestClient) -> None:
+    metadata = {f"k{i}": "v" * 512 for i in range(16)}  # the most OpenAI allows
+    answer = await sdk(client).responses.create(
+        model="m",
+        input="hi",
+        store=True,
+        metadata=metadata,
+        include=["reasoning.encrypted_content"],
+        truncation="auto",
+        top_logprobs=0,
+        parallel_tool_calls=False,
+    )
+    assert answer.metadata == metadata  # echoed as sent
+    assert (answer.store, answer.truncation, answer.parallel_tool_calls) == (True, "auto", False)
 
 
 async def test_a_kept_response_can_be_retrieved_and_deleted_by_its_tenant_only(client: TestClient) -> None:
