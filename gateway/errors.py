@@ -205,6 +205,19 @@ class UnsupportedMediaType(GatewayError):
         )
 
 
+class UnsupportedContentEncoding(UnsupportedMediaType):
+    """A request body sent compressed (``Content-Encoding`` other than ``identity``): the
+    gateway reads bodies as sent. (A decompressing server turns a 1 MB request into a gigabyte
+    of work: the body must be inflated before its size can be refused.)"""
+
+    def __init__(self, given: str) -> None:
+        GatewayError.__init__(
+            self,
+            f"Content-Encoding '{given}' is not supported for request bodies: send the body uncompressed.",
+            code="unsupported_content_encoding",
+        )
+
+
 # Tells SDKs not to retry: openai-python's ``_should_retry`` (and the anthropic SDK's, the same
 # generated code) obeys ``x-should-retry`` before looking at the status.
 _NO_CLIENT_RETRY: Mapping[str, str] = MappingProxyType({"x-should-retry": "false"})

@@ -1,7 +1,8 @@
 """Read a JSON request body: the one way every JSON endpoint gets its body.
 
 In order: the ``Content-Type`` must be ``application/json`` (415 otherwise: a web page can send
-``text/plain`` cross-site without a CORS preflight, ``application/json`` it cannot), the declared
+``text/plain`` cross-site without a CORS preflight, ``application/json`` it cannot), the body
+must not be compressed (415: ``refuse_compressed``), the declared
 length must be within ``server.max_body_bytes`` (413 before reading a byte), the body must arrive
 within ``server.request_read_timeout_s`` (408, and the connection is closed), and it must parse
 as a JSON object the gateway can serialise again (400, ``service/validation.parse_body``).
@@ -14,7 +15,7 @@ import asyncio
 from aiohttp import web
 
 from gateway import keys
-from gateway.errors import PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from gateway.errors import PayloadTooLarge, RequestTimeout, UnsupportedContentEncoding, UnsupportedMediaType
 from gateway.service.validation import parse_body
 from gateway.wire.requests import JSONObject
 
@@ -30,6 +31,7 @@ async def read_json(request: web.Request, max_body_bytes: int | None = None) -> 
     if request.headers.get("Content-Type") != JSON_CONTENT_TYPE and request.content_type != JSON_CONTENT_TYPE:
         # aiohttp reports a missing header as application/octet-stream; show what was sent.
         raise UnsupportedMediaType(request.headers.get("Content-Type", ""))
+    refuse_compressed(request)
     limit = (request.app[keys.SETTINGS].max_body_bytes or 0) if max_body_bytes is None else max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(limit)  # refuse before reading a byte of it
@@ -43,3 +45,15 @@ async def read_json(request: web.Request, max_body_bytes: int | None = None) -> 
     except TimeoutError:
         raise RequestTimeout(timeout_s) from None
     return parse_body(raw)
+
+
+def refuse_compressed(request: web.Request) -> None:
+    """415 for a compressed body (``Content-Encoding`` gzip, deflate, br...): the server does not
+    inflate request bodies (``auto_decompress=False``, ``server.py``), so a compressed one is
+    refused by name rather than misread as bad JSON."""
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() not in _IDENTITY:
+        raise UnsupportedContentEncoding(encoding)
+
+
+_IDENTITY = ("", "identity")

@@ -20,6 +20,7 @@ from aiohttp import BodyPartReader, web
 
 from gateway import keys
 from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from gateway.http.body import refuse_compressed
 from gateway.memory.access import MemoryAccess
 from gateway.memory.formats import READ_BYTES, format_of, supported
 from gateway.memory.ingest import IngestService, Spooled
@@ -49,6 +50,7 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
             "Content-Type must be multipart/form-data with a 'file' part "
             f"(got '{request.headers.get('Content-Type', 'none')}').",
         )
+    refuse_compressed(request)
     limit = ingest.config.max_file_bytes
     if request.content_length is not None and request.content_length > limit + _FORM_OVERHEAD:
         raise _too_large(limit)  # refused before reading a byte of it

@@ -10,11 +10,15 @@ log lines. The gateway logs in the text format here, the one a forged line could
 from __future__ import annotations
 
 import asyncio
+import gzip
+import os
 import re
 import textwrap
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -293,6 +297,63 @@ async def test_json_with_parameters_is_accepted(edge: Edge, method: str, path: s
     reply = await send(edge, method, path, b"{}", {"Content-Type": "Application/JSON; charset=utf-8"})
     assert reply.status in (200, 400, 404), reply  # past the media type: the (empty) body is judged
     assert reply.json()["error"]["code"] != "unsupported_media_type"
+
+
+# --- 2b. compressed bodies ---------------------------------------------------------------------------
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", " GZip "])
+async def test_compressed_bodies_are_refused_by_name_not_inflated(edge: Edge, encoding: str) -> None:
+    body = orjson.dumps(CHAT)
+    packed = gzip.compress(body) if "zip" in encoding.lower() else zlib.compress(body)
+    reply = await send(edge, "POST", "/v1/chat/completions", packed, {**JSON, "Content-Encoding": encoding})
+    assert reply.status == 415, reply  # (inflated, this small body would have been served: 200)
+    error = reply.json()["error"]
+    assert error["code"] == "unsupported_content_encoding" and encoding.strip() in error["message"]
+    plain = await send(edge, "POST", "/v1/chat/completions", body, {**JSON, "Content-Encoding": "identity"})
+    assert plain.status == 200
+
+
+async def test_an_upload_sent_compressed_is_refused(edge: Edge) -> None:
+    form = b'--b\r\nContent-Disposition: form-data; name="namespace"\r\n\r\nn\r\n--b--\r\n'
+    headers = {"Content-Type": "multipart/form-data; boundary=b", "Content-Encoding": "gzip"}
+    reply = await send(edge, "POST", "/v1/memory/files", gzip.compress(form), headers)
+    assert reply.status == 415 and reply.json()["error"]["code"] == "unsupported_content_encoding"
+
+
+async def test_a_deflate_bomb_costs_the_gateway_no_inflating(edge: Edge) -> None:
+    """1 MB of deflate that inflates to 1 GB, on a kept-alive connection: refused (415), its rest
+    drained as bytes, and the next request on the connection served. Inflated as it arrived (and
+    drained through the inflater after the refusal) it cost a core for the whole lingering time."""
+    bomb = zlib.compress(b'{"model": "chat", "pad": "' + b"a" * (1 << 30) + b'"}', 9)
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    try:
+        before = cpu_s(edge.gateway.popen.pid)
+        head = (
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            f"Content-Encoding: deflate\r\nContent-Length: {len(bomb)}\r\n\r\n"
+        )
+        writer.write(head.encode() + bomb)
+        refused = await asyncio.wait_for(read_reply(reader), 30)
+        body = orjson.dumps(CHAT)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
+        served = await asyncio.wait_for(read_reply(reader), 30)  # after the bomb's rest was drained
+        spent = cpu_s(edge.gateway.popen.pid) - before
+    finally:
+        writer.close()
+    assert refused.status == 415 and refused.json()["error"]["code"] == "unsupported_content_encoding"
+    assert served.status == 200
+    assert spent < 0.3, f"{spent:.2f} s of CPU for a refused 1 MB body"  # inflating it: about 1 s
 
 
 # --- 3. JSON nested deeper than the gateway can write back ------------------------------------------
