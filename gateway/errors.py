@@ -23,6 +23,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     ├── RequestTimeout             408     invalid_request_error   no     code=request_timeout; body sent too slowly
     ├── PayloadTooLarge            413     invalid_request_error   no     code=request_too_large
     ├── UnsupportedMediaType       415     invalid_request_error   no     code=unsupported_media_type; not JSON
+    │   └── UnsupportedContentEncoding 415 invalid_request_error no   code=unsupported_content_encoding; a compressed body
     ├── RateLimited                429     *                       no     code=rate_limit_exceeded; type requests or tokens
     ├── QuotaExceeded              429     insufficient_quota      no     code=insufficient_quota; the key's budget is spent
     ├── ServiceUnavailable         503     service_unavailable     no     draining, not ready
@@ -63,7 +64,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-import orjson
+from gateway import jsonsafe
 
 
 class GatewayError(Exception):
@@ -126,7 +127,7 @@ class GatewayError(Exception):
 
     def body(self) -> bytes:
         """The envelope serialised as JSON bytes."""
-        return orjson.dumps(self.envelope())
+        return jsonsafe.dumps(self.envelope())  # a message may name a client's non-UTF-8 header
 
 
 class InvalidRequest(GatewayError):

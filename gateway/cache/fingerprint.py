@@ -40,7 +40,9 @@ def tenant_of(authorization: str | None) -> str:
 def _credential_hash(authorization: str) -> str:
     # Remembered: a gateway sees a handful of credentials all day, and every open-mode request
     # needs its tenant (feedback, cache), so the SHA-256 runs once per credential, not per request.
-    return hashlib.sha256(authorization.strip().encode()).hexdigest()[:32]
+    # (surrogatepass: a header's bytes that are not UTF-8 arrive as surrogates, and are a
+    # credential like any other, never an error)
+    return hashlib.sha256(authorization.strip().encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def request_key(endpoint: str, tenant: str, body: Mapping[str, Any]) -> str:

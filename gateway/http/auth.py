@@ -108,7 +108,10 @@ def require_admin(request: web.Request) -> None:
             "is not set. Set it and send 'Authorization: Bearer <SOPHIA_ADMIN_TOKEN>'.",
         )
     given = bearer_token(request.headers.getall("Authorization", []), _ADMIN_BEARER) or ""
-    if not hmac.compare_digest(given.encode(), token.encode("utf-8", "surrogateescape")):
+    # Both as bytes the way they arrived (a header's bytes that are not UTF-8 are surrogates here).
+    if not hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+    ):
         raise AuthenticationFailed(
             "The admin API needs 'Authorization: Bearer <SOPHIA_ADMIN_TOKEN>'.", headers=_CHALLENGE
         )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import orjson
 from aiohttp import web
 
+from gateway import jsonsafe
 from gateway.errors import AllDeploymentsFailed, GatewayError, NoHealthyDeployment
 
 JSON = "application/json"
@@ -64,7 +64,7 @@ def anthropic_envelope(error: GatewayError) -> bytes:
     """``{"type": "error", "error": {"type", "message"}}`` for ``error``."""
     status = anthropic_status(error)
     kind = _ANTHROPIC_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
-    return orjson.dumps({"type": "error", "error": {"type": kind, "message": error.message}})
+    return jsonsafe.dumps({"type": "error", "error": {"type": kind, "message": error.message}})
 
 
 def anthropic_error_response(error: GatewayError) -> web.Response:

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-import orjson
+from gateway import jsonsafe
 
 # Characters valid raw in a JSON string that a terminal or a line-splitting log reader would act on.
 _JSON_RAW_CONTROLS = re.compile("[\x7f-\x9f\u2028\u2029]")
@@ -70,7 +70,8 @@ class JsonFormatter(logging.Formatter):
             out.update(fields)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json_escape_raw_controls(orjson.dumps(out, default=str).decode())
+        # (jsonsafe: a field may hold a client's header bytes that are not UTF-8)
+        return json_escape_raw_controls(jsonsafe.dumps(out, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):

@@ -64,7 +64,7 @@ class MemorySearchIn(_Strict):
 class ChatMemoryIn(_Strict):
     """The ``memory`` field of a chat request: which memories to add as context."""
 
-    namespaces: list[str] = Field(min_length=1)
+    namespaces: list[Annotated[str, Field(pattern=_NAMESPACE)]] = Field(min_length=1)
     top_k: int = Field(5, ge=1, le=50)
 
 

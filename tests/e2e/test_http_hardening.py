@@ -320,6 +320,39 @@ async def test_compressed_bodies_are_refused_by_name_not_inflated(edge: Edge, en
     assert plain.status == 200
 
 
+@pytest.mark.parametrize(
+    ("header", "value", "status"),
+    [
+        ("x-gateway-cache-category", b"\xff", 400),  # named back in the 400 (it was a 500)
+        ("Content-Type", b"application/\xffjson", 415),  # named back in the 415 (it was a 500)
+        ("Authorization", b"Bearer \xff\xfe", 200),  # the tenant's hash (it was a 500)
+        ("x-gateway-memory", b"\xff", 400),  # not a namespace name
+        ("x-request-id", b"\xff", 200),  # not a request id: a new one is made
+    ],
+)
+async def test_header_bytes_that_are_not_utf8_are_never_a_500(
+    edge: Edge, header: str, value: bytes, status: int
+) -> None:
+    body = orjson.dumps(CHAT)
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        if header != "Content-Type"
+        else b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+    )
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    try:
+        writer.write(
+            head + header.encode() + b": " + value + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        reply = await asyncio.wait_for(read_reply(reader), 10)
+    finally:
+        writer.close()
+    assert reply.status == status, reply
+    if header in ("x-gateway-cache-category", "Content-Type"):
+        assert "\\udcff" in reply.json()["error"]["message"]  # the byte, escaped where it is named
+    assert not [line for line in stderr_lines(edge) if "Logging error" in line]
+
+
 async def test_an_upload_sent_compressed_is_refused(edge: Edge) -> None:
     form = b'--b\r\nContent-Disposition: form-data; name="namespace"\r\n\r\nn\r\n--b--\r\n'
     headers = {"Content-Type": "multipart/form-data; boundary=b", "Content-Encoding": "gzip"}

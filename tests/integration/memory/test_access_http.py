@@ -218,3 +218,17 @@ async def test_open_mode_is_unchanged(tmp_path: Path, store_env: tuple[str | Non
         assert [h["memory"]["id"] for h in found["data"]] == [memory_id]
         assert (await gw.call(None, "PATCH", f"/v1/memory/{memory_id}", {"importance_score": 0.2}))[0] == 200
         assert (await gw.call(None, "DELETE", f"/v1/memory/{memory_id}"))[0] == 200
+
+
+@pytest.mark.parametrize("header", ["../team_notes", "team notes"])
+async def test_a_namespace_that_cannot_exist_is_a_400_not_a_search(gw: Gateway, header: str) -> None:
+    chat = {"model": "chat", "messages": [{"role": "user", "content": "When is the launch?"}]}
+    async with gw.client.post(
+        "/v1/chat/completions",
+        json=chat,
+        headers={"Authorization": f"Bearer {ALPHA}", "x-gateway-memory": header},
+    ) as resp:
+        assert resp.status == 400, await resp.text()
+        error = (await resp.json())["error"]
+        assert error["param"] == "memory.namespaces.0", error
+    assert gw.upstream.chats == []

@@ -181,6 +181,7 @@ BAD_SHAPES: dict[str, list[bytes]] = {
     "control character": [b"Bearer sk-sg-\x01" + GOOD.encode()[6:]],
     "DEL character": [b"Bearer " + GOOD.encode() + b"\x7f"],
     "non-ASCII": ["Bearer sk-sg-clé".encode()],
+    "not UTF-8": [b"Bearer sk-sg-\xff\xfe" + GOOD.encode()[8:]],
     "SQL": [b"Bearer sk-sg-x' OR '1'='1"],
     "SQL, no spaces": [b"Bearer sk-sg-x';DROP/**/TABLE/**/keys;--"],
     "quoted": [b'Bearer "' + GOOD.encode() + b'"'],
@@ -323,6 +324,20 @@ async def test_admin_needs_the_token_in_constant_time_compare(start: Start) -> N
         assert "s3cret" not in await resp.text()
     assert (await c.get("/admin/models", headers={"Authorization": "Bearer s3cret!token"})).status == 200
     assert (await c.get("/admin/models", headers={"Authorization": "bearer s3cret!token"})).status == 200
+
+
+async def test_credentials_that_are_not_utf8_are_credentials_never_a_500(start: Start) -> None:
+    """Header bytes that are not UTF-8 reach the handlers as surrogates: an open gateway still
+    serves (the tenant is a hash of the bytes), the admin API still says 401."""
+    opened = await start(POLICY + "auth: {mode: open}\n")
+    for value in (b"Bearer \xff\xfe", b"\xc3\x28", b"Bearer sk-\xed\xa0\x80"):
+        status, _, payload = await raw(opened, chat_head([value]), orjson.dumps(CHAT))
+        assert status == 200, (value, payload[:300])
+    admin = await start(settings=Settings(access_log=False, admin_token="s3cret!token"))
+    status, _, payload = await raw(
+        admin, b"GET /admin/models HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer \xff\r\n"
+    )
+    assert status == 401 and orjson.loads(payload)["error"]["type"] == "authentication_error"
 
 
 async def test_admin_without_a_token_answers_only_on_loopback(start: Start) -> None:

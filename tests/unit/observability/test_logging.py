@@ -95,3 +95,13 @@ def test_each_control_character_is_escaped_in_both_formats(char: str) -> None:
     text, json_line = TextFormatter().format(rec), JsonFormatter().format(rec)
     assert char not in text and char not in json_line
     assert orjson.loads(json_line)["f"] == "v" + char
+
+
+def test_json_format_writes_header_bytes_that_are_not_utf8() -> None:
+    """aiohttp hands a header's non-UTF-8 bytes over as lone surrogates, which orjson refuses: the
+    line is still written, each one a visible escape (it was a logging error, the line lost)."""
+    odd = b"Bearer \xff\xfe".decode("utf-8", "surrogateescape")
+    out = JsonFormatter().format(record("bad header " + odd, {"error": odd}, raised(odd)))
+    parsed = orjson.loads(out)
+    assert parsed["msg"] == "bad header Bearer \\udcff\\udcfe" and parsed["error"] == "Bearer \\udcff\\udcfe"
+    assert parsed["exc"].endswith("ValueError: Bearer \\udcff\\udcfe")
