@@ -410,8 +410,11 @@ class RedisLimiter:
         rpm, tpm = caller.rpm, caller.tpm
         # A key this process admits more than once per lease period asks for a lease of twice
         # that, within 1/LEASE_SHARE of each limit (the tokens: as many requests of this size).
+        # One lease at a time: while another round trip of this process takes one for the key,
+        # this one asks for its own request only (two leases taken at once would each hold part
+        # of the limit unused, the older until its give-back is written).
         ask_rq = 1
-        if self._lease_s > 0 and demand > 1:
+        if self._lease_s > 0 and demand > 1 and key_id not in self._taking:
             ask_rq = min(2 * demand, rpm // LEASE_SHARE if rpm is not None else MAX_LEASE)
             if tpm is not None:
                 ask_rq = min(ask_rq, tpm // LEASE_SHARE // max(1, tokens))
@@ -437,7 +440,7 @@ class RedisLimiter:
         sent = time.monotonic()
         self.round_trips += 1
         op, bounded = script_op(self._pipe, script, keys, args)  # bounded: the pipe times it
-        if ask_rq > 1 and key_id not in self._taking:
+        if ask_rq > 1:
             taking = self._taking[key_id] = asyncio.get_running_loop().create_future()
             try:
                 found = await self._call(op, bounded=bounded)
