@@ -25,6 +25,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     ├── UnsupportedMediaType       415     invalid_request_error   no     code=unsupported_media_type; not JSON
     │   └── UnsupportedContentEncoding 415 invalid_request_error no   code=unsupported_content_encoding; a compressed body
     ├── RateLimited                429     *                       no     code=rate_limit_exceeded; type requests or tokens
+    │   └── RequestTooLarge        429     *                       no     more tokens than the key's whole TPM; no retry
     ├── QuotaExceeded              429     insufficient_quota      no     code=insufficient_quota; the key's budget is spent
     ├── ServiceUnavailable         503     service_unavailable     no     draining, not ready
     │   ├── ProviderNotConfigured  503     service_unavailable     no     code=provider_not_configured
@@ -285,6 +286,21 @@ class RateLimited(GatewayError):
         env = super().envelope()
         env["error"]["type"] = self.kind
         return env
+
+
+class RequestTooLarge(RateLimited):
+    """A request that reserves more tokens than its key's whole per-minute limit: no wait makes it
+    fit (OpenAI: "Request too large ... on tokens per min"), so SDKs are told not to retry."""
+
+    def __init__(self, limit: int, requested: int) -> None:
+        GatewayError.__init__(
+            self,
+            f"Request too large for this key on tokens per min: limit {limit}, requested {requested}. "
+            "Lower max_tokens (or the prompt) to run it.",
+            code="rate_limit_exceeded",
+            headers=dict(_NO_CLIENT_RETRY),
+        )
+        self.kind = "tokens"
 
 
 class QuotaExceeded(GatewayError):

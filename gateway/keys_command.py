@@ -27,6 +27,7 @@ from gateway.auth.keyring import KeyRing, KeySettings
 from gateway.errors import GatewayError, StartupError
 from gateway.policy.durations import format_duration, parse_duration_s
 from gateway.policy.loader import PolicyError, load_policy
+from gateway.policy.model import MAX_RATE
 from gateway.settings import Settings, SettingsError
 
 Json = dict[str, Any]
@@ -268,8 +269,8 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    if not 1 <= value <= MAX_RATE:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_RATE:,}, not {text!r}")
     return value
 
 

@@ -21,6 +21,7 @@ from gateway.http.auth import require_admin
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.policy.durations import DurationS
+from gateway.policy.model import MAX_RATE
 
 _NAME = Field(None, min_length=1, max_length=200)
 
@@ -40,8 +41,8 @@ class KeyCreateIn(_Strict):
 
     team: str = Field(min_length=1, max_length=64)
     models: list[str] | None = Field(None, max_length=1000)
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1, le=MAX_RATE)
+    tpm: int | None = Field(None, ge=1, le=MAX_RATE)
     budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
     budget_period: DurationS | None = None
     expires: DurationS | None = None

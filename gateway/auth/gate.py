@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from gateway.auth.identity import Caller
 from gateway.auth.limits import REFUSED_BUDGET, Decision, Limiter, Window
-from gateway.errors import QuotaExceeded, RateLimited
+from gateway.errors import QuotaExceeded, RateLimited, RequestTooLarge
 from gateway.observability.metrics import GatewayMetrics
 from gateway.wire.requests import Endpoint, JSONObject
 
@@ -61,6 +61,12 @@ class LimitGate:
         if caller is None or (caller.rpm is None and caller.tpm is None and caller.budget_usd is None):
             return
         tokens = reservation(endpoint, body) if caller.tpm is not None else 0
+        if caller.tpm is not None and tokens > caller.tpm:
+            # It would never fit, however long the client waits: say so, and no retry (OpenAI's
+            # "Request too large ... on tokens per min" is also a 429).
+            m = self._metrics
+            m.child(m.refusals, caller.team, "tokens").inc()
+            raise RequestTooLarge(caller.tpm, tokens)
         ticket = f"{ctx.request_id}:{os.urandom(4).hex()}"
         decision = await self.limiter.admit(caller, ticket, tokens)
         headers = headers_for(decision)

@@ -15,6 +15,9 @@ from pydantic import BeforeValidator, Field, WithJsonSchema
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(w|d|h|m|s)?\s*$", re.IGNORECASE)
 _UNIT_S = {"w": 7 * 86400.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*[wdhmsWDHMS]?\s*$"
+# The longest duration (100 years): an expiry or a period past it is a typo, and a date that far
+# ahead no longer fits the stores' and the answers' 64-bit integers.
+MAX_DURATION_S = 36500 * 86400.0
 
 
 def parse_duration_s(value: str | float) -> float:
@@ -34,6 +37,8 @@ def parse_duration_s(value: str | float) -> float:
         seconds = float(match.group(1)) * _UNIT_S[(match.group(2) or "s").lower()]
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError("must be a duration longer than 0")
+    if seconds > MAX_DURATION_S:
+        raise ValueError("must be a duration of at most 100 years (36500d)")
     return seconds
 
 
@@ -60,7 +65,7 @@ DurationS = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
                 {"type": "string", "pattern": DURATION_PATTERN},
             ]
         }

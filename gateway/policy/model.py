@@ -813,6 +813,11 @@ class TeamNamespaces(_Strict):
     write: list[str] | None = Field(None, description="Namespaces its keys may write and delete.")
 
 
+# The most a per-minute limit may be (a trillion): far beyond any real key, within what the key
+# stores' 64-bit integers and the limiter's Lua numbers (doubles, exact to 2**53) hold exactly.
+MAX_RATE = 10**12
+
+
 class Team(_Strict):
     """A team: the defaults its virtual keys inherit (a key's own setting overrides each)."""
 
@@ -820,9 +825,14 @@ class Team(_Strict):
     models: list[str] | None = Field(
         None, description="Model groups its keys may call (null: every group of the policy)."
     )
-    rpm: int | None = Field(None, ge=1, description="Requests per minute per key (null: unlimited).")
+    rpm: int | None = Field(
+        None, ge=1, le=MAX_RATE, description="Requests per minute per key (null: unlimited)."
+    )
     tpm: int | None = Field(
-        None, ge=1, description="Tokens (prompt + completion) per minute per key (null: unlimited)."
+        None,
+        ge=1,
+        le=MAX_RATE,
+        description="Tokens (prompt + completion) per minute per key (null: unlimited).",
     )
     budget_usd: float | None = Field(
         None, ge=0, description="Spend allowed per key per `budget_period`, in US dollars (null: unlimited)."

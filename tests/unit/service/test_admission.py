@@ -153,6 +153,36 @@ async def test_tpm_reserves_max_tokens_and_settles_to_the_reported_usage(
     assert third.headers["x-ratelimit-limit-tokens"] == "300"
 
 
+async def test_a_request_larger_than_the_whole_tpm_is_refused_without_a_retry(
+    aiohttp_client: ClientFactory,
+) -> None:
+    client = await gateway(aiohttp_client, Caller("k1", "blue", tpm=300))
+    sdk = openai.AsyncOpenAI(api_key=SECRET, base_url=str(client.make_url("/v1")), max_retries=3)
+    with pytest.raises(openai.RateLimitError) as refused:
+        await sdk.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "a"}], max_tokens=5000
+        )
+    await sdk.close()
+    assert refused.value.code == "rate_limit_exceeded"
+    assert (
+        "limit 300, requested 5001" in refused.value.message and "Lower max_tokens" in refused.value.message
+    )
+    assert refused.value.response.headers["x-should-retry"] == "false"  # waiting cannot make it fit
+    assert "retry-after" not in refused.value.response.headers
+    assert (
+        metric(
+            client,
+            "gateway_requests_total",
+            endpoint="/v1/chat/completions",
+            model="m",
+            provider="",
+            status_code="429",
+        )
+        == 1
+    )  # one attempt, not four
+    assert metric(client, "gateway_refusals_total", team="blue", reason="tokens") == 1
+
+
 async def test_a_stream_settles_when_it_ends_and_an_abandoned_one_keeps_its_reservation(
     aiohttp_client: ClientFactory,
 ) -> None:
