@@ -92,6 +92,14 @@ async def test_create_shows_the_secret_once_and_the_key_works(client: TestClient
     assert (await client.get("/v1/models", headers=bearer("sk-sg-" + "x" * 43))).status == 401
 
 
+async def test_the_largest_limits_and_durations_are_kept(client: TestClient) -> None:
+    body = {"team": "ops", "rpm": 10**12, "tpm": 10**12, "expires": "36500d", "budget_period": "36500d"}
+    resp = await client.post("/admin/keys", json=body, headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    made = await resp.json()
+    assert (made["rpm"], made["tpm"], made["budget_period_s"]) == (10**12, 10**12, 36500 * 86400)
+
+
 async def test_revoke_then_the_key_is_refused_at_once(client: TestClient) -> None:
     created = await (await client.post("/admin/keys", json={"team": "ops"}, headers=ADMIN)).json()
     assert (await client.get("/v1/models", headers=bearer(created["secret"]))).status == 200  # cached
@@ -128,6 +136,12 @@ async def test_rotate_keeps_settings_and_retires_the_old_secret(client: TestClie
         ({"team": "ops", "expires": "soon"}, "expires"),
         ({"team": "ops", "colour": "red"}, "colour"),
         ({}, "team"),
+        # Past what the stores hold (each was a 500: SQLite overflow, or an answer not writable)
+        ({"team": "ops", "rpm": 2**63}, "rpm"),
+        ({"team": "ops", "tpm": 10**12 + 1}, "tpm"),
+        ({"team": "ops", "expires": 2**64}, "expires"),
+        ({"team": "ops", "expires": "36501d"}, "expires"),
+        ({"team": "ops", "budget_period": 1e308}, "budget_period"),
     ],
 )
 async def test_bad_bodies_are_400_naming_the_field(
