@@ -104,10 +104,12 @@ BUILT_IN_TOOLS = frozenset(
 # The types of the fields the gateway reads or keeps itself (no provider sees them, so nobody
 # else would refuse a wrong one): as OpenAI's API checks them, with its message and code. A
 # ``store: "false"`` read as true would keep what the caller asked not to keep.
-_BOOLEAN = ("store", "background", "parallel_tool_calls")
-_INTEGER = ("max_tool_calls", "top_logprobs")
-_STRING = ("prompt_cache_retention", "previous_response_id")
-_OBJECT = ("stream_options", "text", "reasoning")
+_TYPED: tuple[tuple[str, type, str], ...] = (
+    *((name, bool, "a boolean") for name in ("store", "background", "parallel_tool_calls")),
+    *((name, int, "an integer") for name in ("max_tool_calls", "top_logprobs")),
+    *((name, str, "a string") for name in ("prompt_cache_retention", "previous_response_id")),
+    *((name, dict, "an object") for name in ("stream_options", "text", "reasoning")),
+)
 _TRUNCATION = ("auto", "disabled")
 _TOP_LOGPROBS = 20
 # metadata: at most 16 pairs, keys of at most 64 characters, string values of at most 512.
@@ -133,22 +135,10 @@ def _invalid_type(name: str, expected: str, value: object) -> ResponsesInputErro
 def check_fields(body: JSONObject) -> None:
     """Refuse a wrong type in a field the gateway reads or keeps itself (``null`` is "not
     given", as for every optional field of the API)."""
-    for name in _BOOLEAN:
+    for name, kind, expected in _TYPED:
         value = body.get(name)
-        if value is not None and type(value) is not bool:
-            raise _invalid_type(name, "a boolean", value)
-    for name in _INTEGER:
-        value = body.get(name)
-        if value is not None and type(value) is not int:
-            raise _invalid_type(name, "an integer", value)
-    for name in _STRING:
-        value = body.get(name)
-        if value is not None and type(value) is not str:
-            raise _invalid_type(name, "a string", value)
-    for name in _OBJECT:
-        value = body.get(name)
-        if value is not None and type(value) is not dict:
-            raise _invalid_type(name, "an object", value)
+        if value is not None and type(value) is not kind:  # exactly: a boolean is no integer here
+            raise _invalid_type(name, expected, value)
     top = body.get("top_logprobs")
     if top is not None and not 0 <= top <= _TOP_LOGPROBS:
         raise ResponsesInputError(
