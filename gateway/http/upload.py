@@ -55,7 +55,10 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
     if request.content_length is not None and request.content_length > limit + _FORM_OVERHEAD:
         raise _too_large(limit)  # refused before reading a byte of it
     timeout_s = request.app[keys.POLICY].server.request_read_timeout_s
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+    except ValueError as exc:  # no boundary in the Content-Type
+        raise _malformed(exc) from None
     fields: dict[str, str] = {}
     found: tuple[str, Spooled] | None = None
     while (part := await _within(timeout_s, reader.next())) is not None:
@@ -66,15 +69,18 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
             continue
         if part.name != "file" or found is not None:
             raise InvalidRequest("Send one file, in the form field 'file'.", param="file")
-        fmt = format_of(part.filename, fields.get("format"))
+        # A name's bytes that are not UTF-8 arrive as surrogates: shown as U+FFFD from here on
+        # (the job, its memories' metadata and every message name the file).
+        filename = part.filename.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        fmt = format_of(filename, fields.get("format"))
         if fmt is None:
             raise UnsupportedMediaType(
-                part.filename, f"Cannot read '{part.filename}': supported file types are {supported()}."
+                filename, f"Cannot read '{filename}': supported file types are {supported()}."
             )
         if "namespace" in fields:  # before reading the file: a refusal costs nothing
             ingest.check_writable(fields["namespace"], access)
         try:
-            found = fmt, await ingest.spool(_blocks(part, timeout_s), part.filename)
+            found = fmt, await ingest.spool(_blocks(part, timeout_s), filename)
         except PayloadTooLarge:
             raise _too_large(limit) from None
     if found is None:
@@ -89,11 +95,19 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 async def _within(timeout_s: float, read: Awaitable[T]) -> T:
+    """A read of the form within the read timeout; aiohttp's parser refusing the form (a boundary
+    that never comes, a broken part) is the client's 400."""
     try:
         async with asyncio.timeout(timeout_s):
             return await read
     except TimeoutError:
         raise RequestTimeout(timeout_s) from None
+    except ValueError as exc:
+        raise _malformed(exc) from None
+
+
+def _malformed(exc: ValueError) -> InvalidRequest:
+    return InvalidRequest(f"The body is not a valid multipart/form-data form: {exc}.", param="file")
 
 
 async def _field(part: BodyPartReader, timeout_s: float) -> str:

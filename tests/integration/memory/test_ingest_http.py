@@ -519,6 +519,33 @@ async def test_a_hostile_file_name_reaches_no_path_and_records_cannot_hide_the_j
     assert hit["metadata"]["job_id"] == job["id"] and hit["metadata"]["file"] == "evil name.we ird"
 
 
+async def test_a_file_name_that_is_not_utf8_is_kept_with_replacement_characters(sqlite_gw: Gateway) -> None:
+    body = (  # a Latin-1 name, as an old client may send it (it was a 500: the job could not be saved)
+        b'--b\r\nContent-Disposition: form-data; name="namespace"\r\n\r\ndocs\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="r\xe9sum\xe9.txt"\r\n\r\n'
+        b"a line of text\r\n--b--\r\n"
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    async with sqlite_gw.client.post("/v1/memory/files", data=body, headers=headers) as resp:
+        assert resp.status == 202, await resp.text()
+        job = await sqlite_gw.wait((await resp.json())["id"])
+    assert job["status"] == "done" and job["file"] == "r\ufffdsum\ufffd.txt"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=not-the-one"],
+)
+async def test_a_form_without_its_boundary_is_a_400(sqlite_gw: Gateway, content_type: str) -> None:
+    body = b'--b\r\nContent-Disposition: form-data; name="namespace"\r\n\r\ndocs\r\n--b--\r\n'
+    async with sqlite_gw.client.post(
+        "/v1/memory/files", data=body, headers={"Content-Type": content_type}
+    ) as resp:
+        assert resp.status == 400, await resp.text()  # (it was a 500: aiohttp's ValueError)
+        error = (await resp.json())["error"]
+    assert "not a valid multipart/form-data form" in error["message"] and error["param"] == "file"
+
+
 async def test_unknown_jobs_are_404_and_bad_listing_queries_400(sqlite_gw: Gateway) -> None:
     for method, path in (
         ("GET", "/v1/memory/jobs/job_nope"),
