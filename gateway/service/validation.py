@@ -84,13 +84,48 @@ def _ordinary_chat(body: JSONObject) -> bool:
         content = message.get("content")
         if content is not None and type(content) is not str and type(content) is not list:
             return False
+        calls = message.get("tool_calls")
+        if calls is not None and (type(calls) is not list or any(type(c) is not dict for c in calls)):
+            return False
     stream = body.get("stream", False)
     if stream is not True and stream is not False:
         return False
     options = body.get("stream_options")
-    if options is None:
-        return True
-    return type(options) is dict and type(options.get("include_usage", False)) is bool
+    if options is not None and (
+        type(options) is not dict or type(options.get("include_usage", False)) is not bool
+    ):
+        return False
+    return _typed_fields(body)
+
+
+def _typed_fields(body: JSONObject) -> bool:
+    """The fields the translating adapters read, as ``ChatCompletionHead`` types them (absent
+    or null: fine); exact JSON types only."""
+    stop = body.get("stop")
+    if (
+        stop is not None
+        and type(stop) is not str
+        and (type(stop) is not list or any(type(s) is not str for s in stop))
+    ):
+        return False
+    tools = body.get("tools")
+    if tools is not None and (type(tools) is not list or any(type(t) is not dict for t in tools)):
+        return False
+    choice = body.get("tool_choice")
+    if choice is not None and type(choice) is not str and type(choice) is not dict:
+        return False
+    fmt = body.get("response_format")
+    if fmt is not None and type(fmt) is not dict:
+        return False
+    for name in ("temperature", "top_p"):
+        number = body.get(name)
+        if number is not None and type(number) is not float and type(number) is not int:
+            return False
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and parallel is not True and parallel is not False:
+        return False
+    user = body.get("user")
+    return user is None or type(user) is str
 
 
 def validate_head(head_type: type[H], body: JSONObject) -> H:

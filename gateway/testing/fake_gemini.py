@@ -170,7 +170,12 @@ async def _embed(
             raise refusal(400, f"* requests[{i}].model: must be models/{model}, the model in the URL")
         texts.append(_text(item.get("content")))
         size = item.get("outputDimensionality")
-        dims.append(size if isinstance(size, int) and size > 0 else config.embedding_dim)
+        if size is not None and (type(size) is not int or size < 1):  # as Gemini refuses it
+            raise refusal(
+                400,
+                f"Invalid value at 'requests[{i}].output_dimensionality' (TYPE_INT32), {orjson.dumps(size).decode()}",
+            )
+        dims.append(size if size is not None else config.embedding_dim)
     fault = draw_fault(config, state.rng)
     early = await _inject(request, config, state.rng, fault, stream=False, error_response=injected_error)
     if early is not None:

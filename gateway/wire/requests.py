@@ -10,9 +10,9 @@ Turning a validation failure into the client's error is the request service's jo
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 JSONObject = dict[str, Any]
 
@@ -47,6 +47,11 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # read by the translating adapters
+
+
+# A number as OpenAI's API takes it: an integer or a float, never a boolean or a numeric string.
+_Number = Annotated[float, Field(strict=True)]
 
 
 class ChatCompletionHead(_Head):
@@ -56,6 +61,16 @@ class ChatCompletionHead(_Head):
     # (lax pydantic read "yes" as True while the body went upstream as "yes"). null is allowed.
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
+    # What the translating adapters (Anthropic, Gemini) read, typed as OpenAI's API types it: a
+    # wrong type is the client's 400 for every provider, not a translation that fails (a 500).
+    stop: StrictStr | list[StrictStr] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    temperature: _Number | None = None
+    top_p: _Number | None = None
+    parallel_tool_calls: StrictBool | None = None
+    user: StrictStr | None = None
 
 
 class CompletionHead(_Head):
@@ -68,6 +83,9 @@ class CompletionHead(_Head):
 class EmbeddingHead(_Head):
     model: str = Field(min_length=1)
     input: str | list[Any]
+    # Read by the Gemini adapter (outputDimensionality, and how it encodes the answer)
+    dimensions: StrictInt | None = Field(None, ge=1)
+    encoding_format: Literal["float", "base64"] | None = None
 
 
 H = TypeVar("H", bound=BaseModel)  # a request head (front doors have their own: wire/messages.py)

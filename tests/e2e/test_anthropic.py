@@ -302,3 +302,33 @@ def test_embeddings_go_to_a_deployment_that_can_serve_them(astack: AnthropicStac
     with pytest.raises(openai.BadRequestError) as err:
         c.embeddings.create(model="claude", input="alpha")
     assert err.value.code == "unsupported_endpoint" and "anthropic" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"tools": True}, "tools"),
+        ({"tools": ["get_weather"]}, "tools[0]"),
+        ({"stop": 1.5}, "stop"),
+        ({"stop": ["a", 1]}, "stop"),
+        ({"temperature": "0.5"}, "temperature"),
+        ({"tool_choice": 1}, "tool_choice"),
+        ({"response_format": "json"}, "response_format"),
+        (
+            {"messages": [{"role": "assistant", "content": None, "tool_calls": True}]},
+            "messages[0].tool_calls",
+        ),
+    ],
+)
+def test_wrong_types_for_what_the_translation_reads_are_400s_before_any_call(
+    astack: AnthropicStack, extra: dict[str, Any], param: str
+) -> None:
+    """Found by a sweep: each was a 500 where the chat request is translated for Anthropic."""
+    before = json.loads(urllib.request.urlopen(astack.fakes["claude"].url + "/_fake/stats", timeout=5).read())
+    body = {"model": "claude", "messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(openai.BadRequestError) as refused:
+        astack.client().chat.completions.create(**body)
+    error = refused.value.body
+    assert isinstance(error, dict) and str(error["param"]).startswith(param), error
+    after = json.loads(urllib.request.urlopen(astack.fakes["claude"].url + "/_fake/stats", timeout=5).read())
+    assert after["requests"] == before["requests"]

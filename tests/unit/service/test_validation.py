@@ -91,6 +91,39 @@ _CHAT_SHAPES: list[dict] = [  # type: ignore[type-arg]
     {"model": "m", "messages": [{"role": "tool", "content": "x"}], "stream": False, "stream_options": None},
     {"model": "m", "messages": [{"role": "user"}], "stream": True, "stream_options": {"include_usage": True}},
     {"model": "m", "messages": [{"role": "user"}], "stream_options": {}},
+    {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stop": ["\n"],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "tool_choice": "auto",
+        "response_format": {"type": "json_object"},
+        "temperature": 0,
+        "top_p": 0.5,
+        "parallel_tool_calls": False,
+        "user": "u-1",
+    },
+    {"model": "m", "messages": [{"role": "user"}], "stop": "END", "tool_choice": {"type": "function"}},
+    {"model": "m", "messages": [{"role": "user"}], "stop": None, "tools": None, "temperature": None},
+    {"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}]},
+    {"model": "m", "messages": [{"role": "assistant", "tool_calls": None}]},
+    # the fields the translating adapters read, in types OpenAI refuses (500s on Anthropic or
+    # Gemini before)
+    {"model": "m", "messages": [{"role": "user"}], "stop": True},
+    {"model": "m", "messages": [{"role": "user"}], "stop": -1},
+    {"model": "m", "messages": [{"role": "user"}], "stop": ["a", 1]},
+    {"model": "m", "messages": [{"role": "user"}], "tools": True},
+    {"model": "m", "messages": [{"role": "user"}], "tools": 1.5},
+    {"model": "m", "messages": [{"role": "user"}], "tools": ["f"]},
+    {"model": "m", "messages": [{"role": "user"}], "tool_choice": 1},
+    {"model": "m", "messages": [{"role": "user"}], "response_format": "json"},
+    {"model": "m", "messages": [{"role": "user"}], "temperature": "0.5"},
+    {"model": "m", "messages": [{"role": "user"}], "temperature": True},
+    {"model": "m", "messages": [{"role": "user"}], "top_p": [1]},
+    {"model": "m", "messages": [{"role": "user"}], "parallel_tool_calls": "no"},
+    {"model": "m", "messages": [{"role": "user"}], "user": 5},
+    {"model": "m", "messages": [{"role": "assistant", "tool_calls": True}]},
+    {"model": "m", "messages": [{"role": "assistant", "tool_calls": ["f"]}]},
     # shapes the hand-written check leaves to pydantic (coerced, or refused)
     {"model": "m", "messages": [{"role": "user"}], "stream": "true"},
     {"model": "m", "messages": [{"role": "user"}], "stream": 1},
@@ -141,3 +174,23 @@ def test_stream_must_be_a_boolean_as_openai_requires(endpoint: Endpoint, value: 
     assert err.value.param == "stream" and err.value.code == "invalid_value"
     body = {"model": "m", "messages": [{"role": "user"}], "prompt": "p", "stream": None}
     assert check_request(endpoint, body) == ("m", False)  # null is OpenAI's "not set"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"dimensions": True}, "dimensions"),
+        ({"dimensions": 0}, "dimensions"),
+        ({"dimensions": "256"}, "dimensions"),
+        ({"encoding_format": "hex"}, "encoding_format"),
+        ({"encoding_format": 0}, "encoding_format"),
+    ],
+)
+def test_embedding_options_the_adapters_read_are_typed(extra: dict, param: str) -> None:  # type: ignore[type-arg]
+    """(``dimensions: true`` reached Gemini as ``outputDimensionality: true``.)"""
+    with pytest.raises(InvalidRequest) as err:
+        check_request(Endpoint.EMBEDDINGS, {"model": "m", "input": "x", **extra})
+    assert err.value.param == param
+    assert check_request(
+        Endpoint.EMBEDDINGS, {"model": "m", "input": "x", "dimensions": 8, "encoding_format": "base64"}
+    )

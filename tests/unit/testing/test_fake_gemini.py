@@ -100,6 +100,11 @@ async def test_embeddings_single_and_batch(aiohttp_client: AiohttpClient) -> Non
     assert batch["embeddings"][0] == single["embedding"] and len(batch["embeddings"][1]["values"]) == 2
     resp = await post(client, "emb:batchEmbedContents", {"requests": [{**one, "model": "models/other"}]})
     assert resp.status == 400 and (await resp.json())["error"]["status"] == "INVALID_ARGUMENT"
+    for size in (True, 0, "2"):  # as Gemini refuses a dimensionality that is not a positive int32
+        resp = await post(
+            client, "emb:batchEmbedContents", {"requests": [{**one, "outputDimensionality": size}]}
+        )
+        assert resp.status == 400 and (await resp.json())["error"]["status"] == "INVALID_ARGUMENT", size
 
 
 async def test_key_checks_answer_as_google_does(aiohttp_client: AiohttpClient) -> None:
