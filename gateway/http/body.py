@@ -31,7 +31,8 @@ async def read_json(request: web.Request, max_body_bytes: int | None = None) -> 
     if request.headers.get("Content-Type") != JSON_CONTENT_TYPE and request.content_type != JSON_CONTENT_TYPE:
         # aiohttp reports a missing header as application/octet-stream; show what was sent.
         raise UnsupportedMediaType(request.headers.get("Content-Type", ""))
-    refuse_compressed(request)
+    if request.headers.get("Content-Encoding") is not None:
+        refuse_compressed(request)
     limit = (request.app[keys.SETTINGS].max_body_bytes or 0) if max_body_bytes is None else max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(limit)  # refuse before reading a byte of it

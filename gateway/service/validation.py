@@ -95,37 +95,49 @@ def _ordinary_chat(body: JSONObject) -> bool:
         type(options) is not dict or type(options.get("include_usage", False)) is not bool
     ):
         return False
-    return _typed_fields(body)
+    # temperature, in most bodies, checked here; the rest of what the adapters read only when
+    # the body holds any of it (one C-level check otherwise)
+    temperature = body.get("temperature")
+    if temperature is not None and type(temperature) is not float and type(temperature) is not int:
+        return False
+    return _TYPED_NAMES.isdisjoint(body) or _typed_fields(body)
 
 
 def _typed_fields(body: JSONObject) -> bool:
     """The fields the translating adapters read, as ``ChatCompletionHead`` types them (absent
-    or null: fine); exact JSON types only."""
-    stop = body.get("stop")
-    if (
-        stop is not None
-        and type(stop) is not str
-        and (type(stop) is not list or any(type(s) is not str for s in stop))
-    ):
-        return False
-    tools = body.get("tools")
-    if tools is not None and (type(tools) is not list or any(type(t) is not dict for t in tools)):
-        return False
-    choice = body.get("tool_choice")
-    if choice is not None and type(choice) is not str and type(choice) is not dict:
-        return False
-    fmt = body.get("response_format")
-    if fmt is not None and type(fmt) is not dict:
-        return False
-    for name in ("temperature", "top_p"):
-        number = body.get(name)
-        if number is not None and type(number) is not float and type(number) is not int:
+    or null: fine); exact JSON types only. (Called only for a body holding one of them.)"""
+    for name, value in body.items():
+        if value is None or name not in _TYPED_NAMES:
+            continue
+        kind = type(value)
+        if name == "top_p":
+            if kind is not float and kind is not int:
+                return False
+        elif name == "stop":
+            if kind is not str and (kind is not list or any(type(s) is not str for s in value)):
+                return False
+        elif name == "tools":
+            if kind is not list or any(type(t) is not dict for t in value):
+                return False
+        elif name == "tool_choice":
+            if kind is not str and kind is not dict:
+                return False
+        elif name == "response_format":
+            if kind is not dict:
+                return False
+        elif name == "parallel_tool_calls":
+            if kind is not bool:
+                return False
+        elif kind is not str:  # user
             return False
-    parallel = body.get("parallel_tool_calls")
-    if parallel is not None and parallel is not True and parallel is not False:
-        return False
-    user = body.get("user")
-    return user is None or type(user) is str
+    return True
+
+
+# What the translating adapters read (temperature aside, checked first); ``_typed_fields``
+# checks each as ``ChatCompletionHead`` does.
+_TYPED_NAMES = frozenset(
+    ("top_p", "stop", "tools", "tool_choice", "response_format", "parallel_tool_calls", "user")
+)
 
 
 def validate_head(head_type: type[H], body: JSONObject) -> H:
