@@ -74,25 +74,34 @@ class OpenAIAdapter:
 
 class WatchedStream(ABC):
     """A stream relayed as the provider sent it, its events watched (``_watch``, per subclass) for
-    its end, its usage and failures: the shared part of the pass-through translators."""
+    its end, its usage and failures: the shared part of the pass-through translators.
 
-    __slots__ = ("_decoder", "_done", "_errored", "_usage")
+    Only whole events are relayed: the start of an event the provider has not finished is held
+    until its blank line comes. Relayed, it could never be taken back: if the provider then
+    failed, the gateway's error event would be glued to the half event, and the client's SDK
+    would fail on the broken JSON instead of raising the error."""
+
+    __slots__ = ("_decoder", "_done", "_errored", "_held", "_usage")
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
         self._done = False
         self._errored = False
         self._usage: JSONObject | None = None
+        self._held: list[bytes] = []  # relayed bytes to be: an unfinished event's start
 
     def feed(self, chunk: bytes) -> bytes:
         for data in self._decoder.feed(chunk):
             self._watch(data)
-        return chunk
+        return self._whole_events(chunk)
 
     def finish(self) -> bytes:
         for data in self._decoder.flush():
             self._watch(data)
-        return b""
+        held = self._held
+        rest = b"".join(held)  # the stream ended: an unfinished last event goes as it came
+        held.clear()
+        return rest
 
     def usage(self) -> JSONObject | None:
         return self._usage
@@ -101,9 +110,43 @@ class WatchedStream(ABC):
     def completed(self) -> bool:
         return self._done and not self._errored
 
+    def _whole_events(self, chunk: bytes) -> bytes:
+        """What of ``chunk`` (after what is held) ends a whole event; the rest is held."""
+        held = self._held
+        if self._decoder.idle:  # the chunk ended between two events: all of it goes
+            if not held:
+                return chunk
+            held.append(chunk)
+            out = b"".join(held)
+            held.clear()
+            return out
+        # Inside an event: relay up to the last blank line (which may begin in what is held).
+        tail = held[-1][-2:] if held else b""
+        end = _event_end(tail + chunk) - len(tail)
+        if end <= 0:
+            held.append(chunk)
+            return b""
+        held.append(chunk[:end])
+        out = b"".join(held)
+        held.clear()
+        if end < len(chunk):
+            held.append(chunk[end:])
+        return out
+
     @abstractmethod
     def _watch(self, data: bytes) -> None:
         """Look at one event's data (what ``feed`` and ``finish`` decoded)."""
+
+
+def _event_end(data: bytes) -> int:
+    """The index just past the last blank line in ``data`` (LF LF, CR CR, or one ending in
+    CRLF), or 0. One it does not recognise (LF then a lone CR) only holds bytes a little longer."""
+    end = 0
+    for blank in (b"\n\n", b"\r\r", b"\n\r\n"):
+        at = data.rfind(blank)
+        if at >= 0 and at + len(blank) > end:
+            end = at + len(blank)
+    return end
 
 
 class OpenAIStreamTranslator(WatchedStream):
@@ -147,7 +190,7 @@ class OpenAIStreamTranslator(WatchedStream):
         for data in decoder.feed(chunk):
             self._watch(data)
         self._between = decoder.idle
-        return chunk
+        return self._whole_events(chunk)
 
     def _watch(self, data: bytes) -> None:
         if data == DONE_DATA:

@@ -20,15 +20,26 @@ DONE = b"data: [DONE]\n\n"  # OpenAI's end-of-stream event
 class SSEDecoder:
     """Incremental SSE decoder: bytes in, the ``data`` of each completed event out."""
 
-    __slots__ = ("_data", "_rest")
+    __slots__ = ("_data", "_pieces", "_rest")
 
     def __init__(self) -> None:
         self._rest = b""  # the unfinished line (plus a held-back CR)
+        self._pieces: list[bytes] = []  # chunks with no line end that came after ``_rest``
         self._data: list[bytes] = []  # data lines of the event being read
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The data of every event ``chunk`` completes, in order (empty while none is)."""
-        buffer = self._rest + chunk if self._rest else chunk
+        if chunk.find(b"\n") < 0 and chunk.find(b"\r") < 0:
+            # Still inside one line: kept in pieces and joined once, when the line ends. Added to
+            # ``_rest`` each time, a line sent in n pieces would cost n copies of itself.
+            if chunk:
+                self._pieces.append(chunk)
+            return []
+        if self._pieces:
+            buffer = b"".join([self._rest, *self._pieces, chunk])
+            self._pieces.clear()
+        else:
+            buffer = self._rest + chunk if self._rest else chunk
         held = b""
         if buffer.find(b"\r") >= 0:
             if buffer.endswith(b"\r"):  # maybe the first half of a CRLF split across chunks
@@ -51,11 +62,12 @@ class SSEDecoder:
     @property
     def idle(self) -> bool:
         """Between events: no unfinished line and no data lines waiting for their blank line."""
-        return not self._rest and not self._data
+        return not self._rest and not self._pieces and not self._data
 
     def flush(self) -> list[bytes]:
         """At the end of the stream: the last event if its blank line never came."""
-        rest, self._rest = self._rest.rstrip(b"\r"), b""
+        rest = b"".join([self._rest, *self._pieces]).rstrip(b"\r")
+        self._rest, self._pieces = b"", []
         events = self.feed(rest + b"\n\n") if rest or self._data else []
         self._rest = b""
         return events

@@ -90,3 +90,41 @@ def test_usage_split_inside_its_key_across_chunks_is_still_seen() -> None:
     assert translator.feed(stream[len(CHUNK) : cut]) + translator.feed(stream[cut:]) == stream[len(CHUNK) :]
     assert translator.usage() == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert translator.completed
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize("seed", range(20))
+def test_only_whole_events_are_relayed_however_the_chunks_fall(newline: bytes, seed: int) -> None:
+    """Whatever the chunking, every byte goes out once, in order, and what has gone out at any
+    moment ends at an event's end: a provider failing then leaves no half event for the error
+    event to be glued to."""
+    import random
+
+    from gateway.providers.responses_bridge import NativeResponsesStream
+
+    events = [CHUNK, b": keep-alive\n\n", USAGE, b"event: x\ndata: {}\ndata: {}\n\n", b"data:[DONE]\n\n"]
+    stream = b"".join(events).replace(b"\n", newline)
+    boundaries = {0}
+    at = 0
+    for event in events:
+        at += len(event.replace(b"\n", newline))
+        boundaries.add(at)
+    rng = random.Random(seed)
+    for translator in (OpenAIStreamTranslator(), NativeResponsesStream()):
+        sent, i = b"", 0
+        while i < len(stream):
+            size = rng.choice([1, 2, 3, 7, 40, 200])
+            sent += translator.feed(stream[i : i + size])
+            i += size
+            # Out so far: whole events only.
+            assert stream.startswith(sent) and len(sent) in boundaries
+        sent += translator.finish()
+        assert sent == stream
+
+
+def test_a_half_event_is_held_and_dropped_if_the_stream_breaks_there() -> None:
+    translator = OpenAIStreamTranslator()
+    assert translator.feed(CHUNK + CHUNK[:20]) == CHUNK  # the half event waits
+    assert translator.feed(CHUNK[20:40]) == b""
+    assert translator.feed(CHUNK[40:]) == CHUNK  # its end came: it goes whole
+    assert translator.feed(USAGE[:30]) == b""  # the provider fails here: nothing of it went out
