@@ -226,6 +226,14 @@ class ResponseCache:
             plan.text = fingerprint.prompt_text(body)
         return plan
 
+    def capture_bytes(self, plan: CachePlan) -> int:
+        """How much of a streamed answer to keep for storing under ``plan``: none when it will
+        not be stored, else at most its category's whole space (a larger one cannot be)."""
+        if not plan.write:
+            return 0
+        settings = self.config.categories.get(plan.category)
+        return settings.max_bytes if settings is not None else 0
+
     def answers_now(self, plan: CachePlan) -> bool:
         """Whether ``exact_now`` gives ``plan``'s whole lookup: an in-process store and a category
         with no semantic index (every default category). Otherwise ``lookup`` must be awaited."""

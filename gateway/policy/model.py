@@ -18,6 +18,22 @@ from gateway.policy.durations import DurationS
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def _parse_size(value: object) -> object:
+    """``100MB`` / ``64 MiB`` / ``1048576`` -> bytes; anything else is left for pydantic to refuse."""
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError("must be a size such as 50MB, 64MiB or a number of bytes")
+        return int(float(match.group(1)) * _UNITS[(match.group(2) or "B").lower()])
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -69,6 +85,13 @@ class ProviderBase(_Strict):
     timeouts: Timeouts = Timeouts()
     max_connections: int = Field(
         256, ge=1, description="Most connections kept open to this provider at once."
+    )
+    max_response_bytes: ByteSize = Field(
+        128 * 2**20,
+        description="Most bytes of one answer the gateway reads from this provider (e.g. 128MiB, "
+        "the default): a whole body, or one event of a stream. A provider sending more is cut off "
+        "with a 502 (and failed over) instead of filling the gateway's memory. The default holds "
+        "2,048 embeddings of 3,072 floats as JSON.",
     )
 
     @field_validator("base_url")
@@ -503,23 +526,6 @@ class ModelGroup(_Strict):
     shadow: Shadow | None = Field(
         None, description="Mirror a share of this group's requests to a candidate (shadow traffic)."
     )
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-def _parse_size(value: object) -> object:
-    """``100MB`` / ``64 MiB`` / ``1048576`` -> bytes; anything else is left for pydantic to refuse."""
-    if isinstance(value, str):
-        match = _SIZE.match(value)
-        if not match:
-            raise ValueError("must be a size such as 50MB, 64MiB or a number of bytes")
-        return int(float(match.group(1)) * _UNITS[(match.group(2) or "B").lower()])
-    return value
-
-
-ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
 
 
 class SemanticCache(_Strict):

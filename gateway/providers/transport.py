@@ -35,14 +35,22 @@ Scrub = Callable[[str], str]
 
 
 class AiohttpResponse:
-    """An aiohttp response seen as an ``UpstreamResponse``."""
+    """An aiohttp response seen as an ``UpstreamResponse``.
 
-    __slots__ = ("_dog", "_errors", "_raw")
+    ``limit`` (the provider's ``max_response_bytes``) bounds what one answer may make the gateway
+    hold: a whole body (``read``), or one event of a stream (``chunks``: the bytes since the last
+    blank line). A provider sending more is cut off with ``UpstreamBadResponse``, its connection
+    closed, rather than read into memory until the total timeout."""
 
-    def __init__(self, raw: aiohttp.ClientResponse, errors: _ErrorTranslation, dog: _Watchdog) -> None:
+    __slots__ = ("_dog", "_errors", "_limit", "_raw")
+
+    def __init__(
+        self, raw: aiohttp.ClientResponse, errors: _ErrorTranslation, dog: _Watchdog, limit: int
+    ) -> None:
         self._raw = raw
         self._errors = errors
         self._dog = dog
+        self._limit = limit
 
     @property
     def status(self) -> int:
@@ -67,16 +75,25 @@ class AiohttpResponse:
             except _LIBRARY_ERRORS as exc:
                 raise self._errors.translate(exc) from None
             dog.stop()
+            if len(data) > self._limit:
+                raise self._too_large("one answer")
             return data
-        parts = [chunk async for chunk in self.chunks()]  # timed gaps, as for a stream
+        parts = [chunk async for chunk in self._timed(False)]  # timed gaps, as for a stream
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def chunks(self) -> AsyncGenerator[bytes, None]:
+    def chunks(self) -> AsyncGenerator[bytes, None]:
         """The body as it arrives, without waiting for more than the socket has."""
+        return self._timed(True)
+
+    async def _timed(self, stream: bool) -> AsyncGenerator[bytes, None]:
+        """The body's chunks, each wait on the provider timed by the watchdog, and bounded by
+        the limit: the whole body, or (``stream``) each event."""
         content = self._raw.content
         dog = self._dog
         dog.adopt()
         clock = dog.loop.time
+        limit = self._limit
+        held = 0  # bytes of the body, or since the last chunk that held an event's end
         try:
             while True:
                 if dog.expired is not None:
@@ -86,6 +103,17 @@ class AiohttpResponse:
                 dog.since = _IDLE
                 if not chunk:
                     break
+                # A healthy stream's chunk ends an event, found by the first search (~0.1k
+                # instructions). An event's end split across two chunks is not seen: at worst
+                # one more event counts against the limit.
+                if stream and (
+                    chunk.find(b"\n\n") >= 0 or chunk.find(b"\n\r\n") >= 0 or chunk.find(b"\r\r") >= 0
+                ):
+                    held = 0
+                else:
+                    held += len(chunk)
+                    if held > limit:
+                        raise self._too_large("one stream event" if stream else "one answer")
                 yield chunk
         except asyncio.CancelledError:
             if dog.timed_out():
@@ -97,6 +125,17 @@ class AiohttpResponse:
         if not content.is_eof():
             name = self._errors.name
             raise UpstreamConnectError(f"{name}: stream ended early", provider=name)
+
+    def _too_large(self, what: str) -> UpstreamBadResponse:
+        """The error for a body past the limit; the response is closed (its connection too: the
+        rest of the body is never read)."""
+        self._dog.stop()
+        self._raw.close()
+        name = self._errors.name
+        return UpstreamBadResponse(
+            f"{name}: provider sent more than max_response_bytes ({self._limit:,} bytes) in {what}",
+            provider=name,
+        )
 
     def close(self) -> None:
         self._dog.stop()
@@ -122,6 +161,7 @@ class AiohttpTransport:
         self._session: aiohttp.ClientSession | None = None
         self._dogs: _Watchdogs | None = None  # the requests' timeouts, on the session's loop
         self._base_url = config.base_url
+        self._limit = config.max_response_bytes
         t = config.timeouts
         self._gap_s = t.first_byte_s
         self._total_s = t.total_s
@@ -189,7 +229,7 @@ class AiohttpTransport:
             dog.stop()
             raise
         dog.since = _IDLE
-        return AiohttpResponse(raw, self._errors, dog)
+        return AiohttpResponse(raw, self._errors, dog, self._limit)
 
 
 class _Watchdogs:

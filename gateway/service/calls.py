@@ -384,9 +384,10 @@ class RequestService:
         door: FrontDoor | None = None,
     ) -> Answer:
         book = _StreamBook(self, endpoint, plan, ctx, lead)
+        capture = self.cache.capture_bytes(plan)
         try:
             routed = await self.router.call(
-                route, lambda t: self._open_stream(t, endpoint, body, book, plan.write, door), group
+                route, lambda t: self._open_stream(t, endpoint, body, book, capture, door), group
             )
         except GatewayError as error:
             self.record_operation(endpoint, route.model, None, book.called_s, type(error).__name__)
@@ -410,7 +411,7 @@ class RequestService:
         endpoint: Endpoint,
         body: JSONObject,
         book: _StreamBook,
-        capture: bool,
+        capture: int,
         door: FrontDoor | None = None,
     ) -> RoutedStream:
         client, adapter = target.client, target.client.adapter
@@ -446,7 +447,7 @@ class RequestService:
         endpoint: Endpoint,
         body: JSONObject,
         book: _StreamBook,
-        capture: bool,
+        capture: int,
         request: UpstreamRequest,
     ) -> RoutedStream:
         """``_open_stream`` inside an attempt span, which the stream's book ends with the stream."""

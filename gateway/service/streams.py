@@ -55,10 +55,13 @@ class ReplayStream:
 class RoutedStream:
     """A provider stream in OpenAI SSE whose first chunk has arrived (so a provider that failed
     before it was failed over unseen). ``captured`` keeps every byte sent when the answer may be
-    cached; ``events`` counts SSE events, a stand-in for output tokens when no usage comes."""
+    cached (``capture``: at most that many bytes, the cache category's space, past which it is let
+    go: such an answer could not be stored anyway); ``events`` counts SSE events, a stand-in for
+    output tokens when no usage comes."""
 
     __slots__ = (
         "_book",
+        "_capture",
         "_iterator",
         "_response",
         "_settled",
@@ -78,11 +81,12 @@ class RoutedStream:
         translator: StreamTranslator,
         book: StreamBook,
         *,
-        capture: bool,
+        capture: int,
     ) -> None:
         self.first = first
         self.translator = translator
-        self.captured: bytearray | None = bytearray() if capture else None
+        self.captured: bytearray | None = bytearray() if capture > 0 else None
+        self._capture = capture
         self.events = 0
         self.first_at = 0.0  # perf_counter() when the first chunk went out
         self._response = response
@@ -128,6 +132,9 @@ class RoutedStream:
                     self.events += out.count(b"data:")
                     if captured is not None:
                         captured += out
+                        if len(captured) > self._capture:
+                            self._let_go()
+                            captured = None
                     yield out
             tail = translator.finish()
             if tail:
@@ -147,4 +154,10 @@ class RoutedStream:
         self.events += chunk.count(b"data:")
         if self.captured is not None:
             self.captured += chunk
+            if len(self.captured) > self._capture:
+                self._let_go()
         return chunk
+
+    def _let_go(self) -> None:
+        """Stop capturing: the answer has outgrown what its cache category could store."""
+        self.captured = None

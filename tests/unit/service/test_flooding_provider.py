@@ -1,0 +1,210 @@
+"""A provider that floods (a body or a stream event past ``max_response_bytes``) or cuts a stream
+inside an event, through the whole request path with the official ``openai`` SDK as the client
+and real HTTP to the providers on loopback: a whole answer fails over unseen (or is a 502 in
+OpenAI's envelope when no deployment is left), a stream already started ends with an error event
+the SDK raises (never glued to half an event), and a cacheable stream too large for its cache
+category is served whole but not kept."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+
+import openai
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import build_app
+from gateway.policy.loader import parse_policy
+from gateway.settings import Settings
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+LIMIT = 64 * 1024
+
+
+def completion(model: str, content: str = "hi") -> bytes:
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        }
+    )
+
+
+def chunk(model: str, content: str) -> bytes:
+    event = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+class Upstreams:
+    """Two OpenAI-compatible providers on loopback: ``flood`` (whose answers pass the limit) and
+    ``good``; each counts the chat requests it got."""
+
+    def __init__(self) -> None:
+        self.calls = {"flood": 0, "good": 0}
+        self.stream_events = 8  # how many events ``good`` streams
+
+    def app(self, name: str) -> web.Application:
+        async def chat(request: web.Request) -> web.StreamResponse:
+            self.calls[name] += 1
+            body = await request.json()
+            model = body["model"]
+            if not body.get("stream"):
+                if name == "flood":  # valid JSON, past the limit
+                    return web.Response(
+                        body=completion(model, "x" * (LIMIT + 10)), content_type="application/json"
+                    )
+                return web.Response(body=completion(model), content_type="application/json")
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            if name == "flood":
+                await response.write(chunk(model, "first"))
+                try:
+                    for _ in range(2048):  # 8 MiB of one line that never ends
+                        await response.write(b"z" * 4096)
+                except ConnectionError:
+                    pass
+                return response
+            if model == "cut":  # one event, half of the next, then the connection drops
+                half = chunk(model, "second")
+                await response.write(chunk(model, "first") + half[: len(half) // 2])
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            for i in range(self.stream_events):
+                await response.write(chunk(model, f"part{i} " + "p" * 200))
+            await response.write(b"data: [DONE]\n\n")
+            return response
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        return app
+
+
+@pytest.fixture
+def upstreams() -> Iterator[Upstreams]:
+    yield Upstreams()
+
+
+async def gateway(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> tuple[TestClient, openai.AsyncOpenAI]:
+    flood = await aiohttp_server(upstreams.app("flood"))
+    good = await aiohttp_server(upstreams.app("good"))
+    policy = parse_policy(
+        f"""
+version: 1
+auth: {{mode: open}}
+providers:
+  flood: {{kind: openai, base_url: "{flood.make_url("/v1")}", max_response_bytes: 64KiB}}
+  good: {{kind: openai, base_url: "{good.make_url("/v1")}"}}
+models:
+  pair: {{strategy: ordered, deployments: [{{provider: flood, model: f}}, {{provider: good, model: g}}]}}
+  alone: {{deployments: [{{provider: flood, model: f}}]}}
+  kept: {{deployments: [{{provider: good, model: g}}]}}
+  cut: {{deployments: [{{provider: good, model: cut}}]}}
+cache:
+  default_category: small
+  categories: {{small: {{ttl_s: 60, max_bytes: 4KiB}}}}
+memory: {{enabled: false}}
+"""
+    )
+    client = await aiohttp_client(build_app(Settings.from_env({}), policy, {}))
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="sk-test", max_retries=0)
+    return client, sdk
+
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+async def test_a_flooding_deployment_is_failed_over_unseen(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    raw = await sdk.chat.completions.with_raw_response.create(model="pair", messages=MESSAGES)  # type: ignore[arg-type]
+    assert raw.parse().choices[0].message.content == "hi"
+    assert raw.headers["x-gateway-provider"] == "good"
+    assert raw.headers["x-gateway-attempts"] == "2"
+    assert upstreams.calls == {"flood": 1, "good": 1}
+
+
+async def test_with_no_deployment_left_the_client_gets_a_502_naming_the_limit(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await sdk.chat.completions.create(model="alone", messages=MESSAGES)  # type: ignore[arg-type]
+    assert caught.value.status_code == 502
+    assert "max_response_bytes (65,536 bytes) in one answer" in caught.value.message
+    # The gateway is fine afterwards.
+    answer = await sdk.chat.completions.create(model="kept", messages=MESSAGES)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == "hi"
+
+
+async def test_a_stream_flooding_after_its_first_chunk_ends_with_an_error_event(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    got: list[str] = []
+    with pytest.raises(openai.APIError, match=r"max_response_bytes \(65,536 bytes\) in one stream event"):
+        stream = await sdk.chat.completions.create(model="alone", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        async for part in stream:
+            got.append(part.choices[0].delta.content or "")
+    assert got == ["first"]
+
+
+async def test_a_stream_cut_inside_an_event_ends_with_the_error_not_a_broken_event(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """The half event never reaches the client: the SDK sees the first chunk, then the
+    gateway's error event (an ``APIError``), not JSON it cannot parse."""
+    _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    got: list[str] = []
+    with pytest.raises(openai.APIError, match="good"):
+        stream = await sdk.chat.completions.create(model="cut", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        async for part in stream:
+            got.append(part.choices[0].delta.content or "")
+    assert got == ["first"]
+
+
+async def test_a_cacheable_stream_too_large_for_its_category_is_served_whole_but_not_kept(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+
+    async def streamed(content: str) -> tuple[str, str]:
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model="kept",
+            messages=[{"role": "user", "content": content}],
+            temperature=0,
+            stream=True,
+        )
+        text = "".join([part.choices[0].delta.content or "" async for part in raw.parse() if part.choices])
+        return raw.headers["x-gateway-cache"], text
+
+    upstreams.stream_events = 40  # about 10 KB: more than the category's 4 KiB
+    first = await streamed("large")
+    again = await streamed("large")
+    assert first[0] == again[0] == "miss"
+    assert first[1] == again[1] and first[1].count("part") == 40
+    assert upstreams.calls["good"] == 2  # not kept: asked again
+
+    upstreams.stream_events = 4  # about 1 KB: kept
+    small = await streamed("small")
+    hit = await streamed("small")
+    assert (small[0], hit[0]) == ("miss", "hit") and small[1] == hit[1]
+    assert upstreams.calls["good"] == 3
