@@ -85,7 +85,8 @@ class StreamTranslator(Protocol):
 
     One instance per stream (it keeps the partial event and the stream's state); every stream
     has one, OpenAI's own format included (a pass-through that only watches). ``feed`` raises
-    ``UpstreamError`` for an error event it cannot pass on (formats other than OpenAI's).
+    ``UpstreamError`` for an error event it cannot pass on (formats other than OpenAI's), and
+    for any error event before it has returned a byte (so the request fails over unseen).
     """
 
     def feed(self, chunk: bytes) -> bytes:

@@ -152,15 +152,21 @@ def _event_end(data: bytes) -> int:
 class OpenAIStreamTranslator(WatchedStream):
     """OpenAI SSE in, the same bytes out: it only watches for usage, ``[DONE]`` and error events.
 
-    An error event is relayed as the provider sent it (the client's SDK raises on it), but the
-    stream then counts as failed and is never cached.
+    An error event before anything was relayed raises its ``UpstreamStatusError``, so the request
+    fails over to another deployment unseen, as a translated format's does (an OpenAI-compatible
+    server may answer 200 and then an error as its first event). After that it is relayed as the
+    provider sent it (the client's SDK raises on it), and the stream counts as failed and is
+    never cached.
     """
 
-    __slots__ = ("_between",)
+    __slots__ = ("_between", "_opening")
 
     def __init__(self) -> None:
         super().__init__()
-        self._between = True  # the decoder holds nothing: the last chunk ended between events
+        # The first chunk is always decoded (``_between`` starts False), so an error among the
+        # first events is seen before anything is relayed; ``_opening`` until something was.
+        self._between = False  # the decoder holds nothing: the last chunk ended between events
+        self._opening = True
 
     def feed(self, chunk: bytes) -> bytes:
         if (
@@ -190,7 +196,10 @@ class OpenAIStreamTranslator(WatchedStream):
         for data in decoder.feed(chunk):
             self._watch(data)
         self._between = decoder.idle
-        return self._whole_events(chunk)
+        out = self._whole_events(chunk)
+        if out:
+            self._opening = False
+        return out
 
     def _watch(self, data: bytes) -> None:
         if data == DONE_DATA:
@@ -207,10 +216,49 @@ class OpenAIStreamTranslator(WatchedStream):
         if not isinstance(event, dict):
             return
         if "error" in event:
+            if self._opening:
+                raise stream_error(event["error"])
             self._errored = True
         usage = event.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
+
+
+# An error event's ``type`` / ``code`` -> the HTTP status the same error would have had.
+_EVENT_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "rate_limit_exceeded": 429,
+    "rate_limit_error": 429,
+    "insufficient_quota": 429,
+    "requests": 429,
+    "tokens": 429,
+    "server_error": 500,
+    "overloaded_error": 503,
+}
+
+
+def stream_error(error: object) -> UpstreamStatusError:
+    """The error an OpenAI-style ``{"error": {...}}`` stream event stands for: its status from
+    a numeric ``code`` (vLLM sends one) or its ``type`` / ``code``, else 500 (a server error,
+    which fails over)."""
+    fields = error if isinstance(error, dict) else {"message": error}
+    code, kind = fields.get("code"), fields.get("type")
+    if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+        status = code
+    else:
+        status = _EVENT_STATUS.get(str(kind), _EVENT_STATUS.get(str(code), 500))
+    message = fields.get("message")
+    text = str(message) if message else f"provider sent an error event ({kind or code or 'no type'})"
+    return UpstreamStatusError(
+        status,
+        f"stream: {text}",
+        upstream_type=_str_or_none(kind),
+        param=_str_or_none(fields.get("param")),
+        code=None if isinstance(code, int) else _str_or_none(code),
+    )
 
 
 def _str_or_none(value: object) -> str | None:

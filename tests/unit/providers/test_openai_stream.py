@@ -28,18 +28,47 @@ def test_bytes_pass_unchanged_and_usage_and_end_are_seen(size: int, newline: byt
     assert completed
 
 
+ERROR = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+
+
 @pytest.mark.parametrize(
     "stream",
     [
         CHUNK,  # cut: no [DONE]
-        CHUNK + b'data: {"error": {"message": "overloaded"}}\n\n' + b"data: [DONE]\n\n",
+        CHUNK + ERROR + b"data: [DONE]\n\n",  # relayed: the content before it went out first
         CHUNK + b'data: {"error": not json\n\n' + b"data: [DONE]\n\n",
     ],
 )
-@pytest.mark.parametrize("size", [7, 10_000])  # 10,000: the whole stream in one chunk
+@pytest.mark.parametrize("size", [7, len(CHUNK)])  # CHUNK's size: its first chunk is CHUNK
 def test_a_stream_without_its_end_or_with_an_error_event_is_not_complete(stream: bytes, size: int) -> None:
     out, _, completed = run(stream, size)
     assert out == stream and not completed
+
+
+@pytest.mark.parametrize(
+    ("event", "status", "http_status"),
+    [
+        (ERROR, 500, 502),
+        (
+            b'data: {"error": {"message": "slow down", "type": "tokens", "code": "rate_limit_exceeded"}}\n\n',
+            429,
+            429,
+        ),
+        (b'data: {"error": {"object": "error", "message": "bad", "code": 400}}\n\n', 400, 400),  # vLLM's
+        (b'data: {"error": "plain text"}\n\n', 500, 502),
+    ],
+)
+@pytest.mark.parametrize("before", [b"", CHUNK], ids=["first", "after-content-in-the-same-chunk"])
+def test_an_error_event_before_anything_was_relayed_raises_so_the_request_fails_over(
+    event: bytes, status: int, http_status: int, before: bytes
+) -> None:
+    from gateway.errors import UpstreamStatusError
+
+    translator = OpenAIStreamTranslator()
+    with pytest.raises(UpstreamStatusError) as caught:
+        translator.feed(before + event + b"data: [DONE]\n\n")
+    assert (caught.value.upstream_status, caught.value.http_status) == (status, http_status)
+    assert caught.value.message.startswith("stream: ")
 
 
 @pytest.mark.parametrize("size", [3, 10_000])
@@ -60,6 +89,8 @@ def test_whole_events_in_one_chunk_only_the_ones_that_matter_are_read() -> None:
         + b"data:[DONE]\n\n"
     )
     translator = Watching()
+    assert translator.feed(CHUNK) == CHUNK  # the first chunk is always decoded
+    translator.watched.clear()
     assert translator.feed(stream) == stream
     assert translator.usage() == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     assert translator.completed and translator.finish() == b""

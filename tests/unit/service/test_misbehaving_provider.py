@@ -1,8 +1,8 @@
-"""A provider that floods (a body or a stream event past ``max_response_bytes``) or cuts a stream
-inside an event, through the whole request path with the official ``openai`` SDK as the client
+"""A provider that floods (a body or a stream event past ``max_response_bytes``), cuts a stream
+inside an event or starts it with an error event, through the whole request path with the official ``openai`` SDK as the client
 and real HTTP to the providers on loopback: a whole answer fails over unseen (or is a 502 in
 OpenAI's envelope when no deployment is left), a stream already started ends with an error event
-the SDK raises (never glued to half an event), and a cacheable stream too large for its cache
+the SDK raises (never glued to half an event), one that has not fails over, and a cacheable stream too large for its cache
 category is served whole but not kept."""
 
 from __future__ import annotations
@@ -71,6 +71,12 @@ class Upstreams:
                 return web.Response(body=completion(model), content_type="application/json")
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
+            if model == "oops" and name == "flood":  # 200, then an error as the first event
+                await response.write(
+                    b'data: {"error": {"message": "The server had an error", "type": "server_error"}}\n\n'
+                )
+                await response.write(b"data: [DONE]\n\n")
+                return response
             if name == "flood":
                 await response.write(chunk(model, "first"))
                 try:
@@ -117,6 +123,7 @@ models:
   alone: {{deployments: [{{provider: flood, model: f}}]}}
   kept: {{deployments: [{{provider: good, model: g}}]}}
   cut: {{deployments: [{{provider: good, model: cut}}]}}
+  oops: {{strategy: ordered, deployments: [{{provider: flood, model: oops}}, {{provider: good, model: g}}]}}
 cache:
   default_category: small
   categories: {{small: {{ttl_s: 60, max_bytes: 4KiB}}}}
@@ -179,6 +186,19 @@ async def test_a_stream_cut_inside_an_event_ends_with_the_error_not_a_broken_eve
         async for part in stream:
             got.append(part.choices[0].delta.content or "")
     assert got == ["first"]
+
+
+async def test_a_stream_whose_first_event_is_an_error_fails_over_unseen(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """An OpenAI-compatible server may answer 200 and then an error event: nothing has reached
+    the client yet, so the next deployment serves the stream, as for a translated format."""
+    _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    raw = await sdk.chat.completions.with_raw_response.create(model="oops", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+    text = "".join([part.choices[0].delta.content or "" async for part in raw.parse() if part.choices])
+    assert text.count("part") == upstreams.stream_events
+    assert (raw.headers["x-gateway-provider"], raw.headers["x-gateway-attempts"]) == ("good", "2")
+    assert upstreams.calls == {"flood": 1, "good": 1}
 
 
 async def test_a_cacheable_stream_too_large_for_its_category_is_served_whole_but_not_kept(
