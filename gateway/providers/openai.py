@@ -38,6 +38,12 @@ class OpenAIAdapter:
     def translate_response(
         self, endpoint: Endpoint, body: JSONObject, request: JSONObject, upstream_model: str
     ) -> JSONObject | None:
+        """None: the body is relayed as it is, unless it is an error answered with a 2xx
+        (``{"error": {...}}``, which some compatible servers send), which is raised as the error
+        it stands for, so the request fails over and no error is ever cached as an answer."""
+        error = body.get("error")
+        if error is not None:
+            raise stream_error(error, "provider answered an error with a 2xx status")
         return None
 
     def stream_translator(
@@ -240,10 +246,10 @@ _EVENT_STATUS = {
 }
 
 
-def stream_error(error: object) -> UpstreamStatusError:
-    """The error an OpenAI-style ``{"error": {...}}`` stream event stands for: its status from
-    a numeric ``code`` (vLLM sends one) or its ``type`` / ``code``, else 500 (a server error,
-    which fails over)."""
+def stream_error(error: object, where: str = "stream") -> UpstreamStatusError:
+    """The error an OpenAI-style ``{"error": {...}}`` stream event (or 2xx body) stands for: its
+    status from a numeric ``code`` (vLLM sends one) or its ``type`` / ``code``, else 500 (a
+    server error, which fails over); ``where`` begins the message."""
     fields = error if isinstance(error, dict) else {"message": error}
     code, kind = fields.get("code"), fields.get("type")
     if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
@@ -254,7 +260,7 @@ def stream_error(error: object) -> UpstreamStatusError:
     text = str(message) if message else f"provider sent an error event ({kind or code or 'no type'})"
     return UpstreamStatusError(
         status,
-        f"stream: {text}",
+        f"{where}: {text}",
         upstream_type=_str_or_none(kind),
         param=_str_or_none(fields.get("param")),
         code=None if isinstance(code, int) else _str_or_none(code),

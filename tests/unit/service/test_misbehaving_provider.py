@@ -64,6 +64,9 @@ class Upstreams:
             body = await request.json()
             model = body["model"]
             if not body.get("stream"):
+                if model == "oops" and name == "flood":  # an error, with a 200
+                    error = {"error": {"message": "The server had an error", "type": "server_error"}}
+                    return web.Response(body=orjson.dumps(error), content_type="application/json")
                 if name == "flood":  # valid JSON, past the limit
                     return web.Response(
                         body=completion(model, "x" * (LIMIT + 10)), content_type="application/json"
@@ -124,6 +127,7 @@ models:
   kept: {{deployments: [{{provider: good, model: g}}]}}
   cut: {{deployments: [{{provider: good, model: cut}}]}}
   oops: {{strategy: ordered, deployments: [{{provider: flood, model: oops}}, {{provider: good, model: g}}]}}
+  oops-alone: {{deployments: [{{provider: flood, model: oops}}]}}
 cache:
   default_category: small
   categories: {{small: {{ttl_s: 60, max_bytes: 4KiB}}}}
@@ -199,6 +203,22 @@ async def test_a_stream_whose_first_event_is_an_error_fails_over_unseen(
     assert text.count("part") == upstreams.stream_events
     assert (raw.headers["x-gateway-provider"], raw.headers["x-gateway-attempts"]) == ("good", "2")
     assert upstreams.calls == {"flood": 1, "good": 1}
+
+
+async def test_an_error_answered_with_a_200_fails_over_and_is_never_cached(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """Some compatible servers answer ``{"error": ...}`` with a 200: relayed, a temperature-0
+    request's "answer" would have been cached and served again for the cache's whole TTL."""
+    _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    raw = await sdk.chat.completions.with_raw_response.create(model="oops", messages=MESSAGES, temperature=0)  # type: ignore[arg-type]
+    assert raw.parse().choices[0].message.content == "hi"
+    assert (raw.headers["x-gateway-provider"], raw.headers["x-gateway-attempts"]) == ("good", "2")
+    for _ in range(2):
+        before = upstreams.calls["flood"]
+        with pytest.raises(openai.InternalServerError, match="The server had an error"):
+            await sdk.chat.completions.create(model="oops-alone", messages=MESSAGES, temperature=0)  # type: ignore[arg-type]
+        assert upstreams.calls["flood"] > before  # asked again each time: nothing was cached
 
 
 async def test_a_cacheable_stream_too_large_for_its_category_is_served_whole_but_not_kept(
