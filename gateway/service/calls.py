@@ -498,8 +498,10 @@ class RequestService:
         if not isinstance(usage, dict):
             return 0, 0, 0.0
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        prompt = prompt if isinstance(prompt, int) else 0
-        completion = completion if isinstance(completion, int) else 0
+        # A provider's counts are bounded before they reach limits, budgets and metrics: a
+        # negative count would give back tokens and spend, a huge one exhaust a budget at once.
+        prompt = prompt if isinstance(prompt, int) and 0 <= prompt <= _MOST_TOKENS else 0
+        completion = completion if isinstance(completion, int) and 0 <= completion <= _MOST_TOKENS else 0
         if series is None:
             series = self.genai_series(endpoint, model, target)
         series.tokens_in.observe(prompt)
@@ -550,6 +552,7 @@ def genai_labels(endpoint: Endpoint, model: str, target: Target) -> tuple[str, s
     )
 
 
+_MOST_TOKENS = 2**31 - 1  # a request's token count a provider may report (more: not a count)
 _MOST_SERIES = 4096  # (endpoint, group, target) combinations kept; reloads leave old targets behind
 
 

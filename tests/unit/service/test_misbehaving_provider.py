@@ -67,6 +67,13 @@ class Upstreams:
                 if model == "oops" and name == "flood":  # an error, with a 200
                     error = {"error": {"message": "The server had an error", "type": "server_error"}}
                     return web.Response(body=orjson.dumps(error), content_type="application/json")
+                if model == "weird":  # counts that are not counts
+                    usage = b'"usage":{"prompt_tokens":-1000000,"completion_tokens":' + b"9" * 40 + b"}"
+                    weird = completion(model).replace(
+                        b'"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}', usage
+                    )
+                    assert weird.count(b"9" * 40) == 1
+                    return web.Response(body=weird, content_type="application/json")
                 if name == "flood":  # valid JSON, past the limit
                     return web.Response(
                         body=completion(model, "x" * (LIMIT + 10)), content_type="application/json"
@@ -128,6 +135,7 @@ models:
   cut: {{deployments: [{{provider: good, model: cut}}]}}
   oops: {{strategy: ordered, deployments: [{{provider: flood, model: oops}}, {{provider: good, model: g}}]}}
   oops-alone: {{deployments: [{{provider: flood, model: oops}}]}}
+  weird: {{deployments: [{{provider: good, model: weird}}]}}
 cache:
   default_category: small
   categories: {{small: {{ttl_s: 60, max_bytes: 4KiB}}}}
@@ -219,6 +227,23 @@ async def test_an_error_answered_with_a_200_fails_over_and_is_never_cached(
         with pytest.raises(openai.InternalServerError, match="The server had an error"):
             await sdk.chat.completions.create(model="oops-alone", messages=MESSAGES, temperature=0)  # type: ignore[arg-type]
         assert upstreams.calls["flood"] > before  # asked again each time: nothing was cached
+
+
+async def test_token_counts_that_are_not_counts_are_not_counted(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """A negative count would give tokens and spend back to limits and budgets, a 10^40 one
+    exhaust them at once: the answer is relayed, its counts are taken as 0."""
+    client, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    answer = await sdk.chat.completions.create(model="weird", messages=MESSAGES)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == "hi"
+    metrics = await (await client.get("/metrics")).text()
+    sums = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("gen_ai_client_token_usage_sum") and 'gen_ai_request_model="weird"' in line
+    ]
+    assert sums and all(line.endswith(" 0.0") for line in sums), sums
 
 
 async def test_a_cacheable_stream_too_large_for_its_category_is_served_whole_but_not_kept(
