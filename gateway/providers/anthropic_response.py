@@ -10,7 +10,7 @@ import time
 
 import orjson
 
-from gateway.errors import UpstreamStatusError
+from gateway.errors import UpstreamBadResponse, UpstreamStatusError
 from gateway.wire.requests import JSONObject
 
 # Anthropic stop_reason -> OpenAI finish_reason. pause_turn (a server tool loop paused) is a
@@ -69,7 +69,10 @@ def chat_completion(message: JSONObject, upstream_model: str) -> JSONObject:
     """The ``chat.completion`` for an Anthropic ``message`` object."""
     texts: list[str] = []
     tool_calls: list[JSONObject] = []
-    for block in message.get("content") or ():
+    content = message.get("content")
+    if content is not None and not isinstance(content, list):
+        raise UpstreamBadResponse("anthropic: provider returned a message whose content is not a list")
+    for block in content or ():
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(str(block.get("text", "")))

@@ -184,6 +184,8 @@ def _candidates(body: JSONObject) -> list[JSONObject]:
     found = body.get("candidates")
     if found is None and not isinstance(body.get("promptFeedback"), dict):
         raise UpstreamBadResponse("Gemini returned a response with neither candidates nor promptFeedback.")
+    if found is not None and not isinstance(found, list):
+        raise UpstreamBadResponse("Gemini returned candidates that are not a list.")
     return [c for c in found or [] if isinstance(c, dict)]
 
 

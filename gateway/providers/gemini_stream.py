@@ -127,6 +127,8 @@ class GeminiStreamTranslator:
         feedback = event.get("promptFeedback")
         if not candidates and isinstance(feedback, dict) and feedback.get("blockReason"):
             candidates = [{"index": 0, "finishReason": "SAFETY"}]  # the prompt itself was blocked
+        if candidates is not None and not isinstance(candidates, list):
+            raise UpstreamBadResponse("Gemini sent stream candidates that are not a list.")
         for position, candidate in enumerate(candidates or []):
             if isinstance(candidate, dict):
                 out += self._candidate(candidate, position)
