@@ -158,19 +158,19 @@ def _event_end(data: bytes) -> int:
 class OpenAIStreamTranslator(WatchedStream):
     """OpenAI SSE in, the same bytes out: it only watches for usage, ``[DONE]`` and error events.
 
-    An error event before anything was relayed raises its ``UpstreamStatusError``, so the request
-    fails over to another deployment unseen, as a translated format's does (an OpenAI-compatible
-    server may answer 200 and then an error as its first event). After that it is relayed as the
-    provider sent it (the client's SDK raises on it), and the stream counts as failed and is
-    never cached.
+    An error as the stream's first event (nothing but usage before it) raises its
+    ``UpstreamStatusError``, so the request fails over to another deployment unseen, as a
+    translated format's does (an OpenAI-compatible server may answer 200 and then an error).
+    After content it is relayed as the provider sent it (the client's SDK raises on it), and the
+    stream counts as failed and is never cached.
     """
 
     __slots__ = ("_between", "_opening")
 
     def __init__(self) -> None:
         super().__init__()
-        # The first chunk is always decoded (``_between`` starts False), so an error among the
-        # first events is seen before anything is relayed; ``_opening`` until something was.
+        # The first chunk is always decoded (``_between`` starts False), so an error as the first
+        # event is seen before anything is relayed; ``_opening`` until content or a relay.
         self._between = False  # the decoder holds nothing: the last chunk ended between events
         self._opening = True
 
@@ -213,6 +213,7 @@ class OpenAIStreamTranslator(WatchedStream):
             return
         # Only events that can carry usage or an error are parsed; content deltas are not.
         if data.find(b'"usage"') < 0 and data.find(b'"error"') < 0:
+            self._opening = False  # content came before any error: it is the client's to see
             return
         try:
             event = orjson.loads(data)

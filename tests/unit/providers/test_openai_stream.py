@@ -58,8 +58,8 @@ def test_a_stream_without_its_end_or_with_an_error_event_is_not_complete(stream:
         (b'data: {"error": "plain text"}\n\n', 500, 502),
     ],
 )
-@pytest.mark.parametrize("before", [b"", CHUNK], ids=["first", "after-content-in-the-same-chunk"])
-def test_an_error_event_before_anything_was_relayed_raises_so_the_request_fails_over(
+@pytest.mark.parametrize("before", [b"", USAGE], ids=["first", "after-usage-only"])
+def test_an_error_as_the_first_event_raises_so_the_request_fails_over(
     event: bytes, status: int, http_status: int, before: bytes
 ) -> None:
     from gateway.errors import UpstreamStatusError
@@ -69,6 +69,14 @@ def test_an_error_event_before_anything_was_relayed_raises_so_the_request_fails_
         translator.feed(before + event + b"data: [DONE]\n\n")
     assert (caught.value.upstream_status, caught.value.http_status) == (status, http_status)
     assert caught.value.message.startswith("stream: ")
+
+
+def test_an_error_after_content_is_relayed_even_in_the_same_chunk() -> None:
+    """Content came first: the client sees it and then the provider's error, however the
+    provider's bytes were cut into chunks (the outcome does not depend on the network)."""
+    stream = CHUNK + ERROR + b"data: [DONE]\n\n"
+    out, _, completed = run(stream, len(stream))
+    assert out == stream and not completed
 
 
 @pytest.mark.parametrize("size", [3, 10_000])
