@@ -44,7 +44,10 @@ async def test_three_replicas_admit_the_rpm_and_refuse_the_rest_in_openais_shape
     assert set(statuses) <= {200, 429}, statuses
     admitted = statuses[200]
     assert admitted <= int(RPM * 1.02)  # item 4's bound ...
-    assert admitted == RPM  # ... and what the shared sliding window actually gives
+    # ... and what the shared sliding window actually gives (the replicas' warnings, if not)
+    assert admitted == RPM, [
+        line for g in replicas.gateways for line in g.output.splitlines() if '"level":"info"' not in line
+    ]
     assert len({r.gateway for r in replies if r.status == 200}) == 3  # every replica admitted some
     assert len({r.gateway for r in replies if r.status == 429}) == 3  # and refused some
 
