@@ -158,21 +158,19 @@ def _event_end(data: bytes) -> int:
 class OpenAIStreamTranslator(WatchedStream):
     """OpenAI SSE in, the same bytes out: it only watches for usage, ``[DONE]`` and error events.
 
-    An error as the stream's first event (nothing but usage before it) raises its
-    ``UpstreamStatusError``, so the request fails over to another deployment unseen, as a
-    translated format's does (an OpenAI-compatible server may answer 200 and then an error).
-    After content it is relayed as the provider sent it (the client's SDK raises on it), and the
-    stream counts as failed and is never cached.
+    An error as the stream's first event raises its ``UpstreamStatusError``, so the request
+    fails over to another deployment unseen, as a translated format's does (an
+    OpenAI-compatible server may answer 200 and then an error). After another event it is
+    relayed as the provider sent it (the client's SDK raises on it), however the chunks fell,
+    and the stream counts as failed and is never cached.
     """
 
     __slots__ = ("_between", "_opening")
 
     def __init__(self) -> None:
         super().__init__()
-        # The first chunk is always decoded (``_between`` starts False), so an error as the first
-        # event is seen before anything is relayed; ``_opening`` until content or a relay.
-        self._between = False  # the decoder holds nothing: the last chunk ended between events
-        self._opening = True
+        self._between = True  # the decoder holds nothing: the last chunk ended between events
+        self._opening = True  # no event seen yet: an error now is the stream's first event
 
     def feed(self, chunk: bytes) -> bytes:
         if (
@@ -187,13 +185,21 @@ class OpenAIStreamTranslator(WatchedStream):
             # most chunks of a stream are like this. ``find`` rather than ``in``: CPython's
             # ``bytes.__contains__`` first tries the argument as an int and formats a TypeError
             # it then discards, which costs twice the search (callgrind, benchmarks/RESULTS.md).
+            self._opening = False
             return chunk
         decoder = self._decoder
-        if self._between and chunk.endswith(b"\n\n") and chunk.find(b"\r") < 0:
+        if (
+            self._between
+            and chunk.endswith(b"\n\n")
+            and chunk.find(b"\r") < 0
+            and not (self._opening and chunk.find(b'"error"') >= 0)
+        ):
             # Whole events with plain line ends, some of which matter (a fast upstream sends a
             # whole stream, usage and [DONE] included, in one or two chunks): only those go
             # through the decoder, each a whole event, so it stays between events; the content
-            # deltas around them are not split into lines one by one.
+            # deltas around them are not split into lines one by one. (A first chunk holding an
+            # error is decoded whole, below: whether the error came first is then known.)
+            self._opening = False
             for event in chunk.split(b"\n\n"):
                 if event.endswith(b"[DONE]") or event.find(b'"usage"') >= 0 or event.find(b'"error"') >= 0:
                     for data in decoder.feed(event + b"\n\n"):
@@ -202,18 +208,15 @@ class OpenAIStreamTranslator(WatchedStream):
         for data in decoder.feed(chunk):
             self._watch(data)
         self._between = decoder.idle
-        out = self._whole_events(chunk)
-        if out:
-            self._opening = False
-        return out
+        return self._whole_events(chunk)
 
     def _watch(self, data: bytes) -> None:
+        opening, self._opening = self._opening, False
         if data == DONE_DATA:
             self._done = True
             return
         # Only events that can carry usage or an error are parsed; content deltas are not.
         if data.find(b'"usage"') < 0 and data.find(b'"error"') < 0:
-            self._opening = False  # content came before any error: it is the client's to see
             return
         try:
             event = orjson.loads(data)
@@ -223,7 +226,7 @@ class OpenAIStreamTranslator(WatchedStream):
         if not isinstance(event, dict):
             return
         if "error" in event:
-            if self._opening:
+            if opening:
                 raise stream_error(event["error"])
             self._errored = True
         usage = event.get("usage")

@@ -58,7 +58,7 @@ def test_a_stream_without_its_end_or_with_an_error_event_is_not_complete(stream:
         (b'data: {"error": "plain text"}\n\n', 500, 502),
     ],
 )
-@pytest.mark.parametrize("before", [b"", USAGE], ids=["first", "after-usage-only"])
+@pytest.mark.parametrize("before", [b"", b": keep-alive\n\n"], ids=["first", "after-a-comment"])
 def test_an_error_as_the_first_event_raises_so_the_request_fails_over(
     event: bytes, status: int, http_status: int, before: bytes
 ) -> None:
@@ -167,3 +167,11 @@ def test_a_half_event_is_held_and_dropped_if_the_stream_breaks_there() -> None:
     assert translator.feed(CHUNK[20:40]) == b""
     assert translator.feed(CHUNK[40:]) == CHUNK  # its end came: it goes whole
     assert translator.feed(USAGE[:30]) == b""  # the provider fails here: nothing of it went out
+
+
+@pytest.mark.parametrize("size", [1, 9, 10_000])
+def test_an_error_after_the_first_event_is_relayed_however_the_chunks_fall(size: int) -> None:
+    for first in (CHUNK, USAGE):
+        stream = first + ERROR + b"data: [DONE]\n\n"
+        out, _, completed = run(stream, size)
+        assert out == stream and not completed
