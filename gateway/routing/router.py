@@ -62,6 +62,7 @@ _REMEMBERED_BYTES = 8 << 20  # ... and at most this much memory for them, whiche
 _ENTRY_BYTES = 160
 _VOTE_BYTES = 80
 _DEFAULT_COOLING_S = 1.0  # a 429 without Retry-After sets its deployment aside this long
+_MOST_COOLING_S = 3600.0  # and one with a Retry-After at most this long
 _SCORE_TTL_S = 0.05
 
 
@@ -573,7 +574,9 @@ class Router:
         if counts:
             live.breaker.failure(now)
         elif isinstance(error, UpstreamStatusError) and error.upstream_status == 429:
-            live.stats.cooling_until = now + (error.retry_after_s or _DEFAULT_COOLING_S)
+            # At most an hour: a provider's (or a proxy's) Retry-After of days would otherwise take
+            # the deployment out until a restart; after the hour one request probes it again.
+            live.stats.cooling_until = now + min(error.retry_after_s or _DEFAULT_COOLING_S, _MOST_COOLING_S)
             live.breaker.release()
         else:
             live.breaker.success(now)  # it answered: the provider is up, the request was wrong

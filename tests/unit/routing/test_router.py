@@ -152,6 +152,16 @@ async def test_429_sets_the_deployment_aside_for_every_request() -> None:
     assert [t.provider for t in r.plan(ctx())] == ["a", "b", "c"]
 
 
+async def test_a_retry_after_of_days_sets_the_deployment_aside_for_an_hour_at_most() -> None:
+    clock = Clock()
+    r = router(clock=clock)
+    attempt, _ = fails({"a": [UpstreamStatusError(429, "quota", retry_after_s=30 * 86400)]})
+    await r.call(ctx(), attempt)
+    assert [t.provider for t in r.plan(ctx())][-1] == "a"  # set aside
+    clock.now += 3601
+    assert r.plan(ctx())[0].provider == "a"  # back after an hour, not a month
+
+
 async def test_429_longer_than_the_limit_goes_back_to_the_client() -> None:
     r = router()
     attempt, tried = fails({"a": [UpstreamStatusError(429, "slow down", retry_after_s=60)]})
