@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 
+import anthropic
 import openai
 import orjson
 import pytest
@@ -273,3 +274,21 @@ async def test_a_cacheable_stream_too_large_for_its_category_is_served_whole_but
     hit = await streamed("small")
     assert (small[0], hit[0]) == ("miss", "hit") and small[1] == hit[1]
     assert upstreams.calls["good"] == 3
+
+
+async def test_the_messages_door_ends_a_stream_cut_inside_an_event_with_anthropics_error(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """The same cut seen through /v1/messages with the official anthropic SDK: the text before
+    it, then an error the SDK raises (an ``error`` event in Anthropic's shape), not a parse
+    failure."""
+    client, _ = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    sdk = anthropic.AsyncAnthropic(base_url=str(client.make_url("")), api_key="sk-test", max_retries=0)
+    got: list[str] = []
+    with pytest.raises(anthropic.APIError, match="good"):
+        async with sdk.messages.stream(
+            model="cut", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            async for text in stream.text_stream:
+                got.append(text)
+    assert got == ["first"]
