@@ -11,34 +11,18 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from gateway.errors import UpstreamBadResponse
 from gateway.policy.loader import PolicyError, parse_policy
-from gateway.providers.base import UpstreamRequest
 from gateway.providers.transport import AiohttpTransport
+from tests.unit.providers import loopback
+from tests.unit.providers.loopback import REQUEST, Server, upstream
 
-Server = Callable[[web.Application], Awaitable[TestServer]]
-REQUEST = UpstreamRequest("/chat/completions", b"{}", False)
 LIMIT = 64 * 1024
 
 
 def transport(base_url: str, limit: str = "64KiB") -> AiohttpTransport:
-    text = (
-        "version: 1\nproviders:\n"
-        f"  p: {{kind: openai, base_url: '{base_url}', max_response_bytes: {limit}}}\n"
-        "models:\n  m: {deployments: [{provider: p, model: x}]}\nmemory: {enabled: false}\n"
-    )
-    return AiohttpTransport("p", parse_policy(text).providers["p"], {}, lambda s: s)
-
-
-async def upstream(
-    aiohttp_server: Server, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> str:
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handler)
-    server = await aiohttp_server(app)
-    return str(server.make_url("/v1"))
+    return loopback.transport(base_url, f"max_response_bytes: {limit}")
 
 
 def flood(

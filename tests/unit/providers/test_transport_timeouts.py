@@ -11,36 +11,19 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from gateway.errors import UpstreamConnectError, UpstreamTimeout
-from gateway.policy.loader import parse_policy
 from gateway.providers.base import UpstreamRequest
 from gateway.providers.transport import AiohttpTransport
-
-Server = Callable[[web.Application], Awaitable[TestServer]]
-REQUEST = UpstreamRequest("/chat/completions", b"{}", False)
+from tests.unit.providers import loopback
+from tests.unit.providers.loopback import REQUEST, Server, upstream
 
 
 def transport(
     base_url: str, connect_s: float = 2, first_byte_s: float = 0.3, total_s: float = 20
 ) -> AiohttpTransport:
-    text = (
-        "version: 1\nproviders:\n"
-        f"  p: {{kind: openai, base_url: '{base_url}', "
-        f"timeouts: {{connect_s: {connect_s}, first_byte_s: {first_byte_s}, total_s: {total_s}}}}}\n"
-        "models:\n  m: {deployments: [{provider: p, model: x}]}\nmemory: {enabled: false}\n"
-    )
-    return AiohttpTransport("p", parse_policy(text).providers["p"], {}, lambda s: s)
-
-
-async def upstream(
-    aiohttp_server: Server, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> str:
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handler)
-    server = await aiohttp_server(app)
-    return str(server.make_url("/v1"))
+    timeouts = f"connect_s: {connect_s}, first_byte_s: {first_byte_s}, total_s: {total_s}"
+    return loopback.transport(base_url, f"timeouts: {{{timeouts}}}")
 
 
 async def test_a_provider_silent_before_the_first_byte_times_out(aiohttp_server: Server) -> None:

@@ -151,6 +151,17 @@ memory: {{enabled: false}}
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
+async def streamed_until_error(sdk: openai.AsyncOpenAI, model: str, match: str) -> list[str]:
+    """The content a stream of ``model`` delivered before the ``APIError`` (matching ``match``)
+    the SDK must raise on it."""
+    got: list[str] = []
+    with pytest.raises(openai.APIError, match=match):
+        stream = await sdk.chat.completions.create(model=model, messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        async for part in stream:
+            got.append(part.choices[0].delta.content or "")
+    return got
+
+
 async def test_a_flooding_deployment_is_failed_over_unseen(
     aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
 ) -> None:
@@ -179,11 +190,7 @@ async def test_a_stream_flooding_after_its_first_chunk_ends_with_an_error_event(
     aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
 ) -> None:
     _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
-    got: list[str] = []
-    with pytest.raises(openai.APIError, match=r"max_response_bytes \(65,536 bytes\) in one stream event"):
-        stream = await sdk.chat.completions.create(model="alone", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
-        async for part in stream:
-            got.append(part.choices[0].delta.content or "")
+    got = await streamed_until_error(sdk, "alone", r"max_response_bytes \(65,536 bytes\) in one stream event")
     assert got == ["first"]
 
 
@@ -193,12 +200,7 @@ async def test_a_stream_cut_inside_an_event_ends_with_the_error_not_a_broken_eve
     """The half event never reaches the client: the SDK sees the first chunk, then the
     gateway's error event (an ``APIError``), not JSON it cannot parse."""
     _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
-    got: list[str] = []
-    with pytest.raises(openai.APIError, match="good"):
-        stream = await sdk.chat.completions.create(model="cut", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
-        async for part in stream:
-            got.append(part.choices[0].delta.content or "")
-    assert got == ["first"]
+    assert await streamed_until_error(sdk, "cut", "good") == ["first"]
 
 
 async def test_a_stream_whose_first_event_is_an_error_fails_over_unseen(
