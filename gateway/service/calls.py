@@ -430,7 +430,9 @@ class RequestService:
                 translator = door.stream_translator(target)
             async for chunk in chunks:
                 first = translator.feed(chunk)
-                if first:
+                # The answer starts with its first event: comments before it (keep-alives) are
+                # not an answer, and a stream of nothing else is failed over as empty.
+                if first.find(b"data:") >= 0:
                     return RoutedStream(first, response, chunks, translator, book, capture=capture)
         except BaseException:
             await chunks.aclose()
@@ -459,7 +461,7 @@ class RequestService:
                 translator = target.client.adapter.stream_translator(endpoint, body, target.model)
                 async for chunk in chunks:
                     first = translator.feed(chunk)
-                    if first:
+                    if first.find(b"data:") >= 0:  # as in ``_open_stream``
                         book.span = span  # ended with the stream (_StreamBook)
                         return RoutedStream(first, response, chunks, translator, book, capture=capture)
             except BaseException:

@@ -82,6 +82,10 @@ class Upstreams:
                 return web.Response(body=completion(model), content_type="application/json")
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
+            if model == "quiet" and name == "flood":  # keep-alive comments, then the end
+                await response.write(b": keep-alive\n\n")
+                await response.write(b": still here\n\n")
+                return response
             if model == "oops" and name == "flood":  # 200, then an error as the first event
                 await response.write(
                     b'data: {"error": {"message": "The server had an error", "type": "server_error"}}\n\n'
@@ -136,6 +140,7 @@ models:
   cut: {{deployments: [{{provider: good, model: cut}}]}}
   oops: {{strategy: ordered, deployments: [{{provider: flood, model: oops}}, {{provider: good, model: g}}]}}
   oops-alone: {{deployments: [{{provider: flood, model: oops}}]}}
+  quiet: {{strategy: ordered, deployments: [{{provider: flood, model: quiet}}, {{provider: good, model: g}}]}}
   weird: {{deployments: [{{provider: good, model: weird}}]}}
 cache:
   default_category: small
@@ -214,6 +219,18 @@ async def test_a_stream_whose_first_event_is_an_error_fails_over_unseen(
     assert text.count("part") == upstreams.stream_events
     assert (raw.headers["x-gateway-provider"], raw.headers["x-gateway-attempts"]) == ("good", "2")
     assert upstreams.calls == {"flood": 1, "good": 1}
+
+
+async def test_a_stream_of_nothing_but_comments_fails_over(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """Keep-alive comments and then the end: no answer. It was relayed as a 200 stream with no
+    event in it, which the SDK reads as an empty answer, no error."""
+    _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    raw = await sdk.chat.completions.with_raw_response.create(model="quiet", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+    text = "".join([part.choices[0].delta.content or "" async for part in raw.parse() if part.choices])
+    assert text.count("part") == upstreams.stream_events
+    assert (raw.headers["x-gateway-provider"], raw.headers["x-gateway-attempts"]) == ("good", "2")
 
 
 async def test_an_error_answered_with_a_200_fails_over_and_is_never_cached(
