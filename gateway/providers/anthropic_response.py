@@ -70,7 +70,12 @@ def chat_completion(message: JSONObject, upstream_model: str) -> JSONObject:
     texts: list[str] = []
     tool_calls: list[JSONObject] = []
     content = message.get("content")
-    if content is not None and not isinstance(content, list):
+    if message.get("type") == "error":  # an error answered with a 2xx: raised as that error
+        raise status_error(None, message, "anthropic")
+    if message.get("type", "message") != "message" or content is None:
+        # (the docs' own examples leave ``type`` out; a message always has ``content``)
+        raise UpstreamBadResponse("anthropic: provider returned something other than a message")
+    if not isinstance(content, list):
         raise UpstreamBadResponse("anthropic: provider returned a message whose content is not a list")
     for block in content or ():
         kind = block.get("type") if isinstance(block, dict) else None

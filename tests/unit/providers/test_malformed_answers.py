@@ -8,7 +8,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.errors import UpstreamBadResponse
+from gateway.errors import UpstreamBadResponse, UpstreamStatusError
 from gateway.policy.loader import parse_policy
 from gateway.providers.anthropic import AnthropicAdapter
 from gateway.providers.base import Endpoint
@@ -43,3 +43,27 @@ def test_gemini_stream_candidates_that_are_not_a_list(candidates: object) -> Non
     translator = GeminiAdapter(POLICY.providers["g"]).stream_translator(Endpoint.CHAT, CHAT, "x")  # type: ignore[arg-type]
     with pytest.raises(UpstreamBadResponse, match="not a list"):
         translator.feed(b"data: " + orjson.dumps({"candidates": candidates}) + b"\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "choices": [{"message": {"content": "hi"}}],
+        },  # OpenAI's shape
+        {"type": "message", "role": "assistant"},  # no content
+    ],
+)
+def test_an_anthropic_answer_that_is_not_a_message(body: dict[str, object]) -> None:
+    """It was translated into an empty chat completion and served as a 200."""
+    with pytest.raises(UpstreamBadResponse, match="something other than a message"):
+        AnthropicAdapter(POLICY.providers["a"]).translate_response(Endpoint.CHAT, body, CHAT, "x")  # type: ignore[arg-type]
+
+
+def test_an_anthropic_error_answered_with_a_200_is_that_error() -> None:
+    body = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    with pytest.raises(UpstreamStatusError) as caught:
+        AnthropicAdapter(POLICY.providers["a"]).translate_response(Endpoint.CHAT, body, CHAT, "x")  # type: ignore[arg-type]
+    assert (caught.value.upstream_status, caught.value.http_status) == (529, 503)
