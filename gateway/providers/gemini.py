@@ -28,7 +28,7 @@ import orjson
 from gateway.errors import UpstreamStatusError
 from gateway.policy.model import GeminiProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
-from gateway.providers.gemini_errors import gemini_error
+from gateway.providers.gemini_errors import error_from_object, gemini_error
 from gateway.providers.gemini_request import (
     chat_request,
     completion_request,
@@ -62,6 +62,9 @@ class GeminiAdapter:
     def translate_response(
         self, endpoint: Endpoint, body: JSONObject, request: JSONObject, upstream_model: str
     ) -> JSONObject:
+        error = body.get("error")
+        if isinstance(error, dict):  # an error answered with a 2xx: raised as that error
+            raise error_from_object(0, error, None, "gemini")
         if endpoint is Endpoint.EMBEDDINGS:
             return embeddings(body, request, upstream_model)
         if endpoint is Endpoint.CHAT:

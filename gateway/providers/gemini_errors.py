@@ -53,7 +53,8 @@ def error_from_object(
         status = code if isinstance(code, int) and 400 <= code <= 599 else 500
     message = str(error.get("message") or f"Provider returned HTTP {status}.")
     google_status = error.get("status") if isinstance(error.get("status"), str) else None
-    details = [d for d in error.get("details") or [] if isinstance(d, dict)]
+    found = error.get("details")
+    details = [d for d in found if isinstance(d, dict)] if isinstance(found, list) else []
     err_type = _TYPES.get(google_status or "") or _TYPES_BY_STATUS.get(status)
     code_name = google_status
     if any(d.get("reason") == "API_KEY_INVALID" for d in details):

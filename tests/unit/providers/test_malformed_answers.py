@@ -67,3 +67,22 @@ def test_an_anthropic_error_answered_with_a_200_is_that_error() -> None:
     with pytest.raises(UpstreamStatusError) as caught:
         AnthropicAdapter(POLICY.providers["a"]).translate_response(Endpoint.CHAT, body, CHAT, "x")  # type: ignore[arg-type]
     assert (caught.value.upstream_status, caught.value.http_status) == (529, 503)
+
+
+@pytest.mark.parametrize("details", [True, -1, 1.5, "text"])
+def test_a_gemini_error_whose_details_are_not_a_list(details: object) -> None:
+    from gateway.providers.gemini_errors import gemini_error
+
+    body = orjson.dumps(
+        {"error": {"code": 429, "message": "slow", "status": "RESOURCE_EXHAUSTED", "details": details}}
+    )
+    error = gemini_error(429, body, None, "g")
+    assert error.upstream_status == 429 and "slow" in error.message
+
+
+def test_a_gemini_error_answered_with_a_200_is_that_error() -> None:
+    adapter = GeminiAdapter(POLICY.providers["g"])  # type: ignore[arg-type]
+    body = {"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}
+    with pytest.raises(UpstreamStatusError) as caught:
+        adapter.translate_response(Endpoint.CHAT, body, CHAT, "x")
+    assert caught.value.upstream_status == 503 and "overloaded" in caught.value.message
