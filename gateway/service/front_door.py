@@ -11,7 +11,8 @@ model group may mix deployments the door passes its request to natively (Anthrop
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from gateway.providers.base import StreamTranslator, UpstreamRequest
 from gateway.routing.target import Target
@@ -48,3 +49,10 @@ class FrontDoor(Protocol):
     def stream_translator(self, target: Target) -> StreamTranslator:
         """A translator from ``target``'s stream to the door's SSE events."""
         ...
+
+
+def has_choice(completion: Mapping[str, Any]) -> bool:
+    """Whether a whole chat completion has a first choice a door can translate (an object):
+    a provider's completion without one is its error, not an empty answer."""
+    choices = completion.get("choices")
+    return isinstance(choices, list) and bool(choices) and isinstance(choices[0], dict)

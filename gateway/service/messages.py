@@ -23,6 +23,7 @@ from gateway.providers.anthropic_stream import AnthropicStreamTranslator
 from gateway.providers.base import StreamTranslator, UpstreamRequest
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
+from gateway.service.front_door import has_choice
 from gateway.service.validation import validate_head
 from gateway.wire.messages import (
     ChatTranslation,
@@ -90,8 +91,7 @@ class MessagesDoor:
             return raw, openai_usage(parsed.get("usage"))
         completion = target.client.adapter.translate_response(Endpoint.CHAT, parsed, self.chat, target.model)
         completion = completion if completion is not None else parsed
-        choices = completion.get("choices")
-        if not isinstance(choices, list) or not choices:
+        if not has_choice(completion):
             raise _bad(target, "returned a chat completion without choices")
         return orjson.dumps(message_from_chat(completion, target.model)), completion.get("usage")
 

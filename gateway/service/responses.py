@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from gateway.cache.store import CacheStore, CategoryBudget
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, UpstreamBadResponse
 from gateway.policy.model import Policy
 from gateway.providers.base import StreamTranslator, UpstreamRequest
 from gateway.providers.responses_bridge import (
@@ -40,6 +40,7 @@ from gateway.providers.responses_bridge import (
 from gateway.routing.target import Target
 from gateway.service.calls import Answer, RequestService
 from gateway.service.context import CallContext
+from gateway.service.front_door import has_choice
 from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream
 from gateway.wire.requests import Endpoint, JSONObject
@@ -169,6 +170,11 @@ class ResponsesDoor:
             return raw, chat_usage(parsed.get("usage"))  # the provider's bytes, forwarded
         chat = target.client.adapter.translate_response(Endpoint.CHAT, parsed, self.chat, target.model)
         chat = chat if chat is not None else parsed
+        if not has_choice(chat):
+            raise UpstreamBadResponse(
+                f"{target.provider}: provider returned a chat completion without choices",
+                provider=target.provider,
+            )
         return orjson.dumps(whole_response(self.body, chat, self.ids)), chat.get("usage")
 
     def stream_translator(self, target: Target) -> StreamTranslator:

@@ -648,3 +648,16 @@ async def test_a_body_over_the_limit_is_request_too_large(
     assert caught.value.status_code == 413
     assert caught.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
     assert upstreams.calls == []
+
+
+@pytest.mark.parametrize("choices", [[None], [[{"message": {"content": "hi"}}]], [], "hi"])
+async def test_a_completion_without_a_choice_is_a_502_not_an_empty_message(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams, choices: object
+) -> None:
+    """A provider's completion with nothing to translate is its error (it was an empty message)."""
+    upstreams.behaviour = {
+        "oa": lambda request: MockResponse.json({"id": "c", "object": "chat.completion", "choices": choices})
+    }
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        await sdk.messages.create(model="gpt", max_tokens=5, messages=USER)
+    assert caught.value.status_code == 502 and "without choices" in str(caught.value)

@@ -656,3 +656,16 @@ async def test_a_stream_cut_after_its_first_event_raises_in_the_sdk(
             seen.append(event.type)
     assert seen[:2] == ["response.created", "response.in_progress"]
     assert "response.completed" not in seen
+
+
+async def test_a_completion_without_a_choice_fails_over_not_an_empty_response(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    """A provider's completion with nothing to translate is its error (it was a "completed"
+    response with no output): the next deployment answers."""
+    upstreams.behaviour["a"] = lambda body: MockResponse.json(
+        {"id": "c", "object": "chat.completion", "choices": [None]}
+    )
+    response = await sdk(client).responses.with_raw_response.create(model="m", input="hi")
+    assert (response.headers["x-gateway-provider"], response.headers["x-gateway-attempts"]) == ("b", "2")
+    assert response.parse().output_text == "hello"
