@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import UpstreamBadResponse
 from gateway.policy.model import OpenAIProvider, ProviderBase
 from gateway.providers.base import StreamTranslator
 from gateway.providers.openai import WatchedStream
@@ -83,8 +84,10 @@ class ChatToResponsesStream:
             try:
                 event = orjson.loads(data)
             except orjson.JSONDecodeError:
-                self._errored = True
-                continue
+                # Skipped, the stream would end with no terminal event (no completed, failed or
+                # error) and the SDK's stream helper with a vague error: raised, the client gets
+                # the door's error event, or another deployment before anything was sent.
+                raise UpstreamBadResponse("stream: provider sent an event that is not valid JSON") from None
             if not isinstance(event, dict):
                 continue
             if "error" in event:

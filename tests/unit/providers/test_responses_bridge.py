@@ -102,6 +102,17 @@ def test_an_error_event_mid_stream_is_relayed_and_fails_the_stream() -> None:
     assert not translator.completed
 
 
+def test_an_event_that_is_not_json_is_an_upstream_error_not_a_silent_end() -> None:
+    """Skipped, the stream ended after its deltas with no completed, failed or error event."""
+    from gateway.errors import UpstreamBadResponse
+
+    body = {"model": "m", "input": "hi", "stream": True}
+    translator = bridged(OpenAIProvider(kind="openai", base_url="http://x/v1"), body)
+    assert b"response.created" in translator.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n')
+    with pytest.raises(UpstreamBadResponse, match="not valid JSON"):
+        translator.feed(b"data: {nope\n\ndata: [DONE]\n\n")
+
+
 def native_event(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
