@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import orjson
 
-from gateway.errors import UpstreamStatusError
+from gateway.errors import UpstreamBadResponse, UpstreamStatusError
 from gateway.policy.model import OpenAIProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
 from gateway.wire.requests import JSONObject
@@ -185,7 +185,9 @@ class OpenAIStreamTranslator(WatchedStream):
             # most chunks of a stream are like this. ``find`` rather than ``in``: CPython's
             # ``bytes.__contains__`` first tries the argument as an int and formats a TypeError
             # it then discards, which costs twice the search (callgrind, benchmarks/RESULTS.md).
-            self._opening = False
+            if self._opening:
+                self._opening = False
+                _check_first_event(chunk)
             return chunk
         decoder = self._decoder
         if (
@@ -199,7 +201,9 @@ class OpenAIStreamTranslator(WatchedStream):
             # through the decoder, each a whole event, so it stays between events; the content
             # deltas around them are not split into lines one by one. (A first chunk holding an
             # error is decoded whole, below: whether the error came first is then known.)
-            self._opening = False
+            if self._opening:
+                self._opening = False
+                _check_first_event(chunk)
             for event in chunk.split(b"\n\n"):
                 if event.endswith(b"[DONE]") or event.find(b'"usage"') >= 0 or event.find(b'"error"') >= 0:
                     for data in decoder.feed(event + b"\n\n"):
@@ -215,12 +219,15 @@ class OpenAIStreamTranslator(WatchedStream):
         if data == DONE_DATA:
             self._done = True
             return
-        # Only events that can carry usage or an error are parsed; content deltas are not.
-        if data.find(b'"usage"') < 0 and data.find(b'"error"') < 0:
+        # Only events that can carry usage or an error are parsed, and the first; content
+        # deltas are not.
+        if not opening and data.find(b'"usage"') < 0 and data.find(b'"error"') < 0:
             return
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
+            if opening:
+                raise _not_json() from None
             self._errored = True  # a malformed event: not an answer to keep
             return
         if not isinstance(event, dict):
@@ -232,6 +239,26 @@ class OpenAIStreamTranslator(WatchedStream):
         usage = event.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
+
+
+def _check_first_event(chunk: bytes) -> None:
+    """Raise if ``chunk`` (whole events) opens with a one-line data event that is not JSON: a
+    provider whose stream starts with garbage is failed over before the client sees any (after
+    that, what it sends is relayed, and the client's SDK judges it). One parse a stream."""
+    event = chunk[: chunk.find(b"\n\n")]
+    if not event.startswith(b"data:") or event.find(b"\n") >= 0:
+        return  # a comment or a field first, or several lines: left to the client
+    data = event[6:] if event[5:6] == b" " else event[5:]
+    if data == DONE_DATA:
+        return
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise _not_json() from None
+
+
+def _not_json() -> UpstreamBadResponse:
+    return UpstreamBadResponse("stream: provider's first event is not valid JSON")
 
 
 # An error event's ``type`` / ``code`` -> the HTTP status the same error would have had.

@@ -175,3 +175,28 @@ def test_an_error_after_the_first_event_is_relayed_however_the_chunks_fall(size:
         stream = first + ERROR + b"data: [DONE]\n\n"
         out, _, completed = run(stream, size)
         assert out == stream and not completed
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"data: {nope\n\n"],  # the fast path
+        [b"data: {nope\n\n" + USAGE],  # whole events, some that matter
+        [b"data: {no", b"pe\n\n"],  # split: decoded
+        [b"data:{nope\r\n\r\n"],  # CRLF: decoded
+    ],
+)
+def test_a_first_event_that_is_not_json_raises_so_the_request_fails_over(chunks: list[bytes]) -> None:
+    from gateway.errors import UpstreamBadResponse
+
+    translator = OpenAIStreamTranslator()
+    with pytest.raises(UpstreamBadResponse, match="first event is not valid JSON"):
+        for chunk in chunks:
+            translator.feed(chunk)
+
+
+def test_a_later_event_that_is_not_json_is_relayed() -> None:
+    """After the first event, content deltas are relayed unparsed: the client's SDK judges them."""
+    stream = CHUNK + b"data: {nope\n\n" + b"data: [DONE]\n\n"
+    for size in (len(CHUNK), 5, 10_000):
+        assert run(stream, size)[0] == stream

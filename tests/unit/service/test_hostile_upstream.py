@@ -102,16 +102,26 @@ async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 def answered(door: str, stream: bool, body: bytes) -> bool:
-    """Whether a 200 carries an answer: a stream with at least one event (not only comments), a
-    whole answer with something in it (a door never turns a broken completion into an empty one)."""
-    if stream:
-        return b"data:" in body
+    """Whether a 200 carries an answer: a stream with at least one event (not only comments) whose
+    first event is JSON, a whole answer with something in it (a door never turns a broken
+    completion into an empty one)."""
+    if stream:  # and its first event is JSON (a door's first line is its event name)
+        first = next((line for line in body.splitlines() if line.startswith(b"data:")), None)
+        return first is not None and (first[5:].strip() == b"[DONE]" or _is_json(first[5:]))
     answer = orjson.loads(body)
     if door == "chat":
         return isinstance(answer.get("choices"), list) and bool(answer["choices"])
     if door == "responses":
         return bool(answer.get("output"))
     return bool(answer.get("content"))
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 @pytest.fixture
