@@ -16,7 +16,7 @@ from gateway.errors import UpstreamBadResponse, UpstreamStatusError
 from gateway.policy.model import OpenAIProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
 from gateway.wire.requests import JSONObject
-from gateway.wire.sse import DONE_DATA, SSEDecoder
+from gateway.wire.sse import DONE_DATA, SSEDecoder, event_end
 
 _PATHS = {endpoint: "/" + endpoint.value for endpoint in Endpoint}
 
@@ -128,7 +128,7 @@ class WatchedStream(ABC):
             return out
         # Inside an event: relay up to the last blank line (which may begin in what is held).
         tail = held[-1][-2:] if held else b""
-        end = _event_end(tail + chunk) - len(tail)
+        end = event_end(tail + chunk) - len(tail)
         if end <= 0:
             held.append(chunk)
             return b""
@@ -142,17 +142,6 @@ class WatchedStream(ABC):
     @abstractmethod
     def _watch(self, data: bytes) -> None:
         """Look at one event's data (what ``feed`` and ``finish`` decoded)."""
-
-
-def _event_end(data: bytes) -> int:
-    """The index just past the last blank line in ``data`` (LF LF, CR CR, or one ending in
-    CRLF), or 0. One it does not recognise (LF then a lone CR) only holds bytes a little longer."""
-    end = 0
-    for blank in (b"\n\n", b"\r\r", b"\n\r\n"):
-        at = data.rfind(blank)
-        if at >= 0 and at + len(blank) > end:
-            end = at + len(blank)
-    return end
 
 
 class OpenAIStreamTranslator(WatchedStream):

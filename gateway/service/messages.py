@@ -35,6 +35,7 @@ from gateway.wire.messages import (
 )
 from gateway.wire.messages_stream import ChatToMessagesEvents
 from gateway.wire.requests import Endpoint, JSONObject
+from gateway.wire.sse import WholeEvents
 
 NATIVE_KIND = "anthropic"
 _TOP_K_KINDS = frozenset({"gemini"})  # translated kinds whose adapter reads ``top_k``
@@ -103,32 +104,37 @@ class MessagesDoor:
 
 
 class NativeMessagesStream:
-    """An Anthropic stream relayed byte for byte, watched by the upstream adapter's own
-    translator (usage, ``message_stop``, ``error`` events). Bytes are held until the first
-    content event, so an ``error`` event before any content fails over, as on the chat path."""
+    """An Anthropic stream relayed byte for byte, a whole event at a time, watched by the
+    upstream adapter's own translator (usage, ``message_stop``, ``error`` events). Bytes are held
+    until the first content event, so an ``error`` event before any content fails over, as on
+    the chat path; after that an event the provider has not finished is held until it ends
+    (``WholeEvents``), so a cut never leaves half an event before the error event."""
 
-    __slots__ = ("_held", "_open", "_watch")
+    __slots__ = ("_held", "_open", "_watch", "_whole")
 
     def __init__(self, watch: AnthropicStreamTranslator) -> None:
         self._watch = watch
-        self._held = b""
+        self._held: list[bytes] = []
         self._open = False
+        self._whole = WholeEvents()
 
     def feed(self, chunk: bytes) -> bytes:
         seen = self._watch.feed(chunk)  # raises the gateway error of an ``error`` event
         if self._open:
-            return chunk
-        self._held += chunk
+            return self._whole.take(chunk)
+        self._held.append(chunk)
         if not (seen or self._watch.completed):
             return b""
         self._open = True
-        out, self._held = self._held, b""
-        return out
+        out = b"".join(self._held)
+        self._held.clear()
+        return self._whole.take(out)
 
     def finish(self) -> bytes:
         self._watch.finish()  # raises for a stream cut before ``message_stop``
-        out, self._held = self._held, b""
-        return out
+        out = b"".join(self._held)
+        self._held.clear()
+        return out + self._whole.rest()
 
     def usage(self) -> JSONObject | None:
         return self._watch.usage()

@@ -73,6 +73,51 @@ class SSEDecoder:
         return events
 
 
+def event_end(data: bytes) -> int:
+    """The index just past the last blank line in ``data`` (LF LF, CR CR, or one ending in
+    CRLF), or 0. One it does not recognise (LF then a lone CR) only holds bytes a little longer."""
+    end = 0
+    for blank in (b"\n\n", b"\r\r", b"\n\r\n"):
+        at = data.rfind(blank)
+        if at >= 0 and at + len(blank) > end:
+            end = at + len(blank)
+    return end
+
+
+class WholeEvents:
+    """Bytes relayed up to the end of their last whole event; an unfinished event's start is
+    held until its blank line comes. A relayed half event could not be taken back: an error event
+    written after it would be glued to it, and the client's SDK would fail to parse both."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: list[bytes] = []
+
+    def take(self, chunk: bytes) -> bytes:
+        """What of ``chunk`` (after what is held) ends a whole event."""
+        held = self._held
+        if not held and chunk.endswith(b"\n\n"):  # whole events, as most chunks are
+            return chunk
+        tail = held[-1][-2:] if held else b""  # a blank line may begin in what is held
+        end = event_end(tail + chunk) - len(tail)
+        if end <= 0:
+            held.append(chunk)
+            return b""
+        held.append(chunk[:end])
+        out = b"".join(held)
+        held.clear()
+        if end < len(chunk):
+            held.append(chunk[end:])
+        return out
+
+    def rest(self) -> bytes:
+        """At the stream's end: what is held, as it came."""
+        out = b"".join(self._held)
+        self._held.clear()
+        return out
+
+
 def encode(data: bytes) -> bytes:
     """One SSE event carrying ``data`` (which must not contain a newline; JSON from orjson never does)."""
     return b"data: " + data + b"\n\n"

@@ -661,3 +661,25 @@ async def test_a_completion_without_a_choice_is_a_502_not_an_empty_message(
     with pytest.raises(anthropic.InternalServerError) as caught:
         await sdk.messages.create(model="gpt", max_tokens=5, messages=USER)
     assert caught.value.status_code == 502 and "without choices" in str(caught.value)
+
+
+async def test_a_native_stream_cut_inside_an_event_ends_with_the_error_not_a_broken_event(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
+) -> None:
+    """An Anthropic deployment's stream relayed as it came: cut inside an event, the half event
+    must not reach the client (the error event would be glued to it and the SDK fail to parse)."""
+    events = anthropic_events("claude-x")
+
+    async def cut() -> AsyncIterator[bytes]:
+        for chunk in events[:4]:
+            yield chunk
+        yield events[4][: len(events[4]) // 2]
+        raise UpstreamConnectError("an: connection reset", provider="an")
+
+    upstreams.behaviour = {"an": lambda r: MockResponse.stream(cut())}
+    got: list[str] = []
+    with pytest.raises(anthropic.APIStatusError, match="connection reset"):
+        async with sdk.messages.stream(model="claude", max_tokens=100, messages=USER) as stream:
+            async for text in stream.text_stream:
+                got.append(text)
+    assert got == ["Bon"]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.wire.sse import DONE, SSEDecoder, encode, encode_json
+from gateway.wire.sse import DONE, SSEDecoder, WholeEvents, encode, encode_json
 
 STREAM = (
     b": keep-alive comment\n\n"
@@ -57,3 +57,33 @@ def test_flush_drops_nothing_when_the_stream_ended_cleanly() -> None:
 def test_encoder_round_trips() -> None:
     events = encode(b"hello") + encode_json({"k": [1, 2]}) + DONE
     assert SSEDecoder().feed(events) == [b"hello", b'{"k":[1,2]}', b"[DONE]"]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize("seed", range(15))
+def test_whole_events_relays_every_byte_once_and_only_whole_events(newline: bytes, seed: int) -> None:
+    import random
+
+    events = [b"event: a\ndata: {}\n\n", b": ping\n\n", b"data: 1\ndata: 2\n\n", b"event: b\ndata: {}\n\n"]
+    events = [e.replace(b"\n", newline) for e in events]
+    stream, ends, at = b"".join(events), {0}, 0
+    for event in events:
+        at += len(event)
+        ends.add(at)
+    rng = random.Random(seed)
+    whole, sent, i = WholeEvents(), b"", 0
+    while i < len(stream):
+        size = rng.choice([1, 2, 3, 5, 17, 100])
+        sent += whole.take(stream[i : i + size])
+        i += size
+        assert stream.startswith(sent) and len(sent) in ends
+    assert sent + whole.rest() == stream
+
+
+def test_sse_decoder_joins_a_line_sent_in_many_pieces_once() -> None:
+    decoder = SSEDecoder()
+    for _ in range(1000):
+        assert decoder.feed(b"x" * 100) == []
+    assert not decoder.idle
+    assert decoder.feed(b"\n\ndata: y\n\n") == [b"y"]
+    assert decoder.idle
