@@ -16,7 +16,7 @@ from gateway.errors import UpstreamBadResponse, UpstreamStatusError
 from gateway.policy.model import OpenAIProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
 from gateway.wire.requests import JSONObject
-from gateway.wire.sse import DONE_DATA, SSEDecoder, event_end
+from gateway.wire.sse import DONE_DATA, SSEDecoder, WholeEvents
 
 _PATHS = {endpoint: "/" + endpoint.value for endpoint in Endpoint}
 
@@ -87,27 +87,24 @@ class WatchedStream(ABC):
     failed, the gateway's error event would be glued to the half event, and the client's SDK
     would fail on the broken JSON instead of raising the error."""
 
-    __slots__ = ("_decoder", "_done", "_errored", "_held", "_usage")
+    __slots__ = ("_decoder", "_done", "_errored", "_usage", "_whole")
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
         self._done = False
         self._errored = False
         self._usage: JSONObject | None = None
-        self._held: list[bytes] = []  # relayed bytes to be: an unfinished event's start
+        self._whole = WholeEvents()  # holds an unfinished event's start
 
     def feed(self, chunk: bytes) -> bytes:
         for data in self._decoder.feed(chunk):
             self._watch(data)
-        return self._whole_events(chunk)
+        return self._whole.take(chunk)
 
     def finish(self) -> bytes:
         for data in self._decoder.flush():
             self._watch(data)
-        held = self._held
-        rest = b"".join(held)  # the stream ended: an unfinished last event goes as it came
-        held.clear()
-        return rest
+        return self._whole.rest()  # the stream ended: an unfinished last event goes as it came
 
     def usage(self) -> JSONObject | None:
         return self._usage
@@ -115,29 +112,6 @@ class WatchedStream(ABC):
     @property
     def completed(self) -> bool:
         return self._done and not self._errored
-
-    def _whole_events(self, chunk: bytes) -> bytes:
-        """What of ``chunk`` (after what is held) ends a whole event; the rest is held."""
-        held = self._held
-        if self._decoder.idle:  # the chunk ended between two events: all of it goes
-            if not held:
-                return chunk
-            held.append(chunk)
-            out = b"".join(held)
-            held.clear()
-            return out
-        # Inside an event: relay up to the last blank line (which may begin in what is held).
-        tail = held[-1][-2:] if held else b""
-        end = event_end(tail + chunk) - len(tail)
-        if end <= 0:
-            held.append(chunk)
-            return b""
-        held.append(chunk[:end])
-        out = b"".join(held)
-        held.clear()
-        if end < len(chunk):
-            held.append(chunk[end:])
-        return out
 
     @abstractmethod
     def _watch(self, data: bytes) -> None:
@@ -201,7 +175,7 @@ class OpenAIStreamTranslator(WatchedStream):
         for data in decoder.feed(chunk):
             self._watch(data)
         self._between = decoder.idle
-        return self._whole_events(chunk)
+        return self._whole.take(chunk)
 
     def _watch(self, data: bytes) -> None:
         opening, self._opening = self._opening, False
