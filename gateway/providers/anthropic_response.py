@@ -77,7 +77,7 @@ def chat_completion(message: JSONObject, upstream_model: str) -> JSONObject:
         raise UpstreamBadResponse("anthropic: provider returned something other than a message")
     if not isinstance(content, list):
         raise UpstreamBadResponse("anthropic: provider returned a message whose content is not a list")
-    for block in content or ():
+    for block in content:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(str(block.get("text", "")))
