@@ -280,11 +280,16 @@ class ScriptPipe:
     async def _send_after_connect(self, command: bytes) -> Any:
         if self._closed:
             raise RedisConnectionError("the Redis pipe was closed")
-        if self._connecting is None or self._connecting.done():
-            self._connecting = asyncio.get_running_loop().create_task(self._connect())
-            self._connecting.add_done_callback(_retrieve)  # callers may all have given up
-        # Shielded: a caller that gives up (its short timeout) leaves the connect to finish.
-        protocol = await asyncio.shield(self._connecting)
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            # Connected meanwhile (this call took the slow path before another caller's connect
+            # ended): the live connection serves it. Connecting again would drop that one, and
+            # fail every call waiting on it with "connection to Redis closed".
+            if self._connecting is None or self._connecting.done():
+                self._connecting = asyncio.get_running_loop().create_task(self._connect())
+                self._connecting.add_done_callback(_retrieve)  # callers may all have given up
+            # Shielded: a caller that gives up (its short timeout) leaves the connect to finish.
+            protocol = await asyncio.shield(self._connecting)
         if protocol.closed:
             raise RedisConnectionError("connection to Redis closed")
         loop = asyncio.get_running_loop()

@@ -238,6 +238,24 @@ async def test_a_connection_left_idle_is_replaced_before_the_next_call(redis_url
         assert _connection(pipe) is not first and pipe.connected
 
 
+async def test_a_call_that_took_the_slow_path_uses_a_connection_made_meanwhile(redis_url: str) -> None:
+    """A call headed for the connect path that runs only after another call connected must use
+    that connection: connecting again dropped it, failing the calls waiting on it."""
+    import hiredis
+
+    async with piped(redis_url) as (client, pipe):
+        echo = client.register_script(ECHO)
+        await client.script_load(ECHO)
+        command = hiredis.pack_command(("EVALSHA", echo.sha, 0, "late"))
+        late = pipe._send(command)  # nothing connected yet: the slow path, not run yet
+        assert await pipe.run(echo, [], ["first"]) == b"first"  # connects
+        first = _connection(pipe)
+        waiting = pipe._send(command)  # sent on that connection, its reply pending
+        assert await late == b"late"
+        assert await waiting == b"late"
+        assert _connection(pipe) is first
+
+
 async def test_close_fails_what_waits_and_every_later_call(private_redis: PrivateRedis) -> None:
     async with piped(private_redis.url, 10.0) as (client, pipe):
         spin, echo = client.register_script(SPIN), client.register_script(ECHO)
