@@ -48,7 +48,7 @@ async def feedback(request: web.Request) -> web.Response:
     result = request.app[keys.ROUTER].feedback(request_id, float(score), tenant)
     if result is None:
         # serve --workers N: the request may have been served by another worker, whose map has it.
-        elsewhere = await peers.pass_on(request, request.app[keys.SETTINGS].worker)
+        elsewhere = await peers.pass_on(request, request.app[keys.SETTINGS].worker, orjson.dumps(body))
         if elsewhere is not None:
             return elsewhere
         raise NotFound(

@@ -82,13 +82,14 @@ async def ask(
     return PeerAnswer(int(parts[1]), content_type, payload)
 
 
-async def pass_on(request: web.Request, worker: WorkerSlot | None) -> web.Response | None:
-    """The same request (body, ``Authorization``, ``Content-Type``) put to each other worker in
-    turn; the first answer that is not a 404 as a response, None when every one is a 404 (or
-    this process serves alone, or the request came from a peer)."""
+async def pass_on(request: web.Request, worker: WorkerSlot | None, body: bytes) -> web.Response | None:
+    """The same request (``body``, ``Authorization``, ``Content-Type``) put to each other worker
+    in turn; the first answer that is not a 404 as a response, None when every one is a 404 (or
+    this process serves alone, or the request came from a peer). ``body``: the handler's, as it
+    parsed it (``read_json`` takes the bytes out of aiohttp's reader: ``request.read()`` would
+    give nothing once it has)."""
     if worker is None or from_peer(request):
         return None
-    body = await request.read()  # the handler has read it: aiohttp keeps the bytes
     headers = {
         name: request.headers[name] for name in ("Authorization", "Content-Type") if name in request.headers
     }

@@ -37,8 +37,14 @@ async def read_json(request: web.Request, max_body_bytes: int | None = None) -> 
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(limit)  # refuse before reading a byte of it
     if request.content.is_eof():
-        # The whole body came with the headers (most requests): no timer needed.
-        return parse_body(await request.read())
+        # The whole body came with the headers (most requests): no timer needed, and the bytes
+        # are taken from the reader at once rather than through ``request.read()``'s two
+        # ``readany`` coroutines, a bytearray and a copy (12.6k instructions of a cache hit's
+        # 381k). ``read`` held a body with no declared length (chunked) to the limit: so does this.
+        raw = request.content.read_nowait()
+        if limit and len(raw) > limit:
+            raise PayloadTooLarge(limit)
+        return parse_body(raw)
     timeout_s = request.app[keys.POLICY].server.request_read_timeout_s
     try:
         async with asyncio.timeout(timeout_s):

@@ -299,6 +299,26 @@ async def test_json_with_parameters_is_accepted(edge: Edge, method: str, path: s
     assert reply.json()["error"]["code"] != "unsupported_media_type"
 
 
+@pytest.mark.parametrize("extra", [0, 1, 5000])
+async def test_a_chunked_body_that_arrives_whole_is_held_to_the_limit(edge: Edge, extra: int) -> None:
+    """A body that came with its headers is taken from the reader at once (``read_json``), not
+    through aiohttp's ``read``, which enforced the limit for a body with no declared length."""
+    body = orjson.dumps({**CHAT, "user": "x" * (65536 - len(orjson.dumps(CHAT)) - 10 + extra)})
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:30000], body[30000:])) + b"0\r\n\r\n"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    writer.write(head + b"Transfer-Encoding: chunked\r\n\r\n" + chunked)  # one write: one read here
+    try:
+        reply = await asyncio.wait_for(read_reply(reader), 10)
+    finally:
+        writer.close()
+    if len(body) > 65536:
+        assert reply.status == 413, reply
+        assert reply.json()["error"]["code"] == "request_too_large"
+    else:
+        assert reply.status == 200, reply
+
+
 # --- 2b. compressed bodies ---------------------------------------------------------------------------
 
 
