@@ -39,6 +39,7 @@ _MAX_TTL_S = 7 * 86400
 # fails leaves it to expire), and how often a replica that met another's claim asks again.
 CLAIM_S = 5.0
 _CLAIM_POLL_S = (0.02, 0.5)  # first wait, doubling up to the second
+_NUMBER = (int, float)
 
 
 @dataclass(slots=True)
@@ -377,7 +378,8 @@ class ResponseCache:
         if endpoint is Endpoint.EMBEDDINGS:
             return True  # embeddings are deterministic
         temperature = body.get("temperature")
-        return isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature == 0
+        # (a tuple: ``int | float`` would build a union object on every request)
+        return isinstance(temperature, _NUMBER) and not isinstance(temperature, bool) and temperature == 0
 
     @staticmethod
     def _ttl(headers: Mapping[str, str], default_s: float) -> float:

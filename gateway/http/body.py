@@ -34,7 +34,8 @@ async def read_json(request: web.Request, max_body_bytes: int | None = None) -> 
     if request.headers.get("Content-Encoding") is not None:
         refuse_compressed(request)
     limit = (request.app[keys.SETTINGS].max_body_bytes or 0) if max_body_bytes is None else max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
+    declared = request.content_length  # (parsed from the header on each access)
+    if limit and declared is not None and declared > limit:
         raise PayloadTooLarge(limit)  # refuse before reading a byte of it
     if request.content.is_eof():
         # The whole body came with the headers (most requests): no timer needed, and the bytes
