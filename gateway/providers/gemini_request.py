@@ -175,7 +175,9 @@ def _user_parts(content: object, where: str) -> list[JSONObject]:
             url = image.get("url") if isinstance(image, dict) else image
             parts.append(_media_part(url, param))
         elif kind == "input_audio":
-            audio = part.get("input_audio") or {}
+            audio = part.get("input_audio")
+            if not isinstance(audio, dict):
+                audio = {}  # refused below, as one without its data
             mime = _AUDIO_TYPES.get(str(audio.get("format")))
             if mime is None or not isinstance(audio.get("data"), str):
                 raise InvalidRequest(

@@ -76,12 +76,12 @@ def _clean(node: object, defs: dict[str, Any], expanding: frozenset[str]) -> JSO
             out["items"] = _clean(value, defs, expanding)
         elif key == "enum" and isinstance(value, list) and all(isinstance(v, str) for v in value):
             out["enum"] = value
-        elif key == "format" and value in _FORMATS:
+        elif key == "format" and isinstance(value, str) and value in _FORMATS:
             out["format"] = value
     required = node.get("required")
     properties = out.get("properties", {})
     if isinstance(required, list):
-        names = [name for name in required if name in properties]
+        names = [name for name in required if isinstance(name, str) and name in properties]
         if names:
             out["required"] = names
     return out

@@ -267,7 +267,10 @@ def tool_input(tool: dict[str, object]) -> dict[str, object]:
         if isinstance(enum, list) and enum:
             values[name] = enum[0]
         else:
-            values[name] = by_type.get(spec.get("type"), f"{name}-value")
+            kind = spec.get("type")
+            if isinstance(kind, list):  # ["string", "null"]: a JSON Schema type may be a list
+                kind = next((k for k in kind if isinstance(k, str) and k != "null"), None)
+            values[name] = by_type.get(kind, f"{name}-value") if isinstance(kind, str) else f"{name}-value"
     return values
 
 

@@ -157,6 +157,10 @@ async def _generate(
     return await _stream(request, config, fmt, reply.tokens, reply.finish_reason, None, cut, done=b"")
 
 
+# gemini-embedding-001's largest output (its model card: 128 to 3072).
+MAX_OUTPUT_DIMENSIONALITY = 3072
+
+
 async def _embed(
     request: web.Request, state: FakeState, model: str, body: dict[str, object], *, batch: bool
 ) -> web.StreamResponse:
@@ -170,10 +174,14 @@ async def _embed(
             raise refusal(400, f"* requests[{i}].model: must be models/{model}, the model in the URL")
         texts.append(_text(item.get("content")))
         size = item.get("outputDimensionality")
-        if size is not None and (type(size) is not int or size < 1):  # as Gemini refuses it
+        if size is not None and (type(size) is not int or not 1 <= size < 2**31):  # as Gemini refuses it
+            shown = str(size) if type(size) is int else orjson.dumps(size).decode()
             raise refusal(
-                400,
-                f"Invalid value at 'requests[{i}].output_dimensionality' (TYPE_INT32), {orjson.dumps(size).decode()}",
+                400, f"Invalid value at 'requests[{i}].output_dimensionality' (TYPE_INT32), {shown}"
+            )
+        if size is not None and size > MAX_OUTPUT_DIMENSIONALITY:
+            raise refusal(
+                400, f"* requests[{i}].output_dimensionality: must be at most {MAX_OUTPUT_DIMENSIONALITY}"
             )
         dims.append(size if size is not None else config.embedding_dim)
     fault = draw_fault(config, state.rng)

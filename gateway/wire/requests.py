@@ -84,7 +84,7 @@ class EmbeddingHead(_Head):
     model: str = Field(min_length=1)
     input: str | list[Any]
     # Read by the Gemini adapter (outputDimensionality, and how it encodes the answer)
-    dimensions: StrictInt | None = Field(None, ge=1)
+    dimensions: StrictInt | None = Field(None, ge=1, le=2**31 - 1)  # every provider's field is an int32
     encoding_format: Literal["float", "base64"] | None = None
 
 

@@ -147,7 +147,7 @@ def check_fields(body: JSONObject) -> None:
             "integer_out_of_range",
         )
     truncation = body.get("truncation")
-    if truncation is not None and truncation not in _TRUNCATION:
+    if truncation is not None and (not isinstance(truncation, str) or truncation not in _TRUNCATION):
         raise ResponsesInputError(
             "Invalid value for 'truncation': expected one of 'auto' or 'disabled'.", "truncation"
         )
@@ -278,7 +278,7 @@ _ROLES = frozenset({"user", "system", "developer", "assistant"})
 
 def _message(item: JSONObject, where: str) -> JSONObject:
     role = item.get("role")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:  # (a list cannot be looked up: TypeError)
         raise ResponsesInputError(
             f"'{where}.role' must be one of user, system, developer, assistant.", f"{where}.role"
         )
@@ -383,6 +383,8 @@ def chat_tools(tools: object) -> list[JSONObject]:
         if not isinstance(tool, dict):
             raise ResponsesInputError(f"'{where}' must be an object.", where)
         kind = tool.get("type")
+        if not isinstance(kind, str):  # (a list or an object is no name, and cannot be looked up)
+            raise ResponsesInputError(f"'{where}.type' must be a string.", f"{where}.type")
         if kind != "function":
             what = "built-in tool" if kind in BUILT_IN_TOOLS else "tool type"
             raise ResponsesInputError(

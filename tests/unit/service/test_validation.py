@@ -182,6 +182,8 @@ def test_stream_must_be_a_boolean_as_openai_requires(endpoint: Endpoint, value: 
         ({"dimensions": True}, "dimensions"),
         ({"dimensions": 0}, "dimensions"),
         ({"dimensions": "256"}, "dimensions"),
+        ({"dimensions": 2**31}, "dimensions"),  # past every provider's int32: was sent on (a fuzz found it)
+        ({"dimensions": 2**63}, "dimensions"),
         ({"encoding_format": "hex"}, "encoding_format"),
         ({"encoding_format": 0}, "encoding_format"),
     ],

@@ -100,7 +100,8 @@ async def test_embeddings_single_and_batch(aiohttp_client: AiohttpClient) -> Non
     assert batch["embeddings"][0] == single["embedding"] and len(batch["embeddings"][1]["values"]) == 2
     resp = await post(client, "emb:batchEmbedContents", {"requests": [{**one, "model": "models/other"}]})
     assert resp.status == 400 and (await resp.json())["error"]["status"] == "INVALID_ARGUMENT"
-    for size in (True, 0, "2"):  # as Gemini refuses a dimensionality that is not a positive int32
+    for size in (True, 0, "2", 2**31, 2**63, 3073):  # as Gemini refuses one that is not a positive int32
+        # (or past the model's largest: a huge one made the fake allocate 4 bytes per dimension)
         resp = await post(
             client, "emb:batchEmbedContents", {"requests": [{**one, "outputDimensionality": size}]}
         )

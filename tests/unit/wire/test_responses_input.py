@@ -125,6 +125,14 @@ def test_every_built_in_tool_is_refused_by_name(tool: str) -> None:
     assert caught.value.code == "unsupported_tool"
 
 
+@pytest.mark.parametrize("kind", [[{}], {"a": 1}, None, 3])
+def test_a_tool_type_that_is_not_a_string_is_a_400_naming_it(kind: object) -> None:
+    """(A list was looked up in the built-in tools' set: ``TypeError``, a 500; a fuzz found it.)"""
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request({"model": "m", "input": "hi", "tools": [{"type": kind, "name": "get"}]})
+    assert caught.value.param == "tools[0].type" and "must be a string" in caught.value.message
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
