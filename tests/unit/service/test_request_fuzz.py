@@ -3,7 +3,8 @@ the wrong type (lists where names go, objects where strings go, nulls, huge inte
 strings), sent through the whole gateway to each provider kind (the project's fakes, which refuse
 what the real APIs refuse). Every answer is a 2xx or a 4xx in the door's envelope: never a 500
 (an internal error) and never a 502 (the gateway sent a provider something it cannot take, or
-a fake crashed), and the provider key is in no answer. Seeded: a failure names its request.
+a fake crashed), and the provider key is in no answer. Seeded: a failure names its request;
+``FUZZ_SEED=N`` draws other requests (``for n in $(seq 50); do FUZZ_SEED=$n pytest ...``).
 
 Found by this fuzz (each a 500 or a 502 before its fix): a Responses tool or input item whose
 ``type`` / ``role`` is a list (looked up in a set), ``truncation`` a list, a Gemini schema whose
@@ -14,21 +15,26 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway import keys
 from gateway.app import build_app
+from gateway.auth.identity import Caller
 from gateway.policy.loader import parse_policy
 from gateway.settings import Settings
 from gateway.testing.fake_provider import FakeConfig
 from gateway.testing.fake_provider import build_app as fake_app
 
 KEY = "sk-fuzz-provider-key-0123456789"
+SECRET = "sk-sg-fuzz000000000000000000000000000000"  # the caller's virtual key (mode limits)
 PER_KIND = 1000  # mutated requests per provider kind and cache setting (about a second each)
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -251,20 +257,40 @@ def mutate(body: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     return body
 
 
-@pytest.mark.parametrize("cache", [False, True])
+@dataclass
+class Ring:
+    """The key store, as the gateway asks it: one key with every limit (high: counted, not hit)."""
+
+    caller: Caller
+
+    async def authenticate(self, secret: str) -> Caller | None:
+        return self.caller if secret == SECRET else None
+
+
+@pytest.mark.parametrize("mode", ["open", "cache", "limits"])
 @pytest.mark.parametrize("kind", ["openai", "anthropic", "gemini"])
-async def test_mutated_requests_get_an_answer_or_a_4xx_in_their_envelope(kind: str, cache: bool) -> None:
+async def test_mutated_requests_get_an_answer_or_a_4xx_in_their_envelope(kind: str, mode: str) -> None:
+    """``cache``: most requests cacheable (their key is made of them); ``limits``: a virtual key
+    with RPM, TPM (reserved from ``max_tokens``) and a budget (priced usage)."""
     fake = TestServer(fake_app(FakeConfig(flavor=kind, require_key=KEY, models=("m1", "e1"))))
     await fake.start_server()
     root = str(fake.make_url("/v1beta" if kind == "gemini" else "/v1"))
+    price = "price: {input_per_mtok: 3, output_per_mtok: 15}"
     policy = parse_policy(
-        f"version: 1\nauth: {{mode: open}}\nretry: {{max_attempts: 1}}\ncache: {{enabled: {str(cache).lower()}}}\n"
-        f"memory: {{enabled: false}}\nproviders:\n  p: {{kind: {kind}, base_url: '{root}', api_key_env: PKEY}}\n"
-        "models:\n  M: {deployments: [{provider: p, model: m1}]}\n  E: {deployments: [{provider: p, model: e1}]}\n"
+        f"version: 1\nauth: {{mode: {'keys' if mode == 'limits' else 'open'}}}\nretry: {{max_attempts: 1}}\n"
+        f"cache: {{enabled: {str(mode == 'cache').lower()}}}\nmemory: {{enabled: false}}\n"
+        f"providers:\n  p: {{kind: {kind}, base_url: '{root}', api_key_env: PKEY}}\n"
+        f"models:\n  M: {{deployments: [{{provider: p, model: m1, {price}}}]}}\n"
+        f"  E: {{deployments: [{{provider: p, model: e1, {price}}}]}}\n"
     )
-    client = TestClient(TestServer(build_app(Settings(access_log=False), policy, {"PKEY": KEY})))
+    app = build_app(Settings(access_log=False), policy, {"PKEY": KEY})
+    caller = Caller("k1", "blue", rpm=10**6, tpm=10**9, budget_usd=10.0**6, budget_period_s=86400.0)
+    app[keys.KEYRING] = Ring(caller)
+    client = TestClient(TestServer(app))
     await client.start_server()
-    rng = random.Random(f"{kind}-{cache}")
+    rng = random.Random(f"{kind}-{mode}{os.environ.get('FUZZ_SEED', '')}")
+    cache = mode == "cache"
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {SECRET}"}
     seen: dict[int, int] = {}
     try:
         for _ in range(PER_KIND):
@@ -273,7 +299,7 @@ async def test_mutated_requests_get_an_answer_or_a_4xx_in_their_envelope(kind: s
             if cache and rng.random() < 0.7:
                 body["temperature"] = 0  # cacheable: the key is made of it
             sent = json.dumps(body).encode()  # (json: integers past 64 bits too)
-            response = await client.post(path, data=sent, headers={"Content-Type": "application/json"})
+            response = await client.post(path, data=sent, headers=headers)
             raw = await response.read()
             case = f"{path} {sent[:800]!r} -> {response.status} {raw[:300]!r}"
             seen[response.status] = seen.get(response.status, 0) + 1
