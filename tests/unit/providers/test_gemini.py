@@ -444,3 +444,26 @@ def test_schema_idioms_gemini_lacks_are_rewritten() -> None:
             "f": {"type": "array", "items": {}, "minItems": 1},
         },
     }
+
+
+def test_schema_values_that_cannot_be_names_are_dropped_not_a_type_error() -> None:
+    """(A ``format`` or a ``required`` entry that is a list was looked up in a set or dict: a
+    ``TypeError``, a 500; the request fuzz found it.)"""
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "format": ["date-time"]}, "b": {"type": "string"}},
+        "required": [["a"], {"b": 1}, "b"],
+    }
+    assert gemini_schema(schema) == {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+        "required": ["b"],
+    }
+
+
+@pytest.mark.parametrize("audio", [[None], "AAAA", 3])
+def test_input_audio_that_is_not_an_object_is_the_clients_error(audio: object) -> None:
+    body = chat({"role": "user", "content": [{"type": "input_audio", "input_audio": audio}]})
+    with pytest.raises(InvalidRequest) as err:
+        ADAPTER.build_request(Endpoint.CHAT, body, "m")
+    assert err.value.param == "messages[0].content[0]"
