@@ -42,10 +42,16 @@ from gateway.service.calls import Answer, RequestService
 from gateway.service.context import CallContext
 from gateway.service.front_door import has_choice
 from gateway.service.limits import check_limits
-from gateway.service.streams import AnswerStream
+from gateway.service.streams import AnswerStream, ReplayStream
 from gateway.wire.requests import Endpoint, JSONObject
 from gateway.wire.responses import ResponsesInputError, chat_request, check_fields
-from gateway.wire.responses_output import ResponseIds, ResponsesEvents, chat_usage, whole_response
+from gateway.wire.responses_output import (
+    Renewal,
+    ResponseIds,
+    ResponsesEvents,
+    chat_usage,
+    whole_response,
+)
 from gateway.wire.sse import SSEDecoder
 
 # The store category of kept responses, beside the policy's cache categories (which cannot
@@ -94,6 +100,8 @@ class ResponsesService:
         ids = ResponseIds(self._new_id(), int(self._clock()))
         door = ResponsesDoor(body, chat, ids)
         answer = await self._service.run(Endpoint.CHAT, chat, ctx, door=door)
+        if ctx.record.cache is not None and ctx.record.cache.status == "hit":
+            answer = _renewed(answer, body, ids)  # this request's id and settings, not the first's
         if not settings.store or body.get("store") is False or ctx.internal:
             return answer
         keep = _Keeper(self._store, ctx.tenant, _input_items(body), settings.store_ttl_s)
@@ -139,6 +147,16 @@ class ResponsesService:
             return False
         await self._store.delete(STORED_CATEGORY, key)
         return True
+
+
+def _renewed(answer: Answer, body: JSONObject, ids: ResponseIds) -> Answer:
+    """A cache hit's answer with this request's ids and unkeyed settings (``Renewal``)."""
+    renewal = Renewal(body, ids)
+    if answer.body is not None:
+        return Answer(body=renewal.body(answer.body))
+    if isinstance(answer.stream, ReplayStream):
+        return Answer(stream=ReplayStream(renewal.events(answer.stream.body)))
+    return answer
 
 
 class ResponsesDoor:

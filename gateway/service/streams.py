@@ -45,6 +45,10 @@ class ReplayStream:
     def __init__(self, body: bytes) -> None:
         self._body = body
 
+    @property
+    def body(self) -> bytes:
+        return self._body
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         yield self._body
 

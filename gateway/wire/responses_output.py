@@ -406,3 +406,103 @@ class ResponsesEvents:
 
 def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+# Echoed request fields the response cache's key leaves out (``cache/fingerprint.py``: they change
+# bookkeeping, not the answer), so a cached response holds the first request's values.
+_UNKEYED_ECHOES = tuple(
+    (name, default) for name, default in _ECHOED if name in {"metadata", "service_tier", "store", "user"}
+)
+
+
+class Renewal:
+    """A cached Responses answer made this request's own (a cache hit): the response gets this
+    request's id and ``created_at``, each output item a new id, and the echoed fields the cache key
+    leaves out (``store``, ``metadata``, ``user``, ``service_tier``) this request's values. Without
+    it two conversations opening with the same temperature-0 request shared one response id (so
+    deleting one broke the other's ``previous_response_id``) and a hit reported the first
+    caller's ``store`` and ``metadata``. Ids are mapped by value, so the same old id (a response's,
+    an item's) becomes the same new one wherever it appears, in a whole answer or in every event
+    of a replayed stream."""
+
+    __slots__ = ("_ids", "_map", "_request", "_seen")
+
+    def __init__(self, request: Mapping[str, Any], ids: ResponseIds) -> None:
+        self._request = request
+        self._ids = ids
+        self._map: dict[str, str] = {}
+        self._seen: dict[str, int] = {}
+
+    def body(self, raw: bytes) -> bytes:
+        """A whole answer's bytes, renewed (unchanged when they are not a response object)."""
+        try:
+            response = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw
+        if not isinstance(response, dict):
+            return raw
+        self._response(response)
+        return orjson.dumps(response)
+
+    def events(self, raw: bytes) -> bytes:
+        """A replayed stream's bytes (whole SSE events), each event's JSON renewed."""
+        lines = raw.split(b"\n")  # LF, CRLF (a line's CR kept) and one JSON object per data line
+        for i, line in enumerate(lines):
+            if line.startswith(b"data:"):
+                end = b"\r" if line.endswith(b"\r") else b""
+                lines[i] = b"data: " + self._event(line[5:].strip()) + end
+        return b"\n".join(lines)
+
+    def _event(self, data: bytes) -> bytes:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return data
+        if not isinstance(event, dict):
+            return data
+        response = event.get("response")
+        if isinstance(response, dict):
+            self._response(response)
+        item = event.get("item")
+        if isinstance(item, dict):
+            self._item(item)
+        if isinstance(event.get("item_id"), str):
+            event["item_id"] = self._new(event["item_id"])
+        return orjson.dumps(event)
+
+    def _response(self, response: JSONObject) -> None:
+        if isinstance(response.get("id"), str):
+            response["id"] = self._new(response["id"])
+        if "created_at" in response:
+            response["created_at"] = self._ids.created_at
+        for name, default in _UNKEYED_ECHOES:
+            value = self._request.get(name)
+            response[name] = default if value is None else value
+        output = response.get("output")
+        for item in output if isinstance(output, list) else ():
+            if isinstance(item, dict):
+                self._item(item)
+
+    def _item(self, item: JSONObject) -> None:
+        if isinstance(item.get("id"), str):
+            item["id"] = self._new(item["id"])
+
+    def _new(self, old: str) -> str:
+        """The new id for ``old``: ``resp_`` the response's, ``msg_``/``fc_`` as ``ResponseIds``
+        numbers items, any other prefix (``rs_``...) numbered likewise."""
+        new = self._map.get(old)
+        if new is None:
+            prefix = old.split("_", 1)[0] if "_" in old else "item"
+            if prefix == "resp":
+                new = self._ids.response
+            else:
+                index = self._seen.get(prefix, 0)
+                self._seen[prefix] = index + 1
+                if prefix == "msg":
+                    new = self._ids.message(index)
+                elif prefix == "fc":
+                    new = self._ids.call(index)
+                else:
+                    new = f"{prefix}_{self._ids.token}_{index}"
+            self._map[old] = new
+        return new

@@ -394,6 +394,71 @@ async def test_cache_keys_include_the_front_door(client: TestClient, upstreams: 
     assert len(upstreams.seen) == 3
 
 
+async def test_a_cache_hit_is_a_response_of_its_own(client: TestClient, upstreams: Upstreams) -> None:
+    """Two conversations opening with the same temperature-0 request: the second is a cache hit,
+    yet it gets its own response and item ids (deleting the first leaves the second's
+    previous_response_id working) and echoes its own store, metadata and user, not the first's."""
+    api = sdk(client)
+    first = await api.responses.create(
+        model="m", input="open", temperature=0, store=False, metadata={"conv": "one"}
+    )
+    raw = await api.responses.with_raw_response.create(
+        model="m", input="open", temperature=0, store=True, metadata={"conv": "two"}, user="user-two"
+    )
+    assert raw.headers["x-gateway-cache"] == "hit"
+    second = raw.parse()
+    assert second.output_text == first.output_text == "hello"
+    assert second.id != first.id and second.id.startswith("resp_")
+    assert second.output[0].id != first.output[0].id
+    assert (second.store, second.metadata, second.user) == (True, {"conv": "two"}, "user-two")
+    assert (first.store, first.metadata, first.user) == (False, {"conv": "one"}, None)
+    third = await api.responses.create(model="m", input="open", temperature=0)  # a hit again
+    assert third.id not in (first.id, second.id)
+    assert (third.store, third.metadata, third.user) == (True, {}, None)  # the API's defaults
+    await api.responses.delete(third.id)
+    follow = await api.responses.create(model="m", input="continue", previous_response_id=second.id)
+    assert follow.output_text == "hello"
+    assert (await api.responses.retrieve(second.id)).metadata == {"conv": "two"}
+    assert len(upstreams.seen) == 2  # the first answer and the follow-up: the rest were hits
+
+
+async def test_a_streamed_cache_hit_is_a_response_of_its_own(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    api = sdk(client)
+    async with api.responses.stream(model="m", input="open", temperature=0, metadata={"conv": "one"}) as s:
+        first = await s.get_final_response()
+    raw = await api.responses.with_raw_response.create(
+        model="m", input="open", temperature=0, stream=True, metadata={"conv": "two"}, store=True
+    )
+    assert raw.headers["x-gateway-cache"] == "hit"
+    events = [e async for e in raw.parse()]
+    ids = {e.response.id for e in events if hasattr(e, "response")}
+    item_ids = {e.item.id for e in events if hasattr(e, "item")} | {
+        e.item_id for e in events if hasattr(e, "item_id")
+    }
+    done = events[-1]
+    assert done.type == "response.completed"
+    assert len(ids) == 1 and ids != {first.id}
+    assert item_ids == {done.response.output[0].id} and done.response.output[0].id != first.output[0].id
+    assert done.response.metadata == {"conv": "two"} and done.response.output_text == "hello"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    follow = await api.responses.create(model="m", input="next", previous_response_id=done.response.id)
+    assert follow.output_text == "hello"
+    assert len(upstreams.seen) == 2
+
+
+async def test_a_passed_through_answer_served_from_the_cache_gets_new_ids(client: TestClient) -> None:
+    api = sdk(client)
+    first = await api.responses.create(model="native", input="hi", temperature=0)
+    assert first.id == "resp_native1"  # the provider's own
+    second = await api.responses.with_raw_response.create(model="native", input="hi", temperature=0)
+    assert second.headers["x-gateway-cache"] == "hit"
+    hit = second.parse()
+    assert hit.id.startswith("resp_") and hit.id != "resp_native1"
+    assert hit.output[0].id != "msg_native1" and hit.output_text == "native hello"
+
+
 # ----- pass-through to a provider that speaks Responses
 
 
