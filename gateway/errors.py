@@ -36,6 +36,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     │   ├── UpstreamConnectError   502     upstream_error          yes    refused, reset, DNS
     │   ├── UpstreamTimeout        504     timeout                 yes    connect / first byte / total
     │   ├── UpstreamBadResponse    502     upstream_error          yes    malformed body
+    │   ├── UpstreamCredentialsRefused 502 upstream_error        yes    code=provider_auth_failed; the provider refused the gateway's key (note 3)
     │   └── UpstreamStatusError    *       *                       *      the provider's status (note 1)
     ├── AllDeploymentsFailed       *       *                       no     the last attempt's status and type
     ├── HTTPStatusError            *       invalid_request_error   no     other HTTP refusals (411, ...)
@@ -49,6 +50,13 @@ Note 2: ``x-should-retry: false`` (honoured by the openai and anthropic SDKs) go
 ``ProviderNotConfigured``, ``NoHealthyDeployment`` and an ``AllDeploymentsFailed`` of more than
 one attempt: the gateway has retried already, or a retry cannot help, so a client should not
 stack its own retries (and their ``Retry-After`` waits) on top.
+
+Note 3: a provider's 401 or 403 (or Gemini's 400 ``API_KEY_INVALID``) refuses the gateway's own
+key for it, not the client's: relayed, it would tell a client with a valid key to
+re-authenticate (the SDKs raise ``AuthenticationError``) and carry the provider's message, which
+may quote part of the key. It is a 502 in the gateway's words instead, fails over to another
+deployment and counts against the provider (every request would fail the same way), with
+``x-should-retry: false`` (a client retry cannot mend a key).
 
 Library exceptions (aiohttp, asyncio) are translated into this tree at the boundary that
 calls the library (``providers/transport.py``); nothing else raises them further.
@@ -410,6 +418,26 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamBadResponse(UpstreamError):
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class UpstreamCredentialsRefused(UpstreamError):
+    """The provider refused the gateway's own credentials (see note 3)."""
+
+    def __init__(self, provider: str, upstream_status: int, upstream_code: str | None = None) -> None:
+        said = f", {upstream_code}" if upstream_code else ""
+        super().__init__(
+            f"{provider}: the provider refused the gateway's credentials (HTTP {upstream_status}{said}): "
+            "the key the gateway is configured with for it is wrong, revoked or not allowed this "
+            "request. This is the gateway's configuration, not your key.",
+            provider=provider,
+            code="provider_auth_failed",
+            headers=_NO_CLIENT_RETRY,
+        )
+        self.upstream_status = upstream_status
+
     @property
     def retryable(self) -> bool:
         return True

@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator
 
 import orjson
 
-from gateway.errors import GatewayError, UpstreamBadResponse
+from gateway.errors import GatewayError, UpstreamBadResponse, UpstreamCredentialsRefused, UpstreamStatusError
 from gateway.policy.model import Provider
 from gateway.providers.base import ProviderAdapter, Transport, UpstreamRequest, UpstreamResponse
 from gateway.providers.transport import AiohttpTransport
@@ -29,6 +29,8 @@ _REDACTED = "***"
 MIN_SCRUBBED_KEY_CHARS = 16
 
 log = logging.getLogger("gateway.providers")
+# A provider answers these to the gateway's own key (or its lack of access), never to the client's.
+_CREDENTIAL_STATUSES = frozenset({401, 403})
 
 
 class ProviderClient:
@@ -159,9 +161,24 @@ class ProviderClient:
         # Scrubbed before the adapter reads it: every relayed field (message, type, param,
         # code) and the error's own args are built from clean text.
         scrubbed_after = self.scrub(retry_after) if retry_after else None
-        return self.adapter.translate_error(
+        error = self.adapter.translate_error(
             status, self.scrub_bytes(body), _retry_after_s(scrubbed_after), self.name
         )
+        if status in _CREDENTIAL_STATUSES or (
+            isinstance(error, UpstreamStatusError) and error.upstream_type == "authentication_error"
+        ):
+            # The gateway's key, not the client's (errors.py, note 3). The log names the
+            # provider's type and code; its message, which may quote part of the key, goes nowhere.
+            code = error.code if isinstance(error.code, str) else None
+            upstream_type = error.upstream_type if isinstance(error, UpstreamStatusError) else None
+            log.warning(
+                "provider refused the gateway's credentials",
+                extra={
+                    "fields": {"provider": self.name, "status": status, "type": upstream_type, "code": code}
+                },
+            )
+            return UpstreamCredentialsRefused(self.name, status, code)
+        return error
 
 
 def _retry_after_s(value: str | None) -> float | None:
