@@ -70,13 +70,14 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
     # Errors in the envelope of the route's API (Anthropic's under /v1/messages: issue 17); the
     # catch-all decides per request, so an unknown path under a front door gets its envelope too.
     route_render = None if endpoint == "unmatched" else error_renderer(endpoint)
+    anthropic = endpoint.startswith("/v1/messages")  # its SDK reads ``request-id``
 
     async def handle(request: web.Request) -> web.StreamResponse:
         in_flight = metrics.in_flight.children[()]  # a plain number (metrics.py)
         # The call's record is made here, so this frame holds it: the handler of a proxied call
         # fills it in (``request[REQUEST_CALL]``), and nothing below looks it up in the request's
         # dict again. For any other request it stays empty, which adds no header and no label.
-        call = CallRecord()
+        call = CallRecord(anthropic=True) if anthropic else CallRecord()
         request[keys.REQUEST_CALL] = call
         request[keys.REQUEST_ID] = rid = request_id_for(request, ids)
         started = time.perf_counter()
@@ -253,6 +254,8 @@ def add_gateway_headers(headers: MutableMapping[str, str], rid: str, call: CallR
     whole response, by ``send_stream`` for a stream (no ``on_response_prepare`` hook to run)."""
     headers["Server"] = SERVER
     headers["x-request-id"] = rid
+    if call.anthropic:
+        headers["request-id"] = rid  # the anthropic SDKs' ``_request_id`` and error ``request_id``
     if call.rate_limits is not None:  # a key with limits: OpenAI's x-ratelimit-* on every answer
         for name, value in call.rate_limits.items():
             headers[name] = value

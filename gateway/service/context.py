@@ -31,6 +31,8 @@ class CallRecord:
     memory_ids: list[str] | None = None
     # OpenAI's x-ratelimit-* headers for a key with limits (set at admission, refusals included)
     rate_limits: Mapping[str, str] | None = None
+    # Anthropic's door (/v1/messages): the request id also as ``request-id``, the header its SDK reads
+    anthropic: bool = False
 
 
 @dataclass(slots=True)

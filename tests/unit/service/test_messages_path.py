@@ -179,6 +179,21 @@ async def sdk(gateway: TestClient) -> AsyncIterator[anthropic.AsyncAnthropic]:
 USER = [{"role": "user", "content": "Hello, Claude"}]
 
 
+async def test_the_request_id_is_in_the_header_the_anthropic_sdk_reads(
+    sdk: anthropic.AsyncAnthropic, gateway: TestClient
+) -> None:
+    raw = await sdk.messages.with_raw_response.create(model="gpt", max_tokens=10, messages=USER)
+    assert raw.headers["request-id"] == raw.headers["x-request-id"]
+    assert (await raw.parse())._request_id == raw.headers["x-request-id"]
+    async with sdk.messages.stream(model="gpt", max_tokens=10, messages=USER) as stream:
+        assert stream.request_id is not None and len(stream.request_id) == 32
+    with pytest.raises(anthropic.NotFoundError) as raised:
+        await sdk.messages.create(model="nope", max_tokens=10, messages=USER)
+    assert raised.value.request_id == raised.value.response.headers["x-request-id"]
+    chat = await gateway.post("/v1/chat/completions", json={"model": "gpt", "messages": USER})
+    assert "request-id" not in chat.headers  # OpenAI's doors keep x-request-id alone
+
+
 # ----- plain answers
 
 
