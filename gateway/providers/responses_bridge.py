@@ -36,6 +36,13 @@ def native_request(body: Mapping[str, Any]) -> JSONObject:
     state (``previous_response_id`` was expanded into ``input``), so the provider keeps none."""
     native = {k: v for k, v in body.items() if k != "previous_response_id"}
     native["store"] = False
+    items = native.get("input")
+    if isinstance(items, list) and any(isinstance(i, dict) and "extra_content" in i for i in items):
+        # A call a Gemini deployment made carries its thought signature (``call_item``); OpenAI's
+        # API refuses fields it does not know.
+        native["input"] = [
+            {k: v for k, v in i.items() if k != "extra_content"} if isinstance(i, dict) else i for i in items
+        ]
     return native
 
 

@@ -336,6 +336,9 @@ def _add_call(item: JSONObject, where: str, messages: list[JSONObject]) -> None:
         "type": "function",
         "function": {"name": _string(item, "name", where), "arguments": _string(item, "arguments", where)},
     }
+    extra = item.get("extra_content")
+    if isinstance(extra, dict) and extra:  # Gemini's thought signature, back where chat carries it
+        call["extra_content"] = extra
     last = messages[-1] if messages else None
     # Calls of one turn (and the text before them) are one assistant message in chat's shape.
     if last is not None and last["role"] == "assistant":

@@ -136,9 +136,19 @@ def message_item(item_id: str, text: str, refusal: str | None, status: str) -> J
 
 
 def call_item(
-    ids: ResponseIds, index: int, call_id: str, name: str, arguments: str, status: str
+    ids: ResponseIds,
+    index: int,
+    call_id: str,
+    name: str,
+    arguments: str,
+    status: str,
+    extra_content: object = None,
 ) -> JSONObject:
-    return {
+    """A ``function_call`` output item. ``extra_content``: a chat tool call's own (Gemini's thought
+    signature, ``{"google": {"thought_signature": ...}}``, as chat carries it), kept on the item so
+    that it comes back with the call, through ``previous_response_id`` or the client's own replay
+    of the output items (the SDK's item models keep fields they do not know)."""
+    item: JSONObject = {
         "id": ids.call(index),
         "type": "function_call",
         "status": status,
@@ -146,6 +156,9 @@ def call_item(
         "name": name,
         "arguments": arguments,
     }
+    if isinstance(extra_content, dict) and extra_content:
+        item["extra_content"] = extra_content
+    return item
 
 
 def _text_part(text: str) -> JSONObject:
@@ -187,6 +200,7 @@ def whole_response(request: Mapping[str, Any], chat: Mapping[str, Any], ids: Res
                 str(function.get("name", "")),
                 str(function.get("arguments") or ""),
                 "completed",
+                call.get("extra_content"),
             )
         )
     model = str(chat.get("model") or request.get("model") or "")
@@ -352,6 +366,7 @@ class ResponsesEvents:
                 str(function.get("name") or ""),
                 "",
                 "in_progress",
+                call.get("extra_content"),
             )
             self._calls[tool] = (index, item)
             self._open_call = tool

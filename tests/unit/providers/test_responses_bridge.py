@@ -47,6 +47,14 @@ def test_the_pass_through_body_keeps_no_state_upstream() -> None:
     assert not speaks_responses(AnthropicProvider(kind="anthropic", base_url="http://x/v1"))
 
 
+def test_a_gemini_calls_signature_is_not_passed_to_a_provider_that_would_refuse_it() -> None:
+    call = {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}
+    signed = {**call, "extra_content": {"google": {"thought_signature": "sig"}}}
+    body = {"model": "m", "input": [{"role": "user", "content": "hi"}, signed]}
+    assert native_request(body)["input"] == [{"role": "user", "content": "hi"}, call]
+    assert body["input"][1] is signed  # the client's body is not changed
+
+
 def translated_events(config: Any, body: dict[str, Any], sse: bytes, piece: int) -> list[dict[str, Any]]:
     translator = bridged(config, body)
     out = b""

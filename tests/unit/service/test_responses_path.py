@@ -734,3 +734,81 @@ async def test_a_completion_without_a_choice_fails_over_not_an_empty_response(
     response = await sdk(client).responses.with_raw_response.create(model="m", input="hi")
     assert (response.headers["x-gateway-provider"], response.headers["x-gateway-attempts"]) == ("b", "2")
     assert response.parse().output_text == "hello"
+
+
+# ----- Gemini's thought signatures through this door
+
+GEMINI_POLICY = """
+version: 1
+auth: {mode: open}
+providers:
+  g: {kind: gemini, base_url: "http://g.test"}
+models:
+  gem: {deployments: [{provider: g, model: gemini-3-pro}]}
+memory: {enabled: false}
+"""
+SIGNATURE = "CiQBjz1rX0il"
+GEMINI_CALL = {
+    "candidates": [
+        {
+            "content": {
+                "role": "model",
+                "parts": [
+                    {
+                        "functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                        "thoughtSignature": SIGNATURE,
+                    }
+                ],
+            },
+            "finishReason": "STOP",
+            "index": 0,
+        }
+    ],
+    "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 5, "totalTokenCount": 14},
+}
+GEMINI_TEXT = {
+    "candidates": [
+        {"content": {"role": "model", "parts": [{"text": "20C"}]}, "finishReason": "STOP", "index": 0}
+    ],
+    "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 1, "totalTokenCount": 13},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_geminis_thought_signature_comes_back_with_the_call(
+    aiohttp_client: ClientFactory, stream: bool
+) -> None:
+    """Gemini 3 refuses a function call sent back without the signature it came with; the chat
+    door carried it (``extra_content``), this door dropped it and sent the placeholder."""
+    sent: list[dict[str, Any]] = []
+
+    def gemini(request: UpstreamRequest) -> MockResponse:
+        body = orjson.loads(request.body)
+        sent.append(body)
+        answer = GEMINI_TEXT if len(sent) > 1 else GEMINI_CALL
+        if request.stream:
+            return MockResponse.stream([b"data: " + orjson.dumps(answer) + b"\n\n"])
+        return MockResponse.json(answer)
+
+    app = build_app(
+        Settings(access_log=False), parse_policy(GEMINI_POLICY), {}, transports={"g": MockTransport(gemini)}
+    )
+    api = sdk(await aiohttp_client(app))
+    if stream:
+        async with api.responses.stream(model="gem", input="weather?", tools=[WEATHER]) as s:  # type: ignore[list-item]
+            first = await s.get_final_response()
+    else:
+        first = await api.responses.create(model="gem", input="weather?", tools=[WEATHER])  # type: ignore[list-item]
+    call = first.output[0]
+    assert call.type == "function_call"
+    assert call.model_dump()["extra_content"] == {"google": {"thought_signature": SIGNATURE}}
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "20C"}
+    # Through the conversation the gateway kept, and through the client's own replay of the output.
+    await api.responses.create(model="gem", previous_response_id=first.id, input=[result], tools=[WEATHER])  # type: ignore[list-item]
+    replay = [item.model_dump(exclude_none=True) for item in first.output]
+    await api.responses.create(
+        model="gem", input=[{"role": "user", "content": "weather?"}, *replay, result], tools=[WEATHER]
+    )  # type: ignore[list-item]
+    for body in sent[1:]:
+        model_turn = next(c for c in body["contents"] if c["role"] == "model")
+        assert model_turn["parts"][0]["thoughtSignature"] == SIGNATURE
