@@ -46,18 +46,27 @@ def proxy(endpoint: Endpoint, app: web.Application) -> Handler:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """The model groups the caller's key may call (with keys, a key is needed, as OpenAI's)."""
-    names = _visible_models(request, await authenticate(request))
+    """The model groups the caller's key may call (with keys, a key is needed, as OpenAI's).
+    Anthropic's SDKs (which send ``anthropic-version``, and their key as ``x-api-key``) get
+    Anthropic's list shape from the same path."""
+    anthropic = "anthropic-version" in request.headers
+    names = _visible_models(request, await authenticate(request, x_api_key=anthropic))
+    if anthropic:
+        cards = [_anthropic_card(name) for name in names]
+        first, last = (names[0], names[-1]) if names else (None, None)
+        page = {"data": cards, "has_more": False, "first_id": first, "last_id": last}
+        return json_response(orjson.dumps(page))
     data = [_model_card(name) for name in names]
     return json_response(orjson.dumps({"object": "list", "data": data}))
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    names = _visible_models(request, await authenticate(request))
+    anthropic = "anthropic-version" in request.headers
+    names = _visible_models(request, await authenticate(request, x_api_key=anthropic))
     if name not in names:
         raise ModelNotFound(name, names)
-    return json_response(orjson.dumps(_model_card(name)))
+    return json_response(orjson.dumps(_anthropic_card(name) if anthropic else _model_card(name)))
 
 
 def _visible_models(request: web.Request, caller: Caller | None) -> Sequence[str]:
@@ -68,3 +77,8 @@ def _visible_models(request: web.Request, caller: Caller | None) -> Sequence[str
 
 def _model_card(name: str) -> dict[str, object]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "sophia-gateway"}
+
+
+def _anthropic_card(name: str) -> dict[str, object]:
+    """Anthropic's ``ModelInfo`` (its SDK's ``models.list`` / ``retrieve``)."""
+    return {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}

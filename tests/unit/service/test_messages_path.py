@@ -194,6 +194,22 @@ async def test_the_request_id_is_in_the_header_the_anthropic_sdk_reads(
     assert "request-id" not in chat.headers  # OpenAI's doors keep x-request-id alone
 
 
+async def test_the_anthropic_sdk_lists_and_retrieves_models_in_its_shape(
+    sdk: anthropic.AsyncAnthropic, gateway: TestClient
+) -> None:
+    page = await sdk.models.list()
+    ids = [m.id for m in page.data]
+    assert "gpt" in ids and "claude" in ids
+    assert all(m.type == "model" and m.display_name == m.id for m in page.data)
+    assert page.data[0].created_at.year == 1970  # a datetime, as the SDK's ModelInfo requires
+    model = await sdk.models.retrieve("claude")
+    assert (model.id, model.type) == ("claude", "model")
+    with pytest.raises(anthropic.NotFoundError):
+        await sdk.models.retrieve("nope")
+    openai_shape = await (await gateway.get("/v1/models")).json()
+    assert openai_shape["object"] == "list" and openai_shape["data"][0]["object"] == "model"
+
+
 # ----- plain answers
 
 
