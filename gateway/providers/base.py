@@ -178,3 +178,7 @@ class ProviderHandle(Protocol):
         """A 2xx response's body as it arrives, key scrubbed; iterate it once, and ``aclose``
         it if you stop early."""
         ...
+
+    def scrub_bytes(self, data: bytes) -> bytes:
+        """``data`` with the provider's key replaced (for text the gateway joined itself)."""
+        ...

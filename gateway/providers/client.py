@@ -138,9 +138,23 @@ class ProviderClient:
         return self._scrubbed(response)
 
     async def _scrubbed(self, response: UpstreamResponse) -> AsyncGenerator[bytes, None]:
+        """Each chunk scrubbed, a key cut between two chunks included: a chunk that ends with
+        the start of the key keeps that end back until the next chunk shows whether the key
+        follows (a chunk's end is almost never the start of a key, so nothing is held back in
+        practice: an event's blank line is not)."""
         key = self._key_bytes
+        held = b""
         async for chunk in response.chunks():
-            yield chunk.replace(key, b"***") if chunk.find(key) >= 0 else chunk
+            if held:
+                chunk = held + chunk
+            if chunk.find(key) >= 0:
+                chunk = chunk.replace(key, b"***")
+            cut = _key_start_at_end(chunk, key)
+            held = chunk[cut:]
+            if cut:
+                yield chunk[:cut] if held else chunk
+        if held:
+            yield held  # the body ended there: it was not the key
 
     def scrub(self, text: str) -> str:
         """``text`` with the provider key replaced, in case a provider or library echoes it."""
@@ -179,6 +193,19 @@ class ProviderClient:
             )
             return UpstreamCredentialsRefused(self.name, status, code)
         return error
+
+
+def _key_start_at_end(data: bytes, key: bytes) -> int:
+    """Where the longest end of ``data`` that is a start of ``key`` (and not all of it) begins;
+    ``len(data)`` when no end of ``data`` could be the key's start."""
+    size = len(data)
+    first = key[:1]
+    i = data.rfind(first, max(0, size - len(key) + 1))
+    while i >= 0:
+        if key.startswith(data[i:]):
+            return i
+        i = data.rfind(first, max(0, size - len(key) + 1), i)
+    return size
 
 
 def _retry_after_s(value: str | None) -> float | None:

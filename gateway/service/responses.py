@@ -199,7 +199,33 @@ class ResponsesDoor:
         if speaks_responses(target.client.config):
             return NativeResponsesStream()
         inner = target.client.adapter.stream_translator(Endpoint.CHAT, self.chat, target.model)
-        return ChatToResponsesStream(inner, ResponsesEvents(self.body, self.ids))
+        return _Scrubbing(ChatToResponsesStream(inner, ResponsesEvents(self.body, self.ids)), target)
+
+
+class _Scrubbing:
+    """A Responses stream whose events are scrubbed of the provider's key once more: the
+    ``.done`` events and ``response.completed`` hold text this door joined from the provider's
+    deltas, where a key the provider sent in pieces (each piece passing the byte scrub) is
+    whole again. The kept copy is made from these events."""
+
+    __slots__ = ("_client", "_inner")
+
+    def __init__(self, inner: StreamTranslator, target: Target) -> None:
+        self._inner = inner
+        self._client = target.client
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._client.scrub_bytes(self._inner.feed(chunk))
+
+    def finish(self) -> bytes:
+        return self._client.scrub_bytes(self._inner.finish())
+
+    def usage(self) -> JSONObject | None:
+        return self._inner.usage()
+
+    @property
+    def completed(self) -> bool:
+        return self._inner.completed
 
 
 class _Keeper:
