@@ -199,6 +199,8 @@ def _key_start_at_end(data: bytes, key: bytes) -> int:
     """Where the longest end of ``data`` that is a start of ``key`` (and not all of it) begins;
     ``len(data)`` when no end of ``data`` could be the key's start."""
     size = len(data)
+    if not size or data[-1] not in key:  # an event's end (a line feed) is in no key: at once
+        return size
     first = key[:1]
     i = data.rfind(first, max(0, size - len(key) + 1))
     while i >= 0:
