@@ -418,6 +418,9 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/responses", responses_api.create_response)
     add("GET", "/v1/responses/{response_id}", responses_api.retrieve_response)
     add("DELETE", "/v1/responses/{response_id}", responses_api.delete_response)
+    # POST under it: OpenAI's compact and input_tokens (not served): a 404, not the 405 a
+    # method on the kept-response resource would give (the SDKs raise NotFoundError on a 404).
+    add("POST", "/v1/responses/{response_id}", responses_api.not_served)
     add("POST", "/v1/messages", messages_api.create_message)  # Anthropic's Messages API (issue 17)
     add("POST", "/v1/messages/count_tokens", messages_api.count_message_tokens)
     add("GET", "/v1/models", openai.list_models)

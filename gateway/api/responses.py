@@ -64,3 +64,9 @@ async def delete_response(request: web.Request) -> web.StreamResponse:
     if not await request.app[keys.RESPONSES].delete(tenant, response_id):
         raise _not_found(response_id)
     return json_response(orjson.dumps({"id": response_id, "object": "response.deleted", "deleted": True}))
+
+
+async def not_served(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/responses/{name}`` (``compact``, ``input_tokens``): OpenAI operations this
+    gateway does not serve, answered as any path it does not serve."""
+    raise NotFound(f"Unknown path: {request.method} {request.path}.")

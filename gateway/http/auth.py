@@ -43,12 +43,18 @@ _INVALID_KEY_MESSAGE = (
     "Invalid API key. Send 'Authorization: Bearer <key>' with a virtual key issued by this gateway "
     "(sophia-gateway keys create)."
 )
+# Where Anthropic's SDKs send the key (``x-api-key``), the message names that header.
+_INVALID_X_API_KEY_MESSAGE = (
+    "Invalid API key. Send 'x-api-key: <key>' (or 'Authorization: Bearer <key>') with a virtual key "
+    "issued by this gateway (sophia-gateway keys create)."
+)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sophia-gateway"'}
 
 
-def invalid_api_key() -> AuthenticationFailed:
+def invalid_api_key(x_api_key: bool = False) -> AuthenticationFailed:
     """The one 401 for every credential that is not a valid key, whatever was wrong with it."""
-    return AuthenticationFailed(_INVALID_KEY_MESSAGE, code="invalid_api_key", headers=_CHALLENGE)
+    message = _INVALID_X_API_KEY_MESSAGE if x_api_key else _INVALID_KEY_MESSAGE
+    return AuthenticationFailed(message, code="invalid_api_key", headers=_CHALLENGE)
 
 
 def bearer_token(values: list[str], pattern: re.Pattern[str] = _BEARER) -> str | None:
@@ -85,13 +91,13 @@ async def authenticate(request: web.Request, *, x_api_key: bool = False) -> Call
     else:
         secret = bearer_token(request.headers.getall("Authorization", []))
     if secret is None or not secret.startswith(KEY_PREFIX):
-        raise invalid_api_key()
+        raise invalid_api_key(x_api_key)
     keyring = app.get(keys.KEYRING)
     if keyring is None:  # no key store wired in: nobody can be checked, so nobody gets in
         raise KeyStoreUnavailable()
     caller = await keyring.authenticate(secret)
     if caller is None:
-        raise invalid_api_key()
+        raise invalid_api_key(x_api_key)
     return caller
 
 

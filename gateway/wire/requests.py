@@ -12,7 +12,8 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
 
 JSONObject = dict[str, Any]
 
@@ -82,7 +83,17 @@ class CompletionHead(_Head):
 
 class EmbeddingHead(_Head):
     model: str = Field(min_length=1)
+    # OpenAI refuses an empty string and an empty array (a provider would answer nothing, or
+    # be asked for an empty batch: Gemini's adapter took one for token ids)
     input: str | list[Any]
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: str | list[Any]) -> str | list[Any]:
+        if not value:
+            raise PydanticCustomError("empty", "must not be empty: send a non-empty string or array")
+        return value
+
     # Read by the Gemini adapter (outputDimensionality, and how it encodes the answer)
     dimensions: StrictInt | None = Field(None, ge=1, le=2**31 - 1)  # every provider's field is an int32
     encoding_format: Literal["float", "base64"] | None = None

@@ -654,6 +654,10 @@ async def test_gateway_keys_as_x_api_key_or_bearer(keyed: TestClient) -> None:
         with pytest.raises(anthropic.AuthenticationError) as caught:
             await stranger.messages.create(**ask)
         assert caught.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+        assert "Send 'x-api-key: <key>'" in caught.value.body["error"]["message"]  # type: ignore[index]
+    async with anthropic.AsyncAnthropic(base_url=url, api_key=GOOD, max_retries=0) as lister:
+        # Anthropic's SDK lists models with its key as x-api-key
+        assert "gpt" in [m.id for m in (await lister.models.list()).data]
     async with anthropic.AsyncAnthropic(base_url=url, api_key=LIMITED, max_retries=0) as limited:
         with pytest.raises(anthropic.NotFoundError):  # another team's model does not exist for it
             await limited.messages.create(**{**ask, "model": "claude"})

@@ -812,3 +812,13 @@ async def test_geminis_thought_signature_comes_back_with_the_call(
     for body in sent[1:]:
         model_turn = next(c for c in body["contents"] if c["role"] == "model")
         assert model_turn["parts"][0]["thoughtSignature"] == SIGNATURE
+
+
+async def test_openai_operations_under_a_response_id_not_served_are_404s(client: TestClient) -> None:
+    api = sdk(client)
+    with pytest.raises(openai.NotFoundError):
+        await api.responses.input_tokens.count(model="m", input="hi")
+    for path in ("/v1/responses/compact", "/v1/responses/input_tokens"):
+        response = await client.post(path, json={"model": "m", "input": "hi"})
+        assert response.status == 404
+        assert (await response.json())["error"]["message"] == f"Unknown path: POST {path}."

@@ -186,6 +186,8 @@ def test_stream_must_be_a_boolean_as_openai_requires(endpoint: Endpoint, value: 
         ({"dimensions": 2**63}, "dimensions"),
         ({"encoding_format": "hex"}, "encoding_format"),
         ({"encoding_format": 0}, "encoding_format"),
+        ({"input": []}, "input"),  # OpenAI's 400; Gemini's adapter took it for token ids
+        ({"input": ""}, "input"),
     ],
 )
 def test_embedding_options_the_adapters_read_are_typed(extra: dict, param: str) -> None:  # type: ignore[type-arg]
