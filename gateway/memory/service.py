@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
+import os
 import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 
@@ -96,6 +99,7 @@ class MemoryService:
         # writes from the store's change log before a search; one of them writes the index files.
         self._follow = follow_changes
         self._owns_files = owns_index_files
+        self._files_lock: int | None = None  # a descriptor holding the index directory's lock
         self._seen_change = 0
         self._catching_up = asyncio.Lock()
         self.index_saved_at: float | None = None  # clock time of this process's last index save
@@ -104,6 +108,9 @@ class MemoryService:
 
     async def start(self) -> None:
         """Open the store, load the persisted index or rebuild it from the store."""
+        directory = getattr(self.index, "directory", None)  # an index with files (HnswIndex)
+        if self._owns_files and isinstance(directory, Path):
+            self._files_lock = _lock_index_dir(directory)
         await self.store.start()
         if self._follow:  # before the index is read: a write after this is applied later
             self._seen_change = await self.store.last_change()
@@ -126,6 +133,9 @@ class MemoryService:
             await asyncio.to_thread(self.index.save)
         self.index.close()
         await self.store.close()
+        if self._files_lock is not None:
+            os.close(self._files_lock)  # the lock goes with it
+            self._files_lock = None
 
     async def check_embedding_dimension(self, timeout_s: float) -> None:
         """At start, after ``start()``: raise ``StartupError`` when ``memory.embedding_model``
@@ -592,3 +602,26 @@ def _passes(memory: Memory, where: MemoryFilter) -> bool:
     if where.min_confidence is not None and memory.confidence_score < where.min_confidence:
         return False
     return where.processing_status is None or memory.processing_status == where.processing_status
+
+
+_OWNER_LOCK = ".owner.lock"
+
+
+def _lock_index_dir(directory: Path) -> int:
+    """Take the index directory for this process: an exclusive ``flock`` on a file in it, held
+    (by the returned descriptor) while the process runs, released by the kernel when it exits.
+    Two gateways that both wrote one directory (two ``serve`` started in one folder) raced on its
+    files and each missed the other's memories; the second now refuses to start, saying why
+    (``serve --workers N`` shares one directory among its workers: only worker 0 writes it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / _OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartupError(
+            f"the memory index directory {directory} is in use by another gateway process; run "
+            "several processes as 'serve --workers N' (they share it), or give this one its own "
+            "memory.index_dir (and memory store)"
+        ) from None
+    return fd

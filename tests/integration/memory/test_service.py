@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import re
 import shutil
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import InvalidRequest, NotFound, StartupError
 from gateway.memory.index import HnswIndex
 from gateway.memory.lifecycle import apply_lifecycle
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch, MemoryStore
@@ -518,10 +519,25 @@ async def test_memories_written_before_a_crash_are_searchable_after_restart(serv
     crashed = await services.open()
     await crashed.add([NewMemory("ns", "unsaved", basis(2), id="unsaved")])
     await crashed.store.close()  # the process dies: close() (and its index save) never runs
+    if crashed._files_lock is not None:
+        os.close(crashed._files_lock)  # and the kernel drops its lock on the index directory
+        crashed._files_lock = None
 
     after = await services.open()
     assert await after.store.count() == 2
     assert ids(await after.search(None, basis(2), 1, MemoryFilter())) == ["unsaved"]
+
+
+async def test_a_second_process_writing_the_same_index_directory_refuses_to_start(services: Services) -> None:
+    """Two gateways started in one folder both saved the index there: they raced on its files and
+    each missed the other's memories. The directory's owner holds a lock; the second says why."""
+    first = await services.open()
+    with pytest.raises(StartupError) as refused:
+        await services.open()
+    assert "in use by another gateway process" in str(refused.value) and "--workers" in str(refused.value)
+    await first.close()
+    again = await services.open()  # the lock went with the first
+    await again.close()
 
 
 async def test_a_vector_of_the_wrong_dimension_is_refused_without_a_trace(service: MemoryService) -> None:
