@@ -93,6 +93,7 @@ class ResponsesService:
         previous = body.get("previous_response_id")
         if previous is not None:
             body = await self._expand(body, previous, ctx.tenant, settings.store)
+        body = await self._resolve_references(body, ctx.tenant)
         try:
             chat = chat_request(body)
         except ResponsesInputError as exc:
@@ -134,6 +135,38 @@ class ResponsesService:
             )
         return {**body, "input": items + _input_items(body)}
 
+    async def _resolve_references(self, body: JSONObject, tenant: str) -> JSONObject:
+        """``body`` with each ``item_reference`` input item replaced by the item it names: an
+        output item (message, function call) of a response this tenant had kept. The Vercel AI
+        SDK's Responses provider sends earlier assistant turns so when ``store`` is on (its
+        default), so without this every second turn of such an app was a 400."""
+        given = body.get("input")
+        if not isinstance(given, list) or not any(
+            isinstance(i, dict) and i.get("type") == "item_reference" for i in given
+        ):
+            return body
+        items: list[Any] = []
+        for index, item in enumerate(given):
+            if not (isinstance(item, dict) and item.get("type") == "item_reference"):
+                items.append(item)
+                continue
+            item_id = item.get("id")
+            if not isinstance(item_id, str) or not item_id:
+                raise InvalidRequest(
+                    f"'input[{index}].id' must be the id of an item.", param=f"input[{index}].id"
+                )
+            found = await self._store.get(STORED_CATEGORY, _item_key(tenant, item_id))
+            kept = _json_object(found)
+            if kept is None:
+                raise InvalidRequest(
+                    f"Item with id '{item_id}' not found (items of responses kept with store: true "
+                    "can be referenced, for a while, by the key that made them).",
+                    param=f"input[{index}]",
+                    code="item_not_found",
+                )
+            items.append(kept)
+        return {**body, "input": items}
+
     async def retrieve(self, tenant: str, response_id: str) -> JSONObject | None:
         """``GET /v1/responses/{id}``: the response as it was answered, if this tenant's and
         still kept (None otherwise, and for one kept before the gateway stored whole responses)."""
@@ -143,9 +176,14 @@ class ResponsesService:
     async def delete(self, tenant: str, response_id: str) -> bool:
         """``DELETE /v1/responses/{id}``: forget a kept response; False when there is none."""
         key = _key(tenant, response_id)
-        if await self._store.get(STORED_CATEGORY, key) is None:
+        kept = _decoded(await self._store.get(STORED_CATEGORY, key))
+        if kept is None:
             return False
         await self._store.delete(STORED_CATEGORY, key)
+        output = kept[1].get("output") if kept[1] is not None else None
+        for item in output if isinstance(output, list) else ():  # its items go with it
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                await self._store.delete(STORED_CATEGORY, _item_key(tenant, item["id"]))
         return True
 
 
@@ -255,6 +293,10 @@ class _Keeper:
         # The conversation for previous_response_id, and the response itself for retrieval.
         value = orjson.dumps({"items": self._items + kept, "response": response})
         await self._store.set(STORED_CATEGORY, _key(self._tenant, response_id), value, self._ttl_s)
+        for item in kept:  # each output item on its own, for an item_reference to it
+            if isinstance(item.get("id"), str):
+                key = _item_key(self._tenant, item["id"])
+                await self._store.set(STORED_CATEGORY, key, orjson.dumps(item), self._ttl_s)
 
 
 class _KeepingStream:
@@ -314,3 +356,18 @@ def _decoded(raw: bytes | None) -> tuple[list[Any], JSONObject | None] | None:
 
 def _key(tenant: str, response_id: str) -> str:
     return f"{tenant}/{response_id}"
+
+
+def _item_key(tenant: str, item_id: str) -> str:
+    """A kept output item's key: apart from responses' (an item id is not a response id)."""
+    return f"{tenant}/item/{item_id}"
+
+
+def _json_object(raw: bytes | None) -> JSONObject | None:
+    if raw is None:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

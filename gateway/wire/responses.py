@@ -23,7 +23,8 @@ Field by field (https://platform.openai.com/docs/api-reference/responses/create)
   ``max_tool_calls``, ``top_logprobs``, ``background: false``;
 * refused: built-in tools (web search, file search, computer use, code interpreter, image
   generation, MCP, shells), ``background: true``, ``conversation``, ``prompt`` templates,
-  ``item_reference`` items, and any field not listed here.
+  and any field not listed here (``item_reference`` items are resolved by the Responses service
+  before this translation, from the items it kept; one left here is refused).
 """
 
 from __future__ import annotations

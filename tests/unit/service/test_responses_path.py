@@ -531,10 +531,11 @@ async def test_a_mixed_group_fails_over_from_pass_through_to_translation(
         ({"model": "m", "input": "hi", "conversation": "conv_1"}, "conversation", "conversations"),
         ({"model": "m", "input": 3}, "input", "string or a list"),
         (
-            {"model": "m", "input": [{"type": "item_reference", "id": "x"}]},
-            "input[0].type",
-            "item references",
+            {"model": "m", "input": [{"type": "item_reference", "id": "msg_unknown"}]},
+            "input[0]",
+            "Item with id 'msg_unknown' not found",
         ),
+        ({"model": "m", "input": [{"type": "item_reference", "id": 5}]}, "input[0].id", "the id of an item"),
         ({"model": "m", "input": [{"role": "robot", "content": "x"}]}, "input[0].role", "must be one of"),
         ({"model": "m", "input": "hi", "text": {"format": {"type": "json_schema"}}}, "text.format", "schema"),
         (
@@ -822,3 +823,35 @@ async def test_openai_operations_under_a_response_id_not_served_are_404s(client:
         response = await client.post(path, json={"model": "m", "input": "hi"})
         assert response.status == 404
         assert (await response.json())["error"]["message"] == f"Unknown path: POST {path}."
+
+
+async def test_item_references_name_the_items_of_kept_responses(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    """The Vercel AI SDK's Responses provider (store on, its default) sends earlier assistant turns
+    as ``{"type": "item_reference", "id": ...}``: the gateway puts the kept item there, for the
+    key that made it, and forgets it with its response."""
+    api = sdk(client)
+    first = await api.responses.create(model="m", input="hi")
+    message_id = first.output[0].id
+    turn = [
+        {"role": "user", "content": "hi"},
+        {"type": "item_reference", "id": message_id},
+        {"role": "user", "content": "and then?"},
+    ]
+    second = await api.responses.create(model="m", input=turn)  # type: ignore[arg-type]
+    assert second.output_text == "hello"
+    assert upstreams.seen[-1][2]["messages"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and then?"},
+    ]
+    with pytest.raises(openai.BadRequestError) as other:  # another key's item does not exist for it
+        await sdk(client, key="another-key").responses.create(model="m", input=turn)  # type: ignore[arg-type]
+    assert other.value.body["code"] == "item_not_found"  # type: ignore[index]
+    await api.responses.delete(first.id)
+    with pytest.raises(openai.BadRequestError):  # gone with its response
+        await api.responses.create(model="m", input=turn)  # type: ignore[arg-type]
+    unkept = await api.responses.create(model="m", input="hi", store=False)
+    with pytest.raises(openai.BadRequestError):
+        await api.responses.create(model="m", input=[{"type": "item_reference", "id": unkept.output[0].id}])
