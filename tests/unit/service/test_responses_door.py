@@ -49,7 +49,8 @@ def test_each_attempt_picks_pass_through_or_the_chat_bridge() -> None:
     assert [d.mode(target(c)) for c in (NATIVE, PLAIN, CLAUDE)] == ["native", "translated", "translated"]
     assert d.endpoint.value == "responses"  # the cache key's scope
     assert isinstance(d.stream_translator(target(NATIVE)), NativeResponsesStream)
-    assert isinstance(d.stream_translator(target(CLAUDE)), ChatToResponsesStream)
+    bridged = d.stream_translator(target(CLAUDE))  # the bridge, its joined texts scrubbed of the key
+    assert isinstance(bridged._inner, ChatToResponsesStream)  # type: ignore[attr-defined]
 
 
 def test_a_native_answer_is_forwarded_with_chat_usage_for_accounting() -> None:
