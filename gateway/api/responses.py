@@ -4,18 +4,21 @@ OpenAI's envelope, as for every other endpoint."""
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import web
 
 from gateway import keys
-from gateway.errors import NotFound
+from gateway.errors import GatewayError, NotFound
 from gateway.http.auth import authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.http.sse import send_stream
 from gateway.service.context import CallContext
+from gateway.service.streams import AnswerStream
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
@@ -27,8 +30,49 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     answer = await app[keys.RESPONSES].run(body, ctx)
     if answer.stream is not None:
-        return await send_stream(request, answer.stream, ctx.request_id)
+        stream = _Sequenced(answer.stream)
+        return await send_stream(request, stream, ctx.request_id, stream.error_event)
     return json_response(answer.body or b"{}")
+
+
+_SEQUENCE = b'"sequence_number":'
+_DIGITS = re.compile(rb"\s*(\d+)")
+
+
+class _Sequenced:
+    """A Responses stream, noting the last ``sequence_number`` it sent, so that a provider failing
+    mid-stream ends it with the Responses API's own ``error`` event (``type``, the next
+    ``sequence_number``, ``code``, ``message``, ``param``) rather than chat's bare ``{"error"}`` and
+    ``[DONE]``, which the Vercel AI SDK's Responses parser refused. The OpenAI envelope stays
+    under ``error`` as well: the openai SDKs raise ``APIError`` on an event holding it."""
+
+    __slots__ = ("_stream", "last")
+
+    def __init__(self, stream: AnswerStream) -> None:
+        self._stream = stream
+        self.last = -1
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            at = chunk.rfind(_SEQUENCE)
+            if at >= 0 and (found := _DIGITS.match(chunk, at + len(_SEQUENCE))) is not None:
+                self.last = int(found.group(1))
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    def error_event(self, error: GatewayError) -> bytes:
+        envelope = error.envelope()["error"]
+        event = {
+            "type": "error",
+            "sequence_number": self.last + 1,
+            "code": envelope.get("code") or envelope.get("type"),
+            "message": envelope.get("message"),
+            "param": envelope.get("param"),
+            "error": envelope,
+        }
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 async def _kept_id(request: web.Request) -> tuple[str, str]:

@@ -722,6 +722,18 @@ async def test_a_stream_cut_after_its_first_event_raises_in_the_sdk(
             seen.append(event.type)
     assert seen[:2] == ["response.created", "response.in_progress"]
     assert "response.completed" not in seen
+    # The Responses API's own error event: what the Vercel AI SDK's parser takes, no [DONE]
+    raw = await client.post("/v1/responses", json={"model": "m", "input": "hi", "stream": True})
+    events = (await raw.read()).split(b"\n\n")
+    last = next(e for e in reversed(events) if e.strip())
+    assert last.startswith(b"event: error\ndata: ")
+    error = orjson.loads(last.split(b"data: ", 1)[1])
+    numbers = [orjson.loads(e.split(b"data: ", 1)[1])["sequence_number"] for e in events if b"data: " in e]
+    assert numbers == list(range(len(numbers)))  # the error event's number follows the others
+    assert error["type"] == "error" and error["message"].endswith("reset mid-stream")
+    assert error["code"] == "upstream_error" and error["param"] is None
+    assert error["error"]["type"] == "upstream_error"
+    assert b"[DONE]" not in await raw.read()
 
 
 async def test_a_completion_without_a_choice_fails_over_not_an_empty_response(
