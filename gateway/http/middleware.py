@@ -33,7 +33,7 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from gateway.http.responses import error_renderer
+from gateway.http.responses import anthropic_error_response, error_renderer
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Span
@@ -71,13 +71,20 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
     # catch-all decides per request, so an unknown path under a front door gets its envelope too.
     route_render = None if endpoint == "unmatched" else error_renderer(endpoint)
     anthropic = endpoint.startswith("/v1/messages")  # its SDK reads ``request-id``
+    # /v1/models answers Anthropic's SDKs (they send ``anthropic-version``) in Anthropic's shapes,
+    # its errors included (``api/openai.py``): decided per request on that route only.
+    shared = endpoint.startswith("/v1/models")
 
     async def handle(request: web.Request) -> web.StreamResponse:
         in_flight = metrics.in_flight.children[()]  # a plain number (metrics.py)
         # The call's record is made here, so this frame holds it: the handler of a proxied call
         # fills it in (``request[REQUEST_CALL]``), and nothing below looks it up in the request's
         # dict again. For any other request it stays empty, which adds no header and no label.
-        call = CallRecord(anthropic=True) if anthropic else CallRecord()
+        render = route_render
+        if shared and "anthropic-version" in request.headers:
+            call, render = CallRecord(anthropic=True), anthropic_error_response
+        else:
+            call = CallRecord(anthropic=True) if anthropic else CallRecord()
         request[keys.REQUEST_CALL] = call
         request[keys.REQUEST_ID] = rid = request_id_for(request, ids)
         started = time.perf_counter()
@@ -89,15 +96,15 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
             try:
                 response = await handler(request)
             except GatewayError as error:
-                response = (route_render or error_renderer(request.path))(error)
+                response = (render or error_renderer(request.path))(error)
             except web.HTTPException as exc:
-                response = (route_render or error_renderer(request.path))(_from_http_exception(exc, request))
+                response = (render or error_renderer(request.path))(_from_http_exception(exc, request))
             except asyncio.CancelledError:
                 status = _CLIENT_CLOSED
                 raise
             except Exception:
                 log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": request.path}})
-                response = (route_render or error_renderer(request.path))(
+                response = (render or error_renderer(request.path))(
                     InternalError(f"The gateway hit an internal error. Request id: {rid}.")
                 )
             status = response.status

@@ -204,8 +204,12 @@ async def test_the_anthropic_sdk_lists_and_retrieves_models_in_its_shape(
     assert page.data[0].created_at.year == 1970  # a datetime, as the SDK's ModelInfo requires
     model = await sdk.models.retrieve("claude")
     assert (model.id, model.type) == ("claude", "model")
-    with pytest.raises(anthropic.NotFoundError):
+    with pytest.raises(anthropic.NotFoundError) as missing:
         await sdk.models.retrieve("nope")
+    body = missing.value.body
+    assert isinstance(body, dict) and body["type"] == "error"  # Anthropic's envelope, and its header
+    assert body["error"]["type"] == "not_found_error"
+    assert missing.value.request_id == missing.value.response.headers["x-request-id"]
     openai_shape = await (await gateway.get("/v1/models")).json()
     assert openai_shape["object"] == "list" and openai_shape["data"][0]["object"] == "model"
 
