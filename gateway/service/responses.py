@@ -58,6 +58,9 @@ from gateway.wire.sse import SSEDecoder
 # clash with it: it is not a name the response cache ever plans).
 STORED_CATEGORY = "_responses"
 _KEPT_ITEMS = frozenset({"message", "function_call"})  # output items a later turn can take back
+# item_reference input items resolved per request (each one store read; a long agent run with
+# a reference per assistant turn and tool call stays far below it)
+MAX_ITEM_REFERENCES = 1000
 
 
 def cache_budgets(policy: Policy) -> dict[str, CategoryBudget]:
@@ -145,7 +148,15 @@ class ResponsesService:
             isinstance(i, dict) and i.get("type") == "item_reference" for i in given
         ):
             return body
+        references = sum(1 for i in given if isinstance(i, dict) and i.get("type") == "item_reference")
+        if references > MAX_ITEM_REFERENCES:  # each is a store read: a body must not ask for 100,000
+            raise InvalidRequest(
+                f"'input' holds {references} item references; at most {MAX_ITEM_REFERENCES} are "
+                "resolved per request (send older items themselves, or use previous_response_id).",
+                param="input",
+            )
         items: list[Any] = []
+        resolved: dict[str, JSONObject | None] = {}
         for index, item in enumerate(given):
             if not (isinstance(item, dict) and item.get("type") == "item_reference"):
                 items.append(item)
@@ -155,8 +166,10 @@ class ResponsesService:
                 raise InvalidRequest(
                     f"'input[{index}].id' must be the id of an item.", param=f"input[{index}].id"
                 )
-            found = await self._store.get(STORED_CATEGORY, _item_key(tenant, item_id))
-            kept = _json_object(found)
+            if item_id not in resolved:
+                found = await self._store.get(STORED_CATEGORY, _item_key(tenant, item_id))
+                resolved[item_id] = _json_object(found)
+            kept = resolved[item_id]
             if kept is None:
                 raise InvalidRequest(
                     f"Item with id '{item_id}' not found (items of responses kept with store: true "

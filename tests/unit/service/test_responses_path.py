@@ -536,6 +536,7 @@ async def test_a_mixed_group_fails_over_from_pass_through_to_translation(
             "Item with id 'msg_unknown' not found",
         ),
         ({"model": "m", "input": [{"type": "item_reference", "id": 5}]}, "input[0].id", "the id of an item"),
+        ({"model": "m", "input": [{"type": "item_reference", "id": "x"}] * 1001}, "input", "at most 1000"),
         ({"model": "m", "input": [{"role": "robot", "content": "x"}]}, "input[0].role", "must be one of"),
         ({"model": "m", "input": "hi", "text": {"format": {"type": "json_schema"}}}, "text.format", "schema"),
         (
