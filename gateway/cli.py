@@ -364,7 +364,7 @@ def _memory_prune(args: argparse.Namespace) -> int:
     from gateway.memory.backends import memory_store
     from gateway.memory.index import HnswIndex
     from gateway.memory.lifecycle import apply_lifecycle
-    from gateway.memory.service import MemoryService
+    from gateway.memory.service import IndexDirectoryInUse, MemoryService
 
     try:
         settings = Settings.from_env()
@@ -384,7 +384,16 @@ def _memory_prune(args: argparse.Namespace) -> int:
     async def run() -> list[str]:
         store = memory_store(config, settings.memory_url, os.environ)
         service = MemoryService(config, store, HnswIndex(config.index_dir), no_embeddings)
-        await service.start()
+        try:
+            await service.start()  # owns the index files when no gateway does: saves them after
+        except IndexDirectoryInUse:
+            # A gateway serves from this index directory: prune the store beside it, leaving its
+            # files to it (it drops vectors whose memories are gone; a restart rebuilds).
+            index = HnswIndex(config.index_dir)
+            index.keep_segments_private()
+            store = memory_store(config, settings.memory_url, os.environ)
+            service = MemoryService(config, store, index, no_embeddings, owns_index_files=False)
+            await service.start()
         try:
             report = await apply_lifecycle(service, dry_run=args.dry_run)
         finally:

@@ -607,6 +607,10 @@ def _passes(memory: Memory, where: MemoryFilter) -> bool:
 _OWNER_LOCK = ".owner.lock"
 
 
+class IndexDirectoryInUse(StartupError):
+    """Another process holds the index directory (``_lock_index_dir``)."""
+
+
 def _lock_index_dir(directory: Path) -> int:
     """Take the index directory for this process: an exclusive ``flock`` on a file in it, held
     (by the returned descriptor) while the process runs, released by the kernel when it exits.
@@ -619,7 +623,7 @@ def _lock_index_dir(directory: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise StartupError(
+        raise IndexDirectoryInUse(
             f"the memory index directory {directory} is in use by another gateway process; run "
             "several processes as 'serve --workers N' (they share it), or give this one its own "
             "memory.index_dir (and memory store)"
