@@ -30,7 +30,7 @@ import watchfiles
 from gateway.auth.keyring import KeyRing
 from gateway.cache.service import ResponseCache
 from gateway.observability.metrics import GatewayMetrics
-from gateway.policy.loader import PolicyError, PolicyProblem, parse_policy
+from gateway.policy.loader import PolicyError, PolicyProblem, parse_policy_bytes
 from gateway.policy.model import Policy
 from gateway.policy.versions import (
     PolicyStatus,
@@ -108,6 +108,7 @@ class LivePolicy:
         self._key_ring = key_ring
         self._metrics = metrics
         self._watch = watch and path is not None
+        self.watching = True  # False once the file watcher has stopped (it could not watch)
         self._clock = clock
         self._subscribers: list[Callable[[Policy], None]] = []
         self._lock = asyncio.Lock()
@@ -134,7 +135,7 @@ class LivePolicy:
             self.loaded_at,
             self.source,
             self.path,
-            self._watch,
+            self._watch and self.watching,
             self.pending_restart,
             self.last_error,
         )
@@ -284,8 +285,12 @@ class LivePolicy:
                 recursive=False,
                 stop_event=self._stop,
             ):
-                await self._check()
+                try:
+                    await self._check()
+                except Exception:  # one change that could not be read or applied: keep watching
+                    log.exception("policy reload failed", extra={"fields": {"path": self.path}})
         except (OSError, RuntimeError) as exc:  # no such directory, no inotify: say so, keep serving
+            self.watching = False
             log.warning(
                 "cannot watch the policy file; reload with SIGHUP or POST /admin/policy/reload",
                 extra={"fields": {"path": self.path, "error": repr(exc)}},
@@ -328,9 +333,4 @@ def _read(path: str) -> bytes:
 
 
 def _parse(data: bytes, path: str) -> Policy:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        message = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
-        raise PolicyError([PolicyProblem(path, None, (), message)]) from None
-    return parse_policy(text, path)
+    return parse_policy_bytes(data, path)  # exactly what ``policy check`` runs

@@ -55,14 +55,36 @@ def load_policy(path: str | Path) -> Policy:
     """Read and validate the policy at ``path``; raise ``PolicyError`` listing every problem."""
     shown = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise PolicyError([PolicyProblem(shown, None, (), f"cannot read file: {exc.strerror}")]) from None
-    return parse_policy(text, shown)
+    return parse_policy_bytes(data, shown)
+
+
+def parse_policy_bytes(data: bytes, shown_path: str = "<policy>") -> Policy:
+    """``parse_policy`` of a file's bytes: text that is not UTF-8 (a binary file, or UTF-16 as
+    PowerShell's ``>`` writes) is one problem saying so, never a traceback."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        message = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
+        hint = "the file is UTF-16: save it as UTF-8" if utf16 else "save the file as UTF-8 text"
+        raise PolicyError([PolicyProblem(shown_path, None, (), message, hint)]) from None
+    return parse_policy(text, shown_path)
 
 
 def parse_policy(text: str, shown_path: str = "<policy>") -> Policy:
     """Validate policy YAML ``text``; ``shown_path`` is used in messages."""
+    try:
+        return _parse_policy(text, shown_path)
+    except RecursionError:  # YAML nested thousands deep: the parser's recursion gives out
+        raise PolicyError(
+            [PolicyProblem(shown_path, None, (), "lists or mappings nested too deeply to be a policy")]
+        ) from None
+
+
+def _parse_policy(text: str, shown_path: str) -> Policy:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)

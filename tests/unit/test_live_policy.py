@@ -272,6 +272,30 @@ async def test_the_watcher_reloads_an_edit_in_place(
     assert await models(client) == ["m", "n"]
 
 
+async def test_a_deeply_nested_or_binary_edit_is_refused_and_the_watcher_keeps_watching(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    """An edit nested thousands deep raised RecursionError inside the watcher: it stopped for
+    good (while /admin/policy said it watched) and POST /admin/policy/reload was a 500."""
+    client = await gateway(aiohttp_client, policy_file, upstreams, watch=True)
+    first = (await (await client.get("/admin/policy")).json())["version"]
+    await asyncio.sleep(0.2)
+    for bad, words in (
+        (BASE + "description: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        (BASE.encode("utf-16").decode("latin-1"), "not UTF-8"),
+    ):
+        policy_file.write_bytes(bad.encode("latin-1") if "not UTF" in words else bad.encode())
+        status, body = await reload(client)
+        assert status == 422 and body["policy"]["result"] == "invalid", body
+        assert words in " ".join(body["policy"]["problems"])
+    state = await (await client.get("/admin/policy")).json()
+    assert state["version"] == first and state["watching"] is True
+    policy_file.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
+    state = await wait_for_version(client, first)
+    assert state["version"] != first and state["source"] == "file"  # the watcher still applies edits
+    assert await models(client) == ["m", "n"]
+
+
 async def test_the_watcher_follows_a_configmap_symlink_swap(
     aiohttp_client: ClientFactory, tmp_path: Path, upstreams: Upstreams
 ) -> None:

@@ -201,3 +201,19 @@ def test_the_retired_max_retry_after_s_still_loads() -> None:
         "models:\n  m: {deployments: [{provider: p, model: x}]}\nretry: {max_retry_after_s: 30}\n"
     )
     assert parse_policy(text).retry.max_retry_after_s == 30
+
+
+def test_a_file_that_is_not_utf8_or_nests_too_deep_is_one_problem_not_a_traceback(tmp_path: Path) -> None:
+    good = "version: 1\nproviders: {}\nmodels: {}\n"
+    cases = {
+        "utf16.yaml": (good.encode("utf-16"), "not UTF-8", "UTF-16"),
+        "binary.yaml": (bytes(range(256)) * 4, "not UTF-8", "UTF-8"),
+        "deep.yaml": ((good + "x: " + "[" * 5000 + "]" * 5000 + "\n").encode(), "nested too deeply", ""),
+    }
+    for name, (data, words, hint) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(PolicyError) as err:
+            load_policy(path)
+        text = str(err.value)
+        assert words in text and hint in text and name in text
