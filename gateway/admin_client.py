@@ -7,8 +7,10 @@ when that variable is set, the gateway's own error message when it refuses.
 
 from __future__ import annotations
 
+import argparse
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -53,3 +55,16 @@ def call_admin(url: str, method: str, path: str, body: Json | None = None, timeo
     if not isinstance(answer, dict):
         raise AdminCallError(f"{url}{path} did not answer a JSON object", reached=True)
     return answer
+
+
+def gateway_url(text: str) -> str:
+    """``--url``'s type: an http(s) URL with a host, else argparse's one-line error and exit 2
+    (``notaurl`` or ``http://[::1`` made urllib raise a traceback)."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a URL ({exc}): give it as http://HOST:PORT") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL: give it as http://HOST:PORT")
+    return text

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from gateway import __version__
+from gateway.admin_client import gateway_url
 from gateway.errors import StartupError
 from gateway.policy.loader import PolicyError, format_loc, load_policy, policy_json_schema
 from gateway.policy.model import Policy
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--model", required=True, help="the model group to explain")
     explain.add_argument(
         "--url",
+        type=gateway_url,
         help="a running gateway (e.g. http://127.0.0.1:8080): explain its live figures "
         "instead of the file's priors",
     )
@@ -80,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("new", help="the policy after the edit")
     diff.add_argument(
         "--url",
+        type=gateway_url,
         help="a running gateway (e.g. http://127.0.0.1:8080): shares before are its live ones, "
         "shares after use its live figures for the deployments that stay",
     )
@@ -111,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     top.add_argument(
         "--url",
+        type=gateway_url,
         default=None,
         help="the gateway (default: http://127.0.0.1:$SOPHIA_PORT, or port 8080)",
     )

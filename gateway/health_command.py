@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from gateway.admin_client import gateway_url
+
 _FIXED = ("status", "latency_ms", "changed_at", "detail")
 
 
@@ -25,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     port = os.environ.get("SOPHIA_PORT") or "8080"
     parser.add_argument(
         "--url",
+        type=gateway_url,
         default=f"http://127.0.0.1:{port}",
         help="the gateway (default: http://127.0.0.1:$SOPHIA_PORT, port 8080 when unset)",
     )

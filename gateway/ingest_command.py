@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.admin_client import gateway_url
 from gateway.memory.formats import EXTENSIONS
 from gateway.wire.sse import SSEDecoder
 
@@ -44,7 +45,9 @@ def add_arguments(memory_sub: Any) -> None:
     )
     ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
     ingest.add_argument("--namespace", required=True, help="the memory namespace to write")
-    ingest.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway (default: %(default)s)")
+    ingest.add_argument(
+        "--url", type=gateway_url, default="http://127.0.0.1:8080", help="the gateway (default: %(default)s)"
+    )
     ingest.add_argument("--key", help="the virtual key (default: $SOPHIA_API_KEY; none in open mode)")
     ingest.add_argument("--include", action="append", default=[], metavar="GLOB", help="only matching files")
     ingest.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching files")

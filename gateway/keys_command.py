@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.admin_client import AdminCallError, call_admin
+from gateway.admin_client import AdminCallError, call_admin, gateway_url
 from gateway.api.admin_keys import key_json
 from gateway.auth.backends import key_store
 from gateway.auth.keyring import KeyRing, KeySettings
@@ -40,7 +40,9 @@ def add_arguments(keys: argparse.ArgumentParser) -> None:
         "--policy", help="policy file (default: $SOPHIA_POLICY or routing_policies/default.yaml)"
     )
     common.add_argument(
-        "--url", help="a running gateway (e.g. http://127.0.0.1:8080): use its /admin/keys API"
+        "--url",
+        type=gateway_url,
+        help="a running gateway (e.g. http://127.0.0.1:8080): use its /admin/keys API",
     )
     common.add_argument("--json", action="store_true", help="print JSON (as the /admin/keys API answers)")
     sub = keys.add_subparsers(dest="keys_command")

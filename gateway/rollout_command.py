@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from gateway.admin_client import AdminCallError, call_admin
+from gateway.admin_client import AdminCallError, call_admin, gateway_url
 
 Json = dict[str, Any]
 _ACTIONS = {
@@ -27,7 +27,9 @@ _ACTIONS = {
 def add_arguments(rollout: argparse.ArgumentParser) -> None:
     """The ``rollout`` sub-commands, on the ``rollout`` parser."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default="http://127.0.0.1:8080", help="the gateway (default: %(default)s)")
+    common.add_argument(
+        "--url", type=gateway_url, default="http://127.0.0.1:8080", help="the gateway (default: %(default)s)"
+    )
     common.add_argument("--json", action="store_true", help="print JSON (as /admin/rollouts answers)")
     sub = rollout.add_subparsers(dest="rollout_command")
     status = sub.add_parser("status", parents=[common], help="every rollout and its state")

@@ -1,0 +1,30 @@
+"""Every command's ``--url`` is checked as a URL by argparse: one line and exit 2, where urllib's
+``ValueError`` was a traceback and exit 1 (``policy diff`` then read as "the files differ")."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.cli import main
+
+COMMANDS = [
+    ["health"],
+    ["top"],
+    ["policy", "explain", "routing_policies/demo.yaml", "--model", "demo-chat"],
+    ["policy", "diff", "routing_policies/demo.yaml", "routing_policies/demo.yaml"],
+    ["keys", "list"],
+    ["rollout", "status"],
+    ["memory", "ingest", "README.md", "--namespace", "n"],
+]
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://[::1", "ftp://host", "http://host:abc"])
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_a_bad_url_is_one_line_and_exit_2(
+    command: list[str], url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--url", url])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --url" in err and "http://HOST:PORT" in err and "Traceback" not in err
