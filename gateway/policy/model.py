@@ -36,7 +36,8 @@ ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No .inf / .nan anywhere: a weight of .inf gave every share NaN ("nan%" in policy explain)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Weights(_Strict):

@@ -217,3 +217,13 @@ def test_a_file_that_is_not_utf8_or_nests_too_deep_is_one_problem_not_a_tracebac
             load_policy(path)
         text = str(err.value)
         assert words in text and hint in text and name in text
+
+
+def test_infinite_and_nan_numbers_are_refused() -> None:
+    """``weight: .inf`` was accepted and made every share NaN (policy explain printed "nan%")."""
+    head = "version: 1\nauth: {mode: open}\nproviders:\n  a: {kind: openai, base_url: 'http://a/v1'}\nmodels:\n"
+    for value in (".inf", "-.inf", ".nan"):
+        body = head + f"  m: {{deployments: [{{provider: a, model: x, weight: {value}}}]}}\n"
+        with pytest.raises(PolicyError) as err:
+            parse_policy(body, "p.yaml")
+        assert "p.yaml:6: models.m.deployments[0].weight" in str(err.value) and "finite" in str(err.value)
