@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import urllib.parse
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -33,6 +34,23 @@ def _parse_size(value: object) -> object:
 
 
 ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
+
+
+# Headers and URL query parameters that carry credentials: refused in a policy (api_key_env instead)
+_SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "api-key",
+        "x-api-key",
+        "x-goog-api-key",
+        "cookie",
+        "x-auth-token",
+    }
+)
+_SECRET_QUERY = frozenset(
+    {"key", "api_key", "apikey", "access_token", "token", "password", "secret", "sig", "signature", "code"}
+)
 
 
 class _Strict(BaseModel):
@@ -100,6 +118,18 @@ class ProviderBase(_Strict):
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        # A secret in the URL would be printed by policy diff, kept in the version's JSON and
+        # logged with the address: keys go in api_key_env, sent in a header (the value is never
+        # echoed in these messages).
+        try:
+            parts = urllib.parse.urlsplit(value)
+        except ValueError:
+            raise ValueError("is not a URL") from None
+        if "@" in parts.netloc:
+            raise ValueError("must not carry a user name or password (user:pass@): use api_key_env")
+        for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            if name.lower().replace("-", "_") in _SECRET_QUERY:
+                raise ValueError(f"its query parameter '{name}' carries a secret: use api_key_env")
         return value.rstrip("/")
 
     @field_validator("api_key_env")
@@ -115,7 +145,7 @@ class ProviderBase(_Strict):
     @classmethod
     def _no_auth_header(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if name.lower() in {"authorization", "api-key", "x-api-key", "x-goog-api-key"}:
+            if name.lower() in _SECRET_HEADERS:
                 raise ValueError(f"'{name}' carries a secret: use api_key_env instead")
         return value
 

@@ -221,9 +221,36 @@ def test_a_file_that_is_not_utf8_or_nests_too_deep_is_one_problem_not_a_tracebac
 
 def test_infinite_and_nan_numbers_are_refused() -> None:
     """``weight: .inf`` was accepted and made every share NaN (policy explain printed "nan%")."""
-    head = "version: 1\nauth: {mode: open}\nproviders:\n  a: {kind: openai, base_url: 'http://a/v1'}\nmodels:\n"
+    head = (
+        "version: 1\nauth: {mode: open}\nproviders:\n  a: {kind: openai, base_url: 'http://a/v1'}\nmodels:\n"
+    )
     for value in (".inf", "-.inf", ".nan"):
         body = head + f"  m: {{deployments: [{{provider: a, model: x, weight: {value}}}]}}\n"
         with pytest.raises(PolicyError) as err:
             parse_policy(body, "p.yaml")
         assert "p.yaml:6: models.m.deployments[0].weight" in str(err.value) and "finite" in str(err.value)
+
+
+def test_credentials_in_a_base_url_or_a_header_are_refused_without_echoing_them() -> None:
+    head = "version: 1\nauth: {mode: open}\nproviders:\n"
+    cases = {
+        "https://apiuser:hunter2pass@example.com/v1": "user name or password",
+        "https://example.com/v1?api_key=sk-proj-SECRET123456": "query parameter 'api_key'",
+        "https://example.com/v1?x=1&Key=sk-proj-SECRET123456": "query parameter 'Key'",
+    }
+    for url, words in cases.items():
+        body = head + f"  a: {{kind: openai, base_url: '{url}'}}\nmodels: {{}}\n"
+        with pytest.raises(PolicyError) as err:
+            parse_policy(body, "p.yaml")
+        assert words in str(err.value)
+        assert "hunter2pass" not in str(err.value) and "SECRET" not in str(err.value)
+    for header in ("Cookie", "Proxy-Authorization", "X-Auth-Token"):
+        body = (
+            head
+            + f"  a: {{kind: openai, base_url: 'https://e/v1', headers: {{{header}: s3cr3t}}}}\nmodels: {{}}\n"
+        )
+        with pytest.raises(PolicyError) as err:
+            parse_policy(body, "p.yaml")
+        assert f"'{header}' carries a secret" in str(err.value) and "s3cr3t" not in str(err.value)
+    ok = "  a: {kind: openai, base_url: 'https://e/v1?deployment=x'}\nmodels: {m: {deployments: [{provider: a, model: x}]}}\n"
+    assert parse_policy(head + ok, "p.yaml").providers["a"].base_url == "https://e/v1?deployment=x"
