@@ -52,6 +52,9 @@ log = logging.getLogger("gateway.policy")
 
 # watchfiles groups the events of one save (write, rename, a ConfigMap's several symlink steps)
 # over this many milliseconds; its default (1.6 s) would make a reload slow to land.
+# A changed file is applied once two reads this far apart agree (a slow in-place write).
+_SETTLE_S = 0.25
+_SETTLE_ROUNDS = 20
 _DEBOUNCE_MS = 100
 _DRAIN_POLL_S = 0.2  # how often a replaced provider client checks whether its requests are done
 
@@ -298,14 +301,33 @@ class LivePolicy:
 
     async def _check(self) -> None:
         assert self.path is not None
-        try:
-            data = await asyncio.to_thread(_read, self.path)
-        except PolicyError:
-            data = b""  # gone for a moment (a rename in progress): reload says so if it stays
+        data = await self._read_settled()
         if hashlib.sha256(data).hexdigest() != self._file_digest:
             # Apply the bytes just read (one read per change); a file that was gone is read again
             # so that the reload names the problem if it stays gone.
             await self.reload("file", data or None)
+
+
+    async def _read_settled(self) -> bytes:
+        """The file's bytes once two reads ``_SETTLE_S`` apart agree (for at most ``_SETTLE_ROUNDS``
+        rounds): an editor writing in place, slowly, could otherwise have a valid first half
+        applied, and requests to the groups it has not written yet refused meanwhile."""
+        assert self.path is not None
+        data = await self._read_or_empty()
+        for _ in range(_SETTLE_ROUNDS):
+            await asyncio.sleep(_SETTLE_S)
+            again = await self._read_or_empty()
+            if again == data:
+                break
+            data = again
+        return data
+
+    async def _read_or_empty(self) -> bytes:
+        assert self.path is not None
+        try:
+            return await asyncio.to_thread(_read, self.path)
+        except PolicyError:
+            return b""  # gone for a moment (a rename in progress): reload says so if it stays
 
 
 class PolicyFileEvents:

@@ -395,11 +395,11 @@ async def test_the_watcher_ignores_other_files_in_the_policy_directory(
     client = await gateway(aiohttp_client, policy_file, upstreams, watch=True)
     first = (await (await client.get("/admin/policy")).json())["version"]
     deadline = time.monotonic() + 5
-    while not reads and time.monotonic() < deadline:  # the watcher's check when it starts
+    while len(reads) < 2 and time.monotonic() < deadline:  # the watcher's check when it starts
         await asyncio.sleep(0.02)
-    # One read: the start-up check applies the bytes it read rather than reading them again (a
-    # second read once raced this count on a slow machine).
-    assert len(reads) == 1
+    # Two reads: the start-up check reads the file until two reads agree (a slow in-place write),
+    # then applies the bytes it read rather than reading them again.
+    assert len(reads) == 2
     started = len(reads)
     log_file = policy_file.parent / "gateway.log"
     for i in range(20):  # 0.4 s of writes: several of the watcher's 100 ms batches
@@ -425,3 +425,21 @@ def test_the_policy_file_filter_keeps_the_file_and_configmap_entries_only(tmp_pa
     assert not keep(modified, str(tmp_path / "gateway.log"))
     assert not keep(modified, str(tmp_path / "policy.yaml.swp"))
     assert not keep(modified, str(tmp_path / "mem.db-wal"))
+
+
+async def test_a_change_is_applied_once_two_reads_agree(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written in place slowly is read until two reads agree, so a valid first half is not
+    applied while the rest is on its way."""
+    client = await gateway(aiohttp_client, policy_file, upstreams)
+    live = client.app[keys.POLICY_CONTROL]  # type: ignore[index]
+    monkeypatch.setattr("gateway.live_policy._SETTLE_S", 0)
+    reads = iter([b"half", b"half and the rest", b"whole", b"whole", b"never read"])
+
+    async def read() -> bytes:
+        return next(reads)
+
+    monkeypatch.setattr(live, "_read_or_empty", read)
+    assert await live._read_settled() == b"whole"
+    assert next(reads) == b"never read"
