@@ -118,8 +118,12 @@ def require_admin(request: web.Request) -> None:
     if not hmac.compare_digest(
         given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
     ):
+        sent = "Authorization" in request.headers  # the caller knows whether it sent one
         raise AuthenticationFailed(
-            "The admin API needs 'Authorization: Bearer <SOPHIA_ADMIN_TOKEN>'.", headers=_CHALLENGE
+            "The admin token sent is not this gateway's SOPHIA_ADMIN_TOKEN."
+            if sent
+            else "The admin API needs 'Authorization: Bearer <SOPHIA_ADMIN_TOKEN>'.",
+            headers=_CHALLENGE,
         )
 
 
