@@ -254,7 +254,11 @@ def _grants(items: list[str]) -> tuple[tuple[str, ...] | None, tuple[str, ...] |
     for item in items:
         kind, sep, names = item.partition(":")
         if not sep or kind not in ("read", "write"):
-            raise SystemExit(f"sophia-gateway keys: --namespaces takes read:a,b and write:a, not {item!r}")
+            # a bad flag: exit 2 with one line, as argparse's own refusals
+            print(
+                f"sophia-gateway keys: --namespaces takes read:a,b and write:a, not {item!r}", file=sys.stderr
+            )
+            raise SystemExit(2)
         grants[kind] = tuple(n for n in names.split(",") if n)
     return grants.get("read"), grants.get("write")
 

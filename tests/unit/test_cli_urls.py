@@ -28,3 +28,10 @@ def test_a_bad_url_is_one_line_and_exit_2(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "argument --url" in err and "http://HOST:PORT" in err and "Traceback" not in err
+
+
+def test_a_bad_namespaces_flag_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["keys", "create", "--team", "default", "--namespaces", "bogus", "--url", "http://127.0.0.1:1"])
+    assert exited.value.code == 2
+    assert "--namespaces takes read:a,b and write:a, not 'bogus'" in capsys.readouterr().err
