@@ -317,10 +317,22 @@ def _admin_models(url: str) -> dict[str, Any] | None:
     return view
 
 
+def _served_version(url: str) -> str | None:
+    """The policy version a running gateway serves (``GET /admin/policy``), None if unread."""
+    from gateway.admin_client import AdminCallError, call_admin
+
+    try:
+        version = call_admin(url, "GET", "/admin/policy", timeout_s=10).get("version")
+    except AdminCallError:
+        return None
+    return version if isinstance(version, str) else None
+
+
 def _policy_diff(args: argparse.Namespace) -> int:
     """Exit 0 when the policies are equivalent, 1 when they differ, 2 when a file is invalid or
     the gateway cannot be read (diff(1)'s convention)."""
     from gateway.policy.diff import diff_policies, render, report_json
+    from gateway.policy.versions import policy_version
     from gateway.routing.forecast import live_shares, prior_shares, serves, view_shares
 
     loaded = [_load_or_report(path) for path in (args.old, args.new)]
@@ -337,7 +349,8 @@ def _policy_diff(args: argparse.Namespace) -> int:
             f"first-choice shares: before = live at {args.url}; after = {args.new} with those live "
             "figures for the deployments that stay, priors for new ones"
         )
-        if not serves(view, old):
+        if not serves(view, old) or _served_version(args.url) not in (None, policy_version(old)):
+            # (the version tells apart what the deployments alone do not: a quality, a weight...)
             header.append(f"note: the gateway does not serve {args.old} as it is: before = what it serves")
     else:
         before, after = prior_shares(old), prior_shares(new)

@@ -92,6 +92,13 @@ def test_diff_against_a_running_gateway(stack: Stack, tmp_path: Path) -> None:
     assert abs(sum(after for _, after in rows.values()) - 1.0) < 1e-3
     text_out = run_cli("policy", "diff", str(stack.policy_path), str(new), "--url", stack.url).stdout
     assert f"before = live at {stack.url}" in text_out and "note:" not in text_out
+    # The same groups and deployments as served, one quality apart: not what it serves either
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        text.replace(served, served.replace("model: upstream-chat}", "model: upstream-chat, quality: 0.3}"))
+    )
+    other_out = run_cli("policy", "diff", str(other), str(other), "--url", stack.url).stdout
+    assert f"note: the gateway does not serve {other} as it is" in other_out
 
 
 def test_an_unreachable_gateway_is_one_line_and_exit_2(tmp_path: Path) -> None:
