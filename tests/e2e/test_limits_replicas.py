@@ -43,11 +43,13 @@ async def test_three_replicas_admit_the_rpm_and_refuse_the_rest_in_openais_shape
     statuses = Counter(r.status for r in replies)
     assert set(statuses) <= {200, 429}, statuses
     admitted = statuses[200]
-    assert admitted <= int(RPM * 1.02)  # item 4's bound ...
-    # ... and what the shared sliding window actually gives (the replicas' warnings, if not)
-    assert admitted == RPM, [
+    # What the shared sliding window gives (the replicas' warnings, if not), within item 4's bound.
+    # (Another test run flushing the same Redis meanwhile wipes the window: run one suite at a time.)
+    warnings = [
         line for g in replicas.gateways for line in g.output.splitlines() if '"level":"info"' not in line
     ]
+    assert admitted <= int(RPM * 1.02), (admitted, warnings)
+    assert admitted == RPM, (admitted, warnings)
     assert len({r.gateway for r in replies if r.status == 200}) == 3  # every replica admitted some
     assert len({r.gateway for r in replies if r.status == 429}) == 3  # and refused some
 
