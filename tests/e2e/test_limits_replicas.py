@@ -44,7 +44,8 @@ async def test_three_replicas_admit_the_rpm_and_refuse_the_rest_in_openais_shape
     assert set(statuses) <= {200, 429}, statuses
     admitted = statuses[200]
     # What the shared sliding window gives (the replicas' warnings, if not), within item 4's bound.
-    # (Another test run flushing the same Redis meanwhile wipes the window: run one suite at a time.)
+    # (A replica whose Redis call times out, as on an overloaded machine, counts in process: fail-open
+    # by design, and its warning says so.)
     warnings = [
         line for g in replicas.gateways for line in g.output.splitlines() if '"level":"info"' not in line
     ]
