@@ -307,7 +307,6 @@ class LivePolicy:
             # so that the reload names the problem if it stays gone.
             await self.reload("file", data or None)
 
-
     async def _read_settled(self) -> bytes:
         """The file's bytes once two reads ``_SETTLE_S`` apart agree (for at most ``_SETTLE_ROUNDS``
         rounds): an editor writing in place, slowly, could otherwise have a valid first half
