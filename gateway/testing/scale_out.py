@@ -168,6 +168,11 @@ async def cache_across(urls: Sequence[str], redis_url: str, prompts: int = 5) ->
     hits = tries = 0
     sizes = "sophia:cache:{common_queries}:sizes"  # the default category's index (redis_store.py)
     async with aiohttp.ClientSession() as session, aioredis.Redis.from_url(redis_url) as raw:
+        # One cacheable request through each replica first: its Redis connection made and its
+        # scripts loaded, which a loaded machine can take longer for than cache.lookup_timeout_ms
+        # (a lookup past it is a miss, fail-open: not what this measures).
+        for url in urls:
+            await post(session, url, "/v1/chat/completions", chat_body(f"warm-up {uuid.uuid4().hex}"))
         for i in range(prompts):
             body = chat_body(f"cache across replicas {uuid.uuid4().hex} {i}")
             first = i % len(urls)
