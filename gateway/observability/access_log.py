@@ -1,11 +1,11 @@
-"""The access log: one line per request, buffered, written in batches by a thread.
+"""The access log: one line per request, buffered, written in batches that never make the loop wait.
 
 The lines are exactly those the ``gateway.access`` logger wrote through ``logging`` before (the
 same JSON object, key for key, or the same text line, with the same control-character escaping:
 ``observability/logging.py``), but a request only appends its line's object to a list. The first
 request after a flush arms one timer (``FLUSH_INTERVAL_S``); when it fires, or as soon as
 ``MOST_PENDING_LINES`` are waiting, every pending line is formatted with orjson and the batch,
-one bytes object, handed to a writer thread. ``logging``'s way, a record, a formatter and a
+one bytes object, goes to stderr as below. ``logging``'s way, a record, a formatter and a
 write + flush per request, cost 41 us per request (issue 12).
 
 Why batches in time rather than one per event-loop iteration (the first design, and the issue's
@@ -15,18 +15,29 @@ passes the GIL back and forth with it. At 16 connections that was a wake-up ever
 request, by ``/proc`` and ``strace -c``), and the log cost about 10 % of the process's CPU per
 request; timed batches make 0.05 wake-ups and cost about 4 % (ARCHITECTURE.md, issue 12).
 
-Why a thread rather than a non-blocking write on the loop: stderr may be a pipe, a file, a
-terminal or a socket, and is often shared with the parent process; setting ``O_NONBLOCK`` on it
-would change it for every process holding it, and reopening it is not possible for every kind.
-A thread with a blocking ``os.write`` works on all of them and never changes the descriptor; the
-loop never waits on it. While stderr does not take the lines (a full pipe, a stopped reader) they
-wait in the thread's queue up to ``BACKLOG_BYTES``; beyond that new lines are dropped and counted
-(``gateway_access_log_dropped_total``) rather than grow memory without bound.
+Where the batch goes depends on what stderr is (``start``):
+
+- **a pipe** (a container runtime's, a supervisor's, a shell's ``|``): written on the loop, through
+  a descriptor of the log's own opened non-blocking on the same pipe (``/proc/self/fd/2``: a new
+  open file description, so ``O_NONBLOCK`` never changes the one stderr shares with the parent).
+  A write that the pipe cannot take now waits, with what follows it, until the loop sees the pipe
+  writable again: the loop never waits. This is what the gateway does on Kubernetes; a thread
+  there cost about 4 us of the loop's time a line in wake-ups and GIL hand-offs (issue 12) where
+  the write itself costs about 0.1 us a line.
+- **/dev/null**: written on the loop (a write there cannot wait).
+- **anything else** (a regular file, a terminal, a socket such as journald's): handed to a writer
+  thread with a blocking ``os.write``. A regular file's write can wait for the disk (dirty-page
+  throttling), which the loop must never do; a socket or a terminal cannot be reopened.
+
+Lines the pipe or the thread have not taken wait up to ``BACKLOG_BYTES``; beyond that new lines
+are dropped and counted (``gateway_access_log_dropped_total``) rather than grow memory without
+bound.
 
 The batch is written in pieces that end on a line end and hold at most ``PIPE_BUF`` bytes, so on a
 pipe shared with the other loggers (and with other worker processes) a line is never cut by
 another writer's line. At shutdown (the app's cleanup, after the drain, SIGTERM included) the
-pending lines are flushed and the thread is joined: no line is lost.
+pending lines are flushed and waited for (the pipe to take them, or the thread to write them),
+up to ``_JOIN_TIMEOUT_S``: no line is lost while stderr is read.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import stat
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from queue import SimpleQueue
 from time import time_ns
@@ -222,20 +234,145 @@ class _Writer(threading.Thread):
                 return
 
     def _write(self, data: bytes, start: int = 0) -> None:
-        fd, size = self._fd, len(data)
-        view = memoryview(data)
         try:
-            while start < size:
-                end = size
-                if end - start > _ATOMIC_WRITE_BYTES:  # cut after the last line end that fits, else after one
-                    cut = data.rfind(b"\n", start, start + _ATOMIC_WRITE_BYTES)
-                    if cut < 0:
-                        cut = data.find(b"\n", start)
-                    if cut >= 0:
-                        end = cut + 1
-                start += os.write(fd, data if end - start == size else view[start:end])
-        except OSError:  # stderr closed or broken: nothing more can be written there
-            self.failed_lines += data.count(b"\n", start)
+            _write_pieces(self._fd, data, start)
+        except _Stopped as stopped:  # stderr closed or broken: nothing more can be written there
+            self.failed_lines += data.count(b"\n", stopped.start)
+
+
+class _Stopped(OSError):
+    """``_write_pieces`` stopped at ``start``: the descriptor cannot take more now, or failed."""
+
+    def __init__(self, start: int, cause: OSError) -> None:
+        super().__init__(*cause.args)
+        self.start = start
+        self.cause = cause
+
+
+def _write_pieces(fd: int, data: bytes, start: int = 0) -> None:
+    """``data[start:]`` to ``fd`` in writes that end on a line end and hold at most PIPE_BUF bytes
+    (atomic on a pipe: another writer's line never lands inside one of ours). Raises ``_Stopped``
+    with the offset reached when a write fails (``BlockingIOError``: a non-blocking pipe is full)."""
+    size = len(data)
+    view = memoryview(data)
+    while start < size:
+        end = size
+        if end - start > _ATOMIC_WRITE_BYTES:  # cut after the last line end that fits, else after one
+            cut = data.rfind(b"\n", start, start + _ATOMIC_WRITE_BYTES)
+            if cut < 0:
+                cut = data.find(b"\n", start)
+            if cut >= 0:
+                end = cut + 1
+        try:
+            start += os.write(fd, data if end - start == size else view[start:end])
+        except OSError as exc:
+            raise _Stopped(start, exc) from exc
+
+
+class _PipeWriter:
+    """Writes batches on the loop to a pipe through a non-blocking descriptor of its own. What the
+    pipe cannot take now waits in order, and is written when the loop sees the pipe writable."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, owned: bool, backlog_bytes: int) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._owned = owned  # opened by the log: closed by it
+        self._backlog_bytes = backlog_bytes
+        self._waiting: deque[bytes] = deque()
+        self._waiting_bytes = 0
+        self._offset = 0  # how much of the first waiting batch the pipe has taken
+        self._drained: asyncio.Future[None] | None = None
+        self.failed_lines = 0
+
+    def put(self, data: bytes) -> bool:
+        """Write ``data`` or keep it for later; False when it was dropped (the backlog is full)."""
+        if self._waiting:
+            if self._waiting_bytes > self._backlog_bytes:
+                return False
+            self._waiting.append(data)
+            self._waiting_bytes += len(data)
+            return True
+        try:
+            if len(data) <= _ATOMIC_WRITE_BYTES:
+                written = os.write(self._fd, data)  # the common case: one atomic write
+                if written < len(data):  # pragma: no cover - a pipe takes PIPE_BUF bytes whole
+                    _write_pieces(self._fd, data, written)
+            else:
+                _write_pieces(self._fd, data)
+        except BlockingIOError:  # the small batch's own write: the pipe is full
+            self._wait(data, 0)
+        except _Stopped as stopped:
+            if isinstance(stopped.cause, BlockingIOError):
+                self._wait(data, stopped.start)
+            else:
+                self.failed_lines += data.count(b"\n", stopped.start)
+        except OSError:  # the reader is gone (EPIPE) or the descriptor failed
+            self.failed_lines += data.count(b"\n")
+        return True
+
+    def _wait(self, data: bytes, offset: int) -> None:
+        self._waiting.append(data)
+        self._waiting_bytes += len(data)
+        self._offset = offset
+        self._loop.add_writer(self._fd, self._writable)
+
+    def _writable(self) -> None:
+        waiting = self._waiting
+        while waiting:
+            data = waiting[0]
+            try:
+                _write_pieces(self._fd, data, self._offset)
+            except _Stopped as stopped:
+                if isinstance(stopped.cause, BlockingIOError):
+                    self._offset = stopped.start
+                    return  # still full: called again when it is writable
+                self.failed_lines += data.count(b"\n", stopped.start)
+            waiting.popleft()
+            self._waiting_bytes -= len(data)
+            self._offset = 0
+        self._loop.remove_writer(self._fd)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def close(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the pipe to take what waits; what it does not take is counted."""
+        if self._waiting:
+            self._drained = self._loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained), timeout)
+            except TimeoutError:
+                self._loop.remove_writer(self._fd)
+                first = True
+                for data in self._waiting:
+                    self.failed_lines += data.count(b"\n", self._offset if first else 0)
+                    first = False
+                self._waiting.clear()
+        if self._owned:
+            os.close(self._fd)
+
+
+def _pipe_writer(loop: asyncio.AbstractEventLoop, fd: int, backlog_bytes: int) -> _PipeWriter | None:
+    """A loop writer for ``fd`` when writing there on the loop can never wait: a pipe, reopened
+    non-blocking (a new open file description: stderr's own flags are left alone), or /dev/null.
+    None for anything else, or when the pipe cannot be reopened (no ``/proc``)."""
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISCHR(st.st_mode):
+            null = os.stat(os.devnull)
+            return _PipeWriter(loop, fd, False, backlog_bytes) if st.st_rdev == null.st_rdev else None
+        if not stat.S_ISFIFO(st.st_mode):
+            return None
+        own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        same = os.fstat(own)
+    except OSError:  # pragma: no cover - a descriptor just opened
+        same = None
+    if same is None or (same.st_dev, same.st_ino) != (st.st_dev, st.st_ino):
+        os.close(own)
+        return None
+    return _PipeWriter(loop, own, True, backlog_bytes)
 
 
 class AccessLog:
@@ -265,6 +402,7 @@ class AccessLog:
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._writer: _Writer | None = None
+        self._pipe: _PipeWriter | None = None
         self._queued_bytes = 0
 
     @classmethod
@@ -328,6 +466,11 @@ class AccessLog:
         data = self._lines(self._stamp, pending)
         if self._escape and (not data.isascii() or 0x7F in data):  # an int: no TypeError tried first
             data = json_escape_raw_controls(data.decode()).encode()
+        pipe = self._pipe
+        if pipe is not None:
+            if not pipe.put(data):
+                self._dropped.inc(len(pending))
+            return
         writer = self._writer
         if writer is None:
             self._write_now(data)
@@ -346,16 +489,20 @@ class AccessLog:
             self._dropped.inc(data.count(b"\n"))
 
     def start(self) -> None:
-        """Write from a thread from now on, in batches timed on the running loop."""
-        if not self.enabled or self._writer is not None:
+        """Write in batches timed on the running loop from now on: on the loop to a pipe, else
+        from a thread (module docstring)."""
+        if not self.enabled or self._writer is not None or self._pipe is not None:
             return
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         stream = self._stream or sys.stderr
         try:
             stream.flush()
             fd = stream.fileno()
         except (OSError, ValueError, AttributeError):
             return  # a stream without a descriptor (a test's capture): written by ``_write_now``
+        self._pipe = _pipe_writer(loop, fd, self._backlog_bytes)
+        if self._pipe is not None:
+            return
         self._writer = _Writer(fd)
         self._writer.start()
 
@@ -367,7 +514,13 @@ class AccessLog:
         self._scheduled = False
         self.flush()
         writer, self._writer = self._writer, None
+        pipe, self._pipe = self._pipe, None
         self._loop = None
+        if pipe is not None:
+            await pipe.close(_JOIN_TIMEOUT_S)
+            if pipe.failed_lines:
+                self._dropped.inc(pipe.failed_lines)
+            return
         if writer is None:
             return
         writer.put(None)

@@ -1,12 +1,16 @@
-"""The buffered access log writes the lines ``logging`` wrote, in timed batches, off the loop."""
+"""The buffered access log writes the lines ``logging`` wrote, in timed batches the loop never
+waits for: on the loop to a pipe (non-blocking), from a thread to anything else."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
+import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -89,7 +93,8 @@ def read_all(fd: int, into: bytearray) -> threading.Thread:
 
 
 class PipeStream:
-    """A stream whose descriptor is the write end of a pipe, as stderr is under a supervisor."""
+    """A stream whose descriptor is the write end of a pipe (as stderr is under a container
+    runtime or a supervisor) or of a socket (as under journald)."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -101,17 +106,42 @@ class PipeStream:
         pass
 
     def write(self, text: str) -> int:
-        raise AssertionError("a started access log writes through its thread")
+        raise AssertionError("a started access log writes to the descriptor")
 
 
-async def test_lines_are_handed_over_in_batches_on_a_timer_and_written_in_order_by_the_thread() -> None:
-    read_fd, write_fd = os.pipe()
+@pytest.fixture(params=["pipe", "socket"])
+def channel(request: pytest.FixtureRequest) -> Iterator[tuple[str, int, int]]:
+    """(kind, read end, write end): a pipe is written on the loop, a socket by the thread."""
+    if request.param == "pipe":
+        read_fd, write_fd = os.pipe()
+    else:
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        read_fd, write_fd = a.detach(), b.detach()
+    yield request.param, read_fd, write_fd
+    for fd in (read_fd, write_fd):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def started_as_expected(access: AccessLog, kind: str) -> None:
+    if kind == "pipe":  # on the loop, through a non-blocking descriptor of its own
+        assert access._writer is None and access._pipe is not None
+        assert os.get_blocking(access._pipe._fd) is False
+    else:
+        assert access._pipe is None and access._writer is not None and access._writer.is_alive()
+
+
+async def test_lines_are_handed_over_in_batches_on_a_timer_and_written_in_order(
+    channel: tuple[str, int, int],
+) -> None:
+    kind, read_fd, write_fd = channel
     received = bytearray()
     reader = read_all(read_fd, received)
     access = AccessLog("json", True, dropped(), stream=PipeStream(write_fd))  # type: ignore[arg-type]
     access.start()
+    started_as_expected(access, kind)
     writer = access._writer
-    assert writer is not None and writer.is_alive()
     for i in range(5):
         access.record(f"r-{i}", "POST", "/v1/chat/completions", 200, "m", "p", "u", 1, False, 0.5)
     assert len(access._pending) == 5  # nothing formatted yet: a request only appends its line
@@ -124,26 +154,34 @@ async def test_lines_are_handed_over_in_batches_on_a_timer_and_written_in_order_
     deadline = loop.time() + 10
     while access._pending and loop.time() < deadline:  # the timer's flush hands the batch over
         await asyncio.sleep(0.01)
-    assert access._pending == [] and access._queued_bytes > 0 and access._timer is None
+    assert access._pending == [] and access._timer is None
     for i in range(5, 5 + access_log.MOST_PENDING_LINES):  # a full batch goes at once, no timer
         access.record(f"r-{i}", "GET", "/health/live", 200, "", "", "", 0, False, 0.1)
     assert access._pending == []
     last = 5 + access_log.MOST_PENDING_LINES
     access.record(f"r-{last}", "GET", "/health/live", 200, "", "", "", 0, False, 0.1)
-    await access.close()  # flushes what is pending (the timer cancelled) and waits for the thread
-    assert access._timer is None and not writer.is_alive()
+    await access.close()  # flushes what is pending (the timer cancelled) and waits for the writer
+    assert access._timer is None and (writer is None or not writer.is_alive())
+    assert stderr_is_left_blocking(write_fd)
     os.close(write_fd)
     reader.join(10)
-    os.close(read_fd)
     ids = [orjson.loads(line)["request_id"] for line in received.splitlines()]
     assert ids == [f"r-{i}" for i in range(last + 1)]
 
 
-async def test_a_full_pipe_never_blocks_the_loop_and_drops_beyond_the_backlog() -> None:
-    read_fd, write_fd = os.pipe()  # nobody reads it yet: 64 KiB and it is full
+def stderr_is_left_blocking(fd: int) -> bool:
+    """The descriptor the log was given keeps its flags (shared with the parent process)."""
+    return os.get_blocking(fd)
+
+
+async def test_a_full_pipe_never_blocks_the_loop_and_drops_beyond_the_backlog(
+    channel: tuple[str, int, int],
+) -> None:
+    kind, read_fd, write_fd = channel  # nobody reads it yet: it is full after 64 KiB or so
     counter = dropped()
     access = AccessLog("json", True, counter, stream=PipeStream(write_fd), backlog_bytes=256 * 1024)  # type: ignore[arg-type]
     access.start()
+    started_as_expected(access, kind)
     total = 0
     for _ in range(40):  # 40 iterations of 100 lines of about 300 bytes: 1.2 MB, far beyond the pipe
         for _ in range(100):
@@ -154,9 +192,9 @@ async def test_a_full_pipe_never_blocks_the_loop_and_drops_beyond_the_backlog() 
     received = bytearray()
     reader = read_all(read_fd, received)  # the reader comes back
     await access.close()
+    assert stderr_is_left_blocking(write_fd)
     os.close(write_fd)
     reader.join(10)
-    os.close(read_fd)
     lines = received.splitlines()
     assert all(orjson.loads(line)["status"] == 200 for line in lines)  # whole lines only
     assert len(lines) + counter.children[()].value == total  # each line written or counted
@@ -187,3 +225,52 @@ async def test_a_batch_to_a_regular_file_is_written_whole_and_complete(tmp_path:
         await access.close()
     lines = path.read_bytes().splitlines()
     assert [orjson.loads(line)["request_id"] for line in lines] == [f"r-{i}" for i in range(200)]
+
+
+async def test_a_pipe_nobody_reads_at_shutdown_is_given_up_on_after_the_timeout_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_fd, write_fd = os.pipe()
+    monkeypatch.setattr(access_log, "_JOIN_TIMEOUT_S", 0.2)
+    counter = dropped()
+    access = AccessLog("json", True, counter, stream=PipeStream(write_fd))  # type: ignore[arg-type]
+    access.start()
+    for _ in range(1000):  # about 300 KB: the pipe takes 64 KiB, the rest waits
+        access.record("r" * 32, "POST", "/v1/chat/completions", 200, "m", "p", "u", 1, False, 0.5)
+    assert access._pipe is not None
+    pipe = access._pipe
+    assert pipe._waiting  # waiting for the pipe, the loop free
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await access.close()  # nobody reads: it waits the timeout, no longer
+    assert loop.time() - started < 5
+    received = os.read(read_fd, 1 << 20)
+    os.close(write_fd)
+    os.close(read_fd)
+    assert received.endswith(b"\n")  # whole lines only, as far as the pipe took them
+    assert received.count(b"\n") + counter.children[()].value == 1000
+    assert not pipe._waiting and not loop._selector.get_map().get(pipe._fd)  # type: ignore[attr-defined]
+
+
+async def test_a_pipe_whose_reader_is_gone_counts_the_lines_and_never_raises() -> None:
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # the reader died: writes fail with EPIPE (SIGPIPE is ignored by Python)
+    counter = dropped()
+    access = AccessLog("json", True, counter, stream=PipeStream(write_fd))  # type: ignore[arg-type]
+    access.start()
+    for _ in range(access_log.MOST_PENDING_LINES * 2):  # two full batches, written at once
+        access.record("r", "GET", "/health/live", 200, "", "", "", 0, False, 0.1)
+    await access.close()
+    os.close(write_fd)
+    assert counter.children[()].value == access_log.MOST_PENDING_LINES * 2
+
+
+async def test_dev_null_is_written_on_the_loop_and_never_closed() -> None:
+    with open(os.devnull, "w") as stream:
+        access = AccessLog("json", True, dropped(), stream=stream)
+        access.start()
+        pipe = access._pipe
+        assert pipe is not None and access._writer is None and pipe._fd == stream.fileno()
+        access.record("r", "GET", "/health/live", 200, "", "", "", 0, False, 0.1)
+        await access.close()
+        os.fstat(stream.fileno())  # still open: it was stderr's, not the log's
