@@ -22,8 +22,9 @@ target back to back, the order rotating between rounds, so machine drift hits al
     floor as 2 processes on one port (SO_REUSEPORT) against 1, in the same run; skipped with a note
     when ``serve --help`` has no ``--workers``.
 Proxies pinned to core 0; fake provider, Redis, wrk and the probe on core 1 (workers rows: see
-there). Every gateway writes its log (the access log included) to a file, as a log collector would
-read it. It writes its figures to benchmarks/RESULTS.md (its own section, replaced on each run).
+there). Every gateway's output (the access log included) goes through a pipe to a ``cat`` on core 1
+that appends it to a file, as a container runtime reads a container's stderr
+(``access_log_cost.py`` measures a file as well). It writes its figures to benchmarks/RESULTS.md (its own section, replaced on each run).
 
 Run: python benchmarks/proxy_overhead.py [--duration 10] [--rounds 3] [--baseline REV] [--current REV]
      [--no-workers]
@@ -634,6 +635,9 @@ class Run:
         policy = scratch / "bench.yaml"
         policy.write_text(policy_text(fake.url))
         pin = str(PROXY_CPU)
+        # The gateways' output goes through a pipe to a ``cat`` on the load core, as a container
+        # runtime reads stderr (what the gateway meets on Kubernetes); the cat appends to the log.
+        collector = str(LOAD_CPU)
         redis_url, self.hiredis = start_redis(stack, LOAD_CPU)
         procs: dict[str, Logged] = {
             FLOOR: start_floor(stack, fake.url, scratch / "floor.log", pin),
@@ -641,15 +645,17 @@ class Run:
             ANSWER_FLOOR: start_floor(
                 stack, fake.url, scratch / "floor-fixed.log", pin, 1, 0, "--answer-fixed"
             ),
-            GATEWAY: start_gateway(stack, current, policy, scratch, GATEWAY, pin),
-            LOG_OFF: start_gateway(stack, current, policy, scratch, LOG_OFF, pin, SOPHIA_ACCESS_LOG="0"),
+            GATEWAY: start_gateway(stack, current, policy, scratch, GATEWAY, pin, pipe_cpus=collector),
+            LOG_OFF: start_gateway(
+                stack, current, policy, scratch, LOG_OFF, pin, pipe_cpus=collector, SOPHIA_ACCESS_LOG="0"
+            ),
             REDIS_GATEWAY: start_gateway(
-                stack, current, policy, scratch, REDIS_GATEWAY, pin, REDIS_URL=redis_url
+                stack, current, policy, scratch, REDIS_GATEWAY, pin, pipe_cpus=collector, REDIS_URL=redis_url
             ),
         }
         if self.baseline_rev:
             procs[BASELINE_GATEWAY] = start_gateway(
-                stack, self.trees[BASELINE], policy, scratch, BASELINE_GATEWAY, pin
+                stack, self.trees[BASELINE], policy, scratch, BASELINE_GATEWAY, pin, pipe_cpus=collector
             )
         targets = {name: Target(name, proc.url, proc.cpu_seconds) for name, proc in procs.items()}
         targets[DIRECT] = Target(DIRECT, fake.url, None)

@@ -311,7 +311,8 @@ def _header(run: Run) -> str:
         f"{current}. Proxies pinned to core 0, each its own process started once; the fake provider (zero "
         "latency), Redis, wrk and the stream probe on core 1. The floor is `benchmarks/floor_proxy.py` (bare aiohttp, "
         "one ClientSession, uvloop); `floor (A/A)` a second process of it. `gateway` runs as users run it, "
-        "access log on (its default), its output going to a file; `gateway (log off)` has `SOPHIA_ACCESS_LOG=0`."
+        "access log on (its default), its output going through a pipe to a `cat` on core 1 (as a container "
+        "runtime reads stderr); `gateway (log off)` has `SOPHIA_ACCESS_LOG=0`."
         + baseline
         + " CPU per request: the proxy process's user + system CPU over the requests it forwarded (hits: served)."
     )
