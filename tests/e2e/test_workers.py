@@ -304,3 +304,59 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> Any:
         cwd=cwd,
         timeout=60,
     )
+
+
+def test_every_worker_logs_every_request_through_one_pipe_and_no_line_is_torn(
+    policy_path: Path, tmp_path: Path
+) -> None:
+    """Both workers write their access log to the one stderr pipe they share, each on its loop
+    through a non-blocking descriptor of its own (reopened per worker), in pieces of at most
+    PIPE_BUF: every request's line arrives once and whole, whichever worker wrote it. (A write
+    to a pipe being read is not split in practice even above PIPE_BUF; the cut matters when the
+    pipe is full, which ``tests/unit/observability/test_access_log.py`` covers.)"""
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    proc = start(
+        ["serve", "--policy", str(policy_path), "--port", "0", "--workers", "2"],
+        cwd=str(cwd),
+        env={"SOPHIA_ACCESS_LOG": "1", "SOPHIA_LOG_LEVEL": "INFO", "SOPHIA_LOG_FORMAT": "json"},
+    )
+    try:
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def client(n: int) -> None:
+            for i in range(30):
+                body = {"model": "chat", "messages": [{"role": "user", "content": f"c{n} r{i}"}]}
+                request = urllib.request.Request(
+                    proc.url + CHAT,
+                    data=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=10) as resp:
+                    assert resp.status == 200
+                    rid = resp.headers["x-request-id"]
+                # A 404 on a long path is a long line (about 1.7 KB): three make a batch longer
+                # than PIPE_BUF, written in several pieces that the other worker's may land between.
+                try:
+                    urllib.request.urlopen(f"{proc.url}/v1/{n}-{i}-" + "x" * 1400, timeout=10)
+                except urllib.error.HTTPError as err:
+                    assert err.code == 404
+                    long_rid = err.headers["x-request-id"]
+                with lock:
+                    ids.extend((rid, long_rid))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(ids) == 480
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        wait_for(lambda: proc.stderr.count('"logger":"gateway.access"') >= 480, 10)
+        lines = [line for line in proc.stderr.splitlines() if "gateway.access" in line]
+        logged = [json.loads(line)["request_id"] for line in lines]  # a torn line would not parse
+        assert sorted(logged) == sorted(ids)
+    finally:
+        proc.stop(30)
