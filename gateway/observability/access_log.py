@@ -404,6 +404,7 @@ class AccessLog:
         self._writer: _Writer | None = None
         self._pipe: _PipeWriter | None = None
         self._queued_bytes = 0
+        self._failed_reported = 0  # of the writer's ``failed_lines``, already in ``dropped``
 
     @classmethod
     def configured(cls, access_log: bool, fmt: str, dropped: DropCounter) -> AccessLog:
@@ -470,15 +471,25 @@ class AccessLog:
         if pipe is not None:
             if not pipe.put(data):
                 self._dropped.inc(len(pending))
+            if pipe.failed_lines != self._failed_reported:  # stderr broken: counted as it happens
+                self._report_failed(pipe.failed_lines)
             return
         writer = self._writer
         if writer is None:
             self._write_now(data)
-        elif self._queued_bytes - writer.written_bytes > self._backlog_bytes:
+            return
+        if self._queued_bytes - writer.written_bytes > self._backlog_bytes:
             self._dropped.inc(len(pending))
         else:
             self._queued_bytes += len(data)
             writer.put(data)
+        if writer.failed_lines != self._failed_reported:  # the thread's count, read on the loop
+            self._report_failed(writer.failed_lines)
+
+    def _report_failed(self, failed: int) -> None:
+        """Count the lines the writer could not write (stderr closed or broken) since last time."""
+        self._dropped.inc(failed - self._failed_reported)
+        self._failed_reported = failed
 
     def _write_now(self, data: bytes) -> None:
         stream = self._stream or sys.stderr
@@ -518,15 +529,15 @@ class AccessLog:
         self._loop = None
         if pipe is not None:
             await pipe.close(_JOIN_TIMEOUT_S)
-            if pipe.failed_lines:
-                self._dropped.inc(pipe.failed_lines)
+            self._report_failed(pipe.failed_lines)
+            self._failed_reported = 0
             return
         if writer is None:
             return
         writer.put(None)
         await asyncio.to_thread(writer.join, _JOIN_TIMEOUT_S)
-        if writer.failed_lines:
-            self._dropped.inc(writer.failed_lines)
+        self._report_failed(writer.failed_lines)
+        self._failed_reported = 0
 
     async def running(self, app: web.Application) -> AsyncIterator[None]:
         """The app's cleanup context: register it first, so it is closed last."""

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import http.client
+import os
+import re
+import subprocess
+import sys
 import textwrap
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import orjson
 import pytest
@@ -139,3 +144,58 @@ def test_every_request_is_logged_once_even_when_sigterm_follows_at_once(
         assert sorted(logged) == sorted(ids)  # every request once, none lost, none twice
     finally:
         gateway.stop()
+
+
+def test_a_dead_log_reader_never_stops_the_gateway_and_its_lines_are_counted(
+    tmp_path: Path, fakes: dict[str, ManagedProcess]
+) -> None:
+    """stderr is a pipe whose reader (a container runtime's log collector) dies after start-up:
+    the gateway keeps answering, and ``gateway_access_log_dropped_total`` counts the lines it
+    could not write while it serves, not only at shutdown."""
+    read_fd, write_fd = os.pipe()
+    root = str(Path(__file__).resolve().parents[2])
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SOPHIA_REDIS_URL", "SNOWFLAKE_ACCOUNT")
+    }
+    env |= {"PYTHONPATH": root, "SOPHIA_ACCESS_LOG": "1", "SOPHIA_LOG_LEVEL": "INFO"}
+    command = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--policy",
+        str(policy(tmp_path, fakes)),
+        "--port",
+        "0",
+    ]
+    proc = subprocess.Popen(command, stdout=write_fd, stderr=write_fd, env=env, cwd=tmp_path)
+    os.close(write_fd)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"listening on" not in seen and time.monotonic() < deadline:
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            seen += chunk
+        found = re.search(rb"listening on (http://[0-9.]+:[0-9]+)", seen)
+        assert found, seen[-2000:]
+        url = found.group(1).decode()
+        os.close(read_fd)  # the collector dies
+        read_fd = -1
+        ids: list[str] = []
+        post(url, CHAT, 150, ids)  # every answer a 200 (asserted in post)
+        assert proc.poll() is None
+
+        def dropped() -> float:
+            text = urlopen(url + "/metrics", timeout=10).read().decode()
+            return float(re.search(r"^gateway_access_log_dropped_total (\S+)$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+
+        # The lines are flushed every 50 ms; the scrape's own line may still be pending.
+        wait_for(lambda: dropped() >= 150, 10)
+        assert dropped() >= 150
+    finally:
+        if read_fd >= 0:
+            os.close(read_fd)
+        proc.terminate()
+        assert proc.wait(30) == 0
