@@ -406,9 +406,9 @@ def _memory_prune(args: argparse.Namespace) -> int:
         except IndexDirectoryInUse:
             # A gateway serves from this index directory: prune the store beside it, leaving its
             # files to it (it drops vectors whose memories are gone; a restart rebuilds).
+            # (The store was not opened: the lock is taken first.)
             index = HnswIndex(config.index_dir)
             index.keep_segments_private()
-            store = memory_store(config, settings.memory_url, os.environ)
             service = MemoryService(config, store, index, no_embeddings, owns_index_files=False)
             await service.start()
         try:

@@ -218,8 +218,7 @@ class _Writer(threading.Thread):
             else:
                 data = batch
             size = len(data)
-            if size <= _ATOMIC_WRITE_BYTES or self._whole:
-                # One write for a file, or for a batch a pipe takes whole (at most PIPE_BUF bytes).
+            if self._whole:  # a file: one write
                 try:
                     written = os.write(fd, data)
                 except OSError:  # stderr closed or broken
@@ -228,7 +227,7 @@ class _Writer(threading.Thread):
                 if written < size:  # cut short (a signal, a full disk): the rest as below
                     self._write(data, written)
             else:
-                self._write(data)  # in pieces cut at line ends
+                self._write(data)  # in pieces cut at line ends (one write for a small batch)
             self.written_bytes += size
             if batch is None:
                 return
@@ -293,21 +292,12 @@ class _PipeWriter:
             self._waiting_bytes += len(data)
             return True
         try:
-            if len(data) <= _ATOMIC_WRITE_BYTES:
-                written = os.write(self._fd, data)  # the common case: one atomic write
-                if written < len(data):  # pragma: no cover - a pipe takes PIPE_BUF bytes whole
-                    _write_pieces(self._fd, data, written)
-            else:
-                _write_pieces(self._fd, data)
-        except BlockingIOError:  # the small batch's own write: the pipe is full
-            self._wait(data, 0)
+            _write_pieces(self._fd, data)  # a batch of at most PIPE_BUF bytes: one atomic write
         except _Stopped as stopped:
-            if isinstance(stopped.cause, BlockingIOError):
+            if isinstance(stopped.cause, BlockingIOError):  # the pipe is full: wait for it
                 self._wait(data, stopped.start)
-            else:
+            else:  # the reader is gone (EPIPE) or the descriptor failed
                 self.failed_lines += data.count(b"\n", stopped.start)
-        except OSError:  # the reader is gone (EPIPE) or the descriptor failed
-            self.failed_lines += data.count(b"\n")
         return True
 
     def _wait(self, data: bytes, offset: int) -> None:
