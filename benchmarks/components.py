@@ -81,7 +81,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 # A helper thread whose innermost frame is its own loop is waiting for work (in ``queue.get``):
 # py-spy's blocking mode does not always see that wait as idle, so it is left out here.
-IDLE_THREAD_LOOPS = ("_worker (", "_Writer.run (")
+IDLE_THREAD_LOOPS = ("_worker (", "ThreadWriter.run (")
 IDLE = "idle"
 
 

@@ -20,6 +20,7 @@ from gateway import keys
 from gateway.errors import StartupError
 from gateway.http.auth import is_loopback
 from gateway.http.connection import GatewayRunner
+from gateway.observability.stderr import announce
 from gateway.policy.model import Policy
 
 log = logging.getLogger("gateway.server")
@@ -122,7 +123,7 @@ async def _serve(
         bound = ", ".join(f"http://{h}:{p}" for h, p in _bound_addresses(runner))
         log.info("listening", extra={"fields": {"address": bound, "policy": settings.policy_path}})
         if on_ready is None:
-            print(f"sophia-gateway listening on {bound}", flush=True)
+            announce(f"sophia-gateway listening on {bound}")
         else:
             on_ready(bound)
         await stop.wait()

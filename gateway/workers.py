@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from gateway.errors import StartupError
+from gateway.observability.stderr import announce
 from gateway.server import cannot_listen
 from gateway.settings import WorkerSlot
 
@@ -180,7 +181,7 @@ class Supervisor:
                 if not announced and all(w.ready for w in self._workers):
                     announced = True
                     log.info("workers ready", extra={"fields": {"workers": self._count, "address": url}})
-                    print(f"sophia-gateway listening on {url} ({self._count} workers)", flush=True)
+                    announce(f"sophia-gateway listening on {url} ({self._count} workers)")
                 if not self._stopping:
                     self._restart_due(ready_w, fds)
         finally:

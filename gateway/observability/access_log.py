@@ -47,11 +47,9 @@ import logging
 import os
 import stat
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from queue import SimpleQueue
 from time import time_ns
 from typing import Protocol, TextIO
 
@@ -59,13 +57,12 @@ import orjson
 from aiohttp import web
 
 from gateway.observability.logging import json_escape_raw_controls, logfmt_value
+from gateway.observability.stderr import JOIN_TIMEOUT_S, Stopped, ThreadWriter, write_pieces
 
 ACCESS_LOGGER = "gateway.access"
 # Lines waiting for stderr beyond this are dropped (about 50,000 lines of about 330 bytes).
 BACKLOG_BYTES = 16 * 1024 * 1024
-# Writes of at most this many bytes to a pipe are atomic (POSIX PIPE_BUF, 4096 on Linux).
-_ATOMIC_WRITE_BYTES = 4096
-_JOIN_TIMEOUT_S = 10.0
+_JOIN_TIMEOUT_S = JOIN_TIMEOUT_S
 # Lines wait at most this long for their batch, and a batch holds at most this many lines (about
 # 20 KB: the writer's wake-ups stay rare and a burst never makes a large batch).
 FLUSH_INTERVAL_S = 0.05
@@ -182,92 +179,6 @@ def _text_line(stamp: _Timestamps, entry: Entry) -> bytes:
     )
 
 
-class _Writer(threading.Thread):
-    """Writes the batches it is given to ``fd``, in order, blocking only itself."""
-
-    def __init__(self, fd: int) -> None:
-        super().__init__(name="access-log-writer", daemon=True)
-        self._fd = fd
-        # A regular file takes a batch in one write (a write to it is not interleaved with
-        # another's); a pipe or anything else in pieces of at most PIPE_BUF, cut at line ends.
-        try:
-            self._whole = stat.S_ISREG(os.fstat(fd).st_mode)
-        except OSError:
-            self._whole = False
-        self._batches: SimpleQueue[bytes | None] = SimpleQueue()
-        self.written_bytes = 0  # written by this thread only; read by the loop (an int: atomic)
-        self.failed_lines = 0
-
-    def put(self, batch: bytes | None) -> None:
-        self._batches.put(batch)
-
-    def run(self) -> None:
-        batches, fd = self._batches, self._fd
-        while True:
-            batch = batches.get()
-            if batch is None:
-                return
-            if not batches.empty():  # queued meanwhile: written together
-                parts = [batch]
-                while not batches.empty():
-                    batch = batches.get_nowait()
-                    if batch is None:
-                        break
-                    parts.append(batch)
-                data = b"".join(parts)
-            else:
-                data = batch
-            size = len(data)
-            if self._whole:  # a file: one write
-                try:
-                    written = os.write(fd, data)
-                except OSError:  # stderr closed or broken
-                    self.failed_lines += data.count(b"\n")
-                    written = size
-                if written < size:  # cut short (a signal, a full disk): the rest as below
-                    self._write(data, written)
-            else:
-                self._write(data)  # in pieces cut at line ends (one write for a small batch)
-            self.written_bytes += size
-            if batch is None:
-                return
-
-    def _write(self, data: bytes, start: int = 0) -> None:
-        try:
-            _write_pieces(self._fd, data, start)
-        except _Stopped as stopped:  # stderr closed or broken: nothing more can be written there
-            self.failed_lines += data.count(b"\n", stopped.start)
-
-
-class _Stopped(OSError):
-    """``_write_pieces`` stopped at ``start``: the descriptor cannot take more now, or failed."""
-
-    def __init__(self, start: int, cause: OSError) -> None:
-        super().__init__(*cause.args)
-        self.start = start
-        self.cause = cause
-
-
-def _write_pieces(fd: int, data: bytes, start: int = 0) -> None:
-    """``data[start:]`` to ``fd`` in writes that end on a line end and hold at most PIPE_BUF bytes
-    (atomic on a pipe: another writer's line never lands inside one of ours). Raises ``_Stopped``
-    with the offset reached when a write fails (``BlockingIOError``: a non-blocking pipe is full)."""
-    size = len(data)
-    view = memoryview(data)
-    while start < size:
-        end = size
-        if end - start > _ATOMIC_WRITE_BYTES:  # cut after the last line end that fits, else after one
-            cut = data.rfind(b"\n", start, start + _ATOMIC_WRITE_BYTES)
-            if cut < 0:
-                cut = data.find(b"\n", start)
-            if cut >= 0:
-                end = cut + 1
-        try:
-            start += os.write(fd, data if end - start == size else view[start:end])
-        except OSError as exc:
-            raise _Stopped(start, exc) from exc
-
-
 class _PipeWriter:
     """Writes batches on the loop to a pipe through a non-blocking descriptor of its own. What the
     pipe cannot take now waits in order, and is written when the loop sees the pipe writable."""
@@ -292,8 +203,8 @@ class _PipeWriter:
             self._waiting_bytes += len(data)
             return True
         try:
-            _write_pieces(self._fd, data)  # a batch of at most PIPE_BUF bytes: one atomic write
-        except _Stopped as stopped:
+            write_pieces(self._fd, data)  # a batch of at most PIPE_BUF bytes: one atomic write
+        except Stopped as stopped:
             if isinstance(stopped.cause, BlockingIOError):  # the pipe is full: wait for it
                 self._wait(data, stopped.start)
             else:  # the reader is gone (EPIPE) or the descriptor failed
@@ -311,8 +222,8 @@ class _PipeWriter:
         while waiting:
             data = waiting[0]
             try:
-                _write_pieces(self._fd, data, self._offset)
-            except _Stopped as stopped:
+                write_pieces(self._fd, data, self._offset)
+            except Stopped as stopped:
                 if isinstance(stopped.cause, BlockingIOError):
                     self._offset = stopped.start
                     return  # still full: called again when it is writable
@@ -391,7 +302,7 @@ class AccessLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
         self._timer: asyncio.TimerHandle | None = None
-        self._writer: _Writer | None = None
+        self._writer: ThreadWriter | None = None
         self._pipe: _PipeWriter | None = None
         self._queued_bytes = 0
         self._failed_reported = 0  # of the writer's ``failed_lines``, already in ``dropped``
@@ -504,7 +415,7 @@ class AccessLog:
         self._pipe = _pipe_writer(loop, fd, self._backlog_bytes)
         if self._pipe is not None:
             return
-        self._writer = _Writer(fd)
+        self._writer = ThreadWriter(fd)
         self._writer.start()
 
     async def close(self) -> None:

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from gateway import jsonsafe
+from gateway.observability.stderr import StderrHandler
 
 # Characters valid raw in a JSON string that a terminal or a line-splitting log reader would act on.
 _JSON_RAW_CONTROLS = re.compile("[\x7f-\x9f\u2028\u2029]")
@@ -91,8 +92,12 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, fmt: str) -> None:
-    """Send all logs to stderr in ``fmt`` ("json" or "text") at ``level``."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Send all logs to stderr in ``fmt`` ("json" or "text") at ``level``, written by a thread so
+    that no logger waits on stderr (``stderr.StderrHandler``)."""
+    for old in logging.getLogger().handlers:
+        if isinstance(old, StderrHandler):
+            old.close()  # configured again (tests): its queued lines written first
+    handler = StderrHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

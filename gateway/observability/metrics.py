@@ -33,6 +33,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from gateway.observability.stderr import log_lines_dropped
+
 # The ``*_created`` series double the exposition size and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -276,6 +278,23 @@ class _PlainCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         return [family.family() for family in self._families]
+
+
+class _LogCollector(Collector):
+    """Exports the log lines (other than the access log's) that stderr did not take, read from
+    the process's ``StderrHandler`` at scrape time (logging is process-wide, not per app)."""
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "gateway_log_dropped",
+            "Log lines other than the access log's dropped because stderr did not take them (more "
+            "than the log's backlog bound waiting on a stuck reader, or a reader gone).",
+        )
+        family.add_metric((), float(log_lines_dropped()))
+        return [family]
 
 
 class RouterView(Protocol):
@@ -765,6 +784,7 @@ class GatewayMetrics:
         self.registry.register(
             _PlainCollector([m for m in vars(self).values() if isinstance(m, Counter | Gauge | Histogram)])
         )
+        self.registry.register(_LogCollector())
         self.recovery = RecoveryActions()  # exported with the health figures (health_collector)
 
     def cache_collector(self, view: CacheView) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 from urllib.request import urlopen
 
@@ -95,6 +97,43 @@ def stream_once(url: str, started: threading.Event, ids: list[str]) -> None:
         conn.close()
 
 
+def serve_raw(
+    tmp_path: Path, fakes: dict[str, ManagedProcess], stdout: int | IO[bytes], stderr: int | IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """``serve`` (access log on) with the standard streams given, as a supervisor would start it."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SOPHIA_REDIS_URL", "SNOWFLAKE_ACCOUNT")
+    }
+    env |= {"PYTHONPATH": root, "SOPHIA_ACCESS_LOG": "1", "SOPHIA_LOG_LEVEL": "INFO"}
+    command = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--policy",
+        str(policy(tmp_path, fakes)),
+        "--port",
+        "0",
+    ]
+    return subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=tmp_path)
+
+
+def read_until_listening(read_fd: int) -> tuple[str, bytes]:
+    """Read ``serve``'s output until its listening line is whole: (its URL, what was read)."""
+    seen = b""
+    deadline = time.monotonic() + 60
+    found = None
+    while found is None and time.monotonic() < deadline:
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            break
+        seen += chunk
+        found = re.search(rb"listening on (http://[0-9.]+:[0-9]+)\n", seen)
+    assert found, seen[-2000:]
+    return found.group(1).decode(), seen
+
+
 def wait_for(condition: object, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition() and time.monotonic() < deadline:  # type: ignore[operator]
@@ -153,34 +192,10 @@ def test_a_dead_log_reader_never_stops_the_gateway_and_its_lines_are_counted(
     the gateway keeps answering, and ``gateway_access_log_dropped_total`` counts the lines it
     could not write while it serves, not only at shutdown."""
     read_fd, write_fd = os.pipe()
-    root = str(Path(__file__).resolve().parents[2])
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SOPHIA_REDIS_URL", "SNOWFLAKE_ACCOUNT")
-    }
-    env |= {"PYTHONPATH": root, "SOPHIA_ACCESS_LOG": "1", "SOPHIA_LOG_LEVEL": "INFO"}
-    command = [
-        sys.executable,
-        "-m",
-        "gateway.cli",
-        "serve",
-        "--policy",
-        str(policy(tmp_path, fakes)),
-        "--port",
-        "0",
-    ]
-    proc = subprocess.Popen(command, stdout=write_fd, stderr=write_fd, env=env, cwd=tmp_path)
+    proc = serve_raw(tmp_path, fakes, write_fd, write_fd)
     os.close(write_fd)
     try:
-        seen = b""
-        deadline = time.monotonic() + 60
-        while b"listening on" not in seen and time.monotonic() < deadline:
-            chunk = os.read(read_fd, 65536)
-            if not chunk:
-                break
-            seen += chunk
-        found = re.search(rb"listening on (http://[0-9.]+:[0-9]+)", seen)
-        assert found, seen[-2000:]
-        url = found.group(1).decode()
+        url, _ = read_until_listening(read_fd)
         os.close(read_fd)  # the collector dies
         read_fd = -1
         ids: list[str] = []
@@ -199,3 +214,82 @@ def test_a_dead_log_reader_never_stops_the_gateway_and_its_lines_are_counted(
             os.close(read_fd)
         proc.terminate()
         assert proc.wait(30) == 0
+
+
+def malformed(url: str) -> int:
+    """One request aiohttp cannot parse (a header line without a colon): the gateway answers 400
+    and logs a WARNING (``http/connection.py``); the status it answered."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nthis is not a header\r\n\r\n")
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    return int(head.split(b" ", 2)[1])
+
+
+def test_a_stuck_log_reader_never_stops_the_gateway_and_no_warning_is_lost(
+    tmp_path: Path, fakes: dict[str, ManagedProcess]
+) -> None:
+    """stderr is a pipe whose reader is alive but stops reading (a log collector under
+    back-pressure): WARNINGs from a flood of malformed requests fill the pipe many times over,
+    and the gateway keeps answering them and chats alike (a logger writing stderr on the loop
+    would stop there at the first full pipe); once the reader reads again, every WARNING arrives."""
+    read_fd, write_fd = os.pipe()
+    proc = serve_raw(tmp_path, fakes, write_fd, write_fd)
+    os.close(write_fd)
+    try:
+        url, seen = read_until_listening(read_fd)
+        # The reader stops here. 1,000 WARNING lines of about 250 bytes: four full pipes.
+        statuses = [malformed(url) for _ in range(1000)]
+        assert statuses == [400] * 1000  # each answered, none waited on the pipe (10 s timeout each)
+        ids: list[str] = []
+        post(url, CHAT, 20, ids)  # and chats are served meanwhile
+        proc.terminate()
+        rest = seen + b"".join(iter(lambda: os.read(read_fd, 65536), b""))  # the reader is back
+        assert proc.wait(30) == 0
+    finally:
+        os.close(read_fd)
+        if proc.poll() is None:
+            proc.kill()
+    warnings = [orjson.loads(line) for line in rest.splitlines() if b'"malformed http request"' in line]
+    assert len(warnings) == 1000  # none lost, none torn
+    assert all(w["level"] == "warning" and w["status"] == 400 for w in warnings)
+
+
+def test_a_stdout_nobody_reads_does_not_stop_the_gateway(
+    tmp_path: Path, fakes: dict[str, ManagedProcess]
+) -> None:
+    """stdout is a pipe whose reader is gone before ``serve`` says it is listening (a supervisor
+    that reads only stderr, or stopped reading): the listening line cannot be written, and the
+    gateway serves all the same, then exits cleanly on SIGTERM."""
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # nobody will read stdout
+    with open(tmp_path / "stderr.log", "wb") as stderr:
+        proc = serve_raw(tmp_path, fakes, write_fd, stderr)
+    os.close(write_fd)
+    try:
+        address: list[str] = []
+
+        def listening() -> bool:  # the JSON "listening" line on stderr names the address
+            found = re.search(
+                r'"msg":"listening","address":"(http://[0-9.]+:[0-9]+)"',
+                (tmp_path / "stderr.log").read_text(),
+            )
+            if found:
+                address.append(found.group(1))
+            return bool(found) or proc.poll() is not None
+
+        wait_for(listening, 60)
+        assert address, (tmp_path / "stderr.log").read_text()[-2000:]
+        ids: list[str] = []
+        post(address[0], CHAT, 5, ids)
+        assert proc.poll() is None
+        proc.terminate()
+        assert proc.wait(30) == 0, (tmp_path / "stderr.log").read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
