@@ -222,6 +222,7 @@ class Supervisor:
             except BaseException:
                 log.exception("worker failed", extra={"fields": {"worker": worker.slot.index}})
             finally:
+                logging.shutdown()  # the log thread's queued lines written (os._exit skips atexit)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)

@@ -358,5 +358,7 @@ def test_every_worker_logs_every_request_through_one_pipe_and_no_line_is_torn(
         lines = [line for line in proc.stderr.splitlines() if "gateway.access" in line]
         logged = [json.loads(line)["request_id"] for line in lines]  # a torn line would not parse
         assert sorted(logged) == sorted(ids)
+        # A worker's last log lines (written by its log thread) are out before it exits.
+        assert proc.stderr.count('"msg":"stopped"') == 2, proc.stderr[-3000:]
     finally:
         proc.stop(30)
