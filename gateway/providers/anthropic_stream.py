@@ -149,7 +149,9 @@ class AnthropicStreamTranslator:
     def _message_delta(self, event: JSONObject) -> bytes:
         usage = event.get("usage")
         if isinstance(usage, dict):
-            self._usage.update(usage)  # counts here are cumulative: the latest wins
+            # Counts here are cumulative: the latest wins; a null one (the fields are nullable)
+            # leaves message_start's count as it was.
+            self._usage.update({name: value for name, value in usage.items() if value is not None})
         delta = event.get("delta")
         stop = delta.get("stop_reason") if isinstance(delta, dict) else None
         if stop is None:

@@ -349,7 +349,9 @@ class MessagesFormat:
     def closing(self, finish_reason: str) -> bytes:
         out = _event("content_block_stop", {"index": 0 if self._reply.tool_name is None else 1})
         delta = {"stop_reason": finish_reason, "stop_sequence": self._reply.stop_sequence}
-        out += _event("message_delta", {"delta": delta, "usage": {"output_tokens": len(self._reply.tokens)}})
+        # Cumulative counts, input included, as the API sends them today.
+        usage = {"input_tokens": self._ask.input_tokens, "output_tokens": len(self._reply.tokens)}
+        out += _event("message_delta", {"delta": delta, "usage": usage})
         return out + _event("message_stop", {})
 
     def usage(self, usage: Usage) -> bytes:

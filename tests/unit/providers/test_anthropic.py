@@ -431,6 +431,66 @@ def test_each_event_is_sent_as_soon_as_it_is_complete() -> None:
     assert b'"role":"assistant"' in first and b'"content":"Hello"' in first
 
 
+@pytest.mark.parametrize(
+    ("start_usage", "delta_usage", "expected"),
+    [
+        # Today's API: message_delta repeats the cumulative input and cache counts.
+        (
+            {
+                "input_tokens": 849,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": 10,
+            },
+            {
+                "input_tokens": 849,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": 47,
+            },
+            {
+                "prompt_tokens": 849,
+                "completion_tokens": 47,
+                "total_tokens": 896,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
+        ),
+        # Counts the delta leaves null (MessageDeltaUsage's fields are nullable) keep message_start's.
+        (
+            {"input_tokens": 25, "cache_read_input_tokens": 5, "output_tokens": 1},
+            {"input_tokens": None, "cache_read_input_tokens": None, "output_tokens": 15},
+            {
+                "prompt_tokens": 30,
+                "completion_tokens": 15,
+                "total_tokens": 45,
+                "prompt_tokens_details": {"cached_tokens": 5},
+            },
+        ),
+        # A compatible server that counts the input only at the end (message_start says 0).
+        (
+            {"input_tokens": 0, "output_tokens": 1},
+            {"input_tokens": 9, "output_tokens": 3},
+            {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+        ),
+    ],
+)
+def test_message_delta_usage_is_cumulative_and_nulls_keep_the_start_counts(
+    start_usage: dict[str, Any], delta_usage: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    start = {"type": "message_start", "message": {"id": "msg_1", "model": "m", "usage": start_usage}}
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": delta_usage,
+    }
+    data = b"".join(
+        b"event: " + e["type"].encode() + b"\ndata: " + json.dumps(e).encode() + b"\n\n"  # type: ignore[union-attr]
+        for e in (start, delta, {"type": "message_stop"})
+    )
+    out = events(run_stream(data))
+    assert out[-2]["usage"] == expected
+
+
 def test_overloaded_error_event_is_a_retryable_529() -> None:
     # Streaming docs, "Error events": an overloaded_error, which would be an HTTP 529 outside
     # a stream (https://docs.anthropic.com/en/docs/build-with-claude/streaming#error-events).

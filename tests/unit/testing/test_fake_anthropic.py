@@ -114,7 +114,7 @@ async def test_stream_follows_the_documented_event_sequence(aiohttp_client: Aioh
     assert events[-2][1] == {
         "type": "message_delta",
         "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-        "usage": {"output_tokens": 3},
+        "usage": {"input_tokens": 2, "output_tokens": 3},  # cumulative, as the API sends it
     }
 
 
