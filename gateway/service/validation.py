@@ -25,9 +25,13 @@ def parse_body(raw: bytes) -> JSONObject:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
-    # Only a body with more than MAX_JSON_DEPTH brackets can nest that deep; counting bytes is
-    # far cheaper than walking, so the walk runs for large bodies only.
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _nests_deeper_than(body, MAX_JSON_DEPTH):
+    # Only a body with more than MAX_JSON_DEPTH brackets (so more bytes than that) can nest that
+    # deep; counting bytes is far cheaper than walking, so the walk runs for large bodies only.
+    if (
+        len(raw) > MAX_JSON_DEPTH
+        and raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH
+        and _nests_deeper_than(body, MAX_JSON_DEPTH)
+    ):
         raise InvalidRequest(
             f"Request body nests JSON deeper than the gateway's limit of {MAX_JSON_DEPTH} levels.",
             code="json_too_deep",
