@@ -15,12 +15,14 @@ import orjson
 from gateway import __version__
 from gateway.admin_client import gateway_url
 from gateway.errors import StartupError
+from gateway.observability.stderr import ensure_standard_streams
 from gateway.policy.loader import PolicyError, format_loc, load_policy, policy_json_schema
 from gateway.policy.model import Policy
 from gateway.settings import Settings, SettingsError, WorkerSlot, port_number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    ensure_standard_streams()
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

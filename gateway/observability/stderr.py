@@ -226,3 +226,21 @@ def announce(text: str) -> None:
         sys.stdout.flush()
     except (OSError, ValueError):
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout for the rest of the process
+
+
+def ensure_standard_streams() -> None:
+    """Open /dev/null on any of descriptors 0, 1 and 2 that the process was started without
+    (``serve >&- 2>&-``), and give Python a stream for it. Otherwise the first socket the gateway
+    opens takes descriptor 1 or 2: libuv aborts the process when it closes a descriptor that low,
+    and the listening line, a log line or a traceback would be written into a client's socket."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+    if sys.stdin is None:
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's stdin, never closed
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115

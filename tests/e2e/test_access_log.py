@@ -11,7 +11,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -98,7 +98,12 @@ def stream_once(url: str, started: threading.Event, ids: list[str]) -> None:
 
 
 def serve_raw(
-    tmp_path: Path, fakes: dict[str, ManagedProcess], stdout: int | IO[bytes], stderr: int | IO[bytes]
+    tmp_path: Path,
+    fakes: dict[str, ManagedProcess],
+    stdout: int | IO[bytes] | None,
+    stderr: int | IO[bytes] | None,
+    *extra: str,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
     """``serve`` (access log on) with the standard streams given, as a supervisor would start it."""
     root = str(Path(__file__).resolve().parents[2])
@@ -113,10 +118,11 @@ def serve_raw(
         "serve",
         "--policy",
         str(policy(tmp_path, fakes)),
-        "--port",
-        "0",
+        *(extra or ("--port", "0")),
     ]
-    return subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=tmp_path)
+    return subprocess.Popen(
+        command, stdout=stdout, stderr=stderr, env=env, cwd=tmp_path, preexec_fn=preexec_fn
+    )
 
 
 def read_until_listening(read_fd: int) -> tuple[str, bytes]:
@@ -290,6 +296,41 @@ def test_a_stdout_nobody_reads_does_not_stop_the_gateway(
         assert proc.poll() is None
         proc.terminate()
         assert proc.wait(30) == 0, (tmp_path / "stderr.log").read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_gateway_started_without_stdout_and_stderr_serves_and_stops_cleanly(
+    tmp_path: Path, fakes: dict[str, ManagedProcess]
+) -> None:
+    """``serve >&- 2>&-``: started with descriptors 1 and 2 closed, the gateway's first sockets
+    would take them (libuv aborts when it closes a descriptor that low, and log lines would go
+    into a client's connection). /dev/null stands in for them: it serves, then exits 0."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def close_stdout_and_stderr() -> None:
+        os.close(1)
+        os.close(2)
+
+    proc = serve_raw(tmp_path, fakes, None, None, "--port", str(port), preexec_fn=close_stdout_and_stderr)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return urlopen(url + "/health/live", timeout=2).status == 200
+            except OSError:
+                return proc.poll() is not None
+
+        wait_for(up, 60)
+        assert proc.poll() is None, "the gateway stopped"
+        ids: list[str] = []
+        post(url, CHAT, 20, ids)  # every answer a 200, none carrying a stray log line
+        proc.terminate()
+        assert proc.wait(30) == 0  # not 134: libuv's assertion on closing descriptor 1 or 2
     finally:
         if proc.poll() is None:
             proc.kill()
