@@ -37,7 +37,7 @@ from gateway.cache.redis_store import RedisStore
 from gateway.cache.service import ResponseCache
 from gateway.cache.store import CacheStore
 from gateway.errors import StartupError
-from gateway.http.middleware import CatchAll, gateway_handler, unmatched
+from gateway.http.middleware import CatchAll, expect_handler, expectation_failed, gateway_handler, unmatched
 from gateway.live_policy import LivePolicy, provider_clients
 from gateway.memory.backends import build_memory
 from gateway.memory.ingest import IngestService
@@ -408,9 +408,11 @@ def _add_routes(app: web.Application) -> None:
     def add(method: str, path: str, handler: Handler) -> None:
         resource = router.add_resource(path)  # the same resource for a path's second method
         wrapped = gateway_handler(handler, resource.canonical, app)
+        # A refused Expect header: 417 in the route's envelope, through the same wrapper.
+        expect = expect_handler(gateway_handler(expectation_failed, resource.canonical, app))
         if method == "GET":
-            resource.add_route("HEAD", wrapped)  # as router.add_get does
-        resource.add_route(method, wrapped)
+            resource.add_route("HEAD", wrapped, expect_handler=expect)  # as router.add_get does
+        resource.add_route(method, wrapped, expect_handler=expect)
 
     add("POST", "/v1/chat/completions", openai.proxy(Endpoint.CHAT, app))
     add("POST", "/v1/completions", openai.proxy(Endpoint.COMPLETIONS, app))
@@ -452,6 +454,5 @@ def _add_routes(app: web.Application) -> None:
     add("GET", "/health/live", health.live)
     add("GET", "/health/ready", health.ready)
     add("GET", "/metrics", health.metrics)
-    router.register_resource(
-        CatchAll(gateway_handler(unmatched, "unmatched", app))
-    )  # last: what no route serves
+    refuse = expect_handler(gateway_handler(expectation_failed, "unmatched", app))
+    router.register_resource(CatchAll(gateway_handler(unmatched, "unmatched", app), refuse))  # last

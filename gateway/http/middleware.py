@@ -17,10 +17,11 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from aiohttp.typedefs import Handler
 from yarl import URL
 
@@ -120,14 +121,44 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
     return handle
 
 
+ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
+
+
+def expect_handler(refuse: Handler) -> ExpectHandler:
+    """A route's ``Expect`` handling (aiohttp calls it before the handler when the header is
+    there): ``100-continue`` on HTTP/1.1 gets the interim ``100 Continue``, as aiohttp's default
+    does; any other expectation is refused by ``refuse`` (the route's ``gateway_handler`` around
+    ``expectation_failed``), so the 417 comes in the route's error envelope with a request id, a
+    log line and its metrics, where aiohttp's default answered plain text."""
+
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        if request.version != HttpVersion11:
+            return None  # HTTP/1.0 has no Expect: ignored, as aiohttp does
+        if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the response proper has not started
+            return None
+        return await refuse(request)
+
+    return expect
+
+
+async def expectation_failed(request: web.Request) -> web.StreamResponse:
+    """The handler behind a refused ``Expect``: 417, naming the expectation (control characters
+    escaped by the error's renderer)."""
+    raise HTTPStatusError(
+        417, f"Unsupported Expect header: {request.headers.get(hdrs.EXPECT, '')!r}; only 100-continue is."
+    )
+
+
 class CatchAll(web.AbstractResource):
     """A resource that matches every request target (any path, and ``*``), for any method.
     Indexed under ``/``, the last prefix aiohttp's router tries, and registered last, so it
     serves only what no other route does; its handler is ``gateway_handler(unmatched, ...)``."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, expect: ExpectHandler | None = None) -> None:
         super().__init__()
-        self._route = web.ResourceRoute("*", handler, self)
+        self._route = web.ResourceRoute("*", handler, self, expect_handler=expect)
 
     @property
     def canonical(self) -> str:

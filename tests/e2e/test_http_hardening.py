@@ -512,3 +512,46 @@ async def test_control_characters_in_a_path_cannot_forge_log_lines(edge: Edge) -
     text = edge.gateway.stderr
     assert not any(ln.startswith("2030-01-01") for ln in text.splitlines())
     assert not any(c in text for c in CONTROLS.replace("\n", ""))  # only real line ends
+
+
+@pytest.mark.parametrize(
+    ("path", "anthropic"),
+    [("/v1/chat/completions", False), ("/v1/messages", True), ("/v1/no-such-path", False)],
+)
+async def test_an_expectation_other_than_100_continue_is_a_417_in_the_envelope(
+    edge: Edge, path: str, anthropic: bool
+) -> None:
+    """RFC 9110: a server may refuse an Expect it cannot meet with 417. aiohttp's own answer was
+    plain text; the gateway's is its route's error envelope, with a request id."""
+    reply = await send(
+        edge, "POST", path, orjson.dumps(CHAT), {"Content-Type": "application/json", "Expect": "200-ok"}
+    )
+    assert reply.status == 417
+    assert reply.headers["content-type"].startswith("application/json") and reply.headers["x-request-id"]
+    body = reply.json()
+    error = body["error"]
+    if anthropic:
+        assert body["type"] == "error" and error["type"] == "invalid_request_error"
+    else:
+        assert error["type"] == "invalid_request_error"
+    assert "200-ok" in error["message"] and "100-continue" in error["message"]
+
+
+async def test_expect_100_continue_gets_the_interim_answer_then_the_response(edge: Edge) -> None:
+    """A client that waits for ``100 Continue`` before sending its body (curl does for large
+    bodies) gets it, then the answer."""
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    try:
+        body = orjson.dumps(CHAT)
+        head = (
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+        )
+        writer.write(head.encode())
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        reply = await asyncio.wait_for(read_reply(reader), 10)
+        assert reply.status == 200 and reply.json()["object"] == "chat.completion"
+    finally:
+        writer.close()
