@@ -23,7 +23,13 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import ClassVar, Generic, Protocol, TypeVar
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -785,6 +791,10 @@ class GatewayMetrics:
             _PlainCollector([m for m in vars(self).values() if isinstance(m, Counter | Gauge | Histogram)])
         )
         self.registry.register(_LogCollector())
+        # The standard process_* series every Prometheus client exports by default (CPU seconds,
+        # resident and virtual memory, open and most descriptors, start time), read from /proc
+        # at scrape time; with --workers, per worker (a ``worker`` label) but CPU, which sums.
+        ProcessCollector(registry=self.registry)
         self.recovery = RecoveryActions()  # exported with the health figures (health_collector)
 
     def cache_collector(self, view: CacheView) -> None:

@@ -159,6 +159,11 @@ def test_one_line_for_the_set_and_one_metrics_summing_every_worker(gateway: Mana
             if name == "gateway_request_duration_seconds_count" and ("endpoint", CHAT) in labels
         )
         assert count == 40
+        # The process_* series: memory and descriptors per worker, CPU seconds summed.
+        assert {
+            dict(labels).get("worker") for (name, labels) in found if name == "process_resident_memory_bytes"
+        } == {"0", "1"}
+        assert [labels for (name, labels) in found if name == "process_cpu_seconds_total"] == [()]
 
 
 def test_a_memory_added_through_one_worker_is_found_through_every_other(gateway: ManagedProcess) -> None:
