@@ -46,7 +46,7 @@ from gateway.testing.fake_provider import (
     _stream,
     draw_fault,
 )
-from gateway.testing.fake_wire import Usage
+from gateway.testing.fake_wire import Usage, tool_input
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -250,28 +250,6 @@ def _check_tool_result(block: dict[str, object], offered: set[str], where: str) 
     for inner in content if isinstance(content, list) else []:
         if isinstance(inner, dict) and inner.get("type") == "text":
             _check_text(inner)
-
-
-def tool_input(tool: dict[str, object]) -> dict[str, object]:
-    """Deterministic arguments for ``tool``: per schema property, the first ``enum`` value, or
-    by type "<name>-value", 42, 1.5, true, [] or {}."""
-    schema = tool.get("input_schema")
-    properties = schema.get("properties") if isinstance(schema, dict) else None
-    if not isinstance(properties, dict):
-        return {}
-    by_type: dict[object, object] = {"integer": 42, "number": 1.5, "boolean": True, "array": [], "object": {}}
-    values: dict[str, object] = {}
-    for name, spec in properties.items():
-        spec = spec if isinstance(spec, dict) else {}
-        enum = spec.get("enum")
-        if isinstance(enum, list) and enum:
-            values[name] = enum[0]
-        else:
-            kind = spec.get("type")
-            if isinstance(kind, list):  # ["string", "null"]: a JSON Schema type may be a list
-                kind = next((k for k in kind if isinstance(k, str) and k != "null"), None)
-            values[name] = by_type.get(kind, f"{name}-value") if isinstance(kind, str) else f"{name}-value"
-    return values
 
 
 def injected_error(config: FakeConfig) -> web.Response:

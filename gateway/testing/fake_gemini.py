@@ -36,7 +36,6 @@ import orjson
 from aiohttp import web
 
 from gateway.testing import fake_wire
-from gateway.testing.fake_anthropic import tool_input
 from gateway.testing.fake_provider import (
     FAKE_STATE,
     FakeConfig,
@@ -49,7 +48,7 @@ from gateway.testing.fake_provider import (
     _stream,
     draw_fault,
 )
-from gateway.testing.fake_wire import Usage
+from gateway.testing.fake_wire import Usage, tool_input
 
 # google.rpc.Code names by HTTP status (https://cloud.google.com/apis/design/errors).
 STATUS_NAMES = {

@@ -3,7 +3,9 @@
 A real HTTP server for tests, demos and benchmarks to use as the upstream. It answers
 ``/v1/chat/completions``, ``/v1/completions`` (both streamed or whole), ``/v1/embeddings`` and
 ``/v1/models`` (and Azure OpenAI's ``/openai/deployments/{deployment}/...`` paths, keyed by
-``api-key``) deterministically (the default reply echoes the last user message), and can be
+``api-key``) deterministically (the default reply echoes the last user message; with ``tools``,
+a forced ``tool_choice`` or "call NAME" in the last user message gets a function call whose
+arguments follow the function's schema: ``fake_wire.ToolCallFormat``), and can be
 told to misbehave: latency, slow streams, error statuses, hangs, dropped connections, malformed
 bodies, streams cut mid-way.
 
@@ -270,10 +272,17 @@ async def _generate(
     early = await _inject(request, config, state.rng, fault, stream=generation.stream)
     if early is not None:
         return early
-    text = config.reply if config.reply is not None else _echo(generation.prompt)
-    tokens, finish_reason = fake_wire.reply_tokens(text, generation.max_tokens)
+    fmt: ReplyFormat
+    if generation.tool is not None:  # a function call, its arguments built from its schema
+        arguments = fake_wire.tool_input({"input_schema": generation.tool.get("parameters")})
+        tokens, _ = fake_wire.reply_tokens(orjson.dumps(arguments).decode(), None)
+        finish_reason = "tool_calls"
+        fmt = fake_wire.ToolCallFormat(next(state.serials), generation.model, str(generation.tool["name"]))
+    else:
+        text = config.reply if config.reply is not None else _echo(generation.prompt)
+        tokens, finish_reason = fake_wire.reply_tokens(text, generation.max_tokens)
+        fmt = reply_format(next(state.serials), generation.model)
     usage = Usage(generation.prompt_tokens, len(tokens))
-    fmt = reply_format(next(state.serials), generation.model)
     if not generation.stream:
         return _json(fmt.whole(tokens, finish_reason, usage))
     cut = fault is Fault.DISCONNECT

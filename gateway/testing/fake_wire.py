@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import re
 import struct
 import time
@@ -59,6 +60,7 @@ class Generation:
     stream: bool
     include_usage: bool
     max_tokens: int | None
+    tool: dict[str, object] | None = None  # the function to call (chat), when the reply is a call
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +95,52 @@ def parse_chat(body: dict[str, object]) -> Generation:
             last_user = text
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     return Generation(
-        _model(body), last_user, words, _flag(body, "stream"), _include_usage(body), _limit(limit)
+        _model(body),
+        last_user,
+        words,
+        _flag(body, "stream"),
+        _include_usage(body),
+        _limit(limit),
+        _chosen_function(body, last_user),
     )
+
+
+def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] | None:
+    """The function the reply calls: the one ``tool_choice`` names, the first for ``required``,
+    or (``auto``, the default) one the last user message asks for with "call NAME"; None for a
+    text reply. Refused as OpenAI's API refuses them: a ``tool_choice`` without ``tools``, or
+    naming a function that is not offered."""
+    offered = body.get("tools")
+    functions: list[dict[str, object]] = [
+        tool["function"]
+        for tool in (offered if isinstance(offered, list) else [])
+        if isinstance(tool, dict)
+        and tool.get("type") == "function"
+        and isinstance(tool.get("function"), dict)
+        and isinstance(tool["function"].get("name"), str)
+    ]
+    choice = body.get("tool_choice")
+    if choice is not None and not functions:
+        raise WireError("'tool_choice' is only allowed when 'tools' are specified", "tool_choice")
+    by_name = {str(f["name"]): f for f in functions}
+    if isinstance(choice, dict):
+        named = choice.get("function")
+        name = named.get("name") if isinstance(named, dict) else None
+        if name not in by_name:
+            raise WireError(
+                f"Invalid value for 'tool_choice': no function named {name!r} in 'tools'", "tool_choice"
+            )
+        return by_name[str(name)]
+    if choice == "none" or not functions:
+        return None
+    if choice == "required":
+        return functions[0]
+    lowered = {name.lower(): f for name, f in by_name.items()}
+    words = [word.strip(".,!?\"'") for word in prompt.lower().split()]
+    for word, following in itertools.pairwise(words):
+        if word == "call" and following in lowered:
+            return lowered[following]
+    return None
 
 
 def parse_completion(body: dict[str, object]) -> Generation:
@@ -130,6 +176,28 @@ def parse_embeddings(body: dict[str, object]) -> EmbeddingRequest:
     if encoding not in ("float", "base64"):
         raise WireError("'encoding_format' must be 'float' or 'base64'", "encoding_format")
     return EmbeddingRequest(_model(body), inputs, tokens, dimensions, encoding == "base64")
+
+
+def tool_input(tool: dict[str, object]) -> dict[str, object]:
+    """Deterministic arguments for ``tool``: per schema property, the first ``enum`` value, or
+    by type "<name>-value", 42, 1.5, true, [] or {}."""
+    schema = tool.get("input_schema")
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(properties, dict):
+        return {}
+    by_type: dict[object, object] = {"integer": 42, "number": 1.5, "boolean": True, "array": [], "object": {}}
+    values: dict[str, object] = {}
+    for name, spec in properties.items():
+        spec = spec if isinstance(spec, dict) else {}
+        enum = spec.get("enum")
+        if isinstance(enum, list) and enum:
+            values[name] = enum[0]
+        else:
+            kind = spec.get("type")
+            if isinstance(kind, list):  # ["string", "null"]: a JSON Schema type may be a list
+                kind = next((k for k in kind if isinstance(k, str) and k != "null"), None)
+            values[name] = by_type.get(kind, f"{name}-value") if isinstance(kind, str) else f"{name}-value"
+    return values
 
 
 def reply_tokens(text: str, max_tokens: int | None) -> tuple[list[str], str]:
@@ -178,6 +246,52 @@ class ChatFormat:
         return sse({**self._head, "object": "chat.completion.chunk", "choices": [], "usage": usage.as_dict()})
 
     def _chunk(self, delta: dict[str, str], finish_reason: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return sse({**self._head, "object": "chat.completion.chunk", "choices": [choice]})
+
+
+class ToolCallFormat:
+    """A chat reply that calls one function: ``message.tool_calls`` whole; streamed, the call's id
+    and name in the first chunk and its arguments in the chunks after, as OpenAI streams them."""
+
+    __slots__ = ("_call", "_head", "_name")
+
+    def __init__(self, serial: int, model: str, name: str) -> None:
+        self._head = {"id": f"chatcmpl-fake{serial:08x}", "created": int(time.time()), "model": model}
+        self._call = f"call_fake{serial:08x}"
+        self._name = name
+
+    def whole(self, tokens: Sequence[str], finish_reason: str, usage: Usage) -> bytes:
+        call = {
+            "id": self._call,
+            "type": "function",
+            "function": {"name": self._name, "arguments": "".join(tokens)},
+        }
+        message = {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+        return orjson.dumps(
+            {**self._head, "object": "chat.completion", "choices": [choice], "usage": usage.as_dict()}
+        )
+
+    def opening(self) -> bytes:
+        call = {
+            "index": 0,
+            "id": self._call,
+            "type": "function",
+            "function": {"name": self._name, "arguments": ""},
+        }
+        return self._chunk({"role": "assistant", "content": None, "tool_calls": [call]}, None)
+
+    def token(self, text: str) -> bytes:
+        return self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": text}}]}, None)
+
+    def closing(self, finish_reason: str) -> bytes:
+        return self._chunk({}, finish_reason)
+
+    def usage(self, usage: Usage) -> bytes:
+        return sse({**self._head, "object": "chat.completion.chunk", "choices": [], "usage": usage.as_dict()})
+
+    def _chunk(self, delta: dict[str, object], finish_reason: str | None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return sse({**self._head, "object": "chat.completion.chunk", "choices": [choice]})
 

@@ -138,9 +138,7 @@ def test_streamed_answer_from_every_kind(mstack: MessagesStack, model: str) -> N
     assert final.usage.output_tokens > 0
 
 
-# (The OpenAI fake never calls tools; the OpenAI translation of tools is tested in process:
-# tests/unit/service/test_messages_path.py.)
-@pytest.mark.parametrize("model", ["claude", "gemini"])
+@pytest.mark.parametrize("model", KINDS)
 @pytest.mark.parametrize("streamed", [False, True])
 def test_tool_use_and_result_round_trip_on_every_kind(
     mstack: MessagesStack, model: str, streamed: bool

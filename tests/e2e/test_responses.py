@@ -130,10 +130,11 @@ def test_plain_and_streamed_answers_from_every_provider_kind(rstack: ResponsesSt
     assert final.status == "completed" and final.usage is not None and final.usage.input_tokens > 0
 
 
-def test_function_tool_round_trip_through_anthropic(rstack: ResponsesStack) -> None:
+@pytest.mark.parametrize("model", ["claude", "gpt"])
+def test_function_tool_round_trip(rstack: ResponsesStack, model: str) -> None:
     c = rstack.client()
     first = c.responses.create(
-        model="claude",
+        model=model,
         input="What is the weather like in San Francisco?",
         tools=[WEATHER],
         tool_choice={"type": "function", "name": "get_weather"},
@@ -142,16 +143,21 @@ def test_function_tool_round_trip_through_anthropic(rstack: ResponsesStack) -> N
     assert len(calls) == 1 and calls[0].name == "get_weather"
     assert json.loads(calls[0].arguments)["location"]
     second = c.responses.create(
-        model="claude",
+        model=model,
         previous_response_id=first.id,
         input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "15 degrees"}],
         tools=[WEATHER],
     )
     assert second.status == "completed" and second.output_text
-    sent = rstack.last_request("claude")["body"]
-    assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
-    result = sent["messages"][2]["content"][0]
-    assert result["type"] == "tool_result" and result["tool_use_id"] == calls[0].call_id
+    sent = rstack.last_request(model)["body"]
+    if model == "claude":  # Anthropic's shape: the result is a block of the user's turn
+        assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+        result = sent["messages"][2]["content"][0]
+        assert result["type"] == "tool_result" and result["tool_use_id"] == calls[0].call_id
+    else:  # OpenAI's: the assistant's tool call, then a tool message answering it
+        assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "tool"]
+        assert sent["messages"][1]["tool_calls"][0]["id"] == calls[0].call_id
+        assert sent["messages"][2]["tool_call_id"] == calls[0].call_id
 
 
 class Weather(BaseModel):

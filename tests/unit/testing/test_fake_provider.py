@@ -121,6 +121,77 @@ async def test_chat_stream_events(aiohttp_client: AiohttpClient) -> None:
     assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+            "required": ["city"],
+        },
+    },
+}
+CLOCK = {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+}
+WEATHER_ARGUMENTS = {
+    "city": "city-value",
+    "unit": "c",
+}  # fake_wire.tool_input: the schema's first enum, or by type
+
+
+@pytest.mark.parametrize(
+    ("extra", "called"),
+    [
+        ({"tool_choice": "required"}, "get_weather"),  # the first offered
+        ({"tool_choice": {"type": "function", "function": {"name": "get_time"}}}, "get_time"),
+        ({"messages": [{"role": "user", "content": "please call get_time now"}]}, "get_time"),  # auto
+        ({"tool_choice": "none", "messages": [{"role": "user", "content": "call get_time"}]}, None),
+        ({}, None),  # auto, and nothing asks for a call: text
+    ],
+)
+async def test_chat_calls_a_function_when_asked(
+    aiohttp_client: AiohttpClient, extra: dict[str, Any], called: str | None
+) -> None:
+    client = await fake(aiohttp_client)
+    resp = await post(client, "/v1/chat/completions", {**CHAT, "tools": [WEATHER, CLOCK], **extra})
+    completion = openai.types.chat.ChatCompletion.model_validate(await resp.json())  # the SDK's own type
+    choice = completion.choices[0]
+    if called is None:
+        assert choice.finish_reason == "stop" and choice.message.tool_calls is None
+        return
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == called
+    assert orjson.loads(call.function.arguments) == (WEATHER_ARGUMENTS if called == "get_weather" else {})
+
+
+async def test_a_streamed_function_call_arrives_as_openai_streams_it(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    body = {**CHAT, "tools": [WEATHER], "tool_choice": "required", "stream": True}
+    resp = await post(client, "/v1/chat/completions", {**body, "stream_options": {"include_usage": True}})
+    data = await events(resp)
+    assert data[-1] == "[DONE]"
+    chunks = [openai.types.chat.ChatCompletionChunk.model_validate(orjson.loads(d)) for d in data[:-1]]
+    first = chunks[0].choices[0].delta
+    assert first.role == "assistant" and first.content is None
+    (opening,) = first.tool_calls or []
+    assert opening.index == 0 and opening.id and opening.function and opening.function.name == "get_weather"
+    arguments = "".join(
+        call.function.arguments or ""
+        for chunk in chunks
+        for choice in chunk.choices
+        for call in choice.delta.tool_calls or []
+        if call.function is not None
+    )
+    assert orjson.loads(arguments) == WEATHER_ARGUMENTS
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+
+
 async def test_chat_stream_without_usage(aiohttp_client: AiohttpClient) -> None:
     client = await fake(aiohttp_client)
     data = await events(await post(client, "/v1/chat/completions", {**CHAT, "stream": True}))
@@ -187,6 +258,17 @@ async def test_models_list_and_retrieve(aiohttp_client: AiohttpClient) -> None:
             "/v1/chat/completions",
             b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}',
             "max_tokens",
+        ),
+        (  # as OpenAI's API: a tool_choice needs tools, and must name one of them
+            "/v1/chat/completions",
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}',
+            "tool_choice",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function",'
+            b' "function": {"name": "a"}}], "tool_choice": {"type": "function", "function": {"name": "b"}}}',
+            "tool_choice",
         ),
         ("/v1/completions", b'{"model": "m", "prompt": 3}', "prompt"),
         ("/v1/embeddings", b'{"model": "m", "input": []}', "input"),
