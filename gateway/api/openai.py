@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 from aiohttp import web
@@ -11,7 +11,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import keys
 from gateway.auth.identity import Caller
-from gateway.errors import ModelNotFound
+from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.http.auth import authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
@@ -52,10 +52,7 @@ async def list_models(request: web.Request) -> web.Response:
     anthropic = "anthropic-version" in request.headers
     names = _visible_models(request, await authenticate(request, x_api_key=anthropic))
     if anthropic:
-        cards = [_anthropic_card(name) for name in names]
-        first, last = (names[0], names[-1]) if names else (None, None)
-        page = {"data": cards, "has_more": False, "first_id": first, "last_id": last}
-        return json_response(orjson.dumps(page))
+        return json_response(orjson.dumps(_anthropic_page(names, request.query)))
     data = [_model_card(name) for name in names]
     return json_response(orjson.dumps({"object": "list", "data": data}))
 
@@ -73,6 +70,50 @@ def _visible_models(request: web.Request, caller: Caller | None) -> Sequence[str
     """Other teams' models do not exist for a key with an allow-list."""
     names = request.app[keys.ROUTER].model_names
     return names if caller is None else [n for n in names if caller.may_use(n)]
+
+
+# Anthropic's List Models: ``limit`` from 1 to 1000, 20 when not given.
+_ANTHROPIC_PAGE_DEFAULT, _ANTHROPIC_PAGE_MOST = 20, 1000
+
+
+def _anthropic_page(names: Sequence[str], query: Mapping[str, str]) -> dict[str, object]:
+    """One page of Anthropic's List Models, as its API pages: ``limit`` names after ``after_id``
+    (or from the start), or the ``limit`` names just before ``before_id``; ``has_more`` says
+    whether more lie in that direction, ``first_id`` / ``last_id`` are the cursors for the pages
+    before and after (the SDK's auto-pagination follows them)."""
+    raw = query.get("limit")
+    if raw is None:
+        limit = _ANTHROPIC_PAGE_DEFAULT
+    elif raw.isdecimal() and 1 <= int(raw) <= _ANTHROPIC_PAGE_MOST:
+        limit = int(raw)
+    else:
+        raise InvalidRequest(
+            f"limit: must be an integer from 1 to {_ANTHROPIC_PAGE_MOST}.",
+            param="limit",
+            code="invalid_value",
+        )
+    after, before = query.get("after_id"), query.get("before_id")
+    if after is not None and before is not None:
+        raise InvalidRequest("Give after_id or before_id, not both.", param="before_id", code="invalid_value")
+    cursor = after if after is not None else before
+    if cursor is not None and cursor not in names:
+        name = "after_id" if after is not None else "before_id"
+        raise InvalidRequest(
+            f"{name}: no model with id {cursor!r} in this list.", param=name, code="invalid_value"
+        )
+    if before is not None:
+        end = names.index(before)
+        start = max(0, end - limit)
+        page, more = names[start:end], start > 0
+    else:
+        start = names.index(after) + 1 if after is not None else 0
+        page, more = names[start : start + limit], start + limit < len(names)
+    return {
+        "data": [_anthropic_card(name) for name in page],
+        "has_more": more,
+        "first_id": page[0] if page else None,
+        "last_id": page[-1] if page else None,
+    }
 
 
 def _model_card(name: str) -> dict[str, object]:

@@ -204,3 +204,23 @@ def test_sdk_errors_for_bad_requests(mstack: MessagesStack) -> None:
     with pytest.raises(anthropic.NotFoundError):
         client.messages.create(model="no-such-model", max_tokens=5, messages=ASK)
     assert client.messages.count_tokens(model="gpt", messages=ASK).input_tokens == 7
+
+
+def test_the_models_list_pages_as_anthropics_does(mstack: MessagesStack) -> None:
+    """Anthropic's List Models pages by ``limit`` with ``after_id`` / ``before_id`` cursors; the
+    SDK's auto-pagination follows ``last_id`` while ``has_more``."""
+    client = mstack.client()
+    everything = [m.id for m in client.models.list()]  # one page of up to 20
+    assert everything == ["claude", "gpt", "gemini", "busy-then-gpt", "busy-only"]
+    pages = client.models.list(limit=2)
+    assert [m.id for m in pages.data] == everything[:2] and pages.has_more and pages.last_id == "gpt"
+    assert [m.id for m in pages] == everything  # auto-pagination: three pages of at most 2
+    after = client.models.list(limit=2, after_id="gemini")
+    assert [m.id for m in after.data] == ["busy-then-gpt", "busy-only"] and not after.has_more
+    before = client.models.list(limit=2, before_id="gemini")
+    assert [m.id for m in before.data] == ["claude", "gpt"] and not before.has_more
+    assert (before.first_id, before.last_id) == ("claude", "gpt")
+    for bad in ({"limit": 0}, {"limit": 1001}, {"after_id": "no-such-model"}):
+        with pytest.raises(anthropic.BadRequestError) as err:
+            client.models.list(**bad)  # type: ignore[arg-type]
+        assert err.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
