@@ -25,7 +25,6 @@ are the OpenAI fake's (``fake_provider``), drawn and applied the same way.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from gateway.testing.fake_provider import (
     _stream,
     draw_fault,
 )
-from gateway.testing.fake_wire import Usage, tool_input
+from gateway.testing.fake_wire import Usage, asked_to_call, tool_input
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -364,12 +363,7 @@ def _chosen_tool(body: dict[str, object], prompt: str) -> dict[str, object] | No
         return by_name.get(str(choice.get("name")))
     if kind == "any":
         return tools[0]
-    lowered = {name.lower(): tool for name, tool in by_name.items()}
-    words = [word.strip(".,!?\"'") for word in prompt.lower().split()]
-    for word, following in itertools.pairwise(words):
-        if word == "call" and following in lowered:
-            return lowered[following]
-    return None
+    return asked_to_call(prompt, by_name)
 
 
 def _text(content: object) -> str:

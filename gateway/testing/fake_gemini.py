@@ -27,7 +27,6 @@ are the OpenAI fake's (``fake_provider``), drawn and applied the same way.
 
 from __future__ import annotations
 
-import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from gateway.testing.fake_provider import (
     _stream,
     draw_fault,
 )
-from gateway.testing.fake_wire import Usage, tool_input
+from gateway.testing.fake_wire import Usage, asked_to_call, tool_input
 
 # google.rpc.Code names by HTTP status (https://cloud.google.com/apis/design/errors).
 STATUS_NAMES = {
@@ -332,12 +331,7 @@ def _chosen_function(body: dict[str, object], last: object, prompt: str) -> dict
         allowed = calling.get("allowedFunctionNames") if isinstance(calling, dict) else None
         names = [n for n in allowed if n in by_name] if isinstance(allowed, list) else []
         return by_name[names[0]] if names else declared[0]
-    lowered = {name.lower(): d for name, d in by_name.items()}
-    words = [word.strip(".,!?\"'") for word in prompt.lower().split()]
-    for word, following in itertools.pairwise(words):
-        if word == "call" and following in lowered:
-            return lowered[following]
-    return None
+    return asked_to_call(prompt, by_name)
 
 
 def _text(content: object) -> str:

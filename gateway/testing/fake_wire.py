@@ -13,9 +13,9 @@ import itertools
 import re
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeGuard
+from typing import Protocol, TypeGuard, TypeVar
 
 import orjson
 
@@ -24,6 +24,8 @@ from gateway.wire.sse import encode_json
 
 # 200 with a JSON content type but a body cut off mid-object, as a crashing upstream proxy might send.
 MALFORMED = b'{"id": "chatcmpl-malformed", "object": "chat.completion", "choices": [{"index": 0, "mess'
+
+T = TypeVar("T")
 
 # A token is a word with the whitespace before it, so joining the tokens gives the text back.
 _TOKEN = re.compile(r"\s*\S+")
@@ -135,12 +137,7 @@ def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] 
         return None
     if choice == "required":
         return functions[0]
-    lowered = {name.lower(): f for name, f in by_name.items()}
-    words = [word.strip(".,!?\"'") for word in prompt.lower().split()]
-    for word, following in itertools.pairwise(words):
-        if word == "call" and following in lowered:
-            return lowered[following]
-    return None
+    return asked_to_call(prompt, by_name)
 
 
 def parse_completion(body: dict[str, object]) -> Generation:
@@ -198,6 +195,17 @@ def tool_input(tool: dict[str, object]) -> dict[str, object]:
                 kind = next((k for k in kind if isinstance(k, str) and k != "null"), None)
             values[name] = by_type.get(kind, f"{name}-value") if isinstance(kind, str) else f"{name}-value"
     return values
+
+
+def asked_to_call(prompt: str, by_name: Mapping[str, T]) -> T | None:
+    """The tool of ``by_name`` that ``prompt`` asks for with "call NAME" (any case), if any: how
+    every fake flavour decides to call a tool the client did not force."""
+    lowered = {name.lower(): tool for name, tool in by_name.items()}
+    words = [word.strip(".,!?\"'") for word in prompt.lower().split()]
+    for word, following in itertools.pairwise(words):
+        if word == "call" and following in lowered:
+            return lowered[following]
+    return None
 
 
 def reply_tokens(text: str, max_tokens: int | None) -> tuple[list[str], str]:
