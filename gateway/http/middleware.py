@@ -144,8 +144,8 @@ def expect_handler(refuse: Handler) -> ExpectHandler:
 
 
 async def expectation_failed(request: web.Request) -> web.StreamResponse:
-    """The handler behind a refused ``Expect``: 417, naming the expectation (control characters
-    escaped by the error's renderer)."""
+    """The handler behind a refused ``Expect``: 417, naming the expectation (its ``repr``: any
+    control character escaped)."""
     raise HTTPStatusError(
         417, f"Unsupported Expect header: {request.headers.get(hdrs.EXPECT, '')!r}; only 100-continue is."
     )
