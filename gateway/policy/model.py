@@ -13,7 +13,14 @@ import re
 import urllib.parse
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from gateway.policy.durations import DurationS
 
@@ -53,9 +60,34 @@ _SECRET_QUERY = frozenset(
 )
 
 
+# The plain number fields' annotations (sizes and durations parse their own strings first).
+_NUMBER_TYPES: tuple[object, ...] = (int, float, int | None, float | None)
+
+
 class _Strict(BaseModel):
     # No .inf / .nan anywhere: a weight of .inf gave every share NaN ("nan%" in policy explain)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, data: object) -> object:
+        """A number field takes a number. pydantic's lax mode reads ``true`` as 1 and ``"2"`` as 2,
+        and YAML reads ``yes`` / ``on`` as true: ``connect_s: yes`` was a one-second timeout and
+        ``weight: "2"`` a weight of 2 that the editor may not have meant. Sizes and durations
+        (``ByteSize``, ``DurationS``) parse their strings themselves and are left to do so."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        for name, value in data.items():
+            field = fields.get(name) if isinstance(name, str) else None
+            if (
+                field is not None
+                and isinstance(value, bool | str | bytes)
+                and field.annotation in _NUMBER_TYPES
+                and not any(isinstance(m, BeforeValidator) for m in field.metadata)
+            ):
+                raise ValueError(f"{name}: must be a number, not {type(value).__name__} {value!r}")
+        return data
 
 
 class Weights(_Strict):

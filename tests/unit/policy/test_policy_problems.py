@@ -181,3 +181,35 @@ def test_an_unknown_key_that_belongs_nowhere_above_keeps_its_usual_hint() -> Non
     assert problems(text) == [
         "p.yaml:7: models.chat.descripton: unknown key 'descripton' (hint: did you mean 'description'?)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [
+        ("timeouts: {connect_s: yes}", "connect_s: must be a number, not bool True"),  # YAML 1.1's yes
+        ("timeouts: {total_s: '30'}", "total_s: must be a number, not str '30'"),
+        ("max_connections: true", "max_connections: must be a number, not bool True"),
+    ],
+)
+def test_a_number_setting_takes_a_number_not_a_boolean_or_a_string(setting: str, shown: str) -> None:
+    """pydantic's lax mode read ``connect_s: yes`` as a one-second timeout and ``'30'`` as 30."""
+    text = (
+        "version: 1\nproviders:\n"
+        f"  openai: {{kind: openai, base_url: https://api.openai.com/v1, {setting}}}\n"
+        "models:\n  chat: {deployments: [{provider: openai, model: gpt-4o}]}\n"
+    )
+    found = problems(text)
+    assert any(shown in p and "openai" in p for p in found), found
+
+
+def test_sizes_and_durations_still_take_their_strings() -> None:
+    text = (
+        "version: 1\nproviders:\n"
+        "  openai: {kind: openai, base_url: https://api.openai.com/v1, max_response_bytes: 64MiB,"
+        " timeouts: {connect_s: 2, total_s: 30.5}}\n"
+        "models:\n  chat: {deployments: [{provider: openai, model: gpt-4o}]}\n"
+    )
+    policy = parse_policy(text, "p.yaml")
+    provider = policy.providers["openai"]
+    assert provider.max_response_bytes == 64 * 2**20
+    assert (provider.timeouts.connect_s, provider.timeouts.total_s) == (2.0, 30.5)
