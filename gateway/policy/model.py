@@ -60,7 +60,7 @@ _SECRET_QUERY = frozenset(
 )
 
 
-# The plain number fields' annotations (sizes and durations parse their own strings first).
+# The plain number fields' annotations.
 _NUMBER_TYPES: tuple[object, ...] = (int, float, int | None, float | None)
 
 
@@ -70,13 +70,19 @@ class _Strict(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _numbers_are_numbers(cls, data: object) -> object:
-        """A number field takes a number. pydantic's lax mode reads ``true`` as 1 and ``"2"`` as 2,
-        and YAML reads ``yes`` / ``on`` as true: ``connect_s: yes`` was a one-second timeout and
-        ``weight: "2"`` a weight of 2 that the editor may not have meant. Sizes and durations
-        (``ByteSize``, ``DurationS``) parse their strings themselves and are left to do so."""
+    def _numbers_are_not_booleans(cls, data: object) -> object:
+        """A number field does not take a boolean. pydantic's lax mode reads ``true`` as 1, and
+        YAML reads ``yes`` / ``on`` as true: ``connect_s: yes`` was a one-second timeout. Strings
+        stay accepted where pydantic reads a number in them: PyYAML (YAML 1.1) reads ``1e-5``
+        as a string, not a float, and an editor who wrote it meant the number."""
         if not isinstance(data, dict):
             return data
+        fields = cls.model_fields
+        for name, value in data.items():
+            field = fields.get(name) if isinstance(name, str) else None
+            if field is not None and isinstance(value, bool) and field.annotation in _NUMBER_TYPES:
+                raise ValueError(f"{name}: must be a number, not the boolean {value!r}")
+        return data
         fields = cls.model_fields
         for name, value in data.items():
             field = fields.get(name) if isinstance(name, str) else None
