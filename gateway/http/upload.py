@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import keys
 from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
@@ -102,12 +103,13 @@ async def _within(timeout_s: float, read: Awaitable[T]) -> T:
             return await read
     except TimeoutError:
         raise RequestTimeout(timeout_s) from None
-    except ValueError as exc:
+    except (ValueError, HttpProcessingError) as exc:  # a part's header aiohttp refuses is the latter
         raise _malformed(exc) from None
 
 
-def _malformed(exc: ValueError) -> InvalidRequest:
-    return InvalidRequest(f"The body is not a valid multipart/form-data form: {exc}.", param="file")
+def _malformed(exc: ValueError | HttpProcessingError) -> InvalidRequest:
+    reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    return InvalidRequest(f"The body is not a valid multipart/form-data form: {reason}.", param="file")
 
 
 async def _field(part: BodyPartReader, timeout_s: float) -> str:

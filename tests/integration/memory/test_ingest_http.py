@@ -546,6 +546,26 @@ async def test_a_form_without_its_boundary_is_a_400(sqlite_gw: Gateway, content_
     assert "not a valid multipart/form-data form" in error["message"] and error["param"] == "file"
 
 
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        b'form-data; name="file"; filename="a\x00b.txt"',  # a NUL byte in a part's header
+        b'form-data; name="file"; filename="a\x7fb.txt"\r\nX-Bad\x01: y',
+    ],
+)
+async def test_a_part_header_the_parser_refuses_is_a_400(sqlite_gw: Gateway, disposition: bytes) -> None:
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="namespace"\r\n\r\ndocs\r\n'
+        b"--b\r\nContent-Disposition: " + disposition + b"\r\n\r\na line of text\r\n--b--\r\n"
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    async with sqlite_gw.client.post("/v1/memory/files", data=body, headers=headers) as resp:
+        assert resp.status == 400, await resp.text()  # (it was a 500: aiohttp's InvalidHeader)
+        error = (await resp.json())["error"]
+    assert "not a valid multipart/form-data form" in error["message"] and error["param"] == "file"
+    assert "\n" not in error["message"]
+
+
 async def test_unknown_jobs_are_404_and_bad_listing_queries_400(sqlite_gw: Gateway) -> None:
     for method, path in (
         ("GET", "/v1/memory/jobs/job_nope"),
