@@ -235,10 +235,8 @@ class ChatFormat:
         self._head = {"id": f"chatcmpl-fake{serial:08x}", "created": int(time.time()), "model": model}
 
     def whole(self, tokens: Sequence[str], finish_reason: str, usage: Usage) -> bytes:
-        message = {"role": "assistant", "content": "".join(tokens), "refusal": None}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
-        return orjson.dumps(
-            {**self._head, "object": "chat.completion", "choices": [choice], "usage": usage.as_dict()}
+        return self._whole(
+            {"role": "assistant", "content": "".join(tokens), "refusal": None}, finish_reason, usage
         )
 
     def opening(self) -> bytes:
@@ -253,55 +251,41 @@ class ChatFormat:
     def usage(self, usage: Usage) -> bytes:
         return sse({**self._head, "object": "chat.completion.chunk", "choices": [], "usage": usage.as_dict()})
 
-    def _chunk(self, delta: dict[str, str], finish_reason: str | None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return sse({**self._head, "object": "chat.completion.chunk", "choices": [choice]})
-
-
-class ToolCallFormat:
-    """A chat reply that calls one function: ``message.tool_calls`` whole; streamed, the call's id
-    and name in the first chunk and its arguments in the chunks after, as OpenAI streams them."""
-
-    __slots__ = ("_call", "_head", "_name")
-
-    def __init__(self, serial: int, model: str, name: str) -> None:
-        self._head = {"id": f"chatcmpl-fake{serial:08x}", "created": int(time.time()), "model": model}
-        self._call = f"call_fake{serial:08x}"
-        self._name = name
-
-    def whole(self, tokens: Sequence[str], finish_reason: str, usage: Usage) -> bytes:
-        call = {
-            "id": self._call,
-            "type": "function",
-            "function": {"name": self._name, "arguments": "".join(tokens)},
-        }
-        message = {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}
+    def _whole(self, message: Mapping[str, object], finish_reason: str, usage: Usage) -> bytes:
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
         return orjson.dumps(
             {**self._head, "object": "chat.completion", "choices": [choice], "usage": usage.as_dict()}
         )
 
+    def _chunk(self, delta: dict[str, object], finish_reason: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return sse({**self._head, "object": "chat.completion.chunk", "choices": [choice]})
+
+
+class ToolCallFormat(ChatFormat):
+    """A chat reply that calls one function: ``message.tool_calls`` whole; streamed, the call's id
+    and name in the first chunk and its arguments in the chunks after, as OpenAI streams them."""
+
+    __slots__ = ("_call", "_name")
+
+    def __init__(self, serial: int, model: str, name: str) -> None:
+        super().__init__(serial, model)
+        self._call = f"call_fake{serial:08x}"
+        self._name = name
+
+    def whole(self, tokens: Sequence[str], finish_reason: str, usage: Usage) -> bytes:
+        function = {"name": self._name, "arguments": "".join(tokens)}
+        call = {"id": self._call, "type": "function", "function": function}
+        message = {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None}
+        return self._whole(message, finish_reason, usage)
+
     def opening(self) -> bytes:
-        call = {
-            "index": 0,
-            "id": self._call,
-            "type": "function",
-            "function": {"name": self._name, "arguments": ""},
-        }
+        function = {"name": self._name, "arguments": ""}
+        call = {"index": 0, "id": self._call, "type": "function", "function": function}
         return self._chunk({"role": "assistant", "content": None, "tool_calls": [call]}, None)
 
     def token(self, text: str) -> bytes:
         return self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": text}}]}, None)
-
-    def closing(self, finish_reason: str) -> bytes:
-        return self._chunk({}, finish_reason)
-
-    def usage(self, usage: Usage) -> bytes:
-        return sse({**self._head, "object": "chat.completion.chunk", "choices": [], "usage": usage.as_dict()})
-
-    def _chunk(self, delta: dict[str, object], finish_reason: str | None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return sse({**self._head, "object": "chat.completion.chunk", "choices": [choice]})
 
 
 class CompletionFormat:
