@@ -30,6 +30,12 @@ log = logging.getLogger("gateway.server")
 MAX_HEADER_FIELD_BYTES = 16384
 # gc thresholds after start-up (CPython's default: 700, 10, 10): see _serve.
 GC_THRESHOLDS = (50_000, 20, 10)
+# Open descriptors below which ``serve`` warns at start-up: every client connection and every
+# upstream connection is one, and a process out of them resets the connections it cannot accept
+# (libuv's EMFILE handling) without a line in any log.
+LOW_OPEN_FILES = 4096
+# macOS refuses a soft limit above OPEN_MAX (10,240) when the hard limit is unlimited.
+_OPEN_MAX = 10240
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -63,6 +69,33 @@ def run(
         return runner.run(_serve(app, host, port, on_ready))
 
 
+def raise_open_file_limit() -> tuple[int, int] | None:
+    """Raise the soft limit on open descriptors to the hard limit, as Go's runtime and nginx
+    (``worker_rlimit_nofile``) do: Docker, systemd and most shells start a process at a soft 1,024
+    under a hard limit hundreds of times larger, and a gateway holds two descriptors per request
+    in flight (the client's and the upstream's). (the limit before, the limit now), or None where
+    there are no resource limits (not Unix). Called by each serving process (every worker of
+    ``serve --workers``) before it accepts a connection; never raises (a refused raise keeps the
+    limit there was)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows has no resource module
+        return None
+    infinity = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == infinity or (hard != infinity and soft >= hard):
+        return soft, soft
+    for want in (hard, _OPEN_MAX) if hard != infinity else (_OPEN_MAX,):
+        if want <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            continue
+        return soft, want
+    return soft, soft
+
+
 def check_open(policy: Policy, host: str, allow_open: bool) -> None:
     """StartupError when ``auth.mode: open`` would listen beyond loopback without ``allow_open``."""
     if policy.auth.mode == "open" and not allow_open and not is_loopback(host):
@@ -76,6 +109,7 @@ async def _serve(
     app: web.Application, host: str, port: int, on_ready: Callable[[str], None] | None = None
 ) -> int:
     settings = app[keys.SETTINGS]
+    open_files = raise_open_file_limit()  # before the first connection is accepted
     grace_s = settings.drain_grace_s if settings.drain_grace_s is not None else 30.0
     server = app[keys.POLICY].server
     runner = GatewayRunner(
@@ -121,7 +155,20 @@ async def _serve(
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, app[keys.POLICY_CONTROL].reload_soon, "signal")
         bound = ", ".join(f"http://{h}:{p}" for h, p in _bound_addresses(runner))
-        log.info("listening", extra={"fields": {"address": bound, "policy": settings.policy_path}})
+        fields: dict[str, object] = {"address": bound, "policy": settings.policy_path}
+        if open_files is not None:
+            fields["open_files"] = open_files[1]  # the limit on open descriptors, raised
+        log.info("listening", extra={"fields": fields})
+        if (
+            open_files is not None
+            and open_files[1] < LOW_OPEN_FILES
+            and (worker is None or worker.index == 0)
+        ):
+            log.warning(
+                "open file limit is low: past it, new connections are reset without an answer; "
+                "raise the hard limit (ulimit -Hn, systemd LimitNOFILE, docker run --ulimit nofile=65536)",
+                extra={"fields": {"limit": open_files[1], "recommended": LOW_OPEN_FILES}},
+            )
         if on_ready is None:
             announce(f"sophia-gateway listening on {bound}")
         else:

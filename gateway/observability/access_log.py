@@ -57,7 +57,14 @@ import orjson
 from aiohttp import web
 
 from gateway.observability.logging import json_escape_raw_controls, logfmt_value
-from gateway.observability.stderr import JOIN_TIMEOUT_S, Stopped, ThreadWriter, write_pieces
+from gateway.observability.stderr import (
+    JOIN_TIMEOUT_S,
+    Stopped,
+    ThreadWriter,
+    close_wait_s,
+    gave_up,
+    write_pieces,
+)
 
 ACCESS_LOGGER = "gateway.access"
 # Lines waiting for stderr beyond this are dropped (about 50,000 lines of about 330 bytes).
@@ -240,8 +247,9 @@ class _PipeWriter:
         if self._waiting:
             self._drained = self._loop.create_future()
             try:
-                await asyncio.wait_for(asyncio.shield(self._drained), timeout)
+                await asyncio.wait_for(asyncio.shield(self._drained), min(timeout, close_wait_s(self._fd)))
             except TimeoutError:
+                gave_up(self._fd)  # the other loggers' handler will not wait on this pipe again
                 self._loop.remove_writer(self._fd)
                 first = True
                 for data in self._waiting:
@@ -436,7 +444,9 @@ class AccessLog:
         if writer is None:
             return
         writer.put(None)
-        await asyncio.to_thread(writer.join, _JOIN_TIMEOUT_S)
+        await asyncio.to_thread(writer.join, min(_JOIN_TIMEOUT_S, close_wait_s(writer.fd)))
+        if writer.is_alive():
+            gave_up(writer.fd)
         self._report_failed(writer.failed_lines)
         self._failed_reported = 0
 

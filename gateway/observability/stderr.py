@@ -31,11 +31,42 @@ JOIN_TIMEOUT_S = 10.0
 LOG_BACKLOG_BYTES = 4 * 1024 * 1024
 
 
+# The pipes (device, inode) a closing writer gave up on: their reader did not take the queued
+# lines within JOIN_TIMEOUT_S. The access log closes first (the app's cleanup), the other loggers'
+# handler at exit, both on stderr's pipe: once one has waited in vain, the other does not wait
+# again, so a stuck log collector costs one wait at shutdown, not two (Kubernetes gives 10 s
+# after the drain before SIGKILL: k8s/base, preStop 5 + drain 30 of the grace's 45).
+_GIVEN_UP: set[tuple[int, int]] = set()
+
+
+def _pipe_identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def close_wait_s(fd: int) -> float:
+    """How long a writer closing on ``fd`` waits for its queued lines: ``JOIN_TIMEOUT_S``, or not
+    at all once a writer gave up on the same pipe (``gave_up``)."""
+    identity = _pipe_identity(fd)
+    return 0.0 if identity is not None and identity in _GIVEN_UP else JOIN_TIMEOUT_S
+
+
+def gave_up(fd: int) -> None:
+    """A closing writer's wait on ``fd`` ran out: its reader is stuck (``close_wait_s``)."""
+    identity = _pipe_identity(fd)
+    if identity is not None:
+        _GIVEN_UP.add(identity)
+
+
 class ThreadWriter(threading.Thread):
     """Writes the batches it is given to ``fd``, in order, blocking only itself."""
 
     def __init__(self, fd: int, name: str = "access-log-writer") -> None:
         super().__init__(name=name, daemon=True)
+        self.fd = fd
         self._fd = fd
         # A regular file takes a batch in one write (a write to it is not interleaved with
         # another's); a pipe or anything else in pieces of at most PIPE_BUF, cut at line ends.
@@ -127,7 +158,8 @@ class StderrHandler(logging.Handler):
     The thread starts with the first record, so a process that forks workers before logging
     anything has no thread to fork (``workers.py``); a child forked later starts its own. A stream
     without a descriptor (a test's capture) is written at once, as ``StreamHandler`` does.
-    ``close`` (``logging.shutdown`` at exit) waits up to ``JOIN_TIMEOUT_S`` for the queued lines."""
+    ``close`` (``logging.shutdown`` at exit) waits up to ``JOIN_TIMEOUT_S`` for the queued lines
+    (not at all when the access log already waited in vain on the same pipe: ``close_wait_s``)."""
 
     def __init__(self, stream: TextIO | None = None, backlog_bytes: int = LOG_BACKLOG_BYTES) -> None:
         super().__init__()
@@ -190,7 +222,9 @@ class StderrHandler(logging.Handler):
             writer = self._writer
             if writer is not None and writer.is_alive():
                 writer.put(None)
-                writer.join(JOIN_TIMEOUT_S)
+                writer.join(close_wait_s(writer.fd))
+                if writer.is_alive():
+                    gave_up(writer.fd)
                 self._dropped += writer.failed_lines
             self._writer = None
             self._queued_bytes = 0

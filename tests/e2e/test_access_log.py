@@ -20,6 +20,7 @@ from urllib.request import urlopen
 import orjson
 import pytest
 
+from gateway.observability.stderr import JOIN_TIMEOUT_S
 from gateway.testing.process import ManagedProcess, start
 
 REQUESTS_PER_CLIENT = 60
@@ -264,6 +265,35 @@ def test_a_stuck_log_reader_never_stops_the_gateway_and_no_warning_is_lost(
     warnings = [orjson.loads(line) for line in rest.splitlines() if b'"malformed http request"' in line]
     assert len(warnings) == 1000  # none lost, none torn
     assert all(w["level"] == "warning" and w["status"] == 400 for w in warnings)
+
+
+def test_a_reader_stuck_through_shutdown_costs_one_wait_not_two(
+    tmp_path: Path, fakes: dict[str, ManagedProcess]
+) -> None:
+    """stderr's reader stops for good (a log collector that died without closing the pipe): at
+    SIGTERM the access log waits up to JOIN_TIMEOUT_S for its queued lines and gives them up;
+    the other loggers' handler, closing at exit on the same pipe, then does not wait again. One
+    wait, not two: Kubernetes gives 10 s after the drain before SIGKILL (it exited after two
+    waits, about 20 s, before)."""
+    read_fd, write_fd = os.pipe()
+    proc = serve_raw(tmp_path, fakes, write_fd, write_fd)
+    os.close(write_fd)
+    try:
+        url, _ = read_until_listening(read_fd)
+        # The reader stops here for good: WARNING lines fill the pipe, access-log lines queue.
+        assert [malformed(url) for _ in range(400)] == [400] * 400
+        ids: list[str] = []
+        post(url, CHAT, 50, ids)
+        started = time.monotonic()
+        proc.terminate()
+        code = proc.wait(60)
+        took_s = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(read_fd)
+    assert code == 0
+    assert JOIN_TIMEOUT_S <= took_s < JOIN_TIMEOUT_S + 6, took_s  # the access log's wait, once
 
 
 def test_a_stdout_nobody_reads_does_not_stop_the_gateway(

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Stack, policy_text, start_gateway
+from tests.e2e.conftest import PROVIDER_KEY, Stack, policy_text, start_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -220,3 +224,84 @@ def test_policy_explain_reads_a_running_gateway(stack: Stack) -> None:
     result = run_cli("policy", "explain", str(stack.policy_path), "--model", "chat", "--url", stack.url)
     assert result.returncode == 0, result.stderr
     assert f"live figures from {stack.url}" in result.stdout and "healthy/upstream-chat" in result.stdout
+
+
+def serve_with_open_files(
+    policy_path: Path, cwd: Path, soft: int, hard: int
+) -> tuple[subprocess.Popen[str], str]:
+    """``serve`` started with its open-descriptor limit at (``soft``, ``hard``), as Docker or a
+    shell may start it; (the process, its URL)."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "SOPHIA_REDIS_URL")}
+    env |= {
+        "PYTHONPATH": str(REPO),
+        "SOPHIA_LOG_FORMAT": "json",
+        "SOPHIA_LOG_LEVEL": "INFO",
+        "E2E_PROVIDER_KEY": PROVIDER_KEY,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--policy", str(policy_path), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+        preexec_fn=limit,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    found = re.search(r"listening on (http://\S+)", line)
+    assert found, line + (proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+    return proc, found.group(1)
+
+
+def stop_and_read_log(proc: subprocess.Popen[str]) -> list[dict[str, object]]:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+
+def test_serve_raises_its_open_file_limit_to_the_hard_limit(stack: Stack, tmp_path: Path) -> None:
+    # Docker and most shells start a process at a soft 1,024 descriptors under a far larger hard
+    # limit; past the soft one, libuv resets each new connection without a word in any log.
+    proc, url = serve_with_open_files(stack.policy_path, tmp_path, 256, 8192)
+    held: list[socket.socket] = []
+    try:
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        assert re.search(r"Max open files\s+8192\s+8192", limits), limits
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        for _ in range(400):  # idle connections past the soft limit it was started with
+            held.append(socket.create_connection((host, int(port)), timeout=5))
+        c = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+        answer = c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "fd"}])
+        assert answer.choices[0].message.content
+        samples = parse_samples(get(url + "/metrics")[1].decode())
+        assert samples[("process_max_fds", ())] == 8192
+        assert samples[("process_open_fds", ())] > 400
+    finally:
+        for sock in held:
+            sock.close()
+        lines = stop_and_read_log(proc)
+    listening = [line for line in lines if line.get("msg") == "listening"]
+    assert len(listening) == 1 and listening[0]["open_files"] == 8192
+    assert not [
+        line for line in lines if line.get("level") == "warning" and "open file" in str(line.get("msg"))
+    ]
+
+
+def test_serve_warns_when_even_the_hard_open_file_limit_is_low(stack: Stack, tmp_path: Path) -> None:
+    proc, url = serve_with_open_files(stack.policy_path, tmp_path, 256, 256)
+    assert get(url + "/health/live")[0] == 200
+    lines = stop_and_read_log(proc)
+    low = [
+        line
+        for line in lines
+        if line.get("level") == "warning" and "open file limit is low" in str(line.get("msg"))
+    ]
+    assert len(low) == 1 and low[0]["limit"] == 256 and low[0]["recommended"] == 4096, lines
+    assert "ulimit" in str(low[0]["msg"])

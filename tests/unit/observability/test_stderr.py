@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from gateway.observability import stderr
 from gateway.observability.logging import JsonFormatter
 from gateway.observability.stderr import StderrHandler, log_lines_dropped
 
@@ -141,3 +142,42 @@ def test_a_forked_child_writes_through_a_thread_of_its_own(pipe: tuple[int, int]
     os.close(write_fd)
     messages = sorted(orjson.loads(line)["msg"] for line in read_all(read_fd).splitlines())
     assert messages == ["child", "parent"]
+
+
+def test_once_a_closing_writer_gave_up_on_a_pipe_no_other_waits_on_it(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader stuck for good: the first writer to close waits ``JOIN_TIMEOUT_S`` and gives up;
+    any other closing on the same pipe (another descriptor of it included) does not wait again;
+    another pipe still gets the whole wait."""
+    monkeypatch.setattr(stderr, "JOIN_TIMEOUT_S", 0.3)
+    _, write_fd = pipe
+    stream = open(write_fd, "w", closefd=False)  # noqa: SIM115 - the fixture closes the descriptor
+    first = StderrHandler(stream)
+    assert log_in_thread(make_logger(first, "test.stderr.giveup1"), 200, 1000)  # 200 KB: stuck
+    assert stderr.close_wait_s(write_fd) == 0.3
+    first.close()  # waited 0.3 s in vain
+    assert stderr.close_wait_s(write_fd) == 0.0
+    other_fd = os.open(f"/proc/self/fd/{write_fd}", os.O_WRONLY)  # as the access log reopens stderr
+    try:
+        assert stderr.close_wait_s(other_fd) == 0.0
+    finally:
+        os.close(other_fd)
+    second = StderrHandler(stream)
+    make_logger(second, "test.stderr.giveup2").warning("one more")
+    waits: list[float | None] = []
+    join = threading.Thread.join
+
+    def spy(thread: threading.Thread, timeout: float | None = None) -> None:
+        waits.append(timeout)
+        join(thread, timeout)
+
+    monkeypatch.setattr(threading.Thread, "join", spy)
+    second.close()
+    assert waits == [0.0]
+    fresh_read, fresh_write = os.pipe()
+    try:
+        assert stderr.close_wait_s(fresh_write) == 0.3
+    finally:
+        os.close(fresh_read)
+        os.close(fresh_write)
