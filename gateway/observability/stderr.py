@@ -26,7 +26,9 @@ from typing import TextIO
 # Writes of at most this many bytes to a pipe are atomic (POSIX PIPE_BUF, 4096 on Linux).
 ATOMIC_WRITE_BYTES = 4096
 # How long closing waits for the thread to write what is queued (a stuck reader: then given up).
-JOIN_TIMEOUT_S = 10.0
+# Short enough that a drain using its whole grace plus one such wait ends before Kubernetes's
+# SIGKILL (k8s/base: 45 s = preStop 5 + drain 30 + 10).
+JOIN_TIMEOUT_S = 5.0
 # Log records waiting for stderr beyond this are dropped (a few thousand lines; tracebacks are long).
 LOG_BACKLOG_BYTES = 4 * 1024 * 1024
 
@@ -34,8 +36,7 @@ LOG_BACKLOG_BYTES = 4 * 1024 * 1024
 # The pipes (device, inode) a closing writer gave up on: their reader did not take the queued
 # lines within JOIN_TIMEOUT_S. The access log closes first (the app's cleanup), the other loggers'
 # handler at exit, both on stderr's pipe: once one has waited in vain, the other does not wait
-# again, so a stuck log collector costs one wait at shutdown, not two (Kubernetes gives 10 s
-# after the drain before SIGKILL: k8s/base, preStop 5 + drain 30 of the grace's 45).
+# again, so a stuck log collector costs one wait at shutdown, not two.
 _GIVEN_UP: set[tuple[int, int]] = set()
 
 

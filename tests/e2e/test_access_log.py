@@ -273,8 +273,7 @@ def test_a_reader_stuck_through_shutdown_costs_one_wait_not_two(
     """stderr's reader stops for good (a log collector that died without closing the pipe): at
     SIGTERM the access log waits up to JOIN_TIMEOUT_S for its queued lines and gives them up;
     the other loggers' handler, closing at exit on the same pipe, then does not wait again. One
-    wait, not two: Kubernetes gives 10 s after the drain before SIGKILL (it exited after two
-    waits, about 20 s, before)."""
+    wait, not two (it exited after two before)."""
     read_fd, write_fd = os.pipe()
     proc = serve_raw(tmp_path, fakes, write_fd, write_fd)
     os.close(write_fd)
@@ -293,7 +292,7 @@ def test_a_reader_stuck_through_shutdown_costs_one_wait_not_two(
             proc.kill()
         os.close(read_fd)
     assert code == 0
-    assert JOIN_TIMEOUT_S <= took_s < JOIN_TIMEOUT_S + 6, took_s  # the access log's wait, once
+    assert JOIN_TIMEOUT_S <= took_s < 1.6 * JOIN_TIMEOUT_S, took_s  # the access log's wait, once
 
 
 def test_a_stdout_nobody_reads_does_not_stop_the_gateway(
