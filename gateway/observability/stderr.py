@@ -68,7 +68,6 @@ class ThreadWriter(threading.Thread):
     def __init__(self, fd: int, name: str = "access-log-writer") -> None:
         super().__init__(name=name, daemon=True)
         self.fd = fd
-        self._fd = fd
         # A regular file takes a batch in one write (a write to it is not interleaved with
         # another's); a pipe or anything else in pieces of at most PIPE_BUF, cut at line ends.
         try:
@@ -83,7 +82,7 @@ class ThreadWriter(threading.Thread):
         self._batches.put(batch)
 
     def run(self) -> None:
-        batches, fd = self._batches, self._fd
+        batches, fd = self._batches, self.fd
         while True:
             batch = batches.get()
             if batch is None:
@@ -115,7 +114,7 @@ class ThreadWriter(threading.Thread):
 
     def _write(self, data: bytes, start: int = 0) -> None:
         try:
-            write_pieces(self._fd, data, start)
+            write_pieces(self.fd, data, start)
         except Stopped as stopped:  # stderr closed or broken: nothing more can be written there
             self.failed_lines += data.count(b"\n", stopped.start)
 
