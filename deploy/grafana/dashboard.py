@@ -46,6 +46,8 @@ RATE = "$__rate_interval"
 M = 'model=~"$model"'
 P = 'provider=~"$provider"'
 GENAI = 'gen_ai_request_model=~"$model", provider=~"$provider"'
+# process_* series are every Python and Go exporter's: only the gateway's scrape job is read.
+JOB = 'job="sophia-gateway"'
 
 
 def query(expr: str, legend: str = "", ref: str = "A") -> prometheus.Dataquery:
@@ -256,6 +258,21 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
             graph("Refusals/s by team and reason", "reqps",
                   (f'sum by (team, reason) (rate(gateway_refusals_total{{team=~"$team"}}[{RATE}]))',
                    "{{team}} {{reason}}")),
+        ]),
+        ("Processes", [
+            graph("CPU (cores) by replica", "short",
+                  (f"sum by (instance) (rate(process_cpu_seconds_total{{{JOB}}}[{RATE}]))", "{{instance}}"),
+                  description="With serve --workers, the sum of the replica's workers."),
+            graph("Resident memory by replica", "bytes",
+                  (f"sum by (instance) (process_resident_memory_bytes{{{JOB}}})", "{{instance}}")),
+            graph("Open files of the limit", PERCENT,
+                  (f"max by (instance) (process_open_fds{{{JOB}}} / process_max_fds{{{JOB}}})", "{{instance}}"),
+                  description="Past the limit new connections are reset unanswered; the alert "
+                  "SophiaOpenFilesNearLimit fires at 80 %."),
+            graph("Log lines dropped/s", "ops",
+                  (f"sum(rate(gateway_access_log_dropped_total[{RATE}]))", "access log"),
+                  (f"sum(rate(gateway_log_dropped_total[{RATE}]))", "other loggers"),
+                  description="stderr's reader (the log collector) did not keep up or is gone."),
         ]),
     ]  # fmt: skip
 

@@ -67,6 +67,7 @@ def test_the_dashboard_has_its_variables_rows_and_unique_panels() -> None:
         "Cache",
         "Memory",
         "Tokens and cost",
+        "Processes",
     ]
     ids = [p["id"] for p in board["panels"]]
     assert len(set(ids)) == len(ids)
