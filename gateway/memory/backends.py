@@ -10,6 +10,7 @@ from gateway.errors import StartupError
 from gateway.memory.index import HnswIndex
 from gateway.memory.records import MemoryStore
 from gateway.memory.service import MemoryService, TextEmbedder
+from gateway.memory.sqlite_store import SQLiteMemoryStore
 from gateway.policy.model import MemoryConfig
 
 
@@ -46,8 +47,6 @@ def memory_store(config: MemoryConfig, memory_url: str | None, env: Mapping[str,
         except ValueError as exc:
             raise StartupError(f"{exc} (see the README's Memory service section)") from None
         return SnowflakeMemoryStore(connect_args, config.pool)
-    from gateway.memory.sqlite_store import SQLiteMemoryStore
-
     return SQLiteMemoryStore(path)
 
 
@@ -85,11 +84,16 @@ def build_memory(
     index = HnswIndex(config.index_dir, seal_vectors=config.index_segment_vectors)
     if not owns_index_files:
         index.keep_segments_private()  # the index directory's files are the owner's to write
+    store = memory_store(config, memory_url, env)
     return MemoryService(
         config,
-        memory_store(config, memory_url, env),
+        store,
         index,
         embed,
         follow_changes=shared_by_workers,
+        # Workers on SQLite also read the change log every flush round (a local query), so one
+        # that gets no searches keeps its index current; on Snowflake a query a second would
+        # keep the warehouse running (and billed) all day, so they read it before searches only.
+        follow_when_idle=isinstance(store, SQLiteMemoryStore),
         owns_index_files=owns_index_files,
     )

@@ -79,6 +79,7 @@ class MemoryService:
         *,
         flush_every_s: float = 1.0,
         follow_changes: bool = False,
+        follow_when_idle: bool = False,
         owns_index_files: bool = True,
     ) -> None:
         if flush_every_s <= 0:
@@ -97,7 +98,10 @@ class MemoryService:
         self.search_duration = memory_search_histogram()  # exported by observability.metrics
         # Several processes sharing the store (serve --workers N): each applies the others'
         # writes from the store's change log before a search; one of them writes the index files.
+        # With follow_when_idle it also does so every flush round, so a worker that gets no
+        # searches keeps its index (its figures, the files it saves) near the store's.
         self._follow = follow_changes
+        self._follow_idle = follow_changes and follow_when_idle
         self._owns_files = owns_index_files
         self._files_lock: int | None = None  # a descriptor holding the index directory's lock
         self._seen_change = 0
@@ -130,6 +134,14 @@ class MemoryService:
                 await self._flusher
         await self.flush_access()
         if self._owns_files:
+            if self._follow:
+                # The files must hold the other workers' writes too: the next start loads them
+                # when they hold as many memories as the store (an add and a delete elsewhere
+                # since this process last searched would otherwise be loaded as missing).
+                try:
+                    await self.catch_up()
+                except Exception:
+                    log.warning("memory: could not read the change log before saving", exc_info=True)
             await asyncio.to_thread(self.index.save)
         self.index.close()
         await self.store.close()
@@ -464,6 +476,11 @@ class MemoryService:
         while True:
             await asyncio.sleep(self._flush_every_s)
             rounds += 1
+            if self._follow_idle:
+                try:
+                    await self.catch_up()
+                except Exception:  # the next round (or search) tries again
+                    log.warning("memory: could not read the store's change log; will retry", exc_info=True)
             try:
                 await self.flush_access()
                 if rounds % _SAVE_EVERY_ROUNDS == 0 and self._owns_files:

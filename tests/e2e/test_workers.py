@@ -166,14 +166,35 @@ def test_one_line_for_the_set_and_one_metrics_summing_every_worker(gateway: Mana
         assert [labels for (name, labels) in found if name == "process_cpu_seconds_total"] == [()]
 
 
+def index_vectors(url: str) -> dict[str, float]:
+    return {
+        dict(labels)["worker"]: v
+        for (name, labels), v in samples(url).items()
+        if name == "gateway_memory_index_vectors"
+    }
+
+
+def wait_for_index_vectors(url: str, expected: dict[str, float]) -> None:
+    """Scrape until every worker's index holds ``expected`` vectors (each reads the store's
+    change log every second, searched or not)."""
+    deadline = time.monotonic() + 15
+    while (found := index_vectors(url)) != expected:
+        assert time.monotonic() < deadline, found
+        time.sleep(0.1)
+
+
 def test_a_memory_added_through_one_worker_is_found_through_every_other(gateway: ManagedProcess) -> None:
+    # No search yet: the worker that did not take the write applies it all the same.
+    status, added = call(gateway.url + "/v1/memory", {"namespace": "shared", "content": "the first fact"})
+    assert status == 201, added
+    wait_for_index_vectors(gateway.url, {"0": 1.0, "1": 1.0})
     for n in range(6):
         status, added = call(
             gateway.url + "/v1/memory", {"namespace": "shared", "content": f"fact number {n} about workers"}
         )
         assert status == 201, added
         memory_id = added["data"][0]["id"]
-        # Ten searches on ten connections: both workers answer some (2^-10 that one takes all).
+        # Ten searches on ten connections, answered by whichever worker the kernel picks.
         for _ in range(10):
             status, found = call(
                 gateway.url + "/v1/memory/search",
@@ -191,12 +212,7 @@ def test_a_memory_added_through_one_worker_is_found_through_every_other(gateway:
             {"query": "fact number 5 about workers", "namespaces": ["shared"], "top_k": 1},
         )
         assert status == 200 and memory_id not in [h["memory"]["id"] for h in found["data"]]
-    vectors = {
-        dict(labels)["worker"]: v
-        for (name, labels), v in samples(gateway.url).items()
-        if name == "gateway_memory_index_vectors"
-    }
-    assert vectors == {"0": 5.0, "1": 5.0}
+    wait_for_index_vectors(gateway.url, {"0": 6.0, "1": 6.0})
 
 
 def test_feedback_reaches_the_worker_that_served_the_request(gateway: ManagedProcess) -> None:

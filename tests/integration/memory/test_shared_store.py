@@ -4,6 +4,8 @@ one file, Snowflake on fakesnow. ``tests/e2e/test_workers.py`` does the same wit
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -29,20 +31,32 @@ async def no_embedder(model: str, texts: Sequence[str]) -> list[list[float]]:
     raise AssertionError("vectors are given")
 
 
+def open_service(
+    backend: Backend,
+    index_dir: Path,
+    *,
+    owner: bool,
+    flush_every_s: float = 3600,
+    follow_when_idle: bool = False,
+) -> MemoryService:
+    """A service following the store's change log, as each worker's does."""
+    return MemoryService(
+        MemoryConfig(index_dir=str(index_dir)),
+        backend.make(),
+        HnswIndex(index_dir),
+        no_embedder,
+        flush_every_s=flush_every_s,
+        follow_changes=True,
+        follow_when_idle=follow_when_idle,
+        owns_index_files=owner,
+    )
+
+
 @pytest.fixture
 async def pair(backend: Backend, tmp_path: Path) -> AsyncIterator[tuple[MemoryService, MemoryService]]:
     opened = []
     for n, owner in enumerate((True, False)):
-        index_dir = tmp_path / f"index-{n}"
-        service = MemoryService(
-            MemoryConfig(index_dir=str(index_dir)),
-            backend.make(),
-            HnswIndex(index_dir),
-            no_embedder,
-            flush_every_s=3600,
-            follow_changes=True,
-            owns_index_files=owner,
-        )
+        service = open_service(backend, tmp_path / f"index-{n}", owner=owner)
         await service.start()
         opened.append(service)
     yield opened[0], opened[1]
@@ -79,3 +93,50 @@ async def test_a_trimmed_change_log_rebuilds_the_index_of_a_service_left_behind(
     await a.store.trim_changes(1)  # b has applied none of the four
     assert (await ids(b, 2))[0] == "t2"
     assert len(b.index) == 4
+
+
+async def test_a_service_that_gets_no_searches_still_follows_the_others_writes(
+    backend: Backend, tmp_path: Path
+) -> None:
+    writer = open_service(backend, tmp_path / "a", owner=True)
+    idle = open_service(backend, tmp_path / "b", owner=False, flush_every_s=0.05, follow_when_idle=True)
+    await writer.start()
+    await idle.start()
+    try:
+        await writer.add(
+            [NewMemory("facts", "one", vector(1), id="m1"), NewMemory("facts", "two", vector(2), id="m2")]
+        )
+        await writer.delete(["m1"])
+        deadline = time.monotonic() + 10
+        while idle.figures()["index_vectors"] != 1:  # what the worker's gauge exports
+            assert time.monotonic() < deadline, "the idle service never applied the change log"
+            await asyncio.sleep(0.02)
+        assert idle.index.search("facts", vector(2), 2)[0][0] == "m2"
+    finally:
+        await idle.close()
+        await writer.close()
+
+
+async def test_the_owner_saves_the_others_writes_it_never_searched_for(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """An add and a delete through another worker leave the count alone: files saved without
+    them would be loaded at the next start as if they were current."""
+    owner = open_service(backend, tmp_path / "a", owner=True)
+    other = open_service(backend, tmp_path / "b", owner=False)
+    await owner.start()
+    await other.start()
+    await other.add([NewMemory("facts", "old", vector(1), id="old")])
+    assert await ids(owner, 1) == ["old"]
+    await other.add([NewMemory("facts", "new", vector(2), id="new")])
+    await other.delete(["old"])
+    await other.close()
+    await owner.close()  # no search since: it saves the index files
+
+    again = open_service(backend, tmp_path / "a", owner=True)
+    await again.start()
+    try:
+        assert await ids(again, 2) == ["new"]
+        assert len(again.index) == 1
+    finally:
+        await again.close()
