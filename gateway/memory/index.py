@@ -296,6 +296,7 @@ class HnswIndex:
             raise ValueError(f"seal_vectors must be positive, got {seal_vectors}")
         self._seal_vectors = seal_vectors
         self._graphs: dict[str, _Graph] = {}
+        self._loaded_change_seq: int | None = None
         self._lock = threading.Lock()  # guards _graphs and _ndim
         self._save_lock = threading.Lock()  # one save() at a time
         # Held while a segment file is written and joins its namespace, and while save() deletes
@@ -421,6 +422,7 @@ class HnswIndex:
         with self._lock:
             self._graphs = {}
             self._ndim = self._configured_ndim
+            self._loaded_change_seq = None
 
     # ----- reads
 
@@ -490,9 +492,11 @@ class HnswIndex:
         if self._segment_dir != self.directory:
             shutil.rmtree(self._segment_dir, ignore_errors=True)
 
-    def save(self) -> None:
+    def save(self, change_seq: int | None = None) -> None:
         """Write changed namespaces and the manifest atomically; delete files of dropped ones.
-        A worker that keeps its segments private writes nothing."""
+        ``change_seq`` goes in the manifest: the store's change log up to it is in the files
+        (the next start applies what follows it). A worker that keeps its segments private
+        writes nothing."""
         if self._segment_dir != self.directory:
             return
         with self._save_lock:
@@ -513,6 +517,8 @@ class HnswIndex:
                 "namespaces": sorted(g.namespace for g in graphs),
                 "segments": {g.namespace: g.saved_segments for g in graphs if g.saved_segments},
             }
+            if change_seq is not None:
+                manifest["change_seq"] = change_seq
             _write_atomically(self.directory / _MANIFEST, orjson.dumps(manifest))
             self._delete_stale()
 
@@ -574,10 +580,16 @@ class HnswIndex:
         except _LOAD_ERRORS as exc:
             log.warning("memory index: cannot load %s: %s", self.directory, exc)
             return False
+        seq = manifest.get("change_seq")
         with self._lock:
             self._graphs = graphs
             self._ndim = ndim if ndim is not None else self._configured_ndim
+            self._loaded_change_seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
         return True
+
+    def loaded_change_seq(self) -> int | None:
+        """The store change the files ``load()`` read were saved at (None: not known)."""
+        return self._loaded_change_seq
 
     def _read(self, manifest: Any) -> tuple[int | None, dict[str, _Graph]]:
         if manifest.get("format") not in _FORMATS_READ or manifest.get("metric") != "cos":

@@ -65,31 +65,32 @@ async def apply_lifecycle(
     report = LifecycleReport(dry_run)
     namespaces = sorted(set(await store.namespaces()) | set(config.namespaces))
     rule = PruneRule(config.pruning.idle_days, config.pruning.min_importance, config.pruning.min_access_count)
-    for namespace in namespaces:
-        r = report.namespaces[namespace] = NamespaceReport()
-        retention = config.namespaces.get(namespace)
-        if retention is not None:
-            if retention.archive_after_days is not None:
-                cutoff = now - timedelta(days=retention.archive_after_days)
-                r.archived = await store.archive_older_than(namespace, cutoff, dry_run=dry_run)
-                if r.archived and not dry_run:
-                    service.forget_cached_searches([namespace])  # cached searches may hold them
-            if retention.retention_days is not None:
-                cutoff = now - timedelta(days=retention.retention_days)
-                r.expired = await store.delete_older_than(namespace, cutoff, dry_run=dry_run)
-            if retention.confidence_threshold is not None:
-                r.low_confidence = await store.delete_below_confidence(
-                    namespace, retention.confidence_threshold, dry_run=dry_run
-                )
-        if config.pruning.enabled:
-            done = set(r.expired) | set(r.low_confidence)
-            r.pruned = [i for i in await store.prune_candidates(namespace, rule, now) if i not in done]
-            if r.pruned and not dry_run:
-                await store.delete(r.pruned)
-        if not dry_run:
-            service.forget([(namespace, i) for i in (*r.expired, *r.low_confidence, *r.pruned)])
+    with service.writing():  # a save meanwhile does not claim these store changes
+        for namespace in namespaces:
+            r = report.namespaces[namespace] = NamespaceReport()
+            retention = config.namespaces.get(namespace)
+            if retention is not None:
+                if retention.archive_after_days is not None:
+                    cutoff = now - timedelta(days=retention.archive_after_days)
+                    r.archived = await store.archive_older_than(namespace, cutoff, dry_run=dry_run)
+                    if r.archived and not dry_run:
+                        service.forget_cached_searches([namespace])  # cached searches may hold them
+                if retention.retention_days is not None:
+                    cutoff = now - timedelta(days=retention.retention_days)
+                    r.expired = await store.delete_older_than(namespace, cutoff, dry_run=dry_run)
+                if retention.confidence_threshold is not None:
+                    r.low_confidence = await store.delete_below_confidence(
+                        namespace, retention.confidence_threshold, dry_run=dry_run
+                    )
+            if config.pruning.enabled:
+                done = set(r.expired) | set(r.low_confidence)
+                r.pruned = [i for i in await store.prune_candidates(namespace, rule, now) if i not in done]
+                if r.pruned and not dry_run:
+                    await store.delete(r.pruned)
+            if not dry_run:
+                service.forget([(namespace, i) for i in (*r.expired, *r.low_confidence, *r.pruned)])
     if not dry_run:
-        await asyncio.to_thread(service.index.save)
+        await service.save_index()
     return report
 
 

@@ -200,12 +200,17 @@ class VectorIndex(Protocol):
         """Forget every vector (before a rebuild)."""
         ...
 
-    def save(self) -> None:
-        """Persist every namespace's graph and id map to the index directory."""
+    def save(self, change_seq: int | None = None) -> None:
+        """Persist every namespace's graph and id map to the index directory, with
+        ``change_seq``: the store's change log up to it is in what is saved (None: not known)."""
         ...
 
     def load(self) -> bool:
         """Load a persisted index; False when there is none (or it is unusable)."""
+        ...
+
+    def loaded_change_seq(self) -> int | None:
+        """The ``change_seq`` the files ``load()`` read were saved with (None: not known)."""
         ...
 
     def close(self) -> None:

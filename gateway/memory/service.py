@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,6 +106,11 @@ class MemoryService:
         self._files_lock: int | None = None  # a descriptor holding the index directory's lock
         self._seen_change = 0
         self._catching_up = asyncio.Lock()
+        # Writes under way (a store write and its index change; see ``writing``) and started,
+        # so a save knows which store change the index holds (``_held_change``).
+        self._writes_in_flight = 0
+        self._writes_started = 0
+        self._held: tuple[int, int] | None = None  # (writes started, store change) last found
         self.index_saved_at: float | None = None  # clock time of this process's last index save
 
     # ----- lifecycle of the service itself
@@ -116,9 +121,16 @@ class MemoryService:
         if self._owns_files and isinstance(directory, Path):
             self._files_lock = _lock_index_dir(directory)
         await self.store.start()
-        if self._follow:  # before the index is read: a write after this is applied later
-            self._seen_change = await self.store.last_change()
+        last = await self.store.last_change()  # before the index is read: later writes follow
+        if self._follow:
+            self._seen_change = last
         loaded = await asyncio.to_thread(self.index.load)
+        held = self.index.loaded_change_seq() if loaded else None
+        if held is not None and held <= last:
+            # The files hold the store's changes up to ``held``: apply those after it (an update
+            # or a delete since the last save, before a crash, leaves the count alone).
+            self._seen_change = held
+            await self.catch_up()
         # An index saved before a crash misses the memories written after it: rebuild it from
         # the stored embeddings (no re-embedding) when it does not hold as many as the store.
         if not loaded or len(self.index) != await self.store.count():
@@ -134,15 +146,12 @@ class MemoryService:
                 await self._flusher
         await self.flush_access()
         if self._owns_files:
-            if self._follow:
-                # The files must hold the other workers' writes too: the next start loads them
-                # when they hold as many memories as the store (an add and a delete elsewhere
-                # since this process last searched would otherwise be loaded as missing).
+            if self._follow:  # the other workers' writes go in the files too
                 try:
                     await self.catch_up()
                 except Exception:
                     log.warning("memory: could not read the change log before saving", exc_info=True)
-            await asyncio.to_thread(self.index.save)
+            await self.save_index()
         self.index.close()
         await self.store.close()
         if self._files_lock is not None:
@@ -196,10 +205,48 @@ class MemoryService:
                 "memory: stored vectors of another dimension were left out of the index",
                 extra={"fields": {"skipped": skipped, "ndim": self.index.ndim}},
             )
-        if self._owns_files:
-            await asyncio.to_thread(self.index.save)
-            self.index_saved_at = self._clock()
+        await self.save_index()
         return count - skipped
+
+    async def save_index(self) -> None:
+        """Write the index files (when this process owns them) with the store change they hold:
+        the next start applies the changes after it, then checks the count."""
+        if not self._owns_files:
+            return
+        try:
+            held = await self._held_change()
+        except Exception:  # the store cannot say: saved without it (the next start counts)
+            log.warning("memory: could not read the store's last change", exc_info=True)
+            held = None
+        await asyncio.to_thread(self.index.save, held)
+        self.index_saved_at = self._clock()
+
+    async def _held_change(self) -> int | None:
+        """A store change such that the index holds every change up to it; None when a write
+        is under way (the store may have it and the index not yet)."""
+        if self._follow:
+            return self._seen_change  # catch_up applied each change up to it, from the rows
+        if self._writes_in_flight:
+            return None
+        started = self._writes_started
+        if self._held is not None and self._held[0] == started:
+            return self._held[1]  # nothing written since: no query (a warehouse may sleep)
+        seq = await self.store.last_change()
+        if self._writes_in_flight or self._writes_started != started:
+            return None
+        self._held = (started, seq)
+        return seq
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around a store write and the index change that goes with it: a save meanwhile does
+        not claim a store change the index may not hold yet."""
+        self._writes_started += 1
+        self._writes_in_flight += 1
+        try:
+            yield
+        finally:
+            self._writes_in_flight -= 1
 
     # ----- writes
 
@@ -245,13 +292,14 @@ class MemoryService:
                     owner=owner,
                 )
             )
-        await self.store.insert(memories)
-        by_namespace: dict[str, list[tuple[str, Sequence[float]]]] = {}
-        for m in memories:
-            if m.embedding is not None:
-                by_namespace.setdefault(m.namespace, []).append((m.id, m.embedding))
-        for namespace, batch in by_namespace.items():
-            await self._index_add(namespace, owner, batch)
+        with self.writing():
+            await self.store.insert(memories)
+            by_namespace: dict[str, list[tuple[str, Sequence[float]]]] = {}
+            for m in memories:
+                if m.embedding is not None:
+                    by_namespace.setdefault(m.namespace, []).append((m.id, m.embedding))
+            for namespace, batch in by_namespace.items():
+                await self._index_add(namespace, owner, batch)
         self.forget_cached_searches({m.namespace for m in memories})
         if not read_back:
             return memories
@@ -296,11 +344,12 @@ class MemoryService:
             patch = replace(patch, embedding=tuple(vector))
         if patch.embedding is not None:
             self._check_dimensions([patch.embedding])
-        updated = await self.store.update(memory_id, patch)
-        if updated is None:
-            raise not_found(memory_id)
-        if patch.embedding is not None:
-            await self._index_add(updated.namespace, updated.owner, [(updated.id, patch.embedding)])
+        with self.writing():
+            updated = await self.store.update(memory_id, patch)
+            if updated is None:
+                raise not_found(memory_id)
+            if patch.embedding is not None:
+                await self._index_add(updated.namespace, updated.owner, [(updated.id, patch.embedding)])
         self.forget_cached_searches({before.namespace, updated.namespace})
         return updated
 
@@ -311,8 +360,9 @@ class MemoryService:
             for memory_id in ids:
                 await self._changeable(memory_id, access)
         memories = await self.store.get_many(ids)
-        deleted = await self.store.delete(ids)
-        self.forget([(m.namespace, m.id) for m in memories])
+        with self.writing():
+            deleted = await self.store.delete(ids)
+            self.forget([(m.namespace, m.id) for m in memories])
         return deleted
 
     def forget(self, items: Sequence[tuple[str, str]]) -> None:
@@ -484,8 +534,7 @@ class MemoryService:
             try:
                 await self.flush_access()
                 if rounds % _SAVE_EVERY_ROUNDS == 0 and self._owns_files:
-                    await asyncio.to_thread(self.index.save)  # bounds what a crash loses
-                    self.index_saved_at = self._clock()
+                    await self.save_index()  # bounds what a crash loses
                     if self._follow:
                         await self.store.trim_changes(_CHANGES_KEPT)
             except Exception:  # a failing store must not kill the loop; counts wait for the next

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.errors import InvalidRequest, NotFound, StartupError
@@ -526,6 +527,53 @@ async def test_memories_written_before_a_crash_are_searchable_after_restart(serv
     after = await services.open()
     assert await after.store.count() == 2
     assert ids(await after.search(None, basis(2), 1, MemoryFilter())) == ["unsaved"]
+
+
+def crash(service: MemoryService) -> None:
+    """What the process's death leaves: no close() (so no index save), the lock dropped."""
+    if service._flusher is not None:
+        service._flusher.cancel()
+    if service._files_lock is not None:
+        os.close(service._files_lock)  # the kernel drops the lock on the index directory
+        service._files_lock = None
+
+
+async def test_an_update_and_a_delete_before_a_crash_are_not_undone_by_the_saved_index(
+    services: Services,
+) -> None:
+    """The saved files hold the two memories; after them one moved, one went and one came: the
+    count is the same, so only the store's change log says the files are behind."""
+    first = await services.open()
+    await first.add(
+        [NewMemory("ns", "moved", basis(1), id="moved"), NewMemory("ns", "gone", basis(2), id="gone")]
+    )
+    await first.close()
+    crashed = await services.open()
+    await crashed.update("moved", MemoryPatch(embedding=basis(3)))
+    await crashed.delete(["gone"])
+    await crashed.add([NewMemory("ns", "new", basis(4), id="new")])
+    await crashed.store.close()
+    crash(crashed)
+
+    after = await services.open()
+    assert after.rebuilds == 0  # the files were loaded, then brought up to date
+    moved = await after.search(None, basis(3), 1, MemoryFilter())
+    assert ids(moved) == ["moved"] and moved[0].score > 0.99
+    assert ids(await after.search(None, basis(4), 1, MemoryFilter())) == ["new"]
+    assert len(after.index) == 2
+
+
+async def test_the_saved_index_names_the_store_change_it_holds_and_none_while_a_write_is_under_way(
+    services: Services,
+) -> None:
+    service = await services.open()
+    await service.add([NewMemory("ns", "x", basis(1), id="x")])
+    manifest = services.index_dir / "index.json"
+    await service.save_index()
+    assert orjson.loads(manifest.read_bytes())["change_seq"] == await service.store.last_change() > 0
+    with service.writing():  # the store may hold a change the index does not yet
+        await service.save_index()
+    assert "change_seq" not in orjson.loads(manifest.read_bytes())
 
 
 async def test_a_second_process_writing_the_same_index_directory_refuses_to_start(services: Services) -> None:
