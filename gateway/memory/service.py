@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ _SAVE_EVERY_ROUNDS = 30  # the changed index is saved every 30th flush round (~3
 _SEARCH_CACHE_MAX = 10_000
 _CHANGES_BATCH = 1000  # change-log rows read per query when catching up
 _CHANGES_KEPT = 100_000  # the owner trims the change log to this many rows every save
+_OWN_WRITES_KEPT = 100_000  # a follower's own writes remembered until the log brings them back
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,10 @@ class MemoryService:
         self._files_lock: int | None = None  # a descriptor holding the index directory's lock
         self._seen_change = 0
         self._catching_up = asyncio.Lock()
+        # A follower's own writes (id -> row_version) that its index already holds: when the
+        # change log brings them back, that version is not added a second time (adding costs
+        # ~1 ms a vector). The oldest are forgotten past _OWN_WRITES_KEPT (then added again).
+        self._own_writes: OrderedDict[str, int] = OrderedDict()
         # Writes under way (a store write and its index change; see ``writing``) and started,
         # so a save knows which store change the index holds (``_held_change``).
         self._writes_in_flight = 0
@@ -237,6 +242,17 @@ class MemoryService:
         self._held = (started, seq)
         return seq
 
+    def _wrote(self, versions: Iterable[tuple[str, int]]) -> None:
+        """Remember row versions this follower wrote and indexed (see ``_own_writes``)."""
+        if not self._follow:
+            return
+        own = self._own_writes
+        for memory_id, version in versions:
+            own[memory_id] = version
+            own.move_to_end(memory_id)
+        while len(own) > _OWN_WRITES_KEPT:
+            own.popitem(last=False)
+
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
         """Around a store write and the index change that goes with it: a save meanwhile does
@@ -300,6 +316,7 @@ class MemoryService:
                     by_namespace.setdefault(m.namespace, []).append((m.id, m.embedding))
             for namespace, batch in by_namespace.items():
                 await self._index_add(namespace, owner, batch)
+            self._wrote((m.id, 1) for m in memories if m.embedding is not None)  # stored as version 1
         self.forget_cached_searches({m.namespace for m in memories})
         if not read_back:
             return memories
@@ -350,6 +367,7 @@ class MemoryService:
                 raise not_found(memory_id)
             if patch.embedding is not None:
                 await self._index_add(updated.namespace, updated.owner, [(updated.id, patch.embedding)])
+            self._wrote([(updated.id, updated.row_version)])
         self.forget_cached_searches({before.namespace, updated.namespace})
         return updated
 
@@ -476,6 +494,7 @@ class MemoryService:
                     log.info("memory: change log trimmed past this process; rebuilding the index")
                     self._seen_change = await self.store.last_change()
                     self.index.clear()
+                    self._own_writes.clear()
                     await self.rebuild_index()
                     self._cache.clear()
                     return
@@ -488,8 +507,11 @@ class MemoryService:
         latest = {memory_id: (namespace, deleted) for _, memory_id, namespace, _, deleted in changes}
         gone = [(ns, i) for i, (ns, deleted) in latest.items() if deleted]
         rows = await self.store.get_many([i for i, (_, deleted) in latest.items() if not deleted])
+        own = self._own_writes
         by_partition: dict[str, list[tuple[str, Sequence[float]]]] = {}
         for m in rows:
+            if own and own.pop(m.id, None) == m.row_version:
+                continue  # this process wrote this version and indexed it then
             if m.embedding is not None and (self.index.ndim is None or len(m.embedding) == self.index.ndim):
                 by_partition.setdefault(partition_of(m.namespace, m.owner), []).append((m.id, m.embedding))
         for partition, items in by_partition.items():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.memory.index import HnswIndex
-from gateway.memory.records import MemoryFilter
+from gateway.memory.records import MemoryFilter, MemoryPatch
 from gateway.memory.service import MemoryService, NewMemory
 from gateway.policy.model import MemoryConfig
 from tests.integration.memory.conftest import Backend
@@ -140,3 +140,45 @@ async def test_the_owner_saves_the_others_writes_it_never_searched_for(
         assert len(again.index) == 1
     finally:
         await again.close()
+
+
+class CountingIndex(HnswIndex):
+    """The real index, counting the vectors added to it."""
+
+    added = 0
+
+    def add(self, namespace: str, items: Sequence[tuple[str, Sequence[float]]]) -> None:
+        self.added += len(items)
+        super().add(namespace, items)
+
+
+async def test_a_service_adds_its_own_writes_once_and_the_others_versions_of_them_again(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Adding costs ~1 ms a vector: the change log bringing back what this service wrote and
+    indexed must not add it a second time, but a later version written elsewhere must be."""
+    index = CountingIndex(tmp_path / "a")
+    writer = MemoryService(
+        MemoryConfig(index_dir=str(tmp_path / "a")),
+        backend.make(),
+        index,
+        no_embedder,
+        flush_every_s=3600,
+        follow_changes=True,
+    )
+    other = open_service(backend, tmp_path / "b", owner=False)
+    await writer.start()
+    await other.start()
+    try:
+        await writer.add([NewMemory("facts", f"fact {n}", vector(n), id=f"f{n}") for n in range(3)])
+        await writer.update("f0", MemoryPatch(embedding=vector(5)))
+        assert index.added == 4
+        await writer.catch_up()
+        assert index.added == 4  # its own three adds and one update, not again
+        await other.update("f1", MemoryPatch(embedding=vector(6)))
+        assert (await ids(writer, 6))[0] == "f1"  # the search catches up: the other's version added
+        assert index.added == 5
+        assert (await ids(writer, 5))[0] == "f0"
+    finally:
+        await other.close()
+        await writer.close()
