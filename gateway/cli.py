@@ -407,7 +407,7 @@ def _memory_prune(args: argparse.Namespace) -> int:
             await service.start()  # owns the index files when no gateway does: saves them after
         except IndexDirectoryInUse:
             # A gateway serves from this index directory: prune the store beside it, leaving its
-            # files to it (it drops vectors whose memories are gone; a restart rebuilds).
+            # files to it (a search there drops vectors whose memories are gone and searches again).
             # (The store was not opened: the lock is taken first.)
             index = HnswIndex(config.index_dir)
             index.keep_segments_private()

@@ -420,18 +420,27 @@ class MemoryService:
         if vector is None:
             vector = (await self._vectors_for([query or ""]))[0]
         partitions = self._partitions(where.namespaces, access)
+        namespaces = frozenset(split_partition(p)[0] for p in partitions)
         key = self._cache_key(vector, top_k, where, partitions)
         scored = self._cached(key)
-        rows: dict[str, Memory] | None = None
         if scored is None:
             self.cache_misses += 1
-            scored, rows = await self._search_index(partitions, vector, top_k, where)
-            self._remember(key, frozenset(split_partition(p)[0] for p in partitions), scored)
+            scored, memories, gone = await self._search_index(partitions, vector, top_k, where)
+            if not gone:
+                self._remember(key, namespaces, scored)
         else:
             self.cache_hits += 1
-        memories = (
-            rows if rows is not None else {m.id: m for m in await self.store.get_many([i for i, _ in scored])}
-        )
+            memories = {m.id: m for m in await self.store.get_many([i for i, _ in scored])}
+            gone = [i for i, _ in scored if i not in memories]
+        if gone:
+            # Deleted since they were indexed, by a process this one does not follow (``memory
+            # prune`` beside it) or has not caught up with: out of the index, and one more search
+            # for the places they took.
+            for partition in partitions:
+                self.index.remove(partition, gone)
+            self.forget_cached_searches(namespaces)
+            scored, memories, _ = await self._search_index(partitions, vector, top_k, where)
+            self._remember(key, namespaces, scored)
         hits = [Hit(memories[i], s) for i, s in scored if i in memories][:top_k]
         self._pending_access.update(h.memory.id for h in hits)
         self.search_duration.observe(time.perf_counter() - started)
@@ -439,7 +448,9 @@ class MemoryService:
 
     async def _search_index(
         self, partitions: list[str], vector: Sequence[float], top_k: int, where: MemoryFilter
-    ) -> tuple[list[tuple[str, float]], dict[str, Memory] | None]:
+    ) -> tuple[list[tuple[str, float]], dict[str, Memory], list[str]]:
+        """(id, score) best first, the stored rows of those ids, and the ids found in the index
+        whose rows are gone from the store."""
         # Over-fetch so filters on stored fields still leave top_k; partitions run in parallel
         # threads (usearch releases the GIL), then merge by score.
         fetch = top_k * 4 if self._filters_rows(where) else top_k
@@ -448,10 +459,11 @@ class MemoryService:
         )
         merged = sorted((pair for result in per_namespace for pair in result), key=lambda p: -p[1])
         if not self._filters_rows(where):
-            return merged[:top_k], None
+            merged = merged[:top_k]
         rows = {m.id: m for m in await self.store.get_many([i for i, _ in merged])}
+        gone = [i for i, _ in merged if i not in rows]
         kept = [(i, s) for i, s in merged if i in rows and _passes(rows[i], where)]
-        return kept[:top_k], rows
+        return kept[:top_k], rows, gone
 
     def _partitions(self, namespaces: Sequence[str] | None, access: MemoryAccess | None) -> list[str]:
         """The index partitions a search covers: those of ``namespaces`` (all when None) whose

@@ -529,6 +529,28 @@ async def test_memories_written_before_a_crash_are_searchable_after_restart(serv
     assert ids(await after.search(None, basis(2), 1, MemoryFilter())) == ["unsaved"]
 
 
+async def test_memories_another_process_deleted_leave_the_index_and_their_places_are_filled(
+    services: Services,
+) -> None:
+    """``memory prune`` beside a running gateway deletes rows the gateway's index still holds:
+    a search that meets them drops them and searches again, so top_k stays full."""
+    service = await services.open()
+    await service.add(
+        [NewMemory("ns", f"m{n}", toward_e0(0.9 - n / 10, n + 1), id=f"m{n}") for n in range(4)]
+    )
+    assert ids(await service.search(None, basis(0), 2, MemoryFilter())) == ["m0", "m1"]  # cached
+    other = await services.backend.open()  # another process's connection to the store
+    try:
+        await other.delete(["m0", "m1"])
+        assert ids(await service.search(None, basis(0), 2, MemoryFilter())) == ["m2", "m3"]
+        await other.delete(["m2"])
+        filtered = MemoryFilter(min_confidence=0.0)  # the path that reads rows to filter them
+        assert ids(await service.search(None, basis(0), 2, filtered)) == ["m3"]
+    finally:
+        await other.close()
+    assert len(service.index) == 1
+
+
 def crash(service: MemoryService) -> None:
     """What the process's death leaves: no close() (so no index save), the lock dropped."""
     if service._flusher is not None:
