@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -484,6 +485,44 @@ def test_restart_loads_the_index_and_does_not_re_embed(fake: Fake, tmp_path: Pat
     finally:
         assert second.process.stop() == 0
     assert REBUILT not in second.process.output
+
+
+def test_a_gateway_killed_after_writes_its_index_files_lack_starts_with_them(
+    fake: Fake, tmp_path: Path
+) -> None:
+    """SIGKILL after an update, a delete and an add the saved index does not hold (the count
+    unchanged): the next start loads the files and applies the store's changes since."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text(fake.url))
+    first = Gateway(start_gateway(policy, tmp_path), tmp_path)
+    try:
+        first.add(
+            {"namespace": "crash", "content": "the deploy is on Friday", "id": "moved"},
+            {"namespace": "crash", "content": "lunch is at noon", "id": "gone"},
+        )
+    finally:
+        assert first.process.stop() == 0  # saves the index with both
+    second = Gateway(start_gateway(policy, tmp_path), tmp_path)
+    try:
+        status, _ = call("PATCH", second.url + "/v1/memory/moved", {"content": "the office moves to Berlin"})
+        assert status == 200
+        status, _ = call("DELETE", second.url + "/v1/memory/gone")
+        assert status == 200
+        second.add({"namespace": "crash", "content": "Alice leads the platform team", "id": "new"})
+    finally:
+        second.process.signal(signal.SIGKILL)  # no save: the files still hold "moved" on Friday and "gone"
+        second.process.wait(10)
+    third = Gateway(start_gateway(policy, tmp_path), tmp_path)
+    try:
+        assert third.index_vectors() == 2
+        moved = third.search(query="the office moves to Berlin", namespaces=["crash"], top_k=1)
+        assert ids(moved) == ["moved"] and moved[0]["score"] > 0.99
+        assert ids(third.search(query="Alice leads the platform team", namespaces=["crash"], top_k=1)) == [
+            "new"
+        ]
+    finally:
+        assert third.process.stop() == 0
+    assert REBUILT not in third.process.output  # loaded and brought up to date, not rebuilt
 
 
 def test_prune_dry_run_then_real(fake: Fake, tmp_path: Path) -> None:
