@@ -174,20 +174,12 @@ def index_vectors(url: str) -> dict[str, float]:
     }
 
 
-def wait_for_index_vectors(url: str, expected: dict[str, float]) -> None:
-    """Scrape until every worker's index holds ``expected`` vectors (each reads the store's
-    change log every second, searched or not)."""
-    deadline = time.monotonic() + 15
-    while (found := index_vectors(url)) != expected:
-        assert time.monotonic() < deadline, found
-        time.sleep(0.1)
-
-
 def test_a_memory_added_through_one_worker_is_found_through_every_other(gateway: ManagedProcess) -> None:
     # No search yet: the worker that did not take the write applies it all the same.
     status, added = call(gateway.url + "/v1/memory", {"namespace": "shared", "content": "the first fact"})
     assert status == 201, added
-    wait_for_index_vectors(gateway.url, {"0": 1.0, "1": 1.0})
+    # Each worker reads the store's change log every second, searched or not.
+    wait_for(lambda: index_vectors(gateway.url) == {"0": 1.0, "1": 1.0}, 15)
     for n in range(6):
         status, added = call(
             gateway.url + "/v1/memory", {"namespace": "shared", "content": f"fact number {n} about workers"}
@@ -212,7 +204,7 @@ def test_a_memory_added_through_one_worker_is_found_through_every_other(gateway:
             {"query": "fact number 5 about workers", "namespaces": ["shared"], "top_k": 1},
         )
         assert status == 200 and memory_id not in [h["memory"]["id"] for h in found["data"]]
-    wait_for_index_vectors(gateway.url, {"0": 6.0, "1": 6.0})
+    wait_for(lambda: index_vectors(gateway.url) == {"0": 6.0, "1": 6.0}, 15)
 
 
 def test_feedback_reaches_the_worker_that_served_the_request(gateway: ManagedProcess) -> None:

@@ -120,7 +120,7 @@ class Services:
         service = CountingService(
             config or MemoryConfig(index_dir=str(self.index_dir)),
             store or self.backend.make(),
-            index or HnswIndex(self.index_dir),
+            HnswIndex(self.index_dir) if index is None else index,
             embed,
             clock,
             flush_every_s=flush_every_s,

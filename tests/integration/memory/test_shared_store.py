@@ -38,12 +38,13 @@ def open_service(
     owner: bool,
     flush_every_s: float = 3600,
     follow_when_idle: bool = False,
+    index: HnswIndex | None = None,
 ) -> MemoryService:
     """A service following the store's change log, as each worker's does."""
     return MemoryService(
         MemoryConfig(index_dir=str(index_dir)),
         backend.make(),
-        HnswIndex(index_dir),
+        HnswIndex(index_dir) if index is None else index,
         no_embedder,
         flush_every_s=flush_every_s,
         follow_changes=True,
@@ -158,14 +159,7 @@ async def test_a_service_adds_its_own_writes_once_and_the_others_versions_of_the
     """Adding costs ~1 ms a vector: the change log bringing back what this service wrote and
     indexed must not add it a second time, but a later version written elsewhere must be."""
     index = CountingIndex(tmp_path / "a")
-    writer = MemoryService(
-        MemoryConfig(index_dir=str(tmp_path / "a")),
-        backend.make(),
-        index,
-        no_embedder,
-        flush_every_s=3600,
-        follow_changes=True,
-    )
+    writer = open_service(backend, tmp_path / "a", owner=True, index=index)
     other = open_service(backend, tmp_path / "b", owner=False)
     await writer.start()
     await other.start()
