@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_workers,
         default=1,
         help="processes serving the port (SO_REUSEPORT, Linux), supervised by a parent; "
-        "'auto' = the cores this process may use (default: 1, no parent)",
+        "'auto' = the cores this process may use, within its cgroup CPU limit (default: 1, no parent)",
     )
     serve.set_defaults(func=_serve)
 

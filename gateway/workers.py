@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -34,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from gateway.errors import StartupError
 from gateway.observability.stderr import announce
@@ -53,11 +56,94 @@ _PR_SET_PDEATHSIG = 1
 WorkerMain = Callable[[WorkerSlot, int, Callable[[str], None]], int]
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity), for ``--workers auto``."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)  # pragma: no cover - Linux has sched_getaffinity
+def available_cores(proc: Path = Path("/proc/self")) -> int:
+    """The cores this process may use, for ``--workers auto``: the CPUs it may run on (its
+    affinity: ``taskset``, cgroup cpusets), and no more than its cgroups' CPU limit rounded up (a
+    container's ``--cpus``, a Kubernetes CPU limit): on a 64-core node a pod limited to 2 CPUs
+    gets 2 workers, not 64 throttled ones (Go's runtime sizes GOMAXPROCS the same way)."""
+    # (os.cpu_count() where there is no affinity call: not Linux, where --workers N is refused)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = cgroup_cpu_limit(proc)
+    if limit is not None:
+        cores = min(cores, math.ceil(limit))
+    return max(1, cores)
+
+
+def cgroup_cpu_limit(proc: Path = Path("/proc/self")) -> float | None:
+    """The CPUs' worth of time this process's cgroups allow (quota / period), or None when none
+    is set or none can be read.
+
+    Both cgroup versions are read (a hybrid host mounts v1's ``cpu`` controller beside v2): v2's
+    ``cpu.max`` (``max 100000`` or ``200000 100000``), v1's ``cpu.cfs_quota_us`` (-1: none) over
+    ``cpu.cfs_period_us``. The process's cgroup (``/proc/self/cgroup``) is found under its
+    hierarchy's mount (``/proc/self/mountinfo``: a container sees its own cgroup as the mount's
+    root), and the smallest limit from there up to the mount counts, since a parent's limit
+    binds its children.
+    """
+    try:
+        cgroups = (proc / "cgroup").read_text().splitlines()
+        mounts = (proc / "mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    limits: list[float] = []
+    for line in cgroups:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            v2 = True
+        elif "cpu" in controllers.split(","):
+            v2 = False
+        else:
+            continue
+        for mount_root, mount_point in _cgroup_mounts(mounts, v2):
+            relative = os.path.relpath(path, mount_root)
+            if relative == ".." or relative.startswith("../"):
+                continue  # the process's cgroup is not under this mount
+            directory = Path(mount_point, relative)
+            while True:
+                found = _v2_limit(directory) if v2 else _v1_limit(directory)
+                if found is not None:
+                    limits.append(found)
+                if directory == Path(mount_point) or directory == directory.parent:
+                    break
+                directory = directory.parent
+    return min(limits) if limits else None
+
+
+def _cgroup_mounts(mountinfo: list[str], v2: bool) -> Iterator[tuple[str, str]]:
+    """(root, mount point) of each mount of the cgroup2 hierarchy, or of v1's ``cpu`` controller."""
+    for line in mountinfo:
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        dash = fields.index("-")
+        if len(fields) < dash + 4 or dash < 5:
+            continue
+        fstype, options = fields[dash + 1], fields[dash + 3].split(",")
+        if (fstype == "cgroup2") if v2 else (fstype == "cgroup" and "cpu" in options):
+            yield _unescape(fields[3]), _unescape(fields[4])
+
+
+def _unescape(field: str) -> str:
+    # mountinfo writes a space, tab, newline and backslash in a path as octal escapes (\040).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _v2_limit(directory: Path) -> float | None:
+    try:
+        quota, _, period = (directory / "cpu.max").read_text().strip().partition(" ")
+        return int(quota) / int(period or "100000") if quota != "max" and int(quota) > 0 else None
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _v1_limit(directory: Path) -> float | None:
+    try:
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 def check_supported() -> None:

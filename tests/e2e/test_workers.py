@@ -375,3 +375,60 @@ def test_every_worker_logs_every_request_through_one_pipe_and_no_line_is_torn(
         assert proc.stderr.count('"msg":"stopped"') == 2, proc.stderr[-3000:]
     finally:
         proc.stop(30)
+
+
+def _one_cpu_cgroup(tmp_path: Path) -> Path | None:
+    """A new cgroup allowed one CPU's worth of time (v1's cpu controller, or v2 with cpu enabled),
+    its ``cgroup.procs`` file; None where this machine does not let the test make one."""
+    name = f"sophia-test-{os.getpid()}-{tmp_path.name}"
+    for parent, files in (
+        (Path("/sys/fs/cgroup/cpu"), {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}),
+        (Path("/sys/fs/cgroup"), {"cpu.max": "100000 100000"}),
+    ):
+        group = parent / name
+        try:
+            group.mkdir()
+        except OSError:
+            continue
+        try:
+            for file, text in files.items():
+                (group / file).write_text(text)
+        except OSError:
+            group.rmdir()
+            continue
+        return group / "cgroup.procs"
+    return None
+
+
+def test_workers_auto_counts_the_cgroup_cpu_limit_not_only_the_cores(
+    policy_path: Path, tmp_path: Path
+) -> None:
+    """A container limited to one CPU (``docker --cpus 1``, a Kubernetes limit) on a bigger host:
+    ``--workers auto`` runs one process, not one per core of the host all throttled to one CPU."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs at least 2 cores, to tell the limit from the cores")
+    procs = _one_cpu_cgroup(tmp_path)
+    if procs is None:
+        pytest.skip("cannot create a cgroup with a CPU limit here (needs root and a writable cgroup fs)")
+    try:
+        gateway = start(
+            ["serve", "--policy", str(policy_path), "--port", "0", "--workers", "auto"],
+            env={"SOPHIA_TEST_CGROUP_PROCS": str(procs)},
+            module="tests.e2e.cgroup_serve",
+        )
+        try:
+            assert gateway.popen.pid in [int(p) for p in procs.read_text().split()]
+            assert "workers)" not in gateway.output  # one process: no supervisor, no set
+            assert chat(gateway.url, "one cpu") == 200
+        finally:
+            gateway.stop(30)
+    finally:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                procs.parent.rmdir()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
