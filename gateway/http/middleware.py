@@ -84,6 +84,10 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
         render = route_render
         if shared and "anthropic-version" in request.headers:
             call, render = CallRecord(anthropic=True), anthropic_error_response
+        elif render is None and error_renderer(request.path) is anthropic_error_response:
+            # An unknown path under /v1/messages (``/v1/messages/batches``): Anthropic's SDK reads
+            # ``request-id`` on its errors as on its answers.
+            call = CallRecord(anthropic=True)
         else:
             call = CallRecord(anthropic=True) if anthropic else CallRecord()
         request[keys.REQUEST_CALL] = call

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -204,6 +205,28 @@ def test_sdk_errors_for_bad_requests(mstack: MessagesStack) -> None:
     with pytest.raises(anthropic.NotFoundError):
         client.messages.create(model="no-such-model", max_tokens=5, messages=ASK)
     assert client.messages.count_tokens(model="gpt", messages=ASK).input_tokens == 7
+
+
+def test_errors_on_unknown_paths_under_messages_carry_the_request_id(mstack: MessagesStack) -> None:
+    """Message Batches are not served; the SDK's call gets a 404 in Anthropic's envelope and, as
+    on every answer under /v1/messages, a ``request-id`` (the SDK's ``error.request_id``)."""
+    client = mstack.client()
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.batches.list()
+    assert (
+        caught.value.request_id and caught.value.request_id == caught.value.response.headers["x-request-id"]
+    )
+    assert caught.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    for method, path in (("GET", "/v1/messages"), ("POST", "/v1/messages/count_tokens/x")):
+        request = urllib.request.Request(mstack.gateway.url + path, data=b"{}" if method == "POST" else None)
+        request.method = method
+        try:
+            urllib.request.urlopen(request, timeout=10)
+            raise AssertionError(f"{method} {path} answered 2xx")
+        except urllib.error.HTTPError as error:
+            assert error.code in (404, 405), (path, error.code)
+            assert error.headers["request-id"] == error.headers["x-request-id"], path
+            assert json.loads(error.read())["type"] == "error"
 
 
 def test_the_models_list_pages_as_anthropics_does(mstack: MessagesStack) -> None:
