@@ -175,11 +175,14 @@ class ResponseCache:
         *,
         tenant: str,
         tags: frozenset[str],
+        variant: str = "",
     ) -> CachePlan:
         """Decide how the cache treats this request; raises ``InvalidRequest`` for bad cache headers.
 
-        ``tenant`` is whose answers these are (categories marked shared ignore it). A request that
-        cannot be cached gets its category's shared bypass plan (never to be changed)."""
+        ``tenant`` is whose answers these are (categories marked shared ignore it); ``variant``
+        what besides the body changes the answer (a front door's ``cache_variant``: Anthropic
+        betas), keyed apart. A request that cannot be cached gets its category's shared bypass
+        plan (never to be changed)."""
         cfg = self.config
         named = headers.get(CATEGORY_HEADER)
         if named is None and not cfg.rules and TTL_HEADER not in headers:
@@ -214,16 +217,17 @@ class ResponseCache:
                 return self._bypass[category]
         if settings.shared:
             tenant = fingerprint.SHARED_TENANT
+        scope = endpoint.value if not variant else f"{endpoint.value};{variant}"
         plan = CachePlan(
             category,
-            fingerprint.request_key(endpoint.value, tenant, body),
+            fingerprint.request_key(scope, tenant, body),
             ttl_s,
             read,
             write,
             "miss" if read else "refresh",
         )
         if settings.semantic is not None:
-            plan.scope = fingerprint.semantic_scope(endpoint.value, tenant, body)
+            plan.scope = fingerprint.semantic_scope(scope, tenant, body)
             plan.text = fingerprint.prompt_text(body)
         return plan
 

@@ -141,7 +141,14 @@ class RequestService:
         if door is None:
             plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
         else:  # keyed by the client's own body under its door: answers are served in one shape only
-            plan = self.cache.plan(door.endpoint, door.body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
+            plan = self.cache.plan(
+                door.endpoint,
+                door.body,
+                ctx.headers,
+                tenant=ctx.tenant,
+                tags=ctx.tags,
+                variant=door.cache_variant,
+            )
         # 2. admit
         for gate in self._gates:
             await gate.admit(endpoint, model, body, ctx)

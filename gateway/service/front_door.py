@@ -32,6 +32,12 @@ class FrontDoor(Protocol):
         """The client's own request body (hashed for the cache key)."""
         ...
 
+    @property
+    def cache_variant(self) -> str:
+        """What besides the body changes the answer and so the cache key (the request headers a
+        door passes to its provider, normalised), "" when nothing does."""
+        ...
+
     def build(self, target: Target) -> UpstreamRequest:
         """The provider request for one attempt (``UnsupportedByProvider`` if ``target``'s kind
         cannot serve it: retryable, so a capable deployment of the group is tried next)."""

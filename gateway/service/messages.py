@@ -42,11 +42,17 @@ _TOP_K_KINDS = frozenset({"gemini"})  # translated kinds whose adapter reads ``t
 _CHARS_PER_TOKEN = 4  # the router's estimate (routing/target.py)
 
 
+def beta_variant(beta: str) -> str:
+    """``anthropic-beta`` as a cache key's variant: its names, sorted, without duplicates."""
+    names = sorted({name.strip() for name in beta.split(",")} - {""})
+    return "anthropic-beta=" + ",".join(names) if names else ""
+
+
 class MessagesDoor:
     """One Messages request: the client's body, its chat translation, and per-attempt requests
     and answers (``FrontDoor``)."""
 
-    __slots__ = ("_beta", "_top_k", "body", "chat", "stream", "unsupported")
+    __slots__ = ("_beta", "_top_k", "body", "cache_variant", "chat", "stream", "unsupported")
 
     endpoint = Endpoint.MESSAGES
 
@@ -58,6 +64,10 @@ class MessagesDoor:
         top_k = body.get("top_k")
         self._top_k = top_k if isinstance(top_k, int) and not isinstance(top_k, bool) else None
         self._beta = {"anthropic-beta": beta} if beta else None
+        # Betas change what Anthropic answers (longer outputs, interleaved thinking, structured
+        # outputs): an answer made under one set is never served under another, nor under none.
+        # Their order and spacing do not matter.
+        self.cache_variant = beta_variant(beta) if beta else ""
 
     @classmethod
     def parse(cls, body: JSONObject, headers: Mapping[str, str]) -> MessagesDoor:

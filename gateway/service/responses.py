@@ -219,6 +219,7 @@ class ResponsesDoor:
     __slots__ = ("body", "chat", "ids")
 
     endpoint = Endpoint.RESPONSES
+    cache_variant = ""  # no request header reaches the provider
 
     def __init__(self, body: JSONObject, chat: JSONObject, ids: ResponseIds) -> None:
         self.body = body

@@ -216,6 +216,12 @@ def _turn(message: Any, at: str, t: _Translation) -> list[JSONObject]:
         plain = all(p["type"] == "text" for p in parts)
         text = "".join(p["text"] for p in parts) if plain and len(parts) == 1 else None
         out.append({"role": "user", "content": text if text is not None else parts})
+    elif not out and t.unsupported is not None:
+        # Every block of the turn is one only Anthropic takes (a Files API document, a search
+        # result): the translation keeps the turn's place, so the request is checked and routed
+        # as what it is (served natively, or refused as unsupported by a translated kind),
+        # never refused as an empty conversation. It is never sent: ``build`` refuses it first.
+        out.append({"role": "user", "content": ""})
     return out
 
 
@@ -231,7 +237,11 @@ def _user_part(block: JSONObject, where: str, t: _Translation) -> JSONObject | N
     if kind == "text":
         return {"type": "text", "text": _text_of(block, where)}
     if kind == "image":
-        return {"type": "image_url", "image_url": {"url": _image_url(block.get("source"), f"{where}.source")}}
+        source = block.get("source")
+        if isinstance(source, dict) and source.get("type") == "file":  # the Files API's: Anthropic only
+            t.cannot(f"image sources of type 'file' ({where})")
+            return None
+        return {"type": "image_url", "image_url": {"url": _image_url(source, f"{where}.source")}}
     if kind == "document":
         return _document(block, where, t)
     if kind in ("thinking", "redacted_thinking"):

@@ -477,6 +477,28 @@ async def test_cache_serves_messages_answers_only_to_messages_requests(
     assert len(upstreams.calls) == 3
 
 
+async def test_answers_made_under_one_anthropic_beta_set_are_cached_apart(
+    gateway: TestClient, upstreams: Upstreams
+) -> None:
+    """The beta header reaches native deployments and changes what Anthropic answers, so it is
+    part of the cache key: a set's names in any order and spacing are one set; none is its own."""
+    body = {"model": "claude", "max_tokens": 10, "temperature": 0, "messages": USER}
+    sent = [
+        ("output-128k-2025-02-19", "miss"),
+        ("interleaved-thinking-2025-05-14", "miss"),
+        (None, "miss"),
+        ("output-128k-2025-02-19", "hit"),
+        ("b-2, b-1", "miss"),
+        ("b-1,b-2,b-1", "hit"),
+        (None, "hit"),
+    ]
+    for beta, expected in sent:
+        headers = {"anthropic-beta": beta} if beta is not None else {}
+        answer = await gateway.post("/v1/messages", json=body, headers=headers)
+        assert answer.status == 200 and answer.headers["x-gateway-cache"] == expected, (beta, expected)
+    assert len(upstreams.calls) == 4
+
+
 # ----- errors, each as the SDK's own exception
 
 
@@ -596,6 +618,45 @@ async def test_server_tools_need_an_anthropic_deployment(gateway: TestClient, up
     served = await gateway.post("/v1/messages", json={**body, "model": "mixed"})
     assert served.status == 200
     assert upstreams.last("an")["tools"] == body["tools"]
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        # Files API sources and a search result: valid for Anthropic, nothing a chat API takes.
+        [
+            {"type": "image", "source": {"type": "file", "file_id": "file_011"}},
+            {"type": "text", "text": "what?"},
+        ],
+        [{"type": "image", "source": {"type": "file", "file_id": "file_011"}}],
+        [{"type": "document", "source": {"type": "file", "file_id": "file_012"}}],
+        [{"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}],
+        [{"type": "search_result", "source": "https://example.com", "title": "t", "content": []}],
+    ],
+    ids=[
+        "file-image-and-text",
+        "file-image-alone",
+        "file-document-alone",
+        "url-document-alone",
+        "search-result",
+    ],
+)
+async def test_blocks_only_anthropic_takes_go_to_its_deployments_and_are_named_elsewhere(
+    gateway: TestClient, upstreams: Upstreams, blocks: list[Any]
+) -> None:
+    """A turn made only of such blocks is still a turn: served natively by an Anthropic
+    deployment (the mixed group falls past nothing: its first is Anthropic), and a translated
+    group's 400 names the block, never 'messages: List should have at least 1 item'."""
+    body = {"max_tokens": 5, "messages": [{"role": "user", "content": blocks}]}
+    served = await gateway.post("/v1/messages", json={**body, "model": "claude"})
+    assert served.status == 200, await served.text()
+    assert upstreams.last("an")["messages"] == body["messages"]
+    refused = await gateway.post("/v1/messages", json={**body, "model": "gpt"})
+    assert refused.status == 400
+    error = (await refused.json())["error"]
+    assert error["type"] == "invalid_request_error" and "does not support" in error["message"], error
+    assert blocks[0]["type"] in error["message"] or "file" in error["message"]
+    assert [call[0] for call in upstreams.calls] == ["an"]
 
 
 # ----- count_tokens
