@@ -15,6 +15,7 @@ provider gets one warning at start-up.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncGenerator
 
 import orjson
@@ -54,6 +55,10 @@ class ProviderClient:
         secret = api_key if api_key and len(api_key) >= MIN_SCRUBBED_KEY_CHARS else None
         self._secret = secret
         self._key_bytes = secret.encode() if secret else b""
+        # The key written with JSON escapes (``\u0073k-...``, ``\/``): a JSON parser, the
+        # client's or a front door's, turns those back into the key, so they are scrubbed too.
+        # Searched only in bodies that hold an escape at all.
+        self._escaped_key = _escaped_pattern(secret) if secret else None
         if api_key and secret is None:
             log.warning(
                 "provider key shorter than %d characters: not scrubbed from provider answers",
@@ -99,8 +104,11 @@ class ProviderClient:
         finally:
             response.close()
         key = self._key_bytes  # scrub_bytes and the common case of _parsed, inline
-        if key and data.find(key) >= 0:
-            data = data.replace(key, b"***")
+        if key:
+            if data.find(key) >= 0:
+                data = data.replace(key, b"***")
+            if data.find(b"\\") >= 0:
+                data = self._unescaped(data)
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -149,6 +157,8 @@ class ProviderClient:
                 chunk = held + chunk
             if chunk.find(key) >= 0:
                 chunk = chunk.replace(key, b"***")
+            if chunk.find(b"\\") >= 0:
+                chunk = self._unescaped(chunk)  # (an escaped key cut between two chunks is not)
             cut = _key_start_at_end(chunk, key)
             held = chunk[cut:]
             if cut:
@@ -162,7 +172,16 @@ class ProviderClient:
 
     def scrub_bytes(self, data: bytes) -> bytes:
         key = self._key_bytes
-        return data.replace(key, b"***") if key and data.find(key) >= 0 else data
+        if not key:
+            return data
+        if data.find(key) >= 0:
+            data = data.replace(key, b"***")
+        return self._unescaped(data) if data.find(b"\\") >= 0 else data
+
+    def _unescaped(self, data: bytes) -> bytes:
+        """``data`` with the key written with JSON escapes replaced."""
+        pattern = self._escaped_key
+        return pattern.sub(b"***", data) if pattern is not None else data
 
     def _status_error(self, status: int, body: bytes, retry_after: str | None) -> GatewayError:
         if status < 200 or 300 <= status < 400:
@@ -218,3 +237,22 @@ def _retry_after_s(value: str | None) -> float | None:
     except ValueError:
         return None  # an HTTP date; rare from LLM providers, and then a plain backoff is right
     return seconds if seconds >= 0 and seconds == seconds and seconds != float("inf") else None
+
+
+def _escaped_pattern(secret: str) -> re.Pattern[bytes]:
+    r"""Bytes of ``secret`` as JSON may write it: any character as itself or as ``\uXXXX`` (hex
+    in either case), ``/`` also as ``\/``."""
+    parts = []
+    for char in secret:
+        code = ord(char)
+        options = [re.escape(char.encode())] if code < 0x80 else []
+        if code <= 0xFFFF:
+            options.append(
+                rb"\\u" + "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{code:04x}").encode()
+            )
+        if char == "/":
+            options.append(rb"\\/")
+        if not options:  # pragma: no cover - keys are ASCII; a character past the BMP is itself
+            options.append(re.escape(char.encode()))
+        parts.append(b"(?:" + b"|".join(options) + b")")
+    return re.compile(b"".join(parts))

@@ -9,6 +9,7 @@ for the request. Whatever it sends, the client gets a 2xx or an error in its API
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +38,7 @@ COMPLETION = orjson.dumps(
 CHUNK = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"ok"},"finish_reason":null}]}\n\n'
 BOMB = zlib.compress(b"a" * (64 * 2**20), 9)  # 64 MiB of JSON-ish bytes in ~64 KB
 RATE = b'{"error":{"message":"slow","type":"rate_limit_exceeded"}}'
+ESCAPED_KEY = b"\\u0073k-\\u0068ostile-provider-key-0123456789"  # sk-hostile-..., as JSON may write it
 
 
 def http(status: int, body: bytes = b"", *headers: str, ctype: str = "application/json") -> bytes:
@@ -69,6 +71,13 @@ SHAPES: dict[str, bytes | None] = {  # None: close the connection without a word
     "deflate-bomb": http(200, BOMB, "Content-Encoding: deflate"),
     "lone-crs": http(200, CHUNK.replace(b"\n", b"\r") + b"data: [DONE]\r\r", ctype="text/event-stream"),
     "null-choice": http(200, COMPLETION.replace(b'"choices":[', b'"choices":[null,')),
+    # The key with JSON escapes: a parser (the client's, a door's) turns them back into the key.
+    "says-the-key-escaped": http(200, COMPLETION.replace(b'"ok"', b'"key: ' + ESCAPED_KEY + b'"')),
+    "streams-the-key-escaped": http(
+        200,
+        CHUNK.replace(b'"ok"', b'"key: ' + ESCAPED_KEY + b'"') + b"data: [DONE]\n\n",
+        ctype="text/event-stream",
+    ),
 }
 DOORS = {
     "chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
@@ -116,6 +125,15 @@ def answered(door: str, stream: bool, body: bytes) -> bool:
     return bool(answer.get("content"))
 
 
+def decoded(body: bytes) -> str:
+    """The text a client's JSON parser reads from ``body``: whole, or each event's data."""
+    texts = [body.decode("utf-8", "replace")]
+    for part in [body, *(line[5:] for line in body.splitlines() if line.startswith(b"data:"))]:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            texts.append(repr(orjson.loads(part)))
+    return "\n".join(texts)
+
+
 def _is_json(data: bytes) -> bool:
     try:
         orjson.loads(data)
@@ -158,6 +176,7 @@ async def test_whatever_a_provider_sends_the_client_gets_an_answer_or_its_error(
                 case = f"{door} {name} stream={stream}: {response.status} {body[:200]!r}"
                 assert response.status < 500 or response.status in (502, 503, 504, 529), case
                 assert KEY.encode() not in body, case
+                assert KEY not in decoded(body), case
                 if response.status == 200:  # an answer, never an empty shell of one
                     assert answered(door, stream, body), case
                 if response.status >= 400:
