@@ -48,7 +48,11 @@ async def upload(request: web.Request) -> web.Response:
         text_field=given.text_field,
         metadata_fields=tuple(given.metadata_fields) if given.metadata_fields is not None else None,
     )
-    job = await ingest.submit(form.spooled, options, access)
+    try:
+        job = await ingest.submit(form.spooled, options, access)
+    except GatewayError:  # refused (a namespace the caller may not write): the file is not kept
+        await ingest.discard(form.spooled)
+        raise
     return json_response(orjson.dumps(job.to_json()), status=202)
 
 

@@ -25,11 +25,16 @@ from gateway.http.body import refuse_compressed
 from gateway.memory.access import MemoryAccess
 from gateway.memory.formats import READ_BYTES, format_of, supported
 from gateway.memory.ingest import IngestService, Spooled
+from gateway.wire.memory import MemoryFileIn
 
 T = TypeVar("T")
 
 _FIELD_MAX_BYTES = 64 * 1024  # a form field other than the file (metadata JSON included)
 _FORM_OVERHEAD = 1 << 20  # the fields and multipart framing a declared length may add to the file
+# The form's fields: each known name once, so the fields held while the form is read stay under
+# len(_FIELDS) x _FIELD_MAX_BYTES (a form of thousands of fields, or one repeated, is refused at
+# the first field past that, not read whole first).
+_FIELDS = frozenset(MemoryFileIn.model_fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,28 +67,42 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
         raise _malformed(exc) from None
     fields: dict[str, str] = {}
     found: tuple[str, Spooled] | None = None
-    while (part := await _within(timeout_s, reader.next())) is not None:
-        if not isinstance(part, BodyPartReader) or not part.name:
-            raise InvalidRequest("Every part of the form must be a named field.", param="file")
-        if part.filename is None:
-            fields[part.name] = await _field(part, timeout_s)
-            continue
-        if part.name != "file" or found is not None:
-            raise InvalidRequest("Send one file, in the form field 'file'.", param="file")
-        # A name's bytes that are not UTF-8 arrive as surrogates: shown as U+FFFD from here on
-        # (the job, its memories' metadata and every message name the file).
-        filename = part.filename.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        fmt = format_of(filename, fields.get("format"))
-        if fmt is None:
-            raise UnsupportedMediaType(
-                filename, f"Cannot read '{filename}': supported file types are {supported()}."
-            )
-        if "namespace" in fields:  # before reading the file: a refusal costs nothing
+    try:
+        while (part := await _within(timeout_s, reader.next())) is not None:
+            if not isinstance(part, BodyPartReader) or not part.name:
+                raise InvalidRequest("Every part of the form must be a named field.", param="file")
+            if part.filename is None:
+                if part.name not in _FIELDS:
+                    raise InvalidRequest(
+                        f"Unknown field '{part.name}'. Accepted: file, {', '.join(MemoryFileIn.model_fields)}.",
+                        param=part.name,
+                    )
+                if part.name in fields:
+                    raise InvalidRequest(f"The form field '{part.name}' is sent twice.", param=part.name)
+                fields[part.name] = await _field(part, timeout_s)
+                continue
+            if part.name != "file" or found is not None:
+                raise InvalidRequest("Send one file, in the form field 'file'.", param="file")
+            # A name's bytes that are not UTF-8 arrive as surrogates: shown as U+FFFD from here on
+            # (the job, its memories' metadata and every message name the file).
+            filename = part.filename.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            fmt = format_of(filename, fields.get("format"))
+            if fmt is None:
+                raise UnsupportedMediaType(
+                    filename, f"Cannot read '{filename}': supported file types are {supported()}."
+                )
+            if "namespace" in fields:  # before reading the file: a refusal costs nothing
+                ingest.check_writable(fields["namespace"], access)
+            try:
+                found = fmt, await ingest.spool(_blocks(part, timeout_s), filename)
+            except PayloadTooLarge:
+                raise _too_large(limit) from None
+        if found is not None and "namespace" in fields:  # a namespace sent after the file
             ingest.check_writable(fields["namespace"], access)
-        try:
-            found = fmt, await ingest.spool(_blocks(part, timeout_s), filename)
-        except PayloadTooLarge:
-            raise _too_large(limit) from None
+    except BaseException:
+        if found is not None:  # refused after the file was spooled: it will not become a job
+            await asyncio.shield(ingest.discard(found[1]))
+        raise
     if found is None:
         raise InvalidRequest("The form has no 'file' part.", param="file")
     return Upload(fields, found[0], found[1])

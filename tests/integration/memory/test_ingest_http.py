@@ -316,6 +316,47 @@ async def test_a_namespace_the_key_may_not_write_is_403_before_the_file_is_read(
         assert status == 401
 
 
+async def test_forms_refused_after_the_file_is_spooled_leave_nothing_spooled(tmp_path: Path) -> None:
+    """Fields may come after the file; a refusal then (a namespace the key may not write, a
+    second file, an oversized field) deletes what was spooled, and no field is held past the
+    form's known names, each once (a form of thousands of fields is refused at the first)."""
+
+    def form(*parts: tuple[str, str | bytes, str | None]) -> aiohttp.FormData:
+        data = aiohttp.FormData()
+        for name, value, filename in parts:
+            if filename is None:
+                data.add_field(name, value)
+            else:
+                data.add_field(name, value, filename=filename, content_type="application/octet-stream")
+        return data
+
+    text = paragraphs(5)
+    cases: list[tuple[aiohttp.FormData, int, str]] = [
+        (form(("file", text, "a.txt"), ("namespace", "secrets", None)), 403, "namespace_not_granted"),
+        (form(("namespace", "docs", None), ("file", text, "a.txt"), ("file", text, "b.txt")), 400, "file"),
+        (
+            form(("namespace", "docs", None), ("file", text, "a.txt"), ("metadata", "x" * 70_000, None)),
+            400,
+            "metadata",
+        ),
+        (form(*((f"f{n}", "v" * 1000, None) for n in range(50)), ("file", text, "a.txt")), 400, "f0"),
+        (
+            form(("namespace", "docs", None), ("namespace", "docs", None), ("file", text, "a.txt")),
+            400,
+            "namespace",
+        ),
+    ]
+    async for gw in open_gateway(tmp_path, extra="auth: {mode: keys}\n", key=WRITER):
+        for data, status, what in cases:
+            async with gw.client.post("/v1/memory/files", data=data, headers=gw.headers) as resp:
+                body = await resp.json()
+            assert resp.status == status, body
+            assert what in (body["error"]["code"], body["error"]["param"]), body
+            assert list((tmp_path / "spool").iterdir()) == [], body
+        job = await gw.ingest("a.txt", text)  # the form as sent before still works
+        assert job["status"] == "done"
+
+
 async def test_a_file_over_the_limit_is_413_while_it_streams(tmp_path: Path) -> None:
     """The body is sent by hand, 64 KiB at a time, with no Content-Length (chunked): the 413
     must arrive long before the client has sent it all, and nothing stays in the spool."""
