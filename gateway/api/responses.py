@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.http.auth import authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
@@ -87,7 +87,7 @@ async def _kept_id(request: web.Request) -> tuple[str, str]:
 def _not_found(response_id: str) -> NotFound:
     # One answer for an unknown id and another caller's: ids cannot be probed.
     return NotFound(
-        f"No response with id '{response_id}' is kept for this key (responses are kept for "
+        f"No response with id '{response_id}' is kept for this caller's team (responses are kept for "
         "responses.store_ttl_s, and only with store: true).",
         param="response_id",
     )
@@ -96,6 +96,15 @@ def _not_found(response_id: str) -> NotFound:
 async def retrieve_response(request: web.Request) -> web.StreamResponse:
     """``GET /v1/responses/{id}``: a response kept with ``store``, as it was answered."""
     tenant, response_id = await _kept_id(request)
+    if request.query.get("stream", "false").lower() not in ("false", "0", ""):
+        # OpenAI replays a background response's events; the gateway keeps finished answers only,
+        # and a JSON body where the SDK waits for events would read as an empty stream.
+        raise InvalidRequest(
+            "stream=true is not supported when retrieving a response: the gateway keeps finished "
+            "responses only; retrieve it without stream.",
+            param="stream",
+            code="stream_not_supported",
+        )
     found = await request.app[keys.RESPONSES].retrieve(tenant, response_id)
     if found is None:
         raise _not_found(response_id)

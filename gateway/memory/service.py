@@ -40,6 +40,7 @@ _INLINE_ADD_MAX = 8
 _SAVE_EVERY_ROUNDS = 30  # the changed index is saved every 30th flush round (~30 s by default)
 _SEARCH_CACHE_MAX = 10_000
 _CHANGES_BATCH = 1000  # change-log rows read per query when catching up
+_MAX_FILTERED_CANDIDATES = 20_000  # a filtered search's widest fetch a partition (see _search_index)
 _CHANGES_KEPT = 100_000  # the owner trims the change log to this many rows every save
 _OWN_WRITES_KEPT = 100_000  # a follower's own writes remembered until the log brings them back
 
@@ -451,19 +452,32 @@ class MemoryService:
     ) -> tuple[list[tuple[str, float]], dict[str, Memory], list[str]]:
         """(id, score) best first, the stored rows of those ids, and the ids found in the index
         whose rows are gone from the store."""
-        # Over-fetch so filters on stored fields still leave top_k; partitions run in parallel
-        # threads (usearch releases the GIL), then merge by score.
-        fetch = top_k * 4 if self._filters_rows(where) else top_k
-        per_namespace = await asyncio.gather(
-            *(asyncio.to_thread(self._search_one, p, vector, fetch) for p in partitions)
-        )
-        merged = sorted((pair for result in per_namespace for pair in result), key=lambda p: -p[1])
-        if not self._filters_rows(where):
-            merged = merged[:top_k]
-        rows = {m.id: m for m in await self.store.get_many([i for i, _ in merged])}
-        gone = [i for i, _ in merged if i not in rows]
-        kept = [(i, s) for i, s in merged if i in rows and _passes(rows[i], where)]
-        return kept[:top_k], rows, gone
+        # Over-fetch so filters on stored fields still leave top_k, and when they do not, fetch
+        # four times more, until top_k pass, every partition is exhausted (it gave fewer than
+        # asked) or a partition has given _MAX_FILTERED_CANDIDATES (pgvector's iterative scan
+        # stops the same way, at hnsw.max_scan_tuples): a filter that most near neighbours fail
+        # (a rare data_source, many archived memories) still finds the ones that pass. Each
+        # round reads only the rows it has not read. Partitions run in parallel threads
+        # (usearch releases the GIL), then merge by score.
+        filtered = self._filters_rows(where)
+        fetch = top_k * 4 if filtered else top_k
+        rows: dict[str, Memory] = {}
+        while True:
+            per_namespace = await asyncio.gather(
+                *(asyncio.to_thread(self._search_one, p, vector, fetch) for p in partitions)
+            )
+            merged = sorted((pair for result in per_namespace for pair in result), key=lambda p: -p[1])
+            if not filtered:
+                merged = merged[:top_k]
+            unread = [i for i, _ in merged if i not in rows]
+            if unread:
+                rows.update((m.id, m) for m in await self.store.get_many(unread))
+            kept = [(i, s) for i, s in merged if i in rows and _passes(rows[i], where)]
+            exhausted = all(len(result) < fetch for result in per_namespace)
+            if not filtered or len(kept) >= top_k or exhausted or fetch >= _MAX_FILTERED_CANDIDATES:
+                gone = [i for i, _ in merged if i not in rows]
+                return kept[:top_k], rows, gone
+            fetch = min(fetch * 4, _MAX_FILTERED_CANDIDATES)
 
     def _partitions(self, namespaces: Sequence[str] | None, access: MemoryAccess | None) -> list[str]:
         """The index partitions a search covers: those of ``namespaces`` (all when None) whose

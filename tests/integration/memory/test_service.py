@@ -288,6 +288,32 @@ async def test_search_filters(service: MemoryService) -> None:
     assert wrong.value.param == "vector"
 
 
+async def test_a_filter_most_near_neighbours_fail_still_finds_the_ones_that_pass(
+    service: MemoryService,
+) -> None:
+    """Candidates are fetched again, four times as many, while the filter leaves fewer than
+    top_k: a rare data_source behind 50 nearer memories, an active memory behind 12 archived ones
+    (the default filter), are found at top_k 1 (before, only at top_k 13 and 4)."""
+    near = [
+        NewMemory(
+            "docs", f"bulk {n}", toward_e0(0.99 - n * 0.001, 1 + n % 14), id=f"bulk-{n}", data_source="bulk"
+        )
+        for n in range(50)
+    ]
+    await service.add([*near, NewMemory("docs", "rare", toward_e0(0.7, 15), id="rare", data_source="rare")])
+    q = basis(0)
+    assert ids(await service.search(None, q, 1, MemoryFilter(data_source="rare"))) == ["rare"]
+    assert ids(await service.search(None, q, 3, MemoryFilter(data_source="nowhere"))) == []
+    archived = [NewMemory("old", f"archived {n}", toward_e0(0.95, 1 + n), id=f"arch-{n}") for n in range(12)]
+    await service.add([*archived, NewMemory("old", "active", toward_e0(0.5, 14), id="active")])
+    for n in range(12):
+        await service.update(f"arch-{n}", MemoryPatch(processing_status="archived"))
+    assert ids(await service.search(None, q, 1, MemoryFilter(namespaces=["old"]))) == ["active"]
+    assert (
+        len(await service.search(None, q, 3, MemoryFilter(namespaces=["old"], processing_status=None))) == 3
+    )
+
+
 async def test_namespaces_are_merged_by_score_and_top_k_is_kept(service: MemoryService) -> None:
     # Three namespaces whose scores against basis(0) interleave: a .99, b .97, c .95, a .90, ...
     layout = {

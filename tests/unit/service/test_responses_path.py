@@ -657,6 +657,11 @@ async def test_a_kept_response_can_be_retrieved_and_deleted_by_its_tenant_only(c
     resp = await client.delete("/v1/responses/resp_unknown")
     body = await resp.json()
     assert resp.status == 404 and body["error"]["param"] == "response_id"
+    # Retrieving as a stream (OpenAI's replay of a background response's events) is refused,
+    # not answered with JSON the SDK would read as an empty stream.
+    with pytest.raises(openai.BadRequestError) as refused:
+        await sdk(client, "key-one").responses.retrieve(final.id, stream=True)
+    assert refused.value.code == "stream_not_supported" and refused.value.param == "stream"
 
 
 async def test_policy_store_off_refuses_previous_response_id(aiohttp_client: ClientFactory) -> None:
