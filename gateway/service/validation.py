@@ -22,6 +22,8 @@ def parse_body(raw: bytes) -> JSONObject:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("depth limit exceeded"):  # past orjson's own 1,024 levels
+            raise _too_deep() from None
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
@@ -32,11 +34,15 @@ def parse_body(raw: bytes) -> JSONObject:
         and raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH
         and _nests_deeper_than(body, MAX_JSON_DEPTH)
     ):
-        raise InvalidRequest(
-            f"Request body nests JSON deeper than the gateway's limit of {MAX_JSON_DEPTH} levels.",
-            code="json_too_deep",
-        )
+        raise _too_deep()
     return body
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(
+        f"Request body nests JSON deeper than the gateway's limit of {MAX_JSON_DEPTH} levels.",
+        code="json_too_deep",
+    )
 
 
 def _nests_deeper_than(value: JSONObject, limit: int) -> bool:

@@ -60,7 +60,7 @@ def _nest(levels: int, kind: str = "arrays") -> bytes:
     return b'{"x":' + b'{"a":' * inner + b"1" + b"}" * inner + b"}"
 
 
-@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 254, 255, 1024])
+@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 254, 255, 1024, 1025, 1100, 100_000])
 @pytest.mark.parametrize("kind", ["arrays", "objects"])
 def test_json_deeper_than_the_limit_is_400_naming_it(levels: int, kind: str) -> None:
     with pytest.raises(InvalidRequest) as err:
