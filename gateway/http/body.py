@@ -59,9 +59,12 @@ def refuse_compressed(request: web.Request) -> None:
     """415 for a compressed body (``Content-Encoding`` gzip, deflate, br...): the server does not
     inflate request bodies (``auto_decompress=False``, ``server.py``), so a compressed one is
     refused by name rather than misread as bad JSON."""
-    encoding = request.headers.get("Content-Encoding")
-    if encoding is not None and encoding.strip().lower() not in _IDENTITY:
-        raise UnsupportedContentEncoding(encoding)
+    # Every header and every coding in each (``identity, gzip`` is gzip, as is a second header):
+    # one that is not identity means bytes this gateway would misread.
+    for encoding in request.headers.getall("Content-Encoding", ()):
+        for coding in encoding.split(","):
+            if coding.strip().lower() not in _IDENTITY:
+                raise UnsupportedContentEncoding(encoding)
 
 
 _IDENTITY = ("", "identity")

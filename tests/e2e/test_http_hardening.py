@@ -341,6 +341,31 @@ async def test_compressed_bodies_are_refused_by_name_not_inflated(edge: Edge, en
 
 
 @pytest.mark.parametrize(
+    "codings",
+    [["identity", "gzip"], ["identity, gzip"], ["gzip, identity"]],
+    ids=["a-second-header", "a-list", "a-list-led-by-gzip"],
+)
+async def test_every_content_encoding_header_and_coding_is_read(edge: Edge, codings: list[str]) -> None:
+    """``Content-Encoding`` may be a list, or sent twice (RFC 9110 combines them): gzip anywhere
+    in it is the 415, never a gzip body read as JSON (before, only the first header's whole
+    value was looked at: 400 'not valid JSON')."""
+    packed = gzip.compress(orjson.dumps(CHAT))
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        + "".join(f"Content-Encoding: {value}\r\n" for value in codings)
+        + f"Content-Length: {len(packed)}\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    try:
+        writer.write(head.encode() + packed)
+        reply = await asyncio.wait_for(read_reply(reader), 10)
+    finally:
+        writer.close()
+    assert reply.status == 415, reply
+    assert reply.json()["error"]["code"] == "unsupported_content_encoding"
+
+
+@pytest.mark.parametrize(
     ("header", "value", "status"),
     [
         ("x-gateway-cache-category", b"\xff", 400),  # named back in the 400 (it was a 500)
