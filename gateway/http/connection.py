@@ -20,6 +20,7 @@ checks the behaviour against the installed aiohttp.
 
 Requests aiohttp cannot parse (a 100 KB header, too many headers, a bad request line) never reach
 the application, so the middleware cannot answer them; ``handle_error`` does, in OpenAI's envelope
+(Anthropic's, with ``request-id``, when the last request line received was under /v1/messages)
 with an ``x-request-id``, logging one WARNING line instead of aiohttp's ERROR traceback.
 """
 
@@ -35,28 +36,36 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequest
 from gateway.http.middleware import SERVER, new_request_id
-from gateway.http.responses import error_response
+from gateway.http.responses import MESSAGES_PATH, anthropic_error_response, error_response
 
 log = logging.getLogger("gateway.http")
 
 _MAX_DETAIL_CHARS = 200
+# A request line under Anthropic's door, the last one in a chunk (pipelined requests come first).
+_ANTHROPIC_LINE = re.compile(
+    rb"[A-Z]+ " + re.escape(MESSAGES_PATH.encode()) + rb"(?:[/?][^ \r\n]*)? HTTP/1\.[01]\r\n"
+)
 
 
 class GatewayRequestHandler(RequestHandler):
     """aiohttp's connection handler with a request-read deadline and OpenAI-format protocol errors."""
 
-    __slots__ = ("_read_deadline", "_read_timeout_s")
+    __slots__ = ("_last_data", "_read_deadline", "_read_timeout_s")
 
     def __init__(self, manager: web.Server, *, request_read_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._read_timeout_s = request_read_timeout_s
         self._read_deadline: asyncio.TimerHandle | None = None
+        # The bytes last received (a reference, no copy): a request aiohttp cannot parse reaches
+        # ``handle_error`` without its path, and these show whether it was for Anthropic's door.
+        self._last_data = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm_read_deadline()  # a silent connection is closed when it passes
 
     def data_received(self, data: bytes) -> None:
+        self._last_data = data
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:
@@ -96,7 +105,10 @@ class GatewayRequestHandler(RequestHandler):
                 error = InvalidRequest(text, code="malformed_http_request")
             else:
                 error = HTTPStatusError(status, text)
-        response = error_response(error)
+        anthropic = _anthropic_door(self._last_data)
+        response = (anthropic_error_response if anthropic else error_response)(error)
+        if anthropic:
+            response.headers["request-id"] = request_id  # as on every answer under /v1/messages
         response.headers["Server"] = SERVER
         response.headers["x-request-id"] = request_id
         response.force_close()
@@ -167,3 +179,13 @@ def _one_line(text: str) -> str:
 
 # A bytes repr in a parser message: b'...' or b"..." (escaped quotes inside are skipped over).
 _QUOTED_BYTES = re.compile(r"""\bb'(?:[^'\\]|\\.)*'?|\bb"(?:[^"\\]|\\.)*"?""", re.DOTALL)
+
+
+def _anthropic_door(data: bytes) -> bool:
+    """Whether the last request line in ``data`` is for /v1/messages (its errors in Anthropic's
+    envelope); False when it is another path or not in ``data`` (a header sent in pieces)."""
+    start = data.rfind(b" HTTP/1.")
+    if start < 0:
+        return False
+    line_start = data.rfind(b"\n", 0, start) + 1
+    return _ANTHROPIC_LINE.match(data, line_start) is not None

@@ -488,6 +488,32 @@ async def test_malformed_requests_get_the_envelope_and_one_warning(edge: Edge, n
     assert "Traceback" not in edge.gateway.stderr and " ERROR " not in edge.gateway.stderr
 
 
+ANTHROPIC_MALFORMED = {
+    "20 KB x-api-key": b"POST /v1/messages HTTP/1.1\r\nHost: gateway\r\nx-api-key: "
+    + b"k" * 20_000
+    + b"\r\n\r\n",
+    "NUL in a header": b"POST /v1/messages?beta=true HTTP/1.1\r\nHost: gateway\r\nX-A: a\x00b\r\n\r\n",
+    "after a pipelined chat": b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    b"POST /v1/messages/count_tokens HTTP/1.1\r\nHost: gateway\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(ANTHROPIC_MALFORMED))
+async def test_malformed_requests_to_the_messages_door_get_anthropics_envelope(edge: Edge, name: str) -> None:
+    """The HTTP parser's 400 for a request under /v1/messages is in Anthropic's envelope with its
+    ``request-id``, as every other answer there (the SDK reads ``error.type`` and the id)."""
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    writer.write(ANTHROPIC_MALFORMED[name])
+    reply = await asyncio.wait_for(read_reply(reader), 10)
+    # (pipelined: aiohttp's parser refuses the batch before the first is answered; the error is
+    # the last request's, so it is in that request's envelope)
+    writer.close()
+    assert reply.status == 400, reply
+    body = reply.json()
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error", body
+    assert reply.headers["request-id"] == reply.headers["x-request-id"]
+
+
 # --- 7. the Server header names no software versions ----------------------------------------------
 
 NAMED = [
