@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import StartupError
+from gateway.observability import worker_totals
 from gateway.observability.stderr import announce
 from gateway.server import cannot_listen
 from gateway.settings import WorkerSlot
@@ -330,6 +331,10 @@ class Supervisor:
                 continue
             code = os.waitstatus_to_exitcode(status)
             worker.pid = None
+            try:  # its counters stay in the set's /metrics (observability/worker_totals.py)
+                worker_totals.retire(self._run_dir, worker.slot.index, pid)
+            except OSError as exc:
+                log.warning("could not keep a dead worker's totals", extra={"fields": {"error": str(exc)}})
             if self._stopping:
                 continue
             if not worker.ready and failed is None:

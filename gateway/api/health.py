@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import orjson
 from aiohttp import web
@@ -11,6 +12,7 @@ from gateway import keys
 from gateway.api import peers
 from gateway.http.auth import require_admin
 from gateway.http.responses import json_response
+from gateway.observability import worker_totals
 from gateway.observability.exposition import merge_expositions
 from gateway.observability.metrics import CONTENT_TYPE
 from gateway.routing.router import Router
@@ -53,12 +55,26 @@ async def health(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """This process's metrics; in a worker set (``serve --workers N``), those of every worker,
-    merged (``observability/exposition.py``), unless the scrape came from a peer worker."""
+    merged (``observability/exposition.py``), with the totals of workers that died or did not
+    answer (``observability/worker_totals.py``), unless the scrape came from a peer worker."""
     body = request.app[keys.METRICS].render()
     worker = request.app[keys.SETTINGS].worker
-    if worker is not None and not peers.from_peer(request):
-        others = peers.peers(worker)
-        answers = await asyncio.gather(*(peers.ask(worker, i, "GET", "/metrics") for i in others))
-        found = [(i, a.body.decode()) for i, a in zip(others, answers, strict=True) if a and a.status == 200]
-        body = merge_expositions([(worker.index, body.decode()), *found])
+    if worker is None:
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    pid = os.getpid()
+    # Written down before it is shown, here or through the peer that asked: a value Prometheus
+    # saw is never missing from the sum once this process dies.
+    await asyncio.to_thread(worker_totals.save, worker.run_dir, worker.index, pid, body.decode())
+    if peers.from_peer(request):
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, peers.PID_HEADER: str(pid)})
+    indexes = peers.peers(worker)
+    answers = await asyncio.gather(*(peers.ask(worker, i, "GET", "/metrics") for i in indexes))
+    found = [
+        (i, a) for i, a in zip(indexes, answers, strict=True) if a and a.status == 200 and a.pid is not None
+    ]
+    written = await asyncio.to_thread(
+        worker_totals.others, worker.run_dir, {pid, *(a.pid for _, a in found if a.pid is not None)}
+    )
+    texts = [(worker.index, body.decode()), *((i, a.body.decode()) for i, a in found)]
+    body = merge_expositions([*texts, *((-1, text) for text in written)])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

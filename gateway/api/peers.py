@@ -24,6 +24,7 @@ log = logging.getLogger("gateway.workers")
 
 # A worker that does not answer within this is left out (it may be restarting or draining).
 PEER_TIMEOUT_S = 2.0
+PID_HEADER = "x-sophia-worker-pid"  # which process of the set answered (``/metrics``' totals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,7 @@ class PeerAnswer:
     status: int
     content_type: str
     body: bytes
+    pid: int | None = None  # the answering process, when it says (PID_HEADER)
 
 
 def from_peer(request: web.Request) -> bool:
@@ -75,11 +77,15 @@ async def ask(
     if len(parts) < 2 or not parts[1].isdigit():
         return None
     content_type = ""
+    pid = None
     for line in header_lines:
         name, _, value = line.partition(":")
-        if name.strip().lower() == "content-type":
+        name = name.strip().lower()
+        if name == "content-type":
             content_type = value.strip()
-    return PeerAnswer(int(parts[1]), content_type, payload)
+        elif name == PID_HEADER and value.strip().isdigit():
+            pid = int(value.strip())
+    return PeerAnswer(int(parts[1]), content_type, payload, pid)
 
 
 async def pass_on(request: web.Request, worker: WorkerSlot | None, body: bytes) -> web.Response | None:

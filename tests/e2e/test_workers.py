@@ -224,6 +224,39 @@ def test_feedback_reaches_the_worker_that_served_the_request(gateway: ManagedPro
     assert status == 404 and answer["error"]["code"] == "request_not_found"
 
 
+def test_the_sets_counters_never_go_backwards_when_a_worker_dies(gateway: ManagedProcess) -> None:
+    """Prometheus reads any drop of a counter as a reset. Both workers serve chats and are
+    scraped; then one is SIGKILLed: no scrape after (while it is down, and once restarted) shows
+    fewer chats than one before (on the previous code: 40, then 22 or so, as each worker's share)."""
+    for n in range(40):
+        assert chat(gateway.url, f"count me {n}") == 200
+    seen = chat_total(gateway.url)
+    assert seen == 40
+    shown = samples(gateway.url)
+    victim = workers_of(gateway)[0]
+    os.kill(victim, signal.SIGKILL)
+
+    def total_after_kill() -> float:
+        # A connection the kernel had queued on the killed worker's socket is reset: ask again.
+        for _ in range(20):
+            try:
+                return chat_total(gateway.url)
+            except (ConnectionError, urllib.error.URLError):
+                continue
+        raise AssertionError("no scrape was answered")
+
+    lowest = min(total_after_kill() for _ in range(10))
+    wait_for(lambda: len(workers_of(gateway)) == 2 and victim not in workers_of(gateway))
+    wait_for(lambda: all(chat(gateway.url) == 200 for _ in range(4)))
+    after = samples(gateway.url)
+    assert lowest >= 40 and chat_total(gateway.url) >= 44
+    # Every counter and histogram sample the set showed before is still there, and no smaller.
+    gauges = {"gateway_requests_in_flight", "process_open_fds", "process_resident_memory_bytes"}
+    for (name, labels), value in shown.items():
+        if name.endswith(("_total", "_count", "_sum", "_bucket")) and name not in gauges:
+            assert after.get((name, labels), -1.0) >= value, (name, labels, value, after.get((name, labels)))
+
+
 def test_a_crashed_worker_is_restarted_and_sigterm_drains_every_worker(gateway: ManagedProcess) -> None:
     before = workers_of(gateway)
     os.kill(before[0], signal.SIGKILL)
