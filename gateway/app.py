@@ -150,7 +150,10 @@ def build_app(
         app[keys.MEMORY] = service.memory
         metrics.memory_collector(service.memory)
         ingest = app[keys.INGEST] = IngestService(
-            service.memory, policy.memory.ingest, recover=worker is None or worker.owns_files
+            service.memory,
+            policy.memory.ingest,
+            recover=worker is None or worker.owns_files,
+            shared=worker is not None,
         )
         metrics.ingest_collector(ingest)
     app[keys.LIFECYCLE] = keys.Lifecycle()

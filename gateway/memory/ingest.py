@@ -73,7 +73,10 @@ class IngestService:
 
     ``clock`` gives wall times (started_at, ...); ``timer`` monotonic seconds (rates, ETA).
     ``recover``: at start, mark jobs the store still shows running as interrupted (one process
-    of ``serve --workers N`` does it)."""
+    of ``serve --workers N`` does it); ``shared``: other processes of a worker set run jobs on
+    the same store, so recovery at start leaves those saved lately (``_fresh``) alone. Either
+    way a job the store shows running that no process has saved for ``_ALIVE_S`` is shown, and
+    saved, as interrupted when it is read (its process died: a worker of a set, SIGKILLed)."""
 
     def __init__(
         self,
@@ -83,12 +86,14 @@ class IngestService:
         clock: Callable[[], datetime] = utc_now,
         timer: Callable[[], float] = time.monotonic,
         recover: bool = True,
+        shared: bool = False,
     ) -> None:
         self.memory = memory
         self.config = config
         self._clock = clock
         self._timer = timer
         self._recover = recover
+        self._shared = shared
         self._live: dict[str, RunningJob] = {}
         self._slots = asyncio.Semaphore(config.max_concurrent_jobs)
         self._pipeline = Pipeline(memory, config, clock, config.max_concurrent_jobs)
@@ -105,13 +110,28 @@ class IngestService:
             return
         await asyncio.to_thread(_remove_partial_uploads, self.config.spool_dir)
         for job in await self.memory.store.recent_jobs(None, sorted(ACTIVE), 1000):
-            job.status = "interrupted"
-            job.error = (
-                f"the gateway stopped while this job ran ({job.percent:g} % read, {job.resume_from} chunks "
-                "stored); POST /v1/memory/jobs/{id}/resume, or upload the file again, to continue"
-            ).replace("{id}", job.id)
-            job.updated_at = self._clock()
-            await self.memory.store.save_job(job)
+            if self._shared and self._fresh(job):
+                continue  # running in another worker of the set (this one restarted alone)
+            await self._interrupted(job, "the gateway stopped while this job ran")
+
+    async def _interrupted(self, job: IngestJob, why: str) -> IngestJob:
+        job.status = "interrupted"
+        job.error = (
+            f"{why} ({job.percent:g} % read, {job.resume_from} chunks "
+            "stored); POST /v1/memory/jobs/{id}/resume, or upload the file again, to continue"
+        ).replace("{id}", job.id)
+        job.updated_at = self._clock()
+        await self.memory.store.save_job(job)
+        return job
+
+    async def _alive(self, job: IngestJob) -> IngestJob:
+        """``job``, or, when the store shows it running but no process has saved it for
+        ``_ALIVE_S`` (the worker running it died), the same job saved as interrupted."""
+        if job.status in ACTIVE and job.id not in self._live and not self._fresh(job):
+            return await self._interrupted(
+                job, f"the process running this job stopped (no progress for {_ALIVE_S:g} s)"
+            )
+        return job
 
     async def close(self) -> None:
         """Stop every running job (saved as interrupted, resumable) and the reader threads."""
@@ -220,7 +240,7 @@ class IngestService:
         job = replace(live.job) if live is not None else await self.memory.store.get_job(job_id)
         if job is None or (access is not None and job.owner != access.team):
             raise NotFound(f"No ingest job with id '{job_id}'.", param="id", code="job_not_found")
-        return job
+        return await self._alive(job)
 
     async def recent(
         self, access: MemoryAccess | None, statuses: list[str] | None, limit: int
@@ -228,7 +248,7 @@ class IngestService:
         """The caller's most recent jobs (every job in open mode), newest first."""
         owner = access.team if access is not None else None
         jobs = await self.memory.store.recent_jobs(owner, statuses, min(limit, _LIST_MAX))
-        return [replace(self._live[j.id].job) if j.id in self._live else j for j in jobs]
+        return [replace(self._live[j.id].job) if j.id in self._live else await self._alive(j) for j in jobs]
 
     async def cancel(self, job_id: str, access: MemoryAccess | None, *, purge: bool) -> IngestJob:
         """Stop a job: what it stored stays (its memories carry ``job_id`` in their metadata)
@@ -343,10 +363,26 @@ class IngestService:
 
     # ----- the pipeline
 
+    @contextlib.asynccontextmanager
+    async def _slot(self, job: IngestJob) -> AsyncIterator[None]:
+        """One of the ``max_concurrent_jobs`` slots; a job queued for one is saved every
+        ``_ALIVE_S`` / 3, so other processes do not take it for the job of a dead one."""
+        while True:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), _ALIVE_S / 3)
+                break
+            except TimeoutError:
+                job.updated_at = self._clock()
+                await self.memory.store.save_job(job)
+        try:
+            yield
+        finally:
+            self._slots.release()
+
     async def _run(self, live: RunningJob) -> None:
         job = live.job
         try:
-            async with self._slots:
+            async with self._slot(job):
                 job.status = "running"
                 live.started_mono = self._timer()
                 live.bytes_at_start, live.chunks_at_start = job.bytes_done, job.chunks_done

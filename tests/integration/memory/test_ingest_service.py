@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from gateway.memory.index import HnswIndex
 from gateway.memory.ingest import IngestService
 from gateway.memory.jobs import JobOptions
 from gateway.memory.service import MemoryService
+from gateway.memory.sql import utc_now
 from gateway.memory.sqlite_store import SQLiteMemoryStore
 from gateway.policy.model import Ingest, MemoryConfig
 
@@ -105,4 +107,38 @@ async def test_the_same_file_uploaded_to_another_process_while_it_runs_is_not_st
         assert await service.store.count() == (await other.get(job.id, None)).memories_created
     finally:
         await other.close()
+        await running.close()
+
+
+async def test_a_job_whose_process_died_shows_interrupted_and_resumes(
+    memory: tuple[MemoryService, Provider, Ingest],
+) -> None:
+    """A worker SIGKILLed mid-job leaves it 'running' in the store. Another process (here a
+    service whose clock is 2 minutes on: the dead one has not saved since) shows it interrupted
+    and resumes it; a worker of the set that restarts alone (shared) leaves a job saved lately."""
+    service, provider, config = memory
+    running = IngestService(service, config)
+    await running.start()
+    later = IngestService(service, config, recover=False, clock=lambda: utc_now() + timedelta(seconds=120))
+    restarted = IngestService(service, config, recover=True, shared=True)
+    try:
+        text = "\n\n".join(f"Paragraph {i}, with words and more words." for i in range(3000)).encode()
+        provider.hold_after = 24
+        job = await running.submit(
+            await running.spool(blocks(text), "a.txt"), JobOptions("docs", "text"), None
+        )
+        while provider.gate.is_set() or (await running.get(job.id, None)).status != "running":
+            await asyncio.sleep(0.01)
+        await restarted.start()  # worker 0 of a set restarting: the job is saved lately, left running
+        assert (await service.store.get_job(job.id)).status == "running"  # type: ignore[union-attr]
+        await later.start()
+        shown = await later.get(job.id, None)
+        assert shown.status == "interrupted" and "no progress" in (shown.error or ""), shown
+        assert [j.status for j in await later.recent(None, None, 10)] == ["interrupted"]
+        resumed = await later.resume(job.id, None)  # before: 409 'is running'
+        assert resumed.status in ("queued", "running") and later.live_job(job.id) is not None
+    finally:
+        await later.close()
+        await restarted.close()
+        provider.gate.set()
         await running.close()
