@@ -242,6 +242,13 @@ def _run_workers(count: int, settings: Settings, policy: Policy, *, allow_open: 
             "workers share them, or run one worker"
         )
 
+    if policy.memory.enabled:
+        from gateway.memory.service import hold_index_dir
+
+        # Held by the parent for the whole set: a restarting worker 0 leaves no gap in which
+        # another gateway could take the directory (a second serve exits 2 at any time).
+        hold_index_dir(policy.memory.index_dir)
+
     def worker_main(slot: WorkerSlot, port: int, ready: Callable[[str], None]) -> int:
         own = replace(settings, worker=slot, port=port)
         try:

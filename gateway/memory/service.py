@@ -719,6 +719,8 @@ def _passes(memory: Memory, where: MemoryFilter) -> bool:
 
 
 _OWNER_LOCK = ".owner.lock"
+# Index directories a ``serve --workers N`` parent locked before forking (``hold_index_dir``).
+_HELD: dict[Path, int] = {}
 
 
 class IndexDirectoryInUse(StartupError):
@@ -732,6 +734,9 @@ def _lock_index_dir(directory: Path) -> int:
     files and each missed the other's memories; the second now refuses to start, saying why
     (``serve --workers N`` shares one directory among its workers: only worker 0 writes it)."""
     directory.mkdir(parents=True, exist_ok=True)
+    held = _HELD.get(directory.resolve())
+    if held is not None:  # a forked worker of the parent that holds it: share the parent's lock
+        return os.dup(held)  # (a flock belongs to the open file, which the fork and a dup share)
     fd = os.open(directory / _OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -743,3 +748,12 @@ def _lock_index_dir(directory: Path) -> int:
             "memory.index_dir (and memory store)"
         ) from None
     return fd
+
+
+def hold_index_dir(directory: str | Path) -> None:
+    """Lock the index directory in a ``serve --workers N`` parent, before it forks, for as long as
+    the set runs: worker 0, which writes the files, takes the parent's lock (``_lock_index_dir``)
+    and may die and restart without leaving a gap in which another gateway could take the
+    directory. ``IndexDirectoryInUse`` when another process holds it."""
+    path = Path(directory)
+    _HELD[path.resolve()] = _lock_index_dir(path)

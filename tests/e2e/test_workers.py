@@ -257,6 +257,37 @@ def test_the_sets_counters_never_go_backwards_when_a_worker_dies(gateway: Manage
             assert after.get((name, labels), -1.0) >= value, (name, labels, value, after.get((name, labels)))
 
 
+def test_the_index_directory_stays_locked_while_every_worker_is_down(
+    gateway: ManagedProcess, tmp_path: Path
+) -> None:
+    """The parent holds the memory index directory's lock for the set, so there is no window,
+    while worker 0 waits to be restarted, in which another gateway could take the directory (on
+    the previous code the lock went with worker 0: a second serve then started and wrote it)."""
+    import fcntl
+
+    lock = tmp_path / "run" / "data" / "memory-index" / ".owner.lock"
+    assert lock.exists()
+    victims = workers_of(gateway)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not any(pid in workers_of(gateway) for pid in victims), 10)
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    wait_for(lambda: len(workers_of(gateway)) == 2)
+
+    def serves() -> bool:
+        try:
+            return all(chat(gateway.url) == 200 for _ in range(4))
+        except (ConnectionError, urllib.error.URLError):
+            return False  # not listening again yet
+
+    wait_for(serves)
+
+
 def test_a_crashed_worker_is_restarted_and_sigterm_drains_every_worker(gateway: ManagedProcess) -> None:
     before = workers_of(gateway)
     os.kill(before[0], signal.SIGKILL)
