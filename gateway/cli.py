@@ -231,10 +231,17 @@ def _run_workers(count: int, settings: Settings, policy: Policy, *, allow_open: 
     """``serve --workers N``: checks once in the parent, then N forked workers under a supervisor."""
     from gateway.app import build_app
     from gateway.server import check_open, run
-    from gateway.workers import Supervisor, check_supported
+    from gateway.workers import MAX_WORKERS_A_CORE, Supervisor, available_cores, check_supported
 
     check_supported()
     check_open(policy, settings.host, allow_open)
+    cores = available_cores()
+    if count > MAX_WORKERS_A_CORE * cores:
+        raise StartupError(
+            f"--workers {count} is more than {MAX_WORKERS_A_CORE} processes for each of the {cores} "
+            "cores this process may use: a worker is one event loop, and each holds its own caches "
+            "and connections, so more than one a core only costs memory; use --workers auto"
+        )
     if policy.auth.mode == "keys" and not settings.redis_url:
         raise StartupError(
             f"--workers {count} with auth.mode: keys needs REDIS_URL: without it each worker would "

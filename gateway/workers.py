@@ -46,6 +46,9 @@ from gateway.settings import WorkerSlot
 
 log = logging.getLogger("gateway.workers")
 
+# ``serve`` refuses more workers than this a core (a typo like 99999 forked until the host ran
+# out of memory): one a core serves best; a few more only cost memory.
+MAX_WORKERS_A_CORE = 8
 RESTART_FIRST_S = 0.5
 RESTART_MAX_S = 30.0
 STABLE_AFTER_S = 30.0  # a worker up this long has its restart delay reset
@@ -264,6 +267,8 @@ class Supervisor:
                 if not rest_started and self._workers[0].ready and not self._stopping:
                     rest_started = True
                     for worker in self._workers[1:]:
+                        if stop_requested:  # SIGTERM while forking: the loop above stops the set
+                            break
                         self._spawn(worker, ready_w, fds)
                 if not announced and all(w.ready for w in self._workers):
                     announced = True

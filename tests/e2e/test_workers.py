@@ -356,6 +356,61 @@ def test_keys_mode_without_redis_refuses_several_workers(tmp_path: Path) -> None
     assert "needs REDIS_URL" in proc.stderr and "up to 2x the limit" in proc.stderr
 
 
+def test_more_workers_than_eight_a_core_is_refused_before_any_fork(policy_path: Path, tmp_path: Path) -> None:
+    """A typo (--workers 99999) forked until the host ran out of memory; now one line, exit 2."""
+    too_many = 8 * len(os.sched_getaffinity(0)) + 1
+    proc = _run(
+        ["serve", "--policy", str(policy_path), "--port", "0", "--workers", str(too_many)], {}, tmp_path
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"--workers {too_many} is more than 8 processes for each of the" in proc.stderr
+    assert "worker exited" not in proc.stderr and "listening" not in proc.stdout
+
+
+def test_sigterm_while_the_workers_are_forked_stops_the_set(policy_path: Path, tmp_path: Path) -> None:
+    """SIGTERM during start-up (worker 0 ready, the others being forked) stops the set promptly
+    and exits 0: the fork loop looks for a stop between forks."""
+    import subprocess
+    import sys
+
+    count = 8 * len(os.sched_getaffinity(0))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--policy",
+            str(policy_path),
+            "--port",
+            "0",
+            "--workers",
+            str(count),
+        ],
+        cwd=tmp_path,
+        env={
+            **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KEYS_URL", "MEMORY_URL")},
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def forked() -> bool:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            return len(children) >= 2
+
+        wait_for(forked, 60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_workers_must_be_a_count_or_auto(policy_path: Path, tmp_path: Path) -> None:
     proc = _run(["serve", "--policy", str(policy_path), "--workers", "0"], {}, tmp_path)
     assert (
