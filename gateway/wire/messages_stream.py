@@ -43,6 +43,7 @@ class ChatToMessagesEvents:
         "_block",
         "_blocks",
         "_decoder",
+        "_held",
         "_model",
         "_started",
         "_stop",
@@ -59,6 +60,10 @@ class ChatToMessagesEvents:
         self._blocks = 0  # content blocks opened so far (the next one's index)
         self._block: str | None = None  # the open block: "text" or "tool"
         self._tools: dict[int, int] = {}  # OpenAI tool call index -> content block index
+        # Tool calls that began while another was open, held whole until the message ends:
+        # Anthropic's blocks come one after another, and some OpenAI-compatible providers
+        # interleave the argument deltas of parallel calls (0, 1, 0, 1).
+        self._held: dict[int, tuple[JSONObject, list[str]]] = {}
         self._stop: str | None = None
         self._usage: object = None
         self.done = False  # [DONE] translated: message_stop sent
@@ -144,26 +149,50 @@ class ChatToMessagesEvents:
     def _tool(self, call: JSONObject) -> bytes:
         out = b""
         at = call.get("index")
-        at = at if isinstance(at, int) else len(self._tools)
+        at = at if isinstance(at, int) else len(self._tools) + len(self._held)
         found = call.get("function")
         function: JSONObject = found if isinstance(found, dict) else {}
+        arguments = function.get("arguments")
+        pieces = arguments if isinstance(arguments, str) and arguments else ""
+        if at in self._held:
+            if pieces:
+                self._held[at][1].append(pieces)
+            return b""
         if at not in self._tools:
-            out = self._close()
-            self._tools[at] = self._blocks
             block = {
                 "type": "tool_use",
                 "id": tool_use_id(call.get("id"), f"toolu_{at}"),
                 "name": str(function.get("name") or ""),
                 "input": {},
             }
+            if self._block == "tool":  # another call is open: this one is sent whole, later
+                self._held[at] = (block, [pieces] if pieces else [])
+                return b""
+            out = self._close()
+            self._tools[at] = self._blocks
             out += self._open(block, "tool")
-        arguments = function.get("arguments")
-        if isinstance(arguments, str) and arguments:
-            delta = {"type": "input_json_delta", "partial_json": arguments}
+        if pieces:
+            delta = {"type": "input_json_delta", "partial_json": pieces}
             index = self._tools[at]
             out += event(
                 "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
             )
+        return out
+
+    def _release_held(self) -> bytes:
+        """The held tool calls, each a whole block, in the order they began."""
+        out = b""
+        for at, (block, pieces) in self._held.items():
+            out += self._close()
+            self._tools[at] = self._blocks
+            out += self._open(block, "tool")
+            if pieces:
+                delta = {"type": "input_json_delta", "partial_json": "".join(pieces)}
+                out += event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": self._tools[at], "delta": delta},
+                )
+        self._held.clear()
         return out
 
     def _open(self, block: JSONObject, kind: str) -> bytes:
@@ -185,7 +214,8 @@ class ChatToMessagesEvents:
         usage = messages_usage(self._usage)
         delta = {"stop_reason": self._stop or "end_turn", "stop_sequence": None}
         return (
-            self._close()
+            self._release_held()
+            + self._close()
             + event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
             + event("message_stop", {"type": "message_stop"})
         )

@@ -187,6 +187,56 @@ def test_the_same_events_whatever_the_chunking(seed: int) -> None:
     assert events(b"".join(converter.feed(p) for p in pieces)) == EXPECTED
 
 
+def call(index: int, arguments: str, name: str | None = None) -> dict[str, Any]:
+    head: dict[str, Any] = {"id": f"call_{index}", "type": "function"} if name else {}
+    function: dict[str, Any] = {"arguments": arguments, **({"name": name} if name else {})}
+    return {"index": index, **head, "function": function}
+
+
+@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "one-after-another"])
+def test_parallel_tool_calls_become_blocks_one_after_another(interleaved: bool) -> None:
+    """Some OpenAI-compatible providers interleave parallel calls' argument deltas (0, 1, 0, 1);
+    Anthropic's blocks never interleave: each block starts, gets its deltas and stops before the
+    next starts, and each call's input is whole (before: a delta for block 0 after its stop)."""
+    parts = [
+        [call(0, "", "get_weather")],
+        [call(0, '{"location":')],
+        [call(1, "", "get_time")],
+        [call(1, '{"zone":')],
+        [call(0, ' "Paris"}')],
+        [call(1, ' "UTC"}')],
+    ]
+    if not interleaved:
+        parts = [parts[0], parts[1], parts[4], parts[2], parts[3], parts[5]]
+    converter = ChatToMessagesEvents("m")
+    raw = b"".join(converter.feed(delta({"tool_calls": p})) for p in parts)
+    raw += converter.feed(
+        sse({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    )
+    raw += converter.feed(b"data: [DONE]\n\n")
+    out = events(raw)
+    open_block: int | None = None
+    inputs: dict[int, str] = {}
+    names: dict[int, str] = {}
+    for name, data in out:
+        if name == "content_block_start":
+            assert open_block is None, out  # the previous block stopped first
+            open_block = data["index"]
+            names[data["index"]] = data["content_block"]["name"]
+            inputs[data["index"]] = ""
+        elif name == "content_block_delta":
+            assert data["index"] == open_block, out
+            inputs[data["index"]] += data["delta"]["partial_json"]
+        elif name == "content_block_stop":
+            assert data["index"] == open_block, out
+            open_block = None
+    assert {names[i]: json.loads(text) for i, text in inputs.items()} == {
+        "get_weather": {"location": "Paris"},
+        "get_time": {"zone": "UTC"},
+    }
+    assert out[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
 def test_an_error_event_is_held_for_the_caller() -> None:
     converter = ChatToMessagesEvents("m")
     out = converter.feed(
