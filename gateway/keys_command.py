@@ -235,8 +235,9 @@ def _print_table(rows: list[Json]) -> None:
                 " ".join(limits) or "team defaults",
             )
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
+    shown = [[_printable(cell) for cell in row] for row in table]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(shown[0]))]
+    for row in shown:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
@@ -295,3 +296,9 @@ def _duration(text: str) -> float:
         return parse_duration_s(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _printable(text: str) -> str:
+    """``text`` with characters a terminal would act on (escape sequences, carriage returns)
+    shown as ``\\xNN`` (a name stored before the API refused them)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)

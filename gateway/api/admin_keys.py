@@ -23,7 +23,8 @@ from gateway.http.responses import json_response
 from gateway.policy.durations import DurationS
 from gateway.policy.model import MAX_RATE
 
-_NAME = Field(None, min_length=1, max_length=200)
+# A label for listings: no control characters (a terminal would run an escape sequence in it).
+_NAME = Field(None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
 
 
 class _Strict(BaseModel):

@@ -142,6 +142,9 @@ async def test_rotate_keeps_settings_and_retires_the_old_secret(client: TestClie
         ({"team": "ops", "expires": 2**64}, "expires"),
         ({"team": "ops", "expires": "36501d"}, "expires"),
         ({"team": "ops", "budget_period": 1e308}, "budget_period"),
+        # A terminal escape in a label would run in whoever lists the keys
+        ({"team": "ops", "name": "x\x1b[31mred"}, "name"),
+        ({"team": "ops", "name": "a\rb"}, "name"),
     ],
 )
 async def test_bad_bodies_are_400_naming_the_field(
