@@ -259,7 +259,7 @@ class Supervisor:
                     index, _, where = line.decode().partition(" ")
                     self._workers[int(index)].ready = True
                     url = url or where
-                failed = self._reap()
+                failed = self._reap(starting=not announced)
                 if failed is not None and not announced and not self._stopping:
                     self._stop_all()
                     self._wait_all()
@@ -320,9 +320,9 @@ class Supervisor:
                 os._exit(code)
         worker.pid, worker.started_at, worker.ready, worker.restart_at = pid, time.monotonic(), False, None
 
-    def _reap(self) -> int | None:
+    def _reap(self, *, starting: bool = False) -> int | None:
         """Collect exited workers and schedule their restart; the exit code of one that died
-        before it was ready, if any."""
+        before it was ready, if any (``starting``: the set's first start, which that stops)."""
         failed = None
         while True:
             try:
@@ -344,6 +344,12 @@ class Supervisor:
                 continue
             if not worker.ready and failed is None:
                 failed = code if code > 0 else 1
+                if starting:  # the set stops (it printed its own cannot-start line): no restart
+                    log.warning(
+                        "worker could not start; stopping the set",
+                        extra={"fields": {"worker": worker.slot.index, "pid": pid, "exit_code": code}},
+                    )
+                    continue
             up_s = time.monotonic() - worker.started_at
             if up_s >= STABLE_AFTER_S:
                 worker.delay_s = RESTART_FIRST_S

@@ -330,6 +330,9 @@ def test_a_worker_that_cannot_start_stops_the_set_with_its_error(policy_path: Pa
     assert proc.returncode == 2
     assert "sophia-gateway: cannot start: cannot open the memory store" in proc.stderr
     assert "listening on" not in proc.stdout
+    # Its log says the set stops, not that the worker is being restarted (it was not).
+    assert "worker could not start; stopping the set" in proc.stderr
+    assert "restarting it" not in proc.stderr
 
 
 def test_a_port_in_use_stops_the_set_before_any_worker_starts(policy_path: Path, tmp_path: Path) -> None:
