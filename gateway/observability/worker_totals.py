@@ -39,7 +39,7 @@ def monotonic_part(text: str) -> str:
     keep = True
     for line in text.splitlines():
         if line.startswith("# HELP "):
-            continue  # the TYPE line that follows decides; HELP is re-added below
+            continue  # left out: the live workers' expositions carry each family's HELP
         if line.startswith("# TYPE "):
             parts = line.split(" ", 3)
             keep = len(parts) > 3 and parts[3] != "gauge"
