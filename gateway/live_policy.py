@@ -5,8 +5,9 @@ A reload reads the policy file, validates it exactly as ``sophia-gateway policy 
 point on the event loop: the router's groups and targets, the cache's categories and rules, the
 request limits, the teams, and whatever subscribed (``subscribe``). Requests in flight finish on
 the objects they hold; new requests see the new policy. Provider clients whose entry did not
-change are reused; the others are started before the swap and the replaced ones closed once the
-requests using them are done (at most their ``timeouts.total_s``). An invalid file changes
+change are reused; the others are started before the swap and the replaced ones closed once no
+request planned on the replaced policy can still use them (at most a group's
+``retry.deadline_s`` and a provider's ``timeouts.total_s``). An invalid file changes
 nothing: its problems are logged with file:line and kept for ``GET /admin/policy``.
 
 Reloads come from the file watcher (watchfiles on the file's directory, so an edit in place, an
@@ -214,6 +215,12 @@ class LivePolicy:
             return self._refused(source, (f"a provider client failed to start: {exc!r}",), "failed")
         replaced = [c for c in self.clients.values() if all(c is not new for new in clients.values())]
         draining = self._router.states_of({c.name for c in replaced})
+        routing = self._router.routing_now()  # requests planned on the policy being replaced
+        old = self.policy
+        # Bound on the wait: a request that arrived before the swap starts no attempt after its
+        # group's deadline, and an attempt lasts at most its provider's total timeout.
+        wait_s = max((g.retry or old.retry).deadline_s for g in old.models.values()) if old.models else 0.0
+        wait_s += max(c.config.timeouts.total_s for c in replaced) if replaced else 0.0
         # The swap: no await from here to the end of the block.
         self._router.reconfigure(policy, clients)
         self._cache.store.set_budgets(cache_budgets(policy))  # with kept responses' (issue 17)
@@ -231,7 +238,7 @@ class LivePolicy:
         m.child(m.policy_info, version).set(1)
         if replaced:
             self._retiring += replaced
-            self._spawn(self._retire(replaced, draining))
+            self._spawn(self._retire(replaced, draining, routing, wait_s))
         fields = {"version": version, "previous": old_version, "source": source}
         if self.pending_restart:
             fields["pending_restart"] = ", ".join(self.pending_restart)
@@ -260,11 +267,19 @@ class LivePolicy:
             log.warning("policy problem: %s", problem, extra={"fields": {"source": source}})
         return ReloadOutcome(result, self.version, problems, self.pending_restart)
 
-    async def _retire(self, clients: list[ProviderClient], states: list[DeploymentState]) -> None:
-        """Close replaced clients once their requests are done (bounded by their total timeout);
-        if the app stops first, its cleanup closes them."""
-        deadline = time.monotonic() + max(c.config.timeouts.total_s for c in clients)
-        while time.monotonic() < deadline and any(s.stats.in_flight > 0 for s in states):
+    async def _retire(
+        self,
+        clients: list[ProviderClient],
+        states: list[DeploymentState],
+        routing: Callable[[], int],
+        wait_s: float,
+    ) -> None:
+        """Close replaced clients once no request can use them any more (for at most ``wait_s``):
+        no attempt on them in flight (``states``: a stream until it ends) and no request planned
+        on the replaced policy still being routed (``routing``), since such a request may yet fail
+        over to one of them. If the app stops first, its cleanup closes them."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and (routing() > 0 or any(s.stats.in_flight > 0 for s in states)):
             await asyncio.sleep(_DRAIN_POLL_S)
         in_use = {id(c.transport) for c in self.clients.values()}
         for client in clients:

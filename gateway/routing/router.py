@@ -652,6 +652,16 @@ class Router:
         has them (shared routing state reads it at each sync, so it follows reloads)."""
         return self._live
 
+    def routing_now(self) -> Callable[[], int]:
+        """A count of the requests being routed on the policy in force now: from their first
+        attempt until the router is done with them (a stream: its first chunk), any target of
+        their plan may still be tried. A reload keeps a replaced provider client open until this
+        reads 0 for the policy it replaced (``live_policy``): a request waiting on its first
+        choice may fail over to a deployment the reload removed. Each group's retry budget
+        counts these already (``RetryBudget.active``), so a request pays nothing for it."""
+        budgets = [group.budget for group in self._groups.values()]
+        return lambda: sum(budget.active for budget in budgets)
+
     def states_of(self, providers: Collection[str]) -> list[DeploymentState]:
         """The live states of the deployments served by ``providers`` (a reload waits for their
         requests in flight before closing a replaced client)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import UpstreamConnectError
 from gateway.providers.base import UpstreamRequest
 
 Handler = Callable[[UpstreamRequest], "MockResponse | Awaitable[MockResponse]"]
@@ -79,6 +80,8 @@ class MockTransport:
         self.closed = True
 
     async def send(self, request: UpstreamRequest) -> MockResponse:
+        if self.closed:  # as the real transport refuses once closed
+            raise UpstreamConnectError("mock: client not started", provider="mock")
         self.requests.append(request)
         answer = self._handler(request)
         if inspect.isawaitable(answer):

@@ -64,6 +64,7 @@ class Upstreams:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.gate: asyncio.Event | None = None  # set: provider a waits for it
+        self.a_fails = False  # provider a answers 500 (after its gate)
         self.transports = {name: MockTransport(self._handler(name)) for name in ("a", "b")}
 
     def _handler(self, name: str) -> Callable[[UpstreamRequest], Awaitable[MockResponse]]:
@@ -71,6 +72,8 @@ class Upstreams:
             self.calls.append((name, orjson.loads(request.body)["model"]))
             if name == "a" and self.gate is not None:
                 await self.gate.wait()
+            if name == "a" and self.a_fails:
+                return MockResponse.json({"error": {"message": "down"}}, status=500)
             return answer(request)
 
         return handle
@@ -210,6 +213,44 @@ async def test_a_request_in_flight_finishes_and_a_replaced_client_closes_after_i
         await asyncio.sleep(0.05)
     assert upstreams.transports["a"].closed
     assert not upstreams.transports["b"].closed
+
+
+async def test_a_request_in_flight_still_fails_over_to_a_deployment_the_reload_removed(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    """The request was planned on the old policy ([a, b]) and waits on a; meanwhile a reload
+    removes b. When a fails, the request fails over to b as planned: b's client stays open until
+    no request planned on the old policy is routed, then closes. (Before, b closed at once, since
+    nothing was in flight on it, and the failover got "client not started": a 502.)"""
+    client = await gateway(aiohttp_client, policy_file, upstreams)
+    upstreams.gate, upstreams.a_fails = asyncio.Event(), True
+    in_flight = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat("m")))
+    deadline = time.monotonic() + 5
+    while not upstreams.calls and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert upstreams.calls == [("a", "ma")]
+
+    policy_file.write_text(
+        BASE.replace('  b: {kind: openai, base_url: "http://b.test/v1"}\n', "").replace(
+            ", {provider: b, model: mb}", ""
+        )
+    )
+    assert (await reload(client))[0] == 200
+    # b would have closed at the drain's first look; three looks later it must still be open.
+    for _ in range(3):
+        await asyncio.sleep(live_policy._DRAIN_POLL_S)
+    assert not upstreams.transports["b"].closed
+
+    upstreams.gate.set()
+    resp = await in_flight
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert resp.headers["x-gateway-provider"] == "b"
+    assert upstreams.calls == [("a", "ma"), ("b", "mb")]
+    deadline = time.monotonic() + 5
+    while not upstreams.transports["b"].closed and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert upstreams.transports["b"].closed  # and then it is closed, not kept for good
 
 
 async def test_feedback_on_a_request_served_before_a_reload_still_lands(
