@@ -141,7 +141,7 @@ def _sentinel_client(rest: str, *, tls: bool, options: dict[str, object]) -> aio
         if "ssl_check_hostname" in query:
             check = query["ssl_check_hostname"].lower() in ("1", "true", "yes")
             kwargs["ssl_check_hostname"] = sentinel_kwargs["ssl_check_hostname"] = check
-    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call,arg-type,unused-ignore]
     client: aioredis.Redis = sentinel.master_for(service, redis_class=aioredis.Redis)
     return client
 

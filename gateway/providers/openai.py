@@ -102,9 +102,19 @@ class WatchedStream(ABC):
         return self._whole.take(chunk)
 
     def finish(self) -> bytes:
+        seen_error = self._errored  # in a whole event, relayed: the client's SDK raised on it
         for data in self._decoder.flush():
             self._watch(data)
-        return self._whole.rest()  # the stream ended: an unfinished last event goes as it came
+        if not (self._done or seen_error):
+            # Cut short: neither its end marker nor an error the client has seen (an SSE client
+            # drops an event the stream ends inside). Ended quietly, the client's SDK would end
+            # its loop as for a whole answer and keep a truncated one; raised, the stream ends
+            # with the gateway's error event after the last whole event (the unfinished one is
+            # dropped), as an Anthropic or Gemini stream cut short does.
+            raise UpstreamBadResponse(
+                "provider stream ended without its end marker: the answer is incomplete"
+            )
+        return self._whole.rest()  # a last event after the end marker, without its blank line
 
     def usage(self) -> JSONObject | None:
         return self._usage

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.errors import UpstreamBadResponse
 from gateway.providers.openai import OpenAIAdapter, OpenAIStreamTranslator
 from gateway.wire.requests import Endpoint
 
@@ -32,9 +33,32 @@ ERROR = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n
 
 
 @pytest.mark.parametrize(
+    "half", [b"", b'data: {"choices":[{"index":0,"delta":{"con'], ids=["between", "mid-event"]
+)
+@pytest.mark.parametrize("size", [7, len(CHUNK)])
+def test_a_stream_cut_before_its_end_marker_raises_at_its_end_after_the_whole_events(
+    half: bytes, size: int
+) -> None:
+    """No [DONE] and no error event: the client must not take it for a whole answer, so
+    ``finish`` raises (the caller sends an error event); only whole events went out, so that error
+    event is not glued to the unfinished one."""
+    translator = OpenAIAdapter().stream_translator(Endpoint.CHAT, {}, "m")
+    stream = CHUNK + CHUNK + half
+    out = b"".join(translator.feed(stream[i : i + size]) for i in range(0, len(stream), size))
+    with pytest.raises(UpstreamBadResponse, match="without its end marker"):
+        translator.finish()
+    assert out == CHUNK + CHUNK and not translator.completed
+
+
+def test_a_last_end_marker_without_its_blank_line_still_ends_the_stream() -> None:
+    out, _, completed = run(CHUNK + b"data: [DONE]", 5)
+    assert out == CHUNK + b"data: [DONE]" and completed
+
+
+@pytest.mark.parametrize(
     "stream",
     [
-        CHUNK,  # cut: no [DONE]
+        CHUNK + ERROR + b"data: {}\n\n",  # an error relayed, then cut: the client saw the error
         CHUNK + ERROR + b"data: [DONE]\n\n",  # relayed: the content before it went out first
         CHUNK + b'data: {"error": not json\n\n' + b"data: [DONE]\n\n",
     ],

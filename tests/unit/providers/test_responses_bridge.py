@@ -149,8 +149,27 @@ def test_a_failed_native_stream_is_not_complete(kind: str) -> None:
     assert not stream.completed
 
 
-def test_a_native_stream_cut_before_its_end_is_not_complete() -> None:
+def test_a_native_stream_cut_before_its_end_raises_at_its_end() -> None:
+    """No response.completed / incomplete / failed / error: ended quietly, the client's SDK would
+    keep a truncated answer; ``finish`` raises so the caller ends the stream with an error event."""
+    from gateway.errors import UpstreamBadResponse
+
     stream = NativeResponsesStream()
     stream.feed(native_event({"type": "response.created", "sequence_number": 0, "response": {}}))
-    assert stream.finish() == b""
+    assert stream.feed(b'event: response.output_text.delta\ndata: {"type": "response.out') == b""
+    with pytest.raises(UpstreamBadResponse, match="without its end marker"):
+        stream.finish()
     assert not stream.completed
+
+
+def test_a_chat_stream_cut_before_its_end_raises_through_the_bridge() -> None:
+    from gateway.errors import UpstreamBadResponse
+
+    body = {"model": "m", "input": "hi", "stream": True}
+    translator = bridged(OpenAIProvider(kind="openai", base_url="http://x/v1"), body)
+    assert b"response.output_text.delta" in translator.feed(
+        b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+    )
+    with pytest.raises(UpstreamBadResponse, match="without its end marker"):
+        translator.finish()
+    assert not translator.completed

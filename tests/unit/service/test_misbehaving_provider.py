@@ -100,6 +100,13 @@ class Upstreams:
                 except ConnectionError:
                     pass
                 return response
+            if model == "unended":  # whole events, then a clean end with no [DONE]
+                await response.write(chunk(model, "first") + chunk(model, "second"))
+                return response
+            if model == "half-ended":  # one event, half of the next, then a clean end
+                half = chunk(model, "second")
+                await response.write(chunk(model, "first") + half[: len(half) // 2])
+                return response
             if model == "cut":  # one event, half of the next, then the connection drops
                 half = chunk(model, "second")
                 await response.write(chunk(model, "first") + half[: len(half) // 2])
@@ -138,6 +145,8 @@ models:
   alone: {{deployments: [{{provider: flood, model: f}}]}}
   kept: {{deployments: [{{provider: good, model: g}}]}}
   cut: {{deployments: [{{provider: good, model: cut}}]}}
+  unended: {{deployments: [{{provider: good, model: unended}}]}}
+  half-ended: {{deployments: [{{provider: good, model: half-ended}}]}}
   oops: {{strategy: ordered, deployments: [{{provider: flood, model: oops}}, {{provider: good, model: g}}]}}
   oops-alone: {{deployments: [{{provider: flood, model: oops}}]}}
   quiet: {{strategy: ordered, deployments: [{{provider: flood, model: quiet}}, {{provider: good, model: g}}]}}
@@ -206,6 +215,39 @@ async def test_a_stream_cut_inside_an_event_ends_with_the_error_not_a_broken_eve
     gateway's error event (an ``APIError``), not JSON it cannot parse."""
     _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
     assert await streamed_until_error(sdk, "cut", "good") == ["first"]
+
+
+@pytest.mark.parametrize(
+    ("model", "delivered"), [("unended", ["first", "second"]), ("half-ended", ["first"])]
+)
+async def test_a_stream_that_ends_without_its_end_marker_raises_in_the_sdk(
+    aiohttp_server: ServerFactory,
+    aiohttp_client: ClientFactory,
+    upstreams: Upstreams,
+    model: str,
+    delivered: list[str],
+) -> None:
+    """The provider closed its stream cleanly but sent no [DONE]: relayed as it came, the SDK
+    ended its loop as for a whole answer and the application kept a truncated one. The gateway
+    ends it with an error event after the whole events (a half one is dropped); it counts as a
+    failed stream and is not cached."""
+    client, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    assert await streamed_until_error(sdk, model, "without its end marker") == delivered
+    metrics = await (await client.get("/metrics")).text()
+    series = f'outcome="error",provider="good",upstream_model="{model}"'
+    assert f"gateway_upstream_requests_total{{{series}}} 1.0" in metrics
+
+
+async def test_a_stream_that_ends_without_its_end_marker_raises_in_the_sdk_on_the_responses_door(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    seen: list[str] = []
+    with pytest.raises(openai.APIError, match="without its end marker"):
+        stream = await sdk.responses.create(model="unended", input="hello", stream=True)
+        async for event in stream:
+            seen.append(event.type)
+    assert "response.output_text.delta" in seen and "response.completed" not in seen
 
 
 async def test_a_stream_whose_first_event_is_an_error_fails_over_unseen(
