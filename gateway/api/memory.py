@@ -15,6 +15,7 @@ from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch
 from gateway.memory.service import MemoryService, NewMemory
+from gateway.service.context import on_behalf_of
 from gateway.service.grants import memory_access_of
 from gateway.wire.memory import MemoryBatchIn, MemoryIn, MemoryPatchIn, MemorySearchIn
 
@@ -23,10 +24,12 @@ M = TypeVar("M", bound=BaseModel)
 
 async def create(request: web.Request) -> web.Response:
     """``POST /v1/memory``: one memory, or ``{"memories": [...]}``."""
-    access = memory_access_of(await authenticate(request))
+    caller = await authenticate(request)
+    access = memory_access_of(caller)
     body = await read_json(request)
     items = _parse(MemoryBatchIn, body).memories if "memories" in body else [_parse(MemoryIn, body)]
-    created = await _service(request).add([_new(i) for i in items], access)
+    with on_behalf_of(caller, admit=True):  # the texts it embeds pass the key's limits
+        created = await _service(request).add([_new(i) for i in items], access)
     return json_response(
         orjson.dumps({"object": "list", "data": [memory_json(m) for m in created]}), status=201
     )
@@ -39,7 +42,8 @@ async def read(request: web.Request) -> web.Response:
 
 
 async def patch(request: web.Request) -> web.Response:
-    access = memory_access_of(await authenticate(request))
+    caller = await authenticate(request)
+    access = memory_access_of(caller)
     given = _parse(MemoryPatchIn, await read_json(request))
     change = MemoryPatch(
         content=given.content,
@@ -50,7 +54,8 @@ async def patch(request: web.Request) -> web.Response:
         importance_score=given.importance_score,
         processing_status=given.processing_status,
     )
-    memory = await _service(request).update(request.match_info["id"], change, access)
+    with on_behalf_of(caller, admit=True):  # new content without a vector is embedded
+        memory = await _service(request).update(request.match_info["id"], change, access)
     return json_response(orjson.dumps(memory_json(memory)))
 
 
@@ -65,10 +70,12 @@ async def delete(request: web.Request) -> web.Response:
 
 async def search(request: web.Request) -> web.Response:
     """``POST /v1/memory/search``: by text or vector, filtered, across namespaces."""
-    access = memory_access_of(await authenticate(request))
+    caller = await authenticate(request)
+    access = memory_access_of(caller)
     q = _parse(MemorySearchIn, await read_json(request))
     where = MemoryFilter(q.namespaces, q.data_source, q.min_confidence, q.processing_status)
-    hits = await _service(request).search(q.query, q.vector, q.top_k, where, access)
+    with on_behalf_of(caller, admit=True):  # a text query is embedded
+        hits = await _service(request).search(q.query, q.vector, q.top_k, where, access)
     data = [{"score": round(h.score, 6), "memory": memory_json(h.memory, with_embedding=False)} for h in hits]
     return json_response(orjson.dumps({"object": "list", "data": data}))
 

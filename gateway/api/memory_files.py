@@ -7,6 +7,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.api.memory import _parse
+from gateway.auth.identity import Caller
 from gateway.errors import GatewayError, InvalidRequest, ServiceUnavailable
 from gateway.http.auth import authenticate
 from gateway.http.middleware import add_gateway_headers
@@ -15,8 +16,10 @@ from gateway.http.upload import read_upload
 from gateway.memory.chunking import ChunkOptions
 from gateway.memory.ingest import IngestService
 from gateway.memory.jobs import JobOptions
+from gateway.service.context import CallContext, on_behalf_of
 from gateway.service.grants import memory_access_of
 from gateway.wire.memory import MemoryFileIn
+from gateway.wire.requests import Endpoint
 from gateway.wire.sse import encode_event
 
 _STATUSES = frozenset({"queued", "running", "paused", "done", "failed", "cancelled", "interrupted"})
@@ -24,8 +27,10 @@ _STATUSES = frozenset({"queued", "running", "paused", "done", "failed", "cancell
 
 async def upload(request: web.Request) -> web.Response:
     """``POST /v1/memory/files``: 202 with the job; the file is read by the job, after the answer."""
-    access = memory_access_of(await authenticate(request))
+    caller = await authenticate(request)
+    access = memory_access_of(caller)
     ingest = _ingest(request)
+    await _admit(request, caller)  # before the file is read
     form = await read_upload(request, ingest, access)
     try:
         given = _parse(MemoryFileIn, dict(form.fields))
@@ -49,7 +54,8 @@ async def upload(request: web.Request) -> web.Response:
         metadata_fields=tuple(given.metadata_fields) if given.metadata_fields is not None else None,
     )
     try:
-        job = await ingest.submit(form.spooled, options, access)
+        with on_behalf_of(caller, admit=False):  # the job's task inherits it: its embeddings are charged
+            job = await ingest.submit(form.spooled, options, access)
     except GatewayError:  # refused (a namespace the caller may not write): the file is not kept
         await ingest.discard(form.spooled)
         raise
@@ -110,9 +116,25 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def resume_job(request: web.Request) -> web.Response:
     """``POST /v1/memory/jobs/{id}/resume``: continue a paused or interrupted job (202)."""
-    access = memory_access_of(await authenticate(request))
-    job = await _ingest(request).resume(request.match_info["id"], access)
+    caller = await authenticate(request)
+    access = memory_access_of(caller)
+    ingest = _ingest(request)
+    await _admit(request, caller)
+    with on_behalf_of(caller, admit=False):
+        job = await ingest.resume(request.match_info["id"], access)
     return json_response(orjson.dumps(job.to_json()), status=202)
+
+
+async def _admit(request: web.Request, caller: Caller | None) -> None:
+    """A job's start is one request against its key's limits (a token for TPM): refused (429)
+    when the key's RPM is used up or its budget spent, before it costs anything. The job's own
+    embeddings are then charged to the key as they happen, never refused (``on_behalf_of``)."""
+    if caller is None or not caller.limited:
+        return
+    ctx = CallContext.for_client(request[keys.REQUEST_ID], 0.0, {}, caller, request[keys.REQUEST_CALL])
+    await request.app[keys.LIMITS].admit(Endpoint.EMBEDDINGS, "", {"input": ""}, ctx)
+    if ctx.limit_ticket is not None:
+        ctx.limit_ticket.settle_later(0, 0, 0.0)
 
 
 def _int(text: str, param: str) -> int:

@@ -45,6 +45,7 @@ class LimitedCall(Protocol):
     def record(self) -> _Record: ...
 
     limit_ticket: LimitTicket | None
+    charge_only: bool
 
 
 class LimitGate:
@@ -59,6 +60,9 @@ class LimitGate:
     async def admit(self, endpoint: Endpoint, model: str, body: JSONObject, ctx: LimitedCall) -> None:
         caller = ctx.identity
         if caller is None or (caller.rpm is None and caller.tpm is None and caller.budget_usd is None):
+            return
+        if ctx.charge_only:  # charged when it ends, never refused (the service's ``OnBehalf``)
+            ctx.limit_ticket = LimitTicket(self, caller, f"{ctx.request_id}:{os.urandom(4).hex()}", 0)
             return
         tokens = reservation(endpoint, body) if caller.tpm is not None else 0
         if caller.tpm is not None and tokens > caller.tpm:

@@ -34,6 +34,11 @@ class Caller:
         """The cache and memory tenant: the team, never the raw credential (rotation keeps it)."""
         return f"team:{self.team}"
 
+    @property
+    def limited(self) -> bool:
+        """Whether any of its limits is set (RPM, TPM, budget)."""
+        return self.rpm is not None or self.tpm is not None or self.budget_usd is not None
+
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
 

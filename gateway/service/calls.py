@@ -38,7 +38,7 @@ from gateway.policy.model import Limits, Shadow
 from gateway.providers.base import UpstreamRequest
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
-from gateway.service.context import CallContext, Route
+from gateway.service.context import ON_BEHALF_OF, CallContext, Route, on_behalf_of
 from gateway.service.front_door import FrontDoor
 from gateway.service.grants import memory_access_of
 from gateway.service.limits import check_limits
@@ -132,7 +132,9 @@ class RequestService:
         model, stream = check_request(endpoint, body)
         check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
         route = RouteContext(model, body, stream=stream, tags=ctx.tags)
-        if ctx.identity is not None and not ctx.identity.may_use(model):
+        if ctx.identity is not None and not ctx.identity.may_use(model) and not ctx.internal:
+            # (An internal call made for a caller, ``OnBehalf``, uses the policy's models: the
+            # memory's embedding model is the gateway's choice, not the key's.)
             # As if it did not exist (OpenAI's answer for a model a key cannot see): a 404 naming
             # only the key's own models, before resolve, whose 404 would list every group.
             raise ModelNotFound(model, [m for m in self.router.model_names if ctx.identity.may_use(m)])
@@ -157,9 +159,10 @@ class RequestService:
             # 3. augment
             if endpoint is Endpoint.CHAT and door is None and memory_augment.wanted(body, ctx.headers):
                 access = memory_access_of(ctx.identity)  # only memories the caller's team may read
-                body, ctx.record.memory_ids = await memory_augment.augment(
-                    self.memory, body, ctx.headers, access
-                )
+                with on_behalf_of(ctx.identity, admit=False):  # the query's embedding is charged
+                    body, ctx.record.memory_ids = await memory_augment.augment(
+                        self.memory, body, ctx.headers, access
+                    )
                 route = RouteContext(model, body, stream=stream, tags=ctx.tags)
                 group = self.router.resolve(route)  # a rule may look at the longer prompt
                 plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
@@ -228,9 +231,14 @@ class RequestService:
     async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
         """One embedding per text from model group ``model``, through the whole request path
         (cache and single flight included); raises ``GatewayError`` on failure. Embeddings are
-        the same for every caller, so these calls share the anonymous tenant's cache entries."""
+        the same for every caller, so these calls share the anonymous tenant's cache entries.
+        Inside ``on_behalf_of`` (the memory API) they pass, or are charged to, the caller's limits."""
         body = {"model": model, "input": list(texts), "encoding_format": "float"}
-        answer = await self.run(Endpoint.EMBEDDINGS, body, CallContext("", 0.0))
+        ctx = CallContext("", 0.0)
+        behalf = ON_BEHALF_OF.get()
+        if behalf is not None:  # a caller's memory work: its limits admit or are charged
+            ctx.identity, ctx.charge_only = behalf.caller, not behalf.admit
+        answer = await self.run(Endpoint.EMBEDDINGS, body, ctx)
         try:
             data = sorted(orjson.loads(answer.body or b"")["data"], key=lambda d: d["index"])
             vectors = [list(map(float, d["embedding"])) for d in data]

@@ -4,7 +4,9 @@ headers, and (filled in as the call goes) what happened to it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -14,7 +16,7 @@ from gateway.cache.fingerprint import ANONYMOUS_TENANT, tenant_of
 from gateway.cache.service import CacheOutcome
 from gateway.routing.target import Route
 
-__all__ = ["CallContext", "CallRecord", "RequestIds", "Route"]
+__all__ = ["CallContext", "CallRecord", "OnBehalf", "RequestIds", "Route", "on_behalf_of"]
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 TAGS_HEADER = "x-gateway-tags"
@@ -53,6 +55,9 @@ class CallContext:
     tenant: str = ANONYMOUS_TENANT
     identity: Caller | None = None  # the authenticated caller, once the edge has resolved it
     limit_ticket: LimitTicket | None = None  # an admitted keyed call's reservation, settled at its end
+    # An internal call made for a caller's background work (``OnBehalf.admit`` false): its usage
+    # and cost are charged to ``identity``'s limits, but it is never refused by them.
+    charge_only: bool = False
 
     @property
     def internal(self) -> bool:
@@ -101,3 +106,35 @@ class RequestIds:
             at = 0
         self._at = at + 32
         return self._hex[at : at + 32]
+
+
+@dataclass(frozen=True, slots=True)
+class OnBehalf:
+    """Whose work the gateway's internal calls (the memory service's embeddings) are done for.
+
+    ``admit``: each call passes ``caller``'s limits (RPM, TPM, budget) as a client call would,
+    and a refusal is the caller's 429; false (an ingest job running after its upload was
+    answered): each call is charged to the limits (its tokens and cost count) but never refused,
+    so a job is not cut midway by a window that fills."""
+
+    caller: Caller
+    admit: bool
+
+
+# Set by the memory API's handlers around the service call; read by ``RequestService.embed``.
+# A task created inside (an ingest job) inherits it, as asyncio copies the context.
+ON_BEHALF_OF: ContextVar[OnBehalf | None] = ContextVar("on_behalf_of", default=None)
+
+
+@contextmanager
+def on_behalf_of(caller: Caller | None, *, admit: bool) -> Iterator[None]:
+    """Internal calls made inside the block are ``caller``'s (see ``OnBehalf``); a caller without
+    limits (open mode, an unlimited key) sets nothing: its internal calls stay the gateway's."""
+    if caller is None or not caller.limited:
+        yield
+        return
+    token = ON_BEHALF_OF.set(OnBehalf(caller, admit))
+    try:
+        yield
+    finally:
+        ON_BEHALF_OF.reset(token)
