@@ -81,6 +81,9 @@ class GatewayError(Exception):
 
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "server_error"
+    # Set by the router on the error that ends a routed call: (provider, upstream model) of the
+    # last deployment tried and how many attempts were made (the access log and headers say so).
+    tried: tuple[str, str, int] | None = None
 
     def __init__(
         self,

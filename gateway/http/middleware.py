@@ -236,10 +236,13 @@ def _observe(
     if cached is not None and cached.status == "hit":
         provider = "cache"
     label = _STATUS_LABELS.get(status) or str(status)
+    # (The metrics' ``provider`` is the one that served the request: "" when none did.)
     metrics.child(metrics.requests, endpoint, model, provider, label).value += 1  # inc(), without the call
     if model:
         metrics.child(metrics.request_duration, endpoint, model, provider).observe(elapsed_s)
     if access.enabled:  # buffered: written in timed batches, off the loop (access_log.py)
+        if route is None and call.tried is not None:  # every attempt failed: the last one tried
+            provider, upstream_model, attempts = call.tried
         access.record(
             rid,
             request.method,
@@ -310,6 +313,8 @@ def add_gateway_headers(headers: MutableMapping[str, str], rid: str, call: CallR
         headers["x-gateway-fallback"] = "true" if route.fallback else "false"
         if route.group != call.model:
             headers["x-gateway-group"] = route.group  # a rule sent it to another group
+    elif call.tried is not None:
+        headers["x-gateway-attempts"] = str(call.tried[2])  # how many deployments failed it
     if call.memory_ids is not None:
         headers["x-gateway-memory-ids"] = ",".join(call.memory_ids)
     cached = call.cache

@@ -443,7 +443,9 @@ class Router:
                 raise error
             await asyncio.sleep(cursor.pending_wait_s)
             value, target = await self._retry(group_name, cursor, ctx, attempt, failures)
-        except GatewayError:
+        except GatewayError as final:
+            last = failures[-1]
+            final.tried = (last.provider, last.model, len(failures))
             if timed_out:
                 self._metrics.recovery.count("failover", "failed")
             raise

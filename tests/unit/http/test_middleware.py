@@ -4,6 +4,7 @@ answer (whole, stream, error, not proxied), and the access log's milliseconds.""
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import re
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,8 @@ from aiohttp.test_utils import TestClient
 from gateway import keys
 from gateway.app import build_app
 from gateway.http.middleware import milliseconds
+from gateway.observability.access_log import AccessLog
+from gateway.observability.metrics import Counter
 from gateway.policy.loader import parse_policy
 from gateway.providers.base import UpstreamRequest
 from gateway.service.context import RequestIds
@@ -170,3 +173,50 @@ async def test_any_request_target_reaches_the_catch_all(client: TestClient) -> N
         assert head.startswith(b"HTTP/1.1 404 ")
         assert b"\r\nx-request-id: " in head.lower()
         assert orjson.loads(body)["error"]["message"] == message
+
+
+async def test_a_request_every_deployment_failed_logs_its_attempts_and_the_last_one_tried(
+    aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = io.StringIO()
+    access = AccessLog("json", True, Counter("dropped", "test"), stream=out)
+    monkeypatch.setattr(AccessLog, "configured", classmethod(lambda cls, *args: access))
+    policy = """
+version: 1
+auth: {mode: open}
+providers:
+  a: {kind: openai, base_url: "http://a.test/v1"}
+  b: {kind: openai, base_url: "http://b.test/v1"}
+models:
+  m:
+    deployments: [{provider: a, model: ma}, {provider: b, model: mb}]
+    strategy: ordered
+    retry: {max_attempts: 2}
+memory: {enabled: false}
+"""
+
+    def broken(request: UpstreamRequest) -> MockResponse:
+        return MockResponse.json({"error": {"message": "down", "type": "server_error"}}, status=500)
+
+    app = build_app(
+        Settings(access_log=True),
+        parse_policy(policy),
+        {},
+        transports={"a": MockTransport(broken), "b": MockTransport(broken)},
+    )
+    client = await aiohttp_client(app)
+    resp = await client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "r-failed"})
+    assert resp.status == 502, await resp.text()
+    assert resp.headers["x-gateway-attempts"] == "2"
+    assert "x-gateway-provider" not in resp.headers  # nobody served it
+    access.flush()
+    (line,) = [orjson.loads(raw) for raw in out.getvalue().splitlines() if "r-failed" in raw]
+    assert (line["status"], line["attempts"], line["provider"], line["upstream_model"]) == (
+        502,
+        2,
+        "b",
+        "mb",
+    )
+    registry = app[keys.METRICS].registry
+    labels = {"endpoint": "/v1/chat/completions", "model": "m", "provider": "", "status_code": "502"}
+    assert registry.get_sample_value("gateway_requests_total", labels) == 1
