@@ -627,14 +627,16 @@ class RedisLimiter:
                 *(self._index_row(client, day, team, key_id) for day, team, key_id in indexed),
             )
         else:
-            pipe = client.pipeline(transaction=False)
-            for keys, args in calls:
-                await script(keys=keys, args=args, client=pipe)
-            for day, team, key_id in indexed:
-                # The day's index of rows (read by /admin/usage) lives in another slot.
-                pipe.sadd(f"{self._prefix}ud:{day}", f"{team}\t{key_id}")
-                pipe.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
-            await pipe.execute()
+            # ``async with``: a write cut short (the op timeout, while the pipeline loads its
+            # script) gives the connection back; left to the GC, asyncio logs it as unclosed.
+            async with client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    await script(keys=keys, args=args, client=pipe)
+                for day, team, key_id in indexed:
+                    # The day's index of rows (read by /admin/usage) lives in another slot.
+                    pipe.sadd(f"{self._prefix}ud:{day}", f"{team}\t{key_id}")
+                    pipe.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
+                await pipe.execute()
         if len(self._indexed) > 100_000:
             self._indexed.clear()
         self._indexed.update(indexed)

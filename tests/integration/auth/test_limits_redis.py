@@ -4,6 +4,9 @@ several limiters (replicas) share one Redis, and the policy's fail-open / fail-c
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
+import signal
 import time
 
 import pytest
@@ -134,6 +137,34 @@ async def test_redis_down_fails_open_locally_or_closed(private_redis: PrivateRed
     finally:
         await open_.close()
         await closed.close()
+
+
+async def test_a_settlement_cut_by_a_frozen_redis_leaves_no_pipeline_holding_a_connection(
+    private_redis: PrivateRedis,
+) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(str(context.get("message"))))
+    limiter = RedisLimiter(private_redis.url, prefix="t:", op_timeout_s=0.2)
+    await limiter.start()
+    key = Caller("k1", "alpha", rpm=1000)
+    pid = private_redis._popen.pid  # type: ignore[union-attr]
+    try:
+        assert (await limiter.admit(key, "a", 0)).refused is None
+        os.kill(pid, signal.SIGSTOP)  # frozen: every reply waits, nothing is refused
+        try:
+            await limiter.settle(key, "a", 0, 3, 2, 0.0)  # the write times out: counted locally
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert not limiter.healthy
+        gc.collect()  # a pipeline left holding its connection says so when it is collected
+        assert not [m for m in reported if "Unclosed" in m], reported
+        today = day_of(time.time())
+        assert limiter.local.table.query(UsageQuery("alpha", "k1", today, today))[0].tokens_in == 3
+    finally:
+        await limiter.close()
+        loop.set_exception_handler(previous)
 
 
 async def _try(limiter: RedisLimiter, key: Caller) -> object | None:
