@@ -168,8 +168,18 @@ class LocalLimiter:
         self.settle_now(caller, ticket, reserved, tokens_in, tokens_out, cost_usd)
 
     def settle_now(
-        self, caller: Caller, ticket: str, reserved: int, tokens_in: int, tokens_out: int, cost_usd: float
+        self,
+        caller: Caller,
+        ticket: str,
+        reserved: int,
+        tokens_in: int,
+        tokens_out: int,
+        cost_usd: float,
+        *,
+        record: bool = True,
     ) -> None:
+        """``record``: false when the usage row is kept elsewhere (the Redis limiter's fallback
+        counts the windows and budget here and carries the row to Redis)."""
         now = self._clock()
         counts = self._keys.get(caller.key_id)
         if counts is None:
@@ -192,7 +202,8 @@ class LocalLimiter:
             if counts.period != period:
                 counts.period, counts.spent_usd = period, 0.0
             counts.spent_usd += cost_usd
-        self.table.record(caller.team, caller.key_id, tokens_in, tokens_out, cost_usd)
+        if record:
+            self.table.record(caller.team, caller.key_id, tokens_in, tokens_out, cost_usd)
 
     async def refused(self, caller: Caller, reason: str) -> None:
         self.table.refused(caller.team, caller.key_id, reason)

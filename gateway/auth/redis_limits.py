@@ -33,7 +33,11 @@ pipeline, so a request's end costs no round trip either (``settle`` waits for th
 ``settle_soon`` does not). Time is Redis's own (``TIME``), so replicas with skewed clocks agree.
 A failure (Redis, OS, timeout) falls back to the ``LocalLimiter`` (``fail: open``: counted in
 this process, logged once per outage, ``errors`` exported) or raises ``LimitsUnavailable``
-(``fail: closed``); after a backoff (0.1 s doubling to 5 s) one call probes.
+(``fail: closed``); after a backoff (0.1 s doubling to 5 s) one call probes. A write that fails
+leaves its usage, spend and refusals in ``_carried``, written with the next write that reaches
+Redis (scheduled when Redis comes back), so the shared rows and budgets count an outage's
+traffic; its window corrections are dropped (stale within a minute, and dropping them only
+refuses early).
 """
 
 from __future__ import annotations
@@ -310,6 +314,9 @@ class RedisLimiter:
         self._lease_s = lease_s
         self._flush_s = flush_s
         self.local = LocalLimiter(window_s=window_s)  # fail-open: counted in this process
+        # Usage, spend and refusals a write could not take to Redis: written with the next one
+        # that can (``_carry``), so the shared rows and budgets count an outage's traffic too.
+        self._carried: dict[tuple[str, str, int], _Pending] = {}
         self._client: RedisClient | None = None
         self._admit: AsyncScript | None = None
         self._settle: AsyncScript | None = None
@@ -557,6 +564,10 @@ class RedisLimiter:
                 self._flush_at.cancel()
                 self._flush_at = None
             self._start_flush()
+        if self._carried and self._outage.healthy:  # one try: a Redis still down keeps them
+            self._start_flush()
+            if self._flushing is not None:
+                await asyncio.shield(self._flushing)
 
     async def _written(self) -> None:
         """Wait for the write of the current batch."""
@@ -571,7 +582,7 @@ class RedisLimiter:
 
     def _start_flush(self) -> None:
         self._flush_at = None
-        if self._flushing is None and self._batch.pending:
+        if self._flushing is None and (self._batch.pending or self._carried):
             self._flushing = asyncio.ensure_future(self._write(self._batch))
             self._batch = _Batch()
 
@@ -579,10 +590,9 @@ class RedisLimiter:
         try:
             ok = self._client is not None and await self._call(lambda: self._send(batch), fallback_ok=True)
             if not ok:
-                for settled in batch.settled:
-                    self.local.settle_now(*settled)
-                for caller, reason in batch.refused:
-                    await self.local.refused(caller, reason)
+                for settled in batch.settled:  # this process's windows and budget, meanwhile
+                    self.local.settle_now(*settled, record=False)
+                self._carry(batch)
         finally:
             self._flushing = None
             if batch.written is not None and not batch.written.done():
@@ -590,9 +600,34 @@ class RedisLimiter:
             if self._batch.pending:
                 self._schedule()
 
+    def _carry(self, batch: _Batch) -> None:
+        """Keep what ``batch`` counted (usage, spend, refusals) for the next write that reaches
+        Redis. Not its window corrections: stale by then (the windows are 60 s), they are
+        dropped, so the entries count what was reserved until they leave the window: refusing
+        early, never admitting more than the limit."""
+        for slot, p in batch.pending.items():
+            kept = self._carried.get(slot)
+            if kept is None:
+                kept = self._carried[slot] = _Pending(p.caller, p.day)
+            kept.caller = p.caller
+            kept.requests += p.requests
+            kept.tokens_in += p.tokens_in
+            kept.tokens_out += p.tokens_out
+            kept.cost_usd += p.cost_usd
+            kept.refusals.update(p.refusals)
+
     async def _send(self, batch: _Batch) -> bool:
         client, script = self._client, self._settle
         assert client is not None and script is not None, "start() first"
+        if self._carried:  # an outage's counts go with this write (carried again if it fails)
+            carried, self._carried = self._carried, {}
+            for kept in carried.values():
+                p = batch.of(kept.caller, kept.day)
+                p.requests += kept.requests
+                p.tokens_in += kept.tokens_in
+                p.tokens_out += kept.tokens_out
+                p.cost_usd += kept.cost_usd
+                p.refusals.update(kept.refusals)
         calls: list[tuple[list[str], list[EncodableT]]] = []
         indexed: list[tuple[int, str, str]] = []
         for (key_id, team, day), p in batch.pending.items():
@@ -672,6 +707,10 @@ class RedisLimiter:
                         setattr(row, field_name, int(value))
                 rows.append(row)
         local = {(r.day, r.team, r.key_id): r for r in self.local.table.query(query)}
+        for (key_id, team, day), kept in self._carried.items():  # counted, not yet written
+            if query.from_day <= day <= query.to_day and query.matches(team, key_id):
+                row = local.setdefault((day, team, key_id), UsageRow(team, key_id, day))
+                row.add(_row_of(kept))
         for row in rows:
             extra = local.pop((row.day, row.team, row.key_id), None)
             if extra is not None:
@@ -698,9 +737,10 @@ class RedisLimiter:
             extra={"fields": {"error": error}},
         )
 
-    @staticmethod
-    def _came_back() -> None:
+    def _came_back(self) -> None:
         log.info("redis limits recovered: counting shared again")
+        if self._carried:
+            self._schedule()  # what the outage counted, written now rather than with the next call
 
     def _unavailable(self, fallback_ok: bool) -> None:
         if self._fail == "closed" and not fallback_ok:
@@ -752,3 +792,11 @@ if TYPE_CHECKING:
 
     def _conforms(limiter: RedisLimiter) -> Limiter:
         return limiter
+
+
+def _row_of(kept: _Pending) -> UsageRow:
+    row = UsageRow(kept.caller.team, kept.caller.key_id, kept.day)
+    row.requests, row.tokens_in, row.tokens_out = kept.requests, kept.tokens_in, kept.tokens_out
+    row.cost_usd = kept.cost_usd
+    row.refusals = dict(kept.refusals)
+    return row

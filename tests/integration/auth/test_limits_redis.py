@@ -161,10 +161,51 @@ async def test_a_settlement_cut_by_a_frozen_redis_leaves_no_pipeline_holding_a_c
         gc.collect()  # a pipeline left holding its connection says so when it is collected
         assert not [m for m in reported if "Unclosed" in m], reported
         today = day_of(time.time())
-        assert limiter.local.table.query(UsageQuery("alpha", "k1", today, today))[0].tokens_in == 3
+        (row,) = await limiter.usage(UsageQuery("alpha", "k1", today, today))
+        assert (row.requests, row.tokens_in, row.tokens_out) == (1, 3, 2)  # carried, not yet written
     finally:
         await limiter.close()
         loop.set_exception_handler(previous)
+
+
+async def test_what_an_outage_counted_reaches_the_shared_rows_and_budget_once_redis_is_back(
+    private_redis: PrivateRedis,
+) -> None:
+    here = RedisLimiter(private_redis.url, prefix="t:", op_timeout_s=0.2)
+    there = RedisLimiter(private_redis.url, prefix="t:", op_timeout_s=2.0)  # another replica
+    await here.start()
+    await there.start()
+    # RPM below LEASE_SHARE: no lease, every admission is a round trip that checks the budget.
+    key = Caller("k1", "alpha", rpm=100, budget_usd=1.0, budget_period_s=86400.0)
+    pid = private_redis._popen.pid  # type: ignore[union-attr]
+    today = day_of(time.time())
+    query = UsageQuery("alpha", "k1", today, today)
+    try:
+        assert (await here.admit(key, "a", 0)).refused is None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await here.settle(key, "a", 0, 3, 2, 0.6)  # cut: counted here, carried
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert not here.healthy
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not here.healthy:  # after the backoff, an admission probes Redis and finds it back
+            assert loop.time() < deadline, "limits never recovered"
+            await here.admit(key, "probe", 0)
+            await asyncio.sleep(0.05)
+        await here.flush()
+        # The other replica, which reads only Redis, sees the outage's usage and spend.
+        (row,) = await there.usage(query)
+        assert (row.requests, row.tokens_in, row.tokens_out) == (1, 3, 2)
+        assert row.cost_usd == pytest.approx(0.6)
+        await there.settle(key, "b", 0, 1, 1, 0.5)  # $1.1 spent in all: the budget is gone
+        assert (await there.admit(key, "c", 0)).refused == "budget"
+        (row,) = await here.usage(query)  # written once: not also counted as this process's own
+        assert (row.requests, row.tokens_in, row.cost_usd) == (2, 4, pytest.approx(1.1))
+    finally:
+        await here.close()
+        await there.close()
 
 
 async def _try(limiter: RedisLimiter, key: Caller) -> object | None:
