@@ -225,7 +225,8 @@ class RolloutController:
         if rollout is None or slot is None or rollout.state is None:
             return
         state = rollout.state
-        failure = await self._smoke_failure(slot.candidate, rollout.config)
+        with self._router.side_call():  # a reload does not close the candidate's client under it
+            failure = await self._smoke_failure(slot.candidate, rollout.config)
         now = self._clock()
         if failure is not None:
             await self._write(rollout, "rollback", state.moved("rolled_back", now, reason=failure))

@@ -18,6 +18,7 @@ Live figures (``stats.py``) and breakers (``breaker.py``) are per deployment, th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 import time
@@ -88,6 +89,15 @@ class _Group:
     scores: dict[tuple[bool, tuple[int, ...]], tuple[float, list[float]]] = field(
         default_factory=dict
     )  # EWMA of input tokens / all tokens, for blending prices
+
+
+class _SideCalls:
+    """Calls made with one policy's clients outside the failover loop (``Router.side_call``)."""
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = 0
 
 
 class Router:
@@ -202,6 +212,7 @@ class Router:
         all_targets = [t for g in groups.values() for t in g.targets]
         # No await from here on: a request sees the old set or the new one, never a mix.
         self._policy, self._live, self._groups, self._clients = policy, live, groups, dict(clients)
+        self._side = _SideCalls()  # this policy's own: a reload's drain reads the one it replaced
         self._all_targets = all_targets
         self._target_group = [g.name for g in groups.values() for _ in g.targets]
         self._target_index = {id(t): i for i, t in enumerate(all_targets)}
@@ -662,7 +673,20 @@ class Router:
         choice may fail over to a deployment the reload removed. Each group's retry budget
         counts these already (``RetryBudget.active``), so a request pays nothing for it."""
         budgets = [group.budget for group in self._groups.values()]
-        return lambda: sum(budget.active for budget in budgets)
+        side = self._side
+        return lambda: sum(budget.active for budget in budgets) + side.active
+
+    @contextlib.contextmanager
+    def side_call(self) -> Iterator[None]:
+        """Count a call made outside the failover loop with this policy's clients (a shadow
+        mirror, a rollout's smoke prompts) in ``routing_now``: a reload keeps a client it
+        replaced open until such calls end too."""
+        side = self._side
+        side.active += 1
+        try:
+            yield
+        finally:
+            side.active -= 1
 
     def states_of(self, providers: Collection[str]) -> list[DeploymentState]:
         """The live states of the deployments served by ``providers`` (a reload waits for their

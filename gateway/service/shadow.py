@@ -256,20 +256,24 @@ class ShadowTraffic:
     ) -> None:
         try:
             candidate = shadow.deployment
-            client = self._router.client(candidate.provider)
-            if client is None or not client.configured:
-                self._failed(figures, "ProviderNotConfigured")
-                return
-            deployment = Deployment(provider=candidate.provider, model=candidate.model, price=candidate.price)
-            target = Target(deployment, client, self._live)
-            if body.get("stream"):  # the candidate gives a whole answer: nobody reads its stream
-                body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-            started = self._clock()
-            try:
-                raw, usage = await self._fetch(target, endpoint, body)
-            except GatewayError as error:
-                self._failed(figures, type(error).__name__)
-                return
+            # Counted while it uses the client: a reload that replaces it closes it after.
+            with self._router.side_call():
+                client = self._router.client(candidate.provider)
+                if client is None or not client.configured:
+                    self._failed(figures, "ProviderNotConfigured")
+                    return
+                deployment = Deployment(
+                    provider=candidate.provider, model=candidate.model, price=candidate.price
+                )
+                target = Target(deployment, client, self._live)
+                if body.get("stream"):  # the candidate gives a whole answer: nobody reads its stream
+                    body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+                started = self._clock()
+                try:
+                    raw, usage = await self._fetch(target, endpoint, body)
+                except GatewayError as error:
+                    self._failed(figures, type(error).__name__)
+                    return
             self._succeeded(figures, candidate.price.input_per_mtok, candidate.price.output_per_mtok,
                             self._clock() - started, usage)  # fmt: skip
             if served is not None:

@@ -65,6 +65,7 @@ class Upstreams:
         self.calls: list[tuple[str, str]] = []
         self.gate: asyncio.Event | None = None  # set: provider a waits for it
         self.a_fails = False  # provider a answers 500 (after its gate)
+        self.mirror_gate: asyncio.Event | None = None  # set: the shadow model (b/sx) waits for it
         self.transports = {name: MockTransport(self._handler(name)) for name in ("a", "b")}
 
     def _handler(self, name: str) -> Callable[[UpstreamRequest], Awaitable[MockResponse]]:
@@ -72,6 +73,8 @@ class Upstreams:
             self.calls.append((name, orjson.loads(request.body)["model"]))
             if name == "a" and self.gate is not None:
                 await self.gate.wait()
+            if self.calls[-1] == ("b", "sx") and self.mirror_gate is not None:
+                await self.mirror_gate.wait()
             if name == "a" and self.a_fails:
                 return MockResponse.json({"error": {"message": "down"}}, status=500)
             return answer(request)
@@ -417,6 +420,47 @@ async def test_shadow_settings_follow_a_reload(
         assert (await client.post("/v1/chat/completions", json=chat("m"))).status == 200
     await asyncio.sleep(0.1)  # a mirror, were one started, is sent at once (MockTransport)
     assert upstreams.calls == [("a", "ma")] * 5
+
+
+async def test_a_shadow_mirror_in_flight_keeps_the_client_a_reload_replaced_until_it_ends(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    """A mirror to b/sx is under way when a reload removes provider b: b's client stays open
+    until the mirror ends, which then counts as ok (it used to be closed under it: an error)."""
+    policy_file.write_text(
+        BASE.replace(
+            "{provider: b, model: mb}]}",
+            "{provider: b, model: mb}], shadow: {deployment: {provider: b, model: sx}, share: 1.0}}",
+        )
+    )
+    client = await gateway(aiohttp_client, policy_file, upstreams)
+    assert (await reload(client))[0] == 200
+    upstreams.mirror_gate = asyncio.Event()
+    assert (await client.post("/v1/chat/completions", json=chat("m"))).status == 200
+    deadline = time.monotonic() + 5
+    while ("b", "sx") not in upstreams.calls and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert ("b", "sx") in upstreams.calls  # the mirror waits on b
+
+    policy_file.write_text(
+        BASE.replace('  b: {kind: openai, base_url: "http://b.test/v1"}\n', "").replace(
+            ", {provider: b, model: mb}", ""
+        )
+    )
+    assert (await reload(client))[0] == 200
+    for _ in range(3):  # b would have closed at the drain's first look
+        await asyncio.sleep(live_policy._DRAIN_POLL_S)
+    assert not upstreams.transports["b"].closed
+
+    upstreams.mirror_gate.set()
+    await client.app[keys.SERVICE].shadow.settle()  # type: ignore[index]
+    labels = {"model": "m", "provider": "b", "upstream_model": "sx"}
+    assert metric(client, "gateway_shadow_requests_total", **labels, result="ok") == 1
+    assert metric(client, "gateway_shadow_requests_total", **labels, result="error") == 0
+    deadline = time.monotonic() + 5
+    while not upstreams.transports["b"].closed and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert upstreams.transports["b"].closed
 
 
 async def test_the_watcher_ignores_other_files_in_the_policy_directory(
