@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import random
+import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 
@@ -153,7 +154,7 @@ def build_app(
             service.memory,
             policy.memory.ingest,
             recover=worker is None or worker.owns_files,
-            shared=worker is not None,
+            runner=f"{socket.gethostname()}:{settings.port}:{worker.index if worker is not None else 0}",
         )
         metrics.ingest_collector(ingest)
     app[keys.LIFECYCLE] = keys.Lifecycle()

@@ -72,11 +72,13 @@ class IngestService:
     """Runs ingest jobs in this process and answers for jobs of any process from the store.
 
     ``clock`` gives wall times (started_at, ...); ``timer`` monotonic seconds (rates, ETA).
-    ``recover``: at start, mark jobs the store still shows running as interrupted (one process
-    of ``serve --workers N`` does it); ``shared``: other processes of a worker set run jobs on
-    the same store, so recovery at start leaves those saved lately (``_fresh``) alone. Either
-    way a job the store shows running that no process has saved for ``_ALIVE_S`` is shown, and
-    saved, as interrupted when it is read (its process died: a worker of a set, SIGKILLed)."""
+    ``runner`` names this process (host, port and worker: ``app.py``) in the jobs it runs. At
+    start, the jobs the store shows running that this runner ran are marked interrupted (they
+    were cut by its restart), and, with ``recover`` (one process of ``serve --workers N``), so
+    are other runners' jobs that no process has saved for ``_ALIVE_S``; a job another live
+    process runs on the same store (a worker of the set, a replica sharing Snowflake) is left
+    alone. A job the store shows running that no process has saved for ``_ALIVE_S`` is also
+    shown, and saved, as interrupted when it is read (its process died: SIGKILLed)."""
 
     def __init__(
         self,
@@ -86,14 +88,14 @@ class IngestService:
         clock: Callable[[], datetime] = utc_now,
         timer: Callable[[], float] = time.monotonic,
         recover: bool = True,
-        shared: bool = False,
+        runner: str | None = None,
     ) -> None:
         self.memory = memory
         self.config = config
         self._clock = clock
         self._timer = timer
         self._recover = recover
-        self._shared = shared
+        self.runner = runner
         self._live: dict[str, RunningJob] = {}
         self._slots = asyncio.Semaphore(config.max_concurrent_jobs)
         self._pipeline = Pipeline(memory, config, clock, config.max_concurrent_jobs)
@@ -106,13 +108,14 @@ class IngestService:
         """Create the spool directory; mark jobs cut by a restart as interrupted."""
         await asyncio.to_thread(Path(self.config.spool_dir).mkdir, parents=True, exist_ok=True)
         self._pipeline.open()
-        if not self._recover:
+        if self._recover:
+            await asyncio.to_thread(_remove_partial_uploads, self.config.spool_dir)
+        elif self.runner is None:
             return
-        await asyncio.to_thread(_remove_partial_uploads, self.config.spool_dir)
         for job in await self.memory.store.recent_jobs(None, sorted(ACTIVE), 1000):
-            if self._shared and self._fresh(job):
-                continue  # running in another worker of the set (this one restarted alone)
-            await self._interrupted(job, "the gateway stopped while this job ran")
+            mine = self.runner is not None and job.runner == self.runner  # cut by this restart
+            if mine or (self._recover and not self._fresh(job)):
+                await self._interrupted(job, "the gateway stopped while this job ran")
 
     async def _interrupted(self, job: IngestJob, why: str) -> IngestJob:
         job.status = "interrupted"
@@ -224,6 +227,7 @@ class IngestService:
 
     async def _launch(self, job: IngestJob, path: str, access: MemoryAccess | None) -> IngestJob:
         job.status, job.error, job.finished_at = "queued", None, None
+        job.runner = self.runner
         job.bytes_done, job.chunks_done = 0, job.resume_from
         job.updated_at = self._clock()
         await self.memory.store.save_job(job)

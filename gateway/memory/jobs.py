@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -97,6 +98,9 @@ class IngestJob:
     error: str | None = None
     updated_at: datetime | None = None
     finished_at: datetime | None = None
+    # The process that runs it (``IngestService.runner``: host, port, worker), for recovery at
+    # start: a process's own jobs from before its restart are cut, other processes' are not.
+    runner: str | None = None
 
     def add_error(self, problem: JobProblem) -> None:
         self.errors_count += 1
@@ -156,7 +160,12 @@ class IngestJob:
         doc["errors"] = [JobProblem(**e) for e in doc["errors"]]
         for name in ("started_at", "updated_at", "finished_at"):
             doc[name] = datetime.fromisoformat(doc[name]) if doc[name] else None
-        return cls(**doc)
+        # Fields a newer gateway added are ignored (replicas of two versions share a store
+        # during a rolling update); missing ones take their defaults.
+        return cls(**{k: v for k, v in doc.items() if k in _JOB_FIELDS})
+
+
+_JOB_FIELDS = frozenset(f.name for f in dataclass_fields(IngestJob))
 
 
 def _encode(value: object) -> object:

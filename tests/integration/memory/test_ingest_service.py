@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
+from gateway.errors import HTTPStatusError
 from gateway.memory.index import HnswIndex
 from gateway.memory.ingest import IngestService
-from gateway.memory.jobs import JobOptions
+from gateway.memory.jobs import IngestJob, JobOptions
 from gateway.memory.service import MemoryService
 from gateway.memory.sql import utc_now
 from gateway.memory.sqlite_store import SQLiteMemoryStore
@@ -115,12 +117,13 @@ async def test_a_job_whose_process_died_shows_interrupted_and_resumes(
 ) -> None:
     """A worker SIGKILLed mid-job leaves it 'running' in the store. Another process (here a
     service whose clock is 2 minutes on: the dead one has not saved since) shows it interrupted
-    and resumes it; a worker of the set that restarts alone (shared) leaves a job saved lately."""
+    and resumes it; a worker of the set that restarts alone leaves a job another worker saved
+    lately."""
     service, provider, config = memory
-    running = IngestService(service, config)
+    running = IngestService(service, config, runner="host:8080:1")
     await running.start()
     later = IngestService(service, config, recover=False, clock=lambda: utc_now() + timedelta(seconds=120))
-    restarted = IngestService(service, config, recover=True, shared=True)
+    restarted = IngestService(service, config, recover=True, runner="host:8080:0")
     try:
         text = "\n\n".join(f"Paragraph {i}, with words and more words." for i in range(3000)).encode()
         provider.hold_after = 24
@@ -142,3 +145,65 @@ async def test_a_job_whose_process_died_shows_interrupted_and_resumes(
         await restarted.close()
         provider.gate.set()
         await running.close()
+
+
+async def test_a_replica_starting_leaves_another_replicas_job_and_cuts_its_own(
+    memory: tuple[MemoryService, Provider, Ingest],
+) -> None:
+    """Replicas sharing one store (Snowflake): one that starts must not mark the job another
+    runs as interrupted (a resume elsewhere would then run it twice); the replica that ran it,
+    restarting, does mark it at once, not after _ALIVE_S."""
+    service, provider, config = memory
+    running = IngestService(service, config, runner="pod-a:8080:0")
+    await running.start()
+    other = IngestService(service, config, runner="pod-b:8080:0")
+    restarted: IngestService | None = None
+    try:
+        text = "\n\n".join(f"Paragraph {i}, with words and more words." for i in range(3000)).encode()
+        provider.hold_after = 24
+        job = await running.submit(
+            await running.spool(blocks(text), "a.txt"), JobOptions("docs", "text"), None
+        )
+        while provider.gate.is_set() or (await running.get(job.id, None)).status != "running":
+            await asyncio.sleep(0.01)
+        await other.start()  # another replica starting (recover: it is the only process there)
+        assert (await service.store.get_job(job.id)).status == "running"  # type: ignore[union-attr]
+        with pytest.raises(HTTPStatusError) as refused:
+            await other.resume(job.id, None)  # it runs elsewhere: not a second run
+        assert refused.value.http_status == 409
+        # pod-a's container restarts (its old process gone without a word): its own job is cut.
+        provider.gate.set()
+        await running.close()
+        stored = await service.store.get_job(job.id)
+        assert stored is not None
+        stored.status, stored.error = "running", None  # as a SIGKILLed process leaves it
+        await service.store.save_job(stored)
+        restarted = IngestService(service, config, runner="pod-a:8080:0")
+        await restarted.start()
+        cut = await service.store.get_job(job.id)
+        assert cut is not None and cut.status == "interrupted", cut
+    finally:
+        provider.gate.set()
+        if restarted is not None:
+            await restarted.close()
+        await other.close()
+        await running.close()
+
+
+def test_a_job_document_with_fields_of_a_newer_gateway_is_read() -> None:
+    job = IngestJob(
+        id="job_1",
+        key="k",
+        owner=None,
+        file="a.txt",
+        content_sha256="0" * 64,
+        bytes_total=10,
+        options=JobOptions("docs", "text"),
+        started_at=utc_now(),
+        runner="pod-a:8080:0",
+    )
+    doc = orjson.loads(job.to_document())
+    doc["added_later"] = {"x": 1}
+    assert IngestJob.from_document(orjson.dumps(doc)) == job
+    del doc["runner"]  # written by a gateway from before the field
+    assert IngestJob.from_document(orjson.dumps(doc)).runner is None
