@@ -154,7 +154,7 @@ def build_app(
             service.memory,
             policy.memory.ingest,
             recover=worker is None or worker.owns_files,
-            runner=f"{socket.gethostname()}:{settings.port}:{worker.index if worker is not None else 0}",
+            runner=_runner_id(settings),
         )
         metrics.ingest_collector(ingest)
     app[keys.LIFECYCLE] = keys.Lifecycle()
@@ -311,6 +311,15 @@ def _shared_routing(settings: Settings, router: Router, metrics: GatewayMetrics)
         clock=router.now,
         on_health=health,
     )
+
+
+def _runner_id(settings: Settings) -> str:
+    """This process in the ingest jobs it runs: the same after a restart in the same place (a
+    pod keeps its hostname, a service its port), so its own cut jobs are recognised at start.
+    ``--port 0`` has no stable port: the process id stands in (its jobs recover when stale)."""
+    worker = settings.worker
+    place = str(settings.port) if settings.port else f"pid{os.getpid()}"
+    return f"{socket.gethostname()}:{place}:{worker.index if worker is not None else 0}"
 
 
 def _limiter(settings: Settings, policy: Policy, metrics: GatewayMetrics) -> Limiter:
