@@ -40,6 +40,20 @@ models:
 """
 
 
+# BASE without provider b (and its deployment)
+WITHOUT_B = BASE.replace('  b: {kind: openai, base_url: "http://b.test/v1"}\n', "").replace(
+    ", {provider: b, model: mb}", ""
+)
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait until ``condition()`` holds; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
+
+
 def chat(model: str) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -191,9 +205,7 @@ async def test_a_request_in_flight_finishes_and_a_replaced_client_closes_after_i
     client = await gateway(aiohttp_client, policy_file, upstreams)
     upstreams.gate = asyncio.Event()
     in_flight = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat("m")))
-    deadline = time.monotonic() + 5
-    while not upstreams.calls and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: bool(upstreams.calls))
     assert upstreams.calls == [("a", "ma")]
 
     # Provider a leaves the policy; group m is served by b alone.
@@ -211,10 +223,7 @@ async def test_a_request_in_flight_finishes_and_a_replaced_client_closes_after_i
     upstreams.gate.set()
     resp = await in_flight
     assert resp.status == 200 and resp.headers["x-gateway-provider"] == "a"
-    deadline = time.monotonic() + 5
-    while not upstreams.transports["a"].closed and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert upstreams.transports["a"].closed
+    await eventually(lambda: upstreams.transports["a"].closed)
     assert not upstreams.transports["b"].closed
 
 
@@ -228,16 +237,10 @@ async def test_a_request_in_flight_still_fails_over_to_a_deployment_the_reload_r
     client = await gateway(aiohttp_client, policy_file, upstreams)
     upstreams.gate, upstreams.a_fails = asyncio.Event(), True
     in_flight = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat("m")))
-    deadline = time.monotonic() + 5
-    while not upstreams.calls and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: bool(upstreams.calls))
     assert upstreams.calls == [("a", "ma")]
 
-    policy_file.write_text(
-        BASE.replace('  b: {kind: openai, base_url: "http://b.test/v1"}\n', "").replace(
-            ", {provider: b, model: mb}", ""
-        )
-    )
+    policy_file.write_text(WITHOUT_B)
     assert (await reload(client))[0] == 200
     # b would have closed at the drain's first look; three looks later it must still be open.
     for _ in range(3):
@@ -250,10 +253,7 @@ async def test_a_request_in_flight_still_fails_over_to_a_deployment_the_reload_r
     assert resp.status == 200, body
     assert resp.headers["x-gateway-provider"] == "b"
     assert upstreams.calls == [("a", "ma"), ("b", "mb")]
-    deadline = time.monotonic() + 5
-    while not upstreams.transports["b"].closed and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert upstreams.transports["b"].closed  # and then it is closed, not kept for good
+    await eventually(lambda: upstreams.transports["b"].closed)  # and then it is closed, not kept for good
 
 
 async def test_feedback_on_a_request_served_before_a_reload_still_lands(
@@ -408,10 +408,7 @@ async def test_shadow_settings_follow_a_reload(
     policy_file.write_text(shadowed)
     assert (await reload(client))[0] == 200
     assert (await client.post("/v1/chat/completions", json=chat("m"))).status == 200
-    deadline = time.monotonic() + 5
-    while ("b", "sx") not in upstreams.calls and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert ("b", "sx") in upstreams.calls  # the new setting applied to the next request
+    await eventually(lambda: ("b", "sx") in upstreams.calls)  # the new setting applied to the next request
 
     policy_file.write_text(BASE)
     assert (await reload(client))[0] == 200
@@ -437,16 +434,9 @@ async def test_a_shadow_mirror_in_flight_keeps_the_client_a_reload_replaced_unti
     assert (await reload(client))[0] == 200
     upstreams.mirror_gate = asyncio.Event()
     assert (await client.post("/v1/chat/completions", json=chat("m"))).status == 200
-    deadline = time.monotonic() + 5
-    while ("b", "sx") not in upstreams.calls and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    assert ("b", "sx") in upstreams.calls  # the mirror waits on b
+    await eventually(lambda: ("b", "sx") in upstreams.calls)  # the mirror waits on b
 
-    policy_file.write_text(
-        BASE.replace('  b: {kind: openai, base_url: "http://b.test/v1"}\n', "").replace(
-            ", {provider: b, model: mb}", ""
-        )
-    )
+    policy_file.write_text(WITHOUT_B)
     assert (await reload(client))[0] == 200
     for _ in range(3):  # b would have closed at the drain's first look
         await asyncio.sleep(live_policy._DRAIN_POLL_S)
@@ -457,10 +447,7 @@ async def test_a_shadow_mirror_in_flight_keeps_the_client_a_reload_replaced_unti
     labels = {"model": "m", "provider": "b", "upstream_model": "sx"}
     assert metric(client, "gateway_shadow_requests_total", **labels, result="ok") == 1
     assert metric(client, "gateway_shadow_requests_total", **labels, result="error") == 0
-    deadline = time.monotonic() + 5
-    while not upstreams.transports["b"].closed and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert upstreams.transports["b"].closed
+    await eventually(lambda: upstreams.transports["b"].closed)
 
 
 async def test_the_watcher_ignores_other_files_in_the_policy_directory(
