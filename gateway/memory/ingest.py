@@ -26,7 +26,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -97,6 +97,9 @@ class IngestService:
         self._recover = recover
         self.runner = runner
         self._live: dict[str, RunningJob] = {}
+        # Jobs being started (submit, resume) until they are in ``_live``: a second start of the
+        # same job waits for the first, so parallel resumes or uploads never run it twice.
+        self._starting: dict[str, asyncio.Future[None]] = {}
         self._slots = asyncio.Semaphore(config.max_concurrent_jobs)
         self._pipeline = Pipeline(memory, config, clock, config.max_concurrent_jobs)
         self.jobs_started = 0
@@ -195,29 +198,47 @@ class IngestService:
         key = job_key(spooled.content_sha256, owner, options)
         job_id = f"job_{key[:24]}"
         path = os.path.join(self.config.spool_dir, job_id + _extension(spooled.file))
+        await self._started(job_id)
         live = self._live.get(job_id)
         if live is not None:
             await asyncio.to_thread(_remove, spooled.path)
             return replace(live.job)
-        job = await self.memory.store.get_job(job_id)
-        if job is not None and job.status in ACTIVE and self._fresh(job):
-            await asyncio.to_thread(_remove, spooled.path)
-            return job  # running in another process of this gateway (serve --workers N)
-        await asyncio.to_thread(os.replace, spooled.path, path)
-        if job is None:
-            job = IngestJob(
-                id=job_id,
-                key=key,
-                owner=owner,
-                file=spooled.file,
-                content_sha256=spooled.content_sha256,
-                bytes_total=spooled.size,
-                options=options,
-                started_at=self._clock(),
-            )
-        else:
-            job.file, job.options = spooled.file, options  # the name may differ; the content does not
-        return await self._launch(job, path, access)
+        with self._starting_job(job_id):
+            job = await self.memory.store.get_job(job_id)
+            if job is not None and job.status in ACTIVE and self._fresh(job):
+                await asyncio.to_thread(_remove, spooled.path)
+                return job  # running in another process of this gateway (serve --workers N)
+            await asyncio.to_thread(os.replace, spooled.path, path)
+            if job is None:
+                job = IngestJob(
+                    id=job_id,
+                    key=key,
+                    owner=owner,
+                    file=spooled.file,
+                    content_sha256=spooled.content_sha256,
+                    bytes_total=spooled.size,
+                    options=options,
+                    started_at=self._clock(),
+                )
+            else:
+                job.file, job.options = spooled.file, options  # the name may differ; the content does not
+            return await self._launch(job, path, access)
+
+    async def _started(self, job_id: str) -> None:
+        """Wait while another call starts ``job_id`` (``_starting``)."""
+        while (pending := self._starting.get(job_id)) is not None:
+            await asyncio.wait([pending])
+
+    @contextlib.contextmanager
+    def _starting_job(self, job_id: str) -> Iterator[None]:
+        """Claim the start of ``job_id`` (call with no await since ``_started`` returned)."""
+        done = asyncio.get_running_loop().create_future()
+        self._starting[job_id] = done
+        try:
+            yield
+        finally:
+            del self._starting[job_id]
+            done.set_result(None)
 
     def _fresh(self, job: IngestJob) -> bool:
         """Whether a job the store shows active was saved lately (its process is alive: a running
@@ -297,17 +318,21 @@ class IngestService:
         """Continue a paused, interrupted or cancelled job from its last stored batch, with
         the file kept in the spool; 409 when it is not resumable or its file is gone."""
         job = await self.get(job_id, access)
+        while job_id in self._starting:  # another call is starting it: see how it left it
+            await self._started(job_id)
+            job = await self.get(job_id, access)
         if job_id in self._live:
             return job
         if job.status not in RESUMABLE:
             raise HTTPStatusError(409, f"Job '{job_id}' is {job.status}; only a stopped job can resume.")
-        path = await asyncio.to_thread(_spool_file, self.config.spool_dir, job_id)
-        if path is None:
-            raise HTTPStatusError(
-                409, f"The file of job '{job_id}' is no longer kept: upload it again to continue the job."
-            )
-        self.check_writable(job.options.namespace, access)
-        return await self._launch(job, path, access)
+        with self._starting_job(job_id):
+            path = await asyncio.to_thread(_spool_file, self.config.spool_dir, job_id)
+            if path is None:
+                raise HTTPStatusError(
+                    409, f"The file of job '{job_id}' is no longer kept: upload it again to continue the job."
+                )
+            self.check_writable(job.options.namespace, access)
+            return await self._launch(job, path, access)
 
     async def events(
         self, job_id: str, access: MemoryAccess | None
@@ -420,7 +445,8 @@ class IngestService:
             job.status, job.error = "failed", "internal error (see the gateway's log)"
         finally:
             live.stop.set()
-            del self._live[job.id]
+            if self._live.get(job.id) is live:
+                del self._live[job.id]
             job.finished_at = job.updated_at = self._clock()
             self.jobs_finished[job.status] = self.jobs_finished.get(job.status, 0) + 1
             if job.status in ("done", "cancelled", "failed"):

@@ -4,6 +4,7 @@ services over one store standing for two processes (each knows only its own runn
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.errors import HTTPStatusError
+from gateway.errors import HTTPStatusError, UpstreamConnectError
 from gateway.memory.index import HnswIndex
 from gateway.memory.ingest import IngestService
 from gateway.memory.jobs import IngestJob, JobOptions
@@ -30,13 +31,18 @@ class Provider:
         self.gate.set()
         self.texts = 0
         self.hold_after: int | None = None
+        self.failing = False  # refuses the connection, as a provider that is down
+        self.seen: list[str] = []
 
     async def __call__(self, model: str, texts: Sequence[str]) -> list[list[float]]:
         if self.hold_after is not None and self.texts >= self.hold_after:
             self.gate.clear()
             self.hold_after = None
         await self.gate.wait()
+        if self.failing:
+            raise UpstreamConnectError("connection refused", provider="p")
         self.texts += len(texts)
+        self.seen.extend(texts)
         return [[1.0 + (hash(t) % 5), 1.0, 0.5, 0.25] for t in texts]
 
 
@@ -207,3 +213,55 @@ def test_a_job_document_with_fields_of_a_newer_gateway_is_read() -> None:
     assert IngestJob.from_document(orjson.dumps(doc)) == job
     del doc["runner"]  # written by a gateway from before the field
     assert IngestJob.from_document(orjson.dumps(doc)).runner is None
+
+
+async def test_parallel_resumes_of_a_paused_job_run_it_once(
+    memory: tuple[MemoryService, Provider, Ingest],
+) -> None:
+    """Five resumes at once of a paused job (a client retrying): one run, each chunk embedded
+    once. (They each started a run before: the same chunks embedded and paid for several
+    times, and the runs' ends raised KeyError in their tasks.)"""
+    service, provider, config = memory
+    ingest = IngestService(service, config, runner="host:8080:0")
+    await ingest.start()
+    try:
+        text = "\n\n".join(f"Paragraph {i}, with words and more words." for i in range(600)).encode()
+        provider.failing = True
+        job = await ingest.submit(await ingest.spool(blocks(text), "a.txt"), JobOptions("docs", "text"), None)
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await ingest.get(job.id, None)).status != "paused":
+            assert asyncio.get_running_loop().time() < deadline, "the job never paused"
+            await asyncio.sleep(0.01)
+        provider.failing = False
+        started = ingest.jobs_started
+        answers = await asyncio.gather(*(ingest.resume(job.id, None) for _ in range(5)))
+        assert {a.id for a in answers} == {job.id}
+        assert ingest.jobs_started == started + 1
+        while (await ingest.get(job.id, None)).status != "done":
+            assert asyncio.get_running_loop().time() < deadline + 20, "the job never ended"
+            await asyncio.sleep(0.01)
+        assert provider.seen and len(provider.seen) == len(set(provider.seen))
+        assert await service.store.count() == len(provider.seen)
+    finally:
+        await ingest.close()
+
+
+async def test_the_same_file_uploaded_three_times_at_once_is_one_run(
+    memory: tuple[MemoryService, Provider, Ingest],
+) -> None:
+    service, provider, config = memory
+    ingest = IngestService(service, config, runner="host:8080:0")
+    await ingest.start()
+    try:
+        text = "\n\n".join(f"Line {i} of the file." for i in range(500)).encode()
+        spooled = [await ingest.spool(blocks(text), f"{n}.txt") for n in range(3)]
+        jobs = await asyncio.gather(*(ingest.submit(s, JobOptions("docs", "text"), None) for s in spooled))
+        assert len({j.id for j in jobs}) == 1 and ingest.jobs_started == 1
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await ingest.get(jobs[0].id, None)).status != "done":
+            assert asyncio.get_running_loop().time() < deadline, "the job never ended"
+            await asyncio.sleep(0.01)
+        assert len(provider.seen) == len(set(provider.seen)) == await service.store.count()
+        assert sorted(os.listdir(config.spool_dir)) == []  # the copies and the job's file are gone
+    finally:
+        await ingest.close()
