@@ -48,6 +48,7 @@ from gateway.routing.router import Router
 from gateway.routing.target import DeploymentState
 from gateway.service.calls import RequestService
 from gateway.service.responses import cache_budgets
+from gateway.tasks import stop as stop_task
 
 log = logging.getLogger("gateway.policy")
 
@@ -164,9 +165,7 @@ class LivePolicy:
             yield
         finally:
             self._stop.set()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*(stop_task(task) for task in list(self._tasks)))
             closed: set[int] = set()  # a test's MockTransport may serve several clients
             for client in [*self.clients.values(), *self._retiring]:
                 if id(client.transport) not in closed:

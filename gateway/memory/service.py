@@ -29,6 +29,7 @@ from gateway.memory.access import MemoryAccess, not_found, partition_of, split_p
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch, MemoryStore, VectorIndex
 from gateway.observability.metrics import memory_search_histogram
 from gateway.policy.model import MemoryConfig
+from gateway.tasks import stop as stop_task
 
 log = logging.getLogger("gateway.memory")
 
@@ -147,9 +148,7 @@ class MemoryService:
 
     async def close(self) -> None:
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await stop_task(self._flusher)
         await self.flush_access()
         if self._owns_files:
             if self._follow:  # the other workers' writes go in the files too

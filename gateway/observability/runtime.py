@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from gateway.tasks import stop as stop_task
+
 LAG_INTERVAL_S = 0.25
 LAG_WINDOW = 40  # samples: 10 s at the default interval
 
@@ -59,8 +61,7 @@ class LoopLag:
 
         task = asyncio.create_task(forever(), name="event-loop-lag")
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
 
 
 def resident_bytes() -> int | None:

@@ -21,7 +21,6 @@ replica made, so their sum over replicas counts each rollout once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -46,6 +45,7 @@ from gateway.routing.rollout_state import (
 from gateway.routing.rollout_store import RolloutStore, WriteMode
 from gateway.routing.router import Router
 from gateway.routing.target import DeploymentState, Target
+from gateway.tasks import stop as stop_task
 from gateway.wire.requests import Endpoint
 
 log = logging.getLogger("gateway.rollout")
@@ -142,9 +142,7 @@ class RolloutController:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
             for rollout in self._rollouts.values():
                 if rollout.smoke is not None:
                     rollout.smoke.cancel()

@@ -51,6 +51,7 @@ from redis.typing import EncodableT
 from gateway.redis_link import Outage, RedisClient, redis_client
 from gateway.routing.stats import DeploymentStats, PeerFigures
 from gateway.routing.target import DeploymentState
+from gateway.tasks import stop as stop_task
 
 log = logging.getLogger("gateway.routing.shared")
 
@@ -171,9 +172,7 @@ class SharedRouting:
         await self.start()
         task = asyncio.create_task(self._loop())
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)  # (a cancel redis-py swallows while it connects is repeated)
         await self.close()
 
     async def _loop(self) -> None:

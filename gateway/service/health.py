@@ -41,6 +41,7 @@ from gateway.observability.runtime import LoopLag
 from gateway.routing.breaker import BreakerState
 from gateway.routing.router import Router
 from gateway.routing.target import Target
+from gateway.tasks import stop as stop_task
 
 Status = Literal["up", "degraded", "down"]
 Figure = float | int | str | bool | tuple[str, ...] | None
@@ -294,8 +295,7 @@ class HealthMonitor:
 
         task = asyncio.create_task(forever(), name="health-monitor")
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
 
 
 def _deployment_check(target: Target, groups: list[str], now: float, stale_after_s: float) -> Check:

@@ -34,6 +34,7 @@ from aiohttp import web
 
 from gateway.memory.records import MemoryStore
 from gateway.observability.metrics import RecoveryActions
+from gateway.tasks import stop as stop_task
 
 log = logging.getLogger("gateway.recovery")
 
@@ -127,8 +128,7 @@ class MemoryGuard:
 
         task = asyncio.create_task(forever(), name="memory-guard")
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
 
 
 class ReconnectingLink(Protocol):
