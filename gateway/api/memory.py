@@ -28,7 +28,7 @@ async def create(request: web.Request) -> web.Response:
     access = memory_access_of(caller)
     body = await read_json(request)
     items = _parse(MemoryBatchIn, body).memories if "memories" in body else [_parse(MemoryIn, body)]
-    with on_behalf_of(caller, admit=True):  # the texts it embeds pass the key's limits
+    with on_behalf_of(caller, admit=True, record=request[keys.REQUEST_CALL]):  # its texts pass the limits
         created = await _service(request).add([_new(i) for i in items], access)
     return json_response(
         orjson.dumps({"object": "list", "data": [memory_json(m) for m in created]}), status=201
@@ -54,7 +54,7 @@ async def patch(request: web.Request) -> web.Response:
         importance_score=given.importance_score,
         processing_status=given.processing_status,
     )
-    with on_behalf_of(caller, admit=True):  # new content without a vector is embedded
+    with on_behalf_of(caller, admit=True, record=request[keys.REQUEST_CALL]):  # new content is embedded
         memory = await _service(request).update(request.match_info["id"], change, access)
     return json_response(orjson.dumps(memory_json(memory)))
 
@@ -74,7 +74,7 @@ async def search(request: web.Request) -> web.Response:
     access = memory_access_of(caller)
     q = _parse(MemorySearchIn, await read_json(request))
     where = MemoryFilter(q.namespaces, q.data_source, q.min_confidence, q.processing_status)
-    with on_behalf_of(caller, admit=True):  # a text query is embedded
+    with on_behalf_of(caller, admit=True, record=request[keys.REQUEST_CALL]):  # a text query is embedded
         hits = await _service(request).search(q.query, q.vector, q.top_k, where, access)
     data = [{"score": round(h.score, 6), "memory": memory_json(h.memory, with_embedding=False)} for h in hits]
     return json_response(orjson.dumps({"object": "list", "data": data}))

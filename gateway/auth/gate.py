@@ -70,6 +70,7 @@ class LimitGate:
             # "Request too large ... on tokens per min" is also a 429).
             m = self._metrics
             m.child(m.refusals, caller.team, "tokens").inc()
+            self.later(self.limiter.refused(caller, "tokens"))  # in the usage rows too
             raise RequestTooLarge(caller.tpm, tokens)
         ticket = f"{ctx.request_id}:{os.urandom(4).hex()}"
         decision = await self.limiter.admit(caller, ticket, tokens)

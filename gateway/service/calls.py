@@ -239,7 +239,11 @@ class RequestService:
         behalf = ON_BEHALF_OF.get()
         if behalf is not None:  # a caller's memory work: its limits admit or are charged
             ctx.identity, ctx.charge_only = behalf.caller, not behalf.admit
-        answer = await self.run(Endpoint.EMBEDDINGS, body, ctx)
+        try:
+            answer = await self.run(Endpoint.EMBEDDINGS, body, ctx)
+        finally:
+            if behalf is not None and behalf.record is not None and ctx.record.rate_limits is not None:
+                behalf.record.rate_limits = ctx.record.rate_limits  # the client's answer says them
         try:
             data = sorted(orjson.loads(answer.body or b"")["data"], key=lambda d: d["index"])
             vectors = [list(map(float, d["embedding"])) for d in data]

@@ -122,6 +122,8 @@ class OnBehalf:
 
     caller: Caller
     admit: bool
+    # The client request's record: its answer carries the x-ratelimit-* headers the calls saw.
+    record: CallRecord | None = None
 
 
 # Set by the memory API's handlers around the service call; read by ``RequestService.embed``.
@@ -130,13 +132,13 @@ ON_BEHALF_OF: ContextVar[OnBehalf | None] = ContextVar("on_behalf_of", default=N
 
 
 @contextmanager
-def on_behalf_of(caller: Caller | None, *, admit: bool) -> Iterator[None]:
+def on_behalf_of(caller: Caller | None, *, admit: bool, record: CallRecord | None = None) -> Iterator[None]:
     """Internal calls made inside the block are ``caller``'s (see ``OnBehalf``); a caller without
     limits (open mode, an unlimited key) sets nothing: its internal calls stay the gateway's."""
     if caller is None or not caller.limited:
         yield
         return
-    token = ON_BEHALF_OF.set(OnBehalf(caller, admit))
+    token = ON_BEHALF_OF.set(OnBehalf(caller, admit, record))
     try:
         yield
     finally:

@@ -55,8 +55,11 @@ memory:
 @dataclass
 class Embedder:
     texts: list[str] = field(default_factory=list)
+    failing: bool = False  # answers 500, as a provider that is down
 
     async def __call__(self, request: UpstreamRequest) -> MockResponse:
+        if self.failing:
+            return MockResponse.json({"error": {"message": "down", "type": "server_error"}}, status=500)
         if request.path.endswith("/chat/completions"):  # the unpriced chat model
             message = {"role": "assistant", "content": "ok"}
             return MockResponse.json(
@@ -167,6 +170,10 @@ async def test_memory_calls_that_embed_text_count_against_the_keys_rpm(opened: A
     async for gw in opened(rpm=2):
         status, created, headers = await gw.call("POST", "/v1/memory", {"namespace": "docs", "content": "a"})
         assert status == 201, created
+        assert (headers["x-ratelimit-limit-requests"], headers["x-ratelimit-remaining-requests"]) == (
+            "2",
+            "1",
+        )
         memory_id = created["data"][0]["id"]
         status, _, _ = await gw.call("POST", "/v1/memory/search", {"query": "a"})
         assert status == 200
@@ -266,3 +273,12 @@ async def test_a_chats_memory_query_is_charged_to_the_key_but_never_refuses_the_
         assert gw.embedder.texts == ["fact", "what is the fact?"]
         usage = await gw.usage()
         assert usage["tokens_in"] == 2 * TOKENS_PER_TEXT + 1 and usage["cost_usd"] == pytest.approx(1.0)
+
+
+async def test_a_memory_call_whose_embeddings_failed_says_how_many_attempts_it_made(opened: Any) -> None:
+    async for gw in opened(rpm=10):
+        gw.embedder.failing = True
+        status, body, headers = await gw.call("POST", "/v1/memory", {"namespace": "docs", "content": "a"})
+        assert status == 502, body
+        assert int(headers["x-gateway-attempts"]) >= 1  # the embedding model's attempts, all failed
+        assert "x-gateway-provider" not in headers

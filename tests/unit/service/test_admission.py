@@ -181,6 +181,10 @@ async def test_a_request_larger_than_the_whole_tpm_is_refused_without_a_retry(
         == 1
     )  # one attempt, not four
     assert metric(client, "gateway_refusals_total", team="blue", reason="tokens") == 1
+    await client.app[keys.LIMITS].drain()  # type: ignore[index]
+    usage = await client.get("/admin/usage", headers={"Authorization": f"Bearer {ADMIN}"})
+    (row,) = (await usage.json())["data"]
+    assert (row["requests"], row["refusals"]) == (0, {"tokens": 1})  # the usage rows count it too
 
 
 async def test_a_stream_settles_when_it_ends_and_an_abandoned_one_keeps_its_reservation(
