@@ -27,7 +27,9 @@ async def create(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     access = memory_access_of(caller)
     body = await read_json(request)
-    items = _parse(MemoryBatchIn, body).memories if "memories" in body else [_parse(MemoryIn, body)]
+    batch = "memories" in body
+    items = _parse(MemoryBatchIn, body).memories if batch else [_parse(MemoryIn, body)]
+    await _check_new_ids(_service(request), items, batch)  # before anything is embedded (and paid)
     with on_behalf_of(caller, admit=True, record=request[keys.REQUEST_CALL]):  # its texts pass the limits
         created = await _service(request).add([_new(i) for i in items], access)
     return json_response(
@@ -78,6 +80,33 @@ async def search(request: web.Request) -> web.Response:
         hits = await _service(request).search(q.query, q.vector, q.top_k, where, access)
     data = [{"score": round(h.score, 6), "memory": memory_json(h.memory, with_embedding=False)} for h in hits]
     return json_response(orjson.dumps({"object": "list", "data": data}))
+
+
+async def _check_new_ids(service: MemoryService, items: list[MemoryIn], batch: bool) -> None:
+    """The early refusal of ids that are given twice or stored already (400
+    ``memory_exists``, ``param`` as written: ``memories[1].id``); the store checks again when it
+    inserts, against a concurrent writer."""
+    given: dict[str, int] = {}
+    for k, item in enumerate(items):
+        if item.id is None:
+            continue
+        if item.id in given:
+            raise InvalidRequest(
+                f"The id '{item.id}' appears twice in the batch.",
+                param=f"memories[{k}].id",
+                code="memory_exists",
+            )
+        given[item.id] = k
+    if not given:
+        return
+    taken = await service.existing_ids(list(given))
+    if taken:
+        first = min(taken, key=given.__getitem__)
+        raise InvalidRequest(
+            f"A memory with id '{first}' already exists; use PATCH to change it.",
+            param=f"memories[{given[first]}].id" if batch else "id",
+            code="memory_exists",
+        )
 
 
 def memory_json(memory: Memory, *, with_embedding: bool = True) -> dict[str, Any]:

@@ -282,3 +282,30 @@ async def test_a_memory_call_whose_embeddings_failed_says_how_many_attempts_it_m
         assert status == 502, body
         assert int(headers["x-gateway-attempts"]) >= 1  # the embedding model's attempts, all failed
         assert "x-gateway-provider" not in headers
+
+
+async def test_ids_given_twice_or_taken_are_refused_before_anything_is_embedded(opened: Any) -> None:
+    async for gw in opened(rpm=10):
+        twice = {
+            "memories": [
+                {"namespace": "docs", "content": "one", "id": "d1"},
+                {"namespace": "docs", "content": "two", "id": "d2"},
+                {"namespace": "docs", "content": "three", "id": "d1"},
+            ]
+        }
+        status, body, _ = await gw.call("POST", "/v1/memory", twice)
+        assert status == 400 and body["error"]["code"] == "memory_exists", body
+        assert body["error"]["param"] == "memories[2].id"
+        assert gw.embedder.texts == []  # neither embedded nor paid for
+        status, body, _ = await gw.call(
+            "POST", "/v1/memory", {"namespace": "docs", "content": "x", "id": "d2"}
+        )
+        assert status == 201, body
+        status, body, _ = await gw.call(
+            "POST", "/v1/memory", {"namespace": "docs", "content": "y", "id": "d2"}
+        )
+        assert (status, body["error"]["param"]) == (400, "id")
+        batch = {"memories": [{"namespace": "docs", "content": "z", "id": "d3"}, {**twice["memories"][1]}]}
+        status, body, _ = await gw.call("POST", "/v1/memory", batch)
+        assert (status, body["error"]["param"]) == (400, "memories[1].id")
+        assert gw.embedder.texts == ["x"]
