@@ -16,6 +16,7 @@ the loop's clock, a request a dict insertion and removal.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Final
 
@@ -391,5 +392,12 @@ class _ErrorTranslation:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # aiohttp's text names the provider's host and port, and the OS error's its address:
+        # a client of the gateway is not told where the providers are (an internal vLLM's
+        # address, say), only why the connection failed.
+        error = exc.os_error
+        reason = os.strerror(error.errno) if error.errno else type(error).__name__
+        return f"{type(exc).__name__}: {reason}"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

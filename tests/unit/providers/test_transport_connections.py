@@ -5,10 +5,13 @@ counts the connections it accepted and sees them close."""
 from __future__ import annotations
 
 import asyncio
+import socket
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.errors import UpstreamConnectError
 from gateway.providers.base import UpstreamRequest
 from tests.unit.providers.test_transport_timeouts import Server, transport
 
@@ -102,3 +105,20 @@ async def test_a_cookie_set_by_the_provider_is_never_sent_back(aiohttp_server: S
     finally:
         await t.close()
     assert seen == [None, None]
+
+
+async def test_a_provider_that_cannot_be_reached_is_named_but_not_its_address() -> None:
+    # A port nobody listens on: the connection is refused.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    t = transport(f"http://127.0.0.1:{port}/v1")
+    await t.start()
+    try:
+        with pytest.raises(UpstreamConnectError) as refused:
+            await t.send(REQUEST)
+    finally:
+        await t.close()
+    message = refused.value.message
+    assert "cannot reach provider" in message and "Connection refused" in message, message
+    assert "127.0.0.1" not in message and str(port) not in message, message
