@@ -58,7 +58,7 @@ class Embedder:
     failing: bool = False  # answers 500, as a provider that is down
 
     async def __call__(self, request: UpstreamRequest) -> MockResponse:
-        if self.failing:
+        if self.failing and not request.path.endswith("/chat/completions"):
             return MockResponse.json({"error": {"message": "down", "type": "server_error"}}, status=500)
         if request.path.endswith("/chat/completions"):  # the unpriced chat model
             message = {"role": "assistant", "content": "ok"}
@@ -282,6 +282,13 @@ async def test_a_memory_call_whose_embeddings_failed_says_how_many_attempts_it_m
         assert status == 502, body
         assert int(headers["x-gateway-attempts"]) >= 1  # the embedding model's attempts, all failed
         assert "x-gateway-provider" not in headers
+        chat = {
+            "model": "chat-only",
+            "messages": [{"role": "user", "content": "q"}],
+            "memory": {"namespaces": ["docs"]},
+        }
+        status, body, headers = await gw.call("POST", "/v1/chat/completions", chat)
+        assert status == 502 and int(headers["x-gateway-attempts"]) >= 1, body  # not answered without
 
 
 async def test_ids_given_twice_or_taken_are_refused_before_anything_is_embedded(opened: Any) -> None:
