@@ -118,6 +118,16 @@ async def test_the_same_file_uploaded_to_another_process_while_it_runs_is_not_st
         await running.close()
 
 
+async def held_job(ingest: IngestService, provider: Provider) -> IngestJob:
+    """A job of 3,000 paragraphs running on ``ingest``, held by the provider after 24 texts."""
+    text = "\n\n".join(f"Paragraph {i}, with words and more words." for i in range(3000)).encode()
+    provider.hold_after = 24
+    job = await ingest.submit(await ingest.spool(blocks(text), "a.txt"), JobOptions("docs", "text"), None)
+    while provider.gate.is_set() or (await ingest.get(job.id, None)).status != "running":
+        await asyncio.sleep(0.01)
+    return job
+
+
 async def test_a_job_whose_process_died_shows_interrupted_and_resumes(
     memory: tuple[MemoryService, Provider, Ingest],
 ) -> None:
@@ -131,13 +141,7 @@ async def test_a_job_whose_process_died_shows_interrupted_and_resumes(
     later = IngestService(service, config, recover=False, clock=lambda: utc_now() + timedelta(seconds=120))
     restarted = IngestService(service, config, recover=True, runner="host:8080:0")
     try:
-        text = "\n\n".join(f"Paragraph {i}, with words and more words." for i in range(3000)).encode()
-        provider.hold_after = 24
-        job = await running.submit(
-            await running.spool(blocks(text), "a.txt"), JobOptions("docs", "text"), None
-        )
-        while provider.gate.is_set() or (await running.get(job.id, None)).status != "running":
-            await asyncio.sleep(0.01)
+        job = await held_job(running, provider)
         await restarted.start()  # worker 0 of a set restarting: the job is saved lately, left running
         assert (await service.store.get_job(job.id)).status == "running"  # type: ignore[union-attr]
         await later.start()
@@ -165,13 +169,7 @@ async def test_a_replica_starting_leaves_another_replicas_job_and_cuts_its_own(
     other = IngestService(service, config, runner="pod-b:8080:0")
     restarted: IngestService | None = None
     try:
-        text = "\n\n".join(f"Paragraph {i}, with words and more words." for i in range(3000)).encode()
-        provider.hold_after = 24
-        job = await running.submit(
-            await running.spool(blocks(text), "a.txt"), JobOptions("docs", "text"), None
-        )
-        while provider.gate.is_set() or (await running.get(job.id, None)).status != "running":
-            await asyncio.sleep(0.01)
+        job = await held_job(running, provider)
         await other.start()  # another replica starting (recover: it is the only process there)
         assert (await service.store.get_job(job.id)).status == "running"  # type: ignore[union-attr]
         with pytest.raises(HTTPStatusError) as refused:
