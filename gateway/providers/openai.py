@@ -7,6 +7,7 @@ Requests pass through untouched except for ``model``, so fields the gateway does
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
@@ -19,6 +20,8 @@ from gateway.wire.requests import JSONObject
 from gateway.wire.sse import DONE_DATA, SSEDecoder, WholeEvents
 
 _PATHS = {endpoint: "/" + endpoint.value for endpoint in Endpoint}
+# A choice's end in a chat or completions chunk: a finish reason that is not null.
+_FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 
 
 class OpenAIAdapter:
@@ -138,14 +141,26 @@ class OpenAIStreamTranslator(WatchedStream):
     and the stream counts as failed and is never cached.
     """
 
-    __slots__ = ("_between", "_opening")
+    __slots__ = ("_between", "_last", "_opening", "_prev")
 
     def __init__(self) -> None:
         super().__init__()
         self._between = True  # the decoder holds nothing: the last chunk ended between events
         self._opening = True  # no event seen yet: an error now is the stream's first event
+        self._prev = self._last = b""  # the stream's last two chunks (references, not copies)
+
+    def finish(self) -> bytes:
+        if not self._done and (
+            self._usage is not None or _FINISHED.search(self._prev + self._last) is not None
+        ):
+            # No [DONE], but the answer's end came: its usage (sent after the last choice), or a
+            # finish reason in the last chunks; some OpenAI-compatible servers end their streams
+            # so. Whole, not cut short.
+            self._done = True
+        return super().finish()
 
     def feed(self, chunk: bytes) -> bytes:
+        self._prev, self._last = self._last, chunk
         if (
             self._between
             and chunk.endswith(b"\n\n")

@@ -224,3 +224,18 @@ def test_a_later_event_that_is_not_json_is_relayed() -> None:
     stream = CHUNK + b"data: {nope\n\n" + b"data: [DONE]\n\n"
     for size in (len(CHUNK), 5, 10_000):
         assert run(stream, size)[0] == stream
+
+
+FINISH = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("tail", "size"),
+    [(FINISH, len(FINISH)), (FINISH, 10_000), (FINISH + USAGE, 7), (FINISH + USAGE, 10_000)],
+)
+def test_a_stream_that_ends_after_its_finish_reason_without_done_is_whole(tail: bytes, size: int) -> None:
+    """Some OpenAI-compatible servers end a stream after the finish reason (and usage) without
+    [DONE]: the answer is whole, not cut short. (The finish reason is looked for in the last two
+    chunks a provider sent; usage, which comes after the last choice, anywhere.)"""
+    out, _, completed = run(CHUNK + tail, size)
+    assert out == CHUNK + tail and completed
