@@ -264,6 +264,14 @@ class _Pending:
     corrections: Counter[tuple[str, str]] = field(default_factory=Counter)  # (log, entry) -> delta
     refusals: Counter[str] = field(default_factory=Counter)
 
+    def add(self, other: _Pending) -> None:
+        """Count ``other``'s usage, spend and refusals here too (not its window corrections)."""
+        self.requests += other.requests
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        self.cost_usd += other.cost_usd
+        self.refusals.update(other.refusals)
+
 
 @dataclass(slots=True)
 class _Batch:
@@ -610,11 +618,7 @@ class RedisLimiter:
             if kept is None:
                 kept = self._carried[slot] = _Pending(p.caller, p.day)
             kept.caller = p.caller
-            kept.requests += p.requests
-            kept.tokens_in += p.tokens_in
-            kept.tokens_out += p.tokens_out
-            kept.cost_usd += p.cost_usd
-            kept.refusals.update(p.refusals)
+            kept.add(p)
 
     async def _send(self, batch: _Batch) -> bool:
         client, script = self._client, self._settle
@@ -622,12 +626,7 @@ class RedisLimiter:
         if self._carried:  # an outage's counts go with this write (carried again if it fails)
             carried, self._carried = self._carried, {}
             for kept in carried.values():
-                p = batch.of(kept.caller, kept.day)
-                p.requests += kept.requests
-                p.tokens_in += kept.tokens_in
-                p.tokens_out += kept.tokens_out
-                p.cost_usd += kept.cost_usd
-                p.refusals.update(kept.refusals)
+                batch.of(kept.caller, kept.day).add(kept)
         calls: list[tuple[list[str], list[EncodableT]]] = []
         indexed: list[tuple[int, str, str]] = []
         for (key_id, team, day), p in batch.pending.items():

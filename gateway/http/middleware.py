@@ -101,8 +101,7 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
             try:
                 response = await handler(request)
             except GatewayError as error:
-                if call.tried is None:  # a routed call made for this request failed (memory's too)
-                    call.tried = error.tried
+                call.tried = error.tried  # a routed call made for it failed (memory's embeddings too)
                 response = (render or error_renderer(request.path))(error)
             except web.HTTPException as exc:
                 response = (render or error_renderer(request.path))(_from_http_exception(exc, request))

@@ -192,7 +192,6 @@ class RequestService:
                 else:
                     routed = await self.router.call(route, lambda t: self._fetch_door(t, door), group)
             except GatewayError as error:
-                ctx.record.tried = error.tried
                 self.record_operation(endpoint, model, None, called_s, type(error).__name__)
                 raise
             raw, usage = routed.value
@@ -410,7 +409,6 @@ class RequestService:
                 route, lambda t: self._open_stream(t, endpoint, body, book, capture, door), group
             )
         except GatewayError as error:
-            ctx.record.tried = error.tried
             self.record_operation(endpoint, route.model, None, book.called_s, type(error).__name__)
             raise
         # The book and the call's record keep the route without the stream: the stream holds the

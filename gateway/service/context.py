@@ -31,7 +31,8 @@ class CallRecord:
     cache: CacheOutcome | None = None
     route: Route | None = None
     # A routed call that failed: (provider, upstream model) of its last attempt, and how many
-    # attempts it made (``GatewayError.tried``); None when it was served or reached no provider.
+    # attempts it made (``GatewayError.tried``, set by the middleware from the error it renders);
+    # None when it was served or reached no provider.
     tried: tuple[str, str, int] | None = None
     memory_ids: list[str] | None = None
     # OpenAI's x-ratelimit-* headers for a key with limits (set at admission, refusals included)
