@@ -164,7 +164,7 @@ class ScriptPipe:
         # Whether every ``run`` ends within the op timeout by itself (then no caller needs an
         # ``asyncio.timeout`` around it). An attribute: read on every call.
         self.bounded = op_timeout_s is not None
-        self._sent_at = 0.0  # loop time of the last command written
+        self._sent_at = 0.0  # loop time of the last command written, or of the connect
         self._protocol: _Protocol | None = None
         self._connection: AbstractConnection | None = None  # redis-py's, kept so it is not collected
         self._connecting: asyncio.Task[_Protocol] | None = None
@@ -323,4 +323,8 @@ class ScriptPipe:
             protocol.closed = True
             raise RedisConnectionError("connection to Redis closed while it was made")
         self._connection, self._protocol = connection, protocol
+        # A new connection is not idle: the calls that waited for it write only when they
+        # resume, and a call that comes first (the fast path) must not find it empty with the
+        # last write long ago, close it as idle and fail them all.
+        self._sent_at = asyncio.get_running_loop().time()
         return protocol

@@ -256,6 +256,24 @@ async def test_a_call_that_took_the_slow_path_uses_a_connection_made_meanwhile(r
         assert _connection(pipe) is first
 
 
+async def test_a_call_that_arrives_as_a_connection_is_made_does_not_take_it_for_idle(
+    redis_url: str,
+) -> None:
+    """Calls waiting for a connect write only when they resume; a call that comes first, on the
+    fast path, found the new connection with nothing waiting and the last write long ago (the
+    connection before, or never), closed it as idle, and every waiting call failed with
+    "connection to Redis closed" (a replica then counted its limits alone: the e2e replicas test
+    admitted 64 of an RPM of 60 in CI)."""
+    async with piped(redis_url) as (client, pipe):
+        echo = client.register_script(ECHO)
+        await client.script_load(ECHO)
+        waiting = [asyncio.ensure_future(pipe.run(echo, [], [f"w{i}"])) for i in range(8)]
+        while not pipe.connected:  # they connect; checked on every turn of the loop, so the
+            await asyncio.sleep(0)  # first turn it is up is before any of them has written
+        assert await pipe.run(echo, [], ["first"]) == b"first"
+        assert await asyncio.gather(*waiting) == [f"w{i}".encode() for i in range(8)]
+
+
 async def test_close_fails_what_waits_and_every_later_call(private_redis: PrivateRedis) -> None:
     async with piped(private_redis.url, 10.0) as (client, pipe):
         spin, echo = client.register_script(SPIN), client.register_script(ECHO)
