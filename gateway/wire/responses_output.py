@@ -225,6 +225,8 @@ class ResponsesEvents:
         "_model",
         "_open_call",
         "_output",
+        "_parts",
+        "_refusal",
         "_request",
         "_sequence",
         "_started",
@@ -242,10 +244,12 @@ class ResponsesEvents:
         self._output: list[tuple[int, JSONObject]] = []  # finished items and their output index
         self._message_index: int | None = None  # output index of the open message item
         self._text: list[str] = []
+        self._refusal: list[str] = []
+        self._parts: list[str] = []  # the open message's content parts, in order: "text", "refusal"
         self._calls: dict[int, tuple[int, JSONObject]] = {}  # chat tool index -> (output index, item)
         self._open_call: int | None = None  # chat tool index whose item is open
         self._finish: object = None
-        self._delta_head = b""  # the open message's text delta event, up to its delta
+        self._delta_head = b""  # the open message's text delta event, up to its delta ("": no text part)
         self.usage: JSONObject | None = None  # chat's usage, as last reported
 
     def chunk(self, event: Mapping[str, Any]) -> bytes:
@@ -255,7 +259,12 @@ class ResponsesEvents:
             if type(choices) is list and len(choices) == 1 and "usage" not in event:
                 choice = choices[0]
                 delta = choice.get("delta") if type(choice) is dict else None
-                if type(delta) is dict and choice.get("finish_reason") is None and "tool_calls" not in delta:
+                if (
+                    type(delta) is dict
+                    and choice.get("finish_reason") is None
+                    and "tool_calls" not in delta
+                    and delta.get("refusal") is None
+                ):
                     text = delta.get("content")
                     if type(text) is str:
                         return self._text_delta(text) if text else b""
@@ -279,6 +288,9 @@ class ResponsesEvents:
             text = delta.get("content")
             if isinstance(text, str) and text:
                 out += self._text_delta(text)
+            refusal = delta.get("refusal")
+            if isinstance(refusal, str) and refusal:
+                out += self._refusal_delta(refusal)
             calls = delta.get("tool_calls")
             if isinstance(calls, list):
                 for call in calls:
@@ -305,47 +317,89 @@ class ResponsesEvents:
 
     # ----- items
 
+    def _open_message(self) -> bytes:
+        """``response.output_item.added`` for a message item, unless one is open."""
+        if self._message_index is not None:
+            return b""
+        out = self._close_call("completed")
+        index = self._message_index = self._next_index()
+        item = message_item(self._ids.message(index), "", None, "in_progress")
+        return out + self._event("response.output_item.added", {"output_index": index, "item": item})
+
+    def _open_part(self, kind: str, part: JSONObject) -> tuple[bytes, JSONObject]:
+        """The open message's next content part (opening the message if need be): its
+        ``response.content_part.added`` and the fields its events share."""
+        out = self._open_message()
+        index = self._message_index
+        assert index is not None
+        fields: JSONObject = {
+            "item_id": self._ids.message(index),
+            "output_index": index,
+            "content_index": len(self._parts),
+        }
+        self._parts.append(kind)
+        out += self._event("response.content_part.added", {**fields, "part": part})
+        return out, fields
+
     def _text_delta(self, text: str) -> bytes:
-        out = bytearray()
-        if self._message_index is None:
-            out += self._close_call("completed")
-            index = self._message_index = self._next_index()
-            item = message_item(self._ids.message(index), "", None, "in_progress")
-            out += self._event("response.output_item.added", {"output_index": index, "item": item})
+        out = b""
+        if not self._delta_head:
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            out += self._event(
-                "response.content_part.added",
-                {"item_id": item["id"], "output_index": index, "content_index": 0, "part": part},
-            )
+            out, fields = self._open_part("text", part)
             # Text deltas are most of a stream: their bytes are made once up to the delta.
-            fields = {"item_id": item["id"], "output_index": index, "content_index": 0, "logprobs": []}
-            head = orjson.dumps({"type": "response.output_text.delta", **fields})[:-1]
+            head = orjson.dumps({"type": "response.output_text.delta", **fields, "logprobs": []})[:-1]
             self._delta_head = b"event: response.output_text.delta\ndata: " + head + b',"delta":'
         self._text.append(text)
         sequence = self._sequence
         self._sequence = sequence + 1
-        out += b'%b%b,"sequence_number":%d}\n\n' % (self._delta_head, orjson.dumps(text), sequence)
-        return bytes(out)
+        return out + b'%b%b,"sequence_number":%d}\n\n' % (self._delta_head, orjson.dumps(text), sequence)
+
+    def _refusal_delta(self, refusal: str) -> bytes:
+        """A chat ``delta.refusal`` (the model declined, structured outputs): a ``refusal``
+        content part of the message, streamed as ``response.refusal.delta`` as OpenAI's API
+        streams it (dropped, the stream completed with no output and the app could not tell
+        the model had refused)."""
+        out = b""
+        if "refusal" not in self._parts:
+            out, _ = self._open_part("refusal", {"type": "refusal", "refusal": ""})
+        self._refusal.append(refusal)
+        return out + self._event("response.refusal.delta", {**self._part_fields("refusal"), "delta": refusal})
+
+    def _part_fields(self, kind: str) -> JSONObject:
+        index = self._message_index
+        assert index is not None
+        return {
+            "item_id": self._ids.message(index),
+            "output_index": index,
+            "content_index": self._parts.index(kind),
+        }
 
     def _close_message(self, status: str) -> bytes:
         index = self._message_index
         if index is None:
             return b""
-        text = "".join(self._text)
-        item_id = self._ids.message(index)
-        out = self._event(
-            "response.output_text.done",
-            {"item_id": item_id, "output_index": index, "content_index": 0, "text": text, "logprobs": []},
-        )
-        out += self._event(
-            "response.content_part.done",
-            {"item_id": item_id, "output_index": index, "content_index": 0, "part": _text_part(text)},
-        )
-        item = message_item(item_id, text, None, status)
+        out = b""
+        content: list[JSONObject] = []
+        for kind in self._parts:
+            fields = self._part_fields(kind)
+            part: JSONObject
+            if kind == "text":
+                text = "".join(self._text)
+                out += self._event("response.output_text.done", {**fields, "text": text, "logprobs": []})
+                part = _text_part(text)
+            else:
+                refusal = "".join(self._refusal)
+                out += self._event("response.refusal.done", {**fields, "refusal": refusal})
+                part = {"type": "refusal", "refusal": refusal}
+            out += self._event("response.content_part.done", {**fields, "part": part})
+            content.append(part)
+        item = message_item(self._ids.message(index), "", None, status)
+        item["content"] = content
         out += self._event("response.output_item.done", {"output_index": index, "item": item})
         self._output.append((index, item))
         self._message_index = None
-        self._text = []
+        self._text, self._refusal, self._parts = [], [], []
+        self._delta_head = b""
         return out
 
     def _call_delta(self, call: Mapping[str, Any]) -> bytes:

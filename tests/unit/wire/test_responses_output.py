@@ -124,3 +124,68 @@ def test_text_then_two_tool_calls_stream() -> None:
 def test_an_empty_stream_still_completes() -> None:
     parsed = events_of(ResponsesEvents({"model": "m"}, IDS).done())
     assert [e["type"] for e in parsed] == ["response.created", "response.in_progress", "response.completed"]
+
+
+def test_a_streamed_refusal_is_a_refusal_part_as_openai_streams_it() -> None:
+    """Chat's ``delta.refusal`` chunks (OpenAI's first chunk carries ``"refusal": null``) become a
+    refusal content part with ``response.refusal.delta`` / ``.done``, and the final response holds
+    it, as the whole answer does (dropped, the stream completed with no output at all)."""
+    events = ResponsesEvents({"model": "m", "input": "bad"}, IDS)
+    out = events.chunk({"choices": [{"delta": {"role": "assistant", "content": "", "refusal": None}}]})
+    for piece in ("I cannot ", "help with ", "that."):
+        out += events.chunk({"choices": [{"delta": {"content": None, "refusal": piece}}]})
+    out += events.chunk({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+    out += events.done()
+    parsed = events_of(out)  # each event as the SDK's own models type it
+    assert [e["sequence_number"] for e in parsed] == list(range(len(parsed)))
+    assert [e["type"] for e in parsed] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.refusal.delta",
+        "response.refusal.delta",
+        "response.refusal.delta",
+        "response.refusal.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert parsed[3]["part"] == {"type": "refusal", "refusal": ""}
+    assert [e["delta"] for e in parsed if e["type"] == "response.refusal.delta"] == [
+        "I cannot ",
+        "help with ",
+        "that.",
+    ]
+    assert {(e["item_id"], e["content_index"]) for e in parsed[3:9]} == {("msg_T", 0)}
+    assert parsed[7]["refusal"] == "I cannot help with that."
+    final = Response.model_validate(parsed[-1]["response"])
+    assert final.status == "completed"
+    content = final.output[0].content  # type: ignore[union-attr]
+    assert [(c.type, getattr(c, "refusal", None)) for c in content] == [
+        ("refusal", "I cannot help with that.")
+    ]
+    # The same answer whole gives the same output item.
+    whole = whole_response(
+        {"model": "m"},
+        {"choices": [{"message": {"content": None, "refusal": "I cannot help with that."}}]},
+        IDS,
+    )
+    assert whole["output"] == parsed[-1]["response"]["output"]
+
+
+def test_text_then_a_refusal_are_two_parts_of_one_message_in_order() -> None:
+    events = ResponsesEvents({"model": "m"}, IDS)
+    out = events.chunk({"choices": [{"delta": {"content": "Well, "}}]})
+    out += events.chunk({"choices": [{"delta": {"content": "no", "refusal": None}}]})
+    out += events.chunk({"choices": [{"delta": {"refusal": "I won't."}}]})
+    out += events.done()
+    parsed = events_of(out)
+    added = [
+        (e["content_index"], e["part"]["type"]) for e in parsed if e["type"] == "response.content_part.added"
+    ]
+    assert added == [(0, "output_text"), (1, "refusal")]
+    assert [e["content_index"] for e in parsed if e["type"] == "response.refusal.delta"] == [1]
+    final = Response.model_validate(parsed[-1]["response"])
+    assert final.output_text == "Well, no"
+    assert [c.type for c in final.output[0].content] == ["output_text", "refusal"]  # type: ignore[union-attr]
