@@ -20,9 +20,9 @@ import orjson
 from gateway.errors import UpstreamBadResponse
 from gateway.policy.model import OpenAIProvider, ProviderBase
 from gateway.providers.base import StreamTranslator
-from gateway.providers.openai import WatchedStream
+from gateway.providers.openai import WatchedStream, stream_error
 from gateway.wire.requests import JSONObject
-from gateway.wire.responses_output import ResponsesEvents, chat_usage
+from gateway.wire.responses_output import Renewal, ResponsesEvents, chat_usage
 from gateway.wire.sse import DONE_DATA, SSEDecoder, encode
 
 
@@ -108,20 +108,48 @@ class ChatToResponsesStream:
 
 
 class NativeResponsesStream(WatchedStream):
-    """A provider's own Responses stream: relayed as it is, watched for its end
+    """A provider's own Responses stream: relayed event by event (``Renewal``: the gateway's
+    ids, the client's ``store`` and ``previous_response_id``), watched for its end
     (``response.completed`` / ``response.incomplete``, with usage) and for failures
-    (``response.failed``, ``error``). Delta events are not parsed."""
+    (``response.failed``, ``error``). A failure as the stream's first event raises the error it
+    stands for, so the request fails over before the client has seen anything, as a chat
+    stream's does; an event that is not JSON raises (the client gets the door's error event,
+    not an SDK's parse error)."""
 
-    __slots__ = ()
+    __slots__ = ("_finishing", "_opening", "_renewal")
+
+    def __init__(self, renewal: Renewal | None = None) -> None:
+        super().__init__()
+        self._opening = True
+        self._finishing = False  # an event the stream ended inside is cut short, not malformed
+        self._renewal = renewal
+
+    def feed(self, chunk: bytes) -> bytes:
+        out = super().feed(chunk)
+        return self._renewal.events(out) if out and self._renewal is not None else out
+
+    def finish(self) -> bytes:
+        self._finishing = True
+        out = super().finish()
+        return self._renewal.events(out) if out and self._renewal is not None else out
 
     def _watch(self, data: bytes) -> None:
-        if data.find(b'.delta"', 0, 96) >= 0 or data == DONE_DATA:
+        if data == DONE_DATA:
+            return
+        opening, self._opening = self._opening, False
+        if not opening and data.find(b'.delta"', 0, 96) >= 0:
             return  # the bulk of a stream, and never an end or an error
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
-            self._errored = True
-            return
+            if self._finishing:
+                self._errored = True
+                return
+            raise UpstreamBadResponse(
+                "stream: provider's first event is not valid JSON"
+                if opening
+                else "stream: provider sent an event that is not valid JSON"
+            ) from None
         if not isinstance(event, dict):
             return
         kind = event.get("type")
@@ -131,4 +159,18 @@ class NativeResponsesStream(WatchedStream):
             if isinstance(response, dict):
                 self._usage = chat_usage(response.get("usage"))
         elif kind in ("response.failed", "error") or ("error" in event and kind is None):
+            if opening:
+                raise stream_error(_failure(event))
             self._errored = True
+
+
+def _failure(event: JSONObject) -> object:
+    """The error fields of a Responses failure event: ``error``'s own (``code``, ``message``,
+    ``param``), ``response.failed``'s ``response.error``, or chat's ``{"error": {...}}``."""
+    if event.get("type") == "error":
+        return {k: v for k, v in event.items() if k in ("code", "message", "param")}
+    if event.get("type") == "response.failed":
+        response = event.get("response")
+        error = response.get("error") if isinstance(response, dict) else None
+        return error if isinstance(error, dict) else {"message": "the provider's response failed"}
+    return event.get("error")

@@ -31,6 +31,7 @@ from gateway.cache.store import CacheStore, CategoryBudget
 from gateway.errors import InvalidRequest, UpstreamBadResponse
 from gateway.policy.model import Policy
 from gateway.providers.base import StreamTranslator, UpstreamRequest
+from gateway.providers.openai import stream_error
 from gateway.providers.responses_bridge import (
     ChatToResponsesStream,
     NativeResponsesStream,
@@ -237,7 +238,7 @@ class ResponsesDoor:
 
     def answer(self, target: Target, raw: bytes, parsed: JSONObject) -> tuple[bytes, object]:
         if speaks_responses(target.client.config):
-            return raw, chat_usage(parsed.get("usage"))  # the provider's bytes, forwarded
+            return self._native_answer(target, parsed)
         chat = target.client.adapter.translate_response(Endpoint.CHAT, parsed, self.chat, target.model)
         chat = chat if chat is not None else parsed
         if not has_choice(chat):
@@ -247,9 +248,30 @@ class ResponsesDoor:
             )
         return orjson.dumps(whole_response(self.body, chat, self.ids)), chat.get("usage")
 
+    def _native_answer(self, target: Target, parsed: JSONObject) -> tuple[bytes, object]:
+        """A provider's own ``response``, with the gateway's ids and the client's ``store`` and
+        ``previous_response_id`` (``Renewal.native``). An error answered with a 2xx (a
+        compatible server's ``{"error": ...}``, or a response whose status is ``failed``) is
+        raised as the error it stands for, so the request fails over and it is never cached or
+        kept; a body that is no ``response`` object at all is a bad answer, likewise."""
+        error = parsed.get("error")
+        if error is not None or parsed.get("status") == "failed":
+            raise stream_error(
+                error if error is not None else {"message": "the provider's response failed"},
+                "provider answered an error with a 2xx status",
+            )
+        if parsed.get("object") != "response" or not isinstance(parsed.get("output"), list):
+            raise UpstreamBadResponse(
+                f"{target.provider}: provider answered /responses with something that is not a "
+                "response object",
+                provider=target.provider,
+            )
+        usage = chat_usage(parsed.get("usage"))
+        return orjson.dumps(Renewal.native(self.body, self.ids).whole(parsed)), usage
+
     def stream_translator(self, target: Target) -> StreamTranslator:
         if speaks_responses(target.client.config):
-            return NativeResponsesStream()
+            return NativeResponsesStream(Renewal.native(self.body, self.ids))
         inner = target.client.adapter.stream_translator(Endpoint.CHAT, self.chat, target.model)
         return _Scrubbing(ChatToResponsesStream(inner, ResponsesEvents(self.body, self.ids)), target)
 

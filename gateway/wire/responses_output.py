@@ -482,6 +482,12 @@ def _int(value: object) -> int:
 _UNKEYED_ECHOES = tuple(
     (name, default) for name, default in _ECHOED if name in {"metadata", "service_tier", "store", "user"}
 )
+# Echoed fields a provider that speaks Responses answers with the gateway's values, not the
+# client's: it is sent ``store: false`` and no ``previous_response_id`` (the gateway keeps the
+# conversation itself, ``providers/responses_bridge.native_request``).
+_NATIVE_ECHOES = tuple(
+    (name, default) for name, default in _ECHOED if name in {"previous_response_id", "store"}
+)
 
 
 class Renewal:
@@ -494,13 +500,32 @@ class Renewal:
     an item's) becomes the same new one wherever it appears, in a whole answer or in every event
     of a replayed stream."""
 
-    __slots__ = ("_ids", "_map", "_request", "_seen")
+    __slots__ = ("_echoes", "_ids", "_map", "_request", "_seen")
 
-    def __init__(self, request: Mapping[str, Any], ids: ResponseIds) -> None:
+    def __init__(
+        self,
+        request: Mapping[str, Any],
+        ids: ResponseIds,
+        echoes: tuple[tuple[str, object], ...] = _UNKEYED_ECHOES,
+    ) -> None:
         self._request = request
         self._ids = ids
+        self._echoes = echoes
         self._map: dict[str, str] = {}
         self._seen: dict[str, int] = {}
+
+    @classmethod
+    def native(cls, request: Mapping[str, Any], ids: ResponseIds) -> Renewal:
+        """For a provider's own Responses answer (pass-through): the gateway's ids, as every
+        other answer has (a kept response is named by them, so a compatible server that reuses
+        ids cannot have one tenant's kept response replace another), and the ``store`` and
+        ``previous_response_id`` the client sent (the provider saw the gateway's)."""
+        return cls(request, ids, _NATIVE_ECHOES)
+
+    def whole(self, response: JSONObject) -> JSONObject:
+        """``response`` (a parsed ``response`` object) renewed in place."""
+        self._response(response)
+        return response
 
     def body(self, raw: bytes) -> bytes:
         """A whole answer's bytes, renewed (unchanged when they are not a response object)."""
@@ -544,7 +569,7 @@ class Renewal:
             response["id"] = self._new(response["id"])
         if "created_at" in response:
             response["created_at"] = self._ids.created_at
-        for name, default in _UNKEYED_ECHOES:
+        for name, default in self._echoes:
             value = self._request.get(name)
             response[name] = default if value is None else value
         output = response.get("output")

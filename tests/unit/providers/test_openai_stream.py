@@ -165,7 +165,16 @@ def test_only_whole_events_are_relayed_however_the_chunks_fall(newline: bytes, s
 
     from gateway.providers.responses_bridge import NativeResponsesStream
 
-    events = [CHUNK, b": keep-alive\n\n", USAGE, b"event: x\ndata: {}\ndata: {}\n\n", b"data:[DONE]\n\n"]
+    # (an event of two data lines, joined with a line end: JSON, as a Responses stream must be,
+    # and the Responses stream's end, so both translators see a whole stream)
+    events = [
+        CHUNK,
+        b": keep-alive\n\n",
+        USAGE,
+        b'event: x\ndata: {"a":\ndata: 1}\n\n',
+        b'data: {"type":"response.completed","response":{}}\n\n',
+        b"data:[DONE]\n\n",
+    ]
     stream = b"".join(events).replace(b"\n", newline)
     boundaries = {0}
     at = 0

@@ -25,7 +25,7 @@ from gateway.providers.responses_bridge import (
 )
 from gateway.wire.requests import Endpoint
 from gateway.wire.responses import chat_request
-from gateway.wire.responses_output import ResponseIds, ResponsesEvents
+from gateway.wire.responses_output import Renewal, ResponseIds, ResponsesEvents
 from gateway.wire.sse import SSEDecoder
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -121,6 +121,10 @@ def test_an_event_that_is_not_json_is_an_upstream_error_not_a_silent_end() -> No
         translator.feed(b"data: {nope\n\ndata: [DONE]\n\n")
 
 
+def plain(event: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
 def native_event(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
@@ -144,9 +148,53 @@ def test_a_native_stream_is_relayed_and_watched() -> None:
 @pytest.mark.parametrize("kind", ["response.failed", "error"])
 def test_a_failed_native_stream_is_not_complete(kind: str) -> None:
     stream = NativeResponsesStream()
-    stream.feed(native_event({"type": kind, "sequence_number": 0, "message": "x", "response": {}}))
-    stream.feed(native_event({"type": "response.completed", "sequence_number": 1, "response": {}}))
+    stream.feed(native_event({"type": "response.created", "sequence_number": 0, "response": {}}))
+    failure = native_event({"type": kind, "sequence_number": 1, "message": "x", "response": {}})
+    assert stream.feed(failure) == failure  # relayed: the client's SDK raises on it
+    stream.feed(native_event({"type": "response.completed", "sequence_number": 2, "response": {}}))
     assert not stream.completed
+
+
+@pytest.mark.parametrize(
+    ("first", "status"),
+    [
+        ({"type": "error", "code": "rate_limit_exceeded", "message": "slow down", "param": None}, 429),
+        ({"type": "response.failed", "response": {"error": {"code": "server_error", "message": "x"}}}, 500),
+        ({"error": {"message": "nope", "type": "invalid_request_error"}}, 400),
+    ],
+)
+def test_a_native_stream_opening_with_a_failure_raises_it(first: dict[str, Any], status: int) -> None:
+    """Nothing relayed yet: raised, the request fails over (or the client gets a JSON error with
+    the status the failure stands for)."""
+    from gateway.errors import UpstreamStatusError
+
+    stream = NativeResponsesStream()
+    with pytest.raises(UpstreamStatusError) as raised:
+        stream.feed(native_event({"sequence_number": 0, **first}) if "type" in first else plain(first))
+    assert raised.value.upstream_status == status
+
+
+def test_a_native_stream_gets_the_gateways_ids_and_the_clients_store() -> None:
+    request = {"model": "m", "input": "hi", "previous_response_id": "resp_mine"}
+    stream = NativeResponsesStream(Renewal.native(request, ResponseIds("T", 5)))
+    up = {"id": "resp_up", "store": False, "previous_response_id": None, "created_at": 1, "output": []}
+    events = [
+        {"type": "response.created", "sequence_number": 0, "response": up},
+        {"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
+         "item": {"id": "msg_up", "type": "message", "content": []}},
+        {"type": "response.output_text.delta", "sequence_number": 2, "item_id": "msg_up", "delta": "x"},
+        {"type": "response.completed", "sequence_number": 3,
+         "response": {**up, "output": [{"id": "msg_up", "type": "message", "content": []}]}},
+    ]  # fmt: skip
+    out = b"".join(stream.feed(native_event(e)) for e in events)
+    relayed = [orjson.loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
+    assert [e["type"] for e in relayed] == [e["type"] for e in events]
+    assert relayed[0]["response"]["id"] == relayed[3]["response"]["id"] == "resp_T"
+    assert relayed[1]["item"]["id"] == relayed[2]["item_id"] == relayed[3]["response"]["output"][0]["id"]
+    assert relayed[2]["item_id"] == "msg_T"
+    final = relayed[3]["response"]
+    assert (final["store"], final["previous_response_id"], final["created_at"]) == (True, "resp_mine", 5)
+    assert stream.completed
 
 
 def test_a_native_stream_cut_before_its_end_raises_at_its_end() -> None:

@@ -54,10 +54,22 @@ def test_each_attempt_picks_pass_through_or_the_chat_bridge() -> None:
 
 
 def test_a_native_answer_is_forwarded_with_chat_usage_for_accounting() -> None:
-    d = door({"model": "m", "input": "hi"})
-    raw = b'{"id":"resp_up","object":"response","usage":{"input_tokens":3,"output_tokens":4}}'
+    d = door({"model": "m", "input": "hi", "previous_response_id": "resp_before"})
+    raw = (
+        b'{"id":"resp_up","object":"response","created_at":1,"store":false,"previous_response_id":null,'
+        b'"output":[{"id":"msg_up","type":"message"}],"usage":{"input_tokens":3,"output_tokens":4}}'
+    )
     body, usage = d.answer(target(NATIVE), raw, orjson.loads(raw))
-    assert body is raw
+    # The provider's answer with the gateway's ids and the client's store / previous_response_id.
+    assert orjson.loads(body) == {
+        "id": "resp_T",
+        "object": "response",
+        "created_at": 1,
+        "store": True,
+        "previous_response_id": "resp_before",
+        "output": [{"id": "msg_T", "type": "message"}],
+        "usage": {"input_tokens": 3, "output_tokens": 4},
+    }
     assert usage == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
 
 

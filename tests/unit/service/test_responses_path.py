@@ -451,12 +451,12 @@ async def test_a_streamed_cache_hit_is_a_response_of_its_own(
 async def test_a_passed_through_answer_served_from_the_cache_gets_new_ids(client: TestClient) -> None:
     api = sdk(client)
     first = await api.responses.create(model="native", input="hi", temperature=0)
-    assert first.id == "resp_native1"  # the provider's own
+    assert first.id.startswith("resp_") and first.id != "resp_native1"  # the gateway's own
     second = await api.responses.with_raw_response.create(model="native", input="hi", temperature=0)
     assert second.headers["x-gateway-cache"] == "hit"
     hit = second.parse()
-    assert hit.id.startswith("resp_") and hit.id != "resp_native1"
-    assert hit.output[0].id != "msg_native1" and hit.output_text == "native hello"
+    assert hit.id.startswith("resp_") and hit.id not in ("resp_native1", first.id)
+    assert hit.output[0].id not in ("msg_native1", first.output[0].id) and hit.output_text == "native hello"
 
 
 # ----- pass-through to a provider that speaks Responses
@@ -469,7 +469,12 @@ async def test_a_flagged_provider_gets_the_request_passed_through(
         model="native", input="hi", instructions="Be brief.", metadata={"k": "v"}
     )
     assert response.output_text == "native hello"
-    assert response.id == "resp_native1"
+    # The gateway's ids, as every answer has (kept responses are named by them), and the client's
+    # store (the provider was sent store: false).
+    assert response.id.startswith("resp_") and len(response.id) == 37
+    assert response.output[0].id.startswith("msg_") and response.output[0].id != "msg_native1"
+    assert response.store is True and response.previous_response_id is None
+    assert (await sdk(client).responses.retrieve(response.id)).output_text == "native hello"
     provider, path, sent = upstreams.seen[-1]
     assert (provider, path) == ("n", "/responses")
     assert sent == {
@@ -483,8 +488,15 @@ async def test_a_flagged_provider_gets_the_request_passed_through(
 
 async def test_a_passed_through_stream_is_relayed(client: TestClient, upstreams: Upstreams) -> None:
     async with sdk(client).responses.stream(model="native", input="hi") as stream:
+        events = [event async for event in stream]
         final = await stream.get_final_response()
     assert final.output_text == "native hello"
+    assert [e.sequence_number for e in events] == list(range(6))  # every event, in order
+    # The gateway's ids in every event, mapped alike: the item the deltas name is the final one.
+    assert final.id.startswith("resp_") and final.id != "resp_native1" and final.store is True
+    assert events[0].response.id == final.id  # type: ignore[union-attr]
+    item_ids = {getattr(e, "item_id", None) for e in events} - {None}
+    assert item_ids == {final.output[0].id} and final.output[0].id != "msg_native1"
     assert upstreams.seen[-1][:2] == ("n", "/responses")
     # Kept for previous_response_id even though the provider keeps nothing (store: false upstream).
     follow = await sdk(client).responses.create(model="m", input="and then?", previous_response_id=final.id)
@@ -507,6 +519,69 @@ async def test_a_mixed_group_fails_over_from_pass_through_to_translation(
     for mode in ("native", "translated"):  # one attempt each way (front_door.py's metric)
         labels = {"endpoint": "responses", "mode": mode}
         assert registry.get_sample_value("gateway_front_door_attempts_total", labels) == 1
+
+
+async def test_a_native_error_answered_with_200_fails_over_and_is_never_cached(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    """A compatible server's ``{"error": ...}`` with HTTP 200 (or a response whose status is
+    ``failed``) is the error it stands for, as on chat: the next deployment answers, and nothing
+    of it is cached (it used to reach the client as a 200, be cached and served for the TTL)."""
+    bodies = [
+        {"error": {"message": "bad thing", "type": "server_error"}},
+        {
+            **NATIVE_RESPONSE,
+            "status": "failed",
+            "output": [],
+            "error": {"code": "server_error", "message": "x"},
+        },
+        {"object": "list", "data": []},  # not a response at all
+    ]
+    for index, bad in enumerate(bodies):
+        upstreams.behaviour["n"] = lambda body, bad=bad: MockResponse.json(bad)
+        upstreams.seen.clear()
+        ask = {"model": "native", "input": f"cache err {index}", "temperature": 0}
+        response = await sdk(client).responses.with_raw_response.create(**ask)  # type: ignore[call-overload]
+        assert response.headers["x-gateway-provider"] == "a", bad
+        assert response.parse().output_text == "hello"
+        assert [p for p, _, _ in upstreams.seen] == ["n", "a"]
+        del upstreams.behaviour["n"]
+        again = await sdk(client).responses.with_raw_response.create(**ask)  # type: ignore[call-overload]
+        assert again.parse().output_text == "hello"  # the good answer cached, not the error
+        assert again.headers["x-gateway-cache"] == "hit"
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        {"type": "error", "code": "rate_limit_exceeded", "message": "slow down", "sequence_number": 0},
+        {"error": {"message": "bad thing", "type": "server_error"}},
+        {"type": "response.failed", "sequence_number": 0,
+         "response": {**NATIVE_RESPONSE, "status": "failed", "error": {"code": "server_error", "message": "x"}}},
+    ],
+    ids=["error-event", "error-envelope", "response.failed"],
+)  # fmt: skip
+async def test_a_native_stream_whose_first_event_is_an_error_fails_over(
+    client: TestClient, upstreams: Upstreams, first: dict[str, Any]
+) -> None:
+    """Nothing has reached the client yet, so the next deployment serves the stream (it used to
+    be relayed, the healthy deployment never tried)."""
+    upstreams.behaviour["n"] = lambda body: MockResponse.stream([sse(first)])
+    async with sdk(client).responses.stream(model="native", input="hi") as stream:
+        final = await stream.get_final_response()
+    assert final.output_text == "hello"
+    assert [p for p, _, _ in upstreams.seen] == ["n", "a"]
+
+
+async def test_a_native_event_that_is_not_json_ends_the_stream_with_an_error_event(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    good = list(native_stream().stream_chunks or [])[:2]  # response.created, an item added
+    upstreams.behaviour["n"] = lambda body: MockResponse.stream([*good, b"data: {not json\n\n"])
+    with pytest.raises(openai.APIError, match="not valid JSON"):
+        async with sdk(client).responses.stream(model="native", input="hi") as stream:
+            async for _ in stream:
+                pass
 
 
 # ----- refusals: 400 in OpenAI's envelope, never a 500
