@@ -16,6 +16,20 @@ store (``rollout_store.py``) and is read by every replica about once a second (`
 Step changes are compare-and-set, so of two replicas advancing the same step one wins; a rollback
 applies over any step change. The counters (``gateway_rollouts_total``) count the writes this
 replica made, so their sum over replicas counts each rollout once.
+
+Replicas do not all run the same policy at every moment (a ConfigMap reaches pods within a minute
+or so, a rolling update runs old and new pods side by side), so one replica's policy never
+deletes what another's still runs: a replica whose policy drops a rollout writes a tombstone
+(``removed``, with when it saw that); a replica whose policy has had the rollout since before
+then holds it at share 0 until its own policy follows, and one that added the rollout after it
+starts it over (removing ``rollout:`` and adding it back starts over, as documented). A
+replica that starts with the rollout in its policy cannot tell an older policy from one that
+added it back, so it holds while the tombstone is younger than ``HOLD_S`` and starts over after
+(a re-added rollout deployed by restarting every replica waits that long). A stored
+state is deleted only once no replica has run it for ``ORPHAN_S`` (replicas running it touch its
+``seen_at`` every ``TOUCH_S``). Deleting every state not in one's own policy, as the sweep did,
+reset the rollouts of every replica still on the older policy: their smoke prompts ran again,
+and a rolled-back candidate came back at its first step.
 """
 
 from __future__ import annotations
@@ -53,6 +67,9 @@ log = logging.getLogger("gateway.rollout")
 Action = Literal["pause", "resume", "promote", "abort"]
 ACTIONS: tuple[Action, ...] = ("pause", "resume", "promote", "abort")
 _SMOKE_TIMEOUT_S = 120.0
+TOUCH_S = 30.0  # a replica running a rollout sets its seen_at at least this often
+ORPHAN_S = 86400.0  # a stored state no replica has run for this long is forgotten (deleted)
+HOLD_S = 300.0  # a tombstone holds the replicas that started with the rollout this long at most
 
 
 def _conflict(message: str) -> HTTPStatusError:
@@ -64,6 +81,7 @@ def _conflict(message: str) -> HTTPStatusError:
 class _Rollout:
     key: RolloutKey
     config: Rollout
+    added_at: float  # wall clock: when this replica's policy took it in (-inf: in it at start)
     state: RolloutState | None = None
     smoke: asyncio.Task[None] | None = None
 
@@ -93,9 +111,12 @@ class RolloutController:
         self.poll_s = poll_s
         self._rollouts: dict[RolloutKey, _Rollout] = {}
         self._watched: dict[tuple[str, str], _Watched] = {}
-        self._dropped: set[RolloutKey] = set()  # removed from the policy: their states to delete
-        self._sweep = True  # delete stored states of rollouts the policy no longer has
+        # Removed from the policy (and when): their tombstones to write at the next tick.
+        self._dropped: dict[RolloutKey, float] = {}
+        self._sweep = True  # forget stored states no replica has run for ORPHAN_S
         self.reconfigure(router.policy)
+        for rollout in self._rollouts.values():
+            rollout.added_at = float("-inf")  # in the policy this replica started with
 
     # ----- policy
 
@@ -103,23 +124,26 @@ class RolloutController:
         """Follow a new policy (call after ``Router.reconfigure``). A rollout that stays (same
         group, provider and upstream model) keeps its state, under its new settings (a step index
         beyond the new steps means the last step); a new one starts at pending_smoke; a removed
-        one's state is deleted at the next tick. Stored states are written by ``tick``."""
+        one gets its tombstone at the next tick (the module docstring). Stored states are written
+        by ``tick``."""
         wanted: dict[RolloutKey, Rollout] = {}
         for group, models in policy.models.items():
             for dep in models.deployments:
                 if dep.rollout is not None:
                     wanted[RolloutKey(group, dep.provider, dep.model)] = dep.rollout
+        now = self._clock()
         for key in list(self._rollouts):
             if key not in wanted:
                 self._forget(self._rollouts.pop(key))
-                self._dropped.add(key)
+                self._dropped[key] = now
         for key, config in wanted.items():
             found = self._rollouts.get(key)
             if found is None:
-                self._rollouts[key] = _Rollout(key, config)
+                # Added back before its tombstone was written: it is still written (removed at
+                # ``_dropped[key]``, before ``added_at``), and the rollout starts over.
+                self._rollouts[key] = _Rollout(key, config, now)
             else:
                 found.config = config
-            self._dropped.discard(key)
         self._sweep = True
         for group in policy.models:
             if not any(k.group == group for k in wanted):
@@ -159,30 +183,58 @@ class RolloutController:
             await asyncio.sleep(self.poll_s)
 
     async def tick(self) -> None:
-        """One round: read every rollout's state (creating new ones), start smoke prompts, judge
-        the gates and advance steps; delete the states of rollouts the policy dropped."""
+        """One round: write the tombstones of rollouts the policy dropped, read every rollout's
+        state (creating new ones, starting over removed ones this policy added back), start
+        smoke prompts, judge the gates and advance steps; forget orphaned states."""
+        for key, removed_at in list(self._dropped.items()):
+            await self._store.write(key, "remove", RolloutState.removed(removed_at))
+            if self._dropped.get(key) == removed_at:
+                del self._dropped[key]
         if self._sweep:
             self._sweep = False
-            stored = await self._store.keys()
-            self._dropped.update(k for k in stored if k not in self._rollouts)
-        for key in list(self._dropped):
-            await self._store.delete(key)
-            self._dropped.discard(key)
+            await self._forget_orphans()
         for rollout in list(self._rollouts.values()):
             now = self._clock()
             state = await self._store.load(rollout.key)
             if state is None:
                 _, state = await self._store.write(rollout.key, "create", RolloutState.initial(now))
+            elif self._starts_over(rollout, state, now):
+                # Removed before this replica's policy took it in (added back), or run by no
+                # replica for ORPHAN_S: a new rollout.
+                log.info("rollout %s starts over (%s before)", rollout.key.id, state.status)
+                _, state = await self._store.write(
+                    rollout.key, "cas", RolloutState.initial(now), state.version
+                )
+            elif now - state.seen_at >= TOUCH_S:
+                await self._store.touch(rollout.key, now)
             if rollout.key not in self._rollouts:  # dropped by a reconfigure meanwhile
                 continue
             self._set(rollout, state)
-            if state is None:
-                continue
+            if state is None or state.status == "removed":
+                continue  # held at share 0: a newer policy dropped it, this one follows soon
             if state.status == "pending_smoke":
                 if rollout.smoke is None or rollout.smoke.done():
                     rollout.smoke = asyncio.create_task(self.smoke(rollout.key))
             elif state.status in ("rolling", "paused"):
                 await self._judge(rollout, state, now)
+
+    @staticmethod
+    def _starts_over(rollout: _Rollout, state: RolloutState, now: float) -> bool:
+        if state.status == "removed":
+            return state.updated_at <= rollout.added_at or now - state.updated_at >= HOLD_S
+        return now - state.seen_at > ORPHAN_S
+
+    async def _forget_orphans(self) -> None:
+        """Delete the stored states of rollouts not in this policy that no replica has run (nor
+        removed) for ``ORPHAN_S``; another replica may run the rest."""
+        now = self._clock()
+        for key in await self._store.keys():
+            if key in self._rollouts or key in self._dropped:
+                continue
+            state = await self._store.load(key)
+            if state is not None and now - max(state.seen_at, state.updated_at) > ORPHAN_S:
+                await self._store.delete(key)
+                log.info("rollout %s forgotten: no replica has run it for %g s", key.id, ORPHAN_S)
 
     async def _judge(self, rollout: _Rollout, state: RolloutState, now: float) -> None:
         slot = self._router.rollout(rollout.key.group)
@@ -273,6 +325,11 @@ class RolloutController:
             state = await self._store.load(rollout.key)
             if state is None:
                 raise _conflict(f"The rollout in model group '{group}' has not started yet.")
+            if state.status == "removed":
+                raise _conflict(
+                    f"The rollout in model group '{group}' was removed by another replica's policy "
+                    "(newer than this one's, which follows within a minute or so)."
+                )
             moved = _manual(state, action, self._clock())
             if moved is None:
                 raise _conflict(

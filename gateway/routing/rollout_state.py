@@ -12,6 +12,13 @@ States (``status``):
     promoted       done: the deployment routes by the group's strategy like any other
     rolled_back    a gate or a smoke prompt failed (``reason`` says which, with the figures): share 0
     aborted        stopped by hand: share 0
+    removed        a replica's policy dropped the rollout (``updated_at``: when it saw that); a
+                   replica whose policy has had it since before then holds it at share 0 (its
+                   policy is the older one, as during a ConfigMap's sync), one that added it
+                   later starts it over
+
+``seen_at`` is when a replica running the rollout last said so (``rollout.TOUCH_S``): a state no
+replica has run for ``rollout.ORPHAN_S`` is forgotten.
 """
 
 from __future__ import annotations
@@ -26,8 +33,16 @@ from urllib.parse import quote, unquote
 from gateway.policy.model import RolloutGates
 from gateway.routing.target import Target
 
-Status = Literal["pending_smoke", "rolling", "paused", "promoted", "rolled_back", "aborted"]
-STATUSES: tuple[Status, ...] = ("pending_smoke", "rolling", "paused", "promoted", "rolled_back", "aborted")
+Status = Literal["pending_smoke", "rolling", "paused", "promoted", "rolled_back", "aborted", "removed"]
+STATUSES: tuple[Status, ...] = (
+    "pending_smoke",
+    "rolling",
+    "paused",
+    "promoted",
+    "rolled_back",
+    "aborted",
+    "removed",
+)
 FINISHED: frozenset[str] = frozenset({"promoted", "rolled_back", "aborted"})
 # Latency samples kept per watched deployment (a step's window is the last of these at most).
 SAMPLES_KEPT = 20_000
@@ -67,10 +82,16 @@ class RolloutState:
     reason: str
     updated_at: float
     version: int = 0
+    seen_at: float = 0.0  # not versioned: a replica running the rollout sets it (``touch``)
 
     @classmethod
     def initial(cls, now: float) -> RolloutState:
-        return cls("pending_smoke", 0, now, "", now, 0)
+        return cls("pending_smoke", 0, now, "", now, 0, now)
+
+    @classmethod
+    def removed(cls, at: float) -> RolloutState:
+        """The tombstone a replica writes when its policy drops the rollout ``at`` then."""
+        return cls("removed", 0, at, "removed from the policy", at, 0, at)
 
     def moved(
         self, status: Status, now: float, *, step_index: int | None = None, reason: str = ""
@@ -84,6 +105,7 @@ class RolloutState:
             step_started_at=now,
             reason=reason,
             updated_at=now,
+            seen_at=now,
         )
 
     def fields(self) -> dict[str, str]:
@@ -95,6 +117,7 @@ class RolloutState:
             "reason": self.reason,
             "updated_at": repr(self.updated_at),
             "version": str(self.version),
+            "seen_at": repr(self.seen_at),
         }
 
     @classmethod
@@ -111,6 +134,9 @@ class RolloutState:
                 fields.get("reason", ""),
                 float(fields["updated_at"]),
                 int(fields["version"]),
+                # A state written before seen_at existed: as if run now (never forgotten before
+                # a replica running it touches it, never started over for its age).
+                float(fields.get("seen_at") or math.inf),
             )
         except (KeyError, ValueError):
             return None

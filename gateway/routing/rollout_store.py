@@ -6,8 +6,13 @@ Every write says how it may apply (``WriteMode``), and the store decides atomica
     create    only if the rollout has no state yet (the first replica to see it creates it)
     cas       only if the stored ``version`` is the one the writer read (a step change, a
               pause...: of two replicas advancing the same step, one wins)
-    rollback  unless the rollout has finished (promoted, rolled back, aborted): a rollback
-              always wins over a concurrent step change
+    rollback  unless the rollout has finished (promoted, rolled back, aborted) or was removed:
+              a rollback always wins over a concurrent step change
+    remove    the tombstone of a rollout a replica's policy dropped, over any state but another
+              tombstone (none is written where there is no state)
+
+``touch`` sets a state's ``seen_at`` alone (no version change): the replicas running a rollout
+say so about every ``rollout.TOUCH_S``, so a state nobody runs any more can be told apart.
 
 Each applied write sets ``version`` to the stored one plus one. In Redis a rollout is one hash,
 ``{prefix}{group}:{provider}:{model}`` (parts percent-encoded), written by one Lua script.
@@ -17,8 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -28,7 +36,7 @@ from redis.commands.core import AsyncScript
 from gateway.redis_link import RedisClient, redis_client
 from gateway.routing.rollout_state import FINISHED, RolloutKey, RolloutState
 
-WriteMode = Literal["create", "cas", "rollback"]
+WriteMode = Literal["create", "cas", "rollback", "remove"]
 OP_TIMEOUT_S = 1.0
 
 
@@ -55,6 +63,10 @@ class RolloutStore(Protocol):
 
     async def delete(self, key: RolloutKey) -> None: ...
 
+    async def touch(self, key: RolloutKey, now: float) -> None:
+        """Set the stored state's ``seen_at`` to ``now`` (nothing when there is no state)."""
+        ...
+
 
 def applies(mode: WriteMode, current: RolloutState | None, expected_version: int) -> bool:
     """Whether a ``mode`` write applies over ``current`` (the rule both stores follow)."""
@@ -64,7 +76,9 @@ def applies(mode: WriteMode, current: RolloutState | None, expected_version: int
         return False
     if mode == "cas":
         return current.version == expected_version
-    return current.status not in FINISHED
+    if mode == "remove":
+        return current.status != "removed"
+    return current.status not in FINISHED and current.status != "removed"
 
 
 # KEYS: the rollout's hash.  ARGV: mode, expected version, then field, value pairs.
@@ -78,7 +92,11 @@ elseif mode == 'cas' then
   apply = current and current == ARGV[2]
 elseif current then
   local status = redis.call('HGET', KEYS[1], 'status')
-  apply = status ~= 'promoted' and status ~= 'rolled_back' and status ~= 'aborted'
+  if mode == 'remove' then
+    apply = status ~= 'removed'
+  else
+    apply = status ~= 'promoted' and status ~= 'rolled_back' and status ~= 'aborted' and status ~= 'removed'
+  end
 end
 if apply then
   for i = 3, #ARGV, 2 do
@@ -87,6 +105,15 @@ if apply then
   redis.call('HSET', KEYS[1], 'version', tostring((tonumber(current) or 0) + 1))
 end
 return {apply and 1 or 0, redis.call('HGETALL', KEYS[1])}
+"""
+
+
+# KEYS: the rollout's hash.  ARGV: seen_at.
+_TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'seen_at', ARGV[1])
+end
+return 1
 """
 
 
@@ -106,10 +133,12 @@ class RedisRolloutStore:
         self._prefix = prefix
         self._client: RedisClient | None = None
         self._script: AsyncScript | None = None
+        self._touch: AsyncScript | None = None
 
     async def start(self) -> None:
         self._client = redis_client(self._url, OP_TIMEOUT_S, 30.0)
         self._script = self._client.register_script(_WRITE)
+        self._touch = self._client.register_script(_TOUCH)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -155,6 +184,12 @@ class RedisRolloutStore:
         async with asyncio.timeout(OP_TIMEOUT_S):
             await self._redis().delete(self._prefix + key.id)
 
+    async def touch(self, key: RolloutKey, now: float) -> None:
+        if self._touch is None:
+            raise RuntimeError("the rollout store is not started")
+        async with asyncio.timeout(OP_TIMEOUT_S):
+            await self._touch(keys=[self._prefix + key.id], args=[repr(now)])
+
     def _glob_prefix(self) -> str:
         return "".join(f"\\{c}" if c in "*?[]\\" else c for c in self._prefix)
 
@@ -163,11 +198,35 @@ class FileRolloutStore:
     """Rollout states in one small JSON file, for a gateway without Redis: rewritten whole on
     every change (a temporary file renamed over it, so a crash never leaves half a file), read
     again on every load (so ``rollout`` commands of a restarted process see the last writes).
-    Written off the event loop."""
+    Written off the event loop. Each change (read, decide, rewrite) holds an ``flock`` on a
+    file beside it, so the workers of ``serve --workers N`` (which share the file) never write
+    over one another's changes: without it, two workers' changes made at once kept only one,
+    and a lost rollback put a failing candidate back in the plan."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one change at a time in this process (the flock: across them)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path.with_name(self._path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _change(
+        self, change: Callable[[dict[str, RolloutState]], tuple[bool, RolloutState | None]]
+    ) -> tuple[bool, RolloutState | None]:
+        """Read, ``change`` in place (whether to write, what to return), write: under the flock."""
+        with self._locked():
+            states = self._read()
+            changed, result = change(states)
+            if changed:
+                self._write(states)
+            return changed, result
 
     async def start(self) -> None:
         pass  # the directory is made on the first write: a gateway without rollouts leaves no trace
@@ -181,27 +240,39 @@ class FileRolloutStore:
     async def write(
         self, key: RolloutKey, mode: WriteMode, state: RolloutState, expected_version: int = 0
     ) -> tuple[bool, RolloutState | None]:
-        async with self._lock:
-            states = await asyncio.to_thread(self._read)
+
+        def change(states: dict[str, RolloutState]) -> tuple[bool, RolloutState | None]:
             current = states.get(key.id)
             if not applies(mode, current, expected_version):
                 return False, current
             version = current.version + 1 if current is not None else 1
-            states[key.id] = RolloutState(
-                state.status, state.step_index, state.step_started_at, state.reason, state.updated_at, version
-            )
-            await asyncio.to_thread(self._write, states)
+            states[key.id] = replace(state, version=version)
             return True, states[key.id]
+
+        async with self._lock:
+            return await asyncio.to_thread(self._change, change)
 
     async def keys(self) -> list[RolloutKey]:
         ids = await asyncio.to_thread(self._read)
         return sorted(k for k in map(RolloutKey.from_id, ids) if k is not None)
 
     async def delete(self, key: RolloutKey) -> None:
+        def change(states: dict[str, RolloutState]) -> tuple[bool, RolloutState | None]:
+            return states.pop(key.id, None) is not None, None
+
         async with self._lock:
-            states = await asyncio.to_thread(self._read)
-            if states.pop(key.id, None) is not None:
-                await asyncio.to_thread(self._write, states)
+            await asyncio.to_thread(self._change, change)
+
+    async def touch(self, key: RolloutKey, now: float) -> None:
+        def change(states: dict[str, RolloutState]) -> tuple[bool, RolloutState | None]:
+            current = states.get(key.id)
+            if current is None:
+                return False, None
+            states[key.id] = replace(current, seen_at=now)
+            return True, None
+
+        async with self._lock:
+            await asyncio.to_thread(self._change, change)
 
     def _read(self) -> dict[str, RolloutState]:
         try:

@@ -34,7 +34,7 @@ async def test_create_cas_rollback_delete(store: RolloutStore) -> None:
     first = RolloutState.initial(100.0)
     assert await store.load(KEY) is None
     written, stored = await store.write(KEY, "create", first)
-    assert written and stored == RolloutState("pending_smoke", 0, 100.0, "", 100.0, 1)
+    assert written and stored == RolloutState("pending_smoke", 0, 100.0, "", 100.0, 1, 100.0)
     written, again = await store.write(KEY, "create", RolloutState.initial(200.0))
     assert not written and again == stored  # the first creator wins
     assert stored is not None
@@ -64,12 +64,67 @@ async def test_create_cas_rollback_delete(store: RolloutStore) -> None:
     assert await store.load(KEY) is None and await store.keys() == [OTHER]
 
 
+async def test_touch_and_tombstones(store: RolloutStore) -> None:
+    await store.touch(KEY, 50.0)
+    assert await store.load(KEY) is None  # touching no state makes none
+    written, _ = await store.write(KEY, "remove", RolloutState.removed(60.0))
+    assert not written and await store.load(KEY) is None  # nothing to remove
+    _, created = await store.write(KEY, "create", RolloutState.initial(100.0))
+    assert created is not None
+    await store.touch(KEY, 130.0)
+    touched = await store.load(KEY)
+    assert touched == RolloutState("pending_smoke", 0, 100.0, "", 100.0, 1, 130.0)  # no new version
+    written, removed = await store.write(KEY, "remove", RolloutState.removed(140.0))
+    assert (
+        written
+        and removed is not None
+        and (removed.status, removed.updated_at, removed.version)
+        == (
+            "removed",
+            140.0,
+            2,
+        )
+    )
+    again, _ = await store.write(KEY, "remove", RolloutState.removed(150.0))
+    assert not again  # the first tombstone's time is kept
+    back = removed.moved("rolled_back", 160.0, reason="x")
+    assert not (await store.write(KEY, "rollback", back))[0]  # a rollback does not revive it
+    written, fresh = await store.write(KEY, "cas", RolloutState.initial(170.0), expected_version=2)
+    assert written and fresh is not None and (fresh.status, fresh.version) == ("pending_smoke", 3)
+
+
+async def test_file_store_changes_from_several_processes_are_all_kept(tmp_path: Path) -> None:
+    """The workers of ``serve --workers N`` share the file: each change holds an flock, so none
+    is written over (without it two processes making 200 changes each kept about half)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "rollouts.json"
+    program = f"""
+import asyncio, sys
+from gateway.routing.rollout_state import RolloutKey, RolloutState
+from gateway.routing.rollout_store import FileRolloutStore
+async def main(name):
+    store, key = FileRolloutStore({str(path)!r}), RolloutKey("g", name, "m")
+    await store.write(key, "create", RolloutState.initial(1.0))
+    for version in range(1, 201):
+        written, _ = await store.write(key, "cas", RolloutState.initial(1.0), version)
+        assert written, version
+asyncio.run(main(sys.argv[1]))
+"""
+    runs = [subprocess.Popen([sys.executable, "-c", program, name]) for name in ("p1", "p2")]
+    assert [run.wait(timeout=120) for run in runs] == [0, 0]
+    store = FileRolloutStore(path)
+    versions = [(await store.load(RolloutKey("g", name, "m"))) for name in ("p1", "p2")]
+    assert [v.version if v is not None else None for v in versions] == [201, 201]
+
+
 async def test_file_store_survives_a_new_instance(tmp_path: Path) -> None:
     path = tmp_path / "rollouts.json"
     one = FileRolloutStore(path)
     await one.write(KEY, "create", RolloutState.initial(5.0))
     assert not list(tmp_path.glob(".rollouts.*"))  # the temporary file was renamed over
-    assert await FileRolloutStore(path).load(KEY) == RolloutState("pending_smoke", 0, 5.0, "", 5.0, 1)
+    assert await FileRolloutStore(path).load(KEY) == RolloutState("pending_smoke", 0, 5.0, "", 5.0, 1, 5.0)
 
 
 async def test_two_controllers_on_one_redis_store_only_one_advances(

@@ -271,12 +271,105 @@ async def test_state_survives_a_restart_and_a_reconfigure(tmp_path: Path) -> Non
     changed = parse_policy(POLICY.replace("steps: [10, 25, 50, 100]", "steps: [5, 50, 100]"))
     again.ctl.reconfigure(changed)
     assert again.share() == 0.50
-    # The rollout removed from the policy: the state is dropped, the deployment routes normally.
+    # The rollout removed from the policy: its tombstone is written, the deployment routes normally.
     again.ctl.reconfigure(parse_policy(WITHOUT_ROLLOUT))
     assert again.router.rollout("chat") is None
     await again.ctl.tick()
-    assert await again.store.load(KEY) is None
+    assert (await again.state()).status == "removed"
     assert ("chat", "new", "n1") not in again.metrics.rollout_step.children
+
+
+async def test_a_replica_whose_policy_drops_the_rollout_does_not_reset_the_others(tmp_path: Path) -> None:
+    """Two replicas on one store, as during a ConfigMap's sync: A's policy drops the rollout, B's
+    still has it. B holds it at share 0 (it used to find no state, create one, run the smoke
+    prompts again and roll the candidate at its first step: a rolled-back candidate came back)."""
+    clock = Clock()
+    a, b = Rig(tmp_path, clock=clock), Rig(tmp_path, clock=clock)
+    await a.started()
+    await b.ctl.tick()  # B reads the rolling state and watches its traffic
+    b.traffic(20)
+    clock.now += 60
+    await b.ctl.tick()
+    assert (await b.state()).step_index == 1 and b.share() == 0.25
+    clock.now += 1
+    a.ctl.reconfigure(parse_policy(WITHOUT_ROLLOUT))
+    await a.ctl.tick()
+    clock.now += 1
+    await b.ctl.tick()
+    await b.ctl.smoke_finished()
+    assert (await b.state()).status == "removed"
+    assert b.share() == 0 and b.smoke_calls == 0  # held: not created again, not smoke-tested
+    with pytest.raises(HTTPStatusError) as refused:
+        await b.ctl.act("chat", "promote")
+    assert refused.value.http_status == 409
+    # A replica starting on the older policy (a rolling update's old pod) holds it too.
+    late = Rig(tmp_path, clock=clock)
+    await late.ctl.tick()
+    assert late.share() == 0 and (await late.state()).status == "removed"
+    assert late.ctl.views()[0]["status"] == "removed"
+    # Added back to the policy later: started over, smoke first (README: adding it back starts over).
+    clock.now += 5
+    a.ctl.reconfigure(parse_policy(POLICY))
+    state = await a.started()
+    assert (state.status, state.step_index, a.smoke_calls) == ("rolling", 0, 2)
+    await b.ctl.tick()
+    assert b.share() == 0.10  # B follows the new state
+
+
+async def test_replicas_that_started_with_it_hold_a_tombstone_for_hold_s_then_start_over(
+    tmp_path: Path,
+) -> None:
+    """A replica cannot tell an older policy it started with from one that added the rollout
+    back (every pod restarted with it): it holds while the tombstone is young, then starts over."""
+    from gateway.routing.rollout import HOLD_S
+
+    remover = Rig(tmp_path)
+    await remover.started()
+    remover.ctl.reconfigure(parse_policy(WITHOUT_ROLLOUT))
+    await remover.ctl.tick()
+    restarted = Rig(tmp_path, clock=remover.clock)
+    await restarted.ctl.tick()
+    assert (await restarted.state()).status == "removed"
+    remover.clock.now += HOLD_S
+    state = await restarted.started()
+    assert (state.status, restarted.smoke_calls) == ("rolling", 1)
+
+
+def test_a_state_stored_before_seen_at_is_neither_forgotten_nor_started_over() -> None:
+    fields = RolloutState("promoted", 3, 5.0, "", 5.0, 7).fields()
+    del fields["seen_at"]
+    loaded = RolloutState.from_fields(fields)
+    assert loaded is not None and loaded.seen_at == float("inf")
+
+
+async def test_removing_and_adding_back_before_a_tick_starts_over(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    await rig.started()
+    await rig.ctl.act("chat", "abort")
+    rig.ctl.reconfigure(parse_policy(WITHOUT_ROLLOUT))
+    rig.clock.now += 0.5
+    rig.ctl.reconfigure(parse_policy(POLICY))  # within the same second: no tick in between
+    state = await rig.started()
+    assert (state.status, state.step_index, rig.smoke_calls) == ("rolling", 0, 2)  # not "aborted"
+
+
+async def test_only_states_no_replica_ran_for_a_day_are_forgotten(tmp_path: Path) -> None:
+    from gateway.routing.rollout import ORPHAN_S, TOUCH_S
+
+    runner = Rig(tmp_path)
+    await runner.started()
+    runner.clock.now += TOUCH_S
+    await runner.ctl.tick()
+    assert (await runner.state()).seen_at == runner.clock.now  # running it says so
+    # A replica whose policy never had the rollout leaves a state another replica runs.
+    other = Rig(tmp_path, WITHOUT_ROLLOUT, clock=runner.clock)
+    await other.ctl.tick()
+    assert (await runner.state()).status == "rolling"
+    # Nobody ran it for a day: the next sweep forgets it.
+    runner.clock.now += ORPHAN_S + 1
+    other.ctl.reconfigure(other.policy)  # a reload sweeps again
+    await other.ctl.tick()
+    assert await other.store.load(KEY) is None
 
 
 async def test_share_is_exact(tmp_path: Path) -> None:
