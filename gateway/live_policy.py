@@ -18,6 +18,7 @@ editor's rename and a Kubernetes ConfigMap's symlink swap all count), SIGHUP and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -56,6 +57,10 @@ log = logging.getLogger("gateway.policy")
 # over this many milliseconds; its default (1.6 s) would make a reload slow to land.
 # A changed file is applied once two reads this far apart agree (a slow in-place write).
 _SETTLE_S = 0.25
+# The file is also read this often and reloaded when its bytes changed: what no directory watch
+# sees (its directory replaced, a symlink moved to a directory not watched, a network or FUSE
+# file system without inotify) is applied within this long.
+POLL_S = 2.0
 _SETTLE_ROUNDS = 20
 _DEBOUNCE_MS = 100
 _DRAIN_POLL_S = 0.2  # how often a replaced provider client checks whether its requests are done
@@ -79,6 +84,13 @@ def provider_clients(
             continue
         key = env.get(cfg.api_key_env) if cfg.api_key_env else None
         clients[name] = ProviderClient(name, cfg, adapter_for(cfg), key, given.get(name))
+        if not clients[name].configured:
+            # Said when the process starts and on the reload that brings it (a typo in a
+            # variable's name otherwise showed only as 503 provider_not_configured answers).
+            log.warning(
+                "provider key variable is not set: the provider's deployments are skipped",
+                extra={"fields": {"provider": name, "key_env": cfg.api_key_env}},
+            )
     return clients
 
 
@@ -161,6 +173,7 @@ class LivePolicy:
             raise
         if self._watch:
             self._spawn(self._watch_file())
+            self._spawn(self._poll_file())
         try:
             yield
         finally:
@@ -290,14 +303,17 @@ class LivePolicy:
 
     async def _watch_file(self) -> None:
         """Reload when the file's bytes change. The directory is watched, not the file: editors
-        replace files by rename, and a ConfigMap swaps a symlink in that directory."""
+        replace files by rename, and a ConfigMap swaps a symlink in that directory; when the
+        path is a symlink into another directory (a checkout linked in), that one is watched
+        too. ``_poll_file`` covers what these watches cannot see."""
         assert self.path is not None
-        directory = os.path.dirname(os.path.abspath(self.path))
+        real = os.path.realpath(self.path)
+        directories = list(dict.fromkeys(os.path.dirname(p) for p in (os.path.abspath(self.path), real)))
         await self._check()  # a change between start-up and now (or a restarted worker)
         try:
             async for _ in watchfiles.awatch(
-                directory,
-                watch_filter=PolicyFileEvents(self.path),
+                *directories,
+                watch_filter=PolicyFileEvents(self.path, real),
                 debounce=_DEBOUNCE_MS,
                 recursive=False,
                 stop_event=self._stop,
@@ -312,6 +328,25 @@ class LivePolicy:
                 "cannot watch the policy file; reload with SIGHUP or POST /admin/policy/reload",
                 extra={"fields": {"path": self.path, "error": repr(exc)}},
             )
+
+    async def _poll_file(self) -> None:
+        """Every ``POLL_S``: one read, and a check (``_check``) when the bytes differ from those
+        last applied or refused."""
+        assert self.path is not None
+        polled: str | None = None  # a file gone (or unreadable) is reported once, not every poll
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_S):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return
+            digest = hashlib.sha256(await self._read_or_empty()).hexdigest()
+            seen, polled = polled, digest
+            if digest not in (self._file_digest, seen) and not self._lock.locked():
+                try:
+                    await self._check()
+                except Exception:  # as the watcher: keep polling
+                    log.exception("policy reload failed", extra={"fields": {"path": self.path}})
 
     async def _check(self) -> None:
         assert self.path is not None
@@ -350,14 +385,15 @@ class PolicyFileEvents:
     the gateway's own log file when ``serve > gateway.log`` runs next to its policy, is ignored:
     otherwise each log line would be a change, each change a check and a log line, forever."""
 
-    __slots__ = ("_name",)
+    __slots__ = ("_names",)
 
-    def __init__(self, path: str) -> None:
-        self._name = os.path.basename(path)
+    def __init__(self, path: str, target: str | None = None) -> None:
+        # The path's name, and its symlink target's (watched in the target's directory).
+        self._names = frozenset(os.path.basename(p) for p in (path, target or path))
 
     def __call__(self, change: watchfiles.Change, path: str) -> bool:
         name = os.path.basename(path)
-        return name == self._name or name.startswith("..")
+        return name in self._names or name.startswith("..")
 
 
 def _read(path: str) -> bytes:

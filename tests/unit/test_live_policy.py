@@ -7,6 +7,7 @@ watcher tests, which edit the file and wait for the new version to be served.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -366,6 +367,50 @@ async def test_the_watcher_follows_a_configmap_symlink_swap(
     assert await models(client) == ["m", "n"]
 
 
+async def test_the_watcher_follows_a_symlink_into_another_directory(
+    aiohttp_client: ClientFactory, tmp_path: Path, upstreams: Upstreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """policy.yaml -> a checkout elsewhere: an edit of the target is seen (only the link's own
+    directory was watched, so no edit was ever applied while /admin/policy said it watched)."""
+    monkeypatch.setattr("gateway.live_policy.POLL_S", 3600.0)  # the watch alone, not the poll
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "repo" / "real.yaml").write_text(BASE)
+    os.symlink(tmp_path / "repo" / "real.yaml", tmp_path / "conf" / "policy.yaml")
+    client = await gateway(aiohttp_client, tmp_path / "conf" / "policy.yaml", upstreams, watch=True)
+    first = (await (await client.get("/admin/policy")).json())["version"]
+    await asyncio.sleep(0.2)
+    (tmp_path / "repo" / "real.yaml").write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
+    state = await wait_for_version(client, first)
+    assert state["version"] != first and state["source"] == "file"
+    assert await models(client) == ["m", "n"]
+
+
+async def test_a_replaced_directory_is_still_followed(
+    aiohttp_client: ClientFactory, tmp_path: Path, upstreams: Upstreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mv pol pol_old; mkdir pol; cp new.yaml pol/policy.yaml``: the watch stays on the old
+    directory's inode; the poll reads the path again and applies it."""
+    monkeypatch.setattr("gateway.live_policy.POLL_S", 0.2)
+    (tmp_path / "pol").mkdir()
+    path = tmp_path / "pol" / "policy.yaml"
+    path.write_text(BASE)
+    client = await gateway(aiohttp_client, path, upstreams, watch=True)
+    first = (await (await client.get("/admin/policy")).json())["version"]
+    await asyncio.sleep(0.2)
+    os.rename(tmp_path / "pol", tmp_path / "pol_old")
+    (tmp_path / "pol").mkdir()
+    path.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
+    state = await wait_for_version(client, first, timeout_s=5.0)
+    assert state["version"] != first
+    assert await models(client) == ["m", "n"]
+    # And a later edit in the new directory too.
+    second = state["version"]
+    path.write_text(BASE + "  o: {deployments: [{provider: b, model: nb}]}\n")
+    state = await wait_for_version(client, second, timeout_s=5.0)
+    assert state["version"] != second and await models(client) == ["m", "o"]
+
+
 async def test_a_rollout_keeps_its_state_and_share_through_a_reload(
     aiohttp_client: ClientFactory, tmp_path: Path, upstreams: Upstreams
 ) -> None:
@@ -489,6 +534,9 @@ async def test_the_watcher_ignores_other_files_in_the_policy_directory(
 
 
 def test_the_policy_file_filter_keeps_the_file_and_configmap_entries_only(tmp_path: Path) -> None:
+    linked = live_policy.PolicyFileEvents(str(tmp_path / "policy.yaml"), str(tmp_path / "repo" / "real.yaml"))
+    assert linked(watchfiles.Change.modified, str(tmp_path / "repo" / "real.yaml"))  # a symlink's target
+    assert not linked(watchfiles.Change.modified, str(tmp_path / "repo" / "README.md"))
     keep = live_policy.PolicyFileEvents(str(tmp_path / "policy.yaml"))
     modified = watchfiles.Change.modified
     assert keep(modified, str(tmp_path / "policy.yaml"))
@@ -515,3 +563,21 @@ async def test_a_change_is_applied_once_two_reads_agree(
     monkeypatch.setattr(live, "_read_or_empty", read)
     assert await live._read_settled() == b"whole"
     assert next(reads) == b"never read"
+
+
+async def test_a_reload_that_names_an_unset_key_variable_says_so(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo in ``api_key_env`` showed only as 503 provider_not_configured answers: the reload
+    logged nothing but "policy reloaded"."""
+    client = await gateway(aiohttp_client, policy_file, upstreams)
+    policy_file.write_text(
+        BASE.replace(
+            'b: {kind: openai, base_url: "http://b.test/v1"}',
+            'b: {kind: openai, base_url: "http://b.test/v1", api_key_env: KEY_TYPO_B}',
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="gateway.policy"):
+        assert (await reload(client))[0] == 200
+    warned = [r for r in caplog.records if "key variable is not set" in r.getMessage()]
+    assert [r.fields for r in warned] == [{"provider": "b", "key_env": "KEY_TYPO_B"}]  # type: ignore[attr-defined]
