@@ -346,7 +346,13 @@ class Deployment(_Strict):
         description="Max tokens of context, if known. Requests whose estimated prompt is longer "
         "skip this deployment, and a context-length error falls back to a bigger one.",
     )
-    weight: float = Field(1.0, ge=0, description="Fixed traffic share under `strategy: weighted` (relative).")
+    weight: float = Field(
+        1.0,
+        ge=0,
+        le=1_000_000,  # relative: two weights near the float maximum summed to inf, every share 0
+        description="Fixed traffic share under `strategy: weighted` (relative, 0..1000000; 0: "
+        "fallback only).",
+    )
     rollout: Rollout | None = Field(
         None,
         description="Roll this deployment out progressively (smoke prompts, then growing shares "
@@ -595,6 +601,16 @@ class ModelGroup(_Strict):
     shadow: Shadow | None = Field(
         None, description="Mirror a share of this group's requests to a candidate (shadow traffic)."
     )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ModelGroup:
+        if self.strategy.type == "weighted" and all(d.weight == 0 for d in self.deployments):
+            # Every one a fallback: the first took every request while every view said 1/n each.
+            raise ValueError(
+                "strategy weighted: at least one deployment needs a weight above 0 (0 means "
+                "fallback only)"
+            )
+        return self
 
 
 class SemanticCache(_Strict):

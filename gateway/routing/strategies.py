@@ -81,7 +81,9 @@ class WeightedStrategy:
 
     def shares(self, targets: Sequence[Target], scores: Scores) -> list[float]:
         total = sum(t.deployment.weight for t in targets)
-        return [t.deployment.weight / total if total else 1 / len(targets) for t in targets]
+        if not total:  # fallbacks alone left (the rest unavailable): policy order, as ``order``
+            return [1.0 if i == 0 else 0.0 for i in range(len(targets))]
+        return [t.deployment.weight / total for t in targets]
 
 
 class OrderedStrategy:

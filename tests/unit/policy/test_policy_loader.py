@@ -254,3 +254,27 @@ def test_credentials_in_a_base_url_or_a_header_are_refused_without_echoing_them(
         assert f"'{header}' carries a secret" in str(err.value) and "s3cr3t" not in str(err.value)
     ok = "  a: {kind: openai, base_url: 'https://e/v1?deployment=x'}\nmodels: {m: {deployments: [{provider: a, model: x}]}}\n"
     assert parse_policy(head + ok, "p.yaml").providers["a"].base_url == "https://e/v1?deployment=x"
+
+
+def test_a_weighted_group_needs_a_weight_above_zero_and_weights_are_bounded() -> None:
+    """All weights 0 sent every request to the first deployment while policy explain, policy
+    diff and /admin/models showed 1/n each; two weights near the float maximum summed to inf."""
+    weighted = VARIANTS.replace("strategy: ordered", "strategy: weighted")
+    assert problems(
+        weighted.replace("{provider: oa, model: m}]\n  long", "{provider: oa, model: m, weight: 0}]\n  long")
+    ) == [
+        "p.yaml:9: models.short: strategy weighted: at least one deployment needs a weight above 0 "
+        "(0 means fallback only)"
+    ]
+    (found,) = problems(
+        weighted.replace(
+            "{provider: oa, model: m}]\n  long", "{provider: oa, model: m, weight: 1e308}]\n  long"
+        )
+    )
+    assert found.startswith(
+        "p.yaml:10: models.short.deployments[0].weight: Input should be less than or equal to 1000000"
+    )
+    # Under another strategy weights are unused: 0 is fine.
+    parse_policy(
+        VARIANTS.replace("{provider: oa, model: m}]\n  long", "{provider: oa, model: m, weight: 0}]\n  long")
+    )

@@ -64,3 +64,18 @@ def test_score_parameters_override_the_routing_knobs() -> None:
 def test_a_strategy_refuses_another_types_entry() -> None:
     with pytest.raises(TypeError, match="expected ScoreStrategyConfig, got WeightedStrategyConfig"):
         STRATEGIES["score"](WeightedStrategyConfig(type="weighted"), ROUTING)
+
+
+def test_weighted_shares_match_its_order_when_only_fallbacks_are_left() -> None:
+    """Only weight-0 deployments eligible (the others down): ``order`` keeps the policy order, so
+    the shares say the first takes everything (they said 1/n each)."""
+    from types import SimpleNamespace
+
+    zero = [cast(Target, SimpleNamespace(deployment=SimpleNamespace(weight=0.0), name=n)) for n in "ab"]
+    weighted = WeightedStrategy(WeightedStrategyConfig(type="weighted"), ROUTING)
+    import random
+
+    assert weighted.order(list(zero), scores, random.Random(1)) == zero
+    assert weighted.shares(zero, scores) == [1.0, 0.0]
+    two = [cast(Target, SimpleNamespace(deployment=SimpleNamespace(weight=w))) for w in (1.0, 3.0)]
+    assert weighted.shares(two, scores) == [0.25, 0.75]
