@@ -607,8 +607,7 @@ class ModelGroup(_Strict):
         if self.strategy.type == "weighted" and all(d.weight == 0 for d in self.deployments):
             # Every one a fallback: the first took every request while every view said 1/n each.
             raise ValueError(
-                "strategy weighted: at least one deployment needs a weight above 0 (0 means "
-                "fallback only)"
+                "strategy weighted: at least one deployment needs a weight above 0 (0 means fallback only)"
             )
         return self
 

@@ -14,6 +14,7 @@ from typing import Any
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy
 from gateway.providers.base import ProviderHandle
+from gateway.routing.rollout_state import STATUSES, RolloutKey, RolloutSlot
 from gateway.routing.router import Router
 from gateway.routing.scoring import Terms
 from gateway.routing.stats import PeerFigures
@@ -155,8 +156,57 @@ def _peers(peer: PeerFigures | None) -> dict[str, Any] | None:
 
 
 def offline_view(policy: Policy, clients: Mapping[str, ProviderHandle]) -> dict[str, Any]:
-    """What ``/admin/models`` would show for ``policy`` before any traffic."""
-    return snapshot(Router(policy, clients, GatewayMetrics()))
+    """What ``/admin/models`` would show for ``policy`` before any traffic (each rollout at its
+    first step: ``forecast_rollouts``)."""
+    router = Router(policy, clients, GatewayMetrics())
+    forecast_rollouts(router)
+    return snapshot(router)
+
+
+def forecast_rollouts(router: Router, view: Mapping[str, Any] | None = None) -> None:
+    """Give ``router`` (a forecast's, not serving) the rollout slots its policy's rollouts would
+    have: the state a running gateway's ``/admin/models`` ``view`` shows for the same rollout
+    (same group, provider and upstream model: a reload keeps it, its step index read against the
+    policy's steps), else the first step (a new rollout, once its smoke prompts pass). Without
+    them every rollout counted as an ordinary deployment (1/n of a weighted group, say, where
+    routing gives exactly its step's share)."""
+    live: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+    for group, entry in (view or {}).get("models", {}).items():
+        for dep in entry.get("deployments", ()):
+            if isinstance(dep.get("rollout"), Mapping):
+                live[(group, dep["provider"], dep["model"])] = dep["rollout"]
+    for group, models in router.policy.models.items():
+        for dep in models.deployments:
+            if dep.rollout is None:
+                continue
+            targets = router.targets(group)
+            candidate = next((t for t in targets if (t.provider, t.model) == (dep.provider, dep.model)), None)
+            if candidate is None:
+                continue
+            steps = dep.rollout.steps
+            state = live.get((group, dep.provider, dep.model), {})
+            status = state.get("status")
+            index = int(state.get("step_index") or 0)
+            if status == "promoted":
+                continue  # routed by the strategy like any other deployment
+            share = (
+                steps[min(index, len(steps) - 1)] / 100
+                if status in (None, "not started", "pending_smoke", "rolling", "paused")
+                else 0.0
+            )
+            router.set_rollout(
+                group,
+                RolloutSlot(
+                    RolloutKey(group, dep.provider, dep.model),
+                    candidate,
+                    tuple(t for t in targets if t is not candidate),
+                    share,
+                    status if status in STATUSES else None,
+                    index,
+                    tuple(steps),
+                    "",
+                ),
+            )
 
 
 def render(view: Mapping[str, Any], model: str, policy: Policy | None, source: str) -> str:

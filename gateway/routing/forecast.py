@@ -25,7 +25,7 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.diff import deployment_names, group_deployments
 from gateway.policy.model import Policy, Provider
 from gateway.providers.base import ProviderAdapter, ProviderHandle, UpstreamRequest, UpstreamResponse
-from gateway.routing.explain import snapshot
+from gateway.routing.explain import forecast_rollouts, snapshot
 from gateway.routing.router import Router
 from gateway.routing.target import DeploymentState
 from gateway.wire.requests import JSONObject
@@ -72,8 +72,11 @@ if TYPE_CHECKING:
 
 
 def prior_shares(policy: Policy) -> Shares:
-    """First-choice shares from ``policy``'s priors, every provider taken as configured."""
-    return view_shares(snapshot(_router(policy, {})))
+    """First-choice shares from ``policy``'s priors, every provider taken as configured, each
+    rollout at its first step."""
+    router = _router(policy, {})
+    forecast_rollouts(router)
+    return view_shares(snapshot(router))
 
 
 def live_shares(policy: Policy, view: Mapping[str, Any]) -> Shares:
@@ -92,6 +95,7 @@ def live_shares(policy: Policy, view: Mapping[str, Any]) -> Shares:
             if key in live and key not in seeded:
                 seeded.add(key)
                 _seed(target.live, live[key], policy, router.now())
+    forecast_rollouts(router, view)  # the live rollouts' steps, new ones at their first
     return view_shares(snapshot(router))
 
 

@@ -131,3 +131,55 @@ def test_feedback_is_blended_with_the_new_prior() -> None:
 def test_serves_tells_whether_a_view_is_of_the_policy() -> None:
     view = snapshot(live_router(parse_policy(OLD)))
     assert serves(view, parse_policy(OLD)) and not serves(view, parse_policy(NEW))
+
+
+ROLLOUT = """
+version: 1
+providers:
+  a: {kind: openai, base_url: http://a/v1}
+  b: {kind: openai, base_url: http://b/v1}
+  c: {kind: openai, base_url: http://c/v1}
+models:
+  chat:
+    strategy: weighted
+    deployments:
+      - {provider: a, model: m, weight: 1}
+      - {provider: b, model: m, weight: 1}
+      - {provider: c, model: m, rollout: {steps: [10, 50, 100], hold_s: 600}}
+"""
+
+
+def test_a_rollout_gets_its_steps_share_not_the_strategys() -> None:
+    """A new rollout is forecast at its first step (it was 1/3 of the weighted group, where
+    routing gives exactly 10 %), the rest shared by the strategy; policy explain likewise."""
+    from gateway.routing.explain import offline_view
+
+    policy = parse_policy(ROLLOUT)
+    assert prior_shares(policy)["chat"] == pytest.approx({"a/m": 0.45, "b/m": 0.45, "c/m": 0.10})
+    handles = {name: PolicyProvider(name, cfg) for name, cfg in policy.providers.items()}
+    shown = offline_view(policy, handles)["models"]["chat"]["deployments"]
+    assert [d["share"] for d in shown] == [0.45, 0.45, 0.1]
+
+
+@pytest.mark.parametrize(
+    ("live", "expected"),
+    [
+        ({"status": "rolling", "step_index": 1}, {"a/m": 1 / 3 * 0.5, "b/m": 2 / 3 * 0.5, "c/m": 0.5}),
+        ({"status": "rolling", "step_index": 0}, {"a/m": 0.3, "b/m": 0.6, "c/m": 0.1}),
+        ({"status": "rolled_back", "step_index": 0}, {"a/m": 1 / 3, "b/m": 2 / 3, "c/m": 0.0}),
+        ({"status": "promoted", "step_index": 2}, {"a/m": 0.25, "b/m": 0.5, "c/m": 0.25}),
+    ],
+)
+def test_live_shares_keep_the_running_rollouts_step(live: dict[str, Any], expected: dict[str, float]) -> None:
+    """policy diff --url: the gateway runs the rollout at a step; an edit of the weights moves
+    the rest (b's weight 2: measured 60.6 / 29.6 / 9.8 % where the forecast said 50 / 25 / 25)."""
+    running = parse_policy(ROLLOUT)
+    handles = {name: PolicyProvider(name, cfg) for name, cfg in running.providers.items()}
+    view = snapshot(Router(running, handles, GatewayMetrics()))
+    for dep in view["models"]["chat"]["deployments"]:
+        if dep["provider"] == "c":
+            dep["rollout"] = {**live, "steps": [10, 50, 100]}
+    edited = parse_policy(
+        ROLLOUT.replace("{provider: b, model: m, weight: 1}", "{provider: b, model: m, weight: 2}")
+    )
+    assert live_shares(edited, view)["chat"] == pytest.approx(expected, abs=1e-4)
