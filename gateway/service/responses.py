@@ -45,7 +45,7 @@ from gateway.service.front_door import has_choice
 from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream, ReplayStream
 from gateway.wire.requests import Endpoint, JSONObject
-from gateway.wire.responses import ResponsesInputError, chat_request, check_fields
+from gateway.wire.responses import ResponsesInputError, chat_request, check_fields, responses_param
 from gateway.wire.responses_output import (
     Renewal,
     ResponseIds,
@@ -231,7 +231,15 @@ class ResponsesDoor:
         adapter = target.client.adapter
         if speaks_responses(target.client.config):
             return adapter.build_request(Endpoint.RESPONSES, native_request(self.body), target.model)
-        return adapter.build_request(Endpoint.CHAT, self.chat, target.model)
+        try:
+            return adapter.build_request(Endpoint.CHAT, self.chat, target.model)
+        except InvalidRequest as exc:
+            # The adapter names the chat translation's fields (messages[1].tool_calls[0]...): the
+            # client sent input[2].arguments.
+            exc.message = responses_param(self.body, exc.message)
+            if exc.param is not None:
+                exc.param = responses_param(self.body, exc.param)
+            raise
 
     def mode(self, target: Target) -> str:
         return "native" if speaks_responses(target.client.config) else "translated"

@@ -29,6 +29,7 @@ Field by field (https://platform.openai.com/docs/api-reference/responses/create)
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gateway.wire.requests import JSONObject
@@ -443,3 +444,69 @@ def chat_response_format(text: object) -> JSONObject | None:
     raise ResponsesInputError(
         "text.format must be of type text, json_object or json_schema.", "text.format.type"
     )
+
+
+# ----- naming the client's fields in errors about the chat translation
+
+_CHAT_PATH = re.compile(r"messages\[(\d+)\]((?:\.[A-Za-z_]+|\[\d+\])*)")
+_CALL_FIELDS = {".function.arguments": ".arguments", ".function.name": ".name", ".id": ".call_id"}
+
+
+def responses_param(body: JSONObject, text: str) -> str:
+    """``text`` (an error's ``param`` or message about the chat translation of ``body``, as a
+    provider adapter words it) with each ``messages[i]...`` path named as the client sent it:
+    ``input[j]...`` (or ``instructions``). A Responses client never sent ``messages``."""
+    if "messages[" not in text:
+        return text
+    origins, calls = _origins(body)
+
+    def named(match: re.Match[str]) -> str:
+        index, rest = int(match.group(1)), match.group(2)
+        origin = origins[index] if index < len(origins) else None
+        if origin is None:
+            return "input"
+        if origin == "instructions":
+            return "instructions"
+        call = re.match(r"\.tool_calls\[(\d+)\]", rest)
+        if call is not None:
+            source = calls.get((index, int(call.group(1))))
+            tail = rest[call.end() :]
+            return f"input[{source if source is not None else origin}]" + _CALL_FIELDS.get(tail, "")
+        if rest.startswith(".tool_call_id"):
+            return f"input[{origin}].call_id"
+        if rest.startswith((".content", ".role")):
+            return f"input[{origin}]{rest}"
+        return f"input[{origin}]"
+
+    return _CHAT_PATH.sub(named, text)
+
+
+def _origins(body: JSONObject) -> tuple[list[int | str | None], dict[tuple[int, int], int]]:
+    """Where each chat message of ``chat_request(body)`` came from (``instructions``, the input
+    item's index, or None for a string input), and each tool call's input item by (message,
+    call) index: the translation replayed item by item."""
+    origins: list[int | str | None] = []
+    calls: dict[tuple[int, int], int] = {}
+    messages: list[JSONObject] = []
+    if body.get("instructions") is not None:
+        messages.append({"role": "system", "content": ""})
+        origins.append("instructions")
+    given = body.get("input")
+    if isinstance(given, str):
+        origins.append(None)
+    elif isinstance(given, list):
+        for i, item in enumerate(given):
+            before = len(messages)
+            last = messages[-1] if messages else None
+            had = len(last.get("tool_calls") or []) if last is not None else 0
+            try:
+                _add_items([item], messages)
+            except ResponsesInputError:
+                break  # (checked before: not reached)
+            for _ in range(before, len(messages)):
+                origins.append(i)
+            if len(messages) > before and messages[-1].get("tool_calls"):
+                calls[(len(messages) - 1, 0)] = i
+            elif len(messages) == before and last is not None and len(last.get("tool_calls") or []) > had:
+                calls[(len(messages) - 1, had)] = i
+    return origins, calls

@@ -90,3 +90,54 @@ def test_a_chat_answer_becomes_a_response() -> None:
     assert response["output"][0]["content"][0]["text"] == "hello"
     assert response["usage"]["output_tokens"] == 1
     assert usage == chat["usage"]
+
+
+def test_an_adapters_refusal_names_the_clients_input_items() -> None:
+    """Anthropic's and Gemini's adapters check the chat translation: their errors named
+    ``messages[1].tool_calls[0].function.arguments``, a field a Responses client never sent."""
+    import pytest
+
+    from gateway.errors import InvalidRequest
+
+    body = {
+        "model": "m",
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "user", "content": "q"},
+            {"type": "reasoning", "summary": []},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c2", "name": "g", "arguments": "not json"},
+            {"type": "function_call_output", "call_id": "c1", "output": "r1"},
+            {"type": "function_call_output", "call_id": "c2", "output": "r2"},
+        ],
+    }
+    with pytest.raises(InvalidRequest) as refused:
+        door(body).build(target(CLAUDE, "claude-x"))
+    assert refused.value.param == "input[3].arguments"
+    assert "messages[" not in refused.value.message and "input[3]" in refused.value.message
+
+
+def test_chat_paths_map_back_to_responses_fields() -> None:
+    from gateway.wire.responses import responses_param
+
+    body = {
+        "instructions": "x",
+        "input": [
+            {
+                "role": "user",
+                "content": [{"type": "input_text", "text": "a"}, {"type": "input_image", "image_url": "u"}],
+            },
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "r"},
+        ],
+    }
+    assert responses_param(body, "messages[0].content") == "instructions"
+    assert responses_param(body, "messages[1].content[1]") == "input[0].content[1]"
+    assert responses_param(body, "messages[2].tool_calls[0].function.name") == "input[1].name"
+    assert responses_param(body, "messages[2].tool_calls[0].id") == "input[1].call_id"
+    assert responses_param(body, "messages[3].tool_call_id") == "input[2].call_id"
+    assert (
+        responses_param(body, "'messages[3]' is wrong; see messages[9]") == "'input[2]' is wrong; see input"
+    )
+    assert responses_param({"input": "hi"}, "messages[0].content") == "input"
+    assert responses_param(body, "tools[0].function.parameters") == "tools[0].function.parameters"
