@@ -45,4 +45,24 @@ def _check_int(body: JSONObject, name: str, most: int | None, setting: str) -> N
     ):
         return
     bound = f"an integer from 1 to {most} (this gateway's {setting})" if most else "an integer of at least 1"
-    raise InvalidRequest(f"Invalid value for '{name}': it must be {bound}.", param=name, code="invalid_value")
+    raise InvalidRequest(
+        f"Invalid value for '{name}': it must be {bound}, not {_shown(value)}.",
+        param=name,
+        code="invalid_value",
+    )
+
+
+def _shown(value: object) -> str:
+    """The value a client sent, as the error repeats it: a number as JSON reads it (an integer
+    beyond 64 bits arrives as a float: 1e+30), anything else by its JSON type."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**18 else f"{value:.3g}"
+    if isinstance(value, float):
+        return f"{value:g}" + (
+            " (beyond the largest integer JSON here carries)" if abs(value) >= 2**63 else ""
+        )
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object" if isinstance(value, dict) else "null"

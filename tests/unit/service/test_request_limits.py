@@ -125,3 +125,28 @@ async def test_the_policy_sets_the_upper_bounds(aiohttp_client: ClientFactory) -
 def test_the_policy_refuses_bounds_below_one() -> None:
     with pytest.raises(PolicyError, match=r"limits\.max_n: Input should be greater than or equal to 1"):
         parse_policy(POLICY + "limits: {max_n: 0}\n")
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (
+            b'"max_tokens": 1000000000000000000000000000000',
+            "not 1e+30 (beyond the largest integer JSON here carries)",
+        ),
+        (b'"max_tokens": 2.5', "not 2.5"),
+        (b'"max_tokens": "5"', "not a string"),
+        (b'"max_tokens": true', "not a boolean"),
+        (b'"max_tokens": -4', "not -4"),
+    ],
+)
+async def test_the_refusal_says_what_was_sent(aiohttp_client: ClientFactory, raw: bytes, shown: str) -> None:
+    """An integer past 64 bits reads as a float: "it must be an integer of at least 1" alone
+    puzzled a caller who had sent an integer."""
+    client, transport = await gateway(aiohttp_client)
+    body = orjson.dumps(CHAT)[:-1] + b"," + raw + b"}"
+    resp = await client.post("/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["param"] == "max_tokens" and error["message"].endswith(shown + "."), error["message"]
+    assert transport.requests == []
