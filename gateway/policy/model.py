@@ -320,11 +320,11 @@ class Rollout(_Strict):
     def _steps_grow_to_100(cls, value: list[float]) -> list[float]:
         for i, step in enumerate(value):
             if not 0 < step <= 100:
-                raise ValueError(f"step {i} ({step:g}) must be above 0 and at most 100")
+                raise ValueError(f"step {i} ({step:.15g}) must be above 0 and at most 100")
             if i and step <= value[i - 1]:
-                raise ValueError(f"steps must be strictly increasing ({value[i - 1]:g} then {step:g})")
+                raise ValueError(f"steps must be strictly increasing ({value[i - 1]:.15g} then {step:.15g})")
         if value[-1] != 100:
-            raise ValueError(f"the last step must be 100, not {value[-1]:g}")
+            raise ValueError(f"the last step must be 100, not {value[-1]:.15g}")
         return value
 
 

@@ -429,6 +429,8 @@ def test_policy_refuses_two_rollouts_or_a_lone_candidate() -> None:
         ("[10, 5, 100]", "strictly increasing"),
         ("[10, 50]", "the last step must be 100"),
         ("[0, 100]", "must be above 0"),
+        ("[50, 100.0000001]", "step 1 (100.0000001) must be above 0 and at most 100"),  # not "(100)"
+        ("[10, 10, 100]", "strictly increasing (10 then 10)"),
     ):
         with pytest.raises(PolicyError) as caught:
             parse_policy(POLICY.replace("[10, 25, 50, 100]", steps))
