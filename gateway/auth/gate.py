@@ -64,7 +64,13 @@ class LimitGate:
         if ctx.charge_only:  # charged when it ends, never refused (the service's ``OnBehalf``)
             ctx.limit_ticket = LimitTicket(self, caller, f"{ctx.request_id}:{os.urandom(4).hex()}", 0)
             return
-        tokens = reservation(endpoint, body) if caller.tpm is not None else 0
+        # The estimate also prices a call whose provider never says its usage (a stream the
+        # client did not ask usage of, or left): a key with a budget alone settled such a stream
+        # at 0 input tokens, whatever its prompt (a 400,000-character prompt cost nothing).
+        estimate = (
+            reservation(endpoint, body) if caller.tpm is not None or caller.budget_usd is not None else 0
+        )
+        tokens = estimate if caller.tpm is not None else 0
         if caller.tpm is not None and tokens > caller.tpm:
             # It would never fit, however long the client waits: say so, and no retry (OpenAI's
             # "Request too large ... on tokens per min" is also a 429).
@@ -77,7 +83,7 @@ class LimitGate:
         headers = headers_for(decision)
         ctx.record.rate_limits = headers
         if decision.refused is None:
-            ctx.limit_ticket = LimitTicket(self, caller, decision.ticket or ticket, tokens)
+            ctx.limit_ticket = LimitTicket(self, caller, decision.ticket or ticket, tokens, estimate)
             return
         m = self._metrics
         m.child(m.refusals, caller.team, decision.refused).inc()
@@ -103,13 +109,18 @@ class LimitGate:
 class LimitTicket:
     """One admitted call's reservation: settled once, when the call ends."""
 
-    __slots__ = ("_caller", "_gate", "_settled", "reserved", "ticket")
+    __slots__ = ("_caller", "_gate", "_settled", "estimate", "reserved", "ticket")
 
-    def __init__(self, gate: LimitGate, caller: Caller, ticket: str, reserved: int) -> None:
+    def __init__(
+        self, gate: LimitGate, caller: Caller, ticket: str, reserved: int, estimate: int | None = None
+    ) -> None:
         self._gate = gate
         self._caller = caller
         self.ticket = ticket
-        self.reserved = reserved
+        self.reserved = reserved  # TPM tokens reserved (0 without a TPM)
+        # Prompt and output tokens the call may use (``reservation``): what is charged when the
+        # provider never says what it used. The reservation when there is one.
+        self.estimate = reserved if estimate is None else estimate
         self._settled = False
 
     async def settle(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import orjson
 
+from gateway.auth.gate import LimitTicket
 from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache
 from gateway.errors import GatewayError, ModelNotFound, UpstreamBadResponse
 from gateway.memory import augment as memory_augment
@@ -209,6 +210,8 @@ class RequestService:
             # 7. account
             used = self.account_usage(endpoint, model, routed.group, target, usage, series)
             if ctx.limit_ticket is not None:
+                if used[0] + used[1] == 0:  # an answer without usage: its estimate is charged
+                    used = unreported(ctx.limit_ticket, target, 0)
                 ctx.limit_ticket.settle_later(*used)
             # Shadow traffic: one attribute check for a group without it (read now: reloads apply)
             group_config = self.router.policy.models.get(routed.group)
@@ -745,19 +748,27 @@ class _StreamBook:
         if ticket is None:
             return
         if used is None or used[0] + used[1] == 0:
-            out = stream.output_tokens()
-            prompt = max(0, ticket.reserved - out)
-            cost = 0.0
-            if self.route is not None:
-                price = self.route.target.deployment.price
-                cost = (prompt * price.input_per_mtok + out * price.output_per_mtok) / 1_000_000
-            used = (prompt, out, cost)
+            used = unreported(
+                ticket, self.route.target if self.route is not None else None, stream.output_tokens()
+            )
         ticket.settle_later(*used)
 
     def _land(self, answer: CachedAnswer | None) -> None:
         if self._lead:
             self._lead = False
             self._service.cache.land(self._plan, answer)
+
+
+def unreported(ticket: LimitTicket, target: Target | None, out: int) -> tuple[int, int, float]:
+    """(tokens in, tokens out, cost) charged for a call whose provider never said its usage (or
+    whose client left before it did): the admission's estimate stands (prompt characters / 4
+    plus the output it allowed), or the output seen if larger, at the deployment's prices."""
+    prompt = max(0, ticket.estimate - out)
+    cost = 0.0
+    if target is not None:
+        price = target.deployment.price
+        cost = (prompt * price.input_per_mtok + out * price.output_per_mtok) / 1_000_000
+    return prompt, out, cost
 
 
 def _answer_attributes(span: Span, answer: JSONObject, target: Target) -> None:

@@ -49,6 +49,10 @@ def upstream(request: UpstreamRequest) -> MockResponse:
     if body.get("stream"):
         if body.get("hang"):
             return MockResponse.stream(_hanging())
+        if body.get("no_usage"):  # as OpenAI streams unless asked for stream_options.include_usage
+            event = {"id": "c", "object": "chat.completion.chunk", "model": "ma",
+                     "choices": [{"index": 0, "delta": {"content": "hello"}, "finish_reason": "stop"}]}  # fmt: skip
+            return MockResponse.stream([b"data: " + orjson.dumps(event) + b"\n\n", b"data: [DONE]\n\n"])
         event = {"id": "c", "object": "chat.completion.chunk", "model": "ma",
                  "choices": [{"index": 0, "delta": {"content": "hello"}, "finish_reason": "stop"}]}  # fmt: skip
         tail = {"id": "c", "object": "chat.completion.chunk", "model": "ma", "choices": [], "usage": usage}
@@ -59,17 +63,16 @@ def upstream(request: UpstreamRequest) -> MockResponse:
                 b"data: [DONE]\n\n",
             ]
         )
-    return MockResponse.json(
-        {
-            "id": "x",
-            "object": "chat.completion",
-            "model": "ma",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
-            ],
-            "usage": usage,
-        }
-    )
+    answer = {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "ma",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": usage,
+    }
+    if body.get("no_usage"):  # some compatible servers answer without usage
+        del answer["usage"]
+    return MockResponse.json(answer)
 
 
 async def _hanging() -> AsyncIterator[bytes]:
@@ -214,6 +217,30 @@ async def test_a_stream_settles_when_it_ends_and_an_abandoned_one_keeps_its_rese
     (row,) = (await usage.json())["data"]
     assert row["requests"] == 4  # the abandoned stream was settled (counted), not forgotten
     assert row["tokens_in"] + row["tokens_out"] == 5 + 5 + 402 + 5
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+async def test_a_budget_key_is_charged_its_estimate_when_the_provider_never_says_its_usage(
+    aiohttp_client: ClientFactory, stream: bool
+) -> None:
+    """A key with a budget and no TPM reserved nothing, so a stream without usage (OpenAI's
+    default: no stream_options.include_usage) or an answer without it settled at 0 input
+    tokens: a 40,000-character prompt cost nothing against the budget."""
+    client = await gateway(aiohttp_client, Caller("k1", "blue", budget_usd=1000.0, budget_period_s=86400.0))
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 40_000}], "max_tokens": 5}
+    resp = await client.post(
+        "/v1/chat/completions", json={**body, "stream": stream, "no_usage": True}, headers=AUTH
+    )
+    assert resp.status == 200
+    await resp.read()
+    await client.app[keys.LIMITS].drain()  # type: ignore[index]
+    usage = await client.get("/admin/usage", headers={"Authorization": f"Bearer {ADMIN}"})
+    (row,) = (await usage.json())["data"]
+    estimate = 40_000 // 4 + 1 + 5  # gate.reservation: prompt characters / 4 + 1, plus max_tokens
+    assert row["tokens_in"] + row["tokens_out"] == estimate
+    assert row["cost_usd"] == pytest.approx(estimate * 100_000 / 1_000_000, rel=0.01)  # $1,000.6: the budget
+    refused = await client.post("/v1/chat/completions", json=chat(), headers=AUTH)
+    assert refused.status == 429  # the spend counted against the budget
 
 
 async def test_budget_spent_is_insufficient_quota_and_spend_is_exported(
