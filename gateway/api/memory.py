@@ -13,6 +13,7 @@ from gateway.errors import InvalidRequest, ServiceUnavailable
 from gateway.http.auth import authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
+from gateway.memory.jobs import INGEST_ID_PREFIX
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch
 from gateway.memory.service import MemoryService, NewMemory
 from gateway.service.context import on_behalf_of
@@ -90,6 +91,15 @@ async def _check_new_ids(service: MemoryService, items: list[MemoryIn], batch: b
     for k, item in enumerate(items):
         if item.id is None:
             continue
+        if item.id.startswith(INGEST_ID_PREFIX):
+            # An ingested file's chunk ids can be computed by whoever knows the file: taken
+            # first, the job skipped that chunk as stored and the taker's text stood in for it.
+            raise InvalidRequest(
+                f"Memory ids starting with '{INGEST_ID_PREFIX}' are kept for the chunks of ingested "
+                "files; choose another id.",
+                param=f"memories[{k}].id" if batch else "id",
+                code="invalid_value",
+            )
         if item.id in given:
             raise InvalidRequest(
                 f"The id '{item.id}' appears twice in the batch.",

@@ -260,10 +260,11 @@ class IngestService:
     # ----- jobs
 
     async def get(self, job_id: str, access: MemoryAccess | None) -> IngestJob:
-        """The job as it is now (``NotFound`` when unknown or another team's)."""
+        """The job as it is now (``NotFound`` when unknown, another team's, or in a namespace the
+        caller's key may not read)."""
         live = self._live.get(job_id)
         job = replace(live.job) if live is not None else await self.memory.store.get_job(job_id)
-        if job is None or (access is not None and job.owner != access.team):
+        if job is None or (access is not None and not _visible(job, access)):
             raise NotFound(f"No ingest job with id '{job_id}'.", param="id", code="job_not_found")
         return await self._alive(job)
 
@@ -273,12 +274,15 @@ class IngestService:
         """The caller's most recent jobs (every job in open mode), newest first."""
         owner = access.team if access is not None else None
         jobs = await self.memory.store.recent_jobs(owner, statuses, min(limit, _LIST_MAX))
+        jobs = [j for j in jobs if access is None or _visible(j, access)]
         return [replace(self._live[j.id].job) if j.id in self._live else await self._alive(j) for j in jobs]
 
     async def cancel(self, job_id: str, access: MemoryAccess | None, *, purge: bool) -> IngestJob:
         """Stop a job: what it stored stays (its memories carry ``job_id`` in their metadata)
-        unless ``purge``, which deletes them."""
+        unless ``purge``, which deletes them. The key must be able to write the job's namespace,
+        as for an upload or a resume (a read-only key cancelled and purged jobs)."""
         job = await self.get(job_id, access)
+        self.check_writable(job.options.namespace, access)
         live = self._live.get(job_id)
         if live is not None and live.task is not None:
             live.stop_reason = "cancelled"
@@ -510,3 +514,8 @@ def _remove_spool(spool_dir: str, job_id: str) -> None:
     path = _spool_file(spool_dir, job_id)
     if path is not None:
         _remove(path)
+
+
+def _visible(job: IngestJob, access: MemoryAccess) -> bool:
+    """Whether the caller sees ``job``: its team's, in a namespace the key may read."""
+    return job.owner == access.team and access.sees(job.options.namespace, job.owner)

@@ -68,9 +68,13 @@ def job_key(content_sha256: str, owner: str | None, options: JobOptions) -> str:
     return hashlib.sha256(what).hexdigest()
 
 
+# The ids of ingested chunks; refused as ids the API's callers choose (``api/memory.py``).
+INGEST_ID_PREFIX = "ing_"
+
+
 def memory_id(key: str, index: int) -> str:
     """The id of chunk ``index`` of the file whose job key is ``key``: the same on every upload."""
-    return f"ing_{key[:24]}_{index}"
+    return f"{INGEST_ID_PREFIX}{key[:24]}_{index}"
 
 
 @dataclass(slots=True)

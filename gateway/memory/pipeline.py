@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidRequest
 from gateway.memory.access import MemoryAccess
 from gateway.memory.chunking import Chunker, ChunkOptions, chunk_text
 from gateway.memory.formats import READ_BYTES, FieldOptions, Problem, read_file
@@ -224,6 +224,20 @@ class Pipeline:
         batch.end, batch.position = max(index, skip_below), position
         yield batch
 
+    async def _stored(self, job: IngestJob, ids: list[str]) -> set[str]:
+        """The chunk ids among ``ids`` this job (or an earlier run of it) stored: the same owner
+        and namespace. An id held by another memory fails the job (a 4xx: ``failed``): skipped as
+        stored, someone else's text (written under a guessed id) stood in for the file's chunk."""
+        stored = set()
+        for memory in await self.memory.store.get_many(ids):
+            if memory.owner != job.owner or memory.namespace != job.options.namespace:
+                raise InvalidRequest(
+                    f"the memory id {memory.id!r} of this file's chunk is held by a memory that is not "
+                    "this job's (another namespace or team)"
+                )
+            stored.add(memory.id)
+        return stored
+
     async def _embed_stage(
         self, live: RunningJob, source: asyncio.Queue[_Batch | None], out: asyncio.Queue[_Batch | None]
     ) -> None:
@@ -231,7 +245,7 @@ class Pipeline:
         while (batch := await source.get()) is not None:
             if batch.chunks:
                 ids = [memory_id(job.key, c.index) for c in batch.chunks]
-                stored = await self.memory.existing_ids(ids)
+                stored = await self._stored(job, ids)
                 todo = [(i, c) for i, c in zip(ids, batch.chunks, strict=True) if i not in stored]
                 vectors = await self.memory.embed_texts([c.text for _, c in todo]) if todo else []
                 job.embedding_calls += 1 if todo else 0

@@ -36,6 +36,8 @@ from tests.integration.memory.conftest import SNOWFLAKE_ARGS
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 
 WRITER = "sk-sg-writer00000000000000000000000000000000"  # may write 'docs' only
+READER = "sk-sg-reader00000000000000000000000000000000"  # alpha's too: reads 'shared', writes nothing
+OTHER = "sk-sg-others00000000000000000000000000000000"  # team gamma: writes anywhere
 DIM = 8
 
 
@@ -94,6 +96,10 @@ class Embedder:
 class KeyRing:
     callers: ClassVar[dict[str, Caller]] = {
         WRITER: Caller("key_writer", "alpha", read_namespaces=None, write_namespaces=frozenset({"docs"})),
+        READER: Caller(
+            "key_reader", "alpha", read_namespaces=frozenset({"shared"}), write_namespaces=frozenset()
+        ),
+        OTHER: Caller("key_other", "gamma"),
     }
 
     async def authenticate(self, secret: str) -> Caller | None:
@@ -314,6 +320,67 @@ async def test_a_namespace_the_key_may_not_write_is_403_before_the_file_is_read(
         gw.key = None
         status, _ = await gw.call("GET", f"/v1/memory/jobs/{job['id']}")
         assert status == 401
+
+
+async def test_a_key_without_the_namespace_neither_sees_nor_cancels_its_teams_jobs(tmp_path: Path) -> None:
+    """A key of the job's team that may not read its namespace does not see the job, and one
+    that may not write it cannot cancel or purge it (a read-only key purged a finished job's
+    memories: cancel checked the team alone)."""
+    async for gw in open_gateway(tmp_path, extra="auth: {mode: keys}\n", key=WRITER):
+        job = await gw.ingest("a.txt", paragraphs(5))
+        assert job["status"] == "done" and gw.count() > 0
+        kept = gw.count()
+        gw.key = READER
+        status, body = await gw.call("DELETE", f"/v1/memory/jobs/{job['id']}?purge=true")
+        assert status == 404, body  # not even seen: 'docs' is not among its reads
+        status, listed = await gw.call("GET", "/v1/memory/jobs")
+        assert status == 200 and listed["data"] == []
+        assert gw.count() == kept
+        # A key that reads 'docs' but writes nothing: sees the job, may not cancel it.
+        KeyRing.callers["sk-sg-readsdocs"] = Caller(
+            "key_docs_reader", "alpha", read_namespaces=frozenset({"docs"}), write_namespaces=frozenset()
+        )
+        gw.key = "sk-sg-readsdocs"
+        status, seen = await gw.call("GET", f"/v1/memory/jobs/{job['id']}")
+        assert status == 200 and seen["id"] == job["id"]
+        status, body = await gw.call("DELETE", f"/v1/memory/jobs/{job['id']}?purge=true")
+        assert status == 403 and body["error"]["code"] == "namespace_not_granted"
+        assert gw.count() == kept
+        del KeyRing.callers["sk-sg-readsdocs"]
+
+
+async def test_another_team_cannot_take_a_files_chunk_ids_before_it_is_ingested(tmp_path: Path) -> None:
+    """Chunk ids (``ing_<job key>_<n>``) follow from the file, its owner and namespace: another
+    team that knew the file wrote one first, and the job skipped that chunk as stored, so the
+    taker's text stood in for it. Such ids are refused on the memory API, and an id held by a
+    memory that is not the job's (written past the API, or before this refusal) fails the job
+    instead of being skipped."""
+    from gateway.memory.access import MemoryAccess
+    from gateway.memory.service import NewMemory
+
+    async for gw in open_gateway(tmp_path, extra="auth: {mode: keys}\n", key=OTHER):
+        one = {"namespace": "docs", "id": "ing_0123456789abcdef01234567_0", "content": "Mallory"}
+        status, body = await gw.call("POST", "/v1/memory", one)
+        assert status == 400 and body["error"]["param"] == "id", body
+        batch = {"memories": [{"namespace": "docs", "content": "a"}, {**one, "id": "ing_x_1"}]}
+        status, body = await gw.call("POST", "/v1/memory", batch)
+        assert status == 400 and body["error"]["param"] == "memories[1].id", body
+
+        gw.key = WRITER
+        content = paragraphs(3, words=10)
+        job = await gw.ingest("a.txt", content)
+        assert job["status"] == "done"
+        (hit,) = [h for h in await gw.search("p0w1") if h["memory"]["metadata"].get("chunk_index") == 0]
+        taken = hit["memory"]["id"]  # the same file, owner and namespace: the same id anywhere
+        assert taken.startswith("ing_")
+    (tmp_path / "other").mkdir()
+    async for gw in open_gateway(tmp_path / "other", extra="auth: {mode: keys}\n", key=WRITER):
+        memory = gw.client.app[keys.MEMORY]  # type: ignore[index]
+        squat = NewMemory(namespace="gamma", content="Mallory", embedding=tuple(vector_for("m")), id=taken)
+        await memory.add([squat], MemoryAccess("gamma"))  # past the API
+        job = await gw.ingest("a.txt", content)
+        assert job["status"] == "failed" and "held by a memory that is not this job's" in job["error"]
+        assert (await memory.get(taken)).content == "Mallory"  # nobody's text replaced, none hidden
 
 
 async def test_forms_refused_after_the_file_is_spooled_leave_nothing_spooled(tmp_path: Path) -> None:
