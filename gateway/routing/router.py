@@ -257,12 +257,15 @@ class Router:
         )
 
     def resolve(self, ctx: RouteContext) -> str:
-        """The group that serves ``ctx``: the named one, or where its first matching rule points."""
+        """The group that serves ``ctx``: the named one, or where its first matching rule points
+        among the groups the caller may use (a client sets the tags rules match on: a key limited
+        to some models must not reach another group by sending a tag)."""
         group = self._groups.get(ctx.model)
         if group is None:
             raise ModelNotFound(ctx.model, list(self._groups))
+        allowed = ctx.allowed
         for rule in group.config.rules:
-            if rule_matches(rule.when, ctx):
+            if rule_matches(rule.when, ctx) and (allowed is None or rule.use in allowed):
                 return rule.use
         return ctx.model
 

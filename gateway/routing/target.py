@@ -75,6 +75,8 @@ class RouteContext:
     body: Mapping[str, Any]
     stream: bool = False
     tags: frozenset[str] = frozenset()
+    # The groups the caller's key may use (None: any): a rule pointing elsewhere does not apply.
+    allowed: frozenset[str] | None = None
 
     @cached_property
     def prompt_tokens(self) -> int:

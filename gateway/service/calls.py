@@ -132,7 +132,8 @@ class RequestService:
         # 1. validate: nothing below runs for a request that will be refused anyway
         model, stream = check_request(endpoint, body)
         check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
-        route = RouteContext(model, body, stream=stream, tags=ctx.tags)
+        allowed = ctx.identity.models if ctx.identity is not None and not ctx.internal else None
+        route = RouteContext(model, body, stream=stream, tags=ctx.tags, allowed=allowed)
         if ctx.identity is not None and not ctx.identity.may_use(model) and not ctx.internal:
             # (An internal call made for a caller, ``OnBehalf``, uses the policy's models: the
             # memory's embedding model is the gateway's choice, not the key's.)
@@ -164,7 +165,7 @@ class RequestService:
                     body, ctx.record.memory_ids = await memory_augment.augment(
                         self.memory, body, ctx.headers, access
                     )
-                route = RouteContext(model, body, stream=stream, tags=ctx.tags)
+                route = RouteContext(model, body, stream=stream, tags=ctx.tags, allowed=allowed)
                 group = self.router.resolve(route)  # a rule may look at the longer prompt
                 plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
             # 4. cache: lead the single flight or wait for its leader, then look up

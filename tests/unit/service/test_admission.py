@@ -277,3 +277,31 @@ async def test_open_mode_has_no_limits_and_no_headers(aiohttp_client: ClientFact
     for _ in range(3):
         resp = await client.post("/v1/chat/completions", json=chat())
         assert resp.status == 200 and "x-ratelimit-limit-requests" not in resp.headers
+
+
+async def test_a_rule_does_not_take_a_key_to_a_group_outside_its_models(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """The client sets the tags a rule matches on: a key limited to ``m`` reached the group
+    ``secret`` by sending ``x-gateway-tags: premium``. The rule does not apply to that key; a key
+    that may use ``secret`` still follows it."""
+    policy = """
+version: 1
+providers:
+  a: {kind: openai, base_url: "http://a.test/v1"}
+models:
+  m:
+    rules: [{when: {tags: [premium]}, use: secret}]
+    deployments: [{provider: a, model: ma}]
+  secret: {deployments: [{provider: a, model: hidden}]}
+memory: {enabled: false}
+"""
+    tagged = {**AUTH, "x-gateway-tags": "premium"}
+    client = await gateway(aiohttp_client, Caller("k1", "blue", models=frozenset({"m"})), policy)
+    resp = await client.post("/v1/chat/completions", json=chat(), headers=tagged)
+    assert resp.status == 200 and resp.headers["x-gateway-model"] == "ma", resp.headers
+    assert "x-gateway-group" not in resp.headers  # served by the group it asked for
+    client = await gateway(aiohttp_client, Caller("k2", "blue", models=frozenset({"m", "secret"})), policy)
+    resp = await client.post("/v1/chat/completions", json=chat(), headers=tagged)
+    assert resp.status == 200 and resp.headers["x-gateway-group"] == "secret"
+    assert resp.headers["x-gateway-model"] == "hidden"
