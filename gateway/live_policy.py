@@ -330,16 +330,26 @@ class LivePolicy:
             )
 
     async def _poll_file(self) -> None:
-        """Every ``POLL_S``: one read, and a check (``_check``) when the bytes differ from those
-        last applied or refused."""
+        """Every ``POLL_S``: a ``stat`` of the path (through its symlinks), and when that changed
+        (another file, size or modification time) one read, and a check (``_check``) when the
+        bytes differ from those last applied or refused."""
         assert self.path is not None
         polled: str | None = None  # a file gone (or unreadable) is reported once, not every poll
+        stamp: tuple[int, int, int, int] | None = None
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_S):
                     await self._stop.wait()
             if self._stop.is_set():
                 return
+            try:
+                st = os.stat(self.path)
+                now = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            except OSError:
+                now = None
+            if now == stamp:
+                continue
+            stamp = now
             digest = hashlib.sha256(await self._read_or_empty()).hexdigest()
             seen, polled = polled, digest
             if digest not in (self._file_digest, seen) and not self._lock.locked():
