@@ -57,10 +57,32 @@ def request_key(endpoint: str, tenant: str, body: Mapping[str, Any]) -> str:
 
 
 def semantic_scope(endpoint: str, tenant: str, body: Mapping[str, Any]) -> str:
-    """Everything but the prompt: two requests are semantic neighbours only within one scope."""
+    """Everything but the prompt's text: two requests are semantic neighbours only within one
+    scope. The prompt's other parts (images, audio, files) are in it: only text is embedded, so
+    two questions about different pictures embedded alike and one got the other's answer."""
     kept = {k: v for k, v in body.items() if k not in _NOT_ANSWER_FIELDS and k not in _PROMPT_FIELDS}
     kept["stream"] = bool(body.get("stream"))
+    media = _media(body.get("messages", body.get("prompt", body.get("input"))), [])
+    if media:
+        kept["\x00media"] = media  # (a key no body field can have)
     return _digest(endpoint, tenant, kept)
+
+
+def _media(value: object, found: list[object]) -> list[object]:
+    """The parts of a prompt that are not text (an image, a file, audio: any content part or
+    block without ``text``), in order."""
+    if isinstance(value, list):
+        for item in value:
+            _media(item, found)
+    elif isinstance(value, dict):
+        if "text" in value:
+            return found
+        content = value.get("content", value.get("output"))
+        if isinstance(content, (list, dict)):
+            _media(content, found)
+        elif content is None and value.get("type") not in (None, "text", "input_text", "output_text"):
+            found.append(value)
+    return found
 
 
 def prompt_text(body: Mapping[str, Any]) -> str:

@@ -143,15 +143,23 @@ class RequestService:
         group = self.router.resolve(route)  # an unknown model is a 404 before any store is read
         ctx.record.model = model
         if door is None:
-            plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
+            plan = self.cache.plan(
+                endpoint,
+                body,
+                ctx.headers,
+                tenant=ctx.tenant,
+                tags=ctx.tags,
+                variant=_served_by(model, group),
+            )
         else:  # keyed by the client's own body under its door: answers are served in one shape only
+            variant = _served_by(model, group)
             plan = self.cache.plan(
                 door.endpoint,
                 door.body,
                 ctx.headers,
                 tenant=ctx.tenant,
                 tags=ctx.tags,
-                variant=door.cache_variant,
+                variant=f"{door.cache_variant};{variant}" if variant else door.cache_variant,
             )
         # 2. admit
         for gate in self._gates:
@@ -167,7 +175,14 @@ class RequestService:
                     )
                 route = RouteContext(model, body, stream=stream, tags=ctx.tags, allowed=allowed)
                 group = self.router.resolve(route)  # a rule may look at the longer prompt
-                plan = self.cache.plan(endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags)
+                plan = self.cache.plan(
+                    endpoint,
+                    body,
+                    ctx.headers,
+                    tenant=ctx.tenant,
+                    tags=ctx.tags,
+                    variant=_served_by(model, group),
+                )
             # 4. cache: lead the single flight or wait for its leader, then look up
             if plan.read:
                 if self._tracer.on:
@@ -758,6 +773,13 @@ class _StreamBook:
         if self._lead:
             self._lead = False
             self._service.cache.land(self._plan, answer)
+
+
+def _served_by(model: str, group: str) -> str:
+    """The cache key's variant for a request a rule sent to another group than the one it named:
+    that group (the tags rules match on are not in the body, so the key alone did not tell a
+    premium caller's answer from a plain one's, nor keep a key from another group's answers)."""
+    return "" if group == model else f"group={group}"
 
 
 def unreported(ticket: LimitTicket, target: Target | None, out: int) -> tuple[int, int, float]:

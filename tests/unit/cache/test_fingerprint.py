@@ -112,3 +112,30 @@ def test_responses_input_items_have_prompt_text() -> None:
     }
     assert fingerprint.prompt_text(body) == "What is the weather? In Oslo 3C"
     assert fingerprint.prompt_text({"model": "m", "input": "hi"}) == "hi"
+
+
+def test_prompts_that_differ_in_their_images_are_not_semantic_neighbours() -> None:
+    """Only text is embedded: "Describe this picture" with a cat and with a dog embedded alike
+    (cosine 1.0) and the dog got the cat's answer. The non-text parts are in the scope."""
+
+    def asking(url: str) -> dict[str, object]:
+        parts = [
+            {"type": "text", "text": "Describe this picture"},
+            {"type": "image_url", "image_url": {"url": url}},
+        ]
+        return {**BODY, "messages": [{"role": "user", "content": parts}]}
+
+    cat = fingerprint.semantic_scope("chat", "t", asking("https://x/cat.png"))
+    assert fingerprint.semantic_scope("chat", "t", asking("https://x/dog.png")) != cat
+    assert fingerprint.semantic_scope("chat", "t", asking("https://x/cat.png")) == cat
+    reworded = asking("https://x/cat.png")
+    reworded["messages"][0]["content"][0]["text"] = "What is in this picture?"  # type: ignore[index]
+    assert fingerprint.semantic_scope("chat", "t", reworded) == cat  # the same image: neighbours still
+    # Anthropic's blocks and Responses' items alike; text-only prompts keep the scope they had.
+    block = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}}
+    other = {**block, "source": {**block["source"], "data": "BBB"}}  # type: ignore[dict-item]
+    one = {**BODY, "messages": [{"role": "user", "content": [{"type": "text", "text": "q"}, block]}]}
+    two = {**BODY, "messages": [{"role": "user", "content": [{"type": "text", "text": "q"}, other]}]}
+    assert fingerprint.semantic_scope("m", "t", one) != fingerprint.semantic_scope("m", "t", two)
+    plain = {**BODY, "messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]}]}
+    assert fingerprint.semantic_scope("m", "t", plain) == fingerprint.semantic_scope("m", "t", BODY)

@@ -159,6 +159,21 @@ async def test_response_headers_of_a_routed_and_a_cached_answer(client: TestClie
     assert ruled.headers["x-gateway-provider"] == "c"
 
 
+async def test_a_rule_sends_a_request_to_its_own_cache_entries(client: TestClient) -> None:
+    """The tags a rule matches on are not in the body: a plain request was served the answer a
+    tagged one had cached from the rule's group (and the other way round), across keys whose
+    models differ too. The group a rule picked is part of the key."""
+    body = {**CHAT, "messages": [{"role": "user", "content": "which model?"}]}
+    tagged = await client.post("/v1/chat/completions", json=body, headers={"x-gateway-tags": "cheap"})
+    assert (tagged.headers["x-gateway-cache"], tagged.headers["x-gateway-provider"]) == ("miss", "c")
+    plain = await client.post("/v1/chat/completions", json=body)
+    assert (plain.headers["x-gateway-cache"], plain.headers["x-gateway-provider"]) == ("miss", "a")
+    again = await client.post("/v1/chat/completions", json=body, headers={"x-gateway-tags": "cheap"})
+    assert (again.headers["x-gateway-cache"], again.headers["x-gateway-model"]) == ("hit", "mc")
+    again = await client.post("/v1/chat/completions", json=body)
+    assert (again.headers["x-gateway-cache"], again.headers["x-gateway-model"]) == ("hit", "ma")
+
+
 async def test_a_stream_failing_before_its_first_byte_fails_over_unseen(
     client: TestClient, upstreams: Upstreams
 ) -> None:
