@@ -82,10 +82,14 @@ class Answer:
 @dataclass(frozen=True, slots=True)
 class Tuning:
     """Single-flight limits: how long an identical request waits for its leader, and how many
-    leaders may fail in a row before waiters go upstream on their own."""
+    leaders may fail in a row before waiters go upstream on their own. One: a leader that could
+    not share its answer (it failed, its client left, the answer was too big to store) sends its
+    waiters upstream at once, side by side. With three, each waiter led in turn and the others
+    waited again: six identical requests to a failing provider failed at 4.6, 9.3, 13.9 and
+    18.5 s instead of together at 4.6 s, for the same number of provider calls."""
 
     follower_wait_s: float = 300.0
-    max_follow_rounds: int = 3
+    max_follow_rounds: int = 1
 
 
 class RequestService:
@@ -299,8 +303,9 @@ class RequestService:
 
         The leader registers its flight *before* looking up, so an identical request arriving
         while it looks up or fetches waits for it instead of missing the store by a hair. If the
-        leader's answer cannot be shared (it failed, or was not to be stored), the first waiter to
-        wake leads the next try. Checking for a leader and becoming one happen with no await."""
+        leader's answer cannot be shared (it failed, or was not to be stored), its waiters go
+        upstream on their own, side by side (``Tuning.max_follow_rounds``). Checking for a leader
+        and becoming one happen with no await."""
         flights = self.cache.flights
         for _ in range(self._tuning.max_follow_rounds):
             waiter = flights.waiter(plan.key)

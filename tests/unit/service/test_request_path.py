@@ -7,6 +7,7 @@ adapters, SSE writer) is the real code; only the network to providers is replace
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
@@ -395,6 +396,50 @@ async def test_identical_cacheable_chats_share_one_flight_on_the_in_process_stor
     assert upstreams.calls == [("a", "ma")]  # four identical requests, one upstream call
     assert sorted(r.headers["x-gateway-cache"] for r in responses) == ["hit", "hit", "hit", "miss"]
     assert client.app[keys.SERVICE].cache.flights._pending == {}  # type: ignore[index]  # every flight landed
+
+
+async def test_when_the_leader_fails_its_waiters_go_upstream_side_by_side(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    """Each waiter used to lead in turn while the rest waited again, so N identical requests to
+    a failing provider took N times its failure. Now they go upstream together: the provider
+    sees the three waiters' calls at once (a call waits, up to 1 s, for another to join it)."""
+    gate = asyncio.Event()
+    joined = asyncio.Event()
+    in_flight = peak = 0
+    leading = True
+
+    async def failing(request: UpstreamRequest) -> MockResponse:
+        nonlocal in_flight, peak, leading
+        if leading:  # the leader's first attempt: held until the waiters are queued, then fails
+            leading = False
+            await gate.wait()
+            return refused_503()
+        in_flight += 1
+        peak = max(peak, in_flight)
+        if in_flight >= 2:
+            joined.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(joined.wait(), 1.0)
+        in_flight -= 1
+        return refused_503()
+
+    upstreams.behaviour = {"c": failing}
+    tagged = {"x-gateway-tags": "cheap"}  # the group of one deployment (c)
+    posts = [
+        asyncio.create_task(client.post("/v1/chat/completions", json=CHAT, headers=tagged)) for _ in range(4)
+    ]
+    while not upstreams.calls:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the waiters reach the flight (they only wait from there on)
+    gate.set()
+    responses = await asyncio.gather(*posts)
+    assert all(r.status >= 500 for r in responses)
+    assert peak >= 2, "the waiters went upstream one after another"
+
+
+def refused_503() -> MockResponse:
+    return MockResponse.json({"error": {"message": "down", "type": "server_error"}}, status=503)
 
 
 async def test_an_unreadable_in_process_entry_is_a_miss_fetched_again_and_replaced(
