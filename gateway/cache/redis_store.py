@@ -25,6 +25,7 @@ makes the store healthy again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -162,6 +163,11 @@ class RedisStore:
         self._scripts: dict[str, AsyncScript] = {}
         self._pipe: ScriptPipe | None = None  # the lookup's own connection (redis_pipe.py)
         self._outage = Outage(healthy=False, clock=clock)
+        # Claim keys a lookup that failed may have set: a lookup cut by the op timeout still runs
+        # in Redis once it answers again, and claims the fetch for nobody; deleted when Redis is
+        # back (else every replica asking for that key waited the claim's 5 s, then missed).
+        self._orphans: set[str] = set()
+        self._sweeps: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Create the client and PING; an unreachable Redis just leaves the store unhealthy.
@@ -217,7 +223,11 @@ class RedisStore:
         result = await self._call_script("get", keys, [key, claim_ms])
         if isinstance(result, int):
             return None, bool(result)
-        return (bytes(result), False) if result is not None else (None, True)
+        if result is None:  # failed or skipped (with a claim asked, the script never gives nil)
+            if len(self._orphans) < _MAX_ORPHANS:
+                self._orphans.add(keys[4])
+            return None, True
+        return bytes(result), False
 
     def _call_script(self, name: str, keys: list[str], args: list[str | int | bytes]) -> Awaitable[Any]:
         """Script ``name`` through ``_call``: on the pipe where there is one (a lookup per
@@ -236,13 +246,14 @@ class RedisStore:
     async def set(self, category: str, key: str, value: bytes, ttl_s: float) -> int:
         """Store ``value`` for ``ttl_s`` seconds; returns how many live entries were evicted.
 
-        A value larger than the whole budget, or ``ttl_s`` <= 0, is not stored and removes any
-        previous entry under ``key``; returns 0, as does a failing Redis.
+        A value larger than the whole budget or than ``MAX_ENTRY_BYTES``, or ``ttl_s`` <= 0, is
+        not stored and removes any previous entry under ``key``; returns 0, as does a failing
+        Redis.
         """
         keys = self._keys(category, key)
         size = entry_size(key, value)
         budget = self._budgets[category]
-        if size > budget or ttl_s <= 0:
+        if size > budget or size > MAX_ENTRY_BYTES or ttl_s <= 0:
             await self.delete(category, key)
             return 0
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
@@ -319,6 +330,28 @@ class RedisStore:
 
     def _came_back(self) -> None:
         log.info("redis cache recovered", extra={"fields": {"url": self.redacted_url}})
+        if self._orphans and self._client is not None:
+            orphans, self._orphans = list(self._orphans), set()
+            task = asyncio.get_running_loop().create_task(self._forget_claims(orphans))
+            self._sweeps.add(task)
+            task.add_done_callback(self._sweeps.discard)
+
+    async def _forget_claims(self, claims: list[str]) -> None:
+        """Delete claim keys the outage's lookups may have left (a claim another replica took
+        since is deleted too: its waiters then fetch once more, nothing worse)."""
+        client = self._client
+        for start in range(0, len(claims), 500):
+            if client is None:
+                return
+            part = claims[start : start + 500]
+            await self._call(lambda part=part: client.delete(*part))  # type: ignore[misc]
+
+
+# The largest entry kept in Redis. Every cache call runs within the lookup's op timeout (50 ms
+# by default): a 15 MB answer could be neither written nor read back in it, each try counted as a
+# Redis outage, and the whole replica served without its cache for the backoff.
+MAX_ENTRY_BYTES = 4 * 1024 * 1024
+_MAX_ORPHANS = 10_000  # claim keys remembered during one outage (more: they expire, CLAIM_S)
 
 
 async def _nothing() -> None:

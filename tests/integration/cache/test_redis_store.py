@@ -154,6 +154,25 @@ async def test_oversized_value_is_not_stored(store: RedisStore) -> None:
     assert store.usage("chat").bytes == 0
 
 
+async def test_an_answer_over_max_entry_bytes_is_not_kept_in_redis(redis_url: str, redis_prefix: str) -> None:
+    """A 15 MB answer within the category's budget could be neither written nor read within the
+    lookup's op timeout: every try counted as an outage and the replica served without its cache.
+    Such answers are not stored (the category's budget is no reason to keep them)."""
+    from gateway.cache.redis_store import MAX_ENTRY_BYTES
+
+    big = {"chat": CategoryBudget("chat", 64 * 1024 * 1024)}
+    s = RedisStore(redis_url, big, prefix=redis_prefix, op_timeout_s=1.0)
+    await s.start()
+    try:
+        assert await s.set("chat", "big", b"y" * (MAX_ENTRY_BYTES + 1), 30) == 0
+        assert await s.get("chat", "big") is None and s.usage("chat").bytes == 0
+        assert await s.set("chat", "fits", b"y" * (MAX_ENTRY_BYTES // 2), 30) == 0
+        assert await s.get("chat", "fits") == b"y" * (MAX_ENTRY_BYTES // 2)
+        assert s.healthy
+    finally:
+        await s.close()
+
+
 async def test_expired_entries_are_dropped_without_counting_as_evictions(
     store: RedisStore, raw: aioredis.Redis, redis_prefix: str
 ) -> None:
@@ -301,4 +320,34 @@ async def test_slow_redis_times_out_and_recovers(private_redis: PrivateRedis) ->
         assert s.errors >= 1
     finally:
         await blocker.aclose()
+        await s.close()
+
+
+async def test_a_claim_a_cut_lookup_left_is_deleted_when_redis_is_back(private_redis: PrivateRedis) -> None:
+    """A lookup cut by the op timeout still runs once Redis answers again and claims the fetch
+    for nobody: every replica asking for that key then waited the claim's 5 s and missed. The
+    claims such lookups may have set are deleted when Redis is back."""
+    op_timeout_s = 0.05
+    s = RedisStore(private_redis.url, BUDGETS, prefix="test:orphan:", op_timeout_s=op_timeout_s)
+    await s.start()
+    blocker = aioredis.Redis.from_url(private_redis.url)
+    raw = aioredis.Redis.from_url(private_redis.url)
+    claim = s._keys("chat", "k")[4]
+    try:
+        assert await s.get_or_claim("chat", "warm", 5.0) == (None, True)  # the script is loaded
+        sleeping = asyncio.create_task(blocker.execute_command("DEBUG", "SLEEP", "0.5"))  # type: ignore[no-untyped-call]
+        await asyncio.sleep(0.05)  # the DEBUG SLEEP reaches the server first
+        assert await s.get_or_claim("chat", "k", 5.0) == (None, True)  # cut: fetch without the cache
+        await sleeping
+        assert await raw.exists(claim) == 1  # Redis ran the cut lookup late: a claim for nobody
+
+        async def gone() -> bool:
+            await s.get("chat", "other")  # a call that succeeds ends the outage
+            return await raw.exists(claim) == 0
+
+        await eventually(gone, timeout_s=3.0)  # (the claim itself would live 5 s)
+        assert await s.get_or_claim("chat", "k", 5.0) == (None, True)  # this replica may fetch at once
+    finally:
+        await blocker.aclose()
+        await raw.aclose()
         await s.close()
