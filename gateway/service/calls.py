@@ -146,25 +146,7 @@ class RequestService:
             raise ModelNotFound(model, [m for m in self.router.model_names if ctx.identity.may_use(m)])
         group = self.router.resolve(route)  # an unknown model is a 404 before any store is read
         ctx.record.model = model
-        if door is None:
-            plan = self.cache.plan(
-                endpoint,
-                body,
-                ctx.headers,
-                tenant=ctx.tenant,
-                tags=ctx.tags,
-                variant=_served_by(model, group),
-            )
-        else:  # keyed by the client's own body under its door: answers are served in one shape only
-            variant = _served_by(model, group)
-            plan = self.cache.plan(
-                door.endpoint,
-                door.body,
-                ctx.headers,
-                tenant=ctx.tenant,
-                tags=ctx.tags,
-                variant=f"{door.cache_variant};{variant}" if variant else door.cache_variant,
-            )
+        plan = self._cache_plan(endpoint, body, ctx, _served_by(model, group), door)
         # 2. admit
         for gate in self._gates:
             await gate.admit(endpoint, model, body, ctx)
@@ -179,14 +161,7 @@ class RequestService:
                     )
                 route = RouteContext(model, body, stream=stream, tags=ctx.tags, allowed=allowed)
                 group = self.router.resolve(route)  # a rule may look at the longer prompt
-                plan = self.cache.plan(
-                    endpoint,
-                    body,
-                    ctx.headers,
-                    tenant=ctx.tenant,
-                    tags=ctx.tags,
-                    variant=_served_by(model, group),
-                )
+                plan = self._cache_plan(endpoint, body, ctx, _served_by(model, group), None)
             # 4. cache: lead the single flight or wait for its leader, then look up
             if plan.read:
                 if self._tracer.on:
@@ -297,6 +272,22 @@ class RequestService:
             flights.lead(plan.key)  # checked and taken with no await between, as in ``_find``
             return None, True
         return found, False
+
+    def _cache_plan(
+        self, endpoint: Endpoint, body: JSONObject, ctx: CallContext, variant: str, door: FrontDoor | None
+    ) -> CachePlan:
+        """The cache's plan for a request; ``variant``: what besides the body changes the answer
+        (``_served_by``). A front door's call is keyed by the client's own body under its door:
+        its answers are served in one shape only."""
+        if door is None:
+            return self.cache.plan(
+                endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags, variant=variant
+            )
+        if door.cache_variant:
+            variant = f"{door.cache_variant};{variant}" if variant else door.cache_variant
+        return self.cache.plan(
+            door.endpoint, door.body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags, variant=variant
+        )
 
     async def _find(self, plan: CachePlan) -> tuple[CachedAnswer | None, bool]:
         """(the answer, whether this request leads the flight for ``plan.key``).
