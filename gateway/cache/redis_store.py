@@ -152,6 +152,7 @@ class RedisStore:
         prefix: str = "sophia:cache:",
         op_timeout_s: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
+        max_entry_bytes: int | None = None,
     ) -> None:
         self._url = url
         self.redacted_url = redact_url(url)
@@ -167,6 +168,7 @@ class RedisStore:
         # in Redis once it answers again, and claims the fetch for nobody; deleted when Redis is
         # back (else every replica asking for that key waited the claim's 5 s, then missed).
         self._orphans: set[str] = set()
+        self._max_entry_bytes = MAX_ENTRY_BYTES if max_entry_bytes is None else max_entry_bytes
         self._sweeps: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -246,14 +248,14 @@ class RedisStore:
     async def set(self, category: str, key: str, value: bytes, ttl_s: float) -> int:
         """Store ``value`` for ``ttl_s`` seconds; returns how many live entries were evicted.
 
-        A value larger than the whole budget or than ``MAX_ENTRY_BYTES``, or ``ttl_s`` <= 0, is
+        A value larger than the whole budget or than ``max_entry_bytes``, or ``ttl_s`` <= 0, is
         not stored and removes any previous entry under ``key``; returns 0, as does a failing
         Redis.
         """
         keys = self._keys(category, key)
         size = entry_size(key, value)
         budget = self._budgets[category]
-        if size > budget or size > MAX_ENTRY_BYTES or ttl_s <= 0:
+        if size > budget or size > self._max_entry_bytes or ttl_s <= 0:
             await self.delete(category, key)
             return 0
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
