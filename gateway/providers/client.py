@@ -149,8 +149,10 @@ class ProviderClient:
         """Each chunk scrubbed, a key cut between two chunks included: a chunk that ends with
         the start of the key keeps that end back until the next chunk shows whether the key
         follows (a chunk's end is almost never the start of a key, so nothing is held back in
-        practice: an event's blank line is not)."""
+        practice: an event's blank line is not). The key written with JSON escapes is held back
+        likewise, looked for only in a chunk that holds a backslash."""
         key = self._key_bytes
+        secret = self._secret or ""  # (set whenever there are key bytes)
         held = b""
         async for chunk in response.chunks():
             if held:
@@ -158,8 +160,10 @@ class ProviderClient:
             if chunk.find(key) >= 0:
                 chunk = chunk.replace(key, b"***")
             if chunk.find(b"\\") >= 0:
-                chunk = self._unescaped(chunk)  # (an escaped key cut between two chunks is not)
-            cut = _key_start_at_end(chunk, key)
+                chunk = self._unescaped(chunk)
+                cut = min(_key_start_at_end(chunk, key), _escaped_start_at_end(chunk, secret))
+            else:
+                cut = _key_start_at_end(chunk, key)
             held = chunk[cut:]
             if cut:
                 yield chunk[:cut] if held else chunk
@@ -227,6 +231,52 @@ def _key_start_at_end(data: bytes, key: bytes) -> int:
             return i
         i = data.rfind(first, max(0, size - len(key) + 1), i)
     return size
+
+
+def _escaped_start_at_end(data: bytes, secret: str) -> int:
+    """Where the earliest end of ``data`` that may begin the key written with JSON escapes
+    (``_escaped_pattern``: ``sk-\\u0061...`` cut inside an escape or between two) starts;
+    ``len(data)`` when none may. Run only on a chunk that holds a backslash; an end past the
+    last line feed (an event's end, never inside a JSON string) is the only one looked at."""
+    size = len(data)
+    start = max(data.rfind(b"\n") + 1, size - 6 * len(secret))
+    if data.find(b"\\", start) < 0:
+        return size
+    first = secret[0].encode()[:1]
+    for at in range(start, size):
+        byte = data[at : at + 1]
+        if (byte == b"\\" or byte == first) and _begins_escaped(data, at, secret):
+            return at
+    return size
+
+
+def _begins_escaped(data: bytes, at: int, secret: str) -> bool:
+    """Whether ``data[at:]`` is a proper start of ``secret`` written as ``_escaped_pattern``
+    matches it (each character as itself, as ``\\uXXXX`` in either case, ``/`` also as ``\\/``)."""
+    size = len(data)
+    for char in secret:
+        if at >= size:
+            return True
+        if data[at] == 0x5C:  # a backslash: \uXXXX or \/
+            options = [b"\\u%04x" % ord(char)] if ord(char) <= 0xFFFF else []
+            if char == "/":
+                options.append(b"\\/")
+            piece = data[at : at + 6].lower()
+            for option in options:
+                if piece.startswith(option):
+                    at += len(option)
+                    break
+                if option.startswith(piece) and at + len(piece) == size:
+                    return True
+            else:
+                return False
+        else:
+            literal = char.encode("utf-8", "surrogatepass")
+            piece = data[at : at + len(literal)]
+            if piece != literal:
+                return literal.startswith(piece) and at + len(piece) == size
+            at += len(literal)
+    return False  # the whole key: already replaced, so not a start
 
 
 def _retry_after_s(value: str | None) -> float | None:

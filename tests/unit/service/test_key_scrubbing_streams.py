@@ -84,6 +84,36 @@ async def test_a_key_cut_between_two_network_chunks_is_scrubbed(
     assert b"your key is Bearer *** ok" in body and body.endswith(b"data: [DONE]\n\n")
 
 
+def escaped(text: str, every: int) -> str:
+    """``text`` with every ``every``-th character written as JSON's ``\\uXXXX`` escape."""
+    return "".join(f"\\u{ord(c):04X}" if i % every == 0 else c for i, c in enumerate(text))
+
+
+@pytest.mark.parametrize("every", [1, 2, 5])
+async def test_a_key_written_with_escapes_and_cut_anywhere_is_scrubbed(
+    client: TestClient, provider: Provider, every: int
+) -> None:
+    # A provider's JSON encoder may write the key's characters as \uXXXX escapes, which every
+    # client's parser turns back into the key: cut at any byte, across two chunks, it is scrubbed.
+    written = escaped(KEY, every)
+    event = chunk("your key is Bearer KEYHERE ok").replace(b"KEYHERE", written.encode())
+    start = event.index(written.encode())
+    for at in range(start + 1, start + len(written)):
+        provider.chunks = [chunk("hello "), event[:at], event[at:], END]
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        )
+        body = await response.read()
+        assert response.status == 200
+        text = "".join(
+            c["choices"][0]["delta"].get("content") or ""
+            for c in (orjson.loads(line[6:]) for line in body.split(b"\n\n") if line.startswith(b"data: {"))
+        )
+        assert KEY not in text, (every, at)
+        assert text == "hello your key is Bearer *** ok", (every, at)
+
+
 async def test_a_chunk_ending_like_a_key_start_is_sent_whole_in_the_end(
     client: TestClient, provider: Provider
 ) -> None:
