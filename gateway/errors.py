@@ -370,10 +370,11 @@ class UnsupportedByProvider(InvalidRequest):
     def retryable(self) -> bool:
         return True
 
-    def __init__(self, kind: str, operation: str) -> None:
+    def __init__(self, kind: str, operation: str, param: str | None = None) -> None:
         super().__init__(
             f"Provider kind '{kind}' does not support {operation}; route this model to a "
             "deployment whose provider does.",
+            param=param,
             code="unsupported_endpoint",
         )
 

@@ -19,7 +19,14 @@ Requests any OpenAI client can send but Anthropic refuses are made valid here:
   so the model answers instead of continuing the assistant's text;
 * text blocks must contain non-whitespace text: blank text (empty, or whitespace only such as
   the two newlines open models put beside tool calls) is dropped, in every role; a message left
-  empty is dropped (its neighbours merge), while an assistant's tool calls always stay.
+  empty is dropped (its neighbours merge), while an assistant's tool calls always stay;
+* a conversation ending on the assistant's text (a prefill) may not end with whitespace: its
+  last text loses its trailing whitespace;
+* stop sequences must contain non-whitespace: ``stop: ["\n"]`` and blank ones are left out;
+* ``temperature`` and ``top_p`` may not both be sent to current models: ``temperature`` is;
+* ``image/jpg`` (a common misspelling OpenAI accepts) is sent as ``image/jpeg``;
+* ``tool_choice: allowed_tools`` has no Anthropic equivalent: the model is offered only the
+  allowed tools (``providers/tool_choice.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest, UnsupportedByProvider
+from gateway.providers.tool_choice import narrowed
 from gateway.wire.requests import JSONObject
 
 KIND = "anthropic"
@@ -61,6 +69,7 @@ def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: 
         raise UnsupportedByProvider(KIND, "n > 1 (one choice per request)")
     if body.get("functions") is not None or body.get("function_call") is not None:
         raise UnsupportedByProvider(KIND, "the legacy 'functions' parameters (use 'tools')")
+    body = narrowed(body)
     system, messages = _conversation(body["messages"])
     instruction = _format_instruction(body.get("response_format"))
     if instruction:
@@ -74,12 +83,16 @@ def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: 
     out["max_tokens"] = limit if limit is not None else default_max_tokens
     stop = body.get("stop")
     if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        # Anthropic refuses a stop sequence without a visible character (OpenAI takes "\n").
+        stops = [s for s in ([stop] if isinstance(stop, str) else stop) if not _blank(s)]
+        if stops:
+            out["stop_sequences"] = stops
     temperature = body.get("temperature")
     if isinstance(temperature, int | float):
         # OpenAI allows 0..2, Anthropic 0..1: clip rather than have the provider refuse.
         out["temperature"] = min(max(float(temperature), 0.0), 1.0)
-    if body.get("top_p") is not None:
+    elif body.get("top_p") is not None:
+        # Current Claude models refuse both at once ("use only one"): temperature wins.
         out["top_p"] = body["top_p"]
     user = body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
@@ -133,9 +146,20 @@ def _conversation(messages: list[Any]) -> tuple[list[str], list[JSONObject]]:
     # continued (a prefill) rather than answered, which the client asked only if it sent it last.
     if not turns or turns[0]["role"] != "user":
         turns.insert(0, _placeholder_turn())
-    if turns[-1]["role"] == "assistant" and last_role == "user":
-        turns.append(_placeholder_turn())
+    if turns[-1]["role"] == "assistant":
+        if last_role == "user":
+            turns.append(_placeholder_turn())
+        else:
+            _strip_prefill(turns)
     return system, turns
+
+
+def _strip_prefill(turns: list[JSONObject]) -> None:
+    """A closing assistant turn (a prefill) without trailing whitespace, which Anthropic
+    refuses there (blank text is never kept, so some text is left)."""
+    last = turns[-1]["content"][-1]
+    if last.get("type") == "text":
+        turns[-1]["content"][-1] = {**last, "text": last["text"].rstrip()}
 
 
 def _placeholder_turn() -> JSONObject:
@@ -234,6 +258,8 @@ def _source(url: str, where: str) -> JSONObject:
         raise InvalidRequest(
             f"'{where}': a data: URL must look like data:<media type>;base64,<data>.", param=where
         )
+    if media_type.lower() == "image/jpg":
+        media_type = "image/jpeg"  # Anthropic knows only the registered name
     return {"type": "base64", "media_type": media_type, "data": data}
 
 
@@ -270,7 +296,13 @@ def _arguments(arguments: object, where: str) -> JSONObject:
     except orjson.JSONDecodeError:
         parsed = None
     if not isinstance(parsed, dict):
-        raise InvalidRequest(f"'{where}' must be a JSON object encoded as a string.", param=where)
+        if not isinstance(arguments, str):
+            raise InvalidRequest(f"'{where}' must be a JSON object encoded as a string.", param=where)
+        # OpenAI takes any string here (a call cut short by max_tokens leaves half an object);
+        # Anthropic holds an object: another kind of deployment may serve the conversation.
+        raise UnsupportedByProvider(
+            KIND, f"tool-call arguments that are not a JSON object ('{where}')", param=where
+        )
     return parsed
 
 
@@ -335,6 +367,8 @@ def _tool_choice(choice: object) -> JSONObject:
     function = choice.get("function") if isinstance(choice, dict) else None
     if isinstance(function, dict) and isinstance(function.get("name"), str):
         return {"type": "tool", "name": function["name"]}
+    if isinstance(choice, dict) and choice.get("type") == "custom":
+        raise UnsupportedByProvider(KIND, "custom tools (only 'function')")
     raise InvalidRequest(
         "Invalid value for 'tool_choice': use 'auto', 'none', 'required' or "
         '{"type": "function", "function": {"name": ...}}.',

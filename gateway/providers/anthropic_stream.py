@@ -4,11 +4,15 @@ The input is parsed incrementally by the gateway's one SSE decoder (``wire/sse.p
 may be split anywhere; each event is translated as soon as its blank line arrives:
 
 * ``message_start`` -> the chunk with ``role: assistant`` (held back until the first content,
-  so an ``error`` event before any content still fails over to another deployment);
+  so an ``error`` event before any content still fails over to another deployment; its
+  ``content`` is null when a tool call comes first, as OpenAI streams it);
 * ``content_block_start`` of a ``tool_use`` block -> a ``tool_calls`` delta with the call's
   index (counting tool calls only, as OpenAI does), id, type and name;
 * ``content_block_delta`` -> ``content`` (``text_delta``) or tool-call ``arguments``
   (``input_json_delta``); thinking and signature deltas are dropped;
+* ``content_block_stop`` of a ``tool_use`` block whose input came in no delta (a tool without
+  arguments: Anthropic sends ``{}`` in the start event and one empty delta) -> arguments ``{}``,
+  so the joined arguments are JSON, as in a whole answer;
 * ``message_delta`` -> the chunk with ``finish_reason``;
 * ``message_stop`` -> the usage chunk (if the client asked with ``stream_options``) and
   ``data: [DONE]``;
@@ -41,6 +45,7 @@ class AnthropicStreamTranslator:
         "_include_usage",
         "_model",
         "_pending_role",
+        "_silent",
         "_tools",
         "_usage",
     )
@@ -53,6 +58,7 @@ class AnthropicStreamTranslator:
         self._decoder = SSEDecoder()
         self._pending_role = False
         self._tools: dict[int, int] = {}  # content block index -> OpenAI tool call index
+        self._silent: set[int] = set()  # tool blocks whose arguments no delta has carried yet
         self._usage: JSONObject = {}
         self._done = False
 
@@ -101,9 +107,11 @@ class AnthropicStreamTranslator:
             return self._message_delta(event)
         if kind == "message_stop":
             return self._stop()
+        if kind == "content_block_stop":
+            return self._block_stop(event)
         if kind == "error":
             raise status_error(None, event, _PROVIDER)
-        return b""  # ping, content_block_stop, and event types added after this was written
+        return b""  # ping, and event types added after this was written
 
     def _start(self, event: JSONObject) -> bytes:
         message = event.get("message")
@@ -127,6 +135,7 @@ class AnthropicStreamTranslator:
             return b""
         index = len(self._tools)
         self._tools[_index(event)] = index
+        self._silent.add(index)
         function = {"name": block.get("name"), "arguments": ""}
         call = {"index": index, "id": block.get("id"), "type": "function", "function": function}
         return self._chunk({"tool_calls": [call]})
@@ -142,9 +151,18 @@ class AnthropicStreamTranslator:
             index = self._tools.get(_index(event))
             if index is None:
                 return b""  # arguments of a block that was not a client tool_use
+            self._silent.discard(index)
             call = {"index": index, "function": {"arguments": delta["partial_json"]}}
             return self._chunk({"tool_calls": [call]})
         return b""
+
+    def _block_stop(self, event: JSONObject) -> bytes:
+        index = self._tools.get(_index(event))
+        if index is None or index not in self._silent:
+            return b""
+        self._silent.discard(index)
+        call = {"index": index, "function": {"arguments": "{}"}}
+        return self._chunk({"tool_calls": [call]})
 
     def _message_delta(self, event: JSONObject) -> bytes:
         usage = event.get("usage")
@@ -167,13 +185,13 @@ class AnthropicStreamTranslator:
 
     def _chunk(self, delta: JSONObject, finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return self._role() + encode_json({**self._head(), "choices": [choice]})
+        return self._role("tool_calls" in delta) + encode_json({**self._head(), "choices": [choice]})
 
-    def _role(self) -> bytes:
+    def _role(self, tool_call: bool = False) -> bytes:
         if not self._pending_role:
             return b""
         self._pending_role = False
-        return self._chunk({"role": "assistant", "content": ""})
+        return self._chunk({"role": "assistant", "content": None if tool_call else ""})
 
     def _head(self) -> JSONObject:
         return {

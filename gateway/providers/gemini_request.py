@@ -24,6 +24,7 @@ import orjson
 
 from gateway.errors import InvalidRequest, UnsupportedByProvider
 from gateway.providers.gemini_schema import gemini_schema
+from gateway.providers.tool_choice import narrowed
 from gateway.wire.requests import JSONObject
 
 KIND = "gemini"
@@ -58,6 +59,7 @@ def model_resource(model: str) -> str:
 
 def chat_request(body: JSONObject) -> JSONObject:
     """A ``GenerateContentRequest`` for an OpenAI chat completion body."""
+    body = narrowed(body)  # tool_choice allowed_tools: only the allowed tools are declared
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise InvalidRequest("'messages' must be an array.", param="messages")

@@ -16,8 +16,10 @@ request the gateway translated counts the same as its OpenAI original at the Ope
 
 Requests the real API refuses get its 400 and message (see :func:`check_conversation`): a first
 message that is not the user's, an empty message, blank text blocks, ``tool_use`` ids that do
-not match ``^[a-zA-Z0-9_-]+$`` or repeat, and ``tool_result`` blocks naming no ``tool_use`` of
-the message before.
+not match ``^[a-zA-Z0-9_-]+$`` or repeat, ``tool_result`` blocks naming no ``tool_use`` of
+the message before, a final assistant text ending in whitespace, a base64 image of another
+type than JPEG, PNG, GIF or WebP (:func:`check_options`: blank stop sequences, and
+``temperature`` with ``top_p``).
 ``--require-key`` checks ``x-api-key``; injected errors, 401 and 400 use Anthropic's error
 body (``--error-status 529`` is ``overloaded_error``). Faults, pacing and the control endpoints
 are the OpenAI fake's (``fake_provider``), drawn and applied the same way.
@@ -159,6 +161,7 @@ def parse_messages(body: dict[str, object]) -> MessagesRequest:
         if role == "user":
             prompt = text
     check_conversation(messages)
+    check_options(body)
     stops = body.get("stop_sequences")
     stop_sequences = tuple(s for s in stops if isinstance(s, str) and s) if isinstance(stops, list) else ()
     return MessagesRequest(
@@ -170,6 +173,9 @@ def parse_messages(body: dict[str, object]) -> MessagesRequest:
         stop_sequences,
         _chosen_tool(body, prompt),
     )
+
+
+_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
 
 def check_conversation(messages: list[dict[str, object]]) -> None:
@@ -212,6 +218,19 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
                 _check_text(block)
+                last = i == len(messages) - 1 and j == len(blocks) - 1
+                text = block.get("text")
+                if (
+                    last
+                    and message.get("role") == "assistant"
+                    and isinstance(text, str)
+                    and text != text.rstrip()
+                ):
+                    raise _refusal(
+                        400, "messages: final assistant content cannot end with trailing whitespace"
+                    )
+            elif kind == "image":
+                _check_image(block, f"messages.{i}.content.{j}")
             elif kind == "tool_use":
                 tool_id = block.get("id")
                 if not isinstance(tool_id, str) or not _TOOL_USE_ID.fullmatch(tool_id):
@@ -229,12 +248,41 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
         offered = ids
 
 
+def check_options(body: dict[str, object]) -> None:
+    """Refuse, as the real API does (400, its message), what current models refuse beside the
+    conversation: a stop sequence without a visible character ("stop_sequences: each stop
+    sequence must contain non-whitespace", BerriAI/litellm#3286), and ``temperature`` with
+    ``top_p`` ("`temperature` and `top_p` cannot both be specified for this model. Please use
+    only one.", BerriAI/litellm#15097: Claude Sonnet 4.5 and later)."""
+    stops = body.get("stop_sequences")
+    if isinstance(stops, list) and any(not isinstance(s, str) or not s or s.isspace() for s in stops):
+        raise _refusal(400, "stop_sequences: each stop sequence must contain non-whitespace")
+    if body.get("temperature") is not None and body.get("top_p") is not None:
+        raise _refusal(
+            400, "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
+        )
+
+
 def _check_text(block: dict[str, object]) -> None:
     text = block.get("text")
     if not isinstance(text, str) or not text:
         raise _refusal(400, "messages: text content blocks must be non-empty")
     if text.isspace():
         raise _refusal(400, "messages: text content blocks must contain non-whitespace text")
+
+
+def _check_image(block: dict[str, object], where: str) -> None:
+    source = block.get("source")
+    if (
+        isinstance(source, dict)
+        and source.get("type") == "base64"
+        and source.get("media_type") not in _IMAGE_TYPES
+    ):
+        raise _refusal(
+            400,
+            f"{where}.image.source.base64.media_type: Input should be 'image/jpeg', 'image/png', "
+            "'image/gif' or 'image/webp'",
+        )
 
 
 def _check_tool_result(block: dict[str, object], offered: set[str], where: str) -> None:

@@ -164,9 +164,7 @@ def test_features_without_an_anthropic_equivalent_are_refused(body: dict[str, An
         (
             {
                 "role": "assistant",
-                "tool_calls": [
-                    {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}
-                ],
+                "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": 7}}],
             },
             "messages[0].tool_calls[0].function.arguments",
         ),
@@ -179,7 +177,84 @@ def test_malformed_messages_name_the_field(message: dict[str, Any], param: str) 
     assert err.value.param == param and not err.value.retryable
 
 
+@pytest.mark.parametrize("arguments", ["[1]", '{"city": "Par', "null"])
+def test_arguments_that_are_not_an_object_go_to_another_kind_of_deployment(arguments: str) -> None:
+    # OpenAI takes any string (a call cut short by max_tokens leaves half an object); Anthropic
+    # holds an object: retryable, so a group mixing kinds serves the conversation elsewhere.
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    with pytest.raises(UnsupportedByProvider) as err:
+        translate({"messages": [USER, {"role": "assistant", "tool_calls": [call]}]})
+    assert err.value.retryable and err.value.param == "messages[1].tool_calls[0].function.arguments"
+
+
 # ----- requests any OpenAI client can send that Anthropic would refuse as they are (issue 10)
+
+
+@pytest.mark.parametrize(
+    ("stop", "expected"),
+    [("\n", None), (["\n", "END", " ", ""], ["END"]), (["\n\nHuman:"], ["\n\nHuman:"])],
+)
+def test_stop_sequences_without_a_visible_character_are_left_out(stop: object, expected: object) -> None:
+    # Anthropic: "stop_sequences: each stop sequence must contain non-whitespace".
+    assert translate({"messages": [USER], "stop": stop}).get("stop_sequences") == expected
+
+
+def test_temperature_and_top_p_are_not_sent_together() -> None:
+    # Current Claude models: "`temperature` and `top_p` cannot both be specified".
+    both = translate({"messages": [USER], "temperature": 0.3, "top_p": 0.9})
+    assert both["temperature"] == 0.3 and "top_p" not in both
+    assert translate({"messages": [USER], "top_p": 0.9})["top_p"] == 0.9
+
+
+def test_a_prefill_loses_its_trailing_whitespace() -> None:
+    # Anthropic: "final assistant content cannot end with trailing whitespace".
+    out = translate({"messages": [USER, {"role": "assistant", "content": "Here is a haiku:\n "}]})
+    assert out["messages"][-1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "Here is a haiku:"}],
+    }
+    # An assistant turn answered by the user keeps its text as written.
+    history = [USER, {"role": "assistant", "content": "Sure. "}, USER]
+    assert translate({"messages": history})["messages"][1]["content"][0]["text"] == "Sure. "
+
+
+def test_image_jpg_is_sent_as_image_jpeg() -> None:
+    part = {"type": "image_url", "image_url": {"url": "data:image/jpg;base64,AAAA"}}
+    out = translate({"messages": [{"role": "user", "content": [part]}]})
+    assert out["messages"][0]["content"][0]["source"]["media_type"] == "image/jpeg"
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
+    for name in ("get_weather", "get_time", "send_mail")
+]
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("auto", {"type": "auto"}), ("required", {"type": "any"})])
+def test_allowed_tools_offers_only_those_tools(mode: str, expected: object) -> None:
+    allowed = [{"type": "function", "function": {"name": n}} for n in ("get_time", "get_weather")]
+    choice = {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": allowed}}
+    out = translate({"messages": [USER], "tools": TOOLS, "tool_choice": choice})
+    assert [t["name"] for t in out["tools"]] == ["get_weather", "get_time"]
+    assert out["tool_choice"] == expected
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"mode": "sometimes", "tools": [{"type": "function", "function": {"name": "get_time"}}]},
+        {"mode": "auto", "tools": []},
+        {"mode": "auto", "tools": [{"type": "function", "function": {"name": "nope"}}]},
+        {"mode": "auto", "tools": [{"type": "function"}]},
+        "auto",
+    ],
+)
+def test_a_malformed_allowed_tools_is_refused_naming_it(spec: object) -> None:
+    choice = {"type": "allowed_tools", "allowed_tools": spec}
+    with pytest.raises(InvalidRequest) as err:
+        translate({"messages": [USER], "tools": TOOLS, "tool_choice": choice})
+    assert (err.value.param or "").startswith("tool_choice.allowed_tools") and not err.value.retryable
+
 
 TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")  # Anthropic's pattern for tool_use.id
 
@@ -411,6 +486,56 @@ def test_crlf_streams_and_random_splits_give_the_same_output(name: str) -> None:
     rng = random.Random(5)
     for _ in range(20):
         assert events(run_stream(crlf, [rng.randint(1, 40) for _ in range(30)])) == expected
+
+
+def sse(*events: dict[str, Any]) -> bytes:
+    return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
+
+
+START = {
+    "type": "message_start",
+    "message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 5}},
+}
+TAIL = (
+    {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 3}},
+    {"type": "message_stop"},
+)
+
+
+def tool_block(index: int, name: str, *partials: str) -> list[dict[str, Any]]:
+    """A tool_use block as Anthropic streams it: input {} at the start, then the deltas."""
+    block = {"type": "tool_use", "id": f"toolu_{index}", "name": name, "input": {}}
+    deltas = [
+        {
+            "type": "content_block_delta",
+            "index": index,
+            "delta": {"type": "input_json_delta", "partial_json": p},
+        }
+        for p in partials
+    ]
+    return [
+        {"type": "content_block_start", "index": index, "content_block": block},
+        *deltas,
+        {"type": "content_block_stop", "index": index},
+    ]
+
+
+def test_a_streamed_tool_call_without_arguments_has_arguments_as_a_whole_answer_has() -> None:
+    # Anthropic streams a tool without arguments as input {} and one empty delta; OpenAI's
+    # clients parse the joined arguments as JSON: "" is not, "{}" is (as in a whole answer).
+    data = sse(
+        START, *tool_block(0, "get_time", ""), *tool_block(1, "get_weather", '{"ci', 'ty": "Paris"}'), *TAIL
+    )
+    out = [e for e in events(run_stream(data)) if e != "[DONE]" and e["choices"]]
+    arguments: dict[int, str] = {}
+    for event in out:
+        for call in event["choices"][0]["delta"].get("tool_calls") or []:
+            arguments[call["index"]] = arguments.get(call["index"], "") + call["function"].get(
+                "arguments", ""
+            )
+    assert arguments == {0: "{}", 1: '{"city": "Paris"}'}
+    # A reply opening with a tool call says content null in its first delta, as OpenAI's does.
+    assert out[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
 
 
 def test_without_include_usage_there_is_no_usage_chunk() -> None:

@@ -121,6 +121,18 @@ def test_tool_choice_becomes_a_function_calling_mode(choice: object, config: dic
     assert body["tools"] == [{"functionDeclarations": [{"name": "f"}]}]
 
 
+@pytest.mark.parametrize(("mode", "config"), [("auto", {"mode": "AUTO"}), ("required", {"mode": "ANY"})])
+def test_allowed_tools_declares_only_those_functions(mode: str, config: dict[str, Any]) -> None:
+    tools = [{"type": "function", "function": {"name": n}} for n in ("f", "g", "h")]
+    allowed = {"mode": mode, "tools": [{"type": "function", "function": {"name": "h"}}, tools[0]]}
+    body = sent(
+        Endpoint.CHAT,
+        {**HELLO, "tools": tools, "tool_choice": {"type": "allowed_tools", "allowed_tools": allowed}},
+    )
+    assert body["tools"] == [{"functionDeclarations": [{"name": "f"}, {"name": "h"}]}]
+    assert body["toolConfig"] == {"functionCallingConfig": config}
+
+
 def test_deprecated_functions_api_is_translated() -> None:
     body = {
         "model": "m",
@@ -170,7 +182,6 @@ FTP_IMAGE = {"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}
     ("endpoint", "body"),
     [
         (Endpoint.CHAT, {**HELLO, "tools": [{"type": "web_search"}]}),
-        (Endpoint.CHAT, {**HELLO, "tools": [FUNCTION_TOOL], "tool_choice": {"type": "allowed_tools"}}),
         (Endpoint.CHAT, chat({"role": "user", "content": [{"type": "video"}]})),
         (Endpoint.CHAT, chat({"role": "user", "content": [{"type": "file", "file": {"file_id": "f"}}]})),
         (Endpoint.CHAT, chat({"role": "system", "content": "a system prompt only"})),

@@ -348,3 +348,63 @@ async def test_what_openai_clients_send_is_accepted_once_translated(
     resp = await client.post("/v1/messages", data=request.body)
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["stop_reason"] == "end_turn"
+
+
+JPG = {"type": "image_url", "image_url": {"url": "data:image/jpg;base64,AAAA"}}
+
+# Options and turns OpenAI takes and current Claude models refuse: (the OpenAI body, what the
+# fake answers when they are sent as they are, with the API's message).
+OPENAI_OPTIONS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
+    "newline-stop": (
+        {"messages": [{"role": "user", "content": "hi"}], "stop": ["\n", "END"]},
+        {"stop_sequences": ["\n", "END"]},
+        "stop_sequences: each stop sequence must contain non-whitespace",
+    ),
+    "temperature-and-top-p": (
+        {"messages": [{"role": "user", "content": "hi"}], "temperature": 0.5, "top_p": 0.9},
+        {"temperature": 0.5, "top_p": 0.9},
+        "`temperature` and `top_p` cannot both be specified for this model. Please use only one.",
+    ),
+    "prefill-with-trailing-space": (
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Here:\n"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [{"type": "text", "text": "Here:\n"}]},
+            ]
+        },
+        "messages: final assistant content cannot end with trailing whitespace",
+    ),
+    "image-jpg": (
+        {"messages": [{"role": "user", "content": [JPG]}]},
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {"type": "base64", "media_type": "image/jpg", "data": "AAAA"},
+                        }
+                    ],
+                }
+            ]
+        },
+        "messages.0.content.0.image.source.base64.media_type: Input should be 'image/jpeg', 'image/png', "
+        "'image/gif' or 'image/webp'",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(OPENAI_OPTIONS))
+async def test_openai_options_current_models_refuse_are_accepted_once_translated(
+    aiohttp_client: AiohttpClient, name: str
+) -> None:
+    client = await fake(aiohttp_client)
+    body, as_sent, message = OPENAI_OPTIONS[name]
+    untranslated = await post(client, {**ASK, **as_sent})
+    assert untranslated.status == 400 and await untranslated.json() == refusal(message)
+    config = AnthropicProvider(kind="anthropic", base_url="http://fake/v1")
+    request = AnthropicAdapter(config).build_request(Endpoint.CHAT, body, "claude-x")
+    resp = await client.post("/v1/messages", data=request.body)
+    assert resp.status == 200, await resp.text()
