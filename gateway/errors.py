@@ -37,6 +37,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     │   ├── UpstreamTimeout        504     timeout                 yes    connect / first byte / total
     │   ├── UpstreamBadResponse    502     upstream_error          yes    malformed body
     │   ├── UpstreamCredentialsRefused 502 upstream_error        yes    code=provider_auth_failed; the provider refused the gateway's key (note 3)
+    │   ├── UpstreamAccountRefused 502     upstream_error          yes    code=provider_account_refused; 402 / billing, the gateway's account
     │   └── UpstreamStatusError    *       *                       *      the provider's status (note 1)
     ├── AllDeploymentsFailed       *       *                       no     the last attempt's status and type
     ├── HTTPStatusError            *       invalid_request_error   no     other HTTP refusals (411, ...)
@@ -438,6 +439,30 @@ class UpstreamCredentialsRefused(UpstreamError):
             "request. This is the gateway's configuration, not your key.",
             provider=provider,
             code="provider_auth_failed",
+            headers=_NO_CLIENT_RETRY,
+        )
+        self.upstream_status = upstream_status
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class UpstreamAccountRefused(UpstreamError):
+    """The provider refused the gateway's account, not the request: HTTP 402 (credit used up:
+    OpenRouter, Gemini's prepaid billing) or what an adapter names ``account_error`` (Gemini's
+    ``FAILED_PRECONDITION``, "enable billing"). As with the credentials (note 3), another
+    deployment should serve, the deployment's health pays, and the client is told it is the
+    gateway's configuration."""
+
+    def __init__(self, provider: str, upstream_status: int, upstream_code: str | None = None) -> None:
+        said = f", {upstream_code}" if upstream_code else ""
+        super().__init__(
+            f"{provider}: the provider refused the gateway's account (HTTP {upstream_status}{said}): "
+            "its credit, billing or plan does not allow this request. This is the gateway's "
+            "configuration, not your request.",
+            provider=provider,
+            code="provider_account_refused",
             headers=_NO_CLIENT_RETRY,
         )
         self.upstream_status = upstream_status

@@ -20,7 +20,13 @@ from collections.abc import AsyncGenerator
 
 import orjson
 
-from gateway.errors import GatewayError, UpstreamBadResponse, UpstreamCredentialsRefused, UpstreamStatusError
+from gateway.errors import (
+    GatewayError,
+    UpstreamAccountRefused,
+    UpstreamBadResponse,
+    UpstreamCredentialsRefused,
+    UpstreamStatusError,
+)
 from gateway.policy.model import Provider
 from gateway.providers.base import ProviderAdapter, Transport, UpstreamRequest, UpstreamResponse
 from gateway.providers.transport import AiohttpTransport
@@ -215,6 +221,15 @@ class ProviderClient:
                 },
             )
             return UpstreamCredentialsRefused(self.name, status, code)
+        if status == 402 or (
+            isinstance(error, UpstreamStatusError) and error.upstream_type == "account_error"
+        ):
+            code = error.code if isinstance(error.code, str) else None
+            log.warning(
+                "provider refused the gateway's account (credit, billing or plan)",
+                extra={"fields": {"provider": self.name, "status": status, "code": code}},
+            )
+            return UpstreamAccountRefused(self.name, status, code)
         return error
 
 

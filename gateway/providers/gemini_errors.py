@@ -4,7 +4,8 @@ Google APIs answer ``{"error": {"code": 429, "message": "...", "status": "RESOUR
 "details": [...]}}`` (https://ai.google.dev/gemini-api/docs/troubleshooting, "Backend service
 error codes"; https://cloud.google.com/apis/design/errors). The HTTP status decides retrying as
 for every provider (429 and 5xx are retried elsewhere); the ``status`` name picks the OpenAI error
-type, and two details are read: ``ErrorInfo.reason`` ``API_KEY_INVALID`` (Gemini's answer to a bad
+type (``FAILED_PRECONDITION``, billing not enabled, and HTTP 402, prepaid credit used up, are the
+gateway's account: ``account_error``), and two details are read: ``ErrorInfo.reason`` ``API_KEY_INVALID`` (Gemini's answer to a bad
 key is a 400) and ``RetryInfo.retryDelay`` (Gemini's way to say Retry-After).
 """
 
@@ -19,7 +20,9 @@ from gateway.errors import UpstreamStatusError
 
 _TYPES = {
     "INVALID_ARGUMENT": "invalid_request_error",
-    "FAILED_PRECONDITION": "invalid_request_error",
+    # "Gemini API free tier is not available in your country. Please enable billing on your
+    # project": the gateway's account, not the request (providers/client.py fails it over).
+    "FAILED_PRECONDITION": "account_error",
     "OUT_OF_RANGE": "invalid_request_error",
     "NOT_FOUND": "invalid_request_error",
     "UNAUTHENTICATED": "authentication_error",
@@ -59,6 +62,9 @@ def error_from_object(
     code_name = google_status
     if any(d.get("reason") == "API_KEY_INVALID" for d in details):
         err_type, code_name = "authentication_error", "invalid_api_key"
+    elif status == 402:
+        # "You have run out of prepaid credits": every key of the billing account stops.
+        err_type = "account_error"
     elif google_status == "RESOURCE_EXHAUSTED" or status == 429:
         code_name = "rate_limit_exceeded"
     elif _CONTEXT_TOO_LONG in message:

@@ -7,7 +7,10 @@ has and rewrites the common JSON Schema idioms it lacks:
 * ``type: ["string", "null"]`` and an ``anyOf``/``oneOf`` branch ``{"type": "null"}`` become
   ``nullable: true``; several non-null types become ``anyOf``; ``oneOf`` becomes ``anyOf``;
 * ``$ref`` into ``$defs``/``definitions`` is inlined (a recursive reference becomes a bare
-  ``{"type": "object"}``, as Gemini schemas cannot refer to themselves); ``allOf`` is merged;
+  ``{"type": "object"}``, as Gemini schemas cannot refer to themselves); ``allOf`` is merged,
+  the ``properties`` and ``required`` of every branch and of the node together;
+* an array needs ``items``: a tuple's (``items`` as a list, ``prefixItems``) become one schema
+  or an ``anyOf``, and an array without any gets string items;
 * ``const`` becomes a one-value ``enum``;
 * dropped, as Gemini has no such key: ``additionalProperties``, ``$schema``, ``$id``, ``examples``,
   ``not``, ``if``/``then``/``else``, ``patternProperties``, ``strict``, ...; ``format`` unless it
@@ -57,10 +60,16 @@ def _clean(node: object, defs: dict[str, Any], expanding: frozenset[str]) -> JSO
     _add_type(out, node.get("type"))
     for key in ("anyOf", "oneOf"):
         _add_branches(out, node.get(key), defs, expanding)
+    required: list[object] = []  # allOf's branches' and the node's own, in that order
     branches = node.get("allOf")
     if isinstance(branches, list):
         for branch in branches:
-            out.update(_clean(branch, defs, expanding))
+            merged = _clean(branch, defs, expanding)
+            properties = merged.pop("properties", None)
+            required.extend(merged.pop("required", ()))
+            out.update(merged)
+            if properties:
+                out["properties"] = {**out.get("properties", {}), **properties}
     const = node.get("const")
     if isinstance(const, str):
         out.setdefault("type", "string")
@@ -71,20 +80,44 @@ def _clean(node: object, defs: dict[str, Any], expanding: frozenset[str]) -> JSO
         elif key not in _HANDLED:
             continue
         elif key == "properties" and isinstance(value, dict) and value:
-            out["properties"] = {name: _clean(sub, defs, expanding) for name, sub in value.items()}
+            own = {name: _clean(sub, defs, expanding) for name, sub in value.items()}
+            out["properties"] = {**out.get("properties", {}), **own}
         elif key == "items" and isinstance(value, dict):
             out["items"] = _clean(value, defs, expanding)
         elif key == "enum" and isinstance(value, list) and all(isinstance(v, str) for v in value):
             out["enum"] = value
         elif key == "format" and isinstance(value, str) and value in _FORMATS:
             out["format"] = value
-    required = node.get("required")
+    if isinstance(node.get("required"), list):
+        required.extend(node["required"])
     properties = out.get("properties", {})
-    if isinstance(required, list):
-        names = [name for name in required if isinstance(name, str) and name in properties]
-        if names:
-            out["required"] = names
+    names = [name for name in dict.fromkeys(n for n in required if isinstance(n, str)) if name in properties]
+    if names:
+        out["required"] = names
+    _give_items(out, node, defs, expanding)
     return out
+
+
+def _give_items(out: JSONObject, node: JSONObject, defs: dict[str, Any], expanding: frozenset[str]) -> None:
+    """Gemini refuses an array without ``items`` ("items: missing field"), which JSON Schema
+    allows: a tuple's ``items`` list (or ``prefixItems``) becomes its one item schema or an
+    ``anyOf`` of them, and an array saying nothing of its items gets string items."""
+    arrays = [out] if out.get("type") == "array" else []
+    arrays += [b for b in out.get("anyOf", ()) if isinstance(b, dict) and b.get("type") == "array"]
+    for array in arrays:
+        if array.get("items"):
+            continue  # (an item schema that kept nothing, {}, is as good as none)
+        tuple_items = node.get("items") if isinstance(node.get("items"), list) else node.get("prefixItems")
+        kinds = [_clean(i, defs, expanding) for i in tuple_items] if isinstance(tuple_items, list) else []
+        kinds = [k for k in kinds if k]
+        if len(kinds) == 1:
+            array["items"] = kinds[0]
+        elif kinds:
+            array["items"] = {"anyOf": kinds}
+        elif array is not out and isinstance(node.get("items"), dict):
+            array["items"] = _clean(node["items"], defs, expanding)
+        else:
+            array["items"] = {"type": "string"}
 
 
 def _inlined(node: JSONObject, ref: str, defs: dict[str, Any], expanding: frozenset[str]) -> JSONObject:

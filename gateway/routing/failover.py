@@ -11,6 +11,7 @@ from gateway.errors import (
     GatewayError,
     NoHealthyDeployment,
     UnsupportedByProvider,
+    UpstreamAccountRefused,
     UpstreamCredentialsRefused,
     UpstreamStatusError,
 )
@@ -91,8 +92,8 @@ class FailoverCursor:
 
     def failed(self, target: Target, error: GatewayError) -> None:
         self._overloaded = error.shows_overload
-        if isinstance(error, UnsupportedByProvider | UpstreamCredentialsRefused):
-            self._excluded.add(id(target))  # asking it again cannot help (its kind, its key)
+        if isinstance(error, UnsupportedByProvider | UpstreamCredentialsRefused | UpstreamAccountRefused):
+            self._excluded.add(id(target))  # asking it again cannot help (its kind, key, account)
         elif isinstance(error, UpstreamStatusError) and error.upstream_status == 429:
             self._excluded.add(id(target))  # not before its Retry-After, which we do not wait for
         if error.is_context_length:

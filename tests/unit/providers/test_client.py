@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.errors import GatewayError, UpstreamBadResponse
+from gateway.errors import GatewayError, UpstreamAccountRefused, UpstreamBadResponse
 from gateway.policy.loader import parse_policy
 from gateway.providers.base import UpstreamRequest
 from gateway.providers.client import ProviderClient
@@ -139,3 +139,27 @@ async def test_a_real_length_key_is_still_scrubbed_from_whole_answers() -> None:
     whole = client("openai", MockResponse.json({"echo": f"key={KEY}", "index": 1}))
     raw, parsed = await whole.fetch_json(REQUEST)
     assert parsed == {"echo": "key=***", "index": 1} and KEY.encode() not in raw
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "body"),
+    [
+        # Gemini: prepaid credit used up, and billing not enabled (ai.google.dev, "API errors").
+        ("gemini", 402, {"error": {"code": 402, "message": "You have run out of prepaid credits.",
+                                   "status": "RESOURCE_EXHAUSTED"}}),
+        ("gemini", 400, {"error": {"code": 400, "status": "FAILED_PRECONDITION", "message":
+            "Gemini API free tier is not available in your country. Please enable billing on your project."}}),
+        # OpenRouter and other OpenAI-compatible services: 402 when the account has no credit.
+        ("openai", 402, {"error": {"message": "Insufficient credits", "code": 402}}),
+    ],
+)  # fmt: skip
+async def test_a_refusal_of_the_gateways_account_fails_over_and_is_not_the_clients(
+    kind: str, status: int, body: dict[str, object]
+) -> None:
+    # Before: a 402 reached the client as a rate limit (Gemini) or as itself, and Gemini's
+    # FAILED_PRECONDITION as the client's 400; neither was tried on another deployment.
+    with pytest.raises(UpstreamAccountRefused) as raised:
+        await client(kind, MockResponse.json(body, status=status)).send(REQUEST)
+    error = raised.value
+    assert error.retryable and error.counts_against_provider and error.status == 502
+    assert error.code == "provider_account_refused" and error.headers.get("x-should-retry") == "false"

@@ -452,9 +452,55 @@ def test_schema_idioms_gemini_lacks_are_rewritten() -> None:
             "c": {"anyOf": [{"type": "number"}, {"type": "string"}]},
             "d": {"type": "string", "enum": ["fixed"]},
             "e": {"type": "object", "properties": {"child": {"type": "object"}}, "description": "a tree"},
-            "f": {"type": "array", "items": {}, "minItems": 1},
+            "f": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         },
     }
+
+
+def test_an_array_always_has_items() -> None:
+    # Gemini: "parameters.properties[tags].items: missing field" (MCP tools' schemas often omit it).
+    schema = {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array"},
+            "pair": {"type": "array", "items": [{"type": "string"}, {"type": "integer"}]},
+            "one": {"type": "array", "prefixItems": [{"type": "number"}]},
+            "maybe": {"type": ["array", "null"]},
+            "either": {"type": ["array", "string"], "items": {"type": "integer"}},
+        },
+    }
+    assert gemini_schema(schema)["properties"] == {
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "pair": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+        "one": {"type": "array", "items": {"type": "number"}},
+        "maybe": {"type": "array", "nullable": True, "items": {"type": "string"}},
+        "either": {
+            "anyOf": [{"type": "array", "items": {"type": "integer"}}, {"type": "string"}],
+            "items": {"type": "integer"},
+        },
+    }
+
+
+def test_all_of_merges_every_branchs_properties_and_required() -> None:
+    # Before, the last branch's (or the node's own) properties replaced the others', and a
+    # required name could point at a property gone: "required[0]: property is not defined".
+    schema = {
+        "type": "object",
+        "allOf": [
+            {"$ref": "#/$defs/Base"},
+            {"properties": {"name": {"type": "string"}}, "required": ["name"]},
+        ],
+        "properties": {"extra": {"type": "boolean"}},
+        "required": ["extra", "id"],
+        "$defs": {"Base": {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]}},
+    }
+    out = gemini_schema(schema)
+    assert out["properties"] == {
+        "id": {"type": "integer"},
+        "name": {"type": "string"},
+        "extra": {"type": "boolean"},
+    }
+    assert out["required"] == ["id", "name", "extra"]
 
 
 def test_schema_values_that_cannot_be_names_are_dropped_not_a_type_error() -> None:

@@ -148,3 +148,19 @@ async def test_the_messages_door_answers_in_anthropics_envelope(client: TestClie
     assert raised.value.status_code == 502
     assert not isinstance(raised.value, anthropic.AuthenticationError)
     assert "T123" not in raised.value.response.text
+
+
+async def test_a_refused_account_is_asked_once_and_another_deployment_serves(
+    client: TestClient, refusing: Refusing
+) -> None:
+    refusing.status, refusing.body = 402, {"error": {"message": "Insufficient credits", "code": 402}}
+    api = openai.AsyncOpenAI(api_key="client-key", base_url=str(client.make_url("/v1")), max_retries=2)
+    with pytest.raises(openai.InternalServerError) as raised:
+        await api.chat.completions.create(model="alone", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.status_code == 502 and raised.value.response.headers["x-should-retry"] == "false"
+    body = raised.value.body
+    assert isinstance(body, dict) and body["code"] == "provider_account_refused"
+    assert "Insufficient credits" not in raised.value.response.text
+    assert refusing.calls == 1  # more credit does not come from asking again
+    response = await client.post("/v1/chat/completions", json=chat("pair"))
+    assert response.status == 200 and response.headers["x-gateway-provider"] == "good"
