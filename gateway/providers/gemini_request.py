@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 import orjson
 
 from gateway.errors import InvalidRequest, UnsupportedByProvider
-from gateway.providers.gemini_schema import gemini_schema
+from gateway.providers.gemini_schema import MAX_DEPTH, MAX_NODES, SchemaTooLarge, gemini_schema
 from gateway.providers.tool_choice import narrowed
 from gateway.wire.requests import JSONObject
 
@@ -304,12 +304,24 @@ def _declaration(function: object, param: str) -> JSONObject:
         declaration["description"] = function["description"]
     parameters = function.get("parameters")
     if isinstance(parameters, dict):
-        schema = gemini_schema(parameters)
+        schema = _schema(parameters, f"{param}.parameters")
         # Gemini refuses an OBJECT schema with empty properties: a function without parameters
         # simply has none.
         if schema.get("properties") or schema.get("type") not in (None, "object"):
             declaration["parameters"] = schema
     return declaration
+
+
+def _schema(schema: JSONObject, param: str) -> JSONObject:
+    try:
+        return gemini_schema(schema)
+    except SchemaTooLarge:
+        raise UnsupportedByProvider(
+            KIND,
+            f"a schema that unfolds past {MAX_NODES} nodes or {MAX_DEPTH} levels once its $refs are "
+            "inlined (Gemini schemas cannot refer to definitions)",
+            param=param,
+        ) from None
 
 
 def _tool_config(body: JSONObject) -> JSONObject | None:
@@ -348,7 +360,8 @@ def _generation_config(body: JSONObject) -> JSONObject:
         spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if isinstance(schema, dict):
-            config["responseSchema"] = gemini_schema(schema)  # best effort: see gemini_schema.py
+            # best effort: see gemini_schema.py
+            config["responseSchema"] = _schema(schema, "response_format.json_schema.schema")
     elif kind not in (None, "text"):
         raise InvalidRequest(
             f"response_format type {kind!r} is not supported by Gemini.", param="response_format"

@@ -40,31 +40,67 @@ _HANDLED = frozenset(
 )
 
 
+MAX_NODES = 5000
+"""Schema objects one translation may write. Inlining ``$ref`` copies a definition wherever it is
+named, so a few kilobytes of definitions naming each other twice over unfold into millions of
+nodes (a 2.6 KB schema took 33 s and 2.3 GB before this bound); no schema Gemini would serve comes
+near it ("schema too complex" is refused far below)."""
+MAX_DEPTH = 48
+"""Nesting of the written schema (and of the walk over the client's, which Python's recursion
+limit would otherwise end in an error of the gateway's own)."""
+
+
+class SchemaTooLarge(Exception):
+    """The schema unfolds past ``MAX_NODES`` or ``MAX_DEPTH``."""
+
+
+class _Walk:
+    __slots__ = ("defs", "depth", "left")
+
+    def __init__(self, defs: dict[str, Any]) -> None:
+        self.defs = defs
+        self.left = MAX_NODES
+        self.depth = 0
+
+
 def gemini_schema(schema: JSONObject) -> JSONObject:
-    """``schema`` rewritten into the subset Gemini accepts (see the module docstring)."""
+    """``schema`` rewritten into the subset Gemini accepts (see the module docstring).
+
+    Raises ``SchemaTooLarge`` when it unfolds past ``MAX_NODES`` or ``MAX_DEPTH``."""
     defs: dict[str, Any] = {}
     for key in ("definitions", "$defs"):
         found = schema.get(key)
         if isinstance(found, dict):
             defs.update(found)
-    return _clean(schema, defs, frozenset())
+    return _clean(schema, _Walk(defs), frozenset())
 
 
-def _clean(node: object, defs: dict[str, Any], expanding: frozenset[str]) -> JSONObject:
+def _clean(node: object, walk: _Walk, expanding: frozenset[str]) -> JSONObject:
     if not isinstance(node, dict):
         return {}
+    walk.left -= 1
+    if walk.left < 0 or walk.depth >= MAX_DEPTH:
+        raise SchemaTooLarge
+    walk.depth += 1
+    try:
+        return _cleaned(node, walk, expanding)
+    finally:
+        walk.depth -= 1
+
+
+def _cleaned(node: JSONObject, walk: _Walk, expanding: frozenset[str]) -> JSONObject:
     ref = node.get("$ref")
     if isinstance(ref, str):
-        return _inlined(node, ref, defs, expanding)
+        return _inlined(node, ref, walk, expanding)
     out: JSONObject = {}
     _add_type(out, node.get("type"))
     for key in ("anyOf", "oneOf"):
-        _add_branches(out, node.get(key), defs, expanding)
+        _add_branches(out, node.get(key), walk, expanding)
     required: list[object] = []  # allOf's branches' and the node's own, in that order
     branches = node.get("allOf")
     if isinstance(branches, list):
         for branch in branches:
-            merged = _clean(branch, defs, expanding)
+            merged = _clean(branch, walk, expanding)
             properties = merged.pop("properties", None)
             required.extend(merged.pop("required", ()))
             out.update(merged)
@@ -80,10 +116,10 @@ def _clean(node: object, defs: dict[str, Any], expanding: frozenset[str]) -> JSO
         elif key not in _HANDLED:
             continue
         elif key == "properties" and isinstance(value, dict) and value:
-            own = {name: _clean(sub, defs, expanding) for name, sub in value.items()}
+            own = {name: _clean(sub, walk, expanding) for name, sub in value.items()}
             out["properties"] = {**out.get("properties", {}), **own}
         elif key == "items" and isinstance(value, dict):
-            out["items"] = _clean(value, defs, expanding)
+            out["items"] = _clean(value, walk, expanding)
         elif key == "enum" and isinstance(value, list) and all(isinstance(v, str) for v in value):
             out["enum"] = value
         elif key == "format" and isinstance(value, str) and value in _FORMATS:
@@ -94,11 +130,11 @@ def _clean(node: object, defs: dict[str, Any], expanding: frozenset[str]) -> JSO
     names = [name for name in dict.fromkeys(n for n in required if isinstance(n, str)) if name in properties]
     if names:
         out["required"] = names
-    _give_items(out, node, defs, expanding)
+    _give_items(out, node, walk, expanding)
     return out
 
 
-def _give_items(out: JSONObject, node: JSONObject, defs: dict[str, Any], expanding: frozenset[str]) -> None:
+def _give_items(out: JSONObject, node: JSONObject, walk: _Walk, expanding: frozenset[str]) -> None:
     """Gemini refuses an array without ``items`` ("items: missing field"), which JSON Schema
     allows: a tuple's ``items`` list (or ``prefixItems``) becomes its one item schema or an
     ``anyOf`` of them, and an array saying nothing of its items gets string items."""
@@ -108,25 +144,25 @@ def _give_items(out: JSONObject, node: JSONObject, defs: dict[str, Any], expandi
         if array.get("items"):
             continue  # (an item schema that kept nothing, {}, is as good as none)
         tuple_items = node.get("items") if isinstance(node.get("items"), list) else node.get("prefixItems")
-        kinds = [_clean(i, defs, expanding) for i in tuple_items] if isinstance(tuple_items, list) else []
+        kinds = [_clean(i, walk, expanding) for i in tuple_items] if isinstance(tuple_items, list) else []
         kinds = [k for k in kinds if k]
         if len(kinds) == 1:
             array["items"] = kinds[0]
         elif kinds:
             array["items"] = {"anyOf": kinds}
         elif array is not out and isinstance(node.get("items"), dict):
-            array["items"] = _clean(node["items"], defs, expanding)
+            array["items"] = _clean(node["items"], walk, expanding)
         else:
             array["items"] = {"type": "string"}
 
 
-def _inlined(node: JSONObject, ref: str, defs: dict[str, Any], expanding: frozenset[str]) -> JSONObject:
+def _inlined(node: JSONObject, ref: str, walk: _Walk, expanding: frozenset[str]) -> JSONObject:
     name = ref.rsplit("/", 1)[-1]
-    target = defs.get(name)
+    target = walk.defs.get(name)
     if target is None or name in expanding:
         out: JSONObject = {"type": "object"}
     else:
-        out = _clean(target, defs, expanding | {name})
+        out = _clean(target, walk, expanding | {name})
     description = node.get("description")
     if isinstance(description, str):
         out["description"] = description  # the referring property's own description wins
@@ -146,7 +182,7 @@ def _add_type(out: JSONObject, kind: object) -> None:
             out["anyOf"] = [{"type": k} for k in kinds]
 
 
-def _add_branches(out: JSONObject, branches: object, defs: dict[str, Any], expanding: frozenset[str]) -> None:
+def _add_branches(out: JSONObject, branches: object, walk: _Walk, expanding: frozenset[str]) -> None:
     if not isinstance(branches, list):
         return
     kept = []
@@ -154,7 +190,7 @@ def _add_branches(out: JSONObject, branches: object, defs: dict[str, Any], expan
         if isinstance(branch, dict) and branch.get("type") == "null":
             out["nullable"] = True
         else:
-            kept.append(_clean(branch, defs, expanding))
+            kept.append(_clean(branch, walk, expanding))
     if len(kept) == 1 and "type" not in out:
         out.update(kept[0])  # Optional[X]: X, nullable
     elif kept:

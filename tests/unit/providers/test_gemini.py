@@ -524,3 +524,53 @@ def test_input_audio_that_is_not_an_object_is_the_clients_error(audio: object) -
     with pytest.raises(InvalidRequest) as err:
         ADAPTER.build_request(Endpoint.CHAT, body, "m")
     assert err.value.param == "messages[0].content[0]"
+
+
+def _fanning_defs(levels: int) -> dict[str, Any]:
+    """Definitions naming the next one twice: inlined, 2**levels copies of the last."""
+    defs: dict[str, Any] = {f"D{levels}": {"type": "string"}}
+    for i in range(levels):
+        twice = {"a": {"$ref": f"#/$defs/D{i + 1}"}, "b": {"$ref": f"#/$defs/D{i + 1}"}}
+        defs[f"D{i}"] = {"type": "object", "properties": twice}
+    return {"$ref": "#/$defs/D0", "$defs": defs}
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"x": schema}}
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("where", "schema"),
+    [("tool", _fanning_defs(16)), ("tool", _nested(400)), ("response_format", _fanning_defs(16))],
+)
+def test_a_schema_that_unfolds_without_bound_is_refused_before_it_is_built(
+    where: str, schema: dict[str, Any]
+) -> None:
+    # Before, a few kilobytes of definitions naming each other twice unfolded into 2**n nodes
+    # (16 levels: 131k nodes here; the probe's 2.6 KB schema took 33 s and 2.3 GB), and a deep
+    # schema ended in Python's RecursionError: a 500.
+    if where == "tool":
+        body = {**HELLO, "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]}
+        param = "tools[0].function.parameters"
+    else:
+        body = {
+            **HELLO,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
+        }
+        param = "response_format.json_schema.schema"
+    with pytest.raises(UnsupportedByProvider) as err:
+        ADAPTER.build_request(Endpoint.CHAT, body, "m")
+    assert err.value.retryable and err.value.param == param and "$ref" in err.value.message
+
+
+def test_schemas_within_the_bounds_are_still_inlined_whole() -> None:
+    out = gemini_schema(_fanning_defs(8))  # 511 nodes
+    leaf = out
+    for _ in range(8):
+        assert leaf["properties"]["a"] == leaf["properties"]["b"]
+        leaf = leaf["properties"]["a"]
+    assert leaf == {"type": "string"}
+    assert gemini_schema(_nested(40))["properties"]["x"]["type"] == "object"
