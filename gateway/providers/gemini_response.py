@@ -35,6 +35,20 @@ _FINISH_REASONS = {
     "SPII": "content_filter",
     "IMAGE_SAFETY": "content_filter",
 }  # anything else (OTHER, MALFORMED_FUNCTION_CALL, ...) ends the choice as "stop"
+FAILED_REASONS = frozenset(
+    {"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS", "OTHER",
+     "MALFORMED_RESPONSE", "MISSING_THOUGHT_SIGNATURE"}
+)  # fmt: skip
+"""Reasons a candidate ends when the model failed to answer (a function call it could not write,
+a tool it was not offered, ...): Gemini then sends no content at all. An answer whose every
+candidate ended so, empty, is an ``UpstreamBadResponse`` (tried again, never cached), not an
+empty "stop" a client would take for the model's answer; after content they end it as "stop"."""
+
+
+def failed_empty(reasons: list[object]) -> UpstreamBadResponse:
+    """The error for an answer whose candidates all ended with a failure and no content."""
+    said = ", ".join(sorted({str(r) for r in reasons}))
+    return UpstreamBadResponse(f"Gemini ended the answer with {said} and no content.")
 
 
 def response_key(body: JSONObject) -> str:
@@ -109,6 +123,7 @@ def chat_completion(body: JSONObject, upstream_model: str, created: int) -> JSON
     key = response_key(body)
     calls = 0
     choices = []
+    failed: list[object] = []  # the reasons of candidates that ended failed and empty
     for position, candidate in enumerate(_candidates(body)):
         texts, tool_calls = [], []
         for part in parts(candidate):
@@ -134,6 +149,10 @@ def chat_completion(body: JSONObject, upstream_model: str, created: int) -> JSON
                 "finish_reason": reason,
             }
         )
+        if not texts and not tool_calls and candidate.get("finishReason") in FAILED_REASONS:
+            failed.append(candidate["finishReason"])
+    if failed and len(failed) == len(choices):
+        raise failed_empty(failed)
     if not choices:  # the prompt was blocked: no candidate at all
         message = {"role": "assistant", "content": None, "refusal": None}
         choices.append({"index": 0, "message": message, "logprobs": None, "finish_reason": "content_filter"})
@@ -143,12 +162,17 @@ def chat_completion(body: JSONObject, upstream_model: str, created: int) -> JSON
 def text_completion(body: JSONObject, upstream_model: str, created: int) -> JSONObject:
     """A ``text_completion`` (legacy completions API) for a ``GenerateContentResponse``."""
     choices = []
+    failed: list[object] = []
     for position, candidate in enumerate(_candidates(body)):
         text = "".join(p["text"] for p in parts(candidate) if isinstance(p.get("text"), str))
         reason = finish_reason(candidate.get("finishReason"), False) or "stop"
         choices.append(
             {"index": _index(candidate, position), "text": text, "logprobs": None, "finish_reason": reason}
         )
+        if not text and candidate.get("finishReason") in FAILED_REASONS:
+            failed.append(candidate["finishReason"])
+    if failed and len(failed) == len(choices):
+        raise failed_empty(failed)
     if not choices:
         choices.append({"index": 0, "text": "", "logprobs": None, "finish_reason": "content_filter"})
     return _envelope(body, f"cmpl-{response_key(body)}", "text_completion", upstream_model, created, choices)

@@ -23,6 +23,8 @@ import orjson
 from gateway.errors import UpstreamBadResponse
 from gateway.providers.gemini_errors import error_from_object
 from gateway.providers.gemini_response import (
+    FAILED_REASONS,
+    failed_empty,
     finish_reason,
     model_name,
     parts,
@@ -39,6 +41,7 @@ class _Choice:
     """What one candidate's stream has sent so far."""
 
     started: bool = False
+    content: bool = False  # text or a call was sent
     tool_calls: int = 0
     finish_reason: object = None  # Gemini's, the latest seen
 
@@ -75,6 +78,9 @@ class GeminiStreamTranslator:
         reasons = {i: finish_reason(c.finish_reason, c.tool_calls > 0) for i, c in self._choices.items()}
         if not any(reasons.values()):
             raise UpstreamBadResponse("Gemini stream ended before any candidate finished.")
+        failed = [c.finish_reason for c in self._choices.values() if not c.content]
+        if len(failed) == len(self._choices) and all(r in FAILED_REASONS for r in failed):
+            raise failed_empty(failed)  # (before any data, so the call fails over: _candidate)
         for index in sorted(reasons):
             out += self._chunk(index, {} if self._chat else "", reasons[index] or "stop")
         if self._include_usage and self._usage is not None and self._head is not None:
@@ -139,17 +145,25 @@ class GeminiStreamTranslator:
         index = index if isinstance(index, int) else position
         state = self._choices.setdefault(index, _Choice())
         out = bytearray()
+        found = parts(candidate)
         if self._chat and not state.started:
+            if not found and candidate.get("finishReason") in FAILED_REASONS:
+                # Failed before a word: nothing is sent, so the stream has no data and is tried
+                # again (calls.py), rather than a role chunk committing the client to it.
+                state.finish_reason = candidate["finishReason"]
+                return b""
             out += self._chunk(index, {"role": "assistant", "content": ""}, None)
         state.started = True
-        for part in parts(candidate):
+        for part in found:
             text = part.get("text")
             if isinstance(text, str) and text:
                 out += self._chunk(index, {"content": text} if self._chat else text, None)
+                state.content = True
             call = tool_call(part, f"call_{self._key}_{self._calls}") if self._chat else None
             if call is not None:
                 out += self._chunk(index, {"tool_calls": [{"index": state.tool_calls, **call}]}, None)
                 state.tool_calls += 1
+                state.content = True
                 self._calls += 1
         if candidate.get("finishReason") is not None:
             state.finish_reason = candidate["finishReason"]

@@ -574,3 +574,43 @@ def test_schemas_within_the_bounds_are_still_inlined_whole() -> None:
         leaf = leaf["properties"]["a"]
     assert leaf == {"type": "string"}
     assert gemini_schema(_nested(40))["properties"]["x"]["type"] == "object"
+
+
+# The probe's answer: Gemini 2.5 Flash ends a turn it could not write a call for with no content.
+FAILED_EMPTY = {"candidates": [{"finishReason": "MALFORMED_FUNCTION_CALL", "index": 0}],
+                "usageMetadata": {"promptTokenCount": 2595, "totalTokenCount": 2595}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "reason", ["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS", "OTHER"]
+)
+@pytest.mark.parametrize("endpoint", [Endpoint.CHAT, Endpoint.COMPLETIONS])
+def test_an_answer_that_failed_before_a_word_is_a_bad_response_not_an_empty_stop(
+    reason: str, endpoint: Endpoint
+) -> None:
+    # Before: an empty "stop" the client took for the model's answer, and the cache kept it.
+    body = {**FAILED_EMPTY, "candidates": [{"finishReason": reason, "index": 0}]}
+    with pytest.raises(UpstreamBadResponse) as err:
+        ADAPTER.translate_response(
+            endpoint, body, HELLO if endpoint is Endpoint.CHAT else {"prompt": "x"}, "m"
+        )
+    assert err.value.retryable and reason in err.value.message
+
+
+def test_a_failure_after_content_still_ends_the_choice_as_stop() -> None:
+    text = {"content": {"parts": [{"text": "Let me look"}], "role": "model"}}
+    body = {"candidates": [{**text, "finishReason": "MALFORMED_FUNCTION_CALL"}]}
+    out = ADAPTER.translate_response(Endpoint.CHAT, body, HELLO, "m")
+    assert out["choices"][0]["message"]["content"] == "Let me look"
+    streamed = chunks(translate_stream(b"data: " + orjson.dumps(body) + b"\n\n", [7]))
+    assert [c["choices"][0]["finish_reason"] for c in streamed if c["choices"]] == [None, None, "stop"]
+
+
+def test_a_stream_that_failed_before_a_word_sends_no_data_and_raises_at_its_end() -> None:
+    # No role chunk: calls.py fails over a stream that ends without data (the client saw nothing).
+    translator = ADAPTER.stream_translator(Endpoint.CHAT, {"stream": True}, "m")
+    assert translator is not None
+    assert translator.feed(b"data: " + orjson.dumps(FAILED_EMPTY) + b"\r\n\r\n") == b""
+    with pytest.raises(UpstreamBadResponse) as err:
+        translator.finish()
+    assert "MALFORMED_FUNCTION_CALL" in err.value.message
