@@ -71,4 +71,6 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         error = super().translate_error(status, body, retry_after_s, provider)
         if error.upstream_type is None:
             error.upstream_type = _TYPES_BY_STATUS.get(status)
+        if status == 429 and error.code in (None, "429"):
+            error.code = "rate_limit_exceeded"  # Azure's code is the status, as text: OpenAI's name
         return error

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 
 import orjson
 
@@ -88,7 +88,7 @@ class ProviderClient:
             return response
         try:
             body = await response.read()
-            retry_after = response.headers.get("Retry-After")
+            retry_after = _retry_after(response.headers)
         finally:
             response.close()
         raise self._status_error(status, body, retry_after)
@@ -101,7 +101,7 @@ class ProviderClient:
         if not 200 <= status < 300:
             try:
                 body = await response.read()
-                retry_after = response.headers.get("Retry-After")
+                retry_after = _retry_after(response.headers)
             finally:
                 response.close()
             raise self._status_error(status, body, retry_after)
@@ -292,6 +292,18 @@ def _begins_escaped(data: bytes, at: int, secret: str) -> bool:
                 return literal.startswith(piece) and at + len(piece) == size
             at += len(literal)
     return False  # the whole key: already replaced, so not a start
+
+
+def _retry_after(headers: Mapping[str, str]) -> str | None:
+    """The wait a provider asked for, in seconds as text: ``retry-after-ms`` (Azure OpenAI and
+    OpenAI send it, and the official SDKs read it first, being the finer) else ``Retry-After``."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return repr(float(ms) / 1000)
+        except ValueError:
+            pass
+    return headers.get("Retry-After")
 
 
 def _retry_after_s(value: str | None) -> float | None:

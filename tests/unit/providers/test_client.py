@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.errors import GatewayError, UpstreamAccountRefused, UpstreamBadResponse
+from gateway.errors import GatewayError, UpstreamAccountRefused, UpstreamBadResponse, UpstreamStatusError
 from gateway.policy.loader import parse_policy
 from gateway.providers.base import UpstreamRequest
 from gateway.providers.client import ProviderClient
@@ -163,3 +163,30 @@ async def test_a_refusal_of_the_gateways_account_fails_over_and_is_not_the_clien
     error = raised.value
     assert error.retryable and error.counts_against_provider and error.status == 502
     assert error.code == "provider_account_refused" and error.headers.get("x-should-retry") == "false"
+
+
+# Azure OpenAI's 429 (learn.microsoft.com, "quota"): the status as the code, both wait headers.
+AZURE_429 = {"error": {"code": "429", "message": "Requests to the ChatCompletions_Create Operation "
+                       "have exceeded call rate limit. Please retry after 1 second."}}  # fmt: skip
+
+
+@pytest.mark.parametrize("fetch", [False, True])
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after-ms": "1500", "Retry-After": "2"}, 1.5),  # the finer one, as the SDKs read it
+        ({"retry-after-ms": "soon", "Retry-After": "2"}, 2.0),
+        ({"Retry-After": "2"}, 2.0),
+        ({"retry-after-ms": "250"}, 0.25),
+    ],
+)
+async def test_a_429_waits_what_retry_after_ms_says_and_azures_code_is_openais(
+    headers: dict[str, str], seconds: float, fetch: bool
+) -> None:
+    answer = MockResponse.json(AZURE_429, status=429, headers=headers)
+    azure = client("azure", answer)
+    with pytest.raises(UpstreamStatusError) as raised:
+        await (azure.fetch_json(REQUEST) if fetch else azure.send(REQUEST))
+    error = raised.value
+    assert error.retry_after_s == seconds
+    assert error.code == "rate_limit_exceeded" and error.envelope()["error"]["type"] == "rate_limit_error"
