@@ -56,6 +56,8 @@ _UNSUPPORTED = {
 class AnthropicAdapter:
     """Translation between OpenAI chat completions and Anthropic's Messages API."""
 
+    embedding_batch: int | None = None
+
     def __init__(self, config: AnthropicProvider) -> None:
         self._version = config.api_version or DEFAULT_VERSION
         self._default_max_tokens = config.default_max_tokens

@@ -115,6 +115,11 @@ class ProviderAdapter(Protocol):
     provider settings (API version, default max_tokens, ...); it holds no per-request state.
     """
 
+    embedding_batch: int | None
+    """Most inputs the provider embeds in one call (Gemini's ``batchEmbedContents``: 100), or
+    None for no limit of the gateway's: a longer embeddings request is sent in slices of it and
+    answered as one (``service/calls.py``)."""
+
     def auth_headers(self, api_key: str | None) -> Mapping[str, str]:
         """Headers that authenticate every request (sent on the provider's pooled session)."""
         ...

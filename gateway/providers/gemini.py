@@ -39,9 +39,13 @@ from gateway.providers.gemini_response import chat_completion, embeddings, text_
 from gateway.providers.gemini_stream import GeminiStreamTranslator
 from gateway.wire.requests import JSONObject
 
+EMBEDDING_BATCH = 100  # "at most 100 requests can be in one batch" (batchEmbedContents)
+
 
 class GeminiAdapter:
     """Translates OpenAI calls to the Gemini API and its answers back."""
+
+    embedding_batch: int | None = EMBEDDING_BATCH
 
     def __init__(self, config: GeminiProvider | None = None) -> None:
         self._config = config  # nothing in it changes the translation (yet)

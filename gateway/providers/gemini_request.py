@@ -109,6 +109,9 @@ def embedding_request(body: JSONObject, resource: str) -> JSONObject:
     return {"requests": [{"model": resource, "content": {"parts": [{"text": t}]}, **extra} for t in inputs]}
 
 
+_OPENING = "."  # the text of a user turn put before a history that opens with a function call
+
+
 def _contents(messages: list[Any]) -> tuple[list[JSONObject], list[JSONObject]]:
     """System parts (every system/developer message, wherever it stands) and the contents.
 
@@ -140,6 +143,11 @@ def _contents(messages: list[Any]) -> tuple[list[JSONObject], list[JSONObject]]:
             contents.append({"role": gemini_role, "parts": parts})
     if not contents:
         raise UnsupportedByProvider(KIND, "a conversation without user or assistant messages")
+    if contents[0]["role"] == "model" and any("functionCall" in p for p in contents[0]["parts"]):
+        # Gemini refuses "a function call turn" not right after a user or function response turn
+        # (a history trimmed to its last exchange, an agent seeded with a call): a user turn
+        # that says next to nothing goes first.
+        contents.insert(0, {"role": "user", "parts": [{"text": _OPENING}]})
     return system, contents
 
 

@@ -27,6 +27,8 @@ _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 class OpenAIAdapter:
     """Pass-through adapter for OpenAI-compatible providers."""
 
+    embedding_batch: int | None = None
+
     def __init__(self, config: OpenAIProvider | None = None) -> None:
         self._config = config
 

@@ -346,14 +346,51 @@ class RequestService:
     # ----- 5 for a whole answer
 
     async def _fetch(self, target: Target, endpoint: Endpoint, body: JSONObject) -> tuple[bytes, object]:
+        client, adapter = target.client, target.client.adapter
+        if endpoint is Endpoint.EMBEDDINGS and adapter.embedding_batch is not None:
+            inputs = body.get("input")
+            if isinstance(inputs, list) and len(inputs) > adapter.embedding_batch:
+                return await self._fetch_slices(target, body, inputs, adapter.embedding_batch)
         if self._tracer.on:
             return await self._fetch_traced(target, endpoint, body)
-        client, adapter = target.client, target.client.adapter
         raw, parsed = await client.fetch_json(adapter.build_request(endpoint, body, target.model))
         translated = adapter.translate_response(endpoint, parsed, body, target.model)
         if translated is None:
             return raw, parsed.get("usage")  # OpenAI format already: forward the provider's bytes
         return orjson.dumps(translated), translated.get("usage")
+
+    async def _fetch_slices(
+        self, target: Target, body: JSONObject, inputs: list[object], size: int
+    ) -> tuple[bytes, object]:
+        """An embeddings request longer than the provider takes at once (``embedding_batch``),
+        sent in slices one after another to the same deployment and answered as one list: the
+        items numbered across slices, usage summed. A slice that fails fails the attempt."""
+        data: list[object] = []
+        prompt = total = 0
+        answer: JSONObject = {}
+        for start in range(0, len(inputs), size):
+            raw, _ = await self._fetch(
+                target, Endpoint.EMBEDDINGS, {**body, "input": inputs[start : start + size]}
+            )
+            answer = orjson.loads(raw)
+            items = answer.get("data")
+            if not isinstance(items, list) or len(items) != min(size, len(inputs) - start):
+                raise UpstreamBadResponse(
+                    f"{target.provider}: an embeddings slice came back with a different number of items",
+                    provider=target.provider,
+                )
+            for offset, item in enumerate(items):
+                if isinstance(item, dict):
+                    item["index"] = start + offset
+                data.append(item)
+            usage = answer.get("usage")
+            if isinstance(usage, dict):
+                counts = usage.get("prompt_tokens"), usage.get("total_tokens")
+                prompt += counts[0] if isinstance(counts[0], int) else 0
+                total += counts[1] if isinstance(counts[1], int) else 0
+        answer["data"] = data
+        answer["usage"] = {"prompt_tokens": prompt, "total_tokens": total}
+        return orjson.dumps(answer), answer["usage"]
 
     async def _fetch_traced(
         self, target: Target, endpoint: Endpoint, body: JSONObject

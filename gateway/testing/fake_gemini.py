@@ -166,6 +166,11 @@ async def _embed(
     requests = body.get("requests") if batch else [body]
     if not isinstance(requests, list) or not requests:
         raise refusal(400, "* BatchEmbedContentsRequest.requests: requests is not specified")
+    if len(requests) > MAX_EMBED_BATCH:
+        raise refusal(
+            400,
+            f"* BatchEmbedContentsRequest.requests: at most {MAX_EMBED_BATCH} requests can be in one batch",
+        )
     texts, dims = [], []
     for i, item in enumerate(requests):
         if not isinstance(item, dict) or item.get("model") != f"models/{model}":
@@ -215,6 +220,23 @@ async def _admit(request: web.Request, state: FakeState) -> dict[str, object]:
     return body
 
 
+MAX_EMBED_BATCH = 100
+_CALL_TURN = (
+    "Please ensure that function call turn comes immediately after a user turn or after a "
+    "function response turn."
+)
+
+
+def _calls_a_function(content: dict[str, object]) -> bool:
+    parts = content.get("parts")
+    return isinstance(parts, list) and any(isinstance(p, dict) and "functionCall" in p for p in parts)
+
+
+def _after_user_or_response(contents: list[object], i: int) -> bool:
+    before = contents[i - 1] if i > 0 else None
+    return isinstance(before, dict) and before.get("role") == "user"  # (a function response is a user turn)
+
+
 def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
     """The request's essentials; a request the real API would refuse gets its 400."""
     contents = body.get("contents")
@@ -226,6 +248,8 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
         role = content.get("role") if isinstance(content, dict) else None
         if role not in ("user", "model"):
             raise refusal(400, f"* GenerateContentRequest.contents[{i}].role: must be user or model")
+        if role == "model" and _calls_a_function(content) and not _after_user_or_response(contents, i):
+            raise refusal(400, _CALL_TURN)
         text = _text(content)
         words += len(text.split())
         if role == "user":

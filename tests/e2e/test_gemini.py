@@ -243,6 +243,35 @@ def test_embeddings_are_the_openai_fakes_vectors(gstack: GeminiStack) -> None:
     assert sent["body"]["requests"][0]["outputDimensionality"] == 4
 
 
+def test_more_inputs_than_one_gemini_batch_are_embedded_in_slices(gstack: GeminiStack) -> None:
+    # Gemini takes at most 100 inputs a call; the memory's ingest sends 256. Before: a 400.
+    texts = [f"text number {i}" for i in range(250)]
+    via_gemini = gstack.client().embeddings.create(model="embed-gemini", input=texts, encoding_format="float")
+    via_gpt = gstack.client().embeddings.create(model="embed-gpt", input=texts, encoding_format="float")
+    assert [d.index for d in via_gemini.data] == list(range(250))
+    for mine, theirs in zip(via_gemini.data, via_gpt.data, strict=True):
+        assert mine.embedding == pytest.approx(theirs.embedding, rel=1e-6)
+    assert len(gstack.last_request("gem")["body"]["requests"]) == 50  # the last slice
+
+
+def test_a_history_that_opens_with_a_tool_call_is_served(gstack: GeminiStack) -> None:
+    # A history trimmed to its last exchange. Before: Gemini's 400 "function call turn comes
+    # immediately after a user turn or after a function response turn".
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+    }
+    messages: Any = [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+        {"role": "user", "content": "and so?"},
+    ]
+    answer = gstack.client().chat.completions.create(model="gemini", messages=messages)
+    assert answer.choices[0].message.content
+    assert gstack.last_request("gem")["body"]["contents"][0] == {"role": "user", "parts": [{"text": "."}]}
+
+
 def test_legacy_completions_match_the_openai_path(gstack: GeminiStack) -> None:
     c = gstack.client()
     gemini = c.completions.create(model="gemini", prompt="complete me please")

@@ -131,3 +131,19 @@ async def test_injected_errors_use_google_bodies(aiohttp_client: AiohttpClient) 
     assert resp.status == 503 and (await resp.json())["error"]["status"] == "UNAVAILABLE"
     unknown = await post(client, "gem:countTokens", ASK)
     assert unknown.status == 404 and (await unknown.json())["error"]["status"] == "NOT_FOUND"
+
+
+async def test_it_refuses_what_gemini_refuses_in_batches_and_call_turns(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await fake(aiohttp_client)
+    one = {"model": "models/e", "content": {"parts": [{"text": "x"}]}}
+    resp = await post(client, "e:batchEmbedContents", {"requests": [one] * 101})
+    assert resp.status == 400 and "at most 100 requests" in (await resp.json())["error"]["message"]
+    assert (await post(client, "e:batchEmbedContents", {"requests": [one] * 100})).status == 200
+    call = {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {}}}]}
+    answer = {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"t": 1}}}]}
+    resp = await post(client, "gem:generateContent", {"contents": [call, answer], "tools": [WEATHER]})
+    assert resp.status == 400 and "function call turn" in (await resp.json())["error"]["message"]
+    ok = {"contents": [ASK["contents"][0], call, answer], "tools": [WEATHER]}
+    assert (await post(client, "gem:generateContent", ok)).status == 200
