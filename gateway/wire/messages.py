@@ -30,6 +30,7 @@ deployments still serve such a request natively, others refuse it.
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -401,11 +402,21 @@ def messages_usage(usage: object) -> JSONObject:
     return out
 
 
-def tool_use_id(call_id: object, fallback: str) -> str:
+def tool_use_id(call_id: object, used: set[str]) -> str:
     """An id Anthropic accepts (``[A-Za-z0-9_-]+``) for an OpenAI tool call id, so a client that
-    sends it back in a ``tool_result`` may be served by any deployment next turn."""
+    sends it back in a ``tool_result`` may be served by any deployment next turn; unique in its
+    message (``used``, the ids given so far, is added to): open models' servers repeat ids
+    (``call_0`` for every call) or send none, and Anthropic refuses a message whose ``tool_use``
+    ids repeat. A missing id gets a random one, as a repeated one gets a suffix."""
     cleaned = _TOOL_ID.sub("_", call_id) if isinstance(call_id, str) else ""
-    return cleaned or fallback
+    if not cleaned:
+        cleaned = "toolu_" + secrets.token_hex(12)
+    found, n = cleaned, 1
+    while found in used:
+        n += 1
+        found = f"{cleaned}_{n}"
+    used.add(found)
+    return found
 
 
 def tool_input(arguments: object) -> JSONObject:
@@ -435,17 +446,24 @@ def message_from_chat(completion: JSONObject, model: str) -> JSONObject:
     reply: JSONObject = found if isinstance(found, dict) else {}
     content: list[JSONObject] = []
     text = reply.get("content")
+    if isinstance(text, list):  # some compatible servers answer with content parts
+        text = "".join(p["text"] for p in text if isinstance(p, dict) and isinstance(p.get("text"), str))
     if isinstance(text, str) and text:
         content.append({"type": "text", "text": text})
+    refusal = reply.get("refusal")  # OpenAI's refusal: Anthropic says it as text, stop "refusal"
+    refused = isinstance(refusal, str) and bool(refusal)
+    if refused:
+        content.append({"type": "text", "text": refusal})
     calls = reply.get("tool_calls")
-    for i, call in enumerate(calls if isinstance(calls, list) else ()):
+    used: set[str] = set()
+    for call in calls if isinstance(calls, list) else ():
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
             continue
         content.append(
             {
                 "type": "tool_use",
-                "id": tool_use_id(call.get("id"), f"toolu_{i}"),
+                "id": tool_use_id(call.get("id"), used),
                 "name": str(function.get("name") or ""),
                 "input": tool_input(function.get("arguments")),
             }
@@ -457,11 +475,11 @@ def message_from_chat(completion: JSONObject, model: str) -> JSONObject:
         "role": "assistant",
         "model": answered if isinstance(answered, str) and answered else model,
         "content": content,
-        "stop_reason": stop_reason(choice.get("finish_reason")),
+        "stop_reason": "refusal" if refused else stop_reason(choice.get("finish_reason")),
         "stop_sequence": None,
         "usage": messages_usage(completion.get("usage")),
     }
 
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return max(0, value) if isinstance(value, int) and not isinstance(value, bool) else 0

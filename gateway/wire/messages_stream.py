@@ -11,7 +11,11 @@ Anthropic's sequence (its "Streaming Messages" reference; the SDK skips events w
 The input is what a provider adapter's stream translator produced (OpenAI SSE, whatever the
 provider spoke), decoded with the gateway's one SSE decoder. The first chunk opens the message;
 text opens a text block, a tool call (a delta with an ``id``, or an index not seen yet) a
-``tool_use`` block; a block is closed when another opens or at ``[DONE]``, which also sends
+``tool_use`` block; a block is closed when another opens or at ``[DONE]``. A tool call's
+arguments are sent as one ``input_json_delta`` when its block closes, and only if they are a JSON
+object: the Anthropic SDK parses every delta as it comes, and a model's malformed arguments (an
+open model's, a cut stream's) raised in the client; such a call keeps the empty ``input``. An
+OpenAI ``refusal`` is text, and the stop reason ``refusal``. ``[DONE]`` also sends
 ``message_delta`` with the stop reason and the usage chunk's counts (``input_tokens`` there
 too: OpenAI says the prompt's size only at the end, so ``message_start`` carries 0, and the
 SDK takes the delta's cumulative counts) and ``message_stop``. An OpenAI error event is not
@@ -40,11 +44,14 @@ class ChatToMessagesEvents:
     """One stream's state (see the module docstring)."""
 
     __slots__ = (
+        "_args",
         "_block",
         "_blocks",
         "_decoder",
         "_held",
+        "_ids",
         "_model",
+        "_refused",
         "_started",
         "_stop",
         "_tools",
@@ -64,6 +71,9 @@ class ChatToMessagesEvents:
         # Anthropic's blocks come one after another, and some OpenAI-compatible providers
         # interleave the argument deltas of parallel calls (0, 1, 0, 1).
         self._held: dict[int, tuple[JSONObject, list[str]]] = {}
+        self._args: tuple[int, list[str]] | None = None  # the open tool block's call and arguments
+        self._ids: set[str] = set()  # tool_use ids given (unique in the message)
+        self._refused = False
         self._stop: str | None = None
         self._usage: object = None
         self.done = False  # [DONE] translated: message_stop sent
@@ -111,6 +121,10 @@ class ChatToMessagesEvents:
             text = delta.get("content")
             if isinstance(text, str) and text:
                 out += self._text(text)
+            refusal = delta.get("refusal")
+            if isinstance(refusal, str) and refusal:
+                self._refused = True
+                out += self._text(refusal)
             calls = delta.get("tool_calls")
             if isinstance(calls, list):
                 for call in calls:
@@ -161,7 +175,7 @@ class ChatToMessagesEvents:
         if at not in self._tools:
             block = {
                 "type": "tool_use",
-                "id": tool_use_id(call.get("id"), f"toolu_{at}"),
+                "id": tool_use_id(call.get("id"), self._ids),
                 "name": str(function.get("name") or ""),
                 "input": {},
             }
@@ -171,12 +185,9 @@ class ChatToMessagesEvents:
             out = self._close()
             self._tools[at] = self._blocks
             out += self._open(block, "tool")
-        if pieces:
-            delta = {"type": "input_json_delta", "partial_json": pieces}
-            index = self._tools[at]
-            out += event(
-                "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
-            )
+            self._args = (at, [])
+        if pieces and self._args is not None and self._args[0] == at:
+            self._args[1].append(pieces)  # (a late piece of a call already closed is lost)
         return out
 
     def _release_held(self) -> bytes:
@@ -186,12 +197,7 @@ class ChatToMessagesEvents:
             out += self._close()
             self._tools[at] = self._blocks
             out += self._open(block, "tool")
-            if pieces:
-                delta = {"type": "input_json_delta", "partial_json": "".join(pieces)}
-                out += event(
-                    "content_block_delta",
-                    {"type": "content_block_delta", "index": self._tools[at], "delta": delta},
-                )
+            self._args = (at, pieces)
         self._held.clear()
         return out
 
@@ -207,15 +213,36 @@ class ChatToMessagesEvents:
         if self._block is None:
             return b""
         self._block = None
-        return event("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})
+        out = b""
+        if self._args is not None:
+            arguments = "".join(self._args[1])
+            self._args = None
+            if _is_object(arguments):
+                delta = {"type": "input_json_delta", "partial_json": arguments}
+                out = event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": self._blocks - 1, "delta": delta},
+                )
+        return out + event("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})
 
     def _finish(self) -> bytes:
         self.done = True
         usage = messages_usage(self._usage)
-        delta = {"stop_reason": self._stop or "end_turn", "stop_sequence": None}
+        stop = "refusal" if self._refused else self._stop or "end_turn"
+        delta = {"stop_reason": stop, "stop_sequence": None}
         return (
             self._release_held()
             + self._close()
             + event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
             + event("message_stop", {"type": "message_stop"})
         )
+
+
+def _is_object(arguments: str) -> bool:
+    """Whether a tool call's arguments are a JSON object (what Anthropic's ``input`` is)."""
+    if not arguments:
+        return False
+    try:
+        return isinstance(orjson.loads(arguments), dict)
+    except orjson.JSONDecodeError:
+        return False

@@ -5,6 +5,7 @@ Providers: ``oa`` (kind openai, translated), ``an`` (kind anthropic, passed thro
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -783,3 +784,75 @@ async def test_a_native_stream_cut_inside_an_event_ends_with_the_error_not_a_bro
             async for text in stream.text_stream:
                 got.append(text)
     assert got == ["Bon"]
+
+
+# ----- what OpenAI-compatible servers send that a Messages client must still read
+
+
+def _call(index: int, call_id: str | None, arguments: str, name: str = "get_weather") -> dict[str, Any]:
+    head: dict[str, Any] = (
+        {"id": call_id, "type": "function"} if call_id is not None else {"type": "function"}
+    )
+    return {"index": index, **head, "function": {"name": name, "arguments": arguments}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_repeated_or_missing_call_ids_become_unique_tool_use_ids(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams, stream: bool
+) -> None:
+    # vLLM and llama.cpp style: the same id for every call, or none. Anthropic refuses a message
+    # whose tool_use ids repeat, so the next turn failed on every Anthropic deployment.
+    calls = [_call(0, "call_0", '{"location": "Paris"}'), _call(1, "call_0", '{"location": "Oslo"}'),
+             _call(2, "", '{"location": "Rome"}'), _call(3, None, '{"location": "Bern"}')]  # fmt: skip
+    if stream:
+        deltas = [{"tool_calls": [c]} for c in calls]
+        upstreams.behaviour = {
+            "oa": lambda r: MockResponse.stream(chat_chunks("gpt-x", deltas, "tool_calls"))
+        }
+        async with sdk.messages.stream(model="gpt", max_tokens=50, messages=USER, tools=[WEATHER]) as s:  # type: ignore[list-item]
+            message = await s.get_final_message()
+    else:
+        whole = completion("gpt-x", None, [{k: v for k, v in c.items() if k != "index"} for c in calls])
+        upstreams.behaviour = {"oa": lambda r: MockResponse.json(whole)}
+        message = await sdk.messages.create(model="gpt", max_tokens=50, messages=USER, tools=[WEATHER])  # type: ignore[list-item]
+    uses = [b for b in message.content if b.type == "tool_use"]
+    assert [b.input for b in uses] == [{"location": c} for c in ("Paris", "Oslo", "Rome", "Bern")]
+    ids = [b.id for b in uses]
+    assert len(set(ids)) == 4 and ids[0] == "call_0"
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in ids)
+
+
+async def test_malformed_streamed_arguments_do_not_break_the_clients_sdk(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
+) -> None:
+    # An open model's broken JSON. Before, the Anthropic SDK parsed the delta and raised.
+    deltas = [{"tool_calls": [_call(0, "call_a", '{"location": "Par')]}, {"tool_calls": [_call(0, None, 'is", }}')]},
+              {"tool_calls": [_call(1, "call_b", '{"location": "Oslo"}')]}]  # fmt: skip
+    upstreams.behaviour = {"oa": lambda r: MockResponse.stream(chat_chunks("gpt-x", deltas, "tool_calls"))}
+    async with sdk.messages.stream(model="gpt", max_tokens=50, messages=USER, tools=[WEATHER]) as s:  # type: ignore[list-item]
+        message = await s.get_final_message()
+    assert [(b.type, getattr(b, "input", None)) for b in message.content] == [
+        ("tool_use", {}),
+        ("tool_use", {"location": "Oslo"}),
+    ]
+    assert message.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_openai_refusal_is_text_with_stop_reason_refusal(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams, stream: bool
+) -> None:
+    # Before, the refusal was dropped: an empty message that ended "end_turn".
+    said = "I'm sorry, I can't help with that."
+    if stream:
+        deltas = [{"refusal": "I'm sorry, "}, {"refusal": "I can't help with that."}]
+        upstreams.behaviour = {"oa": lambda r: MockResponse.stream(chat_chunks("gpt-x", deltas))}
+        async with sdk.messages.stream(model="gpt", max_tokens=50, messages=USER) as s:
+            message = await s.get_final_message()
+    else:
+        whole = completion("gpt-x", None)
+        whole["choices"][0]["message"]["refusal"] = said
+        upstreams.behaviour = {"oa": lambda r: MockResponse.json(whole)}
+        message = await sdk.messages.create(model="gpt", max_tokens=50, messages=USER)
+    assert [(b.type, getattr(b, "text", None)) for b in message.content] == [("text", said)]
+    assert message.stop_reason == "refusal"
