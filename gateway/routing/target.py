@@ -102,11 +102,17 @@ def rule_matches(when: RuleMatch, ctx: RouteContext) -> bool:
 
 
 def _text_chars(value: object) -> int:
-    """Characters of text in a prompt, message list or content-part list."""
+    """Characters of text in a prompt, message list or content-part list, tool calls' arguments
+    included (an agent's history is mostly calls and their results)."""
     if isinstance(value, str):
         return len(value)
     if isinstance(value, list):
         return sum(_text_chars(v) for v in value)
     if isinstance(value, dict):
-        return _text_chars(value.get("content")) + _text_chars(value.get("text"))
+        n = _text_chars(value.get("content")) + _text_chars(value.get("text"))
+        calls = value.get("tool_calls")
+        if isinstance(calls, list):
+            n += sum(_text_chars(c.get("function")) for c in calls if isinstance(c, dict))
+        arguments = value.get("arguments")  # (a call's function; a Responses function_call item)
+        return n + len(arguments) if isinstance(arguments, str) else n
     return 0

@@ -856,3 +856,13 @@ async def test_an_openai_refusal_is_text_with_stop_reason_refusal(
         message = await sdk.messages.create(model="gpt", max_tokens=50, messages=USER)
     assert [(b.type, getattr(b, "text", None)) for b in message.content] == [("text", said)]
     assert message.stop_reason == "refusal"
+
+
+async def test_count_tokens_counts_tool_use_inputs(sdk: anthropic.AsyncAnthropic) -> None:
+    # An agent's history is mostly calls: before, their inputs counted 0 (here 1 token, not 26).
+    use = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "x" * 84}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}
+    messages: Any = [{"role": "user", "content": "w"}, {"role": "assistant", "content": [use]},
+                     {"role": "user", "content": [result]}]  # fmt: skip
+    counted = await sdk.messages.count_tokens(model="gpt", messages=messages)
+    assert counted.input_tokens == (1 + len('{"location":"' + "x" * 84 + '"}') + 2) // 4
