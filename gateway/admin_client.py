@@ -3,6 +3,11 @@
 ``sophia-gateway keys --url``, ``rollout``, ``policy explain --url`` and ``policy diff --url``
 talk to a gateway the same way: JSON in and out, ``Authorization: Bearer $SOPHIA_ADMIN_TOKEN``
 when that variable is set, the gateway's own error message when it refuses.
+
+The token goes to ``--url`` and nowhere else: a redirect (3xx) is not followed but reported as an
+error naming where it pointed (urllib's default opener would have sent the token on to any host
+a redirect names), and a token no header can carry is refused before any call, in a message
+that never repeats it.
 """
 
 from __future__ import annotations
@@ -12,11 +17,34 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from email.message import Message
+from typing import IO, Any
 
 import orjson
 
+from gateway.settings import admin_token_problem
+
 Json = dict[str, Any]
+_LOCATION_CHARS = 300  # of a redirect's Location shown in the error
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: urllib then raises the 3xx as an ``HTTPError`` (``call_admin`` says
+    where it pointed), and nothing is sent to the redirect's target."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Message,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 class AdminCallError(Exception):
@@ -38,11 +66,17 @@ def call_admin(url: str, method: str, path: str, body: Json | None = None, timeo
     )
     token = os.environ.get("SOPHIA_ADMIN_TOKEN")
     if token:
-        request.add_header("Authorization", f"Bearer {token}")
+        problem = admin_token_problem(token)
+        if problem is not None:  # http.client's own refusal would quote the whole header
+            raise AdminCallError(f"SOPHIA_ADMIN_TOKEN {problem}", reached=False)
+        # Unredirected as well: never carried to another request, whatever opener runs it.
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+        with _OPENER.open(request, timeout=timeout_s) as resp:
             answer = orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            raise AdminCallError(_redirected(url, exc), reached=True) from None
         try:
             message = orjson.loads(exc.read())["error"]["message"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
@@ -55,6 +89,17 @@ def call_admin(url: str, method: str, path: str, body: Json | None = None, timeo
     if not isinstance(answer, dict):
         raise AdminCallError(f"{url}{path} did not answer a JSON object", reached=True)
     return answer
+
+
+def _redirected(url: str, exc: urllib.error.HTTPError) -> str:
+    location = (exc.headers.get("Location") if exc.headers is not None else None) or "nowhere"
+    if len(location) > _LOCATION_CHARS:
+        location = location[:_LOCATION_CHARS] + "…"
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in location)
+    return (
+        f"{url} answered HTTP {exc.code}, a redirect to {shown}: not followed (the admin token is "
+        "sent to --url only); give the gateway's own address as --url"
+    )
 
 
 def gateway_url(text: str) -> str:

@@ -25,7 +25,7 @@ from gateway.api.admin_keys import key_json
 from gateway.auth.backends import key_store
 from gateway.auth.keyring import KeyRing, KeySettings
 from gateway.errors import GatewayError, StartupError
-from gateway.policy.durations import format_duration, parse_duration_s
+from gateway.policy.durations import format_duration, parse_budget_period_s, parse_duration_s
 from gateway.policy.loader import PolicyError, load_policy
 from gateway.policy.model import MAX_RATE
 from gateway.settings import Settings, SettingsError
@@ -53,7 +53,9 @@ def add_arguments(keys: argparse.ArgumentParser) -> None:
     create.add_argument("--rpm", type=_positive_int, help="requests per minute")
     create.add_argument("--tpm", type=_positive_int, help="tokens per minute")
     create.add_argument("--budget-usd", type=_budget, help="spend allowed per budget period (USD)")
-    create.add_argument("--budget-period", type=_duration, help="the budget's period, e.g. 30d")
+    create.add_argument(
+        "--budget-period", type=_budget_period, help="the budget's period, e.g. 30d (at least 1s)"
+    )
     create.add_argument("--expires", type=_duration, help="lifetime, e.g. 90d (default: never)")
     create.add_argument(
         "--namespaces",
@@ -61,7 +63,7 @@ def add_arguments(keys: argparse.ArgumentParser) -> None:
         metavar="read:a,b|write:a",
         help="memory namespace grants (read:, write:; an empty list grants none)",
     )
-    create.add_argument("--name", help="a label shown in listings")
+    create.add_argument("--name", help="a label shown in listings (printable characters, up to 200)")
     create.add_argument("--description")
     create.set_defaults(func=_create)
 
@@ -298,7 +300,14 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _budget_period(text: str) -> float:
+    try:
+        return parse_budget_period_s(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _printable(text: str) -> str:
     """``text`` with characters a terminal would act on (escape sequences, carriage returns)
-    shown as ``\\xNN`` (a name stored before the API refused them)."""
+    shown as ``\\xNN`` (a name stored before ``KeyRing.create`` refused them)."""
     return text if text.isprintable() else "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)

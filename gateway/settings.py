@@ -21,6 +21,36 @@ class SettingsError(ValueError):
     says what it should be."""
 
 
+def admin_token_problem(token: str) -> str | None:
+    """What makes ``token`` unusable as ``SOPHIA_ADMIN_TOKEN``, or None when it is fine.
+
+    The token travels as ``Authorization: Bearer <token>``, and the gateway compares only printable
+    ASCII there (``!`` to ``~``: RFC 9110 header text without spaces): a token with a space, a line
+    break (a secret file's trailing newline), a tab or a non-ASCII letter could never be sent
+    right, so every admin call would be refused. The answer names the first such character by
+    kind and position, never the token itself."""
+    for position, char in enumerate(token, 1):
+        if "\x21" <= char <= "\x7e":
+            continue
+        hint = ""
+        if char in "\r\n":
+            kind = "a line break"
+            hint = " (a secret file's trailing newline?)" if position == len(token) else ""
+        elif char == " ":
+            kind = "a space"
+        elif char == "\t":
+            kind = "a tab"
+        elif char < " " or char == "\x7f":
+            kind = "a control character"
+        else:
+            kind = "a non-ASCII character"
+        return (
+            f"has {kind} at character {position} of {len(token)}{hint}: it may hold only printable ASCII "
+            "(! to ~, no spaces), as an HTTP header carries it"
+        )
+    return None
+
+
 def port_number(text: str) -> int:
     """``text`` as a TCP port (0 to 65535; 0 = any free port); ValueError otherwise."""
     return _in_range(text, int, 0, 65535, "a port number")
@@ -58,6 +88,14 @@ def _env_choice(
     if value not in choices:
         raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     return value
+
+
+def _env_admin_token(e: Mapping[str, str]) -> str | None:
+    token = e.get("SOPHIA_ADMIN_TOKEN") or None
+    problem = None if token is None else admin_token_problem(token)
+    if problem is not None:
+        raise SettingsError(f"SOPHIA_ADMIN_TOKEN {problem}")
+    return token
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +154,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``SOPHIA_*`` variables (see the README's configuration table); a value that is
-        not a number where one is needed raises ``SettingsError`` naming the variable."""
+        not a number where one is needed, or an admin token no header can carry, raises
+        ``SettingsError`` naming the variable (never repeating a token)."""
         e = os.environ if env is None else env
         base = cls()
         port = _env_number(e, "SOPHIA_PORT", int, 0, 65535, "a port number")
@@ -131,7 +170,7 @@ class Settings:
             log_format=_env_choice(e, "SOPHIA_LOG_FORMAT", base.log_format, ("json", "text")),
             access_log=e.get("SOPHIA_ACCESS_LOG", "1") not in ("0", "false", "no"),
             policy_watch=e.get("SOPHIA_POLICY_WATCH", "1") not in ("0", "false", "no"),
-            admin_token=e.get("SOPHIA_ADMIN_TOKEN") or None,
+            admin_token=_env_admin_token(e),
             redis_url=e.get("REDIS_URL") or None,
             cache_prefix=e.get("SOPHIA_CACHE_PREFIX", base.cache_prefix),
             memory_url=e.get("MEMORY_URL") or None,

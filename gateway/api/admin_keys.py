@@ -1,34 +1,47 @@
 """``/admin/keys``: issue, list, revoke and rotate virtual keys (behind the admin token).
 
 ``POST /admin/keys`` answers 201 with the key's ``secret``, the only time it is ever shown;
-listings and every other answer carry the record without secret or hash.
+listings and every other answer carry the record without secret or hash. The body is checked
+strictly: a number sent as a string, a whole number as ``5.0`` or ``true`` is a 400 naming the
+field, never read as something else.
+
+Under ``serve --workers N`` each worker caches key lookups for ``auth.key_cache_s``. A revoke or
+rotate is written once (by the worker that takes the request), then every other worker is asked
+over its Unix socket to revoke the key too (``DELETE /admin/keys/{id}``: revoking twice keeps the
+first time), which drops its cached lookup, so no worker accepts the key after the answer; the
+answer lists each worker's outcome under ``workers``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from gateway import keys
+from gateway.api import peers
 from gateway.auth.keyring import KeyRing, KeySettings
 from gateway.auth.records import KeyRecord
 from gateway.errors import InvalidRequest
 from gateway.http.auth import require_admin
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
-from gateway.policy.durations import DurationS
+from gateway.policy.durations import BudgetPeriodS, DurationS
 from gateway.policy.model import MAX_RATE
 
-# A label for listings: no control characters (a terminal would run an escape sequence in it).
-_NAME = Field(None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+log = logging.getLogger(__name__)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as sent ("5" is not 5, 5.0 and true are not 1); a duration may still be
+    # "30d" or a number of seconds (its own parser), a float field takes a whole number.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class NamespacesIn(_Strict):
@@ -45,11 +58,11 @@ class KeyCreateIn(_Strict):
     rpm: int | None = Field(None, ge=1, le=MAX_RATE)
     tpm: int | None = Field(None, ge=1, le=MAX_RATE)
     budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
-    budget_period: DurationS | None = None
+    budget_period: BudgetPeriodS | None = None
     expires: DurationS | None = None
     namespaces: NamespacesIn | None = None
-    name: str | None = _NAME
-    description: str | None = Field(None, max_length=2000)
+    name: str | None = None  # its bounds are KeyRing.create's (the CLI's too)
+    description: str | None = None
 
     def settings(self) -> KeySettings:
         ns = self.namespaces or NamespacesIn()
@@ -88,19 +101,55 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 async def revoke(request: web.Request) -> web.Response:
-    """``DELETE /admin/keys/{id}``: the key, revoked (revoking twice keeps the first time)."""
+    """``DELETE /admin/keys/{id}``: the key, revoked (revoking twice keeps the first time), and
+    no longer accepted by any worker of the set."""
     ring = _ring(request)
     record = await ring.revoke(request.match_info["id"])
-    return _render(key_json(record, time.time()))
+    body = key_json(record, time.time())
+    await _every_worker_drops(request, record.key_id, body)
+    return _render(body)
 
 
 async def rotate(request: web.Request) -> web.Response:
     """``POST /admin/keys/{id}/rotate``: a new key with the same settings (its ``secret`` shown
-    once, ``replaces`` naming the old one, now revoked)."""
+    once, ``replaces`` naming the old one, now revoked and no longer accepted by any worker)."""
     ring = _ring(request)
     old_id = request.match_info["id"]
     secret, record = await ring.rotate(old_id)
-    return _render({**key_json(record, time.time()), "secret": secret, "replaces": old_id}, status=201)
+    body = {**key_json(record, time.time()), "secret": secret, "replaces": old_id}
+    await _every_worker_drops(request, old_id, body)
+    return _render(body, status=201)
+
+
+async def _every_worker_drops(request: web.Request, key_id: str, body: dict[str, Any]) -> None:
+    """Under ``serve --workers N``: ask every other worker to revoke ``key_id`` (already revoked:
+    it keeps its time) so each drops its cached lookup now, and list the outcomes in ``body``.
+    Nothing when this process serves alone or the request came from a peer."""
+    worker = request.app[keys.SETTINGS].worker
+    if worker is None or peers.from_peer(request):
+        return
+    headers = (
+        {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
+    )
+    path = f"/admin/keys/{key_id}"  # a key id as the key ring checked it: nothing to quote
+
+    async def ask(index: int) -> dict[str, Any]:
+        answer = await peers.ask(worker, index, "DELETE", path, headers)
+        if answer is None:
+            result = "unreachable"  # restarting (its cache starts empty) or stuck
+        else:
+            result = "revoked" if answer.status == 200 else f"failed ({answer.status})"
+        if result != "revoked":
+            log.warning(
+                "a worker may accept a revoked key until its cached lookup expires",
+                extra={"fields": {"worker": index, "key_id": key_id, "result": result}},
+            )
+        return {"worker": index, "result": result}
+
+    others = await asyncio.gather(*(ask(index) for index in peers.peers(worker)))
+    body["workers"] = sorted(
+        [{"worker": worker.index, "result": "revoked"}, *others], key=lambda w: w["worker"]
+    )
 
 
 def key_json(record: KeyRecord, now_s: float) -> dict[str, Any]:
@@ -149,7 +198,28 @@ def _parse(body: dict[str, Any]) -> KeyCreateIn:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         param = ".".join(str(p) for p in err["loc"]) or None
-        message = err["msg"].removeprefix("Value error, ")
+        message = err["msg"].removeprefix("Value error, ") + _sent_as(err)
         raise InvalidRequest(
             f"Invalid value for '{param}': {message}." if param else f"{message}.", param=param
         ) from None
+
+
+# What a JSON value was, for a refusal of its type (bool before int: True is an int in Python).
+_JSON_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "true/false"),
+    (int, "a whole number"),
+    (float, "a number with a decimal point"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "an object"),
+    (type(None), "null"),
+)
+
+
+def _sent_as(err: ErrorDetails) -> str:
+    """`` (sent: a string)`` after a refusal of a value's type: what the JSON held (never the
+    value itself); nothing after other refusals."""
+    if not err["type"].endswith("_type"):
+        return ""
+    sent = next((name for kind, name in _JSON_TYPES if isinstance(err["input"], kind)), "another type")
+    return f" (sent: {sent})"

@@ -4,7 +4,16 @@
 holds only hashes), looks the hash up, and merges the key's own settings over its team's
 defaults from the policy into a ``Caller``. Results, found or not, are cached in this process for
 ``auth.key_cache_s`` so a steady caller costs one dict lookup; a revocation made through this
-key ring drops its entry at once, other replicas see it when their entry expires.
+key ring drops its entry at once (``/admin/keys`` under ``serve --workers N`` asks every worker
+to drop it: ``api/admin_keys.py``), other replicas see it when their entry expires.
+
+Made-up keys cannot make the store work for them: a secret that is not of a form this gateway
+issues, or whose checksum is wrong (``records.secret_form``), is refused before any lookup; and
+lookups of secrets this process has not found lately are allowed at a bounded rate for each
+form (``LOOKUPS_PER_S``, ``LOOKUP_BURST``), so a flood of well-formed guesses (of the old,
+checksum-less form, or with checksums computed) costs the store at most that. Past it, such a
+secret gets the store's 503 (``KeyStoreUnavailable``, retry shortly) while keys already found
+by this process keep being looked up as usual.
 """
 
 from __future__ import annotations
@@ -19,14 +28,18 @@ from dataclasses import dataclass, replace
 
 from gateway.auth.identity import Caller
 from gateway.auth.records import (
+    CHECKED,
+    LEGACY,
     KeyRecord,
     KeyStore,
     hash_secret,
     new_key_id,
     new_secret,
+    secret_form,
     shown_prefix,
 )
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import InvalidRequest, KeyStoreUnavailable, NotFound
+from gateway.policy.durations import MIN_BUDGET_PERIOD_S, format_duration
 from gateway.policy.model import Team
 
 log = logging.getLogger(__name__)
@@ -36,6 +49,15 @@ log = logging.getLogger(__name__)
 MAX_CACHED_KEYS = 10_000
 MAX_CACHED_MISSES = 1_000
 KEY_ID = re.compile(r"key_[a-z2-7]{12}")  # what new_key_id makes
+# Store lookups of secrets this process has not found lately (never seen, or only as unknown),
+# per form of key (checked, legacy): LOOKUP_BURST at once, then LOOKUPS_PER_S. A key found
+# before is looked up again when its cache entry expires whatever the rate (and after a policy
+# reload), so live keys are never held back; only new or made-up ones share the allowance.
+LOOKUPS_PER_S = 200.0
+LOOKUP_BURST = 1_000
+# A key's label (listings print it in a terminal) and description.
+MAX_NAME_CHARS = 200
+MAX_DESCRIPTION_CHARS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +74,25 @@ class KeySettings:
     namespaces_write: tuple[str, ...] | None = None
     name: str | None = None
     description: str | None = None
+
+
+@dataclass(slots=True)
+class _Allowance:
+    """A token bucket: ``take`` is True while lookups stay within ``rate`` a second (``burst``
+    at once)."""
+
+    rate: float
+    burst: float
+    tokens: float
+    at: float
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = max(self.at, now)
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +116,8 @@ class KeyRing:
         clock: Callable[[], float] = time.time,
         *,
         model_groups: Collection[str] | None = None,
+        lookups_per_s: float = LOOKUPS_PER_S,
+        lookup_burst: int = LOOKUP_BURST,
     ) -> None:
         self.store = store
         self.teams = teams
@@ -83,23 +126,37 @@ class KeyRing:
         self._model_groups = model_groups
         self._hits: OrderedDict[str, _Cached] = OrderedDict()
         self._misses: OrderedDict[str, _Cached] = OrderedDict()
+        now = clock()
+        self._allowances = {
+            form: _Allowance(lookups_per_s, float(lookup_burst), float(lookup_burst), now)
+            for form in (CHECKED, LEGACY)
+        }
+        self._warned_at = -1e18
+        # Bumped whenever cached lookups are dropped (revoke, rotate, reload): a lookup that was
+        # under way then may have read the key as it was before, so its answer is not cached.
+        self._epoch = 0
 
     def reconfigure(
         self, teams: Mapping[str, Team], cache_s: float, model_groups: Collection[str] | None
     ) -> None:
         """Follow a policy reload: teams (limits, models, namespaces) apply to the next request,
-        so the keys already looked up are looked up again."""
+        so the keys already looked up are looked up again (as keys found before: outside the
+        lookup allowance)."""
         self.teams, self.cache_s, self._model_groups = teams, cache_s, model_groups
-        self._hits.clear()
+        for key_hash, entry in list(self._hits.items()):
+            self._hits[key_hash] = replace(entry, until_s=float("-inf"))  # stale, still known
         self._misses.clear()
+        self._epoch += 1
 
     async def create(self, team: str, settings: KeySettings | None = None) -> tuple[str, KeyRecord]:
         """A new key of ``team``: its secret (shown once, never stored) and its record.
 
-        Raises ``InvalidRequest`` for a team the policy does not name, or models it lacks."""
+        Raises ``InvalidRequest`` for a team the policy does not name, models it lacks, or a
+        setting out of bounds (the one check for ``/admin/keys`` and ``keys create`` alike)."""
         s = settings or KeySettings()
         self._check_team(team)
         self._check_models(s.models)
+        _check_label(s.name, s.description)
         for field, value in (("rpm", s.rpm), ("tpm", s.tpm)):
             if value is not None and value < 1:
                 raise InvalidRequest(f"'{field}' must be at least 1.", param=field)
@@ -110,6 +167,11 @@ class KeyRing:
         ):
             if number is not None and not (number >= 0 if field == "budget_usd" else number > 0):
                 raise InvalidRequest(f"'{field}' must be a positive number.", param=field)
+        if s.budget_period_s is not None and s.budget_period_s < MIN_BUDGET_PERIOD_S:
+            raise InvalidRequest(
+                f"'budget_period' must be at least {format_duration(MIN_BUDGET_PERIOD_S)}.",
+                param="budget_period",
+            )
         now = self._clock()
         secret = new_secret()
         record = KeyRecord(
@@ -188,19 +250,33 @@ class KeyRing:
         team is gone from the policy). Raises ``KeyStoreUnavailable`` when the store cannot answer.
 
         The secret is hashed first and only the hash is looked up or kept, so the time taken
-        does not depend on how much of a stored secret a guess shares."""
+        does not depend on how much of a stored secret a guess shares. A secret of no form this
+        gateway issues (or with a wrong checksum) is None without a lookup; a lookup of one this
+        process has not found lately, past the allowance of its form, is ``KeyStoreUnavailable``."""
+        form = secret_form(secret)
+        if form is None:
+            return None
         key_hash = hash_secret(secret)
         now = self._clock()
-        cached = self._hits.get(key_hash) or self._misses.get(key_hash)
+        hit = self._hits.get(key_hash)
+        cached = hit or self._misses.get(key_hash)
         if cached is not None and now < cached.until_s:
             if cached.record is None or not cached.record.is_active(now):
                 return None
             return cached.caller
+        if hit is None and not self._allowances[form].take(now):
+            self._warn_flood(form, now)
+            raise KeyStoreUnavailable()
+        epoch = self._epoch
         record = await self.store.find_by_hash(key_hash)
         caller = None
         # compare_digest: a store that matched loosely (collation, padding) has not found this key.
         if record is not None and hmac.compare_digest(record.hash, key_hash) and record.is_active(now):
             caller = self._caller(record)
+        if epoch != self._epoch:
+            # Revoked, rotated or reloaded while the store answered: answer this request (it
+            # asked before that) but keep nothing that may predate it.
+            return caller
         if caller is None:
             self._remember(self._misses, key_hash, _Cached(now + self.cache_s, None, None), MAX_CACHED_MISSES)
             return None
@@ -225,7 +301,10 @@ class KeyRing:
             rpm=record.rpm if record.rpm is not None else team.rpm,
             tpm=record.tpm if record.tpm is not None else team.tpm,
             budget_usd=budget_usd,
-            budget_period_s=None if budget_usd is None else record.budget_period_s or team.budget_period,
+            budget_period_s=None
+            if budget_usd is None
+            # A period stored before the minimum existed counts as the minimum.
+            else max(MIN_BUDGET_PERIOD_S, record.budget_period_s or team.budget_period),
             read_namespaces=None if read is None else frozenset(read),
             write_namespaces=None if write is None else frozenset(write),
         )
@@ -240,6 +319,16 @@ class KeyRing:
     def _forget(self, key_hash: str) -> None:
         self._hits.pop(key_hash, None)
         self._misses.pop(key_hash, None)
+        self._epoch += 1
+
+    def _warn_flood(self, form: str, now: float) -> None:
+        if now - self._warned_at >= 60.0:  # one line a minute while it lasts
+            self._warned_at = now
+            log.warning(
+                "unknown keys arrive faster than the key store lookup allowance; refusing the excess "
+                "with 503 (keys already found are unaffected)",
+                extra={"fields": {"form": form, "lookups_per_s": self._allowances[form].rate}},
+            )
 
     def _check_team(self, team: str) -> None:
         if team not in self.teams:
@@ -261,6 +350,25 @@ class KeyRing:
                 param="models",
                 code="model_not_found",
             )
+
+
+def _check_label(name: str | None, description: str | None) -> None:
+    """A key's name: 1 to MAX_NAME_CHARS printable characters (listings print it on a terminal:
+    an escape sequence, a carriage return or a bidirectional override would act there); its
+    description: at most MAX_DESCRIPTION_CHARS."""
+    if name is not None:
+        if not 1 <= len(name) <= MAX_NAME_CHARS:
+            raise InvalidRequest(f"'name' must be 1 to {MAX_NAME_CHARS} characters.", param="name")
+        if not name.isprintable():
+            raise InvalidRequest(
+                "'name' must not contain control or other non-printable characters "
+                "(terminal escapes, line breaks, tabs, invisible formatting).",
+                param="name",
+            )
+    if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
+        raise InvalidRequest(
+            f"'description' must be at most {MAX_DESCRIPTION_CHARS} characters.", param="description"
+        )
 
 
 def _unknown_key(key_id: str) -> NotFound:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import builtins
 import hashlib
+import hmac
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,11 +23,42 @@ import orjson
 SECRET_PREFIX = "sk-sg-"
 # Shown in listings: the prefix and the first 4 characters of the random part, then an ellipsis.
 _SHOWN_CHARS = 4
+# A key issued today: the prefix, 43 url-safe characters (256 random bits), then 8 characters of
+# checksum (48 bits of a SHA-256 of the rest). The edge checks the checksum before the key store
+# is asked, so a flood of made-up keys costs a hash each, not a query each. Keys issued before
+# the checksum (the prefix and the 43 characters alone) keep working: they are looked up as
+# before, within a bounded rate (``keyring.py``); rotating one gives it the new form.
+_RANDOM_CHARS = 43
+_CHECK_CHARS = 8
+_URL_SAFE = r"[A-Za-z0-9_-]"
+_CHECKED_KEY = re.compile(rf"{SECRET_PREFIX}({_URL_SAFE}{{{_RANDOM_CHARS}}})({_URL_SAFE}{{{_CHECK_CHARS}}})")
+_LEGACY_KEY = re.compile(rf"{SECRET_PREFIX}{_URL_SAFE}{{{_RANDOM_CHARS}}}")
+CHECKED = "checked"  # secret_form: the current form, its checksum right
+LEGACY = "legacy"  # secret_form: the form before checksums (nothing to check)
 
 
 def new_secret() -> str:
-    """A fresh key: ``sk-sg-`` + 43 url-safe characters (256 random bits)."""
-    return SECRET_PREFIX + secrets.token_urlsafe(32)
+    """A fresh key: ``sk-sg-`` + 43 url-safe characters (256 random bits) + an 8-character
+    checksum of them (57 characters in all)."""
+    random_part = secrets.token_urlsafe(32)
+    return SECRET_PREFIX + random_part + _checksum(random_part)
+
+
+def secret_form(secret: str) -> str | None:
+    """``CHECKED`` for a key of the current form whose checksum is right, ``LEGACY`` for one of
+    the form issued before checksums, None for anything no gateway ever issued (a wrong
+    checksum, another length, other characters): that one needs no lookup to be refused."""
+    match = _CHECKED_KEY.fullmatch(secret)
+    if match is not None:
+        return CHECKED if hmac.compare_digest(match.group(2), _checksum(match.group(1))) else None
+    return LEGACY if _LEGACY_KEY.fullmatch(secret) else None
+
+
+def _checksum(random_part: str) -> str:
+    # Not a secret and not a signature: it only tells a key this gateway made from a typo or a
+    # guess without asking the store (48 bits: a random guess passes once in 2.8e14).
+    digest = hashlib.sha256(b"sophia-gateway key checksum\x00" + random_part.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest[:6]).decode("ascii")
 
 
 def new_key_id() -> str:

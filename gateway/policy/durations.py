@@ -1,7 +1,9 @@
 """Durations written the way people write them (``30d``, ``12h``, ``90m``, ``45s``, ``2w``).
 
 The policy's ``auth.teams.*.budget_period`` and the ``keys create --expires / --budget-period``
-flags share this one parser, so a duration means the same everywhere.
+flags share this one parser, so a duration means the same everywhere. A budget period is at
+least ``MIN_BUDGET_PERIOD_S`` (``BudgetPeriodS``): the limiters count spend per period in whole
+milliseconds, and a shorter one (``0.0001``) became a period of 0 there, which counted nothing.
 """
 
 from __future__ import annotations
@@ -18,25 +20,42 @@ DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*[wdhmsWDHMS]?\s*$"
 # The longest duration (100 years): an expiry or a period past it is a typo, and a date that far
 # ahead no longer fits the stores' and the answers' 64-bit integers.
 MAX_DURATION_S = 36500 * 86400.0
+# The shortest budget period: a budget renewed more often than each second limits nothing, and
+# Redis' limiter counts periods in whole milliseconds (0.0001 s was a period of 0 ms there).
+MIN_BUDGET_PERIOD_S = 1.0
 
 
 def parse_duration_s(value: str | float) -> float:
     """``30d`` / ``12h`` / ``90m`` / ``45s`` / ``2w`` / a number of seconds -> seconds (> 0).
 
     Raises ValueError saying what is expected for anything else."""
+    return _bounded(_seconds(value), 0.0, "a duration longer than 0")
+
+
+def parse_budget_period_s(value: str | float) -> float:
+    """``parse_duration_s``, and at least ``MIN_BUDGET_PERIOD_S`` (ValueError saying so)."""
+    return _bounded(
+        _seconds(value),
+        MIN_BUDGET_PERIOD_S,
+        f"a budget period of at least {format_duration(MIN_BUDGET_PERIOD_S)}",
+        inclusive=True,
+    )
+
+
+def _seconds(value: str | float) -> float:
     if isinstance(value, bool):
         raise ValueError("must be a duration such as 30d, 12h, 90m or a number of seconds")
     if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(
-                f"must be a duration such as 30d, 12h, 90m or a number of seconds, not {value!r}"
-            )
-        seconds = float(match.group(1)) * _UNIT_S[(match.group(2) or "s").lower()]
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError("must be a duration longer than 0")
+        return float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"must be a duration such as 30d, 12h, 90m or a number of seconds, not {value!r}")
+    return float(match.group(1)) * _UNIT_S[(match.group(2) or "s").lower()]
+
+
+def _bounded(seconds: float, low: float, what: str, *, inclusive: bool = False) -> float:
+    if not math.isfinite(seconds) or seconds < low or (seconds == low and not inclusive):
+        raise ValueError(f"must be {what}")
     if seconds > MAX_DURATION_S:
         raise ValueError("must be a duration of at most 100 years (36500d)")
     return seconds
@@ -62,6 +81,29 @@ DurationS = Annotated[
     float,
     BeforeValidator(_duration),
     Field(gt=0),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
+                {"type": "string", "pattern": DURATION_PATTERN},
+            ]
+        }
+    ),
+]
+
+
+def _budget_period(value: object) -> object:
+    if isinstance(value, str | int | float):
+        return parse_budget_period_s(value)
+    return value
+
+
+# A budget's period in seconds (at least MIN_BUDGET_PERIOD_S). Its JSON schema is DurationS':
+# a string's minimum ("0.5s" is too short) cannot be written as a pattern, so the loader says it.
+BudgetPeriodS = Annotated[
+    float,
+    BeforeValidator(_budget_period),
+    Field(ge=MIN_BUDGET_PERIOD_S),
     WithJsonSchema(
         {
             "anyOf": [

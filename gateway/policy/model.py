@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.policy.durations import DurationS
+from gateway.policy.durations import BudgetPeriodS, DurationS
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -927,7 +927,7 @@ class Team(_Strict):
     budget_usd: float | None = Field(
         None, ge=0, description="Spend allowed per key per `budget_period`, in US dollars (null: unlimited)."
     )
-    budget_period: DurationS = Field(
+    budget_period: BudgetPeriodS = Field(
         30 * 86400.0, description="The budget's period, e.g. 30d, 7d, 12h (seconds when a number)."
     )
     namespaces: TeamNamespaces = TeamNamespaces()

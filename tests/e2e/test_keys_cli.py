@@ -4,6 +4,7 @@ then against a running gateway (``--url``, admin token), whose edge honours what
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import urllib.error
@@ -102,7 +103,7 @@ def test_create_list_revoke_rotate_on_the_sqlite_store(workdir: Path) -> None:
     assert created.returncode == 0, created.stderr
     lines = created.stdout.splitlines()
     secret = lines[-1]
-    assert secret.startswith("sk-sg-") and len(secret) == 49
+    assert secret.startswith("sk-sg-") and len(secret) == 57
     key_id = lines[0].split()[2]
     assert key_id.startswith("key_")
     assert (workdir / "data" / "keys.sqlite3").exists()  # auth.store's default, beside the policy's cwd
@@ -116,10 +117,14 @@ def test_create_list_revoke_rotate_on_the_sqlite_store(workdir: Path) -> None:
     assert [(k["id"], k["namespaces"]) for k in data] == [(key_id, {"read": ["a", "b"], "write": []})]
     assert keys_json(workdir, "list", "--policy", "policy.yaml", "--team", "ops")["data"] == []
 
-    # A label with a terminal escape (given to the CLI, which writes the store directly) is listed
-    # with the escape shown, not sent to the terminal.
+    # A label with a terminal escape is refused by the CLI as by /admin/keys (KeyRing.create)...
     escaped = keys(workdir, "create", "--policy", "policy.yaml", "--team", "ops", "--name", "x\x1b[31mred")
-    assert escaped.returncode == 0, escaped.stderr
+    assert escaped.returncode == 1 and "'name'" in escaped.stderr and "\x1b" not in escaped.stderr
+    assert keys_json(workdir, "list", "--policy", "policy.yaml", "--team", "ops")["data"] == []
+    # ...and one stored before that check is listed with the escape shown, not sent to the terminal.
+    ops = keys_json(workdir, "create", "--policy", "policy.yaml", "--team", "ops", "--name", "plain")
+    with sqlite3.connect(workdir / "data" / "keys.sqlite3") as conn:
+        conn.execute("UPDATE virtual_keys SET name = ? WHERE key_id = ?", ("x\x1b[31mred", ops["id"]))
     listed = keys(workdir, "list", "--policy", "policy.yaml", "--team", "ops")
     assert "\x1b" not in listed.stdout and "x\\x1b[31mred" in listed.stdout, listed.stdout
 
@@ -142,6 +147,10 @@ def test_refusals_are_one_line_and_exit_non_zero(workdir: Path) -> None:
     assert bad_model.returncode == 1 and "'gpt-9'" in bad_model.stderr
     bad_flag = keys(workdir, "create", "--team", "ops", "--expires", "soon", "--policy", "policy.yaml")
     assert bad_flag.returncode == 2 and "duration" in bad_flag.stderr
+    short = keys(workdir, "create", "--team", "ops", "--budget-period", "0.5s", "--policy", "policy.yaml")
+    assert short.returncode == 2 and "at least 1s" in short.stderr
+    long_name = keys(workdir, "create", "--team", "ops", "--name", "n" * 201, "--policy", "policy.yaml")
+    assert long_name.returncode == 1 and "'name' must be 1 to 200 characters" in long_name.stderr
     missing = keys(workdir, "revoke", "key_abcdefghijkl", "--policy", "policy.yaml")
     assert missing.returncode == 1 and "No such key" in missing.stderr
 

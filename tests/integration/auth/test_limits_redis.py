@@ -8,14 +8,20 @@ import gc
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
 from gateway.auth.identity import Caller
+from gateway.auth.keyring import KeyRing
+from gateway.auth.records import KeyRecord, hash_secret
 from gateway.auth.redis_limits import RedisLimiter
+from gateway.auth.sqlite_keys import SQLiteKeyStore
 from gateway.auth.usage import UsageQuery, day_of
 from gateway.errors import LimitsUnavailable
+from gateway.policy.durations import MIN_BUDGET_PERIOD_S
+from gateway.policy.model import Team
 from gateway.testing.redis_server import PrivateRedis
 
 START_MS = 1_000_000_000_000
@@ -77,6 +83,43 @@ async def test_tpm_reserve_settle_and_budget(redis_url: str, redis_prefix: str) 
         assert rows[0].cost_usd == pytest.approx(1.1)
     finally:
         await limiter.close()
+
+
+async def test_a_budget_period_stored_below_the_minimum_still_counts_spend(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    # A key written before the minimum existed, with a period of 0.1 ms: Redis counted periods
+    # of int(0.0001 * 1000) = 0 ms, so its spend was never counted and its budget never refused.
+    # The key ring reads it as the minimum period (1 s), which Redis counts.
+    store = SQLiteKeyStore(str(tmp_path / "keys.sqlite3"))
+    await store.start()
+    clock = ClockMs()
+    limiter = await _limiter(redis_url, redis_prefix, clock)
+    try:
+        secret = "sk-sg-" + "p" * 43  # the form keys had then
+        await store.insert(
+            KeyRecord(
+                "key_aaaaaaaaaaaa",
+                hash_secret(secret),
+                "sk-sg-pppp…",
+                "alpha",
+                1.0,
+                budget_usd=1.0,
+                budget_period_s=0.0001,
+            )
+        )
+        ring = KeyRing(store, {"alpha": Team()}, clock=lambda: clock.now / 1000)
+        caller = await ring.authenticate(secret)
+        assert caller is not None and caller.budget_period_s == MIN_BUDGET_PERIOD_S
+        assert (await limiter.admit(caller, "a", 0)).refused is None
+        await limiter.settle(caller, "a", 0, 10, 10, 1.5)  # over the $1 budget
+        spent = await limiter.admit(caller, "b", 0)
+        assert spent.refused == "budget" and 0 < spent.budget_reset_s <= MIN_BUDGET_PERIOD_S
+        clock.now += 1000  # the next period
+        assert (await limiter.admit(caller, "c", 0)).refused is None
+    finally:
+        await limiter.close()
+        await store.close()
 
 
 async def test_three_limiters_sharing_redis_admit_exactly_the_limit(

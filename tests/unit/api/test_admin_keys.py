@@ -75,7 +75,7 @@ async def test_create_shows_the_secret_once_and_the_key_works(client: TestClient
     assert resp.status == 201
     created = await resp.json()
     secret = created["secret"]
-    assert secret.startswith("sk-sg-") and len(secret) == 49
+    assert secret.startswith("sk-sg-") and len(secret) == 57  # 43 random characters, 8 of checksum
     assert created["prefix"] == secret[:10] + "…" and created["team"] == "research"
     assert (created["rpm"], created["name"], created["status"]) == (5, "ci", "active")
     assert created["expires_at"] - created["created_at"] == 90 * 86400
@@ -145,6 +145,9 @@ async def test_rotate_keeps_settings_and_retires_the_old_secret(client: TestClie
         # A terminal escape in a label would run in whoever lists the keys
         ({"team": "ops", "name": "x\x1b[31mred"}, "name"),
         ({"team": "ops", "name": "a\rb"}, "name"),
+        ({"team": "ops", "name": ""}, "name"),
+        ({"team": "ops", "name": "n" * 201}, "name"),
+        ({"team": "ops", "description": "d" * 2001}, "description"),
     ],
 )
 async def test_bad_bodies_are_400_naming_the_field(
@@ -154,3 +157,61 @@ async def test_bad_bodies_are_400_naming_the_field(
     assert resp.status == 400
     assert (await resp.json())["error"]["param"] == param
     assert (await (await client.get("/admin/keys", headers=ADMIN)).json())["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "says"),
+    [
+        # Each was read as something else: "5" as 5, 5.0 as 5, true as 1 (a limit of one request).
+        ({"team": "ops", "rpm": "5"}, "rpm", "sent: a string"),
+        ({"team": "ops", "rpm": 5.0}, "rpm", "sent: a number with a decimal point"),
+        ({"team": "ops", "tpm": True}, "tpm", "sent: true/false"),
+        ({"team": "ops", "budget_usd": "10"}, "budget_usd", "sent: a string"),
+        ({"team": "ops", "budget_usd": False}, "budget_usd", "sent: true/false"),
+        ({"team": "ops", "expires": True}, "expires", "duration"),
+        ({"team": "ops", "models": ["m", 1]}, "models.1", "sent: a whole number"),
+        ({"team": "ops", "namespaces": {"read": "a"}}, "namespaces.read", "sent: a string"),
+        ({"team": "ops", "name": 7}, "name", "sent: a whole number"),
+        ({"team": 1}, "team", "sent: a whole number"),
+    ],
+)
+async def test_the_body_is_strict_json_types_are_not_coerced(
+    client: TestClient, body: dict[str, object], param: str, says: str
+) -> None:
+    resp = await client.post("/admin/keys", json=body, headers=ADMIN)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert f"'{param}'" in error["message"] and says in error["message"], error["message"]
+    assert (await (await client.get("/admin/keys", headers=ADMIN)).json())["data"] == []
+
+
+async def test_what_strict_still_accepts(client: TestClient) -> None:
+    # A whole number where dollars or seconds go; durations as text or seconds.
+    body = {"team": "ops", "budget_usd": 5, "budget_period": 3600, "expires": "90d", "rpm": 7}
+    resp = await client.post("/admin/keys", json=body, headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    made = await resp.json()
+    assert (made["budget_usd"], made["budget_period_s"], made["rpm"]) == (5.0, 3600.0, 7)
+
+
+@pytest.mark.parametrize("period", [0, "0s", 0.0001, "0.5s", 0.999])
+async def test_a_budget_period_under_one_second_is_refused(client: TestClient, period: object) -> None:
+    # Redis' limiter counts budget periods in whole milliseconds: 0.0001 s was a period of 0 ms,
+    # under which spend was never counted (the budget never refused anything).
+    resp = await client.post(
+        "/admin/keys", json={"team": "ops", "budget_usd": 1, "budget_period": period}, headers=ADMIN
+    )
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error == {
+        "message": error["message"],
+        "type": "invalid_request_error",
+        "param": "budget_period",
+        "code": error["code"],
+    }
+    assert "budget_period" in error["message"]
+    one_second = await client.post(
+        "/admin/keys", json={"team": "ops", "budget_usd": 1, "budget_period": "1s"}, headers=ADMIN
+    )
+    assert one_second.status == 201

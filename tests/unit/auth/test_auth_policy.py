@@ -52,6 +52,10 @@ auth:
         ("{teams: {t: {models: [nope]}}}", "auth.teams.t.models[0]", "unknown model group 'nope'"),
         ("{teams: {'bad name': {}}}", "auth.teams", "team name 'bad name'"),
         ("{teams: {t: {budget_period: soon}}}", "auth.teams.t.budget_period", "duration"),
+        # Under a second (Redis counts periods in whole ms: 0.0001 was 0 ms, no budget at all)
+        ("{teams: {t: {budget_period: 0.0001}}}", "auth.teams.t.budget_period", "at least 1s"),
+        ("{teams: {t: {budget_period: 0.5s}}}", "auth.teams.t.budget_period", "at least 1s"),
+        ("{teams: {t: {budget_period: 0s}}}", "auth.teams.t.budget_period", "at least 1s"),
         ("{teams: {t: {rpm: 0}}}", "auth.teams.t.rpm", "greater than or equal to 1"),
         ("{mode: closed}", "auth.mode", "keys"),
         ("{teams: {t: {colour: red}}}", "auth.teams.t.colour", ""),

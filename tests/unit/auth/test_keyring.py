@@ -3,6 +3,7 @@ expiry, and the in-process lookup cache driven by an injected clock."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,9 +12,9 @@ import pytest
 
 from gateway.auth.identity import Caller
 from gateway.auth.keyring import MAX_CACHED_MISSES, KeyRing, KeySettings
-from gateway.auth.records import KeyRecord, hash_secret
+from gateway.auth.records import CHECKED, LEGACY, KeyRecord, hash_secret, new_secret, secret_form
 from gateway.auth.sqlite_keys import SQLiteKeyStore
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import InvalidRequest, KeyStoreUnavailable, NotFound
 from gateway.policy.model import Team, TeamNamespaces
 
 TEAMS = {
@@ -67,7 +68,8 @@ def ring(store: CountingStore, clock: Clock) -> KeyRing:
 
 async def test_secret_is_shown_once_and_only_its_hash_is_stored(ring: KeyRing, tmp_path: Path) -> None:
     secret, record = await ring.create("research")
-    assert secret.startswith("sk-sg-") and len(secret) == 6 + 43
+    assert secret.startswith("sk-sg-") and len(secret) == 6 + 43 + 8  # random part, checksum
+    assert secret_form(secret) == CHECKED
     assert record.hash == hash_secret(secret) and record.prefix == secret[:10] + "…"
     assert record.key_id.startswith("key_") and len(record.key_id) == 16
     with sqlite3.connect(tmp_path / "keys.sqlite3") as conn:
@@ -214,10 +216,112 @@ async def test_a_revocation_elsewhere_is_seen_within_cache_s(store: CountingStor
     assert await there.authenticate(secret2) is not None  # never looked up before: found at once
 
 
-async def test_the_miss_cache_is_bounded(ring: KeyRing) -> None:
+async def test_the_miss_cache_is_bounded(store: CountingStore, clock: Clock) -> None:
+    ring = KeyRing(store, TEAMS, clock=clock, lookup_burst=2 * MAX_CACHED_MISSES)
     for i in range(MAX_CACHED_MISSES + 50):
-        await ring.authenticate(f"sk-sg-unknown{i}")
+        await ring.authenticate(f"sk-sg-{i:043d}")  # the old form: looked up, and remembered
     assert len(ring._misses) == MAX_CACHED_MISSES
+
+
+def test_secret_forms() -> None:
+    assert secret_form(new_secret()) == CHECKED
+    assert secret_form("sk-sg-" + "a" * 43) == LEGACY  # as keys were issued before checksums
+    for other in (
+        "sk-sg-",
+        "sk-sg-" + "a" * 42,
+        "sk-sg-" + "a" * 44,
+        "sk-sg-" + "é" * 43,
+        "sk-sg-" + "a" * 43 + "\n",
+    ):
+        assert secret_form(other) is None
+    assert secret_form("sk-sg-" + "a" * 51) is None  # the current form's length, a wrong checksum
+
+
+class PausingStore(SQLiteKeyStore):
+    """The real store, whose lookups by hash wait for ``go`` once ``pause`` is set."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.pause = False
+        self.waiting = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
+        record = await super().find_by_hash(key_hash)
+        if self.pause:
+            self.waiting.set()
+            await self.go.wait()
+        return record
+
+
+async def test_a_lookup_under_way_when_the_key_is_revoked_is_not_cached(tmp_path: Path, clock: Clock) -> None:
+    store = PausingStore(str(tmp_path / "keys.sqlite3"))
+    await store.start()
+    try:
+        ring = KeyRing(store, TEAMS, cache_s=300.0, clock=clock)
+        secret, record = await ring.create("ops")
+        store.pause = True
+        # The store read the key (active) just before the revocation; its answer comes after.
+        lookup = asyncio.ensure_future(ring.authenticate(secret))
+        await store.waiting.wait()
+        store.pause = False
+        await ring.revoke(record.key_id)
+        store.go.set()
+        assert await lookup is not None  # that request asked before the revocation
+        assert await ring.authenticate(secret) is None  # nothing stale was kept for 300 s
+    finally:
+        await store.close()
+
+
+async def test_a_policy_reload_looks_found_keys_up_again_outside_the_allowance(
+    store: CountingStore, clock: Clock
+) -> None:
+    ring = KeyRing(store, TEAMS, clock=clock, lookup_burst=2, lookups_per_s=0.0)
+    secret, _ = await ring.create("ops")
+    assert await ring.authenticate(secret) is not None
+    assert await ring.authenticate(secret[:-8] + "AAAAAAAA") is None  # a wrong checksum: no lookup
+    assert store.lookups == 1
+    ring.reconfigure({"ops": Team(rpm=7)}, 5.0, None)
+    caller = await ring.authenticate(secret)
+    assert caller is not None and caller.rpm == 7  # the reloaded team, from a new lookup
+    assert store.lookups == 2
+    # Unknown keys of the current form share what is left of the allowance: one more lookup.
+    assert await ring.authenticate(new_secret()) is None  # a right checksum, but no such key
+    with pytest.raises(KeyStoreUnavailable):
+        await ring.authenticate(new_secret())
+    assert store.lookups == 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "param"),
+    [
+        (KeySettings(name=""), "name"),
+        (KeySettings(name="x" * 201), "name"),
+        (KeySettings(name="x\x1b[31mred"), "name"),  # a terminal escape
+        (KeySettings(name="a\rb"), "name"),
+        (KeySettings(name="tab\there"), "name"),
+        (KeySettings(name="\x9b31m"), "name"),  # the one-byte CSI some terminals act on
+        (KeySettings(name="evil\u202egnp.exe"), "name"),  # a right-to-left override
+        (KeySettings(description="d" * 2001), "description"),
+        (KeySettings(budget_usd=1.0, budget_period_s=0.5), "budget_period"),
+        (KeySettings(budget_period_s=0.0001), "budget_period"),
+    ],
+)
+async def test_create_refuses_bad_names_and_periods_whoever_calls(
+    ring: KeyRing, settings: KeySettings, param: str
+) -> None:
+    # The admin API and the keys CLI both create through KeyRing.create: one set of checks.
+    with pytest.raises(InvalidRequest) as exc:
+        await ring.create("ops", settings)
+    assert exc.value.param == param
+    assert await ring.list() == []
+
+
+async def test_create_keeps_good_names_and_the_shortest_period(ring: KeyRing) -> None:
+    _, record = await ring.create(
+        "ops", KeySettings(name="CI – nightly 🚀", description="x" * 2000, budget_period_s=1.0)
+    )
+    assert (record.name, record.budget_period_s) == ("CI – nightly 🚀", 1.0)
 
 
 @pytest.mark.parametrize(

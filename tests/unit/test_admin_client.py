@@ -1,0 +1,163 @@
+"""The admin commands' client (``call_admin``: ``keys --url``, ``rollout``, ``policy ... --url``)
+against real HTTP servers on loopback: the admin token goes to ``--url`` and nowhere else (a
+redirect is an error naming where it pointed, not followed), and a token no header can carry is
+refused before any call without being repeated."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.admin_client import AdminCallError, call_admin
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "admin-token-that-must-not-travel"
+
+
+@dataclass
+class Server:
+    """A loopback HTTP server that records every request and answers ``status`` (with
+    ``location`` as its Location header when given, else a JSON body)."""
+
+    status: int = 200
+    location: str | None = None
+    seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    url: str = ""
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                server.seen.append((self.command, self.path, dict(self.headers.items())))
+                body = orjson.dumps({"object": "list", "data": []})
+                self.send_response(server.status)
+                if server.location is not None:
+                    self.send_header("Location", server.location)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_DELETE = _any
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+Serve = Callable[..., Server]
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """Starts ``Server(**kwargs)`` on a free loopback port; every one is shut down after the test."""
+    started: list[ThreadingHTTPServer] = []
+
+    def start(**kwargs: object) -> Server:
+        server = Server(**kwargs)  # type: ignore[arg-type]
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), server.handler())
+        started.append(httpd)
+        threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+        server.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        return server
+
+    yield start
+    for httpd in started:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "method"), [(301, "GET"), (302, "GET"), (303, "POST"), (307, "POST"), (308, "DELETE")]
+)
+def test_a_redirect_is_not_followed_and_the_token_stays_with_url(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch, status: int, method: str
+) -> None:
+    monkeypatch.setenv("SOPHIA_ADMIN_TOKEN", TOKEN)
+    elsewhere = serve()
+    gateway = serve(status=status, location=f"{elsewhere.url}/admin/keys")
+    with pytest.raises(AdminCallError) as exc:
+        call_admin(gateway.url, method, "/admin/keys", {"team": "ops"} if method == "POST" else None)
+    assert exc.value.reached
+    message = str(exc.value)
+    assert (
+        f"HTTP {status}" in message and f"{elsewhere.url}/admin/keys" in message and "not followed" in message
+    )
+    assert TOKEN not in message
+    assert [headers.get("Authorization") for _, _, headers in gateway.seen] == [f"Bearer {TOKEN}"]
+    assert elsewhere.seen == []  # never asked: neither the token nor anything else went there
+
+
+def test_the_keys_command_says_so_in_one_line(serve: Serve) -> None:
+    elsewhere = serve()
+    gateway = serve(status=302, location=f"{elsewhere.url}/admin/keys")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "keys", "list", "--url", gateway.url],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "SOPHIA_ADMIN_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "redirect to" in lines[0] and elsewhere.url in lines[0], result.stderr
+    assert TOKEN not in result.stderr + result.stdout
+    assert len(gateway.seen) == 1 and elsewhere.seen == []
+
+
+def test_a_redirect_location_is_shown_without_control_characters(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SOPHIA_ADMIN_TOKEN", raising=False)
+    gateway = serve(status=302, location="http://elsewhere.test/\x1b[31m" + "x" * 1000)
+    with pytest.raises(AdminCallError) as exc:
+        call_admin(gateway.url, "GET", "/admin/keys")
+    message = str(exc.value)
+    assert "\x1b" not in message and "\\x1b[31m" in message and len(message) < 600
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "first-half second-half",  # a space
+        "first-half\nX-Injected: second-half",  # a header of its own
+        "first-half\r\nsecond-half",
+        "first-half-second-half\n",  # a secret file's trailing newline
+        "first-half\tsecond-half",
+        "first-half\u00e9second-half",  # non-ASCII
+        "first-half\u2028second-half",
+        "first-half\x1b[31msecond-half",  # a terminal escape
+    ],
+)
+def test_a_token_no_header_can_carry_is_refused_before_any_call_and_never_repeated(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    monkeypatch.setenv("SOPHIA_ADMIN_TOKEN", token)
+    gateway = serve()
+    with pytest.raises(AdminCallError) as exc:
+        call_admin(gateway.url, "GET", "/admin/keys")
+    message = str(exc.value)
+    assert "SOPHIA_ADMIN_TOKEN" in message and "printable ASCII" in message
+    assert "first-half" not in message and "second-half" not in message
+    assert exc.value.__cause__ is None and exc.value.__context__ is None  # no traceback holding it
+    assert gateway.seen == []
+
+
+def test_a_good_token_is_sent(serve: Serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOPHIA_ADMIN_TOKEN", TOKEN)
+    gateway = serve()
+    assert call_admin(gateway.url, "GET", "/admin/keys") == {"object": "list", "data": []}
+    assert gateway.seen[0][2].get("Authorization") == f"Bearer {TOKEN}"

@@ -1,0 +1,75 @@
+"""``Settings.from_env``: ``SOPHIA_ADMIN_TOKEN`` must be a token a header can carry (printable
+ASCII, ``!`` to ``~``), else ``serve`` stops at start with one line naming the variable and the
+kind of character, never the token."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import Settings, SettingsError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [
+        ("left-part right-part", "a space at character 10 of 20"),
+        ("left-part-right-part\n", "a line break at character 21 of 21 (a secret file's trailing newline?)"),
+        ("left-part\r\nright-part", "a line break at character 10"),
+        ("left-part\tright-part", "a tab"),
+        ("left-part\x1bright-part", "a control character"),
+        ("left-part\x7fright-part", "a control character"),
+        ("left-part\u00e9right-part", "a non-ASCII character"),
+        ("left-part\u00a0right-part", "a non-ASCII character"),  # a no-break space
+        (" left-part-right-part", "a space at character 1"),
+    ],
+)
+def test_an_admin_token_no_header_can_carry_is_refused(token: str, says: str) -> None:
+    with pytest.raises(SettingsError) as exc:
+        Settings.from_env({"SOPHIA_ADMIN_TOKEN": token})
+    message = str(exc.value)
+    assert message.startswith("SOPHIA_ADMIN_TOKEN has ") and says in message, message
+    assert "printable ASCII" in message
+    assert "left-part" not in message and "right-part" not in message
+
+
+@pytest.mark.parametrize("token", ["s3cr3t", "!#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", "A" * 500])
+def test_printable_ascii_tokens_are_kept(token: str) -> None:
+    assert Settings.from_env({"SOPHIA_ADMIN_TOKEN": token}).admin_token == token
+
+
+def test_an_empty_token_is_unset() -> None:
+    assert Settings.from_env({"SOPHIA_ADMIN_TOKEN": ""}).admin_token is None
+    assert Settings.from_env({}).admin_token is None
+
+
+def test_serve_stops_at_start_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KEYS_URL", "MEMORY_URL")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--port",
+            "0",
+            "--policy",
+            str(ROOT / "routing_policies/demo.yaml"),
+        ],
+        env={**env, "PYTHONPATH": str(ROOT), "SOPHIA_ADMIN_TOKEN": "opensesame \u00e9t\u00e9"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,  # it would serve forever if it started
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sophia-gateway: cannot start: SOPHIA_ADMIN_TOKEN has a space at character 11")
+    assert "opensesame" not in result.stderr + result.stdout
