@@ -47,6 +47,27 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
+def authorized_request(url: str, **kwargs: Any) -> urllib.request.Request:
+    """A request to ``url`` carrying ``SOPHIA_ADMIN_TOKEN`` (if set) as an unredirected header:
+    to be opened with ``open_admin`` only. Raises ``AdminCallError`` for a token no header can
+    carry (http.client's own refusal would quote it whole)."""
+    request = urllib.request.Request(url, **kwargs)
+    token = os.environ.get("SOPHIA_ADMIN_TOKEN")
+    if token:
+        problem = admin_token_problem(token)
+        if problem is not None:
+            raise AdminCallError(f"SOPHIA_ADMIN_TOKEN {problem}", reached=False)
+        # Unredirected as well: never carried to another request, whatever opener runs it.
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
+    return request
+
+
+def open_admin(request: urllib.request.Request, timeout_s: float) -> Any:
+    """``urlopen`` that follows no redirect (a 3xx is raised as ``HTTPError``): the admin token
+    goes to the URL the operator gave, nowhere else."""
+    return _OPENER.open(request, timeout=timeout_s)
+
+
 class AdminCallError(Exception):
     """The call did not give an answer: ``reached`` is False when the gateway could not be
     reached at all, True when it answered with an error (``str()`` is its message)."""
@@ -58,21 +79,14 @@ class AdminCallError(Exception):
 
 def call_admin(url: str, method: str, path: str, body: Json | None = None, timeout_s: float = 30.0) -> Json:
     """The JSON object the gateway at ``url`` answers to ``method path`` (with ``body`` as JSON)."""
-    request = urllib.request.Request(
+    request = authorized_request(
         url.rstrip("/") + path,
         method=method,
         data=None if body is None else orjson.dumps(body),
         headers={"Content-Type": "application/json"} if body is not None else {},
     )
-    token = os.environ.get("SOPHIA_ADMIN_TOKEN")
-    if token:
-        problem = admin_token_problem(token)
-        if problem is not None:  # http.client's own refusal would quote the whole header
-            raise AdminCallError(f"SOPHIA_ADMIN_TOKEN {problem}", reached=False)
-        # Unredirected as well: never carried to another request, whatever opener runs it.
-        request.add_unredirected_header("Authorization", f"Bearer {token}")
     try:
-        with _OPENER.open(request, timeout=timeout_s) as resp:
+        with open_admin(request, timeout_s) as resp:
             answer = orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
         if 300 <= exc.code < 400:

@@ -170,9 +170,15 @@ def _interval(text: str) -> float:
 
 def _top(args: argparse.Namespace) -> int:
     from gateway import top
+    from gateway.settings import admin_token_problem
 
     url = args.url or f"http://127.0.0.1:{os.environ.get('SOPHIA_PORT') or 8080}"
-    return top.run(url, args.interval, os.environ.get("SOPHIA_ADMIN_TOKEN") or None)
+    token = os.environ.get("SOPHIA_ADMIN_TOKEN") or None
+    problem = None if token is None else admin_token_problem(token)
+    if problem is not None:  # http.client's own refusal would quote the token
+        print(f"error: SOPHIA_ADMIN_TOKEN {problem}", file=sys.stderr)
+        return 2
+    return top.run(url, args.interval, token)
 
 
 def _workers(text: str) -> int:

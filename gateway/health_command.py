@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from gateway.admin_client import gateway_url
+from gateway.admin_client import AdminCallError, authorized_request, gateway_url, open_admin
 
 _FIXED = ("status", "latency_ms", "changed_at", "detail")
 
@@ -50,13 +50,14 @@ def run(args: argparse.Namespace) -> int:
 
 def fetch(url: str) -> dict[str, Any] | None:
     """``url``/health (a 503 body too: it still is a report), or None after printing why not."""
-    request = urllib.request.Request(url.rstrip("/") + "/health")
-    token = os.environ.get("SOPHIA_ADMIN_TOKEN")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        request = authorized_request(url.rstrip("/") + "/health")
+    except AdminCallError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
     try:
         try:
-            with urllib.request.urlopen(request, timeout=10) as resp:
+            with open_admin(request, 10) as resp:  # no redirect: the token goes to --url only
                 body = resp.read()
         except urllib.error.HTTPError as err:
             body = err.read()

@@ -34,6 +34,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from gateway.admin_client import open_admin
+
 REQUESTS = "gateway_requests_total"
 DURATION_BUCKET = "gateway_request_duration_seconds_bucket"
 FALLBACKS = "gateway_fallbacks_total"
@@ -288,10 +290,11 @@ def render(f: Figures, url: str = "") -> RenderableType:
 
 
 def _get(url: str, token: str | None, timeout_s: float) -> tuple[int, bytes]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    request = urllib.request.Request(url, headers=headers)
+    request = urllib.request.Request(url)
+    if token:  # unredirected, and no redirect followed: the token goes to --url only
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+        with open_admin(request, timeout_s) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

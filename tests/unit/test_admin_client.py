@@ -161,3 +161,34 @@ def test_a_good_token_is_sent(serve: Serve, monkeypatch: pytest.MonkeyPatch) -> 
     gateway = serve()
     assert call_admin(gateway.url, "GET", "/admin/keys") == {"object": "list", "data": []}
     assert gateway.seen[0][2].get("Authorization") == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize("command", ["health", "top"])
+def test_health_and_top_follow_no_redirect_either(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    # Before: both used urlopen, which followed the 302 and sent the token to the other host.
+    elsewhere = serve()
+    redirecting = serve(status=302, location=elsewhere.url + "/health")
+    monkeypatch.setenv("SOPHIA_ADMIN_TOKEN", TOKEN)
+    if command == "health":
+        from gateway.health_command import fetch
+
+        assert fetch(redirecting.url) is None
+    else:
+        from gateway.top import _get
+
+        assert _get(redirecting.url + "/admin/models", TOKEN, 2.0)[0] == 302
+    assert redirecting.seen and redirecting.seen[0][2].get("Authorization") == f"Bearer {TOKEN}"
+    assert elsewhere.seen == []
+
+
+def test_health_refuses_a_token_no_header_can_carry_without_repeating_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.health_command import fetch
+
+    monkeypatch.setenv("SOPHIA_ADMIN_TOKEN", "first-half\r\nsecond-half")
+    assert fetch("http://127.0.0.1:9") is None
+    err = capsys.readouterr().err
+    assert "SOPHIA_ADMIN_TOKEN" in err and "second-half" not in err
