@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import struct
 import time
 import uuid
 from collections import Counter, OrderedDict
@@ -109,10 +110,15 @@ class MemoryService:
         self._files_lock: int | None = None  # a descriptor holding the index directory's lock
         self._seen_change = 0
         self._catching_up = asyncio.Lock()
-        # A follower's own writes (id -> row_version) that its index already holds: when the
-        # change log brings them back, that version is not added a second time (adding costs
-        # ~1 ms a vector). The oldest are forgotten past _OWN_WRITES_KEPT (then added again).
-        self._own_writes: OrderedDict[str, int] = OrderedDict()
+        # A follower's own writes that its index holds: id -> (partition, digest of the vector
+        # this process put there). When the change log brings the row back with that very
+        # partition and vector, it is not added a second time (adding costs ~1 ms a vector).
+        # Keyed on what the index holds, not on row_version: versions start again at 1 when an
+        # id is deleted and written anew (by any process), so a version could stand for another
+        # row. Whatever takes the vector out of the index (a delete, applied or made here; a
+        # memory found gone) forgets its entry. The oldest are forgotten past _OWN_WRITES_KEPT
+        # (then added again).
+        self._own_writes: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
         # Writes under way (a store write and its index change; see ``writing``) and started,
         # so a save knows which store change the index holds (``_held_change``).
         self._writes_in_flight = 0
@@ -147,21 +153,39 @@ class MemoryService:
         self._flusher = asyncio.create_task(self._flush_loop())
 
     async def close(self) -> None:
+        """Write the pending access counts and save the index (when this process owns the
+        files), then close the index and the store. Neither failing stops the close, nor is
+        raised: it runs as the process stops, where an exception turned a clean shutdown into
+        exit status 1 (the next start brings a stale index up to date from the store)."""
         if self._flusher is not None:
             await stop_task(self._flusher)
-        await self.flush_access()
+        try:
+            await self.flush_access()
+        except Exception:
+            log.warning("memory: could not write access counts at shutdown", exc_info=True)
         if self._owns_files:
             if self._follow:  # the other workers' writes go in the files too
                 try:
                     await self.catch_up()
                 except Exception:
                     log.warning("memory: could not read the change log before saving", exc_info=True)
-            await self.save_index()
-        self.index.close()
-        await self.store.close()
-        if self._files_lock is not None:
-            os.close(self._files_lock)  # the lock goes with it
-            self._files_lock = None
+            try:
+                await self.save_index()
+            except Exception:
+                log.error(
+                    "memory: could not save the memory index at shutdown; the next start brings "
+                    "the last saved one up to date from the store (or rebuilds it)",
+                    exc_info=True,
+                )
+        try:
+            self.index.close()
+        finally:
+            try:
+                await self.store.close()
+            finally:
+                if self._files_lock is not None:
+                    os.close(self._files_lock)  # the lock goes with it
+                    self._files_lock = None
 
     async def check_embedding_dimension(self, timeout_s: float) -> None:
         """At start, after ``start()``: raise ``StartupError`` when ``memory.embedding_model``
@@ -242,16 +266,25 @@ class MemoryService:
         self._held = (started, seq)
         return seq
 
-    def _wrote(self, versions: Iterable[tuple[str, int]]) -> None:
-        """Remember row versions this follower wrote and indexed (see ``_own_writes``)."""
+    async def _wrote(self, indexed: Sequence[tuple[str, str, Sequence[float]]]) -> None:
+        """Remember (id, partition, vector) this follower wrote and put in its index (see
+        ``_own_writes``)."""
         if not self._follow:
             return
+        digests = await _digests([vector for _, _, vector in indexed])
         own = self._own_writes
-        for memory_id, version in versions:
-            own[memory_id] = version
+        for (memory_id, partition, _), digest in zip(indexed, digests, strict=True):
+            own[memory_id] = (partition, digest)
             own.move_to_end(memory_id)
         while len(own) > _OWN_WRITES_KEPT:
             own.popitem(last=False)
+
+    def _unwrote(self, ids: Iterable[str]) -> None:
+        """Forget own writes whose vectors left the index (see ``_own_writes``)."""
+        own = self._own_writes
+        if own:
+            for memory_id in ids:
+                own.pop(memory_id, None)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
@@ -316,7 +349,13 @@ class MemoryService:
                     by_namespace.setdefault(m.namespace, []).append((m.id, m.embedding))
             for namespace, batch in by_namespace.items():
                 await self._index_add(namespace, owner, batch)
-            self._wrote((m.id, 1) for m in memories if m.embedding is not None)  # stored as version 1
+            await self._wrote(
+                [
+                    (m.id, partition_of(m.namespace, owner), m.embedding)
+                    for m in memories
+                    if m.embedding is not None
+                ]
+            )
         self.forget_cached_searches({m.namespace for m in memories})
         if not read_back:
             return memories
@@ -367,7 +406,11 @@ class MemoryService:
                 raise not_found(memory_id)
             if patch.embedding is not None:
                 await self._index_add(updated.namespace, updated.owner, [(updated.id, patch.embedding)])
-            self._wrote([(updated.id, updated.row_version)])
+                # Only a vector this process put in the index: after a change of metadata alone
+                # the index may still hold an older vector another process replaced since.
+                await self._wrote(
+                    [(updated.id, partition_of(updated.namespace, updated.owner), patch.embedding)]
+                )
         self.forget_cached_searches({before.namespace, updated.namespace})
         return updated
 
@@ -389,6 +432,7 @@ class MemoryService:
         by_namespace: dict[str, list[str]] = {}
         for namespace, memory_id in items:
             by_namespace.setdefault(namespace, []).append(memory_id)
+        self._unwrote(memory_id for _, memory_id in items)
         for partition in self.index.namespaces():
             ids = by_namespace.get(split_partition(partition)[0])
             if ids:
@@ -432,12 +476,20 @@ class MemoryService:
             self.cache_hits += 1
             memories = {m.id: m for m in await self.store.get_many([i for i, _ in scored])}
             gone = [i for i, _ in scored if i not in memories]
+            if not gone and not all(_passes(memories[i], where) for i, _ in scored):
+                # Changed since it was cached by a process this one does not follow (``memory
+                # prune`` archiving beside it) or has not caught up with: search again.
+                self._cache.pop(key, None)
+                scored, memories, gone = await self._search_index(partitions, vector, top_k, where)
+                if not gone:
+                    self._remember(key, namespaces, scored)
         if gone:
             # Deleted since they were indexed, by a process this one does not follow (``memory
             # prune`` beside it) or has not caught up with: out of the index, and one more search
             # for the places they took.
             for partition in partitions:
                 self.index.remove(partition, gone)
+            self._unwrote(gone)
             self.forget_cached_searches(namespaces)
             scored, memories, _ = await self._search_index(partitions, vector, top_k, where)
             self._remember(key, namespaces, scored)
@@ -529,22 +581,40 @@ class MemoryService:
                     return
 
     async def _apply(self, changes: Sequence[tuple[int, str, str, str | None, bool]]) -> None:
-        latest = {memory_id: (namespace, deleted) for _, memory_id, namespace, _, deleted in changes}
-        gone = [(ns, i) for i, (ns, deleted) in latest.items() if deleted]
-        rows = await self.store.get_many([i for i, (_, deleted) in latest.items() if not deleted])
+        latest: dict[str, tuple[str, bool]] = {}
+        deleted: list[tuple[str, str]] = []
+        for _, memory_id, namespace, _, was_deleted in changes:
+            latest[memory_id] = (namespace, was_deleted)
+            if was_deleted:
+                deleted.append((namespace, memory_id))
+        # Every delete first, also of an id written again later in the batch: the new row may be
+        # in another partition (another namespace or owner), where the old vector must not stay,
+        # and whatever this process remembered writing under that id is not what the store holds.
+        self.forget(deleted)
+        rows = await self.store.get_many([i for i, (_, was_deleted) in latest.items() if not was_deleted])
         own = self._own_writes
+        mine = [own.pop(m.id, None) if own else None for m in rows]
+        digests = iter(
+            await _digests(
+                [
+                    m.embedding
+                    for m, e in zip(rows, mine, strict=True)
+                    if e is not None and m.embedding is not None
+                ]
+            )
+        )
         by_partition: dict[str, list[tuple[str, Sequence[float]]]] = {}
-        for m in rows:
-            if own and own.pop(m.id, None) == m.row_version:
-                continue  # this process wrote this version and indexed it then
+        for m, entry in zip(rows, mine, strict=True):
+            partition = partition_of(m.namespace, m.owner)
+            if entry is not None and m.embedding is not None and entry == (partition, next(digests)):
+                continue  # this process put this very vector in this partition, and it is still there
             if m.embedding is not None and (self.index.ndim is None or len(m.embedding) == self.index.ndim):
-                by_partition.setdefault(partition_of(m.namespace, m.owner), []).append((m.id, m.embedding))
+                by_partition.setdefault(partition, []).append((m.id, m.embedding))
         for partition, items in by_partition.items():
             if len(items) > _INLINE_ADD_MAX:
                 await asyncio.to_thread(self.index.add, partition, items)
             else:
                 self.index.add(partition, items)
-        self.forget(gone)
         self.forget_cached_searches({ns for ns, _ in latest.values()})
 
     # ----- memory-augmented chat
@@ -578,14 +648,24 @@ class MemoryService:
                     await self.catch_up()
                 except Exception:  # the next round (or search) tries again
                     log.warning("memory: could not read the store's change log; will retry", exc_info=True)
+            # Each step failing on its own, said as what it is; none ends the loop.
             try:
                 await self.flush_access()
-                if rounds % _SAVE_EVERY_ROUNDS == 0 and self._owns_files:
-                    await self.save_index()  # bounds what a crash loses
-                    if self._follow:
-                        await self.store.trim_changes(_CHANGES_KEPT)
-            except Exception:  # a failing store must not kill the loop; counts wait for the next
+            except Exception:  # a failing store: the counts wait for the next round
                 log.warning("memory: could not write access counts; will retry", exc_info=True)
+            if rounds % _SAVE_EVERY_ROUNDS == 0 and self._owns_files:
+                try:
+                    await self.save_index()  # bounds what a crash loses
+                except Exception:  # e.g. the disk: the files keep the last save until the next
+                    log.warning("memory: could not save the index; will retry", exc_info=True)
+                    continue  # the log is kept: the last saved files may need all of it at start
+                if self._follow:
+                    try:
+                        await self.store.trim_changes(_CHANGES_KEPT)
+                    except Exception:
+                        log.warning(
+                            "memory: could not trim the store's change log; will retry", exc_info=True
+                        )
 
     def figures(self) -> dict[str, float]:
         """What the metrics collector exports (``observability.metrics.MemoryView``)."""
@@ -707,6 +787,19 @@ class MemoryService:
         stale = [k for k, (_, spaces, _) in self._cache.items() if not spaces.isdisjoint(namespaces)]
         for k in stale:
             del self._cache[k]
+
+
+def _digest(vector: Sequence[float]) -> bytes:
+    """A vector as the store and the index keep it (float32), hashed: what ``_own_writes``
+    compares, so a vector given in float64 matches the row read back."""
+    return hashlib.blake2b(struct.pack(f"<{len(vector)}f", *vector), digest_size=16).digest()
+
+
+async def _digests(vectors: Sequence[Sequence[float]]) -> list[bytes]:
+    """``_digest`` of each vector; off the loop for a batch (~25 us a 1,536-dimension vector)."""
+    if len(vectors) > _INLINE_ADD_MAX:
+        return await asyncio.to_thread(lambda: [_digest(v) for v in vectors])
+    return [_digest(v) for v in vectors]
 
 
 def _passes(memory: Memory, where: MemoryFilter) -> bool:

@@ -172,7 +172,8 @@ class SnowflakeMemoryStore(SQLMemoryStore):
                 exc.msg,
             )
 
-    async def _execute(self, op: Callable[[Cursor], T]) -> T:
+    async def _execute(self, op: Callable[[Cursor], T], *, write: bool = False) -> T:
+        # ``write`` changes nothing here: each statement commits on its own (autocommit).
         pool = self._pool
         if pool is None:
             raise ServiceUnavailable("The memory store is not open.", code="memory_store_unavailable")

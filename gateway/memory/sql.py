@@ -177,6 +177,12 @@ def row_to_memory(row: Sequence[Any]) -> Memory:
     )
 
 
+def is_integrity_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a driver's DB-API ``IntegrityError`` (a constraint refused a row):
+    ``sqlite3``'s, the Snowflake connector's, DuckDB's (under fakesnow) by the standard's name."""
+    return any(cls.__name__ == "IntegrityError" for cls in type(exc).__mro__)
+
+
 def chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -288,7 +294,10 @@ class MemoryQueries:
         """Insert new memories (row_version 1, created_at = last_updated = ``now``).
 
         Ids must be new: Snowflake does not enforce primary keys, so this checks first and
-        refuses the whole batch rather than letting the two backends differ.
+        refuses the whole batch rather than letting the two backends differ. A database that
+        does enforce the key and finds an id taken by a writer that got in after the check
+        (another process on a store without the SQLite store's write lock) is refused the same
+        way (``memory_exists``), not as a driver error (a 500).
         """
         ids = [m.id for m in memories]
         twice = sorted(i for i, n in Counter(ids).items() if n > 1)
@@ -325,7 +334,19 @@ class MemoryQueries:
             )
             for m in memories
         ]
-        cur.executemany(f"INSERT INTO {self.table} ({_SELECT}) VALUES ({marks(len(COLUMNS))})", rows)
+        try:
+            cur.executemany(f"INSERT INTO {self.table} ({_SELECT}) VALUES ({marks(len(COLUMNS))})", rows)
+        except Exception as exc:
+            if not is_integrity_error(exc) or not self.existing_ids(cur, ids):
+                raise
+            # Which id is the other writer's cannot be told from this batch's own rows, which a
+            # statement that failed half-way may have left in the transaction: one id is named.
+            what = f"A memory with id '{ids[0]}'" if len(ids) == 1 else "A memory with an id of this batch"
+            raise InvalidRequest(
+                f"{what} was created by another request at the same time; use PATCH to change it.",
+                param="id",
+                code="memory_exists",
+            ) from exc
         self.log_changes(cur, [(m.id, m.namespace, m.owner, 0) for m in memories])
 
     def update(self, cur: Cursor, memory_id: str, patch: MemoryPatch, now: datetime) -> Memory | None:
@@ -417,17 +438,26 @@ class MemoryQueries:
 
     def archive_older_than(self, cur: Cursor, namespace: str, cutoff: datetime, dry_run: bool) -> int:
         """Archiving bumps row_version but not last_updated, so retention still counts from the
-        last real change."""
+        last real change. Each archived memory goes in the change log, as an update does: the
+        other processes sharing the store drop their cached searches of the namespace."""
         where = "namespace = ? AND processing_status = 'active' AND last_updated < ?"
         params = [namespace, self._time(cutoff)]
         if dry_run:
             cur.execute(f"SELECT COUNT(*) FROM {self.table} WHERE {where}", params)
             return int(cur.fetchone()[0])
+        cur.execute(f"SELECT id, owner FROM {self.table} WHERE {where} ORDER BY id", params)
+        found = [(i, namespace, owner, 0) for i, owner in cur.fetchall()]
+        if not found:
+            return 0
+        # The same rows: the SQLite store holds the write lock since the SELECT. (On Snowflake a
+        # row changed in between may go unlogged; a cached search checks its rows anyway.)
         cur.execute(
             f"UPDATE {self.table} SET processing_status = 'archived', row_version = row_version + 1 WHERE {where}",
             params,
         )
-        return cur.rowcount or 0
+        archived = cur.rowcount or 0
+        self.log_changes(cur, found)
+        return archived
 
     def delete_where(self, cur: Cursor, where: str, params: Sequence[object], dry_run: bool) -> list[str]:
         """Delete the rows matching ``where``; returns their ids (selected first: neither

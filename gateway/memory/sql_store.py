@@ -49,13 +49,14 @@ class SQLMemoryStore(ABC):
         """The connection pool's figures, None for a backend without a pool."""
 
     @abstractmethod
-    async def _execute(self, op: Callable[[Cursor], T]) -> T:
-        """Run ``op`` on a cursor in a worker thread, as one unit of work."""
+    async def _execute(self, op: Callable[[Cursor], T], *, write: bool = False) -> T:
+        """Run ``op`` on a cursor in a worker thread, as one unit of work; ``write``: it writes
+        (a backend with transactions takes the write lock before its first read)."""
 
-    async def _run(self, name: str, op: Callable[[Cursor], T]) -> T:
+    async def _run(self, name: str, op: Callable[[Cursor], T], *, write: bool = False) -> T:
         started = time.perf_counter()
         try:
-            return await self._execute(op)
+            return await self._execute(op, write=write)
         finally:
             if self._observe is not None:
                 self._observe(name, time.perf_counter() - started)
@@ -63,7 +64,7 @@ class SQLMemoryStore(ABC):
     async def insert(self, memories: Sequence[Memory]) -> None:
         if memories:
             now = self._clock()
-            await self._run("insert", lambda cur: self._q.insert(cur, memories, now))
+            await self._run("insert", lambda cur: self._q.insert(cur, memories, now), write=True)
 
     async def get(self, memory_id: str) -> Memory | None:
         found = await self.get_many([memory_id])
@@ -80,7 +81,7 @@ class SQLMemoryStore(ABC):
         return await self._run("existing_ids", lambda cur: self._q.existing_ids(cur, ids))
 
     async def save_job(self, job: IngestJob) -> None:
-        await self._run("save_job", lambda cur: self._jobs.save(cur, job))
+        await self._run("save_job", lambda cur: self._jobs.save(cur, job), write=True)
 
     async def get_job(self, job_id: str) -> IngestJob | None:
         return await self._run("get_job", lambda cur: self._jobs.get(cur, job_id))
@@ -92,16 +93,16 @@ class SQLMemoryStore(ABC):
 
     async def update(self, memory_id: str, patch: MemoryPatch) -> Memory | None:
         now = self._clock()
-        return await self._run("update", lambda cur: self._q.update(cur, memory_id, patch, now))
+        return await self._run("update", lambda cur: self._q.update(cur, memory_id, patch, now), write=True)
 
     async def delete(self, ids: Sequence[str]) -> int:
         if not ids:
             return 0
-        return await self._run("delete", lambda cur: self._q.delete(cur, ids))
+        return await self._run("delete", lambda cur: self._q.delete(cur, ids), write=True)
 
     async def touch(self, counts: Mapping[str, int], at: datetime) -> None:
         if counts:
-            await self._run("touch", lambda cur: self._q.touch(cur, counts, at))
+            await self._run("touch", lambda cur: self._q.touch(cur, counts, at), write=True)
 
     async def scan_embeddings(
         self, batch_size: int
@@ -131,14 +132,18 @@ class SQLMemoryStore(ABC):
 
     async def archive_older_than(self, namespace: str, cutoff: datetime, *, dry_run: bool = False) -> int:
         return await self._run(
-            "archive_older_than", lambda cur: self._q.archive_older_than(cur, namespace, cutoff, dry_run)
+            "archive_older_than",
+            lambda cur: self._q.archive_older_than(cur, namespace, cutoff, dry_run),
+            write=not dry_run,
         )
 
     async def delete_older_than(
         self, namespace: str, cutoff: datetime, *, dry_run: bool = False
     ) -> list[str]:
         return await self._run(
-            "delete_older_than", lambda cur: self._q.delete_older_than(cur, namespace, cutoff, dry_run)
+            "delete_older_than",
+            lambda cur: self._q.delete_older_than(cur, namespace, cutoff, dry_run),
+            write=not dry_run,
         )
 
     async def delete_below_confidence(
@@ -147,6 +152,7 @@ class SQLMemoryStore(ABC):
         return await self._run(
             "delete_below_confidence",
             lambda cur: self._q.delete_below_confidence(cur, namespace, threshold, dry_run),
+            write=not dry_run,
         )
 
     async def changes_after(self, seq: int, limit: int) -> list[tuple[int, str, str, str | None, bool]]:
@@ -157,7 +163,7 @@ class SQLMemoryStore(ABC):
         return await self._run("last_change", self._q.last_change)
 
     async def trim_changes(self, keep: int) -> None:
-        await self._run("trim_changes", lambda cur: self._q.trim_changes(cur, keep))
+        await self._run("trim_changes", lambda cur: self._q.trim_changes(cur, keep), write=True)
 
     async def namespaces(self) -> list[str]:
         return await self._run("namespaces", self._q.namespaces)

@@ -2,9 +2,11 @@
 
 One worker thread owns the connection (a sqlite3 connection belongs to the thread that opened
 it) and runs every statement, so operations queue in order and nothing blocks the event loop.
-Each operation is one transaction. The WAL journal lets readers in other processes (e.g.
-``sophia-gateway memory prune`` next to a running gateway) work while this one writes; a writer
-waits up to ``busy_timeout_s`` for another's lock.
+Each operation is one transaction; one that writes begins with ``BEGIN IMMEDIATE``, so what it
+reads before it writes (an id is free, the rows a delete logs) is what it writes over, whatever
+the other processes sharing the file (``serve --workers N``) write meanwhile. The WAL journal
+lets readers in other processes (e.g. ``sophia-gateway memory prune`` next to a running gateway)
+work while this one writes; a writer waits up to ``busy_timeout_s`` for another's lock.
 
 Migrations are idempotent: ``CREATE TABLE IF NOT EXISTS``, then each column an older table
 lacks is added (SQLite has no ``ADD COLUMN IF NOT EXISTS``, so ``PRAGMA table_info`` says
@@ -138,17 +140,22 @@ class SQLiteMemoryStore(SQLMemoryStore):
             self._conn.close()
             self._conn = None
 
-    async def _execute(self, op: Callable[[Cursor], T]) -> T:
+    async def _execute(self, op: Callable[[Cursor], T], *, write: bool = False) -> T:
         if self._executor is None:
             raise ServiceUnavailable("The memory store is not open.", code="memory_store_unavailable")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._transaction, op)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._transaction, op, write)
 
-    def _transaction(self, op: Callable[[Cursor], T]) -> T:
+    def _transaction(self, op: Callable[[Cursor], T], write: bool = False) -> T:
         conn = self._conn
         if conn is None:
             raise ServiceUnavailable("The memory store is not open.", code="memory_store_unavailable")
         cur = conn.cursor()
         try:
+            if write:
+                # The write lock before the first read: what an operation checks (an id is free,
+                # the rows to delete) still holds when it writes, whatever other processes on
+                # the file do meanwhile (sqlite3 would begin only at the first INSERT/UPDATE).
+                cur.execute("BEGIN IMMEDIATE")
             result = op(cur)
             conn.commit()
             return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import os
 import re
@@ -899,3 +900,70 @@ async def test_archiving_drops_cached_searches(backend: Backend, services: Servi
     assert report.namespaces["slack_data"].archived == 1
     assert (await service.get("old")).processing_status == "archived"
     assert ids(await service.search(None, basis(1), 5, MemoryFilter())) == []
+
+
+async def test_a_cached_search_leaves_out_memories_archived_since(services: Services) -> None:
+    """``memory prune`` beside the gateway (or another worker's lifecycle) archives memories a
+    cached search holds: the cache must not bring them back, and their places are filled."""
+    config = MemoryConfig(index_dir=str(services.index_dir), search_cache_ttl_s=300)
+    service = await services.open(config)
+    await service.add(
+        [NewMemory("ns", f"m{n}", toward_e0(0.9 - n / 10, n + 1), id=f"m{n}") for n in range(3)]
+    )
+    assert ids(await service.search(None, basis(0), 2, MemoryFilter())) == ["m0", "m1"]  # cached
+    other = await services.backend.open()  # another process's connection to the store
+    try:
+        await other.archive_older_than("ns", START + timedelta(days=1))
+        await other.update("m2", MemoryPatch(processing_status="active"))  # only m2 stays active
+    finally:
+        await other.close()
+    assert ids(await service.search(None, basis(0), 2, MemoryFilter())) == ["m2"]
+    archived = MemoryFilter(processing_status="archived")
+    assert ids(await service.search(None, basis(0), 2, archived)) == ["m0", "m1"]
+
+
+def break_index_dir(directory: Path) -> None:
+    """A regular file where the index directory was: every save fails (an OSError, as on a full
+    disk; root writes a read-only directory anyway). The directory's lock stays held."""
+    directory.rename(directory.with_name(directory.name + "-moved"))
+    directory.write_text("not a directory")
+
+
+async def test_an_index_save_failing_at_close_is_logged_and_the_close_finishes(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() runs in the app's cleanup: raising there made the process exit 1 on SIGTERM, and
+    left the store open and the directory locked."""
+    service = await services.open()
+    await service.add([NewMemory("ns", "x", basis(1), id="x")])
+    await service.search(None, basis(1), 1, MemoryFilter())  # an access count to write at close
+    break_index_dir(services.index_dir)
+    with caplog.at_level(logging.WARNING, logger="gateway.memory"):
+        await service.close()
+    [record] = [r for r in caplog.records if r.name == "gateway.memory"]
+    assert record.levelno == logging.ERROR and "could not save the memory index" in record.getMessage()
+    assert "access counts" not in record.getMessage()
+    assert service._files_lock is None  # the directory's lock let go
+    reader = await services.backend.open()
+    found = await reader.get("x")
+    assert found is not None and found.access_count == 1  # the counts were still written
+
+
+async def test_an_index_save_failing_in_the_background_is_logged_as_such(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = await services.open(flush_every_s=0.01)  # a save every 30 rounds: every 0.3 s
+    await service.add([NewMemory("ns", "x", basis(1), id="x")])
+    break_index_dir(services.index_dir)
+    with caplog.at_level(logging.WARNING, logger="gateway.memory"):
+        deadline = time.monotonic() + 10
+        while not [r for r in caplog.records if r.name == "gateway.memory"]:
+            assert time.monotonic() < deadline, "the background save never failed"
+            await asyncio.sleep(0.02)
+        await service.search(None, basis(1), 1, MemoryFilter())
+        while (await service.get("x")).access_count != 1:  # the flushes go on
+            assert time.monotonic() < deadline, "the access counts stopped being written"
+            await asyncio.sleep(0.02)
+    messages = {r.getMessage() for r in caplog.records if r.name == "gateway.memory"}
+    assert messages == {"memory: could not save the index; will retry"}, messages
+    assert service._flusher is not None and not service._flusher.done()

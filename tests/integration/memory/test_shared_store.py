@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,57 @@ async def test_a_service_adds_its_own_writes_once_and_the_others_versions_of_the
     finally:
         await other.close()
         await writer.close()
+
+
+async def test_a_memory_deleted_and_made_again_by_another_service_is_indexed_as_made_again(
+    pair: tuple[MemoryService, MemoryService],
+) -> None:
+    """Row versions start again at 1 when an id is deleted and written anew: the version this
+    service wrote must not pass for the other's new row (it kept its own, stale, vector)."""
+    a, b = pair
+    await a.add([NewMemory("facts", "first", vector(1), id="m1")])
+    await b.delete(["m1"])
+    await b.add([NewMemory("facts", "second", vector(2), id="m1")])  # row_version 1 again
+    [hit] = await a.search(None, vector(2), 1, ALL)
+    assert hit.memory.id == "m1" and hit.memory.content == "second"
+    assert hit.score > 0.99  # the index holds the new vector, not the one a wrote
+
+
+async def test_a_memory_deleted_here_and_made_again_elsewhere_is_searchable_here(
+    pair: tuple[MemoryService, MemoryService],
+) -> None:
+    a, b = pair
+    await a.add([NewMemory("facts", "first", vector(1), id="m1")])
+    await a.delete(["m1"])
+    await b.add([NewMemory("facts", "again", vector(1), id="m1")])
+    assert await ids(a, 1) == ["m1"]
+    assert len(a.index) == 1
+
+
+async def test_a_memory_made_again_in_another_namespace_leaves_the_old_one(
+    pair: tuple[MemoryService, MemoryService],
+) -> None:
+    """Deleted and written again in one stretch of the change log: the old namespace's copy goes
+    (its searches must not find a memory of another namespace), the new namespace gets it."""
+    a, b = pair
+    await a.add([NewMemory("facts", "first", vector(1), id="m1")])
+    await b.delete(["m1"])
+    await b.add([NewMemory("other", "moved", vector(1), id="m1")])
+    assert await ids(a, 1) == []  # ALL is the namespace "facts"
+    moved = await a.search(None, vector(1), 3, MemoryFilter(namespaces=["other"]))
+    assert [h.memory.id for h in moved] == ["m1"]
+    assert len(a.index) == 1
+
+
+async def test_memories_archived_by_one_service_leave_the_others_cached_searches(
+    pair: tuple[MemoryService, MemoryService], backend: Backend
+) -> None:
+    """Worker 0 runs the lifecycle: archiving goes through the change log, so another worker's
+    cached searches of the namespace are dropped as they are for a write."""
+    a, b = pair
+    await a.add([NewMemory("facts", "old", vector(1), id="old")])
+    assert await ids(b, 1) == ["old"]  # cached by b
+    assert await a.store.archive_older_than("facts", backend.clock.now + timedelta(days=1)) == 1
+    await b.catch_up()
+    assert b.drop_search_cache() == 0  # the log's change dropped b's entry
+    assert await ids(b, 1) == []

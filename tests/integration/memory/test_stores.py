@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -63,6 +65,53 @@ async def test_insert_refuses_existing_ids(backend: Backend, store: SQLMemorySto
     with pytest.raises(InvalidRequest):
         await store.insert([memory("twice"), memory("twice")])
     assert await store.count() == 1  # neither batch left anything behind
+
+
+class WriteBeforeInsert:
+    """The store's cursor, with another connection's write committed just before its INSERT:
+    another process taking an id between the store's check that it is free and its insert."""
+
+    def __init__(self, cur: Any, write: Callable[[], None]) -> None:
+        self.cur = cur
+        self.write: Callable[[], None] | None = write
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cur, name)
+
+    def executemany(self, sql: str, params: Any) -> object:
+        if self.write is not None and sql.startswith("INSERT INTO"):
+            self.write, write = None, self.write
+            write()
+        return self.cur.executemany(sql, params)
+
+
+async def test_an_id_taken_between_the_check_and_the_insert_is_refused_as_taken(
+    backend: Backend, store: SQLMemoryStore
+) -> None:
+    """A database that enforces the key (SQLite; DuckDB under fakesnow) refuses the second
+    writer's row: that is ``memory_exists``, as the check's answer, not a driver error (a 500).
+    The SQLite store takes the write lock before its check (see test_sqlite_store.py); here the
+    statements run without it, as on a store whose database has no such lock."""
+
+    def other_process() -> None:
+        if backend.name == "sqlite":
+            with contextlib.closing(sqlite3.connect(backend.sqlite_path)) as conn, conn:
+                conn.execute("INSERT INTO memories (id, namespace, content) VALUES ('same', 'ns', 'theirs')")
+        else:
+            with contextlib.closing(snowflake.connector.connect(**SNOWFLAKE_ARGS)) as conn:
+                conn.cursor().execute(
+                    "INSERT INTO memories (id, namespace, content) VALUES ('same', 'ns', 'theirs')"
+                )
+
+    with pytest.raises(InvalidRequest) as exc:
+        await store._run(
+            "insert",
+            lambda cur: store._q.insert(WriteBeforeInsert(cur, other_process), [memory("same")], START),
+        )
+    assert (exc.value.code, exc.value.param) == ("memory_exists", "id")
+    assert "'same'" in exc.value.message
+    [kept] = await store.get_many(["same"])
+    assert kept.content == "theirs" and await store.count() == 1
 
 
 async def test_update_bumps_row_version_and_last_updated(backend: Backend, store: SQLMemoryStore) -> None:
@@ -155,6 +204,23 @@ async def test_archive_older_than(backend: Backend, store: SQLMemoryStore) -> No
     assert (old.row_version, old.last_updated) == (2, START)  # retention still counts from START
     assert await store.archive_older_than("slack_data", cutoff) == 0  # already archived
     assert (await store.get("old-other-ns")).processing_status == "active"  # type: ignore[union-attr]
+
+
+async def test_archiving_is_in_the_change_log(backend: Backend, store: SQLMemoryStore) -> None:
+    """The other processes sharing the store (workers, replicas) learn of a change from the log:
+    an archived memory must leave their cached searches as a PATCH to ``archived`` does."""
+    await store.insert([memory("old"), memory("older"), memory("elsewhere", "gong_data")])
+    seen = await store.last_change()
+    backend.clock.advance(days=400)
+    cutoff = backend.clock.now - timedelta(days=365)
+    assert await store.archive_older_than("slack_data", cutoff, dry_run=True) == 2
+    assert await store.changes_after(seen, 10) == []  # a dry run changes nothing
+    assert await store.archive_older_than("slack_data", cutoff) == 2
+    changes = await store.changes_after(seen, 10)
+    assert sorted((i, ns, deleted) for _, i, ns, _, deleted in changes) == [
+        ("old", "slack_data", False),
+        ("older", "slack_data", False),
+    ]
 
 
 async def test_delete_older_than(backend: Backend, store: SQLMemoryStore) -> None:
