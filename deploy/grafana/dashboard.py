@@ -86,6 +86,25 @@ def quantiles(metric: str, selector: str, by: str = "") -> list[tuple[str, str]]
     ]
 
 
+# The cache's footprint gauges: with REDIS_URL every replica and worker reports the one Redis
+# store's figures (as it last saw them), so they are one figure, not a sum; in process, each
+# worker's and replica's own cache, which add up. A replica runs on Redis when its health monitor
+# reports the redis:cache dependency.
+REDIS_CACHE = 'gateway_dependency_up{dependency="redis:cache"}'
+CACHE_FOOTPRINT = (
+    "With Redis (REDIS_URL) the shared store's figure, as the replicas last saw it (not summed "
+    "over replicas and workers, which all report it); in process, the sum of each worker's cache."
+)
+
+
+def cache_footprint(metric: str) -> str:
+    """Per category: the Redis store's figure once, plus the in-process caches' sum."""
+    return (
+        f"max by (category) ({metric} and on (instance) {REDIS_CACHE})"
+        f" or sum by (category) ({metric} unless on (instance) {REDIS_CACHE})"
+    )
+
+
 def kpi(
     title: str, rule: str, unit: str, steps: list[tuple[float | None, str]], description: str
 ) -> stat.Panel:
@@ -179,9 +198,13 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
                   (f"sum by (status_code) (rate({requests}[{RATE}]))", "{{status_code}}")),
             graph("Requests/s by model group", "reqps",
                   (f"sum by (model) (rate({requests}[{RATE}]))", "{{model}}")),
+            # By model group only: a request every deployment failed is counted with provider="",
+            # so a provider filter would drop every 5xx and read 0 %.
             graph("Error ratio (5xx)", PERCENT,
-                  (f'(sum(rate(gateway_requests_total{{{M}, {P}, status_code=~"5.."}}[{RATE}])) or vector(0))'
-                   f" / sum(rate({requests}[{RATE}]))", "5xx")),
+                  (f'(sum(rate(gateway_requests_total{{{M}, status_code=~"5.."}}[{RATE}])) or vector(0))'
+                   f" / sum(rate(gateway_requests_total{{{M}}}[{RATE}]))", "5xx"),
+                  description="5xx answers over all answers of the selected model groups (the provider "
+                  "variable does not apply: a request no deployment served has no provider)."),
             graph("Upstream errors/s", "reqps",
                   (f"sum by (provider, error_type) (rate(gateway_upstream_errors_total{{{P}}}[{RATE}]))",
                    "{{provider}} {{error_type}}")),
@@ -224,9 +247,10 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
                    "{{category}}")),
             graph("Cache requests/s by result", "reqps",
                   (f"sum by (result) (rate(gateway_cache_requests_total[{RATE}]))", "{{result}}")),
-            graph("Bytes by category", "bytes", ("sum by (category) (gateway_cache_bytes)", "{{category}}")),
-            graph("Entries by category", "short",
-                  ("sum by (category) (gateway_cache_entries)", "{{category}}")),
+            graph("Bytes by category", "bytes", (cache_footprint("gateway_cache_bytes"), "{{category}}"),
+                  description=CACHE_FOOTPRINT),
+            graph("Entries by category", "short", (cache_footprint("gateway_cache_entries"), "{{category}}"),
+                  description=CACHE_FOOTPRINT),
             graph("Evictions/s", "ops",
                   (f"sum by (category) (rate(gateway_cache_evictions_total[{RATE}]))", "{{category}}")),
             graph("Backend up, errors/s", "short", ("min(gateway_cache_backend_up)", "up"),
@@ -234,7 +258,11 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
         ]),
         ("Memory", [
             graph("Search latency", "s", *quantiles("gateway_memory_search_duration_seconds", "")),
-            graph("Index vectors", "short", ("sum(gateway_memory_index_vectors)", "vectors")),
+            graph("Index vectors by replica", "short",
+                  ("max by (instance) (gateway_memory_index_vectors)", "{{instance}}"),
+                  description="Each replica's memory index. With serve --workers every worker holds "
+                  "the whole shared store (one figure per replica, not their sum); replicas on one "
+                  "Snowflake store each hold all of it."),
             graph("Search cache hit rate", PERCENT,
                   (f"sum(rate(gateway_memory_search_cache_hits_total[{RATE}])) / "
                    f"(sum(rate(gateway_memory_search_cache_hits_total[{RATE}])) + "

@@ -331,8 +331,15 @@ def dashboard_queries() -> list[tuple[str, str]]:
             for name, value in VARIABLES.items():
                 expr = expr.replace(name, value)
             assert "$" not in expr, f"unsubstituted variable in {panel['title']!r}: {expr}"
-            out.append((f"panel {panel['title']!r} {target['refId']}", expr))
+            where = f"panel {panel['title']!r} {target['refId']}"
+            LEGEND_LABELS[where] = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+            out.append((where, expr))
     return out
+
+
+# panel query -> the labels its legend shows ({{provider}} ...): the query must give them, else
+# every line of the panel is titled with blanks (a `by (...)` naming a label the metric lacks).
+LEGEND_LABELS: dict[str, set[str]] = {}
 
 
 def rule_queries() -> list[tuple[str, str]]:
@@ -367,6 +374,9 @@ def problems(prometheus: Prometheus, queries: list[tuple[str, str]]) -> list[str
             found.append(f"{where}: no data for {expr}")
         elif not all(math.isfinite(v) for v in values):
             found.append(f"{where}: not finite {values} for {expr}")
+        for label in sorted(LEGEND_LABELS.get(where, set())):
+            if not any(label in s["metric"] for s in answer["data"]["result"]):
+                found.append(f"{where}: no series has the legend's label {label!r} in {expr}")
     return found
 
 

@@ -99,6 +99,7 @@ def test_every_metric_the_dashboard_reads_is_one_the_gateway_exports() -> None:
         "gateway_cache_backend_up",
         "gateway_cache_backend_errors",
         "gateway_memory_search_duration_seconds",
+        "gateway_dependency_up",
         "up",
     }
     exported |= {
@@ -141,3 +142,110 @@ def test_promtool_accepts_the_rules() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(rules())} rules found" in done.stdout
+
+
+def promtool_or_skip() -> str:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip(
+            "promtool is missing: install the Debian package prometheus (scripts/test.sh does as root)"
+        )
+    return promtool
+
+
+def test_promtool_unit_tests_of_the_alerts_pass() -> None:
+    """deploy/prometheus/rules.test.yml: the key alerts fire when they should (after their `for`),
+    stay quiet otherwise, and name what they are about, on series labelled as the gateway exports
+    them (per-worker gauges under serve --workers)."""
+    done = subprocess.run(
+        [promtool_or_skip(), "test", "rules", "rules.test.yml"],
+        cwd=RULES.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    tested = set(re.findall(r"alertname: (\w+)", (RULES.parent / "rules.test.yml").read_text()))
+    assert {"SophiaHighErrorRate", "SophiaGatewayDown", "SophiaBreakerOpen"} <= tested
+    assert tested <= {r["alert"] for r in rules() if "alert" in r}
+
+
+# Series as `GET /metrics` gives them (captured from real runs): two replicas (a, b) of `serve
+# --workers 2` sharing one Redis (each worker reports the Redis store's footprint as it last saw
+# it, and the redis:cache dependency), one replica (c) of two workers with the cache in process;
+# gauges carry a `worker` label, counters are the set's sums. A 5xx that no deployment served has
+# provider="".
+FLEET_SERIES = [
+    *(
+        (f'gateway_cache_bytes{{instance="{i}",worker="{w}",category="common_queries"}}', v)
+        for i, w, v in (("a", 0, 3000), ("a", 1, 3100), ("b", 0, 3200), ("b", 1, 3000))
+    ),
+    *(
+        (f'gateway_cache_entries{{instance="{i}",worker="{w}",category="common_queries"}}', v)
+        for i, w, v in (("a", 0, 10), ("a", 1, 11), ("b", 0, 12), ("b", 1, 10))
+    ),
+    *(
+        (f'gateway_dependency_up{{instance="{i}",worker="{w}",dependency="redis:cache"}}', 1)
+        for i in "ab"
+        for w in (0, 1)
+    ),
+    *((f'gateway_dependency_up{{instance="c",worker="{w}",dependency="event_loop"}}', 1) for w in (0, 1)),
+    ('gateway_cache_bytes{instance="c",worker="0",category="embeddings"}', 100),
+    ('gateway_cache_bytes{instance="c",worker="1",category="embeddings"}', 200),
+    ('gateway_cache_entries{instance="c",worker="0",category="embeddings"}', 1),
+    ('gateway_cache_entries{instance="c",worker="1",category="embeddings"}', 2),
+    # The memory store is shared by a replica's workers: each holds all of its 5 vectors.
+    ('gateway_memory_index_vectors{instance="a",worker="0"}', 5),
+    ('gateway_memory_index_vectors{instance="a",worker="1"}', 5),
+    ('gateway_memory_index_vectors{instance="c"}', 7),
+]
+FLEET_COUNTERS = [
+    ('gateway_requests_total{instance="a",model="chat",provider="openai",status_code="200"}', "0+99x10"),
+    ('gateway_requests_total{instance="a",model="chat",provider="",status_code="502"}', "0+1x10"),
+]
+# panel title -> the figures it must show: (labels, value) per series.
+FLEET_EXPECTED: dict[str, list[tuple[str, float]]] = {
+    "Bytes by category": [('{category="common_queries"}', 3200), ('{category="embeddings"}', 300)],
+    "Entries by category": [('{category="common_queries"}', 12), ('{category="embeddings"}', 3)],
+    "Index vectors by replica": [('{instance="a"}', 5), ('{instance="c"}', 7)],
+    # With one provider picked, the 5xx that provider="" carries still count.
+    "Error ratio (5xx)": [("{}", 0.01)],
+}
+
+
+def test_dashboard_panels_read_a_fleet_of_worker_sets_right(tmp_path: Path) -> None:
+    """The panels whose figure depends on how gauges add up over workers and replicas, evaluated
+    by promtool on series shaped like the gateway's: a Redis footprint is one figure (not one per
+    worker and replica), a replica's memory index is its store's size (not times its workers)."""
+    promtool = promtool_or_skip()
+    board = json.loads(DASHBOARD.read_text())
+    by_title = {p["title"]: p for p in board["panels"]}
+    variables = {"$model": ".*", "$provider": "openai", "$team": ".*", "$__rate_interval": "5m"}
+    recorded, tests = [], []
+    for number, (title, expected) in enumerate(FLEET_EXPECTED.items()):
+        (target,) = by_title[title]["targets"]
+        expr = target["expr"]
+        for name, value in variables.items():
+            expr = expr.replace(name, value)
+        record = f"panel:{number}"
+        recorded.append({"record": record, "expr": expr})
+        tests.append(
+            {
+                "expr": record,
+                "eval_time": "10m",
+                "exp_samples": [{"labels": f"{record}{labels}", "value": v} for labels, v in expected],
+            }
+        )
+    (tmp_path / "panels.yml").write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": recorded}]}))
+    series = [{"series": s, "values": f"{v}x10"} for s, v in FLEET_SERIES]
+    series += [{"series": s, "values": v} for s, v in FLEET_COUNTERS]
+    test = {
+        "rule_files": ["panels.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    done = subprocess.run(
+        [promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
