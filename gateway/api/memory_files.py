@@ -92,7 +92,9 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
     # Prepared here, so the middleware's headers are set here (as ``send_stream`` does).
-    add_gateway_headers(response.headers, request[keys.REQUEST_ID], request[keys.REQUEST_CALL])
+    call = request[keys.REQUEST_CALL]
+    add_gateway_headers(response.headers, request[keys.REQUEST_ID], call)
+    call.streaming = True
     await response.prepare(request)
     try:
         await response.write(encode_event(*first))

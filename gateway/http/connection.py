@@ -40,6 +40,9 @@ from gateway.http.responses import MESSAGES_PATH, anthropic_error_response, erro
 
 log = logging.getLogger("gateway.http")
 
+# At the end of the drain grace, how long a request the drain cancels has to end its answer (a
+# stream's error event, a whole answer's 503) before its connection is closed.
+DRAIN_CUT_S = 0.5
 _MAX_DETAIL_CHARS = 200
 # A request line under Anthropic's door, the last one in a chunk (pipelined requests come first).
 _ANTHROPIC_LINE = re.compile(
@@ -76,6 +79,30 @@ class GatewayRequestHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm_read_deadline()
         super().connection_lost(exc)
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        """Drain this connection: the request in progress may run for ``timeout`` (the drain
+        grace), then it is cancelled and has ``DRAIN_CUT_S`` to end its answer before the
+        connection closes. aiohttp's own waits ``timeout`` for the handler, then cancels only the
+        request's body and waits ``timeout`` again: a stream still running at the end of
+        ``server.drain_grace_s`` ran for twice the grace (60 s for 30), past a pod's
+        ``terminationGracePeriodSeconds``, and was then cut without an error event."""
+        task = self._task_handler
+        if timeout is not None and self._request_in_progress and task is not None:
+            self._force_close = True  # no further request on this connection
+            if self._keepalive_handle is not None:
+                self._keepalive_handle.cancel()
+            waiter = self._handler_waiter = self._loop.create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter
+            except TimeoutError:
+                self._handler_waiter = None
+                task = self._task_handler  # None if the client left meanwhile
+                if task is not None and not task.done():
+                    task.cancel()  # the handler tells this cut from a client leaving: ``middleware.draining_cut``
+            timeout = DRAIN_CUT_S
+        await super().shutdown(timeout)
 
     def handle_error(
         self,

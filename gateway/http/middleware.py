@@ -33,6 +33,7 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
 )
 from gateway.http.responses import anthropic_error_response, error_renderer
 from gateway.observability.access_log import AccessLog
@@ -58,6 +59,16 @@ def request_id_for(request: web.Request, ids: RequestIds | None = None) -> str:
 def new_request_id() -> str:
     """A fresh request id: 32 hex digits."""
     return os.urandom(16).hex()  # as random as uuid4, without building a UUID object
+
+
+def draining_cut(request: web.Request) -> bool:
+    """Whether the cancellation of ``request``'s handler is the drain's, at the end of its grace
+    (``connection.GatewayRequestHandler.shutdown``), rather than its client's leaving: the process
+    is draining and the client's connection is still open."""
+    if not request.app[keys.LIFECYCLE].draining:
+        return False
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
 
 
 def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Handler:
@@ -106,8 +117,18 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
             except web.HTTPException as exc:
                 response = (render or error_renderer(request.path))(_from_http_exception(exc, request))
             except asyncio.CancelledError:
-                status = _CLIENT_CLOSED
-                raise
+                if not draining_cut(request):
+                    status = _CLIENT_CLOSED
+                    raise
+                # The drain's grace ran out with the client still waiting: a 503 it may retry
+                # elsewhere (a stream in progress ended with its door's error event: ``sse.py``).
+                status = ServiceUnavailable.status
+                if call.streaming:  # its response has started: nothing else can be sent
+                    raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()  # answered, not cancelled: aiohttp writes the 503
+                response = (render or error_renderer(request.path))(draining_error())
             except Exception:
                 log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": request.path}})
                 response = (render or error_renderer(request.path))(
@@ -203,6 +224,15 @@ async def unmatched(request: web.Request) -> web.StreamResponse:
     if allowed:
         raise web.HTTPMethodNotAllowed(request.method, allowed)
     raise web.HTTPNotFound()
+
+
+def draining_error() -> ServiceUnavailable:
+    """What a request still running at the end of the drain grace is answered."""
+    return ServiceUnavailable(
+        "The gateway is shutting down and this request outlasted its drain grace "
+        "(server.drain_grace_s); retry it.",
+        code="gateway_draining",
+    )
 
 
 def _from_http_exception(exc: web.HTTPException, request: web.Request) -> GatewayError:

@@ -9,6 +9,7 @@ client that leaves closes the provider request at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import GatewayError
-from gateway.http.middleware import add_gateway_headers
+from gateway.http.middleware import add_gateway_headers, draining_cut, draining_error
 from gateway.service.streams import AnswerStream
 from gateway.wire.sse import DONE, encode
 
@@ -43,7 +44,9 @@ async def send_stream(
     """Write ``stream`` to the client; a provider failure mid-stream ends it with ``error_event``
     (OpenAI's by default; a front door passes its own)."""
     response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-    add_gateway_headers(response.headers, request_id, request[keys.REQUEST_CALL])
+    call = request[keys.REQUEST_CALL]
+    add_gateway_headers(response.headers, request_id, call)
+    call.streaming = True
     try:
         await response.prepare(request)
         async for chunk in stream:
@@ -59,6 +62,19 @@ async def send_stream(
             return response
     except ConnectionResetError:
         return response  # the client left; closing the stream below closes the provider request
+    except asyncio.CancelledError:
+        if not response.prepared or not draining_cut(request):
+            raise  # the client left (499)
+        # The drain's grace ran out (``connection.GatewayRequestHandler.shutdown``) with the
+        # client still reading: it gets its door's error event, as for a provider failing.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the stream is ended, not abandoned
+        log.warning("stream cut by the drain", extra={"fields": {"request_id": request_id}})
+        try:
+            await response.write(error_event(draining_error()))
+        except ConnectionResetError:
+            return response
     finally:
         await stream.aclose()
     # The client may read [DONE] and close before the chunked encoding's last bytes go out: the

@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import orjson
 
@@ -54,6 +54,8 @@ _OPERATION = {
     Endpoint.COMPLETIONS: "text_completion",
     Endpoint.EMBEDDINGS: "embeddings",
 }
+T = TypeVar("T")
+Attempt = Callable[[Target], Awaitable[T]]  # one try of a routed call on a target (``Router.call``)
 # Builds the memory service around the request service's own embeddings path.
 MemoryFactory = Callable[["Embed"], MemoryService]
 
@@ -183,10 +185,14 @@ class RequestService:
             # A whole answer, here rather than in a coroutine of its own (one frame less).
             called_s = time.perf_counter()
             try:
+                fetch: Attempt[tuple[bytes, object]]
                 if door is None:
-                    routed = await self.router.call(route, lambda t: self._fetch(t, endpoint, body), group)
+                    fetch = lambda t: self._fetch(t, endpoint, body)  # noqa: E731
                 else:
-                    routed = await self.router.call(route, lambda t: self._fetch_door(t, door), group)
+                    fetch = lambda t: self._fetch_door(t, door)  # noqa: E731
+                if ctx.limit_ticket is not None:
+                    fetch = _noting(ctx, fetch)
+                routed = await self.router.call(route, fetch, group)
             except GatewayError as error:
                 self.record_operation(endpoint, model, None, called_s, type(error).__name__)
                 raise
@@ -219,11 +225,17 @@ class RequestService:
             ):
                 self.shadow.offer(routed.group, group_config.shadow, endpoint, body, raw)
             return Answer(body=raw)
-        except BaseException:
+        except BaseException as error:
             if lead:
                 self.cache.land(plan, None)
-            if ctx.limit_ticket is not None:  # no provider answered: the reservation is released
-                ctx.limit_ticket.settle_later(0, 0, 0.0)
+            ticket = ctx.limit_ticket
+            if ticket is not None:
+                if ctx.sent_to is not None and isinstance(error, asyncio.CancelledError):
+                    # The client left while a provider worked on its request: tokens were spent
+                    # (as for a stream left half way), so the reservation stands, at its prices.
+                    ticket.settle_later(*unreported(ticket, ctx.sent_to, 0))
+                else:  # no provider answered: the reservation is released
+                    ticket.settle_later(0, 0, 0.0)
             raise
 
     async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
@@ -456,10 +468,13 @@ class RequestService:
     ) -> Answer:
         book = _StreamBook(self, endpoint, plan, ctx, lead)
         capture = self.cache.capture_bytes(plan)
+
+        open_stream: Attempt[RoutedStream]
+        open_stream = lambda t: self._open_stream(t, endpoint, body, book, capture, door)  # noqa: E731
+        if ctx.limit_ticket is not None:
+            open_stream = _noting(ctx, open_stream)
         try:
-            routed = await self.router.call(
-                route, lambda t: self._open_stream(t, endpoint, body, book, capture, door), group
-            )
+            routed = await self.router.call(route, open_stream, group)
         except GatewayError as error:
             self.record_operation(endpoint, route.model, None, book.called_s, type(error).__name__)
             raise
@@ -806,6 +821,22 @@ class _StreamBook:
         if self._lead:
             self._lead = False
             self._service.cache.land(self._plan, answer)
+
+
+def _noting(ctx: CallContext, attempt: Attempt[T]) -> Attempt[T]:
+    """``attempt``, noting in ``ctx.sent_to`` the target a try is under way on, or has answered
+    (keyed calls: see ``RequestService.run``'s settlement of a call its client left); a try that
+    failed is forgotten (a failed call is charged nothing)."""
+
+    async def note(target: Target) -> T:
+        ctx.sent_to = target
+        try:
+            return await attempt(target)
+        except GatewayError:
+            ctx.sent_to = None
+            raise
+
+    return note
 
 
 def _served_by(model: str, group: str) -> str:

@@ -14,7 +14,7 @@ from gateway.auth.gate import LimitTicket
 from gateway.auth.identity import Caller
 from gateway.cache.fingerprint import ANONYMOUS_TENANT, tenant_of
 from gateway.cache.service import CacheOutcome
-from gateway.routing.target import Route
+from gateway.routing.target import Route, Target
 
 __all__ = ["CallContext", "CallRecord", "OnBehalf", "RequestIds", "Route", "on_behalf_of"]
 
@@ -39,6 +39,8 @@ class CallRecord:
     rate_limits: Mapping[str, str] | None = None
     # Anthropic's door (/v1/messages): the request id also as ``request-id``, the header its SDK reads
     anthropic: bool = False
+    # Its answer is a stream whose response has started (``http/sse.py``): nothing else can be sent
+    streaming: bool = False
 
 
 @dataclass(slots=True)
@@ -62,6 +64,10 @@ class CallContext:
     # An internal call made for a caller's background work (``OnBehalf.admit`` false): its usage
     # and cost are charged to ``identity``'s limits, but it is never refused by them.
     charge_only: bool = False
+    # The deployment a keyed call (one with a ``limit_ticket``) is being answered by, once a try
+    # is under way: a call cancelled then (its client left) is charged its reservation, since the
+    # provider spent tokens
+    sent_to: Target | None = None
 
     @property
     def internal(self) -> bool:

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import openai
 import orjson
@@ -305,3 +306,51 @@ memory: {enabled: false}
     resp = await client.post("/v1/chat/completions", json=chat(), headers=tagged)
     assert resp.status == 200 and resp.headers["x-gateway-group"] == "secret"
     assert resp.headers["x-gateway-model"] == "hidden"
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+async def test_a_client_that_leaves_while_the_provider_works_keeps_its_reservation(
+    aiohttp_client: ClientFactory, aiohttp_server: Callable[..., Awaitable[Any]], stream: bool
+) -> None:
+    """The client leaves after its request reached the provider and before any answer came:
+    the provider spent tokens, as for a stream left half way, so the reservation stands and its
+    cost counts. It was released: a key could send long prompts and leave before each answer,
+    never charged. A real provider (an aiohttp server that holds its answers) and transport."""
+    arrived = asyncio.Event()
+
+    async def holds(request: web.Request) -> web.StreamResponse:
+        if arrived.is_set():  # a later call: answered at once
+            return web.json_response(orjson.loads(upstream(UpstreamRequest("", b"{}", False)).body))
+        await request.read()
+        if stream:  # headers, then nothing
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b": keep-alive\n\n")
+        arrived.set()
+        await asyncio.Event().wait()  # until the gateway closes the connection
+        raise AssertionError("unreachable")
+
+    provider = web.Application()
+    provider.router.add_post("/v1/chat/completions", holds)
+    server = await aiohttp_server(provider)  # (its handlers are cancelled when a connection closes)
+    policy = POLICY.replace("http://a.test/v1", str(server.make_url("/v1")))
+    app = build_app(Settings(access_log=False, admin_token=ADMIN), parse_policy(policy), {})
+    app[keys.KEYRING] = Ring({SECRET: Caller("k1", "blue", tpm=1000)})
+    client = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+    left = asyncio.create_task(
+        client.post("/v1/chat/completions", json=chat(stream=stream, max_tokens=400), headers=AUTH)
+    )
+    async with asyncio.timeout(5):
+        await arrived.wait()
+    left.cancel()  # the client goes away
+    async with asyncio.timeout(5):
+        while metric(client, "gateway_requests_total", endpoint="/v1/chat/completions", model="m",
+                     provider="", status_code="499") == 0:  # fmt: skip
+            await asyncio.sleep(0.01)
+    probe = await client.post("/v1/chat/completions", json=chat(max_tokens=1), headers=AUTH)
+    assert probe.headers["x-ratelimit-remaining-tokens"] == str(1000 - 402 - 3)  # 402: its estimate
+    await client.app[keys.LIMITS].drain()  # type: ignore[index]
+    usage = await client.get("/admin/usage", headers={"Authorization": f"Bearer {ADMIN}"})
+    row = (await usage.json())["data"][0]
+    assert row["tokens_in"] + row["tokens_out"] >= 402
+    assert row["cost_usd"] >= 402 * 100_000 / 1_000_000 * 0.99  # at the deployment's prices
