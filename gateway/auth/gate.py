@@ -1,9 +1,10 @@
 """The limits' admission gate: RPM, TPM (a reservation) and budget per key, before a call costs
 anything; the call's ``LimitTicket`` settles the reservation and the spend when it ends.
 
-Reservation (TPM): the prompt estimated at 4 characters a token (the text of ``messages``,
-``prompt`` or ``input``), plus the output: ``max_completion_tokens`` or ``max_tokens`` when the
-request gives one, else ``DEFAULT_OUTPUT_TOKENS``, times ``n``. When the call ends, the tokens
+Reservation (TPM): the prompt estimated at 4 characters a token (the text of ``messages``
+and their tool calls' arguments, ``prompt`` or ``input``), plus the output:
+``max_completion_tokens`` or ``max_tokens`` when the request gives one, else
+``DEFAULT_OUTPUT_TOKENS``, times ``n``. When the call ends, the tokens
 the provider reported replace it.
 
 Refusals (OpenAI's shapes): 429 ``rate_limit_exceeded`` (type ``requests`` / ``tokens``) with
@@ -156,13 +157,20 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
     if endpoint is Endpoint.CHAT:
         messages = body.get("messages")
         for message in messages if isinstance(messages, list) else ():
-            content = message.get("content") if isinstance(message, dict) else None
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
             if isinstance(content, str):
                 chars += len(content)
             elif isinstance(content, list):
                 for part in content:
                     text = part.get("text") if isinstance(part, dict) else None
                     chars += len(text) if isinstance(text, str) else 0
+            calls = message.get("tool_calls")  # an agent's history is mostly calls
+            for call in calls if isinstance(calls, list) else ():
+                function = call.get("function") if isinstance(call, dict) else None
+                arguments = function.get("arguments") if isinstance(function, dict) else None
+                chars += len(arguments) if isinstance(arguments, str) else 0
     else:
         given = body.get("prompt" if endpoint is Endpoint.COMPLETIONS else "input")
         items = given if isinstance(given, list) else [given]

@@ -948,3 +948,10 @@ async def test_item_references_name_the_items_of_kept_responses(
     unkept = await api.responses.create(model="m", input="hi", store=False)
     with pytest.raises(openai.BadRequestError):
         await api.responses.create(model="m", input=[{"type": "item_reference", "id": unkept.output[0].id}])
+
+
+def test_a_keyed_calls_token_reservation_counts_tool_calls_arguments() -> None:
+    # Before: 0 for the calls, so an agent's long history of calls reserved next to nothing.
+    call = {"type": "function_call", "call_id": "c", "name": "write_file", "arguments": "a" * 800}
+    body = {"model": "m", "input": [{"role": "user", "content": "x" * 400}, call], "max_output_tokens": 7}
+    assert reservation(Endpoint.CHAT, chat_request(body)) == 1200 // 4 + 1 + 7
