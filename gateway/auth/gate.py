@@ -23,10 +23,9 @@ from gateway.auth.identity import Caller
 from gateway.auth.limits import REFUSED_BUDGET, Decision, Limiter, Window
 from gateway.errors import QuotaExceeded, RateLimited, RequestTooLarge
 from gateway.observability.metrics import GatewayMetrics
-from gateway.wire.requests import Endpoint, JSONObject
+from gateway.wire.requests import CHARS_PER_TOKEN, Endpoint, JSONObject, prompt_chars
 
 DEFAULT_OUTPUT_TOKENS = 256  # the output reserved when a request sets no max_tokens
-CHARS_PER_TOKEN = 4
 
 
 class _Record(Protocol):
@@ -153,24 +152,8 @@ class LimitTicket:
 
 def reservation(endpoint: Endpoint, body: JSONObject) -> int:
     """Tokens to reserve for ``body``: prompt characters / 4 plus the output it may produce."""
-    chars = 0
     if endpoint is Endpoint.CHAT:
-        messages = body.get("messages")
-        for message in messages if isinstance(messages, list) else ():
-            if not isinstance(message, dict):
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):
-                for part in content:
-                    text = part.get("text") if isinstance(part, dict) else None
-                    chars += len(text) if isinstance(text, str) else 0
-            calls = message.get("tool_calls")  # an agent's history is mostly calls
-            for call in calls if isinstance(calls, list) else ():
-                function = call.get("function") if isinstance(call, dict) else None
-                arguments = function.get("arguments") if isinstance(function, dict) else None
-                chars += len(arguments) if isinstance(arguments, str) else 0
+        chars = prompt_chars(body.get("messages"))
     else:
         given = body.get("prompt" if endpoint is Endpoint.COMPLETIONS else "input")
         items = given if isinstance(given, list) else [given]

@@ -12,8 +12,7 @@ from gateway.policy.model import Deployment, RuleMatch
 from gateway.providers.base import ProviderHandle
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.stats import DeploymentStats
-
-_CHARS_PER_TOKEN = 4
+from gateway.wire.requests import CHARS_PER_TOKEN, prompt_chars
 
 
 class AttemptWatch(Protocol):
@@ -82,8 +81,8 @@ class RouteContext:
     def prompt_tokens(self) -> int:
         """A cheap estimate of the prompt's length in tokens (characters / 4)."""
         return (
-            _text_chars(self.body.get("messages", self.body.get("prompt", self.body.get("input"))))
-            // _CHARS_PER_TOKEN
+            prompt_chars(self.body.get("messages", self.body.get("prompt", self.body.get("input"))))
+            // CHARS_PER_TOKEN
         )
 
     @property
@@ -99,20 +98,3 @@ def rule_matches(when: RuleMatch, ctx: RouteContext) -> bool:
     if when.min_prompt_tokens is not None and ctx.prompt_tokens < when.min_prompt_tokens:
         return False
     return not (when.max_prompt_tokens is not None and ctx.prompt_tokens > when.max_prompt_tokens)
-
-
-def _text_chars(value: object) -> int:
-    """Characters of text in a prompt, message list or content-part list, tool calls' arguments
-    included (an agent's history is mostly calls and their results)."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_chars(v) for v in value)
-    if isinstance(value, dict):
-        n = _text_chars(value.get("content")) + _text_chars(value.get("text"))
-        calls = value.get("tool_calls")
-        if isinstance(calls, list):
-            n += sum(_text_chars(c.get("function")) for c in calls if isinstance(c, dict))
-        arguments = value.get("arguments")  # (a call's function; a Responses function_call item)
-        return n + len(arguments) if isinstance(arguments, str) else n
-    return 0

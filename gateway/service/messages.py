@@ -34,12 +34,11 @@ from gateway.wire.messages import (
     to_chat,
 )
 from gateway.wire.messages_stream import ChatToMessagesEvents
-from gateway.wire.requests import Endpoint, JSONObject
+from gateway.wire.requests import CHARS_PER_TOKEN, Endpoint, JSONObject
 from gateway.wire.sse import WholeEvents
 
 NATIVE_KIND = "anthropic"
 _TOP_K_KINDS = frozenset({"gemini"})  # translated kinds whose adapter reads ``top_k``
-_CHARS_PER_TOKEN = 4  # the router's estimate (routing/target.py)
 
 
 def beta_variant(beta: str) -> str:
@@ -207,7 +206,7 @@ def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int
     names = router.model_names
     if head.model not in names or (caller is not None and not caller.may_use(head.model)):
         raise ModelNotFound(head.model, [n for n in names if caller is None or caller.may_use(n)])
-    tools = sum(len(orjson.dumps(tool)) for tool in head.tools or ()) // _CHARS_PER_TOKEN
+    tools = sum(len(orjson.dumps(tool)) for tool in head.tools or ()) // CHARS_PER_TOKEN
     # At least 1: a short message is still tokens (Anthropic's own count is never 0), and a
     # client that sizes a request from this must not read "free".
     return max(1, RouteContext(head.model, chat).prompt_tokens + tools)

@@ -17,6 +17,34 @@ from pydantic_core import PydanticCustomError
 
 JSONObject = dict[str, Any]
 
+CHARS_PER_TOKEN = 4
+"""The gateway's one estimate of a token, wherever it sizes a prompt before the provider says:
+routing rules and context windows, TPM reservations, ``/v1/messages/count_tokens``."""
+
+
+def prompt_chars(value: object) -> int:
+    """Characters of text in a prompt, message list or content-part list, tool calls' arguments
+    included (an agent's history is mostly calls). Walked with a list, not recursion: a body
+    nested as deep as JSON parsing allows cannot exhaust the interpreter's stack."""
+    n = 0
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            n += len(item)
+        elif isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, dict):
+            todo.append(item.get("content"))
+            todo.append(item.get("text"))
+            calls = item.get("tool_calls")
+            if isinstance(calls, list):
+                todo.extend(c.get("function") for c in calls if isinstance(c, dict))
+            arguments = item.get("arguments")  # (a call's function; a Responses function_call item)
+            if isinstance(arguments, str):
+                n += len(arguments)
+    return n
+
 
 class Endpoint(enum.Enum):
     """The OpenAI operations the gateway serves; the value is the path under /v1."""
