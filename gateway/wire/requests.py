@@ -109,6 +109,10 @@ class CompletionHead(_Head):
     stream_options: StreamOptions | None = None
 
 
+# The most inputs one embeddings request may hold (OpenAI's limit).
+MAX_EMBEDDING_INPUTS = 2048
+
+
 class EmbeddingHead(_Head):
     model: str = Field(min_length=1)
     # OpenAI refuses an empty string and an empty array (a provider would answer nothing, or
@@ -120,7 +124,21 @@ class EmbeddingHead(_Head):
     def _not_empty(cls, value: str | list[Any]) -> str | list[Any]:
         if not value:
             raise PydanticCustomError("empty", "must not be empty: send a non-empty string or array")
+        if isinstance(value, list):
+            # OpenAI's bounds (1 to 2048 items, no empty string or token array among them): past
+            # them a 400 for every provider, not a request that one refuses and another (Gemini,
+            # in calls of 100 one after another) turns into hundreds of upstream calls.
+            if len(value) > MAX_EMBEDDING_INPUTS:
+                raise PydanticCustomError(
+                    "too_long",
+                    "holds {count} items: at most {most} in one request",
+                    {"count": len(value), "most": MAX_EMBEDDING_INPUTS},
+                )
+            if "" in value or [] in value:
+                raise PydanticCustomError("empty", "must not hold an empty string or token array")
         return value
+
+    user: StrictStr | None = None
 
     # Read by the Gemini adapter (outputDimensionality, and how it encodes the answer)
     dimensions: StrictInt | None = Field(None, ge=1, le=2**31 - 1)  # every provider's field is an int32

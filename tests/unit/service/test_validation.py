@@ -188,6 +188,12 @@ def test_stream_must_be_a_boolean_as_openai_requires(endpoint: Endpoint, value: 
         ({"encoding_format": 0}, "encoding_format"),
         ({"input": []}, "input"),  # OpenAI's 400; Gemini's adapter took it for token ids
         ({"input": ""}, "input"),
+        # OpenAI's bounds: an empty item, more than 2048 (Gemini's adapter sent 2,049 inputs as 21
+        # upstream calls one after another; 100,000 as 1,000)
+        ({"input": ["a", ""]}, "input"),
+        ({"input": [[1, 2], []]}, "input"),
+        ({"input": ["a"] * 2049}, "input"),
+        ({"user": 5}, "user"),
     ],
 )
 def test_embedding_options_the_adapters_read_are_typed(extra: dict, param: str) -> None:  # type: ignore[type-arg]
@@ -198,3 +204,4 @@ def test_embedding_options_the_adapters_read_are_typed(extra: dict, param: str) 
     assert check_request(
         Endpoint.EMBEDDINGS, {"model": "m", "input": "x", "dimensions": 8, "encoding_format": "base64"}
     )
+    assert check_request(Endpoint.EMBEDDINGS, {"model": "m", "input": ["a"] * 2048, "user": "u"})
