@@ -163,6 +163,8 @@ def parse_embeddings(body: dict[str, object]) -> EmbeddingRequest:
         raw = [raw]  # one input
     if not isinstance(raw, list) or not raw or not all(isinstance(i, str) or _is_token_array(i) for i in raw):
         raise WireError("'input' must be a string, an array of strings or an array of token arrays", "input")
+    if len(raw) > 2048 or "" in raw or [] in raw:  # OpenAI's bounds: 1 to 2048 items, none empty
+        raise WireError("'input' must hold 1 to 2048 items, none of them empty", "input")
     # Token arrays are embedded by their JSON text and count one token per id.
     inputs = tuple(i if isinstance(i, str) else orjson.dumps(i).decode() for i in raw)
     tokens = sum(len(i.split()) if isinstance(i, str) else len(i) for i in raw)

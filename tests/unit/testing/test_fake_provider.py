@@ -272,6 +272,10 @@ async def test_models_list_and_retrieve(aiohttp_client: AiohttpClient) -> None:
         ),
         ("/v1/completions", b'{"model": "m", "prompt": 3}', "prompt"),
         ("/v1/embeddings", b'{"model": "m", "input": []}', "input"),
+        ("/v1/embeddings", b'{"model": "m", "input": ["a", ""]}', "input"),
+        ("/v1/embeddings", b'{"model": "m", "input": ""}', "input"),
+        ("/v1/embeddings", b'{"model": "m", "input": [[]]}', "input"),
+        ("/v1/embeddings", b'{"model": "m", "input": [' + b'"a",' * 2048 + b'"a"]}', "input"),
         ("/v1/embeddings", b'{"model": "m", "input": "x", "encoding_format": "hex"}', "encoding_format"),
     ],
 )
