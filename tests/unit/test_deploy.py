@@ -166,7 +166,7 @@ def test_promtool_unit_tests_of_the_alerts_pass() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     tested = set(re.findall(r"alertname: (\w+)", (RULES.parent / "rules.test.yml").read_text()))
-    assert {"SophiaHighErrorRate", "SophiaGatewayDown", "SophiaBreakerOpen"} <= tested
+    assert {"SophiaHighErrorRate", "SophiaGatewayDown", "SophiaGatewayAbsent", "SophiaBreakerOpen"} <= tested
     assert tested <= {r["alert"] for r in rules() if "alert" in r}
 
 
