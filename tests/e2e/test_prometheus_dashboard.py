@@ -350,6 +350,8 @@ def rule_queries() -> list[tuple[str, str]]:
             if "alert" in rule:
                 # The condition without its threshold: an alert that does not fire has no data.
                 expr = re.sub(r"\s*(>|<|==|!=|>=|<=)\s*[0-9.e+-]+$", "", expr)
+                # absent(X) has data only when X has none: X, the series it watches, must exist.
+                expr = re.sub(r"^absent\((.*)\)$", r"\1", expr)
                 out.append((f"alert {rule['alert']}", expr))
             else:
                 out.append((f"rule {rule['record']}", expr))
