@@ -225,8 +225,14 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
                   *quantiles("gen_ai_server_time_per_output_token_seconds", GENAI)),
         ]),
         ("Routing", [
+            # Per-worker gauges (every worker and replica keeps its own live view): one line a
+            # deployment, not one per worker under identical legends. Scores: their average;
+            # breakers: the worst state anywhere (one replica's open breaker shows); rollout
+            # steps: shared through Redis, the same everywhere, so the largest.
             graph("Deployment scores", "percentunit",
-                  (f"gateway_deployment_score{{{M}, {P}}}", "{{model}} {{provider}}/{{upstream_model}}")),
+                  (f"avg by (model, provider, upstream_model) (gateway_deployment_score{{{M}, {P}}})",
+                   "{{model}} {{provider}}/{{upstream_model}}"),
+                  description="Each deployment's live score in its group, averaged over replicas and workers."),
             graph("Traffic share by deployment", PERCENT,
                   (f'sum by (provider, upstream_model) (rate(gateway_upstream_requests_total{{{P}, outcome="success"}}[{RATE}]))'
                    f' / scalar(sum(rate(gateway_upstream_requests_total{{{P}, outcome="success"}}[{RATE}])))',
@@ -235,9 +241,12 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
                   (f"sum by (model) (rate(gateway_fallbacks_total{{{M}}}[{RATE}]))", "fallbacks {{model}}"),
                   (f"sum by (model) (rate(gateway_retries_total{{{M}}}[{RATE}]))", "retries {{model}}")),
             graph("Breaker states (0 closed, 1 half-open, 2 open)", "short",
-                  (f"gateway_breaker_state{{{P}}}", "{{provider}}/{{upstream_model}}")),
+                  (f"max by (provider, upstream_model) (gateway_breaker_state{{{P}}})",
+                   "{{provider}}/{{upstream_model}}"),
+                  description="The worst state of each deployment's breaker over replicas and workers."),
             graph("Rollout steps", "percent",
-                  (f"gateway_rollout_step_percent{{{M}}}", "{{model}}"),
+                  (f"max by (model, provider, upstream_model) (gateway_rollout_step_percent{{{M}}})",
+                   "{{model}} {{provider}}/{{upstream_model}}"),
                   description="Traffic share of the candidate in each progressive rollout."),
         ]),
         ("Cache", [

@@ -198,6 +198,27 @@ FLEET_SERIES = [
     ('gateway_memory_index_vectors{instance="a",worker="0"}', 5),
     ('gateway_memory_index_vectors{instance="a",worker="1"}', 5),
     ('gateway_memory_index_vectors{instance="c"}', 7),
+    # Each worker's own live view of a deployment: one line a deployment on the panels, not one a
+    # worker under identical legends; the breaker open in one worker of b shows as open.
+    *(
+        (
+            f'gateway_deployment_score{{instance="{i}",worker="{w}",model="chat",provider="openai",upstream_model="gpt"}}',
+            v,
+        )
+        for i, w, v in (("a", 0, 0.8), ("a", 1, 0.6), ("b", 0, 0.7), ("b", 1, 0.7))
+    ),
+    *(
+        (f'gateway_breaker_state{{instance="{i}",worker="{w}",provider="openai",upstream_model="gpt"}}', v)
+        for i, w, v in (("a", 0, 0), ("a", 1, 0), ("b", 0, 2), ("b", 1, 1))
+    ),
+    *(
+        (
+            f'gateway_rollout_step_percent{{instance="{i}",worker="{w}",model="chat",provider="openai",upstream_model="gpt"}}',
+            25,
+        )
+        for i in "ab"
+        for w in (0, 1)
+    ),
 ]
 FLEET_COUNTERS = [
     ('gateway_requests_total{instance="a",model="chat",provider="openai",status_code="200"}', "0+99x10"),
@@ -210,6 +231,9 @@ FLEET_EXPECTED: dict[str, list[tuple[str, float]]] = {
     "Index vectors by replica": [('{instance="a"}', 5), ('{instance="c"}', 7)],
     # With one provider picked, the 5xx that provider="" carries still count.
     "Error ratio (5xx)": [("{}", 0.01)],
+    "Deployment scores": [('{model="chat",provider="openai",upstream_model="gpt"}', 0.7)],
+    "Breaker states (0 closed, 1 half-open, 2 open)": [('{provider="openai",upstream_model="gpt"}', 2)],
+    "Rollout steps": [('{model="chat",provider="openai",upstream_model="gpt"}', 25)],
 }
 
 
