@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ import selectors
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -167,6 +169,56 @@ class _Worker:
     restart_at: float | None = None
 
 
+RUN_DIR_PREFIX = "sophia-workers-"
+# A lock file in each run directory, locked (flock) by the set's parent for its life and by its
+# workers, who inherit the descriptor over fork: once it can be locked, nobody uses the directory.
+_OWNER = "owner.lock"
+
+
+def claim_run_dir() -> tuple[str, int]:
+    """A new private run directory (mode 0700) and the descriptor holding its owner lock."""
+    run_dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)
+    # Locked under another name, then renamed: a sweep never sees the owner file unlocked.
+    claiming = os.path.join(run_dir, _OWNER + ".new")
+    fd = os.open(claiming, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(claiming, os.path.join(run_dir, _OWNER))
+    return run_dir, fd
+
+
+def sweep_stale_run_dirs(parent: str | None = None) -> list[str]:
+    """Remove the run directories of worker sets that are gone (a parent SIGKILLed, OOM-killed or
+    lost with its machine leaves its directory behind; a set that stops removes its own); the
+    paths removed. A directory is removed only when it is this user's own (not a symlink) and its
+    owner lock can be taken: no parent or worker of its set is alive. One without an owner file
+    (being created, or made by a version before the lock) is left alone."""
+    parent = parent or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(RUN_DIR_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            fd = os.open(os.path.join(path, _OWNER), os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:  # gone meanwhile, another user's, no owner file
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: the set is alive
+            continue
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
+
+
 class Supervisor:
     """Starts ``count`` workers running ``main`` on ``host:port`` and keeps them running."""
 
@@ -185,11 +237,13 @@ class Supervisor:
         """Serve until SIGTERM or SIGINT; the exit code (0, or a worker's failed first start)."""
         with self._port_reserved() as port:
             self._port = port
-            self._run_dir = tempfile.mkdtemp(prefix="sophia-workers-")  # mode 0700
+            sweep_stale_run_dirs()
+            self._run_dir, owner = claim_run_dir()
             try:
                 return self._supervise()
             finally:
                 shutil.rmtree(self._run_dir, ignore_errors=True)
+                os.close(owner)
 
     @contextlib.contextmanager
     def _port_reserved(self) -> Iterator[int]:

@@ -95,6 +95,14 @@ def workers_of(gateway: ManagedProcess) -> list[int]:
     return sorted(int(p) for p in text.split())
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped yet has exited)."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -554,3 +562,36 @@ def test_workers_auto_counts_the_cgroup_cpu_limit_not_only_the_cores(
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+
+def test_a_sigkilled_sets_run_directory_is_swept_by_the_next_set(policy_path: Path, tmp_path: Path) -> None:
+    """A set whose parent is SIGKILLed cannot remove its run directory; once its workers have
+    drained, the next ``serve --workers`` on the machine removes it (and keeps its own)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+
+    def run_dirs() -> set[str]:
+        return {p.name for p in scratch.iterdir() if p.name.startswith("sophia-workers-")}
+
+    def serve(n: int) -> ManagedProcess:
+        cwd = tmp_path / f"run{n}"
+        cwd.mkdir()
+        args = ["serve", "--policy", str(policy_path), "--port", "0", "--workers", "2"]
+        return start(args, cwd=str(cwd), env={"TMPDIR": str(scratch)})
+
+    killed = serve(0)
+    (first,) = run_dirs()
+    orphans = workers_of(killed)
+    killed.signal(signal.SIGKILL)
+    killed.wait(10)
+    # Its workers drain and exit (they hold the directory's lock until then).
+    wait_for(lambda: not any(alive(pid) for pid in orphans), 40)
+    assert run_dirs() == {first}
+    runs = [killed, serve(1)]
+    try:
+        (second,) = run_dirs()
+        assert second != first
+        assert chat(runs[1].url) == 200
+    finally:
+        assert runs[1].stop(30) == 0
+    assert run_dirs() == set()
