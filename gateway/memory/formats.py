@@ -35,6 +35,14 @@ import orjson
 READ_BYTES = 1 << 20
 # A .jsonl line longer than this is refused (one error) rather than held in memory whole.
 MAX_LINE_BYTES = 16 << 20
+# A PDF's text comes out of compressed streams, and its pages may share a stream or a node of
+# the page tree: a file of a few KB can hold 65,536 pages (a tree whose nodes list the node
+# below twice) or a stream pypdf inflates to 75 MB, millions of chunks to embed and store.
+# Real PDFs hold less text than their size (layout operators, fonts, images around it), so a
+# PDF whose text passes this many characters a byte of the file (and PDF_MIN_TEXT_CHARS) is
+# refused as a bomb once it does.
+PDF_TEXT_CHARS_PER_BYTE = 20
+PDF_MIN_TEXT_CHARS = 1 << 20
 
 # extension -> format name
 EXTENSIONS = {
@@ -334,11 +342,14 @@ class _ThreadWarnings(logging.Handler):
 
 def read_pdf(path: str) -> Iterator[Item]:
     """Page by page; a page pypdf cannot read (it raises, or logs damage) is a problem and the
-    next page is still read. A file that is not a readable PDF at all raises ``ValueError``."""
+    next page is still read. A file that is not a readable PDF at all raises ``ValueError``, and
+    so does one whose text passes its bound (``PDF_TEXT_CHARS_PER_BYTE``), at that page."""
     from pypdf import PdfReader  # imported here: only PDF uploads pay its import
     from pypdf.errors import PyPdfError
 
     size = os.path.getsize(path)
+    text_limit = max(PDF_MIN_TEXT_CHARS, PDF_TEXT_CHARS_PER_BYTE * size)
+    text_chars = 0
     warnings = _ThreadWarnings()
     pypdf_log = logging.getLogger("pypdf")
     pypdf_log.addHandler(warnings)
@@ -360,6 +371,13 @@ def read_pdf(path: str) -> Iterator[Item]:
                 continue
             if warnings.messages:
                 yield Problem(f"page {number}", f"damaged page ({warnings.messages[0]})", position)
+            text_chars += len(text or "")
+            if text_chars > text_limit:
+                raise ValueError(
+                    f"the PDF's text passes {text_limit} characters at page {number} of {pages}, over "
+                    f"{PDF_TEXT_CHARS_PER_BYTE} a byte of its {size} bytes: a compression bomb or a page "
+                    "tree that repeats its pages, not read further"
+                )
             yield Passage(text or "", position, where={"page": number})
     finally:
         pypdf_log.removeHandler(warnings)

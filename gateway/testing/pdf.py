@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Collection, Sequence
 
 
@@ -36,6 +37,29 @@ def make_pdf(pages: Sequence[str], corrupt: Collection[int] = ()) -> bytes:
     ]
     add(b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % k for k in kids) + b"] /Count %d >>" % len(kids))
     catalog = add(b"<< /Type /Catalog /Pages %d 0 R >>" % parent)
+    return _file(objects, catalog)
+
+
+def make_bomb_pdf(text: str, doublings: int) -> bytes:
+    """A PDF of a few KB whose text is ``text`` (a Flate stream, so a long repetitive text
+    stays small) on 2 ** ``doublings`` pages: each node of its page tree lists the node below
+    it twice, and the last one is the page. What a hostile upload sends to expand a small file
+    into much text."""
+    stream = zlib.compress(f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode("latin-1"), 9)
+    objects = [
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Page /MediaBox [0 0 612 792] /Resources << /Font << /F1 1 0 R >> >> /Contents 2 0 R >>",
+    ]
+    for level in range(1, doublings + 1):
+        below = len(objects)
+        objects.append(b"<< /Type /Pages /Kids [%d 0 R %d 0 R] /Count %d >>" % (below, below, 2**level))
+    objects.append(b"<< /Type /Catalog /Pages %d 0 R >>" % len(objects))
+    return _file(objects, len(objects))
+
+
+def _file(objects: Sequence[bytes], catalog: int) -> bytes:
+    """The PDF file of ``objects`` (numbered from 1), its root object number ``catalog``."""
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, start=1):

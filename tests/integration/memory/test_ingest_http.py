@@ -30,7 +30,7 @@ from gateway.policy.loader import parse_policy
 from gateway.providers.base import UpstreamRequest
 from gateway.settings import Settings
 from gateway.testing.mock_transport import MockResponse, MockTransport
-from gateway.testing.pdf import make_pdf
+from gateway.testing.pdf import make_bomb_pdf, make_pdf
 from tests.integration.memory.conftest import SNOWFLAKE_ARGS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
@@ -278,6 +278,19 @@ async def test_a_file_with_no_text_finishes_with_no_memories_and_a_warning(gw: G
 async def test_a_corrupt_pdf_fails_its_job_with_the_reason(gw: Gateway) -> None:
     job = await gw.ingest("broken.pdf", b"%PDF-1.4 this is not a pdf")
     assert job["status"] == "failed" and "not a readable PDF" in job["error"]
+
+
+async def test_a_small_pdf_that_expands_into_millions_of_characters_fails_at_its_bound(
+    sqlite_gw: Gateway,
+) -> None:
+    """1.4 KB whose page tree lists one page of 1,000 characters 2,048 times: before, 2,048
+    memories were embedded and stored (a few more KB made it millions); now the job fails once
+    its text passes the bound, with what it read before that stored."""
+    pdf = make_bomb_pdf("word " * 200, 11)
+    job = await sqlite_gw.ingest("bomb.pdf", pdf)
+    assert job["status"] == "failed", job
+    assert "compression bomb" in job["error"] and f"of its {len(pdf)} bytes" in job["error"]
+    assert job["memories_created"] <= 1100 and sqlite_gw.embedder.texts <= 1100
 
 
 # ----- refusals

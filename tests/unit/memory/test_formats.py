@@ -7,8 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from gateway.memory.formats import READ_BYTES, FieldOptions, Passage, Problem, format_of, read_file, supported
-from gateway.testing.pdf import make_pdf
+from gateway.memory.formats import (
+    PDF_MIN_TEXT_CHARS,
+    READ_BYTES,
+    FieldOptions,
+    Passage,
+    Problem,
+    format_of,
+    read_file,
+    supported,
+)
+from gateway.testing.pdf import make_bomb_pdf, make_pdf
 
 
 def write(tmp_path: Path, name: str, content: bytes) -> str:
@@ -128,3 +137,29 @@ def test_pdf_pages_and_a_corrupt_page_counted_while_the_next_is_read(tmp_path: P
 def test_a_file_that_is_not_a_pdf_raises(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a readable PDF"):
         list(read_file(write(tmp_path, "a.pdf", b"%PDF-1.4 nothing"), "pdf", FieldOptions()))
+
+
+@pytest.mark.parametrize(
+    ("text", "doublings"),
+    [("word " * 200, 11), ("word " * 300_000, 1)],
+    ids=["repeated-pages", "inflating-stream"],
+)
+def test_a_pdf_whose_text_dwarfs_the_file_is_refused_once_it_passes_its_bound(
+    tmp_path: Path, text: str, doublings: int
+) -> None:
+    """A few KB expanding to 2-3 MB of text (2,048 pages sharing one, or one stream inflating
+    300 times): read until the bound, then refused, rather than millions of chunks to embed."""
+    pdf = make_bomb_pdf(text, doublings)
+    assert len(pdf) < 5000
+    read = 0
+    with pytest.raises(ValueError, match="compression bomb"):
+        for item in read_file(write(tmp_path, "bomb.pdf", pdf), "pdf", FieldOptions()):
+            read += len(item.text) if isinstance(item, Passage) else 0
+    assert read <= PDF_MIN_TEXT_CHARS
+
+
+def test_a_pdf_with_as_much_text_as_bytes_is_read_whole(tmp_path: Path) -> None:
+    pages = [f"Page {i}: " + "text " * 400 for i in range(600)]  # 1.2 MB of text in 1.3 MB
+    items = list(read_file(write(tmp_path, "book.pdf", make_pdf(pages)), "pdf", FieldOptions()))
+    assert sum(len(i.text) for i in items if isinstance(i, Passage)) > PDF_MIN_TEXT_CHARS
+    assert not [i for i in items if isinstance(i, Problem)]
