@@ -16,11 +16,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.memory.access import MemoryAccess
@@ -31,6 +33,12 @@ from gateway.memory.service import MemoryService, NewMemory
 from gateway.policy.model import Ingest
 
 _PUT_POLL_S = 0.2  # how often a reader blocked on a full queue checks whether its job stopped
+# Every chunk carries a copy of the upload's metadata and of its record's other fields (a .jsonl
+# line, a .csv row): 8 MiB of fields beside 8 MiB of text on one line, in chunks of 50
+# characters, were 167,000 copies, a terabyte to store from a 16 MiB file. The metadata a job
+# copies into its chunks is bounded by this many bytes a byte of the file (and the floor).
+_METADATA_BYTES_PER_BYTE = 16
+_MIN_METADATA_BYTES = 64 << 20
 _CANCEL_POLL_S = 1.0  # how often a running job looks for a cancel another process received
 
 
@@ -178,6 +186,9 @@ class Pipeline:
         own = {"file": job.file, "job_id": job.id}  # last: a record's own fields cannot hide them
         stream = Chunker(options)
         index = seq = position = sent_at = before = streamed = 0
+        shared_bytes = len(orjson.dumps({**opts.metadata, **own}))
+        metadata_limit = max(_MIN_METADATA_BYTES, _METADATA_BYTES_PER_BYTE * job.bytes_total)
+        metadata_bytes = 0  # copied into the file's chunks so far (stored before included)
         batch = _Batch(0, skip_below, 0)
         items = read_file(live.path, opts.format, FieldOptions(opts.text_field, opts.metadata_fields))
         for item in items:
@@ -189,7 +200,16 @@ class Pipeline:
                 position = before = item.position
                 continue
             pieces = stream.push(item.text) if item.stream else iter(chunk_text(item.text, options))
+            chunk_metadata = shared_bytes + (len(orjson.dumps(dict(item.metadata))) if item.metadata else 0)
             for piece in pieces:
+                metadata_bytes += chunk_metadata
+                if metadata_bytes > metadata_limit:
+                    raise ValueError(
+                        f"the metadata copied into each chunk (the upload's metadata and the record's "
+                        f"other fields, {chunk_metadata} bytes at {_where(item.where)}) passes "
+                        f"{metadata_limit} bytes for this file, {_METADATA_BYTES_PER_BYTE} a byte of it: "
+                        "name the fields to keep with metadata_fields, or use larger chunks"
+                    )
                 if item.stream and item.text:
                     done = (piece.offset + len(piece.text) - streamed) / len(item.text)
                     position = before + int((item.position - before) * min(1.0, max(0.0, done)))
@@ -324,6 +344,11 @@ class Pipeline:
         if await cancelled_in_store(self.memory, job.id):  # by a cancel another process received
             raise CancelledElsewhere
         await self.memory.store.save_job(replace(job))
+
+
+def _where(where: Mapping[str, int]) -> str:
+    """ "line 7", "page 3", or "the text" for a stream piece."""
+    return " ".join(f"{k} {v}" for k, v in where.items()) or "the text"
 
 
 async def cancelled_in_store(memory: MemoryService, job_id: str) -> bool:

@@ -254,6 +254,28 @@ async def test_jsonl_and_csv_take_their_text_and_metadata_fields_and_count_bad_l
     assert hit["metadata"]["source"] == "book" and hit["metadata"]["year"] == "1999"
 
 
+async def test_a_records_fields_copied_into_each_of_its_chunks_are_bounded_by_the_files_size(
+    sqlite_gw: Gateway, tmp_path: Path
+) -> None:
+    """One 532 KB line: 20 KB of text in chunks of 50, beside a 512 KB field. Each of its 400
+    chunks carried the field: 200 MB written to the store. Now the job fails once the copies
+    pass the bound (64 MiB here), before a batch is embedded, naming the line and the way out;
+    the same text with metadata_fields keeping the small field is ingested."""
+    line = orjson.dumps({"text": "word " * 4000, "blob": "x" * (512 << 10), "source": "crm"}) + b"\n"
+    job = await sqlite_gw.ingest("big.jsonl", line, chunk_chars="50", overlap_chars="0")
+    assert job["status"] == "failed", job
+    assert "line 1" in job["error"] and "metadata_fields" in job["error"], job["error"]
+    assert job["memories_created"] == 0 and sqlite_gw.embedder.calls == 0
+    assert (tmp_path / "memory.sqlite3").stat().st_size < 16 << 20
+
+    job = await sqlite_gw.ingest(
+        "big.jsonl", line, chunk_chars="50", overlap_chars="0", metadata_fields="source"
+    )
+    assert job["status"] == "done" and job["memories_created"] == 400, job
+    hit = (await sqlite_gw.search("word"))[0]["memory"]
+    assert hit["metadata"]["source"] == "crm" and "blob" not in hit["metadata"]
+
+
 async def test_pdf_pages_and_html_text(gw: Gateway) -> None:
     pdf = make_pdf(["First page text.", "Broken page.", "Third page text."], corrupt={1})
     job = await gw.ingest("doc.pdf", pdf)
