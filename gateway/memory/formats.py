@@ -120,15 +120,42 @@ def read_file(path: str, fmt: str, fields: FieldOptions) -> Iterator[Item]:
     raise ValueError(f"unknown format {fmt!r}")
 
 
+# Byte-order marks of the encodings other than UTF-8 that a text file says it is in (Windows
+# tools write UTF-16: Notepad's "Unicode", Windows PowerShell's ``>``). UTF-32's first: its
+# little-endian mark begins with UTF-16's.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _encoding(path: str) -> str:
+    """The text encoding of the file at ``path``: the one its byte-order mark names, else UTF-8
+    (``utf-8-sig``: a UTF-8 mark is dropped too; each codec drops its own)."""
+    with open(path, "rb") as f:
+        start = f.read(4)
+    return next((name for bom, name in _BOMS if start.startswith(bom)), "utf-8-sig")
+
+
 def _decoded(path: str) -> Iterator[tuple[str, int]]:
-    """The file's text, ``READ_BYTES`` at a time, as UTF-8 (bad bytes replaced; a BOM dropped),
-    with the bytes read so far."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+    """The file's text, ``READ_BYTES`` at a time, in the encoding its byte-order mark names,
+    else UTF-8 (bad bytes replaced), with the bytes read so far. A file whose first block has a
+    NUL character is not text (binary data, or UTF-16 without a mark): ``ValueError``, before
+    any of it is chunked and embedded."""
+    decoder = codecs.getincrementaldecoder(_encoding(path))(errors="replace")
     position = 0
     with open(path, "rb") as f:
         while block := f.read(READ_BYTES):
+            text = decoder.decode(block)
+            if position == 0 and "\x00" in text:
+                raise ValueError(
+                    "not a text file: it has NUL characters (binary data, or UTF-16 without a "
+                    "byte-order mark); send text as UTF-8, or UTF-16 with its byte-order mark"
+                )
             position += len(block)
-            yield decoder.decode(block), position
+            yield text, position
         yield decoder.decode(b"", final=True), position
 
 
@@ -287,7 +314,7 @@ def read_csv(path: str, fields: FieldOptions) -> Iterator[Item]:
     with open(path, "rb") as raw:
         counted = _Counting(raw)
         text = io.TextIOWrapper(
-            io.BufferedReader(counted, READ_BYTES), encoding="utf-8-sig", errors="replace", newline=""
+            io.BufferedReader(counted, READ_BYTES), encoding=_encoding(path), errors="replace", newline=""
         )
         reader = csv.reader(text, strict=True)
         try:

@@ -276,6 +276,22 @@ async def test_a_records_fields_copied_into_each_of_its_chunks_are_bounded_by_th
     assert hit["metadata"]["source"] == "crm" and "blob" not in hit["metadata"]
 
 
+async def test_a_utf16_export_is_read_as_its_text_and_a_binary_file_is_not_embedded(
+    sqlite_gw: Gateway,
+) -> None:
+    """What Windows PowerShell's ``>`` writes (UTF-16 with a byte-order mark) became chunks of
+    U+FFFD and NUL characters; random bytes named .txt were embedded and stored as text."""
+    text = "Quarterly notes: renewals are up in the EMEA region, churn is down."
+    job = await sqlite_gw.ingest("notes.txt", text.encode("utf-16"))
+    assert job["status"] == "done" and job["memories_created"] == 1, job
+    assert (await sqlite_gw.search(text))[0]["memory"]["content"] == text
+
+    calls = sqlite_gw.embedder.calls
+    job = await sqlite_gw.ingest("photo.txt", bytes(range(256)) * 400)
+    assert job["status"] == "failed" and "not a text file" in job["error"], job
+    assert job["memories_created"] == 0 and sqlite_gw.embedder.calls == calls
+
+
 async def test_pdf_pages_and_html_text(gw: Gateway) -> None:
     pdf = make_pdf(["First page text.", "Broken page.", "Third page text."], corrupt={1})
     job = await gw.ingest("doc.pdf", pdf)

@@ -163,3 +163,33 @@ def test_a_pdf_with_as_much_text_as_bytes_is_read_whole(tmp_path: Path) -> None:
     items = list(read_file(write(tmp_path, "book.pdf", make_pdf(pages)), "pdf", FieldOptions()))
     assert sum(len(i.text) for i in items if isinstance(i, Passage)) > PDF_MIN_TEXT_CHARS
     assert not [i for i in items if isinstance(i, Problem)]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_text_with_a_byte_order_mark_is_read_in_its_encoding(tmp_path: Path, encoding: str) -> None:
+    """Notepad's "Unicode" and Windows PowerShell's ``>`` write UTF-16 with a mark; read as UTF-8
+    it became U+FFFD and NUL characters between the letters."""
+    text = "Café déjà vu, 2 € and 🙂\n" * 60_000  # 1.5 MB: characters cut across 1 MiB reads
+    content = "\ufeff".encode(encoding) + text.encode(encoding)
+    for fmt, name in (("text", "a.txt"), ("html", "a.html")):
+        items = list(read_file(write(tmp_path, name, content), fmt, FieldOptions()))
+        read = "".join(i.text for i in items if isinstance(i, Passage))
+        assert read.split() == text.split() and "\x00" not in read and "\ufffd" not in read
+    csv = "\ufeffid,text\n1,Café\n2,déjà vu\n".encode(encoding)
+    items = list(read_file(write(tmp_path, "a.csv", csv), "csv", FieldOptions()))
+    assert [(i.text, dict(i.metadata)) for i in items if isinstance(i, Passage)] == [
+        ("Café", {"id": "1"}),
+        ("déjà vu", {"id": "2"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [bytes(range(256)) * 40, "UTF-16 with no mark".encode("utf-16-le")],
+    ids=["binary", "utf16-without-mark"],
+)
+def test_a_text_file_with_nul_characters_is_refused_before_it_is_chunked(
+    tmp_path: Path, content: bytes
+) -> None:
+    with pytest.raises(ValueError, match="not a text file"):
+        next(iter(read_file(write(tmp_path, "a.txt", content), "text", FieldOptions())))
