@@ -83,7 +83,7 @@ class Outcome:
 def run(args: argparse.Namespace) -> int:
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
-        print(f"no such file or folder: {missing[0]}", file=sys.stderr)
+        print(f"no such file or folder: {_printable(missing[0])}", file=sys.stderr)
         return 2
     files = collect(args.paths, args.include, args.exclude)
     if not files:
@@ -140,7 +140,7 @@ async def _ingest_all(args: argparse.Namespace, files: list[Path]) -> list[Outco
     async with aiohttp.ClientSession(args.url, headers=headers, timeout=timeout) as session:
         done_hashes = await _finished_hashes(session, args.namespace) if args.resume else set()
         with Progress(
-            TextColumn("{task.description}", table_column=None),
+            TextColumn("{task.description}", table_column=None, markup=False),
             BarColumn(),
             TaskProgressColumn(),
             DownloadColumn(),
@@ -160,7 +160,7 @@ async def _ingest_all(args: argparse.Namespace, files: list[Path]) -> list[Outco
                     outcome = await _ingest_one(session, args, path, progress, bar, total, before)
                     outcomes.append(outcome)
                     if outcome.note:
-                        progress.console.print(f"{path}: {outcome.status}: {outcome.note}")
+                        progress.console.print(_shown(f"{path}: {outcome.status}: {outcome.note}"))
                 before += size
                 progress.update(total, completed=before)
     return outcomes
@@ -256,8 +256,24 @@ def _sha256(path: Path) -> str:
 
 
 def _label(path: Path) -> str:
-    name = str(path)
+    name = _printable(str(path))
     return name if len(name) <= 40 else "..." + name[-37:]
+
+
+def _printable(text: str) -> str:
+    """``text`` with the characters a terminal would act on (escape sequences, carriage
+    returns, a right-to-left override) written as ``\\xNN``: file names and the gateway's notes
+    quote files' contents (a CSV header's columns)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def _shown(text: str) -> Any:
+    """``text`` for rich, as it is: printable (``_printable``) and never read as markup (a
+    ``[/x]`` in a file name or a CSV column stopped the command with a MarkupError, and a
+    ``[bold]`` was taken away)."""
+    from rich.text import Text
+
+    return Text(_printable(text))
 
 
 def _summary(outcomes: list[Outcome]) -> None:
@@ -268,7 +284,7 @@ def _summary(outcomes: list[Outcome]) -> None:
     for column in ("file", "status", "memories", "errors", "seconds"):
         table.add_column(column, justify="right" if column in ("memories", "errors", "seconds") else "left")
     for o in outcomes:
-        table.add_row(str(o.path), o.status, str(o.memories), str(o.errors), f"{o.seconds:.1f}")
+        table.add_row(_shown(str(o.path)), o.status, str(o.memories), str(o.errors), f"{o.seconds:.1f}")
     Console().print(table)
     made = sum(o.memories for o in outcomes)
     print(f"{len(outcomes)} files, {made} memories created, {sum(o.errors for o in outcomes)} errors")

@@ -140,6 +140,28 @@ def test_the_cli_reports_missing_paths_and_an_absent_gateway(tmp_path: Path) -> 
     assert run.returncode == 2 and "no files to ingest" in run.stderr
 
 
+def test_the_cli_shows_file_names_and_the_gateways_notes_as_they_are(fake: Fake, tmp_path: Path) -> None:
+    """A CSV header quoting ``[/oops]`` stopped the command with rich's MarkupError (a traceback,
+    the next files never sent), ``[bold]`` in a file name was taken as markup, and an escape
+    sequence in a column name reached the terminal."""
+    folder = tmp_path / "in"
+    (folder / "notes[").mkdir(parents=True)
+    (folder / "a.csv").write_text("title,[/oops] \x1b]0;pwned\x07\nx,y\n")
+    (folder / "notes[" / "x].txt").write_text("a note in a folder with a bracket")
+    (folder / "z[bold]z.txt").write_text("the last file, after the CSV")
+    process = gateway(fake, tmp_path)
+    try:
+        run = cli(str(folder), "--namespace", "kb", "--url", process.url)
+        assert run.returncode == 0, run.stdout + run.stderr
+        shown = " ".join(run.stdout.split())  # as rich wrapped it at 120 columns
+        assert "no 'text' column (columns: title, [/oops] \\x1b]0;pwned\\x07)" in shown
+        assert "\x1b]0;" not in run.stdout and "\x07" not in run.stdout
+        assert "notes[/x].txt" in run.stdout and "z[bold]z.txt" in run.stdout
+        assert "3 files, 2 memories created, 1 errors" in run.stdout
+    finally:
+        assert process.stop() == 0
+
+
 def test_a_failing_provider_pauses_the_job_and_a_restart_leaves_it_resumable(
     fake: Fake, tmp_path: Path
 ) -> None:
