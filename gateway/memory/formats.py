@@ -35,6 +35,12 @@ import orjson
 READ_BYTES = 1 << 20
 # A .jsonl line longer than this is refused (one error) rather than held in memory whole.
 MAX_LINE_BYTES = 16 << 20
+# A .csv record (a row, quoted line breaks included) longer than this many characters is refused
+# (one error) as soon as it passes it: the csv module bounds a field (128 KiB) but not their
+# number, and a row of short fields is a list of str objects ~25 times its size (a 32 MB row of
+# "ab," took 800 MB; a 1 GiB upload would take the process down). 1 MiB is 8 fields at the
+# csv module's limit, or thousands of ordinary ones.
+MAX_CSV_RECORD_CHARS = 1 << 20
 # A PDF's text comes out of compressed streams, and its pages may share a stream or a node of
 # the page tree: a file of a few KB can hold 65,536 pages (a tree whose nodes list the node
 # below twice) or a stream pypdf inflates to 75 MB, millions of chunks to embed and store.
@@ -310,33 +316,75 @@ class _Counting(io.RawIOBase):
         return n
 
 
+class _Overlong(Exception):
+    """A CSV record passed ``MAX_CSV_RECORD_CHARS``; the rest of its line was skipped."""
+
+
+class _RecordLines:
+    """The lines of a text for ``csv.reader``, counted, each record bounded: ``start()`` before
+    each record; a record that passes ``MAX_CSV_RECORD_CHARS`` raises ``_Overlong`` once the rest
+    of its line is skipped (never held), and the reader starts afresh at the next line."""
+
+    def __init__(self, text: io.TextIOWrapper) -> None:
+        self._text = text
+        self._chars = 0
+        self.number = 0  # lines read
+
+    def start(self) -> None:
+        self._chars = 0
+
+    def __iter__(self) -> _RecordLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._text.readline(MAX_CSV_RECORD_CHARS + 1 - self._chars)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        self._chars += len(line)
+        if self._chars > MAX_CSV_RECORD_CHARS:
+            while not line.endswith(("\n", "\r")) and (line := self._text.readline(READ_BYTES)):
+                pass
+            raise _Overlong
+        return line
+
+
 def read_csv(path: str, fields: FieldOptions) -> Iterator[Item]:
     with open(path, "rb") as raw:
         counted = _Counting(raw)
         text = io.TextIOWrapper(
             io.BufferedReader(counted, READ_BYTES), encoding=_encoding(path), errors="replace", newline=""
         )
-        reader = csv.reader(text, strict=True)
+        lines = _RecordLines(text)
+        reader = csv.reader(lines, strict=True)
         try:
             header = next(reader)
         except StopIteration:
             return
-        except csv.Error as exc:
-            yield Problem("line 1", f"unreadable header ({exc})", counted.position)
+        except (csv.Error, _Overlong) as exc:
+            why = f"longer than {MAX_CSV_RECORD_CHARS} characters" if isinstance(exc, _Overlong) else exc
+            yield Problem("line 1", f"unreadable header ({why})", counted.position)
             return
         if fields.text_field not in header:
-            yield Problem("line 1", f"no '{fields.text_field}' column (columns: {', '.join(header)})", 0)
+            shown = ", ".join(header[:20]) + (f", ... ({len(header)} columns)" if len(header) > 20 else "")
+            yield Problem("line 1", f"no '{fields.text_field}' column (columns: {shown})", 0)
             return
-        yield from _csv_rows(reader, header, fields, counted)
+        yield from _csv_rows(reader, lines, header, fields, counted)
 
 
-def _csv_rows(reader: Any, header: list[str], fields: FieldOptions, counted: _Counting) -> Iterator[Item]:
+def _csv_rows(
+    reader: Any, lines: _RecordLines, header: list[str], fields: FieldOptions, counted: _Counting
+) -> Iterator[Item]:
     while True:
-        start = reader.line_num + 1
+        start = lines.number + 1
+        lines.start()
         try:
             row = next(reader)
         except StopIteration:
             return
+        except _Overlong:
+            yield Problem(f"line {start}", f"longer than {MAX_CSV_RECORD_CHARS} characters", counted.position)
+            continue
         except csv.Error as exc:
             yield Problem(f"line {start}", f"malformed CSV ({exc})", counted.position)
             continue

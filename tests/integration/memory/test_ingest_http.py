@@ -254,6 +254,19 @@ async def test_jsonl_and_csv_take_their_text_and_metadata_fields_and_count_bad_l
     assert hit["metadata"]["source"] == "book" and hit["metadata"]["year"] == "1999"
 
 
+async def test_a_csv_row_over_a_mebibyte_is_one_error_and_the_rows_after_it_are_stored(
+    sqlite_gw: Gateway,
+) -> None:
+    """A row of 2 MB of short fields was held as 700,000 strings (a 1 GiB one took the gateway
+    down); now it is refused at 1 MiB and skipped."""
+    csv = b"text,n\nfirst,1\n" + b"ab," * 700_000 + b"\nlast,3\n"
+    job = await sqlite_gw.ingest("wide.csv", csv)
+    assert job["status"] == "done" and job["memories_created"] == 2, job
+    assert job["errors"] == [{"where": "line 3", "message": "longer than 1048576 characters"}]
+    hit = next(h["memory"] for h in await sqlite_gw.search("last") if h["memory"]["content"] == "last")
+    assert hit["metadata"]["line"] == 4
+
+
 async def test_a_records_fields_copied_into_each_of_its_chunks_are_bounded_by_the_files_size(
     sqlite_gw: Gateway, tmp_path: Path
 ) -> None:

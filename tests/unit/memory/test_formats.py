@@ -3,11 +3,13 @@ theirs (and the reading goes on), progress in bytes, and a 1 MiB read at a time.
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from gateway.memory.formats import (
+    MAX_CSV_RECORD_CHARS,
     PDF_MIN_TEXT_CHARS,
     READ_BYTES,
     FieldOptions,
@@ -107,6 +109,43 @@ def test_csv_rows_with_a_text_column_and_malformed_rows(tmp_path: Path) -> None:
 def test_a_csv_without_the_text_column_is_one_problem(tmp_path: Path) -> None:
     items = list(read_file(write(tmp_path, "a.csv", b"body,x\n1,2\n"), "csv", FieldOptions()))
     assert len(items) == 1 and isinstance(items[0], Problem) and "no 'text' column" in items[0].message
+
+
+def test_a_csv_record_past_its_bound_is_one_problem_never_held_and_the_next_rows_are_read(
+    tmp_path: Path,
+) -> None:
+    """A 16 MiB row of short fields was a list of 5.6 million strings (~400 MB; a 1 GiB upload
+    took the process down): now it is one problem once it passes 1 MiB, the rest of its line is
+    skipped without being held, and the rows after it keep their line numbers."""
+    wide = b"ab," * ((16 << 20) // 3) + b"\n"
+    content = b"text,n\nfirst,1\n" + wide + b'"two\nlines",2\n' + b"last,3\n"
+    path = write(tmp_path, "a.csv", content)
+    tracemalloc.start()
+    try:
+        items = list(read_file(path, "csv", FieldOptions()))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
+    passages = [(i.text, dict(i.where)) for i in items if isinstance(i, Passage)]
+    assert passages == [("first", {"line": 2}), ("two\nlines", {"line": 4}), ("last", {"line": 6})]
+    problems = [(p.where, p.message) for p in items if isinstance(p, Problem)]
+    assert problems == [("line 3", f"longer than {MAX_CSV_RECORD_CHARS} characters")]
+
+    header = b"text," + b"c," * (MAX_CSV_RECORD_CHARS // 2) + b"\nrow,1\n"
+    items = list(read_file(write(tmp_path, "b.csv", header), "csv", FieldOptions()))
+    assert [(i.where, i.message) for i in items if isinstance(i, Problem)] == [
+        ("line 1", f"unreadable header (longer than {MAX_CSV_RECORD_CHARS} characters)")
+    ]
+
+
+def test_a_header_without_the_text_column_names_its_first_columns(tmp_path: Path) -> None:
+    header = ",".join(f"col{i}" for i in range(5000)).encode() + b"\n1\n"
+    (problem,) = read_file(write(tmp_path, "a.csv", header), "csv", FieldOptions())
+    assert isinstance(problem, Problem)
+    assert problem.message == (
+        "no 'text' column (columns: " + ", ".join(f"col{i}" for i in range(20)) + ", ... (5000 columns))"
+    )
 
 
 def test_html_text_without_scripts_and_with_paragraphs(tmp_path: Path) -> None:
