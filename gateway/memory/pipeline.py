@@ -28,7 +28,7 @@ from gateway.errors import GatewayError, InvalidRequest
 from gateway.memory.access import MemoryAccess
 from gateway.memory.chunking import Chunker, ChunkOptions, chunk_text
 from gateway.memory.formats import READ_BYTES, FieldOptions, Problem, read_file
-from gateway.memory.jobs import IngestJob, JobProblem, memory_id
+from gateway.memory.jobs import MAX_ERRORS_KEPT, IngestJob, JobProblem, memory_id
 from gateway.memory.service import MemoryService, NewMemory
 from gateway.policy.model import Ingest
 
@@ -59,7 +59,16 @@ class _Batch:
     position: int
     chunks: list[_Chunk] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    more_problems: int = 0  # met but not kept (``add_problem``)
     items: list[NewMemory] = field(default_factory=list)  # set by the embedding stage
+
+    def add_problem(self, problem: Problem) -> None:
+        """Keep the first ``MAX_ERRORS_KEPT`` problems (as many as a job lists) and count the
+        others: a file of bad lines was one object a line held until its batch was sent."""
+        if len(self.problems) < MAX_ERRORS_KEPT:
+            self.problems.append(problem)
+        else:
+            self.more_problems += 1
 
 
 class _Stopped(Exception):
@@ -196,8 +205,13 @@ class Pipeline:
                 raise _Stopped
             if isinstance(item, Problem):
                 if index >= skip_below:
-                    batch.problems.append(item)
+                    batch.add_problem(item)
                 position = before = item.position
+                if position - sent_at >= READ_BYTES:  # progress through a run of bad lines too
+                    batch.end, batch.position = max(index, skip_below), position
+                    yield batch
+                    seq, sent_at = seq + 1, position
+                    batch = _Batch(seq, batch.end, position)
                 continue
             pieces = stream.push(item.text) if item.stream else iter(chunk_text(item.text, options))
             chunk_metadata = shared_bytes + (len(orjson.dumps(dict(item.metadata))) if item.metadata else 0)
@@ -333,6 +347,7 @@ class Pipeline:
             job.chunks_done += len(batch.chunks)
             for problem in batch.problems:
                 job.add_error(JobProblem(problem.where, problem.message))
+            job.errors_count += batch.more_problems
             self.bytes_read += max(0, batch.position - job.bytes_done)
             job.bytes_done = max(job.bytes_done, batch.position)
             job.chunks_seen = max(job.chunks_seen, batch.end)

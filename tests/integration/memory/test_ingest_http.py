@@ -11,6 +11,7 @@ import itertools
 import re
 import socket
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,6 +266,24 @@ async def test_a_csv_row_over_a_mebibyte_is_one_error_and_the_rows_after_it_are_
     assert job["errors"] == [{"where": "line 3", "message": "longer than 1048576 characters"}]
     hit = next(h["memory"] for h in await sqlite_gw.search("last") if h["memory"]["content"] == "last")
     assert hit["metadata"]["line"] == 4
+
+
+async def test_a_file_of_bad_lines_is_counted_at_constant_memory(sqlite_gw: Gateway) -> None:
+    """Every bad line was an object the reader held until its batch was sent, and a batch was
+    sent only after text: an 18 MB file of bad lines took the gateway from 120 MB to 2.9 GB
+    (1 GiB would take it down). Now a batch keeps the problems a job can list and counts the
+    others, and is sent every MiB read, so progress moves through them too."""
+    lines = 1 << 19  # 1 MiB of "x\n"
+    tracemalloc.start()
+    try:
+        job = await sqlite_gw.ingest("bad.jsonl", b"x\n" * lines)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert job["status"] == "done" and job["memories_created"] == 0, job
+    assert job["errors_count"] == lines and len(job["errors"]) == 100
+    assert job["errors"][-1]["where"] == "line 100"
+    assert peak < 32 << 20, peak
 
 
 async def test_a_records_fields_copied_into_each_of_its_chunks_are_bounded_by_the_files_size(
