@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest, NoHealthyDeployment
 from gateway.memory.access import MemoryAccess
 from gateway.memory.chunking import Chunker, ChunkOptions, chunk_text
 from gateway.memory.formats import READ_BYTES, FieldOptions, Problem, read_file
@@ -40,6 +40,10 @@ _PUT_POLL_S = 0.2  # how often a reader blocked on a full queue checks whether i
 _METADATA_BYTES_PER_BYTE = 16
 _MIN_METADATA_BYTES = 64 << 20
 _CANCEL_POLL_S = 1.0  # how often a running job looks for a cancel another process received
+# An embedding refused because another call holds a half-open breaker's probe is asked again
+# this often, for up to _PROBE_PATIENCE_S, rather than pausing the job (``Pipeline._embed``).
+_PROBE_POLL_S = 0.2
+_PROBE_PATIENCE_S = 60.0
 
 
 @dataclass(slots=True)
@@ -281,7 +285,7 @@ class Pipeline:
                 ids = [memory_id(job.key, c.index) for c in batch.chunks]
                 stored = await self._stored(job, ids)
                 todo = [(i, c) for i, c in zip(ids, batch.chunks, strict=True) if i not in stored]
-                vectors = await self.memory.embed_texts([c.text for _, c in todo]) if todo else []
+                vectors = await self._embed([c.text for _, c in todo]) if todo else []
                 job.embedding_calls += 1 if todo else 0
                 batch.items = [
                     NewMemory(
@@ -296,6 +300,23 @@ class Pipeline:
                 ]
             await out.put(batch)
         await out.put(None)
+
+    async def _embed(self, texts: list[str]) -> list[list[float]]:
+        """``embed_texts``, waiting for a breaker's probe. A half-open breaker lets one call
+        through and refuses the others at once (no healthy deployment, retry in 0-1 s) until that
+        call's verdict; a job's workers call together, so on resuming after an outage one took
+        the probe and the other's refusal paused the job again, every time, until some other
+        traffic closed the breaker. Such a refusal is asked again until the verdict (a breaker
+        that opens again answers with its cooldown, which pauses the job as before)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _PROBE_PATIENCE_S
+        while True:
+            try:
+                return await self.memory.embed_texts(texts)
+            except NoHealthyDeployment as refused:
+                if refused.retry_after_s > 1.0 or loop.time() > deadline:
+                    raise
+            await asyncio.sleep(_PROBE_POLL_S)
 
     async def _store_stage(
         self, live: RunningJob, source: asyncio.Queue[_Batch | None], workers: int

@@ -616,6 +616,32 @@ async def test_a_failing_provider_pauses_the_job_and_it_resumes(sqlite_gw: Gatew
     assert status == 409  # done: nothing to resume
 
 
+async def test_a_paused_job_resumes_through_its_providers_half_open_breaker(tmp_path: Path) -> None:
+    """After an outage the breaker lets one probe through and refuses other calls until its
+    verdict; a job's two embedding workers call together, so the second's refusal paused the job
+    again at every resume (nothing reached the provider) until other traffic closed the breaker.
+    Now the other worker waits for the probe's verdict."""
+    embedder = Embedder(failing=True, delay_s=0.3)  # the probe is still in flight when the other asks
+    async for gw in open_gateway(
+        tmp_path, embedder=embedder, extra="auth: {mode: open}\nbreaker: {cooldown_s: 1}\n"
+    ):
+        status, job = await gw.upload("a.txt", paragraphs(1500))
+        assert status == 202, job
+        await gw.wait(job["id"], "paused")
+        embedder.failing = False
+        deadline = time.monotonic() + 10
+        while (await gw.call("GET", "/admin/models"))[1]["models"]["emb"]["deployments"][0][
+            "breaker"
+        ] != "half_open":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        status, _resumed = await gw.call("POST", f"/v1/memory/jobs/{job['id']}/resume")
+        assert status == 202
+        done = await gw.wait(job["id"], "done", "paused")
+        assert done["status"] == "done", done["error"]
+        assert done["memories_created"] == gw.count() > 256  # two batches: both workers embedded
+
+
 async def test_cancel_keeps_what_was_stored_and_purge_removes_it(tmp_path: Path) -> None:
     embedder = Embedder(hold_after=2)  # two batches of 8 answered, then the provider holds
     async for gw in open_gateway(
