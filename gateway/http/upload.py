@@ -72,6 +72,12 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
             if not isinstance(part, BodyPartReader) or not part.name:
                 raise InvalidRequest("Every part of the form must be a named field.", param="file")
             if part.filename is None:
+                if part.name == "file":  # sent as a text field (curl -F file=<path, a dict of strings)
+                    raise InvalidRequest(
+                        "The 'file' part has no filename: send it as a file (curl -F file=@path), "
+                        "whose name's extension gives its type.",
+                        param="file",
+                    )
                 if part.name not in _FIELDS:
                     raise InvalidRequest(
                         f"Unknown field '{part.name}'. Accepted: file, {', '.join(MemoryFileIn.model_fields)}.",

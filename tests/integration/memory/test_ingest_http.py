@@ -390,6 +390,15 @@ async def test_bad_form_fields_are_400_and_leave_nothing_spooled(sqlite_gw: Gate
     status, body = await sqlite_gw.upload("a.txt", b"hello", chunk_size="500")
     assert "Unknown field 'chunk_size'" in body["error"]["message"]
     assert "chunk_chars" in body["error"]["message"] and "overlap_chars" in body["error"]["message"]
+    # The file sent as a text field (curl -F file=<a.txt): answered "Unknown field 'file'.
+    # Accepted: file, ...", which contradicted itself.
+    form = aiohttp.FormData()
+    form.add_field("namespace", "docs")
+    form.add_field("file", "hello, as a text field", content_type="text/plain")  # multipart, no filename
+    async with sqlite_gw.client.post("/v1/memory/files", data=form) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error["param"] == "file" and "no filename" in error["message"], error
     assert list((tmp_path / "spool").iterdir()) == []
 
 
