@@ -171,7 +171,12 @@ def read_text(path: str) -> Iterator[Item]:
             yield Passage(text, position, stream=True)
 
 
-_SKIPPED = frozenset({"script", "style", "template", "noscript", "head"})
+_SKIPPED = frozenset({"script", "style", "template", "noscript"})
+# What may stand in a page's head; any other start tag (``body``, ``p``, ...) ends the head, as
+# in a browser's parser.
+_HEAD_ELEMENTS = frozenset(
+    {"head", "title", "base", "link", "meta", "style", "script", "noscript", "template"}
+)
 _BLOCKS = frozenset(
     {
         "p",
@@ -207,8 +212,16 @@ class _TextOfHTML(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self._skipping = 0
+        # The head is skipped until its end tag or a tag that cannot be in it (``<body>``): HTML
+        # lets a page leave out ``</head>``, and skipped until its end tag, such a page's whole
+        # body was.
+        self._in_head = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "head":
+            self._in_head = True
+        elif tag not in _HEAD_ELEMENTS:
+            self._in_head = False
         if tag in _SKIPPED:
             self._skipping += 1
         elif tag in _BLOCKS:
@@ -217,11 +230,13 @@ class _TextOfHTML(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag in _SKIPPED:
             self._skipping = max(0, self._skipping - 1)
+        elif tag == "head":
+            self._in_head = False
         elif tag in _BLOCKS:
             self.parts.append("\n\n")
 
     def handle_data(self, data: str) -> None:
-        if self._skipping:
+        if self._skipping or self._in_head:
             return
         # Runs of whitespace become one space, kept at the ends: "One &amp; <b>two</b>" is "One & two".
         text = " ".join(data.split())

@@ -339,6 +339,15 @@ async def test_pdf_pages_and_html_text(gw: Gateway) -> None:
     assert "Title" in hit["content"] and "Body & soul." in hit["content"] and "var x" not in hit["content"]
 
 
+async def test_a_page_without_its_head_end_tag_is_ingested(sqlite_gw: Gateway) -> None:
+    """It finished 'done' with no memories and the 'no text' warning: its whole body was taken
+    for part of the head."""
+    html = b"<!doctype html><html><head><title>Handbook</title><meta charset=utf-8><body><p>Expenses are filed monthly.</p>"
+    job = await sqlite_gw.ingest("handbook.html", html)
+    assert job["status"] == "done" and job["memories_created"] == 1 and job["warnings"] == [], job
+    assert (await sqlite_gw.search("expenses"))[0]["memory"]["content"] == "Expenses are filed monthly."
+
+
 async def test_a_file_with_no_text_finishes_with_no_memories_and_a_warning(gw: Gateway) -> None:
     job = await gw.ingest("empty.md", b"\n\n   \n")
     assert job["status"] == "done" and job["memories_created"] == 0

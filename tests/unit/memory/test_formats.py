@@ -163,6 +163,21 @@ def test_html_text_without_scripts_and_with_paragraphs(tmp_path: Path) -> None:
     assert paragraphs == ["Title", "One & two.", "item"]
 
 
+@pytest.mark.parametrize(
+    "html",
+    [
+        b"<!doctype html><html><head><title>Ignored</title><meta charset=utf-8><body><p>Body text.</p>",
+        b"<head><title>Ignored</title><link rel=stylesheet href=a.css><p>Body text.</p>",
+        b"<head><head><title>Ignored</title></head><body><p>Body text.</p></body>",
+    ],
+    ids=["no-head-end", "no-body-tag", "head-twice"],
+)
+def test_a_head_left_open_ends_where_the_body_starts(tmp_path: Path, html: bytes) -> None:
+    """HTML lets a page leave out </head>: skipped until its end tag, the whole body was."""
+    text = "".join(i.text for i in read_file(write(tmp_path, "a.html", html), "html", FieldOptions()))
+    assert text.split() == ["Body", "text."]
+
+
 def test_pdf_pages_and_a_corrupt_page_counted_while_the_next_is_read(tmp_path: Path) -> None:
     pdf = make_pdf(["Page one text.", "Damaged.", "Page three text."], corrupt={1})
     items = list(read_file(write(tmp_path, "a.pdf", pdf), "pdf", FieldOptions()))
