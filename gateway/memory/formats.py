@@ -285,6 +285,8 @@ def read_jsonl(path: str, fields: FieldOptions) -> Iterator[Item]:
             if line is None:
                 yield Problem(where, f"longer than {MAX_LINE_BYTES} bytes", position)
                 continue
+            if number == 1 and line.startswith(codecs.BOM_UTF8):  # Windows tools write one; orjson refuses it
+                line = line[len(codecs.BOM_UTF8) :]
             if not line.strip():
                 continue
             try:

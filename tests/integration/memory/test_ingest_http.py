@@ -339,6 +339,14 @@ async def test_pdf_pages_and_html_text(gw: Gateway) -> None:
     assert "Title" in hit["content"] and "Body & soul." in hit["content"] and "var x" not in hit["content"]
 
 
+async def test_a_jsonl_file_with_a_utf8_byte_order_mark_keeps_its_first_line(sqlite_gw: Gateway) -> None:
+    """Its first line was an error, 'not JSON (UTF-8 byte order mark (BOM) is not supported)'."""
+    jsonl = b'\xef\xbb\xbf{"text": "first record"}\n{"text": "second record"}\n'
+    job = await sqlite_gw.ingest("export.jsonl", jsonl)
+    assert job["status"] == "done" and job["memories_created"] == 2 and job["errors_count"] == 0, job
+    assert (await sqlite_gw.search("first record"))[0]["memory"]["metadata"]["line"] == 1
+
+
 async def test_a_page_without_its_head_end_tag_is_ingested(sqlite_gw: Gateway) -> None:
     """It finished 'done' with no memories and the 'no text' warning: its whole body was taken
     for part of the head."""
