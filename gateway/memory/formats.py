@@ -49,6 +49,12 @@ MAX_CSV_RECORD_CHARS = 1 << 20
 # refused as a bomb once it does.
 PDF_TEXT_CHARS_PER_BYTE = 20
 PDF_MIN_TEXT_CHARS = 1 << 20
+# The same for the work: pypdf parses a page's content streams in Python (~2.5 s a MB of text
+# operators), so such a file with no text at all (empty strings shown 15 million times) kept a
+# reader thread and a job slot busy for days. A page whose content streams take the PDF's past
+# this many bytes a byte of the file (and PDF_MIN_CONTENT_BYTES) is refused before it is parsed.
+PDF_CONTENT_BYTES_PER_BYTE = 100
+PDF_MIN_CONTENT_BYTES = 4 << 20
 
 # extension -> format name
 EXTENSIONS = {
@@ -435,13 +441,15 @@ class _ThreadWarnings(logging.Handler):
 def read_pdf(path: str) -> Iterator[Item]:
     """Page by page; a page pypdf cannot read (it raises, or logs damage) is a problem and the
     next page is still read. A file that is not a readable PDF at all raises ``ValueError``, and
-    so does one whose text passes its bound (``PDF_TEXT_CHARS_PER_BYTE``), at that page."""
+    so does one whose text or content passes its bound (``PDF_TEXT_CHARS_PER_BYTE``,
+    ``PDF_CONTENT_BYTES_PER_BYTE``), at that page."""
     from pypdf import PdfReader  # imported here: only PDF uploads pay its import
     from pypdf.errors import PyPdfError
 
     size = os.path.getsize(path)
     text_limit = max(PDF_MIN_TEXT_CHARS, PDF_TEXT_CHARS_PER_BYTE * size)
-    text_chars = 0
+    content_limit = max(PDF_MIN_CONTENT_BYTES, PDF_CONTENT_BYTES_PER_BYTE * size)
+    text_chars = content_bytes = 0
     warnings = _ThreadWarnings()
     pypdf_log = logging.getLogger("pypdf")
     pypdf_log.addHandler(warnings)
@@ -455,12 +463,21 @@ def read_pdf(path: str) -> Iterator[Item]:
             position = size * number // pages
             warnings.messages.clear()
             try:
-                text = reader.pages[number - 1].extract_text()
+                page = reader.pages[number - 1]
+                contents = page.get_contents()  # inflated, not parsed
+                content_bytes += len(contents.get_data()) if contents is not None else 0
+                text = page.extract_text() if content_bytes <= content_limit else ""
             # pypdf raises whatever its parser met on a corrupt page (KeyError, TypeError, its
             # own errors...); any of them is one bad page, not a failed job.
             except Exception as exc:
                 yield Problem(f"page {number}", f"unreadable page ({type(exc).__name__}: {exc})", position)
                 continue
+            if content_bytes > content_limit:
+                raise ValueError(
+                    f"the PDF's pages pass {content_limit} bytes of content at page {number} of {pages}, "
+                    f"over {PDF_CONTENT_BYTES_PER_BYTE} a byte of its {size} bytes: a compression bomb or "
+                    "a page tree that repeats its pages, not read further"
+                )
             if warnings.messages:
                 yield Problem(f"page {number}", f"damaged page ({warnings.messages[0]})", position)
             text_chars += len(text or "")

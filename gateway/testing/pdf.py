@@ -40,12 +40,15 @@ def make_pdf(pages: Sequence[str], corrupt: Collection[int] = ()) -> bytes:
     return _file(objects, catalog)
 
 
-def make_bomb_pdf(text: str, doublings: int) -> bytes:
+def make_bomb_pdf(text: str, doublings: int, content: bytes | None = None) -> bytes:
     """A PDF of a few KB whose text is ``text`` (a Flate stream, so a long repetitive text
     stays small) on 2 ** ``doublings`` pages: each node of its page tree lists the node below
     it twice, and the last one is the page. What a hostile upload sends to expand a small file
-    into much text."""
-    stream = zlib.compress(f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode("latin-1"), 9)
+    into much text. ``content``: the page's content stream instead (operators, e.g. a million
+    that show nothing: much work and no text)."""
+    if content is None:
+        content = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode("latin-1")
+    stream = zlib.compress(content, 9)
     objects = [
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
         b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream",

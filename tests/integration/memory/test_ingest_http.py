@@ -380,6 +380,18 @@ async def test_a_small_pdf_that_expands_into_millions_of_characters_fails_at_its
     assert job["memories_created"] <= 1100 and sqlite_gw.embedder.texts <= 1100
 
 
+async def test_a_small_pdf_of_operators_that_show_nothing_fails_before_it_is_parsed(
+    sqlite_gw: Gateway,
+) -> None:
+    """5 KB inflating to two pages of 5 MiB of operators, no text: it kept the job's reader busy
+    for half a minute (days on a tree of 65,536 pages) and finished 'done' with nothing."""
+    pdf = make_bomb_pdf("", 1, content=b"BT /F1 12 Tf " + b"()Tj " * (1 << 20) + b"ET")
+    started = time.monotonic()
+    job = await sqlite_gw.ingest("empty-bomb.pdf", pdf)
+    assert job["status"] == "failed" and "bytes of content at page 1 of 2" in job["error"], job
+    assert time.monotonic() - started < 10
+
+
 # ----- refusals
 
 

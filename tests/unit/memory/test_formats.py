@@ -3,6 +3,7 @@ theirs (and the reading goes on), progress in bytes, and a 1 MiB read at a time.
 
 from __future__ import annotations
 
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -210,6 +211,18 @@ def test_a_pdf_whose_text_dwarfs_the_file_is_refused_once_it_passes_its_bound(
         for item in read_file(write(tmp_path, "bomb.pdf", pdf), "pdf", FieldOptions()):
             read += len(item.text) if isinstance(item, Passage) else 0
     assert read <= PDF_MIN_TEXT_CHARS
+
+
+def test_a_pdf_whose_content_dwarfs_the_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    """5 MiB of operators that show nothing (pypdf parses ~3 s a MB of them) in 5 KB, on two
+    pages: no text to bound, so it took half a minute here, and days once repeated on 65,536
+    pages. Refused before the first page is parsed."""
+    pdf = make_bomb_pdf("", 1, content=b"BT /F1 12 Tf " + b"()Tj " * (1 << 20) + b"ET")
+    assert len(pdf) < 10_000
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="bytes of content at page 1 of 2"):
+        list(read_file(write(tmp_path, "bomb.pdf", pdf), "pdf", FieldOptions()))
+    assert time.monotonic() - started < 5
 
 
 def test_a_pdf_with_as_much_text_as_bytes_is_read_whole(tmp_path: Path) -> None:
