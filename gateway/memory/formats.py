@@ -20,10 +20,12 @@ never sits whole in memory; no dependency to install): text outside ``script``/`
 from __future__ import annotations
 
 import codecs
+import collections
 import csv
 import io
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +57,10 @@ PDF_MIN_TEXT_CHARS = 1 << 20
 # this many bytes a byte of the file (and PDF_MIN_CONTENT_BYTES) is refused before it is parsed.
 PDF_CONTENT_BYTES_PER_BYTE = 100
 PDF_MIN_CONTENT_BYTES = 4 << 20
+# A page's content draws a form XObject (a content stream of its own) with ``/Name Do``, and
+# pypdf parses the form again at every draw: such a draw counts the form's content again.
+_DRAW = re.compile(rb"/([^\s/\[\]()<>{}%]+)(?:\s|%[^\r\n]*)*Do(?![^\s/\[\]()<>{}%])")
+_NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
 
 # extension -> format name
 EXTENSIONS = {
@@ -450,6 +456,7 @@ def read_pdf(path: str) -> Iterator[Item]:
     text_limit = max(PDF_MIN_TEXT_CHARS, PDF_TEXT_CHARS_PER_BYTE * size)
     content_limit = max(PDF_MIN_CONTENT_BYTES, PDF_CONTENT_BYTES_PER_BYTE * size)
     text_chars = content_bytes = 0
+    forms: dict[int, int] = {}  # id of a form XObject -> the content bytes a draw of it parses
     warnings = _ThreadWarnings()
     pypdf_log = logging.getLogger("pypdf")
     pypdf_log.addHandler(warnings)
@@ -464,8 +471,7 @@ def read_pdf(path: str) -> Iterator[Item]:
             warnings.messages.clear()
             try:
                 page = reader.pages[number - 1]
-                contents = page.get_contents()  # inflated, not parsed
-                content_bytes += len(contents.get_data()) if contents is not None else 0
+                content_bytes += _content_bytes(page, forms)
                 text = page.extract_text() if content_bytes <= content_limit else ""
             # pypdf raises whatever its parser met on a corrupt page (KeyError, TypeError, its
             # own errors...); any of them is one bad page, not a failed job.
@@ -475,8 +481,8 @@ def read_pdf(path: str) -> Iterator[Item]:
             if content_bytes > content_limit:
                 raise ValueError(
                     f"the PDF's pages pass {content_limit} bytes of content at page {number} of {pages}, "
-                    f"over {PDF_CONTENT_BYTES_PER_BYTE} a byte of its {size} bytes: a compression bomb or "
-                    "a page tree that repeats its pages, not read further"
+                    f"over {PDF_CONTENT_BYTES_PER_BYTE} a byte of its {size} bytes: a compression bomb, or "
+                    "pages or forms drawn over and over, not read further"
                 )
             if warnings.messages:
                 yield Problem(f"page {number}", f"damaged page ({warnings.messages[0]})", position)
@@ -490,3 +496,40 @@ def read_pdf(path: str) -> Iterator[Item]:
             yield Passage(text or "", position, where={"page": number})
     finally:
         pypdf_log.removeHandler(warnings)
+
+
+def _content_bytes(page: Any, forms: dict[int, int]) -> int:
+    """The bytes of content pypdf parses to extract ``page``'s text: its content streams,
+    inflated (not parsed), and each form XObject's content again at every draw of it."""
+    contents = page.get_contents()
+    if contents is None:
+        return 0
+    return _drawn_bytes(contents.get_data(), page.get("/Resources"), forms, frozenset())
+
+
+def _drawn_bytes(data: bytes, resources: Any, forms: dict[int, int], drawing: frozenset[int]) -> int:
+    """``len(data)`` plus, for each ``/Name Do`` in it that draws a form of ``resources``, the
+    form's own drawn bytes (``forms`` keeps each form's; ``drawing``: the forms being counted, so
+    that one that draws itself is counted once)."""
+    from pypdf.generic import StreamObject
+
+    total = len(data)
+    draws = _DRAW.findall(data)
+    if not draws:
+        return total
+    resources = resources.get_object() if resources is not None else None
+    xobjects = resources.get("/XObject") if isinstance(resources, dict) else None
+    xobjects = xobjects.get_object() if xobjects is not None else None
+    if not isinstance(xobjects, dict):
+        return total
+    for raw, count in collections.Counter(draws).items():
+        name = "/" + _NAME_ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), raw).decode("latin-1")
+        form = xobjects.get(name)
+        form = form.get_object() if form is not None else None
+        if not isinstance(form, StreamObject) or form.get("/Subtype") != "/Form" or id(form) in drawing:
+            continue
+        if id(form) not in forms:
+            inner = form.get("/Resources", resources)
+            forms[id(form)] = _drawn_bytes(form.get_data(), inner, forms, drawing | {id(form)})
+        total += count * forms[id(form)]
+    return total

@@ -61,6 +61,24 @@ def make_bomb_pdf(text: str, doublings: int, content: bytes | None = None) -> by
     return _file(objects, len(objects))
 
 
+def make_form_pdf(form_content: bytes, draws: int, text: str = "") -> bytes:
+    """One page showing ``text`` and drawing a form XObject (a content stream of its own:
+    ``form_content``, Flate-compressed) ``draws`` times, as a letterhead or a logo is drawn."""
+    form = zlib.compress(form_content, 9)
+    page = zlib.compress(f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET ".encode("latin-1") + b"/Fm1 Do " * draws, 9)
+    objects = [
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Resources << /Font << /F1 1 0 R >> >> "
+        b"/Length %d /Filter /FlateDecode >>\nstream\n" % len(form) + form + b"\nendstream",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(page) + page + b"\nendstream",
+        b"<< /Type /Page /Parent 5 0 R /MediaBox [0 0 612 792] "
+        b"/Resources << /Font << /F1 1 0 R >> /XObject << /Fm1 2 0 R >> >> /Contents 3 0 R >>",
+        b"<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
+        b"<< /Type /Catalog /Pages 5 0 R >>",
+    ]
+    return _file(objects, 6)
+
+
 def _file(objects: Sequence[bytes], catalog: int) -> bytes:
     """The PDF file of ``objects`` (numbered from 1), its root object number ``catalog``."""
     out = bytearray(b"%PDF-1.4\n")

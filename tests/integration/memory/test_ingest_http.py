@@ -31,7 +31,7 @@ from gateway.policy.loader import parse_policy
 from gateway.providers.base import UpstreamRequest
 from gateway.settings import Settings
 from gateway.testing.mock_transport import MockResponse, MockTransport
-from gateway.testing.pdf import make_bomb_pdf, make_pdf
+from gateway.testing.pdf import make_bomb_pdf, make_form_pdf, make_pdf
 from tests.integration.memory.conftest import SNOWFLAKE_ARGS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
@@ -389,6 +389,18 @@ async def test_a_small_pdf_of_operators_that_show_nothing_fails_before_it_is_par
     started = time.monotonic()
     job = await sqlite_gw.ingest("empty-bomb.pdf", pdf)
     assert job["status"] == "failed" and "bytes of content at page 1 of 2" in job["error"], job
+    assert time.monotonic() - started < 10
+
+
+async def test_a_small_pdf_drawing_one_form_over_and_over_fails_before_it_is_parsed(
+    sqlite_gw: Gateway,
+) -> None:
+    """1 KB drawing a 50 KB form 100 times: pypdf parsed the form at every draw, ~15 s here for
+    'done' with nothing (a form drawing a form: exponentially more)."""
+    pdf = make_form_pdf(b"BT /F1 12 Tf " + b"()Tj " * 10_000 + b"ET", 100)
+    started = time.monotonic()
+    job = await sqlite_gw.ingest("forms.pdf", pdf)
+    assert job["status"] == "failed" and "forms drawn over and over" in job["error"], job
     assert time.monotonic() - started < 10
 
 
