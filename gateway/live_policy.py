@@ -63,6 +63,7 @@ POLL_S = 2.0
 _SETTLE_ROUNDS = 20
 _DEBOUNCE_MS = 100
 _DRAIN_POLL_S = 0.2  # how often a replaced provider client checks whether its requests are done
+_EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 
 
 def provider_clients(
@@ -203,6 +204,9 @@ class LivePolicy:
         async with self._lock:
             try:
                 if data is None:
+                    # A file that cannot be read has no bytes (as ``_read_or_empty`` says), so
+                    # its return, even with the bytes it had, is a change that clears the error.
+                    self._file_digest = _EMPTY_DIGEST
                     data = await asyncio.to_thread(_read, self.path)
                 self._file_digest = hashlib.sha256(data).hexdigest()
                 policy = await asyncio.to_thread(_parse, data, self.path)

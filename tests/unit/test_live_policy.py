@@ -581,3 +581,27 @@ async def test_a_reload_that_names_an_unset_key_variable_says_so(
         assert (await reload(client))[0] == 200
     warned = [r for r in caplog.records if "key variable is not set" in r.getMessage()]
     assert [r.fields for r in warned] == [{"provider": "b", "key_env": "KEY_TYPO_B"}]  # type: ignore[attr-defined]
+
+
+async def test_a_deleted_file_restored_as_it_was_clears_the_error(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    """A policy file deleted for a while (a checkout, an operator's mistake) and restored with the
+    same bytes: /admin/policy kept saying "cannot read file" until some other edit, since the
+    restored bytes matched those last read before the file went."""
+    client = await gateway(aiohttp_client, policy_file, upstreams, watch=True)
+    # The watcher's first look at the file, when it starts, has read it.
+    await eventually(lambda: metric(client, "gateway_policy_reloads_total", result="unchanged") == 1)
+    policy_file.unlink()
+    deadline = time.monotonic() + 5
+    while (state := await (await client.get("/admin/policy")).json())["last_error"] is None:
+        assert time.monotonic() < deadline, "the missing file was never reported"
+        await asyncio.sleep(0.02)
+    assert "cannot read file" in state["last_error"]["problems"][0]
+    policy_file.write_text(BASE)
+    deadline = time.monotonic() + 5
+    while (state := await (await client.get("/admin/policy")).json())["last_error"] is not None:
+        assert time.monotonic() < deadline, f"the restored file still reported: {state['last_error']}"
+        await asyncio.sleep(0.02)
+    assert metric(client, "gateway_policy_reloads_total", result="unchanged") == 2
+    assert await models(client) == ["m"]
