@@ -109,7 +109,7 @@ def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
             for name in _names(old.models, new.models)
             if (diff := _group_diff(name, old.models.get(name), new.models.get(name))) is not None
         ),
-        providers=tuple(_entries(old.providers, new.providers)),
+        providers=tuple(_hide_header_values(e) for e in _entries(old.providers, new.providers)),
         cache_categories=tuple(_entries(old.cache.categories, new.cache.categories)),
         settings=tuple(changes(_rest(old), _rest(new))),
     )
@@ -215,6 +215,28 @@ def _entries(old: Mapping[str, BaseModel], new: Mapping[str, BaseModel]) -> Iter
             found = changes(old[name].model_dump(mode="json"), new[name].model_dump(mode="json"))
             if found:
                 yield Entry(name, "changed", tuple(found))
+
+
+# A provider's static headers may carry a credential the policy cannot refuse by its name (a proxy's
+# own key in front of the provider: Helicone-Auth, Ocp-Apim-Subscription-Key...), and a diff's
+# output lands in CI logs and pull requests: it says which header is added, removed or changed,
+# never its value.
+HIDDEN = "(value hidden)"
+
+
+def _hide_header_values(entry: Entry) -> Entry:
+    def hidden(path: str, value: object) -> object:
+        is_header = path == "headers" or path.startswith("headers.")
+        return HIDDEN if is_header and value is not None else value
+
+    return Entry(
+        entry.name,
+        entry.status,
+        tuple(
+            Change(c.path, c.kind, hidden(c.path, c.before), hidden(c.path, c.after)) for c in entry.changes
+        ),
+        {path: hidden(path, value) for path, value in entry.settings.items()},
+    )
 
 
 def _settings(model: BaseModel, exclude: set[str] | None = None) -> dict[str, object]:

@@ -252,3 +252,31 @@ def test_a_group_whose_shares_move_without_a_change_of_its_own_is_shown() -> Non
     assert "model group 'chat': unchanged, but its shares move" in text
     assert "model group 'long'" not in text
     assert "  ~ weights.cost: 0.1 -> 0.9" in text
+
+
+def test_a_providers_header_values_are_never_shown() -> None:
+    """A static header may carry a proxy's key (Helicone-Auth, Ocp-Apim-Subscription-Key: names
+    the policy does not refuse); the diff printed its value, before and after, into CI logs."""
+    old = edited(
+        ("http://127.0.0.1:8000/v1}", "http://127.0.0.1:8000/v1, headers: {Helicone-Auth: Bearer sk-old-1}}")
+    )
+    new = parse_policy(
+        BASE.replace(
+            "http://127.0.0.1:8000/v1}",
+            "http://127.0.0.1:8000/v1, headers: {Helicone-Auth: Bearer sk-new-2, X-Title: app}}",
+        ).replace(
+            "models:\n",
+            "  proxy: {kind: openai, base_url: http://p.test/v1, headers: {X-Key: sk-add-3}}\nmodels:\n",
+        )
+    )
+    diff = diff_policies(old, new)
+    (local,) = [p for p in diff.providers if p.name == "local"]
+    assert local.changes == (
+        Change("headers.Helicone-Auth", "changed", "(value hidden)", "(value hidden)"),
+        Change("headers.X-Title", "added", None, "(value hidden)"),
+    )
+    (proxy,) = [p for p in diff.providers if p.name == "proxy"]
+    assert proxy.settings["headers.X-Key"] == "(value hidden)"
+    removed = diff_policies(new, old)
+    text = "".join(render(d, {}, {}, []) + report_json(d, {}, {}, {}).decode() for d in (diff, removed))
+    assert "headers.Helicone-Auth" in text and "sk-" not in text
