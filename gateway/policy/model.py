@@ -55,6 +55,10 @@ _SECRET_HEADERS = frozenset(
         "x-auth-token",
     }
 )
+# A header's name is an RFC 9110 token; its value may not hold control characters (but tab).
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 _SECRET_QUERY = frozenset(
     {"key", "api_key", "apikey", "access_token", "token", "password", "secret", "sig", "signature", "code"}
 )
@@ -182,9 +186,19 @@ class ProviderBase(_Strict):
     @field_validator("headers")
     @classmethod
     def _no_auth_header(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
+        for name, text in value.items():
             if name.lower() in _SECRET_HEADERS:
                 raise ValueError(f"'{name}' carries a secret: use api_key_env instead")
+            # What no request can carry was accepted here and failed every request to the
+            # provider: a 500 (a line break or NUL in a value), or an upstream 400 (a name with a
+            # space or colon, a Content-Length that is not the body's). The value is never
+            # echoed: it may be a key.
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~)")
+            if name.lower() in _FRAMING_HEADERS:
+                raise ValueError(f"'{name}' is set by the gateway for each request's body: drop it")
+            if _CONTROL.search(text):
+                raise ValueError(f"the value of '{name}' holds a line break or control character")
         return value
 
 

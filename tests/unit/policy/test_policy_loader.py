@@ -256,6 +256,31 @@ def test_credentials_in_a_base_url_or_a_header_are_refused_without_echoing_them(
     assert parse_policy(head + ok, "p.yaml").providers["a"].base_url == "https://e/v1?deployment=x"
 
 
+def test_headers_no_request_can_carry_are_refused_without_echoing_their_value() -> None:
+    """``policy check`` said ok, then every request to the provider failed: a 500 for a line break
+    or NUL in a value, an upstream 400 for a name with a space or colon, a body cut short by a
+    Content-Length."""
+    head = "version: 1\nauth: {mode: open}\nproviders:\n"
+    tail = "\nmodels: {m: {deployments: [{provider: a, model: x}]}}\n"
+    cases = {
+        '{X-Key: "sk-SECRET\\nx"}': "the value of 'X-Key' holds a line break",
+        '{X-Key: "sk-SECRET\\0"}': "the value of 'X-Key' holds a line break or control character",
+        '{"X Key:": v}': "'X Key:' is not a header name",
+        '{"": v}': "'' is not a header name",
+        "{Content-Length: '5'}": "'Content-Length' is set by the gateway",
+        "{transfer-encoding: chunked}": "'transfer-encoding' is set by the gateway",
+    }
+    for headers, words in cases.items():
+        body = head + f"  a: {{kind: openai, base_url: 'https://e/v1', headers: {headers}}}" + tail
+        with pytest.raises(PolicyError) as err:
+            parse_policy(body, "p.yaml")
+        assert f"p.yaml:4: providers.a.headers: {words}" in str(err.value)
+        assert "SECRET" not in str(err.value)
+    fine = "{X-Title: 'My app', HTTP-Referer: 'https://e.test', X-Tab: \"a\\tb\", X-Name: café}"
+    policy = parse_policy(head + f"  a: {{kind: openai, base_url: 'https://e/v1', headers: {fine}}}" + tail)
+    assert policy.providers["a"].headers["X-Tab"] == "a\tb"
+
+
 def test_a_weighted_group_needs_a_weight_above_zero_and_weights_are_bounded() -> None:
     """All weights 0 sent every request to the first deployment while policy explain, policy
     diff and /admin/models showed 1/n each; two weights near the float maximum summed to inf."""
