@@ -165,6 +165,7 @@ class ProviderBase(_Strict):
         # echoed in these messages).
         try:
             parts = urllib.parse.urlsplit(value)
+            parts.port  # noqa: B018  (raises ValueError for a port that is not a number in range)
         except ValueError:
             raise ValueError("is not a URL") from None
         if "@" in parts.netloc:
@@ -172,6 +173,16 @@ class ProviderBase(_Strict):
         for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
             if name.lower().replace("-", "_") in _SECRET_QUERY:
                 raise ValueError(f"its query parameter '{name}' carries a secret: use api_key_env")
+        # Each request's path is appended to the URL as written, so what follows was accepted here
+        # and then failed every request to the provider (a 502 or the provider's 404).
+        if not parts.hostname:
+            raise ValueError("must name a host (http://HOST[:PORT]/PATH)")
+        if any(c.isspace() or not c.isprintable() for c in value):
+            raise ValueError("must not contain spaces, line breaks or control characters")
+        if parts.query or parts.fragment or value.endswith(("?", "#")):
+            raise ValueError(
+                "must not have a query (?...) or fragment (#...): each endpoint's path is appended to it"
+            )
         return value.rstrip("/")
 
     @field_validator("api_key_env")

@@ -252,8 +252,31 @@ def test_credentials_in_a_base_url_or_a_header_are_refused_without_echoing_them(
         with pytest.raises(PolicyError) as err:
             parse_policy(body, "p.yaml")
         assert f"'{header}' carries a secret" in str(err.value) and "s3cr3t" not in str(err.value)
-    ok = "  a: {kind: openai, base_url: 'https://e/v1?deployment=x'}\nmodels: {m: {deployments: [{provider: a, model: x}]}}\n"
-    assert parse_policy(head + ok, "p.yaml").providers["a"].base_url == "https://e/v1?deployment=x"
+    ok = "  a: {kind: openai, base_url: 'https://e:8443/v1/'}\nmodels: {m: {deployments: [{provider: a, model: x}]}}\n"
+    assert parse_policy(head + ok, "p.yaml").providers["a"].base_url == "https://e:8443/v1"
+
+
+def test_a_base_url_no_request_can_be_sent_to_is_refused() -> None:
+    """Accepted by policy check, then every request to the provider failed: a 502 "cannot reach
+    provider" (no host, a port past 65535, a space in the host) or the provider's 404 (a query
+    or fragment, which the endpoint's path was appended to)."""
+    head = "version: 1\nauth: {mode: open}\nproviders:\n"
+    tail = "\nmodels: {m: {deployments: [{provider: a, model: x}]}}\n"
+    cases = {
+        "'http://'": "must name a host",
+        "'https:///v1'": "must name a host",
+        "'http://127.0.0.1:99999/v1'": "is not a URL",
+        "'http://e:port/v1'": "is not a URL",
+        "'http://exa mple.com/v1'": "must not contain spaces",
+        '"http://e/v1\\n"': "must not contain spaces, line breaks",
+        "'http://e/v1?deployment=x'": "must not have a query (?...) or fragment (#...)",
+        "'http://e/v1#frag'": "must not have a query",
+        "'http://e/v1?'": "must not have a query",
+    }
+    for url, words in cases.items():
+        with pytest.raises(PolicyError) as err:
+            parse_policy(head + f"  a: {{kind: openai, base_url: {url}}}" + tail, "p.yaml")
+        assert f"p.yaml:4: providers.a.base_url: {words}" in str(err.value), url
 
 
 def test_headers_no_request_can_carry_are_refused_without_echoing_their_value() -> None:
