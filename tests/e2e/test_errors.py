@@ -7,12 +7,13 @@ import json
 import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import aiohttp
 import openai
 import pytest
 
-from tests.e2e.conftest import MAX_BODY_BYTES, PROVIDER_KEY, Stack
+from tests.e2e.conftest import MAX_BODY_BYTES, PROVIDER_KEY, Stack, start_fakes, start_gateway
 from tests.e2e.test_openai_api import client
 
 
@@ -178,3 +179,39 @@ def test_provider_key_never_leaks(stack: Stack) -> None:
     assert "gateway_requests_total" in metrics
     assert PROVIDER_KEY not in metrics
     assert PROVIDER_KEY not in stack.gateway.output
+
+
+def test_a_provider_key_with_a_line_break_is_trimmed_or_refused_never_a_500(tmp_path: Path) -> None:
+    """A key variable set from a file (a Kubernetes Secret, ``$(cat key.txt)``) ends in a line
+    break: every request to the provider was a 500 internal error, aiohttp refusing to send the
+    header. Surrounding whitespace is trimmed; a key with a line break inside is not sent at all
+    (the provider is not configured, said at start-up without the value)."""
+    fakes = start_fakes({"keyed": ["--require-key", PROVIDER_KEY]})
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "version: 1\nauth: {mode: open}\n"
+        f"providers:\n  keyed: {{kind: openai, base_url: {fakes['keyed'].url}/v1, api_key_env: E2E_PROVIDER_KEY}}\n"
+        "models:\n  chat: {deployments: [{provider: keyed, model: m}]}\n"
+    )
+    chat = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    try:
+        for key, status in (
+            (PROVIDER_KEY + "\n", 200),
+            (f" {PROVIDER_KEY}\r\n", 200),
+            ("sk-a\nsk-b-0123456789", 503),
+        ):
+            gateway = start_gateway(path, {"E2E_PROVIDER_KEY": key})
+            try:
+                got, _, body = post_raw(Stack(gateway, fakes, path), "/v1/chat/completions", chat)
+                assert got == status, body
+                if status == 503:
+                    assert assert_envelope(body)["code"] == "provider_not_configured"
+            finally:
+                gateway.stop()
+            if status == 503:
+                assert "holds a space, line break or control character" in gateway.output
+                assert "sk-b-0123456789" not in gateway.output
+            assert "unhandled error" not in gateway.output
+    finally:
+        for fake in fakes.values():
+            fake.stop()
