@@ -461,6 +461,13 @@ class RuleMatch(_Strict):
             raise ValueError(
                 "a rule needs at least one condition (tags, has_tools, min_prompt_tokens, max_prompt_tokens)"
             )
+        low, high = self.min_prompt_tokens, self.max_prompt_tokens
+        if low is not None and high is not None and low > high:
+            # No prompt is both: the rule was accepted and silently never matched (two bounds
+            # swapped, or a digit too many in one).
+            raise ValueError(
+                f"min_prompt_tokens ({low}) is above max_prompt_tokens ({high}): the rule could never match"
+            )
         return self
 
 

@@ -279,6 +279,24 @@ def test_a_base_url_no_request_can_be_sent_to_is_refused() -> None:
         assert f"p.yaml:4: providers.a.base_url: {words}" in str(err.value), url
 
 
+def test_a_rule_whose_prompt_bounds_cannot_both_hold_is_refused() -> None:
+    """``min_prompt_tokens: 20000, max_prompt_tokens: 2000`` was accepted and never matched."""
+    text = (
+        "version: 1\nproviders:\n  a: {kind: openai, base_url: 'http://a/v1'}\nmodels:\n"
+        "  m:\n    deployments: [{provider: a, model: x}]\n"
+        "    rules: [{when: {min_prompt_tokens: 20000, max_prompt_tokens: 2000}, use: long}]\n"
+        "  long: {deployments: [{provider: a, model: y}]}\n"
+    )
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text, "p.yaml")
+    assert str(err.value) == (
+        "p.yaml:7: models.m.rules[0].when: min_prompt_tokens (20000) is above max_prompt_tokens (2000): "
+        "the rule could never match"
+    )
+    same = text.replace("max_prompt_tokens: 2000", "max_prompt_tokens: 20000")
+    assert parse_policy(same).models["m"].rules[0].when.max_prompt_tokens == 20000
+
+
 def test_headers_no_request_can_carry_are_refused_without_echoing_their_value() -> None:
     """``policy check`` said ok, then every request to the provider failed: a 500 for a line break
     or NUL in a value, an upstream 400 for a name with a space or colon, a body cut short by a
