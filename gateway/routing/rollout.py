@@ -348,7 +348,7 @@ class RolloutController:
         raise NotFound(
             f"No rollout in model group '{group}'; rollouts: "
             + (", ".join(sorted({k.group for k in self._rollouts})) or "none"),
-            param="group",
+            param="model",  # the field of the request body that named it
             code="rollout_not_found",
         )
 

@@ -83,6 +83,9 @@ async def test_bad_input_is_a_clear_4xx(client: TestClient) -> None:
         resp = await client.post(path, json=body, headers=ADMIN)
         assert resp.status == status, path
         assert text in (await resp.json())["error"]["message"]
+    # The error names the body's field (OpenAI's ``param``), not the gateway's word for it.
+    resp = await client.post("/admin/rollouts/pause", json={"model": "nope"}, headers=ADMIN)
+    assert (await resp.json())["error"]["param"] == "model"
     resp = await client.post(
         "/admin/rollouts/pause", data=b"{not json", headers={**ADMIN, "Content-Type": "application/json"}
     )
