@@ -44,20 +44,26 @@ def _status(args: argparse.Namespace) -> int:
     answer = _call(args, "GET", "/admin/rollouts")
     if answer is None:
         return 1
+    data = answer.get("data")
+    if not isinstance(data, list) or not all(_is_rollout(r) for r in data):
+        return _not_rollouts(args.url, "/admin/rollouts")
     if args.json:
         print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
-    elif not answer["data"]:
+    elif not data:
         print("no rollouts in the policy")
     else:
-        for rollout in answer["data"]:
+        for rollout in data:
             print(line(rollout))
     return 0
 
 
 def _act(args: argparse.Namespace) -> int:
-    answer = _call(args, "POST", f"/admin/rollouts/{args.action}", {"model": args.model})
+    path = f"/admin/rollouts/{args.action}"
+    answer = _call(args, "POST", path, {"model": args.model})
     if answer is None:
         return 1
+    if not _is_rollout(answer):
+        return _not_rollouts(args.url, path)
     print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() if args.json else line(answer))
     return 0
 
@@ -70,6 +76,28 @@ def line(rollout: Json) -> str:
     if rollout["status"] in ("rolling", "paused"):
         text += f" (step {rollout['step_index'] + 1}/{len(steps)})"
     return f"{text}  {rollout['reason']}" if rollout.get("reason") else text
+
+
+def _is_rollout(value: object) -> bool:
+    """Whether ``value`` has what ``line`` prints, as a gateway's rollout view does. ``--url``
+    may name something else (another service, a proxy's page, another version): its answer was
+    a traceback (KeyError, TypeError) instead of an error saying so."""
+    if not isinstance(value, dict):
+        return False
+    number = value.get("step_percent")
+    return (
+        all(isinstance(value.get(k), str) for k in ("model", "provider", "upstream_model", "status"))
+        and isinstance(number, int | float)
+        and not isinstance(number, bool)
+        and isinstance(value.get("step_index"), int)
+        and isinstance(value.get("steps"), list)
+        and isinstance(value.get("reason", ""), str)
+    )
+
+
+def _not_rollouts(url: str, path: str) -> int:
+    print(f"error: {url}{path} did not answer a gateway's rollout view", file=sys.stderr)
+    return 1
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: Json | None = None) -> Json | None:

@@ -30,6 +30,7 @@ class Server:
 
     status: int = 200
     location: str | None = None
+    body: object = None  # the JSON answered (default: an empty list)
     seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     url: str = ""
 
@@ -41,7 +42,8 @@ class Server:
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
                 server.seen.append((self.command, self.path, dict(self.headers.items())))
-                body = orjson.dumps({"object": "list", "data": []})
+                answer = server.body if server.body is not None else {"object": "list", "data": []}
+                body = orjson.dumps(answer)
                 self.send_response(server.status)
                 if server.location is not None:
                     self.send_header("Location", server.location)
@@ -192,3 +194,53 @@ def test_health_refuses_a_token_no_header_can_carry_without_repeating_it(
     assert fetch("http://127.0.0.1:9") is None
     err = capsys.readouterr().err
     assert "SOPHIA_ADMIN_TOKEN" in err and "second-half" not in err
+
+
+ROLLOUT = {
+    "object": "rollout",
+    "model": "chat",
+    "provider": "openai",
+    "upstream_model": "gpt-5",
+    "status": "rolling",
+    "step_index": 1,
+    "step_percent": 25.0,
+    "steps": [10.0, 25.0, 100.0],
+    "reason": "",
+}
+
+
+def rollout_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "rollout", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"object": "list", "data": 5},
+        {"object": "list", "data": [5]},
+        {"object": "list", "data": [{"model": "chat"}]},
+        {"object": "list", "data": [{**ROLLOUT, "step_percent": "25"}]},
+        {"object": "list", "data": [{**ROLLOUT, "step_index": None}]},
+    ],
+)
+def test_the_rollout_command_says_when_url_is_not_a_gateway(serve: Serve, body: object) -> None:
+    """``rollout status`` and ``rollout pause`` against a server answering other JSON (another
+    service, another version) printed a Python traceback (KeyError, TypeError, ValueError)."""
+    server = serve(body=body)
+    for args in (("status",), ("pause", "chat")):
+        result = rollout_cli(*args, "--url", server.url)
+        assert result.returncode == 1, result
+        assert result.stderr.strip().splitlines() == [
+            f"error: {server.url}/admin/rollouts{'' if args == ('status',) else '/pause'} did not answer "
+            "a gateway's rollout view"
+        ], result.stderr
+    good = serve(body={"object": "list", "data": [ROLLOUT]})
+    result = rollout_cli("status", "--url", good.url)
+    assert result.returncode == 0 and result.stdout == "chat  openai/gpt-5  rolling 25% (step 2/3)\n"
