@@ -109,11 +109,17 @@ def _redirected(url: str, exc: urllib.error.HTTPError) -> str:
     location = (exc.headers.get("Location") if exc.headers is not None else None) or "nowhere"
     if len(location) > _LOCATION_CHARS:
         location = location[:_LOCATION_CHARS] + "…"
-    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in location)
+    shown = printable(location)
     return (
         f"{url} answered HTTP {exc.code}, a redirect to {shown}: not followed (the admin token is "
         "sent to --url only); give the gateway's own address as --url"
     )
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal: control characters (an escape sequence that clears the screen or
+    retitles the window) shown as ``\\xNN`` instead of acted on."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def gateway_url(text: str) -> str:

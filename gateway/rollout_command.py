@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from gateway.admin_client import AdminCallError, call_admin, gateway_url
+from gateway.admin_client import AdminCallError, call_admin, gateway_url, printable
 
 Json = dict[str, Any]
 _ACTIONS = {
@@ -75,7 +75,9 @@ def line(rollout: Json) -> str:
     text = f"{where}  {rollout['status']} {rollout['step_percent']:g}%"
     if rollout["status"] in ("rolling", "paused"):
         text += f" (step {rollout['step_index'] + 1}/{len(steps)})"
-    return f"{text}  {rollout['reason']}" if rollout.get("reason") else text
+    # A rollback's reason quotes the candidate's error, whose text the provider wrote: its
+    # escape sequences must not reach the operator's terminal.
+    return printable(f"{text}  {rollout['reason']}" if rollout.get("reason") else text)
 
 
 def _is_rollout(value: object) -> bool:

@@ -244,3 +244,17 @@ def test_the_rollout_command_says_when_url_is_not_a_gateway(serve: Serve, body: 
     good = serve(body={"object": "list", "data": [ROLLOUT]})
     result = rollout_cli("status", "--url", good.url)
     assert result.returncode == 0 and result.stdout == "chat  openai/gpt-5  rolling 25% (step 2/3)\n"
+
+
+def test_the_rollout_command_prints_a_reason_without_its_escape_sequences(serve: Serve) -> None:
+    """A rollback's reason quotes the candidate provider's error message: its escape sequences
+    (clear the screen, retitle the window) were printed raw to the operator's terminal."""
+    reason = "smoke prompt 0: UpstreamError: cand: \x1b[2J\x1b]0;owned\x07 bad gateway"
+    server = serve(body={"object": "list", "data": [{**ROLLOUT, "status": "rolled_back", "reason": reason}]})
+    result = rollout_cli("status", "--url", server.url)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert result.stdout == (
+        "chat  openai/gpt-5  rolled_back 25%  smoke prompt 0: UpstreamError: cand: "
+        "\\x1b[2J\\x1b]0;owned\\x07 bad gateway\n"
+    )
