@@ -87,6 +87,9 @@ def parse_policy(text: str, shown_path: str = "<policy>") -> Policy:
 def _parse_policy(text: str, shown_path: str) -> Policy:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        too_many = _alias_expansion(root, shown_path)
+        if too_many is not None:
+            raise PolicyError([too_many])
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -110,6 +113,63 @@ def _parse_policy(text: str, shown_path: str) -> Policy:
     if found:
         raise PolicyError(found)
     return policy
+
+
+# Values that aliases may add to a policy beyond those written: a policy's legitimate aliases (a
+# price block, a team's model list) add a few hundred. YAML shares an alias's value rather than
+# copying it, but validation walks every use: aliases of aliases of lists (groups x smoke prompts x
+# messages) made a 2.5 KB file a million values, 21 s and 1 GB to check, and more at each level.
+MAX_ALIAS_EXPANSION = 100_000
+
+
+def _alias_expansion(root: yaml.Node | None, shown_path: str) -> PolicyProblem | None:
+    """A problem when aliases make the document more than ``MAX_ALIAS_EXPANSION`` values larger
+    than written (counted on the composed nodes, each shared node once, in linear time), naming
+    the line of the value whose repetition adds the most."""
+    if root is None:
+        return None
+    size: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
+    uses: dict[int, int] = {}  # id(node) -> how many places hold it
+    nodes: dict[int, yaml.Node] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_: set[int] = set()  # on the path being walked: an alias to one of them is a cycle
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children = _node_children(node)
+        if children_done:
+            open_.discard(key)
+            size[key] = 1 + sum(size.get(id(c), 1) for c in children)
+            for child in children:
+                uses[id(child)] = uses.get(id(child), 0) + 1
+            continue
+        if key in size or key in open_:
+            continue
+        open_.add(key)
+        nodes[key] = node
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size and id(c) not in open_)
+    added = size[id(root)] - len(size)
+    if added <= MAX_ALIAS_EXPANSION:
+        return None
+    worst = max((k for k in uses if uses[k] > 1), key=lambda k: (uses[k] - 1) * size[k])
+    line = nodes[worst].start_mark.line + 1
+    return PolicyProblem(
+        shown_path,
+        line,
+        (),
+        f"aliases repeat values to {size[id(root)]:,} in all, {added:,} more than written (at most "
+        f"{MAX_ALIAS_EXPANSION:,}); the value on this line is used {uses[worst]:,} times",
+        "write the repeated parts out, or alias them less",
+    )
+
+
+def _node_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def format_loc(loc: Loc) -> str:

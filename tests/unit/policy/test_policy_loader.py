@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 import typing
 from pathlib import Path
 
@@ -277,6 +278,49 @@ def test_a_base_url_no_request_can_be_sent_to_is_refused() -> None:
         with pytest.raises(PolicyError) as err:
             parse_policy(head + f"  a: {{kind: openai, base_url: {url}}}" + tail, "p.yaml")
         assert f"p.yaml:4: providers.a.base_url: {words}" in str(err.value), url
+
+
+def amplified(n: int) -> str:
+    """Aliases of aliases: n groups x n smoke prompts x n messages, in about 20 n bytes."""
+    stars = ", ".join
+    return "\n".join(
+        [
+            "version: 1",
+            "providers: {a: {kind: openai, base_url: 'http://a/v1'}}",
+            "x-msg: &m {role: user, content: hi}",
+            f"x-msgs: &ms [{stars(['*m'] * n)}]",
+            "x-prompt: &p {messages: *ms, expect: ok}",
+            f"x-prompts: &ps [{stars(['*p'] * n)}]",
+            "x-group: &g {deployments: [{provider: a, model: x}, {provider: a, model: y, rollout: {smoke: *ps}}]}",
+            "models:",
+            *(f"  g{i}: *g" for i in range(n)),
+            "",
+        ]
+    )
+
+
+def test_aliases_that_multiply_a_small_file_are_refused_before_validation() -> None:
+    """YAML shares an alias's value, but validation walked every use: a 2.5 KB policy of aliases of
+    aliases (120 groups x 120 smoke prompts x 120 messages) took 21 s and 1 GB to check, and a
+    hot reload of it would have done the same inside the gateway; a little more, and it ran out
+    of memory."""
+    text = amplified(120)
+    assert len(text) < 3000
+    started = time.monotonic()
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text, "p.yaml")
+    assert time.monotonic() - started < 5  # was 21 s
+    (problem,) = err.value.problems
+    assert problem.line == 7 and problem.loc == ()
+    assert "aliases repeat values to 8,860,607 in all" in problem.message
+    assert "the value on this line is used 121 times" in problem.message
+    # An ordinary use of aliases (a block shared by a few groups) is fine.
+    shared = (
+        "version: 1\nproviders: {a: {kind: openai, base_url: 'http://a/v1'}}\n"
+        "models:\n  m: &g {deployments: [{provider: a, model: x, price: &p {input_per_mtok: 1}}]}\n"
+        "  n: *g\n  o: {deployments: [{provider: a, model: z, price: *p}]}\n"
+    )
+    assert parse_policy(shared).models["n"].deployments[0].price.input_per_mtok == 1
 
 
 def test_a_rule_whose_prompt_bounds_cannot_both_hold_is_refused() -> None:
