@@ -15,6 +15,9 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(w|d|h|m|s)?\s*$", re.IGNORECASE)
+# A number with an exponent: PyYAML (YAML 1.1) reads ``1e3`` (no dot) as a string, and the editor
+# meant the number, as the policy's plain number fields take it.
+_EXPONENT = re.compile(r"^\s*\d+(?:\.\d+)?[eE][+-]?\d+\s*$")
 _UNIT_S = {"w": 7 * 86400.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*[wdhmsWDHMS]?\s*$"
 # The longest duration (100 years): an expiry or a period past it is a typo, and a date that far
@@ -47,6 +50,8 @@ def _seconds(value: str | float) -> float:
         raise ValueError("must be a duration such as 30d, 12h, 90m or a number of seconds")
     if isinstance(value, int | float):
         return float(value)
+    if _EXPONENT.match(value):
+        return float(value)  # inf for 1e400: refused by _bounded, which says so
     match = _DURATION.match(value)
     if not match:
         raise ValueError(f"must be a duration such as 30d, 12h, 90m or a number of seconds, not {value!r}")
@@ -54,9 +59,9 @@ def _seconds(value: str | float) -> float:
 
 
 def _bounded(seconds: float, low: float, what: str, *, inclusive: bool = False) -> float:
-    if not math.isfinite(seconds) or seconds < low or (seconds == low and not inclusive):
+    if math.isnan(seconds) or seconds < low or (seconds == low and not inclusive):
         raise ValueError(f"must be {what}")
-    if seconds > MAX_DURATION_S:
+    if seconds > MAX_DURATION_S:  # .inf included (it was told "must be a duration longer than 0")
         raise ValueError("must be a duration of at most 100 years (36500d)")
     return seconds
 

@@ -280,6 +280,24 @@ def test_a_base_url_no_request_can_be_sent_to_is_refused() -> None:
         assert f"p.yaml:4: providers.a.base_url: {words}" in str(err.value), url
 
 
+def test_a_duration_written_as_yaml_reads_a_number() -> None:
+    """``hold_s: 1e3`` (a string to PyYAML) was refused as "not a number of seconds", though plain
+    number fields take it; ``hold_s: .inf`` was told "must be a duration longer than 0"."""
+    text = (
+        "version: 1\nproviders:\n  a: {kind: openai, base_url: 'http://a/v1'}\nmodels:\n"
+        "  m: {deployments: [{provider: a, model: x}, {provider: a, model: y, rollout: {hold_s: HOLD}}]}\n"
+    )
+    assert parse_policy(text.replace("HOLD", "1e3")).models["m"].deployments[1].rollout.hold_s == 1000  # type: ignore[union-attr]
+    assert parse_policy(text.replace("HOLD", "1.5E+2")).models["m"].deployments[1].rollout.hold_s == 150  # type: ignore[union-attr]
+    for value in (".inf", "1e400"):
+        with pytest.raises(PolicyError) as err:
+            parse_policy(text.replace("HOLD", value), "p.yaml")
+        assert "rollout.hold_s: must be a duration of at most 100 years (36500d)" in str(err.value), value
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text.replace("HOLD", ".nan"), "p.yaml")
+    assert "rollout.hold_s: must be a duration longer than 0" in str(err.value)
+
+
 def amplified(n: int) -> str:
     """Aliases of aliases: n groups x n smoke prompts x n messages, in about 20 n bytes."""
     stars = ", ".join
