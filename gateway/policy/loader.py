@@ -90,7 +90,7 @@ def _parse_policy(text: str, shown_path: str) -> Policy:
         too_many = _alias_expansion(root, shown_path)
         if too_many is not None:
             raise PolicyError([too_many])
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_NamesAsWritten)  # a SafeLoader: no Python objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -170,6 +170,25 @@ def _node_children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.SequenceNode):
         return list(node.value)
     return []
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _NamesAsWritten(yaml.SafeLoader):
+    """``SafeLoader`` reading every mapping key as the text written. A policy's keys are all
+    names (settings, providers, model groups, teams, categories), but YAML 1.1 reads ``on``,
+    ``yes``, ``no``, ``3.5``, ``null`` and ``2024-01-01`` as a boolean, a number, null or a date:
+    a provider named ``on`` was "unknown provider 'on' (hint: known providers: True)", and a group
+    named ``yes`` was ``models[1].[key]: Input should be a valid string``. Editors' YAML 1.2 reads
+    most of them as text too. (Values keep their types: ``provider: on`` is still not text.)"""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
+                key.tag = _STR_TAG
+        return super().construct_mapping(node, deep)
 
 
 def format_loc(loc: Loc) -> str:
@@ -376,24 +395,24 @@ def _duplicate_keys(root: yaml.Node | None, shown_path: str) -> list[PolicyProbl
                 walk(item, (*loc, i))
         if not isinstance(node, yaml.MappingNode):
             return
-        first_line: dict[tuple[str, str], int] = {}
+        first_line: dict[str, int] = {}  # keys are read as written (``_NamesAsWritten``): 1 is "1"
         for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
                 continue
             line, name = key.start_mark.line + 1, str(key.value)
-            if (key.tag, name) in first_line:
+            if name in first_line:
                 problems.append(
                     PolicyProblem(
                         shown_path,
                         line,
                         (*loc, name),
-                        f"duplicate key '{name}' (lines {first_line[key.tag, name]} and {line}); "
+                        f"duplicate key '{name}' (lines {first_line[name]} and {line}); "
                         "YAML would keep only the last",
                         "keep one of them",
                     )
                 )
             else:
-                first_line[key.tag, name] = line
+                first_line[name] = line
             walk(value, (*loc, name))
 
     walk(root, ())

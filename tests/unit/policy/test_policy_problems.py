@@ -216,3 +216,28 @@ def test_numbers_written_as_yaml_reads_them_still_count() -> None:
     assert provider.max_response_bytes == 64 * 2**20
     timeouts = provider.timeouts
     assert (timeouts.connect_s, timeouts.first_byte_s, timeouts.total_s) == (2.0, 50.0, 30.5)
+
+
+def test_names_yaml_would_read_as_booleans_numbers_or_dates_are_read_as_written() -> None:
+    """A provider named ``on`` was "unknown provider 'on' (hint: known providers: True)"; groups
+    named ``yes``, ``3.5``, ``null`` or ``2024-01-01`` were ``models[1].[key]``, ``models.None.[key]``
+    or ``models.datetime.date(2024, 1, 1).[key]``: "Input should be a valid string", most at the
+    wrong line. A policy's keys are names: they are read as written."""
+    text = (
+        "version: 1\nproviders:\n  on: {kind: openai, base_url: 'http://a/v1'}\nmodels:\n"
+        "  yes: {deployments: [{provider: 'on', model: a}]}\n"
+        "  3.5: {deployments: [{provider: 'on', model: a}]}\n"
+        "  2024-01-01: {deployments: [{provider: 'on', model: a}]}\n"
+        "  null: {deployments: [{provider: 'on', model: a}]}\n"
+        "auth: {teams: {1234: {}}}\n"
+    )
+    policy = parse_policy(text, "p.yaml")
+    assert list(policy.providers) == ["on"]
+    assert list(policy.models) == ["yes", "3.5", "2024-01-01", "null"]
+    assert list(policy.auth.teams) == ["1234"]
+    # So 1 and "1" are the same name: a duplicate, not two groups of which one is refused.
+    twice = text.replace("  3.5:", '  "yes":')
+    assert problems(twice) == [
+        "p.yaml:6: models.yes: duplicate key 'yes' (lines 5 and 6); YAML would keep only the last "
+        "(hint: keep one of them)"
+    ]
