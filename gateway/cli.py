@@ -18,7 +18,7 @@ from gateway.errors import StartupError
 from gateway.observability.stderr import ensure_standard_streams
 from gateway.policy.loader import PolicyError, format_loc, load_policy, policy_json_schema
 from gateway.policy.model import Policy
-from gateway.settings import Settings, SettingsError, WorkerSlot, port_number
+from gateway.settings import Settings, SettingsError, WorkerSlot, port_number, provider_key
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,9 +284,11 @@ def _policy_check(args: argparse.Namespace) -> int:
         return 1
     for name, provider in policy.providers.items():
         env = provider.api_key_env
-        if env and not os.environ.get(env):
+        # The gateway's own reading of the variable: a key it would not send is warned of too.
+        unusable = provider_key(os.environ, env)[1] if env else ""
+        if unusable:
             loc = format_loc(("providers", name, "api_key_env"))
-            print(f"warning: {args.path}: {loc}: {env} is not set here; its deployments will be skipped")
+            print(f"warning: {args.path}: {loc}: {env} {unusable} here; its deployments will be skipped")
     deployments = sum(len(g.deployments) for g in policy.models.values())
     print(
         f"{args.path}: ok ({len(policy.providers)} providers, {len(policy.models)} models, "

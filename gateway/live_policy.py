@@ -48,6 +48,7 @@ from gateway.routing.router import Router
 from gateway.routing.target import DeploymentState
 from gateway.service.calls import RequestService
 from gateway.service.responses import cache_budgets
+from gateway.settings import provider_key
 from gateway.tasks import stop as stop_task
 
 log = logging.getLogger("gateway.policy")
@@ -82,7 +83,7 @@ def provider_clients(
         if old is not None and old.config == cfg:
             clients[name] = old
             continue
-        key, problem = _api_key(env, cfg.api_key_env) if cfg.api_key_env else (None, "")
+        key, problem = provider_key(env, cfg.api_key_env) if cfg.api_key_env else (None, "")
         clients[name] = ProviderClient(name, cfg, adapter_for(cfg), key, given.get(name))
         if not clients[name].configured:
             # Said when the process starts and on the reload that brings it (a typo in a
@@ -92,22 +93,6 @@ def provider_clients(
                 extra={"fields": {"provider": name, "key_env": cfg.api_key_env}},
             )
     return clients
-
-
-def _api_key(env: Mapping[str, str], variable: str) -> tuple[str | None, str]:
-    """The key in ``variable`` without surrounding whitespace (a Kubernetes Secret made from a
-    file, or ``$(cat key.txt)`` in an env file, ends in a line break), and what is wrong when
-    there is none. A key still holding a space or control character cannot be sent in a header:
-    every request to the provider was a 500 internal error. The value is never logged."""
-    value = env.get(variable)
-    if value is None:
-        return None, "is not set"
-    key = value.strip()
-    if not key:
-        return None, "is empty"
-    if any(c.isspace() or not c.isprintable() for c in key):
-        return None, "holds a space, line break or control character inside the key"
-    return key, ""
 
 
 class LivePolicy:

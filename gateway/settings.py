@@ -21,6 +21,22 @@ class SettingsError(ValueError):
     says what it should be."""
 
 
+def provider_key(env: Mapping[str, str], variable: str) -> tuple[str | None, str]:
+    """The provider key in ``variable`` without surrounding whitespace (a Kubernetes Secret made
+    from a file, or ``$(cat key.txt)`` in an env file, ends in a line break), and what is wrong
+    when there is none (``policy check`` and the gateway read it alike). A key still holding a space or control character cannot be sent in a header:
+    every request to the provider was a 500 internal error. The value is never logged."""
+    value = env.get(variable)
+    if value is None:
+        return None, "is not set"
+    key = value.strip()
+    if not key:
+        return None, "is empty"
+    if any(c.isspace() or not c.isprintable() for c in key):
+        return None, "holds a space, line break or control character inside the key"
+    return key, ""
+
+
 def admin_token_problem(token: str) -> str | None:
     """What makes ``token`` unusable as ``SOPHIA_ADMIN_TOKEN``, or None when it is fine.
 

@@ -406,3 +406,33 @@ def test_a_weighted_group_needs_a_weight_above_zero_and_weights_are_bounded() ->
     parse_policy(
         VARIANTS.replace("{provider: oa, model: m}]\n  long", "{provider: oa, model: m, weight: 0}]\n  long")
     )
+
+
+def test_policy_check_warns_of_a_key_the_gateway_would_not_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The gateway trims a key's surrounding whitespace and skips a key with a line break inside;
+    policy check reads the variable the same way (it said nothing of a key the gateway skips)."""
+    from gateway.cli import main
+
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "version: 1\nproviders:\n  p: {kind: openai, base_url: 'http://p/v1', api_key_env: PK}\n"
+        "models:\n  m: {deployments: [{provider: p, model: x}]}\n"
+    )
+    for value, warning in (
+        ("sk-one-0123456789\n", None),
+        ("sk-one-0123456789\nsk-two-0123456789", "PK holds a space, line break or control character"),
+        ("  ", "PK is empty here"),
+        (None, "PK is not set here"),
+    ):
+        if value is None:
+            monkeypatch.delenv("PK", raising=False)
+        else:
+            monkeypatch.setenv("PK", value)
+        assert main(["policy", "check", str(path)]) == 0
+        out = capsys.readouterr().out
+        if warning is None:
+            assert "warning" not in out
+        else:
+            assert f"providers.p.api_key_env: {warning}" in out and "sk-" not in out
