@@ -19,6 +19,7 @@ from gateway.http.responses import json_response
 from gateway.http.sse import send_stream
 from gateway.service.context import CallContext
 from gateway.service.streams import AnswerStream
+from gateway.wire.responses_output import error_event
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
@@ -63,16 +64,7 @@ class _Sequenced:
         await self._stream.aclose()
 
     def error_event(self, error: GatewayError) -> bytes:
-        envelope = error.envelope()["error"]
-        event = {
-            "type": "error",
-            "sequence_number": self.last + 1,
-            "code": envelope.get("code") or envelope.get("type"),
-            "message": envelope.get("message"),
-            "param": envelope.get("param"),
-            "error": envelope,
-        }
-        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
+        return error_event(error.envelope()["error"], self.last + 1)
 
 
 async def _kept_id(request: web.Request) -> tuple[str, str]:

@@ -23,7 +23,7 @@ from gateway.providers.base import StreamTranslator
 from gateway.providers.openai import WatchedStream, stream_error
 from gateway.wire.requests import JSONObject
 from gateway.wire.responses_output import Renewal, ResponsesEvents, chat_usage
-from gateway.wire.sse import DONE_DATA, SSEDecoder, encode
+from gateway.wire.sse import DONE_DATA, SSEDecoder
 
 
 def speaks_responses(config: ProviderBase) -> bool:
@@ -95,13 +95,16 @@ class ChatToResponsesStream:
                 # error) and the SDK's stream helper with a vague error: raised, the client gets
                 # the door's error event, or another deployment before anything was sent.
                 raise UpstreamBadResponse("stream: provider sent an event that is not valid JSON") from None
-            if not isinstance(event, dict):
-                continue
+            if not isinstance(event, dict) or self._errored:
+                continue  # (nothing follows an error event: the stream has ended for the client)
             if "error" in event:
-                # OpenAI's error envelope as an event: the openai SDK raises it as an APIError
-                # from a Responses stream too. The stream counts as failed, never cached.
+                # A chat error event mid-stream (an OpenAI-compatible server's ``{"error": ...}``)
+                # ends the stream with the Responses API's own ``error`` event, as the gateway's
+                # errors do: relayed as chat's bare envelope it had no ``type`` nor
+                # ``sequence_number``, and the Vercel AI SDK's parser refused it. The stream
+                # counts as failed, never cached.
                 self._errored = True
-                out += encode(data)
+                out += self._events.error(stream_error(event["error"]).envelope()["error"])
                 continue
             out += self._events.chunk(event)
         return bytes(out)

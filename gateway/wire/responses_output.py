@@ -466,11 +466,34 @@ class ResponsesEvents:
     ) -> JSONObject:
         return response_object(self._request, self._ids, self._model, output, status, usage, reason)
 
+    def error(self, envelope: Mapping[str, Any]) -> bytes:
+        """The stream's ``error`` event (``error_event``), numbered after the events before it."""
+        sequence = self._sequence
+        self._sequence = sequence + 1
+        return error_event(envelope, sequence)
+
     def _event(self, kind: str, fields: JSONObject) -> bytes:
         fields["type"] = kind
         fields["sequence_number"] = self._sequence
         self._sequence += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(fields) + b"\n\n"
+
+
+def error_event(envelope: Mapping[str, Any], sequence: int) -> bytes:
+    """The Responses API's ``error`` stream event for an error in OpenAI's envelope (``envelope``
+    is its inner object: ``message``, ``type``, ``param``, ``code``): ``type``, ``sequence_number``,
+    ``code``, ``message`` and ``param`` as the API sends them, the envelope under ``error`` too
+    (the openai SDKs raise ``APIError`` on an event holding it; the Vercel AI SDK's parser reads
+    the API's fields and refuses an event without ``type``)."""
+    event = {
+        "type": "error",
+        "sequence_number": sequence,
+        "code": envelope.get("code") or envelope.get("type"),
+        "message": envelope.get("message"),
+        "param": envelope.get("param"),
+        "error": dict(envelope),
+    }
+    return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
 
 
 def _int(value: object) -> int:

@@ -100,14 +100,24 @@ def test_geminis_documented_stream_becomes_responses_events() -> None:
     assert text and final["output"][0]["content"][0]["text"] == text
 
 
-def test_an_error_event_mid_stream_is_relayed_and_fails_the_stream() -> None:
+def test_an_error_event_mid_stream_is_the_responses_error_event_and_fails_the_stream() -> None:
+    """Chat's bare ``{"error"}`` was relayed as it came: no ``type``, no ``sequence_number``."""
     body = {"model": "m", "input": "hi", "stream": True}
     translator = bridged(OpenAIProvider(kind="openai", base_url="http://x/v1"), body)
     first = translator.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n')
     assert b"response.created" in first and b"response.output_text.delta" in first
-    relayed = translator.feed(b'data: {"error":{"message":"boom","type":"server_error"}}\n\ndata: [DONE]\n\n')
-    assert relayed == b'data: {"error":{"message":"boom","type":"server_error"}}\n\n'
-    assert not translator.completed
+    last = max(orjson.loads(e.split(b"data: ", 1)[1])["sequence_number"] for e in first.split(b"\n\n") if e)
+    relayed = translator.feed(
+        b'data: {"error":{"message":"boom","type":"server_error"}}\n\n'
+        b'data: {"choices":[{"delta":{"content":"after"}}]}\n\ndata: [DONE]\n\n'
+    )
+    assert relayed.startswith(b"event: error\ndata: ") and relayed.count(b"\n\n") == 1  # nothing after it
+    event = orjson.loads(relayed.split(b"data: ", 1)[1])
+    assert event["type"] == "error" and event["sequence_number"] == last + 1
+    assert event["message"] == "stream: boom" and event["param"] is None
+    assert event["error"]["message"] == "stream: boom"
+    EVENTS.validate_python(event)  # the openai SDK's own type for it
+    assert not translator.completed and translator.finish() == b""
 
 
 def test_an_event_that_is_not_json_is_an_upstream_error_not_a_silent_end() -> None:

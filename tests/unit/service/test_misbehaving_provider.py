@@ -100,6 +100,13 @@ class Upstreams:
                 except ConnectionError:
                     pass
                 return response
+            if model == "late-error":  # an answer begun, then an error event
+                await response.write(chunk(model, "first"))
+                await response.write(
+                    b'data: {"error": {"message": "The model crashed", "type": "server_error"}}\n\n'
+                )
+                await response.write(chunk(model, "after") + b"data: [DONE]\n\n")
+                return response
             if model == "unended":  # whole events, then a clean end with no [DONE]
                 await response.write(chunk(model, "first") + chunk(model, "second"))
                 return response
@@ -146,6 +153,7 @@ models:
   kept: {{deployments: [{{provider: good, model: g}}]}}
   cut: {{deployments: [{{provider: good, model: cut}}]}}
   unended: {{deployments: [{{provider: good, model: unended}}]}}
+  late-error: {{deployments: [{{provider: good, model: late-error}}]}}
   half-ended: {{deployments: [{{provider: good, model: half-ended}}]}}
   oops: {{strategy: ordered, deployments: [{{provider: flood, model: oops}}, {{provider: good, model: g}}]}}
   oops-alone: {{deployments: [{{provider: flood, model: oops}}]}}
@@ -248,6 +256,31 @@ async def test_a_stream_that_ends_without_its_end_marker_raises_in_the_sdk_on_th
         async for event in stream:
             seen.append(event.type)
     assert "response.output_text.delta" in seen and "response.completed" not in seen
+
+
+async def test_an_error_event_after_the_first_ends_a_responses_stream_with_the_apis_error_event(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """An OpenAI-compatible server's ``{"error": ...}`` event mid-stream reached a Responses client
+    as chat's bare envelope (no ``type``, no ``sequence_number``: the Vercel AI SDK's parser
+    refused it); it is the Responses API's ``error`` event, numbered after the others, and
+    nothing the provider sends after it is relayed."""
+    client, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    seen: list[str] = []
+    with pytest.raises(openai.APIError, match="The model crashed"):
+        stream = await sdk.responses.create(model="late-error", input="hello", stream=True)
+        async for event in stream:
+            seen.append(event.type)
+    assert "response.output_text.delta" in seen and "response.completed" not in seen
+    raw = await client.post("/v1/responses", json={"model": "late-error", "input": "hi", "stream": True})
+    events = [e for e in (await raw.read()).split(b"\n\n") if e.strip()]
+    assert events[-1].startswith(b"event: error\ndata: ")
+    numbers = [orjson.loads(e.split(b"data: ", 1)[1])["sequence_number"] for e in events]
+    assert numbers == list(range(len(numbers)))
+    error = orjson.loads(events[-1].split(b"data: ", 1)[1])
+    assert error["type"] == "error" and error["message"] == "stream: The model crashed"
+    assert error["param"] is None and error["error"]["message"] == "stream: The model crashed"
+    assert not any(b'"after"' in e for e in events)
 
 
 async def test_a_stream_whose_first_event_is_an_error_fails_over_unseen(
