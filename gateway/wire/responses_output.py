@@ -219,6 +219,7 @@ class ResponsesEvents:
         "_calls",
         "_delta_head",
         "_finish",
+        "_held",
         "_ids",
         "_items",
         "_message_index",
@@ -248,6 +249,10 @@ class ResponsesEvents:
         self._parts: list[str] = []  # the open message's content parts, in order: "text", "refusal"
         self._calls: dict[int, tuple[int, JSONObject]] = {}  # chat tool index -> (output index, item)
         self._open_call: int | None = None  # chat tool index whose item is open
+        # Tool calls that began while another was open, held whole until the stream ends: some
+        # OpenAI-compatible providers interleave the argument deltas of parallel calls (0, 1,
+        # 0, 1), and an item's deltas cannot follow its output_item.done.
+        self._held: dict[int, JSONObject] = {}
         self._finish: object = None
         self._delta_head = b""  # the open message's text delta event, up to its delta ("": no text part)
         self.usage: JSONObject | None = None  # chat's usage, as last reported
@@ -309,6 +314,7 @@ class ResponsesEvents:
         item_status = "incomplete" if status == "incomplete" else "completed"
         out += self._close_message(item_status)
         out += self._close_call(item_status)
+        out += self._release_held(item_status)
         output = [item for _, item in sorted(self._output, key=lambda done: done[0])]
         whole = self._response(status, output, response_usage(self.usage), reason)
         kind = "response.completed" if status == "completed" else "response.incomplete"
@@ -409,30 +415,57 @@ class ResponsesEvents:
         given = call.get("function")
         function: Mapping[str, Any] = given if isinstance(given, dict) else {}
         arguments = function.get("arguments")
+        pieces = arguments if isinstance(arguments, str) else ""
+        held = self._held.get(tool)
+        if held is not None:
+            held["arguments"] += pieces
+            return b""
         if tool not in self._calls:
-            out += self._close_message("completed")
-            out += self._close_call("completed")
-            index = self._next_index()
+            number = len(self._calls) + len(self._held)  # its id's number: the order calls began
             item = call_item(
                 self._ids,
-                len(self._calls),
-                str(call.get("id") or self._ids.call(len(self._calls))),
+                number,
+                str(call.get("id") or self._ids.call(number)),
                 str(function.get("name") or ""),
                 "",
                 "in_progress",
                 call.get("extra_content"),
             )
+            if self._open_call is not None:  # another call is open: this one is sent whole, later
+                item["arguments"] = pieces
+                self._held[tool] = item
+                return b""
+            out += self._close_message("completed")
+            index = self._next_index()
             self._calls[tool] = (index, item)
             self._open_call = tool
             out += self._event("response.output_item.added", {"output_index": index, "item": dict(item)})
+        if tool != self._open_call:
+            return bytes(out)  # a late piece of a call already done (text came between) is lost
         index, item = self._calls[tool]
-        if isinstance(arguments, str) and arguments:
-            item["arguments"] += arguments
+        if pieces:
+            item["arguments"] += pieces
             out += self._event(
                 "response.function_call_arguments.delta",
-                {"item_id": item["id"], "output_index": index, "delta": arguments},
+                {"item_id": item["id"], "output_index": index, "delta": pieces},
             )
         return bytes(out)
+
+    def _release_held(self, status: str) -> bytes:
+        """The held tool calls, each a whole item (added, its arguments, done), in the order
+        they began."""
+        out = b""
+        held, self._held = self._held, {}
+        for tool, item in held.items():
+            index = self._next_index()
+            arguments = item["arguments"]
+            item["arguments"] = ""
+            self._calls[tool] = (index, item)
+            self._open_call = tool
+            out += self._event("response.output_item.added", {"output_index": index, "item": dict(item)})
+            out += self._call_delta({"index": tool, "function": {"arguments": arguments}})
+            out += self._close_call(status)
+        return out
 
     def _close_call(self, status: str) -> bytes:
         tool = self._open_call

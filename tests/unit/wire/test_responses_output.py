@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
@@ -119,6 +120,65 @@ def test_text_then_two_tool_calls_stream() -> None:
     assert final.output[1].arguments == '{"a":1}'  # type: ignore[union-attr]
     assert [e["output_index"] for e in parsed if e["type"] == "response.output_item.added"] == [0, 1, 2]
     assert final.usage is not None and (final.usage.input_tokens, final.usage.output_tokens) == (3, 5)
+
+
+def tool_call(index: int, arguments: str, name: str | None = None) -> dict[str, Any]:
+    head: dict[str, Any] = {"id": f"call_{index}", "type": "function"} if name else {}
+    function: dict[str, Any] = {"arguments": arguments, **({"name": name} if name else {})}
+    return {"index": index, **head, "function": function}
+
+
+@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "one-after-another"])
+def test_parallel_tool_calls_are_items_one_after_another(interleaved: bool) -> None:
+    """Some OpenAI-compatible providers interleave parallel calls' argument deltas (0, 1, 0, 1).
+    Each item is added, gets its deltas and is done before the next is added, its done events
+    carry its whole arguments (before: call 0 was done with ``""``, then got a delta after its
+    ``output_item.done``, so a client acting on the done item, as the Vercel AI SDK does, called
+    the tool with no arguments)."""
+    parts = [
+        [tool_call(0, "", "get_weather")],
+        [tool_call(0, '{"location":')],
+        [tool_call(1, "", "get_time")],
+        [tool_call(1, '{"zone":')],
+        [tool_call(0, ' "Paris"}')],
+        [tool_call(1, ' "UTC"}')],
+    ]
+    if not interleaved:
+        parts = [parts[0], parts[1], parts[4], parts[2], parts[3], parts[5]]
+    events = ResponsesEvents({"model": "m", "input": "hi"}, IDS)
+    out = b"".join(events.chunk({"choices": [{"delta": {"tool_calls": p}}]}) for p in parts)
+    out += events.chunk({"choices": [{"delta": {}, "finish_reason": "tool_calls"}]})
+    out += events.done()
+    parsed = events_of(out)
+    assert [e["sequence_number"] for e in parsed] == list(range(len(parsed)))
+    open_item: str | None = None
+    streamed: dict[str, str] = {}
+    done: dict[str, tuple[str, str]] = {}  # item id -> (arguments of .done, of output_item.done)
+    for event in parsed:
+        kind = event["type"]
+        if kind == "response.output_item.added":
+            assert open_item is None, parsed  # the previous item was done first
+            open_item = event["item"]["id"]
+            streamed[open_item] = ""
+        elif kind == "response.function_call_arguments.delta":
+            assert event["item_id"] == open_item, parsed
+            streamed[open_item] += event["delta"]
+        elif kind == "response.function_call_arguments.done":
+            assert event["item_id"] == open_item, parsed
+            done[open_item] = (event["arguments"], "")
+        elif kind == "response.output_item.done":
+            assert event["item"]["id"] == open_item, parsed
+            done[open_item] = (done[open_item][0], event["item"]["arguments"])
+            open_item = None
+    final = Response.model_validate(parsed[-1]["response"])
+    calls = {o.name: o for o in final.output if o.type == "function_call"}
+    assert {name: json.loads(c.arguments) for name, c in calls.items()} == {
+        "get_weather": {"location": "Paris"},
+        "get_time": {"zone": "UTC"},
+    }
+    for c in calls.values():
+        assert streamed[c.id or ""] == c.arguments and done[c.id or ""] == (c.arguments, c.arguments)
+    assert [(c.id, c.call_id) for c in calls.values()] == [("fc_T_0", "call_0"), ("fc_T_1", "call_1")]
 
 
 def test_an_empty_stream_still_completes() -> None:
