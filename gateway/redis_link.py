@@ -42,7 +42,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 T = TypeVar("T")
@@ -51,6 +51,12 @@ RedisClient = aioredis.Redis | RedisCluster
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 5.0
+
+# What a call that did not reach Redis raises. redis-py's cluster client has errors of its own
+# that are not ``RedisError``s: ``RedisClusterException`` (and its ``RedisClusterUnreachableError``,
+# ``SlotNotCoveredError``) when no node of the cluster answers, at start or after they all went
+# away. Left out, a Cluster that was down failed every request with a 500 instead of failing open.
+FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 def redis_client(url: str, op_timeout_s: float, health_check_interval_s: float) -> RedisClient:
@@ -193,7 +199,7 @@ class Outage:
             else:
                 async with asyncio.timeout(timeout_s):
                     result = await op()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except FAILURES as exc:
             if self.failed(probe):
                 went_down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             return None

@@ -41,11 +41,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from redis.exceptions import RedisError
-
 from gateway.errors import GatewayError, HTTPStatusError, NotFound
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy, Rollout
+from gateway.redis_link import FAILURES
 from gateway.routing.rollout_state import (
     FINISHED,
     RolloutKey,
@@ -176,7 +175,7 @@ class RolloutController:
         while True:
             try:
                 await self.tick()
-            except (RedisError, OSError, TimeoutError) as exc:  # the store is down: keep the last state
+            except FAILURES as exc:  # the store is down: keep the last state
                 log.warning("rollout store unavailable: %s: %s", type(exc).__name__, exc)
             except Exception:  # a bug: keep the last state, say so, try again
                 log.exception("rollout tick failed")

@@ -1,0 +1,155 @@
+"""Redis failing under real gateways, as deployments see it: real ``serve`` processes in keys mode
+(limits on a key, the response cache, shared routing) on private Redis servers, a fake provider,
+keys made by ``sophia-gateway keys create``. Whatever Redis does, requests are answered (fail-open,
+README "Response cache" and "Limits"), and a Redis that comes back is used again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from gateway.testing.process import ManagedProcess, start
+from gateway.testing.redis_server import PrivateRedisCluster, redis_server_binary
+from gateway.testing.replicas import MODEL, ROOT, TEAM, policy_text
+
+# What a request that met a bug (rather than a Redis failure) leaves in the gateway's log.
+BUG_MARKS = ("unhandled error", "Task exception was never retrieved", "sync failed", "Traceback")
+
+
+class Keyed:
+    """One fake provider, a keys-mode policy on a SQLite key store, and a key with limits."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.fake = start(["fake-provider", "--port", "0", "--seed", "1"])
+        self.policy = workdir / "keys.yaml"
+        self.policy.write_text(policy_text(self.fake.url, workdir / "keys.sqlite3"))
+        self.secret = self._create_key("--rpm", "100000", "--tpm", "100000000")
+
+    def _create_key(self, *flags: str) -> str:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "KEYS_URL": ""}
+        command = ["keys", "create", "--policy", str(self.policy), "--team", TEAM, "--json", *flags]
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *command],
+            cwd=self.workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        secret: str = orjson.loads(result.stdout)["secret"]
+        return secret
+
+    def serve(self, redis_url: str) -> ManagedProcess:
+        env = {"REDIS_URL": redis_url, "KEYS_URL": "", "SOPHIA_ACCESS_LOG": "0"}
+        return start(["serve", "--policy", str(self.policy), "--port", "0"], env=env, timeout_s=60)
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keyed]:
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is needed")
+    stack = Keyed(tmp_path_factory.mktemp("redis-faults"))
+    try:
+        yield stack
+    finally:
+        stack.fake.stop()
+
+
+async def chat(
+    session: aiohttp.ClientSession, url: str, secret: str, prompt: str, *, stream: bool = False
+) -> tuple[int, str | None, bytes]:
+    """One cacheable chat (temperature 0) on the key; (status, x-gateway-cache, body)."""
+    body: dict[str, object] = {
+        "model": MODEL,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    if stream:
+        body["stream"] = True
+    headers = {"Authorization": f"Bearer {secret}"}
+    timeout = aiohttp.ClientTimeout(total=20)
+    async with session.post(
+        f"{url}/v1/chat/completions", json=body, headers=headers, timeout=timeout
+    ) as resp:
+        return resp.status, resp.headers.get("x-gateway-cache"), await resp.read()
+
+
+async def until_hit(session: aiohttp.ClientSession, url: str, secret: str, timeout_s: float) -> None:
+    """Ask the same cacheable question until it is a cache hit (the cache's Redis serves)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, cache, body = await chat(session, url, secret, "is the cache back?")
+        assert status == 200, body
+        if cache == "hit":
+            return
+        assert time.monotonic() < deadline, "the gateway never used its Redis again"
+        await asyncio.sleep(0.2)
+
+
+async def answered_without_cache(
+    session: aiohttp.ClientSession, gateway: ManagedProcess, secret: str
+) -> None:
+    """Whole answers and streams, side by side, all served upstream (the cache skipped), for
+    3 s: long enough for the link to probe Redis again after its first backoffs."""
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        replies = await asyncio.gather(
+            *(chat(session, gateway.url, secret, f"down {i}", stream=i % 2 == 1) for i in range(10))
+        )
+        assert [status for status, _, _ in replies] == [200] * 10, replies[:3]
+        assert {cache for _, cache, _ in replies} == {"miss"}
+        assert all(body.rstrip().endswith(b"data: [DONE]") for _, _, body in replies[1::2])
+
+
+def no_bug_in(gateway: ManagedProcess) -> None:
+    output = gateway.output
+    assert not [mark for mark in BUG_MARKS if mark in output], output[-3000:]
+
+
+async def test_a_redis_cluster_down_fails_open_at_start_and_mid_run_and_is_used_again(
+    keyed: Keyed,
+) -> None:
+    # redis-py's cluster client raises RedisClusterException (not a RedisError) when no node
+    # answers: it was not taken for a Redis failure, so every request failed with a 500 and a
+    # gateway started while the cluster was down exited with a traceback.
+    cluster = PrivateRedisCluster(3)
+    try:
+        cluster.start()
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        cluster.close()
+        pytest.skip(f"a Redis Cluster could not start here: {exc}")
+    running = cluster.url
+    gateways: list[ManagedProcess] = []
+    try:
+        gateways.append(keyed.serve(running))
+        async with aiohttp.ClientSession() as session:
+            await until_hit(session, gateways[0].url, keyed.secret, timeout_s=20)
+
+            for node in cluster.nodes:
+                node.stop()
+            await answered_without_cache(session, gateways[0], keyed.secret)
+            gateways.append(keyed.serve(running))  # starts with the cluster down
+            await answered_without_cache(session, gateways[1], keyed.secret)
+
+            for node in cluster.nodes:
+                node.start()  # the same ports and cluster configuration, empty
+            for gateway in gateways:
+                await until_hit(session, gateway.url, keyed.secret, timeout_s=30)
+        for gateway in gateways:
+            no_bug_in(gateway)
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        cluster.close()
