@@ -211,6 +211,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _run_server(args: argparse.Namespace) -> int:
     from gateway.app import build_app
     from gateway.observability.logging import configure_logging
+    from gateway.redis_link import url_problem
     from gateway.server import run
 
     settings = Settings.from_env()
@@ -227,6 +228,8 @@ def _run_server(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"sophia-gateway: cannot start, the policy is invalid:\n{exc}", file=sys.stderr)
         return 2
+    if settings.redis_url and (problem := url_problem(settings.redis_url)) is not None:
+        raise StartupError(problem)
     if args.workers == 1:
         app = build_app(settings, policy, policy_path=settings.policy_path)
         return run(app, settings.host, settings.port, allow_open=args.allow_open)

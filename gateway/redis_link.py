@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -97,6 +98,37 @@ def redis_client(url: str, op_timeout_s: float, health_check_interval_s: float) 
         retry=Retry(NoBackoff(), 0),
         maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot make a client, as the start-up failure's line, or None when it can.
+
+    Checked once at start, so a malformed ``REDIS_URL`` is one line and exit 2 rather than a
+    traceback from the first call. The line never repeats the URL or any piece of it: a password
+    holding ``#``, ``/`` or ``?`` is cut by the URL parser into the parts its errors quote (a
+    "port" of ``'Xy7'`` is the password's start), so quoted values are left out."""
+    try:
+        client = redis_client(url, 1.0, 15.0)
+        if isinstance(client, aioredis.Redis):
+            # redis-py hands the query's options to each connection it makes: one made (not
+            # connected) now refuses an option its kind does not take, e.g. ssl_* on redis://.
+            pool = client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)
+    except TypeError as exc:
+        option = re.search(r"argument '(\w+)'", str(exc))
+        what = f"the option {option[1]!r}" if option else "an option of its query"
+        return f"REDIS_URL names {what}, which its kind of connection does not take{_URL_HINT}"
+    except (ValueError, RedisError) as exc:  # RedisError: an ssl_cert_reqs redis-py does not know
+        reason = re.sub(r"'[^']*'", "(...)", str(exc)).rstrip(".")
+        return f"REDIS_URL cannot be read: {reason}{_URL_HINT}"
+    return None
+
+
+_URL_HINT = (
+    " (expected redis://[[user]:password@]host:6379/0, rediss://, redis+sentinel:// or "
+    "redis+cluster://, see the README's 'Redis as you deploy it'; a password holding @ : / ? # or % "
+    "is written percent-encoded: %40 %3A %2F %3F %23 %25)"
+)
 
 
 def _sentinel_client(rest: str, *, tls: bool, options: dict[str, object]) -> aioredis.Redis:

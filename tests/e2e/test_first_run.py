@@ -119,6 +119,29 @@ def test_bad_memory_url_is_one_line_without_its_password(tmp_path: Path) -> None
     assert "hunter2" not in line
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        # A generated password with a character the URL parser cuts at, not percent-encoded:
+        # redis-py's traceback quoted the cut ("Port could not be cast to integer value as 'Xy7'").
+        ("redis://:Xy7#q9Zsecret@127.0.0.1:9/0", "cannot be read: Port could not be cast"),
+        ("redis://default:pa/ss9Zsecret@127.0.0.1:9/0", "cannot be read: Port could not be cast"),
+        ("http://:Xy7q9Zsecret@127.0.0.1:9/0", "must specify one of the following schemes"),
+        ("redis://:Xy7q9Zsecret@127.0.0.1:9/0?ssl_cert_reqs=none", "the option 'ssl_cert_reqs'"),
+        ("rediss://:Xy7q9Zsecret@127.0.0.1:9/0?ssl_cert_reqs=bogus", "Invalid SSL Certificate"),
+    ],
+)
+def test_a_malformed_redis_url_is_one_line_without_any_of_its_password(
+    tmp_path: Path, url: str, says: str
+) -> None:
+    result = serve_until_exit(tmp_path, {"REDIS_URL": url}, "--port", "0")
+    line = the_line(result)
+    assert line.startswith(f"{PREFIX}REDIS_URL ") and says in line
+    assert "percent-encoded: %40 %3A %2F %3F %23 %25" in line
+    output = result.stdout + result.stderr
+    assert not [piece for piece in ("Xy7", "pa/", "q9Z", "secret") if piece in output], output
+
+
 def test_memory_url_naming_a_file_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "plain-file").write_text("not a directory")
     url = f"sqlite:///{tmp_path}/plain-file/memory.db"
