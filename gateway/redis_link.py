@@ -35,7 +35,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote
 
 import redis.asyncio as aioredis
@@ -216,12 +216,17 @@ class Outage:
         went_down: Callable[[str], None],
         came_back: Callable[[], None],
         bounded: bool = False,
+        read: Callable[[Any], Any] | None = None,
     ) -> T | None:
         """``op`` within ``timeout_s``, or None when Redis is skipped (backing off, another call
         probes) or the call failed; ``went_down(error)`` when a failure starts an outage,
         ``came_back()`` when a success ends one (each user logs them in its own words).
         ``bounded``: ``op`` raises ``TimeoutError`` after ``timeout_s`` by itself (a call on a
-        ``ScriptPipe``, ``redis_pipe.py``), so no ``asyncio.timeout`` is put around it."""
+        ``ScriptPipe``, ``redis_pipe.py``), so no ``asyncio.timeout`` is put around it.
+        ``read``: what the caller makes of the reply (returned instead of it), raising
+        ``InvalidResponse`` for a reply of another shape than its script's: a failed call too,
+        so a server that speaks RESP but is not the Redis the script ran on (a proxy, another
+        store on the port) fails open like a Redis that is down, not with a 500 per request."""
         probe = self.attempt()
         if probe is None:
             return None
@@ -231,6 +236,8 @@ class Outage:
             else:
                 async with asyncio.timeout(timeout_s):
                     result = await op()
+            if read is not None:
+                result = read(result)
         except FAILURES as exc:
             if self.failed(probe):
                 went_down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

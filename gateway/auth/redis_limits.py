@@ -48,10 +48,11 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import InvalidResponse
 from redis.typing import EncodableT
 
 from gateway.auth.identity import Caller
@@ -458,17 +459,15 @@ class RedisLimiter:
         if ask_rq > 1:
             taking = self._taking[key_id] = asyncio.get_running_loop().create_future()
             try:
-                found = await self._call(op, bounded=bounded)
+                found = await self._call(op, bounded=bounded, read=_admission)
             finally:
                 del self._taking[key_id]
                 taking.set_result(None)
         else:
-            found = await self._call(op, bounded=bounded)
+            found = await self._call(op, bounded=bounded, read=_admission)
         if found is None:
             return self.local.admit_now(caller, ticket, tokens)
         refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk = found
-        refused = refused.decode() if isinstance(refused, bytes) else str(refused)
-        used_rq, used_tk, grant_rq, grant_tk = int(used_rq), int(used_tk), int(grant_rq), int(grant_tk)
         lease = None
         if not refused and (grant_rq > 1 or grant_tk > tokens):
             lease = _Lease(
@@ -478,9 +477,9 @@ class RedisLimiter:
                 grant_rq - 1,
                 grant_tk - tokens,
                 used_rq,
-                int(rq_reset) / 1000,
+                rq_reset / 1000,
                 used_tk,
-                int(tk_reset) / 1000,
+                tk_reset / 1000,
                 sent,
             )
             if key_id in self._leases:  # a concurrent round trip took one too
@@ -491,10 +490,10 @@ class RedisLimiter:
         unused_rq, unused_tk = (lease.requests, lease.tokens) if lease is not None else (0, 0)
         return Decision(
             refused or None,
-            None if rpm is None else Window(rpm, max(0, rpm - used_rq + unused_rq), int(rq_reset) / 1000),
-            None if tpm is None else Window(tpm, max(0, tpm - used_tk + unused_tk), int(tk_reset) / 1000),
-            int(retry) / 1000,
-            int(breset) / 1000,
+            None if rpm is None else Window(rpm, max(0, rpm - used_rq + unused_rq), rq_reset / 1000),
+            None if tpm is None else Window(tpm, max(0, tpm - used_tk + unused_tk), tk_reset / 1000),
+            retry / 1000,
+            breset / 1000,
             ticket=None if refused else ticket,
         )
 
@@ -717,13 +716,23 @@ class RedisLimiter:
         return sorted([*rows, *local.values()], key=lambda r: (r.day, r.team, r.key_id))
 
     async def _call(
-        self, op: Callable[[], Awaitable[T]], *, fallback_ok: bool = False, bounded: bool = False
+        self,
+        op: Callable[[], Awaitable[T]],
+        *,
+        fallback_ok: bool = False,
+        bounded: bool = False,
+        read: Callable[[Any], Any] | None = None,
     ) -> T | None:
         """``op`` within the op timeout; None (count locally) when Redis is skipped or failed and
         the policy fails open; ``LimitsUnavailable`` when it fails closed. ``bounded``: ``op``
-        times out by itself (a pipe call: ``Outage.call``)."""
+        times out by itself (a pipe call: ``Outage.call``); ``read``: as ``Outage.call``'s."""
         result = await self._outage.call(
-            op, self._op_timeout_s, went_down=self._went_down, came_back=self._came_back, bounded=bounded
+            op,
+            self._op_timeout_s,
+            went_down=self._went_down,
+            came_back=self._came_back,
+            bounded=bounded,
+            read=read,
         )
         if result is None:
             self._unavailable(fallback_ok)
@@ -773,6 +782,18 @@ class RedisLimiter:
     def reconnect_counts(self) -> tuple[int, int]:
         """(outages ended by a successful probe, probes that failed) so far."""
         return self._outage.reconnects, self._outage.failed_probes
+
+
+def _admission(reply: Any) -> tuple[str, int, int, int, int, int, int, int, int]:
+    """The admission script's reply read (``Outage.call``'s ``read``): whether it refused, then
+    its eight counts; ``InvalidResponse`` for a reply of another shape."""
+    try:
+        refused, *counts = reply
+        used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk = map(int, counts)
+    except (TypeError, ValueError):
+        raise InvalidResponse(f"not an admission script's reply: {type(reply).__name__}") from None
+    refused = refused.decode() if isinstance(refused, bytes) else str(refused)
+    return refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk
 
 
 def _limits(caller: Caller) -> tuple[int | None, int | None, float | None, float | None]:

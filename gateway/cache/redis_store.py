@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import InvalidResponse, RedisError
 
 from gateway.cache.memory_store import entry_size
 from gateway.cache.store import CategoryBudget, CategoryUsage
@@ -214,7 +214,7 @@ class RedisStore:
 
     async def get(self, category: str, key: str) -> bytes | None:
         """The value (now the category's most recently used), or None: absent, expired, failing."""
-        result = await self._call_script("get", self._keys(category, key), [key])
+        result = await self._call_script("get", self._keys(category, key), [key], _value)
         return bytes(result) if result is not None else None
 
     async def get_or_claim(self, category: str, key: str, claim_s: float) -> tuple[bytes | None, bool]:
@@ -222,7 +222,7 @@ class RedisStore:
         Redis gives (None, True): fetch, as without a shared cache."""
         keys = self._keys(category, key)
         claim_ms = max(1, math.ceil(claim_s * 1000))
-        result = await self._call_script("get", keys, [key, claim_ms])
+        result = await self._call_script("get", keys, [key, claim_ms], _lookup)
         if isinstance(result, int):
             return None, bool(result)
         if result is None:  # failed or skipped (with a claim asked, the script never gives nil)
@@ -231,12 +231,15 @@ class RedisStore:
             return None, True
         return bytes(result), False
 
-    def _call_script(self, name: str, keys: list[str], args: list[str | int | bytes]) -> Awaitable[Any]:
+    def _call_script(
+        self, name: str, keys: list[str], args: list[str | int | bytes], read: Callable[[Any], Any]
+    ) -> Awaitable[Any]:
         """Script ``name`` through ``_call``: on the pipe where there is one (a lookup per
         cacheable request, a write per stored answer), which times the call itself, else
-        through redis-py. (No coroutine of its own: ``_call``'s is awaited.)"""
+        through redis-py; its reply as ``read`` makes it (``Outage.call``). (No coroutine of its
+        own: ``_call``'s is awaited.)"""
         op, bounded = script_op(self._pipe, self._scripts[name], keys, args)
-        return self._call(op, bounded=bounded)
+        return self._call(op, bounded=bounded, read=read)
 
     async def release_claim(self, category: str, key: str) -> None:
         """Delete the claim key (nothing happens while Redis is failing: it expires)."""
@@ -261,19 +264,19 @@ class RedisStore:
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
         value_prefix = f"{self._prefix}{{{category}}}:v:"
         args: list[str | int | bytes] = [key, value, ttl_ms, size, budget, value_prefix]
-        result = await self._call_script("set", keys, args)
+        result: tuple[int, int, int] | None = await self._call_script("set", keys, args, _written)
         if result is None:
             return 0
-        evicted, total, entries = (int(n) for n in result)
+        evicted, total, entries = result
         self._usage[category] = CategoryUsage(entries=entries, bytes=total)
         return evicted
 
     async def delete(self, category: str, key: str) -> None:
         """Remove the entry if present (nothing happens while Redis is failing)."""
         keys = self._keys(category, key)
-        result = await self._call_script("delete", keys, [key])
+        result: tuple[int, int] | None = await self._call_script("delete", keys, [key], _deleted)
         if result is not None:
-            total, entries = (int(n) for n in result)
+            total, entries = result
             self._usage[category] = CategoryUsage(entries=entries, bytes=total)
 
     def usage(self, category: str) -> CategoryUsage:
@@ -314,14 +317,24 @@ class RedisStore:
         base = f"{self._prefix}{{{category}}}"  # the hash tag: one category, one Cluster slot
         return [f"{base}:v:{key}", f"{base}:lru", f"{base}:sizes", f"{base}:bytes", f"{base}:f:{key}"]
 
-    def _call(self, op: Callable[[], Awaitable[T]], bounded: bool = False) -> Awaitable[T | None]:
+    def _call(
+        self,
+        op: Callable[[], Awaitable[T]],
+        bounded: bool = False,
+        read: Callable[[Any], Any] | None = None,
+    ) -> Awaitable[T | None]:
         """Run ``op`` against Redis within the op timeout; None if skipped or failed.
-        ``bounded``: ``op`` times out by itself (``Outage.call``). (No coroutine of its own:
-        ``Outage.call``'s is awaited, one frame fewer on every cache lookup.)"""
+        ``bounded``: ``op`` times out by itself; ``read``: see ``Outage.call``. (No coroutine of
+        its own: ``Outage.call``'s is awaited, one frame fewer on every cache lookup.)"""
         if self._client is None:
             return _nothing()
         return self._outage.call(
-            op, self._op_timeout_s, went_down=self._went_down, came_back=self._came_back, bounded=bounded
+            op,
+            self._op_timeout_s,
+            went_down=self._went_down,
+            came_back=self._came_back,
+            bounded=bounded,
+            read=read,
         )
 
     def _went_down(self, error: str) -> None:
@@ -354,6 +367,44 @@ class RedisStore:
 # Redis outage, and the whole replica served without its cache for the backoff.
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 _MAX_ORPHANS = 10_000  # claim keys remembered during one outage (more: they expire, CLAIM_S)
+
+
+def _lookup(reply: Any) -> bytes | int | None:
+    """The lookup script's reply (``Outage.call``'s ``read``): the value, a claim's answer, or
+    nil; ``InvalidResponse`` for anything else (never read as a cached answer)."""
+    if reply is None or isinstance(reply, (bytes, int)):
+        return reply
+    raise InvalidResponse(f"not a cache lookup's reply: {type(reply).__name__}")
+
+
+def _value(reply: Any) -> bytes | None:
+    """The lookup script's reply without a claim asked: the value or nil."""
+    if reply is None or isinstance(reply, bytes):
+        return reply
+    raise InvalidResponse(f"not a cache lookup's reply: {type(reply).__name__}")
+
+
+def _written(reply: Any) -> tuple[int, int, int]:
+    """The write script's reply (``Outage.call``'s ``read``): entries evicted, then the
+    category's bytes and entries; ``InvalidResponse`` for another shape."""
+    evicted, total, entries = _ints(reply, 3)
+    return evicted, total, entries
+
+
+def _deleted(reply: Any) -> tuple[int, int]:
+    """The delete script's reply (``Outage.call``'s ``read``): the category's bytes and entries."""
+    total, entries = _ints(reply, 2)
+    return total, entries
+
+
+def _ints(reply: Any, count: int) -> list[int]:
+    try:
+        values = list(map(int, reply))
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != count:
+        raise InvalidResponse(f"not a cache script's reply: {type(reply).__name__}")
+    return values
 
 
 async def _nothing() -> None:

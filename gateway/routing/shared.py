@@ -43,9 +43,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from redis.commands.core import AsyncScript
+from redis.exceptions import InvalidResponse
 from redis.typing import EncodableT
 
 from gateway.redis_link import Outage, RedisClient, redis_client
@@ -202,13 +204,14 @@ class SharedRouting:
             OP_TIMEOUT_S,
             went_down=self._went_down,
             came_back=self._came_back,
+            read=_synced,
         )
         if result is None:
             self._fall_back(states)
             return False
         self._confirm_votes(states, sent)
-        server_ms, peers, flat_votes = result
-        self._apply(states, int(server_ms), [bytes(p) for p in peers], _votes(flat_votes), self._clock())
+        server_ms, peers, votes_now = result
+        self._apply(states, server_ms, peers, votes_now, self._clock())
         self.syncs += 1
         if self._on_health is not None:
             self._on_health(True, self.peers)
@@ -381,6 +384,18 @@ class _Merge:
             feedback_sum=vote_sum,
             feedback_votes=votes,
         )
+
+
+def _synced(reply: Any) -> tuple[int, list[bytes], dict[str, float]]:
+    """The sync script's reply (``Outage.call``'s ``read``): Redis's time in ms, the replicas'
+    summaries, the vote totals; ``InvalidResponse`` for a reply of another shape."""
+    try:
+        server_ms, peers, flat_votes = reply
+        if not all(isinstance(p, bytes) for p in peers):  # (bytes(5) would be five zero bytes)
+            raise TypeError
+        return int(server_ms), list(peers), _votes(flat_votes)
+    except (TypeError, ValueError, AttributeError):
+        raise InvalidResponse(f"not a routing sync's reply: {type(reply).__name__}") from None
 
 
 def _votes(flat: list[bytes | str]) -> dict[str, float]:

