@@ -172,13 +172,20 @@ class RolloutController:
             await self._store.close()
 
     async def _loop(self) -> None:
+        store_down = False  # said once per outage: the loop retries every poll_s meanwhile
         while True:
             try:
                 await self.tick()
             except FAILURES as exc:  # the store is down: keep the last state
-                log.warning("rollout store unavailable: %s: %s", type(exc).__name__, exc)
+                if not store_down:
+                    store_down = True
+                    log.warning("rollout store unavailable: %s: %s", type(exc).__name__, exc)
             except Exception:  # a bug: keep the last state, say so, try again
                 log.exception("rollout tick failed")
+            else:
+                if store_down:
+                    store_down = False
+                    log.info("rollout store recovered")
             await asyncio.sleep(self.poll_s)
 
     async def tick(self) -> None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from gateway.testing.process import ManagedProcess, start
-from gateway.testing.redis_server import PrivateRedisCluster, redis_server_binary
+from gateway.testing.redis_server import PrivateRedis, PrivateRedisCluster, redis_server_binary
 from gateway.testing.replicas import MODEL, ROOT, TEAM, policy_text
 
 # What a request or a background task that met a bug (rather than a Redis failure) leaves in
@@ -228,3 +228,39 @@ async def test_a_server_answering_in_another_shape_fails_open_once(keyed: Keyed,
         gateway.stop()
         server.shutdown()
         server.server_close()
+
+
+def test_the_rollout_store_down_is_said_once_and_its_return_once(keyed: Keyed, tmp_path: Path) -> None:
+    # The rollout loop retries every second while Redis is down, and logged a warning each time
+    # (3,600 lines an hour a process) where every other Redis link says so once per outage.
+    policy = tmp_path / "rollout.yaml"
+    policy.write_text(
+        policy_text(keyed.fake.url, keyed.workdir / "keys.sqlite3").replace(
+            f"  {MODEL}: {{deployments: [{{provider: fake, model: fake-model}}]}}\n",
+            f"  {MODEL}:\n    deployments:\n      - {{provider: fake, model: fake-model}}\n"
+            "      - {provider: fake, model: fake-model-2, rollout: {steps: [10, 100], hold_s: 300}}\n",
+        )
+    )
+    assert "rollout:" in policy.read_text()
+    with PrivateRedis() as server:
+        server.stop()
+        env = {"REDIS_URL": server.url, "KEYS_URL": "", "SOPHIA_ACCESS_LOG": "0"}
+        gateway = start(["serve", "--policy", str(policy), "--port", "0"], env=env, timeout_s=60)
+        try:
+            until(lambda: "rollout store unavailable" in gateway.output, "the first warning", 20)
+            first_seen = time.monotonic()
+            until(lambda: time.monotonic() - first_seen > 4.5, "4 more ticks of 1 s", 10)
+            assert gateway.output.count("rollout store unavailable") == 1, gateway.output[-3000:]
+
+            server.start()
+            until(lambda: "rollout store recovered" in gateway.output, "the store back", 20)
+            assert gateway.output.count("rollout store unavailable") == 1
+        finally:
+            gateway.stop()
+
+
+def until(condition: Callable[[], bool], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
