@@ -211,7 +211,11 @@ def _problems(
         raw_loc: Loc = tuple(err["loc"])
         loc, at = _resolve(raw_loc)
         message = err["msg"].removeprefix("Value error, ")
-        hint = _indentation_hint(root, loc, err["type"]) or _hint(err, loc, raw_loc)
+        hint = (
+            _indentation_hint(root, loc, err["type"])
+            or _unquoted_hint(root, loc, err["type"])
+            or _hint(err, loc, raw_loc)
+        )
         ctx = err.get("ctx") or {}
         ref = ctx.get("error")
         if isinstance(ref, PolicyReferenceError):
@@ -260,6 +264,28 @@ def _hint(err: Any, loc: Loc, raw_loc: Loc) -> str | None:
         expected = (err.get("ctx") or {}).get("expected")
         return f"expected {expected}" if expected else None
     return None
+
+
+# What YAML 1.1 makes of an unquoted word or number, by its tag.
+_READ_AS = {
+    "tag:yaml.org,2002:bool": "a boolean",
+    "tag:yaml.org,2002:int": "a number",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:null": "null",
+    "tag:yaml.org,2002:timestamp": "a date",
+}
+
+
+def _unquoted_hint(root: yaml.Node | None, loc: Loc, kind: str) -> str | None:
+    """For text that YAML read as something else (``provider: on``, ``model: 2024-01-01``,
+    ``use: yes``): which, and to quote it. Keys are read as written, so a provider named ``on``
+    is fine, but a value naming it is true unless quoted."""
+    if kind != "string_type":
+        return None
+    node = _node_at(root, loc)
+    if not isinstance(node, yaml.ScalarNode) or node.style is not None or node.tag not in _READ_AS:
+        return None
+    return f"YAML reads {node.value} as {_READ_AS[node.tag]}: quote it, '{node.value}'"
 
 
 def _other_variants_with(raw_loc: Loc, key: str) -> str | None:

@@ -241,3 +241,24 @@ def test_names_yaml_would_read_as_booleans_numbers_or_dates_are_read_as_written(
         "p.yaml:6: models.yes: duplicate key 'yes' (lines 5 and 6); YAML would keep only the last "
         "(hint: keep one of them)"
     ]
+
+
+def test_text_yaml_reads_as_something_else_is_told_to_be_quoted() -> None:
+    """``provider: on`` naming a provider ``on``, ``model: 2024-01-01``, ``model: 3.5``: "Input should
+    be a valid string" said nothing of why (YAML 1.1 read a boolean, a date, a number)."""
+    text = (
+        "version: 1\nproviders:\n  on: {kind: openai, base_url: 'http://a/v1'}\nmodels:\n"
+        "  chat: {deployments: [{provider: on, model: 2024-01-01}, {provider: 'on', model: 3.5}]}\n"
+    )
+    assert problems(text) == [
+        "p.yaml:5: models.chat.deployments[0].provider: Input should be a valid string "
+        "(hint: YAML reads on as a boolean: quote it, 'on')",
+        "p.yaml:5: models.chat.deployments[0].model: Input should be a valid string "
+        "(hint: YAML reads 2024-01-01 as a date: quote it, '2024-01-01')",
+        "p.yaml:5: models.chat.deployments[1].model: Input should be a valid string "
+        "(hint: YAML reads 3.5 as a number: quote it, '3.5')",
+    ]
+    # A value of another type written on purpose gets no such hint.
+    assert problems(text.replace("model: 3.5}", "model: [x]}"))[-1] == (
+        "p.yaml:5: models.chat.deployments[1].model: Input should be a valid string"
+    )
