@@ -123,6 +123,11 @@ class RolloutState:
     @classmethod
     def from_fields(cls, fields: Mapping[str, str]) -> RolloutState | None:
         """The state ``fields`` hold, or None when they are not a whole valid state."""
+        # We write strings only; a rollouts.json edited by hand may hold null, a number or a list
+        # (``int(None)`` raised TypeError, and every tick failed on that one entry, so no rollout
+        # of the replica advanced).
+        if not all(isinstance(value, str) for value in fields.values()):
+            return None
         try:
             status = fields["status"]
             if status not in STATUSES:

@@ -448,3 +448,16 @@ def test_judge_counts_a_cut_stream_once() -> None:
     watch.failed(False)  # a 400: an attempt, not an error
     verdict = judge(watch.since(0), [], RolloutGates(min_requests=1))
     assert (verdict.attempts, verdict.errors) == (2, 1)
+
+
+async def test_a_damaged_entry_in_the_state_file_does_not_stop_the_others(tmp_path: Path) -> None:
+    """An entry of rollouts.json edited by hand (``step_index: null``) raised TypeError in every
+    tick: the rollout of the policy stayed at pending_smoke for good, and the log had an error
+    each second."""
+    (tmp_path / "rollouts.json").write_text(
+        '{"rollouts": {"other:p:m": {"status": "rolling", "step_index": null, "step_started_at": "1",'
+        ' "updated_at": "1", "version": "1"}, "more:p:m": {"status": ["rolling"]}}}'
+    )
+    rig = Rig(tmp_path)
+    state = await rig.started()
+    assert (state.status, rig.smoke_calls) == ("rolling", 1)
