@@ -257,6 +257,21 @@ def _run_workers(count: int, settings: Settings, policy: Policy, *, allow_open: 
             f"count every key's limits on its own (up to {count}x the limit); set REDIS_URL so the "
             "workers share them, or run one worker"
         )
+    if policy.responses.store and not settings.redis_url:
+        # Kept responses live in the response cache's store, each worker's own without Redis:
+        # a previous_response_id (or item_reference, GET /v1/responses/{id}) that a new
+        # connection takes to another worker is a 400 previous_response_not_found, now and then
+        # and with nothing else to go on. Not refused (open-mode sets that never use the
+        # Responses API start as they did); said once, at start.
+        import logging
+
+        logging.getLogger("gateway.workers").warning(
+            "--workers %d without REDIS_URL: each worker keeps the responses it answered "
+            "(responses.store) on its own, so a previous_response_id, item_reference or GET "
+            "/v1/responses/{id} that reaches another worker is not found; set REDIS_URL so the "
+            "workers share them, set responses.store: false, or run one worker",
+            count,
+        )
 
     if policy.memory.enabled:
         from gateway.memory.service import hold_index_dir

@@ -367,6 +367,26 @@ def test_keys_mode_without_redis_refuses_several_workers(tmp_path: Path) -> None
     assert "needs REDIS_URL" in proc.stderr and "up to 2x the limit" in proc.stderr
 
 
+@pytest.mark.parametrize("store", [True, False])
+def test_without_redis_a_set_says_kept_responses_are_each_workers_own(
+    fakes: tuple[ManagedProcess, ManagedProcess], tmp_path: Path, store: bool
+) -> None:
+    """Without REDIS_URL each worker keeps the responses it answered: a previous_response_id on
+    a new connection found it or not by which worker took the connection (about half the time
+    with two), and nothing said why. The set says so at start, unless responses.store is off."""
+    path = tmp_path / "open.yaml"
+    text = policy(fakes[0].url, fakes[1].url)
+    path.write_text(text if store else text + "responses: {store: false}\n")
+    proc = start(["serve", "--policy", str(path), "--port", "0", "--workers", "2"], cwd=str(tmp_path))
+    try:
+        status, _ = call(proc.url + "/v1/responses", {"model": "chat", "input": "hi", "store": True})
+        assert status == 200
+    finally:
+        proc.stop(30)
+    said = "--workers 2 without REDIS_URL: each worker keeps the responses it answered" in proc.stderr
+    assert said is store, proc.stderr
+
+
 def test_more_workers_than_eight_a_core_is_refused_before_any_fork(policy_path: Path, tmp_path: Path) -> None:
     """A typo (--workers 99999) forked until the host ran out of memory; now one line, exit 2."""
     too_many = 8 * len(os.sched_getaffinity(0)) + 1
