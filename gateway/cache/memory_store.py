@@ -125,6 +125,10 @@ class MemoryStore:
     async def release_claim(self, category: str, key: str) -> None:
         """Nothing to release (``get_or_claim`` claims nothing in one process)."""
 
+    def largest_entry(self, category: str) -> int:
+        """See ``CacheStore.largest_entry``: the category's whole budget."""
+        return self._category(category).budget
+
     async def set(self, category: str, key: str, value: bytes, ttl_s: float) -> int:
         """Store ``value`` for ``ttl_s`` seconds as the most recently used entry.
 

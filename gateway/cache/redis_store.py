@@ -248,6 +248,10 @@ class RedisStore:
         if client is not None:
             await self._call(lambda: client.delete(claim))
 
+    def largest_entry(self, category: str) -> int:
+        """See ``CacheStore.largest_entry``: the category's budget, at most ``max_entry_bytes``."""
+        return min(self._budgets[category], self._max_entry_bytes)
+
     async def set(self, category: str, key: str, value: bytes, ttl_s: float) -> int:
         """Store ``value`` for ``ttl_s`` seconds; returns how many live entries were evicted.
 

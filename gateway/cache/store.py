@@ -70,6 +70,11 @@ class CacheStore(Protocol):
         room (0 when the backend is unavailable and nothing was stored)."""
         ...
 
+    def largest_entry(self, category: str) -> int:
+        """The largest entry ``set`` stores in ``category`` (``entry_size`` of key and value);
+        a larger one is not stored."""
+        ...
+
     async def delete(self, category: str, key: str) -> None: ...
 
     def usage(self, category: str) -> CategoryUsage:

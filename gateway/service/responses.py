@@ -21,12 +21,14 @@ between deployments and provider kinds from one turn to the next.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 
+from gateway.cache.memory_store import entry_size
 from gateway.cache.store import CacheStore, CategoryBudget
 from gateway.errors import InvalidRequest, UpstreamBadResponse
 from gateway.policy.model import Policy
@@ -54,6 +56,8 @@ from gateway.wire.responses_output import (
     whole_response,
 )
 from gateway.wire.sse import SSEDecoder
+
+log = logging.getLogger("gateway.responses")
 
 # The store category of kept responses, beside the policy's cache categories (which cannot
 # clash with it: it is not a name the response cache ever plans).
@@ -128,6 +132,16 @@ class ResponsesService:
                 "'previous_response_id' must be a response id.", param="previous_response_id"
             )
         raw = await self._store.get(STORED_CATEGORY, _key(tenant, previous))
+        size = _too_large(raw)
+        if size is not None:
+            raise InvalidRequest(
+                f"Previous response with id '{previous}' was not kept: its conversation "
+                f"({size:,} bytes) is larger than this gateway keeps for one response "
+                f"({self._store.largest_entry(STORED_CATEGORY):,} bytes); send the conversation "
+                "in 'input' instead.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
         kept = _decoded(raw)
         items = None if kept is None else kept[0]
         if items is None:
@@ -336,7 +350,18 @@ class _Keeper:
         kept = [item for item in output if isinstance(item, dict) and item.get("type") in _KEPT_ITEMS]
         # The conversation for previous_response_id, and the response itself for retrieval.
         value = orjson.dumps({"items": self._items + kept, "response": response})
-        await self._store.set(STORED_CATEGORY, _key(self._tenant, response_id), value, self._ttl_s)
+        key = _key(self._tenant, response_id)
+        largest = self._store.largest_entry(STORED_CATEGORY)
+        if entry_size(key, value) > largest:
+            # The store would drop it (with Redis, past 4 MiB: a few images sent as data: URLs
+            # make it), and naming it next turn was a bare "not found" for a response answered
+            # with store: true. A marker in its place makes that 400 say why.
+            log.warning(
+                "response not kept: its conversation is larger than the store keeps for one",
+                extra={"fields": {"response_id": response_id, "bytes": len(value), "largest": largest}},
+            )
+            value = orjson.dumps({"too_large": len(value)})
+        await self._store.set(STORED_CATEGORY, key, value, self._ttl_s)
         for item in kept:  # each output item on its own, for an item_reference to it
             if isinstance(item.get("id"), str):
                 key = _item_key(self._tenant, item["id"])
@@ -396,6 +421,18 @@ def _decoded(raw: bytes | None) -> tuple[list[Any], JSONObject | None] | None:
         response = kept.get("response")
         return kept["items"], response if isinstance(response, dict) else None
     return None
+
+
+def _too_large(raw: bytes | None) -> int | None:
+    """The size of the conversation a kept value stands in for, if it is the marker of one too
+    large to keep (``_Keeper.whole``)."""
+    if raw is None or not raw.startswith(b'{"too_large":'):
+        return None
+    try:
+        size = orjson.loads(raw).get("too_large")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return size if isinstance(size, int) else None
 
 
 def _key(tenant: str, response_id: str) -> str:
