@@ -388,9 +388,12 @@ class RedisLimiter:
             if drawn is not None:
                 return drawn
         taking = self._taking.get(key_id)
-        if taking is not None:
+        if taking is not None and self._outage.healthy:
             # A round trip of this process is taking a lease for the key: draw from it rather
             # than take another (concurrent leases would each hold part of the limit unused).
+            # Not while Redis is down: that round trip is the probe after a backoff, and every
+            # request of the key waited up to the op timeout on it (each probe of a stalled Redis
+            # cost a busy key's requests a second), where the link admits them in process at once.
             await asyncio.shield(taking)
             lease = self._leases.get(key_id)
             if lease is not None:

@@ -360,3 +360,41 @@ async def test_a_lease_is_not_drawn_for_other_limits(redis_url: str, redis_prefi
         assert decision.requests is not None and decision.requests.limit == 3_000
     finally:
         await limiter.close()
+
+
+async def test_a_probe_of_a_frozen_redis_holds_back_only_itself(private_redis: PrivateRedis) -> None:
+    # While Redis was down, the probe after each backoff took a lease for a busy key, and every
+    # request of the key arriving meanwhile waited on it for up to the op timeout (a second by
+    # default) instead of being admitted in process at once.
+    op_timeout_s = 0.4
+    limiter = RedisLimiter(private_redis.url, prefix="t:", op_timeout_s=op_timeout_s)
+    await limiter.start()
+    key = Caller("k1", "alpha", rpm=100_000, tpm=10_000_000)
+    pid = private_redis._popen.pid  # type: ignore[union-attr]
+    waited: list[float] = []  # admissions that started with the outage open, and how long they took
+
+    async def admit(i: int) -> None:
+        down = not limiter.healthy
+        started = time.monotonic()
+        assert (await limiter.admit(key, f"r{i}", 10)).refused is None
+        if down:
+            waited.append(time.monotonic() - started)
+
+    try:
+        for i in range(50):  # a busy key: its admissions come from leases
+            await admit(i)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 3.0  # backoffs of 0.1, 0.2, 0.4, 0.8 s: several probes
+            i = 50
+            while time.monotonic() < deadline:
+                await asyncio.gather(*(admit(i + j) for j in range(10)))
+                i += 10
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        _, failed_probes = limiter.reconnect_counts()
+        assert failed_probes >= 2
+        held = [s for s in waited if s >= op_timeout_s / 2]
+        assert len(held) <= failed_probes, (len(held), failed_probes, len(waited))
+    finally:
+        await limiter.close()
