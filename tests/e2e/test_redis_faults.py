@@ -216,14 +216,15 @@ async def test_a_server_answering_in_another_shape_fails_open_once(keyed: Keyed,
         assert "gateway_cache_backend_up 0.0" in metrics
         assert "gateway_shared_state_up 0.0" in metrics
         no_bug_in(gateway)
-        # Each link says so about once, not once a request or a sync (the health monitor's PING,
-        # which this server answers, may end an outage that the next script call opens again).
-        for message in (
-            "redis cache unavailable",
-            "redis limits unavailable",
-            "shared routing state unavailable",
-        ):
-            assert 1 <= gateway.output.count(message) <= 3, gateway.output[-3000:]
+        # Each link says so once an outage, not once a request or a sync: the health monitor's
+        # PING, which this server answers, may end an outage (said as "recovered") that the next
+        # script call opens again, so outages and recoveries alternate, a few over the run,
+        # where the requests were hundreds.
+        output = gateway.output
+        for link in ("redis cache", "redis limits", "shared routing state"):
+            down, back = output.count(f"{link} unavailable"), output.count(f"{link} recovered")
+            assert down >= 1 and down - back in (0, 1), (link, down, back, output[-3000:])
+            assert down <= 10, (link, down, output[-3000:])
     finally:
         gateway.stop()
         server.shutdown()
