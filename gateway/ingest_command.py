@@ -241,10 +241,19 @@ async def _events(session: aiohttp.ClientSession, job_id: str) -> Any:
                 yield orjson.loads(data)
 
 
-async def _finished_hashes(session: aiohttp.ClientSession, namespace: str) -> set[str]:
-    async with session.get("/v1/memory/jobs", params={"status": "done", "limit": "200"}) as resp:
-        body = await resp.json(content_type=None)
-    return {j["content_sha256"] for j in body.get("data", []) if j["namespace"] == namespace}
+async def _finished_hashes(session: aiohttp.ClientSession, namespace: str, page: int = 200) -> set[str]:
+    """The content hashes of every finished job in ``namespace`` the key can see, page by page
+    (a single page of 200 missed the older ones: their files were sent again)."""
+    found: set[str] = set()
+    params = {"status": "done", "limit": str(page)}
+    while True:
+        async with session.get("/v1/memory/jobs", params=params) as resp:
+            body = await resp.json(content_type=None)
+        data = body.get("data", [])
+        found |= {j["content_sha256"] for j in data if j["namespace"] == namespace}
+        if not (body.get("has_more") and data):
+            return found
+        params = {**params, "after": data[-1]["id"]}
 
 
 def _sha256(path: Path) -> str:

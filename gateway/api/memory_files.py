@@ -69,7 +69,9 @@ async def read_job(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    """``GET /v1/memory/jobs?status=running,paused&limit=50``: the caller's recent jobs, newest first."""
+    """``GET /v1/memory/jobs?status=running,paused&limit=50[&after=job_id]``: the caller's recent
+    jobs, newest first, a page at a time as OpenAI's lists are (``has_more``, ``last_id``: the
+    next page's ``after``)."""
     access = memory_access_of(await authenticate(request))
     statuses = [s for s in request.query.get("status", "").split(",") if s]
     unknown = sorted(set(statuses) - _STATUSES)
@@ -78,8 +80,16 @@ async def list_jobs(request: web.Request) -> web.Response:
             f"Unknown job status '{unknown[0]}': one of {', '.join(sorted(_STATUSES))}.", param="status"
         )
     limit = _int(request.query.get("limit", "50"), "limit")
-    jobs = await _ingest(request).recent(access, statuses or None, limit)
-    return json_response(orjson.dumps({"object": "list", "data": [j.to_json() for j in jobs]}))
+    after = request.query.get("after") or None
+    jobs, more = await _ingest(request).recent(access, statuses or None, limit, after)
+    page = {
+        "object": "list",
+        "data": [j.to_json() for j in jobs],
+        "first_id": jobs[0].id if jobs else None,
+        "last_id": jobs[-1].id if jobs else None,
+        "has_more": more,
+    }
+    return json_response(orjson.dumps(page))
 
 
 async def job_events(request: web.Request) -> web.StreamResponse:

@@ -269,13 +269,32 @@ class IngestService:
         return await self._alive(job)
 
     async def recent(
-        self, access: MemoryAccess | None, statuses: list[str] | None, limit: int
-    ) -> list[IngestJob]:
-        """The caller's most recent jobs (every job in open mode), newest first."""
+        self,
+        access: MemoryAccess | None,
+        statuses: list[str] | None,
+        limit: int,
+        after: str | None = None,
+    ) -> tuple[list[IngestJob], bool]:
+        """The caller's most recent jobs (every job in open mode), newest first, at most
+        ``limit`` (and ``_LIST_MAX``), listed after job ``after`` when given (``NotFound`` when
+        the caller cannot see that job); and whether more follow."""
         owner = access.team if access is not None else None
-        jobs = await self.memory.store.recent_jobs(owner, statuses, min(limit, _LIST_MAX))
-        jobs = [j for j in jobs if access is None or _visible(j, access)]
-        return [replace(self._live[j.id].job) if j.id in self._live else await self._alive(j) for j in jobs]
+        limit = min(limit, _LIST_MAX)
+        if after is not None:
+            await self.get(after, access)  # a cursor the caller may use
+        jobs: list[IngestJob] = []
+        while True:  # pages of the store's order until ``limit`` visible ones (the key's namespaces)
+            rows = await self.memory.store.recent_jobs(owner, statuses, limit + 1, after)
+            more = len(rows) > limit
+            rows = rows[:limit]
+            jobs += [j for j in rows if access is None or _visible(j, access)]
+            if len(jobs) >= limit or not more:
+                break
+            after = rows[-1].id
+        more = more or len(jobs) > limit
+        jobs = jobs[:limit]
+        found = [replace(self._live[j.id].job) if j.id in self._live else await self._alive(j) for j in jobs]
+        return found, more
 
     async def cancel(self, job_id: str, access: MemoryAccess | None, *, purge: bool) -> IngestJob:
         """Stop a job: what it stored stays (its memories carry ``job_id`` in their metadata)

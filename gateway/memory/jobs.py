@@ -216,11 +216,23 @@ class JobQueries:
         return IngestJob.from_document(row[0]) if row else None
 
     def recent(
-        self, cur: Cursor, owner: str | None, statuses: Sequence[str] | None, limit: int
+        self,
+        cur: Cursor,
+        owner: str | None,
+        statuses: Sequence[str] | None,
+        limit: int,
+        after: str | None = None,
     ) -> list[IngestJob]:
         """The last ``limit`` jobs updated, newest first: only ``owner``'s when given, only
-        those in ``statuses`` when given."""
-        conditions, params = [], []
+        those in ``statuses`` when given, only those listed after job ``after`` when given (a
+        page's cursor: the order is ``updated_at`` then ``id``, both descending, so jobs updated
+        in the same instant keep one order)."""
+        conditions: list[str] = []
+        params: list[object] = []
+        if after is not None:
+            anchor = f"(SELECT updated_at FROM {self.table} WHERE id = ?)"
+            conditions.append(f"(updated_at < {anchor} OR (updated_at = {anchor} AND id < ?))")
+            params.extend([after, after, after])
         if owner is not None:
             conditions.append("owner = ?")
             params.append(owner)
@@ -229,6 +241,7 @@ class JobQueries:
             params.extend(statuses)
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         cur.execute(
-            f"SELECT doc FROM {self.table}{where} ORDER BY updated_at DESC LIMIT {int(limit)}", params
+            f"SELECT doc FROM {self.table}{where} ORDER BY updated_at DESC, id DESC LIMIT {int(limit)}",
+            params,
         )
         return [IngestJob.from_document(row[0]) for row in cur.fetchall()]

@@ -172,9 +172,10 @@ class MemoryStore(Protocol):
     async def get_job(self, job_id: str) -> IngestJob | None: ...
 
     async def recent_jobs(
-        self, owner: str | None, statuses: Sequence[str] | None, limit: int
+        self, owner: str | None, statuses: Sequence[str] | None, limit: int, after: str | None = None
     ) -> list[IngestJob]:
-        """The last ``limit`` jobs updated, newest first (only ``owner``'s when given)."""
+        """The last ``limit`` jobs updated, newest first (only ``owner``'s when given; only those
+        listed after job ``after`` when given: a page's cursor)."""
         ...
 
 

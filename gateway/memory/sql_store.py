@@ -87,9 +87,11 @@ class SQLMemoryStore(ABC):
         return await self._run("get_job", lambda cur: self._jobs.get(cur, job_id))
 
     async def recent_jobs(
-        self, owner: str | None, statuses: Sequence[str] | None, limit: int
+        self, owner: str | None, statuses: Sequence[str] | None, limit: int, after: str | None = None
     ) -> list[IngestJob]:
-        return await self._run("recent_jobs", lambda cur: self._jobs.recent(cur, owner, statuses, limit))
+        return await self._run(
+            "recent_jobs", lambda cur: self._jobs.recent(cur, owner, statuses, limit, after)
+        )
 
     async def update(self, memory_id: str, patch: MemoryPatch) -> Memory | None:
         now = self._clock()

@@ -23,7 +23,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import keys
+from gateway import ingest_command, keys
 from gateway.app import build_app
 from gateway.auth.identity import Caller
 from gateway.errors import UpstreamConnectError
@@ -237,6 +237,31 @@ async def test_the_same_file_twice_creates_no_duplicates_and_costs_no_embeddings
     assert gw.embedder.calls == calls  # every chunk was found stored: nothing re-embedded
     status, listing = await gw.call("GET", "/v1/memory/jobs")
     assert status == 200 and [j["id"] for j in listing["data"]] == [first["id"]]
+
+
+async def test_jobs_are_listed_a_page_at_a_time_and_resume_reads_every_page(gw: Gateway) -> None:
+    """``GET /v1/memory/jobs`` pages as OpenAI's lists do (``after``, ``has_more``, ``last_id``),
+    and ``memory ingest --resume`` reads every page: it read one page of 200, so past 200 finished
+    jobs it sent finished files again."""
+    jobs = [await gw.ingest(f"f{i}.txt", f"note number {i} about paging".encode()) for i in range(5)]
+    seen: list[str] = []
+    query = "/v1/memory/jobs?status=done&limit=2"
+    while True:
+        status, page = await gw.call("GET", query)
+        assert status == 200 and len(page["data"]) <= 2, page
+        seen += [j["id"] for j in page["data"]]
+        if not page["has_more"]:
+            break
+        assert page["last_id"] == page["data"][-1]["id"]
+        query = f"/v1/memory/jobs?status=done&limit=2&after={page['last_id']}"
+    assert len(seen) == len(set(seen)) == 5 and set(seen) == {j["id"] for j in jobs}
+    status, body = await gw.call("GET", "/v1/memory/jobs?after=job_nope")
+    assert status == 404 and body["error"]["code"] == "job_not_found"
+
+    base = str(gw.client.make_url("/"))
+    async with aiohttp.ClientSession(base, headers=gw.headers) as session:
+        hashes = await ingest_command._finished_hashes(session, "docs", page=2)
+    assert hashes == {j["content_sha256"] for j in jobs}
 
 
 async def test_jsonl_and_csv_take_their_text_and_metadata_fields_and_count_bad_lines(gw: Gateway) -> None:

@@ -147,7 +147,7 @@ async def test_a_job_whose_process_died_shows_interrupted_and_resumes(
         await later.start()
         shown = await later.get(job.id, None)
         assert shown.status == "interrupted" and "no progress" in (shown.error or ""), shown
-        assert [j.status for j in await later.recent(None, None, 10)] == ["interrupted"]
+        assert [j.status for j in (await later.recent(None, None, 10))[0]] == ["interrupted"]
         resumed = await later.resume(job.id, None)  # before: 409 'is running'
         assert resumed.status in ("queued", "running") and later.live_job(job.id) is not None
     finally:
