@@ -12,7 +12,16 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 JSONObject = dict[str, Any]
@@ -100,6 +109,31 @@ class ChatCompletionHead(_Head):
     top_p: _Number | None = None
     parallel_tool_calls: StrictBool | None = None
     user: StrictStr | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _offered(
+        cls, value: str | dict[str, Any] | None, info: ValidationInfo
+    ) -> str | dict[str, Any] | None:
+        # A choice no tool can satisfy (``required``, or a function not among ``tools``) is
+        # OpenAI's 400 for every provider: the translating adapters sent it on, and Anthropic
+        # and Gemini answered in text as if no tool had been asked for.
+        tools = info.data.get("tools") or []
+        if value == "required" and not tools:
+            raise PydanticCustomError("no_tools", "'required' needs 'tools'")
+        if isinstance(value, dict) and value.get("type") == "function":
+            named = value.get("function")
+            name = named.get("name") if isinstance(named, dict) else None
+            offered = [
+                t["function"].get("name")
+                for t in tools
+                if t.get("type") == "function" and isinstance(t.get("function"), dict)
+            ]
+            if not isinstance(name, str) or name not in offered:  # (a list: compared, never hashed)
+                raise PydanticCustomError(
+                    "not_offered", "no function named {name} in 'tools'", {"name": repr(name)}
+                )
+        return value
 
 
 class CompletionHead(_Head):

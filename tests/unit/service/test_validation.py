@@ -105,6 +105,13 @@ _CHAT_SHAPES: list[dict] = [  # type: ignore[type-arg]
     },
     {"model": "m", "messages": [{"role": "user"}], "stop": "END", "tool_choice": {"type": "function"}},
     {"model": "m", "messages": [{"role": "user"}], "stop": None, "tools": None, "temperature": None},
+    {
+        "model": "m",
+        "messages": [{"role": "user"}],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "tool_choice": "required",
+    },
+    {"model": "m", "messages": [{"role": "user"}], "tool_choice": "required"},
     {"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}]},
     {"model": "m", "messages": [{"role": "assistant", "tool_calls": None}]},
     # the fields the translating adapters read, in types OpenAI refuses (500s on Anthropic or
@@ -144,6 +151,42 @@ _CHAT_SHAPES: list[dict] = [  # type: ignore[type-arg]
     {"messages": [{"role": "user"}]},
     {"model": "m"},
 ]
+
+
+_F = [{"type": "function", "function": {"name": "f"}}]
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        ({"tool_choice": "required"}, True),
+        ({"tool_choice": "required", "tools": []}, True),
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, True),
+        ({"tool_choice": {"type": "function", "function": {"name": "g"}}, "tools": _F}, True),
+        ({"tool_choice": {"type": "function"}, "tools": _F}, True),
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}, "tools": _F}, False),
+        ({"tool_choice": "required", "tools": _F}, False),
+        ({"tool_choice": "auto"}, False),  # the provider judges these
+        ({"tool_choice": "none"}, False),
+        (
+            {
+                "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": _F}},
+                "tools": _F,
+            },
+            False,
+        ),
+    ],
+)
+def test_a_tool_choice_no_tool_can_satisfy_is_the_clients_400(extra: dict, refused: bool) -> None:  # type: ignore[type-arg]
+    """(Anthropic and Gemini deployments answered in text as if no tool had been asked for; an
+    OpenAI deployment refused it: now the gateway refuses it for every provider.)"""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    if not refused:
+        assert check_request(Endpoint.CHAT, body) == ("m", False)
+        return
+    with pytest.raises(InvalidRequest) as err:
+        check_request(Endpoint.CHAT, body)
+    assert err.value.param == "tool_choice" and err.value.code == "invalid_value"
 
 
 @pytest.mark.parametrize("body", _CHAT_SHAPES)
