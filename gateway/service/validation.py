@@ -130,9 +130,8 @@ def _typed_fields(body: JSONObject) -> bool:
             if kind is not list or any(type(t) is not dict for t in value):
                 return False
         elif name == "tool_choice":
-            if kind is dict or value == "required":  # checked against the tools by pydantic
-                return False
-            if kind is not str:
+            # an object, or required: checked against the tools by pydantic
+            if kind is not str or value == "required":
                 return False
         elif name == "response_format":
             if kind is not dict:
