@@ -400,6 +400,14 @@ class RedisLimiter:
                 drawn = self._draw(lease, caller, tokens)
                 if drawn is not None:
                     return drawn
+            if not self._outage.healthy:
+                # The round trip it waited on failed: admitted in process now. Asking Redis
+                # itself could make this request the probe after the backoff (when the loop is
+                # busy, the backoff has run out by the time it resumes) and wait a second op
+                # timeout: a frozen Redis then held it twice the timeout (2 s).
+                self._count(key_id)
+                self._unavailable(False)
+                return self.local.admit_now(caller, ticket, tokens)
         return await self._admit_remote(caller, ticket, tokens)
 
     def _draw(self, lease: _Lease, caller: Caller, tokens: int) -> Decision | None:

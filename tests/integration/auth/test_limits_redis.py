@@ -398,3 +398,43 @@ async def test_a_probe_of_a_frozen_redis_holds_back_only_itself(private_redis: P
         assert len(held) <= failed_probes, (len(held), failed_probes, len(waited))
     finally:
         await limiter.close()
+
+
+async def test_a_request_that_waited_on_a_failed_lease_is_admitted_at_once(
+    private_redis: PrivateRedis,
+) -> None:
+    # A request of a busy key waits on the round trip that takes the key's lease. When Redis froze,
+    # that trip failed after the op timeout; the waiting request then asked Redis itself and, when
+    # the loop resumed it after the backoff had run out, was the probe: a second op timeout, one
+    # request held 2 s (seen under load, tests/e2e/test_redis_faults.py's stack).
+    op_timeout_s = 0.3
+    limiter = RedisLimiter(private_redis.url, prefix="t:", op_timeout_s=op_timeout_s, lease_s=0.05)
+    await limiter.start()
+    key = Caller("k1", "alpha", rpm=100_000, tpm=10_000_000)
+    pid = private_redis._popen.pid  # type: ignore[union-attr]
+    try:
+        for i in range(20):  # a busy key: its next round trip asks for a lease
+            assert (await limiter.admit(key, f"warm{i}", 10)).refused is None
+        await asyncio.sleep(0.06)  # the last lease has ended
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            taker = asyncio.create_task(limiter.admit(key, "taker", 10))
+            await asyncio.sleep(0)  # the taker's round trip is under way
+            assert "k1" in limiter._taking
+            trips = limiter.round_trips
+
+            async def waiter() -> float:
+                started = time.monotonic()
+                assert (await limiter.admit(key, "waiter", 10)).refused is None
+                return time.monotonic() - started
+
+            waited, taken = await asyncio.gather(waiter(), taker)
+            assert taken.refused is None
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert not limiter.healthy
+        # Admitted in process after the failed trip, without a round trip of its own.
+        assert limiter.round_trips == trips
+        assert waited < op_timeout_s * 1.8, waited
+    finally:
+        await limiter.close()
