@@ -129,7 +129,9 @@ class Gateway:
         async with self.client.request(method, path, json=body, headers=self.headers) as resp:
             return resp.status, await resp.json()
 
-    async def wait(self, job_id: str, *statuses: str, timeout_s: float = 30) -> dict[str, Any]:
+    async def wait(self, job_id: str, *statuses: str, timeout_s: float = 120) -> dict[str, Any]:
+        # A bound on a hang, not a speed check: 512k bad lines under tracemalloc took over 30 s
+        # on a loaded 2-core machine.
         deadline = time.monotonic() + timeout_s
         while True:
             status, job = await self.call("GET", f"/v1/memory/jobs/{job_id}")
