@@ -14,7 +14,8 @@ malformed, error, disconnect: rates 0.1 and 0.2 give 10 % resets and 20 % hangs.
 (401) and request validation (400) come first; latency applies to every answer except resets
 and hangs. Control endpoints for tests, never faulted:
 
-* ``GET /_fake/stats``: request counts and the last ``/v1`` request (path, headers, JSON body);
+* ``GET /_fake/stats``: request counts, the most API requests answered at once (``max_in_flight``)
+  and the last ``/v1`` request (path, headers, JSON body);
 * ``GET|POST /_fake/faults``: the current configuration; POST a JSON object of fault fields to
   change them (``{"latency_ms": 200, "error_rate": 0.3}``);
 * ``POST /_fake/reset``: zero the stats and re-seed the random generator.
@@ -29,7 +30,7 @@ import math
 import random
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from types import MappingProxyType
@@ -196,6 +197,8 @@ class FakeState:
     requests: int = 0
     by_path: dict[str, int] = field(default_factory=dict)
     last_request: SeenRequest | None = None
+    in_flight: int = 0  # API requests being answered now
+    max_in_flight: int = 0  # the most at once since the last reset
 
     @classmethod
     def start(cls, config: FakeConfig) -> FakeState:
@@ -211,6 +214,7 @@ class FakeState:
         self.requests = 0
         self.by_path.clear()
         self.last_request = None
+        self.max_in_flight = self.in_flight
         self.rng.seed(self.config.seed)
 
     def stats(self) -> dict[str, object]:
@@ -222,7 +226,12 @@ class FakeState:
                 "headers": {str(k): v for k, v in last.headers.items()},
                 "body": last.body,
             }
-        return {"requests": self.requests, "by_path": self.by_path, "last_request": seen}
+        return {
+            "requests": self.requests,
+            "by_path": self.by_path,
+            "last_request": seen,
+            "max_in_flight": self.max_in_flight,
+        }
 
 
 # Kept here rather than in gateway/keys.py: the fake provider must start without importing the gateway.
@@ -231,7 +240,7 @@ FAKE_STATE = web.AppKey("fake_state", FakeState)
 
 def build_app(config: FakeConfig) -> web.Application:
     """The fake provider's application; its state is ``app[FAKE_STATE]``."""
-    app = web.Application(client_max_size=_MAX_BODY_BYTES)
+    app = web.Application(client_max_size=_MAX_BODY_BYTES, middlewares=[_in_flight])
     app[FAKE_STATE] = FakeState.start(config)
     if config.flavor == "openai":
         app.router.add_post("/v1/chat/completions", _chat_completions)
@@ -250,6 +259,22 @@ def build_app(config: FakeConfig) -> web.Application:
     app.router.add_post("/_fake/faults", _faults)
     app.router.add_post("/_fake/reset", _reset)
     return app
+
+
+@web.middleware
+async def _in_flight(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Counts the API requests being answered at once (``max_in_flight`` in the stats)."""
+    if request.path.startswith("/_fake/"):
+        return await handler(request)
+    state = request.app[FAKE_STATE]
+    state.in_flight += 1
+    state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    try:
+        return await handler(request)
+    finally:
+        state.in_flight -= 1
 
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:

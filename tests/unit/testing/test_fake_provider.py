@@ -447,7 +447,7 @@ async def test_runtime_fault_changes(aiohttp_client: AiohttpClient) -> None:
 async def test_stats_and_reset(aiohttp_client: AiohttpClient) -> None:
     client = await fake(aiohttp_client)
     empty = await (await client.get("/_fake/stats")).json()
-    assert empty == {"requests": 0, "by_path": {}, "last_request": None}
+    assert empty == {"requests": 0, "by_path": {}, "last_request": None, "max_in_flight": 0}
     await post(client, "/v1/embeddings", {"model": "e", "input": "x"})
     await post(
         client,
@@ -459,6 +459,7 @@ async def test_stats_and_reset(aiohttp_client: AiohttpClient) -> None:
     await client.post("/v1/chat/completions", data=b"{broken")
     stats = await (await client.get("/_fake/stats")).json()
     assert stats["requests"] == 4
+    assert stats["max_in_flight"] == 1  # one after another
     assert stats["by_path"] == {"/v1/embeddings": 1, "/v1/chat/completions": 2, "/v1/models": 1}
     assert stats["last_request"] == {
         "path": "/v1/chat/completions",
@@ -694,3 +695,14 @@ async def test_run_reports_a_port_in_use() -> None:
         assert f"cannot listen on 127.0.0.1:{port}".encode() in err
     finally:
         blocker.close()
+
+
+async def test_stats_count_the_most_requests_answered_at_once(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    await client.post("/_fake/faults", json={"latency_ms": 300})
+    await asyncio.gather(
+        *(post(client, "/v1/embeddings", {"model": "e", "input": f"x{i}"}) for i in range(3))
+    )
+    assert (await (await client.get("/_fake/stats")).json())["max_in_flight"] == 3
+    await client.post("/_fake/reset")
+    assert (await (await client.get("/_fake/stats")).json())["max_in_flight"] == 0
