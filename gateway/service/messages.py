@@ -12,7 +12,7 @@ deployments, a group without one answers 400.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -34,6 +34,7 @@ from gateway.wire.messages import (
     to_chat,
 )
 from gateway.wire.messages_stream import ChatToMessagesEvents
+from gateway.wire.messages_turns import Turn, TurnError, check_turns
 from gateway.wire.requests import CHARS_PER_TOKEN, Endpoint, JSONObject
 from gateway.wire.sse import WholeEvents
 
@@ -72,6 +73,7 @@ class MessagesDoor:
     def parse(cls, body: JSONObject, headers: Mapping[str, str]) -> MessagesDoor:
         """The door for a parsed request body; a 400 naming the bad field otherwise."""
         head = validate_head(MessagesHead, body)
+        _check_conversation(head.messages)
         try:
             translation = to_chat(body, head)
         except MessagesInputError as exc:
@@ -198,6 +200,7 @@ def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int
     every turn's text), plus the tool definitions' JSON / 4, and at least 1. Images and documents
     count 0."""
     head = validate_head(CountTokensHead, body)
+    _check_conversation(head.messages)
     full = {**body, "max_tokens": 1, "stream": False}
     try:
         chat = to_chat(full, validate_head(MessagesHead, full)).chat
@@ -210,6 +213,15 @@ def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int
     # At least 1: a short message is still tokens (Anthropic's own count is never 0), and a
     # client that sizes a request from this must not read "free".
     return max(1, RouteContext(head.model, chat).prompt_tokens + tools)
+
+
+def _check_conversation(messages: Sequence[Turn]) -> None:
+    """Anthropic's conversation rules, before any deployment is called, whichever serves it:
+    a history Anthropic refuses is refused on this door, not answered by a translated kind."""
+    try:
+        check_turns(messages)
+    except TurnError as exc:
+        raise InvalidRequest(exc.message, param=exc.param) from None
 
 
 def _bad(target: Target, what: str) -> UpstreamBadResponse:

@@ -17,7 +17,7 @@ request the gateway translated counts the same as its OpenAI original at the Ope
 Requests the real API refuses get its 400 and message (see :func:`check_conversation`): a first
 message that is not the user's, an empty message, blank text blocks, ``tool_use`` ids that do
 not match ``^[a-zA-Z0-9_-]+$`` or repeat, ``tool_result`` blocks naming no ``tool_use`` of
-the message before, a final assistant text ending in whitespace, a base64 image of another
+the message before, ``tool_use`` blocks the next message does not answer, a final assistant text ending in whitespace, a base64 image of another
 type than JPEG, PNG, GIF or WebP (:func:`check_options`: blank stop sequences, and
 ``temperature`` with ``top_p``).
 ``--require-key`` checks ``x-api-key``; injected errors, 401 and 400 use Anthropic's error
@@ -195,7 +195,10 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
     anomalyco/opencode#1279); "messages.1.content.1: `tool_use` ids must be unique"
     (anthropics/claude-code#20901); "messages.0.content.0: unexpected `tool_use_id` found in
     `tool_result` blocks: ID. Each `tool_result` block must have a corresponding `tool_use`
-    block in the previous message." (anthropics/claude-code#13460). String content counts as
+    block in the previous message." (anthropics/claude-code#13460); "messages.2: `tool_use` ids
+    were found without `tool_result` blocks immediately after: ID. Each `tool_use` block must
+    have a corresponding `tool_result` block in the next message." (anthropics/claude-code#6575,
+    a final assistant turn's tool uses included). String content counts as
     one text block, and text inside a ``tool_result`` is checked like any other.
     """
     if messages[0].get("role") != "user":
@@ -214,6 +217,7 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
                 )
             blocks = []
         ids: set[str] = set()
+        answered: set[str] = set()
         for j, block in enumerate(blocks):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
@@ -245,7 +249,21 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
                 ids.add(tool_id)
             elif kind == "tool_result":
                 _check_tool_result(block, offered, f"messages.{i}.content.{j}")
-        offered = ids
+                answered.add(str(block.get("tool_use_id")))
+        _check_answered(offered, answered, i - 1)
+        offered = ids if message.get("role") == "assistant" else set()
+    _check_answered(offered, set(), len(messages) - 1)
+
+
+def _check_answered(offered: set[str], answered: set[str], at: int) -> None:
+    missing = sorted(offered - answered)
+    if missing:
+        raise _refusal(
+            400,
+            f"messages.{at}: `tool_use` ids were found without `tool_result` blocks immediately "
+            f"after: {', '.join(missing)}. Each `tool_use` block must have a corresponding "
+            "`tool_result` block in the next message.",
+        )
 
 
 def check_options(body: dict[str, object]) -> None:

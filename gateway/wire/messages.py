@@ -103,7 +103,7 @@ class MessagesHead(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1)
     max_tokens: StrictInt = Field(ge=1)
-    messages: list[_Message] = Field(min_length=1)
+    messages: list[_Message]  # (at least one: ``messages_turns.check_turns``, Anthropic's words)
     system: str | list[dict[str, Any]] | None = None
     stream: StrictBool = False
     stop_sequences: list[str] | None = None
@@ -122,7 +122,7 @@ class CountTokensHead(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1)
-    messages: list[_Message] = Field(min_length=1)
+    messages: list[_Message]
     system: str | list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
 

@@ -247,3 +247,34 @@ def test_the_models_list_pages_as_anthropics_does(mstack: MessagesStack) -> None
         with pytest.raises(anthropic.BadRequestError) as err:
             client.models.list(**bad)  # type: ignore[arg-type]
         assert err.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+
+
+def fake_requests(mstack: MessagesStack, fake: str) -> int:
+    with urllib.request.urlopen(mstack.fakes[fake].url + "/_fake/stats", timeout=5) as resp:
+        return int(json.loads(resp.read())["requests"])
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_a_history_anthropic_refuses_is_refused_whichever_kind_serves_it(
+    mstack: MessagesStack, model: str
+) -> None:
+    """A tool use the next turn does not answer: Anthropic's API refuses it; an OpenAI or Gemini
+    deployment would have answered the translation. The SDK gets Anthropic's 400 and words from
+    every kind, and no provider is called."""
+    fake = {"claude": "claude", "gpt": "gpt", "gemini": "gem"}[model]
+    before = fake_requests(mstack, fake)
+    use = {"type": "tool_use", "id": "toolu_e2e", "name": "get_weather", "input": {"location": "Paris"}}
+    history: Any = [*ASK, {"role": "assistant", "content": [use]}, {"role": "user", "content": "and?"}]
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        mstack.client().messages.create(model=model, max_tokens=50, tools=[WEATHER], messages=history)
+    assert caught.value.body == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "messages.1: `tool_use` ids were found without `tool_result` blocks immediately "
+            "after: toolu_e2e. Each `tool_use` block must have a corresponding `tool_result` block in "
+            "the next message.",
+        },
+    }
+    assert caught.value.request_id
+    assert fake_requests(mstack, fake) == before

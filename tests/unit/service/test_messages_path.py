@@ -866,3 +866,160 @@ async def test_count_tokens_counts_tool_use_inputs(sdk: anthropic.AsyncAnthropic
                      {"role": "user", "content": [result]}]  # fmt: skip
     counted = await sdk.messages.count_tokens(model="gpt", messages=messages)
     assert counted.input_tokens == (1 + len('{"location":"' + "x" * 84 + '"}') + 2) // 4
+
+
+# ----- Anthropic's conversation rules, whichever deployment serves the request
+
+_USE = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "Paris"}}
+_USE2 = {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"location": "Rome"}}
+_RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "15 degrees"}
+_RESULT2 = {"type": "tool_result", "tool_use_id": "toolu_2", "content": "20 degrees"}
+_ASKED = {"role": "user", "content": "Weather in Paris and Rome?"}
+_CALLED = {"role": "assistant", "content": [_USE, _USE2]}
+_UNANSWERED = (
+    "`tool_use` ids were found without `tool_result` blocks immediately after: {}. Each `tool_use` "
+    "block must have a corresponding `tool_result` block in the next message."
+)
+_UNEXPECTED = (
+    "unexpected `tool_use_id` found in `tool_result` blocks: {}. Each `tool_result` block must have a "
+    "corresponding `tool_use` block in the previous message."
+)
+_EMPTY = "all messages must have non-empty content except for the optional final assistant message"
+CONVERSATION_RULES = [
+    pytest.param([], "messages: at least one message is required", id="no-messages"),
+    pytest.param(
+        [{"role": "user", "content": [_RESULT]}],
+        "messages.0.content.0: " + _UNEXPECTED.format("toolu_1"),
+        id="result-without-a-use",
+    ),
+    pytest.param(
+        [_ASKED, _CALLED, {"role": "user", "content": [_RESULT]}],
+        "messages.1: " + _UNANSWERED.format("toolu_2"),
+        id="one-use-unanswered",
+    ),
+    pytest.param(
+        [_ASKED, _CALLED, {"role": "user", "content": [_RESULT, _RESULT2, {**_RESULT2, "content": "again"}]}],
+        "messages.2.content.2: " + _UNEXPECTED.format("toolu_2")[:-1] + " (and answer it once).",
+        id="use-answered-twice",
+    ),
+    pytest.param(
+        [_ASKED, _CALLED, {"role": "user", "content": "thanks"}],
+        "messages.1: " + _UNANSWERED.format("toolu_1, toolu_2"),
+        id="uses-answered-by-text",
+    ),
+    pytest.param(
+        [
+            _ASKED,
+            _CALLED,
+            {"role": "assistant", "content": "hm"},
+            {"role": "user", "content": [_RESULT, _RESULT2]},
+        ],
+        "messages.1: " + _UNANSWERED.format("toolu_1, toolu_2"),
+        id="a-turn-between-use-and-result",
+    ),
+    pytest.param(
+        [_ASKED, _CALLED, {"role": "user", "content": [_RESULT, {"type": "text", "text": "so?"}, _RESULT2]}],
+        "messages.2.content.2: `tool_result` blocks must come first in the user message content, "
+        "before any other block.",
+        id="text-before-a-result",
+    ),
+    pytest.param(
+        [_ASKED, {"role": "assistant", "content": [_USE, {**_USE2, "id": "toolu_1"}]}],
+        "messages.1.content.1: `tool_use` ids must be unique",
+        id="repeated-use-id",
+    ),
+    pytest.param(
+        [
+            _ASKED,
+            {"role": "assistant", "content": [_USE]},
+            {"role": "user", "content": [_RESULT]},
+            {"role": "assistant", "content": [_USE]},
+            {"role": "user", "content": [_RESULT]},
+        ],
+        "messages.3.content.0: `tool_use` ids must be unique",
+        id="use-id-repeated-across-turns",
+    ),
+    pytest.param(
+        [_ASKED, {"role": "assistant", "content": [{**_USE, "id": "call.1"}]}],
+        "messages.1.content.0.tool_use.id: String should match pattern '^[a-zA-Z0-9_-]+$'",
+        id="use-id-pattern",
+    ),
+    pytest.param(
+        [_ASKED, {"role": "assistant", "content": [_USE]}],
+        "messages.1: " + _UNANSWERED.format("toolu_1"),
+        id="final-use-unanswered",
+    ),
+    pytest.param(
+        [
+            _ASKED,
+            {"role": "assistant", "content": [_USE]},
+            {"role": "user", "content": [{**_RESULT, "tool_use_id": 1}]},
+        ],
+        "messages.2.content.0.tool_result.tool_use_id: Input should be a valid string",
+        id="result-id-not-a-string",
+    ),
+    pytest.param([{"role": "user", "content": ""}], "messages.0: " + _EMPTY, id="empty-string"),
+    pytest.param([{"role": "user", "content": []}], "messages.0: " + _EMPTY, id="empty-blocks"),
+    pytest.param(
+        [_ASKED, {"role": "assistant", "content": []}, {"role": "user", "content": "more"}],
+        "messages.1: " + _EMPTY,
+        id="empty-assistant-mid-way",
+    ),
+    pytest.param(
+        [{"role": "user", "content": [{"type": "text", "text": ""}]}],
+        "messages.0.content.0: text content blocks must be non-empty",
+        id="empty-text-block",
+    ),
+    pytest.param(
+        [{"role": "user", "content": " \n"}],
+        "messages.0.content: text content blocks must contain non-whitespace text",
+        id="blank-string",
+    ),
+    pytest.param(
+        [_ASKED, {"role": "assistant", "content": "The answer is "}],
+        "messages: final assistant content cannot end with trailing whitespace",
+        id="prefill-ends-in-whitespace",
+    ),
+]
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+@pytest.mark.parametrize(("messages", "expected"), CONVERSATION_RULES)
+async def test_conversations_anthropic_refuses_are_refused_before_any_deployment(
+    gateway: TestClient, upstreams: Upstreams, model: str, messages: list[Any], expected: str
+) -> None:
+    """A translated deployment (OpenAI) would have answered these: the door refuses them as
+    Anthropic does, in its words and envelope, and no deployment is called; count_tokens too."""
+    body = {"model": model, "max_tokens": 20, "tools": [WEATHER], "messages": messages}
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        resp = await gateway.post(path, json=body)
+        assert resp.status == 400, (path, await resp.text())
+        answer = await resp.json()
+        assert answer["type"] == "error", answer
+        assert answer["error"] == {"type": "invalid_request_error", "message": expected}
+    assert upstreams.calls == []
+
+
+async def test_a_conversation_anthropic_takes_is_served_by_every_kind(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams
+) -> None:
+    """Parallel tool uses answered first in the next turn, text after them, and an empty final
+    assistant turn (a prefill): served, translated or native."""
+    messages: Any = [
+        _ASKED,
+        {"role": "assistant", "content": [{"type": "text", "text": "Checking."}, _USE, _USE2]},
+        {"role": "user", "content": [_RESULT2, _RESULT, {"type": "text", "text": "Which is warmer?"}]},
+        {"role": "assistant", "content": ""},
+    ]
+    for model in ("gpt", "claude"):
+        message = await sdk.messages.create(model=model, max_tokens=20, tools=[WEATHER], messages=messages)
+        assert message.content[0].type == "text"
+    assert [call[0] for call in upstreams.calls] == ["oa", "an"]
+    assert [m["role"] for m in upstreams.last("oa")["messages"]] == [
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "user",
+        "assistant",
+    ]

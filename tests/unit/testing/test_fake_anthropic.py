@@ -256,6 +256,22 @@ def refusal(message: str) -> dict[str, Any]:
             ],
             "messages: text content blocks must contain non-whitespace text",
         ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [USE, {**USE, "id": "toolu_2"}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_2"}]},
+            ],
+            "messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: "
+            "toolu_1. Each `tool_use` block must have a corresponding `tool_result` block in the next "
+            "message.",
+        ),
+        (
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [USE]}],
+            "messages.1: `tool_use` ids were found without `tool_result` blocks immediately after: "
+            "toolu_1. Each `tool_use` block must have a corresponding `tool_result` block in the next "
+            "message.",
+        ),
     ],
     ids=[
         "assistant-first",
@@ -269,6 +285,8 @@ def refusal(message: str) -> dict[str, Any]:
         "repeated-id",
         "unknown-result-id",
         "whitespace-in-result",
+        "use-left-unanswered",
+        "final-use-unanswered",
     ],
 )
 async def test_conversations_the_api_refuses(

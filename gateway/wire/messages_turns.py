@@ -1,0 +1,168 @@
+"""The conversation rules of Anthropic's Messages API, checked on the front door whatever kind of
+deployment serves the request.
+
+    check_turns(messages)   raises ``TurnError`` for a conversation Anthropic's API refuses
+
+Anthropic refuses these with a 400 ``invalid_request_error``; a request the gateway translated
+for an OpenAI or Gemini deployment would otherwise be answered (or refused in another provider's
+words), so a client's broken history worked or failed depending on which deployment the router
+picked. The rules (Anthropic's "Handle tool calls" guide: tool results immediately follow their
+tool uses, first in the user turn's content; its API reference for the rest) and the messages
+are Anthropic's own, as its users quote them in error reports (the same ones the fake Anthropic,
+``testing/fake_anthropic.check_conversation``, answers with), each naming the offending index
+(``messages.3.content.0``):
+
+* at least one message;
+* every message non-empty, except a final assistant message; text blocks hold visible text;
+  a final assistant turn (a prefill) does not end in whitespace;
+* ``tool_use`` ids match ``^[a-zA-Z0-9_-]+$`` and are unique in the request;
+* a ``tool_result`` answers a ``tool_use`` of the immediately preceding assistant turn, once,
+  and the turn's ``tool_result`` blocks come before any other block;
+* every ``tool_use`` of an assistant turn is answered in the next message.
+
+Consecutive turns of one role are not merged first: a tool result in the second of two user
+turns is refused (Anthropic's guide: no message between a tool use and its result).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+_TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
+
+
+class TurnError(ValueError):
+    """A conversation Anthropic's API refuses; ``message`` starts with the key path (``param``),
+    as Anthropic's own messages do."""
+
+    def __init__(self, param: str, text: str) -> None:
+        self.param = param
+        self.message = f"{param}: {text}"
+        super().__init__(self.message)
+
+
+class Turn(Protocol):
+    """One message of a Messages request (the door's validated ``_Message``)."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str | list[dict[str, Any]]: ...
+
+
+def check_turns(messages: Sequence[Turn]) -> None:
+    """Refuse a conversation Anthropic's Messages API refuses (``TurnError``, its message)."""
+    if not messages:
+        raise TurnError("messages", "at least one message is required")
+    last = len(messages) - 1
+    seen: set[str] = set()  # every tool_use id so far
+    offered: list[str] = []  # the tool_use ids of the turn before, in order
+    for i, message in enumerate(messages):
+        final_assistant = i == last and message.role == "assistant"
+        content = message.content
+        if not content:
+            if not final_assistant:
+                raise TurnError(
+                    f"messages.{i}",
+                    "all messages must have non-empty content except for the optional final "
+                    "assistant message",
+                )
+        elif isinstance(content, str):  # one text block
+            if final_assistant and content != content.rstrip():
+                raise _trailing_whitespace()
+            if content.isspace():
+                raise TurnError(
+                    f"messages.{i}.content", "text content blocks must contain non-whitespace text"
+                )
+        answered = (
+            _check_blocks(content, i, final_assistant, seen, offered) if isinstance(content, list) else set()
+        )
+        missing = [call for call in offered if call not in answered]
+        if missing:
+            raise _unanswered(i - 1, missing)
+        offered = _tool_use_ids(content) if message.role == "assistant" else []
+    if offered:  # a final assistant turn's tool uses: nothing answers them
+        raise _unanswered(last, offered)
+
+
+def _check_blocks(
+    blocks: list[dict[str, Any]], i: int, final_assistant: bool, seen: set[str], offered: list[str]
+) -> set[str]:
+    """Check one turn's blocks; the ``tool_use`` ids of ``offered`` its ``tool_result``s answer."""
+    answered: set[str] = set()
+    leading = True  # no block other than a tool_result yet
+    for j, block in enumerate(blocks):
+        where = f"messages.{i}.content.{j}"
+        kind = block.get("type")
+        if kind == "tool_result":
+            call = block.get("tool_use_id")
+            if not isinstance(call, str):
+                raise TurnError(f"{where}.tool_result.tool_use_id", "Input should be a valid string")
+            if call not in offered or call in answered:
+                again = call in answered
+                raise TurnError(
+                    where,
+                    f"unexpected `tool_use_id` found in `tool_result` blocks: {call}. Each "
+                    "`tool_result` block must have a corresponding `tool_use` block in the "
+                    "previous message" + (" (and answer it once)." if again else "."),
+                )
+            if not leading:
+                raise TurnError(
+                    where,
+                    "`tool_result` blocks must come first in the user message content, before "
+                    "any other block.",
+                )
+            answered.add(call)
+            inner = block.get("content")
+            for k, part in enumerate(inner if isinstance(inner, list) else ()):
+                if isinstance(part, dict) and part.get("type") == "text":
+                    _check_text(part, f"{where}.content.{k}")
+            continue
+        leading = False
+        if kind == "text":
+            _check_text(block, where)
+            text = block.get("text")
+            if final_assistant and j == len(blocks) - 1 and isinstance(text, str) and text != text.rstrip():
+                raise _trailing_whitespace()
+        elif kind == "tool_use":
+            call = block.get("id")
+            if not isinstance(call, str) or not _TOOL_USE_ID.fullmatch(call):
+                raise TurnError(
+                    f"{where}.tool_use.id", f"String should match pattern '^{_TOOL_USE_ID.pattern}$'"
+                )
+            if call in seen:
+                raise TurnError(where, "`tool_use` ids must be unique")
+            seen.add(call)
+    return answered
+
+
+def _check_text(block: dict[str, Any], where: str) -> None:
+    text = block.get("text")
+    if not isinstance(text, str):
+        return  # the translation names it ("a text block needs a 'text' string")
+    if not text:
+        raise TurnError(where, "text content blocks must be non-empty")
+    if text.isspace():
+        raise TurnError(where, "text content blocks must contain non-whitespace text")
+
+
+def _tool_use_ids(content: str | list[dict[str, Any]]) -> list[str]:
+    if isinstance(content, str):
+        return []
+    return [b["id"] for b in content if b.get("type") == "tool_use" and isinstance(b.get("id"), str)]
+
+
+def _unanswered(i: int, calls: list[str]) -> TurnError:
+    return TurnError(
+        f"messages.{i}",
+        f"`tool_use` ids were found without `tool_result` blocks immediately after: "
+        f"{', '.join(calls)}. Each `tool_use` block must have a corresponding `tool_result` block "
+        "in the next message.",
+    )
+
+
+def _trailing_whitespace() -> TurnError:
+    return TurnError("messages", "final assistant content cannot end with trailing whitespace")
