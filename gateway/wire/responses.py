@@ -17,10 +17,13 @@ Field by field (https://platform.openai.com/docs/api-reference/responses/create)
   ``response_format``; ``max_output_tokens`` -> ``max_completion_tokens``;
   ``temperature``, ``top_p``, ``parallel_tool_calls``, ``user``, ``service_tier``,
   ``safety_identifier``, ``prompt_cache_key``, ``reasoning.effort`` -> their chat namesakes;
+  ``text.verbosity`` -> ``verbosity``;
 * accepted and not forwarded (they change bookkeeping, not the answer): ``metadata``, ``store``
   and ``previous_response_id`` (the gateway's own, see ``service/responses.py``), ``include``,
-  ``truncation``, ``text.verbosity``, ``prompt_cache_retention``, ``stream_options``,
-  ``max_tool_calls``, ``top_logprobs``, ``background: false``;
+  ``truncation``, ``prompt_cache_retention``, ``stream_options``, ``max_tool_calls``,
+  ``top_logprobs``, ``background: false``; checked first as OpenAI checks them
+  (``check_fields``: types, and the documented values of ``include``, ``reasoning.effort`` /
+  ``summary``, ``text.verbosity``, ``max_tool_calls`` >= 1);
 * refused: built-in tools (web search, file search, computer use, code interpreter, image
   generation, MCP, shells), ``background: true``, ``conversation``, ``prompt`` templates,
   and any field not listed here (``item_reference`` items are resolved by the Responses service
@@ -113,6 +116,25 @@ _TYPED: tuple[tuple[str, type, str], ...] = (
     *((name, dict, "an object") for name in ("stream_options", "text", "reasoning")),
 )
 _TRUNCATION = ("auto", "disabled")
+# The documented values (the openai SDK's ``ResponseIncludable``, ``ReasoningEffort``,
+# ``Reasoning.summary`` and ``ResponseTextConfig.verbosity``): OpenAI's API refuses others, and
+# no provider of a translated request sees these fields to refuse them.
+INCLUDABLE = (
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "message.input_image.image_url",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+    "reasoning.encrypted_content",
+    "message.output_text.logprobs",
+)
+_ENUMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("reasoning", "effort", ("none", "minimal", "low", "medium", "high", "xhigh", "max")),
+    ("reasoning", "summary", ("auto", "concise", "detailed")),
+    ("reasoning", "generate_summary", ("auto", "concise", "detailed")),
+    ("text", "verbosity", ("low", "medium", "high")),
+)
 _TOP_LOGPROBS = 20
 # metadata: at most 16 pairs, keys of at most 64 characters, string values of at most 512.
 _METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
@@ -160,7 +182,32 @@ def check_fields(body: JSONObject) -> None:
         for i, entry in enumerate(include):
             if type(entry) is not str:
                 raise _invalid_type(f"include[{i}]", "a string", entry)
+            if entry not in INCLUDABLE:
+                raise _unsupported(f"include[{i}]", entry, INCLUDABLE)
+    calls = body.get("max_tool_calls")
+    if calls is not None and calls < 1:
+        raise ResponsesInputError(
+            f"Invalid 'max_tool_calls': integer below minimum value. Expected a value >= 1, but got "
+            f"{calls} instead.",
+            "max_tool_calls",
+            "integer_below_min_value",
+        )
+    for parent, name, values in _ENUMS:
+        holder = body.get(parent)  # (an object or null: checked above)
+        value = holder.get(name) if holder is not None else None
+        if value is not None:
+            if type(value) is not str:
+                raise _invalid_type(f"{parent}.{name}", "a string", value)
+            if value not in values:
+                raise _unsupported(f"{parent}.{name}", value, values)
     _check_metadata(body.get("metadata"))
+
+
+def _unsupported(param: str, value: str, values: tuple[str, ...]) -> ResponsesInputError:
+    listed = ", ".join(f"'{v}'" for v in values[:-1]) + f" and '{values[-1]}'"
+    return ResponsesInputError(
+        f"Invalid value for '{param}': {value[:100]!r}. Supported values are: {listed}.", param
+    )
 
 
 def _check_metadata(metadata: object) -> None:
@@ -243,6 +290,8 @@ def chat_request(body: JSONObject) -> JSONObject:
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
         chat["reasoning_effort"] = reasoning["effort"]
+    if isinstance(text, dict) and text.get("verbosity") is not None:
+        chat["verbosity"] = text["verbosity"]  # chat's own (OpenAI); other kinds' adapters drop it
     return chat
 
 

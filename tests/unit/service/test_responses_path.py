@@ -651,6 +651,41 @@ async def test_a_native_event_that_is_not_json_ends_the_stream_with_an_error_eve
             "previous_response_id",
             "expected a string",
         ),
+        # Values as OpenAI documents them: no translated provider sees these fields to refuse them
+        (
+            {"model": "m", "input": "hi", "include": ["reasoning.encrypted_content", "everything"]},
+            "include[1]",
+            "Invalid value for 'include[1]': 'everything'. Supported values are: 'file_search_call.results'",
+        ),
+        ({"model": "m", "input": "hi", "max_tool_calls": 0}, "max_tool_calls", "Expected a value >= 1"),
+        ({"model": "m", "input": "hi", "max_tool_calls": -3}, "max_tool_calls", "but got -3 instead"),
+        ({"model": "m", "input": "hi", "max_tool_calls": True}, "max_tool_calls", "expected an integer"),
+        (
+            {"model": "m", "input": "hi", "reasoning": {"effort": "extreme"}},
+            "reasoning.effort",
+            "'extreme'. Supported values are: 'none', 'minimal', 'low', 'medium', 'high', 'xhigh' and 'max'.",
+        ),
+        ({"model": "m", "input": "hi", "reasoning": {"effort": 3}}, "reasoning.effort", "expected a string"),
+        (
+            {"model": "m", "input": "hi", "reasoning": {"summary": "brief"}},
+            "reasoning.summary",
+            "Supported values are: 'auto', 'concise' and 'detailed'.",
+        ),
+        (
+            {"model": "m", "input": "hi", "reasoning": {"generate_summary": "all"}},
+            "reasoning.generate_summary",
+            "'all'",
+        ),
+        (
+            {"model": "m", "input": "hi", "text": {"verbosity": "verbose"}},
+            "text.verbosity",
+            "Supported values are: 'low', 'medium' and 'high'.",
+        ),
+        (
+            {"model": "m", "input": "hi", "text": {"verbosity": ["low"]}},
+            "text.verbosity",
+            "expected a string",
+        ),
     ],
 )
 async def test_bad_requests_are_400s_naming_the_field(
@@ -707,6 +742,24 @@ async def test_fields_the_gateway_keeps_take_their_documented_values(client: Tes
     )
     assert answer.metadata == metadata  # echoed as sent
     assert (answer.store, answer.truncation, answer.parallel_tool_calls) == (True, "auto", False)
+
+
+@pytest.mark.parametrize("include", [["web_search_call.action.sources"], ["message.output_text.logprobs"]])
+async def test_documented_values_pass_and_verbosity_reaches_the_chat_deployment(
+    client: TestClient, upstreams: Upstreams, include: list[str]
+) -> None:
+    answer = await sdk(client).responses.create(
+        model="m",
+        input="hi",
+        include=include,  # type: ignore[arg-type]
+        max_tool_calls=1,
+        reasoning={"effort": "minimal", "summary": "auto"},
+        text={"verbosity": "low"},
+    )
+    assert answer.output_text == "hello"
+    sent = upstreams.seen[-1][2]
+    assert (sent["verbosity"], sent["reasoning_effort"]) == ("low", "minimal")
+    assert "text" not in sent and "include" not in sent and "max_tool_calls" not in sent
 
 
 async def test_a_kept_response_can_be_retrieved_and_deleted_by_its_tenant_only(client: TestClient) -> None:

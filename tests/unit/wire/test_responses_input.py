@@ -85,6 +85,7 @@ def test_options_map_to_their_chat_namesakes() -> None:
         "tool_choice": {"type": "function", "function": {"name": "f"}},
         "response_format": {"type": "json_object"},
         "reasoning_effort": "low",
+        "verbosity": "low",
         "parallel_tool_calls": False,
         "top_p": 0.5,
         "user": "u1",
