@@ -20,12 +20,10 @@ from collections.abc import Mapping
 from dataclasses import replace
 from urllib.parse import quote
 
-import orjson
-
 from gateway.errors import UpstreamStatusError
 from gateway.policy.model import AzureProvider
 from gateway.providers.base import Endpoint, UpstreamRequest
-from gateway.providers.openai import OpenAIAdapter
+from gateway.providers.openai import OpenAIAdapter, request_bytes
 from gateway.wire.requests import JSONObject
 
 DEFAULT_API_VERSION = "2024-10-21"
@@ -63,7 +61,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
             body = {key: value for key, value in body.items() if key != "model"}
         deployment = quote(upstream_model, safe="")
         path = f"{self._root}/deployments/{deployment}/{endpoint.value}{self._query}"
-        return UpstreamRequest(path, orjson.dumps(body), bool(body.get("stream")))
+        return UpstreamRequest(path, request_bytes(endpoint, body, False), bool(body.get("stream")))
 
     def translate_error(
         self, status: int, body: bytes, retry_after_s: float | None, provider: str

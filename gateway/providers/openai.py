@@ -2,7 +2,12 @@
 OpenRouter, ...): they differ only in base URL and key, both set in the policy.
 
 Requests pass through untouched except for ``model``, so fields the gateway does not interpret
-(tools, response_format, logprobs, seed, ...) reach the provider as the client sent them.
+(tools, response_format, logprobs, seed, ...) reach the provider as the client sent them. One
+exception: Gemini's ``extra_content`` (its thought signature on a tool call, which the gateway's
+Gemini adapter and Google's OpenAI-compatible endpoint hand out) is taken off chat messages and
+their tool calls unless the provider is Google's own endpoint (``takes_extra_content``): OpenAI
+refuses fields it does not know ("Unknown parameter: 'messages[1].tool_calls[0].extra_content'"),
+so a conversation a Gemini deployment served would fail over to an OpenAI one as a 400.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -20,6 +26,10 @@ from gateway.wire.requests import JSONObject
 from gateway.wire.sse import DONE_DATA, SSEDecoder, WholeEvents
 
 _PATHS = {endpoint: "/" + endpoint.value for endpoint in Endpoint}
+# Hosts of Google's OpenAI-compatible endpoints (Gemini API, Vertex AI), which read extra_content.
+_GEMINI_HOSTS = ("generativelanguage.googleapis.com", "aiplatform.googleapis.com")
+_EXTRA = "extra_content"
+_EXTRA_KEY = b'"extra_content"'  # as a JSON key; in a string value it would read \"extra_content\"
 # A choice's end in a chat or completions chunk: a finish reason that is not null.
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 
@@ -31,6 +41,7 @@ class OpenAIAdapter:
 
     def __init__(self, config: OpenAIProvider | None = None) -> None:
         self._config = config
+        self._keeps_extra = config is not None and takes_extra_content(config.base_url)
 
     def auth_headers(self, api_key: str | None) -> Mapping[str, str]:
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -38,7 +49,9 @@ class OpenAIAdapter:
     def build_request(self, endpoint: Endpoint, body: JSONObject, upstream_model: str) -> UpstreamRequest:
         if body.get("model") != upstream_model:
             body = {**body, "model": upstream_model}
-        return UpstreamRequest(_PATHS[endpoint], orjson.dumps(body), bool(body.get("stream")))
+        return UpstreamRequest(
+            _PATHS[endpoint], request_bytes(endpoint, body, self._keeps_extra), bool(body.get("stream"))
+        )
 
     def translate_response(
         self, endpoint: Endpoint, body: JSONObject, request: JSONObject, upstream_model: str
@@ -131,6 +144,41 @@ class WatchedStream(ABC):
     @abstractmethod
     def _watch(self, data: bytes) -> None:
         """Look at one event's data (what ``feed`` and ``finish`` decoded)."""
+
+
+def takes_extra_content(base_url: str) -> bool:
+    """Whether ``base_url`` is Google's OpenAI-compatible API, which reads ``extra_content``."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    # (regional Vertex hosts are us-central1-aiplatform.googleapis.com)
+    return any(host == name or host.endswith(("." + name, "-" + name)) for name in _GEMINI_HOSTS)
+
+
+def request_bytes(endpoint: Endpoint, body: JSONObject, keeps_extra: bool) -> bytes:
+    """``body`` as JSON, without ``extra_content`` on chat messages and their tool calls unless
+    ``keeps_extra``. The bytes are searched first (no walk for the bodies without it, nearly all)."""
+    data = orjson.dumps(body)
+    if keeps_extra or endpoint is not Endpoint.CHAT or _EXTRA_KEY not in data:
+        return data
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return data
+    return orjson.dumps({**body, "messages": [_without_extra(m) for m in messages]})
+
+
+def _without_extra(message: object) -> object:
+    if not isinstance(message, dict):
+        return message
+    calls = message.get("tool_calls")
+    if _EXTRA not in message and not (
+        isinstance(calls, list) and any(isinstance(c, dict) and _EXTRA in c for c in calls)
+    ):
+        return message
+    out = {k: v for k, v in message.items() if k != _EXTRA}
+    if isinstance(calls, list):
+        out["tool_calls"] = [
+            {k: v for k, v in c.items() if k != _EXTRA} if isinstance(c, dict) else c for c in calls
+        ]
+    return out
 
 
 class OpenAIStreamTranslator(WatchedStream):

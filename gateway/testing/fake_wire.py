@@ -88,9 +88,10 @@ def parse_chat(body: dict[str, object]) -> Generation:
         raise WireError("'messages' must be a non-empty array", "messages")
     last_user = ""
     words = 0
-    for message in messages:
+    for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise WireError("each message must be an object", "messages")
+        _refuse_extra_content(message, i)
         text = _content_text(message.get("content"))
         words += len(text.split())
         if message.get("role") == "user":
@@ -105,6 +106,19 @@ def parse_chat(body: dict[str, object]) -> Generation:
         _limit(limit),
         _chosen_function(body, last_user),
     )
+
+
+def _refuse_extra_content(message: dict[str, object], i: int) -> None:
+    """OpenAI's API refuses fields it does not know, Gemini's ``extra_content`` (its
+    OpenAI-compatible endpoint's thought signature) among them, with this message and code."""
+    calls = message.get("tool_calls")
+    where = [f"messages[{i}]"] if "extra_content" in message else []
+    for j, call in enumerate(calls if isinstance(calls, list) else ()):
+        if isinstance(call, dict) and "extra_content" in call:
+            where.append(f"messages[{i}].tool_calls[{j}]")
+    if where:
+        param = where[0] + ".extra_content"
+        raise WireError(f"Unknown parameter: '{param}'.", param)
 
 
 def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] | None:

@@ -390,3 +390,27 @@ def test_azure_deployment_paths_and_api_key(gstack: GeminiStack) -> None:
     embedded = c.embeddings.create(model="azure", input="alpha")
     assert len(embedded.data[0].embedding) == 8
     assert gstack.last_request("gpt")["path"] == "/openai/deployments/my-deployment/embeddings"
+
+
+@pytest.mark.parametrize("model", ["gpt", "azure"])
+def test_a_conversation_gemini_served_goes_on_at_openai_and_azure(gstack: GeminiStack, model: str) -> None:
+    """The assistant turn as the SDK returned it from Gemini carries ``extra_content`` (the thought
+    signature); the OpenAI fake refuses it as OpenAI does ("Unknown parameter"), so the gateway
+    takes it off for OpenAI and Azure deployments and the conversation goes on there."""
+    c = gstack.client()
+    ask: Any = [{"role": "user", "content": "Please call get_weather for Paris"}]
+    first = c.chat.completions.create(model="gemini", messages=ask, tools=[WEATHER_TOOL]).choices[0]
+    turn = first.message.model_dump(exclude_none=True)
+    assert first.message.tool_calls and "extra_content" in turn["tool_calls"][0]
+    call_id = first.message.tool_calls[0].id
+    follow_up: Any = [*ask, turn, {"role": "tool", "tool_call_id": call_id, "content": "15 degrees"}]
+    answer = c.chat.completions.create(model=model, messages=follow_up, tools=[WEATHER_TOOL])
+    assert answer.choices[0].finish_reason == "tool_calls"  # the OpenAI fake does as the user asked
+    sent = gstack.last_request("gpt")["body"]["messages"]
+    assert "extra_content" not in sent[1]["tool_calls"][0] and sent[1]["tool_calls"][0]["id"] == call_id
+    # The fake is strict: the same history sent to it directly is refused as OpenAI refuses it.
+    direct = openai.OpenAI(base_url=gstack.fakes["gpt"].url + "/v1", api_key=OPENAI_KEY, max_retries=0)
+    with pytest.raises(
+        openai.BadRequestError, match=r"Unknown parameter: 'messages\[1\]\.tool_calls\[0\]\.extra_content'"
+    ):
+        direct.chat.completions.create(model="gpt-test", messages=follow_up, tools=[WEATHER_TOOL])
