@@ -47,7 +47,13 @@ from gateway.service.front_door import has_choice
 from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream, ReplayStream
 from gateway.wire.requests import Endpoint, JSONObject
-from gateway.wire.responses import ResponsesInputError, chat_request, check_fields, responses_param
+from gateway.wire.responses import (
+    ResponsesInputError,
+    chat_request,
+    check_fields,
+    client_input_param,
+    responses_param,
+)
 from gateway.wire.responses_output import (
     Renewal,
     ResponseIds,
@@ -99,16 +105,19 @@ class ResponsesService:
         except ResponsesInputError as exc:
             raise InvalidRequest(exc.message, param=exc.param, code=exc.code) from None
         previous = body.get("previous_response_id")
+        kept = 0  # the items of the previous response's conversation before the client's input
         if previous is not None:
-            body = await self._expand(body, previous, ctx.tenant, settings.store)
-        body = await self._resolve_references(body, ctx.tenant)
-        try:
-            chat = chat_request(body)
-        except ResponsesInputError as exc:
-            raise InvalidRequest(exc.message, param=exc.param, code=exc.code) from None
+            body, kept = await self._expand(body, previous, ctx.tenant, settings.store)
         ids = ResponseIds(self._new_id(), int(self._clock()))
-        door = ResponsesDoor(body, chat, ids)
-        answer = await self._service.run(Endpoint.CHAT, chat, ctx, door=door)
+        try:
+            answer = await self._answer(body, ids, ctx)
+        except InvalidRequest as exc:
+            # Named as the client sent it: its own input[2], never an index of the merged
+            # history, nor the chat translation's messages[5] (the request service's checks).
+            exc.message = client_input_param(responses_param(body, exc.message), kept)
+            if exc.param is not None:
+                exc.param = client_input_param(responses_param(body, exc.param), kept)
+            raise
         if ctx.record.cache is not None and ctx.record.cache.status == "hit":
             answer = _renewed(answer, body, ids)  # this request's id and settings, not the first's
         if not settings.store or body.get("store") is False or ctx.internal:
@@ -120,7 +129,20 @@ class ResponsesService:
         assert answer.stream is not None
         return Answer(stream=_KeepingStream(answer.stream, keep))
 
-    async def _expand(self, body: JSONObject, previous: object, tenant: str, enabled: bool) -> JSONObject:
+    async def _answer(self, body: JSONObject, ids: ResponseIds, ctx: CallContext) -> Answer:
+        body = await self._resolve_references(body, ctx.tenant)
+        try:
+            chat = chat_request(body)
+        except ResponsesInputError as exc:
+            raise InvalidRequest(exc.message, param=exc.param, code=exc.code) from None
+        door = ResponsesDoor(body, chat, ids)
+        return await self._service.run(Endpoint.CHAT, chat, ctx, door=door)
+
+    async def _expand(
+        self, body: JSONObject, previous: object, tenant: str, enabled: bool
+    ) -> tuple[JSONObject, int]:
+        """(``body`` with the kept conversation of ``previous`` before its input, how many
+        items that conversation holds)."""
         if not enabled:
             raise InvalidRequest(
                 "This gateway keeps no responses (policy responses.store: false), so "
@@ -151,7 +173,7 @@ class ResponsesService:
                 param="previous_response_id",
                 code="previous_response_not_found",
             )
-        return {**body, "input": items + _input_items(body)}
+        return {**body, "input": items + _input_items(body)}, len(items)
 
     async def _resolve_references(self, body: JSONObject, tenant: str) -> JSONObject:
         """``body`` with each ``item_reference`` input item replaced by the item it names: an

@@ -530,6 +530,29 @@ def responses_param(body: JSONObject, text: str) -> str:
     return _CHAT_PATH.sub(named, text)
 
 
+_INPUT_INDEX = re.compile(r"input\[(\d+)\]")
+
+
+def client_input_param(text: str, kept: int) -> str:
+    """``text`` (an error's ``param`` or message naming ``input[N]`` of a request whose input
+    was expanded with the ``kept`` items of its ``previous_response_id``) naming the client's own
+    items: ``input[N - kept]``. An index inside the kept conversation names that conversation
+    (as a ``param``: ``previous_response_id``)."""
+    if not kept or "input[" not in text:
+        return text
+    found = _INPUT_INDEX.match(text)
+    if found is not None and int(found.group(1)) < kept:  # a param naming a kept item
+        return "previous_response_id"
+
+    def named(match: re.Match[str]) -> str:
+        index = int(match.group(1))
+        if index >= kept:
+            return f"input[{index - kept}]"
+        return f"input[{index}] of previous_response_id's conversation"
+
+    return _INPUT_INDEX.sub(named, text)
+
+
 def _origins(body: JSONObject) -> tuple[list[int | str | None], dict[tuple[int, int], int]]:
     """Where each chat message of ``chat_request(body)`` came from (``instructions``, the input
     item's index, or None for a string input), and each tool call's input item by (message,

@@ -1008,3 +1008,65 @@ def test_a_keyed_calls_token_reservation_counts_tool_calls_arguments() -> None:
     call = {"type": "function_call", "call_id": "c", "name": "write_file", "arguments": "a" * 800}
     body = {"model": "m", "input": [{"role": "user", "content": "x" * 400}, call], "max_output_tokens": 7}
     assert reservation(Endpoint.CHAT, chat_request(body)) == 1200 // 4 + 1 + 7
+
+
+@pytest.mark.parametrize(
+    ("items", "param", "words"),
+    [
+        (
+            [{"role": "user", "content": "and then?"}, {"role": "robot", "content": "x"}],
+            "input[1].role",
+            "'input[1].role' must be one of",
+        ),
+        ([{"type": "item_reference", "id": "msg_nowhere"}], "input[0]", "msg_nowhere"),
+        (
+            [{"role": "user", "content": "x"}, {"type": "item_reference", "id": 5}],
+            "input[1].id",
+            "'input[1].id'",
+        ),
+        ([{"type": "computer_call_output", "call_id": "c"}], "input[0].type", "'input[0]'"),
+    ],
+)
+async def test_errors_after_previous_response_id_name_the_clients_own_items(
+    client: TestClient, upstreams: Upstreams, items: list[Any], param: str, words: str
+) -> None:
+    """The kept conversation goes before the client's input: an error about the input still names
+    the item as the client numbered it (input[1]), not its place in the merged history."""
+    api = sdk(client)
+    first = await api.responses.create(
+        model="m", input=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    )
+    sent_before = len(upstreams.seen)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await api.responses.create(model="m", previous_response_id=first.id, input=items)
+    error: Any = caught.value.body
+    assert error["param"] == param, error
+    assert words in error["message"], error
+    assert len(upstreams.seen) == sent_before
+
+
+async def test_an_adapters_refusal_after_previous_response_id_names_the_clients_item(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """The Gemini adapter refuses a call whose arguments are no JSON object, naming the chat
+    translation's messages[3].tool_calls[0]: the client gets its own input[1].arguments."""
+    app = build_app(
+        Settings(access_log=False),
+        parse_policy(GEMINI_POLICY),
+        {},
+        transports={"g": MockTransport(lambda request: MockResponse.json(GEMINI_TEXT))},
+    )
+    api = sdk(await aiohttp_client(app))
+    first = await api.responses.create(model="gem", input="weather?")
+    call = {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "[1]"}
+    result = {"type": "function_call_output", "call_id": "c1", "output": "20C"}
+    with pytest.raises(openai.BadRequestError) as caught:
+        await api.responses.create(
+            model="gem",
+            previous_response_id=first.id,
+            input=[{"role": "user", "content": "again"}, call, result],  # type: ignore[list-item]
+            tools=[WEATHER],  # type: ignore[list-item]
+        )
+    error: Any = caught.value.body
+    assert error["param"] == "input[1].arguments", error
+    assert "input[1].arguments" in error["message"] and "messages[" not in error["message"]

@@ -168,3 +168,15 @@ def test_what_chat_cannot_say_is_refused_naming_the_field(body: dict[str, Any], 
     with pytest.raises(ResponsesInputError) as caught:
         chat_request(body)
     assert caught.value.param == param
+
+
+def test_input_indexes_after_a_previous_response_are_the_clients() -> None:
+    from gateway.wire.responses import client_input_param
+
+    assert client_input_param("input[5].content[0]", 3) == "input[2].content[0]"
+    assert client_input_param("'input[3]' and 'input[4].role'", 3) == "'input[0]' and 'input[1].role'"
+    assert client_input_param("input[1].role", 3) == "previous_response_id"  # a kept item, as a param
+    assert client_input_param("'input[1].role' is bad", 3) == (
+        "'input[1] of previous_response_id's conversation.role' is bad"
+    )
+    assert client_input_param("input[5]", 0) == "input[5]" and client_input_param("input", 3) == "input"
