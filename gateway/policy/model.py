@@ -1116,6 +1116,24 @@ class Policy(_Strict):
                     "the group's only deployment cannot be rolled out",
                     "a rollout shifts traffic from the group's other deployments; add the one it replaces",
                 )
+            if rolling:
+                # A rollout is known by (group, provider, model): a second entry of the same pair
+                # was taken for the candidate (the router picks the first match), so the share
+                # split traffic between two identical entries and the gates judged the wrong one.
+                cand = group.deployments[rolling[0]]
+                same = [
+                    i
+                    for i, dep in enumerate(group.deployments)
+                    if i != rolling[0] and (dep.provider, dep.model) == (cand.provider, cand.model)
+                ]
+                if same:
+                    raise PolicyReferenceError(
+                        ("models", name, "deployments", rolling[0], "rollout"),
+                        f"the rollout's candidate {cand.provider}/{cand.model} is deployment "
+                        f"{same[0]} of the group already",
+                        "a rollout brings in a deployment the group does not have: change the "
+                        "candidate's provider or model, or drop the duplicate entry",
+                    )
         return self
 
     @model_validator(mode="after")

@@ -95,3 +95,42 @@ async def test_bad_input_is_a_clear_4xx(client: TestClient) -> None:
 async def test_needs_the_admin_token(client: TestClient) -> None:
     assert (await client.get("/admin/rollouts")).status == 401
     assert (await client.post("/admin/rollouts/abort", json={"model": "chat"})).status == 401
+
+
+# The fixture's policy with the candidate the same pair as the group's first deployment.
+DUPLICATE = POLICY.replace("{provider: a, model: org/new:8b, rollout:", "{provider: a, model: old, rollout:")
+
+
+async def test_a_rollout_of_a_deployment_the_group_has_already_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A candidate with the provider and model of another deployment of its group was accepted:
+    the router took the first entry of that pair for the candidate, so the rollout's share went to
+    the old entry and the gates judged it. The reload refuses it; the policy in force serves on."""
+    from gateway.cli import main
+
+    assert DUPLICATE != POLICY
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    settings = replace(
+        Settings(access_log=False, admin_token=TOKEN, policy_watch=False, policy_path=str(path)),
+        state_dir=str(tmp_path),
+    )
+    transports = {"a": MockTransport(lambda request: MockResponse.json({}))}
+    app = build_app(settings, parse_policy(POLICY), {}, transports=transports, policy_path=str(path))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        path.write_text(DUPLICATE)
+        resp = await c.post("/admin/policy/reload", headers=ADMIN)
+        body = await resp.json()
+        assert resp.status == 422 and body["error"]["code"] == "policy_invalid", body
+        problem = (
+            f"{path}:11: models.chat.deployments[1].rollout: the rollout's candidate a/old is deployment 0"
+        )
+        assert problem in body["error"]["message"]
+        assert (await _listed(c))["upstream_model"] == "org/new:8b"  # the policy in force
+
+    # ``policy check`` says the same, and exits 1.
+    assert main(["policy", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {problem} of the group already (hint: a rollout brings in a deployment" in err
+    assert f"{path}: 1 error(s)" in err
