@@ -14,10 +14,11 @@ import orjson
 
 from gateway import __version__
 from gateway.admin_client import gateway_url
-from gateway.errors import StartupError
+from gateway.errors import StartupError, quoted
 from gateway.observability.stderr import ensure_standard_streams
 from gateway.policy.loader import PolicyError, format_loc, load_policy, policy_json_schema
 from gateway.policy.model import Policy
+from gateway.quoting import listed
 from gateway.settings import Settings, SettingsError, WorkerSlot, port_number, provider_key
 
 
@@ -326,7 +327,7 @@ def _policy_explain(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return 1
     if args.model not in policy.models:
-        print(f"error: no model group '{args.model}'; known: {', '.join(policy.models)}", file=sys.stderr)
+        print(f"error: no model group {quoted(args.model)}; known: {listed(policy.models)}", file=sys.stderr)
         return 1
     if args.url:
         view = _admin_models(args.url)
@@ -337,7 +338,7 @@ def _policy_explain(args: argparse.Namespace) -> int:
         view = offline_view(policy, provider_clients(policy, os.environ))
         source = "priors from the file: no traffic yet"
     if args.model not in view["models"]:
-        print(f"error: the gateway has no model group '{args.model}'", file=sys.stderr)
+        print(f"error: the gateway has no model group {quoted(args.model)}", file=sys.stderr)
         return 1
     print(render(view, args.model, policy, source))
     return 0

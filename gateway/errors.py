@@ -75,6 +75,9 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from gateway import jsonsafe
+from gateway.quoting import listed, quoted
+
+__all__ = ["quoted"]  # re-exported: names echoed in messages are bounded (``quoting.py``)
 
 
 class GatewayError(Exception):
@@ -167,9 +170,9 @@ class NotFound(GatewayError):
 
 class ModelNotFound(NotFound):
     def __init__(self, model: str, available: Sequence[str]) -> None:
-        names = ", ".join(sorted(available)) or "none"
+        names = listed(sorted(available)) or "none"
         super().__init__(
-            f"The model '{model}' does not exist on this gateway. Available models: {names}.",
+            f"The model {quoted(model)} does not exist on this gateway. Available models: {names}.",
             param="model",
             code="model_not_found",
         )
@@ -246,7 +249,7 @@ class ProviderNotConfigured(ServiceUnavailable):
     def __init__(self, model: str, env_vars: Sequence[str]) -> None:
         wanted = " or ".join(sorted(set(env_vars)))
         super().__init__(
-            f"No provider is configured for model '{model}': set {wanted} in the gateway's "
+            f"No provider is configured for model {quoted(model)}: set {wanted} in the gateway's "
             "environment and restart it.",
             code="provider_not_configured",
             headers=_NO_CLIENT_RETRY,
@@ -258,7 +261,7 @@ class NoHealthyDeployment(ServiceUnavailable):
 
     def __init__(self, model: str, retry_after_s: float) -> None:
         super().__init__(
-            f"No healthy deployment for model '{model}': every one failed recently and is "
+            f"No healthy deployment for model {quoted(model)}: every one failed recently and is "
             f"cooling down. Retry in {_format_retry_after(retry_after_s)} s.",
             code="no_healthy_deployment",
             headers={"retry-after": _format_retry_after(retry_after_s), **_NO_CLIENT_RETRY},
@@ -351,7 +354,7 @@ class ContextTooLong(InvalidRequest):
     def __init__(self, model: str, estimated_tokens: int, largest: int) -> None:
         super().__init__(
             f"The prompt (about {estimated_tokens} tokens) is longer than the context window of "
-            f"every deployment of model '{model}' (largest: {largest} tokens).",
+            f"every deployment of model {quoted(model)} (largest: {largest} tokens).",
             param="messages",
             code="context_length_exceeded",
         )
@@ -543,7 +546,7 @@ class AllDeploymentsFailed(GatewayError):
         last = attempts[-1].error
         detail = "; ".join(f"{a.provider}/{a.model}: {a.error.message}" for a in attempts)
         super().__init__(
-            f"All {len(attempts)} attempt(s) for model '{model}' failed. {detail}",
+            f"All {len(attempts)} attempt(s) for model {quoted(model)} failed. {detail}",
             param=last.param,
             code=last.code,
             headers={**last.headers, **_NO_CLIENT_RETRY} if len(attempts) > 1 else last.headers,

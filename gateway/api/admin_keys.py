@@ -28,12 +28,13 @@ from gateway import keys
 from gateway.api import peers
 from gateway.auth.keyring import KeyRing, KeySettings
 from gateway.auth.records import KeyRecord
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, quoted
 from gateway.http.auth import require_admin
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.policy.durations import BudgetPeriodS, DurationS
 from gateway.policy.model import MAX_RATE
+from gateway.quoting import bounded
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +198,10 @@ def _parse(body: dict[str, Any]) -> KeyCreateIn:
         return KeyCreateIn.model_validate(body)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
+        param = bounded(".".join(str(p) for p in err["loc"])) or None  # a client's field name
         message = err["msg"].removeprefix("Value error, ") + _sent_as(err)
         raise InvalidRequest(
-            f"Invalid value for '{param}': {message}." if param else f"{message}.", param=param
+            f"Invalid value for {quoted(param)}: {message}." if param else f"{message}.", param=param
         ) from None
 
 

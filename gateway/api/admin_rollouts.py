@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import InvalidRequest, NotFound, quoted
 from gateway.http.auth import require_admin
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
@@ -42,4 +42,4 @@ def _action(text: str) -> Action:
     for action in ACTIONS:
         if text == action:
             return action
-    raise NotFound(f"Unknown rollout action '{text}'; one of: {', '.join(ACTIONS)}.", code="not_found")
+    raise NotFound(f"Unknown rollout action {quoted(text)}; one of: {', '.join(ACTIONS)}.", code="not_found")

@@ -38,9 +38,10 @@ from gateway.auth.records import (
     secret_form,
     shown_prefix,
 )
-from gateway.errors import InvalidRequest, KeyStoreUnavailable, NotFound
+from gateway.errors import InvalidRequest, KeyStoreUnavailable, NotFound, quoted
 from gateway.policy.durations import MIN_BUDGET_PERIOD_S, format_duration
 from gateway.policy.model import Team
+from gateway.quoting import listed
 
 log = logging.getLogger(__name__)
 
@@ -332,9 +333,9 @@ class KeyRing:
 
     def _check_team(self, team: str) -> None:
         if team not in self.teams:
-            known = ", ".join(sorted(self.teams)) or "none (add one under auth.teams in the policy)"
+            known = listed(sorted(self.teams)) or "none (add one under auth.teams in the policy)"
             raise InvalidRequest(
-                f"Unknown team '{team}': teams are defined in the policy (auth.teams). Known teams: {known}.",
+                f"Unknown team {quoted(team)}: teams are defined in the policy (auth.teams). Known teams: {known}.",
                 param="team",
                 code="unknown_team",
             )
@@ -345,8 +346,9 @@ class KeyRing:
         unknown = [m for m in models if m not in self._model_groups]
         if unknown:
             raise InvalidRequest(
-                f"Unknown model group(s) {', '.join(repr(m) for m in unknown)}; known: "
-                f"{', '.join(sorted(self._model_groups))}.",
+                f"Unknown model group(s) {', '.join(quoted(m) for m in unknown[:10])}"
+                f"{f' and {len(unknown) - 10} more' if len(unknown) > 10 else ''}; known: "
+                f"{listed(sorted(self._model_groups))}.",
                 param="models",
                 code="model_not_found",
             )

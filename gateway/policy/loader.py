@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.policy.model import Policy, PolicyReferenceError
 from gateway.policy.references import broken_references
+from gateway.quoting import bounded, quoted
 
 Loc = tuple[str | int, ...]
 
@@ -192,13 +193,14 @@ class _NamesAsWritten(yaml.SafeLoader):
 
 
 def format_loc(loc: Loc) -> str:
-    """``("models", "gpt-4o", "deployments", 1)`` -> ``models.gpt-4o.deployments[1]``."""
+    """``("models", "gpt-4o", "deployments", 1)`` -> ``models.gpt-4o.deployments[1]``; a key
+    beyond ``quoting.QUOTE_MAX_CHARS`` characters is cut (``bounded``)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{bounded(part)}" if out else bounded(part)
     return out
 
 
@@ -226,7 +228,7 @@ def _problems(
             )
             continue
         if err["type"] == "extra_forbidden" and loc:
-            message = f"unknown key '{loc[-1]}'"
+            message = f"unknown key {quoted(loc[-1])}"
         elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             # A variant's tag (``kind``, ``type``) is missing or names no variant.
             field = str(ctx.get("discriminator", "")).strip("'")
@@ -238,12 +240,12 @@ def _problems(
 
 def _tag_problem(field: str, tag: object, known: list[str]) -> tuple[str, str]:
     """Message and hint for a variant tag that is missing (``tag`` None) or unknown."""
-    listed = f"known {field}s: {', '.join(known)}"
+    names = f"known {field}s: {', '.join(known)}"
     if tag is None:
-        return "Field required", f"add this key; {listed}"
+        return "Field required", f"add this key; {names}"
     close = difflib.get_close_matches(str(tag), known, n=1)
-    guess = f"did you mean '{close[0]}'? " if close else ""
-    return f"unknown {field} '{tag}'", guess + listed
+    guess = f"did you mean {quoted(close[0])}? " if close else ""
+    return f"unknown {field} {quoted(tag)}", guess + names
 
 
 def _hint(err: Any, loc: Loc, raw_loc: Loc) -> str | None:
@@ -253,10 +255,10 @@ def _hint(err: Any, loc: Loc, raw_loc: Loc) -> str | None:
         allowed = _fields_of(_resolve(raw_loc[:-1])[1])
         close = difflib.get_close_matches(key, allowed, n=1)
         if close:
-            return f"did you mean '{close[0]}'?"
+            return f"did you mean {quoted(close[0])}?"
         owners = _other_variants_with(raw_loc[:-1], key)
         if owners:
-            return f"'{key}' is a key of {owners} only"
+            return f"{quoted(key)} is a key of {owners} only"
         return f"allowed keys: {', '.join(allowed)}" if allowed else None
     if kind == "missing":
         return "add this key"
@@ -285,7 +287,7 @@ def _unquoted_hint(root: yaml.Node | None, loc: Loc, kind: str) -> str | None:
     node = _node_at(root, loc)
     if not isinstance(node, yaml.ScalarNode) or node.style is not None or node.tag not in _READ_AS:
         return None
-    return f"YAML reads {node.value} as {_READ_AS[node.tag]}: quote it, '{node.value}'"
+    return f"YAML reads {bounded(node.value)} as {_READ_AS[node.tag]}: quote it, {quoted(node.value)}"
 
 
 def _other_variants_with(raw_loc: Loc, key: str) -> str | None:
@@ -432,7 +434,7 @@ def _duplicate_keys(root: yaml.Node | None, shown_path: str) -> list[PolicyProbl
                         shown_path,
                         line,
                         (*loc, name),
-                        f"duplicate key '{name}' (lines {first_line[name]} and {line}); "
+                        f"duplicate key {quoted(name)} (lines {first_line[name]} and {line}); "
                         "YAML would keep only the last",
                         "keep one of them",
                     )
@@ -481,8 +483,8 @@ def _indentation_hint(root: yaml.Node | None, loc: Loc, kind: str) -> str | None
         return None
     first = node.value[0][0]
     return (
-        f"indented too little? '{loc[-1]}' is a key of {format_loc(above_loc)} above: indent it "
-        f"like '{first.value}' (line {first.start_mark.line + 1}, column {first.start_mark.column + 1})"
+        f"indented too little? {quoted(loc[-1])} is a key of {format_loc(above_loc)} above: indent it "
+        f"like {quoted(first.value)} (line {first.start_mark.line + 1}, column {first.start_mark.column + 1})"
     )
 
 
@@ -502,8 +504,8 @@ def _missing_key_below(root: yaml.Node | None, loc: Loc) -> str | None:
     for k, _ in parent.value[names.index(str(level[-1])) + 1 :]:
         if str(k.value) == key:
             return (
-                f"indented too little? '{key}' on line {k.start_mark.line + 1} is at the level of "
-                f"'{level[-1]}'; indent it under {format_loc(owner)}"
+                f"indented too little? {quoted(key)} on line {k.start_mark.line + 1} is at the level of "
+                f"{quoted(level[-1])}; indent it under {format_loc(owner)}"
             )
     return None
 

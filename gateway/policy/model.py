@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from gateway.policy.durations import BudgetPeriodS, DurationS
+from gateway.quoting import listed, quoted
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -172,7 +173,7 @@ class ProviderBase(_Strict):
             raise ValueError("must not carry a user name or password (user:pass@): use api_key_env")
         for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
             if name.lower().replace("-", "_") in _SECRET_QUERY:
-                raise ValueError(f"its query parameter '{name}' carries a secret: use api_key_env")
+                raise ValueError(f"its query parameter {quoted(name)} carries a secret: use api_key_env")
         # Each request's path is appended to the URL as written, so what follows was accepted here
         # and then failed every request to the provider (a 502 or the provider's 404).
         if not parts.hostname:
@@ -199,7 +200,7 @@ class ProviderBase(_Strict):
     def _no_auth_header(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
             if name.lower() in _SECRET_HEADERS:
-                raise ValueError(f"'{name}' carries a secret: use api_key_env instead")
+                raise ValueError(f"{quoted(name)} carries a secret: use api_key_env instead")
             # What no request can carry was accepted here and failed every request to the
             # provider: a 500 (a line break or NUL in a value), or an upstream 400 (a name with a
             # space or colon, a Content-Length that is not the body's). The value is never
@@ -207,9 +208,9 @@ class ProviderBase(_Strict):
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"{name!r} is not a header name (letters, digits and !#$%&'*+-.^_`|~)")
             if name.lower() in _FRAMING_HEADERS:
-                raise ValueError(f"'{name}' is set by the gateway for each request's body: drop it")
+                raise ValueError(f"{quoted(name)} is set by the gateway for each request's body: drop it")
             if _CONTROL.search(text):
-                raise ValueError(f"the value of '{name}' holds a line break or control character")
+                raise ValueError(f"the value of {quoted(name)} holds a line break or control character")
         return value
 
 
@@ -727,18 +728,18 @@ class Cache(_Strict):
 
     @model_validator(mode="after")
     def _categories_exist(self) -> Cache:
-        known = ", ".join(sorted(self.categories))
+        known = listed(sorted(self.categories))
         if self.default_category not in self.categories:
             raise PolicyReferenceError(
                 ("cache", "default_category"),
-                f"unknown cache category '{self.default_category}'",
+                f"unknown cache category {quoted(self.default_category)}",
                 f"known categories: {known}",
             )
         for i, rule in enumerate(self.rules):
             if rule.category not in self.categories:
                 raise PolicyReferenceError(
                     ("cache", "rules", i, "category"),
-                    f"unknown cache category '{rule.category}'",
+                    f"unknown cache category {quoted(rule.category)}",
                     f"known categories: {known}",
                 )
         return self
@@ -1000,7 +1001,7 @@ class Auth(_Strict):
         for name in value:
             if not _TEAM_NAME.match(name):
                 raise ValueError(
-                    f"team name {name!r} must be 1-64 letters, digits, '_', '.' or '-' "
+                    f"team name {quoted(name)} must be 1-64 letters, digits, '_', '.' or '-' "
                     "(starting with a letter or digit)"
                 )
         return value
@@ -1049,28 +1050,28 @@ class Policy(_Strict):
                 if dep.provider not in self.providers:
                     raise PolicyReferenceError(
                         ("models", name, "deployments", i, "provider"),
-                        f"unknown provider '{dep.provider}'",
-                        f"known providers: {', '.join(known)}",
+                        f"unknown provider {quoted(dep.provider)}",
+                        f"known providers: {listed(known)}",
                     )
             shadow = group.shadow
             if shadow is not None and shadow.deployment.provider not in self.providers:
                 raise PolicyReferenceError(
                     ("models", name, "shadow", "deployment", "provider"),
-                    f"unknown provider '{shadow.deployment.provider}'",
-                    f"known providers: {', '.join(known)}",
+                    f"unknown provider {quoted(shadow.deployment.provider)}",
+                    f"known providers: {listed(known)}",
                 )
             if shadow is not None and shadow.embedding_model not in (None, *self.models):
                 raise PolicyReferenceError(
                     ("models", name, "shadow", "embedding_model"),
-                    f"unknown model group '{shadow.embedding_model}'",
-                    f"known model groups: {', '.join(sorted(self.models))}",
+                    f"unknown model group {quoted(shadow.embedding_model)}",
+                    f"known model groups: {listed(sorted(self.models))}",
                 )
             for i, rule in enumerate(group.rules):
                 if rule.use not in self.models:
                     raise PolicyReferenceError(
                         ("models", name, "rules", i, "use"),
-                        f"unknown model group '{rule.use}'",
-                        f"known model groups: {', '.join(sorted(self.models))}",
+                        f"unknown model group {quoted(rule.use)}",
+                        f"known model groups: {listed(sorted(self.models))}",
                     )
                 if rule.use == name:
                     raise PolicyReferenceError(
@@ -1081,22 +1082,22 @@ class Policy(_Strict):
                 if self.models[rule.use].rules:
                     raise PolicyReferenceError(
                         ("models", name, "rules", i, "use"),
-                        f"group '{rule.use}' has rules of its own",
+                        f"group {quoted(rule.use)} has rules of its own",
                         "rules are applied once; point at a group without rules",
                     )
         if self.memory.embedding_model is not None and self.memory.embedding_model not in self.models:
             raise PolicyReferenceError(
                 ("memory", "embedding_model"),
-                f"unknown model group '{self.memory.embedding_model}'",
-                f"known model groups: {', '.join(sorted(self.models))}",
+                f"unknown model group {quoted(self.memory.embedding_model)}",
+                f"known model groups: {listed(sorted(self.models))}",
             )
         for cname, category in self.cache.categories.items():
             semantic = category.semantic
             if semantic is not None and semantic.embedding_model not in self.models:
                 raise PolicyReferenceError(
                     ("cache", "categories", cname, "semantic", "embedding_model"),
-                    f"unknown model group '{semantic.embedding_model}'",
-                    f"known model groups: {', '.join(sorted(self.models))}",
+                    f"unknown model group {quoted(semantic.embedding_model)}",
+                    f"known model groups: {listed(sorted(self.models))}",
                 )
         return self
 
@@ -1129,7 +1130,7 @@ class Policy(_Strict):
                 if same:
                     raise PolicyReferenceError(
                         ("models", name, "deployments", rolling[0], "rollout"),
-                        f"the rollout's candidate {cand.provider}/{cand.model} is deployment "
+                        f"the rollout's candidate {quoted(f'{cand.provider}/{cand.model}')} is deployment "
                         f"{same[0]} of the group already",
                         "a rollout brings in a deployment the group does not have: change the "
                         "candidate's provider or model, or drop the duplicate entry",
@@ -1143,8 +1144,8 @@ class Policy(_Strict):
                 if model not in self.models:
                     raise PolicyReferenceError(
                         ("auth", "teams", team_name, "models", i),
-                        f"unknown model group '{model}'",
-                        f"known model groups: {', '.join(sorted(self.models))}",
+                        f"unknown model group {quoted(model)}",
+                        f"known model groups: {listed(sorted(self.models))}",
                     )
         return self
 

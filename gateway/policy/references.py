@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gateway.policy.model import Cache, PolicyReferenceError
+from gateway.quoting import listed, quoted
 
 _DEFAULT_CACHE = Cache()
 
@@ -41,7 +42,7 @@ def _items(value: object) -> Iterator[tuple[int, Mapping[Any, Any]]]:
 
 
 def _known(names: Mapping[Any, Any]) -> str:
-    return ", ".join(sorted(str(n) for n in names))
+    return listed(sorted(str(n) for n in names))
 
 
 def _deployment_providers(
@@ -62,7 +63,7 @@ def _deployment_providers(
             provider = dep.get("provider")
             if isinstance(provider, str) and provider not in providers:
                 yield PolicyReferenceError(
-                    loc, f"unknown provider '{provider}'", f"known providers: {_known(providers)}"
+                    loc, f"unknown provider {quoted(provider)}", f"known providers: {_known(providers)}"
                 )
 
 
@@ -76,7 +77,7 @@ def _rule_targets(models: Mapping[Any, Any] | None) -> Iterator[PolicyReferenceE
                 continue
             if use not in models:
                 yield PolicyReferenceError(
-                    loc, f"unknown model group '{use}'", f"known model groups: {_known(models)}"
+                    loc, f"unknown model group {quoted(use)}", f"known model groups: {_known(models)}"
                 )
             elif use == name:
                 yield PolicyReferenceError(
@@ -85,7 +86,7 @@ def _rule_targets(models: Mapping[Any, Any] | None) -> Iterator[PolicyReferenceE
             elif isinstance(models[use], Mapping) and models[use].get("rules"):
                 yield PolicyReferenceError(
                     loc,
-                    f"group '{use}' has rules of its own",
+                    f"group {quoted(use)} has rules of its own",
                     "rules are applied once; point at a group without rules",
                 )
 
@@ -113,7 +114,7 @@ def _embedding_models(
     for loc, model in wanted:
         if isinstance(model, str) and model not in models:
             yield PolicyReferenceError(
-                loc, f"unknown model group '{model}'", f"known model groups: {_known(models)}"
+                loc, f"unknown model group {quoted(model)}", f"known model groups: {_known(models)}"
             )
 
 
@@ -127,11 +128,11 @@ def _cache_categories(cache: object) -> Iterator[PolicyReferenceError]:
     default = cache.get("default_category", _DEFAULT_CACHE.default_category)
     if isinstance(default, str) and default not in categories:
         yield PolicyReferenceError(
-            ("cache", "default_category"), f"unknown cache category '{default}'", known
+            ("cache", "default_category"), f"unknown cache category {quoted(default)}", known
         )
     for i, rule in _items(cache.get("rules")):
         category = rule.get("category")
         if isinstance(category, str) and category not in categories:
             yield PolicyReferenceError(
-                ("cache", "rules", i, "category"), f"unknown cache category '{category}'", known
+                ("cache", "rules", i, "category"), f"unknown cache category {quoted(category)}", known
             )

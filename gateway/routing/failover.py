@@ -14,6 +14,7 @@ from gateway.errors import (
     UpstreamAccountRefused,
     UpstreamCredentialsRefused,
     UpstreamStatusError,
+    quoted,
 )
 from gateway.policy.model import Retry
 from gateway.routing.retry_budget import RetryBudget
@@ -76,7 +77,7 @@ class FailoverCursor:
             if cooling > 0:  # the plan puts rate-limited ones last: every deployment is
                 raise UpstreamStatusError(  # the client gets the soonest Retry-After, at once
                     429,
-                    f"Every deployment of model '{self._ctx.model}' is rate limited; the first "
+                    f"Every deployment of model {quoted(self._ctx.model)} is rate limited; the first "
                     f"is free again in {cooling:.1f} s.",
                     provider=target.provider,
                     code="rate_limit_exceeded",

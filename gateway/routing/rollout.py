@@ -41,9 +41,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.errors import GatewayError, HTTPStatusError, NotFound
+from gateway.errors import GatewayError, HTTPStatusError, NotFound, quoted
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy, Rollout
+from gateway.quoting import listed
 from gateway.redis_link import FAILURES
 from gateway.routing.rollout_state import (
     FINISHED,
@@ -330,30 +331,30 @@ class RolloutController:
         for _ in range(5):
             state = await self._store.load(rollout.key)
             if state is None:
-                raise _conflict(f"The rollout in model group '{group}' has not started yet.")
+                raise _conflict(f"The rollout in model group {quoted(group)} has not started yet.")
             if state.status == "removed":
                 raise _conflict(
-                    f"The rollout in model group '{group}' was removed by another replica's policy "
+                    f"The rollout in model group {quoted(group)} was removed by another replica's policy "
                     "(newer than this one's, which follows within a minute or so)."
                 )
             moved = _manual(state, action, self._clock())
             if moved is None:
                 raise _conflict(
                     f"Cannot {action} the rollout of {rollout.key.provider}/{rollout.key.model} in "
-                    f"model group '{group}': it is {state.status}."
+                    f"model group {quoted(group)}: it is {state.status}."
                 )
             if await self._write(rollout, "cas", moved, state.version):
                 log.info("rollout %s: %s by hand", rollout.key.id, action)
                 return rollout.state or moved
-        raise _conflict(f"The rollout in model group '{group}' keeps changing; try again.")
+        raise _conflict(f"The rollout in model group {quoted(group)} keeps changing; try again.")
 
     def _find(self, group: str) -> _Rollout:
         for key, rollout in self._rollouts.items():
             if key.group == group:
                 return rollout
         raise NotFound(
-            f"No rollout in model group '{group}'; rollouts: "
-            + (", ".join(sorted({k.group for k in self._rollouts})) or "none"),
+            f"No rollout in model group {quoted(group)}; rollouts: "
+            + (listed(sorted({k.group for k in self._rollouts})) or "none"),
             param="model",  # the field of the request body that named it
             code="rollout_not_found",
         )

@@ -78,6 +78,17 @@ def test_unknown_model_is_404_naming_it(stack: Stack) -> None:
     assert err.value.code == "model_not_found"
 
 
+def test_a_huge_model_name_is_a_small_404_that_still_names_it(stack: Stack) -> None:
+    # The name was repeated whole: a 100,000-character model was a 100 KB error body (this
+    # gateway takes bodies of 64 KiB at most).
+    body = {"model": "m" * 60_000, "messages": [{"role": "user", "content": "x"}]}
+    status, _, payload = post_raw(stack, "/v1/chat/completions", json.dumps(body).encode())
+    error = assert_envelope(payload)
+    assert status == 404 and error["code"] == "model_not_found"
+    assert len(json.dumps(payload)) < 1500
+    assert error["message"].startswith("The model '" + "m" * 256 + "…' (60000 chars) does not exist")
+
+
 def test_body_over_limit_is_413(stack: Stack) -> None:
     big = json.dumps(
         {"model": "chat", "messages": [{"role": "user", "content": "x" * (MAX_BODY_BYTES + 10)}]}

@@ -279,3 +279,21 @@ def test_limit_refusals_have_openais_shapes() -> None:
         "code": "insufficient_quota",
     }
     assert quota.headers["x-should-retry"] == "false"
+
+
+def test_quoted_bounds_a_name_and_says_how_long_it_was() -> None:
+    assert errors.quoted("chat") == "'chat'"
+    assert errors.quoted("a" * 256) == "'" + "a" * 256 + "'"
+    long = errors.quoted("a" * 10_000)
+    assert long == "'" + "a" * 256 + "…' (10000 chars)"
+    # Every error that names a model bounds it: a 100,000-character name is a short message.
+    for error in (
+        ModelNotFound("m" * 100_000, ["chat"]),
+        NoHealthyDeployment("m" * 100_000, 1.0),
+        ProviderNotConfigured("m" * 100_000, ["KEY"]),
+        ContextTooLong("m" * 100_000, 10, 5),
+    ):
+        body = error.body()
+        assert len(body) < 1000 and b"(100000 chars)" in body, body[:200]
+    many = ModelNotFound("x", [f"group-{i}" for i in range(20_000)]).message
+    assert len(many) < 2000 and many.endswith("and 19950 more.")

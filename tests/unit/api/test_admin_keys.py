@@ -215,3 +215,14 @@ async def test_a_budget_period_under_one_second_is_refused(client: TestClient, p
         "/admin/keys", json={"team": "ops", "budget_usd": 1, "budget_period": "1s"}, headers=ADMIN
     )
     assert one_second.status == 201
+
+
+async def test_a_huge_team_or_field_name_is_a_small_400(client: TestClient) -> None:
+    for body, says in (
+        ({"team": "ops", "models": ["g" * 100_000]}, "Unknown model group(s) 'g"),
+        ({"team": "ops", "f" * 100_000: 1}, "Invalid value for 'f"),
+    ):
+        resp = await client.post("/admin/keys", json=body, headers=ADMIN)
+        raw = await resp.read()
+        assert resp.status == 400 and len(raw) < 1500, (resp.status, len(raw))
+        assert says in raw.decode() and "(100000 chars)" in raw.decode()

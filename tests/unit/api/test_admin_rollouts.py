@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -124,7 +125,7 @@ async def test_a_rollout_of_a_deployment_the_group_has_already_is_refused(
         body = await resp.json()
         assert resp.status == 422 and body["error"]["code"] == "policy_invalid", body
         problem = (
-            f"{path}:11: models.chat.deployments[1].rollout: the rollout's candidate a/old is deployment 0"
+            f"{path}:11: models.chat.deployments[1].rollout: the rollout's candidate 'a/old' is deployment 0"
         )
         assert problem in body["error"]["message"]
         assert (await _listed(c))["upstream_model"] == "org/new:8b"  # the policy in force
@@ -134,3 +135,17 @@ async def test_a_rollout_of_a_deployment_the_group_has_already_is_refused(
     err = capsys.readouterr().err
     assert f"error: {problem} of the group already (hint: a rollout brings in a deployment" in err
     assert f"{path}: 1 error(s)" in err
+
+
+async def test_a_huge_name_is_a_small_error_that_still_says_what_is_wrong(client: TestClient) -> None:
+    """Group names and actions are repeated in the error: a 100,000-character one made a 100 KB
+    body; it is cut to 256 characters with its length."""
+    resp = await client.post("/admin/rollouts/pause", json={"model": "g" * 100_000}, headers=ADMIN)
+    body = await resp.read()
+    assert resp.status == 404 and len(body) < 1000, len(body)
+    message = orjson.loads(body)["error"]["message"]
+    assert message.startswith("No rollout in model group '" + "g" * 256 + "…' (100000 chars); rollouts: chat")
+    resp = await client.post("/admin/rollouts/" + "x" * 5000, json={"model": "chat"}, headers=ADMIN)
+    body = await resp.read()
+    assert resp.status == 404 and len(body) < 1000 and b"Unknown rollout action" in body
+    assert b"(5000 chars)" in body

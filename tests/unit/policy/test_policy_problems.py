@@ -262,3 +262,23 @@ def test_text_yaml_reads_as_something_else_is_told_to_be_quoted() -> None:
     assert problems(text.replace("model: 3.5}", "model: [x]}"))[-1] == (
         "p.yaml:5: models.chat.deployments[1].model: Input should be a valid string"
     )
+
+
+def test_a_huge_name_is_a_short_problem_that_still_says_what_is_wrong() -> None:
+    """A name in a policy is repeated in its problems (and in the reload's 422, the log, the
+    terminal): a 100,000-character one is cut to 256 characters with its length, the key path too.
+    (YAML takes a key that long only in its explicit form, ``? key``.)"""
+    group, provider = "g" * 100_000, "p" * 100_000
+    text = PROVIDERS + f"models:\n  ? {group}\n  : {{deployments: [{{provider: {provider}, model: m}}]}}\n"
+    [found] = problems(text)
+    cut = "g" * 256 + "…(100000 chars)"
+    assert found == (
+        f"p.yaml:6: models.{cut}.deployments[0].provider: unknown provider '{'p' * 256}…' "
+        "(100000 chars) (hint: known providers: openai)"
+    )
+    # A key repeated, and an unknown key: the same.
+    chat = "  chat: {deployments: [{provider: openai, model: m}]}\n"
+    dup = problems(PROVIDERS + f"models:\n{chat}  ? {group}\n  : {{}}\n  ? {group}\n  : {{}}\n")[0]
+    assert len(dup) < 1500 and "duplicate key 'ggg" in dup and "(100000 chars) (lines 6 and 8)" in dup
+    [unknown] = problems(PROVIDERS + f"models:\n{chat.replace('model: m', f'model: m, ? {group} : 1')}")
+    assert len(unknown) < 1500 and "unknown key 'ggg" in unknown and "(100000 chars)" in unknown
