@@ -140,6 +140,8 @@ class LivePolicy:
         self.source = "startup"
         self.pending_restart: tuple[str, ...] = ()
         self.last_error: ReloadFailure | None = None
+        # Set once the watcher has looked at the file a first time (tests wait on it).
+        self.first_check_done = asyncio.Event()
         metrics.child(metrics.policy_info, self.version).set(1)
 
     def subscribe(self, on_change: Callable[[Policy], None]) -> None:
@@ -197,9 +199,10 @@ class LivePolicy:
 
     # ----- reloading
 
-    async def reload(self, source: str, data: bytes | None = None) -> ReloadOutcome:
+    async def reload(self, source: str, data: bytes | None = None, *, first: bool = False) -> ReloadOutcome:
         """Read (unless the watcher has just read ``data``), validate and apply the policy file;
-        one reload at a time."""
+        one reload at a time. ``first``: the watcher's look at the file when it starts, which is
+        no reload when the file still says what the process started on (not counted)."""
         if self.path is None:
             return self._refused(source, ("this gateway was not started from a policy file",))
         async with self._lock:
@@ -213,12 +216,14 @@ class LivePolicy:
                 policy = await asyncio.to_thread(_parse, data, self.path)
             except PolicyError as exc:
                 return self._refused(source, tuple(str(p) for p in exc.problems), "invalid")
-            return await self._apply(policy, source)
+            return await self._apply(policy, source, first)
 
-    async def _apply(self, policy: Policy, source: str) -> ReloadOutcome:
+    async def _apply(self, policy: Policy, source: str, first: bool = False) -> ReloadOutcome:
         version = policy_version(policy)
         if version == self.version:
             self.last_error = None  # the file is valid and says what is in force
+            if first:  # start-up read this file already: nothing was reloaded
+                return ReloadOutcome("unchanged", self.version, (), self.pending_restart)
             return self._done("unchanged", source)
         clients = provider_clients(policy, self._env, self._transports, reuse=self.clients)
         fresh = [c for c in clients.values() if all(c is not old for old in self.clients.values())]
@@ -313,7 +318,14 @@ class LivePolicy:
         assert self.path is not None
         real = os.path.realpath(self.path)
         directories = list(dict.fromkeys(os.path.dirname(p) for p in (os.path.abspath(self.path), real)))
-        await self._check()  # a change between start-up and now (or a restarted worker)
+        try:
+            # A change between start-up and now (or a restarted worker) is a reload; the file as
+            # the process read it at start is none (it was counted as one, in every process).
+            await self._check(first=True)
+        except Exception:  # as below: keep watching
+            log.exception("policy reload failed", extra={"fields": {"path": self.path}})
+        finally:
+            self.first_check_done.set()
         try:
             async for _ in watchfiles.awatch(
                 *directories,
@@ -360,13 +372,13 @@ class LivePolicy:
                 except Exception:  # as the watcher: keep polling
                     log.exception("policy reload failed", extra={"fields": {"path": self.path}})
 
-    async def _check(self) -> None:
+    async def _check(self, *, first: bool = False) -> None:
         assert self.path is not None
         data = await self._read_settled()
         if hashlib.sha256(data).hexdigest() != self._file_digest:
             # Apply the bytes just read (one read per change); a file that was gone is read again
             # so that the reload names the problem if it stays gone.
-            await self.reload("file", data or None)
+            await self.reload("file", data or None, first=first)
 
     async def _read_settled(self) -> bytes:
         """The file's bytes once two reads ``_SETTLE_S`` apart agree (for at most ``_SETTLE_ROUNDS``

@@ -591,7 +591,7 @@ async def test_a_deleted_file_restored_as_it_was_clears_the_error(
     restored bytes matched those last read before the file went."""
     client = await gateway(aiohttp_client, policy_file, upstreams, watch=True)
     # The watcher's first look at the file, when it starts, has read it.
-    await eventually(lambda: metric(client, "gateway_policy_reloads_total", result="unchanged") == 1)
+    await asyncio.wait_for(client.app[keys.POLICY_CONTROL].first_check_done.wait(), 10)
     policy_file.unlink()
     deadline = time.monotonic() + 5
     while (state := await (await client.get("/admin/policy")).json())["last_error"] is None:
@@ -603,5 +603,45 @@ async def test_a_deleted_file_restored_as_it_was_clears_the_error(
     while (state := await (await client.get("/admin/policy")).json())["last_error"] is not None:
         assert time.monotonic() < deadline, f"the restored file still reported: {state['last_error']}"
         await asyncio.sleep(0.02)
-    assert metric(client, "gateway_policy_reloads_total", result="unchanged") == 2
+    assert metric(client, "gateway_policy_reloads_total", result="unchanged") == 1
     assert await models(client) == ["m"]
+
+
+async def test_the_watchers_first_look_at_the_file_is_no_reload(
+    aiohttp_client: ClientFactory,
+    policy_file: Path,
+    upstreams: Upstreams,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The watcher reads the file when it starts, in case it changed since start-up; finding it as
+    the process read it was counted as a reload (gateway_policy_reloads_total{result="unchanged"}
+    1 in every process and worker that ever started), so a dashboard of reloads showed each
+    restart as one. An edit is still one, and so is a change the first look finds."""
+    with caplog.at_level(logging.INFO, logger="gateway.policy"):
+        client = await gateway(aiohttp_client, policy_file, upstreams, watch=True)
+        live = client.app[keys.POLICY_CONTROL]
+        await asyncio.wait_for(live.first_check_done.wait(), 10)
+    for result in ("applied", "unchanged", "invalid", "failed"):
+        assert metric(client, "gateway_policy_reloads_total", result=result) == 0, result
+    assert [r.getMessage() for r in caplog.records if r.name == "gateway.policy"] == []
+    assert (await (await client.get("/admin/policy")).json())["source"] == "startup"
+
+    first = live.version
+    policy_file.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
+    await wait_for_version(client, first)
+    assert metric(client, "gateway_policy_reloads_total", result="applied") == 1
+
+
+async def test_a_change_before_the_watcher_started_is_a_reload(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    settings = Settings(access_log=False, policy_watch=True, policy_path=str(policy_file))
+    app = build_app(
+        settings, load_policy(policy_file), {}, transports=upstreams.transports, policy_path=str(policy_file)
+    )
+    policy_file.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")  # before it runs
+    client = await aiohttp_client(app)
+    await asyncio.wait_for(client.app[keys.POLICY_CONTROL].first_check_done.wait(), 10)
+    assert metric(client, "gateway_policy_reloads_total", result="applied") == 1
+    assert (await (await client.get("/admin/policy")).json())["source"] == "file"
+    assert await models(client) == ["m", "n"]
