@@ -180,7 +180,7 @@ def kpi_row(board: dashboard.Dashboard) -> dashboard.Dashboard:
         kpi("Uptime (1 h)", "sophia:uptime:1h", PERCENT, [(None, RED), (0.999, GREEN)],
             "Share of scrapes that found the gateway up; KPI 99.9 %."),
         kpi("Error rate", "sophia:error_ratio:5m", PERCENT, [(None, GREEN), (0.001, RED)],
-            "5xx answers over all answers; KPI under 0.1 %."),
+            "5xx answers and streams failed after their first byte, over all answers; KPI under 0.1 %."),
         kpi("Recovery success (1 h)", "sophia:recovery_success_ratio:1h", PERCENT,
             [(None, RED), (0.95, GREEN)], "Automatic recovery actions that worked; KPI above 95 %."),
         kpi("Rollback rate (1 d)", "sophia:rollback_ratio:1d", PERCENT, [(None, GREEN), (0.1, RED)],
@@ -200,11 +200,18 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
                   (f"sum by (model) (rate({requests}[{RATE}]))", "{{model}}")),
             # By model group only: a request every deployment failed is counted with provider="",
             # so a provider filter would drop every 5xx and read 0 %.
-            graph("Error ratio (5xx)", PERCENT,
-                  (f'(sum(rate(gateway_requests_total{{{M}, status_code=~"5.."}}[{RATE}])) or vector(0))'
-                   f" / sum(rate(gateway_requests_total{{{M}}}[{RATE}]))", "5xx"),
-                  description="5xx answers over all answers of the selected model groups (the provider "
-                  "variable does not apply: a request no deployment served has no provider)."),
+            graph("Error ratio (5xx and failed streams)", PERCENT,
+                  (f'((sum(rate(gateway_requests_total{{{M}, status_code=~"5.."}}[{RATE}])) or vector(0))'
+                   f" + (sum(rate(gateway_stream_errors_total{{{M}}}[{RATE}])) or vector(0)))"
+                   f" / sum(rate(gateway_requests_total{{{M}}}[{RATE}]))", "errors"),
+                  description="5xx answers, and streams a provider failed after their first byte (answered "
+                  "200), over all answers of the selected model groups (the provider variable does not "
+                  "apply: a request no deployment served has no provider)."),
+            graph("Failed streams/s by reason", "reqps",
+                  (f"sum by (provider, reason) (rate(gateway_stream_errors_total{{{M}, {P}}}[{RATE}]))",
+                   "{{provider}} {{reason}}"),
+                  description="Streams a provider failed after their first byte reached the client: "
+                  "upstream_closed, timeout, bad_event, provider_error (a client that left is not counted)."),
             graph("Upstream errors/s", "reqps",
                   (f"sum by (provider, error_type) (rate(gateway_upstream_errors_total{{{P}}}[{RATE}]))",
                    "{{provider}} {{error_type}}")),

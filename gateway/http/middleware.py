@@ -285,6 +285,7 @@ def _observe(
             attempts,
             fallback,
             milliseconds(elapsed_s),
+            call.stream_error,
         )
 
 
@@ -307,6 +308,9 @@ def _end_span(span: Span, call: CallRecord, rid: str, status: int) -> None:
             span.set("gateway.provider", "cache")
     if status >= 500 or status == _CLIENT_CLOSED:
         span.fail(str(status))
+    elif call.stream_error:  # answered 200, then the provider failed the stream (``service/streams.py``)
+        span.set("gateway.stream_error", call.stream_error)
+        span.fail(call.stream_error)
     span.end()
 
 

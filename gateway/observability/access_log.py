@@ -180,6 +180,8 @@ def _text_lines(stamp: _Timestamps, pending: list[Entry]) -> bytes:
 
 def _text_line(stamp: _Timestamps, entry: Entry) -> bytes:
     fields = " ".join(f"{name}={logfmt_value(entry[name])}" for name in FIELDS)
+    if "stream_error" in entry:  # a stream that failed after its first byte (``record``)
+        fields += f" stream_error={logfmt_value(entry['stream_error'])}"
     # Each value is escaped and quoted as ``TextFormatter`` does; the rest is constant, printable text.
     return f"{stamp.text(entry['ts'])} INFO    {ACCESS_LOGGER}: request {fields}\n".encode(  # type: ignore[arg-type]
         "utf-8", "backslashreplace"
@@ -333,26 +335,29 @@ class AccessLog:
         attempts: int,
         fallback: bool,
         duration_ms: float,
+        stream_error: str = "",
     ) -> None:
-        """Log one request; handed to the writer within ``FLUSH_INTERVAL_S``."""
-        self._pending.append(
-            {
-                "ts": time_ns(),
-                "level": "info",
-                "logger": ACCESS_LOGGER,
-                "msg": "request",
-                "request_id": request_id,
-                "method": method,
-                "path": path,
-                "status": status,
-                "model": model,
-                "provider": provider,
-                "upstream_model": upstream_model,
-                "attempts": attempts,
-                "fallback": fallback,
-                "duration_ms": duration_ms,
-            }
-        )
+        """Log one request; handed to the writer within ``FLUSH_INTERVAL_S``. ``stream_error``:
+        why its stream failed after the first byte (the line has the field only then)."""
+        entry: Entry = {
+            "ts": time_ns(),
+            "level": "info",
+            "logger": ACCESS_LOGGER,
+            "msg": "request",
+            "request_id": request_id,
+            "method": method,
+            "path": path,
+            "status": status,
+            "model": model,
+            "provider": provider,
+            "upstream_model": upstream_model,
+            "attempts": attempts,
+            "fallback": fallback,
+            "duration_ms": duration_ms,
+        }
+        if stream_error:
+            entry["stream_error"] = stream_error
+        self._pending.append(entry)
         if not self._scheduled:
             loop = self._loop
             if loop is None or loop.is_closed():

@@ -631,6 +631,14 @@ class GatewayMetrics:
             "Failed provider requests, by provider, upstream model and error class.",
             ("provider", "upstream_model", "error_type"),
         )
+        # Reasons are ``service.streams.STREAM_ERROR_REASONS``: bounded, never client or provider text.
+        self.stream_errors = Counter(
+            "gateway_stream_errors",
+            "Streams that failed after their first byte went to the client (answered 200, so not "
+            "in the 5xx of gateway_requests_total), by endpoint, model group, provider and reason: "
+            "upstream_closed, timeout, bad_event, provider_error. A client that leaves is not counted.",
+            ("endpoint", "model", "provider", "reason"),
+        )
         self.upstream_duration = Histogram(
             "gateway_upstream_duration_seconds",
             "Time a provider took to answer (headers for streams, whole body otherwise).",

@@ -367,6 +367,9 @@ class _Watchdog:
 # ``try``/``except`` of these replaces an async context manager per send and per read (two
 # coroutines each, even when nothing goes wrong).
 _LIBRARY_ERRORS = (asyncio.TimeoutError, aiohttp.ClientError, OSError)
+# How aiohttp's ``ClientPayloadError`` begins when the connection was lost inside a body
+# (``client_proto.ResponseHandler.connection_lost``), as against a body it could not decode.
+_CUT_SHORT = "Response payload is not completed"
 
 
 class _ErrorTranslation:
@@ -382,6 +385,14 @@ class _ErrorTranslation:
         name = self.name
         if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
             return UpstreamTimeout(f"{name}: provider timed out ({_describe(exc)})", provider=name)
+        if isinstance(exc, aiohttp.ClientPayloadError) and str(exc).startswith(_CUT_SHORT):
+            # The connection closed inside the body: a provider that went away, not one that
+            # sent garbage (a stream's ``upstream_closed``, not ``bad_event``).
+            return UpstreamConnectError(
+                f"{name}: provider closed the connection before the body ended "
+                f"({self._scrub(_describe(exc))})",
+                provider=name,
+            )
         if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ContentTypeError)):
             return UpstreamBadResponse(
                 f"{name}: provider sent a broken response ({self._scrub(_describe(exc))})", provider=name

@@ -480,7 +480,7 @@ class RequestService:
         lead: bool,
         door: FrontDoor | None = None,
     ) -> Answer:
-        book = _StreamBook(self, endpoint, plan, ctx, lead)
+        book = _StreamBook(self, endpoint, plan, ctx, lead, door.endpoint if door is not None else endpoint)
         capture = self.cache.capture_bytes(plan)
 
         open_stream: Attempt[RoutedStream]
@@ -699,6 +699,7 @@ class _StreamBook:
         "_ctx",
         "_endpoint",
         "_lead",
+        "_path",
         "_plan",
         "_service",
         "called_s",
@@ -709,10 +710,17 @@ class _StreamBook:
     )
 
     def __init__(
-        self, service: RequestService, endpoint: Endpoint, plan: CachePlan, ctx: CallContext, lead: bool
+        self,
+        service: RequestService,
+        endpoint: Endpoint,
+        plan: CachePlan,
+        ctx: CallContext,
+        lead: bool,
+        door: Endpoint,
     ) -> None:
         self._service = service
         self._endpoint = endpoint
+        self._path = "/v1/" + door.value  # the client's endpoint (a front door's own), as routes are labelled
         self._plan = plan
         self._ctx = ctx
         self._lead = lead
@@ -749,6 +757,10 @@ class _StreamBook:
             self._endpoint, self._ctx.record.model, route.group, route.target, usage, series
         )
         self._settle(stream, used)
+        if error is not None:
+            # Relayed as the provider sent it: the error event (or an event the gateway could
+            # not read) an OpenAI-format stream carried; the client has seen it.
+            self._count_failure(route, "provider_error")
         if self.span is not None:
             self._end_span(usage, None if error is None else type(error).__name__)
         if self.mirror is not None:
@@ -764,10 +776,12 @@ class _StreamBook:
         finally:
             self._land(answer)  # even if cancelled while storing: waiters must never hang
 
-    def failed(self, stream: RoutedStream, error: GatewayError) -> None:
-        """The provider failed after the first chunk went out: the client gets an error event."""
+    def failed(self, stream: RoutedStream, error: GatewayError, reason: str) -> None:
+        """The provider failed after the first chunk went out (``reason``: one of
+        ``streams.STREAM_ERROR_REASONS``): the client gets an error event."""
         route = self.route
         assert route is not None
+        self._count_failure(route, reason)
         seconds = max(0.0, time.perf_counter() - (stream.first_at or self._ctx.started_s))
         output_tokens = stream.output_tokens()
         self._service.router.stream_ended(route.target, error, output_tokens, seconds)
@@ -781,6 +795,14 @@ class _StreamBook:
         if self.span is not None:
             self._end_span(usage, type(error).__name__)
         self._land(None)
+
+    def _count_failure(self, route: Route, reason: str) -> None:
+        """``gateway_stream_errors_total`` and the access log's ``stream_error`` for a stream
+        that failed after its first byte."""
+        ctx = self._ctx
+        ctx.record.stream_error = reason
+        m = self._service._metrics
+        m.child(m.stream_errors, self._path, ctx.record.model, route.target.provider, reason).inc()
 
     def _timed(
         self,

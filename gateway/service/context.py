@@ -41,6 +41,8 @@ class CallRecord:
     anthropic: bool = False
     # Its answer is a stream whose response has started (``http/sse.py``): nothing else can be sent
     streaming: bool = False
+    # Why its stream failed after the first byte (``streams.STREAM_ERROR_REASONS``), or "" if it did not
+    stream_error: str = ""
 
 
 @dataclass(slots=True)

@@ -5,6 +5,11 @@ The HTTP layer iterates a stream once and always closes it (``aclose``); everyth
 on how the stream ended (the router's verdict, usage and cost, time to first token, the cache
 write, waking identical requests) happens here, through the ``StreamBook`` the service gives,
 whichever way it ends: whole, cut by the provider, or abandoned by the client.
+
+A stream the provider fails after its first byte went out is given one of ``STREAM_ERROR_REASONS``
+(``stream_error_reason``): the ``reason`` of ``gateway_stream_errors_total``, the access log's
+``stream_error`` and the client's error event. A client that leaves is not the gateway failing:
+its stream is abandoned, never a stream error.
 """
 
 from __future__ import annotations
@@ -13,8 +18,29 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
 from gateway.providers.base import StreamTranslator, UpstreamResponse
+
+# Why a stream failed after its first byte (a small fixed set: a metric label):
+#   upstream_closed  the provider closed or reset the connection, or ended its stream without the
+#                    answer's end (no [DONE], message_stop, finish reason)
+#   timeout          the provider went quiet for longer than its read timeout (or past its total)
+#   bad_event        the provider sent an event the gateway cannot read (not JSON, past
+#                    max_response_bytes, a broken body encoding)
+#   provider_error   the provider sent an error event in the middle of the answer
+STREAM_ERROR_REASONS = ("upstream_closed", "timeout", "bad_event", "provider_error")
+
+
+def stream_error_reason(error: GatewayError, *, at_end: bool = False) -> str:
+    """The reason (``STREAM_ERROR_REASONS``) of ``error``, raised while a started stream was read
+    (``at_end``: by its translator once the provider's body had ended)."""
+    if isinstance(error, UpstreamTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamStatusError):
+        return "provider_error"
+    if at_end or isinstance(error, UpstreamConnectError):
+        return "upstream_closed"  # (a translator's finish raises only for an answer without its end)
+    return "bad_event"
 
 
 class AnswerStream(Protocol):
@@ -32,7 +58,7 @@ class StreamBook(Protocol):
 
     async def ended(self, stream: RoutedStream) -> None: ...
 
-    def failed(self, stream: RoutedStream, error: GatewayError) -> None: ...
+    def failed(self, stream: RoutedStream, error: GatewayError, reason: str) -> None: ...
 
     def abandoned(self, stream: RoutedStream) -> None: ...
 
@@ -140,19 +166,26 @@ class RoutedStream:
                             self._let_go()
                             captured = None
                     yield out
-            tail = translator.finish()
-            if tail:
-                yield self._keep(tail)
         except GatewayError as error:
-            self._response.close()
-            if self.captured is not None:
-                self.captured.clear()
-            self._settled = True
-            self._book.failed(self, error)
+            self._fail(error, stream_error_reason(error))
             raise
+        try:
+            tail = translator.finish()
+        except GatewayError as error:
+            self._fail(error, stream_error_reason(error, at_end=True))
+            raise
+        if tail:
+            yield self._keep(tail)
         self._response.close()
         self._settled = True
         await self._book.ended(self)
+
+    def _fail(self, error: GatewayError, reason: str) -> None:
+        self._response.close()
+        if self.captured is not None:
+            self.captured.clear()
+        self._settled = True
+        self._book.failed(self, error, reason)
 
     def _keep(self, chunk: bytes) -> bytes:
         self.events += chunk.count(b"data:")

@@ -353,6 +353,7 @@ def test_prod_canary_steps_pause_between_weights_and_abort_on_a_failed_analysis(
         assert used and used <= declared, used - declared
     errors = metrics["error-ratio"]["provider"]["prometheus"]["query"]
     assert 'status_code=~"5.."' in errors and "gateway_requests_total" in errors
+    assert 'gateway_stream_errors_total{rollouts_pod_template_hash="{{args.canary-hash}}"}' in errors
     latency = metrics["latency-p95-ratio"]["provider"]["prometheus"]["query"]
     assert "histogram_quantile(0.95" in latency and "gateway_request_duration_seconds_bucket" in latency
     # The series the queries filter on: the ServiceMonitor copies the pod label onto them.
@@ -362,7 +363,11 @@ def test_prod_canary_steps_pause_between_weights_and_abort_on_a_failed_analysis(
 
 def test_the_analysis_queries_name_metrics_the_gateway_exports() -> None:
     source = (REPO / "gateway" / "observability" / "metrics.py").read_text()
-    for family in ("gateway_requests_total", "gateway_request_duration_seconds"):
+    for family in (
+        "gateway_requests_total",
+        "gateway_request_duration_seconds",
+        "gateway_stream_errors_total",
+    ):
         assert f'"{family.removesuffix("_total")}' in source or f'"{family}"' in source, family
     assert '"status_code"' in source
 

@@ -5,7 +5,7 @@ temporary data directory) scrapes a gateway process whose providers are fake-pro
 and whose memory store is Snowflake faked in the gateway process (fakesnow: the pool is real).
 Mixed traffic runs in rounds, one per scrape (cache hits, misses and evictions, failovers,
 streams, 5xx errors, an Anthropic provider, embeddings, memory writes and searches, a key's
-refusals), so every counter moves between samples. Then every query of every dashboard panel
+refusals, a stream cut half way), so every counter moves between samples. Then every query of every dashboard panel
 (variables set to "All", ``$__rate_interval`` to 1m) and every rule's expression (an alert's
 without its threshold, which would filter the data away) is evaluated through the HTTP API, and
 each must return finite data. Prometheus is the binary on PATH, else installed with apt-get as
@@ -154,7 +154,9 @@ def policy_text(fakes: dict[str, ManagedProcess]) -> str:
         providers:
         """
         )
-        + "".join([provider("healthy"), provider("failing"), provider("claude", "anthropic")])
+        + "".join(
+            [provider("healthy"), provider("failing"), provider("claude", "anthropic"), provider("cutting")]
+        )
         + f"  hanging:\n    kind: openai\n    base_url: {fakes['hanging'].url}/v1\n"
         "    timeouts: {connect_s: 1, first_byte_s: 0.3, total_s: 20}\n"
         + textwrap.dedent(
@@ -169,6 +171,8 @@ def policy_text(fakes: dict[str, ManagedProcess]) -> str:
               - {{provider: healthy, model: upstream-chat, {price}}}
           failing-chat:
             deployments: [{{provider: failing, model: bad}}]
+          cut-chat:  # a stream the provider drops half way: a failed stream (answered 200)
+            deployments: [{{provider: cutting, model: cut}}]
           timeout-chat:  # a first-byte timeout fails over: a counted recovery action
             strategy: ordered
             deployments:
@@ -222,6 +226,7 @@ def stack() -> Iterator[Stack]:
             "failing": ["--error-rate", "1", "--error-status", "500"],
             "claude": ["--flavor", "anthropic", "--reply", reply],
             "hanging": ["--hang-rate", "1"],
+            "cutting": ["--disconnect-rate", "1", "--tokens-per-s", "50", "--reply", reply],
         }
     )
     gateway = prometheus = None
@@ -289,6 +294,9 @@ def traffic_round(stack: Stack, number: int) -> None:
     for _ in range(2):
         stream = ask("chat", "stream me something", temperature=0.7, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    with pytest.raises(openai.APIError):  # a stream failed after its first byte: the error ratio
+        for _ in ask("cut-chat", f"cut {number}", temperature=0.7, stream=True):
+            pass
     ask("failover-chat", f"fail over {number}", temperature=0.5)  # retries, fallback, upstream errors
     ask("claude-chat", f"hello claude {number}", temperature=0.5)  # vendor anthropic
     ask("timeout-chat", f"time out {number}", temperature=0.5)  # recovery: failover after a timeout

@@ -221,16 +221,21 @@ FLEET_SERIES = [
     ),
 ]
 FLEET_COUNTERS = [
-    ('gateway_requests_total{instance="a",model="chat",provider="openai",status_code="200"}', "0+99x10"),
-    ('gateway_requests_total{instance="a",model="chat",provider="",status_code="502"}', "0+1x10"),
+    ('gateway_requests_total{instance="a",model="chat",provider="openai",status_code="200"}', "0+98x10"),
+    ('gateway_requests_total{instance="a",model="chat",provider="",status_code="502"}', "0+2x10"),
+    # One of the 200s is a stream its provider failed after the first byte: an error too.
+    (
+        'gateway_stream_errors_total{instance="a",model="chat",provider="openai",reason="upstream_closed"}',
+        "0+1x10",
+    ),
 ]
 # panel title -> the figures it must show: (labels, value) per series.
 FLEET_EXPECTED: dict[str, list[tuple[str, float]]] = {
     "Bytes by category": [('{category="common_queries"}', 3200), ('{category="embeddings"}', 300)],
     "Entries by category": [('{category="common_queries"}', 12), ('{category="embeddings"}', 3)],
     "Index vectors by replica": [('{instance="a"}', 5), ('{instance="c"}', 7)],
-    # With one provider picked, the 5xx that provider="" carries still count.
-    "Error ratio (5xx)": [("{}", 0.01)],
+    # With one provider picked, the 5xx that provider="" carries still count; failed streams too.
+    "Error ratio (5xx and failed streams)": [("{}", 0.029999999999999995)],  # 3 in 100
     "Deployment scores": [('{model="chat",provider="openai",upstream_model="gpt"}', 0.7)],
     "Breaker states (0 closed, 1 half-open, 2 open)": [('{provider="openai",upstream_model="gpt"}', 2)],
     "Rollout steps": [('{model="chat",provider="openai",upstream_model="gpt"}', 25)],

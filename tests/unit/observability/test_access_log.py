@@ -75,6 +75,25 @@ def test_lines_are_those_logging_wrote_byte_for_byte(
         assert orjson.loads(out.getvalue().splitlines()[1])["path"] == HOSTILE_PATH
 
 
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_failed_streams_line_ends_with_its_reason_as_logging_wrote_it(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stream_error`` is the line's last field, present only for a stream that failed after
+    its first byte; the line is otherwise the one every request gets."""
+    out = io.StringIO()
+    access = AccessLog(fmt, True, dropped(), stream=out)
+    monkeypatch.setattr(access_log, "time_ns", lambda: CREATED_NS[0])
+    entry = ENTRIES[0]
+    access.record(*entry, stream_error="upstream_closed")  # type: ignore[arg-type]
+    access.flush()
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, "request", (), None)
+    record.created, record.msecs = CREATED_NS[0] / 1e9, CREATED_NS[0] // 1_000_000 % 1000 + 0.0
+    record.fields = {**dict(zip(FIELDS, entry, strict=True)), "stream_error": "upstream_closed"}
+    assert out.getvalue() == formatter.format(record) + "\n"
+
+
 def test_a_path_that_is_not_utf8_is_written_escaped_not_lost() -> None:
     out = io.StringIO()
     access = AccessLog("json", True, dropped(), stream=out)

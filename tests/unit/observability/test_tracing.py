@@ -5,7 +5,7 @@ OTLP/HTTP to a stand-in collector on loopback (``gateway.testing.otlp_sink``).""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -72,9 +72,10 @@ class Upstreams:
                 {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 4}},
                 {"type": "message_stop"},
             ]  # fmt: skip
-            return MockResponse.stream(
-                [f"event: {e['type']}\ndata: ".encode() + orjson.dumps(e) + b"\n\n" for e in events]
-            )
+            encoded = [f"event: {e['type']}\ndata: ".encode() + orjson.dumps(e) + b"\n\n" for e in events]
+            if b"cut me" in request.body:  # the connection drops after the first text
+                return MockResponse.stream(cut_after(encoded[:3]))
+            return MockResponse.stream(encoded)
         return MockResponse.json(
             {
                 "id": "msg_1",
@@ -92,6 +93,12 @@ class Upstreams:
 def sink() -> Iterator[OtlpSink]:
     with OtlpSink() as running:
         yield running
+
+
+async def cut_after(events: list[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
+    raise UpstreamConnectError("up: provider closed the connection before the body ended", provider="up")
 
 
 def traced_app(upstreams: Upstreams, env: dict[str, str]) -> web.Application:
@@ -232,6 +239,27 @@ async def test_a_stream_attempt_span_ends_with_the_stream(
     assert served.attributes["gen_ai.usage.input_tokens"] == 9
     assert served.status == "UNSET"
     assert served.end_ns <= request.end_ns and served.parent_span_id == request.span_id
+
+
+async def test_a_stream_the_provider_fails_after_its_first_byte_fails_its_request_span(
+    aiohttp_client: ClientFactory, sink: OtlpSink
+) -> None:
+    """Answered 200, the stream then cut by the provider: the request span is failed with the
+    stream's reason, the attempt span with the gateway error."""
+    upstreams = Upstreams()
+    client = await aiohttp_client(traced_app(upstreams, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url}))
+    body = {**chat(stream=True), "messages": [{"role": "user", "content": "cut me"}]}
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 200
+    text = await resp.text()
+    assert "answer" in text and '"error"' in text and text.endswith("data: [DONE]\n\n")
+    await client.close()
+    named = by_name(sink.spans())
+    (request,) = named["POST /v1/chat/completions"]
+    (served,) = named["chat model-up"]
+    assert request.status == "ERROR" and request.attributes["http.response.status_code"] == 200
+    assert request.attributes["error.type"] == request.attributes["gateway.stream_error"] == "upstream_closed"
+    assert served.status == "ERROR" and served.attributes["error.type"] == "UpstreamConnectError"
 
 
 async def test_tracing_off_sends_no_traceparent_and_installs_no_tracer(aiohttp_client: ClientFactory) -> None:

@@ -1,0 +1,254 @@
+"""Streams a provider fails after their first byte reached the client, through the whole request
+path with real HTTP on loopback to fake providers that really drop the connection, stall or send
+garbage, and the official ``openai`` SDK as the client: each is counted in
+``gateway_stream_errors_total`` by reason, says its reason in the access log line and ends with
+an error event; a client that leaves is not counted (it is not the gateway failing)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Awaitable, Callable, Iterator
+
+import openai
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import build_app
+from gateway.observability.access_log import AccessLog
+from gateway.observability.metrics import Counter
+from gateway.policy.loader import parse_policy
+from gateway.settings import Settings
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def chunk(content: str) -> bytes:
+    event = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "up",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def anthropic_event(kind: str, data: dict[str, object]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+ANTHROPIC_START = anthropic_event(
+    "message_start",
+    {
+        "message": {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-x",
+            "content": [],
+            "stop_reason": None,
+            "usage": {"input_tokens": 3, "output_tokens": 0},
+        }
+    },
+) + anthropic_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+ANTHROPIC_TEXT = anthropic_event(
+    "content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "first"}}
+)
+
+
+class Upstreams:
+    """An OpenAI-compatible provider and an Anthropic one on loopback, each failing its stream
+    after the first content event as the model asked for says, once ``proceed`` is set (the
+    client has the first event: the failure cannot come with it, which fails over unseen);
+    ``left`` is set once the provider's connection was closed under a stream it was still
+    sending."""
+
+    def __init__(self) -> None:
+        self.left = asyncio.Event()
+        self.proceed = asyncio.Event()
+
+    def openai_app(self) -> web.Application:
+        async def chat(request: web.Request) -> web.StreamResponse:
+            model = (await request.json())["model"]
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(chunk("first"))
+            transport = request.transport
+            assert transport is not None
+            if model != "slow":
+                await self.proceed.wait()
+            if model == "drop":  # the connection goes, mid-answer
+                transport.close()
+            elif model == "stall":  # nothing more, until the gateway gives up and closes
+                while not transport.is_closing():
+                    await asyncio.sleep(0.01)
+            elif model == "slow":  # more, until the client has gone (the gateway then closes)
+                try:
+                    while not transport.is_closing():
+                        await response.write(chunk("more"))
+                        await asyncio.sleep(0.01)
+                except ConnectionError:
+                    pass
+                finally:  # (or cancelled, the connection lost)
+                    self.left.set()
+            return response
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        return app
+
+    def anthropic_app(self) -> web.Application:
+        async def messages(request: web.Request) -> web.StreamResponse:
+            model = (await request.json())["model"]
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(ANTHROPIC_START + ANTHROPIC_TEXT)
+            await self.proceed.wait()
+            if model == "garbage":
+                await response.write(b"event: content_block_delta\ndata: {not json\n\n")
+            else:  # an error event, mid-answer
+                error = {"error": {"type": "overloaded_error", "message": "Overloaded"}}
+                await response.write(anthropic_event("error", error))
+            return response
+
+        app = web.Application()
+        app.router.add_post("/v1/messages", messages)
+        return app
+
+
+@pytest.fixture
+def upstreams() -> Iterator[Upstreams]:
+    yield Upstreams()
+
+
+@pytest.fixture
+def access_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], list[dict[str, object]]]]:
+    out = io.StringIO()
+    access = AccessLog("json", True, Counter("dropped", "test"), stream=out)
+    monkeypatch.setattr(AccessLog, "configured", classmethod(lambda cls, *args: access))
+
+    def lines() -> list[dict[str, object]]:
+        access.flush()
+        return [orjson.loads(line) for line in out.getvalue().splitlines()]
+
+    yield lines
+
+
+async def gateway(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> tuple[TestClient, openai.AsyncOpenAI]:
+    oa = await aiohttp_server(upstreams.openai_app())
+    an = await aiohttp_server(upstreams.anthropic_app())
+    policy = parse_policy(
+        f"""
+version: 1
+auth: {{mode: open}}
+providers:
+  compat-main:
+    kind: openai
+    base_url: "{oa.make_url("/v1")}"
+    timeouts: {{connect_s: 2, first_byte_s: 0.3, total_s: 30}}
+  claude-main: {{kind: anthropic, base_url: "{an.make_url("/v1")}", api_key_env: ANTHROPIC_KEY}}
+models:
+  drop: {{deployments: [{{provider: compat-main, model: drop}}]}}
+  stall: {{deployments: [{{provider: compat-main, model: stall}}]}}
+  slow: {{deployments: [{{provider: compat-main, model: slow}}]}}
+  garbage: {{deployments: [{{provider: claude-main, model: garbage}}]}}
+  overloaded: {{deployments: [{{provider: claude-main, model: overloaded}}]}}
+memory: {{enabled: false}}
+"""
+    )
+    env = {"ANTHROPIC_KEY": "sk-ant-test"}
+    client = await aiohttp_client(build_app(Settings(access_log=True), policy, env))
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="sk-test", max_retries=0)
+    return client, sdk
+
+
+async def stream_errors(client: TestClient) -> dict[tuple[str, ...], float]:
+    """``gateway_stream_errors_total`` by (endpoint, model, provider, reason)."""
+    text = await (await client.get("/metrics")).text()
+    found: dict[tuple[str, ...], float] = {}
+    for line in text.splitlines():
+        if line.startswith("gateway_stream_errors_total{"):
+            labels, value = line[len("gateway_stream_errors_total{") :].rsplit("} ", 1)
+            pairs = dict(pair.split("=", 1) for pair in labels.split(","))
+            key = tuple(pairs[name].strip('"') for name in ("endpoint", "model", "provider", "reason"))
+            found[key] = float(value)
+    return found
+
+
+async def streamed_until_error(
+    sdk: openai.AsyncOpenAI, upstreams: Upstreams, model: str, request_id: str
+) -> list[str]:
+    """The content delivered before the ``APIError`` the SDK must raise on the error event."""
+    got: list[str] = []
+    with pytest.raises(openai.APIError) as raised:
+        stream = await sdk.chat.completions.create(
+            model=model,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+            extra_headers={"x-request-id": request_id},
+        )
+        async for part in stream:
+            if part.choices and part.choices[0].delta.content:
+                got.append(part.choices[0].delta.content)
+                upstreams.proceed.set()
+    assert not isinstance(raised.value, openai.APIStatusError)  # an error event, after a 200
+    return got
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "reason"),
+    [
+        ("drop", "compat-main", "upstream_closed"),
+        ("stall", "compat-main", "timeout"),
+        ("garbage", "claude-main", "bad_event"),
+        ("overloaded", "claude-main", "provider_error"),
+    ],
+)
+async def test_a_stream_failed_after_its_first_byte_is_counted_and_logged_with_its_reason(
+    aiohttp_server: ServerFactory,
+    aiohttp_client: ClientFactory,
+    upstreams: Upstreams,
+    access_lines: Callable[[], list[dict[str, object]]],
+    model: str,
+    provider: str,
+    reason: str,
+) -> None:
+    client, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    assert await streamed_until_error(sdk, upstreams, model, f"r-{model}") == ["first"]
+    assert await stream_errors(client) == {("/v1/chat/completions", model, provider, reason): 1.0}
+    (line,) = [line for line in access_lines() if line["request_id"] == f"r-{model}"]
+    assert (line["status"], line["provider"], line["stream_error"]) == (200, provider, reason)
+
+
+async def test_a_client_that_leaves_mid_stream_is_not_a_stream_error(
+    aiohttp_server: ServerFactory,
+    aiohttp_client: ClientFactory,
+    upstreams: Upstreams,
+    access_lines: Callable[[], list[dict[str, object]]],
+) -> None:
+    client, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    stream = await sdk.chat.completions.create(
+        model="slow",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        stream=True,
+        extra_headers={"x-request-id": "r-left"},
+    )
+    async for part in stream:
+        assert part.choices[0].delta.content == "first"
+        break
+    await stream.close()  # the client goes away mid-answer
+    await asyncio.wait_for(upstreams.left.wait(), 10)  # the gateway closed the provider's request
+    for _ in range(500):  # the request's line once its handler has ended (bounded: 5 s)
+        if [line for line in access_lines() if line["request_id"] == "r-left"]:
+            break
+        await asyncio.sleep(0.01)
+    (line,) = [line for line in access_lines() if line["request_id"] == "r-left"]
+    assert "stream_error" not in line
+    assert await stream_errors(client) == {}
