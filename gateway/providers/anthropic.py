@@ -80,11 +80,11 @@ class AnthropicAdapter:
         return chat_completion(body, upstream_model)
 
     def stream_translator(
-        self, endpoint: Endpoint, request: JSONObject, upstream_model: str
+        self, endpoint: Endpoint, request: JSONObject, upstream_model: str, provider: str = ""
     ) -> StreamTranslator:
         options = request.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        return AnthropicStreamTranslator(upstream_model, include_usage)
+        return AnthropicStreamTranslator(upstream_model, include_usage, provider or KIND)
 
     def translate_error(
         self, status: int, body: bytes, retry_after_s: float | None, provider: str

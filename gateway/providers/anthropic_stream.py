@@ -31,8 +31,6 @@ from gateway.providers.anthropic_response import finish_reason, openai_usage, st
 from gateway.wire.requests import JSONObject
 from gateway.wire.sse import DONE, SSEDecoder, encode_json
 
-_PROVIDER = "anthropic"  # the translator is not told the provider's policy name
-
 
 class AnthropicStreamTranslator:
     """One stream's parser and translator state (see the module docstring)."""
@@ -45,12 +43,14 @@ class AnthropicStreamTranslator:
         "_include_usage",
         "_model",
         "_pending_role",
+        "_provider",
         "_silent",
         "_tools",
         "_usage",
     )
 
-    def __init__(self, upstream_model: str, include_usage: bool) -> None:
+    def __init__(self, upstream_model: str, include_usage: bool, provider: str = "anthropic") -> None:
+        self._provider = provider  # the policy's name, which its errors name (as a whole answer's do)
         self._include_usage = include_usage
         self._model = upstream_model
         self._id = "msg_unknown"
@@ -74,8 +74,9 @@ class AnthropicStreamTranslator:
         """b"" once ``message_stop`` has been translated; a stream cut before it is an error."""
         if self._done:
             return b""
+        provider = self._provider
         raise UpstreamConnectError(
-            f"{_PROVIDER}: stream ended early (no message_stop event)", provider=_PROVIDER
+            f"{provider}: stream ended early (no message_stop event)", provider=provider
         )
 
     def usage(self) -> JSONObject | None:
@@ -91,8 +92,9 @@ class AnthropicStreamTranslator:
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
+            provider = self._provider
             raise UpstreamBadResponse(
-                f"{_PROVIDER}: provider sent a stream event that is not JSON", provider=_PROVIDER
+                f"{provider}: provider sent a stream event that is not JSON", provider=provider
             ) from None
         if not isinstance(event, dict) or self._done:
             return b""
@@ -110,7 +112,7 @@ class AnthropicStreamTranslator:
         if kind == "content_block_stop":
             return self._block_stop(event)
         if kind == "error":
-            raise status_error(None, event, _PROVIDER)
+            raise status_error(None, event, self._provider)
         return b""  # ping, and event types added after this was written
 
     def _start(self, event: JSONObject) -> bytes:

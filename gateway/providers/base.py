@@ -136,10 +136,11 @@ class ProviderAdapter(Protocol):
         ...
 
     def stream_translator(
-        self, endpoint: Endpoint, request: JSONObject, upstream_model: str
+        self, endpoint: Endpoint, request: JSONObject, upstream_model: str, provider: str = ""
     ) -> StreamTranslator:
         """A new translator for one streamed body. ``request`` is the client's OpenAI body
-        (e.g. for ``stream_options.include_usage``)."""
+        (e.g. for ``stream_options.include_usage``); ``provider`` the policy's name of the
+        provider, which the errors it raises name, as ``translate_error``'s do (default: its kind)."""
         ...
 
     def translate_error(

@@ -76,7 +76,7 @@ class GeminiAdapter:
         return text_completion(body, upstream_model, int(time.time()))
 
     def stream_translator(
-        self, endpoint: Endpoint, request: JSONObject, upstream_model: str
+        self, endpoint: Endpoint, request: JSONObject, upstream_model: str, provider: str = ""
     ) -> StreamTranslator:
         options = request.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -85,6 +85,7 @@ class GeminiAdapter:
             include_usage=include_usage,
             model=upstream_model,
             created=int(time.time()),
+            provider=provider or "gemini",
         )
 
     def translate_error(

@@ -50,9 +50,12 @@ class GeminiStreamTranslator:
     """One Gemini stream in, OpenAI chat (or legacy text completion) SSE out."""
 
     __slots__ = ("_calls", "_chat", "_choices", "_completed", "_created", "_decoder", "_head",
-                 "_include_usage", "_key", "_model", "_usage")  # fmt: skip
+                 "_include_usage", "_key", "_model", "_provider", "_usage")  # fmt: skip
 
-    def __init__(self, *, chat: bool, include_usage: bool, model: str, created: int) -> None:
+    def __init__(
+        self, *, chat: bool, include_usage: bool, model: str, created: int, provider: str = "gemini"
+    ) -> None:
+        self._provider = provider  # the policy's name, which its error events name
         self._chat = chat
         self._include_usage = include_usage
         self._model = model
@@ -112,7 +115,7 @@ class GeminiStreamTranslator:
     def _translate(self, event: JSONObject) -> bytes:
         error = event.get("error")
         if isinstance(error, dict):
-            raise error_from_object(0, error, None, "gemini stream")
+            raise error_from_object(0, error, None, self._provider)
         if self._head is None:
             self._key = response_key(event)
             prefix, kind = (

@@ -65,7 +65,7 @@ class OpenAIAdapter:
         return None
 
     def stream_translator(
-        self, endpoint: Endpoint, request: JSONObject, upstream_model: str
+        self, endpoint: Endpoint, request: JSONObject, upstream_model: str, provider: str = ""
     ) -> StreamTranslator:
         return OpenAIStreamTranslator()
 

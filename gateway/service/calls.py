@@ -525,7 +525,7 @@ class RequestService:
         chunks = client.chunks(response)
         try:
             if door is None:
-                translator = adapter.stream_translator(endpoint, body, target.model)
+                translator = adapter.stream_translator(endpoint, body, target.model, target.provider)
             else:
                 translator = door.stream_translator(target)
             async for chunk in chunks:
@@ -558,7 +558,9 @@ class RequestService:
             response = await target.client.send(request)
             chunks = target.client.chunks(response)
             try:
-                translator = target.client.adapter.stream_translator(endpoint, body, target.model)
+                translator = target.client.adapter.stream_translator(
+                    endpoint, body, target.model, target.provider
+                )
                 async for chunk in chunks:
                     first = translator.feed(chunk)
                     if first.find(b"data:") >= 0:  # as in ``_open_stream``

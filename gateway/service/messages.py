@@ -109,8 +109,10 @@ class MessagesDoor:
 
     def stream_translator(self, target: Target) -> StreamTranslator:
         if target.client.config.kind == NATIVE_KIND:
-            return NativeMessagesStream(AnthropicStreamTranslator(target.model, True))
-        inner = target.client.adapter.stream_translator(Endpoint.CHAT, self.chat, target.model)
+            return NativeMessagesStream(AnthropicStreamTranslator(target.model, True, target.provider))
+        inner = target.client.adapter.stream_translator(
+            Endpoint.CHAT, self.chat, target.model, target.provider
+        )
         return TranslatedMessagesStream(inner, target.model, target.provider)
 
 

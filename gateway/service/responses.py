@@ -316,7 +316,9 @@ class ResponsesDoor:
     def stream_translator(self, target: Target) -> StreamTranslator:
         if speaks_responses(target.client.config):
             return NativeResponsesStream(Renewal.native(self.body, self.ids))
-        inner = target.client.adapter.stream_translator(Endpoint.CHAT, self.chat, target.model)
+        inner = target.client.adapter.stream_translator(
+            Endpoint.CHAT, self.chat, target.model, target.provider
+        )
         return _Scrubbing(ChatToResponsesStream(inner, ResponsesEvents(self.body, self.ids)), target)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import io
 from collections.abc import Awaitable, Callable, Iterator
 
+import anthropic
 import openai
 import orjson
 import pytest
@@ -104,7 +105,16 @@ class Upstreams:
 
     def anthropic_app(self) -> web.Application:
         async def messages(request: web.Request) -> web.StreamResponse:
-            model = (await request.json())["model"]
+            body = await request.json()
+            model = body["model"]
+            overloaded = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+            if model == "overloaded-first" and not body.get("stream"):  # Anthropic's 529
+                return web.json_response(overloaded, status=529)
+            if model == "overloaded-first":  # 200, then the error as the stream's first event
+                response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                await response.prepare(request)
+                await response.write(anthropic_event("error", {"error": overloaded["error"]}))
+                return response
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             await response.write(ANTHROPIC_START + ANTHROPIC_TEXT)
@@ -160,6 +170,9 @@ models:
   slow: {{deployments: [{{provider: compat-main, model: slow}}]}}
   garbage: {{deployments: [{{provider: claude-main, model: garbage}}]}}
   overloaded: {{deployments: [{{provider: claude-main, model: overloaded}}]}}
+  overloaded-first:
+    deployments: [{{provider: claude-main, model: overloaded-first}}]
+    retry: {{max_attempts: 1}}
 memory: {{enabled: false}}
 """
     )
@@ -252,3 +265,38 @@ async def test_a_client_that_leaves_mid_stream_is_not_a_stream_error(
     (line,) = [line for line in access_lines() if line["request_id"] == "r-left"]
     assert "stream_error" not in line
     assert await stream_errors(client) == {}
+
+
+async def test_an_anthropic_streams_errors_name_the_policys_provider_as_whole_answers_do(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """An Anthropic stream's ``error`` event (before its first byte: the call's error; after it:
+    the client's error event) names the provider as the policy does (``claude-main``), as the
+    same error answered whole does, not the provider's kind (``anthropic``)."""
+    client, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    messages = anthropic.AsyncAnthropic(base_url=str(client.make_url("")), api_key="k", max_retries=0)
+    ask = {"max_tokens": 16, "messages": [{"role": "user", "content": "hello"}]}
+    said: dict[str, str] = {}
+    for stream in (False, True):
+        with pytest.raises(openai.APIStatusError) as chat_error:
+            await sdk.chat.completions.create(model="overloaded-first", messages=MESSAGES, stream=stream)  # type: ignore[arg-type]
+        with pytest.raises(anthropic.APIStatusError) as door_error:
+            await messages.messages.create(model="overloaded-first", stream=stream, **ask)  # type: ignore[arg-type, call-overload]
+        assert chat_error.value.status_code == 503 and door_error.value.status_code == 529
+        said[f"chat stream={stream}"] = chat_error.value.body["message"]  # type: ignore[index]
+        said[f"messages stream={stream}"] = door_error.value.body["error"]["message"]  # type: ignore[index]
+    assert len(set(said.values())) == 1, said  # the same words, streamed or not, on either door
+    assert (
+        "claude-main: Overloaded" in said["chat stream=True"] and "anthropic:" not in said["chat stream=True"]
+    )
+
+    # After the first byte, on the Messages door (Anthropic's stream relayed): its error event.
+    with pytest.raises(anthropic.APIError) as late:
+        async with messages.messages.stream(model="overloaded", **ask) as events:  # type: ignore[arg-type]
+            async for event in events:
+                if event.type == "content_block_delta":
+                    upstreams.proceed.set()
+    assert upstreams.proceed.is_set()  # the answer had begun: this is the error event, not a status
+    message = late.value.body["error"]["message"]  # type: ignore[index]
+    assert message.startswith("claude-main: ") and "anthropic:" not in message
+    await messages.close()
