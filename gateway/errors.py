@@ -27,6 +27,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     ├── RateLimited                429     *                       no     code=rate_limit_exceeded; type requests or tokens
     │   └── RequestTooLarge        429     *                       no     more tokens than the key's whole TPM; no retry
     ├── QuotaExceeded              429     insufficient_quota      no     code=insufficient_quota; the key's budget is spent
+    ├── InsufficientStorage        507     server_error            no     code=spool_full; no room to keep an upload
     ├── ServiceUnavailable         503     service_unavailable     no     draining, not ready
     │   ├── ProviderNotConfigured  503     service_unavailable     no     code=provider_not_configured
     │   ├── NoHealthyDeployment    503     service_unavailable     no     code=no_healthy_deployment
@@ -233,6 +234,19 @@ class UnsupportedContentEncoding(UnsupportedMediaType):
             f"Content-Encoding '{given}' is not supported for request bodies: send the body uncompressed.",
             code="unsupported_content_encoding",
         )
+
+
+class InsufficientStorage(GatewayError):
+    """The gateway has no room to keep what the client sends: an upload would pass the ingest
+    spool's size (``memory.ingest.max_spool_bytes``) or leave its disk with less free space than
+    ``memory.ingest.min_free_disk_bytes``. 507 is WebDAV's status for it (RFC 4918, 11.5); the
+    rest of the body is not wanted on this connection."""
+
+    status = 507
+    error_type = "server_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="spool_full", headers={"connection": "close"})
 
 
 # Tells SDKs not to retry: openai-python's ``_should_retry`` (and the anthropic SDK's, the same

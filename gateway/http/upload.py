@@ -4,7 +4,8 @@
 The upload has its own size limit (``memory.ingest.max_file_bytes``), not the app's
 ``client_max_size`` (``server.max_body_bytes``, for JSON bodies): a declared length beyond it
 is refused before a byte is read, and a body that grows beyond it while streaming is refused as
-soon as it does (413, ``Connection: close``; what was spooled is deleted). Each read must
+soon as it does (413, ``Connection: close``; what was spooled is deleted). The spool's own
+bounds (``memory.spool.SpoolRoom``) refuse an upload the same way, with 507 ``spool_full``. Each read must
 arrive within ``server.request_read_timeout_s`` (408): the whole upload may take as long as it
 needs, a stalled one may not.
 """
@@ -49,7 +50,7 @@ class Upload:
 async def read_upload(request: web.Request, ingest: IngestService, access: MemoryAccess | None) -> Upload:
     """The upload of ``request``, its file spooled; the client's error otherwise (415 not a
     form or a file type the gateway cannot read, 413, 408, 403 a namespace it may not write,
-    400 a malformed form)."""
+    400 a malformed form; 507 no room in the spool)."""
     if request.content_type != "multipart/form-data":
         raise UnsupportedMediaType(
             request.content_type,
@@ -60,6 +61,8 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
     limit = ingest.config.max_file_bytes
     if request.content_length is not None and request.content_length > limit + _FORM_OVERHEAD:
         raise _too_large(limit)  # refused before reading a byte of it
+    # A spool with no room for the declared file (or none at all) refuses it before a byte is read.
+    await ingest.check_room(max(0, (request.content_length or 0) - _FORM_OVERHEAD))
     timeout_s = request.app[keys.POLICY].server.request_read_timeout_s
     try:
         reader = await request.multipart()

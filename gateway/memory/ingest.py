@@ -46,6 +46,7 @@ from gateway.memory.jobs import (
 )
 from gateway.memory.pipeline import CancelledElsewhere, Pipeline, RunningJob, cancelled_in_store
 from gateway.memory.service import MemoryService
+from gateway.memory.spool import SpoolRoom
 from gateway.memory.sql import utc_now
 from gateway.policy.model import Ingest
 
@@ -102,6 +103,7 @@ class IngestService:
         self._starting: dict[str, asyncio.Future[None]] = {}
         self._slots = asyncio.Semaphore(config.max_concurrent_jobs)
         self._pipeline = Pipeline(memory, config, clock, config.max_concurrent_jobs)
+        self.room = SpoolRoom(config.spool_dir, config.max_spool_bytes, config.min_free_disk_bytes)
         self.jobs_started = 0
         self.jobs_finished: dict[str, int] = {}
 
@@ -113,7 +115,8 @@ class IngestService:
         self._pipeline.open()
         if self._recover:
             await asyncio.to_thread(_remove_partial_uploads, self.config.spool_dir)
-        elif self.runner is None:
+        await asyncio.to_thread(self.room.measure)
+        if not self._recover and self.runner is None:
             return
         for job in await self.memory.store.recent_jobs(None, sorted(ACTIVE), 1000):
             mine = self.runner is not None and job.runner == self.runner  # cut by this restart
@@ -158,9 +161,15 @@ class IngestService:
         if access is not None:
             access.check_write(namespace)
 
+    async def check_room(self, expected_bytes: int) -> None:
+        """``InsufficientStorage`` (507) when an upload of ``expected_bytes`` would not fit the
+        spool (``SpoolRoom``): before any byte of it is read."""
+        await asyncio.to_thread(self.room.check, expected_bytes)
+
     async def spool(self, chunks: AsyncIterator[bytes], file: str) -> Spooled:
         """Write an upload to a new file in the spool directory, hashing it as it comes;
-        ``PayloadTooLarge`` (and nothing kept) as soon as it passes ``max_file_bytes``."""
+        ``PayloadTooLarge`` as soon as it passes ``max_file_bytes`` and ``InsufficientStorage``
+        before it would pass the spool's bounds (``SpoolRoom``), nothing of it kept then."""
         limit = self.config.max_file_bytes
         path = os.path.join(self.config.spool_dir, f"upload-{uuid.uuid4().hex}.part")
         digest = hashlib.sha256()
@@ -174,19 +183,30 @@ class IngestService:
                     raise PayloadTooLarge(limit)
                 pending += block
                 if len(pending) >= READ_BYTES:  # one thread hop a MiB, however the blocks come
-                    await asyncio.to_thread(_write_hashed, f, digest, bytes(pending))
+                    await asyncio.to_thread(self.room.write, f, digest, bytes(pending))
                     pending.clear()
-            await asyncio.to_thread(_write_hashed, f, digest, bytes(pending))
+            if pending:
+                await asyncio.to_thread(self.room.write, f, digest, bytes(pending))
         except BaseException:
             await asyncio.to_thread(f.close)
-            await asyncio.to_thread(_remove, path)
+            await self._unspool(path)
             raise
-        await asyncio.to_thread(f.close)
+        await asyncio.to_thread(_close_and_measure, f, self.room)
         return Spooled(path, os.path.basename(file) or "upload", size, digest.hexdigest())
 
     async def discard(self, spooled: Spooled) -> None:
         """Delete a spooled upload that will not become a job (its form was refused)."""
-        await asyncio.to_thread(_remove, spooled.path)
+        await self._unspool(spooled.path)
+
+    async def _unspool(self, path: str | None) -> None:
+        """Delete a spool file (when there is one) and measure the spool again (the gauge)."""
+
+        def remove() -> None:
+            if path is not None:
+                _remove(path)
+            self.room.measure()
+
+        await asyncio.to_thread(remove)
 
     async def submit(self, spooled: Spooled, options: JobOptions, access: MemoryAccess | None) -> IngestJob:
         """Start (or continue) the job for a spooled upload; returns it as it is now.
@@ -201,12 +221,12 @@ class IngestService:
         await self._started(job_id)
         live = self._live.get(job_id)
         if live is not None:
-            await asyncio.to_thread(_remove, spooled.path)
+            await self._unspool(spooled.path)
             return replace(live.job)
         with self._starting_job(job_id):
             job = await self.memory.store.get_job(job_id)
             if job is not None and job.status in ACTIVE and self._fresh(job):
-                await asyncio.to_thread(_remove, spooled.path)
+                await self._unspool(spooled.path)
                 return job  # running in another process of this gateway (serve --workers N)
             await asyncio.to_thread(os.replace, spooled.path, path)
             if job is None:
@@ -314,7 +334,7 @@ class IngestService:
             job = await self._cancel_elsewhere(job)
         elif job.status != "done":
             job.status, job.finished_at = "cancelled", self._clock()
-            await asyncio.to_thread(_remove_spool, self.config.spool_dir, job.id)
+            await self._unspool(await asyncio.to_thread(_spool_file, self.config.spool_dir, job.id))
         if purge:
             job.warnings.append(f"purged: {await self._purge(job)} memories deleted")
         job.updated_at = self._clock()
@@ -398,12 +418,15 @@ class IngestService:
         }
 
     def figures(self) -> dict[str, float]:
-        """For the metrics: jobs running here, jobs started, bytes read, memories created."""
+        """For the metrics: jobs running here, jobs started, bytes read, memories created, and the
+        spool's bytes (on disk, every process's: as last measured, at each upload's block and
+        each spool file's removal)."""
         return {
             "jobs_running": len(self._live),
             "jobs_started": self.jobs_started,
             "bytes_read": self._pipeline.bytes_read,
             "chunks_stored": self._pipeline.chunks_stored,
+            "spool_bytes": self.room.bytes_held,
         }
 
     def finished_by_status(self) -> dict[str, int]:
@@ -473,7 +496,7 @@ class IngestService:
             job.finished_at = job.updated_at = self._clock()
             self.jobs_finished[job.status] = self.jobs_finished.get(job.status, 0) + 1
             if job.status in ("done", "cancelled", "failed"):
-                await asyncio.to_thread(_remove, live.path)
+                await self._unspool(live.path)
             with contextlib.suppress(GatewayError):  # the store failing now: the row keeps the last save
                 await self.memory.store.save_job(replace(job))
             log.info(
@@ -500,9 +523,9 @@ def _extension(file: str) -> str:
     return ext if re.fullmatch(r"\.[a-z0-9]{1,10}", ext) else ""
 
 
-def _write_hashed(f: Any, digest: Any, block: bytes) -> None:
-    f.write(block)
-    digest.update(block)
+def _close_and_measure(f: Any, room: SpoolRoom) -> None:
+    f.close()
+    room.measure()  # the gauge shows the upload
 
 
 def _remove(path: str) -> None:
@@ -527,12 +550,6 @@ def _remove_partial_uploads(spool_dir: str) -> None:
     for name in os.listdir(spool_dir):
         if name.startswith("upload-") and name.endswith(".part"):
             _remove(os.path.join(spool_dir, name))
-
-
-def _remove_spool(spool_dir: str, job_id: str) -> None:
-    path = _spool_file(spool_dir, job_id)
-    if path is not None:
-        _remove(path)
 
 
 def _visible(job: IngestJob, access: MemoryAccess) -> bool:

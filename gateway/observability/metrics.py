@@ -439,7 +439,7 @@ class IngestView(Protocol):
     """What the metrics need of file ingestion (``memory/ingest.py``)."""
 
     def figures(self) -> dict[str, float]:
-        """Flat figures: jobs_running, jobs_started, bytes_read, chunks_stored."""
+        """Flat figures: jobs_running, jobs_started, bytes_read, chunks_stored, spool_bytes."""
         ...
 
     def finished_by_status(self) -> dict[str, int]:
@@ -453,6 +453,10 @@ class _IngestCollector(Collector):
         "jobs_started": ("counter", "Ingest jobs started (uploads, and resumes)."),
         "bytes_read": ("counter", "Bytes of uploaded files read by ingest jobs."),
         "chunks_stored": ("counter", "Memories created by ingest jobs."),
+        "spool_bytes": (
+            "gauge",
+            "Bytes the ingest spool holds on disk (uploads being received, files of unfinished jobs).",
+        ),
     }
 
     def __init__(self, view: IngestView) -> None:

@@ -42,6 +42,7 @@ def _parse_size(value: object) -> object:
 
 
 ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
+ByteCount = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]  # a size that may be 0
 
 
 # Headers and URL query parameters that carry credentials: refused in a policy (api_key_env instead)
@@ -791,6 +792,17 @@ class Ingest(_Strict):
     )
     max_concurrent_jobs: int = Field(
         4, ge=1, description="Jobs running at once in a process; more wait, queued."
+    )
+    max_spool_bytes: ByteSize = Field(
+        8 << 30,
+        description="Most bytes spool_dir may hold in all (uploads being received, and the files "
+        "of jobs not finished: queued, running, paused, interrupted): an upload that would pass it "
+        "is refused with 507 (spool_full) and nothing of it is kept. A size such as 8GiB.",
+    )
+    min_free_disk_bytes: ByteCount = Field(
+        1 << 30,
+        description="Free space spool_dir's disk keeps: an upload that would leave less is refused "
+        "with 507 (spool_full) and nothing of it is kept. A size such as 1GiB; 0: no floor.",
     )
 
     @model_validator(mode="after")
