@@ -185,14 +185,16 @@ class MethodNotAllowed(GatewayError):
 
 
 class RequestTimeout(GatewayError):
-    """The client sent its request body more slowly than ``server.request_read_timeout_s``."""
+    """The client sent its request body more slowly than ``server.request_read_timeout_s`` (or
+    an upload more slowly than the ingest's bounds: ``message`` says which)."""
 
     status = 408
     error_type = "invalid_request_error"
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, message: str | None = None) -> None:
         super().__init__(
-            f"The request body did not arrive within the gateway's read timeout of {timeout_s:g} s.",
+            message
+            or f"The request body did not arrive within the gateway's read timeout of {timeout_s:g} s.",
             code="request_timeout",
             headers={"connection": "close"},
         )

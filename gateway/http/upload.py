@@ -6,13 +6,17 @@ The upload has its own size limit (``memory.ingest.max_file_bytes``), not the ap
 is refused before a byte is read, and a body that grows beyond it while streaming is refused as
 soon as it does (413, ``Connection: close``; what was spooled is deleted). The spool's own
 bounds (``memory.spool.SpoolRoom``) refuse an upload the same way, with 507 ``spool_full``. Each read must
-arrive within ``server.request_read_timeout_s`` (408): the whole upload may take as long as it
-needs, a stalled one may not.
+arrive within ``server.request_read_timeout_s`` (408), and the upload as a whole is paced
+(``_Pace``, 408 too): done within ``memory.ingest.upload_timeout_s``, and, once
+``upload_rate_grace_s`` have passed, at least ``upload_min_bytes_per_s`` over every
+``upload_rate_window_s`` (a slowloris sending a byte just within each read timeout would
+otherwise hold a connection and its partial file for days).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -26,6 +30,7 @@ from gateway.http.body import refuse_compressed
 from gateway.memory.access import MemoryAccess
 from gateway.memory.formats import READ_BYTES, format_of, supported
 from gateway.memory.ingest import IngestService, Spooled
+from gateway.policy.model import Ingest
 from gateway.wire.memory import MemoryFileIn
 
 T = TypeVar("T")
@@ -63,7 +68,7 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
         raise _too_large(limit)  # refused before reading a byte of it
     # A spool with no room for the declared file (or none at all) refuses it before a byte is read.
     await ingest.check_room(max(0, (request.content_length or 0) - _FORM_OVERHEAD))
-    timeout_s = request.app[keys.POLICY].server.request_read_timeout_s
+    pace = _Pace(ingest.config, request.app[keys.POLICY].server.request_read_timeout_s)
     try:
         reader = await request.multipart()
     except ValueError as exc:  # no boundary in the Content-Type
@@ -71,7 +76,7 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
     fields: dict[str, str] = {}
     found: tuple[str, Spooled] | None = None
     try:
-        while (part := await _within(timeout_s, reader.next())) is not None:
+        while (part := await _within(pace, reader.next())) is not None:
             if not isinstance(part, BodyPartReader) or not part.name:
                 raise InvalidRequest("Every part of the form must be a named field.", param="file")
             if part.filename is None:
@@ -88,7 +93,7 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
                     )
                 if part.name in fields:
                     raise InvalidRequest(f"The form field '{part.name}' is sent twice.", param=part.name)
-                fields[part.name] = await _field(part, timeout_s)
+                fields[part.name] = await _field(part, pace)
                 continue
             if part.name != "file" or found is not None:
                 raise InvalidRequest("Send one file, in the form field 'file'.", param="file")
@@ -103,7 +108,7 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
             if "namespace" in fields:  # before reading the file: a refusal costs nothing
                 ingest.check_writable(fields["namespace"], access)
             try:
-                found = fmt, await ingest.spool(_blocks(part, timeout_s), filename)
+                found = fmt, await ingest.spool(_blocks(part, pace), filename)
             except PayloadTooLarge:
                 raise _too_large(limit) from None
         if found is not None and "namespace" in fields:  # a namespace sent after the file
@@ -123,14 +128,81 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return error
 
 
-async def _within(timeout_s: float, read: Awaitable[T]) -> T:
-    """A read of the form within the read timeout; aiohttp's parser refusing the form (a boundary
-    that never comes, a broken part) is the client's 400."""
+class _Pace:
+    """When the upload's next read must have ended (loop time, seconds), and the 408 if it has
+    not: within the read timeout, by the upload's total deadline, and before the bytes of the
+    last ``upload_rate_window_s`` fall below ``upload_min_bytes_per_s`` of it (never before
+    ``upload_rate_grace_s``). The rate needs no timer of its own: bytes only arriving can move
+    its deadline, so it is computed again after each read and the read waits until then.
+
+    ``_seen`` holds (time, bytes received by then), at most one a sixteenth of a window apart:
+    a read between two is not recorded, which only makes the window look fuller (lenient), by at
+    most a sixteenth of it; those older than the window are dropped (all but the last)."""
+
+    def __init__(self, config: Ingest, read_timeout_s: float) -> None:
+        now = asyncio.get_running_loop().time()
+        self.read_timeout_s = read_timeout_s
+        self.config = config
+        self.received = 0
+        self._last = now
+        self._total_deadline = now + config.upload_timeout_s
+        self._grace_end = now + config.upload_rate_grace_s
+        self._seen: deque[tuple[float, int]] = deque([(now, 0)])
+
+    def add(self, size: int) -> None:
+        """``size`` more bytes arrived (now)."""
+        now = self._last = asyncio.get_running_loop().time()
+        self.received += size
+        window = self.config.upload_rate_window_s
+        if now - self._seen[-1][0] >= window / 16:
+            self._seen.append((now, self.received))
+        while len(self._seen) > 1 and self._seen[1][0] <= now - window:
+            self._seen.popleft()
+
+    def deadline(self) -> tuple[float, str]:
+        """The loop time the next read must end by, and which bound that is (``late`` says it)."""
+        config = self.config
+        found = asyncio.get_running_loop().time() + self.read_timeout_s, "read"
+        if self._total_deadline < found[0]:
+            found = self._total_deadline, "total"
+        if config.upload_min_bytes_per_s > 0:
+            # With no more bytes, the window ending at t holds ``received - B(t - window)``:
+            # too few from the first t whose window starts at or after a point past ``floor``.
+            floor = self.received - config.upload_min_bytes_per_s * config.upload_rate_window_s
+            start = next((t for t, b in self._seen if b > floor), self._last)
+            at = max(start + config.upload_rate_window_s, self._grace_end)
+            if at < found[0]:
+                found = at, "rate"
+        return found
+
+    def late(self, bound: str) -> RequestTimeout:
+        """The 408 for passing ``bound`` (of ``deadline``)."""
+        config = self.config
+        if bound == "total":
+            return RequestTimeout(
+                config.upload_timeout_s,
+                "The upload did not complete within the gateway's upload timeout of "
+                f"{config.upload_timeout_s:g} s (memory.ingest.upload_timeout_s).",
+            )
+        if bound == "rate":
+            return RequestTimeout(
+                config.upload_rate_window_s,
+                "The upload arrived slower than the gateway's minimum of "
+                f"{config.upload_min_bytes_per_s:g} bytes/s over {config.upload_rate_window_s:g} s "
+                "(memory.ingest.upload_min_bytes_per_s).",
+            )
+        return RequestTimeout(self.read_timeout_s)
+
+
+async def _within(pace: _Pace, read: Awaitable[T]) -> T:
+    """A read of the form before its pace's deadline; aiohttp's parser refusing the form (a
+    boundary that never comes, a broken part) is the client's 400."""
+    deadline, bound = pace.deadline()
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout_at(deadline):
             return await read
     except TimeoutError:
-        raise RequestTimeout(timeout_s) from None
+        raise pace.late(bound) from None
     except (ValueError, HttpProcessingError) as exc:  # a part's header aiohttp refuses is the latter
         raise _malformed(exc) from None
 
@@ -140,9 +212,9 @@ def _malformed(exc: ValueError | HttpProcessingError) -> InvalidRequest:
     return InvalidRequest(f"The body is not a valid multipart/form-data form: {reason}.", param="file")
 
 
-async def _field(part: BodyPartReader, timeout_s: float) -> str:
+async def _field(part: BodyPartReader, pace: _Pace) -> str:
     raw = bytearray()
-    while block := await _read(part, timeout_s):
+    while block := await _read(part, pace):
         raw += block
         if len(raw) > _FIELD_MAX_BYTES:
             raise InvalidRequest(
@@ -154,10 +226,12 @@ async def _field(part: BodyPartReader, timeout_s: float) -> str:
         raise InvalidRequest(f"The form field '{part.name}' is not UTF-8 text.", param=part.name) from None
 
 
-async def _blocks(part: BodyPartReader, timeout_s: float) -> AsyncIterator[bytes]:
-    while block := await _read(part, timeout_s):
+async def _blocks(part: BodyPartReader, pace: _Pace) -> AsyncIterator[bytes]:
+    while block := await _read(part, pace):
         yield block
 
 
-async def _read(part: BodyPartReader, timeout_s: float) -> bytes:
-    return await _within(timeout_s, part.read_chunk(READ_BYTES))
+async def _read(part: BodyPartReader, pace: _Pace) -> bytes:
+    block = await _within(pace, part.read_chunk(READ_BYTES))
+    pace.add(len(block))
+    return block

@@ -804,6 +804,24 @@ class Ingest(_Strict):
         description="Free space spool_dir's disk keeps: an upload that would leave less is refused "
         "with 507 (spool_full) and nothing of it is kept. A size such as 1GiB; 0: no floor.",
     )
+    upload_timeout_s: DurationS = Field(
+        3600,
+        description="Longest an upload may take from its first byte to its last (then 408, the "
+        "partial file deleted), however steadily it comes. A duration such as 1h.",
+    )
+    upload_min_bytes_per_s: float = Field(
+        8192,
+        ge=0,
+        description="Slowest an upload may arrive, in bytes a second, measured over any "
+        "upload_rate_window_s once upload_rate_grace_s have passed: a client trickling bytes "
+        "(slowloris) gets 408 and its partial file is deleted. 0: no minimum.",
+    )
+    upload_rate_window_s: DurationS = Field(
+        10, description="The window the minimum rate is measured over (bytes in the last window)."
+    )
+    upload_rate_grace_s: DurationS = Field(
+        10, description="How long an upload may come slower than the minimum at its start."
+    )
 
     @model_validator(mode="after")
     def _overlap_below_half(self) -> Ingest:
