@@ -448,8 +448,12 @@ class MemoryService:
         top_k: int,
         where: MemoryFilter,
         access: MemoryAccess | None = None,
+        *,
+        accessed: bool = True,
     ) -> list[Hit]:
-        """The ``top_k`` memories closest to the query (text or vector) that pass ``where``.
+        """The ``top_k`` memories closest to the query (text or vector) that pass ``where``,
+        counted as accessed unless not ``accessed`` (the caller counts those it uses:
+        ``record_access``).
 
         With ``access``, every namespace named must be readable (else ``PermissionDenied``) and
         only the partitions it may see are searched: owners filter inside the index query, so
@@ -494,7 +498,8 @@ class MemoryService:
             scored, memories, _ = await self._search_index(partitions, vector, top_k, where)
             self._remember(key, namespaces, scored)
         hits = [Hit(memories[i], s) for i, s in scored if i in memories][:top_k]
-        self._pending_access.update(h.memory.id for h in hits)
+        if accessed:
+            self.record_access(h.memory.id for h in hits)
         self.search_duration.observe(time.perf_counter() - started)
         return hits
 
@@ -622,10 +627,17 @@ class MemoryService:
     async def context_for(
         self, prompt: str, namespaces: Sequence[str], top_k: int, access: MemoryAccess | None = None
     ) -> list[Hit]:
-        """Memories to add to a chat request about ``prompt`` (only those ``access`` may read)."""
-        return await self.search(prompt, None, top_k, MemoryFilter(namespaces=namespaces), access)
+        """Memories to add to a chat request about ``prompt`` (only those ``access`` may read),
+        best first; not counted as accessed: the caller records those it sends (``record_access``)."""
+        return await self.search(
+            prompt, None, top_k, MemoryFilter(namespaces=namespaces), access, accessed=False
+        )
 
     # ----- access counts, batched
+
+    def record_access(self, ids: Iterable[str]) -> None:
+        """Count these memories as accessed once each (written to the store in batches)."""
+        self._pending_access.update(ids)
 
     async def flush_access(self) -> None:
         if not self._pending_access:

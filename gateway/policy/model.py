@@ -902,6 +902,14 @@ class MemoryConfig(_Strict):
         ge=0,
         description="Search results are cached this long (0: off) and dropped on writes to their namespaces.",
     )
+    augment_max_chars: int = Field(
+        32_000,
+        ge=1,
+        le=1_000_000,
+        description="Most characters of memory text a memory-augmented chat gets in all (ids and "
+        "framing aside; 32,000 is ~8,000 tokens): best memories first, the one that crosses it cut, "
+        "those after it left out. Only the memories sent count as accessed.",
+    )
     ingest: Ingest = Ingest()
 
 
