@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
 _TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
@@ -63,55 +64,61 @@ def check_turns(messages: Sequence[Turn]) -> None:
     for i, message in enumerate(messages):
         final_assistant = i == last and message.role == "assistant"
         content = message.content
-        if not content:
+        uses: list[str] = []
+        answered: AbstractSet[str] = _NONE
+        if isinstance(content, list):
+            if content:
+                answered = _check_blocks(content, i, final_assistant, seen, offered, uses)
+            elif not final_assistant:
+                raise _empty(i)
+        elif not content:
             if not final_assistant:
-                raise TurnError(
-                    f"messages.{i}",
-                    "all messages must have non-empty content except for the optional final "
-                    "assistant message",
-                )
-        elif isinstance(content, str):  # one text block
-            if final_assistant and content != content.rstrip():
+                raise _empty(i)
+        elif content.isspace() or (final_assistant and content[-1].isspace()):  # one text block
+            if final_assistant:
                 raise _trailing_whitespace()
-            if content.isspace():
-                raise TurnError(
-                    f"messages.{i}.content", "text content blocks must contain non-whitespace text"
-                )
-        answered = (
-            _check_blocks(content, i, final_assistant, seen, offered) if isinstance(content, list) else set()
-        )
-        missing = [call for call in offered if call not in answered]
-        if missing:
-            raise _unanswered(i - 1, missing)
-        offered = _tool_use_ids(content) if message.role == "assistant" else []
+            raise TurnError(f"messages.{i}.content", "text content blocks must contain non-whitespace text")
+        if offered:
+            missing = [call for call in offered if call not in answered]
+            if missing:
+                raise _unanswered(i - 1, missing)
+        offered = uses if message.role == "assistant" else []
     if offered:  # a final assistant turn's tool uses: nothing answers them
         raise _unanswered(last, offered)
 
 
+_NONE: frozenset[str] = frozenset()  # the answered ids of a turn without blocks
+
+
 def _check_blocks(
-    blocks: list[dict[str, Any]], i: int, final_assistant: bool, seen: set[str], offered: list[str]
+    blocks: list[dict[str, Any]],
+    i: int,
+    final_assistant: bool,
+    seen: set[str],
+    offered: list[str],
+    uses: list[str],
 ) -> set[str]:
-    """Check one turn's blocks; the ``tool_use`` ids of ``offered`` its ``tool_result``s answer."""
+    """Check one turn's blocks, adding its ``tool_use`` ids to ``uses``; the ids of ``offered``
+    its ``tool_result`` blocks answer. (Key paths are formatted only for an error.)"""
     answered: set[str] = set()
     leading = True  # no block other than a tool_result yet
     for j, block in enumerate(blocks):
-        where = f"messages.{i}.content.{j}"
         kind = block.get("type")
         if kind == "tool_result":
             call = block.get("tool_use_id")
             if not isinstance(call, str):
-                raise TurnError(f"{where}.tool_result.tool_use_id", "Input should be a valid string")
+                raise TurnError(f"{_at(i, j)}.tool_result.tool_use_id", "Input should be a valid string")
             if call not in offered or call in answered:
-                again = call in answered
+                again = " (and answer it once)." if call in answered else "."
                 raise TurnError(
-                    where,
+                    _at(i, j),
                     f"unexpected `tool_use_id` found in `tool_result` blocks: {call}. Each "
                     "`tool_result` block must have a corresponding `tool_use` block in the "
-                    "previous message" + (" (and answer it once)." if again else "."),
+                    "previous message" + again,
                 )
             if not leading:
                 raise TurnError(
-                    where,
+                    _at(i, j),
                     "`tool_result` blocks must come first in the user message content, before "
                     "any other block.",
                 )
@@ -119,40 +126,46 @@ def _check_blocks(
             inner = block.get("content")
             for k, part in enumerate(inner if isinstance(inner, list) else ()):
                 if isinstance(part, dict) and part.get("type") == "text":
-                    _check_text(part, f"{where}.content.{k}")
+                    problem = _text_problem(part)
+                    if problem is not None:
+                        raise TurnError(f"{_at(i, j)}.content.{k}", problem)
             continue
         leading = False
         if kind == "text":
-            _check_text(block, where)
+            problem = _text_problem(block)
+            if problem is not None:
+                raise TurnError(_at(i, j), problem)
             text = block.get("text")
-            if final_assistant and j == len(blocks) - 1 and isinstance(text, str) and text != text.rstrip():
+            if final_assistant and j == len(blocks) - 1 and isinstance(text, str) and text[-1].isspace():
                 raise _trailing_whitespace()
         elif kind == "tool_use":
             call = block.get("id")
             if not isinstance(call, str) or not _TOOL_USE_ID.fullmatch(call):
                 raise TurnError(
-                    f"{where}.tool_use.id", f"String should match pattern '^{_TOOL_USE_ID.pattern}$'"
+                    f"{_at(i, j)}.tool_use.id", f"String should match pattern '^{_TOOL_USE_ID.pattern}$'"
                 )
             if call in seen:
-                raise TurnError(where, "`tool_use` ids must be unique")
+                raise TurnError(_at(i, j), "`tool_use` ids must be unique")
             seen.add(call)
+            uses.append(call)
     return answered
 
 
-def _check_text(block: dict[str, Any], where: str) -> None:
+def _at(i: int, j: int) -> str:
+    return f"messages.{i}.content.{j}"
+
+
+def _text_problem(block: dict[str, Any]) -> str | None:
+    """What Anthropic says of a text block's text (None: fine, or not a string, which the
+    translation names: "a text block needs a 'text' string")."""
     text = block.get("text")
     if not isinstance(text, str):
-        return  # the translation names it ("a text block needs a 'text' string")
+        return None
     if not text:
-        raise TurnError(where, "text content blocks must be non-empty")
+        return "text content blocks must be non-empty"
     if text.isspace():
-        raise TurnError(where, "text content blocks must contain non-whitespace text")
-
-
-def _tool_use_ids(content: str | list[dict[str, Any]]) -> list[str]:
-    if isinstance(content, str):
-        return []
-    return [b["id"] for b in content if b.get("type") == "tool_use" and isinstance(b.get("id"), str)]
+        return "text content blocks must contain non-whitespace text"
+    return None
 
 
 def _unanswered(i: int, calls: list[str]) -> TurnError:
@@ -161,6 +174,13 @@ def _unanswered(i: int, calls: list[str]) -> TurnError:
         f"`tool_use` ids were found without `tool_result` blocks immediately after: "
         f"{', '.join(calls)}. Each `tool_use` block must have a corresponding `tool_result` block "
         "in the next message.",
+    )
+
+
+def _empty(i: int) -> TurnError:
+    return TurnError(
+        f"messages.{i}",
+        "all messages must have non-empty content except for the optional final assistant message",
     )
 
 
