@@ -35,6 +35,9 @@ from gateway.memory.records import Memory, MemoryPatch, PruneRule
 
 # Ids per ``IN (...)`` list: far below SQLite's 32,766 variables and Snowflake's expression limit.
 CHUNK = 500
+# Rows a Snowflake MERGE inserts at once (a VALUES list: at most 16,384 rows): an insert batch
+# (the API's 1,000 memories, an ingest job's store_batch) is one statement, as its INSERT was.
+_MERGE_ROWS = 1000
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
@@ -297,7 +300,10 @@ class MemoryQueries:
         refuses the whole batch rather than letting the two backends differ. A database that
         does enforce the key and finds an id taken by a writer that got in after the check
         (another process on a store without the SQLite store's write lock) is refused the same
-        way (``memory_exists``), not as a driver error (a 500).
+        way (``memory_exists``), not as a driver error (a 500). On Snowflake the write itself is
+        idempotent on id (``_write_new``): an id taken after the check is left as it is, never
+        a second row; it is ``memory_exists`` unless the row there is this very memory (the
+        statement ran twice: a retry after a lost answer), which is no error.
         """
         ids = [m.id for m in memories]
         twice = sorted(i for i, n in Counter(ids).items() if n > 1)
@@ -335,7 +341,7 @@ class MemoryQueries:
             for m in memories
         ]
         try:
-            cur.executemany(f"INSERT INTO {self.table} ({_SELECT}) VALUES ({marks(len(COLUMNS))})", rows)
+            written = self._write_new(cur, rows)
         except Exception as exc:
             if not is_integrity_error(exc) or not self.existing_ids(cur, ids):
                 raise
@@ -347,7 +353,47 @@ class MemoryQueries:
                 param="id",
                 code="memory_exists",
             ) from exc
-        self.log_changes(cur, [(m.id, m.namespace, m.owner, 0) for m in memories])
+        theirs = self._held_by_others(cur, memories) if written < len(rows) else []
+        # What this batch wrote is committed whatever follows (autocommit): it is logged.
+        self.log_changes(cur, [(m.id, m.namespace, m.owner, 0) for m in memories if m.id not in theirs])
+        if theirs:
+            raise InvalidRequest(
+                f"A memory with id '{theirs[0]}' was created by another request at the same time; "
+                "use PATCH to change it.",
+                param="id",
+                code="memory_exists",
+            )
+
+    def _write_new(self, cur: Cursor, rows: Sequence[Sequence[object]]) -> int:
+        """Write ``rows`` (all of ``COLUMNS``) whose ids are not stored; how many were written.
+
+        SQLite: one INSERT (the primary key refuses a taken id; the store's write lock means
+        none is). Snowflake: ``MERGE ... WHEN NOT MATCHED THEN INSERT`` from a VALUES list, as
+        its key is not enforced: a plain INSERT of an id another writer took since the check,
+        or sent again by a retry after a lost answer, would be a second row of that id. The
+        MERGE's count is the rows it inserted (the connector's ``rowcount``). Values are bound
+        as for the INSERT (one Python type a column), ``_MERGE_ROWS`` rows a statement."""
+        if self.dialect.name == "sqlite":
+            cur.executemany(f"INSERT INTO {self.table} ({_SELECT}) VALUES ({marks(len(COLUMNS))})", rows)
+            return len(rows)
+        source = ", ".join(f"column{n} AS {c.name}" for n, c in enumerate(COLUMNS, start=1))
+        written = 0
+        for start in range(0, len(rows), _MERGE_ROWS):
+            part = rows[start : start + _MERGE_ROWS]
+            values = ", ".join([f"({marks(len(COLUMNS))})"] * len(part))
+            cur.execute(
+                f"MERGE INTO {self.table} AS stored USING (SELECT {source} FROM VALUES {values}) AS incoming "
+                f"ON stored.id = incoming.id WHEN NOT MATCHED THEN INSERT ({_SELECT}) "
+                f"VALUES ({', '.join(f'incoming.{c.name}' for c in COLUMNS)})",
+                [value for row in part for value in row],
+            )
+            written += cur.rowcount or 0  # unknown: every id is looked at (``_held_by_others``)
+        return written
+
+    def _held_by_others(self, cur: Cursor, memories: Sequence[Memory]) -> list[str]:
+        """The ids of ``memories`` whose stored row is not that memory (another writer's)."""
+        stored = {m.id: m for m in self.get_many(cur, [m.id for m in memories])}
+        return [m.id for m in memories if m.id in stored and not _same(stored[m.id], m)]
 
     def update(self, cur: Cursor, memory_id: str, patch: MemoryPatch, now: datetime) -> Memory | None:
         sets, params = _patch_assignments(patch)
@@ -479,6 +525,19 @@ class MemoryQueries:
         return self.delete_where(
             cur, "namespace = ? AND confidence_score < ?", [namespace, threshold], dry_run
         )
+
+
+def _same(stored: Memory, sent: Memory) -> bool:
+    """Whether a stored row is the memory ``sent`` (what a writer chooses; not the times)."""
+    return (stored.namespace, stored.owner, stored.content, stored.data_source) == (
+        sent.namespace,
+        sent.owner,
+        sent.content,
+        sent.data_source,
+    ) and (encode_metadata(stored.metadata), encode_embedding(stored.embedding)) == (
+        encode_metadata(sent.metadata),
+        encode_embedding(sent.embedding),
+    )
 
 
 def _patch_assignments(patch: MemoryPatch) -> tuple[list[str], list[object]]:

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 import snowflake.connector
 
+from gateway.errors import InvalidRequest
 from gateway.memory.records import Memory
 from gateway.memory.snowflake_store import SnowflakeMemoryStore, snowflake_settings_from_env
+from gateway.memory.sql import encode_embedding
 from gateway.observability.metrics import RecoveryActions
 from gateway.service.recovery import pool_reconnects
-from tests.integration.memory.conftest import SMALL_POOL, SNOWFLAKE_ARGS, Backend
+from tests.integration.memory.conftest import SMALL_POOL, SNOWFLAKE_ARGS, START, Backend
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 
@@ -177,5 +179,118 @@ async def test_a_clustering_key_refused_is_skipped_with_a_warning(
         assert "cannot set the clustering key of MEMORIES" in caplog.text
         await store.insert([Memory("a", "slack_data", "fact", None)])
         assert await store.count() == 1
+    finally:
+        await store.close()
+
+
+# ----- inserts are idempotent on id (MERGE ... WHEN NOT MATCHED THEN INSERT)
+
+VECTOR = (0.5, -0.25, 1.0, 0.125)  # float32-exact
+
+
+def fact(mid: str, content: str | None = None) -> Memory:
+    return Memory(id=mid, namespace="ns", content=content or f"fact {mid}", embedding=VECTOR)
+
+
+class Cursor:
+    """The store's cursor (the ``Cursor`` Protocol) with a hook before each statement that
+    writes new memory rows: ``before(sql)`` may run another connection's write, or say the
+    statement is to run twice (a retry after its answer was lost)."""
+
+    def __init__(self, cur: Any, before: Callable[[str], bool]) -> None:
+        self.cur = cur
+        self.before = before
+        self.writes: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cur, name)
+
+    def execute(self, sql: str, params: Any = ()) -> object:
+        if sql.upper().startswith(("INSERT INTO MEMORIES ", "MERGE INTO MEMORIES ")):
+            self.writes.append(sql.split(" ", 1)[0])
+            if self.before(sql):
+                self.cur.execute(sql, params)
+        return self.cur.execute(sql, params)
+
+
+def other_process_writes(*rows: tuple[str, str]) -> None:
+    """Another connection commits memories (id, content) of namespace 'ns' with ``VECTOR``."""
+    conn = snowflake.connector.connect(**SNOWFLAKE_ARGS, paramstyle="qmark")
+    try:
+        conn.cursor().executemany(
+            "INSERT INTO memories (id, namespace, content, embedding, metadata) VALUES (?, 'ns', ?, ?, '{}')",
+            [(mid, content, encode_embedding(VECTOR)) for mid, content in rows],
+        )
+    finally:
+        conn.close()
+
+
+async def rows_by_id(store: SnowflakeMemoryStore) -> dict[str, int]:
+    def count(cur: Any) -> dict[str, int]:
+        cur.execute("SELECT id, COUNT(*) FROM memories GROUP BY id")
+        return {mid: int(n) for mid, n in cur.fetchall()}
+
+    return await store._run("count", count)
+
+
+async def insert_through(
+    store: SnowflakeMemoryStore, cursor_of: Callable[[Any], Cursor], batch: list[Memory]
+) -> Cursor:
+    """``store``'s insert of ``batch``, on its cursor wrapped by ``cursor_of``; that wrapper."""
+    made: list[Cursor] = []
+
+    def op(cur: Any) -> None:
+        made.append(cursor_of(cur))
+        store._q.insert(made[-1], batch, START)  # type: ignore[arg-type]
+
+    await store._run("insert", op)
+    return made[0]
+
+
+async def test_a_batch_whose_write_runs_twice_is_stored_once(fake_snowflake: None) -> None:
+    """The write statement sent again (the connector's retry after a lost answer) inserts
+    nothing the second time: one row per id, no error, each id once in the change log."""
+    store = SnowflakeMemoryStore(SNOWFLAKE_ARGS, SMALL_POOL, clock=lambda: START, upkeep=False)
+    await store.start()
+    try:
+        batch = [fact("a"), fact("b"), fact("c")]
+        cur = await insert_through(store, lambda c: Cursor(c, lambda sql: True), batch)
+        assert cur.writes == ["MERGE"]  # one statement for the batch, run twice
+        assert await rows_by_id(store) == {"a": 1, "b": 1, "c": 1}
+        assert sorted(i for _, i, *_ in await store.changes_after(0, 100)) == ["a", "b", "c"]
+        stored = {m.id: m for m in await store.get_many(["a", "b", "c"])}
+        assert stored["b"].content == "fact b" and stored["b"].embedding == VECTOR
+    finally:
+        await store.close()
+
+
+async def test_an_id_taken_before_the_write_is_never_a_second_row(fake_snowflake: None) -> None:
+    """Another writer takes ids between the check and the write: a row that is this very memory
+    (the same file ingested by two replicas at once) is no error; one with other content is
+    ``memory_exists`` naming it, left as it is; the rest of the batch is stored once and
+    logged. Snowflake does not enforce the key, so a plain INSERT would have added second rows
+    (fakesnow's DuckDB would refuse them: the MERGE never tries)."""
+    store = SnowflakeMemoryStore(SNOWFLAKE_ARGS, SMALL_POOL, clock=lambda: START, upkeep=False)
+    await store.start()
+    try:
+
+        def twin(sql: str) -> bool:
+            other_process_writes(("same", "fact same"))
+            return False
+
+        await insert_through(store, lambda c: Cursor(c, twin), [fact("one"), fact("same")])
+        assert await rows_by_id(store) == {"one": 1, "same": 1}
+
+        def squatter(sql: str) -> bool:
+            other_process_writes(("taken", "theirs"))
+            return False
+
+        with pytest.raises(InvalidRequest) as exc:
+            await insert_through(store, lambda c: Cursor(c, squatter), [fact("x"), fact("taken"), fact("y")])
+        assert (exc.value.code, exc.value.param) == ("memory_exists", "id") and "'taken'" in exc.value.message
+        assert await rows_by_id(store) == {"one": 1, "same": 1, "x": 1, "taken": 1, "y": 1}
+        assert (await store.get("taken")).content == "theirs"  # type: ignore[union-attr]
+        logged = [i for _, i, *_ in await store.changes_after(0, 100)]
+        assert "x" in logged and "y" in logged and "taken" not in logged
     finally:
         await store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
@@ -67,9 +68,15 @@ async def test_insert_refuses_existing_ids(backend: Backend, store: SQLMemorySto
     assert await store.count() == 1  # neither batch left anything behind
 
 
+def writes_memories(sql: str) -> bool:
+    """Whether ``sql`` writes new rows of the memory table (SQLite's INSERT, Snowflake's MERGE)."""
+    return re.match(r"(INSERT|MERGE) INTO memories\b", sql, re.IGNORECASE) is not None
+
+
 class WriteBeforeInsert:
-    """The store's cursor, with another connection's write committed just before its INSERT:
-    another process taking an id between the store's check that it is free and its insert."""
+    """The store's cursor, with another connection's write committed just before its INSERT
+    (MERGE on Snowflake): another process taking an id between the store's check that it is
+    free and its write."""
 
     def __init__(self, cur: Any, write: Callable[[], None]) -> None:
         self.cur = cur
@@ -78,10 +85,17 @@ class WriteBeforeInsert:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.cur, name)
 
-    def executemany(self, sql: str, params: Any) -> object:
-        if self.write is not None and sql.startswith("INSERT INTO"):
+    def _before(self, sql: str) -> None:
+        if self.write is not None and writes_memories(sql):
             self.write, write = None, self.write
             write()
+
+    def execute(self, sql: str, params: Any = ()) -> object:
+        self._before(sql)
+        return self.cur.execute(sql, params)
+
+    def executemany(self, sql: str, params: Any) -> object:
+        self._before(sql)
         return self.cur.executemany(sql, params)
 
 
