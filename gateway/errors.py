@@ -39,7 +39,8 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     │   ├── UpstreamBadResponse    502     upstream_error          yes    malformed body
     │   ├── UpstreamCredentialsRefused 502 upstream_error        yes    code=provider_auth_failed; the provider refused the gateway's key (note 3)
     │   ├── UpstreamAccountRefused 502     upstream_error          yes    code=provider_account_refused; 402 / billing, the gateway's account
-    │   └── UpstreamStatusError    *       *                       *      the provider's status (note 1)
+    │   ├── UpstreamStatusError    *       *                       *      the provider's status (note 1)
+    │   └── StreamInterrupted      *       *                       no     a started stream failed; fixed text (note 4)
     ├── AllDeploymentsFailed       *       *                       no     the last attempt's status and type
     ├── HTTPStatusError            *       invalid_request_error   no     other HTTP refusals (411, ...)
     └── InternalError              500     server_error            no     a bug; message never has details
@@ -59,6 +60,13 @@ re-authenticate (the SDKs raise ``AuthenticationError``) and carry the provider'
 may quote part of the key. It is a 502 in the gateway's words instead, fails over to another
 deployment and counts against the provider (every request would fail the same way), with
 ``x-should-retry: false`` (a client retry cannot mend a key).
+
+Note 4: once a stream's first byte has gone out, a provider's failure reaches the client as its
+door's error event, never a status. That event says one fixed text per reason (``upstream_closed``,
+``timeout``, ``bad_event``, ``provider_error``), with the policy's provider name; what the
+library or the provider said (an aiohttp message can carry the provider's URL, host or address)
+is ``detail``, for the gateway's log only. Its status and type are those of the error behind it
+(an Anthropic client still reads an overload as ``overloaded_error``).
 
 Library exceptions (aiohttp, asyncio) are translated into this tree at the boundary that
 calls the library (``providers/transport.py``); nothing else raises them further.
@@ -550,6 +558,45 @@ class UpstreamStatusError(UpstreamError):
         env = super().envelope()
         if self.upstream_type and self.upstream_status < 500:
             env["error"]["type"] = self.upstream_type
+        return env
+
+
+class StreamInterrupted(UpstreamError):
+    """A stream its provider failed after the first byte went to the client (note 4): ``reason``
+    (``service.streams.STREAM_ERROR_REASONS``) decides the message; ``detail`` is what the
+    error behind it (``cause``) said, for the log only."""
+
+    TEXTS: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            "upstream_closed": "the provider closed the stream before the answer was complete.",
+            "timeout": "the provider stopped sending the answer (timed out) before it was complete.",
+            "bad_event": "the provider sent a stream event the gateway could not read; the answer is incomplete.",
+            "provider_error": "the provider reported an error in the middle of the answer; the answer is incomplete.",
+        }
+    )
+
+    def __init__(self, reason: str, provider: str, cause: GatewayError) -> None:
+        text = self.TEXTS.get(reason, self.TEXTS["bad_event"])
+        super().__init__(f"{provider}: {text}" if provider else text, provider=provider, code=reason)
+        self.reason = reason
+        self.cause = cause
+        self.detail = cause.message
+
+    @property
+    def http_status(self) -> int:
+        return self.cause.http_status
+
+    @property
+    def retryable(self) -> bool:
+        return False  # the client has part of the answer: nothing can be tried again for it
+
+    @property
+    def shows_overload(self) -> bool:
+        return self.cause.shows_overload
+
+    def envelope(self) -> dict[str, Any]:
+        env = super().envelope()
+        env["error"]["type"] = type(self.cause).error_type  # the gateway's word, never the provider's
         return env
 
 

@@ -2,9 +2,11 @@
 
 Each chunk is written as soon as it arrives (no buffering). If the provider fails after the first
 byte has gone out, failover is no longer possible: the stream ends with an OpenAI-style error
-event and ``data: [DONE]`` so SDKs stop cleanly instead of hanging. The stream itself does the
-bookkeeping (``service/streams.py``); this module only writes, and always closes the stream, so a
-client that leaves closes the provider request at once.
+event and ``data: [DONE]`` so SDKs stop cleanly instead of hanging. The event says the stream's
+fixed text (``errors.StreamInterrupted``); what went wrong in the provider's or a library's words
+is logged here, as ``detail``. The stream itself does the bookkeeping (``service/streams.py``);
+this module only writes, and always closes the stream, so a client that leaves closes the
+provider request at once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway import keys
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, StreamInterrupted
 from gateway.http.middleware import add_gateway_headers, draining_cut, draining_error
 from gateway.service.streams import AnswerStream
 from gateway.wire.sse import DONE, encode
@@ -28,6 +30,19 @@ _SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # tell nginx-style proxies in front of us not to buffer either
 }
+
+
+def _failure_fields(request_id: str, error: GatewayError) -> dict[str, str]:
+    """The log's fields for a stream failed mid-way: its reason and, in ``detail`` only (never
+    sent to the client), what the provider or the library said (key scrubbed at the transport)."""
+    if isinstance(error, StreamInterrupted):
+        return {
+            "request_id": request_id,
+            "provider": error.provider,
+            "reason": error.reason,
+            "detail": error.detail,
+        }
+    return {"request_id": request_id, "error": error.message}
 
 
 def error_event(error: GatewayError) -> bytes:
@@ -52,10 +67,7 @@ async def send_stream(
         async for chunk in stream:
             await response.write(chunk)
     except GatewayError as error:
-        log.warning(
-            "stream failed after first byte",
-            extra={"fields": {"request_id": request_id, "error": error.message}},
-        )
+        log.warning("stream failed after first byte", extra={"fields": _failure_fields(request_id, error)})
         try:
             await response.write(error_event(error))
         except ConnectionResetError:

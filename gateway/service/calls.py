@@ -29,7 +29,7 @@ import orjson
 
 from gateway.auth.gate import LimitTicket
 from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache
-from gateway.errors import GatewayError, ModelNotFound, UpstreamBadResponse
+from gateway.errors import GatewayError, ModelNotFound, StreamInterrupted, UpstreamBadResponse
 from gateway.memory import augment as memory_augment
 from gateway.memory.service import MemoryService
 from gateway.observability import tracing
@@ -778,9 +778,10 @@ class _StreamBook:
         finally:
             self._land(answer)  # even if cancelled while storing: waiters must never hang
 
-    def failed(self, stream: RoutedStream, error: GatewayError, reason: str) -> None:
+    def failed(self, stream: RoutedStream, error: GatewayError, reason: str) -> GatewayError:
         """The provider failed after the first chunk went out (``reason``: one of
-        ``streams.STREAM_ERROR_REASONS``): the client gets an error event."""
+        ``streams.STREAM_ERROR_REASONS``): the client gets an error event, of the
+        ``StreamInterrupted`` returned (its fixed text; ``error``'s own words go to the log)."""
         route = self.route
         assert route is not None
         self._count_failure(route, reason)
@@ -797,6 +798,7 @@ class _StreamBook:
         if self.span is not None:
             self._end_span(usage, type(error).__name__)
         self._land(None)
+        return StreamInterrupted(reason, route.target.provider, error)
 
     def _count_failure(self, route: Route, reason: str) -> None:
         """``gateway_stream_errors_total`` and the access log's ``stream_error`` for a stream

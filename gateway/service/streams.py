@@ -58,7 +58,9 @@ class StreamBook(Protocol):
 
     async def ended(self, stream: RoutedStream) -> None: ...
 
-    def failed(self, stream: RoutedStream, error: GatewayError, reason: str) -> None: ...
+    def failed(self, stream: RoutedStream, error: GatewayError, reason: str) -> GatewayError:
+        """Book a stream failed after its first chunk; the error its client is to see."""
+        ...
 
     def abandoned(self, stream: RoutedStream) -> None: ...
 
@@ -167,25 +169,25 @@ class RoutedStream:
                             captured = None
                     yield out
         except GatewayError as error:
-            self._fail(error, stream_error_reason(error))
-            raise
+            raise self._fail(error, stream_error_reason(error)) from error
         try:
             tail = translator.finish()
         except GatewayError as error:
-            self._fail(error, stream_error_reason(error, at_end=True))
-            raise
+            raise self._fail(error, stream_error_reason(error, at_end=True)) from error
         if tail:
             yield self._keep(tail)
         self._response.close()
         self._settled = True
         await self._book.ended(self)
 
-    def _fail(self, error: GatewayError, reason: str) -> None:
+    def _fail(self, error: GatewayError, reason: str) -> GatewayError:
+        """The stream failed for ``reason``: booked, and the error for its client's error event
+        (a fixed text per reason: ``error`` may carry what a library said, hosts and URLs)."""
         self._response.close()
         if self.captured is not None:
             self.captured.clear()
         self._settled = True
-        self._book.failed(self, error, reason)
+        return self._book.failed(self, error, reason)
 
     def _keep(self, chunk: bytes) -> bytes:
         self.events += chunk.count(b"data:")

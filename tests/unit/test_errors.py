@@ -34,6 +34,7 @@ from gateway.errors import (
     RequestTimeout,
     RequestTooLarge,
     ServiceUnavailable,
+    StreamInterrupted,
     UnsupportedByProvider,
     UnsupportedContentEncoding,
     UnsupportedMediaType,
@@ -79,6 +80,7 @@ SAMPLES: dict[type[GatewayError], GatewayError] = {
         UpstreamCredentialsRefused("p", 401, "invalid_api_key"),
         UpstreamAccountRefused("p", 402),
         UpstreamStatusError(500, "x"),
+        StreamInterrupted("timeout", "p", UpstreamTimeout("p: provider timed out (http://10.0.0.7:8000)")),
         AllDeploymentsFailed("m", [Attempt("p", "m1", UpstreamTimeout("slow"))]),
         HTTPStatusError(415, "x"),
         InternalError("x"),
@@ -172,6 +174,7 @@ CONTEXT = "This model's maximum context length is 1000 tokens"
         (UpstreamStatusError(500, "oops"), True, True, False),
         (UpstreamStatusError(503, "busy"), True, True, False),
         (UpstreamStatusError(529, "overloaded"), True, True, False),
+        (StreamInterrupted("upstream_closed", "p", UpstreamConnectError("x")), False, True, False),
         (
             AllDeploymentsFailed("m", [Attempt("p", "m1", UpstreamStatusError(503, "busy"))]),
             False,
@@ -300,3 +303,20 @@ def test_quoted_bounds_a_name_and_says_how_long_it_was() -> None:
         assert len(body) < 1000 and b"(100000 chars)" in body, body[:200]
     many = ModelNotFound("x", [f"group-{i}" for i in range(20_000)]).message
     assert len(many) < 2000 and many.endswith("and 19950 more.")
+
+
+def test_a_stream_interrupted_says_a_fixed_text_and_keeps_the_cause_for_the_log() -> None:
+    cause = UpstreamTimeout("p: provider timed out (nothing read from http://10.0.0.7:8000/v1)")
+    error = StreamInterrupted("timeout", "vllm-a", cause)
+    assert error.envelope()["error"] == {
+        "message": "vllm-a: the provider stopped sending the answer (timed out) before it was complete.",
+        "type": "timeout",
+        "param": None,
+        "code": "timeout",
+    }
+    assert error.http_status == 504 and error.detail == cause.message
+    overloaded = StreamInterrupted(
+        "provider_error", "claude", UpstreamStatusError(529, "claude: Overloaded", upstream_type="x")
+    )
+    assert overloaded.http_status == 503 and overloaded.shows_overload  # Anthropic's overloaded_error
+    assert overloaded.envelope()["error"]["type"] == "upstream_error"  # not the provider's word

@@ -206,7 +206,9 @@ async def test_a_stream_cut_after_its_first_byte_ends_with_an_error_event_and_is
     assert text.startswith(chunk("ma", "hel").decode())
     events = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
-    assert orjson.loads(events[-2])["error"]["message"] == "a: connection reset"
+    assert orjson.loads(events[-2])["error"]["message"] == (
+        "a: the provider closed the stream before the answer was complete."
+    )
     router = client.app[keys.ROUTER]  # type: ignore[index]
     live = router.targets("m")[0].live
     assert (live.stats.failures, live.stats.in_flight) == (1, 0)

@@ -300,3 +300,41 @@ async def test_an_anthropic_streams_errors_name_the_policys_provider_as_whole_an
     message = late.value.body["error"]["message"]  # type: ignore[index]
     assert message.startswith("claude-main: ") and "anthropic:" not in message
     await messages.close()
+
+
+async def test_the_client_gets_a_fixed_text_and_only_the_log_gets_what_the_library_said(
+    aiohttp_server: ServerFactory,
+    aiohttp_client: ClientFactory,
+    upstreams: Upstreams,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The provider drops the connection mid-answer: aiohttp's words (which may name hosts,
+    addresses or URLs) reach the log's ``detail``, never the client, whose error event says the
+    reason's fixed text with the policy's provider name."""
+    _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    with caplog.at_level("WARNING", logger="gateway.sse"):
+        got: list[str] = []
+        with pytest.raises(openai.APIError) as raised:
+            stream = await sdk.chat.completions.create(model="drop", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+            async for part in stream:
+                if part.choices and part.choices[0].delta.content:
+                    got.append(part.choices[0].delta.content)
+                    upstreams.proceed.set()
+    assert got == ["first"]
+    assert (
+        raised.value.message == "compat-main: the provider closed the stream before the answer was complete."
+    )
+    assert raised.value.body == {  # the error event's envelope, as OpenAI's
+        "message": raised.value.message,
+        "type": "upstream_error",
+        "param": None,
+        "code": "upstream_closed",
+    }
+    (record,) = [r for r in caplog.records if r.getMessage() == "stream failed after first byte"]
+    fields = record.fields  # type: ignore[attr-defined]
+    assert (fields["provider"], fields["reason"]) == ("compat-main", "upstream_closed")
+    detail = fields["detail"]
+    assert "Response payload is not completed" in detail  # what aiohttp said, for the operator
+    sent = orjson.dumps(raised.value.body).decode()
+    for said in ("payload", "TransferEncodingError", "127.0.0.1", detail):
+        assert said not in sent
