@@ -5,7 +5,8 @@ Three steps, each testable alone, and a loop around them:
     scrape(url, token)         -> Scrape    GET /metrics (Prometheus text) and GET /admin/models
     figures(before, after)     -> Figures   rates over the interval between two scrapes: requests/s,
                                             p50/p99 from the latency histogram's bucket deltas,
-                                            error, fallback and cache hit rates, per deployment
+                                            error (5xx and failed streams), fallback and cache
+                                            hit rates, per deployment
                                             its requests/s, share, score, latency and breaker
     render(figures)            -> a rich renderable (tables)
     run(url, interval_s, ...)     scrape every interval, redraw (rich ``Live``)
@@ -41,6 +42,7 @@ DURATION_BUCKET = "gateway_request_duration_seconds_bucket"
 FALLBACKS = "gateway_fallbacks_total"
 CACHE_REQUESTS = "gateway_cache_requests_total"
 UPSTREAM_REQUESTS = "gateway_upstream_requests_total"
+STREAM_ERRORS = "gateway_stream_errors_total"
 IN_FLIGHT = "gateway_requests_in_flight"
 
 Labels = Mapping[str, str]
@@ -106,7 +108,8 @@ class Figures:
     requests_per_s: float
     p50_s: float | None
     p99_s: float | None
-    error_rate: float | None  # 5xx / requests
+    # (5xx + streams failed after their first byte, which were answered 200) / requests
+    error_rate: float | None
     client_error_rate: float | None  # 4xx / requests
     fallback_rate: float | None  # fallbacks / requests
     cache_hit_rate: float | None  # hit / (hit + miss)
@@ -162,6 +165,14 @@ def figures(before: Scrape, after: Scrape) -> Figures:
     requests = sum(by_status.values())
     server_errors = sum(n for (status,), n in by_status.items() if status.startswith("5"))
     client_errors = sum(n for (status,), n in by_status.items() if status.startswith("4"))
+    # A stream its provider failed after the first byte is a 200 in the status counts: an error all
+    # the same, as in the dashboard's error ratio (a client that left is not one).
+    failed_streams = sum(
+        _increase(
+            after.by(STREAM_ERRORS, ("endpoint", "model", "provider", "reason"), _client_api),
+            before.by(STREAM_ERRORS, ("endpoint", "model", "provider", "reason"), _client_api),
+        ).values()
+    )
     buckets = _increase(
         after.by(DURATION_BUCKET, ("le",), _client_api), before.by(DURATION_BUCKET, ("le",), _client_api)
     )
@@ -175,7 +186,7 @@ def figures(before: Scrape, after: Scrape) -> Figures:
         requests_per_s=requests / interval_s,
         p50_s=histogram_quantile(0.5, cumulative),
         p99_s=histogram_quantile(0.99, cumulative),
-        error_rate=_ratio(server_errors, requests),
+        error_rate=_ratio(server_errors + failed_streams, requests),
         client_error_rate=_ratio(client_errors, requests),
         fallback_rate=_ratio(max(fallbacks, 0.0), requests),
         cache_hit_rate=_ratio(hits, hits + misses),
@@ -251,7 +262,7 @@ def render(f: Figures, url: str = "") -> RenderableType:
         f"in flight [bold]{f.in_flight:.0f}[/]",
     )
     head.add_row(
-        f"errors (5xx) [bold]{_pct(f.error_rate)}[/]",
+        f"errors (5xx, failed streams) [bold]{_pct(f.error_rate)}[/]",
         f"4xx [bold]{_pct(f.client_error_rate)}[/]",
         f"fallbacks [bold]{_pct(f.fallback_rate)}[/]",
         f"cache hits [bold]{_pct(f.cache_hit_rate)}[/]",

@@ -23,6 +23,8 @@ ADMIN_TOKEN = "top-admin-token-123"
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     healthy = start(["fake-provider", "--port", "0"])
     failing = start(["fake-provider", "--port", "0", "--error-rate", "1", "--error-status", "500"])
+    # Streams cut half way, after their first tokens went to the client.
+    cutting = start(["fake-provider", "--port", "0", "--disconnect-rate", "1", "--tokens-per-s", "50"])
     policy = tmp_path_factory.mktemp("top") / "policy.yaml"
     policy.write_text(
         f"""\
@@ -32,7 +34,10 @@ breaker: {{consecutive_failures: 2, cooldown_s: 600}}
 providers:
   healthy: {{kind: openai, base_url: "{healthy.url}/v1"}}
   failing: {{kind: openai, base_url: "{failing.url}/v1"}}
+  cutting: {{kind: openai, base_url: "{cutting.url}/v1"}}
 models:
+  cut:
+    deployments: [{{provider: cutting, model: cut}}]
   chat:
     deployments: [{{provider: healthy, model: upstream-chat}}]
   failover:
@@ -52,6 +57,7 @@ memory: {{enabled: false}}
     proc.stop()
     healthy.stop()
     failing.stop()
+    cutting.stop()
 
 
 def traffic(url: str) -> None:
@@ -97,7 +103,7 @@ def test_two_scrapes_with_traffic_between_give_the_figures_on_screen(gateway: Ma
 
     screen = top.screen_text(f, gateway.url, width=110)
     assert f"requests/s {12 / f.interval_s:.1f}" in screen
-    assert "errors (5xx) 16.7 %" in screen
+    assert "errors (5xx, failed streams) 16.7 %" in screen
     assert "4xx 8.3 %" in screen
     assert "fallbacks 16.7 %" in screen
     assert "cache hits 80.0 %" in screen
@@ -145,3 +151,22 @@ def test_an_unreachable_gateway_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith(f"sophia-gateway top: cannot reach {url}")
     assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_a_stream_failed_after_its_first_byte_counts_in_the_error_rate(gateway: ManagedProcess) -> None:
+    """Answered 200 and then cut by its provider: not a 5xx, an error all the same."""
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-anything", max_retries=0)
+    before = top.scrape(gateway.url, ADMIN_TOKEN)
+    received = []
+    with pytest.raises(openai.APIError):
+        for chunk in client.chat.completions.create(
+            model="cut", messages=[{"role": "user", "content": "one two three four"}], stream=True
+        ):
+            if chunk.choices:
+                received.append(chunk.choices[0].delta.content)
+    client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "whole"}])
+    after = top.scrape(gateway.url, ADMIN_TOKEN)
+    assert received  # the first tokens came, then the error event
+    f = top.figures(before, after)
+    assert (f.requests, f.error_rate) == (2, pytest.approx(1 / 2))
+    assert "errors (5xx, failed streams) 50.0 %" in top.screen_text(f, gateway.url, width=110)
