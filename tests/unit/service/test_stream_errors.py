@@ -85,6 +85,9 @@ class Upstreams:
                 await self.proceed.wait()
             if model == "drop":  # the connection goes, mid-answer
                 transport.close()
+            elif model == "relayed":  # its own error event, relayed as sent (OpenAI's format)
+                error = {"error": {"message": "The model crashed", "type": "server_error"}}
+                await response.write(b"data: " + orjson.dumps(error) + b"\n\ndata: [DONE]\n\n")
             elif model == "stall":  # nothing more, until the gateway gives up and closes
                 while not transport.is_closing():
                     await asyncio.sleep(0.01)
@@ -166,6 +169,7 @@ providers:
   claude-main: {{kind: anthropic, base_url: "{an.make_url("/v1")}", api_key_env: ANTHROPIC_KEY}}
 models:
   drop: {{deployments: [{{provider: compat-main, model: drop}}]}}
+  relayed: {{deployments: [{{provider: compat-main, model: relayed}}]}}
   stall: {{deployments: [{{provider: compat-main, model: stall}}]}}
   slow: {{deployments: [{{provider: compat-main, model: slow}}]}}
   garbage: {{deployments: [{{provider: claude-main, model: garbage}}]}}
@@ -219,6 +223,7 @@ async def streamed_until_error(
     ("model", "provider", "reason"),
     [
         ("drop", "compat-main", "upstream_closed"),
+        ("relayed", "compat-main", "provider_error"),
         ("stall", "compat-main", "timeout"),
         ("garbage", "claude-main", "bad_event"),
         ("overloaded", "claude-main", "provider_error"),
