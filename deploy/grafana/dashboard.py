@@ -211,7 +211,8 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
                   (f"sum by (provider, reason) (rate(gateway_stream_errors_total{{{M}, {P}}}[{RATE}]))",
                    "{{provider}} {{reason}}"),
                   description="Streams a provider failed after their first byte reached the client: "
-                  "upstream_closed, timeout, bad_event, provider_error (a client that left is not counted)."),
+                  "upstream_closed, timeout, bad_event, provider_error, draining (cut by a shutdown's "
+                  "drain grace); a client that left is not counted."),
             graph("Upstream errors/s", "reqps",
                   (f"sum by (provider, error_type) (rate(gateway_upstream_errors_total{{{P}}}[{RATE}]))",
                    "{{provider}} {{error_type}}")),

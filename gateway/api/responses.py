@@ -63,6 +63,9 @@ class _Sequenced:
     async def aclose(self) -> None:
         await self._stream.aclose()
 
+    def drained(self) -> None:
+        self._stream.drained()
+
     def error_event(self, error: GatewayError) -> bytes:
         return error_event(error.envelope()["error"], self.last + 1)
 

@@ -83,6 +83,7 @@ async def send_stream(
         if task is not None:
             task.uncancel()  # the stream is ended, not abandoned
         log.warning("stream cut by the drain", extra={"fields": {"request_id": request_id}})
+        stream.drained()  # counted (reason draining) before ``aclose`` below books the rest
         try:
             await response.write(error_event(draining_error()))
         except ConnectionResetError:

@@ -640,7 +640,8 @@ class GatewayMetrics:
             "gateway_stream_errors",
             "Streams that failed after their first byte went to the client (answered 200, so not "
             "in the 5xx of gateway_requests_total), by endpoint, model group, provider and reason: "
-            "upstream_closed, timeout, bad_event, provider_error. A client that leaves is not counted.",
+            "upstream_closed, timeout, bad_event, provider_error, draining (the gateway's drain grace "
+            "ran out). A client that leaves is not counted.",
             ("endpoint", "model", "provider", "reason"),
         )
         self.upstream_duration = Histogram(

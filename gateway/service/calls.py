@@ -828,6 +828,12 @@ class _StreamBook:
         if output_tokens > 1:
             series.time_per_output_token().observe(seconds / (output_tokens - 1))
 
+    def drained(self, stream: RoutedStream) -> None:
+        """The gateway's drain cut the stream (its grace ran out): a failed stream the provider
+        is not to blame for (``abandoned`` follows, with no verdict on it)."""
+        if self.route is not None:
+            self._count_failure(self.route, "draining")
+
     def abandoned(self, stream: RoutedStream) -> None:
         """The client left (or was never sent the stream): no verdict on the provider."""
         if self.route is not None:

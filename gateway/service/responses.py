@@ -413,6 +413,9 @@ class _KeepingStream:
     async def aclose(self) -> None:
         await self._stream.aclose()
 
+    def drained(self) -> None:
+        self._stream.drained()
+
     async def _kept(self, data: bytes) -> None:
         try:
             event = orjson.loads(data)

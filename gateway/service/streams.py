@@ -28,7 +28,8 @@ from gateway.providers.base import StreamTranslator, UpstreamResponse
 #   bad_event        the provider sent an event the gateway cannot read (not JSON, past
 #                    max_response_bytes, a broken body encoding)
 #   provider_error   the provider sent an error event in the middle of the answer
-STREAM_ERROR_REASONS = ("upstream_closed", "timeout", "bad_event", "provider_error")
+#   draining         the gateway was shutting down and the stream outlasted the drain's grace
+STREAM_ERROR_REASONS = ("upstream_closed", "timeout", "bad_event", "provider_error", "draining")
 
 
 def stream_error_reason(error: GatewayError, *, at_end: bool = False) -> str:
@@ -50,6 +51,10 @@ class AnswerStream(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def drained(self) -> None:
+        """The drain's grace ran out with the stream still going: it is ended (then closed)."""
+        ...
+
 
 class StreamBook(Protocol):
     """The service's bookkeeping for a routed stream (see ``service.calls``)."""
@@ -63,6 +68,8 @@ class StreamBook(Protocol):
         ...
 
     def abandoned(self, stream: RoutedStream) -> None: ...
+
+    def drained(self, stream: RoutedStream) -> None: ...
 
 
 class ReplayStream:
@@ -82,6 +89,9 @@ class ReplayStream:
 
     async def aclose(self) -> None:
         return None
+
+    def drained(self) -> None:
+        return None  # all sent at once: there is nothing to cut
 
 
 class RoutedStream:
@@ -144,6 +154,12 @@ class RoutedStream:
         if not self._settled:
             self._settled = True
             self._book.abandoned(self)
+
+    def drained(self) -> None:
+        """Count a stream the drain cut (``aclose`` then does the rest, as for a client that left:
+        no verdict on the provider)."""
+        if not self._settled:
+            self._book.drained(self)
 
     def output_tokens(self) -> int:
         """Output tokens the provider reported, else about one per content event."""

@@ -143,3 +143,11 @@ async def test_a_drain_whose_grace_runs_out_ends_each_stream_with_its_doors_erro
     assert code == 0
     await upstream.until(arrived=4, open=0)  # every provider request was closed
     assert "Traceback" not in gateway.output
+    # The streams were answered 200, then cut: failed streams (reason draining), not successes.
+    access = [orjson.loads(line) for line in gateway.output.splitlines() if '"gateway.access"' in line]
+    cut = sorted((line["path"], line.get("stream_error")) for line in access if line["status"] == 200)
+    assert cut == [
+        ("/v1/chat/completions", "draining"),
+        ("/v1/messages", "draining"),
+        ("/v1/responses", "draining"),
+    ]
