@@ -699,9 +699,9 @@ class _StreamBook:
 
     __slots__ = (
         "_ctx",
+        "_door",
         "_endpoint",
         "_lead",
-        "_path",
         "_plan",
         "_service",
         "called_s",
@@ -722,7 +722,7 @@ class _StreamBook:
     ) -> None:
         self._service = service
         self._endpoint = endpoint
-        self._path = "/v1/" + door.value  # the client's endpoint (a front door's own), as routes are labelled
+        self._door = door  # the client's endpoint (a front door's own)
         self._plan = plan
         self._ctx = ctx
         self._lead = lead
@@ -806,7 +806,8 @@ class _StreamBook:
         ctx = self._ctx
         ctx.record.stream_error = reason
         m = self._service._metrics
-        m.child(m.stream_errors, self._path, ctx.record.model, route.target.provider, reason).inc()
+        path = "/v1/" + self._door.value  # as routes are labelled (made on failure only)
+        m.child(m.stream_errors, path, ctx.record.model, route.target.provider, reason).inc()
 
     def _timed(
         self,

@@ -305,6 +305,10 @@ async def test_an_anthropic_streams_errors_name_the_policys_provider_as_whole_an
     message = late.value.body["error"]["message"]  # type: ignore[index]
     assert message.startswith("claude-main: ") and "anthropic:" not in message
     await messages.close()
+    # Counted under the door the client used.
+    assert await stream_errors(client) == {
+        ("/v1/messages", "overloaded", "claude-main", "provider_error"): 1.0
+    }
 
 
 async def test_the_client_gets_a_fixed_text_and_only_the_log_gets_what_the_library_said(
