@@ -24,7 +24,7 @@ import aiohttp
 
 from gateway.errors import GatewayError, UpstreamBadResponse, UpstreamConnectError, UpstreamTimeout
 from gateway.policy.model import Provider
-from gateway.providers import eager_writes
+from gateway.providers import eager_writes, payload_guard
 from gateway.providers.base import UpstreamRequest
 
 # A fixed User-Agent in the session's defaults: aiohttp would otherwise add its own (naming its
@@ -181,6 +181,7 @@ class AiohttpTransport:
             keepalive_timeout=30,
             enable_cleanup_closed=True,
         )
+        payload_guard.guard(connector, loop)  # a body whose framing breaks ends at once, not at a timeout
         # No cookie jar: the session is shared by every caller of this provider, so a cookie
         # one response set (a load balancer's affinity cookie, a session cookie) would be sent
         # on everyone else's requests after it. The gateway forwards no cookies either way.

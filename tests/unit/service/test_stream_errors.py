@@ -81,10 +81,16 @@ class Upstreams:
             await response.write(chunk("first"))
             transport = request.transport
             assert transport is not None
-            if model != "slow":
+            if model not in ("slow", "framing-whole"):
                 await self.proceed.wait()
             if model == "drop":  # the connection goes, mid-answer
                 transport.close()
+            elif model in ("framing", "framing-whole"):  # a chunk size that is not hex: the body
+                if model == "framing-whole":  # (the gateway reads the body by then, not the head)
+                    await asyncio.sleep(0.1)
+                transport.write(b"zz\r\n")  # breaks its own framing, the connection stays open
+                while not transport.is_closing():
+                    await asyncio.sleep(0.01)
             elif model == "relayed":  # its own error event, relayed as sent (OpenAI's format)
                 error = {"error": {"message": "The model crashed", "type": "server_error"}}
                 await response.write(b"data: " + orjson.dumps(error) + b"\n\ndata: [DONE]\n\n")
@@ -171,6 +177,10 @@ models:
   drop: {{deployments: [{{provider: compat-main, model: drop}}]}}
   relayed: {{deployments: [{{provider: compat-main, model: relayed}}]}}
   stall: {{deployments: [{{provider: compat-main, model: stall}}]}}
+  framing: {{deployments: [{{provider: compat-main, model: framing}}]}}
+  framing-whole:
+    deployments: [{{provider: compat-main, model: framing-whole}}]
+    retry: {{max_attempts: 1}}
   slow: {{deployments: [{{provider: compat-main, model: slow}}]}}
   garbage: {{deployments: [{{provider: claude-main, model: garbage}}]}}
   overloaded: {{deployments: [{{provider: claude-main, model: overloaded}}]}}
@@ -225,6 +235,7 @@ async def streamed_until_error(
         ("drop", "compat-main", "upstream_closed"),
         ("relayed", "compat-main", "provider_error"),
         ("stall", "compat-main", "timeout"),
+        ("framing", "compat-main", "bad_event"),
         ("garbage", "claude-main", "bad_event"),
         ("overloaded", "claude-main", "provider_error"),
     ],
@@ -243,6 +254,20 @@ async def test_a_stream_failed_after_its_first_byte_is_counted_and_logged_with_i
     assert await stream_errors(client) == {("/v1/chat/completions", model, provider, reason): 1.0}
     (line,) = [line for line in access_lines() if line["request_id"] == f"r-{model}"]
     assert (line["status"], line["provider"], line["stream_error"]) == (200, provider, reason)
+
+
+async def test_a_body_that_breaks_its_chunked_framing_fails_at_once_not_at_the_read_timeout(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """aiohttp (3.14) closes a connection whose chunked framing broke but leaves the body's reader
+    waiting: the gateway answered only when its read-gap timeout ran out (here 0.3 s, a 504; by
+    default a minute). ``payload_guard`` ends the body when the connection goes: a broken
+    response, a 502 (streamed: ``bad_event``, in the parametrised test above)."""
+    _, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    with pytest.raises(openai.APIStatusError) as error:
+        await sdk.chat.completions.create(model="framing-whole", messages=MESSAGES)  # type: ignore[arg-type]
+    assert error.value.status_code == 502, error.value.body
+    assert "broken response" in error.value.message
 
 
 async def test_a_client_that_leaves_mid_stream_is_not_a_stream_error(
