@@ -46,5 +46,6 @@ def guard(connector: aiohttp.BaseConnector, loop: Any) -> bool:
     (aiohttp keeps the protocol factory in ``_factory``, as every 3.x release has)."""
     if not hasattr(connector, "_factory"):
         return False
-    connector._factory = functools.partial(GuardedResponseHandler, loop=loop)
+    factory: Any = functools.partial(GuardedResponseHandler, loop=loop)
+    connector._factory = factory
     return True
