@@ -411,5 +411,9 @@ def _describe(exc: BaseException) -> str:
         error = exc.os_error
         reason = os.strerror(error.errno) if error.errno else type(error).__name__
         return f"{type(exc).__name__}: {reason}"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # Its text ends with the request's URL (the provider's address and path): the status and
+        # aiohttp's message (a broken head, a chunk size that is not hex) say what went wrong.
+        return f"{type(exc).__name__}: {exc.status}, {exc.message}"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
