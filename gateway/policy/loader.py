@@ -11,6 +11,7 @@ saying where it belongs.
 from __future__ import annotations
 
 import difflib
+import gc
 import types
 import typing
 from dataclasses import dataclass
@@ -77,25 +78,35 @@ def parse_policy_bytes(data: bytes, shown_path: str = "<policy>") -> Policy:
 
 def parse_policy(text: str, shown_path: str = "<policy>") -> Policy:
     """Validate policy YAML ``text``; ``shown_path`` is used in messages."""
+    # Parsing makes a million objects (nodes, marks, values), none in a reference cycle, and the
+    # collector's full passes over them, again and again as they grow, took two thirds of the
+    # time for a big policy (benchmarks/policy_check.py). Paused meanwhile, as it was found.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return _parse_policy(text, shown_path)
     except RecursionError:  # YAML nested thousands deep: the parser's recursion gives out
         raise PolicyError(
             [PolicyProblem(shown_path, None, (), "lists or mappings nested too deeply to be a policy")]
         ) from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _parse_policy(text: str, shown_path: str) -> Policy:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        too_many = _alias_expansion(root, shown_path)
+        root = _compose(text)
+        too_many = _alias_expansion(root, text, shown_path)
         if too_many is not None:
             raise PolicyError([too_many])
-        raw = yaml.load(text, Loader=_NamesAsWritten)  # a SafeLoader: no Python objects
+        raw = _NamesAsWritten().construct(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc)
+        if "maximum nesting depth" in reason:  # libyaml's bound (1,000 levels): as RecursionError
+            raise RecursionError from None
         raise PolicyError([PolicyProblem(shown_path, line, (), f"invalid YAML: {reason}")]) from None
     if not isinstance(raw, dict):
         raise PolicyError(
@@ -123,12 +134,12 @@ def _parse_policy(text: str, shown_path: str) -> Policy:
 MAX_ALIAS_EXPANSION = 100_000
 
 
-def _alias_expansion(root: yaml.Node | None, shown_path: str) -> PolicyProblem | None:
+def _alias_expansion(root: yaml.Node | None, text: str, shown_path: str) -> PolicyProblem | None:
     """A problem when aliases make the document more than ``MAX_ALIAS_EXPANSION`` values larger
     than written (counted on the composed nodes, each shared node once, in linear time), naming
     the line of the value whose repetition adds the most."""
-    if root is None:
-        return None
+    if root is None or "&" not in text:
+        return None  # no anchor, so no alias: nothing repeated (a big policy skips the walk)
     size: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
     uses: dict[int, int] = {}  # id(node) -> how many places hold it
     nodes: dict[int, yaml.Node] = {}
@@ -177,19 +188,55 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class _NamesAsWritten(yaml.SafeLoader):
-    """``SafeLoader`` reading every mapping key as the text written. A policy's keys are all
+# libyaml's parser when PyYAML was built with it (the wheels are), else PyYAML's own. The policy
+# is parsed once, into nodes (kept for line numbers and hints), then constructed from them: parsed
+# twice with the pure-Python parser, a policy of 20,000 groups took 33 s and 420 MB to check
+# (benchmarks/policy_check.py).
+_Loader: type[yaml.SafeLoader | yaml.CSafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _compose(text: str) -> yaml.Node | None:
+    """The document's nodes (None for an empty one), as ``yaml.compose`` with ``_Loader``."""
+    loader = _Loader(text)
+    try:
+        node: yaml.Node | None = loader.get_single_node()
+        return node
+    finally:
+        loader.dispose()
+
+
+class _NamesAsWritten(yaml.constructor.SafeConstructor):
+    """``SafeLoader``'s constructor (no Python objects) reading every mapping key as the text written. A policy's keys are all
     names (settings, providers, model groups, teams, categories), but YAML 1.1 reads ``on``,
     ``yes``, ``no``, ``3.5``, ``null`` and ``2024-01-01`` as a boolean, a number, null or a date:
     a provider named ``on`` was "unknown provider 'on' (hint: known providers: True)", and a group
     named ``yes`` was ``models[1].[key]: Input should be a valid string``. Editors' YAML 1.2 reads
     most of them as text too. (Values keep their types: ``provider: on`` is still not text.)"""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._merged: list[tuple[yaml.MappingNode, list[tuple[yaml.Node, yaml.Node]]]] = []
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         for key, _ in node.value:
             if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
                 key.tag = _STR_TAG
         return super().construct_mapping(node, deep)
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # PyYAML writes a merge (``<<: *base``) into the node itself; the nodes outlive the
+        # construction (lines, duplicate keys, hints), so each is given back as written.
+        if any(key.tag == _MERGE_TAG for key, _ in node.value):
+            self._merged.append((node, list(node.value)))
+        super().flatten_mapping(node)
+
+    def construct(self, root: yaml.Node) -> Any:
+        """The document's data; ``root`` as it was composed afterwards."""
+        try:
+            return self.construct_document(root)
+        finally:
+            for node, value in reversed(self._merged):
+                node.value = value
 
 
 def format_loc(loc: Loc) -> str:
@@ -285,7 +332,8 @@ def _unquoted_hint(root: yaml.Node | None, loc: Loc, kind: str) -> str | None:
     if kind != "string_type":
         return None
     node = _node_at(root, loc)
-    if not isinstance(node, yaml.ScalarNode) or node.style is not None or node.tag not in _READ_AS:
+    # A plain scalar's style is None (PyYAML's parser) or '' (libyaml's); quoted ones have a quote.
+    if not isinstance(node, yaml.ScalarNode) or node.style or node.tag not in _READ_AS:
         return None
     return f"YAML reads {bounded(node.value)} as {_READ_AS[node.tag]}: quote it, {quoted(node.value)}"
 

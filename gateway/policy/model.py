@@ -81,24 +81,15 @@ class _Strict(BaseModel):
         YAML reads ``yes`` / ``on`` as true: ``connect_s: yes`` was a one-second timeout. Strings
         stay accepted where pydantic reads a number in them: PyYAML (YAML 1.1) reads ``1e-5``
         as a string, not a float, and an editor who wrote it meant the number."""
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or not any(isinstance(v, bool) for v in data.values()):
             return data
-        fields = cls.model_fields
+        # Not ``model_fields``: that class property cost 18 us a call (2 s of checking a
+        # policy of 20,000 groups, which runs this 100,000 times).
+        fields = cls.__pydantic_fields__
         for name, value in data.items():
             field = fields.get(name) if isinstance(name, str) else None
             if field is not None and isinstance(value, bool) and field.annotation in _NUMBER_TYPES:
                 raise ValueError(f"{name}: must be a number, not the boolean {value!r}")
-        return data
-        fields = cls.model_fields
-        for name, value in data.items():
-            field = fields.get(name) if isinstance(name, str) else None
-            if (
-                field is not None
-                and isinstance(value, bool | str | bytes)
-                and field.annotation in _NUMBER_TYPES
-                and not any(isinstance(m, BeforeValidator) for m in field.metadata)
-            ):
-                raise ValueError(f"{name}: must be a number, not {type(value).__name__} {value!r}")
         return data
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import time
 import typing
 from pathlib import Path
@@ -436,3 +437,28 @@ def test_policy_check_warns_of_a_key_the_gateway_would_not_send(
             assert "warning" not in out
         else:
             assert f"providers.p.api_key_env: {warning}" in out and "sk-" not in out
+
+
+def test_parsing_leaves_the_collector_as_it_found_it() -> None:
+    """The collector is paused while a policy is parsed (benchmarks/policy_check.py), and given
+    back as it was, enabled or not, whether the file is valid or not."""
+    import gc
+
+    import yaml
+
+    from gateway.policy import loader
+
+    if yaml.__with_libyaml__:
+        assert loader._Loader is yaml.CSafeLoader
+    valid = "version: 1\nproviders:\n  p: {kind: openai, base_url: 'http://p/v1'}\nmodels:\n  m: {deployments: [{provider: p, model: x}]}\n"
+    assert gc.isenabled()
+    for text in (valid, valid + "bad: [\n", valid.replace("models", "modles")):
+        with contextlib.suppress(PolicyError):
+            parse_policy(text)
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        parse_policy(valid)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
