@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gateway.errors import GatewayError, HTTPStatusError, NotFound, quoted
+from gateway.errors import GatewayError, HTTPStatusError, NotFound, ServiceUnavailable, quoted
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy, Rollout
 from gateway.quoting import listed
@@ -114,6 +114,7 @@ class RolloutController:
         # Removed from the policy (and when): their tombstones to write at the next tick.
         self._dropped: dict[RolloutKey, float] = {}
         self._sweep = True  # forget stored states no replica has run for ORPHAN_S
+        self._store_down = False  # said once per outage, by the loop or an action by hand
         self.reconfigure(router.policy)
         for rollout in self._rollouts.values():
             rollout.added_at = float("-inf")  # in the policy this replica started with
@@ -173,21 +174,28 @@ class RolloutController:
             await self._store.close()
 
     async def _loop(self) -> None:
-        store_down = False  # said once per outage: the loop retries every poll_s meanwhile
         while True:
             try:
                 await self.tick()
-            except FAILURES as exc:  # the store is down: keep the last state
-                if not store_down:
-                    store_down = True
-                    log.warning("rollout store unavailable: %s: %s", type(exc).__name__, exc)
+            except FAILURES as exc:  # the store is down (or not Redis): keep the last state
+                self._store_failed(exc)
             except Exception:  # a bug: keep the last state, say so, try again
                 log.exception("rollout tick failed")
             else:
-                if store_down:
-                    store_down = False
-                    log.info("rollout store recovered")
+                self._store_answered()
             await asyncio.sleep(self.poll_s)
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """Say that the store failed, once an outage: the loop retries every ``poll_s`` and an
+        operator's action may be retried as often meanwhile."""
+        if not self._store_down:
+            self._store_down = True
+            log.warning("rollout store unavailable: %s: %s", type(exc).__name__, exc)
+
+    def _store_answered(self) -> None:
+        if self._store_down:
+            self._store_down = False
+            log.info("rollout store recovered")
 
     async def tick(self) -> None:
         """One round: write the tombstones of rollouts the policy dropped, read every rollout's
@@ -326,8 +334,22 @@ class RolloutController:
 
     async def act(self, group: str, action: Action) -> RolloutState:
         """``action`` on the group's rollout, by the operator; 409 when it does not
-        apply to the state (a concurrent change is retried on the state it left)."""
+        apply to the state (a concurrent change is retried on the state it left), 503 when the
+        store cannot be reached (a traceback and a 500 per call before)."""
         rollout = self._find(group)
+        try:
+            state = await self._act(rollout, group, action)
+        except FAILURES as exc:
+            self._store_failed(exc)
+            raise ServiceUnavailable(
+                f"The rollout store cannot be reached, so the rollout in model group {quoted(group)} "
+                "was not changed; it keeps its last state. Try again once Redis answers.",
+                code="rollout_store_unavailable",
+            ) from None
+        self._store_answered()
+        return state
+
+    async def _act(self, rollout: _Rollout, group: str, action: Action) -> RolloutState:
         for _ in range(5):
             state = await self._store.load(rollout.key)
             if state is None:

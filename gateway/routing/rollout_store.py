@@ -15,7 +15,10 @@ Every write says how it may apply (``WriteMode``), and the store decides atomica
 say so about every ``rollout.TOUCH_S``, so a state nobody runs any more can be told apart.
 
 Each applied write sets ``version`` to the stored one plus one. In Redis a rollout is one hash,
-``{prefix}{group}:{provider}:{model}`` (parts percent-encoded), written by one Lua script.
+``{prefix}{group}:{provider}:{model}`` (parts percent-encoded), written by one Lua script. A reply
+of another shape than the command's (a server on the port that speaks RESP but is not the Redis
+the script runs on) raises ``InvalidResponse``, a ``RedisError``: the callers take it for Redis
+down, as they take the other failures (``redis_link.FAILURES``), not for a bug.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import orjson
 from redis.commands.core import AsyncScript
+from redis.exceptions import InvalidResponse
 
 from gateway.redis_link import RedisClient, redis_client
 from gateway.routing.rollout_state import FINISHED, RolloutKey, RolloutState
@@ -125,6 +129,27 @@ def _decoded(flat: list[bytes]) -> dict[str, str]:
     return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
 
 
+def _texts(values: object) -> bool:
+    return all(isinstance(v, bytes | str) for v in values) if isinstance(values, list | dict) else False
+
+
+def _unreadable(what: str, reply: object) -> InvalidResponse:
+    # The reply's type only: its text is whatever the server on the port sent.
+    return InvalidResponse(f"the rollout store's {what} reply is not Redis's: {type(reply).__name__}")
+
+
+@contextlib.contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """redis-py's reply parsing (its response callbacks) meeting a reply of another shape raises
+    what it happens to raise: as ``InvalidResponse``, so callers see a failed call."""
+    try:
+        yield
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        raise InvalidResponse(
+            f"the rollout store's {what} reply is not Redis's: {type(exc).__name__}"
+        ) from exc
+
+
 class RedisRolloutStore:
     """Rollout states in Redis, shared by every replica (one hash per rollout)."""
 
@@ -152,7 +177,10 @@ class RedisRolloutStore:
 
     async def load(self, key: RolloutKey) -> RolloutState | None:
         async with asyncio.timeout(OP_TIMEOUT_S):
-            raw = await self._redis().hgetall(self._prefix + key.id)
+            with _reading("HGETALL"):
+                raw = await self._redis().hgetall(self._prefix + key.id)
+        if not isinstance(raw, dict) or not _texts(list(raw)) or not _texts(list(raw.values())):
+            raise _unreadable("HGETALL", raw)
         return RolloutState.from_fields({_text(k): _text(v) for k, v in raw.items()}) if raw else None
 
     async def write(
@@ -167,28 +195,38 @@ class RedisRolloutStore:
         if script is None:
             raise RuntimeError("the rollout store is not started")
         async with asyncio.timeout(OP_TIMEOUT_S):
-            applied, flat = await script(keys=[self._prefix + key.id], args=args)
+            with _reading("script"):
+                reply = await script(keys=[self._prefix + key.id], args=args)
+        # The script's {applied (0 or 1), HGETALL's flat list}.
+        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] in (0, 1) and _texts(reply[1])):
+            raise _unreadable("script", reply)
+        applied, flat = reply
         stored = RolloutState.from_fields(_decoded(flat)) if flat else None
         return bool(applied), stored
 
     async def keys(self) -> list[RolloutKey]:
         found: list[RolloutKey] = []
         async with asyncio.timeout(OP_TIMEOUT_S * 5):
-            async for name in self._redis().scan_iter(match=self._glob_prefix() + "*", count=500):
-                key = RolloutKey.from_id(_text(name)[len(self._prefix) :])
-                if key is not None:
-                    found.append(key)
+            with _reading("SCAN"):
+                async for name in self._redis().scan_iter(match=self._glob_prefix() + "*", count=500):
+                    if not isinstance(name, bytes | str):
+                        raise _unreadable("SCAN", name)
+                    key = RolloutKey.from_id(_text(name)[len(self._prefix) :])
+                    if key is not None:
+                        found.append(key)
         return sorted(found)
 
     async def delete(self, key: RolloutKey) -> None:
         async with asyncio.timeout(OP_TIMEOUT_S):
-            await self._redis().delete(self._prefix + key.id)
+            with _reading("DEL"):
+                await self._redis().delete(self._prefix + key.id)
 
     async def touch(self, key: RolloutKey, now: float) -> None:
         if self._touch is None:
             raise RuntimeError("the rollout store is not started")
         async with asyncio.timeout(OP_TIMEOUT_S):
-            await self._touch(keys=[self._prefix + key.id], args=[repr(now)])
+            with _reading("touch"):
+                await self._touch(keys=[self._prefix + key.id], args=[repr(now)])
 
     def _glob_prefix(self) -> str:
         return "".join(f"\\{c}" if c in "*?[]\\" else c for c in self._prefix)

@@ -26,9 +26,13 @@ from gateway.testing.redis_server import PrivateRedis, PrivateRedisCluster, redi
 from gateway.testing.replicas import MODEL, ROOT, TEAM, policy_text
 
 # What a request or a background task that met a bug (rather than a Redis failure) leaves in
-# the gateway's log. (The rollout store's own calls are not among them: its loop logs a reply it
-# cannot read once per tick, by design of that loop.)
-BUG_MARKS = ("unhandled error", "Task exception was never retrieved", "shared routing sync failed")
+# the gateway's log.
+BUG_MARKS = (
+    "unhandled error",
+    "Task exception was never retrieved",
+    "shared routing sync failed",
+    "rollout tick failed",
+)
 
 
 class Keyed:
@@ -231,9 +235,8 @@ async def test_a_server_answering_in_another_shape_fails_open_once(keyed: Keyed,
         server.server_close()
 
 
-def test_the_rollout_store_down_is_said_once_and_its_return_once(keyed: Keyed, tmp_path: Path) -> None:
-    # The rollout loop retries every second while Redis is down, and logged a warning each time
-    # (3,600 lines an hour a process) where every other Redis link says so once per outage.
+def rollout_policy(keyed: Keyed, tmp_path: Path) -> Path:
+    """The keyed policy with a rollout in its group (no smoke prompts: rolling at the first tick)."""
     policy = tmp_path / "rollout.yaml"
     policy.write_text(
         policy_text(keyed.fake.url, keyed.workdir / "keys.sqlite3").replace(
@@ -243,6 +246,125 @@ def test_the_rollout_store_down_is_said_once_and_its_return_once(keyed: Keyed, t
         )
     )
     assert "rollout:" in policy.read_text()
+    return policy
+
+
+ADMIN_TOKEN = "redis-faults-admin-token-0123456789"
+
+
+async def pause(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, object]]:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with session.post(
+        f"{url}/admin/rollouts/pause",
+        json={"model": MODEL},
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=20),
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def rollout_status(session: aiohttp.ClientSession, url: str) -> object:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with session.get(f"{url}/admin/rollouts", headers=headers) as resp:
+        return (await resp.json())["data"][0]["status"]
+
+
+async def test_a_rollout_store_down_is_said_once_however_often_an_operator_acts(
+    keyed: Keyed, tmp_path: Path
+) -> None:
+    # With Redis down, each POST /admin/rollouts/{action} was a 500 with a traceback in the log
+    # ("unhandled error"): an operator retrying, or a script, filled the log. Now each is a 503
+    # saying the store cannot be reached, and the outage is said once, with the loop's ticks.
+    policy = rollout_policy(keyed, tmp_path)
+    with PrivateRedis() as server:
+        env = {
+            "REDIS_URL": server.url,
+            "KEYS_URL": "",
+            "SOPHIA_ACCESS_LOG": "0",
+            "SOPHIA_ADMIN_TOKEN": ADMIN_TOKEN,
+        }
+        gateway = start(["serve", "--policy", str(policy), "--port", "0"], env=env, timeout_s=60)
+        try:
+            async with aiohttp.ClientSession() as session:
+                deadline = time.monotonic() + 20
+                while await rollout_status(session, gateway.url) != "rolling":
+                    assert time.monotonic() < deadline, "the rollout never started"
+                    await asyncio.sleep(0.05)
+                server.stop()
+                for _ in range(20):
+                    status, body = await pause(session, gateway.url)
+                    error = body["error"]
+                    assert isinstance(error, dict)
+                    assert (status, error["code"], error["type"]) == (
+                        503,
+                        "rollout_store_unavailable",
+                        "service_unavailable",
+                    ), body
+                    assert "keeps its last state" in error["message"]
+                first_seen = time.monotonic()
+                until(lambda: time.monotonic() - first_seen > 2.5, "2 more ticks of 1 s", 10)
+                assert gateway.output.count("rollout store unavailable") == 1, gateway.output[-3000:]
+
+                server.start()  # empty: the rollout starts over, rolling at its first tick
+                until(lambda: "rollout store recovered" in gateway.output, "the store back", 20)
+                deadline = time.monotonic() + 20
+                while await rollout_status(session, gateway.url) != "rolling":
+                    assert time.monotonic() < deadline, "the rollout never started again"
+                    await asyncio.sleep(0.05)
+                status, body = await pause(session, gateway.url)
+                assert (status, body["status"]) == (200, "paused"), body
+            output = gateway.output
+            assert (
+                output.count("rollout store unavailable") == 1
+                and output.count("rollout store recovered") == 1
+            )
+            no_bug_in(gateway)
+        finally:
+            gateway.stop()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"*0\r\n", b"*9\r\n" + b"$2\r\nzz\r\n" * 9, b"*3\r\n:1\r\n:2\r\n*1\r\n:5\r\n"],
+    ids=["empty-array", "strings", "nested"],
+)
+async def test_a_rollout_store_answering_in_another_shape_is_said_once(
+    keyed: Keyed, tmp_path: Path, reply: bytes
+) -> None:
+    # The rollout loop unpacked the store's replies outside its failure handling: a server on
+    # REDIS_URL answering in another shape logged "rollout tick failed" with a traceback every
+    # second, and each action by hand was a 500 with another.
+    policy = rollout_policy(keyed, tmp_path)
+    server = NotRedis(reply)
+    env = {
+        "REDIS_URL": server.url,
+        "KEYS_URL": "",
+        "SOPHIA_ACCESS_LOG": "0",
+        "SOPHIA_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    gateway = start(["serve", "--policy", str(policy), "--port", "0"], env=env, timeout_s=60)
+    try:
+        until(lambda: "rollout store unavailable" in gateway.output, "the first warning", 20)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(5):
+                # An empty array, or strings, read as a hash: no state, so not started (409).
+                status, body = await pause(session, gateway.url)
+                assert status in (409, 503), body
+        first_seen = time.monotonic()
+        until(lambda: time.monotonic() - first_seen > 2.5, "2 more ticks of 1 s", 10)
+        assert gateway.output.count("rollout store unavailable") == 1, gateway.output[-3000:]
+        assert "InvalidResponse" in gateway.output
+        no_bug_in(gateway)
+    finally:
+        gateway.stop()
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_rollout_store_down_is_said_once_and_its_return_once(keyed: Keyed, tmp_path: Path) -> None:
+    # The rollout loop retries every second while Redis is down, and logged a warning each time
+    # (3,600 lines an hour a process) where every other Redis link says so once per outage.
+    policy = rollout_policy(keyed, tmp_path)
     with PrivateRedis() as server:
         server.stop()
         env = {"REDIS_URL": server.url, "KEYS_URL": "", "SOPHIA_ACCESS_LOG": "0"}
