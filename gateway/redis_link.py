@@ -43,7 +43,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import InvalidResponse, RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 T = TypeVar("T")
@@ -58,6 +58,29 @@ BACKOFF_MAX_S = 5.0
 # ``SlotNotCoveredError``) when no node of the cluster answers, at start or after they all went
 # away. Left out, a Cluster that was down failed every request with a 500 instead of failing open.
 FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+
+# The health check's probe of a link (``ping`` of the cache, limits and routing links, the
+# health monitor's redis:* checks, and the probe that ends an outage after its backoff): a
+# trivial script, since every call the gateway makes to Redis runs one. A PING alone was answered
+# by a Redis that refuses scripts (an ACL without @scripting, EVAL renamed away, a proxy that is
+# not Redis): each health check ended the outage the next call opened again, so the health
+# report and ``sophia-gateway health`` flickered between up and down, and the log said so.
+PROBE_SCRIPT = "return 1"
+
+
+async def probe(client: RedisClient) -> object:
+    """``EVAL "return 1" 0`` on ``client`` (any node of a Cluster: the script names no key)."""
+    reply: object = await client.eval(PROBE_SCRIPT, 0)
+    return reply
+
+
+def probe_answered(reply: object) -> bool:
+    """``Outage.call``'s ``read`` for ``probe``: True for Redis's answer (1), else
+    ``InvalidResponse`` (a server that answers scripts otherwise is not the Redis they run on)."""
+    if reply != 1 or isinstance(reply, bool):
+        raise InvalidResponse(f"the probe script answered a {type(reply).__name__}, not 1")
+    return True
 
 
 def redis_client(url: str, op_timeout_s: float, health_check_interval_s: float) -> RedisClient:

@@ -59,7 +59,7 @@ from gateway.auth.identity import Caller
 from gateway.auth.limits import WINDOW_S, Decision, LocalLimiter, Window
 from gateway.auth.usage import UsageQuery, UsageRow, day_of
 from gateway.errors import LimitsUnavailable
-from gateway.redis_link import Outage, RedisClient, redis_client
+from gateway.redis_link import Outage, RedisClient, probe, probe_answered, redis_client
 from gateway.redis_pipe import ScriptPipe, script_op
 
 if TYPE_CHECKING:
@@ -778,15 +778,19 @@ class RedisLimiter:
         return self._outage.errors
 
     async def ping(self) -> float | None:
-        """One PING through the fail-open link (see ``RedisStore.ping``): its round trip in
-        seconds, or None when it failed or Redis is being skipped. Never raises, whatever
+        """One probe script through the fail-open link (see ``RedisStore.ping``): its round
+        trip in seconds, or None when it failed or Redis is being skipped. Never raises, whatever
         ``fail`` says: a health check is not a request to refuse."""
         client = self._client
         if client is None:
             return None
         started = time.perf_counter()
         answered = await self._outage.call(
-            lambda: client.ping(), self._op_timeout_s, went_down=self._went_down, came_back=self._came_back
+            lambda: probe(client),
+            self._op_timeout_s,
+            went_down=self._went_down,
+            came_back=self._came_back,
+            read=probe_answered,
         )
         return time.perf_counter() - started if answered else None
 

@@ -38,7 +38,7 @@ from redis.exceptions import InvalidResponse, RedisError
 
 from gateway.cache.memory_store import entry_size
 from gateway.cache.store import CategoryBudget, CategoryUsage
-from gateway.redis_link import Outage, RedisClient, redis_client
+from gateway.redis_link import Outage, RedisClient, probe, probe_answered, redis_client
 from gateway.redis_pipe import ScriptPipe, script_op
 
 if TYPE_CHECKING:
@@ -298,14 +298,15 @@ class RedisStore:
         return self._outage.errors
 
     async def ping(self) -> float | None:
-        """One PING through the fail-open link, as any call goes: its round trip in seconds, or
-        None when it failed or Redis is being skipped (backing off). After a backoff this PING is
-        the probe, so a Redis that came back is found even with no traffic."""
+        """One probe script (``redis_link.probe``: a PING is answered by a Redis that refuses
+        scripts) through the fail-open link, as any call goes: its round trip in seconds, or None
+        when it failed or Redis is being skipped (backing off). After a backoff this is the
+        probe, so a Redis that came back is found even with no traffic."""
         client = self._client
         if client is None:
             return None
         started = time.perf_counter()
-        answered = await self._call(lambda: client.ping())
+        answered = await self._call(lambda: probe(client), read=probe_answered)
         return time.perf_counter() - started if answered else None
 
     def reconnect_counts(self) -> tuple[int, int]:

@@ -50,7 +50,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import InvalidResponse
 from redis.typing import EncodableT
 
-from gateway.redis_link import Outage, RedisClient, redis_client
+from gateway.redis_link import Outage, RedisClient, probe, probe_answered, redis_client
 from gateway.routing.stats import DeploymentStats, PeerFigures
 from gateway.routing.target import DeploymentState
 from gateway.tasks import stop as stop_task
@@ -140,14 +140,19 @@ class SharedRouting:
         return self._outage.healthy and self._client is not None
 
     async def ping(self) -> float | None:
-        """One PING through the fail-open link (the health monitor's ``redis:routing`` check):
-        its round trip in seconds, or None when it failed or Redis is being skipped."""
+        """One probe script through the fail-open link (the health monitor's ``redis:routing``
+        check, see ``RedisStore.ping``): its round trip in seconds, or None when it failed or
+        Redis is being skipped."""
         client = self._client
         if client is None:
             return None
         started = time.perf_counter()
         answered = await self._outage.call(
-            lambda: client.ping(), OP_TIMEOUT_S, went_down=self._went_down, came_back=self._came_back
+            lambda: probe(client),
+            OP_TIMEOUT_S,
+            went_down=self._went_down,
+            came_back=self._came_back,
+            read=probe_answered,
         )
         return time.perf_counter() - started if answered else None
 

@@ -5,10 +5,12 @@ changed.
 * ``deployment:<provider>/<model>``: from the router, nothing sent: down while its key is not set
   or its breaker is open, degraded while half-open; latency is its recent average, and the age of
   its last success (a whole answer or a stream's first chunk) is shown.
-* ``redis:cache`` / ``redis:limits`` (with ``REDIS_URL``): one PING through the link's fail-open
-  state (``redis_link.Outage``), bounded by the link's own timeout. While the link backs off the
-  PING is skipped (down); after the backoff it is the probe, so a Redis that came back is found
-  and used again even when no request comes.
+* ``redis:cache`` / ``redis:limits`` / ``redis:routing`` (with ``REDIS_URL``): one probe script
+  (``EVAL "return 1" 0``, ``redis_link.probe``: every call the gateway makes runs a script, and a
+  Redis refusing scripts answers PING) through the link's fail-open state (``redis_link.Outage``),
+  bounded by the link's own timeout. While the link backs off the probe is skipped (down); after
+  the backoff it is the probe, so a Redis that came back is found and used again even when no
+  request comes.
 * ``memory:store``: ``SELECT 1`` through the store (its pool, for Snowflake), and the pool's
   efficiency (degraded below the seed's 85 % once 100 acquisitions were made).
 * ``memory:index``: vectors held, and the age of this process's last save (degraded when the
@@ -55,7 +57,7 @@ STORE_TIMEOUT_S = 2.0  # the memory store's SELECT 1 (a pooled connection, or on
 
 
 class RedisProbe(Protocol):
-    """A Redis link the health monitor PINGs (``RedisStore``, ``RedisLimiter``)."""
+    """A Redis link the health monitor probes (``RedisStore``, ``RedisLimiter``, ``SharedRouting``)."""
 
     async def ping(self) -> float | None:
         """The round trip in seconds, or None when it failed or was skipped (backing off)."""
@@ -211,7 +213,9 @@ class HealthMonitor:
     async def _redis_check(probe: RedisProbe) -> Check:
         latency_s = await probe.ping()
         if latency_s is None:
-            return Check("down", detail="no answer to PING (skipped while backing off, or failed)")
+            return Check(
+                "down", detail="no answer to the probe script (skipped while backing off, or failed)"
+            )
         return Check("up", latency_s)
 
     async def _store_check(self) -> Check | None:

@@ -220,10 +220,10 @@ async def test_a_server_answering_in_another_shape_fails_open_once(keyed: Keyed,
         assert "gateway_cache_backend_up 0.0" in metrics
         assert "gateway_shared_state_up 0.0" in metrics
         no_bug_in(gateway)
-        # Each link says so once an outage, not once a request or a sync: the health monitor's
-        # PING, which this server answers, may end an outage (said as "recovered") that the next
-        # script call opens again, so outages and recoveries alternate, a few over the run,
-        # where the requests were hundreds.
+        # Each link says so once an outage, not once a request or a sync. (The health monitor's
+        # probe is a script, which this server answers in its shape, not the PING it answers; a
+        # call whose reply this server's happens to fit may still end an outage that the next
+        # call opens again: a few over the run, where the requests were hundreds.)
         output = gateway.output
         for link in ("redis cache", "redis limits", "shared routing state"):
             down, back = output.count(f"{link} unavailable"), output.count(f"{link} recovered")
@@ -387,3 +387,76 @@ def until(condition: Callable[[], bool], what: str, timeout_s: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def health_command(url: str) -> tuple[int, dict[str, object]]:
+    """``sophia-gateway health --json``, as a container's probe runs it: (exit status, report)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "health", "--url", url, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report: dict[str, object] = orjson.loads(result.stdout) if result.stdout else {}
+    return result.returncode, report
+
+
+def redis_statuses(report: dict[str, object]) -> dict[str, object]:
+    deps = report["dependencies"]
+    assert isinstance(deps, dict)
+    return {name: dep["status"] for name, dep in deps.items() if name.startswith("redis:")}
+
+
+async def test_a_redis_that_answers_ping_but_refuses_scripts_is_down_without_flickering(
+    keyed: Keyed,
+) -> None:
+    # Every call the gateway makes to Redis runs a script, but the health check (and the probe
+    # that ends an outage) was a PING, which a Redis refusing scripts (here an ACL without
+    # @scripting, as a managed Redis may be set up) answers: each check found the link up and
+    # ended the outage the next call opened again, so /health and `sophia-gateway health`
+    # flickered between up and down, and the log said "unavailable" and "recovered" over and over.
+    import redis
+
+    with PrivateRedis() as server:
+        gateway = keyed.serve(server.url)
+        admin = redis.Redis.from_url(server.url)
+        try:
+            async with aiohttp.ClientSession() as session:
+                await until_hit(session, gateway.url, keyed.secret, timeout_s=20)
+                code, report = health_command(gateway.url)
+                assert code == 0 and set(redis_statuses(report).values()) == {"up"}, report
+
+                admin.execute_command("ACL", "SETUSER", "default", "-@scripting")
+                assert admin.ping()  # PING still answered
+                seen: list[dict[str, object]] = []
+                deadline = time.monotonic() + 6.0  # beyond the longest backoff (5 s)
+                while time.monotonic() < deadline:
+                    status, _, _ = await chat(session, gateway.url, keyed.secret, "refused")
+                    assert status == 200  # fail-open
+                    async with session.get(f"{gateway.url}/health") as resp:
+                        seen.append(redis_statuses(await resp.json()))
+                    await asyncio.sleep(0.1)
+                # Down from the first check that saw the refusal on, never up again meanwhile.
+                firsts = {name: next(i for i, s in enumerate(seen) if s[name] == "down") for name in seen[0]}
+                for name, first in firsts.items():
+                    assert {s[name] for s in seen[first:]} == {"down"}, (name, [s[name] for s in seen])
+                    assert first <= 3, (name, first)
+                code, report = health_command(gateway.url)
+                assert code == 1 and set(redis_statuses(report).values()) == {"down"}, report
+                output = gateway.output
+                for link in ("redis cache", "redis limits", "shared routing state"):
+                    down, back = output.count(f"{link} unavailable"), output.count(f"{link} recovered")
+                    assert (down, back) == (1, 0), (link, down, back, output[-3000:])
+
+                admin.execute_command("ACL", "SETUSER", "default", "+@all")
+                await until_hit(session, gateway.url, keyed.secret, timeout_s=20)
+                deadline = time.monotonic() + 20
+                while (code_report := health_command(gateway.url))[0] != 0:
+                    assert time.monotonic() < deadline, code_report
+                assert set(redis_statuses(code_report[1]).values()) == {"up"}
+            no_bug_in(gateway)
+        finally:
+            admin.close()
+            gateway.stop()
