@@ -84,7 +84,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from gateway import jsonsafe
-from gateway.quoting import listed, quoted
+from gateway.quoting import QUOTE_MAX_CHARS, bounded, capped, listed, quoted
 
 __all__ = ["quoted"]  # re-exported: names echoed in messages are bounded (``quoting.py``)
 
@@ -111,6 +111,27 @@ class GatewayError(Exception):
         self.param = param
         self.code = code
         self.headers: dict[str, str] = dict(headers or {})
+
+    # What a client is shown is bounded however the error was built or renamed later (a door
+    # renames params and messages): a message at ``MESSAGE_MAX_CHARS``, a param (a key path the
+    # client wrote) at twice what ``quoted`` keeps of a name. Unbounded, a 100,000-character key came back
+    # whole in the message and again in ``param``: 200 KB for one unknown field.
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self._message = capped(value)
+
+    @property
+    def param(self) -> str | None:
+        return self._param
+
+    @param.setter
+    def param(self, value: str | None) -> None:
+        # (twice ``quoted``'s bound: a param already bounded by its builder stays as it was built)
+        self._param = None if value is None else bounded(value, 2 * QUOTE_MAX_CHARS)
 
     @property
     def http_status(self) -> int:

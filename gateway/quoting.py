@@ -13,6 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 QUOTE_MAX_CHARS = 256
+# The most of an error's whole message a client is shown (``capped``, applied by ``GatewayError``
+# to every message and param it renders, whatever built them): a backstop for the places that
+# repeat a client's text without ``quoted``. Long enough for a failover's list of attempts.
+MESSAGE_MAX_CHARS = 8192
 
 
 def quoted(value: object, max_chars: int = QUOTE_MAX_CHARS) -> str:
@@ -40,3 +44,10 @@ def listed(values: Iterable[object], max_chars: int = QUOTE_MAX_CHARS, max_items
     if len(names) <= max_items:
         return ", ".join(names)
     return ", ".join(names[:max_items]) + f", ... and {len(names) - max_items} more"
+
+
+def capped(text: str, max_chars: int = MESSAGE_MAX_CHARS) -> str:
+    """``text`` whole, or its first ``max_chars`` characters and its length (an error message)."""
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}… ({len(text)} chars)"

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from gateway import keys
-from gateway.errors import InvalidRequest, ServiceUnavailable
+from gateway.errors import InvalidRequest, ServiceUnavailable, quoted
 from gateway.http.auth import authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
@@ -176,7 +176,7 @@ def _parse(model: type[M], body: dict[str, Any]) -> M:
             message = "vector values must be finite float32 numbers (magnitude below 3.4e38)"
         elif err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
             raise InvalidRequest(
-                f"Unknown field '{param}'. Accepted: {', '.join(model.model_fields)}.", param=param
+                f"Unknown field {quoted(param)}. Accepted: {', '.join(model.model_fields)}.", param=param
             ) from None
         else:
             message = err["msg"].removeprefix("Value error, ")

@@ -25,7 +25,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import keys
-from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType, quoted
 from gateway.http.body import refuse_compressed
 from gateway.memory.access import MemoryAccess
 from gateway.memory.formats import READ_BYTES, format_of, supported
@@ -88,7 +88,7 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
                     )
                 if part.name not in _FIELDS:
                     raise InvalidRequest(
-                        f"Unknown field '{part.name}'. Accepted: file, {', '.join(MemoryFileIn.model_fields)}.",
+                        f"Unknown field {quoted(part.name)}. Accepted: file, {', '.join(MemoryFileIn.model_fields)}.",
                         param=part.name,
                     )
                 if part.name in fields:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from gateway.quoting import quoted
 from gateway.wire.requests import JSONObject
 
 
@@ -245,7 +246,7 @@ def chat_request(body: JSONObject) -> JSONObject:
         if name not in _IGNORED:
             if name in _REFUSED_FIELDS:
                 raise ResponsesInputError(f"The gateway does not support {_REFUSED_FIELDS[name]}.", name)
-            raise ResponsesInputError(f"Unknown parameter: '{name}'.", name, "unknown_parameter")
+            raise ResponsesInputError(f"Unknown parameter: {quoted(name)}.", name, "unknown_parameter")
     if body.get("background"):
         raise ResponsesInputError("The gateway does not run responses in the background.", "background")
     messages: list[JSONObject] = []
