@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import watchfiles
 
@@ -142,6 +142,9 @@ class LivePolicy:
         self.last_error: ReloadFailure | None = None
         # Set once the watcher has looked at the file a first time (tests wait on it).
         self.first_check_done = asyncio.Event()
+        # Set once the file watch is in place, so that any edit from then on is seen by it (or
+        # once the watcher gave up: ``watching`` is then False). Tests wait on it, not a sleep.
+        self.watch_started = asyncio.Event()
         metrics.child(metrics.policy_info, self.version).set(1)
 
     def subscribe(self, on_change: Callable[[Policy], None]) -> None:
@@ -326,13 +329,16 @@ class LivePolicy:
             log.exception("policy reload failed", extra={"fields": {"path": self.path}})
         finally:
             self.first_check_done.set()
+        loop = asyncio.get_running_loop()
         try:
             async for _ in watchfiles.awatch(
                 *directories,
                 watch_filter=PolicyFileEvents(self.path, real),
                 debounce=_DEBOUNCE_MS,
                 recursive=False,
-                stop_event=self._stop,
+                stop_event=_StopTellingStart(
+                    self._stop, lambda: loop.call_soon_threadsafe(self.watch_started.set)
+                ),
             ):
                 try:
                     await self._check()
@@ -340,6 +346,7 @@ class LivePolicy:
                     log.exception("policy reload failed", extra={"fields": {"path": self.path}})
         except (OSError, RuntimeError) as exc:  # no such directory, no inotify: say so, keep serving
             self.watching = False
+            self.watch_started.set()  # nobody waits for a watch that will never be
             log.warning(
                 "cannot watch the policy file; reload with SIGHUP or POST /admin/policy/reload",
                 extra={"fields": {"path": self.path, "error": repr(exc)}},
@@ -400,6 +407,37 @@ class LivePolicy:
             return await asyncio.to_thread(_read, self.path)
         except PolicyError:
             return b""  # gone for a moment (a rename in progress): reload says so if it stays
+
+
+class _StopTellingStart(asyncio.Event):
+    """The stop event given to ``watchfiles.awatch`` (``stop``, which it only reads and, when
+    cancelled, sets), and which calls ``on_start`` the first time watchfiles reads it. watchfiles'
+    ``RustNotify`` adds its inotify watches when it is created and keeps every change from then on
+    until ``watch()`` returns it; ``watch()`` (in a worker thread) asks ``is_set()`` at each 50 ms
+    step of its wait. So the first question means the watches are in place and the wait is on:
+    an edit after it is seen. (The first check's ``first_check_done`` came before ``awatch`` had
+    created anything: a test editing the file right after it passed by luck.) ``on_start`` runs
+    in watchfiles' thread."""
+
+    def __init__(self, stop: asyncio.Event, on_start: Callable[[], object]) -> None:
+        super().__init__()
+        self._stop = stop
+        self._on_start: Callable[[], object] | None = on_start
+
+    def is_set(self) -> bool:
+        if self._on_start is not None:
+            on_start, self._on_start = self._on_start, None
+            on_start()
+        return self._stop.is_set()
+
+    def set(self) -> None:
+        self._stop.set()
+
+    def clear(self) -> None:
+        self._stop.clear()
+
+    async def wait(self) -> Literal[True]:
+        return await self._stop.wait()
 
 
 class PolicyFileEvents:

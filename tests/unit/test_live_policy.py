@@ -305,12 +305,19 @@ async def wait_for_version(client: TestClient, not_version: str, timeout_s: floa
         await asyncio.sleep(0.02)
 
 
+async def watch_started(client: TestClient) -> None:
+    """Wait until the file watch is in place: an edit from now on is seen by it."""
+    live = client.app[keys.POLICY_CONTROL]
+    await asyncio.wait_for(live.watch_started.wait(), 10)
+    assert live.watching
+
+
 async def test_the_watcher_reloads_an_edit_in_place(
     aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
 ) -> None:
     client = await gateway(aiohttp_client, policy_file, upstreams, watch=True)
     first = (await (await client.get("/admin/policy")).json())["version"]
-    await asyncio.sleep(0.2)  # the watcher is up (it checks the file once when it starts)
+    await watch_started(client)
     policy_file.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
     state = await wait_for_version(client, first)
     assert state["version"] != first and state["source"] == "file"
@@ -324,7 +331,7 @@ async def test_a_deeply_nested_or_binary_edit_is_refused_and_the_watcher_keeps_w
     good (while /admin/policy said it watched) and POST /admin/policy/reload was a 500."""
     client = await gateway(aiohttp_client, policy_file, upstreams, watch=True)
     first = (await (await client.get("/admin/policy")).json())["version"]
-    await asyncio.sleep(0.2)
+    await watch_started(client)
     for bad, words in (
         (BASE + "description: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
         (BASE.encode("utf-16").decode("latin-1"), "not UTF-8"),
@@ -354,7 +361,7 @@ async def test_the_watcher_follows_a_configmap_symlink_swap(
     os.symlink("..data/policy.yaml", mount / "policy.yaml")
     client = await gateway(aiohttp_client, mount / "policy.yaml", upstreams, watch=True)
     first = (await (await client.get("/admin/policy")).json())["version"]
-    await asyncio.sleep(0.2)
+    await watch_started(client)
 
     (mount / "..2026_11_30_02").mkdir()
     (mount / "..2026_11_30_02" / "policy.yaml").write_text(
@@ -379,11 +386,30 @@ async def test_the_watcher_follows_a_symlink_into_another_directory(
     os.symlink(tmp_path / "repo" / "real.yaml", tmp_path / "conf" / "policy.yaml")
     client = await gateway(aiohttp_client, tmp_path / "conf" / "policy.yaml", upstreams, watch=True)
     first = (await (await client.get("/admin/policy")).json())["version"]
-    await asyncio.sleep(0.2)
+    await watch_started(client)
     (tmp_path / "repo" / "real.yaml").write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
     state = await wait_for_version(client, first)
     assert state["version"] != first and state["source"] == "file"
     assert await models(client) == ["m", "n"]
+
+
+async def test_an_edit_right_after_the_watch_started_is_always_seen(
+    aiohttp_client: ClientFactory, tmp_path: Path, upstreams: Upstreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``watch_started`` is set once watchfiles' watch is in place, so an edit at once after it
+    is seen by the watch alone (no poll): tests waited 0.2 s and hoped it was up by then."""
+    monkeypatch.setattr("gateway.live_policy.POLL_S", 3600.0)
+    for round_ in range(3):
+        path = tmp_path / f"round-{round_}" / "policy.yaml"
+        path.parent.mkdir()
+        path.write_text(BASE)
+        client = await gateway(aiohttp_client, path, upstreams, watch=True)
+        first = client.app[keys.POLICY_CONTROL].version
+        await watch_started(client)
+        path.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
+        state = await wait_for_version(client, first)
+        assert state["version"] != first and state["source"] == "file", round_
+        await client.close()
 
 
 async def test_a_replaced_directory_is_still_followed(
@@ -397,7 +423,7 @@ async def test_a_replaced_directory_is_still_followed(
     path.write_text(BASE)
     client = await gateway(aiohttp_client, path, upstreams, watch=True)
     first = (await (await client.get("/admin/policy")).json())["version"]
-    await asyncio.sleep(0.2)
+    await watch_started(client)
     os.rename(tmp_path / "pol", tmp_path / "pol_old")
     (tmp_path / "pol").mkdir()
     path.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
