@@ -77,6 +77,7 @@ def build_app(
     transports: Mapping[str, Transport] | None = None,
     cache_store: CacheStore | None = None,
     policy_path: str | None = None,
+    policy_digest: str | None = None,
     rng: random.Random | None = None,
 ) -> web.Application:
     """The gateway app for ``policy``; provider keys are read from ``env`` (default: os.environ).
@@ -86,6 +87,9 @@ def build_app(
     the response cache's store (default: Redis when ``REDIS_URL`` is set, else in process).
     ``policy_path``: the file ``policy`` was read from; given, the gateway reloads it when it
     changes (unless ``settings.policy_watch`` is off), on SIGHUP and on POST /admin/policy/reload.
+    ``policy_digest``: the SHA-256 of the bytes ``policy`` was parsed from
+    (``load_policy_with_digest``); given, the watcher's first look at a file still holding them
+    parses nothing (a 20,000-group file took 3 s, holding the GIL, as the server started).
     ``rng`` draws which requests shadow traffic mirrors (tests seed it)."""
     environ = os.environ if env is None else env
     settings = replace(
@@ -183,6 +187,7 @@ def build_app(
         key_ring=key_ring,
         metrics=metrics,
         watch=settings.policy_watch,
+        started_digest=policy_digest,
     )
     live.subscribe(rollouts.reconfigure)  # after the router's swap: rollouts follow their groups
     app.cleanup_ctx.append(live.running)  # the provider clients, then the file watcher

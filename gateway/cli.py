@@ -16,7 +16,13 @@ from gateway import __version__
 from gateway.admin_client import gateway_url
 from gateway.errors import StartupError, quoted
 from gateway.observability.stderr import ensure_standard_streams
-from gateway.policy.loader import PolicyError, format_loc, load_policy, policy_json_schema
+from gateway.policy.loader import (
+    PolicyError,
+    format_loc,
+    load_policy,
+    load_policy_with_digest,
+    policy_json_schema,
+)
 from gateway.policy.model import Policy
 from gateway.quoting import listed
 from gateway.settings import Settings, SettingsError, WorkerSlot, port_number, provider_key
@@ -225,19 +231,19 @@ def _run_server(args: argparse.Namespace) -> int:
     )
     configure_logging(settings.log_level, settings.log_format)
     try:
-        policy = load_policy(settings.policy_path)
+        policy, digest = load_policy_with_digest(settings.policy_path)
     except PolicyError as exc:
         print(f"sophia-gateway: cannot start, the policy is invalid:\n{exc}", file=sys.stderr)
         return 2
     if settings.redis_url and (problem := url_problem(settings.redis_url)) is not None:
         raise StartupError(problem)
     if args.workers == 1:
-        app = build_app(settings, policy, policy_path=settings.policy_path)
+        app = build_app(settings, policy, policy_path=settings.policy_path, policy_digest=digest)
         return run(app, settings.host, settings.port, allow_open=args.allow_open)
-    return _run_workers(args.workers, settings, policy, allow_open=args.allow_open)
+    return _run_workers(args.workers, settings, policy, digest, allow_open=args.allow_open)
 
 
-def _run_workers(count: int, settings: Settings, policy: Policy, *, allow_open: bool) -> int:
+def _run_workers(count: int, settings: Settings, policy: Policy, digest: str, *, allow_open: bool) -> int:
     """``serve --workers N``: checks once in the parent, then N forked workers under a supervisor."""
     from gateway.app import build_app
     from gateway.server import check_open, run
@@ -284,7 +290,7 @@ def _run_workers(count: int, settings: Settings, policy: Policy, *, allow_open: 
     def worker_main(slot: WorkerSlot, port: int, ready: Callable[[str], None]) -> int:
         own = replace(settings, worker=slot, port=port)
         try:
-            app = build_app(own, policy, policy_path=own.policy_path)
+            app = build_app(own, policy, policy_path=own.policy_path, policy_digest=digest)
             return run(app, own.host, port, allow_open=allow_open, on_ready=ready)
         except (SettingsError, StartupError) as exc:
             return _cannot_start(exc)

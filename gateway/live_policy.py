@@ -113,6 +113,7 @@ class LivePolicy:
         key_ring: KeyRing,
         metrics: GatewayMetrics,
         watch: bool = True,
+        started_digest: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
@@ -133,7 +134,9 @@ class LivePolicy:
         self._tasks: set[asyncio.Task[object]] = set()
         self._retiring: list[ProviderClient] = []
         self._stop = asyncio.Event()
-        self._file_digest: str | None = None  # of the bytes last read, so unrelated events are cheap
+        # Of the bytes last read, so unrelated events are cheap; at first those the process started
+        # on, when known: the watcher's first look at an unchanged file then parses nothing.
+        self._file_digest: str | None = started_digest
         self._started = policy  # restart-only settings are compared with what the process started on
         self.version = policy_version(policy)
         self.loaded_at = clock()

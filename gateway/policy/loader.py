@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import gc
+import hashlib
 import types
 import typing
 from dataclasses import dataclass
@@ -55,12 +56,19 @@ class PolicyError(Exception):
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate the policy at ``path``; raise ``PolicyError`` listing every problem."""
+    return load_policy_with_digest(path)[0]
+
+
+def load_policy_with_digest(path: str | Path) -> tuple[Policy, str]:
+    """``load_policy``, and the SHA-256 (hex) of the bytes it parsed: given to the app
+    (``build_app(policy_digest=...)``), the file watcher's first look finds an unchanged file
+    without parsing it again."""
     shown = str(path)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise PolicyError([PolicyProblem(shown, None, (), f"cannot read file: {exc.strerror}")]) from None
-    return parse_policy_bytes(data, shown)
+    return parse_policy_bytes(data, shown), hashlib.sha256(data).hexdigest()
 
 
 def parse_policy_bytes(data: bytes, shown_path: str = "<policy>") -> Policy:

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway import keys, live_policy
 from gateway.app import build_app
-from gateway.policy.loader import load_policy
+from gateway.policy.loader import load_policy, load_policy_with_digest
 from gateway.providers.base import UpstreamRequest
 from gateway.settings import Settings
 from gateway.testing.mock_transport import MockResponse, MockTransport
@@ -113,7 +113,10 @@ async def gateway(
     aiohttp_client: ClientFactory, path: Path, upstreams: Upstreams, *, watch: bool = False
 ) -> TestClient:
     settings = Settings(access_log=False, policy_watch=watch, policy_path=str(path))
-    app = build_app(settings, load_policy(path), {}, transports=upstreams.transports, policy_path=str(path))
+    policy, digest = load_policy_with_digest(path)  # as ``serve`` starts
+    app = build_app(
+        settings, policy, {}, transports=upstreams.transports, policy_path=str(path), policy_digest=digest
+    )
     return await aiohttp_client(app)
 
 
@@ -658,16 +661,55 @@ async def test_the_watchers_first_look_at_the_file_is_no_reload(
     assert metric(client, "gateway_policy_reloads_total", result="applied") == 1
 
 
+def counting_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths the live policy parses from now on (each reload's one ``_parse``)."""
+    parses: list[str] = []
+    real_parse = live_policy._parse
+
+    def counting_parse(data: bytes, path: str) -> Any:
+        parses.append(path)
+        return real_parse(data, path)
+
+    monkeypatch.setattr(live_policy, "_parse", counting_parse)
+    return parses
+
+
+async def test_the_first_look_at_the_file_started_on_parses_nothing(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up parsed the file, then the watcher's first look read and parsed it again only to
+    find the same version (3 s for 20,000 groups, holding the GIL as the server started): given
+    the digest of the bytes the process started on, an unchanged file is no parse at all."""
+    parses = counting_parses(monkeypatch)
+    client = await gateway(aiohttp_client, policy_file, upstreams, watch=True)
+    live = client.app[keys.POLICY_CONTROL]
+    await asyncio.wait_for(live.first_check_done.wait(), 10)
+    assert parses == []
+    await watch_started(client)
+    first = live.version
+    policy_file.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
+    await wait_for_version(client, first)
+    assert parses == [str(policy_file)]  # an edit is parsed, once
+
+
 async def test_a_change_before_the_watcher_started_is_a_reload(
-    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(access_log=False, policy_watch=True, policy_path=str(policy_file))
+    policy, digest = load_policy_with_digest(policy_file)
     app = build_app(
-        settings, load_policy(policy_file), {}, transports=upstreams.transports, policy_path=str(policy_file)
+        settings,
+        policy,
+        {},
+        transports=upstreams.transports,
+        policy_path=str(policy_file),
+        policy_digest=digest,
     )
+    parses = counting_parses(monkeypatch)
     policy_file.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")  # before it runs
     client = await aiohttp_client(app)
     await asyncio.wait_for(client.app[keys.POLICY_CONTROL].first_check_done.wait(), 10)
+    assert parses == [str(policy_file)]
     assert metric(client, "gateway_policy_reloads_total", result="applied") == 1
     assert (await (await client.get("/admin/policy")).json())["source"] == "file"
     assert await models(client) == ["m", "n"]
