@@ -666,10 +666,11 @@ class RedisLimiter:
         if isinstance(client, RedisCluster):
             # A cluster pipeline does not load scripts on the nodes it reaches (NOSCRIPT): each
             # key's settlement goes on its own, all at once (it is a background flush).
-            await asyncio.gather(
+            replies = await asyncio.gather(
                 *(script(keys=keys, args=args) for keys, args in calls),
                 *(self._index_row(client, day, team, key_id) for day, team, key_id in indexed),
             )
+            _settled(replies[: len(calls)], len(calls))
         else:
             # ``async with``: a write cut short (the op timeout, while the pipeline loads its
             # script) gives the connection back; left to the GC, asyncio logs it as unclosed.
@@ -680,14 +681,14 @@ class RedisLimiter:
                     # The day's index of rows (read by /admin/usage) lives in another slot.
                     pipe.sadd(f"{self._prefix}ud:{day}", f"{team}\t{key_id}")
                     pipe.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
-                await pipe.execute()
+                _settled(await pipe.execute(), len(calls))
         if len(self._indexed) > 100_000:
             self._indexed.clear()
         self._indexed.update(indexed)
         return True
 
     async def _index_row(self, client: RedisClient, day: int, team: str, key_id: str) -> None:
-        await client.sadd(f"{self._prefix}ud:{day}", f"{team}\t{key_id}")
+        _added(await client.sadd(f"{self._prefix}ud:{day}", f"{team}\t{key_id}"))
         await client.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
 
     # -- usage -----------------------------------------------------------------------------
@@ -802,13 +803,42 @@ class RedisLimiter:
 def _admission(reply: Any) -> tuple[str, int, int, int, int, int, int, int, int]:
     """The admission script's reply read (``Outage.call``'s ``read``): whether it refused, then
     its eight counts; ``InvalidResponse`` for a reply of another shape."""
-    try:
-        refused, *counts = reply
-        used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk = map(int, counts)
-    except (TypeError, ValueError):
-        raise InvalidResponse(f"not an admission script's reply: {type(reply).__name__}") from None
-    refused = refused.decode() if isinstance(refused, bytes) else str(refused)
+    if not isinstance(reply, list) or len(reply) != 9:
+        raise InvalidResponse(f"not an admission script's reply: {type(reply).__name__}")
+    refused, *counts = reply
+    refused = refused.decode(errors="replace") if isinstance(refused, bytes) else refused
+    # Lua's numbers come as integers, its reason as one of these strings: a bulk string "5"
+    # or an array in their place is another server's answer, not a count or a reason.
+    if refused not in _REFUSALS or not all(type(c) is int for c in counts):
+        raise InvalidResponse("not an admission script's reply: another shape of 9 elements")
+    used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk = counts
     return refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk
+
+
+_REFUSALS = frozenset(("", "budget", "requests", "tokens"))  # the admission script's reasons
+
+
+def _settled(replies: list[Any], scripts: int) -> None:
+    """The settle write's replies read: its ``scripts`` settle scripts' (each answers 1), then each
+    index row's SADD (an integer) and EXPIRE (a bool, as redis-py reads it). ``InvalidResponse``
+    for any of another shape: a server that is not the Redis the script ran on (a proxy, another
+    store on the port) is a failed write, its counts carried to the next one; read as a success,
+    it ended the outage that the next admission opened again (one more warning and recovery)."""
+    if len(replies) < scripts or (len(replies) - scripts) % 2:
+        raise InvalidResponse(f"{len(replies)} replies to a settle write of {scripts} scripts")
+    for reply in replies[:scripts]:
+        if reply != 1 or isinstance(reply, bool):
+            raise InvalidResponse(f"not a settle script's reply: {type(reply).__name__}")
+    rest = replies[scripts:]
+    for added, expired in zip(rest[::2], rest[1::2], strict=True):
+        _added(added)
+        if not isinstance(expired, bool):
+            raise InvalidResponse(f"not an EXPIRE reply: {type(expired).__name__}")
+
+
+def _added(reply: Any) -> None:
+    if not isinstance(reply, int) or isinstance(reply, bool):
+        raise InvalidResponse(f"not a SADD reply: {type(reply).__name__}")
 
 
 def _limits(caller: Caller) -> tuple[int | None, int | None, float | None, float | None]:

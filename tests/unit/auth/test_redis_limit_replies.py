@@ -1,0 +1,64 @@
+"""The limits link's reply readers: strict about their script's reply shape (``InvalidResponse``,
+which ``Outage.call`` counts as a failed call), so a server that speaks RESP but is not the Redis
+the scripts run on fails open once instead of ending and reopening outages. The replies Redis
+gives are covered end to end by tests/integration/auth/test_limits_redis.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.exceptions import InvalidResponse
+
+from gateway.auth.redis_limits import _admission, _settled
+
+ADMITTED = [b"", 1, 59_000, 10, 59_000, 0, 0, 1, 10]
+
+
+def test_the_admission_scripts_reply_is_read() -> None:
+    assert _admission(ADMITTED) == ("", 1, 59_000, 10, 59_000, 0, 0, 1, 10)
+    assert _admission([b"tokens", *ADMITTED[1:]])[0] == "tokens"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        [],
+        [1, 2, [5]],  # the nested array a fake Redis answered
+        [b"zz"] * 9,
+        [b"", b"1", *ADMITTED[2:]],  # a count as a bulk string
+        [b"", [1], *ADMITTED[2:]],
+        [b"", True, *ADMITTED[2:]],
+        [b"maybe", *ADMITTED[1:]],  # no reason the script gives
+        [*ADMITTED, 1],
+        1,
+        b"OK",
+        None,
+    ],
+)
+def test_an_admission_reply_of_another_shape_is_invalid(reply: Any) -> None:
+    with pytest.raises(InvalidResponse):
+        _admission(reply)
+
+
+def test_the_settle_writes_replies_are_read() -> None:
+    _settled([1, 1], 2)
+    _settled([1, 1, True, 0, False], 1)  # one script, two index rows (SADD, EXPIRE each)
+    _settled([], 0)
+
+
+@pytest.mark.parametrize(
+    ("replies", "scripts"),
+    [
+        ([[1, 2, [5]]], 1),  # the nested array, read as a success before
+        ([b"zz"], 1),
+        ([True], 1),  # EXPIRE's reply in a script's place
+        ([], 1),  # fewer replies than commands
+        ([1, 1], 1),  # half an index row
+        ([1, [1], True], 1),  # SADD answered with an array
+        ([1, 1, 1], 1),  # EXPIRE answered with an integer redis-py did not read as a bool
+    ],
+)
+def test_a_settle_reply_of_another_shape_is_invalid(replies: list[Any], scripts: int) -> None:
+    with pytest.raises(InvalidResponse):
+        _settled(replies, scripts)
