@@ -32,6 +32,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     │   ├── ProviderNotConfigured  503     service_unavailable     no     code=provider_not_configured
     │   ├── NoHealthyDeployment    503     service_unavailable     no     code=no_healthy_deployment
     │   ├── LimitsUnavailable      503     service_unavailable     no     code=limits_unavailable; auth.limits_fail: closed
+    │   ├── UsageUnavailable       503     service_unavailable     no     code=usage_unavailable; /admin/usage, Redis failed
     │   └── KeyStoreUnavailable    503     service_unavailable     no     code=key_store_unavailable; never an open door
     ├── UpstreamError              502     upstream_error          no     what a provider did; counts against it
     │   ├── UpstreamConnectError   502     upstream_error          yes    refused, reset, DNS
@@ -323,6 +324,17 @@ class LimitsUnavailable(ServiceUnavailable):
             "The gateway cannot check rate limits right now (its limits store is unavailable). "
             "Retry shortly.",
             code="limits_unavailable",
+            headers={"retry-after": "1"},
+        )
+
+
+class UsageUnavailable(ServiceUnavailable):
+    """``GET /admin/usage``: the limits' Redis, which holds every replica's usage, failed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The gateway cannot read usage right now (its limits store is unavailable). Retry shortly.",
+            code="usage_unavailable",
             headers={"retry-after": "1"},
         )
 

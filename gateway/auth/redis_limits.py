@@ -58,8 +58,8 @@ from redis.typing import EncodableT
 from gateway.auth.identity import Caller
 from gateway.auth.limits import WINDOW_S, Decision, LocalLimiter, Window
 from gateway.auth.usage import UsageQuery, UsageRow, day_of
-from gateway.errors import LimitsUnavailable
-from gateway.redis_link import Outage, RedisClient, probe, probe_answered, redis_client
+from gateway.errors import LimitsUnavailable, UsageUnavailable
+from gateway.redis_link import FAILURES, Outage, RedisClient, probe, probe_answered, redis_client
 from gateway.redis_pipe import ScriptPipe, script_op
 
 if TYPE_CHECKING:
@@ -698,24 +698,13 @@ class RedisLimiter:
         client = self._client
         assert client is not None, "start() first"
         await self.flush()  # this process's own calls, up to now
-        rows: list[UsageRow] = []
-        for day in range(query.from_day, query.to_day + 1):
-            members = await client.smembers(f"{self._prefix}ud:{day}")
-            for member in sorted(_text(m) for m in members):
-                team, _, key_id = member.partition("\t")
-                if not query.matches(team, key_id):
-                    continue
-                fields = await client.hgetall(self._usage_key(day, team, key_id))
-                row = UsageRow(team, key_id, day)
-                for name, value in fields.items():
-                    field_name = _text(name)
-                    if field_name.startswith("refused:"):
-                        row.refusals[field_name.removeprefix("refused:")] = int(value)
-                    elif field_name == "cost_usd":
-                        row.cost_usd = float(value)
-                    elif field_name in ("requests", "tokens_in", "tokens_out"):
-                        setattr(row, field_name, int(value))
-                rows.append(row)
+        try:
+            rows = await self._shared_rows(client, query)
+        except (*FAILURES, TypeError) as exc:  # TypeError: redis-py's SMEMBERS set() of an array
+            # A Redis down, or a server that is not one (a proxy, another store on the port):
+            # a 503 that says so, not a 500 with a traceback.
+            log.warning("usage unavailable: its Redis failed", extra={"fields": {"error": repr(exc)}})
+            raise UsageUnavailable() from None
         local = {(r.day, r.team, r.key_id): r for r in self.local.table.query(query)}
         for (key_id, team, day), kept in self._carried.items():  # counted, not yet written
             if query.from_day <= day <= query.to_day and query.matches(team, key_id):
@@ -726,6 +715,22 @@ class RedisLimiter:
             if extra is not None:
                 row.add(extra)
         return sorted([*rows, *local.values()], key=lambda r: (r.day, r.team, r.key_id))
+
+    async def _shared_rows(self, client: RedisClient, query: UsageQuery) -> list[UsageRow]:
+        """The rows the settle scripts wrote (every replica's); ``InvalidResponse`` for a reply
+        of another shape than theirs."""
+        rows: list[UsageRow] = []
+        for day in range(query.from_day, query.to_day + 1):
+            members = await client.smembers(f"{self._prefix}ud:{day}")
+            for member in sorted(_strict_text(m) for m in members):
+                team, tab, key_id = member.partition("\t")
+                if not tab:
+                    raise InvalidResponse("not a usage index entry (team, tab, key id)")
+                if not query.matches(team, key_id):
+                    continue
+                fields = await client.hgetall(self._usage_key(day, team, key_id))
+                rows.append(_usage_row(UsageRow(team, key_id, day), fields))
+        return rows
 
     async def _call(
         self,
@@ -849,8 +854,31 @@ def _window(limit: int, used: int, reset_s: float) -> Window:
     return Window(limit, max(0, limit - used), max(0.0, reset_s))
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def _strict_text(value: object) -> str:
+    if not isinstance(value, bytes | str):
+        raise InvalidResponse(f"not a string: {type(value).__name__}")
+    try:
+        return value.decode() if isinstance(value, bytes) else value
+    except UnicodeDecodeError:
+        raise InvalidResponse("not UTF-8 text") from None
+
+
+def _usage_row(row: UsageRow, fields: object) -> UsageRow:
+    """``row`` with the counts of a usage hash (HGETALL's reply, as redis-py reads it)."""
+    if not isinstance(fields, dict):
+        raise InvalidResponse(f"not a usage hash: {type(fields).__name__}")
+    try:
+        for name, value in fields.items():
+            field_name = _strict_text(name)
+            if field_name.startswith("refused:"):
+                row.refusals[field_name.removeprefix("refused:")] = int(value)
+            elif field_name == "cost_usd":
+                row.cost_usd = float(value)
+            elif field_name in ("requests", "tokens_in", "tokens_out"):
+                setattr(row, field_name, int(value))
+    except (TypeError, ValueError):  # int() of an array, of "zz"
+        raise InvalidResponse("not a usage hash: a count that is not a number") from None
+    return row
 
 
 if TYPE_CHECKING:

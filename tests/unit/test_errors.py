@@ -45,6 +45,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamStatusError,
     UpstreamTimeout,
+    UsageUnavailable,
 )
 
 # One instance of every class of the tree.
@@ -69,6 +70,7 @@ SAMPLES: dict[type[GatewayError], GatewayError] = {
         RequestTooLarge(100, 500),
         QuotaExceeded(5.0, 60.0, {}),
         LimitsUnavailable(),
+        UsageUnavailable(),
         ServiceUnavailable("x"),
         ProviderNotConfigured("m", ["KEY"]),
         NoHealthyDeployment("m", 1.0),
@@ -151,6 +153,7 @@ CONTEXT = "This model's maximum context length is 1000 tokens"
         (RequestTooLarge(100, 500), False, False, False),
         (QuotaExceeded(5.0, 60.0, {}), False, False, False),
         (LimitsUnavailable(), False, False, False),
+        (UsageUnavailable(), False, False, False),
         (ServiceUnavailable("x"), False, False, False),
         (ProviderNotConfigured("m", ["KEY"]), False, False, False),
         (NoHealthyDeployment("m", 1.0), False, False, False),
