@@ -21,9 +21,9 @@ the rest of their user turn as OpenAI requires), ``tools`` (custom tools with ``
 ``output_config.format`` (JSON schema) -> ``response_format``, ``stream`` (with
 ``stream_options.include_usage`` so the usage can be told). Dropped: ``top_k`` (kept for Gemini
 by the service), ``thinking`` and thinking blocks in history, ``cache_control``,
-``service_tier``, ``is_error`` of a tool result (its text is kept). What a chat provider cannot
-take at all (server tools such as web search, images inside tool results, ``mcp_servers``,
-``container``, unknown block types) is reported as ``ChatTranslation.unsupported``: Anthropic
+``service_tier``. A tool result's ``is_error`` is said in its text (``Error: ...``: chat has no
+flag for it). What a chat provider cannot take at all (server tools such as web search, images
+inside tool results, ``mcp_servers``, ``container``, unknown block types) is reported as ``ChatTranslation.unsupported``: Anthropic
 deployments still serve such a request natively, others refuse it.
 """
 
@@ -49,6 +49,8 @@ STOP_REASONS = {
 }
 # Fields only Anthropic can act on: a chat provider cannot be asked for them.
 _NATIVE_ONLY = ("mcp_servers", "container")
+# A tool result with ``is_error``, as the text of the chat ``tool`` message it becomes.
+ERROR_PREFIX = "Error: "
 _TOOL_ID = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -306,6 +308,10 @@ def _tool_result(block: JSONObject, where: str, t: _Translation) -> JSONObject:
         text = "\n".join(texts)
     else:
         raise MessagesInputError("tool_result content must be a string or blocks.", f"{where}.content")
+    if block.get("is_error") is True:
+        # Chat's tool messages have no error flag: dropped, a failed call read as its answer
+        # ("city not found" as the weather). Said in the text, as the model would be told.
+        text = f"{ERROR_PREFIX}{text}" if text else ERROR_PREFIX.rstrip()
     return {"role": "tool", "tool_call_id": call, "content": text}
 
 

@@ -264,3 +264,27 @@ def test_content_parts_and_bad_usage_from_a_compatible_server_are_read() -> None
     message = message_from_chat(completion, "m")
     assert message["content"] == [{"type": "text", "text": "Hello"}]
     assert message["usage"] == {"input_tokens": 0, "output_tokens": 0}
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        ("city not found", "Error: city not found"),
+        ([{"type": "text", "text": "timeout"}], "Error: timeout"),
+        (None, "Error:"),
+    ],
+)
+def test_a_failed_tool_result_says_so_to_a_chat_provider(content: Any, said: str) -> None:
+    """``is_error`` (Anthropic's "Tool use" docs: the tool call failed, ``content`` is its error)
+    has no field in chat's ``tool`` message: dropped, a failure read as the tool's answer."""
+    result: Any = {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": True}
+    if content is not None:
+        result["content"] = content
+    body = {"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "w", "input": {}}]},
+        {"role": "user", "content": [result]},
+    ]}  # fmt: skip
+    assert translate(body).chat["messages"][2] == {"role": "tool", "tool_call_id": "toolu_1", "content": said}
+    result["is_error"] = False
+    assert translate(body).chat["messages"][2]["content"] == said.removeprefix("Error:").strip()
