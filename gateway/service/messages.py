@@ -30,6 +30,7 @@ from gateway.wire.messages import (
     CountTokensHead,
     MessagesHead,
     MessagesInputError,
+    check_thinking,
     message_from_chat,
     to_chat,
 )
@@ -74,11 +75,13 @@ class MessagesDoor:
         """The door for a parsed request body; a 400 naming the bad field otherwise."""
         head = validate_head(MessagesHead, body)
         _check_conversation(head.messages)
+        beta = headers.get("anthropic-beta")
         try:
+            check_thinking(head, beta)
             translation = to_chat(body, head)
         except MessagesInputError as exc:
             raise InvalidRequest(f"Invalid value for '{exc.param}': {exc.message}", param=exc.param) from None
-        return cls(body, translation, headers.get("anthropic-beta"))
+        return cls(body, translation, beta)
 
     def build(self, target: Target) -> UpstreamRequest:
         client = target.client

@@ -271,10 +271,16 @@ def check_options(body: dict[str, object]) -> None:
     conversation: a stop sequence without a visible character ("stop_sequences: each stop
     sequence must contain non-whitespace", BerriAI/litellm#3286), and ``temperature`` with
     ``top_p`` ("`temperature` and `top_p` cannot both be specified for this model. Please use
-    only one.", BerriAI/litellm#15097: Claude Sonnet 4.5 and later)."""
+    only one.", BerriAI/litellm#15097: Claude Sonnet 4.5 and later), and thinking with a
+    ``tool_choice`` forcing tool use (run-llama/llama_index#19641)."""
     stops = body.get("stop_sequences")
     if isinstance(stops, list) and any(not isinstance(s, str) or not s or s.isspace() for s in stops):
         raise _refusal(400, "stop_sequences: each stop sequence must contain non-whitespace")
+    thinking, choice = body.get("thinking"), body.get("tool_choice")
+    thinks = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+    if thinks and isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        # Extended thinking docs, "Feature compatibility": forced tool use is refused.
+        raise _refusal(400, "Thinking may not be enabled when tool_choice forces tool use.")
     if body.get("temperature") is not None and body.get("top_p") is not None:
         raise _refusal(
             400, "`temperature` and `top_p` cannot both be specified for this model. Please use only one."

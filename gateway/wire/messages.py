@@ -119,6 +119,31 @@ class MessagesHead(BaseModel):
     service_tier: StrictStr | None = None
 
 
+# The beta that lets a thinking budget exceed ``max_tokens`` (it spans a turn's thinking blocks).
+INTERLEAVED_THINKING = "interleaved-thinking-2025-05-14"
+
+
+def check_thinking(head: MessagesHead, betas: str | None) -> None:
+    """Refuse, with Anthropic's words, what it refuses of ``thinking`` whichever model answers
+    (extended thinking docs, "Feature compatibility" and "Max tokens and context window size"):
+    thinking with a ``tool_choice`` that forces tool use (``any``, ``tool``), and a
+    ``budget_tokens`` not below ``max_tokens`` unless interleaved thinking is on."""
+    thinking = head.thinking
+    if thinking is None or thinking.type != "enabled":
+        return
+    choice = head.tool_choice.get("type") if head.tool_choice else None
+    if choice in ("any", "tool"):
+        raise MessagesInputError(
+            "Thinking may not be enabled when tool_choice forces tool use.", "tool_choice"
+        )
+    budget = thinking.budget_tokens or 0
+    interleaved = betas is not None and INTERLEAVED_THINKING in (b.strip() for b in betas.split(","))
+    if budget >= head.max_tokens and not interleaved:
+        raise MessagesInputError(
+            "`max_tokens` must be greater than `thinking.budget_tokens`.", "thinking.budget_tokens"
+        )
+
+
 class CountTokensHead(BaseModel):
     """``/v1/messages/count_tokens``: the request minus ``max_tokens`` and ``stream``."""
 

@@ -1029,3 +1029,54 @@ async def test_a_conversation_anthropic_takes_is_served_by_every_kind(
         "user",
         "assistant",
     ]
+
+
+THINKING_RULES = [
+    pytest.param(
+        {"max_tokens": 2048, "tool_choice": {"type": "any"}},
+        "Invalid value for 'tool_choice': Thinking may not be enabled when tool_choice forces tool use.",
+        id="forced-any",
+    ),
+    pytest.param(
+        {"max_tokens": 2048, "tool_choice": {"type": "tool", "name": "get_weather"}},
+        "Invalid value for 'tool_choice': Thinking may not be enabled when tool_choice forces tool use.",
+        id="forced-tool",
+    ),
+    pytest.param(
+        {"max_tokens": 1024},
+        "Invalid value for 'thinking.budget_tokens': `max_tokens` must be greater than `thinking.budget_tokens`.",
+        id="budget-not-below-max-tokens",
+    ),
+]
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+@pytest.mark.parametrize(("extra", "expected"), THINKING_RULES)
+async def test_thinking_anthropic_refuses_is_refused_before_any_deployment(
+    gateway: TestClient, upstreams: Upstreams, model: str, extra: dict[str, Any], expected: str
+) -> None:
+    """Extended thinking docs ("Feature compatibility"; "Max tokens and context window size"):
+    forced tool use and a budget not below ``max_tokens`` are refused by Anthropic; an OpenAI
+    deployment, which drops ``thinking``, answered them, so the request worked by routing."""
+    body = {"model": model, "tools": [WEATHER], "messages": USER, **extra}
+    body["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+    resp = await gateway.post("/v1/messages", json=body)
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["error"] == {"type": "invalid_request_error", "message": expected}
+    assert upstreams.calls == []
+
+
+async def test_thinking_with_auto_tools_or_interleaved_budget_is_served(
+    gateway: TestClient, upstreams: Upstreams
+) -> None:
+    """tool_choice auto and none go with thinking, and interleaved thinking's beta lets the
+    budget exceed ``max_tokens`` (it spans the turn's thinking blocks)."""
+    thinking = {"type": "enabled", "budget_tokens": 4096}
+    for choice in ("auto", "none"):
+        body = {"model": "gpt", "max_tokens": 8192, "tools": [WEATHER], "tool_choice": {"type": choice},
+                "thinking": thinking, "messages": USER}  # fmt: skip
+        assert (await gateway.post("/v1/messages", json=body)).status == 200
+    body = {"model": "claude", "max_tokens": 100, "tools": [WEATHER], "thinking": thinking, "messages": USER}
+    beta = {"anthropic-beta": "fine-grained-tool-streaming-2025-05-14, interleaved-thinking-2025-05-14"}
+    assert (await gateway.post("/v1/messages", json=body, headers=beta)).status == 200
+    assert [call[0] for call in upstreams.calls] == ["oa", "oa", "an"]

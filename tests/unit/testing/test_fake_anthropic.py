@@ -426,3 +426,22 @@ async def test_openai_options_current_models_refuse_are_accepted_once_translated
     request = AnthropicAdapter(config).build_request(Endpoint.CHAT, body, "claude-x")
     resp = await client.post("/v1/messages", data=request.body)
     assert resp.status == 200, await resp.text()
+
+
+@pytest.mark.parametrize("choice", [{"type": "any"}, {"type": "tool", "name": "f"}])
+async def test_thinking_with_forced_tool_use_is_refused(aiohttp_client: AiohttpClient, choice: Any) -> None:
+    """Extended thinking docs, "Feature compatibility": as the API, with its message."""
+    client = await fake(aiohttp_client)
+    tool = {"name": "f", "input_schema": {"type": "object"}}
+    body = {
+        **ASK,
+        "max_tokens": 2048,
+        "tools": [tool],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+    }
+    resp = await post(client, {**body, "tool_choice": choice})
+    assert resp.status == 400
+    assert (await resp.json())["error"][
+        "message"
+    ] == "Thinking may not be enabled when tool_choice forces tool use."
+    assert (await post(client, {**body, "tool_choice": {"type": "auto"}})).status == 200
