@@ -64,6 +64,7 @@ STATUS_NAMES = {
     504: "DEADLINE_EXCEEDED",
 }
 _FINISH = {"stop": "STOP", "length": "MAX_TOKENS"}
+_MAX_STOPS = 5
 
 
 def add_routes(app: web.Application) -> None:
@@ -258,6 +259,14 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
     config = config if isinstance(config, dict) else {}
     limit = config.get("maxOutputTokens")
     stops = config.get("stopSequences")
+    if isinstance(stops, list) and len(stops) > _MAX_STOPS:
+        # GenerationConfig.stopSequences: "The set of character sequences (up to 5) that will
+        # stop output generation" (https://ai.google.dev/api/generate-content).
+        raise refusal(
+            400,
+            "* GenerateContentRequest.generation_config.stop_sequences: "
+            f"at most {_MAX_STOPS} stop sequences are allowed",
+        )
     return GenerateRequest(
         model,
         prompt,

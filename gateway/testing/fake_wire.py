@@ -96,6 +96,7 @@ def parse_chat(body: dict[str, object]) -> Generation:
         words += len(text.split())
         if message.get("role") == "user":
             last_user = text
+    _check_stop(body.get("stop"))
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     return Generation(
         _model(body),
@@ -106,6 +107,20 @@ def parse_chat(body: dict[str, object]) -> Generation:
         _limit(limit),
         _chosen_function(body, last_user),
     )
+
+
+# "stop: Up to 4 sequences where the API will stop generating further tokens" (OpenAI's API
+# reference, Chat Completions); more is refused with this message.
+_MAX_STOPS = 4
+
+
+def _check_stop(stop: object) -> None:
+    if isinstance(stop, list) and len(stop) > _MAX_STOPS:
+        raise WireError(
+            f"Invalid 'stop': array too long. Expected an array with maximum length {_MAX_STOPS}, "
+            f"but got an array with length {len(stop)} instead.",
+            "stop",
+        )
 
 
 def _refuse_extra_content(message: dict[str, object], i: int) -> None:

@@ -147,3 +147,13 @@ async def test_it_refuses_what_gemini_refuses_in_batches_and_call_turns(
     assert resp.status == 400 and "function call turn" in (await resp.json())["error"]["message"]
     ok = {"contents": [ASK["contents"][0], call, answer], "tools": [WEATHER]}
     assert (await post(client, "gem:generateContent", ok)).status == 200
+
+
+async def test_more_than_five_stop_sequences_are_refused(aiohttp_client: AiohttpClient) -> None:
+    """GenerationConfig.stopSequences: "up to 5" (https://ai.google.dev/api/generate-content)."""
+    client = await fake(aiohttp_client)
+    for n, status in ((5, 200), (6, 400)):
+        config = {"generationConfig": {"stopSequences": [f"s{i}" for i in range(n)]}}
+        resp = await post(client, "gem:generateContent", {**ASK, **config})
+        assert resp.status == status, await resp.text()
+    assert "stop_sequences" in (await resp.json())["error"]["message"]

@@ -706,3 +706,14 @@ async def test_stats_count_the_most_requests_answered_at_once(aiohttp_client: Ai
     assert (await (await client.get("/_fake/stats")).json())["max_in_flight"] == 3
     await client.post("/_fake/reset")
     assert (await (await client.get("/_fake/stats")).json())["max_in_flight"] == 0
+
+
+async def test_more_than_four_stop_sequences_are_refused(aiohttp_client: AiohttpClient) -> None:
+    """Chat Completions' ``stop``: "Up to 4 sequences" (OpenAI's API reference)."""
+    client = await fake(aiohttp_client)
+    ask = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert (await post(client, "/v1/chat/completions", {**ask, "stop": ["a", "b", "c", "d"]})).status == 200
+    resp = await post(client, "/v1/chat/completions", {**ask, "stop": ["a", "b", "c", "d", "e"]})
+    assert resp.status == 400
+    error = envelope(await resp.json())
+    assert error["param"] == "stop" and "maximum length 4" in error["message"]
