@@ -28,6 +28,8 @@ from gateway.providers.tool_choice import narrowed
 from gateway.wire.requests import JSONObject
 
 KIND = "gemini"
+# ``GenerationConfig.stopSequences``: "The set of character sequences (up to 5)".
+MAX_STOP_SEQUENCES = 5
 # Gemini 3 refuses a history whose function calls lack the signature it attached to them. Calls
 # made by another model (a failover, a client-built history) have none: Google documents this
 # value for them ("Thought signatures", FAQ), and only the first call of a step needs one.
@@ -360,6 +362,8 @@ def _generation_config(body: JSONObject) -> JSONObject:
     if isinstance(stop, str):
         config["stopSequences"] = [stop]
     elif isinstance(stop, list) and stop:
+        if len(stop) > MAX_STOP_SEQUENCES:  # Gemini's 400; another kind of the group may serve it
+            raise UnsupportedByProvider(KIND, f"more than {MAX_STOP_SEQUENCES} stop sequences", "stop")
         config["stopSequences"] = stop
     response_format = body.get("response_format")
     kind = response_format.get("type") if isinstance(response_format, dict) else None

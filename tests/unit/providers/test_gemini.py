@@ -185,6 +185,7 @@ FTP_IMAGE = {"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}
         (Endpoint.CHAT, chat({"role": "user", "content": [{"type": "video"}]})),
         (Endpoint.CHAT, chat({"role": "user", "content": [{"type": "file", "file": {"file_id": "f"}}]})),
         (Endpoint.CHAT, chat({"role": "system", "content": "a system prompt only"})),
+        (Endpoint.CHAT, {**chat({"role": "user", "content": "hi"}), "stop": ["1", "2", "3", "4", "5", "6"]}),
         (Endpoint.COMPLETIONS, {"model": "m", "prompt": ["one", "two"]}),
         (Endpoint.COMPLETIONS, {"model": "m", "prompt": "x", "echo": True}),
         (Endpoint.EMBEDDINGS, {"model": "m", "input": [[1, 2, 3]]}),
