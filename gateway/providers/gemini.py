@@ -72,7 +72,8 @@ class GeminiAdapter:
         if endpoint is Endpoint.EMBEDDINGS:
             return embeddings(body, request, upstream_model)
         if endpoint is Endpoint.CHAT:
-            return chat_completion(body, upstream_model, int(time.time()))
+            one_call = request.get("parallel_tool_calls") is False
+            return chat_completion(body, upstream_model, int(time.time()), one_call=one_call)
         return text_completion(body, upstream_model, int(time.time()))
 
     def stream_translator(
@@ -86,6 +87,7 @@ class GeminiAdapter:
             model=upstream_model,
             created=int(time.time()),
             provider=provider or "gemini",
+            one_call=request.get("parallel_tool_calls") is False,
         )
 
     def translate_error(

@@ -12,7 +12,8 @@ inline files, token-id inputs, several prompts in one legacy completion, ``echo`
 refused with ``UnsupportedByProvider``, a retryable 400, so a model group mixing provider kinds is
 served by a deployment that can; a malformed request is an ``InvalidRequest`` naming the
 parameter. Parameters Gemini has no equivalent for (``logprobs``, ``logit_bias``, ``user``,
-``parallel_tool_calls``, ``reasoning_effort``, ...) are left out, as sampling hints are.
+``parallel_tool_calls``, ``reasoning_effort``, ...) are left out, as sampling hints are;
+``parallel_tool_calls: false`` is kept on the answer instead (its first function call only).
 """
 
 from __future__ import annotations

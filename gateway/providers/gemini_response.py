@@ -118,18 +118,23 @@ def tool_call(part: JSONObject, call_id: str) -> JSONObject | None:
     return out
 
 
-def chat_completion(body: JSONObject, upstream_model: str, created: int) -> JSONObject:
-    """A ``chat.completion`` for a ``GenerateContentResponse``."""
+def chat_completion(
+    body: JSONObject, upstream_model: str, created: int, *, one_call: bool = False
+) -> JSONObject:
+    """A ``chat.completion`` for a ``GenerateContentResponse``; ``one_call`` keeps only each
+    candidate's first function call (the request's ``parallel_tool_calls: false``, which Gemini
+    has no setting for)."""
     key = response_key(body)
     calls = 0
     choices = []
     failed: list[object] = []  # the reasons of candidates that ended failed and empty
     for position, candidate in enumerate(_candidates(body)):
-        texts, tool_calls = [], []
+        texts: list[str] = []
+        tool_calls: list[JSONObject] = []
         for part in parts(candidate):
             if isinstance(part.get("text"), str):
                 texts.append(part["text"])
-            call = tool_call(part, f"call_{key}_{calls}")
+            call = tool_call(part, f"call_{key}_{calls}") if not (one_call and tool_calls) else None
             if call is not None:
                 tool_calls.append(call)
                 calls += 1

@@ -50,12 +50,20 @@ class GeminiStreamTranslator:
     """One Gemini stream in, OpenAI chat (or legacy text completion) SSE out."""
 
     __slots__ = ("_calls", "_chat", "_choices", "_completed", "_created", "_decoder", "_head",
-                 "_include_usage", "_key", "_model", "_provider", "_usage")  # fmt: skip
+                 "_include_usage", "_key", "_model", "_one_call", "_provider", "_usage")  # fmt: skip
 
     def __init__(
-        self, *, chat: bool, include_usage: bool, model: str, created: int, provider: str = "gemini"
+        self,
+        *,
+        chat: bool,
+        include_usage: bool,
+        model: str,
+        created: int,
+        provider: str = "gemini",
+        one_call: bool = False,
     ) -> None:
         self._provider = provider  # the policy's name, which its error events name
+        self._one_call = one_call  # parallel_tool_calls: false: a candidate's first call only
         self._chat = chat
         self._include_usage = include_usage
         self._model = model
@@ -162,7 +170,8 @@ class GeminiStreamTranslator:
             if isinstance(text, str) and text:
                 out += self._chunk(index, {"content": text} if self._chat else text, None)
                 state.content = True
-            call = tool_call(part, f"call_{self._key}_{self._calls}") if self._chat else None
+            wanted = self._chat and not (self._one_call and state.tool_calls)
+            call = tool_call(part, f"call_{self._key}_{self._calls}") if wanted else None
             if call is not None:
                 out += self._chunk(index, {"tool_calls": [{"index": state.tool_calls, **call}]}, None)
                 state.tool_calls += 1

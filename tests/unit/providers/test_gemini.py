@@ -615,3 +615,31 @@ def test_a_stream_that_failed_before_a_word_sends_no_data_and_raises_at_its_end(
     with pytest.raises(UpstreamBadResponse) as err:
         translator.finish()
     assert "MALFORMED_FUNCTION_CALL" in err.value.message
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call_whole_and_streamed() -> None:
+    """Gemini has no setting for ``parallel_tool_calls: false`` (Anthropic's
+    ``disable_parallel_tool_use``): it was dropped, and two calls reached a caller that asked
+    for at most one. The answer keeps the first."""
+    first = {"functionCall": {"name": "f", "args": {"city": "Paris"}}}
+    second = {"functionCall": {"name": "f", "args": {"city": "Rome"}}}
+    body = {
+        "responseId": "r1",
+        "candidates": [{"content": {"parts": [first, second]}, "finishReason": "STOP"}],
+    }
+    for parallel, expected in (
+        (False, ['{"city":"Paris"}']),
+        (None, ['{"city":"Paris"}', '{"city":"Rome"}']),
+    ):
+        request = {**HELLO, "parallel_tool_calls": parallel}
+        whole = ADAPTER.translate_response(Endpoint.CHAT, body, request, "m")
+        calls = whole["choices"][0]["message"]["tool_calls"]
+        assert [c["function"]["arguments"] for c in calls] == expected
+        translator = ADAPTER.stream_translator(Endpoint.CHAT, {**request, "stream": True}, "m")
+        out = translator.feed(b"data: " + orjson.dumps(body) + b"\n\n") + translator.finish()
+        deltas = [
+            call["function"]["arguments"]
+            for c in chunks(out)
+            for call in c["choices"][0]["delta"].get("tool_calls", [])
+        ]
+        assert deltas == expected
