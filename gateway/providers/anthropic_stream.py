@@ -36,6 +36,7 @@ class AnthropicStreamTranslator:
     """One stream's parser and translator state (see the module docstring)."""
 
     __slots__ = (
+        "_content",
         "_created",
         "_decoder",
         "_done",
@@ -61,6 +62,7 @@ class AnthropicStreamTranslator:
         self._silent: set[int] = set()  # tool blocks whose arguments no delta has carried yet
         self._usage: JSONObject = {}
         self._done = False
+        self._content = False  # a content block has begun (of any type, thinking included)
 
     def feed(self, chunk: bytes) -> bytes:
         """OpenAI SSE bytes for every event that ``chunk`` completes (b"" if none)."""
@@ -86,6 +88,12 @@ class AnthropicStreamTranslator:
     def completed(self) -> bool:
         return self._done
 
+    @property
+    def content_started(self) -> bool:
+        """A ``content_block_start`` was seen: of any type, so also a thinking block or a
+        server tool's, which translate to nothing here."""
+        return self._content
+
     def _event(self, data: bytes) -> bytes:
         if not data.strip():
             return b""
@@ -104,6 +112,7 @@ class AnthropicStreamTranslator:
         if kind == "message_start":
             return self._start(event)
         if kind == "content_block_start":
+            self._content = True
             return self._block_start(event)
         if kind == "message_delta":
             return self._message_delta(event)

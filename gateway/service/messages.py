@@ -122,8 +122,8 @@ class MessagesDoor:
 class NativeMessagesStream:
     """An Anthropic stream relayed byte for byte, a whole event at a time, watched by the
     upstream adapter's own translator (usage, ``message_stop``, ``error`` events). Bytes are held
-    until the first content event, so an ``error`` event before any content fails over, as on
-    the chat path; after that an event the provider has not finished is held until it ends
+    until the first content block begins (thinking included), so an ``error`` event before any
+    content fails over, as on the chat path; after that an event the provider has not finished is held until it ends
     (``WholeEvents``), so a cut never leaves half an event before the error event."""
 
     __slots__ = ("_held", "_open", "_watch", "_whole")
@@ -139,7 +139,10 @@ class NativeMessagesStream:
         if self._open:
             return self._whole.take(chunk)
         self._held.append(chunk)
-        if not (seen or self._watch.completed):
+        # Any content block opens the stream: a thinking block (or a server tool's) translates
+        # to nothing, and holding it kept the client waiting, headers unsent, for the whole
+        # thinking (a proxy's idle timeout cuts such a request; the thinking is not streamed).
+        if not (seen or self._watch.content_started or self._watch.completed):
             return b""
         self._open = True
         out = b"".join(self._held)

@@ -1080,3 +1080,33 @@ async def test_thinking_with_auto_tools_or_interleaved_budget_is_served(
     beta = {"anthropic-beta": "fine-grained-tool-streaming-2025-05-14, interleaved-thinking-2025-05-14"}
     assert (await gateway.post("/v1/messages", json=body, headers=beta)).status == 200
     assert [call[0] for call in upstreams.calls] == ["oa", "oa", "an"]
+
+
+def _native_event(kind: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+async def test_a_native_thinking_block_is_streamed_as_it_comes(
+    gateway: TestClient, upstreams: Upstreams
+) -> None:
+    """Thinking deltas translate to nothing on chat, and the door held the native stream until
+    the first text: the client got no byte (not even headers) for the whole thinking, and a
+    proxy's idle timeout cut it. The thinking block opens the stream; here the upstream stops
+    after it, so only what was relayed before reaches the client, then the error event."""
+    start = anthropic_message("claude-x", "")
+    start["content"], start["stop_reason"] = [], None
+    thinking = [
+        _native_event("message_start", {"message": start}),
+        _native_event("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+        _native_event("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": "Hmm"}}),
+        _native_event("content_block_delta", {"index": 0, "delta": {"type": "signature_delta", "signature": "EqQB"}}),
+    ]  # fmt: skip
+    upstreams.behaviour["an"] = lambda request: MockResponse.stream(thinking)  # then ends, cut
+    body = {"model": "claude", "max_tokens": 2048, "stream": True, "messages": USER,
+            "thinking": {"type": "enabled", "budget_tokens": 1024}}  # fmt: skip
+    resp = await gateway.post("/v1/messages", json=body)
+    text = await resp.text()
+    assert resp.status == 200, text
+    assert '"thinking_delta"' in text and '"signature_delta"' in text
+    assert text.rstrip().splitlines()[-2] == "event: error"
+    assert [call[0] for call in upstreams.calls] == ["an"]  # seen content: not tried again
