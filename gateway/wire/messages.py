@@ -381,6 +381,10 @@ def _tool(tool: JSONObject, where: str, t: _Translation) -> JSONObject:
 
 def _tool_choice(choice: JSONObject, chat: JSONObject) -> None:
     kind = choice.get("type")
+    if kind in ("auto", "none") and not chat.get("tools"):
+        # Without tools they change nothing, and OpenAI refuses a tool_choice without tools
+        # ("'tool_choice' is only allowed when 'tools' are specified"): not sent.
+        return
     if kind == "auto":
         chat["tool_choice"] = "auto"
     elif kind == "any":

@@ -74,6 +74,8 @@ CASES: dict[str, dict[str, Any]] = {
         "tool_choice": {"type": "tool", "name": "get_weather"},
     },
     "tool_choice none": {"messages": ASK, "tools": [WEATHER], "tool_choice": {"type": "none"}},
+    "tool_choice auto without tools": {"messages": ASK, "tool_choice": {"type": "auto"}},
+    "tool_choice none without tools": {"messages": ASK, "tool_choice": {"type": "none"}},
     "tool_choice auto no parallel": {
         "messages": ASK,
         "tools": [WEATHER],

@@ -78,10 +78,20 @@ def test_malformed_blocks_name_their_path() -> None:
 
 
 def test_tool_choice_variants() -> None:
-    base = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    tool = {"name": "f", "input_schema": {"type": "object"}}
+    base = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
     assert translate({**base, "tool_choice": {"type": "auto"}}).chat["tool_choice"] == "auto"
     assert translate({**base, "tool_choice": {"type": "any"}}).chat["tool_choice"] == "required"
     assert translate({**base, "tool_choice": {"type": "none"}}).chat["tool_choice"] == "none"
+
+
+@pytest.mark.parametrize("kind", ["auto", "none"])
+def test_tool_choice_without_tools_is_not_sent(kind: str) -> None:
+    """Without tools, auto and none change nothing, and OpenAI refuses a ``tool_choice``
+    without ``tools`` (its fake too): a valid Messages request failed on an OpenAI deployment."""
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    assert "tool_choice" not in translate({**body, "tool_choice": {"type": kind}}).chat
+    assert "tool_choice" not in translate({**body, "tools": [], "tool_choice": {"type": kind}}).chat
 
 
 def test_stop_reasons_and_usage() -> None:
