@@ -23,7 +23,8 @@ the rest of their user turn as OpenAI requires), ``tools`` (custom tools with ``
 by the service), ``thinking`` and thinking blocks in history, ``cache_control``,
 ``service_tier``. A tool result's ``is_error`` is said in its text (``Error: ...``: chat has no
 flag for it). What a chat provider cannot take at all (server tools such as web search, images
-inside tool results, ``mcp_servers``, ``container``, unknown block types) is reported as ``ChatTranslation.unsupported``: Anthropic
+inside tool results, documents with ``citations`` enabled, ``mcp_servers``, ``container``,
+unknown block types) is reported as ``ChatTranslation.unsupported``: Anthropic
 deployments still serve such a request natively, others refuse it.
 """
 
@@ -296,6 +297,11 @@ def _image_url(source: object, where: str) -> str:
 
 
 def _document(block: JSONObject, where: str, t: _Translation) -> JSONObject | None:
+    citations = block.get("citations")
+    if isinstance(citations, dict) and citations.get("enabled") is True:
+        # The answer would carry citations (text blocks' ``citations``); no chat provider makes them.
+        t.cannot(f"citations on documents ({where}.citations)")
+        return None
     source = block.get("source")
     kind = source.get("type") if isinstance(source, dict) else None
     if isinstance(source, dict) and kind == "base64" and source.get("media_type") == "application/pdf":

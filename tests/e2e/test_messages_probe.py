@@ -63,6 +63,17 @@ CASES: dict[str, dict[str, Any]] = {
             {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plum"}}
         )
     },
+    "document citations": {
+        "messages": _user(
+            {
+                "type": "document",
+                "source": {"type": "text", "media_type": "text/plain", "data": "The grass is green."},
+                "title": "Grass",
+                "context": "A fact",
+                "citations": {"enabled": True},
+            }
+        )
+    },
     "document url": {
         "messages": _user({"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}})
     },
@@ -176,6 +187,8 @@ CASES: dict[str, dict[str, Any]] = {
 REFUSED = {
     ("document url", "gpt"): "document sources of type 'url'",
     ("document url", "gemini"): "document sources of type 'url'",
+    ("document citations", "gpt"): "citations on documents",
+    ("document citations", "gemini"): "citations on documents",
     ("tool_result image", "gpt"): "image blocks inside a tool_result",
     ("tool_result image", "gemini"): "image blocks inside a tool_result",
     ("stop_sequences many", "gpt"): "Invalid 'stop': array too long",  # OpenAI's own 400

@@ -59,6 +59,11 @@ def test_documented_responses(name: str) -> None:
             "image blocks inside a tool_result",
         ),
         ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "file", "file_id": "f"}}]}]}, "'file'"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "document", "citations": {"enabled": True},
+                                                       "source": {"type": "text", "media_type": "text/plain", "data": "x"}}]}]},
+            "citations on documents (messages[0].content[0].citations)",
+        ),
     ],
 )  # fmt: skip
 def test_what_only_anthropic_can_do_is_reported_not_refused(extra: dict[str, Any], named: str) -> None:
