@@ -63,6 +63,7 @@ class Generation:
     include_usage: bool
     max_tokens: int | None
     tool: dict[str, object] | None = None  # the function to call (chat), when the reply is a call
+    stop: tuple[str, ...] = ()  # the reply ends before the first of these (not included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +107,26 @@ def parse_chat(body: dict[str, object]) -> Generation:
         _include_usage(body),
         _limit(limit),
         _chosen_function(body, last_user),
+        _stops(body.get("stop")),
     )
 
 
 # "stop: Up to 4 sequences where the API will stop generating further tokens" (OpenAI's API
 # reference, Chat Completions); more is refused with this message.
 _MAX_STOPS = 4
+
+
+def _stops(stop: object) -> tuple[str, ...]:
+    if isinstance(stop, str):
+        return (stop,) if stop else ()
+    return tuple(s for s in stop if isinstance(s, str) and s) if isinstance(stop, list) else ()
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """The text before the first stop sequence in it ("The returned text will not contain the
+    stop sequence", OpenAI's reference)."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(hits)] if hits else text
 
 
 def _check_stop(stop: object) -> None:

@@ -717,3 +717,13 @@ async def test_more_than_four_stop_sequences_are_refused(aiohttp_client: Aiohttp
     assert resp.status == 400
     error = envelope(await resp.json())
     assert error["param"] == "stop" and "maximum length 4" in error["message"]
+
+
+async def test_a_reply_ends_before_a_stop_sequence(aiohttp_client: AiohttpClient) -> None:
+    """``stop``: "The returned text will not contain the stop sequence" (OpenAI's reference)."""
+    client = await fake(aiohttp_client)
+    for stop in (["gamma", "beta"], "beta"):
+        ask = {"model": "m", "messages": [{"role": "user", "content": "alpha beta gamma"}], "stop": stop}
+        body = await (await post(client, "/v1/chat/completions", ask)).json()
+        assert body["choices"][0]["message"]["content"] == "Echo: alpha"  # (words: no trailing space)
+        assert body["choices"][0]["finish_reason"] == "stop"
