@@ -281,6 +281,9 @@ def check_options(body: dict[str, object]) -> None:
     if thinks and isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
         # Extended thinking docs, "Feature compatibility": forced tool use is refused.
         raise _refusal(400, "Thinking may not be enabled when tool_choice forces tool use.")
+    temperature = body.get("temperature")
+    if thinks and temperature is not None and temperature != 1:
+        raise _refusal(400, "`temperature` may only be set to 1 when thinking is enabled.")
     if body.get("temperature") is not None and body.get("top_p") is not None:
         raise _refusal(
             400, "`temperature` and `top_p` cannot both be specified for this model. Please use only one."

@@ -127,7 +127,8 @@ INTERLEAVED_THINKING = "interleaved-thinking-2025-05-14"
 def check_thinking(head: MessagesHead, betas: str | None) -> None:
     """Refuse, with Anthropic's words, what it refuses of ``thinking`` whichever model answers
     (extended thinking docs, "Feature compatibility" and "Max tokens and context window size"):
-    thinking with a ``tool_choice`` that forces tool use (``any``, ``tool``), and a
+    thinking with a ``tool_choice`` that forces tool use (``any``, ``tool``), a ``temperature``
+    other than 1 (its message: MartialBE/one-hub#529), and a
     ``budget_tokens`` not below ``max_tokens`` unless interleaved thinking is on."""
     thinking = head.thinking
     if thinking is None or thinking.type != "enabled":
@@ -136,6 +137,10 @@ def check_thinking(head: MessagesHead, betas: str | None) -> None:
     if choice in ("any", "tool"):
         raise MessagesInputError(
             "Thinking may not be enabled when tool_choice forces tool use.", "tool_choice"
+        )
+    if head.temperature is not None and head.temperature != 1:
+        raise MessagesInputError(
+            "`temperature` may only be set to 1 when thinking is enabled.", "temperature"
         )
     budget = thinking.budget_tokens or 0
     interleaved = betas is not None and INTERLEAVED_THINKING in (b.strip() for b in betas.split(","))

@@ -137,6 +137,12 @@ CASES: dict[str, dict[str, Any]] = {
     "top_p": {"messages": ASK, "extra_body": {"top_p": 0.9}},
     "metadata": {"messages": ASK, "metadata": {"user_id": "13803d75-b4b5-4c3e-b2a2-6f21399b021b"}},
     "thinking": {"messages": ASK, "thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048},
+    "thinking temperature": {
+        "messages": ASK,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "max_tokens": 2048,
+        "extra_body": {"temperature": 0.3},
+    },
     "thinking forced tool": {
         "messages": ASK,
         "thinking": {"type": "enabled", "budget_tokens": 1024},
@@ -201,6 +207,7 @@ REFUSED = {
         ("thinking forced tool", k): "Thinking may not be enabled when tool_choice forces tool use"
         for k in KINDS
     },
+    **{("thinking temperature", k): "may only be set to 1 when thinking is enabled" for k in KINDS},
 }
 # What the answer must say: the fakes echo the last user text (Gemini and Anthropic: a tool result).
 SAID = {

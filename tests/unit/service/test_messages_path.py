@@ -1043,6 +1043,11 @@ THINKING_RULES = [
         id="forced-tool",
     ),
     pytest.param(
+        {"max_tokens": 2048, "temperature": 0.2},
+        "Invalid value for 'temperature': `temperature` may only be set to 1 when thinking is enabled.",
+        id="temperature-not-1",
+    ),
+    pytest.param(
         {"max_tokens": 1024},
         "Invalid value for 'thinking.budget_tokens': `max_tokens` must be greater than `thinking.budget_tokens`.",
         id="budget-not-below-max-tokens",

@@ -445,3 +445,16 @@ async def test_thinking_with_forced_tool_use_is_refused(aiohttp_client: AiohttpC
         "message"
     ] == "Thinking may not be enabled when tool_choice forces tool use."
     assert (await post(client, {**body, "tool_choice": {"type": "auto"}})).status == 200
+
+
+async def test_thinking_with_a_temperature_other_than_1_is_refused(aiohttp_client: AiohttpClient) -> None:
+    """The API's message (MartialBE/one-hub#529); the extended thinking docs: thinking is not
+    compatible with temperature modifications."""
+    client = await fake(aiohttp_client)
+    body = {**ASK, "max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    resp = await post(client, {**body, "temperature": 0.5})
+    assert resp.status == 400
+    assert (await resp.json())["error"][
+        "message"
+    ] == "`temperature` may only be set to 1 when thinking is enabled."
+    assert (await post(client, {**body, "temperature": 1})).status == 200
