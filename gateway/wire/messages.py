@@ -12,7 +12,8 @@ reference ("Messages", "Streaming Messages", "Errors").
 
 Translated (for deployments that do not speak Messages): ``system`` (string or text blocks),
 user and assistant turns with text, images (``base64`` and ``url`` sources -> ``image_url``
-parts), PDF ``document`` blocks (base64 -> a ``file`` part; plain text sources -> text),
+parts), PDF ``document`` blocks (base64 -> a ``file`` part; plain text sources and text-only
+custom content -> text),
 ``tool_use`` (-> assistant ``tool_calls``) and ``tool_result`` (-> ``tool`` messages, placed before
 the rest of their user turn as OpenAI requires), ``tools`` (custom tools with ``input_schema``),
 ``tool_choice`` (auto / any -> required / tool -> named function / none;
@@ -321,8 +322,25 @@ def _document(block: JSONObject, where: str, t: _Translation) -> JSONObject | No
         }
     if isinstance(source, dict) and kind == "text" and isinstance(source.get("data"), str):
         return {"type": "text", "text": source["data"]}
+    if isinstance(source, dict) and kind == "content":  # a custom-content document: its text
+        text = _content_text(source.get("content"))
+        if text is not None:
+            return {"type": "text", "text": text}
     t.cannot(f"document sources of type {kind!r} ({where})")
     return None
+
+
+def _content_text(content: object) -> str | None:
+    """A custom-content document's text (a string, or text blocks joined by blank lines); None
+    when it holds anything else (an image: not a chat text part)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return None
+    texts = [b.get("text") for b in content if isinstance(b, dict) and b.get("type") == "text"]
+    if len(texts) != len(content) or not all(isinstance(text, str) for text in texts):
+        return None
+    return "\n\n".join(str(text) for text in texts)
 
 
 def _tool_result(block: JSONObject, where: str, t: _Translation) -> JSONObject:

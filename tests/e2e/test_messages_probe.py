@@ -63,6 +63,15 @@ CASES: dict[str, dict[str, Any]] = {
             {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "plum"}}
         )
     },
+    "document custom content": {
+        "messages": _user(
+            {
+                "type": "document",
+                "source": {"type": "content", "content": [{"type": "text", "text": "plum"}]},
+                "title": "Notes",
+            }
+        )
+    },
     "document citations": {
         "messages": _user(
             {
@@ -214,6 +223,8 @@ SAID = {
     ("tool_result is_error", "gemini"): "Echo: Error: city not found",
     ("tool_result is_error", "claude"): "Echo: city not found",
     ("document text", "gpt"): "Echo: plum Describe this.",
+    ("document custom content", "gpt"): "Echo: plum Describe this.",
+    ("document custom content", "gemini"): "Echo: plum Describe this.",
     **{("stop_sequences hit", k): "Echo: alpha beta" for k in KINDS},
 }
 # A translated answer cannot tell which stop sequence ended it (OpenAI and Gemini say "stop").

@@ -303,3 +303,27 @@ def test_a_failed_tool_result_says_so_to_a_chat_provider(content: Any, said: str
     assert translate(body).chat["messages"][2] == {"role": "tool", "tool_call_id": "toolu_1", "content": said}
     result["is_error"] = False
     assert translate(body).chat["messages"][2]["content"] == said.removeprefix("Error:").strip()
+
+
+@pytest.mark.parametrize(
+    ("content", "text"),
+    [
+        ("plain words", "plain words"),
+        ([{"type": "text", "text": "one"}, {"type": "text", "text": "two"}], "one\n\ntwo"),
+    ],
+)
+def test_a_custom_content_document_is_its_text(content: Any, text: str) -> None:
+    """Anthropic's custom-content documents (``source.type: content``, text blocks or a string):
+    text a chat provider takes; they were refused as unsupported."""
+    document = {"type": "document", "source": {"type": "content", "content": content}, "title": "Notes"}
+    body = {"model": "m", "max_tokens": 5,
+            "messages": [{"role": "user", "content": [document, {"type": "text", "text": "Sum up."}]}]}  # fmt: skip
+    translation = translate(body)
+    assert translation.unsupported is None
+    assert translation.chat["messages"][0]["content"] == [
+        {"type": "text", "text": text},
+        {"type": "text", "text": "Sum up."},
+    ]
+    image = {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}
+    document["source"]["content"] = [{"type": "text", "text": "t"}, image]
+    assert "'content'" in str(translate(body).unsupported)  # an image inside: Anthropic only
