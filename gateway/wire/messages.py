@@ -15,7 +15,7 @@ user and assistant turns with text, images (``base64`` and ``url`` sources -> ``
 parts), PDF ``document`` blocks (base64 -> a ``file`` part; plain text sources and text-only
 custom content -> text),
 ``tool_use`` (-> assistant ``tool_calls``) and ``tool_result`` (-> ``tool`` messages, placed before
-the rest of their user turn as OpenAI requires), ``tools`` (custom tools with ``input_schema``),
+the rest of their user turn as OpenAI requires; their images go to that user turn), ``tools`` (custom tools with ``input_schema``),
 ``tool_choice`` (auto / any -> required / tool -> named function / none;
 ``disable_parallel_tool_use`` -> ``parallel_tool_calls: false``), ``stop_sequences`` -> ``stop``,
 ``max_tokens``, ``temperature``, ``top_p``, ``metadata.user_id`` -> ``user``,
@@ -24,7 +24,7 @@ the rest of their user turn as OpenAI requires), ``tools`` (custom tools with ``
 by the service), ``thinking`` and thinking blocks in history, ``cache_control``,
 ``service_tier``. A tool result's ``is_error`` is said in its text (``Error: ...``: chat has no
 flag for it). What a chat provider cannot take at all (server tools such as web search, images
-inside tool results, documents with ``citations`` enabled, ``mcp_servers``, ``container``,
+inside tool results other than text and images, documents with ``citations`` enabled, ``mcp_servers``, ``container``,
 unknown block types) is reported as ``ChatTranslation.unsupported``: Anthropic
 deployments still serve such a request natively, others refuse it.
 """
@@ -241,7 +241,9 @@ def _turn(message: Any, at: str, t: _Translation) -> list[JSONObject]:
         where = f"{at}.content[{j}]"
         kind = block.get("type")
         if kind == "tool_result":
-            results.append(_tool_result(block, where, t))
+            # A tool message takes text only: a result's images follow the results, in the user
+            # message (a screenshot, an image file read by the tool).
+            results.append(_tool_result(block, where, t, parts))
         else:
             part = _user_part(block, where, t)
             if part is not None:
@@ -273,7 +275,7 @@ def _user_part(block: JSONObject, where: str, t: _Translation) -> JSONObject | N
         return {"type": "text", "text": _text_of(block, where)}
     if kind == "image":
         source = block.get("source")
-        if isinstance(source, dict) and source.get("type") == "file":  # the Files API's: Anthropic only
+        if _file_source(block):  # the Files API's: Anthropic only
             t.cannot(f"image sources of type 'file' ({where})")
             return None
         return {"type": "image_url", "image_url": {"url": _image_url(source, f"{where}.source")}}
@@ -283,6 +285,11 @@ def _user_part(block: JSONObject, where: str, t: _Translation) -> JSONObject | N
         return None
     t.cannot(f"content blocks of type '{kind}' ({where})")
     return None
+
+
+def _file_source(block: JSONObject) -> bool:
+    source = block.get("source")
+    return isinstance(source, dict) and source.get("type") == "file"
 
 
 def _image_url(source: object, where: str) -> str:
@@ -343,7 +350,7 @@ def _content_text(content: object) -> str | None:
     return "\n\n".join(str(text) for text in texts)
 
 
-def _tool_result(block: JSONObject, where: str, t: _Translation) -> JSONObject:
+def _tool_result(block: JSONObject, where: str, t: _Translation, images: list[JSONObject]) -> JSONObject:
     call = block.get("tool_use_id")
     if not isinstance(call, str) or not call:
         raise MessagesInputError("a tool_result block needs a 'tool_use_id' string.", f"{where}.tool_use_id")
@@ -357,6 +364,9 @@ def _tool_result(block: JSONObject, where: str, t: _Translation) -> JSONObject:
                 raise MessagesInputError("tool_result content must be blocks.", f"{where}.content[{k}]")
             if part.get("type") == "text":
                 texts.append(_text_of(part, f"{where}.content[{k}]"))
+            elif part.get("type") == "image" and not _file_source(part):
+                url = _image_url(part.get("source"), f"{where}.content[{k}].source")
+                images.append({"type": "image_url", "image_url": {"url": url}})
             else:
                 t.cannot(f"{part.get('type')} blocks inside a tool_result ({where})")
         text = "\n".join(texts)

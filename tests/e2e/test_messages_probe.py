@@ -208,8 +208,6 @@ REFUSED = {
     ("document url", "gemini"): "document sources of type 'url'",
     ("document citations", "gpt"): "citations on documents",
     ("document citations", "gemini"): "citations on documents",
-    ("tool_result image", "gpt"): "image blocks inside a tool_result",
-    ("tool_result image", "gemini"): "image blocks inside a tool_result",
     ("stop_sequences many", "gpt"): "Invalid 'stop': array too long",  # OpenAI's own 400
     ("stop_sequences many", "gemini"): "more than 5 stop sequences",
     **{

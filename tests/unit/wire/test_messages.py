@@ -55,8 +55,8 @@ def test_documented_responses(name: str) -> None:
         ({"messages": [{"role": "user", "content": [{"type": "search_result", "source": "s"}]}]}, "search_result"),
         (
             {"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
-                                                       "content": [{"type": "image", "source": {}}]}]}]},
-            "image blocks inside a tool_result",
+                                                       "content": [{"type": "search_result", "source": "s"}]}]}]},
+            "search_result blocks inside a tool_result",
         ),
         ({"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "file", "file_id": "f"}}]}]}, "'file'"),
         (
@@ -327,3 +327,31 @@ def test_a_custom_content_document_is_its_text(content: Any, text: str) -> None:
     image = {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}
     document["source"]["content"] = [{"type": "text", "text": "t"}, image]
     assert "'content'" in str(translate(body).unsupported)  # an image inside: Anthropic only
+
+
+def test_a_tool_results_images_follow_it_in_the_user_turn() -> None:
+    """Chat's tool messages take text only; Anthropic's tool results may hold images (a
+    screenshot, an image file a tool read). They were refused for every translated kind."""
+    png = {"type": "base64", "media_type": "image/png", "data": "iVBO"}
+    result = {
+        "type": "tool_result",
+        "tool_use_id": "toolu_1",
+        "content": [{"type": "text", "text": "the screen"}, {"type": "image", "source": png}],
+    }
+    body = {"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "shot", "input": {}}]},
+        {"role": "user", "content": [result, {"type": "text", "text": "What is on it?"}]},
+    ]}  # fmt: skip
+    translation = translate(body)
+    assert translation.unsupported is None
+    assert translation.chat["messages"][2:] == [
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "the screen"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
+                {"type": "text", "text": "What is on it?"},
+            ],
+        },
+    ]
