@@ -300,7 +300,7 @@ async def test_a_file_of_bad_lines_is_counted_at_constant_memory(sqlite_gw: Gate
     sent only after text: an 18 MB file of bad lines took the gateway from 120 MB to 2.9 GB
     (1 GiB would take it down). Now a batch keeps the problems a job can list and counts the
     others, and is sent every MiB read, so progress moves through them too."""
-    lines = 1 << 19  # 1 MiB of "x\n"
+    lines = 1 << 18  # 512 KiB of "x\n": about 80 MB held by the old reader, past the bound below
     tracemalloc.start()
     try:
         job = await sqlite_gw.ingest("bad.jsonl", b"x\n" * lines)
