@@ -8,30 +8,29 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import orjson
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.admin_client import gateway_url
 from gateway.errors import StartupError, quoted
 from gateway.observability.stderr import ensure_standard_streams
-from gateway.policy.loader import (
-    PolicyError,
-    format_loc,
-    load_policy,
-    load_policy_with_digest,
-    policy_json_schema,
-)
-from gateway.policy.model import Policy
 from gateway.quoting import listed
 from gateway.settings import Settings, SettingsError, WorkerSlot, port_number, provider_key
+
+if TYPE_CHECKING:
+    from gateway.policy.model import Policy
+
+# A command imports what it runs, when it runs (the policy's models, aiohttp, the app, the
+# key stores): ``fake-provider``, ``health``, ``rollout`` and ``top`` start in a fraction of
+# the whole gateway's import time (an exec probe running ``health`` every few seconds, each
+# test's fake provider). So the parser adds a command's own arguments only when that command
+# is the one asked for; the others are listed, by name and help, for ``--help``.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ensure_standard_streams()
-    parser = _parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(next((word for word in words if not word.startswith("-")), None))
+    args = parser.parse_args(words)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -39,7 +38,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _parser() -> argparse.ArgumentParser:
+def _gateway_url(text: str) -> str:
+    from gateway.admin_client import gateway_url
+
+    return gateway_url(text)
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; ``command`` (the first word that is not an option) is the
+    command whose own arguments are added (each command module is imported only for its own)."""
     parser = argparse.ArgumentParser(prog="sophia-gateway", description="OpenAI-compatible LLM gateway.")
     parser.add_argument("--version", action="version", version=f"sophia-gateway {__version__}")
     sub = parser.add_subparsers(dest="command")
@@ -77,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--model", required=True, help="the model group to explain")
     explain.add_argument(
         "--url",
-        type=gateway_url,
+        type=_gateway_url,
         help="a running gateway (e.g. http://127.0.0.1:8080): explain its live figures "
         "instead of the file's priors",
     )
@@ -91,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("new", help="the policy after the edit")
     diff.add_argument(
         "--url",
-        type=gateway_url,
+        type=_gateway_url,
         help="a running gateway (e.g. http://127.0.0.1:8080): shares before are its live ones, "
         "shares after use its live figures for the deployments that stay",
     )
@@ -111,9 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     prune.set_defaults(func=_memory_prune)
-    from gateway import ingest_command
+    if command == "memory":
+        from gateway import ingest_command
 
-    ingest_command.add_arguments(memory_sub)
+        ingest_command.add_arguments(memory_sub)
 
     top = sub.add_parser(
         "top",
@@ -123,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     top.add_argument(
         "--url",
-        type=gateway_url,
+        type=_gateway_url,
         default=None,
         help="the gateway (default: http://127.0.0.1:$SOPHIA_PORT, or port 8080)",
     )
@@ -132,29 +140,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     top.set_defaults(func=_top)
 
-    from gateway import health_command, keys_command
-
     health = sub.add_parser(
         "health",
         help="a running gateway's dependencies (GET /health) as a table; exit 1 when one is down",
     )
-    health_command.add_arguments(health)
+    if command == "health":
+        from gateway import health_command
+
+        health_command.add_arguments(health)
 
     keys = sub.add_parser("keys", help="issue, list, revoke and rotate virtual keys")
-    keys_command.add_arguments(keys)
+    if command == "keys":
+        from gateway import keys_command
 
-    from gateway import rollout_command
+        keys_command.add_arguments(keys)
 
     rollout = sub.add_parser("rollout", help="progressive rollouts: status, pause, resume, promote, abort")
-    rollout_command.add_arguments(rollout)
+    if command == "rollout":
+        from gateway import rollout_command
 
-    from gateway.testing import fake_provider
+        rollout_command.add_arguments(rollout)
 
     fake = sub.add_parser(
         "fake-provider", help="run a fake OpenAI-compatible provider with injectable faults"
     )
-    fake_provider.add_arguments(fake)
-    fake.set_defaults(func=fake_provider.run)
+    if command == "fake-provider":
+        from gateway.testing import fake_provider
+
+        fake_provider.add_arguments(fake)
+        fake.set_defaults(func=fake_provider.run)
     return parser
 
 
@@ -218,6 +232,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _run_server(args: argparse.Namespace) -> int:
     from gateway.app import build_app
     from gateway.observability.logging import configure_logging
+    from gateway.policy.loader import PolicyError, load_policy_with_digest
     from gateway.redis_link import url_problem
     from gateway.server import run
 
@@ -300,6 +315,8 @@ def _run_workers(count: int, settings: Settings, policy: Policy, digest: str, *,
 
 
 def _policy_check(args: argparse.Namespace) -> int:
+    from gateway.policy.loader import PolicyError, format_loc, load_policy
+
     try:
         policy = load_policy(args.path)
     except PolicyError as exc:
@@ -324,6 +341,7 @@ def _policy_check(args: argparse.Namespace) -> int:
 
 def _policy_explain(args: argparse.Namespace) -> int:
     from gateway.live_policy import provider_clients
+    from gateway.policy.loader import PolicyError, load_policy
     from gateway.routing.explain import offline_view, render
 
     try:
@@ -415,6 +433,8 @@ def _policy_diff(args: argparse.Namespace) -> int:
 
 def _load_or_report(path: str) -> Policy | None:
     """The policy at ``path``, or None after printing its problems as ``policy check`` does."""
+    from gateway.policy.loader import PolicyError, load_policy
+
     try:
         return load_policy(path)
     except PolicyError as exc:
@@ -431,6 +451,7 @@ def _memory_prune(args: argparse.Namespace) -> int:
     from gateway.memory.index import HnswIndex
     from gateway.memory.lifecycle import apply_lifecycle
     from gateway.memory.service import IndexDirectoryInUse, MemoryService
+    from gateway.policy.loader import PolicyError, load_policy
 
     try:
         settings = Settings.from_env()
@@ -476,6 +497,10 @@ def _memory_prune(args: argparse.Namespace) -> int:
 
 
 def _policy_schema(args: argparse.Namespace) -> int:
+    import orjson
+
+    from gateway.policy.loader import policy_json_schema
+
     text = (
         orjson.dumps(policy_json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
     )

@@ -21,9 +21,9 @@ from typing import Any
 import orjson
 
 from gateway.admin_client import AdminCallError, call_admin, gateway_url
-from gateway.api.admin_keys import key_json
 from gateway.auth.backends import key_store
 from gateway.auth.keyring import KeyRing, KeySettings
+from gateway.auth.records import key_json
 from gateway.errors import GatewayError, StartupError
 from gateway.policy.durations import format_duration, parse_budget_period_s, parse_duration_s
 from gateway.policy.loader import PolicyError, load_policy

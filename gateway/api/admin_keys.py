@@ -27,7 +27,7 @@ from pydantic_core import ErrorDetails
 from gateway import keys
 from gateway.api import peers
 from gateway.auth.keyring import KeyRing, KeySettings
-from gateway.auth.records import KeyRecord
+from gateway.auth.records import key_json
 from gateway.errors import InvalidRequest, quoted
 from gateway.http.auth import require_admin
 from gateway.http.body import read_json
@@ -151,37 +151,6 @@ async def _every_worker_drops(request: web.Request, key_id: str, body: dict[str,
     body["workers"] = sorted(
         [{"worker": worker.index, "result": "revoked"}, *others], key=lambda w: w["worker"]
     )
-
-
-def key_json(record: KeyRecord, now_s: float) -> dict[str, Any]:
-    """A key as the API and ``keys list --json`` show it: never the secret or its hash."""
-    if record.revoked_at is not None:
-        status = "revoked"
-    elif record.expires_at is not None and now_s >= record.expires_at:
-        status = "expired"
-    else:
-        status = "active"
-    return {
-        "object": "key",
-        "id": record.key_id,
-        "prefix": record.prefix,
-        "team": record.team,
-        "status": status,
-        "name": record.name,
-        "description": record.description,
-        "models": None if record.models is None else list(record.models),
-        "rpm": record.rpm,
-        "tpm": record.tpm,
-        "budget_usd": record.budget_usd,
-        "budget_period_s": record.budget_period_s,
-        "namespaces": {
-            "read": None if record.read_namespaces is None else list(record.read_namespaces),
-            "write": None if record.write_namespaces is None else list(record.write_namespaces),
-        },
-        "created_at": int(record.created_at),
-        "expires_at": None if record.expires_at is None else int(record.expires_at),
-        "revoked_at": None if record.revoked_at is None else int(record.revoked_at),
-    }
 
 
 def _ring(request: web.Request) -> KeyRing:

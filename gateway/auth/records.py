@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -236,3 +236,34 @@ class KeyStore(Protocol):
     async def replace(self, new: KeyRecord, old_key_id: str, at_s: float) -> bool:
         """Rotation: insert ``new`` and revoke ``old_key_id`` at ``at_s`` in one transaction.
         False (and nothing written) when the old key does not exist or is revoked already."""
+
+
+def key_json(record: KeyRecord, now_s: float) -> dict[str, Any]:
+    """A key as the API and ``keys list --json`` show it: never the secret or its hash."""
+    if record.revoked_at is not None:
+        status = "revoked"
+    elif record.expires_at is not None and now_s >= record.expires_at:
+        status = "expired"
+    else:
+        status = "active"
+    return {
+        "object": "key",
+        "id": record.key_id,
+        "prefix": record.prefix,
+        "team": record.team,
+        "status": status,
+        "name": record.name,
+        "description": record.description,
+        "models": None if record.models is None else list(record.models),
+        "rpm": record.rpm,
+        "tpm": record.tpm,
+        "budget_usd": record.budget_usd,
+        "budget_period_s": record.budget_period_s,
+        "namespaces": {
+            "read": None if record.read_namespaces is None else list(record.read_namespaces),
+            "write": None if record.write_namespaces is None else list(record.write_namespaces),
+        },
+        "created_at": int(record.created_at),
+        "expires_at": None if record.expires_at is None else int(record.expires_at),
+        "revoked_at": None if record.revoked_at is None else int(record.revoked_at),
+    }
