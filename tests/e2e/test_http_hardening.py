@@ -13,6 +13,7 @@ import asyncio
 import gzip
 import os
 import re
+import struct
 import textwrap
 import time
 import zlib
@@ -405,11 +406,34 @@ async def test_an_upload_sent_compressed_is_refused(edge: Edge) -> None:
     assert reply.status == 415 and reply.json()["error"]["code"] == "unsupported_content_encoding"
 
 
+def deflate_bomb(prefix: bytes, filler_mib: int, suffix: bytes) -> bytes:
+    """``zlib.compress(prefix + b"a" * filler_mib MiB + suffix, 9)``'s equal (a valid zlib stream,
+    its checksum included), made in half a second rather than 10-14: once the window is all
+    ``a``, each further MiB deflates to the same bytes, which are repeated."""
+    mib = b"a" * (1 << 20)
+    packer = zlib.compressobj(9)
+    parts = [packer.compress(prefix + mib) + packer.flush(zlib.Z_SYNC_FLUSH)]
+    same = packer.compress(mib) + packer.flush(zlib.Z_SYNC_FLUSH)
+    assert packer.compress(mib) + packer.flush(zlib.Z_SYNC_FLUSH) == same  # the window is all ``a``
+    parts.append(same * (filler_mib - 1))  # (the packer read filler_mib + 1: its tail is the same)
+    tail = packer.compress(suffix) + packer.flush()
+    check = zlib.adler32(prefix)
+    for _ in range(filler_mib):
+        check = zlib.adler32(mib, check)
+    parts.append(tail[:-4] + struct.pack(">I", zlib.adler32(suffix, check)))
+    return b"".join(parts)
+
+
+def test_the_deflate_bomb_inflates_to_what_it_says() -> None:
+    bomb = deflate_bomb(b'{"model": "chat", "pad": "', 64, b'"}')
+    assert zlib.decompress(bomb) == b'{"model": "chat", "pad": "' + b"a" * (64 << 20) + b'"}'
+
+
 async def test_a_deflate_bomb_costs_the_gateway_no_inflating(edge: Edge) -> None:
     """1 MB of deflate that inflates to 1 GB, on a kept-alive connection: refused (415), its rest
     drained as bytes, and the next request on the connection served. Inflated as it arrived (and
     drained through the inflater after the refusal) it cost a core for the whole lingering time."""
-    bomb = zlib.compress(b'{"model": "chat", "pad": "' + b"a" * (1 << 30) + b'"}', 9)
+    bomb = deflate_bomb(b'{"model": "chat", "pad": "', 1024, b'"}')
     reader, writer = await asyncio.open_connection(edge.host, edge.port)
     try:
         before = cpu_s(edge.gateway.popen.pid)
