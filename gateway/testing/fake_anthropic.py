@@ -199,13 +199,23 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
     were found without `tool_result` blocks immediately after: ID. Each `tool_use` block must
     have a corresponding `tool_result` block in the next message." (anthropics/claude-code#6575,
     a final assistant turn's tool uses included). String content counts as
-    one text block, and text inside a ``tool_result`` is checked like any other.
+    one text block, and text inside a ``tool_result`` is checked like any other. Consecutive
+    messages of one role are one turn (the reference: "Consecutive `user` or `assistant` turns in
+    your request will be combined into a single turn"): its tool uses may be answered over the
+    next turn's messages.
     """
     if messages[0].get("role") != "user":
         raise _refusal(400, 'messages: first message must use the "user" role')
     seen_ids: set[str] = set()
-    offered: set[str] = set()  # the tool_use ids of the message before
+    offered: set[str] = set()  # the tool_use ids of the turn before
+    offered_at = 0  # the index of its last message
+    ids: set[str] = set()  # the tool_use ids of this turn (consecutive messages of one role)
+    answered: set[str] = set()
     for i, message in enumerate(messages):
+        if i and message.get("role") != messages[i - 1].get("role"):  # a new turn
+            _check_answered(offered, answered, offered_at)
+            offered = ids if messages[i - 1].get("role") == "assistant" else set()
+            offered_at, ids, answered = i - 1, set(), set()
         content = message.get("content")
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) and content else content
         if not isinstance(blocks, list) or not blocks:
@@ -216,8 +226,6 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
                     "optional final assistant message",
                 )
             blocks = []
-        ids: set[str] = set()
-        answered: set[str] = set()
         for j, block in enumerate(blocks):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
@@ -250,9 +258,9 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
             elif kind == "tool_result":
                 _check_tool_result(block, offered, f"messages.{i}.content.{j}")
                 answered.add(str(block.get("tool_use_id")))
-        _check_answered(offered, answered, i - 1)
-        offered = ids if message.get("role") == "assistant" else set()
-    _check_answered(offered, set(), len(messages) - 1)
+    _check_answered(offered, answered, offered_at)
+    if messages[-1].get("role") == "assistant":
+        _check_answered(ids, set(), len(messages) - 1)
 
 
 def _check_answered(offered: set[str], answered: set[str], at: int) -> None:

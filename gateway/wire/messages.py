@@ -11,7 +11,8 @@ the gateway's errors: the service turns it into a 400 naming ``param``). Ground 
 reference ("Messages", "Streaming Messages", "Errors").
 
 Translated (for deployments that do not speak Messages): ``system`` (string or text blocks),
-user and assistant turns with text, images (``base64`` and ``url`` sources -> ``image_url``
+user and assistant turns (consecutive messages of one role combined into one turn, as Anthropic
+does) with text, images (``base64`` and ``url`` sources -> ``image_url``
 parts), PDF ``document`` blocks (base64 -> a ``file`` part; plain text sources and text-only
 custom content -> text),
 ``tool_use`` (-> assistant ``tool_calls``) and ``tool_result`` (-> ``tool`` messages, placed before
@@ -188,8 +189,8 @@ def to_chat(body: JSONObject, head: MessagesHead) -> ChatTranslation:
     system = _system_text(head.system)
     if system:
         messages.append({"role": "system", "content": system})
-    for i, message in enumerate(head.messages):
-        messages.extend(_turn(message, f"messages[{i}]", t))
+    for turn in _combined(head.messages):
+        messages.extend(_turn(turn, t))
     chat: JSONObject = {"model": head.model, "messages": messages, "max_tokens": head.max_tokens}
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
@@ -228,17 +229,55 @@ def _system_text(system: str | list[dict[str, Any]] | None) -> str:
     return "\n\n".join(texts)
 
 
-def _turn(message: Any, at: str, t: _Translation) -> list[JSONObject]:
-    """The chat messages for one Messages turn (a user turn with tool results becomes several)."""
-    content = message.content
-    if isinstance(content, str):
-        return [{"role": message.role, "content": content}]
-    if message.role == "assistant":
-        return [_assistant(content, at, t)]
+@dataclass(frozen=True, slots=True)
+class _CombinedTurn:
+    """Consecutive messages of one role, as Anthropic combines them into one turn: their blocks
+    in order, each with its key path (``messages[3].content[0]``); ``text`` is the content of a
+    turn that is one message with string content (sent as it is)."""
+
+    role: str
+    blocks: list[tuple[JSONObject, str]]
+    text: str | None = None
+
+
+def _combined(messages: list[_Message]) -> list[_CombinedTurn]:
+    """The turns of a conversation: consecutive messages of one role combined (the API
+    reference: "Consecutive `user` or `assistant` turns in your request will be combined into a
+    single turn"), so an OpenAI tool message always follows the assistant message of its call
+    and a chat provider sees the conversation Anthropic's model does."""
+    turns: list[_CombinedTurn] = []
+    i = 0
+    while i < len(messages):
+        role = messages[i].role
+        end = i + 1
+        while end < len(messages) and messages[end].role == role:
+            end += 1
+        first = messages[i].content
+        if end == i + 1 and isinstance(first, str):
+            turns.append(_CombinedTurn(role, [], first))
+        else:
+            blocks: list[tuple[JSONObject, str]] = []
+            for k in range(i, end):
+                content = messages[k].content
+                if isinstance(content, str):
+                    if content:
+                        blocks.append(({"type": "text", "text": content}, f"messages[{k}].content"))
+                else:
+                    blocks.extend((block, f"messages[{k}].content[{j}]") for j, block in enumerate(content))
+            turns.append(_CombinedTurn(role, blocks))
+        i = end
+    return turns
+
+
+def _turn(turn: _CombinedTurn, t: _Translation) -> list[JSONObject]:
+    """The chat messages for one turn (a user turn with tool results becomes several)."""
+    if turn.text is not None:
+        return [{"role": turn.role, "content": turn.text}]
+    if turn.role == "assistant":
+        return [_assistant(turn.blocks, t)]
     results: list[JSONObject] = []
     parts: list[JSONObject] = []
-    for j, block in enumerate(content):
-        where = f"{at}.content[{j}]"
+    for block, where in turn.blocks:
         kind = block.get("type")
         if kind == "tool_result":
             # A tool message takes text only: a result's images follow the results, in the user
@@ -379,11 +418,10 @@ def _tool_result(block: JSONObject, where: str, t: _Translation, images: list[JS
     return {"role": "tool", "tool_call_id": call, "content": text}
 
 
-def _assistant(content: list[dict[str, Any]], at: str, t: _Translation) -> JSONObject:
+def _assistant(blocks: list[tuple[JSONObject, str]], t: _Translation) -> JSONObject:
     texts: list[str] = []
     calls: list[JSONObject] = []
-    for j, block in enumerate(content):
-        where = f"{at}.content[{j}]"
+    for block, where in blocks:
         kind = block.get("type")
         if kind == "text":
             texts.append(_text_of(block, where))

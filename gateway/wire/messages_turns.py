@@ -20,15 +20,17 @@ are Anthropic's own, as its users quote them in error reports (the same ones the
   and the turn's ``tool_result`` blocks come before any other block;
 * every ``tool_use`` of an assistant turn is answered in the next message.
 
-Consecutive turns of one role are not merged first: a tool result in the second of two user
-turns is refused (Anthropic's guide: no message between a tool use and its result).
+Consecutive messages of one role are one turn (the API reference, ``messages``: "Consecutive
+`user` or `assistant` turns in your request will be combined into a single turn"), so the rules
+hold per combined turn: parallel tool results sent as one user message each are answers, and a
+text message between two assistant messages is part of the turn. Key paths still name the
+client's own messages. Not checked: the first turn's role (an assistant turn may open).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
 _TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
@@ -55,39 +57,68 @@ class Turn(Protocol):
 
 
 def check_turns(messages: Sequence[Turn]) -> None:
-    """Refuse a conversation Anthropic's Messages API refuses (``TurnError``, its message)."""
+    """Refuse a conversation Anthropic's Messages API refuses (``TurnError``, its message).
+
+    Consecutive messages of one role are one turn, as Anthropic combines them: a turn's
+    ``tool_result`` blocks may be spread over its messages, first in the turn; its tool uses are
+    answered by the next turn. Key paths name the client's own messages."""
     if not messages:
         raise TurnError("messages", "at least one message is required")
     last = len(messages) - 1
     seen: set[str] = set()  # every tool_use id so far
-    offered: list[str] = []  # the tool_use ids of the turn before, in order
-    for i, message in enumerate(messages):
-        final_assistant = i == last and message.role == "assistant"
-        content = message.content
-        uses: list[str] = []
-        answered: AbstractSet[str] = _NONE
-        if isinstance(content, list):
-            if content:
-                answered = _check_blocks(content, i, final_assistant, seen, offered, uses)
-            elif not final_assistant:
-                raise _empty(i)
-        elif not content:
-            if not final_assistant:
-                raise _empty(i)
-        elif content.isspace() or (final_assistant and content[-1].isspace()):  # one text block
-            if final_assistant:
-                raise _trailing_whitespace()
-            raise TurnError(f"messages.{i}.content", "text content blocks must contain non-whitespace text")
-        if offered:
-            missing = [call for call in offered if call not in answered]
-            if missing:
-                raise _unanswered(i - 1, missing)
-        offered = uses if message.role == "assistant" else []
+    offered: list[tuple[str, int]] = []  # the tool_use ids of the turn before, with their message
+    start = 0
+    while start <= last:
+        role = messages[start].role
+        end = start
+        while end < last and messages[end + 1].role == role:
+            end += 1
+        turn = _TurnState()
+        for i in range(start, end + 1):
+            _check_message(messages[i], i, i == last and role == "assistant", seen, offered, turn)
+        missing = [(call, at) for call, at in offered if call not in turn.answered]
+        if missing:
+            raise _unanswered(missing)
+        offered = turn.uses if role == "assistant" else []
+        start = end + 1
     if offered:  # a final assistant turn's tool uses: nothing answers them
-        raise _unanswered(last, offered)
+        raise _unanswered(offered)
 
 
-_NONE: frozenset[str] = frozenset()  # the answered ids of a turn without blocks
+class _TurnState:
+    """What one turn (consecutive messages of one role) has said so far."""
+
+    __slots__ = ("answered", "leading", "uses")
+
+    def __init__(self) -> None:
+        self.answered: set[str] = set()  # the ids of the turn before its tool_result blocks answer
+        self.uses: list[tuple[str, int]] = []  # its tool_use ids, with their message's index
+        self.leading = True  # no block other than a tool_result yet
+
+
+def _check_message(
+    message: Turn,
+    i: int,
+    final_assistant: bool,
+    seen: set[str],
+    offered: list[tuple[str, int]],
+    turn: _TurnState,
+) -> None:
+    content = message.content
+    if isinstance(content, list):
+        if content:
+            _check_blocks(content, i, final_assistant, seen, offered, turn)
+        elif not final_assistant:
+            raise _empty(i)
+    elif not content:
+        if not final_assistant:
+            raise _empty(i)
+    elif content.isspace() or (final_assistant and content[-1].isspace()):  # one text block
+        if final_assistant:
+            raise _trailing_whitespace()
+        raise TurnError(f"messages.{i}.content", "text content blocks must contain non-whitespace text")
+    else:
+        turn.leading = False
 
 
 def _check_blocks(
@@ -95,20 +126,19 @@ def _check_blocks(
     i: int,
     final_assistant: bool,
     seen: set[str],
-    offered: list[str],
-    uses: list[str],
-) -> set[str]:
-    """Check one turn's blocks, adding its ``tool_use`` ids to ``uses``; the ids of ``offered``
-    its ``tool_result`` blocks answer. (Key paths are formatted only for an error.)"""
-    answered: set[str] = set()
-    leading = True  # no block other than a tool_result yet
+    offered: list[tuple[str, int]],
+    turn: _TurnState,
+) -> None:
+    """Check one message's blocks, adding to its turn's tool uses and answers. (Key paths are
+    formatted only for an error.)"""
+    answered = turn.answered
     for j, block in enumerate(blocks):
         kind = block.get("type")
         if kind == "tool_result":
             call = block.get("tool_use_id")
             if not isinstance(call, str):
                 raise TurnError(f"{_at(i, j)}.tool_result.tool_use_id", "Input should be a valid string")
-            if call not in offered or call in answered:
+            if call in answered or all(call != use for use, _ in offered):
                 again = " (and answer it once)." if call in answered else "."
                 raise TurnError(
                     _at(i, j),
@@ -116,7 +146,7 @@ def _check_blocks(
                     "`tool_result` block must have a corresponding `tool_use` block in the "
                     "previous message" + again,
                 )
-            if not leading:
+            if not turn.leading:
                 raise TurnError(
                     _at(i, j),
                     "`tool_result` blocks must come first in the user message content, before "
@@ -130,7 +160,7 @@ def _check_blocks(
                     if problem is not None:
                         raise TurnError(f"{_at(i, j)}.content.{k}", problem)
             continue
-        leading = False
+        turn.leading = False
         if kind == "text":
             problem = _text_problem(block)
             if problem is not None:
@@ -147,8 +177,7 @@ def _check_blocks(
             if call in seen:
                 raise TurnError(_at(i, j), "`tool_use` ids must be unique")
             seen.add(call)
-            uses.append(call)
-    return answered
+            turn.uses.append((call, i))
 
 
 def _at(i: int, j: int) -> str:
@@ -168,11 +197,12 @@ def _text_problem(block: dict[str, Any]) -> str | None:
     return None
 
 
-def _unanswered(i: int, calls: list[str]) -> TurnError:
+def _unanswered(calls: list[tuple[str, int]]) -> TurnError:
+    """The unanswered ``calls`` (id, message index), named at the message of the first."""
     return TurnError(
-        f"messages.{i}",
+        f"messages.{calls[0][1]}",
         f"`tool_use` ids were found without `tool_result` blocks immediately after: "
-        f"{', '.join(calls)}. Each `tool_use` block must have a corresponding `tool_result` block "
+        f"{', '.join(call for call, _ in calls)}. Each `tool_use` block must have a corresponding `tool_result` block "
         "in the next message.",
     )
 

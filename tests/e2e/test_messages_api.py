@@ -278,3 +278,31 @@ def test_a_history_anthropic_refuses_is_refused_whichever_kind_serves_it(
     }
     assert caught.value.request_id
     assert fake_requests(mstack, fake) == before
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_consecutive_messages_of_one_role_are_one_turn_on_every_kind(
+    mstack: MessagesStack, model: str
+) -> None:
+    """Anthropic combines consecutive turns of one role ("Consecutive `user` or `assistant` turns
+    in your request will be combined into a single turn"): the assistant's text and its calls in
+    two messages, the parallel results one message each, then a question. Served by every kind
+    (the real fakes refuse a broken conversation: OpenAI's wants the tool messages right after the
+    calls, Gemini's a call after a user turn); the door refused it as "unanswered" before."""
+    uses = [
+        {"type": "tool_use", "id": f"toolu_e2e_{city}", "name": "get_weather", "input": {"location": city}}
+        for city in ("Paris", "Rome")
+    ]
+    history: Any = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": "Checking both."},
+        {"role": "assistant", "content": uses},
+        *(
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use["id"], "content": "15"}]}
+            for use in uses
+        ),
+        {"role": "user", "content": "Which is warmer?"},
+    ]
+    answer = mstack.client().messages.create(model=model, max_tokens=50, tools=[WEATHER], messages=history)
+    assert answer.content[0].type == "text"
+    assert answer.stop_reason == "end_turn"

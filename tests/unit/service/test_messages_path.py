@@ -917,11 +917,22 @@ CONVERSATION_RULES = [
         [
             _ASKED,
             _CALLED,
-            {"role": "assistant", "content": "hm"},
+            {"role": "user", "content": "hm"},
             {"role": "user", "content": [_RESULT, _RESULT2]},
         ],
-        "messages.1: " + _UNANSWERED.format("toolu_1, toolu_2"),
-        id="a-turn-between-use-and-result",
+        "messages.3.content.0: `tool_result` blocks must come first in the user message content, "
+        "before any other block.",
+        id="a-user-message-between-use-and-result",
+    ),
+    pytest.param(
+        [
+            _ASKED,
+            {"role": "assistant", "content": [_USE]},
+            {"role": "assistant", "content": [_USE2]},
+            {"role": "user", "content": [_RESULT]},
+        ],
+        "messages.2: " + _UNANSWERED.format("toolu_2"),
+        id="combined-assistant-turn-half-answered",
     ),
     pytest.param(
         [_ASKED, _CALLED, {"role": "user", "content": [_RESULT, {"type": "text", "text": "so?"}, _RESULT2]}],
@@ -1029,6 +1040,100 @@ async def test_a_conversation_anthropic_takes_is_served_by_every_kind(
         "user",
         "assistant",
     ]
+
+
+# Consecutive messages of one role that Anthropic takes (it combines them into one turn): the
+# parallel results one message each, a text message after the results, a text message between
+# the assistant's text and its calls, two user text messages.
+COMBINED_TURNS = [
+    pytest.param(
+        [_ASKED, _CALLED, {"role": "user", "content": [_RESULT]}, {"role": "user", "content": [_RESULT2]}],
+        ["user", "assistant", "tool", "tool"],
+        id="results-one-message-each",
+    ),
+    pytest.param(
+        [
+            _ASKED,
+            {"role": "assistant", "content": [_USE]},
+            {"role": "user", "content": [_RESULT]},
+            {"role": "user", "content": "Thanks. And Rome?"},
+        ],
+        ["user", "assistant", "tool", "user"],
+        id="text-message-after-the-results",
+    ),
+    pytest.param(
+        [
+            _ASKED,
+            {"role": "assistant", "content": "Checking both."},
+            {"role": "assistant", "content": [_USE, _USE2]},
+            {"role": "user", "content": [_RESULT, _RESULT2]},
+        ],
+        ["user", "assistant", "tool", "tool"],
+        id="assistant-text-then-calls",
+    ),
+    pytest.param(
+        [
+            _ASKED,
+            {"role": "assistant", "content": [_USE, _USE2]},
+            {"role": "assistant", "content": "Checking both."},
+            {"role": "user", "content": [_RESULT2]},
+            {"role": "user", "content": [_RESULT, {"type": "text", "text": "Which is warmer?"}]},
+        ],
+        ["user", "assistant", "tool", "tool", "user"],
+        id="assistant-calls-then-text",
+    ),
+    pytest.param(
+        [
+            {"role": "user", "content": "Hello."},
+            {"role": "user", "content": [{"type": "text", "text": "Again."}]},
+        ],
+        ["user"],
+        id="two-user-texts",
+    ),
+]
+
+
+@pytest.mark.parametrize(("messages", "roles"), COMBINED_TURNS)
+async def test_consecutive_messages_of_one_role_are_one_turn_on_every_kind(
+    sdk: anthropic.AsyncAnthropic, upstreams: Upstreams, messages: list[Any], roles: list[str]
+) -> None:
+    """Anthropic's reference: "Consecutive `user` or `assistant` turns in your request will be
+    combined into a single turn". The door refused these (a tool use "not answered in the next
+    message"); now each is served natively as sent and, translated, as one chat message per turn
+    (the tool messages right after the assistant's calls, as OpenAI requires)."""
+    for model in ("gpt", "claude"):
+        message = await sdk.messages.create(model=model, max_tokens=20, tools=[WEATHER], messages=messages)
+        assert message.content[0].type == "text"
+    assert [call[0] for call in upstreams.calls] == ["oa", "an"]
+    assert upstreams.last("an")["messages"] == messages
+    sent = upstreams.last("oa")["messages"]
+    assert [m["role"] for m in sent] == roles
+    calls = [call["id"] for m in sent for call in m.get("tool_calls", ())]
+    assert sorted(calls) == sorted(m["tool_call_id"] for m in sent if m["role"] == "tool")
+
+
+async def test_combined_turns_keep_every_block_in_order(upstreams: Upstreams, gateway: TestClient) -> None:
+    """Two user messages become one chat user message with both parts; two assistant messages
+    one assistant message with the text and the calls."""
+    messages = [
+        _ASKED,
+        {"role": "user", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "assistant", "content": "Checking."},
+        {"role": "assistant", "content": [_USE]},
+        {"role": "user", "content": [_RESULT]},
+    ]
+    body = {"model": "gpt", "max_tokens": 20, "tools": [WEATHER], "messages": messages}
+    assert (await gateway.post("/v1/messages", json=body)).status == 200
+    user, assistant, tool = upstreams.last("oa")["messages"]
+    assert user == {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "Weather in Paris and Rome?"},
+            {"type": "text", "text": "Be brief."},
+        ],
+    }
+    assert assistant["content"] == "Checking." and assistant["tool_calls"][0]["id"] == "toolu_1"
+    assert tool == {"role": "tool", "tool_call_id": "toolu_1", "content": "15 degrees"}
 
 
 THINKING_RULES = [

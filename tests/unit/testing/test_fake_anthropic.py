@@ -310,6 +310,21 @@ async def test_valid_tool_turns_and_a_final_empty_assistant_turn_are_accepted(
     assert (await post(client, {**ASK, "messages": messages})).status == 200
 
 
+async def test_consecutive_messages_of_one_role_are_one_turn(aiohttp_client: AiohttpClient) -> None:
+    """The reference: consecutive turns of one role are combined into one turn, so parallel
+    results one message each answer the calls of the assistant turn before."""
+    client = await fake(aiohttp_client)
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Checking."},
+        {"role": "assistant", "content": [USE, {**USE, "id": "toolu_2"}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_2", "content": "15"}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "16"}]},
+        {"role": "user", "content": "Which is warmer?"},
+    ]
+    assert (await post(client, {**ASK, "messages": messages})).status == 200
+
+
 CALL: dict[str, Any] = {"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
 
 
