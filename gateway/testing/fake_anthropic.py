@@ -274,13 +274,25 @@ def _check_answered(offered: set[str], answered: set[str], at: int) -> None:
         )
 
 
+# Extended thinking docs, "Feature compatibility": "When thinking is enabled, you can set `top_p`
+# to values between 1 and 0.95."
+MIN_THINKING_TOP_P = 0.95
+THINKING_DOCS = (
+    "Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/"
+    "extended-thinking#important-considerations-when-using-extended-thinking"
+)
+
+
 def check_options(body: dict[str, object]) -> None:
     """Refuse, as the real API does (400, its message), what current models refuse beside the
     conversation: a stop sequence without a visible character ("stop_sequences: each stop
     sequence must contain non-whitespace", BerriAI/litellm#3286), and ``temperature`` with
     ``top_p`` ("`temperature` and `top_p` cannot both be specified for this model. Please use
     only one.", BerriAI/litellm#15097: Claude Sonnet 4.5 and later), and thinking with a
-    ``tool_choice`` forcing tool use (run-llama/llama_index#19641)."""
+    ``tool_choice`` forcing tool use (run-llama/llama_index#19641), with ``top_k`` ("`top_k` must
+    be unset when thinking is enabled. Please consult our documentation at ...",
+    quarkiverse/quarkus-langchain4j#1812) or with a ``top_p`` below 0.95 (extended thinking
+    docs: "you can set `top_p` to values between 1 and 0.95"; the words are ours)."""
     stops = body.get("stop_sequences")
     if isinstance(stops, list) and any(not isinstance(s, str) or not s or s.isspace() for s in stops):
         raise _refusal(400, "stop_sequences: each stop sequence must contain non-whitespace")
@@ -292,6 +304,14 @@ def check_options(body: dict[str, object]) -> None:
     temperature = body.get("temperature")
     if thinks and temperature is not None and temperature != 1:
         raise _refusal(400, "`temperature` may only be set to 1 when thinking is enabled.")
+    if thinks and body.get("top_k") is not None:
+        raise _refusal(400, f"`top_k` must be unset when thinking is enabled. {THINKING_DOCS}")
+    top_p = body.get("top_p")
+    if thinks and isinstance(top_p, (int, float)) and top_p < MIN_THINKING_TOP_P:
+        raise _refusal(
+            400,
+            f"`top_p` must be between {MIN_THINKING_TOP_P} and 1 when thinking is enabled. {THINKING_DOCS}",
+        )
     if body.get("temperature") is not None and body.get("top_p") is not None:
         raise _refusal(
             400, "`temperature` and `top_p` cannot both be specified for this model. Please use only one."

@@ -124,13 +124,23 @@ class MessagesHead(BaseModel):
 
 # The beta that lets a thinking budget exceed ``max_tokens`` (it spans a turn's thinking blocks).
 INTERLEAVED_THINKING = "interleaved-thinking-2025-05-14"
+# Extended thinking docs, "Feature compatibility": "Thinking isn't compatible with `temperature`
+# or `top_k` modifications [...] When thinking is enabled, you can set `top_p` to values between
+# 1 and 0.95."
+MIN_THINKING_TOP_P = 0.95
+_THINKING_DOCS = (
+    "Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/"
+    "extended-thinking#important-considerations-when-using-extended-thinking"
+)
 
 
 def check_thinking(head: MessagesHead, betas: str | None) -> None:
     """Refuse, with Anthropic's words, what it refuses of ``thinking`` whichever model answers
     (extended thinking docs, "Feature compatibility" and "Max tokens and context window size"):
     thinking with a ``tool_choice`` that forces tool use (``any``, ``tool``), a ``temperature``
-    other than 1 (its message: MartialBE/one-hub#529), and a
+    other than 1 (its message: MartialBE/one-hub#529), any ``top_k`` (its message:
+    quarkiverse/quarkus-langchain4j#1812), a ``top_p`` below 0.95 (the docs' "you can set `top_p`
+    to values between 1 and 0.95"; Anthropic's words not found, these are ours), and a
     ``budget_tokens`` not below ``max_tokens`` unless interleaved thinking is on."""
     thinking = head.thinking
     if thinking is None or thinking.type != "enabled":
@@ -143,6 +153,13 @@ def check_thinking(head: MessagesHead, betas: str | None) -> None:
     if head.temperature is not None and head.temperature != 1:
         raise MessagesInputError(
             "`temperature` may only be set to 1 when thinking is enabled.", "temperature"
+        )
+    if head.top_k is not None:
+        raise MessagesInputError(f"`top_k` must be unset when thinking is enabled. {_THINKING_DOCS}", "top_k")
+    if head.top_p is not None and head.top_p < MIN_THINKING_TOP_P:
+        raise MessagesInputError(
+            f"`top_p` must be between {MIN_THINKING_TOP_P} and 1 when thinking is enabled. {_THINKING_DOCS}",
+            "top_p",
         )
     budget = thinking.budget_tokens or 0
     interleaved = betas is not None and INTERLEAVED_THINKING in (b.strip() for b in betas.split(","))

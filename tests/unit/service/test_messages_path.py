@@ -267,11 +267,11 @@ async def test_documented_thinking_and_numbers_are_accepted_and_thinking_dropped
         max_tokens=2048,
         messages=USER,
         metadata={"user_id": None},
-        extra_body={"thinking": thinking, "temperature": 1, "top_p": 0.5, "service_tier": "auto"},
+        extra_body={"thinking": thinking, "temperature": 1, "top_p": 0.96, "service_tier": "auto"},
     )
     assert message.content[0].text == "Hello!"  # type: ignore[union-attr]
     sent = upstreams.last("oa")
-    assert (sent["temperature"], sent["top_p"]) == (1, 0.5)
+    assert (sent["temperature"], sent["top_p"]) == (1, 0.96)
     assert not {"thinking", "service_tier", "user"} & set(sent)  # no chat provider takes them
 
 
@@ -1136,6 +1136,10 @@ async def test_combined_turns_keep_every_block_in_order(upstreams: Upstreams, ga
     assert tool == {"role": "tool", "tool_call_id": "toolu_1", "content": "15 degrees"}
 
 
+_DOCS = (
+    "Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/"
+    "extended-thinking#important-considerations-when-using-extended-thinking"
+)
 THINKING_RULES = [
     pytest.param(
         {"max_tokens": 2048, "tool_choice": {"type": "any"}},
@@ -1156,6 +1160,21 @@ THINKING_RULES = [
         {"max_tokens": 1024},
         "Invalid value for 'thinking.budget_tokens': `max_tokens` must be greater than `thinking.budget_tokens`.",
         id="budget-not-below-max-tokens",
+    ),
+    pytest.param(
+        {"max_tokens": 2048, "top_k": 40},
+        f"Invalid value for 'top_k': `top_k` must be unset when thinking is enabled. {_DOCS}",
+        id="top-k",
+    ),
+    pytest.param(
+        {"max_tokens": 2048, "top_k": 0},
+        f"Invalid value for 'top_k': `top_k` must be unset when thinking is enabled. {_DOCS}",
+        id="top-k-0",
+    ),
+    pytest.param(
+        {"max_tokens": 2048, "top_p": 0.9},
+        f"Invalid value for 'top_p': `top_p` must be between 0.95 and 1 when thinking is enabled. {_DOCS}",
+        id="top-p-below-0.95",
     ),
 ]
 
@@ -1189,7 +1208,12 @@ async def test_thinking_with_auto_tools_or_interleaved_budget_is_served(
     body = {"model": "claude", "max_tokens": 100, "tools": [WEATHER], "thinking": thinking, "messages": USER}
     beta = {"anthropic-beta": "fine-grained-tool-streaming-2025-05-14, interleaved-thinking-2025-05-14"}
     assert (await gateway.post("/v1/messages", json=body, headers=beta)).status == 200
-    assert [call[0] for call in upstreams.calls] == ["oa", "oa", "an"]
+    # The docs: "you can set `top_p` to values between 1 and 0.95"; top_k unset (null) is unset.
+    for top_p in (0.95, 1):
+        body = {"model": "gpt", "max_tokens": 8192, "thinking": thinking, "top_p": top_p, "top_k": None,
+                "messages": USER}  # fmt: skip
+        assert (await gateway.post("/v1/messages", json=body)).status == 200
+    assert [call[0] for call in upstreams.calls] == ["oa", "oa", "an", "oa", "oa"]
 
 
 def _native_event(kind: str, data: dict[str, Any]) -> bytes:

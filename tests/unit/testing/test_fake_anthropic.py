@@ -473,3 +473,25 @@ async def test_thinking_with_a_temperature_other_than_1_is_refused(aiohttp_clien
         "message"
     ] == "`temperature` may only be set to 1 when thinking is enabled."
     assert (await post(client, {**body, "temperature": 1})).status == 200
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"top_k": 5}, "`top_k` must be unset when thinking is enabled. "),
+        ({"top_p": 0.9}, "`top_p` must be between 0.95 and 1 when thinking is enabled. "),
+    ],
+)
+async def test_thinking_with_top_k_or_a_top_p_below_095_is_refused(
+    aiohttp_client: AiohttpClient, extra: dict[str, Any], words: str
+) -> None:
+    """Extended thinking docs, "Feature compatibility": thinking is not compatible with top_k
+    modifications; top_p may be set between 0.95 and 1. The top_k message is the API's
+    (quarkiverse/quarkus-langchain4j#1812)."""
+    client = await fake(aiohttp_client)
+    body = {**ASK, "max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    resp = await post(client, {**body, **extra})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["message"].startswith(words)
+    assert (await post(client, {**body, "top_p": 0.95})).status == 200
+    assert (await post(client, {**ASK, **extra})).status == 200  # without thinking: fine
