@@ -146,10 +146,12 @@ def _contents(messages: list[Any]) -> tuple[list[JSONObject], list[JSONObject]]:
             contents.append({"role": gemini_role, "parts": parts})
     if not contents:
         raise UnsupportedByProvider(KIND, "a conversation without user or assistant messages")
-    if contents[0]["role"] == "model" and any("functionCall" in p for p in contents[0]["parts"]):
-        # Gemini refuses "a function call turn" not right after a user or function response turn
-        # (a history trimmed to its last exchange, an agent seeded with a call): a user turn
-        # that says next to nothing goes first.
+    if contents[0]["role"] == "model":
+        # Gemini refuses a history that opens with a model turn ("Please ensure that multiturn
+        # requests alternate between user and model", NousResearch/hermes-agent#55427), and "a
+        # function call turn" not right after a user or function response turn: a chat UI's
+        # greeting, a history trimmed to its last exchange, an agent seeded with a call (OpenAI
+        # and Anthropic take them). A user turn that says next to nothing goes first.
         contents.insert(0, {"role": "user", "parts": [{"text": _OPENING}]})
     return system, contents
 

@@ -14,8 +14,8 @@ sequence (``message_start``, ``content_block_start``, ``ping``, ``content_block_
 Usage counts words: ``input_tokens`` over the system prompt and every text block, so a
 request the gateway translated counts the same as its OpenAI original at the OpenAI fake.
 
-Requests the real API refuses get its 400 and message (see :func:`check_conversation`): a first
-message that is not the user's, an empty message, blank text blocks, ``tool_use`` ids that do
+Requests the real API refuses get its 400 and message (see :func:`check_conversation`): an
+empty message, blank text blocks, ``tool_use`` ids that do
 not match ``^[a-zA-Z0-9_-]+$`` or repeat, ``tool_result`` blocks naming no ``tool_use`` of
 the message before, ``tool_use`` blocks the next message does not answer, a final assistant text ending in whitespace, a base64 image of another
 type than JPEG, PNG, GIF or WebP (:func:`check_options`: blank stop sequences, and
@@ -184,9 +184,6 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
     The API reference documents alternating user and assistant turns (Messages > Create a
     Message, ``messages``: https://docs.claude.com/en/api/messages) but not these rules; the
     messages are the API's own, as users quote them verbatim in error reports:
-    "messages: first message must use the \"user\" role" (lobehub/lobehub#1601,
-    langchain4j/langchain4j#940; anthropics/anthropic-sdk-typescript#622 found the first-party
-    API once letting an assistant turn open, which Bedrock refused: the fake is the strict one);
     "messages.0: all messages must have non-empty content except for the optional final
     assistant message" (anthropics/claude-code#3196); "messages: text content blocks must be
     non-empty" (mckaywrigley/chatbot-ui#1656) and "messages: text content blocks must contain
@@ -202,10 +199,11 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
     one text block, and text inside a ``tool_result`` is checked like any other. Consecutive
     messages of one role are one turn (the reference: "Consecutive `user` or `assistant` turns in
     your request will be combined into a single turn"): its tool uses may be answered over the
-    next turn's messages.
+    next turn's messages. An assistant turn may open the conversation: the first-party API took
+    one (anthropics/anthropic-sdk-typescript#622, Bedrock refused it with "messages: first
+    message must use the \"user\" role", as the API once did: lobehub/lobehub#1601), and the
+    reference no longer says "The first message must always use the `user` role".
     """
-    if messages[0].get("role") != "user":
-        raise _refusal(400, 'messages: first message must use the "user" role')
     seen_ids: set[str] = set()
     offered: set[str] = set()  # the tool_use ids of the turn before
     offered_at = 0  # the index of its last message

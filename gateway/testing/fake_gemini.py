@@ -251,6 +251,8 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
             raise refusal(400, f"* GenerateContentRequest.contents[{i}].role: must be user or model")
         if role == "model" and _calls_a_function(content) and not _after_user_or_response(contents, i):
             raise refusal(400, _CALL_TURN)
+        if role == "model" and i == 0:  # (NousResearch/hermes-agent#55427)
+            raise refusal(400, "Please ensure that multiturn requests alternate between user and model.")
         text = _text(content)
         words += len(text.split())
         if role == "user":

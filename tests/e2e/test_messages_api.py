@@ -306,3 +306,19 @@ def test_consecutive_messages_of_one_role_are_one_turn_on_every_kind(
     answer = mstack.client().messages.create(model=model, max_tokens=50, tools=[WEATHER], messages=history)
     assert answer.content[0].type == "text"
     assert answer.stop_reason == "end_turn"
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_a_conversation_may_open_with_an_assistant_turn_on_every_kind(
+    mstack: MessagesStack, model: str
+) -> None:
+    """Anthropic's first-party API takes an assistant turn first (a chat UI's greeting, a trimmed
+    history: anthropics/anthropic-sdk-typescript#622; the reference dropped "The first message
+    must always use the `user` role"). Served by every kind: Gemini, which refuses a history that
+    opens with a model turn, gets a user turn before it."""
+    history: Any = [
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "translate me across providers"},
+    ]
+    answer = mstack.client().messages.create(model=model, max_tokens=50, messages=history)
+    assert answer.content[0].text == "Echo: translate me across providers"  # type: ignore[union-attr]

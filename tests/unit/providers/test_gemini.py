@@ -643,3 +643,22 @@ def test_parallel_tool_calls_false_keeps_the_first_call_whole_and_streamed() -> 
             for call in c["choices"][0]["delta"].get("tool_calls", [])
         ]
         assert deltas == expected
+
+
+def test_a_history_that_opens_with_the_assistant_gets_a_user_turn_first() -> None:
+    """Gemini refuses contents that open with a model turn (NousResearch/hermes-agent#55427);
+    OpenAI and Anthropic take a greeting first. A near-empty user turn goes before it."""
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+            {"role": "user", "content": "hi"},
+        ],
+    }
+    contents = sent(Endpoint.CHAT, body)["contents"]
+    assert contents == [
+        {"role": "user", "parts": [{"text": "."}]},
+        {"role": "model", "parts": [{"text": "Hello! How can I help?"}]},
+        {"role": "user", "parts": [{"text": "hi"}]},
+    ]

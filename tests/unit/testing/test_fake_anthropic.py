@@ -180,10 +180,6 @@ def refusal(message: str) -> dict[str, Any]:
     ("messages", "message"),
     [
         (
-            [{"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "hi"}],
-            'messages: first message must use the "user" role',
-        ),
-        (
             [{"role": "user", "content": [{"type": "text", "text": "\n\n"}]}],
             "messages: text content blocks must contain non-whitespace text",
         ),
@@ -274,7 +270,6 @@ def refusal(message: str) -> dict[str, Any]:
         ),
     ],
     ids=[
-        "assistant-first",
         "whitespace-block",
         "whitespace-string",
         "whitespace-beside-tool-use",
@@ -310,6 +305,14 @@ async def test_valid_tool_turns_and_a_final_empty_assistant_turn_are_accepted(
     assert (await post(client, {**ASK, "messages": messages})).status == 200
 
 
+async def test_an_assistant_turn_may_open_the_conversation(aiohttp_client: AiohttpClient) -> None:
+    """The first-party API takes it (anthropics/anthropic-sdk-typescript#622; the reference no
+    longer requires a user turn first): a chat UI's greeting, a trimmed history."""
+    client = await fake(aiohttp_client)
+    messages = [{"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "hi"}]
+    assert (await post(client, {**ASK, "messages": messages})).status == 200
+
+
 async def test_consecutive_messages_of_one_role_are_one_turn(aiohttp_client: AiohttpClient) -> None:
     """The reference: consecutive turns of one role are combined into one turn, so parallel
     results one message each answer the calls of the assistant turn before."""
@@ -337,10 +340,6 @@ OPENAI_CONVERSATIONS: dict[str, list[dict[str, Any]]] = {
         {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "15 degrees"},
         {"role": "assistant", "content": None, "tool_calls": [{"id": "functions.get_weather:0", **CALL}]},
         {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "20 degrees"},
-    ],
-    "assistant-greeting-first": [
-        {"role": "assistant", "content": "Hello! How can I help you today?"},
-        {"role": "user", "content": "hello there"},
     ],
     "blank-text-beside-tool-calls": [
         {"role": "user", "content": [{"type": "text", "text": "weather?"}, {"type": "text", "text": "\n\n"}]},

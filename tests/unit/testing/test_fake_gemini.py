@@ -147,6 +147,11 @@ async def test_it_refuses_what_gemini_refuses_in_batches_and_call_turns(
     assert resp.status == 400 and "function call turn" in (await resp.json())["error"]["message"]
     ok = {"contents": [ASK["contents"][0], call, answer], "tools": [WEATHER]}
     assert (await post(client, "gem:generateContent", ok)).status == 200
+    greeting = {"role": "model", "parts": [{"text": "Hello! How can I help?"}]}
+    resp = await post(client, "gem:generateContent", {"contents": [greeting, ASK["contents"][0]]})
+    assert (
+        resp.status == 400 and "alternate between user and model" in (await resp.json())["error"]["message"]
+    )
 
 
 async def test_more_than_five_stop_sequences_are_refused(aiohttp_client: AiohttpClient) -> None:
