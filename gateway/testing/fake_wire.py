@@ -165,6 +165,9 @@ def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] 
         and isinstance(tool.get("function"), dict)
         and isinstance(tool["function"].get("name"), str)
     ]
+    for i, function in enumerate(functions):
+        if function.get("strict") is True:
+            _check_strict_schema(function.get("parameters"), str(function["name"]), f"tools[{i}]")
     choice = body.get("tool_choice")
     if choice is not None and not functions:
         raise WireError("'tool_choice' is only allowed when 'tools' are specified", "tool_choice")
@@ -182,6 +185,35 @@ def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] 
     if choice == "required":
         return functions[0]
     return asked_to_call(prompt, by_name)
+
+
+def _check_strict_schema(schema: object, name: str, at: str, context: tuple[str, ...] = ()) -> None:
+    """Refuse, as OpenAI does with its words (Structured Outputs, "Supported schemas": every
+    object needs ``additionalProperties: false`` and all its properties in ``required``), a
+    strict function's schema that is not one; nested objects (``properties``, ``items``) too."""
+    if not isinstance(schema, dict):
+        return
+    properties = schema.get("properties")
+    if schema.get("type") == "object" or isinstance(properties, dict):
+        where = f"Invalid schema for function '{name}': In context={context}, "
+        if schema.get("additionalProperties") is not False:
+            raise WireError(
+                where + "'additionalProperties' is required to be supplied and to be false.",
+                f"{at}.function.parameters",
+            )
+        fields: dict[str, object] = properties if isinstance(properties, dict) else {}
+        keys = list(fields)
+        required = schema.get("required")
+        missing = [k for k in keys if not isinstance(required, list) or k not in required]
+        if missing:
+            raise WireError(
+                where + "'required' is required to be supplied and to be an array including every "
+                f"key in properties. Missing '{missing[0]}'.",
+                f"{at}.function.parameters",
+            )
+        for key, field in fields.items():
+            _check_strict_schema(field, name, at, (*context, "properties", key))
+    _check_strict_schema(schema.get("items"), name, at, (*context, "items"))
 
 
 def parse_completion(body: dict[str, object]) -> Generation:

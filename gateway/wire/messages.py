@@ -16,7 +16,7 @@ does) with text, images (``base64`` and ``url`` sources -> ``image_url``
 parts), PDF ``document`` blocks (base64 -> a ``file`` part; plain text sources and text-only
 custom content -> text),
 ``tool_use`` (-> assistant ``tool_calls``) and ``tool_result`` (-> ``tool`` messages, placed before
-the rest of their user turn as OpenAI requires; their images go to that user turn), ``tools`` (custom tools with ``input_schema``),
+the rest of their user turn as OpenAI requires; their images go to that user turn), ``tools`` (custom tools with ``input_schema``; ``strict`` -> ``function.strict``),
 ``tool_choice`` (auto / any -> required / tool -> named function / none;
 ``disable_parallel_tool_use`` -> ``parallel_tool_calls: false``), ``stop_sequences`` -> ``stop``,
 ``max_tokens``, ``temperature``, ``top_p``, ``metadata.user_id`` -> ``user``,
@@ -470,6 +470,11 @@ def _tool(tool: JSONObject, where: str, t: _Translation) -> JSONObject:
     function: JSONObject = {"name": name, "parameters": schema}
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]
+    strict = tool.get("strict")
+    if isinstance(strict, bool):
+        # Anthropic's strict tool use guarantees inputs that match the schema; OpenAI's
+        # ``function.strict`` is the same promise (Gemini's adapter has no field and drops it).
+        function["strict"] = strict
     return {"type": "function", "function": function}
 
 

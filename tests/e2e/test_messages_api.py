@@ -322,3 +322,41 @@ def test_a_conversation_may_open_with_an_assistant_turn_on_every_kind(
     ]
     answer = mstack.client().messages.create(model=model, max_tokens=50, messages=history)
     assert answer.content[0].text == "Echo: translate me across providers"  # type: ignore[union-attr]
+
+
+STRICT_WEATHER: Any = {
+    **WEATHER,
+    "strict": True,
+    "input_schema": {
+        **WEATHER["input_schema"],
+        "required": ["location", "unit"],
+        "additionalProperties": False,
+    },
+}
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_a_strict_tool_is_served_by_every_kind(mstack: MessagesStack, model: str) -> None:
+    """``strict: true`` reaches OpenAI as ``function.strict`` (its fake refuses a strict schema it
+    cannot enforce, as OpenAI does); Gemini has no such field and gets the tool without it."""
+    ask: Any = [{"role": "user", "content": "What is the weather like in Paris?"}]
+    answer = mstack.client().messages.create(
+        model=model, max_tokens=100, tools=[STRICT_WEATHER], tool_choice={"type": "any"}, messages=ask
+    )
+    assert answer.content[-1].type == "tool_use" and answer.stop_reason == "tool_use"
+    if model == "gpt":
+        _, sent = mstack.last_request("gpt")
+        assert sent["tools"][0]["function"]["strict"] is True
+
+
+def test_a_strict_tool_openai_cannot_enforce_is_its_400_in_anthropics_envelope(mstack: MessagesStack) -> None:
+    """Anthropic takes an optional property in a strict tool; OpenAI's strict mode wants every
+    property required: the provider's refusal reaches the SDK as a 400, naming the schema."""
+    tool: Any = {
+        **WEATHER,
+        "strict": True,
+        "input_schema": {**WEATHER["input_schema"], "additionalProperties": False},
+    }
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        mstack.client().messages.create(model="gpt", max_tokens=100, tools=[tool], messages=ASK)
+    assert "Missing 'unit'" in caught.value.body["error"]["message"]  # type: ignore[index]

@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from gateway.testing import fake_wire
 from gateway.testing.fake_provider import (
     FAKE_STATE,
     LATENCY_DISTRIBUTIONS,
@@ -727,3 +728,42 @@ async def test_a_reply_ends_before_a_stop_sequence(aiohttp_client: AiohttpClient
         body = await (await post(client, "/v1/chat/completions", ask)).json()
         assert body["choices"][0]["message"]["content"] == "Echo: alpha"  # (words: no trailing space)
         assert body["choices"][0]["finish_reason"] == "stop"
+
+
+STRICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"q": {"type": "object", "properties": {"x": {"type": "string"}}}},
+    "required": ["q"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        (
+            {**STRICT_SCHEMA, "additionalProperties": True},
+            "In context=(), 'additionalProperties' is required to be supplied and to be false.",
+        ),
+        (
+            {**STRICT_SCHEMA, "required": []},
+            "In context=(), 'required' is required to be supplied and to be an array including every key in "
+            "properties. Missing 'q'.",
+        ),
+        (
+            STRICT_SCHEMA,  # the nested object lacks additionalProperties
+            "In context=('properties', 'q'), 'additionalProperties' is required to be supplied and to be false.",
+        ),
+    ],
+)
+def test_a_strict_function_needs_a_strict_schema(schema: dict[str, Any], message: str) -> None:
+    """OpenAI's Structured Outputs ("Supported schemas"): a strict function's objects set
+    ``additionalProperties: false`` and require every property; refused with its words."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema, "strict": True}}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
+    with pytest.raises(fake_wire.WireError) as caught:
+        fake_wire.parse_chat(body)
+    assert str(caught.value) == f"Invalid schema for function 'f': {message}"
+    assert caught.value.param == "tools[0].function.parameters"
+    tool["function"]["strict"] = False  # not strict: any schema
+    fake_wire.parse_chat(body)

@@ -355,3 +355,19 @@ def test_a_tool_results_images_follow_it_in_the_user_turn() -> None:
             ],
         },
     ]
+
+
+def test_a_strict_tool_is_a_strict_function() -> None:
+    """Anthropic's ``strict: true`` (inputs guaranteed to match the schema) is OpenAI's
+    ``function.strict``; it was dropped, so a translated answer lost the guarantee."""
+    schema = {
+        "type": "object",
+        "properties": {"q": {"type": "string"}},
+        "required": ["q"],
+        "additionalProperties": False,
+    }
+    tools = [{"name": "f", "input_schema": schema, "strict": True}, {"name": "g", "input_schema": schema}]
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    functions = [tool["function"] for tool in translate(body).chat["tools"]]
+    assert functions[0] == {"name": "f", "parameters": schema, "strict": True}
+    assert "strict" not in functions[1]
