@@ -14,6 +14,8 @@ served by a deployment that can; a malformed request is an ``InvalidRequest`` na
 parameter. Parameters Gemini has no equivalent for (``logprobs``, ``logit_bias``, ``user``,
 ``parallel_tool_calls``, ``reasoning_effort``, ...) are left out, as sampling hints are;
 ``parallel_tool_calls: false`` is kept on the answer instead (its first function call only).
+``thinking_budget`` (not OpenAI's: the Messages door's ``thinking.budget_tokens``) becomes
+``thinkingConfig.thinkingBudget``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ _GENERATION_FIELDS = (
     ("presence_penalty", "presencePenalty"),
     ("frequency_penalty", "frequencyPenalty"),
 )
+# A chat body's thinking budget in tokens (the Messages door's ``thinking.budget_tokens``; not an
+# OpenAI field) -> ``generationConfig.thinkingConfig.thinkingBudget``. Gemini's thinking guide
+# documents the range per model: 2.5 Pro 128 to 32768, 2.5 Flash 0 to 24576, 2.5 Flash-Lite 512
+# to 24576, and a budget outside it is refused ("The thinking budget (52428) is invalid.",
+# RooCodeInc/Roo-Code#4399); Gemini 3 still takes a budget "for backward compatibility". A budget
+# is a ceiling the model may stay under, so one above what every 2.5 model takes is lowered to it.
+THINKING_BUDGET = "thinking_budget"
+MAX_THINKING_BUDGET = 24576
 _TOOL_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
 # Gemini needs a MIME type for a file URL; guessed from the extension, images by default.
 _MIME_TYPES = {
@@ -361,6 +371,9 @@ def _generation_config(body: JSONObject) -> JSONObject:
     limit = body.get("max_tokens") if limit is None else limit
     if limit is not None:
         config["maxOutputTokens"] = limit
+    budget = body.get(THINKING_BUDGET)
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
+        config["thinkingConfig"] = {"thinkingBudget": min(budget, MAX_THINKING_BUDGET)}
     stop = body.get("stop")
     if isinstance(stop, str):
         config["stopSequences"] = [stop]

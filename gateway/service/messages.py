@@ -5,7 +5,8 @@ rewritten (and the client's ``anthropic-beta`` header), and its answer, whole or
 relayed as Anthropic sent it; any other kind gets the chat translation (``wire/messages.py``)
 through its adapter, and its answer is translated back (``wire/messages_stream.py`` for
 streams). ``top_k`` reaches Anthropic (natively) and Gemini (its ``topK``); OpenAI has none, so
-it is dropped there. A request with something only Anthropic can do (server tools, ...) is a
+it is dropped there. An enabled thinking's ``budget_tokens`` reaches Gemini as its
+``thinkingConfig.thinkingBudget`` (OpenAI chat has only ``reasoning_effort``: dropped there). A request with something only Anthropic can do (server tools, ...) is a
 retryable ``UnsupportedByProvider`` on other kinds: a mixed group is served by its Anthropic
 deployments, a group without one answers 400.
 """
@@ -21,6 +22,7 @@ from gateway.errors import InvalidRequest, ModelNotFound, UnsupportedByProvider,
 from gateway.providers.anthropic_response import openai_usage
 from gateway.providers.anthropic_stream import AnthropicStreamTranslator
 from gateway.providers.base import StreamTranslator, UpstreamRequest
+from gateway.providers.gemini_request import THINKING_BUDGET as GEMINI_THINKING_BUDGET
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.front_door import has_choice
@@ -40,7 +42,8 @@ from gateway.wire.requests import CHARS_PER_TOKEN, Endpoint, JSONObject
 from gateway.wire.sse import WholeEvents
 
 NATIVE_KIND = "anthropic"
-_TOP_K_KINDS = frozenset({"gemini"})  # translated kinds whose adapter reads ``top_k``
+# Translated kinds whose adapter reads ``top_k`` and ``thinking_budget`` (``thinking.budget_tokens``).
+_GEMINI_KINDS = frozenset({"gemini"})
 
 
 def beta_variant(beta: str) -> str:
@@ -53,7 +56,16 @@ class MessagesDoor:
     """One Messages request: the client's body, its chat translation, and per-attempt requests
     and answers (``FrontDoor``)."""
 
-    __slots__ = ("_beta", "_top_k", "body", "cache_variant", "chat", "stream", "unsupported")
+    __slots__ = (
+        "_beta",
+        "_thinking_budget",
+        "_top_k",
+        "body",
+        "cache_variant",
+        "chat",
+        "stream",
+        "unsupported",
+    )
 
     endpoint = Endpoint.MESSAGES
 
@@ -64,6 +76,13 @@ class MessagesDoor:
         self.stream = bool(translation.chat.get("stream"))
         top_k = body.get("top_k")
         self._top_k = top_k if isinstance(top_k, int) and not isinstance(top_k, bool) else None
+        thinking = body.get("thinking")
+        budget = (
+            thinking.get("budget_tokens")
+            if isinstance(thinking, dict) and thinking.get("type") == "enabled"
+            else None
+        )
+        self._thinking_budget = budget if isinstance(budget, int) else None
         self._beta = {"anthropic-beta": beta} if beta else None
         # Betas change what Anthropic answers (longer outputs, interleaved thinking, structured
         # outputs): an answer made under one set is never served under another, nor under none.
@@ -92,8 +111,9 @@ class MessagesDoor:
         if self.unsupported is not None:
             raise UnsupportedByProvider(kind, self.unsupported)
         chat = self.chat
-        if self._top_k is not None and kind in _TOP_K_KINDS:
-            chat = {**chat, "top_k": self._top_k}
+        if kind in _GEMINI_KINDS:
+            extra = {"top_k": self._top_k, GEMINI_THINKING_BUDGET: self._thinking_budget}
+            chat = {**chat, **{name: value for name, value in extra.items() if value is not None}}
         return client.adapter.build_request(Endpoint.CHAT, chat, target.model)
 
     def mode(self, target: Target) -> str:

@@ -260,6 +260,7 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
     config = body.get("generationConfig")
     config = config if isinstance(config, dict) else {}
     limit = config.get("maxOutputTokens")
+    _check_thinking(config.get("thinkingConfig"))
     stops = config.get("stopSequences")
     if isinstance(stops, list) and len(stops) > _MAX_STOPS:
         # GenerationConfig.stopSequences: "The set of character sequences (up to 5) that will
@@ -277,6 +278,19 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
         tuple(s for s in stops if isinstance(s, str) and s) if isinstance(stops, list) else (),
         _chosen_function(body, contents[-1], prompt),
     )
+
+
+# The largest thinking budget any model takes (the thinking guide: 2.5 Pro "128 to 32768"; the
+# fake does not know which model it plays, so it takes the widest range, -1 being "dynamic").
+_MAX_THINKING_BUDGET = 32768
+
+
+def _check_thinking(thinking: object) -> None:
+    """Refuse a thinking budget no Gemini model takes, in Gemini's words
+    (RooCodeInc/Roo-Code#4399: "The thinking budget (52428) is invalid.")."""
+    budget = thinking.get("thinkingBudget") if isinstance(thinking, dict) else None
+    if isinstance(budget, int) and not -1 <= budget <= _MAX_THINKING_BUDGET:
+        raise refusal(400, f"The thinking budget ({budget}) is invalid.")
 
 
 def plan_reply(config: FakeConfig, ask: GenerateRequest) -> Reply:

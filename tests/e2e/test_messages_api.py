@@ -360,3 +360,19 @@ def test_a_strict_tool_openai_cannot_enforce_is_its_400_in_anthropics_envelope(m
     with pytest.raises(anthropic.BadRequestError) as caught:
         mstack.client().messages.create(model="gpt", max_tokens=100, tools=[tool], messages=ASK)
     assert "Missing 'unit'" in caught.value.body["error"]["message"]  # type: ignore[index]
+
+
+def test_thinking_reaches_gemini_as_its_thinking_budget(mstack: MessagesStack) -> None:
+    """``thinking.budget_tokens`` was dropped for Gemini deployments, whose models think: now
+    Gemini's ``thinkingConfig.thinkingBudget`` (lowered into every 2.5 model's range; the fake
+    Gemini refuses a budget no model takes, as Gemini does)."""
+    for budget, sent_budget in ((2048, 2048), (40000, 24576)):
+        answer = mstack.client().messages.create(
+            model="gemini",
+            max_tokens=budget + 1000,
+            thinking={"type": "enabled", "budget_tokens": budget},
+            messages=ASK,
+        )
+        assert answer.content[-1].type == "text"
+        _, sent = mstack.last_request("gem")
+        assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": sent_budget}

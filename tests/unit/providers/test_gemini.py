@@ -662,3 +662,15 @@ def test_a_history_that_opens_with_the_assistant_gets_a_user_turn_first() -> Non
         {"role": "model", "parts": [{"text": "Hello! How can I help?"}]},
         {"role": "user", "parts": [{"text": "hi"}]},
     ]
+
+
+@pytest.mark.parametrize(("budget", "sent_budget"), [(2048, 2048), (24576, 24576), (60000, 24576)])
+def test_a_thinking_budget_is_gemini_thinking_config_within_every_models_range(
+    budget: int, sent_budget: int
+) -> None:
+    """The Messages door's ``thinking.budget_tokens`` (as ``thinking_budget``): Gemini's
+    ``thinkingConfig.thinkingBudget``, lowered to 24576, the top of 2.5 Flash's range (Pro's is
+    32768), so no 2.5 model refuses it."""
+    config = sent(Endpoint.CHAT, {**HELLO, "thinking_budget": budget})["generationConfig"]
+    assert config["thinkingConfig"] == {"thinkingBudget": sent_budget}
+    assert "thinkingConfig" not in sent(Endpoint.CHAT, HELLO).get("generationConfig", {})

@@ -162,3 +162,14 @@ async def test_more_than_five_stop_sequences_are_refused(aiohttp_client: Aiohttp
         resp = await post(client, "gem:generateContent", {**ASK, **config})
         assert resp.status == status, await resp.text()
     assert "stop_sequences" in (await resp.json())["error"]["message"]
+
+
+async def test_a_thinking_budget_no_model_takes_is_refused(aiohttp_client: AiohttpClient) -> None:
+    """The thinking guide's ranges (2.5 Pro: 128 to 32768; -1 is dynamic); Gemini's message
+    (RooCodeInc/Roo-Code#4399)."""
+    client = await fake(aiohttp_client)
+    for budget, status in ((52428, 400), (32768, 200), (-1, 200), (-2, 400)):
+        body = {**ASK, "generationConfig": {"thinkingConfig": {"thinkingBudget": budget}}}
+        resp = await post(client, "gem:generateContent", body)
+        assert resp.status == status, (budget, await resp.text())
+    assert (await resp.json())["error"]["message"] == "The thinking budget (-2) is invalid."
