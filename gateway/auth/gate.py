@@ -23,6 +23,7 @@ from gateway.auth.identity import Caller
 from gateway.auth.limits import REFUSED_BUDGET, Decision, Limiter, Window
 from gateway.errors import QuotaExceeded, RateLimited, RequestTooLarge
 from gateway.observability.metrics import GatewayMetrics
+from gateway.wire.media import media_tokens
 from gateway.wire.requests import CHARS_PER_TOKEN, Endpoint, JSONObject, prompt_chars
 
 DEFAULT_OUTPUT_TOKENS = 256  # the output reserved when a request sets no max_tokens
@@ -151,14 +152,18 @@ class LimitTicket:
 
 
 def reservation(endpoint: Endpoint, body: JSONObject) -> int:
-    """Tokens to reserve for ``body``: prompt characters / 4 plus the output it may produce."""
+    """Tokens to reserve for ``body``: prompt characters / 4 (and its images and PDFs) plus the
+    output it may produce."""
+    media = 0
     if endpoint is Endpoint.CHAT:
-        chars = prompt_chars(body.get("messages"))
+        messages = body.get("messages")
+        chars = prompt_chars(messages)
+        media = media_tokens(messages)  # images and PDFs, as Anthropic documents their cost
     else:
         given = body.get("prompt" if endpoint is Endpoint.COMPLETIONS else "input")
         items = given if isinstance(given, list) else [given]
         chars = sum(len(item) for item in items if isinstance(item, str))
-    prompt = chars // CHARS_PER_TOKEN + 1
+    prompt = chars // CHARS_PER_TOKEN + media + 1
     if endpoint is Endpoint.EMBEDDINGS:
         return prompt
     output = body.get("max_completion_tokens") or body.get("max_tokens")

@@ -12,6 +12,7 @@ from gateway.policy.model import Deployment, RuleMatch
 from gateway.providers.base import ProviderHandle
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.stats import DeploymentStats
+from gateway.wire.media import media_tokens
 from gateway.wire.requests import CHARS_PER_TOKEN, prompt_chars
 
 
@@ -79,11 +80,13 @@ class RouteContext:
 
     @cached_property
     def prompt_tokens(self) -> int:
-        """A cheap estimate of the prompt's length in tokens (characters / 4)."""
-        return (
-            prompt_chars(self.body.get("messages", self.body.get("prompt", self.body.get("input"))))
-            // CHARS_PER_TOKEN
+        """A cheap estimate of the prompt's length in tokens: characters / 4, and the images and
+        PDFs of chat messages as Anthropic documents their cost (``wire/media.py``)."""
+        messages = self.body.get("messages")
+        text = prompt_chars(
+            messages if messages is not None else self.body.get("prompt", self.body.get("input"))
         )
+        return text // CHARS_PER_TOKEN + media_tokens(messages)
 
     @property
     def has_tools(self) -> bool:

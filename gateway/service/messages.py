@@ -225,8 +225,9 @@ def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int
 
     The estimate is the router's own (``RouteContext.prompt_tokens``: characters of prompt text
     / 4, what routing rules' ``min_prompt_tokens`` see) over the chat translation (system and
-    every turn's text), plus the tool definitions' JSON / 4, and at least 1. Images and documents
-    count 0."""
+    every turn's text) and its images and PDFs (``wire/media.py``: Anthropic's documented
+    figures), plus the tool definitions' JSON / 4, and at least 1. Blocks no chat provider takes
+    (a URL or Files API document) count 0."""
     head = validate_head(CountTokensHead, body)
     _check_conversation(head.messages)
     full = {**body, "max_tokens": 1, "stream": False}

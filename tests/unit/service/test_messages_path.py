@@ -5,6 +5,7 @@ Providers: ``oa`` (kind openai, translated), ``an`` (kind anthropic, passed thro
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,12 +18,16 @@ from aiohttp.test_utils import TestClient
 
 from gateway import keys
 from gateway.app import build_app
+from gateway.auth.gate import reservation
 from gateway.auth.identity import Caller
 from gateway.errors import UpstreamConnectError
 from gateway.policy.loader import parse_policy
-from gateway.providers.base import UpstreamRequest
+from gateway.providers.base import Endpoint, UpstreamRequest
+from gateway.service.messages import MessagesDoor
 from gateway.settings import Settings
+from gateway.testing.images import png
 from gateway.testing.mock_transport import MockResponse, MockTransport
+from gateway.testing.pdf import make_pdf
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
 
@@ -676,6 +681,37 @@ async def test_count_tokens_is_the_gateway_estimate(sdk: anthropic.AsyncAnthropi
     assert short.input_tokens == 1  # never 0 for a message
     with pytest.raises(anthropic.NotFoundError):
         await sdk.messages.count_tokens(model="nope", messages=USER)
+
+
+async def test_count_tokens_counts_images_and_pdfs_as_anthropic_documents(
+    sdk: anthropic.AsyncAnthropic,
+) -> None:
+    """Images and PDFs counted 0: a 1000x1000 image is ~1334 tokens ("tokens = (width px *
+    height px)/750"), a PDF page 1,500-3,000 text tokens (2,250) plus its page image (1,600)."""
+    image = base64.b64encode(png(1000, 1000)).decode()
+    pdf = base64.b64encode(make_pdf(["one", "two"])).decode()
+    blocks: Any = [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}},
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}},
+        {"type": "text", "text": "y" * 80},
+    ]
+    counted = await sdk.messages.count_tokens(model="gpt", messages=[{"role": "user", "content": blocks}])
+    assert counted.input_tokens == 80 // 4 + 1334 + 2 * (2250 + 1600)
+
+
+async def test_admission_reserves_the_images_tokens(upstreams: Upstreams) -> None:
+    """The token reservation reads the chat translation: its images count too."""
+    image = base64.b64encode(png(1000, 1000)).decode()
+    body = {
+        "model": "gpt",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}},
+            {"type": "text", "text": "y" * 80},
+        ]}],
+    }  # fmt: skip
+    door = MessagesDoor.parse(body, {})
+    assert reservation(Endpoint.CHAT, door.chat) == 80 // 4 + 1334 + 1 + 10
 
 
 async def test_requests_are_counted_under_the_messages_route(gateway: TestClient) -> None:
