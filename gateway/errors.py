@@ -35,9 +35,9 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     │   ├── UsageUnavailable       503     service_unavailable     no     code=usage_unavailable; /admin/usage, Redis failed
     │   └── KeyStoreUnavailable    503     service_unavailable     no     code=key_store_unavailable; never an open door
     ├── UpstreamError              502     upstream_error          no     what a provider did; counts against it
-    │   ├── UpstreamConnectError   502     upstream_error          yes    refused, reset, DNS
-    │   ├── UpstreamTimeout        504     timeout                 yes    connect / first byte / total
-    │   ├── UpstreamBadResponse    502     upstream_error          yes    malformed body
+    │   ├── UpstreamConnectError   502     upstream_error          yes    refused, reset, closed, DNS, TLS (note 5)
+    │   ├── UpstreamTimeout        504     timeout                 yes    connect / first byte / read gap / total (note 5)
+    │   ├── UpstreamBadResponse    502     upstream_error          yes    malformed body (note 5)
     │   ├── UpstreamCredentialsRefused 502 upstream_error        yes    code=provider_auth_failed; the provider refused the gateway's key (note 3)
     │   ├── UpstreamAccountRefused 502     upstream_error          yes    code=provider_account_refused; 402 / billing, the gateway's account
     │   ├── UpstreamStatusError    *       *                       *      the provider's status (note 1)
@@ -69,6 +69,13 @@ library or the provider said (an aiohttp message can carry the provider's URL, h
 is ``detail``, for the gateway's log only. Its status and type are those of the error behind it
 (an Anthropic client still reads an overload as ``overloaded_error``).
 
+Note 5: a transport failure (``providers/transport.py``) says the gateway's words, naming the
+policy's provider and the kind of failure, which ``code`` carries: ``connection_refused``,
+``connection_reset``, ``connection_closed``, ``host_unreachable``, ``dns_failure``,
+``tls_failure``, ``connect_failed``, ``malformed_response``, ``response_too_large``;
+``connect_timeout``, ``first_byte_timeout``, ``read_timeout``, ``total_timeout``. What the library
+said (its text names hosts, ports, URLs) is ``detail``, logged by the HTTP layer, never sent.
+
 Library exceptions (aiohttp, asyncio) are translated into this tree at the boundary that
 calls the library (``providers/transport.py``); nothing else raises them further.
 
@@ -98,6 +105,9 @@ class GatewayError(Exception):
     # Set by the router on the error that ends a routed call: (provider, upstream model) of the
     # last deployment tried and how many attempts were made (the access log and headers say so).
     tried: tuple[str, str, int] | None = None
+    # What a library or a provider said behind this error, for the server's log only (it may name
+    # hosts, addresses or URLs); the client sees ``message``, in the gateway's words.
+    detail: str | None = None
 
     def __init__(
         self,
@@ -456,9 +466,12 @@ class UpstreamError(GatewayError):
         param: str | None = None,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message, param=param, code=code, headers=headers)
         self.provider = provider
+        if detail is not None:
+            self.detail = detail
 
     @property
     def counts_against_provider(self) -> bool:
@@ -613,7 +626,7 @@ class StreamInterrupted(UpstreamError):
         super().__init__(f"{provider}: {text}" if provider else text, provider=provider, code=reason)
         self.reason = reason
         self.cause = cause
-        self.detail = cause.message
+        self.detail = f"{cause.message} ({cause.detail})" if cause.detail else cause.message
 
     @property
     def http_status(self) -> int:

@@ -27,6 +27,7 @@ from yarl import URL
 
 from gateway import keys
 from gateway.errors import (
+    AllDeploymentsFailed,
     GatewayError,
     HTTPStatusError,
     InternalError,
@@ -34,6 +35,7 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
+    UpstreamError,
 )
 from gateway.http.responses import anthropic_error_response, error_renderer
 from gateway.observability.access_log import AccessLog
@@ -113,6 +115,7 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
                 response = await handler(request)
             except GatewayError as error:
                 call.tried = error.tried  # a routed call made for it failed (memory's embeddings too)
+                _log_library_words(rid, error)
                 response = (render or error_renderer(request.path))(error)
             except web.HTTPException as exc:
                 response = (render or error_renderer(request.path))(_from_http_exception(exc, request))
@@ -145,6 +148,22 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
                 _end_span(span, call, rid, status)
 
     return handle
+
+
+def _log_library_words(request_id: str, error: GatewayError) -> None:
+    """Log what a library or a provider said behind ``error`` (each attempt's, after a failover):
+    the client was told the gateway's words only (``GatewayError.detail``)."""
+    attempts = error.attempts if isinstance(error, AllDeploymentsFailed) else ()
+    for each in [a.error for a in attempts] or [error]:
+        if each.detail is not None:
+            provider = each.provider if isinstance(each, UpstreamError) else ""
+            fields = {
+                "request_id": request_id,
+                "provider": provider,
+                "code": each.code,
+                "detail": each.detail,
+            }
+            log.warning("upstream failed", extra={"fields": fields})
 
 
 ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]

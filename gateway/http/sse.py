@@ -40,7 +40,7 @@ def _failure_fields(request_id: str, error: GatewayError) -> dict[str, str]:
             "request_id": request_id,
             "provider": error.provider,
             "reason": error.reason,
-            "detail": error.detail,
+            "detail": error.detail or "",
         }
     return {"request_id": request_id, "error": error.message}
 

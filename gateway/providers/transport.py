@@ -16,7 +16,9 @@ the loop's clock, a request a dict insertion and removal.
 from __future__ import annotations
 
 import asyncio
-import os
+import errno
+import socket
+import ssl
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Final
 
@@ -125,7 +127,9 @@ class AiohttpResponse:
         dog.stop()
         if not content.is_eof():
             name = self._errors.name
-            raise UpstreamConnectError(f"{name}: stream ended early", provider=name)
+            raise UpstreamConnectError(
+                f"{name}: {_WORDS['connection_closed']}", provider=name, code="connection_closed"
+            )
 
     def _too_large(self, what: str) -> UpstreamBadResponse:
         """The error for a body past the limit; the response is closed (its connection too: the
@@ -136,6 +140,7 @@ class AiohttpResponse:
         return UpstreamBadResponse(
             f"{name}: provider sent more than max_response_bytes ({self._limit:,} bytes) in {what}",
             provider=name,
+            code="response_too_large",
         )
 
     def close(self) -> None:
@@ -158,7 +163,7 @@ class AiohttpTransport:
         # Content-Type goes with the session's default headers: a request without headers of
         # its own then passes none, and aiohttp merges nothing per request.
         self._headers = {**_JSON_HEADERS, **headers}
-        self._errors = _ErrorTranslation(name, scrub)
+        self._errors = _ErrorTranslation(name, scrub, config.timeouts.connect_s)
         self._session: aiohttp.ClientSession | None = None
         self._dogs: _Watchdogs | None = None  # the requests' timeouts, on the session's loop
         self._base_url = config.base_url
@@ -339,12 +344,12 @@ class _Watchdog:
     def error(self, provider: str, phase: str) -> UpstreamTimeout:
         owner = self._owner
         if self.expired == "total":
-            what = f"no whole answer within total_s {owner.total_s:g} s"
+            what, code = f"no whole answer within total_s {owner.total_s:g} s", "total_timeout"
         elif phase == "first byte":
-            what = f"no first byte within first_byte_s {owner.gap_s:g} s"
+            what, code = f"no first byte within first_byte_s {owner.gap_s:g} s", "first_byte_timeout"
         else:
-            what = f"nothing read for first_byte_s {owner.gap_s:g} s"
-        return UpstreamTimeout(f"{provider}: provider timed out ({what})", provider=provider)
+            what, code = f"nothing read for first_byte_s {owner.gap_s:g} s", "read_timeout"
+        return UpstreamTimeout(f"{provider}: provider timed out ({what})", provider=provider, code=code)
 
     def check(self, now: float) -> float | None:
         """At ``now``: the next moment to check again, or None once expired (then the task is
@@ -371,49 +376,90 @@ _LIBRARY_ERRORS = (asyncio.TimeoutError, aiohttp.ClientError, OSError)
 # How aiohttp's ``ClientPayloadError`` begins when the connection was lost inside a body
 # (``client_proto.ResponseHandler.connection_lost``), as against a body it could not decode.
 _CUT_SHORT = "Response payload is not completed"
+# The connection's end, as the OS names it.
+_RESET = frozenset({errno.ECONNRESET, errno.ECONNABORTED})
+_CLOSED = frozenset({errno.EPIPE, errno.ESHUTDOWN})
+_REFUSED = frozenset({errno.ECONNREFUSED})
+_UNREACHABLE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EHOSTDOWN, errno.ENETDOWN})
+
+# What a client is told of a transport failure: the gateway's own words for each kind, keyed by
+# the error's ``code`` (``errors.UPSTREAM_FAILURE_CODES``); what the library said is ``detail``.
+_WORDS: Final = {
+    "connection_refused": "the provider refused the connection",
+    "connection_reset": "the provider reset the connection",
+    "connection_closed": "the provider closed the connection before the answer was complete",
+    "host_unreachable": "the provider's host cannot be reached",
+    "dns_failure": "the provider's host name could not be resolved (DNS)",
+    "tls_failure": "the TLS handshake with the provider failed",
+    "connect_failed": "the gateway could not connect to the provider",
+    "malformed_response": "the provider sent a malformed HTTP response",
+}
 
 
 class _ErrorTranslation:
-    """Maps aiohttp/asyncio exceptions to the gateway's upstream errors, provider key scrubbed."""
+    """Maps aiohttp/asyncio exceptions to the gateway's upstream errors: the message in the
+    gateway's words naming the provider and the kind of failure (``code``), what the library
+    said in ``detail`` (for the server's log only), provider key scrubbed."""
 
-    __slots__ = ("_scrub", "name")
+    __slots__ = ("_connect_s", "_scrub", "name")
 
-    def __init__(self, name: str, scrub: Scrub) -> None:
+    def __init__(self, name: str, scrub: Scrub, connect_s: float | None = None) -> None:
         self.name = name
         self._scrub = scrub
+        self._connect_s = connect_s
 
     def translate(self, exc: BaseException) -> GatewayError:
         name = self.name
+        detail = self._scrub(_describe(exc))
         if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-            return UpstreamTimeout(f"{name}: provider timed out ({_describe(exc)})", provider=name)
-        if isinstance(exc, aiohttp.ClientPayloadError) and str(exc).startswith(_CUT_SHORT):
-            # The connection closed inside the body: a provider that went away, not one that
-            # sent garbage (a stream's ``upstream_closed``, not ``bad_event``).
-            return UpstreamConnectError(
-                f"{name}: provider closed the connection before the body ended "
-                f"({self._scrub(_describe(exc))})",
-                provider=name,
+            if isinstance(exc, aiohttp.ConnectionTimeoutError) and self._connect_s is not None:
+                what, code = f"no connection within connect_s {self._connect_s:g} s", "connect_timeout"
+            elif isinstance(exc, aiohttp.ConnectionTimeoutError):
+                what, code = "no connection in time", "connect_timeout"
+            else:
+                what, code = "nothing read in time", "read_timeout"
+            return UpstreamTimeout(
+                f"{name}: provider timed out ({what})", provider=name, code=code, detail=detail
             )
-        if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ContentTypeError)):
-            return UpstreamBadResponse(
-                f"{name}: provider sent a broken response ({self._scrub(_describe(exc))})", provider=name
-            )
-        return UpstreamConnectError(
-            f"{name}: cannot reach provider ({self._scrub(_describe(exc))})", provider=name
-        )
+        code = _failure_code(exc)
+        cls = UpstreamBadResponse if code == "malformed_response" else UpstreamConnectError
+        return cls(f"{name}: {_WORDS[code]}", provider=name, code=code, detail=detail)
+
+
+def _failure_code(exc: BaseException) -> str:
+    """The kind of failure (a key of ``_WORDS``) that ``exc``, not a timeout, shows."""
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        # Cut short: the connection closed inside the body, a provider that went away (a
+        # stream's ``upstream_closed``); otherwise a body aiohttp could not decode.
+        return "connection_closed" if str(exc).startswith(_CUT_SHORT) else "malformed_response"
+    if isinstance(exc, (aiohttp.ClientResponseError, aiohttp.ContentTypeError)):
+        return "malformed_response"  # a broken head (a bad status line, a header past its limit)
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return "tls_failure"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection_closed"  # before the head was complete
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error: OSError = exc.os_error
+        if isinstance(error, socket.gaierror):
+            return "dns_failure"
+    elif isinstance(exc, OSError):
+        error = exc
+    else:
+        return "connect_failed"
+    number = error.errno
+    if isinstance(error, ConnectionRefusedError) or number in _REFUSED:
+        return "connection_refused"
+    if isinstance(error, ConnectionResetError) or number in _RESET:
+        return "connection_reset"
+    if isinstance(error, BrokenPipeError) or number in _CLOSED:
+        return "connection_closed"
+    if number in _UNREACHABLE:
+        return "host_unreachable"
+    return "connect_failed"
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        # aiohttp's text names the provider's host and port, and the OS error's its address:
-        # a client of the gateway is not told where the providers are (an internal vLLM's
-        # address, say), only why the connection failed.
-        error = exc.os_error
-        reason = os.strerror(error.errno) if error.errno else type(error).__name__
-        return f"{type(exc).__name__}: {reason}"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        # Its text ends with the request's URL (the provider's address and path): the status and
-        # aiohttp's message (a broken head, a chunk size that is not hex) say what went wrong.
-        return f"{type(exc).__name__}: {exc.status}, {exc.message}"
+    """What the library said, for the log: its class and text (the text of a connect or response
+    error names the provider's host and port, or its URL: never a key, which is in a header)."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -120,5 +120,6 @@ async def test_a_provider_that_cannot_be_reached_is_named_but_not_its_address() 
     finally:
         await t.close()
     message = refused.value.message
-    assert "cannot reach provider" in message and "Connection refused" in message, message
+    assert message == "p: the provider refused the connection", message
+    assert refused.value.code == "connection_refused"
     assert "127.0.0.1" not in message and str(port) not in message, message

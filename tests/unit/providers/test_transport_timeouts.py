@@ -211,7 +211,9 @@ async def test_a_connect_that_never_completes_times_out() -> None:
             filler.close()
         listener.close()
     assert isinstance(raised.value, UpstreamTimeout), raised.value
-    assert "Connection timeout" in raised.value.message  # aiohttp's own sock_connect, kept
+    # aiohttp's own sock_connect, in the gateway's words (its text, naming the host, is the log's)
+    assert raised.value.message == "p: provider timed out (no connection within connect_s 0.3 s)"
+    assert raised.value.code == "connect_timeout" and "Connection timeout" in (raised.value.detail or "")
 
 
 async def test_one_shared_timer_times_out_the_stalled_request_among_quick_ones(

@@ -267,7 +267,8 @@ async def test_a_body_that_breaks_its_chunked_framing_fails_at_once_not_at_the_r
     with pytest.raises(openai.APIStatusError) as error:
         await sdk.chat.completions.create(model="framing-whole", messages=MESSAGES)  # type: ignore[arg-type]
     assert error.value.status_code == 502, error.value.body
-    assert "broken response" in error.value.message
+    assert "the provider sent a malformed HTTP response" in error.value.message
+    assert isinstance(error.value.body, dict) and error.value.body["code"] == "malformed_response"
 
 
 async def test_a_client_that_leaves_mid_stream_is_not_a_stream_error(
