@@ -38,6 +38,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     │   ├── UpstreamConnectError   502     upstream_error          yes    refused, reset, closed, DNS, TLS (note 5)
     │   ├── UpstreamTimeout        504     timeout                 yes    connect / first byte / read gap / total (note 5)
     │   ├── UpstreamBadResponse    502     upstream_error          yes    malformed body (note 5)
+    │   │   └── UpstreamBadEvent   502     upstream_error          yes    a stream event that cannot be read
     │   ├── UpstreamCredentialsRefused 502 upstream_error        yes    code=provider_auth_failed; the provider refused the gateway's key (note 3)
     │   ├── UpstreamAccountRefused 502     upstream_error          yes    code=provider_account_refused; 402 / billing, the gateway's account
     │   ├── UpstreamStatusError    *       *                       *      the provider's status (note 1)
@@ -67,7 +68,9 @@ door's error event, never a status. That event says one fixed text per reason (`
 ``timeout``, ``bad_event``, ``provider_error``), with the policy's provider name; what the
 library or the provider said (an aiohttp message can carry the provider's URL, host or address)
 is ``detail``, for the gateway's log only. Its status and type are those of the error behind it
-(an Anthropic client still reads an overload as ``overloaded_error``).
+(an Anthropic client still reads an overload as ``overloaded_error``). After ``provider_error``
+only, the provider's own message (``UpstreamStatusError.said``) follows on one line, cut at
+``StreamInterrupted.SAID_MAX_CHARS``: a provider's words, never a library's.
 
 Note 5: a transport failure (``providers/transport.py``) says the gateway's words, naming the
 policy's provider and the kind of failure, which ``code`` carries: ``connection_refused``,
@@ -503,6 +506,11 @@ class UpstreamBadResponse(UpstreamError):
         return True
 
 
+class UpstreamBadEvent(UpstreamBadResponse):
+    """A stream event the gateway cannot read (not JSON): a started stream's ``bad_event``, even
+    when its translator raises it only once the provider's body has ended."""
+
+
 class UpstreamCredentialsRefused(UpstreamError):
     """The provider refused the gateway's own credentials (see note 3)."""
 
@@ -563,12 +571,16 @@ class UpstreamStatusError(UpstreamError):
         param: str | None = None,
         code: str | None = None,
         retry_after_s: float | None = None,
+        said: str | None = None,
     ) -> None:
         headers = {"retry-after": _format_retry_after(retry_after_s)} if retry_after_s else None
         super().__init__(message, provider=provider, param=param, code=code, headers=headers)
         self.upstream_status = upstream_status
         self.upstream_type = upstream_type
         self.retry_after_s = retry_after_s
+        # The provider's own message, as it said it (``message`` adds the gateway's prefix): what
+        # a started stream's error event may quote of it, bounded (``StreamInterrupted``).
+        self.said = said
 
     @property
     def http_status(self) -> int:
@@ -621,8 +633,21 @@ class StreamInterrupted(UpstreamError):
         }
     )
 
+    # The most of a provider's own words a client is shown after a ``provider_error``.
+    SAID_MAX_CHARS: ClassVar[int] = 200
+
     def __init__(self, reason: str, provider: str, cause: GatewayError) -> None:
         text = self.TEXTS.get(reason, self.TEXTS["bad_event"])
+        said = None
+        if reason == "provider_error" and isinstance(cause, UpstreamStatusError):
+            # (not a refusal of the gateway's key: its message may quote part of it, note 3)
+            said = cause.said if cause.upstream_type != "authentication_error" else None
+        if said:
+            # What the provider said of its own failure, one line of printable text, bounded: it
+            # tells the client why (a content filter, a crash, an overload) where the fixed text
+            # cannot; a library's words (hosts, URLs) are never here.
+            words = "".join(c if c.isprintable() else " " for c in " ".join(said.split()))
+            text += f" The provider said: {quoted(words, self.SAID_MAX_CHARS)}"
         super().__init__(f"{provider}: {text}" if provider else text, provider=provider, code=reason)
         self.reason = reason
         self.cause = cause

@@ -133,6 +133,7 @@ def status_error(
     known = _ERRORS.get(anthropic_type) if isinstance(anthropic_type, str) else None
     if status is None:
         status = known[0] if known else 500
+    said = message if isinstance(message, str) and message else None
     if not isinstance(message, str) or not message:
         message = f"Provider returned HTTP {status}" + (f" ({anthropic_type})." if anthropic_type else ".")
     err_type, code = (known[1], known[2]) if known else (None, None)
@@ -145,6 +146,7 @@ def status_error(
         upstream_type=err_type,
         code=code,
         retry_after_s=retry_after_s,
+        said=said,
     )
 
 

@@ -78,6 +78,7 @@ def error_from_object(
         upstream_type=err_type,
         code=code_name,
         retry_after_s=retry_after_s,
+        said=str(error["message"]) if error.get("message") else None,
     )
 
 

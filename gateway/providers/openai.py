@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway.errors import UpstreamBadResponse, UpstreamStatusError
+from gateway.errors import GatewayError, UpstreamBadEvent, UpstreamBadResponse, UpstreamStatusError
 from gateway.policy.model import OpenAIProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
 from gateway.wire.requests import JSONObject
@@ -103,26 +103,55 @@ class WatchedStream(ABC):
     Only whole events are relayed: the start of an event the provider has not finished is held
     until its blank line comes. Relayed, it could never be taken back: if the provider then
     failed, the gateway's error event would be glued to the half event, and the client's SDK
-    would fail on the broken JSON instead of raising the error."""
+    would fail on the broken JSON instead of raising the error.
 
-    __slots__ = ("_decoder", "_done", "_errored", "_usage", "_whole")
+    A failure after the first event (the provider's error event, an event that cannot be read)
+    is never relayed: ``_watch`` sets it as ``_failure``; the events before it are relayed, and
+    the next ``feed`` or ``finish`` raises it, so the stream ends with the gateway's own error
+    event (``errors.StreamInterrupted``), whatever the provider said and however the chunks fell.
+    """
+
+    __slots__ = ("_decoder", "_done", "_errored", "_failure", "_finishing", "_usage", "_whole")
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
         self._done = False
         self._errored = False
+        self._finishing = False  # an event the stream ended inside is cut short, not unreadable
+        self._failure: GatewayError | None = None  # a failure seen mid-stream, raised next
         self._usage: JSONObject | None = None
         self._whole = WholeEvents()  # holds an unfinished event's start
 
     def feed(self, chunk: bytes) -> bytes:
-        for data in self._decoder.feed(chunk):
+        if self._failure is not None:
+            raise self._failure
+        datas = self._decoder.feed(chunk)
+        for at, data in enumerate(datas):
             self._watch(data)
+            if self._failure is not None:
+                return self._before_failure(datas[:at])
         return self._whole.take(chunk)
 
+    def _before_failure(self, datas: list[bytes]) -> bytes:
+        """The events of this chunk before the failure, written again (their bytes may begin in
+        what ``_whole`` holds); nothing of the provider's is relayed after them."""
+        self._errored = True
+        self._whole = WholeEvents()
+        return b"".join([self._event(data) for data in datas])
+
+    def _event(self, data: bytes) -> bytes:
+        """One event with ``data``, as ``_before_failure`` writes it again."""
+        return b"data: " + data + b"\n\n"
+
     def finish(self) -> bytes:
-        seen_error = self._errored  # in a whole event, relayed: the client's SDK raised on it
+        if self._failure is not None:
+            raise self._failure
+        self._finishing = True
+        seen_error = self._errored
         for data in self._decoder.flush():
             self._watch(data)
+        if self._failure is not None:
+            raise self._failure
         if not (self._done or seen_error):
             # Cut short: neither its end marker nor an error the client has seen (an SSE client
             # drops an event the stream ends inside). Ended quietly, the client's SDK would end
@@ -187,9 +216,11 @@ class OpenAIStreamTranslator(WatchedStream):
 
     An error as the stream's first event raises its ``UpstreamStatusError``, so the request
     fails over to another deployment unseen, as a translated format's does (an
-    OpenAI-compatible server may answer 200 and then an error). After another event it is
-    relayed as the provider sent it (the client's SDK raises on it), however the chunks fell,
-    and the stream counts as failed and is never cached.
+    OpenAI-compatible server may answer 200 and then an error). After another event it is a
+    ``_failure`` (``WatchedStream``): the events before it are relayed, then it is raised, and
+    the client gets the gateway's error event (``provider_error``), however the chunks fell; an
+    event holding ``"usage"`` or ``"error"`` that is not JSON likewise (``bad_event``). Content
+    deltas are relayed unparsed, as ever: the client's SDK judges them.
     """
 
     __slots__ = ("_between", "_last", "_opening", "_prev")
@@ -243,13 +274,24 @@ class OpenAIStreamTranslator(WatchedStream):
             if self._opening:
                 self._opening = False
                 _check_first_event(chunk)
-            for event in chunk.split(b"\n\n"):
+            events = chunk.split(b"\n\n")
+            for at, event in enumerate(events):
                 if event.endswith(b"[DONE]") or event.find(b'"usage"') >= 0 or event.find(b'"error"') >= 0:
                     for data in decoder.feed(event + b"\n\n"):
                         self._watch(data)
+                    if self._failure is not None:  # relayed up to the event that failed
+                        self._between = False  # the next chunk takes the path that raises it
+                        self._errored = True
+                        return b"".join([e + b"\n\n" for e in events[:at]])
             return chunk
-        for data in decoder.feed(chunk):
+        if self._failure is not None:
+            raise self._failure
+        datas = decoder.feed(chunk)
+        for at, data in enumerate(datas):
             self._watch(data)
+            if self._failure is not None:
+                self._between = False
+                return self._before_failure(datas[:at])
         self._between = decoder.idle
         return self._whole.take(chunk)
 
@@ -267,14 +309,18 @@ class OpenAIStreamTranslator(WatchedStream):
         except orjson.JSONDecodeError:
             if opening:
                 raise _not_json() from None
-            self._errored = True  # a malformed event: not an answer to keep
+            if self._finishing:
+                self._errored = True  # the stream ended inside it: cut short (``finish``)
+            else:
+                self._failure = UpstreamBadEvent("stream: provider sent an event that is not valid JSON")
             return
         if not isinstance(event, dict):
             return
         if "error" in event:
             if opening:
                 raise stream_error(event["error"])
-            self._errored = True
+            self._failure = stream_error(event["error"])
+            return
         usage = event.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
@@ -334,6 +380,7 @@ def stream_error(error: object, where: str = "stream") -> UpstreamStatusError:
         upstream_type=_str_or_none(kind),
         param=_str_or_none(fields.get("param")),
         code=None if isinstance(code, int) else _str_or_none(code),
+        said=str(message) if message else None,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import UpstreamBadResponse
+from gateway.errors import UpstreamBadEvent, UpstreamBadResponse
 from gateway.policy.model import OpenAIProvider, ProviderBase
 from gateway.providers.base import StreamTranslator
 from gateway.providers.openai import WatchedStream, stream_error
@@ -94,15 +94,16 @@ class ChatToResponsesStream:
                 # Skipped, the stream would end with no terminal event (no completed, failed or
                 # error) and the SDK's stream helper with a vague error: raised, the client gets
                 # the door's error event, or another deployment before anything was sent.
-                raise UpstreamBadResponse("stream: provider sent an event that is not valid JSON") from None
+                raise UpstreamBadEvent("stream: provider sent an event that is not valid JSON") from None
             if not isinstance(event, dict) or self._errored:
                 continue  # (nothing follows an error event: the stream has ended for the client)
             if "error" in event:
-                # A chat error event mid-stream (an OpenAI-compatible server's ``{"error": ...}``)
-                # ends the stream with the Responses API's own ``error`` event, as the gateway's
-                # errors do: relayed as chat's bare envelope it had no ``type`` nor
-                # ``sequence_number``, and the Vercel AI SDK's parser refused it. The stream
-                # counts as failed, never cached.
+                # A chat error event mid-stream ends the stream with the Responses API's own
+                # ``error`` event, as the gateway's errors do: relayed as chat's bare envelope it
+                # had no ``type`` nor ``sequence_number``, and the Vercel AI SDK's parser refused
+                # it. (The OpenAI pass-through no longer hands one on: it raises it, and the door
+                # writes the gateway's event; this stays for any translator that would.) The
+                # stream counts as failed, never cached.
                 self._errored = True
                 out += self._events.error(stream_error(event["error"]).envelope()["error"])
                 continue
@@ -116,15 +117,16 @@ class NativeResponsesStream(WatchedStream):
     (``response.completed`` / ``response.incomplete``, with usage) and for failures
     (``response.failed``, ``error``). A failure as the stream's first event raises the error it
     stands for, so the request fails over before the client has seen anything, as a chat
-    stream's does; an event that is not JSON raises (the client gets the door's error event,
-    not an SDK's parse error)."""
+    stream's does; later, it is the stream's ``_failure`` (``WatchedStream``): the events before
+    it are relayed, then the client gets the door's own ``error`` event (``provider_error``), not
+    the provider's; an event that is not JSON likewise (``bad_event``, not an SDK's parse
+    error)."""
 
-    __slots__ = ("_finishing", "_opening", "_renewal")
+    __slots__ = ("_opening", "_renewal")
 
     def __init__(self, renewal: Renewal | None = None) -> None:
         super().__init__()
         self._opening = True
-        self._finishing = False  # an event the stream ended inside is cut short, not malformed
         self._renewal = renewal
 
     def feed(self, chunk: bytes) -> bytes:
@@ -148,11 +150,10 @@ class NativeResponsesStream(WatchedStream):
             if self._finishing:
                 self._errored = True
                 return
-            raise UpstreamBadResponse(
-                "stream: provider's first event is not valid JSON"
-                if opening
-                else "stream: provider sent an event that is not valid JSON"
-            ) from None
+            if opening:
+                raise UpstreamBadResponse("stream: provider's first event is not valid JSON") from None
+            self._failure = UpstreamBadEvent("stream: provider sent an event that is not valid JSON")
+            return
         if not isinstance(event, dict):
             return
         kind = event.get("type")
@@ -164,7 +165,16 @@ class NativeResponsesStream(WatchedStream):
         elif kind in ("response.failed", "error") or ("error" in event and kind is None):
             if opening:
                 raise stream_error(_failure(event))
-            self._errored = True
+            self._failure = stream_error(_failure(event))
+
+    def _event(self, data: bytes) -> bytes:
+        """One event written again (``_before_failure``), named by its ``type`` as the API does."""
+        try:
+            kind = orjson.loads(data).get("type")
+        except (orjson.JSONDecodeError, AttributeError):
+            kind = None
+        name = b"event: " + kind.encode() + b"\n" if isinstance(kind, str) and kind.isprintable() else b""
+        return name + b"data: " + data + b"\n\n"
 
 
 def _failure(event: JSONObject) -> object:

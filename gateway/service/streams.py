@@ -18,7 +18,13 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Protocol
 
-from gateway.errors import GatewayError, UpstreamConnectError, UpstreamStatusError, UpstreamTimeout
+from gateway.errors import (
+    GatewayError,
+    UpstreamBadEvent,
+    UpstreamConnectError,
+    UpstreamStatusError,
+    UpstreamTimeout,
+)
 from gateway.providers.base import StreamTranslator, UpstreamResponse
 
 # Why a stream failed after its first byte (a small fixed set: a metric label):
@@ -27,7 +33,8 @@ from gateway.providers.base import StreamTranslator, UpstreamResponse
 #   timeout          the provider went quiet for longer than its read timeout (or past its total)
 #   bad_event        the provider sent an event the gateway cannot read (not JSON, past
 #                    max_response_bytes, a broken body encoding)
-#   provider_error   the provider sent an error event in the middle of the answer
+#   provider_error   the provider sent an error event in the middle of the answer (never relayed:
+#                    the client gets the gateway's, which quotes the provider's message, bounded)
 #   draining         the gateway was shutting down and the stream outlasted the drain's grace
 STREAM_ERROR_REASONS = ("upstream_closed", "timeout", "bad_event", "provider_error", "draining")
 
@@ -39,6 +46,8 @@ def stream_error_reason(error: GatewayError, *, at_end: bool = False) -> str:
         return "timeout"
     if isinstance(error, UpstreamStatusError):
         return "provider_error"
+    if isinstance(error, UpstreamBadEvent):
+        return "bad_event"  # (a translator may raise it at the end: it was seen before)
     if at_end or isinstance(error, UpstreamConnectError):
         return "upstream_closed"  # (a translator's finish raises only for an answer without its end)
     return "bad_event"

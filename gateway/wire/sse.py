@@ -99,7 +99,12 @@ class WholeEvents:
         held = self._held
         if not held and chunk.endswith(b"\n\n"):  # whole events, as most chunks are
             return chunk
-        tail = held[-1][-2:] if held else b""  # a blank line may begin in what is held
+        tail = b""  # a blank line may begin in what is held: its last two bytes
+        for piece in reversed(held):  # (pieces of one byte each, sent one at a time)
+            tail = piece + tail
+            if len(tail) >= 2:
+                tail = tail[-2:]
+                break
         end = event_end(tail + chunk) - len(tail)
         if end <= 0:
             held.append(chunk)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import UpstreamBadResponse
+from gateway.errors import GatewayError, UpstreamBadEvent, UpstreamBadResponse, UpstreamStatusError
 from gateway.providers.openai import OpenAIAdapter, OpenAIStreamTranslator
 from gateway.wire.requests import Endpoint
 
@@ -55,18 +55,36 @@ def test_a_last_end_marker_without_its_blank_line_still_ends_the_stream() -> Non
     assert out == CHUNK + b"data: [DONE]" and completed
 
 
+def run_until_raised(stream: bytes, size: int) -> tuple[bytes, GatewayError]:
+    """What went out of ``stream`` fed in chunks of ``size`` before the translator raised, and
+    what it raised (at a later ``feed`` or at ``finish``)."""
+    translator = OpenAIAdapter().stream_translator(Endpoint.CHAT, {}, "m")
+    out = b""
+    with pytest.raises(GatewayError) as raised:
+        for i in range(0, len(stream), size):
+            out += translator.feed(stream[i : i + size])
+        out += translator.finish()
+    assert not translator.completed
+    return out, raised.value
+
+
 @pytest.mark.parametrize(
-    "stream",
+    ("stream", "raised"),
     [
-        CHUNK + ERROR + b"data: {}\n\n",  # an error relayed, then cut: the client saw the error
-        CHUNK + ERROR + b"data: [DONE]\n\n",  # relayed: the content before it went out first
-        CHUNK + b'data: {"error": not json\n\n' + b"data: [DONE]\n\n",
+        (CHUNK + ERROR + b"data: {}\n\n", UpstreamStatusError),  # an error, then more
+        (CHUNK + ERROR + b"data: [DONE]\n\n", UpstreamStatusError),
+        (CHUNK + b'data: {"error": not json\n\n' + b"data: [DONE]\n\n", UpstreamBadEvent),
     ],
 )
 @pytest.mark.parametrize("size", [7, len(CHUNK)])  # CHUNK's size: its first chunk is CHUNK
-def test_a_stream_without_its_end_or_with_an_error_event_is_not_complete(stream: bytes, size: int) -> None:
-    out, _, completed = run(stream, size)
-    assert out == stream and not completed
+def test_an_error_or_unreadable_event_after_content_is_raised_not_relayed(
+    stream: bytes, raised: type[GatewayError], size: int
+) -> None:
+    """The provider's error event is not the client's: the content before it goes out, then the
+    translator raises (the client gets the gateway's error event, ``StreamInterrupted``), and
+    nothing after it is relayed."""
+    out, error = run_until_raised(stream, size)
+    assert out == CHUNK and type(error) is raised
 
 
 @pytest.mark.parametrize(
@@ -95,12 +113,13 @@ def test_an_error_as_the_first_event_raises_so_the_request_fails_over(
     assert caught.value.message.startswith("stream: ")
 
 
-def test_an_error_after_content_is_relayed_even_in_the_same_chunk() -> None:
-    """Content came first: the client sees it and then the provider's error, however the
+def test_an_error_after_content_in_the_same_chunk_ends_the_relay_there() -> None:
+    """Content came first: the client gets it and then the gateway's error, however the
     provider's bytes were cut into chunks (the outcome does not depend on the network)."""
     stream = CHUNK + ERROR + b"data: [DONE]\n\n"
-    out, _, completed = run(stream, len(stream))
-    assert out == stream and not completed
+    out, error = run_until_raised(stream, len(stream))
+    assert out == CHUNK and isinstance(error, UpstreamStatusError)
+    assert error.said == "overloaded" and error.upstream_status == 500
 
 
 @pytest.mark.parametrize("size", [3, 10_000])
@@ -203,11 +222,16 @@ def test_a_half_event_is_held_and_dropped_if_the_stream_breaks_there() -> None:
 
 
 @pytest.mark.parametrize("size", [1, 9, 10_000])
-def test_an_error_after_the_first_event_is_relayed_however_the_chunks_fall(size: int) -> None:
-    for first in (CHUNK, USAGE):
-        stream = first + ERROR + b"data: [DONE]\n\n"
-        out, _, completed = run(stream, size)
-        assert out == stream and not completed
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+def test_an_error_after_the_first_event_is_raised_however_the_chunks_fall(size: int, newline: bytes) -> None:
+    for first in (CHUNK, USAGE, CHUNK + b": keep-alive\n\n" + CHUNK):
+        stream = (first + ERROR + CHUNK + b"data: [DONE]\n\n").replace(b"\n", newline)
+        out, error = run_until_raised(stream, size)
+        # The events before the error, each as it came or written again with the same data.
+        assert out.replace(b"\r\n", b"\n").replace(b": keep-alive\n\n", b"") == first.replace(
+            b": keep-alive\n\n", b""
+        ), out
+        assert isinstance(error, UpstreamStatusError) and error.said == "overloaded"
 
 
 @pytest.mark.parametrize(

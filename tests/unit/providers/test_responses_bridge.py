@@ -100,24 +100,24 @@ def test_geminis_documented_stream_becomes_responses_events() -> None:
     assert text and final["output"][0]["content"][0]["text"] == text
 
 
-def test_an_error_event_mid_stream_is_the_responses_error_event_and_fails_the_stream() -> None:
-    """Chat's bare ``{"error"}`` was relayed as it came: no ``type``, no ``sequence_number``."""
+def test_an_error_event_mid_stream_is_raised_for_the_doors_error_event() -> None:
+    """Chat's bare ``{"error"}`` was relayed as it came (no ``type``, no ``sequence_number``),
+    then as the door's ``error`` event with the provider's words; the pass-through under the
+    bridge now raises it, so the door writes the gateway's own (``StreamInterrupted``)."""
+    from gateway.errors import UpstreamStatusError
+
     body = {"model": "m", "input": "hi", "stream": True}
     translator = bridged(OpenAIProvider(kind="openai", base_url="http://x/v1"), body)
     first = translator.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n')
     assert b"response.created" in first and b"response.output_text.delta" in first
-    last = max(orjson.loads(e.split(b"data: ", 1)[1])["sequence_number"] for e in first.split(b"\n\n") if e)
     relayed = translator.feed(
         b'data: {"error":{"message":"boom","type":"server_error"}}\n\n'
         b'data: {"choices":[{"delta":{"content":"after"}}]}\n\ndata: [DONE]\n\n'
     )
-    assert relayed.startswith(b"event: error\ndata: ") and relayed.count(b"\n\n") == 1  # nothing after it
-    event = orjson.loads(relayed.split(b"data: ", 1)[1])
-    assert event["type"] == "error" and event["sequence_number"] == last + 1
-    assert event["message"] == "stream: boom" and event["param"] is None
-    assert event["error"]["message"] == "stream: boom"
-    EVENTS.validate_python(event)  # the openai SDK's own type for it
-    assert not translator.completed and translator.finish() == b""
+    assert relayed == b""  # nothing of it, nor after it
+    with pytest.raises(UpstreamStatusError) as raised:
+        translator.finish()
+    assert raised.value.said == "boom" and not translator.completed
 
 
 def test_an_event_that_is_not_json_is_an_upstream_error_not_a_silent_end() -> None:
@@ -156,13 +156,23 @@ def test_a_native_stream_is_relayed_and_watched() -> None:
 
 
 @pytest.mark.parametrize("kind", ["response.failed", "error"])
-def test_a_failed_native_stream_is_not_complete(kind: str) -> None:
-    stream = NativeResponsesStream()
-    stream.feed(native_event({"type": "response.created", "sequence_number": 0, "response": {}}))
-    failure = native_event({"type": kind, "sequence_number": 1, "message": "x", "response": {}})
-    assert stream.feed(failure) == failure  # relayed: the client's SDK raises on it
-    stream.feed(native_event({"type": "response.completed", "sequence_number": 2, "response": {}}))
-    assert not stream.completed
+def test_a_failure_mid_native_stream_is_raised_not_relayed(kind: str) -> None:
+    """The events before it go out; the provider's failure event does not (the door writes the
+    gateway's ``error`` event), nor anything after it, in one chunk or several."""
+    from gateway.errors import UpstreamStatusError
+
+    created = native_event({"type": "response.created", "sequence_number": 0, "response": {}})
+    delta = native_event({"type": "response.output_text.delta", "sequence_number": 1, "delta": "a"})
+    failure = native_event({"type": kind, "sequence_number": 2, "message": "x", "response": {}})
+    completed = native_event({"type": "response.completed", "sequence_number": 3, "response": {}})
+    for chunks in ([created, delta, failure, completed], [created + delta + failure + completed]):
+        stream = NativeResponsesStream()
+        out = b""
+        with pytest.raises(UpstreamStatusError):
+            for chunk in chunks:
+                out += stream.feed(chunk)
+            stream.finish()
+        assert out == created + delta and not stream.completed
 
 
 @pytest.mark.parametrize(

@@ -265,8 +265,9 @@ async def test_an_error_event_after_the_first_ends_a_responses_stream_with_the_a
 ) -> None:
     """An OpenAI-compatible server's ``{"error": ...}`` event mid-stream reached a Responses client
     as chat's bare envelope (no ``type``, no ``sequence_number``: the Vercel AI SDK's parser
-    refused it); it is the Responses API's ``error`` event, numbered after the others, and
-    nothing the provider sends after it is relayed."""
+    refused it); it is the Responses API's ``error`` event, numbered after the others, in the
+    gateway's words (the provider named, its message quoted), and nothing the provider sends
+    after it is relayed."""
     client, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
     seen: list[str] = []
     with pytest.raises(openai.APIError, match="The model crashed"):
@@ -280,8 +281,12 @@ async def test_an_error_event_after_the_first_ends_a_responses_stream_with_the_a
     numbers = [orjson.loads(e.split(b"data: ", 1)[1])["sequence_number"] for e in events]
     assert numbers == list(range(len(numbers)))
     error = orjson.loads(events[-1].split(b"data: ", 1)[1])
-    assert error["type"] == "error" and error["message"] == "stream: The model crashed"
-    assert error["param"] is None and error["error"]["message"] == "stream: The model crashed"
+    words = (
+        "good: the provider reported an error in the middle of the answer; the answer is incomplete. "
+        "The provider said: 'The model crashed'"
+    )
+    assert error["type"] == "error" and error["message"] == words and error["code"] == "provider_error"
+    assert error["param"] is None and error["error"]["message"] == words
     assert not any(b'"after"' in e for e in events)
 
 

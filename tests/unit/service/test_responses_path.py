@@ -584,6 +584,32 @@ async def test_a_native_event_that_is_not_json_ends_the_stream_with_an_error_eve
                 pass
 
 
+@pytest.mark.parametrize("kind", ["error", "response.failed"])
+async def test_a_native_failure_mid_stream_is_the_gateways_error_event(
+    client: TestClient, upstreams: Upstreams, kind: str
+) -> None:
+    """The provider's own ``error`` (or ``response.failed``) after the stream began was relayed as
+    it sent it; the client gets the door's ``error`` event in the gateway's words (the provider
+    named, code ``provider_error``, its message quoted), numbered after the events before it."""
+    good = list(native_stream().stream_chunks or [])[:2]  # response.created, an item added
+    failure = {"type": kind, "sequence_number": 2, "code": "server_error", "message": "The model crashed"}
+    if kind == "response.failed":
+        failure = {"type": kind, "sequence_number": 2, "response": {"error": failure}}
+    upstreams.behaviour["n"] = lambda body: MockResponse.stream(
+        [*good, b"event: " + kind.encode() + b"\n" + sse(failure)]
+    )
+    raw = await client.post("/v1/responses", json={"model": "native", "input": "hi", "stream": True})
+    events = [e for e in (await raw.read()).split(b"\n\n") if e.strip()]
+    assert len(events) == 3 and events[-1].startswith(b"event: error\ndata: ")
+    error = orjson.loads(events[-1].split(b"data: ", 1)[1])
+    assert error["sequence_number"] == 2 and error["code"] == "provider_error"
+    assert error["message"] == (
+        "n: the provider reported an error in the middle of the answer; the answer is incomplete. "
+        "The provider said: 'The model crashed'"
+    )
+    assert error["error"]["type"] == "upstream_error"
+
+
 # ----- refusals: 400 in OpenAI's envelope, never a 500
 
 

@@ -91,9 +91,16 @@ class Upstreams:
                 transport.write(b"zz\r\n")  # breaks its own framing, the connection stays open
                 while not transport.is_closing():
                     await asyncio.sleep(0.01)
-            elif model == "relayed":  # its own error event, relayed as sent (OpenAI's format)
+            elif model == "relayed":  # its own error event (OpenAI's format), then more
                 error = {"error": {"message": "The model crashed", "type": "server_error"}}
+                await response.write(
+                    b"data: " + orjson.dumps(error) + b"\n\n" + chunk("after") + b"data: [DONE]\n\n"
+                )
+            elif model == "long-error":  # an error event with a long, multi-line message
+                error = {"error": {"message": "Traceback\n" + "x" * 5000, "type": "server_error"}}
                 await response.write(b"data: " + orjson.dumps(error) + b"\n\ndata: [DONE]\n\n")
+            elif model == "unreadable":  # an event that looks like an error but is not JSON
+                await response.write(b'data: {"error": oops\n\ndata: [DONE]\n\n')
             elif model == "stall":  # nothing more, until the gateway gives up and closes
                 while not transport.is_closing():
                     await asyncio.sleep(0.01)
@@ -176,6 +183,8 @@ providers:
 models:
   drop: {{deployments: [{{provider: compat-main, model: drop}}]}}
   relayed: {{deployments: [{{provider: compat-main, model: relayed}}]}}
+  long-error: {{deployments: [{{provider: compat-main, model: long-error}}]}}
+  unreadable: {{deployments: [{{provider: compat-main, model: unreadable}}]}}
   stall: {{deployments: [{{provider: compat-main, model: stall}}]}}
   framing: {{deployments: [{{provider: compat-main, model: framing}}]}}
   framing-whole:
@@ -234,6 +243,7 @@ async def streamed_until_error(
     [
         ("drop", "compat-main", "upstream_closed"),
         ("relayed", "compat-main", "provider_error"),
+        ("unreadable", "compat-main", "bad_event"),
         ("stall", "compat-main", "timeout"),
         ("framing", "compat-main", "bad_event"),
         ("garbage", "claude-main", "bad_event"),
@@ -373,3 +383,50 @@ async def test_the_client_gets_a_fixed_text_and_only_the_log_gets_what_the_libra
     sent = orjson.dumps(raised.value.body).decode()
     for said in ("payload", "TransferEncodingError", "127.0.0.1", detail):
         assert said not in sent
+
+
+async def events_of(
+    client: TestClient, path: str, body: dict[str, object], upstreams: Upstreams
+) -> list[bytes]:
+    """The data of each event of a stream the gateway answered on ``path`` (the provider fails
+    once the client has its first event)."""
+    response = await client.post(path, json=body)
+    assert response.status == 200
+    seen = b""
+    async for piece in response.content.iter_any():
+        seen += piece
+        upstreams.proceed.set()
+    return [e.split(b"data: ", 1)[1] for e in seen.split(b"\n\n") if b"data: " in e]
+
+
+async def test_the_providers_error_event_is_not_relayed_the_gateways_is_sent(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """An OpenAI-compatible deployment's own ``{"error": ...}`` mid-stream went to the client as
+    the provider sent it (its type, no provider named), and what it sent after it too. The
+    client gets the gateway's error event, as for every other mid-stream failure: OpenAI's shape,
+    the deployment's provider named, code ``provider_error``, the provider's words quoted."""
+    client, _ = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    body = {"model": "relayed", "messages": MESSAGES, "stream": True}
+    events = await events_of(client, "/v1/chat/completions", body, upstreams)
+    assert events[-1] == b"[DONE]" and b"first" in events[0]
+    assert not any(b"after" in e or b"server_error" in e for e in events), events
+    error = orjson.loads(events[-2])["error"]
+    assert error == {
+        "message": "compat-main: the provider reported an error in the middle of the answer; the answer "
+        "is incomplete. The provider said: 'The model crashed'",
+        "type": "upstream_error",
+        "param": None,
+        "code": "provider_error",
+    }
+
+
+async def test_the_providers_words_are_one_bounded_line(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    client, _ = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    body = {"model": "long-error", "messages": MESSAGES, "stream": True}
+    events = await events_of(client, "/v1/chat/completions", body, upstreams)
+    message = orjson.loads(events[-2])["error"]["message"]
+    assert message.endswith("The provider said: 'Traceback " + "x" * 190 + "…' (5010 chars)"), message
+    assert "\n" not in message
