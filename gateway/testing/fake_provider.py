@@ -501,8 +501,8 @@ def _json(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-def _bad_request(message: str, param: str | None = None) -> web.HTTPException:
-    return _refusal(web.HTTPBadRequest, fake_wire.error_body(message, "invalid_request_error", None, param))
+def _bad_request(message: str, param: str | None = None, code: str | None = None) -> web.HTTPException:
+    return _refusal(web.HTTPBadRequest, fake_wire.error_body(message, "invalid_request_error", code, param))
 
 
 def _refusal(kind: type[web.HTTPException], envelope: bytes) -> web.HTTPException:
@@ -514,7 +514,7 @@ def _parsed(parse: Callable[[dict[str, object]], _T], body: dict[str, object]) -
     try:
         return parse(body)
     except fake_wire.WireError as exc:
-        raise _bad_request(str(exc), exc.param) from None
+        raise _bad_request(str(exc), exc.param, exc.code) from None
 
 
 async def _json_object(request: web.Request) -> dict[str, object]:

@@ -32,11 +32,13 @@ _TOKEN = re.compile(r"\s*\S+")
 
 
 class WireError(ValueError):
-    """A request the fake provider refuses with 400, naming the offending parameter."""
+    """A request the fake provider refuses with 400, naming the offending parameter (and the
+    error's ``code`` where OpenAI's API gives one)."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,10 @@ def _check_stop(stop: object) -> None:
 
 def _refuse_extra_content(message: dict[str, object], i: int) -> None:
     """OpenAI's API refuses fields it does not know, Gemini's ``extra_content`` (its
-    OpenAI-compatible endpoint's thought signature) among them, with this message and code."""
+    OpenAI-compatible endpoint's thought signature) among them, with this message and code:
+    ``{"message": "Unknown parameter: 'reasoning'.", "type": "invalid_request_error", "param":
+    "reasoning", "code": "unknown_parameter"}`` (a 400 of api.openai.com's /v1/chat/completions,
+    as reported in teabranch/open-responses-server#41; the same shape for a nested key path)."""
     calls = message.get("tool_calls")
     where = [f"messages[{i}]"] if "extra_content" in message else []
     for j, call in enumerate(calls if isinstance(calls, list) else ()):
@@ -148,7 +153,7 @@ def _refuse_extra_content(message: dict[str, object], i: int) -> None:
             where.append(f"messages[{i}].tool_calls[{j}]")
     if where:
         param = where[0] + ".extra_content"
-        raise WireError(f"Unknown parameter: '{param}'.", param)
+        raise WireError(f"Unknown parameter: '{param}'.", param, "unknown_parameter")
 
 
 def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] | None:

@@ -767,3 +767,23 @@ def test_a_strict_function_needs_a_strict_schema(schema: dict[str, Any], message
     assert caught.value.param == "tools[0].function.parameters"
     tool["function"]["strict"] = False  # not strict: any schema
     fake_wire.parse_chat(body)
+
+
+async def test_an_unknown_parameter_is_refused_with_openais_code(aiohttp_client: AiohttpClient) -> None:
+    """OpenAI: ``{"message": "Unknown parameter: 'reasoning'.", "type": "invalid_request_error",
+    "param": "reasoning", "code": "unknown_parameter"}``; the fake said ``code: null``."""
+    client = await fake(aiohttp_client)
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "tool_calls": [{**call, "extra_content": {"google": {}}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "ok"},
+    ]
+    resp = await post(client, "/v1/chat/completions", {"model": "m", "messages": messages})
+    assert resp.status == 400
+    assert envelope(await resp.json()) == {
+        "message": "Unknown parameter: 'messages[1].tool_calls[0].extra_content'.",
+        "type": "invalid_request_error",
+        "param": "messages[1].tool_calls[0].extra_content",
+        "code": "unknown_parameter",
+    }
