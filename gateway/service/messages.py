@@ -37,7 +37,7 @@ from gateway.wire.messages import (
     to_chat,
 )
 from gateway.wire.messages_stream import ChatToMessagesEvents
-from gateway.wire.messages_turns import Turn, TurnError, check_turns
+from gateway.wire.messages_turns import Turn, TurnError, check_final_thinking, check_turns
 from gateway.wire.requests import CHARS_PER_TOKEN, Endpoint, JSONObject
 from gateway.wire.sse import WholeEvents
 
@@ -93,7 +93,7 @@ class MessagesDoor:
     def parse(cls, body: JSONObject, headers: Mapping[str, str]) -> MessagesDoor:
         """The door for a parsed request body; a 400 naming the bad field otherwise."""
         head = validate_head(MessagesHead, body)
-        _check_conversation(head.messages)
+        _check_conversation(head.messages, head.thinking.type if head.thinking else None)
         beta = headers.get("anthropic-beta")
         try:
             check_thinking(head, beta)
@@ -229,7 +229,9 @@ def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int
     figures), plus the tool definitions' JSON / 4, and at least 1. Blocks no chat provider takes
     (a URL or Files API document) count 0."""
     head = validate_head(CountTokensHead, body)
-    _check_conversation(head.messages)
+    thinking = body.get("thinking")
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    _check_conversation(head.messages, kind if isinstance(kind, str) else None)
     full = {**body, "max_tokens": 1, "stream": False}
     try:
         chat = to_chat(full, validate_head(MessagesHead, full)).chat
@@ -244,11 +246,13 @@ def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int
     return max(1, RouteContext(head.model, chat).prompt_tokens + tools)
 
 
-def _check_conversation(messages: Sequence[Turn]) -> None:
+def _check_conversation(messages: Sequence[Turn], thinking: str | None = None) -> None:
     """Anthropic's conversation rules, before any deployment is called, whichever serves it:
-    a history Anthropic refuses is refused on this door, not answered by a translated kind."""
+    a history Anthropic refuses is refused on this door, not answered by a translated kind
+    (``thinking``: the request's ``thinking.type``)."""
     try:
         check_turns(messages)
+        check_final_thinking(messages, thinking)
     except TurnError as exc:
         raise InvalidRequest(exc.message, param=exc.param) from None
 

@@ -296,6 +296,7 @@ def check_options(body: dict[str, object]) -> None:
         raise _refusal(400, "stop_sequences: each stop sequence must contain non-whitespace")
     thinking, choice = body.get("thinking"), body.get("tool_choice")
     thinks = isinstance(thinking, dict) and thinking.get("type") == "enabled"
+    _check_final_thinking(body.get("messages"), thinking)
     if thinks and isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
         # Extended thinking docs, "Feature compatibility": forced tool use is refused.
         raise _refusal(400, "Thinking may not be enabled when tool_choice forces tool use.")
@@ -314,6 +315,26 @@ def check_options(body: dict[str, object]) -> None:
         raise _refusal(
             400, "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
         )
+
+
+def _check_final_thinking(messages: object, thinking: object) -> None:
+    """Thinking blocks in a final assistant message need thinking on (the API's words,
+    anthropics/claude-code#7946)."""
+    off = thinking is None or (isinstance(thinking, dict) and thinking.get("type") == "disabled")
+    if not off or not isinstance(messages, list) or not messages:
+        return
+    last = messages[-1]
+    content = last.get("content") if isinstance(last, dict) and last.get("role") == "assistant" else None
+    if not isinstance(content, list):
+        return
+    for j, block in enumerate(content):
+        if isinstance(block, dict) and block.get("type") in ("thinking", "redacted_thinking"):
+            raise _refusal(
+                400,
+                f"messages.{len(messages) - 1}.content.{j}: When thinking is disabled, an `assistant` "
+                "message in the final position cannot contain `thinking`. To use thinking blocks, "
+                "enable `thinking` in your request.",
+            )
 
 
 def _check_text(block: dict[str, object]) -> None:

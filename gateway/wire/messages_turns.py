@@ -85,6 +85,25 @@ def check_turns(messages: Sequence[Turn]) -> None:
         raise _unanswered(offered)
 
 
+def check_final_thinking(messages: Sequence[Turn], thinking: str | None) -> None:
+    """Refuse thinking blocks in a final assistant message when thinking is off (``thinking``
+    is the request's ``thinking.type``, None when absent), in Anthropic's words (its message, as
+    anthropics/claude-code#7946 quotes it): a translated kind drops thinking blocks and answered."""
+    if thinking not in (None, "disabled") or not messages:
+        return
+    last = len(messages) - 1
+    content = messages[last].content
+    if messages[last].role != "assistant" or not isinstance(content, list):
+        return
+    for j, block in enumerate(content):
+        if block.get("type") in ("thinking", "redacted_thinking"):
+            raise TurnError(
+                _at(last, j),
+                "When thinking is disabled, an `assistant` message in the final position cannot "
+                "contain `thinking`. To use thinking blocks, enable `thinking` in your request.",
+            )
+
+
 class _TurnState:
     """What one turn (consecutive messages of one role) has said so far."""
 

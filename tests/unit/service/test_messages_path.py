@@ -1176,6 +1176,34 @@ _DOCS = (
     "Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/"
     "extended-thinking#important-considerations-when-using-extended-thinking"
 )
+_REPLAYED = {"type": "thinking", "thinking": "Let me see.", "signature": "sig"}
+
+
+@pytest.mark.parametrize("model", ["gpt", "claude"])
+@pytest.mark.parametrize("thinking", [None, {"type": "disabled"}])
+async def test_thinking_blocks_in_a_final_assistant_message_need_thinking_on(
+    gateway: TestClient, upstreams: Upstreams, model: str, thinking: Any
+) -> None:
+    """Anthropic's message (anthropics/claude-code#7946): a translated kind drops thinking blocks
+    and answered such a prefill; refused before any deployment, and count_tokens too."""
+    messages = [*USER, {"role": "assistant", "content": [_REPLAYED, {"type": "text", "text": "So"}]}]
+    body: dict[str, Any] = {"model": model, "max_tokens": 20, "messages": messages}
+    if thinking is not None:
+        body["thinking"] = thinking
+    expected = (
+        "messages.1.content.0: When thinking is disabled, an `assistant` message in the final position "
+        "cannot contain `thinking`. To use thinking blocks, enable `thinking` in your request."
+    )
+    for path in ("/v1/messages", "/v1/messages/count_tokens"):
+        resp = await gateway.post(path, json=body)
+        assert resp.status == 400, (path, await resp.text())
+        assert (await resp.json())["error"] == {"type": "invalid_request_error", "message": expected}
+    assert upstreams.calls == []
+    # The blocks in an earlier turn: served.
+    earlier = {**body, "messages": [*messages, {"role": "user", "content": "go on"}]}
+    assert (await gateway.post("/v1/messages", json=earlier)).status == 200
+
+
 THINKING_RULES = [
     pytest.param(
         {"max_tokens": 2048, "tool_choice": {"type": "any"}},

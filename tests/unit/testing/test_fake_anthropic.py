@@ -494,3 +494,19 @@ async def test_thinking_with_top_k_or_a_top_p_below_095_is_refused(
     assert (await resp.json())["error"]["message"].startswith(words)
     assert (await post(client, {**body, "top_p": 0.95})).status == 200
     assert (await post(client, {**ASK, **extra})).status == 200  # without thinking: fine
+
+
+async def test_thinking_blocks_in_a_final_assistant_message_need_thinking_on(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """The API's message (anthropics/claude-code#7946)."""
+    client = await fake(aiohttp_client)
+    block = {"type": "thinking", "thinking": "Let me see.", "signature": "sig"}
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [block]}]
+    resp = await post(client, {**ASK, "messages": messages})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["message"].startswith(
+        "messages.1.content.0: When thinking is disabled, an `assistant` message in the final position"
+    )
+    thinking = {"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048}
+    assert (await post(client, {**ASK, **thinking, "messages": messages})).status == 200
