@@ -350,13 +350,25 @@ class Supervisor:
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
-        pid = os.fork()
+        # A stop sent to a worker between its fork and its own handlers (the supervisor's
+        # ``_stop_all`` right after forking it) was lost: CPython drops a signal that arrives
+        # before ``PyOS_AfterFork_Child`` or while the inherited Python handler is still set, and
+        # the worker went on to serve undrained until the SIGKILL 15 s past the grace (3 starts in
+        # 15 under load). Blocked across the fork, such a stop stays pending in the kernel and
+        # ends the worker once it has the default action back.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+        finally:
+            if os.getpid() == parent:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if pid == 0:  # the worker
             code = 1
             try:
                 for s in (*_STOP_SIGNALS, signal.SIGCHLD):
                     signal.signal(s, signal.SIG_DFL)
                 signal.set_wakeup_fd(-1)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop sent since the fork: ends it now
                 for fd in parent_fds:
                     os.close(fd)
                 _drain_when_orphaned(parent)
