@@ -26,7 +26,7 @@ writes, not validated against the schema.
 
 Dropped, as Anthropic has no counterpart: ``logprobs``, ``seed``, ``frequency_penalty``,
 ``presence_penalty``, ``logit_bias``, ``reasoning_effort``, ``metadata``, ``store``; thinking
-blocks in answers. Refused with ``UnsupportedByProvider`` (a retryable 400, so a model group
+signatures and redacted thinking (a thinking block's text is ``reasoning_content``). Refused with ``UnsupportedByProvider`` (a retryable 400, so a model group
 that mixes provider kinds is served by a deployment that can): ``/v1/embeddings`` and
 ``/v1/completions``, which Anthropic does not offer; ``n > 1``; the legacy ``functions`` API;
 audio and other non-text, non-image parts.

@@ -68,6 +68,7 @@ def openai_usage(usage: object) -> JSONObject:
 def chat_completion(message: JSONObject, upstream_model: str) -> JSONObject:
     """The ``chat.completion`` for an Anthropic ``message`` object."""
     texts: list[str] = []
+    thoughts: list[str] = []
     tool_calls: list[JSONObject] = []
     content = message.get("content")
     if message.get("type") == "error":  # an error answered with a 2xx: raised as that error
@@ -81,6 +82,8 @@ def chat_completion(message: JSONObject, upstream_model: str) -> JSONObject:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             texts.append(str(block.get("text", "")))
+        elif kind == "thinking" and isinstance(block.get("thinking"), str):
+            thoughts.append(block["thinking"])
         elif kind == "tool_use":
             tool_calls.append(
                 {
@@ -92,13 +95,16 @@ def chat_completion(message: JSONObject, upstream_model: str) -> JSONObject:
                     },
                 }
             )
-        # thinking, redacted_thinking and server tool blocks have no OpenAI chat equivalent.
+        # redacted_thinking and server tool blocks have no OpenAI chat equivalent.
     reply: JSONObject = {
         "role": "assistant",
         # OpenAI sends null content beside tool calls when the model said nothing else.
         "content": "".join(texts) if texts or not tool_calls else None,
         "refusal": None,
     }
+    if thoughts:
+        # As the stream's ``reasoning_content`` deltas (LiteLLM's and DeepSeek's field).
+        reply["reasoning_content"] = "".join(thoughts)
     if tool_calls:
         reply["tool_calls"] = tool_calls
     model = message.get("model")

@@ -3,13 +3,19 @@
 The input is parsed incrementally by the gateway's one SSE decoder (``wire/sse.py``), so bytes
 may be split anywhere; each event is translated as soon as its blank line arrives:
 
-* ``message_start`` -> the chunk with ``role: assistant`` (held back until the first content,
-  so an ``error`` event before any content still fails over to another deployment; its
-  ``content`` is null when a tool call comes first, as OpenAI streams it);
+* ``message_start`` -> the chunk with ``role: assistant`` (held back until the first content
+  block, so an ``error`` event before any content still fails over to another deployment; its
+  ``content`` is null when a tool call or thinking comes first, as OpenAI streams a tool call);
+* ``content_block_start`` of a ``thinking`` block -> the role chunk and the thinking as a
+  ``reasoning_content`` delta (LiteLLM's and DeepSeek's field): the stream opens at the first
+  content block, thinking included, so the client has its first byte while the model thinks,
+  and a stream cut during thinking is the client's error, not a retry billed again; any other
+  block (``redacted_thinking``, a server tool's) opens it with the role chunk alone;
 * ``content_block_start`` of a ``tool_use`` block -> a ``tool_calls`` delta with the call's
   index (counting tool calls only, as OpenAI does), id, type and name;
-* ``content_block_delta`` -> ``content`` (``text_delta``) or tool-call ``arguments``
-  (``input_json_delta``); thinking and signature deltas are dropped;
+* ``content_block_delta`` -> ``content`` (``text_delta``), ``reasoning_content``
+  (``thinking_delta``) or tool-call ``arguments`` (``input_json_delta``); signature deltas are
+  dropped (chat has no place for them);
 * ``content_block_stop`` of a ``tool_use`` block whose input came in no delta (a tool without
   arguments: Anthropic sends ``{}`` in the start event and one empty delta) -> arguments ``{}``,
   so the joined arguments are JSON, as in a whole answer;
@@ -140,10 +146,16 @@ class AnthropicStreamTranslator:
         block = event.get("content_block")
         if not isinstance(block, dict):
             return b""
-        if block.get("type") == "text" and block.get("text"):
-            return self._chunk({"content": block["text"]})
-        if block.get("type") != "tool_use":
-            return b""
+        kind = block.get("type")
+        if kind == "text":
+            return self._chunk({"content": block["text"]}) if block.get("text") else b""
+        if kind == "thinking":
+            thinking = block.get("thinking")
+            if isinstance(thinking, str) and thinking:
+                return self._chunk({"reasoning_content": thinking}, opening=True)
+            return self._role(True)  # opened: the thinking comes in its deltas
+        if kind != "tool_use":
+            return self._role(True)  # redacted thinking, a server tool's block: opened, nothing to say
         index = len(self._tools)
         self._tools[_index(event)] = index
         self._silent.add(index)
@@ -158,6 +170,8 @@ class AnthropicStreamTranslator:
         kind = delta.get("type")
         if kind == "text_delta" and delta.get("text"):
             return self._chunk({"content": delta["text"]})
+        if kind == "thinking_delta" and delta.get("thinking"):
+            return self._chunk({"reasoning_content": delta["thinking"]})
         if kind == "input_json_delta" and delta.get("partial_json"):
             index = self._tools.get(_index(event))
             if index is None:
@@ -194,9 +208,12 @@ class AnthropicStreamTranslator:
             out += encode_json({**self._head(), "choices": [], "usage": openai_usage(self._usage)})
         return out + DONE
 
-    def _chunk(self, delta: JSONObject, finish: str | None = None) -> bytes:
+    def _chunk(self, delta: JSONObject, finish: str | None = None, *, opening: bool = False) -> bytes:
+        """One chunk with ``delta``, after the role chunk if it is still held (its content null
+        before a tool call, or ``opening`` a stream whose text may never come)."""
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return self._role("tool_calls" in delta) + encode_json({**self._head(), "choices": [choice]})
+        role = self._role(opening or "tool_calls" in delta)
+        return role + encode_json({**self._head(), "choices": [choice]})
 
     def _role(self, tool_call: bool = False) -> bytes:
         if not self._pending_role:

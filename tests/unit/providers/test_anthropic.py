@@ -424,7 +424,7 @@ def test_stop_reasons(stop_reason: str, finish: str) -> None:
     assert out is not None and out["choices"][0]["finish_reason"] == finish
 
 
-def test_tool_call_without_text_has_null_content_and_thinking_is_dropped() -> None:
+def test_tool_call_without_text_has_null_content_and_thinking_is_reasoning_content() -> None:
     content = [
         {"type": "thinking", "thinking": "hmm", "signature": "sig"},
         {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
@@ -435,6 +435,35 @@ def test_tool_call_without_text_has_null_content_and_thinking_is_dropped() -> No
     assert out is not None
     message = out["choices"][0]["message"]
     assert message["content"] is None and message["tool_calls"][0]["function"]["arguments"] == "{}"
+    assert message["reasoning_content"] == "hmm"  # (LiteLLM's and DeepSeek's field)
+
+
+def test_thinking_opens_the_stream_and_streams_as_reasoning_content() -> None:
+    """The role chunk goes at the first content block, thinking included (it was held until the
+    text or a tool call), then each thinking delta as ``reasoning_content``; signatures are
+    dropped; redacted thinking opens the stream with the role chunk alone."""
+
+    def sse(kind: str, data: dict[str, Any]) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+    translator = adapter().stream_translator(Endpoint.CHAT, {"stream": True}, "claude-x")
+    start = {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 1}}
+    assert translator.feed(sse("message_start", {"message": start})) == b""
+    opened = translator.feed(
+        sse("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": ""}})
+    )
+    assert [e["choices"][0]["delta"] for e in events(opened)] == [{"role": "assistant", "content": None}]
+    thought = translator.feed(
+        sse("content_block_delta", {"index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}})
+        + sse("content_block_delta", {"index": 0, "delta": {"type": "signature_delta", "signature": "s"}})
+    )
+    assert [e["choices"][0]["delta"] for e in events(thought)] == [{"reasoning_content": "hmm"}]
+    redacted = adapter().stream_translator(Endpoint.CHAT, {"stream": True}, "claude-x")
+    redacted.feed(sse("message_start", {"message": start}))
+    block = {"index": 0, "content_block": {"type": "redacted_thinking", "data": "x"}}
+    assert [
+        e["choices"][0]["delta"]["role"] for e in events(redacted.feed(sse("content_block_start", block)))
+    ] == ["assistant"]
 
 
 # ----- streams
