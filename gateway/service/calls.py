@@ -186,7 +186,10 @@ class RequestService:
             called_s = time.perf_counter()
             try:
                 fetch: Attempt[tuple[bytes, object]]
-                if door is None:
+                if door is None and endpoint is Endpoint.EMBEDDINGS:
+                    kept: _KeptSlices = {}  # slices that came back, per deployment: a retry keeps them
+                    fetch = lambda t: self._fetch(t, endpoint, body, kept)  # noqa: E731
+                elif door is None:
                     fetch = lambda t: self._fetch(t, endpoint, body)  # noqa: E731
                 else:
                     fetch = lambda t: self._fetch_door(t, door)  # noqa: E731
@@ -357,12 +360,17 @@ class RequestService:
 
     # ----- 5 for a whole answer
 
-    async def _fetch(self, target: Target, endpoint: Endpoint, body: JSONObject) -> tuple[bytes, object]:
+    async def _fetch(
+        self, target: Target, endpoint: Endpoint, body: JSONObject, kept: _KeptSlices | None = None
+    ) -> tuple[bytes, object]:
+        """One attempt's whole answer from ``target``: (its bytes, its usage). ``kept``: an
+        embeddings request's slices already answered by each deployment in earlier attempts."""
         client, adapter = target.client, target.client.adapter
         if endpoint is Endpoint.EMBEDDINGS and adapter.embedding_batch is not None:
             inputs = body.get("input")
             if isinstance(inputs, list) and len(inputs) > adapter.embedding_batch:
-                return await self._fetch_slices(target, body, inputs, adapter.embedding_batch)
+                done = {} if kept is None else kept.setdefault(target, {})
+                return await self._fetch_slices(target, body, inputs, adapter.embedding_batch, done)
         if self._tracer.on:
             return await self._fetch_traced(target, endpoint, body)
         raw, parsed = await client.fetch_json(adapter.build_request(endpoint, body, target.model))
@@ -372,15 +380,21 @@ class RequestService:
         return orjson.dumps(translated), translated.get("usage")
 
     async def _fetch_slices(
-        self, target: Target, body: JSONObject, inputs: list[object], size: int
+        self, target: Target, body: JSONObject, inputs: list[object], size: int, done: dict[int, JSONObject]
     ) -> tuple[bytes, object]:
         """An embeddings request longer than the provider takes at once (``embedding_batch``),
         sent in slices to the same deployment, at most ``SLICES_IN_FLIGHT`` at a time, and
         answered as one list: the items numbered across slices, usage summed. A slice that fails
-        fails the attempt (the others still running are cancelled)."""
+        fails the attempt (the others still running are cancelled); the slices that came back
+        are kept in ``done`` (by their first input's place), so a retry on the same deployment
+        asks only for the others. Another deployment has a ``done`` of its own: the vectors of
+        one answer always come from one model."""
         gate = asyncio.Semaphore(SLICES_IN_FLIGHT)
 
         async def one(start: int) -> JSONObject:
+            kept = done.get(start)
+            if kept is not None:
+                return kept
             async with gate:
                 raw, _ = await self._fetch(
                     target, Endpoint.EMBEDDINGS, {**body, "input": inputs[start : start + size]}
@@ -392,6 +406,7 @@ class RequestService:
                     f"{target.provider}: an embeddings slice came back with a different number of items",
                     provider=target.provider,
                 )
+            done[start] = answer
             return answer
 
         starts = range(0, len(inputs), size)
@@ -656,6 +671,8 @@ def genai_labels(endpoint: Endpoint, model: str, target: Target) -> tuple[str, s
     )
 
 
+# An embeddings request's slices answered so far, per deployment, by their first input's place.
+_KeptSlices = dict[Target, dict[int, JSONObject]]
 # Slices of one long embeddings request sent to the provider at once (``_fetch_slices``): 2,048
 # inputs are 21 of Gemini's 100; one after another they took 21 round trips.
 SLICES_IN_FLIGHT = 4
