@@ -777,8 +777,10 @@ class _StreamBook:
         )
         self._settle(stream, used)
         if error is not None:
-            # Relayed as the provider sent it: the error event (or an event the gateway could
-            # not read) an OpenAI-format stream carried; the client has seen it.
+            # Ended without raising yet not whole: a translator that wrote the door's error event
+            # itself (the Responses bridge, for an error event a translator hands it), or a
+            # stream whose last event after its end marker could not be read. (A pass-through's
+            # mid-stream error event is raised, and counted by ``failed``.)
             self._count_failure(route, "provider_error")
         if self.span is not None:
             self._end_span(usage, None if error is None else type(error).__name__)
