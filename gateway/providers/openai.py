@@ -140,8 +140,8 @@ class WatchedStream(ABC):
         return b"".join([self._event(data) for data in datas])
 
     def _event(self, data: bytes) -> bytes:
-        """One event with ``data``, as ``_before_failure`` writes it again."""
-        return b"data: " + data + b"\n\n"
+        """One event with ``data``, as ``_before_failure`` writes it again (a line each)."""
+        return b"".join([b"data: " + line + b"\n" for line in data.split(b"\n")]) + b"\n"
 
     def finish(self) -> bytes:
         if self._failure is not None:

@@ -174,7 +174,7 @@ class NativeResponsesStream(WatchedStream):
         except (orjson.JSONDecodeError, AttributeError):
             kind = None
         name = b"event: " + kind.encode() + b"\n" if isinstance(kind, str) and kind.isprintable() else b""
-        return name + b"data: " + data + b"\n\n"
+        return name + super()._event(data)
 
 
 def _failure(event: JSONObject) -> object:

@@ -224,7 +224,8 @@ def test_a_half_event_is_held_and_dropped_if_the_stream_breaks_there() -> None:
 @pytest.mark.parametrize("size", [1, 9, 10_000])
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
 def test_an_error_after_the_first_event_is_raised_however_the_chunks_fall(size: int, newline: bytes) -> None:
-    for first in (CHUNK, USAGE, CHUNK + b": keep-alive\n\n" + CHUNK):
+    # (an event of two data lines among them: written again, it keeps its two lines)
+    for first in (CHUNK, USAGE, CHUNK + b": keep-alive\n\n" + CHUNK, CHUNK + b'data: {"a":\ndata: 1}\n\n'):
         stream = (first + ERROR + CHUNK + b"data: [DONE]\n\n").replace(b"\n", newline)
         out, error = run_until_raised(stream, size)
         # The events before the error, each as it came or written again with the same data.
