@@ -106,9 +106,10 @@ class WatchedStream(ABC):
     would fail on the broken JSON instead of raising the error.
 
     A failure after the first event (the provider's error event, an event that cannot be read)
-    is never relayed: ``_watch`` sets it as ``_failure``; the events before it are relayed, and
-    the next ``feed`` or ``finish`` raises it, so the stream ends with the gateway's own error
-    event (``errors.StreamInterrupted``), whatever the provider said and however the chunks fell.
+    is never relayed: ``_watch`` sets it as ``_failure``; the events before it in the same chunk
+    are relayed, and the next ``feed`` or ``finish`` raises it (at once when there are none), so
+    the stream ends with the gateway's own error event (``errors.StreamInterrupted``), whatever
+    the provider said and however the chunks fell.
     """
 
     __slots__ = ("_decoder", "_done", "_errored", "_failure", "_finishing", "_usage", "_whole")
@@ -134,7 +135,11 @@ class WatchedStream(ABC):
 
     def _before_failure(self, datas: list[bytes]) -> bytes:
         """The events of this chunk before the failure, written again (their bytes may begin in
-        what ``_whole`` holds); nothing of the provider's is relayed after them."""
+        what ``_whole`` holds); nothing of the provider's is relayed after them. None: the
+        failure is raised now, not at the next call (a provider that stalls after its error
+        event must not hold the client until the read timeout)."""
+        if not datas and self._failure is not None:
+            raise self._failure
         self._errored = True
         self._whole = WholeEvents()
         return b"".join([self._event(data) for data in datas])
@@ -280,6 +285,8 @@ class OpenAIStreamTranslator(WatchedStream):
                     for data in decoder.feed(event + b"\n\n"):
                         self._watch(data)
                     if self._failure is not None:  # relayed up to the event that failed
+                        if not at:
+                            raise self._failure  # nothing before it: now
                         self._between = False  # the next chunk takes the path that raises it
                         self._errored = True
                         return b"".join([e + b"\n\n" for e in events[:at]])

@@ -273,3 +273,14 @@ def test_a_stream_that_ends_after_its_finish_reason_without_done_is_whole(tail: 
     chunks a provider sent; usage, which comes after the last choice, anywhere.)"""
     out, _, completed = run(CHUNK + tail, size)
     assert out == CHUNK + tail and completed
+
+
+def test_an_error_event_with_nothing_before_it_in_its_chunk_raises_at_once() -> None:
+    """Nothing to relay first: raised by this ``feed``, not the next (a provider that sends its
+    error event and then stalls must not hold the client until the read timeout)."""
+    for chunks in ([CHUNK, ERROR], [CHUNK, ERROR[:9], ERROR[9:]], [CHUNK, ERROR.replace(b"\n", b"\r\n")]):
+        translator = OpenAIStreamTranslator()
+        *before, last = chunks
+        assert b"".join(translator.feed(c) for c in before) == CHUNK
+        with pytest.raises(UpstreamStatusError):
+            translator.feed(last)

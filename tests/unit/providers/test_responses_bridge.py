@@ -110,13 +110,11 @@ def test_an_error_event_mid_stream_is_raised_for_the_doors_error_event() -> None
     translator = bridged(OpenAIProvider(kind="openai", base_url="http://x/v1"), body)
     first = translator.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n')
     assert b"response.created" in first and b"response.output_text.delta" in first
-    relayed = translator.feed(
-        b'data: {"error":{"message":"boom","type":"server_error"}}\n\n'
-        b'data: {"choices":[{"delta":{"content":"after"}}]}\n\ndata: [DONE]\n\n'
-    )
-    assert relayed == b""  # nothing of it, nor after it
-    with pytest.raises(UpstreamStatusError) as raised:
-        translator.finish()
+    with pytest.raises(UpstreamStatusError) as raised:  # nothing of it, nor after it
+        translator.feed(
+            b'data: {"error":{"message":"boom","type":"server_error"}}\n\n'
+            b'data: {"choices":[{"delta":{"content":"after"}}]}\n\ndata: [DONE]\n\n'
+        )
     assert raised.value.said == "boom" and not translator.completed
 
 

@@ -99,6 +99,11 @@ class Upstreams:
             elif model == "long-error":  # an error event with a long, multi-line message
                 error = {"error": {"message": "Traceback\n" + "x" * 5000, "type": "server_error"}}
                 await response.write(b"data: " + orjson.dumps(error) + b"\n\ndata: [DONE]\n\n")
+            elif model == "error-stall":  # its error event, then nothing, the connection open
+                error = {"error": {"message": "The model crashed", "type": "server_error"}}
+                await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+                while not transport.is_closing():
+                    await asyncio.sleep(0.01)
             elif model == "unreadable":  # an event that looks like an error but is not JSON
                 await response.write(b'data: {"error": oops\n\ndata: [DONE]\n\n')
             elif model == "stall":  # nothing more, until the gateway gives up and closes
@@ -185,6 +190,7 @@ models:
   relayed: {{deployments: [{{provider: compat-main, model: relayed}}]}}
   long-error: {{deployments: [{{provider: compat-main, model: long-error}}]}}
   unreadable: {{deployments: [{{provider: compat-main, model: unreadable}}]}}
+  error-stall: {{deployments: [{{provider: compat-main, model: error-stall}}]}}
   stall: {{deployments: [{{provider: compat-main, model: stall}}]}}
   framing: {{deployments: [{{provider: compat-main, model: framing}}]}}
   framing-whole:
@@ -244,6 +250,7 @@ async def streamed_until_error(
         ("drop", "compat-main", "upstream_closed"),
         ("relayed", "compat-main", "provider_error"),
         ("unreadable", "compat-main", "bad_event"),
+        ("error-stall", "compat-main", "provider_error"),  # at once, not at the read timeout
         ("stall", "compat-main", "timeout"),
         ("framing", "compat-main", "bad_event"),
         ("garbage", "claude-main", "bad_event"),
