@@ -37,10 +37,11 @@ async def test_a_provider_silent_before_the_first_byte_times_out(aiohttp_server:
     t = transport(await upstream(aiohttp_server, silent), first_byte_s=0.3)
     await t.start()
     try:
-        with pytest.raises(UpstreamTimeout, match=r"no first byte within first_byte_s 0\.3 s"):
+        with pytest.raises(UpstreamTimeout, match=r"no first byte within first_byte_s 0\.3 s") as raised:
             await t.send(REQUEST)
     finally:
         await t.close()
+    assert raised.value.code == "first_byte_timeout"  # the kind, in OpenAI's envelope's code
     assert stalled.is_set()
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0  # the watchdog's cancellation was consumed
@@ -59,13 +60,13 @@ async def test_a_stream_that_stalls_mid_way_times_out_after_its_chunks(aiohttp_s
     try:
         response = await t.send(REQUEST)
         got: list[bytes] = []
-        with pytest.raises(UpstreamTimeout, match=r"nothing read for first_byte_s 0\.3 s"):
+        with pytest.raises(UpstreamTimeout, match=r"nothing read for first_byte_s 0\.3 s") as raised:
             async for chunk in response.chunks():
                 got.append(chunk)
         response.close()
     finally:
         await t.close()
-    assert b"".join(got) == b"data: one\n\n"
+    assert b"".join(got) == b"data: one\n\n" and raised.value.code == "read_timeout"
 
 
 async def test_a_whole_body_that_stalls_mid_way_times_out(aiohttp_server: Server) -> None:
@@ -111,13 +112,14 @@ async def test_a_stream_trickling_past_the_total_times_out(aiohttp_server: Serve
     try:
         response = await t.send(REQUEST)
         got = 0
-        with pytest.raises(UpstreamTimeout, match=r"no whole answer within total_s 0\.6 s"):
+        with pytest.raises(UpstreamTimeout, match=r"no whole answer within total_s 0\.6 s") as raised:
             async for _ in response.chunks():
                 got += 1
         response.close()
     finally:
         await t.close()
     assert got >= 2  # it was reading, not stuck before the first byte
+    assert raised.value.code == "total_timeout"
 
 
 async def test_the_gap_is_measured_from_the_last_read_not_from_the_start(aiohttp_server: Server) -> None:
