@@ -99,11 +99,11 @@ class ResponsesService:
     async def run(self, body: JSONObject, ctx: CallContext) -> Answer:
         policy = self._service.router.policy  # read per request: reloads apply
         settings = policy.responses
-        check_limits(Endpoint.RESPONSES, body, policy.limits)  # named as the client named them
         try:
             check_fields(body)  # before any lookup: store, metadata, ... as OpenAI types them
         except ResponsesInputError as exc:
             raise InvalidRequest(exc.message, param=exc.param, code=exc.code) from None
+        check_limits(Endpoint.RESPONSES, body, policy.limits)  # named as the client named them
         previous = body.get("previous_response_id")
         kept = 0  # the items of the previous response's conversation before the client's input
         if previous is not None:

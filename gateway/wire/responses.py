@@ -23,7 +23,7 @@ Field by field (https://platform.openai.com/docs/api-reference/responses/create)
   ``truncation``, ``prompt_cache_retention``, ``stream_options``, ``max_tool_calls``,
   ``top_logprobs``, ``background: false``; checked first as OpenAI checks them
   (``check_fields``: types, and the documented values of ``include``, ``reasoning.effort`` /
-  ``summary``, ``text.verbosity``, ``max_tool_calls`` >= 1);
+  ``summary``, ``text.verbosity``, ``max_tool_calls`` >= 1, ``max_output_tokens`` >= 16);
 * refused: built-in tools (web search, file search, computer use, code interpreter, image
   generation, MCP, shells), ``background: true``, ``conversation``, ``prompt`` templates,
   and any field not listed here (``item_reference`` items are resolved by the Responses service
@@ -137,6 +137,9 @@ _ENUMS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("text", "verbosity", ("low", "medium", "high")),
 )
 _TOP_LOGPROBS = 20
+# OpenAI's Responses API refuses fewer output tokens: "Invalid 'max_output_tokens': integer below
+# minimum value. Expected a value >= 16, but got 10 instead." (code integer_below_min_value).
+MIN_OUTPUT_TOKENS = 16
 # metadata: at most 16 pairs, keys of at most 64 characters, string values of at most 512.
 _METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
 _JSON_TYPES = {
@@ -185,6 +188,14 @@ def check_fields(body: JSONObject) -> None:
                 raise _invalid_type(f"include[{i}]", "a string", entry)
             if entry not in INCLUDABLE:
                 raise _unsupported(f"include[{i}]", entry, INCLUDABLE)
+    limit = body.get("max_output_tokens")  # (other types: the request service's limits check)
+    if type(limit) is int and limit < MIN_OUTPUT_TOKENS:
+        raise ResponsesInputError(
+            f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= "
+            f"{MIN_OUTPUT_TOKENS}, but got {limit} instead.",
+            "max_output_tokens",
+            "integer_below_min_value",
+        )
     calls = body.get("max_tool_calls")
     if calls is not None and calls < 1:
         raise ResponsesInputError(

@@ -411,3 +411,11 @@ def test_an_answer_cut_by_max_output_tokens_is_incomplete(rp: ProbeStack, model:
     assert response.incomplete_details is not None
     assert response.incomplete_details.reason == "max_output_tokens"
     assert response.output_text and LONG.startswith(response.output_text.removeprefix("Echo: "))
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_fewer_than_16_output_tokens_is_openais_400_on_every_kind(rp: ProbeStack, model: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        rp.client().responses.create(model=model, input=ASK, max_output_tokens=10)
+    assert caught.value.code == "integer_below_min_value" and caught.value.param == "max_output_tokens"
+    assert "Expected a value >= 16, but got 10 instead." in caught.value.message

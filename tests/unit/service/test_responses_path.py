@@ -352,7 +352,7 @@ async def test_text_format_json_schema_is_response_format(client: TestClient, up
 
 async def test_the_token_limit_makes_an_incomplete_response(client: TestClient, upstreams: Upstreams) -> None:
     upstreams.behaviour["a"] = lambda body: MockResponse.json(chat_answer("ma", "hel", finish="length"))
-    response = await sdk(client).responses.create(model="m", input="Say hello", max_output_tokens=1)
+    response = await sdk(client).responses.create(model="m", input="Say hello", max_output_tokens=16)
     assert response.status == "incomplete"
     assert response.incomplete_details is not None
     assert response.incomplete_details.reason == "max_output_tokens"
@@ -645,7 +645,7 @@ async def test_a_native_failure_mid_stream_is_the_gateways_error_event(
             "previous_response_id",
             "not found",
         ),
-        ({"model": "m", "input": "hi", "max_output_tokens": 0}, "max_output_tokens", "at least 1"),
+        ({"model": "m", "input": "hi", "max_output_tokens": 1.5}, "max_output_tokens", "at least 1"),
         ({"input": "hi"}, "model", "Missing required parameter"),
         # Fields the gateway reads or keeps itself, typed as OpenAI's API types them (issue 17)
         ({"model": "m", "input": "hi", "store": "false"}, "store", "expected a boolean, but got string"),
@@ -684,6 +684,13 @@ async def test_a_native_failure_mid_stream_is_the_gateways_error_event(
             "Invalid value for 'include[1]': 'everything'. Supported values are: 'file_search_call.results'",
         ),
         ({"model": "m", "input": "hi", "max_tool_calls": 0}, "max_tool_calls", "Expected a value >= 1"),
+        # OpenAI's minimum, whichever kind serves the request
+        (
+            {"model": "m", "input": "hi", "max_output_tokens": 15},
+            "max_output_tokens",
+            "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, but got 15",
+        ),
+        ({"model": "m", "input": "hi", "max_output_tokens": 0}, "max_output_tokens", "but got 0 instead"),
         ({"model": "m", "input": "hi", "max_tool_calls": -3}, "max_tool_calls", "but got -3 instead"),
         ({"model": "m", "input": "hi", "max_tool_calls": True}, "max_tool_calls", "expected an integer"),
         (
