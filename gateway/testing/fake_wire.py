@@ -91,15 +91,18 @@ def parse_chat(body: dict[str, object]) -> Generation:
         raise WireError("'messages' must be a non-empty array", "messages")
     last_user = ""
     words = 0
+    said_json = False
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise WireError("each message must be an object", "messages")
         _refuse_extra_content(message, i)
         text = _content_text(message.get("content"))
+        said_json = said_json or "json" in text.lower()
         words += len(text.split())
         if message.get("role") == "user":
             last_user = text
     _check_stop(body.get("stop"))
+    _check_json_mode(body.get("response_format"), said_json)
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     return Generation(
         _model(body),
@@ -129,6 +132,18 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     stop sequence", OpenAI's reference)."""
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return text[: min(hits)] if hits else text
+
+
+def _check_json_mode(response_format: object, said_json: bool) -> None:
+    """JSON mode needs the word in the messages: OpenAI refuses it otherwise, with these words
+    ("'messages' must contain the word 'json' in some form, to use 'response_format' of type
+    'json_object'.", as its users quote them; any case counts)."""
+    if isinstance(response_format, dict) and response_format.get("type") == "json_object" and not said_json:
+        raise WireError(
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+            "'json_object'.",
+            "messages",
+        )
 
 
 def _check_stop(stop: object) -> None:

@@ -259,7 +259,7 @@ async def test_key_changes_with_every_answer_parameter(redis_stack: CacheStack) 
     opt_in = {"x-gateway-cache-category": "common_queries"}
     base: dict[str, object] = {
         "model": "chat",
-        "messages": [{"role": "user", "content": "List three risks"}],
+        "messages": [{"role": "user", "content": "List three risks in JSON"}],  # (JSON mode wants the word)
         "temperature": 0,
     }
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
@@ -272,7 +272,7 @@ async def test_key_changes_with_every_answer_parameter(redis_stack: CacheStack) 
         "response_format": {"response_format": {"type": "json_object"}},
         "stop": {"stop": ["\n"]},
         "model": {"model": "chat-b"},
-        "messages": {"messages": [{"role": "user", "content": "List three risks!"}]},
+        "messages": {"messages": [{"role": "user", "content": "List three risks in JSON!"}]},
     }
 
     async def send(body: dict[str, object]) -> tuple[str | None, str]:

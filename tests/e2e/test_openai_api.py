@@ -122,7 +122,7 @@ def test_unknown_fields_pass_through_and_model_is_rewritten(stack: Stack) -> Non
     ]
     client(stack).chat.completions.create(
         model="keyed-chat",
-        messages=[{"role": "user", "content": "with extras"}],
+        messages=[{"role": "user", "content": "with extras, in JSON"}],
         tools=tools,
         tool_choice="auto",
         response_format={"type": "json_object"},

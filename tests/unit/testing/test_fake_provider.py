@@ -787,3 +787,35 @@ async def test_an_unknown_parameter_is_refused_with_openais_code(aiohttp_client:
         "param": "messages[1].tool_calls[0].extra_content",
         "code": "unknown_parameter",
     }
+
+
+@pytest.mark.parametrize(
+    "said", ["Answer in JSON.", "a Json object", [{"type": "text", "text": "json please"}]]
+)
+def test_json_mode_is_served_when_the_messages_say_json(said: object) -> None:
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": said}],
+        "response_format": {"type": "json_object"},
+    }
+    fake_wire.parse_chat(body)
+
+
+async def test_json_mode_without_the_word_json_is_refused_as_openai_does(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """OpenAI: "'messages' must contain the word 'json' in some form, to use 'response_format' of
+    type 'json_object'."; the fake answered."""
+    client = await fake(aiohttp_client)
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_object"},
+    }
+    resp = await post(client, "/v1/chat/completions", body)
+    assert resp.status == 400
+    error = envelope(await resp.json())
+    assert error["param"] == "messages" and error["type"] == "invalid_request_error"
+    assert error["message"] == (
+        "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
+    )
