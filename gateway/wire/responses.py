@@ -42,7 +42,7 @@ from gateway.wire.requests import JSONObject
 class ResponsesInputError(ValueError):
     """A Responses request the gateway cannot serve; ``param`` names the field."""
 
-    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value") -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = "invalid_value") -> None:
         super().__init__(message)
         self.message = message
         self.param = param
@@ -298,6 +298,8 @@ def chat_request(body: JSONObject) -> JSONObject:
     if text is not None:
         response_format = chat_response_format(text)
         if response_format is not None:
+            if response_format["type"] == "json_object":
+                _check_json_mode(messages[1:] if instructions is not None else messages)
             chat["response_format"] = response_format
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
@@ -305,6 +307,25 @@ def chat_request(body: JSONObject) -> JSONObject:
     if isinstance(text, dict) and text.get("verbosity") is not None:
         chat["verbosity"] = text["verbosity"]  # chat's own (OpenAI); other kinds' adapters drop it
     return chat
+
+
+def _check_json_mode(inputs: list[JSONObject]) -> None:
+    """JSON mode needs the word "json" (any case) in the input's messages, ``instructions`` not
+    counting: OpenAI refuses it otherwise with these words and ``code: null``; a translated kind
+    would answer, so the same request worked or failed by routing."""
+    for message in inputs:
+        content = message.get("content")
+        texts = [content] if isinstance(content, str) else content if isinstance(content, list) else []
+        for part in texts:
+            said = part if isinstance(part, str) else part.get("text") if isinstance(part, dict) else None
+            if isinstance(said, str) and "json" in said.lower():
+                return
+    raise ResponsesInputError(
+        "Response input messages must contain the word 'json' in some form to use 'text.format' of "
+        "type 'json_object'.",
+        "text.format",
+        None,
+    )
 
 
 # ----- input items

@@ -419,3 +419,13 @@ def test_fewer_than_16_output_tokens_is_openais_400_on_every_kind(rp: ProbeStack
         rp.client().responses.create(model=model, input=ASK, max_output_tokens=10)
     assert caught.value.code == "integer_below_min_value" and caught.value.param == "max_output_tokens"
     assert "Expected a value >= 16, but got 10 instead." in caught.value.message
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_json_mode_without_the_word_json_is_openais_400_on_every_kind(rp: ProbeStack, model: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        rp.client().responses.create(
+            model=model, instructions="Answer in JSON.", input=ASK, text={"format": {"type": "json_object"}}
+        )
+    assert caught.value.param == "text.format" and caught.value.code is None
+    assert "Response input messages must contain the word 'json'" in caught.value.message

@@ -68,7 +68,7 @@ def test_options_map_to_their_chat_namesakes() -> None:
     chat = chat_request(
         {
             "model": "m",
-            "input": "hi",
+            "input": "hi in JSON",
             "tool_choice": {"type": "function", "name": "f"},
             "text": {"format": {"type": "json_object"}, "verbosity": "low"},
             "reasoning": {"effort": "low", "summary": "auto"},
@@ -81,7 +81,7 @@ def test_options_map_to_their_chat_namesakes() -> None:
     )
     assert chat == {
         "model": "m",
-        "messages": [{"role": "user", "content": "hi"}],
+        "messages": [{"role": "user", "content": "hi in JSON"}],
         "tool_choice": {"type": "function", "function": {"name": "f"}},
         "response_format": {"type": "json_object"},
         "reasoning_effort": "low",
@@ -180,3 +180,39 @@ def test_input_indexes_after_a_previous_response_are_the_clients() -> None:
         "'input[1] of previous_response_id's conversation.role' is bad"
     )
     assert client_input_param("input[5]", 0) == "input[5]" and client_input_param("input", 3) == "input"
+
+
+JSON_MODE: Any = {"format": {"type": "json_object"}}
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "Answer as Json.",
+        [{"role": "developer", "content": "Reply in JSON."}, {"role": "user", "content": "hi"}],
+        [{"role": "user", "content": [{"type": "input_text", "text": "a json object, please"}]}],
+    ],
+)
+def test_json_mode_is_served_when_the_input_says_json(given: Any) -> None:
+    chat = chat_request({"model": "m", "input": given, "text": JSON_MODE})
+    assert chat["response_format"] == {"type": "json_object"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "input": "hi", "text": JSON_MODE},
+        {"model": "m", "instructions": "Answer in JSON.", "input": "hi", "text": JSON_MODE},
+    ],
+)
+def test_json_mode_without_the_word_json_in_the_input_is_openais_400(body: Any) -> None:
+    """OpenAI: "Response input messages must contain the word 'json' in some form to use
+    'text.format' of type 'json_object'." (param text.format, code null); instructions do not
+    count. Translated kinds answered it."""
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request(body)
+    assert caught.value.param == "text.format" and caught.value.code is None
+    assert caught.value.message == (
+        "Response input messages must contain the word 'json' in some form to use 'text.format' of "
+        "type 'json_object'."
+    )
