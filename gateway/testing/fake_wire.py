@@ -101,6 +101,7 @@ def parse_chat(body: dict[str, object]) -> Generation:
         words += len(text.split())
         if message.get("role") == "user":
             last_user = text
+    _check_tool_pairs(messages)
     _check_stop(body.get("stop"))
     _check_json_mode(body.get("response_format"), said_json)
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -132,6 +133,42 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     stop sequence", OpenAI's reference)."""
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return text[: min(hits)] if hits else text
+
+
+def _check_tool_pairs(messages: list[dict[str, object]]) -> None:
+    """Refuse, as OpenAI does with its words, a ``tool`` message that answers no call of the
+    assistant message right before the tool messages it belongs to, and an assistant message
+    with ``tool_calls`` not followed by a tool message for each call."""
+    asked: list[str] = []  # the calls of the last assistant message, not answered yet
+    asked_at = 0
+    answerable: set[str] = set()
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or call_id not in answerable:
+                raise WireError(
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+                    "message with 'tool_calls'.",
+                    f"messages.[{i}].role",
+                )
+            asked = [c for c in asked if c != call_id]
+            continue
+        _check_answered(asked, asked_at)
+        calls = message.get("tool_calls") if role == "assistant" else None
+        ids = [str(c.get("id")) for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+        asked, asked_at, answerable = ids, i, set(ids)
+    _check_answered(asked, asked_at)
+
+
+def _check_answered(asked: list[str], at: int) -> None:
+    if asked:
+        raise WireError(
+            "An assistant message with 'tool_calls' must be followed by tool messages responding to "
+            "each 'tool_call_id'. The following tool_call_ids did not have response messages: "
+            + ", ".join(asked),
+            f"messages.[{at}].role",
+        )
 
 
 def _check_json_mode(response_format: object, said_json: bool) -> None:

@@ -819,3 +819,65 @@ async def test_json_mode_without_the_word_json_is_refused_as_openai_does(
     assert error["message"] == (
         "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
     )
+
+
+CALL_C1: Any = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+@pytest.mark.parametrize(
+    ("messages", "param", "words"),
+    [
+        (
+            [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "c9", "content": "x"}],
+            "messages.[1].role",
+            "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with "
+            "'tool_calls'.",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [CALL_C1]},
+                {"role": "user", "content": "next"},
+            ],
+            "messages.[1].role",
+            "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+            "'tool_call_id'. The following tool_call_ids did not have response messages: c1",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [CALL_C1]},
+            ],
+            "messages.[1].role",
+            "did not have response messages: c1",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": None, "tool_calls": [CALL_C1]},
+                {"role": "tool", "tool_call_id": "c1", "content": "x"},
+                {"role": "user", "content": "more"},
+                {"role": "tool", "tool_call_id": "c1", "content": "again"},
+            ],
+            "messages.[4].role",
+            "must be a response to a preceeding message",
+        ),
+    ],
+)
+def test_tool_messages_must_answer_the_calls_before_them_as_openai_wants(
+    messages: Any, param: str, words: str
+) -> None:
+    with pytest.raises(fake_wire.WireError) as caught:
+        fake_wire.parse_chat({"model": "m", "messages": messages})
+    assert caught.value.param == param and words in str(caught.value)
+
+
+def test_parallel_calls_answered_in_any_order_are_served() -> None:
+    second = {**CALL_C1, "id": "c2"}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [CALL_C1, second]},
+        {"role": "tool", "tool_call_id": "c2", "content": "two"},
+        {"role": "tool", "tool_call_id": "c1", "content": "one"},
+    ]
+    fake_wire.parse_chat({"model": "m", "messages": messages})
