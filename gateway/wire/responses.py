@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.quoting import quoted
+from gateway.quoting import bounded, quoted
 from gateway.wire.requests import JSONObject
 
 
@@ -271,6 +271,7 @@ def chat_request(body: JSONObject) -> JSONObject:
         messages.append({"role": "user", "content": given})
     elif isinstance(given, list):
         _add_items(given, messages)
+        _check_call_pairs(given)
     else:
         raise ResponsesInputError("'input' must be a string or a list of items.", "input")
     if not messages:
@@ -355,6 +356,32 @@ def _add_items(items: list[Any], messages: list[JSONObject]) -> None:
                 "(messages, function_call and function_call_output only).",
                 f"{where}.type",
             )
+
+
+def _check_call_pairs(items: list[Any]) -> None:
+    """Every ``function_call_output`` answers a ``function_call`` before it, and every call has
+    its output: OpenAI refuses either with these words (param ``input``); translated kinds refused
+    in their own words or, the OpenAI-compatible ones, answered. (The items are checked objects.)"""
+    called: set[str] = set()
+    waiting: dict[str, None] = {}  # calls without an output yet, in order
+    for item in items:
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind == "function_call":
+            called.add(item["call_id"])
+            waiting[item["call_id"]] = None
+        elif kind == "function_call_output":
+            call_id = item["call_id"]
+            if call_id not in called:
+                raise ResponsesInputError(
+                    f"No tool call found for function call output with call_id {bounded(call_id)}.",
+                    "input",
+                    None,
+                )
+            waiting.pop(call_id, None)
+    for call_id in waiting:
+        raise ResponsesInputError(
+            f"No tool output found for function call {bounded(call_id)}.", "input", None
+        )
 
 
 _ROLES = frozenset({"user", "system", "developer", "assistant"})

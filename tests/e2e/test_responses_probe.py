@@ -429,3 +429,23 @@ def test_json_mode_without_the_word_json_is_openais_400_on_every_kind(rp: ProbeS
         )
     assert caught.value.param == "text.format" and caught.value.code is None
     assert "Response input messages must contain the word 'json'" in caught.value.message
+
+
+@pytest.mark.parametrize("model", KINDS)
+@pytest.mark.parametrize(
+    ("items", "words"),
+    [
+        ([{"role": "user", "content": ASK}, _output("15")], "No tool call found for function call output"),
+        (
+            [{"role": "user", "content": ASK}, CALL, {"role": "user", "content": "And?"}],
+            "No tool output found",
+        ),
+    ],
+    ids=["output without call", "call without output"],
+)
+def test_calls_and_outputs_that_do_not_pair_are_openais_400_on_every_kind(
+    rp: ProbeStack, model: str, items: Any, words: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        rp.client().responses.create(model=model, input=items, tools=[WEATHER])
+    assert caught.value.param == "input" and words in caught.value.message

@@ -844,6 +844,7 @@ def test_a_keyed_calls_token_reservation_reads_responses_fields() -> None:
         "input": [
             {"role": "user", "content": "x" * 400},
             {"role": "user", "content": [{"type": "input_text", "text": "y" * 400}]},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": ""},
             {"type": "function_call_output", "call_id": "c", "output": "z" * 400},
         ],
         "max_output_tokens": 7,
@@ -1040,7 +1041,12 @@ async def test_item_references_name_the_items_of_kept_responses(
 def test_a_keyed_calls_token_reservation_counts_tool_calls_arguments() -> None:
     # Before: 0 for the calls, so an agent's long history of calls reserved next to nothing.
     call = {"type": "function_call", "call_id": "c", "name": "write_file", "arguments": "a" * 800}
-    body = {"model": "m", "input": [{"role": "user", "content": "x" * 400}, call], "max_output_tokens": 7}
+    done = {"type": "function_call_output", "call_id": "c", "output": ""}
+    body = {
+        "model": "m",
+        "input": [{"role": "user", "content": "x" * 400}, call, done],
+        "max_output_tokens": 7,
+    }
     assert reservation(Endpoint.CHAT, chat_request(body)) == 1200 // 4 + 1 + 7
 
 

@@ -216,3 +216,39 @@ def test_json_mode_without_the_word_json_in_the_input_is_openais_400(body: Any) 
         "Response input messages must contain the word 'json' in some form to use 'text.format' of "
         "type 'json_object'."
     )
+
+
+CALL_C1: Any = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+
+
+@pytest.mark.parametrize(
+    ("items", "words"),
+    [
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"type": "function_call_output", "call_id": "c9", "output": "x"},
+            ],
+            "No tool call found for function call output with call_id c9.",
+        ),
+        (
+            [  # the output before its call
+                {"role": "user", "content": "hi"},
+                {"type": "function_call_output", "call_id": "c1", "output": "x"},
+                CALL_C1,
+            ],
+            "No tool call found for function call output with call_id c1.",
+        ),
+        (
+            [{"role": "user", "content": "hi"}, CALL_C1, {"role": "user", "content": "next"}],
+            "No tool output found for function call c1.",
+        ),
+        ([{"role": "user", "content": "hi"}, CALL_C1], "No tool output found for function call c1."),
+    ],
+)
+def test_calls_and_outputs_must_pair_as_openai_wants(items: Any, words: str) -> None:
+    """OpenAI refuses both (param input, code null); the OpenAI kind answered, Anthropic and
+    Gemini refused in their words."""
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request({"model": "m", "input": items})
+    assert (caught.value.message, caught.value.param, caught.value.code) == (words, "input", None)
