@@ -20,12 +20,14 @@ Field by field (https://platform.openai.com/docs/api-reference/responses/create)
   ``text.verbosity`` -> ``verbosity``;
 * accepted and not forwarded (they change bookkeeping, not the answer): ``metadata``, ``store``
   and ``previous_response_id`` (the gateway's own, see ``service/responses.py``), ``include``,
-  ``truncation``, ``prompt_cache_retention``, ``stream_options``, ``max_tool_calls``,
+  ``truncation``, ``prompt_cache_retention``, ``prompt_cache_options`` (not ``prewarm``),
+  ``image``, ``stream_options``, ``max_tool_calls``,
   ``top_logprobs``, ``background: false``; checked first as OpenAI checks them
   (``check_fields``: types, and the documented values of ``include``, ``reasoning.effort`` /
   ``summary``, ``text.verbosity``, ``max_tool_calls`` >= 1, ``max_output_tokens`` >= 16);
 * refused: built-in tools (web search, file search, computer use, code interpreter, image
   generation, MCP, shells), ``background: true``, ``conversation``, ``prompt`` templates,
+  ``moderation``, ``context_management``, ``access_programs``, ``background_options``,
   and any field not listed here (``item_reference`` items are resolved by the Responses service
   before this translation, from the items it kept; one left here is refused).
 """
@@ -79,12 +81,21 @@ _IGNORED = frozenset(
         "max_tool_calls",
         "top_logprobs",
         "background",
+        # hints about the provider's caches and image handling, not about the answer
+        "prompt_cache_options",
+        "image",
         *_COPIED,
     }
 )
+# Documented fields the gateway cannot honour (the installed openai SDK's create parameters):
+# refused by name, never as unknown.
 _REFUSED_FIELDS = {
     "conversation": "conversations (send the items, or use previous_response_id)",
     "prompt": "reusable prompt templates",
+    "moderation": "moderation of the input and output ('moderation')",
+    "context_management": "context management such as compaction ('context_management')",
+    "access_programs": "access programs ('access_programs')",
+    "background_options": "background execution ('background_options')",
 }
 BUILT_IN_TOOLS = frozenset(
     {
@@ -114,7 +125,10 @@ _TYPED: tuple[tuple[str, type, str], ...] = (
     *((name, bool, "a boolean") for name in ("store", "background", "parallel_tool_calls")),
     *((name, int, "an integer") for name in ("max_tool_calls", "top_logprobs")),
     *((name, str, "a string") for name in ("prompt_cache_retention", "previous_response_id")),
-    *((name, dict, "an object") for name in ("stream_options", "text", "reasoning")),
+    *(
+        (name, dict, "an object")
+        for name in ("stream_options", "text", "reasoning", "prompt_cache_options", "image")
+    ),
 )
 _TRUNCATION = ("auto", "disabled")
 # The documented values (the openai SDK's ``ResponseIncludable``, ``ReasoningEffort``,
@@ -255,11 +269,19 @@ def chat_request(body: JSONObject) -> JSONObject:
     ``check_fields(body)`` first (the request service calls it before any lookup)."""
     for name in body:
         if name not in _IGNORED:
+            if name in _REFUSED_FIELDS and body[name] is None:
+                continue  # (null is "not given", as for every optional field)
             if name in _REFUSED_FIELDS:
                 raise ResponsesInputError(f"The gateway does not support {_REFUSED_FIELDS[name]}.", name)
             raise ResponsesInputError(f"Unknown parameter: {quoted(name)}.", name, "unknown_parameter")
     if body.get("background"):
         raise ResponsesInputError("The gateway does not run responses in the background.", "background")
+    cache_options = body.get("prompt_cache_options")
+    if isinstance(cache_options, dict) and cache_options.get("prewarm"):
+        raise ResponsesInputError(
+            "The gateway does not prewarm a provider's prompt cache: every request is answered.",
+            "prompt_cache_options.prewarm",
+        )
     messages: list[JSONObject] = []
     instructions = body.get("instructions")
     if instructions is not None:

@@ -181,6 +181,8 @@ CASES: dict[str, dict[str, Any]] = {
     "service_tier auto": {"input": ASK, "service_tier": "auto"},
     "text verbosity": {"input": ASK, "text": {"verbosity": "low"}},
     "max_tool_calls": {"input": ASK, "tools": [WEATHER], "max_tool_calls": 1},
+    "prompt_cache_options": {"input": ASK, "prompt_cache_options": {"mode": "implicit"}},
+    "image options": {"input": ASK, "image": {"context_compression": "auto"}},
 }
 
 

@@ -252,3 +252,36 @@ def test_calls_and_outputs_must_pair_as_openai_wants(items: Any, words: str) -> 
     with pytest.raises(ResponsesInputError) as caught:
         chat_request({"model": "m", "input": items})
     assert (caught.value.message, caught.value.param, caught.value.code) == (words, "input", None)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("moderation", {"model": "omni-moderation-latest"}, "moderation of the input and output"),
+        ("context_management", [{"type": "compaction", "compact_threshold": 1000}], "compaction"),
+        ("access_programs", {"cyber": "standard"}, "access programs"),
+        ("background_options", {"completion_window": "2h"}, "background execution"),
+        ("prompt_cache_options", {"prewarm": True}, "does not prewarm"),
+    ],
+)
+def test_documented_fields_the_gateway_cannot_honour_are_refused_by_name(
+    field: str, value: Any, words: str
+) -> None:
+    """They are create parameters of the installed openai SDK: "Unknown parameter" was untrue."""
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request({"model": "m", "input": "hi", field: value})
+    assert words in caught.value.message and caught.value.param.startswith(field)
+    assert caught.value.code != "unknown_parameter"
+
+
+def test_cache_and_image_hints_are_accepted_and_not_forwarded() -> None:
+    chat = chat_request(
+        {
+            "model": "m",
+            "input": "hi",
+            "prompt_cache_options": {"mode": "explicit", "ttl": "30m"},
+            "image": {"context_compression": "auto"},
+            "moderation": None,
+        }
+    )
+    assert chat == {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
