@@ -34,6 +34,7 @@ Field by field (https://platform.openai.com/docs/api-reference/responses/create)
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -354,18 +355,42 @@ def _check_json_mode(inputs: list[JSONObject]) -> None:
 # ----- input items
 
 
-def _add_items(items: list[Any], messages: list[JSONObject]) -> None:
+class _Trace:
+    """Where each chat message came from (``instructions``, an input item's index, or None for a
+    string input) and each tool call's input item by (message, call) index, recorded as the
+    translation goes (errors about the chat translation name the client's items from it)."""
+
+    __slots__ = ("calls", "media", "origins")
+
+    def __init__(self) -> None:
+        self.origins: list[int | str | None] = []
+        self.calls: dict[tuple[int, int], int] = {}
+        self.media: set[int] = set()  # the user messages holding tool outputs' images and files
+
+
+def _add_items(items: list[Any], messages: list[JSONObject], trace: _Trace | None = None) -> None:
+    media: list[JSONObject] = []  # tool outputs' images and files, for the user after the outputs
+    media_from = 0
     for i, item in enumerate(items):
         where = f"input[{i}]"
         if not isinstance(item, dict):
             raise ResponsesInputError(f"'{where}' must be an object.", where)
         kind = item.get("type", "message" if "role" in item else None)
+        if media and kind != "function_call_output":
+            _add_media(media, media_from, messages, trace)
+        before = len(messages)
+        last = messages[-1] if messages else None
+        had = len(last.get("tool_calls") or []) if last is not None else 0
         if kind == "message":
             messages.append(_message(item, where))
         elif kind == "function_call":
             _add_call(item, where, messages)
         elif kind == "function_call_output":
-            messages.append(_call_output(item, where))
+            output, parts = _call_output(item, where)
+            messages.append(output)
+            if parts and not media:
+                media_from = i
+            media.extend(parts)
         elif kind == "reasoning":
             continue  # a chat model cannot take its reasoning back; the answer stands without it
         elif kind == "item_reference":
@@ -378,6 +403,27 @@ def _add_items(items: list[Any], messages: list[JSONObject]) -> None:
                 "(messages, function_call and function_call_output only).",
                 f"{where}.type",
             )
+        if trace is not None:
+            trace.origins.extend([i] * (len(messages) - before))
+            if len(messages) > before and messages[-1].get("tool_calls"):
+                trace.calls[(len(messages) - 1, 0)] = i
+            elif len(messages) == before and last is not None and len(last.get("tool_calls") or []) > had:
+                trace.calls[(len(messages) - 1, had)] = i
+    if media:
+        _add_media(media, media_from, messages, trace)
+
+
+def _add_media(
+    media: list[JSONObject], origin: int, messages: list[JSONObject], trace: _Trace | None
+) -> None:
+    """A tool message takes text only (OpenAI's chat): the images and files of the outputs just
+    added go in a user message right after them (OpenAI wants the tool messages right after the
+    calls; the Anthropic and Gemini adapters put it in the turn of the results)."""
+    messages.append({"role": "user", "content": list(media)})
+    if trace is not None:
+        trace.media.add(len(messages) - 1)
+        trace.origins.append(origin)
+    media.clear()
 
 
 def _check_call_pairs(items: list[Any]) -> None:
@@ -482,21 +528,24 @@ def _add_call(item: JSONObject, where: str, messages: list[JSONObject]) -> None:
     messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
 
 
-def _call_output(item: JSONObject, where: str) -> JSONObject:
+def _call_output(item: JSONObject, where: str) -> tuple[JSONObject, list[JSONObject]]:
+    """The tool message of a ``function_call_output``, and the images and files of its output
+    (a list of ``input_text`` / ``input_image`` / ``input_file``), which a tool message cannot
+    hold."""
     output = item.get("output")
+    media: list[JSONObject] = []
     if isinstance(output, list):
         texts = []
         for j, part in enumerate(output):
             converted = _part(part, f"{where}.output[{j}]")
-            if converted.get("type") != "text":
-                raise ResponsesInputError(
-                    f"'{where}.output': tool results hold text only.", f"{where}.output"
-                )
-            texts.append(str(converted["text"]))
+            if converted.get("type") == "text":
+                texts.append(str(converted["text"]))
+            else:
+                media.append(converted)
         output = "".join(texts)
     if not isinstance(output, str):
         raise ResponsesInputError(f"'{where}.output' must be a string.", f"{where}.output")
-    return {"role": "tool", "tool_call_id": _string(item, "call_id", where), "content": output}
+    return {"role": "tool", "tool_call_id": _string(item, "call_id", where), "content": output}, media
 
 
 def _string(item: JSONObject, name: str, where: str) -> str:
@@ -589,7 +638,8 @@ def responses_param(body: JSONObject, text: str) -> str:
     ``input[j]...`` (or ``instructions``). A Responses client never sent ``messages``."""
     if "messages[" not in text:
         return text
-    origins, calls = _origins(body)
+    trace = _origins(body)
+    origins, calls = trace.origins, trace.calls
 
     def named(match: re.Match[str]) -> str:
         index, rest = int(match.group(1)), match.group(2)
@@ -603,6 +653,8 @@ def responses_param(body: JSONObject, text: str) -> str:
             source = calls.get((index, int(call.group(1))))
             tail = rest[call.end() :]
             return f"input[{source if source is not None else origin}]" + _CALL_FIELDS.get(tail, "")
+        if index in trace.media:  # a tool output's images and files, sent after the outputs
+            return f"input[{origin}].output"
         if rest.startswith(".tool_call_id"):
             return f"input[{origin}].call_id"
         if rest.startswith((".content", ".role")):
@@ -635,32 +687,17 @@ def client_input_param(text: str, kept: int) -> str:
     return _INPUT_INDEX.sub(named, text)
 
 
-def _origins(body: JSONObject) -> tuple[list[int | str | None], dict[tuple[int, int], int]]:
-    """Where each chat message of ``chat_request(body)`` came from (``instructions``, the input
-    item's index, or None for a string input), and each tool call's input item by (message,
-    call) index: the translation replayed item by item."""
-    origins: list[int | str | None] = []
-    calls: dict[tuple[int, int], int] = {}
+def _origins(body: JSONObject) -> _Trace:
+    """The trace of ``chat_request(body)``'s messages (see ``_Trace``): the translation replayed."""
+    trace = _Trace()
     messages: list[JSONObject] = []
     if body.get("instructions") is not None:
         messages.append({"role": "system", "content": ""})
-        origins.append("instructions")
+        trace.origins.append("instructions")
     given = body.get("input")
     if isinstance(given, str):
-        origins.append(None)
+        trace.origins.append(None)
     elif isinstance(given, list):
-        for i, item in enumerate(given):
-            before = len(messages)
-            last = messages[-1] if messages else None
-            had = len(last.get("tool_calls") or []) if last is not None else 0
-            try:
-                _add_items([item], messages)
-            except ResponsesInputError:
-                break  # (checked before: not reached)
-            for _ in range(before, len(messages)):
-                origins.append(i)
-            if len(messages) > before and messages[-1].get("tool_calls"):
-                calls[(len(messages) - 1, 0)] = i
-            elif len(messages) == before and last is not None and len(last.get("tool_calls") or []) > had:
-                calls[(len(messages) - 1, had)] = i
-    return origins, calls
+        with contextlib.suppress(ResponsesInputError):  # (checked before: not reached)
+            _add_items(given, messages, trace)
+    return trace

@@ -161,6 +161,21 @@ CASES: dict[str, dict[str, Any]] = {
         ],
         "tools": [WEATHER],
     },
+    "function_call_output image": {
+        "input": [
+            {"role": "user", "content": "Show me the weather map of Paris."},
+            CALL,
+            {
+                "type": "function_call_output",
+                "call_id": "call_1",
+                "output": [
+                    {"type": "input_text", "text": "the map"},
+                    {"type": "input_image", "image_url": f"data:image/png;base64,{PNG}"},
+                ],
+            },
+        ],
+        "tools": [WEATHER],
+    },
     "json_object": {
         "input": "Answer in JSON: what is the weather in Paris?",
         "text": {"format": {"type": "json_object"}},

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.wire.responses import BUILT_IN_TOOLS, ResponsesInputError, chat_request
+from gateway.wire.responses import BUILT_IN_TOOLS, ResponsesInputError, chat_request, responses_param
 
 FIXTURES = Path(__file__).parent / "fixtures" / "responses"
 REQUESTS = sorted(p.name for p in FIXTURES.glob("request_*.json"))
@@ -285,3 +285,47 @@ def test_cache_and_image_hints_are_accepted_and_not_forwarded() -> None:
         }
     )
     assert chat == {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+IMAGE: Any = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+
+
+def test_a_tool_outputs_images_follow_the_outputs_in_a_user_message() -> None:
+    """A tool message takes text only: the images of the outputs go right after the run of tool
+    messages (they were refused, "tool results hold text only", for every kind)."""
+    second = {**CALL_C1, "call_id": "c2"}
+    chat = chat_request(
+        {
+            "model": "m",
+            "input": [
+                {"role": "user", "content": "maps?"},
+                CALL_C1,
+                second,
+                {
+                    "type": "function_call_output",
+                    "call_id": "c1",
+                    "output": [{"type": "input_text", "text": "a"}, IMAGE],
+                },
+                {"type": "function_call_output", "call_id": "c2", "output": [IMAGE]},
+                {"role": "user", "content": "Compare them."},
+            ],
+        }
+    )
+    image = {"type": "image_url", "image_url": {"url": IMAGE["image_url"]}}
+    assert [m["role"] for m in chat["messages"]] == ["user", "assistant", "tool", "tool", "user", "user"]
+    assert chat["messages"][2]["content"] == "a" and chat["messages"][3]["content"] == ""
+    assert chat["messages"][4] == {"role": "user", "content": [image, image]}
+
+
+def test_errors_about_the_images_of_an_output_name_that_output() -> None:
+    body = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "map?"},
+            CALL_C1,
+            {"type": "function_call_output", "call_id": "c1", "output": [IMAGE]},
+            {"role": "user", "content": "and?"},
+        ],
+    }
+    assert responses_param(body, "messages[3].content[0]") == "input[2].output"
+    assert responses_param(body, "messages[4].content") == "input[3].content"
