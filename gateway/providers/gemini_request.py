@@ -12,9 +12,10 @@ inline files, token-id inputs, several prompts in one legacy completion, ``echo`
 refused with ``UnsupportedByProvider``, a retryable 400, so a model group mixing provider kinds is
 served by a deployment that can; a malformed request is an ``InvalidRequest`` naming the
 parameter. Parameters Gemini has no equivalent for (``logprobs``, ``logit_bias``, ``user``,
-``parallel_tool_calls``, ``reasoning_effort``, ...) are left out, as sampling hints are;
+``parallel_tool_calls``, ...) are left out, as sampling hints are;
 ``parallel_tool_calls: false`` is kept on the answer instead (its first function call only).
-``thinking_budget`` (not OpenAI's: the Messages door's ``thinking.budget_tokens``) becomes
+``thinking_budget`` (not OpenAI's: the Messages door's ``thinking.budget_tokens``), else
+``reasoning_effort`` as Google's OpenAI-compatible endpoint maps it, becomes
 ``thinkingConfig.thinkingBudget``.
 """
 
@@ -55,6 +56,21 @@ _GENERATION_FIELDS = (
 # is a ceiling the model may stay under, so one above what every 2.5 model takes is lowered to it.
 THINKING_BUDGET = "thinking_budget"
 MAX_THINKING_BUDGET = 24576
+# OpenAI's ``reasoning_effort`` (chat; the Responses door's ``reasoning.effort``) as a thinking
+# budget, as Google's own OpenAI-compatible endpoint maps it: "the OpenAI API offers three levels
+# of thinking control: "low", "medium", and "high", which behind the scenes we map to 1K, 8K, and
+# 24K thinking token budgets" (ai.google.dev/gemini-api/docs/openai). ``minimal`` is ``low``'s
+# budget (above Flash-Lite's 512 floor), ``xhigh`` and ``max`` ``high``'s (the most every 2.5
+# model takes). ``none`` sends nothing: 0 disables thinking on Flash but 2.5 Pro refuses it, so
+# the model's default stands (as for the Messages door's ``thinking: disabled``).
+EFFORT_BUDGETS = {
+    "minimal": 1024,
+    "low": 1024,
+    "medium": 8192,
+    "high": MAX_THINKING_BUDGET,
+    "xhigh": MAX_THINKING_BUDGET,
+    "max": MAX_THINKING_BUDGET,
+}
 _TOOL_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
 # Gemini needs a MIME type for a file URL; guessed from the extension, images by default.
 _MIME_TYPES = {
@@ -372,6 +388,9 @@ def _generation_config(body: JSONObject) -> JSONObject:
     if limit is not None:
         config["maxOutputTokens"] = limit
     budget = body.get(THINKING_BUDGET)
+    effort = body.get("reasoning_effort")
+    if budget is None and isinstance(effort, str):
+        budget = EFFORT_BUDGETS.get(effort)
     if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
         config["thinkingConfig"] = {"thinkingBudget": min(budget, MAX_THINKING_BUDGET)}
     stop = body.get("stop")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import textwrap
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +223,10 @@ class ProbeStack:
                 base_url=self.gateway.url + "/v1", api_key="client-key", max_retries=0, timeout=10
             )
         return self._client
+
+    def last_request(self, fake: str) -> Any:
+        with urllib.request.urlopen(self.fakes[fake].url + "/_fake/stats", timeout=5) as resp:
+            return json.loads(resp.read())["last_request"]["body"]
 
 
 def policy(fakes: dict[str, ManagedProcess]) -> str:
@@ -466,3 +471,12 @@ def test_calls_and_outputs_that_do_not_pair_are_openais_400_on_every_kind(
     with pytest.raises(openai.BadRequestError) as caught:
         rp.client().responses.create(model=model, input=items, tools=[WEATHER])
     assert caught.value.param == "input" and words in caught.value.message
+
+
+def test_reasoning_effort_reaches_gemini_as_its_thinking_budget(rp: ProbeStack) -> None:
+    """It was dropped: a Gemini model thought as much as it liked whatever the client asked."""
+    answer = rp.client().responses.create(model="gemini", input=ASK, reasoning={"effort": "medium"})
+    assert answer.status == "completed" and answer.reasoning is not None
+    assert answer.reasoning.effort == "medium"
+    sent = rp.last_request("gem")
+    assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 8192}

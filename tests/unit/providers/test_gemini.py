@@ -674,3 +674,22 @@ def test_a_thinking_budget_is_gemini_thinking_config_within_every_models_range(
     config = sent(Endpoint.CHAT, {**HELLO, "thinking_budget": budget})["generationConfig"]
     assert config["thinkingConfig"] == {"thinkingBudget": sent_budget}
     assert "thinkingConfig" not in sent(Endpoint.CHAT, HELLO).get("generationConfig", {})
+
+
+@pytest.mark.parametrize(
+    ("effort", "sent_budget"),
+    [("minimal", 1024), ("low", 1024), ("medium", 8192), ("high", 24576), ("xhigh", 24576), ("max", 24576)],
+)
+def test_reasoning_effort_is_the_thinking_budget_google_maps_it_to(effort: str, sent_budget: int) -> None:
+    """OpenAI's ``reasoning_effort`` (the Responses door's ``reasoning.effort``) was dropped:
+    now the budget Google's OpenAI-compatible endpoint maps it to (low 1K, medium 8K, high 24K)."""
+    config = sent(Endpoint.CHAT, {**HELLO, "reasoning_effort": effort})["generationConfig"]
+    assert config["thinkingConfig"] == {"thinkingBudget": sent_budget}
+
+
+def test_reasoning_effort_none_sends_no_budget_and_a_thinking_budget_wins() -> None:
+    assert "thinkingConfig" not in sent(Endpoint.CHAT, {**HELLO, "reasoning_effort": "none"}).get(
+        "generationConfig", {}
+    )
+    both = sent(Endpoint.CHAT, {**HELLO, "reasoning_effort": "high", "thinking_budget": 2048})
+    assert both["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 2048}
