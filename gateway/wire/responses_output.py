@@ -24,19 +24,25 @@ from gateway.wire.requests import JSONObject
 _ECHOED: tuple[tuple[str, object], ...] = (
     ("instructions", None),
     ("max_output_tokens", None),
+    ("max_tool_calls", None),
     ("metadata", {}),
     ("parallel_tool_calls", True),
     ("previous_response_id", None),
+    ("prompt_cache_key", None),
+    ("prompt_cache_retention", None),
     ("reasoning", None),
+    ("safety_identifier", None),
     ("service_tier", None),
     ("store", True),
     ("temperature", None),
     ("tool_choice", "auto"),
     ("tools", []),
+    ("top_logprobs", 0),
     ("top_p", None),
     ("truncation", "disabled"),
     ("user", None),
 )
+_PLAIN_TEXT: JSONObject = {"type": "text"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +88,9 @@ def response_object(
         value = request.get(name)
         out[name] = default if value is None else value
     text = request.get("text")
-    out["text"] = text if isinstance(text, dict) and "format" in text else {"format": {"type": "text"}}
+    given = text if isinstance(text, dict) else {}
+    # the format (plain text unless given) and the rest as asked (``verbosity``)
+    out["text"] = {**given, "format": given.get("format") or _PLAIN_TEXT}
     out["usage"] = usage
     return out
 

@@ -340,9 +340,13 @@ def test_a_valid_request_is_answered_or_refused_by_name(
         assert not calls and response.output_text
     assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0
     assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
-    for name in ("instructions", "metadata", "temperature", "top_p", "max_output_tokens", "truncation"):
+    echoed = ("instructions", "metadata", "temperature", "top_p", "max_output_tokens", "truncation")
+    echoed += ("user", "safety_identifier", "prompt_cache_key", "max_tool_calls", "store", "service_tier")
+    for name in (*echoed, "parallel_tool_calls", "previous_response_id"):
         if name in kwargs:
             assert getattr(response, name) == kwargs[name], name
+    if "verbosity" in kwargs.get("text", {}):
+        assert response.text.verbosity == kwargs["text"]["verbosity"]
     said = SAID.get((case, model))
     if said is not None:
         assert response.output_text == said

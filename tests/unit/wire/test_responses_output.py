@@ -13,7 +13,13 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from gateway.wire.responses_output import ResponseIds, ResponsesEvents, chat_usage, whole_response
+from gateway.wire.responses_output import (
+    ResponseIds,
+    ResponsesEvents,
+    chat_usage,
+    response_object,
+    whole_response,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "responses"
 IDS = ResponseIds("T", 1741476542)
@@ -249,3 +255,31 @@ def test_text_then_a_refusal_are_two_parts_of_one_message_in_order() -> None:
     final = Response.model_validate(parsed[-1]["response"])
     assert final.output_text == "Well, no"
     assert [c.type for c in final.output[0].content] == ["output_text", "refusal"]  # type: ignore[union-attr]
+
+
+def test_the_settings_a_response_object_has_are_echoed() -> None:
+    """``safety_identifier``, ``prompt_cache_key``, ``prompt_cache_retention``, ``max_tool_calls``,
+    ``top_logprobs`` and ``text.verbosity`` are fields of OpenAI's response object: they came
+    back null (verbosity dropped) whatever the client sent."""
+    request = {
+        "model": "m",
+        "safety_identifier": "hashed-1",
+        "prompt_cache_key": "k",
+        "prompt_cache_retention": "24h",
+        "max_tool_calls": 3,
+        "top_logprobs": 2,
+        "text": {"verbosity": "low"},
+    }
+    response = response_object(request, IDS, "m", [], "completed", None)
+    for name in (
+        "safety_identifier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "max_tool_calls",
+        "top_logprobs",
+    ):
+        assert response[name] == request[name], name
+    assert response["text"] == {"verbosity": "low", "format": {"type": "text"}}
+    plain = response_object({"model": "m"}, IDS, "m", [], "completed", None)
+    assert plain["top_logprobs"] == 0 and plain["safety_identifier"] is None
+    assert plain["text"] == {"format": {"type": "text"}}
