@@ -229,6 +229,34 @@ def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] 
     if choice is not None and not functions:
         raise WireError("'tool_choice' is only allowed when 'tools' are specified", "tool_choice")
     by_name = {str(f["name"]): f for f in functions}
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        # OpenAI's allowed_tools: only the named functions may be called, as ``mode`` says
+        spec = choice.get("allowed_tools")
+        mode = spec.get("mode") if isinstance(spec, dict) else None
+        listed = spec.get("tools") if isinstance(spec, dict) else None
+        if mode not in ("auto", "required") or not isinstance(listed, list) or not listed:
+            raise WireError(
+                "Invalid value for 'tool_choice.allowed_tools': expected a 'mode' of 'auto' or "
+                "'required' and a non-empty 'tools' array.",
+                "tool_choice.allowed_tools",
+            )
+        allowed = [
+            by_name[name]
+            for tool in listed
+            if isinstance(tool, dict)
+            and isinstance(tool.get("function"), dict)
+            and isinstance(name := tool["function"].get("name"), str)
+            and name in by_name
+        ]
+        if len(allowed) != len(listed):
+            raise WireError(
+                "Invalid value for 'tool_choice.allowed_tools.tools': every entry must name a function "
+                "in 'tools'.",
+                "tool_choice.allowed_tools.tools",
+            )
+        if mode == "required":
+            return allowed[0]
+        return asked_to_call(prompt, {str(f["name"]): f for f in allowed})
     if isinstance(choice, dict):
         named = choice.get("function")
         name = named.get("name") if isinstance(named, dict) else None

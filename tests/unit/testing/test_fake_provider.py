@@ -881,3 +881,34 @@ def test_parallel_calls_answered_in_any_order_are_served() -> None:
         {"role": "tool", "tool_call_id": "c1", "content": "one"},
     ]
     fake_wire.parse_chat({"model": "m", "messages": messages})
+
+
+def _functions(*names: str) -> list[dict[str, Any]]:
+    return [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in names]
+
+
+def _allowed(mode: str, *names: str) -> dict[str, Any]:
+    listed = [{"type": "function", "function": {"name": n}} for n in names]
+    return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": listed}}
+
+
+def test_allowed_tools_are_served_as_openai_serves_them() -> None:
+    """OpenAI's chat ``tool_choice`` ``allowed_tools`` (the model may call only the tools named):
+    the fake refused it ("no function named None")."""
+    tools = _functions("a", "b")
+    required = fake_wire.parse_chat(
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": tools,
+            "tool_choice": _allowed("required", "b"),
+        }
+    )
+    assert required.tool is not None and required.tool["name"] == "b"
+    asked = {"model": "m", "messages": [{"role": "user", "content": "call a"}], "tools": tools}
+    assert fake_wire.parse_chat({**asked, "tool_choice": _allowed("auto", "a")}).tool is not None
+    assert (
+        fake_wire.parse_chat({**asked, "tool_choice": _allowed("auto", "b")}).tool is None
+    )  # a is not allowed
+    with pytest.raises(fake_wire.WireError):
+        fake_wire.parse_chat({**asked, "tool_choice": _allowed("auto", "c")})
