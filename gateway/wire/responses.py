@@ -591,11 +591,40 @@ def chat_tool_choice(choice: object) -> object:
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        return _allowed_tools(choice)
     kind = choice.get("type") if isinstance(choice, dict) else choice
     raise ResponsesInputError(
         f"tool_choice '{kind}' is not supported: use auto, none, required or a function.",
         "tool_choice",
     )
+
+
+def _allowed_tools(choice: JSONObject) -> JSONObject:
+    """Responses' ``{"type": "allowed_tools", "mode", "tools": [{"type": "function", "name"}]}``
+    as chat's (``{"type": "allowed_tools", "allowed_tools": {"mode", "tools": [{"type":
+    "function", "function": {"name"}}]}}``), which the adapters of providers without it narrow."""
+    mode, listed = choice.get("mode"), choice.get("tools")
+    if mode not in ("auto", "required"):
+        raise ResponsesInputError(
+            "Invalid value for 'tool_choice.mode': expected one of 'auto' or 'required'.", "tool_choice.mode"
+        )
+    if not isinstance(listed, list) or not listed:
+        raise ResponsesInputError(
+            "'tool_choice.tools' must be a non-empty array of tools.", "tool_choice.tools"
+        )
+    tools: list[JSONObject] = []
+    for j, tool in enumerate(listed):
+        where = f"tool_choice.tools[{j}]"
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function" or not isinstance(tool.get("name"), str):
+            raise ResponsesInputError(
+                f'\'{where}\': only function tools ({{"type": "function", "name": ...}}) can be '
+                "allowed: the gateway serves no other tools.",
+                where,
+            )
+        tools.append({"type": "function", "function": {"name": tool["name"]}})
+    return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": tools}}
 
 
 def chat_response_format(text: object) -> JSONObject | None:

@@ -131,6 +131,24 @@ CASES: dict[str, dict[str, Any]] = {
         "tools": [WEATHER, LOOSE],
         "tool_choice": {"type": "function", "name": "get_weather"},
     },
+    "tool_choice allowed_tools required": {
+        "input": ASK,
+        "tools": [LOOSE, WEATHER],
+        "tool_choice": {
+            "type": "allowed_tools",
+            "mode": "required",
+            "tools": [{"type": "function", "name": "get_weather"}],
+        },
+    },
+    "tool_choice allowed_tools auto": {
+        "input": ASK,
+        "tools": [WEATHER, LOOSE],
+        "tool_choice": {
+            "type": "allowed_tools",
+            "mode": "auto",
+            "tools": [{"type": "function", "name": "get_time"}],
+        },
+    },
     "no parallel tool calls": {
         "input": ASK,
         "tools": [WEATHER, LOOSE],
@@ -330,7 +348,9 @@ def test_a_valid_request_is_answered_or_refused_by_name(
     assert response.object == "response" and response.status == "completed", response
     assert response.id.startswith("resp_") and response.model and response.output
     choice = kwargs.get("tool_choice")
-    forced = choice == "required" or isinstance(choice, dict)
+    forced = choice == "required" or (
+        isinstance(choice, dict) and choice.get("mode", "required") == "required"
+    )
     calls = [o for o in response.output if o.type == "function_call"]
     if forced:
         assert len(calls) == 1 and calls[0].name == "get_weather", response.output

@@ -139,7 +139,10 @@ def test_a_tool_type_that_is_not_a_string_is_a_400_naming_it(kind: object) -> No
     [
         ({"model": "m", "input": "hi", "prompt": {"id": "pmpt_1"}}, "prompt"),
         ({"model": "m", "input": "hi", "tool_choice": {"type": "file_search"}}, "tool_choice"),
-        ({"model": "m", "input": "hi", "tool_choice": {"type": "allowed_tools", "tools": []}}, "tool_choice"),
+        (
+            {"model": "m", "input": "hi", "tool_choice": {"type": "allowed_tools", "tools": []}},
+            "tool_choice.mode",
+        ),
         ({"model": "m", "input": "hi", "instructions": ["x"]}, "instructions"),
         (
             {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
@@ -329,3 +332,36 @@ def test_errors_about_the_images_of_an_output_name_that_output() -> None:
     }
     assert responses_param(body, "messages[3].content[0]") == "input[2].output"
     assert responses_param(body, "messages[4].content") == "input[3].content"
+
+
+def test_allowed_tools_is_chats_allowed_tools() -> None:
+    """It was refused ("tool_choice 'allowed_tools' is not supported"); chat has it, and the
+    adapters of providers without it narrow the tools."""
+    choice = {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "f"}]}
+    chat = chat_request(
+        {"model": "m", "input": "hi", "tools": [{"type": "function", "name": "f"}], "tool_choice": choice}
+    )
+    assert chat["tool_choice"] == {
+        "type": "allowed_tools",
+        "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "f"}}]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("choice", "param"),
+    [
+        (
+            {"type": "allowed_tools", "mode": "any", "tools": [{"type": "function", "name": "f"}]},
+            "tool_choice.mode",
+        ),
+        ({"type": "allowed_tools", "mode": "auto", "tools": []}, "tool_choice.tools"),
+        (
+            {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "mcp", "server_label": "x"}]},
+            "tool_choice.tools[0]",
+        ),
+    ],
+)
+def test_an_allowed_tools_choice_the_gateway_cannot_serve_names_its_field(choice: Any, param: str) -> None:
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request({"model": "m", "input": "hi", "tool_choice": choice})
+    assert caught.value.param == param
