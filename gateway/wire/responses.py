@@ -502,6 +502,12 @@ def _part(part: object, where: str) -> JSONObject:
             if part.get(name) is not None:
                 file[name] = part[name]
         if "file_data" not in file and "file_id" not in file:
+            if part.get("file_url") is not None:  # documented, but chat has no file URLs
+                raise ResponsesInputError(
+                    f"'{where}': files by URL ('file_url') are not supported by the gateway: send the "
+                    "file's bytes as 'file_data' (a data: URL).",
+                    f"{where}.file_url",
+                )
             raise ResponsesInputError(f"'{where}': files need 'file_data' or 'file_id'.", where)
         return {"type": "file", "file": file}
     raise ResponsesInputError(

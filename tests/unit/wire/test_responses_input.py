@@ -365,3 +365,13 @@ def test_an_allowed_tools_choice_the_gateway_cannot_serve_names_its_field(choice
     with pytest.raises(ResponsesInputError) as caught:
         chat_request({"model": "m", "input": "hi", "tool_choice": choice})
     assert caught.value.param == param
+
+
+def test_a_file_by_url_is_refused_naming_file_url() -> None:
+    """``input_file.file_url`` is documented; chat has no file URLs. The error said "files need
+    'file_data' or 'file_id'", as if the client had sent no file."""
+    part = {"type": "input_file", "file_url": "https://example.com/a.pdf"}
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request({"model": "m", "input": [{"role": "user", "content": [part]}]})
+    assert caught.value.param == "input[0].content[0].file_url"
+    assert "'file_url'" in caught.value.message and "file_data" in caught.value.message
