@@ -436,9 +436,11 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/completions", openai.proxy(Endpoint.COMPLETIONS, app))
     add("POST", "/v1/embeddings", openai.proxy(Endpoint.EMBEDDINGS, app))
     add("POST", "/v1/responses", responses_api.create_response)
+    # (before the kept-response resource below, which would take the path as an id)
+    add("POST", "/v1/responses/input_tokens", responses_api.count_input_tokens)
     add("GET", "/v1/responses/{response_id}", responses_api.retrieve_response)
     add("DELETE", "/v1/responses/{response_id}", responses_api.delete_response)
-    # POST under it: OpenAI's compact and input_tokens (not served): a 404, not the 405 a
+    # POST under it: OpenAI's compact and cancel (not served): a 404, not the 405 a
     # method on the kept-response resource would give (the SDKs raise NotFoundError on a 404).
     add("POST", "/v1/responses/{response_id}", responses_api.not_served)
     add("POST", "/v1/messages", messages_api.create_message)  # Anthropic's Messages API (issue 17)

@@ -114,7 +114,18 @@ async def delete_response(request: web.Request) -> web.StreamResponse:
     return json_response(orjson.dumps({"id": response_id, "object": "response.deleted", "deleted": True}))
 
 
+async def count_input_tokens(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/responses/input_tokens`` (the SDK's ``responses.input_tokens.count``): OpenAI's
+    ``{"object": "response.input_tokens", "input_tokens": N}``, the gateway's estimate."""
+    app = request.app
+    caller = None if app[keys.POLICY].auth.mode == "open" else await authenticate(request)
+    ctx = CallContext.for_client(request[keys.REQUEST_ID], time.perf_counter(), request.headers, caller)
+    body = await read_json(request)
+    tokens = await app[keys.RESPONSES].input_tokens(body, ctx.tenant, caller)
+    return json_response(orjson.dumps({"object": "response.input_tokens", "input_tokens": tokens}))
+
+
 async def not_served(request: web.Request) -> web.StreamResponse:
-    """``POST /v1/responses/{name}`` (``compact``, ``input_tokens``): OpenAI operations this
+    """``POST /v1/responses/{name}`` (``compact``, ``cancel``): OpenAI operations this
     gateway does not serve, answered as any path it does not serve."""
     raise NotFound(f"Unknown path: {request.method} {request.path}.")

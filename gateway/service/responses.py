@@ -28,9 +28,10 @@ from typing import Any
 
 import orjson
 
+from gateway.auth.identity import Caller
 from gateway.cache.memory_store import entry_size
 from gateway.cache.store import CacheStore, CategoryBudget
-from gateway.errors import InvalidRequest, UpstreamBadResponse
+from gateway.errors import InvalidRequest, ModelNotFound, UpstreamBadResponse
 from gateway.policy.model import Policy
 from gateway.providers.base import StreamTranslator, UpstreamRequest
 from gateway.providers.openai import stream_error
@@ -40,13 +41,13 @@ from gateway.providers.responses_bridge import (
     native_request,
     speaks_responses,
 )
-from gateway.routing.target import Target
+from gateway.routing.target import RouteContext, Target
 from gateway.service.calls import Answer, RequestService
 from gateway.service.context import CallContext
 from gateway.service.front_door import has_choice
 from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream, ReplayStream
-from gateway.wire.requests import Endpoint, JSONObject
+from gateway.wire.requests import CHARS_PER_TOKEN, Endpoint, JSONObject
 from gateway.wire.responses import (
     ResponsesInputError,
     chat_request,
@@ -217,6 +218,42 @@ class ResponsesService:
             items.append(kept)
         return {**body, "input": items}
 
+    async def input_tokens(self, body: JSONObject, tenant: str, caller: Caller | None) -> int:
+        """``POST /v1/responses/input_tokens``: the input tokens of a Responses request, the
+        gateway's estimate (as the Messages door's ``count_tokens``: ``RouteContext.prompt_tokens``
+        over the chat translation, images and PDFs included, plus the tools' JSON / 4, at least
+        1); nothing is called or spent. ``model`` is optional, as OpenAI documents it; named, it
+        must be a group ``caller`` may use (404 otherwise, as for a call). ``previous_response_id``
+        expands as for a call, for the same tenant."""
+        body = {k: v for k, v in body.items() if k not in _COUNT_ONLY}
+        body.setdefault("input", [])  # (optional here: instructions alone can be counted)
+        try:
+            check_fields(body)
+        except ResponsesInputError as exc:
+            raise InvalidRequest(exc.message, param=exc.param, code=exc.code) from None
+        model = body.get("model")
+        if model is not None:
+            names = self._service.router.model_names
+            if model not in names or (caller is not None and not caller.may_use(str(model))):
+                raise ModelNotFound(str(model), [n for n in names if caller is None or caller.may_use(n)])
+        previous = body.get("previous_response_id")
+        kept = 0
+        if previous is not None:
+            store = self._service.router.policy.responses.store
+            body, kept = await self._expand(body, previous, tenant, store)
+        try:
+            body = await self._resolve_references(body, tenant)
+            chat = chat_request(body)
+        except ResponsesInputError as exc:
+            raise InvalidRequest(
+                client_input_param(exc.message, kept),
+                param=None if exc.param is None else client_input_param(exc.param, kept),
+                code=exc.code,
+            ) from None
+        tools = body.get("tools")
+        size = sum(len(orjson.dumps(t)) for t in tools) if isinstance(tools, list) else 0
+        return max(1, RouteContext(str(model or ""), chat).prompt_tokens + size // CHARS_PER_TOKEN)
+
     async def retrieve(self, tenant: str, response_id: str) -> JSONObject | None:
         """``GET /v1/responses/{id}``: the response as it was answered, if this tenant's and
         still kept (None otherwise, and for one kept before the gateway stored whole responses)."""
@@ -235,6 +272,10 @@ class ResponsesService:
             if isinstance(item, dict) and isinstance(item.get("id"), str):
                 await self._store.delete(STORED_CATEGORY, _item_key(tenant, item["id"]))
         return True
+
+
+# Fields of an ``input_tokens`` request that change no count (a style preset).
+_COUNT_ONLY = frozenset({"personality"})
 
 
 def _renewed(answer: Answer, body: JSONObject, ids: ResponseIds) -> Answer:

@@ -36,6 +36,7 @@ FAKES = {
 }
 KINDS = ["gpt", "claude", "gemini"]
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+PNG_URL = f"data:image/png;base64,{PNG}"
 PDF = base64.b64encode(make_pdf(["The secret word is plum."])).decode()
 ASK = "What is the weather like in Paris?"
 WEATHER: Any = {
@@ -504,3 +505,11 @@ def test_reasoning_effort_reaches_gemini_as_its_thinking_budget(rp: ProbeStack) 
     assert answer.reasoning.effort == "medium"
     sent = rp.last_request("gem")
     assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 8192}
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_input_tokens_are_counted_for_every_kind(rp: ProbeStack, model: str) -> None:
+    counted = rp.client().responses.input_tokens.count(
+        model=model, instructions="You are terse.", input=_user({"type": "input_image", "image_url": PNG_URL})
+    )
+    assert counted.object == "response.input_tokens" and counted.input_tokens > 1

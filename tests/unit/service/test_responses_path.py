@@ -997,13 +997,39 @@ async def test_geminis_thought_signature_comes_back_with_the_call(
 
 
 async def test_openai_operations_under_a_response_id_not_served_are_404s(client: TestClient) -> None:
-    api = sdk(client)
-    with pytest.raises(openai.NotFoundError):
-        await api.responses.input_tokens.count(model="m", input="hi")
-    for path in ("/v1/responses/compact", "/v1/responses/input_tokens"):
+    for path in ("/v1/responses/compact", "/v1/responses/resp_1/cancel"):
         response = await client.post(path, json={"model": "m", "input": "hi"})
         assert response.status == 404
         assert (await response.json())["error"]["message"] == f"Unknown path: POST {path}."
+
+
+async def test_input_tokens_are_counted_without_calling_anyone(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    """``responses.input_tokens.count`` was a 404 ("Unknown path"): now the gateway's estimate,
+    as the Messages door's ``count_tokens``, over what a call would send."""
+    api = sdk(client)
+    short = await api.responses.input_tokens.count(model="m", input="hi")
+    assert short.object == "response.input_tokens" and short.input_tokens >= 1
+    long = await api.responses.input_tokens.count(model="m", input="word " * 400, instructions="Be brief.")
+    assert long.input_tokens >= 500
+    with_tools = await api.responses.input_tokens.count(
+        model="m",
+        input="word " * 400,
+        instructions="Be brief.",
+        tools=[WEATHER],  # type: ignore[list-item]
+    )
+    assert with_tools.input_tokens > long.input_tokens
+    assert (await api.responses.input_tokens.count(instructions="Only this.")).input_tokens >= 1  # no model
+    assert upstreams.seen == []
+    first = await api.responses.create(model="m", input="word " * 400)
+    chained = await api.responses.input_tokens.count(model="m", input="and?", previous_response_id=first.id)
+    assert chained.input_tokens >= 500  # the kept conversation counts
+    with pytest.raises(openai.NotFoundError):
+        await api.responses.input_tokens.count(model="nope", input="hi")
+    with pytest.raises(openai.BadRequestError) as caught:
+        await api.responses.input_tokens.count(model="m", input=[{"role": "robot", "content": "x"}])  # type: ignore[list-item]
+    assert caught.value.param == "input[0].role"
 
 
 async def test_item_references_name_the_items_of_kept_responses(
