@@ -105,9 +105,26 @@ def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: 
             choice = {**choice, "disable_parallel_tool_use": True}
         if body.get("tool_choice") is not None or "disable_parallel_tool_use" in choice:
             out["tool_choice"] = choice
+    elif _used_tools(messages):
+        # Anthropic refuses tool blocks without tools ("Requests which include `tool_use` or
+        # `tool_result` blocks must define tools."); OpenAI takes the history without them. The
+        # tools the history used are declared, and none may be called: the client offered none.
+        out["tools"] = [{"name": name, "input_schema": {"type": "object"}} for name in _used_tools(messages)]
+        out["tool_choice"] = {"type": "none"}
     if body.get("stream"):
         out["stream"] = True
     return out
+
+
+def _used_tools(turns: list[JSONObject]) -> list[str]:
+    """The names of the tools the ``tool_use`` blocks of ``turns`` call, in order, once each."""
+    names: dict[str, None] = {}
+    for turn in turns:
+        content = turn.get("content")
+        for block in content if isinstance(content, list) else ():
+            if block.get("type") == "tool_use":
+                names[str(block.get("name"))] = None
+    return list(names)
 
 
 def _conversation(messages: list[Any]) -> tuple[list[str], list[JSONObject]]:

@@ -730,3 +730,23 @@ def test_prompt_too_long_is_a_context_length_error() -> None:
 def test_a_body_that_is_not_anthropic_json_still_gives_an_error() -> None:
     error = adapter().translate_error(502, b"<html>Bad gateway</html>", None, "p")
     assert error.message == "p: Provider returned HTTP 502." and error.retryable
+
+
+def test_a_tool_history_without_tools_declares_the_tools_it_used_and_calls_none() -> None:
+    """Anthropic refuses tool blocks without tools ("Requests which include `tool_use` or
+    `tool_result` blocks must define tools."); OpenAI takes them, so a chat or Responses client
+    that offers no tools after a tool round (a summary turn) was refused by Anthropic only."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    history = [
+        USER,
+        {"role": "assistant", "content": None, "tool_calls": [call, {**call, "id": "call_2"}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "15"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "16"},
+        {"role": "user", "content": "Summarise."},
+    ]
+    out = translate({"messages": history})
+    assert out["tools"] == [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    assert out["tool_choice"] == {"type": "none"}
+    assert "tools" not in translate({"messages": [USER]}) and "tool_choice" not in translate(
+        {"messages": [USER]}
+    )
