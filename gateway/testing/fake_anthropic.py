@@ -161,6 +161,7 @@ def parse_messages(body: dict[str, object]) -> MessagesRequest:
         if role == "user":
             prompt = text
     check_conversation(messages)
+    _check_tools_defined(messages, body.get("tools"))
     check_options(body)
     stops = body.get("stop_sequences")
     stop_sequences = tuple(s for s in stops if isinstance(s, str) and s) if isinstance(stops, list) else ()
@@ -259,6 +260,21 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
     _check_answered(offered, answered, offered_at)
     if messages[-1].get("role") == "assistant":
         _check_answered(ids, set(), len(messages) - 1)
+
+
+def _check_tools_defined(messages: list[dict[str, object]], tools: object) -> None:
+    """A history with tool uses or results needs ``tools``: the API refuses it otherwise with
+    "Requests which include `tool_use` or `tool_result` blocks must define tools." (as its users
+    quote it; OpenAI takes such a history without tools)."""
+    if isinstance(tools, list) and tools:
+        return
+    for message in messages:
+        content = message.get("content")
+        for block in content if isinstance(content, list) else ():
+            if isinstance(block, dict) and block.get("type") in ("tool_use", "tool_result"):
+                raise _refusal(
+                    400, "Requests which include `tool_use` or `tool_result` blocks must define tools."
+                )
 
 
 def _check_answered(offered: set[str], answered: set[str], at: int) -> None:

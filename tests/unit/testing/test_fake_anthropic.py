@@ -302,7 +302,7 @@ async def test_valid_tool_turns_and_a_final_empty_assistant_turn_are_accepted(
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "15"}]},
         {"role": "assistant", "content": []},  # the optional final (prefill) assistant message
     ]
-    assert (await post(client, {**ASK, "messages": messages})).status == 200
+    assert (await post(client, {**ASK, "messages": messages, "tools": [WEATHER]})).status == 200
 
 
 async def test_an_assistant_turn_may_open_the_conversation(aiohttp_client: AiohttpClient) -> None:
@@ -325,7 +325,7 @@ async def test_consecutive_messages_of_one_role_are_one_turn(aiohttp_client: Aio
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "16"}]},
         {"role": "user", "content": "Which is warmer?"},
     ]
-    assert (await post(client, {**ASK, "messages": messages})).status == 200
+    assert (await post(client, {**ASK, "messages": messages, "tools": [WEATHER]})).status == 200
 
 
 CALL: dict[str, Any] = {"type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
@@ -510,3 +510,21 @@ async def test_thinking_blocks_in_a_final_assistant_message_need_thinking_on(
     )
     thinking = {"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048}
     assert (await post(client, {**ASK, **thinking, "messages": messages})).status == 200
+
+
+async def test_a_history_with_tool_blocks_needs_tools_as_the_api_wants(aiohttp_client: AiohttpClient) -> None:
+    """Anthropic: "Requests which include `tool_use` or `tool_result` blocks must define tools."
+    (OpenAI takes such a history without tools); the fake answered it."""
+    client = await fake(aiohttp_client)
+    use = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
+    history = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [use]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "15"}]},
+    ]
+    refused = await post(client, {**ASK, "messages": history})
+    assert refused.status == 400
+    assert (await refused.json())["error"]["message"] == (
+        "Requests which include `tool_use` or `tool_result` blocks must define tools."
+    )
+    assert (await post(client, {**ASK, "messages": history, "tools": [WEATHER]})).status == 200
