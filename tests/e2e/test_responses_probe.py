@@ -419,6 +419,9 @@ def test_a_chain_by_previous_response_id_then_retrieve_and_delete(rp: ProbeStack
         tools=[WEATHER],
     )
     assert fourth.status == "completed" and fourth.output_text
+    # a turn offering no tools after a tool round (Anthropic refuses tool blocks without tools)
+    fifth = client.responses.create(model=model, previous_response_id=fourth.id, input="Thanks!")
+    assert fifth.output_text == "Echo: Thanks!"
     client.responses.delete(fourth.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(fourth.id)
