@@ -104,6 +104,7 @@ def parse_chat(body: dict[str, object]) -> Generation:
     _check_tool_pairs(messages)
     _check_stop(body.get("stop"))
     _check_json_mode(body.get("response_format"), said_json)
+    _check_strict_format(body.get("response_format"))
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     return Generation(
         _model(body),
@@ -224,7 +225,9 @@ def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] 
     ]
     for i, function in enumerate(functions):
         if function.get("strict") is True:
-            _check_strict_schema(function.get("parameters"), str(function["name"]), f"tools[{i}]")
+            _check_strict_schema(
+                function.get("parameters"), str(function["name"]), f"tools[{i}].function.parameters"
+            )
     choice = body.get("tool_choice")
     if choice is not None and not functions:
         raise WireError("'tool_choice' is only allowed when 'tools' are specified", "tool_choice")
@@ -272,20 +275,20 @@ def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] 
     return asked_to_call(prompt, by_name)
 
 
-def _check_strict_schema(schema: object, name: str, at: str, context: tuple[str, ...] = ()) -> None:
+def _check_strict_schema(
+    schema: object, name: str, at: str, context: tuple[str, ...] = (), what: str = "function"
+) -> None:
     """Refuse, as OpenAI does with its words (Structured Outputs, "Supported schemas": every
     object needs ``additionalProperties: false`` and all its properties in ``required``), a
-    strict function's schema that is not one; nested objects (``properties``, ``items``) too."""
+    strict function's (or ``response_format``'s) schema that is not one; nested objects
+    (``properties``, ``items``) too."""
     if not isinstance(schema, dict):
         return
     properties = schema.get("properties")
     if schema.get("type") == "object" or isinstance(properties, dict):
-        where = f"Invalid schema for function '{name}': In context={context}, "
+        where = f"Invalid schema for {what} '{name}': In context={context}, "
         if schema.get("additionalProperties") is not False:
-            raise WireError(
-                where + "'additionalProperties' is required to be supplied and to be false.",
-                f"{at}.function.parameters",
-            )
+            raise WireError(where + "'additionalProperties' is required to be supplied and to be false.", at)
         fields: dict[str, object] = properties if isinstance(properties, dict) else {}
         keys = list(fields)
         required = schema.get("required")
@@ -294,11 +297,20 @@ def _check_strict_schema(schema: object, name: str, at: str, context: tuple[str,
             raise WireError(
                 where + "'required' is required to be supplied and to be an array including every "
                 f"key in properties. Missing '{missing[0]}'.",
-                f"{at}.function.parameters",
+                at,
             )
         for key, field in fields.items():
-            _check_strict_schema(field, name, at, (*context, "properties", key))
-    _check_strict_schema(schema.get("items"), name, at, (*context, "items"))
+            _check_strict_schema(field, name, at, (*context, "properties", key), what)
+    _check_strict_schema(schema.get("items"), name, at, (*context, "items"), what)
+
+
+def _check_strict_format(response_format: object) -> None:
+    """A strict ``json_schema`` response format is held to the same rules as a strict function,
+    in OpenAI's words for it ("Invalid schema for response_format 'NAME': In context=(), ...")."""
+    spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    if isinstance(spec, dict) and spec.get("strict") is True:
+        at = "response_format.json_schema.schema"
+        _check_strict_schema(spec.get("schema"), str(spec.get("name")), at, what="response_format")
 
 
 def parse_completion(body: dict[str, object]) -> Generation:

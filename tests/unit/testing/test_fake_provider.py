@@ -912,3 +912,30 @@ def test_allowed_tools_are_served_as_openai_serves_them() -> None:
     )  # a is not allowed
     with pytest.raises(fake_wire.WireError):
         fake_wire.parse_chat({**asked, "tool_choice": _allowed("auto", "c")})
+
+
+def test_a_strict_response_format_schema_is_held_to_openais_rules() -> None:
+    """OpenAI: "Invalid schema for response_format 'NAME': In context=(), 'additionalProperties'
+    is required to be supplied and to be false." (as its users quote it); the fake took any."""
+    loose = {"type": "object", "properties": {"city": {"type": "string"}}}
+    body: dict[str, Any] = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "W", "schema": loose, "strict": True},
+        },
+    }
+    with pytest.raises(fake_wire.WireError) as caught:
+        fake_wire.parse_chat(body)
+    assert str(caught.value) == (
+        "Invalid schema for response_format 'W': In context=(), 'additionalProperties' is required to be "
+        "supplied and to be false."
+    )
+    assert caught.value.param == "response_format.json_schema.schema"
+    fake_wire.parse_chat(
+        {**body, "response_format": {"type": "json_schema", "json_schema": {"name": "W", "schema": loose}}}
+    )
+    tight = {**loose, "additionalProperties": False, "required": ["city"]}
+    strict = {"type": "json_schema", "json_schema": {"name": "W", "schema": tight, "strict": True}}
+    fake_wire.parse_chat({**body, "response_format": strict})
