@@ -655,10 +655,45 @@ def chat_response_format(text: object) -> JSONObject | None:
         for name in ("description", "strict"):
             if fmt.get(name) is not None:
                 schema[name] = fmt[name]
+        if fmt.get("strict") is True:
+            problem = _strict_schema_problem(fmt["schema"], ())
+            if problem is not None:
+                raise ResponsesInputError(
+                    f"Invalid schema for response_format {quoted(fmt['name'])}: {problem}",
+                    "text.format.schema",
+                    "invalid_json_schema",
+                )
         return {"type": "json_schema", "json_schema": schema}
     raise ResponsesInputError(
         "text.format must be of type text, json_object or json_schema.", "text.format.type"
     )
+
+
+def _strict_schema_problem(schema: object, context: tuple[str, ...]) -> str | None:
+    """What strict mode refuses in ``schema``, in OpenAI's words (Structured Outputs, "Supported
+    schemas": every object has ``additionalProperties: false`` and all its properties in
+    ``required``; nested ``properties`` and ``items`` too), or None. OpenAI refuses such a strict
+    format; a translated kind would answer it (best effort), so the door refuses it for all."""
+    if not isinstance(schema, dict):
+        return None
+    properties = schema.get("properties")
+    if schema.get("type") == "object" or isinstance(properties, dict):
+        where = f"In context={context}, "
+        if schema.get("additionalProperties") is not False:
+            return where + "'additionalProperties' is required to be supplied and to be false."
+        fields: dict[str, object] = properties if isinstance(properties, dict) else {}
+        required = schema.get("required")
+        missing = [k for k in fields if not isinstance(required, list) or k not in required]
+        if missing:
+            return (
+                where + "'required' is required to be supplied and to be an array including every key "
+                f"in properties. Missing {quoted(missing[0])}."
+            )
+        for key, field in fields.items():
+            problem = _strict_schema_problem(field, (*context, "properties", key))
+            if problem is not None:
+                return problem
+    return _strict_schema_problem(schema.get("items"), (*context, "items"))
 
 
 # ----- naming the client's fields in errors about the chat translation

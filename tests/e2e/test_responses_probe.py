@@ -516,3 +516,13 @@ def test_input_tokens_are_counted_for_every_kind(rp: ProbeStack, model: str) -> 
         model=model, instructions="You are terse.", input=_user({"type": "input_image", "image_url": PNG_URL})
     )
     assert counted.object == "response.input_tokens" and counted.input_tokens > 1
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_a_strict_format_strict_mode_refuses_is_openais_400_on_every_kind(rp: ProbeStack, model: str) -> None:
+    loose = {"type": "object", "properties": {"city": {"type": "string"}}}
+    fmt: Any = {"type": "json_schema", "name": "Weather", "schema": loose, "strict": True}
+    with pytest.raises(openai.BadRequestError) as caught:
+        rp.client().responses.create(model=model, input=ASK, text={"format": fmt})
+    assert caught.value.param == "text.format.schema"
+    assert "Invalid schema for response_format 'Weather'" in caught.value.message

@@ -375,3 +375,61 @@ def test_a_file_by_url_is_refused_naming_file_url() -> None:
         chat_request({"model": "m", "input": [{"role": "user", "content": [part]}]})
     assert caught.value.param == "input[0].content[0].file_url"
     assert "'file_url'" in caught.value.message and "file_data" in caught.value.message
+
+
+def _strict_format(schema: Any) -> Any:
+    return {"format": {"type": "json_schema", "name": "Weather", "schema": schema, "strict": True}}
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        (
+            {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            "Invalid schema for response_format 'Weather': In context=(), 'additionalProperties' is required "
+            "to be supplied and to be false.",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+            "'required' is required to be supplied and to be an array including every key in properties. "
+            "Missing 'days'.",
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"where": {"type": "object", "properties": {"city": {"type": "string"}}}},
+                "required": ["where"],
+                "additionalProperties": False,
+            },
+            "In context=('properties', 'where'), 'additionalProperties'",
+        ),
+    ],
+)
+def test_a_strict_format_strict_mode_refuses_is_openais_400(schema: Any, words: str) -> None:
+    """OpenAI refuses it; a translated kind answered it (best effort)."""
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request({"model": "m", "input": "hi", "text": _strict_format(schema)})
+    assert words in caught.value.message
+    assert (caught.value.param, caught.value.code) == ("text.format.schema", "invalid_json_schema")
+
+
+def test_a_strict_format_strict_mode_takes_or_a_loose_one_is_sent() -> None:
+    tight = {
+        "type": "object",
+        "properties": {"c": {"type": "string"}},
+        "required": ["c"],
+        "additionalProperties": False,
+    }
+    assert chat_request({"model": "m", "input": "hi", "text": _strict_format(tight)})["response_format"][
+        "json_schema"
+    ]["strict"]
+    loose = {"format": {"type": "json_schema", "name": "W", "schema": {"type": "object", "properties": {}}}}
+    assert (
+        "strict"
+        not in chat_request({"model": "m", "input": "hi", "text": loose})["response_format"]["json_schema"]
+    )
