@@ -588,6 +588,14 @@ def chat_tools(tools: object) -> list[JSONObject]:
         for name in ("description", "parameters", "strict"):
             if tool.get(name) is not None:
                 function[name] = tool[name]
+        if tool.get("strict") is True:  # OpenAI's rules for it, whatever kind serves it
+            problem = _strict_schema_problem(tool.get("parameters"), ())
+            if problem is not None:
+                raise ResponsesInputError(
+                    f"Invalid schema for function {quoted(function['name'])}: {problem}",
+                    f"{where}.parameters",
+                    "invalid_function_parameters",
+                )
         out.append({"type": "function", "function": function})
     return out
 

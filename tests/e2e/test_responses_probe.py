@@ -526,3 +526,13 @@ def test_a_strict_format_strict_mode_refuses_is_openais_400_on_every_kind(rp: Pr
         rp.client().responses.create(model=model, input=ASK, text={"format": fmt})
     assert caught.value.param == "text.format.schema"
     assert "Invalid schema for response_format 'Weather'" in caught.value.message
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_a_strict_function_strict_mode_refuses_is_openais_400_on_every_kind(
+    rp: ProbeStack, model: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        rp.client().responses.create(model=model, input=ASK, tools=[{**LOOSE, "strict": True}])
+    assert caught.value.param == "tools[0].parameters"
+    assert "Invalid schema for function 'get_time'" in caught.value.message

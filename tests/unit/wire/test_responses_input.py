@@ -433,3 +433,27 @@ def test_a_strict_format_strict_mode_takes_or_a_loose_one_is_sent() -> None:
         "strict"
         not in chat_request({"model": "m", "input": "hi", "text": loose})["response_format"]["json_schema"]
     )
+
+
+def test_a_strict_function_strict_mode_refuses_is_openais_400() -> None:
+    """As for a strict format: OpenAI refuses the schema, the Gemini kind dropped ``strict`` and
+    answered, so the same request worked or failed by routing."""
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"location": {"type": "string"}, "unit": {"type": "string"}},
+            "required": ["location"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    }
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request({"model": "m", "input": "hi", "tools": [tool]})
+    assert caught.value.message == (
+        "Invalid schema for function 'get_weather': In context=(), 'required' is required to be supplied "
+        "and to be an array including every key in properties. Missing 'unit'."
+    )
+    assert (caught.value.param, caught.value.code) == ("tools[0].parameters", "invalid_function_parameters")
+    assert chat_request({"model": "m", "input": "hi", "tools": [{**tool, "strict": False}]})["tools"]
