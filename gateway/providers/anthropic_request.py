@@ -66,9 +66,13 @@ _VALID_TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")  # Anthropic's pattern for to
 def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: int) -> JSONObject:
     """The Messages API body for the OpenAI chat ``body``, to be served by ``upstream_model``."""
     if isinstance(body.get("n"), int) and body["n"] > 1:
-        raise UnsupportedByProvider(KIND, "n > 1 (one choice per request)")
+        raise UnsupportedByProvider(KIND, "n > 1 (one choice per request)", param="n")
     if body.get("functions") is not None or body.get("function_call") is not None:
-        raise UnsupportedByProvider(KIND, "the legacy 'functions' parameters (use 'tools')")
+        raise UnsupportedByProvider(
+            KIND,
+            "the legacy 'functions' parameters (use 'tools')",
+            param="functions" if body.get("functions") is not None else "function_call",
+        )
     body = narrowed(body)
     system, messages = _conversation(body["messages"])
     instruction = _format_instruction(body.get("response_format"))
@@ -151,7 +155,9 @@ def _conversation(messages: list[Any]) -> tuple[list[str], list[JSONObject]]:
             blocks = [_tool_result(message, i, tool_ids)]
             role = "user"  # Anthropic carries tool results in the user's turn
         else:
-            raise UnsupportedByProvider(KIND, f"messages with role '{role}' (use 'tool')")
+            raise UnsupportedByProvider(
+                KIND, f"messages with role '{role}' (use 'tool')", param=f"messages[{i}].role"
+            )
         last_role = role
         if not blocks:
             continue  # Anthropic refuses empty turns; an empty message adds nothing anyway
@@ -260,9 +266,11 @@ def _user_part(part: object, where: str) -> JSONObject | None:
         file = part.get("file")
         data = file.get("file_data") if isinstance(file, dict) else None
         if not isinstance(data, str) or not data.startswith("data:"):
-            raise UnsupportedByProvider(KIND, "file parts other than inline data: URLs (file_data)")
+            raise UnsupportedByProvider(
+                KIND, "file parts other than inline data: URLs (file_data)", param=where
+            )
         return {"type": "document", "source": _source(data, where)}
-    raise UnsupportedByProvider(KIND, f"content parts of type '{kind}'")
+    raise UnsupportedByProvider(KIND, f"content parts of type '{kind}'", param=where)
 
 
 def _source(url: str, where: str) -> JSONObject:
@@ -364,7 +372,7 @@ def _tool(tool: object, i: int) -> JSONObject:
     where = f"tools[{i}]"
     if not isinstance(tool, dict) or tool.get("type", "function") != "function":
         kind = tool.get("type") if isinstance(tool, dict) else None
-        raise UnsupportedByProvider(KIND, f"tools of type '{kind}' (only 'function')")
+        raise UnsupportedByProvider(KIND, f"tools of type '{kind}' (only 'function')", param=where)
     function = tool.get("function")
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         raise InvalidRequest(f"'{where}.function.name' is required.", param=f"{where}.function.name")
@@ -385,7 +393,7 @@ def _tool_choice(choice: object) -> JSONObject:
     if isinstance(function, dict) and isinstance(function.get("name"), str):
         return {"type": "tool", "name": function["name"]}
     if isinstance(choice, dict) and choice.get("type") == "custom":
-        raise UnsupportedByProvider(KIND, "custom tools (only 'function')")
+        raise UnsupportedByProvider(KIND, "custom tools (only 'function')", param="tool_choice")
     raise InvalidRequest(
         "Invalid value for 'tool_choice': use 'auto', 'none', 'required' or "
         '{"type": "function", "function": {"name": ...}}.',

@@ -114,10 +114,12 @@ def completion_request(body: JSONObject) -> JSONObject:
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if not isinstance(prompt, str):
-        raise UnsupportedByProvider(KIND, "completions of several or token-id prompts (one text prompt only)")
+        raise UnsupportedByProvider(
+            KIND, "completions of several or token-id prompts (one text prompt only)", param="prompt"
+        )
     for name in ("echo", "suffix"):
         if body.get(name):
-            raise UnsupportedByProvider(KIND, f"the completion parameter '{name}'")
+            raise UnsupportedByProvider(KIND, f"the completion parameter '{name}'", param=name)
     request: JSONObject = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
     config = _generation_config(body)
     if config:
@@ -130,7 +132,7 @@ def embedding_request(body: JSONObject, resource: str) -> JSONObject:
     raw = body.get("input")
     inputs = [raw] if isinstance(raw, str) else raw
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
-        raise UnsupportedByProvider(KIND, "embeddings of token-id inputs (text only)")
+        raise UnsupportedByProvider(KIND, "embeddings of token-id inputs (text only)", param="input")
     extra: JSONObject = {}
     dimensions = body.get("dimensions")
     if dimensions is not None:
@@ -228,9 +230,11 @@ def _user_parts(content: object, where: str) -> list[JSONObject]:
         elif kind == "file" and isinstance(part.get("file"), dict) and "file_data" in part["file"]:
             parts.append(_media_part(part["file"]["file_data"], param))
         elif kind == "file":
-            raise UnsupportedByProvider(KIND, "file parts other than inline data: URLs (file_data)")
+            raise UnsupportedByProvider(
+                KIND, "file parts other than inline data: URLs (file_data)", param=param
+            )
         else:
-            raise UnsupportedByProvider(KIND, f"content parts of type '{kind}'")
+            raise UnsupportedByProvider(KIND, f"content parts of type '{kind}'", param=param)
     return parts
 
 
@@ -326,7 +330,9 @@ def _declarations(body: JSONObject) -> list[JSONObject]:
     for i, tool in enumerate(tools if isinstance(tools, list) else []):
         if not isinstance(tool, dict) or tool.get("type") != "function":
             kind = tool.get("type") if isinstance(tool, dict) else None
-            raise UnsupportedByProvider(KIND, f"tools of type '{kind}' (function tools only)")
+            raise UnsupportedByProvider(
+                KIND, f"tools of type '{kind}' (function tools only)", param=f"tools[{i}]"
+            )
         declarations.append(_declaration(tool.get("function"), f"tools[{i}].function"))
     functions = body.get("functions") or []  # the deprecated functions API
     for i, function in enumerate(functions if isinstance(functions, list) else []):
@@ -374,7 +380,9 @@ def _tool_config(body: JSONObject) -> JSONObject | None:
         name = function.get("name") if isinstance(function, dict) else None
         if isinstance(name, str) and name:
             return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
-    raise UnsupportedByProvider(KIND, "this tool_choice (none, auto, required or one function only)")
+    raise UnsupportedByProvider(
+        KIND, "this tool_choice (none, auto, required or one function only)", param="tool_choice"
+    )
 
 
 def _generation_config(body: JSONObject) -> JSONObject:

@@ -141,17 +141,36 @@ def test_embeddings_and_completions_are_refused_but_may_fail_over(endpoint: Endp
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "param"),
     [
-        {"messages": [USER], "n": 2},
-        {"messages": [USER], "functions": [{"name": "f"}]},
-        {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
-        {"messages": [USER], "tools": [{"type": "custom", "custom": {"name": "x"}}]},
+        ({"messages": [USER], "n": 2}, "n"),
+        ({"messages": [USER], "functions": [{"name": "f"}]}, "functions"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "x"},
+                            {"type": "input_audio", "input_audio": {}},
+                        ],
+                    }
+                ]
+            },
+            "messages[0].content[1]",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "f"}}]}]},
+            "messages[0].content[0]",
+        ),
+        ({"messages": [USER], "tools": [{"type": "custom", "custom": {"name": "x"}}]}, "tools[0]"),
+        ({"messages": [{"role": "function", "name": "f", "content": "x"}]}, "messages[0].role"),
     ],
 )
-def test_features_without_an_anthropic_equivalent_are_refused(body: dict[str, Any]) -> None:
-    with pytest.raises(UnsupportedByProvider):
+def test_features_without_an_anthropic_equivalent_are_refused(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(UnsupportedByProvider) as err:
         translate(body)
+    assert err.value.param == param  # what the client must change (OpenAI's envelope names it)
 
 
 @pytest.mark.parametrize(

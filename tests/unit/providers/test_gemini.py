@@ -179,24 +179,40 @@ FTP_IMAGE = {"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}
 
 
 @pytest.mark.parametrize(
-    ("endpoint", "body"),
+    ("endpoint", "body", "param"),
     [
-        (Endpoint.CHAT, {**HELLO, "tools": [{"type": "web_search"}]}),
-        (Endpoint.CHAT, chat({"role": "user", "content": [{"type": "video"}]})),
-        (Endpoint.CHAT, chat({"role": "user", "content": [{"type": "file", "file": {"file_id": "f"}}]})),
-        (Endpoint.CHAT, chat({"role": "system", "content": "a system prompt only"})),
-        (Endpoint.CHAT, {**chat({"role": "user", "content": "hi"}), "stop": ["1", "2", "3", "4", "5", "6"]}),
-        (Endpoint.COMPLETIONS, {"model": "m", "prompt": ["one", "two"]}),
-        (Endpoint.COMPLETIONS, {"model": "m", "prompt": "x", "echo": True}),
-        (Endpoint.EMBEDDINGS, {"model": "m", "input": [[1, 2, 3]]}),
+        (Endpoint.CHAT, {**HELLO, "tools": [{"type": "web_search"}]}, "tools[0]"),
+        (Endpoint.CHAT, chat({"role": "user", "content": [{"type": "video"}]}), "messages[0].content[0]"),
+        (
+            Endpoint.CHAT,
+            chat(
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "x"}, {"type": "file", "file": {"file_id": "f"}}],
+                }
+            ),
+            "messages[0].content[1]",
+        ),
+        (Endpoint.CHAT, chat({"role": "system", "content": "a system prompt only"}), None),
+        (
+            Endpoint.CHAT,
+            {**chat({"role": "user", "content": "hi"}), "stop": ["1", "2", "3", "4", "5", "6"]},
+            "stop",
+        ),
+        (Endpoint.COMPLETIONS, {"model": "m", "prompt": ["one", "two"]}, "prompt"),
+        (Endpoint.COMPLETIONS, {"model": "m", "prompt": "x", "echo": True}, "echo"),
+        (Endpoint.EMBEDDINGS, {"model": "m", "input": [[1, 2, 3]]}, "input"),
     ],
 )
-def test_what_gemini_cannot_serve_is_a_retryable_refusal(endpoint: Endpoint, body: dict[str, Any]) -> None:
+def test_what_gemini_cannot_serve_is_a_retryable_refusal(
+    endpoint: Endpoint, body: dict[str, Any], param: str | None
+) -> None:
     # Retryable: a group that mixes provider kinds moves on to a deployment that can serve it.
     with pytest.raises(UnsupportedByProvider) as err:
         ADAPTER.build_request(endpoint, body, "m")
     assert err.value.code == "unsupported_endpoint" and "'gemini'" in err.value.message
     assert err.value.retryable and err.value.status == 400
+    assert err.value.param == param  # what the client must change (OpenAI's envelope names it)
 
 
 @pytest.mark.parametrize(
