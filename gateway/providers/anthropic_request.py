@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest, UnsupportedByProvider
+from gateway.providers.chat_features import refuse_unhonoured
 from gateway.providers.tool_choice import narrowed
 from gateway.wire.requests import JSONObject
 
@@ -73,6 +74,7 @@ def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: 
             "the legacy 'functions' parameters (use 'tools')",
             param="functions" if body.get("functions") is not None else "function_call",
         )
+    refuse_unhonoured(body, KIND)
     body = narrowed(body)
     system, messages = _conversation(body["messages"])
     instruction = _format_instruction(body.get("response_format"))

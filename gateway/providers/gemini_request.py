@@ -11,8 +11,9 @@ What Gemini cannot serve (non-function tools, content parts other than text, ima
 inline files, token-id inputs, several prompts in one legacy completion, ``echo``/``suffix``) is
 refused with ``UnsupportedByProvider``, a retryable 400, so a model group mixing provider kinds is
 served by a deployment that can; a malformed request is an ``InvalidRequest`` naming the
-parameter. Parameters Gemini has no equivalent for (``logprobs``, ``logit_bias``, ``user``,
-``parallel_tool_calls``, ...) are left out, as sampling hints are;
+parameter. Parameters the answer rests on and Gemini is not asked for (``logprobs``,
+``logit_bias``, ``web_search_options``, audio output) are refused too (``chat_features.py``);
+hints without an equivalent (``user``, ``seed``, ...) are left out, as sampling hints are;
 ``parallel_tool_calls: false`` is kept on the answer instead (its first function call only).
 ``thinking_budget`` (not OpenAI's: the Messages door's ``thinking.budget_tokens``), else
 ``reasoning_effort`` as Google's OpenAI-compatible endpoint maps it, becomes
@@ -27,6 +28,7 @@ from urllib.parse import quote, urlsplit
 import orjson
 
 from gateway.errors import InvalidRequest, UnsupportedByProvider
+from gateway.providers.chat_features import refuse_unhonoured
 from gateway.providers.gemini_schema import MAX_DEPTH, MAX_NODES, SchemaTooLarge, gemini_schema
 from gateway.providers.tool_choice import narrowed
 from gateway.wire.requests import JSONObject
@@ -88,6 +90,7 @@ def model_resource(model: str) -> str:
 
 def chat_request(body: JSONObject) -> JSONObject:
     """A ``GenerateContentRequest`` for an OpenAI chat completion body."""
+    refuse_unhonoured(body, KIND)
     body = narrowed(body)  # tool_choice allowed_tools: only the allowed tools are declared
     messages = body.get("messages")
     if not isinstance(messages, list):

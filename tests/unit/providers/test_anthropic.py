@@ -769,3 +769,35 @@ def test_a_tool_history_without_tools_declares_the_tools_it_used_and_calls_none(
     assert "tools" not in translate({"messages": [USER]}) and "tool_choice" not in translate(
         {"messages": [USER]}
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "param"),
+    [
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ({"logit_bias": {"1734": -100}}, "logit_bias"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ],
+)
+def test_what_the_answer_rests_on_is_refused_not_dropped(field: dict[str, Any], param: str) -> None:
+    # Left out, the answer would come back without the logprobs, bias, search or audio asked for.
+    with pytest.raises(UnsupportedByProvider) as err:
+        translate({"messages": [USER], **field})
+    assert err.value.param == param and err.value.retryable
+
+
+def test_hints_without_an_anthropic_equivalent_are_left_out() -> None:
+    hints = {
+        "logprobs": False,
+        "logit_bias": {},
+        "modalities": ["text"],
+        "seed": 1,
+        "prediction": {"type": "content", "content": "x"},
+        "service_tier": "auto",
+        "store": True,
+        "reasoning_effort": "low",
+    }
+    out = translate({"messages": [USER], **hints})
+    assert not set(hints) & set(out)

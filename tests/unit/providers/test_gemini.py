@@ -709,3 +709,32 @@ def test_reasoning_effort_none_sends_no_budget_and_a_thinking_budget_wins() -> N
     )
     both = sent(Endpoint.CHAT, {**HELLO, "reasoning_effort": "high", "thinking_budget": 2048})
     assert both["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 2048}
+
+
+@pytest.mark.parametrize(
+    ("field", "param"),
+    [
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ({"logit_bias": {"1734": -100}}, "logit_bias"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+    ],
+)
+def test_what_the_answer_rests_on_is_refused_not_dropped(field: dict[str, Any], param: str) -> None:
+    # Left out, the answer would come back without the logprobs, bias, search or audio asked for.
+    with pytest.raises(UnsupportedByProvider) as err:
+        sent(Endpoint.CHAT, {**HELLO, **field})
+    assert err.value.param == param and err.value.retryable
+
+
+def test_hints_without_a_gemini_equivalent_are_left_out() -> None:
+    hints = {
+        "logprobs": False,
+        "logit_bias": {},
+        "modalities": ["text"],
+        "service_tier": "auto",
+        "store": True,
+    }
+    out = sent(Endpoint.CHAT, {**HELLO, **hints})
+    assert set(out) == {"contents"}
