@@ -80,6 +80,7 @@ class MessagesRequest:
     stream: bool
     stop_sequences: tuple[str, ...]
     tool: dict[str, object] | None  # the tool to call, if the reply is a tool call
+    json_reply: str | None = None  # the reply when ``output_config.format`` asks for JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,8 @@ def plan_reply(config: FakeConfig, ask: MessagesRequest) -> Reply:
         tokens, _ = fake_wire.reply_tokens(orjson.dumps(arguments).decode(), None)
         return Reply(tokens, "tool_use", None, str(ask.tool["name"]), arguments)
     text = config.reply if config.reply is not None else _echo(ask.prompt)
+    if ask.json_reply is not None and config.reply is None:  # a fixed reply stands
+        text = ask.json_reply
     hits = sorted((text.find(s), s) for s in ask.stop_sequences if s in text)
     if hits:
         text = text[: hits[0][0]]
@@ -173,7 +176,20 @@ def parse_messages(body: dict[str, object]) -> MessagesRequest:
         body.get("stream") is True,
         stop_sequences,
         _chosen_tool(body, prompt),
+        _json_reply(body.get("output_config"), prompt),
     )
+
+
+def _json_reply(config: object, prompt: str) -> str | None:
+    """The JSON reply ``output_config.format`` (structured outputs: ``{"type": "json_schema",
+    "schema": ...}``) asks for; None for text."""
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return None
+    schema = fmt.get("schema")
+    if not isinstance(schema, dict):
+        raise _refusal(400, "output_config.format.schema: Field required")
+    return fake_wire.json_text(schema, prompt)
 
 
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")

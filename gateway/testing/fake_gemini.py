@@ -115,6 +115,7 @@ class GenerateRequest:
     max_tokens: int | None
     stop_sequences: tuple[str, ...]
     function: dict[str, object] | None  # the declaration to call, if the reply is a call
+    json_reply: str | None = None  # the reply when ``responseMimeType`` is application/json
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +278,9 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
         limit if isinstance(limit, int) and limit > 0 else None,
         tuple(s for s in stops if isinstance(s, str) and s) if isinstance(stops, list) else (),
         _chosen_function(body, contents[-1], prompt),
+        fake_wire.json_text(config.get("responseSchema"), prompt)
+        if config.get("responseMimeType") == "application/json"
+        else None,
     )
 
 
@@ -301,6 +305,8 @@ def plan_reply(config: FakeConfig, ask: GenerateRequest) -> Reply:
         call = {"name": ask.function["name"], "args": args}
         return Reply([], "STOP", Usage(ask.prompt_tokens, len(tokens)), call)
     text = config.reply if config.reply is not None else _echo(ask.prompt)
+    if ask.json_reply is not None and config.reply is None:  # a fixed reply stands
+        text = ask.json_reply
     hits = [text.find(s) for s in ask.stop_sequences if s in text]
     if hits:
         text = text[: min(hits)]

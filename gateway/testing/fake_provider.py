@@ -305,6 +305,8 @@ async def _generate(
         fmt = fake_wire.ToolCallFormat(next(state.serials), generation.model, str(generation.tool["name"]))
     else:
         text = config.reply if config.reply is not None else _echo(generation.prompt)
+        if generation.json_reply is not None and config.reply is None:  # a fixed reply stands
+            text = generation.json_reply
         text = fake_wire.cut_at_stop(text, generation.stop)
         tokens, finish_reason = fake_wire.reply_tokens(text, generation.max_tokens)
         fmt = reply_format(next(state.serials), generation.model)

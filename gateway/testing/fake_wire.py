@@ -66,6 +66,7 @@ class Generation:
     max_tokens: int | None
     tool: dict[str, object] | None = None  # the function to call (chat), when the reply is a call
     stop: tuple[str, ...] = ()  # the reply ends before the first of these (not included)
+    json_reply: str | None = None  # the reply when JSON is asked for (``response_format``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,28 @@ def parse_chat(body: dict[str, object]) -> Generation:
         _limit(limit),
         _chosen_function(body, last_user),
         _stops(body.get("stop")),
+        _json_reply(body.get("response_format"), last_user),
     )
+
+
+def _json_reply(response_format: object, prompt: str) -> str | None:
+    """The JSON a ``response_format`` of type ``json_object`` or ``json_schema`` makes the reply;
+    None for text (JSON mode without the word "json" was refused at parse: ``_check_json_mode``)."""
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+        return json_text(spec.get("schema") if isinstance(spec, dict) else None, prompt)
+    if kind == "json_object":
+        return json_text(None, prompt)
+    return None
+
+
+def json_text(schema: object, prompt: str) -> str:
+    """A reply in JSON, as every fake flavour gives it when asked: an object built from
+    ``schema`` as tool arguments are (``tool_input``), or ``{"echo": prompt}`` without one."""
+    if isinstance(schema, dict) and isinstance(schema.get("properties"), dict):
+        return orjson.dumps(tool_input({"input_schema": schema})).decode()
+    return orjson.dumps({"echo": prompt}).decode()
 
 
 # "stop: Up to 4 sequences where the API will stop generating further tokens" (OpenAI's API
@@ -368,7 +390,10 @@ def tool_input(tool: dict[str, object]) -> dict[str, object]:
             kind = spec.get("type")
             if isinstance(kind, list):  # ["string", "null"]: a JSON Schema type may be a list
                 kind = next((k for k in kind if isinstance(k, str) and k != "null"), None)
-            values[name] = by_type.get(kind, f"{name}-value") if isinstance(kind, str) else f"{name}-value"
+            # (lower case: Gemini's schemas spell types OBJECT, STRING, ...)
+            values[name] = (
+                by_type.get(kind.lower(), f"{name}-value") if isinstance(kind, str) else f"{name}-value"
+            )
     return values
 
 

@@ -528,3 +528,10 @@ async def test_a_history_with_tool_blocks_needs_tools_as_the_api_wants(aiohttp_c
         "Requests which include `tool_use` or `tool_result` blocks must define tools."
     )
     assert (await post(client, {**ASK, "messages": history, "tools": [WEATHER]})).status == 200
+
+
+async def test_structured_outputs_answer_in_json(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    fmt = {"type": "json_schema", "schema": WEATHER["input_schema"]}
+    message = await (await post(client, {**ASK, "output_config": {"format": fmt}})).json()
+    assert orjson.loads(message["content"][0]["text"]) == {"location": "location-value", "unit": "celsius"}

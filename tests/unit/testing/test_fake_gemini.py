@@ -173,3 +173,12 @@ async def test_a_thinking_budget_no_model_takes_is_refused(aiohttp_client: Aioht
         resp = await post(client, "gem:generateContent", body)
         assert resp.status == status, (budget, await resp.text())
     assert (await resp.json())["error"]["message"] == "The thinking budget (-2) is invalid."
+
+
+async def test_json_mime_type_answers_in_json(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    schema = {"type": "OBJECT", "properties": {"city": {"type": "STRING"}, "degrees": {"type": "INTEGER"}}}
+    config = {"responseMimeType": "application/json", "responseSchema": schema}
+    body = await (await post(client, "gem:generateContent", {**ASK, "generationConfig": config})).json()
+    text = body["candidates"][0]["content"]["parts"][0]["text"]
+    assert orjson.loads(text) == {"city": "city-value", "degrees": 42}

@@ -939,3 +939,22 @@ def test_a_strict_response_format_schema_is_held_to_openais_rules() -> None:
     tight = {**loose, "additionalProperties": False, "required": ["city"]}
     strict = {"type": "json_schema", "json_schema": {"name": "W", "schema": tight, "strict": True}}
     fake_wire.parse_chat({**body, "response_format": strict})
+
+
+async def test_json_is_answered_in_json_as_openai_does(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "degrees": {"type": "integer"}}}
+    asked = {
+        **CHAT,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": schema}},
+    }
+    whole = await (await post(client, "/v1/chat/completions", asked)).json()
+    assert orjson.loads(whole["choices"][0]["message"]["content"]) == {"city": "city-value", "degrees": 42}
+    json_mode = {"model": "m", "messages": [{"role": "user", "content": "in JSON"}]}
+    whole = await (
+        await post(client, "/v1/chat/completions", {**json_mode, "response_format": {"type": "json_object"}})
+    ).json()
+    assert orjson.loads(whole["choices"][0]["message"]["content"]) == {"echo": "in JSON"}
+    # OpenAI refuses JSON mode unless a message says "json".
+    resp = await post(client, "/v1/chat/completions", {**CHAT, "response_format": {"type": "json_object"}})
+    assert resp.status == 400 and envelope(await resp.json())["param"] == "messages"
