@@ -27,6 +27,11 @@ Requests any OpenAI client can send but Anthropic refuses are made valid here:
 * ``image/jpg`` (a common misspelling OpenAI accepts) is sent as ``image/jpeg``;
 * ``tool_choice: allowed_tools`` has no Anthropic equivalent: the model is offered only the
   allowed tools (``providers/tool_choice.py``).
+
+``response_format``: a strict ``json_schema`` is Anthropic's structured outputs
+(``output_config.format``), which guarantee the schema as OpenAI's strict mode does; JSON mode and
+a non-strict schema, which guarantee no schema at OpenAI either, are a system instruction (it
+works with every Claude model). A strict function tool keeps ``strict: true``.
 """
 
 from __future__ import annotations
@@ -77,10 +82,13 @@ def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: 
     refuse_unhonoured(body, KIND)
     body = narrowed(body)
     system, messages = _conversation(body["messages"])
-    instruction = _format_instruction(body.get("response_format"))
+    output_format = _strict_format(body.get("response_format"))
+    instruction = None if output_format else _format_instruction(body.get("response_format"))
     if instruction:
         system.append(instruction)
     out: JSONObject = {"model": upstream_model, "messages": messages}
+    if output_format:
+        out["output_config"] = {"format": output_format}
     if system:
         out["system"] = "\n\n".join(system)
     limit = body.get("max_completion_tokens")
@@ -383,6 +391,8 @@ def _tool(tool: object, i: int) -> JSONObject:
         out["description"] = function["description"]
     # Anthropic requires a schema; OpenAI's default for a function without one is "no arguments".
     out["input_schema"] = function.get("parameters") or {"type": "object", "properties": {}}
+    if function.get("strict") is True:
+        out["strict"] = True  # Anthropic's strict tool use: inputs guaranteed to match the schema
     return out
 
 
@@ -401,6 +411,16 @@ def _tool_choice(choice: object) -> JSONObject:
         '{"type": "function", "function": {"name": ...}}.',
         param="tool_choice",
     )
+
+
+def _strict_format(response_format: object) -> JSONObject | None:
+    """Anthropic's ``output_config.format`` for a strict ``json_schema`` response format (its
+    structured outputs guarantee the schema, as OpenAI's strict mode does); None otherwise."""
+    spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    if not isinstance(spec, dict) or spec.get("strict") is not True:
+        return None
+    schema = spec.get("schema")
+    return {"type": "json_schema", "schema": schema} if isinstance(schema, dict) else None
 
 
 def _format_instruction(response_format: object) -> str | None:

@@ -801,3 +801,31 @@ def test_hints_without_an_anthropic_equivalent_are_left_out() -> None:
     }
     out = translate({"messages": [USER], **hints})
     assert not set(hints) & set(out)
+
+
+STRICT_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+def test_a_strict_json_schema_is_anthropics_structured_outputs() -> None:
+    # A system instruction does not guarantee the schema the client parses with; output_config does.
+    spec = {"name": "w", "strict": True, "schema": STRICT_SCHEMA}
+    out = translate({"messages": [USER], "response_format": {"type": "json_schema", "json_schema": spec}})
+    assert out["output_config"] == {"format": {"type": "json_schema", "schema": STRICT_SCHEMA}}
+    assert "system" not in out
+
+
+def test_a_loose_json_schema_stays_an_instruction() -> None:
+    spec = {"name": "w", "schema": STRICT_SCHEMA}
+    out = translate({"messages": [USER], "response_format": {"type": "json_schema", "json_schema": spec}})
+    assert "output_config" not in out and "JSON Schema" in out["system"]
+
+
+def test_a_strict_tool_stays_strict() -> None:
+    tool = {"type": "function", "function": {"name": "f", "strict": True, "parameters": STRICT_SCHEMA}}
+    out = translate({"messages": [USER], "tools": [tool]})
+    assert out["tools"] == [{"name": "f", "input_schema": STRICT_SCHEMA, "strict": True}]
