@@ -116,6 +116,7 @@ class GenerateRequest:
     stop_sequences: tuple[str, ...]
     function: dict[str, object] | None  # the declaration to call, if the reply is a call
     json_reply: str | None = None  # the reply when ``responseMimeType`` is application/json
+    candidates: int = 1  # ``generationConfig.candidateCount``: each candidate the same reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,7 @@ class Reply:
     finish_reason: str  # Gemini's
     usage: Usage
     call: dict[str, object] | None = None  # the functionCall part's value
+    candidates: int = 1
 
 
 async def _models(request: web.Request) -> web.StreamResponse:
@@ -281,7 +283,18 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
         fake_wire.json_text(config.get("responseSchema"), prompt)
         if config.get("responseMimeType") == "application/json"
         else None,
+        _candidate_count(config.get("candidateCount")),
     )
+
+
+def _candidate_count(count: object) -> int:
+    """``GenerationConfig.candidateCount``: "Number of generated responses to return. If unset,
+    this will default to 1." (https://ai.google.dev/api/generate-content)"""
+    if count is None:
+        return 1
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise refusal(400, "* GenerateContentRequest.generation_config.candidate_count: must be positive")
+    return count
 
 
 # The largest thinking budget any model takes (the thinking guide: 2.5 Pro "128 to 32768"; the
@@ -311,7 +324,9 @@ def plan_reply(config: FakeConfig, ask: GenerateRequest) -> Reply:
     if hits:
         text = text[: min(hits)]
     tokens, finish = fake_wire.reply_tokens(text, ask.max_tokens)
-    return Reply(tokens, _FINISH[finish], Usage(ask.prompt_tokens, len(tokens)))
+    return Reply(
+        tokens, _FINISH[finish], Usage(ask.prompt_tokens, len(tokens) * ask.candidates), None, ask.candidates
+    )
 
 
 class GenerateFormat:
@@ -350,10 +365,13 @@ class GenerateFormat:
     def _response(
         self, parts: list[dict[str, object]], finish_reason: str | None, usage: Usage | None
     ) -> dict[str, object]:
-        candidate: dict[str, object] = {"content": {"parts": parts, "role": "model"}, "index": 0}
-        if finish_reason is not None:
-            candidate["finishReason"] = finish_reason
-        out: dict[str, object] = {"candidates": [candidate]}
+        candidates: list[dict[str, object]] = []
+        for index in range(self._reply.candidates):
+            candidate: dict[str, object] = {"content": {"parts": parts, "role": "model"}, "index": index}
+            if finish_reason is not None:
+                candidate["finishReason"] = finish_reason
+            candidates.append(candidate)
+        out: dict[str, object] = {"candidates": candidates}
         if usage is not None:
             out["usageMetadata"] = {
                 "promptTokenCount": usage.prompt_tokens,

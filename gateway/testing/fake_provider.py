@@ -278,17 +278,17 @@ async def _in_flight(
 
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, fake_wire.parse_chat, fake_wire.ChatFormat)
+    return await _generate(request, fake_wire.parse_chat, fake_wire.ChatFormat.of)
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, fake_wire.parse_completion, fake_wire.CompletionFormat)
+    return await _generate(request, fake_wire.parse_completion, fake_wire.CompletionFormat.of)
 
 
 async def _generate(
     request: web.Request,
     parse: Callable[[dict[str, object]], fake_wire.Generation],
-    reply_format: Callable[[int, str], ReplyFormat],
+    reply_format: Callable[[int, fake_wire.Generation], ReplyFormat],
 ) -> web.StreamResponse:
     state = request.app[FAKE_STATE]
     config = state.config  # one snapshot per request, whatever /_fake/faults does meanwhile
@@ -302,15 +302,17 @@ async def _generate(
         arguments = fake_wire.tool_input({"input_schema": generation.tool.get("parameters")})
         tokens, _ = fake_wire.reply_tokens(orjson.dumps(arguments).decode(), None)
         finish_reason = "tool_calls"
-        fmt = fake_wire.ToolCallFormat(next(state.serials), generation.model, str(generation.tool["name"]))
+        fmt = fake_wire.ToolCallFormat(
+            next(state.serials), generation.model, str(generation.tool["name"]), generation.choices
+        )
     else:
         text = config.reply if config.reply is not None else _echo(generation.prompt)
         if generation.json_reply is not None and config.reply is None:  # a fixed reply stands
             text = generation.json_reply
         text = fake_wire.cut_at_stop(text, generation.stop)
         tokens, finish_reason = fake_wire.reply_tokens(text, generation.max_tokens)
-        fmt = reply_format(next(state.serials), generation.model)
-    usage = Usage(generation.prompt_tokens, len(tokens))
+        fmt = reply_format(next(state.serials), generation)
+    usage = Usage(generation.prompt_tokens, len(tokens) * generation.choices)
     if not generation.stream:
         return _json(fmt.whole(tokens, finish_reason, usage))
     cut = fault is Fault.DISCONNECT

@@ -67,6 +67,8 @@ class Generation:
     tool: dict[str, object] | None = None  # the function to call (chat), when the reply is a call
     stop: tuple[str, ...] = ()  # the reply ends before the first of these (not included)
     json_reply: str | None = None  # the reply when JSON is asked for (``response_format``)
+    choices: int = 1  # ``n``: that many choices, each the same reply
+    top_logprobs: int | None = None  # with ``logprobs: true``: how many alternatives per token
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +119,48 @@ def parse_chat(body: dict[str, object]) -> Generation:
         _chosen_function(body, last_user),
         _stops(body.get("stop")),
         _json_reply(body.get("response_format"), last_user),
+        _choices(body.get("n")),
+        _top_logprobs(body),
     )
+
+
+# "n: How many chat completion choices to generate for each input message" (1 by default);
+# "top_logprobs: An integer between 0 and 20 [...] logprobs must be set to true if this parameter
+# is used" (OpenAI's API reference, Chat Completions).
+_MAX_CHOICES = 128
+_MAX_TOP_LOGPROBS = 20
+
+
+def _choices(n: object) -> int:
+    if n is None:
+        return 1
+    if not _is_int(n) or not 1 <= n <= _MAX_CHOICES:
+        raise WireError(f"Invalid 'n': integer must be between 1 and {_MAX_CHOICES}.", "n")
+    return n
+
+
+def _top_logprobs(body: dict[str, object]) -> int | None:
+    top = body.get("top_logprobs")
+    if top is not None and (not _is_int(top) or not 0 <= top <= _MAX_TOP_LOGPROBS):
+        raise WireError(
+            f"Invalid 'top_logprobs': integer must be between 0 and {_MAX_TOP_LOGPROBS}.", "top_logprobs"
+        )
+    if body.get("logprobs") is not True:
+        if top is not None:
+            raise WireError("'logprobs' must be set to true if 'top_logprobs' is used.", "top_logprobs")
+        return None
+    return top if _is_int(top) else 0
+
+
+def token_logprob(text: str, top: int) -> dict[str, object]:
+    """A deterministic ``logprobs.content`` entry for the token ``text``, with ``top`` alternatives."""
+    entry: dict[str, object] = {"token": text, "logprob": -0.25, "bytes": list(text.encode())}
+    alternatives = [{"token": text, "logprob": -0.25, "bytes": list(text.encode())}]
+    alternatives += [
+        {"token": f"{text}{i}", "logprob": -1.0 - i, "bytes": list(f"{text}{i}".encode())}
+        for i in range(1, top)
+    ]
+    return {**entry, "top_logprobs": alternatives[:top]}
 
 
 def _json_reply(response_format: object, prompt: str) -> str | None:
@@ -427,23 +470,32 @@ class ReplyFormat(Protocol):
 
 
 class ChatFormat:
-    """``chat.completion`` and ``chat.completion.chunk`` objects."""
+    """``chat.completion`` and ``chat.completion.chunk`` objects: ``choices`` of them (``n``), each
+    the same reply, streamed one chunk per choice; with ``logprobs`` (``top_logprobs`` a count)
+    when asked, per token."""
 
-    __slots__ = ("_head",)
+    __slots__ = ("_choices", "_head", "_top_logprobs")
 
-    def __init__(self, serial: int, model: str) -> None:
+    def __init__(self, serial: int, model: str, choices: int = 1, top_logprobs: int | None = None) -> None:
         self._head = {"id": f"chatcmpl-fake{serial:08x}", "created": int(time.time()), "model": model}
+        self._choices = choices
+        self._top_logprobs = top_logprobs
+
+    @classmethod
+    def of(cls, serial: int, generation: Generation) -> ChatFormat:
+        """The format of the reply ``generation`` asks for."""
+        return cls(serial, generation.model, generation.choices, generation.top_logprobs)
 
     def whole(self, tokens: Sequence[str], finish_reason: str, usage: Usage) -> bytes:
         return self._whole(
-            {"role": "assistant", "content": "".join(tokens), "refusal": None}, finish_reason, usage
+            {"role": "assistant", "content": "".join(tokens), "refusal": None}, finish_reason, usage, tokens
         )
 
     def opening(self) -> bytes:
         return self._chunk({"role": "assistant", "content": ""}, None)
 
     def token(self, text: str) -> bytes:
-        return self._chunk({"content": text}, None)
+        return self._chunk({"content": text}, None, [text])
 
     def closing(self, finish_reason: str) -> bytes:
         return self._chunk({}, finish_reason)
@@ -451,15 +503,39 @@ class ChatFormat:
     def usage(self, usage: Usage) -> bytes:
         return sse({**self._head, "object": "chat.completion.chunk", "choices": [], "usage": usage.as_dict()})
 
-    def _whole(self, message: Mapping[str, object], finish_reason: str, usage: Usage) -> bytes:
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+    def _whole(
+        self, message: Mapping[str, object], finish_reason: str, usage: Usage, tokens: Sequence[str] = ()
+    ) -> bytes:
+        logprobs = self._logprobs(tokens)
+        choices = [
+            {"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+            for i in range(self._choices)
+        ]
         return orjson.dumps(
-            {**self._head, "object": "chat.completion", "choices": [choice], "usage": usage.as_dict()}
+            {**self._head, "object": "chat.completion", "choices": choices, "usage": usage.as_dict()}
         )
 
-    def _chunk(self, delta: dict[str, object], finish_reason: str | None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return sse({**self._head, "object": "chat.completion.chunk", "choices": [choice]})
+    def _chunk(
+        self, delta: dict[str, object], finish_reason: str | None, tokens: Sequence[str] = ()
+    ) -> bytes:
+        logprobs = self._logprobs(tokens) if tokens else None
+        return b"".join(
+            sse(
+                {
+                    **self._head,
+                    "object": "chat.completion.chunk",
+                    "choices": [
+                        {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+                    ],
+                }
+            )
+            for i in range(self._choices)
+        )
+
+    def _logprobs(self, tokens: Sequence[str]) -> dict[str, object] | None:
+        if self._top_logprobs is None:
+            return None
+        return {"content": [token_logprob(t, self._top_logprobs) for t in tokens], "refusal": None}
 
 
 class ToolCallFormat(ChatFormat):
@@ -468,8 +544,8 @@ class ToolCallFormat(ChatFormat):
 
     __slots__ = ("_call", "_name")
 
-    def __init__(self, serial: int, model: str, name: str) -> None:
-        super().__init__(serial, model)
+    def __init__(self, serial: int, model: str, name: str, choices: int = 1) -> None:
+        super().__init__(serial, model, choices)
         self._call = f"call_fake{serial:08x}"
         self._name = name
 
@@ -492,6 +568,10 @@ class CompletionFormat:
     """``text_completion`` objects, whole and streamed (the legacy completions API)."""
 
     __slots__ = ("_head",)
+
+    @classmethod
+    def of(cls, serial: int, generation: Generation) -> CompletionFormat:
+        return cls(serial, generation.model)
 
     def __init__(self, serial: int, model: str) -> None:
         self._head = {

@@ -182,3 +182,12 @@ async def test_json_mime_type_answers_in_json(aiohttp_client: AiohttpClient) -> 
     body = await (await post(client, "gem:generateContent", {**ASK, "generationConfig": config})).json()
     text = body["candidates"][0]["content"]["parts"][0]["text"]
     assert orjson.loads(text) == {"city": "city-value", "degrees": 42}
+
+
+async def test_candidate_count_gives_that_many_candidates(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    body = await (
+        await post(client, "gem:generateContent", {**ASK, "generationConfig": {"candidateCount": 2}})
+    ).json()
+    assert [c["index"] for c in body["candidates"]] == [0, 1]
+    assert body["candidates"][1]["content"]["parts"] == [{"text": "Echo: hello there"}]

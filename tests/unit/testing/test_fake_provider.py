@@ -958,3 +958,27 @@ async def test_json_is_answered_in_json_as_openai_does(aiohttp_client: AiohttpCl
     # OpenAI refuses JSON mode unless a message says "json".
     resp = await post(client, "/v1/chat/completions", {**CHAT, "response_format": {"type": "json_object"}})
     assert resp.status == 400 and envelope(await resp.json())["param"] == "messages"
+
+
+async def test_n_choices_and_logprobs_as_openai_gives_them(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    asked = {**CHAT, "n": 2, "logprobs": True, "top_logprobs": 2}
+    whole = await (await post(client, "/v1/chat/completions", asked)).json()
+    assert [c["index"] for c in whole["choices"]] == [0, 1]
+    content = whole["choices"][1]["logprobs"]["content"]
+    assert "".join(e["token"] for e in content) == "Echo: hello there"
+    assert all(len(e["top_logprobs"]) == 2 and e["logprob"] < 0 for e in content)
+    assert whole["usage"]["completion_tokens"] == 6  # both choices' tokens
+    resp = await post(client, "/v1/chat/completions", {**asked, "stream": True})
+    chunks = [orjson.loads(e) for e in await events(resp) if e != "[DONE]"]
+    texts = [
+        "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"][0]["index"] == i
+        )
+        for i in (0, 1)
+    ]
+    assert texts == ["Echo: hello there"] * 2
+    resp = await post(client, "/v1/chat/completions", {**CHAT, "top_logprobs": 2})
+    assert resp.status == 400 and envelope(await resp.json())["param"] == "top_logprobs"
+    resp = await post(client, "/v1/chat/completions", {**CHAT, "n": 0})
+    assert resp.status == 400 and envelope(await resp.json())["param"] == "n"
