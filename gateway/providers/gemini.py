@@ -73,7 +73,9 @@ class GeminiAdapter:
             return embeddings(body, request, upstream_model)
         if endpoint is Endpoint.CHAT:
             one_call = request.get("parallel_tool_calls") is False
-            return chat_completion(body, upstream_model, int(time.time()), one_call=one_call)
+            return chat_completion(
+                body, upstream_model, int(time.time()), one_call=one_call, legacy=_legacy_functions(request)
+            )
         return text_completion(body, upstream_model, int(time.time()))
 
     def stream_translator(
@@ -88,9 +90,16 @@ class GeminiAdapter:
             created=int(time.time()),
             provider=provider or "gemini",
             one_call=request.get("parallel_tool_calls") is False,
+            legacy=endpoint is Endpoint.CHAT and _legacy_functions(request),
         )
 
     def translate_error(
         self, status: int, body: bytes, retry_after_s: float | None, provider: str
     ) -> UpstreamStatusError:
         return gemini_error(status, body, retry_after_s, provider)
+
+
+def _legacy_functions(request: JSONObject) -> bool:
+    """Whether a chat request offers functions through the deprecated ``functions`` parameter
+    only, so its client reads ``message.function_call`` rather than ``tool_calls``."""
+    return bool(request.get("functions")) and not request.get("tools")

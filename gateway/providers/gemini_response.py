@@ -119,11 +119,13 @@ def tool_call(part: JSONObject, call_id: str) -> JSONObject | None:
 
 
 def chat_completion(
-    body: JSONObject, upstream_model: str, created: int, *, one_call: bool = False
+    body: JSONObject, upstream_model: str, created: int, *, one_call: bool = False, legacy: bool = False
 ) -> JSONObject:
     """A ``chat.completion`` for a ``GenerateContentResponse``; ``one_call`` keeps only each
     candidate's first function call (the request's ``parallel_tool_calls: false``, which Gemini
-    has no setting for)."""
+    has no setting for); ``legacy`` (a request with the deprecated ``functions``) gives that call
+    as ``message.function_call`` with ``finish_reason: function_call``, as OpenAI answers it."""
+    one_call = one_call or legacy
     key = response_key(body)
     calls = 0
     choices = []
@@ -144,7 +146,10 @@ def chat_completion(
             "content": "".join(texts) if texts or not (tool_calls or reason == "content_filter") else None,
             "refusal": None,
         }
-        if tool_calls:
+        if tool_calls and legacy:
+            message["function_call"] = tool_calls[0]["function"]
+            reason = "function_call"
+        elif tool_calls:
             message["tool_calls"] = tool_calls
         choices.append(
             {

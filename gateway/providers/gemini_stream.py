@@ -50,7 +50,7 @@ class GeminiStreamTranslator:
     """One Gemini stream in, OpenAI chat (or legacy text completion) SSE out."""
 
     __slots__ = ("_calls", "_chat", "_choices", "_completed", "_created", "_decoder", "_head",
-                 "_include_usage", "_key", "_model", "_one_call", "_provider", "_usage")  # fmt: skip
+                 "_include_usage", "_key", "_legacy", "_model", "_one_call", "_provider", "_usage")  # fmt: skip
 
     def __init__(
         self,
@@ -61,9 +61,12 @@ class GeminiStreamTranslator:
         created: int,
         provider: str = "gemini",
         one_call: bool = False,
+        legacy: bool = False,
     ) -> None:
         self._provider = provider  # the policy's name, which its error events name
-        self._one_call = one_call  # parallel_tool_calls: false: a candidate's first call only
+        # parallel_tool_calls: false, or the deprecated functions API: a candidate's first call only
+        self._one_call = one_call or legacy
+        self._legacy = legacy  # the call as delta.function_call, finish_reason function_call
         self._chat = chat
         self._include_usage = include_usage
         self._model = model
@@ -87,6 +90,8 @@ class GeminiStreamTranslator:
         for event in self._events(self._decoder.flush()):  # a last event without its blank line
             out += self._translate(event)
         reasons = {i: finish_reason(c.finish_reason, c.tool_calls > 0) for i, c in self._choices.items()}
+        if self._legacy:
+            reasons = {i: "function_call" if r == "tool_calls" else r for i, r in reasons.items()}
         if not any(reasons.values()):
             raise UpstreamBadResponse("Gemini stream ended before any candidate finished.")
         failed = [c.finish_reason for c in self._choices.values() if not c.content]
@@ -173,7 +178,10 @@ class GeminiStreamTranslator:
             wanted = self._chat and not (self._one_call and state.tool_calls)
             call = tool_call(part, f"call_{self._key}_{self._calls}") if wanted else None
             if call is not None:
-                out += self._chunk(index, {"tool_calls": [{"index": state.tool_calls, **call}]}, None)
+                if self._legacy:
+                    out += self._chunk(index, {"function_call": call["function"]}, None)
+                else:
+                    out += self._chunk(index, {"tool_calls": [{"index": state.tool_calls, **call}]}, None)
                 state.tool_calls += 1
                 state.content = True
                 self._calls += 1

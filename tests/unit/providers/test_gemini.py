@@ -738,3 +738,28 @@ def test_hints_without_a_gemini_equivalent_are_left_out() -> None:
     }
     out = sent(Endpoint.CHAT, {**HELLO, **hints})
     assert set(out) == {"contents"}
+
+
+def test_the_deprecated_functions_api_is_answered_with_function_call_whole_and_streamed() -> None:
+    """A client of the deprecated ``functions`` parameter reads ``message.function_call`` (and
+    ``finish_reason: function_call``), as OpenAI answers it; Gemini's call came as ``tool_calls``,
+    which such a client never looks at."""
+    first = {"functionCall": {"name": "f", "args": {"city": "Paris"}}}
+    second = {"functionCall": {"name": "f", "args": {"city": "Rome"}}}
+    body = {
+        "responseId": "r1",
+        "candidates": [{"content": {"parts": [first, second]}, "finishReason": "STOP"}],
+    }
+    request = {**HELLO, "functions": [{"name": "f", "parameters": {"type": "object"}}]}
+    whole = ADAPTER.translate_response(Endpoint.CHAT, body, request, "m")
+    choice = whole["choices"][0]
+    assert choice["message"]["function_call"] == {"name": "f", "arguments": '{"city":"Paris"}'}
+    assert "tool_calls" not in choice["message"] and choice["finish_reason"] == "function_call"
+    translator = ADAPTER.stream_translator(Endpoint.CHAT, {**request, "stream": True}, "m")
+    out = chunks(translator.feed(b"data: " + orjson.dumps(body) + b"\n\n") + translator.finish())
+    deltas = [c["choices"][0]["delta"] for c in out if c["choices"]]
+    assert [d["function_call"] for d in deltas if "function_call" in d] == [
+        {"name": "f", "arguments": '{"city":"Paris"}'}
+    ]
+    assert not any("tool_calls" in d for d in deltas)
+    assert [c["choices"][0]["finish_reason"] for c in out if c["choices"]][-1] == "function_call"
