@@ -5,8 +5,9 @@ not rest on (a sampling penalty, ``seed``, ``prediction``, ``service_tier``, ``s
 refused when the client builds on what it asks for, so dropping it would hand back an answer
 that silently lacks it: ``logprobs`` (the client reads ``choices[].logprobs``), a non-empty
 ``logit_bias`` (token ids of OpenAI's tokenizers, used to ban or force tokens; another model's
-ids mean something else), ``web_search_options`` (an answer grounded in a search) and audio
-output (``modalities`` with ``audio``, or ``audio``). Refused with ``UnsupportedByProvider``
+ids mean something else), ``moderation`` (OpenAI scores or blocks input and output with its
+moderation model), ``web_search_options`` (an answer grounded in a search) and audio output
+(``modalities`` with ``audio``, or ``audio``). Refused with ``UnsupportedByProvider``
 naming the parameter, so a group mixing kinds is served by a deployment that can. Pure, no I/O.
 """
 
@@ -23,6 +24,10 @@ def refuse_unhonoured(body: JSONObject, kind: str) -> None:
         raise UnsupportedByProvider(kind, "logprobs", param="logprobs")
     if body.get("logit_bias"):
         raise UnsupportedByProvider(kind, "logit_bias (token ids of OpenAI's tokenizers)", param="logit_bias")
+    if body.get("moderation") is not None:
+        raise UnsupportedByProvider(
+            kind, "moderation (OpenAI's moderation of input and output)", param="moderation"
+        )
     if body.get("web_search_options") is not None:
         raise UnsupportedByProvider(kind, "web_search_options", param="web_search_options")
     modalities = body.get("modalities")

@@ -777,6 +777,7 @@ def test_a_tool_history_without_tools_declares_the_tools_it_used_and_calls_none(
         ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
         ({"logit_bias": {"1734": -100}}, "logit_bias"),
         ({"web_search_options": {}}, "web_search_options"),
+        ({"moderation": {"model": "omni-moderation-latest"}}, "moderation"),
         ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities"),
         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
     ],

@@ -717,6 +717,7 @@ def test_reasoning_effort_none_sends_no_budget_and_a_thinking_budget_wins() -> N
         ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
         ({"logit_bias": {"1734": -100}}, "logit_bias"),
         ({"web_search_options": {}}, "web_search_options"),
+        ({"moderation": {"model": "omni-moderation-latest"}}, "moderation"),
         ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "modalities"),
         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
     ],
