@@ -316,7 +316,7 @@ def plan_reply(config: FakeConfig, ask: GenerateRequest) -> Reply:
         args = tool_input({"input_schema": ask.function.get("parameters")})
         tokens, _ = fake_wire.reply_tokens(orjson.dumps(args).decode(), None)
         call = {"name": ask.function["name"], "args": args}
-        return Reply([], "STOP", Usage(ask.prompt_tokens, len(tokens)), call)
+        return Reply([], "STOP", Usage(ask.prompt_tokens, len(tokens) * ask.candidates), call, ask.candidates)
     text = config.reply if config.reply is not None else _echo(ask.prompt)
     if ask.json_reply is not None and config.reply is None:  # a fixed reply stands
         text = ask.json_reply
