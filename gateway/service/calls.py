@@ -39,6 +39,7 @@ from gateway.policy.model import Limits, Shadow
 from gateway.providers.base import UpstreamRequest
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
+from gateway.service.chat_values import check_chat_values
 from gateway.service.context import ON_BEHALF_OF, CallContext, Route, on_behalf_of
 from gateway.service.front_door import FrontDoor
 from gateway.service.grants import memory_access_of
@@ -138,6 +139,8 @@ class RequestService:
         # 1. validate: nothing below runs for a request that will be refused anyway
         model, stream = check_request(endpoint, body)
         check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
+        if endpoint is Endpoint.CHAT and door is None:  # a door's translation holds its own values
+            check_chat_values(body)
         allowed = ctx.identity.models if ctx.identity is not None and not ctx.internal else None
         route = RouteContext(model, body, stream=stream, tags=ctx.tags, allowed=allowed)
         if ctx.identity is not None and not ctx.identity.may_use(model) and not ctx.internal:
