@@ -317,7 +317,11 @@ def chat_request(body: JSONObject) -> JSONObject:
         chat["tools"] = chat_tools(tools)
     choice = body.get("tool_choice")
     if choice is not None:
-        chat["tool_choice"] = chat_tool_choice(choice)
+        translated = chat_tool_choice(choice)
+        # auto or none without tools changes nothing, and OpenAI's chat refuses a tool_choice
+        # without tools ("'tool_choice' is only allowed when 'tools' are specified"): not sent.
+        if translated not in ("auto", "none") or chat.get("tools"):
+            chat["tool_choice"] = translated
     text = body.get("text")
     if text is not None:
         response_format = chat_response_format(text)

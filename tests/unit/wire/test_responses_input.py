@@ -457,3 +457,14 @@ def test_a_strict_function_strict_mode_refuses_is_openais_400() -> None:
     )
     assert (caught.value.param, caught.value.code) == ("tools[0].parameters", "invalid_function_parameters")
     assert chat_request({"model": "m", "input": "hi", "tools": [{**tool, "strict": False}]})["tools"]
+
+
+@pytest.mark.parametrize("tools", [None, []])
+@pytest.mark.parametrize("choice", ["auto", "none"])
+def test_auto_or_none_without_tools_is_not_sent_to_chat(tools: object, choice: str) -> None:
+    # OpenAI's chat refuses a tool_choice without tools; the Responses API takes it (h-cprobe).
+    body: dict[str, object] = {"model": "m", "input": "hi", "tool_choice": choice}
+    if tools is not None:
+        body["tools"] = tools
+    chat = chat_request(body)
+    assert "tool_choice" not in chat and "tools" not in chat
