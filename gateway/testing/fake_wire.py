@@ -99,6 +99,12 @@ def parse_chat(body: dict[str, object]) -> Generation:
         if not isinstance(message, dict):
             raise WireError("each message must be an object", "messages")
         _refuse_extra_content(message, i)
+        if message.get("role") == "tool" and not message.get("tool_call_id"):
+            raise WireError(
+                "Missing parameter 'tool_call_id': messages with role 'tool' must have a 'tool_call_id'.",
+                f"messages.[{i}].tool_call_id",
+                "missing_required_parameter",
+            )
         text = _content_text(message.get("content"))
         said_json = said_json or "json" in text.lower()
         words += len(text.split())
@@ -108,6 +114,7 @@ def parse_chat(body: dict[str, object]) -> Generation:
     _check_stop(body.get("stop"))
     _check_json_mode(body.get("response_format"), said_json)
     _check_strict_format(body.get("response_format"))
+    _check_shapes(body)
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     return Generation(
         _model(body),
@@ -161,6 +168,21 @@ def token_logprob(text: str, top: int) -> dict[str, object]:
         for i in range(1, top)
     ]
     return {**entry, "top_logprobs": alternatives[:top]}
+
+
+def _check_shapes(body: dict[str, object]) -> None:
+    """OpenAI's 400s for an empty ``tools`` array and for ``stream_options`` without a stream
+    (its messages, as clients quote them)."""
+    if body.get("tools") == []:
+        raise WireError(
+            "Invalid 'tools': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+            "tools",
+            "empty_array",
+        )
+    if body.get("stream_options") is not None and body.get("stream") is not True:
+        raise WireError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options"
+        )
 
 
 def _json_reply(response_format: object, prompt: str) -> str | None:

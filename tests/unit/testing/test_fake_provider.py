@@ -982,3 +982,22 @@ async def test_n_choices_and_logprobs_as_openai_gives_them(aiohttp_client: Aioht
     assert resp.status == 400 and envelope(await resp.json())["param"] == "top_logprobs"
     resp = await post(client, "/v1/chat/completions", {**CHAT, "n": 0})
     assert resp.status == 400 and envelope(await resp.json())["param"] == "n"
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"tools": []}, "tools"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "15"}]},
+            "messages.[1].tool_call_id",
+        ),
+    ],
+)
+async def test_shapes_openai_refuses_are_refused(
+    aiohttp_client: AiohttpClient, change: dict[str, Any], param: str
+) -> None:
+    client = await fake(aiohttp_client)
+    resp = await post(client, "/v1/chat/completions", {**CHAT, **change})
+    assert resp.status == 400 and envelope(await resp.json())["param"] == param
