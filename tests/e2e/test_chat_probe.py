@@ -11,7 +11,7 @@ import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pydantic
@@ -422,6 +422,35 @@ def test_parse_with_a_pydantic_model(client: openai.OpenAI, model: str) -> None:
     completion = client.chat.completions.parse(model=model, messages=ASK, response_format=Weather)
     parsed = completion.choices[0].message.parsed
     assert isinstance(parsed, Weather)
+
+
+class Day(pydantic.BaseModel):
+    name: str
+    high: float
+
+
+class Forecast(pydantic.BaseModel):
+    """A schema as pydantic writes it: ``$defs`` and ``$ref``, ``anyOf`` with null, an enum."""
+
+    city: str
+    unit: Literal["c", "f"]
+    days: list[Day]
+    note: str | None
+
+
+@pytest.mark.parametrize("model", KINDS)
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+def test_parse_a_nested_model(client: openai.OpenAI, model: str, streamed: bool) -> None:
+    if streamed:
+        with client.chat.completions.stream(model=model, messages=ASK, response_format=Forecast) as stream:
+            parsed = stream.get_final_completion().choices[0].message.parsed
+    else:
+        parsed = (
+            client.chat.completions.parse(model=model, messages=ASK, response_format=Forecast)
+            .choices[0]
+            .message.parsed
+        )
+    assert isinstance(parsed, Forecast)
 
 
 @pytest.mark.parametrize("model", KINDS)

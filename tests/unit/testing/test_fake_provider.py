@@ -1001,3 +1001,29 @@ async def test_shapes_openai_refuses_are_refused(
     client = await fake(aiohttp_client)
     resp = await post(client, "/v1/chat/completions", {**CHAT, **change})
     assert resp.status == 400 and envelope(await resp.json())["param"] == param
+
+
+async def test_a_strict_response_format_needs_a_strict_schema_as_openai_says(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await fake(aiohttp_client)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    spec = {"name": "w", "strict": True, "schema": schema}
+    resp = await post(
+        client,
+        "/v1/chat/completions",
+        {**CHAT, "response_format": {"type": "json_schema", "json_schema": spec}},
+    )
+    error = envelope(await resp.json())
+    assert resp.status == 400 and error["param"] == "response_format.json_schema.schema"
+    assert error["message"] == (
+        "Invalid schema for response_format 'w': In context=(), 'additionalProperties' is required to be "
+        "supplied and to be false."
+    )
+    spec["schema"] = {**schema, "additionalProperties": False}
+    resp = await post(
+        client,
+        "/v1/chat/completions",
+        {**CHAT, "response_format": {"type": "json_schema", "json_schema": spec}},
+    )
+    assert resp.status == 200
