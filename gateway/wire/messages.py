@@ -512,7 +512,53 @@ def _output_format(config: object) -> JSONObject | None:
         raise MessagesInputError(
             "output_config.format must be {'type': 'json_schema', 'schema': {...}}.", "output_config.format"
         )
-    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+    spec: JSONObject = {"name": "output", "schema": schema}
+    if fits_strict(schema):
+        # Anthropic's JSON outputs guarantee the schema; OpenAI's strict mode does the same for a
+        # schema it takes (every object closed and all its properties required). One with an
+        # optional property, which Anthropic allows, stays non-strict rather than be refused.
+        spec["strict"] = True
+    return {"type": "json_schema", "json_schema": spec}
+
+
+# How many schema nodes ``fits_strict`` looks at before it gives up (a schema that large is left
+# non-strict): bounded work for a client's schema.
+_STRICT_NODES = 2000
+
+
+def fits_strict(schema: JSONObject) -> bool:
+    """Whether OpenAI's strict mode takes ``schema`` as it is (Structured Outputs, "Supported
+    schemas": every object has ``additionalProperties: false`` and lists all its properties in
+    ``required``), looking through properties, items, ``anyOf``/``allOf`` and ``$defs``."""
+    todo: list[object] = [schema]
+    seen = 0
+    while todo:
+        node = todo.pop()
+        seen += 1
+        if seen > _STRICT_NODES:
+            return False
+        if isinstance(node, list):
+            todo.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        properties = node.get("properties")
+        if node.get("type") == "object" or isinstance(properties, dict):
+            fields = properties if isinstance(properties, dict) else {}
+            required = node.get("required")
+            if node.get("additionalProperties") is not False:
+                return False
+            if any(not isinstance(required, list) or key not in required for key in fields):
+                return False
+            todo.extend(fields.values())
+        for key in ("items", "anyOf", "allOf", "oneOf", "prefixItems"):
+            if key in node:
+                todo.append(node[key])
+        for key in ("$defs", "definitions"):
+            defs = node.get(key)
+            if isinstance(defs, dict):
+                todo.extend(defs.values())
+    return True
 
 
 # ----- answers

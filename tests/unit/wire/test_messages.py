@@ -371,3 +371,38 @@ def test_a_strict_tool_is_a_strict_function() -> None:
     functions = [tool["function"] for tool in translate(body).chat["tools"]]
     assert functions[0] == {"name": "f", "parameters": schema, "strict": True}
     assert "strict" not in functions[1]
+
+
+CLOSED = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "array", "items": {"$ref": "#/$defs/Day"}}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+    "$defs": {
+        "Day": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}},
+            "required": ["name"],
+            "additionalProperties": False,
+        }
+    },
+}
+
+
+def test_json_outputs_stay_guaranteed_on_chat_when_openai_takes_the_schema_strict() -> None:
+    # Anthropic's output_config.format guarantees the schema; sent non-strict, OpenAI guaranteed
+    # nothing (h-cprobe). Strict when the schema fits OpenAI's strict mode, else as before.
+    ask = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    fmt = translate({**ask, "output_config": {"format": {"type": "json_schema", "schema": CLOSED}}}).chat[
+        "response_format"
+    ]
+    assert fmt == {"type": "json_schema", "json_schema": {"name": "output", "schema": CLOSED, "strict": True}}
+    day = CLOSED["$defs"]["Day"]
+    optional = {
+        **CLOSED,
+        "$defs": {"Day": {**day, "properties": {**day["properties"], "note": {"type": "string"}}}},
+    }
+    fmt = translate({**ask, "output_config": {"format": {"type": "json_schema", "schema": optional}}}).chat[
+        "response_format"
+    ]
+    assert "strict" not in fmt["json_schema"]
