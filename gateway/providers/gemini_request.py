@@ -11,8 +11,9 @@ What Gemini cannot serve (non-function tools, content parts other than text, ima
 inline files, token-id inputs, several prompts in one legacy completion, ``echo``/``suffix``) is
 refused with ``UnsupportedByProvider``, a retryable 400, so a model group mixing provider kinds is
 served by a deployment that can; a malformed request is an ``InvalidRequest`` naming the
-parameter. Parameters the answer rests on and Gemini is not asked for (``logprobs``,
-``logit_bias``, ``web_search_options``, audio output) are refused too (``chat_features.py``);
+parameter. Parameters the answer rests on and Gemini is not asked for (``logit_bias``,
+``web_search_options``, audio output) are refused too (``chat_features.py``); ``logprobs`` /
+``top_logprobs`` are ``responseLogprobs`` / ``logprobs``, answered from ``logprobsResult``;
 hints without an equivalent (``user``, ``seed``, ...) are left out, as sampling hints are;
 ``parallel_tool_calls: false`` is kept on the answer instead (its first function call only).
 ``thinking_budget`` (not OpenAI's: the Messages door's ``thinking.budget_tokens``), else
@@ -90,7 +91,7 @@ def model_resource(model: str) -> str:
 
 def chat_request(body: JSONObject) -> JSONObject:
     """A ``GenerateContentRequest`` for an OpenAI chat completion body."""
-    refuse_unhonoured(body, KIND)
+    refuse_unhonoured(body, KIND, logprobs=True)
     body = narrowed(body)  # tool_choice allowed_tools: only the allowed tools are declared
     messages = body.get("messages")
     if not isinstance(messages, list):
@@ -398,6 +399,12 @@ def _generation_config(body: JSONObject) -> JSONObject:
     limit = body.get("max_tokens") if limit is None else limit
     if limit is not None:
         config["maxOutputTokens"] = limit
+    if body.get("logprobs") is True:
+        # GenerationConfig.responseLogprobs, and ``logprobs``: how many top candidates per step
+        config["responseLogprobs"] = True
+        top = body.get("top_logprobs")
+        if isinstance(top, int) and not isinstance(top, bool) and top > 0:
+            config["logprobs"] = top
     budget = body.get(THINKING_BUDGET)
     effort = body.get("reasoning_effort")
     if budget is None and isinstance(effort, str):

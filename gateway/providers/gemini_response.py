@@ -101,6 +101,39 @@ def parts(candidate: object) -> list[JSONObject]:
     return [p for p in found if isinstance(p, dict) and not p.get("thought")]
 
 
+def logprobs(candidate: object) -> JSONObject | None:
+    """OpenAI's ``logprobs`` for a candidate's ``logprobsResult`` (None without one): per decoding
+    step the chosen token (``chosenCandidates``) and its ``topCandidates``, each with its UTF-8
+    bytes as OpenAI gives them."""
+    result = candidate.get("logprobsResult") if isinstance(candidate, dict) else None
+    chosen = result.get("chosenCandidates") if isinstance(result, dict) else None
+    if not isinstance(chosen, list):
+        return None
+    tops = result.get("topCandidates") if isinstance(result, dict) else None
+    tops = tops if isinstance(tops, list) else []
+    content = []
+    for step, token in enumerate(chosen):
+        entry = _token_logprob(token)
+        if entry is None:
+            continue
+        top = tops[step].get("candidates") if step < len(tops) and isinstance(tops[step], dict) else None
+        alternatives = [_token_logprob(t) for t in top] if isinstance(top, list) else []
+        content.append({**entry, "top_logprobs": [a for a in alternatives if a is not None]})
+    return {"content": content, "refusal": None}
+
+
+def _token_logprob(token: object) -> JSONObject | None:
+    if not isinstance(token, dict) or not isinstance(token.get("token"), str):
+        return None
+    value = token.get("logProbability")
+    text = token["token"]
+    return {
+        "token": text,
+        "logprob": value if isinstance(value, int | float) and not isinstance(value, bool) else 0.0,
+        "bytes": list(text.encode()),
+    }
+
+
 def tool_call(part: JSONObject, call_id: str) -> JSONObject | None:
     """The OpenAI tool call for a ``functionCall`` part (None for any other part)."""
     call = part.get("functionCall")
@@ -155,7 +188,7 @@ def chat_completion(
             {
                 "index": _index(candidate, position),
                 "message": message,
-                "logprobs": None,
+                "logprobs": logprobs(candidate),
                 "finish_reason": reason,
             }
         )

@@ -26,6 +26,7 @@ from gateway.providers.gemini_response import (
     FAILED_REASONS,
     failed_empty,
     finish_reason,
+    logprobs,
     model_name,
     parts,
     response_key,
@@ -170,10 +171,12 @@ class GeminiStreamTranslator:
                 return b""
             out += self._chunk(index, {"role": "assistant", "content": ""}, None)
         state.started = True
+        event_logprobs = logprobs(candidate) if self._chat else None
         for part in found:
             text = part.get("text")
             if isinstance(text, str) and text:
-                out += self._chunk(index, {"content": text} if self._chat else text, None)
+                out += self._chunk(index, {"content": text} if self._chat else text, None, event_logprobs)
+                event_logprobs = None  # an event's steps go with its first text
                 state.content = True
             wanted = self._chat and not (self._one_call and state.tool_calls)
             call = tool_call(part, f"call_{self._key}_{self._calls}") if wanted else None
@@ -189,9 +192,11 @@ class GeminiStreamTranslator:
             state.finish_reason = candidate["finishReason"]
         return bytes(out)
 
-    def _chunk(self, index: int, delta: JSONObject | str, reason: str | None) -> bytes:
+    def _chunk(
+        self, index: int, delta: JSONObject | str, reason: str | None, found: JSONObject | None = None
+    ) -> bytes:
         if isinstance(delta, str):
             choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": reason}
         else:
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+            choice = {"index": index, "delta": delta, "logprobs": found, "finish_reason": reason}
         return encode_json({**(self._head or {}), "choices": [choice]})

@@ -117,6 +117,7 @@ class GenerateRequest:
     function: dict[str, object] | None  # the declaration to call, if the reply is a call
     json_reply: str | None = None  # the reply when ``responseMimeType`` is application/json
     candidates: int = 1  # ``generationConfig.candidateCount``: each candidate the same reply
+    top_logprobs: int | None = None  # ``responseLogprobs``: that many top candidates per step
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,7 @@ class Reply:
     usage: Usage
     call: dict[str, object] | None = None  # the functionCall part's value
     candidates: int = 1
+    top_logprobs: int | None = None
 
 
 async def _models(request: web.Request) -> web.StreamResponse:
@@ -284,7 +286,23 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
         if config.get("responseMimeType") == "application/json"
         else None,
         _candidate_count(config.get("candidateCount")),
+        _top_logprobs(config),
     )
+
+
+def _top_logprobs(config: dict[str, object]) -> int | None:
+    """``GenerationConfig.responseLogprobs`` and ``logprobs`` (top candidates per decoding
+    step, "Only valid if responseLogprobs=True"): None when not asked."""
+    top = config.get("logprobs")
+    if config.get("responseLogprobs") is not True:
+        if top is not None:
+            raise refusal(
+                400, "* GenerateContentRequest.generation_config.logprobs: requires response_logprobs"
+            )
+        return None
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= 20):
+        raise refusal(400, "* GenerateContentRequest.generation_config.logprobs: must be between 0 and 20")
+    return top if isinstance(top, int) else 0
 
 
 def _candidate_count(count: object) -> int:
@@ -324,9 +342,8 @@ def plan_reply(config: FakeConfig, ask: GenerateRequest) -> Reply:
     if hits:
         text = text[: min(hits)]
     tokens, finish = fake_wire.reply_tokens(text, ask.max_tokens)
-    return Reply(
-        tokens, _FINISH[finish], Usage(ask.prompt_tokens, len(tokens) * ask.candidates), None, ask.candidates
-    )
+    usage = Usage(ask.prompt_tokens, len(tokens) * ask.candidates)
+    return Reply(tokens, _FINISH[finish], usage, None, ask.candidates, ask.top_logprobs)
 
 
 class GenerateFormat:
@@ -362,12 +379,35 @@ class GenerateFormat:
             return [{"text": text}]
         return [{"functionCall": call, "thoughtSignature": self._signature}]
 
+    def _logprobs(self, parts: list[dict[str, object]]) -> dict[str, object] | None:
+        """``logprobsResult`` for the text of ``parts``, when asked: a step per token."""
+        top = self._reply.top_logprobs
+        if top is None:
+            return None
+        text = "".join(str(p["text"]) for p in parts if isinstance(p.get("text"), str))
+        tokens, _ = fake_wire.reply_tokens(text, None)
+        chosen: list[dict[str, object]] = [
+            {"token": t, "tokenId": i, "logProbability": -0.25} for i, t in enumerate(tokens)
+        ]
+        alternatives = [
+            {
+                "candidates": [
+                    {"token": t, "tokenId": i * 10 + k, "logProbability": -0.25 - k} for k in range(top)
+                ]
+            }
+            for i, t in enumerate(tokens)
+        ]
+        return {"topCandidates": alternatives, "chosenCandidates": chosen}
+
     def _response(
         self, parts: list[dict[str, object]], finish_reason: str | None, usage: Usage | None
     ) -> dict[str, object]:
         candidates: list[dict[str, object]] = []
+        found = self._logprobs(parts)
         for index in range(self._reply.candidates):
             candidate: dict[str, object] = {"content": {"parts": parts, "role": "model"}, "index": index}
+            if found is not None:
+                candidate["logprobsResult"] = found
             if finish_reason is not None:
                 candidate["finishReason"] = finish_reason
             candidates.append(candidate)

@@ -222,7 +222,7 @@ REFUSED: dict[tuple[str, str], str] = {
     ("n 2 with tools", "claude"): "n",
     ("legacy functions", "claude"): "functions",
     **{("moderation", k): "moderation" for k in ("claude", "gemini")},
-    **{("logprobs", k): "logprobs" for k in ("claude", "gemini")},
+    ("logprobs", "claude"): "logprobs",
     **{("logit_bias", k): "logit_bias" for k in ("claude", "gemini")},
     **{("web_search_options", k): "web_search_options" for k in ("claude", "gemini")},
 }

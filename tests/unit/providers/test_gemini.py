@@ -714,7 +714,6 @@ def test_reasoning_effort_none_sends_no_budget_and_a_thinking_budget_wins() -> N
 @pytest.mark.parametrize(
     ("field", "param"),
     [
-        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
         ({"logit_bias": {"1734": -100}}, "logit_bias"),
         ({"web_search_options": {}}, "web_search_options"),
         ({"moderation": {"model": "omni-moderation-latest"}}, "moderation"),
@@ -764,3 +763,49 @@ def test_the_deprecated_functions_api_is_answered_with_function_call_whole_and_s
     ]
     assert not any("tool_calls" in d for d in deltas)
     assert [c["choices"][0]["finish_reason"] for c in out if c["choices"]][-1] == "function_call"
+
+
+def test_logprobs_are_geminis_response_logprobs_whole_and_streamed() -> None:
+    """Gemini gives log probabilities (``responseLogprobs``, ``logprobsResult``): asked for, they
+    are OpenAI's ``choices[].logprobs``, a step per chosen token with its top candidates."""
+    config = sent(Endpoint.CHAT, {**HELLO, "logprobs": True, "top_logprobs": 2})["generationConfig"]
+    assert config == {"responseLogprobs": True, "logprobs": 2}
+    assert sent(Endpoint.CHAT, {**HELLO, "logprobs": True})["generationConfig"] == {"responseLogprobs": True}
+    result = {
+        "chosenCandidates": [{"token": "Hé", "tokenId": 1, "logProbability": -0.5}],
+        "topCandidates": [
+            {
+                "candidates": [
+                    {"token": "Hé", "tokenId": 1, "logProbability": -0.5},
+                    {"token": "Hi", "logProbability": -1},
+                ]
+            }
+        ],
+    }
+    body = {
+        "responseId": "r1",
+        "candidates": [
+            {"content": {"parts": [{"text": "Hé"}]}, "finishReason": "STOP", "logprobsResult": result}
+        ],
+    }
+    expected = {
+        "content": [
+            {
+                "token": "Hé",
+                "logprob": -0.5,
+                "bytes": [72, 195, 169],
+                "top_logprobs": [
+                    {"token": "Hé", "logprob": -0.5, "bytes": [72, 195, 169]},
+                    {"token": "Hi", "logprob": -1, "bytes": [72, 105]},
+                ],
+            }
+        ],
+        "refusal": None,
+    }
+    request = {**HELLO, "logprobs": True, "top_logprobs": 2}
+    assert ADAPTER.translate_response(Endpoint.CHAT, body, request, "m")["choices"][0]["logprobs"] == expected
+    translator = ADAPTER.stream_translator(Endpoint.CHAT, {**request, "stream": True}, "m")
+    out = chunks(translator.feed(b"data: " + orjson.dumps(body) + b"\n\n") + translator.finish())
+    assert [
+        c["choices"][0]["logprobs"] for c in out if c["choices"] and c["choices"][0]["delta"].get("content")
+    ] == [expected]

@@ -191,3 +191,14 @@ async def test_candidate_count_gives_that_many_candidates(aiohttp_client: Aiohtt
     ).json()
     assert [c["index"] for c in body["candidates"]] == [0, 1]
     assert body["candidates"][1]["content"]["parts"] == [{"text": "Echo: hello there"}]
+
+
+async def test_response_logprobs_give_a_logprobs_result(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    config = {"responseLogprobs": True, "logprobs": 2}
+    body = await (await post(client, "gem:generateContent", {**ASK, "generationConfig": config})).json()
+    result = body["candidates"][0]["logprobsResult"]
+    assert "".join(c["token"] for c in result["chosenCandidates"]) == "Echo: hello there"
+    assert all(len(t["candidates"]) == 2 for t in result["topCandidates"])
+    resp = await post(client, "gem:generateContent", {**ASK, "generationConfig": {"logprobs": 2}})
+    assert resp.status == 400  # logprobs without responseLogprobs
