@@ -177,7 +177,13 @@ CASES: dict[str, dict[str, Any]] = {
         "messages": [
             {
                 "role": "system",
-                "content": [{"type": "text", "text": "You are terse.", "prompt_cache_breakpoint": {}}],
+                "content": [
+                    {
+                        "type": "text",
+                        "text": "You are terse.",
+                        "prompt_cache_breakpoint": {"mode": "explicit"},
+                    }
+                ],
             },
             *ASK,
         ],
