@@ -36,6 +36,8 @@ works with every Claude model). A strict function tool keeps ``strict: true``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 from typing import Any
@@ -279,8 +281,31 @@ def _user_part(part: object, where: str) -> JSONObject | None:
             raise UnsupportedByProvider(
                 KIND, "file parts other than inline data: URLs (file_data)", param=where
             )
-        return {"type": "document", "source": _source(data, where)}
+        return _file_block(_source(data, where), where)
     raise UnsupportedByProvider(KIND, f"content parts of type '{kind}'", param=where)
+
+
+def _file_block(source: JSONObject, where: str) -> JSONObject:
+    """The block for an inline file: a PDF is a base64 document, an image an image block, text
+    a text document (Anthropic's base64 documents are PDFs only, its text ones ``text/plain``)."""
+    media_type = str(source.get("media_type", "")).lower()
+    if media_type.startswith("image/"):
+        return {"type": "image", "source": source}
+    if media_type == "application/pdf":
+        block: JSONObject = {"type": "document", "source": source}
+    elif media_type.startswith("text/"):
+        try:
+            text = base64.b64decode(str(source["data"]), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidRequest(
+                f"'{where}': the file's data is not base64-encoded UTF-8 text.", param=where
+            ) from None
+        block = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": text}}
+    else:
+        raise UnsupportedByProvider(
+            KIND, f"files of type '{media_type}' (PDF, images and text only)", param=where
+        )
+    return block
 
 
 def _source(url: str, where: str) -> JSONObject:

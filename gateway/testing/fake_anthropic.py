@@ -258,6 +258,8 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
                     )
             elif kind == "image":
                 _check_image(block, f"messages.{i}.content.{j}")
+            elif kind == "document":
+                _check_document(block, f"messages.{i}.content.{j}")
             elif kind == "tool_use":
                 tool_id = block.get("id")
                 if not isinstance(tool_id, str) or not _TOOL_USE_ID.fullmatch(tool_id):
@@ -389,6 +391,16 @@ def _check_image(block: dict[str, object], where: str) -> None:
             f"{where}.image.source.base64.media_type: Input should be 'image/jpeg', 'image/png', "
             "'image/gif' or 'image/webp'",
         )
+
+
+def _check_document(block: dict[str, object], where: str) -> None:
+    """A base64 document source is a PDF, a text one ``text/plain`` (the reference's
+    ``Base64PDFSource`` and ``PlainTextSource``: their ``media_type`` has that one value)."""
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    wanted = {"base64": "application/pdf", "text": "text/plain"}.get(str(kind))
+    if wanted is not None and isinstance(source, dict) and source.get("media_type") != wanted:
+        raise _refusal(400, f"{where}.document.source.{kind}.media_type: Input should be '{wanted}'")
 
 
 def _check_tool_result(block: dict[str, object], offered: set[str], where: str) -> None:

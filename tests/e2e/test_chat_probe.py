@@ -34,6 +34,7 @@ WAV = base64.b64encode(
     b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00@\x1f\x00\x00\x80>\x00\x00\x02\x00\x10\x00"
     b"data\x00\x00\x00\x00"
 ).decode()
+NOTES = base64.b64encode(b"The secret word is plum.").decode()
 ASK: Any = [{"role": "user", "content": "What is the weather like in Paris?"}]
 PARAMETERS: Any = {
     "type": "object",
@@ -102,6 +103,19 @@ CASES: dict[str, dict[str, Any]] = {
     "file data": {
         "messages": _parts(
             {"type": "file", "file": {"filename": "a.pdf", "file_data": f"data:application/pdf;base64,{PDF}"}}
+        )
+    },
+    "file text": {
+        "messages": _parts(
+            {
+                "type": "file",
+                "file": {"filename": "notes.txt", "file_data": f"data:text/plain;base64,{NOTES}"},
+            }
+        )
+    },
+    "file image": {
+        "messages": _parts(
+            {"type": "file", "file": {"filename": "a.png", "file_data": f"data:image/png;base64,{PNG}"}}
         )
     },
     "file id": {"messages": _parts({"type": "file", "file": {"file_id": "file-abc123"}})},

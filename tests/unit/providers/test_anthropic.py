@@ -3,6 +3,7 @@ citing the doc section it comes from): requests, responses, streams fed in odd p
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import re
@@ -830,3 +831,26 @@ def test_a_strict_tool_stays_strict() -> None:
     tool = {"type": "function", "function": {"name": "f", "strict": True, "parameters": STRICT_SCHEMA}}
     out = translate({"messages": [USER], "tools": [tool]})
     assert out["tools"] == [{"name": "f", "input_schema": STRICT_SCHEMA, "strict": True}]
+
+
+def test_inline_files_become_the_block_anthropic_takes_for_their_type() -> None:
+    # Anthropic's base64 documents are PDFs only: a text or image file was sent as one and refused.
+    def file(media_type: str, data: str) -> dict[str, Any]:
+        part = {"type": "file", "file": {"filename": "f", "file_data": f"data:{media_type};base64,{data}"}}
+        return translate({"messages": [{"role": "user", "content": [part]}]})["messages"][0]["content"][0]  # type: ignore[no-any-return]
+
+    text = base64.b64encode("plum é".encode()).decode()
+    assert file("text/markdown", text) == {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "plum é"},
+    }
+    assert file("image/png", "iVBORw0K") == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"},
+    }
+    with pytest.raises(UnsupportedByProvider) as err:
+        file("application/vnd.ms-excel", "AAAA")
+    assert err.value.param == "messages[0].content[0]"
+    with pytest.raises(InvalidRequest) as bad:
+        file("text/plain", "//79")  # not UTF-8
+    assert bad.value.param == "messages[0].content[0]"

@@ -535,3 +535,12 @@ async def test_structured_outputs_answer_in_json(aiohttp_client: AiohttpClient) 
     fmt = {"type": "json_schema", "schema": WEATHER["input_schema"]}
     message = await (await post(client, {**ASK, "output_config": {"format": fmt}})).json()
     assert orjson.loads(message["content"][0]["text"]) == {"location": "location-value", "unit": "celsius"}
+
+
+async def test_a_base64_document_must_be_a_pdf(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    doc = {"type": "document", "source": {"type": "base64", "media_type": "text/plain", "data": "cGx1bQ=="}}
+    body = {**ASK, "messages": [{"role": "user", "content": [doc, {"type": "text", "text": "hi"}]}]}
+    resp = await post(client, body)
+    assert resp.status == 400
+    assert "messages.0.content.0.document.source.base64.media_type" in (await resp.json())["error"]["message"]
