@@ -176,14 +176,14 @@ def _contents(messages: list[Any]) -> tuple[list[JSONObject], list[JSONObject]]:
             contents[-1]["parts"].extend(parts)
         else:
             contents.append({"role": gemini_role, "parts": parts})
-    if not contents:
-        raise UnsupportedByProvider(KIND, "a conversation without user or assistant messages")
-    if contents[0]["role"] == "model":
+    if not contents or contents[0]["role"] == "model":
         # Gemini refuses a history that opens with a model turn ("Please ensure that multiturn
         # requests alternate between user and model", NousResearch/hermes-agent#55427), and "a
         # function call turn" not right after a user or function response turn: a chat UI's
         # greeting, a history trimmed to its last exchange, an agent seeded with a call (OpenAI
-        # and Anthropic take them). A user turn that says next to nothing goes first.
+        # and Anthropic take them). A user turn that says next to nothing goes first; and it is
+        # the whole conversation of a request made of system messages only (Gemini refuses
+        # empty contents; OpenAI answers the instructions, the Anthropic adapter does the same).
         contents.insert(0, {"role": "user", "parts": [{"text": _OPENING}]})
     return system, contents
 

@@ -84,6 +84,7 @@ def _parts(*parts: Any) -> Any:
 CASES: dict[str, dict[str, Any]] = {
     "plain": {"messages": ASK},
     "system": {"messages": [{"role": "system", "content": "You are terse."}, *ASK]},
+    "system only": {"messages": [{"role": "system", "content": "Write a haiku about the sea."}]},
     "developer": {"messages": [{"role": "developer", "content": "You are terse."}, *ASK]},
     "system parts": {
         "messages": [{"role": "system", "content": [{"type": "text", "text": "You are terse."}]}, *ASK]
@@ -131,6 +132,18 @@ CASES: dict[str, dict[str, Any]] = {
         "messages": [
             *ASK,
             {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_abc123", "content": "15 degrees"},
+        ],
+        "tools": [WEATHER],
+    },
+    "gemini history": {
+        "messages": [
+            *ASK,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{**CALL, "extra_content": {"google": {"thought_signature": "c2lnbmF0dXJl"}}}],
+            },
             {"role": "tool", "tool_call_id": "call_abc123", "content": "15 degrees"},
         ],
         "tools": [WEATHER],

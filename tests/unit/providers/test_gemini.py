@@ -193,7 +193,6 @@ FTP_IMAGE = {"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}
             ),
             "messages[0].content[1]",
         ),
-        (Endpoint.CHAT, chat({"role": "system", "content": "a system prompt only"}), None),
         (
             Endpoint.CHAT,
             {**chat({"role": "user", "content": "hi"}), "stop": ["1", "2", "3", "4", "5", "6"]},
@@ -809,3 +808,11 @@ def test_logprobs_are_geminis_response_logprobs_whole_and_streamed() -> None:
     assert [
         c["choices"][0]["logprobs"] for c in out if c["choices"] and c["choices"][0]["delta"].get("content")
     ] == [expected]
+
+
+def test_a_request_of_system_messages_only_is_answered() -> None:
+    """OpenAI answers instructions alone (and so does the Anthropic adapter, with its placeholder
+    turn); Gemini refuses empty contents, so the near-empty user turn is the conversation."""
+    out = sent(Endpoint.CHAT, chat({"role": "system", "content": "Write a haiku about the sea."}))
+    assert out["contents"] == [{"role": "user", "parts": [{"text": "."}]}]
+    assert out["systemInstruction"] == {"parts": [{"text": "Write a haiku about the sea."}]}
