@@ -68,6 +68,13 @@ _JSON_SCHEMA_INSTRUCTION = (
 # client's last user message was blank): one neutral character, the least that Anthropic
 # accepts and the least that can steer the model.
 PLACEHOLDER_USER_TEXT = "."
+_MAX_USER_ID = 256  # metadata.user_id's maxLength
+
+
+def _hashed(user: str) -> str:
+    return "sha256:" + hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 _VALID_TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")  # Anthropic's pattern for tool_use.id
 
 
@@ -112,7 +119,9 @@ def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: 
         out["top_p"] = body["top_p"]
     user = body.get("user") or body.get("safety_identifier")
     if isinstance(user, str) and user:
-        out["metadata"] = {"user_id": user}
+        # Anthropic takes at most 256 characters ("a uuid, hash value, or other opaque
+        # identifier"); OpenAI sets no bound: a longer id is sent as its hash, still stable.
+        out["metadata"] = {"user_id": user if len(user) <= _MAX_USER_ID else _hashed(user)}
     tools = body.get("tools")
     if tools:
         out["tools"] = [_tool(tool, i) for i, tool in enumerate(tools)]

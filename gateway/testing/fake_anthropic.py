@@ -315,6 +315,9 @@ THINKING_DOCS = (
 )
 
 
+_MAX_USER_ID = 256
+
+
 def check_options(body: dict[str, object]) -> None:
     """Refuse, as the real API does (400, its message), what current models refuse beside the
     conversation: a stop sequence without a visible character ("stop_sequences: each stop
@@ -325,6 +328,10 @@ def check_options(body: dict[str, object]) -> None:
     be unset when thinking is enabled. Please consult our documentation at ...",
     quarkiverse/quarkus-langchain4j#1812) or with a ``top_p`` below 0.95 (extended thinking
     docs: "you can set `top_p` to values between 1 and 0.95"; the words are ours)."""
+    metadata = body.get("metadata")
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if isinstance(user_id, str) and len(user_id) > _MAX_USER_ID:  # (its reference: "maxLength 256")
+        raise _refusal(400, f"metadata.user_id: String should have at most {_MAX_USER_ID} characters")
     stops = body.get("stop_sequences")
     if isinstance(stops, list) and any(not isinstance(s, str) or not s or s.isspace() for s in stops):
         raise _refusal(400, "stop_sequences: each stop sequence must contain non-whitespace")

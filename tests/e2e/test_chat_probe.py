@@ -193,6 +193,7 @@ CASES: dict[str, dict[str, Any]] = {
     "logprobs": {"messages": ASK, "logprobs": True, "top_logprobs": 2},
     "logit_bias": {"messages": ASK, "logit_bias": {"1734": -100}},
     "user": {"messages": ASK, "user": "user-1234"},
+    "user long": {"messages": ASK, "user": "session-" + "0123456789abcdef" * 20},
     "metadata store": {"messages": ASK, "metadata": {"topic": "weather"}, "store": True},
     "reasoning_effort": {"messages": ASK, "reasoning_effort": "low"},
     "service_tier": {"messages": ASK, "service_tier": "auto"},

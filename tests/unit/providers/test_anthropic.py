@@ -854,3 +854,11 @@ def test_inline_files_become_the_block_anthropic_takes_for_their_type() -> None:
     with pytest.raises(InvalidRequest) as bad:
         file("text/plain", "//79")  # not UTF-8
     assert bad.value.param == "messages[0].content[0]"
+
+
+def test_a_user_longer_than_anthropic_takes_is_sent_as_its_hash() -> None:
+    # metadata.user_id holds at most 256 characters; OpenAI's user has no bound.
+    assert translate({"messages": [USER], "user": "u" * 256})["metadata"] == {"user_id": "u" * 256}
+    long = translate({"messages": [USER], "user": "u" * 300})["metadata"]["user_id"]
+    assert long.startswith("sha256:") and len(long) <= 256
+    assert long == translate({"messages": [USER], "user": "u" * 300})["metadata"]["user_id"]
