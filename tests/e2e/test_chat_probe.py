@@ -511,3 +511,19 @@ def test_parse_a_strict_tool_call(client: openai.OpenAI, model: str) -> None:
     )
     calls = completion.choices[0].message.tool_calls or []
     assert calls and isinstance(calls[0].function.parsed_arguments, Weather)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_stream_a_strict_tool_call_with_the_sdk_helper(client: openai.OpenAI, model: str) -> None:
+    with client.chat.completions.stream(
+        model=model,
+        messages=ASK,
+        tools=[openai.pydantic_function_tool(Weather, name="get_weather")],
+        tool_choice="required",
+    ) as stream:
+        events = [event.type for event in stream]
+        final = stream.get_final_completion()
+    assert "tool_calls.function.arguments.done" in events
+    calls = final.choices[0].message.tool_calls or []
+    assert calls and isinstance(calls[0].function.parsed_arguments, Weather)  # type: ignore[union-attr]
+    assert final.choices[0].finish_reason == "tool_calls"
