@@ -45,6 +45,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidRequest, UnsupportedByProvider
+from gateway.providers import cache_breakpoints
 from gateway.providers.chat_features import refuse_unhonoured
 from gateway.providers.tool_choice import narrowed
 from gateway.wire.requests import JSONObject
@@ -98,8 +99,11 @@ def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: 
     out: JSONObject = {"model": upstream_model, "messages": messages}
     if output_format:
         out["output_config"] = {"format": output_format}
-    if system:
-        out["system"] = "\n\n".join(system)
+    if system and all(isinstance(text, str) for text in system):
+        out["system"] = "\n\n".join(system)  # type: ignore[arg-type]
+    elif system:  # a system part marked as a cache breakpoint: blocks, the mark on its block
+        out["system"] = [t if isinstance(t, dict) else {"type": "text", "text": t} for t in system]
+    cache_breakpoints.keep_latest(out)  # at most four marks (a walk over the blocks just built)
     limit = body.get("max_completion_tokens")
     if limit is None:
         limit = body.get("max_tokens")
@@ -152,10 +156,10 @@ def _used_tools(turns: list[JSONObject]) -> list[str]:
     return list(names)
 
 
-def _conversation(messages: list[Any]) -> tuple[list[str], list[JSONObject]]:
+def _conversation(messages: list[Any]) -> tuple[list[str | JSONObject], list[JSONObject]]:
     """System texts, and the user/assistant turns with same-role neighbours merged, opening
     (and, unless the client ended on an assistant message, closing) with a user turn."""
-    system: list[str] = []
+    system: list[str | JSONObject] = []  # a text, or its block when marked as a cache breakpoint
     turns: list[JSONObject] = []
     tool_ids = _ToolCallIds()
     last_role = None
@@ -165,7 +169,9 @@ def _conversation(messages: list[Any]) -> tuple[list[str], list[JSONObject]]:
         role = message.get("role")
         if role in ("system", "developer"):
             text = _plain_text(message.get("content"), f"messages[{i}].content")
-            if not _blank(text):
+            if not _blank(text) and cache_breakpoints.any_marked(message.get("content")):
+                system.append({"type": "text", "text": text, "cache_control": cache_breakpoints.ephemeral()})
+            elif not _blank(text):
                 system.append(text)
             continue
         if role == "user":
@@ -267,7 +273,14 @@ def _user_blocks(content: object, where: str) -> list[JSONObject]:
         return []
     if not isinstance(content, list):
         raise InvalidRequest(f"'{where}' must be a string or an array of parts.", param=where)
-    return [block for j, part in enumerate(content) if (block := _user_part(part, f"{where}[{j}]"))]
+    blocks = []
+    for j, part in enumerate(content):
+        block = _user_part(part, f"{where}[{j}]")
+        if block is not None and cache_breakpoints.marked(part):
+            block["cache_control"] = cache_breakpoints.ephemeral()
+        if block is not None:
+            blocks.append(block)
+    return blocks
 
 
 def _user_part(part: object, where: str) -> JSONObject | None:

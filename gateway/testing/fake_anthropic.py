@@ -316,6 +316,25 @@ THINKING_DOCS = (
 
 
 _MAX_USER_ID = 256
+_MAX_CACHE_MARKS = 4  # "You can define up to 4 cache breakpoints" (prompt caching)
+
+
+def _cache_marks(body: dict[str, object]) -> int:
+    """How many blocks (tools, system, messages and the blocks of their tool results) carry
+    ``cache_control``."""
+    todo: list[object] = [body.get("tools"), body.get("system")]
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        todo.extend(m.get("content") for m in messages if isinstance(m, dict))
+    count = 0
+    while todo:
+        item = todo.pop()
+        if isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, dict):
+            count += "cache_control" in item
+            todo.append(item.get("content") if item.get("type") == "tool_result" else None)
+    return count
 
 
 def check_options(body: dict[str, object]) -> None:
@@ -328,6 +347,11 @@ def check_options(body: dict[str, object]) -> None:
     be unset when thinking is enabled. Please consult our documentation at ...",
     quarkiverse/quarkus-langchain4j#1812) or with a ``top_p`` below 0.95 (extended thinking
     docs: "you can set `top_p` to values between 1 and 0.95"; the words are ours)."""
+    marks = _cache_marks(body)
+    if marks > _MAX_CACHE_MARKS:
+        raise _refusal(
+            400, f"A maximum of {_MAX_CACHE_MARKS} blocks with cache_control may be provided. Found {marks}."
+        )
     metadata = body.get("metadata")
     user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
     if isinstance(user_id, str) and len(user_id) > _MAX_USER_ID:  # (its reference: "maxLength 256")

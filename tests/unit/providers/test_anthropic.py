@@ -862,3 +862,24 @@ def test_a_user_longer_than_anthropic_takes_is_sent_as_its_hash() -> None:
     long = translate({"messages": [USER], "user": "u" * 300})["metadata"]["user_id"]
     assert long.startswith("sha256:") and len(long) <= 256
     assert long == translate({"messages": [USER], "user": "u" * 300})["metadata"]["user_id"]
+
+
+def test_prompt_cache_breakpoints_are_anthropics_cache_control() -> None:
+    # Anthropic caches only up to marked blocks: unmarked, the client's breakpoints cached nothing.
+    mark = {"mode": "explicit"}
+    system = {
+        "role": "system",
+        "content": [{"type": "text", "text": "Rules.", "prompt_cache_breakpoint": mark}],
+    }
+    user = {
+        "role": "user",
+        "content": [{"type": "text", "text": f"part {k}", "prompt_cache_breakpoint": mark} for k in range(4)],
+    }
+    out = translate({"messages": [{"role": "system", "content": "Be brief."}, system, user]})
+    assert out["system"] == [
+        {"type": "text", "text": "Be brief."},
+        {"type": "text", "text": "Rules."},  # five marks: the earliest dropped, Anthropic takes four
+    ]
+    assert [b.get("cache_control") for b in out["messages"][0]["content"]] == [{"type": "ephemeral"}] * 4
+    unmarked = translate({"messages": [{"role": "system", "content": "Be brief."}, USER]})
+    assert unmarked["system"] == "Be brief." and "cache_control" not in unmarked["messages"][0]["content"][0]

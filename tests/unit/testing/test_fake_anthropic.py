@@ -544,3 +544,16 @@ async def test_a_base64_document_must_be_a_pdf(aiohttp_client: AiohttpClient) ->
     resp = await post(client, body)
     assert resp.status == 400
     assert "messages.0.content.0.document.source.base64.media_type" in (await resp.json())["error"]["message"]
+
+
+async def test_more_than_four_cache_breakpoints_are_refused(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    block = {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}
+    body = {**ASK, "messages": [{"role": "user", "content": [block] * 5}]}
+    resp = await post(client, body)
+    assert resp.status == 400
+    assert (await resp.json())["error"][
+        "message"
+    ] == "A maximum of 4 blocks with cache_control may be provided. Found 5."
+    body = {**ASK, "messages": [{"role": "user", "content": [block] * 4}]}
+    assert (await post(client, body)).status == 200
