@@ -472,6 +472,15 @@ def _message(item: JSONObject, where: str) -> JSONObject:
         raise ResponsesInputError(
             f"'{where}.content' must be a string or a list of parts.", f"{where}.content"
         )
+    if role == "assistant":
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind not in _ASSISTANT_PARTS:
+                # OpenAI's words (an assistant said it: what the client sent is input_*)
+                raise ResponsesInputError(
+                    f"Invalid value: {quoted(kind)}. Supported values are: 'output_text' and 'refusal'.",
+                    f"{where}.content[{j}]",
+                )
     parts = [_part(part, f"{where}.content[{j}]") for j, part in enumerate(content)]
     if role == "assistant" or all(p.get("type") == "text" for p in parts):
         if role == "assistant" and any(p.get("type") != "text" for p in parts):
@@ -479,6 +488,9 @@ def _message(item: JSONObject, where: str) -> JSONObject:
         # Plain text where possible: every provider kind reads a string, not all read parts.
         return {"role": role, "content": "".join(str(p["text"]) for p in parts)}
     return {"role": role, "content": parts}
+
+
+_ASSISTANT_PARTS = ("output_text", "refusal")
 
 
 def _part(part: object, where: str) -> JSONObject:

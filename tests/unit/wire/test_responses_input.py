@@ -468,3 +468,25 @@ def test_auto_or_none_without_tools_is_not_sent_to_chat(tools: object, choice: s
         body["tools"] = tools
     chat = chat_request(body)
     assert "tool_choice" not in chat and "tools" not in chat
+
+
+@pytest.mark.parametrize("kind", ["input_text", "input_image"])
+def test_an_assistant_message_takes_output_parts_only_as_openai_wants(kind: str) -> None:
+    """OpenAI: "Invalid value: 'input_text'. Supported values are: 'output_text' and 'refusal'."
+    (param input[N].content[0], as clients quote it); the gateway served it on every kind, so an
+    app built against it broke on OpenAI (and on a native Responses deployment)."""
+    part = {"type": kind, "text": "Hi!", "image_url": "https://example.com/a.png"}
+    items = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [part]},
+        {"role": "user", "content": "?"},
+    ]
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request({"model": "m", "input": items})
+    assert (
+        caught.value.message == f"Invalid value: '{kind}'. Supported values are: 'output_text' and 'refusal'."
+    )
+    assert caught.value.param == "input[1].content[0]"
+    said = [{"type": "output_text", "text": "Hi!"}, {"type": "refusal", "refusal": " No."}]
+    chat = chat_request({"model": "m", "input": [items[0], {"role": "assistant", "content": said}, items[2]]})
+    assert chat["messages"][1] == {"role": "assistant", "content": "Hi! No."}
