@@ -440,6 +440,7 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/responses/input_tokens", responses_api.count_input_tokens)
     add("GET", "/v1/responses/{response_id}", responses_api.retrieve_response)
     add("DELETE", "/v1/responses/{response_id}", responses_api.delete_response)
+    add("GET", "/v1/responses/{response_id}/input_items", responses_api.list_input_items)
     # POST under it: OpenAI's compact and cancel (not served): a 404, not the 405 a
     # method on the kept-response resource would give (the SDKs raise NotFoundError on a 404).
     add("POST", "/v1/responses/{response_id}", responses_api.not_served)

@@ -106,6 +106,47 @@ async def retrieve_response(request: web.Request) -> web.StreamResponse:
     return json_response(orjson.dumps(found))
 
 
+_MAX_LISTED = 100
+
+
+async def list_input_items(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/responses/{id}/input_items`` (the SDK's ``responses.input_items.list``): OpenAI's
+    list page of a kept response's input items; ``order`` (``desc``, the default, or ``asc``),
+    ``limit`` (1 to 100, 20 by default) and ``after`` (an item id) as OpenAI pages them."""
+    tenant, response_id = await _kept_id(request)
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest(
+            "Invalid value for 'order': expected one of 'asc' or 'desc'.", param="order", code="invalid_value"
+        )
+    text = request.query.get("limit", "20")
+    limit = int(text) if text.isdigit() else 0
+    if not 1 <= limit <= _MAX_LISTED:
+        raise InvalidRequest(
+            f"Invalid value for 'limit': expected an integer from 1 to {_MAX_LISTED}.",
+            param="limit",
+            code="invalid_value",
+        )
+    items = await request.app[keys.RESPONSES].input_items(tenant, response_id)
+    if items is None:
+        raise _not_found(response_id)
+    ordered = items if order == "asc" else items[::-1]
+    start = 0
+    after = request.query.get("after")
+    if after is not None:
+        ids = [item.get("id") for item in ordered]
+        start = ids.index(after) + 1 if after in ids else len(ordered)
+    page = ordered[start : start + limit]
+    body = {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": start + limit < len(ordered),
+    }
+    return json_response(orjson.dumps(body))
+
+
 async def delete_response(request: web.Request) -> web.StreamResponse:
     """``DELETE /v1/responses/{id}``: forget a kept response (OpenAI's deletion object)."""
     tenant, response_id = await _kept_id(request)

@@ -260,6 +260,25 @@ class ResponsesService:
         kept = _decoded(await self._store.get(STORED_CATEGORY, _key(tenant, response_id)))
         return None if kept is None else kept[1]
 
+    async def input_items(self, tenant: str, response_id: str) -> list[JSONObject] | None:
+        """``GET /v1/responses/{id}/input_items``: the items the model was given for a kept
+        response of this tenant, oldest first, as OpenAI lists them (each with an ``id`` and a
+        ``status``; a message's string content as its one text part): the conversation of its
+        ``previous_response_id`` included, as the model saw it. None when none is kept."""
+        kept = _decoded(await self._store.get(STORED_CATEGORY, _key(tenant, response_id)))
+        response = None if kept is None else kept[1]
+        if kept is None or response is None:
+            return None
+        items = kept[0]
+        output = response.get("output")
+        answered = sum(
+            1
+            for item in (output if isinstance(output, list) else ())
+            if isinstance(item, dict) and item.get("type") in _KEPT_ITEMS
+        )
+        token = response_id.removeprefix("resp_")
+        return [_listed(item, f"{token}_in{i}") for i, item in enumerate(items[: len(items) - answered])]
+
     async def delete(self, tenant: str, response_id: str) -> bool:
         """``DELETE /v1/responses/{id}``: forget a kept response; False when there is none."""
         key = _key(tenant, response_id)
@@ -272,6 +291,29 @@ class ResponsesService:
             if isinstance(item, dict) and isinstance(item.get("id"), str):
                 await self._store.delete(STORED_CATEGORY, _item_key(tenant, item["id"]))
         return True
+
+
+_LISTED_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+
+
+def _listed(item: Any, suffix: str) -> JSONObject:
+    """A kept input item as ``input_items`` lists it (the SDK's ``ResponseItem``): its own ``id``
+    or one made from the response's, ``status`` ``completed``, a message's string content as its
+    text part (``input_text``; an assistant's ``output_text``)."""
+    if not isinstance(item, dict):
+        return {"id": f"item_{suffix}", "type": "unknown"}
+    kind = item.get("type", "message" if "role" in item else "unknown")
+    listed: JSONObject = {**item, "type": kind}
+    listed.setdefault("id", f"{_LISTED_PREFIXES.get(str(kind), 'item')}_{suffix}")
+    if kind in ("message", "function_call", "function_call_output"):
+        listed.setdefault("status", "completed")
+    content = item.get("content")
+    if kind == "message" and isinstance(content, str):
+        if item.get("role") == "assistant":
+            listed["content"] = [{"type": "output_text", "text": content, "annotations": []}]
+        else:
+            listed["content"] = [{"type": "input_text", "text": content}]
+    return listed
 
 
 # Fields of an ``input_tokens`` request that change no count (a style preset).

@@ -536,3 +536,14 @@ def test_a_strict_function_strict_mode_refuses_is_openais_400_on_every_kind(
         rp.client().responses.create(model=model, input=ASK, tools=[{**LOOSE, "strict": True}])
     assert caught.value.param == "tools[0].parameters"
     assert "Invalid schema for function 'get_time'" in caught.value.message
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_the_input_items_of_a_response_are_listed(rp: ProbeStack, model: str) -> None:
+    client = rp.client()
+    first = client.responses.create(
+        model=model, input=[{"role": "user", "content": ASK}, CALL, _output("15")], tools=[WEATHER]
+    )
+    listed = client.responses.input_items.list(first.id, order="asc")
+    assert [item.type for item in listed.data] == ["message", "function_call", "function_call_output"]
+    assert all(item.id for item in listed.data) and not listed.has_more

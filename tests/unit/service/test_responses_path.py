@@ -1136,3 +1136,33 @@ async def test_an_adapters_refusal_after_previous_response_id_names_the_clients_
     error: Any = caught.value.body
     assert error["param"] == "input[1].arguments", error
     assert "input[1].arguments" in error["message"] and "messages[" not in error["message"]
+
+
+async def test_the_input_items_of_a_kept_response_are_listed_as_openai_pages_them(client: TestClient) -> None:
+    """``responses.input_items.list`` was a 404 ("Unknown path"): now the items the model was given
+    (the previous response's conversation included), each with an id, newest first by default."""
+    api = sdk(client, "key-one")
+    first = await api.responses.create(model="m", input="hi")
+    second = await api.responses.create(
+        model="m",
+        previous_response_id=first.id,
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "and then?"}]}],
+    )
+    listed = await api.responses.input_items.list(second.id, order="asc")
+    items = listed.data
+    assert [item.type for item in items] == ["message", "message", "message"]
+    assert [item.role for item in items] == ["user", "assistant", "user"]  # type: ignore[union-attr]
+    assert items[0].content[0].text == "hi"  # type: ignore[union-attr]
+    assert items[1].id == first.output[0].id  # the answer, as it was kept
+    assert items[2].content[0].text == "and then?"  # type: ignore[union-attr]
+    assert len({item.id for item in items}) == 3
+    newest = await api.responses.input_items.list(second.id, limit=1)
+    assert [i.id for i in newest.data] == [items[2].id] and newest.has_more
+    rest = await api.responses.input_items.list(second.id, limit=5, after=items[2].id)
+    assert [i.id for i in rest.data] == [items[1].id, items[0].id] and not rest.has_more
+    with pytest.raises(openai.NotFoundError):
+        await sdk(client, "key-two").responses.input_items.list(second.id)  # another tenant's
+    bad = await client.get(
+        f"/v1/responses/{second.id}/input_items?limit=500", headers={"Authorization": "Bearer key-one"}
+    )
+    assert bad.status == 400 and (await bad.json())["error"]["param"] == "limit"
