@@ -176,6 +176,8 @@ def _contents(messages: list[Any]) -> tuple[list[JSONObject], list[JSONObject]]:
             contents[-1]["parts"].extend(parts)
         else:
             contents.append({"role": gemini_role, "parts": parts})
+    if not contents and not system:
+        raise UnsupportedByProvider(KIND, "a conversation without user or assistant messages")
     if not contents or contents[0]["role"] == "model":
         # Gemini refuses a history that opens with a model turn ("Please ensure that multiturn
         # requests alternate between user and model", NousResearch/hermes-agent#55427), and "a

@@ -295,7 +295,7 @@ def chat_request(body: JSONObject) -> JSONObject:
     elif isinstance(given, list):
         _add_items(given, messages)
         _check_call_pairs(given)
-    else:
+    elif given is not None or instructions is None:  # (optional: instructions alone are a request)
         raise ResponsesInputError("'input' must be a string or a list of items.", "input")
     if not messages:
         raise ResponsesInputError("'input' holds nothing a model can answer.", "input")

@@ -547,3 +547,12 @@ def test_the_input_items_of_a_response_are_listed(rp: ProbeStack, model: str) ->
     listed = client.responses.input_items.list(first.id, order="asc")
     assert [item.type for item in listed.data] == ["message", "function_call", "function_call_output"]
     assert all(item.id for item in listed.data) and not listed.has_more
+
+
+@pytest.mark.parametrize("model", KINDS)
+@pytest.mark.parametrize("given", [{}, {"input": []}], ids=["no input", "empty input"])
+def test_instructions_alone_are_a_request_on_every_kind(rp: ProbeStack, model: str, given: Any) -> None:
+    """``input`` is optional: Gemini's adapter refused a conversation of instructions alone and
+    the door refused a request without ``input``."""
+    answer = rp.client().responses.create(model=model, instructions="Say hello.", **given)
+    assert answer.status == "completed" and answer.output_text.startswith("Echo:")

@@ -201,6 +201,11 @@ FTP_IMAGE = {"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}
         (Endpoint.COMPLETIONS, {"model": "m", "prompt": ["one", "two"]}, "prompt"),
         (Endpoint.COMPLETIONS, {"model": "m", "prompt": "x", "echo": True}, "echo"),
         (Endpoint.EMBEDDINGS, {"model": "m", "input": [[1, 2, 3]]}, "input"),
+        (
+            Endpoint.CHAT,
+            chat({"role": "user", "content": ""}),
+            None,
+        ),  # nothing at all (instructions alone: served)
     ],
 )
 def test_what_gemini_cannot_serve_is_a_retryable_refusal(
@@ -816,3 +821,11 @@ def test_a_request_of_system_messages_only_is_answered() -> None:
     out = sent(Endpoint.CHAT, chat({"role": "system", "content": "Write a haiku about the sea."}))
     assert out["contents"] == [{"role": "user", "parts": [{"text": "."}]}]
     assert out["systemInstruction"] == {"parts": [{"text": "Write a haiku about the sea."}]}
+
+
+def test_instructions_alone_get_a_user_turn_that_says_next_to_nothing() -> None:
+    """Gemini needs contents; OpenAI takes a system message alone (and the Anthropic adapter
+    already opened with its placeholder turn): this was refused as unsupported."""
+    out = sent(Endpoint.CHAT, {"model": "m", "messages": [{"role": "system", "content": "Say hello."}]})
+    assert out["contents"] == [{"role": "user", "parts": [{"text": "."}]}]
+    assert out["systemInstruction"] == {"parts": [{"text": "Say hello."}]}

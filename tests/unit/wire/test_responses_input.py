@@ -490,3 +490,11 @@ def test_an_assistant_message_takes_output_parts_only_as_openai_wants(kind: str)
     said = [{"type": "output_text", "text": "Hi!"}, {"type": "refusal", "refusal": " No."}]
     chat = chat_request({"model": "m", "input": [items[0], {"role": "assistant", "content": said}, items[2]]})
     assert chat["messages"][1] == {"role": "assistant", "content": "Hi! No."}
+
+
+def test_input_is_optional_beside_instructions() -> None:
+    chat = chat_request({"model": "m", "instructions": "Say hello."})
+    assert chat["messages"] == [{"role": "system", "content": "Say hello."}]
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request({"model": "m"})
+    assert caught.value.param == "input"
