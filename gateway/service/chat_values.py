@@ -43,6 +43,14 @@ def check_chat_values(body: JSONObject) -> None:
     logprobs = body.get("logprobs")
     if logprobs is not None and not isinstance(logprobs, bool):
         raise _invalid_type("logprobs", "a boolean", logprobs)
+    if body.get("top_logprobs") is not None and logprobs is not True:
+        # the reference: "`logprobs` must be set to `true` if this parameter is used"; a
+        # translating kind would otherwise answer without them where OpenAI refuses
+        raise InvalidRequest(
+            "Invalid value for 'top_logprobs': 'logprobs' must be set to true if 'top_logprobs' is used.",
+            param="top_logprobs",
+            code="invalid_value",
+        )
     bias = body.get("logit_bias")
     if bias is not None:
         _check_bias(bias)

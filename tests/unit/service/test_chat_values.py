@@ -25,6 +25,8 @@ from tests.unit.service.test_request_path import upstreams as upstreams
         ({"seed": 1.5}, "seed", "invalid_type"),
         ({"logprobs": "yes"}, "logprobs", "invalid_type"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "integer_above_max_value"),
+        ({"top_logprobs": 2}, "top_logprobs", "invalid_value"),
+        ({"logprobs": False, "top_logprobs": 0}, "top_logprobs", "invalid_value"),
         ({"logit_bias": {"1734": 101}}, "logit_bias.1734", "decimal_above_max_value"),
         ({"logit_bias": {"hello": 5}}, "logit_bias", "invalid_value"),
         ({"logit_bias": [1]}, "logit_bias", "invalid_type"),
