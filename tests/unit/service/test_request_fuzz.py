@@ -43,8 +43,15 @@ SCHEMA: dict[str, Any] = {
         "n": {"anyOf": [{"type": "integer"}, {"$ref": "#/$defs/X"}]},
         "l": {"type": "array", "items": {"type": "string"}},
     },
-    "required": ["city", "n"],
-    "$defs": {"X": {"type": "object", "properties": {"y": {"const": "z"}}}},
+    "required": ["city", "n", "l"],  # all of them: strict mode's rule
+    "$defs": {
+        "X": {
+            "type": "object",
+            "properties": {"y": {"const": "z"}},
+            "required": ["y"],
+            "additionalProperties": False,
+        }
+    },
     "additionalProperties": False,
 }
 IMAGE = "data:image/png;base64,iVBORw0KGgo="
@@ -109,11 +116,15 @@ SEEDS: dict[str, list[dict[str, Any]]] = {
             "stream_options": {"include_usage": True},
             "max_completion_tokens": 30,
             "reasoning_effort": "low",
+            "user": "u",
+            "metadata": {"a": "b"},
+        },
+        {  # what translated kinds refuse by name rather than drop (the OpenAI kind serves it)
+            "model": "M",
+            "messages": [{"role": "user", "content": "hi"}],
             "logprobs": True,
             "top_logprobs": 2,
             "logit_bias": {"50256": -100},
-            "user": "u",
-            "metadata": {"a": "b"},
         },
     ],
     "/v1/messages": [
@@ -152,10 +163,16 @@ SEEDS: dict[str, list[dict[str, Any]]] = {
         },
         {
             "model": "M",
-            "max_tokens": 1024,
+            "max_tokens": 2048,
             "messages": [
                 {"role": "user", "content": "think"},
-                {"role": "assistant", "content": [{"type": "thinking", "thinking": "t", "signature": "s"}]},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "thinking", "thinking": "t", "signature": "s"},
+                        {"type": "tool_use", "id": "x", "name": "get", "input": {}},
+                    ],
+                },
                 {
                     "role": "user",
                     "content": [
@@ -168,7 +185,8 @@ SEEDS: dict[str, list[dict[str, Any]]] = {
                     ],
                 },
             ],
-            "thinking": {"type": "enabled", "budget_tokens": 512},
+            "thinking": {"type": "enabled", "budget_tokens": 1024},  # Anthropic's least
+            "tools": [{"name": "get", "input_schema": {"type": "object"}}],
             "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
         },
     ],
