@@ -26,7 +26,8 @@ _RANGES: dict[str, tuple[bool, float | None, float | None]] = {
     "seed": (True, None, None),
     "top_logprobs": (True, 0, 20),
 }
-_NAMES = frozenset((*_RANGES, "logprobs", "logit_bias", "response_format"))
+_NAMES_LEFT = frozenset(("logprobs", "top_logprobs", "logit_bias", "response_format"))
+_NAMES = frozenset((*_RANGES, *_NAMES_LEFT))
 _FORMATS = ("text", "json_object", "json_schema")
 _MAX_BIAS = 100
 
@@ -38,8 +39,14 @@ def check_chat_values(body: JSONObject) -> None:
         return
     for name, (integer, low, high) in _RANGES.items():
         value = body.get(name)
-        if value is not None:
-            _check_number(name, value, integer, low, high)
+        if value is None:
+            continue
+        kind = type(value)  # exact: a bool is refused, and checked below
+        if (kind is int or (kind is float and not integer)) and (low is None or low <= value <= high):
+            continue  # the usual case, without a call
+        _check_number(name, value, integer, low, high)
+    if _NAMES_LEFT.isdisjoint(body):
+        return
     logprobs = body.get("logprobs")
     if logprobs is not None and not isinstance(logprobs, bool):
         raise _invalid_type("logprobs", "a boolean", logprobs)
