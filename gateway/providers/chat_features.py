@@ -4,12 +4,12 @@ A parameter without an equivalent at the provider is left out when it is a hint 
 not rest on (a sampling penalty, ``seed``, ``prediction``, ``service_tier``, ``store``); it is
 refused when the client builds on what it asks for, so dropping it would hand back an answer
 that silently lacks it: ``logprobs`` (the client reads ``choices[].logprobs``; Gemini gives
-them, Anthropic does not), a non-empty
-``logit_bias`` (token ids of OpenAI's tokenizers, used to ban or force tokens; another model's
-ids mean something else), ``moderation`` (OpenAI scores or blocks input and output with its
-moderation model), ``web_search_options`` (an answer grounded in a search) and audio output
-(``modalities`` with ``audio``, or ``audio``). Refused with ``UnsupportedByProvider``
-naming the parameter, so a group mixing kinds is served by a deployment that can. Pure, no I/O.
+them, Anthropic does not), a non-empty ``logit_bias`` (token ids of OpenAI's tokenizers, used to
+ban or force tokens; another model's ids mean something else), ``moderation`` (OpenAI scores or
+blocks input and output with its moderation model), ``web_search_options`` (an answer grounded
+in a search) and audio output (``modalities`` with ``audio``, or ``audio``). Refused with
+``UnsupportedByProvider`` naming the parameter, so a group mixing kinds is served by a
+deployment that can. Pure, no I/O.
 """
 
 from __future__ import annotations
