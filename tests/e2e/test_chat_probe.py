@@ -532,3 +532,18 @@ def test_stream_a_strict_tool_call_with_the_sdk_helper(client: openai.OpenAI, mo
     calls = final.choices[0].message.tool_calls or []
     assert calls and isinstance(calls[0].function.parsed_arguments, Weather)  # type: ignore[union-attr]
     assert final.choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("model", KINDS)
+async def test_the_async_client_whole_and_streamed(cstack: MessagesStack, model: str) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=cstack.gateway.url + "/v1", api_key="client-key", max_retries=0, timeout=10
+    ) as aclient:
+        whole = await aclient.chat.completions.create(model=model, messages=ASK)
+        stream = await aclient.chat.completions.create(
+            model=model, messages=ASK, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content == "Echo: What is the weather like in Paris?"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == whole.usage.total_tokens  # type: ignore[union-attr]
