@@ -580,6 +580,34 @@ def _string(item: JSONObject, name: str, where: str) -> str:
 # ----- tools, tool choice, output format
 
 
+# OpenAI's rule for function and format names (Anthropic's is as strict, Gemini's takes dots and
+# colons): a name another kind would take is refused here, as OpenAI refuses it.
+_NAME = re.compile(r"[a-zA-Z0-9_-]+")
+_NAME_MAX = 64
+
+
+def _name(holder: JSONObject, where: str) -> str:
+    """``holder["name"]`` when OpenAI takes it, else its 400 in its words ("Invalid
+    'tools[0].name': string does not match pattern. Expected a string that matches the pattern
+    '^[a-zA-Z0-9_-]+$'.", code ``invalid_value``, as its users quote it)."""
+    name = _string(holder, "name", where)
+    param = f"{where}.name"
+    if not _NAME.fullmatch(name):
+        raise ResponsesInputError(
+            f"Invalid '{param}': string does not match pattern. Expected a string that matches the "
+            "pattern '^[a-zA-Z0-9_-]+$'.",
+            param,
+        )
+    if len(name) > _NAME_MAX:
+        raise ResponsesInputError(
+            f"Invalid '{param}': string too long. Expected a string with maximum length {_NAME_MAX}, "
+            f"but got a string with length {len(name)} instead.",
+            param,
+            "string_above_max_length",
+        )
+    return name
+
+
 def chat_tools(tools: object) -> list[JSONObject]:
     """Responses function tools as chat tools; a built-in tool is refused by name."""
     if not isinstance(tools, list):
@@ -600,7 +628,7 @@ def chat_tools(tools: object) -> list[JSONObject]:
                 f"{where}.type",
                 "unsupported_tool",
             )
-        function: JSONObject = {"name": _string(tool, "name", where)}
+        function: JSONObject = {"name": _name(tool, where)}
         for name in ("description", "parameters", "strict"):
             if tool.get(name) is not None:
                 function[name] = tool[name]
@@ -675,7 +703,7 @@ def chat_response_format(text: object) -> JSONObject | None:
             raise ResponsesInputError(
                 "text.format of type json_schema needs a 'name' and a 'schema' object.", "text.format"
             )
-        schema: JSONObject = {"name": fmt["name"], "schema": fmt["schema"]}
+        schema: JSONObject = {"name": _name(fmt, "text.format"), "schema": fmt["schema"]}
         for name in ("description", "strict"):
             if fmt.get(name) is not None:
                 schema[name] = fmt[name]

@@ -556,3 +556,11 @@ def test_instructions_alone_are_a_request_on_every_kind(rp: ProbeStack, model: s
     the door refused a request without ``input``."""
     answer = rp.client().responses.create(model=model, instructions="Say hello.", **given)
     assert answer.status == "completed" and answer.output_text.startswith("Echo:")
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_a_tool_name_openai_refuses_is_its_400_on_every_kind(rp: ProbeStack, model: str) -> None:
+    dotted = {**WEATHER, "name": "weather.get"}
+    with pytest.raises(openai.BadRequestError) as caught:
+        rp.client().responses.create(model=model, input=ASK, tools=[dotted])
+    assert caught.value.param == "tools[0].name" and "does not match pattern" in caught.value.message

@@ -498,3 +498,33 @@ def test_input_is_optional_beside_instructions() -> None:
     with pytest.raises(ResponsesInputError) as caught:
         chat_request({"model": "m"})
     assert caught.value.param == "input"
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        (
+            {"tools": [{"type": "function", "name": "canvas.read_card", "parameters": {"type": "object"}}]},
+            "tools[0].name",
+            "Invalid 'tools[0].name': string does not match pattern. Expected a string that matches the "
+            "pattern '^[a-zA-Z0-9_-]+$'.",
+        ),
+        (
+            {"tools": [{"type": "function", "name": "f" * 65}]},
+            "tools[0].name",
+            "Invalid 'tools[0].name': string too long. Expected a string with maximum length 64, but got a "
+            "string with length 65 instead.",
+        ),
+        (
+            {"text": {"format": {"type": "json_schema", "name": "my schema", "schema": {"type": "object"}}}},
+            "text.format.name",
+            "Invalid 'text.format.name': string does not match pattern.",
+        ),
+    ],
+)
+def test_names_openai_refuses_are_its_400(body: Any, param: str, words: str) -> None:
+    """A dotted tool name (an MCP server's) reached Gemini, which takes it, and was refused by
+    OpenAI and Anthropic: the same request worked or failed by routing."""
+    with pytest.raises(ResponsesInputError) as caught:
+        chat_request({"model": "m", "input": "hi", **body})
+    assert caught.value.param == param and words in caught.value.message
