@@ -150,6 +150,8 @@ CASES: dict[str, dict[str, Any]] = {
             "tools": [{"type": "function", "name": "get_time"}],
         },
     },
+    "tool_choice auto without tools": {"input": ASK, "tool_choice": "auto"},
+    "tool_choice none with empty tools": {"input": ASK, "tools": [], "tool_choice": "none"},
     "no parallel tool calls": {
         "input": ASK,
         "tools": [WEATHER, LOOSE],
