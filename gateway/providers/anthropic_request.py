@@ -46,6 +46,7 @@ import orjson
 
 from gateway.errors import InvalidRequest, UnsupportedByProvider
 from gateway.providers import cache_breakpoints
+from gateway.providers.anthropic_schema import anthropic_schema
 from gateway.providers.chat_features import refuse_unhonoured
 from gateway.providers.tool_choice import narrowed
 from gateway.wire.requests import JSONObject
@@ -440,6 +441,7 @@ def _tool(tool: object, i: int) -> JSONObject:
     out["input_schema"] = function.get("parameters") or {"type": "object", "properties": {}}
     if function.get("strict") is True:
         out["strict"] = True  # Anthropic's strict tool use: inputs guaranteed to match the schema
+        out["input_schema"] = anthropic_schema(out["input_schema"])  # in the subset it takes
     return out
 
 
@@ -467,7 +469,7 @@ def _strict_format(response_format: object) -> JSONObject | None:
     if not isinstance(spec, dict) or spec.get("strict") is not True:
         return None
     schema = spec.get("schema")
-    return {"type": "json_schema", "schema": schema} if isinstance(schema, dict) else None
+    return {"type": "json_schema", "schema": anthropic_schema(schema)} if isinstance(schema, dict) else None
 
 
 def _format_instruction(response_format: object) -> str | None:
