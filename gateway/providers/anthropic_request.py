@@ -441,7 +441,8 @@ def _tool(tool: object, i: int) -> JSONObject:
     out["input_schema"] = function.get("parameters") or {"type": "object", "properties": {}}
     if function.get("strict") is True:
         out["strict"] = True  # Anthropic's strict tool use: inputs guaranteed to match the schema
-        out["input_schema"] = anthropic_schema(out["input_schema"])  # in the subset it takes
+        if isinstance(out["input_schema"], dict):  # (anything else is Anthropic's to refuse)
+            out["input_schema"] = anthropic_schema(out["input_schema"])  # in the subset it takes
     return out
 
 

@@ -67,3 +67,12 @@ def test_strict_formats_and_tools_reach_anthropic_rewritten() -> None:
     assert sent["output_config"]["format"]["schema"] == transform_schema(schema)
     assert sent["tools"][0]["input_schema"] == transform_schema(schema)
     assert b'"minimum":' not in orjson.dumps(sent["output_config"])  # a key no more: said in words
+
+
+def test_a_strict_tool_whose_parameters_are_not_an_object_is_not_rewritten() -> None:
+    # (found by test_request_fuzz: parameters [null] with strict: true was a 500)
+    adapter = AnthropicAdapter(AnthropicProvider(kind="anthropic", base_url="https://api.anthropic.com/v1"))
+    tool = {"type": "function", "function": {"name": "f", "strict": True, "parameters": [None]}}
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": [tool]}
+    sent = orjson.loads(adapter.build_request(Endpoint.CHAT, body, "claude-x").body)
+    assert sent["tools"][0]["input_schema"] == [None]
