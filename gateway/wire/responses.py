@@ -315,6 +315,10 @@ def chat_request(body: JSONObject) -> JSONObject:
     tools = body.get("tools")
     if tools:
         chat["tools"] = chat_tools(tools)
+    else:
+        # OpenAI's chat refuses it without tools ("'parallel_tool_calls' is only allowed when
+        # 'tools' are specified"); the Responses API takes it (Codex sends it with tools: [])
+        chat.pop("parallel_tool_calls", None)
     choice = body.get("tool_choice")
     if choice is not None:
         translated = chat_tool_choice(choice)

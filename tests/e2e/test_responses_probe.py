@@ -152,6 +152,7 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "tool_choice auto without tools": {"input": ASK, "tool_choice": "auto"},
     "tool_choice none with empty tools": {"input": ASK, "tools": [], "tool_choice": "none"},
+    "parallel_tool_calls with empty tools": {"input": ASK, "tools": [], "parallel_tool_calls": False},
     "no parallel tool calls": {
         "input": ASK,
         "tools": [WEATHER, LOOSE],

@@ -69,6 +69,7 @@ def test_options_map_to_their_chat_namesakes() -> None:
         {
             "model": "m",
             "input": "hi in JSON",
+            "tools": [{"type": "function", "name": "f"}],
             "tool_choice": {"type": "function", "name": "f"},
             "text": {"format": {"type": "json_object"}, "verbosity": "low"},
             "reasoning": {"effort": "low", "summary": "auto"},
@@ -82,6 +83,7 @@ def test_options_map_to_their_chat_namesakes() -> None:
     assert chat == {
         "model": "m",
         "messages": [{"role": "user", "content": "hi in JSON"}],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
         "tool_choice": {"type": "function", "function": {"name": "f"}},
         "response_format": {"type": "json_object"},
         "reasoning_effort": "low",
@@ -528,3 +530,19 @@ def test_names_openai_refuses_are_its_400(body: Any, param: str, words: str) -> 
     with pytest.raises(ResponsesInputError) as caught:
         chat_request({"model": "m", "input": "hi", **body})
     assert caught.value.param == param and words in caught.value.message
+
+
+@pytest.mark.parametrize("given", [{}, {"tools": []}])
+def test_parallel_tool_calls_without_tools_is_not_sent_to_chat(given: Any) -> None:
+    """OpenAI's chat refuses it ("'parallel_tool_calls' is only allowed when 'tools' are
+    specified"); Codex sends it with ``tools: []`` and the Responses API takes it."""
+    assert "parallel_tool_calls" not in chat_request(
+        {"model": "m", "input": "hi", "parallel_tool_calls": True, **given}
+    )
+    tools = [{"type": "function", "name": "f"}]
+    assert (
+        chat_request({"model": "m", "input": "hi", "parallel_tool_calls": False, "tools": tools})[
+            "parallel_tool_calls"
+        ]
+        is False
+    )
