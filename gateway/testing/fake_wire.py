@@ -318,6 +318,12 @@ def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] 
     choice = body.get("tool_choice")
     if choice is not None and not functions:
         raise WireError("'tool_choice' is only allowed when 'tools' are specified", "tool_choice")
+    if body.get("parallel_tool_calls") is not None and not functions:
+        raise WireError(
+            "Invalid value for 'parallel_tool_calls': 'parallel_tool_calls' is only allowed when 'tools' "
+            "are specified.",
+            "parallel_tool_calls",
+        )
     by_name = {str(f["name"]): f for f in functions}
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         # OpenAI's allowed_tools: only the named functions may be called, as ``mode`` says

@@ -1027,3 +1027,13 @@ async def test_a_strict_response_format_needs_a_strict_schema_as_openai_says(
         {**CHAT, "response_format": {"type": "json_schema", "json_schema": spec}},
     )
     assert resp.status == 200
+
+
+def test_parallel_tool_calls_without_tools_is_refused_as_openai_does() -> None:
+    """OpenAI: "Invalid value for 'parallel_tool_calls': 'parallel_tool_calls' is only allowed
+    when 'tools' are specified."; the fake took it."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "parallel_tool_calls": False}
+    with pytest.raises(fake_wire.WireError) as caught:
+        fake_wire.parse_chat(body)
+    assert caught.value.param == "parallel_tool_calls" and "only allowed when 'tools'" in str(caught.value)
+    fake_wire.parse_chat({**body, "tools": _functions("a")})
