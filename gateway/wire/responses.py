@@ -10,10 +10,13 @@ Field by field (https://platform.openai.com/docs/api-reference/responses/create)
 
 * ``input``: a string (one user message) or items: messages (``input_text``, ``input_image``,
   ``input_file``, and the ``output_text`` / ``refusal`` parts of earlier answers),
-  ``function_call`` (an assistant tool call) and ``function_call_output`` (its result);
-  ``reasoning`` items are dropped (a chat model cannot take them back);
+  ``function_call`` (an assistant tool call) and ``function_call_output`` (its result; its
+  images and files in a user message after the outputs); ``reasoning`` items are dropped (a
+  chat model cannot take them back); optional beside ``instructions``;
 * ``instructions`` -> a leading system message; ``tools`` (function tools only) and
-  ``tool_choice`` -> chat tools; ``text.format`` (``json_schema`` / ``json_object``) ->
+  ``tool_choice`` (``allowed_tools`` included; ``auto`` / ``none`` and ``parallel_tool_calls``
+  dropped without tools, which chat refuses) -> chat tools; ``text.format`` (``json_schema`` /
+  ``json_object``) ->
   ``response_format``; ``max_output_tokens`` -> ``max_completion_tokens``;
   ``temperature``, ``top_p``, ``parallel_tool_calls``, ``user``, ``service_tier``,
   ``safety_identifier``, ``prompt_cache_key``, ``reasoning.effort`` -> their chat namesakes;
@@ -29,7 +32,10 @@ Field by field (https://platform.openai.com/docs/api-reference/responses/create)
   generation, MCP, shells), ``background: true``, ``conversation``, ``prompt`` templates,
   ``moderation``, ``context_management``, ``access_programs``, ``background_options``,
   and any field not listed here (``item_reference`` items are resolved by the Responses service
-  before this translation, from the items it kept; one left here is refused).
+  before this translation, from the items it kept; one left here is refused);
+* refused as OpenAI refuses them, whatever kind would serve them: calls and outputs that do not
+  pair, JSON mode without the word "json" in the input, strict schemas strict mode refuses,
+  names outside ``^[a-zA-Z0-9_-]+$``, input parts in an assistant message.
 """
 
 from __future__ import annotations
