@@ -232,6 +232,10 @@ class ResponsesService:
         except ResponsesInputError as exc:
             raise InvalidRequest(exc.message, param=exc.param, code=exc.code) from None
         model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise InvalidRequest(
+                "Invalid type for 'model': expected a string.", param="model", code="invalid_type"
+            )
         if model is not None:
             names = self._service.router.model_names
             if model not in names or (caller is not None and not caller.may_use(str(model))):

@@ -1027,6 +1027,8 @@ async def test_input_tokens_are_counted_without_calling_anyone(
     assert chained.input_tokens >= 500  # the kept conversation counts
     with pytest.raises(openai.NotFoundError):
         await api.responses.input_tokens.count(model="nope", input="hi")
+    typed = await client.post("/v1/responses/input_tokens", json={"model": 5, "input": "hi"})
+    assert typed.status == 400 and (await typed.json())["error"]["code"] == "invalid_type"
     with pytest.raises(openai.BadRequestError) as caught:
         await api.responses.input_tokens.count(model="m", input=[{"role": "robot", "content": "x"}])  # type: ignore[list-item]
     assert caught.value.param == "input[0].role"
