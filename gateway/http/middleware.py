@@ -152,7 +152,10 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
 
 def _log_library_words(request_id: str, error: GatewayError) -> None:
     """Log what a library or a provider said behind ``error`` (each attempt's, after a failover):
-    the client was told the gateway's words only (``GatewayError.detail``)."""
+    the client was told the gateway's words only (``GatewayError.detail``). Not for an error the
+    router ended (``tried`` set): it logged each failed attempt as it failed (``router.py``)."""
+    if error.tried is not None:
+        return
     attempts = error.attempts if isinstance(error, AllDeploymentsFailed) else ()
     for each in [a.error for a in attempts] or [error]:
         if each.detail is not None:

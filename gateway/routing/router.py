@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import sys
 import time
@@ -34,6 +35,7 @@ from gateway.errors import (
     Attempt,
     ContextTooLong,
     GatewayError,
+    InvalidRequest,
     ModelNotFound,
     NoHealthyDeployment,
     ProviderNotConfigured,
@@ -53,6 +55,7 @@ from gateway.routing.strategies import Strategy, strategy_for
 from gateway.routing.target import DeploymentState, Route, RouteContext, Target, rule_matches
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.routing")
 
 _REMEMBERED_REQUESTS = 100_000  # request ids kept for feedback (oldest forgotten first) ...
 _REMEMBERED_BYTES = 8 << 20  # ... and at most this much memory for them, whichever comes first
@@ -449,6 +452,7 @@ class Router:
         After a timeout this is a recovery action (``failover``): ok when another attempt
         served the request, failed when none could."""
         failures = [Attempt(target.provider, target.model, error)]
+        _log_failed_attempt(ctx, target, error, 1, cursor)
         timed_out = isinstance(error, UpstreamTimeout)
         try:
             cursor.failed(target, error)
@@ -496,6 +500,7 @@ class Router:
                         value = await self._attempt(target, ctx, attempt)
                     except GatewayError as error:
                         failures.append(Attempt(target.provider, target.model, error))
+                        _log_failed_attempt(ctx, target, error, len(failures), cursor)
                         cursor.failed(target, error)
                         raise
         except GatewayError as error:
@@ -732,3 +737,30 @@ class Router:
         for name in self._groups:
             for target, terms in self.terms(name, now):
                 yield name, target.provider, target.model, terms.score(self._policy.weights)
+
+
+def _log_failed_attempt(
+    ctx: RouteContext, target: Target, error: GatewayError, attempt: int, cursor: FailoverCursor
+) -> None:
+    """One log line for an attempt that failed (only ever called once one has): the request id,
+    the deployment, the error's code and what the library said (``detail``), whether or not a
+    later attempt serves the request. The HTTP layer does not log it again: it skips an error the
+    router ended (``tried`` set). Logged: an error with a ``detail`` or one the loop may retry
+    (the deployment's failure); a non-retryable answer such as a provider's 400 is the client's,
+    told by the access log. A retryable refusal of the request (``UnsupportedByProvider``, a
+    context too long for this deployment) is INFO: the deployment is not failing."""
+    if error.detail is None and not cursor.may_retry(error):
+        return
+    level = logging.INFO if isinstance(error, InvalidRequest) else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
+    fields = {
+        "request_id": ctx.request_id,
+        "provider": target.provider,
+        "upstream_model": target.model,
+        "attempt": attempt,
+        "error": type(error).__name__,
+        "code": error.code,
+        "detail": error.detail,
+    }
+    log.log(level, "upstream failed", extra={"fields": fields})

@@ -77,6 +77,8 @@ class RouteContext:
     tags: frozenset[str] = frozenset()
     # The groups the caller's key may use (None: any): a rule pointing elsewhere does not apply.
     allowed: frozenset[str] | None = None
+    # The request's id, for the log line of an attempt that failed (``Router._fail_over``).
+    request_id: str = ""
 
     @cached_property
     def prompt_tokens(self) -> int:

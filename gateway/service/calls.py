@@ -142,7 +142,9 @@ class RequestService:
         if endpoint is Endpoint.CHAT and door is None:  # a door's translation holds its own values
             check_chat_values(body)
         allowed = ctx.identity.models if ctx.identity is not None and not ctx.internal else None
-        route = RouteContext(model, body, stream=stream, tags=ctx.tags, allowed=allowed)
+        route = RouteContext(
+            model, body, stream=stream, tags=ctx.tags, allowed=allowed, request_id=ctx.request_id
+        )
         if ctx.identity is not None and not ctx.identity.may_use(model) and not ctx.internal:
             # (An internal call made for a caller, ``OnBehalf``, uses the policy's models: the
             # memory's embedding model is the gateway's choice, not the key's.)
@@ -164,7 +166,9 @@ class RequestService:
                     body, ctx.record.memory_ids = await memory_augment.augment(
                         self.memory, body, ctx.headers, access
                     )
-                route = RouteContext(model, body, stream=stream, tags=ctx.tags, allowed=allowed)
+                route = RouteContext(
+                    model, body, stream=stream, tags=ctx.tags, allowed=allowed, request_id=ctx.request_id
+                )
                 group = self.router.resolve(route)  # a rule may look at the longer prompt
                 plan = self._cache_plan(endpoint, body, ctx, _served_by(model, group), None)
             # 4. cache: lead the single flight or wait for its leader, then look up

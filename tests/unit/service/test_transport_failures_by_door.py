@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import build_app
 from gateway.policy.loader import parse_policy
 from gateway.settings import Settings
-from tests.unit.providers.loopback import RawUpstream
+from tests.unit.providers.loopback import RawUpstream, Server, upstream
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
 LIBRARY_WORDS = ("Errno", "ClientOSError", "ServerDisconnected", "ClientPayloadError", "127.0.0.1", "aiohttp")
@@ -117,3 +117,61 @@ async def test_the_messages_door_answers_in_anthropics_envelope(gateway_url: str
     assert body["error"]["type"] == "api_error"
     assert body["error"]["message"].endswith("the provider reset the connection"), body
     assert not any(word in body["error"]["message"] for word in LIBRARY_WORDS), body
+
+
+async def test_a_failed_attempt_of_a_served_request_is_logged_once(
+    aiohttp_client: ClientFactory, aiohttp_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first deployment resets the connection, the second answers: the client gets 200 and
+    the server's log has one line for the failed attempt, naming the request, the deployment,
+    the kind of failure and the library's words (before, a failover that served left nothing)."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "m",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
+
+    reset = RawUpstream("reset")
+    reset_url, ok_url = await reset.start(), await upstream(aiohttp_server, answer)
+    policy = parse_policy(
+        f"""
+version: 1
+auth: {{mode: open}}
+providers:
+  resets: {{kind: openai, base_url: "{reset_url}"}}
+  answers: {{kind: openai, base_url: "{ok_url}"}}
+models:
+  m:
+    strategy: ordered
+    deployments: [{{provider: resets, model: m}}, {{provider: answers, model: m}}]
+    retry: {{max_attempts: 2}}
+memory: {{enabled: false}}
+"""
+    )
+    client = await aiohttp_client(build_app(Settings.from_env({}), policy, {}))
+    try:
+        with caplog.at_level(logging.INFO):
+            response = await client.post(
+                "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            )
+            assert response.status == 200, await response.text()
+            assert (await response.json())["choices"][0]["message"]["content"] == "ok"
+    finally:
+        await reset.close()
+    assert reset.requests == 1
+    logged = [r for r in caplog.records if r.getMessage() == "upstream failed"]
+    assert len(logged) == 1, logged
+    fields = logged[0].fields  # type: ignore[attr-defined]
+    assert logged[0].levelno == logging.WARNING
+    assert fields["request_id"] == response.headers["x-request-id"]
+    assert (fields["provider"], fields["code"], fields["attempt"]) == ("resets", "connection_reset", 1)
+    assert fields["detail"]  # the library's text, for the log only
