@@ -100,8 +100,9 @@ def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: 
     out: JSONObject = {"model": upstream_model, "messages": messages}
     if output_format:
         out["output_config"] = {"format": output_format}
-    if system and all(isinstance(text, str) for text in system):
-        out["system"] = "\n\n".join(system)  # type: ignore[arg-type]
+    texts = [text for text in system if isinstance(text, str)]
+    if system and len(texts) == len(system):  # no part marked as a cache breakpoint
+        out["system"] = "\n\n".join(texts)
     elif system:  # a system part marked as a cache breakpoint: blocks, the mark on its block
         out["system"] = [t if isinstance(t, dict) else {"type": "text", "text": t} for t in system]
     cache_breakpoints.keep_latest(out)  # at most four marks (a walk over the blocks just built)
