@@ -91,6 +91,10 @@ class AnthropicStreamTranslator:
         return openai_usage(self._usage) if self._usage else None
 
     @property
+    def failing(self) -> bool:
+        return False  # an error event raises at once
+
+    @property
     def completed(self) -> bool:
         return self._done
 

@@ -107,6 +107,13 @@ class StreamTranslator(Protocol):
         """Whether the stream reached its end marker with no error event in it: a whole answer."""
         ...
 
+    @property
+    def failing(self) -> bool:
+        """A failure seen mid-stream is held for the next ``feed`` or ``finish`` to raise (the
+        events before it in the same chunk went out first): the relay then raises it at once
+        (``feed(b"")``), not after the provider's next bytes, which may never come."""
+        ...
+
 
 class ProviderAdapter(Protocol):
     """Translation between OpenAI's wire format and one provider's.

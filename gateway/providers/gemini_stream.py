@@ -109,6 +109,10 @@ class GeminiStreamTranslator:
         return self._usage
 
     @property
+    def failing(self) -> bool:
+        return False  # an error event raises at once
+
+    @property
     def completed(self) -> bool:
         return self._completed
 

@@ -148,6 +148,10 @@ class WatchedStream(ABC):
         """One event with ``data``, as ``_before_failure`` writes it again (a line each)."""
         return b"".join([b"data: " + line + b"\n" for line in data.split(b"\n")]) + b"\n"
 
+    @property
+    def failing(self) -> bool:
+        return self._failure is not None
+
     def finish(self) -> bytes:
         if self._failure is not None:
             raise self._failure

@@ -80,6 +80,10 @@ class ChatToResponsesStream:
     def completed(self) -> bool:
         return self._done and not self._errored and self._inner.completed
 
+    @property
+    def failing(self) -> bool:
+        return self._inner.failing
+
     def _convert(self, datas: list[bytes]) -> bytes:
         out = bytearray()
         for data in datas:

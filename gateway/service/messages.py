@@ -182,6 +182,10 @@ class NativeMessagesStream:
     def completed(self) -> bool:
         return self._watch.completed
 
+    @property
+    def failing(self) -> bool:
+        return False  # Anthropic's error event raises at once (``_watch``)
+
 
 class TranslatedMessagesStream:
     """A provider's stream, made OpenAI SSE by its adapter's translator, then Messages events."""
@@ -213,6 +217,10 @@ class TranslatedMessagesStream:
     @property
     def completed(self) -> bool:
         return self._inner.completed and self._events.done
+
+    @property
+    def failing(self) -> bool:
+        return self._inner.failing
 
     def _check(self) -> None:
         if self._events.error is not None:

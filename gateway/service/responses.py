@@ -434,6 +434,10 @@ class _Scrubbing:
     def completed(self) -> bool:
         return self._inner.completed
 
+    @property
+    def failing(self) -> bool:
+        return self._inner.failing
+
 
 class _Keeper:
     """Writes one conversation (input items + a response's output) under the response's id."""

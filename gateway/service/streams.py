@@ -182,6 +182,12 @@ class RoutedStream:
             self.first_at = time.perf_counter()
             self._book.first_chunk(self)
             yield self._keep(self.first)
+            # A failure held after the events before it (``StreamTranslator.failing``) is raised
+            # once they went out, not after the provider's next bytes: a provider that sent
+            # content and its error event in one chunk and then stalled held the client until
+            # the read timeout.
+            if translator.failing:
+                translator.feed(b"")
             captured = self.captured
             async for chunk in self._source:
                 out = translator.feed(chunk)
@@ -193,6 +199,8 @@ class RoutedStream:
                             self._let_go()
                             captured = None
                     yield out
+                if translator.failing:
+                    translator.feed(b"")
         except GatewayError as error:
             raise self._fail(error, stream_error_reason(error)) from error
         try:

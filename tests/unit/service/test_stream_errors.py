@@ -62,6 +62,9 @@ ANTHROPIC_TEXT = anthropic_event(
 )
 
 
+CRASH = {"error": {"message": "The model crashed", "type": "server_error"}}
+
+
 class Upstreams:
     """An OpenAI-compatible provider and an Anthropic one on loopback, each failing its stream
     after the first content event as the model asked for says, once ``proceed`` is set (the
@@ -78,9 +81,15 @@ class Upstreams:
             model = (await request.json())["model"]
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
-            await response.write(chunk("first"))
             transport = request.transport
             assert transport is not None
+            if model == "first-error-stall":  # its first content and its error event in one
+                # chunk, then nothing, the connection open
+                await response.write(chunk("first") + b"data: " + orjson.dumps(CRASH) + b"\n\n")
+                while not transport.is_closing():
+                    await asyncio.sleep(0.01)
+                return response
+            await response.write(chunk("first"))
             if model not in ("slow", "framing-whole"):
                 await self.proceed.wait()
             if model == "drop":  # the connection goes, mid-answer
@@ -102,6 +111,11 @@ class Upstreams:
             elif model == "error-stall":  # its error event, then nothing, the connection open
                 error = {"error": {"message": "The model crashed", "type": "server_error"}}
                 await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+                while not transport.is_closing():
+                    await asyncio.sleep(0.01)
+            elif model == "content-error-stall":  # more content and its error event in one
+                # chunk, then nothing, the connection open
+                await response.write(chunk("second") + b"data: " + orjson.dumps(CRASH) + b"\n\n")
                 while not transport.is_closing():
                     await asyncio.sleep(0.01)
             elif model == "unreadable":  # an event that looks like an error but is not JSON
@@ -191,6 +205,8 @@ models:
   long-error: {{deployments: [{{provider: compat-main, model: long-error}}]}}
   unreadable: {{deployments: [{{provider: compat-main, model: unreadable}}]}}
   error-stall: {{deployments: [{{provider: compat-main, model: error-stall}}]}}
+  content-error-stall: {{deployments: [{{provider: compat-main, model: content-error-stall}}]}}
+  first-error-stall: {{deployments: [{{provider: compat-main, model: first-error-stall}}]}}
   stall: {{deployments: [{{provider: compat-main, model: stall}}]}}
   framing: {{deployments: [{{provider: compat-main, model: framing}}]}}
   framing-whole:
@@ -271,6 +287,31 @@ async def test_a_stream_failed_after_its_first_byte_is_counted_and_logged_with_i
     assert await stream_errors(client) == {("/v1/chat/completions", model, provider, reason): 1.0}
     (line,) = [line for line in access_lines() if line["request_id"] == f"r-{model}"]
     assert (line["status"], line["provider"], line["stream_error"]) == (200, provider, reason)
+
+
+@pytest.mark.parametrize(
+    ("model", "content"),
+    [("first-error-stall", ["first"]), ("content-error-stall", ["first", "second"])],
+)
+async def test_content_and_an_error_event_in_one_chunk_then_a_stall_fail_at_once(
+    aiohttp_server: ServerFactory,
+    aiohttp_client: ClientFactory,
+    upstreams: Upstreams,
+    access_lines: Callable[[], list[dict[str, object]]],
+    model: str,
+    content: list[str],
+) -> None:
+    """The content before the error event goes out, then the gateway's error event at once: it
+    waited for the provider's next bytes, which a provider that stalls never sends, so the
+    stream ended only at the read timeout (``timeout``, 0.3 s here; a minute by default), as the
+    first chunk of the answer or a later one."""
+    client, sdk = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    assert await streamed_until_error(sdk, upstreams, model, f"r-{model}") == content
+    assert await stream_errors(client) == {
+        ("/v1/chat/completions", model, "compat-main", "provider_error"): 1.0
+    }
+    (line,) = [line for line in access_lines() if line["request_id"] == f"r-{model}"]
+    assert (line["status"], line["stream_error"]) == (200, "provider_error")
 
 
 async def test_a_body_that_breaks_its_chunked_framing_fails_at_once_not_at_the_read_timeout(
@@ -437,3 +478,32 @@ async def test_the_providers_words_are_one_bounded_line(
     message = orjson.loads(events[-2])["error"]["message"]
     assert message.endswith("The provider said: 'Traceback " + "x" * 190 + "…' (5010 chars)"), message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"model": "content-error-stall", "input": "hello", "stream": True}),
+        (
+            "/v1/messages",
+            {"model": "content-error-stall", "max_tokens": 16, "messages": MESSAGES, "stream": True},
+        ),
+    ],
+)
+async def test_the_other_doors_end_a_stalled_stream_at_its_error_event_too(
+    aiohttp_server: ServerFactory,
+    aiohttp_client: ClientFactory,
+    upstreams: Upstreams,
+    path: str,
+    body: dict[str, object],
+) -> None:
+    """The Responses and Messages doors wrap the chat stream's translator: the held failure is
+    seen through them (``failing``), so their error event comes at once, after the content."""
+    client, _ = await gateway(aiohttp_server, aiohttp_client, upstreams)
+    events = await events_of(client, path, body, upstreams)
+    assert any(b"second" in e for e in events), events
+    errors = [event for event in map(orjson.loads, events) if event.get("type") == "error"]
+    assert len(errors) == 1 and "reported an error in the middle" in orjson.dumps(errors[0]).decode(), errors
+    assert await stream_errors(client) == {
+        (path, "content-error-stall", "compat-main", "provider_error"): 1.0
+    }
