@@ -27,7 +27,6 @@ from yarl import URL
 
 from gateway import keys
 from gateway.errors import (
-    AllDeploymentsFailed,
     GatewayError,
     HTTPStatusError,
     InternalError,
@@ -151,22 +150,20 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
 
 
 def _log_library_words(request_id: str, error: GatewayError) -> None:
-    """Log what a library or a provider said behind ``error`` (each attempt's, after a failover):
-    the client was told the gateway's words only (``GatewayError.detail``). Not for an error the
-    router ended (``tried`` set): it logged each failed attempt as it failed (``router.py``)."""
-    if error.tried is not None:
+    """Log what a library or a provider said behind ``error``: the client was told the gateway's
+    words only (``GatewayError.detail``). Not for an error the router ended (``tried`` set, as
+    every error out of its failover loop has, ``AllDeploymentsFailed`` included): it logged each
+    failed attempt as it failed (``router.py``). What is left: errors that never went through the
+    router, a stream's after its first byte among them."""
+    if error.tried is not None or error.detail is None:
         return
-    attempts = error.attempts if isinstance(error, AllDeploymentsFailed) else ()
-    for each in [a.error for a in attempts] or [error]:
-        if each.detail is not None:
-            provider = each.provider if isinstance(each, UpstreamError) else ""
-            fields = {
-                "request_id": request_id,
-                "provider": provider,
-                "code": each.code,
-                "detail": each.detail,
-            }
-            log.warning("upstream failed", extra={"fields": fields})
+    fields = {
+        "request_id": request_id,
+        "provider": error.provider if isinstance(error, UpstreamError) else "",
+        "code": error.code,
+        "detail": error.detail,
+    }
+    log.warning("upstream failed", extra={"fields": fields})
 
 
 ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
