@@ -110,6 +110,11 @@ def parse_chat(body: dict[str, object]) -> Generation:
         words += len(text.split())
         if message.get("role") == "user":
             last_user = text
+    # After a tool's result the model answers it in text, as the other flavours do (the reply
+    # echoes the result): asked again by the user message before it, an agent's loop never ended.
+    answered = isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+    if answered:
+        last_user = _content_text(messages[-1].get("content"))
     _check_tool_pairs(messages)
     _check_stop(body.get("stop"))
     _check_json_mode(body.get("response_format"), said_json)
@@ -123,7 +128,7 @@ def parse_chat(body: dict[str, object]) -> Generation:
         _flag(body, "stream"),
         _include_usage(body),
         _limit(limit),
-        _chosen_function(body, last_user),
+        _chosen_function(body, last_user, answered),
         _stops(body.get("stop")),
         _json_reply(body.get("response_format"), last_user),
         _choices(body.get("n")),
@@ -296,10 +301,12 @@ def _refuse_extra_content(message: dict[str, object], i: int) -> None:
         raise WireError(f"Unknown parameter: '{param}'.", param, "unknown_parameter")
 
 
-def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] | None:
+def _chosen_function(
+    body: dict[str, object], prompt: str, answered: bool = False
+) -> dict[str, object] | None:
     """The function the reply calls: the one ``tool_choice`` names, the first for ``required``,
-    or (``auto``, the default) one the last user message asks for with "call NAME"; None for a
-    text reply. Refused as OpenAI's API refuses them: a ``tool_choice`` without ``tools``, or
+    or (``auto``, the default) one the last user message asks for with "call NAME", unless the
+    conversation ends with a tool's result (``answered``); None for a text reply. Refused as OpenAI's API refuses them: a ``tool_choice`` without ``tools``, or
     naming a function that is not offered."""
     offered = body.get("tools")
     functions: list[dict[str, object]] = [
@@ -352,7 +359,7 @@ def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] 
             )
         if mode == "required":
             return allowed[0]
-        return asked_to_call(prompt, {str(f["name"]): f for f in allowed})
+        return None if answered else asked_to_call(prompt, {str(f["name"]): f for f in allowed})
     if isinstance(choice, dict):
         named = choice.get("function")
         name = named.get("name") if isinstance(named, dict) else None
@@ -365,7 +372,7 @@ def _chosen_function(body: dict[str, object], prompt: str) -> dict[str, object] 
         return None
     if choice == "required":
         return functions[0]
-    return asked_to_call(prompt, by_name)
+    return None if answered else asked_to_call(prompt, by_name)
 
 
 def _check_strict_schema(

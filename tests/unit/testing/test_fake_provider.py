@@ -170,6 +170,28 @@ async def test_chat_calls_a_function_when_asked(
     assert orjson.loads(call.function.arguments) == (WEATHER_ARGUMENTS if called == "get_weather" else {})
 
 
+def test_after_a_tools_result_the_reply_answers_it_in_text() -> None:
+    """An agent's loop (the user asks for a call, the model calls, the tool answers, the model
+    answers) ended only at the agent's turn limit: the fake called again on every turn, since the
+    last user message still said "call NAME". As the Anthropic and Gemini flavours do, the reply
+    after a tool's result is text that echoes it; a forced ``tool_choice`` still calls."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    looped = {
+        "model": "m",
+        "tools": [WEATHER],
+        "messages": [
+            {"role": "user", "content": "call get_weather for Paris"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "Sunny in Paris"},
+        ],
+    }
+    answered = fake_wire.parse_chat(looped)
+    assert answered.tool is None and answered.prompt == "Sunny in Paris"
+    forced = fake_wire.parse_chat({**looped, "tool_choice": "required"})
+    assert forced.tool is not None and forced.tool["name"] == "get_weather"
+    assert fake_wire.parse_chat({**looped, "messages": looped["messages"][:1]}).tool is not None
+
+
 async def test_a_streamed_function_call_arrives_as_openai_streams_it(aiohttp_client: AiohttpClient) -> None:
     client = await fake(aiohttp_client)
     body = {**CHAT, "tools": [WEATHER], "tool_choice": "required", "stream": True}
