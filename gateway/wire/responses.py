@@ -21,11 +21,13 @@ Field by field (https://platform.openai.com/docs/api-reference/responses/create)
   ``temperature``, ``top_p``, ``parallel_tool_calls``, ``user``, ``service_tier``,
   ``safety_identifier``, ``prompt_cache_key``, ``reasoning.effort`` -> their chat namesakes;
   ``text.verbosity`` -> ``verbosity``;
+* ``include`` with ``message.output_text.logprobs`` -> ``logprobs: true`` and ``top_logprobs``
+  (the answer's ``output_text.logprobs``, whole and in its text deltas);
 * accepted and not forwarded (they change bookkeeping, not the answer): ``metadata``, ``store``
-  and ``previous_response_id`` (the gateway's own, see ``service/responses.py``), ``include``,
-  ``truncation``, ``prompt_cache_retention``, ``prompt_cache_options`` (not ``prewarm``),
-  ``image``, ``stream_options``, ``max_tool_calls``,
-  ``top_logprobs``, ``background: false``; checked first as OpenAI checks them
+  and ``previous_response_id`` (the gateway's own, see ``service/responses.py``), ``include``'s
+  other values, ``truncation``, ``prompt_cache_retention``, ``prompt_cache_options`` (not
+  ``prewarm``), ``image``, ``stream_options``, ``max_tool_calls``, ``top_logprobs`` without
+  that ``include``, ``background: false``; checked first as OpenAI checks them
   (``check_fields``: types, and the documented values of ``include``, ``reasoning.effort`` /
   ``summary``, ``text.verbosity``, ``max_tool_calls`` >= 1, ``max_output_tokens`` >= 16);
 * refused: built-in tools (web search, file search, computer use, code interpreter, image
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from gateway.quoting import bounded, quoted
@@ -179,6 +182,15 @@ def _invalid_type(name: str, expected: str, value: object) -> ResponsesInputErro
     return ResponsesInputError(
         f"Invalid type for '{name}': expected {expected}, but got {got} instead.", name, "invalid_type"
     )
+
+
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+
+def wants_logprobs(body: Mapping[str, Any]) -> bool:
+    """Whether a Responses request asks for its output text's log probabilities (``include``)."""
+    include = body.get("include")
+    return isinstance(include, list) and LOGPROBS_INCLUDE in include
 
 
 def check_fields(body: JSONObject) -> None:
@@ -339,6 +351,14 @@ def chat_request(body: JSONObject) -> JSONObject:
             if response_format["type"] == "json_object":
                 _check_json_mode(messages[1:] if instructions is not None else messages)
             chat["response_format"] = response_format
+    if wants_logprobs(body):
+        # The Responses API returns them only when ``include`` asks (``top_logprobs`` alone gives
+        # ``logprobs: []``); chat's namesakes ask the provider, and a kind without them refuses
+        # (a retryable refusal, as on the chat door: a mixed group moves on).
+        chat["logprobs"] = True
+        top = body.get("top_logprobs")
+        if top:
+            chat["top_logprobs"] = top
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
         chat["reasoning_effort"] = reasoning["effort"]
@@ -764,12 +784,24 @@ _CHAT_PATH = re.compile(r"messages\[(\d+)\]((?:\.[A-Za-z_]+|\[\d+\])*)")
 _CALL_FIELDS = {".function.arguments": ".arguments", ".function.name": ".name", ".id": ".call_id"}
 
 
+# Chat fields the translation sets, by the Responses field they come from (an error's ``param``).
+_CHAT_FIELDS = {
+    "logprobs": "include",
+    "max_completion_tokens": "max_output_tokens",
+    "response_format": "text.format",
+    "reasoning_effort": "reasoning.effort",
+    "verbosity": "text.verbosity",
+}
+
+
 def responses_param(body: JSONObject, text: str) -> str:
     """``text`` (an error's ``param`` or message about the chat translation of ``body``, as a
     provider adapter words it) with each ``messages[i]...`` path named as the client sent it:
-    ``input[j]...`` (or ``instructions``). A Responses client never sent ``messages``."""
+    ``input[j]...`` (or ``instructions``). A Responses client never sent ``messages``; a chat
+    field the translation made is named by the Responses field it came from (``logprobs``:
+    ``include``)."""
     if "messages[" not in text:
-        return text
+        return _CHAT_FIELDS.get(text, text)
     trace = _origins(body)
     origins, calls = trace.origins, trace.calls
 

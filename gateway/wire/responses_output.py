@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.wire.requests import JSONObject
+from gateway.wire.responses import wants_logprobs
 
 # Request fields a response echoes back, with the API's defaults for those left out.
 _ECHOED: tuple[tuple[str, object], ...] = (
@@ -134,10 +135,12 @@ def status_of(finish_reason: object) -> tuple[str, str | None]:
     return "completed", None
 
 
-def message_item(item_id: str, text: str, refusal: str | None, status: str) -> JSONObject:
+def message_item(
+    item_id: str, text: str, refusal: str | None, status: str, logprobs: list[JSONObject] | None = None
+) -> JSONObject:
     content: list[JSONObject] = []
     if text:
-        content.append(_text_part(text))
+        content.append(_text_part(text, logprobs))
     if refusal:
         content.append({"type": "refusal", "refusal": refusal})
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
@@ -169,8 +172,51 @@ def call_item(
     return item
 
 
-def _text_part(text: str) -> JSONObject:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _text_part(text: str, logprobs: list[JSONObject] | None = None) -> JSONObject:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
+
+
+def token_logprobs(chat_logprobs: object) -> list[JSONObject]:
+    """A chat choice's ``logprobs.content`` as the Responses API's ``output_text.logprobs``: each
+    token with its ``token``, ``bytes``, ``logprob`` and ``top_logprobs`` (the same fields; chat
+    may give ``bytes`` as null, which the Responses type does not allow: the token's UTF-8)."""
+    content = chat_logprobs.get("content") if isinstance(chat_logprobs, dict) else None
+    if not isinstance(content, list):
+        return []
+    return [_token(entry, True) for entry in content if isinstance(entry, dict)]
+
+
+def _token(entry: Mapping[str, Any], top: bool) -> JSONObject:
+    token = entry.get("token")
+    text = token if isinstance(token, str) else ""
+    given = entry.get("bytes")
+    out: JSONObject = {
+        "token": text,
+        "bytes": given if isinstance(given, list) else list(text.encode("utf-8", "surrogatepass")),
+        "logprob": entry.get("logprob") if isinstance(entry.get("logprob"), (int, float)) else 0.0,
+    }
+    if top:
+        alternatives = entry.get("top_logprobs")
+        out["top_logprobs"] = [
+            _token(a, False)
+            for a in (alternatives if isinstance(alternatives, list) else ())
+            if isinstance(a, dict)
+        ]
+    return out
+
+
+def _delta_logprobs(tokens: list[JSONObject]) -> list[JSONObject]:
+    """Tokens as a ``response.output_text.delta`` event carries them: ``token``, ``logprob`` and
+    ``top_logprobs`` of ``token`` and ``logprob`` (the openai SDK's ``ResponseTextDeltaEvent``;
+    the output text's own carry ``bytes`` too)."""
+    return [
+        {
+            "token": t["token"],
+            "logprob": t["logprob"],
+            "top_logprobs": [{"token": a["token"], "logprob": a["logprob"]} for a in t["top_logprobs"]],
+        }
+        for t in tokens
+    ]
 
 
 def whole_response(request: Mapping[str, Any], chat: Mapping[str, Any], ids: ResponseIds) -> JSONObject:
@@ -193,6 +239,7 @@ def whole_response(request: Mapping[str, Any], chat: Mapping[str, Any], ids: Res
                 text if isinstance(text, str) else "",
                 refusal if isinstance(refusal, str) else None,
                 item_status,
+                token_logprobs(choice.get("logprobs")) if wants_logprobs(request) else None,
             )
         )
     calls = message.get("tool_calls")
@@ -230,6 +277,7 @@ class ResponsesEvents:
         "_held",
         "_ids",
         "_items",
+        "_logprobs",
         "_message_index",
         "_model",
         "_open_call",
@@ -253,6 +301,9 @@ class ResponsesEvents:
         self._output: list[tuple[int, JSONObject]] = []  # finished items and their output index
         self._message_index: int | None = None  # output index of the open message item
         self._text: list[str] = []
+        # The open text part's tokens with their log probabilities, when the request asked for them
+        # (``include``); None when it did not: the text deltas then take their fast path.
+        self._logprobs: list[JSONObject] | None = [] if wants_logprobs(request) else None
         self._refusal: list[str] = []
         self._parts: list[str] = []  # the open message's content parts, in order: "text", "refusal"
         self._calls: dict[int, tuple[int, JSONObject]] = {}  # chat tool index -> (output index, item)
@@ -280,6 +331,8 @@ class ResponsesEvents:
                 ):
                     text = delta.get("content")
                     if type(text) is str:
+                        if self._logprobs is not None:
+                            return self._text_delta(text, choice.get("logprobs")) if text else b""
                         return self._text_delta(text) if text else b""
         out = bytearray()
         if not self._started:
@@ -300,7 +353,7 @@ class ResponsesEvents:
         if isinstance(delta, dict):
             text = delta.get("content")
             if isinstance(text, str) and text:
-                out += self._text_delta(text)
+                out += self._text_delta(text, choice.get("logprobs"))
             refusal = delta.get("refusal")
             if isinstance(refusal, str) and refusal:
                 out += self._refusal_delta(refusal)
@@ -355,7 +408,7 @@ class ResponsesEvents:
         out += self._event("response.content_part.added", {**fields, "part": part})
         return out, fields
 
-    def _text_delta(self, text: str) -> bytes:
+    def _text_delta(self, text: str, chat_logprobs: object = None) -> bytes:
         out = b""
         if not self._delta_head:
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
@@ -363,6 +416,13 @@ class ResponsesEvents:
             # Text deltas are most of a stream: their bytes are made once up to the delta.
             head = orjson.dumps({"type": "response.output_text.delta", **fields, "logprobs": []})[:-1]
             self._delta_head = b"event: response.output_text.delta\ndata: " + head + b',"delta":'
+        kept = self._logprobs
+        if kept is not None:  # asked for: this delta's tokens, in the event and kept for the part
+            tokens = token_logprobs(chat_logprobs)
+            kept += tokens
+            self._text.append(text)
+            fields = {**self._part_fields("text"), "delta": text, "logprobs": _delta_logprobs(tokens)}
+            return out + self._event("response.output_text.delta", fields)
         self._text.append(text)
         sequence = self._sequence
         self._sequence = sequence + 1
@@ -399,8 +459,10 @@ class ResponsesEvents:
             part: JSONObject
             if kind == "text":
                 text = "".join(self._text)
-                out += self._event("response.output_text.done", {**fields, "text": text, "logprobs": []})
-                part = _text_part(text)
+                tokens = self._logprobs or []
+                done = {**fields, "text": text, "logprobs": _delta_logprobs(tokens)}
+                out += self._event("response.output_text.done", done)
+                part = _text_part(text, tokens)
             else:
                 refusal = "".join(self._refusal)
                 out += self._event("response.refusal.done", {**fields, "refusal": refusal})
@@ -413,6 +475,8 @@ class ResponsesEvents:
         self._output.append((index, item))
         self._message_index = None
         self._text, self._refusal, self._parts = [], [], []
+        if self._logprobs is not None:
+            self._logprobs = []
         self._delta_head = b""
         return out
 

@@ -225,7 +225,8 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 # What a kind cannot do, refused in OpenAI's envelope with words naming it: (case, kind) -> words.
-REFUSED: dict[tuple[str, str], str] = {}
+# What a kind cannot answer: Anthropic has no log probabilities (as on the chat door).
+REFUSED: dict[tuple[str, str], str] = {("include logprobs", "claude"): "does not support logprobs"}
 # What the answer must say: the fakes echo the last user text (or tool result).
 SAID: dict[tuple[str, str], str] = {
     **{("input string", k): f"Echo: {ASK}" for k in KINDS},
@@ -374,6 +375,53 @@ def test_a_valid_request_is_answered_or_refused_by_name(
     said = SAID.get((case, model))
     if said is not None:
         assert response.output_text == said
+
+
+@pytest.mark.parametrize("model", ["gpt", "gemini"])
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+def test_logprobs_asked_by_include_come_back_whole_and_streamed(
+    rp: ProbeStack, model: str, streamed: bool
+) -> None:
+    """``include: ["message.output_text.logprobs"]`` was accepted and dropped: every kind answered
+    ``logprobs: []``, so an app scoring its answers' confidence read nothing. Now the provider is
+    asked (chat's ``logprobs`` and ``top_logprobs``) and its tokens come back on the output text
+    and, streamed, on each text delta; ``top_logprobs`` alone changes nothing, as on OpenAI's API."""
+    client = rp.client()
+    kwargs: Any = {
+        "model": model,
+        "input": ASK,
+        "include": ["message.output_text.logprobs"],
+        "top_logprobs": 2,
+    }
+    if streamed:
+        with client.responses.stream(**kwargs) as stream:
+            events = list(stream)
+            response = stream.get_final_response()
+        deltas = [e for e in events if e.type == "response.output_text.delta"]
+        assert deltas and all(e.logprobs for e in deltas)
+        assert "".join(t.token for e in deltas for t in e.logprobs) == response.output_text
+        (done,) = [e for e in events if e.type == "response.output_text.done"]
+        assert [t.token for t in done.logprobs] == [t.token for e in deltas for t in e.logprobs]
+    else:
+        response = client.responses.create(**kwargs)
+    part = response.output[0].content[0]  # type: ignore[union-attr]
+    assert part.type == "output_text" and part.logprobs
+    assert "".join(t.token for t in part.logprobs) == response.output_text
+    for token in part.logprobs:
+        assert token.logprob <= 0 and token.bytes == list(token.token.encode())
+        assert len(token.top_logprobs) == 2
+    sent = rp.last_request("gpt" if model == "gpt" else "gem")
+    if model == "gpt":
+        assert (sent["logprobs"], sent["top_logprobs"]) == (True, 2)
+    unasked = client.responses.create(model=model, input=ASK, top_logprobs=2)
+    assert unasked.output[0].content[0].logprobs == []  # type: ignore[union-attr]
+
+
+def test_logprobs_on_a_kind_without_them_are_refused_naming_include(rp: ProbeStack) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        rp.client().responses.create(model="claude", input=ASK, include=["message.output_text.logprobs"])
+    body: Any = caught.value.body
+    assert body["param"] == "include" and "does not support logprobs" in body["message"], body
 
 
 class Weather(BaseModel):

@@ -91,6 +91,7 @@ def test_options_map_to_their_chat_namesakes() -> None:
         "parallel_tool_calls": False,
         "top_p": 0.5,
         "user": "u1",
+        "logprobs": True,  # include's message.output_text.logprobs (no top_logprobs given)
     }
 
 
