@@ -111,6 +111,8 @@ class GatewayError(Exception):
     # What a library or a provider said behind this error, for the server's log only (it may name
     # hosts, addresses or URLs); the client sees ``message``, in the gateway's words.
     detail: str | None = None
+    # Anthropic's ``error.details`` (machine-readable, read by its SDKs), on the Messages door.
+    details: ClassVar[dict[str, object] | None] = None
 
     def __init__(
         self,
@@ -193,6 +195,30 @@ class GatewayError(Exception):
 class InvalidRequest(GatewayError):
     status = 400
     error_type = "invalid_request_error"
+
+
+class MessageThreadsUnsupported(InvalidRequest):
+    """A Messages request with ``thread`` (Anthropic's message threads beta: the server holds a
+    conversation between turns, each turn sending only its new messages). The gateway holds no
+    such state, and a thread held by one Anthropic deployment would not survive a failover to
+    another deployment or kind. Anthropic's own refusal of a request it cannot thread carries
+    ``details.error_code`` ``thread_unsupported_request``; the anthropic SDK reads it (its thread
+    state's ``recovers_from``) and, where told to continue unthreaded (its tool runner, by
+    default), sends the turn again with the whole history and no ``thread``."""
+
+    details: ClassVar[dict[str, object]] = {
+        "error_code": "thread_unsupported_request",
+        "unsupported": ["thread"],
+    }
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Message threads (`thread`) are not supported by this gateway: it holds no conversation "
+            "between requests. Send the whole conversation in `messages` on every turn, without "
+            "`thread` (the anthropic SDK's tool runner does so by itself).",
+            param="thread",
+            code="thread_unsupported_request",
+        )
 
 
 class AuthenticationFailed(GatewayError):

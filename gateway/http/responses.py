@@ -61,10 +61,14 @@ def _overloaded(error: GatewayError) -> bool:
 
 
 def anthropic_envelope(error: GatewayError) -> bytes:
-    """``{"type": "error", "error": {"type", "message"}}`` for ``error``."""
+    """``{"type": "error", "error": {"type", "message"}}`` for ``error`` (and ``details`` when the
+    error has Anthropic's machine-readable ones)."""
     status = anthropic_status(error)
     kind = _ANTHROPIC_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
-    return jsonsafe.dumps({"type": "error", "error": {"type": kind, "message": error.message}})
+    inner: dict[str, object] = {"type": kind, "message": error.message}
+    if error.details is not None:
+        inner["details"] = error.details
+    return jsonsafe.dumps({"type": "error", "error": inner})
 
 
 def anthropic_error_response(error: GatewayError) -> web.Response:

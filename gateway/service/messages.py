@@ -18,7 +18,13 @@ from collections.abc import Mapping, Sequence
 import orjson
 
 from gateway.auth.identity import Caller
-from gateway.errors import InvalidRequest, ModelNotFound, UnsupportedByProvider, UpstreamBadResponse
+from gateway.errors import (
+    InvalidRequest,
+    MessageThreadsUnsupported,
+    ModelNotFound,
+    UnsupportedByProvider,
+    UpstreamBadResponse,
+)
 from gateway.providers.anthropic_response import openai_usage
 from gateway.providers.anthropic_stream import AnthropicStreamTranslator
 from gateway.providers.base import StreamTranslator, UpstreamRequest
@@ -92,6 +98,8 @@ class MessagesDoor:
     @classmethod
     def parse(cls, body: JSONObject, headers: Mapping[str, str]) -> MessagesDoor:
         """The door for a parsed request body; a 400 naming the bad field otherwise."""
+        if body.get("thread") is not None:  # first: a continued thread's turn is only its new messages
+            raise MessageThreadsUnsupported()
         head = validate_head(MessagesHead, body)
         _check_conversation(head.messages, head.thinking.type if head.thinking else None)
         beta = headers.get("anthropic-beta")

@@ -295,3 +295,57 @@ def test_count_tokens_takes_every_valid_request(pstack: MessagesStack, case: str
     extra = kwargs.pop("extra_body", None)
     counted = pstack.client().messages.count_tokens(model="gpt", extra_body=extra, **kwargs)
     assert counted.input_tokens >= 1
+
+
+@pytest.mark.parametrize("model", KINDS)
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+def test_the_sdks_tool_runner_completes_its_loop_on_every_kind(
+    pstack: MessagesStack, model: str, streamed: bool
+) -> None:
+    """The anthropic SDK's tool runner (``client.beta.messages.tool_runner``) runs over a message
+    thread by default: its first turn sends ``thread: {"type": "create"}``, later turns only
+    their new messages with ``thread: {"type": "continue", ...}``, leaving the server to hold the
+    rest. The gateway ignored ``thread``, so the second turn arrived as a lone tool result and was
+    refused (``unexpected tool_use_id``): the loop failed at its first tool call, on every kind.
+    Now a thread is refused with Anthropic's ``thread_unsupported_request``, from which the
+    runner continues unthreaded, sending the whole history each turn."""
+
+    @anthropic.beta_tool
+    def get_weather(location: str) -> str:
+        """Get the current weather in a given location."""
+        return f"Sunny in {location}"
+
+    runner = pstack.client().beta.messages.tool_runner(
+        model=model,
+        max_tokens=200,
+        tools=[get_weather],
+        messages=[{"role": "user", "content": "call get_weather for Paris"}],
+        stream=streamed,
+    )
+    if streamed:
+        replies = []
+        for stream in runner:  # type: ignore[union-attr]
+            for _ in stream:
+                pass
+            replies.append(stream.get_final_message())
+    else:
+        replies = list(runner)
+    assert [r.stop_reason for r in replies] == ["tool_use", "end_turn"], replies
+    assert "Sunny in" in replies[-1].content[0].text  # type: ignore[union-attr]
+
+
+def test_a_thread_is_refused_with_anthropics_machine_readable_code(pstack: MessagesStack) -> None:
+    client = pstack.client()
+    for thread in ({"type": "create"}, {"type": "continue", "previous_message_id": "msg_01"}):
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            client.messages.create(model="gpt", max_tokens=50, messages=ASK, extra_body={"thread": thread})
+        body: Any = caught.value.body
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+        assert body["error"]["details"] == {
+            "error_code": "thread_unsupported_request",
+            "unsupported": ["thread"],
+        }
+        assert "`thread`" in body["error"]["message"]
+    # ``thread: null`` is a field not given, as everywhere in the API
+    answered = client.messages.create(model="gpt", max_tokens=50, messages=ASK, extra_body={"thread": None})
+    assert answered.stop_reason == "end_turn"
