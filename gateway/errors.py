@@ -14,6 +14,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     GatewayError                   500     server_error            no     base of them all
     ├── InvalidRequest             400     invalid_request_error   no     bad JSON, missing/invalid field
     │   ├── ContextTooLong         400     invalid_request_error   no     code=context_length_exceeded; is_context_length
+    │   ├── MessageThreadsUnsupported 400  invalid_request_error   no     code=thread_unsupported_request; Anthropic's details
     │   └── UnsupportedByProvider  400     invalid_request_error   yes    code=unsupported_endpoint
     ├── AuthenticationFailed       401     authentication_error    no
     ├── PermissionDenied           403     permission_error        no     a granted key that may not do this
