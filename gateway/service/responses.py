@@ -69,7 +69,8 @@ log = logging.getLogger("gateway.responses")
 # The store category of kept responses, beside the policy's cache categories (which cannot
 # clash with it: it is not a name the response cache ever plans).
 STORED_CATEGORY = "_responses"
-_KEPT_ITEMS = frozenset({"message", "function_call"})  # output items a later turn can take back
+# output items a later turn can take back
+_KEPT_ITEMS = ("message", "function_call", "custom_tool_call")  # (a tuple: a type may be unhashable JSON)
 # item_reference input items resolved per request (each one store read; a long agent run with
 # a reference per assistant turn and tool call stays far below it)
 MAX_ITEM_REFERENCES = 1000
@@ -297,7 +298,14 @@ class ResponsesService:
         return True
 
 
-_LISTED_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
+_LISTED_PREFIXES = {
+    "message": "msg",
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "custom_tool_call": "ctc",
+    "custom_tool_call_output": "ctco",
+    "reasoning": "rs",
+}
 
 
 def _listed(item: Any, suffix: str) -> JSONObject:
@@ -309,7 +317,13 @@ def _listed(item: Any, suffix: str) -> JSONObject:
     kind = item.get("type", "message" if "role" in item else "unknown")
     listed: JSONObject = {**item, "type": kind}
     listed.setdefault("id", f"{_LISTED_PREFIXES.get(str(kind), 'item')}_{suffix}")
-    if kind in ("message", "function_call", "function_call_output"):
+    if kind in (
+        "message",
+        "function_call",
+        "function_call_output",
+        "custom_tool_call",
+        "custom_tool_call_output",
+    ):
         listed.setdefault("status", "completed")
     content = item.get("content")
     if kind == "message" and isinstance(content, str):

@@ -47,6 +47,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from gateway.quoting import bounded, quoted
 from gateway.wire.requests import JSONObject
 
@@ -123,9 +125,11 @@ BUILT_IN_TOOLS = frozenset(
         "local_shell",
         "shell",
         "apply_patch",
-        "custom",
     }
 )
+# A custom tool's call reaches a chat provider as a function taking one string (its input, free
+# text): chat's own custom tools are OpenAI's alone, a function every kind takes.
+CUSTOM_INPUT = "input"
 
 
 # The types of the fields the gateway reads or keeps itself (no provider sees them, so nobody
@@ -410,7 +414,7 @@ def _add_items(items: list[Any], messages: list[JSONObject], trace: _Trace | Non
         if not isinstance(item, dict):
             raise ResponsesInputError(f"'{where}' must be an object.", where)
         kind = item.get("type", "message" if "role" in item else None)
-        if media and kind != "function_call_output":
+        if media and kind not in _OUTPUTS:
             _add_media(media, media_from, messages, trace)
         before = len(messages)
         last = messages[-1] if messages else None
@@ -419,7 +423,9 @@ def _add_items(items: list[Any], messages: list[JSONObject], trace: _Trace | Non
             messages.append(_message(item, where))
         elif kind == "function_call":
             _add_call(item, where, messages)
-        elif kind == "function_call_output":
+        elif kind == "custom_tool_call":
+            _add_call(item, where, messages, custom=True)
+        elif kind in _OUTPUTS:
             output, parts = _call_output(item, where)
             messages.append(output)
             if parts and not media:
@@ -434,7 +440,8 @@ def _add_items(items: list[Any], messages: list[JSONObject], trace: _Trace | Non
         else:
             raise ResponsesInputError(
                 f"'{where}': input items of type '{kind}' are not supported by the gateway "
-                "(messages, function_call and function_call_output only).",
+                "(messages, function_call, function_call_output, custom_tool_call and "
+                "custom_tool_call_output only).",
                 f"{where}.type",
             )
         if trace is not None:
@@ -445,6 +452,11 @@ def _add_items(items: list[Any], messages: list[JSONObject], trace: _Trace | Non
                 trace.calls[(len(messages) - 1, had)] = i
     if media:
         _add_media(media, media_from, messages, trace)
+
+
+# (tuples: an item's ``type`` may be any JSON, a list or an object, which a set cannot hash)
+_CALLS = ("function_call", "custom_tool_call")
+_OUTPUTS = ("function_call_output", "custom_tool_call_output")
 
 
 def _add_media(
@@ -468,10 +480,10 @@ def _check_call_pairs(items: list[Any]) -> None:
     waiting: dict[str, None] = {}  # calls without an output yet, in order
     for item in items:
         kind = item.get("type", "message" if "role" in item else None)
-        if kind == "function_call":
+        if kind in _CALLS:
             called.add(item["call_id"])
             waiting[item["call_id"]] = None
-        elif kind == "function_call_output":
+        elif kind in _OUTPUTS:
             call_id = item["call_id"]
             if call_id not in called:
                 raise ResponsesInputError(
@@ -561,11 +573,18 @@ def _part(part: object, where: str) -> JSONObject:
     )
 
 
-def _add_call(item: JSONObject, where: str, messages: list[JSONObject]) -> None:
+def _add_call(item: JSONObject, where: str, messages: list[JSONObject], custom: bool = False) -> None:
+    """A ``function_call`` (or a ``custom_tool_call``, whose free-text ``input`` is the one
+    argument of the function it is on chat: ``chat_tools``) as a tool call of an assistant
+    message."""
+    if custom:
+        arguments = orjson.dumps({CUSTOM_INPUT: _string(item, "input", where)}).decode()
+    else:
+        arguments = _string(item, "arguments", where)
     call = {
         "id": _string(item, "call_id", where),
         "type": "function",
-        "function": {"name": _string(item, "name", where), "arguments": _string(item, "arguments", where)},
+        "function": {"name": _string(item, "name", where), "arguments": arguments},
     }
     extra = item.get("extra_content")
     if isinstance(extra, dict) and extra:  # Gemini's thought signature, back where chat carries it
@@ -650,11 +669,14 @@ def chat_tools(tools: object) -> list[JSONObject]:
         kind = tool.get("type")
         if not isinstance(kind, str):  # (a list or an object is no name, and cannot be looked up)
             raise ResponsesInputError(f"'{where}.type' must be a string.", f"{where}.type")
+        if kind == "custom":
+            out.append(_custom_tool(tool, where))
+            continue
         if kind != "function":
             what = "built-in tool" if kind in BUILT_IN_TOOLS else "tool type"
             raise ResponsesInputError(
-                f"The {what} '{kind}' is not supported by the gateway: only function tools are "
-                "(the gateway cannot run tools on the provider's side).",
+                f"The {what} '{kind}' is not supported by the gateway: only function and custom "
+                "tools are (the gateway cannot run tools on the provider's side).",
                 f"{where}.type",
                 "unsupported_tool",
             )
@@ -674,16 +696,66 @@ def chat_tools(tools: object) -> list[JSONObject]:
     return out
 
 
+def custom_tool_names(tools: object) -> frozenset[str]:
+    """The names of a Responses request's custom tools (their calls come back as
+    ``custom_tool_call`` items, not ``function_call``)."""
+    if not isinstance(tools, list):
+        return frozenset()
+    return frozenset(
+        t["name"]
+        for t in tools
+        if isinstance(t, dict) and t.get("type") == "custom" and isinstance(t.get("name"), str)
+    )
+
+
+def _custom_tool(tool: JSONObject, where: str) -> JSONObject:
+    """A custom tool (free-text input, unconstrained or following a grammar) as a chat function
+    of one string argument, ``input``, the grammar said in its description: every kind serves a
+    function, and the call comes back as the ``custom_tool_call`` the client offered
+    (``responses_output``). The grammar guides the model; it does not constrain its sampling as
+    OpenAI's own custom tools do."""
+    name = _name(tool, where)
+    form = tool.get("format")
+    said = "The tool's input, as free text."
+    if isinstance(form, dict) and form.get("type") == "grammar":
+        syntax, definition = form.get("syntax"), form.get("definition")
+        if not isinstance(definition, str) or syntax not in ("lark", "regex"):
+            raise ResponsesInputError(
+                f"'{where}.format': a grammar needs a 'syntax' (lark or regex) and a 'definition'.",
+                f"{where}.format",
+            )
+        said = f"The tool's input, as free text that follows this {syntax} grammar:\n{definition}"
+    elif form is not None and not (isinstance(form, dict) and form.get("type") == "text"):
+        raise ResponsesInputError(
+            f'\'{where}.format\' must be {{"type": "text"}} or a grammar.', f"{where}.format"
+        )
+    function: JSONObject = {
+        "name": name,
+        "parameters": {
+            "type": "object",
+            "properties": {CUSTOM_INPUT: {"type": "string", "description": said}},
+            "required": [CUSTOM_INPUT],
+        },
+    }
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    return {"type": "function", "function": function}
+
+
 def chat_tool_choice(choice: object) -> object:
     if choice in ("auto", "none", "required"):
         return choice
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
-        return {"type": "function", "function": {"name": choice["name"]}}
+    if (
+        isinstance(choice, dict)
+        and choice.get("type") in ("function", "custom")
+        and isinstance(choice.get("name"), str)
+    ):
+        return {"type": "function", "function": {"name": choice["name"]}}  # (custom: a function on chat)
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         return _allowed_tools(choice)
     kind = choice.get("type") if isinstance(choice, dict) else choice
     raise ResponsesInputError(
-        f"tool_choice '{kind}' is not supported: use auto, none, required or a function.",
+        f"tool_choice '{kind}' is not supported: use auto, none, required, a function or a custom tool.",
         "tool_choice",
     )
 
@@ -705,10 +777,10 @@ def _allowed_tools(choice: JSONObject) -> JSONObject:
     for j, tool in enumerate(listed):
         where = f"tool_choice.tools[{j}]"
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind != "function" or not isinstance(tool.get("name"), str):
+        if kind not in ("function", "custom") or not isinstance(tool.get("name"), str):
             raise ResponsesInputError(
-                f'\'{where}\': only function tools ({{"type": "function", "name": ...}}) can be '
-                "allowed: the gateway serves no other tools.",
+                f'\'{where}\': only function and custom tools ({{"type": "function", "name": ...}}) '
+                "can be allowed: the gateway serves no other tools.",
                 where,
             )
         tools.append({"type": "function", "function": {"name": tool["name"]}})

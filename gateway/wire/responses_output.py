@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.wire.requests import JSONObject
-from gateway.wire.responses import wants_logprobs
+from gateway.wire.responses import CUSTOM_INPUT, custom_tool_names, wants_logprobs
 
 # Request fields a response echoes back, with the API's defaults for those left out.
 _ECHOED: tuple[tuple[str, object], ...] = (
@@ -62,6 +62,9 @@ class ResponseIds:
 
     def call(self, index: int) -> str:
         return f"fc_{self.token}_{index}"
+
+    def custom_call(self, index: int) -> str:
+        return f"ctc_{self.token}_{index}"
 
 
 def response_object(
@@ -172,6 +175,31 @@ def call_item(
     return item
 
 
+def custom_call_item(
+    ids: ResponseIds, index: int, call_id: str, name: str, arguments: str, status: str
+) -> JSONObject:
+    """A ``custom_tool_call`` output item for a chat call of a custom tool's function: its input
+    is the function's one string argument (``wire/responses._custom_tool``); arguments that are
+    not that object are the input as they came (a model that answered the free text itself)."""
+    return {
+        "id": ids.custom_call(index),
+        "type": "custom_tool_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "input": custom_input(arguments),
+    }
+
+
+def custom_input(arguments: str) -> str:
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return arguments
+    value = parsed.get(CUSTOM_INPUT) if isinstance(parsed, dict) else None
+    return value if isinstance(value, str) else arguments
+
+
 def _text_part(text: str, logprobs: list[JSONObject] | None = None) -> JSONObject:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
@@ -243,9 +271,16 @@ def whole_response(request: Mapping[str, Any], chat: Mapping[str, Any], ids: Res
             )
         )
     calls = message.get("tool_calls")
+    custom = custom_tool_names(request.get("tools"))
     for index, call in enumerate(calls if isinstance(calls, list) else []):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
+            continue
+        name = str(function.get("name", ""))
+        if name in custom:
+            call_id = str(call.get("id") or ids.custom_call(index))
+            arguments = str(function.get("arguments") or "")
+            output.append(custom_call_item(ids, index, call_id, name, arguments, "completed"))
             continue
         output.append(
             call_item(
@@ -272,6 +307,7 @@ class ResponsesEvents:
 
     __slots__ = (
         "_calls",
+        "_custom",
         "_delta_head",
         "_finish",
         "_held",
@@ -312,6 +348,9 @@ class ResponsesEvents:
         # OpenAI-compatible providers interleave the argument deltas of parallel calls (0, 1,
         # 0, 1), and an item's deltas cannot follow its output_item.done.
         self._held: dict[int, JSONObject] = {}
+        # Custom tools' names: their calls are held whole too (their input is a JSON string
+        # argument on chat, not streamable as it comes) and sent as ``custom_tool_call`` items.
+        self._custom = custom_tool_names(request.get("tools"))
         self._finish: object = None
         self._delta_head = b""  # the open message's text delta event, up to its delta ("": no text part)
         self.usage: JSONObject | None = None  # chat's usage, as last reported
@@ -494,6 +533,19 @@ class ResponsesEvents:
             return b""
         if tool not in self._calls:
             number = len(self._calls) + len(self._held)  # its id's number: the order calls began
+            name = str(function.get("name") or "")
+            if name in self._custom:  # held whole, sent at the end as a custom_tool_call
+                held = custom_call_item(
+                    self._ids,
+                    number,
+                    str(call.get("id") or self._ids.custom_call(number)),
+                    name,
+                    "",
+                    "in_progress",
+                )
+                held["arguments"] = pieces
+                self._held[tool] = held
+                return b""
             item = call_item(
                 self._ids,
                 number,
@@ -530,6 +582,9 @@ class ResponsesEvents:
         held, self._held = self._held, {}
         for tool, item in held.items():
             index = self._next_index()
+            if item["type"] == "custom_tool_call":
+                out += self._custom_call(index, item, status)
+                continue
             arguments = item["arguments"]
             item["arguments"] = ""
             self._calls[tool] = (index, item)
@@ -537,6 +592,19 @@ class ResponsesEvents:
             out += self._event("response.output_item.added", {"output_index": index, "item": dict(item)})
             out += self._call_delta({"index": tool, "function": {"arguments": arguments}})
             out += self._close_call(status)
+        return out
+
+    def _custom_call(self, index: int, item: JSONObject, status: str) -> bytes:
+        """A held custom tool call, whole: added, its input (one delta), done."""
+        text = custom_input(str(item.pop("arguments")))
+        out = self._event("response.output_item.added", {"output_index": index, "item": dict(item)})
+        fields = {"item_id": item["id"], "output_index": index}
+        if text:
+            out += self._event("response.custom_tool_call_input.delta", {**fields, "delta": text})
+        out += self._event("response.custom_tool_call_input.done", {**fields, "input": text})
+        item["input"], item["status"] = text, status
+        out += self._event("response.output_item.done", {"output_index": index, "item": item})
+        self._output.append((index, item))
         return out
 
     def _close_call(self, status: str) -> bytes:

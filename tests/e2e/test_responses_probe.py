@@ -615,3 +615,71 @@ def test_a_tool_name_openai_refuses_is_its_400_on_every_kind(rp: ProbeStack, mod
     with pytest.raises(openai.BadRequestError) as caught:
         rp.client().responses.create(model=model, input=ASK, tools=[dotted])
     assert caught.value.param == "tools[0].name" and "does not match pattern" in caught.value.message
+
+
+PATCH_TOOL: Any = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Apply a patch to the working tree",
+    "format": {"type": "grammar", "syntax": "lark", "definition": 'start: "*** Begin Patch" /(.|\\n)+/'},
+}
+
+
+@pytest.mark.parametrize("model", KINDS)
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+def test_a_custom_tool_is_called_and_answered_on_every_kind(
+    rp: ProbeStack, model: str, streamed: bool
+) -> None:
+    """Custom tools (free-text input, Codex's ``apply_patch``) were refused as built-in tools on
+    every kind, so every request of a client that offers one failed. A translated kind gets a
+    function of one string argument, its grammar said in that argument's description, and the
+    call comes back as the ``custom_tool_call`` the client offered (streamed: one
+    ``response.custom_tool_call_input.delta`` and ``.done``); the call and its
+    ``custom_tool_call_output`` go back as history."""
+    client = rp.client()
+    ask: Any = [{"role": "user", "content": "call apply_patch"}]
+    kwargs: Any = {"model": model, "input": ask, "tools": [PATCH_TOOL], "store": False}
+    response = _ask(client, kwargs, streamed)
+    (call,) = [o for o in response.output if o.type == "custom_tool_call"]
+    assert call.name == "apply_patch" and call.input and call.call_id and call.id.startswith("ctc_")
+    assert not [o for o in response.output if o.type == "function_call"]
+    if streamed:
+        with client.responses.stream(**kwargs) as stream:
+            events = list(stream)
+        deltas = [e for e in events if e.type == "response.custom_tool_call_input.delta"]
+        (done,) = [e for e in events if e.type == "response.custom_tool_call_input.done"]
+        assert "".join(e.delta for e in deltas) == done.input == call.input
+    if model == "gpt":
+        (function,) = rp.last_request("gpt")["tools"]
+        assert function["type"] == "function" and function["function"]["name"] == "apply_patch"
+        parameter = function["function"]["parameters"]["properties"]["input"]
+        assert parameter["type"] == "string" and "*** Begin Patch" in parameter["description"]
+    output: Any = {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done: 1 file"}
+    follow_up = client.responses.create(
+        model=model, input=[*ask, call.model_dump(exclude_none=True), output], tools=[PATCH_TOOL], store=False
+    )
+    assert follow_up.output_text == "Echo: Done: 1 file"
+
+
+def test_a_custom_tool_is_forced_by_tool_choice_and_kept_across_previous_response_id(rp: ProbeStack) -> None:
+    client = rp.client()
+    first = client.responses.create(
+        model="claude",
+        input="patch it",
+        tools=[PATCH_TOOL],
+        tool_choice={"type": "custom", "name": "apply_patch"},
+    )
+    (call,) = [o for o in first.output if o.type == "custom_tool_call"]
+    output: Any = {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "applied"}
+    second = client.responses.create(
+        model="gemini", previous_response_id=first.id, input=[output], tools=[PATCH_TOOL]
+    )
+    assert second.output_text == "Echo: applied"
+
+
+def test_a_custom_tool_with_a_format_openai_does_not_know_is_refused(rp: ProbeStack) -> None:
+    bad: Any = {**PATCH_TOOL, "format": {"type": "grammar", "syntax": "ebnf", "definition": "x"}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        rp.client().responses.create(model="gpt", input=ASK, tools=[bad])
+    body: Any = caught.value.body
+    assert body["param"] == "tools[0].format", body
