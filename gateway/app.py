@@ -20,6 +20,7 @@ from gateway.api import (
     admin_policy,
     admin_rollouts,
     admin_usage,
+    azure,
     health,
     memory_files,
     openai,
@@ -444,6 +445,17 @@ def _add_routes(app: web.Application) -> None:
     # POST under it: OpenAI's compact and cancel (not served): a 404, not the 405 a
     # method on the kept-response resource would give (the SDKs raise NotFoundError on a 404).
     add("POST", "/v1/responses/{response_id}", responses_api.not_served)
+    # Azure OpenAI's paths (the AzureOpenAI client pointed at the gateway): the same endpoints
+    for path, endpoint in azure.DEPLOYMENT_PATHS.items():
+        add("POST", path, azure.proxy(endpoint, app))
+    add("POST", "/openai/responses", responses_api.create_response)
+    add("POST", "/openai/responses/input_tokens", responses_api.count_input_tokens)
+    add("GET", "/openai/responses/{response_id}", responses_api.retrieve_response)
+    add("DELETE", "/openai/responses/{response_id}", responses_api.delete_response)
+    add("GET", "/openai/responses/{response_id}/input_items", responses_api.list_input_items)
+    add("POST", "/openai/responses/{response_id}", responses_api.not_served)
+    add("GET", "/openai/models", openai.list_models)
+    add("GET", "/openai/models/{model:.+}", openai.retrieve_model)
     add("POST", "/v1/messages", messages_api.create_message)  # Anthropic's Messages API (issue 17)
     add("POST", "/v1/messages/count_tokens", messages_api.count_message_tokens)
     add("GET", "/v1/models", openai.list_models)

@@ -16,8 +16,7 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
-from gateway.cache.fingerprint import tenant_of
-from gateway.http.auth import authenticate
+from gateway.http.auth import X_API_KEY, authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import anthropic_error_event, json_response
 from gateway.http.sse import send_stream
@@ -30,14 +29,13 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     """``POST /v1/messages``: a Messages answer, whole or as Anthropic's event stream."""
     started_s = time.perf_counter()
     app = request.app
-    caller = None if app[keys.POLICY].auth.mode == "open" else await authenticate(request, x_api_key=True)
+    caller = (
+        None if app[keys.POLICY].auth.mode == "open" else await authenticate(request, key_header=X_API_KEY)
+    )
     headers = request.headers
     ctx = CallContext.for_client(
-        request[keys.REQUEST_ID], started_s, headers, caller, request[keys.REQUEST_CALL]
+        request[keys.REQUEST_ID], started_s, headers, caller, request[keys.REQUEST_CALL], X_API_KEY
     )
-    if caller is None and "Authorization" not in headers and "x-api-key" in headers:
-        # Open mode: the same credential is the same tenant whichever header carries it.
-        ctx.tenant = tenant_of("Bearer " + headers["x-api-key"])
     door = MessagesDoor.parse(await read_json(request), headers)
     answer = await app[keys.SERVICE].run(Endpoint.CHAT, door.chat, ctx, door=door)
     if answer.stream is not None:
@@ -47,7 +45,7 @@ async def create_message(request: web.Request) -> web.StreamResponse:
 
 async def count_message_tokens(request: web.Request) -> web.Response:
     """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, the gateway's estimate."""
-    caller = await authenticate(request, x_api_key=True)
+    caller = await authenticate(request, key_header=X_API_KEY)
     body = await read_json(request)
     tokens = count_tokens(request.app[keys.ROUTER], body, caller)
     return json_response(orjson.dumps({"input_tokens": tokens}))

@@ -10,9 +10,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import keys
+from gateway.api.azure import key_header
 from gateway.auth.identity import Caller
 from gateway.errors import InvalidRequest, ModelNotFound
-from gateway.http.auth import authenticate
+from gateway.http.auth import X_API_KEY, authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.http.sse import send_stream
@@ -50,7 +51,9 @@ async def list_models(request: web.Request) -> web.Response:
     Anthropic's SDKs (which send ``anthropic-version``, and their key as ``x-api-key``) get
     Anthropic's list shape from the same path."""
     anthropic = "anthropic-version" in request.headers
-    names = _visible_models(request, await authenticate(request, x_api_key=anthropic))
+    names = _visible_models(
+        request, await authenticate(request, key_header=X_API_KEY if anthropic else key_header(request))
+    )
     if anthropic:
         return json_response(orjson.dumps(_anthropic_page(names, request.query)))
     data = [_model_card(name) for name in names]
@@ -60,7 +63,9 @@ async def list_models(request: web.Request) -> web.Response:
 async def retrieve_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     anthropic = "anthropic-version" in request.headers
-    names = _visible_models(request, await authenticate(request, x_api_key=anthropic))
+    names = _visible_models(
+        request, await authenticate(request, key_header=X_API_KEY if anthropic else key_header(request))
+    )
     if name not in names:
         raise ModelNotFound(name, names)
     return json_response(orjson.dumps(_anthropic_card(name) if anthropic else _model_card(name)))

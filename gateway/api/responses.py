@@ -1,6 +1,7 @@
 """Handlers of OpenAI's Responses API (``POST /v1/responses``, issue 17, and ``GET`` / ``DELETE
 /v1/responses/{id}`` for kept responses): parse, call the Responses service, render. Errors are
-OpenAI's envelope, as for every other endpoint."""
+OpenAI's envelope, as for every other endpoint. The same handlers serve Azure OpenAI's
+``/openai/responses`` paths (``api/azure.py``), where the key may also come as ``api-key``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
+from gateway.api.azure import key_header
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.http.auth import authenticate
 from gateway.http.body import read_json
@@ -25,9 +27,15 @@ from gateway.wire.responses_output import error_event
 async def create_response(request: web.Request) -> web.StreamResponse:
     started_s = time.perf_counter()
     app = request.app
-    caller = None if app[keys.POLICY].auth.mode == "open" else await authenticate(request)
+    caller = (
+        None
+        if app[keys.POLICY].auth.mode == "open"
+        else await authenticate(request, key_header=key_header(request))
+    )
     record = request[keys.REQUEST_CALL]
-    ctx = CallContext.for_client(request[keys.REQUEST_ID], started_s, request.headers, caller, record)
+    ctx = CallContext.for_client(
+        request[keys.REQUEST_ID], started_s, request.headers, caller, record, key_header(request)
+    )
     body = await read_json(request)
     answer = await app[keys.RESPONSES].run(body, ctx)
     if answer.stream is not None:
@@ -74,8 +82,14 @@ async def _kept_id(request: web.Request) -> tuple[str, str]:
     """(the caller's tenant, the response id in the path): a kept response is its tenant's only.
     The tenant is ``CallContext``'s own (the key's team, or a hash of the Authorization header)."""
     app = request.app
-    caller = None if app[keys.POLICY].auth.mode == "open" else await authenticate(request)
-    ctx = CallContext.for_client(request[keys.REQUEST_ID], time.perf_counter(), request.headers, caller)
+    caller = (
+        None
+        if app[keys.POLICY].auth.mode == "open"
+        else await authenticate(request, key_header=key_header(request))
+    )
+    ctx = CallContext.for_client(
+        request[keys.REQUEST_ID], time.perf_counter(), request.headers, caller, key_header=key_header(request)
+    )
     return ctx.tenant, request.match_info["response_id"]
 
 
@@ -159,8 +173,14 @@ async def count_input_tokens(request: web.Request) -> web.StreamResponse:
     """``POST /v1/responses/input_tokens`` (the SDK's ``responses.input_tokens.count``): OpenAI's
     ``{"object": "response.input_tokens", "input_tokens": N}``, the gateway's estimate."""
     app = request.app
-    caller = None if app[keys.POLICY].auth.mode == "open" else await authenticate(request)
-    ctx = CallContext.for_client(request[keys.REQUEST_ID], time.perf_counter(), request.headers, caller)
+    caller = (
+        None
+        if app[keys.POLICY].auth.mode == "open"
+        else await authenticate(request, key_header=key_header(request))
+    )
+    ctx = CallContext.for_client(
+        request[keys.REQUEST_ID], time.perf_counter(), request.headers, caller, key_header=key_header(request)
+    )
     body = await read_json(request)
     tokens = await app[keys.RESPONSES].input_tokens(body, ctx.tenant, caller)
     return json_response(orjson.dumps({"object": "response.input_tokens", "input_tokens": tokens}))

@@ -43,17 +43,22 @@ _INVALID_KEY_MESSAGE = (
     "Invalid API key. Send 'Authorization: Bearer <key>' with a virtual key issued by this gateway "
     "(sophia-gateway keys create)."
 )
-# Where Anthropic's SDKs send the key (``x-api-key``), the message names that header.
-_INVALID_X_API_KEY_MESSAGE = (
-    "Invalid API key. Send 'x-api-key: <key>' (or 'Authorization: Bearer <key>') with a virtual key "
+# Where a door's SDK sends the key in a header of its own (Anthropic's ``x-api-key``, Azure
+# OpenAI's ``api-key``), the message names that header.
+_INVALID_KEY_HEADER_MESSAGE = (
+    "Invalid API key. Send '{header}: <key>' (or 'Authorization: Bearer <key>') with a virtual key "
     "issued by this gateway (sophia-gateway keys create)."
 )
+# The header each door's SDK sends its key in, besides ``Authorization: Bearer``.
+X_API_KEY = "x-api-key"  # Anthropic's SDKs (the Messages door)
+AZURE_API_KEY = "api-key"  # the openai SDK's AzureOpenAI client (the Azure door)
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sophia-gateway"'}
 
 
-def invalid_api_key(x_api_key: bool = False) -> AuthenticationFailed:
-    """The one 401 for every credential that is not a valid key, whatever was wrong with it."""
-    message = _INVALID_X_API_KEY_MESSAGE if x_api_key else _INVALID_KEY_MESSAGE
+def invalid_api_key(key_header: str = "") -> AuthenticationFailed:
+    """The one 401 for every credential that is not a valid key, whatever was wrong with it
+    (``key_header``: the door's own key header, named in the message)."""
+    message = _INVALID_KEY_HEADER_MESSAGE.format(header=key_header) if key_header else _INVALID_KEY_MESSAGE
     return AuthenticationFailed(message, code="invalid_api_key", headers=_CHALLENGE)
 
 
@@ -69,35 +74,37 @@ def bearer_token(values: list[str], pattern: re.Pattern[str] = _BEARER) -> str |
 
 
 def api_key_header(values: list[str]) -> str | None:
-    """The key of the one ``x-api-key`` header in ``values`` (a ``b64token``, as after Bearer),
+    """The key of the one ``x-api-key`` (or ``api-key``) header in ``values`` (a ``b64token``, as after Bearer),
     or None for any other shape."""
     if len(values) != 1 or len(values[0]) > MAX_AUTHORIZATION_CHARS:
         return None
     return values[0] if _API_KEY.fullmatch(values[0]) else None
 
 
-async def authenticate(request: web.Request, *, x_api_key: bool = False) -> Caller | None:
+async def authenticate(request: web.Request, *, key_header: str = "") -> Caller | None:
     """The caller of a ``/v1/*`` request: None in ``auth.mode: open``, else its key's ``Caller``.
 
-    ``x_api_key``: the key may come as ``x-api-key: <key>`` instead (Anthropic's SDK sends it so;
-    the Messages front door, issue 17); ``Authorization`` wins when both are sent.
+    ``key_header``: the key may come in this header instead, as ``x-api-key: <key>``
+    (``X_API_KEY``: Anthropic's SDK sends it so; the Messages front door, issue 17) or
+    ``api-key: <key>`` (``AZURE_API_KEY``: the AzureOpenAI client; the Azure door);
+    ``Authorization`` wins when both are sent.
     Raises 401 ``invalid_api_key`` for a missing, malformed, unknown, revoked or expired key, and
     the key ring's 503 when the key store cannot answer."""
     app = request.app
     if app[keys.POLICY].auth.mode == "open":
         return None
-    if x_api_key and "Authorization" not in request.headers:
-        secret = api_key_header(request.headers.getall("x-api-key", []))
+    if key_header and "Authorization" not in request.headers:
+        secret = api_key_header(request.headers.getall(key_header, []))
     else:
         secret = bearer_token(request.headers.getall("Authorization", []))
     if secret is None or not secret.startswith(KEY_PREFIX):
-        raise invalid_api_key(x_api_key)
+        raise invalid_api_key(key_header)
     keyring = app.get(keys.KEYRING)
     if keyring is None:  # no key store wired in: nobody can be checked, so nobody gets in
         raise KeyStoreUnavailable()
     caller = await keyring.authenticate(secret)
     if caller is None:
-        raise invalid_api_key(x_api_key)
+        raise invalid_api_key(key_header)
     return caller
 
 

@@ -84,15 +84,26 @@ class CallContext:
         headers: Mapping[str, str],
         identity: Caller | None = None,
         record: CallRecord | None = None,
+        key_header: str = "",
     ) -> CallContext:
+        """``key_header``: the header the door's SDK may send its key in instead of
+        ``Authorization`` (``x-api-key``, ``api-key``): in open mode the same credential is the
+        same tenant whichever header carries it."""
         tags = headers.get(TAGS_HEADER)
+        if identity is not None:
+            tenant = identity.tenant
+        else:
+            credential = headers.get("authorization")
+            if credential is None and key_header and (key := headers.get(key_header)) is not None:
+                credential = "Bearer " + key
+            tenant = tenant_of(credential)
         return cls(
             request_id,
             started_s,
             headers,
             frozenset(t.strip() for t in tags.split(",") if t.strip()) if tags else frozenset(),
             record if record is not None else CallRecord(),
-            identity.tenant if identity is not None else tenant_of(headers.get("authorization")),
+            tenant,
             identity,
         )
 

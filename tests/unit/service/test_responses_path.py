@@ -825,6 +825,28 @@ async def test_a_kept_response_can_be_retrieved_and_deleted_by_its_tenant_only(c
     assert refused.value.code == "stream_not_supported" and refused.value.param == "stream"
 
 
+def azure_sdk(client: TestClient, key: str) -> openai.AsyncAzureOpenAI:
+    return openai.AsyncAzureOpenAI(
+        azure_endpoint=str(client.make_url("")).rstrip("/"),
+        api_key=key,
+        api_version="2024-10-21",
+        max_retries=0,
+    )
+
+
+async def test_on_azures_paths_the_api_key_header_is_the_tenant_as_a_bearer_token_is(
+    client: TestClient,
+) -> None:
+    # Open mode: the credential, whichever header carries it, is the tenant of kept responses.
+    first = await azure_sdk(client, "key-one").responses.create(model="m", input="hi")
+    assert (await azure_sdk(client, "key-one").responses.retrieve(first.id)).id == first.id
+    assert (await sdk(client, "key-one").responses.retrieve(first.id)).id == first.id  # same credential
+    with pytest.raises(openai.NotFoundError):
+        await azure_sdk(client, "key-two").responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError):
+        await sdk(client, "key-two").responses.retrieve(first.id)
+
+
 async def test_policy_store_off_refuses_previous_response_id(aiohttp_client: ClientFactory) -> None:
     app: web.Application = build_app(
         Settings(access_log=False),
