@@ -79,18 +79,29 @@ def wanted(body: Mapping[str, Any], headers: Mapping[str, str]) -> bool:
     return "memory" in body or HEADER in headers
 
 
-async def augment(
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recalled:
+    """The memories recalled for one request, as the texts a request gets: ``trusted`` for a
+    system turn (after the client's own), ``reference`` for a user turn just before the last
+    one ("" when there are none of that kind), and the ids of all of them."""
+
+    trusted: str = ""
+    reference: str = ""
+    ids: tuple[str, ...] = ()
+
+
+async def recall(
     service: MemoryService | None,
-    body: dict[str, Any],
+    body: Mapping[str, Any],
     headers: Mapping[str, str],
     access: MemoryAccess | None = None,
-) -> tuple[dict[str, Any], list[str]]:
-    """``body`` with the best memories added (and its ``memory`` field removed), and their ids.
-
-    With ``access`` (a caller with keys) every namespace asked for must be readable (else 403)
-    and only memories it may see are added; None is open mode."""
+) -> Recalled:
+    """The memories closest to the last user turn of the chat request ``body``, asked for by its
+    ``memory`` field or the headers. With ``access`` (a caller with keys) every namespace asked
+    for must be readable (else 403) and only memories it may see are recalled; None is open mode.
+    A front door (``/v1/messages``, ``/v1/responses``) passes its chat translation, so the same
+    turn is the question whichever door it came by."""
     spec = _spec(body, headers)
-    body = {k: v for k, v in body.items() if k != "memory"}
     if service is None:
         raise InvalidRequest(
             "Memory-augmented chat needs the memory service, which this gateway's policy disables.",
@@ -98,24 +109,44 @@ async def augment(
         )
     prompt = _last_user_text(body.get("messages"))
     if not prompt:
-        return body, []
+        return Recalled()
     # A memory has no size limit of its own, and top_k goes to 50: the text sent is bounded.
     found = await service.context_for(prompt, spec.namespaces, spec.top_k, access)
     hits = _within(found, service.config.augment_max_chars)
     service.record_access(h.memory.id for h in hits)
     if not hits:
-        return body, []
+        return Recalled()
     settings = service.config.namespaces
     trusted: list[Hit] = []
     reference: list[Hit] = []
     for hit in hits:
         namespace = settings.get(hit.memory.namespace)
         (trusted if namespace is not None and namespace.trusted else reference).append(hit)
+    lines = [_PREAMBLE, *(f"[{h.memory.id}] {h.memory.content}" for h in trusted)]
+    return Recalled(
+        "\n".join(lines) if trusted else "",
+        reference_block(reference) if reference else "",
+        tuple(h.memory.id for h in hits),
+    )
+
+
+async def augment(
+    service: MemoryService | None,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+    access: MemoryAccess | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """``body`` with the best memories added (and its ``memory`` field removed), and their ids
+    (``recall``)."""
+    recalled = await recall(service, body, headers, access)
+    body = {k: v for k, v in body.items() if k != "memory"}
+    if not recalled.ids:
+        return body, []
     messages = list(body["messages"])
-    if reference:  # before the last user turn (there is one: the prompt came from it)
+    if recalled.reference:  # before the last user turn (there is one: the prompt came from it)
         at = max(i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user")
-        messages.insert(at, {"role": "user", "content": reference_block(reference)})
-    if trusted:
+        messages.insert(at, {"role": "user", "content": recalled.reference})
+    if recalled.trusted:
         at = 0
         while (
             at < len(messages)
@@ -123,10 +154,9 @@ async def augment(
             and messages[at].get("role") in ("system", "developer")
         ):
             at += 1
-        lines = [_PREAMBLE, *(f"[{h.memory.id}] {h.memory.content}" for h in trusted)]
-        messages.insert(at, {"role": "system", "content": "\n".join(lines)})
+        messages.insert(at, {"role": "system", "content": recalled.trusted})
     body["messages"] = messages
-    return body, [h.memory.id for h in hits]
+    return body, list(recalled.ids)
 
 
 def reference_block(hits: Sequence[Hit]) -> str:

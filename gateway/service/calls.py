@@ -171,6 +171,21 @@ class RequestService:
                 )
                 group = self.router.resolve(route)  # a rule may look at the longer prompt
                 plan = self._cache_plan(endpoint, body, ctx, _served_by(model, group), None)
+            elif door is not None and memory_augment.HEADER in ctx.headers:
+                # A front door's request: recalled for its chat translation's question, placed in
+                # the door's own format (a native provider gets the client's body with them).
+                access = memory_access_of(ctx.identity)
+                with on_behalf_of(ctx.identity, admit=False):
+                    recalled = await memory_augment.recall(self.memory, body, ctx.headers, access)
+                if recalled.ids:
+                    door = door.remembered(recalled.trusted, recalled.reference)
+                    body = door.chat
+                    ctx.record.memory_ids = list(recalled.ids)
+                    route = RouteContext(
+                        model, body, stream=stream, tags=ctx.tags, allowed=allowed, request_id=ctx.request_id
+                    )
+                    group = self.router.resolve(route)
+                    plan = self._cache_plan(endpoint, body, ctx, _served_by(model, group), door)
             # 4. cache: lead the single flight or wait for its leader, then look up
             if plan.read:
                 if self._tracer.on:

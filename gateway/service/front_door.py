@@ -56,6 +56,17 @@ class FrontDoor(Protocol):
         """A translator from ``target``'s stream to the door's SSE events."""
         ...
 
+    @property
+    def chat(self) -> JSONObject:
+        """The chat translation the request service validates, routes and limits by."""
+        ...
+
+    def remembered(self, trusted: str, reference: str) -> FrontDoor:
+        """This request with recalled memories (``memory/augment.recall``) placed in the door's
+        own format where chat places them: ``trusted`` text after the client's system prompt,
+        the ``reference`` block as a user turn just before the last one with text."""
+        ...
+
 
 def has_choice(completion: Mapping[str, Any]) -> bool:
     """Whether a whole chat completion has a first choice a door can translate (an object):

@@ -14,6 +14,7 @@ deployments, a group without one answers 400.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -109,6 +110,13 @@ class MessagesDoor:
         except MessagesInputError as exc:
             raise InvalidRequest(f"Invalid value for '{exc.param}': {exc.message}", param=exc.param) from None
         return cls(body, translation, beta)
+
+    def remembered(self, trusted: str, reference: str) -> MessagesDoor:
+        """``FrontDoor.remembered``: ``trusted`` appended to ``system`` (a text block when it is a
+        list of blocks), ``reference`` a user message before the last user turn with text
+        (Anthropic joins the two turns), or a text block after that turn's content when it
+        answers tool calls (a ``tool_result`` must come first in its turn)."""
+        return MessagesDoor.parse(with_memories(self.body, trusted, reference), self._beta or {})
 
     def build(self, target: Target) -> UpstreamRequest:
         client = target.client
@@ -275,3 +283,46 @@ def _check_conversation(messages: Sequence[Turn], thinking: str | None = None) -
 
 def _bad(target: Target, what: str) -> UpstreamBadResponse:
     return UpstreamBadResponse(f"{target.provider}: provider {what}", provider=target.provider)
+
+
+def with_memories(body: JSONObject, trusted: str, reference: str) -> JSONObject:
+    """A Messages body with recalled memories placed (``MessagesDoor.remembered``)."""
+    body = dict(body)
+    if trusted:
+        system = body.get("system")
+        if isinstance(system, list) and system:
+            body["system"] = [*system, {"type": "text", "text": trusted}]
+        elif isinstance(system, str) and system:
+            body["system"] = f"{system}\n\n{trusted}"
+        else:
+            body["system"] = trusted
+    messages = body.get("messages")
+    if reference and isinstance(messages, list):
+        at = _last_text_turn(messages)
+        if at is not None:
+            messages = list(messages)
+            content = messages[at].get("content")
+            if isinstance(content, list) and any(
+                isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+            ):
+                messages[at] = {**messages[at], "content": [*content, {"type": "text", "text": reference}]}
+            else:
+                messages.insert(at, {"role": "user", "content": reference})
+            body["messages"] = messages
+    return body
+
+
+def _last_text_turn(messages: list[Any]) -> int | None:
+    """The index of the last user turn holding text (the question memories are recalled for)."""
+    for at in range(len(messages) - 1, -1, -1):
+        turn = messages[at]
+        if not isinstance(turn, dict) or turn.get("role") != "user":
+            continue
+        content = turn.get("content")
+        if isinstance(content, str) and content:
+            return at
+        if isinstance(content, list) and any(
+            isinstance(b, dict) and b.get("type") == "text" and b.get("text") for b in content
+        ):
+            return at
+    return None

@@ -364,6 +364,38 @@ class ResponsesDoor:
         self.chat = chat
         self.ids = ids
 
+    def remembered(self, trusted: str, reference: str) -> ResponsesDoor:
+        """``FrontDoor.remembered``: ``trusted`` a system message after the input's leading
+        system and developer messages (so after ``instructions`` too), ``reference`` a user
+        message before the last user message. The input kept for ``previous_response_id`` is the
+        client's own (``ResponsesService.run``): memories are recalled again for each turn,
+        never carried from one to the next."""
+        given = self.body.get("input")
+        items: list[Any] = (
+            [{"role": "user", "content": given}] if isinstance(given, str) else list(given or [])
+        )
+        if reference:
+            users = [
+                i for i, item in enumerate(items) if isinstance(item, dict) and item.get("role") == "user"
+            ]
+            if users:
+                items.insert(users[-1], {"role": "user", "content": reference})
+        if trusted:
+            at = 0
+            while (
+                at < len(items)
+                and isinstance(items[at], dict)
+                and items[at].get("role") in ("system", "developer")
+            ):
+                at += 1
+            items.insert(at, {"role": "system", "content": trusted})
+        body = {**self.body, "input": items}
+        try:
+            chat = chat_request(body)
+        except ResponsesInputError as exc:  # pragma: no cover - the input was translated before
+            raise InvalidRequest(exc.message, param=exc.param, code=exc.code) from None
+        return ResponsesDoor(body, chat, self.ids)
+
     def build(self, target: Target) -> UpstreamRequest:
         adapter = target.client.adapter
         if speaks_responses(target.client.config):

@@ -186,6 +186,35 @@ async def test_chat_augmentation_never_carries_another_teams_memory(gw: Gateway)
     assert "3 May" in orjson.dumps(gw.upstream.chats[-1]).decode()
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/messages",
+            {"max_tokens": 20, "messages": [{"role": "user", "content": "When is the launch?"}]},
+        ),
+        ("/v1/responses", {"input": "When is the launch?", "store": False}),
+    ],
+)
+async def test_the_front_doors_augment_with_the_same_grants(
+    gw: Gateway, path: str, body: dict[str, Any]
+) -> None:
+    secret = await write_alpha_secret(gw)
+    ask = {"model": "chat", **body}
+    async with gw.client.post(
+        path, json=ask, headers={"Authorization": f"Bearer {BETA}", "x-gateway-memory": X}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers.get("x-gateway-memory-ids", "") == ""
+    assert "3 May" not in orjson.dumps(gw.upstream.chats[-1]).decode()
+    async with gw.client.post(
+        path, json=ask, headers={"Authorization": f"Bearer {BETA_READER}", "x-gateway-memory": X}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["x-gateway-memory-ids"] == secret
+    assert "3 May" in orjson.dumps(gw.upstream.chats[-1]).decode()
+
+
 async def test_a_read_grant_reads_and_searches_but_cannot_write(gw: Gateway) -> None:
     secret = await write_alpha_secret(gw)
     status, got = await gw.call(BETA_READER, "GET", f"/v1/memory/{secret}")
