@@ -40,8 +40,9 @@ from gateway.auth.records import (
 )
 from gateway.errors import InvalidRequest, KeyStoreUnavailable, NotFound, quoted
 from gateway.policy.durations import MIN_BUDGET_PERIOD_S, format_duration
-from gateway.policy.model import Team
+from gateway.policy.model import TEAM_NAME, Team
 from gateway.quoting import listed
+from gateway.wire.memory import NAMESPACE_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ LOOKUP_BURST = 1_000
 # A key's label (listings print it in a terminal) and description.
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 2000
+# What a key's memory grants may name: namespaces as the memory API takes them, this many a kind.
+NAMESPACE = re.compile(NAMESPACE_PATTERN)
+MAX_GRANTED_NAMESPACES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,7 @@ class KeyRing:
         self._check_team(team)
         self._check_models(s.models)
         _check_label(s.name, s.description)
+        _check_grants(s.namespaces_read, s.namespaces_write)
         for field, value in (("rpm", s.rpm), ("tpm", s.tpm)):
             if value is not None and value < 1:
                 raise InvalidRequest(f"'{field}' must be at least 1.", param=field)
@@ -196,7 +201,14 @@ class KeyRing:
         return secret, record
 
     async def list(self, team: str | None = None) -> list[KeyRecord]:
-        """Every key (of ``team``), oldest first; records hold no secret."""
+        """Every key (of ``team``), oldest first; records hold no secret. ``InvalidRequest`` for
+        a ``team`` no policy could name (PostgreSQL cannot even compare one with a NUL in it)."""
+        if team is not None and not TEAM_NAME.fullmatch(team):
+            raise InvalidRequest(
+                "'team' must be a team name: 1-64 letters, digits, '_', '.' or '-' "
+                "(starting with a letter or digit).",
+                param="team",
+            )
         return await self.store.list(team)
 
     async def get(self, key_id: str) -> KeyRecord:
@@ -367,10 +379,43 @@ def _check_label(name: str | None, description: str | None) -> None:
                 "(terminal escapes, line breaks, tabs, invisible formatting).",
                 param="name",
             )
-    if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
-        raise InvalidRequest(
-            f"'description' must be at most {MAX_DESCRIPTION_CHARS} characters.", param="description"
-        )
+    if description is not None:
+        if len(description) > MAX_DESCRIPTION_CHARS:
+            raise InvalidRequest(
+                f"'description' must be at most {MAX_DESCRIPTION_CHARS} characters.", param="description"
+            )
+        # PostgreSQL text cannot hold NUL (the insert failed: a 500), and an escape sequence
+        # would act on the terminal of whoever reads the record; line breaks and tabs are prose.
+        if any(_is_control(char) for char in description):
+            raise InvalidRequest(
+                "'description' must not contain control characters (NUL, terminal escapes); "
+                "line breaks and tabs are fine.",
+                param="description",
+            )
+
+
+def _is_control(char: str) -> bool:
+    return (char < " " and char not in "\t\n\r") or "\x7f" <= char <= "\x9f"
+
+
+def _check_grants(*grants: tuple[str, ...] | None) -> None:
+    """A key's namespace grants: at most MAX_GRANTED_NAMESPACES names of a kind, each a namespace
+    the memory API could be asked for (anything else grants nothing and may not fit a store)."""
+    for kind, names in zip(("read", "write"), grants, strict=True):
+        if names is None:
+            continue
+        param = f"namespaces.{kind}"
+        if len(names) > MAX_GRANTED_NAMESPACES:
+            raise InvalidRequest(
+                f"{quoted(param)} may name at most {MAX_GRANTED_NAMESPACES} namespaces.", param=param
+            )
+        bad = next((i for i, name in enumerate(names) if not NAMESPACE.fullmatch(name)), None)
+        if bad is not None:  # by position: the text may be anything, a terminal escape too
+            raise InvalidRequest(
+                f"{quoted(param)}: entry {bad + 1} of {len(names)} is not a namespace name "
+                "(1-64 letters, digits, '_', '.' or '-').",
+                param=param,
+            )
 
 
 def _unknown_key(key_id: str) -> NotFound:

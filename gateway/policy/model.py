@@ -955,7 +955,7 @@ class Limits(_Strict):
     )
 
 
-_TEAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TEAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class TeamNamespaces(_Strict):
@@ -1028,7 +1028,7 @@ class Auth(_Strict):
     @classmethod
     def _team_names(cls, value: dict[str, Team]) -> dict[str, Team]:
         for name in value:
-            if not _TEAM_NAME.match(name):
+            if not TEAM_NAME.match(name):
                 raise ValueError(
                     f"team name {quoted(name)} must be 1-64 letters, digits, '_', '.' or '-' "
                     "(starting with a letter or digit)"

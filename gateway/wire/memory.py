@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_NAMESPACE = r"^[A-Za-z0-9_.-]{1,64}$"
+NAMESPACE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a memory namespace (also what a key may be granted)
 
 # Vectors are stored and indexed as float32: a value must round to a finite float32 (magnitude
 # below 2**128 - 2**103; beyond that it rounds to infinity). NaN and Infinity are refused too
@@ -21,7 +21,7 @@ class _Strict(BaseModel):
 
 
 class MemoryIn(_Strict):
-    namespace: str = Field(pattern=_NAMESPACE)
+    namespace: str = Field(pattern=NAMESPACE_PATTERN)
     content: str = Field(min_length=1)
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     embedding: list[Float32] | None = Field(None, min_length=1)
@@ -64,14 +64,14 @@ class MemorySearchIn(_Strict):
 class ChatMemoryIn(_Strict):
     """The ``memory`` field of a chat request: which memories to add as context."""
 
-    namespaces: list[Annotated[str, Field(pattern=_NAMESPACE)]] = Field(min_length=1)
+    namespaces: list[Annotated[str, Field(pattern=NAMESPACE_PATTERN)]] = Field(min_length=1)
     top_k: int = Field(5, ge=1, le=50)
 
 
 class MemoryFileIn(_Strict):
     """The form fields of ``POST /v1/memory/files`` (every value arrives as text)."""
 
-    namespace: str = Field(pattern=_NAMESPACE)
+    namespace: str = Field(pattern=NAMESPACE_PATTERN)
     data_source: str | None = Field(None, max_length=100)
     metadata: dict[str, Any] | None = None
     chunk_chars: int | None = Field(None, ge=50, le=100_000)
