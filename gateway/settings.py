@@ -37,6 +37,11 @@ def provider_key(env: Mapping[str, str], variable: str) -> tuple[str | None, str
     return key, ""
 
 
+# The longest SOPHIA_ADMIN_TOKEN: far beyond any generated secret (a 256-bit one is 43-64
+# characters), well within the 16 KiB a header may be (server.MAX_HEADER_FIELD_BYTES).
+MAX_ADMIN_TOKEN_CHARS = 4096
+
+
 def admin_token_problem(token: str) -> str | None:
     """What makes ``token`` unusable as ``SOPHIA_ADMIN_TOKEN``, or None when it is fine.
 
@@ -45,6 +50,8 @@ def admin_token_problem(token: str) -> str | None:
     break (a secret file's trailing newline), a tab or a non-ASCII letter could never be sent
     right, so every admin call would be refused. The answer names the first such character by
     kind and position, never the token itself."""
+    if len(token) > MAX_ADMIN_TOKEN_CHARS:
+        return f"is {len(token)} characters long: at most {MAX_ADMIN_TOKEN_CHARS}"
     for position, char in enumerate(token, 1):
         if "\x21" <= char <= "\x7e":
             continue

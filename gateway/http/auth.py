@@ -29,6 +29,7 @@ from aiohttp import web
 from gateway import keys
 from gateway.auth.identity import Caller
 from gateway.errors import AuthenticationFailed, KeyStoreUnavailable, PermissionDenied
+from gateway.settings import MAX_ADMIN_TOKEN_CHARS
 
 # A virtual key is ~50 characters; a credential this long is not one (and is refused before the
 # regular expression or any hash sees it).
@@ -52,6 +53,7 @@ _INVALID_KEY_HEADER_MESSAGE = (
 # The header each door's SDK sends its key in, besides ``Authorization: Bearer``.
 X_API_KEY = "x-api-key"  # Anthropic's SDKs (the Messages door)
 AZURE_API_KEY = "api-key"  # the openai SDK's AzureOpenAI client (the Azure door)
+_MAX_ADMIN_HEADER_CHARS = MAX_ADMIN_TOKEN_CHARS + 64
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sophia-gateway"'}
 
 
@@ -62,12 +64,15 @@ def invalid_api_key(key_header: str = "") -> AuthenticationFailed:
     return AuthenticationFailed(message, code="invalid_api_key", headers=_CHALLENGE)
 
 
-def bearer_token(values: list[str], pattern: re.Pattern[str] = _BEARER) -> str | None:
-    """The token of the one ``Authorization`` header in ``values``, or None for any other shape."""
+def bearer_token(
+    values: list[str], pattern: re.Pattern[str] = _BEARER, max_chars: int = MAX_AUTHORIZATION_CHARS
+) -> str | None:
+    """The token of the one ``Authorization`` header in ``values`` (at most ``max_chars``), or
+    None for any other shape."""
     if len(values) != 1:
         return None
     value = values[0]
-    if len(value) > MAX_AUTHORIZATION_CHARS:
+    if len(value) > max_chars:
         return None
     match = pattern.fullmatch(value)
     return match.group(1) if match is not None else None
@@ -120,7 +125,12 @@ def require_admin(request: web.Request) -> None:
             "The admin API is closed: this gateway listens beyond loopback and SOPHIA_ADMIN_TOKEN "
             "is not set. Set it and send 'Authorization: Bearer <SOPHIA_ADMIN_TOKEN>'.",
         )
-    given = bearer_token(request.headers.getall("Authorization", []), _ADMIN_BEARER) or ""
+    # The operator's token may be longer than a virtual key (the edge's cap of 256 refused every
+    # token over 249 characters, which serve had accepted): room for it, the scheme and spaces.
+    given = (
+        bearer_token(request.headers.getall("Authorization", []), _ADMIN_BEARER, _MAX_ADMIN_HEADER_CHARS)
+        or ""
+    )
     # Both as bytes the way they arrived (a header's bytes that are not UTF-8 are surrogates here).
     if not hmac.compare_digest(
         given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")

@@ -44,6 +44,12 @@ def test_printable_ascii_tokens_are_kept(token: str) -> None:
     assert Settings.from_env({"SOPHIA_ADMIN_TOKEN": token}).admin_token == token
 
 
+def test_a_token_longer_than_the_edge_takes_is_refused_at_start() -> None:
+    with pytest.raises(SettingsError) as exc:
+        Settings.from_env({"SOPHIA_ADMIN_TOKEN": "A" * 4097})
+    assert str(exc.value) == "SOPHIA_ADMIN_TOKEN is 4097 characters long: at most 4096"
+
+
 def test_an_empty_token_is_unset() -> None:
     assert Settings.from_env({"SOPHIA_ADMIN_TOKEN": ""}).admin_token is None
     assert Settings.from_env({}).admin_token is None

@@ -383,3 +383,18 @@ def test_serve_says_so_in_one_line_and_exits_2(tmp_path: Any) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("sophia-gateway: cannot start: auth.mode is open")
     assert "--allow-open" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("length", [250, 500, 4096])
+async def test_a_long_admin_token_that_serve_accepts_is_accepted_at_the_edge(
+    start: Start, length: int
+) -> None:
+    # serve took any length, but the edge capped the whole header at a virtual key's 256
+    # characters: a token over 249 characters was refused on every admin call.
+    token = ("t0K3n-" * 1000)[:length]
+    assert Settings.from_env({"SOPHIA_ADMIN_TOKEN": token}).admin_token == token
+    admin = await start(settings=Settings(access_log=False, admin_token=token))
+    good = await admin.client.get("/admin/models", headers={"Authorization": f"Bearer {token}"})
+    assert good.status == 200, await good.text()
+    wrong = await admin.client.get("/admin/models", headers={"Authorization": f"Bearer {token[:-1]}x"})
+    assert wrong.status == 401 and token[:40] not in await wrong.text()
