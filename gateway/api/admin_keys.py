@@ -191,5 +191,9 @@ def _sent_as(err: ErrorDetails) -> str:
     value itself); nothing after other refusals."""
     if not err["type"].endswith("_type"):
         return ""
-    sent = next((name for kind, name in _JSON_TYPES if isinstance(err["input"], kind)), "another type")
+    value = err["input"]
+    if isinstance(value, float) and abs(value) >= 2**63:
+        # 10**30 written as a whole number arrives as a float: not "a decimal point" to its sender.
+        return " (sent: a number beyond the largest integer JSON here carries)"
+    sent = next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), "another type")
     return f" (sent: {sent})"

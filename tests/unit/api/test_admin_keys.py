@@ -165,6 +165,9 @@ async def test_bad_bodies_are_400_naming_the_field(
         # Each was read as something else: "5" as 5, 5.0 as 5, true as 1 (a limit of one request).
         ({"team": "ops", "rpm": "5"}, "rpm", "sent: a string"),
         ({"team": "ops", "rpm": 5.0}, "rpm", "sent: a number with a decimal point"),
+        # A whole number beyond 64 bits arrives as a float; its sender wrote no decimal point.
+        ({"team": "ops", "rpm": 10**30}, "rpm", "sent: a number beyond the largest integer"),
+        ({"team": "ops", "tpm": -(10**20)}, "tpm", "sent: a number beyond the largest integer"),
         ({"team": "ops", "tpm": True}, "tpm", "sent: true/false"),
         ({"team": "ops", "budget_usd": "10"}, "budget_usd", "sent: a string"),
         ({"team": "ops", "budget_usd": False}, "budget_usd", "sent: true/false"),
