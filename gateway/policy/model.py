@@ -958,11 +958,20 @@ class Limits(_Strict):
 TEAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+# A memory namespace's name, as the memory API takes it (gateway.wire.memory.NAMESPACE_PATTERN, a
+# sibling layer this one may not import): a grant of any other text grants nothing.
+_GRANTED_NAMESPACE = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
 class TeamNamespaces(_Strict):
     """A team's memory namespace grants (null: every namespace)."""
 
-    read: list[str] | None = Field(None, description="Namespaces its keys may read and search.")
-    write: list[str] | None = Field(None, description="Namespaces its keys may write and delete.")
+    read: list[_GRANTED_NAMESPACE] | None = Field(
+        None, max_length=1000, description="Namespaces its keys may read and search."
+    )
+    write: list[_GRANTED_NAMESPACE] | None = Field(
+        None, max_length=1000, description="Namespaces its keys may write and delete."
+    )
 
 
 # The most a per-minute limit may be (a trillion): far beyond any real key, within what the key

@@ -58,6 +58,13 @@ auth:
         ("{teams: {t: {budget_period: 0s}}}", "auth.teams.t.budget_period", "at least 1s"),
         ("{teams: {t: {rpm: 0}}}", "auth.teams.t.rpm", "greater than or equal to 1"),
         ("{mode: closed}", "auth.mode", "keys"),
+        # A grant of a name no namespace can have was taken as given (h-kprobe).
+        (
+            "{teams: {t: {namespaces: {read: [notes, '../etc']}}}}",
+            "auth.teams.t.namespaces.read[1]",
+            "pattern",
+        ),
+        ("{teams: {t: {namespaces: {write: ['']}}}}", "auth.teams.t.namespaces.write[0]", "pattern"),
         ("{teams: {t: {colour: red}}}", "auth.teams.t.colour", ""),
     ],
 )
