@@ -24,8 +24,12 @@ are given back when the lease ends (on the next round trip, on a timer, at shutd
 then other replicas may be refused a little early (at most ``1/LEASE_SHARE`` of a limit per
 replica). A limit below ``LEASE_SHARE`` gets no lease: one round trip per request, exact to the
 request (so do the ``x-ratelimit-remaining-*`` headers; with a lease they are what the last
-round trip saw, less what this process drew since). A budget is checked on each round trip: a
-lease's requests may overrun a spent budget by what they cost within ``LEASE_S``.
+round trip saw, less what this process drew since). A budget is checked on each round trip,
+against what Redis has counted plus what this process settled and has not written yet (sent with
+the request); a lease then stops admitting once this process's settlements since reach what was
+left, and the next request asks Redis, which refuses. A budget can so be overrun only by calls
+already running when it ran out (their cost is known at their end) and by other replicas'
+settlements of the last ``FLUSH_S`` (written in batches) or of their own leases.
 
 **Settlement** (``_SETTLE``) is batched: what calls ended with (usage, token corrections, spend,
 refusals, lease returns) is summed per key in process and written every ``FLUSH_S`` in one
@@ -123,9 +127,10 @@ end
 
 # KEYS: rq, ra, rs, tk, ta, ts, sp.  ARGV: now_ms ('' = Redis time), window_ms, rpm (0: none),
 # tpm (0: none), tokens, budget_usd ('' = none), period_ms, ticket, requests asked, tokens
-# asked, lease_ms, the lease given back ('' = none), its unused requests, its unused tokens.
+# asked, lease_ms, the lease given back ('' = none), its unused requests, its unused tokens, the
+# spend this process settled for the key and has not written yet (USD).
 # Returns {refused, requests used, requests reset ms, tokens used, tokens reset ms, retry ms,
-# budget reset ms, requests granted, tokens granted}.
+# budget reset ms, requests granted, tokens granted, budget left in micro-USD (0: no budget)}.
 _ADMIT = """
 local rpm, tpm, need = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local budget, period, ticket = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
@@ -149,14 +154,17 @@ local function reset_of(z)
   if #last == 0 then return 0 end
   return math.max(0, tonumber(last[2]) + window - now)
 end
-local refused, retry, breset = '', 0, 0
+local refused, retry, breset, left = '', 0, 0, 0
 if budget then
   local idx = math.floor(now / period)
   local s = redis.call('HMGET', KEYS[7], 'period', 'usd')
   local spent = 0
   if tonumber(s[1]) == idx then spent = tonumber(s[2]) or 0 end
+  spent = spent + (tonumber(ARGV[15]) or 0)  -- and what the asking process has not written yet
   breset = (idx + 1) * period - now
   if spent >= budget then refused, retry = 'budget', breset end
+  -- what is left, in micro-dollars (a reply's numbers are integers), within a double's integers
+  left = math.max(-4503599627370496, math.min(4503599627370496, math.floor((budget - spent) * 1000000)))
 end
 local used_rq, used_tk = 0, 0
 if rpm > 0 then
@@ -182,7 +190,7 @@ if refused == '' then
   if tpm > 0 then used_tk = add(KEYS[4], KEYS[5], KEYS[6], ticket, at, grant_tk, ttl) end
 end
 return {refused, used_rq, reset_of(KEYS[1]), used_tk, reset_of(KEYS[4]), math.max(0, retry), breset,
-        grant_rq, grant_tk}
+        grant_rq, grant_tk, left}
 """
 
 # KEYS: rq, ra, rs, tk, ta, ts, sp, usage row.  ARGV: now_ms, window_ms, lease_ms, period_ms (0:
@@ -243,6 +251,10 @@ class _Lease:
     tk_used: int
     tk_reset_s: float
     taken_at: float  # monotonic s
+    # A key with a budget: what of it was left when the lease was taken, less what this process
+    # has spent since (its settlements and those not yet written); None without a budget. At 0 or
+    # below, nothing more is drawn: the next request asks Redis, which refuses a spent budget.
+    budget_left_usd: float | None = None
 
 
 @dataclass(slots=True)
@@ -336,6 +348,7 @@ class RedisLimiter:
         self._rates: dict[str, _Rate] = {}  # key id -> its admissions in this process
         self._taking: dict[str, asyncio.Future[None]] = {}  # key id -> a lease being taken
         self._batch = _Batch()
+        self._writing: _Batch | None = None  # the batch a write is sending now
         self._flush_at: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         self.round_trips = 0  # admission scripts run (the rest were admitted from leases)
@@ -414,6 +427,8 @@ class RedisLimiter:
         """A request admitted from this process's lease, or None (ended, used up, other limits)."""
         now = time.monotonic()
         fits = lease.requests >= 1 and (caller.tpm is None or lease.tokens >= tokens)
+        if lease.budget_left_usd is not None and lease.budget_left_usd <= 0:
+            fits = False
         if not fits or now >= lease.ends or lease.limits != _limits(caller):
             return None
         lease.requests -= 1
@@ -462,6 +477,7 @@ class RedisLimiter:
             old.entry if old is not None else "",
             old.requests if old is not None else 0,
             max(0, old.tokens) if old is not None else 0,
+            repr(self._unwritten_spend(key_id)) if caller.budget_usd is not None else "0",
         ]
         keys = self._keys(key_id)
         sent = time.monotonic()
@@ -478,9 +494,12 @@ class RedisLimiter:
             found = await self._call(op, bounded=bounded, read=_admission)
         if found is None:
             return self.local.admit_now(caller, ticket, tokens)
-        refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk = found
+        refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left = found
         lease = None
         if not refused and (grant_rq > 1 or grant_tk > tokens):
+            budget_left = None
+            if caller.budget_usd is not None and caller.budget_period_s:
+                budget_left = left / 1_000_000  # (Redis took this process's unwritten spend off)
             lease = _Lease(
                 ticket,
                 _limits(caller),
@@ -492,6 +511,7 @@ class RedisLimiter:
                 used_tk,
                 tk_reset / 1000,
                 sent,
+                budget_left,
             )
             if key_id in self._leases:  # a concurrent round trip took one too
                 self._give_back(key_id)
@@ -522,6 +542,19 @@ class RedisLimiter:
             rate.count, rate.since = 0, now
         rate.count += 1
         return max(rate.last, rate.count)
+
+    def _unwritten_spend(self, key_id: str) -> float:
+        """What this process settled for the key and has not written to Redis yet (the batch
+        filling now, and one being written)."""
+        spend = 0.0
+        unwritten = [self._batch.pending, self._carried]
+        if self._writing is not None:
+            unwritten.append(self._writing.pending)
+        for slots in unwritten:
+            for (slot_key, _, _), pending in slots.items():
+                if slot_key == key_id:
+                    spend += pending.cost_usd
+        return spend
 
     def _lease_ended(self, key_id: str, lease: _Lease) -> None:
         if self._leases.get(key_id) is lease:
@@ -555,6 +588,12 @@ class RedisLimiter:
         pending.tokens_in += tokens_in
         pending.tokens_out += tokens_out
         pending.cost_usd += cost_usd
+        if (
+            cost_usd
+            and (lease := self._leases.get(caller.key_id)) is not None
+            and lease.budget_left_usd is not None
+        ):
+            lease.budget_left_usd -= cost_usd
         used = tokens_in + tokens_out
         if caller.tpm is not None and used != reserved:
             pending.corrections["t", ticket] += used - reserved
@@ -601,6 +640,7 @@ class RedisLimiter:
     def _start_flush(self) -> None:
         self._flush_at = None
         if self._flushing is None and (self._batch.pending or self._carried):
+            self._writing = self._batch
             self._flushing = asyncio.ensure_future(self._write(self._batch))
             self._batch = _Batch()
 
@@ -613,6 +653,7 @@ class RedisLimiter:
                 self._carry(batch)
         finally:
             self._flushing = None
+            self._writing = None
             if batch.written is not None and not batch.written.done():
                 batch.written.set_result(None)
             if self._batch.pending:
@@ -805,19 +846,19 @@ class RedisLimiter:
         return self._outage.reconnects, self._outage.failed_probes
 
 
-def _admission(reply: Any) -> tuple[str, int, int, int, int, int, int, int, int]:
+def _admission(reply: Any) -> tuple[str, int, int, int, int, int, int, int, int, int]:
     """The admission script's reply read (``Outage.call``'s ``read``): whether it refused, then
-    its eight counts; ``InvalidResponse`` for a reply of another shape."""
-    if not isinstance(reply, list) or len(reply) != 9:
+    its nine counts; ``InvalidResponse`` for a reply of another shape."""
+    if not isinstance(reply, list) or len(reply) != 10:
         raise InvalidResponse(f"not an admission script's reply: {type(reply).__name__}")
     refused, *counts = reply
     refused = refused.decode(errors="replace") if isinstance(refused, bytes) else refused
     # Lua's numbers come as integers, its reason as one of these strings: a bulk string "5"
     # or an array in their place is another server's answer, not a count or a reason.
     if refused not in _REFUSALS or not all(type(c) is int for c in counts):
-        raise InvalidResponse("not an admission script's reply: another shape of 9 elements")
-    used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk = counts
-    return refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk
+        raise InvalidResponse("not an admission script's reply: another shape of 10 elements")
+    used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left = counts
+    return refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left
 
 
 _REFUSALS = frozenset(("", "budget", "requests", "tokens"))  # the admission script's reasons

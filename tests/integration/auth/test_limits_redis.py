@@ -85,6 +85,53 @@ async def test_tpm_reserve_settle_and_budget(redis_url: str, redis_prefix: str) 
         await limiter.close()
 
 
+async def test_a_budget_keys_lease_stops_drawing_once_its_spend_reaches_the_budget(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # A busy key with a budget and no RPM is admitted from a lease (up to MAX_LEASE requests for
+    # LEASE_S). Its settlements count against what the lease saw left of the budget: once they
+    # reach it, the next request asks Redis, which refuses. Before, the lease's requests all ran:
+    # $12 of budget, $5 calls one after another, all admitted for the lease's second.
+    limiter = await _limiter(redis_url, redis_prefix)
+    key = Caller("kb", "alpha", budget_usd=12.0, budget_period_s=3600.0)
+    try:
+        admitted = 0
+        for i in range(20):
+            decision = await limiter.admit(key, f"t{i}", 10)
+            if decision.refused is not None:
+                assert decision.refused == "budget"
+                break
+            admitted += 1
+            limiter.settle_soon(key, f"t{i}", 10, 10, 10, 5.0)  # each call costs $5, settled at once
+        assert admitted == 3  # $0, $5, $10 spent before each: the third crosses, the fourth is refused
+        assert limiter.round_trips == 3  # the third was drawn from the lease the second took
+        await limiter.flush()
+        assert (await limiter.admit(key, "after", 10)).refused == "budget"
+    finally:
+        await limiter.close()
+
+
+async def test_a_lease_taken_while_spend_is_unwritten_counts_it(redis_url: str, redis_prefix: str) -> None:
+    # Spend settled in this process and not yet written to Redis (written every FLUSH_S) is
+    # taken off what a new lease sees left.
+    limiter = await _limiter(redis_url, redis_prefix)
+    key = Caller("kc", "alpha", budget_usd=10.0, budget_period_s=3600.0)
+    try:
+        for i in range(3):  # demand, so the next round trip asks for a lease
+            assert (await limiter.admit(key, f"w{i}", 10)).refused is None
+        limiter.settle_soon(key, "w0", 10, 10, 10, 9.5)
+        lease = limiter._leases.get("kc")
+        assert lease is not None and lease.budget_left_usd is not None and lease.budget_left_usd <= 0.5
+        limiter.settle_soon(key, "w1", 10, 10, 10, 1.0)  # now spent: nothing more is drawn
+        assert lease.budget_left_usd <= 0
+        before = limiter.round_trips
+        await limiter.flush()
+        assert (await limiter.admit(key, "w3", 10)).refused == "budget"
+        assert limiter.round_trips == before + 1
+    finally:
+        await limiter.close()
+
+
 async def test_a_budget_period_stored_below_the_minimum_still_counts_spend(
     redis_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:

@@ -12,11 +12,11 @@ from redis.exceptions import InvalidResponse
 
 from gateway.auth.redis_limits import _admission, _settled
 
-ADMITTED = [b"", 1, 59_000, 10, 59_000, 0, 0, 1, 10]
+ADMITTED = [b"", 1, 59_000, 10, 59_000, 0, 0, 1, 10, 0]
 
 
 def test_the_admission_scripts_reply_is_read() -> None:
-    assert _admission(ADMITTED) == ("", 1, 59_000, 10, 59_000, 0, 0, 1, 10)
+    assert _admission(ADMITTED) == ("", 1, 59_000, 10, 59_000, 0, 0, 1, 10, 0)
     assert _admission([b"tokens", *ADMITTED[1:]])[0] == "tokens"
 
 
@@ -25,7 +25,7 @@ def test_the_admission_scripts_reply_is_read() -> None:
     [
         [],
         [1, 2, [5]],  # the nested array a fake Redis answered
-        [b"zz"] * 9,
+        [b"zz"] * 10,
         [b"", b"1", *ADMITTED[2:]],  # a count as a bulk string
         [b"", [1], *ADMITTED[2:]],
         [b"", True, *ADMITTED[2:]],
