@@ -39,7 +39,7 @@ from gateway.policy.model import Limits, Shadow
 from gateway.providers.base import UpstreamRequest
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
-from gateway.service.chat_values import check_chat_values
+from gateway.service.chat_values import check_chat_values, check_completion_values
 from gateway.service.context import ON_BEHALF_OF, CallContext, Route, on_behalf_of
 from gateway.service.front_door import FrontDoor
 from gateway.service.grants import memory_access_of
@@ -141,6 +141,8 @@ class RequestService:
         check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
         if endpoint is Endpoint.CHAT and door is None:  # a door's translation holds its own values
             check_chat_values(body)
+        elif endpoint is Endpoint.COMPLETIONS:
+            check_completion_values(body)
         allowed = ctx.identity.models if ctx.identity is not None and not ctx.internal else None
         route = RouteContext(
             model, body, stream=stream, tags=ctx.tags, allowed=allowed, request_id=ctx.request_id

@@ -66,6 +66,60 @@ def check_chat_values(body: JSONObject) -> None:
         _check_format(response_format)
 
 
+# The Completions API's own fields: name -> (integer only, lowest, highest).
+_COMPLETION_RANGES: dict[str, tuple[bool, float | None, float | None]] = {
+    **{
+        name: _RANGES[name]
+        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "seed")
+    },
+    "logprobs": (True, 0, 5),
+    "best_of": (True, 0, 20),
+}
+_COMPLETION_NAMES = frozenset((*_COMPLETION_RANGES, "logit_bias", "echo", "suffix", "stream_options"))
+
+
+def check_completion_values(body: JSONObject) -> None:
+    """Raise ``InvalidRequest`` for the first value of a legacy completion request OpenAI's API
+    refuses (absent or null fields are fine); ``n`` is bounded by ``limits.py`` beforehand."""
+    if _COMPLETION_NAMES.isdisjoint(body):
+        return
+    for name, (integer, low, high) in _COMPLETION_RANGES.items():
+        value = body.get(name)
+        if value is not None:
+            _check_number(name, value, integer, low, high)
+    for name, kind, expected in (("echo", bool, "a boolean"), ("suffix", str, "a string")):
+        value = body.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise _invalid_type(name, expected, value)
+    bias = body.get("logit_bias")
+    if bias is not None:
+        _check_bias(bias)
+    stream = body.get("stream") is True
+    if body.get("stream_options") is not None and not stream:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
+    best_of = body.get("best_of")
+    if best_of is None:
+        return
+    n = body.get("n")
+    n = n if isinstance(n, int) else 1  # (limits.py checked it: an integer of at least 1, or null)
+    if best_of < n:
+        raise InvalidRequest(
+            f"Invalid value for 'best_of': it must be greater than or equal to 'n' ({n}), not {best_of}.",
+            param="best_of",
+            code="invalid_value",
+        )
+    if stream and best_of > 1:
+        raise InvalidRequest(
+            "Invalid value for 'best_of': results cannot be streamed when 'best_of' is greater than 1.",
+            param="best_of",
+            code="invalid_value",
+        )
+
+
 def _check_number(name: str, value: object, integer: bool, low: float | None, high: float | None) -> None:
     if (
         isinstance(value, bool)

@@ -136,9 +136,37 @@ class ChatCompletionHead(_Head):
         return value
 
 
+def _one_input_shape(value: list[Any]) -> bool:
+    """Whether ``value`` is one of the array shapes OpenAI takes for a prompt or an embeddings
+    input: all strings, all token ids, or all non-empty token-id arrays (exact JSON types)."""
+    return (
+        all(type(p) is str for p in value)
+        or all(type(p) is int for p in value)
+        or all(type(p) is list and p and all(type(t) is int for t in p) for p in value)
+    )
+
+
 class CompletionHead(_Head):
     model: str = Field(min_length=1)
+    # "The prompt(s) to generate completions for, encoded as a string, array of strings, array
+    # of tokens, or array of token arrays" (OpenAI's reference): one of the four, never a mix
     prompt: str | list[Any]
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_shape(cls, value: str | list[Any]) -> str | list[Any]:
+        if isinstance(value, str):
+            return value
+        if not value:
+            raise PydanticCustomError("empty", "must not be an empty array")
+        if not _one_input_shape(value):
+            raise PydanticCustomError(
+                "shape",
+                "must be a string, an array of strings, an array of token ids or an array of "
+                "non-empty token-id arrays (not a mix)",
+            )
+        return value
+
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
 
@@ -170,6 +198,12 @@ class EmbeddingHead(_Head):
                 )
             if "" in value or [] in value:
                 raise PydanticCustomError("empty", "must not hold an empty string or token array")
+            if not _one_input_shape(value):
+                raise PydanticCustomError(
+                    "shape",
+                    "must be a string, an array of strings, an array of token ids or an array of "
+                    "token-id arrays (not a mix)",
+                )
         return value
 
     user: StrictStr | None = None

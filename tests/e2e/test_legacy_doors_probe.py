@@ -1,0 +1,174 @@
+"""A stranger's probe of the ``/v1/embeddings``, ``/v1/completions`` (legacy) and ``/v1/models``
+doors: requests per OpenAI's API reference, sent with the official ``openai`` SDK to a group of
+each deployment kind (OpenAI-compatible and Azure passed through to the OpenAI fake, Anthropic and
+Gemini translated). Each must be answered in the shape the SDK parses, or refused with a 400 in
+OpenAI's envelope naming the parameter; never a 500, never a hang, never a provider key shown."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.testing.process import ManagedProcess
+from tests.e2e.conftest import start_fakes, start_gateway
+
+GEMINI_KEY = "gm-test-gemini-secret-0123456789abcdef"
+OPENAI_KEY = "sk-test-openai-secret-0123456789abcdef"
+ANTHROPIC_KEY = "sk-ant-test-secret-0123456789abcdef"
+FAKES = {
+    "gpt": ["--require-key", OPENAI_KEY],
+    "az": ["--require-key", OPENAI_KEY],
+    "claude": ["--flavor", "anthropic", "--require-key", ANTHROPIC_KEY],
+    "gem": ["--flavor", "gemini", "--require-key", GEMINI_KEY],
+}
+KINDS = ["gpt", "azure", "claude", "gemini"]
+# The kinds that serve completions and embeddings (Anthropic has neither).
+SERVING = ["gpt", "azure", "gemini"]
+
+
+def policy(fakes: dict[str, ManagedProcess]) -> str:
+    def provider(name: str, kind: str, path: str, key: str) -> str:
+        return (
+            f"  {name}:\n    kind: {kind}\n    base_url: {fakes[name].url}{path}\n"
+            f"    api_key_env: {key}\n"
+            f"    timeouts: {{connect_s: 1, first_byte_s: 5, total_s: 20}}\n"
+        )
+
+    head = textwrap.dedent(
+        """\
+        version: 1
+        auth: {mode: open}
+        breaker: {consecutive_failures: 1000000, min_requests: 1000000}
+        retry: {max_attempts: 3, backoff_initial_s: 0.001, backoff_max_s: 0.01}
+        providers:
+        """
+    )
+    models = textwrap.dedent(
+        """\
+        models:
+          gpt: {deployments: [{provider: gpt, model: gpt-test}]}
+          azure: {deployments: [{provider: az, model: az-deployment}]}
+          claude: {deployments: [{provider: claude, model: claude-test}]}
+          gemini: {deployments: [{provider: gem, model: gemini-test}]}
+        memory: {enabled: false}
+        """
+    )
+    return (
+        head
+        + provider("gpt", "openai", "/v1", "E2E_OPENAI_KEY")
+        + provider("az", "azure", "", "E2E_OPENAI_KEY")
+        + provider("claude", "anthropic", "/v1", "E2E_ANTHROPIC_KEY")
+        + provider("gem", "gemini", "/v1beta", "E2E_GEMINI_KEY")
+        + models
+    )
+
+
+class Probe:
+    def __init__(self, gateway: ManagedProcess, fakes: dict[str, ManagedProcess]) -> None:
+        self.gateway = gateway
+        self.fakes = fakes
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probe]:
+    fakes = start_fakes(FAKES)
+    path: Path = tmp_path_factory.mktemp("eprobe") / "policy.yaml"
+    path.write_text(policy(fakes))
+    gateway = None
+    env = {"E2E_OPENAI_KEY": OPENAI_KEY, "E2E_ANTHROPIC_KEY": ANTHROPIC_KEY, "E2E_GEMINI_KEY": GEMINI_KEY}
+    try:
+        gateway = start_gateway(path, env=env)
+        yield Probe(gateway, fakes)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+            for key in env.values():
+                assert key not in gateway.output
+        for fake in fakes.values():
+            fake.stop()
+
+
+@pytest.fixture(scope="module")
+def client(probe: Probe) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=probe.gateway.url + "/v1", api_key="client-key", max_retries=0, timeout=10
+    ) as made:
+        yield made
+
+
+def _refused(client: openai.OpenAI, call: Any, **kwargs: Any) -> openai.APIStatusError:
+    with pytest.raises(openai.APIStatusError) as caught:
+        result = call(**kwargs)
+        if kwargs.get("stream"):
+            list(result)
+    error = caught.value
+    body = error.body if isinstance(error.body, dict) else {}
+    for key in (OPENAI_KEY, ANTHROPIC_KEY, GEMINI_KEY):
+        assert key not in str(error.response.text) and key not in str(error.response.headers)
+    assert {"message", "type", "param", "code"} <= set(body), body
+    return error
+
+
+def _param(error: openai.APIStatusError) -> object:
+    body = error.body if isinstance(error.body, dict) else {}
+    return body.get("param")
+
+
+# ----- completions: values OpenAI's API refuses are refused on every kind, before any call
+
+BAD_COMPLETIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "best_of streamed": ({"best_of": 2, "n": 1, "stream": True}, "best_of"),
+    "best_of below n": ({"best_of": 1, "n": 2}, "best_of"),
+    "best_of above 20": ({"best_of": 21}, "best_of"),
+    "temperature above 2": ({"temperature": 3}, "temperature"),
+    "top_p above 1": ({"top_p": 1.5}, "top_p"),
+    "presence_penalty below -2": ({"presence_penalty": -3}, "presence_penalty"),
+    "frequency_penalty above 2": ({"frequency_penalty": 2.5}, "frequency_penalty"),
+    "seed a string": ({"extra_body": {"seed": "x"}}, "seed"),
+    "logprobs above 5": ({"logprobs": 6}, "logprobs"),
+    "logprobs a boolean": ({"extra_body": {"logprobs": True}}, "logprobs"),
+    "echo a string": ({"extra_body": {"echo": "yes"}}, "echo"),
+    "suffix a number": ({"extra_body": {"suffix": 3}}, "suffix"),
+    "logit_bias out of range": ({"logit_bias": {"50256": 101}}, "logit_bias.50256"),
+    "n zero": ({"n": 0}, "n"),
+    "stream_options without stream": ({"stream_options": {"include_usage": True}}, "stream_options"),
+    "prompt mixing strings and token arrays": ({"prompt": ["a", [1, 2]]}, "prompt"),
+    "prompt an empty array": ({"prompt": []}, "prompt"),
+}
+
+
+@pytest.mark.parametrize("model", KINDS)
+@pytest.mark.parametrize("case", list(BAD_COMPLETIONS))
+def test_a_completion_value_openai_refuses_is_refused_naming_it_on_every_kind(
+    probe: Probe, client: openai.OpenAI, model: str, case: str
+) -> None:
+    fields, param = BAD_COMPLETIONS[case]
+    before = _requests_seen(probe)
+    error = _refused(client, client.completions.create, **{"model": model, "prompt": "hi there", **fields})
+    assert error.status_code == 400, error.body
+    assert _param(error) == param, error.body
+    assert _requests_seen(probe) == before  # refused before any call
+
+
+def test_an_embeddings_input_mixing_strings_and_token_arrays_is_refused_on_every_kind(
+    probe: Probe, client: openai.OpenAI
+) -> None:
+    for model in KINDS:
+        error = _refused(client, client.embeddings.create, model=model, input=["a", [1, 2]])
+        assert error.status_code == 400 and _param(error) == "input", error.body
+
+
+def _requests_seen(probe: Probe) -> int:
+    """How many API requests the fakes have answered so far."""
+    total = 0
+    for fake in probe.fakes.values():
+        with urllib.request.urlopen(fake.url + "/_fake/stats", timeout=5) as resp:
+            total += int(json.loads(resp.read())["requests"])
+    return total
