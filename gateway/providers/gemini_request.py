@@ -8,7 +8,8 @@ https://ai.google.dev/gemini-api/docs/thought-signatures; ``batchEmbedContents``
 https://ai.google.dev/api/embeddings.
 
 What Gemini cannot serve (non-function tools, content parts other than text, images, audio and
-inline files, token-id inputs, several prompts in one legacy completion, ``echo``/``suffix``) is
+inline files, token-id inputs, several prompts in one legacy completion, ``echo``/``suffix``,
+a completion's ``logprobs``, ``logit_bias`` and ``best_of`` above ``n``) is
 refused with ``UnsupportedByProvider``, a retryable 400, so a model group mixing provider kinds is
 served by a deployment that can; a malformed request is an ``InvalidRequest`` naming the
 parameter. Parameters the answer rests on and Gemini is not asked for (``logit_bias``,
@@ -124,6 +125,16 @@ def completion_request(body: JSONObject) -> JSONObject:
     for name in ("echo", "suffix"):
         if body.get(name):
             raise UnsupportedByProvider(KIND, f"the completion parameter '{name}'", param=name)
+    # What the answer would silently lack: the completions API's log probabilities (a count, and
+    # another shape than chat's, which Gemini's logprobsResult is translated to), a bias of
+    # OpenAI token ids, and best_of's server-side choice among more candidates than it returns.
+    if body.get("logprobs") is not None:
+        raise UnsupportedByProvider(KIND, "the completion parameter 'logprobs'", param="logprobs")
+    if body.get("logit_bias"):
+        raise UnsupportedByProvider(KIND, "logit_bias (token ids of OpenAI's tokenizers)", param="logit_bias")
+    best_of, n = body.get("best_of"), body.get("n")
+    if isinstance(best_of, int) and best_of > (n if isinstance(n, int) else 1):
+        raise UnsupportedByProvider(KIND, "best_of (a choice among more candidates than n)", param="best_of")
     request: JSONObject = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
     config = _generation_config(body)
     if config:

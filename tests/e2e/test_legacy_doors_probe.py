@@ -172,3 +172,30 @@ def _requests_seen(probe: Probe) -> int:
         with urllib.request.urlopen(fake.url + "/_fake/stats", timeout=5) as resp:
             total += int(json.loads(resp.read())["requests"])
     return total
+
+
+# ----- completions: what Gemini cannot honour is refused naming it, not dropped
+
+GEMINI_UNHONOURED: dict[str, dict[str, Any]] = {
+    "logprobs": {"logprobs": 2},
+    "logprobs zero": {"logprobs": 0},
+    "logit_bias": {"logit_bias": {"50256": -100}},
+    "best_of": {"best_of": 3, "n": 2},
+}
+
+
+@pytest.mark.parametrize("param", list(GEMINI_UNHONOURED))
+def test_a_completion_parameter_gemini_cannot_honour_is_refused_naming_it(
+    client: openai.OpenAI, param: str
+) -> None:
+    error = _refused(
+        client, client.completions.create, model="gemini", prompt="hi there", **GEMINI_UNHONOURED[param]
+    )
+    assert error.status_code == 400, error.body
+    assert _param(error) == param.split()[0], error.body
+    assert (error.body or {}).get("code") == "unsupported_endpoint"  # type: ignore[union-attr]
+
+
+def test_best_of_equal_to_n_is_served_by_gemini(client: openai.OpenAI) -> None:
+    answer = client.completions.create(model="gemini", prompt="hi there", best_of=2, n=2)
+    assert [c.index for c in answer.choices] == [0, 1]
