@@ -282,7 +282,28 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, fake_wire.parse_completion, fake_wire.CompletionFormat.of)
+    """The legacy completions API: one reply per prompt and ``n`` (the reply echoes its prompt,
+    or ``--reply``), cut at ``stop`` and ``max_tokens``; ``echo`` puts the prompt first."""
+    state = request.app[FAKE_STATE]
+    config = state.config
+    ask = _parsed(fake_wire.parse_completion, await _admit(request, state))
+    fault = draw_fault(config, state.rng)
+    early = await _inject(request, config, state.rng, fault, stream=ask.stream)
+    if early is not None:
+        return early
+    choices = []
+    for prompt in ask.prompts:
+        text = fake_wire.cut_at_stop(config.reply if config.reply is not None else _echo(prompt), ask.stop)
+        tokens, finish_reason = fake_wire.reply_tokens(text, ask.max_tokens)
+        echoed = fake_wire.reply_tokens(prompt, None)[0] if ask.echo else []
+        choice = fake_wire.CompletionChoice((*echoed, *tokens), finish_reason, len(echoed))
+        choices += [choice] * ask.choices
+    fmt = fake_wire.CompletionFormat(next(state.serials), ask.model, choices, ask.logprobs)
+    usage = Usage(ask.prompt_tokens, sum(len(c.tokens) - c.echoed for c in choices))
+    if not ask.stream:
+        return _json(fmt.whole((), "", usage))
+    cut = fault is Fault.DISCONNECT
+    return await _stream(request, config, fmt, fmt.tokens(), "", usage if ask.include_usage else None, cut)
 
 
 async def _generate(

@@ -413,20 +413,90 @@ def _check_strict_format(response_format: object) -> None:
         _check_strict_schema(spec.get("schema"), str(spec.get("name")), at, what="response_format")
 
 
-def parse_completion(body: dict[str, object]) -> Generation:
-    prompt = body.get("prompt")
-    # A list of prompts is answered as one: the fake provider always returns a single choice.
-    if isinstance(prompt, list):
-        prompt = " ".join(p for p in prompt if isinstance(p, str))
-    if not isinstance(prompt, str):
-        raise WireError("'prompt' must be a string or an array of strings", "prompt")
-    return Generation(
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    """A legacy completion request as the fake provider reads it (OpenAI's reference, "Create
+    completion"): one reply per prompt and per ``n``, in that order."""
+
+    model: str
+    prompts: tuple[str, ...]  # token-id prompts as their ids' text ("1 2 3")
+    prompt_tokens: int
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    choices: int  # ``n``
+    echo: bool
+    stop: tuple[str, ...]
+    logprobs: int | None  # how many alternatives per token, when asked
+
+
+# "Up to 4 sequences where the API will stop generating further tokens"; "The maximum value for
+# logprobs is 5"; best_of "Defaults to 1 ... minimum: 0, maximum: 20" (the Completions reference).
+_MAX_COMPLETION_STOPS = 4
+_MAX_COMPLETION_LOGPROBS = 5
+_MAX_BEST_OF = 20
+
+
+def parse_completion(body: dict[str, object]) -> CompletionRequest:
+    """The request's essentials; what OpenAI's API refuses gets its 400."""
+    prompts, tokens = _prompts(body.get("prompt"))
+    stream = _flag(body, "stream")
+    _check_shapes(body)
+    n = _choices(body.get("n"))
+    best_of = body.get("best_of")
+    if best_of is not None:
+        if not _is_int(best_of) or not 0 <= best_of <= _MAX_BEST_OF:
+            raise WireError(f"Invalid 'best_of': integer must be between 0 and {_MAX_BEST_OF}.", "best_of")
+        if best_of < n:
+            raise WireError("best_of must be greater than or equal to n.", "best_of")
+        if stream and best_of > 1:
+            raise WireError("Cannot stream results with best_of greater than 1.", "best_of")
+    logprobs = body.get("logprobs")
+    if logprobs is not None and (not _is_int(logprobs) or not 0 <= logprobs <= _MAX_COMPLETION_LOGPROBS):
+        raise WireError(
+            f"Invalid 'logprobs': integer must be between 0 and {_MAX_COMPLETION_LOGPROBS}.", "logprobs"
+        )
+    echo = body.get("echo")
+    if echo is not None and not isinstance(echo, bool):
+        raise WireError("Invalid type for 'echo': expected a boolean.", "echo", "invalid_type")
+    stop = body.get("stop")
+    if isinstance(stop, list) and len(stop) > _MAX_COMPLETION_STOPS:
+        raise WireError(
+            f"Invalid 'stop': array too long. Expected an array with maximum length "
+            f"{_MAX_COMPLETION_STOPS}, but got an array with length {len(stop)} instead.",
+            "stop",
+        )
+    return CompletionRequest(
         _model(body),
-        prompt,
-        len(prompt.split()),
-        _flag(body, "stream"),
+        prompts,
+        tokens,
+        stream,
         _include_usage(body),
         _limit(body.get("max_tokens")),
+        n,
+        echo is True,
+        _stops(stop),
+        logprobs if _is_int(logprobs) else None,
+    )
+
+
+def _prompts(prompt: object) -> tuple[tuple[str, ...], int]:
+    """(each prompt's text, the prompt tokens) for a string, an array of strings, an array of
+    token ids or an array of token-id arrays; a mix of these or anything else is OpenAI's 400."""
+    if isinstance(prompt, str):
+        return (prompt,), len(prompt.split())
+    if _is_token_array(prompt):
+        return (" ".join(map(str, prompt)),), len(prompt)
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return tuple(prompt), sum(len(p.split()) for p in prompt)
+        if all(_is_token_array(p) for p in prompt):
+            return tuple(" ".join(map(str, p)) for p in prompt), sum(len(p) for p in prompt)
+    raise WireError(
+        "Invalid value for 'prompt': expected a string, an array of strings, an array of tokens "
+        "or an array of token arrays.",
+        "prompt",
+        "invalid_value",
     )
 
 
@@ -434,7 +504,12 @@ def parse_embeddings(body: dict[str, object]) -> EmbeddingRequest:
     raw = body.get("input")
     if isinstance(raw, str) or _is_token_array(raw):
         raw = [raw]  # one input
-    if not isinstance(raw, list) or not raw or not all(isinstance(i, str) or _is_token_array(i) for i in raw):
+    # one shape throughout: OpenAI refuses strings and token arrays in one input
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not (all(isinstance(i, str) for i in raw) or all(_is_token_array(i) for i in raw))
+    ):
         raise WireError("'input' must be a string, an array of strings or an array of token arrays", "input")
     if len(raw) > 2048 or "" in raw or [] in raw:  # OpenAI's bounds: 1 to 2048 items, none empty
         raise WireError("'input' must hold 1 to 2048 items, none of them empty", "input")
@@ -599,44 +674,100 @@ class ToolCallFormat(ChatFormat):
         return self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": text}}]}, None)
 
 
+@dataclass(frozen=True, slots=True)
+class CompletionChoice:
+    """One choice of a legacy completion: the tokens it sends (the prompt's first when echoed)."""
+
+    tokens: tuple[str, ...]
+    finish_reason: str
+    echoed: int = 0  # how many of ``tokens`` are the prompt's
+
+
 class CompletionFormat:
-    """``text_completion`` objects, whole and streamed (the legacy completions API)."""
+    """``text_completion`` objects, whole and streamed (the legacy completions API): one choice
+    per prompt and ``n``, each its own reply; streamed one choice after another, a chunk per
+    token; with ``logprobs`` (``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``)
+    when asked. ``_stream`` feeds it the choices' tokens in order, so it keeps a cursor."""
 
-    __slots__ = ("_head",)
+    __slots__ = ("_choices", "_cursor", "_head", "_logprobs", "_sent")
 
-    @classmethod
-    def of(cls, serial: int, generation: Generation) -> CompletionFormat:
-        return cls(serial, generation.model)
-
-    def __init__(self, serial: int, model: str) -> None:
+    def __init__(
+        self, serial: int, model: str, choices: Sequence[CompletionChoice], logprobs: int | None
+    ) -> None:
         self._head = {
             "id": f"cmpl-fake{serial:08x}",
             "object": "text_completion",
             "created": int(time.time()),
             "model": model,
         }
+        self._choices = choices
+        self._logprobs = logprobs
+        self._cursor = 0  # the choice being streamed
+        self._sent = 0  # its tokens sent so far
+
+    def tokens(self) -> list[str]:
+        """Every choice's tokens, in the order they are streamed."""
+        return [t for choice in self._choices for t in choice.tokens]
 
     def whole(self, tokens: Sequence[str], finish_reason: str, usage: Usage) -> bytes:
-        choice = {"index": 0, "text": "".join(tokens), "logprobs": None, "finish_reason": finish_reason}
-        return orjson.dumps({**self._head, "choices": [choice], "usage": usage.as_dict()})
+        choices = [
+            {
+                "index": i,
+                "text": "".join(choice.tokens),
+                "logprobs": self._token_logprobs(choice, choice.tokens, 0),
+                "finish_reason": choice.finish_reason,
+            }
+            for i, choice in enumerate(self._choices)
+        ]
+        return orjson.dumps({**self._head, "choices": choices, "usage": usage.as_dict()})
 
     def opening(self) -> None:
         return None  # text completions have no role chunk
 
     def token(self, text: str) -> bytes:
-        return self._chunk(text, None)
+        while self._sent >= len(self._choices[self._cursor].tokens):
+            self._cursor, self._sent = self._cursor + 1, 0
+        choice = self._choices[self._cursor]
+        offset = len("".join(choice.tokens[: self._sent]))
+        logprobs = self._token_logprobs(choice, [text], self._sent, offset)
+        self._sent += 1
+        return self._chunk(self._cursor, text, None, logprobs)
 
     def closing(self, finish_reason: str) -> bytes:
-        return self._chunk("", finish_reason)
+        return b"".join(
+            self._chunk(i, "", choice.finish_reason, None) for i, choice in enumerate(self._choices)
+        )
 
     def usage(self, usage: Usage) -> bytes:
         return sse({**self._head, "choices": [], "usage": usage.as_dict()})
 
-    def _chunk(self, text: str, finish_reason: str | None) -> bytes:
+    def _token_logprobs(
+        self, choice: CompletionChoice, tokens: Sequence[str], first: int, offset: int = 0
+    ) -> dict[str, object] | None:
+        """The legacy shape: the first echoed token has no log probability (nothing before it)."""
+        if self._logprobs is None:
+            return None
+        offsets, logprobs, top = [], [], []
+        for position, token in enumerate(tokens, first):
+            offsets.append(offset)
+            offset += len(token)
+            logprobs.append(None if position == 0 and choice.echoed else -0.25)
+            alternatives = {token: -0.25, **{f"{token}{i}": -1.0 - i for i in range(1, self._logprobs)}}
+            top.append(None if position == 0 and choice.echoed else alternatives)
+        return {
+            "tokens": list(tokens),
+            "token_logprobs": logprobs,
+            "top_logprobs": top,
+            "text_offset": offsets,
+        }
+
+    def _chunk(self, index: int, text: str, finish_reason: str | None, logprobs: object) -> bytes:
         return sse(
             {
                 **self._head,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
+                "choices": [
+                    {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+                ],
             }
         )
 

@@ -199,3 +199,58 @@ def test_a_completion_parameter_gemini_cannot_honour_is_refused_naming_it(
 def test_best_of_equal_to_n_is_served_by_gemini(client: openai.OpenAI) -> None:
     answer = client.completions.create(model="gemini", prompt="hi there", best_of=2, n=2)
     assert [c.index for c in answer.choices] == [0, 1]
+
+
+# ----- completions served: the reference's prompt shapes, n, echo, stop, logprobs
+
+PROMPTS: dict[str, tuple[Any, list[str]]] = {
+    "string": ("one two", ["Echo: one two"]),
+    "strings": (["one", "two three"], ["Echo: one", "Echo: two three"]),
+    "token ids": ([11, 12], ["Echo: 11 12"]),
+    "token-id arrays": ([[11, 12], [13]], ["Echo: 11 12", "Echo: 13"]),
+}
+
+
+@pytest.mark.parametrize("model", ["gpt", "azure"])
+@pytest.mark.parametrize("shape", list(PROMPTS))
+@pytest.mark.parametrize("streamed", [False, True])
+def test_every_prompt_shape_is_answered_one_choice_per_prompt_and_n(
+    client: openai.OpenAI, model: str, shape: str, streamed: bool
+) -> None:
+    prompt, texts = PROMPTS[shape]
+    expected = [t for t in texts for _ in range(2)]
+    if not streamed:
+        answer = client.completions.create(model=model, prompt=prompt, n=2)
+        assert [c.text for c in answer.choices] == expected
+        assert [c.index for c in answer.choices] == list(range(len(expected)))
+        return
+    got: dict[int, str] = {}
+    for chunk in client.completions.create(model=model, prompt=prompt, n=2, stream=True):
+        for choice in chunk.choices:
+            got[choice.index] = got.get(choice.index, "") + choice.text
+    assert [got[i] for i in sorted(got)] == expected
+
+
+@pytest.mark.parametrize("model", ["gpt", "azure"])
+def test_echo_stop_and_logprobs_come_back_in_the_legacy_shape(client: openai.OpenAI, model: str) -> None:
+    answer = client.completions.create(
+        model=model, prompt="say more", echo=True, stop=["more"], logprobs=2, max_tokens=5
+    )
+    choice = answer.choices[0]
+    assert choice.text == "say moreEcho: say"
+    assert choice.logprobs is not None and choice.logprobs.tokens == ["say", " more", "Echo:", " say"]
+    assert choice.logprobs.token_logprobs is not None and choice.logprobs.token_logprobs[0] is None
+    assert choice.logprobs.top_logprobs is not None and len(choice.logprobs.top_logprobs[2]) == 2
+    assert answer.usage is not None and answer.usage.completion_tokens == 2
+
+
+def test_gemini_serves_a_plain_prompt_with_n_whole_and_streamed(client: openai.OpenAI) -> None:
+    answer = client.completions.create(model="gemini", prompt="one two", n=2, stop=["two"])
+    assert [(c.index, c.text) for c in answer.choices] == [(0, "Echo: one"), (1, "Echo: one")]
+    got: dict[int, str] = {}
+    for chunk in client.completions.create(
+        model="gemini", prompt="one two", n=2, stream=True, stream_options={"include_usage": True}
+    ):
+        for choice in chunk.choices:
+            got[choice.index] = got.get(choice.index, "") + choice.text
+    assert got == {0: "Echo: one two", 1: "Echo: one two"}

@@ -239,6 +239,51 @@ async def test_text_completions_whole_and_streamed(aiohttp_client: AiohttpClient
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["usage"]["total_tokens"] == 5
 
 
+@pytest.mark.parametrize(
+    ("prompt", "texts", "prompt_tokens"),
+    [
+        ("one two", ["Echo: one two"], 2),
+        (["one", "two three"], ["Echo: one", "Echo: two three"], 3),
+        ([11, 12, 13], ["Echo: 11 12 13"], 3),
+        ([[11, 12], [13]], ["Echo: 11 12", "Echo: 13"], 3),
+    ],
+)
+async def test_text_completions_answer_each_of_openais_prompt_shapes(
+    aiohttp_client: AiohttpClient, prompt: object, texts: list[str], prompt_tokens: int
+) -> None:
+    """A string, strings, token ids, token-id arrays (the reference's four shapes): one choice
+    per prompt, and ``n`` per prompt, in that order."""
+    client = await fake(aiohttp_client)
+    whole = await (await post(client, "/v1/completions", {"model": "m", "prompt": prompt, "n": 2})).json()
+    assert [c["text"] for c in whole["choices"]] == [t for t in texts for _ in range(2)]
+    assert [c["index"] for c in whole["choices"]] == list(range(2 * len(texts)))
+    assert whole["usage"]["prompt_tokens"] == prompt_tokens
+    body = {"model": "m", "prompt": prompt, "n": 2, "stream": True}
+    chunks = [orjson.loads(d) for d in (await events(await post(client, "/v1/completions", body)))[:-1]]
+    streamed: dict[int, str] = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            streamed[choice["index"]] = streamed.get(choice["index"], "") + choice["text"]
+    assert [streamed[i] for i in sorted(streamed)] == [t for t in texts for _ in range(2)]
+
+
+async def test_text_completions_echo_stop_and_logprobs(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    body = {"model": "m", "prompt": "say more", "echo": True, "stop": ["more"], "logprobs": 2}
+    whole = await (await post(client, "/v1/completions", body)).json()
+    choice = whole["choices"][0]
+    assert choice["text"] == "say moreEcho: say"  # the prompt, then the reply cut before "more"
+    logprobs = choice["logprobs"]
+    assert logprobs["tokens"] == ["say", " more", "Echo:", " say"]
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None  # the first echoed
+    assert len(logprobs["top_logprobs"][1]) == 2
+    assert logprobs["text_offset"][:2] == [0, 3]
+    assert whole["usage"]["completion_tokens"] == 2  # the echoed prompt is not generated
+    streamed = await events(await post(client, "/v1/completions", {**body, "stream": True}))
+    chunks = [orjson.loads(d) for d in streamed[:-1]]
+    assert all(c["choices"][0]["logprobs"] is not None for c in chunks if c["choices"][0]["text"])
+
+
 async def test_embeddings_float_base64_and_dimensions(aiohttp_client: AiohttpClient) -> None:
     client = await fake(aiohttp_client, embedding_dim=16)
     body = {"model": "emb", "input": ["alpha", "beta gamma"]}
@@ -294,6 +339,20 @@ async def test_models_list_and_retrieve(aiohttp_client: AiohttpClient) -> None:
             "tool_choice",
         ),
         ("/v1/completions", b'{"model": "m", "prompt": 3}', "prompt"),
+        ("/v1/completions", b'{"model": "m", "prompt": ["a", [1, 2]]}', "prompt"),
+        ("/v1/completions", b'{"model": "m", "prompt": []}', "prompt"),
+        (
+            "/v1/completions",
+            b'{"model": "m", "prompt": "x", "stream_options": {"include_usage": true}}',
+            "stream_options",
+        ),
+        ("/v1/completions", b'{"model": "m", "prompt": "x", "best_of": 1, "n": 2}', "best_of"),
+        ("/v1/completions", b'{"model": "m", "prompt": "x", "best_of": 2, "stream": true}', "best_of"),
+        ("/v1/completions", b'{"model": "m", "prompt": "x", "logprobs": 6}', "logprobs"),
+        ("/v1/completions", b'{"model": "m", "prompt": "x", "echo": "yes"}', "echo"),
+        ("/v1/completions", b'{"model": "m", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}', "stop"),
+        ("/v1/completions", b'{"model": "m", "prompt": "x", "n": 0}', "n"),
+        ("/v1/embeddings", b'{"model": "m", "input": ["a", [1, 2]]}', "input"),
         ("/v1/embeddings", b'{"model": "m", "input": []}', "input"),
         ("/v1/embeddings", b'{"model": "m", "input": ["a", ""]}', "input"),
         ("/v1/embeddings", b'{"model": "m", "input": ""}', "input"),
