@@ -6,7 +6,10 @@ error codes"; https://cloud.google.com/apis/design/errors). The HTTP status deci
 for every provider (429 and 5xx are retried elsewhere); the ``status`` name picks the OpenAI error
 type (``FAILED_PRECONDITION``, billing not enabled, and HTTP 402, prepaid credit used up, are the
 gateway's account: ``account_error``), and two details are read: ``ErrorInfo.reason`` ``API_KEY_INVALID`` (Gemini's answer to a bad
-key is a 400) and ``RetryInfo.retryDelay`` (Gemini's way to say Retry-After).
+key is a 400) and ``RetryInfo.retryDelay`` (Gemini's way to say Retry-After). A 400 that names
+a field the translation made from an OpenAI parameter (``* requests[0].output_dimensionality:
+must be at most 3072``) names that parameter as ``param`` (``dimensions``): the client sent
+OpenAI's names and reads the envelope's ``param`` to find what to change.
 """
 
 from __future__ import annotations
@@ -33,6 +36,41 @@ _TYPES_BY_STATUS = {401: "authentication_error", 403: "permission_error", 429: "
 _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 # "The input token count (N) exceeds the maximum number of tokens allowed (M)."
 _CONTEXT_TOO_LONG = "exceeds the maximum number of tokens"
+# Gemini's field (as its messages spell it, snake or camel case) -> the OpenAI parameter the
+# translation made it from (gemini_request.py). ``logprobs`` is Gemini's count of alternatives:
+# OpenAI's ``top_logprobs``.
+_OPENAI_PARAMS = {
+    "output_dimensionality": "dimensions",
+    "outputDimensionality": "dimensions",
+    "stop_sequences": "stop",
+    "stopSequences": "stop",
+    "candidate_count": "n",
+    "candidateCount": "n",
+    "max_output_tokens": "max_tokens",
+    "maxOutputTokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "topP": "top_p",
+    "top_k": "top_k",
+    "topK": "top_k",
+    "presence_penalty": "presence_penalty",
+    "presencePenalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "frequencyPenalty": "frequency_penalty",
+    "seed": "seed",
+    "response_logprobs": "logprobs",
+    "responseLogprobs": "logprobs",
+    "logprobs": "top_logprobs",
+    "response_schema": "response_format",
+    "responseSchema": "response_format",
+    "response_mime_type": "response_format",
+    "responseMimeType": "response_format",
+    "function_declarations": "tools",
+    "functionDeclarations": "tools",
+    "tool_config": "tool_choice",
+    "toolConfig": "tool_choice",
+}
+_FIELD = re.compile(r"\b(" + "|".join(sorted(_OPENAI_PARAMS, key=len, reverse=True)) + r")\b")
 
 
 def gemini_error(status: int, body: bytes, retry_after_s: float | None, provider: str) -> UpstreamStatusError:
@@ -71,11 +109,13 @@ def error_from_object(
         code_name = "context_length_exceeded"  # lets the router fall back to a larger context
     if retry_after_s is None:
         retry_after_s = _retry_delay_s(details)
+    field = _FIELD.search(message) if status == 400 else None
     return UpstreamStatusError(
         status,
         f"{provider}: {message}" if provider else message,
         provider=provider,
         upstream_type=err_type,
+        param=_OPENAI_PARAMS[field.group(1)] if field is not None else None,
         code=code_name,
         retry_after_s=retry_after_s,
         said=str(error["message"]) if error.get("message") else None,

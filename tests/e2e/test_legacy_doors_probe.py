@@ -254,3 +254,11 @@ def test_gemini_serves_a_plain_prompt_with_n_whole_and_streamed(client: openai.O
         for choice in chunk.choices:
             got[choice.index] = got.get(choice.index, "") + choice.text
     assert got == {0: "Echo: one two", 1: "Echo: one two"}
+
+
+# ----- embeddings
+
+
+def test_gemini_refusing_dimensions_names_the_openai_param(client: openai.OpenAI) -> None:
+    error = _refused(client, client.embeddings.create, model="gemini", input="hello", dimensions=5000)
+    assert error.status_code == 400 and _param(error) == "dimensions", error.body

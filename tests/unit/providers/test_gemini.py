@@ -829,3 +829,24 @@ def test_instructions_alone_get_a_user_turn_that_says_next_to_nothing() -> None:
     out = sent(Endpoint.CHAT, {"model": "m", "messages": [{"role": "system", "content": "Say hello."}]})
     assert out["contents"] == [{"role": "user", "parts": [{"text": "."}]}]
     assert out["systemInstruction"] == {"parts": [{"text": "Say hello."}]}
+
+
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [
+        ("* requests[0].output_dimensionality: must be at most 3072", "dimensions"),
+        ("Invalid value at 'requests[3].output_dimensionality' (TYPE_INT32), 0", "dimensions"),
+        ("* GenerateContentRequest.generation_config.stop_sequences: at most 5", "stop"),
+        ("* GenerateContentRequest.generation_config.candidate_count: must be positive", "n"),
+        ("* GenerateContentRequest.generation_config.logprobs: requires response_logprobs", "top_logprobs"),
+        ("* GenerateContentRequest.generation_config.response_logprobs: not supported", "logprobs"),
+        ("* GenerateContentRequest.generation_config.max_output_tokens: too large", "max_tokens"),
+        ('Invalid JSON payload received. Unknown name "outputDimensionality"', "dimensions"),
+        ("Request contains an invalid argument.", None),
+    ],
+)
+def test_a_400_naming_a_translated_field_names_the_openai_param(message: str, param: str | None) -> None:
+    body = orjson.dumps({"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}})
+    error = GeminiAdapter().translate_error(400, body, None, "gem")
+    assert error.param == param
+    assert error.envelope()["error"]["param"] == param
