@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import UpstreamBadResponse
-from gateway.wire.requests import JSONObject
+from gateway.wire.requests import CHARS_PER_TOKEN, JSONObject
 
 _FINISH_REASONS = {
     "STOP": "stop",
@@ -223,10 +223,24 @@ def text_completion(body: JSONObject, upstream_model: str, created: int) -> JSON
 
 def embeddings(body: JSONObject, request: JSONObject, upstream_model: str) -> JSONObject:
     """An OpenAI embeddings ``list`` for a ``BatchEmbedContentsResponse``; base64 (little-endian
-    float32, as OpenAI encodes it) when the client asked for ``encoding_format: base64``."""
+    float32, as OpenAI encodes it) when the client asked for ``encoding_format: base64``.
+
+    "The embeddings for each request, in the same order as provided in the batch request": an
+    answer with another number of them than ``request`` has inputs cannot be matched to the
+    inputs, and is a broken answer (502, failed over), never a short list the client would read
+    as aligned. Usage is ``usageMetadata``'s where Gemini gives it, else estimated from the
+    inputs' characters (``CHARS_PER_TOKEN``, rounded up per input): Gemini's embeddings answers
+    carry no token count, and a 0 read as "free" by whoever bills the key."""
     found = body.get("embeddings")
     if not isinstance(found, list):
         raise UpstreamBadResponse("Gemini returned an embeddings response without 'embeddings'.")
+    raw = request.get("input")
+    inputs = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    if len(found) != len(inputs):
+        raise UpstreamBadResponse(
+            f"Gemini returned {len(found)} embeddings for {len(inputs)} inputs: the answer cannot be "
+            "matched to the inputs."
+        )
     as_base64 = request.get("encoding_format") == "base64"
     data = []
     for index, item in enumerate(found):
@@ -237,8 +251,8 @@ def embeddings(body: JSONObject, request: JSONObject, upstream_model: str) -> JS
         if as_base64:
             vector = base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
         data.append({"object": "embedding", "index": index, "embedding": vector})
-    # Gemini reports no token count for embeddings (usageMetadata, where present, is read).
-    tokens = (usage(body.get("usageMetadata")) or {}).get("prompt_tokens", 0)
+    reported = (usage(body.get("usageMetadata")) or {}).get("prompt_tokens", 0)
+    tokens = reported or sum(-(-len(text) // CHARS_PER_TOKEN) for text in inputs if isinstance(text, str))
     return {
         "object": "list",
         "data": data,
