@@ -70,7 +70,8 @@ class AnthropicAdapter:
 
     def build_request(self, endpoint: Endpoint, body: JSONObject, upstream_model: str) -> UpstreamRequest:
         if endpoint is not Endpoint.CHAT:
-            raise UnsupportedByProvider(KIND, _UNSUPPORTED[endpoint])
+            # param: the model, as OpenAI's API names it for a model another endpoint serves
+            raise UnsupportedByProvider(KIND, _UNSUPPORTED[endpoint], param="model")
         request = messages_request(body, upstream_model, self._default_max_tokens)
         return UpstreamRequest("/messages", orjson.dumps(request), bool(request.get("stream")))
 

@@ -6,6 +6,7 @@ translator (stream events, error events).
 
 from __future__ import annotations
 
+import re
 import time
 
 import orjson
@@ -125,6 +126,24 @@ def chat_completion(message: JSONObject, upstream_model: str) -> JSONObject:
     }
 
 
+# Anthropic's 400s open with the field they refuse ("max_tokens: 300000 > 64000, which is the
+# maximum allowed number of output tokens", "temperature: range: 0..1", "tools.0.name: String
+# should match pattern ..."); the top-level fields the translation made from an OpenAI parameter
+# name it as ``param``. (Message indexes are not mapped back: system messages are taken out
+# and consecutive turns merged on the way, so Anthropic's index is not the client's.)
+_OPENAI_PARAMS = {
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "stop_sequences": "stop",
+    "tools": "tools",
+    "tool_choice": "tool_choice",
+    "output_config": "response_format",
+}
+_FIELD = re.compile(r"(" + "|".join(_OPENAI_PARAMS) + r")\b[.:]")
+
+
 def status_error(
     status: int | None, body: object, provider: str, retry_after_s: float | None = None
 ) -> UpstreamStatusError:
@@ -145,11 +164,13 @@ def status_error(
     err_type, code = (known[1], known[2]) if known else (None, None)
     if status in (400, 413) and any(hint in message.lower() for hint in _CONTEXT_HINTS):
         code = "context_length_exceeded"  # lets the router fall back to a bigger context
+    field = _FIELD.match(message) if status == 400 else None
     return UpstreamStatusError(
         status,
         f"{provider}: {message}",
         provider=provider,
         upstream_type=err_type,
+        param=_OPENAI_PARAMS[field.group(1)] if field is not None else None,
         code=code,
         retry_after_s=retry_after_s,
         said=said,

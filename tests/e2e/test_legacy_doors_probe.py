@@ -262,3 +262,14 @@ def test_gemini_serves_a_plain_prompt_with_n_whole_and_streamed(client: openai.O
 def test_gemini_refusing_dimensions_names_the_openai_param(client: openai.OpenAI) -> None:
     error = _refused(client, client.embeddings.create, model="gemini", input="hello", dimensions=5000)
     assert error.status_code == 400 and _param(error) == "dimensions", error.body
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "embeddings"])
+def test_anthropic_refuses_the_endpoints_it_lacks_naming_the_model(
+    client: openai.OpenAI, endpoint: str
+) -> None:
+    call = client.completions.create if endpoint == "completions" else client.embeddings.create
+    field = {"prompt": "hi"} if endpoint == "completions" else {"input": "hi"}
+    error = _refused(client, call, model="claude", **field)
+    assert error.status_code == 400 and _param(error) == "model", error.body
+    assert (error.body or {}).get("code") == "unsupported_endpoint"  # type: ignore[union-attr]

@@ -23,6 +23,7 @@ from gateway.errors import (
 )
 from gateway.policy.model import AnthropicProvider
 from gateway.providers.anthropic import AnthropicAdapter
+from gateway.providers.anthropic_response import status_error
 from gateway.providers.base import Endpoint
 from gateway.providers.registry import adapter_for
 
@@ -883,3 +884,28 @@ def test_prompt_cache_breakpoints_are_anthropics_cache_control() -> None:
     assert [b.get("cache_control") for b in out["messages"][0]["content"]] == [{"type": "ephemeral"}] * 4
     unmarked = translate({"messages": [{"role": "system", "content": "Be brief."}, USER]})
     assert unmarked["system"] == "Be brief." and "cache_control" not in unmarked["messages"][0]["content"][0]
+
+
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [
+        ("max_tokens: 300000 > 64000, which is the maximum allowed number of output tokens", "max_tokens"),
+        ("temperature: range: 0..1", "temperature"),
+        ("stop_sequences: at most 8191 sequences", "stop"),
+        ("tools.0.name: String should match pattern '^[a-zA-Z0-9_-]{1,128}$'", "tools"),
+        ("messages.1.content: Input should be a valid list", None),
+        ("prompt is too long: 210000 tokens > 200000 maximum", None),
+    ],
+)
+def test_a_400_naming_a_translated_field_names_the_openai_param(message: str, param: str | None) -> None:
+    body = {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+    error = status_error(400, body, "claude")
+    assert error.param == param
+    assert error.envelope()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("endpoint", [Endpoint.COMPLETIONS, Endpoint.EMBEDDINGS])
+def test_an_endpoint_anthropic_lacks_is_refused_naming_the_model(endpoint: Endpoint) -> None:
+    with pytest.raises(UnsupportedByProvider) as caught:
+        adapter().build_request(endpoint, {"model": "m", "prompt": "x", "input": "x"}, "claude-x")
+    assert caught.value.param == "model"
