@@ -460,6 +460,14 @@ def parse_completion(body: dict[str, object]) -> CompletionRequest:
     if echo is not None and not isinstance(echo, bool):
         raise WireError("Invalid type for 'echo': expected a boolean.", "echo", "invalid_type")
     stop = body.get("stop")
+    if (
+        stop is not None
+        and not isinstance(stop, str)
+        and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        raise WireError(
+            "Invalid type for 'stop': expected a string or an array of strings.", "stop", "invalid_type"
+        )
     if isinstance(stop, list) and len(stop) > _MAX_COMPLETION_STOPS:
         raise WireError(
             f"Invalid 'stop': array too long. Expected an array with maximum length "

@@ -169,6 +169,9 @@ class CompletionHead(_Head):
 
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
+    # Read by the Gemini adapter (stopSequences), typed as OpenAI's API types them
+    stop: StrictStr | list[StrictStr] | None = None
+    user: StrictStr | None = None
 
 
 # The most inputs one embeddings request may hold (OpenAI's limit).

@@ -141,6 +141,8 @@ BAD_COMPLETIONS: dict[str, tuple[dict[str, Any], str]] = {
     "stream_options without stream": ({"stream_options": {"include_usage": True}}, "stream_options"),
     "prompt mixing strings and token arrays": ({"prompt": ["a", [1, 2]]}, "prompt"),
     "prompt an empty array": ({"prompt": []}, "prompt"),
+    "stop a number": ({"extra_body": {"stop": 5}}, "stop"),
+    "user a number": ({"extra_body": {"user": 5}}, "user"),
 }
 
 

@@ -352,6 +352,7 @@ async def test_models_list_and_retrieve(aiohttp_client: AiohttpClient) -> None:
         ("/v1/completions", b'{"model": "m", "prompt": "x", "echo": "yes"}', "echo"),
         ("/v1/completions", b'{"model": "m", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}', "stop"),
         ("/v1/completions", b'{"model": "m", "prompt": "x", "n": 0}', "n"),
+        ("/v1/completions", b'{"model": "m", "prompt": "x", "stop": 5}', "stop"),
         ("/v1/embeddings", b'{"model": "m", "input": ["a", [1, 2]]}', "input"),
         ("/v1/embeddings", b'{"model": "m", "input": []}', "input"),
         ("/v1/embeddings", b'{"model": "m", "input": ["a", ""]}', "input"),
