@@ -26,7 +26,7 @@ _RANGES: dict[str, tuple[bool, float | None, float | None]] = {
     "seed": (True, None, None),
     "top_logprobs": (True, 0, 20),
 }
-_NAMES_LEFT = frozenset(("logprobs", "top_logprobs", "logit_bias", "response_format"))
+_NAMES_LEFT = frozenset(("logprobs", "top_logprobs", "logit_bias", "response_format", "stream_options"))
 _NAMES = frozenset((*_RANGES, *_NAMES_LEFT))
 _FORMATS = ("text", "json_object", "json_schema")
 _MAX_BIAS = 100
@@ -64,6 +64,13 @@ def check_chat_values(body: JSONObject) -> None:
     response_format = body.get("response_format")
     if response_format is not None:
         _check_format(response_format)
+    if body.get("stream_options") is not None and body.get("stream") is not True:
+        # OpenAI's 400 (its fake's too): another kind would answer what an OpenAI deployment refuses
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
 
 
 # The Completions API's own fields: name -> (integer only, lowest, highest).

@@ -82,3 +82,20 @@ async def test_values_openai_takes_reach_the_provider(
     for fmt in ({"type": "text"}, {"type": "json_object"}):
         resp = await client.post("/v1/chat/completions", json={**CHAT, "response_format": fmt, "seed": None})
         assert resp.status == 200
+
+
+async def test_stream_options_without_stream_is_openais_400(client: TestClient, upstreams: Upstreams) -> None:
+    # OpenAI refuses it (and so does its fake): another kind answered what an OpenAI deployment refused.
+    for extra in ({}, {"stream": False}):
+        resp = await client.post(
+            "/v1/chat/completions", json={**CHAT, **extra, "stream_options": {"include_usage": True}}
+        )
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+        assert (error["param"], error["code"]) == ("stream_options", "invalid_value")
+    assert upstreams.calls == []
+    resp = await client.post(
+        "/v1/chat/completions", json={**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    )
+    assert resp.status == 200
+    await resp.read()
