@@ -44,7 +44,7 @@ from gateway.service.context import ON_BEHALF_OF, CallContext, Route, on_behalf_
 from gateway.service.front_door import FrontDoor
 from gateway.service.grants import memory_access_of
 from gateway.service.limits import check_limits
-from gateway.service.shadow import ShadowTraffic
+from gateway.service.shadow import ShadowTraffic, door_answer
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import check_request
 from gateway.wire.requests import Endpoint, JSONObject
@@ -243,14 +243,13 @@ class RequestService:
                 ctx.limit_ticket.settle_later(*used)
             # Shadow traffic: one attribute check for a group without it (read now: reloads apply)
             group_config = self.router.policy.models.get(routed.group)
-            # (A front door's answer is not chat-shaped: its calls are not mirrored.)
-            if (
-                group_config is not None
-                and group_config.shadow is not None
-                and not ctx.internal
-                and door is None
-            ):
-                self.shadow.offer(routed.group, group_config.shadow, endpoint, body, raw)
+            if group_config is not None and group_config.shadow is not None and not ctx.internal:
+                if door is None:
+                    self.shadow.offer(routed.group, group_config.shadow, endpoint, body, raw)
+                elif self.shadow.draw(group_config.shadow):  # its chat translation, its answer's text
+                    self.shadow.mirror(
+                        routed.group, group_config.shadow, endpoint, body, door_answer(raw), sse=False
+                    )
             return Answer(body=raw)
         except BaseException as error:
             if lead:
@@ -540,7 +539,7 @@ class RequestService:
         self._served(ctx, served)
         group_config = self.router.policy.models.get(routed.group)
         shadow = group_config.shadow if group_config is not None else None
-        if shadow is not None and not ctx.internal and door is None and self.shadow.draw(shadow):
+        if shadow is not None and not ctx.internal and self.shadow.draw(shadow):
             book.mirror = (shadow, endpoint, body)  # sent once the stream has ended
         return Answer(stream=routed.value)
 
@@ -811,7 +810,11 @@ class _StreamBook:
         if self.mirror is not None:
             # The served text is known cheaply only when the stream was captured for the cache.
             shadow, endpoint, body = self.mirror
-            served = bytes(stream.captured) if error is None and stream.captured is not None else None
+            served = (
+                bytes(stream.captured)
+                if error is None and stream.captured is not None and self._door is self._endpoint
+                else None  # (a front door's events are not chat's: its text is not read)
+            )
             service.shadow.mirror(route.group, shadow, endpoint, body, served, sse=True)
         answer: CachedAnswer | None = None
         try:

@@ -18,6 +18,11 @@ gateway's own path, as the semantic cache does). Embeddings answers compare thei
 directly. A stream's served text is known only when the stream was captured for the cache;
 otherwise its mirror records latency, errors and cost only.
 
+A front door's call (``/v1/messages``, ``/v1/responses``) is mirrored as its chat translation,
+the body every deployment kind is asked with through its adapter; a whole answer's text is read
+from the door's own shape (``door_answer``) for the agreement measures, a stream's is not (its
+mirror records latency, errors and cost).
+
 Settings are read at call time through ``router.policy``, so a reload applies to the next request.
 """
 
@@ -375,6 +380,39 @@ def _json_or_none(raw: bytes) -> object:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+
+
+def door_answer(raw: bytes) -> bytes | None:
+    """A front door's whole answer (Anthropic's Messages ``content`` blocks, or a Responses
+    ``output``) as the chat answer its text would be, for the agreement measures; None when it
+    holds no text."""
+    answer = _json_or_none(raw)
+    if not isinstance(answer, dict):
+        return None
+    texts: list[str] = []
+    blocks = answer.get("content")
+    if isinstance(blocks, list):  # Messages
+        texts = [
+            b["text"]
+            for b in blocks
+            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        ]
+    output = answer.get("output")
+    if isinstance(output, list):  # Responses
+        for item in output:
+            parts = item.get("content") if isinstance(item, dict) and item.get("type") == "message" else None
+            for part in parts if isinstance(parts, list) else ():
+                if (
+                    isinstance(part, dict)
+                    and part.get("type") == "output_text"
+                    and isinstance(part.get("text"), str)
+                ):
+                    texts.append(part["text"])
+    if not texts:
+        return None
+    return orjson.dumps(
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(texts)}}]}
+    )
 
 
 def _answer_text(answer: object, endpoint: Endpoint) -> str | None:

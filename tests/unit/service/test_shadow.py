@@ -410,3 +410,35 @@ async def test_shutdown_cancels_mirrors_still_outstanding(
     await client.close()  # the app's cleanup
     assert cancelled.is_set() and shadow.in_flight == 0
     assert figures(client)["in_flight"] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", {"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/responses", {"model": "m", "input": "hi", "store": False}),
+    ],
+)
+async def test_a_front_doors_calls_are_mirrored_as_their_chat_translation(
+    aiohttp_client: ClientFactory, upstreams: Upstreams, path: str, body: dict[str, Any]
+) -> None:
+    client = await gateway(aiohttp_client, upstreams)
+    resp = await client.post(path, json=body)
+    assert resp.status == 200, await resp.text()
+    await shadow_of(client).settle()
+    [mirrored] = upstreams.to("s")  # the candidate got the chat request the served kind got
+    assert mirrored["model"] == "cand" and mirrored["messages"][-1] == {"role": "user", "content": "hi"}
+    agreement = figures(client)["agreement"]  # the door's answer's text against the candidate's
+    assert agreement["compared"] == 1 and agreement["exact_match_rate"] == 1.0
+    upstreams.behaviour["s"] = answering("hello hello")
+    assert (await client.post(path, json=body)).status == 200
+    await shadow_of(client).settle()
+    agreement = figures(client)["agreement"]
+    assert agreement["compared"] == 2 and agreement["exact_match_rate"] == 0.5
+    # A stream through the door is mirrored whole after it ended (latency, errors, cost).
+    resp = await client.post(path, json={**body, "stream": True})
+    assert resp.status == 200 and "llo" in await resp.text()
+    await shadow_of(client).settle()
+    row = figures(client)
+    assert row["ok"] == 3 and row["agreement"]["compared"] == 2
+    assert "stream" not in upstreams.to("s")[-1]
