@@ -26,7 +26,10 @@ _RANGES: dict[str, tuple[bool, float | None, float | None]] = {
     "seed": (True, None, None),
     "top_logprobs": (True, 0, 20),
 }
-_NAMES_LEFT = frozenset(("logprobs", "top_logprobs", "logit_bias", "response_format", "stream_options"))
+_NAMES_LEFT = frozenset(
+    ("logprobs", "top_logprobs", "logit_bias", "response_format", "stream_options", "stop")
+)
+_MAX_STOPS = 4  # "Up to 4 sequences where the API will stop generating further tokens."
 _NAMES = frozenset((*_RANGES, *_NAMES_LEFT))
 _FORMATS = ("text", "json_object", "json_schema")
 _MAX_BIAS = 100
@@ -64,6 +67,7 @@ def check_chat_values(body: JSONObject) -> None:
     response_format = body.get("response_format")
     if response_format is not None:
         _check_format(response_format)
+    _check_stops(body.get("stop"))
     if body.get("stream_options") is not None and body.get("stream") is not True:
         # OpenAI's 400 (its fake's too): another kind would answer what an OpenAI deployment refuses
         raise InvalidRequest(
@@ -82,7 +86,7 @@ _COMPLETION_RANGES: dict[str, tuple[bool, float | None, float | None]] = {
     "logprobs": (True, 0, 5),
     "best_of": (True, 0, 20),
 }
-_COMPLETION_NAMES = frozenset((*_COMPLETION_RANGES, "logit_bias", "echo", "suffix", "stream_options"))
+_COMPLETION_NAMES = frozenset((*_COMPLETION_RANGES, "logit_bias", "echo", "suffix", "stream_options", "stop"))
 
 
 def check_completion_values(body: JSONObject) -> None:
@@ -98,6 +102,7 @@ def check_completion_values(body: JSONObject) -> None:
         value = body.get(name)
         if value is not None and not isinstance(value, kind):
             raise _invalid_type(name, expected, value)
+    _check_stops(body.get("stop"))
     bias = body.get("logit_bias")
     if bias is not None:
         _check_bias(bias)
@@ -214,3 +219,16 @@ def _json_type(value: object) -> str:
     if isinstance(value, str):
         return "a string"
     return "an array" if isinstance(value, list) else "an object" if isinstance(value, dict) else "null"
+
+
+def _check_stops(stop: object) -> None:
+    """More than four stop sequences is OpenAI's 400, whichever kind serves the model (Gemini
+    takes five, Anthropic many: the answer would otherwise depend on the deployment routed to).
+    Their type is checked with the request's head (``wire/requests``)."""
+    if isinstance(stop, list) and len(stop) > _MAX_STOPS:
+        raise InvalidRequest(
+            f"Invalid 'stop': array too long. Expected an array with maximum length {_MAX_STOPS}, "
+            f"but got an array with length {len(stop)} instead.",
+            param="stop",
+            code="array_above_max_length",
+        )

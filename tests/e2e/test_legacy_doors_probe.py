@@ -142,6 +142,7 @@ BAD_COMPLETIONS: dict[str, tuple[dict[str, Any], str]] = {
     "prompt mixing strings and token arrays": ({"prompt": ["a", [1, 2]]}, "prompt"),
     "prompt an empty array": ({"prompt": []}, "prompt"),
     "stop a number": ({"extra_body": {"stop": 5}}, "stop"),
+    "five stop sequences": ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     "user a number": ({"extra_body": {"user": 5}}, "user"),
 }
 

@@ -26,6 +26,7 @@ from tests.unit.service.test_request_path import upstreams as upstreams
         ({"logprobs": "yes"}, "logprobs", "invalid_type"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "integer_above_max_value"),
         ({"top_logprobs": 2}, "top_logprobs", "invalid_value"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "array_above_max_length"),
         ({"logprobs": False, "top_logprobs": 0}, "top_logprobs", "invalid_value"),
         ({"logit_bias": {"1734": 101}}, "logit_bias.1734", "decimal_above_max_value"),
         ({"logit_bias": {"hello": 5}}, "logit_bias", "invalid_value"),
