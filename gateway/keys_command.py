@@ -25,7 +25,7 @@ from gateway.auth.backends import key_store
 from gateway.auth.keyring import KeyRing, KeySettings
 from gateway.auth.records import key_json
 from gateway.errors import GatewayError, StartupError
-from gateway.policy.durations import format_duration, parse_budget_period_s, parse_duration_s
+from gateway.policy.durations import format_duration, parse_budget_period_s, parse_expiry_s
 from gateway.policy.loader import PolicyError, load_policy
 from gateway.policy.model import MAX_RATE
 from gateway.settings import Settings, SettingsError
@@ -56,7 +56,11 @@ def add_arguments(keys: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--budget-period", type=_budget_period, help="the budget's period, e.g. 30d (at least 1s)"
     )
-    create.add_argument("--expires", type=_duration, help="lifetime, e.g. 90d (default: never)")
+    create.add_argument(
+        "--expires",
+        type=_expiry,
+        help="lifetime, e.g. 90d, or a time with its offset, e.g. 2030-01-31T00:00:00Z (default: never)",
+    )
     create.add_argument(
         "--namespaces",
         nargs="+",
@@ -293,9 +297,9 @@ def _budget(text: str) -> float:
     return value
 
 
-def _duration(text: str) -> float:
+def _expiry(text: str) -> float:
     try:
-        return parse_duration_s(text)
+        return parse_expiry_s(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

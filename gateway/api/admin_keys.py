@@ -32,7 +32,7 @@ from gateway.errors import InvalidRequest, quoted
 from gateway.http.auth import require_admin
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
-from gateway.policy.durations import BudgetPeriodS, DurationS
+from gateway.policy.durations import BudgetPeriodS, ExpiresS
 from gateway.policy.model import MAX_RATE
 from gateway.quoting import bounded
 
@@ -60,7 +60,7 @@ class KeyCreateIn(_Strict):
     tpm: int | None = Field(None, ge=1, le=MAX_RATE)
     budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
     budget_period: BudgetPeriodS | None = None
-    expires: DurationS | None = None
+    expires: ExpiresS | None = None  # a lifetime (90d, seconds) or an RFC 3339 time
     namespaces: NamespacesIn | None = None
     name: str | None = None  # its bounds are KeyRing.create's (the CLI's too)
     description: str | None = None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import re
+import time
+from datetime import datetime
 from typing import Annotated
 
 from pydantic import BeforeValidator, Field, WithJsonSchema
@@ -91,6 +93,51 @@ DurationS = Annotated[
             "anyOf": [
                 {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
                 {"type": "string", "pattern": DURATION_PATTERN},
+            ]
+        }
+    ),
+]
+
+
+_TIME = re.compile(r"^\s*\d{4}-\d{2}-\d{2}")  # a date first: an RFC 3339 time, not a duration
+
+
+def parse_expiry_s(value: str | float, now_s: float | None = None) -> float:
+    """A key's ``expires``: a lifetime (``parse_duration_s``: ``90d``, seconds) or an RFC 3339
+    time with its offset (``2030-01-31T00:00:00Z``, ``2030-01-31T09:00:00+01:00``), as seconds
+    from ``now_s`` (the clock's now by default). ValueError saying what is expected otherwise, for
+    a time without an offset (whose zone is anyone's guess) or one that has passed."""
+    if not isinstance(value, str) or not _TIME.match(value):
+        return parse_duration_s(value)
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError("must be a lifetime such as 90d or a time such as 2030-01-31T00:00:00Z") from None
+    if at.tzinfo is None:
+        raise ValueError("must be a time with its offset (Z or +01:00), such as 2030-01-31T00:00:00Z")
+    left = at.timestamp() - (time.time() if now_s is None else now_s)
+    if left <= 0:
+        raise ValueError("must be a time in the future")
+    return _bounded(left, 0.0, "a time in the future")
+
+
+def _expiry(value: object) -> object:
+    if isinstance(value, str | int | float):
+        return parse_expiry_s(value)
+    return value
+
+
+# A key's expiry in seconds from now: a lifetime (DurationS) or an RFC 3339 time.
+ExpiresS = Annotated[
+    float,
+    BeforeValidator(_expiry),
+    Field(gt=0),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
+                {"type": "string", "pattern": DURATION_PATTERN},
+                {"type": "string", "format": "date-time"},
             ]
         }
     ),

@@ -203,3 +203,15 @@ def test_a_key_store_that_cannot_open_stops_serve_in_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sophia-gateway: cannot start: ")
     assert says in lines[0] and "s3cret" not in result.stderr
+
+
+def test_expires_takes_a_lifetime_or_a_time_with_its_offset(workdir: Path) -> None:
+    made = keys_json(
+        workdir, "create", "--policy", "policy.yaml", "--team", "ops", "--expires", "2099-01-31T00:00:00Z"
+    )
+    assert made["expires_at"] == 4073500800  # 2099-01-31T00:00:00Z
+    lifetime = keys_json(workdir, "create", "--policy", "policy.yaml", "--team", "ops", "--expires", "7d")
+    assert lifetime["expires_at"] - lifetime["created_at"] == 7 * 86400
+    for bad in ("2099-01-31T00:00:00", "2001-01-31T00:00:00Z"):  # no offset; passed
+        refused = keys(workdir, "create", "--policy", "policy.yaml", "--team", "ops", "--expires", bad)
+        assert refused.returncode != 0 and "--expires" in refused.stderr, refused.stderr

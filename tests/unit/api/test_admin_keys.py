@@ -4,6 +4,7 @@ shown once, and the keys it issues, revokes and rotates work (or stop working) a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,15 @@ async def test_create_shows_the_secret_once_and_the_key_works(client: TestClient
     assert (await client.get("/v1/models", headers=bearer("sk-sg-" + "x" * 43))).status == 401
 
 
+async def test_expires_may_be_a_time_with_its_offset(client: TestClient) -> None:
+    at = datetime.now(UTC) + timedelta(days=10)
+    for text in (at.strftime("%Y-%m-%dT%H:%M:%SZ"), at.astimezone(timezone(timedelta(hours=2))).isoformat()):
+        resp = await client.post("/admin/keys", json={"team": "ops", "expires": text}, headers=ADMIN)
+        assert resp.status == 201, await resp.text()
+        made = await resp.json()
+        assert abs(made["expires_at"] - at.timestamp()) < 2, (text, made)
+
+
 async def test_the_largest_limits_and_durations_are_kept(client: TestClient) -> None:
     body = {"team": "ops", "rpm": 10**12, "tpm": 10**12, "expires": "36500d", "budget_period": "36500d"}
     resp = await client.post("/admin/keys", json=body, headers=ADMIN)
@@ -141,6 +151,11 @@ async def test_rotate_keeps_settings_and_retires_the_old_secret(client: TestClie
         ({"team": "ops", "tpm": 10**12 + 1}, "tpm"),
         ({"team": "ops", "expires": 2**64}, "expires"),
         ({"team": "ops", "expires": "36501d"}, "expires"),
+        # An expiry time: with its offset, in the future, within 100 years
+        ({"team": "ops", "expires": "2030-01-31T00:00:00"}, "expires"),
+        ({"team": "ops", "expires": "2001-01-31T00:00:00Z"}, "expires"),
+        ({"team": "ops", "expires": "2030-02-31T00:00:00Z"}, "expires"),
+        ({"team": "ops", "expires": "9999-01-01T00:00:00Z"}, "expires"),
         ({"team": "ops", "budget_period": 1e308}, "budget_period"),
         # A terminal escape in a label would run in whoever lists the keys
         ({"team": "ops", "name": "x\x1b[31mred"}, "name"),
