@@ -174,6 +174,10 @@ def _parse(model: type[M], body: dict[str, Any]) -> M:
         param = _param(err["loc"]) or None
         if err["type"] in ("less_than", "greater_than", "finite_number"):  # only Float32 has these
             message = "vector values must be finite float32 numbers (magnitude below 3.4e38)"
+        elif err["type"] == "float_type" and isinstance(err["loc"][-1], int):  # a vector's value
+            message = f"vector values must be finite float32 numbers, got {_json_type(err['input'])}"
+        elif err["type"] in _EXPECTED:
+            message = f"expected {_EXPECTED[err['type']]}, got {_json_type(err['input'])}"
         elif err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
             raise InvalidRequest(
                 f"Unknown field {quoted(param)}. Accepted: {', '.join(model.model_fields)}.", param=param
@@ -181,8 +185,31 @@ def _parse(model: type[M], body: dict[str, Any]) -> M:
         else:
             message = err["msg"].removeprefix("Value error, ")
         raise InvalidRequest(
-            f"Invalid value for '{param}': {message}." if param else f"{message}.", param=param
+            f"Invalid value for '{param}': {message}." if param else f"{message}.",
+            param=param,
+            code="missing_required_parameter" if err["type"] == "missing" else "invalid_value",
         ) from None
+
+
+# The strict models' type errors, said with the JSON type that was sent instead.
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "a boolean",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+}
+
+
+def _json_type(value: object) -> str:
+    """What a client sent, as it wrote it: a literal (``null``, ``true``, ``5.0``) or a type."""
+    if value is None or isinstance(value, bool | int | float):
+        return orjson.dumps(value).decode()[:40]
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _param(loc: tuple[str | int, ...]) -> str:

@@ -225,7 +225,8 @@ def _within(hits: Sequence[Hit], limit: int) -> list[Hit]:
 
 def _spec(body: Mapping[str, Any], headers: Mapping[str, str]) -> ChatMemoryIn:
     raw: object
-    if "memory" in body:
+    strict = "memory" in body  # JSON types as sent; a header's top_k is text to read as a number
+    if strict:
         raw = body["memory"]
     else:
         from_headers: dict[str, object] = {
@@ -235,10 +236,10 @@ def _spec(body: Mapping[str, Any], headers: Mapping[str, str]) -> ChatMemoryIn:
             from_headers["top_k"] = headers[TOP_K_HEADER]
         raw = from_headers
     try:
-        return ChatMemoryIn.model_validate(raw)
+        return ChatMemoryIn.model_validate(raw, strict=strict)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in ("memory", *err["loc"]))
+        where = "memory" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
         raise InvalidRequest(f"Invalid value for '{where}': {err['msg']}.", param=where) from None
 
 

@@ -20,7 +20,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class MemoryIn(_Strict):
+class _StrictJSON(_Strict):
+    """A JSON body's fields: unknown ones refused, and no coercion between JSON types (a number
+    sent as the string ``"0.5"``, ``true`` as 1.0, ``5.0`` as the integer 5 are refused, as
+    OpenAI's API refuses them; lax, pydantic read ``"0.5"`` and ``true`` as numbers, so a client
+    that sent the wrong type never learned of it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+Namespace = Annotated[str, Field(pattern=NAMESPACE_PATTERN)]
+
+
+class MemoryIn(_StrictJSON):
     namespace: str = Field(pattern=NAMESPACE_PATTERN)
     content: str = Field(min_length=1)
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -31,11 +43,11 @@ class MemoryIn(_Strict):
     importance_score: float = Field(0.5, ge=0, le=1)
 
 
-class MemoryBatchIn(_Strict):
+class MemoryBatchIn(_StrictJSON):
     memories: list[MemoryIn] = Field(min_length=1, max_length=1000)
 
 
-class MemoryPatchIn(_Strict):
+class MemoryPatchIn(_StrictJSON):
     content: str | None = Field(None, min_length=1)
     embedding: list[Float32] | None = Field(None, min_length=1)
     metadata: dict[str, Any] | None = None
@@ -44,12 +56,21 @@ class MemoryPatchIn(_Strict):
     importance_score: float | None = Field(None, ge=0, le=1)
     processing_status: Literal["active", "archived"] | None = None
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        """A field sent as ``null`` was read as left out: a client clearing ``data_source`` or
+        ``metadata`` got a 200 and nothing changed. Only fields sent are validated."""
+        if value is None:
+            raise ValueError("null is not a value here; leave the field out to keep what is stored")
+        return value
 
-class MemorySearchIn(_Strict):
+
+class MemorySearchIn(_StrictJSON):
     query: str | None = Field(None, min_length=1)
     vector: list[Float32] | None = Field(None, min_length=1)
     top_k: int = Field(10, ge=1, le=100)
-    namespaces: list[str] | None = Field(None, min_length=1)
+    namespaces: list[Namespace] | None = Field(None, min_length=1)
     data_source: str | None = None
     min_confidence: float | None = Field(None, ge=0, le=1)
     processing_status: Literal["active", "archived"] | None = "active"
@@ -64,7 +85,7 @@ class MemorySearchIn(_Strict):
 class ChatMemoryIn(_Strict):
     """The ``memory`` field of a chat request: which memories to add as context."""
 
-    namespaces: list[Annotated[str, Field(pattern=NAMESPACE_PATTERN)]] = Field(min_length=1)
+    namespaces: list[Namespace] = Field(min_length=1)
     top_k: int = Field(5, ge=1, le=50)
 
 

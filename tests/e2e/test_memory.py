@@ -252,6 +252,67 @@ def test_bad_bodies_are_400_naming_the_field(
     assert gateway.index_vectors() == before  # nothing was written
 
 
+# A careless client's JSON types: pydantic's lax mode read "0.5" and true as numbers, 5.0 and "5" as
+# the integer 5, and a PATCH's null as "leave it": each was a 200 the client never learned was wrong.
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param", "said"),
+    [
+        ("POST", "/v1/memory", {"namespace": "ns", "content": "x", "confidence_score": "0.5"},
+         "confidence_score", "expected a number, got a string"),
+        ("POST", "/v1/memory", {"namespace": "ns", "content": "x", "importance_score": True},
+         "importance_score", "expected a number, got true"),
+        ("POST", "/v1/memory", {"namespace": "ns", "content": "x", "embedding": ["0.5"] * 64},
+         "embedding[0]", "got a string"),
+        ("POST", "/v1/memory", {"memories": [{"namespace": "ns", "content": "x", "embedding": [True] * 64}]},
+         "memories[0].embedding[0]", "got true"),
+        ("POST", "/v1/memory/search", {"query": "x", "top_k": "5"}, "top_k", "expected an integer, got a string"),
+        ("POST", "/v1/memory/search", {"query": "x", "top_k": 5.0}, "top_k", "expected an integer, got 5.0"),
+        ("POST", "/v1/memory/search", {"query": "x", "top_k": True}, "top_k", "got true"),
+        ("POST", "/v1/memory/search", {"query": "x", "min_confidence": "0.5"}, "min_confidence", "a string"),
+        ("POST", "/v1/memory/search", {"vector": ["1"] * 64}, "vector[0]", "float32"),
+        ("POST", "/v1/memory/search", {"query": "x", "namespaces": ["../etc"]}, "namespaces[0]", "pattern"),
+        ("PATCH", "/v1/memory/any", {"content": None}, "content", "null is not a value"),
+        ("PATCH", "/v1/memory/any", {"metadata": None}, "metadata", "null is not a value"),
+        ("PATCH", "/v1/memory/any", {"processing_status": None}, "processing_status", "null is not a value"),
+        ("PATCH", "/v1/memory/any", {"confidence_score": "1"}, "confidence_score", "got a string"),
+        ("POST", "/v1/chat/completions",
+         {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "memory": {"namespaces": ["ns"], "top_k": "3"}},
+         "memory.top_k", "Input should be a valid integer"),
+        ("POST", "/v1/chat/completions",
+         {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "memory": {"namespaces": ["a b"]}},
+         "memory.namespaces[0]", "pattern"),
+    ],
+)  # fmt: skip
+def test_wrong_json_types_are_400_naming_the_field(
+    gateway: Gateway, method: str, path: str, body: dict[str, Any], param: str, said: str
+) -> None:
+    [kept] = gateway.add({"namespace": "types", "content": "stays as it is", "metadata": {"k": 1}})
+    before = gateway.index_vectors()
+    status, err = call(method, gateway.url + path.replace("/any", "/" + kept["id"]), body)
+    assert status == 400, err
+    assert err["error"]["type"] == "invalid_request_error" and err["error"]["param"] == param
+    assert f"'{param}'" in err["error"]["message"] and said in err["error"]["message"], err
+    assert gateway.index_vectors() == before  # nothing was written
+    assert call("GET", f"{gateway.url}/v1/memory/{kept['id']}") == (200, kept)
+
+
+def test_a_chat_s_memory_top_k_header_is_still_read_as_a_number(gateway: Gateway) -> None:
+    gateway.add({"namespace": "hdr", "content": "the header top k is text"})
+    request = urllib.request.Request(
+        gateway.url + "/v1/chat/completions",
+        data=json.dumps(
+            {"model": "chat", "messages": [{"role": "user", "content": "header top k"}]}
+        ).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "x-gateway-memory": "hdr",
+            "x-gateway-memory-top-k": "1",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=20) as resp:
+        assert resp.status == 200 and resp.headers["x-gateway-memory-ids"]
+
+
 # 1e39 overflows float32 (the store packs vectors as float32); "NaN" and "inf" are strings pydantic
 # would read as floats (orjson refuses the NaN / Infinity literals on its own).
 @pytest.mark.parametrize("bad", [1e39, -1e39, 2.0**128, "NaN", "inf", "-Infinity"])

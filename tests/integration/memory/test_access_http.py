@@ -259,5 +259,5 @@ async def test_a_namespace_that_cannot_exist_is_a_400_not_a_search(gw: Gateway, 
     ) as resp:
         assert resp.status == 400, await resp.text()
         error = (await resp.json())["error"]
-        assert error["param"] == "memory.namespaces.0", error
+        assert error["param"] == "memory.namespaces[0]", error
     assert gw.upstream.chats == []
