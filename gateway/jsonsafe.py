@@ -15,6 +15,27 @@ from typing import Any
 
 import orjson
 
+# orjson reads 1,024 levels of nesting but writes only 254; the gateway writes what a client sent
+# again a few levels deeper (cache keys, provider requests, a memory inside a search's answer, an
+# ingest job's document), so client JSON may nest 200 levels.
+MAX_JSON_DEPTH = 200
+
+
+def nests_deeper_than(value: dict[str, Any] | list[Any], limit: int) -> bool:
+    """Whether ``value`` has more than ``limit`` levels of objects and arrays (itself is level 1);
+    walked a level at a time, so no recursion."""
+    level: list[dict[str, Any] | list[Any]] = [value]
+    for _ in range(limit):
+        nested: list[dict[str, Any] | list[Any]] = []
+        for container in level:
+            for child in container.values() if isinstance(container, dict) else container:
+                if type(child) is dict or type(child) is list:
+                    nested.append(child)
+        if not nested:
+            return False
+        level = nested
+    return True
+
 
 def dumps(value: Any, default: Callable[[Any], Any] | None = None, option: int | None = None) -> bytes:
     """``orjson.dumps(value)``; a string holding a lone surrogate is written with it escaped."""

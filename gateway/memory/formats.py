@@ -34,6 +34,8 @@ from typing import Any
 
 import orjson
 
+from gateway.jsonsafe import MAX_JSON_DEPTH, nests_deeper_than
+
 READ_BYTES = 1 << 20
 # A .jsonl line longer than this is refused (one error) rather than held in memory whole.
 MAX_LINE_BYTES = 16 << 20
@@ -308,6 +310,13 @@ def read_jsonl(path: str, fields: FieldOptions) -> Iterator[Item]:
                 continue
             if not isinstance(values, dict):
                 yield Problem(where, "not a JSON object", position)
+                continue
+            # orjson reads 1,024 levels and writes 254: a line between failed the whole job when
+            # its chunk was measured (or stored). Only a line with that many brackets can nest so.
+            if line.count(b"{") + line.count(b"[") > MAX_JSON_DEPTH and nests_deeper_than(
+                values, MAX_JSON_DEPTH
+            ):
+                yield Problem(where, f"nests JSON deeper than {MAX_JSON_DEPTH} levels", position)
                 continue
             record = _record(values, fields)
             if isinstance(record, str):

@@ -8,11 +8,8 @@ import orjson
 from pydantic import ValidationError
 
 from gateway.errors import InvalidRequest
+from gateway.jsonsafe import MAX_JSON_DEPTH, nests_deeper_than
 from gateway.wire.requests import HEADS, Endpoint, H, JSONObject
-
-# orjson reads 1,024 levels of nesting but writes only 254; the gateway re-serialises a body one
-# or two levels deeper than the client sent it (cache keys, provider requests), so it accepts 200.
-MAX_JSON_DEPTH = 200
 
 
 def parse_body(raw: bytes) -> JSONObject:
@@ -32,7 +29,7 @@ def parse_body(raw: bytes) -> JSONObject:
     if (
         len(raw) > MAX_JSON_DEPTH
         and raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH
-        and _nests_deeper_than(body, MAX_JSON_DEPTH)
+        and nests_deeper_than(body, MAX_JSON_DEPTH)
     ):
         raise _too_deep()
     return body
@@ -43,22 +40,6 @@ def _too_deep() -> InvalidRequest:
         f"Request body nests JSON deeper than the gateway's limit of {MAX_JSON_DEPTH} levels.",
         code="json_too_deep",
     )
-
-
-def _nests_deeper_than(value: JSONObject, limit: int) -> bool:
-    """Whether ``value`` has more than ``limit`` levels of objects and arrays (itself is level 1);
-    walked a level at a time, so no recursion."""
-    level: list[dict[str, Any] | list[Any]] = [value]
-    for _ in range(limit):
-        nested: list[dict[str, Any] | list[Any]] = []
-        for container in level:
-            for child in container.values() if isinstance(container, dict) else container:
-                if type(child) is dict or type(child) is list:
-                    nested.append(child)
-        if not nested:
-            return False
-        level = nested
-    return True
 
 
 def check_request(endpoint: Endpoint, body: JSONObject) -> tuple[str, bool]:

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.jsonsafe import MAX_JSON_DEPTH, nests_deeper_than
+
 NAMESPACE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a memory namespace (also what a key may be granted)
 
 # Vectors are stored and indexed as float32: a value must round to a finite float32 (magnitude
@@ -121,7 +123,13 @@ class MemoryFileIn(_Strict):
         """The ``metadata`` form field is JSON text (an error names the field)."""
         if isinstance(value, str):
             try:
-                return orjson.loads(value)
-            except orjson.JSONDecodeError:
-                raise ValueError("must be a JSON object (not valid JSON)") from None
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                if not exc.msg.startswith("depth limit exceeded"):
+                    raise ValueError("must be a JSON object (not valid JSON)") from None
+                value = None
+            # Every chunk's metadata and the job's saved document hold it a few levels deeper,
+            # and orjson writes 254 levels at most: deeper, the job's first save was a 500.
+            if value is None or (isinstance(value, dict) and nests_deeper_than(value, MAX_JSON_DEPTH)):
+                raise ValueError(f"must nest at most {MAX_JSON_DEPTH} levels of objects and arrays")
         return value

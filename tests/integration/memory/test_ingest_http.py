@@ -282,6 +282,37 @@ async def test_jsonl_and_csv_take_their_text_and_metadata_fields_and_count_bad_l
     assert hit["metadata"]["source"] == "book" and hit["metadata"]["year"] == "1999"
 
 
+@pytest.mark.parametrize("levels", [255, 400, 1100])
+async def test_metadata_nested_past_what_json_can_be_written_again_is_a_400(
+    sqlite_gw: Gateway, tmp_path: Path, levels: int
+) -> None:
+    """orjson reads 1,024 levels and writes 254: upload metadata nested between was accepted and
+    the job's first save raised (a 500 for the upload, the file left as a job that never ran)."""
+    deep = '{"a":' * levels + "1" + "}" * levels
+    status, body = await sqlite_gw.upload("a.txt", paragraphs(2), metadata=deep)
+    assert status == 400, body
+    assert body["error"]["param"] == "metadata" and "at most 200 levels" in body["error"]["message"]
+    assert list((tmp_path / "spool").iterdir()) == []
+    status, listed = await sqlite_gw.call("GET", "/v1/memory/jobs")
+    assert status == 200 and listed["data"] == []
+    fine = '{"a":' * 199 + "1" + "}" * 199
+    assert (await sqlite_gw.ingest("b.txt", paragraphs(2), metadata=fine))["status"] == "done"
+
+
+async def test_a_jsonl_line_nested_past_what_json_can_be_written_again_is_one_error(
+    sqlite_gw: Gateway,
+) -> None:
+    """Such a line failed the whole job ("internal error") when its chunk's metadata was measured;
+    now it is one line's error, as a line that is not JSON is, and the job goes on."""
+    deep = '{"text": "deep line", "m": ' + '{"a":' * 300 + "1" + "}" * 300 + "}"
+    lines = ['{"text": "first line"}', deep, '{"text": "third line", "m": {"b": [1, [2]]}}']
+    job = await sqlite_gw.ingest("d.jsonl", "\n".join(lines).encode())
+    assert job["status"] == "done" and job["memories_created"] == 2, job
+    assert job["errors"] == [{"where": "line 2", "message": "nests JSON deeper than 200 levels"}]
+    hit = (await sqlite_gw.search("third line"))[0]["memory"]
+    assert hit["metadata"]["m"] == {"b": [1, [2]]}
+
+
 async def test_a_csv_row_over_a_mebibyte_is_one_error_and_the_rows_after_it_are_stored(
     sqlite_gw: Gateway,
 ) -> None:
