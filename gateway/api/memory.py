@@ -13,6 +13,7 @@ from gateway.errors import InvalidRequest, ServiceUnavailable, quoted
 from gateway.http.auth import authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
+from gateway.memory.access import MemoryAccess
 from gateway.memory.jobs import INGEST_ID_PREFIX
 from gateway.memory.records import Memory, MemoryFilter, MemoryPatch
 from gateway.memory.service import MemoryService, NewMemory
@@ -30,7 +31,8 @@ async def create(request: web.Request) -> web.Response:
     body = await read_json(request)
     batch = "memories" in body
     items = _parse(MemoryBatchIn, body).memories if batch else [_parse(MemoryIn, body)]
-    await _check_new_ids(_service(request), items, batch)  # before anything is embedded (and paid)
+    _check_new(_service(request), items, batch, access)  # before anything is embedded (and paid)
+    await _check_new_ids(_service(request), items, batch)
     with on_behalf_of(caller, admit=True, record=request[keys.REQUEST_CALL]):  # its texts pass the limits
         created = await _service(request).add([_new(i) for i in items], access)
     return json_response(
@@ -81,6 +83,19 @@ async def search(request: web.Request) -> web.Response:
         hits = await _service(request).search(q.query, q.vector, q.top_k, where, access)
     data = [{"score": round(h.score, 6), "memory": memory_json(h.memory, with_embedding=False)} for h in hits]
     return json_response(orjson.dumps({"object": "list", "data": data}))
+
+
+def _check_new(
+    service: MemoryService, items: list[MemoryIn], batch: bool, access: MemoryAccess | None
+) -> None:
+    """Each item's namespace grant and vector size, refused naming the item as written
+    (``memories[2].namespace``, ``memories[2].embedding``); the service checks again."""
+    where = [f"memories[{k}]." if batch else "" for k in range(len(items))]
+    if access is not None:
+        for k, item in enumerate(items):
+            access.check_write(item.namespace, f"{where[k]}namespace")
+    given = [(f"{where[k]}embedding", i.embedding) for k, i in enumerate(items) if i.embedding is not None]
+    service.check_dimensions([vector for _, vector in given], [param for param, _ in given])
 
 
 async def _check_new_ids(service: MemoryService, items: list[MemoryIn], batch: bool) -> None:

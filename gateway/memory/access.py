@@ -57,22 +57,24 @@ class MemoryAccess:
             return self.write is None or namespace in self.write
         return self.write is not None and namespace in self.write
 
-    def check_read(self, namespaces: list[str] | tuple[str, ...]) -> None:
-        """Raise ``PermissionDenied`` for the first namespace this caller may not read."""
-        for namespace in namespaces:
+    def check_read(self, namespaces: list[str] | tuple[str, ...], param: str = "namespaces") -> None:
+        """Raise ``PermissionDenied`` for the first namespace this caller may not read, naming
+        it as the client wrote it (``namespaces[1]``)."""
+        for k, namespace in enumerate(namespaces):
             if self.read is not None and namespace not in self.read:
                 raise PermissionDenied(
                     f"This API key may not read memory namespace '{namespace}'.",
-                    param="namespaces",
+                    param=f"{param}[{k}]",
                     code="namespace_not_granted",
                 )
 
-    def check_write(self, namespace: str) -> None:
-        """Raise ``PermissionDenied`` when this caller may not write in ``namespace``."""
+    def check_write(self, namespace: str, param: str = "namespace") -> None:
+        """Raise ``PermissionDenied`` when this caller may not write in ``namespace`` (``param``:
+        the field as the client wrote it, ``memories[2].namespace`` in a batch)."""
         if self.write is not None and namespace not in self.write:
             raise PermissionDenied(
                 f"This API key may not write memory namespace '{namespace}'.",
-                param="namespace",
+                param=param,
                 code="namespace_not_granted",
             )
 

@@ -323,7 +323,7 @@ class MemoryService:
                 return []
         owner = access.team if access is not None else None
         vectors = await self._vectors_for([i.content for i in items if i.embedding is None])
-        self._check_dimensions([*vectors, *(i.embedding for i in items if i.embedding is not None)])
+        self.check_dimensions([*vectors, *(i.embedding for i in items if i.embedding is not None)])
         supplied = iter(vectors)
         memories = []
         for item in items:
@@ -399,7 +399,7 @@ class MemoryService:
             vector = (await self._vectors_for([patch.content]))[0]
             patch = replace(patch, embedding=tuple(vector))
         if patch.embedding is not None:
-            self._check_dimensions([patch.embedding])
+            self.check_dimensions([patch.embedding])
         with self.writing():
             updated = await self.store.update(memory_id, patch)
             if updated is None:
@@ -450,6 +450,7 @@ class MemoryService:
         access: MemoryAccess | None = None,
         *,
         accessed: bool = True,
+        namespaces_param: str = "namespaces",
     ) -> list[Hit]:
         """The ``top_k`` memories closest to the query (text or vector) that pass ``where``,
         counted as accessed unless not ``accessed`` (the caller counts those it uses:
@@ -457,15 +458,18 @@ class MemoryService:
 
         With ``access``, every namespace named must be readable (else ``PermissionDenied``) and
         only the partitions it may see are searched: owners filter inside the index query, so
-        other teams' memories neither take top_k places nor show in any count."""
+        other teams' memories neither take top_k places nor show in any count.
+        ``namespaces_param``: the field naming the namespaces, as the client wrote it."""
         if vector is None and not query:
             raise InvalidRequest("Give 'query' (text) or 'vector'.", param="query")
         started = time.perf_counter()
         if self._follow:
             await self.catch_up()
         if access is not None and where.namespaces:
-            access.check_read(list(where.namespaces))
-        if vector is None:
+            access.check_read(list(where.namespaces), namespaces_param)
+        if vector is not None:
+            self.check_dimensions([vector], ["vector"])
+        else:
             vector = (await self._vectors_for([query or ""]))[0]
         partitions = self._partitions(where.namespaces, access)
         namespaces = frozenset(split_partition(p)[0] for p in partitions)
@@ -630,7 +634,13 @@ class MemoryService:
         """Memories to add to a chat request about ``prompt`` (only those ``access`` may read),
         best first; not counted as accessed: the caller records those it sends (``record_access``)."""
         return await self.search(
-            prompt, None, top_k, MemoryFilter(namespaces=namespaces), access, accessed=False
+            prompt,
+            None,
+            top_k,
+            MemoryFilter(namespaces=namespaces),
+            access,
+            accessed=False,
+            namespaces_param="memory.namespaces",
         )
 
     # ----- access counts, batched
@@ -716,15 +726,17 @@ class MemoryService:
             )
         return await self._embed(model, texts)
 
-    def _check_dimensions(self, vectors: Sequence[Sequence[float]]) -> None:
-        """Refuse vectors the index cannot hold, before anything is written."""
+    def check_dimensions(self, vectors: Sequence[Sequence[float]], params: Sequence[str] = ()) -> None:
+        """Refuse vectors the index cannot hold, before anything is written (or embedded);
+        ``params[k]`` names vector ``k`` as the client wrote it (default ``embedding``)."""
         expected = self.index.ndim or (len(vectors[0]) if vectors else None)
-        for vector in vectors:
+        for k, vector in enumerate(vectors):
             if len(vector) != expected:
+                param = params[k] if k < len(params) else "embedding"
                 raise InvalidRequest(
-                    f"Embedding has {len(vector)} dimensions; this memory holds {expected}-dimensional "
-                    "vectors (one embedding model for all memories).",
-                    param="embedding",
+                    f"Invalid value for '{param}': {len(vector)} dimensions; this memory holds "
+                    f"{expected}-dimensional vectors (one embedding model for all memories).",
+                    param=param,
                 )
 
     async def _index_add(

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:
 ALPHA = "sk-sg-alpha000000000000000000000000000000000"  # unrestricted: its own memories anywhere
 BETA = "sk-sg-beta0000000000000000000000000000000000"  # unrestricted, another team
 BETA_READER = "sk-sg-betareader000000000000000000000000000"  # beta, granted read on team_notes
+BETA_WRITER = "sk-sg-betawriter000000000000000000000000000"  # beta, granted read and write on team_notes
 X = "team_notes"
 DIM = 8
 
@@ -59,11 +60,13 @@ def vector_for(text: str) -> list[float]:
 @dataclass
 class Upstream:
     chats: list[dict[str, Any]] = field(default_factory=list)
+    embedded: list[str] = field(default_factory=list)
 
     def __call__(self, request: UpstreamRequest) -> MockResponse:
         body = orjson.loads(request.body)
         if "input" in body:
             texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            self.embedded.extend(texts)
             data = [
                 {"object": "embedding", "index": i, "embedding": vector_for(t)} for i, t in enumerate(texts)
             ]
@@ -81,6 +84,9 @@ class KeyRing:
         BETA: Caller("key_beta", "beta"),
         BETA_READER: Caller(
             "key_beta_reader", "beta", read_namespaces=frozenset({X}), write_namespaces=frozenset()
+        ),
+        BETA_WRITER: Caller(
+            "key_beta_writer", "beta", read_namespaces=frozenset({X}), write_namespaces=frozenset({X})
         ),
     }
 
@@ -236,6 +242,48 @@ async def test_a_read_grant_reads_and_searches_but_cannot_write(gw: Gateway) -> 
         BETA_READER, "POST", "/v1/memory/search", {"query": "x", "namespaces": ["hr"]}
     )
     assert (status, err["error"]["type"]) == (403, "permission_error")
+
+
+async def test_a_refusal_names_the_item_or_namespace_as_the_client_wrote_it(gw: Gateway) -> None:
+    """A batch's refusals said 'namespace' or 'embedding' whichever item it was, a search's
+    'namespaces' whichever name; and a batch whose second vector had the wrong size embedded
+    the first item's text (paid) before refusing it."""
+    await write_alpha_secret(gw)  # the index now holds DIM-dimensional vectors
+    batch = {"memories": [{"namespace": X, "content": "fine"}, {"namespace": "hr", "content": "not granted"}]}
+    status, err = await gw.call(BETA_WRITER, "POST", "/v1/memory", batch)
+    assert status == 403 and err["error"]["param"] == "memories[1].namespace", err
+    status, err = await gw.call(BETA_WRITER, "POST", "/v1/memory", batch["memories"][1])
+    assert status == 403 and err["error"]["param"] == "namespace", err
+    embedded = len(gw.upstream.embedded)
+    batch = {
+        "memories": [
+            {"namespace": X, "content": "to embed"},
+            {"namespace": X, "content": "x", "embedding": [1.0] * 3},
+        ]
+    }
+    status, err = await gw.call(BETA_WRITER, "POST", "/v1/memory", batch)
+    assert status == 400 and err["error"]["param"] == "memories[1].embedding", err
+    assert "'memories[1].embedding': 3 dimensions" in err["error"]["message"]
+    assert len(gw.upstream.embedded) == embedded  # refused before the first item's text was embedded
+    status, found = await gw.call(
+        BETA_WRITER, "POST", "/v1/memory/search", {"query": "fine to embed", "namespaces": [X]}
+    )
+    assert status == 200 and {h["memory"]["content"] for h in found["data"]} == {
+        "Alpha's launch date is 3 May"
+    }
+    status, err = await gw.call(BETA_WRITER, "POST", "/v1/memory/search", {"vector": [1.0] * 3})
+    assert status == 400 and err["error"]["param"] == "vector", err
+    status, err = await gw.call(
+        BETA_READER, "POST", "/v1/memory/search", {"query": "x", "namespaces": [X, "hr"]}
+    )
+    assert status == 403 and err["error"]["param"] == "namespaces[1]", err
+    chat = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "launch?"}],
+        "memory": {"namespaces": [X, "hr"]},
+    }
+    status, err = await gw.call(BETA_READER, "POST", "/v1/chat/completions", chat)
+    assert status == 403 and err["error"]["param"] == "memory.namespaces[1]", err
 
 
 async def test_open_mode_is_unchanged(tmp_path: Path, store_env: tuple[str | None, dict[str, str]]) -> None:
