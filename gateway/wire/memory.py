@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from array import array
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.jsonsafe import MAX_JSON_DEPTH, nests_deeper_than
 
@@ -16,6 +17,18 @@ NAMESPACE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a memory namespace (also what a
 # (orjson refuses the literals, but pydantic would read the strings "NaN" and "inf").
 FLOAT32_LIMIT = 2.0**128 - 2.0**103
 Float32 = Annotated[float, Field(allow_inf_nan=False, gt=-FLOAT32_LIMIT, lt=FLOAT32_LIMIT)]
+
+
+def _has_direction(vector: list[float]) -> list[float]:
+    """Memories are compared by cosine, the angle between vectors: a vector of zeros has none.
+    Stored, it scored 1.0 against any other zero vector and 0.0 against the rest; searched
+    with, it answered the zero vectors first with score 1.0."""
+    if not any(array("f", vector)):  # as stored: 1e-50 is 0 in float32
+        raise ValueError("a vector of zeros has no direction to compare by cosine similarity")
+    return vector
+
+
+Vector = Annotated[list[Float32], Field(min_length=1), AfterValidator(_has_direction)]
 
 
 class _Strict(BaseModel):
@@ -38,7 +51,7 @@ class MemoryIn(_StrictJSON):
     namespace: str = Field(pattern=NAMESPACE_PATTERN)
     content: str = Field(min_length=1)
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
-    embedding: list[Float32] | None = Field(None, min_length=1)
+    embedding: Vector | None = None
     metadata: dict[str, Any] | None = None
     data_source: str | None = None
     confidence_score: float = Field(1.0, ge=0, le=1)
@@ -51,7 +64,7 @@ class MemoryBatchIn(_StrictJSON):
 
 class MemoryPatchIn(_StrictJSON):
     content: str | None = Field(None, min_length=1)
-    embedding: list[Float32] | None = Field(None, min_length=1)
+    embedding: Vector | None = None
     metadata: dict[str, Any] | None = None
     data_source: str | None = None
     confidence_score: float | None = Field(None, ge=0, le=1)
@@ -70,7 +83,7 @@ class MemoryPatchIn(_StrictJSON):
 
 class MemorySearchIn(_StrictJSON):
     query: str | None = Field(None, min_length=1)
-    vector: list[Float32] | None = Field(None, min_length=1)
+    vector: Vector | None = None
     top_k: int = Field(10, ge=1, le=100)
     namespaces: list[Namespace] | None = Field(None, min_length=1)
     data_source: str | None = None

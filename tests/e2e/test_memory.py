@@ -346,6 +346,30 @@ def test_vector_values_beyond_float32_are_400_before_any_write(gateway: Gateway,
     assert status == 200 and patched["embedding"][3] == edge[3]
 
 
+@pytest.mark.parametrize("zero", [0.0, -0.0, 1e-50])  # 1e-50 is 0 as a float32
+def test_a_vector_of_zeros_is_400_before_any_write(gateway: Gateway, zero: float) -> None:
+    """Memories are compared by cosine: a zero vector has no direction. It was stored, scored 1.0
+    against every other zero vector, and a search by it answered those first with score 1.0."""
+    [kept] = gateway.add({"namespace": "zeros", "content": "kept as it was", "embedding": [0.5] * 64})
+    before = gateway.index_vectors()
+    one = {"namespace": "zeros", "id": "zeros-new", "content": "x", "embedding": [zero] * 64}
+    cases = [
+        ("POST", "/v1/memory", one, "embedding"),
+        ("POST", "/v1/memory", {"memories": [{**one, "id": "zeros-a", "embedding": [0.5] * 64}, one]},
+         "memories[1].embedding"),
+        ("PATCH", f"/v1/memory/{kept['id']}", {"embedding": [zero] * 64}, "embedding"),
+        ("POST", "/v1/memory/search", {"vector": [zero] * 64}, "vector"),
+    ]  # fmt: skip
+    for method, path, body, param in cases:
+        status, err = call(method, gateway.url + path, body)
+        assert status == 400, (method, path, err)
+        assert err["error"]["param"] == param and "no direction" in err["error"]["message"], err
+    for new_id in ("zeros-new", "zeros-a"):
+        assert call("GET", f"{gateway.url}/v1/memory/{new_id}")[0] == 404
+    assert call("GET", f"{gateway.url}/v1/memory/{kept['id']}") == (200, kept)
+    assert gateway.index_vectors() == before
+
+
 def test_bodies_that_are_not_memory_json_are_400(gateway: Gateway) -> None:
     status, err = call("POST", gateway.url + "/v1/memory", raw=b"{not json")
     assert status == 400 and err["error"]["type"] == "invalid_request_error"
