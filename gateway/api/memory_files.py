@@ -8,7 +8,7 @@ from aiohttp import web
 from gateway import keys
 from gateway.api.memory import _parse
 from gateway.auth.identity import Caller
-from gateway.errors import GatewayError, InvalidRequest, ServiceUnavailable
+from gateway.errors import GatewayError, InvalidRequest, ServiceUnavailable, quoted
 from gateway.http.auth import authenticate
 from gateway.http.middleware import add_gateway_headers
 from gateway.http.responses import json_response
@@ -121,7 +121,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 async def cancel_job(request: web.Request) -> web.Response:
     """``DELETE /v1/memory/jobs/{id}[?purge=true]``: stop it; ``purge`` deletes what it stored."""
     access = memory_access_of(await authenticate(request))
-    purge = request.query.get("purge", "false").lower() in ("1", "true", "yes")
+    purge = _flag(request.query.get("purge", "false"), "purge")
     job = await _ingest(request).cancel(request.match_info["id"], access, purge=purge)
     return json_response(orjson.dumps(job.to_json()))
 
@@ -147,6 +147,17 @@ async def _admit(request: web.Request, caller: Caller | None) -> None:
     await request.app[keys.LIMITS].admit(Endpoint.EMBEDDINGS, "", {"input": ""}, ctx)
     if ctx.limit_ticket is not None:
         ctx.limit_ticket.settle_later(0, 0, 0.0)
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _flag(text: str, param: str) -> bool:
+    """A boolean query parameter; anything else is a 400 (``purge=ture`` was read as false: the
+    job was cancelled and its memories, which the client asked to delete, kept)."""
+    if text.lower() in _TRUE or text.lower() in _FALSE:
+        return text.lower() in _TRUE
+    raise InvalidRequest(f"'{param}' must be true or false (got {quoted(text)}).", param=param)
 
 
 def _int(text: str, param: str) -> int:

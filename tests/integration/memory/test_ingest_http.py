@@ -770,6 +770,24 @@ async def test_cancel_keeps_what_was_stored_and_purge_removes_it(tmp_path: Path)
         assert gw.count() == 0
 
 
+@pytest.mark.parametrize("purge", ["ture", "maybe", "", "2"])
+async def test_a_purge_that_is_not_a_boolean_is_a_400_and_cancels_nothing(
+    sqlite_gw: Gateway, purge: str
+) -> None:
+    """``purge=ture`` was read as false: a 200, and the memories the client asked to delete were
+    kept (a running job cancelled, a finished one left as it was)."""
+    job = await sqlite_gw.ingest("a.txt", paragraphs(3))
+    kept = sqlite_gw.count()
+    status, body = await sqlite_gw.call("DELETE", f"/v1/memory/jobs/{job['id']}?purge={purge}")
+    assert status == 400 and body["error"]["param"] == "purge", body
+    assert "true or false" in body["error"]["message"]
+    assert sqlite_gw.count() == kept and (await sqlite_gw.wait(job["id"]))["warnings"] == job["warnings"]
+    for spelled in ("TRUE", "1", "yes"):  # as before
+        status, body = await sqlite_gw.call("DELETE", f"/v1/memory/jobs/{job['id']}?purge={spelled}")
+        assert status == 200, body
+    assert sqlite_gw.count() == 0
+
+
 async def test_a_job_cut_by_a_restart_is_reported_and_continues_after_its_last_stored_batch(
     tmp_path: Path,
 ) -> None:
