@@ -288,9 +288,10 @@ class UnsupportedMediaType(GatewayError):
     status = 415
     error_type = "invalid_request_error"
 
-    def __init__(self, given: str, message: str | None = None) -> None:
+    def __init__(self, given: str, message: str | None = None, param: str | None = None) -> None:
         super().__init__(
             message or f"Content-Type must be application/json (got '{given or 'none'}').",
+            param=param,
             code="unsupported_media_type",
         )
 

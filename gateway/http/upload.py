@@ -35,6 +35,7 @@ from gateway.wire.memory import MemoryFileIn
 
 T = TypeVar("T")
 
+_FILENAME_MAX_CHARS = 255  # a file system's longest name (NAME_MAX)
 _FIELD_MAX_BYTES = 64 * 1024  # a form field other than the file (metadata JSON included)
 _FORM_OVERHEAD = 1 << 20  # the fields and multipart framing a declared length may add to the file
 # The form's fields: each known name once, so the fields held while the form is read stay under
@@ -100,11 +101,14 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
             # A name's bytes that are not UTF-8 arrive as surrogates: shown as U+FFFD from here on
             # (the job, its memories' metadata and every message name the file).
             filename = part.filename.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            if len(filename) > _FILENAME_MAX_CHARS:  # copied into every chunk's metadata
+                raise InvalidRequest(
+                    f"The file's name is {len(filename)} characters; at most {_FILENAME_MAX_CHARS}.",
+                    param="file",
+                )
             fmt = format_of(filename, fields.get("format"))
             if fmt is None:
-                raise UnsupportedMediaType(
-                    filename, f"Cannot read '{filename}': supported file types are {supported()}."
-                )
+                raise _unsupported(filename, fields.get("format"))
             if "namespace" in fields:  # before reading the file: a refusal costs nothing
                 ingest.check_writable(fields["namespace"], access)
             try:
@@ -113,6 +117,11 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
                 raise _too_large(limit) from None
         if found is not None and "namespace" in fields:  # a namespace sent after the file
             ingest.check_writable(fields["namespace"], access)
+        if found is not None and "format" in fields:  # sent after the file, it was ignored
+            fmt = format_of(found[1].file, fields["format"])
+            if fmt is None:
+                raise _unsupported(found[1].file, fields["format"])
+            found = fmt, found[1]
     except BaseException:
         if found is not None:  # refused after the file was spooled: it will not become a job
             await asyncio.shield(ingest.discard(found[1]))
@@ -120,6 +129,18 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
     if found is None:
         raise InvalidRequest("The form has no 'file' part.", param="file")
     return Upload(fields, found[0], found[1])
+
+
+def _unsupported(filename: str, given: str | None) -> UnsupportedMediaType:
+    """The 415 for a file of a type the gateway cannot read, naming the ``format`` field when
+    that is what chose it."""
+    if given:
+        return UnsupportedMediaType(
+            given, f"Cannot read format {quoted(given)}: supported are {supported()}.", param="format"
+        )
+    return UnsupportedMediaType(
+        filename, f"Cannot read '{filename}': supported file types are {supported()}."
+    )
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

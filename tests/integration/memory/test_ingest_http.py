@@ -501,6 +501,47 @@ async def test_bad_form_fields_are_400_and_leave_nothing_spooled(sqlite_gw: Gate
     assert list((tmp_path / "spool").iterdir()) == []
 
 
+async def post_form(gw: Gateway, parts: list[tuple[str, str | bytes, str | None]]) -> tuple[int, Any]:
+    """A form of ``(name, value, filename)`` parts in this order."""
+    form = aiohttp.FormData()
+    for name, value, filename in parts:
+        form.add_field(name, value, filename=filename, content_type="application/octet-stream")
+    async with gw.client.post("/v1/memory/files", data=form) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_a_format_sent_after_the_file_is_the_jobs_format(sqlite_gw: Gateway, tmp_path: Path) -> None:
+    """The file's format was chosen when its part arrived: a ``format`` field after it was
+    accepted and ignored, so a .txt of JSON lines asked to be read as jsonl became one text."""
+    lines = b'{"text": "first record"}\n{"text": "second record"}\n'
+    status, job = await post_form(
+        sqlite_gw, [("namespace", "docs", None), ("file", lines, "x.txt"), ("format", "jsonl", None)]
+    )
+    assert status == 202 and job["format"] == "jsonl", job
+    job = await sqlite_gw.wait(job["id"])
+    assert job["status"] == "done" and job["memories_created"] == 2, job
+    status, body = await post_form(
+        sqlite_gw, [("namespace", "docs", None), ("file", lines, "y.txt"), ("format", "docx", None)]
+    )
+    assert status == 415 and body["error"]["param"] == "format", body
+    status, body = await post_form(
+        sqlite_gw, [("namespace", "docs", None), ("format", "docx", None), ("file", lines, "y.txt")]
+    )
+    assert status == 415 and body["error"]["param"] == "format", body
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+async def test_a_file_name_longer_than_a_file_system_allows_is_a_400(
+    sqlite_gw: Gateway, tmp_path: Path
+) -> None:
+    """A name of 100,000 characters was kept whole in the job and copied into every chunk's metadata."""
+    status, body = await sqlite_gw.upload("n" * 252 + ".txt", b"hello")
+    assert status == 400 and body["error"]["param"] == "file" and "256 characters" in body["error"]["message"]
+    assert list((tmp_path / "spool").iterdir()) == []
+    job = await sqlite_gw.ingest("n" * 251 + ".txt", b"hello")
+    assert job["status"] == "done" and job["file"] == "n" * 251 + ".txt"
+
+
 async def test_a_namespace_the_key_may_not_write_is_403_before_the_file_is_read(tmp_path: Path) -> None:
     async for gw in open_gateway(tmp_path, extra="auth: {mode: keys}\n", key=WRITER):
         status, body = await gw.upload("a.txt", paragraphs(5), namespace="secrets")
