@@ -115,6 +115,15 @@ async def _check_new_ids(service: MemoryService, items: list[MemoryIn], batch: b
                 param=f"memories[{k}].id" if batch else "id",
                 code="invalid_value",
             )
+        if item.id in _PATH_WORDS:
+            # GET /v1/memory/jobs lists jobs, so a memory 'jobs' was written and never read
+            # again; '.' and '..' are dot segments that URL clients remove before sending.
+            raise InvalidRequest(
+                f"The id '{item.id}' cannot be a memory's: /v1/memory/{item.id} is another "
+                "endpoint or a path segment clients rewrite; choose another id.",
+                param=f"memories[{k}].id" if batch else "id",
+                code="invalid_value",
+            )
         if item.id in given:
             raise InvalidRequest(
                 f"The id '{item.id}' appears twice in the batch.",
@@ -132,6 +141,9 @@ async def _check_new_ids(service: MemoryService, items: list[MemoryIn], batch: b
             param=f"memories[{given[first]}].id" if batch else "id",
             code="memory_exists",
         )
+
+
+_PATH_WORDS = frozenset({".", "..", "jobs", "search", "files"})
 
 
 def memory_json(memory: Memory, *, with_embedding: bool = True) -> dict[str, Any]:

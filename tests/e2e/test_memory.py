@@ -252,6 +252,21 @@ def test_bad_bodies_are_400_naming_the_field(
     assert gateway.index_vectors() == before  # nothing was written
 
 
+@pytest.mark.parametrize("taken", [".", "..", "jobs", "search", "files"])
+def test_an_id_that_is_a_path_of_the_api_is_400(gateway: Gateway, taken: str) -> None:
+    """A memory 'jobs' was created (201) and never read again: GET /v1/memory/jobs lists jobs.
+    '.' and '..' are dot segments URL clients remove (GET /v1/memory/.. is GET /v1/)."""
+    for body, param in (
+        ({"namespace": "ids", "content": "x", "id": taken}, "id"),
+        ({"memories": [{"namespace": "ids", "content": "x"}, {"namespace": "ids", "content": "y", "id": taken}]},
+         "memories[1].id"),
+    ):  # fmt: skip
+        before = gateway.index_vectors()
+        status, err = call("POST", gateway.url + "/v1/memory", body)
+        assert status == 400 and err["error"]["param"] == param, err
+        assert err["error"]["code"] == "invalid_value" and gateway.index_vectors() == before
+
+
 # A careless client's JSON types: pydantic's lax mode read "0.5" and true as numbers, 5.0 and "5" as
 # the integer 5, and a PATCH's null as "leave it": each was a 200 the client never learned was wrong.
 @pytest.mark.parametrize(
