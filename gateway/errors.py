@@ -22,6 +22,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     │   └── ModelNotFound          404     invalid_request_error   no     code=model_not_found
     ├── MethodNotAllowed           405     invalid_request_error   no
     ├── RequestTimeout             408     invalid_request_error   no     code=request_timeout; body sent too slowly
+    ├── Conflict                   409     invalid_request_error   no     code=row_version_conflict; changed since read
     ├── PayloadTooLarge            413     invalid_request_error   no     code=request_too_large
     ├── UnsupportedMediaType       415     invalid_request_error   no     code=unsupported_media_type; not JSON
     │   └── UnsupportedContentEncoding 415 invalid_request_error no   code=unsupported_content_encoding; a compressed body
@@ -251,6 +252,14 @@ class ModelNotFound(NotFound):
 
 class MethodNotAllowed(GatewayError):
     status = 405
+    error_type = "invalid_request_error"
+
+
+class Conflict(GatewayError):
+    """The request's precondition no longer holds: a memory ``PATCH`` naming the ``row_version``
+    it read, when the memory has changed since (another writer won)."""
+
+    status = 409
     error_type = "invalid_request_error"
 
 

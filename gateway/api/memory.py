@@ -58,6 +58,7 @@ async def patch(request: web.Request) -> web.Response:
         confidence_score=given.confidence_score,
         importance_score=given.importance_score,
         processing_status=given.processing_status,
+        if_row_version=given.row_version,
     )
     with on_behalf_of(caller, admit=True, record=request[keys.REQUEST_CALL]):  # new content is embedded
         memory = await _service(request).update(request.match_info["id"], change, access)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.errors import Conflict
+
 if TYPE_CHECKING:
     from gateway.memory.jobs import IngestJob  # jobs.py imports this module (through sql.py)
     from gateway.memory.pool import PoolStats  # pool.py imports this module (through sql.py)
@@ -50,6 +52,19 @@ class MemoryPatch:
     confidence_score: float | None = None
     importance_score: float | None = None
     processing_status: str | None = None
+    # The row_version the client read: the update happens only while the row still has it
+    # (compare and set), else ``Conflict``. None: the last writer wins.
+    if_row_version: int | None = None
+
+
+def row_version_conflict(memory_id: str, expected: int) -> Conflict:
+    """The 409 for a compare-and-set ``PATCH`` whose memory has changed since it was read."""
+    return Conflict(
+        f"Memory '{memory_id}' has changed since row_version {expected}: read it again, then "
+        "apply your change to what it holds now.",
+        param="row_version",
+        code="row_version_conflict",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,14 @@ import orjson
 
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, StartupError
 from gateway.memory.access import MemoryAccess, not_found, partition_of, split_partition
-from gateway.memory.records import Memory, MemoryFilter, MemoryPatch, MemoryStore, VectorIndex
+from gateway.memory.records import (
+    Memory,
+    MemoryFilter,
+    MemoryPatch,
+    MemoryStore,
+    VectorIndex,
+    row_version_conflict,
+)
 from gateway.observability.metrics import memory_search_histogram
 from gateway.policy.model import MemoryConfig
 from gateway.tasks import stop as stop_task
@@ -395,6 +402,8 @@ class MemoryService:
     async def update(self, memory_id: str, patch: MemoryPatch, access: MemoryAccess | None = None) -> Memory:
         """Change a memory; new content is re-embedded unless a vector comes with it."""
         before = await self._changeable(memory_id, access)  # before embedding: a refusal costs nothing
+        if patch.if_row_version is not None and patch.if_row_version != before.row_version:
+            raise row_version_conflict(memory_id, patch.if_row_version)  # the store checks again
         if patch.content is not None and patch.embedding is None:
             vector = (await self._vectors_for([patch.content]))[0]
             patch = replace(patch, embedding=tuple(vector))

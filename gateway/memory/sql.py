@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.errors import InvalidRequest
-from gateway.memory.records import Memory, MemoryPatch, PruneRule
+from gateway.memory.records import Memory, MemoryPatch, PruneRule, row_version_conflict
 
 # Ids per ``IN (...)`` list: far below SQLite's 32,766 variables and Snowflake's expression limit.
 CHUNK = 500
@@ -399,8 +399,14 @@ class MemoryQueries:
         sets, params = _patch_assignments(patch)
         sets += ["row_version = row_version + 1", "last_updated = ?"]
         params += [self._time(now), memory_id]
-        cur.execute(f"UPDATE {self.table} SET {', '.join(sets)} WHERE id = ?", params)
+        where = "id = ?"
+        if patch.if_row_version is not None:  # compare and set, in the one statement
+            where += " AND row_version = ?"
+            params.append(patch.if_row_version)
+        cur.execute(f"UPDATE {self.table} SET {', '.join(sets)} WHERE {where}", params)
         if not cur.rowcount:
+            if patch.if_row_version is not None and self.get_many(cur, [memory_id]):
+                raise row_version_conflict(memory_id, patch.if_row_version)
             return None
         found = self.get_many(cur, [memory_id])
         if found:

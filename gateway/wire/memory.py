@@ -70,6 +70,8 @@ class MemoryPatchIn(_StrictJSON):
     confidence_score: float | None = Field(None, ge=0, le=1)
     importance_score: float | None = Field(None, ge=0, le=1)
     processing_status: Literal["active", "archived"] | None = None
+    # The row_version read: the change is made only if the memory still has it (else 409).
+    row_version: int | None = Field(None, ge=1)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -203,6 +204,37 @@ def test_create_get_patch_delete(gateway: Gateway) -> None:
     status, err = call("GET", f"{gateway.url}/v1/memory/crud-renewal")
     assert status == 404 and err["error"]["code"] == "memory_not_found"
     assert "crud-renewal" not in ids(gateway.search(query="renewal moved to June", namespaces=["crud"]))
+
+
+def test_a_patch_with_the_row_version_it_read_wins_once_among_concurrent_writers(
+    gateway: Gateway, fake: Fake
+) -> None:
+    """Concurrent PATCHes of one memory all answered 200, each undoing the one before (the last
+    writer won, and nothing told the others). With ``row_version`` exactly one of those that read
+    the same version changes it; the others get a 409 and nothing they sent is stored or embedded."""
+    [one] = gateway.add({"namespace": "cas", "content": "the starting text", "embedding": [0.5] * 64})
+    url = f"{gateway.url}/v1/memory/{one['id']}"
+
+    def patch(k: int) -> tuple[int, Any]:
+        return call("PATCH", url, {"content": f"writer {k} was here", "row_version": one["row_version"]})
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(patch, range(8)))
+    won = [body for status, body in answers if status == 200]
+    lost = [body for status, body in answers if status != 200]
+    assert len(won) == 1 and won[0]["row_version"] == one["row_version"] + 1, answers
+    assert {call_status for call_status, _ in answers} == {200, 409}
+    for body in lost:
+        assert body["error"]["code"] == "row_version_conflict" and body["error"]["param"] == "row_version"
+    assert call("GET", url) == (200, won[0])
+    embedded = fake.embedding_calls()
+    status, err = call("PATCH", url, {"content": "stale", "row_version": one["row_version"]})
+    assert status == 409 and fake.embedding_calls() == embedded  # refused before it was embedded
+    status, again = call("PATCH", url, {"importance_score": 0.9, "row_version": won[0]["row_version"]})
+    assert status == 200 and again["row_version"] == won[0]["row_version"] + 1
+    for bad in (0, "2", None, 1.0):
+        status, err = call("PATCH", url, {"importance_score": 0.1, "row_version": bad})
+        assert status == 400 and err["error"]["param"] == "row_version", (bad, err)
 
 
 @pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import snowflake.connector
 
-from gateway.errors import InvalidRequest
+from gateway.errors import Conflict, InvalidRequest
 from gateway.memory.records import Memory, MemoryPatch, PruneRule
 from gateway.memory.sql_store import SQLMemoryStore
 from tests.integration.memory.conftest import SNOWFLAKE_ARGS, START, Backend
@@ -142,6 +142,23 @@ async def test_update_bumps_row_version_and_last_updated(backend: Backend, store
     assert again is not None and again.row_version == 3 and again.metadata == {"v": 2}
     assert again.processing_status == "archived"
     assert await store.update("missing", MemoryPatch(content="x")) is None
+
+
+async def test_an_update_given_the_row_version_it_read_is_compare_and_set(
+    backend: Backend, store: SQLMemoryStore
+) -> None:
+    """Two writers that read row_version 1 both wrote, the second silently undoing the first; now a
+    PATCH naming the version it read changes the row only while it still has that version."""
+    await store.insert([memory("a")])
+    first = await store.update("a", MemoryPatch(content="first", if_row_version=1))
+    assert first is not None and (first.content, first.row_version) == ("first", 2)
+    with pytest.raises(Conflict) as caught:
+        await store.update("a", MemoryPatch(content="second", if_row_version=1))
+    assert caught.value.http_status == 409 and caught.value.code == "row_version_conflict"
+    assert caught.value.param == "row_version"
+    kept = await store.get("a")
+    assert kept is not None and (kept.content, kept.row_version) == ("first", 2)
+    assert await store.update("missing", MemoryPatch(content="x", if_row_version=1)) is None  # still a 404
 
 
 async def test_delete_counts_what_existed(backend: Backend, store: SQLMemoryStore) -> None:
