@@ -77,7 +77,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     unknown = sorted(set(statuses) - _STATUSES)
     if unknown:
         raise InvalidRequest(
-            f"Unknown job status '{unknown[0]}': one of {', '.join(sorted(_STATUSES))}.", param="status"
+            f"Unknown job status {quoted(unknown[0])}: one of {', '.join(sorted(_STATUSES))}.", param="status"
         )
     limit = _int(request.query.get("limit", "50"), "limit")
     after = request.query.get("after") or None

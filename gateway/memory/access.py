@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.errors import NotFound, PermissionDenied
+from gateway.errors import NotFound, PermissionDenied, quoted
 
 # Separates a namespace from its owner in an index partition's name ("ns<US>team"). The API's
 # namespace pattern ([A-Za-z0-9_.-]) cannot contain it, so the first one splits unambiguously.
@@ -81,4 +81,4 @@ class MemoryAccess:
 
 def not_found(memory_id: str) -> NotFound:
     """The one answer for a memory that does not exist or that the caller may not see."""
-    return NotFound(f"No memory with id '{memory_id}'.", param="id", code="memory_not_found")
+    return NotFound(f"No memory with id {quoted(memory_id)}.", param="id", code="memory_not_found")

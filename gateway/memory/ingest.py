@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import GatewayError, HTTPStatusError, NotFound, PayloadTooLarge
+from gateway.errors import GatewayError, HTTPStatusError, NotFound, PayloadTooLarge, quoted
 from gateway.memory.access import MemoryAccess
 from gateway.memory.formats import READ_BYTES
 from gateway.memory.jobs import (
@@ -285,7 +285,7 @@ class IngestService:
         live = self._live.get(job_id)
         job = replace(live.job) if live is not None else await self.memory.store.get_job(job_id)
         if job is None or (access is not None and not _visible(job, access)):
-            raise NotFound(f"No ingest job with id '{job_id}'.", param="id", code="job_not_found")
+            raise NotFound(f"No ingest job with id {quoted(job_id)}.", param="id", code="job_not_found")
         return await self._alive(job)
 
     async def recent(

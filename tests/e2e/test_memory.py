@@ -237,6 +237,31 @@ def test_a_patch_with_the_row_version_it_read_wins_once_among_concurrent_writers
         assert status == 400 and err["error"]["param"] == "row_version", (bad, err)
 
 
+def test_an_unknown_id_of_8000_characters_is_quoted_cut_in_the_404(gateway: Gateway) -> None:
+    """An id from the URL was repeated whole (8 KB of 'aaa...' in the message) where every other
+    name an error repeats is cut at 256 characters with its length."""
+    long = "a" * 8000
+    for method, path in (
+        ("GET", f"/v1/memory/{long}"),
+        ("PATCH", f"/v1/memory/{long}"),
+        ("DELETE", f"/v1/memory/{long}"),
+        ("GET", f"/v1/memory/jobs/{long}"),
+        ("GET", f"/v1/memory/jobs/{long}/events"),
+        ("DELETE", f"/v1/memory/jobs/{long}"),
+        ("POST", f"/v1/memory/jobs/{long}/resume"),
+        ("GET", f"/v1/memory/jobs?after={long}"),
+        ("GET", f"/v1/memory/jobs?status={long}"),
+    ):
+        status, err = call(
+            method, gateway.url + path, {"importance_score": 0.1} if method == "PATCH" else None
+        )
+        assert status in (400, 404), (method, path, err)
+        assert "(8000 chars)" in err["error"]["message"] and len(err["error"]["message"]) < 600, (
+            method,
+            path,
+        )
+
+
 @pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
 def test_unknown_id_is_404(gateway: Gateway, method: str) -> None:
     body = {"importance_score": 0.1} if method == "PATCH" else None
