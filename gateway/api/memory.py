@@ -31,7 +31,7 @@ async def create(request: web.Request) -> web.Response:
     body = await read_json(request)
     batch = "memories" in body
     items = _parse(MemoryBatchIn, body).memories if batch else [_parse(MemoryIn, body)]
-    _check_new(_service(request), items, batch, access)  # before anything is embedded (and paid)
+    await _check_new(_service(request), items, batch, access)  # before anything is embedded (and paid)
     await _check_new_ids(_service(request), items, batch)
     with on_behalf_of(caller, admit=True, record=request[keys.REQUEST_CALL]):  # its texts pass the limits
         created = await _service(request).add([_new(i) for i in items], access)
@@ -86,7 +86,7 @@ async def search(request: web.Request) -> web.Response:
     return json_response(orjson.dumps({"object": "list", "data": data}))
 
 
-def _check_new(
+async def _check_new(
     service: MemoryService, items: list[MemoryIn], batch: bool, access: MemoryAccess | None
 ) -> None:
     """Each item's namespace grant and vector size, refused naming the item as written
@@ -96,7 +96,7 @@ def _check_new(
         for k, item in enumerate(items):
             access.check_write(item.namespace, f"{where[k]}namespace")
     given = [(f"{where[k]}embedding", i.embedding) for k, i in enumerate(items) if i.embedding is not None]
-    service.check_dimensions([vector for _, vector in given], [param for param, _ in given])
+    await service.check_dimensions([vector for _, vector in given], [param for param, _ in given])
 
 
 async def _check_new_ids(service: MemoryService, items: list[MemoryIn], batch: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import hashlib
 import logging
@@ -40,6 +41,7 @@ from gateway.policy.model import MemoryConfig
 from gateway.tasks import stop as stop_task
 
 log = logging.getLogger("gateway.memory")
+_DIMENSION_PROBE = "sophia-gateway dimension check"  # embedded to learn the model's dimension
 
 # (embedding model group, texts) -> one vector per text; raises GatewayError when it cannot.
 TextEmbedder = Callable[[str, Sequence[str]], Awaitable[list[list[float]]]]
@@ -99,6 +101,8 @@ class MemoryService:
         self.store = store
         self.index = index
         self._embed = embed
+        # The dimension memory.embedding_model makes, once asked (``_model_dimension``).
+        self._model_ndim: int | None = None
         self._clock = clock
         self._flush_every_s = flush_every_s
         self._pending_access: Counter[str] = Counter()
@@ -204,7 +208,7 @@ class MemoryService:
             return
         try:
             async with asyncio.timeout(timeout_s):
-                vector = (await self._embed(model, ["sophia-gateway dimension check"]))[0]
+                vector = (await self._embed(model, [_DIMENSION_PROBE]))[0]
         except (GatewayError, TimeoutError) as exc:
             reason = exc.message if isinstance(exc, GatewayError) else f"no answer in {timeout_s:g} s"
             log.warning(
@@ -218,6 +222,19 @@ class MemoryService:
                 f"'{model}' makes {len(vector)}-dimensional ones; use another memory.path or "
                 "MEMORY_URL for this model (or the model that made the stored ones)"
             )
+
+    async def _model_dimension(self) -> int | None:
+        """The dimension ``memory.embedding_model`` makes (one short text embedded, once), None
+        without a model. A provider that cannot answer fails the call that needed it."""
+        model = self.config.embedding_model
+        if model is not None and self._model_ndim is None:
+            # The gateway's own call, as at start: not the client's (its limits, budget, usage).
+            probe = asyncio.get_running_loop().create_task(self._probe(model), context=contextvars.Context())
+            self._model_ndim = len(await probe)
+        return self._model_ndim
+
+    async def _probe(self, model: str) -> list[float]:
+        return (await self._embed(model, [_DIMENSION_PROBE]))[0]
 
     async def rebuild_index(self) -> int:
         """Add every stored embedding to the index, in batches of ``REBUILD_BATCH``; returns how many."""
@@ -330,7 +347,9 @@ class MemoryService:
                 return []
         owner = access.team if access is not None else None
         vectors = await self._vectors_for([i.content for i in items if i.embedding is None])
-        self.check_dimensions([*vectors, *(i.embedding for i in items if i.embedding is not None)])
+        await self.check_dimensions(
+            [i.embedding for i in items if i.embedding is not None], model_made=vectors
+        )
         supplied = iter(vectors)
         memories = []
         for item in items:
@@ -408,7 +427,7 @@ class MemoryService:
             vector = (await self._vectors_for([patch.content]))[0]
             patch = replace(patch, embedding=tuple(vector))
         if patch.embedding is not None:
-            self.check_dimensions([patch.embedding])
+            await self.check_dimensions([patch.embedding])
         with self.writing():
             updated = await self.store.update(memory_id, patch)
             if updated is None:
@@ -477,7 +496,7 @@ class MemoryService:
         if access is not None and where.namespaces:
             access.check_read(list(where.namespaces), namespaces_param)
         if vector is not None:
-            self.check_dimensions([vector], ["vector"])
+            await self.check_dimensions([vector], ["vector"])
         else:
             vector = (await self._vectors_for([query or ""]))[0]
         partitions = self._partitions(where.namespaces, access)
@@ -733,13 +752,30 @@ class MemoryService:
                 "with the request.",
                 param="embedding",
             )
-        return await self._embed(model, texts)
+        vectors = await self._embed(model, texts)
+        if vectors:
+            self._model_ndim = len(vectors[0])  # known now: a client's vector is checked against it
+        return vectors
 
-    def check_dimensions(self, vectors: Sequence[Sequence[float]], params: Sequence[str] = ()) -> None:
+    async def check_dimensions(
+        self,
+        vectors: Sequence[Sequence[float]],
+        params: Sequence[str] = (),
+        *,
+        model_made: Sequence[Sequence[float]] = (),
+    ) -> None:
         """Refuse vectors the index cannot hold, before anything is written (or embedded);
-        ``params[k]`` names vector ``k`` as the client wrote it (default ``embedding``)."""
-        expected = self.index.ndim or (len(vectors[0]) if vectors else None)
-        for k, vector in enumerate(vectors):
+        ``params[k]`` names vector ``k`` as the client wrote it (default ``embedding``), and
+        ``model_made`` are vectors the embedding model just made for the same write. While the
+        memory holds no vector, a client's must have the embedding model's dimension (when the
+        policy names one): the first vector stored fixes the memory's, and a client's 3 numbers
+        made every text write and search a 400 and the next start fail."""
+        if not vectors and not model_made:
+            return
+        expected = self.index.ndim or (len(model_made[0]) if model_made else None)
+        if expected is None:
+            expected = await self._model_dimension() or len(vectors[0])
+        for k, vector in enumerate([*vectors, *model_made]):
             if len(vector) != expected:
                 param = params[k] if k < len(params) else "embedding"
                 raise InvalidRequest(

@@ -609,6 +609,34 @@ def test_index_size_is_exported(gateway: Gateway) -> None:
 # ----- restarts and pruning, each on a gateway of its own
 
 
+def test_a_first_vector_of_another_size_than_the_models_cannot_fix_the_memorys(
+    fake: Fake, tmp_path: Path
+) -> None:
+    """The first vector stored fixes the memory's dimension: a client that posted 3 numbers to an
+    empty memory made every text write and search a 400 for everyone, and the next start stopped
+    (the store's vectors differ from the model's). Now, while nothing is stored, a vector must
+    have the embedding model's dimension."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text(fake.url))
+    process = start_gateway(policy, tmp_path)
+    try:
+        gw = Gateway(process, tmp_path)
+        for method, path, body, param in (
+            ("POST", "/v1/memory", {"namespace": "first", "content": "x", "embedding": [1.0, 2.0, 3.0]}, "embedding"),
+            ("POST", "/v1/memory/search", {"vector": [1.0, 2.0, 3.0]}, "vector"),
+        ):  # fmt: skip
+            status, err = call(method, gw.url + path, body)
+            assert status == 400 and err["error"]["param"] == param, err
+            assert "64-dimensional" in err["error"]["message"], err
+        gw.add({"namespace": "first", "content": "a text the model embeds"})
+        gw.add({"namespace": "first", "content": "its own vector", "embedding": [0.5] * 64})
+        assert len(gw.search(query="a text the model embeds", namespaces=["first"])) == 2
+    finally:
+        assert process.stop() == 0
+    again = start_gateway(policy, tmp_path)  # the dimension check at start passes
+    assert again.stop() == 0
+
+
 def test_restart_loads_the_index_and_does_not_re_embed(fake: Fake, tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_text(fake.url))
