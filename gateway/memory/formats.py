@@ -282,6 +282,8 @@ def _record(values: Mapping[str, Any], fields: FieldOptions) -> tuple[str, dict[
         return f"no '{fields.text_field}' field"
     if not isinstance(text, str):
         return f"'{fields.text_field}' is not a string"
+    if not text.strip():  # was skipped without a word, unlike a record without the field
+        return f"'{fields.text_field}' is empty"
     names: Sequence[str] = (
         fields.metadata_fields
         if fields.metadata_fields is not None
