@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import GatewayError, HTTPStatusError, NotFound, PayloadTooLarge, quoted
+from gateway.errors import Conflict, GatewayError, NotFound, PayloadTooLarge, quoted
 from gateway.memory.access import MemoryAccess
 from gateway.memory.formats import READ_BYTES
 from gateway.memory.jobs import (
@@ -367,12 +367,15 @@ class IngestService:
         if job_id in self._live:
             return job
         if job.status not in RESUMABLE:
-            raise HTTPStatusError(409, f"Job '{job_id}' is {job.status}; only a stopped job can resume.")
+            raise Conflict(
+                f"Job '{job_id}' is {job.status}; only a stopped job can resume.", code="job_not_resumable"
+            )
         with self._starting_job(job_id):
             path = await asyncio.to_thread(_spool_file, self.config.spool_dir, job_id)
             if path is None:
-                raise HTTPStatusError(
-                    409, f"The file of job '{job_id}' is no longer kept: upload it again to continue the job."
+                raise Conflict(
+                    f"The file of job '{job_id}' is no longer kept: upload it again to continue the job.",
+                    code="job_file_gone",
                 )
             self.check_writable(job.options.namespace, access)
             return await self._launch(job, path, access)

@@ -761,8 +761,21 @@ async def test_a_failing_provider_pauses_the_job_and_it_resumes(sqlite_gw: Gatew
     assert status == 202 and resumed["status"] in ("queued", "running")
     done = await gw.wait(job["id"], "done")
     assert done["memories_created"] == gw.count() > 0 and done["error"] is None
-    status, _body = await gw.call("POST", f"/v1/memory/jobs/{job['id']}/resume")
-    assert status == 409  # done: nothing to resume
+    status, body = await gw.call("POST", f"/v1/memory/jobs/{job['id']}/resume")
+    assert status == 409 and body["error"]["code"] == "job_not_resumable", body  # done: nothing to resume
+
+
+async def test_a_paused_job_whose_file_is_gone_is_a_409_saying_so(sqlite_gw: Gateway, tmp_path: Path) -> None:
+    """Both of resume's 409s had code null: a client could not tell 'upload it again' from
+    'nothing to resume' but by reading the message."""
+    sqlite_gw.embedder.failing = True
+    status, job = await sqlite_gw.upload("a.txt", paragraphs(30))
+    await sqlite_gw.wait(job["id"], "paused")
+    for spooled in (tmp_path / "spool").iterdir():
+        spooled.unlink()
+    status, body = await sqlite_gw.call("POST", f"/v1/memory/jobs/{job['id']}/resume")
+    assert status == 409 and body["error"]["code"] == "job_file_gone", body
+    assert body["error"]["type"] == "invalid_request_error" and "upload it again" in body["error"]["message"]
 
 
 async def test_a_paused_job_resumes_through_its_providers_half_open_breaker(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.errors import HTTPStatusError, UpstreamConnectError
+from gateway.errors import Conflict, UpstreamConnectError
 from gateway.memory.index import HnswIndex
 from gateway.memory.ingest import IngestService
 from gateway.memory.jobs import IngestJob, JobOptions
@@ -172,9 +172,9 @@ async def test_a_replica_starting_leaves_another_replicas_job_and_cuts_its_own(
         job = await held_job(running, provider)
         await other.start()  # another replica starting (recover: it is the only process there)
         assert (await service.store.get_job(job.id)).status == "running"  # type: ignore[union-attr]
-        with pytest.raises(HTTPStatusError) as refused:
+        with pytest.raises(Conflict) as refused:
             await other.resume(job.id, None)  # it runs elsewhere: not a second run
-        assert refused.value.http_status == 409
+        assert refused.value.http_status == 409 and refused.value.code == "job_not_resumable"
         # pod-a's container restarts (its old process gone without a word): its own job is cut.
         provider.gate.set()
         await running.close()
