@@ -45,6 +45,10 @@ class _StrictJSON(_Strict):
 
 
 Namespace = Annotated[str, Field(pattern=NAMESPACE_PATTERN)]
+# The store's column is VARCHAR(100) on Snowflake (memory/sql.py), which refuses a longer value
+# at insert: bounded here for every store, so a write is the client's 400, never the store's error.
+MAX_DATA_SOURCE_CHARS = 100
+DataSource = Annotated[str, Field(max_length=MAX_DATA_SOURCE_CHARS)]
 
 
 class MemoryIn(_StrictJSON):
@@ -53,7 +57,7 @@ class MemoryIn(_StrictJSON):
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     embedding: Vector | None = None
     metadata: dict[str, Any] | None = None
-    data_source: str | None = None
+    data_source: DataSource | None = None
     confidence_score: float = Field(1.0, ge=0, le=1)
     importance_score: float = Field(0.5, ge=0, le=1)
 
@@ -66,7 +70,7 @@ class MemoryPatchIn(_StrictJSON):
     content: str | None = Field(None, min_length=1)
     embedding: Vector | None = None
     metadata: dict[str, Any] | None = None
-    data_source: str | None = None
+    data_source: DataSource | None = None
     confidence_score: float | None = Field(None, ge=0, le=1)
     importance_score: float | None = Field(None, ge=0, le=1)
     processing_status: Literal["active", "archived"] | None = None
@@ -88,7 +92,7 @@ class MemorySearchIn(_StrictJSON):
     vector: Vector | None = None
     top_k: int = Field(10, ge=1, le=100)
     namespaces: list[Namespace] | None = Field(None, min_length=1)
-    data_source: str | None = None
+    data_source: DataSource | None = None
     min_confidence: float | None = Field(None, ge=0, le=1)
     processing_status: Literal["active", "archived"] | None = "active"
 
@@ -110,7 +114,7 @@ class MemoryFileIn(_Strict):
     """The form fields of ``POST /v1/memory/files`` (every value arrives as text)."""
 
     namespace: str = Field(pattern=NAMESPACE_PATTERN)
-    data_source: str | None = Field(None, max_length=100)
+    data_source: DataSource | None = None
     metadata: dict[str, Any] | None = None
     chunk_chars: int | None = Field(None, ge=50, le=100_000)
     overlap_chars: int | None = Field(None, ge=0, le=50_000)

@@ -309,3 +309,29 @@ async def test_a_namespace_that_cannot_exist_is_a_400_not_a_search(gw: Gateway, 
         error = (await resp.json())["error"]
         assert error["param"] == "memory.namespaces[0]", error
     assert gw.upstream.chats == []
+
+
+async def test_a_data_source_longer_than_snowflakes_column_is_400_on_every_store(gw: Gateway) -> None:
+    # Snowflake's column is VARCHAR(100): a longer value failed the store's insert (fakesnow, on
+    # DuckDB, takes it: the bound is the gateway's, the same on every store).
+    long, fits = "s" * 101, "s" * 100
+    status, err = await gw.call(
+        ALPHA, "POST", "/v1/memory", {"namespace": X, "content": "a", "data_source": long}
+    )
+    assert (status, err["error"]["param"]) == (400, "data_source"), err
+    status, made = await gw.call(
+        ALPHA, "POST", "/v1/memory", {"namespace": X, "content": "a", "data_source": fits}
+    )
+    assert status == 201, made
+    memory_id = made["data"][0]["id"]
+    status, err = await gw.call(ALPHA, "PATCH", f"/v1/memory/{memory_id}", {"data_source": long})
+    assert (status, err["error"]["param"]) == (400, "data_source"), err
+    status, err = await gw.call(ALPHA, "POST", "/v1/memory/search", {"query": "a", "data_source": long})
+    assert (status, err["error"]["param"]) == (400, "data_source"), err
+    batch = {
+        "memories": [{"namespace": X, "content": "b"}, {"namespace": X, "content": "c", "data_source": long}]
+    }
+    status, err = await gw.call(ALPHA, "POST", "/v1/memory", batch)
+    assert (status, err["error"]["param"]) == (400, "memories[1].data_source"), err
+    status, kept = await gw.call(ALPHA, "GET", f"/v1/memory/{memory_id}")
+    assert (status, kept["data_source"]) == (200, fits)
