@@ -94,7 +94,10 @@ class CallContext:
             tenant = identity.tenant
         else:
             credential = headers.get("authorization")
-            if credential is None and key_header and (key := headers.get(key_header)) is not None:
+            # An empty ``Authorization`` carries no credential: the door's key header is the
+            # caller's (it made every caller sending one, whatever its key, the anonymous tenant)
+            blank = not (credential and credential.strip())
+            if blank and key_header and (key := headers.get(key_header)) is not None:
                 credential = "Bearer " + key
             tenant = tenant_of(credential)
         return cls(
