@@ -184,7 +184,7 @@ class ResponseCache:
         betas), keyed apart. A request that cannot be cached gets its category's shared bypass
         plan (never to be changed)."""
         cfg = self.config
-        named = headers.get(CATEGORY_HEADER)
+        named = _once(headers, CATEGORY_HEADER)
         if named is None and not cfg.rules and TTL_HEADER not in headers:
             # The common case, decided cheaply: no header names a category or a TTL and no rule
             # can pick one, so only the default category and the request's own fields matter.
@@ -210,7 +210,9 @@ class ResponseCache:
         if control is None:
             read = write = True
         else:
-            directives = {d.strip().lower() for d in control.split(",")}
+            # Every Cache-Control line counts (RFC 9110 5.3: repeated fields are one list): the
+            # first alone dropped a ``no-store`` sent on a line of its own, and stored the answer
+            directives = {d.strip().lower() for d in ",".join(_all(headers, "cache-control")).split(",")}
             read = "no-cache" not in directives
             write = "no-store" not in directives
             if not (read or write):
@@ -387,7 +389,7 @@ class ResponseCache:
 
     @staticmethod
     def _ttl(headers: Mapping[str, str], default_s: float) -> float:
-        given = headers.get(TTL_HEADER)
+        given = _once(headers, TTL_HEADER)
         if given is None:
             return default_s
         try:
@@ -411,3 +413,22 @@ class ResponseCache:
             )
             return None
         return SemanticIndex.normalise(values) if values else None
+
+
+def _all(headers: Mapping[str, str], name: str) -> list[str]:
+    """Every value of header ``name`` (a client's request headers are a multi-dict; an internal
+    call's plain mapping holds one)."""
+    getall: Callable[[str, list[str]], list[str]] | None = getattr(headers, "getall", None)
+    if getall is None:
+        value = headers.get(name)
+        return [] if value is None else [value]
+    return getall(name, [])
+
+
+def _once(headers: Mapping[str, str], name: str) -> str | None:
+    """Header ``name``'s value; sent more than once it is refused (which one the client meant
+    cannot be told: the first alone was read, so ``ttl: 60`` then ``ttl: 99999999`` passed)."""
+    value = headers.get(name)
+    if value is not None and len(_all(headers, name)) > 1:
+        raise InvalidRequest(f"{name} was sent more than once; send it once.", param=name)
+    return value

@@ -260,3 +260,57 @@ async def test_empty_authorization_does_not_merge_key_header_tenants(stack: Cach
         [("Authorization", f"Bearer {key}")],
     )
     assert (status, headers.get("x-gateway-cache")) == (200, "hit")
+
+
+# ----- cache headers
+
+
+async def test_no_store_on_its_own_cache_control_line_is_obeyed(stack: CacheStack) -> None:
+    """``Cache-Control`` sent as two lines is one list (RFC 9110): only the first line was read,
+    so a ``no-store`` on the second was ignored and the answer stored."""
+    auth = ("Authorization", f"Bearer sk-{_uid()}")
+    for first, status in (("no-cache", "bypass"), ("max-age=0", "miss")):
+        body = _chat(f"Keep this out of the cache {_uid()}")
+        code, headers, _ = await _post(
+            stack,
+            "/v1/chat/completions",
+            body,
+            [auth, ("Cache-Control", first), ("Cache-Control", "no-store")],
+        )
+        assert (code, headers.get("x-gateway-cache")) == (200, status)
+        code, headers, _ = await _post(stack, "/v1/chat/completions", body, [auth])
+        assert (code, headers.get("x-gateway-cache")) == (200, "miss")  # nothing was stored
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("x-gateway-cache-ttl", ("60", "99999999")),
+        ("x-gateway-cache-ttl", ("60", "60")),
+        ("x-gateway-cache-category", ("common_queries", "no-such-category")),
+    ],
+)
+async def test_a_repeated_cache_header_is_refused_naming_it(
+    redis_stack: CacheStack, name: str, values: tuple[str, str]
+) -> None:
+    """Which of two values a client meant cannot be told: the first alone was read, so a TTL
+    past the 7-day bound or an unknown category on the second line passed unseen."""
+    client = openai.AsyncOpenAI(base_url=redis_stack.api, api_key=f"sk-{_uid()}", max_retries=0)
+    code, _, body = await _post(
+        redis_stack,
+        "/v1/chat/completions",
+        _chat(f"twice {_uid()}"),
+        [("Authorization", f"Bearer sk-{_uid()}"), *((name, v) for v in values)],
+    )
+    assert code == 400, body
+    error = json.loads(body)["error"]
+    assert error["param"] == name and error["type"] == "invalid_request_error"
+    assert name in error["message"]
+    # Sent once, each value is judged as before (the SDK sends each header once)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="chat",
+        temperature=0,
+        messages=[{"role": "user", "content": f"once {_uid()}"}],
+        extra_headers={name: values[0]},
+    )
+    assert raw.headers["x-gateway-cache"] == "miss"
