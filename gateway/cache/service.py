@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,10 +70,16 @@ class CachedAnswer:
     match: str = "exact"  # exact | semantic
 
     def encode(self) -> bytes:
-        return orjson.dumps({"p": self.provider, "m": self.model}) + b"\n" + self.body
+        body = self.body
+        head = {"p": self.provider, "m": self.model, "n": len(body), "c": zlib.crc32(body)}
+        return orjson.dumps(head) + b"\n" + body
 
     @classmethod
     def decode(cls, raw: bytes, match: str) -> CachedAnswer | None:
+        """The answer ``raw`` holds, or None (a miss) when it is not an entry of ours or its body
+        is not the one stored: cut, emptied or overwritten in Redis, it was served as a hit (a
+        truncated JSON body, a stream without its end). An entry written before the length and
+        CRC-32 were kept is read as before."""
         head, sep, body = raw.partition(b"\n")
         try:
             meta = orjson.loads(head) if sep else None
@@ -80,6 +87,8 @@ class CachedAnswer:
             meta = None
         if not isinstance(meta, dict):
             return None  # not ours (or corrupted): a miss, never an error
+        if "c" in meta and (meta.get("n") != len(body) or meta["c"] != zlib.crc32(body)):
+            return None
         return cls(body, str(meta.get("p", "")), str(meta.get("m", "")), match)
 
 

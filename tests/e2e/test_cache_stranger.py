@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+import redis
 
 from gateway.testing.process import ManagedProcess
 from tests.e2e.cache_support import CacheStack, delete_prefix, shared_redis_url, start_cache_gateway
@@ -314,3 +315,79 @@ async def test_a_repeated_cache_header_is_refused_naming_it(
         extra_headers={name: values[0]},
     )
     assert raw.headers["x-gateway-cache"] == "miss"
+
+
+# ----- Redis trouble
+
+
+def _fresh(value: Any) -> Any:
+    """``value`` with a new suffix on every prompt text: a request no other test has made."""
+    if isinstance(value, dict):
+        return {
+            k: v + " " + _uid() if k in ("content", "input", "prompt") and isinstance(v, str) else _fresh(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    return value
+
+
+_ANTHROPIC = [("anthropic-version", "2023-06-01")]
+_DOORS = {
+    "chat": ("/v1/chat/completions", _chat("Board memo"), []),
+    "chat-stream": (
+        "/v1/chat/completions",
+        _chat("Board memo", stream=True, stream_options={"include_usage": True}),
+        [],
+    ),
+    "responses": ("/v1/responses", {"model": "chat", "input": "Board memo", "temperature": 0}, []),
+    "messages-stream": (
+        "/v1/messages",
+        {
+            "model": "chat",
+            "max_tokens": 50,
+            "temperature": 0,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Board memo"}],
+        },
+        _ANTHROPIC,
+    ),
+    "embeddings": ("/v1/embeddings", {"model": "embed", "input": "Board memo"}, []),
+}
+
+
+@pytest.mark.parametrize("door", list(_DOORS))
+@pytest.mark.parametrize("damage", ["cut", "emptied", "overwritten"])
+async def test_a_damaged_redis_entry_is_a_miss_never_served(
+    redis_stack: CacheStack, door: str, damage: str
+) -> None:
+    """A stored value cut short, emptied or overwritten past its head (in Redis, by anyone) was
+    served as a hit: half a JSON body, an empty 200, a stream with no end marker."""
+    path, template, extra = _DOORS[door]
+    body = _fresh(template)
+    auth = ("Authorization", f"Bearer sk-{_uid()}")
+    assert redis_stack.redis_url is not None and redis_stack.prefix is not None
+    with redis.Redis.from_url(redis_stack.redis_url) as r:
+        pattern = f"{redis_stack.prefix}{{common_queries}}:v:*"
+        before = set(r.scan_iter(match=pattern, count=1000))
+        code, headers, first = await _post(redis_stack, path, body, [auth, *extra])
+        assert (code, headers.get("x-gateway-cache")) == (200, "miss")
+        (key,) = set(r.scan_iter(match=pattern, count=1000)) - before
+        value = r.get(key)
+        assert isinstance(value, bytes)
+        head = value.split(b"\n", 1)[0] + b"\n"
+        damaged = {
+            "cut": value[: len(value) - 40],
+            "emptied": head,
+            "overwritten": head + bytes(reversed(value[len(head) :])),
+        }[damage]
+        r.set(key, damaged, keepttl=True)
+        code, headers, second = await _post(redis_stack, path, body, [auth, *extra])
+        assert (code, headers.get("x-gateway-cache")) == (200, "miss")
+        assert second.endswith(first[-20:])  # a whole answer (its end as the first one's)
+        code, headers, third = await _post(redis_stack, path, body, [auth, *extra])
+        assert (code, headers.get("x-gateway-cache")) == (200, "hit")  # stored again
+        if door == "responses":  # (a Responses hit is a response of its own: a new id)
+            assert json.loads(third)["status"] == "completed"
+        else:
+            assert third == second
