@@ -362,7 +362,7 @@ class NoHealthyDeployment(ServiceUnavailable):
             code="no_healthy_deployment",
             headers={"retry-after": _format_retry_after(retry_after_s), **_NO_CLIENT_RETRY},
         )
-        # 0-1 s: a breaker is half-open and another call holds its one probe (or is about to).
+        # 1 s: a breaker is half-open and another call holds its one probe (or is about to).
         self.retry_after_s = retry_after_s
 
 

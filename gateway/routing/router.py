@@ -324,7 +324,9 @@ class Router:
                 raise ProviderNotConfigured(group.name, [e for e in envs if e])
             if not fits:
                 raise ContextTooLong(group.name, ctx.prompt_tokens, largest)
-            raise NoHealthyDeployment(group.name, retry_in or 0.0)
+            # 0: every breaker is half-open with its one probe in flight; the probe's verdict
+            # comes within its timeouts, so "retry in 1 s" (as the cursor says), never "now".
+            raise NoHealthyDeployment(group.name, retry_in or 1.0)
         if len(fresh) > 1:
             fresh = self._order(group, fresh, ctx, now)
             if lead is not None and fresh[0] is not lead:

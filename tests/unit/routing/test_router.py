@@ -286,3 +286,20 @@ def test_cost_is_counted_from_policy_prices_and_reported_usage() -> None:
     )
     assert value == cost
     assert snapshot(r)["models"]["solo"]["deployments"][0]["stats"]["cost_usd"] == round(cost, 6)
+
+
+async def test_every_probe_taken_is_a_retry_after_of_one_second_not_zero() -> None:
+    """Every breaker half-open with its one probe in flight: the 503 said ``Retry-After: 0`` and
+    "Retry in 0 s", which a client honouring it reads as "retry now", into the same wall."""
+    clock = Clock()
+    r = router(clock=clock)
+    attempt, _ = fails({"a": [UpstreamConnectError("down")] * 3})
+    with pytest.raises(AllDeploymentsFailed):
+        await r.call(ctx("solo"), attempt)  # three failures in a row: the breaker opens
+    clock.now += 10  # half-open
+    probe = r.plan(ctx("solo"))[0]
+    assert probe.live.breaker.acquire(clock.now)  # another request holds the probe
+    with pytest.raises(NoHealthyDeployment) as err:
+        await r.call(ctx("solo"), attempt)
+    assert err.value.headers["retry-after"] == "1"
+    assert "Retry in 1 s" in err.value.message
