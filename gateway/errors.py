@@ -38,7 +38,8 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     │   └── KeyStoreUnavailable    503     service_unavailable     no     code=key_store_unavailable; never an open door
     ├── UpstreamError              502     upstream_error          no     what a provider did; counts against it
     │   ├── UpstreamConnectError   502     upstream_error          yes    refused, reset, closed, DNS, TLS (note 5)
-    │   ├── UpstreamTimeout        504     timeout                 yes    connect / first byte / read gap / total (note 5)
+    │   ├── UpstreamTimeout        504     timeout                 yes    connect / first byte / read gap / total (note 5);
+    │   │                                                                 code=deadline_exceeded: a retry cut at retry.deadline_s
     │   ├── UpstreamBadResponse    502     upstream_error          yes    malformed body (note 5)
     │   │   └── UpstreamBadEvent   502     upstream_error          yes    a stream event that cannot be read
     │   ├── UpstreamCredentialsRefused 502 upstream_error        yes    code=provider_auth_failed; the provider refused the gateway's key (note 3)

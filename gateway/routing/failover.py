@@ -14,6 +14,7 @@ from gateway.errors import (
     UpstreamAccountRefused,
     UpstreamCredentialsRefused,
     UpstreamStatusError,
+    UpstreamTimeout,
     quoted,
 )
 from gateway.policy.model import Retry
@@ -147,6 +148,19 @@ class FailoverCursor:
             self._permit = self._budget.try_retry()
             return not self._permit
         return False
+
+    def remaining_s(self) -> float:
+        """Seconds left before ``retry.deadline_s``: how long a retry may wait for its answer."""
+        return self._retry.deadline_s - (self._clock() - self._started)
+
+    def deadline_passed(self, target: Target) -> UpstreamTimeout:
+        """The error of a retry cut at the deadline (the provider is not blamed for it)."""
+        return UpstreamTimeout(
+            f"{target.provider}: no answer before retry.deadline_s {self._retry.deadline_s:g} s "
+            "(counted from when the request arrived).",
+            provider=target.provider,
+            code="deadline_exceeded",
+        )
 
     def release(self) -> None:
         """The request is done with routing: give back its retry permit, if it took one."""

@@ -499,7 +499,17 @@ class Router:
                 with tenacity_attempt:
                     target = cursor.take()
                     try:
-                        value = await self._attempt(target, ctx, attempt)
+                        # A retry gets no answer (a whole body, a stream's first chunk) past the
+                        # deadline: it bounds the request, not only when a retry may start. The
+                        # cut attempt is cancelled, as when a client leaves: no verdict on it.
+                        deadline = asyncio.timeout(cursor.remaining_s())
+                        try:
+                            async with deadline:
+                                value = await self._attempt(target, ctx, attempt)
+                        except TimeoutError:
+                            if not deadline.expired():
+                                raise
+                            raise cursor.deadline_passed(target) from None
                     except GatewayError as error:
                         failures.append(Attempt(target.provider, target.model, error))
                         _log_failed_attempt(ctx, target, error, len(failures), cursor)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 import tracemalloc
 
 import pytest
@@ -303,3 +305,31 @@ async def test_every_probe_taken_is_a_retry_after_of_one_second_not_zero() -> No
         await r.call(ctx("solo"), attempt)
     assert err.value.headers["retry-after"] == "1"
     assert "Retry in 1 s" in err.value.message
+
+
+async def test_a_retry_ends_at_the_deadline_not_at_its_provider_timeouts() -> None:
+    """``retry.deadline_s`` bounded only when a retry could start: one started just before it
+    waited out its provider's timeouts (60 s to a first byte by default), so a request could
+    take deadline + first_byte_s. A retry now gets no answer past the deadline; the deployment
+    it was cut on is not blamed (its breaker's probe slot is given back, no failure counted)."""
+    text = POLICY.replace("retry: {max_attempts: 3,", "retry: {max_attempts: 3, deadline_s: 0.3,")
+    r = router(text=text, clock=Clock())
+    r._clock = time.monotonic  # real time: the cut is the event loop's
+    tried: list[str] = []
+
+    async def attempt(target: Target) -> str:
+        tried.append(target.provider)
+        if target.provider == "a":
+            raise UpstreamConnectError("down")
+        await asyncio.sleep(30)  # a provider that never answers within the deadline
+        return target.model
+
+    started = time.monotonic()
+    with pytest.raises(AllDeploymentsFailed) as err:
+        await asyncio.wait_for(r.call(ctx(), attempt), 5)
+    assert time.monotonic() - started < 1.0
+    assert tried == ["a", "b"]
+    assert err.value.http_status == 504 and err.value.code == "deadline_exceeded"
+    assert "retry.deadline_s" in err.value.message
+    b = next(t for t in r.plan(ctx()) if t.provider == "b")
+    assert b.live.stats.in_flight == 0 and b.live.breaker.streak == 0
