@@ -81,6 +81,9 @@ class MessagesRequest:
     stop_sequences: tuple[str, ...]
     tool: dict[str, object] | None  # the tool to call, if the reply is a tool call
     json_reply: str | None = None  # the reply when ``output_config.format`` asks for JSON
+    # tool_choice any or tool: Anthropic prefills the turn to force the call, so the answer is
+    # the tool_use block alone, with no text before it (its tool-use docs say so)
+    forced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,7 @@ def parse_messages(body: dict[str, object]) -> MessagesRequest:
         stop_sequences,
         _chosen_tool(body, prompt),
         _json_reply(body.get("output_config"), prompt),
+        _forced(body),
     )
 
 
@@ -466,7 +470,8 @@ def error_body(status: int, message: str) -> bytes:
 class MessagesFormat:
     """Renders one reply as a Messages API ``message`` or as its stream events (the
     ``fake_wire.ReplyFormat`` shape, so ``fake_provider._stream`` paces and cuts it as it does
-    OpenAI streams). A tool reply is a text block (index 0) and a ``tool_use`` block (index 1)."""
+    OpenAI streams). A tool reply is a text block (index 0) and a ``tool_use`` block (index 1),
+    or the ``tool_use`` block alone (index 0) when ``tool_choice`` forced it."""
 
     __slots__ = ("_ask", "_id", "_reply", "_tool_id")
 
@@ -489,7 +494,9 @@ class MessagesFormat:
                 "name": reply.tool_name,
                 "input": reply.tool_input,
             }
-            content: list[dict[str, object]] = [{"type": "text", "text": self._preamble}, tool]
+            content: list[dict[str, object]] = (
+                [tool] if self._ask.forced else [{"type": "text", "text": self._preamble}, tool]
+            )
         else:
             content = [{"type": "text", "text": "".join(tokens)}]
         message = {
@@ -505,6 +512,10 @@ class MessagesFormat:
         start = {**self._message(), "content": [], "stop_reason": None, "stop_sequence": None}
         start["usage"] = {"input_tokens": self._ask.input_tokens, "output_tokens": 1}
         out = _event("message_start", {"message": start})
+        if self._reply.tool_name is not None and self._ask.forced:
+            block = {"type": "tool_use", "id": self._tool_id, "name": self._reply.tool_name, "input": {}}
+            out += _event("content_block_start", {"index": 0, "content_block": block})
+            return out + _event("ping", {})
         out += _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
         out += _event("ping", {})
         if self._reply.tool_name is not None:
@@ -518,10 +529,12 @@ class MessagesFormat:
         if self._reply.tool_name is None:
             return self._text_delta(text)
         delta = {"type": "input_json_delta", "partial_json": text}
-        return _event("content_block_delta", {"index": 1, "delta": delta})
+        return _event("content_block_delta", {"index": self._tool_index, "delta": delta})
 
     def closing(self, finish_reason: str) -> bytes:
-        out = _event("content_block_stop", {"index": 0 if self._reply.tool_name is None else 1})
+        out = _event(
+            "content_block_stop", {"index": 0 if self._reply.tool_name is None else self._tool_index}
+        )
         delta = {"stop_reason": finish_reason, "stop_sequence": self._reply.stop_sequence}
         # Cumulative counts, input included, as the API sends them today.
         usage = {"input_tokens": self._ask.input_tokens, "output_tokens": len(self._reply.tokens)}
@@ -530,6 +543,10 @@ class MessagesFormat:
 
     def usage(self, usage: Usage) -> bytes:
         return b""  # usage travels in message_start and message_delta
+
+    @property
+    def _tool_index(self) -> int:
+        return 0 if self._ask.forced else 1
 
     @property
     def _preamble(self) -> str:
@@ -561,6 +578,11 @@ def _chosen_tool(body: dict[str, object], prompt: str) -> dict[str, object] | No
     if kind == "any":
         return tools[0]
     return asked_to_call(prompt, by_name)
+
+
+def _forced(body: dict[str, object]) -> bool:
+    choice = body.get("tool_choice")
+    return isinstance(choice, dict) and choice.get("type") in ("any", "tool") and bool(body.get("tools"))
 
 
 def _text(content: object) -> str:

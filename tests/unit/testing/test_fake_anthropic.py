@@ -90,12 +90,25 @@ async def test_tool_use_when_forced_or_asked(aiohttp_client: AiohttpClient) -> N
     client = await fake(aiohttp_client)
     forced = await (await post(client, {**ASK, "tools": [WEATHER], "tool_choice": {"type": "any"}})).json()
     assert forced["stop_reason"] == "tool_use"
-    assert forced["content"][0] == {"type": "text", "text": "Calling get_weather."}
-    tool = forced["content"][1]
+    # Forced (any or tool), Anthropic prefills the turn: the tool_use block alone, no text before it.
+    [tool] = forced["content"]
     assert tool["type"] == "tool_use" and tool["id"].startswith("toolu_") and tool["name"] == "get_weather"
     assert tool["input"] == {"location": "location-value", "unit": "celsius"}
+    named = {
+        **ASK,
+        "tools": [WEATHER],
+        "tool_choice": {"type": "tool", "name": "get_weather"},
+        "stream": True,
+    }
+    events = sse_events(await (await post(client, named)).text())
+    starts = [data["content_block"]["type"] for name, data in events if name == "content_block_start"]
+    assert starts == ["tool_use"] and all(
+        d.get("index") == 0 for n, d in events if n.startswith("content_block")
+    )
     asked = {**ASK, "tools": [WEATHER], "messages": [{"role": "user", "content": "please call get_weather."}]}
-    assert (await (await post(client, asked)).json())["stop_reason"] == "tool_use"
+    chosen = await (await post(client, asked)).json()  # chosen by the model: it may say so first
+    assert chosen["stop_reason"] == "tool_use"
+    assert [b["type"] for b in chosen["content"]] == ["text", "tool_use"]
     declined = {**asked, "tool_choice": {"type": "none"}}
     assert (await (await post(client, declined)).json())["stop_reason"] == "end_turn"
 
