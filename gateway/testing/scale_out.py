@@ -204,11 +204,19 @@ class BreakerFigures:
 
 
 async def kill_mid_run(
-    stack: ScaleOutStack, *, before_s: float = 1.0, after_s: float = 2.5, interval_s: float = 0.05
+    stack: ScaleOutStack,
+    *,
+    before_s: float = 1.0,
+    after_s: float = 2.5,
+    interval_s: float = 0.05,
+    most_after_s: float = 30.0,
 ) -> BreakerFigures:
     """Requests one at a time, round-robin, every ``interval_s``; the ``flaky`` provider is killed
-    after ``before_s`` and the run goes on ``after_s``. While it runs, each replica's breaker state
-    is polled to time when each one opened."""
+    after ``before_s`` and the run goes on ``after_s``, and then on until every replica's breaker
+    opened (at most ``most_after_s``): on a loaded machine a request may take far longer than
+    ``interval_s``, and a run of fixed length then sent too few requests for the breakers to open
+    (CI saw 13 requests in 3.5 s, none opened). While it runs, each replica's breaker state is
+    polled to time when each one opened."""
     urls = stack.urls
     opened: dict[int, float] = {}
     done = asyncio.Event()
@@ -227,8 +235,10 @@ async def kill_mid_run(
         watcher = asyncio.create_task(watch(session))
         started = time.monotonic()
         killed = False
-        while time.monotonic() - started < before_s + after_s:
-            if not killed and time.monotonic() - started >= before_s:
+        while (elapsed := time.monotonic() - started) < before_s + after_s or (
+            len(opened) < len(urls) and elapsed < before_s + most_after_s
+        ):
+            if not killed and elapsed >= before_s:
                 stack.flaky.popen.kill()  # SIGKILL: gone at once, as a crashed provider is
                 killed = True
             body = chat_body(f"breaker {uuid.uuid4().hex}")  # unique: never a cache hit
