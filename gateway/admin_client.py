@@ -8,15 +8,23 @@ The token goes to ``--url`` and nowhere else: a redirect (3xx) is not followed b
 error naming where it pointed (urllib's default opener would have sent the token on to any host
 a redirect names), and a token no header can carry is refused before any call, in a message
 that never repeats it.
+
+Every call is bounded as a whole (``exchange``): its timeout is a deadline for the answer's last
+byte, not urllib's per-read one (a server sending a byte a second held a command forever), its
+body is at most ``MAX_ANSWER_BYTES``, and whatever answers, HTTP or not, ends as an answer or an
+``AdminCallError``, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from email.message import Message
 from typing import IO, Any
 
@@ -26,6 +34,10 @@ from gateway.settings import admin_token_problem
 
 Json = dict[str, Any]
 _LOCATION_CHARS = 300  # of a redirect's Location shown in the error
+_MESSAGE_CHARS = 300  # of an error message the other end wrote, shown in ours
+# The largest answer a command reads: a /metrics of many workers is a few MiB; a URL that streams
+# without end (not a gateway) filled the command's memory until MemoryError.
+MAX_ANSWER_BYTES = 64 * 2**20
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -68,6 +80,85 @@ def open_admin(request: urllib.request.Request, timeout_s: float) -> Any:
     return _OPENER.open(request, timeout=timeout_s)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer read whole: its status (a 3xx, 4xx or 5xx too), headers and body."""
+
+    status: int
+    headers: Message
+    body: bytes
+
+
+def exchange(request: urllib.request.Request, timeout_s: float, max_bytes: int = MAX_ANSWER_BYTES) -> Answer:
+    """``request``'s answer, read whole within ``timeout_s`` seconds from now (connecting, headers
+    and body together), following no redirect. Raises ``AdminCallError`` (``reached=False``) when
+    there is none in time, the other end does not speak HTTP, or the body is over ``max_bytes``.
+
+    The call runs on a daemon thread the caller waits for: urllib's timeout bounds each read
+    only, so a server that sends a byte a second never times out there (a left thread ends with
+    the process)."""
+    outcome: list[Answer | AdminCallError] = []
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            outcome.append(_exchange_now(request, timeout_s, max_bytes))
+        except AdminCallError as exc:
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=call, name="admin-call", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise AdminCallError(
+            f"cannot reach {_origin(request)}: no answer within {timeout_s:g} s", reached=False
+        )
+    result = outcome[0]
+    if isinstance(result, AdminCallError):
+        raise result
+    return result
+
+
+def _exchange_now(request: urllib.request.Request, timeout_s: float, max_bytes: int) -> Answer:
+    where = _origin(request)
+    try:
+        try:
+            resp = open_admin(request, timeout_s)
+        except urllib.error.HTTPError as exc:
+            resp = exc  # a 3xx, 4xx or 5xx is an answer too
+        with resp:
+            body = resp.read(max_bytes + 1)
+            status, headers = resp.status, resp.headers
+    except urllib.error.URLError as exc:
+        raise AdminCallError(f"cannot reach {where}: {printable(str(exc.reason))}", reached=False) from None
+    except OSError as exc:
+        raise AdminCallError(f"cannot reach {where}: {printable(str(exc))}", reached=False) from None
+    except http.client.HTTPException as exc:
+        # BadStatusLine, IncompleteRead, LineTooLong: something answered, but not in HTTP.
+        name = type(exc).__name__
+        raise AdminCallError(
+            f"{where} did not answer HTTP ({name}): is it the gateway?", reached=False
+        ) from None
+    if len(body) > max_bytes:
+        raise AdminCallError(
+            f"{where} answered more than {max_bytes // 2**20} MiB: is it the gateway?", reached=True
+        )
+    return Answer(status or 0, headers, body)
+
+
+def _origin(request: urllib.request.Request) -> str:
+    return f"{request.type}://{request.host}"
+
+
+def quoted(message: object) -> str:
+    """An error message the other end wrote, for one line of ours: control characters escaped
+    (``printable``) and cut to ``_MESSAGE_CHARS``."""
+    text = str(message)
+    if len(text) > _MESSAGE_CHARS:
+        text = text[:_MESSAGE_CHARS] + "…"
+    return printable(text)
+
+
 class AdminCallError(Exception):
     """The call did not give an answer: ``reached`` is False when the gateway could not be
     reached at all, True when it answered with an error (``str()`` is its message)."""
@@ -85,19 +176,13 @@ def call_admin(url: str, method: str, path: str, body: Json | None = None, timeo
         data=None if body is None else orjson.dumps(body),
         headers={"Content-Type": "application/json"} if body is not None else {},
     )
+    answered = exchange(request, timeout_s)
+    if 300 <= answered.status < 400:
+        raise AdminCallError(_redirected(url, answered), reached=True)
+    if answered.status >= 400:
+        raise AdminCallError(f"{url}: {error_message(answered)}", reached=True)
     try:
-        with open_admin(request, timeout_s) as resp:
-            answer = orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        if 300 <= exc.code < 400:
-            raise AdminCallError(_redirected(url, exc), reached=True) from None
-        try:
-            message = orjson.loads(exc.read())["error"]["message"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            message = f"HTTP {exc.code}"
-        raise AdminCallError(f"{url}: {message}", reached=True) from None
-    except OSError as exc:
-        raise AdminCallError(f"cannot reach {url}: {exc}", reached=False) from None
+        answer = orjson.loads(answered.body)
     except orjson.JSONDecodeError:
         raise AdminCallError(f"{url}{path} did not answer JSON", reached=True) from None
     if not isinstance(answer, dict):
@@ -105,13 +190,23 @@ def call_admin(url: str, method: str, path: str, body: Json | None = None, timeo
     return answer
 
 
-def _redirected(url: str, exc: urllib.error.HTTPError) -> str:
-    location = (exc.headers.get("Location") if exc.headers is not None else None) or "nowhere"
+def error_message(answer: Answer) -> str:
+    """The gateway's own message in an error answer (``{"error": {"message": ...}}``), shown
+    safely (``quoted``), else ``HTTP <status>``."""
+    try:
+        message = orjson.loads(answer.body)["error"]["message"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return f"HTTP {answer.status}"
+    return quoted(message)
+
+
+def _redirected(url: str, answer: Answer) -> str:
+    location = answer.headers.get("Location") or "nowhere"
     if len(location) > _LOCATION_CHARS:
         location = location[:_LOCATION_CHARS] + "…"
     shown = printable(location)
     return (
-        f"{url} answered HTTP {exc.code}, a redirect to {shown}: not followed (the admin token is "
+        f"{url} answered HTTP {answer.status}, a redirect to {shown}: not followed (the admin token is "
         "sent to --url only); give the gateway's own address as --url"
     )
 

@@ -364,7 +364,14 @@ def _policy_explain(args: argparse.Namespace) -> int:
     if args.model not in view["models"]:
         print(f"error: the gateway has no model group {quoted(args.model)}", file=sys.stderr)
         return 1
-    print(render(view, args.model, policy, source))
+    try:
+        text = render(view, args.model, policy, source)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        # --url answered JSON with a "models" object that is not the view render reads
+        # (another service, another version): one line, not a traceback.
+        print(f"error: {args.url}/admin/models is not a gateway's model view", file=sys.stderr)
+        return 1
+    print(text)
     return 0
 
 

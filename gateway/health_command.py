@@ -11,14 +11,19 @@ import argparse
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
-from gateway.admin_client import AdminCallError, authorized_request, gateway_url, open_admin
+from gateway.admin_client import (
+    AdminCallError,
+    authorized_request,
+    error_message,
+    exchange,
+    gateway_url,
+    printable,
+)
 
 _FIXED = ("status", "latency_ms", "changed_at", "detail")
 
@@ -56,23 +61,40 @@ def fetch(url: str) -> dict[str, Any] | None:
         print(f"error: {exc}", file=sys.stderr)
         return None
     try:
-        try:
-            with open_admin(request, 10) as resp:  # no redirect: the token goes to --url only
-                body = resp.read()
-        except urllib.error.HTTPError as err:
-            body = err.read()
-            if err.code != 503:
-                message = _error_message(body) or err.reason
-                print(f"error: {url}/health answered {err.code}: {message}", file=sys.stderr)
-                return None
-        report = orjson.loads(body)
-    except (OSError, ValueError) as exc:
+        answer = exchange(request, 10)  # no redirect: the token goes to --url only
+    except AdminCallError as exc:
         print(f"error: cannot read {url}/health: {exc}", file=sys.stderr)
         return None
-    if not isinstance(report, dict) or not isinstance(report.get("dependencies"), dict):
+    if answer.status not in (200, 503):  # a 503 body is a report too: the gateway is down
+        message = error_message(answer)
+        print(f"error: {url}/health answered {answer.status}: {message}", file=sys.stderr)
+        return None
+    try:
+        report: object = orjson.loads(answer.body)
+    except ValueError as exc:
+        print(f"error: cannot read {url}/health: {exc}", file=sys.stderr)
+        return None
+    if not is_report(report):
         print(f"error: {url}/health is not a gateway's health report", file=sys.stderr)
         return None
     return report
+
+
+def is_report(value: object) -> TypeGuard[dict[str, Any]]:
+    """Whether ``value`` has what ``render`` reads, as a gateway's ``/health`` has: another
+    service's JSON (a dependency that is a number, a latency that is text) was a traceback."""
+    if not isinstance(value, dict) or not isinstance(value.get("dependencies"), dict):
+        return False
+    return all(
+        isinstance(dep, dict)
+        and all(_number_or_none(dep.get(k)) for k in ("latency_ms", "changed_at"))
+        and all(_number_or_none(v) for k, v in dep.items() if k.endswith(("_age_s", "_bytes")))
+        for dep in value["dependencies"].values()
+    )
+
+
+def _number_or_none(value: object) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def any_down(report: Mapping[str, Any]) -> bool:
@@ -102,7 +124,9 @@ def render(report: Mapping[str, Any], url: str, now: float) -> str:
         lines.append(
             "  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
         )
-    return "\n".join(line.rstrip() for line in lines)
+    # Names and details are the gateway's text (a provider's error may be quoted in a detail):
+    # their escape sequences must not act on the operator's terminal.
+    return "\n".join(printable(line.rstrip()) for line in lines)
 
 
 def _detail(dep: Mapping[str, Any]) -> str:

@@ -35,7 +35,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from gateway.admin_client import open_admin
+from gateway.admin_client import AdminCallError, exchange, quoted
 
 REQUESTS = "gateway_requests_total"
 DURATION_BUCKET = "gateway_request_duration_seconds_bucket"
@@ -305,10 +305,10 @@ def _get(url: str, token: str | None, timeout_s: float) -> tuple[int, bytes]:
     if token:  # unredirected, and no redirect followed: the token goes to --url only
         request.add_unredirected_header("Authorization", f"Bearer {token}")
     try:
-        with open_admin(request, timeout_s) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        answer = exchange(request, timeout_s)  # bounded as a whole, in time and size
+    except AdminCallError as exc:
+        raise Unreachable(str(exc)) from None
+    return answer.status, answer.body
 
 
 def scrape(
@@ -316,26 +316,52 @@ def scrape(
 ) -> Scrape:
     """GET ``url``/metrics and ``url``/admin/models; ``Unreachable`` if the gateway does not answer."""
     base = url.rstrip("/")
-    try:
-        status, body = _get(base + "/metrics", None, timeout_s)
-        at_s = clock()
-        if status != 200:
-            raise Unreachable(f"{base}/metrics answered HTTP {status}")
-        admin_status, admin_body = _get(base + "/admin/models", token, timeout_s)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise Unreachable(f"cannot reach {base}: {reason}") from None
+    status, body = _get(base + "/metrics", None, timeout_s)
+    at_s = clock()
+    if status != 200:
+        raise Unreachable(f"{base}/metrics answered HTTP {status}")
+    admin_status, admin_body = _get(base + "/admin/models", token, timeout_s)
     models: Mapping[str, Any] | None = None
     admin_error = None
     if admin_status == 200:
-        models = orjson.loads(admin_body)
+        models = _model_view(admin_body)
+        if models is None:
+            admin_error = "/admin/models did not answer a gateway's model view"
     elif admin_status in (401, 403):
         admin_error = (
             f"/admin/models answered {admin_status}: set SOPHIA_ADMIN_TOKEN to the gateway's admin token"
         )
     else:
         admin_error = f"/admin/models answered HTTP {admin_status}"
-    return Scrape.parse(body.decode(), models, at_s, admin_error)
+    try:
+        parsed = Scrape.parse(body.decode(), models, at_s, admin_error)
+    except ValueError:  # UnicodeDecodeError too: a page, not Prometheus text
+        parsed = None
+    if parsed is None or IN_FLIGHT not in parsed.samples:
+        raise Unreachable(f"{base}/metrics is not a gateway's metrics: is --url {quoted(base)} the gateway?")
+    return parsed
+
+
+def _model_view(body: bytes) -> Mapping[str, Any] | None:
+    """``/admin/models``' view if ``body`` has what ``_deployments`` reads, else None (another
+    service's JSON, or none, was a traceback)."""
+    try:
+        view: object = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(view, dict) or not isinstance(groups := view.get("models"), dict):
+        return None
+    for group in groups.values():
+        deps = group.get("deployments", []) if isinstance(group, dict) else None
+        if not isinstance(deps, list) or not all(
+            isinstance(d, dict)
+            and isinstance(d.get("provider"), str)
+            and isinstance(d.get("model"), str)
+            and isinstance(d.get("stats") or {}, dict)
+            for d in deps
+        ):
+            return None
+    return view
 
 
 def run(
