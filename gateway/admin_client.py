@@ -225,6 +225,14 @@ def gateway_url(text: str) -> str:
         parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not a URL ({exc}): give it as http://HOST:PORT") from None
+    if "@" in parts.netloc:
+        # urllib would not send these as credentials (it read "user:pass@host" as the host and
+        # failed with a traceback quoting them), and every error line would print them: refused
+        # without repeating them.
+        raise argparse.ArgumentTypeError(
+            "holds credentials (user:password@): give it as http://HOST:PORT and the admin token "
+            "in SOPHIA_ADMIN_TOKEN"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError(f"{text!r} is not a URL: give it as http://HOST:PORT")
     return text

@@ -30,6 +30,22 @@ def test_a_bad_url_is_one_line_and_exit_2(
     assert "argument --url" in err and "http://HOST:PORT" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "url", ["http://admin:s3cr3t-pw@127.0.0.1:9", "http://s3cr3t-pw@127.0.0.1", "ftp://u:s3cr3t-pw@h"]
+)
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_a_url_with_credentials_is_refused_without_repeating_them(
+    command: list[str], url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: ``health`` printed ``cannot read http://admin:s3cr3t-pw@...`` and the others a
+    traceback (http.client's InvalidURL, ``nonnumeric port``) quoting the password."""
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--url", url])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --url" in err and "credentials" in err and "s3cr3t-pw" not in err
+
+
 def test_a_bad_namespaces_flag_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["keys", "create", "--team", "default", "--namespaces", "bogus", "--url", "http://127.0.0.1:1"])
