@@ -207,10 +207,9 @@ def _workers(text: str) -> int:
         from gateway.workers import available_cores
 
         return available_cores()
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
+    # ASCII digits only: int() also took " 2", "+2", "1_0" and other scripts' digits ("٣" is 3),
+    # so a typo or a pasted value started a number of processes nobody wrote.
+    count = int(text) if text.isascii() and text.isdigit() else 0
     if count < 1:
         raise argparse.ArgumentTypeError(f"must be a number of processes from 1 up, or auto, not {text!r}")
     return count
