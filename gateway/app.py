@@ -45,6 +45,7 @@ from gateway.memory.backends import build_memory
 from gateway.memory.ingest import IngestService
 from gateway.memory.lifecycle import lifecycle_loop
 from gateway.memory.service import MemoryService, TextEmbedder
+from gateway.observability import worker_totals
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.runtime import LoopLag, resident_bytes
@@ -207,6 +208,8 @@ def build_app(
     if ingest is not None:
         app.cleanup_ctx.append(_ingest_jobs(ingest))  # after the memory: its jobs stop before it closes
     _watch_health(app, policy, store, limit_gate.limiter, service.memory)
+    if worker is not None:  # a crashed worker's counts stay in the set's sum
+        app.cleanup_ctx.append(worker_totals.writing(metrics.render, worker.run_dir, worker.index))
     app.cleanup_ctx.append(_readiness)
     app.on_shutdown.append(_start_draining)
     _add_routes(app)

@@ -14,23 +14,32 @@ answer live (dead incarnations, and a live worker that timed out: its last writt
 ``retired.prom`` and removes it, so files do not pile up with restarts. A shared ``flock`` on
 ``totals.lock`` makes a reader see the fold whole: the file and ``retired.prom`` with it, or
 neither changed. Whatever Prometheus saw from a worker is in its file; a worker's live values
-only grow; the fold keeps sums: so the merged counters never decrease. What a worker counted
-after its last scrape and before it died was never shown, and is lost (as for a single process).
+only grow; the fold keeps sums: so the merged counters never decrease.
+
+Each worker also writes its file every ``WRITE_INTERVAL_S`` (``writing``), whether scraped or
+not: written at scrapes only, a worker that crashed lost everything it counted since the last
+scrape (15 s of traffic at the usual interval; 12,035 chats answered, a SIGKILL, and the set's
+/metrics showed 10,441). Now at most the last second's counts go with it. Cost: one exposition
+rendered and written a second per worker (about a millisecond), nothing per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 from gateway.observability.exposition import merge_expositions
+from gateway.tasks import stop as stop_task
 
 RETIRED = "retired.prom"
 _LOCK = "totals.lock"
 _PREFIX = "totals-"
 _SUFFIX = ".prom"
+WRITE_INTERVAL_S = 1.0  # the most a crashed worker's counts can miss in the set's sum
 
 
 def monotonic_part(text: str) -> str:
@@ -55,6 +64,33 @@ def save(run_dir: str, index: int, pid: int, text: str) -> None:
     with open(temporary, "w", encoding="utf-8") as out:
         out.write(monotonic_part(text))
     os.replace(temporary, path)
+
+
+def writing(
+    render: Callable[[], bytes], run_dir: str, index: int, interval_s: float = WRITE_INTERVAL_S
+) -> Callable[[Any], AsyncIterator[None]]:
+    """A cleanup context that saves worker ``index``'s exposition (``render()``) every
+    ``interval_s`` seconds while the app runs, and once more when it stops."""
+
+    async def running(app: Any) -> AsyncIterator[None]:
+        pid = os.getpid()
+
+        async def write() -> None:
+            # The run directory goes when the set stops; a write then has nothing to keep.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(save, run_dir, index, pid, render().decode())
+
+        async def forever() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                await write()
+
+        task = asyncio.create_task(forever(), name="worker-totals")
+        yield
+        await stop_task(task)
+        await write()
+
+    return running
 
 
 def others(run_dir: str, live_pids: set[int]) -> list[str]:
