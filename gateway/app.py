@@ -207,7 +207,14 @@ def build_app(
         app.cleanup_ctx.append(_memory_service(service.memory, worker is None or worker.owns_files))
     if ingest is not None:
         app.cleanup_ctx.append(_ingest_jobs(ingest))  # after the memory: its jobs stop before it closes
-    _watch_health(app, policy, store, limit_gate.limiter, service.memory)
+    _watch_health(
+        app,
+        policy,
+        store,
+        limit_gate.limiter,
+        service.memory,
+        key_ring.store if policy.auth.mode == "keys" else None,
+    )
     if worker is not None:  # a crashed worker's counts stay in the set's sum
         app.cleanup_ctx.append(worker_totals.writing(metrics.render, worker.run_dir, worker.index))
     app.cleanup_ctx.append(_readiness)
@@ -222,6 +229,7 @@ def _watch_health(
     store: CacheStore,
     limiter: Limiter,
     memory: MemoryService | None,
+    key_records: KeyStore | None,
 ) -> None:
     """The health monitor, the event loop's lag sampler and (with ``server.max_rss_bytes``) the
     memory guard, each a background task of its own; and the recovery actions the Redis links
@@ -248,6 +256,7 @@ def _watch_health(
         lag,
         redis=redis,
         memory=memory,
+        key_store=key_records,
         rss=resident_bytes,
         max_rss_bytes=server.max_rss_bytes,
         interval_s=server.health_interval_s,

@@ -13,6 +13,11 @@ changed.
   request comes.
 * ``memory:store``: ``SELECT 1`` through the store (its pool, for Snowflake), and the pool's
   efficiency (degraded below the seed's 85 % once 100 acquisitions were made).
+* ``keys:store`` (``auth.mode: keys``): a lookup of a hash no key has, through the key store
+  (``KEYS_URL``'s PostgreSQL or the SQLite file), 2 s bound: down when it fails or does not
+  answer. Every key not in a process's lookup cache is refused (503 ``key_store_unavailable``)
+  meanwhile. Down makes the gateway degraded, not unready: the store is every replica's, so
+  taking pods out of the Service would not help, and keys looked up recently still pass.
 * ``memory:index``: vectors held, and the age of this process's last save (degraded when the
   owner of the files has not saved for three save intervals: saving fails).
 * ``event_loop``: the worst lag of the last 10 s (``observability/runtime.py``): degraded from
@@ -37,6 +42,7 @@ from typing import Any, Literal, Protocol
 
 from aiohttp import web
 
+from gateway.auth.records import KeyStore
 from gateway.errors import GatewayError
 from gateway.memory.service import MemoryService
 from gateway.observability.runtime import LoopLag
@@ -108,6 +114,9 @@ class HealthReport:
         }
 
 
+_NO_KEY_HASH = "0" * 64  # a SHA-256 hex no key has: the probe finds nothing, whatever the store holds
+
+
 class HealthMonitor:
     """Checks every dependency (see the module docstring); ``clock`` is monotonic seconds (the
     router's, for deployment ages), ``wall`` Unix seconds (for the times reported)."""
@@ -119,6 +128,7 @@ class HealthMonitor:
         *,
         redis: Mapping[str, RedisProbe] | None = None,
         memory: MemoryService | None = None,
+        key_store: KeyStore | None = None,
         rss: Callable[[], int | None],
         max_rss_bytes: int | None = None,
         interval_s: float = 5.0,
@@ -129,6 +139,7 @@ class HealthMonitor:
         self._lag = lag
         self._redis = dict(redis or {})
         self._memory = memory
+        self._key_store = key_store
         self._rss = rss
         self.max_rss_bytes = max_rss_bytes
         self.interval_s = interval_s
@@ -170,8 +181,11 @@ class HealthMonitor:
         checks: dict[str, Check] = dict(self._deployments())
         names = list(self._redis)
         store_check = asyncio.ensure_future(self._store_check())
+        keys_check = asyncio.ensure_future(self._keys_check())
         found = await asyncio.gather(*(self._redis_check(self._redis[n]) for n in names))
         checks.update(zip(names, found, strict=True))
+        if (keys_found := await keys_check) is not None:
+            checks["keys:store"] = keys_found
         store = await store_check
         if store is not None:
             checks["memory:store"] = store
@@ -217,6 +231,21 @@ class HealthMonitor:
                 "down", detail="no answer to the probe script (skipped while backing off, or failed)"
             )
         return Check("up", latency_s)
+
+    async def _keys_check(self) -> Check | None:
+        store = self._key_store
+        if store is None:
+            return None
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._store_timeout_s):
+                await store.find_by_hash(_NO_KEY_HASH)
+        except TimeoutError:
+            return Check("down", detail=f"key lookup: no answer within {self._store_timeout_s:g} s")
+        except (GatewayError, OSError) as exc:
+            reason = exc.message if isinstance(exc, GatewayError) else type(exc).__name__
+            return Check("down", detail=f"key lookup failed: {reason}")
+        return Check("up", time.perf_counter() - started)
 
     async def _store_check(self) -> Check | None:
         memory = self._memory

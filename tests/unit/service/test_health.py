@@ -3,6 +3,7 @@ router, breakers, caches and SQLite memory store; clocks driven by hand where ti
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway import keys
 from gateway.app import build_app
+from gateway.auth.records import KeyRecord
+from gateway.auth.sqlite_keys import SQLiteKeyStore
 from gateway.errors import UpstreamConnectError, UpstreamTimeout
 from gateway.live_policy import provider_clients
 from gateway.observability.metrics import GatewayMetrics
@@ -270,3 +273,57 @@ async def test_memory_store_and_index_are_checked(aiohttp_client: ClientFactory,
     await app[keys.MEMORY].store.close()  # the store goes away under the gateway
     store = (await (await client.get("/health")).json())["dependencies"]["memory:store"]
     assert store["status"] == "down" and "SELECT 1 failed" in store["detail"]
+
+
+class HangingKeyStore(SQLiteKeyStore):
+    """A key store whose lookups never answer (a PostgreSQL behind a dropped network)."""
+
+    async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
+        await asyncio.sleep(3600)
+        return None
+
+
+async def test_the_key_store_is_a_dependency_down_while_it_cannot_answer(tmp_path: Path) -> None:
+    """In keys mode every key not in the lookup cache is refused (503 key_store_unavailable)
+    while the store cannot answer, and /health said nothing of it: the store was no dependency.
+    Down makes the gateway degraded, never unready (the store is every replica's)."""
+    clock, wall, rss = Clock(), Clock(), [None]
+    monitor, router, lag = monitor_for(POLICY, {"a": Upstream("a"), "b": Upstream("b")}, clock, wall, rss)
+    store = SQLiteKeyStore(str(tmp_path / "keys.sqlite3"))
+    await store.start()
+    with_keys = HealthMonitor(router, lag, key_store=store, rss=lambda: None, wall=wall)
+    deps = {d.name: d.check for d in (await with_keys.check()).dependencies}
+    assert deps["keys:store"].status == "up" and deps["keys:store"].latency_s is not None
+    await store.close()  # every lookup now raises KeyStoreUnavailable
+    report = await with_keys.check()
+    deps = {d.name: d.check for d in report.dependencies}
+    assert deps["keys:store"].status == "down"
+    assert (
+        deps["keys:store"].detail
+        == "key lookup failed: The gateway cannot check API keys right now (its key store is unavailable). Retry shortly."
+    )
+    assert report.status == "degraded" and with_keys.can_serve()
+    assert dict(with_keys.dependencies_up())["keys:store"] is False
+
+    hanging = HangingKeyStore(str(tmp_path / "other.sqlite3"))
+    slow = HealthMonitor(router, lag, key_store=hanging, rss=lambda: None, wall=wall, store_timeout_s=0.05)
+    deps = {d.name: d.check for d in (await slow.check()).dependencies}
+    assert (
+        deps["keys:store"].status == "down"
+        and deps["keys:store"].detail == "key lookup: no answer within 0.05 s"
+    )
+    assert "keys:store" not in {d.name for d in (await monitor.check()).dependencies}  # open mode: none
+
+
+async def test_a_keys_mode_gateway_reports_its_key_store(
+    aiohttp_client: ClientFactory, tmp_path: Path
+) -> None:
+    policy = parse_policy(
+        POLICY.replace("auth: {mode: open}", f"auth: {{mode: keys, store: {tmp_path / 'keys.sqlite3'}}}")
+    )
+    transports = {name: MockTransport(Upstream(name)) for name in ("a", "b")}
+    app = build_app(Settings(), policy, {}, transports=transports)
+    client = await aiohttp_client(app)
+    resp = await client.get("/health")
+    deps = (await resp.json())["dependencies"]
+    assert deps["keys:store"]["status"] == "up"
