@@ -83,19 +83,18 @@ def _duration(value: object) -> object:
     return value
 
 
+# What a duration may be written as, in JSON schema: a number of seconds or 30d.
+_DURATION_FORMS: list[dict[str, object]] = [
+    {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
+    {"type": "string", "pattern": DURATION_PATTERN},
+]
+
 # A duration in seconds in the policy; YAML may say 30d.
 DurationS = Annotated[
     float,
     BeforeValidator(_duration),
     Field(gt=0),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
-                {"type": "string", "pattern": DURATION_PATTERN},
-            ]
-        }
-    ),
+    WithJsonSchema({"anyOf": _DURATION_FORMS}),
 ]
 
 
@@ -132,15 +131,7 @@ ExpiresS = Annotated[
     float,
     BeforeValidator(_expiry),
     Field(gt=0),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_S},
-                {"type": "string", "pattern": DURATION_PATTERN},
-                {"type": "string", "format": "date-time"},
-            ]
-        }
-    ),
+    WithJsonSchema({"anyOf": [*_DURATION_FORMS, {"type": "string", "format": "date-time"}]}),
 ]
 
 
