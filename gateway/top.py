@@ -250,6 +250,14 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
+def _shown(value: str, max_chars: int = 80) -> Text:
+    """A name the watched gateway sent, as plain text: never rich markup (``[red]``, ``[link=...]``
+    in a group name styled or linked its row) nor a terminal's control sequence (escaped as
+    ``\\x1b``), and at most ``max_chars`` characters."""
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in value[: max_chars + 1])
+    return Text(text if len(text) <= max_chars else text[: max_chars - 1] + "…")
+
+
 def render(f: Figures, url: str = "") -> RenderableType:
     """The screen for ``f`` (``url``: the gateway watched, for the title)."""
     head = Table.grid(padding=(0, 3))
@@ -281,8 +289,8 @@ def render(f: Figures, url: str = "") -> RenderableType:
         deployments.add_column(name, justify=justify)  # type: ignore[arg-type]
     for row in f.deployments:
         deployments.add_row(
-            row.group or "-",
-            f"{row.provider}/{row.model}",
+            _shown(row.group or "-"),
+            _shown(f"{row.provider}/{row.model}"),
             f"{row.requests_per_s:.1f}",
             f"{row.errors_per_s:.1f}",
             _pct(row.share),

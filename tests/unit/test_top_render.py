@@ -1,0 +1,31 @@
+"""``sophia-gateway top`` draws what a watched gateway sends as plain text: a group or deployment
+name holding rich markup or a terminal's control sequence is shown as written, escaped, never
+styling, linking or recolouring the screen."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from gateway.top import DeploymentRow, Figures, render
+
+
+def _screen(group: str, provider: str) -> str:
+    row = DeploymentRow(group, provider, "m", 1.0, 0.0, 1.0, 0.5, 12.0, "closed")
+    figures = Figures(1.0, 1.0, 1.0, None, None, None, None, None, None, 0.0, [row])
+    out = io.StringIO()
+    Console(file=out, force_terminal=True, width=200, color_system="truecolor").print(render(figures))
+    return out.getvalue()
+
+
+def test_names_are_shown_as_written_never_as_markup_or_control_sequences() -> None:
+    screen = _screen("[red]team[/red]", "evil\x1b]8;;http://x\x07p")
+    assert "[red]team[/red]" in screen  # the markup shown, not applied
+    assert "\\x1b]8;;http://x\\x07p/m" in screen  # escaped
+    assert "\x1b]8;;http" not in screen and "\x07" not in screen  # no hyperlink or bell reaches the terminal
+
+
+def test_a_long_name_is_cut() -> None:
+    screen = _screen("g" * 500, "p")
+    assert "g" * 79 + "…" in screen and "g" * 81 not in screen
