@@ -250,6 +250,7 @@ def _watch_health(
     if memory is not None:
         metrics.recovery.add_source(pool_reconnects(memory.store))
     lag = LoopLag()
+    live = app[keys.POLICY_CONTROL]
     server = policy.server  # restart-only (policy/versions.py): read once
     monitor = app[keys.HEALTH] = HealthMonitor(
         app[keys.ROUTER],
@@ -260,6 +261,8 @@ def _watch_health(
         rss=resident_bytes,
         max_rss_bytes=server.max_rss_bytes,
         interval_s=server.health_interval_s,
+        # started from a policy file: a refused reload is a dependency's state
+        reload_failure=(lambda: live.status().last_error) if live.status().path is not None else None,
     )
     metrics.health_collector(monitor)
     app.cleanup_ctx.append(lag.running)

@@ -24,6 +24,10 @@ changed.
   0.1 s, down from 1 s.
 * ``resident_memory``: degraded while above ``server.max_rss_bytes`` (``service/recovery.py``
   frees memory then).
+* ``policy`` (a gateway started from a policy file): degraded while the last reload was refused
+  (an invalid file, a provider client that would not start): the policy in force keeps serving,
+  but the change an operator made is not in force; ``detail`` says why, ``problems`` lists the
+  first five. Up again once a reload applies or the file says again what is in force.
 
 The gateway as a whole is ``down`` when it can serve nothing (no model group has a deployment
 with its key set and its breaker not open: readiness fails then, never because one provider is
@@ -46,6 +50,7 @@ from gateway.auth.records import KeyStore
 from gateway.errors import GatewayError
 from gateway.memory.service import MemoryService
 from gateway.observability.runtime import LoopLag
+from gateway.policy.versions import ReloadFailure
 from gateway.routing.breaker import BreakerState
 from gateway.routing.router import Router
 from gateway.routing.target import Target
@@ -134,6 +139,7 @@ class HealthMonitor:
         interval_s: float = 5.0,
         wall: Callable[[], float] = time.time,
         store_timeout_s: float = STORE_TIMEOUT_S,
+        reload_failure: Callable[[], ReloadFailure | None] | None = None,
     ) -> None:
         self._router = router
         self._lag = lag
@@ -145,6 +151,7 @@ class HealthMonitor:
         self.interval_s = interval_s
         self._wall = wall
         self._store_timeout_s = store_timeout_s
+        self._reload_failure = reload_failure
         self._since: dict[str, tuple[Status, float]] = {}
         self._pending: asyncio.Future[HealthReport] | None = None
         self.last: HealthReport | None = None
@@ -193,6 +200,8 @@ class HealthMonitor:
             checks["memory:index"] = self._index_check(self._memory)
         checks["event_loop"] = self._loop_check()
         checks["resident_memory"] = self._rss_check()
+        if self._reload_failure is not None:
+            checks["policy"] = _policy_check(self._reload_failure())
         now = self._wall()
         since = {}
         for name, c in checks.items():
@@ -329,6 +338,20 @@ class HealthMonitor:
         task = asyncio.create_task(forever(), name="health-monitor")
         yield
         await stop_task(task)
+
+
+def _policy_check(failure: ReloadFailure | None) -> Check:
+    """Up while the policy file's last reload applied (or none was tried); degraded while it was
+    refused, saying why: the policy in force serves on, without the operator's change."""
+    if failure is None:
+        return Check("up")
+    first = failure.problems[0] if failure.problems else "no reason given"
+    more = f" (and {len(failure.problems) - 1} more)" if len(failure.problems) > 1 else ""
+    return Check(
+        "degraded",
+        detail=f"the last policy reload ({failure.source}) was refused: {first}{more}; the policy in force serves on",
+        figures={"problems": failure.problems[:5], "refused_at": round(failure.at, 3)},
+    )
 
 
 def _deployment_check(target: Target, groups: list[str], now: float, stale_after_s: float) -> Check:

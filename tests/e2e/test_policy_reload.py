@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,5 +160,30 @@ def test_sighup_reloads_when_the_watcher_is_off(fake: ManagedProcess, tmp_path: 
         assert state["source"] == "signal"
         names = [m["id"] for m in get_json(f"{gateway.url}/v1/models")["data"]]  # type: ignore[union-attr]
         assert names == ["chat", "v1"]
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_a_refused_reload_shows_in_health_until_one_applies(fake: ManagedProcess, tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy(fake.url, "v0"))
+    gateway = serve(path, SOPHIA_POLICY_WATCH="0")
+    try:
+        assert get_json(f"{gateway.url}/health")["dependencies"]["policy"]["status"] == "up"  # type: ignore[index]
+        write_atomically(path, policy(fake.url, "v1", valid=False))
+        request = urllib.request.Request(f"{gateway.url}/admin/policy/reload", method="POST", data=b"")
+        with pytest.raises(urllib.error.HTTPError):  # refused: the old policy serves on
+            urllib.request.urlopen(request, timeout=5)
+        health = get_json(f"{gateway.url}/health")
+        check = health["dependencies"]["policy"]  # type: ignore[index]
+        assert health["status"] == "degraded" and check["status"] == "degraded", health
+        assert "refused" in check["detail"] and "no-such-provider" in check["detail"], check
+        assert check["problems"] and check["refused_at"] > 0
+        with urllib.request.urlopen(f"{gateway.url}/health/ready", timeout=5) as ready:
+            assert ready.status == 200  # serving on the policy in force: still ready
+        write_atomically(path, policy(fake.url, "v2"))
+        with urllib.request.urlopen(request, timeout=5) as applied:
+            assert applied.status == 200
+        assert get_json(f"{gateway.url}/health")["dependencies"]["policy"]["status"] == "up"  # type: ignore[index]
     finally:
         assert gateway.stop() == 0
