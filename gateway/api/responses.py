@@ -14,28 +14,36 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.api.azure import key_header
+from gateway.auth.identity import Caller
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.http.auth import authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.http.sse import send_stream
-from gateway.service.context import CallContext
+from gateway.service.context import CallContext, CallRecord
 from gateway.service.streams import AnswerStream
 from gateway.wire.responses_output import error_event
+
+
+async def _client(
+    request: web.Request, started_s: float, record: CallRecord | None = None
+) -> tuple[Caller | None, CallContext]:
+    """The caller (None in open mode) and its call context; under Azure's ``/openai/`` paths the
+    key may also come as ``api-key`` (``azure.key_header``)."""
+    header = key_header(request)
+    caller = (
+        None
+        if request.app[keys.POLICY].auth.mode == "open"
+        else await authenticate(request, key_header=header)
+    )
+    ctx = CallContext.for_client(request[keys.REQUEST_ID], started_s, request.headers, caller, record, header)
+    return caller, ctx
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
     started_s = time.perf_counter()
     app = request.app
-    caller = (
-        None
-        if app[keys.POLICY].auth.mode == "open"
-        else await authenticate(request, key_header=key_header(request))
-    )
-    record = request[keys.REQUEST_CALL]
-    ctx = CallContext.for_client(
-        request[keys.REQUEST_ID], started_s, request.headers, caller, record, key_header(request)
-    )
+    _, ctx = await _client(request, started_s, request[keys.REQUEST_CALL])
     body = await read_json(request)
     answer = await app[keys.RESPONSES].run(body, ctx)
     if answer.stream is not None:
@@ -81,15 +89,7 @@ class _Sequenced:
 async def _kept_id(request: web.Request) -> tuple[str, str]:
     """(the caller's tenant, the response id in the path): a kept response is its tenant's only.
     The tenant is ``CallContext``'s own (the key's team, or a hash of the Authorization header)."""
-    app = request.app
-    caller = (
-        None
-        if app[keys.POLICY].auth.mode == "open"
-        else await authenticate(request, key_header=key_header(request))
-    )
-    ctx = CallContext.for_client(
-        request[keys.REQUEST_ID], time.perf_counter(), request.headers, caller, key_header=key_header(request)
-    )
+    _, ctx = await _client(request, time.perf_counter())
     return ctx.tenant, request.match_info["response_id"]
 
 
@@ -173,14 +173,7 @@ async def count_input_tokens(request: web.Request) -> web.StreamResponse:
     """``POST /v1/responses/input_tokens`` (the SDK's ``responses.input_tokens.count``): OpenAI's
     ``{"object": "response.input_tokens", "input_tokens": N}``, the gateway's estimate."""
     app = request.app
-    caller = (
-        None
-        if app[keys.POLICY].auth.mode == "open"
-        else await authenticate(request, key_header=key_header(request))
-    )
-    ctx = CallContext.for_client(
-        request[keys.REQUEST_ID], time.perf_counter(), request.headers, caller, key_header=key_header(request)
-    )
+    caller, ctx = await _client(request, time.perf_counter())
     body = await read_json(request)
     tokens = await app[keys.RESPONSES].input_tokens(body, ctx.tenant, caller)
     return json_response(orjson.dumps({"object": "response.input_tokens", "input_tokens": tokens}))
