@@ -108,9 +108,9 @@ class GatewayError(Exception):
 
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "server_error"
-    # Set by the router on the error that ends a routed call: (provider, upstream model) of the
-    # last deployment tried and how many attempts were made (the access log and headers say so).
-    tried: tuple[str, str, int] | None = None
+    # Set by the router on the error that ends a routed call: the attempts it made (``Tried``;
+    # the access log and headers say so).
+    tried: Tried | None = None
     # What a library or a provider said behind this error, for the server's log only (it may name
     # hosts, addresses or URLs); the client sees ``message``, in the gateway's words.
     detail: str | None = None
@@ -762,6 +762,42 @@ class Attempt:
     provider: str
     model: str
     error: GatewayError
+
+
+# The most attempts a ``Tried`` names one by one (``retry.max_attempts`` is at most 20).
+MOST_TRIED_NAMED = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Tried:
+    """The attempts of a routed call that none served, for the access log and headers:
+    ``attempts`` how many were made; ``each`` (provider, upstream model, status, code) of each,
+    in order (past ``MOST_TRIED_NAMED``, the first ones and the last); ``fallback`` whether any went to a deployment
+    other than the policy's first choice with every deployment healthy."""
+
+    attempts: int
+    fallback: bool
+    each: tuple[tuple[str, str, int, str], ...]
+
+    @property
+    def provider(self) -> str:
+        return self.each[-1][0] if self.each else ""
+
+    @property
+    def model(self) -> str:
+        return self.each[-1][1] if self.each else ""
+
+    @classmethod
+    def of(cls, attempts: Sequence[Attempt], fallback: bool) -> Tried:
+        named = (
+            attempts
+            if len(attempts) <= MOST_TRIED_NAMED
+            else [*attempts[: MOST_TRIED_NAMED - 1], attempts[-1]]
+        )
+        each = tuple(
+            (a.provider, a.model, a.error.http_status, a.error.code or a.error.error_type) for a in named
+        )
+        return cls(len(attempts), fallback, each)
 
 
 def _format_retry_after(seconds: float) -> str:

@@ -291,8 +291,14 @@ def _observe(
     if model:
         metrics.child(metrics.request_duration, endpoint, model, provider).observe(elapsed_s)
     if access.enabled:  # buffered: written in timed batches, off the loop (access_log.py)
-        if route is None and call.tried is not None:  # every attempt failed: the last one tried
-            provider, upstream_model, attempts = call.tried
+        tried = call.tried if route is None else None
+        if tried is not None:  # every attempt failed: the last one tried, and each of them
+            provider, upstream_model, attempts, fallback = (
+                tried.provider,
+                tried.model,
+                tried.attempts,
+                tried.fallback,
+            )
         access.record(
             rid,
             request.method,
@@ -305,6 +311,7 @@ def _observe(
             fallback,
             milliseconds(elapsed_s),
             call.stream_error,
+            tried.each if tried is not None else None,
         )
 
 
@@ -368,7 +375,7 @@ def add_gateway_headers(headers: MutableMapping[str, str], rid: str, call: CallR
         if route.group != call.model:
             headers["x-gateway-group"] = route.group  # a rule sent it to another group
     elif call.tried is not None:
-        headers["x-gateway-attempts"] = str(call.tried[2])  # how many deployments failed it
+        headers["x-gateway-attempts"] = str(call.tried.attempts)  # how many deployments failed it
     if call.memory_ids is not None:
         headers["x-gateway-memory-ids"] = ",".join(call.memory_ids)
     cached = call.cache

@@ -49,7 +49,7 @@ import stat
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from time import time_ns
 from typing import Protocol, TextIO
 
@@ -182,6 +182,10 @@ def _text_line(stamp: _Timestamps, entry: Entry) -> bytes:
     fields = " ".join(f"{name}={logfmt_value(entry[name])}" for name in FIELDS)
     if "stream_error" in entry:  # a stream that failed after its first byte (``record``)
         fields += f" stream_error={logfmt_value(entry['stream_error'])}"
+    failed: list[dict[str, object]] | None = entry.get("failed_attempts")  # type: ignore[assignment]
+    if failed:  # every attempt failed: provider/upstream_model:status:code of each, in order
+        each = ",".join(f"{a['provider']}/{a['upstream_model']}:{a['status']}:{a['code']}" for a in failed)
+        fields += f" failed_attempts={logfmt_value(each)}"
     # Each value is escaped and quoted as ``TextFormatter`` does; the rest is constant, printable text.
     return f"{stamp.text(entry['ts'])} INFO    {ACCESS_LOGGER}: request {fields}\n".encode(  # type: ignore[arg-type]
         "utf-8", "backslashreplace"
@@ -336,9 +340,12 @@ class AccessLog:
         fallback: bool,
         duration_ms: float,
         stream_error: str = "",
+        failed: Sequence[tuple[str, str, int, str]] | None = None,
     ) -> None:
         """Log one request; handed to the writer within ``FLUSH_INTERVAL_S``. ``stream_error``:
-        why its stream failed after the first byte (the line has the field only then)."""
+        why its stream failed after the first byte (the line has the field only then).
+        ``failed``: a request every attempt failed, (provider, upstream model, status, code) of
+        each attempt in order (the line's ``failed_attempts``, only then)."""
         entry: Entry = {
             "ts": time_ns(),
             "level": "info",
@@ -357,6 +364,10 @@ class AccessLog:
         }
         if stream_error:
             entry["stream_error"] = stream_error
+        if failed:
+            entry["failed_attempts"] = [
+                {"provider": p, "upstream_model": m, "status": st, "code": c} for p, m, st, c in failed
+            ]
         self._pending.append(entry)
         if not self._scheduled:
             loop = self._loop

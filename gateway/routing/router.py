@@ -39,6 +39,7 @@ from gateway.errors import (
     ModelNotFound,
     NoHealthyDeployment,
     ProviderNotConfigured,
+    Tried,
     UpstreamStatusError,
     UpstreamTimeout,
 )
@@ -278,17 +279,20 @@ class Router:
         """The targets to try for ``ctx``, first choice first (drawn at random for ``score`` and
         ``weighted``). Raises when none can serve it."""
         group = self._groups[group_name or self.resolve(ctx)]
-        return self._plan(group, ctx, self._clock())
+        return self._plan(group, ctx, self._clock())[0]
 
-    def _plan(self, group: _Group, ctx: RouteContext, now: float) -> list[Target]:
+    def _plan(self, group: _Group, ctx: RouteContext, now: float) -> tuple[list[Target], bool]:
         """``plan`` in one pass over the group's targets (run for every request): the usable
         ones (key set, big enough), of those the ones whose breaker lets calls through, split
-        into fresh and rate limited (those last, soonest free first)."""
+        into fresh and rate limited (those last, soonest free first). With it, whether its first
+        choice is already a fallback: not the one the policy picks first with every deployment
+        healthy (``_fell_back``; asked only when an open breaker or a rate limit skipped one)."""
         fresh: list[Target] = []
         cooling: list[Target] | None = None
         usable = fits = 0
         largest = 0
         retry_in: float | None = None
+        skipped = False
         targets = group.targets
         lead: Target | None = None
         rollout = group.rollout
@@ -311,6 +315,7 @@ class Router:
             if not live.breaker.available(now):
                 wait = live.breaker.retry_in(now)
                 retry_in = wait if retry_in is None else min(retry_in, wait)
+                skipped = True
                 continue
             if live.stats.cooling_until > now:
                 if cooling is None:
@@ -337,7 +342,8 @@ class Router:
         if cooling is not None:
             cooling.sort(key=lambda t: t.live.stats.cooling_until)
             fresh += cooling
-        return fresh
+            skipped = True
+        return fresh, skipped and _fell_back(group, targets, fresh[0], lead, ctx.prompt_tokens)
 
     def _order(self, group: _Group, targets: list[Target], ctx: RouteContext, now: float) -> list[Target]:
         if len(targets) <= 1:
@@ -387,7 +393,7 @@ class Router:
             group_name = self.resolve(ctx)
         group = self._groups[group_name]
         now = self._clock()
-        plan = self._plan(group, ctx, now)
+        plan, fell_back = self._plan(group, ctx, now)
         first = plan[0]
         live = first.live
         budget = group.budget
@@ -405,11 +411,13 @@ class Router:
                     if not isinstance(error, GatewayError):
                         raise
                     cursor = self._cursor(group, plan, ctx, now, first_taken=True)
-                    return await self._fail_over(group_name, cursor, ctx, attempt, first, error)
+                    return await self._fail_over(group_name, cursor, ctx, attempt, first, error, fell_back)
                 self._attempt_succeeded(first, ctx, time.perf_counter() - started)
             finally:
                 budget.active -= 1
-            return Routed(group_name, first, 1, False, value)
+            if fell_back:  # the policy's first choice is out (open breaker, rate limited)
+                self._metrics.child(self._metrics.fallbacks, group_name).inc()
+            return Routed(group_name, first, 1, fell_back, value)
         # The first choice is rate limited (so is every other: they would come first), or
         # another request holds its half-open probe: the cursor walks the plan.
         cursor = self._cursor(group, plan, ctx, now)
@@ -419,10 +427,10 @@ class Router:
             try:
                 value = await self._attempt(target, ctx, attempt)
             except GatewayError as error:
-                return await self._fail_over(group_name, cursor, ctx, attempt, target, error)
+                return await self._fail_over(group_name, cursor, ctx, attempt, target, error, fell_back)
         finally:
             budget.active -= 1
-        fallback = target is not first
+        fallback = fell_back or target is not first
         if fallback:
             self._metrics.child(self._metrics.fallbacks, group_name).inc()
         return Routed(group_name, target, 1, fallback, value)
@@ -449,10 +457,12 @@ class Router:
         attempt: Callable[[Target], Awaitable[T]],
         target: Target,
         error: GatewayError,
+        fell_back: bool,
     ) -> Routed[T]:
         """After the first attempt failed on ``target`` with ``error``: retry or give up.
         After a timeout this is a recovery action (``failover``): ok when another attempt
-        served the request, failed when none could."""
+        served the request, failed when none could. ``fell_back``: the plan's first choice
+        already is a fallback (``_plan``)."""
         failures = [Attempt(target.provider, target.model, error)]
         _log_failed_attempt(ctx, target, error, 1, cursor)
         timed_out = isinstance(error, UpstreamTimeout)
@@ -464,8 +474,11 @@ class Router:
             await asyncio.sleep(cursor.pending_wait_s)
             value, target = await self._retry(group_name, cursor, ctx, attempt, failures)
         except GatewayError as final:
-            last = failures[-1]
-            final.tried = (last.provider, last.model, len(failures))
+            first = cursor.first
+            final.tried = Tried.of(
+                failures,
+                fell_back or any(a.provider != first.provider or a.model != first.model for a in failures),
+            )
             if timed_out:
                 self._metrics.recovery.count("failover", "failed")
             raise
@@ -474,7 +487,7 @@ class Router:
         if timed_out:
             self._metrics.recovery.count("failover", "ok")
         self._metrics.child(self._metrics.retries, group_name).inc(len(failures))
-        fallback = target is not cursor.first
+        fallback = fell_back or target is not cursor.first
         if fallback:
             self._metrics.child(self._metrics.fallbacks, group_name).inc()
         return Routed(group_name, target, len(failures) + 1, fallback, value)
@@ -749,6 +762,25 @@ class Router:
         for name in self._groups:
             for target, terms in self.terms(name, now):
                 yield name, target.provider, target.model, terms.score(self._policy.weights)
+
+
+def _fell_back(
+    group: _Group, targets: Sequence[Target], first: Target, lead: Target | None, prompt_tokens: int
+) -> bool:
+    """Whether ``first``, the plan's first choice once an open breaker or a rate limit skipped
+    some of ``targets``, is not the one the policy picks with every deployment healthy: the
+    rollout's candidate when the draw chose it, else the strategy's (``Strategy.fell_back``:
+    under ``ordered`` the first listed that has its key and fits the prompt). A deployment
+    without its key or too small for the prompt is the policy's own choice, not a fallback."""
+    fitting = [
+        t
+        for t in targets
+        if t.client.configured
+        and (t.deployment.context_window is None or t.deployment.context_window >= prompt_tokens)
+    ]
+    if lead is not None and any(t is lead for t in fitting):
+        return first is not lead
+    return bool(fitting) and group.strategy.fell_back(first, fitting)
 
 
 def _log_failed_attempt(

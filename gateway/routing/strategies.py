@@ -40,6 +40,13 @@ class Strategy(Protocol):
         """The probability of each target being the first choice right now."""
         ...
 
+    def fell_back(self, first: Target, fitting: Sequence[Target]) -> bool:
+        """Whether ``first``, the first choice among the deployments healthy now, is a fallback:
+        not what this strategy picks first when every one of ``fitting`` (key set, big enough
+        for the prompt, in policy order) is healthy. Asked only when some were skipped (an
+        open breaker, a rate limit): ``x-gateway-fallback`` and ``gateway_fallbacks_total``."""
+        ...
+
 
 class ScoreStrategy:
     """Best live score, drawn by softmax with an exploration floor (see ``scoring``)."""
@@ -65,6 +72,9 @@ class ScoreStrategy:
     def shares(self, targets: Sequence[Target], scores: Scores) -> list[float]:
         return scoring.shares(scores(targets), self._exploration, self._temperature)
 
+    def fell_back(self, first: Target, fitting: Sequence[Target]) -> bool:
+        return False  # live scores steer away from a failing deployment: that is the strategy
+
 
 class WeightedStrategy:
     """Fixed shares by each deployment's ``weight`` (canaries, A/B splits)."""
@@ -85,6 +95,10 @@ class WeightedStrategy:
             return [1.0 if i == 0 else 0.0 for i in range(len(targets))]
         return [t.deployment.weight / total for t in targets]
 
+    def fell_back(self, first: Target, fitting: Sequence[Target]) -> bool:
+        # A weight-0 deployment is "fallback only": serving while every weighted one is out.
+        return first.deployment.weight <= 0 and any(t.deployment.weight > 0 for t in fitting)
+
 
 class OrderedStrategy:
     """Policy order: the first eligible deployment, the rest as strict fallbacks."""
@@ -97,6 +111,9 @@ class OrderedStrategy:
 
     def shares(self, targets: Sequence[Target], scores: Scores) -> list[float]:
         return [1.0 if i == 0 else 0.0 for i in range(len(targets))]
+
+    def fell_back(self, first: Target, fitting: Sequence[Target]) -> bool:
+        return first is not fitting[0]  # the first listed that can take the prompt
 
 
 class LeastBusyStrategy:
@@ -115,6 +132,9 @@ class LeastBusyStrategy:
         least = min(t.live.stats.in_flight for t in targets)
         idle = [t.live.stats.in_flight == least for t in targets]
         return [1 / sum(idle) if i else 0.0 for i in idle]
+
+    def fell_back(self, first: Target, fitting: Sequence[Target]) -> bool:
+        return False  # any idle deployment is as good a first choice as another
 
 
 C = TypeVar("C", bound=BaseModel)

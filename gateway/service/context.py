@@ -14,6 +14,7 @@ from gateway.auth.gate import LimitTicket
 from gateway.auth.identity import Caller
 from gateway.cache.fingerprint import ANONYMOUS_TENANT, tenant_of
 from gateway.cache.service import CacheOutcome
+from gateway.errors import Tried
 from gateway.routing.target import Route, Target
 
 __all__ = ["CallContext", "CallRecord", "OnBehalf", "RequestIds", "Route", "on_behalf_of"]
@@ -30,10 +31,9 @@ class CallRecord:
     model: str = ""  # the model group the client named, once known to exist (a bounded label)
     cache: CacheOutcome | None = None
     route: Route | None = None
-    # A routed call that failed: (provider, upstream model) of its last attempt, and how many
-    # attempts it made (``GatewayError.tried``, set by the middleware from the error it renders);
-    # None when it was served or reached no provider.
-    tried: tuple[str, str, int] | None = None
+    # A routed call that failed: its attempts (``GatewayError.tried``, set by the middleware from
+    # the error it renders); None when it was served or reached no provider.
+    tried: Tried | None = None
     memory_ids: list[str] | None = None
     # OpenAI's x-ratelimit-* headers for a key with limits (set at admission, refusals included)
     rate_limits: Mapping[str, str] | None = None

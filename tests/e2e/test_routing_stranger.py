@@ -89,6 +89,11 @@ left:
   deployments:
     - {provider: hang_a, model: left-a}
     - {provider: hang_b, model: left-b}
+every-attempt-fails:
+  strategy: ordered
+  deployments:
+    - {provider: gpt_m, model: fails-a}
+    - {provider: claude_m, model: fails-b}
 weighted-down:
   strategy: weighted
   deployments:
@@ -284,7 +289,9 @@ def test_a_request_fails_over_across_provider_kinds_on_every_door(
 def test_a_429_sets_its_deployment_aside_for_its_retry_after_on_every_door(stack: Stack) -> None:
     """An Anthropic deployment answering 429 with ``retry-after: 2``: the request that met it
     is served by the OpenAI one at once; requests in the next two seconds, on any door, do not
-    call it at all; after them, one request asks it again."""
+    call it at all, and say ``x-gateway-fallback: true`` with one attempt (the policy's first
+    choice is set aside: the service is degraded, though nothing failed them); after them, one
+    request asks it again."""
     stack.faults("claude_m", error_rate=1, error_status=429, retry_after=2)
     oc, ac = stack.openai(), stack.anthropic()
     started = time.monotonic()
@@ -297,7 +304,7 @@ def test_a_429_sets_its_deployment_aside_for_its_retry_after_on_every_door(stack
         raw = oc.responses.with_raw_response.create(model="rate-limited", input="hello")
         routes.append(_route(raw.headers))
         time.sleep(0.1)
-    assert set(routes) == {("gpt", "1", "false")}
+    assert set(routes) == {("gpt", "1", "true")}
     assert stack.calls("claude_m") == 1  # not hammered while it said to wait
     time.sleep(max(0.0, 2.2 - (time.monotonic() - started)))
     raw = oc.chat.completions.with_raw_response.create(model="rate-limited", messages=ASK)
@@ -417,6 +424,41 @@ def test_no_upstream_call_after_the_client_left(stack: Stack) -> None:
             stack.openai(timeout_s=0.5).chat.completions.create(model="left", messages=ASK, stream=stream)
     time.sleep(FIRST_BYTE_S + 0.5)  # when a failover would have started
     assert (stack.calls("hang_a"), stack.calls("hang_b")) == (before[0] + 2, before[1])
+
+
+def _access_line(stack: Stack, request_id: str) -> dict[str, Any]:
+    def found() -> dict[str, Any] | None:
+        for line in stack.gateway.output.splitlines():
+            if line.startswith("{") and request_id in line:
+                entry = json.loads(line)
+                if entry.get("logger") == "gateway.access" and entry["request_id"] == request_id:
+                    return entry  # type: ignore[no-any-return]
+        return None
+
+    deadline = time.monotonic() + 5
+    while (entry := found()) is None:  # the access log writes in batches every 50 ms
+        assert time.monotonic() < deadline, "no access-log line"
+        time.sleep(0.02)
+    return entry
+
+
+def test_the_access_line_of_a_request_every_attempt_failed_names_each_attempt(stack: Stack) -> None:
+    """Both deployments answering 500: three attempts (OpenAI, Anthropic, OpenAI again). The
+    line said ``fallback: false`` and named only the last provider; now ``fallback: true`` (the
+    request went past its first choice) and ``failed_attempts`` lists each, in order."""
+    stack.faults("gpt_m", error_rate=1, error_status=500)
+    stack.faults("claude_m", error_rate=1, error_status=503)
+    with pytest.raises(openai.InternalServerError) as err:
+        stack.openai().chat.completions.create(model="every-attempt-fails", messages=ASK)
+    assert err.value.response.headers["x-gateway-attempts"] == "3"
+    line = _access_line(stack, err.value.response.headers["x-request-id"])
+    assert (line["attempts"], line["fallback"], line["provider"]) == (3, True, "gpt_m")
+    assert [(a["provider"], a["upstream_model"], a["status"]) for a in line["failed_attempts"]] == [
+        ("gpt_m", "fails-a", 502),
+        ("claude_m", "fails-b", 503),
+        ("gpt_m", "fails-a", 502),
+    ]
+    assert all(a["code"] for a in line["failed_attempts"])
 
 
 def test_weighted_fallback_only_deployment_serves_when_the_weighted_one_fails(stack: Stack) -> None:

@@ -134,6 +134,82 @@ async def test_all_failed_collects_every_attempt() -> None:
     assert err.value.http_status == 502
 
 
+async def test_all_failed_says_each_attempt_and_whether_it_fell_back() -> None:
+    attempt, _ = fails({p: [UpstreamConnectError(f"{p} down")] for p in "abc"})
+    with pytest.raises(AllDeploymentsFailed) as err:
+        await router().call(ctx(), attempt)
+    tried = err.value.tried
+    assert tried is not None and (tried.attempts, tried.fallback, tried.provider) == (3, True, "c")
+    each = [(p, m, st) for p, m, st, _ in tried.each]
+    assert each == [("a", "a1", 502), ("b", "b1", 502), ("c", "c1", 502)]
+    attempt, _ = fails({"a": [UpstreamConnectError("down")] * 3})
+    with pytest.raises(AllDeploymentsFailed) as solo:
+        await router().call(ctx("solo"), attempt)
+    again = solo.value.tried
+    assert again is not None and (again.attempts, again.fallback) == (3, False)
+
+
+async def test_the_second_deployment_serving_while_the_first_is_out_is_a_fallback() -> None:
+    """``ordered``: a's breaker open (or a rate limited) and b serving at the first attempt is a
+    fallback (it was not: the plan's first choice already left a out); a deployment without its
+    key (``nokey``) or too small for the prompt is the policy's choice, not a fallback."""
+    clock = Clock()
+    r = router(clock=clock, text=POLICY.replace("consecutive_failures: 3", "consecutive_failures: 1"))
+    attempt, tried = fails({"a": [UpstreamConnectError("down")]})
+    first = await r.call(ctx(), attempt)
+    assert (first.target.provider, first.attempts, first.fallback) == ("b", 2, True)
+    routed = await r.call(ctx(), attempt)  # a's breaker is open: b is the plan's first
+    assert (routed.target.provider, routed.attempts, routed.fallback) == ("b", 1, True)
+    assert tried == ["a", "b", "b"]
+    clock.now += 11  # a is half-open, then closed again by its probe
+    routed = await r.call(ctx(), attempt)
+    assert (routed.target.provider, routed.fallback) == ("a", False)
+    r = router(clock=clock)
+    attempt, _ = fails({"a": [UpstreamStatusError(429, "slow down", retry_after_s=30)]})
+    await r.call(ctx(), attempt)
+    routed = await r.call(ctx(), attempt)  # a rate limited: b first
+    assert (routed.target.provider, routed.attempts, routed.fallback) == ("b", 1, True)
+    routed = await r.call(ctx("long", messages=[{"role": "user", "content": "x" * 8000}]), attempt)
+    assert (routed.target.model, routed.fallback) == ("big", False)  # small does not fit: policy's
+
+
+WEIGHTED = """
+version: 1
+breaker: {consecutive_failures: 1, cooldown_s: 10}
+providers:
+  a: {kind: openai, base_url: http://a/v1}
+  b: {kind: openai, base_url: http://b/v1}
+  c: {kind: openai, base_url: http://c/v1}
+models:
+  w:
+    strategy: weighted
+    deployments: [{provider: a, model: a1, weight: 1}, {provider: b, model: b1, weight: 1}, {provider: c, model: c1, weight: 0}]
+  s:
+    deployments: [{provider: a, model: a2}, {provider: b, model: b2}]
+"""
+
+
+async def test_under_weighted_a_fallback_only_deployment_serving_is_a_fallback_and_score_is_not() -> None:
+    """``weighted``: while a weighted deployment is up, another taking its share is the draw
+    (no fallback); the weight-0 one serving because every weighted one is out is. ``score``
+    steers by live figures: the other deployment serving while one is out is its choice."""
+    r = router(text=WEIGHTED, env={})
+    attempt, _ = fails({"a": [UpstreamConnectError("down")] * 20})
+    for _ in range(6):  # a fails once, its breaker opens, b serves every request
+        await r.call(ctx("w"), attempt)
+    routed = await r.call(ctx("w"), attempt)
+    assert (routed.target.provider, routed.attempts, routed.fallback) == ("b", 1, False)
+    attempt, _ = fails({"b": [UpstreamConnectError("down")]})
+    await r.call(ctx("w"), attempt)
+    routed = await r.call(ctx("w"), attempt)  # a and b out: c, the fallback-only one
+    assert (routed.target.provider, routed.attempts, routed.fallback) == ("c", 1, True)
+    attempt, _ = fails({"a": [UpstreamConnectError("down")] * 20})
+    for _ in range(6):
+        await r.call(ctx("s"), attempt)
+    routed = await r.call(ctx("s"), attempt)
+    assert (routed.target.provider, routed.attempts, routed.fallback) == ("b", 1, False)
+
+
 async def test_single_deployment_is_retried_with_backoff_up_to_max_attempts() -> None:
     attempt, tried = fails({"a": [UpstreamTimeout("slow"), UpstreamStatusError(500, "oops")]})
     routed = await router().call(ctx("solo"), attempt)
