@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,23 @@ _MAX_TTL_S = 7 * 86400
 CLAIM_S = 5.0
 _CLAIM_POLL_S = (0.02, 0.5)  # first wait, doubling up to the second
 _NUMBER = (int, float)
+
+
+# An answer a safety filter or a refusal ended: a verdict on one generation, not an answer to
+# serve again (a filter may pass the same prompt next time, or be reconfigured). Chat and
+# completions say ``finish_reason: content_filter`` (Gemini's SAFETY and Anthropic's refusal are
+# translated to it), Messages ``stop_reason: refusal``, Responses ``incomplete_details.reason:
+# content_filter``; whole bodies and streams alike. A string in the answer's text cannot match:
+# JSON escapes its quotes.
+_FILTERED = re.compile(rb'"(?:finish_reason|stop_reason|reason)"\s*:\s*"(?:content_filter|refusal)"')
+
+
+def reusable(body: bytes | bytearray) -> bool:
+    """Whether ``body`` (a whole answer, or a stream's bytes) may be stored: not one a content
+    filter or a refusal ended. ``finish_reason: length`` is: ``max_tokens`` is in the key."""
+    if b"content_filter" not in body and b'"refusal"' not in body:
+        return True  # (an OpenAI message's ``"refusal": null`` still goes to the pattern)
+    return _FILTERED.search(body) is None
 
 
 @dataclass(slots=True)

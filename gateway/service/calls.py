@@ -28,7 +28,7 @@ from typing import Protocol, TypeVar
 import orjson
 
 from gateway.auth.gate import LimitTicket
-from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache
+from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache, reusable
 from gateway.errors import GatewayError, ModelNotFound, StreamInterrupted, UpstreamBadResponse
 from gateway.memory import augment as memory_augment
 from gateway.memory.service import MemoryService
@@ -229,7 +229,9 @@ class RequestService:
             series.duration.observe(time.perf_counter() - called_s)  # record_operation's success
             self._served(ctx, routed)
             # 6. store
-            answer = CachedAnswer(raw, target.provider, target.model) if plan.write else None
+            answer = (
+                CachedAnswer(raw, target.provider, target.model) if plan.write and reusable(raw) else None
+            )
             if answer is not None:
                 await self.cache.store_answer(plan, answer, self._embed_one)
             if lead:
@@ -818,7 +820,7 @@ class _StreamBook:
             service.shadow.mirror(route.group, shadow, endpoint, body, served, sse=True)
         answer: CachedAnswer | None = None
         try:
-            if error is None and stream.captured:
+            if error is None and stream.captured and reusable(stream.captured):
                 answer = CachedAnswer(bytes(stream.captured), route.target.provider, route.target.model)
                 await service.cache.store_answer(self._plan, answer, service._embed_one)
         finally:

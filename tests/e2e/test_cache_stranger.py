@@ -25,9 +25,51 @@ from tests.e2e.cache_support import CacheStack, delete_prefix, shared_redis_url,
 from tests.e2e.conftest import start_fakes
 
 
+def _anthropic_answer(n: int, reply: str, stop: str, stream: bool) -> tuple[bytes, str]:
+    message = {
+        "id": f"msg_{n}",
+        "type": "message",
+        "role": "assistant",
+        "model": "up",
+        "content": [{"type": "text", "text": reply}],
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 3, "output_tokens": 2},
+    }
+    if not stream:
+        return json.dumps(message).encode(), "application/json"
+    events = [
+        ("message_start", {"type": "message_start", "message": {**message, "content": [], "stop_reason": None}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": reply}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": 2}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    out = b"".join(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events)
+    return out, "text/event-stream"
+
+
+def _gemini_answer(reply: str, finish: str, stream: bool) -> tuple[bytes, str]:
+    """Gemini's answer; a SAFETY finish has no content (as Gemini blocks a candidate)."""
+    candidate: dict[str, Any] = {"finishReason": finish, "index": 0}
+    if finish != "SAFETY":
+        candidate["content"] = {"role": "model", "parts": [{"text": reply}]}
+    answer = {
+        "candidates": [candidate],
+        "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5},
+        "modelVersion": "up",
+    }
+    if not stream:
+        return json.dumps(answer).encode(), "application/json"
+    return b"data: " + json.dumps(answer).encode() + b"\r\n\r\n", "text/event-stream"
+
+
 class ScriptedUpstream:
-    """An OpenAI-compatible server whose answer follows the prompt: ``FINISH=<reason>`` in the
-    last message sets the finish reason; counts requests."""
+    """A server whose answer follows the prompt: ``FINISH=<reason>`` in the request sets the
+    finish reason; counts requests. OpenAI-compatible, and Anthropic's Messages on
+    ``.../messages`` and Gemini's on ``...:generateContent`` / ``:streamGenerateContent``, with
+    the reason in each one's words."""
 
     def __init__(self) -> None:
         owner = self
@@ -39,11 +81,22 @@ class ScriptedUpstream:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
                 owner.requests += 1
-                text = json.dumps(body.get("messages", body.get("prompt", "")))
-                finish = "stop"
+                text = json.dumps(body)
+                finish = ""
                 if "FINISH=" in text:
                     finish = text.split("FINISH=")[1].split("\\")[0].split('"')[0].split(" ")[0]
                 reply = f"answer {owner.requests}"
+                if self.path.endswith("/messages"):
+                    out, ctype = _anthropic_answer(
+                        owner.requests, reply, finish or "end_turn", bool(body.get("stream"))
+                    )
+                    self._send(out, ctype)
+                    return
+                if "GenerateContent" in self.path or "generateContent" in self.path:
+                    out, ctype = _gemini_answer(reply, finish or "STOP", "streamGenerateContent" in self.path)
+                    self._send(out, ctype)
+                    return
+                finish = finish or "stop"
                 if body.get("stream"):
                     chunks = [
                         {
@@ -90,6 +143,9 @@ class ScriptedUpstream:
                         }
                     ).encode()
                     ctype = "application/json"
+                self._send(out, ctype)
+
+            def _send(self, out: bytes, ctype: str) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(out)))
@@ -128,10 +184,14 @@ def _policy(main: str, emb: str, scripted: str) -> str:
           main: {{kind: openai, base_url: "{main}/v1"}}
           emb: {{kind: openai, base_url: "{emb}/v1"}}
           scripted: {{kind: openai, base_url: "{scripted}/v1"}}
+          scripted_claude: {{kind: anthropic, base_url: "{scripted}/v1"}}
+          scripted_gemini: {{kind: gemini, base_url: "{scripted}/v1beta"}}
         models:
           chat: {{deployments: [{{provider: main, model: up-chat}}]}}
           sem-chat: {{deployments: [{{provider: main, model: up-sem}}]}}
           scripted: {{deployments: [{{provider: scripted, model: up-scripted}}]}}
+          scripted-claude: {{deployments: [{{provider: scripted_claude, model: up-claude}}]}}
+          scripted-gemini: {{deployments: [{{provider: scripted_gemini, model: up-gemini}}]}}
           embed: {{deployments: [{{provider: emb, model: up-embed}}]}}
         """
     )
@@ -391,3 +451,68 @@ async def test_a_damaged_redis_entry_is_a_miss_never_served(
             assert json.loads(third)["status"] == "completed"
         else:
             assert third == second
+
+
+# ----- what is not stored: a filter's or a refusal's verdict
+
+# (case id, model group, door path, the reason the upstream gives, whether the answer is stored)
+_VERDICTS = [
+    ("openai content_filter", "scripted", "/v1/chat/completions", "content_filter", False),
+    ("openai length", "scripted", "/v1/chat/completions", "length", True),
+    ("anthropic refusal", "scripted-claude", "/v1/chat/completions", "refusal", False),
+    ("anthropic max_tokens", "scripted-claude", "/v1/chat/completions", "max_tokens", True),
+    ("gemini SAFETY", "scripted-gemini", "/v1/chat/completions", "SAFETY", False),
+    ("gemini MAX_TOKENS", "scripted-gemini", "/v1/chat/completions", "MAX_TOKENS", True),
+    ("messages door anthropic refusal", "scripted-claude", "/v1/messages", "refusal", False),
+    ("messages door gemini SAFETY", "scripted-gemini", "/v1/messages", "SAFETY", False),
+    ("messages door openai content_filter", "scripted", "/v1/messages", "content_filter", False),
+    ("responses door openai content_filter", "scripted", "/v1/responses", "content_filter", False),
+    ("responses door gemini SAFETY", "scripted-gemini", "/v1/responses", "SAFETY", False),
+    ("completions openai content_filter", "scripted", "/v1/completions", "content_filter", False),
+]
+
+
+def _verdict_body(path: str, model: str, prompt: str, stream: bool) -> dict[str, Any]:
+    if path == "/v1/messages":
+        return {
+            "model": model, "max_tokens": 50, "temperature": 0, "stream": stream,
+            "messages": [{"role": "user", "content": prompt}],
+        }  # fmt: skip
+    if path == "/v1/responses":
+        return {"model": model, "input": prompt, "temperature": 0, "stream": stream}
+    if path == "/v1/completions":
+        return {"model": model, "prompt": prompt, "temperature": 0, "max_tokens": 20, "stream": stream}
+    return {**_chat(prompt, stream=stream), "model": model}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize(
+    ("model", "path", "reason", "stored"), [c[1:] for c in _VERDICTS], ids=[c[0] for c in _VERDICTS]
+)
+async def test_a_content_filters_verdict_is_not_stored_but_a_length_cut_is(
+    stack: CacheStack,
+    upstreams: tuple[dict[str, ManagedProcess], ScriptedUpstream],
+    model: str,
+    path: str,
+    reason: str,
+    stored: bool,
+    stream: bool,
+) -> None:
+    """An answer a content filter or a refusal ended (``content_filter``; Anthropic's
+    ``refusal``; Gemini's ``SAFETY``, translated to ``content_filter``; the Messages door's
+    ``refusal`` and the Responses door's incomplete ``content_filter``) was stored and served again
+    as a hit. It is a verdict on one generation: asked again, the upstream is asked again. A
+    ``length`` (``max_tokens``) cut is reproducible and stays stored."""
+    scripted = upstreams[1]
+    body = _verdict_body(path, model, f"{_uid()} FINISH={reason} please", stream)
+    auth = ("Authorization", f"Bearer sk-{_uid()}")
+    before = scripted.requests
+    code, headers, first = await _post(stack, path, body, [auth])
+    assert (code, headers.get("x-gateway-cache")) == (200, "miss"), first[:300]
+    if reason in ("content_filter", "refusal", "SAFETY"):
+        words = {"/v1/messages": b'"refusal"', "/v1/responses": b'"content_filter"'}
+        assert words.get(path, b'"content_filter"') in first  # the verdict the client saw
+    code, headers, _ = await _post(stack, path, body, [auth])
+    assert code == 200
+    assert headers.get("x-gateway-cache") == ("hit" if stored else "miss")
+    assert scripted.requests - before == (1 if stored else 2)
