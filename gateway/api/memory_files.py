@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from aiohttp import web
 
@@ -14,7 +16,7 @@ from gateway.http.middleware import add_gateway_headers
 from gateway.http.responses import json_response
 from gateway.http.upload import read_upload
 from gateway.memory.chunking import ChunkOptions
-from gateway.memory.ingest import IngestService
+from gateway.memory.ingest import LIST_MAX, IngestService
 from gateway.memory.jobs import JobOptions
 from gateway.service.context import CallContext, on_behalf_of
 from gateway.service.grants import memory_access_of
@@ -79,7 +81,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise InvalidRequest(
             f"Unknown job status {quoted(unknown[0])}: one of {', '.join(sorted(_STATUSES))}.", param="status"
         )
-    limit = _int(request.query.get("limit", "50"), "limit")
+    limit = _limit(request.query.get("limit", "50"))
     after = request.query.get("after") or None
     jobs, more = await _ingest(request).recent(access, statuses or None, limit, after)
     page = {
@@ -160,13 +162,33 @@ def _flag(text: str, param: str) -> bool:
     raise InvalidRequest(f"'{param}' must be true or false (got {quoted(text)}).", param=param)
 
 
-def _int(text: str, param: str) -> int:
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _limit(text: str) -> int:
+    """A list's ``limit``: 1..``LIST_MAX``, refused outside it in OpenAI's words (its lists
+    refuse an out-of-range limit rather than serve another page size than asked)."""
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
+        value = int(text) if _INTEGER.fullmatch(text) else None
+    except ValueError:  # more digits than Python converts
+        value = None
+    if value is None:
+        raise InvalidRequest(
+            f"Invalid 'limit': expected an integer, got {quoted(text)}.", param="limit", code="invalid_type"
+        )
     if value < 1:
-        raise InvalidRequest(f"'{param}' must be a positive integer.", param=param)
+        raise InvalidRequest(
+            f"Invalid 'limit': integer below minimum value. Expected a value >= 1, but got {value} instead.",
+            param="limit",
+            code="integer_below_min_value",
+        )
+    if value > LIST_MAX:
+        raise InvalidRequest(
+            f"Invalid 'limit': integer above maximum value. Expected a value <= {LIST_MAX}, but got "
+            f"{value if len(text) <= 32 else quoted(text)} instead.",
+            param="limit",
+            code="integer_above_max_value",
+        )
     return value
 
 

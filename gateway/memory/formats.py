@@ -284,6 +284,8 @@ def _record(values: Mapping[str, Any], fields: FieldOptions) -> tuple[str, dict[
         return f"'{fields.text_field}' is not a string"
     if not text.strip():  # was skipped without a word, unlike a record without the field
         return f"'{fields.text_field}' is empty"
+    if "\x00" in text:  # (``\u0000`` in JSON): a stored text may not hold NUL (``wire/memory._no_nul``)
+        return f"'{fields.text_field}' holds a NUL character (U+0000)"
     names: Sequence[str] = (
         fields.metadata_fields
         if fields.metadata_fields is not None

@@ -52,7 +52,7 @@ from gateway.policy.model import Ingest
 
 log = logging.getLogger("gateway.memory.ingest")
 
-_LIST_MAX = 200
+LIST_MAX = 200
 _CANCEL_WAIT_POLL_S = 0.2  # how often a cancel waiting for another process looks at the job
 # A job the store shows running that was saved this recently is taken to be running in another
 # process (a running job saves after every write, every second or so).
@@ -296,10 +296,10 @@ class IngestService:
         after: str | None = None,
     ) -> tuple[list[IngestJob], bool]:
         """The caller's most recent jobs (every job in open mode), newest first, at most
-        ``limit`` (and ``_LIST_MAX``), listed after job ``after`` when given (``NotFound`` when
+        ``limit`` (and ``LIST_MAX``), listed after job ``after`` when given (``NotFound`` when
         the caller cannot see that job); and whether more follow."""
         owner = access.team if access is not None else None
-        limit = min(limit, _LIST_MAX)
+        limit = min(limit, LIST_MAX)
         if after is not None:
             await self.get(after, access)  # a cursor the caller may use
         jobs: list[IngestJob] = []

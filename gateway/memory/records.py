@@ -56,6 +56,19 @@ class MemoryPatch:
     # (compare and set), else ``Conflict``. None: the last writer wins.
     if_row_version: int | None = None
 
+    @property
+    def changes_nothing(self) -> bool:
+        """No field given (``{}``, or only ``row_version``): the update is a no-op."""
+        return (
+            self.content is None
+            and self.embedding is None
+            and self.metadata is None
+            and self.data_source is None
+            and self.confidence_score is None
+            and self.importance_score is None
+            and self.processing_status is None
+        )
+
 
 def row_version_conflict(memory_id: str, expected: int) -> Conflict:
     """The 409 for a compare-and-set ``PATCH`` whose memory has changed since it was read."""

@@ -419,10 +419,14 @@ class MemoryService:
         return memory
 
     async def update(self, memory_id: str, patch: MemoryPatch, access: MemoryAccess | None = None) -> Memory:
-        """Change a memory; new content is re-embedded unless a vector comes with it."""
+        """Change a memory; new content is re-embedded unless a vector comes with it. A patch
+        that changes nothing (``{}``) writes nothing: the memory as it is (its ``row_version``
+        and ``updated_at`` unchanged; a stale ``row_version`` is still a conflict)."""
         before = await self._changeable(memory_id, access)  # before embedding: a refusal costs nothing
         if patch.if_row_version is not None and patch.if_row_version != before.row_version:
             raise row_version_conflict(memory_id, patch.if_row_version)  # the store checks again
+        if patch.changes_nothing:
+            return before
         if patch.content is not None and patch.embedding is None:
             vector = (await self._vectors_for([patch.content]))[0]
             patch = replace(patch, embedding=tuple(vector))

@@ -31,6 +31,19 @@ def _has_direction(vector: list[float]) -> list[float]:
 Vector = Annotated[list[Float32], Field(min_length=1), AfterValidator(_has_direction)]
 
 
+def _no_nul(text: str) -> str:
+    """A NUL (U+0000) cannot be trusted to a stored text: PostgreSQL's text refuses it and
+    Snowflake's VARCHAR is not documented to keep it, so a memory's text could be cut, refused by
+    one store and kept by another. Other control characters (tabs, newlines, ESC) are text."""
+    if "\x00" in text:
+        raise ValueError(f"the text holds a NUL character (U+0000) at index {text.index(chr(0))}; remove it")
+    return text
+
+
+# A stored text: content and data_source.
+StoredText = Annotated[str, AfterValidator(_no_nul)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -48,12 +61,12 @@ Namespace = Annotated[str, Field(pattern=NAMESPACE_PATTERN)]
 # The store's column is VARCHAR(100) on Snowflake (memory/sql.py), which refuses a longer value
 # at insert: bounded here for every store, so a write is the client's 400, never the store's error.
 MAX_DATA_SOURCE_CHARS = 100
-DataSource = Annotated[str, Field(max_length=MAX_DATA_SOURCE_CHARS)]
+DataSource = Annotated[StoredText, Field(max_length=MAX_DATA_SOURCE_CHARS)]
 
 
 class MemoryIn(_StrictJSON):
     namespace: str = Field(pattern=NAMESPACE_PATTERN)
-    content: str = Field(min_length=1)
+    content: StoredText = Field(min_length=1)
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
     embedding: Vector | None = None
     metadata: dict[str, Any] | None = None
@@ -67,7 +80,7 @@ class MemoryBatchIn(_StrictJSON):
 
 
 class MemoryPatchIn(_StrictJSON):
-    content: str | None = Field(None, min_length=1)
+    content: StoredText | None = Field(None, min_length=1)
     embedding: Vector | None = None
     metadata: dict[str, Any] | None = None
     data_source: DataSource | None = None

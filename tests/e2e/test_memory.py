@@ -237,6 +237,24 @@ def test_a_patch_with_the_row_version_it_read_wins_once_among_concurrent_writers
         assert status == 400 and err["error"]["param"] == "row_version", (bad, err)
 
 
+def test_an_empty_patch_changes_nothing_and_answers_the_memory_as_it_is(gateway: Gateway, fake: Fake) -> None:
+    """``PATCH {}`` (or only ``row_version``) bumped ``row_version`` and ``updated_at`` with
+    nothing changed: a no-op now, answering the memory as stored; a stale ``row_version`` is
+    still a conflict. Control characters other than NUL stay text."""
+    [one] = gateway.add(
+        {"namespace": "noop", "content": "tab\there, bell\u0007, esc\u001b", "embedding": [0.5] * 64}
+    )
+    url = f"{gateway.url}/v1/memory/{one['id']}"
+    embedded = fake.embedding_calls()
+    assert call("PATCH", url, {}) == (200, one)
+    assert call("PATCH", url, {"row_version": one["row_version"]}) == (200, one)
+    assert call("GET", url) == (200, one) and fake.embedding_calls() == embedded
+    status, err = call("PATCH", url, {"row_version": one["row_version"] + 1})
+    assert status == 409 and err["error"]["code"] == "row_version_conflict"
+    status, changed = call("PATCH", url, {"importance_score": 0.9})
+    assert status == 200 and changed["row_version"] == one["row_version"] + 1
+
+
 def test_an_unknown_id_of_8000_characters_is_quoted_cut_in_the_404(gateway: Gateway) -> None:
     """An id from the URL was repeated whole (8 KB of 'aaa...' in the message) where every other
     name an error repeats is cut at 256 characters with its length."""
@@ -291,6 +309,15 @@ def test_unknown_id_is_404(gateway: Gateway, method: str) -> None:
             {"memories": [{"namespace": "ns", "content": "fine"}, {"namespace": "ns", "content": ""}]},
             "memories[1].content",
         ),
+        ("POST", "/v1/memory", {"namespace": "ns", "content": "a\u0000b"}, "content"),
+        ("POST", "/v1/memory", {"namespace": "ns", "content": "x", "data_source": "s\u0000"}, "data_source"),
+        (
+            "POST",
+            "/v1/memory",
+            {"memories": [{"namespace": "ns", "content": "fine"}, {"namespace": "ns", "content": "\u0000"}]},
+            "memories[1].content",
+        ),
+        ("PATCH", "/v1/memory/any", {"content": "nul \u0000 inside"}, "content"),
         ("PATCH", "/v1/memory/any", {"processing_status": "deleted"}, "processing_status"),
         ("PATCH", "/v1/memory/any", {"namespace": "other"}, "namespace"),
         ("POST", "/v1/memory/search", {"query": "x", "top_k": 0}, "top_k"),

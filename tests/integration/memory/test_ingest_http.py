@@ -976,3 +976,35 @@ async def test_unknown_jobs_are_404_and_bad_listing_queries_400(sqlite_gw: Gatew
     assert status == 400 and body["error"]["param"] == "status"
     status, body = await sqlite_gw.call("GET", "/v1/memory/jobs?limit=0")
     assert status == 400 and body["error"]["param"] == "limit"
+
+
+@pytest.mark.parametrize(
+    ("limit", "code"),
+    [
+        ("201", "integer_above_max_value"),
+        ("100000000000000000000", "integer_above_max_value"),
+        ("0", "integer_below_min_value"),
+        ("-3", "integer_below_min_value"),
+        ("ten", "invalid_type"),
+        ("", "invalid_type"),
+        ("1.5", "invalid_type"),
+    ],
+)
+async def test_a_jobs_limit_outside_1_to_200_is_400_naming_it(
+    sqlite_gw: Gateway, limit: str, code: str
+) -> None:
+    """Above 200 was served as 200 without a word; OpenAI's lists refuse an out-of-range limit."""
+    status, body = await sqlite_gw.call("GET", f"/v1/memory/jobs?limit={limit}")
+    assert status == 400, body
+    error = body["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", "limit", code)
+    assert "'limit'" in error["message"]
+    status, body = await sqlite_gw.call("GET", "/v1/memory/jobs?limit=200")
+    assert status == 200 and body["object"] == "list"
+
+
+async def test_a_jsonl_record_whose_text_holds_nul_is_one_counted_error(sqlite_gw: Gateway) -> None:
+    jsonl = b'{"text": "kept record"}\n{"text": "nul \\u0000 here"}\n'
+    job = await sqlite_gw.ingest("nul.jsonl", jsonl)
+    assert job["status"] == "done" and job["memories_created"] == 1
+    assert job["errors"] == [{"where": "line 2", "message": "'text' holds a NUL character (U+0000)"}]
