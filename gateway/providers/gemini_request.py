@@ -132,6 +132,8 @@ def completion_request(body: JSONObject) -> JSONObject:
         raise UnsupportedByProvider(KIND, "the completion parameter 'logprobs'", param="logprobs")
     if body.get("logit_bias"):
         raise UnsupportedByProvider(KIND, "logit_bias (token ids of OpenAI's tokenizers)", param="logit_bias")
+    if body.get("max_tokens") == 0:  # Gemini reads a maxOutputTokens of 0 as not set: a whole answer
+        raise UnsupportedByProvider(KIND, "max_tokens 0 (no tokens generated)", param="max_tokens")
     best_of, n = body.get("best_of"), body.get("n")
     if isinstance(best_of, int) and best_of > (n if isinstance(n, int) else 1):
         raise UnsupportedByProvider(KIND, "best_of (a choice among more candidates than n)", param="best_of")

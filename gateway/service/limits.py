@@ -28,23 +28,30 @@ def check_limits(endpoint: Endpoint, body: JSONObject, limits: Limits) -> None:
         return
     if body.get("n") is not None:  # most bodies set none of these: no call for them
         _check_int(body, "n", limits.max_n, "limits.max_n")
+    # OpenAI's legacy completions take ``max_tokens: 0`` (its reference: minimum 0), with
+    # ``echo`` to score a prompt's log probabilities without generating; chat's minimum is 1.
+    least = 0 if endpoint is Endpoint.COMPLETIONS else 1
     for name in fields:
         if body.get(name) is not None:
-            _check_int(body, name, limits.max_tokens, "limits.max_tokens")
+            _check_int(body, name, limits.max_tokens, "limits.max_tokens", least)
 
 
-def _check_int(body: JSONObject, name: str, most: int | None, setting: str) -> None:
+def _check_int(body: JSONObject, name: str, most: int | None, setting: str, least: int = 1) -> None:
     value = body.get(name)
     if value is None:
         return
     if (
         isinstance(value, int)
         and not isinstance(value, bool)
-        and value >= 1
+        and value >= least
         and (most is None or value <= most)
     ):
         return
-    bound = f"an integer from 1 to {most} (this gateway's {setting})" if most else "an integer of at least 1"
+    bound = (
+        f"an integer from {least} to {most} (this gateway's {setting})"
+        if most
+        else f"an integer of at least {least}"
+    )
     raise InvalidRequest(
         f"Invalid value for '{name}': it must be {bound}, not {_shown(value)}.",
         param=name,

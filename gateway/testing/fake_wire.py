@@ -480,7 +480,7 @@ def parse_completion(body: dict[str, object]) -> CompletionRequest:
         tokens,
         stream,
         _include_usage(body),
-        _limit(body.get("max_tokens")),
+        _limit(body.get("max_tokens"), least=0),  # OpenAI's reference: minimum 0 (with echo: scoring)
         n,
         echo is True,
         _stops(stop),
@@ -853,11 +853,14 @@ def _include_usage(body: dict[str, object]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
-def _limit(value: object) -> int | None:
+def _limit(value: object, least: int = 1) -> int | None:
     if value is None:
         return None
-    if not _is_int(value) or value < 1:
-        raise WireError("'max_tokens' must be a positive integer", "max_tokens")
+    if not _is_int(value) or value < least:
+        raise WireError(
+            "'max_tokens' must be a positive integer" if least else "'max_tokens' must be at least 0",
+            "max_tokens",
+        )
     return value
 
 

@@ -247,6 +247,28 @@ def test_echo_stop_and_logprobs_come_back_in_the_legacy_shape(client: openai.Ope
     assert answer.usage is not None and answer.usage.completion_tokens == 2
 
 
+@pytest.mark.parametrize("model", ["gpt", "azure"])
+def test_max_tokens_0_with_echo_scores_the_prompt_as_openai_does(client: openai.OpenAI, model: str) -> None:
+    """OpenAI's completions take ``max_tokens: 0`` (its reference's minimum) and, with ``echo``,
+    answer the prompt's log probabilities without generating: the gateway refused it (at least 1)."""
+    answer = client.completions.create(
+        model=model, prompt="score this prompt", echo=True, logprobs=0, max_tokens=0
+    )
+    choice = answer.choices[0]
+    assert choice.text == "score this prompt" and choice.finish_reason == "length"
+    assert choice.logprobs is not None and choice.logprobs.tokens == ["score", " this", " prompt"]
+    assert answer.usage is not None and answer.usage.completion_tokens == 0
+
+
+def test_max_tokens_0_on_gemini_is_refused_naming_it(client: openai.OpenAI) -> None:
+    """Gemini reads ``maxOutputTokens: 0`` as not set (a whole answer): refused naming the field,
+    and failed over to a kind that can, like the other parameters it cannot honour."""
+    error = _refused(client, client.completions.create, model="gemini", prompt="one two", max_tokens=0)
+    assert error.status_code == 400 and _param(error) == "max_tokens"
+    error = _refused(client, client.completions.create, model="gpt", prompt="one two", max_tokens=-1)
+    assert error.status_code == 400 and _param(error) == "max_tokens"
+
+
 def test_gemini_serves_a_plain_prompt_with_n_whole_and_streamed(client: openai.OpenAI) -> None:
     answer = client.completions.create(model="gemini", prompt="one two", n=2, stop=["two"])
     assert [(c.index, c.text) for c in answer.choices] == [(0, "Echo: one"), (1, "Echo: one")]

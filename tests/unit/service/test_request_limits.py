@@ -74,7 +74,7 @@ async def gateway(aiohttp_client: ClientFactory, limits: str = "") -> tuple[Test
         ("/v1/chat/completions", {**CHAT, "max_tokens": -1}, "max_tokens"),
         ("/v1/chat/completions", {**CHAT, "max_completion_tokens": 0}, "max_completion_tokens"),
         ("/v1/completions", {**COMPLETION, "n": 500}, "n"),
-        ("/v1/completions", {**COMPLETION, "max_tokens": 0}, "max_tokens"),
+        ("/v1/completions", {**COMPLETION, "max_tokens": -1}, "max_tokens"),
     ],
 )
 async def test_out_of_bounds_is_400_naming_the_field_and_no_provider_call(
@@ -96,6 +96,8 @@ async def test_out_of_bounds_is_400_naming_the_field_and_no_provider_call(
         ("/v1/chat/completions", {**CHAT, "n": 1, "max_completion_tokens": 1}),
         ("/v1/chat/completions", {**CHAT, "n": None, "max_tokens": None}),
         ("/v1/completions", {**COMPLETION, "n": 128, "max_tokens": 16}),
+        # OpenAI's legacy completions take 0 (with echo: a prompt's log probabilities, no tokens)
+        ("/v1/completions", {**COMPLETION, "max_tokens": 0, "echo": True, "logprobs": 1}),
     ],
 )
 async def test_within_the_default_bounds_reaches_the_provider(
