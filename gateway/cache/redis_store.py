@@ -102,8 +102,12 @@ return {evicted, total, redis.call('ZCARD', KEYS[2])}
 
 # KEYS: value, lru, sizes, bytes, claim.  ARGV: key, claim_ms (0: no claim).  Returns the value;
 # on a miss 1 when this caller claimed the fetch, 0 when another holds the claim, nil when none asked.
+# A value key of another type (a HASH someone wrote there) is a miss, not the script's WRONGTYPE
+# error: that failed the call, counted as an outage, and the replica skipped its whole cache for
+# the backoff, renewed by every request for that key. The answer's SET then replaces it.
 _GET = """
-local value = redis.call('GET', KEYS[1])
+local value = redis.pcall('GET', KEYS[1])
+if type(value) == 'table' then value = false end
 if value then
   redis.call('ZADD', KEYS[2], 'XX', now, ARGV[1])
   return value

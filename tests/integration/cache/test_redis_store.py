@@ -351,3 +351,21 @@ async def test_a_claim_a_cut_lookup_left_is_deleted_when_redis_is_back(private_r
         await blocker.aclose()
         await raw.aclose()
         await s.close()
+
+
+async def test_a_value_key_of_another_type_is_a_miss_not_an_outage(
+    store: RedisStore, raw: aioredis.Redis, redis_prefix: str
+) -> None:
+    """A HASH where an entry belongs made the lookup script fail with WRONGTYPE: counted as a
+    Redis outage, so the replica skipped its whole cache for the backoff, renewed by every request
+    for that key. Now a miss (the claim is taken as for any miss), and the answer stored over it."""
+    await store.set("chat", "fine", VALUE, 30)
+    await raw.hset(f"{redis_prefix}{{chat}}:v:odd", "not", "ours")
+    for _ in range(3):
+        assert await store.get_or_claim("chat", "odd", 1.0) == (None, True)
+        assert await store.get("chat", "odd") is None
+        await raw.delete(f"{redis_prefix}{{chat}}:f:odd")
+    assert store.healthy and store.errors == 0
+    assert await store.get("chat", "fine") == VALUE  # the rest of the cache served all along
+    await store.set("chat", "odd", b"answer", 30)
+    assert await store.get("chat", "odd") == b"answer"
