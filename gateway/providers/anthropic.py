@@ -43,7 +43,7 @@ from gateway.policy.model import AnthropicProvider
 from gateway.providers.anthropic_request import KIND, messages_request
 from gateway.providers.anthropic_response import chat_completion, status_error
 from gateway.providers.anthropic_stream import AnthropicStreamTranslator
-from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
+from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest, renamed_params
 from gateway.wire.requests import JSONObject
 
 DEFAULT_VERSION = "2023-06-01"
@@ -73,7 +73,9 @@ class AnthropicAdapter:
             # param: the model, as OpenAI's API names it for a model another endpoint serves
             raise UnsupportedByProvider(KIND, _UNSUPPORTED[endpoint], param="model")
         request = messages_request(body, upstream_model, self._default_max_tokens)
-        return UpstreamRequest("/messages", orjson.dumps(request), bool(request.get("stream")))
+        return UpstreamRequest(
+            "/messages", orjson.dumps(request), bool(request.get("stream")), renamed=renamed_params(body)
+        )
 
     def translate_response(
         self, endpoint: Endpoint, body: JSONObject, request: JSONObject, upstream_model: str

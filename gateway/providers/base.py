@@ -41,6 +41,22 @@ class UpstreamRequest:
     body: bytes
     stream: bool
     headers: Mapping[str, str] | None = None
+    # A translating kind's OpenAI parameters the client sent under another name: an error the
+    # translation names by the first is named by the second (``max_tokens`` the client sent as
+    # ``max_completion_tokens``). None: every name as the translation says it.
+    renamed: Mapping[str, str] | None = None
+
+
+# What ``UpstreamRequest.renamed`` holds for a chat request that bounds its answer with
+# ``max_completion_tokens`` (the translations' errors say ``max_tokens``).
+_SENT_AS_MAX_COMPLETION = {"max_tokens": "max_completion_tokens"}
+
+
+def renamed_params(body: JSONObject) -> Mapping[str, str] | None:
+    """``UpstreamRequest.renamed`` for ``body``: the names a translation's error must give back."""
+    if body.get("max_completion_tokens") is not None and body.get("max_tokens") is None:
+        return _SENT_AS_MAX_COMPLETION
+    return None
 
 
 class UpstreamResponse(Protocol):

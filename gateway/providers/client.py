@@ -91,7 +91,7 @@ class ProviderClient:
             retry_after = _retry_after(response.headers)
         finally:
             response.close()
-        raise self._status_error(status, body, retry_after)
+        raise self._status_error(status, body, retry_after, request.renamed)
 
     async def fetch_json(self, request: UpstreamRequest) -> tuple[bytes, JSONObject]:
         """``send`` then ``read_json`` in one coroutine (a whole answer's common path): the body
@@ -104,7 +104,7 @@ class ProviderClient:
                 retry_after = _retry_after(response.headers)
             finally:
                 response.close()
-            raise self._status_error(status, body, retry_after)
+            raise self._status_error(status, body, retry_after, request.renamed)
         try:
             data = await response.read()
         finally:
@@ -193,7 +193,10 @@ class ProviderClient:
         pattern = self._escaped_key
         return pattern.sub(b"***", data) if pattern is not None else data
 
-    def _status_error(self, status: int, body: bytes, retry_after: str | None) -> GatewayError:
+    def _status_error(
+        self, status: int, body: bytes, retry_after: str | None, renamed: Mapping[str, str] | None = None
+    ) -> GatewayError:
+        """The error for a non-2xx answer; ``renamed``: ``UpstreamRequest.renamed``."""
         if status < 200 or 300 <= status < 400:
             # Redirects are never followed (the key would go to another host) and 1xx is not an
             # answer: either way the provider is misconfigured, so another deployment should serve.
@@ -230,6 +233,9 @@ class ProviderClient:
                 extra={"fields": {"provider": self.name, "status": status, "code": code}},
             )
             return UpstreamAccountRefused(self.name, status, code)
+        param = error.param
+        if renamed is not None and param is not None and param in renamed:
+            error.param = renamed[param]  # the name the client sent it under
         return error
 
 

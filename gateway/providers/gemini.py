@@ -27,7 +27,7 @@ import orjson
 
 from gateway.errors import UpstreamStatusError
 from gateway.policy.model import GeminiProvider
-from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
+from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest, renamed_params
 from gateway.providers.gemini_errors import error_from_object, gemini_error
 from gateway.providers.gemini_request import (
     chat_request,
@@ -59,9 +59,11 @@ class GeminiAdapter:
             request = embedding_request(body, resource)
             return UpstreamRequest(f"/{resource}:batchEmbedContents", orjson.dumps(request), False)
         request = chat_request(body) if endpoint is Endpoint.CHAT else completion_request(body)
+        renamed = renamed_params(body)
         if body.get("stream") is True:
-            return UpstreamRequest(f"/{resource}:streamGenerateContent?alt=sse", orjson.dumps(request), True)
-        return UpstreamRequest(f"/{resource}:generateContent", orjson.dumps(request), False)
+            path = f"/{resource}:streamGenerateContent?alt=sse"
+            return UpstreamRequest(path, orjson.dumps(request), True, renamed=renamed)
+        return UpstreamRequest(f"/{resource}:generateContent", orjson.dumps(request), False, renamed=renamed)
 
     def translate_response(
         self, endpoint: Endpoint, body: JSONObject, request: JSONObject, upstream_model: str

@@ -16,6 +16,7 @@ from gateway.providers.base import UpstreamRequest
 from gateway.providers.client import ProviderClient
 from gateway.providers.registry import adapter_for
 from gateway.testing.mock_transport import MockResponse, MockTransport
+from gateway.wire.requests import Endpoint
 
 KEY = "sk-live-secret-0123456789"
 POLICY = """
@@ -190,3 +191,32 @@ async def test_a_429_waits_what_retry_after_ms_says_and_azures_code_is_openais(
     error = raised.value
     assert error.retry_after_s == seconds
     assert error.code == "rate_limit_exceeded" and error.envelope()["error"]["type"] == "rate_limit_error"
+
+
+@pytest.mark.parametrize(
+    ("kind", "answer"),
+    [
+        (
+            "gemini",
+            {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                       "message": "* GenerateContentRequest.generation_config.max_output_tokens: too large"}},
+        ),
+        ("anthropic", {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: too large"}}),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_translated_400_names_max_completion_tokens_when_the_client_sent_that(
+    kind: str, answer: dict[str, object], stream: bool
+) -> None:
+    """A chat client bounding its answer with ``max_completion_tokens`` was told ``param:
+    max_tokens`` by a translating kind's 400 (the translation's own name): a field it never sent."""
+    made = client(kind, MockResponse.json(answer, status=400))
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    for sent, named in (("max_completion_tokens", "max_completion_tokens"), ("max_tokens", "max_tokens")):
+        request = made.adapter.build_request(Endpoint.CHAT, {**body, sent: 100_000_000}, "x")
+        with pytest.raises(UpstreamStatusError) as raised:
+            if stream:
+                await made.send(request)
+            else:
+                await made.fetch_json(request)
+        assert raised.value.param == named and raised.value.envelope()["error"]["param"] == named
