@@ -258,10 +258,16 @@ class MethodNotAllowed(GatewayError):
 
 class Conflict(GatewayError):
     """The request's precondition no longer holds: a memory ``PATCH`` naming the ``row_version``
-    it read, when the memory has changed since (another writer won)."""
+    it read, when the memory has changed since (another writer won), or an ingest job's resume
+    that cannot be. ``x-should-retry: false``: the openai and anthropic SDKs retry a 409 twice
+    by default (OpenAI's 409 is a lock timeout), and the same request fails the same way; the
+    client has to read again first."""
 
     status = 409
     error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code, headers=_NO_CLIENT_RETRY)
 
 
 class RequestTimeout(GatewayError):

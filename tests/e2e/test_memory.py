@@ -255,6 +255,31 @@ def test_an_empty_patch_changes_nothing_and_answers_the_memory_as_it_is(gateway:
     assert status == 200 and changed["row_version"] == one["row_version"] + 1
 
 
+def test_a_row_version_conflict_is_not_retried_by_the_sdks(gateway: Gateway) -> None:
+    """The openai SDK retries a 409 twice by default (OpenAI's 409 is a lock timeout): a stale
+    ``row_version`` PATCH was sent three times, with backoff, and failed the same way each time.
+    The 409 says ``x-should-retry: false``: one request, one ConflictError."""
+    [one] = gateway.add({"namespace": "conflict-sdk", "content": "kept", "embedding": [0.25] * 64})
+    endpoint = "/v1/memory/{id}"
+
+    def conflicts() -> float:
+        text = text_of(gateway.url + "/metrics")
+        return metric_value(text, "gateway_requests_total", endpoint=endpoint, status_code="409") or 0.0
+
+    before = conflicts()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=2, timeout=20)
+    with pytest.raises(openai.ConflictError) as refused:
+        client.patch(
+            f"/memory/{one['id']}",
+            body={"row_version": one["row_version"] + 7, "content": "lost"},
+            cast_to=object,
+        )
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    assert refused.value.code == "row_version_conflict"
+    assert conflicts() - before == 1  # sent once, not three times
+    assert call("GET", f"{gateway.url}/v1/memory/{one['id']}") == (200, one)
+
+
 def test_an_unknown_id_of_8000_characters_is_quoted_cut_in_the_404(gateway: Gateway) -> None:
     """An id from the URL was repeated whole (8 KB of 'aaa...' in the message) where every other
     name an error repeats is cut at 256 characters with its length."""
