@@ -78,7 +78,7 @@ class GeminiAdapter:
             return chat_completion(
                 body, upstream_model, int(time.time()), one_call=one_call, legacy=_legacy_functions(request)
             )
-        return text_completion(body, upstream_model, int(time.time()))
+        return text_completion(body, upstream_model, int(time.time()), _prompt_chars(request))
 
     def stream_translator(
         self, endpoint: Endpoint, request: JSONObject, upstream_model: str, provider: str = ""
@@ -93,12 +93,22 @@ class GeminiAdapter:
             provider=provider or "gemini",
             one_call=request.get("parallel_tool_calls") is False,
             legacy=endpoint is Endpoint.CHAT and _legacy_functions(request),
+            prompt_chars=0 if endpoint is Endpoint.CHAT else _prompt_chars(request),
         )
 
     def translate_error(
         self, status: int, body: bytes, retry_after_s: float | None, provider: str
     ) -> UpstreamStatusError:
         return gemini_error(status, body, retry_after_s, provider)
+
+
+def _prompt_chars(request: JSONObject) -> int:
+    """A completion's prompt length in characters: its tokens' ``text_offset`` count from the
+    prompt's start (one text prompt: ``completion_request`` refuses others)."""
+    prompt = request.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    return len(prompt) if isinstance(prompt, str) else 0
 
 
 def _legacy_functions(request: JSONObject) -> bool:

@@ -9,7 +9,7 @@ https://ai.google.dev/api/embeddings.
 
 What Gemini cannot serve (non-function tools, content parts other than text, images, audio and
 inline files, token-id inputs, several prompts in one legacy completion, ``echo``/``suffix``,
-a completion's ``logprobs``, ``logit_bias`` and ``best_of`` above ``n``) is
+a completion's ``logit_bias`` and ``best_of`` above ``n``) is
 refused with ``UnsupportedByProvider``, a retryable 400, so a model group mixing provider kinds is
 served by a deployment that can; a malformed request is an ``InvalidRequest`` naming the
 parameter. Parameters the answer rests on and Gemini is not asked for (``logit_bias``,
@@ -125,11 +125,9 @@ def completion_request(body: JSONObject) -> JSONObject:
     for name in ("echo", "suffix"):
         if body.get(name):
             raise UnsupportedByProvider(KIND, f"the completion parameter '{name}'", param=name)
-    # What the answer would silently lack: the completions API's log probabilities (a count, and
-    # another shape than chat's, which Gemini's logprobsResult is translated to), a bias of
-    # OpenAI token ids, and best_of's server-side choice among more candidates than it returns.
-    if body.get("logprobs") is not None:
-        raise UnsupportedByProvider(KIND, "the completion parameter 'logprobs'", param="logprobs")
+    # What the answer would silently lack: a bias of OpenAI token ids, and best_of's server-side
+    # choice among more candidates than it returns. (``logprobs``, a count here, is Gemini's
+    # ``responseLogprobs`` and ``logprobs``: ``completion_request``.)
     if body.get("logit_bias"):
         raise UnsupportedByProvider(KIND, "logit_bias (token ids of OpenAI's tokenizers)", param="logit_bias")
     if body.get("max_tokens") == 0:  # Gemini reads a maxOutputTokens of 0 as not set: a whole answer
@@ -139,6 +137,11 @@ def completion_request(body: JSONObject) -> JSONObject:
         raise UnsupportedByProvider(KIND, "best_of (a choice among more candidates than n)", param="best_of")
     request: JSONObject = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
     config = _generation_config(body)
+    top = body.get("logprobs")  # the legacy API's count of alternatives per token (0..5)
+    if isinstance(top, int) and not isinstance(top, bool):
+        config["responseLogprobs"] = True  # answered in the legacy shape (gemini_response.py)
+        if top > 0:
+            config["logprobs"] = top
     if config:
         request["generationConfig"] = config
     return request

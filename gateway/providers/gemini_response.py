@@ -122,6 +122,32 @@ def logprobs(candidate: object) -> JSONObject | None:
     return {"content": content, "refusal": None}
 
 
+def legacy_logprobs(candidate: object, offset: int) -> tuple[JSONObject | None, int]:
+    """The legacy completions API's ``logprobs`` for a candidate's ``logprobsResult`` (None
+    without one), and the offset after its last token: ``tokens``, ``token_logprobs``,
+    ``top_logprobs`` (per token, its alternatives by text, the chosen one among them, as
+    OpenAI's "up to logprobs+1 elements") and ``text_offset`` (characters from the start of the
+    prompt, ``offset`` being the first token's)."""
+    found = logprobs(candidate)
+    if found is None:
+        return None, offset
+    tokens: list[str] = []
+    values: list[object] = []
+    tops: list[JSONObject] = []
+    offsets: list[int] = []
+    for entry in found["content"]:
+        token = entry["token"]
+        tokens.append(token)
+        values.append(entry["logprob"])
+        top = {token: entry["logprob"]}
+        for alternative in entry["top_logprobs"]:
+            top.setdefault(alternative["token"], alternative["logprob"])
+        tops.append(top)
+        offsets.append(offset)
+        offset += len(token)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}, offset
+
+
 def _token_logprob(token: object) -> JSONObject | None:
     if not isinstance(token, dict) or not isinstance(token.get("token"), str):
         return None
@@ -202,15 +228,17 @@ def chat_completion(
     return _envelope(body, f"chatcmpl-{key}", "chat.completion", upstream_model, created, choices)
 
 
-def text_completion(body: JSONObject, upstream_model: str, created: int) -> JSONObject:
-    """A ``text_completion`` (legacy completions API) for a ``GenerateContentResponse``."""
+def text_completion(body: JSONObject, upstream_model: str, created: int, prompt_chars: int = 0) -> JSONObject:
+    """A ``text_completion`` (legacy completions API) for a ``GenerateContentResponse``;
+    ``prompt_chars``: the prompt's length, where a token's ``text_offset`` starts counting."""
     choices = []
     failed: list[object] = []
     for position, candidate in enumerate(_candidates(body)):
         text = "".join(p["text"] for p in parts(candidate) if isinstance(p.get("text"), str))
         reason = finish_reason(candidate.get("finishReason"), False) or "stop"
+        found, _ = legacy_logprobs(candidate, prompt_chars)
         choices.append(
-            {"index": _index(candidate, position), "text": text, "logprobs": None, "finish_reason": reason}
+            {"index": _index(candidate, position), "text": text, "logprobs": found, "finish_reason": reason}
         )
         if not text and candidate.get("finishReason") in FAILED_REASONS:
             failed.append(candidate["finishReason"])

@@ -26,6 +26,7 @@ from gateway.providers.gemini_response import (
     FAILED_REASONS,
     failed_empty,
     finish_reason,
+    legacy_logprobs,
     logprobs,
     model_name,
     parts,
@@ -45,13 +46,15 @@ class _Choice:
     content: bool = False  # text or a call was sent
     tool_calls: int = 0
     finish_reason: object = None  # Gemini's, the latest seen
+    text_offset: int = 0  # a completion's next token's, from the prompt's start
 
 
 class GeminiStreamTranslator:
     """One Gemini stream in, OpenAI chat (or legacy text completion) SSE out."""
 
     __slots__ = ("_calls", "_chat", "_choices", "_completed", "_created", "_decoder", "_head",
-                 "_include_usage", "_key", "_legacy", "_model", "_one_call", "_provider", "_usage")  # fmt: skip
+                 "_include_usage", "_key", "_legacy", "_model", "_one_call", "_prompt_chars", "_provider",
+                 "_usage")  # fmt: skip
 
     def __init__(
         self,
@@ -63,7 +66,9 @@ class GeminiStreamTranslator:
         provider: str = "gemini",
         one_call: bool = False,
         legacy: bool = False,
+        prompt_chars: int = 0,
     ) -> None:
+        self._prompt_chars = prompt_chars  # a completion's: where its text_offset counts from
         self._provider = provider  # the policy's name, which its error events name
         # parallel_tool_calls: false, or the deprecated functions API: a candidate's first call only
         self._one_call = one_call or legacy
@@ -164,7 +169,9 @@ class GeminiStreamTranslator:
     def _candidate(self, candidate: JSONObject, position: int) -> bytes:
         index = candidate.get("index")
         index = index if isinstance(index, int) else position
-        state = self._choices.setdefault(index, _Choice())
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = _Choice(text_offset=self._prompt_chars)
         out = bytearray()
         found = parts(candidate)
         if self._chat and not state.started:
@@ -175,7 +182,10 @@ class GeminiStreamTranslator:
                 return b""
             out += self._chunk(index, {"role": "assistant", "content": ""}, None)
         state.started = True
-        event_logprobs = logprobs(candidate) if self._chat else None
+        if self._chat:
+            event_logprobs = logprobs(candidate)
+        else:
+            event_logprobs, state.text_offset = legacy_logprobs(candidate, state.text_offset)
         for part in found:
             text = part.get("text")
             if isinstance(text, str) and text:
@@ -200,7 +210,7 @@ class GeminiStreamTranslator:
         self, index: int, delta: JSONObject | str, reason: str | None, found: JSONObject | None = None
     ) -> bytes:
         if isinstance(delta, str):
-            choice = {"index": index, "text": delta, "logprobs": None, "finish_reason": reason}
+            choice = {"index": index, "text": delta, "logprobs": found, "finish_reason": reason}
         else:
             choice = {"index": index, "delta": delta, "logprobs": found, "finish_reason": reason}
         return encode_json({**(self._head or {}), "choices": [choice]})

@@ -389,10 +389,12 @@ class GenerateFormat:
         chosen: list[dict[str, object]] = [
             {"token": t, "tokenId": i, "logProbability": -0.25} for i, t in enumerate(tokens)
         ]
+        # Each step's most likely candidates, most likely first: the chosen token, then others.
         alternatives = [
             {
                 "candidates": [
-                    {"token": t, "tokenId": i * 10 + k, "logProbability": -0.25 - k} for k in range(top)
+                    {"token": t if k == 0 else f"{t}~{k}", "tokenId": i * 10 + k, "logProbability": -0.25 - k}
+                    for k in range(top)
                 ]
             }
             for i, t in enumerate(tokens)

@@ -180,8 +180,6 @@ def _requests_seen(probe: Probe) -> int:
 # ----- completions: what Gemini cannot honour is refused naming it, not dropped
 
 GEMINI_UNHONOURED: dict[str, dict[str, Any]] = {
-    "logprobs": {"logprobs": 2},
-    "logprobs zero": {"logprobs": 0},
     "logit_bias": {"logit_bias": {"50256": -100}},
     "best_of": {"best_of": 3, "n": 2},
 }
@@ -197,6 +195,43 @@ def test_a_completion_parameter_gemini_cannot_honour_is_refused_naming_it(
     assert error.status_code == 400, error.body
     assert _param(error) == param.split()[0], error.body
     assert (error.body or {}).get("code") == "unsupported_endpoint"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("top", [0, 2])
+def test_gemini_completions_answer_logprobs_in_the_legacy_shape_whole_and_streamed(
+    client: openai.OpenAI, top: int
+) -> None:
+    """Gemini's ``logprobsResult`` (``responseLogprobs``) is the legacy ``logprobs``: tokens,
+    their log probabilities, up to ``logprobs``+1 alternatives each (the chosen one among them),
+    and each token's character offset from the prompt's start. It was refused (400 naming
+    ``logprobs``), so a group mixing kinds could not serve it from Gemini at all."""
+    prompt = "hi there"
+    answer = client.completions.create(model="gemini", prompt=prompt, logprobs=top, max_tokens=8)
+    choice = answer.choices[0]
+    found = choice.logprobs
+    assert found is not None and found.tokens and "".join(found.tokens) == choice.text, answer
+    assert found.token_logprobs is not None and len(found.token_logprobs) == len(found.tokens)
+    assert all(isinstance(v, float) and v <= 0 for v in found.token_logprobs)
+    assert found.top_logprobs is not None and len(found.top_logprobs) == len(found.tokens)
+    for token, value, alternatives in zip(
+        found.tokens, found.token_logprobs, found.top_logprobs, strict=True
+    ):
+        assert alternatives[token] == value and 1 <= len(alternatives) <= top + 1
+    offsets = [len(prompt) + len("".join(found.tokens[:k])) for k in range(len(found.tokens))]
+    assert found.text_offset == offsets
+
+    streamed_tokens: list[str] = []
+    streamed_offsets: list[int] = []
+    text = ""
+    for chunk in client.completions.create(
+        model="gemini", prompt=prompt, logprobs=top, max_tokens=8, stream=True
+    ):
+        for part in chunk.choices:
+            text += part.text
+            if part.logprobs is not None:
+                streamed_tokens += part.logprobs.tokens or []
+                streamed_offsets += part.logprobs.text_offset or []
+    assert text == choice.text and streamed_tokens == found.tokens and streamed_offsets == offsets
 
 
 def test_best_of_equal_to_n_is_served_by_gemini(client: openai.OpenAI) -> None:
