@@ -57,7 +57,9 @@ other 5xx 502. Retryable for 408, 429 and 5xx; counts against the provider for 4
 Note 2: ``x-should-retry: false`` (honoured by the openai and anthropic SDKs) goes with
 ``ProviderNotConfigured``, ``NoHealthyDeployment`` and an ``AllDeploymentsFailed`` of more than
 one attempt: the gateway has retried already, or a retry cannot help, so a client should not
-stack its own retries (and their ``Retry-After`` waits) on top.
+stack its own retries (and their ``Retry-After`` waits) on top. So does any ``Retry-After`` over
+``CLIENT_RETRY_AFTER_MAX_S`` (60 s; a provider's 429 relayed, or its deployment cooling): the
+anthropic SDK would sleep it whole, twice, before the application saw the error.
 
 Note 3: a provider's 401 or 403 (or Gemini's 400 ``API_KEY_INVALID``) refuses the gateway's own
 key for it, not the client's: relayed, it would tell a client with a valid key to
@@ -342,6 +344,22 @@ class InsufficientStorage(GatewayError):
 # generated code) obeys ``x-should-retry`` before looking at the status.
 _NO_CLIENT_RETRY: Mapping[str, str] = MappingProxyType({"x-should-retry": "false"})
 
+# The longest ``Retry-After`` an SDK is left to act on alone. Above it the SDKs disagree: the
+# openai SDK long ignored one over 60 s and retried after its own 0.5 s / 1 s backoff (answered
+# the same 429 at once), its newer versions do not retry over 120 s, and the anthropic SDK sleeps
+# whatever it says (a provider's hour-long quota wait: two hours before the application saw
+# the error). Past this, ``x-should-retry: false`` too: the application decides.
+CLIENT_RETRY_AFTER_MAX_S = 60.0
+
+
+def retry_after_headers(seconds: float) -> dict[str, str]:
+    """``Retry-After`` for a wait of ``seconds``, and ``x-should-retry: false`` when it is longer
+    than an SDK's retry should wait (``CLIENT_RETRY_AFTER_MAX_S``)."""
+    headers = {"retry-after": _format_retry_after(seconds)}
+    if seconds > CLIENT_RETRY_AFTER_MAX_S:
+        headers.update(_NO_CLIENT_RETRY)
+    return headers
+
 
 class ServiceUnavailable(GatewayError):
     status = 503
@@ -409,7 +427,7 @@ class RateLimited(GatewayError):
             f"Rate limit reached for this key on {unit} per min: limit {limit}. "
             f"Please try again in {_format_retry_after(retry_after_s)}s.",
             code="rate_limit_exceeded",
-            headers={**headers, "retry-after": _format_retry_after(retry_after_s)},
+            headers={**headers, **retry_after_headers(retry_after_s)},
         )
         self.kind = unit
 
@@ -617,7 +635,7 @@ class UpstreamStatusError(UpstreamError):
         retry_after_s: float | None = None,
         said: str | None = None,
     ) -> None:
-        headers = {"retry-after": _format_retry_after(retry_after_s)} if retry_after_s else None
+        headers = retry_after_headers(retry_after_s) if retry_after_s else None
         super().__init__(message, provider=provider, param=param, code=code, headers=headers)
         self.upstream_status = upstream_status
         self.upstream_type = upstream_type
