@@ -29,7 +29,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     ├── RateLimited                429     *                       no     code=rate_limit_exceeded; type requests or tokens
     │   └── RequestTooLarge        429     *                       no     more tokens than the key's whole TPM; no retry
     ├── QuotaExceeded              429     insufficient_quota      no     code=insufficient_quota; the key's budget is spent
-    ├── InsufficientStorage        507     server_error            no     code=spool_full; no room to keep an upload
+    ├── InsufficientStorage        507     server_error            no     code=spool_full; no room to keep an upload (note 2)
     ├── ServiceUnavailable         503     service_unavailable     no     draining, not ready
     │   ├── ProviderNotConfigured  503     service_unavailable     no     code=provider_not_configured
     │   ├── NoHealthyDeployment    503     service_unavailable     no     code=no_healthy_deployment
@@ -55,8 +55,10 @@ other 5xx 502. Retryable for 408, 429 and 5xx; counts against the provider for 4
 429 sets the deployment aside instead); ``is_context_length`` for a 400/413 saying so.
 
 Note 2: ``x-should-retry: false`` (honoured by the openai and anthropic SDKs) goes with
-``ProviderNotConfigured``, ``NoHealthyDeployment`` and an ``AllDeploymentsFailed`` of more than
-one attempt: the gateway has retried already, or a retry cannot help, so a client should not
+``ProviderNotConfigured``, ``NoHealthyDeployment``, ``Conflict``, ``RequestTooLarge``,
+``QuotaExceeded``, ``InsufficientStorage`` (a re-upload after 1.5 s finds no more room), the
+refusals of the gateway's key or account, and an ``AllDeploymentsFailed`` of more than one
+attempt: the gateway has retried already, or a retry cannot help, so a client should not
 stack its own retries (and their ``Retry-After`` waits) on top. So does any ``Retry-After`` over
 ``CLIENT_RETRY_AFTER_MAX_S`` (60 s; a provider's 429 relayed, or its deployment cooling): the
 anthropic SDK would sleep it whole, twice, before the application saw the error.
@@ -331,13 +333,15 @@ class InsufficientStorage(GatewayError):
     """The gateway has no room to keep what the client sends: an upload would pass the ingest
     spool's size (``memory.ingest.max_spool_bytes``) or leave its disk with less free space than
     ``memory.ingest.min_free_disk_bytes``. 507 is WebDAV's status for it (RFC 4918, 11.5); the
-    rest of the body is not wanted on this connection."""
+    rest of the body is not wanted on this connection. ``x-should-retry: false``: the SDKs retry a
+    5xx after 0.5 s and 1 s, sending the whole upload again each time, when room comes back only
+    as jobs finish or are cancelled."""
 
     status = 507
     error_type = "server_error"
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="spool_full", headers={"connection": "close"})
+        super().__init__(message, code="spool_full", headers={"connection": "close", **_NO_CLIENT_RETRY})
 
 
 # Tells SDKs not to retry: openai-python's ``_should_retry`` (and the anthropic SDK's, the same

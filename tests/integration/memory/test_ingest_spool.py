@@ -14,7 +14,9 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import openai
 import orjson
 import pytest
 
@@ -179,3 +181,41 @@ def test_concurrent_writes_of_one_process_never_pass_the_bound(tmp_path: Path) -
     for t in threads:
         t.join()
     assert len(written) == 10 and room.measure() == 10 * 1024
+
+
+class _WaitsOpenAI(openai.AsyncOpenAI):
+    """The openai SDK with its default retries, recording each wait it would sleep."""
+
+    waits: list[float]
+
+    async def _sleep_for_retry(
+        self, *, retries_taken: int, max_retries: int, options: Any, response: Any
+    ) -> None:
+        headers = response.headers if response is not None else None
+        self.waits.append(self._calculate_retry_timeout(max_retries - retries_taken, options, headers))
+
+
+async def test_the_sdks_do_not_upload_again_into_a_full_spool(tmp_path: Path) -> None:
+    """A 507 says ``x-should-retry: false``: the openai SDK (default ``max_retries=2``) sent the
+    whole upload three times within 1.5 s (its 0.5 s and 1 s backoff), when room comes back only
+    as jobs finish or are cancelled, minutes later."""
+    async for gw in open_gateway(tmp_path, ingest=", max_spool_bytes: 1024"):
+        server = gw.client.server
+        client = _WaitsOpenAI(base_url=f"http://{server.host}:{server.port}/v1", api_key="k")
+        client.waits = []
+        assert client.max_retries == 2
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client.post(
+                "/memory/files",
+                cast_to=object,
+                body={"namespace": "docs"},
+                files=[("file", ("big.txt", b"x" * 8192))],
+                options={"headers": {"Content-Type": "multipart/form-data"}},
+            )
+        assert caught.value.status_code == 507 and caught.value.code == "spool_full"
+        assert client.waits == []  # one request: no retry
+        assert caught.value.response.headers["x-should-retry"] == "false"
+        async with gw.client.get("/metrics") as resp:
+            text = await resp.text()
+        sent = re.findall(r'^gateway_requests_total\{endpoint="/v1/memory/files".*\} (\S+)$', text, re.M)
+        assert sum(float(n) for n in sent) == 1
