@@ -17,6 +17,7 @@ warning and the store works unclustered.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -27,10 +28,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import snowflake.connector
 from snowflake.connector import SnowflakeConnection
+from snowflake.connector.errors import DatabaseError, OperationalError, ProgrammingError
 from snowflake.connector.errors import Error as SnowflakeError
-from snowflake.connector.errors import ProgrammingError
 
-from gateway.errors import ServiceUnavailable
+from gateway.errors import ServiceUnavailable, StartupError
 from gateway.memory.pool import ConnectionPool, PoolStats
 from gateway.memory.sql import COLUMNS, CORE_COLUMNS, SNOWFLAKE, Cursor, MemoryQueries, utc_now
 from gateway.memory.sql_store import ObserveHook, SQLMemoryStore
@@ -58,6 +59,16 @@ _ENV_ARGS = {
     "SNOWFLAKE_ROLE": "role",
 }
 _REQUIRED = ("SNOWFLAKE_ACCOUNT", "SNOWFLAKE_USER", "SNOWFLAKE_DATABASE", "SNOWFLAKE_SCHEMA")
+# connect() arguments whose values are secrets: never in a message, a log line or a traceback.
+_SECRET_ARGS = ("password", "private_key_file_pwd", "token", "passcode")
+# What a driver's text may carry beyond the configured secrets: a URL's query (login requests
+# carry tokens there) and ``name=value`` secrets written out.
+_URL_QUERY = re.compile(r"(https?://[^\s?#]+)[?#][^\s)'\"]*")
+_NAMED_SECRET = re.compile(r"(?i)\b(token|password|passcode|secret|passphrase)=[^\s&)'\",;]+")
+# ProgrammingError sqlstate classes that are the account's state, not a statement's fault: 57
+# (operator intervention: no active warehouse 57P03, statement timed out or cancelled 57014),
+# 08 (connection), 53 / 54 (resources, limits), 58 and XX (system): a 503, as an outage is.
+_UNAVAILABLE_SQLSTATES = ("57", "08", "53", "54", "58", "XX")
 
 
 def snowflake_settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -121,7 +132,36 @@ class SnowflakeMemoryStore(SQLMemoryStore):
         )
         try:
             await pool.start(upkeep=self._upkeep)
-            await pool.run(self._migrate)
+            async with asyncio.timeout(self._settings.statement_timeout_s):
+                await pool.run(lambda conn: self._redacting(self._migrate, conn))
+        except TimeoutError:
+            await pool.close()
+            raise StartupError(
+                f"the Snowflake memory store did not prepare table {self.table} within "
+                f"{self._settings.statement_timeout_s:g} s (memory.pool.statement_timeout_s); check "
+                "SNOWFLAKE_WAREHOUSE (running, not queueing every query)"
+            ) from None
+        except ServiceUnavailable as exc:  # every connect failed, after the pool's retries
+            await pool.close()
+            cause = exc.__cause__
+            if isinstance(cause, SnowflakeError):
+                settings = _settings_for(cause)
+                raise StartupError(
+                    f"cannot connect to the Snowflake memory store ({type(cause).__name__}: "
+                    f"{_one_line(cause)}); check {settings}"
+                ) from None
+            raise StartupError(
+                f"cannot connect to the Snowflake memory store (no answer within "
+                f"{self._settings.connect_timeout_s:g} s, memory.pool.connect_timeout_s); "
+                "check SNOWFLAKE_ACCOUNT and the network to it"
+            ) from None
+        except SnowflakeError as exc:  # connected, then the migration was refused
+            await pool.close()
+            raise StartupError(
+                f"the Snowflake memory store refused to prepare table {self.table} "
+                f"({type(exc).__name__}: {_one_line(exc)}); check SNOWFLAKE_DATABASE, "
+                "SNOWFLAKE_SCHEMA, SNOWFLAKE_WAREHOUSE and SNOWFLAKE_ROLE (its privileges)"
+            ) from None
         except BaseException:
             await pool.close()
             raise
@@ -138,11 +178,31 @@ class SnowflakeMemoryStore(SQLMemoryStore):
 
     def _connect(self) -> SnowflakeConnection:
         # Called as snowflake.connector.connect (not imported by name) so fakesnow can patch it.
-        return snowflake.connector.connect(
-            **self._connect_args,
-            paramstyle="qmark",
-            login_timeout=math.ceil(self._settings.connect_timeout_s),
-        )
+        try:
+            return snowflake.connector.connect(
+                **self._connect_args,
+                paramstyle="qmark",
+                login_timeout=math.ceil(self._settings.connect_timeout_s),
+                # The account cancels a statement the gateway stopped waiting for (_execute),
+                # so its connection comes back instead of waiting on a queued warehouse.
+                session_parameters={
+                    "STATEMENT_TIMEOUT_IN_SECONDS": math.ceil(self._settings.statement_timeout_s)
+                },
+            )
+        except SnowflakeError as exc:
+            raise self._redact(exc) from None
+
+    def _redact(self, exc: SnowflakeError) -> SnowflakeError:
+        """``exc`` again (same class, errno, sqlstate) with no secret in its text: the connector's
+        messages may hold a login URL's query or a value it was given, and this one is what the
+        pool logs, a traceback shows and a start-up error says."""
+        text = exc.raw_msg if isinstance(exc.raw_msg, str) else str(exc)
+        for arg in _SECRET_ARGS:
+            value = self._connect_args.get(arg)
+            if isinstance(value, str) and value:
+                text = text.replace(value, "***")
+        text = _NAMED_SECRET.sub(r"\1=***", _URL_QUERY.sub(r"\1?***", text))
+        return type(exc)(msg=text, errno=exc.errno, sqlstate=exc.sqlstate, sfqid=exc.sfqid)
 
     def _migrate(self, conn: SnowflakeConnection) -> None:
         cur = conn.cursor()
@@ -172,19 +232,63 @@ class SnowflakeMemoryStore(SQLMemoryStore):
                 exc.msg,
             )
 
+    def _redacting(self, fn: Callable[[SnowflakeConnection], T], conn: SnowflakeConnection) -> T:
+        try:
+            return fn(conn)
+        except SnowflakeError as exc:
+            raise self._redact(exc) from None
+
     async def _execute(self, op: Callable[[Cursor], T], *, write: bool = False) -> T:
         # ``write`` changes nothing here: each statement commits on its own (autocommit).
         pool = self._pool
         if pool is None:
             raise ServiceUnavailable("The memory store is not open.", code="memory_store_unavailable")
+        bound_s = self._settings.statement_timeout_s
         try:
-            return await pool.run(lambda conn: _on_cursor(conn, op))
-        except ProgrammingError:
-            raise  # a statement the database refused: a bug, not an outage
-        except SnowflakeError as exc:
+            async with asyncio.timeout(bound_s):
+                return await pool.run(lambda conn: self._redacting(lambda c: _on_cursor(c, op), conn))
+        except TimeoutError:
+            # The statement goes on in its thread until the account cancels it (the session's
+            # STATEMENT_TIMEOUT_IN_SECONDS); its connection comes back to the pool then.
+            log.warning("memory store: an operation had no answer within %g s", bound_s)
             raise ServiceUnavailable(
-                f"The memory store failed ({type(exc).__name__}).", code="memory_store_unavailable"
-            ) from exc
+                f"The memory store did not answer within {bound_s:g} s.", code="memory_store_unavailable"
+            ) from None
+        except ProgrammingError as exc:
+            if not (exc.sqlstate or "").startswith(_UNAVAILABLE_SQLSTATES):
+                raise  # a statement the database refused: a bug, not an outage
+            raise _unavailable(exc) from exc
+        except SnowflakeError as exc:
+            raise _unavailable(exc) from exc
+
+
+def _unavailable(exc: SnowflakeError) -> ServiceUnavailable:
+    """A 503 for the client; what Snowflake said (redacted already) stays in the log."""
+    error = ServiceUnavailable(
+        f"The memory store failed ({type(exc).__name__}).", code="memory_store_unavailable"
+    )
+    error.detail = f"Snowflake: {_one_line(exc)}"
+    return error
+
+
+def _one_line(exc: SnowflakeError) -> str:
+    """``errno (sqlstate): message`` of ``exc`` on one bounded line (the connector's own text
+    repeats the errno and shows a missing query id as ``None:``)."""
+    text = exc.raw_msg if isinstance(exc.raw_msg, str) else str(exc)
+    code = f"{exc.errno:06d}" if isinstance(exc.errno, int) and exc.errno > 0 else ""
+    while code and text.startswith(f"{code}: "):
+        text = text[len(code) + 2 :]
+    state = f"({exc.sqlstate})" if exc.sqlstate and exc.sqlstate != "n/a" else ""
+    head = " ".join(p for p in (code, state) if p)
+    return " ".join(f"{head}: {text}".split() if head else text.split())[:300]
+
+
+def _settings_for(exc: SnowflakeError) -> str:
+    """The SNOWFLAKE_* variables a failed connect points at."""
+    if isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError):
+        # The login was answered and refused (390100 wrong user or password, 390144 bad key, ...).
+        return "SNOWFLAKE_USER and SNOWFLAKE_PASSWORD (or SNOWFLAKE_PRIVATE_KEY_PATH)"
+    return "SNOWFLAKE_ACCOUNT (the account identifier, e.g. myorg-myaccount, not a URL) and the network to it"
 
 
 def _on_cursor(conn: SnowflakeConnection, op: Callable[[Cursor], T]) -> T:

@@ -747,6 +747,12 @@ class MemoryPool(_Strict):
     health_check_interval_s: float = Field(
         60.0, gt=0, description="Idle connections are checked with SELECT 1 this often."
     )
+    statement_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest wait for one store operation (a 503 after it); also Snowflake's "
+        "STATEMENT_TIMEOUT_IN_SECONDS for the pool's sessions, so the account cancels it too.",
+    )
 
 
 class Ingest(_Strict):

@@ -1,0 +1,116 @@
+"""``python -m tests.e2e.fakesnow_faults_serve serve ...``: the gateway on fakesnow (as
+``fakesnow_serve``) whose Snowflake can be made to fail while it runs, as a real account fails.
+
+The file named by ``SOPHIA_TEST_SNOWFLAKE_FAULT`` holds the fault (absent or empty: none):
+
+* ``down``: the account is unreachable; connects and statements raise the connector's
+  ``OperationalError`` (errno 250001 / 250003: what it raises after its retries).
+* ``refused``: the credentials are refused (``DatabaseError`` 390100, as the login answer).
+* ``warehouse``: statements raise ``ProgrammingError`` 000606 (sqlstate 57P03: no active
+  warehouse; a misnamed warehouse, a role without USAGE on it), except ``SELECT 1``, which
+  Snowflake answers without a warehouse.
+* ``hang``: statements do not return while the fault lasts (a warehouse queueing every query;
+  the connector waits for a query's result without a bound unless one is set), until the
+  session's ``STATEMENT_TIMEOUT_IN_SECONDS`` (when given) cancels them, as Snowflake does
+  (``ProgrammingError`` 000630, sqlstate 57014).
+
+Each fault's message carries the password and a token, as the connector's texts may carry a
+URL or a login parameter: whatever reaches a client, a log line or ``/health`` is checked for
+them. fakesnow itself never fails this way (it knows no network, no credentials, no warehouse).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import fakesnow
+import snowflake.connector
+from snowflake.connector.errors import DatabaseError, OperationalError, ProgrammingError
+
+from gateway.cli import main
+
+LEAK = "token=SECRET-TOKEN-0123456789"
+
+
+def _fault() -> str:
+    path = os.environ.get("SOPHIA_TEST_SNOWFLAKE_FAULT")
+    try:
+        return Path(path).read_text().strip() if path else ""
+    except FileNotFoundError:
+        return ""
+
+
+def _raise(fault: str, *, connecting: bool, sql: str = "", timeout_s: int = 0) -> None:
+    password = os.environ.get("SNOWFLAKE_PASSWORD", "")
+    if fault == "down":
+        raise OperationalError(
+            msg=f"Could not connect to Snowflake backend after 2 attempt(s). Aborting "
+            f"(https://acct.snowflakecomputing.com/session/v1/login-request?{LEAK}&password={password})",
+            errno=250001 if connecting else 250003,
+        )
+    if fault == "refused":
+        raise DatabaseError(msg=f"Incorrect username or password was specified. ({password})", errno=390100)
+    # SELECT 1 has no FROM: Snowflake answers it without a warehouse.
+    if fault == "warehouse" and not connecting and sql.strip().upper() != "SELECT 1":
+        raise ProgrammingError(
+            msg="No active warehouse selected in the current session.  Select an active warehouse "
+            f"with the 'use warehouse' command. {LEAK}",
+            errno=606,
+            sqlstate="57P03",
+        )
+    if fault == "hang" and not connecting:
+        # The query returns once the warehouse takes it, or the session's timeout cancels it.
+        deadline = time.monotonic() + (timeout_s or 172800)  # Snowflake's default: two days
+        while _fault() == "hang":
+            if time.monotonic() > deadline:
+                raise ProgrammingError(
+                    msg=f"Statement reached its statement or warehouse timeout of {timeout_s} "
+                    "second(s) and was canceled.",
+                    errno=630,
+                    sqlstate="57014",
+                )
+            time.sleep(0.05)
+
+
+class _Cursor:
+    def __init__(self, cur: Any, timeout_s: int) -> None:
+        self._cur = cur
+        self._timeout_s = timeout_s
+
+    def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        _raise(_fault(), connecting=False, sql=sql, timeout_s=self._timeout_s)
+        return self._cur.execute(sql, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+
+class _Connection:
+    def __init__(self, conn: Any, timeout_s: int) -> None:
+        self._conn = conn
+        self._timeout_s = timeout_s
+
+    def cursor(self, *args: Any, **kwargs: Any) -> _Cursor:
+        return _Cursor(self._conn.cursor(*args, **kwargs), self._timeout_s)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+if __name__ == "__main__":
+    with fakesnow.patch():
+        fake_connect = snowflake.connector.connect
+
+        def connect(**kwargs: Any) -> _Connection:
+            _raise(_fault(), connecting=True)
+            # fakesnow ignores session parameters; the statement timeout is kept as Snowflake does.
+            parameters = kwargs.get("session_parameters") or {}
+            return _Connection(fake_connect(**kwargs), int(parameters.get("STATEMENT_TIMEOUT_IN_SECONDS", 0)))
+
+        snowflake.connector.connect = connect  # type: ignore[assignment]
+        code = main()
+    sys.exit(code)

@@ -1,0 +1,439 @@
+"""The memory API on Snowflake (fakesnow in the gateway process) against the embedded SQLite
+store, probed as a stranger would: one battery of requests sent to a gateway on each store,
+whose answers must be the same (status, error code and param, body, order), then SQL
+injection through every field that reaches SQL.
+
+fakesnow runs Snowflake SQL on DuckDB: it checks neither credentials nor warehouses, enforces
+``VARCHAR(100)`` lengths where real Snowflake does (so the 101-character ``data_source`` is
+refused by the gateway before any store sees it) and knows no network; what a real account
+does beyond it is said in ARCHITECTURE.md (h-snow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.testing.process import ManagedProcess, start
+
+SECRET = "Sn0wPassw0rd-not-in-any-answer"
+SNOWFLAKE_ENV = {
+    "MEMORY_URL": "snowflake://",
+    "SNOWFLAKE_ACCOUNT": "fake",
+    "SNOWFLAKE_USER": "fake",
+    "SNOWFLAKE_PASSWORD": SECRET,
+    "SNOWFLAKE_DATABASE": "SOPHIA",
+    "SNOWFLAKE_SCHEMA": "MEMORY",
+}
+# Emoji (a ZWJ sequence), CJK, Hangul, combining marks (decomposed é and ä), 4-byte characters
+# outside the BMP (musical G clef, a CJK extension B ideograph), RTL text and a NUL-free control.
+UNICODE = "emoji 😀👩‍👩‍👧 漢字かな 한국어 e\u0301 a\u0308 𝄞 𠜎 مرحبا \t tab"
+DIM = 64
+
+
+def policy_text(fake_url: str) -> str:
+    return textwrap.dedent(
+        f"""\
+        version: 1
+        auth: {{mode: open}}
+        server: {{max_body_bytes: 4194304}}
+        providers:
+          fake:
+            kind: openai
+            base_url: {fake_url}/v1
+        models:
+          embed:
+            deployments: [{{provider: fake, model: upstream-embed}}]
+        memory:
+          embedding_model: embed
+          search_cache_ttl_s: 0
+          # One connection at start: fakesnow cannot create its database from two at once.
+          pool: {{min_size: 1, max_size: 4}}
+        """
+    )
+
+
+def call(method: str, url: str, body: Any = None) -> tuple[int, Any, dict[str, str]]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read()), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), dict(err.headers)
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ManagedProcess]]:
+    fake = start(["fake-provider", "--port", "0", "--embedding-kind", "words", "--embedding-dim", str(DIM)])
+    started: dict[str, ManagedProcess] = {}
+    try:
+        policy = tmp_path_factory.mktemp("snow") / "policy.yaml"
+        policy.write_text(policy_text(fake.url))
+        serve = ["serve", "--policy", str(policy), "--port", "0"]
+        with ThreadPoolExecutor(2) as pool:
+            sqlite = pool.submit(start, serve, env={"SOPHIA_LOG_FORMAT": "json"})
+            snow = pool.submit(
+                start,
+                serve,
+                env={"SOPHIA_LOG_FORMAT": "json", **SNOWFLAKE_ENV},
+                module="tests.e2e.fakesnow_serve",
+                timeout_s=90,
+            )
+            for name, future in (("sqlite", sqlite), ("snowflake", snow)):
+                try:
+                    started[name] = future.result()
+                except Exception:
+                    for process in started.values():
+                        process.stop()
+                    raise
+        yield started
+    finally:
+        for process in started.values():
+            process.stop()
+        fake.stop()
+
+
+_TIMES = ("created_at", "last_updated")
+# Searches count accesses in batches flushed every second, off the request path: when a flush
+# lands is timing, not the store.
+_ACCESS = ("access_count", "last_accessed")
+
+
+def shape(value: Any) -> Any:
+    """An answer with what differs by nature between two stores made comparable: times become
+    whether they are set, access counts their type, scores are rounded."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in _TIMES:
+                out[key] = item is not None
+            elif key in _ACCESS:
+                out[key] = type(item).__name__ if item is not None else "int"
+            elif key == "score":
+                out[key] = round(item, 4)
+            else:
+                out[key] = shape(item)
+        return out
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return value
+
+
+def vector(*hot: int) -> list[float]:
+    out = [0.0] * DIM
+    for k in hot:
+        out[k] = 1.0
+    return out
+
+
+LONG = "長" * 200_000 + "😀" * 100_000  # 300,000 characters, 1,000,000 UTF-8 bytes
+SOURCE_100 = "s" * 98 + "😀漢"  # 100 characters (4-byte ones among them)
+INJECT = "x' OR '1'='1'; DROP TABLE memories; --"
+
+# (method, path, body): sent in order to both gateways; every answer must match.
+BATTERY: list[tuple[str, str, Any]] = [
+    (
+        "POST",
+        "/v1/memory",
+        {
+            "namespace": "ns-a",
+            "content": UNICODE,
+            "id": "u1",
+            "metadata": {"キー": "値 😀", "nested": {"list": [1, 2.5, None, True]}, "e\u0301": 1},
+            "data_source": SOURCE_100,
+            "confidence_score": 0.9,
+            "importance_score": 0.1,
+        },
+    ),
+    ("GET", "/v1/memory/u1", None),
+    (
+        "POST",
+        "/v1/memory",
+        {
+            "memories": [
+                {
+                    "namespace": "ns-a",
+                    "content": "the cat sat on the mat",
+                    "id": "b1",
+                    "data_source": "slack",
+                },
+                {"namespace": "ns-a", "content": "the cat ate the fish", "id": "b2", "confidence_score": 0.2},
+                {
+                    "namespace": "ns.b",
+                    "content": "a dog and a cat",
+                    "id": "b3",
+                    "data_source": "gong",
+                    "metadata": {INJECT: INJECT},
+                },
+                {"namespace": "ns-a", "content": "vector given", "id": "b4", "embedding": vector(1, 2)},
+            ]
+        },
+    ),
+    # refusals: the same status, code and param on both
+    ("POST", "/v1/memory", {"namespace": "ns-a", "content": "x", "data_source": SOURCE_100 + "s"}),
+    ("POST", "/v1/memory", {"namespace": "ns-a", "content": "dup", "id": "b1"}),
+    (
+        "POST",
+        "/v1/memory",
+        {
+            "memories": [
+                {"namespace": "ns-a", "content": "x", "id": "d1"},
+                {"namespace": "ns-a", "content": "y", "id": "d1"},
+            ]
+        },
+    ),
+    ("POST", "/v1/memory", {"namespace": INJECT, "content": "x"}),
+    ("POST", "/v1/memory", {"namespace": "ns-a", "content": "x", "id": INJECT}),
+    ("POST", "/v1/memory", {"namespace": "ns-a", "content": ""}),
+    ("GET", "/v1/memory/" + urllib.parse.quote(INJECT, safe=""), None),
+    ("GET", "/v1/memory/" + urllib.parse.quote("b1' OR 'a'='a", safe=""), None),
+    ("GET", "/v1/memory/nope", None),
+    # PATCH with row_version: the one read wins, a stale one is a 409, nothing changes
+    ("PATCH", "/v1/memory/b1", {"metadata": {"k": "v2"}, "row_version": 1}),
+    ("PATCH", "/v1/memory/b1", {"metadata": {"k": "v3"}, "row_version": 1}),
+    ("GET", "/v1/memory/b1", None),
+    ("PATCH", "/v1/memory/b1", {"content": "the cat sat on the hat", "data_source": SOURCE_100}),
+    ("PATCH", "/v1/memory/b1", {"data_source": SOURCE_100 + "x"}),
+    ("PATCH", "/v1/memory/nope", {"content": "x", "row_version": 1}),
+    ("PATCH", "/v1/memory/" + urllib.parse.quote(INJECT, safe=""), {"confidence_score": 0.5}),
+    ("PATCH", "/v1/memory/b2", {"processing_status": "archived"}),
+    # search: order, filters, namespaces
+    ("POST", "/v1/memory/search", {"query": "cat", "top_k": 10}),
+    ("POST", "/v1/memory/search", {"query": "cat", "namespaces": ["ns.b"]}),
+    ("POST", "/v1/memory/search", {"query": "cat", "data_source": "slack"}),
+    ("POST", "/v1/memory/search", {"query": "cat", "data_source": INJECT}),
+    ("POST", "/v1/memory/search", {"query": "cat", "data_source": SOURCE_100}),
+    ("POST", "/v1/memory/search", {"query": "cat", "processing_status": "archived"}),
+    ("POST", "/v1/memory/search", {"query": "cat", "min_confidence": 0.95}),
+    ("POST", "/v1/memory/search", {"vector": vector(1, 2), "top_k": 1}),
+    ("POST", "/v1/memory/search", {"query": "cat", "namespaces": [INJECT]}),
+    ("POST", "/v1/memory/search", {"query": "cat", "data_source": SOURCE_100 + "x"}),
+    # very long content (1 MB of UTF-8, 4-byte characters included), read back whole
+    ("POST", "/v1/memory", {"namespace": "ns-a", "content": LONG, "id": "long", "embedding": vector(5)}),
+    ("GET", "/v1/memory/long", None),
+    # delete, then it is gone on both
+    ("DELETE", "/v1/memory/b2", None),
+    ("DELETE", "/v1/memory/b2", None),
+    ("GET", "/v1/memory/b2", None),
+    ("DELETE", "/v1/memory/" + urllib.parse.quote(INJECT, safe=""), None),
+    # the job list: filters and the pagination cursor reach SQL
+    ("GET", "/v1/memory/jobs?limit=2&after=" + urllib.parse.quote(INJECT, safe=""), None),
+    ("GET", "/v1/memory/jobs?status=" + urllib.parse.quote(INJECT, safe=""), None),
+    ("GET", "/v1/memory/jobs?limit=0", None),
+    ("GET", "/v1/memory/jobs/" + urllib.parse.quote(INJECT, safe=""), None),
+    # still all there after the injections
+    ("POST", "/v1/memory/search", {"query": "cat dog", "top_k": 100, "processing_status": "active"}),
+]
+
+
+def test_the_battery_answers_the_same_on_both_stores(gateways: dict[str, ManagedProcess]) -> None:
+    answers: dict[str, list[tuple[int, Any]]] = {}
+    for name, process in gateways.items():
+        got = []
+        for method, path, body in BATTERY:
+            status, answer, headers = call(method, process.url + path, body)
+            assert headers["Content-Type"].startswith("application/json"), (name, method, path)
+            got.append((status, shape(answer)))
+        answers[name] = got
+    for (method, path, _), sqlite, snow in zip(BATTERY, answers["sqlite"], answers["snowflake"], strict=True):
+        assert snow == sqlite, f"{method} {path[:80]}"
+    statuses = [status for status, _ in answers["snowflake"]]
+    assert 500 not in statuses and 503 not in statuses
+    by_request = dict(zip([(m, p, json.dumps(b)) for m, p, b in BATTERY], answers["snowflake"], strict=True))
+
+    def answer(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return by_request[(method, path, json.dumps(body))]
+
+    # What the store gave back is what was sent, character for character.
+    status, stored = answer("GET", "/v1/memory/u1")
+    assert status == 200
+    assert stored["content"] == UNICODE and stored["data_source"] == SOURCE_100
+    assert stored["metadata"] == {"キー": "値 😀", "nested": {"list": [1, 2.5, None, True]}, "e\u0301": 1}
+    status, long = answer("GET", "/v1/memory/long")
+    assert status == 200 and long["content"] == LONG
+    # The stale row_version lost; the winner's metadata stayed.
+    status, b1 = answer("GET", "/v1/memory/b1")
+    assert status == 200 and b1["metadata"] == {"k": "v2"} and b1["row_version"] == 2
+    # Injection attempts are values: refused by shape, or found nowhere.
+    status, refused = answer("POST", "/v1/memory", {"namespace": INJECT, "content": "x"})
+    assert status == 400 and refused["error"]["param"] == "namespace"
+    status, hits = answer("POST", "/v1/memory/search", {"query": "cat", "data_source": INJECT})
+    assert status == 200 and hits["data"] == []
+    status, everything = answer(
+        "POST", "/v1/memory/search", {"query": "cat dog", "top_k": 100, "processing_status": "active"}
+    )
+    assert status == 200
+    assert sorted(h["memory"]["id"] for h in everything["data"]) == ["b1", "b3", "b4", "long", "u1"]
+    b3 = next(h["memory"] for h in everything["data"] if h["memory"]["id"] == "b3")
+    assert b3["metadata"] == {INJECT: INJECT}
+
+
+def test_no_snowflake_secret_in_answers_health_metrics_or_logs(gateways: dict[str, ManagedProcess]) -> None:
+    process = gateways["snowflake"]
+    seen = {}
+    for path in ("/health", "/health/ready", "/metrics", "/admin/models", "/admin/policy"):
+        try:
+            with urllib.request.urlopen(process.url + path, timeout=10) as resp:
+                seen[path] = resp.read().decode() + json.dumps(dict(resp.headers))
+        except urllib.error.HTTPError as err:
+            seen[path] = err.read().decode() + json.dumps(dict(err.headers))
+    assert [path for path, text in seen.items() if SECRET in text] == []
+    assert "memory:store" in seen["/health"]
+    assert SECRET not in process.output
+
+
+# ----- Snowflake failing: at start and while serving (tests/e2e/fakesnow_faults_serve.py)
+
+FAULTS_MODULE = "tests.e2e.fakesnow_faults_serve"
+LEAKS = (SECRET, "SECRET-TOKEN-0123456789")
+
+
+def fault_policy(tmp: Path) -> Path:
+    policy = tmp / "policy.yaml"
+    policy.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            auth: {mode: open}
+            providers:
+              fake: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
+            models:
+              chat:
+                deployments: [{provider: fake, model: m}]
+            memory:
+              search_cache_ttl_s: 0
+              pool: {min_size: 1, max_size: 2, connect_timeout_s: 1, statement_timeout_s: 1}
+            """
+        )
+    )
+    return policy
+
+
+@pytest.mark.parametrize(
+    ("fault", "named"),
+    [
+        ("refused", "SNOWFLAKE_USER"),
+        ("down", "SNOWFLAKE_ACCOUNT"),
+        ("warehouse", "SNOWFLAKE_WAREHOUSE"),
+        ("hang", "SNOWFLAKE_WAREHOUSE"),
+    ],
+)
+def test_a_snowflake_that_fails_at_start_is_one_line_naming_the_settings(
+    tmp_path: Path, fault: str, named: str
+) -> None:
+    (tmp_path / "fault").write_text(fault)
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KEYS_URL", "MEMORY_URL")},
+        **SNOWFLAKE_ENV,
+        "SOPHIA_LOG_FORMAT": "json",
+        "SOPHIA_TEST_SNOWFLAKE_FAULT": str(tmp_path / "fault"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            FAULTS_MODULE,
+            "serve",
+            "--policy",
+            str(fault_policy(tmp_path)),
+            "--port",
+            "0",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert time.monotonic() - started < 30
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr + done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("sophia-gateway: cannot start: ") and "Snowflake" in last and named in last
+    for leak in LEAKS:
+        assert leak not in done.stderr + done.stdout
+
+
+@pytest.fixture
+def faulty(tmp_path: Path) -> Iterator[tuple[ManagedProcess, Path]]:
+    fault = tmp_path / "fault"
+    process = start(
+        ["serve", "--policy", str(fault_policy(tmp_path)), "--port", "0"],
+        env={"SOPHIA_LOG_FORMAT": "json", "SOPHIA_TEST_SNOWFLAKE_FAULT": str(fault), **SNOWFLAKE_ENV},
+        module=FAULTS_MODULE,
+        timeout_s=90,
+    )
+    try:
+        yield process, fault
+    finally:
+        fault.write_text("")
+        process.stop()
+
+
+def health(url: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as err:
+        return dict(json.loads(err.read()))
+
+
+@pytest.mark.parametrize("fault", ["down", "warehouse", "hang"])
+def test_a_snowflake_failing_while_serving_is_a_503_and_health_says_so(
+    faulty: tuple[ManagedProcess, Path], fault: str
+) -> None:
+    process, fault_file = faulty
+    url = process.url
+    status, _, _ = call(
+        "POST", url + "/v1/memory", {"namespace": "ns", "content": "x", "id": "m1", "embedding": [1.0, 0.0]}
+    )
+    assert status == 201
+    fault_file.write_text(fault)
+    answers = []
+    for method, path, body in (
+        ("GET", "/v1/memory/m1", None),
+        ("POST", "/v1/memory", {"namespace": "ns", "content": "y", "embedding": [0.0, 1.0]}),
+        ("PATCH", "/v1/memory/m1", {"confidence_score": 0.5}),
+        ("DELETE", "/v1/memory/m1", None),
+        ("GET", "/v1/memory/jobs", None),
+    ):
+        started = time.monotonic()
+        status, answer, headers = call(method, url + path, body)
+        elapsed = time.monotonic() - started
+        assert elapsed < 8, (method, path, elapsed)  # the statement bound (1 s) and the acquire bound (1 s)
+        assert status == 503, (method, path, answer)
+        assert answer["error"]["type"] == "service_unavailable"
+        assert answer["error"]["code"] == "memory_store_unavailable"
+        answers.append(json.dumps(answer) + json.dumps(headers))
+    report = health(url)
+    # SELECT 1 needs no warehouse: the health check cannot see that one (ARCHITECTURE.md, h-snow).
+    if fault != "warehouse":
+        assert report["status"] == "degraded"
+        assert report["dependencies"]["memory:store"]["status"] == "down"
+    fault_file.write_text("")
+    recovered = time.monotonic() + 15
+    while call("GET", url + "/v1/memory/m1")[0] != 200:  # back once Snowflake is
+        assert time.monotonic() < recovered, "the memory store did not come back"
+        time.sleep(0.2)
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
+    shown = "".join(answers) + json.dumps(report) + metrics + process.output
+    for leak in LEAKS:
+        assert leak not in shown
