@@ -59,6 +59,9 @@ _ENV_ARGS = {
     "SNOWFLAKE_ROLE": "role",
 }
 _REQUIRED = ("SNOWFLAKE_ACCOUNT", "SNOWFLAKE_USER", "SNOWFLAKE_DATABASE", "SNOWFLAKE_SCHEMA")
+# Object names the connector sends at login: an unquoted identifier or a double-quoted one.
+_IDENTIFIERS = ("SNOWFLAKE_WAREHOUSE", "SNOWFLAKE_DATABASE", "SNOWFLAKE_SCHEMA", "SNOWFLAKE_ROLE")
+_IDENTIFIER = re.compile(r'^([A-Za-z_][A-Za-z0-9_$]{0,254}|"([^"]|""){1,255}")$')
 # connect() arguments whose values are secrets: never in a message, a log line or a traceback.
 _SECRET_ARGS = ("password", "private_key_file_pwd", "token", "passcode")
 # What a driver's text may carry beyond the configured secrets: a URL's query (login requests
@@ -83,6 +86,20 @@ def snowflake_settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         missing.append("SNOWFLAKE_PASSWORD or SNOWFLAKE_PRIVATE_KEY_PATH")
     if missing:
         raise ValueError(f"the Snowflake memory backend needs {', '.join(missing)} in the environment")
+    account = env["SNOWFLAKE_ACCOUNT"]
+    if "/" in account or ":" in account or "@" in account or account != account.strip():
+        # A URL pasted whole (https://xy12345.eu-west-1.snowflakecomputing.com) made the
+        # connector try a host of that text: retries, then a DNS error about no such host.
+        raise ValueError(
+            "SNOWFLAKE_ACCOUNT must be the account identifier (myorg-myaccount, or a locator "
+            "such as xy12345.eu-west-1), not a URL"
+        )
+    bad = [name for name in _IDENTIFIERS if env.get(name) and not _IDENTIFIER.match(env[name])]
+    if bad:
+        raise ValueError(
+            f"{', '.join(bad)} must be a Snowflake identifier: letters, digits, _ and $ "
+            '(not starting with a digit or $), or one in double quotes ("My Warehouse")'
+        )
     return {arg: env[name] for name, arg in _ENV_ARGS.items() if env.get(name)}
 
 

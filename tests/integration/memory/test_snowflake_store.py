@@ -58,6 +58,40 @@ def test_settings_name_what_is_missing_never_a_value() -> None:
     assert "acme-prod" not in message
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SNOWFLAKE_ACCOUNT", "https://xy12345.eu-west-1.snowflakecomputing.com"),
+        ("SNOWFLAKE_ACCOUNT", "xy12345.snowflakecomputing.com/"),
+        ("SNOWFLAKE_WAREHOUSE", "AI WH"),
+        ("SNOWFLAKE_WAREHOUSE", "AI_WH; DROP TABLE MEMORIES"),
+        ("SNOWFLAKE_DATABASE", "1SOPHIA"),
+        ("SNOWFLAKE_ROLE", '"unterminated'),
+    ],
+)
+def test_settings_refuse_a_url_for_the_account_and_a_name_that_is_no_identifier(
+    variable: str, value: str
+) -> None:
+    with pytest.raises(ValueError) as exc:
+        snowflake_settings_from_env(ENV | {variable: value})
+    message = str(exc.value)
+    assert variable in message and value not in message and "hunter2" not in message
+
+
+def test_settings_take_quoted_and_dollar_identifiers_and_account_locators() -> None:
+    env = ENV | {
+        "SNOWFLAKE_ACCOUNT": "xy12345.eu-west-1.aws",
+        "SNOWFLAKE_WAREHOUSE": '"My ""Big"" WH"',
+        "SNOWFLAKE_SCHEMA": "MEMORY$2",
+    }
+    args = snowflake_settings_from_env(env)
+    assert (args["account"], args["warehouse"], args["schema"]) == (
+        "xy12345.eu-west-1.aws",
+        '"My ""Big"" WH"',
+        "MEMORY$2",
+    )
+
+
 def test_table_name_is_validated() -> None:
     with pytest.raises(ValueError):
         SnowflakeMemoryStore(SNOWFLAKE_ARGS, table="MEMORIES; DROP TABLE X")
