@@ -301,7 +301,11 @@ class IngestService:
         owner = access.team if access is not None else None
         limit = min(limit, LIST_MAX)
         if after is not None:
-            await self.get(after, access)  # a cursor the caller may use
+            try:
+                await self.get(after, access)  # a cursor the caller may use
+            except NotFound as exc:  # named as the client wrote it: the query's ``after``
+                exc.param = "after"
+                raise
         jobs: list[IngestJob] = []
         while True:  # pages of the store's order until ``limit`` visible ones (the key's namespaces)
             rows = await self.memory.store.recent_jobs(owner, statuses, limit + 1, after)
