@@ -34,7 +34,11 @@ def memory_store(config: MemoryConfig, memory_url: str | None, env: Mapping[str,
             raise StartupError(f"MEMORY_URL {_SHAPES}, not {_shown(memory_url)}")
     if backend == "snowflake":
         try:
-            from gateway.memory.snowflake_store import SnowflakeMemoryStore, snowflake_settings_from_env
+            from gateway.memory.snowflake_store import (
+                SnowflakeMemoryStore,
+                check_private_key,
+                snowflake_settings_from_env,
+            )
         except ModuleNotFoundError as exc:
             if not (exc.name or "").startswith("snowflake"):
                 raise
@@ -44,6 +48,7 @@ def memory_store(config: MemoryConfig, memory_url: str | None, env: Mapping[str,
             ) from None
         try:
             connect_args = snowflake_settings_from_env(env)
+            check_private_key(connect_args)
         except ValueError as exc:
             raise StartupError(f"{exc} (see the README's Memory service section)") from None
         return SnowflakeMemoryStore(connect_args, config.pool)

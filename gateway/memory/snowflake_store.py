@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -103,6 +104,43 @@ def snowflake_settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return {arg: env[name] for name, arg in _ENV_ARGS.items() if env.get(name)}
 
 
+def check_private_key(connect_args: Mapping[str, Any]) -> None:
+    """Read the key-pair file as the connector will (PEM, decrypted with the passphrase), so a
+    missing file, a wrong or missing passphrase or a file that is no key is a ``ValueError``
+    naming the variable; the connector raised these as ``FileNotFoundError``, ``ValueError`` and
+    ``TypeError`` from inside ``connect()``: a traceback, or retries then "no answer". Never
+    says the passphrase."""
+    path = connect_args.get("private_key_file")
+    if not path:
+        return
+    from cryptography.hazmat.primitives import serialization
+
+    passphrase = connect_args.get("private_key_file_pwd")
+    try:
+        with open(os.path.expanduser(path), "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise ValueError(
+            f"SNOWFLAKE_PRIVATE_KEY_PATH cannot be read ({type(exc).__name__}: {exc.strerror or exc})"
+        ) from None
+    try:
+        serialization.load_pem_private_key(data, password=passphrase.encode() if passphrase else None)
+    except TypeError:  # encrypted without a passphrase, or a passphrase for a plain key
+        if passphrase:
+            raise ValueError(
+                "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE is set but the key in SNOWFLAKE_PRIVATE_KEY_PATH "
+                "is not encrypted: unset it"
+            ) from None
+        raise ValueError(
+            "the key in SNOWFLAKE_PRIVATE_KEY_PATH is encrypted: set SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"
+        ) from None
+    except ValueError:
+        raise ValueError(
+            "SNOWFLAKE_PRIVATE_KEY_PATH is not a PEM private key, or SNOWFLAKE_PRIVATE_KEY_PASSPHRASE "
+            "does not decrypt it"
+        ) from None
+
+
 class SnowflakeMemoryStore(SQLMemoryStore):
     """Memories in ``table`` of the account ``connect_args`` names, over a ``ConnectionPool``.
 
@@ -166,6 +204,11 @@ class SnowflakeMemoryStore(SQLMemoryStore):
                 raise StartupError(
                     f"cannot connect to the Snowflake memory store ({type(cause).__name__}: "
                     f"{_one_line(cause)}); check {settings}"
+                ) from None
+            if isinstance(cause, OSError):  # the network (refused, unreachable, no such host)
+                raise StartupError(
+                    f"cannot connect to the Snowflake memory store ({type(cause).__name__}: "
+                    f"{' '.join(str(cause).split())[:300]}); check SNOWFLAKE_ACCOUNT and the network to it"
                 ) from None
             raise StartupError(
                 f"cannot connect to the Snowflake memory store (no answer within "

@@ -107,3 +107,7 @@ def configure_logging(level: str, fmt: str) -> None:
     # watchfiles says "N changes detected" at INFO for every event batch of the policy's
     # directory; the gateway logs what matters (a reload and its result) itself.
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    # The Snowflake connector logs its version, each connect and every query it runs at INFO
+    # (``query: [...]``, ``query execution done``): the memory store's failures are the
+    # gateway's own lines (pool, store, the request's log line), the connector's warnings stay.
+    logging.getLogger("snowflake.connector").setLevel(logging.WARNING)

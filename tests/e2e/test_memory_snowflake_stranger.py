@@ -326,6 +326,13 @@ def fault_policy(tmp: Path) -> Path:
     return policy
 
 
+def start_line(output: str) -> str:
+    """The one ``cannot start`` line (log lines, written by a thread, may come after it)."""
+    lines = [line for line in output.splitlines() if line.startswith("sophia-gateway: cannot start")]
+    assert len(lines) == 1, output[-2000:]
+    return lines[0]
+
+
 @pytest.mark.parametrize(
     ("fault", "named"),
     [
@@ -367,8 +374,8 @@ def test_a_snowflake_that_fails_at_start_is_one_line_naming_the_settings(
     assert time.monotonic() - started < 30
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr + done.stdout
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("sophia-gateway: cannot start: ") and "Snowflake" in last and named in last
+    last = start_line(done.stderr)
+    assert "Snowflake" in last and named in last
     for leak in LEAKS:
         assert leak not in done.stderr + done.stdout
 
@@ -441,3 +448,93 @@ def test_a_snowflake_failing_while_serving_is_a_503_and_health_says_so(
     shown = "".join(answers) + json.dumps(report) + metrics + process.output
     for leak in LEAKS:
         assert leak not in shown
+
+
+# ----- the real connector (no fakesnow): key-pair files and an account that cannot be reached
+
+
+def serve_real(tmp: Path, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``serve`` with the real connector and ``extra`` SNOWFLAKE_* variables; it must stop."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SNOWFLAKE_", "REDIS_URL", "KEYS_URL"))},
+        "MEMORY_URL": "snowflake://",
+        "SNOWFLAKE_ACCOUNT": "sophia-no-such-account-0",
+        "SNOWFLAKE_USER": "sophia",
+        "SNOWFLAKE_DATABASE": "SOPHIA",
+        "SNOWFLAKE_SCHEMA": "MEMORY",
+        "SOPHIA_LOG_FORMAT": "json",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        **extra,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--policy", str(fault_policy(tmp)), "--port", "0"],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def pem_key(path: Path, passphrase: str | None) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    encryption = (
+        serialization.BestAvailableEncryption(passphrase.encode())
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    )
+    return path
+
+
+PASSPHRASE = "Key-Passphrase-not-in-any-line"
+
+
+@pytest.mark.parametrize(
+    ("key", "passphrase", "said"),
+    [
+        ("missing", None, "SNOWFLAKE_PRIVATE_KEY_PATH cannot be read (FileNotFoundError"),
+        ("encrypted", None, "encrypted: set SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"),
+        ("encrypted", "wrong-" + PASSPHRASE, "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE does not decrypt it"),
+        ("plain", PASSPHRASE, "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE is set but the key"),
+        ("garbage", None, "SNOWFLAKE_PRIVATE_KEY_PATH is not a PEM private key"),
+    ],
+)
+def test_a_key_pair_file_the_connector_cannot_use_is_one_line_naming_it(
+    tmp_path: Path, key: str, passphrase: str | None, said: str
+) -> None:
+    path = tmp_path / "key.p8"
+    if key == "encrypted":
+        pem_key(path, PASSPHRASE)
+    elif key == "plain":
+        pem_key(path, None)
+    elif key == "garbage":
+        path.write_text("not a key")
+    extra = {"SNOWFLAKE_PRIVATE_KEY_PATH": str(path)}
+    if passphrase:
+        extra["SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"] = passphrase
+    done = serve_real(tmp_path, extra)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-2000:]
+    assert said in start_line(output) and "Traceback" not in output and PASSPHRASE not in output
+
+
+def test_an_account_that_cannot_be_reached_is_one_line_and_no_connector_chatter(tmp_path: Path) -> None:
+    # No network here (or no such account): the connector's own retries, the pool's three
+    # attempts of 1 s, then the start-up line. Its INFO lines (version, "Connecting to GLOBAL
+    # Snowflake domain", every query on a live account) are not the gateway's log.
+    started = time.monotonic()
+    done = serve_real(tmp_path, {"SNOWFLAKE_PASSWORD": SECRET})
+    output = done.stdout + done.stderr
+    assert time.monotonic() - started < 40
+    assert done.returncode == 2, output[-2000:]
+    assert "Snowflake" in start_line(output)
+    assert "Traceback" not in output and SECRET not in output
+    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    chatter = [r for r in records if r["logger"].startswith("snowflake.connector") and r["level"] == "info"]
+    assert chatter == []
