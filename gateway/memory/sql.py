@@ -22,6 +22,7 @@ Everything here is blocking: the stores call it on their worker threads.
 from __future__ import annotations
 
 import struct
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -206,6 +207,7 @@ class MemoryQueries:
     def __init__(self, table: str, dialect: Dialect) -> None:
         self.table = table
         self.dialect = dialect
+        self._log_lock = threading.Lock()  # see ``log_changes``
 
     def _time(self, at: datetime) -> object:
         return self.dialect.encode_time(at)
@@ -443,13 +445,19 @@ class MemoryQueries:
         the write itself, in its transaction, so SQLite's write lock makes the numbers gapless."""
         if not rows:
             return
-        cur.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}")
-        base = int(cur.fetchone()[0])
-        cur.executemany(
-            f"INSERT INTO {self.changes_table} (seq, memory_id, namespace, owner, deleted) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(base + n, *row) for n, row in enumerate(rows, start=1)],
-        )
+        # On Snowflake each statement commits on its own and the pool runs several at once: two
+        # writes of one process read one MAX(seq) and numbered their changes alike (a second row
+        # of a seq that a follower past it never reads; under fakesnow, whose DuckDB enforces
+        # the key, a 500). Numbered one writer at a time in the process; between replicas it
+        # stays best effort (ARCHITECTURE.md).
+        with self._log_lock:
+            cur.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}")
+            base = int(cur.fetchone()[0])
+            cur.executemany(
+                f"INSERT INTO {self.changes_table} (seq, memory_id, namespace, owner, deleted) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(base + n, *row) for n, row in enumerate(rows, start=1)],
+            )
 
     def changes_after(
         self, cur: Cursor, seq: int, limit: int

@@ -538,3 +538,33 @@ def test_an_account_that_cannot_be_reached_is_one_line_and_no_connector_chatter(
     records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     chatter = [r for r in records if r["logger"].startswith("snowflake.connector") and r["level"] == "info"]
     assert chatter == []
+
+
+@pytest.mark.parametrize("store", ["sqlite", "snowflake"])
+def test_concurrent_writes_to_one_gateway_are_all_answered(
+    gateways: dict[str, ManagedProcess], store: str
+) -> None:
+    # The pool runs several statements at once; each write appends to the change log, numbered
+    # MAX(seq) + 1: two writes numbered alike (a 500 under fakesnow, whose DuckDB enforces the
+    # log's key; on Snowflake, which enforces none, a second row of one seq a follower skips).
+    url = gateways[store].url
+
+    def write(k: int) -> int:
+        body = {"namespace": "race", "content": f"race {k}", "id": f"race-{k}", "embedding": vector(k % DIM)}
+        return call("POST", url + "/v1/memory", body)[0]
+
+    def change(k: int) -> int:
+        return call("PATCH", url + f"/v1/memory/race-{k}", {"importance_score": 0.9})[0]
+
+    def remove(k: int) -> int:
+        return call("DELETE", url + f"/v1/memory/race-{k}")[0]
+
+    with ThreadPoolExecutor(12) as pool:
+        assert list(pool.map(write, range(36))) == [201] * 36
+        assert list(pool.map(change, range(36))) == [200] * 36
+        assert list(pool.map(remove, range(0, 36, 2))) == [200] * 18
+    status, found, _ = call(
+        "POST", url + "/v1/memory/search", {"vector": vector(1), "top_k": 100, "namespaces": ["race"]}
+    )
+    assert status == 200
+    assert sorted(h["memory"]["id"] for h in found["data"]) == sorted(f"race-{k}" for k in range(1, 36, 2))
