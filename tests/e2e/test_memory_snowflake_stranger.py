@@ -568,3 +568,65 @@ def test_concurrent_writes_to_one_gateway_are_all_answered(
     )
     assert status == 200
     assert sorted(h["memory"]["id"] for h in found["data"]) == sorted(f"race-{k}" for k in range(1, 36, 2))
+
+
+def upload(url: str, name: str, text: str) -> dict[str, Any]:
+    boundary = "sophia-h-snow-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="namespace"\r\n\r\nfiles\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="data_source"\r\n\r\n{SOURCE_100}\r\n'.encode(),
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: text/plain\r\n\r\n"
+        ).encode()
+        + text.encode()
+        + f"\r\n--{boundary}--\r\n".encode(),
+    ]
+    request = urllib.request.Request(url + "/v1/memory/files", data=b"".join(parts), method="POST")
+    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert resp.status == 202
+        return dict(json.loads(resp.read()))
+
+
+def test_ingest_jobs_page_and_filter_the_same_on_both_stores(gateways: dict[str, ManagedProcess]) -> None:
+    seen: dict[str, list[Any]] = {}
+    for name, process in gateways.items():
+        url = process.url
+        ids = []
+        for k, text in enumerate([UNICODE * 3, "plain words " * 50, "漢字 " * 400]):
+            job = upload(url, f"file-{k}-漢.txt", text)
+            deadline = time.monotonic() + 30
+            while job["status"] not in ("done", "failed"):
+                assert time.monotonic() < deadline, job
+                time.sleep(0.05)
+                status, job, _ = call("GET", f"{url}/v1/memory/jobs/{job['id']}")
+                assert status == 200
+            assert job["status"] == "done", job
+            ids.append(job["id"])
+        pages, after = [], ""
+        while True:
+            status, page, _ = call("GET", f"{url}/v1/memory/jobs?limit=1{after}")
+            assert status == 200
+            pages.append(page)
+            if not page["has_more"]:
+                break
+            after = "&after=" + page["last_id"]
+        assert [p["data"][0]["id"] for p in pages] == ids[::-1]  # newest first
+        assert [p["has_more"] for p in pages] == [True, True, False]
+        status, done, _ = call("GET", f"{url}/v1/memory/jobs?status=done,failed&limit=10")
+        assert status == 200 and [j["id"] for j in done["data"]] == ids[::-1]
+        status, none, _ = call("GET", f"{url}/v1/memory/jobs?status=paused")
+        assert status == 200 and none["data"] == [] and none["has_more"] is False
+        seen[name] = [
+            {
+                k: v
+                for k, v in p["data"][0].items()
+                if k not in ("id", "started_at", "updated_at", "finished_at")
+            }
+            for p in pages
+        ]
+    assert seen["snowflake"] == seen["sqlite"]
+    assert (
+        seen["snowflake"][0]["data_source"] == SOURCE_100 and seen["snowflake"][0]["file"] == "file-2-漢.txt"
+    )
