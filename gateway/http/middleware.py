@@ -163,7 +163,9 @@ def _log_library_words(request_id: str, error: GatewayError) -> None:
         "code": error.code,
         "detail": error.detail,
     }
-    log.warning("upstream failed", extra={"fields": fields})
+    # The memory store's own words (Snowflake's errno and message) are no provider's.
+    what = "memory store failed" if error.code == "memory_store_unavailable" else "upstream failed"
+    log.warning(what, extra={"fields": fields})
 
 
 ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
