@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -264,6 +265,10 @@ def test_the_battery_answers_the_same_on_both_stores(gateways: dict[str, Managed
     assert status == 200
     assert stored["content"] == UNICODE and stored["data_source"] == SOURCE_100
     assert stored["metadata"] == {"キー": "値 😀", "nested": {"list": [1, 2.5, None, True]}, "e\u0301": 1}
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00$")  # UTC, as SQLite's
+    for process in gateways.values():  # the answers above hold times as set or not: read again
+        raw = call("GET", process.url + "/v1/memory/u1")[1]
+        assert iso.match(raw["created_at"]) and iso.match(raw["last_updated"]), raw["created_at"]
     status, long = answer("GET", "/v1/memory/long")
     assert status == 200 and long["content"] == LONG
     # The stale row_version lost; the winner's metadata stayed.
