@@ -29,6 +29,15 @@ def memory_store(config: MemoryConfig, memory_url: str | None, env: Mapping[str,
                 raise StartupError(f"MEMORY_URL {_SHAPES}, not {_shown(memory_url)}")
             backend = "embedded"
         elif scheme == "snowflake":
+            if memory_url.rstrip("/") != "snowflake:":
+                # snowflake-sqlalchemy's form (snowflake://user:password@account/db/schema?...)
+                # was taken as snowflake:// and the rest ignored: credentials and all.
+                raise StartupError(
+                    "MEMORY_URL for Snowflake is snowflake:// alone: the account, user, password, "
+                    "database, schema, warehouse and role come from the SNOWFLAKE_* variables (see "
+                    "the README's Memory service section); the URL's other parts are not read, and "
+                    "are not repeated here"
+                )
             backend = "snowflake"
         else:
             raise StartupError(f"MEMORY_URL {_SHAPES}, not {_shown(memory_url)}")

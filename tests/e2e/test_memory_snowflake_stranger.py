@@ -643,3 +643,21 @@ def test_ingest_jobs_page_and_filter_the_same_on_both_stores(gateways: dict[str,
     assert (
         seen["snowflake"][0]["data_source"] == SOURCE_100 and seen["snowflake"][0]["file"] == "file-2-漢.txt"
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "snowflake://sophia:Hunter2Secret@xy12345/SOPHIA/MEMORY?warehouse=AI_WH",
+        "snowflake://xy12345.eu-west-1/SOPHIA?password=Hunter2Secret",
+    ],
+)
+def test_a_snowflake_url_with_credentials_is_refused_without_repeating_them(tmp_path: Path, url: str) -> None:
+    # snowflake-sqlalchemy's URL form: the gateway read only the scheme and then asked for
+    # SNOWFLAKE_* variables (or, with them set, connected with those and ignored the URL's).
+    done = serve_real(tmp_path, {"MEMORY_URL": url, "SNOWFLAKE_PASSWORD": SECRET})
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-2000:]
+    line = start_line(output)
+    assert "MEMORY_URL for Snowflake is snowflake:// alone" in line and "SNOWFLAKE_*" in line
+    assert "Hunter2Secret" not in output and "xy12345" not in output and SECRET not in output
