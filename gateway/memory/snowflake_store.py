@@ -92,8 +92,8 @@ def snowflake_settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
         # A URL pasted whole (https://xy12345.eu-west-1.snowflakecomputing.com) made the
         # connector try a host of that text: retries, then a DNS error about no such host.
         raise ValueError(
-            "SNOWFLAKE_ACCOUNT must be the account identifier (myorg-myaccount, or a locator "
-            "such as xy12345.eu-west-1), not a URL"
+            "SNOWFLAKE_ACCOUNT must be the account identifier alone (myorg-myaccount, or a locator "
+            "such as xy12345.eu-west-1): not a URL, no spaces or line breaks"
         )
     bad = [name for name in _IDENTIFIERS if env.get(name) and not _IDENTIFIER.match(env[name])]
     if bad:

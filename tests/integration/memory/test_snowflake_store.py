@@ -63,6 +63,7 @@ def test_settings_name_what_is_missing_never_a_value() -> None:
     [
         ("SNOWFLAKE_ACCOUNT", "https://xy12345.eu-west-1.snowflakecomputing.com"),
         ("SNOWFLAKE_ACCOUNT", "xy12345.snowflakecomputing.com/"),
+        ("SNOWFLAKE_ACCOUNT", "acme-prod\n"),  # read from a file with its line break
         ("SNOWFLAKE_WAREHOUSE", "AI WH"),
         ("SNOWFLAKE_WAREHOUSE", "AI_WH; DROP TABLE MEMORIES"),
         ("SNOWFLAKE_DATABASE", "1SOPHIA"),
