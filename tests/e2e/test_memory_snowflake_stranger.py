@@ -3,10 +3,10 @@ store, probed as a stranger would: one battery of requests sent to a gateway on 
 whose answers must be the same (status, error code and param, body, order), then SQL
 injection through every field that reaches SQL.
 
-fakesnow runs Snowflake SQL on DuckDB: it checks neither credentials nor warehouses, enforces
-``VARCHAR(100)`` lengths where real Snowflake does (so the 101-character ``data_source`` is
-refused by the gateway before any store sees it) and knows no network; what a real account
-does beyond it is said in ARCHITECTURE.md (h-snow)."""
+fakesnow runs Snowflake SQL on DuckDB: it checks neither credentials nor warehouses, ignores
+``VARCHAR(100)`` lengths (Snowflake enforces them: the 101-character ``data_source`` is refused
+by the gateway before any store sees it), enforces primary keys (Snowflake does not) and knows
+no network; what a real account does beyond it is said in ARCHITECTURE.md (h-snow)."""
 
 from __future__ import annotations
 
