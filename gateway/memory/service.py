@@ -26,7 +26,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, StartupError
+from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, ServiceUnavailable, StartupError
 from gateway.memory.access import MemoryAccess, not_found, partition_of, split_partition
 from gateway.memory.records import (
     Memory,
@@ -145,6 +145,22 @@ class MemoryService:
         if self._owns_files and isinstance(directory, Path):
             self._files_lock = _lock_index_dir(directory)
         await self.store.start()
+        try:
+            await self._load_index()
+        except ServiceUnavailable as exc:
+            # The store opened, then failed (on Snowflake: a warehouse the role cannot use,
+            # which its DDL did not need): a start-up line, not a traceback.
+            await self.store.close()
+            if self._files_lock is not None:
+                os.close(self._files_lock)  # the lock goes with it
+                self._files_lock = None
+            said = f" ({exc.detail})" if exc.detail else ""
+            raise StartupError(
+                f"the memory store opened, then failed while the index was read from it: {exc.message}{said}"
+            ) from None
+        self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def _load_index(self) -> None:
         last = await self.store.last_change()  # before the index is read: later writes follow
         if self._follow:
             self._seen_change = last
@@ -161,7 +177,6 @@ class MemoryService:
             self.index.clear()
             count = await self.rebuild_index()
             log.info("memory index rebuilt from the store", extra={"fields": {"memories": count}})
-        self._flusher = asyncio.create_task(self._flush_loop())
 
     async def close(self) -> None:
         """Write the pending access counts and save the index (when this process owns the

@@ -8,7 +8,9 @@ The file named by ``SOPHIA_TEST_SNOWFLAKE_FAULT`` holds the fault (absent or emp
 * ``refused``: the credentials are refused (``DatabaseError`` 390100, as the login answer).
 * ``warehouse``: statements raise ``ProgrammingError`` 000606 (sqlstate 57P03: no active
   warehouse; a misnamed warehouse, a role without USAGE on it), except ``SELECT 1``, which
-  Snowflake answers without a warehouse.
+  Snowflake answers without a warehouse. ``warehouse-after-ddl`` lets the migration's DDL
+  through too (Snowflake runs DDL without a warehouse), so the store opens, then fails when
+  the index is read from it.
 * ``hang``: statements do not return while the fault lasts (a warehouse queueing every query;
   the connector waits for a query's result without a bound unless one is set), until the
   session's ``STATEMENT_TIMEOUT_IN_SECONDS`` (when given) cancels them, as Snowflake does
@@ -54,8 +56,7 @@ def _raise(fault: str, *, connecting: bool, sql: str = "", timeout_s: int = 0) -
         )
     if fault == "refused":
         raise DatabaseError(msg=f"Incorrect username or password was specified. ({password})", errno=390100)
-    # SELECT 1 has no FROM: Snowflake answers it without a warehouse.
-    if fault == "warehouse" and not connecting and sql.strip().upper() != "SELECT 1":
+    if fault.startswith("warehouse") and not connecting and _needs_warehouse(fault, sql):
         raise ProgrammingError(
             msg="No active warehouse selected in the current session.  Select an active warehouse "
             f"with the 'use warehouse' command. {LEAK}",
@@ -74,6 +75,16 @@ def _raise(fault: str, *, connecting: bool, sql: str = "", timeout_s: int = 0) -
                     sqlstate="57014",
                 )
             time.sleep(0.05)
+
+
+def _needs_warehouse(fault: str, sql: str) -> bool:
+    """Whether ``sql`` fails under ``fault``: ``SELECT 1`` has no FROM, Snowflake answers it
+    without a warehouse; with ``warehouse-after-ddl`` the migration's DDL passes too."""
+    text = " ".join(sql.split()).upper()
+    if text == "SELECT 1":
+        return False
+    ddl = text.startswith(("CREATE", "ALTER")) or text.endswith("LIMIT 0")
+    return not (fault == "warehouse-after-ddl" and ddl)
 
 
 class _Cursor:

@@ -345,6 +345,8 @@ def start_line(output: str) -> str:
         ("down", "SNOWFLAKE_ACCOUNT"),
         ("warehouse", "SNOWFLAKE_WAREHOUSE"),
         ("hang", "SNOWFLAKE_WAREHOUSE"),
+        # DDL needs no warehouse: the store opens, then the index's first read is refused.
+        ("warehouse-after-ddl", "000606 (57P03): No active warehouse"),
     ],
 )
 def test_a_snowflake_that_fails_at_start_is_one_line_naming_the_settings(
@@ -383,6 +385,28 @@ def test_a_snowflake_that_fails_at_start_is_one_line_naming_the_settings(
     assert "Snowflake" in last and named in last
     for leak in LEAKS:
         assert leak not in done.stderr + done.stdout
+
+
+def test_memory_prune_beside_a_snowflake_without_a_warehouse_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "fault").write_text("warehouse-after-ddl")
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KEYS_URL", "MEMORY_URL")},
+        **SNOWFLAKE_ENV,
+        "SOPHIA_TEST_SNOWFLAKE_FAULT": str(tmp_path / "fault"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", FAULTS_MODULE, "memory", "prune", "--policy", str(fault_policy(tmp_path))],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-2000:]
+    assert "Traceback" not in output and SECRET not in output and "SECRET-TOKEN" not in output
+    assert "000606 (57P03): No active warehouse" in start_line(output)
 
 
 @pytest.fixture
