@@ -282,3 +282,13 @@ def test_a_huge_name_is_a_short_problem_that_still_says_what_is_wrong() -> None:
     assert len(dup) < 1500 and "duplicate key 'ggg" in dup and "(100000 chars) (lines 6 and 8)" in dup
     [unknown] = problems(PROVIDERS + f"models:\n{chat.replace('model: m', f'model: m, ? {group} : 1')}")
     assert len(unknown) < 1500 and "unknown key 'ggg" in unknown and "(100000 chars)" in unknown
+
+
+@pytest.mark.parametrize("value", ["0", "700000"])
+def test_the_snowflake_statement_timeout_is_bounded_as_snowflake_bounds_it(value: str) -> None:
+    # Sent as the sessions' STATEMENT_TIMEOUT_IN_SECONDS: Snowflake takes 1 to 604,800 (7 days).
+    found = problems(PROVIDERS + f"memory:\n  pool: {{statement_timeout_s: {value}}}\n")
+    assert [p for p in found if "statement_timeout_s" in p] == [
+        "p.yaml:5: memory.pool.statement_timeout_s: Input should be "
+        + ("greater than 0" if value == "0" else "less than or equal to 604800")
+    ]
