@@ -204,6 +204,9 @@ BATTERY: list[tuple[str, str, Any]] = [
     ("GET", "/v1/memory/" + urllib.parse.quote(INJECT, safe=""), None),
     ("GET", "/v1/memory/" + urllib.parse.quote("b1' OR 'a'='a", safe=""), None),
     ("GET", "/v1/memory/nope", None),
+    ("GET", "/v1/memory/" + urllib.parse.quote("😀漢e\u0301", safe=""), None),
+    ("GET", "/v1/memory/" + "x" * 4000, None),
+    ("GET", "/v1/memory/U1", None),  # ids compare as written: u1 exists, U1 does not
     # PATCH with row_version: the one read wins, a stale one is a 409, nothing changes
     ("PATCH", "/v1/memory/b1", {"metadata": {"k": "v2"}, "row_version": 1}),
     ("PATCH", "/v1/memory/b1", {"metadata": {"k": "v3"}, "row_version": 1}),
@@ -272,6 +275,7 @@ def test_the_battery_answers_the_same_on_both_stores(gateways: dict[str, Managed
     status, long = answer("GET", "/v1/memory/long")
     assert status == 200 and long["content"] == LONG
     # The stale row_version lost; the winner's metadata stayed.
+    assert answer("GET", "/v1/memory/U1")[0] == 404  # binary comparison, as SQLite's
     status, b1 = answer("GET", "/v1/memory/b1")
     assert status == 200 and b1["metadata"] == {"k": "v2"} and b1["row_version"] == 2
     # Injection attempts are values: refused by shape, or found nowhere.
