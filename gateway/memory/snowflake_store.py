@@ -262,7 +262,13 @@ class SnowflakeMemoryStore(SQLMemoryStore):
             if isinstance(value, str) and value:
                 text = text.replace(value, "***")
         text = _NAMED_SECRET.sub(r"\1=***", _URL_QUERY.sub(r"\1?***", text))
-        return type(exc)(msg=text, errno=exc.errno, sqlstate=exc.sqlstate, sfqid=exc.sfqid)
+        for cls in type(exc).__mro__:  # the nearest class built from a message (not every one is)
+            if isinstance(cls, type) and issubclass(cls, SnowflakeError):
+                try:
+                    return cls(msg=text, errno=exc.errno, sqlstate=exc.sqlstate, sfqid=exc.sfqid)
+                except TypeError:
+                    continue
+        return SnowflakeError(msg=text, errno=exc.errno, sqlstate=exc.sqlstate)
 
     def _migrate(self, conn: SnowflakeConnection) -> None:
         cur = conn.cursor()

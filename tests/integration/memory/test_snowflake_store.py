@@ -93,6 +93,22 @@ def test_settings_take_quoted_and_dollar_identifiers_and_account_locators() -> N
     )
 
 
+def test_a_driver_error_is_rebuilt_without_secrets_whatever_its_class() -> None:
+    store = SnowflakeMemoryStore(snowflake_settings_from_env(ENV))
+    errors = snowflake.connector.errors
+    leaky = "login failed (https://acme-prod.snowflakecomputing.com/session?token=abc) hunter2 password=x1"
+    for exc in (
+        errors.OperationalError(msg=leaky, errno=250001),
+        errors.ProgrammingError(msg=leaky, errno=606, sqlstate="57P03"),
+        errors.MissingDependencyError(leaky),  # built from a dependency name, not a message
+    ):
+        redacted = store._redact(exc)
+        assert isinstance(redacted, errors.Error) and isinstance(exc, type(redacted))
+        assert "hunter2" not in str(redacted) and "token=abc" not in str(redacted)
+        assert "password=x1" not in str(redacted) and "login failed" in str(redacted)
+        assert (redacted.errno, redacted.sqlstate) == (exc.errno, exc.sqlstate)
+
+
 def test_table_name_is_validated() -> None:
     with pytest.raises(ValueError):
         SnowflakeMemoryStore(SNOWFLAKE_ARGS, table="MEMORIES; DROP TABLE X")
