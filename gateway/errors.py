@@ -253,6 +253,23 @@ class ModelNotFound(NotFound):
             param="model",
             code="model_not_found",
         )
+        self.model = model
+        self.available = tuple(available)
+
+
+class DeploymentNotFound(NotFound):
+    """A model group named as Azure OpenAI's deployment path names a deployment, that does not
+    exist or that the key may not use: Azure's 404, whose ``code`` and opening words apps written
+    for Azure test for (``DeploymentNotFound``, "The API deployment for this resource does not
+    exist"), then the gateway's groups the caller may call."""
+
+    def __init__(self, deployment: str, available: Sequence[str]) -> None:
+        names = listed(sorted(available)) or "none"
+        super().__init__(
+            f"The API deployment for this resource does not exist: {quoted(deployment)} is not a "
+            f"model of this gateway. Available models: {names}.",
+            code="DeploymentNotFound",
+        )
 
 
 class MethodNotAllowed(GatewayError):

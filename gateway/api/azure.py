@@ -15,7 +15,9 @@ an app changes:
   Messages door;
 - ``api-version`` is accepted whatever it says and not required: the gateway speaks one version
   of the format (each ``kind: azure`` deployment is called with its own ``api_version``);
-- errors are OpenAI's envelope, which is the shape the SDK reads from Azure too.
+- errors are OpenAI's envelope, which is the shape the SDK reads from Azure too; a deployment
+  that is no group the key may call is Azure's 404 ``DeploymentNotFound``, which apps written
+  for Azure test for.
 
 From there a call is the OpenAI endpoint's: the same request service, routing, failover, cache,
 limits, metrics (under the Azure route's own path label) and access log.
@@ -29,6 +31,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import keys
+from gateway.errors import DeploymentNotFound, ModelNotFound
 from gateway.http.auth import AZURE_API_KEY, authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
@@ -65,8 +68,13 @@ def proxy(endpoint: Endpoint, app: web.Application) -> Handler:
             AZURE_API_KEY,
         )
         body = await read_json(request, max_body_bytes)
-        body["model"] = request.match_info["deployment"]
-        answer = await service.run(endpoint, body, ctx)
+        body["model"] = deployment = request.match_info["deployment"]
+        try:
+            answer = await service.run(endpoint, body, ctx)
+        except ModelNotFound as exc:
+            if exc.model != deployment:
+                raise
+            raise DeploymentNotFound(deployment, exc.available) from None
         if answer.stream is not None:
             return await send_stream(request, answer.stream, ctx.request_id)
         return json_response(answer.body or b"{}")

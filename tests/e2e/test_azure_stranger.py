@@ -1,0 +1,244 @@
+"""The Azure door probed by a stranger (h-azure): the openai SDK's ``AzureOpenAI`` and
+``AsyncAzureOpenAI`` clients, the plain ``OpenAI`` client on Azure's v1 API paths
+(``/openai/v1/...``), and hand-written requests where a client would not send what is probed
+(odd deployment names, odd ``api-version`` values, two credentials). ``test_azure_door.py``
+covers the door's plain use; this file what a stranger tries next. Real processes: fake
+providers, an Azure-shaped upstream on loopback and a gateway in keys mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.testing.process import ManagedProcess
+from tests.e2e.conftest import PROVIDER_KEY, start_fakes, start_gateway
+
+ADMIN = "e2e-azure-stranger-admin"
+API_VERSION = "2024-10-21"
+HI: Any = [{"role": "user", "content": "hi"}]
+# Azure's content filter annotations, as an Azure OpenAI deployment sends them.
+FILTERS = {
+    "hate": {"filtered": False, "severity": "safe"},
+    "violence": {"filtered": False, "severity": "safe"},
+}
+PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": FILTERS}]
+
+
+class AzureUpstream:
+    """An Azure OpenAI deployment on loopback answering as Azure does: ``prompt_filter_results``
+    on the answer (and alone in the stream's first chunk, with empty ``choices``, ``id`` and
+    ``model``), ``content_filter_results`` on each choice."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if body.get("stream"):
+                    meta = {
+                        "created": 1,
+                        "id": "chatcmpl-az",
+                        "model": "gpt-4o",
+                        "object": "chat.completion.chunk",
+                    }
+                    chunks = [
+                        {"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": PROMPT_FILTERS},
+                        {**meta, "choices": [{"index": 0, "content_filter_results": FILTERS, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]},
+                        {**meta, "choices": [{"index": 0, "content_filter_results": {}, "delta": {}, "finish_reason": "stop"}]},
+                    ]  # fmt: skip
+                    out = (
+                        b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
+                        + b"data: [DONE]\n\n"
+                    )
+                    ctype = "text/event-stream"
+                else:
+                    answer = {
+                        "id": "chatcmpl-az",
+                        "object": "chat.completion",
+                        "created": 1,
+                        "model": "gpt-4o",
+                        "prompt_filter_results": PROMPT_FILTERS,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "content_filter_results": FILTERS,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": "Hi"},
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+                    }
+                    out, ctype = json.dumps(answer).encode(), "application/json"
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@dataclass
+class Door:
+    gateway: ManagedProcess
+    secret: str  # team "all": every model
+    narrow: str  # team "narrow": only "chat"
+    slow: str  # team "slow": 3 requests a minute
+
+    @property
+    def url(self) -> str:
+        return self.gateway.url
+
+    def client(self, secret: str | None = None, **kwargs: Any) -> openai.AzureOpenAI:
+        kwargs.setdefault("api_key", secret or self.secret)
+        return openai.AzureOpenAI(azure_endpoint=self.url, api_version=API_VERSION, max_retries=0, **kwargs)
+
+    def async_client(self, **kwargs: Any) -> openai.AsyncAzureOpenAI:
+        return openai.AsyncAzureOpenAI(
+            azure_endpoint=self.url, api_version=API_VERSION, max_retries=0, **kwargs
+        )
+
+
+@dataclass
+class Reply:
+    status: int
+    text: str
+    headers: dict[str, str]
+
+    def error(self) -> dict[str, Any]:
+        body = json.loads(self.text)
+        assert set(body) == {"error"}, body
+        error: dict[str, Any] = body["error"]
+        return error
+
+
+def call(url: str, *, body: Any = None, headers: dict[str, str], method: str = "POST") -> Reply:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return Reply(resp.status, resp.read().decode(), dict(resp.headers))
+    except urllib.error.HTTPError as exc:
+        return Reply(exc.code, exc.read().decode(), dict(exc.headers))
+
+
+def _admin_key(url: str, team: str) -> str:
+    request = urllib.request.Request(
+        url + "/admin/keys",
+        data=json.dumps({"team": team}).encode(),
+        headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        secret: str = json.loads(resp.read())["secret"]
+        return secret
+
+
+@pytest.fixture(scope="module")
+def door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
+    fakes = start_fakes({"gpt": ["--require-key", PROVIDER_KEY], "claude": ["--flavor", "anthropic"]})
+    upstream = AzureUpstream()
+    policy = tmp_path_factory.mktemp("azure-stranger") / "policy.yaml"
+    policy.write_text(
+        textwrap.dedent(
+            f"""\
+            version: 1
+            cache:
+              default_category: common
+              categories:
+                common: {{ttl_s: 600, max_bytes: 10MB}}
+            providers:
+              gpt: {{kind: openai, base_url: "{fakes["gpt"].url}/v1", api_key_env: E2E_PROVIDER_KEY}}
+              claude: {{kind: anthropic, base_url: "{fakes["claude"].url}/v1"}}
+              azure-eu: {{kind: azure, base_url: "{upstream.url}", api_key_env: E2E_PROVIDER_KEY}}
+            models:
+              chat: {{deployments: [{{provider: gpt, model: upstream-chat}}]}}
+              claude-chat: {{deployments: [{{provider: claude, model: claude-upstream}}]}}
+              embed: {{deployments: [{{provider: gpt, model: upstream-embed}}]}}
+              filtered: {{deployments: [{{provider: azure-eu, model: my-gpt4o}}]}}
+            memory: {{enabled: false}}
+            auth:
+              teams:
+                all: {{}}
+                narrow: {{models: [chat]}}
+                slow: {{rpm: 3}}
+            """
+        )
+    )
+    gateway = None
+    try:
+        # The embedded cache: this file's cache entries are its own, whatever REDIS_URL says.
+        gateway = start_gateway(policy, env={"SOPHIA_ADMIN_TOKEN": ADMIN, "REDIS_URL": ""})
+        url = gateway.url
+        yield Door(gateway, _admin_key(url, "all"), _admin_key(url, "narrow"), _admin_key(url, "slow"))
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        upstream.close()
+        for fake in fakes.values():
+            fake.stop()
+
+
+def _assert_deployment_not_found(error: Any, deployment: str) -> None:
+    assert isinstance(error, dict)
+    assert error["code"] == "DeploymentNotFound", error
+    assert error["message"].startswith("The API deployment for this resource does not exist")
+    assert error["type"] == "invalid_request_error"
+    assert deployment[:50] in error["message"]
+
+
+# --- an unknown deployment is Azure's DeploymentNotFound ------------------------------------
+
+
+def test_an_unknown_deployment_is_azures_deployment_not_found(door: Door) -> None:
+    # Apps written for Azure test the code (or the message's words) to tell a misnamed
+    # deployment from a missing resource; the openai SDK shows it as e.code.
+    client = door.client()
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o-prod", messages=HI)
+    _assert_deployment_not_found(caught.value.body, "gpt-4o-prod")
+    assert caught.value.code == "DeploymentNotFound"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.embeddings.create(model="ada-002", input="x")
+    _assert_deployment_not_found(caught.value.body, "ada-002")
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.completions.create(model="davinci", prompt="x")
+    _assert_deployment_not_found(caught.value.body, "davinci")
+    # A group the key may not call is not there for it: the same 404, naming only its groups.
+    with pytest.raises(openai.NotFoundError) as caught:
+        door.client(door.narrow).chat.completions.create(model="claude-chat", messages=HI)
+    _assert_deployment_not_found(caught.value.body, "claude-chat")
+    assert "Available models: chat." in caught.value.body["message"]  # type: ignore[index]
+
+
+def test_an_unknown_deployment_streamed_from_the_async_client(door: Door) -> None:
+    async def main() -> None:
+        client = door.async_client(api_key=door.secret)
+        with pytest.raises(openai.NotFoundError) as caught:
+            await client.chat.completions.create(model="nope", messages=HI, stream=True)
+        _assert_deployment_not_found(caught.value.body, "nope")
+        await client.close()
+
+    asyncio.run(main())
