@@ -39,6 +39,7 @@ from gateway.cache.redis_store import RedisStore
 from gateway.cache.service import ResponseCache
 from gateway.cache.store import CacheStore
 from gateway.errors import StartupError
+from gateway.http.auth import AZURE_API_KEY
 from gateway.http.middleware import CatchAll, expect_handler, expectation_failed, gateway_handler, unmatched
 from gateway.live_policy import LivePolicy, provider_clients
 from gateway.memory.backends import build_memory
@@ -471,6 +472,18 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/openai/responses/{response_id}", responses_api.not_served)
     add("GET", "/openai/models", openai.list_models)
     add("GET", "/openai/models/{model:.+}", openai.retrieve_model)
+    # Azure's v1 API (the OpenAI client with base_url {endpoint}/openai/v1/): the /v1 endpoints,
+    # the model in the body, the key also as api-key.
+    for path, endpoint in azure.V1_PATHS.items():
+        add("POST", path, openai.proxy(endpoint, app, AZURE_API_KEY))
+    add("POST", "/openai/v1/responses", responses_api.create_response)
+    add("POST", "/openai/v1/responses/input_tokens", responses_api.count_input_tokens)
+    add("GET", "/openai/v1/responses/{response_id}", responses_api.retrieve_response)
+    add("DELETE", "/openai/v1/responses/{response_id}", responses_api.delete_response)
+    add("GET", "/openai/v1/responses/{response_id}/input_items", responses_api.list_input_items)
+    add("POST", "/openai/v1/responses/{response_id}", responses_api.not_served)
+    add("GET", "/openai/v1/models", openai.list_models)
+    add("GET", "/openai/v1/models/{model:.+}", openai.retrieve_model)
     add("POST", "/v1/messages", messages_api.create_message)  # Anthropic's Messages API (issue 17)
     add("POST", "/v1/messages/count_tokens", messages_api.count_message_tokens)
     add("GET", "/v1/models", openai.list_models)

@@ -48,6 +48,15 @@ DEPLOYMENT_PATHS = {
     "/openai/deployments/{deployment}/embeddings": Endpoint.EMBEDDINGS,
 }
 
+# Azure's v1 API (``{endpoint}/openai/v1/...``, no ``api-version`` or ``preview``), which the
+# plain ``OpenAI`` client calls with ``base_url={endpoint}/openai/v1/``: OpenAI's paths, the model
+# in the body, the key as ``Authorization: Bearer`` or ``api-key``.
+V1_PATHS = {
+    "/openai/v1/chat/completions": Endpoint.CHAT,
+    "/openai/v1/completions": Endpoint.COMPLETIONS,
+    "/openai/v1/embeddings": Endpoint.EMBEDDINGS,
+}
+
 
 def proxy(endpoint: Endpoint, app: web.Application) -> Handler:
     """The handler of ``endpoint`` under a deployment path: ``api/openai.proxy``'s, with the key

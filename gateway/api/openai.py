@@ -21,11 +21,13 @@ from gateway.service.context import CallContext
 from gateway.wire.requests import Endpoint
 
 
-def proxy(endpoint: Endpoint, app: web.Application) -> Handler:
+def proxy(endpoint: Endpoint, app: web.Application, door_key_header: str = "") -> Handler:
     """The handler of a proxied endpoint of ``app``: one coroutine frame between the middleware
     and the request service (a shared ``_proxied(request, endpoint)`` behind each handler was
     two). What it needs of the app is read once, here (the app's state is set before its routes
-    are added and frozen once it serves), not through ``request.app`` on every request."""
+    are added and frozen once it serves), not through ``request.app`` on every request.
+    ``door_key_header``: a header the key may also come in (``api-key`` on Azure's v1 paths,
+    ``/openai/v1/...``)."""
     service = app[keys.SERVICE]
     open_mode = app[keys.POLICY].auth.mode == "open"
     max_body_bytes = app[keys.SETTINGS].max_body_bytes or 0
@@ -34,9 +36,11 @@ def proxy(endpoint: Endpoint, app: web.Application) -> Handler:
         started_s = time.perf_counter()
         # Before the body is read: a stranger's body costs nothing. Open mode has no caller to
         # find, so no coroutine is made for it.
-        caller = None if open_mode else await authenticate(request)
+        caller = None if open_mode else await authenticate(request, key_header=door_key_header)
         record = request[keys.REQUEST_CALL]  # made by the middleware, which reads it at the end
-        ctx = CallContext.for_client(request[keys.REQUEST_ID], started_s, request.headers, caller, record)
+        ctx = CallContext.for_client(
+            request[keys.REQUEST_ID], started_s, request.headers, caller, record, door_key_header
+        )
         body = await read_json(request, max_body_bytes)
         answer = await service.run(endpoint, body, ctx)
         if answer.stream is not None:

@@ -242,3 +242,50 @@ def test_an_unknown_deployment_streamed_from_the_async_client(door: Door) -> Non
         await client.close()
 
     asyncio.run(main())
+
+
+# --- Azure's v1 API: /openai/v1/..., the model in the body ----------------------------------
+
+
+def test_the_openai_client_on_azures_v1_api_paths(door: Door) -> None:
+    # Azure's documented way onto its v1 API: the plain OpenAI client, base_url {endpoint}/openai/v1/.
+    client = openai.OpenAI(base_url=door.url + "/openai/v1/", api_key=door.secret, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="chat", messages=HI)
+    assert raw.http_request.url.path == "/openai/v1/chat/completions"
+    assert raw.parse().choices[0].message.content == "Echo: hi"
+    chunks = list(client.chat.completions.create(model="claude-chat", messages=HI, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert client.completions.create(model="chat", prompt="Say hi", max_tokens=5).choices[0].text
+    assert len(client.embeddings.create(model="embed", input="x").data[0].embedding) > 0
+    response = client.responses.create(model="chat", input="hello", store=True)
+    assert response.output_text == "Echo: hello"
+    assert client.responses.retrieve(response.id).output_text == "Echo: hello"
+    assert "chat" in [m.id for m in client.models.list()]
+    # The model in the body is OpenAI's: an unknown one is OpenAI's 404, as on /v1.
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="nope", messages=HI)
+    assert caught.value.code == "model_not_found"
+
+
+def test_the_v1_api_paths_take_the_key_as_api_key_too_and_any_api_version(door: Door) -> None:
+    url = door.url + "/openai/v1/chat/completions"
+    for query in ("", "?api-version=preview", "?api-version=v1", "?api-version=latest"):
+        answer = call(url + query, body={"model": "chat", "messages": HI}, headers={"api-key": door.secret})
+        assert answer.status == 200, (query, answer.text)
+    wrong = call(url, body={"model": "chat", "messages": HI}, headers={"api-key": "sk-sg-wrong-0123456789"})
+    assert wrong.status == 401 and wrong.error()["code"] == "invalid_api_key"
+    assert "'api-key: <key>'" in wrong.error()["message"]
+    models = call(door.url + "/openai/v1/models", headers={"api-key": door.narrow}, method="GET")
+    assert [m["id"] for m in json.loads(models.text)["data"]] == ["chat"]
+
+
+def test_the_azure_client_on_a_v1_base_url_is_a_404_as_azure_answers_it(door: Door) -> None:
+    # AzureOpenAI adds /deployments/{model} to a /openai/v1 base_url; Azure answers 404 there
+    # (openai-python issue 2584: use the OpenAI client). The gateway does the same, in the envelope.
+    client = openai.AzureOpenAI(
+        base_url=door.url + "/openai/v1/", api_key=door.secret, api_version="preview", max_retries=0
+    )
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="chat", messages=HI)
+    assert caught.value.request.url.path == "/openai/v1/deployments/chat/chat/completions"
+    assert "Unknown path" in caught.value.response.json()["error"]["message"]
