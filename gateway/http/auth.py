@@ -92,16 +92,19 @@ async def authenticate(request: web.Request, *, key_header: str = "") -> Caller 
     ``key_header``: the key may come in this header instead, as ``x-api-key: <key>``
     (``X_API_KEY``: Anthropic's SDK sends it so; the Messages front door, issue 17) or
     ``api-key: <key>`` (``AZURE_API_KEY``: the AzureOpenAI client; the Azure door);
-    ``Authorization`` wins when both are sent.
+    ``Authorization`` wins when both are sent, unless it is empty (or only spaces).
     Raises 401 ``invalid_api_key`` for a missing, malformed, unknown, revoked or expired key, and
     the key ring's 503 when the key store cannot answer."""
     app = request.app
     if app[keys.POLICY].auth.mode == "open":
         return None
-    if key_header and "Authorization" not in request.headers:
+    authorization = request.headers.getall("Authorization", [])
+    # An empty ``Authorization`` carries no credential (as for the open-mode tenant): the door's
+    # key header is read, not refused for a blank line a proxy or an HTTP library added.
+    if key_header and not any(value.strip() for value in authorization):
         secret = api_key_header(request.headers.getall(key_header, []))
     else:
-        secret = bearer_token(request.headers.getall("Authorization", []))
+        secret = bearer_token(authorization)
     if secret is None or not secret.startswith(KEY_PREFIX):
         raise invalid_api_key(key_header)
     keyring = app.get(keys.KEYRING)

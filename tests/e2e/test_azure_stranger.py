@@ -289,3 +289,43 @@ def test_the_azure_client_on_a_v1_base_url_is_a_404_as_azure_answers_it(door: Do
         client.chat.completions.create(model="chat", messages=HI)
     assert caught.value.request.url.path == "/openai/v1/deployments/chat/chat/completions"
     assert "Unknown path" in caught.value.response.json()["error"]["message"]
+
+
+# --- the key: api-key, Authorization, both --------------------------------------------------
+
+
+def test_an_empty_authorization_header_leaves_the_api_key_to_be_read(door: Door) -> None:
+    url = door.url + "/openai/deployments/chat/chat/completions"
+    for blank in ("", " "):
+        answer = call(url, body={"messages": HI}, headers={"api-key": door.secret, "Authorization": blank})
+        assert answer.status == 200, (blank, answer.text)
+    # A credential in Authorization still wins, as documented: a wrong one is the 401, whatever
+    # api-key says, and a right one is read whatever api-key says.
+    wrong = call(url, body={"messages": HI}, headers={"api-key": door.secret, "Authorization": "Bearer junk"})
+    assert wrong.status == 401 and door.secret not in wrong.text
+    right = call(
+        url, body={"messages": HI}, headers={"api-key": "junk", "Authorization": f"Bearer {door.secret}"}
+    )
+    assert right.status == 200
+    # Nothing at all is still no key.
+    nothing = call(url, body={"messages": HI}, headers={"api-key": "", "Authorization": ""})
+    assert nothing.status == 401 and nothing.error()["code"] == "invalid_api_key"
+
+
+def test_azure_ad_token_providers_sync_and_async_send_the_key_as_bearer(door: Door) -> None:
+    client = door.client(api_key=None, azure_ad_token_provider=lambda: door.secret)
+    raw = client.chat.completions.with_raw_response.create(model="chat", messages=HI)
+    assert raw.http_request.headers["authorization"] == f"Bearer {door.secret}"
+    assert "api-key" not in raw.http_request.headers
+    assert raw.request_id and raw.request_id == raw.headers["x-request-id"]
+
+    async def token() -> str:
+        return door.secret
+
+    async def main() -> None:
+        client = door.async_client(azure_ad_token_provider=token)
+        stream = await client.chat.completions.create(model="claude-chat", messages=HI, stream=True)
+        assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        await client.close()
+
+    asyncio.run(main())
