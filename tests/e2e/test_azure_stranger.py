@@ -13,6 +13,7 @@ import textwrap
 import threading
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -329,3 +330,142 @@ def test_azure_ad_token_providers_sync_and_async_send_the_key_as_bearer(door: Do
         await client.close()
 
     asyncio.run(main())
+
+
+# --- deployment names, other operations, api-version ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["a/../chat", "../../v1/chat", "été", "a?b=c", "a#b", "a%2Fb", " chat", "CHAT", "x" * 1000]
+)
+def test_odd_deployment_names_from_the_sdk_are_a_bounded_404(door: Door, name: str) -> None:
+    # The SDK percent-encodes the name into one path segment; the gateway decodes it back.
+    with pytest.raises(openai.NotFoundError) as caught:
+        door.client().chat.completions.create(model=name, messages=HI)
+    _assert_deployment_not_found(caught.value.body, name)
+    assert len(caught.value.response.text) < 1500  # a 1,000-character name is cut, not echoed whole
+
+
+def test_odd_deployment_paths_by_hand(door: Door) -> None:
+    headers = {"api-key": door.secret}
+    base = door.url + "/openai/deployments/"
+    for segment, name in (("..", ".."), ("%2E%2E", ".."), ("%00", "\x00"), ("ch%61t", None)):
+        answer = call(base + segment + "/chat/completions", body={"messages": HI}, headers=headers)
+        if name is None:  # %61 is 'a': the group chat
+            assert answer.status == 200, answer.text
+        else:
+            assert answer.status == 404 and answer.error()["code"] == "DeploymentNotFound", answer.text
+    # An empty segment or an unencoded '/' is no route of the door.
+    for path in ("/chat/completions", "org/chat/chat/completions"):
+        answer = call(base + path, body={"messages": HI}, headers=headers)
+        assert answer.status == 404 and "Unknown path" in answer.error()["message"]
+
+
+@pytest.mark.parametrize(
+    "operation", ["audio/speech", "audio/transcriptions", "images/generations", "extensions/chat/completions"]
+)
+def test_deployment_operations_not_served_are_a_404_in_the_envelope(door: Door, operation: str) -> None:
+    answer = call(
+        f"{door.url}/openai/deployments/chat/{operation}?api-version={API_VERSION}",
+        body={"prompt": "x"},
+        headers={"api-key": door.secret},
+    )
+    assert answer.status == 404
+    error = answer.error()
+    assert set(error) == {"message", "type", "param", "code"} and "Unknown path" in error["message"]
+    assert door.secret not in answer.text
+
+
+def test_the_sdks_speech_call_is_a_not_found_error(door: Door) -> None:
+    with pytest.raises(openai.NotFoundError):
+        door.client().audio.speech.create(model="chat", voice="alloy", input="hi")
+
+
+def test_a_get_on_a_deployment_path_is_a_405(door: Door) -> None:
+    answer = call(
+        door.url + "/openai/deployments/chat/chat/completions", headers={"api-key": door.secret}, method="GET"
+    )
+    assert answer.status == 405 and answer.error()["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "?api-version=", "?api-version=2023-05-15", "?api-version=2025-04-01-preview",
+     "?api-version=preview", "?api-version=%00%FF", "?api-version=a&api-version=b"],
+)  # fmt: skip
+def test_any_api_version_or_none_is_served(door: Door, query: str) -> None:
+    answer = call(
+        f"{door.url}/openai/deployments/chat/chat/completions{query}",
+        body={"messages": HI},
+        headers={"api-key": door.secret},
+    )
+    assert answer.status == 200, answer.text
+
+
+# --- cache and limits: per key, whatever the door -------------------------------------------
+
+
+def test_the_azure_door_and_v1_share_a_keys_cache_entries(door: Door) -> None:
+    # Decided: the same key asking the same group the same thing gets the same answer whatever
+    # door it came by (the endpoint, model group and tenant make the key, not the path). The
+    # body's model under azure_deployment is not read, so it splits nothing either.
+    messages: Any = [{"role": "user", "content": f"cache {uuid.uuid4().hex}"}]
+    first = door.client().chat.completions.with_raw_response.create(
+        model="chat", messages=messages, temperature=0
+    )
+    assert first.headers["x-gateway-cache"] == "miss"
+    v1 = openai.OpenAI(base_url=door.url + "/v1", api_key=door.secret, max_retries=0)
+    again = v1.chat.completions.with_raw_response.create(model="chat", messages=messages, temperature=0)
+    assert again.headers["x-gateway-cache"] == "hit" and again.parse().id == first.parse().id
+    azure_v1 = openai.OpenAI(base_url=door.url + "/openai/v1/", api_key=door.secret, max_retries=0)
+    assert (
+        azure_v1.chat.completions.with_raw_response.create(
+            model="chat", messages=messages, temperature=0
+        ).headers["x-gateway-cache"]
+        == "hit"
+    )
+    pinned = door.client(azure_deployment="chat")
+    raw = pinned.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages, temperature=0)
+    assert raw.headers["x-gateway-cache"] == "hit"
+    # Another key is another tenant: never served this key's answer.
+    other = door.client(door.narrow).chat.completions.with_raw_response.create(
+        model="chat", messages=messages, temperature=0
+    )
+    assert other.headers["x-gateway-cache"] == "miss"
+
+
+def test_a_keys_rate_limit_counts_its_calls_through_every_door(door: Door) -> None:
+    azure = door.client(door.slow)
+    v1 = openai.OpenAI(base_url=door.url + "/v1", api_key=door.slow, max_retries=0)
+    azure_v1 = openai.OpenAI(base_url=door.url + "/openai/v1/", api_key=door.slow, max_retries=0)
+    raw = azure.chat.completions.with_raw_response.create(model="chat", messages=HI)
+    assert raw.headers["x-ratelimit-limit-requests"] == "3"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "2"
+    v1.chat.completions.create(model="chat", messages=HI)
+    azure_v1.chat.completions.create(model="chat", messages=HI)
+    with pytest.raises(openai.RateLimitError) as caught:
+        azure.chat.completions.create(model="chat", messages=HI)
+    assert caught.value.code == "rate_limit_exceeded"
+    assert int(caught.value.response.headers["retry-after"]) > 0
+    assert door.slow not in caught.value.response.text
+
+
+# --- Azure's content filter annotations reach the Azure client ------------------------------
+
+
+def test_content_filter_results_of_an_azure_deployment_reach_the_client_whole_and_streamed(
+    door: Door,
+) -> None:
+    client = door.client()
+    raw = client.chat.completions.with_raw_response.create(model="filtered", messages=HI)
+    answer = json.loads(raw.text)
+    assert answer["prompt_filter_results"] == PROMPT_FILTERS
+    assert answer["choices"][0]["content_filter_results"] == FILTERS
+    assert raw.parse().choices[0].message.content == "Hi"
+    chunks = list(client.chat.completions.create(model="filtered", messages=HI, stream=True))
+    # Azure's first chunk (no choices, only the prompt's annotations) is relayed as it came.
+    first = chunks[0].model_dump()
+    assert first["choices"] == [] and first["prompt_filter_results"] == PROMPT_FILTERS
+    assert chunks[1].model_dump()["choices"][0]["content_filter_results"] == FILTERS
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi"
+    assert PROVIDER_KEY not in raw.text and PROVIDER_KEY not in door.gateway.output
