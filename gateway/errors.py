@@ -19,7 +19,8 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     ├── AuthenticationFailed       401     authentication_error    no
     ├── PermissionDenied           403     permission_error        no     a granted key that may not do this
     ├── NotFound                   404     invalid_request_error   no     unknown route
-    │   └── ModelNotFound          404     invalid_request_error   no     code=model_not_found
+    │   ├── ModelNotFound          404     invalid_request_error   no     code=model_not_found
+    │   └── DeploymentNotFound     404     invalid_request_error   no     code=DeploymentNotFound; Azure's deployment paths
     ├── MethodNotAllowed           405     invalid_request_error   no
     ├── RequestTimeout             408     invalid_request_error   no     code=request_timeout; body sent too slowly
     ├── Conflict                   409     invalid_request_error   no     code=row_version_conflict; changed since read

@@ -16,6 +16,7 @@ from gateway.errors import (
     AuthenticationFailed,
     Conflict,
     ContextTooLong,
+    DeploymentNotFound,
     GatewayError,
     HTTPStatusError,
     InsufficientStorage,
@@ -64,6 +65,7 @@ SAMPLES: dict[type[GatewayError], GatewayError] = {
         PermissionDenied("x"),
         NotFound("x"),
         ModelNotFound("m", ["a"]),
+        DeploymentNotFound("d", ["a"]),
         MethodNotAllowed("x"),
         Conflict("x"),
         RequestTimeout(1.5),
@@ -306,6 +308,7 @@ def test_quoted_bounds_a_name_and_says_how_long_it_was() -> None:
     # Every error that names a model bounds it: a 100,000-character name is a short message.
     for error in (
         ModelNotFound("m" * 100_000, ["chat"]),
+        DeploymentNotFound("m" * 100_000, ["chat"]),
         NoHealthyDeployment("m" * 100_000, 1.0),
         ProviderNotConfigured("m" * 100_000, ["KEY"]),
         ContextTooLong("m" * 100_000, 10, 5),
