@@ -665,6 +665,9 @@ class UpstreamStatusError(UpstreamError):
         # The provider's own message, as it said it (``message`` adds the gateway's prefix): what
         # a started stream's error event may quote of it, bounded (``StreamInterrupted``).
         self.said = said
+        # Azure's ``innererror`` of a content filter refusal (its ``code`` and
+        # ``content_filter_result``, which Azure's clients read), kept by its adapter, bounded.
+        self.innererror: dict[str, Any] | None = None
 
     @property
     def http_status(self) -> int:
@@ -700,6 +703,8 @@ class UpstreamStatusError(UpstreamError):
         env = super().envelope()
         if self.upstream_type and self.upstream_status < 500:
             env["error"]["type"] = self.upstream_type
+        if self.innererror is not None:
+            env["error"]["innererror"] = self.innererror
         return env
 
 
@@ -778,7 +783,10 @@ class AllDeploymentsFailed(GatewayError):
 
     def envelope(self) -> dict[str, Any]:
         env = super().envelope()
-        env["error"]["type"] = self.last.envelope()["error"]["type"]
+        last = self.last.envelope()["error"]
+        env["error"]["type"] = last["type"]
+        if "innererror" in last:
+            env["error"]["innererror"] = last["innererror"]
         return env
 
 

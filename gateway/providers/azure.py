@@ -18,15 +18,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 from urllib.parse import quote
+
+import orjson
 
 from gateway.errors import UpstreamStatusError
 from gateway.policy.model import AzureProvider
 from gateway.providers.base import Endpoint, UpstreamRequest
 from gateway.providers.openai import OpenAIAdapter, request_bytes
+from gateway.quoting import bounded
 from gateway.wire.requests import JSONObject
 
 DEFAULT_API_VERSION = "2024-10-21"
+# A content filter verdict is a few categories of flags (about 500 bytes); anything far larger is
+# not one, and is not relayed.
+_VERDICT_MAX_BYTES = 8192
 # Azure's error bodies carry a ``code`` but no OpenAI ``type``; the SDKs' exception classes go by
 # status anyway, and this keeps the type clients see the one OpenAI would send.
 _TYPES_BY_STATUS = {
@@ -71,4 +78,28 @@ class AzureOpenAIAdapter(OpenAIAdapter):
             error.upstream_type = _TYPES_BY_STATUS.get(status)
         if status == 429 and error.code in (None, "429"):
             error.code = "rate_limit_exceeded"  # Azure's code is the status, as text: OpenAI's name
+        if error.code == "content_filter":
+            error.innererror = _content_filter_verdict(body)
         return error
+
+
+def _content_filter_verdict(body: bytes) -> dict[str, Any] | None:
+    """The ``innererror`` of Azure's content filter refusal (``code``, ``content_filter_result``:
+    per category ``filtered``, ``severity``, ``detected``...), which Azure's clients read from the
+    error (the openai cookbook's Azure examples, Semantic Kernel's content filter exception):
+    only those two members, the verdict at most ``_VERDICT_MAX_BYTES`` of JSON."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    inner = error.get("innererror") if isinstance(error, dict) else None
+    if not isinstance(inner, dict):
+        return None
+    kept: dict[str, Any] = {}
+    if isinstance(code := inner.get("code"), str):
+        kept["code"] = bounded(code)
+    verdict = inner.get("content_filter_result")
+    if isinstance(verdict, dict) and len(orjson.dumps(verdict)) <= _VERDICT_MAX_BYTES:
+        kept["content_filter_result"] = verdict
+    return kept or None

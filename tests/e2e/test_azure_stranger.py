@@ -34,6 +34,34 @@ FILTERS = {
     "violence": {"filtered": False, "severity": "safe"},
 }
 PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": FILTERS}]
+VERDICT = {
+    **FILTERS,
+    "self_harm": {"filtered": True, "severity": "medium"},
+    "jailbreak": {"filtered": False, "detected": False},
+}
+
+
+def _refusal(verdict: Any) -> dict[str, Any]:
+    """Azure's 400 for a prompt its content filter refused (as Azure answers it)."""
+    return {
+        "error": {
+            "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+            "type": None,
+            "param": "prompt",
+            "code": "content_filter",
+            "status": 400,
+            "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": verdict},
+        }
+    }
+
+
+# prompt -> Azure's refusal of it
+REFUSED = {
+    "refuse me": _refusal(VERDICT),
+    "refuse me at length": _refusal(
+        {f"category_{i}": {"filtered": True, "severity": "x" * 100} for i in range(200)}
+    ),
+}
 
 
 class AzureUpstream:
@@ -47,6 +75,10 @@ class AzureUpstream:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                if prompt in REFUSED:
+                    self._send(400, json.dumps(REFUSED[prompt]).encode(), "application/json")
+                    return
                 if body.get("stream"):
                     meta = {
                         "created": 1,
@@ -82,7 +114,10 @@ class AzureUpstream:
                         "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
                     }
                     out, ctype = json.dumps(answer).encode(), "application/json"
-                self.send_response(200)
+                self._send(200, out, ctype)
+
+            def _send(self, status: int, out: bytes, ctype: str) -> None:
+                self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(out)))
                 self.end_headers()
@@ -469,3 +504,31 @@ def test_content_filter_results_of_an_azure_deployment_reach_the_client_whole_an
     assert chunks[1].model_dump()["choices"][0]["content_filter_results"] == FILTERS
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi"
     assert PROVIDER_KEY not in raw.text and PROVIDER_KEY not in door.gateway.output
+
+
+def test_an_azure_content_filter_refusal_keeps_its_verdict_for_the_client(door: Door) -> None:
+    # The openai cookbook's Azure example, as written: the verdict is read from innererror.
+    client = door.client()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="filtered", messages=[{"role": "user", "content": "refuse me"}])
+    err = json.loads(caught.value.response.text)
+    assert err["error"]["code"] == "content_filter" and caught.value.code == "content_filter"
+    assert err["error"]["innererror"] == {
+        "code": "ResponsibleAIPolicyViolation",
+        "content_filter_result": VERDICT,
+    }
+    assert err["error"]["param"] == "prompt"
+    # Through Azure's v1 API paths and the Responses API too (the same envelope).
+    azure_v1 = openai.OpenAI(base_url=door.url + "/openai/v1/", api_key=door.secret, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as caught:
+        azure_v1.responses.create(model="filtered", input="refuse me")
+    inner = json.loads(caught.value.response.text)["error"]["innererror"]
+    assert inner["content_filter_result"] == VERDICT
+    # A verdict far larger than any Azure sends is not relayed; its code still is.
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="filtered", messages=[{"role": "user", "content": "refuse me at length"}]
+        )
+    assert json.loads(caught.value.response.text)["error"]["innererror"] == {
+        "code": "ResponsibleAIPolicyViolation"
+    }
