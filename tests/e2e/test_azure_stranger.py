@@ -532,3 +532,12 @@ def test_an_azure_content_filter_refusal_keeps_its_verdict_for_the_client(door: 
     assert json.loads(caught.value.response.text)["error"]["innererror"] == {
         "code": "ResponsibleAIPolicyViolation"
     }
+
+
+def test_an_empty_authorization_leaves_x_api_key_to_be_read_on_the_messages_door(door: Door) -> None:
+    # The same rule on the other door with a key header of its own.
+    body = {"model": "claude-chat", "max_tokens": 16, "messages": HI}
+    headers = {"x-api-key": door.secret, "Authorization": "", "anthropic-version": "2023-06-01"}
+    answer = call(door.url + "/v1/messages", body=body, headers=headers)
+    assert answer.status == 200, answer.text
+    assert json.loads(answer.text)["type"] == "message"
