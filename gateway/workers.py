@@ -175,9 +175,32 @@ RUN_DIR_PREFIX = "sophia-workers-"
 _OWNER = "owner.lock"
 
 
+# A Unix socket's path is at most 107 bytes (``sun_path`` with its NUL); the workers' sockets are
+# ``<parent>/sophia-workers-XXXXXXXX/worker-N.sock``.
+_SOCKET_PATH_MAX = 107
+_SOCKET_TAIL = len(RUN_DIR_PREFIX) + 8 + len("//worker-9999.sock")
+_SHORT_PARENT = "/tmp"
+
+
+def run_parent() -> str:
+    """Where a set's run directory goes: the temporary directory (``TMPDIR``), unless the
+    workers' socket paths under it would be too long for a Unix socket (a deep ``TMPDIR``: each
+    worker failed to bind, ``AF_UNIX path too long``, and the set never served); then ``/tmp``."""
+    parent = tempfile.gettempdir()
+    if len(os.fsencode(parent)) + _SOCKET_TAIL <= _SOCKET_PATH_MAX or not os.path.isdir(_SHORT_PARENT):
+        return parent
+    return _SHORT_PARENT
+
+
 def claim_run_dir() -> tuple[str, int]:
     """A new private run directory (mode 0700) and the descriptor holding its owner lock."""
-    run_dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX)
+    run_dir = tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=run_parent())
+    if len(os.fsencode(run_dir)) + len("/worker-9999.sock") > _SOCKET_PATH_MAX:
+        os.rmdir(run_dir)
+        raise SystemExit(
+            f"error: the workers' run directory {run_dir} is too long a path for their Unix sockets "
+            f"(at most {_SOCKET_PATH_MAX} bytes): set TMPDIR to a shorter directory"
+        )
     # Locked under another name, then renamed: a sweep never sees the owner file unlocked.
     claiming = os.path.join(run_dir, _OWNER + ".new")
     fd = os.open(claiming, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -237,7 +260,8 @@ class Supervisor:
         """Serve until SIGTERM or SIGINT; the exit code (0, or a worker's failed first start)."""
         with self._port_reserved() as port:
             self._port = port
-            sweep_stale_run_dirs()
+            for parent in dict.fromkeys((tempfile.gettempdir(), run_parent())):
+                sweep_stale_run_dirs(parent)
             self._run_dir, owner = claim_run_dir()
             try:
                 return self._supervise()

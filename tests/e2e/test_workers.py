@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import textwrap
 import threading
 import time
@@ -606,11 +608,34 @@ def test_workers_auto_counts_the_cgroup_cpu_limit_not_only_the_cores(
                 time.sleep(0.05)
 
 
-def test_a_sigkilled_sets_run_directory_is_swept_by_the_next_set(policy_path: Path, tmp_path: Path) -> None:
+def test_a_tmpdir_too_deep_for_unix_sockets_still_serves(policy_path: Path, tmp_path: Path) -> None:
+    """Each worker serves the app on a Unix socket in the set's run directory, made in TMPDIR:
+    under a deep TMPDIR (a socket path past 107 bytes) every worker failed to bind (``AF_UNIX
+    path too long``), was restarted and failed again, and the set never served. The run
+    directory then goes to /tmp, and the set serves and stops as usual."""
+    deep = tmp_path / ("d" * 60) / ("e" * 40)
+    deep.mkdir(parents=True)
+    assert len(str(deep)) + len("/sophia-workers-XXXXXXXX/worker-0.sock") > 107
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    args = ["serve", "--policy", str(policy_path), "--port", "0", "--workers", "2"]
+    process = start(args, cwd=str(cwd), env={"TMPDIR": str(deep)})
+    try:
+        assert chat(process.url) == 200
+        assert "path too long" not in process.output
+        assert not any(p.name.startswith("sophia-workers-") for p in deep.iterdir())
+    finally:
+        assert process.stop(30) == 0
+
+
+def test_a_sigkilled_sets_run_directory_is_swept_by_the_next_set(
+    policy_path: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """A set whose parent is SIGKILLed cannot remove its run directory; once its workers have
     drained, the next ``serve --workers`` on the machine removes it (and keeps its own)."""
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
+    # A short TMPDIR of its own: under a long one the sets' directories go to /tmp (run_parent).
+    scratch = Path(tempfile.mkdtemp(prefix="sw-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
 
     def run_dirs() -> set[str]:
         return {p.name for p in scratch.iterdir() if p.name.startswith("sophia-workers-")}
