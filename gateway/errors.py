@@ -45,6 +45,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     │   │   └── UpstreamBadEvent   502     upstream_error          yes    a stream event that cannot be read
     │   ├── UpstreamCredentialsRefused 502 upstream_error        yes    code=provider_auth_failed; the provider refused the gateway's key (note 3)
     │   ├── UpstreamAccountRefused 502     upstream_error          yes    code=provider_account_refused; 402 / billing, the gateway's account
+    │   ├── UpstreamModelMissing   502     upstream_error          yes    code=provider_model_not_found; a 404 for the policy's model/deployment
     │   ├── UpstreamStatusError    *       *                       *      the provider's status (note 1)
     │   └── StreamInterrupted      *       *                       no     a started stream failed; fixed text (note 4)
     ├── AllDeploymentsFailed       *       *                       no     the last attempt's status and type
@@ -58,7 +59,7 @@ other 5xx 502. Retryable for 408, 429 and 5xx; counts against the provider for 4
 Note 2: ``x-should-retry: false`` (honoured by the openai and anthropic SDKs) goes with
 ``ProviderNotConfigured``, ``NoHealthyDeployment``, ``Conflict``, ``RequestTooLarge``,
 ``QuotaExceeded``, ``InsufficientStorage`` (a re-upload after 1.5 s finds no more room), the
-refusals of the gateway's key or account, and an ``AllDeploymentsFailed`` of more than one
+refusals of the gateway's key or account, a provider's 404 for the policy's model, and an ``AllDeploymentsFailed`` of more than one
 attempt: the gateway has retried already, or a retry cannot help, so a client should not
 stack its own retries (and their ``Retry-After`` waits) on top. So does any ``Retry-After`` over
 ``CLIENT_RETRY_AFTER_MAX_S`` (60 s; a provider's 429 relayed, or its deployment cooling): the
@@ -606,6 +607,33 @@ class UpstreamCredentialsRefused(UpstreamError):
             "request. This is the gateway's configuration, not your key.",
             provider=provider,
             code="provider_auth_failed",
+            headers=_NO_CLIENT_RETRY,
+        )
+        self.upstream_status = upstream_status
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class UpstreamModelMissing(UpstreamError):
+    """The provider does not know the model or deployment the gateway's policy names for it:
+    its 404 naming no request parameter but the model (OpenAI's ``model_not_found``, Azure's
+    ``DeploymentNotFound``, Anthropic's ``not_found_error`` "model: ...", Gemini's ``NOT_FOUND``
+    "models/... is not found", a 404 page from a wrong ``base_url``). The client asked for a
+    model group the gateway serves: relayed, the 404 told it that its own model does not exist
+    (the SDKs raise ``NotFoundError``) and no other deployment was tried. As with the
+    credentials (note 3): a 502 in the gateway's words, failed over, counted against the
+    deployment, ``x-should-retry: false``."""
+
+    def __init__(self, provider: str, upstream_status: int, upstream_code: str | None = None) -> None:
+        said = f", {upstream_code}" if upstream_code else ""
+        super().__init__(
+            f"{provider}: the provider does not know the model or deployment the gateway is "
+            f"configured to call (HTTP {upstream_status}{said}). This is the gateway's "
+            "configuration, not your request.",
+            provider=provider,
+            code="provider_model_not_found",
             headers=_NO_CLIENT_RETRY,
         )
         self.upstream_status = upstream_status

@@ -25,6 +25,7 @@ from gateway.errors import (
     UpstreamAccountRefused,
     UpstreamBadResponse,
     UpstreamCredentialsRefused,
+    UpstreamModelMissing,
     UpstreamStatusError,
 )
 from gateway.policy.model import Provider
@@ -233,6 +234,16 @@ class ProviderClient:
                 extra={"fields": {"provider": self.name, "status": status, "code": code}},
             )
             return UpstreamAccountRefused(self.name, status, code)
+        if status == 404 and error.param in (None, "model"):
+            # The model or deployment the policy names, or the path the adapter built from the
+            # policy's base_url: the gateway's configuration, not the client's (UpstreamModelMissing).
+            # A 404 naming another parameter (a file or vector store id the client sent) is relayed.
+            code = error.code if isinstance(error.code, str) else None
+            log.warning(
+                "provider does not know the configured model or deployment",
+                extra={"fields": {"provider": self.name, "status": status, "code": code}},
+            )
+            return UpstreamModelMissing(self.name, status, code)
         param = error.param
         if renamed is not None and param is not None and param in renamed:
             error.param = renamed[param]  # the name the client sent it under

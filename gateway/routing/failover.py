@@ -13,6 +13,7 @@ from gateway.errors import (
     UnsupportedByProvider,
     UpstreamAccountRefused,
     UpstreamCredentialsRefused,
+    UpstreamModelMissing,
     UpstreamStatusError,
     UpstreamTimeout,
     quoted,
@@ -94,8 +95,14 @@ class FailoverCursor:
 
     def failed(self, target: Target, error: GatewayError) -> None:
         self._overloaded = error.shows_overload
-        if isinstance(error, UnsupportedByProvider | UpstreamCredentialsRefused | UpstreamAccountRefused):
-            self._excluded.add(id(target))  # asking it again cannot help (its kind, key, account)
+        if isinstance(
+            error,
+            UnsupportedByProvider
+            | UpstreamCredentialsRefused
+            | UpstreamAccountRefused
+            | UpstreamModelMissing,
+        ):
+            self._excluded.add(id(target))  # asking it again cannot help (its kind, key, account, model)
         elif isinstance(error, UpstreamStatusError) and error.upstream_status == 429:
             self._excluded.add(id(target))  # not before its Retry-After, which we do not wait for
         if error.is_context_length:
