@@ -341,6 +341,13 @@ class IngestService:
             await self._unspool(await asyncio.to_thread(_spool_file, self.config.spool_dir, job.id))
         if purge:
             job.warnings.append(f"purged: {await self._purge(job)} memories deleted")
+            # Nothing of it is stored now: the file sent again is embedded from its first chunk
+            # (``resume_from`` kept said its chunks below were stored, and a re-upload skipped
+            # them: the job ended done with those memories missing), and a purged finished job is
+            # no longer done (``memory ingest --resume`` skipped its file as ingested).
+            job.resume_from = job.chunks_done = job.memories_created = 0
+            if job.status == "done":
+                job.status = "cancelled"
         job.updated_at = self._clock()
         await self.memory.store.save_job(job)
         return replace(job)
