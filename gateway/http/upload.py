@@ -80,6 +80,7 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
         while (part := await _within(pace, reader.next())) is not None:
             if not isinstance(part, BodyPartReader) or not part.name:
                 raise InvalidRequest("Every part of the form must be a named field.", param="file")
+            _refuse_encoded(part)
             if part.filename is None:
                 if part.name == "file":  # sent as a text field (curl -F file=<path, a dict of strings)
                     raise InvalidRequest(
@@ -106,6 +107,11 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
                     f"The file's name is {len(filename)} characters; at most {_FILENAME_MAX_CHARS}.",
                     param="file",
                 )
+            if (bad := _unprintable(filename)) is not None:
+                raise InvalidRequest(
+                    f"The file's name holds the control character U+{ord(bad):04X}: rename the file.",
+                    param="file",
+                )
             fmt = format_of(filename, fields.get("format"))
             if fmt is None:
                 raise _unsupported(filename, fields.get("format"))
@@ -129,6 +135,39 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
     if found is None:
         raise InvalidRequest("The form has no 'file' part.", param="file")
     return Upload(fields, found[0], found[1])
+
+
+# A part's content read as sent: a Content-Transfer-Encoding (RFC 7578 4.7: deprecated in a form)
+# or a Content-Encoding was ignored, and a base64 or gzip file stored as its encoded bytes.
+_PLAIN_TRANSFER = frozenset({"", "7bit", "8bit", "binary"})
+_PLAIN_ENCODING = frozenset({"", "identity"})
+# Characters that act on a terminal or reorder the text shown around them (the bidirectional
+# embeddings, overrides and isolates: "a<U+202E>txt.exe" shows as "aexe.txt"). aiohttp refuses C0
+# controls in ``filename="..."`` but decodes them from ``filename*=UTF-8''%00`` (RFC 5987), and
+# takes C1 and bidirectional controls in either.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _unprintable(name: str) -> str | None:
+    """The first control character of a file name (C0, DEL, C1, a bidirectional control)."""
+    return next((c for c in name if c < " " or "\x7f" <= c <= "\x9f" or c in _BIDI_CONTROLS), None)
+
+
+def _refuse_encoded(part: BodyPartReader) -> None:
+    """415 for a part whose content is encoded (base64, quoted-printable, gzip...): the gateway
+    reads a part's bytes as they are."""
+    transfer = part.headers.get("Content-Transfer-Encoding", "").strip().lower()
+    encoding = part.headers.get("Content-Encoding", "").strip().lower()
+    if transfer not in _PLAIN_TRANSFER or encoding not in _PLAIN_ENCODING:
+        header, value = ("Content-Encoding", encoding)
+        if transfer not in _PLAIN_TRANSFER:
+            header, value = "Content-Transfer-Encoding", transfer
+        raise UnsupportedMediaType(
+            value,
+            f"The form part '{part.name}' has {header} {quoted(value)}: send each part's bytes as they "
+            "are (binary), not encoded.",
+            param=part.name or "file",
+        )
 
 
 def _unsupported(filename: str, given: str | None) -> UnsupportedMediaType:

@@ -148,3 +148,76 @@ def test_a_purged_job_uploaded_again_stores_every_chunk_again(gw: Gw) -> None:
         assert found and found[0]["memory"]["metadata"]["chunk_index"] == i, found
     assert again["memories_created"] == 3, again
     assert gw.spooled() == []
+
+
+# ----- the form
+
+
+@pytest.mark.parametrize(
+    ("disposition", "char"),
+    [
+        (b"filename*=UTF-8''a%00b.txt", "U+0000"),  # RFC 5987: aiohttp decodes what it refuses quoted
+        (b"filename*=UTF-8''a%1B%5B31mred.txt", "U+001B"),
+        (b"filename*=UTF-8''a%0D%0Ab.txt", "U+000D"),
+        (b"filename*=UTF-8''a%C2%9Bb.txt", "U+009B"),  # C1: a terminal's CSI
+        (b"filename*=UTF-8''invoice%E2%80%AEtxt.exe.txt", "U+202E"),  # shows as invoice...exe
+        ('filename="report\u2066.txt"'.encode(), "U+2066"),
+    ],
+)
+def test_a_file_name_with_a_control_character_is_a_400_before_the_file_is_read(
+    gw: Gw, disposition: bytes, char: str
+) -> None:
+    """A name that acts on a terminal or reorders the text around it was stored as the job's
+    ``file`` and in every chunk's metadata (and shown by whatever lists them)."""
+    body = form(
+        ns("names"),
+        b"--"
+        + BOUNDARY.encode()
+        + b'\r\nContent-Disposition: form-data; name="file"; '
+        + disposition
+        + b"\r\n\r\n"
+        b"some text\r\n",
+    )
+    status, answer = gw.post_form(body)
+    message = assert_error(status, answer, 400)
+    assert message == f"The file's name holds the control character {char}: rename the file."
+    assert gw.spooled() == []
+
+
+def test_names_in_other_scripts_are_kept(gw: Gw) -> None:
+    job = gw.ingest(ns("names"), part("file", "שלום עולם".encode(), "מסמך.txt"))
+    assert job["status"] == "done" and job["file"] == "מסמך.txt", job
+
+
+@pytest.mark.parametrize(
+    ("header", "reported"),
+    [
+        (b"Content-Transfer-Encoding: base64\r\n", "Content-Transfer-Encoding 'base64'"),
+        (b"Content-Transfer-Encoding: Quoted-Printable\r\n", "Content-Transfer-Encoding 'quoted-printable'"),
+        (b"Content-Encoding: gzip\r\n", "Content-Encoding 'gzip'"),
+    ],
+)
+def test_an_encoded_part_is_a_415_not_stored_as_its_encoded_bytes(
+    gw: Gw, header: bytes, reported: str
+) -> None:
+    """``Content-Transfer-Encoding: base64`` was ignored: the job was done, its memories the base64
+    text (``aGVsbG8=``), not the file's."""
+    status, answer = gw.post_form(form(ns("encoded"), part("file", b"aGVsbG8gd29ybGQ=", "b64.txt", header)))
+    message = assert_error(status, answer, 415)
+    assert message.startswith(f"The form part 'file' has {reported}: send each part's bytes"), message
+    assert answer["error"]["code"] == "unsupported_media_type"
+    # a field too, and after the file was spooled: nothing of it is kept
+    body = form(
+        ns("encoded"), part("file", b"plain", "p.txt"), part("data_source", b"ZG9jcw==", None, header)
+    )
+    status, answer = gw.post_form(body)
+    assert_error(status, answer, 415, param="data_source")
+    assert gw.spooled() == []
+
+
+def test_a_part_declared_binary_or_8bit_is_read_as_it_is(gw: Gw) -> None:
+    for n, header in enumerate(
+        (b"Content-Transfer-Encoding: binary\r\n", b"Content-Transfer-Encoding: 8BIT\r\n")
+    ):
+        job = gw.ingest(ns("encoded"), part("file", f"plain text {n}".encode(), f"p{n}.txt", header))
+        assert job["status"] == "done" and job["memories_created"] == 1, job
