@@ -474,10 +474,15 @@ def read_pdf(path: str) -> Iterator[Item]:
     pypdf_log = logging.getLogger("pypdf")
     pypdf_log.addHandler(warnings)
     try:
+        reader = None
         try:
             reader = PdfReader(path)
             pages = len(reader.pages)
         except (PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
+            if reader is not None and reader.is_encrypted:  # pypdf tried the empty password
+                raise ValueError(
+                    "the PDF is encrypted and needs a password to open: upload a copy saved without one"
+                ) from None
             raise ValueError(f"not a readable PDF ({exc})") from None
         for number in range(1, pages + 1):
             position = size * number // pages

@@ -303,9 +303,8 @@ class IngestService:
         if after is not None:
             try:
                 await self.get(after, access)  # a cursor the caller may use
-            except NotFound as exc:  # named as the client wrote it: the query's ``after``
-                exc.param = "after"
-                raise
+            except NotFound as exc:  # the query's parameter, not a path's id
+                raise NotFound(exc.message, param="after", code="job_not_found") from None
         jobs: list[IngestJob] = []
         while True:  # pages of the store's order until ``limit`` visible ones (the key's namespaces)
             rows = await self.memory.store.recent_jobs(owner, statuses, limit + 1, after)

@@ -154,14 +154,16 @@ class MemoryFileIn(_Strict):
     def _metadata_json(cls, value: Any) -> Any:
         """The ``metadata`` form field is JSON text (an error names the field)."""
         if isinstance(value, str):
+            too_deep = f"must nest at most {MAX_JSON_DEPTH} levels of objects and arrays"
             try:
                 value = orjson.loads(value)
             except orjson.JSONDecodeError as exc:
                 if not exc.msg.startswith("depth limit exceeded"):
                     raise ValueError("must be a JSON object (not valid JSON)") from None
-                value = None
+                raise ValueError(too_deep) from None
             # Every chunk's metadata and the job's saved document hold it a few levels deeper,
             # and orjson writes 254 levels at most: deeper, the job's first save was a 500.
-            if value is None or (isinstance(value, dict) and nests_deeper_than(value, MAX_JSON_DEPTH)):
-                raise ValueError(f"must nest at most {MAX_JSON_DEPTH} levels of objects and arrays")
+            # (JSON ``null`` is no metadata, as in a JSON body: it was refused as too deep.)
+            if isinstance(value, dict) and nests_deeper_than(value, MAX_JSON_DEPTH):
+                raise ValueError(too_deep)
         return value

@@ -6,6 +6,7 @@ asserts the status, the OpenAI error envelope and that the spool is left empty."
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import time
 import urllib.parse
@@ -13,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pypdf
 import pytest
 
+from gateway.testing.pdf import make_pdf
 from gateway.testing.process import ManagedProcess, start
 from tests.e2e.test_memory import Fake, call, policy_text, start_gateway
 
@@ -221,3 +224,51 @@ def test_a_part_declared_binary_or_8bit_is_read_as_it_is(gw: Gw) -> None:
     ):
         job = gw.ingest(ns("encoded"), part("file", f"plain text {n}".encode(), f"p{n}.txt", header))
         assert job["status"] == "done" and job["memories_created"] == 1, job
+
+
+def test_metadata_null_is_no_metadata_and_other_shapes_say_what_they_are(gw: Gw) -> None:
+    """``metadata=null`` was refused as nesting past 200 levels."""
+    job = gw.ingest(ns("meta"), part("metadata", b"null"), part("file", b"a note with no metadata", "n.txt"))
+    assert job["status"] == "done", job
+    hit = gw.search("a note with no metadata", "meta")[0]["memory"]
+    assert set(hit["metadata"]) == {"job_id", "file", "offset", "chunk_index"}, hit
+    for sent, said in (
+        (b"[1, 2]", "expected an object, got an array"),
+        (b'"text"', "expected an object, got a string"),
+        (b"{1: 2}", "must be a JSON object (not valid JSON)"),
+        (b'{"a": NaN}', "must be a JSON object (not valid JSON)"),
+        (b'{"a":' * 300 + b"1" + b"}" * 300, "must nest at most 200 levels of objects and arrays"),
+    ):
+        status, answer = gw.post_form(form(ns("meta"), part("metadata", sent), part("file", b"x", "x.txt")))
+        assert assert_error(status, answer, 400, "metadata") == f"Invalid value for 'metadata': {said}."
+    assert gw.spooled() == []
+
+
+def test_an_encrypted_pdf_fails_its_job_saying_it_needs_a_password(gw: Gw) -> None:
+    """It said ``not a readable PDF (File has not been decrypted)``; one whose password is empty
+    (only an owner password: the common "protected" PDF) is read."""
+
+    def encrypted(user: str) -> bytes:
+        writer = pypdf.PdfWriter()
+        writer.append(pypdf.PdfReader(io.BytesIO(make_pdf(["A locked page about otters."]))))
+        writer.encrypt(user, "owner")
+        out = io.BytesIO()
+        writer.write(out)
+        return out.getvalue()
+
+    job = gw.ingest(ns("pdf"), part("file", encrypted("secret"), "locked.pdf"))
+    assert job["status"] == "failed" and job["memories_created"] == 0, job
+    assert (
+        job["error"] == "the PDF is encrypted and needs a password to open: upload a copy saved without one"
+    )
+    job = gw.ingest(ns("pdf"), part("file", encrypted(""), "owner-only.pdf"))
+    assert job["status"] == "done" and job["memories_created"] == 1, job
+    assert gw.spooled() == []
+
+
+def test_a_listing_after_an_unknown_job_names_the_after_parameter(gw: Gw) -> None:
+    status, answer = gw.send("GET", "/v1/memory/jobs?after=job_000000000000000000000000")
+    assert (
+        assert_error(status, answer, 404, "after") == "No ingest job with id 'job_000000000000000000000000'."
+    )
+    assert answer["error"]["code"] == "job_not_found"
