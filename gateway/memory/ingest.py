@@ -329,9 +329,9 @@ class IngestService:
         if live is not None and live.task is not None:
             live.stop_reason = "cancelled"
             live.stop.set()
-            live.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await live.task
+            while not live.task.done():  # again if a cancel is lost on the way (see ``_slot``)
+                live.task.cancel()
+                await asyncio.wait([live.task], timeout=_CANCEL_WAIT_POLL_S * 5)
             job = live.job
         elif job.status in ACTIVE and self._fresh(job):
             job = await self._cancel_elsewhere(job)
@@ -456,8 +456,13 @@ class IngestService:
         """One of the ``max_concurrent_jobs`` slots; a job queued for one is saved every
         ``_ALIVE_S`` / 3, so other processes do not take it for the job of a dead one."""
         while True:
+            # Not ``asyncio.wait_for``: on Python 3.11 it returns the acquired slot when a cancel
+            # arrives in the same turn as the slot, and the cancel is lost (a DELETE right after
+            # the 202 then waited until its client gave up: the job ran on with its reader
+            # stopped, its other stages waiting for it for ever).
             try:
-                await asyncio.wait_for(self._slots.acquire(), _ALIVE_S / 3)
+                async with asyncio.timeout(_ALIVE_S / 3):
+                    await self._slots.acquire()
                 break
             except TimeoutError:
                 job.updated_at = self._clock()

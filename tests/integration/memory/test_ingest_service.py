@@ -263,3 +263,30 @@ async def test_the_same_file_uploaded_three_times_at_once_is_one_run(
         assert sorted(os.listdir(config.spool_dir)) == []  # the copies and the job's file are gone
     finally:
         await ingest.close()
+
+
+async def test_a_cancel_in_the_turn_a_queued_job_gets_its_slot_stops_it(
+    memory: tuple[MemoryService, Provider, Ingest],
+) -> None:
+    """``asyncio.wait_for`` on Python 3.11 returns what it waited for when a cancel arrives in
+    the same turn, and the cancel is lost: a DELETE sent right after the 202 (the job about to
+    take its slot) set the reader's stop flag, the job ran on, its embed stage waited for ever
+    for the stopped reader, and the DELETE answered only once its client gave up (300 s)."""
+    service, _, config = memory
+    ingest = IngestService(service, config.model_copy(update={"max_concurrent_jobs": 1}))
+    await ingest.start()
+    try:
+        text = "\n\n".join(f"Paragraph {i}, with words and more words." for i in range(300)).encode()
+        await ingest._slots.acquire()  # every slot taken: the job waits, queued
+        job = await ingest.submit(await ingest.spool(blocks(text), "a.txt"), JobOptions("docs", "text"), None)
+        await asyncio.sleep(0.05)
+        assert (await ingest.get(job.id, None)).status == "queued"
+        ingest._slots.release()  # the slot is the job's in the next turn; the cancel comes in this one
+        cancelling = asyncio.create_task(ingest.cancel(job.id, None, purge=False))
+        await asyncio.wait([cancelling], timeout=10)  # not wait_for: cancelling it would end the job
+        assert cancelling.done(), "the cancel is still waiting for the job"
+        cancelled = cancelling.result()
+        assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+        assert ingest.live_job(job.id) is None and cancelled.memories_created == 0
+    finally:
+        await ingest.close()
