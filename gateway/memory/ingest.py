@@ -174,7 +174,7 @@ class IngestService:
         path = os.path.join(self.config.spool_dir, f"upload-{uuid.uuid4().hex}.part")
         digest = hashlib.sha256()
         size = 0
-        f = await asyncio.to_thread(open, path, "wb")
+        f = await self._create(path)
         pending = bytearray()
         try:
             async for block in chunks:
@@ -193,6 +193,18 @@ class IngestService:
             raise
         await asyncio.to_thread(_close_and_measure, f, self.room)
         return Spooled(path, os.path.basename(file) or "upload", size, digest.hexdigest())
+
+    async def _create(self, path: str) -> Any:
+        """``path`` created and open for writing, on a thread; when the caller is cancelled
+        meanwhile (its client left), the file the thread still creates is deleted."""
+        opening = asyncio.get_running_loop().run_in_executor(None, open, path, "wb")  # submitted now
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread((await opening).close)
+            await self._unspool(path)
+            raise
 
     async def discard(self, spooled: Spooled) -> None:
         """Delete a spooled upload that will not become a job (its form was refused)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -288,5 +289,29 @@ async def test_a_cancel_in_the_turn_a_queued_job_gets_its_slot_stops_it(
         cancelled = cancelling.result()
         assert cancelled.status == "cancelled" and cancelled.finished_at is not None
         assert ingest.live_job(job.id) is None and cancelled.memories_created == 0
+    finally:
+        await ingest.close()
+
+
+async def test_an_upload_cut_while_its_spool_file_opens_leaves_no_file(
+    memory: tuple[MemoryService, Provider, Ingest],
+) -> None:
+    """The spool file is opened on a thread; a client that left then (the handler cancelled,
+    499) left the empty ``upload-*.part`` the thread created in the spool until a restart: one
+    a cut upload, 3 of 5 in a run of ``memory ingest`` whose file shrank mid-upload."""
+    service, _, config = memory
+    ingest = IngestService(service, config)
+    await ingest.start()
+    try:
+        spooling = asyncio.create_task(ingest.spool(blocks(b"some text"), "a.txt"))
+        await asyncio.sleep(0)  # it starts: a thread opens its file
+        deadline = time.monotonic() + 10
+        while not os.listdir(config.spool_dir):  # the loop held: the task cannot see the open end
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        spooling.cancel()  # as the client leaves, the handler is cancelled
+        with pytest.raises(asyncio.CancelledError):
+            await spooling
+        assert os.listdir(config.spool_dir) == []
     finally:
         await ingest.close()
