@@ -21,14 +21,17 @@ import asyncio
 import fnmatch
 import hashlib
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 
 from gateway.admin_client import gateway_url
 from gateway.memory.formats import EXTENSIONS
@@ -94,11 +97,53 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: the running job was cancelled", file=sys.stderr)
         return 130
+    except NotGateway as exc:
+        print(f"{args.url} did not answer as a Sophia gateway: {exc}; is --url the gateway?", file=sys.stderr)
+        return 2
     except aiohttp.ClientError as exc:
-        print(f"cannot reach the gateway at {args.url}: {exc}", file=sys.stderr)
+        print(f"cannot reach the gateway at {args.url}: {_printable(str(exc))}", file=sys.stderr)
         return 2
     _summary(outcomes)
     return 0 if all(o.status in ("done", "skipped") for o in outcomes) else 1
+
+
+class NotGateway(Exception):
+    """The other end answered, but not as a gateway does (HTML, not JSON, not an event stream):
+    ``--url`` names another server (a traceback before)."""
+
+
+class FileChanged(Exception):
+    """The file was shorter, longer or newer after its upload than when it was opened."""
+
+
+class _Snapshot(Payload):
+    """The file's first ``size`` bytes (its size when opened), read a block at a time as aiohttp
+    sends it. aiohttp's own file payload declared the size it found when the form was built and
+    then sent what it found when it wrote: a file growing meanwhile sent more bytes than declared
+    (the gateway saw a cut form: 400 'Reading after EOF'), one shrinking fewer (the gateway waited
+    for the rest). ``FileChanged`` when the file ends before ``size``."""
+
+    def __init__(self, f: BinaryIO, size: int, filename: str) -> None:
+        super().__init__(f, content_type="application/octet-stream", filename=filename)
+        self._size = self._length = size
+        self.changed: FileChanged | None = None
+        self.set_content_disposition("form-data", name="file", filename=filename)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:  # pragma: no cover
+        raise TypeError("a file upload is not decoded")
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
+        left = self._length if content_length is None else min(self._length, content_length)
+        while left > 0:
+            block = await asyncio.to_thread(self._value.read, min(left, 1 << 18))
+            if not block:  # aiohttp reports it as a connection error: ``changed`` says why
+                self.changed = FileChanged("it became shorter while it was uploaded")
+                raise self.changed
+            await writer.write(block)
+            left -= len(block)
 
 
 def collect(paths: list[str], include: list[str], exclude: list[str]) -> list[Path]:
@@ -147,11 +192,11 @@ async def _ingest_all(args: argparse.Namespace, files: list[Path]) -> list[Outco
             TransferSpeedColumn(),
             TimeRemainingColumn(),
         ) as progress:
-            total_bytes = sum(p.stat().st_size for p in files)
+            total_bytes = sum(map(_size, files))
             total = progress.add_task(f"total ({len(files)} files)", total=total_bytes)
             before = 0
             for path in files:
-                size = path.stat().st_size
+                size = _size(path)
                 bar = progress.add_task(_label(path), total=size or 1)
                 if args.resume and _sha256(path) in done_hashes:
                     outcomes.append(Outcome(path, "skipped", note="already ingested"))
@@ -176,7 +221,25 @@ async def _ingest_one(
     before: int,
 ) -> Outcome:
     started = time.monotonic()
-    status, job = await _upload(session, args, path)
+    try:
+        f, opened = _open(path)
+    except OSError as exc:  # unreadable, gone, or not a file (a FIFO's open waited for a writer)
+        return Outcome(path, "unreadable", note=exc.strerror or str(exc))
+    try:
+        try:
+            status, job = await _upload(session, args, f, opened, path.name)
+        except FileChanged as exc:  # the upload was cut: the gateway keeps nothing of it
+            return Outcome(path, "changed", note=f"{exc}: run again once it no longer changes")
+        now = os.fstat(f.fileno())
+    finally:
+        f.close()
+    if (now.st_size, now.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns):
+        note = "it changed while it was uploaded: run again once it no longer changes"
+        if status == 202 and job.get("status") in ("queued", "running"):  # a mix of two versions
+            async with session.delete(f"/v1/memory/jobs/{job['id']}"):
+                pass
+            note += f" (job {job['id']} cancelled)"
+        return Outcome(path, "changed", note=note)
     if status != 202:
         error = job.get("error") or {}
         return Outcome(path, "refused", note=f"{status}: {error.get('message', job)}")
@@ -200,7 +263,7 @@ async def _ingest_one(
             note + "; " if note else ""
         ) + f"{job['errors_count']} errors, first: {first['where']}: {first['message']}"
     if job["status"] == "done":
-        progress.update(bar, completed=path.stat().st_size or 1)
+        progress.update(bar, completed=opened.st_size or 1)
     return Outcome(
         path,
         job["status"],
@@ -211,7 +274,32 @@ async def _ingest_one(
     )
 
 
-async def _upload(session: aiohttp.ClientSession, args: argparse.Namespace, path: Path) -> tuple[int, Json]:
+def _open(path: Path) -> tuple[BinaryIO, os.stat_result]:
+    """``path`` open for reading and its status then; ``OSError`` when it cannot be read or is
+    not a regular file (opened without waiting: a FIFO given by name held the command for ever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            raise OSError(0, "not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), opened
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _size(path: Path) -> int:
+    """The file's size for the progress bars (0 when it cannot be read: its upload says why)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+async def _upload(
+    session: aiohttp.ClientSession, args: argparse.Namespace, f: BinaryIO, opened: os.stat_result, name: str
+) -> tuple[int, Json]:
     form = aiohttp.FormData()
     fields = {
         "namespace": args.namespace,
@@ -222,23 +310,49 @@ async def _upload(session: aiohttp.ClientSession, args: argparse.Namespace, path
         "text_field": args.text_field,
         "metadata_fields": args.metadata_fields,
     }
-    for name, value in fields.items():
+    for field_name, value in fields.items():
         if value is not None:
-            form.add_field(name, value)
-    with path.open("rb") as f:  # aiohttp streams the file object, a block at a time
-        form.add_field("file", f, filename=path.name, content_type="application/octet-stream")
+            form.add_field(field_name, value)
+    snapshot = _Snapshot(f, opened.st_size, name)
+    form.add_field("file", snapshot, filename=name)
+    try:
         async with session.post("/v1/memory/files", data=form) as resp:
-            body: Json = await resp.json(content_type=None)
-            return resp.status, body
+            return resp.status, await _json(resp)
+    except aiohttp.ClientError:
+        if snapshot.changed is not None:  # the upload was cut because the file was
+            raise snapshot.changed from None
+        raise
+
+
+async def _json(resp: aiohttp.ClientResponse) -> Json:
+    """The answer's JSON object; ``NotGateway`` when it is not one."""
+    raw = await resp.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        kind = resp.headers.get("Content-Type", "no Content-Type").split(";")[0]
+        raise NotGateway(f"HTTP {resp.status} {_printable(kind)[:60]} to {resp.method} {resp.url.path}")
+    return body
 
 
 async def _events(session: aiohttp.ClientSession, job_id: str) -> Any:
     """The job's events (progress figures, then the job), as the gateway sends them."""
     async with session.get(f"/v1/memory/jobs/{job_id}/events") as resp:
+        if resp.status != 200 or not resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            await _json(resp)  # NotGateway, unless it is an error of the gateway's
+            raise NotGateway(f"HTTP {resp.status} to GET {resp.url.path}, not its job's events")
         decoder = SSEDecoder()
         async for block in resp.content.iter_any():
             for data in decoder.feed(block):
-                yield orjson.loads(data)
+                try:
+                    event = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    event = None
+                if not isinstance(event, dict):
+                    raise NotGateway(f"an event of GET {resp.url.path} is not a JSON object")
+                yield event
 
 
 async def _finished_hashes(session: aiohttp.ClientSession, namespace: str, page: int = 200) -> set[str]:
@@ -248,7 +362,7 @@ async def _finished_hashes(session: aiohttp.ClientSession, namespace: str, page:
     params = {"status": "done", "limit": str(page)}
     while True:
         async with session.get("/v1/memory/jobs", params=params) as resp:
-            body = await resp.json(content_type=None)
+            body = await _json(resp)
         data = body.get("data", [])
         found |= {j["content_sha256"] for j in data if j["namespace"] == namespace}
         if not (body.get("has_more") and data):

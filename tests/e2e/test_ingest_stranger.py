@@ -8,6 +8,11 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -272,3 +277,137 @@ def test_a_listing_after_an_unknown_job_names_the_after_parameter(gw: Gw) -> Non
         assert_error(status, answer, 404, "after") == "No ingest job with id 'job_000000000000000000000000'."
     )
     assert answer["error"]["code"] == "job_not_found"
+
+
+# ----- the command
+
+
+def cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "memory", "ingest", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "COLUMNS": "200"},
+    )
+
+
+def test_the_cli_reports_a_fifo_and_a_socket_as_unreadable_and_goes_on(gw: Gw, tmp_path: Path) -> None:
+    """A FIFO named on the command line held the command for ever (its open waited for a
+    writer), and a socket's open was a traceback that stopped the next files."""
+    fifo, sock, good = tmp_path / "pipe.txt", tmp_path / "sock.txt", tmp_path / "good.txt"
+    os.mkfifo(fifo)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock))
+    good.write_text("a file that can be read")
+    try:
+        run = cli(str(fifo), str(sock), str(good), "--namespace", "cli", "--url", gw.url, timeout_s=30)
+    finally:
+        listener.close()
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert f"{fifo}: unreadable: not a regular file" in run.stdout
+    assert f"{sock}: unreadable: No such device or address" in run.stdout
+    assert "3 files, 1 memories created, 0 errors" in run.stdout
+
+
+@pytest.mark.parametrize("server", ["html", "fake provider"])
+def test_the_cli_against_a_server_that_is_not_the_gateway_says_so_in_one_line(
+    server: str, fake: Fake, tmp_path: Path
+) -> None:
+    """The answer's JSON was read as it came: a traceback (JSONDecodeError) for a server that
+    answers HTML, or plain text, and for ``--resume`` too."""
+    (tmp_path / "a.txt").write_text("hello")
+    if server == "html":
+        other = subprocess.Popen(
+            [sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert other.stdout is not None
+        line = other.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N (http://127.0.0.1:N/) ..."
+        url = line.split("(")[1].split(")")[0].rstrip("/")
+    else:
+        other, url = None, fake.url
+    try:
+        # (http.server answers a POST before reading its body and closes: the upload may fail
+        # to send first, "cannot reach the gateway", so it is asked with --resume, a GET first.)
+        for extra in (("--resume",),) if server == "html" else ((), ("--resume",)):
+            run = cli(str(tmp_path / "a.txt"), "--namespace", "cli", "--url", url, *extra, timeout_s=30)
+            assert run.returncode == 2, run.stdout + run.stderr
+            lines = run.stderr.strip().splitlines()
+            assert len(lines) == 1, run.stderr
+            assert lines[0].startswith(f"{url} did not answer as a Sophia gateway: HTTP "), lines
+            assert lines[0].endswith("; is --url the gateway?"), lines
+    finally:
+        if other is not None:
+            other.terminate()
+            other.wait(10)
+
+
+def _opened_by(pid: int, path: Path, past: int) -> bool:
+    """Whether process ``pid`` has ``path`` open and has read past ``past`` bytes of it."""
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    pos = int(info.readline().split()[1])
+                if pos > past:
+                    return True
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return False
+
+
+@pytest.mark.parametrize("change", ["grows", "shrinks"])
+def test_a_file_that_changes_while_the_cli_uploads_it_is_reported_changed(
+    gw: Gw, tmp_path: Path, change: str
+) -> None:
+    """aiohttp declared the size it found when the form was built and sent what it found while
+    writing: a file growing meanwhile was a 400 'Reading after EOF' (more bytes than declared),
+    one shrinking held the upload until the gateway's read timeout. The gateway is stopped
+    (SIGSTOP) while the command fills the socket, so the file changes mid-upload for certain."""
+    path = tmp_path / "log.txt"
+    with path.open("wb") as f:
+        for i in range(40):
+            f.write((f"line {i} of a log being written. " * 30000).encode())
+    gw.process.signal(signal.SIGSTOP)
+    try:
+        command = ["memory", "ingest", str(path), "--namespace", "changing", "--url", gw.url]
+        run = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "COLUMNS": "200"},
+        )
+        deadline = time.monotonic() + 30
+        while not _opened_by(run.pid, path, 0):
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.01)
+        if change == "grows":
+            with path.open("ab") as f:
+                f.write(b"one more line\n")
+        else:
+            os.truncate(path, 1000)
+    finally:
+        gw.process.signal(signal.SIGCONT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 1, out + err
+    assert "Traceback" not in err, err
+    shown = " ".join(out.split())
+    if change == "grows":  # sent as it was when opened; the job that started from it is cancelled
+        assert (
+            f"{path}: changed: it changed while it was uploaded: run again once it no longer changes (job"
+            in shown
+        )
+    else:
+        assert f"{path}: changed: it became shorter while it was uploaded: run again" in shown
+    assert "1 files, 0 memories created" in shown
+    deadline = time.monotonic() + 10
+    while gw.spooled():  # the cut upload's partial file, or the cancelled job's, is deleted
+        assert time.monotonic() < deadline, gw.spooled()
+        time.sleep(0.05)
