@@ -102,6 +102,8 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
             # A name's bytes that are not UTF-8 arrive as surrogates: shown as U+FFFD from here on
             # (the job, its memories' metadata and every message name the file).
             filename = part.filename.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            if not filename.strip():  # a browser's form sends filename="" when no file was chosen
+                raise InvalidRequest("The 'file' part's filename is empty: send a file.", param="file")
             if len(filename) > _FILENAME_MAX_CHARS:  # copied into every chunk's metadata
                 raise InvalidRequest(
                     f"The file's name is {len(filename)} characters; at most {_FILENAME_MAX_CHARS}.",
@@ -269,6 +271,8 @@ async def _within(pace: _Pace, read: Awaitable[T]) -> T:
 
 def _malformed(exc: ValueError | HttpProcessingError) -> InvalidRequest:
     reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    if reason == "Reading after EOF":  # aiohttp's words for a body cut before the form's end
+        reason = "the body ends before the form's closing boundary"
     return InvalidRequest(f"The body is not a valid multipart/form-data form: {reason}.", param="file")
 
 

@@ -295,6 +295,15 @@ def _record(values: Mapping[str, Any], fields: FieldOptions) -> tuple[str, dict[
 
 
 def read_jsonl(path: str, fields: FieldOptions) -> Iterator[Item]:
+    """Its lines, each a JSON object, in UTF-8 (JSON Lines' encoding). A file that starts with a
+    UTF-16 or UTF-32 byte-order mark fails at once (each of its lines was an error of its own:
+    ``not JSON (str is not valid UTF-8: surrogates not allowed...)``)."""
+    encoding = _encoding(path)
+    if encoding != "utf-8-sig":
+        raise ValueError(
+            f"a .jsonl file is read as UTF-8, and this one starts with a {encoding.upper()} "
+            "byte-order mark: save it as UTF-8"
+        )
     position = 0
     with open(path, "rb") as f:
         for number, (line, length) in enumerate(_lines(f), start=1):

@@ -149,6 +149,15 @@ class MemoryFileIn(_Strict):
             out["metadata_fields"] = [f.strip() for f in out["metadata_fields"].split(",") if f.strip()]
         return out
 
+    @field_validator("chunk_chars", "overlap_chars", mode="before")
+    @classmethod
+    def _ascii_digits(cls, value: Any) -> Any:
+        """A whole number written in ASCII digits (pydantic's lax mode took ``1_000`` and
+        ``" 100 "``, as ``int()`` does)."""
+        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+            raise ValueError("must be a whole number written in ASCII digits")
+        return value
+
     @field_validator("metadata", mode="before")
     @classmethod
     def _metadata_json(cls, value: Any) -> Any:

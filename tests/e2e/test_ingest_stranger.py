@@ -279,6 +279,57 @@ def test_a_listing_after_an_unknown_job_names_the_after_parameter(gw: Gw) -> Non
     assert answer["error"]["code"] == "job_not_found"
 
 
+@pytest.mark.parametrize("sent", [b"1_000", b" 100 ", "\u0661\u0660\u0660".encode(), b"+100", b"1e3"])
+def test_chunk_sizes_are_whole_numbers_in_ascii_digits(gw: Gw, sent: bytes) -> None:
+    """``1_000`` and `` 100 `` were taken (pydantic's lax integers, as ``int()``)."""
+    for field in ("chunk_chars", "overlap_chars"):
+        status, answer = gw.post_form(form(ns("digits"), part(field, sent), part("file", b"x", "d.txt")))
+        message = assert_error(status, answer, 400, field)
+        assert message == f"Invalid value for '{field}': must be a whole number written in ASCII digits."
+    assert gw.spooled() == []
+
+
+def test_a_file_part_with_an_empty_filename_is_a_400(gw: Gw) -> None:
+    """A browser's form sends ``filename=""`` when no file was chosen: it was a 415 ``Cannot read ''``."""
+    status, answer = gw.post_form(form(ns("names"), part("file", b"", "")))
+    assert assert_error(status, answer, 400) == "The 'file' part's filename is empty: send a file."
+
+
+@pytest.mark.parametrize("tail", [b"", b"\r\n", b"\r\n--" + BOUNDARY.encode()[:3]])
+def test_a_form_cut_before_its_closing_boundary_says_so(gw: Gw, tail: bytes) -> None:
+    """aiohttp's words were passed on: ``Reading after EOF``."""
+    body = (
+        ns("cut")
+        + b"--"
+        + BOUNDARY.encode()
+        + b'\r\nContent-Disposition: form-data; name="file"; filename="c.txt"'
+    )
+    status, answer = gw.post_form(body + b"\r\n\r\n" + b"text " * 1000 + tail)
+    message = assert_error(status, answer, 400)
+    assert message == (
+        "The body is not a valid multipart/form-data form: the body ends before the form's closing boundary."
+    )
+    assert gw.spooled() == []
+
+
+@pytest.mark.parametrize(
+    ("bom", "codec", "named"), [(b"\xff\xfe", "utf-16-le", "UTF-16"), (b"\xfe\xff", "utf-16-be", "UTF-16")]
+)
+def test_a_jsonl_file_in_utf16_fails_saying_it_must_be_utf8(
+    gw: Gw, bom: bytes, codec: str, named: str
+) -> None:
+    """Each of its lines was an error of its own (``not JSON (str is not valid UTF-8: surrogates
+    not allowed ...)``) and the job ended ``done`` with a warning."""
+    lines = "".join(f'{{"text": "record {i}"}}\n' for i in range(3)).encode(codec)
+    job = gw.ingest(ns("jsonl"), part("file", bom + lines, "export.jsonl"))
+    assert job["status"] == "failed" and job["memories_created"] == 0, job
+    assert (
+        job["error"]
+        == f"a .jsonl file is read as UTF-8, and this one starts with a {named} byte-order mark: save it as UTF-8"
+    )
+    assert job["errors_count"] == 0, job
+
+
 # ----- the command
 
 
