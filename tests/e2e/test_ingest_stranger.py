@@ -5,6 +5,7 @@ asserts the status, the OpenAI error envelope and that the spool is left empty."
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import io
 import json
@@ -328,6 +329,81 @@ def test_a_jsonl_file_in_utf16_fails_saying_it_must_be_utf8(
         == f"a .jsonl file is read as UTF-8, and this one starts with a {named} byte-order mark: save it as UTF-8"
     )
     assert job["errors_count"] == 0, job
+
+
+# ----- the job routes
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        "job_%25ZZ",
+        "..%2F..%2Fetc",
+        "job_%00",
+        "JOB_0",
+        "job_" + "a" * 6000,
+        "job_'%20OR%201=1--",
+        "job_%E2%80%AE",
+    ],
+)
+def test_an_unknown_or_malformed_job_id_is_a_404_on_every_route(gw: Gw, job_id: str) -> None:
+    for method, tail in (
+        ("GET", ""),
+        ("DELETE", ""),
+        ("DELETE", "?purge=true"),
+        ("GET", "/events"),
+        ("POST", "/resume"),
+    ):
+        status, answer = gw.send(method, f"/v1/memory/jobs/{job_id}{tail}")
+        message = assert_error(status, answer, 404, "id")
+        assert message.startswith("No ingest job with id '") and len(message) < 400, message
+        assert answer["error"]["code"] == "job_not_found"
+
+
+def test_the_same_file_uploaded_twice_at_once_is_one_job_and_one_copy(gw: Gw) -> None:
+    text = b"\n\n".join(f"Twin paragraph {i} about lighthouses.".encode() for i in range(40))
+    parts = (
+        ns("twins"),
+        part("chunk_chars", b"60"),
+        part("overlap_chars", b"0"),
+        part("file", text, "t.txt"),
+    )
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: gw.post_form(form(*parts)), range(2)))
+    assert [status for status, _ in answers] == [202, 202], answers
+    assert answers[0][1]["id"] == answers[1][1]["id"]
+    job = gw.job(answers[0][1]["id"])
+    assert job["status"] == "done" and job["memories_created"] == 40 and job["chunks_done"] == 40, job
+    found = gw.search("Twin paragraph 7 about lighthouses.", "twins")
+    assert found[0]["memory"]["metadata"]["chunk_index"] == 7 and found[1]["score"] < found[0]["score"]
+    assert gw.spooled() == []
+
+
+def test_events_of_a_finished_job_end_at_once_and_a_client_leaving_mid_stream_stops_nothing(gw: Gw) -> None:
+    text = b"\n\n".join(f"Stream paragraph {i} on the tides of the bay.".encode() for i in range(3000))
+    status, job = gw.post_form(
+        form(
+            ns("events"), part("chunk_chars", b"50"), part("overlap_chars", b"0"), part("file", text, "e.txt")
+        )
+    )
+    assert status == 202, job
+    for _ in range(3):  # read the first event, then leave
+        conn = http.client.HTTPConnection(gw.host, gw.port, timeout=10)
+        conn.request("GET", f"/v1/memory/jobs/{job['id']}/events")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
+        assert resp.readline().startswith(b"event: ")
+        conn.close()
+    done = gw.job(job["id"])
+    assert done["status"] == "done" and done["memories_created"] == done["chunks_done"] > 0, done
+    started = time.monotonic()
+    conn = http.client.HTTPConnection(gw.host, gw.port, timeout=10)
+    conn.request("GET", f"/v1/memory/jobs/{job['id']}/events")
+    body = conn.getresponse().read().decode()  # the stream ends: read() returns
+    conn.close()
+    assert time.monotonic() - started < 5
+    assert body.startswith("event: done\ndata: {") and body.endswith("\n\n"), body[:200]
+    assert json.loads(body.split("data: ", 1)[1])["id"] == job["id"]
 
 
 # ----- the command
