@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: the running job was cancelled", file=sys.stderr)
         return 130
+    except Refused as exc:
+        print(f"the gateway at {args.url} refused {exc}", file=sys.stderr)
+        return 2
     except NotGateway as exc:
         print(f"{args.url} did not answer as a Sophia gateway: {exc}; is --url the gateway?", file=sys.stderr)
         return 2
@@ -110,6 +113,23 @@ def run(args: argparse.Namespace) -> int:
 class NotGateway(Exception):
     """The other end answered, but not as a gateway does (HTML, not JSON, not an event stream):
     ``--url`` names another server (a traceback before)."""
+
+
+class Refused(Exception):
+    """The gateway refused what every upload of the run sends (an option's value, the key, the
+    namespace): each file would be refused the same way, so the run stops at the first."""
+
+
+# The form fields the command sends from its options: a 400 naming one is about the option.
+_OPTIONS = {
+    "namespace": "--namespace",
+    "data_source": "--data-source",
+    "metadata": "--metadata",
+    "chunk_chars": "--chunk-chars",
+    "overlap_chars": "--overlap-chars",
+    "text_field": "--text-field",
+    "metadata_fields": "--metadata-fields",
+}
 
 
 class FileChanged(Exception):
@@ -242,7 +262,12 @@ async def _ingest_one(
         return Outcome(path, "changed", note=note)
     if status != 202:
         error = job.get("error") or {}
-        return Outcome(path, "refused", note=f"{status}: {error.get('message', job)}")
+        message = _printable(str(error.get("message", job)))
+        if status == 400 and error.get("param") in _OPTIONS:  # a folder of files: each refused so
+            raise Refused(f"{_OPTIONS[error['param']]}: {message}")
+        if status in (401, 403):
+            raise Refused(f"the upload ({status}): {message}")
+        return Outcome(path, "refused", note=f"{status}: {message}")
     try:
         async for event in _events(session, job["id"]):
             done = int(event.get("bytes_done", 0))

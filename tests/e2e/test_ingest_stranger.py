@@ -538,3 +538,38 @@ def test_a_file_that_changes_while_the_cli_uploads_it_is_reported_changed(
     while gw.spooled():  # the cut upload's partial file, or the cancelled job's, is deleted
         assert time.monotonic() < deadline, gw.spooled()
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        (
+            "--metadata",
+            "{not json",
+            "--metadata: Invalid value for 'metadata': must be a JSON object (not valid JSON).",
+        ),
+        (
+            "--namespace",
+            "two words",
+            "--namespace: Invalid value for 'namespace': String should match pattern",
+        ),
+        (
+            "--chunk-chars",
+            "10",
+            "--chunk-chars: Invalid value for 'chunk_chars': Input should be greater than",
+        ),
+    ],
+)
+def test_an_option_the_gateway_refuses_stops_the_run_at_the_first_file(
+    gw: Gw, tmp_path: Path, option: str, value: str, said: str
+) -> None:
+    """Every file of a folder was uploaded whole and refused the same way, one 'refused' line
+    each, exit 1 as for a file that failed: a bad argument is exit 2, said once."""
+    for i in range(3):
+        (tmp_path / f"f{i}.txt").write_text(f"file {i}")
+    args = ["--namespace", "opts", option, value] if option != "--namespace" else ["--namespace", value]
+    run = cli(str(tmp_path), *args, "--url", gw.url, timeout_s=30)
+    assert run.returncode == 2, run.stdout + run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"the gateway at {gw.url} refused {said}"), run.stderr
+    assert "refused:" not in run.stdout and "memory ingest" not in run.stdout  # no per-file lines, no summary
