@@ -337,19 +337,42 @@ class IngestService:
         as for an upload or a resume (a read-only key cancelled and purged jobs)."""
         job = await self.get(job_id, access)
         self.check_writable(job.options.namespace, access)
-        live = self._live.get(job_id)
-        if live is not None and live.task is not None:
-            live.stop_reason = "cancelled"
-            live.stop.set()
-            while not live.task.done():  # again if a cancel is lost on the way (see ``_slot``)
-                live.task.cancel()
-                await asyncio.wait([live.task], timeout=_CANCEL_WAIT_POLL_S * 5)
-            job = live.job
-        elif job.status in ACTIVE and self._fresh(job):
-            job = await self._cancel_elsewhere(job)
-        elif job.status != "done":
+        # The job's start is claimed while it is cancelled: a resume or upload of it that comes
+        # meanwhile waits and then finds it cancelled (one that read it paused while its file was
+        # being deleted started it again: it failed on the missing file after the DELETE had
+        # answered ``cancelled``, or paused again).
+        await self._started(job_id)
+        with self._starting_job(job_id):
+            job = await self.get(job_id, access)
+            live = self._live.get(job_id)
+            if live is not None and live.task is not None:
+                job = await self._stop(live)
+            elif job.status in ACTIVE and self._fresh(job):
+                job = await self._cancel_elsewhere(job)
+            elif job.status != "done":
+                job.status, job.finished_at = "cancelled", self._clock()
+                await self._unspool(await asyncio.to_thread(_spool_file, self.config.spool_dir, job.id))
+            return await self._cancelled(job, purge)
+
+    async def _stop(self, live: RunningJob) -> IngestJob:
+        """Cancel a job running here and wait until it has ended."""
+        live.stop_reason = "cancelled"
+        live.stop.set()
+        assert live.task is not None
+        while not live.task.done():  # again if a cancel is lost on the way (see ``_slot``)
+            live.task.cancel()
+            await asyncio.wait([live.task], timeout=_CANCEL_WAIT_POLL_S * 5)
+        job = live.job
+        if job.status in ACTIVE:  # cancelled before it first ran: ``_run``'s ``finally`` never did
             job.status, job.finished_at = "cancelled", self._clock()
-            await self._unspool(await asyncio.to_thread(_spool_file, self.config.spool_dir, job.id))
+            if self._live.get(job.id) is live:
+                del self._live[job.id]
+            self.jobs_finished["cancelled"] = self.jobs_finished.get("cancelled", 0) + 1
+            await self._unspool(live.path)
+        return job
+
+    async def _cancelled(self, job: IngestJob, purge: bool) -> IngestJob:
+        """Save a cancelled job, after deleting what it stored when ``purge``."""
         if purge:
             job.warnings.append(f"purged: {await self._purge(job)} memories deleted")
             # Nothing of it is stored now: the file sent again is embedded from its first chunk
@@ -514,6 +537,8 @@ class IngestService:
                 job.status, job.error = "failed", error.message
         except ValueError as error:  # a file its format's reader cannot open at all
             job.status, job.error = "failed", str(error)
+        except FileNotFoundError:  # its spool file deleted under it (by hand, or a spool wiped)
+            job.status, job.error = "failed", "the job's file is no longer kept: upload the file again"
         # The last resort of a background task: nothing else would see the exception, and the
         # job must end in a state its owner can read.
         except Exception:

@@ -315,3 +315,89 @@ async def test_an_upload_cut_while_its_spool_file_opens_leaves_no_file(
         assert os.listdir(config.spool_dir) == []
     finally:
         await ingest.close()
+
+
+async def paused_job(ingest: IngestService, provider: Provider) -> IngestJob:
+    """A job paused by a failing provider (its spool file kept), the provider failing still."""
+    text = "\n\n".join(f"Paragraph {i}, with words and more words." for i in range(600)).encode()
+    provider.failing = True
+    job = await ingest.submit(await ingest.spool(blocks(text), "a.txt"), JobOptions("docs", "text"), None)
+    deadline = asyncio.get_running_loop().time() + 10
+    while (job := await ingest.get(job.id, None)).status != "paused":
+        assert asyncio.get_running_loop().time() < deadline, "the job never paused"
+        await asyncio.sleep(0.01)
+    return job
+
+
+async def test_a_cancel_right_after_a_resume_ends_the_job(
+    memory: tuple[MemoryService, Provider, Ingest],
+) -> None:
+    """The resumed job's task had not run yet: cancelling it skipped its ``finally``, so the
+    DELETE answered ``queued``, the job stayed queued (and in the running jobs) for ever, its
+    spool file kept."""
+    service, provider, config = memory
+    ingest = IngestService(service, config)
+    await ingest.start()
+    try:
+        job = await paused_job(ingest, provider)
+        assert (await ingest.resume(job.id, None)).status == "queued"
+        cancelled = await ingest.cancel(job.id, None, purge=False)  # in the same turn
+        assert cancelled.status == "cancelled" and cancelled.finished_at is not None, cancelled
+        assert ingest.live_job(job.id) is None
+        assert (await service.store.get_job(job.id)).status == "cancelled"  # type: ignore[union-attr]
+        assert os.listdir(config.spool_dir) == []
+    finally:
+        await ingest.close()
+
+
+async def test_a_resume_racing_a_cancel_does_not_start_the_job_again(
+    memory: tuple[MemoryService, Provider, Ingest],
+) -> None:
+    """A resume that read the job while a cancel was deleting its file started it again: the job
+    ended ``failed`` (an internal error: its file gone) or ``paused`` after the DELETE had
+    answered ``cancelled``."""
+    service, provider, config = memory
+    ingest = IngestService(service, config)
+    await ingest.start()
+    try:
+        job = await paused_job(ingest, provider)
+        provider.failing = False
+        first, cancelled, second = await asyncio.gather(
+            ingest.resume(job.id, None),
+            ingest.cancel(job.id, None, purge=True),
+            ingest.resume(job.id, None),
+            return_exceptions=True,
+        )
+        assert isinstance(first, IngestJob) and first.status == "queued", first
+        assert isinstance(cancelled, IngestJob) and cancelled.status == "cancelled", cancelled
+        assert isinstance(second, Conflict) and second.code == "job_file_gone", second  # after the cancel
+        await asyncio.sleep(0.3)  # a job started again would have failed or paused by now
+        assert ingest.live_job(job.id) is None
+        assert (await ingest.get(job.id, None)).status == "cancelled"
+        assert os.listdir(config.spool_dir) == []
+    finally:
+        await ingest.close()
+
+
+async def test_a_job_whose_spool_file_is_deleted_under_it_fails_saying_so(
+    memory: tuple[MemoryService, Provider, Ingest],
+) -> None:
+    """It failed as ``internal error (see the gateway's log)``, a FileNotFoundError traceback."""
+    service, provider, config = memory
+    ingest = IngestService(service, config)
+    await ingest.start()
+    try:
+        job = await paused_job(ingest, provider)
+        provider.failing = False
+        await ingest.resume(job.id, None)
+        for name in os.listdir(config.spool_dir):  # before its reader opens it (it has not run yet)
+            os.remove(os.path.join(config.spool_dir, name))
+        deadline = asyncio.get_running_loop().time() + 10
+        while (job := await ingest.get(job.id, None)).status in ("queued", "running"):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        assert (
+            job.status == "failed" and job.error == "the job's file is no longer kept: upload the file again"
+        )
+    finally:
+        await ingest.close()
