@@ -97,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: the running job was cancelled", file=sys.stderr)
         return 130
+    except GatewayLost as exc:
+        print(
+            f"lost the gateway at {args.url} while ingesting {exc} (a job it started shows "
+            "interrupted there: run again with --resume)",
+            file=sys.stderr,
+        )
+        return 2
     except Refused as exc:
         print(f"the gateway at {args.url} refused {exc}", file=sys.stderr)
         return 2
@@ -113,6 +120,14 @@ def run(args: argparse.Namespace) -> int:
 class NotGateway(Exception):
     """The other end answered, but not as a gateway does (HTML, not JSON, not an event stream):
     ``--url`` names another server (a traceback before)."""
+
+
+class GatewayLost(Exception):
+    """The gateway answered the run's earlier files, then went away while ``path`` was sent or
+    followed (it said "cannot reach the gateway", as if it had never answered)."""
+
+    def __init__(self, path: Path, error: aiohttp.ClientError) -> None:
+        super().__init__(f"{_printable(str(path))}: {_printable(str(error))}")
 
 
 class Refused(Exception):
@@ -222,7 +237,12 @@ async def _ingest_all(args: argparse.Namespace, files: list[Path]) -> list[Outco
                     outcomes.append(Outcome(path, "skipped", note="already ingested"))
                     progress.update(bar, completed=size or 1)
                 else:
-                    outcome = await _ingest_one(session, args, path, progress, bar, total, before)
+                    try:
+                        outcome = await _ingest_one(session, args, path, progress, bar, total, before)
+                    except aiohttp.ClientError as exc:
+                        if not outcomes:  # nothing answered yet: the gateway was never reached
+                            raise
+                        raise GatewayLost(path, exc) from None
                     outcomes.append(outcome)
                     if outcome.note:
                         progress.console.print(_shown(f"{path}: {outcome.status}: {outcome.note}"))
@@ -276,6 +296,8 @@ async def _ingest_one(
             if event.get("status") in _FINAL and "object" in event:
                 job = event
                 break
+    except aiohttp.ClientError as exc:  # it answered the upload, then went away
+        raise GatewayLost(path, exc) from None
     except (asyncio.CancelledError, KeyboardInterrupt):
         purge = "?purge=true" if args.purge_on_cancel else ""
         async with session.delete(f"/v1/memory/jobs/{job['id']}{purge}"):

@@ -573,3 +573,44 @@ def test_an_option_the_gateway_refuses_stops_the_run_at_the_first_file(
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"the gateway at {gw.url} refused {said}"), run.stderr
     assert "refused:" not in run.stdout and "memory ingest" not in run.stdout  # no per-file lines, no summary
+
+
+def test_the_cli_says_which_file_it_was_sending_when_the_gateway_went_away(
+    fake: Fake, tmp_path: Path
+) -> None:
+    """A gateway killed while it ran a file's job was reported as never reached: ``cannot reach
+    the gateway at URL: Response payload is not completed``."""
+    cwd = tmp_path / "gw"
+    cwd.mkdir()
+    policy = cwd / "policy.yaml"
+    policy.write_text(policy_text(fake.url, "ingest: {progress_interval_s: 0.2, embed_batch: 8}\n"))
+    process = start_gateway(policy, cwd)
+    try:
+        (tmp_path / "big.txt").write_text("\n\n".join(f"Paragraph {i} of a long file." for i in range(100000)))
+        command = ["memory", "ingest", str(tmp_path / "big.txt"), "--namespace", "lost", "--url", process.url]
+        run = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "COLUMNS": "200"},
+        )
+        deadline = time.monotonic() + 30
+        while True:  # its job runs: the command follows its events
+            status, jobs = call("GET", f"{process.url}/v1/memory/jobs?status=running")
+            if status == 200 and jobs["data"]:
+                break
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+            time.sleep(0.02)
+        process.signal(signal.SIGKILL)
+        out, err = run.communicate(timeout=30)
+    finally:
+        process.stop()
+    assert run.returncode == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(
+        f"lost the gateway at {process.url} while ingesting {tmp_path / 'big.txt'}: "
+    ), lines
+    assert lines[0].endswith("(a job it started shows interrupted there: run again with --resume)"), lines
