@@ -586,7 +586,9 @@ def test_the_cli_says_which_file_it_was_sending_when_the_gateway_went_away(
     policy.write_text(policy_text(fake.url, "ingest: {progress_interval_s: 0.2, embed_batch: 8}\n"))
     process = start_gateway(policy, cwd)
     try:
-        (tmp_path / "big.txt").write_text("\n\n".join(f"Paragraph {i} of a long file." for i in range(100000)))
+        (tmp_path / "big.txt").write_text(
+            "\n\n".join(f"Paragraph {i} of a long file." for i in range(100000))
+        )
         command = ["memory", "ingest", str(tmp_path / "big.txt"), "--namespace", "lost", "--url", process.url]
         run = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", *command],
