@@ -33,17 +33,18 @@ async def upload(request: web.Request) -> web.Response:
     access = memory_access_of(caller)
     ingest = _ingest(request)
     await _admit(request, caller)  # before the file is read
-    form = await read_upload(request, ingest, access)
+
+    def before_the_file(fields: dict[str, str]) -> None:
+        """The fields sent before the file, checked before it is read (a 1 GiB upload with a typo
+        in ``metadata`` was read and spooled whole, then refused); a ``namespace`` still to
+        come stands in as valid."""
+        _options({"namespace": "_", **fields}, ingest)
+
+    form = await read_upload(request, ingest, access, before_the_file)
     try:
-        given = _parse(MemoryFileIn, dict(form.fields))
-        chunking = ChunkOptions(
-            given.chunk_chars or ingest.config.chunk_chars,
-            ingest.config.overlap_chars if given.overlap_chars is None else given.overlap_chars,
-        )
-    except (GatewayError, ValueError) as exc:
+        given, chunking = _options(form.fields, ingest)
+    except GatewayError:
         await ingest.discard(form.spooled)
-        if isinstance(exc, ValueError):
-            raise InvalidRequest(f"Invalid chunking: {exc}.", param="chunk_chars") from None
         raise
     options = JobOptions(
         namespace=given.namespace,
@@ -62,6 +63,19 @@ async def upload(request: web.Request) -> web.Response:
         await ingest.discard(form.spooled)
         raise
     return json_response(orjson.dumps(job.to_json()), status=202)
+
+
+def _options(fields: dict[str, str], ingest: IngestService) -> tuple[MemoryFileIn, ChunkOptions]:
+    """The form's fields as the job's options (400 naming the field that is not)."""
+    given = _parse(MemoryFileIn, dict(fields))
+    try:
+        chunking = ChunkOptions(
+            given.chunk_chars or ingest.config.chunk_chars,
+            ingest.config.overlap_chars if given.overlap_chars is None else given.overlap_chars,
+        )
+    except ValueError as exc:
+        raise InvalidRequest(f"Invalid chunking: {exc}.", param="chunk_chars") from None
+    return given, chunking
 
 
 async def read_job(request: web.Request) -> web.Response:

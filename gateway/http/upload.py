@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -53,10 +53,16 @@ class Upload:
     spooled: Spooled
 
 
-async def read_upload(request: web.Request, ingest: IngestService, access: MemoryAccess | None) -> Upload:
+async def read_upload(
+    request: web.Request,
+    ingest: IngestService,
+    access: MemoryAccess | None,
+    before_the_file: Callable[[dict[str, str]], None] | None = None,
+) -> Upload:
     """The upload of ``request``, its file spooled; the client's error otherwise (415 not a
     form or a file type the gateway cannot read, 413, 408, 403 a namespace it may not write,
-    400 a malformed form; 507 no room in the spool)."""
+    400 a malformed form; 507 no room in the spool). ``before_the_file`` checks the fields sent
+    before the file part, when it begins (its error before a byte of the file is read)."""
     if request.content_type != "multipart/form-data":
         raise UnsupportedMediaType(
             request.content_type,
@@ -117,6 +123,8 @@ async def read_upload(request: web.Request, ingest: IngestService, access: Memor
             fmt = format_of(filename, fields.get("format"))
             if fmt is None:
                 raise _unsupported(filename, fields.get("format"))
+            if before_the_file is not None:
+                before_the_file(fields)
             if "namespace" in fields:  # before reading the file: a refusal costs nothing
                 ingest.check_writable(fields["namespace"], access)
             try:

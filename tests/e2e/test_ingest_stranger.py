@@ -6,6 +6,7 @@ asserts the status, the OpenAI error envelope and that the spool is left empty."
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import io
 import json
@@ -329,6 +330,56 @@ def test_a_jsonl_file_in_utf16_fails_saying_it_must_be_utf8(
         == f"a .jsonl file is read as UTF-8, and this one starts with a {named} byte-order mark: save it as UTF-8"
     )
     assert job["errors_count"] == 0, job
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("metadata", b"{not json", "metadata"),
+        ("chunk_chars", b"10", "chunk_chars"),
+        ("namespace", b"a b", "namespace"),
+    ],
+)
+def test_a_bad_field_before_the_file_is_refused_before_the_file_is_read(
+    gw: Gw, field: str, value: bytes, param: str
+) -> None:
+    """A bad field sent before the file was refused only once the whole file had been read and
+    spooled (a 1 GiB upload with a typo in ``metadata`` cost its upload). The body here declares
+    50 MB and sends its file 64 KB at a time: the answer comes after the first few (aiohttp reads
+    a field's end only once bytes after it arrive, so not before the file has begun)."""
+    fields = (part(field, value),) if field == "namespace" else (ns("early"), part(field, value))
+    head = form(*fields)[: -len(f"--{BOUNDARY}--\r\n")]
+    head += (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n\r\n'.encode()
+    )
+    sent, answer = 0, b""
+    with socket.create_connection((gw.host, gw.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /v1/memory/files HTTP/1.1\r\nHost: x\r\nContent-Length: {50_000_000}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n".encode()
+            + head
+        )
+        sock.setblocking(False)
+        deadline = time.monotonic() + 10
+        while not (b"\r\n\r\n" in answer and answer.rstrip().endswith(b"}")):
+            assert time.monotonic() < deadline, f"no answer after {sent} bytes of the file"
+            if sent < 8_000_000:  # the file goes on coming, as a real upload's does
+                with contextlib.suppress(BlockingIOError):
+                    sent += sock.send(b"text " * 13_107)
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                time.sleep(0.005)
+                continue
+            if not data:
+                break
+            answer += data
+    assert sent < 2_000_000, sent  # refused within the first MiB or so, not after 50 MB
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 400 "), answer[:300]
+    body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert_error(400, body, 400, param)
+    assert gw.spooled() == []
 
 
 # ----- the job routes
