@@ -382,7 +382,7 @@ def test_the_script_brings_redis_up_and_hands_it_to_the_tests(
     url = f"redis://127.0.0.1:{redis_port}/0"
     assert run.log[-2:] == [
         f"-m pip install --quiet --disable-pip-version-check -e .[test,tracing] | REDIS_URL={url}",
-        f"-m pytest -q -p no:cacheprovider tests/unit | REDIS_URL={url}",
+        f"-m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/unit | REDIS_URL={url}",
     ]
 
 
@@ -391,7 +391,9 @@ def test_a_running_redis_is_used_as_it_is(tmp_path: Path) -> None:
         run = run_script(tmp_path, "tests/unit", port=server.port)
         assert run.result.returncode == 0, run.result.stderr
         assert "started" not in run.result.stderr
-        assert run.log[-1] == f"-m pytest -q -p no:cacheprovider tests/unit | REDIS_URL={server.url}"
+        assert run.log[-1] == (
+            f"-m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/unit | REDIS_URL={server.url}"
+        )
 
 
 def test_serve_script_installs_into_its_venv_and_passes_its_arguments(tmp_path: Path) -> None:

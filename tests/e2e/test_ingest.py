@@ -39,13 +39,13 @@ def gateway(fake: Fake, cwd: Path, ingest: str = "") -> ManagedProcess:
     return start_gateway(policy, cwd)
 
 
-def cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, timeout_s: float = 60, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", "memory", "ingest", *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,
-        cwd=REPO,
+        cwd=cwd,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "COLUMNS": "120"},
     )
 
@@ -99,8 +99,19 @@ def test_the_cli_uploads_a_folder_with_progress_bars_and_resume_skips_what_is_do
     process = gateway(fake, tmp_path)
     try:
         url = process.url
+        # The folder by a short relative path: a file's line (path, outcome, first error) fits the
+        # 120 columns however deep the test's temporary directory is.
         run = cli(
-            str(folder), "--namespace", "kb", "--url", url, "--exclude", "skip-*", "--data-source", "cli"
+            "corpus",
+            "--namespace",
+            "kb",
+            "--url",
+            url,
+            "--exclude",
+            "skip-*",
+            "--data-source",
+            "cli",
+            cwd=tmp_path,
         )
         assert run.returncode == 0, run.stdout + run.stderr
         out = run.stdout
@@ -119,7 +130,9 @@ def test_the_cli_uploads_a_folder_with_progress_bars_and_resume_skips_what_is_do
         created = sum(j["memories_created"] for j in jobs["data"])
         calls = fake.embedding_calls()
 
-        again = cli(str(folder), "--namespace", "kb", "--url", url, "--exclude", "skip-*", "--resume")
+        again = cli(
+            "corpus", "--namespace", "kb", "--url", url, "--exclude", "skip-*", "--resume", cwd=tmp_path
+        )
         assert again.returncode == 0, again.stdout + again.stderr
         assert again.stdout.count("skipped") == 3 and "0 memories created" in again.stdout
         assert fake.embedding_calls() == calls
