@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,9 +17,13 @@ from gateway.workers import RUN_DIR_PREFIX, claim_run_dir, sweep_stale_run_dirs
 
 
 @pytest.fixture
-def tmpdir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(workers.tempfile, "tempdir", str(tmp_path))  # where mkdtemp makes them
-    return tmp_path
+def tmpdir_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    # Where mkdtemp makes them: a short directory of the test's own (under a deep one, as
+    # pytest's may be, the sets' directories go to /tmp: workers.run_parent).
+    short = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
+    monkeypatch.setattr(workers.tempfile, "tempdir", str(short))
+    yield short
+    shutil.rmtree(short, ignore_errors=True)
 
 
 def test_only_the_directories_of_sets_that_are_gone_are_swept(tmpdir_env: Path) -> None:
