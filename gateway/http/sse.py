@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -24,6 +24,10 @@ from gateway.service.streams import AnswerStream
 from gateway.wire.sse import DONE, encode
 
 log = logging.getLogger("gateway.sse")
+
+# A write waits on the client only once the connection's unsent bytes pass the transport's
+# high-water mark (asyncio and uvloop: 64 KiB). With none unsent, a chunk under this cannot.
+_BUFFERED = 16 * 1024
 
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -45,6 +49,28 @@ def _failure_fields(request_id: str, error: GatewayError) -> dict[str, str]:
     return {"request_id": request_id, "error": error.message}
 
 
+async def _within(request: web.Request, write: Awaitable[None]) -> None:
+    """``write`` to a client whose connection already holds unsent bytes; if it reads none of
+    them for ``server.response_write_timeout_s``, close its connection (ConnectionResetError, as
+    for a client that left; aiohttp then cancels the handler): closing the stream closes the
+    provider request. Without it a client that stopped reading (its TCP window full) held its
+    handler, its provider connection and the buffered answer for as long as it kept the socket
+    open, past the provider's ``total_s`` and through a drain."""
+    stall_s = request.app[keys.POLICY].server.response_write_timeout_s
+    try:
+        async with asyncio.timeout(stall_s):
+            await write
+    except TimeoutError:
+        log.info(
+            "client stopped reading: connection closed",
+            extra={"fields": {"request_id": request[keys.REQUEST_ID], "stalled_s": stall_s}},
+        )
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        raise ConnectionResetError("the client read nothing for response_write_timeout_s") from None
+
+
 def error_event(error: GatewayError) -> bytes:
     """An SSE event carrying ``error`` in OpenAI's envelope, followed by ``[DONE]``."""
     return encode(error.body()) + DONE
@@ -64,12 +90,18 @@ async def send_stream(
     call.streaming = True
     try:
         await response.prepare(request)
+        transport = request.transport
         async for chunk in stream:
-            await response.write(chunk)
+            if transport is not None and (transport.get_write_buffer_size() or len(chunk) >= _BUFFERED):
+                # The client is behind, or this chunk may fill its window: the write may wait on
+                # the client, within the policy's bound.
+                await _within(request, response.write(chunk))
+            else:
+                await response.write(chunk)
     except GatewayError as error:
         log.warning("stream failed after first byte", extra={"fields": _failure_fields(request_id, error)})
         try:
-            await response.write(error_event(error))
+            await _within(request, response.write(error_event(error)))
         except ConnectionResetError:
             return response
     except ConnectionResetError:
@@ -85,7 +117,7 @@ async def send_stream(
         log.warning("stream cut by the drain", extra={"fields": {"request_id": request_id}})
         stream.drained()  # counted (reason draining) before ``aclose`` below books the rest
         try:
-            await response.write(error_event(draining_error()))
+            await _within(request, response.write(error_event(draining_error())))
         except ConnectionResetError:
             return response
     finally:
@@ -94,8 +126,12 @@ async def send_stream(
     # stream was delivered. Unguarded, that race (a tracing test hit it in CI) turned a served
     # stream into an "unhandled error", a 500 in the metrics and the access log. (A try, not
     # ``contextlib.suppress``: that is three Python calls per stream.)
-    try:  # noqa: SIM105
-        await response.write_eof()
+    try:
+        transport = request.transport
+        if transport is not None and transport.get_write_buffer_size():
+            await _within(request, response.write_eof())
+        else:
+            await response.write_eof()
     except ConnectionResetError:
         pass
     return response

@@ -931,6 +931,14 @@ class Server(_Strict):
             "again, its body (then 408 and the connection is closed)."
         ),
     )
+    response_write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "How long a streamed answer may wait on a client that reads none of it (its TCP window "
+            "full) before the connection is closed, and the provider request with it (a 499)."
+        ),
+    )
     health_interval_s: DurationS = Field(
         5.0,
         description=(

@@ -1,0 +1,550 @@
+"""Resource leaks under client and upstream faults, read from outside a running gateway (h-leaks).
+
+One real gateway process (embedded cache, memory and keys; ``tests.e2e.tasks_serve`` adds a
+``/_test/state`` route for what it does not export: its asyncio tasks and the cache's single
+flights) over real fake providers, an OpenAI one and an Anthropic one whose faults are set per
+test (``POST /_fake/faults``), an upstream that sends half an SSE event and closes, and a port
+that refuses. Clients are raw sockets, so they can leave at any byte: before the answer, after
+their headers, half way through an upload, mid-stream, or stop reading and keep the socket.
+
+Each case drives a few hundred requests, then polls (with a deadline) until the gateway is idle
+and compares it with the baseline taken after a warm-up of every case: its file descriptors
+other than pooled provider connections, client connections, asyncio tasks, the requests in
+flight gauge, each deployment's in-flight count (``/admin/models``), single flights and claim
+releases, memory store connections in use must all be back exactly. Pooled provider
+connections are bounded by the case's concurrency (they idle out after 30 s) and threads by
+the default executor's bound. The module ends with a SIGTERM that must drain and exit promptly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import textwrap
+import threading
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from gateway.testing.process import ManagedProcess, free_port, start
+from tests.e2e.conftest import start_fakes
+
+HEALTHY: dict[str, object] = {
+    "latency_ms": 0,
+    "hang_rate": 0,
+    "reset_rate": 0,
+    "disconnect_rate": 0,
+    "tokens_per_s": 0,
+    "reply": None,
+}
+CONCURRENCY = 50
+WRITE_TIMEOUT_S = 1.0  # the gateway's server.response_write_timeout_s here
+EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor bound
+LONG_REPLY = " ".join(["word"] * 30000)  # a stream of ~3 MB: far more than socket buffers hold
+
+
+class PartialEventUpstream:
+    """OpenAI-compatible chat whose stream sends one whole event and half of the next, then closes."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                event = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "p",
+                         "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]}  # fmt: skip
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(b"data: " + json.dumps(event).encode() + b'\n\ndata: {"id": "c", "obj')
+                self.wfile.flush()
+                self.close_connection = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Leaks:
+    gateway: ManagedProcess
+    fakes: dict[str, ManagedProcess]
+    upstream_ports: set[int]
+    baseline: dict[str, Any]
+
+    @property
+    def port(self) -> int:
+        return int(self.gateway.url.rsplit(":", 1)[1])
+
+    def faults(self, fake: str, **changes: object) -> None:
+        _post_json(self.fakes[fake].url + "/_fake/faults", changes)
+
+    def state(self) -> dict[str, Any]:
+        """What must come back to idle: read from /proc, the metrics, /admin/models, /_test/state."""
+        pid = self.gateway.popen.pid
+        sockets: set[str] = set()
+        fds = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue  # closed meanwhile
+            fds += 1
+            if target.startswith("socket:["):
+                sockets.add(target[8:-1])
+        upstream = clients = 0
+        with open(f"/proc/{pid}/net/tcp") as table:
+            for line in table.read().splitlines()[1:]:
+                cols = line.split()
+                if cols[9] not in sockets:
+                    continue
+                local, remote = int(cols[1].split(":")[1], 16), int(cols[2].split(":")[1], 16)
+                if remote in self.upstream_ports:
+                    upstream += 1
+                elif local == self.port and cols[3] != "0A":  # 0A: the listening socket
+                    clients += 1
+        with open(f"/proc/{pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status.read().splitlines() if ":" in line)
+        metrics = _get(self.gateway.url + "/metrics").decode()
+        # The scrape is itself a request in flight; so is /_test/state's, in its task count.
+        in_flight = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("gateway_requests_in_flight ")
+        )
+        pool_in_use = [line for line in metrics.splitlines() if line.startswith("gateway_memory_pool_in_use")]
+        models = json.loads(_get(self.gateway.url + "/admin/models"))
+        return {
+            "other_fds": fds - upstream,
+            "client_connections": clients,
+            "in_flight": in_flight,
+            "deployments_in_flight": sum(_in_flight(models)),
+            "memory_pool_in_use": pool_in_use,
+            **json.loads(_get(self.gateway.url + "/_test/state")),
+            "upstream_connections": upstream,
+            "threads": int(fields["Threads"]),
+            "rss_kb": int(fields["VmRSS"].split()[0]),
+        }
+
+    def settled(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """The state once it is back to the baseline, or the last one read at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = self.state()
+            if _idle(now, self.baseline) or time.monotonic() > deadline:
+                return now
+            time.sleep(0.05)
+
+
+def _idle(now: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    exact = ("other_fds", "client_connections", "in_flight", "deployments_in_flight", "memory_pool_in_use",
+             "tasks", "flights", "releases")  # fmt: skip
+    return (
+        all(now[k] == baseline[k] for k in exact)
+        and now["upstream_connections"] <= baseline["upstream_connections"] + CONCURRENCY
+        and now["threads"] <= baseline["threads"] + EXECUTOR_THREADS
+    )
+
+
+def _in_flight(value: object) -> Iterator[int]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "in_flight" and isinstance(item, int):
+                yield item
+            elif key != "peers":
+                yield from _in_flight(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _in_flight(item)
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body: bytes = response.read()
+        return body
+
+
+def _post_json(url: str, body: object, headers: dict[str, str] | None = None) -> bytes:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: bytes = response.read()
+        return answer
+
+
+def _http_post(path: str, body: object, extra_headers: str = "") -> bytes:
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n{extra_headers}\r\n"
+    )
+    return head.encode() + data
+
+
+async def _client(
+    port: int,
+    data: bytes,
+    *,
+    leave_after_s: float = 0.0,
+    read_bytes: int = 0,
+    pieces_every_s: float | None = None,
+) -> None:
+    """One raw client: sends ``data`` (in 300-byte pieces every ``pieces_every_s``, all but the
+    last: an upload that stops), reads ``read_bytes`` of the answer (or to its end), waits
+    ``leave_after_s``, and closes."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        if pieces_every_s is None:
+            await loop.sock_sendall(sock, data)
+        else:
+            for at in range(0, len(data) - 300, 300):
+                await loop.sock_sendall(sock, data[at : at + 300])
+                await asyncio.sleep(pieces_every_s)
+        got = 0
+        async with asyncio.timeout(10):
+            while got < read_bytes:
+                received = await loop.sock_recv(sock, 65536)
+                if not received:
+                    break
+                got += len(received)
+        if leave_after_s:
+            await asyncio.sleep(leave_after_s)
+    finally:
+        sock.close()
+
+
+async def _many(count: int, one: Callable[[int], Awaitable[None]]) -> None:
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def run(i: int) -> None:
+        async with gate:
+            await one(i)
+
+    await asyncio.gather(*(run(i) for i in range(count)))
+
+
+def _chat(i: object, **extra: object) -> dict[str, object]:
+    return {"model": "chat", "messages": [{"role": "user", "content": f"hello {i}"}], **extra}
+
+
+Case = Callable[[Leaks, int], Awaitable[None]]
+CASES: dict[str, Case] = {}
+
+
+def case(fn: Case) -> Case:
+    CASES[fn.__name__] = fn
+    return fn
+
+
+@case
+async def client_leaves_before_the_upstream_answers(s: Leaks, n: int) -> None:
+    s.faults("up", latency_ms=200)
+    await _many(
+        n, lambda i: _client(s.port, _http_post("/v1/chat/completions", _chat(i)), leave_after_s=0.03)
+    )
+
+
+@case
+async def client_leaves_right_after_its_headers(s: Leaks, n: int) -> None:
+    def head(i: int) -> bytes:
+        return _http_post("/v1/chat/completions", _chat(i)).split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+
+    await _many(n, lambda i: _client(s.port, head(i), leave_after_s=0.02))
+
+
+@case
+async def client_leaves_during_a_slow_upload(s: Leaks, n: int) -> None:
+    await _many(
+        n,
+        lambda i: _client(
+            s.port, _http_post("/v1/chat/completions", _chat(i, pad="x" * 1500)), pieces_every_s=0.01
+        ),
+    )
+
+
+@case
+async def client_leaves_mid_stream(s: Leaks, n: int) -> None:
+    s.faults("up", tokens_per_s=50, reply=" ".join(["w"] * 40))
+    await _many(
+        n,
+        lambda i: _client(s.port, _http_post("/v1/chat/completions", _chat(i, stream=True)), read_bytes=600),
+    )
+
+
+@case
+async def client_leaves_while_the_upstream_hangs(s: Leaks, n: int) -> None:
+    s.faults("up", hang_rate=1)
+    await _many(
+        n, lambda i: _client(s.port, _http_post("/v1/chat/completions", _chat(i)), leave_after_s=0.05)
+    )
+
+
+@case
+async def upstream_resets_the_connection(s: Leaks, n: int) -> None:
+    s.faults("up", reset_rate=1)
+    await _many(
+        n, lambda i: _client(s.port, _http_post("/v1/chat/completions", _chat(i)), read_bytes=1 << 20)
+    )
+
+
+@case
+async def upstream_cuts_the_stream(s: Leaks, n: int) -> None:
+    s.faults("up", disconnect_rate=1, tokens_per_s=500, reply="a b c d e f")
+    await _many(
+        n,
+        lambda i: _client(
+            s.port, _http_post("/v1/chat/completions", _chat(i, stream=True)), read_bytes=1 << 20
+        ),
+    )
+
+
+@case
+async def upstream_sends_half_an_event_and_closes(s: Leaks, n: int) -> None:
+    body = _chat(0, stream=True, model="partial")
+    await _many(n, lambda i: _client(s.port, _http_post("/v1/chat/completions", body), read_bytes=1 << 20))
+
+
+@case
+async def client_leaves_a_slow_chunk_by_chunk_upstream(s: Leaks, n: int) -> None:
+    s.faults("up", tokens_per_s=5, reply="a b c d e f g h")
+    await _many(
+        n,
+        lambda i: _client(s.port, _http_post("/v1/chat/completions", _chat(i, stream=True)), read_bytes=400),
+    )
+
+
+@case
+async def upstream_refuses_connections(s: Leaks, n: int) -> None:
+    await _many(
+        n,
+        lambda i: _client(
+            s.port, _http_post("/v1/chat/completions", _chat(i, model="refused")), read_bytes=1 << 20
+        ),
+    )
+
+
+@case
+async def single_flight_leader_leaves_while_followers_wait(s: Leaks, n: int) -> None:
+    s.faults("up", latency_ms=200)
+
+    async def one(i: int) -> None:
+        body = _http_post(
+            "/v1/chat/completions", _chat(f"sf {time.monotonic_ns() // 10**9} {i // 5}", temperature=0)
+        )
+        if i % 5 == 0:  # the leader leaves; of its followers, some leave too, some wait for the answer
+            await _client(s.port, body, leave_after_s=0.03)
+        else:
+            await asyncio.sleep(0.005)
+            await _client(
+                s.port, body, read_bytes=1 << 20 if i % 2 else 0, leave_after_s=0.0 if i % 2 else 0.05
+            )
+
+    await _many(n, one)
+
+
+@case
+async def client_leaves_a_memory_augmented_chat(s: Leaks, n: int) -> None:
+    s.faults("up", latency_ms=100)
+
+    async def one(i: int) -> None:
+        body = _http_post("/v1/chat/completions", _chat(i), "x-gateway-memory: kb\r\n")
+        await _client(s.port, body, leave_after_s=0.01 * (i % 15))
+
+    await _many(n, one)
+
+
+@case
+async def client_leaves_memory_api_calls(s: Leaks, n: int) -> None:
+    s.faults("up", latency_ms=100)
+
+    async def one(i: int) -> None:
+        if i % 2:
+            body = _http_post("/v1/memory/search", {"namespace": "kb", "query": f"turbine {i}"})
+        else:
+            body = _http_post("/v1/memory", {"memories": [{"namespace": "kb", "content": f"fact {i}"}]})
+        await _client(s.port, body, leave_after_s=0.01 * (i % 15))
+
+    await _many(n, one)
+
+
+@case
+async def client_cuts_a_messages_stream(s: Leaks, n: int) -> None:
+    s.faults("claude", tokens_per_s=50, reply=" ".join(["w"] * 40))
+    body = {
+        "model": "claude",
+        "max_tokens": 50,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    await _many(n, lambda i: _client(s.port, _http_post("/v1/messages", body), read_bytes=900))
+
+
+@case
+async def client_cuts_a_responses_stream(s: Leaks, n: int) -> None:
+    s.faults("up", tokens_per_s=50, reply=" ".join(["w"] * 40))
+    s.faults("claude", tokens_per_s=50, reply=" ".join(["w"] * 40))
+
+    def body(i: int) -> bytes:
+        return _http_post(
+            "/v1/responses", {"model": ("chat", "claude")[i % 2], "stream": True, "input": "hi"}
+        )
+
+    await _many(n, lambda i: _client(s.port, body(i), read_bytes=1500))
+
+
+def _policy(fakes: dict[str, ManagedProcess], partial_port: int, refused_port: int) -> str:
+    up, claude = fakes["up"].url, fakes["claude"].url
+    return textwrap.dedent(
+        f"""\
+        version: 1
+        auth: {{mode: open}}
+        server: {{drain_grace_s: 2, response_write_timeout_s: {WRITE_TIMEOUT_S}}}
+        breaker: {{consecutive_failures: 1000000, min_requests: 1000000}}
+        retry: {{max_attempts: 1}}
+        cache:
+          default_category: common_queries
+          categories: {{common_queries: {{ttl_s: 600, max_bytes: 10MB}}}}
+        providers:
+          up: {{kind: openai, base_url: "{up}/v1", timeouts: {{connect_s: 1, first_byte_s: 3, total_s: 5}}}}
+          claude: {{kind: anthropic, base_url: "{claude}/v1", timeouts: {{connect_s: 1, first_byte_s: 3, total_s: 5}}}}
+          partial: {{kind: openai, base_url: "http://127.0.0.1:{partial_port}/v1"}}
+          refused: {{kind: openai, base_url: "http://127.0.0.1:{refused_port}/v1", timeouts: {{connect_s: 1}}}}
+        models:
+          chat: {{deployments: [{{provider: up, model: up-chat}}]}}
+          claude: {{deployments: [{{provider: claude, model: claude-up}}]}}
+          partial: {{deployments: [{{provider: partial, model: half}}]}}
+          refused: {{deployments: [{{provider: refused, model: none}}]}}
+          embed: {{deployments: [{{provider: up, model: up-embed}}]}}
+        memory: {{embedding_model: embed}}
+        """
+    )
+
+
+@pytest.fixture(scope="module")
+def leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Leaks]:
+    fakes = start_fakes({"up": [], "claude": ["--flavor", "anthropic"]})
+    partial = PartialEventUpstream()
+    refused = free_port()
+    policy = tmp_path_factory.mktemp("leaks") / "policy.yaml"
+    policy.write_text(_policy(fakes, partial.port, refused))
+    gateway = None
+    try:
+        gateway = start(
+            ["serve", "--policy", str(policy), "--port", "0"],
+            module="tests.e2e.tasks_serve",
+            env={"SOPHIA_LOG_FORMAT": "json"},
+        )
+        ports = {int(f.url.rsplit(":", 1)[1]) for f in fakes.values()} | {partial.port, refused}
+        s = Leaks(gateway, fakes, ports, {})
+        _post_json(
+            gateway.url + "/v1/memory",
+            {"memories": [{"namespace": "kb", "content": "the turbine inspection is in April"}]},
+        )
+        # Warm-up: every case once, so what a process opens once (database files, executor
+        # threads, the first pooled connection) is in the baseline, not counted as a leak.
+        for run in CASES.values():
+            asyncio.run(run(s, 10))
+            _reset(s)
+        s.baseline = _quiet(s)
+        yield s
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        for fake in fakes.values():
+            fake.stop()
+        partial.stop()
+
+
+def _quiet(s: Leaks, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The state once no request is left in flight and two reads in a row agree."""
+    deadline = time.monotonic() + timeout_s
+    last = s.state()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = s.state()
+        quiet = now["client_connections"] == 0 and now["deployments_in_flight"] == 0
+        if quiet and all(now[k] == last[k] for k in ("other_fds", "tasks", "in_flight", "threads")):
+            return now
+        last = now
+    raise AssertionError(f"the gateway never went quiet after the warm-up: {last}")
+
+
+def _reset(s: Leaks) -> None:
+    s.faults("up", **HEALTHY)
+    s.faults("claude", **HEALTHY)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_fault_leaves_nothing_behind(leaks: Leaks, name: str) -> None:
+    try:
+        asyncio.run(CASES[name](leaks, 200))
+    finally:
+        _reset(leaks)
+    after = leaks.settled()
+    assert _idle(after, leaks.baseline), f"{name}: {after} against the baseline {leaks.baseline}"
+
+
+def test_a_client_that_stops_reading_a_long_stream_is_let_go(leaks: Leaks) -> None:
+    """A client that asks for a long stream, reads none of it and keeps its socket open: the
+    gateway's writes wait on a full TCP window. Before, nothing bounded that wait: 20 such
+    clients held 20 handler tasks, 20 provider connections (past the provider's total_s of 5 s)
+    and their buffered answers for as long as they kept their sockets (30 s measured, no end).
+    Now each connection is closed once it has read nothing for response_write_timeout_s."""
+    leaks.faults("up", reply=LONG_REPLY)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(20):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", leaks.port))
+            sock.sendall(_http_post("/v1/chat/completions", _chat(0, stream=True)))
+            sockets.append(sock)
+        # The clients still hold their sockets: only the gateway can end these.
+        after = leaks.settled(timeout_s=WRITE_TIMEOUT_S + 8)
+        assert _idle(after, leaks.baseline), f"{after} against the baseline {leaks.baseline}"
+    finally:
+        for sock in sockets:
+            sock.close()
+        _reset(leaks)
+    assert _idle(leaks.settled(), leaks.baseline)
+
+
+def test_sigterm_drains_and_exits_promptly_after_the_faults(leaks: Leaks) -> None:
+    """Last (the module's order): the same gateway, after every case, with a stream still
+    running and a client that stopped reading, still drains and exits 0 within its grace."""
+    leaks.faults("up", reply=LONG_REPLY)
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", leaks.port))
+    stalled.sendall(_http_post("/v1/chat/completions", _chat(0, stream=True)))
+    try:
+        deadline = time.monotonic() + 5
+        while leaks.state()["deployments_in_flight"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        started = time.monotonic()
+        leaks.gateway.signal(signal.SIGTERM)
+        assert leaks.gateway.wait(timeout_s=10) == 0
+        assert time.monotonic() - started < 2 + 2  # drain_grace_s 2, plus the cut's half second
+    finally:
+        stalled.close()
