@@ -174,9 +174,12 @@ class IngestService:
         path = os.path.join(self.config.spool_dir, f"upload-{uuid.uuid4().hex}.part")
         digest = hashlib.sha256()
         size = 0
-        f = await self._create(path)
+        # The open as a task of its own, so that a cleanup after a cancel can wait for it: a
+        # client that leaves while the file is being opened must not leave it behind either.
+        opening = asyncio.ensure_future(asyncio.to_thread(open, path, "wb"))
         pending = bytearray()
         try:
+            f = await asyncio.shield(opening)
             async for block in chunks:
                 size += len(block)
                 if size > limit:
@@ -188,23 +191,20 @@ class IngestService:
             if pending:
                 await asyncio.to_thread(self.room.write, f, digest, bytes(pending))
         except BaseException:
-            await asyncio.to_thread(f.close)
-            await self._unspool(path)
+            # Shielded: the error is often the body's read failing as the client leaves, and
+            # aiohttp's cancel of the handler then lands on this cleanup's first await; unshielded,
+            # every such upload left its partial file in the spool until the next restart.
+            await asyncio.shield(self._drop(opening, path))
             raise
         await asyncio.to_thread(_close_and_measure, f, self.room)
         return Spooled(path, os.path.basename(file) or "upload", size, digest.hexdigest())
 
-    async def _create(self, path: str) -> Any:
-        """``path`` created and open for writing, on a thread; when the caller is cancelled
-        meanwhile (its client left), the file the thread still creates is deleted."""
-        opening = asyncio.get_running_loop().run_in_executor(None, open, path, "wb")  # submitted now
-        try:
-            return await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread((await opening).close)
-            await self._unspool(path)
-            raise
+    async def _drop(self, opening: asyncio.Future[Any], path: str) -> None:
+        """Close (once its open has finished) and delete an upload's partial spool file."""
+        with contextlib.suppress(OSError):
+            f = await opening
+            await asyncio.to_thread(f.close)
+        await self._unspool(path)
 
     async def discard(self, spooled: Spooled) -> None:
         """Delete a spooled upload that will not become a job (its form was refused)."""
