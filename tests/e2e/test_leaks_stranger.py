@@ -27,6 +27,7 @@ import textwrap
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -348,11 +349,13 @@ async def upstream_refuses_connections(s: Leaks, n: int) -> None:
 
 @case
 async def single_flight_leader_leaves_while_followers_wait(s: Leaks, n: int) -> None:
-    s.faults("up", latency_ms=200)
+    s.faults("up", latency_ms=200, tokens_per_s=50, reply="a b c d e f")
+    run = uuid.uuid4().hex  # keys no earlier run has cached
 
     async def one(i: int) -> None:
+        # Groups of five identical cacheable requests, whole and streamed by turns.
         body = _http_post(
-            "/v1/chat/completions", _chat(f"sf {time.monotonic_ns() // 10**9} {i // 5}", temperature=0)
+            "/v1/chat/completions", _chat(f"{run} {i // 5}", temperature=0, stream=bool(i // 5 % 2))
         )
         if i % 5 == 0:  # the leader leaves; of its followers, some leave too, some wait for the answer
             await _client(s.port, body, leave_after_s=0.03)
@@ -363,6 +366,12 @@ async def single_flight_leader_leaves_while_followers_wait(s: Leaks, n: int) -> 
             )
 
     await _many(n, one)
+
+
+@case
+async def upstream_hangs_past_the_first_byte_timeout(s: Leaks, n: int) -> None:
+    body = _http_post("/v1/chat/completions", _chat(0, model="hanging"))
+    await _many(n, lambda i: _client(s.port, body, read_bytes=1 << 20))
 
 
 @case
@@ -450,11 +459,13 @@ def _policy(fakes: dict[str, ManagedProcess], partial_port: int, refused_port: i
         providers:
           up: {{kind: openai, base_url: "{up}/v1", timeouts: {{connect_s: 1, first_byte_s: 3, total_s: 5}}}}
           claude: {{kind: anthropic, base_url: "{claude}/v1", timeouts: {{connect_s: 1, first_byte_s: 3, total_s: 5}}}}
+          hang: {{kind: openai, base_url: "{fakes["hang"].url}/v1", timeouts: {{first_byte_s: 0.3}}}}
           partial: {{kind: openai, base_url: "http://127.0.0.1:{partial_port}/v1"}}
           refused: {{kind: openai, base_url: "http://127.0.0.1:{refused_port}/v1", timeouts: {{connect_s: 1}}}}
         models:
           chat: {{deployments: [{{provider: up, model: up-chat}}]}}
           claude: {{deployments: [{{provider: claude, model: claude-up}}]}}
+          hanging: {{deployments: [{{provider: hang, model: never}}]}}
           partial: {{deployments: [{{provider: partial, model: half}}]}}
           refused: {{deployments: [{{provider: refused, model: none}}]}}
           embed: {{deployments: [{{provider: up, model: up-embed}}]}}
@@ -465,7 +476,7 @@ def _policy(fakes: dict[str, ManagedProcess], partial_port: int, refused_port: i
 
 @pytest.fixture(scope="module")
 def leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Leaks]:
-    fakes = start_fakes({"up": [], "claude": ["--flavor", "anthropic"]})
+    fakes = start_fakes({"up": [], "claude": ["--flavor", "anthropic"], "hang": ["--hang-rate", "1"]})
     partial = PartialEventUpstream()
     refused = free_port()
     policy = tmp_path_factory.mktemp("leaks") / "policy.yaml"
@@ -553,20 +564,43 @@ def test_a_client_that_stops_reading_a_long_stream_is_let_go(leaks: Leaks) -> No
 
 
 def test_sigterm_drains_and_exits_promptly_after_the_faults(leaks: Leaks) -> None:
-    """Last (the module's order): the same gateway, after every case, with a stream still
-    running and a client that stopped reading, still drains and exits 0 within its grace."""
+    """Last (the module's order): the same gateway, after every case, with a client that stopped
+    reading a long stream, a slow stream being sent, an upload half sent and a request whose
+    body never comes, still drains and exits 0 within its grace (2 s) and the drain's cut."""
     leaks.faults("up", reply=LONG_REPLY)
-    stalled = socket.socket()
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.connect(("127.0.0.1", leaks.port))
-    stalled.sendall(_http_post("/v1/chat/completions", _chat(0, stream=True)))
+    leaks.faults("claude", tokens_per_s=2, reply=" ".join(["w"] * 100))
+    messages = {
+        "model": "claude",
+        "max_tokens": 50,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    upload = (
+        b"POST /v1/memory/files HTTP/1.1\r\nHost: gateway\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\nsome text'
+    )
+    sends = [
+        _http_post("/v1/chat/completions", _chat(0, stream=True)),
+        _http_post("/v1/messages", messages),
+        upload,
+        _http_post("/v1/chat/completions", _chat(1)).split(b"\r\n\r\n")[0] + b"\r\n\r\n",
+    ]
+    sockets = []
     try:
+        for data in sends:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", leaks.port))
+            sock.sendall(data)
+            sockets.append(sock)
         deadline = time.monotonic() + 5
-        while leaks.state()["deployments_in_flight"] < 1 and time.monotonic() < deadline:
+        while leaks.state()["deployments_in_flight"] < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
         started = time.monotonic()
         leaks.gateway.signal(signal.SIGTERM)
         assert leaks.gateway.wait(timeout_s=10) == 0
         assert time.monotonic() - started < 2 + 2  # drain_grace_s 2, plus the cut's half second
     finally:
-        stalled.close()
+        for sock in sockets:
+            sock.close()
