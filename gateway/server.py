@@ -124,6 +124,7 @@ async def _serve(
         # 1.7 s of CPU and +116 MB); ``read_json`` and uploads refuse compressed bodies (415).
         auto_decompress=False,
         request_read_timeout_s=server.request_read_timeout_s,
+        response_write_timeout_s=server.response_write_timeout_s,
         # Draining the unread body of a refused request (so the client reads the answer, not a
         # reset) is reading the request too: bounded by the same timeout (aiohttp: 10 s).
         lingering_time=min(10.0, server.request_read_timeout_s),

@@ -43,6 +43,9 @@ log = logging.getLogger("gateway.http")
 # At the end of the drain grace, how long a request the drain cancels has to end its answer (a
 # stream's error event, a whole answer's 503) before its connection is closed.
 DRAIN_CUT_S = 0.5
+# ``server.response_write_timeout_s``'s default (the policy's; this is for callers without one).
+DEFAULT_WRITE_TIMEOUT_S = 30.0
+_SMALL_BODY = 16 * 1024
 _MAX_DETAIL_CHARS = 200
 # A request line under Anthropic's door, the last one in a chunk (pipelined requests come first).
 _ANTHROPIC_LINE = re.compile(
@@ -53,11 +56,19 @@ _ANTHROPIC_LINE = re.compile(
 class GatewayRequestHandler(RequestHandler):
     """aiohttp's connection handler with a request-read deadline and OpenAI-format protocol errors."""
 
-    __slots__ = ("_last_data", "_read_deadline", "_read_timeout_s")
+    __slots__ = ("_last_data", "_read_deadline", "_read_timeout_s", "_write_timeout_s")
 
-    def __init__(self, manager: web.Server, *, request_read_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        request_read_timeout_s: float,
+        response_write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._read_timeout_s = request_read_timeout_s
+        self._write_timeout_s = response_write_timeout_s
         self._read_deadline: asyncio.TimerHandle | None = None
         # The bytes last received (a reference, no copy): a request aiohttp cannot parse reaches
         # ``handle_error`` without its path, and these show whether it was for Anthropic's door.
@@ -103,6 +114,35 @@ class GatewayRequestHandler(RequestHandler):
                     task.cancel()  # the handler tells this cut from a client leaving: ``middleware.draining_cut``
             timeout = DRAIN_CUT_S
         await super().shutdown(timeout)
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """aiohttp's (write the response, or its end), bounded by ``response_write_timeout_s``
+        when it may wait on the client: a whole answer that a client never reads (its TCP window
+        full, its socket open) held the handler's task, the connection and the answer's unsent
+        bytes for as long as the client kept the socket, out of ``gateway_requests_in_flight``
+        (5 answers of 8 MB: +5 tasks, +89 MB resident); and aiohttp's close of a connection waits
+        for its unsent bytes. A body of a few KiB to a connection with nothing unsent cannot
+        wait: no timer then."""
+        transport = self.transport
+        if transport is None or (not transport.get_write_buffer_size() and _small(resp)):
+            finished = await super().finish_response(request, resp, start_time)
+        else:
+            try:
+                async with asyncio.timeout(self._write_timeout_s):
+                    finished = await super().finish_response(request, resp, start_time)
+            except TimeoutError:
+                _let_go(transport, self._write_timeout_s)
+                return resp, True
+        if transport is not None and (unsent := transport.get_write_buffer_size()):
+            # Written, but not all sent: the bytes wait in the transport, and a closed or kept-alive
+            # connection keeps them (and its socket) until the client reads them. Watched, so a
+            # client that reads none of them for the timeout is let go.
+            self._loop.call_later(
+                self._write_timeout_s, _watch_unsent, transport, self._write_timeout_s, unsent
+            )
+        return finished
 
     def handle_error(
         self,
@@ -163,13 +203,25 @@ class GatewayRequestHandler(RequestHandler):
 class GatewayServer(web.Server):
     """aiohttp's low-level server, making a ``GatewayRequestHandler`` per connection."""
 
-    def __init__(self, handler: Any, *, request_read_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        request_read_timeout_s: float,
+        response_write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.request_read_timeout_s = request_read_timeout_s
+        self.response_write_timeout_s = response_write_timeout_s
 
     def __call__(self) -> RequestHandler:
         return GatewayRequestHandler(
-            self, loop=self._loop, request_read_timeout_s=self.request_read_timeout_s, **self._kwargs
+            self,
+            loop=self._loop,
+            request_read_timeout_s=self.request_read_timeout_s,
+            response_write_timeout_s=self.response_write_timeout_s,
+            **self._kwargs,
         )
 
 
@@ -177,11 +229,19 @@ class GatewayRunner(web.AppRunner):
     """``web.AppRunner`` whose server is a ``GatewayServer``; other arguments are AppRunner's
     (``keepalive_timeout``, ``lingering_time``... go to every connection's handler)."""
 
-    __slots__ = ("_request_read_timeout_s",)
+    __slots__ = ("_request_read_timeout_s", "_response_write_timeout_s")
 
-    def __init__(self, app: web.Application, *, request_read_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        request_read_timeout_s: float,
+        response_write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self._request_read_timeout_s = request_read_timeout_s
+        self._response_write_timeout_s = response_write_timeout_s
 
     async def _make_server(self) -> web.Server:
         # AppRunner's own: runs the app's start-up and builds aiohttp's server with the handler
@@ -193,8 +253,37 @@ class GatewayRunner(web.AppRunner):
             handler_cancellation=plain.handler_cancellation,
             loop=asyncio.get_running_loop(),
             request_read_timeout_s=self._request_read_timeout_s,
+            response_write_timeout_s=self._response_write_timeout_s,
             **plain._kwargs,
         )
+
+
+def _watch_unsent(transport: asyncio.Transport, timeout_s: float, before: int) -> None:
+    """``timeout_s`` after ``transport`` held ``before`` unsent bytes: all sent, nothing to do;
+    fewer, look again later; as many or more (the client read none), close it (abort: a close
+    waits for the bytes)."""
+    unsent = transport.get_write_buffer_size()
+    if not unsent:
+        return
+    if unsent >= before:
+        _let_go(transport, timeout_s)
+        return
+    asyncio.get_running_loop().call_later(timeout_s, _watch_unsent, transport, timeout_s, unsent)
+
+
+def _let_go(transport: asyncio.Transport, timeout_s: float) -> None:
+    log.info("client stopped reading: connection closed", extra={"fields": {"stalled_s": timeout_s}})
+    transport.abort()
+
+
+def _small(resp: web.StreamResponse) -> bool:
+    """Whether finishing ``resp`` cannot wait on a client whose connection has nothing unsent: a
+    whole body under the transport's high-water mark (asyncio and uvloop: 64 KiB), or a stream
+    already ended (``http/sse.py`` bounds a stream's own writes)."""
+    if isinstance(resp, web.Response):
+        body = resp.body
+        return body is None or (isinstance(body, bytes | bytearray) and len(body) < _SMALL_BODY)
+    return resp.prepared
 
 
 def _one_line(text: str) -> str:

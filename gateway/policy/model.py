@@ -935,8 +935,8 @@ class Server(_Strict):
         30.0,
         gt=0,
         description=(
-            "How long a streamed answer may wait on a client that reads none of it (its TCP window "
-            "full) before the connection is closed, and the provider request with it (a 499)."
+            "How long an answer may wait on a client that reads none of it (its TCP window full) "
+            "before the connection is closed (a stream's provider request with it)."
         ),
     )
     health_interval_s: DurationS = Field(

@@ -563,6 +563,42 @@ def test_a_client_that_stops_reading_a_long_stream_is_let_go(leaks: Leaks) -> No
     assert _idle(leaks.settled(), leaks.baseline)
 
 
+def _larger_than_a_socket_holds() -> str:
+    """A reply whose answer is larger than the kernel lets a socket's send buffer grow to
+    (``tcp_wmem``'s maximum, twice over): its tail must wait in the gateway's own buffer."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+            most = int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        most = 4 << 20
+    return " ".join(["word"] * ((2 * most + (1 << 20)) // 5))
+
+
+def test_a_client_that_reads_no_whole_answer_is_let_go(leaks: Leaks) -> None:
+    """A client that asks for a large whole answer and reads none of it. Before, each such
+    connection held its handler's task and the answer's unsent bytes for as long as the client
+    kept its socket, out of gateway_requests_in_flight (5 answers of 8 MB: +5 tasks, +89 MB
+    resident); aiohttp's close of a connection waits for its unsent bytes, so even
+    ``Connection: close`` kept it. Now it is closed once the client reads none of it for
+    response_write_timeout_s."""
+    leaks.faults("up", reply=_larger_than_a_socket_holds())
+    sockets: list[socket.socket] = []
+    try:
+        for i in range(5):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", leaks.port))
+            sock.sendall(_http_post("/v1/chat/completions", _chat(i)))
+            sockets.append(sock)
+        after = leaks.settled(timeout_s=WRITE_TIMEOUT_S * 2 + 10)
+        assert _idle(after, leaks.baseline), f"{after} against the baseline {leaks.baseline}"
+    finally:
+        for sock in sockets:
+            sock.close()
+        _reset(leaks)
+    assert _idle(leaks.settled(), leaks.baseline)
+
+
 def test_sigterm_drains_and_exits_promptly_after_the_faults(leaks: Leaks) -> None:
     """Last (the module's order): the same gateway, after every case, with a client that stopped
     reading a long stream, a slow stream being sent, an upload half sent and a request whose
