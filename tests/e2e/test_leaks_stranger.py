@@ -509,6 +509,14 @@ def leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Leaks]:
         partial.stop()
 
 
+def _answered(s: Leaks) -> float:
+    """Requests the gateway has answered (any status, 499 included), from its metrics."""
+    metrics = _get(s.gateway.url + "/metrics").decode()
+    return sum(
+        float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("gateway_requests_total{")
+    )
+
+
 def _quiet(s: Leaks, timeout_s: float = 10.0) -> dict[str, Any]:
     """The state once no request is left in flight and two reads in a row agree."""
     deadline = time.monotonic() + timeout_s
@@ -530,11 +538,14 @@ def _reset(s: Leaks) -> None:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_fault_leaves_nothing_behind(leaks: Leaks, name: str) -> None:
+    answered = _answered(leaks)
     try:
         asyncio.run(CASES[name](leaks, 200))
     finally:
         _reset(leaks)
     after = leaks.settled()
+    # Every request reached the gateway and was answered or closed (499, 408...), counted.
+    assert _answered(leaks) - answered >= 200
     assert _idle(after, leaks.baseline), f"{name}: {after} against the baseline {leaks.baseline}"
 
 
