@@ -391,7 +391,7 @@ async def client_leaves_memory_api_calls(s: Leaks, n: int) -> None:
 
     async def one(i: int) -> None:
         if i % 2:
-            body = _http_post("/v1/memory/search", {"namespace": "kb", "query": f"turbine {i}"})
+            body = _http_post("/v1/memory/search", {"namespaces": ["kb"], "query": f"turbine {i}"})
         else:
             body = _http_post("/v1/memory", {"memories": [{"namespace": "kb", "content": f"fact {i}"}]})
         await _client(s.port, body, leave_after_s=0.01 * (i % 15))
@@ -422,6 +422,23 @@ async def client_cuts_a_responses_stream(s: Leaks, n: int) -> None:
         )
 
     await _many(n, lambda i: _client(s.port, body(i), read_bytes=1500))
+
+
+@case
+async def client_cuts_streams_of_gemini_azure_and_translated_doors(s: Leaks, n: int) -> None:
+    slow = {"tokens_per_s": 50, "reply": " ".join(["w"] * 40)}
+    s.faults("up", **slow)
+    s.faults("gemini", **slow)
+    said = [{"role": "user", "content": "hi"}]
+    azure = "/openai/deployments/chat/chat/completions?api-version=2024-10-21"
+    bodies = [
+        _http_post("/v1/chat/completions", {"model": "gemini", "stream": True, "messages": said}),
+        _http_post("/v1/messages", {"model": "chat", "max_tokens": 50, "stream": True, "messages": said}),
+        _http_post("/v1/messages", {"model": "gemini", "max_tokens": 50, "stream": True, "messages": said}),
+        _http_post("/v1/responses", {"model": "gemini", "stream": True, "input": "hi"}),
+        _http_post(azure, {"stream": True, "messages": said}, "api-key: k\r\n"),
+    ]
+    await _many(n, lambda i: _client(s.port, bodies[i % len(bodies)], read_bytes=900))
 
 
 @case
@@ -459,12 +476,14 @@ def _policy(fakes: dict[str, ManagedProcess], partial_port: int, refused_port: i
         providers:
           up: {{kind: openai, base_url: "{up}/v1", timeouts: {{connect_s: 1, first_byte_s: 3, total_s: 5}}}}
           claude: {{kind: anthropic, base_url: "{claude}/v1", timeouts: {{connect_s: 1, first_byte_s: 3, total_s: 5}}}}
+          gemini: {{kind: gemini, base_url: "{fakes["gemini"].url}/v1beta", timeouts: {{first_byte_s: 3, total_s: 5}}}}
           hang: {{kind: openai, base_url: "{fakes["hang"].url}/v1", timeouts: {{first_byte_s: 0.3}}}}
           partial: {{kind: openai, base_url: "http://127.0.0.1:{partial_port}/v1"}}
           refused: {{kind: openai, base_url: "http://127.0.0.1:{refused_port}/v1", timeouts: {{connect_s: 1}}}}
         models:
           chat: {{deployments: [{{provider: up, model: up-chat}}]}}
           claude: {{deployments: [{{provider: claude, model: claude-up}}]}}
+          gemini: {{deployments: [{{provider: gemini, model: gemini-up}}]}}
           hanging: {{deployments: [{{provider: hang, model: never}}]}}
           partial: {{deployments: [{{provider: partial, model: half}}]}}
           refused: {{deployments: [{{provider: refused, model: none}}]}}
@@ -476,7 +495,14 @@ def _policy(fakes: dict[str, ManagedProcess], partial_port: int, refused_port: i
 
 @pytest.fixture(scope="module")
 def leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Leaks]:
-    fakes = start_fakes({"up": [], "claude": ["--flavor", "anthropic"], "hang": ["--hang-rate", "1"]})
+    fakes = start_fakes(
+        {
+            "up": [],
+            "claude": ["--flavor", "anthropic"],
+            "hang": ["--hang-rate", "1"],
+            "gemini": ["--flavor", "gemini"],
+        }
+    )
     partial = PartialEventUpstream()
     refused = free_port()
     policy = tmp_path_factory.mktemp("leaks") / "policy.yaml"
@@ -534,6 +560,7 @@ def _quiet(s: Leaks, timeout_s: float = 10.0) -> dict[str, Any]:
 def _reset(s: Leaks) -> None:
     s.faults("up", **HEALTHY)
     s.faults("claude", **HEALTHY)
+    s.faults("gemini", **HEALTHY)
 
 
 @pytest.mark.parametrize("name", list(CASES))
