@@ -18,6 +18,7 @@ read at scrape time through ``MemoryView``).
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
@@ -597,7 +598,18 @@ class _HealthCollector(Collector):
             "How late the event loop woke a sleeping task, worst over the last 10 seconds.",
         )
         lag.add_metric((), self._view.loop_lag_s())
-        return [up, lag]
+        families = [up, lag]
+        try:
+            tasks = len(asyncio.all_tasks())  # a scrape runs on the loop (its handler's task counts)
+        except RuntimeError:  # no running loop: collected from elsewhere
+            return families
+        running = GaugeMetricFamily(
+            "gateway_event_loop_tasks",
+            "asyncio tasks the event loop holds now (requests being handled, streams, background "
+            "work, this scrape's own); back to its idle figure once load stops, else a leak.",
+        )
+        running.add_metric((), tasks)
+        return [*families, running]
 
 
 class GatewayMetrics:

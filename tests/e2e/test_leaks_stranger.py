@@ -131,6 +131,11 @@ class Leaks:
             if line.startswith("gateway_requests_in_flight ")
         )
         pool_in_use = [line for line in metrics.splitlines() if line.startswith("gateway_memory_pool_in_use")]
+        loop_tasks = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("gateway_event_loop_tasks ")
+        )
         models = json.loads(_get(self.gateway.url + "/admin/models"))
         spool = os.path.join(os.readlink(f"/proc/{pid}/cwd"), "data", "ingest-spool")
         return {
@@ -140,6 +145,7 @@ class Leaks:
             "in_flight": in_flight,
             "deployments_in_flight": sum(_in_flight(models)),
             "memory_pool_in_use": pool_in_use,
+            "loop_tasks": loop_tasks,  # the metric: the scrape's task counts, as /_test/state's does
             **json.loads(_get(self.gateway.url + "/_test/state")),
             "upstream_connections": upstream,
             "threads": int(fields["Threads"]),
@@ -158,7 +164,7 @@ class Leaks:
 
 def _idle(now: dict[str, Any], baseline: dict[str, Any]) -> bool:
     exact = ("other_fds", "client_connections", "in_flight", "deployments_in_flight", "memory_pool_in_use",
-             "tasks", "flights", "releases", "spool_files")  # fmt: skip
+             "tasks", "loop_tasks", "flights", "releases", "spool_files")  # fmt: skip
     return (
         all(now[k] == baseline[k] for k in exact)
         and now["upstream_connections"] <= baseline["upstream_connections"] + CONCURRENCY

@@ -202,6 +202,7 @@ async def test_readiness_fails_only_when_nothing_can_serve(
     text = await (await client.get("/metrics")).text()
     assert 'gateway_dependency_up{dependency="deployment:a/ma"} 0.0' in text
     assert "gateway_event_loop_lag_seconds " in text
+    assert float(text.split("\ngateway_event_loop_tasks ")[1].split()[0]) >= 1  # the scrape's own
 
 
 async def test_health_is_admin_only_beyond_loopback(
