@@ -31,11 +31,15 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from gateway.testing.process import ManagedProcess, free_port, start
+from gateway.testing.redis_server import INSTALL_HINT, redis_server_binary
+from gateway.testing.replicas import MODEL, start_replicas
 from tests.e2e.conftest import start_fakes
 
 HEALTHY: dict[str, object] = {
@@ -641,6 +645,67 @@ def test_a_client_that_reads_no_whole_answer_is_let_go(leaks: Leaks) -> None:
             sock.close()
         _reset(leaks)
     assert _idle(leaks.settled(), leaks.baseline)
+
+
+def test_requests_cancelled_during_their_admission_hold_no_limit(tmp_path: Path) -> None:
+    """Keys mode on the Redis limiter: a key busy enough to take leases, then clients that leave
+    while Redis is stalled (``CLIENT PAUSE``) with their admission's round trip out. Redis admits
+    them when it wakes; before, the answer was dropped with the cancelled request, so the lease it
+    granted stayed counted, unused, and so did the reservation (3 rounds of 5 such clients:
+    1,806 tokens of the key's TPM held for the next minute, beyond the 370 its 74 answered
+    requests used). Now what the trip admitted is given back: once settled, the token window
+    holds exactly what the answered requests used."""
+    if redis_server_binary() is None:
+        pytest.skip(INSTALL_HINT)
+    stack = start_replicas(tmp_path, 1, fake_flags=["--latency-ms", "5"])
+    try:
+        secret = stack.create_key("--rpm", "2000", "--tpm", "400000")
+        port = int(stack.gateways[0].url.rsplit(":", 1)[1])
+        store = redis.Redis.from_url(stack.redis_url)
+
+        def body(i: int) -> bytes:
+            said = [{"role": "user", "content": f"hi {i}"}]
+            return _http_post(
+                "/v1/chat/completions",
+                {"model": MODEL, "messages": said},
+                f"Authorization: Bearer {secret}\r\n",
+            )
+
+        def window() -> tuple[int, int, int]:
+            """(requests, tokens) the key's window counts, and the requests the provider answered."""
+            counted = [
+                int(store.get(k) or 0) for k in (next(store.scan_iter(match=f"*:{n}")) for n in ("rs", "ts"))
+            ]
+            answered = json.loads(_get(stack.fake.url + "/_fake/stats"))["requests"]
+            return counted[0], counted[1], answered
+
+        asyncio.run(_many(30, lambda i: _client(port, body(i), read_bytes=1 << 20)))
+        # Settled: each reservation (257 tokens) corrected to the few tokens the request used.
+        warm = _settled_window(window, lambda w: w[0] == w[2] == 30 and w[1] <= 30 * 16)
+        each, rest = divmod(warm[1], 30)
+        assert warm[0] == 30 and rest == 0 and each <= 16, warm
+        for _ in range(3):
+            asyncio.run(_many(10, lambda i: _client(port, body(i), read_bytes=1 << 20)))  # leases taken
+            store.execute_command("CLIENT", "PAUSE", "600", "ALL")
+            asyncio.run(_many(5, lambda i: _client(port, body(i), leave_after_s=0.1)))
+        requests, tokens, answered = _settled_window(window, lambda w: w[1] == each * w[2])
+        # The tokens: exactly what the answered requests used. The requests: those, and at most
+        # the 15 that left once each (a request admitted alone counts, as any admitted request).
+        assert tokens == each * answered, (requests, tokens, answered)
+        assert answered <= requests <= answered + 15
+    finally:
+        stack.close()
+
+
+def _settled_window(
+    read: Callable[[], tuple[int, int, int]], done: Callable[[tuple[int, int, int]], bool]
+) -> tuple[int, int, int]:
+    """``read()`` once ``done`` holds for it (settlements are written in batches, leases given
+    back when they end), or as it is at the deadline."""
+    deadline = time.monotonic() + 10
+    while not done(now := read()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return now
 
 
 def test_sigterm_drains_and_exits_promptly_after_the_faults(leaks: Leaks) -> None:
