@@ -51,7 +51,7 @@ HEALTHY: dict[str, object] = {
     "reply": None,
 }
 CONCURRENCY = 50
-WRITE_TIMEOUT_S = 1.0  # the gateway's server.response_write_timeout_s here
+WRITE_TIMEOUT_S = 0.5  # the gateway's server.response_write_timeout_s here
 EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)  # asyncio's default executor bound
 LONG_REPLY = " ".join(["word"] * 30000)  # a stream of ~3 MB: far more than socket buffers hold
 
