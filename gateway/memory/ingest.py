@@ -174,9 +174,10 @@ class IngestService:
         path = os.path.join(self.config.spool_dir, f"upload-{uuid.uuid4().hex}.part")
         digest = hashlib.sha256()
         size = 0
-        # The open as a task of its own, so that a cleanup after a cancel can wait for it: a
-        # client that leaves while the file is being opened must not leave it behind either.
-        opening = asyncio.ensure_future(asyncio.to_thread(open, path, "wb"))
+        # The open submitted to a thread now, as a future of its own, so that a cleanup after a
+        # cancel can wait for it: a client that leaves while the file is being opened must not
+        # leave it behind either.
+        opening = asyncio.get_running_loop().run_in_executor(None, open, path, "wb")
         pending = bytearray()
         try:
             f = await asyncio.shield(opening)
