@@ -245,8 +245,11 @@ class SnowflakeMemoryStore(SQLMemoryStore):
                 login_timeout=math.ceil(self._settings.connect_timeout_s),
                 # The account cancels a statement the gateway stopped waiting for (_execute),
                 # so its connection comes back instead of waiting on a queued warehouse.
+                # A write waiting for the change log's counter (another replica numbering its
+                # changes) gives up as a statement does, not after the default 12 hours.
                 session_parameters={
-                    "STATEMENT_TIMEOUT_IN_SECONDS": math.ceil(self._settings.statement_timeout_s)
+                    "STATEMENT_TIMEOUT_IN_SECONDS": math.ceil(self._settings.statement_timeout_s),
+                    "LOCK_TIMEOUT": math.ceil(self._settings.statement_timeout_s),
                 },
             )
         except SnowflakeError as exc:
@@ -275,6 +278,8 @@ class SnowflakeMemoryStore(SQLMemoryStore):
         try:
             cur.execute(self._q.create_table())
             cur.execute(self._q.create_changes_table())
+            cur.execute(self._q.create_counter_table())  # the log's numbering (MemoryQueries.log_changes)
+            cur.execute(self._q.seed_counter())
             cur.execute(self._jobs.create_table())
             cur.execute(f"SELECT * FROM {self.table} LIMIT 0")
             present = {column.name.lower() for column in cur.description}

@@ -21,8 +21,11 @@ Everything here is blocking: the stores call it on their worker threads.
 
 from __future__ import annotations
 
+import contextlib
+import random
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +43,11 @@ CHUNK = 500
 # (the API's 1,000 memories, an ingest job's store_batch) is one statement, as its INSERT was.
 _MERGE_ROWS = 1000
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+# Snowflake's change-log numbering (``MemoryQueries._log_numbered``): tries when the counter's
+# lock is refused rather than waited for, and the random pause between them (doubling, capped).
+_LOG_ATTEMPTS = 40
+_LOG_BACKOFF_S = 0.002
+_LOG_BACKOFF_MAX_S = 0.1
 
 
 class Cursor(Protocol):
@@ -185,6 +193,28 @@ def is_integrity_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a driver's DB-API ``IntegrityError`` (a constraint refused a row):
     ``sqlite3``'s, the Snowflake connector's, DuckDB's (under fakesnow) by the standard's name."""
     return any(cls.__name__ == "IntegrityError" for cls in type(exc).__mro__)
+
+
+class _StaleCounter(Exception):
+    """The change log's counter was behind its log (see ``MemoryQueries._log_numbered``)."""
+
+
+def _is_write_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` refused a transaction for another's lock, so trying again may succeed:
+    Snowflake's 000625 (more than 20 statements waiting for one table's lock, or a lock waited
+    for past ``LOCK_TIMEOUT``); DuckDB's ``TransactionException`` under fakesnow (a write-write
+    conflict: DuckDB refuses the second writer where Snowflake makes it wait)."""
+    if getattr(exc, "errno", None) == 625:
+        return True
+    return any(cls.__name__ == "TransactionException" for cls in type(exc).__mro__)
+
+
+def _roll_back(cur: Cursor) -> None:
+    """End a failed transaction before the connection goes back to its pool (Snowflake keeps a
+    transaction open, and its locks held, after a statement in it failed)."""
+    # A connection that is gone cannot say it: its session's transaction ends with the session.
+    with contextlib.suppress(Exception):
+        cur.execute("ROLLBACK")
 
 
 def chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
@@ -440,24 +470,95 @@ class MemoryQueries:
             f"memory_id {text} NOT NULL, namespace {text} NOT NULL, owner {text}, deleted INTEGER NOT NULL)"
         )
 
+    @property
+    def counter_table(self) -> str:
+        """Snowflake only: one row holding the last seq given out (see ``log_changes``)."""
+        return f"{self.table}_changes_counter"
+
+    def create_counter_table(self) -> str:
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self.counter_table} (name VARCHAR NOT NULL, seq INTEGER NOT NULL)"
+        )
+
+    def seed_counter(self) -> str:
+        """The counter's one row, unless there (a MERGE: replicas starting at once add one)."""
+        return (
+            f"MERGE INTO {self.counter_table} AS counter USING (SELECT 'changes' AS name) AS wanted "
+            "ON counter.name = wanted.name WHEN NOT MATCHED THEN INSERT (name, seq) VALUES (wanted.name, 0)"
+        )
+
     def log_changes(self, cur: Cursor, rows: Sequence[tuple[str, str, str | None, int]]) -> None:
-        """Append (id, namespace, owner, deleted) rows, numbered on from the last: called after
-        the write itself, in its transaction, so SQLite's write lock makes the numbers gapless."""
+        """Append (id, namespace, owner, deleted) rows, numbered on from the last, after the write
+        itself. A follower reads ``seq > last seen``, so numbers must be unique, gapless and
+        committed in their order, by every process sharing the store.
+
+        SQLite: in the write's transaction, whose write lock makes them so. Snowflake (each
+        statement commits on its own; replicas share the account): ``_log_numbered``."""
         if not rows:
             return
-        # On Snowflake each statement commits on its own and the pool runs several at once: two
-        # writes of one process read one MAX(seq) and numbered their changes alike (a second row
-        # of a seq that a follower past it never reads; under fakesnow, whose DuckDB enforces
-        # the key, a 500). Numbered one writer at a time in the process; between replicas it
-        # stays best effort (ARCHITECTURE.md).
+        # One writer of the process at a time: on Snowflake, one waiter a process for the
+        # counter's lock (Snowflake aborts a statement past 20 waiting for one table's lock).
         with self._log_lock:
+            if self.dialect.name != "sqlite":
+                self._log_numbered(cur, rows)
+                return
             cur.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}")
             base = int(cur.fetchone()[0])
-            cur.executemany(
-                f"INSERT INTO {self.changes_table} (seq, memory_id, namespace, owner, deleted) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(base + n, *row) for n, row in enumerate(rows, start=1)],
-            )
+            self._append(cur, base, rows)
+
+    def _append(self, cur: Cursor, base: int, rows: Sequence[tuple[str, str, str | None, int]]) -> None:
+        cur.executemany(
+            f"INSERT INTO {self.changes_table} (seq, memory_id, namespace, owner, deleted) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(base + n, *row) for n, row in enumerate(rows, start=1)],
+        )
+
+    def _log_numbered(self, cur: Cursor, rows: Sequence[tuple[str, str, str | None, int]]) -> None:
+        """Snowflake: number and append ``rows`` in one transaction that first UPDATEs the
+        counter row. Snowflake's UPDATE takes the table's lock until COMMIT, so another writer's
+        UPDATE (any replica) waits for it and then counts on from this one's numbers: they are
+        unique, gapless (a rollback takes its numbers back) and committed in order. The counter
+        counts on from the log's own last seq when that is higher (a log from before the counter
+        existed). A database that refuses the second writer instead of making it wait (DuckDB
+        under fakesnow: a write-write conflict), or Snowflake's 000625 (too many waiters for a
+        lock, or one waited for too long), is rolled back and tried again, a bounded number of
+        times."""
+        n = len(rows)
+        for attempt in range(_LOG_ATTEMPTS):
+            try:
+                cur.execute("BEGIN TRANSACTION")
+                cur.execute(
+                    f"UPDATE {self.counter_table} SET seq = GREATEST({self.counter_table}.seq, logged.top) + ? "
+                    f"FROM (SELECT COALESCE(MAX(seq), 0) AS top FROM {self.changes_table}) AS logged",
+                    [n],
+                )
+                if cur.rowcount:
+                    # Under the lock: the log as the writers before this one committed it. A
+                    # number of ours already there means the UPDATE counted from an older state
+                    # than the lock's holder left (not what Snowflake documents; checked, so it
+                    # is a try again, never a second row of a seq).
+                    cur.execute(
+                        f"SELECT MAX(counter.seq), (SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}) "
+                        f"FROM {self.counter_table} AS counter"
+                    )
+                    top, logged = (int(v) for v in cur.fetchone())
+                    if logged > top - n:
+                        raise _StaleCounter(f"{self.counter_table} at {top}, the log at {logged}")
+                    self._append(cur, top - n, rows)
+                    cur.execute("COMMIT")
+                    return
+                cur.execute("ROLLBACK")
+            except Exception as exc:
+                _roll_back(cur)
+                if (
+                    not (isinstance(exc, _StaleCounter) or _is_write_conflict(exc))
+                    or attempt + 1 == _LOG_ATTEMPTS
+                ):
+                    raise
+                time.sleep(random.uniform(0, min(_LOG_BACKOFF_MAX_S, _LOG_BACKOFF_S * 2**attempt)))
+            else:  # no counter row (deleted by hand since the start): put back, then count on
+                cur.execute(self.seed_counter())
+        raise RuntimeError(f"{self.counter_table} has no row and none could be added")
 
     def changes_after(
         self, cur: Cursor, seq: int, limit: int
