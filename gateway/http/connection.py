@@ -126,16 +126,18 @@ class GatewayRequestHandler(RequestHandler):
         for its unsent bytes. A body of a few KiB to a connection with nothing unsent cannot
         wait: no timer then."""
         transport = self.transport
-        if transport is None or (not transport.get_write_buffer_size() and _small(resp)):
-            finished = await super().finish_response(request, resp, start_time)
+        if transport is None:
+            return await _finish(self, request, resp, start_time)
+        if not transport.get_write_buffer_size() and _small(resp):
+            finished = await _finish(self, request, resp, start_time)
         else:
             try:
                 async with asyncio.timeout(self._write_timeout_s):
-                    finished = await super().finish_response(request, resp, start_time)
+                    finished = await _finish(self, request, resp, start_time)
             except TimeoutError:
                 _let_go(transport, self._write_timeout_s)
                 return resp, True
-        if transport is not None and (unsent := transport.get_write_buffer_size()):
+        if unsent := transport.get_write_buffer_size():
             # Written, but not all sent: the bytes wait in the transport, and a closed or kept-alive
             # connection keeps them (and its socket) until the client reads them. Watched, so a
             # client that reads none of them for the timeout is let go.
@@ -276,13 +278,18 @@ def _let_go(transport: asyncio.Transport, timeout_s: float) -> None:
     transport.abort()
 
 
+# aiohttp's own, called as a function: ``super()`` made an object per response (issue 12).
+_finish = RequestHandler.finish_response
+_BYTES = (bytes, bytearray)  # a tuple: ``bytes | bytearray`` made a union per call
+
+
 def _small(resp: web.StreamResponse) -> bool:
     """Whether finishing ``resp`` cannot wait on a client whose connection has nothing unsent: a
     whole body under the transport's high-water mark (asyncio and uvloop: 64 KiB), or a stream
     already ended (``http/sse.py`` bounds a stream's own writes)."""
     if isinstance(resp, web.Response):
         body = resp.body
-        return body is None or (isinstance(body, bytes | bytearray) and len(body) < _SMALL_BODY)
+        return body is None or (isinstance(body, _BYTES) and len(body) < _SMALL_BODY)
     return resp.prepared
 
 
