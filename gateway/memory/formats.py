@@ -159,30 +159,147 @@ def _encoding(path: str) -> str:
     return next((name for bom, name in _BOMS if start.startswith(bom)), "utf-8-sig")
 
 
-def _decoded(path: str) -> Iterator[tuple[str, int]]:
+# What makes a file "not text". A text format is decoded strictly: its first block (1 MiB, or the
+# whole of a smaller file) must be valid UTF-8 (or the UTF-16/32 its byte-order mark names), as
+# Python reads source code (``tokenize``: a strict decode, no guessing) and ``file`` (libmagic)
+# calls a file "UTF-8 text" only when every byte is; valid UTF-8 never fails it, whatever the
+# script. Of its characters, no more than ``MAX_NOT_TEXT_SHARE`` may be ones no text holds: the C0
+# controls other than the ones libmagic counts as text (tab, LF, VT, FF, CR, BEL, backspace
+# (``man`` pages' overstrike) and ESC (ANSI colour codes)), DEL, and U+FFFD (text already damaged
+# by a replacing decoder). Random bytes, compressed data and machine code fail both, by far (a third
+# to a half of their characters; 7-bit binary a fifth); real text holds next to none. The share is
+# generous so that text with a few odd controls (FIX logs' SOH delimiters, ~9%) still passes. A NUL
+# in the first block is refused outright, as git decides a file is binary (a NUL in its first 8,000
+# bytes): binary data, or UTF-16 without its mark.
+MAX_NOT_TEXT_SHARE = 0.10
+_NOT_TEXT = re.compile("[\x00-\x06\x0e-\x1a\x1c-\x1f\x7f\ufffd]")
+# Bytes other than the C0 controls no text holds (as ``_NOT_TEXT``) and DEL: deleted to count those.
+_TEXT_BYTES = bytes(
+    b for b in range(256) if not (b <= 0x06 or 0x0E <= b <= 0x1A or 0x1C <= b <= 0x1F or b == 0x7F)
+)
+MAX_LEGACY_CONTROL_SHARE = 0.01
+_UTF8_HINT = "convert it to UTF-8 (e.g. iconv -f WINDOWS-1252 -t UTF-8), or save it as UTF-8"
+
+
+def _not_text_share(text: str) -> float:
+    return len(_NOT_TEXT.findall(text)) / len(text) if text else 0.0
+
+
+def _refused(why: str, encoding: str) -> ValueError:
+    named = "UTF-8" if encoding == "utf-8-sig" else encoding.upper()
+    return ValueError(f"not a text file: {why}; a text file is read as {named}")
+
+
+def _decode_block(
+    decoder: codecs.IncrementalDecoder, block: bytes, position: int, encoding: str
+) -> tuple[str, int]:
+    """``block`` decoded strictly by ``decoder``; where it is not valid in the encoding, decoded
+    again with the invalid sequences replaced by U+FFFD, with how many (0: valid). In the file's
+    first block an invalid sequence refuses the file: binary data when the block is mostly not text,
+    else a legacy 8-bit encoding (Latin-1, Windows-1252: every accented letter or curly quote an
+    invalid byte) to convert."""
+    state = decoder.getstate()
+    try:
+        return decoder.decode(block), 0
+    except UnicodeDecodeError as exc:
+        decoder.setstate(state)
+        decoder.errors = "replace"
+        try:
+            text = decoder.decode(block)
+        finally:
+            decoder.errors = "strict"
+        if position > 0:
+            return text, max(1, text.count("\ufffd"))
+        if encoding != "utf-8-sig":
+            raise _refused(
+                f"the bytes at offset {exc.start:,} are not valid {encoding.upper()} though the file starts with its "
+                "byte-order mark",
+                encoding,
+            ) from None
+        # Binary or legacy text: a legacy encoding (Latin-1, Windows-1252, Shift-JIS, GBK, KOI8-R...)
+        # puts its letters in bytes 0x80-0xFF and never a C0 control; random, compressed and
+        # machine bytes are ~10% controls.
+        controls = len(block.translate(None, _TEXT_BYTES))
+        if controls > MAX_LEGACY_CONTROL_SHARE * len(block):
+            raise _refused(
+                f"{controls / len(block):.0%} of its first {len(block):,} bytes are control characters and "
+                "it is not valid UTF-8: binary data (an image, an archive, a program), or UTF-16 without a "
+                "byte-order mark",
+                encoding,
+            ) from None
+        raise ValueError(
+            f"not UTF-8 text: the byte at offset {exc.start:,} (0x{block[exc.start]:02X}) is not valid UTF-8: text in a "
+            f"legacy encoding (Latin-1, Windows-1252, Shift-JIS...) or UTF-16 without its byte-order mark; "
+            f"{_UTF8_HINT}"
+        ) from None
+
+
+def _text_block(
+    decoder: codecs.IncrementalDecoder, block: bytes, position: int, encoding: str
+) -> tuple[str, int]:
+    """``_decode_block``, and ``ValueError`` when the text has a NUL character (first block) or
+    more than ``MAX_NOT_TEXT_SHARE`` of characters no text holds (any block)."""
+    text, invalid = _decode_block(decoder, block, position, encoding)
+    if position == 0 and "\x00" in text:
+        raise ValueError(
+            "not a text file: it has NUL characters (binary data, or UTF-16 without a "
+            "byte-order mark); send text as UTF-8, or UTF-16 with its byte-order mark"
+        )
+    if (share := _not_text_share(text)) > MAX_NOT_TEXT_SHARE:
+        where = (
+            f"its first {len(block):,} bytes"
+            if position == 0
+            else f"the {len(block):,} bytes after byte {position:,}"
+        )
+        raise _refused(
+            f"{share:.0%} of {where} are control characters or invalid sequences: binary data"
+            + (", not read further" if position else ""),
+            encoding,
+        )
+    return text, invalid
+
+
+def _check_start(path: str) -> None:
+    """``ValueError`` when the first block of the file at ``path`` is not text (for the formats
+    read through a text wrapper: ``.csv``)."""
+    encoding = _encoding(path)
+    with open(path, "rb") as f:
+        if block := f.read(READ_BYTES):
+            _text_block(codecs.getincrementaldecoder(encoding)(errors="strict"), block, 0, encoding)
+
+
+def _decoded(path: str) -> Iterator[tuple[str, int] | Problem]:
     """The file's text, ``READ_BYTES`` at a time, in the encoding its byte-order mark names,
-    else UTF-8 (bad bytes replaced), with the bytes read so far. A file whose first block has a
-    NUL character is not text (binary data, or UTF-16 without a mark): ``ValueError``, before
-    any of it is chunked and embedded."""
-    decoder = codecs.getincrementaldecoder(_encoding(path))(errors="replace")
+    else UTF-8, with the bytes read so far. A file whose first block is not text (a NUL
+    character, a sequence invalid in its encoding, or more than ``MAX_NOT_TEXT_SHARE`` of
+    characters no text holds) raises ``ValueError`` before any of it is chunked and embedded; a
+    later block mostly not text raises it there (what was read before is kept), and a later one
+    with a few invalid sequences is read with them replaced by U+FFFD, a ``Problem`` saying where."""
+    encoding = _encoding(path)
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     position = 0
     with open(path, "rb") as f:
         while block := f.read(READ_BYTES):
-            text = decoder.decode(block)
-            if position == 0 and "\x00" in text:
-                raise ValueError(
-                    "not a text file: it has NUL characters (binary data, or UTF-16 without a "
-                    "byte-order mark); send text as UTF-8, or UTF-16 with its byte-order mark"
-                )
+            text, invalid = _text_block(decoder, block, position, encoding)
             position += len(block)
+            if invalid:
+                yield Problem(
+                    f"bytes {position - len(block):,} to {position:,}",
+                    f"{invalid} invalid UTF-8 sequences replaced by U+FFFD (part of the file in a legacy "
+                    f"encoding?); {_UTF8_HINT}",
+                    position,
+                )
             yield text, position
+        decoder.errors = "replace"  # a file cut inside its last character: one U+FFFD
         yield decoder.decode(b"", final=True), position
 
 
 def read_text(path: str) -> Iterator[Item]:
-    for text, position in _decoded(path):
-        if text:
-            yield Passage(text, position, stream=True)
+    for piece in _decoded(path):
+        if isinstance(piece, Problem):
+            yield piece
+        elif piece[0]:
+            yield Passage(piece[0], piece[1], stream=True)
 
 
 _SKIPPED = frozenset({"script", "style", "template", "noscript"})
@@ -266,7 +383,12 @@ class _TextOfHTML(HTMLParser):
 
 def read_html(path: str) -> Iterator[Item]:
     parser = _TextOfHTML()
-    for text, position in _decoded(path):
+    position = 0
+    for piece in _decoded(path):
+        if isinstance(piece, Problem):
+            yield piece
+            continue
+        text, position = piece
         parser.feed(text)
         if out := parser.take():
             yield Passage(out, position, stream=True)
@@ -401,6 +523,7 @@ class _RecordLines:
 
 
 def read_csv(path: str, fields: FieldOptions) -> Iterator[Item]:
+    _check_start(path)
     with open(path, "rb") as raw:
         counted = _Counting(raw)
         text = io.TextIOWrapper(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import re
 import socket
 import time
@@ -380,6 +381,27 @@ async def test_a_utf16_export_is_read_as_its_text_and_a_binary_file_is_not_embed
     job = await sqlite_gw.ingest("photo.txt", bytes(range(256)) * 400)
     assert job["status"] == "failed" and "not a text file" in job["error"], job
     assert job["memories_created"] == 0 and sqlite_gw.embedder.calls == calls
+
+
+async def test_binary_without_nul_and_latin1_text_fail_their_job_with_nothing_embedded(
+    sqlite_gw: Gateway,
+) -> None:
+    """Random bytes with their NULs removed, sent as .txt, became 12 memories of garbage
+    (embedded, stored, recalled into prompts); a Latin-1 .txt was stored with U+FFFD for every
+    accented letter. Each job now fails before anything is embedded, saying why."""
+    calls = sqlite_gw.embedder.calls
+    noise = random.Random(4).randbytes(30_000).replace(b"\x00", b"")
+    job = await sqlite_gw.ingest("noise.txt", noise)
+    assert job["status"] == "failed" and job["file"] == "noise.txt", job
+    assert job["error"].startswith("not a text file: ") and "binary data" in job["error"], job
+    old = "Le café était fermé; nous avons déjeuné à l'hôtel.\n".encode("latin-1") * 50
+    job = await sqlite_gw.ingest("lettre.md", old)
+    assert job["status"] == "failed" and job["file"] == "lettre.md", job
+    assert (
+        job["error"].startswith("not UTF-8 text: the byte at offset 6 (0xE9)")
+        and "convert it to UTF-8" in job["error"]
+    ), job
+    assert sqlite_gw.embedder.calls == calls and sqlite_gw.count() == 0
 
 
 async def test_pdf_pages_and_html_text(gw: Gateway) -> None:

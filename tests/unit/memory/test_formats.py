@@ -46,9 +46,13 @@ def test_text_is_read_a_mebibyte_at_a_time_with_its_position(tmp_path: Path) -> 
     assert positions[0] == READ_BYTES and positions[-1] == len(content) and len(items) == 3
 
 
-def test_invalid_utf8_is_replaced_not_fatal(tmp_path: Path) -> None:
-    items = list(read_file(write(tmp_path, "a.md", b"ok \xff\xfe then more"), "markdown", FieldOptions()))
-    assert [i.text for i in items if isinstance(i, Passage)] == ["ok \ufffd\ufffd then more"]
+def test_invalid_utf8_in_the_first_mebibyte_refuses_the_file(tmp_path: Path) -> None:
+    """It was replaced by U+FFFD and stored (h-binary: legacy encodings are refused, not damaged;
+    after the first MiB it still is replaced, counted as a problem: test_formats_text_or_binary)."""
+    with pytest.raises(
+        ValueError, match=r"^not UTF-8 text: the byte at offset 3 \(0xFF\) is not valid UTF-8"
+    ):
+        list(read_file(write(tmp_path, "a.md", b"ok \xff\xfe then more"), "markdown", FieldOptions()))
 
 
 def test_jsonl_lines_with_text_and_metadata_fields_and_their_problems(tmp_path: Path) -> None:
