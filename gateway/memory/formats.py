@@ -163,15 +163,17 @@ def _encoding(path: str) -> str:
 # whole of a smaller file) must be valid UTF-8 (or the UTF-16/32 its byte-order mark names), as
 # Python reads source code (``tokenize``: a strict decode, no guessing) and ``file`` (libmagic)
 # calls a file "UTF-8 text" only when every byte is; valid UTF-8 never fails it, whatever the
-# script. Of its characters, no more than ``MAX_NOT_TEXT_SHARE`` may be ones no text holds: the C0
-# controls other than the ones libmagic counts as text (tab, LF, VT, FF, CR, BEL, backspace
-# (``man`` pages' overstrike) and ESC (ANSI colour codes)), DEL, and U+FFFD (text already damaged
-# by a replacing decoder). Random bytes, compressed data and machine code fail both, by far (a third
-# to a half of their characters; 7-bit binary a fifth); real text holds next to none. The share is
-# generous so that text with a few odd controls (FIX logs' SOH delimiters, ~9%) still passes. A NUL
-# in the first block is refused outright, as git decides a file is binary (a NUL in its first 8,000
-# bytes): binary data, or UTF-16 without its mark.
-MAX_NOT_TEXT_SHARE = 0.10
+# script. Then, in every block, the characters no text holds: the C0 controls other than the ones
+# libmagic counts as text (tab, LF, VT, FF, CR, BEL, backspace (``man`` pages' overstrike) and ESC
+# (ANSI colour codes)), DEL, and U+FFFD (text damaged by a replacing decoder). Text that uses such
+# controls uses one or two, as separators (FIX logs' SOH: 9-16% of a log; ASCII's RS/US), so a block
+# is binary when they pass ``MAX_NOT_TEXT_SHARE`` (a third, as Perl's ``-T``) or when they pass
+# ``MAX_MIXED_CONTROL_SHARE`` in ``MIXED_CONTROL_KINDS`` kinds or more, as binary's do (7-bit
+# binary: a fifth, of all 24). A NUL in the first block is refused outright, as git decides a
+# file is binary (a NUL in its first 8,000 bytes): binary data, or UTF-16 without its mark.
+MAX_NOT_TEXT_SHARE = 0.30
+MAX_MIXED_CONTROL_SHARE = 0.01
+MIXED_CONTROL_KINDS = 8
 _NOT_TEXT = re.compile("[\x00-\x06\x0e-\x1a\x1c-\x1f\x7f\ufffd]")
 # Bytes other than the C0 controls no text holds (as ``_NOT_TEXT``) and DEL: deleted to count those.
 _TEXT_BYTES = bytes(
@@ -182,12 +184,21 @@ _UTF8_HINT = "convert it to UTF-8 (e.g. iconv -f WINDOWS-1252 -t UTF-8), or save
 
 
 def _not_text_share(text: str) -> float:
-    return len(_NOT_TEXT.findall(text)) / len(text) if text else 0.0
+    """The share of ``text``'s characters no text holds, 0 when below the bounds above."""
+    found = _NOT_TEXT.findall(text)
+    share = len(found) / len(text) if text else 0.0
+    binary = share > MAX_NOT_TEXT_SHARE or (
+        share > MAX_MIXED_CONTROL_SHARE and len(set(found)) >= MIXED_CONTROL_KINDS
+    )
+    return share if binary else 0.0
+
+
+def _named(encoding: str) -> str:
+    return "UTF-8" if encoding == "utf-8-sig" else encoding.upper()
 
 
 def _refused(why: str, encoding: str) -> ValueError:
-    named = "UTF-8" if encoding == "utf-8-sig" else encoding.upper()
-    return ValueError(f"not a text file: {why}; a text file is read as {named}")
+    return ValueError(f"not a text file: {why}; a text file is read as {_named(encoding)}")
 
 
 def _decode_block(
@@ -238,14 +249,14 @@ def _text_block(
     decoder: codecs.IncrementalDecoder, block: bytes, position: int, encoding: str
 ) -> tuple[str, int]:
     """``_decode_block``, and ``ValueError`` when the text has a NUL character (first block) or
-    more than ``MAX_NOT_TEXT_SHARE`` of characters no text holds (any block)."""
+    too many characters no text holds (any block: ``_not_text_share``)."""
     text, invalid = _decode_block(decoder, block, position, encoding)
     if position == 0 and "\x00" in text:
         raise ValueError(
             "not a text file: it has NUL characters (binary data, or UTF-16 without a "
             "byte-order mark); send text as UTF-8, or UTF-16 with its byte-order mark"
         )
-    if (share := _not_text_share(text)) > MAX_NOT_TEXT_SHARE:
+    if share := _not_text_share(text):
         where = (
             f"its first {len(block):,} bytes"
             if position == 0
@@ -271,8 +282,8 @@ def _check_start(path: str) -> None:
 def _decoded(path: str) -> Iterator[tuple[str, int] | Problem]:
     """The file's text, ``READ_BYTES`` at a time, in the encoding its byte-order mark names,
     else UTF-8, with the bytes read so far. A file whose first block is not text (a NUL
-    character, a sequence invalid in its encoding, or more than ``MAX_NOT_TEXT_SHARE`` of
-    characters no text holds) raises ``ValueError`` before any of it is chunked and embedded; a
+    character, a sequence invalid in its encoding, or too many characters no text holds: see
+    ``_not_text_share``) raises ``ValueError`` before any of it is chunked and embedded; a
     later block mostly not text raises it there (what was read before is kept), and a later one
     with a few invalid sequences is read with them replaced by U+FFFD, a ``Problem`` saying where."""
     encoding = _encoding(path)
@@ -285,7 +296,7 @@ def _decoded(path: str) -> Iterator[tuple[str, int] | Problem]:
             if invalid:
                 yield Problem(
                     f"bytes {position - len(block):,} to {position:,}",
-                    f"{invalid} invalid UTF-8 sequences replaced by U+FFFD (part of the file in a legacy "
+                    f"{invalid} sequences not valid {_named(encoding)} replaced by U+FFFD (part of the file in a legacy "
                     f"encoding?); {_UTF8_HINT}",
                     position,
                 )

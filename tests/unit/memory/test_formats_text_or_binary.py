@@ -113,6 +113,9 @@ TEXTS = {
     "python-with-tabs": "def main():\n\tfor i in range(3):\n\t\tprint(f'{i}\\t{i * i}')\n\f\n",
     "ansi-log": "\x1b[32mINFO\x1b[0m 12:00:01 \x1b[1mstarted\x1b[0m\n\x1b[31mERROR\x1b[0m disk \x1b[33m91%\x1b[0m\r\n",
     "man-page-overstrike": "N\bNA\bAM\bME\bE\n     ls - list directory contents\x07\n",
+    "fix-heartbeats": "8=FIX.4.2\x019=5\x0135=0\x0110=161\x01\n",  # 16% SOH
+    "ascii-separated": "id\x1fname\x1fcity\x1e1\x1fAda\x1fLondon\x1e2\x1fAl\x1fKhwarazm\x1e\n",
+    "damaged-export": "Caf\ufffd cr\ufffdme, d\ufffdj\ufffd vu: a text a replacing decoder went through.\n",
     "fix-log": "8=FIX.4.4\x019=148\x0135=D\x0134=1080\x0149=TESTBUY1\x0152=20180920-18:14:19.508\x0156=TESTSELL1\x0111=636730640278898634\x0115=USD\x0121=2\x0138=7000\x0140=1\x0154=1\x0155=MSFT\x0160=20180920-18:14:19.492\x0110=092\x01\n",
 }
 
