@@ -144,6 +144,9 @@ async def _admit(request: web.Request, state: FakeState) -> dict[str, object]:
         raise _refusal(401, "invalid x-api-key")
     if not isinstance(body, dict):
         raise _refusal(400, "The request body is not a JSON object.")
+    model = body.get("model")
+    if isinstance(model, str) and not state.config.serves(model):
+        raise _refusal(404, f"model: {model}")  # the real API's words for a model it lacks
     return body
 
 
@@ -607,5 +610,9 @@ def _event(name: str, data: dict[str, object]) -> bytes:
 
 
 def _refusal(status: int, message: str) -> web.HTTPException:
-    kinds: dict[int, type[web.HTTPException]] = {401: web.HTTPUnauthorized, 400: web.HTTPBadRequest}
+    kinds: dict[int, type[web.HTTPException]] = {
+        401: web.HTTPUnauthorized,
+        400: web.HTTPBadRequest,
+        404: web.HTTPNotFound,
+    }
     return kinds[status](text=error_body(status, message).decode(), content_type="application/json")

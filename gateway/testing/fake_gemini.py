@@ -63,6 +63,7 @@ STATUS_NAMES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+_METHODS = frozenset({"generateContent", "streamGenerateContent", "embedContent", "batchEmbedContents"})
 _FINISH = {"stop": "STOP", "length": "MAX_TOKENS"}
 _MAX_STOPS = 5
 
@@ -134,6 +135,13 @@ async def _models(request: web.Request) -> web.StreamResponse:
     model, _, method = request.match_info["target"].partition(":")
     state = request.app[FAKE_STATE]
     body = await _admit(request, state)
+    if method in _METHODS and not state.config.serves(model):
+        version = request.path.split("/", 2)[1]  # v1beta or v1
+        raise refusal(
+            404,
+            f"models/{model} is not found for API version {version}, or is not supported for "
+            f"{method}. Call ListModels to see the list of available models and their supported methods.",
+        )
     if method == "generateContent":
         return await _generate(request, state, parse_generate(model, body), stream=False)
     if method == "streamGenerateContent":

@@ -11,7 +11,9 @@ bodies, streams cut mid-way.
 
 Faults are drawn per ``/v1`` request with one uniform number, in the fixed order reset, hang,
 malformed, error, disconnect: rates 0.1 and 0.2 give 10 % resets and 20 % hangs. Authorisation
-(401) and request validation (400) come first; latency applies to every answer except resets
+(401), a body that is no JSON object (400), a model it does not serve when ``--models`` names
+those it does (404, as the real API's ``model_not_found``, Azure's ``DeploymentNotFound``) and
+request validation (400) come first; latency applies to every answer except resets
 and hangs. Control endpoints for tests, never faulted:
 
 * ``GET /_fake/stats``: request counts, the most API requests answered at once (``max_in_flight``)
@@ -49,6 +51,9 @@ _HANG_POLL_S = 0.05
 # A fake has nothing worth draining for: in-flight streams and hangs are cut after this on SIGTERM.
 _SHUTDOWN_GRACE_S = 1.0
 _SSE_HEADERS = MappingProxyType({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+
+# What /v1/models lists when no models were named (FakeConfig.models is None).
+DEFAULT_MODELS = ("fake-model",)
 
 LatencyDistribution = Callable[[random.Random, float, float], float]
 
@@ -102,7 +107,10 @@ class FakeConfig:
     host: str = "127.0.0.1"
     port: int = 9000  # 0 binds any free port; the listening line names the one bound
     reply: str | None = None  # fixed reply text; None echoes the last user message
-    models: tuple[str, ...] = ("fake-model",)
+    # The models it serves. None (the default): any model name is answered and /v1/models lists
+    # DEFAULT_MODELS. Named (--models): a request for another model is refused with the real
+    # API's 404 (``unknown_model``), so a policy naming a model its provider lacks can be tested.
+    models: tuple[str, ...] | None = None
     embedding_dim: int = 8
     flavor: str = "openai"  # wire format: openai | anthropic | gemini (see fake_flavors.py)
     embedding_kind: str = "hash"  # hash: unrelated texts, unrelated vectors; words: bag of words
@@ -141,8 +149,19 @@ class FakeConfig:
             )
         if self.reply is not None and not isinstance(self.reply, str):
             raise ValueError(f"reply: must be a string or null, not {self.reply!r}")
-        if not self.models or not all(isinstance(m, str) and m for m in self.models):
-            raise ValueError("models: must name at least one model")
+        if self.models is not None and (
+            not self.models or not all(isinstance(m, str) and m for m in self.models)
+        ):
+            raise ValueError("models: must name at least one model, or be null to answer any")
+
+    @property
+    def listed_models(self) -> tuple[str, ...]:
+        """What ``/v1/models`` lists: the models named, else ``DEFAULT_MODELS``."""
+        return self.models if self.models is not None else DEFAULT_MODELS
+
+    def serves(self, model: str) -> bool:
+        """Whether a request for ``model`` is answered: any, unless the models were named."""
+        return self.models is None or model in self.models
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FakeConfig:
@@ -360,7 +379,7 @@ async def _models(request: web.Request) -> web.StreamResponse:
     config = state.config
     await _admit(request, state, needs_body=False)
     early = await _inject(request, config, state.rng, draw_fault(config, state.rng), stream=False)
-    return early if early is not None else _json(fake_wire.models_body(config.models))
+    return early if early is not None else _json(fake_wire.models_body(config.listed_models))
 
 
 async def _model(request: web.Request) -> web.StreamResponse:
@@ -368,7 +387,7 @@ async def _model(request: web.Request) -> web.StreamResponse:
     config = state.config
     await _admit(request, state, needs_body=False)
     name = request.match_info["name"]
-    if name not in config.models:
+    if name not in config.listed_models:
         message = f"The model '{name}' does not exist"
         raise _refusal(
             web.HTTPNotFound,
@@ -419,7 +438,28 @@ async def _admit(request: web.Request, state: FakeState, *, needs_body: bool = T
         if "api-version" not in request.query:
             raise _bad_request("Missing required query parameter: api-version", "api-version")
         body = {"model": deployment, **body}  # a copy: the stats show the body as it came
+    model = body.get("model")
+    if isinstance(model, str) and not state.config.serves(model):
+        raise _unknown_model(model, azure=deployment is not None)
     return body
+
+
+# Azure's answer for a deployment the resource lacks (its REST reference's DeploymentNotFound).
+AZURE_NO_DEPLOYMENT = (
+    "The API deployment for this resource does not exist. If you created the deployment within the "
+    "last 5 minutes, please wait a moment and try again."
+)
+
+
+def _unknown_model(model: str, *, azure: bool) -> web.HTTPException:
+    """The 404 for a model the fake does not serve, in OpenAI's words or, at a deployment's
+    path, Azure's (a ``code`` and a message, no ``type`` or ``param``)."""
+    if azure:
+        envelope = orjson.dumps({"error": {"code": "DeploymentNotFound", "message": AZURE_NO_DEPLOYMENT}})
+    else:
+        message = f"The model `{model}` does not exist or you do not have access to it."
+        envelope = fake_wire.error_body(message, "invalid_request_error", "model_not_found")
+    return _refusal(web.HTTPNotFound, envelope)
 
 
 async def _inject(
@@ -589,7 +629,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--require-key", str, "KEY", "answer 401 unless the Authorization header is 'Bearer KEY'"),
         ("--seed", int, "N", "seed for the fault and latency draws (default: unseeded)"),
         ("--reply", str, "TEXT", "reply with TEXT (default: 'Echo: <last user message>')"),
-        ("--models", _model_names, "NAME[,NAME...]", "models listed by /v1/models (default: fake-model)"),
+        (
+            "--models",
+            _model_names,
+            "NAME[,NAME...]",
+            "the models served: others are refused with a 404 as by the real API (default: any model "
+            "is answered, and /v1/models lists fake-model)",
+        ),
         ("--embedding-dim", dim, "N", "embedding length (default: %(default)s)"),
         ("--latency-ms", ms, "MS", "latency before answering (streams: before the headers)"),
         ("--latency-jitter-ms", ms, "MS", "spread of the latency, see --latency-dist"),
