@@ -131,12 +131,11 @@ class GatewayRequestHandler(RequestHandler):
         if not transport.get_write_buffer_size() and _small(resp):
             finished = await _finish(self, request, resp, start_time)
         else:
-            try:
-                async with asyncio.timeout(self._write_timeout_s):
-                    finished = await _finish(self, request, resp, start_time)
-            except TimeoutError:
+            finishing = asyncio.ensure_future(_finish(self, request, resp, start_time))
+            if not await while_read(transport, finishing, self._write_timeout_s):
                 _let_go(transport, self._write_timeout_s)
                 return resp, True
+            finished = finishing.result()
         if unsent := transport.get_write_buffer_size():
             # Written, but not all sent: the bytes wait in the transport, and a closed or kept-alive
             # connection keeps them (and its socket) until the client reads them. Watched, so a
@@ -258,6 +257,29 @@ class GatewayRunner(web.AppRunner):
             response_write_timeout_s=self._response_write_timeout_s,
             **plain._kwargs,
         )
+
+
+async def while_read(transport: asyncio.Transport, writing: asyncio.Future[Any], timeout_s: float) -> bool:
+    """Wait for ``writing`` (a write, or a response's finish, that may wait on the client) as long
+    as the client reads: False, with ``writing`` cancelled, once the connection's unsent bytes
+    stayed the same for a whole ``timeout_s`` (it read nothing). The bound is on a stall, never
+    on the whole write: a slow client reading a large answer (a 30 MB embeddings answer on a slow
+    link) gets all of it, where a bound on the whole write cut it (h-leaks' first version)."""
+    unsent = transport.get_write_buffer_size()
+    try:
+        while True:
+            done, _ = await asyncio.wait((writing,), timeout=timeout_s)
+            if done:
+                writing.result()  # its error, if any, is the caller's
+                return True
+            now = transport.get_write_buffer_size()
+            if now == unsent:  # nothing sent (nor written) for the whole timeout
+                writing.cancel()
+                return False
+            unsent = now
+    except BaseException:
+        writing.cancel()
+        raise
 
 
 def _watch_unsent(transport: asyncio.Transport, timeout_s: float, before: int) -> None:

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import GatewayError, StreamInterrupted
+from gateway.http.connection import while_read
 from gateway.http.middleware import add_gateway_headers, draining_cut, draining_error
 from gateway.service.streams import AnswerStream
 from gateway.wire.sse import DONE, encode
@@ -51,23 +52,23 @@ def _failure_fields(request_id: str, error: GatewayError) -> dict[str, str]:
 
 async def _within(request: web.Request, write: Awaitable[None]) -> None:
     """``write`` to a client whose connection already holds unsent bytes; if it reads none of
-    them for ``server.response_write_timeout_s``, close its connection (ConnectionResetError, as
+    them for ``server.response_write_timeout_s`` (``while_read``: a stall, however long a slow
+    reader takes), close its connection (ConnectionResetError, as
     for a client that left; aiohttp then cancels the handler): closing the stream closes the
     provider request. Without it a client that stopped reading (its TCP window full) held its
     handler, its provider connection and the buffered answer for as long as it kept the socket
     open, past the provider's ``total_s`` and through a drain."""
     stall_s = request.app[keys.POLICY].server.response_write_timeout_s
-    try:
-        async with asyncio.timeout(stall_s):
-            await write
-    except TimeoutError:
+    transport = request.transport
+    if transport is None:
+        await write
+        return
+    if not await while_read(transport, asyncio.ensure_future(write), stall_s):
         log.info(
             "client stopped reading: connection closed",
             extra={"fields": {"request_id": request[keys.REQUEST_ID], "stalled_s": stall_s}},
         )
-        transport = request.transport
-        if transport is not None:
-            transport.abort()
+        transport.abort()
         raise ConnectionResetError("the client read nothing for response_write_timeout_s") from None
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import textwrap
@@ -643,6 +644,36 @@ def test_a_client_that_reads_no_whole_answer_is_let_go(leaks: Leaks) -> None:
     finally:
         for sock in sockets:
             sock.close()
+        _reset(leaks)
+    assert _idle(leaks.settled(), leaks.baseline)
+
+
+def test_a_client_reading_a_large_answer_slowly_gets_all_of_it(leaks: Leaks) -> None:
+    """The bound is on a client that reads nothing, not on a slow one: a whole answer of several
+    MB read at a steady trickle takes many times response_write_timeout_s (0.5 s here) and must
+    arrive whole. The first bound cut the whole write at the timeout, however much the client
+    had read meanwhile (an embeddings answer of 30 MB to a client on a slow link was cut after
+    30 s); it now lets go only when nothing was sent for the timeout."""
+    leaks.faults("up", reply=_larger_than_a_socket_holds())
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.connect(("127.0.0.1", leaks.port))
+        sock.sendall(_http_post("/v1/chat/completions", _chat("slow")))
+        sock.settimeout(20)
+        received = bytearray()
+        started = time.monotonic()
+        while chunk := sock.recv(256 * 1024):
+            received += chunk
+            time.sleep(0.03)  # about 8 MB/s at most: seconds for the whole answer
+        sock.close()
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        assert head.startswith(b"HTTP/1.1 200"), head[:200]
+        assert len(body) == length, (len(body), length)
+        assert time.monotonic() - started > WRITE_TIMEOUT_S * 4  # it was slow, and served whole
+        assert json.loads(body)["choices"][0]["message"]["content"]
+    finally:
         _reset(leaks)
     assert _idle(leaks.settled(), leaks.baseline)
 
