@@ -39,6 +39,7 @@ from gateway.wire.messages import (
     CountTokensHead,
     MessagesHead,
     MessagesInputError,
+    check_request,
     check_thinking,
     message_from_chat,
     to_chat,
@@ -105,6 +106,7 @@ class MessagesDoor:
         _check_conversation(head.messages, head.thinking.type if head.thinking else None)
         beta = headers.get("anthropic-beta")
         try:
+            check_request(body)
             check_thinking(head, beta)
             translation = to_chat(body, head)
         except MessagesInputError as exc:
@@ -258,6 +260,7 @@ def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int
     _check_conversation(head.messages, kind if isinstance(kind, str) else None)
     full = {**body, "max_tokens": 1, "stream": False}
     try:
+        check_request(body, whole=False)
         chat = to_chat(full, validate_head(MessagesHead, full)).chat
     except MessagesInputError as exc:
         raise InvalidRequest(f"Invalid value for '{exc.param}': {exc.message}", param=exc.param) from None

@@ -169,6 +169,91 @@ def check_thinking(head: MessagesHead, betas: str | None) -> None:
         )
 
 
+# What Anthropic's API refuses of a request whichever model answers, checked by ``check_request``.
+MAX_CACHE_BREAKPOINTS = 4  # prompt caching: "You can define up to 4 cache breakpoints"
+_CACHE_TTLS = ("5m", "1h")  # ``CacheControlEphemeral.ttl``
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # ``Base64ImageSource``
+_DOCUMENT_MEDIA_TYPES = {"base64": "application/pdf", "text": "text/plain"}  # PDF and plain-text sources
+_SERVICE_TIERS = ("auto", "standard_only")
+
+
+def check_request(body: JSONObject, whole: bool = True) -> None:
+    """Refuse, in Anthropic's words (its validation's, as its users quote them), what its API
+    refuses of any request, so a translated kind does not answer what Anthropic would refuse:
+    more than 4 ``cache_control`` breakpoints ("A maximum of 4 blocks with cache_control may be
+    provided. Found 5.", Wei-Shaw/sub2api#176), a ``ttl`` other than ``5m`` / ``1h``, a base64
+    image not JPEG, PNG, GIF or WebP (anthropics/claude-code#8184), a base64 document not a PDF
+    or a text one not ``text/plain``, and (``whole``: a request, not a ``count_tokens`` body) a
+    stop sequence without a visible character ("stop_sequences: each stop sequence must contain
+    non-whitespace", BerriAI/litellm#3286) and a ``service_tier`` other than ``auto`` /
+    ``standard_only``. Key paths as Anthropic writes them (``messages.0.content.1``)."""
+    marks: list[str] = []
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+        _cache_mark(tool, f"tools.{i}", marks)
+    system = body.get("system")
+    for i, block in enumerate(system if isinstance(system, list) else ()):
+        _cache_mark(block, f"system.{i}", marks)
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else ()):
+            _check_block(block, f"messages.{i}.content.{j}", marks)
+    if len(marks) > MAX_CACHE_BREAKPOINTS:
+        raise MessagesInputError(
+            f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. "
+            f"Found {len(marks)}.",
+            marks[MAX_CACHE_BREAKPOINTS] + ".cache_control",
+        )
+    if not whole:
+        return
+    stops = body.get("stop_sequences")
+    if isinstance(stops, list) and any(isinstance(s, str) and (not s or s.isspace()) for s in stops):
+        raise MessagesInputError(
+            "stop_sequences: each stop sequence must contain non-whitespace", "stop_sequences"
+        )
+    tier = body.get("service_tier")
+    if tier is not None and tier not in _SERVICE_TIERS:
+        raise MessagesInputError("service_tier: Input should be 'auto' or 'standard_only'", "service_tier")
+
+
+def _cache_mark(block: object, where: str, marks: list[str]) -> None:
+    """Count ``block``'s ``cache_control`` breakpoint in ``marks`` (its path), its ``ttl`` checked."""
+    if not isinstance(block, dict) or block.get("cache_control") is None:
+        return
+    marks.append(where)
+    control = block["cache_control"]
+    ttl = control.get("ttl") if isinstance(control, dict) else None
+    if ttl is not None and ttl not in _CACHE_TTLS:
+        raise MessagesInputError(
+            f"{where}.cache_control.ephemeral.ttl: Input should be '5m' or '1h'", f"{where}.cache_control.ttl"
+        )
+
+
+def _check_block(block: object, where: str, marks: list[str]) -> None:
+    if not isinstance(block, dict):
+        return
+    _cache_mark(block, where, marks)
+    kind, source = block.get("type"), block.get("source")
+    source_type = source.get("type") if isinstance(source, dict) else None
+    media = source.get("media_type") if isinstance(source, dict) else None
+    if kind == "image" and source_type == "base64" and media not in IMAGE_MEDIA_TYPES:
+        raise MessagesInputError(
+            f"{where}.image.source.base64.media_type: Input should be 'image/jpeg', 'image/png', "
+            "'image/gif' or 'image/webp'",
+            f"{where}.source.media_type",
+        )
+    wanted = _DOCUMENT_MEDIA_TYPES.get(str(source_type)) if kind == "document" else None
+    if wanted is not None and media != wanted:
+        raise MessagesInputError(
+            f"{where}.document.source.{source_type}.media_type: Input should be '{wanted}'",
+            f"{where}.source.media_type",
+        )
+    content = block.get("content") if kind == "tool_result" else None
+    for k, part in enumerate(content if isinstance(content, list) else ()):
+        _check_block(part, f"{where}.content.{k}", marks)
+
+
 class CountTokensHead(BaseModel):
     """``/v1/messages/count_tokens``: the request minus ``max_tokens`` and ``stream``."""
 
