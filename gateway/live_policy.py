@@ -320,10 +320,9 @@ class LivePolicy:
         """Reload when the file's bytes change. The directory is watched, not the file: editors
         replace files by rename, and a ConfigMap swaps a symlink in that directory; when the
         path is a symlink into another directory (a checkout linked in), that one is watched
-        too. ``_poll_file`` covers what these watches cannot see."""
+        too, and the watch moves with the symlink (``_watch_until_moved``). ``_poll_file`` covers
+        what these watches cannot see."""
         assert self.path is not None
-        real = os.path.realpath(self.path)
-        directories = list(dict.fromkeys(os.path.dirname(p) for p in (os.path.abspath(self.path), real)))
         try:
             # A change between start-up and now (or a restarted worker) is a reload; the file as
             # the process read it at start is none (it was counted as one, in every process).
@@ -332,6 +331,31 @@ class LivePolicy:
             log.exception("policy reload failed", extra={"fields": {"path": self.path}})
         finally:
             self.first_check_done.set()
+        while not self._stop.is_set():
+            try:
+                await self._watch_until_moved()
+            except (OSError, RuntimeError) as exc:
+                # A watched directory removed: the kubelet deletes a ConfigMap's previous
+                # timestamped directory, the symlink's target, at each update. While the path's
+                # own directory is there, watch again where the symlink leads now.
+                if isinstance(exc, FileNotFoundError) and os.path.isdir(_directory(self.path)):
+                    continue
+                self.watching = False  # no such directory, no inotify: say so, keep serving
+                self.watch_started.set()  # nobody waits for a watch that will never be
+                log.warning(
+                    "cannot watch the policy file; reload with SIGHUP or POST /admin/policy/reload",
+                    extra={"fields": {"path": self.path, "error": repr(exc)}},
+                )
+                return
+
+    async def _watch_until_moved(self) -> None:
+        """Watch the path's directory and its symlink target's; return when the target is in
+        another directory than when the watch began (a check is made then: a change may have
+        come between the two watches)."""
+        assert self.path is not None
+        real = os.path.realpath(self.path)
+        directories = list(dict.fromkeys(_directory(p) for p in (self.path, real)))
+        directories = [d for d in directories if os.path.isdir(d)] or directories
         loop = asyncio.get_running_loop()
         try:
             async for _ in watchfiles.awatch(
@@ -347,13 +371,14 @@ class LivePolicy:
                     await self._check()
                 except Exception:  # one change that could not be read or applied: keep watching
                     log.exception("policy reload failed", extra={"fields": {"path": self.path}})
-        except (OSError, RuntimeError) as exc:  # no such directory, no inotify: say so, keep serving
-            self.watching = False
-            self.watch_started.set()  # nobody waits for a watch that will never be
-            log.warning(
-                "cannot watch the policy file; reload with SIGHUP or POST /admin/policy/reload",
-                extra={"fields": {"path": self.path, "error": repr(exc)}},
-            )
+                if _directory(os.path.realpath(self.path)) != _directory(real):
+                    return
+        finally:
+            if not self._stop.is_set():
+                try:
+                    await self._check()
+                except Exception:
+                    log.exception("policy reload failed", extra={"fields": {"path": self.path}})
 
     async def _poll_file(self) -> None:
         """Every ``POLL_S``: a ``stat`` of the path (through its symlinks), and when that changed
@@ -459,6 +484,10 @@ class PolicyFileEvents:
     def __call__(self, change: watchfiles.Change, path: str) -> bool:
         name = os.path.basename(path)
         return name in self._names or name.startswith("..")
+
+
+def _directory(path: str) -> str:
+    return os.path.dirname(os.path.abspath(path))
 
 
 def _read(path: str) -> bytes:
