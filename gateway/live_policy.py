@@ -23,7 +23,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import watchfiles
@@ -31,7 +30,7 @@ import watchfiles
 from gateway.auth.keyring import KeyRing
 from gateway.cache.service import ResponseCache
 from gateway.observability.metrics import GatewayMetrics
-from gateway.policy.loader import PolicyError, PolicyProblem, parse_policy_bytes
+from gateway.policy.loader import PolicyError, parse_policy_bytes, read_policy_file
 from gateway.policy.model import Policy
 from gateway.policy.versions import (
     PolicyStatus,
@@ -491,10 +490,7 @@ def _directory(path: str) -> str:
 
 
 def _read(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise PolicyError([PolicyProblem(path, None, (), f"cannot read file: {exc.strerror}")]) from None
+    return read_policy_file(path, path)  # as start-up reads it: a fifo refused, never waited on
 
 
 def _parse(data: bytes, path: str) -> Policy:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import difflib
 import gc
 import hashlib
+import os
+import stat
 import types
 import typing
 from dataclasses import dataclass
@@ -65,10 +67,45 @@ def load_policy_with_digest(path: str | Path) -> tuple[Policy, str]:
     without parsing it again."""
     shown = str(path)
     try:
+        # A plain read: a pipe is fine at start-up (``serve --policy <(envsubst < policy.yaml)``).
         data = Path(path).read_bytes()
     except OSError as exc:
         raise PolicyError([PolicyProblem(shown, None, (), f"cannot read file: {exc.strerror}")]) from None
     return parse_policy_bytes(data, shown), hashlib.sha256(data).hexdigest()
+
+
+_NOT_REGULAR = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket"}
+
+
+def read_policy_file(path: str | Path, shown_path: str) -> bytes:
+    """The bytes of the regular file at ``path``, as a reload reads it; ``PolicyError`` when it
+    cannot be read or is not a regular file. Opened without blocking and refused unless regular: a
+    named pipe put in its place had the reload's ``read`` wait for a writer forever, and with it
+    the watcher, the poll and every reload after (``POST /admin/policy/reload`` never answered,
+    the process could not exit). Start-up reads as before (``load_policy_with_digest``): a pipe
+    given on the command line is read once, as meant."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise PolicyError(
+            [PolicyProblem(shown_path, None, (), f"cannot read file: {exc.strerror}")]
+        ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _NOT_REGULAR.get(stat.S_IFMT(mode), "a device or special file")
+            problem = f"cannot read file: not a regular file ({kind})"
+            raise PolicyError([PolicyProblem(shown_path, None, (), problem)])
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise PolicyError(
+            [PolicyProblem(shown_path, None, (), f"cannot read file: {exc.strerror}")]
+        ) from None
+    finally:
+        os.close(fd)
 
 
 def parse_policy_bytes(data: bytes, shown_path: str = "<policy>") -> Policy:

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,7 +54,9 @@ class Gateway:
         deadline = time.monotonic() + deadline_s
         while not done():
             assert self.proc.popen.poll() is None, f"the gateway exited:\n{self.proc.output[-3000:]}"
-            assert time.monotonic() < deadline, f"{what}: not within {deadline_s} s"
+            assert time.monotonic() < deadline, (
+                f"{what}: not within {deadline_s} s\n{self.proc.output[-3000:]}"
+            )
             time.sleep(0.02)
 
     def wait_served(self, marker: str) -> None:
@@ -303,3 +306,32 @@ def test_a_huge_valid_policy_is_applied_without_stopping_service(gw: Gateway) ->
     filler = ("# " + "x" * 98 + "\n") * 100_000
     gw.path.write_text(filler + policy(url, "huge"))
     gw.wait_served("huge")
+
+
+def test_a_directory_or_a_fifo_in_place_of_the_file_is_refused_and_the_file_back_serves(gw: Gateway) -> None:
+    url = gw.fake_url
+    # A directory where the file was (a volume mounted on the file's path by mistake).
+    gw.path.unlink()
+    gw.path.mkdir()
+    check = gw.wait_refused(0)
+    assert "cannot read file" in str(check["problems"]), check
+    gw.path.rmdir()
+    gw.path.write_text(policy(url, "file1"))
+    gw.wait_served("file1")
+    # A named pipe (a secrets tool's fifo): reading it waits for a writer that never comes.
+    gw.path.unlink()
+    os.mkfifo(gw.path)
+    check = gw.wait_refused(1)
+    assert "not a regular file" in str(check["problems"]), check
+    request = urllib.request.Request(f"{gw.proc.url}/admin/policy/reload", method="POST", data=b"")
+    try:
+        urllib.request.urlopen(request, timeout=5)
+    except urllib.error.HTTPError as exc:  # refused at once, not a hang
+        assert exc.code == 422, exc.code
+        assert "not a regular file" in exc.read().decode()
+    else:
+        raise AssertionError("a fifo was applied")
+    gw.path.unlink()
+    gw.path.write_text(policy(url, "file2"))
+    gw.wait_served("file2")
+    assert gw.health_policy() == "up"
