@@ -161,6 +161,7 @@ def test_editors_and_tools_saving_the_file(gw: Gateway, tmp_path: Path) -> None:
     subprocess.run([*git, "checkout", "-q", "HEAD~1", "--", "policy.yaml"], check=True)
     gw.wait_served("first")
 
+    assert gw.refusals_logged() == 0, gw.proc.output[-3000:]  # no save was seen half done
     # Deleted, then written again a while later: refused while gone, served when back.
     before = gw.refusals_logged()
     path.unlink()
@@ -282,7 +283,9 @@ def test_many_saves_in_quick_succession_end_on_the_last_one(gw: Gateway) -> None
     broken = "version: 1\nmodels: [\n"
     # Thirty saves, every third one invalid, the last valid: the last one serves, nothing
     # before it was refused (no two reads of an invalid one agreed).
-    save_many(gw, [policy(url, f"q{i}") if i % 3 or i == 29 else broken for i in range(30)])
+    # (Each invalid save differs: the same bytes read twice 0.25 s apart, from two saves, pass
+    # for a settled file.)
+    save_many(gw, [policy(url, f"q{i}") if i % 3 or i == 29 else f"# {i}\n{broken}" for i in range(30)])
     gw.wait_served("q29")
     gw.quiet()
     assert "q29" in gw.served()
@@ -335,3 +338,28 @@ def test_a_directory_or_a_fifo_in_place_of_the_file_is_refused_and_the_file_back
     gw.path.write_text(policy(url, "file2"))
     gw.wait_served("file2")
     assert gw.health_policy() == "up"
+
+
+def test_the_policy_directory_replaced_twice_stays_watched(fake: ManagedProcess, tmp_path: Path) -> None:
+    # A deploy tool that writes a new directory and renames it over the old one (the old one,
+    # being watched, is gone).
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "policy.yaml").write_text(policy(fake.url, "d0"))
+    proc = start(
+        ["serve", "--policy", str(conf / "policy.yaml"), "--port", "0"], env={"SOPHIA_ACCESS_LOG": "0"}
+    )
+    gw = Gateway(proc, conf / "policy.yaml", fake.url)
+    try:
+        gw.wait_served("d0")
+        for marker in ("d1", "d2"):
+            new = tmp_path / f"conf-{marker}"
+            new.mkdir()
+            (new / "policy.yaml").write_text(policy(fake.url, marker))
+            shutil.rmtree(conf)
+            os.rename(new, conf)
+            gw.wait_served(marker)
+        assert gw.get("/admin/policy")["watching"] is True, proc.output[-3000:]
+        assert gw.refusals_logged() == 0, proc.output[-3000:]
+    finally:
+        assert proc.stop() == 0, proc.output[-3000:]
