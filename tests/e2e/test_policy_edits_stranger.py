@@ -173,6 +173,8 @@ def test_editors_and_tools_saving_the_file(gw: Gateway, tmp_path: Path) -> None:
     assert gw.health_policy() == "up"
     gw.quiet()
     assert gw.refusals_logged() == before + 1
+    # vim, sed, copied, first, second, first, back: each save counted once.
+    assert gw.reloads() == {"applied": 7, "invalid": 1}, gw.reloads()
 
 
 def test_a_write_in_two_steps_serves_only_the_whole_file(gw: Gateway) -> None:
