@@ -104,6 +104,17 @@ class _SideCalls:
         self.active = 0
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedRouting:
+    """A policy's routing built ahead of its swap (``Router.prepare``)."""
+
+    live: dict[tuple[str, str], DeploymentState]
+    groups: dict[str, _Group]
+    all_targets: list[Target]
+    target_group: list[str]
+    target_index: dict[int, int]
+
+
 class Router:
     """Maps model names to planned targets and runs the failover loop."""
 
@@ -134,8 +145,21 @@ class Router:
         self._install(policy, clients, None)
         metrics.register_router(self)
 
-    def reconfigure(self, policy: Policy, clients: Mapping[str, ProviderHandle]) -> None:
-        """Route by ``policy`` from now on (a hot reload), in one step on the event loop.
+    def prepare(self, policy: Policy, clients: Mapping[str, ProviderHandle]) -> PreparedRouting:
+        """What ``reconfigure(policy, clients, prepared)`` installs, built ahead and changing
+        nothing, so that a reload can build it in a thread: a policy of 170,000 groups took 4 s to
+        build, on the event loop, in one step, while nothing was answered. Only ``reconfigure``
+        (with the same ``policy`` and ``clients``, nothing reconfigured in between) may use it."""
+        return self._build(policy, clients, self._policy)
+
+    def reconfigure(
+        self,
+        policy: Policy,
+        clients: Mapping[str, ProviderHandle],
+        prepared: PreparedRouting | None = None,
+    ) -> None:
+        """Route by ``policy`` from now on (a hot reload), in one step on the event loop
+        (``prepared``: built ahead by ``prepare``).
 
         Requests in flight keep the group and targets they hold. Deployments that stay (same
         provider and upstream model, over the same client) keep their live figures and breaker
@@ -143,7 +167,7 @@ class Router:
         them; votes remembered for feedback follow the deployments that stay in their group."""
         old_groups = self._target_group
         old_targets = self._all_targets
-        self._install(policy, clients, self._policy)
+        self._install(policy, clients, self._policy, prepared)
         # Remap the feedback map's target indices (one pass; reloads are rare).
         new_index = {
             (group, t.provider, t.model): i
@@ -164,10 +188,11 @@ class Router:
             size += _ENTRY_BYTES + sys.getsizeof(key) + (0 if vote is None else _VOTE_BYTES)
         self._requests, self._remembered_bytes = kept, size
 
-    def _install(
+    def _build(
         self, policy: Policy, clients: Mapping[str, ProviderHandle], old_policy: Policy | None
-    ) -> None:
-        """Build the groups, targets and live states of ``policy`` and swap them in."""
+    ) -> PreparedRouting:
+        """The groups, targets and live states of ``policy``, deployments that stay keeping
+        theirs (reads the router's state, changes none of it)."""
         r = policy.routing
         same_stats = old_policy is not None and (r.window_s, r.latency_alpha, r.stale_after_s) == (
             old_policy.routing.window_s,
@@ -210,16 +235,30 @@ class Router:
             )
             for name, group in policy.models.items()
         }
+        all_targets = [t for g in groups.values() for t in g.targets]
+        target_group = [g.name for g in groups.values() for _ in g.targets]
+        target_index = {id(t): i for i, t in enumerate(all_targets)}
+        return PreparedRouting(live, groups, all_targets, target_group, target_index)
+
+    def _install(
+        self,
+        policy: Policy,
+        clients: Mapping[str, ProviderHandle],
+        old_policy: Policy | None,
+        prepared: PreparedRouting | None = None,
+    ) -> None:
+        """Build the groups, targets and live states of ``policy`` (unless ``prepared``) and swap
+        them in."""
+        ready = prepared if prepared is not None else self._build(policy, clients, old_policy)
+        live, groups, all_targets = ready.live, ready.groups, ready.all_targets
         for name, built in groups.items():  # the blend of input and output prices carries over
             if name in self._groups:
                 built.input_share = self._groups[name].input_share
-        all_targets = [t for g in groups.values() for t in g.targets]
         # No await from here on: a request sees the old set or the new one, never a mix.
         self._policy, self._live, self._groups, self._clients = policy, live, groups, dict(clients)
         self._side = _SideCalls()  # this policy's own: a reload's drain reads the one it replaced
         self._all_targets = all_targets
-        self._target_group = [g.name for g in groups.values() for _ in g.targets]
-        self._target_index = {id(t): i for i, t in enumerate(all_targets)}
+        self._target_group, self._target_index = ready.target_group, ready.target_index
 
     # ----- lookups
 

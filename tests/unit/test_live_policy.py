@@ -713,3 +713,33 @@ async def test_a_change_before_the_watcher_started_is_a_reload(
     assert metric(client, "gateway_policy_reloads_total", result="applied") == 1
     assert (await (await client.get("/admin/policy")).json())["source"] == "file"
     assert await models(client) == ["m", "n"]
+
+
+async def test_a_reload_of_many_groups_keeps_the_event_loop_answering(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+) -> None:
+    # The router's groups and states and the version's hash are built in a thread: built on the
+    # loop, 40,000 groups held it 2.4 s in one step (170,000: 5.6 s), nothing answered.
+    client = await gateway(aiohttp_client, policy_file, upstreams)
+    groups = "".join(f"  g{i}: {{deployments: [{{provider: a, model: m{i}}}]}}\n" for i in range(40_000))
+    policy_file.write_text(BASE + groups)
+    gaps: list[float] = []
+    done = False
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not done:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.ensure_future(tick())
+    status, body = await reload(client)
+    done = True
+    await ticker
+    assert (status, body["policy"]["result"]) == (200, "applied"), body
+    # Before: 2.4-2.5 s. Left: about 0.4 s in one step outside the swap (pydantic's validation of
+    # the parse, in Rust, holding the GIL, or a full collection over the new policy's objects).
+    assert max(gaps) < 1.0, f"the loop stalled {max(gaps):.2f} s"
+    assert "g39999" in await models(client)
