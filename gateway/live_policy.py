@@ -424,18 +424,32 @@ class LivePolicy:
             await self.reload("file", data or None, first=first)
 
     async def _read_settled(self) -> bytes:
-        """The file's bytes once two reads ``_SETTLE_S`` apart agree (for at most ``_SETTLE_ROUNDS``
-        rounds): an editor writing in place, slowly, could otherwise have a valid first half
-        applied, and requests to the groups it has not written yet refused meanwhile."""
+        """The file's bytes once two reads ``_SETTLE_S`` apart agree, and the file's identity
+        (inode, size, modification time) with them, for at most ``_SETTLE_ROUNDS`` rounds: an
+        editor writing in place, slowly, could otherwise have a valid first half applied, and
+        requests to the groups it has not written yet refused meanwhile. The same bytes from two
+        saves (a burst of saves, the same invalid text every third) passed for a settled file on
+        bytes alone, and were refused in the middle of a burst that ended valid."""
         assert self.path is not None
-        data = await self._read_or_empty()
+        data = await self._read_stamped()
         for _ in range(_SETTLE_ROUNDS):
             await asyncio.sleep(_SETTLE_S)
-            again = await self._read_or_empty()
+            again = await self._read_stamped()
             if again == data:
                 break
             data = again
-        return data
+        return data[1]
+
+    async def _read_stamped(self) -> tuple[tuple[int, int, int] | None, bytes]:
+        """The file's identity, taken before its bytes are read (a save between the two shows in
+        the next identity), and the bytes."""
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None
+        return stamp, await self._read_or_empty()
 
     async def _read_or_empty(self) -> bytes:
         assert self.path is not None

@@ -743,3 +743,29 @@ async def test_a_reload_of_many_groups_keeps_the_event_loop_answering(
     # the parse, in Rust, holding the GIL, or a full collection over the new policy's objects).
     assert max(gaps) < 1.0, f"the loop stalled {max(gaps):.2f} s"
     assert "g39999" in await models(client)
+
+
+async def test_the_same_bytes_from_two_saves_are_not_taken_for_a_settled_file(
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of saves writing X, Y, X again (by rename), then Z: the two settle reads both
+    seeing X were taken for a settled X (a refusal in the middle of the burst); the file's
+    identity (inode, modification time) differs between them, so reading goes on to Z."""
+    client = await gateway(aiohttp_client, policy_file, upstreams)
+    live = client.app[keys.POLICY_CONTROL]  # type: ignore[index]
+    monkeypatch.setattr("gateway.live_policy._SETTLE_S", 0.5)
+
+    def save(text: str) -> None:
+        tmp = policy_file.with_name("policy.yaml.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, policy_file)
+
+    async def burst() -> None:
+        for text in ("y", "x", "z"):  # 0.2, 0.4 and 0.6 s in: reads are at 0, 0.5, 1.0 s, ...
+            await asyncio.sleep(0.2)
+            save(text)
+
+    save("x")
+    writer = asyncio.ensure_future(burst())
+    assert await live._read_settled() == b"z"
+    await writer
