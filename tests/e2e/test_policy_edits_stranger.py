@@ -189,8 +189,7 @@ def test_a_write_in_two_steps_serves_only_the_whole_file(gw: Gateway) -> None:
         time.sleep(0.1)  # the pause between an editor's two writes (not a wait for the gateway)
         f.write(whole[cut:])
     gw.wait_served("whole")
-    gw.quiet()
-    assert gw.reloads().get("applied") == 1, gw.reloads()
+    assert gw.reloads().get("applied") == 1, gw.reloads()  # the half was never applied
 
 
 def test_a_configmap_mount_updated_twice(fake: ManagedProcess, tmp_path: Path) -> None:
@@ -226,7 +225,6 @@ def test_a_configmap_mount_updated_twice(fake: ManagedProcess, tmp_path: Path) -
         publish(stamps[2], policy(fake.url, "cm2"), stamps[1])
         gw.wait_served("cm2")
         assert gw.get("/admin/policy")["watching"] is True, proc.output[-3000:]
-        gw.quiet()
         assert gw.reloads() == {"applied": 2}, gw.reloads()
         assert gw.refusals_logged() == 0, proc.output[-3000:]
     finally:
@@ -289,8 +287,6 @@ def test_many_saves_in_quick_succession_end_on_the_last_one(gw: Gateway) -> None
     # for a settled file.)
     save_many(gw, [policy(url, f"q{i}") if i % 3 or i == 29 else f"# {i}\n{broken}" for i in range(30)])
     gw.wait_served("q29")
-    gw.quiet()
-    assert "q29" in gw.served()
     assert gw.refusals_logged() == 0, gw.proc.output[-3000:]
     assert gw.health_policy() == "up"
     applied = gw.reloads()["applied"]
