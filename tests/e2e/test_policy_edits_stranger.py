@@ -48,7 +48,7 @@ class Gateway:
             return json.loads(resp.read())  # type: ignore[no-any-return]
 
     def served(self) -> list[str]:
-        return [m["id"] for m in self.get("/v1/models")["data"]]  # type: ignore[attr-defined,index]
+        return [m["id"] for m in self.get("/v1/models")["data"]]  # type: ignore[attr-defined]
 
     def until(self, what: str, done: Callable[[], bool], deadline_s: float = DEADLINE_S) -> None:
         deadline = time.monotonic() + deadline_s
@@ -81,7 +81,7 @@ class Gateway:
         self.until("refusal logged", lambda: self.refusals_logged() > before)
         health = self.get("/health")
         check = health["dependencies"]["policy"]  # type: ignore[index]
-        assert check["status"] == "degraded", health  # type: ignore[index]
+        assert check["status"] == "degraded", health
         return check  # type: ignore[no-any-return]
 
     def health_policy(self) -> str:
@@ -359,5 +359,37 @@ def test_the_policy_directory_replaced_twice_stays_watched(fake: ManagedProcess,
             gw.wait_served(marker)
         assert gw.get("/admin/policy")["watching"] is True, proc.output[-3000:]
         assert gw.refusals_logged() == 0, proc.output[-3000:]
+    finally:
+        assert proc.stop() == 0, proc.output[-3000:]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root's setpriv to drop DAC overrides"
+)
+def test_the_file_made_unreadable_is_refused_and_readable_again_clears_it(
+    fake: ManagedProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root reads a file of mode 000 anyway: the gateway runs without the capabilities that let it
+    # (as a non-root container user would be refused).
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy(fake.url, "p0"))
+    popen = subprocess.Popen
+
+    def without_dac_override(args: list[str], **kwargs: object) -> subprocess.Popen[str]:
+        return popen(["setpriv", "--bounding-set=-dac_override,-dac_read_search", *args], **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr("gateway.testing.process.subprocess.Popen", without_dac_override)
+    proc = start(["serve", "--policy", str(path), "--port", "0"], env={"SOPHIA_ACCESS_LOG": "0"})
+    monkeypatch.undo()
+    gw = Gateway(proc, path, fake.url)
+    try:
+        gw.wait_served("p0")
+        path.chmod(0)
+        check = gw.wait_refused(0)
+        assert "Permission denied" in str(check["problems"]), check
+        assert "p0" in gw.served()
+        path.chmod(0o644)
+        gw.until("policy up again", lambda: gw.health_policy() == "up")
+        assert gw.refusals_logged() == 1, proc.output[-3000:]
     finally:
         assert proc.stop() == 0, proc.output[-3000:]

@@ -752,7 +752,7 @@ async def test_the_same_bytes_from_two_saves_are_not_taken_for_a_settled_file(
     seeing X were taken for a settled X (a refusal in the middle of the burst); the file's
     identity (inode, modification time) differs between them, so reading goes on to Z."""
     client = await gateway(aiohttp_client, policy_file, upstreams)
-    live = client.app[keys.POLICY_CONTROL]  # type: ignore[index]
+    live = client.app[keys.POLICY_CONTROL]
     monkeypatch.setattr("gateway.live_policy._SETTLE_S", 0.5)
 
     def save(text: str) -> None:
