@@ -22,6 +22,12 @@ from gateway.policy.model import Retry
 from gateway.routing.retry_budget import RetryBudget
 from gateway.routing.target import RouteContext, Target
 
+# uvloop's timers run on libuv's millisecond clock, cached per loop turn: a retry cut at the
+# deadline may see ``time.monotonic()`` up to a millisecond short of it, and a next attempt was
+# started with no time left (cut at once: one more attempt counted). Within this of the
+# deadline, no retry starts.
+DEADLINE_SLACK_S = 0.005
+
 
 class FailoverCursor:
     """Walks one request's plan for tenacity: which target next, how long to wait, when to stop.
@@ -149,7 +155,7 @@ class FailoverCursor:
         busy, and its breaker soon takes it out of plans."""
         if self._next is None or attempts_done >= self._retry.max_attempts:
             return True
-        if self._clock() - self._started + wait_s > self._retry.deadline_s:
+        if self._clock() - self._started + wait_s > self._retry.deadline_s - DEADLINE_SLACK_S:
             return True
         if self._overloaded and not self._permit:
             self._permit = self._budget.try_retry()

@@ -409,3 +409,23 @@ async def test_a_retry_ends_at_the_deadline_not_at_its_provider_timeouts() -> No
     assert "retry.deadline_s" in err.value.message
     b = next(t for t in r.plan(ctx()) if t.provider == "b")
     assert b.live.stats.in_flight == 0 and b.live.breaker.streak == 0
+
+
+async def test_no_retry_starts_within_a_hair_of_the_deadline() -> None:
+    """uvloop's timers run on libuv's millisecond clock: a retry cut at ``retry.deadline_s``
+    could see ``time.monotonic()`` a hair short of it, and another attempt was started with no
+    time left (cut at once: ``x-gateway-attempts`` one higher, seen as a flaky 3 for 2 under
+    load). Within ``DEADLINE_SLACK_S`` of the deadline no retry starts."""
+    text = POLICY.replace("retry: {max_attempts: 3,", "retry: {max_attempts: 3, deadline_s: 1,")
+    clock = Clock()
+    r = router(text=text, clock=clock)
+    tried: list[str] = []
+
+    async def attempt(target: Target) -> str:
+        tried.append(target.provider)
+        clock.now += 0.9995  # the attempt failed half a millisecond before the deadline
+        raise UpstreamConnectError("down")
+
+    with pytest.raises(UpstreamConnectError):
+        await r.call(ctx(), attempt)
+    assert tried == ["a"]
