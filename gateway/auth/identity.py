@@ -1,7 +1,7 @@
 """The caller a request was authenticated as, and what it may do (resolved once per request).
 
 A virtual key belongs to a team; what it may do is the key's own setting where it has one, else its
-team's default (the policy's ``auth.teams``). In ``auth.mode: open`` there are no keys: every caller
+team's default (the policy's ``auth.teams``), except its models: the key's own within its team's. In ``auth.mode: open`` there are no keys: every caller
 is an unlimited ``Caller`` whose team is a hash of the Authorization header it sent (today's tenancy).
 """
 

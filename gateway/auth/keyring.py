@@ -156,11 +156,12 @@ class KeyRing:
     async def create(self, team: str, settings: KeySettings | None = None) -> tuple[str, KeyRecord]:
         """A new key of ``team``: its secret (shown once, never stored) and its record.
 
-        Raises ``InvalidRequest`` for a team the policy does not name, models it lacks, or a
-        setting out of bounds (the one check for ``/admin/keys`` and ``keys create`` alike)."""
+        Raises ``InvalidRequest`` for a team the policy does not name, models it lacks or its
+        team's ``models`` do not include (a ceiling), or a setting out of bounds (the one check for ``/admin/keys`` and ``keys create`` alike)."""
         s = settings or KeySettings()
         self._check_team(team)
         self._check_models(s.models)
+        self._check_within_team(team, s.models)
         _check_label(s.name, s.description)
         _check_grants(s.namespaces_read, s.namespaces_write)
         for field, value in (("rpm", s.rpm), ("tpm", s.tpm)):
@@ -303,7 +304,7 @@ class KeyRing:
                 "key %s belongs to team %r, which the policy no longer has", record.key_id, record.team
             )
             return None
-        models = record.models if record.models is not None else team.models
+        models = _within(record.models, team.models)
         budget_usd = record.budget_usd if record.budget_usd is not None else team.budget_usd
         read = record.read_namespaces if record.read_namespaces is not None else team.namespaces.read
         write = record.write_namespaces if record.write_namespaces is not None else team.namespaces.write
@@ -364,6 +365,34 @@ class KeyRing:
                 param="models",
                 code="model_not_found",
             )
+
+    def _check_within_team(self, team: str, models: tuple[str, ...] | None) -> None:
+        """A team's ``models`` are a ceiling: a key may narrow them, never widen them."""
+        ceiling = self.teams[team].models
+        if models is None or ceiling is None:
+            return
+        allowed = set(ceiling)
+        outside = [m for m in models if m not in allowed]
+        if outside:
+            raise InvalidRequest(
+                f"Model group(s) {', '.join(quoted(m) for m in outside[:10])}"
+                f"{f' and {len(outside) - 10} more' if len(outside) > 10 else ''} are not among "
+                f"the models of team {quoted(team)} ({listed(ceiling) or 'none'}): a key's models "
+                "may narrow its team's, never widen them.",
+                param="models",
+                code="model_not_in_team",
+            )
+
+
+def _within(own: tuple[str, ...] | None, ceiling: list[str] | None) -> tuple[str, ...] | list[str] | None:
+    """The models a key may call: its own within its team's (the team's list is a ceiling, so a
+    team narrowed after its keys were made narrows them too); ``None`` is every model."""
+    if own is None:
+        return ceiling
+    if ceiling is None:
+        return own
+    allowed = set(ceiling)
+    return tuple(m for m in own if m in allowed)
 
 
 def _check_label(name: str | None, description: str | None) -> None:

@@ -996,11 +996,14 @@ MAX_RATE = 10**12
 
 
 class Team(_Strict):
-    """A team: the defaults its virtual keys inherit (a key's own setting overrides each)."""
+    """A team: the defaults its virtual keys inherit (a key's own setting overrides each, except
+    ``models``, a ceiling a key's own list may only narrow)."""
 
     description: str | None = None
     models: list[str] | None = Field(
-        None, description="Model groups its keys may call (null: every group of the policy)."
+        None,
+        description="Model groups its keys may call (null: every group of the policy); a key's own "
+        "`models` may narrow this list, never widen it.",
     )
     rpm: int | None = Field(
         None, ge=1, le=MAX_RATE, description="Requests per minute per key (null: unlimited)."

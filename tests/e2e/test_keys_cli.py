@@ -145,6 +145,9 @@ def test_refusals_are_one_line_and_exit_non_zero(workdir: Path) -> None:
     assert "Unknown team 'sales'" in unknown_team.stderr and "research" in unknown_team.stderr
     bad_model = keys(workdir, "create", "--team", "ops", "--models", "gpt-9", "--policy", "policy.yaml")
     assert bad_model.returncode == 1 and "'gpt-9'" in bad_model.stderr
+    # research may call m only: a key of it cannot be given `other` (h-teams; exit 0 before).
+    wider = keys(workdir, "create", "--team", "research", "--models", "m,other", "--policy", "policy.yaml")
+    assert wider.returncode == 1 and "'other' are not among the models of team 'research'" in wider.stderr
     bad_flag = keys(workdir, "create", "--team", "ops", "--expires", "soon", "--policy", "policy.yaml")
     assert bad_flag.returncode == 2 and "duration" in bad_flag.stderr
     short = keys(workdir, "create", "--team", "ops", "--budget-period", "0.5s", "--policy", "policy.yaml")

@@ -106,7 +106,7 @@ async def test_a_keys_own_settings_override_its_teams(ring: KeyRing) -> None:
     secret, _ = await ring.create(
         "research",
         KeySettings(
-            models=("mini",),
+            models=("claude",),
             rpm=5,
             tpm=50,
             budget_usd=1.5,
@@ -117,7 +117,7 @@ async def test_a_keys_own_settings_override_its_teams(ring: KeyRing) -> None:
     )
     caller = await ring.authenticate(secret)
     assert caller is not None
-    assert (caller.models, caller.rpm, caller.tpm) == (frozenset({"mini"}), 5, 50)
+    assert (caller.models, caller.rpm, caller.tpm) == (frozenset({"claude"}), 5, 50)
     assert (caller.budget_usd, caller.budget_period_s) == (1.5, 86400.0)
     assert caller.read_namespaces == frozenset({"papers"})
     assert caller.write_namespaces == frozenset()  # none, not "the team's"
@@ -155,7 +155,7 @@ async def test_revoke_is_immediate_here_and_unknown_keys_are_404(ring: KeyRing) 
 
 async def test_rotate_keeps_settings_and_retires_the_old_secret(ring: KeyRing, clock: Clock) -> None:
     old_secret, old = await ring.create(
-        "research", KeySettings(rpm=7, models=("mini",), expires_in_s=86400.0, name="ci")
+        "research", KeySettings(rpm=7, models=("claude",), expires_in_s=86400.0, name="ci")
     )
     assert await ring.authenticate(old_secret) is not None
     clock.now += 10
@@ -164,7 +164,7 @@ async def test_rotate_keeps_settings_and_retires_the_old_secret(ring: KeyRing, c
     assert (new.team, new.rpm, new.models, new.expires_at, new.name) == (
         "research",
         7,
-        ("mini",),
+        ("claude",),
         old.expires_at,
         "ci",
     )
