@@ -29,7 +29,12 @@ if TYPE_CHECKING:
 def main(argv: Sequence[str] | None = None) -> int:
     ensure_standard_streams()
     words = sys.argv[1:] if argv is None else list(argv)
-    parser = _parser(next((word for word in words if not word.startswith("-")), None))
+    command = next((word for word in words if not word.startswith("-")), None)
+    parser = _parser(command)
+    if command == "keys":
+        from gateway import keys_command
+
+        words = keys_command.signed_values(words)
     args = parser.parse_args(words)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -31,6 +32,30 @@ from gateway.policy.model import MAX_RATE
 from gateway.settings import Settings, SettingsError
 
 Json = dict[str, Any]
+
+# The flags whose value may be written with a minus sign: argparse reads a word starting with
+# "-" (other than a plain negative number) as a flag, so ``--expires -5d`` was "expected one
+# argument" instead of the flag's own refusal.
+_SIGNED_VALUE_FLAGS = frozenset({"--expires", "--budget-period", "--rpm", "--tpm", "--budget-usd"})
+_SIGNED_VALUE = re.compile(r"-[\d.]")
+
+
+def signed_values(words: list[str]) -> list[str]:
+    """``words`` with each ``--expires -5d`` (and the other number and duration flags) joined as
+    ``--expires=-5d``, which argparse hands to the flag's type to refuse in its own words."""
+    joined: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "--":  # what follows is positional
+            return joined + words[i:]
+        if word in _SIGNED_VALUE_FLAGS and i + 1 < len(words) and _SIGNED_VALUE.match(words[i + 1]):
+            joined.append(f"{word}={words[i + 1]}")
+            i += 2
+            continue
+        joined.append(word)
+        i += 1
+    return joined
 
 
 def add_arguments(keys: argparse.ArgumentParser) -> None:

@@ -16,7 +16,9 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(w|d|h|m|s)?\s*$", re.IGNORECASE)
+# The sign is read so that ``-5d`` is refused as not longer than 0 (by ``_bounded``), not as
+# something other than a duration.
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(w|d|h|m|s)?\s*$", re.IGNORECASE)
 # A number with an exponent: PyYAML (YAML 1.1) reads ``1e3`` (no dot) as a string, and the editor
 # meant the number, as the policy's plain number fields take it.
 _EXPONENT = re.compile(r"^\s*\d+(?:\.\d+)?[eE][+-]?\d+\s*$")
@@ -62,7 +64,7 @@ def _seconds(value: str | float) -> float:
 
 def _bounded(seconds: float, low: float, what: str, *, inclusive: bool = False) -> float:
     if math.isnan(seconds) or seconds < low or (seconds == low and not inclusive):
-        raise ValueError(f"must be {what}")
+        raise ValueError(f"must be {what}" + (f", not {format_duration(seconds)}" if seconds < 0 else ""))
     if seconds > MAX_DURATION_S:  # .inf included (it was told "must be a duration longer than 0")
         raise ValueError("must be a duration of at most 100 years (36500d)")
     return seconds
@@ -70,6 +72,8 @@ def _bounded(seconds: float, low: float, what: str, *, inclusive: bool = False) 
 
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling of ``seconds``: 2592000 -> ``30d``, 5400 -> ``90m``."""
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
     for unit in ("w", "d", "h", "m"):
         size = _UNIT_S[unit]
         if seconds >= size and seconds % size == 0:

@@ -1,0 +1,45 @@
+"""``keys create``'s number and duration flags refuse a negative value in their own words (h-teams).
+
+argparse reads a word starting with ``-`` as a flag unless it is a plain negative number, so
+``--expires -5d`` was "expected one argument", which tells the operator nothing about the value;
+``--expires=-5d`` gave the real refusal. Both spellings now do."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.cli import main
+from gateway.keys_command import signed_values
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--expires", "-5d", "must be a duration longer than 0, not -5d"),
+        ("--expires", "-1", "must be a duration longer than 0, not -1s"),
+        ("--expires", "-0.5h", "must be a duration longer than 0, not -30m"),
+        ("--budget-period", "-5d", "must be a budget period of at least 1s, not -5d"),
+        ("--rpm", "-1e3", "must be a whole number from 1 to"),
+        ("--budget-usd", "-.5", "must be a number of US dollars, not '-.5'"),
+    ],
+)
+@pytest.mark.parametrize("joined", [False, True], ids=["spaced", "with ="])
+def test_a_negative_value_gets_the_flags_own_refusal(
+    flag: str, value: str, says: str, joined: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    words = [f"{flag}={value}"] if joined else [flag, value]
+    with pytest.raises(SystemExit) as exited:
+        main(["keys", "create", "--team", "ops", *words, "--url", "http://127.0.0.1:1"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {says}" in err, err
+    assert "expected one argument" not in err
+
+
+def test_only_value_flags_followed_by_a_signed_value_are_joined() -> None:
+    assert signed_values(["create", "--expires", "-5d", "--json"]) == ["create", "--expires=-5d", "--json"]
+    # A flag after --expires is still a flag (argparse then says the value is missing), and a
+    # --name or --description may start with a minus sign as text (it is a value of its own).
+    assert signed_values(["create", "--expires", "--json"]) == ["create", "--expires", "--json"]
+    assert signed_values(["create", "--name", "-5d"]) == ["create", "--name", "-5d"]
+    assert signed_values(["revoke", "--", "--expires", "-5d"]) == ["revoke", "--", "--expires", "-5d"]
