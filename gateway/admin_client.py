@@ -235,4 +235,10 @@ def gateway_url(text: str) -> str:
         )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise argparse.ArgumentTypeError(f"{text!r} is not a URL: give it as http://HOST:PORT")
+    if "?" in text or "#" in text:
+        # The commands append their paths (/admin/keys) to --url: after a query or fragment they
+        # became part of it, and the gateway's 404 for the path that was left was the answer.
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has a query or fragment ('?' or '#'): give the gateway's address as http://HOST:PORT"
+        )
     return text

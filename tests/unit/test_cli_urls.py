@@ -46,6 +46,21 @@ def test_a_url_with_credentials_is_refused_without_repeating_them(
     assert "argument --url" in err and "credentials" in err and "s3cr3t-pw" not in err
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/?x", "http://127.0.0.1:9?", "http://127.0.0.1:9/#top"])
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_a_url_with_a_query_or_fragment_is_refused(
+    command: list[str], url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before (h-kprobe, h-teams): the commands appended their paths after the query or fragment
+    (``http://host/?x/admin/keys``) and called the gateway's root, reporting its 404 or
+    "cannot reach" rather than the URL's mistake."""
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--url", url])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --url" in err and "query or fragment" in err and "Traceback" not in err
+
+
 def test_a_bad_namespaces_flag_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["keys", "create", "--team", "default", "--namespaces", "bogus", "--url", "http://127.0.0.1:1"])
