@@ -23,7 +23,7 @@ import orjson
 
 from gateway.admin_client import AdminCallError, call_admin, gateway_url
 from gateway.auth.backends import key_store
-from gateway.auth.keyring import KeyRing, KeySettings
+from gateway.auth.keyring import JOINERS, KeyRing, KeySettings
 from gateway.auth.records import key_json
 from gateway.errors import GatewayError, StartupError
 from gateway.policy.durations import format_duration, parse_budget_period_s, parse_expiry_s
@@ -339,4 +339,6 @@ def _budget_period(text: str) -> float:
 def _printable(text: str) -> str:
     """``text`` with characters a terminal would act on (escape sequences, carriage returns)
     shown as ``\\xNN`` (a name stored before ``KeyRing.create`` refused them)."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in JOINERS else f"\\x{ord(c):02x}" for c in text)

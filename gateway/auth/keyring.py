@@ -402,7 +402,7 @@ def _check_label(name: str | None, description: str | None) -> None:
     if name is not None:
         if not 1 <= len(name) <= MAX_NAME_CHARS:
             raise InvalidRequest(f"'name' must be 1 to {MAX_NAME_CHARS} characters.", param="name")
-        if not name.isprintable():
+        if not _printable_label(name):
             raise InvalidRequest(
                 "'name' must not contain control or other non-printable characters "
                 "(terminal escapes, line breaks, tabs, invisible formatting).",
@@ -421,6 +421,20 @@ def _check_label(name: str | None, description: str | None) -> None:
                 "line breaks and tabs are fine.",
                 param="description",
             )
+
+
+# Zero-width joiner and non-joiner: format characters (so not ``isprintable``) that emoji
+# sequences (a family, a flag with a symbol), Persian and the Indic scripts need inside words.
+JOINERS = "\u200c\u200d"
+
+
+def _printable_label(name: str) -> bool:
+    """Printable characters, and joiners after a character beyond ASCII (where a script or an
+    emoji sequence uses them; after ASCII they would only make two names look alike)."""
+    return all(
+        char.isprintable() or (char in JOINERS and i > 0 and name[i - 1] > "\x7f")
+        for i, char in enumerate(name)
+    )
 
 
 def _is_control(char: str) -> bool:

@@ -105,3 +105,37 @@ async def test_a_team_filter_no_team_can_have_is_a_400_naming_it(client: TestCli
     assert (error["param"], error["type"]) == ("team", "invalid_request_error")
     ok = await client.get("/admin/keys", params={"team": "research"}, headers=ADMIN)
     assert (ok.status, (await ok.json())["data"]) == (200, [])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "family 👨\u200d👩\u200d👧",  # an emoji ZWJ sequence (h-kprobe: refused as a format character)
+        "تیم\u200cمن",  # Persian: a zero-width non-joiner inside a word
+        "क्\u200dष",  # Devanagari: a joiner after a virama
+        "🏳️\u200d🌈",
+    ],
+)
+async def test_a_name_may_hold_the_joiners_scripts_and_emoji_need(client: TestClient, name: str) -> None:
+    resp = await client.post("/admin/keys", json={"team": "ops", "name": name}, headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    (key,) = await listed(client)
+    assert key["name"] == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "o\u200dps",  # after ASCII a joiner only makes two names look alike
+        "\u200dops",
+        "ops\u202e",  # a right-to-left override still acts on the terminal
+        "a\u200bb",  # a zero-width space
+    ],
+)
+async def test_invisible_formatting_elsewhere_in_a_name_is_still_refused(
+    client: TestClient, name: str
+) -> None:
+    resp = await client.post("/admin/keys", json={"team": "ops", "name": name}, headers=ADMIN)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "name"
+    assert await listed(client) == []
