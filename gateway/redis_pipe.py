@@ -277,7 +277,15 @@ class ScriptPipe:
             if not future.done():
                 future.set_exception(TimeoutError(f"Redis did not answer within {timeout_s:g} s"))
 
-    async def _send_after_connect(self, command: bytes) -> Any:
+    async def warm(self, scripts: Sequence[AsyncScript]) -> None:
+        """Connect now and load ``scripts`` (through redis-py, so its pool connects too), at
+        start and within the caller's own bound: otherwise the first calls pay for the connect
+        (TCP, TLS, AUTH) and a NOSCRIPT's load within their op timeout."""
+        await self._connected()
+        for script in scripts:
+            await self._load(script)
+
+    async def _connected(self) -> _Protocol:
         if self._closed:
             raise RedisConnectionError("the Redis pipe was closed")
         protocol = self._protocol
@@ -290,6 +298,10 @@ class ScriptPipe:
                 self._connecting.add_done_callback(_retrieve)  # callers may all have given up
             # Shielded: a caller that gives up (its short timeout) leaves the connect to finish.
             protocol = await asyncio.shield(self._connecting)
+        return protocol
+
+    async def _send_after_connect(self, command: bytes) -> Any:
+        protocol = await self._connected()
         if protocol.closed:
             raise RedisConnectionError("connection to Redis closed")
         loop = asyncio.get_running_loop()

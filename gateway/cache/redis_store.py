@@ -190,8 +190,22 @@ class RedisStore:
         }
         self._pipe = ScriptPipe.for_client(self._client, self._op_timeout_s)
         self._outage.healthy = True  # so the first failure logs the transition
+        # The first connections (TCP, TLS, AUTH) and the scripts' loads within the client's
+        # connect timeout, not a lookup's 50 ms: a start under load (or a TLS Redis across a
+        # zone) took longer, and the replica began its first backoff without its cache.
+        await self._outage.call(
+            self._warm,
+            max(1.0, self._op_timeout_s),
+            went_down=self._went_down,
+            came_back=self._came_back,
+        )
+
+    async def _warm(self) -> None:
         client = self._client
-        await self._call(lambda: client.ping())
+        assert client is not None
+        probe_answered(await probe(client))
+        if self._pipe is not None:
+            await self._pipe.warm(list(self._scripts.values()))
 
     async def close(self) -> None:
         """Close the connection pool."""

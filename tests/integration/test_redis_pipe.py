@@ -370,3 +370,47 @@ def test_plain_tls_and_socket_clients_get_a_pipe() -> None:
         "unix:///tmp/redis.sock?db=0",
     ):
         assert ScriptPipe.for_client(redis_client(url, 1.0, 15), 1.0) is not None, url
+
+
+@contextlib.asynccontextmanager
+async def slow_to_connect(port: int, delay_s: float) -> AsyncIterator[str]:
+    """A loopback TCP relay to the Redis on ``port`` that answers a new connection only after
+    ``delay_s`` (as a TLS handshake across a zone, or a start-up under load, takes): its URL."""
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(delay_s)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    finally:
+        server.close()
+
+
+async def test_the_store_connects_and_loads_its_scripts_at_start_within_the_connect_timeout(
+    private_redis: PrivateRedis,
+) -> None:
+    """The start's probe had a lookup's op timeout (50 ms by default) for the first connect: a
+    Redis slower to connect than that (0.2 s here) began the replica's first backoff without its
+    cache, and the first lookups paid for the pipe's connect and the scripts' loads too."""
+    async with slow_to_connect(private_redis.port, 0.2) as url:
+        store = RedisStore(url, {"c": CategoryBudget("c", 10**6)}, op_timeout_s=0.05)
+        await store.start()
+        try:
+            assert store.healthy and store.errors == 0
+            assert store._pipe is not None and store._pipe.connected
+            await store.set("c", "k", b"answer", 60.0)
+            assert await store.get_or_claim("c", "k", 1.0) == (b"answer", False)
+            assert store.healthy and store.errors == 0
+        finally:
+            await store.close()
