@@ -17,7 +17,8 @@ parameter. Parameters the answer rests on and Gemini is not asked for (``logit_b
 ``top_logprobs`` are ``responseLogprobs`` / ``logprobs``, answered from ``logprobsResult``;
 hints without an equivalent (``user``, ``seed``, ...) are left out, as sampling hints are;
 ``parallel_tool_calls: false`` is kept on the answer instead (its first function call only).
-``thinking_budget`` (not OpenAI's: the Messages door's ``thinking.budget_tokens``), else
+``thinking_budget`` (not OpenAI's: the Messages door's ``thinking.budget_tokens``, or -1 for its
+adaptive thinking: Gemini's dynamic thinking), else
 ``reasoning_effort`` as Google's OpenAI-compatible endpoint maps it, becomes
 ``thinkingConfig.thinkingBudget``.
 """
@@ -60,6 +61,10 @@ _GENERATION_FIELDS = (
 # is a ceiling the model may stay under, so one above what every 2.5 model takes is lowered to it.
 THINKING_BUDGET = "thinking_budget"
 MAX_THINKING_BUDGET = 24576
+# Gemini's "dynamic thinking" (thinking guide: "Setting the thinkingBudget to -1 turns on dynamic
+# thinking, meaning the model will adjust the budget based on the complexity of the request"),
+# taken by every 2.5 model: the Messages door's adaptive thinking.
+DYNAMIC_THINKING_BUDGET = -1
 # OpenAI's ``reasoning_effort`` (chat; the Responses door's ``reasoning.effort``) as a thinking
 # budget, as Google's own OpenAI-compatible endpoint maps it: "the OpenAI API offers three levels
 # of thinking control: "low", "medium", and "high", which behind the scenes we map to 1K, 8K, and
@@ -429,6 +434,8 @@ def _generation_config(body: JSONObject) -> JSONObject:
         budget = EFFORT_BUDGETS.get(effort)
     if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
         config["thinkingConfig"] = {"thinkingBudget": min(budget, MAX_THINKING_BUDGET)}
+    elif budget == DYNAMIC_THINKING_BUDGET:
+        config["thinkingConfig"] = {"thinkingBudget": DYNAMIC_THINKING_BUDGET}
     stop = body.get("stop")
     if isinstance(stop, str):
         config["stopSequences"] = [stop]

@@ -5,10 +5,13 @@ rewritten (and the client's ``anthropic-beta`` header), and its answer, whole or
 relayed as Anthropic sent it; any other kind gets the chat translation (``wire/messages.py``)
 through its adapter, and its answer is translated back (``wire/messages_stream.py`` for
 streams). ``top_k`` reaches Anthropic (natively) and Gemini (its ``topK``); OpenAI has none, so
-it is dropped there. An enabled thinking's ``budget_tokens`` reaches Gemini as its
-``thinkingConfig.thinkingBudget`` (OpenAI chat has only ``reasoning_effort``: dropped there). A request with something only Anthropic can do (server tools, ...) is a
-retryable ``UnsupportedByProvider`` on other kinds: a mixed group is served by its Anthropic
-deployments, a group without one answers 400.
+it is dropped there. Thinking and effort reach Gemini as its ``thinkingConfig.thinkingBudget``
+(an enabled thinking's ``budget_tokens``; else ``output_config.effort`` as Google maps
+``reasoning_effort``; else -1, dynamic thinking, for adaptive thinking) and the OpenAI kinds as
+``reasoning_effort`` (``output_config.effort``, each of its values being one of OpenAI's; chat has
+no budget, so ``budget_tokens`` is dropped there). A request with something only Anthropic can
+do (server tools, context editing, ...) is a retryable ``UnsupportedByProvider`` on other kinds:
+a mixed group is served by its Anthropic deployments, a group without one answers 400.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from gateway.errors import (
 from gateway.providers.anthropic_response import openai_usage
 from gateway.providers.anthropic_stream import AnthropicStreamTranslator
 from gateway.providers.base import StreamTranslator, UpstreamRequest
+from gateway.providers.gemini_request import DYNAMIC_THINKING_BUDGET, EFFORT_BUDGETS
 from gateway.providers.gemini_request import THINKING_BUDGET as GEMINI_THINKING_BUDGET
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
@@ -41,6 +45,7 @@ from gateway.wire.messages import (
     MessagesInputError,
     check_request,
     check_thinking,
+    effort_of,
     message_from_chat,
     to_chat,
 )
@@ -66,6 +71,7 @@ class MessagesDoor:
 
     __slots__ = (
         "_beta",
+        "_effort",
         "_thinking_budget",
         "_top_k",
         "body",
@@ -84,13 +90,8 @@ class MessagesDoor:
         self.stream = bool(translation.chat.get("stream"))
         top_k = body.get("top_k")
         self._top_k = top_k if isinstance(top_k, int) and not isinstance(top_k, bool) else None
-        thinking = body.get("thinking")
-        budget = (
-            thinking.get("budget_tokens")
-            if isinstance(thinking, dict) and thinking.get("type") == "enabled"
-            else None
-        )
-        self._thinking_budget = budget if isinstance(budget, int) else None
+        self._effort = effort_of(body)
+        self._thinking_budget = _gemini_budget(body.get("thinking"), self._effort)
         self._beta = {"anthropic-beta": beta} if beta else None
         # Betas change what Anthropic answers (longer outputs, interleaved thinking, structured
         # outputs): an answer made under one set is never served under another, nor under none.
@@ -132,6 +133,10 @@ class MessagesDoor:
         if kind in _GEMINI_KINDS:
             extra = {"top_k": self._top_k, GEMINI_THINKING_BUDGET: self._thinking_budget}
             chat = {**chat, **{name: value for name, value in extra.items() if value is not None}}
+        elif self._effort is not None:
+            # OpenAI's own name for it (``low`` to ``max`` are all its values); a model without
+            # reasoning refuses it, as Claude models without effort refuse ``output_config.effort``.
+            chat = {**chat, "reasoning_effort": self._effort}
         return client.adapter.build_request(Endpoint.CHAT, chat, target.model)
 
     def mode(self, target: Target) -> str:
@@ -271,6 +276,23 @@ def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int
     # At least 1: a short message is still tokens (Anthropic's own count is never 0), and a
     # client that sizes a request from this must not read "free".
     return max(1, RouteContext(head.model, chat).prompt_tokens + tools)
+
+
+def _gemini_budget(thinking: object, effort: str | None) -> int | None:
+    """The thinking budget a Gemini deployment is sent (``thinkingConfig.thinkingBudget``; None:
+    none sent, the model's default): an enabled thinking's ``budget_tokens``; with thinking off
+    (``disabled``), none; else the effort's budget as Google maps ``reasoning_effort``
+    (``EFFORT_BUDGETS``); else, for adaptive thinking ("Claude decides when and how much to
+    think"), Gemini's dynamic thinking, which is the same promise."""
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+        return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
+    if kind == "disabled":
+        return None
+    if effort is not None:
+        return EFFORT_BUDGETS.get(effort)
+    return DYNAMIC_THINKING_BUDGET if kind == "adaptive" else None
 
 
 def _check_conversation(messages: Sequence[Turn], thinking: str | None = None) -> None:

@@ -120,6 +120,7 @@ def parse_chat(body: dict[str, object]) -> Generation:
     _check_json_mode(body.get("response_format"), said_json)
     _check_strict_format(body.get("response_format"))
     _check_shapes(body)
+    _check_reasoning_effort(body.get("reasoning_effort"))
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     return Generation(
         _model(body),
@@ -188,6 +189,23 @@ def _check_shapes(body: dict[str, object]) -> None:
         raise WireError(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options"
         )
+
+
+# ``reasoning_effort``: the openai SDK's ``ReasoningEffort`` (Chat Completions reference).
+_REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+
+
+def _check_reasoning_effort(effort: object) -> None:
+    """OpenAI refuses a ``reasoning_effort`` it does not know, in its invalid-value words
+    (``Invalid value: 'extreme'. Supported values are: 'low', 'medium', and 'high'.``, code
+    ``invalid_value``; the values listed are the model's, here every documented one)."""
+    if effort is None or effort in _REASONING_EFFORTS:
+        return
+    listed = ", ".join(f"'{v}'" for v in _REASONING_EFFORTS[:-1]) + f", and '{_REASONING_EFFORTS[-1]}'"
+    shown = effort if isinstance(effort, str) else orjson.dumps(effort).decode()
+    raise WireError(
+        f"Invalid value: '{shown[:64]}'. Supported values are: {listed}.", "reasoning_effort", "invalid_value"
+    )
 
 
 def _json_reply(response_format: object, prompt: str) -> str | None:

@@ -21,12 +21,13 @@ the rest of their user turn as OpenAI requires; their images go to that user tur
 ``disable_parallel_tool_use`` -> ``parallel_tool_calls: false``), ``stop_sequences`` -> ``stop``,
 ``max_tokens``, ``temperature``, ``top_p``, ``metadata.user_id`` -> ``user``,
 ``output_config.format`` (JSON schema) -> ``response_format``, ``stream`` (with
-``stream_options.include_usage`` so the usage can be told). Dropped: ``top_k`` (kept for Gemini
-by the service), ``thinking`` and thinking blocks in history, ``cache_control``,
-``service_tier``. A tool result's ``is_error`` is said in its text (``Error: ...``: chat has no
+``stream_options.include_usage`` so the usage can be told). Left to the service, per kind:
+``top_k``, ``thinking`` and ``output_config.effort`` (``effort_of``). Dropped: thinking blocks in
+history, ``cache_control``, ``service_tier``. A tool result's ``is_error`` is said in its text (``Error: ...``: chat has no
 flag for it). What a chat provider cannot take at all (server tools such as web search, images
 inside tool results other than text and images, documents with ``citations`` enabled, ``mcp_servers``, ``container``,
-unknown block types) is reported as ``ChatTranslation.unsupported``: Anthropic
+unknown block types, ``context_management`` edits, an ``inference_geo`` other than ``global``,
+``output_config`` fields other than ``effort`` and ``format``) is reported as ``ChatTranslation.unsupported``: Anthropic
 deployments still serve such a request natively, others refuse it.
 """
 
@@ -175,6 +176,10 @@ _CACHE_TTLS = ("5m", "1h")  # ``CacheControlEphemeral.ttl``
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")  # ``Base64ImageSource``
 _DOCUMENT_MEDIA_TYPES = {"base64": "application/pdf", "text": "text/plain"}  # PDF and plain-text sources
 _SERVICE_TIERS = ("auto", "standard_only")
+# ``OutputConfigParam.effort`` (the anthropic SDK's ``Literal``; the effort docs: "low", "medium",
+# "high" (the default), "xhigh", "max"). Each is also a value of OpenAI's ``reasoning_effort``
+# (the openai SDK's ``ReasoningEffort``), which is what a translated OpenAI kind is sent.
+EFFORTS = ("low", "medium", "high", "xhigh", "max")
 
 
 def check_request(body: JSONObject, whole: bool = True) -> None:
@@ -215,6 +220,20 @@ def check_request(body: JSONObject, whole: bool = True) -> None:
     tier = body.get("service_tier")
     if tier is not None and tier not in _SERVICE_TIERS:
         raise MessagesInputError("service_tier: Input should be 'auto' or 'standard_only'", "service_tier")
+    config = body.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    if effort is not None and effort not in EFFORTS:
+        raise MessagesInputError(
+            "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'",
+            "output_config.effort",
+        )
+
+
+def effort_of(body: JSONObject) -> str | None:
+    """The request's ``output_config.effort`` (checked by ``check_request``), None when not given."""
+    config = body.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    return effort if isinstance(effort, str) else None
 
 
 def _cache_mark(block: object, where: str, marks: list[str]) -> None:
@@ -309,6 +328,7 @@ def to_chat(body: JSONObject, head: MessagesHead) -> ChatTranslation:
     fmt = _output_format(body.get("output_config"))
     if fmt is not None:
         chat["response_format"] = fmt
+    _anthropic_only(body, t)
     if head.stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
@@ -316,6 +336,38 @@ def to_chat(body: JSONObject, head: MessagesHead) -> ChatTranslation:
         if body.get(name):
             t.cannot(f"'{name}'")
     return ChatTranslation(chat, t.unsupported)
+
+
+# ``output_config`` fields a translated kind is given (``effort`` by the service, per kind).
+_OUTPUT_CONFIG_TRANSLATED = frozenset({"effort", "format"})
+
+
+def _anthropic_only(body: JSONObject, t: _Translation) -> None:
+    """Request fields no chat provider can honour, named in ``t`` (an Anthropic deployment serves
+    them, another kind refuses them by name; before h-msgs4 they were dropped):
+    ``context_management`` edits (Anthropic clears old tool results and thinking, or compacts
+    the conversation, server-side, and says so in its answer's ``context_management``), an
+    ``inference_geo`` other than ``global`` (where inference may run: the gateway cannot promise
+    it of another provider; ``global``, Anthropic's default, "may run in any available
+    geography", which any deployment honours), and ``output_config`` fields other than
+    ``effort`` and ``format`` (``task_budget``: a countdown the model sees)."""
+    management = body.get("context_management")
+    if management is not None and not _no_edits(management):
+        t.cannot("'context_management' (server-side context editing)")
+    geo = body.get("inference_geo")
+    if geo is not None and geo != "global":
+        t.cannot("'inference_geo' other than 'global' (where inference runs)")
+    config = body.get("output_config")
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if value is not None and key not in _OUTPUT_CONFIG_TRANSLATED:
+                t.cannot(f"'output_config.{str(key)[:64]}'")
+                break
+
+
+def _no_edits(management: object) -> bool:
+    """``context_management`` that asks for nothing: ``{}`` or an empty ``edits`` list."""
+    return isinstance(management, dict) and set(management) <= {"edits"} and not management.get("edits")
 
 
 def _system_text(system: str | list[dict[str, Any]] | None) -> str:

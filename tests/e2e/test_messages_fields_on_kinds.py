@@ -1,0 +1,229 @@
+"""Messages fields that were dropped on translated kinds (h-msgs3, "Found, not fixed") and are now
+translated or refused by name (h-msgs4), sent with the official ``anthropic`` SDK to a group of
+each kind, asserting what the fake upstream received: ``output_config.effort`` (OpenAI's
+``reasoning_effort``; Gemini's thinking budget as Google maps the efforts), adaptive thinking
+(Gemini's dynamic thinking, ``thinkingBudget: -1``; nothing for OpenAI, whose reasoning models
+reason by default), and ``context_management`` edits, an ``inference_geo`` other than
+``global`` and ``output_config.task_budget`` (refused by name on the OpenAI and Gemini kinds,
+served by a mixed group's Anthropic deployment). The Anthropic kind gets them all unchanged."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from tests.e2e.conftest import start_fakes, start_gateway
+from tests.e2e.test_messages_api import ANTHROPIC_KEY, FAKES, KINDS, MessagesStack, policy
+
+ASK: Any = [{"role": "user", "content": "hello there"}]
+EFFORTS = ["low", "medium", "high", "xhigh", "max"]
+# Google's mapping of OpenAI's efforts to Gemini budgets (1K, 8K, 24K; xhigh and max: the most
+# every 2.5 model takes), as the chat door already sends them.
+GEMINI_BUDGETS = {"low": 1024, "medium": 8192, "high": 24576, "xhigh": 24576, "max": 24576}
+CLEAR_TOOL_USES: Any = {"edits": [{"type": "clear_tool_uses_20250919"}]}
+STREAMED = pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+# A group whose first deployment is OpenAI and second Anthropic (ordered): what only Anthropic
+# can honour is served by the second.
+MIXED = """\
+  gpt-then-claude:
+    strategy: ordered
+    deployments: [{provider: gpt, model: gpt-test}, {provider: claude, model: claude-test}]
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MessagesStack]:
+    fakes = start_fakes(FAKES)
+    path: Path = tmp_path_factory.mktemp("fields") / "policy.yaml"
+    path.write_text(policy(fakes) + MIXED)
+    gateway = None
+    try:
+        gateway = start_gateway(path, env={"E2E_ANTHROPIC_KEY": ANTHROPIC_KEY})
+        yield MessagesStack(gateway, fakes)
+    finally:
+        if gateway is not None:
+            gateway.stop()
+            assert ANTHROPIC_KEY not in gateway.output
+        for fake in fakes.values():
+            fake.stop()
+
+
+UPSTREAM = {"claude": "claude", "gpt": "gpt", "gemini": "gem", "gpt-then-claude": "claude"}
+
+
+def _sent(stack: MessagesStack, model: str, kwargs: Any, streamed: bool = False) -> dict[str, Any]:
+    """Ask ``model`` with the beta client (it takes every field here), check the answer, and
+    return the body the group's fake received."""
+    beta = stack.client().beta.messages
+    kwargs = {"model": model, "max_tokens": 30000, "messages": ASK, **kwargs}
+    if streamed:
+        with beta.stream(**kwargs) as stream:
+            message = stream.get_final_message()
+    else:
+        message = beta.create(**kwargs)
+    assert message.type == "message" and message.content[-1].type == "text"
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens > 0
+    _, sent = stack.last_request(UPSTREAM[model])
+    return sent
+
+
+def _refused(stack: MessagesStack, model: str, kwargs: Any, streamed: bool = False) -> str:
+    beta = stack.client().beta.messages
+    kwargs = {"model": model, "max_tokens": 1000, "messages": ASK, **kwargs}
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        if streamed:
+            with beta.stream(**kwargs) as stream:
+                stream.get_final_message()
+        else:
+            beta.create(**kwargs)
+    body: Any = caught.value.body
+    assert caught.value.status_code == 400
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert ANTHROPIC_KEY not in caught.value.response.text
+    return str(body["error"]["message"])
+
+
+@pytest.mark.parametrize("effort", EFFORTS)
+@pytest.mark.parametrize("model", KINDS)
+def test_effort_reaches_every_kind(stack: MessagesStack, model: str, effort: str) -> None:
+    """``output_config.effort`` was dropped for OpenAI and Gemini: now OpenAI's
+    ``reasoning_effort`` (the same five words; the fake refuses one OpenAI does not know) and
+    Gemini's thinking budget; Anthropic gets ``output_config`` as sent."""
+    sent = _sent(stack, model, {"output_config": {"effort": effort}})
+    if model == "claude":
+        assert sent["output_config"] == {"effort": effort}
+    elif model == "gpt":
+        assert sent["reasoning_effort"] == effort and "output_config" not in sent
+    else:
+        assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": GEMINI_BUDGETS[effort]}
+
+
+@STREAMED
+@pytest.mark.parametrize("model", KINDS)
+def test_adaptive_thinking_on_every_kind(stack: MessagesStack, model: str, streamed: bool) -> None:
+    """Adaptive thinking ("Claude decides when and how much to think") is Gemini's dynamic
+    thinking (``thinkingBudget: -1``); OpenAI's reasoning models reason at their default effort
+    unasked, so nothing is added; with an effort, the effort is sent."""
+    sent = _sent(stack, model, {"thinking": {"type": "adaptive"}}, streamed)
+    if model == "claude":
+        assert sent["thinking"] == {"type": "adaptive"}
+    elif model == "gpt":
+        assert "reasoning_effort" not in sent and "thinking" not in sent
+    else:
+        assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": -1}
+    sent = _sent(
+        stack, model, {"thinking": {"type": "adaptive"}, "output_config": {"effort": "low"}}, streamed
+    )
+    if model == "claude":
+        assert (sent["thinking"], sent["output_config"]) == ({"type": "adaptive"}, {"effort": "low"})
+    elif model == "gpt":
+        assert sent["reasoning_effort"] == "low"
+    else:
+        assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024}
+
+
+def test_a_budget_or_thinking_off_decides_gemini_over_effort(stack: MessagesStack) -> None:
+    """Gemini has one knob: an enabled thinking's budget is more precise than an effort, and
+    thinking turned off sends no budget (the model's default, as before), effort or not. OpenAI
+    still gets the effort, which also governs text and tool calls."""
+    both: Any = {"thinking": {"type": "enabled", "budget_tokens": 2048}, "output_config": {"effort": "max"}}
+    assert _sent(stack, "gemini", both)["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 2048}
+    off: Any = {"thinking": {"type": "disabled"}, "output_config": {"effort": "high"}}
+    assert "thinkingConfig" not in _sent(stack, "gemini", off).get("generationConfig", {})
+    assert _sent(stack, "gpt", off)["reasoning_effort"] == "high"
+
+
+# What no chat provider can honour: (the request's fields, the words naming it).
+ANTHROPIC_ONLY: dict[str, tuple[dict[str, Any], str]] = {
+    "context_management edits": (
+        {"context_management": CLEAR_TOOL_USES, "betas": ["context-management-2025-06-27"]},
+        "'context_management' (server-side context editing)",
+    ),
+    "inference_geo us": ({"inference_geo": "us"}, "'inference_geo' other than 'global'"),
+    "output_config task_budget": (
+        {"output_config": {"effort": "high", "task_budget": {"type": "tokens", "total": 400000}}},
+        "'output_config.task_budget'",
+    ),
+}
+
+
+@STREAMED
+@pytest.mark.parametrize("model", KINDS)
+@pytest.mark.parametrize("case", list(ANTHROPIC_ONLY))
+def test_what_only_anthropic_honours_is_refused_by_name_elsewhere(
+    stack: MessagesStack, case: str, model: str, streamed: bool
+) -> None:
+    """Each was answered by the OpenAI and Gemini kinds with the field dropped: context never
+    cleared, inference anywhere, no countdown. Now the Anthropic kind gets the field unchanged
+    and the others refuse it naming their kind (no upstream call)."""
+    kwargs, words = ANTHROPIC_ONLY[case]
+    if model == "claude":
+        sent = _sent(stack, model, kwargs, streamed)
+        for name, value in kwargs.items():
+            if name != "betas":
+                assert sent[name] == value
+        return
+    kind = {"gpt": "openai", "gemini": "gemini"}[model]
+    before = _requests(stack, UPSTREAM[model])
+    message = _refused(stack, model, kwargs, streamed)
+    assert f"Provider kind '{kind}' does not support {words}" in message
+    assert _requests(stack, UPSTREAM[model]) == before
+
+
+@pytest.mark.parametrize("case", list(ANTHROPIC_ONLY))
+def test_a_mixed_group_serves_it_from_its_anthropic_deployment(stack: MessagesStack, case: str) -> None:
+    """The OpenAI deployment comes first and refuses before any call; the group goes on to its
+    Anthropic deployment, which gets the field unchanged."""
+    kwargs, _ = ANTHROPIC_ONLY[case]
+    before = _requests(stack, "gpt")
+    sent = _sent(stack, "gpt-then-claude", kwargs)
+    assert all(sent[name] == value for name, value in kwargs.items() if name != "betas")
+    assert _requests(stack, "gpt") == before
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_what_asks_for_nothing_is_served_by_every_kind(stack: MessagesStack, model: str) -> None:
+    """``inference_geo: global`` (Anthropic's default: "may run in any available geography")
+    and context management without edits ask nothing another provider cannot honour."""
+    sent = _sent(stack, model, {"inference_geo": "global", "context_management": {"edits": []}})
+    if model == "claude":
+        assert (sent["inference_geo"], sent["context_management"]) == ("global", {"edits": []})
+    else:
+        assert "inference_geo" not in sent and "context_management" not in sent
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_an_unknown_effort_is_refused_on_every_kind(stack: MessagesStack, model: str) -> None:
+    """Anthropic refuses an effort it does not know; a translated kind dropped it and answered."""
+    before = _requests(stack, UPSTREAM[model])
+    message = _refused(stack, model, {"output_config": {"effort": "extreme"}})
+    assert "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'" in message
+    assert _requests(stack, UPSTREAM[model]) == before  # the door's refusal: no call made
+
+
+def test_the_fake_openai_refuses_a_reasoning_effort_openai_does_not_know(stack: MessagesStack) -> None:
+    """OpenAI's 400 for an unknown value (the fake accepted any)."""
+    body = {"model": "gpt-test", "messages": ASK, "reasoning_effort": "extreme"}
+    request = urllib.request.Request(
+        stack.fakes["gpt"].url + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=5)
+    assert caught.value.code == 400
+    error = json.loads(caught.value.read())["error"]
+    assert error["param"] == "reasoning_effort" and error["code"] == "invalid_value"
+    assert error["message"].startswith("Invalid value: 'extreme'. Supported values are: 'none', 'minimal'")
+
+
+def _requests(stack: MessagesStack, fake: str) -> int:
+    with urllib.request.urlopen(stack.fakes[fake].url + "/_fake/stats", timeout=5) as resp:
+        return int(json.loads(resp.read())["requests"])
