@@ -20,13 +20,15 @@ the rest of their user turn as OpenAI requires; their images go to that user tur
 ``tool_choice`` (auto / any -> required / tool -> named function / none;
 ``disable_parallel_tool_use`` -> ``parallel_tool_calls: false``), ``stop_sequences`` -> ``stop``,
 ``max_tokens``, ``temperature``, ``top_p``, ``metadata.user_id`` -> ``user``,
-``output_config.format`` (JSON schema) -> ``response_format``, ``stream`` (with
+``output_config.format`` (JSON schema; or the beta's top-level ``output_format``) ->
+``response_format``, ``stream`` (with
 ``stream_options.include_usage`` so the usage can be told). Left to the service, per kind:
 ``top_k``, ``thinking`` and ``output_config.effort`` (``effort_of``). Dropped: thinking blocks in
-history, ``cache_control``, ``service_tier``. A tool result's ``is_error`` is said in its text (``Error: ...``: chat has no
+history, ``cache_control``, ``service_tier``, ``speed``, ``diagnostics``, ``fallbacks`` (hints,
+bookkeeping or Anthropic's own retries: the answer does not rest on them). A tool result's ``is_error`` is said in its text (``Error: ...``: chat has no
 flag for it). What a chat provider cannot take at all (server tools such as web search, images
 inside tool results other than text and images, documents with ``citations`` enabled, ``mcp_servers``, ``container``,
-unknown block types, ``context_management`` edits, an ``inference_geo`` other than ``global``,
+``compaction``, unknown block types, ``context_management`` edits, an ``inference_geo`` other than ``global``,
 ``output_config`` fields other than ``effort`` and ``format``) is reported as ``ChatTranslation.unsupported``: Anthropic
 deployments still serve such a request natively, others refuse it.
 """
@@ -52,7 +54,9 @@ STOP_REASONS = {
     "content_filter": "refusal",
 }
 # Fields only Anthropic can act on: a chat provider cannot be asked for them.
-_NATIVE_ONLY = ("mcp_servers", "container")
+# ``compaction`` (beta): the request asks for a summary of the conversation as a signed
+# ``compaction`` block (``stop_reason: compaction``), which only Anthropic makes.
+_NATIVE_ONLY = ("mcp_servers", "container", "compaction")
 # A tool result with ``is_error``, as the text of the chat ``tool`` message it becomes.
 ERROR_PREFIX = "Error: "
 _TOOL_ID = re.compile(r"[^A-Za-z0-9_-]")
@@ -325,7 +329,12 @@ def to_chat(body: JSONObject, head: MessagesHead) -> ChatTranslation:
     user = head.metadata.user_id if head.metadata else None
     if user:
         chat["user"] = user
-    fmt = _output_format(body.get("output_config"))
+    config = body.get("output_config")
+    fmt = _output_format(config.get("format") if isinstance(config, dict) else None, "output_config.format")
+    if fmt is None:
+        # The structured-outputs beta's field (``structured-outputs-2025-11-13``) before it became
+        # ``output_config.format``: clients built on the beta still send it (dropped before h-msgs4).
+        fmt = _output_format(body.get("output_format"), "output_format")
     if fmt is not None:
         chat["response_format"] = fmt
     _anthropic_only(body, t)
@@ -640,15 +649,13 @@ def _tool_choice(choice: JSONObject, chat: JSONObject) -> None:
         chat["parallel_tool_calls"] = False
 
 
-def _output_format(config: object) -> JSONObject | None:
-    fmt = config.get("format") if isinstance(config, dict) else None
+def _output_format(fmt: object, param: str) -> JSONObject | None:
+    """Chat's ``response_format`` for a Messages JSON output format (``param`` names its field)."""
     if not isinstance(fmt, dict):
         return None
     schema = fmt.get("schema")
     if fmt.get("type") != "json_schema" or not isinstance(schema, dict):
-        raise MessagesInputError(
-            "output_config.format must be {'type': 'json_schema', 'schema': {...}}.", "output_config.format"
-        )
+        raise MessagesInputError(f"{param} must be {{'type': 'json_schema', 'schema': {{...}}}}.", param)
     spec: JSONObject = {"name": "output", "schema": schema}
     if fits_strict(schema):
         # Anthropic's JSON outputs guarantee the schema; OpenAI's strict mode does the same for a

@@ -147,6 +147,7 @@ ANTHROPIC_ONLY: dict[str, tuple[dict[str, Any], str]] = {
         "'context_management' (server-side context editing)",
     ),
     "inference_geo us": ({"inference_geo": "us"}, "'inference_geo' other than 'global'"),
+    "compaction": ({"compaction": {"type": "summarize"}}, "'compaction'"),
     "output_config task_budget": (
         {"output_config": {"effort": "high", "task_budget": {"type": "tokens", "total": 400000}}},
         "'output_config.task_budget'",
@@ -197,6 +198,38 @@ def test_what_asks_for_nothing_is_served_by_every_kind(stack: MessagesStack, mod
         assert (sent["inference_geo"], sent["context_management"]) == ("global", {"edits": []})
     else:
         assert "inference_geo" not in sent and "context_management" not in sent
+
+
+SCHEMA: Any = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("model", KINDS)
+def test_the_structured_outputs_betas_output_format_is_translated(stack: MessagesStack, model: str) -> None:
+    """The beta's top-level ``output_format`` (before ``output_config.format``) was dropped on
+    translated kinds: a prose answer to a client expecting JSON. Now it is translated as
+    ``output_config.format`` is."""
+    fmt = {"type": "json_schema", "schema": SCHEMA}
+    answer = stack.client().messages.create(
+        model=model,
+        max_tokens=200,
+        messages=ASK,
+        extra_body={"output_format": fmt},
+        extra_headers={"anthropic-beta": "structured-outputs-2025-11-13"},
+    )
+    _, sent = stack.last_request(UPSTREAM[model])
+    if model == "claude":
+        assert sent["output_format"] == fmt
+        return
+    assert answer.content[0].type == "text" and "city" in json.loads(answer.content[0].text)
+    if model == "gpt":
+        assert sent["response_format"]["json_schema"]["schema"] == SCHEMA
+    else:
+        assert sent["generationConfig"]["responseMimeType"] == "application/json"
 
 
 @pytest.mark.parametrize("model", KINDS)
