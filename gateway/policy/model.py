@@ -364,6 +364,13 @@ class Deployment(_Strict):
         description="Max tokens of context, if known. Requests whose estimated prompt is longer "
         "skip this deployment, and a context-length error falls back to a bigger one.",
     )
+    reasoning: bool | None = Field(
+        None,
+        description="Whether the model reasons (thinks). false: the Messages door sends it no effort "
+        "or thinking budget translated from Anthropic's `output_config.effort` and `thinking` "
+        "(OpenAI's `reasoning_effort`, Gemini's thinking budget), which a model without reasoning "
+        "refuses. Unset: they are sent, and the provider decides.",
+    )
     weight: float = Field(
         1.0,
         ge=0,

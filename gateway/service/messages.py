@@ -130,12 +130,16 @@ class MessagesDoor:
         if self.unsupported is not None:
             raise UnsupportedByProvider(kind, self.unsupported)
         chat = self.chat
+        # A deployment declared without reasoning gets no effort nor budget: it would refuse them.
+        reasons = target.deployment.reasoning is not False
         if kind in _GEMINI_KINDS:
-            extra = {"top_k": self._top_k, GEMINI_THINKING_BUDGET: self._thinking_budget}
+            budget = self._thinking_budget if reasons else None
+            extra = {"top_k": self._top_k, GEMINI_THINKING_BUDGET: budget}
             chat = {**chat, **{name: value for name, value in extra.items() if value is not None}}
-        elif self._effort is not None:
+        elif self._effort is not None and reasons:
             # OpenAI's own name for it (``low`` to ``max`` are all its values); a model without
-            # reasoning refuses it, as Claude models without effort refuse ``output_config.effort``.
+            # reasoning refuses it, as Claude models without effort refuse ``output_config.effort``
+            # (unless the policy says it has none: ``reasoning: false``).
             chat = {**chat, "reasoning_effort": self._effort}
         return client.adapter.build_request(Endpoint.CHAT, chat, target.model)
 

@@ -128,6 +128,9 @@ class FakeConfig:
     reset_rate: float = 0.0
     malformed_rate: float = 0.0
     disconnect_rate: float = 0.0
+    # False (--no-reasoning): the models served do not reason, and ``reasoning_effort`` is refused
+    # as OpenAI refuses it for gpt-4o.
+    reasoning: bool = True
 
     def __post_init__(self) -> None:
         for name in ("reset_rate", "hang_rate", "malformed_rate", "error_rate", "disconnect_rate"):
@@ -297,7 +300,9 @@ async def _in_flight(
 
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
-    return await _generate(request, fake_wire.parse_chat, fake_wire.ChatFormat.of)
+    reasons = request.app[FAKE_STATE].config.reasoning
+    parse = fake_wire.parse_chat if reasons else fake_wire.parse_chat_without_reasoning
+    return await _generate(request, parse, fake_wire.ChatFormat.of)
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
@@ -654,6 +659,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, kind, metavar, text in flags:
         default = getattr(defaults, flag.removeprefix("--").replace("-", "_"))
         parser.add_argument(flag, type=kind, metavar=metavar, default=default, help=text)
+    parser.add_argument(
+        "--no-reasoning",
+        dest="reasoning",
+        action="store_false",
+        help="the models served do not reason: chat's reasoning_effort is refused with OpenAI's 400 "
+        "for gpt-4o (default: taken)",
+    )
     parser.add_argument(
         "--flavor",
         choices=FLAVORS,

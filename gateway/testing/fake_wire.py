@@ -137,6 +137,20 @@ def parse_chat(body: dict[str, object]) -> Generation:
     )
 
 
+def parse_chat_without_reasoning(body: dict[str, object]) -> Generation:
+    """``parse_chat`` for a model that does not reason: ``reasoning_effort`` is refused as OpenAI
+    refuses it for gpt-4o: its ``unsupported_parameter`` 400, in the words it uses for a parameter a
+    model does not take ("Unsupported parameter: 'max_tokens' is not supported with this model."
+    for o1; the words for ``reasoning_effort`` were not found quoted)."""
+    if body.get("reasoning_effort") is not None:
+        raise WireError(
+            "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+            "reasoning_effort",
+            "unsupported_parameter",
+        )
+    return parse_chat(body)
+
+
 # "n: How many chat completion choices to generate for each input message" (1 by default);
 # "top_logprobs: An integer between 0 and 20 [...] logprobs must be set to true if this parameter
 # is used" (OpenAI's API reference, Chat Completions).

@@ -31,18 +31,29 @@ CLEAR_TOOL_USES: Any = {"edits": [{"type": "clear_tool_uses_20250919"}]}
 STREAMED = pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
 # A group whose first deployment is OpenAI and second Anthropic (ordered): what only Anthropic
 # can honour is served by the second.
+# An OpenAI deployment whose model does not reason (gpt-4o): it refuses ``reasoning_effort``.
+PLAIN = """\
+  plain:
+    kind: openai
+    base_url: {url}/v1
+    timeouts: {{connect_s: 1, first_byte_s: 5, total_s: 20}}
+"""
 MIXED = """\
   gpt-then-claude:
     strategy: ordered
     deployments: [{provider: gpt, model: gpt-test}, {provider: claude, model: claude-test}]
+  gpt-plain: {deployments: [{provider: plain, model: gpt-plain, reasoning: false}]}
+  gpt-plain-unsaid: {deployments: [{provider: plain, model: gpt-plain}]}
+  gemini-plain: {deployments: [{provider: gem, model: gemini-plain, reasoning: false}]}
 """
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MessagesStack]:
-    fakes = start_fakes(FAKES)
+    fakes = start_fakes({**FAKES, "plain": ["--no-reasoning"]})
     path: Path = tmp_path_factory.mktemp("fields") / "policy.yaml"
-    path.write_text(policy(fakes) + MIXED)
+    text = policy(fakes).replace("models:\n", PLAIN.format(url=fakes["plain"].url) + "models:\n", 1)
+    path.write_text(text + MIXED)
     gateway = None
     try:
         gateway = start_gateway(path, env={"E2E_ANTHROPIC_KEY": ANTHROPIC_KEY})
@@ -55,7 +66,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MessagesStack]:
             fake.stop()
 
 
-UPSTREAM = {"claude": "claude", "gpt": "gpt", "gemini": "gem", "gpt-then-claude": "claude"}
+UPSTREAM = {
+    "claude": "claude",
+    "gpt": "gpt",
+    "gemini": "gem",
+    "gpt-then-claude": "claude",
+    "gpt-plain": "plain",
+    "gemini-plain": "gem",
+}
 
 
 def _sent(stack: MessagesStack, model: str, kwargs: Any, streamed: bool = False) -> dict[str, Any]:
@@ -138,6 +156,29 @@ def test_a_budget_or_thinking_off_decides_gemini_over_effort(stack: MessagesStac
     off: Any = {"thinking": {"type": "disabled"}, "output_config": {"effort": "high"}}
     assert "thinkingConfig" not in _sent(stack, "gemini", off).get("generationConfig", {})
     assert _sent(stack, "gpt", off)["reasoning_effort"] == "high"
+
+
+@pytest.mark.parametrize("model", ["gpt-plain", "gemini-plain"])
+def test_a_deployment_without_reasoning_gets_no_effort_nor_budget(stack: MessagesStack, model: str) -> None:
+    """``reasoning: false`` in the policy: the operator says the model does not reason (gpt-4o,
+    many open models), which would refuse ``reasoning_effort`` or a thinking budget (clients such
+    as Claude Code send an effort on every turn): none is sent, and the request is answered."""
+    for ask in (
+        {"output_config": {"effort": "max"}},
+        {"thinking": {"type": "adaptive"}, "output_config": {"effort": "low"}},
+        {"thinking": {"type": "enabled", "budget_tokens": 2048}},
+    ):
+        sent = _sent(stack, model, ask)
+        assert "reasoning_effort" not in sent
+        assert "thinkingConfig" not in sent.get("generationConfig", {})
+
+
+def test_a_model_without_reasoning_refuses_an_effort_unless_the_policy_says_so(stack: MessagesStack) -> None:
+    """Unsaid, the effort is sent and such a model's 400 reaches the client in Anthropic's
+    envelope, as a Claude model without effort refuses it (the provider names the field)."""
+    message = _refused(stack, "gpt-plain-unsaid", {"output_config": {"effort": "high"}})
+    assert "Unsupported parameter: 'reasoning_effort'" in message
+    _sent(stack, "gpt-plain", {"output_config": {"effort": "high"}})
 
 
 # What no chat provider can honour: (the request's fields, the words naming it).
