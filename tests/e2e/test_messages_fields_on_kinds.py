@@ -37,6 +37,10 @@ PLAIN = """\
     kind: openai
     base_url: {url}/v1
     timeouts: {{connect_s: 1, first_byte_s: 5, total_s: 20}}
+  az:
+    kind: azure
+    base_url: {gpt}
+    timeouts: {{connect_s: 1, first_byte_s: 5, total_s: 20}}
 """
 MIXED = """\
   gpt-then-claude:
@@ -45,6 +49,7 @@ MIXED = """\
   gpt-plain: {deployments: [{provider: plain, model: gpt-plain, reasoning: false}]}
   gpt-plain-unsaid: {deployments: [{provider: plain, model: gpt-plain}]}
   gemini-plain: {deployments: [{provider: gem, model: gemini-plain, reasoning: false}]}
+  azure: {deployments: [{provider: az, model: gpt-azure}]}
 """
 
 
@@ -52,7 +57,9 @@ MIXED = """\
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MessagesStack]:
     fakes = start_fakes({**FAKES, "plain": ["--no-reasoning"]})
     path: Path = tmp_path_factory.mktemp("fields") / "policy.yaml"
-    text = policy(fakes).replace("models:\n", PLAIN.format(url=fakes["plain"].url) + "models:\n", 1)
+    text = policy(fakes).replace(
+        "models:\n", PLAIN.format(url=fakes["plain"].url, gpt=fakes["gpt"].url) + "models:\n", 1
+    )
     path.write_text(text + MIXED)
     gateway = None
     try:
@@ -73,6 +80,7 @@ UPSTREAM = {
     "gpt-then-claude": "claude",
     "gpt-plain": "plain",
     "gemini-plain": "gem",
+    "azure": "gpt",
 }
 
 
@@ -109,7 +117,7 @@ def _refused(stack: MessagesStack, model: str, kwargs: Any, streamed: bool = Fal
 
 
 @pytest.mark.parametrize("effort", EFFORTS)
-@pytest.mark.parametrize("model", KINDS)
+@pytest.mark.parametrize("model", [*KINDS, "azure"])
 def test_effort_reaches_every_kind(stack: MessagesStack, model: str, effort: str) -> None:
     """``output_config.effort`` was dropped for OpenAI and Gemini: now OpenAI's
     ``reasoning_effort`` (the same five words; the fake refuses one OpenAI does not know) and
@@ -117,8 +125,10 @@ def test_effort_reaches_every_kind(stack: MessagesStack, model: str, effort: str
     sent = _sent(stack, model, {"output_config": {"effort": effort}})
     if model == "claude":
         assert sent["output_config"] == {"effort": effort}
-    elif model == "gpt":
+    elif model in ("gpt", "azure"):
         assert sent["reasoning_effort"] == effort and "output_config" not in sent
+        path, _ = stack.last_request("gpt")
+        assert path.startswith("/openai/deployments/gpt-azure/") == (model == "azure")
     else:
         assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": GEMINI_BUDGETS[effort]}
 
