@@ -366,10 +366,11 @@ class Deployment(_Strict):
     )
     reasoning: bool | None = Field(
         None,
-        description="Whether the model reasons (thinks). false: the Messages door sends it no effort "
+        description="Whether the model reasons (thinks). true: the Messages door sends it the effort "
         "or thinking budget translated from Anthropic's `output_config.effort` and `thinking` "
-        "(OpenAI's `reasoning_effort`, Gemini's thinking budget), which a model without reasoning "
-        "refuses. Unset: they are sent, and the provider decides.",
+        "(OpenAI's `reasoning_effort`, Gemini's thinking budget); false: none, which a model "
+        "without reasoning would refuse. Unset: sent only to a model named as a reasoning "
+        "family's (o1..o9, gpt-5 but not -chat, codex, gemini-2.5 and later).",
     )
     weight: float = Field(
         1.0,

@@ -16,6 +16,7 @@ a mixed group is served by its Anthropic deployments, a group without one answer
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,6 +72,7 @@ class MessagesDoor:
 
     __slots__ = (
         "_beta",
+        "_budget_asked",
         "_effort",
         "_thinking_budget",
         "_top_k",
@@ -91,7 +93,11 @@ class MessagesDoor:
         top_k = body.get("top_k")
         self._top_k = top_k if isinstance(top_k, int) and not isinstance(top_k, bool) else None
         self._effort = effort_of(body)
-        self._thinking_budget = _gemini_budget(body.get("thinking"), self._effort)
+        thinking = body.get("thinking")
+        self._thinking_budget = _gemini_budget(thinking, self._effort)
+        # Asked for in numbers (an enabled thinking's ``budget_tokens``): sent to every Gemini
+        # deployment not declared without reasoning, as before ``reasoning`` existed.
+        self._budget_asked = isinstance(thinking, dict) and thinking.get("type") == "enabled"
         self._beta = {"anthropic-beta": beta} if beta else None
         # Betas change what Anthropic answers (longer outputs, interleaved thinking, structured
         # outputs): an answer made under one set is never served under another, nor under none.
@@ -130,16 +136,21 @@ class MessagesDoor:
         if self.unsupported is not None:
             raise UnsupportedByProvider(kind, self.unsupported)
         chat = self.chat
-        # A deployment declared without reasoning gets no effort nor budget: it would refuse them.
-        reasons = target.deployment.reasoning is not False
+        # A model without reasoning refuses an effort or a budget: one declared so gets neither,
+        # and one not declared gets what was translated (effort, adaptive) only when its name is
+        # a reasoning model's (``reasons_by_name``), so that what was served before is not refused.
+        reasoning = target.deployment.reasoning
         if kind in _GEMINI_KINDS:
-            budget = self._thinking_budget if reasons else None
+            sends = reasoning is not False and (
+                self._budget_asked or reasoning is True or reasons_by_name(target.model)
+            )
+            budget = self._thinking_budget if sends else None
             extra = {"top_k": self._top_k, GEMINI_THINKING_BUDGET: budget}
             chat = {**chat, **{name: value for name, value in extra.items() if value is not None}}
-        elif self._effort is not None and reasons:
-            # OpenAI's own name for it (``low`` to ``max`` are all its values); a model without
-            # reasoning refuses it, as Claude models without effort refuse ``output_config.effort``
-            # (unless the policy says it has none: ``reasoning: false``).
+        elif self._effort is not None and (
+            reasoning is True or (reasoning is None and reasons_by_name(target.model))
+        ):
+            # OpenAI's own name for it (``low`` to ``max`` are all its values).
             chat = {**chat, "reasoning_effort": self._effort}
         return client.adapter.build_request(Endpoint.CHAT, chat, target.model)
 
@@ -280,6 +291,20 @@ def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int
     # At least 1: a short message is still tokens (Anthropic's own count is never 0), and a
     # client that sizes a request from this must not read "free".
     return max(1, RouteContext(head.model, chat).prompt_tokens + tools)
+
+
+# Model names of the reasoning families (an optional ``vendor/`` prefix, as OpenAI-compatible
+# hosts spell them): OpenAI's o-series, GPT-5 (not its ``-chat`` variants, which refuse an
+# effort), Codex, Gemini 2.5 and later. Any other name, an Azure deployment's own included, is
+# sent no translated effort unless the policy says ``reasoning: true``.
+_REASONING_MODEL = re.compile(
+    r"^(?:[\w.-]+/)?(?:o[1-9]|gpt-5(?![\w.]*-chat)|codex|gemini-(?:2\.5|[3-9]))", re.IGNORECASE
+)
+
+
+def reasons_by_name(model: str) -> bool:
+    """Whether ``model`` names a reasoning model (``deployments[].reasoning`` unset)."""
+    return _REASONING_MODEL.match(model) is not None
 
 
 def _gemini_budget(thinking: object, effort: str | None) -> int | None:

@@ -48,6 +48,9 @@ MIXED = """\
     deployments: [{provider: gpt, model: gpt-test}, {provider: claude, model: claude-test}]
   gpt-plain: {deployments: [{provider: plain, model: gpt-plain, reasoning: false}]}
   gpt-plain-unsaid: {deployments: [{provider: plain, model: gpt-plain}]}
+  o-unsaid: {deployments: [{provider: plain, model: o3-mini}]}
+  gemini-unsaid: {deployments: [{provider: gem, model: gemini-2.0-flash}]}
+  gemini-25-unsaid: {deployments: [{provider: gem, model: gemini-2.5-flash}]}
   gemini-plain: {deployments: [{provider: gem, model: gemini-plain, reasoning: false}]}
   azure: {deployments: [{provider: az, model: gpt-azure}]}
 """
@@ -60,7 +63,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MessagesStack]:
     text = policy(fakes).replace(
         "models:\n", PLAIN.format(url=fakes["plain"].url, gpt=fakes["gpt"].url) + "models:\n", 1
     )
-    path.write_text(text + MIXED)
+    # The fakes' model names are no reasoning model's: the policy says they reason (unsaid, a
+    # translated effort reaches only a model named as a reasoning family's: ``reasons_by_name``).
+    for model in ("gpt-test", "gemini-test"):
+        text = text.replace(f"model: {model}}}", f"model: {model}, reasoning: true}}")
+    path.write_text(text + MIXED.replace("model: gpt-azure}", "model: gpt-azure, reasoning: true}"))
     gateway = None
     try:
         gateway = start_gateway(path, env={"E2E_ANTHROPIC_KEY": ANTHROPIC_KEY})
@@ -79,7 +86,10 @@ UPSTREAM = {
     "gemini": "gem",
     "gpt-then-claude": "claude",
     "gpt-plain": "plain",
+    "gpt-plain-unsaid": "plain",
     "gemini-plain": "gem",
+    "gemini-unsaid": "gem",
+    "gemini-25-unsaid": "gem",
     "azure": "gpt",
 }
 
@@ -183,12 +193,22 @@ def test_a_deployment_without_reasoning_gets_no_effort_nor_budget(stack: Message
         assert "thinkingConfig" not in sent.get("generationConfig", {})
 
 
-def test_a_model_without_reasoning_refuses_an_effort_unless_the_policy_says_so(stack: MessagesStack) -> None:
-    """Unsaid, the effort is sent and such a model's 400 reaches the client in Anthropic's
-    envelope, as a Claude model without effort refuses it (the provider names the field)."""
-    message = _refused(stack, "gpt-plain-unsaid", {"output_config": {"effort": "high"}})
-    assert "Unsupported parameter: 'reasoning_effort'" in message
-    _sent(stack, "gpt-plain", {"output_config": {"effort": "high"}})
+def test_unsaid_an_effort_reaches_only_a_model_named_as_a_reasoning_one(stack: MessagesStack) -> None:
+    """``reasoning`` unset: a model whose name is no reasoning family's (gpt-4o, an open model, an
+    Azure deployment's own name) is sent no effort, so that what it served before (the effort
+    dropped) is not refused now (Claude Code sends an effort every turn); one named as a reasoning
+    family's (o3-mini, gemini-2.5-*) gets it. The fake ``plain`` refuses ``reasoning_effort`` as
+    gpt-4o does, whatever the model's name: that o3-mini is refused proves the effort was sent."""
+    effort = {"output_config": {"effort": "high"}}
+    assert "reasoning_effort" not in _sent(stack, "gpt-plain-unsaid", effort)
+    assert "Unsupported parameter: 'reasoning_effort'" in _refused(stack, "o-unsaid", effort)
+    assert "thinkingConfig" not in _sent(stack, "gemini-unsaid", effort).get("generationConfig", {})
+    sent = _sent(stack, "gemini-25-unsaid", effort)
+    assert sent["generationConfig"]["thinkingConfig"]["thinkingBudget"] == GEMINI_BUDGETS["high"]
+    # A budget asked for in numbers is sent as before, whatever the name.
+    asked = {"thinking": {"type": "enabled", "budget_tokens": 2048}, "max_tokens": 4096}
+    sent = _sent(stack, "gemini-unsaid", asked)
+    assert sent["generationConfig"]["thinkingConfig"]["thinkingBudget"] == 2048
 
 
 # What no chat provider can honour: (the request's fields, the words naming it).
