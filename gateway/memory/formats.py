@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from gateway.jsonsafe import MAX_JSON_DEPTH, nests_deeper_than
+from gateway.memory.charset import PRESCAN_BYTES, declared_charset
 
 READ_BYTES = 1 << 20
 # A .jsonl line longer than this is refused (one error) rather than held in memory whole.
@@ -151,12 +152,41 @@ _BOMS = (
 )
 
 
-def _encoding(path: str) -> str:
-    """The text encoding of the file at ``path``: the one its byte-order mark names, else UTF-8
-    (``utf-8-sig``: a UTF-8 mark is dropped too; each codec drops its own)."""
+@dataclass(frozen=True, slots=True)
+class _Charset:
+    """How a text file is decoded: ``codec`` (Python's name; ``utf-8-sig``, the default, drops a
+    UTF-8 mark, and each other codec its own) and what named it: nothing (UTF-8, the default),
+    the file's byte-order mark, or an HTML page's ``<meta>`` (``declared``: its label)."""
+
+    codec: str = "utf-8-sig"
+    bom: bool = False
+    declared: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "UTF-8" if self.codec == "utf-8-sig" else (self.declared or self.codec).upper()
+
+
+def _encoding(path: str) -> _Charset:
+    """The text encoding of the file at ``path``: the one its byte-order mark names, else UTF-8."""
     with open(path, "rb") as f:
         start = f.read(4)
-    return next((name for bom, name in _BOMS if start.startswith(bom)), "utf-8-sig")
+    codec = next((name for bom, name in _BOMS if start.startswith(bom)), None)
+    return _Charset(codec, bom=True) if codec else _Charset()
+
+
+def _html_encoding(path: str) -> _Charset:
+    """The encoding of the HTML page at ``path``, as a browser finds it (WHATWG): its byte-order
+    mark, else the charset a ``<meta>`` of its first 1,024 bytes declares, else UTF-8;
+    ``ValueError`` when that declaration names no encoding the gateway can read."""
+    with open(path, "rb") as f:
+        head = f.read(PRESCAN_BYTES)
+    if head.startswith(codecs.BOM_UTF8):
+        return _Charset()
+    if (found := _encoding(path)).bom:
+        return found
+    declared = declared_charset(head)
+    return _Charset(declared.codec, declared=declared.label) if declared else _Charset()
 
 
 # What makes a file "not text". A text format is decoded strictly: its first block (1 MiB, or the
@@ -181,6 +211,19 @@ _TEXT_BYTES = bytes(
 )
 MAX_LEGACY_CONTROL_SHARE = 0.01
 _UTF8_HINT = "convert it to UTF-8 (e.g. iconv -f WINDOWS-1252 -t UTF-8), or save it as UTF-8"
+# Stray invalid sequences (h-ingest2): a first block that is UTF-8 but for a few invalid
+# sequences (a multi-byte character cut at a buffer boundary when the file was put together, one
+# Latin-1 byte pasted into a UTF-8 export) is read, each replaced by U+FFFD and counted as a
+# problem of the job, when there are at most ``MAX_STRAY_INVALID`` of them and either the block
+# shows it is UTF-8 (``STRAY_NON_ASCII_PER_INVALID`` valid non-ASCII characters or more for each
+# invalid sequence: text in a legacy encoding almost never forms a valid multi-byte sequence) or
+# they are rare (one in ``STRAY_BYTES_PER_INVALID`` bytes or fewer). Text in a legacy encoding has
+# an invalid byte at every accented letter or curly quote (a French sentence: one in 20 bytes, an
+# English page with curly quotes: one in a few hundred) and no valid multi-byte sequence; binary
+# data has thousands: both are still refused.
+MAX_STRAY_INVALID = 16
+STRAY_NON_ASCII_PER_INVALID = 4
+STRAY_BYTES_PER_INVALID = 4096
 
 
 def _not_text_share(text: str) -> float:
@@ -193,22 +236,39 @@ def _not_text_share(text: str) -> float:
     return share if binary else 0.0
 
 
-def _named(encoding: str) -> str:
-    return "UTF-8" if encoding == "utf-8-sig" else encoding.upper()
+def _refused(why: str, charset: _Charset) -> ValueError:
+    read_as = f" (its <meta> declares {charset.declared})" if charset.declared else ""
+    return ValueError(f"not a text file: {why}; a text file is read as {charset.name}{read_as}")
 
 
-def _refused(why: str, encoding: str) -> ValueError:
-    return ValueError(f"not a text file: {why}; a text file is read as {_named(encoding)}")
+def _replaced(text: str, block: bytes, charset: _Charset) -> int:
+    """How many invalid sequences a replacing decode of ``block`` turned into the U+FFFDs of
+    ``text`` (those the bytes themselves encode are not counted); at least 1."""
+    genuine = 0
+    if charset.codec == "utf-8-sig":
+        genuine = block.count(b"\xef\xbf\xbd")
+    return max(1, text.count("\ufffd") - genuine)
+
+
+def _stray(text: str, block: bytes, invalid: int) -> bool:
+    """Whether ``invalid`` sequences in a first block decoded as ``text`` are strays in text of
+    its encoding rather than a sign it is in another (``MAX_STRAY_INVALID``)."""
+    if invalid > MAX_STRAY_INVALID:
+        return False
+    non_ascii = len(text) - len(text.encode("ascii", "ignore")) - text.count("\ufffd")
+    return (
+        non_ascii >= STRAY_NON_ASCII_PER_INVALID * invalid or len(block) >= STRAY_BYTES_PER_INVALID * invalid
+    )
 
 
 def _decode_block(
-    decoder: codecs.IncrementalDecoder, block: bytes, position: int, encoding: str
+    decoder: codecs.IncrementalDecoder, block: bytes, position: int, charset: _Charset
 ) -> tuple[str, int]:
     """``block`` decoded strictly by ``decoder``; where it is not valid in the encoding, decoded
     again with the invalid sequences replaced by U+FFFD, with how many (0: valid). In the file's
-    first block an invalid sequence refuses the file: binary data when the block is mostly not text,
-    else a legacy 8-bit encoding (Latin-1, Windows-1252: every accented letter or curly quote an
-    invalid byte) to convert."""
+    first block an invalid sequence refuses the file unless it is a stray (``_stray``): binary
+    data when the block is mostly not text, else a legacy 8-bit encoding (Latin-1, Windows-1252:
+    every accented letter or curly quote an invalid byte) to convert."""
     state = decoder.getstate()
     try:
         return decoder.decode(block), 0
@@ -219,13 +279,14 @@ def _decode_block(
             text = decoder.decode(block)
         finally:
             decoder.errors = "strict"
-        if position > 0:
-            return text, max(1, text.count("\ufffd"))
-        if encoding != "utf-8-sig":
+        invalid = _replaced(text, block, charset)
+        if position > 0 or (not charset.bom and _stray(text, block, invalid)):
+            return text, invalid
+        if charset.bom:
             raise _refused(
-                f"the bytes at offset {exc.start:,} are not valid {encoding.upper()} though the file starts with its "
+                f"the bytes at offset {exc.start:,} are not valid {charset.name} though the file starts with its "
                 "byte-order mark",
-                encoding,
+                charset,
             ) from None
         # Binary or legacy text: a legacy encoding (Latin-1, Windows-1252, Shift-JIS, GBK, KOI8-R...)
         # puts its letters in bytes 0x80-0xFF and never a C0 control; random, compressed and
@@ -234,9 +295,15 @@ def _decode_block(
         if controls > MAX_LEGACY_CONTROL_SHARE * len(block):
             raise _refused(
                 f"{controls / len(block):.0%} of its first {len(block):,} bytes are control characters and "
-                "it is not valid UTF-8: binary data (an image, an archive, a program), or UTF-16 without a "
-                "byte-order mark",
-                encoding,
+                f"it is not valid {charset.name}: binary data (an image, an archive, a program), or UTF-16 "
+                "without a byte-order mark",
+                charset,
+            ) from None
+        if charset.declared:
+            raise ValueError(
+                f"not {charset.name} text: the page declares {charset.declared} in its <meta>, and {invalid} "
+                f"sequences of its first {len(block):,} bytes are not valid {charset.name} (the first at "
+                f"offset {exc.start:,}): fix the declaration, or {_UTF8_HINT}"
             ) from None
         raise ValueError(
             f"not UTF-8 text: the byte at offset {exc.start:,} (0x{block[exc.start]:02X}) is not valid UTF-8: text in a "
@@ -246,11 +313,11 @@ def _decode_block(
 
 
 def _text_block(
-    decoder: codecs.IncrementalDecoder, block: bytes, position: int, encoding: str
+    decoder: codecs.IncrementalDecoder, block: bytes, position: int, charset: _Charset
 ) -> tuple[str, int]:
     """``_decode_block``, and ``ValueError`` when the text has a NUL character (first block) or
     too many characters no text holds (any block: ``_not_text_share``)."""
-    text, invalid = _decode_block(decoder, block, position, encoding)
+    text, invalid = _decode_block(decoder, block, position, charset)
     if position == 0 and "\x00" in text:
         raise ValueError(
             "not a text file: it has NUL characters (binary data, or UTF-16 without a "
@@ -265,41 +332,50 @@ def _text_block(
         raise _refused(
             f"{share:.0%} of {where} are control characters or invalid sequences: binary data"
             + (", not read further" if position else ""),
-            encoding,
+            charset,
         )
     return text, invalid
 
 
-def _check_start(path: str) -> None:
+def _replaced_problem(invalid: int, start: int, end: int, charset: _Charset) -> Problem:
+    """The job's problem for ``invalid`` sequences replaced by U+FFFD in bytes ``start`` to ``end``."""
+    return Problem(
+        f"bytes {start:,} to {end:,}",
+        f"{invalid} sequences not valid {charset.name} replaced by U+FFFD (a character cut in two, or part "
+        f"of the file in another encoding?); {_UTF8_HINT}",
+        end,
+    )
+
+
+def _check_start(path: str) -> Problem | None:
     """``ValueError`` when the first block of the file at ``path`` is not text (for the formats
-    read through a text wrapper: ``.csv``)."""
-    encoding = _encoding(path)
+    read through a text wrapper: ``.csv``); the problem of its stray invalid sequences, if any."""
+    charset = _encoding(path)
     with open(path, "rb") as f:
         if block := f.read(READ_BYTES):
-            _text_block(codecs.getincrementaldecoder(encoding)(errors="strict"), block, 0, encoding)
+            decoder = codecs.getincrementaldecoder(charset.codec)(errors="strict")
+            if invalid := _text_block(decoder, block, 0, charset)[1]:
+                return _replaced_problem(invalid, 0, len(block), charset)
+    return None
 
 
-def _decoded(path: str) -> Iterator[tuple[str, int] | Problem]:
-    """The file's text, ``READ_BYTES`` at a time, in the encoding its byte-order mark names,
-    else UTF-8, with the bytes read so far. A file whose first block is not text (a NUL
-    character, a sequence invalid in its encoding, or too many characters no text holds: see
-    ``_not_text_share``) raises ``ValueError`` before any of it is chunked and embedded; a
-    later block mostly not text raises it there (what was read before is kept), and a later one
-    with a few invalid sequences is read with them replaced by U+FFFD, a ``Problem`` saying where."""
-    encoding = _encoding(path)
-    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+def _decoded(path: str, charset: _Charset | None = None) -> Iterator[tuple[str, int] | Problem]:
+    """The file's text, ``READ_BYTES`` at a time, in ``charset`` (by default the encoding its
+    byte-order mark names, else UTF-8), with the bytes read so far. A file whose first block is
+    not text (a NUL character, more than a few sequences invalid in its encoding, or too many
+    characters no text holds: see ``_not_text_share``) raises ``ValueError`` before any of it is
+    chunked and embedded; a later block mostly not text raises it there (what was read before is
+    kept), and a block with a few invalid sequences is read with them replaced by U+FFFD, a
+    ``Problem`` saying where and how many."""
+    charset = charset or _encoding(path)
+    decoder = codecs.getincrementaldecoder(charset.codec)(errors="strict")
     position = 0
     with open(path, "rb") as f:
         while block := f.read(READ_BYTES):
-            text, invalid = _text_block(decoder, block, position, encoding)
+            text, invalid = _text_block(decoder, block, position, charset)
             position += len(block)
             if invalid:
-                yield Problem(
-                    f"bytes {position - len(block):,} to {position:,}",
-                    f"{invalid} sequences not valid {_named(encoding)} replaced by U+FFFD (part of the file in a legacy "
-                    f"encoding?); {_UTF8_HINT}",
-                    position,
-                )
+                yield _replaced_problem(invalid, position - len(block), position, charset)
             yield text, position
         decoder.errors = "replace"  # a file cut inside its last character: one U+FFFD
         yield decoder.decode(b"", final=True), position
@@ -393,9 +469,11 @@ class _TextOfHTML(HTMLParser):
 
 
 def read_html(path: str) -> Iterator[Item]:
+    """The page's text, decoded in the encoding its byte-order mark names, else the one a
+    ``<meta>`` declares (``charset.declared_charset``), else UTF-8."""
     parser = _TextOfHTML()
     position = 0
-    for piece in _decoded(path):
+    for piece in _decoded(path, _html_encoding(path)):
         if isinstance(piece, Problem):
             yield piece
             continue
@@ -431,10 +509,10 @@ def read_jsonl(path: str, fields: FieldOptions) -> Iterator[Item]:
     """Its lines, each a JSON object, in UTF-8 (JSON Lines' encoding). A file that starts with a
     UTF-16 or UTF-32 byte-order mark fails at once (each of its lines was an error of its own:
     ``not JSON (str is not valid UTF-8: surrogates not allowed...)``)."""
-    encoding = _encoding(path)
-    if encoding != "utf-8-sig":
+    charset = _encoding(path)
+    if charset.bom:
         raise ValueError(
-            f"a .jsonl file is read as UTF-8, and this one starts with a {encoding.upper()} "
+            f"a .jsonl file is read as UTF-8, and this one starts with a {charset.name} "
             "byte-order mark: save it as UTF-8"
         )
     position = 0
@@ -534,11 +612,15 @@ class _RecordLines:
 
 
 def read_csv(path: str, fields: FieldOptions) -> Iterator[Item]:
-    _check_start(path)
+    if (stray := _check_start(path)) is not None:
+        yield stray
     with open(path, "rb") as raw:
         counted = _Counting(raw)
         text = io.TextIOWrapper(
-            io.BufferedReader(counted, READ_BYTES), encoding=_encoding(path), errors="replace", newline=""
+            io.BufferedReader(counted, READ_BYTES),
+            encoding=_encoding(path).codec,
+            errors="replace",
+            newline="",
         )
         lines = _RecordLines(text)
         reader = csv.reader(lines, strict=True)
