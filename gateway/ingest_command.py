@@ -9,9 +9,11 @@ bar per file and one for the total, with rate and ETA (rich); a summary table en
 The key is ``--key`` or ``$SOPHIA_API_KEY`` (a gateway in open mode needs none). ``--resume``
 skips files a finished job of this namespace already holds (same content hash) and continues
 the others (the gateway continues an unfinished job of the same file by itself, after its last
-stored batch). Ctrl-C cancels the running job (``--purge-on-cancel``: and deletes what it
-stored). Exit status: 0 every file done, 1 a file failed or paused, 2 bad arguments or no
-gateway, 130 interrupted.
+stored batch). A file with the same content as one ingested before under another name (same
+namespace and chunking) is reported ``duplicate``, naming the first file and its job: its
+memories are that job's, not stored again. Ctrl-C cancels the running job (``--purge-on-cancel``:
+and deletes what it stored). Exit status: 0 every file done (or a duplicate of one done), 1 a
+file failed or paused, 2 bad arguments or no gateway, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cannot reach the gateway at {args.url}: {_printable(str(exc))}", file=sys.stderr)
         return 2
     _summary(outcomes)
-    return 0 if all(o.status in ("done", "skipped") for o in outcomes) else 1
+    return 0 if all(o.status in ("done", "skipped", "duplicate") for o in outcomes) else 1
 
 
 class NotGateway(Exception):
@@ -275,12 +277,13 @@ async def _ingest_one(
         f.close()
     if (now.st_size, now.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns):
         note = "it changed while it was uploaded: run again once it no longer changes"
-        if status == 202 and job.get("status") in ("queued", "running"):  # a mix of two versions
+        # a mix of two versions (not another file's job: a duplicate's is the first upload's)
+        if status == 202 and job.get("status") in ("queued", "running") and "duplicate" not in job:
             async with session.delete(f"/v1/memory/jobs/{job['id']}"):
                 pass
             note += f" (job {job['id']} cancelled)"
         return Outcome(path, "changed", note=note)
-    if status != 202:
+    if status not in (200, 202):  # 200: a duplicate of a finished job (nothing runs)
         error = job.get("error") or {}
         message = _printable(str(error.get("message", job)))
         if status == 400 and error.get("param") in _OPTIONS:  # a folder of files: each refused so
@@ -288,6 +291,7 @@ async def _ingest_one(
         if status in (401, 403):
             raise Refused(f"the upload ({status}): {message}")
         return Outcome(path, "refused", note=f"{status}: {message}")
+    duplicate = job.get("duplicate")
     try:
         async for event in _events(session, job["id"]):
             done = int(event.get("bytes_done", 0))
@@ -311,6 +315,17 @@ async def _ingest_one(
         ) + f"{job['errors_count']} errors, first: {first['where']}: {first['message']}"
     if job["status"] == "done":
         progress.update(bar, completed=opened.st_size or 1)
+    if isinstance(duplicate, dict):  # its memories are another file's job's: not counted again
+        first = f"the same content as {duplicate.get('file')} (job {duplicate.get('job')}): not stored again"
+        note = first + ("; " + note if note else "")
+        return Outcome(
+            path,
+            "duplicate" if job["status"] == "done" else job["status"],
+            0,
+            0,
+            time.monotonic() - started,
+            note,
+        )
     return Outcome(
         path,
         job["status"],

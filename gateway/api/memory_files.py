@@ -17,7 +17,7 @@ from gateway.http.responses import json_response
 from gateway.http.upload import read_upload
 from gateway.memory.chunking import ChunkOptions
 from gateway.memory.ingest import LIST_MAX, IngestService
-from gateway.memory.jobs import JobOptions
+from gateway.memory.jobs import ACTIVE, JobOptions
 from gateway.service.context import CallContext, on_behalf_of
 from gateway.service.grants import memory_access_of
 from gateway.wire.memory import MemoryFileIn
@@ -28,7 +28,9 @@ _STATUSES = frozenset({"queued", "running", "paused", "done", "failed", "cancell
 
 
 async def upload(request: web.Request) -> web.Response:
-    """``POST /v1/memory/files``: 202 with the job; the file is read by the job, after the answer."""
+    """``POST /v1/memory/files``: 202 with the job; the file is read by the job, after the answer.
+    200 when the job is not running, nothing to follow: a duplicate (the same content under
+    another name) of a finished job, with ``duplicate`` saying which (``Submitted.to_json``)."""
     caller = await authenticate(request)
     access = memory_access_of(caller)
     ingest = _ingest(request)
@@ -58,11 +60,13 @@ async def upload(request: web.Request) -> web.Response:
     )
     try:
         with on_behalf_of(caller, admit=False):  # the job's task inherits it: its embeddings are charged
-            job = await ingest.submit(form.spooled, options, access)
+            submitted = await ingest.upload(form.spooled, options, access)
     except GatewayError:  # refused (a namespace the caller may not write): the file is not kept
         await ingest.discard(form.spooled)
         raise
-    return json_response(orjson.dumps(job.to_json()), status=202)
+    return json_response(
+        orjson.dumps(submitted.to_json()), status=202 if submitted.job.status in ACTIVE else 200
+    )
 
 
 def _options(fields: dict[str, str], ingest: IngestService) -> tuple[MemoryFileIn, ChunkOptions]:

@@ -69,6 +69,38 @@ class Spooled:
     content_sha256: str
 
 
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What an upload is: ``job`` as it is now, and the name the file was sent under."""
+
+    job: IngestJob
+    uploaded_file: str
+
+    @property
+    def duplicate_of(self) -> str | None:
+        """The name the job's file was first uploaded under, when this upload's name differs."""
+        return self.job.file if self.job.file != self.uploaded_file else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The job as the API shows it, and, for a duplicate, what it duplicates."""
+        body = self.job.to_json()
+        if (first := self.duplicate_of) is not None:
+            job = self.job
+            body["duplicate"] = {
+                "job": job.id,
+                "file": first,
+                "status": job.status,
+                "uploaded_file": self.uploaded_file,
+                "message": (
+                    f"{quoted(self.uploaded_file)} has the same content as {quoted(first)}, ingested into "
+                    f"namespace {quoted(job.options.namespace)} with the same chunking by job {job.id} "
+                    f"({job.status}): its memories are that job's and name {quoted(first)}; nothing is "
+                    "stored twice"
+                ),
+            }
+        return body
+
+
 class IngestService:
     """Runs ingest jobs in this process and answers for jobs of any process from the store.
 
@@ -222,10 +254,19 @@ class IngestService:
         await asyncio.to_thread(remove)
 
     async def submit(self, spooled: Spooled, options: JobOptions, access: MemoryAccess | None) -> IngestJob:
+        """``upload``'s job."""
+        return (await self.upload(spooled, options, access)).job
+
+    async def upload(self, spooled: Spooled, options: JobOptions, access: MemoryAccess | None) -> Submitted:
         """Start (or continue) the job for a spooled upload; returns it as it is now.
 
         The same file sent the same way is the same job: running, it is returned as it is; stored
-        (finished, paused or cut by a restart), it continues after its last stored batch."""
+        (finished, paused or cut by a restart), it continues after its last stored batch. The same
+        content under another name (``b.txt`` with ``a.txt``'s bytes, same owner, namespace and
+        chunking) is a duplicate of that job: its memories are the job's, which keeps its first
+        name and options; it is not run again when done, it continues when stopped, and the
+        answer says so (``Submitted.duplicate_of``). A job that stored nothing (cancelled and
+        purged, failed at once) takes the new name, as a new upload."""
         self.check_writable(options.namespace, access)
         owner = access.team if access is not None else None
         key = job_key(spooled.content_sha256, owner, options)
@@ -235,12 +276,16 @@ class IngestService:
         live = self._live.get(job_id)
         if live is not None:
             await self._unspool(spooled.path)
-            return replace(live.job)
+            return Submitted(replace(live.job), spooled.file)
         with self._starting_job(job_id):
             job = await self.memory.store.get_job(job_id)
             if job is not None and job.status in ACTIVE and self._fresh(job):
                 await self._unspool(spooled.path)
-                return job  # running in another process of this gateway (serve --workers N)
+                return Submitted(job, spooled.file)  # running in another process (serve --workers N)
+            duplicate = job is not None and job.file != spooled.file and _holds_memories(job)
+            if job is not None and duplicate and job.status == "done":
+                await self._unspool(spooled.path)
+                return Submitted(job, spooled.file)
             await asyncio.to_thread(os.replace, spooled.path, path)
             if job is None:
                 job = IngestJob(
@@ -253,9 +298,9 @@ class IngestService:
                     options=options,
                     started_at=self._clock(),
                 )
-            else:
+            elif not duplicate:
                 job.file, job.options = spooled.file, options  # the name may differ; the content does not
-            return await self._launch(job, path, access)
+            return Submitted(await self._launch(job, path, access), spooled.file)
 
     async def _started(self, job_id: str) -> None:
         """Wait while another call starts ``job_id`` (``_starting``)."""
@@ -606,6 +651,12 @@ def _remove_partial_uploads(spool_dir: str) -> None:
     for name in os.listdir(spool_dir):
         if name.startswith("upload-") and name.endswith(".part"):
             _remove(os.path.join(spool_dir, name))
+
+
+def _holds_memories(job: IngestJob) -> bool:
+    """Whether a stored job has memories (or is done): one that stored nothing, cancelled and
+    purged or failed at once, is taken over by the next upload of its content, name and all."""
+    return job.status == "done" or job.resume_from > 0 or job.memories_created > 0
 
 
 def _visible(job: IngestJob, access: MemoryAccess) -> bool:

@@ -234,10 +234,14 @@ async def test_the_same_file_twice_creates_no_duplicates_and_costs_no_embeddings
     content = paragraphs(200)
     first = await gw.ingest("a.txt", content)
     calls = gw.embedder.calls
-    second = await gw.ingest("renamed.txt", content)
+    second = await gw.ingest("a.txt", content)
     assert second["id"] == first["id"] and second["status"] == "done"
     assert gw.count() == first["memories_created"] == second["memories_created"]
     assert gw.embedder.calls == calls  # every chunk was found stored: nothing re-embedded
+    # under another name: a duplicate of the first job, which keeps its name (h-ingest2)
+    status, renamed = await gw.upload("renamed.txt", content)
+    assert status == 200 and renamed["id"] == first["id"] and renamed["file"] == "a.txt", renamed
+    assert renamed["duplicate"]["uploaded_file"] == "renamed.txt" and gw.embedder.calls == calls
     status, listing = await gw.call("GET", "/v1/memory/jobs")
     assert status == 200 and [j["id"] for j in listing["data"]] == [first["id"]]
 
