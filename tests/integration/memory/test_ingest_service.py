@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -399,5 +399,64 @@ async def test_a_job_whose_spool_file_is_deleted_under_it_fails_saying_so(
         assert (
             job.status == "failed" and job.error == "the job's file is no longer kept: upload the file again"
         )
+    finally:
+        await ingest.close()
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, "not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_another_name_for_a_running_or_paused_job_is_its_duplicate_and_keeps_its_name(
+    memory: tuple[MemoryService, Provider, Ingest],
+) -> None:
+    """(h-ingest2) The job took the new name and options: the memories it went on to store named
+    ``b.txt`` with ``b.txt``'s metadata, those before ``a.txt``."""
+    service, provider, config = memory
+    ingest = IngestService(service, config)
+    await ingest.start()
+    try:
+        text = "\n\n".join(f"Line {i} of the file, with words." for i in range(2000)).encode()
+        provider.hold_after = 24
+        first = await ingest.upload(
+            await ingest.spool(blocks(text), "a.txt"), JobOptions("docs", "text", metadata={"v": 1}), None
+        )
+        assert first.duplicate_of is None and "duplicate" not in first.to_json()
+        running = await ingest.upload(
+            await ingest.spool(blocks(text), "b.txt"), JobOptions("docs", "text", metadata={"v": 2}), None
+        )
+        assert running.job.id == first.job.id and running.duplicate_of == "a.txt"
+        shown = running.to_json()["duplicate"]
+        assert shown["file"] == "a.txt" and shown["uploaded_file"] == "b.txt" and shown["job"] == first.job.id
+        assert shown["status"] in ("queued", "running")
+
+        async def paused() -> bool:
+            return (await ingest.get(first.job.id, None)).status == "paused"
+
+        async def held() -> bool:
+            return not provider.gate.is_set()
+
+        await _until(held)
+        provider.failing = True
+        provider.gate.set()
+        await _until(paused)
+        assert (await ingest.get(first.job.id, None)).resume_from > 0
+        provider.failing = False
+        resumed = await ingest.upload(
+            await ingest.spool(blocks(text), "c.txt"), JobOptions("docs", "text", metadata={"v": 3}), None
+        )
+        assert resumed.duplicate_of == "a.txt" and resumed.job.status == "queued"
+
+        async def done() -> bool:
+            return (await ingest.get(first.job.id, None)).status == "done"
+
+        await _until(done)
+        job = await ingest.get(first.job.id, None)
+        assert job.file == "a.txt" and job.options.metadata == {"v": 1}
+        stored = await service.store.get_many([f"ing_{job.key[:24]}_{i}" for i in range(job.chunks_seen)])
+        assert {(m.metadata["file"], m.metadata["v"]) for m in stored} == {("a.txt", 1)}
     finally:
         await ingest.close()
