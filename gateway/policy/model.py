@@ -262,10 +262,71 @@ Provider = Annotated[
 
 
 class Price(_Strict):
-    """Provider price in US dollars per million tokens."""
+    """Provider price in US dollars per million tokens. The cache prices are optional: a prompt
+    token read from or written to the provider's prompt cache costs ``input_per_mtok`` unless
+    they are set (what every token of the prompt cost before they existed)."""
 
-    input_per_mtok: float = Field(0.0, ge=0)
-    output_per_mtok: float = Field(0.0, ge=0)
+    input_per_mtok: float = Field(
+        0.0,
+        ge=0,
+        description="Price of a prompt token (one not read from or written to the provider's "
+        "prompt cache, or any prompt token when the cache prices are not set).",
+    )
+    output_per_mtok: float = Field(
+        0.0, ge=0, description="Price of a completion token (reasoning and thinking tokens included)."
+    )
+    cached_input_per_mtok: float | None = Field(
+        None,
+        ge=0,
+        description="Price of a prompt token read from the provider's prompt cache: OpenAI's and "
+        "Azure's cached_tokens, Anthropic's cache_read_input_tokens (about 0.1 x input), Gemini's "
+        "cachedContentTokenCount. Unset: input_per_mtok.",
+    )
+    cache_write_per_mtok: float | None = Field(
+        None,
+        ge=0,
+        description="Price of a prompt token written to the provider's prompt cache: Anthropic's "
+        "cache_creation_input_tokens (1.25 x input for its 5-minute cache). Unset: input_per_mtok.",
+    )
+    cache_write_1h_per_mtok: float | None = Field(
+        None,
+        ge=0,
+        description="Price of a prompt token written to Anthropic's 1-hour cache "
+        "(cache_creation.ephemeral_1h_input_tokens; 2 x input). Unset: cache_write_per_mtok.",
+    )
+
+    @property
+    def prices_cache(self) -> bool:
+        """Whether a cache price is set (else the cache counts need not be read: every prompt
+        token costs ``input_per_mtok``)."""
+        return (
+            self.cached_input_per_mtok is not None
+            or self.cache_write_per_mtok is not None
+            or self.cache_write_1h_per_mtok is not None
+        )
+
+    def cost_usd(
+        self, prompt: int, completion: int, read: int = 0, written: int = 0, written_1h: int = 0
+    ) -> float:
+        """The cost in US dollars of ``prompt`` tokens in (all of them: those ``read`` from the
+        prompt cache and ``written`` to it, of which ``written_1h`` to a 1-hour cache, included)
+        and ``completion`` tokens out. Cache counts beyond the prompt are cut to it."""
+        if not (read or written):
+            return (prompt * self.input_per_mtok + completion * self.output_per_mtok) / 1_000_000
+        read = min(read, prompt)
+        written = min(written, prompt - read)
+        written_1h = min(written_1h, written)
+        cached = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        write = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        write_1h = write if self.cache_write_1h_per_mtok is None else self.cache_write_1h_per_mtok
+        fresh = prompt - read - written
+        return (
+            fresh * self.input_per_mtok
+            + read * cached
+            + (written - written_1h) * write
+            + written_1h * write_1h
+            + completion * self.output_per_mtok
+        ) / 1_000_000
 
 
 class RolloutGates(_Strict):

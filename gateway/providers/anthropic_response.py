@@ -51,7 +51,9 @@ def finish_reason(stop_reason: object) -> str:
 def openai_usage(usage: object) -> JSONObject:
     """OpenAI usage for Anthropic usage. Anthropic's ``input_tokens`` excludes cache reads and
     writes (total input = input + cache_creation + cache_read); OpenAI's ``prompt_tokens`` is the
-    total, with the cache reads repeated as ``prompt_tokens_details.cached_tokens``."""
+    total, with the cache reads repeated as ``prompt_tokens_details.cached_tokens`` and the
+    writes as ``cache_write_tokens`` (OpenRouter's name; they are priced apart), those to the
+    1-hour cache (``cache_creation.ephemeral_1h_input_tokens``) also as ``cache_write_1h_tokens``."""
     u = usage if isinstance(usage, dict) else {}
     read, written = _count(u, "cache_read_input_tokens"), _count(u, "cache_creation_input_tokens")
     prompt = _count(u, "input_tokens") + read + written
@@ -62,7 +64,12 @@ def openai_usage(usage: object) -> JSONObject:
         "total_tokens": prompt + completion,
     }
     if "cache_read_input_tokens" in u or "cache_creation_input_tokens" in u:
-        out["prompt_tokens_details"] = {"cached_tokens": read}
+        details: JSONObject = {"cached_tokens": read, "cache_write_tokens": written}
+        ttl = u.get("cache_creation")
+        written_1h = min(written, _count(ttl, "ephemeral_1h_input_tokens")) if isinstance(ttl, dict) else 0
+        if written_1h:
+            details["cache_write_1h_tokens"] = written_1h
+        out["prompt_tokens_details"] = details
     return out
 
 

@@ -671,10 +671,20 @@ class Router:
 
     # ----- usage, cost and feedback
 
-    def record_usage(self, group_name: str, target: Target, prompt: int, completion: int) -> float:
-        """Account a response's tokens; returns its cost in US dollars."""
-        price = target.deployment.price
-        cost = (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1_000_000
+    def record_usage(
+        self,
+        group_name: str,
+        target: Target,
+        prompt: int,
+        completion: int,
+        read: int = 0,
+        written: int = 0,
+        written_1h: int = 0,
+    ) -> float:
+        """Account a response's tokens (``prompt`` in, of them ``read`` from the provider's prompt
+        cache and ``written`` to it, ``written_1h`` of those to a 1-hour cache; ``completion`` out);
+        returns its cost in US dollars at the deployment's price (``Price.cost_usd``)."""
+        cost = target.deployment.price.cost_usd(prompt, completion, read, written, written_1h)
         target.live.stats.cost_usd += cost
         if cost:
             self._metrics.child(self._metrics.cost, group_name, target.provider, target.model).inc(cost)

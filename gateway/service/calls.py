@@ -651,6 +651,12 @@ class RequestService:
         series.tokens_in.observe(prompt)
         if completion or "completion_tokens" in usage:
             series.output_tokens().observe(completion)
+        if target.deployment.price.prices_cache:  # else cache counts change nothing: not read
+            return (
+                prompt,
+                completion,
+                self.router.record_usage(group, target, prompt, completion, *cache_counts(usage)),
+            )
         return prompt, completion, self.router.record_usage(group, target, prompt, completion)
 
     def record_operation(
@@ -942,6 +948,26 @@ def _served_by(model: str, group: str) -> str:
     that group (the tags rules match on are not in the body, so the key alone did not tell a
     premium caller's answer from a plain one's, nor keep a key from another group's answers)."""
     return "" if group == model else f"group={group}"
+
+
+def cache_counts(usage: JSONObject) -> tuple[int, int, int]:
+    """(prompt tokens read from the provider's prompt cache, written to it, written to a 1-hour
+    cache) in an OpenAI-format ``usage``, each part of its ``prompt_tokens``: the adapters carry
+    Anthropic's and Gemini's counts there (``prompt_tokens_details.cached_tokens``, and
+    ``cache_write_tokens`` / ``cache_write_1h_tokens`` as OpenRouter names writes); DeepSeek
+    reports reads as ``prompt_cache_hit_tokens``. What is not a count is 0."""
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict):
+        read = details.get("cached_tokens")
+        written = details.get("cache_write_tokens")
+        written_1h = details.get("cache_write_1h_tokens")
+    else:
+        read, written, written_1h = usage.get("prompt_cache_hit_tokens"), 0, 0
+    return _token_count(read), _token_count(written), _token_count(written_1h)
+
+
+def _token_count(value: object) -> int:
+    return value if isinstance(value, int) and 0 <= value <= _MOST_TOKENS else 0
 
 
 def unreported(ticket: LimitTicket, target: Target | None, out: int) -> tuple[int, int, float]:

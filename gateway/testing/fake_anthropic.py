@@ -106,7 +106,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     if early is not None:
         return early
     reply = plan_reply(config, ask)
-    fmt = MessagesFormat(next(state.serials), ask, reply)
+    fmt = MessagesFormat(next(state.serials), ask, reply, config.usage(ask.input_tokens, len(reply.tokens)))
     if not ask.stream:
         return _json(fmt.whole(reply.tokens, reply.stop_reason, fmt.usage_counts))
     cut = fault is Fault.DISCONNECT
@@ -476,17 +476,18 @@ class MessagesFormat:
     OpenAI streams). A tool reply is a text block (index 0) and a ``tool_use`` block (index 1),
     or the ``tool_use`` block alone (index 0) when ``tool_choice`` forced it."""
 
-    __slots__ = ("_ask", "_id", "_reply", "_tool_id")
+    __slots__ = ("_ask", "_id", "_reply", "_tool_id", "_usage")
 
-    def __init__(self, serial: int, ask: MessagesRequest, reply: Reply) -> None:
+    def __init__(self, serial: int, ask: MessagesRequest, reply: Reply, usage: Usage | None = None) -> None:
         self._ask = ask
         self._reply = reply
+        self._usage = usage if usage is not None else Usage(ask.input_tokens, len(reply.tokens))
         self._id = f"msg_fake{serial:08x}"
         self._tool_id = f"toolu_fake{serial:08x}"
 
     @property
     def usage_counts(self) -> Usage:
-        return Usage(self._ask.input_tokens, len(self._reply.tokens))
+        return self._usage
 
     def whole(self, tokens: Sequence[str], finish_reason: str, usage: Usage) -> bytes:
         reply = self._reply
@@ -507,13 +508,13 @@ class MessagesFormat:
             "content": content,
             "stop_reason": finish_reason,
             "stop_sequence": reply.stop_sequence,
-            "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
+            "usage": {**usage_fields(usage), "output_tokens": usage.completion_tokens},
         }
         return orjson.dumps(message)
 
     def opening(self) -> bytes:
         start = {**self._message(), "content": [], "stop_reason": None, "stop_sequence": None}
-        start["usage"] = {"input_tokens": self._ask.input_tokens, "output_tokens": 1}
+        start["usage"] = {**usage_fields(self._usage), "output_tokens": 1}
         out = _event("message_start", {"message": start})
         if self._reply.tool_name is not None and self._ask.forced:
             block = {"type": "tool_use", "id": self._tool_id, "name": self._reply.tool_name, "input": {}}
@@ -540,7 +541,7 @@ class MessagesFormat:
         )
         delta = {"stop_reason": finish_reason, "stop_sequence": self._reply.stop_sequence}
         # Cumulative counts, input included, as the API sends them today.
-        usage = {"input_tokens": self._ask.input_tokens, "output_tokens": len(self._reply.tokens)}
+        usage = {**usage_fields(self._usage), "output_tokens": len(self._reply.tokens)}
         out += _event("message_delta", {"delta": delta, "usage": usage})
         return out + _event("message_stop", {})
 
@@ -560,6 +561,24 @@ class MessagesFormat:
 
     def _message(self) -> dict[str, object]:
         return {"id": self._id, "type": "message", "role": "assistant", "model": self._ask.model}
+
+
+def usage_fields(usage: Usage) -> dict[str, object]:
+    """The prompt's counts in Anthropic's usage: ``input_tokens`` leaves out the tokens read from
+    and written to the prompt cache (total input = input + cache_creation + cache_read), which
+    come apart, the writes split by cache lifetime, when there are any (prompt caching docs)."""
+    read, written, written_1h = usage.cache_read_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens
+    if not (read or written):
+        return {"input_tokens": usage.prompt_tokens}
+    return {
+        "input_tokens": usage.prompt_tokens - read - written,
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": written - written_1h,
+            "ephemeral_1h_input_tokens": written_1h,
+        },
+    }
 
 
 def _chosen_tool(body: dict[str, object], prompt: str) -> dict[str, object] | None:

@@ -342,7 +342,9 @@ def plan_reply(config: FakeConfig, ask: GenerateRequest) -> Reply:
         args = tool_input({"input_schema": ask.function.get("parameters")})
         tokens, _ = fake_wire.reply_tokens(orjson.dumps(args).decode(), None)
         call = {"name": ask.function["name"], "args": args}
-        return Reply([], "STOP", Usage(ask.prompt_tokens, len(tokens) * ask.candidates), call, ask.candidates)
+        return Reply(
+            [], "STOP", config.usage(ask.prompt_tokens, len(tokens) * ask.candidates), call, ask.candidates
+        )
     text = config.reply if config.reply is not None else _echo(ask.prompt)
     if ask.json_reply is not None and config.reply is None:  # a fixed reply stands
         text = ask.json_reply
@@ -350,7 +352,7 @@ def plan_reply(config: FakeConfig, ask: GenerateRequest) -> Reply:
     if hits:
         text = text[: min(hits)]
     tokens, finish = fake_wire.reply_tokens(text, ask.max_tokens)
-    usage = Usage(ask.prompt_tokens, len(tokens) * ask.candidates)
+    usage = config.usage(ask.prompt_tokens, len(tokens) * ask.candidates)
     return Reply(tokens, _FINISH[finish], usage, None, ask.candidates, ask.top_logprobs)
 
 
@@ -423,11 +425,14 @@ class GenerateFormat:
             candidates.append(candidate)
         out: dict[str, object] = {"candidates": candidates}
         if usage is not None:
-            out["usageMetadata"] = {
+            metadata: dict[str, object] = {
                 "promptTokenCount": usage.prompt_tokens,
                 "candidatesTokenCount": usage.completion_tokens,
                 "totalTokenCount": usage.prompt_tokens + usage.completion_tokens,
             }
+            if usage.cache_read_tokens:  # part of promptTokenCount (context caching docs)
+                metadata["cachedContentTokenCount"] = usage.cache_read_tokens
+            out["usageMetadata"] = metadata
         return {**out, **self._head}
 
 

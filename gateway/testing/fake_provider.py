@@ -131,6 +131,12 @@ class FakeConfig:
     # False (--no-reasoning): the models served do not reason, and ``reasoning_effort`` is refused
     # as OpenAI refuses it for gpt-4o.
     reasoning: bool = True
+    # Prompt tokens each answer reports as read from the provider's prompt cache, written to it,
+    # and of those written, written to a 1-hour cache, in each flavor's own fields (cut to the
+    # prompt; OpenAI's flavor reports only reads, as OpenAI does).
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in ("reset_rate", "hang_rate", "malformed_rate", "error_rate", "disconnect_rate"):
@@ -142,6 +148,8 @@ class FakeConfig:
         _check_number("error_status", self.error_status, 400, 599, integer=True)
         _check_number("embedding_dim", self.embedding_dim, 1, 65536, integer=True)
         _check_number("port", self.port, 0, 65535, integer=True)
+        for name in ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens"):
+            _check_number(name, getattr(self, name), 0, 2**31 - 1, integer=True)
         if self.flavor not in FLAVORS:
             raise ValueError(f"flavor: must be one of {', '.join(FLAVORS)}")
         if self.embedding_kind not in fake_wire.EMBEDDING_KINDS:
@@ -156,6 +164,13 @@ class FakeConfig:
             not self.models or not all(isinstance(m, str) and m for m in self.models)
         ):
             raise ValueError("models: must name at least one model, or be null to answer any")
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> Usage:
+        """An answer's counts, with the cache counts this provider is told to report."""
+        usage = Usage(prompt_tokens, completion_tokens)
+        if self.cache_read_tokens or self.cache_write_tokens:
+            return usage.cached(self.cache_read_tokens, self.cache_write_tokens, self.cache_write_1h_tokens)
+        return usage
 
     @property
     def listed_models(self) -> tuple[str, ...]:
@@ -179,6 +194,7 @@ FAULT_FIELDS = frozenset(
     {
         "latency_ms", "latency_jitter_ms", "latency_dist", "ttft_ms", "tokens_per_s", "error_rate",
         "error_status", "retry_after", "hang_rate", "reset_rate", "malformed_rate", "disconnect_rate", "reply",
+        "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
     }
 )  # fmt: skip
 
@@ -323,7 +339,7 @@ async def _completions(request: web.Request) -> web.StreamResponse:
         choice = fake_wire.CompletionChoice((*echoed, *tokens), finish_reason, len(echoed))
         choices += [choice] * ask.choices
     fmt = fake_wire.CompletionFormat(next(state.serials), ask.model, choices, ask.logprobs)
-    usage = Usage(ask.prompt_tokens, sum(len(c.tokens) - c.echoed for c in choices))
+    usage = config.usage(ask.prompt_tokens, sum(len(c.tokens) - c.echoed for c in choices))
     if not ask.stream:
         return _json(fmt.whole((), "", usage))
     cut = fault is Fault.DISCONNECT
@@ -357,7 +373,7 @@ async def _generate(
         text = fake_wire.cut_at_stop(text, generation.stop)
         tokens, finish_reason = fake_wire.reply_tokens(text, generation.max_tokens)
         fmt = reply_format(next(state.serials), generation)
-    usage = Usage(generation.prompt_tokens, len(tokens) * generation.choices)
+    usage = config.usage(generation.prompt_tokens, len(tokens) * generation.choices)
     if not generation.stream:
         return _json(fmt.whole(tokens, finish_reason, usage))
     cut = fault is Fault.DISCONNECT
@@ -628,6 +644,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the fake provider's flags to ``parser``; :meth:`FakeConfig.from_args` reads them back."""
     ms, rate = _number(0, math.inf, float), _number(0, 1, float)
     port, dim, status = _number(0, 65535, int), _number(1, 65536, int), _number(400, 599, int)
+    count = _number(0, 2**31 - 1, int)
     flags: list[tuple[str, Callable[[str], Any], str, str]] = [
         ("--host", str, "HOST", "address to bind (default: %(default)s)"),
         ("--port", port, "PORT", "port (default: %(default)s; 0 = any free port, named when listening)"),
@@ -653,6 +670,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--reset-rate", rate, "P", "close the connection without answering"),
         ("--malformed-rate", rate, "P", "answer 200 with a JSON content type and a body that is not JSON"),
         ("--disconnect-rate", rate, "P", "streams: drop the connection after half the tokens; others: reset"),
+        ("--cache-read-tokens", count, "N", "prompt tokens each answer reports read from the prompt cache"),
+        ("--cache-write-tokens", count, "N", "prompt tokens each answer reports written to the prompt cache"),
+        ("--cache-write-1h-tokens", count, "N", "of those written, to a 1-hour cache (anthropic flavor)"),
     ]
     # Each flag sets the field of its name, and starts at that field's default (every fault off).
     defaults = FakeConfig()

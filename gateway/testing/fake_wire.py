@@ -14,7 +14,7 @@ import re
 import struct
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeGuard, TypeVar
 
 import orjson
@@ -43,15 +43,39 @@ class WireError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """A reply's token counts. The cache counts are part of ``prompt_tokens`` (at most all of
+    it: ``cached``): tokens read from the provider's prompt cache, written to it, and of those
+    written, written to a 1-hour cache (Anthropic's)."""
+
     prompt_tokens: int
     completion_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {
+    def cached(self, read: int, written: int, written_1h: int) -> Usage:
+        """These counts with ``read`` prompt tokens read from the cache and ``written`` written
+        (``written_1h`` of them to a 1-hour cache), cut to the prompt."""
+        read = min(read, self.prompt_tokens)
+        written = min(written, self.prompt_tokens - read)
+        return replace(
+            self,
+            cache_read_tokens=read,
+            cache_write_tokens=written,
+            cache_write_1h_tokens=min(written_1h, written),
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        """OpenAI's usage: cache reads are ``prompt_tokens_details.cached_tokens`` (OpenAI
+        reports no cache writes: its caching is automatic, writes cost the input price)."""
+        out: dict[str, object] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        if self.cache_read_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cache_read_tokens, "audio_tokens": 0}
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -714,15 +714,26 @@ def stop_reason(finish_reason: object) -> str:
 
 
 def messages_usage(usage: object) -> JSONObject:
-    """Anthropic usage for OpenAI usage: Anthropic's ``input_tokens`` excludes cache reads,
-    OpenAI's ``prompt_tokens`` includes them (as ``prompt_tokens_details.cached_tokens``)."""
+    """Anthropic usage for OpenAI usage: Anthropic's ``input_tokens`` excludes cache reads and
+    writes, OpenAI's ``prompt_tokens`` includes them (as ``prompt_tokens_details.cached_tokens``
+    and ``cache_write_tokens``, of those ``cache_write_1h_tokens`` to the 1-hour cache)."""
     u = usage if isinstance(usage, dict) else {}
     prompt, completion = _count(u.get("prompt_tokens")), _count(u.get("completion_tokens"))
     details = u.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    out: JSONObject = {"input_tokens": max(0, prompt - cached), "output_tokens": completion}
+    cached = written = written_1h = 0
+    if isinstance(details, dict):
+        cached = min(prompt, _count(details.get("cached_tokens")))
+        written = min(prompt - cached, _count(details.get("cache_write_tokens")))
+        written_1h = min(written, _count(details.get("cache_write_1h_tokens")))
+    out: JSONObject = {"input_tokens": prompt - cached - written, "output_tokens": completion}
     if cached:
         out["cache_read_input_tokens"] = cached
+    if written:
+        out["cache_creation_input_tokens"] = written
+        out["cache_creation"] = {
+            "ephemeral_5m_input_tokens": written - written_1h,
+            "ephemeral_1h_input_tokens": written_1h,
+        }
     return out
 
 

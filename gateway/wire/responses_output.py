@@ -107,13 +107,18 @@ def response_usage(chat_usage: object) -> JSONObject | None:
     completion = _int(chat_usage.get("completion_tokens"))
     prompt_details = chat_usage.get("prompt_tokens_details")
     completion_details = chat_usage.get("completion_tokens_details")
-    cached = _int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0
+    cached = written = 0
+    if isinstance(prompt_details, dict):
+        cached, written = (
+            _int(prompt_details.get("cached_tokens")),
+            _int(prompt_details.get("cache_write_tokens")),
+        )
     reasoning = (
         _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
     )
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": _int(chat_usage.get("total_tokens")) or prompt + completion,
@@ -121,12 +126,24 @@ def response_usage(chat_usage: object) -> JSONObject | None:
 
 
 def chat_usage(response_usage: object) -> JSONObject | None:
-    """A Responses usage object in chat's shape (what accounting reads)."""
+    """A Responses usage object in chat's shape (what accounting reads): the prompt tokens read
+    from the provider's prompt cache (``input_tokens_details.cached_tokens``, part of
+    ``input_tokens``) as ``prompt_tokens_details.cached_tokens``, priced apart."""
     if not isinstance(response_usage, dict):
         return None
     prompt = _int(response_usage.get("input_tokens"))
     completion = _int(response_usage.get("output_tokens"))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    out: JSONObject = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    details = response_usage.get("input_tokens_details")
+    if isinstance(details, dict):
+        cached, written = _int(details.get("cached_tokens")), _int(details.get("cache_write_tokens"))
+        if cached or written:
+            out["prompt_tokens_details"] = {"cached_tokens": cached, "cache_write_tokens": written}
+    return out
 
 
 def status_of(finish_reason: object) -> tuple[str, str | None]:
