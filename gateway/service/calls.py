@@ -967,7 +967,7 @@ def cache_counts(usage: JSONObject) -> tuple[int, int, int]:
 
 
 def _token_count(value: object) -> int:
-    return value if isinstance(value, int) and 0 <= value <= _MOST_TOKENS else 0
+    return value if type(value) is int and 0 <= value <= _MOST_TOKENS else 0  # (not a bool)
 
 
 def unreported(ticket: LimitTicket, target: Target | None, out: int) -> tuple[int, int, float]:
