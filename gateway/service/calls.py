@@ -48,6 +48,7 @@ from gateway.service.shadow import ShadowTraffic, door_answer
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import check_request
 from gateway.wire.requests import Endpoint, JSONObject
+from gateway.wire.usage import MOST_TOKENS, cache_counts
 
 # OTel's gen_ai.operation.name for each endpoint.
 _OPERATION = {
@@ -644,8 +645,8 @@ class RequestService:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         # A provider's counts are bounded before they reach limits, budgets and metrics: a
         # negative count would give back tokens and spend, a huge one exhaust a budget at once.
-        prompt = prompt if isinstance(prompt, int) and 0 <= prompt <= _MOST_TOKENS else 0
-        completion = completion if isinstance(completion, int) and 0 <= completion <= _MOST_TOKENS else 0
+        prompt = prompt if isinstance(prompt, int) and 0 <= prompt <= MOST_TOKENS else 0
+        completion = completion if isinstance(completion, int) and 0 <= completion <= MOST_TOKENS else 0
         if series is None:
             series = self.genai_series(endpoint, model, target)
         series.tokens_in.observe(prompt)
@@ -707,7 +708,6 @@ _KeptSlices = dict[Target, dict[int, JSONObject]]
 # Slices of one long embeddings request sent to the provider at once (``_fetch_slices``): 2,048
 # inputs are 21 of Gemini's 100; one after another they took 21 round trips.
 SLICES_IN_FLIGHT = 4
-_MOST_TOKENS = 2**31 - 1  # a request's token count a provider may report (more: not a count)
 _MOST_SERIES = 4096  # (endpoint, group, target) combinations kept; reloads leave old targets behind
 
 
@@ -948,26 +948,6 @@ def _served_by(model: str, group: str) -> str:
     that group (the tags rules match on are not in the body, so the key alone did not tell a
     premium caller's answer from a plain one's, nor keep a key from another group's answers)."""
     return "" if group == model else f"group={group}"
-
-
-def cache_counts(usage: JSONObject) -> tuple[int, int, int]:
-    """(prompt tokens read from the provider's prompt cache, written to it, written to a 1-hour
-    cache) in an OpenAI-format ``usage``, each part of its ``prompt_tokens``: the adapters carry
-    Anthropic's and Gemini's counts there (``prompt_tokens_details.cached_tokens``, and
-    ``cache_write_tokens`` / ``cache_write_1h_tokens`` as OpenRouter names writes); DeepSeek
-    reports reads as ``prompt_cache_hit_tokens``. What is not a count is 0."""
-    details = usage.get("prompt_tokens_details")
-    if isinstance(details, dict):
-        read = details.get("cached_tokens")
-        written = details.get("cache_write_tokens")
-        written_1h = details.get("cache_write_1h_tokens")
-    else:
-        read, written, written_1h = usage.get("prompt_cache_hit_tokens"), 0, 0
-    return _token_count(read), _token_count(written), _token_count(written_1h)
-
-
-def _token_count(value: object) -> int:
-    return value if type(value) is int and 0 <= value <= _MOST_TOKENS else 0  # (not a bool)
 
 
 def unreported(ticket: LimitTicket, target: Target | None, out: int) -> tuple[int, int, float]:

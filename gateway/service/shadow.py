@@ -41,12 +41,13 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.observability.metrics import GatewayMetrics
-from gateway.policy.model import Breaker, Deployment, Shadow
+from gateway.policy.model import Breaker, Deployment, Price, Shadow
 from gateway.routing.breaker import CircuitBreaker
 from gateway.routing.router import Router
 from gateway.routing.stats import DeploymentStats
 from gateway.routing.target import DeploymentState, Target
 from gateway.wire.requests import Endpoint, JSONObject
+from gateway.wire.usage import cache_counts
 
 log = logging.getLogger("gateway.shadow")
 
@@ -279,16 +280,13 @@ class ShadowTraffic:
                 except GatewayError as error:
                     self._failed(figures, type(error).__name__)
                     return
-            self._succeeded(figures, candidate.price.input_per_mtok, candidate.price.output_per_mtok,
-                            self._clock() - started, usage)  # fmt: skip
+            self._succeeded(figures, candidate.price, self._clock() - started, usage)
             if served is not None:
                 await self._compare(figures, shadow, endpoint, served, sse, raw)
         finally:
             figures.in_flight -= 1
 
-    def _succeeded(
-        self, figures: ShadowFigures, input_price: float, output_price: float, seconds: float, usage: object
-    ) -> None:
+    def _succeeded(self, figures: ShadowFigures, price: Price, seconds: float, usage: object) -> None:
         figures.ok += 1
         figures.latencies_s.append(seconds)
         m, labels = self._metrics, (figures.group, figures.provider, figures.model)
@@ -300,7 +298,9 @@ class ShadowTraffic:
             completion = completion if isinstance(completion, int) else 0
             figures.prompt_tokens += prompt
             figures.completion_tokens += completion
-            cost = (prompt * input_price + completion * output_price) / 1_000_000
+            # (cache counts read only when the candidate's price gives the cache a price)
+            counts = cache_counts(usage) if price.prices_cache else (0, 0, 0)
+            cost = price.cost_usd(prompt, completion, *counts)
             if cost:
                 figures.cost_usd += cost
                 m.child(m.shadow_cost, *labels).inc(cost)

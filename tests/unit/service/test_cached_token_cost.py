@@ -1,6 +1,6 @@
 """The cost of prompt tokens read from and written to a provider's prompt cache (h-cost): each
 provider's usage, as its adapter carries it in OpenAI's shape, priced by ``Price.cost_usd``
-through ``calls.cache_counts`` (what ``RequestService.account_usage`` does for every door).
+through ``wire.usage.cache_counts`` (what ``RequestService.account_usage`` does for every door).
 
 Prices per million tokens are $1,000,000 a token here, so the figures are whole dollars.
 Providers' semantics (their usage docs): OpenAI's and Azure's ``cached_tokens`` are part of
@@ -29,9 +29,9 @@ from gateway.providers.client import ProviderClient
 from gateway.providers.gemini_response import usage as gemini_usage
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext
-from gateway.service.calls import cache_counts
 from gateway.wire.messages import messages_usage
 from gateway.wire.responses_output import chat_usage, response_usage
+from gateway.wire.usage import cache_counts
 
 M = 1_000_000  # a price per million tokens of $1 a token
 # Anthropic's ratios: reads 0.1 x input, 5-minute writes 1.25 x, 1-hour writes 2 x.

@@ -442,3 +442,26 @@ async def test_a_front_doors_calls_are_mirrored_as_their_chat_translation(
     row = figures(client)
     assert row["ok"] == 3 and row["agreement"]["compared"] == 2
     assert "stream" not in upstreams.to("s")[-1]
+
+
+async def test_the_candidates_cached_prompt_tokens_cost_its_cache_price(
+    aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """h-cost: the candidate's price with a cached-input price charges the prompt tokens its
+    provider read from its prompt cache at that price (2 of 3 here), as served calls are."""
+
+    def cached(request: UpstreamRequest) -> MockResponse:
+        answer = completion(orjson.loads(request.body)["model"], "hello")
+        answer["usage"]["prompt_tokens_details"] = {"cached_tokens": 2}
+        return MockResponse.json(answer)
+
+    upstreams.behaviour["s"] = cached
+    text = policy().replace(
+        "price: {input_per_mtok: 1000, output_per_mtok: 2000}",
+        "price: {input_per_mtok: 1000, output_per_mtok: 2000, cached_input_per_mtok: 100}",
+    )
+    client = await gateway(aiohttp_client, upstreams, text)
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+    await shadow_of(client).settle()
+    # 1 prompt token at $1000/M, 2 cached at $100/M, 2 completion tokens at $2000/M (was $0.007)
+    assert metric(client, "gateway_shadow_cost_usd_total", **LABELS) == pytest.approx(0.0052)
