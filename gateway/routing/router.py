@@ -684,7 +684,11 @@ class Router:
         """Account a response's tokens (``prompt`` in, of them ``read`` from the provider's prompt
         cache and ``written`` to it, ``written_1h`` of those to a 1-hour cache; ``completion`` out);
         returns its cost in US dollars at the deployment's price (``Price.cost_usd``)."""
-        cost = target.deployment.price.cost_usd(prompt, completion, read, written, written_1h)
+        price = target.deployment.price
+        if read or written:
+            cost = price.cost_usd(prompt, completion, read, written, written_1h)
+        else:  # the common case, inline (a method call is ~0.2 us on every answer)
+            cost = (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1_000_000
         target.live.stats.cost_usd += cost
         if cost:
             self._metrics.child(self._metrics.cost, group_name, target.provider, target.model).inc(cost)

@@ -49,10 +49,14 @@ class Target:
     # set once, rather than properties (a Python call each, six a chat completion).
     provider: str = field(init=False, compare=False, repr=False)
     model: str = field(init=False, compare=False, repr=False)
+    # Whether the deployment's price gives the provider's prompt cache a price: else accounting
+    # never reads a usage's cache counts (one slot read a call, not the price's three fields).
+    prices_cache: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "provider", self.client.name)
         object.__setattr__(self, "model", self.deployment.model)
+        object.__setattr__(self, "prices_cache", self.deployment.price.prices_cache)
 
 
 @dataclass(slots=True)

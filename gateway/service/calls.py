@@ -652,7 +652,7 @@ class RequestService:
         series.tokens_in.observe(prompt)
         if completion or "completion_tokens" in usage:
             series.output_tokens().observe(completion)
-        if target.deployment.price.prices_cache:  # else cache counts change nothing: not read
+        if target.prices_cache:  # else cache counts change nothing: not read
             return (
                 prompt,
                 completion,
