@@ -64,7 +64,9 @@ def openai_usage(usage: object) -> JSONObject:
         "total_tokens": prompt + completion,
     }
     if "cache_read_input_tokens" in u or "cache_creation_input_tokens" in u:
-        details: JSONObject = {"cached_tokens": read, "cache_write_tokens": written}
+        details: JSONObject = {"cached_tokens": read}
+        if written:  # not OpenAI's field: sent only when there is something to say
+            details["cache_write_tokens"] = written
         ttl = u.get("cache_creation")
         written_1h = min(written, _count(ttl, "ephemeral_1h_input_tokens")) if isinstance(ttl, dict) else 0
         if written_1h:

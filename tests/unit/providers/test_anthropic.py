@@ -627,7 +627,7 @@ def test_each_event_is_sent_as_soon_as_it_is_complete() -> None:
                 "prompt_tokens": 849,
                 "completion_tokens": 47,
                 "total_tokens": 896,
-                "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "prompt_tokens_details": {"cached_tokens": 0},
             },
         ),
         # Counts the delta leaves null (MessageDeltaUsage's fields are nullable) keep message_start's.
@@ -638,7 +638,7 @@ def test_each_event_is_sent_as_soon_as_it_is_complete() -> None:
                 "prompt_tokens": 30,
                 "completion_tokens": 15,
                 "total_tokens": 45,
-                "prompt_tokens_details": {"cached_tokens": 5, "cache_write_tokens": 0},
+                "prompt_tokens_details": {"cached_tokens": 5},
             },
         ),
         # A compatible server that counts the input only at the end (message_start says 0).
