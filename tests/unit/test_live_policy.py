@@ -735,13 +735,25 @@ async def test_a_reload_of_many_groups_keeps_the_event_loop_answering(
             last = now
 
     ticker = asyncio.ensure_future(tick())
+    started = time.perf_counter()
     status, body = await reload(client)
+    took_s = time.perf_counter() - started
     done = True
     await ticker
     assert (status, body["policy"]["result"]) == (200, "applied"), body
-    # Before: 2.4-2.5 s. Left: about 0.4 s in one step outside the swap (pydantic's validation of
-    # the parse, in Rust, holding the GIL, or a full collection over the new policy's objects).
-    assert max(gaps) < 1.0, f"the loop stalled {max(gaps):.2f} s"
+    # Before: one stall of 2.4-2.5 s, the version's hash and the router's build on the loop.
+    # Left: about 0.4 s in one step outside them (pydantic's validation of the parse, in Rust,
+    # holding the GIL, or a full collection over the new policy's objects). Compared with that
+    # same work timed here, on the loop, in the same run, not with a wall-clock figure: under a
+    # loaded suite both stretch (an absolute 1 s bound failed at 1.58 s, everything else running).
+    control = client.app[keys.POLICY_CONTROL]
+    policy = control.policy
+    started = time.perf_counter()
+    live_policy.policy_version(policy)
+    control._router.prepare(policy, control.clients)
+    on_loop_s = time.perf_counter() - started
+    print(f"reload {took_s:.2f} s, longest stall {max(gaps):.2f} s, its work on the loop {on_loop_s:.2f} s")
+    assert max(gaps) < 0.8 * on_loop_s, f"the loop stalled {max(gaps):.2f} s (the work: {on_loop_s:.2f} s)"
     assert "g39999" in await models(client)
 
 
