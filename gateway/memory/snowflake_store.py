@@ -310,14 +310,16 @@ class SnowflakeMemoryStore(SQLMemoryStore):
             raise self._redact(exc) from None
 
     async def _execute(self, op: Callable[[Cursor], T], *, write: bool = False) -> T:
-        # ``write`` changes nothing here: each statement commits on its own (autocommit).
+        # A write is one transaction (``MemoryQueries.transaction``): the memory rows and their
+        # change-log entries commit together or not at all. A read is a statement at a time.
         pool = self._pool
         if pool is None:
             raise ServiceUnavailable("The memory store is not open.", code="memory_store_unavailable")
+        unit: Callable[[Cursor], T] = (lambda cur: self._q.transaction(cur, op)) if write else op
         bound_s = self._settings.statement_timeout_s
         try:
             async with asyncio.timeout(bound_s):
-                return await pool.run(lambda conn: self._redacting(lambda c: _on_cursor(c, op), conn))
+                return await pool.run(lambda conn: self._redacting(lambda c: _on_cursor(c, unit), conn))
         except TimeoutError:
             # The statement goes on in its thread until the account cancels it (the session's
             # STATEMENT_TIMEOUT_IN_SECONDS); its connection comes back to the pool then.

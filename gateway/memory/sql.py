@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -43,11 +43,13 @@ CHUNK = 500
 # (the API's 1,000 memories, an ingest job's store_batch) is one statement, as its INSERT was.
 _MERGE_ROWS = 1000
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
-# Snowflake's change-log numbering (``MemoryQueries._log_numbered``): tries when the counter's
-# lock is refused rather than waited for, and the random pause between them (doubling, capped).
+# Snowflake's write transactions (``MemoryQueries.transaction``): tries when a lock is refused
+# rather than waited for, and the random pause between them (doubling, capped).
 _LOG_ATTEMPTS = 40
 _LOG_BACKOFF_S = 0.002
 _LOG_BACKOFF_MAX_S = 0.1
+
+T = TypeVar("T")
 
 
 class Cursor(Protocol):
@@ -237,7 +239,9 @@ class MemoryQueries:
     def __init__(self, table: str, dialect: Dialect) -> None:
         self.table = table
         self.dialect = dialect
-        self._log_lock = threading.Lock()  # see ``log_changes``
+        # One write transaction of the process at a time (``transaction``); a thread inside one.
+        self._write_lock = threading.Lock()
+        self._inside = threading.local()
 
     def _time(self, at: datetime) -> object:
         return self.dialect.encode_time(at)
@@ -343,6 +347,7 @@ class MemoryQueries:
             raise InvalidRequest(
                 f"The id '{twice[0]}' appears twice in the batch.", param="id", code="memory_exists"
             )
+        self.lock_log(cur)
         taken = sorted(self.existing_ids(cur, ids))
         if taken:
             raise InvalidRequest(
@@ -386,7 +391,9 @@ class MemoryQueries:
                 code="memory_exists",
             ) from exc
         theirs = self._held_by_others(cur, memories) if written < len(rows) else []
-        # What this batch wrote is committed whatever follows (autocommit): it is logged.
+        # In a write's transaction (the stores' ``write``) the refusal below rolls the whole
+        # batch back, its entries with it; outside one (each statement committed on its own)
+        # what this batch wrote stays, so it is logged first.
         self.log_changes(cur, [(m.id, m.namespace, m.owner, 0) for m in memories if m.id not in theirs])
         if theirs:
             raise InvalidRequest(
@@ -429,6 +436,7 @@ class MemoryQueries:
 
     def update(self, cur: Cursor, memory_id: str, patch: MemoryPatch, now: datetime) -> Memory | None:
         sets, params = _patch_assignments(patch)
+        self.lock_log(cur)
         sets += ["row_version = row_version + 1", "last_updated = ?"]
         params += [self._time(now), memory_id]
         where = "id = ?"
@@ -447,6 +455,7 @@ class MemoryQueries:
 
     def delete(self, cur: Cursor, ids: Sequence[str]) -> int:
         deleted = 0
+        self.lock_log(cur)
         for part in chunks(list(dict.fromkeys(ids))):
             cur.execute(
                 f"SELECT id, namespace, owner FROM {self.table} WHERE id IN ({marks(len(part))})", part
@@ -492,19 +501,71 @@ class MemoryQueries:
         itself. A follower reads ``seq > last seen``, so numbers must be unique, gapless and
         committed in their order, by every process sharing the store.
 
-        SQLite: in the write's transaction, whose write lock makes them so. Snowflake (each
-        statement commits on its own; replicas share the account): ``_log_numbered``."""
+        SQLite: in the write's transaction, whose write lock makes them so. Snowflake (replicas
+        share the account): ``_log_numbered``, in the write's transaction (``transaction``), so
+        the write and its entries commit together; a caller outside one gets a transaction of
+        the log's own."""
         if not rows:
             return
-        # One writer of the process at a time: on Snowflake, one waiter a process for the
-        # counter's lock (Snowflake aborts a statement past 20 waiting for one table's lock).
-        with self._log_lock:
-            if self.dialect.name != "sqlite":
-                self._log_numbered(cur, rows)
-                return
+        if self.dialect.name == "sqlite":
             cur.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}")
             base = int(cur.fetchone()[0])
             self._append(cur, base, rows)
+        elif getattr(self._inside, "transaction", False):
+            self._log_numbered(cur, rows)
+        else:
+            self.transaction(cur, lambda c: self._log_numbered(c, rows))
+
+    def lock_log(self, cur: Cursor) -> None:
+        """Snowflake, inside ``transaction``: take the change log's counter row before a logged
+        write's first read (an UPDATE that changes nothing; Snowflake holds its lock until the
+        transaction ends). Every logged write of every replica does so first, so they run one
+        at a time, as under SQLite's ``BEGIN IMMEDIATE``: what a write checked (an id is free,
+        the rows to delete or archive) still holds when it writes, no two writers wait for each
+        other in a circle (the counter, then the memory table, for all), and the numbering
+        later in the transaction waits for no one. A database that refuses the second writer
+        instead (DuckDB under fakesnow) refuses it here, before it has done any work. Once a
+        transaction; outside one (SQLite, or a statement at a time) nothing."""
+        inside = self._inside
+        if self.dialect.name == "sqlite" or not getattr(inside, "transaction", False) or inside.locked:
+            return
+        cur.execute(f"UPDATE {self.counter_table} SET seq = seq")
+        inside.locked = True
+
+    def transaction(self, cur: Cursor, op: Callable[[Cursor], T]) -> T:
+        """Snowflake: run ``op`` (a write, with its change-log entries) as one transaction:
+        ``BEGIN``, ``op``, ``COMMIT``; a failure anywhere rolls all of it back, so a memory row
+        is never committed without its entry in the log (a process dying inside it: Snowflake
+        rolls back a session's open transaction when the session ends).
+
+        A logged write takes the counter's lock first (``lock_log``). A database that refuses
+        the second writer instead of making it wait (DuckDB under fakesnow: a write-write
+        conflict), Snowflake's 000625 (too many waiters for a lock, or one waited for too long)
+        and a stale counter (``_log_numbered``) are rolled back and ``op`` is run again from the
+        start, a bounded number of times. One transaction of the process at a time (a lock): one
+        waiter a process for Snowflake's locks, which aborts a statement past 20 waiting for one
+        table's lock."""
+        with self._write_lock:
+            self._inside.transaction = True
+            try:
+                for attempt in range(_LOG_ATTEMPTS):
+                    self._inside.locked = False
+                    try:
+                        cur.execute("BEGIN TRANSACTION")
+                        result = op(cur)
+                        cur.execute("COMMIT")
+                        return result
+                    except Exception as exc:
+                        _roll_back(cur)
+                        if (
+                            not (isinstance(exc, _StaleCounter) or _is_write_conflict(exc))
+                            or attempt + 1 == _LOG_ATTEMPTS
+                        ):
+                            raise
+                        time.sleep(random.uniform(0, min(_LOG_BACKOFF_MAX_S, _LOG_BACKOFF_S * 2**attempt)))
+                raise AssertionError("unreachable: the last attempt returns or raises")
+            finally:
+                self._inside.transaction = False
 
     def _append(self, cur: Cursor, base: int, rows: Sequence[tuple[str, str, str | None, int]]) -> None:
         cur.executemany(
@@ -514,50 +575,34 @@ class MemoryQueries:
         )
 
     def _log_numbered(self, cur: Cursor, rows: Sequence[tuple[str, str, str | None, int]]) -> None:
-        """Snowflake: number and append ``rows`` in one transaction that first UPDATEs the
+        """Snowflake, inside ``transaction``: number and append ``rows`` after UPDATEing the
         counter row. Snowflake's UPDATE takes the table's lock until COMMIT, so another writer's
         UPDATE (any replica) waits for it and then counts on from this one's numbers: they are
         unique, gapless (a rollback takes its numbers back) and committed in order. The counter
         counts on from the log's own last seq when that is higher (a log from before the counter
-        existed). A database that refuses the second writer instead of making it wait (DuckDB
-        under fakesnow: a write-write conflict), or Snowflake's 000625 (too many waiters for a
-        lock, or one waited for too long), is rolled back and tried again, a bounded number of
-        times."""
+        existed); a counter row deleted by hand is put back."""
         n = len(rows)
-        for attempt in range(_LOG_ATTEMPTS):
-            try:
-                cur.execute("BEGIN TRANSACTION")
+        for _ in range(2):
+            cur.execute(
+                f"UPDATE {self.counter_table} SET seq = GREATEST({self.counter_table}.seq, logged.top) + ? "
+                f"FROM (SELECT COALESCE(MAX(seq), 0) AS top FROM {self.changes_table}) AS logged",
+                [n],
+            )
+            if cur.rowcount:
+                # Under the lock: the log as the writers before this one committed it. A
+                # number of ours already there means the UPDATE counted from an older state
+                # than the lock's holder left (not what Snowflake documents; checked, so it
+                # is a try again, never a second row of a seq).
                 cur.execute(
-                    f"UPDATE {self.counter_table} SET seq = GREATEST({self.counter_table}.seq, logged.top) + ? "
-                    f"FROM (SELECT COALESCE(MAX(seq), 0) AS top FROM {self.changes_table}) AS logged",
-                    [n],
+                    f"SELECT MAX(counter.seq), (SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}) "
+                    f"FROM {self.counter_table} AS counter"
                 )
-                if cur.rowcount:
-                    # Under the lock: the log as the writers before this one committed it. A
-                    # number of ours already there means the UPDATE counted from an older state
-                    # than the lock's holder left (not what Snowflake documents; checked, so it
-                    # is a try again, never a second row of a seq).
-                    cur.execute(
-                        f"SELECT MAX(counter.seq), (SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}) "
-                        f"FROM {self.counter_table} AS counter"
-                    )
-                    top, logged = (int(v) for v in cur.fetchone())
-                    if logged > top - n:
-                        raise _StaleCounter(f"{self.counter_table} at {top}, the log at {logged}")
-                    self._append(cur, top - n, rows)
-                    cur.execute("COMMIT")
-                    return
-                cur.execute("ROLLBACK")
-            except Exception as exc:
-                _roll_back(cur)
-                if (
-                    not (isinstance(exc, _StaleCounter) or _is_write_conflict(exc))
-                    or attempt + 1 == _LOG_ATTEMPTS
-                ):
-                    raise
-                time.sleep(random.uniform(0, min(_LOG_BACKOFF_MAX_S, _LOG_BACKOFF_S * 2**attempt)))
-            else:  # no counter row (deleted by hand since the start): put back, then count on
-                cur.execute(self.seed_counter())
+                top, logged = (int(v) for v in cur.fetchone())
+                if logged > top - n:
+                    raise _StaleCounter(f"{self.counter_table} at {top}, the log at {logged}")
+                self._append(cur, top - n, rows)
+                return
+            cur.execute(self.seed_counter())  # no counter row: put back, then count on
         raise RuntimeError(f"{self.counter_table} has no row and none could be added")
 
     def changes_after(
@@ -606,12 +651,12 @@ class MemoryQueries:
         if dry_run:
             cur.execute(f"SELECT COUNT(*) FROM {self.table} WHERE {where}", params)
             return int(cur.fetchone()[0])
+        self.lock_log(cur)
         cur.execute(f"SELECT id, owner FROM {self.table} WHERE {where} ORDER BY id", params)
         found = [(i, namespace, owner, 0) for i, owner in cur.fetchall()]
         if not found:
             return 0
-        # The same rows: the SQLite store holds the write lock since the SELECT. (On Snowflake a
-        # row changed in between may go unlogged; a cached search checks its rows anyway.)
+        # The same rows: the store holds the write lock since the SELECT (``lock_log``).
         cur.execute(
             f"UPDATE {self.table} SET processing_status = 'archived', row_version = row_version + 1 WHERE {where}",
             params,
@@ -623,6 +668,8 @@ class MemoryQueries:
     def delete_where(self, cur: Cursor, where: str, params: Sequence[object], dry_run: bool) -> list[str]:
         """Delete the rows matching ``where``; returns their ids (selected first: neither
         database returns deleted rows portably)."""
+        if not dry_run:
+            self.lock_log(cur)
         cur.execute(f"SELECT id FROM {self.table} WHERE {where} ORDER BY id", params)
         ids = [row[0] for row in cur.fetchall()]
         if not dry_run:

@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import fakesnow
 import snowflake.connector
 from snowflake.connector.errors import DatabaseError, OperationalError, ProgrammingError
 
 from gateway.cli import main
+from tests import fakesnow_support
 
 LEAK = "token=SECRET-TOKEN-0123456789"
 
@@ -113,7 +113,7 @@ class _Connection:
 
 
 if __name__ == "__main__":
-    with fakesnow.patch():
+    with fakesnow_support.patch():
         fake_connect = snowflake.connector.connect
 
         def connect(**kwargs: Any) -> _Connection:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import sys
 
-import fakesnow
-
 from gateway.cli import main
+from tests import fakesnow_support
 
 if __name__ == "__main__":
-    with fakesnow.patch():
+    with fakesnow_support.patch():
         code = main()
     sys.exit(code)

@@ -14,13 +14,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import fakesnow
 import pytest
 
 from gateway.memory.snowflake_store import SnowflakeMemoryStore
 from gateway.memory.sql_store import SQLMemoryStore
 from gateway.memory.sqlite_store import SQLiteMemoryStore
 from gateway.policy.model import MemoryPool
+from tests import fakesnow_support
 
 SNOWFLAKE_ARGS: dict[str, Any] = {
     "account": "fake",
@@ -97,7 +97,7 @@ class Backend:
 
 @pytest.fixture
 def fake_snowflake() -> Iterator[None]:
-    with fakesnow.patch():
+    with fakesnow_support.patch():
         yield
 
 

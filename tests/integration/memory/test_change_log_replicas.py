@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import snowflake.connector
+from snowflake.connector.errors import OperationalError, ProgrammingError
 
+from gateway.errors import ServiceUnavailable
 from gateway.memory.records import Memory, MemoryPatch
 from gateway.memory.snowflake_store import SnowflakeMemoryStore
 from gateway.memory.sql_store import SQLMemoryStore
-from tests.integration.memory.conftest import Backend
+from tests.integration.memory.conftest import SMALL_POOL, Backend
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 
@@ -115,6 +118,92 @@ async def test_the_counter_counts_on_from_a_log_it_did_not_number(
         await store.update("a", MemoryPatch(content="changed"))
         logged = await store.changes_after(0, 10)
         assert [(seq, i) for seq, i, *_ in logged] == [(1, "a"), (2, "b"), (3, "x"), (4, "c"), (5, "a")]
+    finally:
+        for opened in backend.opened:
+            await opened.close()
+
+
+class FailingLog:
+    """A connection (fakesnow's, wrapped) whose change-log INSERT fails while ``armed``: the
+    memory's own statement has run, its entry is refused. ``crash``: the session ends there
+    (the connection closed under the statement, as when the process dies or its network goes);
+    otherwise Snowflake refuses the statement (000606: the warehouse gone since the write)."""
+
+    armed = False
+
+    def __init__(self, conn: Any, crash: bool) -> None:
+        self._conn = conn
+        self._crash = crash
+
+    def cursor(self, *args: Any) -> Any:
+        cur = self._conn.cursor(*args)
+        conn, crash = self._conn, self._crash
+
+        class Failing:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cur, name)
+
+            def _check(self, sql: str) -> None:
+                if FailingLog.armed and sql.upper().startswith("INSERT INTO MEMORIES_CHANGES"):
+                    if crash:
+                        conn.close()
+                        raise OperationalError(msg="Connection closed by the peer.", errno=250003)
+                    raise ProgrammingError(
+                        msg="No active warehouse selected in the current session.",
+                        errno=606,
+                        sqlstate="57P03",
+                    )
+
+            def execute(self, sql: str, *args: Any) -> Any:
+                self._check(sql)
+                return cur.execute(sql, *args)
+
+            def executemany(self, sql: str, *args: Any) -> Any:
+                self._check(sql)
+                return cur.executemany(sql, *args)
+
+        return Failing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["refused", "crash"])
+async def test_a_write_whose_log_entry_fails_is_not_committed_without_it(
+    fake_snowflake: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, crash: bool
+) -> None:
+    """The memory's statement ran, its change-log entry failed: the write and its entry are one
+    transaction, so neither stays (a follower never misses a committed change, and the client,
+    told 503, finds nothing half done). Before: each statement committed on its own, so the
+    created row, the patch and the delete stayed with no entry in the log."""
+    connect = snowflake.connector.connect
+    monkeypatch.setattr(snowflake.connector, "connect", lambda **kw: FailingLog(connect(**kw), crash))
+    monkeypatch.setattr(FailingLog, "armed", False)
+    backend = Backend("snowflake", tmp_path)
+    try:
+        store = await backend.open()
+        await store.insert([memory("kept"), memory("gone")])
+        before = await store.changes_after(0, 100)
+        FailingLog.armed = True
+
+        async def attempt(write: Any) -> None:
+            with pytest.raises(ServiceUnavailable):
+                await write
+            # A crash took the connection: the pool replaces it once its health check is due.
+            backend.pool_clock.now += SMALL_POOL.health_check_interval_s + 1
+
+        await attempt(store.insert([memory("new")]))
+        await attempt(store.update("kept", MemoryPatch(content="changed")))
+        await attempt(store.delete(["gone"]))
+        FailingLog.armed = False
+
+        assert await store.changes_after(0, 100) == before  # nothing logged
+        assert await store.get("new") is None  # and nothing written without its entry
+        kept = await store.get("kept")
+        assert kept is not None and (kept.content, kept.row_version) == ("fact kept", 1)
+        assert await store.get("gone") is not None
+        await store.insert([memory("new")])  # the store works on, numbering on from 2
+        assert [seq for seq, *_ in await store.changes_after(0, 100)] == [1, 2, 3]
     finally:
         for opened in backend.opened:
             await opened.close()

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
-import fakesnow
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -33,6 +32,7 @@ from gateway.providers.base import UpstreamRequest
 from gateway.settings import Settings
 from gateway.testing.mock_transport import MockResponse, MockTransport
 from gateway.testing.pdf import make_bomb_pdf, make_form_pdf, make_pdf
+from tests import fakesnow_support
 from tests.integration.memory.conftest import SNOWFLAKE_ARGS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
@@ -163,7 +163,7 @@ def store_env(request: pytest.FixtureRequest) -> Iterator[tuple[str | None, dict
         yield None, {}
         return
     env = {f"SNOWFLAKE_{k.upper()}": v for k, v in SNOWFLAKE_ARGS.items()}
-    with fakesnow.patch():
+    with fakesnow_support.patch():
         yield "snowflake://", env
 
 
