@@ -171,8 +171,10 @@ class MemoryStore(Protocol):
 
     async def count(self, namespace: str | None = None) -> int: ...
 
-    async def ping(self) -> None:
-        """One ``SELECT 1`` round trip (the health check); raises when the store cannot answer."""
+    async def ping(self) -> str | None:
+        """One ``SELECT 1`` round trip (the health check); raises when the store cannot answer.
+        Returns None, or why the store is degraded though it answers (Snowflake: the last
+        operation was refused for want of a warehouse, which ``SELECT 1`` does not need)."""
         ...
 
     async def changes_after(self, seq: int, limit: int) -> list[tuple[int, str, str, str | None, bool]]:

@@ -35,7 +35,7 @@ from snowflake.connector.errors import Error as SnowflakeError
 from gateway.errors import ServiceUnavailable, StartupError
 from gateway.memory.pool import ConnectionPool, PoolStats
 from gateway.memory.sql import COLUMNS, CORE_COLUMNS, SNOWFLAKE, Cursor, MemoryQueries, utc_now
-from gateway.memory.sql_store import ObserveHook, SQLMemoryStore
+from gateway.memory.sql_store import ObserveHook, SQLMemoryStore, select_one
 from gateway.policy.model import MemoryPool
 
 if TYPE_CHECKING:
@@ -73,6 +73,10 @@ _NAMED_SECRET = re.compile(r"(?i)\b(token|password|passcode|secret|passphrase)=[
 # (operator intervention: no active warehouse 57P03, statement timed out or cancelled 57014),
 # 08 (connection), 53 / 54 (resources, limits), 58 and XX (system): a 503, as an outage is.
 _UNAVAILABLE_SQLSTATES = ("57", "08", "53", "54", "58", "XX")
+# No usable warehouse (000606, 57P03): misnamed, dropped, no USAGE for the role, suspended and not
+# resumed. ``SELECT 1`` needs none, so the health check learns it from the operations refused.
+_NO_WAREHOUSE_ERRNO = 606
+_NO_WAREHOUSE_SQLSTATE = "57P03"
 
 
 def snowflake_settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -173,6 +177,9 @@ class SnowflakeMemoryStore(SQLMemoryStore):
         self._cluster = cluster
         self._upkeep = upkeep
         self._pool: ConnectionPool[SnowflakeConnection] | None = None
+        # What Snowflake said when it last refused an operation for want of a warehouse; None
+        # once an operation that needs one succeeds again (``degraded``).
+        self._no_warehouse: str | None = None
 
     async def start(self) -> None:
         """Open the pool's ``min_size`` connections and migrate the table; a second call does nothing."""
@@ -319,7 +326,7 @@ class SnowflakeMemoryStore(SQLMemoryStore):
         bound_s = self._settings.statement_timeout_s
         try:
             async with asyncio.timeout(bound_s):
-                return await pool.run(lambda conn: self._redacting(lambda c: _on_cursor(c, unit), conn))
+                result = await pool.run(lambda conn: self._redacting(lambda c: _on_cursor(c, unit), conn))
         except TimeoutError:
             # The statement goes on in its thread until the account cancels it (the session's
             # STATEMENT_TIMEOUT_IN_SECONDS); its connection comes back to the pool then.
@@ -330,9 +337,28 @@ class SnowflakeMemoryStore(SQLMemoryStore):
         except ProgrammingError as exc:
             if not (exc.sqlstate or "").startswith(_UNAVAILABLE_SQLSTATES):
                 raise  # a statement the database refused: a bug, not an outage
+            if exc.errno == _NO_WAREHOUSE_ERRNO or exc.sqlstate == _NO_WAREHOUSE_SQLSTATE:
+                self._no_warehouse = _one_line(exc)
             raise _unavailable(exc) from exc
         except SnowflakeError as exc:
             raise _unavailable(exc) from exc
+        if op is not select_one:  # it needed a warehouse (SELECT 1 does not) and had one
+            self._no_warehouse = None
+        return result
+
+    def degraded(self) -> str | None:
+        """Degraded while the last operation needing a warehouse was refused for want of one:
+        ``SELECT 1`` (the health check) is answered without a warehouse, and a probe that needs
+        one would keep it running, billed, all day. The operations the gateway runs anyway
+        (requests, the change log followed, access counts written) are the probe; nothing is
+        added to them but this assignment."""
+        said = self._no_warehouse
+        if said is None:
+            return None
+        return (
+            f"Snowflake refused the last memory operation for want of a warehouse ({said}); "
+            "check SNOWFLAKE_WAREHOUSE (its name, that it exists and is resumed, the role's USAGE on it)"
+        )
 
 
 def _unavailable(exc: SnowflakeError) -> ServiceUnavailable:

@@ -173,11 +173,18 @@ class SQLMemoryStore(ABC):
     async def count(self, namespace: str | None = None) -> int:
         return await self._run("count", lambda cur: self._q.count(cur, namespace))
 
-    async def ping(self) -> None:
-        """``SELECT 1`` as one unit of work (the health check); raises as any operation would."""
-        await self._run("ping", _select_one)
+    async def ping(self) -> str | None:
+        """``SELECT 1`` as one unit of work (the health check); raises as any operation would;
+        then ``degraded()``."""
+        await self._run("ping", select_one)
+        return self.degraded()
+
+    def degraded(self) -> str | None:
+        """Why the store is degraded though it answers ``SELECT 1``; None: it is not."""
+        return None
 
 
-def _select_one(cur: Cursor) -> None:
+def select_one(cur: Cursor) -> None:
+    """The health check's statement (``ping``)."""
     cur.execute("SELECT 1")
     cur.fetchone()

@@ -12,7 +12,9 @@ changed.
   the backoff it is the probe, so a Redis that came back is found and used again even when no
   request comes.
 * ``memory:store``: ``SELECT 1`` through the store (its pool, for Snowflake), and the pool's
-  efficiency (degraded below the seed's 85 % once 100 acquisitions were made).
+  efficiency (degraded below the seed's 85 % once 100 acquisitions were made). Snowflake answers
+  ``SELECT 1`` without a warehouse: degraded too while the store's last operation that needed
+  one was refused for want of it (``MemoryStore.ping``), naming SNOWFLAKE_WAREHOUSE.
 * ``keys:store`` (``auth.mode: keys``): a lookup of a hash no key has, through the key store
   (``KEYS_URL``'s PostgreSQL or the SQLite file), 2 s bound: down when it fails or does not
   answer. Every key not in a process's lookup cache is refused (503 ``key_store_unavailable``)
@@ -272,7 +274,7 @@ class HealthMonitor:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._store_timeout_s):
-                await memory.store.ping()
+                warning = await memory.store.ping()
         except TimeoutError:
             return Check(
                 "down", detail=f"SELECT 1: no answer within {self._store_timeout_s:g} s", figures=figures
@@ -281,6 +283,8 @@ class HealthMonitor:
             reason = exc.message if isinstance(exc, GatewayError) else type(exc).__name__
             return Check("down", detail=f"SELECT 1 failed: {reason}", figures=figures)
         latency_s = time.perf_counter() - started
+        if warning is not None:
+            return Check("degraded", latency_s, warning, figures)
         if (
             stats is not None
             and stats.acquisitions_total >= _POOL_MIN_ACQUISITIONS

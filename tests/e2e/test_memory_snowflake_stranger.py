@@ -475,18 +475,24 @@ def test_a_snowflake_failing_while_serving_is_a_503_and_health_says_so(
         assert len(said) == 5
         assert all(r["detail"].startswith("Snowflake: 000606 (57P03): No active warehouse") for r in said)
     report = health(url)
-    # SELECT 1 needs no warehouse: the health check cannot see that one (ARCHITECTURE.md, h-snow).
-    if fault != "warehouse":
-        assert report["status"] == "degraded"
-        assert report["dependencies"]["memory:store"]["status"] == "down"
+    assert report["status"] == "degraded"
+    store = report["dependencies"]["memory:store"]
+    if fault == "warehouse":
+        # SELECT 1 needs no warehouse; the operations refused for want of one say it (h-snowtx).
+        assert store["status"] == "degraded", store
+        assert "SNOWFLAKE_WAREHOUSE" in store["detail"] and "000606 (57P03)" in store["detail"]
+    else:
+        assert store["status"] == "down"
     fault_file.write_text("")
     recovered = time.monotonic() + 15
     while call("GET", url + "/v1/memory/m1")[0] != 200:  # back once Snowflake is
         assert time.monotonic() < recovered, "the memory store did not come back"
         time.sleep(0.2)
+    again = health(url)
+    assert again["dependencies"]["memory:store"]["status"] == "up", again  # a warehouse again
     with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
         metrics = resp.read().decode()
-    shown = "".join(answers) + json.dumps(report) + metrics + process.output
+    shown = "".join(answers) + json.dumps(report) + json.dumps(again) + metrics + process.output
     for leak in LEAKS:
         assert leak not in shown
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import snowflake.connector
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, ServiceUnavailable
 from gateway.memory.records import Memory
 from gateway.memory.snowflake_store import SnowflakeMemoryStore, snowflake_settings_from_env
 from gateway.memory.sql import encode_embedding
@@ -343,5 +343,64 @@ async def test_an_id_taken_before_the_write_is_never_a_second_row(fake_snowflake
         assert (await store.get("taken")).content == "theirs"  # type: ignore[union-attr]
         logged = [i for _, i, *_ in await store.changes_after(0, 100)]
         assert "x" in logged and "y" in logged and "taken" not in logged
+    finally:
+        await store.close()
+
+
+class NoWarehouse:
+    """A connection whose session has no usable warehouse while ``gone``: every statement but
+    ``SELECT 1`` (which Snowflake answers without one) is refused with 000606 / 57P03."""
+
+    gone = False
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def cursor(self) -> Any:
+        cur = self._conn.cursor()
+        execute = cur.execute
+
+        def refusing(sql: str, *args: Any) -> Any:
+            if NoWarehouse.gone and sql != "SELECT 1":
+                raise snowflake.connector.errors.ProgrammingError(
+                    msg="No active warehouse selected in the current session. token=SECRET-0",
+                    errno=606,
+                    sqlstate="57P03",
+                )
+            return execute(sql, *args)
+
+        cur.execute = refusing
+        return cur
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+async def test_the_health_check_says_the_warehouse_is_missing_once_an_operation_is_refused(
+    fake_snowflake: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``SELECT 1`` needs no warehouse, so it answers while every memory operation is a 503:
+    ``ping`` (the health check) says degraded, naming SNOWFLAKE_WAREHOUSE and what Snowflake
+    said (masked), from the operations refused (no statement added); up again once one runs.
+    Before: ``ping`` said nothing (memory:store up)."""
+    connect: Callable[..., Any] = snowflake.connector.connect
+    monkeypatch.setattr(snowflake.connector, "connect", lambda **kw: NoWarehouse(connect(**kw)))
+    monkeypatch.setattr(NoWarehouse, "gone", False)
+    store = Backend("snowflake", tmp_path).make()
+    await store.start()
+    try:
+        await store.insert([Memory("a", "slack_data", "fact", None)])
+        assert await store.ping() is None
+        NoWarehouse.gone = True
+        assert await store.ping() is None  # nothing refused yet: nothing known
+        with pytest.raises(ServiceUnavailable):
+            await store.get("a")
+        warning = await store.ping()
+        assert warning is not None and "SNOWFLAKE_WAREHOUSE" in warning
+        assert "000606 (57P03): No active warehouse" in warning and "SECRET-0" not in warning
+        assert await store.ping() == warning  # SELECT 1 answering clears nothing
+        NoWarehouse.gone = False
+        assert await store.get("a") is not None
+        assert await store.ping() is None
     finally:
         await store.close()
