@@ -347,7 +347,6 @@ class MemoryQueries:
             raise InvalidRequest(
                 f"The id '{twice[0]}' appears twice in the batch.", param="id", code="memory_exists"
             )
-        self.lock_log(cur)
         taken = sorted(self.existing_ids(cur, ids))
         if taken:
             raise InvalidRequest(
@@ -355,6 +354,9 @@ class MemoryQueries:
                 param="id",
                 code="memory_exists",
             )
+        # After the check (an id taken since is the MERGE's to find): the log's lock, with the
+        # batch's numbers reserved in the same statement (one round trip fewer under the lock).
+        self.lock_log(cur, reserve=len(memories))
         at = self._time(now)
         rows = [
             (
@@ -392,9 +394,10 @@ class MemoryQueries:
             ) from exc
         theirs = self._held_by_others(cur, memories) if written < len(rows) else []
         # In a write's transaction (the stores' ``write``) the refusal below rolls the whole
-        # batch back, its entries with it; outside one (each statement committed on its own)
-        # what this batch wrote stays, so it is logged first.
-        self.log_changes(cur, [(m.id, m.namespace, m.owner, 0) for m in memories if m.id not in theirs])
+        # batch back; outside one (each statement committed on its own) what this batch wrote
+        # stays, so it is logged first.
+        if not (theirs and self.in_transaction):
+            self.log_changes(cur, [(m.id, m.namespace, m.owner, 0) for m in memories if m.id not in theirs])
         if theirs:
             raise InvalidRequest(
                 f"A memory with id '{theirs[0]}' was created by another request at the same time; "
@@ -511,12 +514,17 @@ class MemoryQueries:
             cur.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}")
             base = int(cur.fetchone()[0])
             self._append(cur, base, rows)
-        elif getattr(self._inside, "transaction", False):
+        elif self.in_transaction:
             self._log_numbered(cur, rows)
         else:
             self.transaction(cur, lambda c: self._log_numbered(c, rows))
 
-    def lock_log(self, cur: Cursor) -> None:
+    @property
+    def in_transaction(self) -> bool:
+        """Whether this thread runs inside ``transaction`` (Snowflake)."""
+        return bool(getattr(self._inside, "transaction", False))
+
+    def lock_log(self, cur: Cursor, *, reserve: int = 0) -> None:
         """Snowflake, inside ``transaction``: take the change log's counter row before a logged
         write's first read (an UPDATE that changes nothing; Snowflake holds its lock until the
         transaction ends). Every logged write of every replica does so first, so they run one
@@ -525,12 +533,34 @@ class MemoryQueries:
         other in a circle (the counter, then the memory table, for all), and the numbering
         later in the transaction waits for no one. A database that refuses the second writer
         instead (DuckDB under fakesnow) refuses it here, before it has done any work. Once a
-        transaction; outside one (SQLite, or a statement at a time) nothing."""
+        transaction; outside one (SQLite, or a statement at a time) nothing.
+
+        ``reserve``: the number of entries the write will log, known before it writes (an
+        insert: one a memory, or the batch is refused and rolled back), counted onto the
+        counter in this UPDATE, so ``_log_numbered`` has only to read its numbers."""
         inside = self._inside
-        if self.dialect.name == "sqlite" or not getattr(inside, "transaction", False) or inside.locked:
+        if self.dialect.name == "sqlite" or not self.in_transaction or inside.locked:
             return
-        cur.execute(f"UPDATE {self.counter_table} SET seq = seq")
+        if reserve:
+            self._count_on(cur, reserve)
+            inside.reserved = reserve
+        else:
+            cur.execute(f"UPDATE {self.counter_table} SET seq = seq")
         inside.locked = True
+
+    def _count_on(self, cur: Cursor, n: int) -> None:
+        """Add ``n`` to the counter, counting on from the log's last seq when that is higher (a
+        log from before the counter existed); a counter row deleted by hand is put back first."""
+        for _ in range(2):
+            cur.execute(
+                f"UPDATE {self.counter_table} SET seq = GREATEST({self.counter_table}.seq, logged.top) + ? "
+                f"FROM (SELECT COALESCE(MAX(seq), 0) AS top FROM {self.changes_table}) AS logged",
+                [n],
+            )
+            if cur.rowcount:
+                return
+            cur.execute(self.seed_counter())  # no counter row: put back, then count on
+        raise RuntimeError(f"{self.counter_table} has no row and none could be added")
 
     def transaction(self, cur: Cursor, op: Callable[[Cursor], T]) -> T:
         """Snowflake: run ``op`` (a write, with its change-log entries) as one transaction:
@@ -550,6 +580,7 @@ class MemoryQueries:
             try:
                 for attempt in range(_LOG_ATTEMPTS):
                     self._inside.locked = False
+                    self._inside.reserved = 0
                     try:
                         cur.execute("BEGIN TRANSACTION")
                         result = op(cur)
@@ -580,30 +611,25 @@ class MemoryQueries:
         UPDATE (any replica) waits for it and then counts on from this one's numbers: they are
         unique, gapless (a rollback takes its numbers back) and committed in order. The counter
         counts on from the log's own last seq when that is higher (a log from before the counter
-        existed); a counter row deleted by hand is put back."""
+        existed); a counter row deleted by hand is put back. Numbers reserved by ``lock_log``
+        for exactly these rows are read, not counted again."""
         n = len(rows)
-        for _ in range(2):
-            cur.execute(
-                f"UPDATE {self.counter_table} SET seq = GREATEST({self.counter_table}.seq, logged.top) + ? "
-                f"FROM (SELECT COALESCE(MAX(seq), 0) AS top FROM {self.changes_table}) AS logged",
-                [n],
-            )
-            if cur.rowcount:
-                # Under the lock: the log as the writers before this one committed it. A
-                # number of ours already there means the UPDATE counted from an older state
-                # than the lock's holder left (not what Snowflake documents; checked, so it
-                # is a try again, never a second row of a seq).
-                cur.execute(
-                    f"SELECT MAX(counter.seq), (SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}) "
-                    f"FROM {self.counter_table} AS counter"
-                )
-                top, logged = (int(v) for v in cur.fetchone())
-                if logged > top - n:
-                    raise _StaleCounter(f"{self.counter_table} at {top}, the log at {logged}")
-                self._append(cur, top - n, rows)
-                return
-            cur.execute(self.seed_counter())  # no counter row: put back, then count on
-        raise RuntimeError(f"{self.counter_table} has no row and none could be added")
+        inside = self._inside
+        if getattr(inside, "reserved", 0) == n:
+            inside.reserved = 0
+        else:
+            self._count_on(cur, n)
+        # Under the lock: the log as the writers before this one committed it. A number of ours
+        # already there means the UPDATE counted from an older state than the lock's holder left
+        # (not what Snowflake documents; checked, so it is a try again, never a second row).
+        cur.execute(
+            f"SELECT MAX(counter.seq), (SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}) "
+            f"FROM {self.counter_table} AS counter"
+        )
+        top, logged = (int(v) for v in cur.fetchone())
+        if logged > top - n:
+            raise _StaleCounter(f"{self.counter_table} at {top}, the log at {logged}")
+        self._append(cur, top - n, rows)
 
     def changes_after(
         self, cur: Cursor, seq: int, limit: int
