@@ -322,8 +322,10 @@ class SnowflakeMemoryStore(SQLMemoryStore):
         pool = self._pool
         if pool is None:
             raise ServiceUnavailable("The memory store is not open.", code="memory_store_unavailable")
-        unit: Callable[[Cursor], T] = (lambda cur: self._q.transaction(cur, op)) if write else op
         bound_s = self._settings.statement_timeout_s
+        unit: Callable[[Cursor], T] = (
+            (lambda cur: self._q.transaction(cur, op, budget_s=bound_s)) if write else op
+        )
         try:
             async with asyncio.timeout(bound_s):
                 result = await pool.run(lambda conn: self._redacting(lambda c: _on_cursor(c, unit), conn))

@@ -562,7 +562,7 @@ class MemoryQueries:
             cur.execute(self.seed_counter())  # no counter row: put back, then count on
         raise RuntimeError(f"{self.counter_table} has no row and none could be added")
 
-    def transaction(self, cur: Cursor, op: Callable[[Cursor], T]) -> T:
+    def transaction(self, cur: Cursor, op: Callable[[Cursor], T], *, budget_s: float | None = None) -> T:
         """Snowflake: run ``op`` (a write, with its change-log entries) as one transaction:
         ``BEGIN``, ``op``, ``COMMIT``; a failure anywhere rolls all of it back, so a memory row
         is never committed without its entry in the log (a process dying inside it: Snowflake
@@ -574,7 +574,10 @@ class MemoryQueries:
         and a stale counter (``_log_numbered``) are rolled back and ``op`` is run again from the
         start, a bounded number of times. One transaction of the process at a time (a lock): one
         waiter a process for Snowflake's locks, which aborts a statement past 20 waiting for one
-        table's lock."""
+        table's lock. ``budget_s``: no try starts once that long has passed since the first (the
+        caller has had its 503 by then; each refusal after ``LOCK_TIMEOUT`` would otherwise
+        hold this process's writes for the lock's whole wait again, up to 40 times)."""
+        started = time.monotonic()
         with self._write_lock:
             self._inside.transaction = True
             try:
@@ -591,6 +594,7 @@ class MemoryQueries:
                         if (
                             not (isinstance(exc, _StaleCounter) or _is_write_conflict(exc))
                             or attempt + 1 == _LOG_ATTEMPTS
+                            or (budget_s is not None and time.monotonic() - started >= budget_s)
                         ):
                             raise
                         time.sleep(random.uniform(0, min(_LOG_BACKOFF_MAX_S, _LOG_BACKOFF_S * 2**attempt)))

@@ -17,7 +17,7 @@ from gateway.errors import ServiceUnavailable
 from gateway.memory.records import Memory, MemoryPatch
 from gateway.memory.snowflake_store import SnowflakeMemoryStore
 from gateway.memory.sql_store import SQLMemoryStore
-from tests.integration.memory.conftest import SMALL_POOL, Backend
+from tests.integration.memory.conftest import SMALL_POOL, SNOWFLAKE_ARGS, Backend
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 
@@ -207,3 +207,66 @@ async def test_a_write_whose_log_entry_fails_is_not_committed_without_it(
     finally:
         for opened in backend.opened:
             await opened.close()
+
+
+class RefusedLock:
+    """A connection whose UPDATE of the counter is refused with 000625 (the lock waited for past
+    ``LOCK_TIMEOUT``, or more than 20 waiters) while ``armed``; counts the refusals."""
+
+    armed = False
+    refusals = 0
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def cursor(self, *args: Any) -> Any:
+        cur = self._conn.cursor(*args)
+
+        class Refusing:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cur, name)
+
+            def execute(self, sql: str, *params: Any) -> Any:
+                if RefusedLock.armed and sql.upper().startswith("UPDATE MEMORIES_CHANGES_COUNTER"):
+                    RefusedLock.refusals += 1
+                    raise ProgrammingError(
+                        msg="Statement waited too long on a lock for table MEMORIES_CHANGES_COUNTER.",
+                        errno=625,
+                        sqlstate="57014",
+                    )
+                return cur.execute(sql, *params)
+
+        return Refusing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+async def test_a_write_refused_the_lock_stops_trying_when_its_caller_has_had_its_503(
+    fake_snowflake: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A write whose lock is refused again and again gives up once ``statement_timeout_s`` has
+    passed, when its caller has had its 503: on Snowflake each refusal comes after
+    ``LOCK_TIMEOUT`` (the same time), so 40 tries held the process's writes (one transaction a
+    process at a time) for 40 times that. Before: all 40 tries were made whatever the time."""
+    connect = snowflake.connector.connect
+    monkeypatch.setattr(snowflake.connector, "connect", lambda **kw: RefusedLock(connect(**kw)))
+    monkeypatch.setattr(RefusedLock, "armed", False)
+    monkeypatch.setattr(RefusedLock, "refusals", 0)
+    store = SnowflakeMemoryStore(
+        SNOWFLAKE_ARGS, SMALL_POOL.model_copy(update={"statement_timeout_s": 1.0}), upkeep=False
+    )
+    await store.start()
+    try:
+        RefusedLock.armed = True
+        with pytest.raises(ServiceUnavailable):
+            await store.insert([memory("a")])
+        # The write's thread ends its tries (the process's write lock free again), bounded.
+        assert await asyncio.to_thread(store._q._write_lock.acquire, timeout=30)
+        store._q._write_lock.release()
+        assert 1 < RefusedLock.refusals < 40  # ~25 tries fit in the second; 40 take ~2 s
+        RefusedLock.armed = False
+        await store.insert([memory("a")])
+        assert [i for _, i, *_ in await store.changes_after(0, 10)] == ["a"]
+    finally:
+        await store.close()
