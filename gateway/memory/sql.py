@@ -528,12 +528,13 @@ class MemoryQueries:
         """Snowflake, inside ``transaction``: take the change log's counter row before a logged
         write's first read (an UPDATE that changes nothing; Snowflake holds its lock until the
         transaction ends). Every logged write of every replica does so first, so they run one
-        at a time, as under SQLite's ``BEGIN IMMEDIATE``: what a write checked (an id is free,
-        the rows to delete or archive) still holds when it writes, no two writers wait for each
-        other in a circle (the counter, then the memory table, for all), and the numbering
-        later in the transaction waits for no one. A database that refuses the second writer
-        instead (DuckDB under fakesnow) refuses it here, before it has done any work. Once a
-        transaction; outside one (SQLite, or a statement at a time) nothing.
+        at a time, as under SQLite's ``BEGIN IMMEDIATE``: what a write checked (the row it
+        patches, the rows to delete or archive) still holds when it writes (an insert takes it
+        after its check of ids: an id taken since is its MERGE's to find), no two writers wait
+        for each other in a circle (the counter, then the memory table, for all), and the
+        numbering later in the transaction waits for no one. A database that refuses the second
+        writer instead (DuckDB under fakesnow) refuses it here, before it has done much work.
+        Once a transaction; outside one (SQLite, or a statement at a time) nothing.
 
         ``reserve``: the number of entries the write will log, known before it writes (an
         insert: one a memory, or the batch is refused and rolled back), counted onto the
