@@ -41,6 +41,7 @@ from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Span
 from gateway.service.context import CallRecord, RequestIds
+from gateway.service.effort import DROPPED_HEADER as EFFORT_DROPPED_HEADER
 
 log = logging.getLogger("gateway.http")
 
@@ -314,6 +315,7 @@ def _observe(
             milliseconds(elapsed_s),
             call.stream_error,
             tried.each if tried is not None else None,
+            call.effort_dropped,
         )
 
 
@@ -376,6 +378,8 @@ def add_gateway_headers(headers: MutableMapping[str, str], rid: str, call: CallR
         headers["x-gateway-fallback"] = "true" if route.fallback else "false"
         if route.group != call.model:
             headers["x-gateway-group"] = route.group  # a rule sent it to another group
+        if call.effort_dropped:  # withheld from a deployment declared ``reasoning: false``
+            headers[EFFORT_DROPPED_HEADER] = "dropped"
     elif call.tried is not None:
         headers["x-gateway-attempts"] = str(call.tried.attempts)  # how many deployments failed it
     if call.memory_ids is not None:

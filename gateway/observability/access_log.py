@@ -341,11 +341,14 @@ class AccessLog:
         duration_ms: float,
         stream_error: str = "",
         failed: Sequence[tuple[str, str, int, str]] | None = None,
+        effort_dropped: bool = False,
     ) -> None:
         """Log one request; handed to the writer within ``FLUSH_INTERVAL_S``. ``stream_error``:
         why its stream failed after the first byte (the line has the field only then).
         ``failed``: a request every attempt failed, (provider, upstream model, status, code) of
-        each attempt in order (the line's ``failed_attempts``, only then)."""
+        each attempt in order (the line's ``failed_attempts``, only then). ``effort_dropped``:
+        the client's reasoning effort was withheld from the deployment that served it, declared
+        ``reasoning: false`` (the line's ``effort_dropped: true``, only then)."""
         entry: Entry = {
             "ts": time_ns(),
             "level": "info",
@@ -364,6 +367,8 @@ class AccessLog:
         }
         if stream_error:
             entry["stream_error"] = stream_error
+        if effort_dropped:
+            entry["effort_dropped"] = True
         if failed:
             entry["failed_attempts"] = [
                 {"provider": p, "upstream_model": m, "status": st, "code": c} for p, m, st, c in failed

@@ -41,6 +41,7 @@ from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.chat_values import check_chat_values, check_completion_values
 from gateway.service.context import ON_BEHALF_OF, CallContext, Route, on_behalf_of
+from gateway.service.effort import chat_for, withheld
 from gateway.service.front_door import FrontDoor
 from gateway.service.grants import memory_access_of
 from gateway.service.limits import check_limits
@@ -228,7 +229,7 @@ class RequestService:
             target = routed.target
             series = self.genai_series(endpoint, model, target)  # looked up once for both below
             series.duration.observe(time.perf_counter() - called_s)  # record_operation's success
-            self._served(ctx, routed)
+            self._served(ctx, routed, body)
             # 6. store
             answer = (
                 CachedAnswer(raw, target.provider, target.model) if plan.write and reusable(raw) else None
@@ -399,7 +400,9 @@ class RequestService:
                 return await self._fetch_slices(target, body, inputs, adapter.embedding_batch, done)
         if self._tracer.on:
             return await self._fetch_traced(target, endpoint, body)
-        raw, parsed = await client.fetch_json(adapter.build_request(endpoint, body, target.model))
+        raw, parsed = await client.fetch_json(
+            adapter.build_request(endpoint, chat_for(body, target), target.model)
+        )
         translated = adapter.translate_response(endpoint, parsed, body, target.model)
         if translated is None:
             return raw, parsed.get("usage")  # OpenAI format already: forward the provider's bytes
@@ -464,7 +467,7 @@ class RequestService:
     ) -> tuple[bytes, object]:
         """``_fetch`` inside an attempt span, its ``traceparent`` sent upstream."""
         client, adapter = target.client, target.client.adapter
-        request = adapter.build_request(endpoint, body, target.model)
+        request = adapter.build_request(endpoint, chat_for(body, target), target.model)
         span = self._attempt_span(target, endpoint, body, request)
         try:
             raw, parsed = await client.fetch_json(request)
@@ -539,7 +542,7 @@ class RequestService:
         # GC instead of being freed when it ends.
         served = Route(routed.group, routed.target, routed.attempts, routed.fallback)
         book.route = served
-        self._served(ctx, served)
+        self._served(ctx, served, body)
         group_config = self.router.policy.models.get(routed.group)
         shadow = group_config.shadow if group_config is not None else None
         if shadow is not None and not ctx.internal and self.shadow.draw(shadow):
@@ -557,7 +560,7 @@ class RequestService:
     ) -> RoutedStream:
         client, adapter = target.client, target.client.adapter
         if door is None:
-            request = adapter.build_request(endpoint, body, target.model)
+            request = adapter.build_request(endpoint, chat_for(body, target), target.model)
             if self._tracer.on:
                 return await self._open_stream_traced(target, endpoint, body, book, capture, request)
         else:
@@ -622,8 +625,10 @@ class RequestService:
 
     # ----- 7. accounting
 
-    def _served(self, ctx: CallContext, route: Route) -> None:
+    def _served(self, ctx: CallContext, route: Route, body: JSONObject) -> None:
         ctx.record.route = route
+        if withheld(body, route.target):  # the response's header and the access log say so
+            ctx.record.effort_dropped = True
         if not ctx.internal:  # only the same caller may vote on it later (/v1/feedback)
             self.router.remember(ctx.request_id, route.group, route.target, ctx.tenant)
 

@@ -43,6 +43,9 @@ class CallRecord:
     streaming: bool = False
     # Why its stream failed after the first byte (``streams.STREAM_ERROR_REASONS``), or "" if it did not
     stream_error: str = ""
+    # The client's reasoning effort was withheld from the deployment that served it, declared
+    # ``reasoning: false`` (``effort.py``): the response's header and the access log say so
+    effort_dropped: bool = False
 
 
 @dataclass(slots=True)

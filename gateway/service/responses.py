@@ -44,6 +44,7 @@ from gateway.providers.responses_bridge import (
 from gateway.routing.target import RouteContext, Target
 from gateway.service.calls import Answer, RequestService
 from gateway.service.context import CallContext
+from gateway.service.effort import chat_for, responses_for
 from gateway.service.front_door import has_choice
 from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream, ReplayStream
@@ -399,9 +400,10 @@ class ResponsesDoor:
     def build(self, target: Target) -> UpstreamRequest:
         adapter = target.client.adapter
         if speaks_responses(target.client.config):
-            return adapter.build_request(Endpoint.RESPONSES, native_request(self.body), target.model)
+            native = responses_for(native_request(self.body), target)
+            return adapter.build_request(Endpoint.RESPONSES, native, target.model)
         try:
-            return adapter.build_request(Endpoint.CHAT, self.chat, target.model)
+            return adapter.build_request(Endpoint.CHAT, chat_for(self.chat, target), target.model)
         except InvalidRequest as exc:
             # The adapter names the chat translation's fields (messages[1].tool_calls[0]...): the
             # client sent input[2].arguments.

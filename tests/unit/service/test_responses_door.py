@@ -141,3 +141,25 @@ def test_chat_paths_map_back_to_responses_fields() -> None:
     )
     assert responses_param({"input": "hi"}, "messages[0].content") == "input"
     assert responses_param(body, "tools[0].function.parameters") == "tools[0].function.parameters"
+
+
+def test_a_deployment_declared_without_reasoning_gets_no_reasoning_either_way() -> None:
+    """``reasoning: false`` (h-reason): a provider that speaks Responses gets the client's body
+    without ``reasoning`` (effort and summary, which a model without reasoning refuses), any
+    other the chat translation without ``reasoning_effort``; unset, both are sent as given."""
+    d = door({"model": "m", "input": "hi", "reasoning": {"effort": "high", "summary": "auto"}})
+
+    def sent(config: Any, reasoning: bool | None) -> dict[str, Any]:
+        declared = target(config)
+        declared = Target(
+            Deployment(provider="p", model="up", reasoning=reasoning), declared.client, declared.live
+        )
+        body: dict[str, Any] = orjson.loads(d.build(declared).body)
+        return body
+
+    assert sent(NATIVE, None)["reasoning"] == {"effort": "high", "summary": "auto"}
+    assert sent(NATIVE, True)["reasoning"] == {"effort": "high", "summary": "auto"}
+    assert "reasoning" not in sent(NATIVE, False)
+    assert sent(PLAIN, None)["reasoning_effort"] == "high"
+    assert "reasoning_effort" not in sent(PLAIN, False)
+    assert d.body["reasoning"] == {"effort": "high", "summary": "auto"}  # the door's own, kept
