@@ -182,6 +182,8 @@ def _text_line(stamp: _Timestamps, entry: Entry) -> bytes:
     fields = " ".join(f"{name}={logfmt_value(entry[name])}" for name in FIELDS)
     if "stream_error" in entry:  # a stream that failed after its first byte (``record``)
         fields += f" stream_error={logfmt_value(entry['stream_error'])}"
+    if "effort_dropped" in entry:  # the effort was withheld from the model that served it
+        fields += " effort_dropped=True"  # as ``fallback`` is written
     failed: list[dict[str, object]] | None = entry.get("failed_attempts")  # type: ignore[assignment]
     if failed:  # every attempt failed: provider/upstream_model:status:code of each, in order
         each = ",".join(f"{a['provider']}/{a['upstream_model']}:{a['status']}:{a['code']}" for a in failed)

@@ -427,11 +427,15 @@ class Deployment(_Strict):
     )
     reasoning: bool | None = Field(
         None,
-        description="Whether the model reasons (thinks). true: the Messages door sends it the effort "
-        "or thinking budget translated from Anthropic's `output_config.effort` and `thinking` "
-        "(OpenAI's `reasoning_effort`, Gemini's thinking budget); false: none, which a model "
-        "without reasoning would refuse. Unset: sent only to a model named as a reasoning "
-        "family's (o1..o9, gpt-5 but not -chat, codex, gemini-2.5 and later).",
+        description="Whether the model reasons (thinks). false: it is sent no effort nor thinking "
+        "budget on any door (the client's `reasoning_effort` on chat and completions, the "
+        "Responses door's `reasoning`, the Messages door's translated effort and thinking), "
+        "which a model without reasoning would refuse; the response says "
+        "`x-gateway-reasoning-effort: dropped`. true: the Messages door sends it the effort or "
+        "thinking budget translated from Anthropic's `output_config.effort` and `thinking`. "
+        "Unset: the other doors pass the client's effort through; the Messages door sends its "
+        "translation only to a model named as a reasoning family's (o1..o9, gpt-5 but not "
+        "-chat, codex, gemini-2.5 and later).",
     )
     weight: float = Field(
         1.0,

@@ -308,3 +308,22 @@ async def test_dev_null_is_written_on_the_loop_and_never_closed() -> None:
         access.record("r", "GET", "/health/live", 200, "", "", "", 0, False, 0.1)
         await access.close()
         os.fstat(stream.fileno())  # still open: it was stderr's, not the log's
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_an_effort_withheld_from_the_model_that_served_is_said_as_logging_wrote_it(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``effort_dropped`` (h-reason): present, and true, only when the client's reasoning effort
+    was withheld from the deployment that served it (declared ``reasoning: false``)."""
+    out = io.StringIO()
+    access = AccessLog(fmt, True, dropped(), stream=out)
+    monkeypatch.setattr(access_log, "time_ns", lambda: CREATED_NS[0])
+    entry = ENTRIES[0]
+    access.record(*entry, effort_dropped=True)  # type: ignore[arg-type]
+    access.flush()
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, "request", (), None)
+    record.created, record.msecs = CREATED_NS[0] / 1e9, CREATED_NS[0] // 1_000_000 % 1000 + 0.0
+    record.fields = {**dict(zip(FIELDS, entry, strict=True)), "effort_dropped": True}
+    assert out.getvalue() == formatter.format(record) + "\n"
