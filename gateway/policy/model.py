@@ -652,6 +652,11 @@ class ShadowDeployment(_Strict):
     provider: str = Field(description="A key of `providers`.")
     model: str = Field(min_length=1, description="The model name sent to the provider.")
     price: Price = Field(Price(), description="The candidate's price, for the shadow's own cost figures.")
+    reasoning: bool | None = Field(
+        None,
+        description="false: the candidate does not reason, and a mirrored request's "
+        "`reasoning_effort` is not sent to it (as `deployments[].reasoning`).",
+    )
 
 
 class Shadow(_Strict):

@@ -269,7 +269,10 @@ class ShadowTraffic:
                     self._failed(figures, "ProviderNotConfigured")
                     return
                 deployment = Deployment(
-                    provider=candidate.provider, model=candidate.model, price=candidate.price
+                    provider=candidate.provider,
+                    model=candidate.model,
+                    price=candidate.price,
+                    reasoning=candidate.reasoning,  # ``false`` withholds an effort (``effort.py``)
                 )
                 target = Target(deployment, client, self._live)
                 if body.get("stream"):  # the candidate gives a whole answer: nobody reads its stream

@@ -465,3 +465,17 @@ async def test_the_candidates_cached_prompt_tokens_cost_its_cache_price(
     await shadow_of(client).settle()
     # 1 prompt token at $1000/M, 2 cached at $100/M, 2 completion tokens at $2000/M (was $0.007)
     assert metric(client, "gateway_shadow_cost_usd_total", **LABELS) == pytest.approx(0.0052)
+
+
+async def test_a_candidate_declared_without_reasoning_is_mirrored_no_effort(
+    aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """``shadow.deployment.reasoning: false`` (h-reason): a candidate without reasoning (gpt-4o
+    tried beside o3) would refuse the client's ``reasoning_effort``, every mirror an error."""
+    text = policy().replace("price: {input_per_mtok", "reasoning: false, price: {input_per_mtok")
+    client = await gateway(aiohttp_client, upstreams, text)
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "reasoning_effort": "high"})
+    assert resp.status == 200 and resp.headers.get("x-gateway-reasoning-effort") is None
+    await shadow_of(client).settle()
+    assert upstreams.to("a")[0]["reasoning_effort"] == "high"
+    assert len(upstreams.to("s")) == 1 and "reasoning_effort" not in upstreams.to("s")[0]
