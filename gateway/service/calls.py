@@ -229,7 +229,7 @@ class RequestService:
             target = routed.target
             series = self.genai_series(endpoint, model, target)  # looked up once for both below
             series.duration.observe(time.perf_counter() - called_s)  # record_operation's success
-            self._served(ctx, routed, body)
+            self._served(ctx, routed, body, door)
             # 6. store
             answer = (
                 CachedAnswer(raw, target.provider, target.model) if plan.write and reusable(raw) else None
@@ -542,7 +542,7 @@ class RequestService:
         # GC instead of being freed when it ends.
         served = Route(routed.group, routed.target, routed.attempts, routed.fallback)
         book.route = served
-        self._served(ctx, served, body)
+        self._served(ctx, served, body, door)
         group_config = self.router.policy.models.get(routed.group)
         shadow = group_config.shadow if group_config is not None else None
         if shadow is not None and not ctx.internal and self.shadow.draw(shadow):
@@ -625,9 +625,11 @@ class RequestService:
 
     # ----- 7. accounting
 
-    def _served(self, ctx: CallContext, route: Route, body: JSONObject) -> None:
+    def _served(self, ctx: CallContext, route: Route, body: JSONObject, door: FrontDoor | None) -> None:
         ctx.record.route = route
-        if withheld(body, route.target):  # the response's header and the access log say so
+        # The client's effort withheld from a model without reasoning: the response's header
+        # and the access log say so (``effort.py``).
+        if door.withheld(route.target) if door is not None else withheld(body, route.target):
             ctx.record.effort_dropped = True
         if not ctx.internal:  # only the same caller may vote on it later (/v1/feedback)
             self.router.remember(ctx.request_id, route.group, route.target, ctx.tenant)

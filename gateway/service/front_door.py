@@ -43,6 +43,12 @@ class FrontDoor(Protocol):
         cannot serve it: retryable, so a capable deployment of the group is tried next)."""
         ...
 
+    def withheld(self, target: Target) -> bool:
+        """Whether the client's reasoning effort was not sent to ``target``, a deployment the
+        policy says does not reason (``effort.py``): the response's header says so. Asked once
+        per request, of the deployment that served it."""
+        ...
+
     def mode(self, target: Target) -> str:
         """``native`` when ``target`` gets the client's own format, else ``translated`` (a label)."""
         ...

@@ -147,12 +147,19 @@ class MessagesDoor:
             budget = self._thinking_budget if sends else None
             extra = {"top_k": self._top_k, GEMINI_THINKING_BUDGET: budget}
             chat = {**chat, **{name: value for name, value in extra.items() if value is not None}}
-        elif self._effort is not None and (
-            reasoning is True or (reasoning is None and reasons_by_name(target.model))
-        ):
+        elif self._effort is not None and _takes_effort(target):
             # OpenAI's own name for it (``low`` to ``max`` are all its values).
             chat = {**chat, "reasoning_effort": self._effort}
         return client.adapter.build_request(Endpoint.CHAT, chat, target.model)
+
+    def withheld(self, target: Target) -> bool:
+        """``FrontDoor.withheld``: ``output_config.effort`` was asked and ``target``, a
+        translated kind, was sent neither it nor a budget made from it (``build``)."""
+        return (
+            self._effort is not None
+            and target.client.config.kind != NATIVE_KIND
+            and not _takes_effort(target)
+        )
 
     def mode(self, target: Target) -> str:
         return "native" if target.client.config.kind == NATIVE_KIND else "translated"
@@ -300,6 +307,13 @@ def count_tokens(router: Router, body: JSONObject, caller: Caller | None) -> int
 _REASONING_MODEL = re.compile(
     r"^(?:[\w.-]+/)?(?:o[1-9]|gpt-5(?![\w.]*-chat)|codex|gemini-(?:2\.5|[3-9]))", re.IGNORECASE
 )
+
+
+def _takes_effort(target: Target) -> bool:
+    """Whether ``target`` is sent a translated effort: declared ``reasoning: true``, or unset
+    and named as a reasoning model (``reasons_by_name``)."""
+    reasoning = target.deployment.reasoning
+    return reasoning is True or (reasoning is None and reasons_by_name(target.model))
 
 
 def reasons_by_name(model: str) -> bool:

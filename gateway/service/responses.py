@@ -44,7 +44,7 @@ from gateway.providers.responses_bridge import (
 from gateway.routing.target import RouteContext, Target
 from gateway.service.calls import Answer, RequestService
 from gateway.service.context import CallContext
-from gateway.service.effort import chat_for, responses_for
+from gateway.service.effort import chat_for, responses_for, withheld
 from gateway.service.front_door import has_choice
 from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream, ReplayStream
@@ -411,6 +411,10 @@ class ResponsesDoor:
             if exc.param is not None:
                 exc.param = responses_param(self.body, exc.param)
             raise
+
+    def withheld(self, target: Target) -> bool:
+        # ``reasoning.effort`` is the translation's ``reasoning_effort``, whichever way it goes
+        return withheld(self.chat, target)
 
     def mode(self, target: Target) -> str:
         return "native" if speaks_responses(target.client.config) else "translated"

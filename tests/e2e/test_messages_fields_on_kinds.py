@@ -193,6 +193,31 @@ def test_a_deployment_without_reasoning_gets_no_effort_nor_budget(stack: Message
         assert "thinkingConfig" not in sent.get("generationConfig", {})
 
 
+@pytest.mark.parametrize(
+    ("model", "dropped"),
+    [
+        ("gpt-plain", True),
+        ("gpt-plain-unsaid", True),
+        ("gemini-plain", True),
+        ("gpt", False),
+        ("claude", False),
+    ],
+)
+def test_the_answer_says_when_the_effort_was_withheld(
+    stack: MessagesStack, model: str, dropped: bool
+) -> None:
+    """``x-gateway-reasoning-effort: dropped`` (h-reason), as on the other doors: the effort was
+    not sent to the model that answered (declared ``reasoning: false``, or unset and not named
+    as a reasoning model's); absent where it was sent (``reasoning: true``; Anthropic natively)."""
+    raw = stack.client().beta.messages.with_raw_response.create(
+        model=model, max_tokens=1000, messages=ASK, output_config={"effort": "high"}
+    )
+    assert raw.parse().stop_reason == "end_turn"
+    assert raw.headers.get("x-gateway-reasoning-effort") == ("dropped" if dropped else None)
+    plain = stack.client().beta.messages.with_raw_response.create(model=model, max_tokens=1000, messages=ASK)
+    assert plain.headers.get("x-gateway-reasoning-effort") is None  # no effort asked
+
+
 def test_unsaid_an_effort_reaches_only_a_model_named_as_a_reasoning_one(stack: MessagesStack) -> None:
     """``reasoning`` unset: a model whose name is no reasoning family's (gpt-4o, an open model, an
     Azure deployment's own name) is sent no effort, so that what it served before (the effort
