@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncGenerator, Mapping
+from typing import AnyStr
 
 import orjson
 
@@ -35,6 +36,12 @@ from gateway.wire.requests import JSONObject
 
 _REDACTED = "***"
 MIN_SCRUBBED_KEY_CHARS = 16
+# An error's text holding this many consecutive characters of the key holds the key, as good as:
+# a provider or a proxy in front of it that quotes the header it refused cut at a length limit
+# (``Bearer sk-...`` less its last characters) or masked in its middle leaves the rest to guess.
+# OpenAI's own refusal shows the key's first 8 and last 4 (``sk-proj-****...abcd``): shorter, so
+# kept. Half of it (8) is the window searched for (``_without_runs``).
+MIN_LEAKED_RUN = 16
 
 log = logging.getLogger("gateway.providers")
 # A provider answers these to the gateway's own key (or its lack of access), never to the client's.
@@ -178,8 +185,22 @@ class ProviderClient:
             yield held  # the body ended there: it was not the key
 
     def scrub(self, text: str) -> str:
-        """``text`` with the provider key replaced, in case a provider or library echoes it."""
-        return text.replace(self._secret, _REDACTED) if self._secret else text
+        """``text`` with the provider key replaced, in case a provider or library echoes it, and
+        any run of ``MIN_LEAKED_RUN`` or more of its characters (a key quoted cut short or with
+        its middle masked; ``_without_runs``). Only errors' texts come here (a library's message,
+        a ``Retry-After``): not on a request's common path."""
+        secret = self._secret
+        if not secret:
+            return text
+        return _without_runs(text.replace(secret, _REDACTED), secret, "***")
+
+    def scrub_error_bytes(self, data: bytes) -> bytes:
+        """``scrub_bytes``, then any run of ``MIN_LEAKED_RUN`` or more bytes of the key taken out
+        as well: for a provider's error body (a non-2xx answer), never a 2xx one, so the common
+        path keeps its one ``find``."""
+        data = self.scrub_bytes(data)
+        key = self._key_bytes
+        return _without_runs(data, key, b"***") if key else data
 
     def scrub_bytes(self, data: bytes) -> bytes:
         key = self._key_bytes
@@ -209,7 +230,7 @@ class ProviderClient:
         # code) and the error's own args are built from clean text.
         scrubbed_after = self.scrub(retry_after) if retry_after else None
         error = self.adapter.translate_error(
-            status, self.scrub_bytes(body), _retry_after_s(scrubbed_after), self.name
+            status, self.scrub_error_bytes(body), _retry_after_s(scrubbed_after), self.name
         )
         if status in _CREDENTIAL_STATUSES or (
             isinstance(error, UpstreamStatusError) and error.upstream_type == "authentication_error"
@@ -348,3 +369,44 @@ def _escaped_pattern(secret: str) -> re.Pattern[bytes]:
             options.append(rb"\\/")
         parts.append(b"(?:" + b"|".join(options) + b")")
     return re.compile(b"".join(parts))
+
+
+def _without_runs(data: AnyStr, key: AnyStr, redacted: AnyStr) -> AnyStr:
+    """``data`` with every run of ``MIN_LEAKED_RUN`` or more consecutive characters of ``key``
+    (found anywhere in it, not only its start) replaced by ``redacted``.
+
+    Each run that long holds one of the key's windows of ``MIN_LEAKED_RUN // 2`` characters that
+    start at a multiple of that width, so those few windows are searched for and each hit grown
+    both ways while it still follows the key: a handful of ``find`` calls on an error body."""
+    width = MIN_LEAKED_RUN // 2
+    size, key_size = len(data), len(key)
+    spans: list[tuple[int, int]] = []
+    for start in range(0, key_size - width + 1, width):
+        window = key[start : start + width]
+        at = data.find(window)
+        while at >= 0:
+            low, k = at, start
+            while low > 0 and k > 0 and data[low - 1] == key[k - 1]:
+                low -= 1
+                k -= 1
+            high, k = at + width, start + width
+            while high < size and k < key_size and data[high] == key[k]:
+                high += 1
+                k += 1
+            if high - low >= MIN_LEAKED_RUN:
+                spans.append((low, high))
+            at = data.find(window, at + 1)
+    if not spans:
+        return data
+    spans.sort()
+    pieces: list[AnyStr] = []
+    done = 0
+    for low, high in spans:
+        if pieces and low <= done:  # overlaps or touches the run before: one replacement
+            done = max(done, high)
+            continue
+        pieces.append(data[done:low])
+        pieces.append(redacted)
+        done = high
+    pieces.append(data[done:])
+    return data[:0].join(pieces)

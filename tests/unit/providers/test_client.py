@@ -62,6 +62,49 @@ async def test_a_provider_echoing_its_key_in_every_field_leaks_nothing(kind: str
     assert "***" in error.message  # scrubbed, not dropped: the message still says what happened
 
 
+def _runs_of_the_key(text: str, run: int = 16) -> list[str]:
+    """Every ``run``-character piece of ``KEY`` that ``text`` holds."""
+    return [KEY[i : i + run] for i in range(len(KEY) - run + 1) if KEY[i : i + run] in text]
+
+
+@pytest.mark.parametrize("kind", ["openai", "azure", "anthropic", "gemini"])
+async def test_a_provider_quoting_its_key_cut_short_or_masked_in_the_middle_leaks_none_of_it(
+    kind: str,
+) -> None:
+    # h-sec: a server (or a proxy before it) quoting the header it refused, cut at a length limit
+    # or with a few characters masked, passed the whole-key scrub: "Bearer sk-live-secret-012345678"
+    # reached the client's error with one character of the key left to guess. The prefix OpenAI
+    # itself shows (a key's first 8 and last 4 characters) stays: it tells keys apart.
+    quoted = (
+        f"header 'Authorization: Bearer {KEY[:-1]}' refused; also {KEY[:10]}*****{KEY[15:]}; "
+        f"OpenAI shows {KEY[:8]}****{KEY[-4:]}"
+    )
+    if kind == "anthropic":
+        body: dict[str, object] = {
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": quoted},
+        }
+    elif kind == "gemini":
+        body = {"error": {"code": 400, "message": quoted, "status": "INVALID_ARGUMENT"}}
+    else:
+        body = {"error": {"message": quoted, "type": "invalid_request_error", "param": None, "code": None}}
+    with pytest.raises(GatewayError) as raised:
+        await client(kind, MockResponse.json(body, status=400)).send(REQUEST)
+    error = raised.value
+    exposed = " ".join([str(error), repr(error.args), error.body().decode(), repr(vars(error))])
+    assert _runs_of_the_key(exposed) == [], exposed
+    assert (
+        f"{KEY[:8]}****{KEY[-4:]}" in error.message and "header 'Authorization: Bearer ***'" in error.message
+    )
+
+
+def test_a_library_message_or_retry_after_quoting_part_of_the_key_is_scrubbed() -> None:
+    scrub = client("openai", MockResponse.json({})).scrub
+    assert scrub(f"Cannot connect to {KEY[2:20]}.example:443") == "Cannot connect to ***.example:443"
+    assert scrub(f"x{KEY}y{KEY[5:]}") == "x***y***"
+    assert scrub(f"{KEY[:15]} is fifteen") == f"{KEY[:15]} is fifteen"  # shorter than a run: kept
+
+
 async def test_stream_bytes_and_json_bodies_are_scrubbed() -> None:
     stream = client("openai", MockResponse.stream([b'data: {"echo": "' + KEY.encode() + b'"}\n\n']))
     response = await stream.send(REQUEST)
