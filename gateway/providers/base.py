@@ -211,3 +211,8 @@ class ProviderHandle(Protocol):
     def scrub_bytes(self, data: bytes) -> bytes:
         """``data`` with the provider's key replaced (for text the gateway joined itself)."""
         ...
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the provider's key, and any long run of its characters, replaced (for an
+        error's words: not on a request's common path)."""
+        ...

@@ -64,6 +64,9 @@ class PolicyProvider:
     def scrub_bytes(self, data: bytes) -> bytes:
         return data  # it has no key
 
+    def scrub(self, text: str) -> str:
+        return text  # it has no key
+
 
 if TYPE_CHECKING:
 

@@ -29,7 +29,13 @@ import orjson
 
 from gateway.auth.gate import LimitTicket
 from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache, reusable
-from gateway.errors import GatewayError, ModelNotFound, StreamInterrupted, UpstreamBadResponse
+from gateway.errors import (
+    GatewayError,
+    ModelNotFound,
+    StreamInterrupted,
+    UpstreamBadResponse,
+    UpstreamStatusError,
+)
 from gateway.memory import augment as memory_augment
 from gateway.memory.service import MemoryService
 from gateway.observability import tracing
@@ -859,6 +865,13 @@ class _StreamBook:
         if self.span is not None:
             self._end_span(usage, type(error).__name__)
         self._land(None)
+        if isinstance(error, UpstreamStatusError) and error.said:
+            # A provider's error event mid-stream passed only the stream's whole-key scrub; its
+            # words reach the client (``said``) and the log (``message``): a run of the key
+            # quoted cut short is taken out too (``ProviderClient.scrub``). Failures only.
+            scrub = route.target.client.scrub
+            error.said = scrub(error.said)
+            error.message = scrub(error.message)
         return StreamInterrupted(reason, route.target.provider, error)
 
     def _count_failure(self, route: Route, reason: str) -> None:
