@@ -143,14 +143,12 @@ class Stack:
 
     def chat(self, prompt: str, *, path: str = "/v1/chat/completions", model: str = "chat", stream: bool = False,
              extra: str = "") -> tuple[int, dict[str, str], bytes]:  # fmt: skip
-        body = json.dumps(
-            {
-                "model": model,
-                "max_tokens": 5,
-                "stream": stream,
-                "messages": [{"role": "user", "content": prompt}],
-            }
-        ).encode()
+        fields: dict[str, Any] = {"model": model, "stream": stream}
+        if path.endswith("/responses"):
+            fields["input"] = prompt
+        else:
+            fields |= {"max_tokens": 5, "messages": [{"role": "user", "content": prompt}]}
+        body = json.dumps(fields).encode()
         head = (
             f"POST {path} HTTP/1.1\r\nAuthorization: Bearer {self.secret}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}{extra}"
@@ -209,7 +207,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ("/v1/chat/completions", "chat", False),
         ("/v1/messages", "claude", False),
         ("/v1/chat/completions", "claude", False),
+        ("/v1/responses", "chat", False),
+        ("/v1/responses", "claude", False),
         ("/v1/chat/completions", "chat", True),  # the error event after the first chunk
+        ("/v1/messages", "chat", True),
+        ("/v1/responses", "chat", True),
     ],
 )
 def test_a_provider_quoting_its_key_cut_short_or_masked_leaks_none_of_it(
