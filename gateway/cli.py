@@ -269,7 +269,7 @@ def _run_workers(count: int, settings: Settings, policy: Policy, digest: str, *,
     from gateway.workers import MAX_WORKERS_A_CORE, Supervisor, available_cores, check_supported
 
     check_supported()
-    check_open(policy, settings.host, allow_open)
+    check_open(policy, settings.host, allow_open, settings.admin_token)
     cores = available_cores()
     if count > MAX_WORKERS_A_CORE * cores:
         raise StartupError(

@@ -23,6 +23,9 @@ from gateway.http.connection import GatewayRunner
 from gateway.observability.stderr import announce
 from gateway.policy.model import Policy
 
+# The shortest SOPHIA_ADMIN_TOKEN a gateway listening beyond loopback starts with (h-sec).
+MIN_ADMIN_TOKEN_CHARS = 16
+
 log = logging.getLogger("gateway.server")
 
 # aiohttp's default (8,190) would answer a 10 KB Authorization header itself with a 400; at
@@ -64,7 +67,7 @@ def run(
     Raises ``StartupError`` when the address cannot be bound or a resource refuses to start
     (whatever had started is closed first), and when ``auth.mode: open`` would listen beyond
     loopback without ``allow_open``."""
-    check_open(app[keys.POLICY], host, allow_open)
+    check_open(app[keys.POLICY], host, allow_open, app[keys.SETTINGS].admin_token)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(_serve(app, host, port, on_ready))
 
@@ -96,12 +99,23 @@ def raise_open_file_limit() -> tuple[int, int] | None:
     return soft, soft
 
 
-def check_open(policy: Policy, host: str, allow_open: bool) -> None:
-    """StartupError when ``auth.mode: open`` would listen beyond loopback without ``allow_open``."""
-    if policy.auth.mode == "open" and not allow_open and not is_loopback(host):
+def check_open(policy: Policy, host: str, allow_open: bool, admin_token: str | None = None) -> None:
+    """StartupError when ``auth.mode: open`` would listen beyond loopback without ``allow_open``,
+    or ``admin_token`` (``SOPHIA_ADMIN_TOKEN``) is shorter than ``MIN_ADMIN_TOKEN_CHARS`` there."""
+    if is_loopback(host):
+        return
+    if policy.auth.mode == "open" and not allow_open:
         raise StartupError(
             f"auth.mode is open and {host or 'every interface'} is not loopback: anyone who reaches it "
             "could spend the provider keys; use auth.mode: keys, bind 127.0.0.1, or pass --allow-open"
+        )
+    if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN_CHARS:
+        # The admin API mints keys and reloads the policy, and nothing slows a caller guessing at
+        # it: a token such as "admin" or "secret" falls to the first list of common words.
+        raise StartupError(
+            f"SOPHIA_ADMIN_TOKEN is {len(admin_token)} characters long and {host or 'every interface'} "
+            f"is not loopback: anyone who reaches the admin API could guess it; use at least "
+            f"{MIN_ADMIN_TOKEN_CHARS} random characters (openssl rand -hex 32), or bind 127.0.0.1"
         )
 
 

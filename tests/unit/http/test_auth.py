@@ -8,6 +8,7 @@ never a 500, and without the key store being asked (the cheap checks come first)
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -28,7 +29,7 @@ from gateway.errors import KeyStoreUnavailable, StartupError
 from gateway.http.connection import GatewayRunner
 from gateway.policy.loader import parse_policy
 from gateway.providers.base import UpstreamRequest
-from gateway.server import MAX_HEADER_FIELD_BYTES, run
+from gateway.server import MAX_HEADER_FIELD_BYTES, MIN_ADMIN_TOKEN_CHARS, check_open, run
 from gateway.settings import Settings
 from gateway.testing.mock_transport import MockResponse, MockTransport
 
@@ -358,6 +359,46 @@ def test_open_mode_refuses_to_listen_beyond_loopback(host: str) -> None:
     app = build_app(Settings(access_log=False), parse_policy(POLICY + "auth: {mode: open}\n"), {})
     with pytest.raises(StartupError, match="--allow-open"):
         run(app, host, 0)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "10.1.2.3"])
+def test_a_short_admin_token_does_not_start_beyond_loopback(host: str) -> None:
+    # h-sec: SOPHIA_ADMIN_TOKEN=admin on 0.0.0.0 started, and nothing slows a caller guessing
+    # the token of an API that mints keys.
+    app = build_app(Settings(access_log=False, admin_token="admin"), parse_policy(POLICY), {})
+    with pytest.raises(StartupError, match="SOPHIA_ADMIN_TOKEN is 5 characters long") as raised:
+        run(app, host, 0)
+    assert "admin" not in str(raised.value).replace("SOPHIA_ADMIN_TOKEN", "").replace("admin API", "")
+    policy = parse_policy(POLICY)
+    check_open(policy, host, False, "x" * MIN_ADMIN_TOKEN_CHARS)  # long enough
+    check_open(policy, host, False, None)  # none: the admin API is closed (403) beyond loopback
+    check_open(policy, "127.0.0.1", False, "admin")  # on loopback, any token
+
+
+def test_serve_with_a_short_admin_token_beyond_loopback_exits_2(tmp_path: Any) -> None:
+    policy = tmp_path / "keys.yaml"
+    policy.write_text(POLICY)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--policy",
+            str(policy),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SOPHIA_ADMIN_TOKEN": "s3cret"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("sophia-gateway: cannot start: SOPHIA_ADMIN_TOKEN is 6 characters long")
+    assert "s3cret" not in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_serve_says_so_in_one_line_and_exits_2(tmp_path: Any) -> None:
