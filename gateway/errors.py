@@ -98,7 +98,7 @@ saying what to do, which the CLI prints before exiting 2.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -696,6 +696,15 @@ class UpstreamStatusError(UpstreamError):
         # Azure's ``innererror`` of a content filter refusal (its ``code`` and
         # ``content_filter_result``, which Azure's clients read), kept by its adapter, bounded.
         self.innererror: dict[str, Any] | None = None
+
+    def scrub_words(self, scrub: Callable[[str], str]) -> None:
+        """``said`` and ``message`` passed through ``scrub`` (a provider's ``scrub``: its key and
+        any long run of it out), for an error made from an event inside a 2xx answer, which
+        only the whole-key scrub of answers saw. Failures only."""
+        if self.said:
+            self.said = scrub(self.said)
+            self.message = scrub(self.message)
+            self.args = (self.message,)  # str() and a traceback read the args
 
     @property
     def http_status(self) -> int:

@@ -586,6 +586,11 @@ class Router:
         return value
 
     def _attempt_failed(self, target: Target, error: BaseException) -> None:
+        if isinstance(error, UpstreamStatusError):
+            # Before it is logged, failed over or answered: an error a provider put inside a 2xx
+            # answer (a stream's opening error event, an error body with status 200) passed only
+            # the answers' whole-key scrub, not the error bodies' (``ProviderClient.scrub``).
+            error.scrub_words(target.client.scrub)
         if isinstance(error, GatewayError):
             self._record_failure(target, error)
         live = target.live

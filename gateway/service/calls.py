@@ -865,13 +865,11 @@ class _StreamBook:
         if self.span is not None:
             self._end_span(usage, type(error).__name__)
         self._land(None)
-        if isinstance(error, UpstreamStatusError) and error.said:
+        if isinstance(error, UpstreamStatusError):
             # A provider's error event mid-stream passed only the stream's whole-key scrub; its
             # words reach the client (``said``) and the log (``message``): a run of the key
-            # quoted cut short is taken out too (``ProviderClient.scrub``). Failures only.
-            scrub = route.target.client.scrub
-            error.said = scrub(error.said)
-            error.message = scrub(error.message)
+            # quoted cut short is taken out too (``ProviderClient.scrub``).
+            error.scrub_words(route.target.client.scrub)
         return StreamInterrupted(reason, route.target.provider, error)
 
     def _count_failure(self, route: Route, reason: str) -> None:

@@ -70,6 +70,23 @@ class HostileUpstream:
                 if prompt == "redirect":
                     headers["Location"] = f"https://elsewhere.example/?key={KEY}"
                     return self._send(307, b"{}", headers)
+                if prompt == "quote" and self.path.endswith("/messages"):  # Anthropic's stream
+                    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
+                               "content": [], "stop_reason": None, "stop_sequence": None,
+                               "usage": {"input_tokens": 1, "output_tokens": 0}}  # fmt: skip
+                    anthropic_events = [
+                        ("message_start", {"type": "message_start", "message": message}),
+                        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                                 "content_block": {"type": "text", "text": ""}}),
+                        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                 "delta": {"type": "text_delta", "text": "Hi"}}),
+                        ("error", {"type": "error", "error": {"type": "api_error", "message": quote}}),
+                    ]  # fmt: skip
+                    out = b"".join(
+                        f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                        for name, data in anthropic_events
+                    )
+                    return self._send(200, out, {"Content-Type": "text/event-stream"})
                 if prompt == "quote":  # streamed: an error event after the first chunk
                     chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
                              "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]}  # fmt: skip
@@ -212,6 +229,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ("/v1/chat/completions", "chat", True),  # the error event after the first chunk
         ("/v1/messages", "chat", True),
         ("/v1/responses", "chat", True),
+        ("/v1/messages", "claude", True),  # Anthropic's error event, relayed by the Messages door
+        ("/v1/chat/completions", "claude", True),  # ... translated to chat
+        ("/v1/responses", "claude", True),
     ],
 )
 def test_a_provider_quoting_its_key_cut_short_or_masked_leaks_none_of_it(
@@ -222,7 +242,9 @@ def test_a_provider_quoting_its_key_cut_short_or_masked_leaks_none_of_it(
     mark = len(stack.gateway.output)
     status, headers, body = stack.chat("quote", path=path, model=model, stream=stream)
     text = body.decode()
-    assert (status == 200) is stream, (status, text)
+    # (a stream whose error event comes before the answer's first byte reaches the client is
+    # failed over, then a 502: Anthropic's, as the gateway holds its opening events)
+    assert status in ((200, 502) if stream else (400,)), (status, text)
     assert _runs_of_the_key(text) == [], text
     assert "refused" in text  # the provider's words still reach the client, less the key
     assert _runs_of_the_key(json.dumps(headers)) == []
