@@ -23,6 +23,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+import socket
 
 from aiohttp import web
 
@@ -55,6 +56,12 @@ X_API_KEY = "x-api-key"  # Anthropic's SDKs (the Messages door)
 AZURE_API_KEY = "api-key"  # the openai SDK's AzureOpenAI client (the Azure door)
 _MAX_ADMIN_HEADER_CHARS = MAX_ADMIN_TOKEN_CHARS + 64
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sophia-gateway"'}
+# A Host header a client on this machine sends: localhost (or a name under it, RFC 6761),
+# 127.0.0.0/8, ::1, with or without a port.
+_LOCAL_HOST = re.compile(
+    r"(?:(?:[A-Za-z0-9-]+\.)*localhost\.?|127(?:\.\d{1,3}){3}|\[(?:0*:)*:?0*1\])(?::\d{1,5})?",
+    re.ASCII | re.IGNORECASE,
+)
 
 
 def invalid_api_key(key_header: str = "") -> AuthenticationFailed:
@@ -123,6 +130,7 @@ def require_admin(request: web.Request) -> None:
     token = settings.admin_token
     if token is None:
         if is_loopback(settings.host):
+            _require_local_host(request)
             return
         raise PermissionDenied(
             "The admin API is closed: this gateway listens beyond loopback and SOPHIA_ADMIN_TOKEN "
@@ -145,6 +153,29 @@ def require_admin(request: web.Request) -> None:
             else "The admin API needs 'Authorization: Bearer <SOPHIA_ADMIN_TOKEN>'.",
             headers=_CHALLENGE,
         )
+
+
+def _require_local_host(request: web.Request) -> None:
+    """Refuse (403) a request trusted for arriving on loopback whose ``Host`` names another host.
+
+    Without a token the admin API trusts whoever reaches a loopback address; a web page the
+    operator opens can reach it too, through DNS rebinding (its own name re-pointed at 127.0.0.1:
+    the browser then sends it same-origin requests, JSON bodies and all, and reads the answers),
+    and mint keys. Such a request carries the page's name in ``Host``; a local client sends
+    ``localhost`` or a loopback address (as Jupyter and Ollama check). A peer worker of the set
+    asks over its Unix socket (``Host: worker``): not a browser's."""
+    host = request.headers.get("Host", "")
+    if _LOCAL_HOST.fullmatch(host) is not None:
+        return
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        return
+    raise PermissionDenied(
+        "The admin API answers without a token only to this machine, and this request's Host header "
+        "names another host (a web page reaching the gateway through DNS rebinding sends its own). "
+        "Call it as localhost or 127.0.0.1, or set SOPHIA_ADMIN_TOKEN."
+    )
 
 
 def is_loopback(host: str) -> bool:

@@ -354,6 +354,28 @@ async def test_admin_without_a_token_answers_only_on_loopback(start: Start) -> N
     assert error["type"] == "permission_error" and "SOPHIA_ADMIN_TOKEN" in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("rebound.example", 403), ("rebound.example:8080", 403), ("127.0.0.1.nip.io", 403),
+     ("localhost.rebound.example", 403), ("localhost:8080", 200), ("LocalHost", 200),
+     ("127.0.0.1:8080", 200), ("127.9.9.9", 200), ("[::1]:8080", 200), ("app.localhost", 200)],
+)  # fmt: skip
+async def test_admin_without_a_token_refuses_a_host_that_is_not_this_machine(
+    start: Start, host: str, status: int
+) -> None:
+    # h-sec: DNS rebinding. Without SOPHIA_ADMIN_TOKEN the admin API trusted whatever reached
+    # loopback, and a web page whose name is re-pointed at 127.0.0.1 reaches it same-origin
+    # (JSON bodies, answers read): it could list and mint keys. Its requests carry its own Host.
+    local = await start(settings=Settings(access_log=False, host="127.0.0.1"))
+    resp = await local.client.get("/admin/models", headers={"Host": host})
+    assert resp.status == status, await resp.text()
+    if status == 403:
+        error: dict[str, Any] = (await resp.json())["error"]
+        assert error["type"] == "permission_error" and "DNS rebinding" in error["message"]
+    created = await local.client.post("/admin/keys", json={"team": "t"}, headers={"Host": host})
+    assert (created.status == 403) is (status == 403)
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "10.1.2.3", "gateway.example"])
 def test_open_mode_refuses_to_listen_beyond_loopback(host: str) -> None:
     app = build_app(Settings(access_log=False), parse_policy(POLICY + "auth: {mode: open}\n"), {})
