@@ -25,7 +25,14 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import keys
-from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType, quoted
+from gateway.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    PermissionDenied,
+    RequestTimeout,
+    UnsupportedMediaType,
+    quoted,
+)
 from gateway.http.body import refuse_compressed
 from gateway.memory.access import MemoryAccess
 from gateway.memory.formats import READ_BYTES, format_of, supported
@@ -63,6 +70,16 @@ async def read_upload(
     form or a file type the gateway cannot read, 413, 408, 403 a namespace it may not write,
     400 a malformed form; 507 no room in the spool). ``before_the_file`` checks the fields sent
     before the file part, when it begins (its error before a byte of the file is read)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.partition("://")[2] != request.headers.get("Host"):
+        # A form is what a web page may post to any site without asking first (no CORS
+        # preflight), and a browser names the page in ``Origin``: an upload from another site's
+        # page (to a gateway in auth.mode: open on the operator's machine) would write memories
+        # for it. No API client sends ``Origin``; the gateway serves no pages of its own.
+        raise PermissionDenied(
+            "Uploads are not taken from a web page of another site (the request's Origin is not this "
+            "gateway). Send the file from a program, without an Origin header."
+        )
     if request.content_type != "multipart/form-data":
         raise UnsupportedMediaType(
             request.content_type,

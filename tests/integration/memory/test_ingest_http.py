@@ -1034,3 +1034,27 @@ async def test_a_jsonl_record_whose_text_holds_nul_is_one_counted_error(sqlite_g
     job = await sqlite_gw.ingest("nul.jsonl", jsonl)
     assert job["status"] == "done" and job["memories_created"] == 1
     assert job["errors"] == [{"where": "line 2", "message": "'text' holds a NUL character (U+0000)"}]
+
+
+async def test_an_upload_from_another_sites_page_writes_nothing(sqlite_gw: Gateway) -> None:
+    # h-sec: a form is what a web page may post to any site without a CORS preflight, so a page
+    # the operator opened could write memories into a gateway in auth.mode: open on loopback (a
+    # 202 and a job before). A browser names the page in Origin; API clients send none.
+    form = aiohttp.FormData()
+    form.add_field("namespace", "docs")
+    form.add_field("file", b"planted by a web page\n", filename="x.txt", content_type="text/plain")
+    host = f"{sqlite_gw.client.host}:{sqlite_gw.client.port}"
+    async with sqlite_gw.client.post(
+        "/v1/memory/files", data=form, headers={"Origin": "https://evil.example"}
+    ) as resp:
+        assert resp.status == 403, await resp.text()
+        assert (await resp.json())["error"]["type"] == "permission_error"
+    status, jobs = await sqlite_gw.call("GET", "/v1/memory/jobs")
+    assert status == 200 and jobs["data"] == []
+    same = aiohttp.FormData()  # a page of the gateway's own origin (it serves none) is not refused
+    same.add_field("namespace", "docs")
+    same.add_field("file", b"mine\n", filename="y.txt", content_type="text/plain")
+    async with sqlite_gw.client.post(
+        "/v1/memory/files", data=same, headers={"Origin": f"http://{host}", "Host": host}
+    ) as resp:
+        assert resp.status == 202, await resp.text()
