@@ -165,6 +165,15 @@ def _require_local_host(request: web.Request) -> None:
     ``localhost`` or a loopback address (as Jupyter and Ollama check). A peer worker of the set
     asks over its Unix socket (``Host: worker``): not a browser's."""
     host = request.headers.get("Host", "")
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.partition("://")[2] != host:
+        # Another site's page posting without a preflight (``POST /admin/policy/reload`` needs no
+        # body): its browser names it in ``Origin``. No admin client sends one.
+        raise PermissionDenied(
+            "The admin API answers without a token only to programs on this machine, and this "
+            "request comes from a web page of another site (its Origin header). Set SOPHIA_ADMIN_TOKEN "
+            "to call it from elsewhere."
+        )
     if _LOCAL_HOST.fullmatch(host) is not None:
         return
     transport = request.transport

@@ -376,6 +376,18 @@ async def test_admin_without_a_token_refuses_a_host_that_is_not_this_machine(
     assert (created.status == 403) is (status == 403)
 
 
+async def test_admin_without_a_token_refuses_another_sites_page(start: Start) -> None:
+    # h-sec: a page the operator opens may POST to http://127.0.0.1:8080/admin/policy/reload
+    # without a preflight (no body needed); its Host is the gateway's, its Origin the page's.
+    local = await start(settings=Settings(access_log=False, host="127.0.0.1"))
+    host = f"127.0.0.1:{local.port}"
+    cross = await local.client.post("/admin/policy/reload", headers={"Origin": "https://evil.example"})
+    assert cross.status == 403, await cross.text()
+    assert "another site" in (await cross.json())["error"]["message"]
+    same = await local.client.get("/admin/models", headers={"Origin": f"http://{host}", "Host": host})
+    assert same.status == 200, await same.text()
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "10.1.2.3", "gateway.example"])
 def test_open_mode_refuses_to_listen_beyond_loopback(host: str) -> None:
     app = build_app(Settings(access_log=False), parse_policy(POLICY + "auth: {mode: open}\n"), {})
