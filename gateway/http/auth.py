@@ -187,6 +187,44 @@ def _require_local_host(request: web.Request) -> None:
     )
 
 
+class LocalHosts:
+    """``auth.mode: open`` on loopback answers requests naming this machine only (``check``).
+
+    Open mode trusts whoever reaches the port, and a gateway bound to loopback is reached by the
+    programs of this machine, but also by any web page its user opens, through DNS rebinding:
+    the page re-points its own name at 127.0.0.1, and its browser then sends same-origin requests
+    (JSON bodies, reading the answers) that spend the provider keys and read the memories. Such a
+    request carries the page's name in ``Host``; a local client sends ``localhost`` or a loopback
+    address (Jupyter and Ollama check the same). ``--allow-open`` beyond loopback checks nothing:
+    the operator opened it to the network. The names accepted are remembered (at most 64), so a
+    request costs one ``Host`` lookup and one set lookup."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def check(self, request: web.Request) -> None:
+        """Raise ``PermissionDenied`` (403) for a ``Host`` that names another machine."""
+        host = request.headers.get("Host", "")
+        if host in self._seen:
+            return
+        if _LOCAL_HOST.fullmatch(host) is not None:
+            if len(self._seen) < 64:
+                self._seen.add(host)
+            return
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None and sock.family == socket.AF_UNIX:  # a peer worker of the set
+            return
+        raise PermissionDenied(
+            "This gateway runs with auth.mode: open on loopback and answers only requests that name "
+            "this machine (localhost, 127.0.0.1, [::1]); this request's Host header names another "
+            "host (a web page reaching the gateway through DNS rebinding sends its own). Call it as "
+            "localhost or 127.0.0.1, or use auth.mode: keys."
+        )
+
+
 def is_loopback(host: str) -> bool:
     """Whether binding ``host`` listens on this machine only (127.0.0.0/8, ::1, localhost).
     Any other name, and the wildcards ``0.0.0.0``, ``::`` and ``""``, reach beyond."""

@@ -36,6 +36,7 @@ from gateway.errors import (
     ServiceUnavailable,
     UpstreamError,
 )
+from gateway.http.auth import LocalHosts, is_loopback
 from gateway.http.responses import anthropic_error_response, error_renderer
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
@@ -88,6 +89,14 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
     # /v1/models answers Anthropic's SDKs (they send ``anthropic-version``) in Anthropic's shapes,
     # its errors included (``api/openai.py``): decided per request on that route only.
     shared = endpoint.startswith("/v1/models")
+    # auth.mode: open bound to loopback: requests naming another host are refused (DNS rebinding:
+    # ``auth.LocalHosts``). Keys mode needs a key a page does not have; beyond loopback,
+    # ``--allow-open`` opened it to the network on purpose.
+    local_hosts = (
+        LocalHosts()
+        if app[keys.POLICY].auth.mode == "open" and is_loopback(app[keys.SETTINGS].host)
+        else None
+    )
 
     async def handle(request: web.Request) -> web.StreamResponse:
         in_flight = metrics.in_flight.children[()]  # a plain number (metrics.py)
@@ -112,6 +121,8 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
         in_flight.value += 1
         try:
             try:
+                if local_hosts is not None:
+                    local_hosts.check(request)
                 response = await handler(request)
             except GatewayError as error:
                 call.tried = error.tried  # a routed call made for it failed (memory's embeddings too)

@@ -228,7 +228,7 @@ def malformed(url: str) -> int:
     and logs a WARNING (``http/connection.py``); the status it answered."""
     parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nthis is not a header\r\n\r\n")
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nthis is not a header\r\n\r\n")
         head = b""
         while b"\r\n" not in head:
             chunk = sock.recv(4096)

@@ -162,7 +162,7 @@ async def test_slow_silent_and_idle_connections_are_closed_while_requests_keep_t
     async def slowloris() -> tuple[str, float]:
         reader, writer = await asyncio.open_connection(edge.host, edge.port)
         opened = time.monotonic()
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n")
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n")
         closed: asyncio.Future[float] = asyncio.ensure_future(until_closed(reader, deadline))
         await dribble(writer, b"X-Slow: a\r\n", closed)
         writer.close()
@@ -170,7 +170,7 @@ async def test_slow_silent_and_idle_connections_are_closed_while_requests_keep_t
 
     async def idle() -> tuple[str, float]:
         reader, writer = await asyncio.open_connection(edge.host, edge.port)
-        writer.write(b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert (await read_reply(reader)).status == 200
         answered = time.monotonic()
         closed = await until_closed(reader, deadline)
@@ -180,7 +180,7 @@ async def test_slow_silent_and_idle_connections_are_closed_while_requests_keep_t
     async def slow_body() -> tuple[str, float]:
         reader, writer = await asyncio.open_connection(edge.host, edge.port)
         writer.write(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
             b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{"
         )
         sent = time.monotonic()
@@ -204,7 +204,7 @@ async def test_slow_silent_and_idle_connections_are_closed_while_requests_keep_t
             body = orjson.dumps(CHAT)
             started = time.monotonic()
             writer.write(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
@@ -238,7 +238,7 @@ async def test_slow_silent_and_idle_connections_are_closed_while_requests_keep_t
 
 async def test_a_kept_alive_connection_gets_the_read_timeout_for_its_next_request(edge: Edge) -> None:
     reader, writer = await asyncio.open_connection(edge.host, edge.port)
-    writer.write(b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n")
+    writer.write(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert (await read_reply(reader)).status == 200
     writer.write(b"GET /health/live HTTP/1.1\r\n")  # then a header a byte at a time
     started = time.monotonic()
@@ -267,7 +267,7 @@ async def send(
     edge: Edge, method: str, path: str, body: bytes, headers: dict[str, str] | None = None
 ) -> Reply:
     reader, writer = await asyncio.open_connection(edge.host, edge.port)
-    head = f"{method} {path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {len(body)}\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     writer.write(head.encode() + b"\r\n" + body)
     try:
@@ -306,7 +306,7 @@ async def test_a_chunked_body_that_arrives_whole_is_held_to_the_limit(edge: Edge
     through aiohttp's ``read``, which enforced the limit for a body with no declared length."""
     body = orjson.dumps({**CHAT, "user": "x" * (65536 - len(orjson.dumps(CHAT)) - 10 + extra)})
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (body[:30000], body[30000:])) + b"0\r\n\r\n"
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     reader, writer = await asyncio.open_connection(edge.host, edge.port)
     writer.write(head + b"Transfer-Encoding: chunked\r\n\r\n" + chunked)  # one write: one read here
     try:
@@ -352,7 +352,7 @@ async def test_every_content_encoding_header_and_coding_is_read(edge: Edge, codi
     value was looked at: 400 'not valid JSON')."""
     packed = gzip.compress(orjson.dumps(CHAT))
     head = (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         + "".join(f"Content-Encoding: {value}\r\n" for value in codings)
         + f"Content-Length: {len(packed)}\r\n\r\n"
     )
@@ -381,9 +381,9 @@ async def test_header_bytes_that_are_not_utf8_are_never_a_500(
 ) -> None:
     body = orjson.dumps(CHAT)
     head = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         if header != "Content-Type"
-        else b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+        else b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
     )
     reader, writer = await asyncio.open_connection(edge.host, edge.port)
     try:
@@ -438,14 +438,14 @@ async def test_a_deflate_bomb_costs_the_gateway_no_inflating(edge: Edge) -> None
     try:
         before = cpu_s(edge.gateway.popen.pid)
         head = (
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Encoding: deflate\r\nContent-Length: {len(bomb)}\r\n\r\n"
         )
         writer.write(head.encode() + bomb)
         refused = await asyncio.wait_for(read_reply(reader), 30)
         body = orjson.dumps(CHAT)
         writer.write(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             + b"Content-Length: %d\r\n\r\n" % len(body)
             + body
         )
@@ -486,8 +486,8 @@ async def test_json_at_the_depth_limit_is_served_end_to_end(edge: Edge) -> None:
 # --- 6. requests aiohttp cannot parse ---------------------------------------------------------------
 
 MALFORMED = {
-    "100 KB header": b"GET /health/live HTTP/1.1\r\nHost: gateway\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
-    "10,000 headers": b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n"
+    "100 KB header": b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    "10,000 headers": b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n"
     + b"".join(b"X-H%d: v\r\n" % i for i in range(10_000))
     + b"\r\n",
     "bad request line": b"G\x1bT /\x85 HTTP/1.1\r\n\r\n",
@@ -513,12 +513,12 @@ async def test_malformed_requests_get_the_envelope_and_one_warning(edge: Edge, n
 
 
 ANTHROPIC_MALFORMED = {
-    "20 KB x-api-key": b"POST /v1/messages HTTP/1.1\r\nHost: gateway\r\nx-api-key: "
+    "20 KB x-api-key": b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nx-api-key: "
     + b"k" * 20_000
     + b"\r\n\r\n",
-    "NUL in a header": b"POST /v1/messages?beta=true HTTP/1.1\r\nHost: gateway\r\nX-A: a\x00b\r\n\r\n",
-    "after a pipelined chat": b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n"
-    b"POST /v1/messages/count_tokens HTTP/1.1\r\nHost: gateway\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+    "NUL in a header": b"POST /v1/messages?beta=true HTTP/1.1\r\nHost: localhost\r\nX-A: a\x00b\r\n\r\n",
+    "after a pipelined chat": b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    b"POST /v1/messages/count_tokens HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
 }
 
 
@@ -559,7 +559,7 @@ async def test_every_answer_names_the_gateway_without_versions(
     """aiohttp's default ``Server: Python/3.11 aiohttp/3.x.y`` would tell a scanner which CVEs to
     try; every answer, whole or streamed, says only ``sophia-gateway``."""
     reader, writer = await asyncio.open_connection(edge.host, edge.port)
-    head = f"{method} {path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {len(body)}\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n"
     writer.write(head.encode() + b"Content-Type: application/json\r\n\r\n" + body)
     try:
         raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)  # the head, stream or not
@@ -619,7 +619,7 @@ async def test_expect_100_continue_gets_the_interim_answer_then_the_response(edg
     try:
         body = orjson.dumps(CHAT)
         head = (
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
         )
         writer.write(head.encode())

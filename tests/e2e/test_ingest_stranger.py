@@ -355,7 +355,7 @@ def test_a_bad_field_before_the_file_is_refused_before_the_file_is_read(
     sent, answer = 0, b""
     with socket.create_connection((gw.host, gw.port), timeout=10) as sock:
         sock.sendall(
-            f"POST /v1/memory/files HTTP/1.1\r\nHost: x\r\nContent-Length: {50_000_000}\r\n"
+            f"POST /v1/memory/files HTTP/1.1\r\nHost: localhost\r\nContent-Length: {50_000_000}\r\n"
             f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n".encode()
             + head
         )

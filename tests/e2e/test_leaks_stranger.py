@@ -207,7 +207,7 @@ def _post_json(url: str, body: object, headers: dict[str, str] | None = None) ->
 def _http_post(path: str, body: object, extra_headers: str = "") -> bytes:
     data = json.dumps(body).encode()
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(data)}\r\n{extra_headers}\r\n"
     )
     return head.encode() + data
@@ -467,7 +467,7 @@ async def client_leaves_a_file_upload_half_way(s: Leaks, n: int) -> None:
     ).encode()
     body = head + b"the turbine inspection is in April. " * 40_000 + f"\r\n--{boundary}--\r\n".encode()
     request = (
-        f"POST /v1/memory/files HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
+        f"POST /v1/memory/files HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
         f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     # Cut anywhere from the form's head to most of the file (1.4 MB: past the spool's 1 MiB writes).
@@ -754,7 +754,7 @@ def test_sigterm_drains_and_exits_promptly_after_the_faults(leaks: Leaks) -> Non
         "messages": [{"role": "user", "content": "hi"}],
     }
     upload = (
-        b"POST /v1/memory/files HTTP/1.1\r\nHost: gateway\r\n"
+        b"POST /v1/memory/files HTTP/1.1\r\nHost: localhost\r\n"
         b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\nsome text'
     )

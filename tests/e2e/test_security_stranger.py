@@ -12,15 +12,18 @@ import socket
 import textwrap
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
-from gateway.testing.process import ManagedProcess
+from gateway.testing.process import ManagedProcess, start
 from tests.e2e.conftest import start_gateway
 
 ADMIN = "e2e-security-stranger-admin"
@@ -146,7 +149,7 @@ class Stack:
         the answer's status, headers (lower-case names) and body."""
         host, port = self.gateway.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(head.encode() + b"\r\nHost: x\r\nConnection: close\r\n\r\n" + body)
+            sock.sendall(head.encode() + b"\r\nHost: localhost\r\nConnection: close\r\n\r\n" + body)
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
@@ -324,3 +327,34 @@ def test_no_path_method_or_credential_shape_opens_what_needs_a_token(stack: Stac
     status, _, body = stack.raw(head.format(secret=stack.secret), b"{}" if "Content-Length" in head else b"")
     assert status in (401, 404, 405), (status, body)
     assert b'"object":"list"' not in body and b"sk-sg-" not in body
+
+
+def test_an_open_gateway_on_loopback_refuses_a_rebound_page_and_serves_the_sdk(tmp_path: Path) -> None:
+    """``serve`` with ``auth.mode: open`` on 127.0.0.1: a request naming another host (a web page
+    through DNS rebinding) is a 403 before any provider is called; the openai SDK, which names the
+    address it was given, is served."""
+    fake = start(["fake-provider", "--port", "0", "--seed", "1"])
+    policy = tmp_path / "open.yaml"
+    policy.write_text(
+        "version: 1\nauth: {mode: open}\nmemory: {enabled: false}\nproviders:\n"
+        f"  p: {{kind: openai, base_url: '{fake.url}/v1'}}\n"
+        "models:\n  m: {deployments: [{provider: p, model: m}]}\n"
+    )
+    gateway = start(["serve", "--policy", str(policy), "--port", "0"], env={"SOPHIA_ACCESS_LOG": "0"})
+    try:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        request = urllib.request.Request(
+            f"{gateway.url}/v1/chat/completions",
+            data=body,
+            headers={"Host": "rebound.example:4000", "Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+        assert json.loads(refused.value.read())["error"]["type"] == "permission_error"
+        client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content
+    finally:
+        gateway.stop()
+        fake.stop()

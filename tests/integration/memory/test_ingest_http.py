@@ -701,7 +701,7 @@ async def test_a_file_over_the_limit_is_413_while_it_streams(tmp_path: Path) -> 
             return f"{len(data):x}\r\n".encode() + data + b"\r\n"
 
         pending = (
-            b"POST /v1/memory/files HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"POST /v1/memory/files HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
             + f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode()
             + chunk(head)
         )

@@ -51,7 +51,7 @@ async def post_paced(
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(
-        b"POST /v1/memory/files HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"POST /v1/memory/files HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
         + f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n".encode()
         + chunk(FORM_HEAD)
     )

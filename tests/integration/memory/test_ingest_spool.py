@@ -110,7 +110,7 @@ async def test_an_upload_that_would_pass_the_spools_size_is_507_and_leaves_nothi
         # Declared: 3.5 MiB (the file at least 2.5 MiB of it) cannot fit: refused at the headers.
         declared = int(3.5 * 1024 * 1024)
         head = (
-            b"POST /v1/memory/files HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v1/memory/files HTTP/1.1\r\nHost: localhost\r\n"
             + f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n".encode()
             + f"Content-Length: {declared}\r\n\r\n".encode()
         )
@@ -124,7 +124,7 @@ async def test_an_upload_that_would_pass_the_spools_size_is_507_and_leaves_nothi
 
         # Streamed (chunked, no length): refused at the MiB that would pass the bound.
         head = (
-            b"POST /v1/memory/files HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"POST /v1/memory/files HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
             + f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n".encode()
             + chunk(HEAD)
         )

@@ -164,7 +164,7 @@ async def raw(edge: Edge, head: bytes, body: bytes = b"") -> tuple[int, dict[str
 
 
 def chat_head(authorization: list[bytes]) -> bytes:
-    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
     return head + b"".join(b"Authorization: " + value + b"\r\n" for value in authorization)
 
 
@@ -339,7 +339,7 @@ async def test_credentials_that_are_not_utf8_are_credentials_never_a_500(start: 
         assert status == 200, (value, payload[:300])
     admin = await start(settings=Settings(access_log=False, admin_token="s3cret!token"))
     status, _, payload = await raw(
-        admin, b"GET /admin/models HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer \xff\r\n"
+        admin, b"GET /admin/models HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer \xff\r\n"
     )
     assert status == 401 and orjson.loads(payload)["error"]["type"] == "authentication_error"
 
@@ -386,6 +386,64 @@ async def test_admin_without_a_token_refuses_another_sites_page(start: Start) ->
     assert "another site" in (await cross.json())["error"]["message"]
     same = await local.client.get("/admin/models", headers={"Origin": f"http://{host}", "Host": host})
     assert same.status == 200, await same.text()
+
+
+REBOUND = ["rebound.example", "rebound.example:8080", "127.0.0.1.nip.io", "localhost.rebound.example", ""]
+LOCAL = [
+    "localhost",
+    "localhost:8080",
+    "LocalHost",
+    "127.0.0.1:8080",
+    "127.9.9.9",
+    "[::1]:8080",
+    "app.localhost",
+]
+
+
+@pytest.mark.parametrize(("host", "status"), [(h, 403) for h in REBOUND] + [(h, 200) for h in LOCAL])
+async def test_open_mode_on_loopback_answers_only_requests_naming_this_machine(
+    start: Start, host: str, status: int
+) -> None:
+    """DNS rebinding: a web page the user opens re-points its own name at 127.0.0.1, and its
+    browser sends same-origin requests to an open-mode gateway on loopback (no key needed):
+    spending the provider keys, reading the memories. Its requests name the page's host; every
+    door refuses them (403 in its own envelope) before any provider is called. Twice: the second
+    request of a host meets the remembered names."""
+    edge = await start(POLICY + "auth: {mode: open}\n", Settings(access_log=False, host="127.0.0.1"))
+    for _ in range(2):
+        status_chat, _, payload = await raw(
+            edge,
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n",
+            orjson.dumps(CHAT),
+        )
+        assert status_chat == status, payload[:300]
+        status_messages, _, answer = await raw(
+            edge,
+            b"POST /v1/messages HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nanthropic-version: 2023-06-01\r\n",
+            orjson.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        assert status_messages == status, answer[:300]
+    if status == 403:
+        error = orjson.loads(payload)["error"]
+        assert error["type"] == "permission_error" and "DNS rebinding" in error["message"]
+        refused = orjson.loads(answer)
+        assert refused["type"] == "error" and refused["error"]["type"] == "permission_error"
+        assert edge.upstream_calls == []
+    else:
+        assert len(edge.upstream_calls) >= 2  # both doors called the provider (repeats may be cache hits)
+
+
+async def test_open_mode_opened_beyond_loopback_checks_no_host(start: Start) -> None:
+    """``--allow-open`` beyond loopback: the operator opened it to the network; names are theirs."""
+    edge = await start(POLICY + "auth: {mode: open}\n", Settings(access_log=False, host="0.0.0.0"))
+    status, _, payload = await raw(
+        edge,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway.internal\r\nContent-Type: application/json\r\n",
+        orjson.dumps(CHAT),
+    )
+    assert status == 200, payload[:300]
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "10.1.2.3", "gateway.example"])

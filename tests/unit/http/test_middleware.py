@@ -166,7 +166,7 @@ async def test_any_request_target_reaches_the_catch_all(client: TestClient) -> N
         (b"/v1/a%0Ab", "Unknown path: OPTIONS /v1/a\nb."),
     ):
         reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-        writer.write(b"OPTIONS " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"OPTIONS " + target + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         reply = await asyncio.wait_for(reader.read(), 10)
         writer.close()
         head, _, body = reply.partition(b"\r\n\r\n")
