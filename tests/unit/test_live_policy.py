@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -716,44 +717,50 @@ async def test_a_change_before_the_watcher_started_is_a_reload(
 
 
 async def test_a_reload_of_many_groups_keeps_the_event_loop_answering(
-    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams
+    aiohttp_client: ClientFactory, policy_file: Path, upstreams: Upstreams, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The router's groups and states and the version's hash are built in a thread: built on the
-    # loop, 40,000 groups held it 2.4 s in one step (170,000: 5.6 s), nothing answered.
+    # loop, 40,000 groups held it 2.4 s in one step (170,000: 5.6 s), nothing answered. Checked by
+    # where that work runs, not by timing the loop's longest stall: a bound in seconds failed
+    # under a loaded suite (1.58 s against 1 s; then 3.0 s against the same work's 2.5 s on the
+    # loop), where everything stretches. What is left on the loop (about 0.4 s on an idle machine:
+    # pydantic's validation of the parse, in Rust, holding the GIL, or a full collection over the
+    # new policy's objects) is in ARCHITECTURE.md and benchmarks, not asserted here.
     client = await gateway(aiohttp_client, policy_file, upstreams)
+    control = client.app[keys.POLICY_CONTROL]
+    loop_thread = threading.get_ident()
+    ran_in: dict[str, int] = {}
+    version, prepare = live_policy.policy_version, type(control._router).prepare
+
+    def recorded_version(policy: Any) -> str:
+        ran_in["version"] = threading.get_ident()
+        return version(policy)
+
+    def recorded_prepare(router: Any, *args: Any) -> Any:
+        ran_in["prepare"] = threading.get_ident()
+        return prepare(router, *args)
+
+    monkeypatch.setattr(live_policy, "policy_version", recorded_version)
+    monkeypatch.setattr(type(control._router), "prepare", recorded_prepare)
     groups = "".join(f"  g{i}: {{deployments: [{{provider: a, model: m{i}}}]}}\n" for i in range(40_000))
     policy_file.write_text(BASE + groups)
-    gaps: list[float] = []
+    ticks = 0
     done = False
 
     async def tick() -> None:
-        last = time.perf_counter()
+        nonlocal ticks
         while not done:
             await asyncio.sleep(0.005)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
+            ticks += 1
 
     ticker = asyncio.ensure_future(tick())
-    started = time.perf_counter()
     status, body = await reload(client)
-    took_s = time.perf_counter() - started
     done = True
     await ticker
     assert (status, body["policy"]["result"]) == (200, "applied"), body
-    # Before: one stall of 2.4-2.5 s, the version's hash and the router's build on the loop.
-    # Left: about 0.4 s in one step outside them (pydantic's validation of the parse, in Rust,
-    # holding the GIL, or a full collection over the new policy's objects). Compared with that
-    # same work timed here, on the loop, in the same run, not with a wall-clock figure: under a
-    # loaded suite both stretch (an absolute 1 s bound failed at 1.58 s, everything else running).
-    control = client.app[keys.POLICY_CONTROL]
-    policy = control.policy
-    started = time.perf_counter()
-    live_policy.policy_version(policy)
-    control._router.prepare(policy, control.clients)
-    on_loop_s = time.perf_counter() - started
-    print(f"reload {took_s:.2f} s, longest stall {max(gaps):.2f} s, its work on the loop {on_loop_s:.2f} s")
-    assert max(gaps) < 0.8 * on_loop_s, f"the loop stalled {max(gaps):.2f} s (the work: {on_loop_s:.2f} s)"
+    assert set(ran_in) == {"version", "prepare"}, ran_in
+    assert loop_thread not in ran_in.values(), "the version's hash or the router's build ran on the loop"
+    assert ticks > 1  # the loop answered while the reload ran
     assert "g39999" in await models(client)
 
 
