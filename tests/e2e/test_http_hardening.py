@@ -486,7 +486,9 @@ async def test_json_at_the_depth_limit_is_served_end_to_end(edge: Edge) -> None:
 # --- 6. requests aiohttp cannot parse ---------------------------------------------------------------
 
 MALFORMED = {
-    "100 KB header": b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    "100 KB header": b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nX-Big: "
+    + b"a" * 100_000
+    + b"\r\n\r\n",
     "10,000 headers": b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n"
     + b"".join(b"X-H%d: v\r\n" % i for i in range(10_000))
     + b"\r\n",
