@@ -32,16 +32,29 @@ A script Redis no longer has (a restart, ``SCRIPT FLUSH``) is loaded through the
 and the call sent again. A caller's timeout only abandons its own reply, which is read and dropped
 when it comes; a connection whose oldest unanswered call has waited ``stall_s`` (20 op timeouts,
 1 s at least: a Redis that stopped answering, a half-open TCP connection) is closed, failing what
-waits on it, and the next call connects again; so does the first call after the connection sat
-unused for ``IDLE_S`` (redis-py's pool PINGs an idle connection for the same reason). Connecting
-runs in its own task, so a caller's short timeout does not cut a TLS handshake short: the next
-caller finds it done. ``script_op`` picks the pipe or redis-py for a caller.
+waits on it, and the next call connects again. Connecting runs in its own task, so a caller's
+short timeout does not cut a TLS handshake short: the next caller finds it done. ``script_op``
+picks the pipe or redis-py for a caller.
+
+Idle connections are kept off the request path by a keepalive, one timer per pipe armed from
+its first connect to its close (no work per call: it reads the time of the last write). A
+connection unused for ``IDLE_S`` gets a PING (as redis-py's pool PINGs a connection idle that
+long before using it); one whose oldest unanswered call or PING has waited ``stall_s`` is closed
+and connected again in the background, as is a connection lost with nobody calling. A call never
+pays for that reconnect unless it comes while it runs: the first version closed an idle
+connection at the next call, which connected (TCP, TLS, AUTH) within its own op timeout, and a
+Redis slower to connect than that (50 ms for the cache) opened an outage each time traffic
+resumed after a quiet spell. The PING every ``IDLE_S`` also keeps a NAT or load balancer from
+dropping the connection as idle; one dropped anyway (no FIN) is found by the PING within
+``stall_s``. At the same tick the keepalive trims the client's redis-py pool, which otherwise
+keeps every connection a burst made for good (``trim_pool``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -50,15 +63,22 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import InvalidResponse, RedisError, ResponseError
+
+from gateway.tasks import stop
 
 STALL_MIN_S = 1.0
 # A call unanswered this many op timeouts (STALL_MIN_S at least) marks the connection stalled.
 STALL_OP_TIMEOUTS = 20
-# A connection unused this long is replaced before the next call, as redis-py PINGs a pooled
+# A connection unused this long gets a PING from the keepalive, as redis-py PINGs a pooled
 # connection idle that long: one that died silently (a vanished host, a NAT or load balancer
 # that dropped it, no FIN) would otherwise cost a lookup its timeout and open an outage.
 IDLE_S = 15.0
+_PING = b"*1\r\n$4\r\nPING\r\n"
+# The client's redis-py pool, trimmed at each keepalive tick: connections beyond the POOL_FLOOR
+# most recently used ones that have read nothing for POOL_IDLE_S are closed (a burst's).
+POOL_FLOOR = 2
+POOL_IDLE_S = 60.0
 # The loop's clock counts whole milliseconds (uvloop): a deadline within half of one is reached
 # (without it, float rounding could have the op timer re-armed for "now" until the clock ticks).
 _CLOCK_SLACK_S = 0.0005
@@ -139,9 +159,40 @@ def script_op(
     return (lambda: script(keys=keys, args=args)), False
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
+def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def trim_pool(pool: ConnectionPool, now: float, floor: int, idle_s: float) -> list[AbstractConnection]:
+    """Take out of redis-py's ``pool`` its idle connections beyond the ``floor`` most recently
+    released that have read no reply since ``now - idle_s`` (loop time), or are not connected;
+    the caller disconnects them. redis-py's pool never closes a connection it made (up to
+    ``max_connections``, 100), so one burst of concurrent calls kept its connections, and as
+    many Redis clients, for good (h-leaks: +68 after 300 concurrent cacheable requests).
+
+    It reads two private things of redis-py's (a test checks both, so a release that changes
+    them fails the suite; here a pool without them is left as it is): ``_available_connections``,
+    the idle connections, a list redis-py pops the next one from and appends a released one to
+    (so its head is the least recently released), changed without an await in between, so one
+    synchronous edit here needs no lock; and ``next_health_check``, the loop time of the
+    connection's last reply plus its ``health_check_interval``. A connection taken out here is
+    no longer the pool's: no caller can be handed it while it closes."""
+    available = getattr(pool, "_available_connections", None)
+    if type(available) is not list or len(available) <= floor:
+        return []
+    kept: list[AbstractConnection] = []
+    taken: list[AbstractConnection] = []
+    cut = len(available) - floor
+    for connection in available[:cut]:
+        last_read = connection.next_health_check - connection.health_check_interval
+        if not connection.is_connected or now - last_read >= idle_s:
+            taken.append(connection)
+        else:
+            kept.append(connection)
+    if taken:
+        available[:cut] = kept
+    return taken
 
 
 class ScriptPipe:
@@ -153,6 +204,7 @@ class ScriptPipe:
         stall_s: float,
         idle_s: float = IDLE_S,
         op_timeout_s: float | None = None,
+        pool_idle_s: float = POOL_IDLE_S,
     ) -> None:
         self._client = client
         self._stall_s = max(STALL_MIN_S, stall_s)
@@ -170,6 +222,12 @@ class ScriptPipe:
         self._connecting: asyncio.Task[_Protocol] | None = None
         self._closed = False
         self._loading: dict[str, asyncio.Task[Any]] = {}
+        self._pool_idle_s = pool_idle_s
+        # The keepalive (``_keepalive``): armed at the first connect, until ``close``.
+        self._keepalive_at: asyncio.TimerHandle | None = None
+        self._trimming: asyncio.Task[None] | None = None  # closes what ``trim_pool`` took out
+        self.pings = 0  # PINGs the keepalive sent on an idle connection
+        self.trimmed = 0  # redis-py pool connections the keepalive closed
 
     @classmethod
     def for_client(cls, client: Any, op_timeout_s: float) -> ScriptPipe | None:
@@ -214,9 +272,17 @@ class ScriptPipe:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._keepalive_at is not None:
+            self._keepalive_at.cancel()
+            self._keepalive_at = None
         connecting, self._connecting = self._connecting, None
-        if connecting is not None and not connecting.done():
-            connecting.cancel()
+        trimming, self._trimming = self._trimming, None
+        # Stopped for good: redis-py may swallow one cancellation while it connects, and end
+        # the connect with its error instead.
+        for task in (connecting, trimming):
+            if task is not None:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await stop(task)
         protocol, self._protocol = self._protocol, None
         if protocol is not None and not protocol.closed:
             protocol.fail(RedisConnectionError("the Redis pipe was closed"))
@@ -236,8 +302,6 @@ class ScriptPipe:
             waiting = protocol.waiting
             if waiting and now - waiting[0][1] > self._stall_s:
                 protocol.fail(RedisConnectionError(f"Redis did not answer within {self._stall_s:g} s"))
-            elif not waiting and now - self._sent_at > self._idle_s:
-                protocol.fail(RedisConnectionError("idle"))  # nobody waits: a fresh connection
             else:
                 future: asyncio.Future[Any] = loop.create_future()
                 protocol.transport.write(command)
@@ -293,12 +357,60 @@ class ScriptPipe:
             # Connected meanwhile (this call took the slow path before another caller's connect
             # ended): the live connection serves it. Connecting again would drop that one, and
             # fail every call waiting on it with "connection to Redis closed".
-            if self._connecting is None or self._connecting.done():
-                self._connecting = asyncio.get_running_loop().create_task(self._connect())
-                self._connecting.add_done_callback(_retrieve)  # callers may all have given up
             # Shielded: a caller that gives up (its short timeout) leaves the connect to finish.
-            protocol = await asyncio.shield(self._connecting)
+            protocol = await asyncio.shield(self._connect_soon())
         return protocol
+
+    def _connect_soon(self) -> asyncio.Task[_Protocol]:
+        """The connect under way, or a new one in a task of its own."""
+        connecting = self._connecting
+        if connecting is None or connecting.done():
+            connecting = asyncio.get_running_loop().create_task(self._connect())
+            connecting.add_done_callback(_retrieve)  # callers may all have given up
+            self._connecting = connecting
+        return connecting
+
+    def _keepalive(self) -> None:
+        """The keepalive's tick (a timer, at least every ``idle_s``): connects again a connection
+        lost or stalled (its oldest call or PING unanswered for ``stall_s``), PINGs one unused for
+        ``idle_s`` and comes back ``stall_s`` later to see it answered; trims the redis-py pool."""
+        self._keepalive_at = None
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._trim(now)
+        protocol = self._protocol
+        next_at = now + self._idle_s
+        if protocol is not None and not protocol.closed:
+            waiting = protocol.waiting
+            if waiting and now - waiting[0][1] >= self._stall_s - _CLOCK_SLACK_S:
+                protocol.fail(RedisConnectionError(f"Redis did not answer within {self._stall_s:g} s"))
+            elif now - self._sent_at < self._idle_s - _CLOCK_SLACK_S:
+                next_at = self._sent_at + self._idle_s  # in use: nothing to do before then
+            elif waiting:  # unused that long but still waiting (a stall limit above idle_s)
+                next_at = waiting[0][1] + self._stall_s
+            else:
+                ping: asyncio.Future[Any] = loop.create_future()
+                ping.add_done_callback(_retrieve)  # any reply will do, an error's too
+                protocol.transport.write(_PING)
+                waiting.append((ping, now))
+                self._sent_at = now
+                self.pings += 1
+                # Back when it must have been answered (stall_s), or at the next PING's time.
+                next_at = now + min(self._stall_s, self._idle_s)
+        if self._protocol is None or self._protocol.closed:
+            self._connect_soon()  # in the background: calls meanwhile wait for it (shielded)
+        self._keepalive_at = loop.call_at(next_at, self._keepalive)
+
+    def _trim(self, now: float) -> None:
+        if self._trimming is not None and not self._trimming.done():
+            return
+        taken = trim_pool(self._client.connection_pool, now, POOL_FLOOR, self._pool_idle_s)
+        if taken:
+            self.trimmed += len(taken)
+            self._trimming = asyncio.get_running_loop().create_task(_disconnect(taken))
+            self._trimming.add_done_callback(_retrieve)
 
     async def _send_after_connect(self, command: bytes) -> Any:
         protocol = await self._connected()
@@ -334,9 +446,23 @@ class ScriptPipe:
         if transport.is_closing():
             protocol.closed = True
             raise RedisConnectionError("connection to Redis closed while it was made")
+        if self._closed:  # closed while it connected (a cancellation redis-py swallowed)
+            protocol.fail(RedisConnectionError("the Redis pipe was closed"))
+            await connection.disconnect(nowait=True)
+            raise RedisConnectionError("the Redis pipe was closed")
         self._connection, self._protocol = connection, protocol
-        # A new connection is not idle: the calls that waited for it write only when they
-        # resume, and a call that comes first (the fast path) must not find it empty with the
-        # last write long ago, close it as idle and fail them all.
-        self._sent_at = asyncio.get_running_loop().time()
+        # A new connection counts as used when it is made: the keepalive PINGs it only once
+        # it has been unused for idle_s. (The calls that waited for it write only when they
+        # resume; when a call that came first closed an idle connection, finding this one empty
+        # with the last write long ago closed it and failed them all.)
+        loop = asyncio.get_running_loop()
+        self._sent_at = loop.time()
+        if self._keepalive_at is None:
+            self._keepalive_at = loop.call_at(self._sent_at + self._idle_s, self._keepalive)
         return protocol
+
+
+async def _disconnect(connections: Sequence[AbstractConnection]) -> None:
+    for connection in connections:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):  # closing a dead one
+            await connection.disconnect(nowait=True)

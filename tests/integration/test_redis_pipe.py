@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,8 +17,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.store import CategoryBudget
-from gateway.redis_link import redis_client
-from gateway.redis_pipe import IDLE_S, STALL_MIN_S, ScriptPipe
+from gateway.redis_link import Outage, redis_client
+from gateway.redis_pipe import IDLE_S, POOL_FLOOR, POOL_IDLE_S, STALL_MIN_S, ScriptPipe
 from gateway.testing.redis_server import PrivateRedis
 
 ECHO = "return ARGV[1]"
@@ -44,14 +45,26 @@ async def _clients(url: str) -> int:
 
 @contextlib.asynccontextmanager
 async def piped(
-    url: str, stall_s: float = 1.0, *, op_timeout_s: float = 1.0, idle_s: float = IDLE_S
+    url: str,
+    stall_s: float = 1.0,
+    *,
+    op_timeout_s: float = 1.0,
+    idle_s: float = IDLE_S,
+    bounded: bool = False,
+    pool_idle_s: float = POOL_IDLE_S,
 ) -> AsyncIterator[tuple[aioredis.Redis, ScriptPipe]]:
     """A client of ``url`` (connect timeout ``op_timeout_s``, 1 s at least) and its pipe, both
-    closed at the end."""
+    closed at the end; the pipe's calls bounded by ``op_timeout_s`` if ``bounded``."""
     client = redis_client(url, op_timeout_s, 15)
     assert isinstance(client, aioredis.Redis)
     assert ScriptPipe.for_client(client, op_timeout_s) is not None  # a plain client gets one
-    pipe = ScriptPipe(client, stall_s, idle_s)  # with the test's own stall and idle limits
+    pipe = ScriptPipe(  # with the test's own stall and idle limits
+        client,
+        stall_s,
+        idle_s,
+        op_timeout_s=op_timeout_s if bounded else None,
+        pool_idle_s=pool_idle_s,
+    )
     try:
         yield client, pipe
     finally:
@@ -226,16 +239,30 @@ async def test_a_redis_that_stops_answering_is_left_for_a_new_connection(private
         assert _connection(pipe) is not first
 
 
-async def test_a_connection_left_idle_is_replaced_before_the_next_call(redis_url: str) -> None:
-    async with piped(redis_url, idle_s=1.0) as (client, pipe):
+async def _until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    """Wait until ``condition()`` holds, checked every 10 ms; fails after ``within_s``."""
+    async with asyncio.timeout(within_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def _idle_for(pipe: ScriptPipe, idle_s: float) -> None:
+    """Wait until nothing was written on ``pipe`` (by a call or by its keepalive's PINGs) for
+    ``idle_s``: through its ``pings`` with a keepalive, through the loop's clock without one."""
+    loop = asyncio.get_running_loop()
+    start, pings = loop.time(), getattr(pipe, "pings", 0)
+    await _until(lambda: getattr(pipe, "pings", 0) >= pings + 2 or loop.time() - start > 2 * idle_s + 0.1)
+
+
+async def test_a_connection_left_idle_is_pinged_and_kept_for_the_next_call(redis_url: str) -> None:
+    async with piped(redis_url, idle_s=0.3) as (client, pipe):
         echo = client.register_script(ECHO)
         assert await pipe.run(echo, [], ["a"]) == b"a"
         first = _connection(pipe)
-        assert await pipe.run(echo, [], ["b"]) == b"b"
-        assert _connection(pipe) is first  # in use: kept
-        await asyncio.sleep(1.1)  # idle past idle_s
+        await _idle_for(pipe, 0.3)  # idle past idle_s, twice
+        assert pipe.pings >= 2
         assert await pipe.run(echo, [], ["c"]) == b"c"
-        assert _connection(pipe) is not first and pipe.connected
+        assert _connection(pipe) is first and pipe.connected
 
 
 async def test_a_call_that_took_the_slow_path_uses_a_connection_made_meanwhile(redis_url: str) -> None:
@@ -372,29 +399,70 @@ def test_plain_tls_and_socket_clients_get_a_pipe() -> None:
         assert ScriptPipe.for_client(redis_client(url, 1.0, 15), 1.0) is not None, url
 
 
-@contextlib.asynccontextmanager
-async def slow_to_connect(port: int, delay_s: float) -> AsyncIterator[str]:
-    """A loopback TCP relay to the Redis on ``port`` that answers a new connection only after
-    ``delay_s`` (as a TLS handshake across a zone, or a start-up under load, takes): its URL."""
+class Relay:
+    """A loopback TCP relay to a Redis: ``delay_s`` before it answers a new connection (as a TLS
+    handshake across a zone, or a start-up under load, takes); ``cut()`` stops it forwarding on
+    the connections it has without closing them (a half-open connection, as a NAT or load
+    balancer that dropped it leaves: no FIN, no RST, nothing answers)."""
 
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(delay_s)
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+    def __init__(self, port: int, delay_s: float) -> None:
+        self._port, self._delay_s = port, delay_s
+        self._cut_before = 0  # connections numbered below this forward nothing
+        self._made = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.url = ""
+
+    def cut(self) -> None:
+        self._cut_before = self._made
+
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = self._made
+        self._made += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.append(writer)
+        await asyncio.sleep(self._delay_s)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._port)
+        self._writers.append(up_writer)
 
         async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
+                    if number >= self._cut_before:  # else dropped, the socket left open
+                        sink.write(data)
+                        await sink.drain()
             sink.close()
 
         await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
 
-    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    async def close(self) -> None:
+        """Close every connection it relays and wait (2 s at most) for their handlers to end."""
+        for writer in self._writers:
+            writer.close()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
+
+
+@contextlib.asynccontextmanager
+async def relayed(port: int, delay_s: float = 0.0) -> AsyncIterator[Relay]:
+    relay = Relay(port, delay_s)
+    server = await asyncio.start_server(relay.relay, "127.0.0.1", 0)
+    relay.url = f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
     try:
-        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+        yield relay
     finally:
         server.close()
+        await relay.close()
+
+
+@contextlib.asynccontextmanager
+async def slow_to_connect(port: int, delay_s: float) -> AsyncIterator[str]:
+    """A loopback TCP relay to the Redis on ``port`` that answers a new connection only after
+    ``delay_s``: its URL."""
+    async with relayed(port, delay_s) as relay:
+        yield relay.url
 
 
 async def test_the_store_connects_and_loads_its_scripts_at_start_within_the_connect_timeout(
@@ -414,3 +482,118 @@ async def test_the_store_connects_and_loads_its_scripts_at_start_within_the_conn
             assert store.healthy and store.errors == 0
         finally:
             await store.close()
+
+
+async def test_the_first_call_after_a_quiet_spell_does_not_pay_for_a_connect(
+    private_redis: PrivateRedis,
+) -> None:
+    """A Redis 0.2 s to connect, a 50 ms op timeout: the pipe closed its connection as idle at
+    the first call after ``idle_s`` unused, which connected again within its own 50 ms, failed
+    and opened an outage (the replica then served without its cache for the backoff), every time
+    traffic resumed after a quiet spell. The keepalive PINGs the idle connection instead, and the
+    call finds it there."""
+    async with (
+        slow_to_connect(private_redis.port, 0.2) as url,
+        piped(url, op_timeout_s=0.05, idle_s=0.3, bounded=True) as (client, pipe),
+    ):
+        echo = client.register_script(ECHO)
+        await pipe.warm([echo])  # as the store's start does, within the connect timeout
+        first = _connection(pipe)
+        outage, downs = Outage(), list[str]()
+        assert (
+            await outage.call(
+                lambda: pipe.run(echo, [], ["before"]),
+                0.05,
+                went_down=downs.append,
+                came_back=lambda: None,
+                bounded=True,
+            )
+            == b"before"
+        )
+        await _idle_for(pipe, 0.3)
+        reply = await outage.call(
+            lambda: pipe.run(echo, [], ["after"]),
+            0.05,
+            went_down=downs.append,
+            came_back=lambda: None,
+            bounded=True,
+        )
+        assert reply == b"after" and outage.healthy and downs == [] and outage.errors == 0
+        assert _connection(pipe) is first
+
+
+async def test_a_half_open_connection_is_replaced_in_the_background(private_redis: PrivateRedis) -> None:
+    """A connection that stops answering without being closed (a NAT or load balancer dropped
+    it) is found by the keepalive's PING within the stall limit and replaced with no call
+    needed; a call sent on it meanwhile ends with its op timeout, never hangs; the next call is
+    served on the new connection."""
+    async with (
+        relayed(private_redis.port) as relay,
+        piped(relay.url, op_timeout_s=0.05, idle_s=0.3, bounded=True) as (client, pipe),
+    ):
+        echo = client.register_script(ECHO)
+        await pipe.warm([echo])
+        first = _connection(pipe)
+        assert await pipe.run(echo, [], ["before"]) == b"before"
+        relay.cut()
+        lost = asyncio.ensure_future(pipe.run(echo, [], ["lost"]))
+        done, _ = await asyncio.wait([lost], timeout=2.0)  # a bound, not a measure
+        assert done and isinstance(lost.exception(), TimeoutError)
+        await _until(lambda: _connection(pipe) is not first and pipe.connected)
+        outage, downs = Outage(), list[str]()
+        reply = await outage.call(
+            lambda: pipe.run(echo, [], ["after"]),
+            0.05,
+            went_down=downs.append,
+            came_back=lambda: None,
+            bounded=True,
+        )
+        assert reply == b"after" and downs == []
+
+
+async def test_the_pool_gives_back_a_bursts_connections_once_idle(private_redis: PrivateRedis) -> None:
+    """redis-py's pool kept every connection a burst of concurrent calls made (h-leaks: +68
+    after 300 concurrent cacheable requests); the keepalive closes those idle past
+    ``pool_idle_s`` beyond the most recently used ``POOL_FLOOR``, and the pool serves on."""
+    async with piped(private_redis.url, idle_s=0.2, pool_idle_s=0.3) as (client, pipe):
+        echo = client.register_script(ECHO)
+        await client.script_load(SPIN)
+        assert await pipe.run(echo, [], ["keepalive"]) == b"keepalive"  # the keepalive runs
+        await asyncio.gather(*(client.evalsha(client.register_script(SPIN).sha, 0, 5) for _ in range(30)))
+        burst = await _clients(private_redis.url)
+        assert burst >= 10, burst  # the pipe's and the burst's
+        pool = client.connection_pool
+        await _until(lambda: len(pool._available_connections) <= POOL_FLOOR)
+        await _until_clients(private_redis.url, POOL_FLOOR + 1)  # the floor and the pipe
+        assert pipe.trimmed >= burst - POOL_FLOOR - 1
+        assert await client.eval(ECHO, 0, "still") == b"still"
+        assert await pipe.run(echo, [], ["pipe"]) == b"pipe"
+
+
+async def _until_clients(url: str, at_most: int, within_s: float = 5.0) -> None:
+    async with asyncio.timeout(within_s):
+        while await _clients(url) > at_most:
+            await asyncio.sleep(0.02)
+
+
+async def test_redis_py_keeps_what_the_pool_trim_reads(private_redis: PrivateRedis) -> None:
+    """``trim_pool`` reads two private things of redis-py's pool: its idle connections in
+    ``_available_connections``, a list it takes the next one from at the tail and appends a
+    released one to (its head is the least recently used), and a connection's
+    ``next_health_check``, moved on by each reply. A release that changes either fails here."""
+    client = redis_client(private_redis.url, 1.0, 15)
+    assert isinstance(client, aioredis.Redis)
+    try:
+        pool = client.connection_pool
+        a = await pool.get_connection()
+        b = await pool.get_connection()
+        await pool.release(a)
+        await pool.release(b)
+        assert type(pool._available_connections) is list and pool._available_connections == [a, b]
+        before = b.next_health_check
+        await client.ping()  # takes the tail (b), releases it to the tail again
+        assert pool._available_connections == [a, b] and b.next_health_check > before
+        assert b.next_health_check - b.health_check_interval <= asyncio.get_running_loop().time()
+        assert a.is_connected and b.is_connected
+    finally:
+        await client.aclose()
