@@ -185,8 +185,11 @@ def trim_pool(pool: ConnectionPool, now: float, floor: int, idle_s: float) -> li
     taken: list[AbstractConnection] = []
     cut = len(available) - floor
     for connection in available[:cut]:
-        last_read = connection.next_health_check - connection.health_check_interval
-        if not connection.is_connected or now - last_read >= idle_s:
+        next_check = getattr(connection, "next_health_check", None)
+        interval = getattr(connection, "health_check_interval", None)
+        if not isinstance(next_check, int | float) or not isinstance(interval, int | float):
+            return []  # not the redis-py this was written for: left as it is
+        if not connection.is_connected or now - (next_check - interval) >= idle_s:
             taken.append(connection)
         else:
             kept.append(connection)
@@ -373,13 +376,13 @@ class ScriptPipe:
     def _keepalive(self) -> None:
         """The keepalive's tick (a timer, at least every ``idle_s``): connects again a connection
         lost or stalled (its oldest call or PING unanswered for ``stall_s``), PINGs one unused for
-        ``idle_s`` and comes back ``stall_s`` later to see it answered; trims the redis-py pool."""
+        ``idle_s`` and comes back when it must have been answered (``stall_s``) or at the next
+        PING's time, whichever is first; trims the redis-py pool."""
         self._keepalive_at = None
         if self._closed:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self._trim(now)
         protocol = self._protocol
         next_at = now + self._idle_s
         if protocol is not None and not protocol.closed:
@@ -402,6 +405,7 @@ class ScriptPipe:
         if self._protocol is None or self._protocol.closed:
             self._connect_soon()  # in the background: calls meanwhile wait for it (shielded)
         self._keepalive_at = loop.call_at(next_at, self._keepalive)
+        self._trim(now)  # last: the tick is armed again whatever it meets
 
     def _trim(self, now: float) -> None:
         if self._trimming is not None and not self._trimming.done():
