@@ -439,7 +439,9 @@ class MemoryQueries:
 
     def update(self, cur: Cursor, memory_id: str, patch: MemoryPatch, now: datetime) -> Memory | None:
         sets, params = _patch_assignments(patch)
-        self.lock_log(cur)
+        # Its one entry's number reserved in the locking UPDATE; a patch that finds no row leaves
+        # it unused and ``transaction`` rolls back, so no number is lost (no gap in the log).
+        self.lock_log(cur, reserve=1)
         sets += ["row_version = row_version + 1", "last_updated = ?"]
         params += [self._time(now), memory_id]
         where = "id = ?"
@@ -457,6 +459,8 @@ class MemoryQueries:
         return found[0] if found else None
 
     def delete(self, cur: Cursor, ids: Sequence[str]) -> int:
+        if self.dialect.name != "sqlite" and self.in_transaction:
+            return self._delete_logged(cur, ids)
         deleted = 0
         self.lock_log(cur)
         for part in chunks(list(dict.fromkeys(ids))):
@@ -467,6 +471,46 @@ class MemoryQueries:
             cur.execute(f"DELETE FROM {self.table} WHERE id IN ({marks(len(part))})", part)
             deleted += cur.rowcount or 0
             self.log_changes(cur, gone)
+        return deleted
+
+    def _delete_logged(self, cur: Cursor, ids: Sequence[str]) -> int:
+        """Snowflake, inside ``transaction``: which of ``ids`` are stored is read before the lock
+        (a read needs none), their entries' numbers are reserved in the locking UPDATE, then,
+        under the lock, each chunk's entries are written from the rows themselves (namespace and
+        owner as they are now) and the rows deleted: 4 round trips under the lock for up to 500
+        ids, against 7. A row deleted by another writer between the read and the lock makes the
+        entries fewer than the numbers reserved: rolled back and tried again (``_StaleCounter``).
+        Nothing stored: nothing to lock, write or log. Already under the lock (a retention
+        delete, which selected its ids under it): the numbers are counted on there."""
+        stored: Counter[str] = Counter()  # rows an id (a table from before MERGE may hold two)
+        for part in chunks(list(dict.fromkeys(ids))):
+            cur.execute(f"SELECT id FROM {self.table} WHERE id IN ({marks(len(part))})", part)
+            stored.update(row[0] for row in cur.fetchall())
+        if not stored:
+            return 0
+        total = stored.total()
+        self.lock_log(cur, reserve=total)
+        self._take_numbers(cur, total)
+        deleted = 0
+        logged = 0  # entries written by the chunks before
+        for part in chunks(sorted(stored)):
+            expected = sum(stored[i] for i in part)
+            reserved = total - logged  # numbers of ours from this chunk's first on
+            cur.execute(
+                f"INSERT INTO {self.changes_table} (seq, memory_id, namespace, owner, deleted) "
+                f"SELECT counter.seq - ? + ROW_NUMBER() OVER (ORDER BY stored.id), stored.id, "
+                f"stored.namespace, stored.owner, 1 FROM {self._counter_now} AS counter, "
+                f"{self.table} AS stored WHERE stored.id IN ({marks(len(part))}) AND {self._unlogged}",
+                [reserved, *part, reserved],
+            )
+            if (cur.rowcount or 0) != expected:
+                raise _StaleCounter(
+                    f"{cur.rowcount or 0} entries written for {expected} rows: a row deleted or "
+                    "added since they were read, or the counter behind its log"
+                )
+            logged += expected
+            cur.execute(f"DELETE FROM {self.table} WHERE id IN ({marks(len(part))})", part)
+            deleted += cur.rowcount or 0
         return deleted
 
     # ----- the change log: what other processes sharing the store must apply to their index
@@ -588,7 +632,10 @@ class MemoryQueries:
                     try:
                         cur.execute("BEGIN TRANSACTION")
                         result = op(cur)
-                        cur.execute("COMMIT")
+                        # Numbers reserved and not used: the write found nothing to change (a
+                        # patch of a missing row) and wrote nothing; its ROLLBACK gives them back
+                        # (a COMMIT would leave a gap in the log, read by followers as trimmed).
+                        cur.execute("ROLLBACK" if self._inside.reserved else "COMMIT")
                         return result
                     except Exception as exc:
                         _roll_back(cur)
@@ -610,6 +657,26 @@ class MemoryQueries:
             [(base + n, *row) for n, row in enumerate(rows, start=1)],
         )
 
+    @property
+    def _counter_now(self) -> str:
+        """The counter's value as one row (``counter.seq``; MAX: one row, whatever a hand did)."""
+        return f"(SELECT MAX(seq) AS seq FROM {self.counter_table})"
+
+    @property
+    def _unlogged(self) -> str:
+        """The stale-counter check, one bound parameter (the numbers of ours from the statement's
+        first on): no entry in the log at or above the statement's first number."""
+        return f"NOT EXISTS (SELECT 1 FROM {self.changes_table} AS logged WHERE logged.seq > counter.seq - ?)"
+
+    def _take_numbers(self, cur: Cursor, n: int) -> None:
+        """Make the counter end at the last of ``n`` numbers of ours: read from ``lock_log``'s
+        reservation when it reserved exactly these, else counted on now."""
+        inside = self._inside
+        if getattr(inside, "reserved", 0) == n:
+            inside.reserved = 0
+        else:
+            self._count_on(cur, n)
+
     def _log_numbered(self, cur: Cursor, rows: Sequence[tuple[str, str, str | None, int]]) -> None:
         """Snowflake, inside ``transaction``: number and append ``rows`` after UPDATEing the
         counter row. Snowflake's UPDATE takes the table's lock until COMMIT, so another writer's
@@ -617,24 +684,28 @@ class MemoryQueries:
         unique, gapless (a rollback takes its numbers back) and committed in order. The counter
         counts on from the log's own last seq when that is higher (a log from before the counter
         existed); a counter row deleted by hand is put back. Numbers reserved by ``lock_log``
-        for exactly these rows are read, not counted again."""
+        for exactly these rows are used, not counted again.
+
+        The INSERT reads its numbers from the counter itself (Snowflake has no ``RETURNING``, so
+        the UPDATE cannot hand them back; a SELECT of them cost a round trip under the lock),
+        and writes nothing when an entry at or above its first number is in the log already:
+        the UPDATE counted from an older state than the lock's holder left (not what Snowflake
+        documents; checked, so it is a try again, never a second row of a seq)."""
         n = len(rows)
-        inside = self._inside
-        if getattr(inside, "reserved", 0) == n:
-            inside.reserved = 0
-        else:
-            self._count_on(cur, n)
-        # Under the lock: the log as the writers before this one committed it. A number of ours
-        # already there means the UPDATE counted from an older state than the lock's holder left
-        # (not what Snowflake documents; checked, so it is a try again, never a second row).
-        cur.execute(
-            f"SELECT MAX(counter.seq), (SELECT COALESCE(MAX(seq), 0) FROM {self.changes_table}) "
-            f"FROM {self.counter_table} AS counter"
-        )
-        top, logged = (int(v) for v in cur.fetchone())
-        if logged > top - n:
-            raise _StaleCounter(f"{self.counter_table} at {top}, the log at {logged}")
-        self._append(cur, top - n, rows)
+        self._take_numbers(cur, n)
+        for offset in range(0, n, _MERGE_ROWS):
+            part = rows[offset : offset + _MERGE_ROWS]
+            reserved = n - offset  # numbers of ours from this part's first on
+            values = ", ".join(["(?, ?, ?, ?, ?)"] * len(part))
+            cur.execute(
+                f"INSERT INTO {self.changes_table} (seq, memory_id, namespace, owner, deleted) "
+                "SELECT counter.seq - ? + incoming.column1, incoming.column2, incoming.column3, "
+                f"incoming.column4, incoming.column5 FROM {self._counter_now} AS counter, "
+                f"(SELECT * FROM VALUES {values}) AS incoming WHERE {self._unlogged}",
+                [reserved, *(v for k, row in enumerate(part, start=1) for v in (k, *row)), reserved],
+            )
+            if (cur.rowcount or 0) != len(part):
+                raise _StaleCounter(f"{self.counter_table} behind its log: {len(part)} entries not written")
 
     def changes_after(
         self, cur: Cursor, seq: int, limit: int

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import snowflake.connector
@@ -270,3 +270,92 @@ async def test_a_write_refused_the_lock_stops_trying_when_its_caller_has_had_its
         assert [i for _, i, *_ in await store.changes_after(0, 10)] == ["a"]
     finally:
         await store.close()
+
+
+class Statements:
+    """A connection that records each statement's first words, in order, all connections
+    together (one store, one write at a time: its process lock)."""
+
+    sent: ClassVar[list[str]] = []
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def cursor(self, *args: Any) -> Any:
+        cur = self._conn.cursor(*args)
+
+        class Recording:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(cur, name)
+
+            def execute(self, sql: str, *params: Any) -> Any:
+                Statements.sent.append(" ".join(sql.split()[:3]).upper())
+                return cur.execute(sql, *params)
+
+            def executemany(self, sql: str, *params: Any) -> Any:
+                Statements.sent.append(" ".join(sql.split()[:3]).upper())
+                return cur.executemany(sql, *params)
+
+        return Recording()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    @classmethod
+    def under_the_lock(cls) -> list[str]:
+        """The statements from the counter's UPDATE (the fleet-wide lock) to the transaction's
+        end, inclusive: the round trips every replica's logged writes wait for."""
+        sent, cls.sent = cls.sent, []
+        starts = [n for n, sql in enumerate(sent) if sql.startswith("UPDATE MEMORIES_CHANGES_COUNTER")]
+        if not starts:
+            return []
+        held = sent[starts[0] :]
+        return held[: next(n for n, sql in enumerate(held) if sql in ("COMMIT", "ROLLBACK")) + 1]
+
+
+async def test_a_logged_write_holds_the_counter_lock_for_few_round_trips(
+    fake_snowflake: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every replica's logged writes run one at a time from the counter's UPDATE to their COMMIT,
+    so each statement in that stretch is a round trip the whole fleet waits for. An insert holds
+    it for 4 (the reserving UPDATE, MERGE, the log's INSERT that reads its numbers, COMMIT), a
+    patch for 5 (its number reserved up front; the row read back for the caller), a delete for 4
+    (its rows found before the lock). Before: 5, 7 and 7 (a SELECT of the numbers; a patch's or
+    delete's numbers counted on after its write). The numbering stays gapless: a patch of a
+    missing row rolls its reserved number back, and a delete of nothing takes no lock."""
+    connect = snowflake.connector.connect
+    monkeypatch.setattr(snowflake.connector, "connect", lambda **kw: Statements(connect(**kw)))
+    monkeypatch.setattr(Statements, "sent", [])
+    backend = Backend("snowflake", tmp_path)
+    try:
+        store = await backend.open()
+        Statements.sent = []
+        await store.insert([memory("a"), memory("b"), memory("c")])
+        inserted = Statements.under_the_lock()
+        await store.update("a", MemoryPatch(content="changed"))
+        patched = Statements.under_the_lock()
+        await store.delete(["b", "c", "nowhere"])
+        deleted = Statements.under_the_lock()
+        assert (len(inserted), len(patched), len(deleted)) == (4, 5, 4), (inserted, patched, deleted)
+
+        assert await store.update("nowhere", MemoryPatch(content="x")) is None
+        assert Statements.under_the_lock()[-1] == "ROLLBACK"  # its reserved number given back
+        assert await store.delete(["nowhere"]) == 0
+        assert Statements.under_the_lock() == []  # nothing stored: no lock taken
+        await store.insert([memory("d")])
+        logged = await store.changes_after(0, 100)
+        assert [(seq, i, d) for seq, i, _, _, d in logged] == [
+            (1, "a", False),
+            (2, "b", False),
+            (3, "c", False),
+            (4, "a", False),
+            (5, "b", True),
+            (6, "c", True),
+            (7, "d", False),
+        ]
+        changed = await store.get("a")
+        assert changed is not None and (changed.content, changed.row_version) == ("changed", 2)
+        assert await store.get("b") is None and await store.get("c") is None
+    finally:
+        for opened in backend.opened:
+            await opened.close()
