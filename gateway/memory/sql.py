@@ -219,6 +219,46 @@ def _roll_back(cur: Cursor) -> None:
         cur.execute("ROLLBACK")
 
 
+class _BeginAtFirstWrite:
+    """A cursor that sends ``BEGIN TRANSACTION`` just before its first statement other than a
+    SELECT (``MemoryQueries.transaction``). The reads a write makes before its first DML (an
+    insert's check of ids, a delete's rows, both before the counter's lock) then run on their
+    own: on Snowflake, read committed statement by statement, that changes nothing they see; on
+    DuckDB (fakesnow) the transaction's snapshot no longer predates the wait for the lock, so the
+    waiter is not refused for a commit it waited for. A write that finds nothing to do sends
+    neither BEGIN nor COMMIT."""
+
+    def __init__(self, cur: Cursor) -> None:
+        self._cur = cur
+        self.begun = False
+
+    @property
+    def rowcount(self) -> int | None:
+        return self._cur.rowcount
+
+    def _begin_before(self, sql: str) -> None:
+        if not self.begun and sql.lstrip()[:6].upper() != "SELECT":
+            self._cur.execute("BEGIN TRANSACTION")
+            self.begun = True
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None, /) -> object:
+        self._begin_before(sql)
+        return self._cur.execute(sql) if params is None else self._cur.execute(sql, params)
+
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]], /) -> object:
+        self._begin_before(sql)
+        return self._cur.executemany(sql, params)
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> Sequence[Any]:
+        return self._cur.fetchall()
+
+    def close(self) -> object:
+        return self._cur.close()
+
+
 def chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -629,16 +669,19 @@ class MemoryQueries:
                 for attempt in range(_LOG_ATTEMPTS):
                     self._inside.locked = False
                     self._inside.reserved = 0
+                    deferred = _BeginAtFirstWrite(cur)
                     try:
-                        cur.execute("BEGIN TRANSACTION")
-                        result = op(cur)
-                        # Numbers reserved and not used: the write found nothing to change (a
-                        # patch of a missing row) and wrote nothing; its ROLLBACK gives them back
-                        # (a COMMIT would leave a gap in the log, read by followers as trimmed).
-                        cur.execute("ROLLBACK" if self._inside.reserved else "COMMIT")
+                        result = op(deferred)
+                        if deferred.begun:
+                            # Numbers reserved and not used: the write found nothing to change
+                            # (a patch of a missing row) and wrote nothing; its ROLLBACK gives
+                            # them back (a COMMIT would leave a gap, read by followers as a
+                            # trimmed log).
+                            cur.execute("ROLLBACK" if self._inside.reserved else "COMMIT")
                         return result
                     except Exception as exc:
-                        _roll_back(cur)
+                        if deferred.begun:
+                            _roll_back(cur)
                         if (
                             not (isinstance(exc, _StaleCounter) or _is_write_conflict(exc))
                             or attempt + 1 == _LOG_ATTEMPTS

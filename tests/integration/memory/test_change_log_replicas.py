@@ -322,7 +322,8 @@ async def test_a_logged_write_holds_the_counter_lock_for_few_round_trips(
     patch for 5 (its number reserved up front; the row read back for the caller), a delete for 4
     (its rows found before the lock). Before: 5, 7 and 7 (a SELECT of the numbers; a patch's or
     delete's numbers counted on after its write). The numbering stays gapless: a patch of a
-    missing row rolls its reserved number back, and a delete of nothing takes no lock."""
+    missing row rolls its reserved number back, and a delete of nothing takes no lock (nor sends
+    BEGIN and COMMIT: a transaction begins at its first statement other than a SELECT)."""
     connect = snowflake.connector.connect
     monkeypatch.setattr(snowflake.connector, "connect", lambda **kw: Statements(connect(**kw)))
     monkeypatch.setattr(Statements, "sent", [])
@@ -341,7 +342,8 @@ async def test_a_logged_write_holds_the_counter_lock_for_few_round_trips(
         assert await store.update("nowhere", MemoryPatch(content="x")) is None
         assert Statements.under_the_lock()[-1] == "ROLLBACK"  # its reserved number given back
         assert await store.delete(["nowhere"]) == 0
-        assert Statements.under_the_lock() == []  # nothing stored: no lock taken
+        assert [sql.split()[0] for sql in Statements.sent] == ["SELECT"]  # no lock, no BEGIN
+        assert Statements.under_the_lock() == []
         await store.insert([memory("d")])
         logged = await store.changes_after(0, 100)
         assert [(seq, i, d) for seq, i, _, _, d in logged] == [
