@@ -651,7 +651,9 @@ class MemoryQueries:
         """Snowflake: run ``op`` (a write, with its change-log entries) as one transaction:
         ``BEGIN``, ``op``, ``COMMIT``; a failure anywhere rolls all of it back, so a memory row
         is never committed without its entry in the log (a process dying inside it: Snowflake
-        rolls back a session's open transaction when the session ends).
+        rolls back a session's open transaction when the session ends). ``BEGIN`` is sent just
+        before ``op``'s first statement other than a SELECT (``_BeginAtFirstWrite``); numbers
+        ``lock_log`` reserved and ``op`` did not use end it with ROLLBACK (no gap in the log).
 
         A logged write takes the counter's lock first (``lock_log``). A database that refuses
         the second writer instead of making it wait (DuckDB under fakesnow: a write-write
