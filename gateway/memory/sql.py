@@ -513,19 +513,26 @@ class MemoryQueries:
             self.log_changes(cur, gone)
         return deleted
 
-    def _delete_logged(self, cur: Cursor, ids: Sequence[str]) -> int:
+    def _delete_logged(
+        self, cur: Cursor, ids: Sequence[str], rule: tuple[str, Sequence[object]] | None = None
+    ) -> int:
         """Snowflake, inside ``transaction``: which of ``ids`` are stored is read before the lock
         (a read needs none), their entries' numbers are reserved in the locking UPDATE, then,
         under the lock, each chunk's entries are written from the rows themselves (namespace and
         owner as they are now) and the rows deleted: 4 round trips under the lock for up to 500
         ids, against 7. A row deleted by another writer between the read and the lock makes the
         entries fewer than the numbers reserved: rolled back and tried again (``_StaleCounter``).
-        Nothing stored: nothing to lock, write or log. Already under the lock (a retention
-        delete, which selected its ids under it): the numbers are counted on there."""
+        Nothing stored: nothing to lock, write or log. Already under the lock: the numbers are
+        counted on there. ``rule`` (a retention delete's ``where`` and its parameters): only rows
+        that still match it under the lock are logged and deleted; one that stopped matching
+        since the read (patched) makes the entries fewer, and the delete is tried again."""
         stored: Counter[str] = Counter()  # rows an id (a table from before MERGE may hold two)
-        for part in chunks(list(dict.fromkeys(ids))):
-            cur.execute(f"SELECT id FROM {self.table} WHERE id IN ({marks(len(part))})", part)
-            stored.update(row[0] for row in cur.fetchall())
+        if rule is not None:  # the ids are the rule's rows, just read
+            stored.update(ids)
+        else:
+            for part in chunks(list(dict.fromkeys(ids))):
+                cur.execute(f"SELECT id FROM {self.table} WHERE id IN ({marks(len(part))})", part)
+                stored.update(row[0] for row in cur.fetchall())
         if not stored:
             return 0
         total = stored.total()
@@ -533,6 +540,7 @@ class MemoryQueries:
         self._take_numbers(cur, total)
         deleted = 0
         logged = 0  # entries written by the chunks before
+        where, where_params = ("", []) if rule is None else (f" AND ({rule[0]})", list(rule[1]))
         for part in chunks(sorted(stored)):
             expected = sum(stored[i] for i in part)
             reserved = total - logged  # numbers of ours from this chunk's first on
@@ -540,8 +548,8 @@ class MemoryQueries:
                 f"INSERT INTO {self.changes_table} (seq, memory_id, namespace, owner, deleted) "
                 f"SELECT counter.seq - ? + ROW_NUMBER() OVER (ORDER BY stored.id), stored.id, "
                 f"stored.namespace, stored.owner, 1 FROM {self._counter_now} AS counter, "
-                f"{self.table} AS stored WHERE stored.id IN ({marks(len(part))}) AND {self._unlogged}",
-                [reserved, *part, reserved],
+                f"{self.table} AS stored WHERE stored.id IN ({marks(len(part))}){where} AND {self._unlogged}",
+                [reserved, *part, *where_params, reserved],
             )
             if (cur.rowcount or 0) != expected:
                 raise _StaleCounter(
@@ -549,7 +557,9 @@ class MemoryQueries:
                     "added since they were read, or the counter behind its log"
                 )
             logged += expected
-            cur.execute(f"DELETE FROM {self.table} WHERE id IN ({marks(len(part))})", part)
+            cur.execute(
+                f"DELETE FROM {self.table} WHERE id IN ({marks(len(part))}){where}", [*part, *where_params]
+            )
             deleted += cur.rowcount or 0
         return deleted
 
@@ -815,11 +825,15 @@ class MemoryQueries:
     def delete_where(self, cur: Cursor, where: str, params: Sequence[object], dry_run: bool) -> list[str]:
         """Delete the rows matching ``where``; returns their ids (selected first: neither
         database returns deleted rows portably)."""
-        if not dry_run:
+        logged = not dry_run and self.dialect.name != "sqlite" and self.in_transaction
+        if not dry_run and not logged:
             self.lock_log(cur)
         cur.execute(f"SELECT id FROM {self.table} WHERE {where} ORDER BY id", params)
         ids = [row[0] for row in cur.fetchall()]
-        if not dry_run:
+        if logged:
+            # Snowflake: the rows read before the lock, the rule checked again under it.
+            self._delete_logged(cur, ids, rule=(where, params))
+        elif not dry_run:
             self.delete(cur, ids)
         return ids
 

@@ -6,6 +6,7 @@ committed change exactly once, in order and without a gap, and end with the tabl
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -426,6 +427,40 @@ async def test_a_row_deleted_by_another_writer_after_the_delete_read_it_is_logge
             (3, "y", True),
             (4, "z", False),
         ]
+    finally:
+        for opened in backend.opened:
+            await opened.close()
+
+
+async def test_a_retention_delete_holds_the_counter_lock_for_four_round_trips(
+    fake_snowflake: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A retention delete (``delete_older_than``) reads the rows its rule matches before the
+    counter's lock, then under it writes their entries and deletes them, both only where the rule
+    still holds: UPDATE (reserving), INSERT, DELETE, COMMIT. Before: 7 (the lock, the rule's
+    SELECT, a second read of the rows, the numbering UPDATE, INSERT, DELETE, COMMIT)."""
+    connect = snowflake.connector.connect
+    monkeypatch.setattr(snowflake.connector, "connect", lambda **kw: Statements(connect(**kw)))
+    monkeypatch.setattr(Statements, "sent", [])
+    backend = Backend("snowflake", tmp_path)
+    try:
+        store = await backend.open()
+        await store.insert([memory("a"), memory("b"), memory("c")])
+        await store.insert([Memory(id="other", namespace="elsewhere", content="kept", embedding=VECTOR)])
+        Statements.sent = []
+        cutoff = datetime.now(UTC) + timedelta(days=1)
+        assert await store.delete_older_than("facts", cutoff) == ["a", "b", "c"]
+        held = Statements.under_the_lock()
+        assert len(held) == 4, held
+        assert await store.delete_older_than("facts", cutoff) == []
+        assert Statements.under_the_lock() == []  # nothing matched: no lock
+        logged = await store.changes_after(0, 100)
+        assert [(seq, i, d) for seq, i, _, _, d in logged][4:] == [
+            (5, "a", True),
+            (6, "b", True),
+            (7, "c", True),
+        ]
+        assert await store.get("other") is not None
     finally:
         for opened in backend.opened:
             await opened.close()
