@@ -366,11 +366,14 @@ async def test_a_logged_write_holds_the_counter_lock_for_few_round_trips(
 
 class DeletedMeanwhile:
     """A connection on which, once ``armed``, another writer (a connection of its own) deletes
-    ``victim`` just before this one's first delete entries are written: between the delete's
-    read of its rows (before the lock) and its write of them (under the lock)."""
+    ``victim`` (or runs ``statement``) just before this one's transaction begins: between a
+    delete's read of its rows (before the lock) and its write of them (under the lock). There,
+    DuckDB's snapshot (from BEGIN) sees the other writer's commit, as Snowflake's read committed
+    statements would: the entries come short, the path Snowflake takes."""
 
     armed = False
     victim = ""
+    statement = ""  # what the other writer runs instead of deleting ``victim``, when set
 
     def __init__(self, conn: Any, connect: Any) -> None:
         self._conn, self._connect = conn, connect
@@ -384,11 +387,14 @@ class DeletedMeanwhile:
                 return getattr(cur, name)
 
             def execute(self, sql: str, *params: Any) -> Any:
-                if DeletedMeanwhile.armed and "ROW_NUMBER()" in sql:
+                if DeletedMeanwhile.armed and sql.upper().startswith("BEGIN"):
                     DeletedMeanwhile.armed = False
                     other = connect(**SNOWFLAKE_ARGS)
                     try:
-                        other.cursor().execute(f"DELETE FROM MEMORIES WHERE id = '{DeletedMeanwhile.victim}'")
+                        other.cursor().execute(
+                            DeletedMeanwhile.statement
+                            or f"DELETE FROM MEMORIES WHERE id = '{DeletedMeanwhile.victim}'"
+                        )
                     finally:
                         other.close()
                 return cur.execute(sql, *params)
@@ -404,8 +410,7 @@ async def test_a_row_deleted_by_another_writer_after_the_delete_read_it_is_logge
 ) -> None:
     """A delete reads which of its ids are stored before it takes the counter's lock and reserves
     that many numbers; a row another writer deleted in between is not among the entries it can
-    write, so it tries again from the start (under Snowflake's read committed the entries come
-    short; under DuckDB's snapshot its DELETE is refused): the log holds one entry for each row it
+    write, so its entries come short and it tries again from the start: the log holds one entry for each row it
     deleted, without a gap or a number given twice (the other writer here is a bare DELETE that
     logs nothing of its own). Passes before too (the lock was taken before the read then)."""
     connect = snowflake.connector.connect
@@ -461,6 +466,44 @@ async def test_a_retention_delete_holds_the_counter_lock_for_four_round_trips(
             (7, "c", True),
         ]
         assert await store.get("other") is not None
+    finally:
+        for opened in backend.opened:
+            await opened.close()
+
+
+async def test_a_row_that_stops_matching_the_retention_rule_before_the_lock_is_kept(
+    fake_snowflake: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A retention delete reads the rows its rule matches before the counter's lock; one changed
+    by another writer in between so that the rule no longer matches it (its confidence raised)
+    is neither logged nor deleted: the rule is checked again under the lock and the delete tried
+    again from its read. A guard for h-snow5's read-before-lock (passes before: the read was
+    under the lock then)."""
+    connect = snowflake.connector.connect
+    monkeypatch.setattr(snowflake.connector, "connect", lambda **kw: DeletedMeanwhile(connect(**kw), connect))
+    monkeypatch.setattr(DeletedMeanwhile, "armed", False)
+    monkeypatch.setattr(
+        DeletedMeanwhile, "statement", "UPDATE MEMORIES SET confidence_score = 1.0 WHERE id = 'a'"
+    )
+    backend = Backend("snowflake", tmp_path)
+    try:
+        store = await backend.open()
+        unsure = [
+            Memory(id=i, namespace="facts", content=f"fact {i}", embedding=VECTOR, confidence_score=0.5)
+            for i in ("a", "b")
+        ]
+        await store.insert(unsure)
+        DeletedMeanwhile.armed = True
+        assert await store.delete_below_confidence("facts", 0.9) == ["b"]
+        assert not DeletedMeanwhile.armed  # the race ran
+        kept = await store.get("a")
+        assert kept is not None and kept.confidence_score == 1.0
+        logged = await store.changes_after(0, 100)
+        assert [(seq, i, d) for seq, i, _, _, d in logged] == [
+            (1, "a", False),
+            (2, "b", False),
+            (3, "b", True),
+        ]
     finally:
         for opened in backend.opened:
             await opened.close()
