@@ -725,7 +725,8 @@ async def test_a_reload_of_many_groups_keeps_the_event_loop_answering(
     # under a loaded suite (1.58 s against 1 s; then 3.0 s against the same work's 2.5 s on the
     # loop), where everything stretches. What is left on the loop (about 0.4 s on an idle machine:
     # pydantic's validation of the parse, in Rust, holding the GIL, or a full collection over the
-    # new policy's objects) is in ARCHITECTURE.md and benchmarks, not asserted here.
+    # new policy's objects) is in ARCHITECTURE.md and benchmarks, not asserted here. 5,000 groups
+    # (it was 40,000 when the stall was timed): where the work runs does not depend on how much.
     client = await gateway(aiohttp_client, policy_file, upstreams)
     control = client.app[keys.POLICY_CONTROL]
     loop_thread = threading.get_ident()
@@ -742,7 +743,7 @@ async def test_a_reload_of_many_groups_keeps_the_event_loop_answering(
 
     monkeypatch.setattr(live_policy, "policy_version", recorded_version)
     monkeypatch.setattr(type(control._router), "prepare", recorded_prepare)
-    groups = "".join(f"  g{i}: {{deployments: [{{provider: a, model: m{i}}}]}}\n" for i in range(40_000))
+    groups = "".join(f"  g{i}: {{deployments: [{{provider: a, model: m{i}}}]}}\n" for i in range(5_000))
     policy_file.write_text(BASE + groups)
     ticks = 0
     done = False
@@ -761,7 +762,7 @@ async def test_a_reload_of_many_groups_keeps_the_event_loop_answering(
     assert set(ran_in) == {"version", "prepare"}, ran_in
     assert loop_thread not in ran_in.values(), "the version's hash or the router's build ran on the loop"
     assert ticks > 1  # the loop answered while the reload ran
-    assert "g39999" in await models(client)
+    assert "g4999" in await models(client)
 
 
 async def test_the_same_bytes_from_two_saves_are_not_taken_for_a_settled_file(
