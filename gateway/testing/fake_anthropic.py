@@ -329,18 +329,18 @@ _MAX_CACHE_MARKS = 4  # "You can define up to 4 cache breakpoints" (prompt cachi
 def _cache_marks(body: dict[str, object]) -> int:
     """How many blocks (tools, system, messages and the blocks of their tool results) carry
     ``cache_control``."""
-    todo: list[object] = [body.get("tools"), body.get("system")]
+    pending: list[object] = [body.get("tools"), body.get("system")]
     messages = body.get("messages")
     if isinstance(messages, list):
-        todo.extend(m.get("content") for m in messages if isinstance(m, dict))
+        pending.extend(m.get("content") for m in messages if isinstance(m, dict))
     count = 0
-    while todo:
-        item = todo.pop()
+    while pending:
+        item = pending.pop()
         if isinstance(item, list):
-            todo.extend(item)
+            pending.extend(item)
         elif isinstance(item, dict):
             count += "cache_control" in item
-            todo.append(item.get("content") if item.get("type") == "tool_result" else None)
+            pending.append(item.get("content") if item.get("type") == "tool_result" else None)
     return count
 
 

@@ -674,15 +674,15 @@ def fits_strict(schema: JSONObject) -> bool:
     """Whether OpenAI's strict mode takes ``schema`` as it is (Structured Outputs, "Supported
     schemas": every object has ``additionalProperties: false`` and lists all its properties in
     ``required``), looking through properties, items, ``anyOf``/``allOf`` and ``$defs``."""
-    todo: list[object] = [schema]
+    pending: list[object] = [schema]
     seen = 0
-    while todo:
-        node = todo.pop()
+    while pending:
+        node = pending.pop()
         seen += 1
         if seen > _STRICT_NODES:
             return False
         if isinstance(node, list):
-            todo.extend(node)
+            pending.extend(node)
             continue
         if not isinstance(node, dict):
             continue
@@ -694,14 +694,14 @@ def fits_strict(schema: JSONObject) -> bool:
                 return False
             if any(not isinstance(required, list) or key not in required for key in fields):
                 return False
-            todo.extend(fields.values())
+            pending.extend(fields.values())
         for key in ("items", "anyOf", "allOf", "oneOf", "prefixItems"):
             if key in node:
-                todo.append(node[key])
+                pending.append(node[key])
         for key in ("$defs", "definitions"):
             defs = node.get(key)
             if isinstance(defs, dict):
-                todo.extend(defs.values())
+                pending.extend(defs.values())
     return True
 
 

@@ -36,19 +36,19 @@ def prompt_chars(value: object) -> int:
     included (an agent's history is mostly calls). Walked with a list, not recursion: a body
     nested as deep as JSON parsing allows cannot exhaust the interpreter's stack."""
     n = 0
-    todo = [value]
-    while todo:
-        item = todo.pop()
+    pending = [value]
+    while pending:
+        item = pending.pop()
         if isinstance(item, str):
             n += len(item)
         elif isinstance(item, list):
-            todo.extend(item)
+            pending.extend(item)
         elif isinstance(item, dict):
-            todo.append(item.get("content"))
-            todo.append(item.get("text"))
+            pending.append(item.get("content"))
+            pending.append(item.get("text"))
             calls = item.get("tool_calls")
             if isinstance(calls, list):
-                todo.extend(c.get("function") for c in calls if isinstance(c, dict))
+                pending.extend(c.get("function") for c in calls if isinstance(c, dict))
             arguments = item.get("arguments")  # (a call's function; a Responses function_call item)
             if isinstance(arguments, str):
                 n += len(arguments)
