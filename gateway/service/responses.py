@@ -44,7 +44,7 @@ from gateway.providers.responses_bridge import (
 from gateway.routing.target import RouteContext, Target
 from gateway.service.calls import Answer, RequestService
 from gateway.service.context import CallContext
-from gateway.service.effort import chat_for, responses_for, withheld
+from gateway.service.effort import chat_for, responses_for, responses_withheld, withheld
 from gateway.service.front_door import has_choice
 from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream, ReplayStream
@@ -413,8 +413,9 @@ class ResponsesDoor:
             raise
 
     def withheld(self, target: Target) -> bool:
-        # ``reasoning.effort`` is the translation's ``reasoning_effort``, whichever way it goes
-        return withheld(self.chat, target)
+        if speaks_responses(target.client.config):  # ``reasoning``, or encrypted reasoning asked
+            return responses_withheld(self.body, target)
+        return withheld(self.chat, target)  # ``reasoning.effort`` is the translation's ``reasoning_effort``
 
     def mode(self, target: Target) -> str:
         return "native" if speaks_responses(target.client.config) else "translated"

@@ -171,6 +171,25 @@ def test_gemini_declared_without_reasoning_gets_no_thinking_budget(stack: Stack,
     assert headers[HEADER] == "dropped"
 
 
+def test_a_chat_clients_thinking_budget_is_withheld_from_gemini_declared_without_reasoning(
+    stack: Stack,
+) -> None:
+    """``thinking_budget`` (not OpenAI's: the Messages door's key, which the Gemini adapter reads
+    from any chat body) is withheld as the effort is (h-effort2); unset, it reaches Gemini 2.5."""
+    stack.reset()
+    raw = stack.client().chat.completions.with_raw_response.create(
+        model="o3-then-gemini", messages=ASK, extra_body={"thinking_budget": 2048}
+    )
+    assert raw.parse().choices[0].message.content and raw.headers["x-gateway-model"] == "gemini-2.0-flash"
+    assert stack.last_body("down")["thinking_budget"] == 2048
+    assert "thinkingConfig" not in stack.last_body("gem").get("generationConfig", {})
+    assert raw.headers[HEADER] == "dropped"
+    stack.client().chat.completions.create(
+        model="gemini-25", messages=ASK, extra_body={"thinking_budget": 2048}
+    )
+    assert stack.last_body("gem")["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 2048}
+
+
 def test_unsaid_the_effort_passes_through_and_its_400_is_relayed(stack: Stack) -> None:
     """No guess by name on the chat door: gpt-4o unset gets the client's effort, as before (and
     refuses it), and a reasoning model unset gets it (Gemini 2.5: the budget)."""

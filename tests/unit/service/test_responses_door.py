@@ -163,3 +163,36 @@ def test_a_deployment_declared_without_reasoning_gets_no_reasoning_either_way() 
     assert sent(PLAIN, None)["reasoning_effort"] == "high"
     assert "reasoning_effort" not in sent(PLAIN, False)
     assert d.body["reasoning"] == {"effort": "high", "summary": "auto"}  # the door's own, kept
+
+
+def test_encrypted_reasoning_is_not_asked_of_a_deployment_declared_without_reasoning() -> None:
+    """OpenAI refuses ``include: ["reasoning.encrypted_content"]`` for a model without reasoning
+    (400 "Encrypted content is not supported with this model.", ``param`` ``include``:
+    pydantic/pydantic-ai#2865, gpt-4o): a pass-through to a ``reasoning: false`` deployment
+    leaves it out of ``include`` (the key goes when nothing else is in it), per attempt, and the
+    door says something was withheld; unset and ``true`` send it as asked (h-effort2)."""
+    asked = ["reasoning.encrypted_content", "message.output_text.logprobs"]
+
+    def sent(body: dict[str, Any], reasoning: bool | None) -> tuple[dict[str, Any], bool]:
+        d = door({"model": "m", "input": "hi", **body})
+        declared = target(NATIVE)
+        declared = Target(
+            Deployment(provider="p", model="up", reasoning=reasoning), declared.client, declared.live
+        )
+        upstream: dict[str, Any] = orjson.loads(d.build(declared).body)
+        return upstream, d.withheld(declared)
+
+    assert sent({"include": asked}, False) == (
+        {"model": "up", "input": "hi", "include": ["message.output_text.logprobs"], "store": False},
+        True,
+    )
+    only = sent({"include": ["reasoning.encrypted_content"]}, False)
+    assert "include" not in only[0] and only[1] is True
+    for reasoning in (None, True):
+        assert sent({"include": asked}, reasoning) == (
+            {"model": "up", "input": "hi", "include": asked, "store": False},
+            False,
+        )
+    # Nothing of reasoning asked: nothing withheld, nothing said.
+    assert sent({"include": ["message.output_text.logprobs"]}, False)[1] is False
+    assert sent({}, False) == ({"model": "up", "input": "hi", "store": False}, False)
