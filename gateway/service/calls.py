@@ -236,9 +236,11 @@ class RequestService:
             series = self.genai_series(endpoint, model, target)  # looked up once for both below
             series.duration.observe(time.perf_counter() - called_s)  # record_operation's success
             self._served(ctx, routed, body, door)
-            # 6. store
+            # 6. store (not an answer made without the client's effort: ``_storable``)
             answer = (
-                CachedAnswer(raw, target.provider, target.model) if plan.write and reusable(raw) else None
+                CachedAnswer(raw, target.provider, target.model)
+                if plan.write and _storable(ctx) and reusable(raw)
+                else None
             )
             if answer is not None:
                 await self.cache.store_answer(plan, answer, self._embed_one)
@@ -839,7 +841,7 @@ class _StreamBook:
             service.shadow.mirror(route.group, shadow, endpoint, body, served, sse=True)
         answer: CachedAnswer | None = None
         try:
-            if error is None and stream.captured and reusable(stream.captured):
+            if error is None and stream.captured and _storable(self._ctx) and reusable(stream.captured):
                 answer = CachedAnswer(bytes(stream.captured), route.target.provider, route.target.model)
                 await service.cache.store_answer(self._plan, answer, service._embed_one)
         finally:
@@ -943,6 +945,16 @@ class _StreamBook:
         if self._lead:
             self._lead = False
             self._service.cache.land(self._plan, answer)
+
+
+def _storable(ctx: CallContext) -> bool:
+    """Whether the answer of ``ctx``'s call may be stored in the response cache: not when the
+    client's effort (or encrypted reasoning) was withheld from the deployment that served it
+    (``effort.py``). Its key is the client's body, effort included, so an identical request
+    that a reasoning deployment would serve (the one that failed being back) would be answered
+    from it, without the reasoning asked for. Stored neither under another key: the lookup comes
+    before routing, which alone knows whether the effort will be withheld."""
+    return not ctx.record.effort_dropped
 
 
 def _noting(ctx: CallContext, attempt: Attempt[T]) -> Attempt[T]:
