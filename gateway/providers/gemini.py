@@ -58,7 +58,10 @@ class GeminiAdapter:
         if endpoint is Endpoint.EMBEDDINGS:
             request = embedding_request(body, resource)
             return UpstreamRequest(f"/{resource}:batchEmbedContents", orjson.dumps(request), False)
-        request = chat_request(body) if endpoint is Endpoint.CHAT else completion_request(body)
+        if endpoint is Endpoint.CHAT:
+            request = chat_request(body, upstream_model)
+        else:
+            request = completion_request(body, upstream_model)
         renamed = renamed_params(body)
         if body.get("stream") is True:
             path = f"/{resource}:streamGenerateContent?alt=sse"

@@ -20,11 +20,13 @@ hints without an equivalent (``user``, ``seed``, ...) are left out, as sampling 
 ``thinking_budget`` (not OpenAI's: the Messages door's ``thinking.budget_tokens``, or -1 for its
 adaptive thinking: Gemini's dynamic thinking), else
 ``reasoning_effort`` as Google's OpenAI-compatible endpoint maps it, becomes
-``thinkingConfig.thinkingBudget``.
+``thinkingConfig.thinkingBudget``; for Gemini 3 and later (``thinking_by_level``) the effort and
+dynamic thinking become ``thinkingConfig.thinkingLevel`` instead (never both: Google's 400).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -80,6 +82,29 @@ EFFORT_BUDGETS = {
     "xhigh": MAX_THINKING_BUDGET,
     "max": MAX_THINKING_BUDGET,
 }
+# Gemini 3 and later take ``thinkingConfig.thinkingLevel`` ("Gemini 3 and later models" introduce
+# it, Google's thinking guide; a budget is taken "for backwards compatibility", and "may result in
+# suboptimal performance" on 3 Pro), and refuse a request with both (400: "thinking_budget and
+# thinking_level are not supported together"); 2.5 refuses a level ("Thinking level is not
+# supported for this model."). Levels by model: 3 Pro "low" and "high", 3 Flash also "minimal"
+# and "medium" (Gemini 3 developer guide), so what every one takes is "low" and "high", and
+# "medium" only where the name says Flash. An optional ``vendor/`` or ``models/`` prefix.
+_LEVEL_MODEL = re.compile(r"^(?:[\w.-]+/)?gemini-[3-9]", re.IGNORECASE)
+# OpenAI's ``reasoning_effort`` as a level; ``medium`` is ``MEDIUM_LEVEL`` on Flash ("high", 3
+# Pro's default, elsewhere), ``minimal`` "low" (3.x Flash models differ on "minimal"), and ``none``
+# sends nothing (3 Pro cannot turn thinking off), as for a budget.
+EFFORT_LEVELS = {
+    "minimal": "low",
+    "low": "low",
+    "medium": "high",
+    "high": "high",
+    "xhigh": "high",
+    "max": "high",
+}
+MEDIUM_LEVEL = "medium"
+# Dynamic thinking (the Messages door's adaptive thinking) as a level: "high", each Gemini 3
+# model's "dynamic thinking" default, the same promise as a budget of -1.
+DYNAMIC_THINKING_LEVEL = "high"
 _TOOL_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
 # Gemini needs a MIME type for a file URL; guessed from the extension, images by default.
 _MIME_TYPES = {
@@ -95,8 +120,14 @@ def model_resource(model: str) -> str:
     return quote(model if "/" in model else f"models/{model}", safe="/")
 
 
-def chat_request(body: JSONObject) -> JSONObject:
-    """A ``GenerateContentRequest`` for an OpenAI chat completion body."""
+def thinking_by_level(model: str) -> bool:
+    """Whether ``model`` (Gemini 3 and later) is told how much to think by a level, not a budget."""
+    return _LEVEL_MODEL.match(model) is not None
+
+
+def chat_request(body: JSONObject, model: str = "") -> JSONObject:
+    """A ``GenerateContentRequest`` for an OpenAI chat completion body to ``model`` (its name
+    chooses a thinking level or a budget: ``thinking_by_level``)."""
     refuse_unhonoured(body, KIND, logprobs=True)
     body = narrowed(body)  # tool_choice allowed_tools: only the allowed tools are declared
     messages = body.get("messages")
@@ -112,13 +143,13 @@ def chat_request(body: JSONObject) -> JSONObject:
         tool_config = _tool_config(body)
         if tool_config is not None:
             request["toolConfig"] = tool_config
-    config = _generation_config(body)
+    config = _generation_config(body, model)
     if config:
         request["generationConfig"] = config
     return request
 
 
-def completion_request(body: JSONObject) -> JSONObject:
+def completion_request(body: JSONObject, model: str = "") -> JSONObject:
     """A ``GenerateContentRequest`` for a legacy completion: the prompt as one user message."""
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
@@ -141,7 +172,7 @@ def completion_request(body: JSONObject) -> JSONObject:
     if isinstance(best_of, int) and best_of > (n if isinstance(n, int) else 1):
         raise UnsupportedByProvider(KIND, "best_of (a choice among more candidates than n)", param="best_of")
     request: JSONObject = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
-    config = _generation_config(body)
+    config = _generation_config(body, model)
     top = body.get("logprobs")  # the legacy API's count of alternatives per token (0..5)
     if isinstance(top, int) and not isinstance(top, bool):
         config["responseLogprobs"] = True  # answered in the legacy shape (gemini_response.py)
@@ -412,7 +443,31 @@ def _tool_config(body: JSONObject) -> JSONObject | None:
     )
 
 
-def _generation_config(body: JSONObject) -> JSONObject:
+def _thinking_config(body: JSONObject, model: str) -> JSONObject | None:
+    """``thinkingConfig`` from a chat body's ``thinking_budget`` (a number of tokens, taken by
+    every model), else its ``reasoning_effort``: a budget for 2.5, a level for Gemini 3 and
+    later, whose dynamic thinking is a level too. Never both (Google's 400). None: nothing
+    asked, the model's default."""
+    budget = body.get(THINKING_BUDGET)
+    effort = body.get("reasoning_effort")
+    by_level = thinking_by_level(model)
+    if budget is None and isinstance(effort, str):
+        if by_level:
+            level = EFFORT_LEVELS.get(effort)
+            if level is None:
+                return None
+            if effort == "medium" and "flash" in model.lower():
+                level = MEDIUM_LEVEL
+            return {"thinkingLevel": level}
+        budget = EFFORT_BUDGETS.get(effort)
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
+        return {"thinkingBudget": min(budget, MAX_THINKING_BUDGET)}
+    if budget == DYNAMIC_THINKING_BUDGET:
+        return {"thinkingLevel": DYNAMIC_THINKING_LEVEL} if by_level else {"thinkingBudget": budget}
+    return None
+
+
+def _generation_config(body: JSONObject, model: str) -> JSONObject:
     config: JSONObject = {}
     for openai_name, gemini_name in _GENERATION_FIELDS:
         value = body.get(openai_name)
@@ -428,14 +483,9 @@ def _generation_config(body: JSONObject) -> JSONObject:
         top = body.get("top_logprobs")
         if isinstance(top, int) and not isinstance(top, bool) and top > 0:
             config["logprobs"] = top
-    budget = body.get(THINKING_BUDGET)
-    effort = body.get("reasoning_effort")
-    if budget is None and isinstance(effort, str):
-        budget = EFFORT_BUDGETS.get(effort)
-    if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
-        config["thinkingConfig"] = {"thinkingBudget": min(budget, MAX_THINKING_BUDGET)}
-    elif budget == DYNAMIC_THINKING_BUDGET:
-        config["thinkingConfig"] = {"thinkingBudget": DYNAMIC_THINKING_BUDGET}
+    thinking = _thinking_config(body, model)
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
     stop = body.get("stop")
     if isinstance(stop, str):
         config["stopSequences"] = [stop]

@@ -5,9 +5,10 @@ rewritten (and the client's ``anthropic-beta`` header), and its answer, whole or
 relayed as Anthropic sent it; any other kind gets the chat translation (``wire/messages.py``)
 through its adapter, and its answer is translated back (``wire/messages_stream.py`` for
 streams). ``top_k`` reaches Anthropic (natively) and Gemini (its ``topK``); OpenAI has none, so
-it is dropped there. Thinking and effort reach Gemini as its ``thinkingConfig.thinkingBudget``
-(an enabled thinking's ``budget_tokens``; else ``output_config.effort`` as Google maps
-``reasoning_effort``; else -1, dynamic thinking, for adaptive thinking) and the OpenAI kinds as
+it is dropped there. Thinking and effort reach Gemini as its ``thinkingConfig`` (an enabled
+thinking's ``budget_tokens`` as a budget; else ``output_config.effort`` as the adapter maps
+``reasoning_effort``: a budget as Google maps it for 2.5, a ``thinkingLevel`` for Gemini 3 and
+later; else dynamic thinking for adaptive thinking: a budget of -1, or level "high") and the OpenAI kinds as
 ``reasoning_effort`` (``output_config.effort``, each of its values being one of OpenAI's; chat has
 no budget, so ``budget_tokens`` is dropped there). A request with something only Anthropic can
 do (server tools, context editing, ...) is a retryable ``UnsupportedByProvider`` on other kinds:
@@ -33,7 +34,7 @@ from gateway.errors import (
 from gateway.providers.anthropic_response import openai_usage
 from gateway.providers.anthropic_stream import AnthropicStreamTranslator
 from gateway.providers.base import StreamTranslator, UpstreamRequest
-from gateway.providers.gemini_request import DYNAMIC_THINKING_BUDGET, EFFORT_BUDGETS
+from gateway.providers.gemini_request import DYNAMIC_THINKING_BUDGET
 from gateway.providers.gemini_request import THINKING_BUDGET as GEMINI_THINKING_BUDGET
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
@@ -56,7 +57,8 @@ from gateway.wire.requests import CHARS_PER_TOKEN, Endpoint, JSONObject
 from gateway.wire.sse import WholeEvents
 
 NATIVE_KIND = "anthropic"
-# Translated kinds whose adapter reads ``top_k`` and ``thinking_budget`` (``thinking.budget_tokens``).
+# Translated kinds whose adapter reads ``top_k`` and ``thinking_budget`` (``thinking.budget_tokens``),
+# and makes ``reasoning_effort`` its own thinking config (a budget or a level, by model).
 _GEMINI_KINDS = frozenset({"gemini"})
 
 
@@ -74,6 +76,7 @@ class MessagesDoor:
         "_beta",
         "_budget_asked",
         "_effort",
+        "_gemini_effort",
         "_thinking_budget",
         "_top_k",
         "body",
@@ -94,7 +97,7 @@ class MessagesDoor:
         self._top_k = top_k if isinstance(top_k, int) and not isinstance(top_k, bool) else None
         self._effort = effort_of(body)
         thinking = body.get("thinking")
-        self._thinking_budget = _gemini_budget(thinking, self._effort)
+        self._thinking_budget, self._gemini_effort = _gemini_thinking(thinking, self._effort)
         # Asked for in numbers (an enabled thinking's ``budget_tokens``): sent to every Gemini
         # deployment not declared without reasoning, as before ``reasoning`` existed.
         self._budget_asked = isinstance(thinking, dict) and thinking.get("type") == "enabled"
@@ -144,8 +147,11 @@ class MessagesDoor:
             sends = reasoning is not False and (
                 self._budget_asked or reasoning is True or reasons_by_name(target.model)
             )
-            budget = self._thinking_budget if sends else None
-            extra = {"top_k": self._top_k, GEMINI_THINKING_BUDGET: budget}
+            extra = {
+                "top_k": self._top_k,
+                GEMINI_THINKING_BUDGET: self._thinking_budget if sends else None,
+                "reasoning_effort": self._gemini_effort if sends else None,
+            }
             chat = {**chat, **{name: value for name, value in extra.items() if value is not None}}
         elif self._effort is not None and _takes_effort(target):
             # OpenAI's own name for it (``low`` to ``max`` are all its values).
@@ -321,21 +327,22 @@ def reasons_by_name(model: str) -> bool:
     return _REASONING_MODEL.match(model) is not None
 
 
-def _gemini_budget(thinking: object, effort: str | None) -> int | None:
-    """The thinking budget a Gemini deployment is sent (``thinkingConfig.thinkingBudget``; None:
-    none sent, the model's default): an enabled thinking's ``budget_tokens``; with thinking off
-    (``disabled``), none; else the effort's budget as Google maps ``reasoning_effort``
-    (``EFFORT_BUDGETS``); else, for adaptive thinking ("Claude decides when and how much to
-    think"), Gemini's dynamic thinking, which is the same promise."""
+def _gemini_thinking(thinking: object, effort: str | None) -> tuple[int | None, str | None]:
+    """What a Gemini deployment is sent of thinking, as the adapter reads it from a chat body:
+    (``thinking_budget``, ``reasoning_effort``), None for neither, the model's default. An
+    enabled thinking's ``budget_tokens``; with thinking off (``disabled``), nothing; else the
+    effort, which the adapter makes a budget (2.5, as Google maps ``reasoning_effort``) or a
+    level (Gemini 3 and later); else, for adaptive thinking ("Claude decides when and how much
+    to think"), Gemini's dynamic thinking (-1), which is the same promise."""
     kind = thinking.get("type") if isinstance(thinking, dict) else None
     if kind == "enabled":
         budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
-        return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
+        return (budget if isinstance(budget, int) and not isinstance(budget, bool) else None), None
     if kind == "disabled":
-        return None
+        return None, None
     if effort is not None:
-        return EFFORT_BUDGETS.get(effort)
-    return DYNAMIC_THINKING_BUDGET if kind == "adaptive" else None
+        return None, effort
+    return (DYNAMIC_THINKING_BUDGET if kind == "adaptive" else None), None
 
 
 def _check_conversation(messages: Sequence[Turn], thinking: str | None = None) -> None:

@@ -27,6 +27,7 @@ are the OpenAI fake's (``fake_provider``), drawn and applied the same way.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -273,7 +274,7 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
     config = body.get("generationConfig")
     config = config if isinstance(config, dict) else {}
     limit = config.get("maxOutputTokens")
-    _check_thinking(config.get("thinkingConfig"))
+    _check_thinking(model, config.get("thinkingConfig"))
     stops = config.get("stopSequences")
     if isinstance(stops, list) and len(stops) > _MAX_STOPS:
         # GenerationConfig.stopSequences: "The set of character sequences (up to 5) that will
@@ -328,12 +329,35 @@ def _candidate_count(count: object) -> int:
 _MAX_THINKING_BUDGET = 32768
 
 
-def _check_thinking(thinking: object) -> None:
+# Thinking levels (``ThinkingConfig.thinkingLevel``), taken by Gemini 3 and later only.
+_THINKING_LEVELS = ("minimal", "low", "medium", "high")
+_LEVEL_MODEL = re.compile(r"^(?:[\w.-]+/)?gemini-[3-9]", re.IGNORECASE)
+
+
+def _check_thinking(model: str, thinking: object) -> None:
     """Refuse a thinking budget no Gemini model takes, in Gemini's words
-    (RooCodeInc/Roo-Code#4399: "The thinking budget (52428) is invalid.")."""
-    budget = thinking.get("thinkingBudget") if isinstance(thinking, dict) else None
+    (RooCodeInc/Roo-Code#4399: "The thinking budget (52428) is invalid."), a budget beside a
+    level (Google's docs: both in one request is a 400; the words as quoted in help.apiyi.com's
+    write-up), a level to a model before Gemini 3 (dhyansraj/mcp-mesh#1346, measured against the
+    API), and a level that is none of ``_THINKING_LEVELS`` (Google's words for a bad enum)."""
+    if not isinstance(thinking, dict):
+        return
+    budget = thinking.get("thinkingBudget")
     if isinstance(budget, int) and not -1 <= budget <= _MAX_THINKING_BUDGET:
         raise refusal(400, f"The thinking budget ({budget}) is invalid.")
+    level = thinking.get("thinkingLevel")
+    if level is None:
+        return
+    if budget is not None:
+        raise refusal(400, "thinking_budget and thinking_level are not supported together.")
+    if not isinstance(level, str) or level.lower() not in _THINKING_LEVELS:
+        raise refusal(
+            400,
+            "Invalid value at 'generation_config.thinking_config.thinking_level' "
+            f"(type.googleapis.com/google.ai.generativelanguage.v1beta.ThinkingConfig.ThinkingLevel), {level!r}",
+        )
+    if _LEVEL_MODEL.match(model) is None:
+        raise refusal(400, "Thinking level is not supported for this model.")
 
 
 def plan_reply(config: FakeConfig, ask: GenerateRequest) -> Reply:

@@ -52,6 +52,8 @@ MIXED = """\
   gemini-unsaid: {deployments: [{provider: gem, model: gemini-2.0-flash}]}
   gemini-25-unsaid: {deployments: [{provider: gem, model: gemini-2.5-flash}]}
   gemini-plain: {deployments: [{provider: gem, model: gemini-plain, reasoning: false}]}
+  gemini-3-unsaid: {deployments: [{provider: gem, model: gemini-3-pro-preview}]}
+  gemini-3-flash-unsaid: {deployments: [{provider: gem, model: gemini-3-flash-preview}]}
   azure: {deployments: [{provider: az, model: gpt-azure}]}
 """
 
@@ -90,6 +92,8 @@ UPSTREAM = {
     "gemini-plain": "gem",
     "gemini-unsaid": "gem",
     "gemini-25-unsaid": "gem",
+    "gemini-3-unsaid": "gem",
+    "gemini-3-flash-unsaid": "gem",
     "azure": "gpt",
 }
 
@@ -165,6 +169,34 @@ def test_adaptive_thinking_on_every_kind(stack: MessagesStack, model: str, strea
         assert sent["reasoning_effort"] == "low"
     else:
         assert sent["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024}
+
+
+@STREAMED
+def test_gemini_3_is_sent_a_thinking_level_for_an_effort_or_adaptive_thinking(
+    stack: MessagesStack, streamed: bool
+) -> None:
+    """Gemini 3 takes ``thinkingLevel`` (a budget "for backwards compatibility"; the fake refuses
+    both in one request, as the API does): the effort is a level (Pro: "low" or "high"; Flash
+    also "medium"), adaptive thinking the dynamic default "high"; an enabled thinking's budget
+    in tokens stays a budget (h-effort2)."""
+
+    def thinking(model: str, kwargs: Any) -> Any:
+        return _sent(stack, model, kwargs, streamed)["generationConfig"]["thinkingConfig"]
+
+    assert thinking("gemini-3-unsaid", {"output_config": {"effort": "low"}}) == {"thinkingLevel": "low"}
+    assert thinking("gemini-3-unsaid", {"output_config": {"effort": "medium"}}) == {"thinkingLevel": "high"}
+    assert thinking("gemini-3-flash-unsaid", {"output_config": {"effort": "medium"}}) == {
+        "thinkingLevel": "medium"
+    }
+    assert thinking("gemini-3-unsaid", {"thinking": {"type": "adaptive"}}) == {"thinkingLevel": "high"}
+    adaptive_low: Any = {"thinking": {"type": "adaptive"}, "output_config": {"effort": "low"}}
+    assert thinking("gemini-3-unsaid", adaptive_low) == {"thinkingLevel": "low"}
+    enabled: Any = {
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "output_config": {"effort": "max"},
+    }
+    assert thinking("gemini-3-unsaid", enabled) == {"thinkingBudget": 2048}
+    assert thinking("gemini-25-unsaid", {"output_config": {"effort": "low"}}) == {"thinkingBudget": 1024}
 
 
 def test_a_budget_or_thinking_off_decides_gemini_over_effort(stack: MessagesStack) -> None:

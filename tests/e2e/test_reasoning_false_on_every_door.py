@@ -64,6 +64,7 @@ def _policy(fakes: dict[str, ManagedProcess]) -> str:
             strategy: ordered
             deployments: [{provider: down, model: o3}, {provider: plain, model: gpt-4o}]
           gemini-25: {deployments: [{provider: gem, model: gemini-2.5-flash}]}
+          gemini-3: {deployments: [{provider: gem, model: gemini-3-pro-preview}]}
         """
     )
     return (
@@ -201,6 +202,16 @@ def test_unsaid_the_effort_passes_through_and_its_400_is_relayed(stack: Stack) -
     _, headers = _chat(stack, "gemini-25", False)
     assert stack.last_body("gem")["generationConfig"]["thinkingConfig"]["thinkingBudget"] == 24576
     assert HEADER not in headers
+
+
+@STREAMED
+def test_gemini_3_gets_the_chat_doors_effort_as_a_thinking_level(stack: Stack, streamed: bool) -> None:
+    """Gemini 3 takes ``thinkingLevel``, not a budget (the fake refuses both together, as the API
+    does, and a level to 2.5): ``high`` is level "high" (h-effort2)."""
+    stack.reset()
+    text, headers = _chat(stack, "gemini-3", streamed)
+    assert text and HEADER not in headers
+    assert stack.last_body("gem")["generationConfig"]["thinkingConfig"] == {"thinkingLevel": "high"}
 
 
 def test_a_request_without_an_effort_is_not_marked(stack: Stack) -> None:

@@ -716,6 +716,48 @@ def test_reasoning_effort_none_sends_no_budget_and_a_thinking_budget_wins() -> N
 
 
 @pytest.mark.parametrize(
+    ("model", "effort", "level"),
+    [
+        ("gemini-3-pro-preview", "minimal", "low"),
+        ("gemini-3-pro-preview", "low", "low"),
+        ("gemini-3-pro-preview", "medium", "high"),  # 3 Pro takes "low" and "high" only
+        ("gemini-3-flash-preview", "medium", "medium"),
+        ("gemini-3-flash-preview", "minimal", "low"),
+        ("models/gemini-3.1-pro-preview", "high", "high"),
+        ("google/gemini-3-pro", "xhigh", "high"),
+        ("gemini-3-pro-preview", "max", "high"),
+    ],
+)
+def test_gemini_3_is_sent_the_effort_as_a_thinking_level_not_a_budget(
+    model: str, effort: str, level: str
+) -> None:
+    """Gemini 3 and later take ``thinkingLevel`` (a budget only "for backwards compatibility";
+    both in one request is a 400), 2.5 keeps its budget (a level is refused there) (h-effort2)."""
+    config = sent(Endpoint.CHAT, {**HELLO, "reasoning_effort": effort}, model)["generationConfig"]
+    assert config["thinkingConfig"] == {"thinkingLevel": level}
+    legacy = sent(Endpoint.COMPLETIONS, {"model": "m", "prompt": "hi", "reasoning_effort": effort}, model)
+    assert legacy["generationConfig"]["thinkingConfig"] == {"thinkingLevel": level}
+    older = sent(Endpoint.CHAT, {**HELLO, "reasoning_effort": effort}, "gemini-2.5-pro")["generationConfig"]
+    assert "thinkingBudget" in older["thinkingConfig"] and "thinkingLevel" not in older["thinkingConfig"]
+
+
+def test_gemini_3s_dynamic_thinking_is_level_high_and_a_budget_in_tokens_stays_one() -> None:
+    """The Messages door's adaptive thinking (a budget of -1, dynamic thinking) is "high", each
+    Gemini 3 model's dynamic default; a budget in tokens (an enabled thinking's) has no level
+    and is sent as a budget, which Gemini 3 takes; ``none`` sends nothing; never both."""
+    model = "gemini-3-pro-preview"
+    dynamic = sent(Endpoint.CHAT, {**HELLO, "thinking_budget": -1}, model)["generationConfig"]
+    assert dynamic["thinkingConfig"] == {"thinkingLevel": "high"}
+    both = sent(Endpoint.CHAT, {**HELLO, "thinking_budget": 2048, "reasoning_effort": "low"}, model)
+    assert both["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 2048}
+    assert "thinkingConfig" not in sent(Endpoint.CHAT, {**HELLO, "reasoning_effort": "none"}, model).get(
+        "generationConfig", {}
+    )
+    older = sent(Endpoint.CHAT, {**HELLO, "thinking_budget": -1}, "gemini-2.5-flash")["generationConfig"]
+    assert older["thinkingConfig"] == {"thinkingBudget": -1}
+
+
+@pytest.mark.parametrize(
     ("field", "param"),
     [
         ({"logit_bias": {"1734": -100}}, "logit_bias"),

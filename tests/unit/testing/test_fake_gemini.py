@@ -175,6 +175,33 @@ async def test_a_thinking_budget_no_model_takes_is_refused(aiohttp_client: Aioht
     assert (await resp.json())["error"]["message"] == "The thinking budget (-2) is invalid."
 
 
+async def test_a_thinking_level_is_taken_by_gemini_3_alone_and_never_beside_a_budget(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """Google's docs: a request with both ``thinkingLevel`` and ``thinkingBudget`` is a 400;
+    2.5 refuses a level (dhyansraj/mcp-mesh#1346); a level is one of four (h-effort2)."""
+    client = await fake(aiohttp_client)
+
+    async def ask(model: str, thinking: dict[str, Any]) -> tuple[int, str]:
+        body = {**ASK, "generationConfig": {"thinkingConfig": thinking}}
+        resp = await post(client, f"{model}:generateContent", body)
+        text = await resp.text()
+        return resp.status, (orjson.loads(text)["error"]["message"] if resp.status != 200 else "")
+
+    assert await ask("gemini-3-pro-preview", {"thinkingLevel": "low"}) == (200, "")
+    assert await ask("gemini-3-pro-preview", {"thinkingBudget": 1024}) == (200, "")
+    assert await ask("gemini-3-pro-preview", {"thinkingLevel": "high", "thinkingBudget": 1024}) == (
+        400,
+        "thinking_budget and thinking_level are not supported together.",
+    )
+    assert await ask("gemini-2.5-flash", {"thinkingLevel": "low"}) == (
+        400,
+        "Thinking level is not supported for this model.",
+    )
+    status, message = await ask("gemini-3-flash-preview", {"thinkingLevel": "extreme"})
+    assert status == 400 and "thinking_level" in message
+
+
 async def test_json_mime_type_answers_in_json(aiohttp_client: AiohttpClient) -> None:
     client = await fake(aiohttp_client)
     schema = {"type": "OBJECT", "properties": {"city": {"type": "STRING"}, "degrees": {"type": "INTEGER"}}}
