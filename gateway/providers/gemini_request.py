@@ -450,9 +450,8 @@ def _thinking_config(body: JSONObject, model: str) -> JSONObject | None:
     asked, the model's default."""
     budget = body.get(THINKING_BUDGET)
     effort = body.get("reasoning_effort")
-    by_level = thinking_by_level(model)
     if budget is None and isinstance(effort, str):
-        if by_level:
+        if thinking_by_level(model):  # (the name is matched only when something is asked)
             level = EFFORT_LEVELS.get(effort)
             if level is None:
                 return None
@@ -463,7 +462,11 @@ def _thinking_config(body: JSONObject, model: str) -> JSONObject | None:
     if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
         return {"thinkingBudget": min(budget, MAX_THINKING_BUDGET)}
     if budget == DYNAMIC_THINKING_BUDGET:
-        return {"thinkingLevel": DYNAMIC_THINKING_LEVEL} if by_level else {"thinkingBudget": budget}
+        return (
+            {"thinkingLevel": DYNAMIC_THINKING_LEVEL}
+            if thinking_by_level(model)
+            else {"thinkingBudget": budget}
+        )
     return None
 
 
