@@ -428,10 +428,10 @@ class Deployment(_Strict):
     reasoning: bool | None = Field(
         None,
         description="Whether the model reasons (thinks). false: it is sent no effort nor thinking "
-        "budget on any door (the client's `reasoning_effort` on chat and completions, the "
-        "Responses door's `reasoning`, the Messages door's translated effort and thinking), "
-        "which a model without reasoning would refuse; the response says "
-        "`x-gateway-reasoning-effort: dropped`. true: the Messages door sends it the effort or "
+        "budget on any door (the client's `reasoning_effort` and `thinking_budget` on chat and "
+        "completions, the Responses door's `reasoning` and `include`'s encrypted reasoning, the "
+        "Messages door's translated effort and thinking), which a model without reasoning would "
+        "refuse; the response says `x-gateway-reasoning-effort: dropped`, and is not cached. true: the Messages door sends it the effort or "
         "thinking budget translated from Anthropic's `output_config.effort` and `thinking`. "
         "Unset: the other doors pass the client's effort through; the Messages door sends its "
         "translation only to a model named as a reasoning family's (o1..o9, gpt-5 but not "
