@@ -46,6 +46,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import InvalidResponse, RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
+from gateway.redis_pool import POOL_IDLE_S, WaitingConnectionPool, WaitingRedisCluster, WaitingSentinelPool
+
 T = TypeVar("T")
 
 RedisClient = aioredis.Redis | RedisCluster
@@ -83,10 +85,15 @@ def probe_answered(reply: object) -> bool:
     return True
 
 
-def redis_client(url: str, op_timeout_s: float, health_check_interval_s: float) -> RedisClient:
+def redis_client(
+    url: str, op_timeout_s: float, health_check_interval_s: float, *, pool_idle_s: float = POOL_IDLE_S
+) -> RedisClient:
     """A client of the kind ``url`` names (see the module docstring), configured as it says;
-    no connection made yet. A malformed URL raises ``ValueError``."""
+    no connection made yet. A malformed URL raises ``ValueError``. Its pool (``redis_pool.py``)
+    makes a call beyond the URL's ``max_connections`` (100) wait for a connection, within the
+    caller's timeout and ``max(1, op_timeout_s)``, and closes connections idle ``pool_idle_s``."""
     slack_s = max(1.0, op_timeout_s)
+    pooling: dict[str, Any] = {"wait_s": slack_s, "pool_idle_s": pool_idle_s}
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError(
@@ -94,8 +101,9 @@ def redis_client(url: str, op_timeout_s: float, health_check_interval_s: float) 
         )
     if scheme in ("redis+cluster", "rediss+cluster"):
         base = "rediss" if scheme.startswith("rediss") else "redis"
-        return RedisCluster.from_url(
+        return WaitingRedisCluster.from_url(
             f"{base}://{rest}",
+            **pooling,
             socket_connect_timeout=slack_s,
             socket_timeout=slack_s,
             health_check_interval=health_check_interval_s,
@@ -111,16 +119,10 @@ def redis_client(url: str, op_timeout_s: float, health_check_interval_s: float) 
         "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
     if scheme in ("redis+sentinel", "rediss+sentinel"):
-        return _sentinel_client(rest, tls=scheme.startswith("rediss"), options=options)
-    return aioredis.Redis.from_url(
-        url,
-        socket_connect_timeout=slack_s,
-        socket_timeout=slack_s,
-        health_check_interval=health_check_interval_s,
-        retry_on_timeout=False,
-        retry=Retry(NoBackoff(), 0),
-        maint_notifications_config=MaintNotificationsConfig(enabled=False),
-    )
+        return _sentinel_client(rest, tls=scheme.startswith("rediss"), options=options, pooling=pooling)
+    # Redis.from_url with a pool of ours (it makes redis-py's ConnectionPool from the same URL)
+    pool = WaitingConnectionPool.from_url(url, **options, **pooling)
+    return aioredis.Redis.from_pool(pool)
 
 
 def url_problem(url: str) -> str | None:
@@ -154,7 +156,9 @@ _URL_HINT = (
 )
 
 
-def _sentinel_client(rest: str, *, tls: bool, options: dict[str, object]) -> aioredis.Redis:
+def _sentinel_client(
+    rest: str, *, tls: bool, options: dict[str, object], pooling: dict[str, Any]
+) -> aioredis.Redis:
     """``redis+sentinel://`` after the scheme: userinfo, the Sentinels, the service and db."""
     rest, _, query_text = rest.partition("?")
     userinfo, at, hosts_and_path = rest.rpartition("@")
@@ -178,6 +182,11 @@ def _sentinel_client(rest: str, *, tls: bool, options: dict[str, object]) -> aio
     db = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
     query = {k: v[-1] for k, v in parse_qs(query_text).items()}
     kwargs: dict[str, object] = dict(options, db=db)
+    if "max_connections" in query:  # as redis-py reads it from a redis:// URL
+        try:
+            kwargs["max_connections"] = int(query["max_connections"])
+        except ValueError:
+            raise ValueError("Invalid value for 'max_connections' in connection URL.") from None
     if userinfo:
         user, colon, password = userinfo.partition(":")
         if colon:
@@ -203,7 +212,9 @@ def _sentinel_client(rest: str, *, tls: bool, options: dict[str, object]) -> aio
             check = query["ssl_check_hostname"].lower() in ("1", "true", "yes")
             kwargs["ssl_check_hostname"] = sentinel_kwargs["ssl_check_hostname"] = check
     sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs)  # type: ignore[no-untyped-call,arg-type,unused-ignore]
-    client: aioredis.Redis = sentinel.master_for(service, redis_class=aioredis.Redis)
+    client: aioredis.Redis = sentinel.master_for(
+        service, redis_class=aioredis.Redis, connection_pool_class=WaitingSentinelPool, **pooling
+    )
     return client
 
 

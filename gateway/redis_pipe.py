@@ -46,8 +46,7 @@ connection at the next call, which connected (TCP, TLS, AUTH) within its own op 
 Redis slower to connect than that (50 ms for the cache) opened an outage each time traffic
 resumed after a quiet spell. The PING every ``IDLE_S`` also keeps a NAT or load balancer from
 dropping the connection as idle; one dropped anyway (no FIN) is found by the PING within
-``stall_s``. At the same tick the keepalive trims the client's redis-py pool, which otherwise
-keeps every connection a burst made for good (``trim_pool``).
+``stall_s``. (The client's redis-py pool trims itself: ``redis_pool.py``.)
 """
 
 from __future__ import annotations
@@ -60,11 +59,12 @@ from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, RedisError, ResponseError
 
+from gateway.redis_pool import WaitingConnectionPool
 from gateway.tasks import stop
 
 STALL_MIN_S = 1.0
@@ -75,10 +75,6 @@ STALL_OP_TIMEOUTS = 20
 # that dropped it, no FIN) would otherwise cost a lookup its timeout and open an outage.
 IDLE_S = 15.0
 _PING = b"*1\r\n$4\r\nPING\r\n"
-# The client's redis-py pool, trimmed at each keepalive tick: connections beyond the POOL_FLOOR
-# most recently used ones that have read nothing for POOL_IDLE_S are closed (a burst's).
-POOL_FLOOR = 2
-POOL_IDLE_S = 60.0
 # The loop's clock counts whole milliseconds (uvloop): a deadline within half of one is reached
 # (without it, float rounding could have the op timer re-armed for "now" until the clock ticks).
 _CLOCK_SLACK_S = 0.0005
@@ -164,40 +160,6 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def trim_pool(pool: ConnectionPool, now: float, floor: int, idle_s: float) -> list[AbstractConnection]:
-    """Take out of redis-py's ``pool`` its idle connections beyond the ``floor`` most recently
-    released that have read no reply since ``now - idle_s`` (loop time), or are not connected;
-    the caller disconnects them. redis-py's pool never closes a connection it made (up to
-    ``max_connections``, 100), so one burst of concurrent calls kept its connections, and as
-    many Redis clients, for good (h-leaks: +68 after 300 concurrent cacheable requests).
-
-    It reads two private things of redis-py's (a test checks both, so a release that changes
-    them fails the suite; here a pool without them is left as it is): ``_available_connections``,
-    the idle connections, a list redis-py pops the next one from and appends a released one to
-    (so its head is the least recently released), changed without an await in between, so one
-    synchronous edit here needs no lock; and ``next_health_check``, the loop time of the
-    connection's last reply plus its ``health_check_interval``. A connection taken out here is
-    no longer the pool's: no caller can be handed it while it closes."""
-    available = getattr(pool, "_available_connections", None)
-    if type(available) is not list or len(available) <= floor:
-        return []
-    kept: list[AbstractConnection] = []
-    taken: list[AbstractConnection] = []
-    cut = len(available) - floor
-    for connection in available[:cut]:
-        next_check = getattr(connection, "next_health_check", None)
-        interval = getattr(connection, "health_check_interval", None)
-        if not isinstance(next_check, int | float) or not isinstance(interval, int | float):
-            return []  # not the redis-py this was written for: left as it is
-        if not connection.is_connected or now - (next_check - interval) >= idle_s:
-            taken.append(connection)
-        else:
-            kept.append(connection)
-    if taken:
-        available[:cut] = kept
-    return taken
-
-
 class ScriptPipe:
     """``await pipe.run(script, keys, args)``: the script's reply, as ``script(keys, args)``."""
 
@@ -207,7 +169,6 @@ class ScriptPipe:
         stall_s: float,
         idle_s: float = IDLE_S,
         op_timeout_s: float | None = None,
-        pool_idle_s: float = POOL_IDLE_S,
     ) -> None:
         self._client = client
         self._stall_s = max(STALL_MIN_S, stall_s)
@@ -225,12 +186,9 @@ class ScriptPipe:
         self._connecting: asyncio.Task[_Protocol] | None = None
         self._closed = False
         self._loading: dict[str, asyncio.Task[Any]] = {}
-        self._pool_idle_s = pool_idle_s
         # The keepalive (``_keepalive``): armed at the first connect, until ``close``.
         self._keepalive_at: asyncio.TimerHandle | None = None
-        self._trimming: asyncio.Task[None] | None = None  # closes what ``trim_pool`` took out
         self.pings = 0  # PINGs the keepalive sent on an idle connection
-        self.trimmed = 0  # redis-py pool connections the keepalive closed
 
     @classmethod
     def for_client(cls, client: Any, op_timeout_s: float) -> ScriptPipe | None:
@@ -239,7 +197,7 @@ class ScriptPipe:
         if type(client) is not aioredis.Redis:
             return None
         pool = client.connection_pool
-        if type(pool) is not ConnectionPool:
+        if type(pool) is not WaitingConnectionPool:
             return None
         if not hasattr(hiredis, "pack_command"):
             return None
@@ -279,13 +237,11 @@ class ScriptPipe:
             self._keepalive_at.cancel()
             self._keepalive_at = None
         connecting, self._connecting = self._connecting, None
-        trimming, self._trimming = self._trimming, None
         # Stopped for good: redis-py may swallow one cancellation while it connects, and end
         # the connect with its error instead.
-        for task in (connecting, trimming):
-            if task is not None:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await stop(task)
+        if connecting is not None:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await stop(connecting)
         protocol, self._protocol = self._protocol, None
         if protocol is not None and not protocol.closed:
             protocol.fail(RedisConnectionError("the Redis pipe was closed"))
@@ -377,7 +333,7 @@ class ScriptPipe:
         """The keepalive's tick (a timer, at least every ``idle_s``): connects again a connection
         lost or stalled (its oldest call or PING unanswered for ``stall_s``), PINGs one unused for
         ``idle_s`` and comes back when it must have been answered (``stall_s``) or at the next
-        PING's time, whichever is first; trims the redis-py pool."""
+        PING's time, whichever is first."""
         self._keepalive_at = None
         if self._closed:
             return
@@ -405,16 +361,6 @@ class ScriptPipe:
         if self._protocol is None or self._protocol.closed:
             self._connect_soon()  # in the background: calls meanwhile wait for it (shielded)
         self._keepalive_at = loop.call_at(next_at, self._keepalive)
-        self._trim(now)  # last: the tick is armed again whatever it meets
-
-    def _trim(self, now: float) -> None:
-        if self._trimming is not None and not self._trimming.done():
-            return
-        taken = trim_pool(self._client.connection_pool, now, POOL_FLOOR, self._pool_idle_s)
-        if taken:
-            self.trimmed += len(taken)
-            self._trimming = asyncio.get_running_loop().create_task(_disconnect(taken))
-            self._trimming.add_done_callback(_retrieve)
 
     async def _send_after_connect(self, command: bytes) -> Any:
         protocol = await self._connected()
@@ -464,9 +410,3 @@ class ScriptPipe:
         if self._keepalive_at is None:
             self._keepalive_at = loop.call_at(self._sent_at + self._idle_s, self._keepalive)
         return protocol
-
-
-async def _disconnect(connections: Sequence[AbstractConnection]) -> None:
-    for connection in connections:
-        with contextlib.suppress(RedisError, OSError, TimeoutError):  # closing a dead one
-            await connection.disconnect(nowait=True)

@@ -4,13 +4,16 @@ rollout store and the shared routing state (every Lua script's keys share a hash
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
 
 from gateway.auth.identity import Caller
 from gateway.auth.redis_limits import RedisLimiter
@@ -18,7 +21,8 @@ from gateway.auth.usage import UsageQuery, day_of
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.store import CategoryBudget
 from gateway.policy.model import Breaker
-from gateway.redis_link import redis_client
+from gateway.redis_link import Outage, RedisClient, redis_client
+from gateway.redis_pool import POOL_FLOOR, WaitingConnectionPool
 from gateway.routing.breaker import BreakerState, CircuitBreaker
 from gateway.routing.rollout_state import RolloutKey, RolloutState
 from gateway.routing.rollout_store import RedisRolloutStore
@@ -142,3 +146,170 @@ async def test_shared_routing(url: str) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+# -- pools: a burst waits for a connection; a burst's connections are closed once idle ---------
+
+# Keeps its connection ARGV[1] ms, so the calls of a burst are all in flight at once.
+HOLD = """
+local function now() local t = redis.call('TIME') return t[1] * 1000 + t[2] / 1000 end
+local start = now()
+while now() - start < tonumber(ARGV[1]) do end
+return 1
+"""
+
+
+@pytest.fixture(params=["plain", "sentinel", "cluster"])
+def any_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("redis_url" if request.param == "plain" else f"{request.param}_url"))
+
+
+def _with_query(url: str, query: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+def _pooled(client: RedisClient) -> int:
+    """Connections the client's pool holds (a cluster's: the most one of its nodes holds)."""
+    if isinstance(client, RedisCluster):
+        return max(len(node._connections) for node in client.get_nodes())
+    pool = client.connection_pool
+    return len(pool._available_connections) + len(pool._in_use_connections)
+
+
+def _busy(client: RedisClient) -> int:
+    """Connections of the client's pool in use (a cluster's: on all its nodes)."""
+    if isinstance(client, RedisCluster):
+        return sum(len(node._connections) - len(node._free) for node in client.get_nodes())
+    return len(client.connection_pool._in_use_connections)
+
+
+async def _until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    async with asyncio.timeout(within_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_burst_beyond_max_connections_waits_for_a_connection(any_url: str) -> None:
+    """redis-py 8 refused a call beyond the pool's ``max_connections`` (100 unless the URL says)
+    at once with ``MaxConnectionsError``, a ``ConnectionError``: the link's ``Outage`` opened (the
+    cache or limits treated as down). On Sentinel and Cluster every call is pooled. Now the
+    call waits for a connection within its timeout: 150 concurrent calls on a pool of 5 all
+    answer, no outage, and the pool never holds more than 5 (the URL's ``max_connections``)."""
+    client = redis_client(_with_query(any_url, "max_connections=5"), 1.0, 15)
+    outage, downs = Outage(), []
+    hold = client.register_script(HOLD)
+    try:
+        await hold(keys=["{burst}:k"], args=[0])  # loaded (on the key's node of a cluster)
+        most = 0
+
+        async def call() -> object:
+            nonlocal most
+            most = max(most, _pooled(client))
+            return await outage.call(
+                lambda: hold(keys=["{burst}:k"], args=[0]), 2.0, went_down=downs.append, came_back=list
+            )
+
+        replies = await asyncio.gather(*(call() for _ in range(150)))
+        assert replies == [1] * 150 and downs == [] and outage.errors == 0
+        assert 0 < most <= 5 and _pooled(client) <= 5
+        waits = client.waits if isinstance(client, RedisCluster) else client.connection_pool.waits
+        assert waits > 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_call_that_gives_up_waiting_passes_its_turn_on(any_url: str) -> None:
+    """A waiting call cut by its timeout (or cancelled) leaves the queue, or hands the connection
+    it was woken for to the next: the calls behind it still get one."""
+    client = redis_client(_with_query(any_url, "max_connections=1"), 1.0, 15)
+    hold = client.register_script(HOLD)
+    try:
+        await hold(keys=["{burst}:k"], args=[0])
+        first = asyncio.ensure_future(hold(keys=["{burst}:k"], args=[50]))
+        await _until(lambda: _busy(client) == 1)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await hold(keys=["{burst}:k"], args=[0])  # waits, gives up
+        second = asyncio.ensure_future(hold(keys=["{burst}:k"], args=[0]))
+        third = asyncio.ensure_future(hold(keys=["{burst}:k"], args=[0]))
+        await asyncio.sleep(0)
+        second.cancel()  # queued, then cancelled before its turn
+        assert await first == 1 and await third == 1
+        assert second.cancelled()
+    finally:
+        await client.aclose()
+
+
+async def test_a_bursts_connections_are_closed_once_idle(any_url: str) -> None:
+    """Sentinel and Cluster clients, and every client the routing state and rollouts use, kept
+    redis-py's pools untrimmed (h-pipe trimmed only the pool of a client with a pipe, at the
+    pipe's keepalive). Now each pool trims itself: after a burst of 30, back to ``POOL_FLOOR``
+    (a cluster's node keeps the most in flight of the last ``pool_idle_s``, then the floor);
+    the client still serves, and with nothing to trim no timer is left."""
+    client = redis_client(any_url, 1.0, 15, pool_idle_s=0.2)
+    hold = client.register_script(HOLD)
+    try:
+        await hold(keys=["{burst}:k"], args=[0])
+        await asyncio.gather(*(hold(keys=["{burst}:k"], args=[2]) for _ in range(30)))
+        assert _pooled(client) >= 10
+        if isinstance(client, RedisCluster):
+            await _until(lambda: all(len(n._connections) <= POOL_FLOOR for n in client.get_nodes()))
+            assert client.trimmed >= 10
+        else:
+            pool = client.connection_pool
+            await _until(lambda: _pooled(client) <= POOL_FLOOR)
+            assert pool.trimmed >= 10
+            if isinstance(pool, SentinelConnectionPool):  # each connect asked a Sentinel
+                sentinels = pool.sentinel_manager.sentinels
+                await _until(
+                    lambda: all(
+                        len(s.connection_pool._available_connections) <= POOL_FLOOR for s in sentinels
+                    )
+                )
+        await _until(
+            lambda: (
+                not (client if isinstance(client, RedisCluster) else client.connection_pool)._trimmer.armed
+            )
+        )
+        assert await hold(keys=["{burst}:k"], args=[0]) == 1
+    finally:
+        await client.aclose()
+
+
+async def test_every_store_uses_a_trimmed_waiting_pool(redis_url: str) -> None:
+    """The cache's, the limiter's, the routing state's and the rollouts' clients all come from
+    ``redis_client``, with the pool that waits and trims (the last two had no trim at all)."""
+    cache = RedisStore(redis_url, {"chat": CategoryBudget("chat", 250)}, prefix="pool:cache:")
+    limiter = RedisLimiter(redis_url, prefix="pool:limits:")
+    rollouts = RedisRolloutStore(redis_url, "pool:rollout:")
+    routing = SharedRouting(redis_url, dict, prefix="pool:routing:", replica_id="a")
+    stores = (cache, limiter, rollouts, routing)
+    for store in stores:
+        await store.start()
+    try:
+        for store in stores:
+            assert type(store._client.connection_pool) is WaitingConnectionPool, store
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_redis_py_keeps_what_the_cluster_trim_reads(cluster_url: str) -> None:
+    """``trim_node`` reads a cluster node's ``_free`` (a deque: the next connection taken from
+    its head, a released one appended to its tail) and ``_connections`` (every one it made)."""
+    client = redis_client(cluster_url, 1.0, 15)
+    assert isinstance(client, RedisCluster)
+    try:
+        await client.ping(target_nodes=RedisCluster.DEFAULT_NODE)
+        node = client.get_default_node()
+        a, b = node.acquire_connection(), node.acquire_connection()
+        node.release(a)
+        node.release(b)
+        assert type(node._free) is collections.deque and list(node._free)[-2:] == [a, b]
+        assert type(node._connections) is list and a in node._connections and b in node._connections
+        head = node._free[0]
+        taken = node.acquire_connection()
+        assert taken is head  # the least recently released first
+        node.release(taken)
+    finally:
+        await client.aclose()

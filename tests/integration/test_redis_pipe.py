@@ -18,7 +18,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.store import CategoryBudget
 from gateway.redis_link import Outage, redis_client
-from gateway.redis_pipe import IDLE_S, POOL_FLOOR, POOL_IDLE_S, STALL_MIN_S, ScriptPipe
+from gateway.redis_pipe import IDLE_S, STALL_MIN_S, ScriptPipe
+from gateway.redis_pool import POOL_FLOOR, POOL_IDLE_S
 from gateway.testing.redis_server import PrivateRedis
 
 ECHO = "return ARGV[1]"
@@ -55,7 +56,7 @@ async def piped(
 ) -> AsyncIterator[tuple[aioredis.Redis, ScriptPipe]]:
     """A client of ``url`` (connect timeout ``op_timeout_s``, 1 s at least) and its pipe, both
     closed at the end; the pipe's calls bounded by ``op_timeout_s`` if ``bounded``."""
-    client = redis_client(url, op_timeout_s, 15)
+    client = redis_client(url, op_timeout_s, 15, pool_idle_s=pool_idle_s)
     assert isinstance(client, aioredis.Redis)
     assert ScriptPipe.for_client(client, op_timeout_s) is not None  # a plain client gets one
     pipe = ScriptPipe(  # with the test's own stall and idle limits
@@ -63,7 +64,6 @@ async def piped(
         stall_s,
         idle_s,
         op_timeout_s=op_timeout_s if bounded else None,
-        pool_idle_s=pool_idle_s,
     )
     try:
         yield client, pipe
@@ -553,8 +553,8 @@ async def test_a_half_open_connection_is_replaced_in_the_background(private_redi
 
 async def test_the_pool_gives_back_a_bursts_connections_once_idle(private_redis: PrivateRedis) -> None:
     """redis-py's pool kept every connection a burst of concurrent calls made (h-leaks: +68
-    after 300 concurrent cacheable requests); the keepalive closes those idle past
-    ``pool_idle_s`` beyond the most recently used ``POOL_FLOOR``, and the pool serves on."""
+    after 300 concurrent cacheable requests); the pool closes those idle past ``pool_idle_s``
+    beyond the most recently used ``POOL_FLOOR``, and serves on."""
     async with piped(private_redis.url, idle_s=0.2, pool_idle_s=0.3) as (client, pipe):
         echo = client.register_script(ECHO)
         await client.script_load(SPIN)
@@ -565,7 +565,7 @@ async def test_the_pool_gives_back_a_bursts_connections_once_idle(private_redis:
         pool = client.connection_pool
         await _until(lambda: len(pool._available_connections) <= POOL_FLOOR)
         await _until_clients(private_redis.url, POOL_FLOOR + 1)  # the floor and the pipe
-        assert pipe.trimmed >= burst - POOL_FLOOR - 1
+        assert pool.trimmed >= burst - POOL_FLOOR - 1
         assert await client.eval(ECHO, 0, "still") == b"still"
         assert await pipe.run(echo, [], ["pipe"]) == b"pipe"
 
