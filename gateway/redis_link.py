@@ -16,6 +16,8 @@ alike: one place that makes clients, and the fail-open state of the link.
 The client: ``asyncio.timeout`` bounds each call (a call on a ``ScriptPipe`` is bounded by the
 pipe's own timer instead: ``redis_pipe.py``), the socket timeouts only what runs outside it
 (close). No redis-py retries: they would spend the call's budget; the outage backoff decides.
+The pools are the gateway's (``redis_pool.py``): a call beyond the URL's ``max_connections``
+(100) waits for a connection instead of failing, and a burst's idle connections are closed.
 Maintenance notifications (redis-py 8 default "auto", with RESP3) make the pool skip its check-out
 test for connections the server closed, so after a Redis restart the first call on each pooled
 connection would fail; they serve managed-Redis failovers only, so they are off.
