@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
@@ -311,5 +312,30 @@ async def test_redis_py_keeps_what_the_cluster_trim_reads(cluster_url: str) -> N
         taken = node.acquire_connection()
         assert taken is head  # the least recently released first
         node.release(taken)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("kind", ["plain", "sentinel"])
+async def test_a_waiting_call_cancelled_once_woken_wakes_the_next(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The connection a release woke a call for is not lost when that call is cancelled before it
+    resumes: the next waiting call is woken for it (else it waited until ``wait_s``)."""
+    url = str(request.getfixturevalue("redis_url" if kind == "plain" else "sentinel_url"))
+    client = redis_client(_with_query(url, "max_connections=1"), 1.0, 15)
+    assert isinstance(client, aioredis.Redis)
+    pool = client.connection_pool
+    assert isinstance(pool, WaitingConnectionPool)
+    try:
+        held = await pool.get_connection()
+        second = asyncio.ensure_future(client.eval("return 2", 0))
+        third = asyncio.ensure_future(client.eval("return 3", 0))
+        await _until(lambda: pool.waits == 2)
+        await pool.release(held)  # wakes the second
+        second.cancel()  # before it resumes
+        assert await third == 3
+        with pytest.raises(asyncio.CancelledError):
+            await second
     finally:
         await client.aclose()
