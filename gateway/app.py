@@ -34,6 +34,7 @@ from gateway.auth.keyring import KeyRing
 from gateway.auth.limits import Limiter, LocalLimiter
 from gateway.auth.records import KeyStore
 from gateway.auth.redis_limits import RedisLimiter
+from gateway.auth.throttle import FailedAuthThrottle
 from gateway.cache.memory_store import MemoryStore
 from gateway.cache.redis_store import RedisStore
 from gateway.cache.service import ResponseCache
@@ -172,6 +173,11 @@ def build_app(
         model_groups=policy.models.keys(),
     )
     app[keys.KEYRING] = key_ring
+    app[keys.AUTH_THROTTLE] = FailedAuthThrottle(
+        settings.auth_throttle_failures,
+        settings.auth_throttle_window_s,
+        count_loopback=settings.auth_throttle_loopback,
+    )
 
     async def cache_store_open(app: web.Application) -> AsyncIterator[None]:
         await store.start()  # never fails: an unreachable Redis starts unhealthy (fail-open)

@@ -30,6 +30,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     ├── RateLimited                429     *                       no     code=rate_limit_exceeded; type requests or tokens
     │   └── RequestTooLarge        429     *                       no     more tokens than the key's whole TPM; no retry
     ├── QuotaExceeded              429     insufficient_quota      no     code=insufficient_quota; the key's budget is spent
+    ├── AuthThrottled              429     rate_limit_error        no     code=auth_throttled; the address failed auth too often
     ├── InsufficientStorage        507     server_error            no     code=spool_full; no room to keep an upload (note 2)
     ├── ServiceUnavailable         503     service_unavailable     no     draining, not ready
     │   ├── ProviderNotConfigured  503     service_unavailable     no     code=provider_not_configured
@@ -473,6 +474,25 @@ class RequestTooLarge(RateLimited):
             headers=dict(_NO_CLIENT_RETRY),
         )
         self.kind = "tokens"
+
+
+class AuthThrottled(GatewayError):
+    """A client address failed authentication too often within the window
+    (``auth/throttle.py``): refused before its credential is read, a correct one included, for
+    the rest of the window (``Retry-After``). SDKs are told not to retry: their silent wait would
+    hide the refusal, and a retry with the same credential cannot fare better."""
+
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(
+            "Too many failed authentication attempts from this address. "
+            f"Try again in {_format_retry_after(retry_after_s)} s.",
+            code="auth_throttled",
+            headers={"retry-after": _format_retry_after(retry_after_s), **_NO_CLIENT_RETRY},
+        )
+        self.retry_after_s = retry_after_s
 
 
 class QuotaExceeded(GatewayError):

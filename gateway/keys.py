@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway.auth.gate import LimitGate
 from gateway.auth.identity import Caller
 from gateway.auth.keyring import KeyRing
+from gateway.auth.throttle import FailedAuthThrottle
 from gateway.cache.service import ResponseCache
 from gateway.memory.ingest import IngestService
 from gateway.memory.service import MemoryService
@@ -91,6 +92,8 @@ KEYRING: web.AppKey[KeyLookup] = web.AppKey("keyring")
 # The key ring itself, with its admin operations (/admin/keys, created by build_app); the edge
 # reads KEYRING, which is this same object unless a test plugged in a lookup of its own.
 KEY_ADMIN = web.AppKey("key_admin", KeyRing)
+# Failed credentials counted per client address, and the addresses refused for them (``http/auth.py``)
+AUTH_THROTTLE = web.AppKey("auth_throttle", FailedAuthThrottle)
 # Every dependency's health (GET /health, readiness, gateway_dependency_up)
 HEALTH = web.AppKey("health", HealthMonitor)
 # Frees caches when resident memory passes server.max_rss_bytes (absent when that is null)

@@ -171,6 +171,13 @@ class Settings:
     # SOPHIA_SHARED_ROUTING=0; its keys start with routing_prefix.
     shared_routing: bool = True
     routing_prefix: str = "sophia:routing:"
+    # Failed authentication throttle (``auth/throttle.py``): a client address with this many
+    # failed credentials (virtual keys, the admin token) within ``auth_throttle_window_s`` of its
+    # first is refused (429) for the rest of that window; 0 turns it off. Loopback clients are
+    # exempt unless ``auth_throttle_loopback`` (a same-host reverse proxy is every client).
+    auth_throttle_failures: int = 20
+    auth_throttle_window_s: float = 60.0
+    auth_throttle_loopback: bool = False
     # Set by ``serve --workers N`` (N > 1) in each worker; None for a process serving alone.
     worker: WorkerSlot | None = None
 
@@ -182,6 +189,10 @@ class Settings:
         e = os.environ if env is None else env
         base = cls()
         port = _env_number(e, "SOPHIA_PORT", int, 0, 65535, "a port number")
+        failures = _env_number(e, "SOPHIA_AUTH_THROTTLE_FAILURES", int, 0, None, "a number of failures")
+        window_s = _env_number(
+            e, "SOPHIA_AUTH_THROTTLE_WINDOW_S", float, 1.0, 86_400.0, "a number of seconds"
+        )
         return replace(
             base,
             policy_path=e.get("SOPHIA_POLICY", base.policy_path),
@@ -201,4 +212,7 @@ class Settings:
             rollout_prefix=e.get("SOPHIA_ROLLOUT_PREFIX", base.rollout_prefix),
             shared_routing=e.get("SOPHIA_SHARED_ROUTING", "1") not in ("0", "false", "no"),
             routing_prefix=e.get("SOPHIA_ROUTING_PREFIX", base.routing_prefix),
+            auth_throttle_failures=base.auth_throttle_failures if failures is None else failures,
+            auth_throttle_window_s=base.auth_throttle_window_s if window_s is None else window_s,
+            auth_throttle_loopback=e.get("SOPHIA_AUTH_THROTTLE_LOOPBACK", "0") in ("1", "true", "yes"),
         )

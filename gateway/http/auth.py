@@ -16,12 +16,18 @@ tenant (a hash of the Authorization header).
 Admin endpoints (``/admin/*``) need ``Authorization: Bearer $SOPHIA_ADMIN_TOKEN`` (compared in
 constant time) whenever the token is set; without it they answer only on a gateway bound to
 loopback, and 403 when it listens beyond.
+
+Each 401 of either kind is counted against the client's address (``auth/throttle.py``); an
+address that failed too often is refused with 429 ``auth_throttled`` before its credential is
+read, a correct one included, until its window ends. While no address has failed lately, a
+request pays one look at the empty table for it.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import re
 import socket
 
@@ -29,8 +35,11 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.auth.identity import Caller
-from gateway.errors import AuthenticationFailed, KeyStoreUnavailable, PermissionDenied
+from gateway.auth.throttle import FailedAuthThrottle
+from gateway.errors import AuthenticationFailed, AuthThrottled, KeyStoreUnavailable, PermissionDenied
 from gateway.settings import MAX_ADMIN_TOKEN_CHARS
+
+log = logging.getLogger("gateway.http")
 
 # A virtual key is ~50 characters; a credential this long is not one (and is refused before the
 # regular expression or any hash sees it).
@@ -100,11 +109,15 @@ async def authenticate(request: web.Request, *, key_header: str = "") -> Caller 
     (``X_API_KEY``: Anthropic's SDK sends it so; the Messages front door, issue 17) or
     ``api-key: <key>`` (``AZURE_API_KEY``: the AzureOpenAI client; the Azure door);
     ``Authorization`` wins when both are sent, unless it is empty (or only spaces).
-    Raises 401 ``invalid_api_key`` for a missing, malformed, unknown, revoked or expired key, and
-    the key ring's 503 when the key store cannot answer."""
+    Raises 401 ``invalid_api_key`` for a missing, malformed, unknown, revoked or expired key (and
+    counts it against the client's address), 429 ``auth_throttled`` before anything else for an
+    address that failed too often lately, and the key ring's 503 when the key store cannot answer."""
     app = request.app
     if app[keys.POLICY].auth.mode == "open":
         return None
+    throttle = app[keys.AUTH_THROTTLE]
+    if throttle.failures:  # some address failed lately: is it this one?
+        refuse_if_throttled(request, throttle, "api")
     authorization = request.headers.getall("Authorization", [])
     # An empty ``Authorization`` carries no credential (as for the open-mode tenant): the door's
     # key header is read, not refused for a blank line a proxy or an HTTP library added.
@@ -113,20 +126,61 @@ async def authenticate(request: web.Request, *, key_header: str = "") -> Caller 
     else:
         secret = bearer_token(authorization)
     if secret is None or not secret.startswith(KEY_PREFIX):
-        raise invalid_api_key(key_header)
+        raise failed(request, throttle, "api", invalid_api_key(key_header))
     keyring = app.get(keys.KEYRING)
     if keyring is None:  # no key store wired in: nobody can be checked, so nobody gets in
         raise KeyStoreUnavailable()
     caller = await keyring.authenticate(secret)
     if caller is None:
-        raise invalid_api_key(key_header)
+        raise failed(request, throttle, "api", invalid_api_key(key_header))
     return caller
+
+
+def refuse_if_throttled(request: web.Request, throttle: FailedAuthThrottle, door: str) -> None:
+    """Raise 429 ``auth_throttled`` (counted in ``gateway_auth_throttled_total{door}``, marked in
+    the access log) when ``request``'s client address is refused for its failures."""
+    retry_after_s = throttle.retry_after_s(request.remote)
+    if retry_after_s <= 0:
+        return
+    app = request.app
+    metrics = app[keys.METRICS]
+    metrics.child(metrics.auth_throttled, door).inc()
+    call = request.get(keys.REQUEST_CALL)
+    if call is not None:
+        call.auth_throttled = True
+    raise AuthThrottled(retry_after_s)
+
+
+def failed(
+    request: web.Request, throttle: FailedAuthThrottle, door: str, error: AuthenticationFailed
+) -> AuthenticationFailed:
+    """``error`` (to raise), with the failure counted against ``request``'s client address; the
+    failure that makes the address refused is logged (its address and door, never a credential)."""
+    if throttle.failed(request.remote):
+        log.warning(
+            "client address throttled after failed authentication",
+            extra={
+                "fields": {
+                    "client": request.remote,
+                    "door": door,
+                    "failures": throttle.limit,
+                    "window_s": throttle.window_s,
+                }
+            },
+        )
+    return error
 
 
 def require_admin(request: web.Request) -> None:
     """Let an admin request through, or raise: 401 without the right ``SOPHIA_ADMIN_TOKEN``; 403
-    when no token is set and the gateway listens beyond loopback (the admin API is then closed)."""
-    settings = request.app[keys.SETTINGS]
+    when no token is set and the gateway listens beyond loopback (the admin API is then closed);
+    429 ``auth_throttled`` first for a client address that failed too often lately (a wrong token
+    is counted against it, as a wrong key is)."""
+    app = request.app
+    throttle = app[keys.AUTH_THROTTLE]
+    if throttle.failures:
+        refuse_if_throttled(request, throttle, "admin")
+    settings = app[keys.SETTINGS]
     token = settings.admin_token
     if token is None:
         if is_loopback(settings.host):
@@ -147,11 +201,16 @@ def require_admin(request: web.Request) -> None:
         given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
     ):
         sent = "Authorization" in request.headers  # the caller knows whether it sent one
-        raise AuthenticationFailed(
-            "The admin token sent is not this gateway's SOPHIA_ADMIN_TOKEN."
-            if sent
-            else "The admin API needs 'Authorization: Bearer <SOPHIA_ADMIN_TOKEN>'.",
-            headers=_CHALLENGE,
+        raise failed(
+            request,
+            throttle,
+            "admin",
+            AuthenticationFailed(
+                "The admin token sent is not this gateway's SOPHIA_ADMIN_TOKEN."
+                if sent
+                else "The admin API needs 'Authorization: Bearer <SOPHIA_ADMIN_TOKEN>'.",
+                headers=_CHALLENGE,
+            ),
         )
 
 

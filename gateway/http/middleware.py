@@ -327,6 +327,7 @@ def _observe(
             call.stream_error,
             tried.each if tried is not None else None,
             call.effort_dropped,
+            call.auth_throttled,
         )
 
 

@@ -184,6 +184,8 @@ def _text_line(stamp: _Timestamps, entry: Entry) -> bytes:
         fields += f" stream_error={logfmt_value(entry['stream_error'])}"
     if "effort_dropped" in entry:  # the effort was withheld from the model that served it
         fields += " effort_dropped=True"  # as ``fallback`` is written
+    if "auth_throttled" in entry:  # refused for its address's failed credentials
+        fields += " auth_throttled=True"
     failed: list[dict[str, object]] | None = entry.get("failed_attempts")  # type: ignore[assignment]
     if failed:  # every attempt failed: provider/upstream_model:status:code of each, in order
         each = ",".join(f"{a['provider']}/{a['upstream_model']}:{a['status']}:{a['code']}" for a in failed)
@@ -344,13 +346,15 @@ class AccessLog:
         stream_error: str = "",
         failed: Sequence[tuple[str, str, int, str]] | None = None,
         effort_dropped: bool = False,
+        auth_throttled: bool = False,
     ) -> None:
         """Log one request; handed to the writer within ``FLUSH_INTERVAL_S``. ``stream_error``:
         why its stream failed after the first byte (the line has the field only then).
         ``failed``: a request every attempt failed, (provider, upstream model, status, code) of
         each attempt in order (the line's ``failed_attempts``, only then). ``effort_dropped``:
         the client's reasoning effort was withheld from the deployment that served it, declared
-        ``reasoning: false`` (the line's ``effort_dropped: true``, only then)."""
+        ``reasoning: false`` (the line's ``effort_dropped: true``, only then). ``auth_throttled``:
+        refused for its client address's failed credentials (``auth_throttled: true``, only then)."""
         entry: Entry = {
             "ts": time_ns(),
             "level": "info",
@@ -371,6 +375,8 @@ class AccessLog:
             entry["stream_error"] = stream_error
         if effort_dropped:
             entry["effort_dropped"] = True
+        if auth_throttled:
+            entry["auth_throttled"] = True
         if failed:
             entry["failed_attempts"] = [
                 {"provider": p, "upstream_model": m, "status": st, "code": c} for p, m, st, c in failed

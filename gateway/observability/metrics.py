@@ -730,6 +730,13 @@ class GatewayMetrics:
             "Requests refused by a key's limits, by team and reason (requests, tokens, budget).",
             ("team", "reason"),
         )
+        self.auth_throttled = Counter(
+            "gateway_auth_throttled",
+            "Requests refused (429 auth_throttled) before their credential was read, because their "
+            "client address failed authentication too often within the window, by door: api "
+            "(virtual keys) or admin (SOPHIA_ADMIN_TOKEN).",
+            ("door",),
+        )
         self.limits_local = Counter(
             "gateway_limits_local",
             "Limit checks counted in this process because the limits' Redis was unavailable "
@@ -812,6 +819,8 @@ class GatewayMetrics:
             self.rollouts.labels(result)
         for result in ("applied", "unchanged", "invalid", "failed"):
             self.policy_reloads.labels(result)
+        for door in ("api", "admin"):
+            self.auth_throttled.labels(door)
         self.registry.register(
             _PlainCollector([m for m in vars(self).values() if isinstance(m, Counter | Gauge | Histogram)])
         )

@@ -46,6 +46,9 @@ class CallRecord:
     # The client's reasoning effort was withheld from the deployment that served it, declared
     # ``reasoning: false`` (``effort.py``): the response's header and the access log say so
     effort_dropped: bool = False
+    # Refused (429 ``auth_throttled``) for its client address's failed credentials
+    # (``http/auth.py``): the access log's line says so
+    auth_throttled: bool = False
 
 
 @dataclass(slots=True)

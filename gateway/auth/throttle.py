@@ -1,0 +1,124 @@
+"""Failed authentication attempts counted per client address, and the addresses refused for them.
+
+A client address (the TCP peer: the gateway has no trusted-proxy setting, so ``X-Forwarded-For``
+is never read) that fails ``limit`` times within ``window_s`` of its first failure (a virtual key
+that is missing, malformed, unknown, revoked or expired; a wrong ``SOPHIA_ADMIN_TOKEN``) is
+refused, before its credential is looked at, for what is left of that window: every request that
+needs a credential, a correct one included (otherwise the refusal would tell a guesser which guess
+was right). Refused attempts are not counted: a client that waits the ``Retry-After`` it was told
+gets back in. So an address gets at most ``limit`` guesses a window.
+
+IPv6 clients are counted per /64 (one host is commonly given a whole /64, and would otherwise get
+``limit`` guesses per address of it); an IPv4-mapped IPv6 address counts as its IPv4 address.
+Loopback clients (127.0.0.0/8, ``::1``) are exempt unless ``count_loopback``: every client of a
+reverse proxy on the same host arrives from loopback, and counting them together would let any
+stranger lock every user out. A peer without an address (a worker's Unix socket) is never counted.
+
+The table holds at most ``max_addresses`` addresses; its entries are in the order their windows
+end (each window is ``window_s`` long and starts at insertion), so the ended ones are dropped
+from its front, and when it is full the oldest is evicted. Per process: with ``--workers N`` or
+several replicas an address gets up to ``limit`` failures a window in each (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+
+MAX_ADDRESSES = 10_000  # ~1.5 MB at most: an address string and a small entry each
+
+
+class _Failures:
+    __slots__ = ("count", "window_end")
+
+    def __init__(self, window_end: float) -> None:
+        self.window_end = window_end
+        self.count = 1
+
+
+class FailedAuthThrottle:
+    """The failures of each client address in its current window (``failed``), and how long an
+    address that reached ``limit`` is refused (``retry_after_s``). ``limit`` 0: off, nothing is
+    counted. ``clock``: seconds, monotonic."""
+
+    __slots__ = ("_clock", "_count_loopback", "_max", "failures", "limit", "window_s")
+
+    def __init__(
+        self,
+        limit: int,
+        window_s: float,
+        *,
+        count_loopback: bool = False,
+        max_addresses: int = MAX_ADDRESSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._count_loopback = count_loopback
+        self._max = max(1, max_addresses)
+        self._clock = clock
+        # Client key -> its failures. Read by the edge (``http/auth.py``) before anything else:
+        # while it is empty (no failure within a window), nothing more is done.
+        self.failures: dict[str, _Failures] = {}
+
+    def retry_after_s(self, address: str | None) -> float:
+        """Seconds ``address`` is still refused for; 0.0 when it is not."""
+        key = self.client_key(address)
+        entry = self.failures.get(key) if key is not None else None
+        if entry is None or entry.count < self.limit:
+            return 0.0
+        left = entry.window_end - self._clock()
+        if left > 0:
+            return left
+        del self.failures[key]  # type: ignore[arg-type]  # (key is not None: an entry was found)
+        return 0.0
+
+    def failed(self, address: str | None) -> bool:
+        """Count a failed attempt from ``address``; True when this one reached ``limit`` (the
+        address is refused from now on, for the rest of its window)."""
+        if self.limit <= 0:
+            return False
+        key = self.client_key(address)
+        if key is None:
+            return False
+        now = self._clock()
+        table = self.failures
+        entry = table.get(key)
+        if entry is not None and entry.window_end > now:
+            entry.count += 1
+            return entry.count == self.limit
+        if entry is not None:
+            del table[key]  # its window ended: a new one starts now, at the end of the order
+        self._make_room(now)
+        table[key] = _Failures(now + self.window_s)
+        return self.limit == 1
+
+    def _make_room(self, now: float) -> None:
+        """Drop the ended windows from the front of the table, then the oldest while it is full."""
+        table = self.failures
+        while table:
+            oldest = next(iter(table))
+            if table[oldest].window_end > now and len(table) < self._max:
+                return
+            del table[oldest]
+
+    def client_key(self, address: str | None) -> str | None:
+        """What ``address`` is counted under: itself for IPv4, its /64 for IPv6 (the IPv4 address
+        of an IPv4-mapped one); None when it is not counted (no address, loopback when exempt)."""
+        if not address:
+            return None
+        if ":" not in address:
+            if address.startswith("127.") and not self._count_loopback:
+                return None
+            return address
+        try:
+            ip = ipaddress.IPv6Address(address)
+        except ValueError:
+            return address  # not an address aiohttp gives; counted as it is
+        mapped = ip.ipv4_mapped
+        if mapped is not None:
+            return self.client_key(str(mapped))
+        if ip.is_loopback and not self._count_loopback:
+            return None
+        return ip.exploded[:19] + "::/64"

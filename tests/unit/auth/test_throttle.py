@@ -1,0 +1,81 @@
+"""The failed-authentication table (``auth/throttle.py``): its window, what an address is counted
+under, and its bound. The whole path over real HTTP: ``tests/unit/http/test_auth_throttle.py``."""
+
+from __future__ import annotations
+
+from gateway.auth.throttle import FailedAuthThrottle
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_address_is_refused_for_the_rest_of_the_window_of_its_first_failure() -> None:
+    clock = Clock()
+    throttle = FailedAuthThrottle(3, 60.0, clock=clock)
+    assert [throttle.failed("203.0.113.9") for _ in range(3)] == [False, False, True]
+    clock.now += 20.0
+    assert throttle.retry_after_s("203.0.113.9") == 40.0
+    assert throttle.retry_after_s("203.0.113.10") == 0.0  # another address: not refused
+    clock.now += 40.0
+    assert throttle.retry_after_s("203.0.113.9") == 0.0
+    assert throttle.failures == {}  # the ended window is dropped when it is looked at
+
+
+def test_failures_in_a_window_that_ended_start_a_new_one() -> None:
+    clock = Clock()
+    throttle = FailedAuthThrottle(3, 60.0, clock=clock)
+    throttle.failed("203.0.113.9")
+    throttle.failed("203.0.113.9")
+    clock.now += 60.0
+    assert throttle.failed("203.0.113.9") is False  # the first of a new window
+    assert throttle.retry_after_s("203.0.113.9") == 0.0
+
+
+def test_what_an_address_is_counted_under() -> None:
+    throttle = FailedAuthThrottle(2, 60.0, clock=Clock())
+    # An IPv6 host usually holds a whole /64: its addresses are one client.
+    throttle.failed("2001:db8:1:2::a")
+    assert throttle.failed("2001:db8:1:2:ffff::1") is True
+    assert throttle.retry_after_s("2001:0db8:0001:0002:0:0:0:7") == 60.0
+    assert throttle.retry_after_s("2001:db8:1:3::a") == 0.0  # the next /64
+    # An IPv4-mapped address (a dual-stack socket) is its IPv4 address.
+    throttle.failed("::ffff:198.51.100.7")
+    throttle.failed("198.51.100.7")
+    assert throttle.retry_after_s("::ffff:198.51.100.7") == 60.0
+
+
+def test_loopback_and_unix_sockets_are_exempt_unless_loopback_is_counted() -> None:
+    exempt = FailedAuthThrottle(1, 60.0, clock=Clock())
+    for address in ("127.0.0.1", "127.3.4.5", "::1", "::ffff:127.0.0.1", "", None):
+        assert exempt.failed(address) is False
+    assert exempt.failures == {}
+    counted = FailedAuthThrottle(1, 60.0, count_loopback=True, clock=Clock())
+    assert counted.failed("127.0.0.2") is True and counted.failed("::1") is True
+    assert counted.failed("") is False  # a peer worker over its Unix socket: never
+
+
+def test_a_limit_of_zero_counts_nothing() -> None:
+    throttle = FailedAuthThrottle(0, 60.0, clock=Clock())
+    assert throttle.failed("203.0.113.9") is False and throttle.failures == {}
+
+
+def test_the_table_is_bounded_evicting_the_oldest_window_first() -> None:
+    clock = Clock()
+    throttle = FailedAuthThrottle(2, 60.0, max_addresses=100, clock=clock)
+    throttle.failed("198.51.100.1")
+    throttle.failed("198.51.100.1")  # refused
+    for i in range(250):
+        clock.now += 0.01
+        throttle.failed(f"203.0.113.{i}")
+    assert len(throttle.failures) == 100
+    assert throttle.retry_after_s("198.51.100.1") == 0.0  # the oldest: evicted
+    assert "203.0.113.249" in throttle.failures and "203.0.113.149" not in throttle.failures
+    # Windows that ended leave the front of the table before anything current is evicted.
+    clock.now += 61.0
+    throttle.failed("192.0.2.1")
+    assert list(throttle.failures) == ["192.0.2.1"]

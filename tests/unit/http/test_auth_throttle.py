@@ -1,0 +1,299 @@
+"""Failed authentication is throttled per client address (``auth/throttle.py``), over real HTTP to
+an in-process gateway on loopback, with the official openai and anthropic SDKs as clients.
+
+The clients connect from distinct loopback addresses (127.0.0.2, .3, ...: Linux answers every
+address of 127/8), so the gateway sees distinct peers; the gateway counts loopback here
+(``auth_throttle_loopback``: exempt by default). Time is the throttle's clock, moved by hand.
+Before the throttle, every wrong credential was another 401, and a right one after them a 200.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import anthropic
+import httpx2
+import openai
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Application
+
+from gateway import keys
+from gateway.app import build_app
+from gateway.auth.identity import Caller
+from gateway.auth.throttle import FailedAuthThrottle
+from gateway.policy.loader import parse_policy
+from gateway.providers.base import UpstreamRequest
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+
+TOKEN = "admin-token-for-throttle-tests"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+LIMIT = 3
+WINDOW_S = 60.0
+POLICY = """
+version: 1
+providers:
+  a: {{kind: openai, base_url: "http://a.test/v1"}}
+models:
+  m: {{deployments: [{{provider: a, model: ma}}]}}
+memory: {{enabled: false}}
+cache: {{enabled: false}}
+auth:
+  store: {store}
+  teams: {{ops: {{}}}}
+"""
+WRONG = "sk-sg-" + "W" * 51  # well formed, issued by nobody
+CHAT = [{"role": "user", "content": "hi"}]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 5_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class CountingLookup:
+    """The real key ring, with every lookup of a secret counted."""
+
+    ring: keys.KeyLookup
+    asked: list[str] = field(default_factory=list)
+
+    async def authenticate(self, secret: str) -> Caller | None:
+        self.asked.append(secret)
+        return await self.ring.authenticate(secret)
+
+
+@dataclass
+class Gateway:
+    url: str
+    app: Application
+    clock: Clock
+    lookup: CountingLookup
+    secret: str  # a virtual key of team ops
+
+
+def answer(request: UpstreamRequest) -> MockResponse:
+    return MockResponse.json(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "model": orjson.loads(request.body)["model"],
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    )
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path, *, access_log: bool = False) -> AsyncIterator[Gateway]:
+    settings = Settings(
+        access_log=access_log,
+        admin_token=TOKEN,
+        policy_watch=False,
+        auth_throttle_failures=LIMIT,
+        auth_throttle_window_s=WINDOW_S,
+        auth_throttle_loopback=True,  # the tests' clients are all on loopback
+    )
+    policy = parse_policy(POLICY.format(store=tmp_path / "keys.sqlite3"))
+    app = build_app(settings, policy, {}, transports={"a": MockTransport(answer)})
+    built = app[keys.AUTH_THROTTLE]
+    assert (built.limit, built.window_s) == (LIMIT, WINDOW_S)  # as the settings say
+    clock = Clock()
+    app[keys.AUTH_THROTTLE] = FailedAuthThrottle(LIMIT, WINDOW_S, count_loopback=True, clock=clock)
+    lookup = app[keys.KEYRING] = CountingLookup(app[keys.KEYRING])
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        resp = await client.post("/admin/keys", json={"team": "ops"}, headers=ADMIN)
+        assert resp.status == 201, await resp.text()
+        secret = (await resp.json())["secret"]
+        yield Gateway(str(client.make_url("")), app, clock, lookup, secret)
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    async with serving(tmp_path) as gw:
+        yield gw
+
+
+def source(address: str) -> httpx2.AsyncClient:
+    """An HTTP client whose connections come from ``address``."""
+    return httpx2.AsyncClient(
+        transport=httpx2.AsyncHTTPTransport(local_address=address, verify=False)
+    )  # plain HTTP: no CA bundle to load
+
+
+@asynccontextmanager
+async def openai_from(gw: Gateway, address: str, key: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        api_key=key, base_url=gw.url + "/v1", max_retries=0, timeout=10, http_client=source(address)
+    ) as client:
+        yield client
+
+
+@asynccontextmanager
+async def anthropic_from(gw: Gateway, address: str, key: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    async with anthropic.AsyncAnthropic(
+        api_key=key, base_url=gw.url, max_retries=0, timeout=10, http_client=source(address)
+    ) as client:
+        yield client
+
+
+def throttled_count(gw: Gateway, door: str) -> float:
+    metrics = gw.app[keys.METRICS]
+    return metrics.auth_throttled.labels(door).value
+
+
+async def chat(client: openai.AsyncOpenAI) -> str | None:
+    done = await client.chat.completions.create(model="m", messages=CHAT)  # type: ignore[arg-type]
+    return done.choices[0].message.content
+
+
+async def test_an_address_that_fails_too_often_is_refused_on_the_openai_door_before_any_lookup(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = gateway
+    async with openai_from(gw, "127.0.0.2", WRONG) as guesser:
+        for _ in range(LIMIT):
+            with pytest.raises(openai.AuthenticationError):
+                await chat(guesser)
+        assert len(gw.lookup.asked) == LIMIT
+        with pytest.raises(openai.RateLimitError) as refused:
+            await chat(guesser)
+    error = refused.value
+    assert error.code == "auth_throttled" and error.type == "rate_limit_error", error.body
+    assert error.response.headers["retry-after"] == "60"
+    assert error.response.headers["x-should-retry"] == "false"  # the SDK must not sleep it away
+    assert WRONG[6:] not in error.response.text
+    # The right key from the throttled address: refused too (else the refusal would tell a
+    # guesser which guess was right), without the key ring being asked.
+    async with openai_from(gw, "127.0.0.2", gw.secret) as same_address:
+        with pytest.raises(openai.RateLimitError):
+            await chat(same_address)
+        # The models list, another route behind the same key check.
+        with pytest.raises(openai.RateLimitError):
+            await same_address.models.list()
+    assert len(gw.lookup.asked) == LIMIT
+    # Another address with the right key is served meanwhile.
+    async with openai_from(gw, "127.0.0.3", gw.secret) as other:
+        assert await chat(other) == "hi"
+    assert throttled_count(gw, "api") == 3 and throttled_count(gw, "admin") == 0
+    throttled = [r for r in caplog.records if r.getMessage().startswith("client address throttled")]
+    assert len(throttled) == 1 and throttled[0].fields["client"] == "127.0.0.2"  # type: ignore[attr-defined]
+    # The window passes: the address is served again.
+    gw.clock.now += WINDOW_S
+    async with openai_from(gw, "127.0.0.2", gw.secret) as same_address:
+        assert await chat(same_address) == "hi"
+
+
+async def test_the_messages_door_refuses_a_throttled_address_in_anthropics_envelope(gateway: Gateway) -> None:
+    gw = gateway
+    async with anthropic_from(gw, "127.0.0.4", WRONG) as guesser:
+        for _ in range(LIMIT):
+            with pytest.raises(anthropic.AuthenticationError):
+                await guesser.messages.create(model="m", max_tokens=8, messages=CHAT)  # type: ignore[arg-type]
+    async with anthropic_from(gw, "127.0.0.4", gw.secret) as same_address:
+        with pytest.raises(anthropic.RateLimitError) as refused:
+            await same_address.messages.create(model="m", max_tokens=8, messages=CHAT)  # type: ignore[arg-type]
+    assert refused.value.body == {
+        "type": "error",
+        "error": {
+            "type": "rate_limit_error",
+            "message": "Too many failed authentication attempts from this address. Try again in 60 s.",
+        },
+    }
+    assert refused.value.response.headers["retry-after"] == "60"
+    assert refused.value.response.headers["request-id"]  # the SDK's request_id, as on every answer
+    async with anthropic_from(gw, "127.0.0.5", gw.secret) as other:
+        done = await other.messages.create(model="m", max_tokens=8, messages=CHAT)  # type: ignore[arg-type]
+        assert done.content[0].text == "hi"  # type: ignore[union-attr]
+    # A wrong key on either door counts against the same address: the OpenAI door refuses it too.
+    async with openai_from(gw, "127.0.0.4", gw.secret) as same_address:
+        with pytest.raises(openai.RateLimitError):
+            await chat(same_address)
+
+
+async def test_wrong_admin_tokens_throttle_the_admin_api_in_its_format(gateway: Gateway) -> None:
+    gw = gateway
+
+    async def admin(address: str, token: str) -> tuple[int, dict[str, str], dict[str, object]]:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(gw.url + "/admin/keys", headers={"Authorization": f"Bearer {token}"}) as resp,
+        ):
+            return resp.status, dict(resp.headers), await resp.json()
+
+    for _ in range(LIMIT):
+        assert (await admin("127.0.0.6", "not-the-token"))[0] == 401
+    status, headers, body = await admin("127.0.0.6", TOKEN)  # the right token: refused as well
+    assert status == 429 and headers["Retry-After"] == "60", body
+    assert body == {
+        "error": {
+            "message": "Too many failed authentication attempts from this address. Try again in 60 s.",
+            "type": "rate_limit_error",
+            "param": None,
+            "code": "auth_throttled",
+        }
+    }
+    assert (await admin("127.0.0.7", TOKEN))[0] == 200
+    assert throttled_count(gw, "admin") == 1
+    gw.clock.now += WINDOW_S
+    assert (await admin("127.0.0.6", TOKEN))[0] == 200
+
+
+async def test_a_throttled_request_is_marked_in_the_access_log(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")  # the access log is on only then
+    async with serving(tmp_path, access_log=True) as gw, openai_from(gw, "127.0.0.8", WRONG) as guesser:
+        for _ in range(LIMIT + 1):
+            with pytest.raises(openai.APIStatusError):
+                await chat(guesser)
+    lines = [orjson.loads(line) for line in capfd.readouterr().err.splitlines() if '"gateway.access"' in line]
+    chats = [line for line in lines if line["path"] == "/v1/chat/completions"]
+    assert [(line["status"], line.get("auth_throttled")) for line in chats] == [
+        (401, None),
+        (401, None),
+        (401, None),
+        (429, True),
+    ]
+
+
+async def test_loopback_clients_are_exempt_by_default(tmp_path: Path) -> None:
+    """The default (``SOPHIA_AUTH_THROTTLE_LOOPBACK`` unset): a same-host proxy's clients all
+    arrive from loopback, and a stranger's failures must not lock them all out."""
+    settings = Settings.from_env({"SOPHIA_AUTH_THROTTLE_FAILURES": "2"})
+    assert (settings.auth_throttle_window_s, settings.auth_throttle_loopback) == (60.0, False)
+    policy = parse_policy(POLICY.format(store=tmp_path / "keys.sqlite3"))
+    app = build_app(settings, policy, {}, transports={"a": MockTransport(answer)})
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        for _ in range(5):
+            resp = await client.get("/v1/models", headers={"Authorization": f"Bearer {WRONG}"})
+            assert resp.status == 401
+    assert app[keys.AUTH_THROTTLE].failures == {}
+
+
+def test_the_defaults_are_on_at_20_failures_a_minute() -> None:
+    settings = Settings.from_env({})
+    assert (settings.auth_throttle_failures, settings.auth_throttle_window_s) == (20, 60.0)
+    assert Settings.from_env({"SOPHIA_AUTH_THROTTLE_LOOPBACK": "1"}).auth_throttle_loopback is True
+    assert Settings.from_env({"SOPHIA_AUTH_THROTTLE_FAILURES": "0"}).auth_throttle_failures == 0  # off
+    for name, value in (("SOPHIA_AUTH_THROTTLE_FAILURES", "-1"), ("SOPHIA_AUTH_THROTTLE_WINDOW_S", "0")):
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env({name: value})
+
+
+@pytest.fixture(autouse=True)
+def _gateway_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.http")
