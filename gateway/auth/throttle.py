@@ -22,11 +22,13 @@ several replicas an address gets up to ``limit`` failures a window in each (ARCH
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import time
 from collections.abc import Callable
 
 MAX_ADDRESSES = 10_000  # ~1.5 MB at most: an address string and a small entry each
+_V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
+_V6_LOOPBACK = bytes(15) + b"\x01"  # ::1
 
 
 class _Failures:
@@ -112,13 +114,14 @@ class FailedAuthThrottle:
             if address.startswith("127.") and not self._count_loopback:
                 return None
             return address
+        # ``inet_pton``, not ``ipaddress`` (``IPv6Address(...).exploded`` took ~10 us): an IPv6
+        # client pays this on each request while any address is in the table.
         try:
-            ip = ipaddress.IPv6Address(address)
-        except ValueError:
+            packed = socket.inet_pton(socket.AF_INET6, address.partition("%")[0])  # (no zone id)
+        except OSError:
             return address  # not an address aiohttp gives; counted as it is
-        mapped = ip.ipv4_mapped
-        if mapped is not None:
-            return self.client_key(str(mapped))
-        if ip.is_loopback and not self._count_loopback:
+        if packed[:12] == _V4_MAPPED:
+            return self.client_key(socket.inet_ntop(socket.AF_INET, packed[12:]))
+        if packed == _V6_LOOPBACK and not self._count_loopback:
             return None
-        return ip.exploded[:19] + "::/64"
+        return packed[:8].hex() + "/64"  # its first 64 bits (inet_ntop would cost 0.6 us more)

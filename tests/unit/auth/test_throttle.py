@@ -43,6 +43,7 @@ def test_what_an_address_is_counted_under() -> None:
     assert throttle.failed("2001:db8:1:2:ffff::1") is True
     assert throttle.retry_after_s("2001:0db8:0001:0002:0:0:0:7") == 60.0
     assert throttle.retry_after_s("2001:db8:1:3::a") == 0.0  # the next /64
+    assert throttle.client_key("fe80::1:2%eth0") == throttle.client_key("fe80::9") == "fe80000000000000/64"
     # An IPv4-mapped address (a dual-stack socket) is its IPv4 address.
     throttle.failed("::ffff:198.51.100.7")
     throttle.failed("198.51.100.7")
