@@ -69,7 +69,7 @@ from gateway.service.recovery import (
     pool_reconnects,
 )
 from gateway.service.responses import ResponsesService, cache_budgets
-from gateway.settings import Settings
+from gateway.settings import Settings, parse_networks
 from gateway.wire.requests import Endpoint
 
 
@@ -176,7 +176,7 @@ def build_app(
     app[keys.AUTH_THROTTLE] = FailedAuthThrottle(
         settings.auth_throttle_failures,
         settings.auth_throttle_window_s,
-        count_loopback=settings.auth_throttle_loopback,
+        exempt=parse_networks(settings.auth_throttle_exempt),
     )
 
     async def cache_store_open(app: web.Application) -> AsyncIterator[None]:

@@ -6,6 +6,7 @@ settings that describe routing live in the policy file.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -14,6 +15,33 @@ from typing import TypeVar
 
 N = TypeVar("N", int, float)
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Loopback, RFC 1918 private, shared address space (RFC 6598, used by some clusters' pods),
+# link-local, IPv6 unique-local and link-local: where a proxy in front of the gateway lives.
+DEFAULT_EXEMPT = (
+    "127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,169.254.0.0/16,"
+    "::1/128,fc00::/7,fe80::/10"
+)
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """``text``'s comma-separated networks (CIDR or single addresses); ``none`` or nothing: none.
+    ValueError naming the one that is not a network."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    networks = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an address or a network (CIDR)") from None
+    return tuple(networks)
 
 
 class SettingsError(ValueError):
@@ -173,11 +201,12 @@ class Settings:
     routing_prefix: str = "sophia:routing:"
     # Failed authentication throttle (``auth/throttle.py``): a client address with this many
     # failed credentials (virtual keys, the admin token) within ``auth_throttle_window_s`` of its
-    # first is refused (429) for the rest of that window; 0 turns it off. Loopback clients are
-    # exempt unless ``auth_throttle_loopback`` (a same-host reverse proxy is every client).
+    # first is refused (429) for the rest of that window; 0 turns it off. Clients in
+    # ``auth_throttle_exempt`` (comma-separated networks; default loopback and the private ranges,
+    # where a proxy in front of the gateway is every client) are never counted.
     auth_throttle_failures: int = 20
     auth_throttle_window_s: float = 60.0
-    auth_throttle_loopback: bool = False
+    auth_throttle_exempt: str = DEFAULT_EXEMPT
     # Set by ``serve --workers N`` (N > 1) in each worker; None for a process serving alone.
     worker: WorkerSlot | None = None
 
@@ -193,6 +222,11 @@ class Settings:
         window_s = _env_number(
             e, "SOPHIA_AUTH_THROTTLE_WINDOW_S", float, 1.0, 86_400.0, "a number of seconds"
         )
+        exempt = e.get("SOPHIA_AUTH_THROTTLE_EXEMPT") or base.auth_throttle_exempt
+        try:
+            parse_networks(exempt)
+        except ValueError as exc:
+            raise SettingsError(f"SOPHIA_AUTH_THROTTLE_EXEMPT: {exc}") from None
         return replace(
             base,
             policy_path=e.get("SOPHIA_POLICY", base.policy_path),
@@ -214,5 +248,5 @@ class Settings:
             routing_prefix=e.get("SOPHIA_ROUTING_PREFIX", base.routing_prefix),
             auth_throttle_failures=base.auth_throttle_failures if failures is None else failures,
             auth_throttle_window_s=base.auth_throttle_window_s if window_s is None else window_s,
-            auth_throttle_loopback=e.get("SOPHIA_AUTH_THROTTLE_LOOPBACK", "0") in ("1", "true", "yes"),
+            auth_throttle_exempt=exempt,
         )

@@ -10,9 +10,14 @@ gets back in. So an address gets at most ``limit`` guesses a window.
 
 IPv6 clients are counted per /64 (one host is commonly given a whole /64, and would otherwise get
 ``limit`` guesses per address of it); an IPv4-mapped IPv6 address counts as its IPv4 address.
-Loopback clients (127.0.0.0/8, ``::1``) are exempt unless ``count_loopback``: every client of a
-reverse proxy on the same host arrives from loopback, and counting them together would let any
-stranger lock every user out. A peer without an address (a worker's Unix socket) is never counted.
+Addresses in ``exempt`` are never counted: by default (``DEFAULT_EXEMPT``) loopback and the private,
+shared and link-local ranges. Every client of a reverse proxy, an ingress controller or a load
+balancer that does not keep the client's address arrives from that one (usually private) address,
+and counting them together would let any stranger, or one application left with a revoked key,
+lock every user out. So by default only public peers (a gateway reached directly) are throttled;
+``SOPHIA_AUTH_THROTTLE_EXEMPT`` sets the list. A peer without an address (a worker's Unix socket)
+is never counted. The exemption is checked when a failure is counted, never on a request that
+succeeds (an exempt address is never in the table, so its lookup misses).
 
 The table holds at most ``max_addresses`` addresses; its entries are in the order their windows
 end (each window is ``window_s`` long and starts at insertion), so the ended ones are dropped
@@ -22,13 +27,15 @@ several replicas an address gets up to ``limit`` failures a window in each (ARCH
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from gateway.settings import DEFAULT_EXEMPT, Network, parse_networks
 
 MAX_ADDRESSES = 10_000  # ~1.5 MB at most: an address string and a small entry each
 _V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
-_V6_LOOPBACK = bytes(15) + b"\x01"  # ::1
 
 
 class _Failures:
@@ -44,20 +51,20 @@ class FailedAuthThrottle:
     address that reached ``limit`` is refused (``retry_after_s``). ``limit`` 0: off, nothing is
     counted. ``clock``: seconds, monotonic."""
 
-    __slots__ = ("_clock", "_count_loopback", "_max", "failures", "limit", "window_s")
+    __slots__ = ("_clock", "_exempt", "_max", "failures", "limit", "window_s")
 
     def __init__(
         self,
         limit: int,
         window_s: float,
         *,
-        count_loopback: bool = False,
+        exempt: Sequence[Network] | None = None,
         max_addresses: int = MAX_ADDRESSES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit = limit
         self.window_s = window_s
-        self._count_loopback = count_loopback
+        self._exempt = tuple(parse_networks(DEFAULT_EXEMPT) if exempt is None else exempt)
         self._max = max(1, max_addresses)
         self._clock = clock
         # Client key -> its failures. Read by the edge (``http/auth.py``) before anything else:
@@ -82,7 +89,7 @@ class FailedAuthThrottle:
         if self.limit <= 0:
             return False
         key = self.client_key(address)
-        if key is None:
+        if key is None or self.exempt(address):
             return False
         now = self._clock()
         table = self.failures
@@ -105,14 +112,25 @@ class FailedAuthThrottle:
                 return
             del table[oldest]
 
+    def exempt(self, address: str | None) -> bool:
+        """Whether ``address`` (an IPv4-mapped one as its IPv4 address) is in an exempt network.
+        Only asked when a failure is counted."""
+        if not self._exempt or not address:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._exempt)
+
     def client_key(self, address: str | None) -> str | None:
         """What ``address`` is counted under: itself for IPv4, its /64 for IPv6 (the IPv4 address
-        of an IPv4-mapped one); None when it is not counted (no address, loopback when exempt)."""
+        of an IPv4-mapped one); None when it is not counted (no address)."""
         if not address:
             return None
         if ":" not in address:
-            if address.startswith("127.") and not self._count_loopback:
-                return None
             return address
         # ``inet_pton``, not ``ipaddress`` (``IPv6Address(...).exploded`` took ~10 us): an IPv6
         # client pays this on each request while any address is in the table.
@@ -122,6 +140,4 @@ class FailedAuthThrottle:
             return address  # not an address aiohttp gives; counted as it is
         if packed[:12] == _V4_MAPPED:
             return self.client_key(socket.inet_ntop(socket.AF_INET, packed[12:]))
-        if packed == _V6_LOOPBACK and not self._count_loopback:
-            return None
         return packed[:8].hex() + "/64"  # its first 64 bits (inet_ntop would cost 0.6 us more)

@@ -4,6 +4,7 @@ under, and its bound. The whole path over real HTTP: ``tests/unit/http/test_auth
 from __future__ import annotations
 
 from gateway.auth.throttle import FailedAuthThrottle
+from gateway.settings import parse_networks
 
 
 class Clock:
@@ -50,14 +51,28 @@ def test_what_an_address_is_counted_under() -> None:
     assert throttle.retry_after_s("::ffff:198.51.100.7") == 60.0
 
 
-def test_loopback_and_unix_sockets_are_exempt_unless_loopback_is_counted() -> None:
+def test_loopback_private_ranges_and_unix_sockets_are_exempt_by_default() -> None:
+    """Where a reverse proxy, an ingress controller or a load balancer in front of the gateway
+    lives: loopback, RFC 1918, shared, link-local, IPv6 unique-local and link-local. One
+    application with a revoked key behind such a proxy must not lock out everyone behind it."""
     exempt = FailedAuthThrottle(1, 60.0, clock=Clock())
-    for address in ("127.0.0.1", "127.3.4.5", "::1", "::ffff:127.0.0.1", "", None):
-        assert exempt.failed(address) is False
+    for address in (
+        "127.0.0.1", "127.3.4.5", "::1", "::ffff:127.0.0.1", "", None,
+        "10.12.0.7", "172.16.5.4", "172.31.255.1", "192.168.1.20", "100.64.3.2", "169.254.1.1",
+        "::ffff:10.0.0.1", "fd12:3456::1", "fe80::1%eth0",
+    ):  # fmt: skip
+        assert exempt.failed(address) is False, address
     assert exempt.failures == {}
-    counted = FailedAuthThrottle(1, 60.0, count_loopback=True, clock=Clock())
+    for public in ("203.0.113.9", "172.32.0.1", "2001:db8::1", "::ffff:198.51.100.7"):
+        assert exempt.failed(public) is True, public  # (limit 1: the first failure is the limit)
+    counted = FailedAuthThrottle(1, 60.0, exempt=(), clock=Clock())
     assert counted.failed("127.0.0.2") is True and counted.failed("::1") is True
+    assert counted.failed("10.1.2.3") is True
     assert counted.failed("") is False  # a peer worker over its Unix socket: never
+    only = FailedAuthThrottle(1, 60.0, exempt=parse_networks("192.0.2.0/24, 2001:db8:9::/48"), clock=Clock())
+    assert only.failed("192.0.2.77") is False and only.failed("2001:db8:9:1::5") is False
+    assert only.failed("10.0.0.1") is True  # the list replaces the default, it does not add to it
+    assert parse_networks("none") == parse_networks("") == ()
 
 
 def test_a_limit_of_zero_counts_nothing() -> None:

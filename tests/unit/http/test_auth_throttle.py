@@ -3,13 +3,14 @@ an in-process gateway on loopback, with the official openai and anthropic SDKs a
 
 The clients connect from distinct loopback addresses (127.0.0.2, .3, ...: Linux answers every
 address of 127/8), so the gateway sees distinct peers; the gateway counts loopback here
-(``auth_throttle_loopback``: exempt by default). Time is the throttle's clock, moved by hand.
+(``auth_throttle_exempt`` "none": loopback and the private ranges are exempt by default). Time is the throttle's clock, moved by hand.
 Before the throttle, every wrong credential was another 401, and a right one after them a 200.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -104,14 +105,14 @@ async def serving(tmp_path: Path, *, access_log: bool = False) -> AsyncIterator[
         policy_watch=False,
         auth_throttle_failures=LIMIT,
         auth_throttle_window_s=WINDOW_S,
-        auth_throttle_loopback=True,  # the tests' clients are all on loopback
+        auth_throttle_exempt="none",  # the tests' clients are all on loopback
     )
     policy = parse_policy(POLICY.format(store=tmp_path / "keys.sqlite3"))
     app = build_app(settings, policy, {}, transports={"a": MockTransport(answer)})
     built = app[keys.AUTH_THROTTLE]
-    assert (built.limit, built.window_s) == (LIMIT, WINDOW_S)  # as the settings say
+    assert (built.limit, built.window_s, built.exempt("127.0.0.2")) == (LIMIT, WINDOW_S, False)
     clock = Clock()
-    app[keys.AUTH_THROTTLE] = FailedAuthThrottle(LIMIT, WINDOW_S, count_loopback=True, clock=clock)
+    app[keys.AUTH_THROTTLE] = FailedAuthThrottle(LIMIT, WINDOW_S, exempt=(), clock=clock)
     lookup = app[keys.KEYRING] = CountingLookup(app[keys.KEYRING])
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         resp = await client.post("/admin/keys", json={"team": "ops"}, headers=ADMIN)
@@ -271,10 +272,10 @@ async def test_a_throttled_request_is_marked_in_the_access_log(
 
 
 async def test_loopback_clients_are_exempt_by_default(tmp_path: Path) -> None:
-    """The default (``SOPHIA_AUTH_THROTTLE_LOOPBACK`` unset): a same-host proxy's clients all
+    """The default (``SOPHIA_AUTH_THROTTLE_EXEMPT`` unset): a same-host proxy's clients all
     arrive from loopback, and a stranger's failures must not lock them all out."""
     settings = Settings.from_env({"SOPHIA_AUTH_THROTTLE_FAILURES": "2"})
-    assert (settings.auth_throttle_window_s, settings.auth_throttle_loopback) == (60.0, False)
+    assert settings.auth_throttle_window_s == 60.0
     policy = parse_policy(POLICY.format(store=tmp_path / "keys.sqlite3"))
     app = build_app(settings, policy, {}, transports={"a": MockTransport(answer)})
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
@@ -287,7 +288,9 @@ async def test_loopback_clients_are_exempt_by_default(tmp_path: Path) -> None:
 def test_the_defaults_are_on_at_20_failures_a_minute() -> None:
     settings = Settings.from_env({})
     assert (settings.auth_throttle_failures, settings.auth_throttle_window_s) == (20, 60.0)
-    assert Settings.from_env({"SOPHIA_AUTH_THROTTLE_LOOPBACK": "1"}).auth_throttle_loopback is True
+    assert Settings.from_env({"SOPHIA_AUTH_THROTTLE_EXEMPT": "none"}).auth_throttle_exempt == "none"
+    with pytest.raises(ValueError, match=re.escape("SOPHIA_AUTH_THROTTLE_EXEMPT: '10.0.0.0/33' is not")):
+        Settings.from_env({"SOPHIA_AUTH_THROTTLE_EXEMPT": "192.0.2.0/24, 10.0.0.0/33"})
     assert Settings.from_env({"SOPHIA_AUTH_THROTTLE_FAILURES": "0"}).auth_throttle_failures == 0  # off
     for name, value in (("SOPHIA_AUTH_THROTTLE_FAILURES", "-1"), ("SOPHIA_AUTH_THROTTLE_WINDOW_S", "0")):
         with pytest.raises(ValueError, match=name):
