@@ -15,7 +15,7 @@ import pytest
 from benchmarks.processes import Logged, launch, process_tree
 from benchmarks.proxy_overhead import BODY, LONG_STREAM_BODY, STREAM_BODY
 from benchmarks.stream_probe import probe
-from gateway.testing.process import ManagedProcess, free_port, start
+from gateway.testing.process import ManagedProcess, start
 
 FLOOR = str(Path(__file__).resolve().parents[2] / "benchmarks" / "floor_proxy.py")
 CHAT = "/v1/chat/completions"
@@ -35,9 +35,10 @@ def fake() -> Iterator[ManagedProcess]:
 
 
 def floor(fake: ManagedProcess, log: Path, workers: int = 1) -> Logged:
-    port = free_port() if workers > 1 else 0
+    # Port 0 with several workers too: the supervisor binds the port it then hands on (a port
+    # picked here first could be taken by another test's process before the floor binds it).
     return launch(
-        [sys.executable, FLOOR, "--upstream", fake.url, "--port", str(port), "--workers", str(workers)], log
+        [sys.executable, FLOOR, "--upstream", fake.url, "--port", "0", "--workers", str(workers)], log
     )
 
 
