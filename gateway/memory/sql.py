@@ -119,6 +119,10 @@ COLUMNS = (
     Column("owner", "TEXT", "VARCHAR"),
 )
 CORE_COLUMNS = frozenset({"id", "namespace", "content"})
+# An archive's change to a row: row_version bumped (a follower's cached searches dropped), not
+# last_updated (retention still counts from the last real change).
+_ARCHIVED = "processing_status = 'archived', row_version = row_version + 1"
+
 _SELECT = ", ".join(c.name for c in COLUMNS)
 
 
@@ -500,7 +504,7 @@ class MemoryQueries:
 
     def delete(self, cur: Cursor, ids: Sequence[str]) -> int:
         if self.dialect.name != "sqlite" and self.in_transaction:
-            return self._delete_logged(cur, ids)
+            return self._write_logged(cur, ids)
         deleted = 0
         self.lock_log(cur)
         for part in chunks(list(dict.fromkeys(ids))):
@@ -513,19 +517,27 @@ class MemoryQueries:
             self.log_changes(cur, gone)
         return deleted
 
-    def _delete_logged(
-        self, cur: Cursor, ids: Sequence[str], rule: tuple[str, Sequence[object]] | None = None
+    def _write_logged(
+        self,
+        cur: Cursor,
+        ids: Sequence[str],
+        rule: tuple[str, Sequence[object]] | None = None,
+        *,
+        archive: bool = False,
     ) -> int:
-        """Snowflake, inside ``transaction``: which of ``ids`` are stored is read before the lock
+        """Snowflake, inside ``transaction``: delete (or, ``archive``, archive) the rows of ``ids``
+        with an entry each in the change log. Which of ``ids`` are stored is read before the lock
         (a read needs none), their entries' numbers are reserved in the locking UPDATE, then,
         under the lock, each chunk's entries are written from the rows themselves (namespace and
-        owner as they are now) and the rows deleted: 4 round trips under the lock for up to 500
-        ids, against 7. A row deleted by another writer between the read and the lock makes the
-        entries fewer than the numbers reserved: rolled back and tried again (``_StaleCounter``).
-        Nothing stored: nothing to lock, write or log. Already under the lock: the numbers are
-        counted on there. ``rule`` (a retention delete's ``where`` and its parameters): only rows
-        that still match it under the lock are logged and deleted; one that stopped matching
-        since the read (patched) makes the entries fewer, and the delete is tried again."""
+        owner as they are now) and the rows deleted or archived: 4 round trips under the lock for
+        up to 500 ids, against 7 (a delete) or 6 (an archive). A row deleted by another writer
+        between the read and the lock makes the entries fewer than the numbers reserved: rolled
+        back and tried again (``_StaleCounter``). Nothing stored: nothing to lock, write or log.
+        Already under the lock: the numbers are counted on there. ``rule`` (a retention delete's
+        or an archive's ``where`` and its parameters; ``ids`` then are its rows, just read): only
+        rows that still match it under the lock are logged and written; one that stopped
+        matching since the read (patched, archived) makes the entries fewer, and the write is
+        tried again from its read, so no row is logged twice."""
         stored: Counter[str] = Counter()  # rows an id (a table from before MERGE may hold two)
         if rule is not None:  # the ids are the rule's rows, just read
             stored.update(ids)
@@ -538,7 +550,7 @@ class MemoryQueries:
         total = stored.total()
         self.lock_log(cur, reserve=total)
         self._take_numbers(cur, total)
-        deleted = 0
+        written = 0
         logged = 0  # entries written by the chunks before
         where, where_params = ("", []) if rule is None else (f" AND ({rule[0]})", list(rule[1]))
         for part in chunks(sorted(stored)):
@@ -547,21 +559,20 @@ class MemoryQueries:
             cur.execute(
                 f"INSERT INTO {self.changes_table} (seq, memory_id, namespace, owner, deleted) "
                 f"SELECT counter.seq - ? + ROW_NUMBER() OVER (ORDER BY stored.id), stored.id, "
-                f"stored.namespace, stored.owner, 1 FROM {self._counter_now} AS counter, "
+                f"stored.namespace, stored.owner, {0 if archive else 1} FROM {self._counter_now} AS counter, "
                 f"{self.table} AS stored WHERE stored.id IN ({marks(len(part))}){where} AND {self._unlogged}",
                 [reserved, *part, *where_params, reserved],
             )
             if (cur.rowcount or 0) != expected:
                 raise _StaleCounter(
-                    f"{cur.rowcount or 0} entries written for {expected} rows: a row deleted or "
+                    f"{cur.rowcount or 0} entries written for {expected} rows: a row changed or "
                     "added since they were read, or the counter behind its log"
                 )
             logged += expected
-            cur.execute(
-                f"DELETE FROM {self.table} WHERE id IN ({marks(len(part))}){where}", [*part, *where_params]
-            )
-            deleted += cur.rowcount or 0
-        return deleted
+            change = f"UPDATE {self.table} SET {_ARCHIVED}" if archive else f"DELETE FROM {self.table}"
+            cur.execute(f"{change} WHERE id IN ({marks(len(part))}){where}", [*part, *where_params])
+            written += cur.rowcount or 0
+        return written
 
     # ----- the change log: what other processes sharing the store must apply to their index
 
@@ -808,16 +819,19 @@ class MemoryQueries:
         if dry_run:
             cur.execute(f"SELECT COUNT(*) FROM {self.table} WHERE {where}", params)
             return int(cur.fetchone()[0])
+        if self.dialect.name != "sqlite" and self.in_transaction:
+            # Snowflake: the rows read before the lock, the rule checked again under it.
+            cur.execute(f"SELECT id FROM {self.table} WHERE {where} ORDER BY id", params)
+            return self._write_logged(
+                cur, [row[0] for row in cur.fetchall()], rule=(where, params), archive=True
+            )
         self.lock_log(cur)
         cur.execute(f"SELECT id, owner FROM {self.table} WHERE {where} ORDER BY id", params)
         found = [(i, namespace, owner, 0) for i, owner in cur.fetchall()]
         if not found:
             return 0
         # The same rows: the store holds the write lock since the SELECT (``lock_log``).
-        cur.execute(
-            f"UPDATE {self.table} SET processing_status = 'archived', row_version = row_version + 1 WHERE {where}",
-            params,
-        )
+        cur.execute(f"UPDATE {self.table} SET {_ARCHIVED} WHERE {where}", params)
         archived = cur.rowcount or 0
         self.log_changes(cur, found)
         return archived
@@ -832,7 +846,7 @@ class MemoryQueries:
         ids = [row[0] for row in cur.fetchall()]
         if logged:
             # Snowflake: the rows read before the lock, the rule checked again under it.
-            self._delete_logged(cur, ids, rule=(where, params))
+            self._write_logged(cur, ids, rule=(where, params))
         elif not dry_run:
             self.delete(cur, ids)
         return ids

@@ -507,3 +507,78 @@ async def test_a_row_that_stops_matching_the_retention_rule_before_the_lock_is_k
     finally:
         for opened in backend.opened:
             await opened.close()
+
+
+async def test_an_archive_holds_the_counter_lock_for_four_round_trips(
+    fake_snowflake: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An archive (``archive_older_than``) reads the rows its rule matches before the counter's
+    lock, then under it writes their entries and archives them, both only where the rule still
+    holds: UPDATE (reserving), INSERT, UPDATE, COMMIT. Before: 6 (the lock, the rule's SELECT,
+    the archiving UPDATE, the numbering UPDATE, INSERT, COMMIT)."""
+    connect = snowflake.connector.connect
+    monkeypatch.setattr(snowflake.connector, "connect", lambda **kw: Statements(connect(**kw)))
+    monkeypatch.setattr(Statements, "sent", [])
+    backend = Backend("snowflake", tmp_path)
+    try:
+        store = await backend.open()
+        await store.insert([memory("a"), memory("b"), memory("c")])
+        await store.insert([Memory(id="other", namespace="elsewhere", content="kept", embedding=VECTOR)])
+        Statements.sent = []
+        cutoff = datetime.now(UTC) + timedelta(days=1)
+        assert await store.archive_older_than("facts", cutoff) == 3
+        held = Statements.under_the_lock()
+        assert len(held) == 4, held
+        assert await store.archive_older_than("facts", cutoff) == 0
+        assert Statements.under_the_lock() == []  # nothing matched: no lock
+        logged = await store.changes_after(0, 100)
+        assert [(seq, i, d) for seq, i, _, _, d in logged][4:] == [
+            (5, "a", False),
+            (6, "b", False),
+            (7, "c", False),
+        ]
+        archived = await store.get("a")
+        assert archived is not None and (archived.processing_status, archived.row_version) == ("archived", 2)
+        other = await store.get("other")
+        assert other is not None and other.processing_status == "active"
+    finally:
+        for opened in backend.opened:
+            await opened.close()
+
+
+async def test_a_row_archived_by_another_writer_before_the_archive_locks_is_logged_once(
+    fake_snowflake: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An archive reads the rows its rule matches before the counter's lock; one archived by
+    another writer in between (another replica's lifecycle run, here a bare UPDATE that logs
+    nothing) no longer matches under the lock: the entries come short, the archive is tried again
+    from its read and archives and logs only the other row; the row is neither archived nor
+    logged twice (its row_version bumped once). A guard for the read-before-lock (passes before:
+    the read was under the lock then)."""
+    connect = snowflake.connector.connect
+    monkeypatch.setattr(snowflake.connector, "connect", lambda **kw: DeletedMeanwhile(connect(**kw), connect))
+    monkeypatch.setattr(DeletedMeanwhile, "armed", False)
+    monkeypatch.setattr(
+        DeletedMeanwhile,
+        "statement",
+        "UPDATE MEMORIES SET processing_status = 'archived', row_version = row_version + 1 WHERE id = 'a'",
+    )
+    backend = Backend("snowflake", tmp_path)
+    try:
+        store = await backend.open()
+        await store.insert([memory("a"), memory("b")])
+        DeletedMeanwhile.armed = True
+        assert await store.archive_older_than("facts", datetime.now(UTC) + timedelta(days=1)) == 1
+        assert not DeletedMeanwhile.armed  # the race ran
+        for i in ("a", "b"):
+            row = await store.get(i)
+            assert row is not None and (row.processing_status, row.row_version) == ("archived", 2), i
+        logged = await store.changes_after(0, 100)
+        assert [(seq, i, d) for seq, i, _, _, d in logged] == [
+            (1, "a", False),
+            (2, "b", False),
+            (3, "b", False),
+        ]
+    finally:
+        for opened in backend.opened:
+            await opened.close()
