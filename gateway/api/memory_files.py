@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -14,6 +16,7 @@ from gateway.errors import GatewayError, InvalidRequest, ServiceUnavailable, quo
 from gateway.http.auth import authenticate
 from gateway.http.middleware import add_gateway_headers
 from gateway.http.responses import json_response
+from gateway.http.sse import send_paced
 from gateway.http.upload import read_upload
 from gateway.memory.chunking import ChunkOptions
 from gateway.memory.ingest import LIST_MAX, IngestService
@@ -126,16 +129,21 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     add_gateway_headers(response.headers, request[keys.REQUEST_ID], call)
     call.streaming = True
     await response.prepare(request)
+    encoded = _encoded(first, events)
     try:
-        await response.write(encode_event(*first))
-        async for event in events:
-            await response.write(encode_event(*event))
-    except ConnectionResetError:
-        return response  # the client left; the job goes on
-    finally:
+        await send_paced(request, response, encoded)
+    finally:  # the job goes on; only this stream of it ends
+        await encoded.aclose()
         await events.aclose()
-    await response.write_eof()
     return response
+
+
+async def _encoded(
+    first: tuple[str, dict[str, Any]], events: AsyncIterator[tuple[str, dict[str, Any]]]
+) -> AsyncGenerator[bytes, None]:
+    yield encode_event(*first)
+    async for event in events:
+        yield encode_event(*event)
 
 
 async def cancel_job(request: web.Request) -> web.Response:

@@ -12,8 +12,14 @@ provider request at once.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
-from collections.abc import Awaitable, Callable
+import socket
+import struct
+import termios
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NoReturn
 
 from aiohttp import web
 
@@ -64,12 +70,16 @@ async def _within(request: web.Request, write: Awaitable[None]) -> None:
         await write
         return
     if not await while_read(transport, asyncio.ensure_future(write), stall_s):
-        log.info(
-            "client stopped reading: connection closed",
-            extra={"fields": {"request_id": request[keys.REQUEST_ID], "stalled_s": stall_s}},
-        )
-        transport.abort()
-        raise ConnectionResetError("the client read nothing for response_write_timeout_s") from None
+        _let_go(request, transport, stall_s)
+
+
+def _let_go(request: web.Request, transport: asyncio.Transport, stall_s: float) -> NoReturn:
+    log.info(
+        "client stopped reading: connection closed",
+        extra={"fields": {"request_id": request[keys.REQUEST_ID], "stalled_s": stall_s}},
+    )
+    transport.abort()
+    raise ConnectionResetError("the client read nothing for response_write_timeout_s")
 
 
 def error_event(error: GatewayError) -> bytes:
@@ -136,3 +146,64 @@ async def send_stream(
     except ConnectionResetError:
         pass
     return response
+
+
+def _kernel_queue(sock: socket.socket | None) -> int:
+    """Bytes in ``sock``'s kernel send queue not yet acknowledged by the client's side (Linux's
+    SIOCOUTQ, the same request as TIOCOUTQ): sent and in flight, or waiting for the client's
+    window to open; 0 where the kernel does not say."""
+    if sock is None:
+        return 0
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+    except (OSError, ValueError):  # not a TCP socket here, or closed meanwhile
+        return 0
+
+
+async def send_paced(
+    request: web.Request,
+    response: web.StreamResponse,
+    events: AsyncIterator[bytes],
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Write ``events`` (small, paced by their source: a job's progress every
+    ``progress_interval_s``) to ``response``, prepared, then its end. A client that stops reading
+    is let go (its connection aborted, as ``send_stream``'s) once nothing of what it has not
+    acknowledged went to it for ``server.response_write_timeout_s``: a write that waits on it,
+    as for any stream (``_within``), and also the writes that do not. A few hundred bytes a pace
+    take hours to fill a kernel's send buffer (autotuned to 4 MiB on loopback without the client
+    reading a byte: 95 minutes at 0.5 s a pace), and until then no write waits and the transport
+    holds nothing unsent, so the bound on waiting writes alone let the stream run on, unread,
+    until its job ended. What the client has not acknowledged (the transport's unsent bytes and
+    the kernel's queue, ``_kernel_queue``) stops going down once its receive buffer is full; the
+    check is at each event, so the client is let go within the timeout and one pace of that.
+    A client that left ends it too; the caller closes ``events``."""
+    stall_s = request.app[keys.POLICY].server.response_write_timeout_s
+    transport = request.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    pending = 0  # bytes the client had not acknowledged just after the last write
+    stalled_since: float | None = None  # since when they have not gone down
+    try:
+        async for data in events:
+            if transport is None:
+                await response.write(data)
+                continue
+            now, unsent = clock(), transport.get_write_buffer_size()
+            waiting = unsent + _kernel_queue(sock)
+            if waiting < pending or not waiting:
+                stalled_since = None  # the client took some since the last write
+            elif stalled_since is not None and now - stalled_since >= stall_s:
+                _let_go(request, transport, stall_s)
+            if unsent or len(data) >= _BUFFERED:
+                await _within(request, response.write(data))
+            else:
+                await response.write(data)
+            pending = transport.get_write_buffer_size() + _kernel_queue(sock)
+            if pending and stalled_since is None:
+                stalled_since = now
+        if transport is not None and transport.get_write_buffer_size():
+            await _within(request, response.write_eof())
+        else:
+            await response.write_eof()
+    except ConnectionResetError:
+        return  # the client left, or was let go

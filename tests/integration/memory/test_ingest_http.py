@@ -7,6 +7,7 @@ be slowed, blocked or made to fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import re
@@ -43,7 +44,7 @@ OTHER = "sk-sg-others00000000000000000000000000000000"  # team gamma: writes any
 DIM = 8
 
 
-def policy(tmp_path: Path, ingest: str = "") -> str:
+def policy(tmp_path: Path, ingest: str = "", progress_s: float = 0.2) -> str:
     return f"""
 version: 1
 providers:
@@ -56,7 +57,7 @@ memory:
   index_dir: "{tmp_path / "index"}"
   path: "{tmp_path / "memory.sqlite3"}"
   pool: {{min_size: 1, max_size: 4}}
-  ingest: {{spool_dir: "{tmp_path / "spool"}", progress_interval_s: 0.2{ingest}}}
+  ingest: {{spool_dir: "{tmp_path / "spool"}", progress_interval_s: {progress_s}{ingest}}}
 """
 
 
@@ -175,12 +176,13 @@ async def open_gateway(
     extra: str = "",
     ingest: str = "",
     key: str | None = None,
+    progress_s: float = 0.2,
 ) -> AsyncIterator[Gateway]:
     memory_url, env = store_env
     embedder = embedder or Embedder()
     app = build_app(
         Settings(access_log=False, memory_url=memory_url),
-        parse_policy(policy(tmp_path, ingest) + (extra or "auth: {mode: open}\n")),
+        parse_policy(policy(tmp_path, ingest, progress_s) + (extra or "auth: {mode: open}\n")),
         env,
         transports={"p": MockTransport(embedder)},
     )
@@ -774,6 +776,63 @@ async def test_events_report_progress_at_least_every_second_then_done(tmp_path: 
         assert len({p["bytes_done"] for p in progress}) >= 3 and any(0 < p["percent"] < 100 for p in progress)
         assert any(p["eta_s"] is not None and p["bytes_per_s"] > 0 for p in progress)
         assert events[-1][2]["status"] == "done"
+
+
+def serving(gw: Gateway, sock: socket.socket) -> bool:
+    """Whether the gateway holds a connection from ``sock``."""
+    here = sock.getsockname()
+    server = gw.client.server.runner.server  # type: ignore[union-attr]
+    return any(
+        c.transport is not None and c.transport.get_extra_info("peername") == here
+        for c in server.connections  # type: ignore[union-attr]
+    )
+
+
+async def test_an_events_reader_that_stops_reading_is_let_go_while_its_job_runs(tmp_path: Path) -> None:
+    """A client asks for a job's events and reads none of them, keeping its socket (a 4 KiB
+    receive buffer; the gateway's send buffer as the kernel sizes it, which grows to MiBs on
+    loopback though nothing is read). The events are small (a few hundred bytes a pace), so the
+    kernel takes every write for a long while: no write waits and the transport holds nothing
+    unsent. Before, nothing bounded it: the handler and its connection stayed for as long as the
+    job ran (a large file: hours; here the job is held, so for ever). Now the connection is closed
+    once nothing the client has not acknowledged went to it for ``response_write_timeout_s``, and
+    the job goes on. (With only the transport's unsent bytes watched, as for other streams, it
+    still fails: the kernel's buffer absorbs the events.)"""
+    embedder = Embedder()
+    embedder.gate.clear()  # the job runs, stuck on its provider, until the end of the test
+    server_part = "auth: {mode: open}\nserver: {response_write_timeout_s: 0.1}\n"
+    async for gw in open_gateway(tmp_path, embedder=embedder, extra=server_part, progress_s=0.001):
+        status, job = await gw.upload("a.txt", paragraphs(50))
+        assert status == 202, job
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", gw.client.port))
+            await loop.sock_sendall(
+                sock, f"GET /v1/memory/jobs/{job['id']}/events HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+            )
+            deadline = time.monotonic() + 10  # a bound on a hang: let go in about 0.2 s
+            while not serving(gw, sock) and time.monotonic() < deadline:  # accepted
+                await asyncio.sleep(0.005)
+            assert serving(gw, sock)
+            while serving(gw, sock) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert not serving(gw, sock), "the events stream still holds a client that reads nothing"
+            # What the client was sent before it was let go: the stream's head and its events.
+            received = bytearray()
+            with contextlib.suppress(ConnectionResetError):
+                while len(received) < 1 << 20 and (
+                    chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+                ):
+                    received += chunk
+            assert received.startswith(b"HTTP/1.1 200") and b"event: progress" in received, received[:300]
+        finally:
+            sock.close()
+        assert (await gw.call("GET", f"/v1/memory/jobs/{job['id']}"))[1]["status"] == "running"
+        embedder.gate.set()
+        await gw.wait(job["id"], "done")
 
 
 async def test_a_failing_provider_pauses_the_job_and_it_resumes(sqlite_gw: Gateway) -> None:
