@@ -6,8 +6,11 @@ their COMMIT: the fleet's ceiling is about one write per (statements in that str
 trip). This script runs ``--replicas`` Snowflake stores (each its own pool of 4, as replicas) on
 one fakesnow account (``tests/fakesnow_support.py``: Snowflake SQL on DuckDB, the counter's lock
 waited for as Snowflake waits) and adds ``--rtt-ms`` before every statement, as a round trip to
-an account would. Each replica creates ``--writes`` memories, then patches each, then deletes
-each (h-snow5: patches and deletes held the lock longest), one a request, four at a time.
+an account would. Each replica creates ``--writes`` memories, then patches each, then archives
+each, then deletes each (h-snow5: patches and deletes held the lock longest; h-mem: archives),
+one a request, four at a time. Each memory has a namespace of its own, so an archive
+(``archive_older_than``, a namespace's memories past a cutoff in one transaction) is of one
+memory, as a delete is.
 fakesnow's own time per statement (its MERGE runs as several DuckDB statements, ~0.15 s on a
 small machine) is in the figures too: they are a floor for the fake plus the added round trips,
 not a measurement of an account. Writes its RESULTS.md section.
@@ -25,7 +28,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +78,12 @@ class Delayed:
         return getattr(self._conn, name)
 
 
-KINDS = ("create", "patch", "delete")
+KINDS = ("create", "patch", "archive", "delete")
 
 
 async def run(rtt_s: float, replicas: int, writes: int) -> dict[str, tuple[float, Counter[str]]]:
     """Seconds and statements of each kind of write in turn: every replica creates ``writes``
-    memories, then patches each, then deletes each, one a request, four at a time."""
+    memories, then patches each, archives each, deletes each, one a request, four at a time."""
     out: dict[str, tuple[float, Counter[str]]] = {}
     with fakesnow_support.patch():
         connect = snowflake.connector.connect
@@ -91,6 +94,8 @@ async def run(rtt_s: float, replicas: int, writes: int) -> dict[str, tuple[float
             for store in stores:
                 await store.start()
 
+            tomorrow = datetime.now(UTC) + timedelta(days=1)  # every memory is older
+
             async def replica(kind: str, n: int, store: SnowflakeMemoryStore) -> None:
                 slots = asyncio.Semaphore(4)
 
@@ -98,9 +103,11 @@ async def run(rtt_s: float, replicas: int, writes: int) -> dict[str, tuple[float
                     async with slots:
                         mid = f"r{n}-{i}"
                         if kind == "create":
-                            await store.insert([Memory(mid, "bench", f"fact {i}", (0.5, 0.25))])
+                            await store.insert([Memory(mid, f"bench-{mid}", f"fact {i}", (0.5, 0.25))])
                         elif kind == "patch":
                             assert await store.update(mid, MemoryPatch(content=f"changed {i}"))
+                        elif kind == "archive":
+                            assert await store.archive_older_than(f"bench-{mid}", tomorrow) == 1
                         else:
                             assert await store.delete([mid]) == 1
 
@@ -124,7 +131,7 @@ def main() -> int:
     parser.add_argument("--rtt-ms", type=float, nargs="+", default=[0.0, 50.0])
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument(
-        "--writes", type=int, default=24, help="memories each replica creates, patches, deletes"
+        "--writes", type=int, default=24, help="memories each replica creates, patches, archives, deletes"
     )
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args()
