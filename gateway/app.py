@@ -29,6 +29,7 @@ from gateway.api import memory as memory_api
 from gateway.api import messages as messages_api
 from gateway.api import responses as responses_api
 from gateway.auth.backends import key_store
+from gateway.auth.client_address import ClientAddresses
 from gateway.auth.gate import LimitGate
 from gateway.auth.keyring import KeyRing
 from gateway.auth.limits import Limiter, LocalLimiter
@@ -178,6 +179,7 @@ def build_app(
         settings.auth_throttle_window_s,
         exempt=parse_networks(settings.auth_throttle_exempt),
     )
+    app[keys.CLIENT_ADDRESSES] = ClientAddresses(parse_networks(settings.trusted_proxies))
 
     async def cache_store_open(app: web.Application) -> AsyncIterator[None]:
         await store.start()  # never fails: an unreachable Redis starts unhealthy (fail-open)

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from gateway.auth.client_address import ClientAddresses
 from gateway.auth.gate import LimitGate
 from gateway.auth.identity import Caller
 from gateway.auth.keyring import KeyRing
@@ -94,6 +95,8 @@ KEYRING: web.AppKey[KeyLookup] = web.AppKey("keyring")
 KEY_ADMIN = web.AppKey("key_admin", KeyRing)
 # Failed credentials counted per client address, and the addresses refused for them (``http/auth.py``)
 AUTH_THROTTLE = web.AppKey("auth_throttle", FailedAuthThrottle)
+# The client address behind SOPHIA_TRUSTED_PROXIES (X-Forwarded-For), for the throttle and the access log
+CLIENT_ADDRESSES = web.AppKey("client_addresses", ClientAddresses)
 # Every dependency's health (GET /health, readiness, gateway_dependency_up)
 HEALTH = web.AppKey("health", HealthMonitor)
 # Frees caches when resident memory passes server.max_rss_bytes (absent when that is null)

@@ -207,6 +207,10 @@ class Settings:
     auth_throttle_failures: int = 20
     auth_throttle_window_s: float = 60.0
     auth_throttle_exempt: str = DEFAULT_EXEMPT
+    # The proxies in front of the gateway (comma-separated networks; ``auth/client_address.py``):
+    # from a peer in them, the client address is read from ``X-Forwarded-For`` (the rightmost
+    # untrusted entry). Empty (the default): the header is never read, since any client can write it.
+    trusted_proxies: str = ""
     # Set by ``serve --workers N`` (N > 1) in each worker; None for a process serving alone.
     worker: WorkerSlot | None = None
 
@@ -227,6 +231,11 @@ class Settings:
             parse_networks(exempt)
         except ValueError as exc:
             raise SettingsError(f"SOPHIA_AUTH_THROTTLE_EXEMPT: {exc}") from None
+        trusted_proxies = e.get("SOPHIA_TRUSTED_PROXIES", base.trusted_proxies)
+        try:
+            parse_networks(trusted_proxies)
+        except ValueError as exc:
+            raise SettingsError(f"SOPHIA_TRUSTED_PROXIES: {exc}") from None
         return replace(
             base,
             policy_path=e.get("SOPHIA_POLICY", base.policy_path),
@@ -249,4 +258,5 @@ class Settings:
             auth_throttle_failures=base.auth_throttle_failures if failures is None else failures,
             auth_throttle_window_s=base.auth_throttle_window_s if window_s is None else window_s,
             auth_throttle_exempt=exempt,
+            trusted_proxies=trusted_proxies,
         )

@@ -1,8 +1,8 @@
 """Failed authentication attempts counted per client address, and the addresses refused for them.
 
-A client address (the TCP peer: the gateway has no trusted-proxy setting, so ``X-Forwarded-For``
-is never read) that fails ``limit`` times within ``window_s`` of its first failure (a virtual key
-that is missing, malformed, unknown, revoked or expired; a wrong ``SOPHIA_ADMIN_TOKEN``) is
+A client address (the TCP peer; from a peer in ``SOPHIA_TRUSTED_PROXIES``, the address its
+``X-Forwarded-For`` names: ``auth/client_address.py``, resolved by the edge) that fails ``limit``
+times within ``window_s`` of its first failure (a virtual key that is missing, malformed, unknown, revoked or expired; a wrong ``SOPHIA_ADMIN_TOKEN``) is
 refused, before its credential is looked at, for what is left of that window: every request that
 needs a credential, a correct one included (otherwise the refusal would tell a guesser which guess
 was right). Refused attempts are not counted: a client that waits the ``Retry-After`` it was told
@@ -14,9 +14,10 @@ Addresses in ``exempt`` are never counted: by default (``DEFAULT_EXEMPT``) loopb
 shared and link-local ranges. Every client of a reverse proxy, an ingress controller or a load
 balancer that does not keep the client's address arrives from that one (usually private) address,
 and counting them together would let any stranger, or one application left with a revoked key,
-lock every user out. So by default only public peers (a gateway reached directly) are throttled;
-``SOPHIA_AUTH_THROTTLE_EXEMPT`` sets the list. A peer without an address (a worker's Unix socket)
-is never counted. The exemption is checked when a failure is counted, never on a request that
+lock every user out. So by default only public clients are throttled: peers reaching the gateway
+directly, and behind trusted proxies the public addresses their ``X-Forwarded-For`` names (the
+exemption is checked on that resolved address); ``SOPHIA_AUTH_THROTTLE_EXEMPT`` sets the list.
+A peer without an address (a worker's Unix socket) is never counted. The exemption is checked when a failure is counted, never on a request that
 succeeds (an exempt address is never in the table, so its lookup misses).
 
 The table holds at most ``max_addresses`` addresses; its entries are in the order their windows

@@ -17,7 +17,8 @@ Admin endpoints (``/admin/*``) need ``Authorization: Bearer $SOPHIA_ADMIN_TOKEN`
 constant time) whenever the token is set; without it they answer only on a gateway bound to
 loopback, and 403 when it listens beyond.
 
-Each 401 of either kind is counted against the client's address (``auth/throttle.py``); an
+Each 401 of either kind is counted against the client's address (``auth/throttle.py``; behind
+``SOPHIA_TRUSTED_PROXIES``, the one their ``X-Forwarded-For`` names: ``client_address``); an
 address that failed too often is refused with 429 ``auth_throttled`` before its credential is
 read, a correct one included, until its window ends. While no address has failed lately, a
 request pays one look at the empty table for it.
@@ -31,9 +32,10 @@ import logging
 import re
 import socket
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway import keys
+from gateway.auth.client_address import ClientAddresses
 from gateway.auth.identity import Caller
 from gateway.auth.throttle import FailedAuthThrottle
 from gateway.errors import AuthenticationFailed, AuthThrottled, KeyStoreUnavailable, PermissionDenied
@@ -136,10 +138,21 @@ async def authenticate(request: web.Request, *, key_header: str = "") -> Caller 
     return caller
 
 
+def client_address(request: web.Request, clients: ClientAddresses | None = None) -> str | None:
+    """``request``'s client address: its TCP peer, or, when that is one of ``SOPHIA_TRUSTED_PROXIES``
+    (``clients``, the app's when not given), the rightmost untrusted ``X-Forwarded-For`` entry
+    (``auth/client_address.py``). Without trusted proxies it costs the peer's lookup only."""
+    if clients is None:
+        clients = request.app[keys.CLIENT_ADDRESSES]
+    if not clients.trusted:
+        return request.remote
+    return clients.of(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, ()))
+
+
 def refuse_if_throttled(request: web.Request, throttle: FailedAuthThrottle, door: str) -> None:
     """Raise 429 ``auth_throttled`` (counted in ``gateway_auth_throttled_total{door}``, marked in
     the access log) when ``request``'s client address is refused for its failures."""
-    retry_after_s = throttle.retry_after_s(request.remote)
+    retry_after_s = throttle.retry_after_s(client_address(request))
     if retry_after_s <= 0:
         return
     app = request.app
@@ -155,19 +168,21 @@ def failed(
     request: web.Request, throttle: FailedAuthThrottle, door: str, error: AuthenticationFailed
 ) -> AuthenticationFailed:
     """``error`` (to raise), with the failure counted against ``request``'s client address; the
-    failure that makes the address refused is logged (its address and door, never a credential)."""
-    if throttle.failed(request.remote):
-        log.warning(
-            "client address throttled after failed authentication",
-            extra={
-                "fields": {
-                    "client": request.remote,
-                    "door": door,
-                    "failures": throttle.limit,
-                    "window_s": throttle.window_s,
-                }
-            },
-        )
+    failure that makes the address refused is logged (its address and door, never a credential;
+    the proxy it came through as ``peer`` when the address is one ``X-Forwarded-For`` named)."""
+    if throttle.limit <= 0:  # off: nothing to count
+        return error
+    client = client_address(request)
+    if throttle.failed(client):
+        fields: dict[str, object] = {
+            "client": client,
+            "door": door,
+            "failures": throttle.limit,
+            "window_s": throttle.window_s,
+        }
+        if client != request.remote:
+            fields["peer"] = request.remote
+        log.warning("client address throttled after failed authentication", extra={"fields": fields})
     return error
 
 

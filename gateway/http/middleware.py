@@ -26,6 +26,7 @@ from aiohttp.typedefs import Handler
 from yarl import URL
 
 from gateway import keys
+from gateway.auth.client_address import ClientAddresses
 from gateway.errors import (
     GatewayError,
     HTTPStatusError,
@@ -36,7 +37,7 @@ from gateway.errors import (
     ServiceUnavailable,
     UpstreamError,
 )
-from gateway.http.auth import LocalHosts, is_loopback
+from gateway.http.auth import LocalHosts, client_address, is_loopback
 from gateway.http.responses import anthropic_error_response, error_renderer
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
@@ -82,6 +83,7 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
     # request (set before the routes are added; the app's state is frozen once it serves).
     metrics: GatewayMetrics = app[keys.METRICS]
     ids, access, tracer = app[keys.REQUEST_IDS], app[keys.ACCESS_LOG], app[keys.TRACER]
+    clients = app.get(keys.CLIENT_ADDRESSES) or ClientAddresses()
     # Errors in the envelope of the route's API (Anthropic's under /v1/messages: issue 17); the
     # catch-all decides per request, so an unknown path under a front door gets its envelope too.
     route_render = None if endpoint == "unmatched" else error_renderer(endpoint)
@@ -154,7 +156,9 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
             return response
         finally:
             in_flight.value -= 1
-            _observe(request, metrics, access, endpoint, call, rid, status, time.perf_counter() - started)
+            _observe(
+                request, metrics, access, clients, endpoint, call, rid, status, time.perf_counter() - started
+            )
             if span is not None:
                 _end_span(span, call, rid, status)
 
@@ -282,6 +286,7 @@ def _observe(
     request: web.Request,
     metrics: GatewayMetrics,
     access: AccessLog,
+    clients: ClientAddresses,
     endpoint: str,
     call: CallRecord,
     rid: str,
@@ -328,6 +333,7 @@ def _observe(
             tried.each if tried is not None else None,
             call.effort_dropped,
             call.auth_throttled,
+            client_address(request, clients),
         )
 
 

@@ -180,6 +180,8 @@ def _text_lines(stamp: _Timestamps, pending: list[Entry]) -> bytes:
 
 def _text_line(stamp: _Timestamps, entry: Entry) -> bytes:
     fields = " ".join(f"{name}={logfmt_value(entry[name])}" for name in FIELDS)
+    if "client" in entry:  # the client's address (``record``)
+        fields += f" client={logfmt_value(entry['client'])}"
     if "stream_error" in entry:  # a stream that failed after its first byte (``record``)
         fields += f" stream_error={logfmt_value(entry['stream_error'])}"
     if "effort_dropped" in entry:  # the effort was withheld from the model that served it
@@ -347,6 +349,7 @@ class AccessLog:
         failed: Sequence[tuple[str, str, int, str]] | None = None,
         effort_dropped: bool = False,
         auth_throttled: bool = False,
+        client: str | None = None,
     ) -> None:
         """Log one request; handed to the writer within ``FLUSH_INTERVAL_S``. ``stream_error``:
         why its stream failed after the first byte (the line has the field only then).
@@ -354,7 +357,9 @@ class AccessLog:
         each attempt in order (the line's ``failed_attempts``, only then). ``effort_dropped``:
         the client's reasoning effort was withheld from the deployment that served it, declared
         ``reasoning: false`` (the line's ``effort_dropped: true``, only then). ``auth_throttled``:
-        refused for its client address's failed credentials (``auth_throttled: true``, only then)."""
+        refused for its client address's failed credentials (``auth_throttled: true``, only then).
+        ``client``: the client's address (the TCP peer's, or behind ``SOPHIA_TRUSTED_PROXIES`` the
+        one its ``X-Forwarded-For`` names; the line's ``client``, after ``duration_ms``, when known)."""
         entry: Entry = {
             "ts": time_ns(),
             "level": "info",
@@ -371,6 +376,8 @@ class AccessLog:
             "fallback": fallback,
             "duration_ms": duration_ms,
         }
+        if client:
+            entry["client"] = client
         if stream_error:
             entry["stream_error"] = stream_error
         if effort_dropped:

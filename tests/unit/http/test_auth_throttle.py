@@ -98,7 +98,11 @@ def answer(request: UpstreamRequest) -> MockResponse:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, *, access_log: bool = False) -> AsyncIterator[Gateway]:
+async def serving(
+    tmp_path: Path, *, access_log: bool = False, trusted_proxies: str = "", exempt_default: bool = False
+) -> AsyncIterator[Gateway]:
+    """``exempt_default``: the throttle exempts loopback and the private ranges, as by default
+    (else it counts every address: the tests' clients are all on loopback)."""
     settings = Settings(
         access_log=access_log,
         admin_token=TOKEN,
@@ -106,13 +110,16 @@ async def serving(tmp_path: Path, *, access_log: bool = False) -> AsyncIterator[
         auth_throttle_failures=LIMIT,
         auth_throttle_window_s=WINDOW_S,
         auth_throttle_exempt="none",  # the tests' clients are all on loopback
+        trusted_proxies=trusted_proxies,
     )
     policy = parse_policy(POLICY.format(store=tmp_path / "keys.sqlite3"))
     app = build_app(settings, policy, {}, transports={"a": MockTransport(answer)})
     built = app[keys.AUTH_THROTTLE]
     assert (built.limit, built.window_s, built.exempt("127.0.0.2")) == (LIMIT, WINDOW_S, False)
     clock = Clock()
-    app[keys.AUTH_THROTTLE] = FailedAuthThrottle(LIMIT, WINDOW_S, exempt=(), clock=clock)
+    app[keys.AUTH_THROTTLE] = FailedAuthThrottle(
+        LIMIT, WINDOW_S, exempt=None if exempt_default else (), clock=clock
+    )
     lookup = app[keys.KEYRING] = CountingLookup(app[keys.KEYRING])
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         resp = await client.post("/admin/keys", json={"team": "ops"}, headers=ADMIN)
@@ -295,6 +302,110 @@ def test_the_defaults_are_on_at_20_failures_a_minute() -> None:
     for name, value in (("SOPHIA_AUTH_THROTTLE_FAILURES", "-1"), ("SOPHIA_AUTH_THROTTLE_WINDOW_S", "0")):
         with pytest.raises(ValueError, match=name):
             Settings.from_env({name: value})
+
+
+async def send(
+    gw: Gateway, address: str, key: str, forwarded_for: list[str] | None = None, path: str = "/v1/models"
+) -> int:
+    """The status of ``GET path`` with ``key``, connecting from ``address`` with these
+    ``X-Forwarded-For`` headers (several: sent as several headers, in order)."""
+    headers = [("Authorization", f"Bearer {key}")]
+    headers += [("X-Forwarded-For", value) for value in forwarded_for or ()]
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(gw.url + path, headers=headers) as resp,
+    ):
+        await resp.read()
+        return resp.status
+
+
+PROXY, INNER_PROXY, STRANGER = "127.0.0.9", "127.0.0.11", "127.0.0.12"  # the last one not trusted
+
+
+@pytest.fixture
+async def proxied(tmp_path: Path) -> AsyncIterator[Gateway]:
+    """A gateway behind two trusted proxies, exempting loopback and the private ranges as by default."""
+    async with serving(tmp_path, trusted_proxies=f"{PROXY}, {INNER_PROXY}", exempt_default=True) as gw:
+        yield gw
+
+
+async def test_behind_a_trusted_proxy_the_client_it_names_is_throttled(
+    proxied: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The proxy's own (loopback) address is exempt; the public client in its X-Forwarded-For
+    is not, and is refused alone: the point of SOPHIA_TRUSTED_PROXIES."""
+    gw = proxied
+    for _ in range(LIMIT):
+        assert await send(gw, PROXY, WRONG, ["203.0.113.7"]) == 401
+    assert await send(gw, PROXY, gw.secret, ["203.0.113.7"]) == 429  # the right key: refused too
+    assert await send(gw, PROXY, gw.secret, ["203.0.113.8"]) == 200  # another client of the proxy
+    assert await send(gw, PROXY, gw.secret) == 200  # the proxy itself (no header)
+    # The client named through a chain of trusted proxies, and behind what it wrote itself.
+    assert await send(gw, INNER_PROXY, gw.secret, ["198.51.100.1, 203.0.113.7, 127.0.0.9"]) == 429
+    assert await send(gw, PROXY, gw.secret, ["203.0.113.7", "127.0.0.11"]) == 429  # two headers
+    assert await send(gw, PROXY, gw.secret, ["1.1.1.1, 203.0.113.7:4711"]) == 429  # with a port
+    throttled = [r for r in caplog.records if r.getMessage().startswith("client address throttled")]
+    assert [(r.fields["client"], r.fields["peer"]) for r in throttled] == [("203.0.113.7", PROXY)]  # type: ignore[attr-defined]
+
+
+async def test_what_is_counted_behind_trusted_proxies(proxied: Gateway) -> None:
+    gw = proxied
+    cases = [
+        (STRANGER, ["203.0.113.1"]),  # an untrusted peer's header: spoofed, ignored (the peer counts)
+        (PROXY, ["203.0.113.2, 10.1.2.3"]),  # a private client of the proxy: exempt
+        (PROXY, ["garbage"]),  # not an address: the proxy (exempt)
+        (PROXY, ["203.0.113.3, unknown"]),  # the rightmost is garbage: the proxy, not what is left of it
+        (PROXY, ["203.0.113.4, 127.0.0.11, 127.0.0.9"]),  # trusted hops skipped
+        (PROXY, ["203.0.113.5", "127.0.0.11"]),  # several headers, in order
+        (PROXY, [", ".join(["203.0.113.6"] * 500 + ["127.0.0.11"])]),  # hundreds of entries
+        (PROXY, ["203.0.113.99, " + ", ".join(["127.0.0.11"] * 500)]),  # hundreds of trusted: capped
+        (INNER_PROXY, ["[2001:db8:1::5]:443"]),
+    ]
+    for address, forwarded_for in cases:
+        assert await send(gw, address, WRONG, forwarded_for) == 401
+    # (The stranger is on loopback, exempt here; none of the header's addresses was counted.)
+    assert set(gw.app[keys.AUTH_THROTTLE].failures) == {
+        "203.0.113.4",
+        "203.0.113.5",
+        "203.0.113.6",
+        "20010db800010000/64",
+    }
+
+
+async def test_a_spoofed_x_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path) -> None:
+    """A guesser writing a new address into each request's header is still one address."""
+    async with serving(tmp_path, trusted_proxies=PROXY) as gw:  # every address counted
+        for i in range(LIMIT):
+            assert await send(gw, STRANGER, WRONG, [f"203.0.113.{i + 1}"]) == 401
+        assert await send(gw, STRANGER, gw.secret, ["203.0.113.200"]) == 429
+        assert set(gw.app[keys.AUTH_THROTTLE].failures) == {STRANGER}
+
+
+async def test_the_access_log_shows_the_client_address(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")  # the access log is on only then
+    async with serving(tmp_path, access_log=True, trusted_proxies=PROXY) as gw:
+        assert await send(gw, PROXY, gw.secret, ["203.0.113.7"]) == 200
+        assert await send(gw, STRANGER, gw.secret, ["203.0.113.7"]) == 200
+        assert await send(gw, PROXY, WRONG, ["garbage"]) == 401
+        assert await send(gw, PROXY, gw.secret, ["1.1.1.1, 2001:db8::7"], "/health/live") == 200
+    lines = [orjson.loads(line) for line in capfd.readouterr().err.splitlines() if '"gateway.access"' in line]
+    assert [(line["path"], line["status"], line["client"]) for line in lines[1:]] == [
+        ("/v1/models", 200, "203.0.113.7"),
+        ("/v1/models", 200, STRANGER),
+        ("/v1/models", 401, PROXY),
+        ("/health/live", 200, "2001:db8::7"),
+    ]
+    assert lines[0]["client"] == "127.0.0.1"  # the fixture's key creation, no proxy
+
+
+def test_trusted_proxies_default_to_none_and_are_checked_at_start() -> None:
+    assert Settings.from_env({}).trusted_proxies == ""
+    assert Settings.from_env({"SOPHIA_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1"}).trusted_proxies
+    with pytest.raises(ValueError, match=re.escape("SOPHIA_TRUSTED_PROXIES: 'ingress' is not")):
+        Settings.from_env({"SOPHIA_TRUSTED_PROXIES": "10.0.0.0/8, ingress"})
 
 
 @pytest.fixture(autouse=True)
