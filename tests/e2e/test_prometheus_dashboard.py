@@ -5,7 +5,7 @@ temporary data directory) scrapes a gateway process whose providers are fake-pro
 and whose memory store is Snowflake faked in the gateway process (fakesnow: the pool is real).
 Mixed traffic runs in rounds, one per scrape (cache hits, misses and evictions, failovers,
 streams, 5xx errors, an Anthropic provider, embeddings, memory writes and searches, a key's
-refusals, a stream cut half way), so every counter moves between samples. Then every query of every dashboard panel
+refusals, a stream cut half way, a wrong key), so every counter moves between samples. Then every query of every dashboard panel
 (variables set to "All", ``$__rate_interval`` to 1m) and every rule's expression (an alert's
 without its threshold, which would filter the data away) is evaluated through the HTTP API, and
 each must return finite data. Prometheus is the binary on PATH, else installed with apt-get as
@@ -315,6 +315,8 @@ def traffic_round(stack: Stack, number: int) -> None:
     # the tight team's key: one request a minute, the rest refused
     statuses = [post(f"{base}/v1/chat/completions", stack.keys["tight"], {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}) for _ in range(2)]  # fmt: skip
     assert 429 in statuses
+    # a key issued by nobody: a 401 (SophiaManyFailedAuthentications reads them)
+    assert post(f"{base}/v1/chat/completions", "sk-sg-" + "W" * 51, {"model": "chat", "messages": []}) == 401
 
 
 def scrapes(prometheus: Prometheus) -> float:
