@@ -199,30 +199,37 @@ def test_a_provider_key_with_a_line_break_is_trimmed_or_refused_never_a_500(tmp_
     (the provider is not configured, said at start-up without the value)."""
     fakes = start_fakes({"keyed": ["--require-key", PROVIDER_KEY]})
     path = tmp_path / "policy.yaml"
+    # One gateway, three providers on the same fake, each key in its own variable.
+    cases = {
+        "newline": (PROVIDER_KEY + "\n", 200),
+        "spaces": (f" {PROVIDER_KEY}\r\n", 200),
+        "inside": ("sk-a\nsk-b-0123456789", 503),
+    }
+    url = fakes["keyed"].url
     path.write_text(
-        "version: 1\nauth: {mode: open}\n"
-        f"providers:\n  keyed: {{kind: openai, base_url: {fakes['keyed'].url}/v1, api_key_env: E2E_PROVIDER_KEY}}\n"
-        "models:\n  chat: {deployments: [{provider: keyed, model: m}]}\n"
+        "version: 1\nauth: {mode: open}\nproviders:\n"
+        + "".join(
+            f"  {name}: {{kind: openai, base_url: {url}/v1, api_key_env: E2E_KEY_{name.upper()}}}\n"
+            for name in cases
+        )
+        + "models:\n"
+        + "".join(f"  {name}: {{deployments: [{{provider: {name}, model: m}}]}}\n" for name in cases)
     )
-    chat = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).encode()
     try:
-        for key, status in (
-            (PROVIDER_KEY + "\n", 200),
-            (f" {PROVIDER_KEY}\r\n", 200),
-            ("sk-a\nsk-b-0123456789", 503),
-        ):
-            gateway = start_gateway(path, {"E2E_PROVIDER_KEY": key})
-            try:
+        gateway = start_gateway(path, {f"E2E_KEY_{name.upper()}": key for name, (key, _) in cases.items()})
+        try:
+            for name, (_, status) in cases.items():
+                chat = json.dumps({"model": name, "messages": [{"role": "user", "content": "hi"}]}).encode()
                 got, _, body = post_raw(Stack(gateway, fakes, path), "/v1/chat/completions", chat)
-                assert got == status, body
+                assert got == status, (name, body)
                 if status == 503:
                     assert assert_envelope(body)["code"] == "provider_not_configured"
-            finally:
-                gateway.stop()
-            if status == 503:
-                assert "holds a space, line break or control character" in gateway.output
-                assert "sk-b-0123456789" not in gateway.output
-            assert "unhandled error" not in gateway.output
+        finally:
+            gateway.stop()
+        assert "holds a space, line break or control character" in gateway.output
+        assert "E2E_KEY_INSIDE" in gateway.output
+        assert "sk-b-0123456789" not in gateway.output
+        assert "unhandled error" not in gateway.output
     finally:
         for fake in fakes.values():
             fake.stop()
