@@ -151,6 +151,14 @@ class LimitTicket:
             m.child(m.spend, self._caller.team).inc(cost_usd)
 
 
+# Endpoints whose text is ``prompt`` (the others' is ``input``), and those reserved for their input
+# only: an embedding, a moderation verdict and speech produce no text tokens (speech is priced by
+# its input's characters). An image (``n`` of them) reserves DEFAULT_OUTPUT_TOKENS each; the GPT
+# image models report their real usage, which settles it.
+_PROMPTED = frozenset((Endpoint.COMPLETIONS, Endpoint.IMAGES))
+_INPUT_ONLY = frozenset((Endpoint.EMBEDDINGS, Endpoint.MODERATIONS, Endpoint.SPEECH))
+
+
 def reservation(endpoint: Endpoint, body: JSONObject) -> int:
     """Tokens to reserve for ``body``: prompt characters / 4 (and its images and PDFs) plus the
     output it may produce."""
@@ -160,11 +168,11 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
         chars = prompt_chars(messages)
         media = media_tokens(messages)  # images and PDFs, as Anthropic documents their cost
     else:
-        given = body.get("prompt" if endpoint is Endpoint.COMPLETIONS else "input")
+        given = body.get("prompt" if endpoint in _PROMPTED else "input")
         items = given if isinstance(given, list) else [given]
         chars = sum(len(item) for item in items if isinstance(item, str))
     prompt = chars // CHARS_PER_TOKEN + media + 1
-    if endpoint is Endpoint.EMBEDDINGS:
+    if endpoint in _INPUT_ONLY:
         return prompt
     output = body.get("max_completion_tokens") or body.get("max_tokens")
     if not isinstance(output, int) or isinstance(output, bool):

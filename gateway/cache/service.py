@@ -27,7 +27,7 @@ from gateway.cache.store import CacheStore
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.observability.metrics import CounterChild, GatewayMetrics
 from gateway.policy.model import Cache
-from gateway.wire.requests import Endpoint
+from gateway.wire.requests import MEDIA_ENDPOINTS, Endpoint
 
 log = logging.getLogger("gateway.cache")
 
@@ -403,6 +403,8 @@ class ResponseCache:
         return None
 
     def _cacheable(self, endpoint: Endpoint, body: Mapping[str, Any], chosen: bool) -> bool:
+        if endpoint in MEDIA_ENDPOINTS:
+            return False  # moderations, images, speech: never cached, whatever the policy says
         mode = self.config.cacheable
         if mode == "always" or chosen:
             return True

@@ -50,6 +50,9 @@ DEFAULT_VERSION = "2023-06-01"
 _UNSUPPORTED = {
     Endpoint.COMPLETIONS: "/v1/completions (legacy text completions)",
     Endpoint.EMBEDDINGS: "/v1/embeddings",
+    Endpoint.MODERATIONS: "/v1/moderations",
+    Endpoint.IMAGES: "/v1/images/generations",
+    Endpoint.SPEECH: "/v1/audio/speech",
 }
 
 

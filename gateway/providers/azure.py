@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import orjson
 
-from gateway.errors import UpstreamStatusError
+from gateway.errors import UnsupportedByProvider, UpstreamStatusError
 from gateway.policy.model import AzureProvider
 from gateway.providers.base import Endpoint, UpstreamRequest
 from gateway.providers.openai import OpenAIAdapter, request_bytes
@@ -61,6 +61,8 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         return {"api-key": api_key} if api_key else {}
 
     def build_request(self, endpoint: Endpoint, body: JSONObject, upstream_model: str) -> UpstreamRequest:
+        if endpoint is Endpoint.MODERATIONS:  # Azure OpenAI has no moderations endpoint
+            raise UnsupportedByProvider("azure", "/v1/moderations", param="model")
         if self._v1_root is not None:
             request = super().build_request(endpoint, body, upstream_model)
             return replace(request, path=self._v1_root + request.path)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import orjson
 
-from gateway.errors import UpstreamStatusError
+from gateway.errors import UnsupportedByProvider, UpstreamStatusError
 from gateway.policy.model import GeminiProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest, renamed_params
 from gateway.providers.gemini_errors import error_from_object, gemini_error
@@ -37,7 +37,7 @@ from gateway.providers.gemini_request import (
 )
 from gateway.providers.gemini_response import chat_completion, embeddings, text_completion
 from gateway.providers.gemini_stream import GeminiStreamTranslator
-from gateway.wire.requests import JSONObject
+from gateway.wire.requests import MEDIA_ENDPOINTS, JSONObject
 
 EMBEDDING_BATCH = 100  # "at most 100 requests can be in one batch" (batchEmbedContents)
 
@@ -54,6 +54,9 @@ class GeminiAdapter:
         return {"x-goog-api-key": api_key} if api_key else {}
 
     def build_request(self, endpoint: Endpoint, body: JSONObject, upstream_model: str) -> UpstreamRequest:
+        if endpoint in MEDIA_ENDPOINTS:
+            # (param: the model, as OpenAI's API names it for a model another endpoint serves)
+            raise UnsupportedByProvider("gemini", f"/v1/{endpoint.value}", param="model")
         resource = model_resource(upstream_model)
         if endpoint is Endpoint.EMBEDDINGS:
             request = embedding_request(body, resource)

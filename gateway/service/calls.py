@@ -51,10 +51,11 @@ from gateway.service.effort import chat_for, withheld
 from gateway.service.front_door import FrontDoor
 from gateway.service.grants import memory_access_of
 from gateway.service.limits import check_limits
+from gateway.service.media import check_served, image_usage
 from gateway.service.shadow import ShadowTraffic, door_answer
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import check_request
-from gateway.wire.requests import Endpoint, JSONObject
+from gateway.wire.requests import MEDIA_ENDPOINTS, Endpoint, JSONObject
 from gateway.wire.usage import MOST_TOKENS, cache_counts
 
 # OTel's gen_ai.operation.name for each endpoint.
@@ -62,6 +63,10 @@ _OPERATION = {
     Endpoint.CHAT: "chat",
     Endpoint.COMPLETIONS: "text_completion",
     Endpoint.EMBEDDINGS: "embeddings",
+    # (no GenAI convention names these yet: OpenAI's own names)
+    Endpoint.MODERATIONS: "moderations",
+    Endpoint.IMAGES: "image_generation",
+    Endpoint.SPEECH: "speech",
 }
 T = TypeVar("T")
 Attempt = Callable[[Target], Awaitable[T]]  # one try of a routed call on a target (``Router.call``)
@@ -163,6 +168,8 @@ class RequestService:
             raise ModelNotFound(model, [m for m in self.router.model_names if ctx.identity.may_use(m)])
         group = self.router.resolve(route)  # an unknown model is a 404 before any store is read
         ctx.record.model = model
+        if endpoint in MEDIA_ENDPOINTS:  # only OpenAI-compatible deployments serve these
+            check_served(endpoint, group, self.router.policy)
         plan = self._cache_plan(endpoint, body, ctx, _served_by(model, group), door)
         # 2. admit
         for gate in self._gates:
@@ -255,7 +262,12 @@ class RequestService:
                 ctx.limit_ticket.settle_later(*used)
             # Shadow traffic: one attribute check for a group without it (read now: reloads apply)
             group_config = self.router.policy.models.get(routed.group)
-            if group_config is not None and group_config.shadow is not None and not ctx.internal:
+            if (
+                group_config is not None
+                and group_config.shadow is not None
+                and not ctx.internal
+                and endpoint not in MEDIA_ENDPOINTS  # an image paid twice, its answer not text
+            ):
                 if door is None:
                     self.shadow.offer(routed.group, group_config.shadow, endpoint, body, raw)
                 elif self.shadow.draw(group_config.shadow):  # its chat translation, its answer's text
@@ -412,8 +424,10 @@ class RequestService:
             adapter.build_request(endpoint, chat_for(body, target), target.model)
         )
         translated = adapter.translate_response(endpoint, parsed, body, target.model)
-        if translated is None:
-            return raw, parsed.get("usage")  # OpenAI format already: forward the provider's bytes
+        if translated is None:  # OpenAI format already: forward the provider's bytes
+            if endpoint is Endpoint.IMAGES:
+                return raw, image_usage(parsed.get("usage"))
+            return raw, parsed.get("usage")
         return orjson.dumps(translated), translated.get("usage")
 
     async def _fetch_slices(
@@ -483,6 +497,8 @@ class RequestService:
             answer = parsed if translated is None else translated
             _answer_attributes(span, answer, target)
             usage = answer.get("usage")
+            if endpoint is Endpoint.IMAGES:
+                usage = image_usage(usage)
             tracing.usage_attributes(span, usage)
             return (raw if translated is None else orjson.dumps(translated)), usage
         except BaseException as error:

@@ -17,6 +17,7 @@ _TOKEN_FIELDS: dict[Endpoint, tuple[str, ...]] = {
     Endpoint.COMPLETIONS: ("max_tokens",),
     # A front door's own names, checked by its service before translation (issue 17).
     Endpoint.RESPONSES: ("max_output_tokens",),
+    Endpoint.IMAGES: (),  # only ``n``: images per request
 }
 
 

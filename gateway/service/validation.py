@@ -51,7 +51,8 @@ def check_request(endpoint: Endpoint, body: JSONObject) -> tuple[str, bool]:
     if endpoint is Endpoint.CHAT and _ordinary_chat(body):
         return body["model"], body.get("stream") is True
     head = validate_head(HEADS[endpoint], body)
-    return head.model, bool(getattr(head, "stream", False))
+    # Speech takes the stream path: its audio is relayed as it arrives (``calls.py``).
+    return head.model, endpoint is Endpoint.SPEECH or bool(getattr(head, "stream", False))
 
 
 _CHAT_ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))

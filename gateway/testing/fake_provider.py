@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible provider with injectable faults: ``sophia-gateway fake-provider``.
 
 A real HTTP server for tests, demos and benchmarks to use as the upstream. It answers
-``/v1/chat/completions``, ``/v1/completions`` (both streamed or whole), ``/v1/embeddings`` and
+``/v1/chat/completions``, ``/v1/completions`` (both streamed or whole), ``/v1/embeddings``,
+``/v1/moderations``, ``/v1/images/generations``, ``/v1/audio/speech`` (``fake_media.py``) and
 ``/v1/models`` (and Azure OpenAI's ``/openai/deployments/{deployment}/...`` paths, keyed by
 ``api-key``) deterministically (the default reply echoes the last user message; with ``tools``,
 a forced ``tool_choice`` or "call NAME" in the last user message gets a function call whose
@@ -41,7 +42,7 @@ from typing import Any, TypeVar, cast
 import orjson
 from aiohttp import web
 
-from gateway.testing import fake_wire
+from gateway.testing import fake_media, fake_wire
 from gateway.testing.fake_flavors import FLAVORS, add_flavor_routes
 from gateway.testing.fake_wire import DONE, ReplyFormat, Usage
 
@@ -284,12 +285,17 @@ def build_app(config: FakeConfig) -> web.Application:
         app.router.add_post("/v1/chat/completions", _chat_completions)
         app.router.add_post("/v1/completions", _completions)
         app.router.add_post("/v1/embeddings", _embeddings)
+        app.router.add_post("/v1/moderations", _moderations)
+        app.router.add_post("/v1/images/generations", _images)
+        app.router.add_post("/v1/audio/speech", _speech)
         app.router.add_get("/v1/models", _models)
         app.router.add_get("/v1/models/{name:.+}", _model)
         # Azure OpenAI's paths (the ``azure`` provider kind): the deployment stands for the model.
         for path, handler in (("chat/completions", _chat_completions), ("completions", _completions)):
             app.router.add_post(f"/openai/deployments/{{deployment}}/{path}", handler)
         app.router.add_post("/openai/deployments/{deployment}/embeddings", _embeddings)
+        app.router.add_post("/openai/deployments/{deployment}/images/generations", _images)
+        app.router.add_post("/openai/deployments/{deployment}/audio/speech", _speech)
     else:
         add_flavor_routes(app, config.flavor)
     app.router.add_get("/_fake/stats", _stats)
@@ -393,6 +399,45 @@ async def _embeddings(request: web.Request) -> web.StreamResponse:
         if early is not None
         else _json(fake_wire.embeddings_body(embedding, config.embedding_dim, config.embedding_kind))
     )
+
+
+async def _moderations(request: web.Request) -> web.StreamResponse:
+    state = request.app[FAKE_STATE]
+    config = state.config
+    body = await _admit(request, state)
+    answer = _parsed(lambda b: fake_media.moderation_body(b, next(state.serials)), body)
+    early = await _inject(request, config, state.rng, draw_fault(config, state.rng), stream=False)
+    return early if early is not None else _json(orjson.dumps(answer))
+
+
+async def _images(request: web.Request) -> web.StreamResponse:
+    state = request.app[FAKE_STATE]
+    config = state.config
+    answer = _parsed(fake_media.images_body, await _admit(request, state))
+    early = await _inject(request, config, state.rng, draw_fault(config, state.rng), stream=False)
+    return early if early is not None else _json(orjson.dumps(answer))
+
+
+async def _speech(request: web.Request) -> web.StreamResponse:
+    """Audio bytes of the asked format, in writes of ``SPEECH_CHUNK_BYTES``; a ``disconnect``
+    fault drops the connection after half of them."""
+    state = request.app[FAKE_STATE]
+    config = state.config
+    audio = _parsed(fake_media.speech, await _admit(request, state))
+    fault = draw_fault(config, state.rng)
+    early = await _inject(request, config, state.rng, fault, stream=True)
+    if early is not None:
+        return early
+    response = web.StreamResponse(headers={"Content-Type": audio.content_type})
+    await response.prepare(request)
+    size = fake_media.SPEECH_CHUNK_BYTES
+    pieces = [audio.audio[at : at + size] for at in range(0, len(audio.audio), size)]
+    for piece in pieces[: len(pieces) // 2] if fault is Fault.DISCONNECT else pieces:
+        await response.write(piece)
+    if fault is Fault.DISCONNECT:
+        return _drop_connection(request, abort=False)
+    await response.write_eof()
+    return response
 
 
 async def _models(request: web.Request) -> web.StreamResponse:

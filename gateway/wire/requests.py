@@ -61,6 +61,11 @@ class Endpoint(enum.Enum):
     CHAT = "chat/completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+    # Served by OpenAI-compatible deployments only (and Azure's, for images and speech): passed
+    # through as they are, never cached (``MEDIA_ENDPOINTS``).
+    MODERATIONS = "moderations"
+    IMAGES = "images/generations"
+    SPEECH = "audio/speech"  # a binary answer (audio), relayed as bytes as it arrives
     # Front doors (issue 17): served as chat calls; the value scopes their cache keys (and
     # names the path of a provider the door passes its request through to).
     RESPONSES = "responses"  # OpenAI's Responses API (service/responses.py)
@@ -216,10 +221,75 @@ class EmbeddingHead(_Head):
     encoding_format: Literal["float", "base64"] | None = None
 
 
+# OpenAI's default moderation model: ``model`` is optional in its API, and a request without one is
+# routed to the model group of that name.
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+# The longest ``input`` OpenAI's speech endpoint takes, in characters.
+MAX_SPEECH_CHARS = 4096
+# The most images one request may ask for (OpenAI's bound on ``n``).
+MAX_IMAGES = 10
+
+
+class ModerationHead(_Head):
+    model: StrictStr = Field(DEFAULT_MODERATION_MODEL, min_length=1)
+    # "a single string, an array of strings, or an array of multi-modal input objects"
+    input: StrictStr | list[Any]
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: str | list[Any]) -> str | list[Any]:
+        if isinstance(value, list):
+            if not value:
+                raise PydanticCustomError("empty", "must not be an empty array")
+            if not (all(type(p) is str for p in value) or all(type(p) is dict for p in value)):
+                raise PydanticCustomError(
+                    "shape", "must be a string, an array of strings or an array of input objects (not a mix)"
+                )
+        return value
+
+
+class ImageHead(_Head):
+    model: StrictStr = Field(min_length=1)
+    prompt: StrictStr = Field(min_length=1)
+    n: StrictInt | None = Field(None, ge=1, le=MAX_IMAGES)
+    # Streamed image generation (partial images as events) is not relayed: refused here rather
+    # than passed to a provider whose events the gateway's stream translators do not know.
+    stream: StrictBool | None = None
+
+    @field_validator("stream")
+    @classmethod
+    def _whole(cls, value: bool | None) -> bool | None:
+        if value:
+            raise PydanticCustomError(
+                "stream", "this gateway does not relay streamed image generation: leave stream unset"
+            )
+        return value
+
+
+class SpeechVoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: StrictStr = Field(min_length=1)
+
+
+class SpeechHead(_Head):
+    model: StrictStr = Field(min_length=1)
+    input: StrictStr = Field(min_length=1, max_length=MAX_SPEECH_CHARS)
+    voice: StrictStr | SpeechVoice
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] | None = None
+
+
 H = TypeVar("H", bound=BaseModel)  # a request head (front doors have their own: wire/messages.py)
 
-HEADS: dict[Endpoint, type[ChatCompletionHead | CompletionHead | EmbeddingHead]] = {
+HEADS: dict[
+    Endpoint,
+    type[ChatCompletionHead | CompletionHead | EmbeddingHead | ModerationHead | ImageHead | SpeechHead],
+] = {
     Endpoint.CHAT: ChatCompletionHead,
     Endpoint.COMPLETIONS: CompletionHead,
     Endpoint.EMBEDDINGS: EmbeddingHead,
+    Endpoint.MODERATIONS: ModerationHead,
+    Endpoint.IMAGES: ImageHead,
+    Endpoint.SPEECH: SpeechHead,
 }
+# The endpoints only OpenAI's wire format serves, passed through untouched and never cached.
+MEDIA_ENDPOINTS = frozenset((Endpoint.MODERATIONS, Endpoint.IMAGES, Endpoint.SPEECH))

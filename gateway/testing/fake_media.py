@@ -1,0 +1,296 @@
+"""The fake OpenAI provider's moderations, image generation and speech: requests checked as
+OpenAI's API reference states them (``POST /v1/moderations``, ``/v1/images/generations``,
+``/v1/audio/speech``; the official SDK's ``moderation_create_params``, ``image_generate_params``
+and ``speech_create_params`` carry the same text), refused with ``WireError`` (a 400 in OpenAI's
+envelope) where the real API refuses, and answered deterministically.
+
+* moderations: ``input`` is required, a string, an array of strings or an array of multi-modal
+  input objects (``{"type": "text", "text"}``, ``{"type": "image_url", "image_url": {"url"}}``);
+  ``model`` is optional (``omni-moderation-latest``). One result per string; an array of input
+  objects is one result. A text holding a word of ``FLAGGED_WORDS`` is flagged as violence.
+* images: ``prompt`` is required (at most 1,000 characters for dall-e-2, 4,000 for dall-e-3,
+  32,000 for the GPT image models); ``n`` 1 to 10, only 1 for dall-e-3; ``size``, ``quality`` and
+  ``style`` by model (DALL·E 2: 256x256, 512x512, 1024x1024, quality standard; DALL·E 3: 1024x1024,
+  1792x1024, 1024x1792, quality standard or hd, style vivid or natural; GPT image models:
+  1024x1024, 1536x1024, 1024x1536 or auto, quality low, medium, high or auto, no style);
+  ``response_format`` url or b64_json, unsupported for the GPT image models (which always answer
+  base64 and report token usage). Another model name gets the union of those values.
+* speech: ``model``, ``input`` (at most 4,096 characters) and ``voice`` (a name, or
+  ``{"id": ...}``) are required; ``response_format`` mp3, opus, aac, flac, wav or pcm; ``speed``
+  0.25 to 4.0; ``instructions`` and ``stream_format: sse`` do not work with tts-1 and tts-1-hd.
+  The answer is bytes of the format's content type, sent in several writes (``speech_chunks``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from dataclasses import dataclass
+
+from gateway.testing.fake_wire import WireError
+from gateway.testing.images import png
+
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+FLAGGED_WORDS = ("kill", "murder")
+_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/instructions",
+    "self-harm/intent",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+
+
+def moderation_body(body: dict[str, object], serial: int) -> dict[str, object]:
+    """The moderation object for a request ``body``; ``WireError`` where OpenAI refuses it."""
+    model = body.get("model", DEFAULT_MODERATION_MODEL)
+    if not isinstance(model, str) or not model:
+        raise WireError("'model' must be a non-empty string", "model", "invalid_type")
+    if "input" not in body:
+        raise WireError("Missing required parameter: 'input'.", "input", "missing_required_parameter")
+    raw = body["input"]
+    texts: list[str]
+    if isinstance(raw, str):
+        texts = [raw]
+    elif isinstance(raw, list) and raw and all(isinstance(i, str) for i in raw):
+        texts = [str(i) for i in raw]
+    elif isinstance(raw, list) and raw and all(isinstance(i, dict) for i in raw):
+        texts = [" ".join(_multi_modal_text(item, at) for at, item in enumerate(raw))]
+    else:
+        raise WireError(
+            "Invalid type for 'input': expected a string, an array of strings or an array of "
+            "multi-modal input objects (not empty, not a mix).",
+            "input",
+            "invalid_type",
+        )
+    results = []
+    for text in texts:
+        flagged = any(word in text.lower() for word in FLAGGED_WORDS)
+        categories = {name: flagged and name == "violence" for name in _CATEGORIES}
+        scores = {name: (0.9 if categories[name] else 0.0001) for name in _CATEGORIES}
+        results.append(
+            {
+                "flagged": flagged,
+                "categories": categories,
+                "category_scores": scores,
+                "category_applied_input_types": {name: ["text"] for name in _CATEGORIES},
+            }
+        )
+    return {"id": f"modr-fake{serial}", "model": model, "results": results}
+
+
+def _multi_modal_text(item: dict[str, object], at: int) -> str:
+    kind = item.get("type")
+    if kind == "text":
+        text = item.get("text")
+        if not isinstance(text, str):
+            raise WireError("'text' must be a string", f"input[{at}].text", "invalid_type")
+        return text
+    if kind == "image_url":
+        image = item.get("image_url")
+        if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+            raise WireError("'image_url.url' must be a string", f"input[{at}].image_url", "invalid_type")
+        return ""
+    raise WireError(
+        f"Invalid value: {kind!r}. Supported values are: 'text' and 'image_url'.",
+        f"input[{at}].type",
+        "invalid_value",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _ImageModel:
+    prompt_chars: int
+    most_n: int
+    sizes: tuple[str, ...]
+    qualities: tuple[str, ...]
+    styles: tuple[str, ...]  # () when the model takes no style
+    formats: tuple[str, ...]  # () when it takes no response_format (always base64)
+
+
+_GPT_IMAGE = _ImageModel(
+    32000, 10, ("1024x1024", "1536x1024", "1024x1536", "auto"), ("low", "medium", "high", "auto"), (), ()
+)
+_IMAGE_MODELS = {
+    "dall-e-2": _ImageModel(
+        1000, 10, ("256x256", "512x512", "1024x1024"), ("standard",), (), ("url", "b64_json")
+    ),
+    "dall-e-3": _ImageModel(
+        4000,
+        1,
+        ("1024x1024", "1792x1024", "1024x1792"),
+        ("standard", "hd"),
+        ("vivid", "natural"),
+        ("url", "b64_json"),
+    ),
+}
+# Any other name: what some model takes.
+_ANY_IMAGE = _ImageModel(
+    32000,
+    10,
+    tuple(dict.fromkeys(("256x256", "512x512", "1792x1024", "1024x1792", *_GPT_IMAGE.sizes))),
+    ("standard", "hd", *_GPT_IMAGE.qualities),
+    ("vivid", "natural"),
+    ("url", "b64_json"),
+)
+
+
+def _image_model(name: str) -> _ImageModel:
+    if name in _IMAGE_MODELS:
+        return _IMAGE_MODELS[name]
+    return _GPT_IMAGE if name.startswith(("gpt-image", "chatgpt-image")) else _ANY_IMAGE
+
+
+def _choice(body: dict[str, object], name: str, allowed: tuple[str, ...], model: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not allowed:
+        raise WireError(
+            f"Unknown parameter: '{name}' is not supported with {model}.", name, "unknown_parameter"
+        )
+    if value not in allowed:
+        listed = ", ".join(repr(a) for a in allowed)
+        raise WireError(f"Invalid value: {value!r}. Supported values are: {listed}.", name, "invalid_value")
+    return str(value)
+
+
+def images_body(body: dict[str, object]) -> dict[str, object]:
+    """The images answer for a request ``body``; ``WireError`` where OpenAI refuses it."""
+    model = body.get("model", "dall-e-2")
+    if not isinstance(model, str) or not model:
+        raise WireError("'model' must be a non-empty string", "model", "invalid_type")
+    rules = _image_model(model)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise WireError("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
+    if not isinstance(prompt, str):
+        raise WireError("Invalid type for 'prompt': expected a string.", "prompt", "invalid_type")
+    if not prompt or len(prompt) > rules.prompt_chars:
+        raise WireError(
+            f"Invalid 'prompt': string length must be from 1 to {rules.prompt_chars} characters for {model}.",
+            "prompt",
+            "string_above_max_length" if prompt else "empty_string",
+        )
+    n = body.get("n")
+    if n is None:
+        n = 1
+    if type(n) is not int or not 1 <= n <= rules.most_n:
+        most = "only n=1 is supported" if rules.most_n == 1 else f"n must be from 1 to {rules.most_n}"
+        raise WireError(f"Invalid 'n': {most} for {model}.", "n", "invalid_value")
+    size = _choice(body, "size", rules.sizes, model) or "1024x1024"
+    _choice(body, "quality", rules.qualities, model)
+    _choice(body, "style", rules.styles, model)
+    response_format = _choice(body, "response_format", rules.formats, model) or (
+        "url" if rules.formats else "b64_json"
+    )
+    if body.get("stream") is True:
+        raise WireError("The fake provider does not stream images.", "stream", "unsupported_value")
+    side = 1 if size == "auto" else int(size.split("x")[0]) // 256  # a tiny picture stands for it
+    picture = base64.b64encode(png(side, side)).decode()
+    digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
+    data: list[dict[str, object]] = []
+    for index in range(n):
+        item: dict[str, object] = (
+            {"b64_json": picture}
+            if response_format == "b64_json"
+            else {"url": f"https://images.fake.test/{digest}-{index}.png"}
+        )
+        if model == "dall-e-3":
+            item["revised_prompt"] = prompt
+        data.append(item)
+    answer: dict[str, object] = {"created": int(time.time()), "data": data}
+    if not rules.formats:  # the GPT image models report their tokens
+        tokens_in = max(1, len(prompt.split()))
+        answer["usage"] = {
+            "input_tokens": tokens_in,
+            "output_tokens": 272 * n,
+            "total_tokens": tokens_in + 272 * n,
+            "input_tokens_details": {"text_tokens": tokens_in, "image_tokens": 0},
+        }
+    return answer
+
+
+SPEECH_MAX_CHARS = 4096
+SPEECH_TYPES = {
+    "mp3": "audio/mpeg",
+    "opus": "audio/opus",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "wav": "audio/wav",
+    "pcm": "audio/pcm",
+}
+_SPEECH_MAGIC = {"mp3": b"ID3\x04\x00", "flac": b"fLaC", "wav": b"RIFF", "opus": b"OggS", "aac": b"\xff\xf1"}
+SPEECH_CHUNK_BYTES = 1024  # one write of the answer
+_CLASSIC_TTS = ("tts-1", "tts-1-hd")
+
+
+@dataclass(frozen=True, slots=True)
+class Speech:
+    content_type: str
+    audio: bytes
+
+
+def speech(body: dict[str, object]) -> Speech:
+    """The audio for a request ``body``; ``WireError`` where OpenAI refuses it."""
+    for name in ("model", "input", "voice"):
+        if body.get(name) is None:
+            raise WireError(f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
+    model, text, voice = body["model"], body["input"], body["voice"]
+    if not isinstance(model, str) or not model:
+        raise WireError("Invalid type for 'model': expected a string.", "model", "invalid_type")
+    if not isinstance(text, str):
+        raise WireError("Invalid type for 'input': expected a string.", "input", "invalid_type")
+    if len(text) > SPEECH_MAX_CHARS:
+        raise WireError(
+            f"Invalid 'input': string too long. Expected a string with maximum length {SPEECH_MAX_CHARS}, "
+            f"but got a string with length {len(text)} instead.",
+            "input",
+            "string_above_max_length",
+        )
+    if not (isinstance(voice, str) and voice) and not (
+        isinstance(voice, dict) and isinstance(voice.get("id"), str)
+    ):
+        raise WireError(
+            "Invalid type for 'voice': expected a string or an object with 'id'.", "voice", "invalid_type"
+        )
+    fmt = body.get("response_format") or "mp3"
+    if fmt not in SPEECH_TYPES:
+        listed = ", ".join(repr(f) for f in SPEECH_TYPES)
+        raise WireError(
+            f"Invalid value: {fmt!r}. Supported values are: {listed}.", "response_format", "invalid_value"
+        )
+    speed = body.get("speed")
+    if speed is not None and (
+        isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.25 <= speed <= 4.0
+    ):
+        raise WireError("Invalid 'speed': expected a number from 0.25 to 4.0.", "speed", "invalid_value")
+    if model in _CLASSIC_TTS and body.get("instructions") is not None:
+        raise WireError(
+            f"'instructions' is not supported with {model}.", "instructions", "unsupported_parameter"
+        )
+    stream_format = body.get("stream_format")
+    if stream_format is not None and stream_format not in ("sse", "audio"):
+        raise WireError(
+            f"Invalid value: {stream_format!r}. Supported values are: 'sse' and 'audio'.",
+            "stream_format",
+            "invalid_value",
+        )
+    if stream_format == "sse":
+        raise WireError(
+            "The fake provider answers stream_format 'audio' only.", "stream_format", "unsupported_value"
+        )
+    # Deterministic bytes, long with the input (an audio second is some kilobytes): several writes.
+    seed = hashlib.sha256(f"{model}|{voice}|{text}".encode()).digest()
+    frames = max(3, len(text) // 16)
+    audio = _SPEECH_MAGIC.get(str(fmt), b"") + seed * (frames * SPEECH_CHUNK_BYTES // len(seed))
+    return Speech(SPEECH_TYPES[str(fmt)], audio)

@@ -1,0 +1,257 @@
+"""``POST /v1/moderations``, ``/v1/images/generations`` and ``/v1/audio/speech`` (h-doors) through
+the whole gateway, over real HTTP on loopback, with the official openai SDK as the client and the
+fake OpenAI provider (in process, on its own port) as the upstream: keys and their models, failover
+(the group's first deployment answers 500, the second serves), the fake's validation (the real
+API's refusals relayed in OpenAI's envelope), a group of Anthropic deployments refused with a 400
+naming the endpoint and the group, never cached. Before, each path was a 404.
+
+One gateway and two fakes for the whole module (a module event loop), so each test is a few
+requests."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import build_app
+from gateway.policy.loader import load_policy_with_digest
+from gateway.settings import Settings
+from gateway.testing.fake_provider import FAKE_STATE, FakeConfig
+from gateway.testing.fake_provider import build_app as fake_app
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+TOKEN = "admin-token-for-media-tests"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+POLICY = """
+version: 1
+providers:
+  broken: {{kind: openai, base_url: "{broken}/v1"}}
+  good: {{kind: openai, base_url: "{good}/v1"}}
+  azure: {{kind: azure, base_url: "{good}"}}
+  claude: {{kind: anthropic, base_url: "{good}/v1"}}
+retry: {{backoff_initial_s: 0, backoff_max_s: 0}}
+breaker: {{consecutive_failures: 1000}}
+models:
+  omni-moderation-latest:
+    deployments: [{{provider: good, model: omni-moderation-latest}}]
+  mod:
+    strategy: ordered
+    deployments: [{{provider: broken, model: omni-moderation-latest}}, {{provider: good, model: omni-moderation-latest}}]
+  mod-azure:
+    deployments: [{{provider: azure, model: omni-moderation-latest}}]
+  dalle:
+    strategy: ordered
+    deployments: [{{provider: broken, model: dall-e-3}}, {{provider: good, model: dall-e-3}}]
+  gpt-image:
+    deployments: [{{provider: good, model: gpt-image-1}}]
+  azure-image:
+    deployments: [{{provider: azure, model: dall-e-3}}]
+  mixed-image:
+    strategy: ordered
+    deployments: [{{provider: claude, model: claude-x}}, {{provider: good, model: dall-e-2}}]
+  tts:
+    strategy: ordered
+    deployments: [{{provider: broken, model: tts-1}}, {{provider: good, model: tts-1}}]
+  azure-tts:
+    deployments: [{{provider: azure, model: tts-1}}]
+  claude-only:
+    deployments: [{{provider: claude, model: claude-x}}]
+memory: {{enabled: false}}
+cache: {{cacheable: always}}
+auth:
+  store: {store}
+  teams: {{media: {{}}}}
+"""
+
+
+@dataclass
+class Gateway:
+    client: TestClient
+    good: TestServer
+    broken: TestServer
+    sdk: openai.AsyncOpenAI  # a key for every group
+    narrow: openai.AsyncOpenAI  # a key for "mod" only
+
+
+async def _key(client: TestClient, models: list[str] | None) -> str:
+    body: dict[str, object] = {"team": "media"}
+    if models is not None:
+        body["models"] = models
+    resp = await client.post("/admin/keys", json=body, headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["secret"])
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
+    tmp: Path = tmp_path_factory.mktemp("media")
+    good = TestServer(fake_app(FakeConfig(port=0)), host="127.0.0.1")
+    broken = TestServer(fake_app(FakeConfig(port=0, error_rate=1.0, error_status=500)), host="127.0.0.1")
+    await good.start_server()
+    await broken.start_server()
+    policy_file = tmp / "policy.yaml"
+    root = lambda s: str(s.make_url("")).rstrip("/")  # noqa: E731
+    policy_file.write_text(POLICY.format(broken=root(broken), good=root(good), store=tmp / "keys.sqlite3"))
+    settings = Settings(access_log=False, admin_token=TOKEN, policy_watch=False, policy_path=str(policy_file))
+    policy, digest = load_policy_with_digest(policy_file)
+    app = build_app(settings, policy, {}, policy_path=str(policy_file), policy_digest=digest)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        base = str(client.make_url("/v1"))
+        every = await _key(client, None)
+        narrow = await _key(client, ["mod"])
+        sdk = openai.AsyncOpenAI(api_key=every, base_url=base, max_retries=0, timeout=10)
+        narrow_sdk = openai.AsyncOpenAI(api_key=narrow, base_url=base, max_retries=0, timeout=10)
+        yield Gateway(client, good, broken, sdk, narrow_sdk)
+        await sdk.close()
+        await narrow_sdk.close()
+    await good.close()
+    await broken.close()
+
+
+def _seen(server: TestServer) -> dict[str, object]:
+    app: web.Application = server.app  # type: ignore[assignment]
+    return app[FAKE_STATE].stats()
+
+
+async def _metric_lines(client: TestClient, needle: str) -> list[str]:
+    text = await (await client.get("/metrics")).text()
+    return [line for line in text.splitlines() if needle in line and not line.startswith("#")]
+
+
+# ----- moderations
+
+
+async def test_moderations_through_failover(gw: Gateway) -> None:
+    result = await gw.sdk.moderations.create(model="mod", input=["a calm day", "I will kill it"])
+    assert [r.flagged for r in result.results] == [False, True]
+    assert result.results[1].categories.violence is True
+    assert result.model == "omni-moderation-latest"  # the deployment's model, as the fake names it
+    assert _seen(gw.good)["last_request"]["path"] == "/v1/moderations"  # type: ignore[index]
+    lines = await _metric_lines(gw.client, 'endpoint="/v1/moderations"')
+    assert any("gateway_requests_total" in line and 'status_code="200"' in line for line in lines), lines
+
+
+async def test_moderations_without_a_model_use_openais_default_group(gw: Gateway) -> None:
+    raw = await gw.sdk.moderations.with_raw_response.create(input="hello")
+    assert raw.parse().results[0].flagged is False
+    assert raw.headers["x-gateway-cache"].startswith("bypass")  # never cached, even with cacheable: always
+
+
+async def test_moderations_multi_modal_input(gw: Gateway) -> None:
+    result = await gw.sdk.moderations.create(
+        model="mod",
+        input=[
+            {"type": "text", "text": "murder"},
+            {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}},
+        ],
+    )
+    assert len(result.results) == 1 and result.results[0].flagged
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "mod"}, "input"),
+        ({"model": "mod", "input": []}, "input"),
+        ({"model": "mod", "input": 3}, "input"),
+    ],
+)
+async def test_moderations_bad_input_is_a_400_in_the_envelope(
+    gw: Gateway, body: dict[str, object], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gw.sdk.post("/moderations", cast_to=object, body=body)
+    error = caught.value.body
+    assert isinstance(error, dict) and error["param"] == param and error["type"] == "invalid_request_error"
+
+
+async def test_a_key_without_the_group_gets_404(gw: Gateway) -> None:
+    assert (await gw.narrow.moderations.create(model="mod", input="x")).results
+    with pytest.raises(openai.NotFoundError):
+        await gw.narrow.moderations.create(model="omni-moderation-latest", input="x")
+    with pytest.raises(openai.NotFoundError):
+        await gw.narrow.images.generate(model="dalle", prompt="a cat")
+    with pytest.raises(openai.NotFoundError):
+        await gw.narrow.audio.speech.create(model="tts", input="hi", voice="alloy")
+
+
+@pytest.mark.parametrize(
+    ("model", "path"),
+    [("claude-only", "moderations"), ("claude-only", "images/generations"), ("mod-azure", "moderations")],
+)
+async def test_a_group_without_an_openai_deployment_is_a_400_naming_it(
+    gw: Gateway, model: str, path: str
+) -> None:
+    body = {"model": model, "input": "x", "prompt": "x"}
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gw.sdk.post(f"/{path}", cast_to=object, body=body)
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "unsupported_endpoint", error
+    assert f"'{model}'" in error["message"] and f"/v1/{path}" in error["message"], error
+
+
+# ----- images
+
+
+async def test_images_through_failover(gw: Gateway) -> None:
+    before = _seen(gw.broken)["requests"]
+    result = await gw.sdk.images.generate(model="dalle", prompt="a red fox", size="1792x1024", quality="hd")
+    assert len(result.data) == 1 and result.data[0].url and result.data[0].revised_prompt == "a red fox"
+    assert _seen(gw.broken)["requests"] != before  # the first deployment was tried
+    lines = await _metric_lines(gw.client, 'endpoint="/v1/images/generations"')
+    assert any("gateway_requests_total" in line and 'status_code="200"' in line for line in lines), lines
+
+
+async def test_gpt_image_answers_base64_and_its_usage_is_counted(gw: Gateway) -> None:
+    result = await gw.sdk.images.generate(model="gpt-image", prompt="two cats", n=2, quality="high")
+    assert len(result.data) == 2
+    assert base64.b64decode(result.data[0].b64_json or "").startswith(b"\x89PNG")
+    assert result.usage is not None and result.usage.output_tokens == 544
+    lines = await _metric_lines(gw.client, 'gen_ai_operation_name="image_generation"')
+    assert any(
+        "gen_ai_client_token_usage_sum" in line and 'gen_ai_token_type="output"' in line for line in lines
+    )
+
+
+async def test_images_on_azure_and_in_a_mixed_group(gw: Gateway) -> None:
+    azure = await gw.sdk.images.generate(model="azure-image", prompt="a boat")
+    assert azure.data[0].url
+    last = _seen(gw.good)["last_request"]
+    assert last["path"] == "/openai/deployments/dall-e-3/images/generations"  # type: ignore[index]
+    mixed = await gw.sdk.images.generate(model="mixed-image", prompt="a boat", size="256x256")
+    assert mixed.data[0].url  # the Anthropic deployment refused before any I/O, the next served
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "param"),
+    [
+        ("dalle", {"n": 2}, "n"),  # dall-e-3: only n=1
+        ("dalle", {"size": "256x256"}, "size"),
+        ("dalle", {"quality": "high"}, "quality"),
+        ("gpt-image", {"response_format": "url"}, "response_format"),
+        ("gpt-image", {"style": "vivid"}, "style"),
+        ("gpt-image", {"n": 11}, "n"),  # the gateway's own bound (OpenAI's)
+        ("gpt-image", {"prompt": ""}, "prompt"),
+        ("gpt-image", {"prompt": None}, "prompt"),
+        ("gpt-image", {"stream": True}, "stream"),
+    ],
+)
+async def test_images_bad_input_is_a_400_in_the_envelope(
+    gw: Gateway, model: str, extra: dict[str, object], param: str
+) -> None:
+    body = {"model": model, "prompt": "a cat", **extra}
+    body = {k: v for k, v in body.items() if v is not None}
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gw.sdk.post("/images/generations", cast_to=object, body=body)
+    error = caught.value.body
+    assert isinstance(error, dict) and error["param"] == param, error
+    assert error["type"] == "invalid_request_error"
