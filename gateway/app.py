@@ -462,6 +462,7 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/embeddings", openai.proxy(Endpoint.EMBEDDINGS, app))
     add("POST", "/v1/moderations", openai.proxy(Endpoint.MODERATIONS, app))
     add("POST", "/v1/images/generations", openai.proxy(Endpoint.IMAGES, app))
+    add("POST", "/v1/audio/speech", openai.proxy(Endpoint.SPEECH, app))
     add("POST", "/v1/responses", responses_api.create_response)
     # (before the kept-response resource below, which would take the path as an id)
     add("POST", "/v1/responses/input_tokens", responses_api.count_input_tokens)

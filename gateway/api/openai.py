@@ -44,7 +44,7 @@ def proxy(endpoint: Endpoint, app: web.Application, door_key_header: str = "") -
         body = await read_json(request, max_body_bytes)
         answer = await service.run(endpoint, body, ctx)
         if answer.stream is not None:
-            return await send_stream(request, answer.stream, ctx.request_id)
+            return await send_stream(request, answer.stream, ctx.request_id, media_type=answer.media_type)
         return json_response(answer.body or b"{}")
 
     return handle

@@ -92,10 +92,16 @@ async def send_stream(
     stream: AnswerStream,
     request_id: str,
     error_event: Callable[[GatewayError], bytes] = error_event,
+    *,
+    media_type: str | None = None,
 ) -> web.StreamResponse:
     """Write ``stream`` to the client; a provider failure mid-stream ends it with ``error_event``
-    (OpenAI's by default; a front door passes its own)."""
-    response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+    (OpenAI's by default; a front door passes its own). ``media_type``: a binary answer's content
+    type (speech's audio), its bytes relayed as they come; a failure mid-way can carry no error
+    event, so the connection is cut before the body's end (its client reads an incomplete body,
+    an error, never a shorter file taken for whole)."""
+    headers = _SSE_HEADERS if media_type is None else {"Content-Type": media_type}
+    response = web.StreamResponse(status=200, headers=headers)
     call = request[keys.REQUEST_CALL]
     add_gateway_headers(response.headers, request_id, call)
     call.streaming = True
@@ -111,6 +117,9 @@ async def send_stream(
                 await response.write(chunk)
     except GatewayError as error:
         log.warning("stream failed after first byte", extra={"fields": _failure_fields(request_id, error)})
+        if media_type is not None:
+            _cut(request)
+            return response
         try:
             await _within(request, response.write(error_event(error)))
         except ConnectionResetError:
@@ -127,6 +136,9 @@ async def send_stream(
             task.uncancel()  # the stream is ended, not abandoned
         log.warning("stream cut by the drain", extra={"fields": {"request_id": request_id}})
         stream.drained()  # counted (reason draining) before ``aclose`` below books the rest
+        if media_type is not None:
+            _cut(request)
+            return response
         try:
             await _within(request, response.write(error_event(draining_error())))
         except ConnectionResetError:
@@ -146,6 +158,13 @@ async def send_stream(
     except ConnectionResetError:
         pass
     return response
+
+
+def _cut(request: web.Request) -> None:
+    """End a binary answer short: the connection closed without the chunked body's end."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
 
 
 def _kernel_queue(sock: socket.socket | None) -> int:

@@ -67,6 +67,8 @@ class OpenAIAdapter:
     def stream_translator(
         self, endpoint: Endpoint, request: JSONObject, upstream_model: str, provider: str = ""
     ) -> StreamTranslator:
+        if endpoint is Endpoint.SPEECH:
+            return BytesRelay()
         return OpenAIStreamTranslator()
 
     def translate_error(
@@ -335,6 +337,35 @@ class OpenAIStreamTranslator(WatchedStream):
         usage = event.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
+
+
+class BytesRelay:
+    """A binary answer (speech's audio) relayed as it arrives: nothing to watch, no end marker.
+    Whole once the provider's body ended as its framing says (a body cut short raises in the
+    transport's ``chunks`` before ``finish``); no usage (speech reports none)."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self) -> None:
+        self._done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        return chunk
+
+    def finish(self) -> bytes:
+        self._done = True
+        return b""
+
+    def usage(self) -> JSONObject | None:
+        return None
+
+    @property
+    def completed(self) -> bool:
+        return self._done
+
+    @property
+    def failing(self) -> bool:
+        return False
 
 
 def _check_first_event(chunk: bytes) -> None:

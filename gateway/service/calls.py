@@ -93,6 +93,8 @@ class Answer:
 
     body: bytes | None = None
     stream: AnswerStream | None = None
+    # A binary answer's content type (speech): ``stream`` holds its bytes, relayed as they are.
+    media_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -569,8 +571,15 @@ class RequestService:
         self._served(ctx, served, body, door)
         group_config = self.router.policy.models.get(routed.group)
         shadow = group_config.shadow if group_config is not None else None
-        if shadow is not None and not ctx.internal and self.shadow.draw(shadow):
+        if (
+            shadow is not None
+            and not ctx.internal
+            and endpoint is not Endpoint.SPEECH
+            and self.shadow.draw(shadow)
+        ):
             book.mirror = (shadow, endpoint, body)  # sent once the stream has ended
+        if endpoint is Endpoint.SPEECH:
+            return Answer(stream=routed.value, media_type=routed.value.content_type)
         return Answer(stream=routed.value)
 
     async def _open_stream(
@@ -599,8 +608,9 @@ class RequestService:
             async for chunk in chunks:
                 first = translator.feed(chunk)
                 # The answer starts with its first event: comments before it (keep-alives) are
-                # not an answer, and a stream of nothing else is failed over as empty.
-                if first.find(b"data:") >= 0:
+                # not an answer, and a stream of nothing else is failed over as empty. (Speech's
+                # audio starts with its first byte.)
+                if first.find(b"data:") >= 0 or (first and endpoint is Endpoint.SPEECH):
                     return RoutedStream(first, response, chunks, translator, book, capture=capture)
         except BaseException:
             await chunks.aclose()
@@ -631,7 +641,7 @@ class RequestService:
                 )
                 async for chunk in chunks:
                     first = translator.feed(chunk)
-                    if first.find(b"data:") >= 0:  # as in ``_open_stream``
+                    if first.find(b"data:") >= 0 or (first and endpoint is Endpoint.SPEECH):
                         book.span = span  # ended with the stream (_StreamBook)
                         return RoutedStream(first, response, chunks, translator, book, capture=capture)
             except BaseException:

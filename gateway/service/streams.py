@@ -170,6 +170,11 @@ class RoutedStream:
         if not self._settled:
             self._book.drained(self)
 
+    @property
+    def content_type(self) -> str:
+        """The provider's ``Content-Type`` (a binary answer's, relayed with it)."""
+        return self._response.headers.get("Content-Type") or "application/octet-stream"
+
     def output_tokens(self) -> int:
         """Output tokens the provider reported, else about one per content event."""
         usage = self.translator.usage()

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import openai
 import pytest
 import pytest_asyncio
@@ -24,6 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import build_app
 from gateway.policy.loader import load_policy_with_digest
 from gateway.settings import Settings
+from gateway.testing import fake_media
 from gateway.testing.fake_provider import FAKE_STATE, FakeConfig
 from gateway.testing.fake_provider import build_app as fake_app
 
@@ -38,6 +40,7 @@ providers:
   good: {{kind: openai, base_url: "{good}/v1"}}
   azure: {{kind: azure, base_url: "{good}"}}
   claude: {{kind: anthropic, base_url: "{good}/v1"}}
+  cut: {{kind: openai, base_url: "{cut}/v1"}}
 retry: {{backoff_initial_s: 0, backoff_max_s: 0}}
 breaker: {{consecutive_failures: 1000}}
 models:
@@ -63,6 +66,8 @@ models:
     deployments: [{{provider: broken, model: tts-1}}, {{provider: good, model: tts-1}}]
   azure-tts:
     deployments: [{{provider: azure, model: tts-1}}]
+  cut-tts:
+    deployments: [{{provider: cut, model: tts-1}}]
   claude-only:
     deployments: [{{provider: claude, model: claude-x}}]
 memory: {{enabled: false}}
@@ -78,6 +83,7 @@ class Gateway:
     client: TestClient
     good: TestServer
     broken: TestServer
+    cut: TestServer  # drops the connection half way through an answer
     sdk: openai.AsyncOpenAI  # a key for every group
     narrow: openai.AsyncOpenAI  # a key for "mod" only
 
@@ -96,11 +102,14 @@ async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]
     tmp: Path = tmp_path_factory.mktemp("media")
     good = TestServer(fake_app(FakeConfig(port=0)), host="127.0.0.1")
     broken = TestServer(fake_app(FakeConfig(port=0, error_rate=1.0, error_status=500)), host="127.0.0.1")
-    await good.start_server()
-    await broken.start_server()
+    cut = TestServer(fake_app(FakeConfig(port=0, disconnect_rate=1.0)), host="127.0.0.1")
+    for server in (good, broken, cut):
+        await server.start_server()
     policy_file = tmp / "policy.yaml"
     root = lambda s: str(s.make_url("")).rstrip("/")  # noqa: E731
-    policy_file.write_text(POLICY.format(broken=root(broken), good=root(good), store=tmp / "keys.sqlite3"))
+    policy_file.write_text(
+        POLICY.format(broken=root(broken), good=root(good), cut=root(cut), store=tmp / "keys.sqlite3")
+    )
     settings = Settings(access_log=False, admin_token=TOKEN, policy_watch=False, policy_path=str(policy_file))
     policy, digest = load_policy_with_digest(policy_file)
     app = build_app(settings, policy, {}, policy_path=str(policy_file), policy_digest=digest)
@@ -110,11 +119,11 @@ async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]
         narrow = await _key(client, ["mod"])
         sdk = openai.AsyncOpenAI(api_key=every, base_url=base, max_retries=0, timeout=10)
         narrow_sdk = openai.AsyncOpenAI(api_key=narrow, base_url=base, max_retries=0, timeout=10)
-        yield Gateway(client, good, broken, sdk, narrow_sdk)
+        yield Gateway(client, good, broken, cut, sdk, narrow_sdk)
         await sdk.close()
         await narrow_sdk.close()
-    await good.close()
-    await broken.close()
+    for server in (good, broken, cut):
+        await server.close()
 
 
 def _seen(server: TestServer) -> dict[str, object]:
@@ -186,12 +195,17 @@ async def test_a_key_without_the_group_gets_404(gw: Gateway) -> None:
 
 @pytest.mark.parametrize(
     ("model", "path"),
-    [("claude-only", "moderations"), ("claude-only", "images/generations"), ("mod-azure", "moderations")],
+    [
+        ("claude-only", "moderations"),
+        ("claude-only", "images/generations"),
+        ("claude-only", "audio/speech"),
+        ("mod-azure", "moderations"),
+    ],
 )
 async def test_a_group_without_an_openai_deployment_is_a_400_naming_it(
     gw: Gateway, model: str, path: str
 ) -> None:
-    body = {"model": model, "input": "x", "prompt": "x"}
+    body = {"model": model, "input": "x", "prompt": "x", "voice": "alloy"}
     with pytest.raises(openai.BadRequestError) as caught:
         await gw.sdk.post(f"/{path}", cast_to=object, body=body)
     error = caught.value.body
@@ -252,6 +266,70 @@ async def test_images_bad_input_is_a_400_in_the_envelope(
     body = {k: v for k, v in body.items() if v is not None}
     with pytest.raises(openai.BadRequestError) as caught:
         await gw.sdk.post("/images/generations", cast_to=object, body=body)
+    error = caught.value.body
+    assert isinstance(error, dict) and error["param"] == param, error
+    assert error["type"] == "invalid_request_error"
+
+
+# ----- speech
+
+
+async def test_speech_through_failover_relays_the_audio_and_its_type(gw: Gateway) -> None:
+    text = "Hello there, this is a longer sentence. " * 20
+    body = {"model": "tts-1", "input": text, "voice": "alloy", "response_format": "wav"}
+    expected = fake_media.speech(body)
+    async with gw.sdk.audio.speech.with_streaming_response.create(
+        model="tts", input=text, voice="alloy", response_format="wav"
+    ) as response:
+        assert response.headers["content-type"] == "audio/wav"
+        assert "x-gateway-cache" in response.headers
+        chunks = [chunk async for chunk in response.iter_bytes()]
+    audio = b"".join(chunks)
+    assert audio.startswith(b"RIFF") and audio == expected.audio
+    lines = await _metric_lines(gw.client, 'endpoint="/v1/audio/speech"')
+    assert any("gateway_requests_total" in line and 'status_code="200"' in line for line in lines), lines
+
+
+async def test_speech_on_azure_and_a_custom_voice(gw: Gateway) -> None:
+    answer = await gw.sdk.audio.speech.create(model="azure-tts", input="hi", voice={"id": "voice_1"})
+    assert answer.content.startswith(b"ID3")  # mp3 by default
+    last = _seen(gw.good)["last_request"]
+    assert last["path"] == "/openai/deployments/tts-1/audio/speech"  # type: ignore[index]
+
+
+async def test_speech_cut_by_the_provider_is_an_incomplete_body_not_a_short_file(gw: Gateway) -> None:
+    body = {"model": "cut-tts", "input": "a sentence long enough for several writes " * 10, "voice": "alloy"}
+    async with gw.client.post(
+        "/v1/audio/speech",
+        json=body,
+        headers={"Authorization": gw.sdk.api_key and f"Bearer {gw.sdk.api_key}"},
+    ) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "audio/mpeg"
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    lines = await _metric_lines(gw.client, "gateway_stream_errors_total")
+    assert any('endpoint="/v1/audio/speech"' in line for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"input": "x" * 4097}, "input"),  # OpenAI's 4,096 characters
+        ({"input": ""}, "input"),
+        ({"voice": None}, "voice"),
+        ({"input": None}, "input"),
+        ({"response_format": "ogg"}, "response_format"),
+        ({"speed": 9}, "speed"),  # the provider's refusal, relayed
+        ({"instructions": "whisper"}, "instructions"),  # not with tts-1
+    ],
+)
+async def test_speech_bad_input_is_a_400_in_the_envelope(
+    gw: Gateway, extra: dict[str, object], param: str
+) -> None:
+    body = {"model": "tts", "input": "hello", "voice": "alloy", **extra}
+    body = {k: v for k, v in body.items() if v is not None}
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gw.sdk.post("/audio/speech", cast_to=object, body=body)
     error = caught.value.body
     assert isinstance(error, dict) and error["param"] == param, error
     assert error["type"] == "invalid_request_error"
