@@ -46,6 +46,8 @@ DEPLOYMENT_PATHS = {
     "/openai/deployments/{deployment}/chat/completions": Endpoint.CHAT,
     "/openai/deployments/{deployment}/completions": Endpoint.COMPLETIONS,
     "/openai/deployments/{deployment}/embeddings": Endpoint.EMBEDDINGS,
+    "/openai/deployments/{deployment}/images/generations": Endpoint.IMAGES,
+    "/openai/deployments/{deployment}/audio/speech": Endpoint.SPEECH,
 }
 
 # Azure's v1 API (``{endpoint}/openai/v1/...``, no ``api-version`` or ``preview``), which the
@@ -55,6 +57,8 @@ V1_PATHS = {
     "/openai/v1/chat/completions": Endpoint.CHAT,
     "/openai/v1/completions": Endpoint.COMPLETIONS,
     "/openai/v1/embeddings": Endpoint.EMBEDDINGS,
+    "/openai/v1/images/generations": Endpoint.IMAGES,
+    "/openai/v1/audio/speech": Endpoint.SPEECH,
 }
 
 
@@ -85,7 +89,7 @@ def proxy(endpoint: Endpoint, app: web.Application) -> Handler:
                 raise
             raise DeploymentNotFound(deployment, exc.available) from None
         if answer.stream is not None:
-            return await send_stream(request, answer.stream, ctx.request_id)
+            return await send_stream(request, answer.stream, ctx.request_id, media_type=answer.media_type)
         return json_response(answer.body or b"{}")
 
     return handle

@@ -23,11 +23,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_app
+from gateway.errors import UnsupportedByProvider
 from gateway.policy.loader import load_policy_with_digest
+from gateway.policy.model import AnthropicProvider, AzureProvider, GeminiProvider
+from gateway.providers.registry import adapter_for
 from gateway.settings import Settings
 from gateway.testing import fake_media
 from gateway.testing.fake_provider import FAKE_STATE, FakeConfig
 from gateway.testing.fake_provider import build_app as fake_app
+from gateway.wire.requests import Endpoint
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -333,3 +337,42 @@ async def test_speech_bad_input_is_a_400_in_the_envelope(
     error = caught.value.body
     assert isinstance(error, dict) and error["param"] == param, error
     assert error["type"] == "invalid_request_error"
+
+
+async def test_the_azure_openai_client_reaches_images_and_speech(gw: Gateway) -> None:
+    azure = openai.AsyncAzureOpenAI(
+        api_key=gw.sdk.api_key,
+        azure_endpoint=str(gw.client.make_url("")),
+        api_version="2024-10-21",
+        max_retries=0,
+        timeout=10,
+    )
+    try:
+        image = await azure.images.generate(model="gpt-image", prompt="a lamp")
+        assert image.data[0].b64_json
+        speech = await azure.audio.speech.create(
+            model="tts", input="hi", voice="nova", response_format="flac"
+        )
+        assert speech.content.startswith(b"fLaC")
+    finally:
+        await azure.close()
+
+
+@pytest.mark.parametrize("endpoint", [Endpoint.MODERATIONS, Endpoint.IMAGES, Endpoint.SPEECH])
+async def test_the_translating_adapters_refuse_before_any_io(endpoint: Endpoint) -> None:
+    """Before: the Gemini adapter built a completions request of an images body, the Anthropic
+    one raised a KeyError (a 500)."""
+    body = {"model": "m", "input": "x", "prompt": "x", "voice": "alloy"}
+    gemini = GeminiProvider(kind="gemini", base_url="https://g.test/v1beta")
+    claude = AnthropicProvider(kind="anthropic", base_url="https://a.test/v1")
+    for config in (gemini, claude):
+        with pytest.raises(UnsupportedByProvider):
+            adapter_for(config).build_request(endpoint, body, "m")
+    azure = adapter_for(AzureProvider(kind="azure", base_url="https://r.test"))
+    if endpoint is Endpoint.MODERATIONS:
+        with pytest.raises(UnsupportedByProvider):
+            azure.build_request(endpoint, body, "d")
+    else:
+        assert azure.build_request(endpoint, body, "d").path.startswith(
+            f"/openai/deployments/d/{endpoint.value}?"
+        )
