@@ -132,7 +132,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         "top",
         help="a live view of a running gateway: requests/s, p50/p99, error, fallback and cache hit "
         "rates, and each deployment's traffic, share, score, latency and breaker (from /metrics and "
-        "/admin/models; sends SOPHIA_ADMIN_TOKEN when set)",
+        "/admin/models; sends SOPHIA_ADMIN_TOKEN and SOPHIA_METRICS_TOKEN when set)",
     )
     top.add_argument(
         "--url",
@@ -199,12 +199,16 @@ def _top(args: argparse.Namespace) -> int:
     from gateway.settings import admin_token_problem
 
     url = args.url or f"http://127.0.0.1:{os.environ.get('SOPHIA_PORT') or 8080}"
-    token = os.environ.get("SOPHIA_ADMIN_TOKEN") or None
-    problem = None if token is None else admin_token_problem(token)
-    if problem is not None:  # http.client's own refusal would quote the token
-        print(f"error: SOPHIA_ADMIN_TOKEN {problem}", file=sys.stderr)
-        return 2
-    return top.run(url, args.interval, token)
+    tokens = {}
+    for name in ("SOPHIA_ADMIN_TOKEN", "SOPHIA_METRICS_TOKEN"):
+        token = tokens[name] = os.environ.get(name) or None
+        problem = None if token is None else admin_token_problem(token)
+        if problem is not None:  # http.client's own refusal would quote the token
+            print(f"error: {name} {problem}", file=sys.stderr)
+            return 2
+    return top.run(
+        url, args.interval, tokens["SOPHIA_ADMIN_TOKEN"], metrics_token=tokens["SOPHIA_METRICS_TOKEN"]
+    )
 
 
 def _workers(text: str) -> int:
@@ -269,7 +273,7 @@ def _run_workers(count: int, settings: Settings, policy: Policy, digest: str, *,
     from gateway.workers import MAX_WORKERS_A_CORE, Supervisor, available_cores, check_supported
 
     check_supported()
-    check_open(policy, settings.host, allow_open, settings.admin_token)
+    check_open(policy, settings.host, allow_open, settings.admin_token, settings.metrics_token)
     cores = available_cores()
     if count > MAX_WORKERS_A_CORE * cores:
         raise StartupError(

@@ -67,7 +67,8 @@ def run(
     Raises ``StartupError`` when the address cannot be bound or a resource refuses to start
     (whatever had started is closed first), and when ``auth.mode: open`` would listen beyond
     loopback without ``allow_open``."""
-    check_open(app[keys.POLICY], host, allow_open, app[keys.SETTINGS].admin_token)
+    settings = app[keys.SETTINGS]
+    check_open(app[keys.POLICY], host, allow_open, settings.admin_token, settings.metrics_token)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(_serve(app, host, port, on_ready))
 
@@ -99,9 +100,16 @@ def raise_open_file_limit() -> tuple[int, int] | None:
     return soft, soft
 
 
-def check_open(policy: Policy, host: str, allow_open: bool, admin_token: str | None = None) -> None:
+def check_open(
+    policy: Policy,
+    host: str,
+    allow_open: bool,
+    admin_token: str | None = None,
+    metrics_token: str | None = None,
+) -> None:
     """StartupError when ``auth.mode: open`` would listen beyond loopback without ``allow_open``,
-    or ``admin_token`` (``SOPHIA_ADMIN_TOKEN``) is shorter than ``MIN_ADMIN_TOKEN_CHARS`` there."""
+    or ``admin_token`` (``SOPHIA_ADMIN_TOKEN``) or ``metrics_token`` (``SOPHIA_METRICS_TOKEN``) is
+    shorter than ``MIN_ADMIN_TOKEN_CHARS`` there."""
     if is_loopback(host):
         return
     if policy.auth.mode == "open" and not allow_open:
@@ -116,6 +124,13 @@ def check_open(policy: Policy, host: str, allow_open: bool, admin_token: str | N
             f"SOPHIA_ADMIN_TOKEN is {len(admin_token)} characters long and {host or 'every interface'} "
             f"is not loopback: anyone who reaches the admin API could guess it; use at least "
             f"{MIN_ADMIN_TOKEN_CHARS} random characters (openssl rand -hex 32), or bind 127.0.0.1"
+        )
+    if metrics_token is not None and len(metrics_token) < MIN_ADMIN_TOKEN_CHARS:
+        # A token set to close /metrics that a first guess opens closes nothing.
+        raise StartupError(
+            f"SOPHIA_METRICS_TOKEN is {len(metrics_token)} characters long and "
+            f"{host or 'every interface'} is not loopback: anyone who reaches /metrics could guess it; "
+            f"use at least {MIN_ADMIN_TOKEN_CHARS} random characters (openssl rand -hex 32), or bind 127.0.0.1"
         )
 
 

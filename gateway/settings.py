@@ -71,7 +71,8 @@ MAX_ADMIN_TOKEN_CHARS = 4096
 
 
 def admin_token_problem(token: str) -> str | None:
-    """What makes ``token`` unusable as ``SOPHIA_ADMIN_TOKEN``, or None when it is fine.
+    """What makes ``token`` unusable as ``SOPHIA_ADMIN_TOKEN`` (or ``SOPHIA_METRICS_TOKEN``: the same
+    rules), or None when it is fine.
 
     The token travels as ``Authorization: Bearer <token>``, and the gateway compares only printable
     ASCII there (``!`` to ``~``: RFC 9110 header text without spaces): a token with a space, a line
@@ -141,11 +142,13 @@ def _env_choice(
     return value
 
 
-def _env_admin_token(e: Mapping[str, str]) -> str | None:
-    token = e.get("SOPHIA_ADMIN_TOKEN") or None
+def _env_token(e: Mapping[str, str], name: str) -> str | None:
+    """The token in variable ``name`` (``SOPHIA_ADMIN_TOKEN``, ``SOPHIA_METRICS_TOKEN``), None when
+    unset or empty; SettingsError naming the variable (never the token) when no header can carry it."""
+    token = e.get(name) or None
     problem = None if token is None else admin_token_problem(token)
     if problem is not None:
-        raise SettingsError(f"SOPHIA_ADMIN_TOKEN {problem}")
+        raise SettingsError(f"{name} {problem}")
     return token
 
 
@@ -192,6 +195,9 @@ class Settings:
     memory_url: str | None = field(default=None, repr=False)
     # When set, /admin/* needs "Authorization: Bearer <token>".
     admin_token: str | None = field(default=None, repr=False)
+    # When set, GET /metrics needs "Authorization: Bearer <token>" (SOPHIA_METRICS_TOKEN); unset,
+    # /metrics is open as every Prometheus exporter's is (README "Metrics": why, and when to set it).
+    metrics_token: str | None = field(default=None, repr=False)
     # Where the gateway keeps small state files of its own (rollouts.json without REDIS_URL).
     state_dir: str = "data"
     rollout_prefix: str = "sophia:rollout:"
@@ -247,7 +253,8 @@ class Settings:
             log_format=_env_choice(e, "SOPHIA_LOG_FORMAT", base.log_format, ("json", "text")),
             access_log=e.get("SOPHIA_ACCESS_LOG", "1") not in ("0", "false", "no"),
             policy_watch=e.get("SOPHIA_POLICY_WATCH", "1") not in ("0", "false", "no"),
-            admin_token=_env_admin_token(e),
+            admin_token=_env_token(e, "SOPHIA_ADMIN_TOKEN"),
+            metrics_token=_env_token(e, "SOPHIA_METRICS_TOKEN"),
             redis_url=e.get("REDIS_URL") or None,
             cache_prefix=e.get("SOPHIA_CACHE_PREFIX", base.cache_prefix),
             memory_url=e.get("MEMORY_URL") or None,

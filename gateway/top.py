@@ -320,12 +320,21 @@ def _get(url: str, token: str | None, timeout_s: float) -> tuple[int, bytes]:
 
 
 def scrape(
-    url: str, token: str | None = None, timeout_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+    url: str,
+    token: str | None = None,
+    timeout_s: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+    metrics_token: str | None = None,
 ) -> Scrape:
-    """GET ``url``/metrics and ``url``/admin/models; ``Unreachable`` if the gateway does not answer."""
+    """GET ``url``/metrics (with ``metrics_token``, ``SOPHIA_METRICS_TOKEN``, when given) and
+    ``url``/admin/models (with ``token``); ``Unreachable`` if the gateway does not answer."""
     base = url.rstrip("/")
-    status, body = _get(base + "/metrics", None, timeout_s)
+    status, body = _get(base + "/metrics", metrics_token, timeout_s)
     at_s = clock()
+    if status == 401:
+        raise Unreachable(
+            f"{base}/metrics answered 401: set SOPHIA_METRICS_TOKEN to the gateway's metrics token"
+        )
     if status != 200:
         raise Unreachable(f"{base}/metrics answered HTTP {status}")
     admin_status, admin_body = _get(base + "/admin/models", token, timeout_s)
@@ -378,12 +387,13 @@ def run(
     token: str | None = None,
     console: Console | None = None,
     frames: int | None = None,
+    metrics_token: str | None = None,
 ) -> int:
     """Redraw every ``interval_s`` until interrupted (or ``frames`` screens); the exit code: 0,
     or 2 with one line on stderr when the gateway cannot be reached."""
     console = console or Console()
     try:
-        before = scrape(url, token)
+        before = scrape(url, token, metrics_token=metrics_token)
         with Live(
             Text(f"sophia-gateway top  {url}  (first figures in {interval_s:g} s)"),
             console=console,
@@ -392,7 +402,7 @@ def run(
             shown = 0
             while frames is None or shown < frames:
                 time.sleep(interval_s)
-                after = scrape(url, token)
+                after = scrape(url, token, metrics_token=metrics_token)
                 live.update(render(figures(before, after), url), refresh=True)
                 before = after
                 shown += 1

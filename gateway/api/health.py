@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.api import peers
-from gateway.http.auth import require_admin
+from gateway.http.auth import metrics_refusal, require_admin
 from gateway.http.responses import json_response
 from gateway.observability import worker_totals
 from gateway.observability.exposition import merge_expositions
@@ -56,7 +56,14 @@ async def health(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """This process's metrics; in a worker set (``serve --workers N``), those of every worker,
     merged (``observability/exposition.py``), with the totals of workers that died or did not
-    answer (``observability/worker_totals.py``), unless the scrape came from a peer worker."""
+    answer (``observability/worker_totals.py``), unless the scrape came from a peer worker.
+
+    With ``SOPHIA_METRICS_TOKEN`` set, a scrape without it is refused (401) before anything is
+    rendered or asked of the peers; a peer worker asks over its Unix socket (in the set's private
+    directory) and is answered without it."""
+    from_peer = peers.from_peer(request)
+    if not from_peer and (refusal := metrics_refusal(request)) is not None:
+        return refusal
     body = request.app[keys.METRICS].render()
     worker = request.app[keys.SETTINGS].worker
     if worker is None:
@@ -65,7 +72,7 @@ async def metrics(request: web.Request) -> web.Response:
     # Written down before it is shown, here or through the peer that asked: a value Prometheus
     # saw is never missing from the sum once this process dies.
     await asyncio.to_thread(worker_totals.save, worker.run_dir, worker.index, pid, body.decode())
-    if peers.from_peer(request):
+    if from_peer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, peers.PID_HEADER: str(pid)})
     indexes = peers.peers(worker)
     answers = await asyncio.gather(*(peers.ask(worker, i, "GET", "/metrics") for i in indexes))

@@ -17,7 +17,10 @@ Admin endpoints (``/admin/*``) need ``Authorization: Bearer $SOPHIA_ADMIN_TOKEN`
 constant time) whenever the token is set; without it they answer only on a gateway bound to
 loopback, and 403 when it listens beyond.
 
-Each 401 of either kind is counted against the client's address (``auth/throttle.py``; behind
+``GET /metrics`` needs ``Authorization: Bearer $SOPHIA_METRICS_TOKEN`` (constant time) when that
+token is set (``metrics_refusal``: plain-text 401 and 429, door ``metrics``), and is open without it.
+
+Each 401 of any kind is counted against the client's address (``auth/throttle.py``; behind
 ``SOPHIA_TRUSTED_PROXIES``, the one their ``X-Forwarded-For`` names: ``client_address``); an
 address that failed too often is refused with 429 ``auth_throttled`` before its credential is
 read, a correct one included, until its window ends. While no address has failed lately, a
@@ -152,16 +155,24 @@ def client_address(request: web.Request, clients: ClientAddresses | None = None)
 def refuse_if_throttled(request: web.Request, throttle: FailedAuthThrottle, door: str) -> None:
     """Raise 429 ``auth_throttled`` (counted in ``gateway_auth_throttled_total{door}``, marked in
     the access log) when ``request``'s client address is refused for its failures."""
+    retry_after_s = throttled(request, throttle, door)
+    if retry_after_s > 0:
+        raise AuthThrottled(retry_after_s)
+
+
+def throttled(request: web.Request, throttle: FailedAuthThrottle, door: str) -> float:
+    """How long ``request``'s client address stays refused for its failures (0: not refused); a
+    refusal is counted in ``gateway_auth_throttled_total{door}`` and marked in the access log."""
     retry_after_s = throttle.retry_after_s(client_address(request))
     if retry_after_s <= 0:
-        return
+        return 0.0
     app = request.app
     metrics = app[keys.METRICS]
     metrics.child(metrics.auth_throttled, door).inc()
     call = request.get(keys.REQUEST_CALL)
     if call is not None:
         call.auth_throttled = True
-    raise AuthThrottled(retry_after_s)
+    return retry_after_s
 
 
 def failed(
@@ -227,6 +238,40 @@ def require_admin(request: web.Request) -> None:
                 headers=_CHALLENGE,
             ),
         )
+
+
+def metrics_refusal(request: web.Request) -> web.Response | None:
+    """None when ``request`` may read ``/metrics``, else the answer that refuses it, in plain text
+    (a scraper shows the status; a person with curl reads the line): 401 with a Bearer challenge
+    without the right ``SOPHIA_METRICS_TOKEN`` (compared in constant time; a wrong one counted
+    against the client address as a wrong admin token is, door ``metrics``), 429 with
+    ``Retry-After`` for an address that failed too often lately. Without the token set, None:
+    ``/metrics`` is open (README "Metrics")."""
+    app = request.app
+    token = app[keys.SETTINGS].metrics_token
+    if token is None:
+        return None
+    throttle = app[keys.AUTH_THROTTLE]
+    if throttle.failures and (retry_after_s := throttled(request, throttle, "metrics")) > 0:
+        refusal = AuthThrottled(retry_after_s)
+        return web.Response(
+            status=429, text=refusal.message + "\n", headers={**refusal.headers}, content_type="text/plain"
+        )
+    given = (
+        bearer_token(request.headers.getall("Authorization", []), _ADMIN_BEARER, _MAX_ADMIN_HEADER_CHARS)
+        or ""
+    )
+    if hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+    ):
+        return None
+    failed(request, throttle, "metrics", AuthenticationFailed(""))
+    text = (
+        "401 Unauthorized: the token sent is not this gateway's SOPHIA_METRICS_TOKEN.\n"
+        if "Authorization" in request.headers
+        else "401 Unauthorized: /metrics needs 'Authorization: Bearer <SOPHIA_METRICS_TOKEN>'.\n"
+    )
+    return web.Response(status=401, text=text, headers=_CHALLENGE, content_type="text/plain")
 
 
 def _require_local_host(request: web.Request) -> None:

@@ -734,7 +734,7 @@ class GatewayMetrics:
             "gateway_auth_throttled",
             "Requests refused (429 auth_throttled) before their credential was read, because their "
             "client address failed authentication too often within the window, by door: api "
-            "(virtual keys) or admin (SOPHIA_ADMIN_TOKEN).",
+            "(virtual keys), admin (SOPHIA_ADMIN_TOKEN) or metrics (SOPHIA_METRICS_TOKEN).",
             ("door",),
         )
         self.limits_local = Counter(
@@ -819,7 +819,7 @@ class GatewayMetrics:
             self.rollouts.labels(result)
         for result in ("applied", "unchanged", "invalid", "failed"):
             self.policy_reloads.labels(result)
-        for door in ("api", "admin"):
+        for door in ("api", "admin", "metrics"):
             self.auth_throttled.labels(door)
         self.registry.register(
             _PlainCollector([m for m in vars(self).values() if isinstance(m, Counter | Gauge | Histogram)])

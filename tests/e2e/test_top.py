@@ -17,6 +17,7 @@ from gateway import top
 from gateway.testing.process import ManagedProcess, free_port, start
 
 ADMIN_TOKEN = "top-admin-token-123"
+METRICS_TOKEN = "top-metrics-token-456"  # the gateway's /metrics wants it (SOPHIA_METRICS_TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,11 @@ memory: {{enabled: false}}
     )
     proc = start(
         ["serve", "--policy", str(policy), "--port", "0"],
-        env={"SOPHIA_ADMIN_TOKEN": ADMIN_TOKEN, "SOPHIA_ACCESS_LOG": "0"},
+        env={
+            "SOPHIA_ADMIN_TOKEN": ADMIN_TOKEN,
+            "SOPHIA_METRICS_TOKEN": METRICS_TOKEN,
+            "SOPHIA_ACCESS_LOG": "0",
+        },
     )
     yield proc
     proc.stop()
@@ -79,9 +84,9 @@ def traffic(url: str) -> None:
 
 
 def test_two_scrapes_with_traffic_between_give_the_figures_on_screen(gateway: ManagedProcess) -> None:
-    before = top.scrape(gateway.url, ADMIN_TOKEN)
+    before = top.scrape(gateway.url, ADMIN_TOKEN, metrics_token=METRICS_TOKEN)
     traffic(gateway.url)
-    after = top.scrape(gateway.url, ADMIN_TOKEN)
+    after = top.scrape(gateway.url, ADMIN_TOKEN, metrics_token=METRICS_TOKEN)
     f = top.figures(before, after)
 
     assert f.requests == 12
@@ -118,10 +123,10 @@ def test_two_scrapes_with_traffic_between_give_the_figures_on_screen(gateway: Ma
 def test_without_the_admin_token_the_traffic_shows_and_the_screen_says_what_to_set(
     gateway: ManagedProcess,
 ) -> None:
-    before = top.scrape(gateway.url, None)
+    before = top.scrape(gateway.url, None, metrics_token=METRICS_TOKEN)
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-anything", max_retries=0)
     client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "once"}])
-    after = top.scrape(gateway.url, None)
+    after = top.scrape(gateway.url, None, metrics_token=METRICS_TOKEN)
     f = top.figures(before, after)
     assert f.requests == 1
     assert after.models is None and f.admin_error is not None
@@ -135,9 +140,26 @@ def test_without_the_admin_token_the_traffic_shows_and_the_screen_says_what_to_s
 
 def test_the_loop_draws_a_screen_from_the_live_gateway(gateway: ManagedProcess) -> None:
     console = Console(record=True, width=110, color_system=None, force_terminal=False)
-    assert top.run(gateway.url, interval_s=0.2, token=ADMIN_TOKEN, console=console, frames=2) == 0
+    assert (
+        top.run(
+            gateway.url,
+            interval_s=0.2,
+            token=ADMIN_TOKEN,
+            console=console,
+            frames=2,
+            metrics_token=METRICS_TOKEN,
+        )
+        == 0
+    )
     text = console.export_text()
     assert "sophia-gateway top" in text and "healthy/upstream-chat" in text and "breaker" in text
+
+
+def test_without_the_metrics_token_top_says_what_to_set(gateway: ManagedProcess) -> None:
+    for wrong in (None, ADMIN_TOKEN):  # the admin token is not the metrics token
+        with pytest.raises(top.Unreachable, match="set SOPHIA_METRICS_TOKEN") as refused:
+            top.scrape(gateway.url, ADMIN_TOKEN, metrics_token=wrong)
+        assert "answered 401" in str(refused.value)
 
 
 def test_an_unreachable_gateway_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -157,7 +179,7 @@ def test_an_unreachable_gateway_is_one_line_and_exit_2(tmp_path: Path) -> None:
 def test_a_stream_failed_after_its_first_byte_counts_in_the_error_rate(gateway: ManagedProcess) -> None:
     """Answered 200 and then cut by its provider: not a 5xx, an error all the same."""
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-anything", max_retries=0)
-    before = top.scrape(gateway.url, ADMIN_TOKEN)
+    before = top.scrape(gateway.url, ADMIN_TOKEN, metrics_token=METRICS_TOKEN)
     received = []
     with pytest.raises(openai.APIError):
         for chunk in client.chat.completions.create(
@@ -166,7 +188,7 @@ def test_a_stream_failed_after_its_first_byte_counts_in_the_error_rate(gateway: 
             if chunk.choices:
                 received.append(chunk.choices[0].delta.content)
     client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "whole"}])
-    after = top.scrape(gateway.url, ADMIN_TOKEN)
+    after = top.scrape(gateway.url, ADMIN_TOKEN, metrics_token=METRICS_TOKEN)
     assert received  # the first tokens came, then the error event
     f = top.figures(before, after)
     assert (f.requests, f.error_rate) == (2, pytest.approx(1 / 2))

@@ -29,6 +29,8 @@ from gateway.testing.process import ManagedProcess, start
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="needs SO_REUSEPORT (Linux)")
 
 CHAT = "/v1/chat/completions"
+# The set's /metrics wants it (the ``gateway`` fixture sets it); the other sets ignore it.
+METRICS_TOKEN = "workers-metrics-token-0123"
 
 
 def policy(fake_url: str, slow_url: str) -> str:
@@ -53,9 +55,11 @@ def policy(fake_url: str, slow_url: str) -> str:
     )
 
 
-def call(url: str, body: Any = None) -> tuple[int, Any]:
+def call(url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             raw = resp.read()
@@ -74,7 +78,7 @@ def chat(url: str, text: str = "hello") -> int:
 
 
 def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, text = call(url + "/metrics")
+    status, text = call(url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
     assert status == 200
     out = {}
     for family in text_string_to_metric_families(text):
@@ -137,7 +141,11 @@ def policy_path(fakes: tuple[ManagedProcess, ManagedProcess], tmp_path: Path) ->
 def gateway(policy_path: Path, tmp_path: Path) -> Iterator[ManagedProcess]:
     cwd = tmp_path / "run"
     cwd.mkdir()
-    proc = start(["serve", "--policy", str(policy_path), "--port", "0", "--workers", "2"], cwd=str(cwd))
+    proc = start(
+        ["serve", "--policy", str(policy_path), "--port", "0", "--workers", "2"],
+        cwd=str(cwd),
+        env={"SOPHIA_METRICS_TOKEN": METRICS_TOKEN},
+    )
     try:
         yield proc
     finally:
@@ -174,6 +182,12 @@ def test_one_line_for_the_set_and_one_metrics_summing_every_worker(gateway: Mana
             dict(labels).get("worker") for (name, labels) in found if name == "process_resident_memory_bytes"
         } == {"0", "1"}
         assert [labels for (name, labels) in found if name == "process_cpu_seconds_total"] == [()]
+    # SOPHIA_METRICS_TOKEN: every worker refuses the set's /metrics without it (a new connection
+    # each: either worker answers), before asking its peers.
+    for authorization in ({}, {"Authorization": "Bearer wrong"}):
+        for _ in range(6):
+            status, text = call(gateway.url + "/metrics", headers=authorization)
+            assert status == 401 and text.startswith("401 Unauthorized"), text
 
 
 def index_vectors(url: str) -> dict[str, float]:

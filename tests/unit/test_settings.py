@@ -55,6 +55,20 @@ def test_an_empty_token_is_unset() -> None:
     assert Settings.from_env({}).admin_token is None
 
 
+def test_the_metrics_token_follows_the_admin_tokens_rules_and_is_never_shown() -> None:
+    assert Settings.from_env({"SOPHIA_METRICS_TOKEN": "scrape-me-0123456789"}).metrics_token == (
+        "scrape-me-0123456789"
+    )
+    assert Settings.from_env({"SOPHIA_METRICS_TOKEN": ""}).metrics_token is None
+    assert Settings.from_env({}).metrics_token is None  # unset: /metrics open (README "Metrics")
+    with pytest.raises(SettingsError) as exc:
+        Settings.from_env({"SOPHIA_METRICS_TOKEN": "left-part-right-part\n"})
+    message = str(exc.value)
+    assert message.startswith("SOPHIA_METRICS_TOKEN has a line break at character 21"), message
+    assert "left-part" not in message
+    assert "left-part" not in repr(Settings(metrics_token="left-part-right-part"))
+
+
 def test_serve_stops_at_start_in_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KEYS_URL", "MEMORY_URL")}
     result = subprocess.run(

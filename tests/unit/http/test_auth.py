@@ -467,6 +467,18 @@ def test_a_short_admin_token_does_not_start_beyond_loopback(host: str) -> None:
     check_open(policy, "127.0.0.1", False, "admin")  # on loopback, any token
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3"])
+def test_a_short_metrics_token_does_not_start_beyond_loopback(host: str) -> None:
+    settings = Settings(access_log=False, metrics_token="scrape")
+    app = build_app(settings, parse_policy(POLICY), {})
+    with pytest.raises(StartupError, match="SOPHIA_METRICS_TOKEN is 6 characters long") as raised:
+        run(app, host, 0)
+    assert "scrape" not in str(raised.value)
+    policy = parse_policy(POLICY)
+    check_open(policy, host, False, None, "x" * MIN_ADMIN_TOKEN_CHARS)  # long enough
+    check_open(policy, "127.0.0.1", False, None, "scrape")  # on loopback, any token
+
+
 def test_serve_with_a_short_admin_token_beyond_loopback_exits_2(tmp_path: Any) -> None:
     policy = tmp_path / "keys.yaml"
     policy.write_text(POLICY)

@@ -99,13 +99,19 @@ def answer(request: UpstreamRequest) -> MockResponse:
 
 @asynccontextmanager
 async def serving(
-    tmp_path: Path, *, access_log: bool = False, trusted_proxies: str = "", exempt_default: bool = False
+    tmp_path: Path,
+    *,
+    access_log: bool = False,
+    trusted_proxies: str = "",
+    exempt_default: bool = False,
+    metrics_token: str | None = None,
 ) -> AsyncIterator[Gateway]:
     """``exempt_default``: the throttle exempts loopback and the private ranges, as by default
     (else it counts every address: the tests' clients are all on loopback)."""
     settings = Settings(
         access_log=access_log,
         admin_token=TOKEN,
+        metrics_token=metrics_token,
         policy_watch=False,
         auth_throttle_failures=LIMIT,
         auth_throttle_window_s=WINDOW_S,
@@ -258,6 +264,59 @@ async def test_wrong_admin_tokens_throttle_the_admin_api_in_its_format(gateway: 
     assert throttled_count(gw, "admin") == 1
     gw.clock.now += WINDOW_S
     assert (await admin("127.0.0.6", TOKEN))[0] == 200
+
+
+METRICS_TOKEN = "metrics-token-for-throttle-tests"
+
+
+async def test_metrics_needs_its_token_when_set_and_wrong_ones_are_throttled(tmp_path: Path) -> None:
+    """SOPHIA_METRICS_TOKEN set: GET /metrics without it is a plain-text 401 with a Bearer
+    challenge (what a scraper and curl show), the right token gets the exposition, and wrong ones
+    count against the address like wrong admin tokens (door ``metrics``). Before, /metrics
+    answered 200 to anyone."""
+
+    async def scrape(address: str, authorization: str | None) -> tuple[int, dict[str, str], str]:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0))
+        headers = {"Authorization": authorization} if authorization is not None else {}
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(gw.url + "/metrics", headers=headers) as resp,
+        ):
+            return resp.status, dict(resp.headers), await resp.text()
+
+    async with serving(tmp_path, metrics_token=METRICS_TOKEN) as gw:
+        status, headers, text = await scrape("127.0.0.9", None)
+        assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer"), text
+        assert headers["Content-Type"].startswith("text/plain")
+        assert text == "401 Unauthorized: /metrics needs 'Authorization: Bearer <SOPHIA_METRICS_TOKEN>'.\n"
+        status, _, text = await scrape("127.0.0.10", f"bearer {METRICS_TOKEN}")
+        assert status == 200 and "gateway_requests_total" in text
+        for wrong in ("Bearer not-the-token", f"Bearer {TOKEN}", f"Bearer {METRICS_TOKEN}x"):
+            status, _, text = await scrape("127.0.0.11", wrong)  # the admin token opens no /metrics
+            assert status == 401 and "is not this gateway's SOPHIA_METRICS_TOKEN" in text, wrong
+            assert "token-for" not in text
+        # Three wrong tokens from .11 reached the limit (no token was .9's one failure).
+        status, headers, text = await scrape("127.0.0.11", f"Bearer {METRICS_TOKEN}")
+        assert (
+            status == 429
+            and headers["Retry-After"] == "60"
+            and headers["Content-Type"].startswith("text/plain")
+        )
+        assert text == "Too many failed authentication attempts from this address. Try again in 60 s.\n"
+        assert throttled_count(gw, "metrics") == 1 and throttled_count(gw, "admin") == 0
+        # The failures are the address's: its admin calls are refused too; another address scrapes.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.11", 0))) as s:
+            assert (await s.get(gw.url + "/admin/keys", headers=ADMIN)).status == 429
+        status, _, text = await scrape("127.0.0.10", f"Bearer {METRICS_TOKEN}")
+        assert status == 200
+        # The refusals are in the metrics the dashboard reads.
+        assert 'gateway_requests_total{endpoint="/metrics"' in text
+        assert re.search(r'gateway_requests_total\{endpoint="/metrics"[^}]*status_code="401"\} 4\.0', text), (
+            text
+        )
+        assert 'gateway_auth_throttled_total{door="metrics"} 1.0' in text
+        gw.clock.now += WINDOW_S
+        assert (await scrape("127.0.0.11", f"Bearer {METRICS_TOKEN}"))[0] == 200
 
 
 async def test_a_throttled_request_is_marked_in_the_access_log(

@@ -66,7 +66,7 @@ def test_exposition_is_the_same_text_prometheus_client_writes() -> None:
     for family, results in (  # the series GatewayMetrics starts at 0 (known label values)
         ("gateway_rollouts", ("promoted", "rolled_back", "aborted")),
         ("gateway_policy_reloads", ("applied", "unchanged", "invalid", "failed")),
-        ("gateway_auth_throttled", ("api", "admin")),
+        ("gateway_auth_throttled", ("api", "admin", "metrics")),
     ):
         for result in results:
             ref[family].labels(result)  # type: ignore[attr-defined]
