@@ -216,6 +216,15 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
             graph("Upstream errors/s", "reqps",
                   (f"sum by (provider, error_type) (rate(gateway_upstream_errors_total{{{P}}}[{RATE}]))",
                    "{{provider}} {{error_type}}")),
+            graph("Failed authentications/s", "reqps",
+                  (f'sum by (endpoint) (rate(gateway_requests_total{{status_code="401"}}[{RATE}]))',
+                   "401 {{endpoint}}"),
+                  (f"sum by (door) (rate(gateway_auth_throttled_total[{RATE}]))", "throttled {{door}}"),
+                  description="Credentials refused (401: a virtual key that is unknown, revoked or "
+                  "expired, a wrong SOPHIA_ADMIN_TOKEN or SOPHIA_METRICS_TOKEN) by endpoint, and "
+                  "requests the failed-auth throttle refused (429 auth_throttled) by door: api, admin, "
+                  "metrics. The alert SophiaManyFailedAuthentications fires on their sum. Not filtered "
+                  "by model or provider: a refused request has neither."),
             graph("GenAI operations/s", "reqps",
                   ("sum by (gen_ai_operation_name, gen_ai_provider_name) "
                    f"(rate(gen_ai_client_operation_duration_seconds_count{{{GENAI}}}[{RATE}]))",

@@ -1,7 +1,7 @@
 """The dashboard and the rules against a real Prometheus scraping a real gateway.
 
 A Prometheus process (1 s scrape and rule evaluation, deploy/prometheus/rules.yml loaded, a
-temporary data directory) scrapes a gateway process whose providers are fake-provider processes
+temporary data directory, the gateway's SOPHIA_METRICS_TOKEN sent from a credentials_file) scrapes a gateway process whose providers are fake-provider processes
 and whose memory store is Snowflake faked in the gateway process (fakesnow: the pool is real).
 Mixed traffic runs in rounds, one per scrape (cache hits, misses and evictions, failovers,
 streams, 5xx errors, an Anthropic provider, embeddings, memory writes and searches, a key's
@@ -46,6 +46,8 @@ ROUNDS = 4  # traffic rounds, each followed by a scrape
 # recovery and rollout ones included).
 NOT_YET: tuple[str, ...] = ()
 NOT_YET_RECORDS: tuple[str, ...] = ()
+# The gateway's /metrics wants it (SOPHIA_METRICS_TOKEN); Prometheus reads it from a file.
+METRICS_TOKEN = "dashboard-metrics-token-0123456789"
 VARIABLES = {"$model": ".*", "$provider": ".*", "$team": ".*", "$__rate_interval": "1m"}
 
 pytestmark = pytest.mark.timeout(240)
@@ -87,13 +89,22 @@ class Prometheus:
 
 
 def start_prometheus(binary: str, target: str, workdir: Path) -> Prometheus:
+    """Scraping ``target`` with ``METRICS_TOKEN`` read from a file, as README "Metrics" shows."""
+    token_file = workdir / "metrics-token"
+    token_file.write_text(METRICS_TOKEN + "\n")  # a trailing newline, as a Secret file may have
+    token_file.chmod(0o600)
+    scrape = {
+        "job_name": "sophia-gateway",
+        "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
+        "static_configs": [{"targets": [target]}],
+    }
     config = workdir / "prometheus.yml"
     config.write_text(
         yaml.safe_dump(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                 "rule_files": [str(RULES)],
-                "scrape_configs": [{"job_name": "sophia-gateway", "static_configs": [{"targets": [target]}]}],
+                "scrape_configs": [scrape],
             }
         )
     )
@@ -243,7 +254,12 @@ def stack() -> Iterator[Stack]:
         }
         gateway = start(
             ["serve", "--policy", str(policy), "--port", "0"],
-            env={"SOPHIA_LOG_FORMAT": "json", "SOPHIA_ACCESS_LOG": "0", **snowflake},
+            env={
+                "SOPHIA_LOG_FORMAT": "json",
+                "SOPHIA_ACCESS_LOG": "0",
+                "SOPHIA_METRICS_TOKEN": METRICS_TOKEN,
+                **snowflake,
+            },
             module="tests.e2e.fakesnow_serve",
             timeout_s=60,
         )
@@ -399,6 +415,15 @@ def test_every_panel_and_rule_finds_finite_data_in_a_real_prometheus(stack: Stac
     for number in range(ROUNDS):
         traffic_round(stack, number)
         seen = wait_for_scrape(prometheus, seen, deadline)  # each round's counters in a sample of their own
+    # Every scrape succeeded: Prometheus sent the token from its credentials_file, which /metrics
+    # wants (without it: 401).
+    up = prometheus.query('min_over_time(up{job="sophia-gateway"}[10m])')["data"]["result"]
+    assert [float(s["value"][1]) for s in up] == [1.0]
+    try:
+        urllib.request.urlopen(f"{stack.gateway.url}/metrics", timeout=10)
+        raise AssertionError("/metrics answered without the token")
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 401
     queries = dashboard_queries() + rule_queries()
     assert len(queries) > 60
     # Recording rules are evaluated each second from the samples: poll until they have caught up.
