@@ -372,6 +372,23 @@ def test_the_analysis_queries_name_metrics_the_gateway_exports() -> None:
     assert '"status_code"' in source
 
 
+def test_prod_metrics_want_a_token_the_service_monitor_sends() -> None:
+    """Secure by default in prod: SOPHIA_METRICS_TOKEN from a Secret of its own (required, so a
+    pod without it does not start with /metrics open), and the ServiceMonitor sends the same key
+    (Prometheus Operator ``authorization``). Dev (one pod, no Operator) leaves /metrics open."""
+    docs = render("prod")
+    (token,) = [e for e in gateway_container(docs)["env"] if e["name"] == "SOPHIA_METRICS_TOKEN"]
+    ref = token["valueFrom"]["secretKeyRef"]
+    assert not ref.get("optional", False)
+    assert ref["name"] not in {s["secretRef"]["name"] for s in gateway_container(docs)["envFrom"]}
+    (endpoint,) = the(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["authorization"]["type"] == "Bearer"
+    credentials = endpoint["authorization"]["credentials"]
+    assert (credentials["name"], credentials["key"]) == secret_key(token)
+    assert not credentials.get("optional", False)
+    assert "SOPHIA_METRICS_TOKEN" not in {e["name"] for e in gateway_container(render("dev"))["env"]}
+
+
 def test_prod_service_monitor_scrapes_metrics_on_the_service_port() -> None:
     docs = render("prod")
     monitor, service = the(docs, "ServiceMonitor"), the(docs, "Service")
@@ -426,7 +443,11 @@ def pod_process_env(
 ) -> dict[str, str]:
     """The container's environment with what only makes sense in the pod mapped to this machine:
     loopback instead of 0.0.0.0, a free port, the data volume's path."""
-    env = {e["name"]: e["value"] for e in container["env"]}
+    secrets = {("sophia-gateway-metrics", "token"): METRICS_TOKEN}  # what the pod's Secrets hold
+    env = {
+        e["name"]: e["value"] if "value" in e else secrets[secret_key(e)]  # KeyError: a Secret unknown here
+        for e in container["env"]
+    }
     assert env.pop("SOPHIA_STATE_DIR") == "/app/data"
     assert env.pop("SOPHIA_POLICY") == "/etc/sophia/policy.yaml"
     return {
@@ -443,9 +464,20 @@ def pod_process_env(
     }
 
 
-def probe(url: str) -> int:
+METRICS_TOKEN = "metrics-token-of-the-rendered-pod"
+
+
+def secret_key(env_var: Doc) -> tuple[str, str]:
+    """(Secret, key) an env entry's ``valueFrom.secretKeyRef`` names."""
+    ref = env_var["valueFrom"]["secretKeyRef"]
+    return ref["name"], ref["key"]
+
+
+def probe(url: str, headers: dict[str, str] | None = None) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=5
+        ) as response:
             return int(response.status)
     except urllib.error.HTTPError as e:
         return e.code
@@ -477,6 +509,9 @@ def test_the_rendered_pod_answers_its_probes_and_writes_only_to_its_volumes(
         assert probe(base + container["startupProbe"]["httpGet"]["path"]) == 200
         assert probe(base + container["livenessProbe"]["httpGet"]["path"]) == 200
         assert probe(base + container["readinessProbe"]["httpGet"]["path"]) == ready
+        # /metrics wants the token from the Secret; the ServiceMonitor sends it.
+        assert probe(base + "/metrics") == 401
+        assert probe(base + "/metrics", {"Authorization": f"Bearer {METRICS_TOKEN}"}) == 200
     finally:
         gateway.signal(signal.SIGTERM)
         code = gateway.wait(
