@@ -328,6 +328,24 @@ class Price(_Strict):
             + completion * self.output_per_mtok
         ) / 1_000_000
 
+    def input_per_mtok_at(self, read_share: float, written_share: float, written_1h_share: float) -> float:
+        """The average price in US dollars per million prompt tokens when ``read_share`` of them
+        are read from the prompt cache and ``written_share`` written to it (of which
+        ``written_1h_share`` to a 1-hour cache), the rest at ``input_per_mtok``: what routing's
+        cost term compares (``cost_usd``'s arithmetic per prompt token)."""
+        read = min(max(read_share, 0.0), 1.0)
+        written = min(max(written_share, 0.0), 1.0 - read)
+        written_1h = min(max(written_1h_share, 0.0), written)
+        cached = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        write = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        write_1h = write if self.cache_write_1h_per_mtok is None else self.cache_write_1h_per_mtok
+        return (
+            (1.0 - read - written) * self.input_per_mtok
+            + read * cached
+            + (written - written_1h) * write
+            + written_1h * write_1h
+        )
+
 
 class RolloutGates(_Strict):
     """What a rollout's candidate must show at each step (over the step's window, on each replica)."""
@@ -622,13 +640,18 @@ class Routing(_Strict):
         "differences far below it (jitter between equally fast deployments) barely count.",
     )
     latency_alpha: float = Field(
-        0.2, gt=0, le=1, description="Weight of each new latency sample in the moving average."
+        0.2,
+        gt=0,
+        le=1,
+        description="Weight of each new latency sample in the moving average (and of each "
+        "answer's prompt-cache counts in the deployment's cache shares).",
     )
     stale_after_s: float = Field(
         120.0,
         gt=0,
         description="Latency figures older than this are forgotten: the deployment is treated "
-        "as unmeasured (optimistically) until new traffic measures it.",
+        "as unmeasured (optimistically) until new traffic measures it. Its prompt-cache shares "
+        "likewise: its cost is then scored at the list input price again.",
     )
     window_s: float = Field(
         300.0, gt=0, description="Sliding window for success rate, uptime and error classes."

@@ -118,6 +118,7 @@ def _deployment(
             "reliability": round(t.reliability, 4),
             "cost": round(t.cost, 4),
         },
+        "price": _price(target, now),
         "stats": {
             "requests": st.requests,
             "successes": st.successes,
@@ -138,6 +139,25 @@ def _deployment(
             "cooling_for_s": round(st.cooling_until - now, 3) if st.cooling_until > now else None,
             "peers": _peers(st.peer),
         },
+    }
+
+
+def _price(target: Target, now: float) -> dict[str, Any]:
+    """What the cost term priced (US dollars per million tokens): the list prices, the input price
+    it used (``Target.input_per_mtok``) and the observed cache shares behind it (None: none
+    observed, or the deployment has no cache price, so the list input price)."""
+    price = target.deployment.price
+    shares = target.live.stats.cache_shares(now) if target.prices_cache else None
+    return {
+        "input_per_mtok": price.input_per_mtok,
+        "output_per_mtok": price.output_per_mtok,
+        "cached_input_per_mtok": price.cached_input_per_mtok,
+        "cache_write_per_mtok": price.cache_write_per_mtok,
+        "cache_write_1h_per_mtok": price.cache_write_1h_per_mtok,
+        "effective_input_per_mtok": round(target.input_per_mtok(now), 6),
+        "cache_read_share": round(shares.read, 4) if shares is not None else None,
+        "cache_write_share": round(shares.written, 4) if shares is not None else None,
+        "cache_write_1h_share": round(shares.written_1h, 4) if shares is not None else None,
     }
 
 
@@ -236,6 +256,11 @@ def render(view: Mapping[str, Any], model: str, policy: Policy | None, source: s
             f"{rank:>4}  {d['provider'] + '/' + d['model']:<36} {d['share']:>6.1%} {d['score']:>6.3f}  "
             f"{t['latency']:>5.2f} {t['quality']:>5.2f} {t['reliability']:>5.2f} {t['cost']:>5.2f}  {state}"
         )
+    priced = [(d, d["price"]) for d in ranked if isinstance(d.get("price"), Mapping)]
+    if priced:  # (a gateway from before h-routecost shows no prices)
+        lines.append("")
+        lines.append("cost basis, US dollars per million tokens (input at the observed cache shares):")
+        lines.extend(f"  {d['provider'] + '/' + d['model']:<36} {_price_text(p)}" for d, p in priced)
     lines.append("")
     lines.append(
         "share: chance of being the first choice now; the others follow in score order as fallbacks."
@@ -245,6 +270,28 @@ def render(view: Mapping[str, Any], model: str, policy: Policy | None, source: s
         "quality = prior blended with feedback, reliability = smoothed success rate."
     )
     return "\n".join(lines)
+
+
+def _price_text(price: Mapping[str, Any]) -> str:
+    """``input 3 -> 0.84 (80% read from the cache, 5% written), output 15``; a deployment without
+    cache prices: ``input 3, output 15``."""
+    listed, effective = price["input_per_mtok"], price["effective_input_per_mtok"]
+    read, written = price.get("cache_read_share"), price.get("cache_write_share")
+    if read is None:
+        cache_priced = any(
+            price.get(k) is not None
+            for k in ("cached_input_per_mtok", "cache_write_per_mtok", "cache_write_1h_per_mtok")
+        )
+        cache = "no cache share observed yet" if cache_priced else ""
+    else:
+        cache = f"{read:.0%} read from the cache, {written or 0:.0%} written"
+    shown = _dollars(listed) if effective == listed else f"{_dollars(listed)} -> {_dollars(effective)}"
+    return f"input {shown}{f' ({cache})' if cache else ''}, output {_dollars(price['output_per_mtok'])}"
+
+
+def _dollars(value: float) -> str:
+    """``3``, ``0.57``, ``1000000``: up to six decimals, none trailing (never ``1e+06``)."""
+    return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
 def _rollout_text(rollout: Mapping[str, Any]) -> str:

@@ -413,7 +413,7 @@ class Router:
                 latency_s=t.live.stats.latency_estimate(now, stream=stream),
                 quality=t.live.stats.quality(t.deployment.quality, routing.quality_prior_votes),
                 reliability=t.live.stats.reliability(now, routing.reliability_prior_requests),
-                price_in=t.deployment.price.input_per_mtok,
+                price_in=t.input_per_mtok(now),
                 price_out=t.deployment.price.output_per_mtok,
             )
             for t in targets
@@ -694,7 +694,10 @@ class Router:
             cost = price.cost_usd(prompt, completion, read, written, written_1h)
         else:  # the common case, inline (a method call is ~0.2 us on every answer)
             cost = (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1_000_000
-        target.live.stats.cost_usd += cost
+        stats = target.live.stats
+        stats.cost_usd += cost
+        if target.prices_cache:  # the cache shares routing's cost term prices (a few float updates)
+            stats.cache_usage(self._clock(), prompt, read, written, written_1h)
         if cost:
             self._metrics.child(self._metrics.cost, group_name, target.provider, target.model).inc(cost)
         group = self._groups.get(group_name)

@@ -12,7 +12,8 @@ expensive model win):
 * reliability: smoothed success share over the sliding window;
 * cost:        (cheapest blended price + eps) / (this one's + eps), blended at the group's
                typical input/output token mix; eps is 1% of the dearest, so free models do
-               not divide by zero.
+               not divide by zero. The input price is the deployment's effective one
+               (``Target.input_per_mtok``): its cache prices at its observed cache shares.
 
 score = sum(weight * term) / sum(weight).
 
@@ -37,7 +38,7 @@ class Figures:
     latency_s: float | None  # None: unmeasured or stale
     quality: float
     reliability: float
-    price_in: float  # USD per million input tokens
+    price_in: float  # USD per million input tokens (effective: at the observed cache shares)
     price_out: float
 
 

@@ -13,7 +13,11 @@ keys share the ``{routing}`` hash tag, so it runs on Redis Cluster as on one Red
 
 A summary (orjson, per deployment ``provider\\tmodel``) holds this replica's latency and
 time-to-first-token EWMAs, its success-window counts, its requests in flight, and, if its own
-calls opened the breaker or a 429 set the deployment aside, the milliseconds left of that.
+calls opened the breaker or a 429 set the deployment aside, the milliseconds left of that; then
+its failure streak and (h-routecost) its prompt-cache averages (``CacheShare.averages``: prompt,
+read, written and 1-hour written tokens per answer, or null). A row is a list read by position:
+fields are only ever appended, and a reader ignores those past the ones it knows, so replicas of
+two versions (a rolling upgrade) share state; a row without the cache figures has none.
 
 What a replica does with the others' summaries:
 
@@ -24,9 +28,10 @@ What a replica does with the others' summaries:
   ``consecutive_failures`` then counts the failures in a row of all replicas, so a provider that
   dies costs the whole fleet about that many failed calls, not that many per replica;
 * the rest becomes ``stats.peer`` (``PeerFigures``): latency EWMAs averaged, weighted by each
-  replica's window request count, window counts and votes summed; the score's latency,
-  reliability and quality terms blend it with the replica's own figures (``stats.py``). Scores
-  are recomputed every 50 ms at most (router), so the hot path pays nothing per request.
+  replica's window request count, window counts and votes summed, cache averages weighted like
+  latency; the score's latency, reliability, quality and cost terms blend it with the replica's
+  own figures (``stats.py``). Scores are recomputed every 50 ms at most (router), so the hot
+  path pays nothing per request.
 
 Redis down (``redis_link.Outage``: logged once, ``gateway_shared_state_up`` 0): every ``peer`` is
 cleared and each replica routes on its own figures (its breakers and cool-downs are its own
@@ -229,7 +234,7 @@ class SharedRouting:
     ) -> tuple[bytes, list[tuple[str, float]], dict[Key, tuple[float, int]]]:
         """This replica's summary, the vote increments not yet in the shared totals, and the
         totals they bring each deployment to (confirmed once the script ran)."""
-        out: dict[str, list[float | int | None]] = {}
+        out: dict[str, list[object]] = {}
         votes: list[tuple[str, float]] = []
         sent: dict[Key, tuple[float, int]] = {}
         for key, live in states.items():
@@ -248,6 +253,7 @@ class SharedRouting:
                 None if open_until is None else int((open_until - now) * 1000),
                 int((cooling - now) * 1000) if own_cooling else None,
                 breaker.streak,
+                stats.cache.averages(now, stats.stale_after_s),
             ]
             flushed = self._flushed.get(key)
             if flushed is None or flushed.stats is not stats:
@@ -339,6 +345,8 @@ class _Merge:
 
     __slots__ = (
         "bad",
+        "cache_sums",
+        "cache_weight",
         "cooling_ms_left",
         "in_flight",
         "latency_sum",
@@ -355,12 +363,20 @@ class _Merge:
         self.latency_weight = self.ttft_weight = self.ok = self.bad = self.in_flight = self.streak = 0
         self.open_ms_left: int | None = None
         self.cooling_ms_left: int | None = None
+        self.cache_sums = [0.0, 0.0, 0.0, 0.0]
+        self.cache_weight = 0
 
-    def add(self, row: list[float | int | None], age_ms: int) -> None:
+    def add(self, row: list[Any], age_ms: int) -> None:
         latency, ttft, ok, bad, in_flight, open_ms, cooling_ms = row[:7]
         if len(row) > 7:
             self.streak += int(row[7] or 0)
         weight = max(1, int(ok or 0) + int(bad or 0))
+        cache = _cache_figures(row[8]) if len(row) > 8 else None  # (none in a row before h-routecost)
+        if cache is not None:
+            sums = self.cache_sums
+            for i in range(4):
+                sums[i] += cache[i] * weight
+            self.cache_weight += weight
         if latency is not None:
             self.latency_sum += float(latency) * weight
             self.latency_weight += weight
@@ -388,7 +404,24 @@ class _Merge:
             in_flight=self.in_flight,
             feedback_sum=vote_sum,
             feedback_votes=votes,
+            cache=_averages(self.cache_sums, self.cache_weight) if self.cache_weight else None,
+            cache_weight=self.cache_weight,
         )
+
+
+def _cache_figures(value: object) -> tuple[float, float, float, float] | None:
+    """A row's cache figures (prompt, read, written, 1-hour written tokens per answer), None when
+    absent or not four non-negative numbers (a replica of another version: ignored, not fatal)."""
+    if not isinstance(value, list) or len(value) != 4:
+        return None
+    if not all(type(x) in (int, float) and 0 <= x < float("inf") for x in value):
+        return None
+    prompt, read, written, written_1h = (float(x) for x in value)
+    return prompt, read, written, written_1h
+
+
+def _averages(sums: list[float], weight: int) -> tuple[float, float, float, float]:
+    return sums[0] / weight, sums[1] / weight, sums[2] / weight, sums[3] / weight
 
 
 def _synced(reply: Any) -> tuple[int, list[bytes], dict[str, float]]:

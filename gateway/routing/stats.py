@@ -1,4 +1,5 @@
-"""Live figures per deployment, from real traffic: latency, success, uptime, errors, feedback.
+"""Live figures per deployment, from real traffic: latency, success, uptime, errors, feedback,
+and the share of its prompt tokens the provider's prompt cache served (``CacheShare``).
 
 Everything here is plain arithmetic on numbers the router hands in; no I/O and no clock of its own
 (callers pass ``now`` from ``time.monotonic()``), so it is exact to unit-test. One instance per
@@ -78,6 +79,51 @@ class _Ewma:
         return self.value
 
 
+class CacheShare:
+    """Prompt tokens per answer, and of them those read from the provider's prompt cache, written
+    to it and written to a 1-hour cache: moving averages (``alpha`` per answer, forgotten once
+    older than ``stale_after_s``) like the latency's. Their ratios are the deployment's cache
+    shares, token-weighted (a long cached prompt counts for more than a short uncached one, as
+    it does on the bill). Only deployments with a cache price keep it (``Target.prices_cache``):
+    for the others every prompt token costs the input price whatever the cache did."""
+
+    __slots__ = ("prompt", "read", "updated", "written", "written_1h")
+
+    def __init__(self) -> None:
+        self.prompt = self.read = self.written = self.written_1h = 0.0
+        self.updated: float | None = None  # None: nothing observed yet
+
+    def add(self, prompt: int, read: int, written: int, written_1h: int, alpha: float, now: float) -> None:
+        """One answer's counts (cut to the prompt as ``Price.cost_usd`` cuts them)."""
+        read = min(read, prompt)
+        written = min(written, prompt - read)
+        written_1h = min(written_1h, written)
+        if self.updated is None:
+            self.prompt, self.read, self.written, self.written_1h = prompt, read, written, written_1h
+        else:
+            self.prompt += alpha * (prompt - self.prompt)
+            self.read += alpha * (read - self.read)
+            self.written += alpha * (written - self.written)
+            self.written_1h += alpha * (written_1h - self.written_1h)
+        self.updated = now
+
+    def averages(self, now: float, stale_after_s: float) -> tuple[float, float, float, float] | None:
+        """(prompt, read, written, written 1 h) tokens per answer, None when unobserved or stale."""
+        if self.updated is None or now - self.updated > stale_after_s or self.prompt <= 0:
+            return None
+        return self.prompt, self.read, self.written, self.written_1h
+
+
+@dataclass(frozen=True, slots=True)
+class CacheShares:
+    """Shares of a deployment's prompt tokens (0..1) read from the prompt cache, written to it
+    (1-hour writes included) and written to a 1-hour cache."""
+
+    read: float
+    written: float
+    written_1h: float
+
+
 @dataclass(frozen=True, slots=True)
 class PeerFigures:
     """The other replicas' figures for one deployment, merged (``shared.py``): latency EWMAs
@@ -92,6 +138,10 @@ class PeerFigures:
     in_flight: int = 0
     feedback_sum: float = 0.0
     feedback_votes: int = 0
+    # Prompt, read, written and 1-hour written tokens per answer (``CacheShare.averages``),
+    # weighted by each replica's request count; None when no replica observed any.
+    cache: tuple[float, float, float, float] | None = None
+    cache_weight: int = 0
 
 
 def _blend(own: float | None, own_weight: int, peer: float | None, peer_weight: int) -> float | None:
@@ -128,6 +178,7 @@ class DeploymentStats:
     feedback_votes: int = 0
     cost_usd: float = 0.0
     cooling_until: float = 0.0  # a 429's Retry-After: skipped by every request until then
+    cache: CacheShare = field(default_factory=CacheShare)
     peer: PeerFigures | None = None  # the other replicas' figures (shared routing state)
 
     def __post_init__(self) -> None:
@@ -210,3 +261,31 @@ class DeploymentStats:
     def own_latency(self, now: float, *, stream: bool) -> float | None:
         """This replica's own EWMA (what it publishes to the others), None when stale."""
         return (self.ttft_s if stream else self.latency_s).get(now, self.stale_after_s)
+
+    def cache_usage(self, now: float, prompt: int, read: int, written: int, written_1h: int) -> None:
+        """One answer's prompt tokens and, of them, those the provider's prompt cache read and
+        wrote (a deployment with a cache price: ``Router.record_usage``)."""
+        if prompt > 0:
+            self.cache.add(prompt, read, written, written_1h, self.alpha, now)
+
+    def cache_shares(self, now: float) -> CacheShares | None:
+        """The shares of prompt tokens read from and written to the prompt cache lately (every
+        replica's, weighted by request counts), None before any answer was observed or once stale."""
+        own = self.cache.averages(now, self.stale_after_s)
+        peer = self.peer
+        theirs = peer.cache if peer is not None else None
+        if theirs is None:
+            if own is None:
+                return None
+            prompt, read, written, written_1h = own
+        elif own is None:
+            prompt, read, written, written_1h = theirs
+        else:
+            ok, bad = self.window.totals(now)
+            mine, other = max(ok + bad, 1), max(peer.cache_weight, 1) if peer is not None else 1
+            prompt, read, written, written_1h = (
+                (a * mine + b * other) / (mine + other) for a, b in zip(own, theirs, strict=True)
+            )
+        if prompt <= 0:
+            return None
+        return CacheShares(read / prompt, written / prompt, written_1h / prompt)

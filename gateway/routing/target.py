@@ -58,6 +58,19 @@ class Target:
         object.__setattr__(self, "model", self.deployment.model)
         object.__setattr__(self, "prices_cache", self.deployment.price.prices_cache)
 
+    def input_per_mtok(self, now: float) -> float:
+        """The prompt token's price routing's cost term uses (US dollars per million): the list
+        input price blended with the cache prices at the deployment's observed cache shares
+        (``DeploymentStats.cache_shares``); the list price before any answer was observed, once
+        the observations are stale, and for a deployment without a cache price."""
+        price = self.deployment.price
+        if not self.prices_cache:
+            return price.input_per_mtok
+        shares = self.live.stats.cache_shares(now)
+        if shares is None:
+            return price.input_per_mtok
+        return price.input_per_mtok_at(shares.read, shares.written, shares.written_1h)
+
 
 @dataclass(slots=True)
 class Route:

@@ -8,6 +8,10 @@ limits stay every prompt token, cached or not.
 
 Prices are $1 a prompt token, $2 a completion token, $0.10 a cache read, $1.25 a cache write
 and $2 a 1-hour cache write (Anthropic's ratios); before h-cost every prompt token was $1.
+
+And routing prices the cache too (h-routecost): of two deployments at those same list prices,
+the one whose provider reports cache reads scores the cheaper (``/admin/models``, ``policy
+explain --url``). The module's weights are cost alone, so the cost term is the whole score.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -42,6 +47,7 @@ FAKES = {
         "--cache-write-tokens", str(WRITTEN), "--cache-write-1h-tokens", str(WRITTEN_1H),
     ],
     "gem": ["--flavor", "gemini", "--cache-read-tokens", str(READ)],
+    "plain": [],  # reports no cache counts
 }  # fmt: skip
 # (group, provider, upstream model, the cache counts its provider reports: read, written, 1 h)
 GROUPS = {
@@ -56,6 +62,7 @@ class Stack:
     gateway: ManagedProcess
     secret: str
     key_id: str
+    policy: Path
 
     def openai(self) -> openai.OpenAI:
         return openai.OpenAI(
@@ -87,11 +94,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ("gpt", "openai", "/v1"),
             ("claude", "anthropic", "/v1"),
             ("gem", "gemini", "/v1beta"),
+            ("plain", "openai", "/v1"),
         )
     )
     models = "".join(
         f"  {group}: {{deployments: [{{provider: {name}, model: {model}, price: {PRICE}}}]}}\n"
         for name, (group, model, _) in GROUPS.items()
+    )
+    # The same two deployments alone (to give each its traffic) and together (to compare them).
+    hit = f"{{provider: gpt, model: gpt-routed, price: {PRICE}}}"
+    miss = f"{{provider: plain, model: plain-routed, price: {PRICE}}}"
+    models += (
+        f"  cache-hit: {{deployments: [{hit}]}}\n  cache-miss: {{deployments: [{miss}]}}\n"
+        f"  cache-pick: {{deployments: [{miss}, {hit}]}}\n"
     )
     policy = tmp_path_factory.mktemp("cached-cost") / "policy.yaml"
     policy.write_text(
@@ -101,6 +116,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         + models
         + textwrap.dedent(
             """\
+            weights: {latency: 0, quality: 0, reliability: 0, cost: 1}
             memory: {enabled: false}
             auth:
               mode: keys
@@ -113,7 +129,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         gateway = start_gateway(policy, env={"SOPHIA_ADMIN_TOKEN": ADMIN, "REDIS_URL": ""})
         created = _admin(gateway.url, "/admin/keys", {"team": "t"})
-        yield Stack(gateway, created["secret"], created["id"])
+        yield Stack(gateway, created["secret"], created["id"], policy)
     finally:
         if gateway is not None:
             gateway.stop()
@@ -253,3 +269,43 @@ def test_the_keys_spend_is_the_same_cost_and_its_tokens_every_prompt_token(stack
     assert spent == pytest.approx(expected, abs=1e-5), (spent, expected)
     # Limits count every prompt token, read from the cache or written to it, as before.
     assert total["tokens_in"] - before["tokens_in"] == tokens_in
+
+
+def test_routing_prefers_the_deployment_whose_prompts_the_cache_serves(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = {group: [chat(stack, group, False) for _ in range(3)] for group in ("cache-hit", "cache-miss")}
+    assert all(shown == (READ, 0) for _, _, shown in seen["cache-hit"])
+    assert all(shown == (0, 0) for _, _, shown in seen["cache-miss"])
+    view = _admin(stack.gateway.url, "/admin/models")["models"]["cache-pick"]["deployments"]
+    by = {d["provider"]: d for d in view}
+    hit, miss = by["gpt"], by["plain"]
+    # Equal list prices; the hit deployment's prompt tokens are READ / prompt cache reads.
+    assert hit["price"]["input_per_mtok"] == miss["price"]["input_per_mtok"] == M
+    prompt = seen["cache-hit"][-1][0]
+    assert all(p == prompt for p, _, _ in seen["cache-hit"])  # (the prompts are equally long)
+    assert hit["price"]["cache_read_share"] == pytest.approx(READ / prompt, abs=1e-4)
+    assert hit["price"]["effective_input_per_mtok"] == pytest.approx(
+        (prompt - READ) / prompt * M + READ / prompt * M / 10, rel=1e-6
+    )
+    assert miss["price"]["cache_read_share"] == 0.0
+    assert miss["price"]["effective_input_per_mtok"] == M
+    # Ordered by effective cost: the hit deployment scores higher and is the first choice.
+    assert hit["terms"]["cost"] == 1.0 and miss["terms"]["cost"] < 1.0
+    assert hit["score"] > miss["score"] and hit["share"] > 0.5 > miss["share"]
+    # And an operator sees why.
+    from gateway.cli import main
+
+    monkeypatch.setenv("SOPHIA_ADMIN_TOKEN", ADMIN)
+    assert (
+        main(["policy", "explain", str(stack.policy), "--model", "cache-pick", "--url", stack.gateway.url])
+        == 0
+    )
+    text = capsys.readouterr().out
+    effective = hit["price"]["effective_input_per_mtok"]
+    share = hit["price"]["cache_read_share"]
+    shown = f"{effective:.6f}".rstrip("0").rstrip(".")
+    assert f"input {M} -> {shown} ({share:.0%} read from the cache, 0% written)" in text, text
+    assert "plain/plain-routed" in text and f"input {M} (0% read from the cache, 0% written)" in text
+    ranks = [line.split()[1] for line in text.splitlines() if line.strip()[:1].isdigit()]
+    assert ranks[:2] == ["gpt/gpt-routed", "plain/plain-routed"], text

@@ -4,11 +4,13 @@ other replicas; a replica that loses Redis routes on its own figures and merges 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import pytest
+import redis.asyncio
 
 from gateway.policy.model import Breaker
 from gateway.routing.breaker import BreakerState, CircuitBreaker
@@ -225,3 +227,45 @@ async def test_a_vote_given_while_a_sync_runs_is_sent_by_the_next(pair: Pair) ->
     assert await a.sync() and await b.sync()
     peer = live_b[KEY].stats.peer
     assert peer is not None and peer.feedback_votes == 2
+
+
+async def test_cache_shares_reach_the_other_replicas_weighted_by_requests(pair: Pair) -> None:
+    clock, a, b, live_a, live_b = pair.clock, pair.a, pair.b, pair.live_a, pair.live_b
+    stats_a, stats_b = live_a[KEY].stats, live_b[KEY].stats
+    for _ in range(3):
+        stats_a.cache_usage(clock.now, 1000, 900, 0, 0)
+        stats_a.success(clock.now)
+    assert await a.sync() and await b.sync()
+    shares = stats_b.cache_shares(clock.now)  # B has seen nothing of its own: A's
+    assert shares is not None and shares.read == pytest.approx(0.9)
+    stats_b.cache_usage(clock.now, 1000, 0, 100, 0)
+    stats_b.success(clock.now)
+    shares = stats_b.cache_shares(clock.now)  # A's 3 requests, B's 1
+    assert shares is not None
+    assert shares.read == pytest.approx(900 * 3 / 4000) and shares.written == pytest.approx(100 / 4000)
+    assert live_b[OTHER].stats.cache_shares(clock.now) is None
+
+
+async def test_rows_of_other_versions_are_read_by_what_they_hold(
+    pair: Pair, redis_url: str, redis_prefix: str
+) -> None:
+    """A replica of the previous version (rows of 8 fields, no cache figures) and one whose 9th
+    field is something else still share their figures; neither breaks the sync."""
+    b, live_b = pair.b, pair.live_b
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        seconds, micros = await client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        name = f"{KEY[0]}\t{KEY[1]}"
+        old = {name: [0.5, None, 4, 0, 0, None, None, 0]}
+        odd = {name: [0.5, None, 2, 0, 0, None, None, 0, "not figures", "more"]}
+        await client.hset(
+            f"{redis_prefix}{{routing}}:replicas",
+            mapping={"old": f"{now_ms}|{json.dumps(old)}", "odd": f"{now_ms}|{json.dumps(odd)}"},
+        )
+    finally:
+        await client.aclose()
+    assert await b.sync() and b.peers == 2
+    peer = live_b[KEY].stats.peer
+    assert peer is not None and peer.successes == 6 and peer.cache is None
+    assert live_b[KEY].stats.cache_shares(pair.clock.now) is None
