@@ -696,8 +696,8 @@ class Router:
             cost = (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1_000_000
         stats = target.live.stats
         stats.cost_usd += cost
-        if target.prices_cache:  # the cache shares routing's cost term prices (a few float updates)
-            stats.cache_usage(self._clock(), prompt, read, written, written_1h)
+        if target.prices_cache and prompt:  # the cache shares the cost term prices (h-routecost)
+            stats.cache.add(prompt, read, written, written_1h, stats.alpha, self._clock())
         if cost:
             self._metrics.child(self._metrics.cost, group_name, target.provider, target.model).inc(cost)
         group = self._groups.get(group_name)

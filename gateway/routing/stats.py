@@ -94,10 +94,15 @@ class CacheShare:
         self.updated: float | None = None  # None: nothing observed yet
 
     def add(self, prompt: int, read: int, written: int, written_1h: int, alpha: float, now: float) -> None:
-        """One answer's counts (cut to the prompt as ``Price.cost_usd`` cuts them)."""
-        read = min(read, prompt)
-        written = min(written, prompt - read)
-        written_1h = min(written_1h, written)
+        """One answer's counts (cut to the prompt as ``Price.cost_usd`` cuts them). Called on
+        every answer of a deployment with a cache price (``Router.record_usage``): plain
+        comparisons, not ``min()`` calls (~0.1 us each)."""
+        if read > prompt:
+            read = prompt
+        if written > prompt - read:
+            written = prompt - read
+        if written_1h > written:
+            written_1h = written
         if self.updated is None:
             self.prompt, self.read, self.written, self.written_1h = prompt, read, written, written_1h
         else:
@@ -261,12 +266,6 @@ class DeploymentStats:
     def own_latency(self, now: float, *, stream: bool) -> float | None:
         """This replica's own EWMA (what it publishes to the others), None when stale."""
         return (self.ttft_s if stream else self.latency_s).get(now, self.stale_after_s)
-
-    def cache_usage(self, now: float, prompt: int, read: int, written: int, written_1h: int) -> None:
-        """One answer's prompt tokens and, of them, those the provider's prompt cache read and
-        wrote (a deployment with a cache price: ``Router.record_usage``)."""
-        if prompt > 0:
-            self.cache.add(prompt, read, written, written_1h, self.alpha, now)
 
     def cache_shares(self, now: float) -> CacheShares | None:
         """The shares of prompt tokens read from and written to the prompt cache lately (every

@@ -233,12 +233,12 @@ async def test_cache_shares_reach_the_other_replicas_weighted_by_requests(pair: 
     clock, a, b, live_a, live_b = pair.clock, pair.a, pair.b, pair.live_a, pair.live_b
     stats_a, stats_b = live_a[KEY].stats, live_b[KEY].stats
     for _ in range(3):
-        stats_a.cache_usage(clock.now, 1000, 900, 0, 0)
+        stats_a.cache.add(1000, 900, 0, 0, stats_a.alpha, clock.now)
         stats_a.success(clock.now)
     assert await a.sync() and await b.sync()
     shares = stats_b.cache_shares(clock.now)  # B has seen nothing of its own: A's
     assert shares is not None and shares.read == pytest.approx(0.9)
-    stats_b.cache_usage(clock.now, 1000, 0, 100, 0)
+    stats_b.cache.add(1000, 0, 100, 0, stats_b.alpha, clock.now)
     stats_b.success(clock.now)
     shares = stats_b.cache_shares(clock.now)  # A's 3 requests, B's 1
     assert shares is not None

@@ -47,19 +47,18 @@ def test_the_effective_input_price_is_each_share_at_its_price() -> None:
 def test_the_cache_shares_are_a_token_weighted_moving_average_forgotten_when_stale() -> None:
     stats = DeploymentStats(window_s=60.0, alpha=0.5, stale_after_s=30.0)
     assert stats.cache_shares(0.0) is None  # nothing observed: the list price
-    stats.cache_usage(1.0, 1000, 900, 0, 0)
+    stats.cache.add(1000, 900, 0, 0, stats.alpha, 1.0)
     shares = stats.cache_shares(1.0)
     assert shares is not None and shares.read == pytest.approx(0.9) and shares.written == 0
     # A fresh prompt of the same length halves the averages' read tokens (alpha 0.5).
-    stats.cache_usage(2.0, 1000, 0, 200, 100)
+    stats.cache.add(1000, 0, 200, 100, stats.alpha, 2.0)
     shares = stats.cache_shares(2.0)
     assert shares is not None
     assert shares.read == pytest.approx(450 / 1000)
     assert shares.written == pytest.approx(100 / 1000)
     assert shares.written_1h == pytest.approx(50 / 1000)
-    # Counts beyond the prompt are cut to it; an answer without prompt tokens changes nothing.
-    stats.cache_usage(3.0, 1000, 5000, 5000, 5000)
-    stats.cache_usage(3.0, 0, 7, 7, 7)
+    # Counts beyond the prompt are cut to it.
+    stats.cache.add(1000, 5000, 5000, 5000, stats.alpha, 3.0)
     shares = stats.cache_shares(3.0)
     assert shares is not None and shares.read + shares.written <= 1.0
     assert stats.cache_shares(3.0 + 30.5) is None  # stale: measured afresh, at the list price
@@ -70,7 +69,7 @@ def test_the_other_replicas_cache_figures_blend_in_by_request_count() -> None:
     stats.peer = PeerFigures(cache=(1000.0, 800.0, 0.0, 0.0), cache_weight=3)
     shares = stats.cache_shares(1.0)
     assert shares is not None and shares.read == pytest.approx(0.8)  # theirs alone
-    stats.cache_usage(1.0, 1000, 0, 0, 0)
+    stats.cache.add(1000, 0, 0, 0, stats.alpha, 1.0)
     stats.success(1.0)  # one request here, three there
     shares = stats.cache_shares(1.0)
     assert shares is not None and shares.read == pytest.approx(800 * 3 / (1000 * 4))
@@ -118,6 +117,7 @@ def test_equal_list_prices_are_ordered_by_the_cache_share_each_deployment_shows(
         r.record_usage("pair", b, 1000, 100, 0)  # none of b's
         r.record_usage("pair", c, 1000, 100, 900)  # c has no cache price: not kept, list price
     assert c.live.stats.cache_shares(r.now()) is None
+    r.record_usage("pair", a, 0, 100)  # an answer without prompt tokens changes no share
     assert a.input_per_mtok(r.now()) == pytest.approx(0.1 * 3 + 0.9 * 0.3)
     assert b.input_per_mtok(r.now()) == pytest.approx(3.0)
     terms = {t.provider: terms for t, terms in r.terms("pair", r.now())}
