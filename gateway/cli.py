@@ -273,7 +273,15 @@ def _run_workers(count: int, settings: Settings, policy: Policy, digest: str, *,
     from gateway.workers import MAX_WORKERS_A_CORE, Supervisor, available_cores, check_supported
 
     check_supported()
-    check_open(policy, settings.host, allow_open, settings.admin_token, settings.metrics_token)
+    check_open(
+        policy,
+        settings.host,
+        allow_open,
+        settings.admin_token,
+        settings.metrics_token,
+        admin_token_previous=settings.admin_token_previous,
+        metrics_token_previous=settings.metrics_token_previous,
+    )
     cores = available_cores()
     if count > MAX_WORKERS_A_CORE * cores:
         raise StartupError(

@@ -68,7 +68,15 @@ def run(
     (whatever had started is closed first), and when ``auth.mode: open`` would listen beyond
     loopback without ``allow_open``."""
     settings = app[keys.SETTINGS]
-    check_open(app[keys.POLICY], host, allow_open, settings.admin_token, settings.metrics_token)
+    check_open(
+        app[keys.POLICY],
+        host,
+        allow_open,
+        settings.admin_token,
+        settings.metrics_token,
+        admin_token_previous=settings.admin_token_previous,
+        metrics_token_previous=settings.metrics_token_previous,
+    )
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(_serve(app, host, port, on_ready))
 
@@ -106,9 +114,13 @@ def check_open(
     allow_open: bool,
     admin_token: str | None = None,
     metrics_token: str | None = None,
+    *,
+    admin_token_previous: str | None = None,
+    metrics_token_previous: str | None = None,
 ) -> None:
     """StartupError when ``auth.mode: open`` would listen beyond loopback without ``allow_open``,
-    or ``admin_token`` (``SOPHIA_ADMIN_TOKEN``) or ``metrics_token`` (``SOPHIA_METRICS_TOKEN``) is
+    or ``admin_token`` (``SOPHIA_ADMIN_TOKEN``), ``metrics_token`` (``SOPHIA_METRICS_TOKEN``) or
+    the previous token of either (``..._PREVIOUS``, accepted as well while clients rotate) is
     shorter than ``MIN_ADMIN_TOKEN_CHARS`` there."""
     if is_loopback(host):
         return
@@ -117,21 +129,22 @@ def check_open(
             f"auth.mode is open and {host or 'every interface'} is not loopback: anyone who reaches it "
             "could spend the provider keys; use auth.mode: keys, bind 127.0.0.1, or pass --allow-open"
         )
-    if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN_CHARS:
-        # The admin API mints keys and reloads the policy, and nothing slows a caller guessing at
-        # it: a token such as "admin" or "secret" falls to the first list of common words.
-        raise StartupError(
-            f"SOPHIA_ADMIN_TOKEN is {len(admin_token)} characters long and {host or 'every interface'} "
-            f"is not loopback: anyone who reaches the admin API could guess it; use at least "
-            f"{MIN_ADMIN_TOKEN_CHARS} random characters (openssl rand -hex 32), or bind 127.0.0.1"
-        )
-    if metrics_token is not None and len(metrics_token) < MIN_ADMIN_TOKEN_CHARS:
-        # A token set to close /metrics that a first guess opens closes nothing.
-        raise StartupError(
-            f"SOPHIA_METRICS_TOKEN is {len(metrics_token)} characters long and "
-            f"{host or 'every interface'} is not loopback: anyone who reaches /metrics could guess it; "
-            f"use at least {MIN_ADMIN_TOKEN_CHARS} random characters (openssl rand -hex 32), or bind 127.0.0.1"
-        )
+    # The admin API mints keys and reloads the policy, and nothing slows a caller guessing at it
+    # but the throttle: a token such as "admin" or "secret" falls to the first list of common
+    # words. A token set to close /metrics that a first guess opens closes nothing. A previous
+    # token opens the same door as the current one, so it is held to the same length.
+    for name, token, door in (
+        ("SOPHIA_ADMIN_TOKEN", admin_token, "the admin API"),
+        ("SOPHIA_ADMIN_TOKEN_PREVIOUS", admin_token_previous, "the admin API"),
+        ("SOPHIA_METRICS_TOKEN", metrics_token, "/metrics"),
+        ("SOPHIA_METRICS_TOKEN_PREVIOUS", metrics_token_previous, "/metrics"),
+    ):
+        if token is not None and len(token) < MIN_ADMIN_TOKEN_CHARS:
+            raise StartupError(
+                f"{name} is {len(token)} characters long and {host or 'every interface'} is not "
+                f"loopback: anyone who reaches {door} could guess it; use at least "
+                f"{MIN_ADMIN_TOKEN_CHARS} random characters (openssl rand -hex 32), or bind 127.0.0.1"
+            )
 
 
 async def _serve(

@@ -152,6 +152,21 @@ def _env_token(e: Mapping[str, str], name: str) -> str | None:
     return token
 
 
+def _env_token_pair(e: Mapping[str, str], name: str) -> tuple[str | None, str | None]:
+    """The token in ``name`` and the one it replaced in ``name``_PREVIOUS (same rules), each None
+    when unset or empty. A previous token without a current one is a SettingsError: it would open
+    nothing (``SOPHIA_ADMIN_TOKEN`` unset on loopback means no token at all) or be taken for the
+    current one, and either way the rotation was half done."""
+    token = _env_token(e, name)
+    previous = _env_token(e, f"{name}_PREVIOUS")
+    if previous is not None and token is None:
+        raise SettingsError(
+            f"{name}_PREVIOUS is set but {name} is not: the previous token is accepted only beside "
+            f"the current one (set {name} to the new token, or unset {name}_PREVIOUS)"
+        )
+    return token, previous
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSlot:
     """This process's place in a ``serve --workers N`` set (absent when it serves alone).
@@ -198,6 +213,13 @@ class Settings:
     # When set, GET /metrics needs "Authorization: Bearer <token>" (SOPHIA_METRICS_TOKEN); unset,
     # /metrics is open as every Prometheus exporter's is (README "Metrics": why, and when to set it).
     metrics_token: str | None = field(default=None, repr=False)
+    # The token each replaced, still accepted while clients move to the new one
+    # (SOPHIA_ADMIN_TOKEN_PREVIOUS, SOPHIA_METRICS_TOKEN_PREVIOUS; README "Rotating the admin and
+    # metrics tokens"). Unset (the default): only the current token is accepted. A call that used
+    # one is served, counted (gateway_previous_token_used_total{token}) and marked with
+    # x-gateway-token-deprecated: true. Only with the current token set (else SettingsError).
+    admin_token_previous: str | None = field(default=None, repr=False)
+    metrics_token_previous: str | None = field(default=None, repr=False)
     # Where the gateway keeps small state files of its own (rollouts.json without REDIS_URL).
     state_dir: str = "data"
     rollout_prefix: str = "sophia:rollout:"
@@ -242,6 +264,8 @@ class Settings:
             parse_networks(trusted_proxies)
         except ValueError as exc:
             raise SettingsError(f"SOPHIA_TRUSTED_PROXIES: {exc}") from None
+        admin_token, admin_previous = _env_token_pair(e, "SOPHIA_ADMIN_TOKEN")
+        metrics_token, metrics_previous = _env_token_pair(e, "SOPHIA_METRICS_TOKEN")
         return replace(
             base,
             policy_path=e.get("SOPHIA_POLICY", base.policy_path),
@@ -253,8 +277,10 @@ class Settings:
             log_format=_env_choice(e, "SOPHIA_LOG_FORMAT", base.log_format, ("json", "text")),
             access_log=e.get("SOPHIA_ACCESS_LOG", "1") not in ("0", "false", "no"),
             policy_watch=e.get("SOPHIA_POLICY_WATCH", "1") not in ("0", "false", "no"),
-            admin_token=_env_token(e, "SOPHIA_ADMIN_TOKEN"),
-            metrics_token=_env_token(e, "SOPHIA_METRICS_TOKEN"),
+            admin_token=admin_token,
+            admin_token_previous=admin_previous,
+            metrics_token=metrics_token,
+            metrics_token_previous=metrics_previous,
             redis_url=e.get("REDIS_URL") or None,
             cache_prefix=e.get("SOPHIA_CACHE_PREFIX", base.cache_prefix),
             memory_url=e.get("MEMORY_URL") or None,

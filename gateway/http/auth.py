@@ -20,6 +20,11 @@ loopback, and 403 when it listens beyond.
 ``GET /metrics`` needs ``Authorization: Bearer $SOPHIA_METRICS_TOKEN`` (constant time) when that
 token is set (``metrics_refusal``: plain-text 401 and 429, door ``metrics``), and is open without it.
 
+Either token's ``..._PREVIOUS`` (the one it replaced) is accepted beside it while clients rotate:
+the call is served, counted in ``gateway_previous_token_used_total{token}``, answered with
+``x-gateway-token-deprecated: true`` and marked in the access log (``matched_token``,
+``used_previous``).
+
 Each 401 of any kind is counted against the client's address (``auth/throttle.py``; behind
 ``SOPHIA_TRUSTED_PROXIES``, the one their ``X-Forwarded-For`` names: ``client_address``); an
 address that failed too often is refused with 429 ``auth_throttled`` before its credential is
@@ -197,8 +202,49 @@ def failed(
     return error
 
 
+CURRENT = "current"
+PREVIOUS = "previous"
+# On a response to a call authenticated with a previous token (SOPHIA_ADMIN_TOKEN_PREVIOUS,
+# SOPHIA_METRICS_TOKEN_PREVIOUS): the client is told to move to the current one.
+TOKEN_DEPRECATED_HEADER = "x-gateway-token-deprecated"
+
+
+def matched_token(given: str, current: str, previous: str | None) -> str | None:
+    """Which token ``given`` is: ``CURRENT``, ``PREVIOUS`` (``previous``, the one the current
+    replaced, still accepted while clients rotate) or None. Each is compared in constant time, and
+    both always (the previous too when the current matched), so the time taken says neither which
+    one matched nor how much of either. Compared as the bytes that arrived (a header's bytes that
+    are not UTF-8 are surrogates here)."""
+    sent = given.encode("utf-8", "surrogateescape")
+    is_current = hmac.compare_digest(sent, current.encode("utf-8", "surrogateescape"))
+    is_previous = previous is not None and hmac.compare_digest(
+        sent, previous.encode("utf-8", "surrogateescape")
+    )
+    if is_current:
+        return CURRENT
+    return PREVIOUS if is_previous else None
+
+
+def used_previous(request: web.Request, token: str) -> None:
+    """Note that ``request`` was let in with ``token``'s (``admin``, ``metrics``) previous token:
+    counted in ``gateway_previous_token_used_total{token}``, its response marked
+    (``TOKEN_DEPRECATED_HEADER``) and its access-log line too (``previous_token``), so the operator
+    sees who still sends it. Not for a peer worker passing a call on over its Unix socket (the
+    worker the client reached counted it, and the set's ``/metrics`` sums both)."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        return
+    metrics = request.app[keys.METRICS]
+    metrics.child(metrics.previous_token_used, token).inc()
+    call = request.get(keys.REQUEST_CALL)
+    if call is not None:
+        call.previous_token = token
+
+
 def require_admin(request: web.Request) -> None:
-    """Let an admin request through, or raise: 401 without the right ``SOPHIA_ADMIN_TOKEN``; 403
+    """Let an admin request through, or raise: 401 without the right ``SOPHIA_ADMIN_TOKEN`` (or
+    ``SOPHIA_ADMIN_TOKEN_PREVIOUS``, which is let in and noted: ``used_previous``); 403
     when no token is set and the gateway listens beyond loopback (the admin API is then closed);
     429 ``auth_throttled`` first for a client address that failed too often lately (a wrong token
     is counted against it, as a wrong key is)."""
@@ -222,10 +268,10 @@ def require_admin(request: web.Request) -> None:
         bearer_token(request.headers.getall("Authorization", []), _ADMIN_BEARER, _MAX_ADMIN_HEADER_CHARS)
         or ""
     )
-    # Both as bytes the way they arrived (a header's bytes that are not UTF-8 are surrogates here).
-    if not hmac.compare_digest(
-        given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
-    ):
+    matched = matched_token(given, token, settings.admin_token_previous)
+    if matched is PREVIOUS:
+        used_previous(request, "admin")
+    elif matched is None:
         sent = "Authorization" in request.headers  # the caller knows whether it sent one
         raise failed(
             request,
@@ -243,7 +289,8 @@ def require_admin(request: web.Request) -> None:
 def metrics_refusal(request: web.Request) -> web.Response | None:
     """None when ``request`` may read ``/metrics``, else the answer that refuses it, in plain text
     (a scraper shows the status; a person with curl reads the line): 401 with a Bearer challenge
-    without the right ``SOPHIA_METRICS_TOKEN`` (compared in constant time; a wrong one counted
+    without the right ``SOPHIA_METRICS_TOKEN`` or ``SOPHIA_METRICS_TOKEN_PREVIOUS`` (compared in
+    constant time, ``matched_token``; the previous one noted, ``used_previous``; a wrong one counted
     against the client address as a wrong admin token is, door ``metrics``), 429 with
     ``Retry-After`` for an address that failed too often lately. Without the token set, None:
     ``/metrics`` is open (README "Metrics")."""
@@ -261,9 +308,10 @@ def metrics_refusal(request: web.Request) -> web.Response | None:
         bearer_token(request.headers.getall("Authorization", []), _ADMIN_BEARER, _MAX_ADMIN_HEADER_CHARS)
         or ""
     )
-    if hmac.compare_digest(
-        given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
-    ):
+    matched = matched_token(given, token, app[keys.SETTINGS].metrics_token_previous)
+    if matched is not None:
+        if matched is PREVIOUS:
+            used_previous(request, "metrics")
         return None
     failed(request, throttle, "metrics", AuthenticationFailed(""))
     text = (

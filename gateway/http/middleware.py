@@ -37,7 +37,7 @@ from gateway.errors import (
     ServiceUnavailable,
     UpstreamError,
 )
-from gateway.http.auth import LocalHosts, client_address, is_loopback
+from gateway.http.auth import TOKEN_DEPRECATED_HEADER, LocalHosts, client_address, is_loopback
 from gateway.http.responses import anthropic_error_response, error_renderer
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
@@ -334,6 +334,7 @@ def _observe(
             call.effort_dropped,
             call.auth_throttled,
             client_address(request, clients),
+            call.previous_token,
         )
 
 
@@ -400,6 +401,8 @@ def add_gateway_headers(headers: MutableMapping[str, str], rid: str, call: CallR
             headers[EFFORT_DROPPED_HEADER] = "dropped"
     elif call.tried is not None:
         headers["x-gateway-attempts"] = str(call.tried.attempts)  # how many deployments failed it
+    if call.previous_token:  # let in with SOPHIA_*_TOKEN_PREVIOUS: time to move to the current one
+        headers[TOKEN_DEPRECATED_HEADER] = "true"
     if call.memory_ids is not None:
         headers["x-gateway-memory-ids"] = ",".join(call.memory_ids)
     cached = call.cache

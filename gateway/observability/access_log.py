@@ -188,6 +188,8 @@ def _text_line(stamp: _Timestamps, entry: Entry) -> bytes:
         fields += " effort_dropped=True"  # as ``fallback`` is written
     if "auth_throttled" in entry:  # refused for its address's failed credentials
         fields += " auth_throttled=True"
+    if "previous_token" in entry:  # let in with a previous operator token (admin, metrics)
+        fields += f" previous_token={logfmt_value(entry['previous_token'])}"
     failed: list[dict[str, object]] | None = entry.get("failed_attempts")  # type: ignore[assignment]
     if failed:  # every attempt failed: provider/upstream_model:status:code of each, in order
         each = ",".join(f"{a['provider']}/{a['upstream_model']}:{a['status']}:{a['code']}" for a in failed)
@@ -350,6 +352,7 @@ class AccessLog:
         effort_dropped: bool = False,
         auth_throttled: bool = False,
         client: str | None = None,
+        previous_token: str = "",
     ) -> None:
         """Log one request; handed to the writer within ``FLUSH_INTERVAL_S``. ``stream_error``:
         why its stream failed after the first byte (the line has the field only then).
@@ -359,7 +362,9 @@ class AccessLog:
         ``reasoning: false`` (the line's ``effort_dropped: true``, only then). ``auth_throttled``:
         refused for its client address's failed credentials (``auth_throttled: true``, only then).
         ``client``: the client's address (the TCP peer's, or behind ``SOPHIA_TRUSTED_PROXIES`` the
-        one its ``X-Forwarded-For`` names; the line's ``client``, after ``duration_ms``, when known)."""
+        one its ``X-Forwarded-For`` names; the line's ``client``, after ``duration_ms``, when known).
+        ``previous_token``: ``admin`` or ``metrics`` when let in with that previous operator token
+        (``SOPHIA_*_TOKEN_PREVIOUS``; the line's ``previous_token``, only then): who still sends it."""
         entry: Entry = {
             "ts": time_ns(),
             "level": "info",
@@ -384,6 +389,8 @@ class AccessLog:
             entry["effort_dropped"] = True
         if auth_throttled:
             entry["auth_throttled"] = True
+        if previous_token:
+            entry["previous_token"] = previous_token
         if failed:
             entry["failed_attempts"] = [
                 {"provider": p, "upstream_model": m, "status": st, "code": c} for p, m, st, c in failed

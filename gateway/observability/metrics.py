@@ -737,6 +737,14 @@ class GatewayMetrics:
             "(virtual keys), admin (SOPHIA_ADMIN_TOKEN) or metrics (SOPHIA_METRICS_TOKEN).",
             ("door",),
         )
+        self.previous_token_used = Counter(
+            "gateway_previous_token_used",
+            "Requests let in with a previous operator token, by token: admin "
+            "(SOPHIA_ADMIN_TOKEN_PREVIOUS) or metrics (SOPHIA_METRICS_TOKEN_PREVIOUS). Flat for "
+            "long enough (every client, every Prometheus, scraped by each replica): the previous "
+            "token can be removed.",
+            ("token",),
+        )
         self.limits_local = Counter(
             "gateway_limits_local",
             "Limit checks counted in this process because the limits' Redis was unavailable "
@@ -821,6 +829,8 @@ class GatewayMetrics:
             self.policy_reloads.labels(result)
         for door in ("api", "admin", "metrics"):
             self.auth_throttled.labels(door)
+        for token in ("admin", "metrics"):
+            self.previous_token_used.labels(token)
         self.registry.register(
             _PlainCollector([m for m in vars(self).values() if isinstance(m, Counter | Gauge | Histogram)])
         )

@@ -49,6 +49,9 @@ class CallRecord:
     # Refused (429 ``auth_throttled``) for its client address's failed credentials
     # (``http/auth.py``): the access log's line says so
     auth_throttled: bool = False
+    # Let in with a previous operator token (``admin`` or ``metrics``: ``http/auth.used_previous``),
+    # "" otherwise: its response's ``x-gateway-token-deprecated`` and its access-log line say so
+    previous_token: str = ""
 
 
 @dataclass(slots=True)
