@@ -389,6 +389,23 @@ def test_prod_metrics_want_a_token_the_service_monitor_sends() -> None:
     assert "SOPHIA_METRICS_TOKEN" not in {e["name"] for e in gateway_container(render("dev"))["env"]}
 
 
+def test_prod_takes_the_previous_metrics_token_from_an_optional_key_the_monitor_never_sends() -> None:
+    """While SOPHIA_METRICS_TOKEN rotates, SOPHIA_METRICS_TOKEN_PREVIOUS comes from key previous of
+    the same Secret, optional: absent (every day but a rotation's), the pod starts with only the
+    token accepted. The ServiceMonitor sends key token, never previous."""
+    docs = render("prod")
+    env = {e["name"]: e for e in gateway_container(docs)["env"]}
+    ref = env["SOPHIA_METRICS_TOKEN_PREVIOUS"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": secret_key(env["SOPHIA_METRICS_TOKEN"])[0], "key": "previous", "optional": True}
+    (endpoint,) = the(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["authorization"]["credentials"]["key"] == "token"
+    # The admin token's previous is a key of sophia-gateway-env (envFrom), nothing to declare.
+    assert "SOPHIA_ADMIN_TOKEN_PREVIOUS" not in env
+    assert "sophia-gateway-env" in {s["secretRef"]["name"] for s in gateway_container(docs)["envFrom"]}
+    dev = {e["name"] for e in gateway_container(render("dev"))["env"]}
+    assert not dev & {"SOPHIA_METRICS_TOKEN", "SOPHIA_METRICS_TOKEN_PREVIOUS"}
+
+
 def test_prod_service_monitor_scrapes_metrics_on_the_service_port() -> None:
     docs = render("prod")
     monitor, service = the(docs, "ServiceMonitor"), the(docs, "Service")
@@ -439,15 +456,24 @@ def test_hadolint_would_report_a_problem() -> None:
 
 
 def pod_process_env(
-    container: Doc, home: Path, data: Path, policy: Path, port: int, **extra: str
+    container: Doc,
+    home: Path,
+    data: Path,
+    policy: Path,
+    port: int,
+    secrets: dict[tuple[str, str], str],
+    **extra: str,
 ) -> dict[str, str]:
     """The container's environment with what only makes sense in the pod mapped to this machine:
-    loopback instead of 0.0.0.0, a free port, the data volume's path."""
-    secrets = {("sophia-gateway-metrics", "token"): METRICS_TOKEN}  # what the pod's Secrets hold
-    env = {
-        e["name"]: e["value"] if "value" in e else secrets[secret_key(e)]  # KeyError: a Secret unknown here
-        for e in container["env"]
-    }
+    loopback instead of 0.0.0.0, a free port, the data volume's path. ``secrets``: what the pod's
+    Secrets hold, by (Secret, key); a key they lack is left unset when its reference is
+    ``optional`` (as the kubelet does), a KeyError otherwise (the pod would not start)."""
+    env = {}
+    for e in container["env"]:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif secret_key(e) in secrets or not e["valueFrom"]["secretKeyRef"].get("optional", False):
+            env[e["name"]] = secrets[secret_key(e)]
     assert env.pop("SOPHIA_STATE_DIR") == "/app/data"
     assert env.pop("SOPHIA_POLICY") == "/etc/sophia/policy.yaml"
     return {
@@ -465,6 +491,8 @@ def pod_process_env(
 
 
 METRICS_TOKEN = "metrics-token-of-the-rendered-pod"
+METRICS_TOKEN_PREVIOUS = "metrics-token-it-replaced-in-the-pod"
+SECRETS = {("sophia-gateway-metrics", "token"): METRICS_TOKEN}  # what the pod's Secrets hold
 
 
 def secret_key(env_var: Doc) -> tuple[str, str]:
@@ -502,7 +530,15 @@ def test_the_rendered_pod_answers_its_probes_and_writes_only_to_its_volumes(
         str(policy_dir / "policy.yaml") if a == "/etc/sophia/policy.yaml" else a for a in container["args"]
     ]
     port = free_port()
-    env = pod_process_env(container, tmp_path / "home", data, policy_dir / "policy.yaml", port, **keys)
+    # One run without the Secret's optional key previous (it starts: nothing needs it), one in the
+    # middle of a rotation, with it.
+    rotating = bool(keys)
+    secrets = (
+        {**SECRETS, ("sophia-gateway-metrics", "previous"): METRICS_TOKEN_PREVIOUS} if rotating else SECRETS
+    )
+    env = pod_process_env(
+        container, tmp_path / "home", data, policy_dir / "policy.yaml", port, secrets, **keys
+    )
     gateway = start(args, env=env, cwd=str(app))
     try:
         base = f"http://127.0.0.1:{port}"
@@ -512,6 +548,9 @@ def test_the_rendered_pod_answers_its_probes_and_writes_only_to_its_volumes(
         # /metrics wants the token from the Secret; the ServiceMonitor sends it.
         assert probe(base + "/metrics") == 401
         assert probe(base + "/metrics", {"Authorization": f"Bearer {METRICS_TOKEN}"}) == 200
+        # The token it replaced: accepted only while the Secret holds it (key previous).
+        previous = probe(base + "/metrics", {"Authorization": f"Bearer {METRICS_TOKEN_PREVIOUS}"})
+        assert previous == (200 if rotating else 401)
     finally:
         gateway.signal(signal.SIGTERM)
         code = gateway.wait(

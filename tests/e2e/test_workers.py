@@ -31,6 +31,10 @@ pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="nee
 CHAT = "/v1/chat/completions"
 # The set's /metrics wants it (the ``gateway`` fixture sets it); the other sets ignore it.
 METRICS_TOKEN = "workers-metrics-token-0123"
+# The tokens they replaced, still accepted during a rotation (the ``gateway`` fixture sets them).
+METRICS_TOKEN_PREVIOUS = "workers-metrics-token-old"
+ADMIN_TOKEN = "workers-admin-token-0123"
+ADMIN_TOKEN_PREVIOUS = "workers-admin-token-old"
 
 
 def policy(fake_url: str, slow_url: str) -> str:
@@ -144,7 +148,12 @@ def gateway(policy_path: Path, tmp_path: Path) -> Iterator[ManagedProcess]:
     proc = start(
         ["serve", "--policy", str(policy_path), "--port", "0", "--workers", "2"],
         cwd=str(cwd),
-        env={"SOPHIA_METRICS_TOKEN": METRICS_TOKEN},
+        env={
+            "SOPHIA_METRICS_TOKEN": METRICS_TOKEN,
+            "SOPHIA_METRICS_TOKEN_PREVIOUS": METRICS_TOKEN_PREVIOUS,
+            "SOPHIA_ADMIN_TOKEN": ADMIN_TOKEN,
+            "SOPHIA_ADMIN_TOKEN_PREVIOUS": ADMIN_TOKEN_PREVIOUS,
+        },
     )
     try:
         yield proc
@@ -188,6 +197,28 @@ def test_one_line_for_the_set_and_one_metrics_summing_every_worker(gateway: Mana
         for _ in range(6):
             status, text = call(gateway.url + "/metrics", headers=authorization)
             assert status == 401 and text.startswith("401 Unauthorized"), text
+    # SOPHIA_METRICS_TOKEN_PREVIOUS: either worker lets a scrape with it in and says it is
+    # deprecated; the set's sum counts each once (the peers' asks carry no token).
+    for _ in range(6):
+        previous = urllib.request.Request(
+            gateway.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN_PREVIOUS}"}
+        )
+        with urllib.request.urlopen(previous, timeout=10) as resp:
+            assert resp.status == 200 and resp.headers["x-gateway-token-deprecated"] == "true"
+    # An admin call with the previous token that its worker passes on to the other (a policy
+    # reload, Authorization and all, over the Unix socket) is counted once, by the worker reached.
+    reload = urllib.request.Request(
+        gateway.url + "/admin/policy/reload",
+        data=b"",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN_PREVIOUS}"},
+    )
+    with urllib.request.urlopen(reload, timeout=10) as resp:
+        assert resp.headers["x-gateway-token-deprecated"] == "true"
+        workers = json.loads(resp.read())["policy"]["workers"]
+        assert [w["result"] for w in workers] == ["unchanged", "unchanged"], workers
+    found = samples(gateway.url)
+    assert found[("gateway_previous_token_used_total", (("token", "metrics"),))] == 6
+    assert found[("gateway_previous_token_used_total", (("token", "admin"),))] == 1
 
 
 def index_vectors(url: str) -> dict[str, float]:
