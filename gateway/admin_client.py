@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -30,7 +31,7 @@ from typing import IO, Any
 
 import orjson
 
-from gateway.settings import admin_token_problem
+from gateway.settings import TOKEN_DEPRECATED_HEADER, admin_token_problem
 
 Json = dict[str, Any]
 _LOCATION_CHARS = 300  # of a redirect's Location shown in the error
@@ -177,6 +178,14 @@ def call_admin(url: str, method: str, path: str, body: Json | None = None, timeo
         headers={"Content-Type": "application/json"} if body is not None else {},
     )
     answered = exchange(request, timeout_s)
+    if answered.headers.get(TOKEN_DEPRECATED_HEADER) == "true":
+        # The gateway let this token in as SOPHIA_ADMIN_TOKEN_PREVIOUS: it is being rotated, and
+        # once the operator removes the previous token, this command stops working.
+        print(
+            f"note: {url} accepted SOPHIA_ADMIN_TOKEN as its previous admin token, which is being "
+            "rotated out: set SOPHIA_ADMIN_TOKEN to the gateway's new one",
+            file=sys.stderr,
+        )
     if 300 <= answered.status < 400:
         raise AdminCallError(_redirected(url, answered), reached=True)
     if answered.status >= 400:

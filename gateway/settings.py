@@ -70,6 +70,12 @@ def provider_key(env: Mapping[str, str], variable: str) -> tuple[str | None, str
 MAX_ADMIN_TOKEN_CHARS = 4096
 
 
+# On an answer to a call let in with a previous operator token (SOPHIA_ADMIN_TOKEN_PREVIOUS,
+# SOPHIA_METRICS_TOKEN_PREVIOUS): the client should move to the current one. Here, beside the
+# tokens' rules, so the gateway's edge and the commands that call it name it alike.
+TOKEN_DEPRECATED_HEADER = "x-gateway-token-deprecated"
+
+
 def admin_token_problem(token: str) -> str | None:
     """What makes ``token`` unusable as ``SOPHIA_ADMIN_TOKEN`` (or ``SOPHIA_METRICS_TOKEN``: the same
     rules), or None when it is fine.

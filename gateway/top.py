@@ -36,6 +36,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gateway.admin_client import AdminCallError, exchange, quoted
+from gateway.settings import TOKEN_DEPRECATED_HEADER
 
 REQUESTS = "gateway_requests_total"
 DURATION_BUCKET = "gateway_request_duration_seconds_bucket"
@@ -61,16 +62,24 @@ class Scrape:
     models: Mapping[str, Any] | None
     at_s: float
     admin_error: str | None = None
+    # The tokens the gateway let in as previous ones (x-gateway-token-deprecated): the variables
+    # to update before the operator removes them (``SOPHIA_METRICS_TOKEN``, ``SOPHIA_ADMIN_TOKEN``)
+    deprecated: tuple[str, ...] = ()
 
     @classmethod
     def parse(
-        cls, text: str, models: Mapping[str, Any] | None, at_s: float, admin_error: str | None = None
+        cls,
+        text: str,
+        models: Mapping[str, Any] | None,
+        at_s: float,
+        admin_error: str | None = None,
+        deprecated: tuple[str, ...] = (),
     ) -> Scrape:
         samples: dict[str, list[tuple[Labels, float]]] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
-        return cls(samples, models, at_s, admin_error)
+        return cls(samples, models, at_s, admin_error, deprecated)
 
     def total(self, name: str, keep: Callable[[Labels], bool] = lambda _: True) -> float:
         return sum(value for labels, value in self.samples.get(name, ()) if keep(labels))
@@ -116,6 +125,7 @@ class Figures:
     in_flight: float
     deployments: list[DeploymentRow] = field(default_factory=list)
     admin_error: str | None = None
+    deprecated: tuple[str, ...] = ()  # ``Scrape.deprecated`` of the later look
 
 
 def _client_api(labels: Labels) -> bool:
@@ -193,6 +203,7 @@ def figures(before: Scrape, after: Scrape) -> Figures:
         in_flight=max(after.total(IN_FLIGHT), 0.0),
         deployments=_deployments(before, after, interval_s),
         admin_error=after.admin_error,
+        deprecated=after.deprecated,
     )
 
 
@@ -302,13 +313,20 @@ def render(f: Figures, url: str = "") -> RenderableType:
     parts: list[RenderableType] = [title, head, deployments]
     if f.admin_error:
         parts.append(Text(f"deployment figures unavailable: {f.admin_error}", style="yellow"))
+    for name in f.deprecated:
+        parts.append(
+            Text(
+                f"{name} is the gateway's previous token, being rotated out: set the new one", style="yellow"
+            )
+        )
     return Group(*parts)
 
 
 # ----- fetching and the loop
 
 
-def _get(url: str, token: str | None, timeout_s: float) -> tuple[int, bytes]:
+def _get(url: str, token: str | None, timeout_s: float) -> tuple[int, bytes, bool]:
+    """(status, body, whether the gateway let ``token`` in as a previous one)."""
     request = urllib.request.Request(url)
     if token:  # unredirected, and no redirect followed: the token goes to --url only
         request.add_unredirected_header("Authorization", f"Bearer {token}")
@@ -316,7 +334,7 @@ def _get(url: str, token: str | None, timeout_s: float) -> tuple[int, bytes]:
         answer = exchange(request, timeout_s)  # bounded as a whole, in time and size
     except AdminCallError as exc:
         raise Unreachable(str(exc)) from None
-    return answer.status, answer.body
+    return answer.status, answer.body, answer.headers.get(TOKEN_DEPRECATED_HEADER) == "true"
 
 
 def scrape(
@@ -329,7 +347,7 @@ def scrape(
     """GET ``url``/metrics (with ``metrics_token``, ``SOPHIA_METRICS_TOKEN``, when given) and
     ``url``/admin/models (with ``token``); ``Unreachable`` if the gateway does not answer."""
     base = url.rstrip("/")
-    status, body = _get(base + "/metrics", metrics_token, timeout_s)
+    status, body, metrics_deprecated = _get(base + "/metrics", metrics_token, timeout_s)
     at_s = clock()
     if status == 401:
         raise Unreachable(
@@ -337,7 +355,15 @@ def scrape(
         )
     if status != 200:
         raise Unreachable(f"{base}/metrics answered HTTP {status}")
-    admin_status, admin_body = _get(base + "/admin/models", token, timeout_s)
+    admin_status, admin_body, admin_deprecated = _get(base + "/admin/models", token, timeout_s)
+    deprecated = tuple(
+        name
+        for name, used in (
+            ("SOPHIA_METRICS_TOKEN", metrics_deprecated),
+            ("SOPHIA_ADMIN_TOKEN", admin_deprecated),
+        )
+        if used
+    )
     models: Mapping[str, Any] | None = None
     admin_error = None
     if admin_status == 200:
@@ -351,7 +377,7 @@ def scrape(
     else:
         admin_error = f"/admin/models answered HTTP {admin_status}"
     try:
-        parsed = Scrape.parse(body.decode(), models, at_s, admin_error)
+        parsed = Scrape.parse(body.decode(), models, at_s, admin_error, deprecated)
     except ValueError:  # UnicodeDecodeError too: a page, not Prometheus text
         parsed = None
     if parsed is None or IN_FLIGHT not in parsed.samples:

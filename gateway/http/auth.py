@@ -204,9 +204,6 @@ def failed(
 
 CURRENT = "current"
 PREVIOUS = "previous"
-# On a response to a call authenticated with a previous token (SOPHIA_ADMIN_TOKEN_PREVIOUS,
-# SOPHIA_METRICS_TOKEN_PREVIOUS): the client is told to move to the current one.
-TOKEN_DEPRECATED_HEADER = "x-gateway-token-deprecated"
 
 
 def matched_token(given: str, current: str, previous: str | None) -> str | None:

@@ -37,13 +37,14 @@ from gateway.errors import (
     ServiceUnavailable,
     UpstreamError,
 )
-from gateway.http.auth import TOKEN_DEPRECATED_HEADER, LocalHosts, client_address, is_loopback
+from gateway.http.auth import LocalHosts, client_address, is_loopback
 from gateway.http.responses import anthropic_error_response, error_renderer
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Span
 from gateway.service.context import CallRecord, RequestIds
 from gateway.service.effort import DROPPED_HEADER as EFFORT_DROPPED_HEADER
+from gateway.settings import TOKEN_DEPRECATED_HEADER
 
 log = logging.getLogger("gateway.http")
 

@@ -14,10 +14,14 @@ import pytest
 from rich.console import Console
 
 from gateway import top
+from gateway.admin_client import call_admin
 from gateway.testing.process import ManagedProcess, free_port, start
 
 ADMIN_TOKEN = "top-admin-token-123"
 METRICS_TOKEN = "top-metrics-token-456"  # the gateway's /metrics wants it (SOPHIA_METRICS_TOKEN)
+# The tokens they replaced, still accepted (the gateway is in the middle of a rotation).
+ADMIN_TOKEN_PREVIOUS = "top-admin-token-old"
+METRICS_TOKEN_PREVIOUS = "top-metrics-token-old"
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +59,8 @@ memory: {{enabled: false}}
         env={
             "SOPHIA_ADMIN_TOKEN": ADMIN_TOKEN,
             "SOPHIA_METRICS_TOKEN": METRICS_TOKEN,
+            "SOPHIA_ADMIN_TOKEN_PREVIOUS": ADMIN_TOKEN_PREVIOUS,
+            "SOPHIA_METRICS_TOKEN_PREVIOUS": METRICS_TOKEN_PREVIOUS,
             "SOPHIA_ACCESS_LOG": "0",
         },
     )
@@ -160,6 +166,34 @@ def test_without_the_metrics_token_top_says_what_to_set(gateway: ManagedProcess)
         with pytest.raises(top.Unreachable, match="set SOPHIA_METRICS_TOKEN") as refused:
             top.scrape(gateway.url, ADMIN_TOKEN, metrics_token=wrong)
         assert "answered 401" in str(refused.value)
+
+
+def test_with_the_previous_tokens_top_works_and_says_which_to_update(gateway: ManagedProcess) -> None:
+    """The commands send SOPHIA_ADMIN_TOKEN and SOPHIA_METRICS_TOKEN, whatever they hold: in the
+    middle of a rotation, an operator's old ones are let in as the previous tokens, and top says
+    which variables to update before the operator removes them (x-gateway-token-deprecated)."""
+    current = top.scrape(gateway.url, ADMIN_TOKEN, metrics_token=METRICS_TOKEN)
+    assert current.deprecated == () and current.models is not None
+    old = top.scrape(gateway.url, ADMIN_TOKEN_PREVIOUS, metrics_token=METRICS_TOKEN_PREVIOUS)
+    assert old.models is not None and old.deprecated == ("SOPHIA_METRICS_TOKEN", "SOPHIA_ADMIN_TOKEN")
+    assert old.total("gateway_previous_token_used_total") >= 1  # this scrape's, at least
+    screen = top.screen_text(top.figures(current, old), gateway.url, width=140)
+    assert "SOPHIA_ADMIN_TOKEN is the gateway's previous token, being rotated out" in screen
+    assert "token-old" not in screen
+    assert "previous token" not in top.screen_text(top.figures(current, current), gateway.url, width=140)
+
+
+def test_an_admin_command_with_the_previous_token_works_and_says_so(
+    gateway: ManagedProcess, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SOPHIA_ADMIN_TOKEN", ADMIN_TOKEN_PREVIOUS)
+    assert "models" in call_admin(gateway.url, "GET", "/admin/models")
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: {gateway.url} accepted SOPHIA_ADMIN_TOKEN as its previous admin token")
+    assert "token-old" not in err and err.count("\n") == 1
+    monkeypatch.setenv("SOPHIA_ADMIN_TOKEN", ADMIN_TOKEN)
+    assert "models" in call_admin(gateway.url, "GET", "/admin/models")
+    assert capsys.readouterr().err == ""
 
 
 def test_an_unreachable_gateway_is_one_line_and_exit_2(tmp_path: Path) -> None:
