@@ -178,14 +178,7 @@ def call_admin(url: str, method: str, path: str, body: Json | None = None, timeo
         headers={"Content-Type": "application/json"} if body is not None else {},
     )
     answered = exchange(request, timeout_s)
-    if answered.headers.get(TOKEN_DEPRECATED_HEADER) == "true":
-        # The gateway let this token in as SOPHIA_ADMIN_TOKEN_PREVIOUS: it is being rotated, and
-        # once the operator removes the previous token, this command stops working.
-        print(
-            f"note: {url} accepted SOPHIA_ADMIN_TOKEN as its previous admin token, which is being "
-            "rotated out: set SOPHIA_ADMIN_TOKEN to the gateway's new one",
-            file=sys.stderr,
-        )
+    note_deprecated(url, answered)
     if 300 <= answered.status < 400:
         raise AdminCallError(_redirected(url, answered), reached=True)
     if answered.status >= 400:
@@ -197,6 +190,18 @@ def call_admin(url: str, method: str, path: str, body: Json | None = None, timeo
     if not isinstance(answer, dict):
         raise AdminCallError(f"{url}{path} did not answer a JSON object", reached=True)
     return answer
+
+
+def note_deprecated(url: str, answer: Answer) -> None:
+    """One line on stderr when the gateway at ``url`` let ``SOPHIA_ADMIN_TOKEN`` in as its
+    previous admin token (``x-gateway-token-deprecated: true``): it is being rotated out, and the
+    command stops working once the operator removes it."""
+    if answer.headers.get(TOKEN_DEPRECATED_HEADER) == "true":
+        print(
+            f"note: {url} accepted SOPHIA_ADMIN_TOKEN as its previous admin token, which is being "
+            "rotated out: set SOPHIA_ADMIN_TOKEN to the gateway's new one",
+            file=sys.stderr,
+        )
 
 
 def error_message(answer: Answer) -> str:

@@ -22,6 +22,7 @@ from gateway.admin_client import (
     error_message,
     exchange,
     gateway_url,
+    note_deprecated,
     printable,
 )
 
@@ -65,6 +66,7 @@ def fetch(url: str) -> dict[str, Any] | None:
     except AdminCallError as exc:
         print(f"error: cannot read {url}/health: {exc}", file=sys.stderr)
         return None
+    note_deprecated(url, answer)
     if answer.status not in (200, 503):  # a 503 body is a report too: the gateway is down
         message = error_message(answer)
         print(f"error: {url}/health answered {answer.status}: {message}", file=sys.stderr)

@@ -13,7 +13,7 @@ import openai
 import pytest
 from rich.console import Console
 
-from gateway import top
+from gateway import health_command, top
 from gateway.admin_client import call_admin
 from gateway.testing.process import ManagedProcess, free_port, start
 
@@ -191,8 +191,11 @@ def test_an_admin_command_with_the_previous_token_works_and_says_so(
     err = capsys.readouterr().err
     assert err.startswith(f"note: {gateway.url} accepted SOPHIA_ADMIN_TOKEN as its previous admin token")
     assert "token-old" not in err and err.count("\n") == 1
+    assert health_command.fetch(gateway.url) is not None  # sophia-gateway health says so too
+    assert capsys.readouterr().err.startswith(f"note: {gateway.url} accepted SOPHIA_ADMIN_TOKEN")
     monkeypatch.setenv("SOPHIA_ADMIN_TOKEN", ADMIN_TOKEN)
     assert "models" in call_admin(gateway.url, "GET", "/admin/models")
+    assert health_command.fetch(gateway.url) is not None
     assert capsys.readouterr().err == ""
 
 
