@@ -327,3 +327,23 @@ def test_an_effort_withheld_from_the_model_that_served_is_said_as_logging_wrote_
     record.created, record.msecs = CREATED_NS[0] / 1e9, CREATED_NS[0] // 1_000_000 % 1000 + 0.0
     record.fields = {**dict(zip(FIELDS, entry, strict=True)), "effort_dropped": True}
     assert out.getvalue() == formatter.format(record) + "\n"
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_call_let_in_with_a_previous_token_is_said_as_logging_wrote_it(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``previous_token`` (h-rotate): ``admin`` or ``metrics``, present only for a call let in with
+    that previous operator token, so the operator finds who still sends it (with ``client``)."""
+    out = io.StringIO()
+    access = AccessLog(fmt, True, dropped(), stream=out)
+    monkeypatch.setattr(access_log, "time_ns", lambda: CREATED_NS[0])
+    entry = ENTRIES[0]
+    access.record(*entry, client="10.0.0.7", previous_token="metrics")  # type: ignore[arg-type]
+    access.flush()
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, "request", (), None)
+    record.created, record.msecs = CREATED_NS[0] / 1e9, CREATED_NS[0] // 1_000_000 % 1000 + 0.0
+    fields = {**dict(zip(FIELDS, entry, strict=True)), "client": "10.0.0.7", "previous_token": "metrics"}
+    record.fields = fields
+    assert out.getvalue() == formatter.format(record) + "\n"
