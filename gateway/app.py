@@ -463,6 +463,8 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/moderations", openai.proxy(Endpoint.MODERATIONS, app))
     add("POST", "/v1/images/generations", openai.proxy(Endpoint.IMAGES, app))
     add("POST", "/v1/audio/speech", openai.proxy(Endpoint.SPEECH, app))
+    add("POST", "/v1/audio/transcriptions", openai.transcribe(Endpoint.TRANSCRIPTIONS, app))
+    add("POST", "/v1/audio/translations", openai.transcribe(Endpoint.TRANSLATIONS, app))
     add("POST", "/v1/responses", responses_api.create_response)
     # (before the kept-response resource below, which would take the path as an id)
     add("POST", "/v1/responses/input_tokens", responses_api.count_input_tokens)

@@ -17,7 +17,9 @@ from gateway.http.auth import X_API_KEY, authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.http.sse import send_stream
+from gateway.http.upload import read_audio_form
 from gateway.service.context import CallContext
+from gateway.wire.audio import audio_body
 from gateway.wire.requests import Endpoint
 
 
@@ -48,6 +50,37 @@ def proxy(endpoint: Endpoint, app: web.Application, door_key_header: str = "") -
         return json_response(answer.body or b"{}")
 
     return handle
+
+
+def transcribe(endpoint: Endpoint, app: web.Application) -> Handler:
+    """The handler of ``/v1/audio/transcriptions`` or ``/translations``: a form upload, held
+    whole within ``server.max_audio_bytes`` (failover sends it again), its answer relayed with
+    the provider's Content-Type (json, text, srt, vtt, or a stream of events)."""
+    service = app[keys.SERVICE]
+    open_mode = app[keys.POLICY].auth.mode == "open"
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        started_s = time.perf_counter()
+        caller = None if open_mode else await authenticate(request)  # before the form is read
+        record = request[keys.REQUEST_CALL]
+        ctx = CallContext.for_client(request[keys.REQUEST_ID], started_s, request.headers, caller, record)
+        # (the policy's bound read per request: a reload applies to the next upload)
+        form = await read_audio_form(request, request.app[keys.POLICY].server.max_audio_bytes)
+        answer = await service.run(endpoint, audio_body(form, _stream_field(form.field("stream"))), ctx)
+        if answer.stream is None:  # (never: relayed as bytes, ``BYTES_ENDPOINTS``, and not cached)
+            return json_response(answer.body or b"{}")
+        return await send_stream(request, answer.stream, ctx.request_id, media_type=answer.media_type)
+
+    return handle
+
+
+def _stream_field(value: str | None) -> bool | None:
+    """A form's ``stream`` field (``true`` / ``false``, as the SDKs send a boolean)."""
+    if value is None:
+        return None
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidRequest(f"'stream' must be true or false, not {value[:20]!r}.", param="stream")
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -1,7 +1,7 @@
 """The limits' admission gate: RPM, TPM (a reservation) and budget per key, before a call costs
 anything; the call's ``LimitTicket`` settles the reservation and the spend when it ends.
 
-Reservation (TPM): the prompt estimated at 4 characters a token (the text of ``messages``
+Reservation (TPM; a transcription's: ``audio_reservation``): the prompt estimated at 4 characters a token (the text of ``messages``
 and their tool calls' arguments, ``prompt`` or ``input``), plus the output:
 ``max_completion_tokens`` or ``max_tokens`` when the request gives one, else
 ``DEFAULT_OUTPUT_TOKENS``, times ``n``. When the call ends, the tokens
@@ -23,8 +23,9 @@ from gateway.auth.identity import Caller
 from gateway.auth.limits import REFUSED_BUDGET, Decision, Limiter, Window
 from gateway.errors import QuotaExceeded, RateLimited, RequestTooLarge
 from gateway.observability.metrics import GatewayMetrics
+from gateway.wire.audio import AUDIO_BYTES_PER_TOKEN, FORM, AudioForm
 from gateway.wire.media import media_tokens
-from gateway.wire.requests import CHARS_PER_TOKEN, Endpoint, JSONObject, prompt_chars
+from gateway.wire.requests import CHARS_PER_TOKEN, UPLOAD_ENDPOINTS, Endpoint, JSONObject, prompt_chars
 
 DEFAULT_OUTPUT_TOKENS = 256  # the output reserved when a request sets no max_tokens
 
@@ -163,6 +164,8 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
     """Tokens to reserve for ``body``: prompt characters / 4 (and its images and PDFs) plus the
     output it may produce."""
     media = 0
+    if endpoint in UPLOAD_ENDPOINTS and isinstance(form := body.get(FORM), AudioForm):
+        return audio_reservation(form)  # a transcription or translation: the audio's length unknown
     if endpoint is Endpoint.CHAT:
         messages = body.get("messages")
         chars = prompt_chars(messages)
@@ -179,6 +182,17 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
         output = DEFAULT_OUTPUT_TOKENS
     n = body.get("n")
     return prompt + output * (n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1)
+
+
+def audio_reservation(form: AudioForm) -> int:
+    """Tokens to reserve for a transcription or translation of ``form``: its file's bytes as audio
+    tokens (``AUDIO_BYTES_PER_TOKEN``: one per 100 ms of a 128 kbit/s MP3), a third of that for
+    the transcript (speech is ~3 text tokens a second against 10 audio tokens), and the prompt's
+    characters / 4. The audio's length is not read from the file (that would mean parsing every
+    container format): bytes are the bound the gateway has, and grow with the audio's length."""
+    audio = len(form.data) // AUDIO_BYTES_PER_TOKEN
+    prompt = len(form.field("prompt") or "") // CHARS_PER_TOKEN
+    return audio + audio // 3 + prompt + 1
 
 
 def headers_for(decision: Decision) -> dict[str, str]:

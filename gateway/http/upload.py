@@ -16,6 +16,7 @@ otherwise hold a connection and its partial file for days).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from gateway.memory.access import MemoryAccess
 from gateway.memory.formats import READ_BYTES, format_of, supported
 from gateway.memory.ingest import IngestService, Spooled
 from gateway.policy.model import Ingest
+from gateway.wire.audio import AudioForm
 from gateway.wire.memory import MemoryFileIn
 
 T = TypeVar("T")
@@ -70,23 +72,7 @@ async def read_upload(
     form or a file type the gateway cannot read, 413, 408, 403 a namespace it may not write,
     400 a malformed form; 507 no room in the spool). ``before_the_file`` checks the fields sent
     before the file part, when it begins (its error before a byte of the file is read)."""
-    origin = request.headers.get("Origin")
-    if origin is not None and origin.partition("://")[2] != request.headers.get("Host"):
-        # A form is what a web page may post to any site without asking first (no CORS
-        # preflight), and a browser names the page in ``Origin``: an upload from another site's
-        # page (to a gateway in auth.mode: open on the operator's machine) would write memories
-        # for it. No API client sends ``Origin``; the gateway serves no pages of its own.
-        raise PermissionDenied(
-            "Uploads are not taken from a web page of another site (the request's Origin is not this "
-            "gateway). Send the file from a program, without an Origin header."
-        )
-    if request.content_type != "multipart/form-data":
-        raise UnsupportedMediaType(
-            request.content_type,
-            "Content-Type must be multipart/form-data with a 'file' part "
-            f"(got '{request.headers.get('Content-Type', 'none')}').",
-        )
-    refuse_compressed(request)
+    _refuse_cross_site_form(request)
     limit = ingest.config.max_file_bytes
     if request.content_length is not None and request.content_length > limit + _FORM_OVERHEAD:
         raise _too_large(limit)  # refused before reading a byte of it
@@ -324,3 +310,81 @@ async def _read(part: BodyPartReader, pace: _Pace) -> bytes:
     block = await _within(pace, part.read_chunk(READ_BYTES))
     pace.add(len(block))
     return block
+
+
+def _refuse_cross_site_form(request: web.Request) -> None:
+    """403 for a form another site's page posts; 415 for a body that is not an uncompressed form."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.partition("://")[2] != request.headers.get("Host"):
+        # A form is what a web page may post to any site without asking first (no CORS
+        # preflight), and a browser names the page in ``Origin``: an upload from another site's
+        # page (to a gateway in auth.mode: open on the operator's machine) would write memories
+        # (or spend the organisation's tokens on a transcription) for it. No API client sends
+        # ``Origin``; the gateway serves no pages of its own.
+        raise PermissionDenied(
+            "Uploads are not taken from a web page of another site (the request's Origin is not this "
+            "gateway). Send the file from a program, without an Origin header."
+        )
+    if request.content_type != "multipart/form-data":
+        raise UnsupportedMediaType(
+            request.content_type,
+            "Content-Type must be multipart/form-data with a 'file' part "
+            f"(got '{request.headers.get('Content-Type', 'none')}').",
+        )
+    refuse_compressed(request)
+
+
+# A part's Content-Type passed on upstream: a MIME type's characters only (no header injection).
+_MIME_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}")
+
+
+async def read_audio_form(request: web.Request, limit_bytes: int) -> AudioForm:
+    """The transcription or translation form of ``request``, held whole (at most ``limit_bytes``
+    of fields and file, ``server.max_audio_bytes``): the client's error otherwise (415 not a form,
+    413 beyond the limit, 408 too slow, as ``memory.ingest``'s upload pace says, 400 a malformed
+    form, no file, a field repeated whose name does not end in ``[]``). The file's type is the
+    provider's to judge; its name and the fields are passed on as sent."""
+    _refuse_cross_site_form(request)
+    if request.content_length is not None and request.content_length > limit_bytes + _FORM_OVERHEAD:
+        raise _too_large(limit_bytes)  # refused before reading a byte of it
+    policy = request.app[keys.POLICY]
+    pace = _Pace(policy.memory.ingest, policy.server.request_read_timeout_s)
+    try:
+        reader = await request.multipart()
+    except ValueError as exc:  # no boundary in the Content-Type
+        raise _malformed(exc) from None
+    fields: list[tuple[str, str]] = []
+    file: tuple[str, str, bytes] | None = None
+    while (part := await _within(pace, reader.next())) is not None:
+        if not isinstance(part, BodyPartReader) or not part.name:
+            raise InvalidRequest("Every part of the form must be a named field.", param="file")
+        _refuse_encoded(part)
+        name = part.name
+        if part.filename is None:
+            if name == "file":
+                raise InvalidRequest("The 'file' part has no filename: send it as a file.", param="file")
+            if not name.endswith("[]") and any(key == name for key, _ in fields):
+                raise InvalidRequest(f"The form field {quoted(name)} is sent twice.", param=name)
+            fields.append((name, await _field(part, pace)))
+        else:
+            if name != "file" or file is not None:
+                raise InvalidRequest("Send one file, in the form field 'file'.", param="file")
+            filename = part.filename.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            if len(filename) > _FILENAME_MAX_CHARS or _unprintable(filename) is not None:
+                raise InvalidRequest(
+                    f"The file's name must be at most {_FILENAME_MAX_CHARS} printable characters.",
+                    param="file",
+                )
+            given = part.headers.get("Content-Type", "")
+            kind = given if _MIME_TYPE.fullmatch(given) else "application/octet-stream"
+            data = bytearray()
+            while block := await _read(part, pace):
+                data += block
+                if pace.received > limit_bytes:  # the fields before it count too
+                    raise _too_large(limit_bytes)
+            file = filename, kind, bytes(data)
+        if pace.received > limit_bytes:  # the fields and the file together
+            raise _too_large(limit_bytes)
+    if file is None:
+        raise InvalidRequest("The form has no 'file' part: send the audio as the field 'file'.", param="file")
+    return AudioForm(tuple(fields), *file)

@@ -1017,6 +1017,13 @@ class Server(_Strict):
     """HTTP server settings that belong with the policy rather than the environment."""
 
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted request body.")
+    max_audio_bytes: ByteSize = Field(
+        25 * 1024 * 1024,
+        description="Largest form a transcription or translation upload may be (file and fields; "
+        "413 beyond, before the rest is read). Each form is held whole in memory while it is "
+        "served (failover sends it again), so this bounds memory per upload in flight. The "
+        "default is OpenAI's own limit of 25 MiB. A size such as 10MiB.",
+    )
     drain_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )

@@ -53,6 +53,8 @@ _UNSUPPORTED = {
     Endpoint.MODERATIONS: "/v1/moderations",
     Endpoint.IMAGES: "/v1/images/generations",
     Endpoint.SPEECH: "/v1/audio/speech",
+    Endpoint.TRANSCRIPTIONS: "/v1/audio/transcriptions",
+    Endpoint.TRANSLATIONS: "/v1/audio/translations",
 }
 
 

@@ -19,10 +19,17 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway.errors import GatewayError, UpstreamBadEvent, UpstreamBadResponse, UpstreamStatusError
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    UpstreamBadEvent,
+    UpstreamBadResponse,
+    UpstreamStatusError,
+)
 from gateway.policy.model import OpenAIProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
-from gateway.wire.requests import JSONObject
+from gateway.wire.audio import FORM, AudioForm, form_body
+from gateway.wire.requests import BYTES_ENDPOINTS, UPLOAD_ENDPOINTS, JSONObject
 from gateway.wire.sse import DONE_DATA, SSEDecoder, WholeEvents
 
 _PATHS = {endpoint: "/" + endpoint.value for endpoint in Endpoint}
@@ -47,6 +54,8 @@ class OpenAIAdapter:
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def build_request(self, endpoint: Endpoint, body: JSONObject, upstream_model: str) -> UpstreamRequest:
+        if endpoint in UPLOAD_ENDPOINTS:
+            return upload_request(_PATHS[endpoint], body, upstream_model)
         if body.get("model") != upstream_model:
             body = {**body, "model": upstream_model}
         return UpstreamRequest(
@@ -67,7 +76,7 @@ class OpenAIAdapter:
     def stream_translator(
         self, endpoint: Endpoint, request: JSONObject, upstream_model: str, provider: str = ""
     ) -> StreamTranslator:
-        if endpoint is Endpoint.SPEECH:
+        if endpoint in BYTES_ENDPOINTS:  # audio; a transcription's json, text, subtitles or events
             return BytesRelay()
         return OpenAIStreamTranslator()
 
@@ -191,6 +200,16 @@ def takes_extra_content(base_url: str) -> bool:
     host = (urlsplit(base_url).hostname or "").lower()
     # (regional Vertex hosts are us-central1-aiplatform.googleapis.com)
     return any(host == name or host.endswith(("." + name, "-" + name)) for name in _GEMINI_HOSTS)
+
+
+def upload_request(path: str, body: JSONObject, model: str | None) -> UpstreamRequest:
+    """A transcription or translation form (``body[FORM]``) sent to ``path`` as multipart, its
+    model field ``model`` (None: none, the model being in the path)."""
+    form = body.get(FORM)
+    if not isinstance(form, AudioForm):  # (the handler always puts one there)
+        raise InvalidRequest("The request has no audio form.", param="file")
+    data, content_type = form_body(form, model)
+    return UpstreamRequest(path, data, bool(body.get("stream")), {"Content-Type": content_type})
 
 
 def request_bytes(endpoint: Endpoint, body: JSONObject, keeps_extra: bool) -> bytes:

@@ -55,7 +55,7 @@ from gateway.service.media import check_served, image_usage
 from gateway.service.shadow import ShadowTraffic, door_answer
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import check_request
-from gateway.wire.requests import MEDIA_ENDPOINTS, Endpoint, JSONObject
+from gateway.wire.requests import BYTES_ENDPOINTS, MEDIA_ENDPOINTS, Endpoint, JSONObject
 from gateway.wire.usage import MOST_TOKENS, cache_counts
 
 # OTel's gen_ai.operation.name for each endpoint.
@@ -67,6 +67,8 @@ _OPERATION = {
     Endpoint.MODERATIONS: "moderations",
     Endpoint.IMAGES: "image_generation",
     Endpoint.SPEECH: "speech",
+    Endpoint.TRANSCRIPTIONS: "transcription",
+    Endpoint.TRANSLATIONS: "translation",
 }
 T = TypeVar("T")
 Attempt = Callable[[Target], Awaitable[T]]  # one try of a routed call on a target (``Router.call``)
@@ -574,11 +576,11 @@ class RequestService:
         if (
             shadow is not None
             and not ctx.internal
-            and endpoint is not Endpoint.SPEECH
+            and endpoint not in MEDIA_ENDPOINTS
             and self.shadow.draw(shadow)
         ):
             book.mirror = (shadow, endpoint, body)  # sent once the stream has ended
-        if endpoint is Endpoint.SPEECH:
+        if endpoint in BYTES_ENDPOINTS:
             return Answer(stream=routed.value, media_type=routed.value.content_type)
         return Answer(stream=routed.value)
 
@@ -609,8 +611,8 @@ class RequestService:
                 first = translator.feed(chunk)
                 # The answer starts with its first event: comments before it (keep-alives) are
                 # not an answer, and a stream of nothing else is failed over as empty. (Speech's
-                # audio starts with its first byte.)
-                if first.find(b"data:") >= 0 or (first and endpoint is Endpoint.SPEECH):
+                # audio, a transcription's text, start with their first byte.)
+                if first.find(b"data:") >= 0 or (first and endpoint in BYTES_ENDPOINTS):
                     return RoutedStream(first, response, chunks, translator, book, capture=capture)
         except BaseException:
             await chunks.aclose()
@@ -641,7 +643,7 @@ class RequestService:
                 )
                 async for chunk in chunks:
                     first = translator.feed(chunk)
-                    if first.find(b"data:") >= 0 or (first and endpoint is Endpoint.SPEECH):
+                    if first.find(b"data:") >= 0 or (first and endpoint in BYTES_ENDPOINTS):
                         book.span = span  # ended with the stream (_StreamBook)
                         return RoutedStream(first, response, chunks, translator, book, capture=capture)
             except BaseException:

@@ -20,6 +20,8 @@ SERVING_KINDS: dict[Endpoint, frozenset[str]] = {
     Endpoint.MODERATIONS: frozenset(("openai",)),
     Endpoint.IMAGES: frozenset(("openai", "azure")),
     Endpoint.SPEECH: frozenset(("openai", "azure")),
+    Endpoint.TRANSCRIPTIONS: frozenset(("openai", "azure")),
+    Endpoint.TRANSLATIONS: frozenset(("openai", "azure")),
 }
 
 

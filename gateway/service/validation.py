@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from gateway.errors import InvalidRequest
 from gateway.jsonsafe import MAX_JSON_DEPTH, nests_deeper_than
-from gateway.wire.requests import HEADS, Endpoint, H, JSONObject
+from gateway.wire.requests import BYTES_ENDPOINTS, HEADS, Endpoint, H, JSONObject
 
 
 def parse_body(raw: bytes) -> JSONObject:
@@ -51,8 +51,9 @@ def check_request(endpoint: Endpoint, body: JSONObject) -> tuple[str, bool]:
     if endpoint is Endpoint.CHAT and _ordinary_chat(body):
         return body["model"], body.get("stream") is True
     head = validate_head(HEADS[endpoint], body)
-    # Speech takes the stream path: its audio is relayed as it arrives (``calls.py``).
-    return head.model, endpoint is Endpoint.SPEECH or bool(getattr(head, "stream", False))
+    # Speech and the uploads take the stream path: their answers are relayed as bytes as they
+    # arrive (``calls.py``), whatever their type (audio, json, text, subtitles, events).
+    return head.model, endpoint in BYTES_ENDPOINTS or bool(getattr(head, "stream", False))
 
 
 _CHAT_ROLES = frozenset(("system", "developer", "user", "assistant", "tool", "function"))

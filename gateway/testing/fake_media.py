@@ -28,6 +28,8 @@ import hashlib
 import time
 from dataclasses import dataclass
 
+import orjson
+
 from gateway.testing.fake_wire import WireError
 from gateway.testing.images import png
 
@@ -294,3 +296,162 @@ def speech(body: dict[str, object]) -> Speech:
     frames = max(3, len(text) // 16)
     audio = _SPEECH_MAGIC.get(str(fmt), b"") + seed * (frames * SPEECH_CHUNK_BYTES // len(seed))
     return Speech(SPEECH_TYPES[str(fmt)], audio)
+
+
+# ----- transcriptions and translations (multipart uploads)
+
+# "File uploads are currently limited to 25 MB"; the API's 413 names this many bytes.
+AUDIO_MAX_BYTES = 26_214_400
+AUDIO_FORMATS = ("flac", "mp3", "mp4", "mpeg", "mpga", "m4a", "ogg", "wav", "webm")
+_TEXT_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+# The GPT-4o transcribe models answer json (and text, as OpenAI's speech-to-text guide says), no
+# timestamps, and stream; whisper-1 takes every format and does not stream.
+_GPT_FORMATS = ("json", "text")
+_AUDIO_BYTES_PER_S = 16_000  # the fake's reading of an upload's length: a 128 kbit/s MP3
+
+
+@dataclass(frozen=True, slots=True)
+class AudioUpload:
+    """A transcription or translation form as the fake received it."""
+
+    fields: dict[str, list[str]]  # each name's values, in order
+    filename: str | None  # None: no file part
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """The answer: a body of ``content_type``, or the events of a stream (``events``)."""
+
+    content_type: str
+    body: bytes
+    events: tuple[bytes, ...] = ()
+
+
+def transcription(upload: AudioUpload, *, translate: bool) -> Transcript:
+    """The answer to a transcription (or, ``translate``, translation) form; ``WireError`` where
+    OpenAI refuses it (rules from its API reference and the SDK's ``transcription_create_params``
+    / ``translation_create_params``)."""
+    fields = upload.fields
+    one = {name: values[0] for name, values in fields.items() if not name.endswith("[]")}
+    for name in ("file", "model"):
+        if (upload.filename is None) if name == "file" else not one.get("model"):
+            raise WireError(f"Missing required parameter: '{name}'.", name, "missing_required_parameter")
+    model = one["model"]
+    extension = (upload.filename or "").rpartition(".")[2].lower()
+    if extension not in AUDIO_FORMATS:
+        raise WireError(
+            f"Invalid file format. Supported formats: {list(AUDIO_FORMATS)}", "file", "invalid_value"
+        )
+    if not upload.data:
+        raise WireError(
+            "Audio file is too short. Minimum audio length is 0.1 seconds.", "file", "audio_too_short"
+        )
+    gpt = model.startswith("gpt-")
+    if translate and gpt:
+        raise WireError(
+            f"Model {model} is not supported for translations: use whisper-1.", "model", "invalid_value"
+        )
+    if translate and "language" in one:
+        raise WireError("Unknown parameter: 'language'.", "language", "unknown_parameter")
+    fmt = one.get("response_format", "json")
+    allowed = _GPT_FORMATS if gpt else _TEXT_FORMATS
+    if fmt not in allowed:
+        listed = ", ".join(repr(f) for f in allowed)
+        raise WireError(
+            f"response_format {fmt!r} is not compatible with model '{model}'. Supported: {listed}.",
+            "response_format",
+            "unsupported_value",
+        )
+    temperature = one.get("temperature")
+    if temperature is not None:
+        try:
+            value = float(temperature)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= 1:
+            raise WireError(
+                "Invalid 'temperature': expected a number from 0 to 1.", "temperature", "invalid_value"
+            )
+    granularities = fields.get("timestamp_granularities[]", [])
+    if granularities and (
+        translate or fmt != "verbose_json" or any(g not in ("word", "segment") for g in granularities)
+    ):
+        raise WireError(
+            "timestamp_granularities[] takes 'word' and 'segment', with response_format 'verbose_json' only.",
+            "timestamp_granularities",
+            "invalid_value",
+        )
+    stream = one.get("stream", "false").lower() == "true"
+    if stream and not gpt:
+        raise WireError(f"Streaming is not supported for model '{model}'.", "stream", "unsupported_value")
+    digest = hashlib.sha256(upload.data).hexdigest()[:12]
+    task = "translation" if translate else "transcript"
+    text = f"Fake {task} {digest} of {len(upload.data)} bytes from {model}."
+    seconds = max(0.1, len(upload.data) / _AUDIO_BYTES_PER_S)
+    if gpt:
+        audio_tokens = max(1, round(seconds * 10))
+        out = len(text.split())
+        usage: dict[str, object] = {
+            "type": "tokens",
+            "input_tokens": audio_tokens,
+            "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
+            "output_tokens": out,
+            "total_tokens": audio_tokens + out,
+        }
+    else:
+        usage = {"type": "duration", "seconds": round(seconds + 0.5)}
+    if stream:
+        words = text.split(" ")
+        events = [
+            b"data: "
+            + orjson.dumps(
+                {"type": "transcript.text.delta", "delta": w + (" " if i < len(words) - 1 else "")}
+            )
+            + b"\n\n"
+            for i, w in enumerate(words)
+        ]
+        events.append(
+            b"data: " + orjson.dumps({"type": "transcript.text.done", "text": text, "usage": usage}) + b"\n\n"
+        )
+        return Transcript("text/event-stream", b"", tuple(events))
+    end = f"{int(seconds // 3600):02d}:{int(seconds // 60 % 60):02d}:{seconds % 60:06.3f}"
+    if fmt == "text":
+        return Transcript("text/plain; charset=utf-8", (text + "\n").encode())
+    if fmt == "srt":
+        return Transcript(
+            "text/plain; charset=utf-8", f"1\n00:00:00,000 --> {end.replace('.', ',')}\n{text}\n\n".encode()
+        )
+    if fmt == "vtt":
+        return Transcript(
+            "text/plain; charset=utf-8", f"WEBVTT\n\n00:00:00.000 --> {end}\n{text}\n\n".encode()
+        )
+    answer: dict[str, object] = {"text": text, "usage": usage}
+    if fmt == "verbose_json":
+        answer = {
+            "task": "translate" if translate else "transcribe",
+            "language": "english",
+            "duration": seconds,
+            "text": text,
+            "segments": [
+                {
+                    "id": 0,
+                    "seek": 0,
+                    "start": 0.0,
+                    "end": seconds,
+                    "text": text,
+                    "tokens": [],
+                    "temperature": 0.0,
+                    "avg_logprob": -0.1,
+                    "compression_ratio": 1.0,
+                    "no_speech_prob": 0.01,
+                }
+            ],
+            "usage": usage,
+        }
+        if "word" in granularities:
+            step = seconds / max(1, len(text.split()))
+            answer["words"] = [
+                {"word": w, "start": i * step, "end": (i + 1) * step} for i, w in enumerate(text.split())
+            ]
+    return Transcript("application/json", orjson.dumps(answer))

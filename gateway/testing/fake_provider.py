@@ -288,6 +288,8 @@ def build_app(config: FakeConfig) -> web.Application:
         app.router.add_post("/v1/moderations", _moderations)
         app.router.add_post("/v1/images/generations", _images)
         app.router.add_post("/v1/audio/speech", _speech)
+        app.router.add_post("/v1/audio/transcriptions", _transcriptions)
+        app.router.add_post("/v1/audio/translations", _translations)
         app.router.add_get("/v1/models", _models)
         app.router.add_get("/v1/models/{name:.+}", _model)
         # Azure OpenAI's paths (the ``azure`` provider kind): the deployment stands for the model.
@@ -296,6 +298,8 @@ def build_app(config: FakeConfig) -> web.Application:
         app.router.add_post("/openai/deployments/{deployment}/embeddings", _embeddings)
         app.router.add_post("/openai/deployments/{deployment}/images/generations", _images)
         app.router.add_post("/openai/deployments/{deployment}/audio/speech", _speech)
+        app.router.add_post("/openai/deployments/{deployment}/audio/transcriptions", _transcriptions)
+        app.router.add_post("/openai/deployments/{deployment}/audio/translations", _translations)
     else:
         add_flavor_routes(app, config.flavor)
     app.router.add_get("/_fake/stats", _stats)
@@ -438,6 +442,75 @@ async def _speech(request: web.Request) -> web.StreamResponse:
         return _drop_connection(request, abort=False)
     await response.write_eof()
     return response
+
+
+async def _transcriptions(request: web.Request) -> web.StreamResponse:
+    return await _transcribed(request, translate=False)
+
+
+async def _translations(request: web.Request) -> web.StreamResponse:
+    return await _transcribed(request, translate=True)
+
+
+async def _transcribed(request: web.Request, *, translate: bool) -> web.StreamResponse:
+    """A transcription or translation form (``fake_media.transcription``): the answer whole, or
+    its events when ``stream`` is true. Over 25 MB: OpenAI's 413."""
+    state = request.app[FAKE_STATE]
+    config = state.config
+    upload = await _admit_form(request, state)
+    transcript = _parsed(lambda _: fake_media.transcription(upload, translate=translate), {})
+    fault = draw_fault(config, state.rng)
+    early = await _inject(request, config, state.rng, fault, stream=bool(transcript.events))
+    if early is not None:
+        return early
+    if not transcript.events:
+        return web.Response(body=transcript.body, headers={"Content-Type": transcript.content_type})
+    response = web.StreamResponse(headers={"Content-Type": transcript.content_type})
+    await response.prepare(request)
+    events = transcript.events
+    for event in events[: len(events) // 2] if fault is Fault.DISCONNECT else events:
+        await response.write(event)
+    if fault is Fault.DISCONNECT:
+        return _drop_connection(request, abort=False)
+    await response.write_eof()
+    return response
+
+
+async def _admit_form(request: web.Request, state: FakeState) -> fake_media.AudioUpload:
+    """``_admit`` for a multipart form: recorded (its fields, the file's name and size as the
+    body), authorised, within OpenAI's 25 MB, its model served."""
+    if (request.content_length or 0) > fake_media.AUDIO_MAX_BYTES:
+        message = f"Maximum content size limit ({fake_media.AUDIO_MAX_BYTES}) exceeded ({request.content_length} bytes read)"
+        raise _refusal(
+            web.HTTPRequestEntityTooLarge, fake_wire.error_body(message, "invalid_request_error", None)
+        )
+    if request.content_type != "multipart/form-data":
+        raise _bad_request("Invalid Content-Type header: expected multipart/form-data.", None)
+    fields: dict[str, list[str]] = {}
+    filename: str | None = None
+    data = b""
+    form = await request.post()
+    for name, value in form.items():
+        if isinstance(value, web.FileField):
+            filename, data = value.filename, value.file.read()
+        else:
+            fields.setdefault(name, []).append(str(value))
+    deployment = request.match_info.get("deployment")
+    if deployment is not None:
+        fields.setdefault("model", [deployment])
+    seen = {"fields": fields, "filename": filename, "bytes": len(data)}
+    state.record(SeenRequest(request.path, request.headers, seen))
+    key = state.config.require_key
+    authorised = request.headers.get("api-key" if deployment else "Authorization")
+    if key is not None and authorised != (key if deployment else f"Bearer {key}"):
+        envelope = fake_wire.error_body(
+            "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+        )
+        raise _refusal(web.HTTPUnauthorized, envelope)
+    model = fields.get("model", [""])[0]
+    if model and not state.config.serves(model):
+        raise _unknown_model(model, azure=deployment is not None)
+    return fake_media.AudioUpload(fields, filename, data)
 
 
 async def _models(request: web.Request) -> web.StreamResponse:

@@ -66,6 +66,10 @@ class Endpoint(enum.Enum):
     MODERATIONS = "moderations"
     IMAGES = "images/generations"
     SPEECH = "audio/speech"  # a binary answer (audio), relayed as bytes as it arrives
+    # Uploads (multipart/form-data, ``wire/audio.py``): the answer is relayed as bytes with the
+    # provider's Content-Type (json, text, srt, vtt or a stream of events).
+    TRANSCRIPTIONS = "audio/transcriptions"
+    TRANSLATIONS = "audio/translations"
     # Front doors (issue 17): served as chat calls; the value scopes their cache keys (and
     # names the path of a provider the door passes its request through to).
     RESPONSES = "responses"  # OpenAI's Responses API (service/responses.py)
@@ -278,11 +282,27 @@ class SpeechHead(_Head):
     response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] | None = None
 
 
+class AudioHead(_Head):
+    """What the gateway reads of a transcription or translation form (``wire/audio.py`` holds the
+    rest, passed through): the model group and whether the answer is a stream of events."""
+
+    model: StrictStr = Field(min_length=1)
+    stream: StrictBool | None = None
+
+
 H = TypeVar("H", bound=BaseModel)  # a request head (front doors have their own: wire/messages.py)
 
 HEADS: dict[
     Endpoint,
-    type[ChatCompletionHead | CompletionHead | EmbeddingHead | ModerationHead | ImageHead | SpeechHead],
+    type[
+        ChatCompletionHead
+        | CompletionHead
+        | EmbeddingHead
+        | ModerationHead
+        | ImageHead
+        | SpeechHead
+        | AudioHead
+    ],
 ] = {
     Endpoint.CHAT: ChatCompletionHead,
     Endpoint.COMPLETIONS: CompletionHead,
@@ -290,6 +310,14 @@ HEADS: dict[
     Endpoint.MODERATIONS: ModerationHead,
     Endpoint.IMAGES: ImageHead,
     Endpoint.SPEECH: SpeechHead,
+    Endpoint.TRANSCRIPTIONS: AudioHead,
+    Endpoint.TRANSLATIONS: AudioHead,
 }
 # The endpoints only OpenAI's wire format serves, passed through untouched and never cached.
-MEDIA_ENDPOINTS = frozenset((Endpoint.MODERATIONS, Endpoint.IMAGES, Endpoint.SPEECH))
+MEDIA_ENDPOINTS = frozenset(
+    (Endpoint.MODERATIONS, Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS)
+)
+# The endpoints whose request is a form upload (its body holds an ``AudioForm`` under ``FORM``).
+UPLOAD_ENDPOINTS = frozenset((Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS))
+# The endpoints whose answer is relayed as the provider's bytes with its Content-Type.
+BYTES_ENDPOINTS = frozenset((Endpoint.SPEECH, *UPLOAD_ENDPOINTS))

@@ -11,6 +11,7 @@ requests."""
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +32,13 @@ from gateway.settings import Settings
 from gateway.testing import fake_media
 from gateway.testing.fake_provider import FAKE_STATE, FakeConfig
 from gateway.testing.fake_provider import build_app as fake_app
-from gateway.wire.requests import Endpoint
+from gateway.wire.audio import FORM, AudioForm
+from gateway.wire.requests import UPLOAD_ENDPOINTS, Endpoint
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TOKEN = "admin-token-for-media-tests"
+MAX_AUDIO_BYTES = 64 * 1024  # server.max_audio_bytes here: a too-large upload stays cheap
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 POLICY = """
 version: 1
@@ -74,6 +77,14 @@ models:
     deployments: [{{provider: cut, model: tts-1}}]
   claude-only:
     deployments: [{{provider: claude, model: claude-x}}]
+  whisper:
+    strategy: ordered
+    deployments: [{{provider: broken, model: whisper-1}}, {{provider: good, model: whisper-1}}]
+  gpt-transcribe:
+    deployments: [{{provider: good, model: gpt-4o-transcribe}}]
+  azure-whisper:
+    deployments: [{{provider: azure, model: whisper-1}}]
+server: {{max_audio_bytes: {max_audio}}}
 memory: {{enabled: false}}
 cache: {{cacheable: always}}
 auth:
@@ -112,7 +123,13 @@ async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]
     policy_file = tmp / "policy.yaml"
     root = lambda s: str(s.make_url("")).rstrip("/")  # noqa: E731
     policy_file.write_text(
-        POLICY.format(broken=root(broken), good=root(good), cut=root(cut), store=tmp / "keys.sqlite3")
+        POLICY.format(
+            broken=root(broken),
+            good=root(good),
+            cut=root(cut),
+            store=tmp / "keys.sqlite3",
+            max_audio=MAX_AUDIO_BYTES,
+        )
     )
     settings = Settings(access_log=False, admin_token=TOKEN, policy_watch=False, policy_path=str(policy_file))
     policy, digest = load_policy_with_digest(policy_file)
@@ -358,11 +375,17 @@ async def test_the_azure_openai_client_reaches_images_and_speech(gw: Gateway) ->
         await azure.close()
 
 
-@pytest.mark.parametrize("endpoint", [Endpoint.MODERATIONS, Endpoint.IMAGES, Endpoint.SPEECH])
+@pytest.mark.parametrize(
+    "endpoint",
+    [Endpoint.MODERATIONS, Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS],
+)
 async def test_the_translating_adapters_refuse_before_any_io(endpoint: Endpoint) -> None:
     """Before: the Gemini adapter built a completions request of an images body, the Anthropic
     one raised a KeyError (a 500)."""
+    form = AudioForm((("model", "m"),), "a.mp3", "audio/mpeg", b"ID3")
     body = {"model": "m", "input": "x", "prompt": "x", "voice": "alloy"}
+    if endpoint in UPLOAD_ENDPOINTS:
+        body[FORM] = form
     gemini = GeminiProvider(kind="gemini", base_url="https://g.test/v1beta")
     claude = AnthropicProvider(kind="anthropic", base_url="https://a.test/v1")
     for config in (gemini, claude):
@@ -376,3 +399,155 @@ async def test_the_translating_adapters_refuse_before_any_io(endpoint: Endpoint)
         assert azure.build_request(endpoint, body, "d").path.startswith(
             f"/openai/deployments/d/{endpoint.value}?"
         )
+
+
+# ----- transcriptions and translations (h-transcribe): multipart uploads
+
+AUDIO = b"ID3\x04\x00" + bytes(range(256)) * 40  # ~10 KB standing for an MP3
+
+
+def _transcript(data: bytes, model: str, task: str = "transcript") -> str:
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    return f"Fake {task} {digest} of {len(data)} bytes from {model}."
+
+
+async def test_transcription_through_failover_replays_the_upload(gw: Gateway) -> None:
+    before = _seen(gw.broken)["requests"]
+    result = await gw.sdk.audio.transcriptions.create(
+        model="whisper", file=("talk.mp3", AUDIO, "audio/mpeg"), prompt="A talk.", temperature=0.2
+    )
+    assert result.text == _transcript(AUDIO, "whisper-1")
+    assert _seen(gw.broken)["requests"] != before  # the first deployment was sent the form too
+    for server in (gw.broken, gw.good):  # the same form each time, its model the deployment's
+        last = _seen(server)["last_request"]
+        assert last["path"] == "/v1/audio/transcriptions"  # type: ignore[index]
+        seen = last["body"]  # type: ignore[index]
+        assert seen["filename"] == "talk.mp3" and seen["bytes"] == len(AUDIO), seen
+        assert seen["fields"]["model"] == ["whisper-1"] and seen["fields"]["prompt"] == ["A talk."], seen
+    lines = await _metric_lines(gw.client, 'endpoint="/v1/audio/transcriptions"')
+    assert any("gateway_requests_total" in line and 'status_code="200"' in line for line in lines), lines
+
+
+@pytest.mark.parametrize("fmt", ["text", "srt", "vtt"])
+async def test_text_answers_are_relayed_with_the_providers_type(gw: Gateway, fmt: str) -> None:
+    raw = await gw.sdk.audio.transcriptions.with_raw_response.create(
+        model="whisper", file=("a.wav", AUDIO), response_format=fmt
+    )
+    assert raw.headers["content-type"] == "text/plain; charset=utf-8"
+    assert raw.headers["x-gateway-cache"].startswith("bypass")  # never cached
+    text = raw.parse()
+    assert isinstance(text, str) and _transcript(AUDIO, "whisper-1") in text
+    assert text.startswith({"text": "Fake", "srt": "1\n00:00:00,000 --> ", "vtt": "WEBVTT"}[fmt])
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # (translations, in the SDK)
+async def test_translation_and_verbose_json_with_word_timestamps(gw: Gateway) -> None:
+    translated = await gw.sdk.audio.translations.create(model="whisper", file=("a.ogg", AUDIO))
+    assert translated.text == _transcript(AUDIO, "whisper-1", "translation")
+    assert _seen(gw.good)["last_request"]["path"] == "/v1/audio/translations"  # type: ignore[index]
+    verbose = await gw.sdk.audio.transcriptions.create(
+        model="whisper",
+        file=("a.m4a", AUDIO),
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+        language="en",
+    )
+    assert verbose.words and verbose.segments and verbose.text == _transcript(AUDIO, "whisper-1")
+    fields = _seen(gw.good)["last_request"]["body"]["fields"]  # type: ignore[index]
+    assert fields["timestamp_granularities[]"] == ["word", "segment"], fields  # repeats kept
+
+
+async def test_gpt_4o_transcribe_streams_its_events_and_refuses_other_formats(gw: Gateway) -> None:
+    stream = await gw.sdk.audio.transcriptions.create(
+        model="gpt-transcribe", file=("a.webm", AUDIO), stream=True
+    )
+    events = [event async for event in stream]
+    assert events[-1].type == "transcript.text.done"
+    expected = _transcript(AUDIO, "gpt-4o-transcribe")
+    assert events[-1].text == expected
+    assert "".join(e.delta for e in events if e.type == "transcript.text.delta") == expected
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gw.sdk.audio.transcriptions.create(
+            model="gpt-transcribe", file=("a.mp3", AUDIO), response_format="srt"
+        )
+    assert caught.value.body["param"] == "response_format", caught.value.body  # type: ignore[index]
+
+
+async def test_azure_deployment_gets_the_form_at_its_path(gw: Gateway) -> None:
+    result = await gw.sdk.audio.transcriptions.create(model="azure-whisper", file=("a.flac", AUDIO))
+    assert result.text == _transcript(AUDIO, "whisper-1")
+    last = _seen(gw.good)["last_request"]
+    assert last["path"] == "/openai/deployments/whisper-1/audio/transcriptions"  # type: ignore[index]
+
+
+async def test_a_too_large_upload_is_a_413_in_the_envelope(gw: Gateway) -> None:
+    before = _seen(gw.good)["requests"]
+    with pytest.raises(openai.APIStatusError) as caught:
+        await gw.sdk.audio.transcriptions.create(
+            model="whisper", file=("big.mp3", b"x" * (MAX_AUDIO_BYTES + 1))
+        )
+    assert caught.value.status_code == 413
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "request_too_large", error
+    assert error["type"] == "invalid_request_error"
+    assert _seen(gw.good)["requests"] == before  # nothing sent upstream
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "param"),
+    [
+        ("multipart/form-data; boundary=b", b"not a form at all", "file"),
+        ("multipart/form-data", b"--b\r\n", "file"),  # no boundary
+        (
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper\r\n--b--\r\n',
+            "file",  # no file
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\n\r\nabc\r\n--b--\r\n',
+            "model",  # no model
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\n\r\nabc',
+            "file",  # cut before the closing boundary
+        ),
+    ],
+)
+async def test_a_malformed_form_is_a_400_in_the_envelope(
+    gw: Gateway, content_type: str, body: bytes, param: str
+) -> None:
+    headers = {"Authorization": f"Bearer {gw.sdk.api_key}", "Content-Type": content_type}
+    resp = await gw.client.post("/v1/audio/transcriptions", data=body, headers=headers)
+    assert resp.status == 400, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error", error
+
+
+async def test_a_provider_refusal_of_the_file_is_relayed_and_json_is_415(gw: Gateway) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gw.sdk.audio.transcriptions.create(model="whisper", file=("notes.txt", b"hello"))
+    assert caught.value.body["param"] == "file", caught.value.body  # type: ignore[index]
+    resp = await gw.client.post(
+        "/v1/audio/transcriptions",
+        json={"model": "whisper"},
+        headers={"Authorization": f"Bearer {gw.sdk.api_key}"},
+    )
+    assert resp.status == 415 and (await resp.json())["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # (translations, in the SDK)
+async def test_uploads_need_a_key_for_the_group_and_an_openai_deployment(gw: Gateway) -> None:
+    with pytest.raises(openai.NotFoundError):
+        await gw.narrow.audio.transcriptions.create(model="whisper", file=("a.mp3", AUDIO))
+    with pytest.raises(openai.NotFoundError):
+        await gw.narrow.audio.translations.create(model="whisper", file=("a.mp3", AUDIO))
+    with pytest.raises(openai.BadRequestError) as caught:
+        await gw.sdk.audio.translations.create(model="claude-only", file=("a.mp3", AUDIO))
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "unsupported_endpoint", error
+    unauthenticated = openai.AsyncOpenAI(api_key="sk-nope", base_url=gw.sdk.base_url, max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        await unauthenticated.audio.transcriptions.create(model="whisper", file=("a.mp3", AUDIO))
+    await unauthenticated.close()
