@@ -28,8 +28,8 @@ from gateway.errors import (
 )
 from gateway.policy.model import OpenAIProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
-from gateway.wire.audio import FORM, AudioForm, form_body
-from gateway.wire.requests import BYTES_ENDPOINTS, UPLOAD_ENDPOINTS, JSONObject
+from gateway.wire.audio import FORM, USAGE_READ_BYTES, AudioForm, form_body, transcript_usage
+from gateway.wire.requests import UPLOAD_ENDPOINTS, JSONObject
 from gateway.wire.sse import DONE_DATA, SSEDecoder, WholeEvents
 
 _PATHS = {endpoint: "/" + endpoint.value for endpoint in Endpoint}
@@ -76,7 +76,9 @@ class OpenAIAdapter:
     def stream_translator(
         self, endpoint: Endpoint, request: JSONObject, upstream_model: str, provider: str = ""
     ) -> StreamTranslator:
-        if endpoint in BYTES_ENDPOINTS:  # audio; a transcription's json, text, subtitles or events
+        if endpoint in UPLOAD_ENDPOINTS:  # a transcription's json, text, subtitles or events
+            return TranscriptRelay()
+        if endpoint is Endpoint.SPEECH:
             return BytesRelay()
         return OpenAIStreamTranslator()
 
@@ -385,6 +387,33 @@ class BytesRelay:
     @property
     def failing(self) -> bool:
         return False
+
+
+class TranscriptRelay(BytesRelay):
+    """A transcription's or translation's answer relayed as it arrives, as ``BytesRelay``, and
+    kept (up to ``USAGE_READ_BYTES``) for the usage it reports (``transcript_usage``)."""
+
+    __slots__ = ("_kept", "_size")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kept: list[bytes] = []
+        self._size = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._size += len(chunk)
+        if self._size <= USAGE_READ_BYTES:
+            self._kept.append(chunk)
+        elif self._kept:
+            self._kept = []  # too long to read: relayed unread, charged at its estimate
+        return chunk
+
+    def usage(self) -> JSONObject | None:
+        if not self._done or not self._kept:
+            return None
+        if len(self._kept) > 1:  # (read more than once: joined once)
+            self._kept = [b"".join(self._kept)]
+        return transcript_usage(self._kept[0])
 
 
 def _check_first_event(chunk: bytes) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import orjson
+
 from gateway.wire.requests import JSONObject
 
 FORM = "form"  # the key of a request body under which its ``AudioForm`` is held
@@ -89,3 +91,48 @@ def _head(mark: bytes, name: str) -> bytes:
 def _quoted(text: str) -> str:
     """``text`` within a quoted header parameter (the WHATWG form encoding's escapes)."""
     return text.replace("\r", "%0D").replace("\n", "%0A").replace('"', "%22")
+
+
+# A transcription's answer is read for its usage only when it is at most this long (a 25-minute
+# verbose_json with word timestamps is some hundreds of KB); a longer one is relayed unread.
+USAGE_READ_BYTES = 1 << 20
+AUDIO_TOKENS_PER_S = 10  # OpenAI counts audio as one token per 100 ms
+_DONE_EVENT = b'"transcript.text.done"'
+
+
+def transcript_usage(answer: bytes) -> JSONObject | None:
+    """The usage of a whole transcription or translation ``answer`` as the accounting reads it
+    (``prompt_tokens``, ``completion_tokens``), or None: a JSON answer's ``usage``, or a stream's
+    ``transcript.text.done`` event's. OpenAI reports the GPT-4o models' tokens (``type: tokens``)
+    and whisper-1's audio length (``type: duration``, seconds): the latter is counted as
+    ``AUDIO_TOKENS_PER_S`` input tokens a second, so a price per minute is set as
+    ``input_per_mtok`` = price a minute / 600 x 1,000,000 (whisper-1's $0.006: 10). Text, SRT
+    and VTT answers carry none."""
+    start = answer.lstrip()[:1]
+    if start == b"{":
+        raw: object = _loads(answer)
+    elif start == b"d" or start == b"e":  # a stream of events: its done event holds the usage
+        at = answer.rfind(_DONE_EVENT)
+        line_start = answer.rfind(b"data:", 0, at) if at >= 0 else -1
+        if line_start < 0:
+            return None
+        line_end = answer.find(b"\n", at)
+        raw = _loads(answer[line_start + 5 : line_end if line_end >= 0 else len(answer)])
+    else:
+        return None
+    usage = raw.get("usage") if isinstance(raw, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    if usage.get("type") == "duration":
+        seconds = usage.get("seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < 1e7:
+            return {"prompt_tokens": round(seconds * AUDIO_TOKENS_PER_S)}  # (no output count)
+        return None
+    return {"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens")}
+
+
+def _loads(data: bytes) -> object:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None

@@ -77,6 +77,9 @@ models:
     deployments: [{{provider: cut, model: tts-1}}]
   claude-only:
     deployments: [{{provider: claude, model: claude-x}}]
+  claude-or-whisper:  # Anthropic deployments; a rule sends "audio"-tagged requests to whisper
+    deployments: [{{provider: claude, model: claude-x}}]
+    rules: [{{when: {{tags: [audio]}}, use: whisper}}]
   whisper:
     strategy: ordered
     deployments: [{{provider: broken, model: whisper-1}}, {{provider: good, model: whisper-1}}]
@@ -466,6 +469,8 @@ async def test_gpt_4o_transcribe_streams_its_events_and_refuses_other_formats(gw
     expected = _transcript(AUDIO, "gpt-4o-transcribe")
     assert events[-1].text == expected
     assert "".join(e.delta for e in events if e.type == "transcript.text.delta") == expected
+    # The usage of the done event is counted (audio tokens, 10 a second of the fake's reading)
+    assert await _token_sums(gw.client, "gpt-transcribe") == {"input": 6.0, "output": 8.0}
     with pytest.raises(openai.BadRequestError) as caught:
         await gw.sdk.audio.transcriptions.create(
             model="gpt-transcribe", file=("a.mp3", AUDIO), response_format="srt"
@@ -478,6 +483,14 @@ async def test_azure_deployment_gets_the_form_at_its_path(gw: Gateway) -> None:
     assert result.text == _transcript(AUDIO, "whisper-1")
     last = _seen(gw.good)["last_request"]
     assert last["path"] == "/openai/deployments/whisper-1/audio/transcriptions"  # type: ignore[index]
+    # whisper-1 reports its duration (1 s here): counted as 10 input tokens a second
+    assert await _token_sums(gw.client, "azure-whisper") == {"input": 10.0}
+
+
+async def _token_sums(client: TestClient, group: str) -> dict[str, float]:
+    lines = await _metric_lines(client, f'gen_ai_request_model="{group}"')
+    sums = [line for line in lines if line.startswith("gen_ai_client_token_usage_sum")]
+    return {line.split('gen_ai_token_type="')[1].split('"')[0]: float(line.split()[-1]) for line in sums}
 
 
 async def test_a_too_large_upload_is_a_413_in_the_envelope(gw: Gateway) -> None:
@@ -551,3 +564,15 @@ async def test_uploads_need_a_key_for_the_group_and_an_openai_deployment(gw: Gat
     with pytest.raises(openai.AuthenticationError):
         await unauthenticated.audio.transcriptions.create(model="whisper", file=("a.mp3", AUDIO))
     await unauthenticated.close()
+
+
+async def test_a_group_whose_rule_reaches_an_openai_group_is_served_there(gw: Gateway) -> None:
+    """The 400 check looks at the group routing resolved (its rules applied): failover never
+    leaves a group, so the resolved group's deployments are all that can serve the call."""
+    result = await gw.sdk.audio.transcriptions.create(
+        model="claude-or-whisper", file=("a.mp3", AUDIO), extra_headers={"x-gateway-tags": "audio"}
+    )
+    assert result.text == _transcript(AUDIO, "whisper-1")
+    with pytest.raises(openai.BadRequestError) as caught:  # without the tag: its own deployments
+        await gw.sdk.audio.transcriptions.create(model="claude-or-whisper", file=("a.mp3", AUDIO))
+    assert caught.value.body["code"] == "unsupported_endpoint"  # type: ignore[index]
