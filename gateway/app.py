@@ -477,6 +477,13 @@ def _add_routes(app: web.Application) -> None:
     # Azure OpenAI's paths (the AzureOpenAI client pointed at the gateway): the same endpoints
     for path, endpoint in azure.DEPLOYMENT_PATHS.items():
         add("POST", path, azure.proxy(endpoint, app))
+    for endpoint in (Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS):  # form uploads
+        add(
+            "POST",
+            f"/openai/deployments/{{deployment}}/{endpoint.value}",
+            openai.transcribe(endpoint, app, AZURE_API_KEY),
+        )
+        add("POST", f"/openai/v1/{endpoint.value}", openai.transcribe(endpoint, app, AZURE_API_KEY))
     add("POST", "/openai/responses", responses_api.create_response)
     add("POST", "/openai/responses/input_tokens", responses_api.count_input_tokens)
     add("GET", "/openai/responses/{response_id}", responses_api.retrieve_response)

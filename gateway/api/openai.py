@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 from gateway import keys
 from gateway.api.azure import key_header
 from gateway.auth.identity import Caller
-from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.errors import DeploymentNotFound, InvalidRequest, ModelNotFound
 from gateway.http.auth import X_API_KEY, authenticate
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
@@ -52,21 +52,38 @@ def proxy(endpoint: Endpoint, app: web.Application, door_key_header: str = "") -
     return handle
 
 
-def transcribe(endpoint: Endpoint, app: web.Application) -> Handler:
+def transcribe(endpoint: Endpoint, app: web.Application, door_key_header: str = "") -> Handler:
     """The handler of ``/v1/audio/transcriptions`` or ``/translations``: a form upload, held
     whole within ``server.max_audio_bytes`` (failover sends it again), its answer relayed with
-    the provider's Content-Type (json, text, srt, vtt, or a stream of events)."""
+    the provider's Content-Type (json, text, srt, vtt, or a stream of events). Under Azure's
+    ``/openai/deployments/{deployment}/...`` (the AzureOpenAI client), the deployment in the path
+    is the model group, as ``api/azure.proxy`` takes it; ``door_key_header``: ``api-key``
+    there and under ``/openai/v1/``."""
     service = app[keys.SERVICE]
     open_mode = app[keys.POLICY].auth.mode == "open"
 
     async def handle(request: web.Request) -> web.StreamResponse:
         started_s = time.perf_counter()
-        caller = None if open_mode else await authenticate(request)  # before the form is read
+        # (the key before the form is read: a stranger's upload costs nothing)
+        caller = None if open_mode else await authenticate(request, key_header=door_key_header)
         record = request[keys.REQUEST_CALL]
-        ctx = CallContext.for_client(request[keys.REQUEST_ID], started_s, request.headers, caller, record)
+        ctx = CallContext.for_client(
+            request[keys.REQUEST_ID], started_s, request.headers, caller, record, door_key_header
+        )
         # (the policy's bound read per request: a reload applies to the next upload)
         form = await read_audio_form(request, request.app[keys.POLICY].server.max_audio_bytes)
-        answer = await service.run(endpoint, audio_body(form, _stream_field(form.field("stream"))), ctx)
+        body = audio_body(form, _stream_field(form.field("stream")))
+        deployment = request.match_info.get("deployment")
+        if deployment is None:
+            answer = await service.run(endpoint, body, ctx)
+        else:
+            body["model"] = deployment
+            try:
+                answer = await service.run(endpoint, body, ctx)
+            except ModelNotFound as exc:
+                if exc.model != deployment:
+                    raise
+                raise DeploymentNotFound(deployment, exc.available) from None
         if answer.stream is None:  # (never: relayed as bytes, ``BYTES_ENDPOINTS``, and not cached)
             return json_response(answer.body or b"{}")
         return await send_stream(request, answer.stream, ctx.request_id, media_type=answer.media_type)

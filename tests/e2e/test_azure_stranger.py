@@ -396,9 +396,7 @@ def test_odd_deployment_paths_by_hand(door: Door) -> None:
         assert answer.status == 404 and "Unknown path" in answer.error()["message"]
 
 
-@pytest.mark.parametrize(
-    "operation", ["audio/transcriptions", "audio/translations", "images/edits", "extensions/chat/completions"]
-)
+@pytest.mark.parametrize("operation", ["images/edits", "images/variations", "extensions/chat/completions"])
 def test_deployment_operations_not_served_are_a_404_in_the_envelope(door: Door, operation: str) -> None:
     answer = call(
         f"{door.url}/openai/deployments/chat/{operation}?api-version={API_VERSION}",
@@ -408,6 +406,18 @@ def test_deployment_operations_not_served_are_a_404_in_the_envelope(door: Door, 
     assert answer.status == 404
     error = answer.error()
     assert set(error) == {"message", "type", "param", "code"} and "Unknown path" in error["message"]
+    assert door.secret not in answer.text
+
+
+@pytest.mark.parametrize("operation", ["audio/transcriptions", "audio/translations"])
+def test_uploads_take_a_form_not_json(door: Door, operation: str) -> None:
+    # (a 404 until h-transcribe served them: a form upload, so a JSON body is a 415)
+    answer = call(
+        f"{door.url}/openai/deployments/chat/{operation}?api-version={API_VERSION}",
+        body={"prompt": "x"},
+        headers={"api-key": door.secret},
+    )
+    assert answer.status == 415 and answer.error()["type"] == "invalid_request_error", answer.text
     assert door.secret not in answer.text
 
 

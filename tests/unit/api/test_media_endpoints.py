@@ -374,6 +374,11 @@ async def test_the_azure_openai_client_reaches_images_and_speech(gw: Gateway) ->
             model="tts", input="hi", voice="nova", response_format="flac"
         )
         assert speech.content.startswith(b"fLaC")
+        text = await azure.audio.transcriptions.create(model="whisper", file=("a.mp3", AUDIO))
+        assert text.text == _transcript(AUDIO, "whisper-1")  # (the deployment in the path: the group)
+        with pytest.raises(openai.NotFoundError) as caught:
+            await azure.audio.transcriptions.create(model="no-such-group", file=("a.mp3", AUDIO))
+        assert caught.value.body["code"] == "DeploymentNotFound"  # type: ignore[index]
     finally:
         await azure.close()
 
