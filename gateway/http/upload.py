@@ -287,11 +287,16 @@ def _malformed(exc: ValueError | HttpProcessingError) -> InvalidRequest:
     return InvalidRequest(f"The body is not a valid multipart/form-data form: {reason}.", param="file")
 
 
-async def _field(part: BodyPartReader, pace: _Pace) -> str:
+async def _field(part: BodyPartReader, pace: _Pace, form_limit: int | None = None) -> str:
+    """A text field's value: at most ``_FIELD_MAX_BYTES``, or, given ``form_limit``, as long as
+    the whole form stays within it (413 beyond)."""
     raw = bytearray()
     while block := await _read(part, pace):
         raw += block
-        if len(raw) > _FIELD_MAX_BYTES:
+        if form_limit is not None:
+            if pace.received > form_limit:
+                raise _too_large(form_limit)
+        elif len(raw) > _FIELD_MAX_BYTES:
             raise InvalidRequest(
                 f"The form field '{part.name}' is over {_FIELD_MAX_BYTES} bytes.", param=part.name
             )
@@ -365,7 +370,9 @@ async def read_audio_form(request: web.Request, limit_bytes: int) -> AudioForm:
                 raise InvalidRequest("The 'file' part has no filename: send it as a file.", param="file")
             if not name.endswith("[]") and any(key == name for key, _ in fields):
                 raise InvalidRequest(f"The form field {quoted(name)} is sent twice.", param=name)
-            fields.append((name, await _field(part, pace)))
+            # (a field may be long: a diarization's known_speaker_references[] are audio data URLs
+            # of up to 10 s; the whole form's bound holds them all)
+            fields.append((name, await _field(part, pace, limit_bytes)))
         else:
             if name != "file" or file is not None:
                 raise InvalidRequest("Send one file, in the form field 'file'.", param="file")

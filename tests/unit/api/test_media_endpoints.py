@@ -38,7 +38,7 @@ from gateway.wire.requests import UPLOAD_ENDPOINTS, Endpoint
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TOKEN = "admin-token-for-media-tests"
-MAX_AUDIO_BYTES = 64 * 1024  # server.max_audio_bytes here: a too-large upload stays cheap
+MAX_AUDIO_BYTES = 256 * 1024  # server.max_audio_bytes here: a too-large upload stays cheap
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 POLICY = """
 version: 1
@@ -509,6 +509,24 @@ async def test_a_too_large_upload_is_a_413_in_the_envelope(gw: Gateway) -> None:
     assert isinstance(error, dict) and error["code"] == "request_too_large", error
     assert error["type"] == "invalid_request_error"
     assert _seen(gw.good)["requests"] == before  # nothing sent upstream
+
+
+async def test_a_long_field_is_bounded_by_the_form_not_by_64_kib(gw: Gateway) -> None:
+    """A diarization's known_speaker_references[] are audio data URLs (2-10 s: beyond 64 KiB)."""
+    reference = "data:audio/wav;base64," + "A" * (100 * 1024)
+    result = await gw.sdk.audio.transcriptions.create(
+        model="whisper", file=("a.mp3", AUDIO), extra_body={"known_speaker_references": [reference]}
+    )
+    assert result.text == _transcript(AUDIO, "whisper-1")
+    fields = _seen(gw.good)["last_request"]["body"]["fields"]  # type: ignore[index]
+    assert fields["known_speaker_references[]"] == [reference]
+    with pytest.raises(openai.APIStatusError) as caught:
+        await gw.sdk.audio.transcriptions.create(
+            model="whisper",
+            file=("a.mp3", AUDIO),
+            extra_body={"known_speaker_references": [reference, reference, reference]},
+        )
+    assert caught.value.status_code == 413
 
 
 @pytest.mark.parametrize(
