@@ -238,12 +238,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run_server(args: argparse.Namespace) -> int:
-    from gateway.app import build_app
     from gateway.observability.logging import configure_logging
     from gateway.policy.loader import PolicyError, load_policy_with_digest
     from gateway.redis_link import url_problem
-    from gateway.server import run
 
+    # The app (aiohttp, the stores, numpy: about 1 s of imports) only once the settings, the
+    # policy and REDIS_URL are known good, so a mistyped setting is said at once.
     settings = Settings.from_env()
     settings = replace(
         settings,
@@ -261,6 +261,9 @@ def _run_server(args: argparse.Namespace) -> int:
     if settings.redis_url and (problem := url_problem(settings.redis_url)) is not None:
         raise StartupError(problem)
     if args.workers == 1:
+        from gateway.app import build_app
+        from gateway.server import run
+
         app = build_app(settings, policy, policy_path=settings.policy_path, policy_digest=digest)
         return run(app, settings.host, settings.port, allow_open=args.allow_open)
     return _run_workers(args.workers, settings, policy, digest, allow_open=args.allow_open)

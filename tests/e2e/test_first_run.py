@@ -105,8 +105,12 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["abc", "70000"])
 def test_bad_sophia_port_is_one_line(tmp_path: Path, value: str) -> None:
-    line = the_line(serve_until_exit(tmp_path, {"SOPHIA_PORT": value}))
+    result = serve_until_exit(tmp_path, {"SOPHIA_PORT": value, "PYTHONPROFILEIMPORTTIME": "1"})
+    line = the_line(result)
     assert f"SOPHIA_PORT must be a port number from 0 to 65535, not '{value}'" in line
+    # Said before the app (about 1 s of imports) is imported: at once, as a typo should be.
+    imported = [row.rsplit("|", 1)[-1].strip() for row in result.stderr.splitlines() if "|" in row]
+    assert "gateway.settings" in imported and "gateway.app" not in imported
 
 
 def test_bad_memory_url_is_one_line_without_its_password(tmp_path: Path) -> None:
