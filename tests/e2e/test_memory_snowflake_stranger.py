@@ -314,21 +314,21 @@ FAULTS_MODULE = "tests.e2e.fakesnow_faults_serve"
 LEAKS = (SECRET, "SECRET-TOKEN-0123456789")
 
 
-def fault_policy(tmp: Path) -> Path:
+def fault_policy(tmp: Path, connect_timeout_s: float = 1) -> Path:
     policy = tmp / "policy.yaml"
     policy.write_text(
         textwrap.dedent(
-            """\
+            f"""\
             version: 1
-            auth: {mode: open}
+            auth: {{mode: open}}
             providers:
-              fake: {kind: openai, base_url: "http://127.0.0.1:9/v1"}
+              fake: {{kind: openai, base_url: "http://127.0.0.1:9/v1"}}
             models:
               chat:
-                deployments: [{provider: fake, model: m}]
+                deployments: [{{provider: fake, model: m}}]
             memory:
               search_cache_ttl_s: 0
-              pool: {min_size: 1, max_size: 2, connect_timeout_s: 1, statement_timeout_s: 1}
+              pool: {{min_size: 1, max_size: 2, connect_timeout_s: {connect_timeout_s}, statement_timeout_s: 1}}
             """
         )
     )
@@ -413,8 +413,10 @@ def test_memory_prune_beside_a_snowflake_without_a_warehouse_is_one_line(tmp_pat
     assert "000606 (57P03): No active warehouse" in start_line(output)
 
 
-@pytest.fixture
-def faulty(tmp_path: Path) -> Iterator[tuple[ManagedProcess, Path]]:
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ManagedProcess, Path]]:
+    """One gateway for every fault while serving (each ends with the store back and up)."""
+    tmp_path = tmp_path_factory.mktemp("faulty")
     fault = tmp_path / "fault"
     process = start(
         ["serve", "--policy", str(fault_policy(tmp_path)), "--port", "0"],
@@ -437,23 +439,32 @@ def health(url: str) -> dict[str, Any]:
         return dict(json.loads(err.read()))
 
 
+def store_failures(process: ManagedProcess) -> list[dict[str, Any]]:
+    """The gateway's "memory store failed" log records so far, in order (its log is stderr)."""
+    records = [json.loads(line) for line in process.stderr.splitlines() if line.startswith("{")]
+    return [r for r in records if r["msg"] == "memory store failed"]
+
+
 @pytest.mark.parametrize("fault", ["down", "warehouse", "hang"])
 def test_a_snowflake_failing_while_serving_is_a_503_and_health_says_so(
     faulty: tuple[ManagedProcess, Path], fault: str
 ) -> None:
     process, fault_file = faulty
     url = process.url
+    fault_file.write_text("")  # whatever an earlier case left
+    mem = f"m-{fault}"  # each case's own memory: the gateway serves them all in turn
     status, _, _ = call(
-        "POST", url + "/v1/memory", {"namespace": "ns", "content": "x", "id": "m1", "embedding": [1.0, 0.0]}
+        "POST", url + "/v1/memory", {"namespace": "ns", "content": "x", "id": mem, "embedding": [1.0, 0.0]}
     )
     assert status == 201
+    logged_before = len(store_failures(process))
     fault_file.write_text(fault)
     answers = []
     for method, path, body in (
-        ("GET", "/v1/memory/m1", None),
+        ("GET", f"/v1/memory/{mem}", None),
         ("POST", "/v1/memory", {"namespace": "ns", "content": "y", "embedding": [0.0, 1.0]}),
-        ("PATCH", "/v1/memory/m1", {"confidence_score": 0.5}),
-        ("DELETE", "/v1/memory/m1", None),
+        ("PATCH", f"/v1/memory/{mem}", {"confidence_score": 0.5}),
+        ("DELETE", f"/v1/memory/{mem}", None),
         ("GET", "/v1/memory/jobs", None),
     ):
         started = time.monotonic()
@@ -467,8 +478,7 @@ def test_a_snowflake_failing_while_serving_is_a_503_and_health_says_so(
     if fault == "warehouse":  # what Snowflake said is in the log line of each refused request
         deadline = time.monotonic() + 10  # the log is written by a thread, read by another
         while True:
-            records = [json.loads(line) for line in process.output.splitlines() if line.startswith("{")]
-            said = [r for r in records if r["msg"] == "memory store failed"]
+            said = store_failures(process)[logged_before:]  # this case's
             if len(said) >= 5 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -485,7 +495,7 @@ def test_a_snowflake_failing_while_serving_is_a_503_and_health_says_so(
         assert store["status"] == "down"
     fault_file.write_text("")
     recovered = time.monotonic() + 15
-    while call("GET", url + "/v1/memory/m1")[0] != 200:  # back once Snowflake is
+    while call("GET", url + f"/v1/memory/{mem}")[0] != 200:  # back once Snowflake is
         assert time.monotonic() < recovered, "the memory store did not come back"
         time.sleep(0.2)
     again = health(url)
@@ -500,7 +510,9 @@ def test_a_snowflake_failing_while_serving_is_a_503_and_health_says_so(
 # ----- the real connector (no fakesnow): key-pair files and an account that cannot be reached
 
 
-def serve_real(tmp: Path, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def serve_real(
+    tmp: Path, extra: dict[str, str], connect_timeout_s: float = 1
+) -> subprocess.CompletedProcess[str]:
     """``serve`` with the real connector and ``extra`` SNOWFLAKE_* variables; it must stop."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SNOWFLAKE_", "REDIS_URL", "KEYS_URL"))},
@@ -514,7 +526,16 @@ def serve_real(tmp: Path, extra: dict[str, str]) -> subprocess.CompletedProcess[
         **extra,
     }
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--policy", str(fault_policy(tmp)), "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--policy",
+            str(fault_policy(tmp, connect_timeout_s)),
+            "--port",
+            "0",
+        ],
         env=env,
         cwd=tmp,
         capture_output=True,
@@ -573,10 +594,11 @@ def test_a_key_pair_file_the_connector_cannot_use_is_one_line_naming_it(
 
 def test_an_account_that_cannot_be_reached_is_one_line_and_no_connector_chatter(tmp_path: Path) -> None:
     # No network here (or no such account): the connector's own retries, the pool's three
-    # attempts of 1 s, then the start-up line. Its INFO lines (version, "Connecting to GLOBAL
-    # Snowflake domain", every query on a live account) are not the gateway's log.
+    # attempts of 0.5 s (each a connect() that logs its INFO lines first), then the start-up
+    # line. Its INFO lines (version, "Connecting to GLOBAL Snowflake domain", every query on a
+    # live account) are not the gateway's log.
     started = time.monotonic()
-    done = serve_real(tmp_path, {"SNOWFLAKE_PASSWORD": SECRET})
+    done = serve_real(tmp_path, {"SNOWFLAKE_PASSWORD": SECRET}, connect_timeout_s=0.5)
     output = done.stdout + done.stderr
     assert time.monotonic() - started < 40
     assert done.returncode == 2, output[-2000:]
