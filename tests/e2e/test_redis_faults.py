@@ -201,37 +201,63 @@ class _NotRedisHandler(socketserver.BaseRequestHandler):
                     self.request.sendall(self.server.reply)
 
 
-@pytest.mark.parametrize(
-    "reply",
+# Well-formed replies of another shape than the scripts': one gateway on a server answering
+# each, shared by the two tests of that shape (the keyed data path's links, the rollout store).
+SHAPES = pytest.mark.parametrize(
+    "shaped",
     [b"*0\r\n", b"*9\r\n" + b"$2\r\nzz\r\n" * 9, b"*3\r\n:1\r\n:2\r\n*1\r\n:5\r\n"],
     ids=["empty-array", "strings", "nested"],
+    indirect=True,
 )
-async def test_a_server_answering_in_another_shape_fails_open_once(keyed: Keyed, reply: bytes) -> None:
+
+
+@pytest.fixture(scope="module")
+def shaped(
+    request: pytest.FixtureRequest, keyed: Keyed, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ManagedProcess]:
+    """A gateway in keys mode, with a rollout, whose REDIS_URL is a ``NotRedis(request.param)``."""
+    server = NotRedis(request.param)
+    policy = rollout_policy(keyed, tmp_path_factory.mktemp("shaped"))
+    env = {
+        "REDIS_URL": server.url,
+        "KEYS_URL": "",
+        "SOPHIA_ACCESS_LOG": "0",
+        "SOPHIA_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
+    try:
+        gateway = start(["serve", "--policy", str(policy), "--port", "0"], env=env, timeout_s=60)
+        try:
+            yield gateway
+        finally:
+            gateway.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@SHAPES
+async def test_a_server_answering_in_another_shape_fails_open_once(
+    keyed: Keyed, shaped: ManagedProcess
+) -> None:
     # The limiter's admission, the cache's lookup and write and the routing sync unpacked the
     # reply outside the link's failure handling: every keyed request was a 500 with a traceback
     # in the log, and the routing sync logged one every 0.25 s.
-    server = NotRedis(reply)
-    gateway = keyed.serve(server.url)
-    try:
-        async with aiohttp.ClientSession() as session:
-            await answered_without_cache(session, gateway, keyed.secret)
-            async with session.get(f"{gateway.url}/metrics") as resp:
-                metrics = await resp.text()
-        assert "gateway_cache_backend_up 0.0" in metrics
-        assert "gateway_shared_state_up 0.0" in metrics
-        no_bug_in(gateway)
-        # Each link says so once, and never that it recovered: every reader of every link is
-        # strict about its script's reply (the health monitor's probe is a script too, not the
-        # PING this server answers). The limits link's settle write read no reply: the nested
-        # array ended each outage the next admission opened again (2 warnings, 1 recovery).
-        output = gateway.output
-        for link in ("redis cache", "redis limits", "shared routing state"):
-            down, back = output.count(f"{link} unavailable"), output.count(f"{link} recovered")
-            assert (down, back) == (1, 0), (link, down, back, output[-3000:])
-    finally:
-        gateway.stop()
-        server.shutdown()
-        server.server_close()
+    gateway = shaped
+    async with aiohttp.ClientSession() as session:
+        await answered_without_cache(session, gateway, keyed.secret)
+        async with session.get(f"{gateway.url}/metrics") as resp:
+            metrics = await resp.text()
+    assert "gateway_cache_backend_up 0.0" in metrics
+    assert "gateway_shared_state_up 0.0" in metrics
+    no_bug_in(gateway)
+    # Each link says so once, and never that it recovered: every reader of every link is
+    # strict about its script's reply (the health monitor's probe is a script too, not the
+    # PING this server answers). The limits link's settle write read no reply: the nested
+    # array ended each outage the next admission opened again (2 warnings, 1 recovery).
+    output = gateway.output
+    for link in ("redis cache", "redis limits", "shared routing state"):
+        down, back = output.count(f"{link} unavailable"), output.count(f"{link} recovered")
+        assert (down, back) == (1, 0), (link, down, back, output[-3000:])
 
 
 def rollout_policy(keyed: Keyed, tmp_path: Path) -> Path:
@@ -322,42 +348,23 @@ async def test_a_rollout_store_down_is_said_once_however_often_an_operator_acts(
             gateway.stop()
 
 
-@pytest.mark.parametrize(
-    "reply",
-    [b"*0\r\n", b"*9\r\n" + b"$2\r\nzz\r\n" * 9, b"*3\r\n:1\r\n:2\r\n*1\r\n:5\r\n"],
-    ids=["empty-array", "strings", "nested"],
-)
-async def test_a_rollout_store_answering_in_another_shape_is_said_once(
-    keyed: Keyed, tmp_path: Path, reply: bytes
-) -> None:
+@SHAPES
+async def test_a_rollout_store_answering_in_another_shape_is_said_once(shaped: ManagedProcess) -> None:
     # The rollout loop unpacked the store's replies outside its failure handling: a server on
     # REDIS_URL answering in another shape logged "rollout tick failed" with a traceback every
     # second, and each action by hand was a 500 with another.
-    policy = rollout_policy(keyed, tmp_path)
-    server = NotRedis(reply)
-    env = {
-        "REDIS_URL": server.url,
-        "KEYS_URL": "",
-        "SOPHIA_ACCESS_LOG": "0",
-        "SOPHIA_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
-    gateway = start(["serve", "--policy", str(policy), "--port", "0"], env=env, timeout_s=60)
-    try:
-        until(lambda: "rollout store unavailable" in gateway.output, "the first warning", 20)
-        async with aiohttp.ClientSession() as session:
-            for _ in range(5):
-                # An empty array, or strings, read as a hash: no state, so not started (409).
-                status, body = await pause(session, gateway.url)
-                assert status in (409, 503), body
-        first_seen = time.monotonic()
-        until(lambda: time.monotonic() - first_seen > 2.5, "2 more ticks of 1 s", 10)
-        assert gateway.output.count("rollout store unavailable") == 1, gateway.output[-3000:]
-        assert "InvalidResponse" in gateway.output
-        no_bug_in(gateway)
-    finally:
-        gateway.stop()
-        server.shutdown()
-        server.server_close()
+    gateway = shaped
+    until(lambda: "rollout store unavailable" in gateway.output, "the first warning", 20)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(5):
+            # An empty array, or strings, read as a hash: no state, so not started (409).
+            status, body = await pause(session, gateway.url)
+            assert status in (409, 503), body
+    first_seen = time.monotonic()
+    until(lambda: time.monotonic() - first_seen > 2.5, "2 more ticks of 1 s", 10)
+    assert gateway.output.count("rollout store unavailable") == 1, gateway.output[-3000:]
+    assert "InvalidResponse" in gateway.output
+    no_bug_in(gateway)
 
 
 def test_the_rollout_store_down_is_said_once_and_its_return_once(keyed: Keyed, tmp_path: Path) -> None:
