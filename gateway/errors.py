@@ -465,11 +465,11 @@ class RequestTooLarge(RateLimited):
     """A request that reserves more tokens than its key's whole per-minute limit: no wait makes it
     fit (OpenAI: "Request too large ... on tokens per min"), so SDKs are told not to retry."""
 
-    def __init__(self, limit: int, requested: int) -> None:
+    def __init__(self, limit: int, requested: int, lower: str = "Lower max_tokens (or the prompt)") -> None:
         GatewayError.__init__(
             self,
             f"Request too large for this key on tokens per min: limit {limit}, requested {requested}. "
-            "Lower max_tokens (or the prompt) to run it.",
+            f"{lower} to run it.",
             code="rate_limit_exceeded",
             headers=dict(_NO_CLIENT_RETRY),
         )

@@ -4,8 +4,8 @@ anything; the call's ``LimitTicket`` settles the reservation and the spend when 
 Reservation (TPM; a transcription's: ``audio_reservation``): the prompt estimated at 4 characters a token (the text of ``messages``
 and their tool calls' arguments, ``prompt`` or ``input``), plus the output:
 ``max_completion_tokens`` or ``max_tokens`` when the request gives one, else
-``DEFAULT_OUTPUT_TOKENS``, times ``n``. When the call ends, the tokens
-the provider reported replace it.
+``DEFAULT_OUTPUT_TOKENS``, times ``n`` (an image always reserves ``DEFAULT_OUTPUT_TOKENS``: it
+has no ``max_tokens``). When the call ends, the tokens the provider reported replace it.
 
 Refusals (OpenAI's shapes): 429 ``rate_limit_exceeded`` (type ``requests`` / ``tokens``) with
 ``Retry-After``; 429 ``insufficient_quota`` when the period's budget is spent. Every answer to a
@@ -79,7 +79,7 @@ class LimitGate:
             m = self._metrics
             m.child(m.refusals, caller.team, "tokens").inc()
             self.later(self.limiter.refused(caller, "tokens"))  # in the usage rows too
-            raise RequestTooLarge(caller.tpm, tokens)
+            raise RequestTooLarge(caller.tpm, tokens, _LOWER.get(endpoint, _LOWER_OUTPUT))
         ticket = f"{ctx.request_id}:{os.urandom(4).hex()}"
         decision = await self.limiter.admit(caller, ticket, tokens)
         headers = headers_for(decision)
@@ -158,6 +158,12 @@ class LimitTicket:
 # image models report their real usage, which settles it.
 _PROMPTED = frozenset((Endpoint.COMPLETIONS, Endpoint.IMAGES))
 _INPUT_ONLY = frozenset((Endpoint.EMBEDDINGS, Endpoint.MODERATIONS, Endpoint.SPEECH))
+# What a request larger than its key's whole TPM should lower, by what its reservation counts.
+_LOWER_OUTPUT = "Lower max_tokens (or the prompt)"
+_LOWER = {
+    Endpoint.IMAGES: "Lower n (or the prompt)",
+    **dict.fromkeys(_INPUT_ONLY, "Shorten the input"),
+}
 
 
 def reservation(endpoint: Endpoint, body: JSONObject) -> int:
@@ -170,6 +176,8 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
         messages = body.get("messages")
         chars = prompt_chars(messages)
         media = media_tokens(messages)  # images and PDFs, as Anthropic documents their cost
+    elif endpoint is Endpoint.MODERATIONS:  # strings, or input objects whose text counts too
+        chars = prompt_chars(body.get("input"))
     else:
         given = body.get("prompt" if endpoint in _PROMPTED else "input")
         items = given if isinstance(given, list) else [given]
@@ -177,7 +185,11 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
     prompt = chars // CHARS_PER_TOKEN + media + 1
     if endpoint in _INPUT_ONLY:
         return prompt
-    output = body.get("max_completion_tokens") or body.get("max_tokens")
+    # An image has no max_tokens: one in its body (unchecked, passed on) must not shrink, or
+    # turn negative, what it reserves and what a DALL-E call is charged at.
+    output = (
+        None if endpoint is Endpoint.IMAGES else body.get("max_completion_tokens") or body.get("max_tokens")
+    )
     if not isinstance(output, int) or isinstance(output, bool):
         output = DEFAULT_OUTPUT_TOKENS
     n = body.get("n")

@@ -106,10 +106,12 @@ class Gateway:
     narrow: openai.AsyncOpenAI  # a key for "mod" only
 
 
-async def _key(client: TestClient, models: list[str] | None) -> str:
+async def _key(client: TestClient, models: list[str] | None, tpm: int | None = None) -> str:
     body: dict[str, object] = {"team": "media"}
     if models is not None:
         body["models"] = models
+    if tpm is not None:
+        body["tpm"] = tpm
     resp = await client.post("/admin/keys", json=body, headers=ADMIN)
     assert resp.status == 201, await resp.text()
     return str((await resp.json())["secret"])
@@ -235,6 +237,28 @@ async def test_a_group_without_an_openai_deployment_is_a_400_naming_it(
     error = caught.value.body
     assert isinstance(error, dict) and error["code"] == "unsupported_endpoint", error
     assert f"'{model}'" in error["message"] and f"/v1/{path}" in error["message"], error
+
+
+async def test_a_keys_tpm_reserves_what_these_endpoints_ask_and_says_what_to_lower(gw: Gateway) -> None:
+    """(h-probe) The TPM reservation read chat's ``max_tokens`` from an images body (images have
+    none): ``max_tokens: 1`` reserved 10 images at 12 tokens, a negative one gave tokens back
+    (and a DALL-E call, charged at its estimate, cost nothing against a budget); a moderation's
+    text in input objects was not counted (1 token for 5,000 characters). The refusal told
+    every endpoint to lower max_tokens."""
+    sdk = openai.AsyncOpenAI(
+        api_key=await _key(gw.client, None, tpm=1000), base_url=gw.sdk.base_url, max_retries=0
+    )
+    raw = await sdk.images.with_raw_response.generate(
+        model="gpt-image", prompt="a cat", extra_body={"max_tokens": -100_000}
+    )
+    assert raw.headers["x-ratelimit-remaining-tokens"] == str(1000 - (5 // 4 + 1 + 256))  # 100998 before
+    with pytest.raises(openai.RateLimitError) as refused:
+        await sdk.images.generate(model="dalle", prompt="a cat", n=10, extra_body={"max_tokens": 1})
+    assert "requested 2562" in refused.value.message and "Lower n" in refused.value.message
+    with pytest.raises(openai.RateLimitError) as refused:
+        await sdk.moderations.create(model="mod", input=[{"type": "text", "text": "x" * 5000}])
+    assert "requested 1251" in refused.value.message and "Shorten the input" in refused.value.message
+    await sdk.close()
 
 
 # ----- images
