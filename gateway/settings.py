@@ -27,9 +27,12 @@ DEFAULT_EXEMPT = (
 )
 
 
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def parse_networks(text: str) -> tuple[Network, ...]:
-    """``text``'s comma-separated networks (CIDR or single addresses); ``none`` or nothing: none.
-    ValueError naming the one that is not a network."""
+    """``text``'s comma-separated networks (CIDR or single addresses; an IPv4-mapped IPv6 one as
+    its IPv4 network); ``none`` or nothing: none. ValueError naming the one that is not a network."""
     if text.strip().lower() in ("", "none"):
         return ()
     networks = []
@@ -38,9 +41,20 @@ def parse_networks(text: str) -> tuple[Network, ...]:
         if not part:
             continue
         try:
-            networks.append(ipaddress.ip_network(part, strict=False))
+            network = ipaddress.ip_network(part, strict=False)
         except ValueError:
             raise ValueError(f"{part!r} is not an address or a network (CIDR)") from None
+        if (
+            isinstance(network, ipaddress.IPv6Network)
+            and network.prefixlen >= 96
+            and network.subnet_of(_V4_MAPPED)
+        ):
+            # Addresses are compared as IPv4 when IPv4-mapped, so such a network is its IPv4 one
+            # (kept as written, it would hold no address ever compared: never matched).
+            network = ipaddress.IPv4Network(
+                (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96)
+            )
+        networks.append(network)
     return tuple(networks)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.auth.client_address import MAX_HOPS, ClientAddresses, parse_entry
+from gateway.auth.throttle import FailedAuthThrottle
 from gateway.settings import parse_networks
 
 INGRESS = "10.0.0.7"
@@ -91,3 +92,16 @@ def test_an_entry_is_an_address_with_an_optional_port() -> None:
     assert parse_entry("[::1]:80") == ("::1", bytes(15) + b"\x01")
     for bad in ("", " ", "192.0.2", "192.0.2.1.5", "192.0.2.256", "::1:80:", "[::1]x", "[::1]:", "x" * 65):
         assert parse_entry(bad) is None, bad
+
+
+def test_an_ipv4_mapped_network_in_the_settings_is_its_ipv4_network() -> None:
+    """(h-probe) Addresses are compared as IPv4 when IPv4-mapped (``::ffff:10.0.0.5`` is
+    ``10.0.0.5``), so a network written mapped (as a dual-stack socket shows a peer) was an IPv6
+    network nothing was ever in: accepted, and silently never trusted nor exempt."""
+    assert parse_networks("::ffff:10.0.0.0/104, ::ffff:127.0.0.1") == parse_networks("10.0.0.0/8, 127.0.0.1")
+    clients = ClientAddresses(parse_networks("::ffff:10.0.0.0/104"))
+    assert clients.of("10.0.0.5", ["203.0.113.9"]) == "203.0.113.9"
+    assert clients.of("::ffff:10.0.0.5", ["203.0.113.9"]) == "203.0.113.9"
+    throttle = FailedAuthThrottle(3, 60, exempt=parse_networks("::ffff:203.0.113.0/120"))
+    assert throttle.exempt("203.0.113.9") and throttle.exempt("::ffff:203.0.113.9")
+    assert parse_networks("::/0") != parse_networks("0.0.0.0/0")  # wider than the mapped /96: kept
