@@ -279,7 +279,11 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> Gatewa
     if exc.status == 404:
         return NotFound(f"Unknown path: {request.method} {request.path}.")
     if exc.status == 405:
-        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+        allowed = getattr(exc, "allowed_methods", ())  # (RFC 9110: a 405 names them in Allow)
+        return MethodNotAllowed(
+            f"Method {request.method} is not allowed on {request.path}.",
+            headers={"Allow": ", ".join(sorted(allowed))} if allowed else None,
+        )
     return HTTPStatusError(exc.status, exc.reason)
 
 

@@ -140,6 +140,8 @@ async def test_paths_and_methods_not_served_get_the_envelope_and_one_label(clien
     assert (await wrong_method.json())["error"]["message"] == (
         "Method GET is not allowed on /v1/chat/completions."
     )
+    # (h-probe) RFC 9110 section 15.5.6: a 405 MUST name the methods served there (it named none).
+    assert wrong_method.headers["Allow"] == "POST"
     unknown = await client.delete("/v1/nothing/here")
     assert unknown.status == 404
     assert (await unknown.json())["error"]["message"] == "Unknown path: DELETE /v1/nothing/here."
@@ -154,6 +156,7 @@ async def test_paths_and_methods_not_served_get_the_envelope_and_one_label(clien
         for status in ("404", "405")
     }
     assert counted == {"404": 1.0, "405": 1.0}
+    assert (await client.put("/health/live")).headers["Allow"] == "GET, HEAD"
     await client.get("/v1/models/m")
     labels = {"endpoint": "/v1/models/{model}", "model": "", "provider": "", "status_code": "200"}
     assert registry.get_sample_value("gateway_requests_total", labels) == 1.0
