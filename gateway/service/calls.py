@@ -613,7 +613,15 @@ class RequestService:
                 # not an answer, and a stream of nothing else is failed over as empty. (Speech's
                 # audio, a transcription's text, start with their first byte.)
                 if first.find(b"data:") >= 0 or (first and endpoint in BYTES_ENDPOINTS):
-                    return RoutedStream(first, response, chunks, translator, book, capture=capture)
+                    return RoutedStream(
+                        first,
+                        response,
+                        chunks,
+                        translator,
+                        book,
+                        capture=capture,
+                        binary=endpoint is Endpoint.SPEECH,
+                    )
         except BaseException:
             await chunks.aclose()
             response.close()
@@ -645,7 +653,15 @@ class RequestService:
                     first = translator.feed(chunk)
                     if first.find(b"data:") >= 0 or (first and endpoint in BYTES_ENDPOINTS):
                         book.span = span  # ended with the stream (_StreamBook)
-                        return RoutedStream(first, response, chunks, translator, book, capture=capture)
+                        return RoutedStream(
+                            first,
+                            response,
+                            chunks,
+                            translator,
+                            book,
+                            capture=capture,
+                            binary=endpoint is Endpoint.SPEECH,
+                        )
             except BaseException:
                 await chunks.aclose()
                 response.close()

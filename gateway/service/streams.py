@@ -108,7 +108,8 @@ class RoutedStream:
     before it was failed over unseen). ``captured`` keeps every byte sent when the answer may be
     cached (``capture``: at most that many bytes, the cache category's space, past which it is let
     go: such an answer could not be stored anyway); ``events`` counts SSE events, a stand-in for
-    output tokens when no usage comes."""
+    output tokens when no usage comes, unless the answer is ``binary`` (speech: its bytes, or its
+    ``speech.audio.delta`` events, are audio, not text tokens: none are counted)."""
 
     __slots__ = (
         "_book",
@@ -117,6 +118,7 @@ class RoutedStream:
         "_response",
         "_settled",
         "_source",
+        "binary",
         "captured",
         "events",
         "first",
@@ -133,8 +135,10 @@ class RoutedStream:
         book: StreamBook,
         *,
         capture: int,
+        binary: bool = False,
     ) -> None:
         self.first = first
+        self.binary = binary
         self.translator = translator
         self.captured: bytearray | None = bytearray() if capture > 0 else None
         self._capture = capture
@@ -179,7 +183,9 @@ class RoutedStream:
         """Output tokens the provider reported, else about one per content event."""
         usage = self.translator.usage()
         tokens = usage.get("completion_tokens") if usage else None
-        return tokens if isinstance(tokens, int) else max(0, self.events - 2)
+        if isinstance(tokens, int):
+            return tokens
+        return 0 if self.binary else max(0, self.events - 2)
 
     async def _run(self) -> AsyncIterator[bytes]:
         translator = self.translator

@@ -18,7 +18,9 @@ envelope) where the real API refuses, and answered deterministically.
 * speech: ``model``, ``input`` (at most 4,096 characters) and ``voice`` (a name, or
   ``{"id": ...}``) are required; ``response_format`` mp3, opus, aac, flac, wav or pcm; ``speed``
   0.25 to 4.0; ``instructions`` and ``stream_format: sse`` do not work with tts-1 and tts-1-hd.
-  The answer is bytes of the format's content type, sent in several writes (``speech_chunks``).
+  The answer is bytes of the format's content type, sent in several writes (``speech_chunks``);
+  with ``stream_format: sse``, OpenAI's events: ``speech.audio.delta`` (base64 audio) per write,
+  then ``speech.audio.done`` with the usage.
 """
 
 from __future__ import annotations
@@ -287,14 +289,16 @@ def speech(body: dict[str, object]) -> Speech:
             "stream_format",
             "invalid_value",
         )
-    if stream_format == "sse":
+    if stream_format == "sse" and model in _CLASSIC_TTS:
         raise WireError(
-            "The fake provider answers stream_format 'audio' only.", "stream_format", "unsupported_value"
+            f"stream_format 'sse' is not supported with {model}.", "stream_format", "unsupported_value"
         )
     # Deterministic bytes, long with the input (an audio second is some kilobytes): several writes.
     seed = hashlib.sha256(f"{model}|{voice}|{text}".encode()).digest()
     frames = max(3, len(text) // 16)
     audio = _SPEECH_MAGIC.get(str(fmt), b"") + seed * (frames * SPEECH_CHUNK_BYTES // len(seed))
+    if stream_format == "sse":
+        return Speech("text/event-stream", _speech_events(audio, len(text)))
     return Speech(SPEECH_TYPES[str(fmt)], audio)
 
 
@@ -455,3 +459,20 @@ def transcription(upload: AudioUpload, *, translate: bool) -> Transcript:
                 {"word": w, "start": i * step, "end": (i + 1) * step} for i, w in enumerate(text.split())
             ]
     return Transcript("application/json", orjson.dumps(answer))
+
+
+def _speech_events(audio: bytes, chars: int) -> bytes:
+    """``audio`` as OpenAI's speech stream: a ``speech.audio.delta`` event (base64) per
+    ``SPEECH_CHUNK_BYTES``, then ``speech.audio.done`` with the usage (tokens in and out)."""
+    size = SPEECH_CHUNK_BYTES
+    deltas = [
+        b'data: {"type":"speech.audio.delta","audio":"' + base64.b64encode(audio[at : at + size]) + b'"}\n\n'
+        for at in range(0, len(audio), size)
+    ]
+    tokens_in = max(1, chars // 4)
+    tokens_out = len(deltas) * 8
+    done = (
+        b'data: {"type":"speech.audio.done","usage":{"input_tokens":%d,"output_tokens":%d,"total_tokens":%d}}\n\n'
+        % (tokens_in, tokens_out, tokens_in + tokens_out)
+    )
+    return b"".join(deltas) + done

@@ -73,6 +73,8 @@ models:
     deployments: [{{provider: broken, model: tts-1}}, {{provider: good, model: tts-1}}]
   azure-tts:
     deployments: [{{provider: azure, model: tts-1}}]
+  mini-tts:
+    deployments: [{{provider: good, model: gpt-4o-mini-tts, price: {{input_per_mtok: 60, output_per_mtok: 0}}}}]
   cut-tts:
     deployments: [{{provider: cut, model: tts-1}}]
   claude-only:
@@ -107,14 +109,17 @@ class Gateway:
 
 
 async def _key(client: TestClient, models: list[str] | None, tpm: int | None = None) -> str:
-    body: dict[str, object] = {"team": "media"}
+    return (await _key_and_id(client, models, tpm=tpm))[0]
+
+
+async def _key_and_id(client: TestClient, models: list[str] | None, **limits: object) -> tuple[str, str]:
+    body: dict[str, object] = {"team": "media", **{k: v for k, v in limits.items() if v is not None}}
     if models is not None:
         body["models"] = models
-    if tpm is not None:
-        body["tpm"] = tpm
     resp = await client.post("/admin/keys", json=body, headers=ADMIN)
     assert resp.status == 201, await resp.text()
-    return str((await resp.json())["secret"])
+    made = await resp.json()
+    return str(made["secret"]), str(made["id"])
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -336,6 +341,32 @@ async def test_speech_through_failover_relays_the_audio_and_its_type(gw: Gateway
     assert audio.startswith(b"RIFF") and audio == expected.audio
     lines = await _metric_lines(gw.client, 'endpoint="/v1/audio/speech"')
     assert any("gateway_requests_total" in line and 'status_code="200"' in line for line in lines), lines
+
+
+async def test_speech_streamed_as_events_is_charged_as_speech_as_audio_is(gw: Gateway) -> None:
+    """(h-probe) ``stream_format: "sse"`` (gpt-4o-mini-tts; the SDK offers it) relays OpenAI's
+    ``speech.audio.delta`` events as bytes. A speech answer reports no usage the gateway reads, so
+    a key is charged its estimate (the input's characters / 4, at the input price); but each audio
+    event was counted as an output token and taken off that estimate: the same 4,000 characters
+    cost $0.045 as events against $0.060 as audio, and nothing once the events outnumbered the
+    input's tokens (the output price of a speech deployment being 0)."""
+    text = "x" * 4000
+    charged = {}
+    for stream_format in ("audio", "sse"):
+        secret, key_id = await _key_and_id(gw.client, ["mini-tts"], budget_usd=100)
+        sdk = openai.AsyncOpenAI(api_key=secret, base_url=gw.sdk.base_url, max_retries=0)
+        async with sdk.audio.speech.with_streaming_response.create(
+            model="mini-tts", input=text, voice="alloy", stream_format=stream_format
+        ) as response:
+            body = b"".join([chunk async for chunk in response.iter_bytes()])
+        await sdk.close()
+        if stream_format == "sse":
+            assert response.headers["content-type"] == "text/event-stream"
+            assert body.count(b"speech.audio.delta") > 1000 // 4 and b"speech.audio.done" in body
+        usage = await (await gw.client.get("/admin/usage", headers=ADMIN)).json()
+        (row,) = [row for row in usage["data"] if row["key"] == key_id]
+        charged[stream_format] = (row["tokens_in"], row["tokens_out"], row["cost_usd"])
+    assert charged["sse"] == charged["audio"] == (1001, 0, round(1001 * 60 / 1e6, 6)), charged
 
 
 async def test_speech_on_azure_and_a_custom_voice(gw: Gateway) -> None:
