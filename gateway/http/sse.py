@@ -100,7 +100,8 @@ async def send_stream(
     type (speech's audio), its bytes relayed as they come; a failure mid-way can carry no error
     event, so the connection is cut before the body's end (its client reads an incomplete body,
     an error, never a shorter file taken for whole)."""
-    headers = _SSE_HEADERS if media_type is None else {"Content-Type": media_type}
+    # A binary answer keeps the stream's other headers: a proxy in front must not buffer it whole.
+    headers = _SSE_HEADERS if media_type is None else {**_SSE_HEADERS, "Content-Type": media_type}
     response = web.StreamResponse(status=200, headers=headers)
     call = request[keys.REQUEST_CALL]
     add_gateway_headers(response.headers, request_id, call)

@@ -336,6 +336,10 @@ async def test_speech_through_failover_relays_the_audio_and_its_type(gw: Gateway
     ) as response:
         assert response.headers["content-type"] == "audio/wav"
         assert "x-gateway-cache" in response.headers
+        # (h-probe) Relayed as it arrives through a proxy in front too (ingress-nginx buffers a
+        # whole answer unless told not to): the SSE answers' headers, but its type.
+        assert response.headers["x-accel-buffering"] == "no"
+        assert response.headers["cache-control"] == "no-cache"
         chunks = [chunk async for chunk in response.iter_bytes()]
     audio = b"".join(chunks)
     assert audio.startswith(b"RIFF") and audio == expected.audio
