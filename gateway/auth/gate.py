@@ -1,8 +1,9 @@
 """The limits' admission gate: RPM, TPM (a reservation) and budget per key, before a call costs
 anything; the call's ``LimitTicket`` settles the reservation and the spend when it ends.
 
-Reservation (TPM; a transcription's: ``audio_reservation``): the prompt estimated at 4 characters a token (the text of ``messages``
-and their tool calls' arguments, ``prompt`` or ``input``), plus the output:
+Reservation (TPM; a transcription's: ``audio_reservation``): the prompt estimated at 4
+characters a token (the text of ``messages`` and their tool calls' arguments, ``prompt`` or
+``input``; a token-id array, a token an id), plus the output:
 ``max_completion_tokens`` or ``max_tokens`` when the request gives one, else
 ``DEFAULT_OUTPUT_TOKENS``, times ``n`` (an image always reserves ``DEFAULT_OUTPUT_TOKENS``: it
 has no ``max_tokens``). When the call ends, the tokens the provider reported replace it.
@@ -169,7 +170,7 @@ _LOWER = {
 def reservation(endpoint: Endpoint, body: JSONObject) -> int:
     """Tokens to reserve for ``body``: prompt characters / 4 (and its images and PDFs) plus the
     output it may produce."""
-    media = 0
+    media = ids = 0
     if endpoint in UPLOAD_ENDPOINTS and isinstance(form := body.get(FORM), AudioForm):
         return audio_reservation(form)  # a transcription or translation: the audio's length unknown
     if endpoint is Endpoint.CHAT:
@@ -180,9 +181,15 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
         chars = prompt_chars(body.get("input"))
     else:
         given = body.get("prompt" if endpoint in _PROMPTED else "input")
-        items = given if isinstance(given, list) else [given]
-        chars = sum(len(item) for item in items if isinstance(item, str))
-    prompt = chars // CHARS_PER_TOKEN + media + 1
+        chars = 0
+        for item in given if isinstance(given, list) else (given,):
+            if isinstance(item, str):
+                chars += len(item)
+            elif isinstance(item, list):  # a token-id array (embeddings, legacy completions)
+                ids += len(item)
+            elif isinstance(item, int):  # ``given`` is one token-id array itself
+                ids += 1
+    prompt = chars // CHARS_PER_TOKEN + ids + media + 1
     if endpoint in _INPUT_ONLY:
         return prompt
     # An image has no max_tokens: one in its body (unchecked, passed on) must not shrink, or

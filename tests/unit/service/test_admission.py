@@ -18,11 +18,13 @@ from aiohttp.test_utils import TestClient
 
 from gateway import keys
 from gateway.app import build_app
+from gateway.auth.gate import reservation
 from gateway.auth.identity import Caller
 from gateway.policy.loader import parse_policy
 from gateway.providers.base import UpstreamRequest
 from gateway.settings import Settings
 from gateway.testing.mock_transport import MockResponse, MockTransport
+from gateway.wire.requests import Endpoint
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient]]
 
@@ -354,3 +356,23 @@ async def test_a_client_that_leaves_while_the_provider_works_keeps_its_reservati
     row = (await usage.json())["data"][0]
     assert row["tokens_in"] + row["tokens_out"] >= 402
     assert row["cost_usd"] >= 402 * 100_000 / 1_000_000 * 0.99  # at the deployment's prices
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "tokens"),
+    [
+        (Endpoint.EMBEDDINGS, {"input": [[7] * 4000]}, 4000 + 1),
+        (Endpoint.EMBEDDINGS, {"input": [7] * 4000}, 4000 + 1),  # one array, given bare
+        (Endpoint.EMBEDDINGS, {"input": [[7] * 2000, [7] * 2000]}, 4000 + 1),
+        (Endpoint.COMPLETIONS, {"prompt": [7] * 4000, "max_tokens": 5}, 4000 + 1 + 5),
+        (Endpoint.EMBEDDINGS, {"input": ["x" * 4000]}, 1000 + 1),  # text: 4 characters a token
+        (Endpoint.EMBEDDINGS, {"input": "x" * 4000}, 1000 + 1),
+    ],
+)
+def test_token_id_arrays_reserve_one_token_an_id(
+    endpoint: Endpoint, body: dict[str, Any], tokens: int
+) -> None:
+    """(h-probe) Embeddings and legacy completions take token-id arrays, which only strings'
+    characters were counted for: 4,000 ids reserved 1 token at admission (the provider's
+    reported usage settled it later, but concurrent requests passed a TPM limit meanwhile)."""
+    assert reservation(endpoint, body) == tokens
