@@ -166,6 +166,14 @@ def _env_token(e: Mapping[str, str], name: str) -> str | None:
     """The token in variable ``name`` (``SOPHIA_ADMIN_TOKEN``, ``SOPHIA_METRICS_TOKEN``), None when
     unset or empty; SettingsError naming the variable (never the token) when no header can carry it."""
     token = e.get(name) or None
+    if name == "SOPHIA_METRICS_TOKEN" and token is None and name in e:
+        # An empty Secret, or a template's variable left blank: taken as unset, it served the
+        # metrics to anyone where the operator had meant them closed. (An empty admin token
+        # stays unset: the admin API is then closed beyond loopback, the safe side.)
+        raise SettingsError(
+            f"{name} is set but empty: /metrics would be open to anyone; give it the token "
+            f"(at least 16 characters), or unset it to serve /metrics without one"
+        )
     problem = None if token is None else admin_token_problem(token)
     if problem is not None:
         raise SettingsError(f"{name} {problem}")

@@ -59,7 +59,9 @@ def test_the_metrics_token_follows_the_admin_tokens_rules_and_is_never_shown() -
     assert Settings.from_env({"SOPHIA_METRICS_TOKEN": "scrape-me-0123456789"}).metrics_token == (
         "scrape-me-0123456789"
     )
-    assert Settings.from_env({"SOPHIA_METRICS_TOKEN": ""}).metrics_token is None
+    # Set but empty (an empty Secret): refused, not taken as unset (which leaves /metrics open).
+    with pytest.raises(SettingsError, match="SOPHIA_METRICS_TOKEN is set but empty: /metrics would be open"):
+        Settings.from_env({"SOPHIA_METRICS_TOKEN": ""})
     assert Settings.from_env({}).metrics_token is None  # unset: /metrics open (README "Metrics")
     with pytest.raises(SettingsError) as exc:
         Settings.from_env({"SOPHIA_METRICS_TOKEN": "left-part-right-part\n"})
