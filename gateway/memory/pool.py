@@ -8,6 +8,14 @@ before it is handed out, and the upkeep task checks idle ones that often: one th
 closed and replaced, never handed out. A connection whose operation raised a driver error is
 checked before its next use.
 
+A connect the database answered with a refusal (``refused``: wrong credentials, a locked user)
+is never retried: the database counts failed logins and locks the user after a few in a row
+(Snowflake: 5, for 15 minutes), which would take every replica down with it. After one, the
+pool tries no new login for a back-off (``refusal_backoff_s``, doubling up to
+``refusal_backoff_max_s``; one login at a time after it), and ``login_refusal()`` says so; open
+connections keep serving. Until a login has succeeded, ``min_size`` connections are opened one
+first, then the rest, so a refused start costs one login, not ``min_size``.
+
 Every driver call (connect, query, close) runs on the pool's own thread executor. The pool's
 bookkeeping runs on the event loop only, so it needs no locks: use a pool from one loop.
 
@@ -31,7 +39,7 @@ from typing import Generic, TypeVar
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential,
 )
@@ -60,11 +68,25 @@ class PoolStats:
     open: int  # open or being opened
     in_use: int
     idle: int
+    logins_refused_total: int = 0  # connects the database refused (never retried)
 
     @property
     def efficiency(self) -> float:
         """Share of acquisitions served at once by an idle healthy connection (1.0 before any)."""
         return self.served_idle_total / self.acquisitions_total if self.acquisitions_total else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRefusal:
+    """The last login the database refused: no new one is tried before ``retry_at``."""
+
+    error: Exception  # what the driver raised (the store's own, secrets masked)
+    in_a_row: int  # refused logins since the last that succeeded
+    retry_at: float  # on the pool's clock
+
+
+def _never(exc: Exception) -> bool:
+    return False
 
 
 @dataclass(slots=True)
@@ -81,7 +103,9 @@ class ConnectionPool(Generic[C]):
     opposed to a bug or a bad request). ``check`` raises one of them when a connection is dead
     (default ``SELECT 1``). ``clock``: monotonic seconds for idle and health ages. A connect is
     tried ``connect_attempts`` times, waiting ``backoff_base_s`` doubling up to
-    ``backoff_max_s`` between tries. An acquisition waits up to ``acquire_timeout_s`` (default:
+    ``backoff_max_s`` between tries, unless ``refused(error)`` says the database refused the
+    login: then it is not retried, and no login is tried for ``refusal_backoff_s`` (doubling
+    with each refusal in a row, up to ``refusal_backoff_max_s``). An acquisition waits up to ``acquire_timeout_s`` (default:
     the connect timeout) for a busy pool. Failures to connect or to get a connection in time
     raise ``ServiceUnavailable`` (code ``memory_store_unavailable``).
     """
@@ -98,6 +122,9 @@ class ConnectionPool(Generic[C]):
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 10.0,
         acquire_timeout_s: float | None = None,
+        refused: Callable[[Exception], bool] = _never,
+        refusal_backoff_s: float = 30.0,
+        refusal_backoff_max_s: float = 300.0,
         name: str = "memory",
     ) -> None:
         self._connect = connect
@@ -113,10 +140,16 @@ class ConnectionPool(Generic[C]):
         self._retrying = AsyncRetrying(
             stop=stop_after_attempt(connect_attempts),
             wait=wait_exponential(multiplier=backoff_base_s, max=backoff_max_s),
-            retry=retry_if_exception_type((*errors, TimeoutError)),
+            retry=retry_if_exception(self._retryable),
             before_sleep=self._log_retry,
             reraise=True,
         )
+        self._refused = refused
+        self._refusal_backoff_s = refusal_backoff_s
+        self._refusal_backoff_max_s = refusal_backoff_max_s
+        self._refusal: LoginRefusal | None = None
+        self._probing = False  # a login is being tried after a refusal: the others wait it out
+        self._refusals_total = 0
         self._name = name
         # Room for every connection to run a call, plus late connects and closes.
         self._executor = ThreadPoolExecutor(max_workers=self._max + 2, thread_name_prefix=f"{name}-pool")
@@ -174,7 +207,12 @@ class ConnectionPool(Generic[C]):
             open=self._open,
             in_use=self._in_use,
             idle=len(self._idle),
+            logins_refused_total=self._refusals_total,
         )
+
+    def login_refusal(self) -> LoginRefusal | None:
+        """The last login refused, while no login has succeeded since; None otherwise."""
+        return self._refusal
 
     # ----- use
 
@@ -327,7 +365,14 @@ class ConnectionPool(Generic[C]):
     # ----- opening and closing
 
     async def _open_slot(self) -> _Slot[C]:
-        """Open a connection (retried with backoff); it counts as open from the first attempt."""
+        """Open a connection (retried with backoff, unless refused); it counts as open from the
+        first attempt. After a refused login, none is tried before the back-off ends, then one
+        at a time until one succeeds."""
+        refusal = self._refusal
+        if refusal is not None:
+            if self._probing or self._clock() < refusal.retry_at:
+                raise _unavailable("Cannot connect to the memory store.") from refusal.error
+            self._probing = True
         self._open += 1
         try:
             conn: C = await self._retrying(self._connect_once)
@@ -336,13 +381,38 @@ class ConnectionPool(Generic[C]):
             self._wake_for_room()
             if isinstance(exc, (*self._errors, TimeoutError)):
                 self._connect_failures += 1
+                if isinstance(exc, Exception) and self._refused(exc):
+                    self._refuse(exc)
                 # The driver's message stays in the log: clients see that, not where or why.
                 log.error("%s pool: cannot connect: %s: %s", self._name, type(exc).__name__, exc)
                 raise _unavailable("Cannot connect to the memory store.") from exc
             raise
+        finally:
+            if refusal is not None:
+                self._probing = False
+        self._refusal = None
         self._opened += 1
         now = self._clock()
         return _Slot(conn, now, now)
+
+    def _retryable(self, exc: BaseException) -> bool:
+        """A connect error worth another try: the network's, not the database's refusal."""
+        if isinstance(exc, Exception) and self._refused(exc):
+            return False
+        return isinstance(exc, (*self._errors, TimeoutError))
+
+    def _refuse(self, exc: Exception) -> None:
+        """Record a refused login: no new one for the back-off (growing with each in a row)."""
+        self._refusals_total += 1
+        in_a_row = 1 if self._refusal is None else self._refusal.in_a_row + 1
+        backoff_s = min(self._refusal_backoff_s * 2 ** (in_a_row - 1), self._refusal_backoff_max_s)
+        self._refusal = LoginRefusal(exc, in_a_row, self._clock() + backoff_s)
+        log.error(
+            "%s pool: the login was refused (%d in a row); no new login for %g s",
+            self._name,
+            in_a_row,
+            backoff_s,
+        )
 
     async def _connect_once(self) -> C:
         future = asyncio.get_running_loop().run_in_executor(self._executor, self._connect)
@@ -381,6 +451,10 @@ class ConnectionPool(Generic[C]):
     async def _top_up(self) -> None:
         """Open connections until ``min_size`` are open (concurrently: a connect takes a while)."""
         missing = self._min - self._open
+        if missing > 0 and not self._closed and (self._opened == 0 or self._refusal is not None):
+            # No login known good: one first, so credentials refused cost one failed login.
+            self._hand_over(await self._open_slot())
+            missing -= 1
         if missing > 0 and not self._closed:
             slots = await asyncio.gather(*(self._open_slot() for _ in range(missing)), return_exceptions=True)
             for slot in slots:

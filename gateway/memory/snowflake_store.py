@@ -77,6 +77,37 @@ _UNAVAILABLE_SQLSTATES = ("57", "08", "53", "54", "58", "XX")
 # resumed. ``SELECT 1`` needs none, so the health check learns it from the operations refused.
 _NO_WAREHOUSE_ERRNO = 606
 _NO_WAREHOUSE_SQLSTATE = "57P03"
+# A login Snowflake answered with a refusal: never retried (``login_refused``). Snowflake counts
+# failed logins and locks the user after 5 in a row, for 15 minutes (password policies'
+# PASSWORD_MAX_RETRIES and PASSWORD_LOCKOUT_TIME_MINS defaults; ALTER USER ... SET
+# MINS_TO_UNLOCK = 0 lifts it), so a retried wrong secret locks the service user of every
+# replica. The connector raises the login answer's code as the errno, as ``DatabaseError``
+# (never ``OperationalError``, which is its network failure: 250001 "Could not connect to
+# Snowflake backend after N attempt(s)", 250003), with sqlstate 28000 for the codes of its
+# CREDENTIAL_REJECTION_GS_CODES (connector 4.x; 08001 before):
+#   390100  incorrect username or password          (password)
+#   390144  JWT token invalid                       (key pair: the key is not the user's)
+#   394300-394306  JWT invalid, expired, not yet valid, bad expiry, key fingerprint mismatch,
+#           algorithm, format                       (key pair)
+# and as DatabaseError too, codes the connector does not list (a locked or disabled user, a
+# role not granted; older connectors raised 250001 / 08001 with "Incorrect username or
+# password was specified." in the text). The class decides; the codes and 28000 decide whatever
+# the class (a connector that changes its classes still does not hammer a refusing login).
+_CREDENTIAL_ERRNOS = frozenset({390100, 390144, *range(394300, 394307)})
+_CREDENTIAL_SQLSTATE = "28000"
+_CREDENTIAL_SETTINGS = "SNOWFLAKE_USER and SNOWFLAKE_PASSWORD (or SNOWFLAKE_PRIVATE_KEY_PATH)"
+_REFUSAL_BACKOFF_S = 30.0  # the first pause after a refused login while serving, doubling
+_REFUSAL_BACKOFF_MAX_S = 300.0  # to 5 minutes: fewer than 5 logins per replica in Snowflake's 15
+
+
+def login_refused(exc: Exception) -> bool:
+    """Whether ``exc``, raised by ``connect()``, is Snowflake refusing the login (credentials,
+    a locked or disabled user): the answer of the account, not the network's silence."""
+    if not isinstance(exc, SnowflakeError):
+        return False
+    if exc.errno in _CREDENTIAL_ERRNOS or exc.sqlstate == _CREDENTIAL_SQLSTATE:
+        return True
+    return isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError)
 
 
 def snowflake_settings_from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -190,6 +221,9 @@ class SnowflakeMemoryStore(SQLMemoryStore):
             self._settings,
             errors=(SnowflakeError, OSError),
             clock=self._pool_clock,
+            refused=login_refused,
+            refusal_backoff_s=_REFUSAL_BACKOFF_S,
+            refusal_backoff_max_s=_REFUSAL_BACKOFF_MAX_S,
             name="snowflake",
         )
         try:
@@ -203,7 +237,7 @@ class SnowflakeMemoryStore(SQLMemoryStore):
                 f"{self._settings.statement_timeout_s:g} s (memory.pool.statement_timeout_s); check "
                 "SNOWFLAKE_WAREHOUSE (running, not queueing every query)"
             ) from None
-        except ServiceUnavailable as exc:  # every connect failed, after the pool's retries
+        except ServiceUnavailable as exc:  # every connect failed: retried, or refused (at once)
             await pool.close()
             cause = exc.__cause__
             if isinstance(cause, SnowflakeError):
@@ -348,12 +382,40 @@ class SnowflakeMemoryStore(SQLMemoryStore):
             self._no_warehouse = None
         return result
 
+    async def ping(self) -> str | None:
+        """As ``SQLMemoryStore.ping``; while new logins are paused after a refused one and no
+        connection is open to answer, the failure names the settings (never a value)."""
+        try:
+            return await super().ping()
+        except ServiceUnavailable:
+            said = self._login_refused()
+            if said is None:
+                raise
+            raise ServiceUnavailable(said, code="memory_store_unavailable") from None
+
+    def _login_refused(self) -> str | None:
+        """What the last refused login was, while no login has succeeded since."""
+        refusal = None if self._pool is None else self._pool.login_refusal()
+        if refusal is None:
+            return None
+        error = refusal.error
+        said = _one_line(error) if isinstance(error, SnowflakeError) else type(error).__name__
+        wait_s = max(0.0, refusal.retry_at - self._pool_clock())
+        return (
+            f"Snowflake refused the login ({said}; {refusal.in_a_row} in a row); no new login "
+            f"for {wait_s:.0f} s, so as not to lock the user; check {_settings_for(error)}"
+        )
+
     def degraded(self) -> str | None:
-        """Degraded while the last operation needing a warehouse was refused for want of one:
+        """Degraded while logins are refused (open connections still serve; no new one is made
+        for a while), or while the last operation needing a warehouse was refused for want of one:
         ``SELECT 1`` (the health check) is answered without a warehouse, and a probe that needs
         one would keep it running, billed, all day. The operations the gateway runs anyway
         (requests, the change log followed, access counts written) are the probe; nothing is
         added to them but this assignment."""
+        refused = self._login_refused()
+        if refused is not None:
+            return refused
         said = self._no_warehouse
         if said is None:
             return None
@@ -384,11 +446,11 @@ def _one_line(exc: SnowflakeError) -> str:
     return " ".join(f"{head}: {text}".split() if head else text.split())[:300]
 
 
-def _settings_for(exc: SnowflakeError) -> str:
+def _settings_for(exc: Exception) -> str:
     """The SNOWFLAKE_* variables a failed connect points at."""
-    if isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError):
+    if login_refused(exc):
         # The login was answered and refused (390100 wrong user or password, 390144 bad key, ...).
-        return "SNOWFLAKE_USER and SNOWFLAKE_PASSWORD (or SNOWFLAKE_PRIVATE_KEY_PATH)"
+        return _CREDENTIAL_SETTINGS
     return "SNOWFLAKE_ACCOUNT (the account identifier, e.g. myorg-myaccount, not a URL) and the network to it"
 
 

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 import snowflake.connector
 
-from gateway.errors import InvalidRequest, ServiceUnavailable
+from gateway.errors import InvalidRequest, ServiceUnavailable, StartupError
 from gateway.memory.records import Memory
 from gateway.memory.snowflake_store import SnowflakeMemoryStore, snowflake_settings_from_env
 from gateway.memory.sql import encode_embedding
 from gateway.observability.metrics import RecoveryActions
+from gateway.policy.model import MemoryPool
 from gateway.service.recovery import pool_reconnects
 from tests.integration.memory.conftest import SMALL_POOL, SNOWFLAKE_ARGS, START, Backend
 
@@ -402,5 +403,105 @@ async def test_the_health_check_says_the_warehouse_is_missing_once_an_operation_
         NoWarehouse.gone = False
         assert await store.get("a") is not None
         assert await store.ping() is None
+    finally:
+        await store.close()
+
+
+class RefusingLogins:
+    """``snowflake.connector.connect`` answering as Snowflake does a wrong secret while
+    ``refusing``: ``DatabaseError`` 390100 / 28000 (connector 4.x), the password in its text as
+    a connector's message may carry one; every attempt counted, refused or not."""
+
+    def __init__(self, connect: Callable[..., Any]) -> None:
+        self._connect = connect
+        self.refusing = False
+        self.attempts = 0
+        self.made: list[Any] = []
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.attempts += 1
+        if self.refusing:
+            raise snowflake.connector.errors.DatabaseError(
+                msg=f"Failed to connect to DB: fake.snowflakecomputing.com:443. Incorrect username or "
+                f"password was specified. {kwargs.get('password')}",
+                errno=390100,
+                sqlstate="28000",
+            )
+        conn = self._connect(**kwargs)
+        self.made.append(conn)
+        return conn
+
+
+@pytest.fixture
+def logins(fake_snowflake: None, monkeypatch: pytest.MonkeyPatch) -> RefusingLogins:
+    refusing = RefusingLogins(snowflake.connector.connect)
+    monkeypatch.setattr(snowflake.connector, "connect", refusing)
+    return refusing
+
+
+async def test_a_refused_login_at_start_is_tried_once(logins: RefusingLogins) -> None:
+    """Snowflake locks a user after 5 failed logins in a row: a start whose login is refused
+    tries once (not the pool's 3 attempts of a network failure, not once per ``min_size``
+    connection) and says which settings. Before: 3 attempts for one connection, 9 for three."""
+    logins.refusing = True
+    store = SnowflakeMemoryStore(
+        SNOWFLAKE_ARGS, MemoryPool(min_size=3, max_size=4, connect_timeout_s=10), upkeep=False
+    )
+    with pytest.raises(StartupError) as exc:
+        await store.start()
+    assert logins.attempts == 1
+    said = str(exc.value)
+    assert "390100 (28000)" in said and "SNOWFLAKE_USER and SNOWFLAKE_PASSWORD" in said
+    assert SNOWFLAKE_ARGS["password"] not in said
+
+
+async def test_while_serving_a_refused_login_pauses_new_logins_and_health_says_so(
+    logins: RefusingLogins, tmp_path: Path
+) -> None:
+    """The secret stops working while serving (rotated in Snowflake, not in the gateway): the
+    first connection needed is refused once, then no login is tried for 30 s (60 s after a
+    second refusal in a row, ...): requests are 503s at once, the health check names the
+    settings (never the secret). A login that succeeds again ends the pause. Before: every
+    request tried three logins."""
+    backend = Backend("snowflake", tmp_path)
+    store = backend.make()
+    assert isinstance(store, SnowflakeMemoryStore)
+    await store.start()
+    try:
+        await store.insert([Memory("a", "slack_data", "fact", None)])
+        assert logins.attempts == 1
+        for conn in logins.made:
+            conn.close()  # the session ended behind the pool's back; a new login is needed
+        backend.pool_clock.now += SMALL_POOL.health_check_interval_s + 1
+        logins.refusing = True
+
+        with pytest.raises(ServiceUnavailable):
+            await store.get("a")
+        assert logins.attempts == 2  # refused once, not retried
+        for _ in range(5):
+            with pytest.raises(ServiceUnavailable):
+                await store.get("a")
+        with pytest.raises(ServiceUnavailable) as health:
+            await store.ping()
+        assert logins.attempts == 2  # no login within the pause
+        said = health.value.message
+        assert "refused the login" in said and "390100 (28000)" in said and "no new login for 30 s" in said
+        assert "SNOWFLAKE_USER and SNOWFLAKE_PASSWORD" in said and SNOWFLAKE_ARGS["password"] not in said
+
+        backend.pool_clock.now += 30
+        with pytest.raises(ServiceUnavailable):
+            await store.get("a")
+        assert logins.attempts == 3  # the pause over: one login, refused again
+        backend.pool_clock.now += 30
+        with pytest.raises(ServiceUnavailable):
+            await store.get("a")
+        assert logins.attempts == 3  # the second pause is 60 s
+        backend.pool_clock.now += 30
+        logins.refusing = False
+        assert await store.get("a") is not None
+        assert logins.attempts == 4
+        assert await store.ping() is None  # up again
+        stats = store.pool_stats()
+        assert stats is not None and stats.logins_refused_total == 2
     finally:
         await store.close()
