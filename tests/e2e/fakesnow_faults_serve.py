@@ -16,6 +16,9 @@ The file named by ``SOPHIA_TEST_SNOWFLAKE_FAULT`` holds the fault (absent or emp
   session's ``STATEMENT_TIMEOUT_IN_SECONDS`` (when given) cancels them, as Snowflake does
   (``ProgrammingError`` 000630, sqlstate 57014).
 
+With ``SOPHIA_TEST_SNOWFLAKE_CONNECTS`` set, every ``connect()`` (refused or not) appends a line
+to the file it names: the logins the gateway tried.
+
 Each fault's message carries the password and a token, as the connector's texts may carry a
 URL or a login parameter: whatever reaches a client, a log line or ``/health`` is checked for
 them. fakesnow itself never fails this way (it knows no network, no credentials, no warehouse).
@@ -117,6 +120,10 @@ if __name__ == "__main__":
         fake_connect = snowflake.connector.connect
 
         def connect(**kwargs: Any) -> _Connection:
+            attempts = os.environ.get("SOPHIA_TEST_SNOWFLAKE_CONNECTS")
+            if attempts:
+                with open(attempts, "a") as file:
+                    file.write("connect\n")
             _raise(_fault(), connecting=True)
             # fakesnow ignores session parameters; the statement timeout is kept as Snowflake does.
             parameters = kwargs.get("session_parameters") or {}

@@ -362,6 +362,7 @@ def test_a_snowflake_that_fails_at_start_is_one_line_naming_the_settings(
         **SNOWFLAKE_ENV,
         "SOPHIA_LOG_FORMAT": "json",
         "SOPHIA_TEST_SNOWFLAKE_FAULT": str(tmp_path / "fault"),
+        "SOPHIA_TEST_SNOWFLAKE_CONNECTS": str(tmp_path / "connects"),
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     started = time.monotonic()
@@ -389,6 +390,13 @@ def test_a_snowflake_that_fails_at_start_is_one_line_naming_the_settings(
     assert "Snowflake" in last and named in last
     for leak in LEAKS:
         assert leak not in done.stderr + done.stdout
+    logins = (tmp_path / "connects").read_text().count("connect\n")
+    if fault == "refused":
+        # Snowflake locks a user after 5 refused logins in a row: one per start, not the pool's
+        # three attempts (a crash loop or replicas would lock it in two starts).
+        assert logins == 1
+    elif fault == "down":
+        assert logins == 3  # the network's failures keep their retries
 
 
 def test_memory_prune_beside_a_snowflake_without_a_warehouse_is_one_line(tmp_path: Path) -> None:
