@@ -400,10 +400,15 @@ class SnowflakeMemoryStore(SQLMemoryStore):
             return None
         error = refusal.error
         said = _one_line(error) if isinstance(error, SnowflakeError) else type(error).__name__
-        wait_s = max(0.0, refusal.retry_at - self._pool_clock())
+        wait_s = refusal.retry_at - self._pool_clock()
+        pause = (
+            f"no new login for {math.ceil(wait_s)} s, so as not to lock the user"
+            if wait_s > 0
+            else "the next connection needed tries one login again"
+        )
         return (
-            f"Snowflake refused the login ({said}; {refusal.in_a_row} in a row); no new login "
-            f"for {wait_s:.0f} s, so as not to lock the user; check {_settings_for(error)}"
+            f"Snowflake refused the login ({said}; {refusal.in_a_row} in a row); {pause}; "
+            f"check {_settings_for(error)}"
         )
 
     def degraded(self) -> str | None:

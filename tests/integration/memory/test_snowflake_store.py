@@ -11,7 +11,7 @@ import snowflake.connector
 
 from gateway.errors import InvalidRequest, ServiceUnavailable, StartupError
 from gateway.memory.records import Memory
-from gateway.memory.snowflake_store import SnowflakeMemoryStore, snowflake_settings_from_env
+from gateway.memory.snowflake_store import SnowflakeMemoryStore, login_refused, snowflake_settings_from_env
 from gateway.memory.sql import encode_embedding
 from gateway.observability.metrics import RecoveryActions
 from gateway.policy.model import MemoryPool
@@ -505,3 +505,34 @@ async def test_while_serving_a_refused_login_pauses_new_logins_and_health_says_s
         assert stats is not None and stats.logins_refused_total == 2
     finally:
         await store.close()
+
+
+def test_which_connect_errors_are_a_login_refused() -> None:
+    """The table in snowflake_store.py: Snowflake's answer "no" (never retried) against the
+    network's failures (retried as before)."""
+    errors = snowflake.connector.errors
+    refused = [
+        errors.DatabaseError(
+            msg="Incorrect username or password was specified.", errno=390100, sqlstate="28000"
+        ),
+        # connectors before 4.x: the answer's text behind the network's errno and sqlstate
+        errors.DatabaseError(
+            msg="Failed to connect to DB: x:443. Incorrect username", errno=250001, sqlstate="08001"
+        ),
+        errors.DatabaseError(msg="JWT token is invalid.", errno=390144, sqlstate="08001"),
+        errors.ProgrammingError(msg="JWT token fingerprint mismatch", errno=394304),
+        errors.OperationalError(msg="a credential code whatever the class", errno=390100),
+        errors.DatabaseError(msg="User temporarily locked.", errno=390102, sqlstate="08004"),
+    ]
+    retried = [
+        errors.OperationalError(
+            msg="Could not connect to Snowflake backend after 2 attempt(s).", errno=250001
+        ),
+        errors.OperationalError(msg="Failed to execute request", errno=250003),
+        errors.ForbiddenError(errno=403),  # HTTP 403 at login: the account name or a network policy
+        errors.ServiceUnavailableError(errno=503),
+        errors.InterfaceError(msg="connection closed"),
+        OSError("Name or service not known"),
+    ]
+    assert [login_refused(e) for e in refused] == [True] * len(refused)
+    assert [login_refused(e) for e in retried] == [False] * len(retried)

@@ -344,3 +344,56 @@ async def test_a_cancelled_call_returns_its_connection_when_the_thread_ends(env:
     await until(lambda: pool.stats().in_use == 0)
     assert pool.stats().idle == 1
     await pool.run(query)
+
+
+class LoginRefused(DriverError):
+    """The database answered the login with a refusal (wrong credentials)."""
+
+
+async def test_a_refused_login_is_not_retried_and_pauses_logins_one_at_a_time_after(env: Env) -> None:
+    attempts: list[int] = []
+    gate = threading.Event()
+    refusing = True
+
+    def connect() -> FakeConnection:
+        attempts.append(1)
+        gate.wait(5)
+        if refusing:
+            raise LoginRefused("incorrect username or password")
+        return env.driver.connect()
+
+    settings = MemoryPool(min_size=0, max_size=3, connect_timeout_s=5, health_check_interval_s=INTERVAL_S)
+    pool = ConnectionPool(
+        connect,
+        settings,
+        errors=(DriverError,),
+        clock=env.clock,
+        connect_attempts=3,
+        backoff_base_s=0,
+        refused=lambda exc: isinstance(exc, LoginRefused),
+        refusal_backoff_s=30,
+        refusal_backoff_max_s=300,
+    )
+    env.pools.append(pool)
+    gate.set()
+    with pytest.raises(ServiceUnavailable):
+        await pool.run(query)
+    assert len(attempts) == 1  # not the three attempts a network failure gets
+    refusal = pool.login_refusal()
+    assert refusal is not None and refusal.in_a_row == 1 and refusal.retry_at == env.clock.now + 30
+    for outcome in await asyncio.gather(*(pool.run(query) for _ in range(3)), return_exceptions=True):
+        assert isinstance(outcome, ServiceUnavailable)
+    assert len(attempts) == 1  # none within the pause
+
+    env.clock.now += 30
+    gate.clear()
+    refusing = False
+    tried = [asyncio.create_task(pool.run(query)) for _ in range(3)]
+    await until(lambda: len(attempts) == 2)
+    gate.set()
+    outcomes = await asyncio.gather(*tried, return_exceptions=True)
+    assert len(attempts) == 2  # one login after the pause; the others did not join it
+    assert sum(isinstance(o, FakeConnection) for o in outcomes) == 1
+    assert pool.login_refusal() is None
+    assert pool.stats().logins_refused_total == 1
+    await asyncio.gather(*(pool.run(query) for _ in range(3)))  # logins freely again
