@@ -14,7 +14,9 @@ changed.
 * ``memory:store``: ``SELECT 1`` through the store (its pool, for Snowflake), and the pool's
   efficiency (degraded below the seed's 85 % once 100 acquisitions were made). Snowflake answers
   ``SELECT 1`` without a warehouse: degraded too while the store's last operation that needed
-  one was refused for want of it (``MemoryStore.ping``), naming SNOWFLAKE_WAREHOUSE.
+  one was refused for want of it (``MemoryStore.ping``), naming SNOWFLAKE_WAREHOUSE; and while
+  Snowflake refuses the login and new logins are paused (down when no open connection answers),
+  naming SNOWFLAKE_USER and SNOWFLAKE_PASSWORD, never a value.
 * ``keys:store`` (``auth.mode: keys``): a lookup of a hash no key has, through the key store
   (``KEYS_URL``'s PostgreSQL or the SQLite file), 2 s bound: down when it fails or does not
   answer. Every key not in a process's lookup cache is refused (503 ``key_store_unavailable``)
