@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -536,3 +537,28 @@ def test_which_connect_errors_are_a_login_refused() -> None:
     ]
     assert [login_refused(e) for e in refused] == [True] * len(refused)
     assert [login_refused(e) for e in retried] == [False] * len(retried)
+
+
+async def test_open_connections_serve_while_logins_are_refused_and_health_is_degraded(
+    logins: RefusingLogins, tmp_path: Path
+) -> None:
+    """A password changed in Snowflake leaves open sessions alive: they keep serving, a request
+    needing one more connection is a 503 after one refused login, and the health check (answered
+    by an open connection) is degraded, naming the settings. Before: no degraded state, and the
+    second request tried three logins."""
+    backend = Backend("snowflake", tmp_path)
+    store = backend.make()
+    await store.start()
+    try:
+        await store.insert([Memory("a", "slack_data", "fact", None)])
+        logins.refusing = True
+        first, second = await asyncio.gather(store.get("a"), store.get("a"), return_exceptions=True)
+        assert isinstance(first, Memory) and isinstance(second, ServiceUnavailable)
+        assert logins.attempts == 2
+        warning = await store.ping()
+        assert warning is not None and "refused the login" in warning and "no new login for 30 s" in warning
+        assert "SNOWFLAKE_PASSWORD" in warning and SNOWFLAKE_ARGS["password"] not in warning
+        assert isinstance(await store.get("a"), Memory)  # the open connection serves
+        assert logins.attempts == 2
+    finally:
+        await store.close()
