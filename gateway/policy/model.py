@@ -9,6 +9,7 @@ unions (providers by ``kind``, strategies by ``type``), each class with only its
 from __future__ import annotations
 
 import datetime
+import math
 import re
 import urllib.parse
 from typing import Annotated, Literal
@@ -261,10 +262,41 @@ Provider = Annotated[
 """An upstream API endpoint and how to authenticate to it, by wire format (``kind``)."""
 
 
+# What ``per_image`` may be keyed by: the sizes and qualities OpenAI's image API takes (DALL-E 2
+# and 3, the GPT image models), a size alone or size/quality.
+IMAGE_SIZES = ("256x256", "512x512", "1024x1024", "1792x1024", "1024x1792", "1536x1024", "1024x1536", "auto")
+IMAGE_QUALITIES = ("standard", "hd", "low", "medium", "high", "auto")
+
+
+def image_key_problem(key: object) -> str | None:
+    """What is wrong with ``key`` as a ``per_image`` mapping's key, or None."""
+    size, _, quality = key.partition("/") if isinstance(key, str) else ("", "", "")
+    if size not in IMAGE_SIZES:
+        return (
+            f"unknown image size {quoted(key)} (keys are a size, or size/quality; sizes: "
+            f"{', '.join(IMAGE_SIZES)})"
+        )
+    if isinstance(key, str) and "/" in key and quality not in IMAGE_QUALITIES:
+        return f"unknown image quality in {quoted(key)} (qualities: {', '.join(IMAGE_QUALITIES)})"
+    return None
+
+
+def _price_problem(value: object, wanted: str) -> object:
+    """``value`` if it is a finite non-negative number (or text pydantic reads as one), else
+    raise naming what is ``wanted``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{wanted}, not {quoted(value)}")
+    if isinstance(value, (int, float)) and not (0 <= value < math.inf):
+        raise ValueError(f"{wanted}: a finite number of 0 or more, not {value!r}")
+    return value
+
+
 class Price(_Strict):
     """Provider price in US dollars per million tokens. The cache prices are optional: a prompt
     token read from or written to the provider's prompt cache costs ``input_per_mtok`` unless
-    they are set (what every token of the prompt cost before they existed)."""
+    they are set (what every token of the prompt cost before they existed). The per-unit prices
+    (``per_image``, ``per_mchar_input``, ``per_minute_audio``) are optional too: set, they price
+    a media call by what OpenAI bills it by, instead of its tokens (``service/media.py``)."""
 
     input_per_mtok: float = Field(
         0.0,
@@ -294,6 +326,68 @@ class Price(_Strict):
         description="Price of a prompt token written to Anthropic's 1-hour cache "
         "(cache_creation.ephemeral_1h_input_tokens; 2 x input). Unset: cache_write_per_mtok.",
     )
+
+    per_image: float | dict[str, float] | None = Field(
+        None,
+        description="Images (DALL-E): US dollars per image returned, priced instead of tokens. A "
+        "number for every image, or a mapping by the request's size, or size/quality: "
+        '{"1024x1024": 0.04, "1024x1792/hd": 0.12}. A request\'s size/quality entry, else its '
+        "size's, else the mapping's highest price; a request without size is 1024x1024.",
+    )
+    per_mchar_input: float | None = Field(
+        None,
+        ge=0,
+        description="Speech (tts-1, tts-1-hd): US dollars per million characters of input, "
+        "priced instead of tokens ($15 for tts-1, $30 for tts-1-hd).",
+    )
+    per_minute_audio: float | None = Field(
+        None,
+        ge=0,
+        description="Transcriptions and translations (whisper-1): US dollars per minute of audio, "
+        "as the answer's usage reports its seconds (json, verbose_json), priced instead of tokens "
+        "($0.006 for whisper-1). Answers without it (text, srt, vtt) are charged their estimate.",
+    )
+
+    @field_validator("per_image", mode="before")
+    @classmethod
+    def _per_image_known(cls, value: object) -> object:
+        """A price per image is a finite non-negative number, or a mapping to them from the sizes
+        (and size/quality) OpenAI's image API takes: a typo would never match a request, so it is
+        refused here. (Checked before pydantic's union, whose two failures would read poorly.)"""
+        if value is None:
+            return value
+        if not isinstance(value, dict):
+            return _price_problem(value, "a price in US dollars per image, or a mapping by size")
+        if not value:
+            raise ValueError("an empty mapping: give a price per size, or one number for every image")
+        for key, price in value.items():
+            problem = image_key_problem(key)
+            if problem is not None:
+                raise ValueError(problem)
+            _price_problem(price, f"{quoted(key)}: a price in US dollars per image")
+        return value
+
+    @field_validator("per_image", mode="after")
+    @classmethod
+    def _per_image_not_negative(cls, value: float | dict[str, float] | None) -> object:
+        """(A price written as text, which the check above leaves to pydantic to read.)"""
+        prices = value.values() if isinstance(value, dict) else () if value is None else (value,)
+        if any(price < 0 for price in prices):
+            raise ValueError("a price per image may not be negative")
+        return value
+
+    def image_usd(self, size: str, quality: str) -> float:
+        """The price in US dollars of one image of ``size`` and ``quality`` (as the request asked;
+        ``per_image`` set): its size/quality entry, else its size's, else the highest price."""
+        prices = self.per_image
+        if prices is None:
+            return 0.0
+        if not isinstance(prices, dict):
+            return prices
+        found = prices.get(f"{size}/{quality}")
+        if found is None:
+            found = prices.get(size)
+        return max(prices.values()) if found is None else found
 
     @property
     def prices_cache(self) -> bool:

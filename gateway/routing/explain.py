@@ -154,6 +154,9 @@ def _price(target: Target, now: float) -> dict[str, Any]:
         "cached_input_per_mtok": price.cached_input_per_mtok,
         "cache_write_per_mtok": price.cache_write_per_mtok,
         "cache_write_1h_per_mtok": price.cache_write_1h_per_mtok,
+        "per_image": price.per_image,  # (media prices per unit: not in the cost term's score)
+        "per_mchar_input": price.per_mchar_input,
+        "per_minute_audio": price.per_minute_audio,
         "effective_input_per_mtok": round(target.input_per_mtok(now), 6),
         "cache_read_share": round(shares.read, 4) if shares is not None else None,
         "cache_write_share": round(shares.written, 4) if shares is not None else None,

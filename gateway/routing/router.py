@@ -685,12 +685,16 @@ class Router:
         read: int = 0,
         written: int = 0,
         written_1h: int = 0,
+        cost_usd: float | None = None,
     ) -> float:
         """Account a response's tokens (``prompt`` in, of them ``read`` from the provider's prompt
         cache and ``written`` to it, ``written_1h`` of those to a 1-hour cache; ``completion`` out);
-        returns its cost in US dollars at the deployment's price (``Price.cost_usd``)."""
+        returns its cost in US dollars at the deployment's price (``Price.cost_usd``), or
+        ``cost_usd`` when the caller priced it (a media call's per-unit price)."""
         price = target.deployment.price
-        if read or written:
+        if cost_usd is not None:
+            cost = cost_usd
+        elif read or written:
             cost = price.cost_usd(prompt, completion, read, written, written_1h)
         else:  # the common case, inline (a method call is ~0.2 us on every answer)
             cost = (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1_000_000

@@ -51,7 +51,7 @@ from gateway.service.effort import chat_for, withheld
 from gateway.service.front_door import FrontDoor
 from gateway.service.grants import memory_access_of
 from gateway.service.limits import check_limits
-from gateway.service.media import check_served, image_usage
+from gateway.service.media import check_served, image_usage, media_units, unit_cost_usd
 from gateway.service.shadow import ShadowTraffic, door_answer
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import check_request
@@ -174,6 +174,7 @@ class RequestService:
         ctx.record.model = model
         if endpoint in MEDIA_ENDPOINTS:  # only OpenAI-compatible deployments serve these
             check_served(endpoint, group, self.router.policy)
+            ctx.units = media_units(endpoint, body)  # what a per-unit price counts
         plan = self._cache_plan(endpoint, body, ctx, _served_by(model, group), door)
         # 2. admit
         for gate in self._gates:
@@ -259,10 +260,11 @@ class RequestService:
                 lead = False
                 self.cache.land(plan, answer)
             # 7. account
-            used = self.account_usage(endpoint, model, routed.group, target, usage, series)
+            exact = unit_cost(ctx, target, usage)
+            used = self.account_usage(endpoint, model, routed.group, target, usage, series, exact)
             if ctx.limit_ticket is not None:
                 if used[0] + used[1] == 0:  # an answer without usage: its estimate is charged
-                    used = unreported(ctx.limit_ticket, target, 0)
+                    used = unreported(ctx.limit_ticket, target, 0, exact)
                 ctx.limit_ticket.settle_later(*used)
             # Shadow traffic: one attribute check for a group without it (read now: reloads apply)
             group_config = self.router.policy.models.get(routed.group)
@@ -287,7 +289,8 @@ class RequestService:
                 if ctx.sent_to is not None and isinstance(error, asyncio.CancelledError):
                     # The client left while a provider worked on its request: tokens were spent
                     # (as for a stream left half way), so the reservation stands, at its prices.
-                    ticket.settle_later(*unreported(ticket, ctx.sent_to, 0))
+                    exact = unit_cost(ctx, ctx.sent_to, None)  # (speech's characters: known)
+                    ticket.settle_later(*unreported(ticket, ctx.sent_to, 0, exact))
                 else:  # no provider answered: the reservation is released
                     ticket.settle_later(0, 0, 0.0)
             raise
@@ -430,7 +433,7 @@ class RequestService:
         translated = adapter.translate_response(endpoint, parsed, body, target.model)
         if translated is None:  # OpenAI format already: forward the provider's bytes
             if endpoint is Endpoint.IMAGES:
-                return raw, image_usage(parsed.get("usage"))
+                return raw, image_usage(parsed)
             return raw, parsed.get("usage")
         return orjson.dumps(translated), translated.get("usage")
 
@@ -500,9 +503,7 @@ class RequestService:
             translated = adapter.translate_response(endpoint, parsed, body, target.model)
             answer = parsed if translated is None else translated
             _answer_attributes(span, answer, target)
-            usage = answer.get("usage")
-            if endpoint is Endpoint.IMAGES:
-                usage = image_usage(usage)
+            usage = image_usage(answer) if endpoint is Endpoint.IMAGES else answer.get("usage")
             tracing.usage_attributes(span, usage)
             return (raw if translated is None else orjson.dumps(translated)), usage
         except BaseException as error:
@@ -694,13 +695,17 @@ class RequestService:
         target: Target,
         usage: object,
         series: _GenAISeries | None = None,
+        exact_usd: float | None = None,
     ) -> tuple[int, int, float]:
         """Export the token counts a provider reported and their cost (no-op without usage);
         ``model`` is the group the client asked for, ``group`` the one that served it, ``series``
-        their GenAI series when the caller has it. Returns (prompt tokens, completion tokens,
-        cost in US dollars)."""
-        if not isinstance(usage, dict):
-            return 0, 0, 0.0
+        their GenAI series when the caller has it; ``exact_usd``: the call's cost by a per-unit
+        price (``media.unit_cost_usd``), which replaces its tokens' and counts without them.
+        Returns (prompt tokens, completion tokens, cost in US dollars)."""
+        if not isinstance(usage, dict) or ("prompt_tokens" not in usage and "completion_tokens" not in usage):
+            if exact_usd is None:  # (a DALL-E answer's usage holds only the images it returned)
+                return 0, 0, 0.0
+            return 0, 0, self.router.record_usage(group, target, 0, 0, cost_usd=exact_usd)
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         # A provider's counts are bounded before they reach limits, budgets and metrics: a
         # negative count would give back tokens and spend, a huge one exhaust a budget at once.
@@ -711,6 +716,12 @@ class RequestService:
         series.tokens_in.observe(prompt)
         if completion or "completion_tokens" in usage:
             series.output_tokens().observe(completion)
+        if exact_usd is not None:
+            return (
+                prompt,
+                completion,
+                self.router.record_usage(group, target, prompt, completion, cost_usd=exact_usd),
+            )
         if target.prices_cache:  # else cache counts change nothing: not read
             return (
                 prompt,
@@ -862,10 +873,11 @@ class _StreamBook:
         series = self._series(route)
         self._timed(route.target, error, output_tokens, seconds, series)
         usage = stream.translator.usage()
+        exact = unit_cost(self._ctx, route.target, usage)
         used = service.account_usage(
-            self._endpoint, self._ctx.record.model, route.group, route.target, usage, series
+            self._endpoint, self._ctx.record.model, route.group, route.target, usage, series, exact
         )
-        self._settle(stream, used)
+        self._settle(stream, used, exact)
         if error is not None:
             # Ended without raising yet not whole: a translator that wrote the door's error event
             # itself (the Responses bridge, for an error event a translator hands it), or a
@@ -904,10 +916,11 @@ class _StreamBook:
         series = self._series(route)
         self._timed(route.target, error, output_tokens, seconds, series)
         usage = stream.translator.usage()
+        exact = unit_cost(self._ctx, route.target, usage)
         used = self._service.account_usage(
-            self._endpoint, self._ctx.record.model, route.group, route.target, usage, series
+            self._endpoint, self._ctx.record.model, route.group, route.target, usage, series, exact
         )
-        self._settle(stream, used)
+        self._settle(stream, used, exact)
         if self.span is not None:
             self._end_span(usage, type(error).__name__)
         self._land(None)
@@ -955,9 +968,13 @@ class _StreamBook:
 
     def abandoned(self, stream: RoutedStream) -> None:
         """The client left (or was never sent the stream): no verdict on the provider."""
-        if self.route is not None:
-            self._service.router.stream_abandoned(self.route.target)
-        self._settle(stream, None)
+        route, exact = self.route, None
+        if route is not None:
+            self._service.router.stream_abandoned(route.target)
+            exact = unit_cost(self._ctx, route.target, None)  # (speech's characters: known)
+            if exact is not None:  # a cost as exact as one reported: counted where theirs is
+                self._service.router.record_usage(route.group, route.target, 0, 0, cost_usd=exact)
+        self._settle(stream, None, exact)
         if self.span is not None:
             self._end_span(None, "client_closed")
         self._land(None)
@@ -972,16 +989,22 @@ class _StreamBook:
             span.fail(error_type)
         span.end()
 
-    def _settle(self, stream: RoutedStream, used: tuple[int, int, float] | None) -> None:
+    def _settle(
+        self, stream: RoutedStream, used: tuple[int, int, float] | None, exact_usd: float | None = None
+    ) -> None:
         """Settle a keyed call's reservation. Without the provider's usage (it never said, or the
         client left) tokens were spent all the same: the reservation stands, or the output seen
-        if larger, and its cost at the deployment's price counts against the budget."""
+        if larger, and its cost at the deployment's price (or ``exact_usd``, by a per-unit price)
+        counts against the budget."""
         ticket = self._ctx.limit_ticket
         if ticket is None:
             return
         if used is None or used[0] + used[1] == 0:
             used = unreported(
-                ticket, self.route.target if self.route is not None else None, stream.output_tokens()
+                ticket,
+                self.route.target if self.route is not None else None,
+                stream.output_tokens(),
+                exact_usd,
             )
         ticket.settle_later(*used)
 
@@ -1024,16 +1047,30 @@ def _served_by(model: str, group: str) -> str:
     return "" if group == model else f"group={group}"
 
 
-def unreported(ticket: LimitTicket, target: Target | None, out: int) -> tuple[int, int, float]:
+def unreported(
+    ticket: LimitTicket, target: Target | None, out: int, exact_usd: float | None = None
+) -> tuple[int, int, float]:
     """(tokens in, tokens out, cost) charged for a call whose provider never said its usage (or
     whose client left before it did): the admission's estimate stands (prompt characters / 4
-    plus the output it allowed), or the output seen if larger, at the deployment's prices."""
+    plus the output it allowed), or the output seen if larger, at the deployment's prices; or,
+    when a per-unit price gave it, at ``exact_usd`` (the tokens still count against TPM)."""
     prompt = max(0, ticket.estimate - out)
     cost = 0.0
-    if target is not None:
+    if exact_usd is not None:
+        cost = exact_usd
+    elif target is not None:
         price = target.deployment.price
         cost = (prompt * price.input_per_mtok + out * price.output_per_mtok) / 1_000_000
     return prompt, out, cost
+
+
+def unit_cost(ctx: CallContext, target: Target | None, usage: object) -> float | None:
+    """A media call's exact cost by ``target``'s per-unit price (``media.unit_cost_usd``), or
+    None: not a media call, no such price, or the count unknown."""
+    units = ctx.units
+    if units is None or target is None:
+        return None
+    return unit_cost_usd(units, target.deployment.price, usage)
 
 
 def _answer_attributes(span: Span, answer: JSONObject, target: Target) -> None:

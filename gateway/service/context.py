@@ -16,6 +16,7 @@ from gateway.cache.fingerprint import ANONYMOUS_TENANT, tenant_of
 from gateway.cache.service import CacheOutcome
 from gateway.errors import Tried
 from gateway.routing.target import Route, Target
+from gateway.service.media import MediaUnits
 
 __all__ = ["CallContext", "CallRecord", "OnBehalf", "RequestIds", "Route", "on_behalf_of"]
 
@@ -79,6 +80,9 @@ class CallContext:
     # is under way: a call cancelled then (its client left) is charged its reservation, since the
     # provider spent tokens
     sent_to: Target | None = None
+    # A media call's units (images asked for, speech's characters...): what a deployment's
+    # per-unit price counts (``media.unit_cost_usd``); None for the other endpoints.
+    units: MediaUnits | None = None
 
     @property
     def internal(self) -> bool:

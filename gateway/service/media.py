@@ -11,9 +11,19 @@ a group with none is the client's 400 before anything is admitted or sent.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from gateway.errors import InvalidRequest
-from gateway.policy.model import Policy
-from gateway.wire.requests import Endpoint
+from gateway.policy.model import Policy, Price
+from gateway.wire.audio import AUDIO_SECONDS
+from gateway.wire.requests import Endpoint, JSONObject
+from gateway.wire.usage import token_count
+
+# An images answer's usage carries the number of images it returned under this key (the
+# accounting's, never a provider's: ``image_usage`` builds the dict).
+IMAGES_RETURNED = "images"
+DEFAULT_IMAGE_SIZE = "1024x1024"  # OpenAI's default for DALL-E 2 and 3 (the models priced per image)
+DEFAULT_IMAGE_QUALITY = "standard"
 
 # The provider kinds that serve each endpoint.
 SERVING_KINDS: dict[Endpoint, frozenset[str]] = {
@@ -44,9 +54,78 @@ def check_served(endpoint: Endpoint, group: str, policy: Policy) -> None:
     )
 
 
-def image_usage(usage: object) -> object:
-    """An images answer's usage as the accounting reads it: the GPT image models report
-    ``input_tokens`` / ``output_tokens`` (priced per token, as chat's), the DALL·E models none."""
-    if not isinstance(usage, dict) or "prompt_tokens" in usage:
+def image_usage(answer: JSONObject) -> object:
+    """An images ``answer``'s usage as the accounting reads it: the GPT image models report
+    ``input_tokens`` / ``output_tokens`` (priced per token, as chat's), the DALL·E models none;
+    with the number of images in its ``data`` (``IMAGES_RETURNED``), what ``per_image`` prices."""
+    usage = answer.get("usage")
+    if isinstance(usage, dict):
+        if "prompt_tokens" in usage:
+            usage = dict(usage)  # (a copy: the count of images below is the gateway's alone)
+        else:
+            usage = {
+                "prompt_tokens": usage.get("input_tokens"),
+                "completion_tokens": usage.get("output_tokens"),
+            }
+    data = answer.get("data")
+    if not isinstance(data, list):
         return usage
-    return {"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens")}
+    if isinstance(usage, dict):
+        usage[IMAGES_RETURNED] = len(data)
+        return usage
+    return {IMAGES_RETURNED: len(data)}
+
+
+@dataclass(frozen=True, slots=True)
+class MediaUnits:
+    """What a media call's per-unit prices count, read from its request (``media_units``): the
+    images asked for (``count``, of ``size`` and ``quality``), or speech's input characters
+    (``count``); a transcription's seconds come with its answer's usage."""
+
+    endpoint: Endpoint
+    count: int = 0
+    size: str = DEFAULT_IMAGE_SIZE
+    quality: str = DEFAULT_IMAGE_QUALITY
+
+
+def media_units(endpoint: Endpoint, body: JSONObject) -> MediaUnits | None:
+    """The units a call on ``endpoint`` may be priced by (None: none, as moderations)."""
+    if endpoint is Endpoint.IMAGES:
+        n, size, quality = body.get("n"), body.get("size"), body.get("quality")
+        return MediaUnits(
+            endpoint,
+            n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1,  # (checked: 1-10)
+            size if isinstance(size, str) else DEFAULT_IMAGE_SIZE,
+            quality if isinstance(quality, str) else DEFAULT_IMAGE_QUALITY,
+        )
+    if endpoint is Endpoint.SPEECH:
+        text = body.get("input")
+        return MediaUnits(endpoint, len(text) if isinstance(text, str) else 0)
+    if endpoint is Endpoint.TRANSCRIPTIONS or endpoint is Endpoint.TRANSLATIONS:
+        return MediaUnits(endpoint)
+    return None
+
+
+def unit_cost_usd(units: MediaUnits, price: Price, usage: object) -> float | None:
+    """The exact cost in US dollars of a media call by its deployment's per-unit ``price``, or
+    None when none applies or the count is unknown (then its tokens are priced, or estimated).
+    Images: those the answer returned (its ``usage``, from ``image_usage``), else those asked
+    for; speech: the input's characters; transcriptions and translations: the seconds of audio
+    the answer's usage reports (whisper-1's json and verbose_json)."""
+    endpoint = units.endpoint
+    if endpoint is Endpoint.IMAGES:
+        if price.per_image is None:
+            return None
+        returned = usage.get(IMAGES_RETURNED) if isinstance(usage, dict) else None
+        count = token_count(returned) if returned is not None else units.count
+        return count * price.image_usd(units.size, units.quality)
+    if endpoint is Endpoint.SPEECH:
+        if price.per_mchar_input is None:
+            return None
+        return units.count * price.per_mchar_input / 1_000_000
+    if price.per_minute_audio is None or not isinstance(usage, dict):
+        return None
+    seconds = usage.get(AUDIO_SECONDS)
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+        return None
+    return seconds * price.per_minute_audio / 60

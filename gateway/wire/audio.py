@@ -97,6 +97,7 @@ def _quoted(text: str) -> str:
 # verbose_json with word timestamps is some hundreds of KB); a longer one is relayed unread.
 USAGE_READ_BYTES = 1 << 20
 AUDIO_TOKENS_PER_S = 10  # OpenAI counts audio as one token per 100 ms
+AUDIO_SECONDS = "seconds"  # the key of the audio's reported length in ``transcript_usage``'s usage
 _DONE_EVENT = b'"transcript.text.done"'
 
 
@@ -126,7 +127,8 @@ def transcript_usage(answer: bytes) -> JSONObject | None:
     if usage.get("type") == "duration":
         seconds = usage.get("seconds")
         if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < 1e7:
-            return {"prompt_tokens": round(seconds * AUDIO_TOKENS_PER_S)}  # (no output count)
+            # (no output count; the seconds for a price per minute, ``Price.per_minute_audio``)
+            return {"prompt_tokens": round(seconds * AUDIO_TOKENS_PER_S), AUDIO_SECONDS: seconds}
         return None
     return {"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens")}
 

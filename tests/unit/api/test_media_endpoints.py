@@ -77,6 +77,12 @@ models:
     deployments: [{{provider: good, model: gpt-4o-mini-tts, price: {{input_per_mtok: 60, output_per_mtok: 0}}}}]
   cut-tts:
     deployments: [{{provider: cut, model: tts-1}}]
+  priced-image:  # per-unit prices (h-mediaprice), token prices beside them that must not count
+    deployments: [{{provider: good, model: dall-e-2, price: {{input_per_mtok: 1000, output_per_mtok: 1000, per_image: {{"256x256": 0.016, "1024x1024": 0.02}}}}}}]
+  priced-tts:
+    deployments: [{{provider: good, model: tts-1, price: {{input_per_mtok: 1000, per_mchar_input: 15}}}}]
+  priced-whisper:
+    deployments: [{{provider: good, model: whisper-1, price: {{input_per_mtok: 1000, per_mchar_input: 15, per_minute_audio: 0.006}}}}]
   claude-only:
     deployments: [{{provider: claude, model: claude-x}}]
   claude-or-whisper:  # Anthropic deployments; a rule sends "audio"-tagged requests to whisper
@@ -371,6 +377,46 @@ async def test_speech_streamed_as_events_is_charged_as_speech_as_audio_is(gw: Ga
         (row,) = [row for row in usage["data"] if row["key"] == key_id]
         charged[stream_format] = (row["tokens_in"], row["tokens_out"], row["cost_usd"])
     assert charged["sse"] == charged["audio"] == (1001, 0, round(1001 * 60 / 1e6, 6)), charged
+
+
+async def _charged(gw: Gateway, key_id: str, group: str, upstream: str) -> tuple[float, float]:
+    """(the key's spend in /admin/usage, ``gateway_cost_usd_total`` of ``group``'s deployment)."""
+    usage = await (await gw.client.get("/admin/usage", headers=ADMIN)).json()
+    (row,) = [row for row in usage["data"] if row["key"] == key_id]
+    lines = await _metric_lines(gw.client, f'gateway_cost_usd_total{{model="{group}"')
+    (line,) = [line for line in lines if f'upstream_model="{upstream}"' in line] or ["- 0"]
+    return row["cost_usd"], float(line.split()[-1])
+
+
+async def test_per_unit_prices_charge_images_speech_and_minutes_exactly(gw: Gateway) -> None:
+    """(h-mediaprice) A deployment's ``per_image``, ``per_mchar_input`` and ``per_minute_audio``
+    price DALL-E, tts-1 and whisper-1 calls by what OpenAI bills: n images of their size, the
+    input's characters, the seconds the answer reports; the budget and gateway_cost_usd_total
+    both count it, and the token price beside it does not. Before: the key was charged the
+    token estimate (input characters / 4 at input_per_mtok) and the metric nothing."""
+    secret, key_id = await _key_and_id(gw.client, None, budget_usd=100)
+    sdk = openai.AsyncOpenAI(api_key=secret, base_url=gw.sdk.base_url, max_retries=0)
+    try:
+        images = await sdk.images.generate(model="priced-image", prompt="a cat", n=2, size="256x256")
+        assert len(images.data) == 2
+        assert await _charged(gw, key_id, "priced-image", "dall-e-2") == (0.032, 0.032)
+        view = await (await gw.client.get("/admin/models", headers=ADMIN)).json()
+        (deployment,) = view["models"]["priced-image"]["deployments"]
+        assert deployment["stats"]["cost_usd"] == 0.032  # the deployment's cost counts it too
+        assert deployment["price"]["per_image"] == {"256x256": 0.016, "1024x1024": 0.02}
+        speech = await sdk.audio.speech.create(model="priced-tts", input="y" * 1000, voice="alloy")
+        assert speech.content
+        charged = await _charged(gw, key_id, "priced-tts", "tts-1")
+        assert charged == (0.047, pytest.approx(0.015)), charged  # 1,000 x $15 a million
+        audio = b"ID3\x04\x00" + bytes(150_000)  # 9.4 s as the fake reads it, 10 s reported
+        text = await sdk.audio.transcriptions.create(
+            model="priced-whisper", file=("talk.mp3", audio), response_format="verbose_json"
+        )
+        assert text.duration == pytest.approx(9.375, abs=0.001)
+        charged = await _charged(gw, key_id, "priced-whisper", "whisper-1")
+        assert charged == (0.048, pytest.approx(0.001)), charged  # 10 s at $0.006 a minute
+    finally:
+        await sdk.close()
 
 
 async def test_speech_on_azure_and_a_custom_voice(gw: Gateway) -> None:
