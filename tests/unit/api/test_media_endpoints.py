@@ -81,6 +81,8 @@ models:
     deployments: [{{provider: good, model: dall-e-2, price: {{input_per_mtok: 1000, output_per_mtok: 1000, per_image: {{"256x256": 0.016, "1024x1024": 0.02}}}}}}]
   priced-tts:
     deployments: [{{provider: good, model: tts-1, price: {{input_per_mtok: 1000, per_mchar_input: 15}}}}]
+  priced-cut-tts:
+    deployments: [{{provider: cut, model: tts-1, price: {{input_per_mtok: 1000, per_mchar_input: 15}}}}]
   priced-whisper:
     deployments: [{{provider: good, model: whisper-1, price: {{input_per_mtok: 1000, per_mchar_input: 15, per_minute_audio: 0.006}}}}]
   claude-only:
@@ -438,6 +440,22 @@ async def test_speech_cut_by_the_provider_is_an_incomplete_body_not_a_short_file
             await resp.read()
     lines = await _metric_lines(gw.client, "gateway_stream_errors_total")
     assert any('endpoint="/v1/audio/speech"' in line for line in lines), lines
+
+
+async def test_speech_cut_half_way_is_charged_its_characters_at_a_per_character_price(gw: Gateway) -> None:
+    """(h-mediaprice) A provider bills speech by its input whether or not the audio arrived
+    whole: a stream cut half way is charged its characters, as a whole one is (before: the
+    token estimate, 501 tokens at input_per_mtok, and nothing in the metric)."""
+    secret, key_id = await _key_and_id(gw.client, ["priced-cut-tts"], budget_usd=100)
+    body = {"model": "priced-cut-tts", "input": "z" * 2000, "voice": "alloy"}
+    async with gw.client.post(
+        "/v1/audio/speech", json=body, headers={"Authorization": f"Bearer {secret}"}
+    ) as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    charged = await _charged(gw, key_id, "priced-cut-tts", "tts-1")
+    assert charged == (0.03, pytest.approx(0.03)), charged  # 2,000 x $15 a million
 
 
 @pytest.mark.parametrize(
