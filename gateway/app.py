@@ -7,6 +7,7 @@ import contextlib
 import os
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 
@@ -84,6 +85,7 @@ def build_app(
     policy_path: str | None = None,
     policy_digest: str | None = None,
     rng: random.Random | None = None,
+    key_clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """The gateway app for ``policy``; provider keys are read from ``env`` (default: os.environ).
 
@@ -95,7 +97,8 @@ def build_app(
     ``policy_digest``: the SHA-256 of the bytes ``policy`` was parsed from
     (``load_policy_with_digest``); given, the watcher's first look at a file still holding them
     parses nothing (a 20,000-group file took 3 s, holding the GIL, as the server started).
-    ``rng`` draws which requests shadow traffic mirrors (tests seed it)."""
+    ``rng`` draws which requests shadow traffic mirrors (tests seed it). ``key_clock``: the Unix
+    seconds virtual keys' expiry and rotation grace are judged by (tests move their own)."""
     environ = os.environ if env is None else env
     settings = replace(
         settings,
@@ -171,6 +174,7 @@ def build_app(
         key_store(policy.auth, environ.get("KEYS_URL")),
         policy.auth.teams,
         policy.auth.key_cache_s,
+        key_clock,
         model_groups=policy.models.keys(),
     )
     app[keys.KEYRING] = key_ring

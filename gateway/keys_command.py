@@ -23,10 +23,15 @@ import orjson
 
 from gateway.admin_client import AdminCallError, call_admin, gateway_url
 from gateway.auth.backends import key_store
-from gateway.auth.keyring import JOINERS, KeyRing, KeySettings
+from gateway.auth.keyring import JOINERS, MAX_GRACE_S, KeyRing, KeySettings
 from gateway.auth.records import key_json
 from gateway.errors import GatewayError, StartupError
-from gateway.policy.durations import format_duration, parse_budget_period_s, parse_expiry_s
+from gateway.policy.durations import (
+    format_duration,
+    parse_budget_period_s,
+    parse_duration_s,
+    parse_expiry_s,
+)
 from gateway.policy.loader import PolicyError, load_policy
 from gateway.policy.model import MAX_RATE
 from gateway.settings import Settings, SettingsError
@@ -36,7 +41,7 @@ Json = dict[str, Any]
 # The flags whose value may be written with a minus sign: argparse reads a word starting with
 # "-" (other than a plain negative number) as a flag, so ``--expires -5d`` was "expected one
 # argument" instead of the flag's own refusal.
-_SIGNED_VALUE_FLAGS = frozenset({"--expires", "--budget-period", "--rpm", "--tpm", "--budget-usd"})
+_SIGNED_VALUE_FLAGS = frozenset({"--expires", "--budget-period", "--rpm", "--tpm", "--budget-usd", "--grace"})
 _SIGNED_VALUE = re.compile(r"-[\d.]")
 
 
@@ -106,6 +111,13 @@ def add_arguments(keys: argparse.ArgumentParser) -> None:
 
     rotate = sub.add_parser("rotate", parents=[common], help="replace a key's secret, keeping its settings")
     rotate.add_argument("key_id")
+    rotate.add_argument(
+        "--grace",
+        type=_grace,
+        default=0.0,
+        help="keep the old secret working (as the new key, marked deprecated) for this long, "
+        f"e.g. 1h, at most {format_duration(MAX_GRACE_S)} (default: retire it at once)",
+    )
     rotate.set_defaults(func=_rotate)
 
 
@@ -158,10 +170,10 @@ def _revoke(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     if args.url:
         path = f"/admin/keys/{urllib.parse.quote(args.key_id, safe='')}/rotate"
-        return _remote(args, "POST", path, {})
+        return _remote(args, "POST", path, {"grace_s": args.grace} if args.grace else {})
 
     async def op(ring: KeyRing) -> Json:
-        secret, record = await ring.rotate(args.key_id)
+        secret, record = await ring.rotate(args.key_id, args.grace)
         return {**key_json(record, time.time()), "secret": secret, "replaces": args.key_id}
 
     return _local(args, op)
@@ -237,6 +249,11 @@ def _print(args: argparse.Namespace, answer: Json) -> None:
     elif "secret" in answer:
         verb = f"Rotated {answer['replaces']} (now revoked) into" if "replaces" in answer else "Created"
         print(f"{verb} key {answer['id']} for team {answer['team']}.")
+        if answer.get("grace_until") is not None:
+            print(
+                f"The old secret keeps working as {answer['id']} until "
+                f"{_date(answer['grace_until'])} UTC (marked x-gateway-token-deprecated: true)."
+            )
         print("Its secret, shown this once (only its hash is stored):")
         print(answer["secret"])
     else:
@@ -327,6 +344,17 @@ def _expiry(text: str) -> float:
         return parse_expiry_s(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _grace(text: str) -> float:
+    """A rotation's grace: 0 (none) or a duration (``1h``, seconds) of at most MAX_GRACE_S."""
+    try:
+        seconds = 0.0 if text.strip() in ("0", "0s") else parse_duration_s(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds > MAX_GRACE_S:
+        raise argparse.ArgumentTypeError(f"must be at most {format_duration(MAX_GRACE_S)}, not {text!r}")
+    return seconds
 
 
 def _budget_period(text: str) -> float:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -26,7 +26,7 @@ from pydantic_core import ErrorDetails
 
 from gateway import keys
 from gateway.api import peers
-from gateway.auth.keyring import KeyRing, KeySettings
+from gateway.auth.keyring import MAX_GRACE_S, KeyRing, KeySettings
 from gateway.auth.records import key_json
 from gateway.errors import InvalidRequest, quoted
 from gateway.http.auth import require_admin
@@ -43,6 +43,9 @@ class _Strict(BaseModel):
     # strict: JSON types as sent ("5" is not 5, 5.0 and true are not 1); a duration may still be
     # "30d" or a number of seconds (its own parser), a float field takes a whole number.
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+_Body = TypeVar("_Body", bound=_Strict)
 
 
 class NamespacesIn(_Strict):
@@ -81,6 +84,13 @@ class KeyCreateIn(_Strict):
         )
 
 
+class KeyRotateIn(_Strict):
+    """The body of ``POST /admin/keys/{id}/rotate`` (optional): ``grace_s``, how long the old
+    secret keeps working (seconds, 0 to 7 days; 0, the default, retires it at once)."""
+
+    grace_s: float = Field(0.0, ge=0, le=MAX_GRACE_S, allow_inf_nan=False)
+
+
 def _names(values: list[str] | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(dict.fromkeys(values))
 
@@ -88,7 +98,7 @@ def _names(values: list[str] | None) -> tuple[str, ...] | None:
 async def create(request: web.Request) -> web.Response:
     """``POST /admin/keys``: 201 with the new key and its ``secret`` (shown once)."""
     ring = _ring(request)
-    given = _parse(await read_json(request))
+    given = _parse(await read_json(request), KeyCreateIn)
     secret, record = await ring.create(given.team, given.settings())
     return _render({**key_json(record, time.time()), "secret": secret}, status=201)
 
@@ -113,10 +123,13 @@ async def revoke(request: web.Request) -> web.Response:
 
 async def rotate(request: web.Request) -> web.Response:
     """``POST /admin/keys/{id}/rotate``: a new key with the same settings (its ``secret`` shown
-    once, ``replaces`` naming the old one, now revoked and no longer accepted by any worker)."""
+    once, ``replaces`` naming the old one, now revoked and no longer accepted by any worker).
+    With ``{"grace_s": N}`` the old secret keeps working as the new key for N seconds
+    (``grace_until``), its answers marked ``x-gateway-token-deprecated: true``."""
     ring = _ring(request)
     old_id = request.match_info["id"]
-    secret, record = await ring.rotate(old_id)
+    given = _parse(await read_json(request), KeyRotateIn) if request.body_exists else KeyRotateIn()
+    secret, record = await ring.rotate(old_id, given.grace_s)
     body = {**key_json(record, time.time()), "secret": secret, "replaces": old_id}
     await _every_worker_drops(request, old_id, body)
     return _render(body, status=201)
@@ -162,9 +175,9 @@ def _render(body: dict[str, Any], status: int = 200) -> web.Response:
     return json_response(orjson.dumps(body), status=status)
 
 
-def _parse(body: dict[str, Any]) -> KeyCreateIn:
+def _parse(body: dict[str, Any], model: type[_Body]) -> _Body:
     try:
-        return KeyCreateIn.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         param = bounded(".".join(str(p) for p in err["loc"])) or None  # a client's field name

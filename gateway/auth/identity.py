@@ -28,6 +28,9 @@ class Caller:
     budget_period_s: float | None = None
     read_namespaces: frozenset[str] | None = None  # memory namespaces it may read and search
     write_namespaces: frozenset[str] | None = None  # memory namespaces it may write and delete
+    # Let in with the secret its key replaced, within the rotation's grace (``KeyRing.rotate``):
+    # the same key, limits and spend; the response says so (x-gateway-token-deprecated).
+    previous_secret: bool = False
 
     @property
     def tenant(self) -> str:

@@ -42,15 +42,35 @@ class KeyQueries:
             f"team {d.text} NOT NULL, created_at {d.real} NOT NULL, models {d.text}, "
             f"rpm {d.integer}, tpm {d.integer}, budget_usd {d.real}, budget_period_s {d.real}, "
             f"read_namespaces {d.text}, write_namespaces {d.text}, expires_at {d.real}, "
-            f"revoked_at {d.real}, name {d.text}, description {d.text})"
+            f"revoked_at {d.real}, name {d.text}, description {d.text}, "
+            f"previous_hash {d.text}, previous_until {d.real})"
         )
+        # Columns added since the table was first released, added by ``start`` to a table made
+        # before them: PostgreSQL says IF NOT EXISTS, SQLite (which cannot) skips a column it has.
+        self.added_columns = {"previous_hash": d.text, "previous_until": d.real}
+        self.column_names = f"SELECT * FROM {table} LIMIT 0"  # its cursor's description
         index = table.replace(".", "_")
         self.create_team_index = f"CREATE INDEX IF NOT EXISTS idx_{index}_team ON {table} (team)"
+        self.create_previous_index = (
+            f"CREATE INDEX IF NOT EXISTS idx_{index}_previous_hash ON {table} (previous_hash)"
+        )
         self.insert = f"INSERT INTO {table} ({cols}) VALUES ({', '.join([p] * len(COLUMNS))})"
-        self.by_hash = f"SELECT {cols} FROM {table} WHERE hash = {p}"
+        # A secret's own record, or the record it was rotated into with a grace: the unrevoked one
+        # first (the secret's own record is revoked by the rotation), then its own. Both columns
+        # are indexed; the hash is bound three times.
+        self.by_hash = (
+            f"SELECT {cols} FROM {table} WHERE hash = {p} OR previous_hash = {p} "
+            f"ORDER BY CASE WHEN revoked_at IS NULL THEN 0 ELSE 1 END, "
+            f"CASE WHEN hash = {p} THEN 0 ELSE 1 END LIMIT 1"
+        )
         self.by_id = f"SELECT {cols} FROM {table} WHERE key_id = {p}"
         self.list_all = f"SELECT {cols} FROM {table} ORDER BY created_at, key_id"
         self.list_team = f"SELECT {cols} FROM {table} WHERE team = {p} ORDER BY created_at, key_id"
         # A revoked key keeps its first revocation time.
         self.revoke = f"UPDATE {table} SET revoked_at = COALESCE(revoked_at, {p}) WHERE key_id = {p}"
         self.revoke_active = f"UPDATE {table} SET revoked_at = {p} WHERE key_id = {p} AND revoked_at IS NULL"
+
+    def add_column(self, name: str, *, if_not_exists: bool) -> str:
+        """``ALTER TABLE`` adding ``name`` (one of ``added_columns``)."""
+        guard = "IF NOT EXISTS " if if_not_exists else ""
+        return f"ALTER TABLE {self.table} ADD COLUMN {guard}{name} {self.added_columns[name]}"

@@ -63,6 +63,9 @@ MAX_DESCRIPTION_CHARS = 2000
 # What a key's memory grants may name: namespaces as the memory API takes them, this many a kind.
 NAMESPACE = re.compile(NAMESPACE_PATTERN)
 MAX_GRANTED_NAMESPACES = 1000
+# The longest grace a rotation may give the secret it replaces: long enough for a weekly deploy,
+# short enough that a rotated-out secret (perhaps leaked) does not linger.
+MAX_GRACE_S = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,14 @@ class _Cached:
     until_s: float  # the entry is fresh before this clock time
     record: KeyRecord | None  # None: no such key (a negative entry)
     caller: Caller | None
+    previous: bool = False  # the secret is ``record``'s previous one (a rotation's grace)
+
+    def accepts(self, now_s: float) -> bool:
+        """Whether the cached key still lets its secret in at ``now_s`` (expiry and the grace's
+        end are times: they hold from the cache as exactly as from the store)."""
+        if self.record is None:
+            return False
+        return self.record.in_grace(now_s) if self.previous else self.record.is_active(now_s)
 
 
 class KeyRing:
@@ -226,11 +237,23 @@ class KeyRing:
         if record is None:
             raise _unknown_key(key_id)
         self._forget(record.hash)
+        if record.previous_hash is not None:
+            self._forget(record.previous_hash)  # its grace ends with it
         return record
 
-    async def rotate(self, key_id: str) -> tuple[str, KeyRecord]:
+    async def rotate(self, key_id: str, grace_s: float = 0.0) -> tuple[str, KeyRecord]:
         """Replace ``key_id`` with a new secret keeping every setting (team, limits, expiry,
-        name); the old key is revoked in the same transaction. Returns the new secret and record."""
+        name); the old key is revoked in the same transaction. Returns the new secret and record.
+
+        ``grace_s`` (0 to ``MAX_GRACE_S`` seconds): for that long the old secret still
+        authenticates, as the new key (its id, limits and spend), marked as deprecated; then, or
+        when the new key is revoked, expires or is rotated again, it is refused like any revoked
+        key. 0 (the default) refuses it at once."""
+        if not 0.0 <= grace_s <= MAX_GRACE_S:  # NaN too
+            raise InvalidRequest(
+                f"'grace_s' must be 0 to {MAX_GRACE_S:g} seconds ({format_duration(MAX_GRACE_S)}).",
+                param="grace_s",
+            )
         old = await self.get(key_id)
         now = self._clock()
         if not old.is_active(now):
@@ -248,6 +271,9 @@ class KeyRing:
             prefix=shown_prefix(secret),
             created_at=now,
             revoked_at=None,
+            # Only the secret it replaces: a grace the old key had (an older secret) ends here.
+            previous_hash=old.hash if grace_s > 0 else None,
+            previous_until=now + grace_s if grace_s > 0 else None,
         )
         if not await self.store.replace(new, key_id, now):
             # Revoked by someone else between the read and the write.
@@ -275,18 +301,16 @@ class KeyRing:
         hit = self._hits.get(key_hash)
         cached = hit or self._misses.get(key_hash)
         if cached is not None and now < cached.until_s:
-            if cached.record is None or not cached.record.is_active(now):
-                return None
-            return cached.caller
+            return cached.caller if cached.accepts(now) else None
         if hit is None and not self._allowances[form].take(now):
             self._warn_flood(form, now)
             raise KeyStoreUnavailable()
         epoch = self._epoch
         record = await self.store.find_by_hash(key_hash)
+        found = _found(record, key_hash)
         caller = None
-        # compare_digest: a store that matched loosely (collation, padding) has not found this key.
-        if record is not None and hmac.compare_digest(record.hash, key_hash) and record.is_active(now):
-            caller = self._caller(record)
+        if found.record is not None and found.accepts(now):
+            caller = self._caller(found.record, found.previous)
         if epoch != self._epoch:
             # Revoked, rotated or reloaded while the store answered: answer this request (it
             # asked before that) but keep nothing that may predate it.
@@ -294,10 +318,11 @@ class KeyRing:
         if caller is None:
             self._remember(self._misses, key_hash, _Cached(now + self.cache_s, None, None), MAX_CACHED_MISSES)
             return None
-        self._remember(self._hits, key_hash, _Cached(now + self.cache_s, record, caller), MAX_CACHED_KEYS)
+        entry = replace(found, until_s=now + self.cache_s, caller=caller)
+        self._remember(self._hits, key_hash, entry, MAX_CACHED_KEYS)
         return caller
 
-    def _caller(self, record: KeyRecord) -> Caller | None:
+    def _caller(self, record: KeyRecord, previous: bool = False) -> Caller | None:
         team = self.teams.get(record.team)
         if team is None:
             log.warning(
@@ -321,6 +346,7 @@ class KeyRing:
             else max(MIN_BUDGET_PERIOD_S, record.budget_period_s or team.budget_period),
             read_namespaces=None if read is None else frozenset(read),
             write_namespaces=None if write is None else frozenset(write),
+            previous_secret=previous,
         )
 
     def _remember(self, cache: OrderedDict[str, _Cached], key_hash: str, entry: _Cached, bound: int) -> None:
@@ -382,6 +408,18 @@ class KeyRing:
                 param="models",
                 code="model_not_in_team",
             )
+
+
+def _found(record: KeyRecord | None, key_hash: str) -> _Cached:
+    """What the store's answer is for ``key_hash``: its key (``previous`` when the hash is the
+    one the key replaced), or no key. Compared in constant time: a store that matched loosely
+    (collation, padding) has not found this key."""
+    if record is not None:
+        if hmac.compare_digest(record.hash, key_hash):
+            return _Cached(0.0, record, None)
+        if record.previous_hash is not None and hmac.compare_digest(record.previous_hash, key_hash):
+            return _Cached(0.0, record, None, previous=True)
+    return _Cached(0.0, None, None)
 
 
 def _within(own: tuple[str, ...] | None, ceiling: list[str] | None) -> tuple[str, ...] | list[str] | None:

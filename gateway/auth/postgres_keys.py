@@ -76,7 +76,16 @@ class PostgresKeyStore:
                 conn = await self._connect()
                 async with conn.transaction():
                     await conn.execute(self._q.create_table)
+                    # A table made before a column existed gains it. Looked at first: ALTER TABLE
+                    # locks the table even when the column is there (IF NOT EXISTS: two replicas
+                    # starting at once).
+                    cur = await conn.execute(self._q.column_names)
+                    has = {column.name for column in cur.description or ()}
+                    for name in self._q.added_columns:
+                        if name not in has:
+                            await conn.execute(self._q.add_column(name, if_not_exists=True))
                     await conn.execute(self._q.create_team_index)
+                    await conn.execute(self._q.create_previous_index)
         except (psycopg.Error, OSError, TimeoutError) as exc:
             await self._drop()
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc).strip().splitlines()[0]
@@ -97,7 +106,12 @@ class PostgresKeyStore:
         await self._run(op)
 
     async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
-        return await self._run(lambda conn: self._one(conn, self._q.by_hash, key_hash))
+        async def op(conn: Connection) -> KeyRecord | None:
+            cur = await conn.execute(self._q.by_hash, (key_hash, key_hash, key_hash))
+            row = await cur.fetchone()
+            return None if row is None else row_record(row)
+
+        return await self._run(op)
 
     async def get(self, key_id: str) -> KeyRecord | None:
         return await self._run(lambda conn: self._one(conn, self._q.by_id, key_id))

@@ -101,10 +101,24 @@ class KeyRecord:
     revoked_at: float | None = None
     name: str | None = None
     description: str | None = None
+    # A rotation's grace: the hash of the secret this key replaced, which authenticates as this
+    # key (same id, limits and spend) until ``previous_until``; None without a grace.
+    previous_hash: str | None = None
+    previous_until: float | None = None
 
     def is_active(self, now_s: float) -> bool:
         """Neither revoked nor expired at ``now_s``."""
         return self.revoked_at is None and (self.expires_at is None or now_s < self.expires_at)
+
+    def in_grace(self, now_s: float) -> bool:
+        """Whether the previous secret is still accepted at ``now_s``: the key is active and its
+        rotation's grace has not ended (revoking or expiring the key ends it too)."""
+        return (
+            self.previous_hash is not None
+            and self.previous_until is not None
+            and now_s < self.previous_until
+            and self.is_active(now_s)
+        )
 
 
 # Column order shared by both stores' SQL (parameterised statements only).
@@ -125,6 +139,8 @@ COLUMNS: Sequence[str] = (
     "revoked_at",
     "name",
     "description",
+    "previous_hash",
+    "previous_until",
 )
 
 
@@ -182,13 +198,15 @@ def record_row(record: KeyRecord) -> tuple[object, ...]:
         record.revoked_at,
         record.name,
         record.description,
+        record.previous_hash,
+        record.previous_until,
     )
 
 
 def row_record(row: Sequence[object]) -> KeyRecord:
     """A row of ``COLUMNS`` (as either store returns it) back into a record."""
     (key_id, hash_, prefix, team, created_at, models, rpm, tpm, budget_usd, budget_period_s) = row[:10]
-    (read_ns, write_ns, expires_at, revoked_at, name, description) = row[10:]
+    (read_ns, write_ns, expires_at, revoked_at, name, description, previous_hash, previous_until) = row[10:]
     return KeyRecord(
         key_id=_text(key_id),
         hash=_text(hash_),
@@ -206,6 +224,8 @@ def row_record(row: Sequence[object]) -> KeyRecord:
         revoked_at=_opt_number(revoked_at),
         name=_opt_text(name),
         description=_opt_text(description),
+        previous_hash=_opt_text(previous_hash),
+        previous_until=_opt_number(previous_until),
     )
 
 
@@ -222,7 +242,9 @@ class KeyStore(Protocol):
         """Add a new record (its key id and hash are new)."""
 
     async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
-        """The record whose secret hashes to ``key_hash`` (revoked and expired ones too)."""
+        """The record whose secret hashes to ``key_hash`` (revoked and expired ones too), or the
+        one whose previous secret does (``previous_hash``, a rotation's grace) when no record of
+        that secret is unrevoked: an unrevoked record first, then one of its own secret."""
 
     async def get(self, key_id: str) -> KeyRecord | None: ...
 
@@ -266,4 +288,6 @@ def key_json(record: KeyRecord, now_s: float) -> dict[str, Any]:
         "created_at": int(record.created_at),
         "expires_at": None if record.expires_at is None else int(record.expires_at),
         "revoked_at": None if record.revoked_at is None else int(record.revoked_at),
+        # When the secret it replaced (by rotation with a grace) stops working; None: no grace.
+        "grace_until": None if record.previous_until is None else int(record.previous_until),
     }

@@ -65,7 +65,11 @@ class SQLiteKeyStore:
         await self._run(lambda conn: conn.execute(self._q.insert, record_row(record)))
 
     async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
-        return await self._run(lambda conn: self._one(conn, self._q.by_hash, key_hash))
+        def op(conn: sqlite3.Connection) -> KeyRecord | None:
+            row = conn.execute(self._q.by_hash, (key_hash, key_hash, key_hash)).fetchone()
+            return None if row is None else row_record(row)
+
+        return await self._run(op)
 
     async def get(self, key_id: str) -> KeyRecord | None:
         return await self._run(lambda conn: self._one(conn, self._q.by_id, key_id))
@@ -107,7 +111,13 @@ class SQLiteKeyStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(self._q.create_table)
+            # A file made before a column existed gains it (SQLite has no ADD COLUMN IF NOT EXISTS).
+            has = {column[0] for column in conn.execute(self._q.column_names).description}
+            for name in self._q.added_columns:
+                if name not in has:
+                    conn.execute(self._q.add_column(name, if_not_exists=False))
             conn.execute(self._q.create_team_index)
+            conn.execute(self._q.create_previous_index)
             conn.commit()
         except BaseException:
             conn.close()

@@ -23,7 +23,8 @@ token is set (``metrics_refusal``: plain-text 401 and 429, door ``metrics``), an
 Either token's ``..._PREVIOUS`` (the one it replaced) is accepted beside it while clients rotate:
 the call is served, counted in ``gateway_previous_token_used_total{token}``, answered with
 ``x-gateway-token-deprecated: true`` and marked in the access log (``matched_token``,
-``used_previous``).
+``used_previous``). So is a virtual key's secret rotated out with a grace (``KeyRing.rotate``),
+as token ``key``, while its grace lasts.
 
 Each 401 of any kind is counted against the client's address (``auth/throttle.py``; behind
 ``SOPHIA_TRUSTED_PROXIES``, the one their ``X-Forwarded-For`` names: ``client_address``); an
@@ -143,6 +144,8 @@ async def authenticate(request: web.Request, *, key_header: str = "") -> Caller 
     caller = await keyring.authenticate(secret)
     if caller is None:
         raise failed(request, throttle, "api", invalid_api_key(key_header))
+    if caller.previous_secret:  # a rotated-out secret within its grace: say it is on its way out
+        used_previous(request, "key")
     return caller
 
 
@@ -223,7 +226,8 @@ def matched_token(given: str, current: str, previous: str | None) -> str | None:
 
 
 def used_previous(request: web.Request, token: str) -> None:
-    """Note that ``request`` was let in with ``token``'s (``admin``, ``metrics``) previous token:
+    """Note that ``request`` was let in with ``token``'s (``admin``, ``metrics``) previous token
+    (``key``: a virtual key's secret rotated out, within its grace):
     counted in ``gateway_previous_token_used_total{token}``, its response marked
     (``TOKEN_DEPRECATED_HEADER``) and its access-log line too (``previous_token``), so the operator
     sees who still sends it. Not for a peer worker passing a call on over its Unix socket (the

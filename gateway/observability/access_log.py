@@ -188,7 +188,7 @@ def _text_line(stamp: _Timestamps, entry: Entry) -> bytes:
         fields += " effort_dropped=True"  # as ``fallback`` is written
     if "auth_throttled" in entry:  # refused for its address's failed credentials
         fields += " auth_throttled=True"
-    if "previous_token" in entry:  # let in with a previous operator token (admin, metrics)
+    if "previous_token" in entry:  # let in with a previous token (admin, metrics, key)
         fields += f" previous_token={logfmt_value(entry['previous_token'])}"
     failed: list[dict[str, object]] | None = entry.get("failed_attempts")  # type: ignore[assignment]
     if failed:  # every attempt failed: provider/upstream_model:status:code of each, in order
@@ -364,7 +364,8 @@ class AccessLog:
         ``client``: the client's address (the TCP peer's, or behind ``SOPHIA_TRUSTED_PROXIES`` the
         one its ``X-Forwarded-For`` names; the line's ``client``, after ``duration_ms``, when known).
         ``previous_token``: ``admin`` or ``metrics`` when let in with that previous operator token
-        (``SOPHIA_*_TOKEN_PREVIOUS``; the line's ``previous_token``, only then): who still sends it."""
+        (``SOPHIA_*_TOKEN_PREVIOUS``), ``key`` with a virtual key's secret rotated out, within its
+        grace (the line's ``previous_token``, only then): who still sends it."""
         entry: Entry = {
             "ts": time_ns(),
             "level": "info",

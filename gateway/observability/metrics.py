@@ -742,7 +742,7 @@ class GatewayMetrics:
             "Requests let in with a previous operator token, by token: admin "
             "(SOPHIA_ADMIN_TOKEN_PREVIOUS) or metrics (SOPHIA_METRICS_TOKEN_PREVIOUS). Flat for "
             "long enough (every client, every Prometheus, scraped by each replica): the previous "
-            "token can be removed.",
+            "token can be removed. key: a virtual key's secret rotated out, within its grace.",
             ("token",),
         )
         self.limits_local = Counter(
@@ -829,7 +829,7 @@ class GatewayMetrics:
             self.policy_reloads.labels(result)
         for door in ("api", "admin", "metrics"):
             self.auth_throttled.labels(door)
-        for token in ("admin", "metrics"):
+        for token in ("admin", "metrics", "key"):
             self.previous_token_used.labels(token)
         self.registry.register(
             _PlainCollector([m for m in vars(self).values() if isinstance(m, Counter | Gauge | Histogram)])

@@ -50,8 +50,8 @@ class CallRecord:
     # Refused (429 ``auth_throttled``) for its client address's failed credentials
     # (``http/auth.py``): the access log's line says so
     auth_throttled: bool = False
-    # Let in with a previous operator token (``admin`` or ``metrics``: ``http/auth.used_previous``),
-    # "" otherwise: its response's ``x-gateway-token-deprecated`` and its access-log line say so
+    # Let in with a previous operator token (``admin`` or ``metrics``: ``http/auth.used_previous``)
+    # or a virtual key's rotated-out secret within its grace (``key``), "" otherwise: its response's ``x-gateway-token-deprecated`` and its access-log line say so
     previous_token: str = ""
 
 
