@@ -236,9 +236,7 @@ class KeyRing:
         record = await self.store.revoke(key_id, self._clock()) if KEY_ID.fullmatch(key_id) else None
         if record is None:
             raise _unknown_key(key_id)
-        self._forget(record.hash)
-        if record.previous_hash is not None:
-            self._forget(record.previous_hash)  # its grace ends with it
+        self._forget(record)
         return record
 
     async def rotate(self, key_id: str, grace_s: float = 0.0) -> tuple[str, KeyRecord]:
@@ -282,7 +280,7 @@ class KeyRing:
                 param="key_id",
                 code="key_revoked",
             )
-        self._forget(old.hash)
+        self._forget(old)  # its own grace (an older secret) ends here too
         return secret, new
 
     async def authenticate(self, secret: str) -> Caller | None:
@@ -356,9 +354,13 @@ class KeyRing:
         while len(cache) > bound:
             cache.popitem(last=False)  # the oldest entry
 
-    def _forget(self, key_hash: str) -> None:
-        self._hits.pop(key_hash, None)
-        self._misses.pop(key_hash, None)
+    def _forget(self, record: KeyRecord) -> None:
+        """Drop the cached lookups of ``record``'s secret and of the one it replaced (its grace
+        ends with it)."""
+        for key_hash in (record.hash, record.previous_hash):
+            if key_hash is not None:
+                self._hits.pop(key_hash, None)
+                self._misses.pop(key_hash, None)
         self._epoch += 1
 
     def _warn_flood(self, form: str, now: float) -> None:

@@ -156,6 +156,8 @@ def test_refusals_are_one_line_and_exit_non_zero(workdir: Path) -> None:
     assert long_name.returncode == 1 and "'name' must be 1 to 200 characters" in long_name.stderr
     missing = keys(workdir, "revoke", "key_abcdefghijkl", "--policy", "policy.yaml")
     assert missing.returncode == 1 and "No such key" in missing.stderr
+    long_grace = keys(workdir, "rotate", "key_abcdefghijkl", "--grace", "8d", "--policy", "policy.yaml")
+    assert long_grace.returncode == 2 and "--grace: must be at most 1w" in long_grace.stderr
 
 
 def test_keys_made_by_the_cli_work_on_a_running_gateway_and_url_mode(
@@ -178,6 +180,19 @@ def test_keys_made_by_the_cli_work_on_a_running_gateway_and_url_mode(
 
     refused = keys(workdir, "list", "--url", gateway.url, env={"SOPHIA_ADMIN_TOKEN": "wrong"})
     assert refused.returncode == 1 and "SOPHIA_ADMIN_TOKEN" in refused.stderr
+
+    # --grace 1h: the old secret keeps working (as the new key, marked) until grace_until.
+    graced = keys(workdir, "rotate", local["id"], "--grace", "1h", "--url", gateway.url, env=admin)
+    assert graced.returncode == 0, graced.stderr
+    assert "The old secret keeps working as key_" in graced.stdout and " UTC " in graced.stdout
+    listed = keys_json(workdir, "list", "--policy", "policy.yaml")["data"]
+    new_local = next(k for k in listed if k["grace_until"] is not None)
+    assert new_local["grace_until"] - new_local["created_at"] in (3600, 3601)  # whole seconds
+    request = urllib.request.Request(
+        f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {local['secret']}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.headers["x-gateway-token-deprecated"] == "true"
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from dataclasses import replace
+from pathlib import Path
 
+import psycopg
 import pytest
 
+from gateway.auth.postgres_keys import PostgresKeyStore
 from gateway.auth.records import KeyRecord, KeyStore, hash_secret, new_key_id, new_secret, shown_prefix
+from gateway.auth.sqlite_keys import SQLiteKeyStore
 from gateway.errors import KeyStoreUnavailable
-from tests.integration.auth.conftest import StoreFactory
+from tests.integration.auth.conftest import POSTGRES_URL, StoreFactory
 
 
 def record(team: str = "research", created_at: float = 1000.0, **fields: object) -> KeyRecord:
@@ -133,3 +138,59 @@ async def test_a_closed_store_is_unavailable_not_open(key_store: KeyStore) -> No
     await key_store.close()
     with pytest.raises(KeyStoreUnavailable):
         await key_store.find_by_hash(hash_secret("sk-sg-x"))
+
+
+async def test_a_rotated_out_secret_finds_the_key_that_replaced_it(key_store: KeyStore) -> None:
+    old = record()
+    await key_store.insert(old)
+    new = replace(record(), previous_hash=old.hash, previous_until=2000.5)
+    assert await key_store.replace(new, old.key_id, 1500.0)
+    # The old secret's own record is revoked: the unrevoked key it was rotated into answers.
+    assert await key_store.find_by_hash(old.hash) == new
+    assert await key_store.find_by_hash(new.hash) == new
+    assert await key_store.get(new.key_id) == new  # the grace round-trips
+    # Once that key is revoked too, the secret's own record answers (refused either way).
+    await key_store.revoke(new.key_id, 1600.0)
+    found = await key_store.find_by_hash(old.hash)
+    assert found is not None and found.key_id == old.key_id
+
+
+# The table as every release before the rotation grace made it.
+OLD_TABLE = (
+    "CREATE TABLE {table} (key_id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, "
+    "team TEXT NOT NULL, created_at {real} NOT NULL, models TEXT, rpm {integer}, tpm {integer}, "
+    "budget_usd {real}, budget_period_s {real}, read_namespaces TEXT, write_namespaces TEXT, "
+    "expires_at {real}, revoked_at {real}, name TEXT, description TEXT)"
+)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_table_made_before_the_grace_gains_its_columns_at_start(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    row = ("key_abcdefghijkl", "h" * 64, "sk-sg-ab12…", "ops", 1000.0)
+    insert = "INSERT INTO {table} (key_id, hash, prefix, team, created_at) VALUES ({p}, {p}, {p}, {p}, {p})"
+    store: KeyStore
+    if kind == "sqlite":
+        path = str(tmp_path / "keys.sqlite3")
+        with sqlite3.connect(path) as conn:
+            conn.execute(OLD_TABLE.format(table="virtual_keys", real="REAL", integer="INTEGER"))
+            conn.execute(insert.format(table="virtual_keys", p="?"), row)
+        conn.close()
+        store = SQLiteKeyStore(path)
+    else:
+        table = f"{request.getfixturevalue('pg_schema')}.virtual_keys"
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as pg:
+            pg.execute(OLD_TABLE.format(table=table, real="DOUBLE PRECISION", integer="BIGINT").encode())
+            pg.execute(insert.format(table=table, p="%s").encode(), row)
+        store = PostgresKeyStore(POSTGRES_URL, table=table)
+    for _ in range(2):  # the second start finds the columns there
+        await store.start()
+        try:
+            existing = await store.get("key_abcdefghijkl")
+            assert existing is not None and (existing.previous_hash, existing.previous_until) == (None, None)
+            new = replace(record(), previous_hash=existing.hash, previous_until=2000.0)
+            if await store.replace(new, existing.key_id, 1500.0):
+                assert await store.find_by_hash(existing.hash) == new
+        finally:
+            await store.close()

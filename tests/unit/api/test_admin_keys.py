@@ -3,6 +3,7 @@ shown once, and the keys it issues, revokes and rotates work (or stop working) a
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -244,3 +245,104 @@ async def test_a_huge_team_or_field_name_is_a_small_400(client: TestClient) -> N
         raw = await resp.read()
         assert resp.status == 400 and len(raw) < 1500, (resp.status, len(raw))
         assert says in raw.decode() and "(100000 chars)" in raw.decode()
+
+
+class Clock:
+    """The key ring's clock (``build_app(key_clock=)``): expiry and rotation grace follow it."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+DEPRECATED = "x-gateway-token-deprecated"
+
+
+def _completion(request: object) -> MockResponse:
+    return MockResponse.json(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "ma",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    )
+
+
+@pytest.fixture
+async def clocked(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Clock]]:
+    clock = Clock()
+    app = build_app(
+        Settings(access_log=False, admin_token=TOKEN),
+        parse_policy(policy_text(tmp_path / "keys.sqlite3")),
+        {},
+        transports={"a": MockTransport(_completion)},
+        key_clock=clock,
+    )
+    async with TestClient(TestServer(app, host="127.0.0.1")) as c:
+        yield c, clock
+
+
+async def test_rotate_with_a_grace_keeps_the_old_secret_as_the_same_key_until_it_ends(
+    clocked: tuple[TestClient, Clock],
+) -> None:
+    client, clock = clocked
+    old = await (await client.post("/admin/keys", json={"team": "research", "rpm": 3}, headers=ADMIN)).json()
+    assert (await client.get("/v1/models", headers=bearer(old["secret"]))).status == 200  # cached
+    resp = await client.post(f"/admin/keys/{old['id']}/rotate", json={"grace_s": 2}, headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    new = await resp.json()
+    assert new["grace_until"] == int(clock.now + 2) and new["status"] == "active"
+    listed = {k["id"]: k for k in (await (await client.get("/admin/keys", headers=ADMIN)).json())["data"]}
+    assert listed[new["id"]]["grace_until"] == new["grace_until"]
+    assert (listed[old["id"]]["status"], listed[old["id"]]["grace_until"]) == ("revoked", None)
+
+    # Both secrets work; the old one is marked, and counts against the same key's limits.
+    by_new = await client.post("/v1/chat/completions", json=CHAT, headers=bearer(new["secret"]))
+    assert by_new.status == 200 and DEPRECATED not in by_new.headers
+    assert by_new.headers["x-ratelimit-remaining-requests"] == "2"
+    by_old = await client.post("/v1/chat/completions", json=CHAT, headers=bearer(old["secret"]))
+    assert by_old.status == 200, await by_old.text()
+    assert by_old.headers[DEPRECATED] == "true"
+    assert by_old.headers["x-ratelimit-remaining-requests"] == "1"  # the same key's window
+    metrics = await (await client.get("/metrics")).text()
+    assert 'gateway_previous_token_used_total{token="key"} 1.0' in metrics
+
+    # The grace ends at its time, even for the lookup cached a moment ago (auth.key_cache_s 5 s).
+    clock.now += 2
+    late = await client.get("/v1/models", headers=bearer(old["secret"]))
+    assert late.status == 401 and (await late.json())["error"]["code"] == "invalid_api_key"
+    assert (await client.get("/v1/models", headers=bearer(new["secret"]))).status == 200
+
+
+async def test_revoking_the_new_key_ends_the_grace(clocked: tuple[TestClient, Clock]) -> None:
+    client, _ = clocked
+    old = await (await client.post("/admin/keys", json={"team": "ops"}, headers=ADMIN)).json()
+    new = await (
+        await client.post(f"/admin/keys/{old['id']}/rotate", json={"grace_s": 3600}, headers=ADMIN)
+    ).json()
+    assert (await client.get("/v1/models", headers=bearer(old["secret"]))).status == 200  # cached
+    assert (await client.delete(f"/admin/keys/{new['id']}", headers=ADMIN)).status == 200
+    for secret in (old["secret"], new["secret"]):
+        refused = await client.get("/v1/models", headers=bearer(secret))
+        assert refused.status == 401 and (await refused.json())["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize("grace", [-1, 7 * 86400 + 1, "1h", True, None])
+async def test_a_grace_out_of_bounds_is_a_400_naming_it(client: TestClient, grace: object) -> None:
+    old = await (await client.post("/admin/keys", json={"team": "ops"}, headers=ADMIN)).json()
+    resp = await client.post(
+        f"/admin/keys/{old['id']}/rotate",
+        json={"grace_s": grace},
+        headers=ADMIN,
+    )
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["error"]["param"] == "grace_s"
+    assert (await client.get("/v1/models", headers=bearer(old["secret"]))).status == 200  # not rotated

@@ -344,3 +344,48 @@ async def test_sql_looking_and_odd_secrets_are_just_unknown(ring: KeyRing, secre
 async def test_a_key_whose_team_left_the_policy_is_refused(store: CountingStore, clock: Clock) -> None:
     secret, _ = await KeyRing(store, TEAMS, clock=clock).create("ops")
     assert await KeyRing(store, {"research": TEAMS["research"]}, clock=clock).authenticate(secret) is None
+
+
+async def test_a_grace_lets_the_old_secret_in_as_the_new_key_until_its_time(
+    ring: KeyRing, store: CountingStore, clock: Clock
+) -> None:
+    old_secret, old = await ring.create("research", KeySettings(rpm=7))
+    assert await ring.authenticate(old_secret) is not None  # cached in this process
+    new_secret, new = await ring.rotate(old.key_id, grace_s=60.0)
+    assert (new.previous_hash, new.previous_until) == (old.hash, clock.now + 60.0)
+    by_old = await ring.authenticate(old_secret)
+    by_new = await ring.authenticate(new_secret)
+    assert by_old is not None and by_new is not None
+    assert by_old.key_id == by_new.key_id == new.key_id and by_old.rpm == 7  # one key, one count
+    assert (by_old.previous_secret, by_new.previous_secret) == (True, False)
+    lookups = store.lookups
+    clock.now += 57.0  # the old secret's entry was refreshed (cache_s 5 s): cached past the end
+    assert await ring.authenticate(old_secret) is not None
+    clock.now += 3.0  # the grace's end, within that cached entry
+    assert await ring.authenticate(old_secret) is None
+    assert await ring.authenticate(new_secret) is not None
+    assert store.lookups == lookups + 2  # one each at 57 s: the end was judged from the cache
+
+
+async def test_a_grace_ends_with_a_revocation_a_second_rotation_or_the_keys_expiry(
+    ring: KeyRing, clock: Clock
+) -> None:
+    first, key = await ring.create("ops", KeySettings(expires_in_s=100.0))
+    second, key2 = await ring.rotate(key.key_id, grace_s=3600.0)
+    assert await ring.authenticate(first) is not None
+    third, key3 = await ring.rotate(key2.key_id, grace_s=3600.0)  # only the last secret is kept
+    assert await ring.authenticate(first) is None
+    assert await ring.authenticate(second) is not None
+    clock.now += 100.0  # the key expires: its grace with it
+    assert await ring.authenticate(second) is None
+    clock.now -= 100.0
+    await ring.revoke(key3.key_id)  # forgets the cached previous secret at once
+    assert await ring.authenticate(second) is None and await ring.authenticate(third) is None
+
+
+@pytest.mark.parametrize("grace_s", [-1.0, 7 * 86400.0 + 1, float("nan"), float("inf")])
+async def test_a_grace_out_of_bounds_is_refused(ring: KeyRing, grace_s: float) -> None:
+    _, key = await ring.create("ops")
+    with pytest.raises(InvalidRequest) as exc:
+        await ring.rotate(key.key_id, grace_s)
+    assert exc.value.param == "grace_s"

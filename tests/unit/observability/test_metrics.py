@@ -67,7 +67,7 @@ def test_exposition_is_the_same_text_prometheus_client_writes() -> None:
         ("gateway_rollouts", ("promoted", "rolled_back", "aborted")),
         ("gateway_policy_reloads", ("applied", "unchanged", "invalid", "failed")),
         ("gateway_auth_throttled", ("api", "admin", "metrics")),
-        ("gateway_previous_token_used", ("admin", "metrics")),
+        ("gateway_previous_token_used", ("admin", "metrics", "key")),
     ):
         for result in results:
             ref[family].labels(result)  # type: ignore[attr-defined]
