@@ -276,7 +276,7 @@ def _print_table(rows: list[Json]) -> None:
                 k["id"],
                 k["prefix"],
                 k["team"],
-                k["status"],
+                _status(k),
                 k["name"] or "",
                 _date(k["created_at"]),
                 _date(k["expires_at"]) if k["expires_at"] is not None else "never",
@@ -287,6 +287,14 @@ def _print_table(rows: list[Json]) -> None:
     widths = [max(len(row[i]) for row in shown) for i in range(len(shown[0]))]
     for row in shown:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _status(key: Json) -> str:
+    """A key's status, and until when the secret it replaced still works (a rotation's grace)."""
+    until = key.get("grace_until")
+    if until is None or key["status"] != "active" or until <= time.time():
+        return str(key["status"])
+    return f"active (old secret until {_date(until)})"
 
 
 def _date(epoch_s: float) -> str:

@@ -188,6 +188,8 @@ def test_keys_made_by_the_cli_work_on_a_running_gateway_and_url_mode(
     listed = keys_json(workdir, "list", "--policy", "policy.yaml")["data"]
     new_local = next(k for k in listed if k["grace_until"] is not None)
     assert new_local["grace_until"] - new_local["created_at"] in (3600, 3601)  # whole seconds
+    table = keys(workdir, "list", "--policy", "policy.yaml").stdout
+    assert f"{new_local['id']}" in table and "active (old secret until " in table
     request = urllib.request.Request(
         f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {local['secret']}"}
     )
