@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -46,7 +47,6 @@ from gateway.http.auth import AZURE_API_KEY
 from gateway.http.middleware import CatchAll, expect_handler, expectation_failed, gateway_handler, unmatched
 from gateway.live_policy import LivePolicy, provider_clients
 from gateway.memory.backends import build_memory
-from gateway.memory.ingest import IngestService
 from gateway.memory.lifecycle import lifecycle_loop
 from gateway.memory.service import MemoryService, TextEmbedder
 from gateway.observability import worker_totals
@@ -73,6 +73,9 @@ from gateway.service.recovery import (
 from gateway.service.responses import ResponsesService, cache_budgets
 from gateway.settings import Settings, parse_networks
 from gateway.wire.requests import Endpoint
+
+if TYPE_CHECKING:
+    from gateway.memory.ingest import IngestService
 
 
 def build_app(
@@ -160,6 +163,8 @@ def build_app(
     app[keys.RESPONSES] = ResponsesService(service, store, app[keys.REQUEST_IDS].new)
     ingest: IngestService | None = None
     if service.memory is not None:
+        from gateway.memory.ingest import IngestService  # file ingestion: only with memory on
+
         app[keys.MEMORY] = service.memory
         metrics.memory_collector(service.memory)
         ingest = app[keys.INGEST] = IngestService(

@@ -7,7 +7,7 @@ Nothing a request needs lives in a module global: it is built once at start-up, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -17,7 +17,6 @@ from gateway.auth.identity import Caller
 from gateway.auth.keyring import KeyRing
 from gateway.auth.throttle import FailedAuthThrottle
 from gateway.cache.service import ResponseCache
-from gateway.memory.ingest import IngestService
 from gateway.memory.service import MemoryService
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
@@ -34,6 +33,9 @@ from gateway.service.recovery import MemoryGuard
 from gateway.service.responses import ResponsesService
 from gateway.service.shadow import ShadowTraffic
 from gateway.settings import Settings
+
+if TYPE_CHECKING:  # imported by build_app when memory is on (its formats and pipeline: ~20 ms)
+    from gateway.memory.ingest import IngestService
 
 
 @dataclass(slots=True)
@@ -85,7 +87,7 @@ SHADOW = web.AppKey("shadow", ShadowTraffic)
 CACHE = web.AppKey("cache", ResponseCache)
 MEMORY = web.AppKey("memory", MemoryService)
 # File ingestion into memory (POST /v1/memory/files, /v1/memory/jobs): present with MEMORY
-INGEST = web.AppKey("ingest", IngestService)
+INGEST: web.AppKey[IngestService] = web.AppKey("ingest")
 # The limits' gate and its limiter (RPM, TPM, budgets, usage rows: /admin/usage)
 LIMITS = web.AppKey("limits", LimitGate)
 # The virtual keys (auth.mode: keys); absent, every key is refused with 503, never let in.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -19,13 +19,15 @@ from gateway.http.responses import json_response
 from gateway.http.sse import send_paced
 from gateway.http.upload import read_upload
 from gateway.memory.chunking import ChunkOptions
-from gateway.memory.ingest import LIST_MAX, IngestService
-from gateway.memory.jobs import ACTIVE, JobOptions
+from gateway.memory.jobs import ACTIVE, LIST_MAX, JobOptions
 from gateway.service.context import CallContext, on_behalf_of
 from gateway.service.grants import memory_access_of
 from gateway.wire.memory import MemoryFileIn
 from gateway.wire.requests import Endpoint
 from gateway.wire.sse import encode_event
+
+if TYPE_CHECKING:  # the ingest machinery is imported by build_app when memory is on
+    from gateway.memory.ingest import IngestService
 
 _STATUSES = frozenset({"queued", "running", "paused", "done", "failed", "cancelled", "interrupted"})
 

@@ -20,7 +20,7 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -37,10 +37,12 @@ from gateway.errors import (
 from gateway.http.body import refuse_compressed
 from gateway.memory.access import MemoryAccess
 from gateway.memory.formats import READ_BYTES, format_of, supported
-from gateway.memory.ingest import IngestService, Spooled
 from gateway.policy.model import Ingest
 from gateway.wire.audio import AudioForm
 from gateway.wire.memory import MemoryFileIn
+
+if TYPE_CHECKING:  # the ingest machinery is imported by build_app when memory is on
+    from gateway.memory.ingest import IngestService, Spooled
 
 T = TypeVar("T")
 

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from urllib.parse import urlparse
 
 from gateway.errors import StartupError
-from gateway.memory.index import HnswIndex
 from gateway.memory.records import MemoryStore
 from gateway.memory.service import MemoryService, TextEmbedder
 from gateway.memory.sqlite_store import SQLiteMemoryStore
@@ -95,6 +94,10 @@ def build_memory(
     """The memory service; ``embed`` is the request service's embeddings path. A worker of
     ``serve --workers N`` shares the store with the others (``shared_by_workers``: its index
     follows their writes) and only one of them writes the index files (``owns_index_files``)."""
+    # numpy and usearch (~0.1-0.2 s of imports) only once a memory service is built: at start-up,
+    # before the port opens, and never by a gateway whose policy turns memory off.
+    from gateway.memory.index import HnswIndex
+
     index = HnswIndex(config.index_dir, seal_vectors=config.index_segment_vectors)
     if not owns_index_files:
         index.keep_segments_private()  # the index directory's files are the owner's to write

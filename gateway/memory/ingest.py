@@ -38,6 +38,7 @@ from gateway.memory.formats import READ_BYTES
 from gateway.memory.jobs import (
     ACTIVE,
     FINISHED,
+    LIST_MAX,
     RESUMABLE,
     IngestJob,
     JobOptions,
@@ -52,7 +53,6 @@ from gateway.policy.model import Ingest
 
 log = logging.getLogger("gateway.memory.ingest")
 
-LIST_MAX = 200
 _CANCEL_WAIT_POLL_S = 0.2  # how often a cancel waiting for another process looks at the job
 # A job the store shows running that was saved this recently is taken to be running in another
 # process (a running job saves after every write, every second or so).

@@ -26,6 +26,7 @@ ACTIVE = frozenset({"queued", "running"})
 RESUMABLE = frozenset({"paused", "interrupted", "cancelled", "failed"})
 FINISHED = frozenset({"done", "failed", "cancelled", "paused", "interrupted"})
 MAX_ERRORS_KEPT = 100  # errors listed in a job (all are counted)
+LIST_MAX = 200  # jobs listed at most by one call (GET /v1/memory/jobs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,62 @@ def test_the_processes_the_tests_start_read_bytecode_instead_of_compiling() -> N
     # gateway a test started compiled ~160 modules from source, about 0.3 s of CPU each time.
     # They write it once to a cache outside the tree (PYTHONPYCACHEPREFIX) and read it after.
     assert not os.environ.get("PYTHONDONTWRITEBYTECODE")
+
+
+# Imported only when what needs them is built (``build_app``, before the port opens, so a first
+# request never waits for them): numpy and usearch by the memory index and the semantic cache,
+# the file-ingestion machinery (its formats' pipeline and spool) by the memory service.
+_BUILT_ON_DEMAND = (
+    "numpy",
+    "usearch",
+    "gateway.memory.index",
+    "gateway.cache.semantic",
+    "gateway.memory.ingest",
+    "gateway.memory.pipeline",
+)
+
+_APP_POLICY = """
+version: 1
+auth: {mode: open}
+providers:
+  a: {kind: openai, base_url: "http://a.test/v1"}
+models:
+  m: {deployments: [{provider: a, model: ma}]}
+  emb: {deployments: [{provider: a, model: ea}]}
+"""
+
+
+_BUILD = """
+import sys
+import gateway.app
+print(" ".join(sorted(sys.modules)))
+from gateway.app import build_app
+from gateway.policy.loader import parse_policy
+from gateway.settings import Settings
+for policy in sys.argv[1:]:
+    build_app(Settings(access_log=False), parse_policy(policy), {})
+    print(" ".join(sorted(sys.modules)))
+"""
+
+
+def test_the_app_imports_numpy_and_the_ingest_machinery_only_when_it_builds_what_needs_them(
+    tmp_path: Path,
+) -> None:
+    # One process: import gateway.app, build the app of a policy without memory or a semantic
+    # category, then of one with both; the modules loaded after each step.
+    off = _APP_POLICY + "memory: {enabled: false}\n"
+    on = (
+        _APP_POLICY
+        + f"memory: {{embedding_model: emb, path: {tmp_path / 'm.db'}, index_dir: {tmp_path / 'ix'}}}\n"
+        + "cache:\n  default_category: s\n  categories:\n"
+        + "    s: {ttl_s: 60, max_bytes: 1MB, semantic: {embedding_model: emb}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _BUILD, off, on], capture_output=True, text=True, timeout=60, check=True
+    )
+    imported, built_off, built_on = (set(line.split()) for line in done.stdout.splitlines())
+    heavy = set(_BUILT_ON_DEMAND)
+    assert not imported & heavy, sorted(imported & heavy)
+    assert not built_off & heavy, sorted(built_off & heavy)
+    # Built with memory and a semantic category: all imported by build_app, before it serves.
+    assert heavy <= built_on, sorted(heavy - built_on)
