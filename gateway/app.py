@@ -7,10 +7,11 @@ import contextlib
 import os
 import random
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -36,10 +37,8 @@ from gateway.auth.gate import LimitGate
 from gateway.auth.keyring import KeyRing
 from gateway.auth.limits import Limiter, LocalLimiter
 from gateway.auth.records import KeyStore
-from gateway.auth.redis_limits import RedisLimiter
 from gateway.auth.throttle import FailedAuthThrottle
 from gateway.cache.memory_store import MemoryStore
-from gateway.cache.redis_store import RedisStore
 from gateway.cache.service import ResponseCache
 from gateway.cache.store import CacheStore
 from gateway.errors import StartupError
@@ -57,9 +56,8 @@ from gateway.observability.tracing import Tracer, TracingUnavailable, tracer_fro
 from gateway.policy.model import Policy
 from gateway.providers.base import Transport
 from gateway.routing.rollout import RolloutController
-from gateway.routing.rollout_store import FileRolloutStore, RedisRolloutStore, RolloutStore
+from gateway.routing.rollout_store import FileRolloutStore, RolloutStore
 from gateway.routing.router import Router
-from gateway.routing.shared import SharedRouting
 from gateway.service.calls import RequestService
 from gateway.service.context import RequestIds
 from gateway.service.health import HealthMonitor, RedisProbe
@@ -74,8 +72,13 @@ from gateway.service.responses import ResponsesService, cache_budgets
 from gateway.settings import Settings, parse_networks
 from gateway.wire.requests import Endpoint
 
+# Imported where they are built: the ingest machinery with memory on, redis-py (~0.15 s of
+# imports, in gateway/redis_link.py and the Redis stores) only when REDIS_URL is set.
 if TYPE_CHECKING:
+    from gateway.auth.redis_limits import RedisLimiter
+    from gateway.cache.redis_store import RedisStore
     from gateway.memory.ingest import IngestService
+    from gateway.routing.shared import SharedRouting
 
 
 def build_app(
@@ -255,10 +258,10 @@ def _watch_health(
     check runs once they are open."""
     metrics = app[keys.METRICS]
     redis: dict[str, RedisProbe] = {}
-    if isinstance(store, RedisStore):
+    if _is_redis_store(store):
         redis["redis:cache"] = store
         metrics.recovery.add_source(link_reconnects("redis_cache_reconnect", store))
-    if isinstance(limiter, RedisLimiter):
+    if _is_redis_limiter(limiter):
         redis["redis:limits"] = limiter
         metrics.recovery.add_source(link_reconnects("redis_limits_reconnect", limiter))
     if keys.SHARED_ROUTING in app:
@@ -296,6 +299,17 @@ def _watch_health(
         app.cleanup_ctx.append(guard.running)
 
 
+def _is_redis_store(store: CacheStore) -> TypeGuard[RedisStore]:
+    # Without REDIS_URL its module is not imported, and no store of it exists (a test may pass one in).
+    module = sys.modules.get("gateway.cache.redis_store")
+    return module is not None and isinstance(store, module.RedisStore)
+
+
+def _is_redis_limiter(limiter: Limiter) -> TypeGuard[RedisLimiter]:
+    module = sys.modules.get("gateway.auth.redis_limits")
+    return module is not None and isinstance(limiter, module.RedisLimiter)
+
+
 def _cleanup_steps(
     cache: ResponseCache, store: CacheStore, memory: MemoryService | None
 ) -> list[CleanupStep]:
@@ -318,6 +332,8 @@ def _cleanup_steps(
 def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
     budgets = cache_budgets(policy)  # the policy's categories and kept responses (issue 17)
     if settings.redis_url:
+        from gateway.cache.redis_store import RedisStore
+
         return RedisStore(
             settings.redis_url,
             budgets,
@@ -330,6 +346,8 @@ def _cache_store(settings: Settings, policy: Policy) -> CacheStore:
 def _rollout_store(settings: Settings) -> RolloutStore:
     """Shared by every replica through Redis when ``REDIS_URL`` is set, else a file of this host."""
     if settings.redis_url:
+        from gateway.routing.redis_rollout_store import RedisRolloutStore
+
         return RedisRolloutStore(settings.redis_url, settings.rollout_prefix)
     return FileRolloutStore(os.path.join(settings.state_dir, "rollouts.json"))
 
@@ -342,6 +360,8 @@ def _shared_routing(settings: Settings, router: Router, metrics: GatewayMetrics)
     def health(up: bool, peers: int) -> None:
         metrics.shared_state_up.set(1 if up else 0)
         metrics.shared_state_replicas.set(peers)
+
+    from gateway.routing.shared import SharedRouting
 
     return SharedRouting(
         settings.redis_url,
@@ -364,6 +384,8 @@ def _runner_id(settings: Settings) -> str:
 def _limiter(settings: Settings, policy: Policy, metrics: GatewayMetrics) -> Limiter:
     """Shared by every replica through Redis when ``REDIS_URL`` is set, else in process."""
     if settings.redis_url:
+        from gateway.auth.redis_limits import RedisLimiter
+
         return RedisLimiter(
             settings.redis_url,
             fail=policy.auth.limits_fail,  # op timeout: redis_limits.OP_TIMEOUT_S, not the cache's

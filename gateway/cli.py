@@ -240,7 +240,6 @@ def _serve(args: argparse.Namespace) -> int:
 def _run_server(args: argparse.Namespace) -> int:
     from gateway.observability.logging import configure_logging
     from gateway.policy.loader import PolicyError, load_policy_with_digest
-    from gateway.redis_link import url_problem
 
     # The app (aiohttp, the stores, numpy: about 1 s of imports) only once the settings, the
     # policy and REDIS_URL are known good, so a mistyped setting is said at once.
@@ -258,8 +257,11 @@ def _run_server(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"sophia-gateway: cannot start, the policy is invalid:\n{exc}", file=sys.stderr)
         return 2
-    if settings.redis_url and (problem := url_problem(settings.redis_url)) is not None:
-        raise StartupError(problem)
+    if settings.redis_url:
+        from gateway.redis_link import url_problem  # redis-py: only for a gateway that uses Redis
+
+        if (problem := url_problem(settings.redis_url)) is not None:
+            raise StartupError(problem)
     if args.workers == 1:
         from gateway.app import build_app
         from gateway.server import run

@@ -25,7 +25,6 @@ from gateway.policy.model import Policy
 from gateway.policy.versions import PolicyStatus, ReloadOutcome
 from gateway.routing.rollout import RolloutController
 from gateway.routing.router import Router
-from gateway.routing.shared import SharedRouting
 from gateway.service.calls import RequestService
 from gateway.service.context import CallRecord, RequestIds
 from gateway.service.health import HealthMonitor
@@ -34,8 +33,9 @@ from gateway.service.responses import ResponsesService
 from gateway.service.shadow import ShadowTraffic
 from gateway.settings import Settings
 
-if TYPE_CHECKING:  # imported by build_app when memory is on (its formats and pipeline: ~20 ms)
+if TYPE_CHECKING:  # imported by build_app when it builds them: memory on; REDIS_URL set
     from gateway.memory.ingest import IngestService
+    from gateway.routing.shared import SharedRouting
 
 
 @dataclass(slots=True)
@@ -80,7 +80,7 @@ RESPONSES = web.AppKey("responses", ResponsesService)  # the Responses API front
 ROLLOUTS = web.AppKey("rollouts", RolloutController)
 # Shared routing state between replicas (``routing/shared.py``); absent without REDIS_URL or with
 # SOPHIA_SHARED_ROUTING=0. It reads the router's live states at each sync: nothing to call on reload.
-SHARED_ROUTING = web.AppKey("shared_routing", SharedRouting)
+SHARED_ROUTING: web.AppKey[SharedRouting] = web.AppKey("shared_routing")
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 # Shadow traffic's mirrors and figures (/admin/shadow); the request service's own
 SHADOW = web.AppKey("shadow", ShadowTraffic)

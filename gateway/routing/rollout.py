@@ -45,7 +45,6 @@ from gateway.errors import GatewayError, HTTPStatusError, NotFound, ServiceUnava
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.model import Policy, Rollout
 from gateway.quoting import listed
-from gateway.redis_link import FAILURES
 from gateway.routing.rollout_state import (
     FINISHED,
     RolloutKey,
@@ -177,7 +176,7 @@ class RolloutController:
         while True:
             try:
                 await self.tick()
-            except FAILURES as exc:  # the store is down (or not Redis): keep the last state
+            except self._store.failures as exc:  # the store is down: keep the last state
                 self._store_failed(exc)
             except Exception:  # a bug: keep the last state, say so, try again
                 log.exception("rollout tick failed")
@@ -339,7 +338,7 @@ class RolloutController:
         rollout = self._find(group)
         try:
             state = await self._act(rollout, group, action)
-        except FAILURES as exc:
+        except self._store.failures as exc:
             self._store_failed(exc)
             raise ServiceUnavailable(
                 f"The rollout store cannot be reached, so the rollout in model group {quoted(group)} "

@@ -19,6 +19,9 @@ Each applied write sets ``version`` to the stored one plus one. In Redis a rollo
 of another shape than the command's (a server on the port that speaks RESP but is not the Redis
 the script runs on) raises ``InvalidResponse``, a ``RedisError``: the callers take it for Redis
 down, as they take the other failures (``redis_link.FAILURES``), not for a bug.
+
+The Redis store is ``redis_rollout_store.RedisRolloutStore``: a module of its own, so a gateway
+without ``REDIS_URL`` never imports redis-py (~0.15 s of imports).
 """
 
 from __future__ import annotations
@@ -34,10 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import orjson
-from redis.commands.core import AsyncScript
-from redis.exceptions import InvalidResponse
 
-from gateway.redis_link import RedisClient, redis_client
 from gateway.routing.rollout_state import FINISHED, RolloutKey, RolloutState
 
 WriteMode = Literal["create", "cas", "rollback", "remove"]
@@ -46,6 +46,10 @@ OP_TIMEOUT_S = 1.0
 
 class RolloutStore(Protocol):
     """The rollout states (see the module docstring)."""
+
+    # What the store raises when it cannot be reached: the controller keeps the last state on
+    # them (a 503 for an action by hand), and takes anything else for a bug.
+    failures: tuple[type[Exception], ...]
 
     async def start(self) -> None: ...
 
@@ -85,153 +89,6 @@ def applies(mode: WriteMode, current: RolloutState | None, expected_version: int
     return current.status not in FINISHED and current.status != "removed"
 
 
-# KEYS: the rollout's hash.  ARGV: mode, expected version, then field, value pairs.
-_WRITE = """
-local current = redis.call('HGET', KEYS[1], 'version')
-local mode = ARGV[1]
-local apply = false
-if mode == 'create' then
-  apply = not current
-elseif mode == 'cas' then
-  apply = current and current == ARGV[2]
-elseif current then
-  local status = redis.call('HGET', KEYS[1], 'status')
-  if mode == 'remove' then
-    apply = status ~= 'removed'
-  else
-    apply = status ~= 'promoted' and status ~= 'rolled_back' and status ~= 'aborted' and status ~= 'removed'
-  end
-end
-if apply then
-  for i = 3, #ARGV, 2 do
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  end
-  redis.call('HSET', KEYS[1], 'version', tostring((tonumber(current) or 0) + 1))
-end
-return {apply and 1 or 0, redis.call('HGETALL', KEYS[1])}
-"""
-
-
-# KEYS: the rollout's hash.  ARGV: seen_at.
-_TOUCH = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'seen_at', ARGV[1])
-end
-return 1
-"""
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _decoded(flat: list[bytes]) -> dict[str, str]:
-    return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
-
-
-def _texts(values: object) -> bool:
-    return all(isinstance(v, bytes | str) for v in values) if isinstance(values, list | dict) else False
-
-
-def _unreadable(what: str, reply: object) -> InvalidResponse:
-    # The reply's type only: its text is whatever the server on the port sent.
-    return InvalidResponse(f"the rollout store's {what} reply is not Redis's: {type(reply).__name__}")
-
-
-@contextlib.contextmanager
-def _reading(what: str) -> Iterator[None]:
-    """redis-py's reply parsing (its response callbacks) meeting a reply of another shape raises
-    what it happens to raise: as ``InvalidResponse``, so callers see a failed call."""
-    try:
-        yield
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
-        raise InvalidResponse(
-            f"the rollout store's {what} reply is not Redis's: {type(exc).__name__}"
-        ) from exc
-
-
-class RedisRolloutStore:
-    """Rollout states in Redis, shared by every replica (one hash per rollout)."""
-
-    def __init__(self, url: str, prefix: str = "sophia:rollout:") -> None:
-        self._url = url
-        self._prefix = prefix
-        self._client: RedisClient | None = None
-        self._script: AsyncScript | None = None
-        self._touch: AsyncScript | None = None
-
-    async def start(self) -> None:
-        self._client = redis_client(self._url, OP_TIMEOUT_S, 30.0)
-        self._script = self._client.register_script(_WRITE)
-        self._touch = self._client.register_script(_TOUCH)
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
-
-    def _redis(self) -> RedisClient:
-        if self._client is None:
-            raise RuntimeError("the rollout store is not started")
-        return self._client
-
-    async def load(self, key: RolloutKey) -> RolloutState | None:
-        async with asyncio.timeout(OP_TIMEOUT_S):
-            with _reading("HGETALL"):
-                raw = await self._redis().hgetall(self._prefix + key.id)
-        if not isinstance(raw, dict) or not _texts(list(raw)) or not _texts(list(raw.values())):
-            raise _unreadable("HGETALL", raw)
-        return RolloutState.from_fields({_text(k): _text(v) for k, v in raw.items()}) if raw else None
-
-    async def write(
-        self, key: RolloutKey, mode: WriteMode, state: RolloutState, expected_version: int = 0
-    ) -> tuple[bool, RolloutState | None]:
-        fields = state.fields()
-        del fields["version"]
-        args: list[str] = [mode, str(expected_version)]
-        for name, value in fields.items():
-            args += [name, value]
-        script = self._script
-        if script is None:
-            raise RuntimeError("the rollout store is not started")
-        async with asyncio.timeout(OP_TIMEOUT_S):
-            with _reading("script"):
-                reply = await script(keys=[self._prefix + key.id], args=args)
-        # The script's {applied (0 or 1), HGETALL's flat list}.
-        if not (isinstance(reply, list) and len(reply) == 2 and reply[0] in (0, 1) and _texts(reply[1])):
-            raise _unreadable("script", reply)
-        applied, flat = reply
-        stored = RolloutState.from_fields(_decoded(flat)) if flat else None
-        return bool(applied), stored
-
-    async def keys(self) -> list[RolloutKey]:
-        found: list[RolloutKey] = []
-        async with asyncio.timeout(OP_TIMEOUT_S * 5):
-            with _reading("SCAN"):
-                async for name in self._redis().scan_iter(match=self._glob_prefix() + "*", count=500):
-                    if not isinstance(name, bytes | str):
-                        raise _unreadable("SCAN", name)
-                    key = RolloutKey.from_id(_text(name)[len(self._prefix) :])
-                    if key is not None:
-                        found.append(key)
-        return sorted(found)
-
-    async def delete(self, key: RolloutKey) -> None:
-        async with asyncio.timeout(OP_TIMEOUT_S):
-            with _reading("DEL"):
-                await self._redis().delete(self._prefix + key.id)
-
-    async def touch(self, key: RolloutKey, now: float) -> None:
-        if self._touch is None:
-            raise RuntimeError("the rollout store is not started")
-        async with asyncio.timeout(OP_TIMEOUT_S):
-            with _reading("touch"):
-                await self._touch(keys=[self._prefix + key.id], args=[repr(now)])
-
-    def _glob_prefix(self) -> str:
-        return "".join(f"\\{c}" if c in "*?[]\\" else c for c in self._prefix)
-
-
 class FileRolloutStore:
     """Rollout states in one small JSON file, for a gateway without Redis: rewritten whole on
     every change (a temporary file renamed over it, so a crash never leaves half a file), read
@@ -240,6 +97,8 @@ class FileRolloutStore:
     file beside it, so the workers of ``serve --workers N`` (which share the file) never write
     over one another's changes: without it, two workers' changes made at once kept only one,
     and a lost rollback put a failing candidate back in the plan."""
+
+    failures: tuple[type[Exception], ...] = (OSError, TimeoutError)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
@@ -347,5 +206,5 @@ class FileRolloutStore:
 
 if TYPE_CHECKING:
 
-    def _conforms(redis_store: RedisRolloutStore, file_store: FileRolloutStore) -> list[RolloutStore]:
-        return [redis_store, file_store]
+    def _conforms(file_store: FileRolloutStore) -> list[RolloutStore]:
+        return [file_store]

@@ -25,8 +25,8 @@ from gateway.policy.model import Breaker
 from gateway.redis_link import Outage, RedisClient, redis_client
 from gateway.redis_pool import POOL_FLOOR, WaitingConnectionPool
 from gateway.routing.breaker import BreakerState, CircuitBreaker
+from gateway.routing.redis_rollout_store import RedisRolloutStore
 from gateway.routing.rollout_state import RolloutKey, RolloutState
-from gateway.routing.rollout_store import RedisRolloutStore
 from gateway.routing.shared import SharedRouting
 from gateway.routing.stats import DeploymentStats
 from gateway.routing.target import DeploymentState

@@ -95,6 +95,9 @@ models:
 """
 
 
+# And redis-py (with the OpenTelemetry metrics SDK its own observability imports) only with REDIS_URL.
+_REDIS = ("redis", "gateway.redis_link", "opentelemetry.sdk.metrics")
+
 _BUILD = """
 import sys
 import gateway.app
@@ -102,17 +105,18 @@ print(" ".join(sorted(sys.modules)))
 from gateway.app import build_app
 from gateway.policy.loader import parse_policy
 from gateway.settings import Settings
-for policy in sys.argv[1:]:
-    build_app(Settings(access_log=False), parse_policy(policy), {})
+for policy, redis_url in zip(sys.argv[1::2], sys.argv[2::2]):
+    build_app(Settings(access_log=False, redis_url=redis_url or None), parse_policy(policy), {})
     print(" ".join(sorted(sys.modules)))
 """
 
 
-def test_the_app_imports_numpy_and_the_ingest_machinery_only_when_it_builds_what_needs_them(
+def test_the_app_imports_numpy_redis_and_the_ingest_machinery_only_when_it_builds_what_needs_them(
     tmp_path: Path,
 ) -> None:
     # One process: import gateway.app, build the app of a policy without memory or a semantic
-    # category, then of one with both; the modules loaded after each step.
+    # category and no REDIS_URL, then of one with both and REDIS_URL (build_app connects to
+    # nothing); the modules loaded after each step.
     off = _APP_POLICY + "memory: {enabled: false}\n"
     on = (
         _APP_POLICY
@@ -121,11 +125,15 @@ def test_the_app_imports_numpy_and_the_ingest_machinery_only_when_it_builds_what
         + "    s: {ttl_s: 60, max_bytes: 1MB, semantic: {embedding_model: emb}}\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", _BUILD, off, on], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", _BUILD, off, "", on, "redis://127.0.0.1:6379/0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     imported, built_off, built_on = (set(line.split()) for line in done.stdout.splitlines())
-    heavy = set(_BUILT_ON_DEMAND)
+    heavy = {*_BUILT_ON_DEMAND, *_REDIS}
     assert not imported & heavy, sorted(imported & heavy)
     assert not built_off & heavy, sorted(built_off & heavy)
-    # Built with memory and a semantic category: all imported by build_app, before it serves.
+    # Built with them all: all imported by build_app, before it serves.
     assert heavy <= built_on, sorted(heavy - built_on)

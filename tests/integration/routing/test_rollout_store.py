@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.routing.redis_rollout_store import RedisRolloutStore
 from gateway.routing.rollout_state import RolloutKey, RolloutState
-from gateway.routing.rollout_store import FileRolloutStore, RedisRolloutStore, RolloutStore
+from gateway.routing.rollout_store import FileRolloutStore, RolloutStore
 from tests.unit.routing.test_rollout import KEY, Clock, Rig
 
 OTHER = RolloutKey("g/with:colon", "prov", "org/model:8b")
