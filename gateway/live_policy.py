@@ -28,7 +28,7 @@ from typing import Any, Literal
 import watchfiles
 
 from gateway.auth.keyring import KeyRing
-from gateway.cache.service import ResponseCache
+from gateway.cache.service import ResponseCache, load_semantic_index
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.loader import PolicyError, parse_policy_bytes, read_policy_file
 from gateway.policy.model import Policy
@@ -243,6 +243,7 @@ class LivePolicy:
                 await client.close()
             return self._refused(source, (f"a provider client failed to start: {exc!r}",), "failed")
         try:
+            await asyncio.to_thread(load_semantic_index, policy.cache)
             prepared = await asyncio.to_thread(self._router.prepare, policy, clients)
         except BaseException:
             for client in fresh:

@@ -152,6 +152,13 @@ class Flights:
             future.set_result(answer)
 
 
+def load_semantic_index(config: Cache) -> None:
+    """Import the semantic index's module (numpy: ~0.1 s) if ``config`` has a semantic category.
+    A policy reload calls this in a thread, so ``reconfigure``, on the event loop, finds it loaded."""
+    if any(c.semantic is not None for c in config.categories.values()):
+        import gateway.cache.semantic  # noqa: F401
+
+
 class ResponseCache:
     def __init__(self, config: Cache, store: CacheStore, metrics: GatewayMetrics) -> None:
         self.store = store
