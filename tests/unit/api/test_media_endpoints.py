@@ -652,6 +652,47 @@ async def test_a_long_field_is_bounded_by_the_form_not_by_64_kib(gw: Gateway) ->
     assert caught.value.status_code == 413
 
 
+def _part(name: str, value: bytes, head: bytes = b"") -> bytes:
+    return (
+        b'--b\r\nContent-Disposition: form-data; name="'
+        + name.encode()
+        + b'"'
+        + head
+        + b"\r\n\r\n"
+        + value
+        + b"\r\n"
+    )
+
+
+async def test_a_form_is_bounded_by_its_bytes_and_its_fields_not_only_its_values(gw: Gateway) -> None:
+    """(h-probe2) Only the parts' values counted toward server.max_audio_bytes: a body without a
+    declared length (chunked) whose bytes were part headers passed the bound whole (1.6 MB
+    here, 6x it), and a form of 16,000 one-byte fields was read (the repeat check went over every
+    field before it: 12 s of the loop for 930 KB)."""
+    headers = {"Authorization": f"Bearer {gw.sdk.api_key}", "Content-Type": "multipart/form-data; boundary=b"}
+    tail = (
+        _part("model", b"whisper")
+        + _part("file", AUDIO, b'; filename="a.mp3"\r\nContent-Type: audio/mpeg')
+        + b"--b--\r\n"
+    )
+    padding = b"".join(b"\r\nX-Pad-%d: %s" % (i, b"v" * 8000) for i in range(100))  # aiohttp's bounds
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: only the bytes read can tell
+        yield _part("prompt", b"hi", padding)
+        yield _part("language", b"en", padding)
+        yield tail
+
+    before = _seen(gw.good)["requests"]
+    resp = await gw.client.post("/v1/audio/transcriptions", data=chunked(), headers=headers)
+    assert resp.status == 413, await resp.text()
+    assert (await resp.json())["error"]["code"] == "request_too_large"
+    many = b"".join(_part(f"f{i}", b"v") for i in range(1001)) + tail
+    resp = await gw.client.post("/v1/audio/transcriptions", data=many, headers=headers)
+    assert resp.status == 400, await resp.text()
+    assert "1000 fields" in (await resp.json())["error"]["message"]
+    assert _seen(gw.good)["requests"] == before
+
+
 @pytest.mark.parametrize(
     ("content_type", "body", "param"),
     [
