@@ -289,5 +289,12 @@ def key_json(record: KeyRecord, now_s: float) -> dict[str, Any]:
         "expires_at": None if record.expires_at is None else int(record.expires_at),
         "revoked_at": None if record.revoked_at is None else int(record.revoked_at),
         # When the secret it replaced (by rotation with a grace) stops working; None: no grace.
-        "grace_until": None if record.previous_until is None else int(record.previous_until),
+        "grace_until": None if record.previous_until is None else int(grace_end(record)),
     }
+
+
+def grace_end(record: KeyRecord) -> float:
+    """When ``record``'s previous secret stops (or stopped) working: its grace's end, or the key's
+    revocation or expiry if sooner (either ends the grace, ``KeyRecord.in_grace``)."""
+    ends = (record.previous_until, record.revoked_at, record.expires_at)
+    return min(end for end in ends if end is not None)

@@ -329,10 +329,17 @@ async def test_revoking_the_new_key_ends_the_grace(clocked: tuple[TestClient, Cl
         await client.post(f"/admin/keys/{old['id']}/rotate", json={"grace_s": 3600}, headers=ADMIN)
     ).json()
     assert (await client.get("/v1/models", headers=bearer(old["secret"]))).status == 200  # cached
-    assert (await client.delete(f"/admin/keys/{new['id']}", headers=ADMIN)).status == 200
+    revoked = await client.delete(f"/admin/keys/{new['id']}", headers=ADMIN)
+    assert revoked.status == 200
     for secret in (old["secret"], new["secret"]):
         refused = await client.get("/v1/models", headers=bearer(secret))
         assert refused.status == 401 and (await refused.json())["error"]["code"] == "invalid_api_key"
+    # (h-probe2) grace_until says when the old secret stopped working: at the revocation, not an
+    # hour on (which read as a grace still running to a tool comparing it with the time)
+    shown = await revoked.json()
+    assert new["grace_until"] > shown["revoked_at"] and shown["grace_until"] == shown["revoked_at"], shown
+    listed = await (await client.get("/admin/keys?team=ops", headers=ADMIN)).json()
+    assert [k["grace_until"] for k in listed["data"] if k["id"] == new["id"]] == [shown["revoked_at"]]
 
 
 @pytest.mark.parametrize("grace", [-1, 7 * 86400 + 1, "1h", True, None])
