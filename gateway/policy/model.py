@@ -281,13 +281,22 @@ def image_key_problem(key: object) -> str | None:
     return None
 
 
+# The highest price any price field takes, US dollars (per million tokens or characters, per image,
+# per minute): far above any real one, and low enough that a call's cost and the spend summed over
+# years stay finite (a price of 1e308 made gateway_cost_usd_total +Inf after one call of 2 images,
+# and the key's spend in /admin/usage null; a typo of the exponent is the likely cause).
+MAX_PRICE_USD = 1_000_000_000
+
+
 def _price_problem(value: object, wanted: str) -> object:
-    """``value`` if it is a finite non-negative number (or text pydantic reads as one), else
-    raise naming what is ``wanted``."""
+    """``value`` if it is a finite number from 0 to ``MAX_PRICE_USD`` (or text pydantic reads as
+    one), else raise naming what is ``wanted``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"{wanted}, not {quoted(value)}")
     if isinstance(value, (int, float)) and not (0 <= value < math.inf):
         raise ValueError(f"{wanted}: a finite number of 0 or more, not {value!r}")
+    if isinstance(value, (int, float)) and value > MAX_PRICE_USD:
+        raise ValueError(f"{wanted}: at most {MAX_PRICE_USD}, not {value!r}")
     return value
 
 
@@ -301,15 +310,20 @@ class Price(_Strict):
     input_per_mtok: float = Field(
         0.0,
         ge=0,
+        le=MAX_PRICE_USD,
         description="Price of a prompt token (one not read from or written to the provider's "
         "prompt cache, or any prompt token when the cache prices are not set).",
     )
     output_per_mtok: float = Field(
-        0.0, ge=0, description="Price of a completion token (reasoning and thinking tokens included)."
+        0.0,
+        ge=0,
+        le=MAX_PRICE_USD,
+        description="Price of a completion token (reasoning and thinking tokens included).",
     )
     cached_input_per_mtok: float | None = Field(
         None,
         ge=0,
+        le=MAX_PRICE_USD,
         description="Price of a prompt token read from the provider's prompt cache: OpenAI's and "
         "Azure's cached_tokens, Anthropic's cache_read_input_tokens (about 0.1 x input), Gemini's "
         "cachedContentTokenCount. Unset: input_per_mtok.",
@@ -317,12 +331,14 @@ class Price(_Strict):
     cache_write_per_mtok: float | None = Field(
         None,
         ge=0,
+        le=MAX_PRICE_USD,
         description="Price of a prompt token written to the provider's prompt cache: Anthropic's "
         "cache_creation_input_tokens (1.25 x input for its 5-minute cache). Unset: input_per_mtok.",
     )
     cache_write_1h_per_mtok: float | None = Field(
         None,
         ge=0,
+        le=MAX_PRICE_USD,
         description="Price of a prompt token written to Anthropic's 1-hour cache "
         "(cache_creation.ephemeral_1h_input_tokens; 2 x input). Unset: cache_write_per_mtok.",
     )
@@ -337,12 +353,14 @@ class Price(_Strict):
     per_mchar_input: float | None = Field(
         None,
         ge=0,
+        le=MAX_PRICE_USD,
         description="Speech (tts-1, tts-1-hd): US dollars per million characters of input, "
         "priced instead of tokens ($15 for tts-1, $30 for tts-1-hd).",
     )
     per_minute_audio: float | None = Field(
         None,
         ge=0,
+        le=MAX_PRICE_USD,
         description="Transcriptions and translations (whisper-1): US dollars per minute of audio, "
         "as the answer's usage reports its seconds (json, verbose_json), priced instead of tokens "
         "($0.006 for whisper-1). Answers without it (text, srt, vtt) are charged their estimate.",
@@ -374,6 +392,8 @@ class Price(_Strict):
         prices = value.values() if isinstance(value, dict) else () if value is None else (value,)
         if any(price < 0 for price in prices):
             raise ValueError("a price per image may not be negative")
+        if any(price > MAX_PRICE_USD for price in prices):
+            raise ValueError(f"a price per image is at most {MAX_PRICE_USD} US dollars")
         return value
 
     def image_usd(self, size: str, quality: str) -> float:

@@ -102,6 +102,23 @@ HEAD = "version: 1\nauth: {mode: open}\nproviders:\n  a: {kind: openai, base_url
         ("{per_mchar_input: -15}", "per_mchar_input: Input should be greater than or equal to 0"),
         ("{per_minute_audio: .inf}", "per_minute_audio: Input should be a finite number"),
         ("{per_minute_audio: yes}", "per_minute_audio: must be a number, not the boolean True"),
+        # (h-probe2) a price past any real one: two images at 1e308 made gateway_cost_usd_total
+        # +Inf for good, and the key's spend in /admin/usage null
+        (
+            "{per_image: 1.0e+308}",
+            "per_image: a price in US dollars per image, or a mapping by size: at most",
+        ),
+        ("{per_image: '1e308'}", "per_image: a price per image is at most 1000000000 US dollars"),
+        (
+            "{per_image: {256x256: 1.0e+308}}",
+            "'256x256': a price in US dollars per image: at most 1000000000",
+        ),
+        ("{per_mchar_input: 1.0e+308}", "per_mchar_input: Input should be less than or equal to 1000000000"),
+        (
+            "{per_minute_audio: 1.0e+300}",
+            "per_minute_audio: Input should be less than or equal to 1000000000",
+        ),
+        ("{input_per_mtok: 1.0e+308}", "input_per_mtok: Input should be less than or equal to 1000000000"),
     ],
 )
 def test_a_bad_per_unit_price_is_refused_at_load_naming_it(price: str, says: str) -> None:
