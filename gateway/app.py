@@ -58,6 +58,7 @@ from gateway.providers.base import Transport
 from gateway.routing.rollout import RolloutController
 from gateway.routing.rollout_store import FileRolloutStore, RolloutStore
 from gateway.routing.router import Router
+from gateway.service.audio_room import AudioRoom
 from gateway.service.calls import RequestService
 from gateway.service.context import RequestIds
 from gateway.service.health import HealthMonitor, RedisProbe
@@ -126,6 +127,7 @@ def build_app(
     app[keys.POLICY] = policy
     app[keys.METRICS] = metrics
     app[keys.REQUEST_IDS] = RequestIds()
+    app[keys.AUDIO_ROOM] = AudioRoom()
     access_log = app[keys.ACCESS_LOG] = AccessLog.configured(
         settings.access_log, settings.log_format, metrics.access_log_dropped
     )

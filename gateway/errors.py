@@ -37,6 +37,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     │   ├── NoHealthyDeployment    503     service_unavailable     no     code=no_healthy_deployment
     │   ├── LimitsUnavailable      503     service_unavailable     no     code=limits_unavailable; auth.limits_fail: closed
     │   ├── UsageUnavailable       503     service_unavailable     no     code=usage_unavailable; /admin/usage, Redis failed
+    │   ├── UploadsBusy            503     service_unavailable     no     code=uploads_busy; server.max_audio_in_flight_bytes
     │   └── KeyStoreUnavailable    503     service_unavailable     no     code=key_store_unavailable; never an open door
     ├── UpstreamError              502     upstream_error          no     what a provider did; counts against it
     │   ├── UpstreamConnectError   502     upstream_error          yes    refused, reset, closed, DNS, TLS (note 5)
@@ -413,6 +414,20 @@ class NoHealthyDeployment(ServiceUnavailable):
         )
         # 1 s: a breaker is half-open and another call holds its one probe (or is about to).
         self.retry_after_s = retry_after_s
+
+
+class UploadsBusy(ServiceUnavailable):
+    """The transcription forms held in memory at once would pass ``server.max_audio_in_flight_bytes``
+    (``service/audio_room.py``): refused before the form is read, so the connection is closed
+    rather than its body drained."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            "The gateway is holding as many audio uploads as it may at once "
+            f"({limit} bytes, server.max_audio_in_flight_bytes). Retry shortly.",
+            code="uploads_busy",
+            headers={"retry-after": "1", "connection": "close"},
+        )
 
 
 class LimitsUnavailable(ServiceUnavailable):

@@ -25,6 +25,7 @@ from gateway.policy.model import Policy
 from gateway.policy.versions import PolicyStatus, ReloadOutcome
 from gateway.routing.rollout import RolloutController
 from gateway.routing.router import Router
+from gateway.service.audio_room import AudioRoom
 from gateway.service.calls import RequestService
 from gateway.service.context import CallRecord, RequestIds
 from gateway.service.health import HealthMonitor
@@ -88,6 +89,8 @@ CACHE = web.AppKey("cache", ResponseCache)
 MEMORY = web.AppKey("memory", MemoryService)
 # File ingestion into memory (POST /v1/memory/files, /v1/memory/jobs): present with MEMORY
 INGEST: web.AppKey[IngestService] = web.AppKey("ingest")
+# The bytes of transcription forms held at once (server.max_audio_in_flight_bytes)
+AUDIO_ROOM = web.AppKey("audio_room", AudioRoom)
 # The limits' gate and its limiter (RPM, TPM, budgets, usage rows: /admin/usage)
 LIMITS = web.AppKey("limits", LimitGate)
 # The virtual keys (auth.mode: keys); absent, every key is refused with 503, never let in.

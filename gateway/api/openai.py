@@ -18,8 +18,9 @@ from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.http.sse import send_stream
 from gateway.http.upload import read_audio_form
+from gateway.service.calls import RequestService
 from gateway.service.context import CallContext
-from gateway.wire.audio import audio_body
+from gateway.wire.audio import AudioForm, audio_body
 from gateway.wire.requests import Endpoint
 
 
@@ -70,25 +71,36 @@ def transcribe(endpoint: Endpoint, app: web.Application, door_key_header: str = 
         ctx = CallContext.for_client(
             request[keys.REQUEST_ID], started_s, request.headers, caller, record, door_key_header
         )
-        # (the policy's bound read per request: a reload applies to the next upload)
-        form = await read_audio_form(request, request.app[keys.POLICY].server.max_audio_bytes)
-        body = audio_body(form, _stream_field(form.field("stream")))
-        deployment = request.match_info.get("deployment")
-        if deployment is None:
-            answer = await service.run(endpoint, body, ctx)
-        else:
-            body["model"] = deployment
-            try:
-                answer = await service.run(endpoint, body, ctx)
-            except ModelNotFound as exc:
-                if exc.model != deployment:
-                    raise
-                raise DeploymentNotFound(deployment, exc.available) from None
-        if answer.stream is None:  # (never: relayed as bytes, ``BYTES_ENDPOINTS``, and not cached)
-            return json_response(answer.body or b"{}")
-        return await send_stream(request, answer.stream, ctx.request_id, media_type=answer.media_type)
+        # (the policy's bounds read per request: a reload applies to the next upload)
+        server = request.app[keys.POLICY].server
+        declared = request.content_length
+        size = server.max_audio_bytes if declared is None else min(declared, server.max_audio_bytes)
+        with request.app[keys.AUDIO_ROOM].hold(size, server.max_audio_in_flight_bytes):
+            form = await read_audio_form(request, server.max_audio_bytes)
+            return await _transcribed(request, endpoint, service, form, ctx)
 
     return handle
+
+
+async def _transcribed(
+    request: web.Request, endpoint: Endpoint, service: RequestService, form: AudioForm, ctx: CallContext
+) -> web.StreamResponse:
+    """The call of a transcription ``form`` and its answer, sent."""
+    body = audio_body(form, _stream_field(form.field("stream")))
+    deployment = request.match_info.get("deployment")
+    if deployment is None:
+        answer = await service.run(endpoint, body, ctx)
+    else:
+        body["model"] = deployment
+        try:
+            answer = await service.run(endpoint, body, ctx)
+        except ModelNotFound as exc:
+            if exc.model != deployment:
+                raise
+            raise DeploymentNotFound(deployment, exc.available) from None
+    if answer.stream is None:  # (never: relayed as bytes, ``BYTES_ENDPOINTS``, and not cached)
+        return json_response(answer.body or b"{}")
+    return await send_stream(request, answer.stream, ctx.request_id, media_type=answer.media_type)
 
 
 def _stream_field(value: str | None) -> bool | None:

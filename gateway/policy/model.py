@@ -1138,6 +1138,14 @@ class Server(_Strict):
         "served (failover sends it again), so this bounds memory per upload in flight. The "
         "default is OpenAI's own limit of 25 MiB. A size such as 10MiB.",
     )
+    max_audio_in_flight_bytes: ByteSize = Field(
+        256 * 1024 * 1024,
+        description="Most bytes of transcription and translation forms one process holds at once: "
+        "each upload reserves its declared length (max_audio_bytes without one) until it is "
+        "answered; past this, an upload is refused before it is read, 503 uploads_busy with "
+        "Retry-After: 1 (the SDKs retry). One upload is always let in. Resident memory runs to "
+        "about 5 x this under a burst (the form, each attempt's copy, buffers). A size such as 1GiB.",
+    )
     drain_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
     )

@@ -10,6 +10,7 @@ requests."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway import keys
 from gateway.app import build_app
 from gateway.errors import UnsupportedByProvider
 from gateway.policy.loader import load_policy_with_digest
@@ -97,7 +99,7 @@ models:
     deployments: [{{provider: good, model: gpt-4o-transcribe}}]
   azure-whisper:
     deployments: [{{provider: azure, model: whisper-1}}]
-server: {{max_audio_bytes: {max_audio}}}
+server: {{max_audio_bytes: {max_audio}, max_audio_in_flight_bytes: {in_flight}}}
 memory: {{enabled: false}}
 cache: {{cacheable: always}}
 auth:
@@ -147,6 +149,7 @@ async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]
             cut=root(cut),
             store=tmp / "keys.sqlite3",
             max_audio=MAX_AUDIO_BYTES,
+            in_flight=2 * MAX_AUDIO_BYTES,
         )
     )
     settings = Settings(access_log=False, admin_token=TOKEN, policy_watch=False, policy_path=str(policy_file))
@@ -691,6 +694,44 @@ async def test_a_form_is_bounded_by_its_bytes_and_its_fields_not_only_its_values
     assert resp.status == 400, await resp.text()
     assert "1000 fields" in (await resp.json())["error"]["message"]
     assert _seen(gw.good)["requests"] == before
+
+
+async def _held(gw: Gateway, size: int) -> None:
+    """Wait until the gateway holds ``size`` bytes of forms (a condition polled, not a guess)."""
+    room = gw.client.app[keys.AUDIO_ROOM]  # type: ignore[index]
+    async with asyncio.timeout(5):
+        while room.held != size:
+            await asyncio.sleep(0.005)
+
+
+async def test_forms_held_at_once_are_bounded_and_the_next_is_a_503_to_retry(gw: Gateway) -> None:
+    """(h-probe2) Each form is held whole while it is served, and nothing bounded how many: 20
+    uploads of 24 MiB at once took a gateway to 2.4 GB resident. Now the bytes declared by the
+    forms in flight are bounded by server.max_audio_in_flight_bytes (here 2 x max_audio_bytes):
+    past it, a 503 with Retry-After that the SDKs retry; a slow upload's bytes are freed when it
+    ends, however it ends."""
+    url = gw.client.make_url("/v1/audio/transcriptions")
+    slow = []
+    for _ in range(2):  # two uploads declaring the largest form, sending its first bytes only
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        writer.write(
+            f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {url.host}\r\n"
+            f"Authorization: Bearer {gw.sdk.api_key}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {MAX_AUDIO_BYTES}\r\n\r\n"
+            "--b\r\n".encode()
+        )
+        slow.append((reader, writer))
+    await _held(gw, 2 * MAX_AUDIO_BYTES)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await gw.sdk.audio.transcriptions.create(model="whisper", file=("a.mp3", AUDIO))
+    assert caught.value.status_code == 503
+    assert caught.value.response.headers["retry-after"] == "1"
+    assert caught.value.body["code"] == "uploads_busy", caught.value.body  # type: ignore[index]
+    for _, writer in slow:
+        writer.close()
+    await _held(gw, 0)
+    result = await gw.sdk.audio.transcriptions.create(model="whisper", file=("a.mp3", AUDIO))
+    assert result.text == _transcript(AUDIO, "whisper-1")
 
 
 @pytest.mark.parametrize(
