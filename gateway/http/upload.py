@@ -93,8 +93,9 @@ async def read_upload(
     found: tuple[str, Spooled] | None = None
     try:
         while (part := await _within(pace, reader.next())) is not None:
-            if not isinstance(part, BodyPartReader) or not part.name:
+            if not isinstance(part, BodyPartReader):
                 raise InvalidRequest("Every part of the form must be a named field.", param="file")
+            _named(part)
             _refuse_encoded(part)
             if part.filename is None:
                 if part.name == "file":  # sent as a text field (curl -F file=<path, a dict of strings)
@@ -170,6 +171,19 @@ _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u20
 def _unprintable(name: str) -> str | None:
     """The first control character of a file name (C0, DEL, C1, a bidirectional control)."""
     return next((c for c in name if c < " " or "\x7f" <= c <= "\x9f" or c in _BIDI_CONTROLS), None)
+
+
+def _named(part: BodyPartReader) -> str:
+    """A form part's field name; 400 for a part without one, or one whose name is not UTF-8 (aiohttp
+    keeps such bytes as surrogates, which could neither be sent on to a provider nor named in an
+    answer: a transcription's was a 500 when its form was encoded for the provider)."""
+    if not part.name:
+        raise InvalidRequest("Every part of the form must be a named field.", param="file")
+    try:
+        part.name.encode()
+    except UnicodeEncodeError:
+        raise InvalidRequest("A form field's name is not UTF-8 text.", param=None) from None
+    return part.name
 
 
 def _refuse_encoded(part: BodyPartReader) -> None:
@@ -373,10 +387,10 @@ async def read_audio_form(request: web.Request, limit_bytes: int) -> AudioForm:
     while (part := await _within(pace, reader.next())) is not None:
         if request.content.total_bytes > body_limit:
             raise _too_large(limit_bytes)
-        if not isinstance(part, BodyPartReader) or not part.name:
+        if not isinstance(part, BodyPartReader):
             raise InvalidRequest("Every part of the form must be a named field.", param="file")
+        name = _named(part)
         _refuse_encoded(part)
-        name = part.name
         if part.filename is None:
             if name == "file":
                 raise InvalidRequest("The 'file' part has no filename: send it as a file.", param="file")

@@ -526,6 +526,12 @@ async def test_bad_form_fields_are_400_and_leave_nothing_spooled(sqlite_gw: Gate
         assert resp.status == 400
         error = (await resp.json())["error"]
     assert error["param"] == "file" and "no filename" in error["message"], error
+    # (h-probe2) a field's name not UTF-8: its refusal could not be written (the name was its param)
+    body = b'--b\r\nContent-Disposition: form-data; name="pr\xffompt"\r\n\r\nhello\r\n--b--\r\n'
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    async with sqlite_gw.client.post("/v1/memory/files", data=body, headers=headers) as resp:
+        assert resp.status == 400, await resp.text()
+        assert "not UTF-8" in (await resp.json())["error"]["message"]
     assert list((tmp_path / "spool").iterdir()) == []
 
 
