@@ -164,6 +164,8 @@ _LOWER_OUTPUT = "Lower max_tokens (or the prompt)"
 _LOWER = {
     Endpoint.IMAGES: "Lower n (or the prompt)",
     **dict.fromkeys(_INPUT_ONLY, "Shorten the input"),
+    # (reserved by the file's bytes: ``audio_reservation``)
+    **dict.fromkeys(UPLOAD_ENDPOINTS, "Send a shorter audio file (or a shorter prompt)"),
 }
 
 

@@ -274,6 +274,14 @@ async def test_a_keys_tpm_reserves_what_these_endpoints_ask_and_says_what_to_low
     with pytest.raises(openai.RateLimitError) as refused:
         await sdk.moderations.create(model="mod", input=[{"type": "text", "text": "x" * 5000}])
     assert "requested 1251" in refused.value.message and "Shorten the input" in refused.value.message
+    # (h-probe2) a transcription has no max_tokens: it was told to lower them
+    await sdk.close()
+    sdk = openai.AsyncOpenAI(
+        api_key=await _key(gw.client, None, tpm=100), base_url=gw.sdk.base_url, max_retries=0
+    )
+    with pytest.raises(openai.RateLimitError) as refused:
+        await sdk.audio.transcriptions.create(model="whisper", file=("a.mp3", bytes(200_000)))
+    assert "max_tokens" not in refused.value.message and "shorter audio" in refused.value.message
     await sdk.close()
 
 
