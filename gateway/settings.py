@@ -195,6 +195,20 @@ def _env_token_pair(e: Mapping[str, str], name: str) -> tuple[str | None, str | 
     return token, previous
 
 
+def _refuse_shared_token(metrics: Mapping[str, str | None], admin: Mapping[str, str | None]) -> None:
+    """SettingsError when a metrics token (current or previous) is an admin token: whatever scrapes
+    ``/metrics`` keeps its token in its configuration (a Prometheus file, a ServiceMonitor's
+    Secret), so it would hold the admin API's token too. Compared whole; the line names the
+    variables, never the token."""
+    for metrics_name, metrics_token in metrics.items():
+        for admin_name, admin_token in admin.items():
+            if metrics_token is not None and metrics_token == admin_token:
+                raise SettingsError(
+                    f"{metrics_name} is {admin_name}: whatever scrapes /metrics would hold the admin "
+                    "API's token; give /metrics a token of its own"
+                )
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSlot:
     """This process's place in a ``serve --workers N`` set (absent when it serves alone).
@@ -294,6 +308,10 @@ class Settings:
             raise SettingsError(f"SOPHIA_TRUSTED_PROXIES: {exc}") from None
         admin_token, admin_previous = _env_token_pair(e, "SOPHIA_ADMIN_TOKEN")
         metrics_token, metrics_previous = _env_token_pair(e, "SOPHIA_METRICS_TOKEN")
+        _refuse_shared_token(
+            {"SOPHIA_METRICS_TOKEN": metrics_token, "SOPHIA_METRICS_TOKEN_PREVIOUS": metrics_previous},
+            {"SOPHIA_ADMIN_TOKEN": admin_token, "SOPHIA_ADMIN_TOKEN_PREVIOUS": admin_previous},
+        )
         return replace(
             base,
             policy_path=e.get("SOPHIA_POLICY", base.policy_path),

@@ -71,6 +71,28 @@ def test_the_metrics_token_follows_the_admin_tokens_rules_and_is_never_shown() -
     assert "left-part" not in repr(Settings(metrics_token="left-part-right-part"))
 
 
+def test_a_metrics_token_that_is_an_admin_token_stops_the_start() -> None:
+    """(h-probe2) A metrics token (current or previous) equal to an admin token (current or
+    previous) was taken: whatever scrapes /metrics (its configuration, often readable by many)
+    then held the admin API's token. The line names the variables, never the token."""
+    admin, old = "admin-token-0123456789", "admin-token-old-0123456789"
+    tokens = {"SOPHIA_ADMIN_TOKEN": admin, "SOPHIA_ADMIN_TOKEN_PREVIOUS": old}
+    for metrics, named in (
+        ({"SOPHIA_METRICS_TOKEN": admin}, "SOPHIA_METRICS_TOKEN is SOPHIA_ADMIN_TOKEN"),
+        (
+            {"SOPHIA_METRICS_TOKEN": "scrape-0123456789abc", "SOPHIA_METRICS_TOKEN_PREVIOUS": admin},
+            "SOPHIA_METRICS_TOKEN_PREVIOUS is SOPHIA_ADMIN_TOKEN",
+        ),
+        ({"SOPHIA_METRICS_TOKEN": old}, "SOPHIA_METRICS_TOKEN is SOPHIA_ADMIN_TOKEN_PREVIOUS"),
+    ):
+        with pytest.raises(SettingsError) as exc:
+            Settings.from_env({**tokens, **metrics})
+        message = str(exc.value)
+        assert message.startswith(named) and "a token of its own" in message, message
+        assert admin not in message and old not in message
+    assert Settings.from_env({**tokens, "SOPHIA_METRICS_TOKEN": "scrape-0123456789abc"}).metrics_token
+
+
 def test_serve_stops_at_start_in_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KEYS_URL", "MEMORY_URL")}
     result = subprocess.run(
