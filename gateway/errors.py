@@ -31,6 +31,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     │   └── RequestTooLarge        429     *                       no     more tokens than the key's whole TPM; no retry
     ├── QuotaExceeded              429     insufficient_quota      no     code=insufficient_quota; the key's budget is spent
     ├── AuthThrottled              429     rate_limit_error        no     code=auth_throttled; the address failed auth too often
+    ├── UploadShareFull            429     rate_limit_error        no     code=uploads_busy; one caller's share of the audio room
     ├── InsufficientStorage        507     server_error            no     code=spool_full; no room to keep an upload (note 2)
     ├── ServiceUnavailable         503     service_unavailable     no     draining, not ready
     │   ├── ProviderNotConfigured  503     service_unavailable     no     code=provider_not_configured
@@ -425,6 +426,25 @@ class UploadsBusy(ServiceUnavailable):
         super().__init__(
             "The gateway is holding as many audio uploads as it may at once "
             f"({limit} bytes, server.max_audio_in_flight_bytes). Retry shortly.",
+            code="uploads_busy",
+            headers={"retry-after": "1", "connection": "close"},
+        )
+
+
+class UploadShareFull(GatewayError):
+    """One caller's transcription forms held at once would pass its share of
+    ``server.max_audio_in_flight_bytes`` (``service/audio_room.share_of``): refused before the
+    form is read, as ``UploadsBusy`` is, but a 429, since it is the caller's own uploads that fill
+    it while others may still get in. Retry-After: 1 (the SDKs retry)."""
+
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, share: int) -> None:
+        super().__init__(
+            "This caller is holding as many audio uploads as one caller may at once "
+            f"({share} bytes, its share of server.max_audio_in_flight_bytes). Retry when one has "
+            "been answered.",
             code="uploads_busy",
             headers={"retry-after": "1", "connection": "close"},
         )

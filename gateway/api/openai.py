@@ -13,11 +13,12 @@ from gateway import keys
 from gateway.api.azure import key_header
 from gateway.auth.identity import Caller
 from gateway.errors import DeploymentNotFound, InvalidRequest, ModelNotFound
-from gateway.http.auth import X_API_KEY, authenticate
+from gateway.http.auth import X_API_KEY, authenticate, client_address
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.http.sse import send_stream
 from gateway.http.upload import read_audio_form
+from gateway.service.audio_room import share_of, uploader_of
 from gateway.service.calls import RequestService
 from gateway.service.context import CallContext
 from gateway.wire.audio import AudioForm, audio_body
@@ -61,6 +62,7 @@ def transcribe(endpoint: Endpoint, app: web.Application, door_key_header: str = 
     is the model group, as ``api/azure.proxy`` takes it; ``door_key_header``: ``api-key``
     there and under ``/openai/v1/``."""
     service = app[keys.SERVICE]
+    limits = app[keys.LIMITS]
     open_mode = app[keys.POLICY].auth.mode == "open"
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -71,11 +73,15 @@ def transcribe(endpoint: Endpoint, app: web.Application, door_key_header: str = 
         ctx = CallContext.for_client(
             request[keys.REQUEST_ID], started_s, request.headers, caller, record, door_key_header
         )
+        declared = request.content_length
+        if declared is not None:  # a form too large for the key's TPM is refused unread
+            limits.check_upload(endpoint, declared, ctx)
         # (the policy's bounds read per request: a reload applies to the next upload)
         server = request.app[keys.POLICY].server
-        declared = request.content_length
         size = server.max_audio_bytes if declared is None else min(declared, server.max_audio_bytes)
-        with request.app[keys.AUDIO_ROOM].hold(size, server.max_audio_in_flight_bytes):
+        room, most = request.app[keys.AUDIO_ROOM], server.max_audio_in_flight_bytes
+        uploader = uploader_of(ctx, lambda: client_address(request))
+        with room.hold(size, most, uploader, share_of(most, server.max_audio_bytes)):
             form = await read_audio_form(request, server.max_audio_bytes)
             return await _transcribed(request, endpoint, service, form, ctx)
 

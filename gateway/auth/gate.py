@@ -29,6 +29,11 @@ from gateway.wire.media import media_tokens
 from gateway.wire.requests import CHARS_PER_TOKEN, UPLOAD_ENDPOINTS, Endpoint, JSONObject, prompt_chars
 
 DEFAULT_OUTPUT_TOKENS = 256  # the output reserved when a request sets no max_tokens
+# Bytes of a transcription form's declared length taken as its other fields and framing, not
+# audio, when it is checked before it is read (``LimitGate.check_upload``): the SDK's form of
+# model, response_format and a short prompt is well under 1 KiB; a longer prompt counts in the
+# reservation made once it is read.
+UPLOAD_FIELDS_ALLOWANCE = 64 * 1024
 
 
 class _Record(Protocol):
@@ -95,6 +100,28 @@ class LimitGate:
             raise QuotaExceeded(caller.budget_usd or 0.0, decision.budget_reset_s, headers)
         window = decision.requests if decision.refused == "requests" else decision.tokens
         raise RateLimited(decision.refused, window.limit if window else 0, decision.retry_after_s, headers)
+
+    def check_upload(self, endpoint: Endpoint, declared_bytes: int, ctx: LimitedCall) -> None:
+        """Refuse, before a byte of it is read, a transcription form whose declared length alone
+        reserves more than its key's whole TPM: the same 429 ``admit`` gives once the form is
+        read (counted as that refusal), with ``Connection: close`` so its body is not drained.
+        It reserves nothing (``admit`` reserves the tokens of the form actually read) and makes
+        no limiter call: a form that would fit is admitted, or refused by a full window, RPM or
+        budget, after it is read. The form's fields and framing are allowed
+        ``UPLOAD_FIELDS_ALLOWANCE`` bytes: a declared length counted whole as audio would refuse
+        a file that exactly fits."""
+        caller = ctx.identity
+        if caller is None or caller.tpm is None or ctx.charge_only:
+            return
+        tokens = audio_tokens(declared_bytes - UPLOAD_FIELDS_ALLOWANCE)
+        if tokens <= caller.tpm:
+            return
+        m = self._metrics
+        m.child(m.refusals, caller.team, "tokens").inc()
+        self.later(self.limiter.refused(caller, "tokens"))
+        error = RequestTooLarge(caller.tpm, tokens, _LOWER.get(endpoint, _LOWER_OUTPUT))
+        error.headers["connection"] = "close"
+        raise error
 
     def later(self, settlement: Coroutine[Any, Any, None]) -> None:
         """Run a limiter coroutine without waiting for it (from a stream's synchronous end)."""
@@ -211,9 +238,15 @@ def audio_reservation(form: AudioForm) -> int:
     the transcript (speech is ~3 text tokens a second against 10 audio tokens), and the prompt's
     characters / 4. The audio's length is not read from the file (that would mean parsing every
     container format): bytes are the bound the gateway has, and grow with the audio's length."""
-    audio = len(form.data) // AUDIO_BYTES_PER_TOKEN
     prompt = len(form.field("prompt") or "") // CHARS_PER_TOKEN
-    return audio + audio // 3 + prompt + 1
+    return audio_tokens(len(form.data)) + prompt
+
+
+def audio_tokens(file_bytes: int) -> int:
+    """``audio_reservation`` of a file of ``file_bytes`` without a prompt (the early check of a
+    declared length, ``LimitGate.check_upload``, uses it too)."""
+    audio = max(0, file_bytes) // AUDIO_BYTES_PER_TOKEN
+    return audio + audio // 3 + 1
 
 
 def headers_for(decision: Decision) -> dict[str, str]:

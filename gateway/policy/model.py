@@ -1143,7 +1143,9 @@ class Server(_Strict):
         description="Most bytes of transcription and translation forms one process holds at once: "
         "each upload reserves its declared length (max_audio_bytes without one) until it is "
         "answered; past this, an upload is refused before it is read, 503 uploads_busy with "
-        "Retry-After: 1 (the SDKs retry). One upload is always let in. Resident memory runs to "
+        "Retry-After: 1 (the SDKs retry). One upload is always let in. One caller (its key, else "
+        "its open-mode credential, else its address) may hold a quarter of this, at least one "
+        "max_audio_bytes form: past it, 429 uploads_busy. Resident memory runs to "
         "about 5 x this under a burst (the form, each attempt's copy, buffers). A size such as 1GiB.",
     )
     drain_grace_s: float = Field(

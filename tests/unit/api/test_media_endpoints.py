@@ -19,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import openai
+import orjson
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -26,6 +27,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import keys
 from gateway.app import build_app
+from gateway.auth.gate import audio_tokens
 from gateway.errors import UnsupportedByProvider
 from gateway.policy.loader import load_policy_with_digest
 from gateway.policy.model import AnthropicProvider, AzureProvider, GeminiProvider
@@ -712,23 +714,81 @@ async def _held(gw: Gateway, size: int) -> None:
             await asyncio.sleep(0.005)
 
 
+async def _stalled_upload(
+    gw: Gateway, key: str, length: int = MAX_AUDIO_BYTES
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw upload declaring ``length`` bytes that sends its headers and first bytes only."""
+    url = gw.client.make_url("/v1/audio/transcriptions")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {url.host}\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {length}\r\n\r\n"
+        "--b\r\n".encode()
+    )
+    return reader, writer
+
+
+async def _answer_head(reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
+    """The status, headers (lower-cased) and start of the body of an answer on a raw connection."""
+    async with asyncio.timeout(5):  # (an answer that never comes fails here, not hangs)
+        head = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+        body = await reader.read(4096)
+    return int(head.split()[1]), head, body
+
+
+async def test_one_caller_holding_its_share_cannot_starve_another(gw: Gateway) -> None:
+    """(h-audioroom) A key's stalled uploads could fill the room (h-probe2: ~11 connections
+    trickling at the slowest pace allowed kept every other caller at 503 for most of an hour).
+    Now one caller holds at most its share (here one largest form: the room is two): its next
+    upload is a 429 uploads_busy naming the share, read nothing of, and another key still gets in."""
+    key = await _key(gw.client, None)
+    first = await _stalled_upload(gw, key)
+    await _held(gw, MAX_AUDIO_BYTES)
+    reader, writer = await _stalled_upload(gw, key)
+    status, head, body = await _answer_head(reader)
+    assert status == 429 and "retry-after: 1" in head and "connection: close" in head, head
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "uploads_busy" and f"({MAX_AUDIO_BYTES} bytes, its share" in error["message"]
+    writer.close()
+    result = await gw.sdk.audio.transcriptions.create(model="whisper", file=("a.mp3", AUDIO))
+    assert result.text == _transcript(AUDIO, "whisper-1")  # before: 503 uploads_busy
+    first[1].close()
+    await _held(gw, 0)
+    assert gw.client.app[keys.AUDIO_ROOM].by == {}  # type: ignore[index]
+
+
+async def test_an_upload_declared_over_the_keys_tpm_is_refused_before_its_body(gw: Gateway) -> None:
+    """(h-audioroom) A transcription larger than its key's TPM was refused only once its whole
+    form was read. Now its declared length decides it: only the headers are sent, and the 429
+    the gate gives after reading comes at once, the connection closed, nothing reserved."""
+    key, key_id = await _key_and_id(gw.client, None, tpm=100)
+    reader, writer = await _stalled_upload(gw, key, 300_000)
+    status, head, body = await _answer_head(reader)
+    writer.close()
+    assert status == 429 and "connection: close" in head and "x-should-retry: false" in head, head
+    error = orjson.loads(body)["error"]
+    assert error["code"] == "rate_limit_exceeded" and "shorter audio" in error["message"], error
+    assert gw.client.app[keys.AUDIO_ROOM].held == 0  # type: ignore[index]
+    # the form that fits is read and admitted as before, its reservation the form's own
+    sdk = openai.AsyncOpenAI(api_key=key, base_url=gw.sdk.base_url, max_retries=0)
+    raw = await sdk.audio.transcriptions.with_raw_response.create(model="whisper", file=("a.mp3", AUDIO))
+    assert raw.headers["x-ratelimit-remaining-tokens"] == str(100 - audio_tokens(len(AUDIO)))
+    await sdk.close()
+    await gw.client.app[keys.LIMITS].drain()  # type: ignore[index]
+    usage = await (await gw.client.get("/admin/usage", headers=ADMIN)).json()
+    (row,) = [row for row in usage["data"] if row["key"] == key_id]
+    assert row["refusals"] == {"tokens": 1} and row["requests"] == 1, row  # counted as the gate's
+
+
 async def test_forms_held_at_once_are_bounded_and_the_next_is_a_503_to_retry(gw: Gateway) -> None:
     """(h-probe2) Each form is held whole while it is served, and nothing bounded how many: 20
     uploads of 24 MiB at once took a gateway to 2.4 GB resident. Now the bytes declared by the
     forms in flight are bounded by server.max_audio_in_flight_bytes (here 2 x max_audio_bytes):
     past it, a 503 with Retry-After that the SDKs retry; a slow upload's bytes are freed when it
     ends, however it ends."""
-    url = gw.client.make_url("/v1/audio/transcriptions")
     slow = []
-    for _ in range(2):  # two uploads declaring the largest form, sending its first bytes only
-        reader, writer = await asyncio.open_connection(url.host, url.port)
-        writer.write(
-            f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {url.host}\r\n"
-            f"Authorization: Bearer {gw.sdk.api_key}\r\n"
-            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {MAX_AUDIO_BYTES}\r\n\r\n"
-            "--b\r\n".encode()
-        )
-        slow.append((reader, writer))
+    for _ in range(2):  # two uploads (two keys: each its share) declaring the largest form, stalled
+        slow.append(await _stalled_upload(gw, await _key(gw.client, None)))
     await _held(gw, 2 * MAX_AUDIO_BYTES)
     with pytest.raises(openai.APIStatusError) as caught:
         await gw.sdk.audio.transcriptions.create(model="whisper", file=("a.mp3", AUDIO))
