@@ -564,6 +564,7 @@ def _add_routes(app: web.Application) -> None:
     add("GET", "/admin/keys", admin_keys.list_keys)
     add("DELETE", "/admin/keys/{id}", admin_keys.revoke)
     add("POST", "/admin/keys/{id}/rotate", admin_keys.rotate)
+    add("DELETE", "/admin/keys/{id}/grace", admin_keys.end_grace)
     add("GET", "/health", health.health)
     add("GET", "/health/live", health.live)
     add("GET", "/health/ready", health.ready)

@@ -1,4 +1,4 @@
-"""``sophia-gateway keys create | list | revoke | rotate``: virtual keys from the command line.
+"""``sophia-gateway keys create | list | revoke | rotate | end-grace``: virtual keys from the command line.
 
 Works on the key store the policy names (``auth.store``, or ``KEYS_URL`` when set), or with
 ``--url`` on a running gateway through ``/admin/keys`` (``SOPHIA_ADMIN_TOKEN`` from the
@@ -120,6 +120,14 @@ def add_arguments(keys: argparse.ArgumentParser) -> None:
     )
     rotate.set_defaults(func=_rotate)
 
+    end_grace = sub.add_parser(
+        "end-grace",
+        parents=[common],
+        help="end a rotation's grace now: refuse the secret it replaced, keep the new one",
+    )
+    end_grace.add_argument("key_id", help="the key made by the rotation (its new id)")
+    end_grace.set_defaults(func=_end_grace, ended_grace=True)
+
 
 def _create(args: argparse.Namespace) -> int:
     read, write = _grants(args.namespaces or [])
@@ -175,6 +183,16 @@ def _rotate(args: argparse.Namespace) -> int:
     async def op(ring: KeyRing) -> Json:
         secret, record = await ring.rotate(args.key_id, args.grace)
         return {**key_json(record, time.time()), "secret": secret, "replaces": args.key_id}
+
+    return _local(args, op)
+
+
+def _end_grace(args: argparse.Namespace) -> int:
+    if args.url:
+        return _remote(args, "DELETE", f"/admin/keys/{urllib.parse.quote(args.key_id, safe='')}/grace")
+
+    async def op(ring: KeyRing) -> Json:
+        return key_json(await ring.end_grace(args.key_id), time.time())
 
     return _local(args, op)
 
@@ -256,6 +274,11 @@ def _print(args: argparse.Namespace, answer: Json) -> None:
             )
         print("Its secret, shown this once (only its hash is stored):")
         print(answer["secret"])
+    elif getattr(args, "ended_grace", False):
+        print(
+            f"The grace of key {answer['id']} ({answer['prefix']}, team {answer['team']}) ended "
+            f"{_date(answer['grace_until'])} UTC: the secret it replaced is refused."
+        )
     else:
         print(f"Key {answer['id']} ({answer['prefix']}, team {answer['team']}) is {answer['status']}.")
 

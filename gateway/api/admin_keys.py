@@ -135,9 +135,23 @@ async def rotate(request: web.Request) -> web.Response:
     return _render(body, status=201)
 
 
-async def _every_worker_drops(request: web.Request, key_id: str, body: dict[str, Any]) -> None:
+async def end_grace(request: web.Request) -> web.Response:
+    """``DELETE /admin/keys/{id}/grace``: end the key's rotation grace now, keeping its new
+    secret; the secret it replaced is no longer accepted by any worker of the set. Ending an
+    ended grace keeps its end (200); 404 for a key never rotated with a grace."""
+    ring = _ring(request)
+    record = await ring.end_grace(request.match_info["id"])
+    body = key_json(record, time.time())
+    await _every_worker_drops(request, record.key_id, body, "/grace")
+    return _render(body)
+
+
+async def _every_worker_drops(
+    request: web.Request, key_id: str, body: dict[str, Any], what: str = ""
+) -> None:
     """Under ``serve --workers N``: ask every other worker to revoke ``key_id`` (already revoked:
-    it keeps its time) so each drops its cached lookup now, and list the outcomes in ``body``.
+    it keeps its time), or with ``what`` ``/grace`` to end its grace (ended: it keeps its end), so
+    each drops its cached lookup now, and list the outcomes in ``body``.
     Nothing when this process serves alone or the request came from a peer."""
     worker = request.app[keys.SETTINGS].worker
     if worker is None or peers.from_peer(request):
@@ -145,25 +159,25 @@ async def _every_worker_drops(request: web.Request, key_id: str, body: dict[str,
     headers = (
         {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
     )
-    path = f"/admin/keys/{key_id}"  # a key id as the key ring checked it: nothing to quote
+    done = "grace ended" if what else "revoked"
+    path = f"/admin/keys/{key_id}{what}"  # a key id as the key ring checked it: nothing to quote
 
     async def ask(index: int) -> dict[str, Any]:
         answer = await peers.ask(worker, index, "DELETE", path, headers)
         if answer is None:
             result = "unreachable"  # restarting (its cache starts empty) or stuck
         else:
-            result = "revoked" if answer.status == 200 else f"failed ({answer.status})"
-        if result != "revoked":
+            result = done if answer.status == 200 else f"failed ({answer.status})"
+        if result != done:
             log.warning(
-                "a worker may accept a revoked key until its cached lookup expires",
+                "a worker may accept a revoked key (or an ended grace's secret) until its cached "
+                "lookup expires",
                 extra={"fields": {"worker": index, "key_id": key_id, "result": result}},
             )
         return {"worker": index, "result": result}
 
     others = await asyncio.gather(*(ask(index) for index in peers.peers(worker)))
-    body["workers"] = sorted(
-        [{"worker": worker.index, "result": "revoked"}, *others], key=lambda w: w["worker"]
-    )
+    body["workers"] = sorted([{"worker": worker.index, "result": done}, *others], key=lambda w: w["worker"])
 
 
 def _ring(request: web.Request) -> KeyRing:

@@ -31,6 +31,14 @@ class Caller:
     # Let in with the secret its key replaced, within the rotation's grace (``KeyRing.rotate``):
     # the same key, limits and spend; the response says so (x-gateway-token-deprecated).
     previous_secret: bool = False
+    # The id its limits and budget are counted under when not ``key_id``: the first key of its
+    # rotations (``KeyRecord.limits_id``), so rotating a key keeps its windows and spend.
+    limits_id: str | None = None
+
+    @property
+    def counted_as(self) -> str:
+        """The id the limiters count its RPM, TPM and budget under (usage rows stay by key id)."""
+        return self.limits_id or self.key_id
 
     @property
     def tenant(self) -> str:

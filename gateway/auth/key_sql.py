@@ -43,11 +43,11 @@ class KeyQueries:
             f"rpm {d.integer}, tpm {d.integer}, budget_usd {d.real}, budget_period_s {d.real}, "
             f"read_namespaces {d.text}, write_namespaces {d.text}, expires_at {d.real}, "
             f"revoked_at {d.real}, name {d.text}, description {d.text}, "
-            f"previous_hash {d.text}, previous_until {d.real})"
+            f"previous_hash {d.text}, previous_until {d.real}, limits_id {d.text})"
         )
         # Columns added since the table was first released, added by ``start`` to a table made
         # before them: PostgreSQL says IF NOT EXISTS, SQLite (which cannot) skips a column it has.
-        self.added_columns = {"previous_hash": d.text, "previous_until": d.real}
+        self.added_columns = {"previous_hash": d.text, "previous_until": d.real, "limits_id": d.text}
         self.column_names = f"SELECT * FROM {table} LIMIT 0"  # its cursor's description
         index = table.replace(".", "_")
         self.create_team_index = f"CREATE INDEX IF NOT EXISTS idx_{index}_team ON {table} (team)"
@@ -68,6 +68,10 @@ class KeyQueries:
         self.list_team = f"SELECT {cols} FROM {table} WHERE team = {p} ORDER BY created_at, key_id"
         # A revoked key keeps its first revocation time.
         self.revoke = f"UPDATE {table} SET revoked_at = COALESCE(revoked_at, {p}) WHERE key_id = {p}"
+        # Ending a grace early: only ever brought forward (ending it twice keeps the first end).
+        self.end_grace = (
+            f"UPDATE {table} SET previous_until = {p} WHERE key_id = {p} AND previous_until > {p}"
+        )
         self.revoke_active = f"UPDATE {table} SET revoked_at = {p} WHERE key_id = {p} AND revoked_at IS NULL"
 
     def add_column(self, name: str, *, if_not_exists: bool) -> str:

@@ -272,6 +272,8 @@ class KeyRing:
             # Only the secret it replaces: a grace the old key had (an older secret) ends here.
             previous_hash=old.hash if grace_s > 0 else None,
             previous_until=now + grace_s if grace_s > 0 else None,
+            # Counted as the key it replaces: a new secret is not a fresh budget or window.
+            limits_id=old.counted_as,
         )
         if not await self.store.replace(new, key_id, now):
             # Revoked by someone else between the read and the write.
@@ -282,6 +284,23 @@ class KeyRing:
             )
         self._forget(old)  # its own grace (an older secret) ends here too
         return secret, new
+
+    async def end_grace(self, key_id: str) -> KeyRecord:
+        """End ``key_id``'s rotation grace now, keeping its new secret: the secret it replaced is
+        refused from here on (this process forgets its cached lookup at once; other replicas
+        within ``cache_s``). A grace that ended already keeps its end (idempotent); ``NotFound``
+        when the key is unknown or was never rotated with a grace."""
+        record = await self.store.end_grace(key_id, self._clock()) if KEY_ID.fullmatch(key_id) else None
+        if record is None:
+            raise _unknown_key(key_id)
+        if record.previous_hash is None or record.previous_until is None:
+            raise NotFound(
+                f"Key '{key_id}' has no grace to end (it was not rotated with one).",
+                param="key_id",
+                code="grace_not_found",
+            )
+        self._forget(record)
+        return record
 
     async def authenticate(self, secret: str) -> Caller | None:
         """The ``Caller`` a secret stands for; None when it is unknown, revoked or expired (or its
@@ -345,6 +364,7 @@ class KeyRing:
             read_namespaces=None if read is None else frozenset(read),
             write_namespaces=None if write is None else frozenset(write),
             previous_secret=previous,
+            limits_id=record.limits_id,
         )
 
     def _remember(self, cache: OrderedDict[str, _Cached], key_hash: str, entry: _Cached, bound: int) -> None:

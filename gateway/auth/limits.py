@@ -126,9 +126,9 @@ class LocalLimiter:
     def admit_now(self, caller: Caller, ticket: str, tokens: int) -> Decision:
         """``admit`` without a coroutine (the Redis limiter's fallback calls it directly)."""
         now, window = self._clock(), self._window_s
-        counts = self._keys.get(caller.key_id)
+        counts = self._keys.get(caller.counted_as)
         if counts is None:
-            counts = self._keys[caller.key_id] = _KeyCounts()
+            counts = self._keys[caller.counted_as] = _KeyCounts()
         self._expire(counts, now - window)
         refused, retry_s, budget_reset_s = None, 0.0, 0.0
         if caller.budget_usd is not None and caller.budget_period_s:
@@ -181,9 +181,9 @@ class LocalLimiter:
         """``record``: false when the usage row is kept elsewhere (the Redis limiter's fallback
         counts the windows and budget here and carries the row to Redis)."""
         now = self._clock()
-        counts = self._keys.get(caller.key_id)
+        counts = self._keys.get(caller.counted_as)
         if counts is None:
-            counts = self._keys[caller.key_id] = _KeyCounts()
+            counts = self._keys[caller.counted_as] = _KeyCounts()
         self._expire(counts, now - self._window_s)
         used = tokens_in + tokens_out
         held = counts.amounts.get(ticket)

@@ -133,6 +133,13 @@ class PostgresKeyStore:
 
         return await self._run(op)
 
+    async def end_grace(self, key_id: str, at_s: float) -> KeyRecord | None:
+        async def op(conn: Connection) -> KeyRecord | None:
+            await conn.execute(self._q.end_grace, (at_s, key_id, at_s))
+            return await self._one(conn, self._q.by_id, key_id)
+
+        return await self._run(op)
+
     async def replace(self, new: KeyRecord, old_key_id: str, at_s: float) -> bool:
         async def op(conn: Connection) -> bool:
             cur = await conn.execute(self._q.revoke_active, (at_s, old_key_id))

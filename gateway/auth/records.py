@@ -105,6 +105,14 @@ class KeyRecord:
     # key (same id, limits and spend) until ``previous_until``; None without a grace.
     previous_hash: str | None = None
     previous_until: float | None = None
+    # The key id its limits and budget are counted under: the first key of its rotations, which
+    # a rotation carries over (so a new secret does not reset the spend); None: its own id.
+    limits_id: str | None = None
+
+    @property
+    def counted_as(self) -> str:
+        """The id the limiters count this key's RPM, TPM and budget under."""
+        return self.limits_id or self.key_id
 
     def is_active(self, now_s: float) -> bool:
         """Neither revoked nor expired at ``now_s``."""
@@ -141,6 +149,7 @@ COLUMNS: Sequence[str] = (
     "description",
     "previous_hash",
     "previous_until",
+    "limits_id",
 )
 
 
@@ -200,13 +209,15 @@ def record_row(record: KeyRecord) -> tuple[object, ...]:
         record.description,
         record.previous_hash,
         record.previous_until,
+        record.limits_id,
     )
 
 
 def row_record(row: Sequence[object]) -> KeyRecord:
     """A row of ``COLUMNS`` (as either store returns it) back into a record."""
     (key_id, hash_, prefix, team, created_at, models, rpm, tpm, budget_usd, budget_period_s) = row[:10]
-    (read_ns, write_ns, expires_at, revoked_at, name, description, previous_hash, previous_until) = row[10:]
+    (read_ns, write_ns, expires_at, revoked_at, name, description, previous_hash, previous_until) = row[10:18]
+    limits_id = row[18]
     return KeyRecord(
         key_id=_text(key_id),
         hash=_text(hash_),
@@ -226,6 +237,7 @@ def row_record(row: Sequence[object]) -> KeyRecord:
         description=_opt_text(description),
         previous_hash=_opt_text(previous_hash),
         previous_until=_opt_number(previous_until),
+        limits_id=_opt_text(limits_id),
     )
 
 
@@ -258,6 +270,10 @@ class KeyStore(Protocol):
     async def replace(self, new: KeyRecord, old_key_id: str, at_s: float) -> bool:
         """Rotation: insert ``new`` and revoke ``old_key_id`` at ``at_s`` in one transaction.
         False (and nothing written) when the old key does not exist or is revoked already."""
+
+    async def end_grace(self, key_id: str, at_s: float) -> KeyRecord | None:
+        """End the key's rotation grace at ``at_s`` (``previous_until`` brought forward to it; one
+        that ended already keeps its end); the record after, None when there is no such key."""
 
 
 def key_json(record: KeyRecord, now_s: float) -> dict[str, Any]:

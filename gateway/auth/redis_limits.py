@@ -13,6 +13,11 @@ and the weights' sum in a STRING:
   (in the key's slot), indexed by the SET ``P:ud:{day}`` of ``team\\tkey`` (the usage rows of
   ``/admin/usage``; added once per key and day by each process).
 
+``K`` is the id the key is counted as (``Caller.counted_as``): the first key of its rotations,
+so a rotated key keeps its windows, leases and spend. Its usage rows stay by its own id: a
+rotated key ``R`` counted as ``K`` writes ``P{K}:r:{R}:{day}:{team}`` (in ``K``'s slot, for the
+settle script), indexed as ``team\\tR\\tK``.
+
 **Admission** (``_ADMIT``, one script, one round trip): expire, check the budget, the RPM and the
 TPM, and only if all pass add one entry per log. The entry is a **lease** when the key is busy:
 it may hold more than this request (up to ``1/LEASE_SHARE`` of each limit, sized from what this
@@ -342,7 +347,7 @@ class RedisLimiter:
         self._admit: AsyncScript | None = None
         self._settle: AsyncScript | None = None
         self._pipe: ScriptPipe | None = None
-        self._indexed: set[tuple[int, str, str]] = set()  # (day, team, key) rows already indexed
+        self._indexed: set[tuple[int, str, str]] = set()  # (day, team, index member) already indexed
         self._outage = Outage()
         self._leases: dict[str, _Lease] = {}
         self._rates: dict[str, _Rate] = {}  # key id -> its admissions in this process
@@ -383,10 +388,12 @@ class RedisLimiter:
     def _now_arg(self) -> str:
         return str(self._clock_ms()) if self._clock_ms is not None else ""
 
-    def _usage_key(self, day: int, team: str, key_id: str) -> str:
-        # Hash-tagged with the key id: in the same cluster slot as the key's limit counters, so
-        # the settle script updates both in one call.
-        return f"{self._prefix}{{{key_id}}}:u:{day}:{team}"
+    def _usage_key(self, day: int, team: str, key_id: str, counted_as: str) -> str:
+        # Hash-tagged with the id it is counted as: in the same cluster slot as the key's limit
+        # counters, so the settle script updates both in one call.
+        if counted_as == key_id:
+            return f"{self._prefix}{{{key_id}}}:u:{day}:{team}"
+        return f"{self._prefix}{{{counted_as}}}:r:{key_id}:{day}:{team}"
 
     def _today(self) -> int:
         return day_of(self._clock_ms() / 1000 if self._clock_ms is not None else time.time())
@@ -394,7 +401,7 @@ class RedisLimiter:
     # -- admission -------------------------------------------------------------------------
 
     async def admit(self, caller: Caller, ticket: str, tokens: int) -> Decision:
-        key_id = caller.key_id
+        key_id = caller.counted_as
         lease = self._leases.get(key_id)
         if lease is not None:
             drawn = self._draw(lease, caller, tokens)
@@ -433,7 +440,7 @@ class RedisLimiter:
             return None
         lease.requests -= 1
         lease.tokens -= tokens
-        self._count(caller.key_id)
+        self._count(caller.counted_as)
         elapsed = now - lease.taken_at
         rpm, tpm = caller.rpm, caller.tpm
         return Decision(
@@ -446,7 +453,7 @@ class RedisLimiter:
     async def _admit_remote(self, caller: Caller, ticket: str, tokens: int) -> Decision:
         script = self._admit
         assert script is not None, "start() first"
-        key_id = caller.key_id
+        key_id = caller.counted_as
         old = self._leases.pop(key_id, None)
         demand = self._count(key_id)
         rpm, tpm = caller.rpm, caller.tpm
@@ -515,7 +522,7 @@ class RedisLimiter:
         decision = self._decided(caller, ticket, tokens, call.result(), sent)
         if decision.refused is not None:
             return
-        lease = self._leases.get(caller.key_id)
+        lease = self._leases.get(caller.counted_as)
         if lease is not None and lease.entry == ticket:  # its slot back into the lease
             lease.requests += 1
             lease.tokens += tokens
@@ -524,7 +531,7 @@ class RedisLimiter:
 
     def _decided(self, caller: Caller, ticket: str, tokens: int, found: Any, sent: float) -> Decision:
         """The decision (and any lease) from the admission script's answer ``found``."""
-        key_id, rpm, tpm = caller.key_id, caller.rpm, caller.tpm
+        key_id, rpm, tpm = caller.counted_as, caller.rpm, caller.tpm
         refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left = found
         lease = None
         if not refused and (grant_rq > 1 or grant_tk > tokens):
@@ -575,15 +582,15 @@ class RedisLimiter:
         return max(rate.last, rate.count)
 
     def _unwritten_spend(self, key_id: str) -> float:
-        """What this process settled for the key and has not written to Redis yet (the batch
-        filling now, and one being written)."""
+        """What this process settled for the key (counted as ``key_id``) and has not written to
+        Redis yet (the batch filling now, and one being written)."""
         spend = 0.0
         unwritten = [self._batch.pending, self._carried]
         if self._writing is not None:
             unwritten.append(self._writing.pending)
         for slots in unwritten:
-            for (slot_key, _, _), pending in slots.items():
-                if slot_key == key_id:
+            for pending in slots.values():
+                if pending.caller.counted_as == key_id:
                     spend += pending.cost_usd
         return spend
 
@@ -621,7 +628,7 @@ class RedisLimiter:
         pending.cost_usd += cost_usd
         if (
             cost_usd
-            and (lease := self._leases.get(caller.key_id)) is not None
+            and (lease := self._leases.get(caller.counted_as)) is not None
             and lease.budget_left_usd is not None
         ):
             lease.budget_left_usd -= cost_usd
@@ -713,6 +720,7 @@ class RedisLimiter:
         indexed: list[tuple[int, str, str]] = []
         for (key_id, team, day), p in batch.pending.items():
             caller = p.caller
+            counted_as = caller.counted_as
             period_ms = int((caller.budget_period_s or 0) * 1000) if caller.budget_usd is not None else 0
             args: list[EncodableT] = [
                 self._now_arg(),
@@ -732,15 +740,16 @@ class RedisLimiter:
             args.append(len(p.refusals))
             for reason, count in p.refusals.items():
                 args += [reason, count]
-            calls.append(([*self._keys(key_id), self._usage_key(day, team, key_id)], args))
-            if team and (p.requests or p.refusals) and (day, team, key_id) not in self._indexed:
-                indexed.append((day, team, key_id))
+            calls.append(([*self._keys(counted_as), self._usage_key(day, team, key_id, counted_as)], args))
+            member = _index_member(team, key_id, counted_as)
+            if team and (p.requests or p.refusals) and (day, team, member) not in self._indexed:
+                indexed.append((day, team, member))
         if isinstance(client, RedisCluster):
             # A cluster pipeline does not load scripts on the nodes it reaches (NOSCRIPT): each
             # key's settlement goes on its own, all at once (it is a background flush).
             replies = await asyncio.gather(
                 *(script(keys=keys, args=args) for keys, args in calls),
-                *(self._index_row(client, day, team, key_id) for day, team, key_id in indexed),
+                *(self._index_row(client, day, member) for day, _, member in indexed),
             )
             _settled(replies[: len(calls)], len(calls))
         else:
@@ -749,9 +758,9 @@ class RedisLimiter:
             async with client.pipeline(transaction=False) as pipe:
                 for keys, args in calls:
                     await script(keys=keys, args=args, client=pipe)
-                for day, team, key_id in indexed:
+                for day, _, member in indexed:
                     # The day's index of rows (read by /admin/usage) lives in another slot.
-                    pipe.sadd(f"{self._prefix}ud:{day}", f"{team}\t{key_id}")
+                    pipe.sadd(f"{self._prefix}ud:{day}", member)
                     pipe.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
                 _settled(await pipe.execute(), len(calls))
         if len(self._indexed) > 100_000:
@@ -759,8 +768,8 @@ class RedisLimiter:
         self._indexed.update(indexed)
         return True
 
-    async def _index_row(self, client: RedisClient, day: int, team: str, key_id: str) -> None:
-        _added(await client.sadd(f"{self._prefix}ud:{day}", f"{team}\t{key_id}"))
+    async def _index_row(self, client: RedisClient, day: int, member: str) -> None:
+        _added(await client.sadd(f"{self._prefix}ud:{day}", member))
         await client.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
 
     # -- usage -----------------------------------------------------------------------------
@@ -795,12 +804,13 @@ class RedisLimiter:
         for day in range(query.from_day, query.to_day + 1):
             members = await client.smembers(f"{self._prefix}ud:{day}")
             for member in sorted(_strict_text(m) for m in members):
-                team, tab, key_id = member.partition("\t")
+                team, tab, key_ids = member.partition("\t")
                 if not tab:
                     raise InvalidResponse("not a usage index entry (team, tab, key id)")
+                key_id, _, counted_as = key_ids.partition("\t")
                 if not query.matches(team, key_id):
                     continue
-                fields = await client.hgetall(self._usage_key(day, team, key_id))
+                fields = await client.hgetall(self._usage_key(day, team, key_id, counted_as or key_id))
                 rows.append(_usage_row(UsageRow(team, key_id, day), fields))
         return rows
 
@@ -957,6 +967,12 @@ if TYPE_CHECKING:
 
     def _conforms(limiter: RedisLimiter) -> Limiter:
         return limiter
+
+
+def _index_member(team: str, key_id: str, counted_as: str) -> str:
+    """A usage row's entry in its day's index: ``team\\tkey``, and the id it is counted as
+    after a tab when not its own (a rotated key's row lives in that id's slot)."""
+    return f"{team}\t{key_id}" if counted_as == key_id else f"{team}\t{key_id}\t{counted_as}"
 
 
 def _row_of(kept: _Pending) -> UsageRow:

@@ -90,6 +90,13 @@ class SQLiteKeyStore:
 
         return await self._run(op)
 
+    async def end_grace(self, key_id: str, at_s: float) -> KeyRecord | None:
+        def op(conn: sqlite3.Connection) -> KeyRecord | None:
+            conn.execute(self._q.end_grace, (at_s, key_id, at_s))
+            return self._one(conn, self._q.by_id, key_id)
+
+        return await self._run(op)
+
     async def replace(self, new: KeyRecord, old_key_id: str, at_s: float) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             if conn.execute(self._q.revoke_active, (at_s, old_key_id)).rowcount != 1:

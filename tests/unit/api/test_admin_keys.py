@@ -28,6 +28,7 @@ providers:
 models:
   m: {{deployments: [{{provider: a, model: ma}}]}}
   other: {{deployments: [{{provider: a, model: oa}}]}}
+  priced: {{deployments: [{{provider: a, model: ma, price: {{input_per_mtok: 1000000, output_per_mtok: 0}}}}]}}
 memory: {{enabled: false}}
 auth:
   store: {store}
@@ -60,6 +61,7 @@ async def test_every_endpoint_needs_the_admin_token(client: TestClient, headers:
         ("GET", "/admin/keys"),
         ("DELETE", "/admin/keys/key_abcdefghijkl"),
         ("POST", "/admin/keys/key_abcdefghijkl/rotate"),
+        ("DELETE", "/admin/keys/key_abcdefghijkl/grace"),
     ]:
         resp = await client.request(method, path, json={"team": "ops"}, headers=headers)
         assert resp.status == 401, (method, path)
@@ -353,3 +355,68 @@ async def test_a_grace_out_of_bounds_is_a_400_naming_it(client: TestClient, grac
     assert resp.status == 400, await resp.text()
     assert (await resp.json())["error"]["param"] == "grace_s"
     assert (await client.get("/v1/models", headers=bearer(old["secret"]))).status == 200  # not rotated
+
+
+async def test_a_rotation_keeps_the_keys_budget_spent_and_its_rpm_window(
+    clocked: tuple[TestClient, Clock],
+) -> None:
+    # (h-keycarry) the limiters counted by key id and a rotation makes a new one: a new secret was
+    # a fresh budget and an empty RPM window. They now count as the first key of the rotations.
+    client, _ = clocked
+    old = await (
+        await client.post(
+            "/admin/keys",
+            json={"team": "ops", "rpm": 3, "budget_usd": 1, "budget_period": "1d"},
+            headers=ADMIN,
+        )
+    ).json()
+    priced = {**CHAT, "model": "priced"}  # 1 prompt token at $1 a token: the whole budget
+    spent = await client.post("/v1/chat/completions", json=priced, headers=bearer(old["secret"]))
+    assert spent.status == 200 and spent.headers["x-ratelimit-remaining-requests"] == "2"
+    first = await (await client.post(f"/admin/keys/{old['id']}/rotate", headers=ADMIN)).json()
+    refused = await client.post("/v1/chat/completions", json=CHAT, headers=bearer(first["secret"]))
+    assert refused.status == 429, await refused.text()
+    assert (await refused.json())["error"]["code"] == "insufficient_quota"
+    # Rotated again: still the same count, and the RPM window too (a key without a budget).
+    counted = await (await client.post("/admin/keys", json={"team": "ops", "rpm": 3}, headers=ADMIN)).json()
+    ok = await client.post("/v1/chat/completions", json=CHAT, headers=bearer(counted["secret"]))
+    assert ok.headers["x-ratelimit-remaining-requests"] == "2"
+    for _ in range(2):
+        counted = await (await client.post(f"/admin/keys/{counted['id']}/rotate", headers=ADMIN)).json()
+        ok = await client.post("/v1/chat/completions", json=CHAT, headers=bearer(counted["secret"]))
+        assert ok.status == 200
+    assert ok.headers["x-ratelimit-remaining-requests"] == "0"
+    # The usage rows stay by key id: the spend under the key that spent it, the refusal under
+    # the key refused.
+    rows = {r["key"]: r for r in (await (await client.get("/admin/usage", headers=ADMIN)).json())["data"]}
+    assert (rows[old["id"]]["requests"], rows[old["id"]]["cost_usd"]) == (1, 1.0)
+    assert rows[first["id"]]["requests"] == 0 and rows[first["id"]]["refusals"] == {"budget": 1}
+
+
+async def test_ending_a_grace_refuses_the_old_secret_and_keeps_the_new(
+    clocked: tuple[TestClient, Clock],
+) -> None:
+    client, clock = clocked
+    old = await (await client.post("/admin/keys", json={"team": "ops"}, headers=ADMIN)).json()
+    new = await (
+        await client.post(f"/admin/keys/{old['id']}/rotate", json={"grace_s": 3600}, headers=ADMIN)
+    ).json()
+    assert (await client.get("/v1/models", headers=bearer(old["secret"]))).status == 200  # cached
+    ended = await client.delete(f"/admin/keys/{new['id']}/grace", headers=ADMIN)
+    assert ended.status == 200, await ended.text()
+    shown = await ended.json()
+    assert (shown["id"], shown["status"], shown["grace_until"]) == (new["id"], "active", int(clock.now))
+    refused = await client.get("/v1/models", headers=bearer(old["secret"]))
+    assert refused.status == 401 and (await refused.json())["error"]["code"] == "invalid_api_key"
+    assert (await client.get("/v1/models", headers=bearer(new["secret"]))).status == 200
+    # Ending it again keeps its first end (a worker of the set asked after it: the same answer).
+    clock.now += 10
+    again = await client.delete(f"/admin/keys/{new['id']}/grace", headers=ADMIN)
+    assert again.status == 200 and (await again.json())["grace_until"] == shown["grace_until"]
+    # No grace to end: a key never rotated with one, and no such key.
+    for key_id, code in ((old["id"], "grace_not_found"), ("key_abcdefghijkl", "key_not_found")):
+        missing = await client.delete(f"/admin/keys/{key_id}/grace", headers=ADMIN)
+        assert missing.status == 404 and (await missing.json())["error"]["code"] == code, key_id
+    plain = await (await client.post(f"/admin/keys/{new['id']}/rotate", headers=ADMIN)).json()
+    missing = await client.delete(f"/admin/keys/{plain['id']}/grace", headers=ADMIN)
+    assert missing.status == 404 and (await missing.json())["error"]["code"] == "grace_not_found"
