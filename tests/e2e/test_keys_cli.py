@@ -196,6 +196,18 @@ def test_keys_made_by_the_cli_work_on_a_running_gateway_and_url_mode(
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.headers["x-gateway-token-deprecated"] == "true"
 
+    # (h-keycarry) end-grace: the old secret refused at once, the new key still active.
+    ended = keys(workdir, "end-grace", new_local["id"], "--url", gateway.url, env=admin)
+    assert ended.returncode == 0, ended.stderr
+    assert f"The grace of key {new_local['id']} " in ended.stdout and "is refused" in ended.stdout
+    assert status(gateway.url, local["secret"]) == 401
+    after = next(
+        k for k in keys_json(workdir, "list", "--policy", "policy.yaml")["data"] if k["id"] == new_local["id"]
+    )
+    assert after["status"] == "active" and after["grace_until"] < new_local["grace_until"]
+    none = keys(workdir, "end-grace", local["id"], "--policy", "policy.yaml")
+    assert none.returncode == 1 and "has no grace to end" in none.stderr, none.stderr
+
 
 @pytest.mark.parametrize(
     ("keys_url", "says"),

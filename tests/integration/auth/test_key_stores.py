@@ -155,6 +155,19 @@ async def test_a_rotated_out_secret_finds_the_key_that_replaced_it(key_store: Ke
     assert found is not None and found.key_id == old.key_id
 
 
+async def test_ending_a_grace_brings_its_end_forward_only(key_store: KeyStore) -> None:
+    old = record()
+    await key_store.insert(old)
+    new = replace(record(), previous_hash=old.hash, previous_until=2000.0, limits_id=old.key_id)
+    assert await key_store.replace(new, old.key_id, 1500.0)
+    assert await key_store.get(new.key_id) == new  # limits_id round-trips
+    ended = await key_store.end_grace(new.key_id, 1600.0)
+    assert ended == replace(new, previous_until=1600.0)
+    assert await key_store.end_grace(new.key_id, 1700.0) == ended  # ended already: kept
+    assert await key_store.end_grace(old.key_id, 1700.0) == await key_store.get(old.key_id)  # none
+    assert await key_store.end_grace("key_nosuchkey000", 1700.0) is None
+
+
 # The table as every release before the rotation grace made it.
 OLD_TABLE = (
     "CREATE TABLE {table} (key_id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, "
@@ -189,7 +202,10 @@ async def test_a_table_made_before_the_grace_gains_its_columns_at_start(
         try:
             existing = await store.get("key_abcdefghijkl")
             assert existing is not None and (existing.previous_hash, existing.previous_until) == (None, None)
-            new = replace(record(), previous_hash=existing.hash, previous_until=2000.0)
+            assert existing.limits_id is None and existing.counted_as == existing.key_id
+            new = replace(
+                record(), previous_hash=existing.hash, previous_until=2000.0, limits_id=existing.key_id
+            )
             if await store.replace(new, existing.key_id, 1500.0):
                 assert await store.find_by_hash(existing.hash) == new
         finally:

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from gateway.auth.identity import Caller
-from gateway.auth.keyring import KeyRing
+from gateway.auth.keyring import KeyRing, KeySettings
 from gateway.auth.records import KeyRecord, hash_secret
 from gateway.auth.redis_limits import RedisLimiter
 from gateway.auth.sqlite_keys import SQLiteKeyStore
@@ -164,6 +164,43 @@ async def test_a_budget_period_stored_below_the_minimum_still_counts_spend(
         assert spent.refused == "budget" and 0 < spent.budget_reset_s <= MIN_BUDGET_PERIOD_S
         clock.now += 1000  # the next period
         assert (await limiter.admit(caller, "c", 0)).refused is None
+    finally:
+        await limiter.close()
+        await store.close()
+
+
+async def test_a_rotated_key_keeps_its_spend_and_window_and_its_own_usage_row(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    # (h-keycarry) counted by key id, a rotation was a fresh budget and an empty window.
+    store = SQLiteKeyStore(str(tmp_path / "keys.sqlite3"))
+    await store.start()
+    clock = ClockMs()
+    limiter = await _limiter(redis_url, redis_prefix, clock)
+    try:
+        ring = KeyRing(store, {"alpha": Team()}, clock=lambda: clock.now / 1000)
+        secret, old = await ring.create("alpha", KeySettings(rpm=5, budget_usd=1.0, budget_period_s=86400))
+        caller = await ring.authenticate(secret)
+        assert caller is not None and caller.counted_as == old.key_id
+        assert (await limiter.admit(caller, "a", 0)).refused is None
+        await limiter.settle(caller, "a", 0, 10, 10, 1.0)  # the whole budget
+        new_secret, new = await ring.rotate(old.key_id)
+        rotated = await ring.authenticate(new_secret)
+        assert rotated is not None and (rotated.key_id, rotated.counted_as) == (new.key_id, old.key_id)
+        decision = await limiter.admit(rotated, "b", 0)
+        assert decision.refused == "budget" and decision.requests is not None
+        assert decision.requests.remaining == 4  # the old secret's request is in its window
+        await limiter.refused(rotated, "budget")
+        await limiter.flush()
+        day = day_of(clock.now / 1000)
+        # A second process reads the rows from Redis: each key's under its own id.
+        reader = await _limiter(redis_url, redis_prefix, clock)
+        try:
+            rows = {r.key_id: r for r in await reader.usage(UsageQuery("alpha", None, day, day))}
+        finally:
+            await reader.close()
+        assert (rows[old.key_id].requests, rows[old.key_id].cost_usd) == (1, 1.0)
+        assert (rows[new.key_id].requests, rows[new.key_id].refusals) == (0, {"budget": 1})
     finally:
         await limiter.close()
         await store.close()
