@@ -124,3 +124,12 @@ def test_a_rotated_keys_old_secret_is_refused_by_every_worker_at_once(gateway: M
     assert [w["result"] for w in new["workers"]] == ["revoked", "revoked"]
     code, listed = admin(gateway.url, "GET", "/admin/keys")
     assert {k["id"]: k["status"] for k in listed["data"]} == {old["id"]: "revoked", new["id"]: "active"}
+
+    # (h-keycarry) a grace ended early: the secret it kept is refused by every worker at once.
+    code, graced = admin(gateway.url, "POST", f"/admin/keys/{new['id']}/rotate", {"grace_s": 3600})
+    assert code == 201, graced
+    assert statuses(gateway.url, new["secret"]) == [200] * TRIES  # cached by both workers
+    code, ended = admin(gateway.url, "DELETE", f"/admin/keys/{graced['id']}/grace")
+    assert code == 200 and [w["result"] for w in ended["workers"]] == ["grace ended"] * 2, ended
+    assert statuses(gateway.url, new["secret"]) == [401] * TRIES
+    assert statuses(gateway.url, graced["secret"]) == [200] * TRIES
