@@ -379,8 +379,12 @@ def _expiry(text: str) -> float:
 
 def _grace(text: str) -> float:
     """A rotation's grace: 0 (none) or a duration (``1h``, seconds) of at most MAX_GRACE_S."""
+    try:  # any spelling of zero (0, 0s, -0, 0.0, 0h) is "no grace", as grace_s 0 is on the API
+        zero = float(text.strip().rstrip("smhd")) == 0
+    except ValueError:
+        zero = False
     try:
-        seconds = 0.0 if text.strip() in ("0", "0s") else parse_duration_s(text)
+        seconds = 0.0 if zero else parse_duration_s(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if seconds > MAX_GRACE_S:

@@ -6,10 +6,12 @@ argparse reads a word starting with ``-`` as a flag unless it is a plain negativ
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from gateway.cli import main
-from gateway.keys_command import signed_values
+from gateway.keys_command import _grace, signed_values
 
 
 @pytest.mark.parametrize(
@@ -43,3 +45,17 @@ def test_only_value_flags_followed_by_a_signed_value_are_joined() -> None:
     assert signed_values(["create", "--expires", "--json"]) == ["create", "--expires", "--json"]
     assert signed_values(["create", "--name", "-5d"]) == ["create", "--name", "-5d"]
     assert signed_values(["revoke", "--", "--expires", "-5d"]) == ["revoke", "--", "--expires", "-5d"]
+
+
+@pytest.mark.parametrize("zero", ["0", "0s", "-0", "0.0", "0h", " 0 "])
+def test_every_spelling_of_zero_grace_is_no_grace(zero: str) -> None:
+    """``--grace -0`` said "must be a duration longer than 0" while ``0`` was taken (h-probe2)."""
+    assert _grace(zero) == 0.0
+
+
+def test_a_negative_or_too_long_grace_is_refused_in_its_own_words() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="longer than 0"):
+        _grace("-5m")
+    with pytest.raises(argparse.ArgumentTypeError, match="must be at most 1w"):
+        _grace("8d")
+    assert _grace("1h") == 3600.0
