@@ -410,6 +410,19 @@ class Price(_Strict):
         return max(prices.values()) if found is None else found
 
     @property
+    def request_usd(self) -> float | None:
+        """What routing's cost term compares for a deployment priced per unit (h-unitroute): the
+        list price of one typical request, or None without a per-unit price. One image at
+        1024x1024/standard (the requests' defaults, ``service/media.py``; else the mapping's
+        highest price), 1,000 characters of speech, one minute of audio; the first set of the
+        three, in that order, as one deployment serves one endpoint."""
+        if self.per_image is not None:
+            return self.image_usd("1024x1024", "standard")
+        if self.per_mchar_input is not None:
+            return self.per_mchar_input * 1_000 / 1_000_000
+        return self.per_minute_audio
+
+    @property
     def prices_cache(self) -> bool:
         """Whether a cache price is set (else the cache counts need not be read: every prompt
         token costs ``input_per_mtok``)."""

@@ -415,6 +415,7 @@ class Router:
                 reliability=t.live.stats.reliability(now, routing.reliability_prior_requests),
                 price_in=t.input_per_mtok(now),
                 price_out=t.deployment.price.output_per_mtok,
+                per_request=t.deployment.price.request_usd,
             )
             for t in targets
         ]

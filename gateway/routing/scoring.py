@@ -14,6 +14,10 @@ expensive model win):
                typical input/output token mix; eps is 1% of the dearest, so free models do
                not divide by zero. The input price is the deployment's effective one
                (``Target.input_per_mtok``): its cache prices at its observed cache shares.
+               When every deployment of the group is priced per unit (per image, character,
+               minute), the list price of one typical request replaces the blend
+               (``Price.request_usd``); when only some are, tokens and units do not compare
+               and the term is 1 for all (h-unitroute).
 
 score = sum(weight * term) / sum(weight).
 
@@ -40,6 +44,8 @@ class Figures:
     reliability: float
     price_in: float  # USD per million input tokens (effective: at the observed cache shares)
     price_out: float
+    # USD of one typical request when the deployment is priced per unit (``Price.request_usd``)
+    per_request: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +72,13 @@ def terms(figures: Sequence[Figures], input_share: float = 0.75, latency_floor_s
     """
     measured = [f.latency_s for f in figures if f.latency_s is not None and f.latency_s > 0]
     best_latency = min(measured) if measured else None
-    blended = [f.price_in * input_share + f.price_out * (1 - input_share) for f in figures]
+    per_unit = sum(f.per_request is not None for f in figures)
+    if not per_unit:  # token prices only: the blend, as it always was
+        blended = [f.price_in * input_share + f.price_out * (1 - input_share) for f in figures]
+    elif per_unit == len(figures):
+        blended = [f.per_request or 0.0 for f in figures]
+    else:  # tokens and units mixed: no comparable figure, so cost tells them nothing apart
+        blended = [0.0] * len(figures)
     eps = max(blended) * 0.01 if blended and max(blended) > 0 else 1.0
     cheapest = min(blended) if blended else 0.0
     out = []
