@@ -162,14 +162,15 @@ def _env_choice(
     return value
 
 
-def _env_token(e: Mapping[str, str], name: str) -> str | None:
+def _env_token(e: Mapping[str, str], name: str, *, refuse_empty: bool = False) -> str | None:
     """The token in variable ``name`` (``SOPHIA_ADMIN_TOKEN``, ``SOPHIA_METRICS_TOKEN``), None when
     unset or empty; SettingsError naming the variable (never the token) when no header can carry it."""
     token = e.get(name) or None
-    if name == "SOPHIA_METRICS_TOKEN" and token is None and name in e:
-        # An empty Secret, or a template's variable left blank: taken as unset, it served the
-        # metrics to anyone where the operator had meant them closed. (An empty admin token
-        # stays unset: the admin API is then closed beyond loopback, the safe side.)
+    if refuse_empty and token is None and name in e:
+        # An empty Secret, or a template's variable left blank, where unset means open (the
+        # metrics token): taken as unset, it served the metrics to anyone where the operator had
+        # meant them closed. (An empty admin token stays unset: the admin API is then closed
+        # beyond loopback, the safe side.)
         raise SettingsError(
             f"{name} is set but empty: /metrics would be open to anyone; give it the token "
             f"(at least 16 characters), or unset it to serve /metrics without one"
@@ -180,12 +181,14 @@ def _env_token(e: Mapping[str, str], name: str) -> str | None:
     return token
 
 
-def _env_token_pair(e: Mapping[str, str], name: str) -> tuple[str | None, str | None]:
+def _env_token_pair(
+    e: Mapping[str, str], name: str, *, refuse_empty: bool = False
+) -> tuple[str | None, str | None]:
     """The token in ``name`` and the one it replaced in ``name``_PREVIOUS (same rules), each None
     when unset or empty. A previous token without a current one is a SettingsError: it would open
     nothing (``SOPHIA_ADMIN_TOKEN`` unset on loopback means no token at all) or be taken for the
     current one, and either way the rotation was half done."""
-    token = _env_token(e, name)
+    token = _env_token(e, name, refuse_empty=refuse_empty)
     previous = _env_token(e, f"{name}_PREVIOUS")
     if previous is not None and token is None:
         raise SettingsError(
@@ -307,7 +310,7 @@ class Settings:
         except ValueError as exc:
             raise SettingsError(f"SOPHIA_TRUSTED_PROXIES: {exc}") from None
         admin_token, admin_previous = _env_token_pair(e, "SOPHIA_ADMIN_TOKEN")
-        metrics_token, metrics_previous = _env_token_pair(e, "SOPHIA_METRICS_TOKEN")
+        metrics_token, metrics_previous = _env_token_pair(e, "SOPHIA_METRICS_TOKEN", refuse_empty=True)
         _refuse_shared_token(
             {"SOPHIA_METRICS_TOKEN": metrics_token, "SOPHIA_METRICS_TOKEN_PREVIOUS": metrics_previous},
             {"SOPHIA_ADMIN_TOKEN": admin_token, "SOPHIA_ADMIN_TOKEN_PREVIOUS": admin_previous},
