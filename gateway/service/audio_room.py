@@ -7,12 +7,12 @@ copy for each attempt's body, the reader's buffers). ``AudioRoom`` bounds the su
 the forms in flight may reach (``server.max_audio_in_flight_bytes``); past it, an upload is
 refused before a byte of it is read, with a 503 the SDKs retry.
 
-Fairness (h-audioroom): one caller (``uploader_of``: its key, else its open-mode credential, else
-its address) may hold at most ``share_of(limit, max_form)`` of it: a quarter of the room, and at
-least one largest form. Past its share a caller gets a 429 ``uploads_busy`` (its own uploads fill
-its share; the room may still have space for others), so a few connections of one key trickling
-slowly (the upload pace allows 8 KiB/s for an hour) cannot keep everyone else at 503. Counted per
-process, as the room is.
+Fairness (h-audioroom): one caller (``uploader_of``: its key's team, else its open-mode
+credential, else its address) may hold at most ``share_of(limit, max_form)`` of it: a quarter of
+the room, and at least one largest form. Past its share a caller gets a 429 ``uploads_busy`` (its
+own uploads fill its share; the room may still have space for others), so a few connections of
+one team trickling slowly (the upload pace allows 8 KiB/s for an hour) cannot keep everyone else
+at 503, whatever number of keys they use (h-uploadgate). Counted per process, as the room is.
 """
 
 from __future__ import annotations
@@ -34,10 +34,13 @@ def share_of(limit: int, max_form: int) -> int:
 
 
 def uploader_of(ctx: CallContext, address: Callable[[], str | None]) -> str:
-    """Whose upload it is, for its share: the key; in open mode the credential's tenant (a hash
-    of the ``Authorization`` sent, as cache tenancy uses); without one, the client's address."""
-    if ctx.identity is not None:
-        return "key:" + ctx.identity.key_id
+    """Whose upload it is, for its share: the key's team (h-uploadgate: every key of a team
+    shares one share, so a team's several keys cannot fill the room), the key itself for a key
+    without a team; in open mode the credential's tenant (a hash of the ``Authorization`` sent,
+    as cache tenancy uses); without one, the client's address."""
+    caller = ctx.identity
+    if caller is not None:
+        return "team:" + caller.team if caller.team else "key:" + caller.key_id
     if ctx.tenant != ANONYMOUS_TENANT:
         return "tenant:" + ctx.tenant
     return "address:" + (address() or "")

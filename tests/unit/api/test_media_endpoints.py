@@ -106,7 +106,7 @@ memory: {{enabled: false}}
 cache: {{cacheable: always}}
 auth:
   store: {store}
-  teams: {{media: {{}}}}
+  teams: {{media: {{}}, other: {{}}, third: {{}}}}
 """
 
 
@@ -120,8 +120,10 @@ class Gateway:
     narrow: openai.AsyncOpenAI  # a key for "mod" only
 
 
-async def _key(client: TestClient, models: list[str] | None, tpm: int | None = None) -> str:
-    return (await _key_and_id(client, models, tpm=tpm))[0]
+async def _key(
+    client: TestClient, models: list[str] | None, tpm: int | None = None, team: str = "media"
+) -> str:
+    return (await _key_and_id(client, models, tpm=tpm, team=team))[0]
 
 
 async def _key_and_id(client: TestClient, models: list[str] | None, **limits: object) -> tuple[str, str]:
@@ -740,8 +742,9 @@ async def test_one_caller_holding_its_share_cannot_starve_another(gw: Gateway) -
     """(h-audioroom) A key's stalled uploads could fill the room (h-probe2: ~11 connections
     trickling at the slowest pace allowed kept every other caller at 503 for most of an hour).
     Now one caller holds at most its share (here one largest form: the room is two): its next
-    upload is a 429 uploads_busy naming the share, read nothing of, and another key still gets in."""
-    key = await _key(gw.client, None)
+    upload is a 429 uploads_busy naming the share, read nothing of, and another team's key still
+    gets in."""
+    key = await _key(gw.client, None, team="other")
     first = await _stalled_upload(gw, key)
     await _held(gw, MAX_AUDIO_BYTES)
     reader, writer = await _stalled_upload(gw, key)
@@ -755,6 +758,29 @@ async def test_one_caller_holding_its_share_cannot_starve_another(gw: Gateway) -
     first[1].close()
     await _held(gw, 0)
     assert gw.client.app[keys.AUDIO_ROOM].by == {}  # type: ignore[index]
+
+
+async def test_the_keys_of_one_team_share_one_share(gw: Gateway) -> None:
+    """(h-uploadgate) The share was per key, so a team with four keys could hold the whole room.
+    Now it is per team: a second key of the team holding its share gets the 429 uploads_busy at
+    once (before: it was let in, the room then full for every other team), while a key of another
+    team is still served."""
+    first = await _stalled_upload(gw, await _key(gw.client, None, team="other"))
+    await _held(gw, MAX_AUDIO_BYTES)
+    sibling = openai.AsyncOpenAI(
+        api_key=await _key(gw.client, None, team="other"), base_url=gw.sdk.base_url, max_retries=0
+    )
+    with pytest.raises(openai.RateLimitError) as caught:
+        await sibling.audio.transcriptions.create(model="whisper", file=("a.mp3", AUDIO))
+    assert caught.value.body["code"] == "uploads_busy", caught.value.body  # type: ignore[index]
+    assert "its share" in caught.value.message
+    assert caught.value.response.headers["connection"] == "close"
+    await sibling.close()
+    assert gw.client.app[keys.AUDIO_ROOM].by == {"team:other": MAX_AUDIO_BYTES}  # type: ignore[index]
+    result = await gw.sdk.audio.transcriptions.create(model="whisper", file=("a.mp3", AUDIO))
+    assert result.text == _transcript(AUDIO, "whisper-1")  # team media: its own share
+    first[1].close()
+    await _held(gw, 0)
 
 
 async def test_an_upload_declared_over_the_keys_tpm_is_refused_before_its_body(gw: Gateway) -> None:
@@ -787,8 +813,8 @@ async def test_forms_held_at_once_are_bounded_and_the_next_is_a_503_to_retry(gw:
     past it, a 503 with Retry-After that the SDKs retry; a slow upload's bytes are freed when it
     ends, however it ends."""
     slow = []
-    for _ in range(2):  # two uploads (two keys: each its share) declaring the largest form, stalled
-        slow.append(await _stalled_upload(gw, await _key(gw.client, None)))
+    for team in ("other", "third"):  # two uploads (two teams: each its share), stalled
+        slow.append(await _stalled_upload(gw, await _key(gw.client, None, team=team)))
     await _held(gw, 2 * MAX_AUDIO_BYTES)
     with pytest.raises(openai.APIStatusError) as caught:
         await gw.sdk.audio.transcriptions.create(model="whisper", file=("a.mp3", AUDIO))

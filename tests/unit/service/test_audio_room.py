@@ -17,9 +17,15 @@ def _open(authorization: str | None) -> CallContext:
     return CallContext.for_client("r", 0.0, headers)
 
 
-def test_the_uploader_is_the_key_else_the_credential_else_the_address() -> None:
+def test_the_uploader_is_the_team_else_the_key_else_the_credential_else_the_address() -> None:
     keyed = CallContext.for_client("r", 0.0, {}, Caller(key_id="k1", team="t"))
-    assert uploader_of(keyed, lambda: "10.0.0.1") == "key:k1"
+    # (h-uploadgate) a team's keys share one share; before, each key was its own uploader
+    same_team = CallContext.for_client("r", 0.0, {}, Caller(key_id="k2", team="t"))
+    assert uploader_of(keyed, lambda: "10.0.0.1") == uploader_of(same_team, lambda: "10.0.0.2") == "team:t"
+    other_team = CallContext.for_client("r", 0.0, {}, Caller(key_id="k3", team="u"))
+    assert uploader_of(other_team, lambda: "10.0.0.1") == "team:u"
+    teamless = CallContext.for_client("r", 0.0, {}, Caller(key_id="k1", team=""))
+    assert uploader_of(teamless, lambda: "10.0.0.1") == "key:k1"
     one, other = _open("Bearer a"), _open("Bearer b")
     assert uploader_of(one, lambda: "10.0.0.1") != uploader_of(other, lambda: "10.0.0.1")
     assert uploader_of(one, lambda: "10.0.0.1") == uploader_of(_open("Bearer a"), lambda: "10.0.0.2")
