@@ -74,8 +74,8 @@ def transcribe(endpoint: Endpoint, app: web.Application, door_key_header: str = 
             request[keys.REQUEST_ID], started_s, request.headers, caller, record, door_key_header
         )
         declared = request.content_length
-        if declared is not None:  # a form too large for the key's TPM is refused unread
-            limits.check_upload(endpoint, declared, ctx)
+        # (a key its limits refuse now, or whose declared form exceeds its TPM: refused unread)
+        await limits.check_upload(endpoint, declared, ctx)
         # (the policy's bounds read per request: a reload applies to the next upload)
         server = request.app[keys.POLICY].server
         size = server.max_audio_bytes if declared is None else min(declared, server.max_audio_bytes)

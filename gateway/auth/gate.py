@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from gateway.auth.identity import Caller
 from gateway.auth.limits import REFUSED_BUDGET, Decision, Limiter, Window
-from gateway.errors import QuotaExceeded, RateLimited, RequestTooLarge
+from gateway.errors import GatewayError, QuotaExceeded, RateLimited, RequestTooLarge
 from gateway.observability.metrics import GatewayMetrics
 from gateway.wire.audio import AUDIO_BYTES_PER_TOKEN, FORM, AudioForm
 from gateway.wire.media import media_tokens
@@ -93,33 +93,47 @@ class LimitGate:
         if decision.refused is None:
             ctx.limit_ticket = LimitTicket(self, caller, decision.ticket or ticket, tokens, estimate)
             return
-        m = self._metrics
-        m.child(m.refusals, caller.team, decision.refused).inc()
-        self.later(self.limiter.refused(caller, decision.refused))
-        if decision.refused == REFUSED_BUDGET:
-            raise QuotaExceeded(caller.budget_usd or 0.0, decision.budget_reset_s, headers)
-        window = decision.requests if decision.refused == "requests" else decision.tokens
-        raise RateLimited(decision.refused, window.limit if window else 0, decision.retry_after_s, headers)
+        raise self._refusal(caller, decision, headers)
 
-    def check_upload(self, endpoint: Endpoint, declared_bytes: int, ctx: LimitedCall) -> None:
-        """Refuse, before a byte of it is read, a transcription form whose declared length alone
-        reserves more than its key's whole TPM: the same 429 ``admit`` gives once the form is
-        read (counted as that refusal), with ``Connection: close`` so its body is not drained.
-        It reserves nothing (``admit`` reserves the tokens of the form actually read) and makes
-        no limiter call: a form that would fit is admitted, or refused by a full window, RPM or
-        budget, after it is read. The form's fields and framing are allowed
-        ``UPLOAD_FIELDS_ALLOWANCE`` bytes: a declared length counted whole as audio would refuse
-        a file that exactly fits."""
-        caller = ctx.identity
-        if caller is None or caller.tpm is None or ctx.charge_only:
-            return
-        tokens = audio_tokens(declared_bytes - UPLOAD_FIELDS_ALLOWANCE)
-        if tokens <= caller.tpm:
-            return
+    def _refusal(self, caller: Caller, decision: Decision, headers: dict[str, str]) -> GatewayError:
+        """The 429 of a refused ``decision``, counted (metrics, the usage rows' refusals)."""
+        refused = decision.refused or ""
         m = self._metrics
-        m.child(m.refusals, caller.team, "tokens").inc()
-        self.later(self.limiter.refused(caller, "tokens"))
-        error = RequestTooLarge(caller.tpm, tokens, _LOWER.get(endpoint, _LOWER_OUTPUT))
+        m.child(m.refusals, caller.team, refused).inc()
+        self.later(self.limiter.refused(caller, refused))
+        if refused == REFUSED_BUDGET:
+            return QuotaExceeded(caller.budget_usd or 0.0, decision.budget_reset_s, headers)
+        window = decision.requests if refused == "requests" else decision.tokens
+        return RateLimited(refused, window.limit if window else 0, decision.retry_after_s, headers)
+
+    async def check_upload(self, endpoint: Endpoint, declared_bytes: int | None, ctx: LimitedCall) -> None:
+        """Refuse a transcription before a byte of its form is read when its key's limits already
+        refuse it (h-uploadgate): a spent budget, a full RPM window, a TPM window without room for
+        the least the form can reserve, or (h-audioroom) a declared length that alone reserves
+        more than the whole TPM. The same 429 ``admit`` gives once the form is read (envelope,
+        code, ``Retry-After``, ``x-ratelimit-*``), counted as that refusal, with ``Connection:
+        close`` so its body is not drained. It counts and reserves nothing (``Limiter.peek``):
+        a form that passes is admitted by ``admit`` after it is read, exactly as before, its RPM
+        counted there once and its reservation the form's own. The least a form reserves is its
+        declared length as audio less ``UPLOAD_FIELDS_ALLOWANCE`` for its other fields and
+        framing (a declared length counted whole as audio would refuse a file that exactly
+        fits), one token without a declared length."""
+        caller = ctx.identity
+        if caller is None or not caller.limited or ctx.charge_only:
+            return
+        least = audio_tokens((declared_bytes or 0) - UPLOAD_FIELDS_ALLOWANCE)
+        if caller.tpm is not None and least > caller.tpm:
+            m = self._metrics
+            m.child(m.refusals, caller.team, "tokens").inc()
+            self.later(self.limiter.refused(caller, "tokens"))
+            error: GatewayError = RequestTooLarge(caller.tpm, least, _LOWER.get(endpoint, _LOWER_OUTPUT))
+        else:
+            decision = await self.limiter.peek(caller, least if caller.tpm is not None else 0)
+            if decision.refused is None:
+                return
+            headers = headers_for(decision)
+            ctx.record.rate_limits = headers
+            error = self._refusal(caller, decision, headers)
         error.headers["connection"] = "close"
         raise error
 

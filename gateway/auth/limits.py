@@ -69,6 +69,13 @@ class Limiter(Protocol):
         names the reservation for ``settle`` (unique per request)."""
         ...
 
+    async def peek(self, caller: Caller, tokens: int) -> Decision:
+        """What ``admit`` would decide now for a request reserving at least ``tokens``, counting
+        and reserving nothing (a transcription's check before its form is read,
+        ``LimitGate.check_upload``). It may admit what ``admit`` then refuses (the window moved,
+        the form reserves more), never the reverse at the same moment."""
+        ...
+
     async def settle(
         self, caller: Caller, ticket: str, reserved: int, tokens_in: int, tokens_out: int, cost_usd: float
     ) -> None:
@@ -125,6 +132,16 @@ class LocalLimiter:
 
     def admit_now(self, caller: Caller, ticket: str, tokens: int) -> Decision:
         """``admit`` without a coroutine (the Redis limiter's fallback calls it directly)."""
+        return self._decide(caller, ticket, tokens, count=True)
+
+    async def peek(self, caller: Caller, tokens: int) -> Decision:
+        return self.peek_now(caller, tokens)
+
+    def peek_now(self, caller: Caller, tokens: int) -> Decision:
+        """``peek`` without a coroutine: ``admit_now``'s decision, nothing counted."""
+        return self._decide(caller, "", tokens, count=False)
+
+    def _decide(self, caller: Caller, ticket: str, tokens: int, *, count: bool) -> Decision:
         now, window = self._clock(), self._window_s
         counts = self._keys.get(caller.counted_as)
         if counts is None:
@@ -142,7 +159,7 @@ class LocalLimiter:
             refused, retry_s = REFUSED_REQUESTS, counts.requests[0] + window - now
         if refused is None and tpm is not None and counts.tokens_total + tokens > tpm:
             refused, retry_s = REFUSED_TOKENS, self._tokens_fit_in(counts, tokens, tpm, now)
-        if refused is None:
+        if refused is None and count:
             if rpm is not None:
                 counts.requests.append(now)
             if tpm is not None:

@@ -65,7 +65,7 @@ from redis.exceptions import InvalidResponse
 from redis.typing import EncodableT
 
 from gateway.auth.identity import Caller
-from gateway.auth.limits import WINDOW_S, Decision, LocalLimiter, Window
+from gateway.auth.limits import ADMITTED_UNLIMITED, WINDOW_S, Decision, LocalLimiter, Window
 from gateway.auth.usage import UsageQuery, UsageRow, day_of
 from gateway.errors import LimitsUnavailable, UsageUnavailable
 from gateway.redis_link import FAILURES, Outage, RedisClient, probe, probe_answered, redis_client
@@ -128,6 +128,20 @@ local function add(z, h, s, id, at, weight, ttl)
   redis.call('PEXPIRE', s, ttl)
   return total
 end
+local function fit(z, h, used, limit, want)
+  local free = limit - used
+  local entries = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    free = free + tonumber(redis.call('HGET', h, entries[i]) or 0)
+    if free >= want then return tonumber(entries[i + 1]) + window - now end
+  end
+  return window
+end
+local function reset_of(z)
+  local last = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+  if #last == 0 then return 0 end
+  return math.max(0, tonumber(last[2]) + window - now)
+end
 """
 
 # KEYS: rq, ra, rs, tk, ta, ts, sp.  ARGV: now_ms ('' = Redis time), window_ms, rpm (0: none),
@@ -144,20 +158,6 @@ local ttl = window + lease_ms + 1000
 if ARGV[12] ~= '' then
   adjust(KEYS[2], KEYS[3], ARGV[12], -tonumber(ARGV[13]))
   adjust(KEYS[5], KEYS[6], ARGV[12], -tonumber(ARGV[14]))
-end
-local function fit(z, h, used, limit, want)
-  local free = limit - used
-  local entries = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
-  for i = 1, #entries, 2 do
-    free = free + tonumber(redis.call('HGET', h, entries[i]) or 0)
-    if free >= want then return tonumber(entries[i + 1]) + window - now end
-  end
-  return window
-end
-local function reset_of(z)
-  local last = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
-  if #last == 0 then return 0 end
-  return math.max(0, tonumber(last[2]) + window - now)
 end
 local refused, retry, breset, left = '', 0, 0, 0
 if budget then
@@ -196,6 +196,41 @@ if refused == '' then
 end
 return {refused, used_rq, reset_of(KEYS[1]), used_tk, reset_of(KEYS[4]), math.max(0, retry), breset,
         grant_rq, grant_tk, left}
+"""
+
+# KEYS: as _ADMIT's.  ARGV: now_ms, window_ms, rpm (0: none), tpm (0: none), tokens, budget_usd
+# ('' = none), period_ms, the spend this process has not written yet (USD), then the requests and
+# the tokens this process holds counted and unused (its lease, give-backs not yet written).
+# Counts nothing (``RedisLimiter.peek``). Returns {refused, requests used, requests reset ms,
+# tokens used, tokens reset ms, retry ms, budget reset ms}.
+_PEEK = """
+local rpm, tpm, need = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local budget, period = tonumber(ARGV[6]), tonumber(ARGV[7])
+local held_rq, held_tk = tonumber(ARGV[9]), tonumber(ARGV[10])
+local refused, retry, breset = '', 0, 0
+if budget then
+  local idx = math.floor(now / period)
+  local s = redis.call('HMGET', KEYS[7], 'period', 'usd')
+  local spent = 0
+  if tonumber(s[1]) == idx then spent = tonumber(s[2]) or 0 end
+  spent = spent + (tonumber(ARGV[8]) or 0)
+  breset = (idx + 1) * period - now
+  if spent >= budget then refused, retry = 'budget', breset end
+end
+local used_rq, used_tk = 0, 0
+if rpm > 0 then
+  used_rq = math.max(0, expire(KEYS[1], KEYS[2], KEYS[3]) - held_rq)
+  if refused == '' and used_rq + 1 > rpm then
+    refused, retry = 'requests', fit(KEYS[1], KEYS[2], used_rq, rpm, 1)
+  end
+end
+if tpm > 0 then
+  used_tk = math.max(0, expire(KEYS[4], KEYS[5], KEYS[6]) - held_tk)
+  if refused == '' and used_tk + need > tpm then
+    refused, retry = 'tokens', fit(KEYS[4], KEYS[5], used_tk, tpm, need)
+  end
+end
+return {refused, used_rq, reset_of(KEYS[1]), used_tk, reset_of(KEYS[4]), math.max(0, retry), breset}
 """
 
 # KEYS: rq, ra, rs, tk, ta, ts, sp, usage row.  ARGV: now_ms, window_ms, lease_ms, period_ms (0:
@@ -346,6 +381,7 @@ class RedisLimiter:
         self._client: RedisClient | None = None
         self._admit: AsyncScript | None = None
         self._settle: AsyncScript | None = None
+        self._peek: AsyncScript | None = None
         self._pipe: ScriptPipe | None = None
         self._indexed: set[tuple[int, str, str]] = set()  # (day, team, index member) already indexed
         self._outage = Outage()
@@ -357,6 +393,7 @@ class RedisLimiter:
         self._flush_at: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         self.round_trips = 0  # admission scripts run (the rest were admitted from leases)
+        self.peeks = 0  # peek scripts run (``peek``)
 
     async def start(self) -> None:
         if self._client is not None:
@@ -364,6 +401,7 @@ class RedisLimiter:
         self._client = redis_client(self._url, self._op_timeout_s, health_check_interval_s=15)
         self._admit = self._client.register_script(_COMMON + _ADMIT)
         self._settle = self._client.register_script(_COMMON + _SETTLE)
+        self._peek = self._client.register_script(_COMMON + _PEEK)
         # Admissions on a pipelined connection of their own (redis_pipe.py): a key admitted
         # less than twice per lease period costs one per request, in the default policy.
         self._pipe = ScriptPipe.for_client(self._client, self._op_timeout_s)
@@ -433,10 +471,7 @@ class RedisLimiter:
     def _draw(self, lease: _Lease, caller: Caller, tokens: int) -> Decision | None:
         """A request admitted from this process's lease, or None (ended, used up, other limits)."""
         now = time.monotonic()
-        fits = lease.requests >= 1 and (caller.tpm is None or lease.tokens >= tokens)
-        if lease.budget_left_usd is not None and lease.budget_left_usd <= 0:
-            fits = False
-        if not fits or now >= lease.ends or lease.limits != _limits(caller):
+        if not _drawable(lease, caller, tokens, now):
             return None
         lease.requests -= 1
         lease.tokens -= tokens
@@ -613,6 +648,65 @@ class RedisLimiter:
             pending.corrections["t", lease.entry] -= lease.tokens
         lease.requests = lease.tokens = 0
         self._schedule()
+
+    # -- a look before the body (``LimitGate.check_upload``) ----------------------------------
+
+    async def peek(self, caller: Caller, tokens: int) -> Decision:
+        """What ``admit`` would decide now, counting nothing. A request this process's lease
+        would admit is admitted without a round trip; otherwise one read of the key's counters
+        (``_PEEK``), less what this process holds counted and unused (its lease, give-backs not
+        written yet: ``admit`` gives those back first), plus its unwritten spend, as ``_ADMIT``
+        adds it. Admitted whenever unsure: while a round trip of this process takes a lease for
+        the key (its requests are counted in Redis before they are drawn here), and when Redis
+        fails and the policy fails closed (``admit`` decides then, as before); failing open,
+        this process's own counts decide, as they would admit."""
+        key_id = caller.counted_as
+        held_rq = held_tk = 0
+        lease = self._leases.get(key_id)
+        if lease is not None:
+            if _drawable(lease, caller, tokens, time.monotonic()):
+                return ADMITTED_UNLIMITED
+            held_rq, held_tk = max(0, lease.requests), max(0, lease.tokens)
+        if key_id in self._taking:
+            return ADMITTED_UNLIMITED
+        batches = [self._batch] if self._writing is None else [self._batch, self._writing]
+        for batch in batches:
+            for pending in batch.pending.values():
+                if pending.caller.counted_as != key_id:
+                    continue
+                for (which, _), delta in pending.corrections.items():
+                    if delta < 0 and which == "r":
+                        held_rq -= delta
+                    elif delta < 0:
+                        held_tk -= delta
+        script = self._peek
+        assert script is not None, "start() first"
+        rpm, tpm = caller.rpm, caller.tpm
+        args: list[str | int] = [
+            self._now_arg(),
+            self._window_ms,
+            rpm or 0,
+            tpm or 0,
+            tokens,
+            "" if caller.budget_usd is None or not caller.budget_period_s else repr(caller.budget_usd),
+            int((caller.budget_period_s or 0) * 1000),
+            repr(self._unwritten_spend(key_id)) if caller.budget_usd is not None else "0",
+            held_rq,
+            held_tk,
+        ]
+        self.peeks += 1
+        op, bounded = script_op(self._pipe, script, self._keys(key_id), args)
+        found = await self._call(op, fallback_ok=True, bounded=bounded, read=_peeked)
+        if found is None:
+            return self.local.peek_now(caller, tokens) if self._fail == "open" else ADMITTED_UNLIMITED
+        refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset = found
+        return Decision(
+            refused or None,
+            None if rpm is None else Window(rpm, max(0, rpm - used_rq), rq_reset / 1000),
+            None if tpm is None else Window(tpm, max(0, tpm - used_tk), tk_reset / 1000),
+            retry / 1000,
+            breset / 1000,
+        )
 
     # -- settlement ------------------------------------------------------------------------
 
@@ -903,6 +997,30 @@ def _admission(reply: Any) -> tuple[str, int, int, int, int, int, int, int, int,
 
 
 _REFUSALS = frozenset(("", "budget", "requests", "tokens"))  # the admission script's reasons
+
+
+def _peeked(reply: Any) -> tuple[str, int, int, int, int, int, int]:
+    """The peek script's reply read (as ``_admission``): whether it would refuse, then six counts."""
+    if not isinstance(reply, list) or len(reply) != 7:
+        raise InvalidResponse(f"not a peek script's reply: {type(reply).__name__}")
+    refused, *counts = reply
+    refused = refused.decode(errors="replace") if isinstance(refused, bytes) else refused
+    if refused not in _REFUSALS or not all(type(c) is int for c in counts):
+        raise InvalidResponse("not a peek script's reply: another shape of 7 elements")
+    used_rq, rq_reset, used_tk, tk_reset, retry, breset = counts
+    return refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset
+
+
+def _drawable(lease: _Lease, caller: Caller, tokens: int, now: float) -> bool:
+    """Whether ``lease`` may admit a request of ``caller`` reserving ``tokens`` at ``now``."""
+    if lease.budget_left_usd is not None and lease.budget_left_usd <= 0:
+        return False
+    return (
+        lease.requests >= 1
+        and (caller.tpm is None or lease.tokens >= tokens)
+        and now < lease.ends
+        and lease.limits == _limits(caller)
+    )
 
 
 def _settled(replies: list[Any], scripts: int) -> None:

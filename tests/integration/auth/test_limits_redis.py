@@ -522,3 +522,69 @@ async def test_a_request_that_waited_on_a_failed_lease_is_admitted_at_once(
         assert waited < op_timeout_s * 1.8, waited
     finally:
         await limiter.close()
+
+
+async def test_a_peek_counts_nothing_and_decides_as_admit_would(redis_url: str, redis_prefix: str) -> None:
+    """(h-uploadgate) ``peek``: the decision ``admit`` would make now (the budget, the RPM, the
+    TPM for the tokens given), with its windows and retry, and nothing counted or reserved."""
+    clock = ClockMs()
+    limiter = await _limiter(redis_url, redis_prefix, clock)
+    key = Caller("k1", "alpha", rpm=2, tpm=1_000, budget_usd=1.0, budget_period_s=86400.0)
+    try:
+        seen = await limiter.peek(key, 600)
+        assert seen.refused is None and seen.requests is not None and seen.requests.remaining == 2
+        assert (await limiter.admit(key, "a", 600)).refused is None
+        assert _sum(redis_url, redis_prefix, "k1", "r") == 1  # the peek counted nothing
+        tight = await limiter.peek(key, 500)
+        assert tight.refused == "tokens" and tight.tokens is not None and tight.tokens.remaining == 400
+        assert (await limiter.peek(key, 400)).refused is None
+        clock.now += 15_000
+        assert (await limiter.admit(key, "b", 0)).refused is None
+        full = await limiter.peek(key, 0)
+        assert full.refused == "requests" and full.retry_after_s == pytest.approx(45)
+        assert full.requests is not None and full.requests.remaining == 0
+        refused = await limiter.admit(key, "c", 0)
+        assert (refused.refused, refused.retry_after_s) == (full.refused, full.retry_after_s)
+        assert _sum(redis_url, redis_prefix, "k1", "r") == 2
+        assert _sum(redis_url, redis_prefix, "k1", "t") == 600
+        limiter.settle_soon(key, "a", 600, 10, 10, 1.0)  # the budget spent, not written yet
+        assert (await limiter.peek(key, 0)).refused == "budget"
+        await limiter.flush()
+        clock.now += 60_000
+        assert (await limiter.peek(key, 0)).refused == "budget"
+        assert limiter.peeks == 6 and limiter.round_trips == 3
+    finally:
+        await limiter.close()
+
+
+async def test_a_peek_counts_what_this_process_holds_unused_as_free(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """(h-uploadgate) A key's requests counted in Redis as this process's lease, unused, are not
+    a full window to ``peek``: a lease that would admit the request admits it without a round
+    trip, and a lease ended whose give-back is not written yet is counted as given back."""
+    limiter = RedisLimiter(redis_url, prefix=redis_prefix, lease_s=0.3, flush_s=30)
+    await limiter.start()
+    other = await _limiter(redis_url, redis_prefix, lease_s=0)  # one round trip per request
+    key = Caller("k1", "alpha", rpm=400)  # leases of up to 2
+    try:
+        assert (await limiter.admit(key, "a", 0)).refused is None
+        assert (await limiter.admit(key, "b", 0)).refused is None  # a lease of 2: 1 left
+        assert limiter._leases["k1"].requests == 1
+        for i in range(397):
+            assert (await other.admit(key, f"o{i}", 0)).refused is None
+        assert (await other.admit(key, "full", 0)).refused == "requests"
+        assert (await limiter.peek(key, 0)).refused is None and limiter.peeks == 0  # the lease's
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while "k1" in limiter._leases:  # the lease ends; its give-back waits for the next write
+            assert loop.time() < deadline, "the lease never ended"
+            await asyncio.sleep(0.02)
+        assert _sum(redis_url, redis_prefix, "k1", "r") == 400
+        seen = await limiter.peek(key, 0)
+        assert seen.refused is None and limiter.peeks == 1
+        await limiter.flush()
+        assert (await limiter.admit(key, "c", 0)).refused is None  # as admit decides once written
+    finally:
+        await limiter.close()
+        await other.close()

@@ -141,3 +141,25 @@ async def test_usage_rows_per_team_key_and_day() -> None:
     assert row.refusals == {"requests": 1}
     assert [r.team for r in await limiter.usage(UsageQuery(None, None, today, today))] == ["alpha", "beta"]
     assert await limiter.usage(UsageQuery(None, None, today + 1, today + 2)) == []
+
+
+async def test_a_peek_counts_nothing_and_decides_as_admit_would() -> None:
+    """(h-uploadgate) ``peek``: ``admit``'s decision now (budget, RPM, TPM for the tokens given),
+    with its windows and retry, nothing counted or reserved."""
+    clock = Clock()
+    limiter = LocalLimiter(clock=clock)
+    key = caller(rpm=2, tpm=1_000, budget_usd=1.0, budget_period_s=86400.0)
+    for _ in range(3):
+        seen = await limiter.peek(key, 600)
+        assert seen.refused is None and seen.requests is not None and seen.requests.remaining == 2
+    assert (await limiter.admit(key, "a", 600)).refused is None
+    tight = await limiter.peek(key, 500)
+    assert tight.refused == "tokens" and tight.tokens is not None and tight.tokens.remaining == 400
+    clock.now += 15
+    assert (await limiter.admit(key, "b", 0)).refused is None
+    full = await limiter.peek(key, 0)
+    refused = await limiter.admit(key, "c", 0)
+    assert (full.refused, full.retry_after_s) == (refused.refused, refused.retry_after_s) == ("requests", 45)
+    await limiter.settle(key, "a", 600, 10, 10, 1.0)
+    clock.now += 60
+    assert (await limiter.peek(key, 0)).refused == (await limiter.admit(key, "d", 0)).refused == "budget"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.exceptions import InvalidResponse
 
-from gateway.auth.redis_limits import _admission, _settled
+from gateway.auth.redis_limits import _admission, _peeked, _settled
 
 ADMITTED = [b"", 1, 59_000, 10, 59_000, 0, 0, 1, 10, 0]
 
@@ -39,6 +39,19 @@ def test_the_admission_scripts_reply_is_read() -> None:
 def test_an_admission_reply_of_another_shape_is_invalid(reply: Any) -> None:
     with pytest.raises(InvalidResponse):
         _admission(reply)
+
+
+PEEKED = [b"requests", 2, 45_000, 0, 0, 45_000, 0]
+
+
+@pytest.mark.parametrize(
+    "reply", [[], ADMITTED, [b"", b"1", *PEEKED[2:]], [b"maybe", *PEEKED[1:]], [*PEEKED, 1], None]
+)
+def test_a_peek_reply_is_read_and_one_of_another_shape_is_invalid(reply: Any) -> None:
+    """(h-uploadgate)"""
+    assert _peeked(PEEKED) == ("requests", 2, 45_000, 0, 0, 45_000, 0)
+    with pytest.raises(InvalidResponse):
+        _peeked(reply)
 
 
 def test_the_settle_writes_replies_are_read() -> None:
