@@ -31,6 +31,7 @@ from gateway.api import (
 from gateway.api import memory as memory_api
 from gateway.api import messages as messages_api
 from gateway.api import responses as responses_api
+from gateway.auth.allowed_hosts import AllowedHosts
 from gateway.auth.backends import key_store
 from gateway.auth.client_address import ClientAddresses
 from gateway.auth.gate import LimitGate
@@ -70,7 +71,7 @@ from gateway.service.recovery import (
     pool_reconnects,
 )
 from gateway.service.responses import ResponsesService, cache_budgets
-from gateway.settings import Settings, parse_networks
+from gateway.settings import Settings, parse_host_patterns, parse_networks
 from gateway.wire.requests import Endpoint
 
 # Imported where they are built: the ingest machinery with memory on, redis-py (~0.15 s of
@@ -194,6 +195,7 @@ def build_app(
         exempt=parse_networks(settings.auth_throttle_exempt),
     )
     app[keys.CLIENT_ADDRESSES] = ClientAddresses(parse_networks(settings.trusted_proxies))
+    app[keys.ALLOWED_HOSTS] = AllowedHosts(parse_host_patterns(settings.allowed_hosts), settings.host)
 
     async def cache_store_open(app: web.Application) -> AsyncIterator[None]:
         await store.start()  # never fails: an unreachable Redis starts unhealthy (fail-open)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from gateway.auth.allowed_hosts import AllowedHosts
 from gateway.auth.client_address import ClientAddresses
 from gateway.auth.gate import LimitGate
 from gateway.auth.identity import Caller
@@ -102,6 +103,9 @@ KEY_ADMIN = web.AppKey("key_admin", KeyRing)
 AUTH_THROTTLE = web.AppKey("auth_throttle", FailedAuthThrottle)
 # The client address behind SOPHIA_TRUSTED_PROXIES (X-Forwarded-For), for the throttle and the access log
 CLIENT_ADDRESSES = web.AppKey("client_addresses", ClientAddresses)
+# The Host names that are not a DNS-rebinding page's (auth.mode: open, the admin API without a
+# token): IP literals, localhost, the bound name, SOPHIA_ALLOWED_HOSTS (``auth/allowed_hosts.py``)
+ALLOWED_HOSTS = web.AppKey("allowed_hosts", AllowedHosts)
 # Every dependency's health (GET /health, readiness, gateway_dependency_up)
 HEALTH = web.AppKey("health", HealthMonitor)
 # Frees caches when resident memory passes server.max_rss_bytes (absent when that is null)

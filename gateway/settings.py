@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -56,6 +57,32 @@ def parse_networks(text: str) -> tuple[Network, ...]:
             )
         networks.append(network)
     return tuple(networks)
+
+
+_HOST_NAME = re.compile(r"\.?[a-z0-9_-]+(?:\.[a-z0-9_-]+)*", re.ASCII)
+
+
+def parse_host_patterns(text: str) -> tuple[str, ...]:
+    """``text``'s comma-separated host names (``SOPHIA_ALLOWED_HOSTS``), in lower case without a
+    trailing dot: ``gateway``, ``.example.com`` (that name and every name under it), ``*`` (any);
+    nothing: none. ValueError naming an entry that is not a host name (a port, a scheme, a path,
+    a wildcard other than ``*``)."""
+    patterns = []
+    for part in text.split(","):
+        entry = part.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            patterns.append(entry)
+            continue
+        entry = entry.removesuffix(".")
+        if _HOST_NAME.fullmatch(entry) is None:
+            raise ValueError(
+                f"{part.strip()!r} is not a host name (list names without scheme or port: gateway, "
+                ".example.com for a domain and the names under it, * for any)"
+            )
+        patterns.append(entry)
+    return tuple(patterns)
 
 
 class SettingsError(ValueError):
@@ -284,6 +311,11 @@ class Settings:
     # from a peer in them, the client address is read from ``X-Forwarded-For`` (the rightmost
     # untrusted entry). Empty (the default): the header is never read, since any client can write it.
     trusted_proxies: str = ""
+    # Host names an open gateway (and the admin API without a token) answers besides IP literals,
+    # localhost and the name it is bound to (comma-separated; ``.example.com``: that domain and
+    # the names under it; ``*``: any). A request naming another host is refused as DNS rebinding
+    # (``auth/allowed_hosts.py``).
+    allowed_hosts: str = ""
     # Set by ``serve --workers N`` (N > 1) in each worker; None for a process serving alone.
     worker: WorkerSlot | None = None
 
@@ -309,6 +341,11 @@ class Settings:
             parse_networks(trusted_proxies)
         except ValueError as exc:
             raise SettingsError(f"SOPHIA_TRUSTED_PROXIES: {exc}") from None
+        allowed_hosts = e.get("SOPHIA_ALLOWED_HOSTS", base.allowed_hosts)
+        try:
+            parse_host_patterns(allowed_hosts)
+        except ValueError as exc:
+            raise SettingsError(f"SOPHIA_ALLOWED_HOSTS: {exc}") from None
         admin_token, admin_previous = _env_token_pair(e, "SOPHIA_ADMIN_TOKEN")
         metrics_token, metrics_previous = _env_token_pair(e, "SOPHIA_METRICS_TOKEN", refuse_empty=True)
         _refuse_shared_token(
@@ -341,4 +378,5 @@ class Settings:
             auth_throttle_window_s=base.auth_throttle_window_s if window_s is None else window_s,
             auth_throttle_exempt=exempt,
             trusted_proxies=trusted_proxies,
+            allowed_hosts=allowed_hosts,
         )

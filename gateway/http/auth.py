@@ -11,11 +11,13 @@ message (no hint which, never echoing the header); a key store that cannot answe
 503, never an open door.
 
 ``auth.mode: open``: no key needed; the caller is ``None`` and the request context keeps today's
-tenant (a hash of the Authorization header).
+tenant (a hash of the Authorization header). Every route then refuses a ``Host`` that is not the
+gateway's (``refuse_rebound_host``: DNS rebinding), before its handler.
 
 Admin endpoints (``/admin/*``) need ``Authorization: Bearer $SOPHIA_ADMIN_TOKEN`` (compared in
 constant time) whenever the token is set; without it they answer only on a gateway bound to
-loopback, and 403 when it listens beyond.
+loopback (and there only to a ``Host`` that is the gateway's, with no other site's ``Origin``), and
+403 when it listens beyond.
 
 ``GET /metrics`` needs ``Authorization: Bearer $SOPHIA_METRICS_TOKEN`` (constant time) when that
 token is set (``metrics_refusal``: plain-text 401 and 429, door ``metrics``), and is open without it.
@@ -44,10 +46,12 @@ import socket
 from aiohttp import hdrs, web
 
 from gateway import keys
+from gateway.auth.allowed_hosts import AllowedHosts
 from gateway.auth.client_address import ClientAddresses
 from gateway.auth.identity import Caller
 from gateway.auth.throttle import FailedAuthThrottle
 from gateway.errors import AuthenticationFailed, AuthThrottled, KeyStoreUnavailable, PermissionDenied
+from gateway.quoting import quoted
 from gateway.settings import MAX_ADMIN_TOKEN_CHARS
 
 log = logging.getLogger("gateway.http")
@@ -76,12 +80,6 @@ X_API_KEY = "x-api-key"  # Anthropic's SDKs (the Messages door)
 AZURE_API_KEY = "api-key"  # the openai SDK's AzureOpenAI client (the Azure door)
 _MAX_ADMIN_HEADER_CHARS = MAX_ADMIN_TOKEN_CHARS + 64
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sophia-gateway"'}
-# A Host header a client on this machine sends: localhost (or a name under it, RFC 6761),
-# 127.0.0.0/8, ::1, with or without a port.
-_LOCAL_HOST = re.compile(
-    r"(?:(?:[A-Za-z0-9-]+\.)*localhost\.?|127(?:\.\d{1,3}){3}|\[(?:0*:)*:?0*1\])(?::\d{1,5})?",
-    re.ASCII | re.IGNORECASE,
-)
 
 
 def invalid_api_key(key_header: str = "") -> AuthenticationFailed:
@@ -232,9 +230,7 @@ def used_previous(request: web.Request, token: str) -> None:
     (``TOKEN_DEPRECATED_HEADER``) and its access-log line too (``previous_token``), so the operator
     sees who still sends it. Not for a peer worker passing a call on over its Unix socket (the
     worker the client reached counted it, and the set's ``/metrics`` sums both)."""
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None and sock.family == socket.AF_UNIX:
+    if _from_peer_worker(request):
         return
     metrics = request.app[keys.METRICS]
     metrics.child(metrics.previous_token_used, token).inc()
@@ -329,11 +325,11 @@ def _require_local_host(request: web.Request) -> None:
     Without a token the admin API trusts whoever reaches a loopback address; a web page the
     operator opens can reach it too, through DNS rebinding (its own name re-pointed at 127.0.0.1:
     the browser then sends it same-origin requests, JSON bodies and all, and reads the answers),
-    and mint keys. Such a request carries the page's name in ``Host``; a local client sends
-    ``localhost`` or a loopback address (as Jupyter and Ollama check). A peer worker of the set
-    asks over its Unix socket (``Host: worker``): not a browser's."""
-    host = request.headers.get("Host", "")
-    origin = request.headers.get("Origin")
+    and mint keys. Such a request carries the page's name in ``Host``: the rule is an open
+    gateway's (``refuse_rebound_host``: IP literals, ``localhost``, the bound name,
+    ``SOPHIA_ALLOWED_HOSTS``; a peer worker of the set on its Unix socket)."""
+    host = request.headers.get(hdrs.HOST, "")
+    origin = request.headers.get(hdrs.ORIGIN)
     if origin is not None and origin.partition("://")[2] != host:
         # Another site's page posting without a preflight (``POST /admin/policy/reload`` needs no
         # body): its browser names it in ``Origin``. No admin client sends one.
@@ -342,55 +338,44 @@ def _require_local_host(request: web.Request) -> None:
             "request comes from a web page of another site (its Origin header). Set SOPHIA_ADMIN_TOKEN "
             "to call it from elsewhere."
         )
-    if _LOCAL_HOST.fullmatch(host) is not None:
-        return
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None and sock.family == socket.AF_UNIX:
+    if request.app[keys.ALLOWED_HOSTS].allows(host) or _from_peer_worker(request):
         return
     raise PermissionDenied(
-        "The admin API answers without a token only to this machine, and this request's Host header "
-        "names another host (a web page reaching the gateway through DNS rebinding sends its own). "
-        "Call it as localhost or 127.0.0.1, or set SOPHIA_ADMIN_TOKEN."
+        f"The admin API answers without a token only to requests naming this machine, and this "
+        f"request's Host header ({quoted(host)}) names another host (a web page reaching the gateway "
+        "through DNS rebinding sends its own). Call it as localhost or 127.0.0.1, add the name to "
+        "SOPHIA_ALLOWED_HOSTS, or set SOPHIA_ADMIN_TOKEN."
     )
 
 
-class LocalHosts:
-    """``auth.mode: open`` on loopback answers requests naming this machine only (``check``).
+def refuse_rebound_host(request: web.Request, hosts: AllowedHosts) -> None:
+    """Raise ``PermissionDenied`` (403) for a request to an open gateway whose ``Host`` is not one
+    of ``hosts`` (``auth/allowed_hosts.py``; a peer worker of the set on its Unix socket passes).
 
-    Open mode trusts whoever reaches the port, and a gateway bound to loopback is reached by the
-    programs of this machine, but also by any web page its user opens, through DNS rebinding:
-    the page re-points its own name at 127.0.0.1, and its browser then sends same-origin requests
-    (JSON bodies, reading the answers) that spend the provider keys and read the memories. Such a
-    request carries the page's name in ``Host``; a local client sends ``localhost`` or a loopback
-    address (Jupyter and Ollama check the same). ``--allow-open`` beyond loopback checks nothing:
-    the operator opened it to the network. The names accepted are remembered (at most 64), so a
-    request costs one ``Host`` lookup and one set lookup."""
+    ``auth.mode: open`` trusts whoever reaches the port, and that includes any web page its users
+    open, through DNS rebinding: the page re-points its own name at the gateway's address, and its
+    browser then sends same-origin requests (JSON bodies, reading the answers) that spend the
+    provider keys and read the memories. Such a request carries the page's name in ``Host``.
+    Called before the handler, on every route, in open mode only (unless ``SOPHIA_ALLOWED_HOSTS``
+    is ``*``): an accepted ``Host`` costs one set lookup."""
+    host = request.headers.get(hdrs.HOST, "")
+    if hosts.allows(host) or _from_peer_worker(request):
+        return
+    raise PermissionDenied(
+        f"This gateway runs with auth.mode: open and answers only requests naming it (an IP address, "
+        f"localhost, or a name in SOPHIA_ALLOWED_HOSTS); this request's Host header ({quoted(host)}) "
+        "names another host (a web page reaching the gateway through DNS rebinding sends its own). "
+        "Call it by address or as localhost, add the name to SOPHIA_ALLOWED_HOSTS (comma-separated; "
+        "* for any), or use auth.mode: keys."
+    )
 
-    __slots__ = ("_seen",)
 
-    def __init__(self) -> None:
-        self._seen: set[str] = set()
-
-    def check(self, request: web.Request) -> None:
-        """Raise ``PermissionDenied`` (403) for a ``Host`` that names another machine."""
-        host = request.headers.get("Host", "")
-        if host in self._seen:
-            return
-        if _LOCAL_HOST.fullmatch(host) is not None:
-            if len(self._seen) < 64:
-                self._seen.add(host)
-            return
-        transport = request.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is not None and sock.family == socket.AF_UNIX:  # a peer worker of the set
-            return
-        raise PermissionDenied(
-            "This gateway runs with auth.mode: open on loopback and answers only requests that name "
-            "this machine (localhost, 127.0.0.1, [::1]); this request's Host header names another "
-            "host (a web page reaching the gateway through DNS rebinding sends its own). Call it as "
-            "localhost or 127.0.0.1, or use auth.mode: keys."
-        )
+def _from_peer_worker(request: web.Request) -> bool:
+    """Whether ``request`` came over the set's Unix socket: a peer worker of ``serve --workers``
+    passing a call on (``Host: worker``), never a browser."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX
 
 
 def is_loopback(host: str) -> bool:

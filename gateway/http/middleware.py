@@ -37,7 +37,7 @@ from gateway.errors import (
     ServiceUnavailable,
     UpstreamError,
 )
-from gateway.http.auth import LocalHosts, client_address, is_loopback
+from gateway.http.auth import client_address, refuse_rebound_host
 from gateway.http.responses import anthropic_error_response, error_renderer
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
@@ -92,14 +92,12 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
     # /v1/models answers Anthropic's SDKs (they send ``anthropic-version``) in Anthropic's shapes,
     # its errors included (``api/openai.py``): decided per request on that route only.
     shared = endpoint.startswith("/v1/models")
-    # auth.mode: open bound to loopback: requests naming another host are refused (DNS rebinding:
-    # ``auth.LocalHosts``). Keys mode needs a key a page does not have; beyond loopback,
-    # ``--allow-open`` opened it to the network on purpose.
-    local_hosts = (
-        LocalHosts()
-        if app[keys.POLICY].auth.mode == "open" and is_loopback(app[keys.SETTINGS].host)
-        else None
-    )
+    # auth.mode: open: a request naming another host is refused (DNS rebinding:
+    # ``auth.refuse_rebound_host``), on loopback and beyond (a page can rebind a LAN address, and
+    # 0.0.0.0 listens on loopback too). Keys mode needs a key a page does not have: nothing to do.
+    hosts = app.get(keys.ALLOWED_HOSTS)
+    if hosts is None or hosts.any or app[keys.POLICY].auth.mode != "open":
+        hosts = None
 
     async def handle(request: web.Request) -> web.StreamResponse:
         in_flight = metrics.in_flight.children[()]  # a plain number (metrics.py)
@@ -124,8 +122,8 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
         in_flight.value += 1
         try:
             try:
-                if local_hosts is not None:
-                    local_hosts.check(request)
+                if hosts is not None:
+                    refuse_rebound_host(request, hosts)
                 response = await handler(request)
             except GatewayError as error:
                 call.tried = error.tried  # a routed call made for it failed (memory's embeddings too)

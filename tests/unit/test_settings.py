@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings, SettingsError, parse_host_patterns
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,3 +117,15 @@ def test_serve_stops_at_start_in_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("sophia-gateway: cannot start: SOPHIA_ADMIN_TOKEN has a space at character 11")
     assert "opensesame" not in result.stderr + result.stdout
+
+
+def test_allowed_hosts_are_names_lower_cased_without_a_trailing_dot() -> None:
+    settings = Settings.from_env({"SOPHIA_ALLOWED_HOSTS": " Gateway , .Corp.Example., *,, my_gw "})
+    assert parse_host_patterns(settings.allowed_hosts) == ("gateway", ".corp.example", "*", "my_gw")
+    assert Settings.from_env({}).allowed_hosts == ""
+
+
+@pytest.mark.parametrize("entry", ["gateway:8080", "http://gateway", "*.example.com", "gate way", "/x", "."])
+def test_an_allowed_host_that_is_not_a_name_stops_the_start(entry: str) -> None:
+    with pytest.raises(SettingsError, match=r"SOPHIA_ALLOWED_HOSTS: .* is not a host name"):
+        Settings.from_env({"SOPHIA_ALLOWED_HOSTS": f"localhost,{entry}"})

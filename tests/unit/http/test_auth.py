@@ -388,7 +388,13 @@ async def test_admin_without_a_token_refuses_another_sites_page(start: Start) ->
     assert same.status == 200, await same.text()
 
 
-REBOUND = ["rebound.example", "rebound.example:8080", "127.0.0.1.nip.io", "localhost.rebound.example", ""]
+REBOUND = [
+    "rebound.example",
+    "rebound.example:8080",
+    "127.0.0.1.nip.io",
+    "localhost.rebound.example",
+    "localhost:x",
+]
 LOCAL = [
     "localhost",
     "localhost:8080",
@@ -397,6 +403,10 @@ LOCAL = [
     "127.9.9.9",
     "[::1]:8080",
     "app.localhost",
+    "foo.localhost.",
+    "192.168.1.5:8080",  # h-rebind: any IP literal (no name, nothing to re-point)
+    "[2001:db8::1]",
+    "",  # h-rebind: an empty Host comes from no browser
 ]
 
 
@@ -435,15 +445,74 @@ async def test_open_mode_on_loopback_answers_only_requests_naming_this_machine(
         assert len(edge.upstream_calls) >= 2  # both doors called the provider (repeats may be cache hits)
 
 
-async def test_open_mode_opened_beyond_loopback_checks_no_host(start: Start) -> None:
-    """``--allow-open`` beyond loopback: the operator opened it to the network; names are theirs."""
-    edge = await start(POLICY + "auth: {mode: open}\n", Settings(access_log=False, host="0.0.0.0"))
+async def open_chat(edge: Edge, host: bytes | None, version: bytes = b"1.1") -> tuple[int, bytes]:
+    """A chat call written byte for byte with ``Host: host`` (None: no Host line)."""
+    head = b"POST /v1/chat/completions HTTP/" + version + b"\r\nContent-Type: application/json\r\n"
+    if host is not None:
+        head += b"Host: " + host + b"\r\n"
+    status, _, payload = await raw(edge, head, orjson.dumps(CHAT))
+    return status, payload
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed", "status"),
+    [(b"gateway.internal", "", 403), (b"10.1.2.3:8080", "", 200), (b"[fd00::1]:8080", "", 200),
+     (b"gateway.internal", "gateway.internal", 200), (b"GATEWAY.internal:8080", "gateway.internal", 200),
+     (b"api.corp.example", ".corp.example", 200), (b"corp.example", ".corp.example", 200),
+     (b"evilcorp.example", ".corp.example", 403), (b"gateway.internal.rebound.example", "gateway.internal", 403),
+     (b"anything.example", "*", 200), (b"gateway.lan:8080", "", 200)],
+)  # fmt: skip
+async def test_open_mode_beyond_loopback_answers_only_its_own_names(
+    start: Start, host: bytes, allowed: str, status: int
+) -> None:
+    """h-rebind: ``--allow-open`` on 0.0.0.0 (which listens on loopback too, and on a LAN address a
+    page can rebind as well) does not imply any host: an IP literal, the bound name
+    (``gateway.lan``) and ``SOPHIA_ALLOWED_HOSTS`` are served, another name is a 403 (before: every
+    name was served beyond loopback)."""
+    for bound in ("0.0.0.0", "gateway.lan"):
+        if host.startswith(b"gateway.lan") and bound == "0.0.0.0":
+            continue
+        edge = await start(
+            POLICY + "auth: {mode: open}\n", Settings(access_log=False, host=bound, allowed_hosts=allowed)
+        )
+        got, payload = await open_chat(edge, host)
+        assert got == status, payload[:300]
+        if status == 403:
+            assert "SOPHIA_ALLOWED_HOSTS" in orjson.loads(payload)["error"]["message"]
+            assert edge.upstream_calls == []
+
+
+async def test_open_mode_serves_a_request_without_a_host(start: Start) -> None:
+    """HTTP/1.0 without ``Host`` (HAProxy's httpchk, a script): no browser sends such a request."""
+    edge = await start(POLICY + "auth: {mode: open}\n", Settings(access_log=False, host="127.0.0.1"))
+    status, payload = await open_chat(edge, None, b"1.0")
+    assert status == 200, payload[:300]
+    assert edge.upstream_calls == ["ma"]
+
+
+async def test_keys_mode_checks_the_key_not_the_host(start: Start) -> None:
+    """A page has no key to send: keys mode answers any ``Host`` by its key, as before."""
+    edge = await start(settings=Settings(access_log=False, host="127.0.0.1"))
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: rebound.example\r\nContent-Type: application/json\r\n"
+    )
     status, _, payload = await raw(
-        edge,
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway.internal\r\nContent-Type: application/json\r\n",
-        orjson.dumps(CHAT),
+        edge, head + b"Authorization: Bearer " + GOOD.encode() + b"\r\n", orjson.dumps(CHAT)
     )
     assert status == 200, payload[:300]
+    status, _, payload = await raw(edge, head, orjson.dumps(CHAT))
+    assert status == 401, payload[:300]
+
+
+async def test_admin_without_a_token_admits_the_operators_allowed_hosts(start: Start) -> None:
+    """The admin API's DNS-rebinding check is the open gateway's: a name in SOPHIA_ALLOWED_HOSTS
+    is the operator's own, another still a 403."""
+    local = await start(settings=Settings(access_log=False, host="127.0.0.1", allowed_hosts="gateway"))
+    assert (await local.client.get("/admin/models", headers={"Host": "gateway:8080"})).status == 200
+    refused = await local.client.get("/admin/models", headers={"Host": "rebound.example"})
+    assert refused.status == 403
+    message = (await refused.json())["error"]["message"]
+    assert "DNS rebinding" in message and "SOPHIA_ALLOWED_HOSTS" in message
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "10.1.2.3", "gateway.example"])
