@@ -537,9 +537,13 @@ class QuotaExceeded(GatewayError):
     status = 429
     error_type = "insufficient_quota"
 
-    def __init__(self, budget_usd: float, reset_s: float, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self, budget_usd: float, reset_s: float, headers: Mapping[str, str], *, team: str | None = None
+    ) -> None:
+        # ``team``: the team's shared budget is the one spent (its keys' own may have room).
+        whose = "this key's budget" if team is None else f"the shared budget of team {team!r}"
         super().__init__(
-            f"You exceeded this key's budget of ${budget_usd:g} for the current period; it renews "
+            f"You exceeded {whose} of ${budget_usd:g} for the current period; it renews "
             f"in {_format_retry_after(reset_s)}s.",
             code="insufficient_quota",
             headers={**headers, **_NO_CLIENT_RETRY},

@@ -2,7 +2,9 @@
 
 ``from`` / ``to`` are UTC dates (``YYYY-MM-DD``, inclusive; default: today, at most 366 days);
 ``team`` and ``key`` (a key id) filter. One row per key and day: requests admitted, tokens in
-and out, cost in US dollars, refusals by reason; ``total`` adds them up.
+and out, cost in US dollars, refusals by reason; ``total`` adds them up. ``teams``: each team
+with a shared budget (``auth.teams.<team>.shared_budget_usd``; the ``team`` filter's only), what
+all its keys spent of it in the current period, whatever the dates asked.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from gateway.auth.usage import DAY_S, UsageQuery, UsageRow, day_of
 from gateway.errors import InvalidRequest
 from gateway.http.auth import require_admin
 from gateway.http.responses import json_response
+from gateway.policy.durations import MIN_BUDGET_PERIOD_S
 
 _MAX_DAYS = 366
 
@@ -26,7 +29,23 @@ _MAX_DAYS = 366
 async def usage(request: web.Request) -> web.Response:
     require_admin(request)
     query = _query(request.query)
-    rows = await request.app[keys.LIMITS].limiter.usage(query)
+    limiter = request.app[keys.LIMITS].limiter
+    rows = await limiter.usage(query)
+    ring = request.app.get(keys.KEY_ADMIN)
+    shared = []
+    for name, team in sorted((ring.teams if ring is not None else {}).items()):
+        if team.shared_budget_usd is None or (query.team is not None and name != query.team):
+            continue
+        period_s = max(MIN_BUDGET_PERIOD_S, team.budget_period)
+        spent = await limiter.team_spent(name, period_s)
+        shared.append(
+            {
+                "team": name,
+                "shared_budget_usd": team.shared_budget_usd,
+                "budget_period_s": period_s,
+                "spent_usd": round(spent, 6),
+            }
+        )
     total = UsageRow(query.team or "", query.key_id or "", query.from_day)
     for row in rows:
         total.add(row)
@@ -38,6 +57,7 @@ async def usage(request: web.Request) -> web.Response:
         "key": query.key_id,
         "data": [_row(r) for r in rows],
         "total": {k: v for k, v in _row(total).items() if k not in ("team", "key", "date")},
+        "teams": shared,
     }
     return json_response(orjson.dumps(body))
 

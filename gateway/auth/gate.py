@@ -9,7 +9,8 @@ characters a token (the text of ``messages`` and their tool calls' arguments, ``
 has no ``max_tokens``). When the call ends, the tokens the provider reported replace it.
 
 Refusals (OpenAI's shapes): 429 ``rate_limit_exceeded`` (type ``requests`` / ``tokens``) with
-``Retry-After``; 429 ``insufficient_quota`` when the period's budget is spent. Every answer to a
+``Retry-After``; 429 ``insufficient_quota`` when the period's budget is spent, the key's own or
+its team's shared one (``Caller.team_budget_usd``, the message says which). Every answer to a
 limited key carries the ``x-ratelimit-*`` headers (``headers_for``).
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol
 
 from gateway.auth.identity import Caller
-from gateway.auth.limits import REFUSED_BUDGET, Decision, Limiter, Window
+from gateway.auth.limits import REFUSED_BUDGET, REFUSED_TEAM_BUDGET, Decision, Limiter, Window
 from gateway.errors import GatewayError, QuotaExceeded, RateLimited, RequestTooLarge
 from gateway.observability.metrics import GatewayMetrics
 from gateway.wire.audio import AUDIO_BYTES_PER_TOKEN, FORM, AudioForm
@@ -57,7 +58,8 @@ class LimitedCall(Protocol):
 
 
 class LimitGate:
-    """Admits a keyed call against its key's limits (``Caller.rpm``, ``tpm``, ``budget_usd``);
+    """Admits a keyed call against its key's limits (``Caller.rpm``, ``tpm``, ``budget_usd``) and
+    its team's shared budget (``team_budget_usd``);
     a caller without limits (and every call in open mode) passes without a limiter call."""
 
     def __init__(self, limiter: Limiter, metrics: GatewayMetrics) -> None:
@@ -67,7 +69,7 @@ class LimitGate:
 
     async def admit(self, endpoint: Endpoint, model: str, body: JSONObject, ctx: LimitedCall) -> None:
         caller = ctx.identity
-        if caller is None or (caller.rpm is None and caller.tpm is None and caller.budget_usd is None):
+        if caller is None or not caller.limited:
             return
         if ctx.charge_only:  # charged when it ends, never refused (the service's ``OnBehalf``)
             ctx.limit_ticket = LimitTicket(self, caller, f"{ctx.request_id}:{os.urandom(4).hex()}", 0)
@@ -75,9 +77,7 @@ class LimitGate:
         # The estimate also prices a call whose provider never says its usage (a stream the
         # client did not ask usage of, or left): a key with a budget alone settled such a stream
         # at 0 input tokens, whatever its prompt (a 400,000-character prompt cost nothing).
-        estimate = (
-            reservation(endpoint, body) if caller.tpm is not None or caller.budget_usd is not None else 0
-        )
+        estimate = reservation(endpoint, body) if caller.tpm is not None or caller.budgeted else 0
         tokens = estimate if caller.tpm is not None else 0
         if caller.tpm is not None and tokens > caller.tpm:
             # It would never fit, however long the client waits: say so, and no retry (OpenAI's
@@ -103,6 +103,10 @@ class LimitGate:
         self.later(self.limiter.refused(caller, refused))
         if refused == REFUSED_BUDGET:
             return QuotaExceeded(caller.budget_usd or 0.0, decision.budget_reset_s, headers)
+        if refused == REFUSED_TEAM_BUDGET:
+            return QuotaExceeded(
+                caller.team_budget_usd or 0.0, decision.budget_reset_s, headers, team=caller.team
+            )
         window = decision.requests if refused == "requests" else decision.tokens
         return RateLimited(refused, window.limit if window else 0, decision.retry_after_s, headers)
 

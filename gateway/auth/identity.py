@@ -34,6 +34,10 @@ class Caller:
     # The id its limits and budget are counted under when not ``key_id``: the first key of its
     # rotations (``KeyRecord.limits_id``), so rotating a key keeps its windows and spend.
     limits_id: str | None = None
+    # The team's shared budget (``auth.teams.<team>.shared_budget_usd``), spent by all its keys
+    # together and counted under the team's name, per the team's ``budget_period``: None for none.
+    team_budget_usd: float | None = None
+    team_budget_period_s: float | None = None
 
     @property
     def counted_as(self) -> str:
@@ -47,8 +51,18 @@ class Caller:
 
     @property
     def limited(self) -> bool:
-        """Whether any of its limits is set (RPM, TPM, budget)."""
-        return self.rpm is not None or self.tpm is not None or self.budget_usd is not None
+        """Whether any of its limits is set (RPM, TPM, its budget, its team's shared budget)."""
+        return (
+            self.rpm is not None
+            or self.tpm is not None
+            or self.budget_usd is not None
+            or self.team_budget_usd is not None
+        )
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether its spend is limited: its own budget or its team's shared one."""
+        return self.budget_usd is not None or self.team_budget_usd is not None
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models

@@ -365,6 +365,10 @@ class KeyRing:
             write_namespaces=None if write is None else frozenset(write),
             previous_secret=previous,
             limits_id=record.limits_id,
+            team_budget_usd=team.shared_budget_usd,
+            team_budget_period_s=None
+            if team.shared_budget_usd is None
+            else max(MIN_BUDGET_PERIOD_S, team.budget_period),
         )
 
     def _remember(self, cache: OrderedDict[str, _Cached], key_hash: str, entry: _Cached, bound: int) -> None:

@@ -12,6 +12,8 @@ window, which per key is bounded by its RPM.
 Spend is counted per budget period, fixed periods aligned to the epoch (a 30 d budget renews
 every 30 days at the same instant for every replica); it is known only when a request ends, so
 requests already running when the budget runs out still finish (the overshoot is what they cost).
+A team's shared budget (``Caller.team_budget_usd``) is one more such spend, counted under the
+team's name for all its keys together, checked with the key's own and charged the same cost.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ WINDOW_S = 60.0  # RPM and TPM are per minute
 REFUSED_REQUESTS = "requests"
 REFUSED_TOKENS = "tokens"
 REFUSED_BUDGET = "budget"
+REFUSED_TEAM_BUDGET = "team_budget"  # the team's shared budget is spent (the key's own may not be)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,8 @@ class Window:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """A limiter's answer for one request: ``refused`` is None (admitted: counted and reserved)
-    or the limit it hit (``requests``, ``tokens``, ``budget``), with when a retry may fit."""
+    or the limit it hit (``requests``, ``tokens``, ``budget``, ``team_budget``), with when a retry
+    may fit."""
 
     refused: str | None
     requests: Window | None
@@ -99,6 +103,10 @@ class Limiter(Protocol):
 
     async def usage(self, query: UsageQuery) -> list[UsageRow]: ...
 
+    async def team_spent(self, team: str, period_s: float) -> float:
+        """What ``team``'s keys spent of its shared budget in the current period of ``period_s``."""
+        ...
+
 
 @dataclass(slots=True)
 class _KeyCounts:
@@ -106,6 +114,12 @@ class _KeyCounts:
     tokens: deque[tuple[float, str]] = field(default_factory=deque)  # (reserved at, ticket)
     amounts: dict[str, int] = field(default_factory=dict)  # ticket -> tokens it counts for
     tokens_total: int = 0
+    period: int = -1  # the budget period ``spent_usd`` belongs to
+    spent_usd: float = 0.0
+
+
+@dataclass(slots=True)
+class _TeamSpend:
     period: int = -1  # the budget period ``spent_usd`` belongs to
     spent_usd: float = 0.0
 
@@ -119,6 +133,7 @@ class LocalLimiter:
         self._clock = clock
         self._window_s = window_s
         self._keys: dict[str, _KeyCounts] = {}
+        self._teams: dict[str, _TeamSpend] = {}  # team -> its shared budget's spend
         self.table = UsageTable(clock)
 
     async def start(self) -> None:
@@ -154,6 +169,13 @@ class LocalLimiter:
             budget_reset_s = (period + 1) * caller.budget_period_s - now
             if spent >= caller.budget_usd:
                 refused, retry_s = REFUSED_BUDGET, budget_reset_s
+        if refused is None and caller.team_budget_usd is not None and caller.team_budget_period_s:
+            team_period_s = caller.team_budget_period_s
+            period = int(now // team_period_s)
+            team = self._teams.get(caller.team)
+            if team is not None and team.period == period and team.spent_usd >= caller.team_budget_usd:
+                budget_reset_s = (period + 1) * team_period_s - now
+                refused, retry_s = REFUSED_TEAM_BUDGET, budget_reset_s
         rpm, tpm = caller.rpm, caller.tpm
         if refused is None and rpm is not None and len(counts.requests) >= rpm:
             refused, retry_s = REFUSED_REQUESTS, counts.requests[0] + window - now
@@ -219,6 +241,14 @@ class LocalLimiter:
             if counts.period != period:
                 counts.period, counts.spent_usd = period, 0.0
             counts.spent_usd += cost_usd
+        if cost_usd and caller.team_budget_period_s:
+            period = int(now // caller.team_budget_period_s)
+            team = self._teams.get(caller.team)
+            if team is None:
+                team = self._teams[caller.team] = _TeamSpend()
+            if team.period != period:
+                team.period, team.spent_usd = period, 0.0
+            team.spent_usd += cost_usd
         if record:
             self.table.record(caller.team, caller.key_id, tokens_in, tokens_out, cost_usd)
 
@@ -230,6 +260,15 @@ class LocalLimiter:
 
     async def flush(self) -> None:
         return None
+
+    async def team_spent(self, team: str, period_s: float) -> float:
+        return self.team_spent_now(team, period_s)
+
+    def team_spent_now(self, team: str, period_s: float) -> float:
+        spend = self._teams.get(team)
+        if spend is None or spend.period != int(self._clock() // period_s):
+            return 0.0
+        return spend.spent_usd
 
     @staticmethod
     def _expire(counts: _KeyCounts, edge: float) -> None:

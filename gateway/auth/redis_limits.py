@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -147,9 +148,13 @@ end
 # KEYS: rq, ra, rs, tk, ta, ts, sp.  ARGV: now_ms ('' = Redis time), window_ms, rpm (0: none),
 # tpm (0: none), tokens, budget_usd ('' = none), period_ms, ticket, requests asked, tokens
 # asked, lease_ms, the lease given back ('' = none), its unused requests, its unused tokens, the
-# spend this process settled for the key and has not written yet (USD).
+# spend this process settled for the key and has not written yet (USD), the team's shared budget
+# ('' = none), its period_ms, the team's spend not in KEYS[8] (this process's unwritten, and on a
+# Cluster what ``_TEAM_SPENT`` read: the team's counter is in another slot). KEYS[8], the team's
+# ``P{team:T}:sp``, only when it is in the same server as the key's (not on a Cluster).
 # Returns {refused, requests used, requests reset ms, tokens used, tokens reset ms, retry ms,
-# budget reset ms, requests granted, tokens granted, budget left in micro-USD (0: no budget)}.
+# budget reset ms, requests granted, tokens granted, budget left in micro-USD (0: no budget),
+# the team's budget left in micro-USD (0: none)}.
 _ADMIT = """
 local rpm, tpm, need = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local budget, period, ticket = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
@@ -170,6 +175,22 @@ if budget then
   if spent >= budget then refused, retry = 'budget', breset end
   -- what is left, in micro-dollars (a reply's numbers are integers), within a double's integers
   left = math.max(-4503599627370496, math.min(4503599627370496, math.floor((budget - spent) * 1000000)))
+end
+local team_budget, team_left = tonumber(ARGV[16]), 0
+if team_budget then
+  local team_period = tonumber(ARGV[17])
+  local idx = math.floor(now / team_period)
+  local spent = tonumber(ARGV[18]) or 0
+  if KEYS[8] then
+    local s = redis.call('HMGET', KEYS[8], 'period', 'usd')
+    if tonumber(s[1]) == idx then spent = spent + (tonumber(s[2]) or 0) end
+  end
+  if refused == '' and spent >= team_budget then
+    breset = (idx + 1) * team_period - now
+    refused, retry = 'team_budget', breset
+  end
+  team_left = math.max(-4503599627370496,
+                       math.min(4503599627370496, math.floor((team_budget - spent) * 1000000)))
 end
 local used_rq, used_tk = 0, 0
 if rpm > 0 then
@@ -195,7 +216,30 @@ if refused == '' then
   if tpm > 0 then used_tk = add(KEYS[4], KEYS[5], KEYS[6], ticket, at, grant_tk, ttl) end
 end
 return {refused, used_rq, reset_of(KEYS[1]), used_tk, reset_of(KEYS[4]), math.max(0, retry), breset,
-        grant_rq, grant_tk, left}
+        grant_rq, grant_tk, left, team_left}
+"""
+
+# A team's shared budget in its own counter (``P{team:T}:sp``, HASH period, usd), for a Redis
+# Cluster, where it is in another slot than the key's and so cannot be read by ``_ADMIT``.
+# KEYS: the team's sp.  ARGV: now_ms, (unused), period_ms.  Returns what the team spent in the
+# current period, as text (USD).
+_TEAM_SPENT = """
+local s = redis.call('HMGET', KEYS[1], 'period', 'usd')
+if tonumber(s[1]) ~= math.floor(now / tonumber(ARGV[3])) then return '0' end
+return s[2] or '0'
+"""
+
+# Charge a team's shared budget (one call per team per settle write, next to its keys' _SETTLE).
+# KEYS: the team's sp.  ARGV: now_ms, (unused), period_ms, cost_usd.
+_TEAM_SETTLE = """
+local period = tonumber(ARGV[3])
+local idx = math.floor(now / period)
+if tonumber(redis.call('HGET', KEYS[1], 'period')) ~= idx then
+  redis.call('HSET', KEYS[1], 'period', idx, 'usd', 0)
+end
+redis.call('HINCRBYFLOAT', KEYS[1], 'usd', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], period + 1000)
+return 1
 """
 
 # KEYS: as _ADMIT's.  ARGV: now_ms, window_ms, rpm (0: none), tpm (0: none), tokens, budget_usd
@@ -281,7 +325,7 @@ class _Lease:
     """Requests and tokens this process holds for one key, admitted in process until ``ends``."""
 
     entry: str  # the entries' name in Redis (the ticket of the request that took it)
-    limits: tuple[int | None, int | None, float | None, float | None]
+    limits: tuple[int | None, int | None, float | None, float | None, float | None, float | None]
     ends: float  # monotonic s
     requests: int  # left
     tokens: int  # left
@@ -382,6 +426,11 @@ class RedisLimiter:
         self._admit: AsyncScript | None = None
         self._settle: AsyncScript | None = None
         self._peek: AsyncScript | None = None
+        self._team_spent: AsyncScript | None = None
+        self._team_settle: AsyncScript | None = None
+        # Team -> what this process saw left of its shared budget at its last round trip, less
+        # what its keys settled here since: at 0 or below no key of the team draws from a lease.
+        self._team_left: dict[str, float] = {}
         self._pipe: ScriptPipe | None = None
         self._indexed: set[tuple[int, str, str]] = set()  # (day, team, index member) already indexed
         self._outage = Outage()
@@ -402,6 +451,8 @@ class RedisLimiter:
         self._admit = self._client.register_script(_COMMON + _ADMIT)
         self._settle = self._client.register_script(_COMMON + _SETTLE)
         self._peek = self._client.register_script(_COMMON + _PEEK)
+        self._team_spent = self._client.register_script(_COMMON + _TEAM_SPENT)
+        self._team_settle = self._client.register_script(_COMMON + _TEAM_SETTLE)
         # Admissions on a pipelined connection of their own (redis_pipe.py): a key admitted
         # less than twice per lease period costs one per request, in the default policy.
         self._pipe = ScriptPipe.for_client(self._client, self._op_timeout_s)
@@ -422,6 +473,10 @@ class RedisLimiter:
     def _keys(self, key_id: str) -> list[str]:
         base = f"{self._prefix}{{{key_id}}}"
         return [f"{base}:{name}" for name in ("rq", "ra", "rs", "tk", "ta", "ts", "sp")]
+
+    def _team_key(self, team: str) -> str:
+        # Its own hash tag: shared by every key of the team, whatever slot each key is in.
+        return f"{self._prefix}{{team:{team}}}:sp"
 
     def _now_arg(self) -> str:
         return str(self._clock_ms()) if self._clock_ms is not None else ""
@@ -471,7 +526,7 @@ class RedisLimiter:
     def _draw(self, lease: _Lease, caller: Caller, tokens: int) -> Decision | None:
         """A request admitted from this process's lease, or None (ended, used up, other limits)."""
         now = time.monotonic()
-        if not _drawable(lease, caller, tokens, now):
+        if not self._lease_admits(lease, caller, tokens, now):
             return None
         lease.requests -= 1
         lease.tokens -= tokens
@@ -489,6 +544,17 @@ class RedisLimiter:
         script = self._admit
         assert script is not None, "start() first"
         key_id = caller.counted_as
+        team_ms, team_spent, team_key, cluster_read = 0, 0.0, "", None
+        if caller.team_budget_usd is not None and caller.team_budget_period_s:
+            team_ms = int(caller.team_budget_period_s * 1000)
+            team_key = self._team_key(caller.team)
+            if isinstance(self._client, RedisCluster):
+                # Another slot than the key's: read first (one more round trip, on a Cluster only).
+                cluster_read = await self._read_team_spent(team_key, team_ms)
+                if cluster_read is None:
+                    self._count(key_id)
+                    return self.local.admit_now(caller, ticket, tokens)
+                team_spent = cluster_read
         old = self._leases.pop(key_id, None)
         demand = self._count(key_id)
         rpm, tpm = caller.rpm, caller.tpm
@@ -522,6 +588,11 @@ class RedisLimiter:
             repr(self._unwritten_spend(key_id)) if caller.budget_usd is not None else "0",
         ]
         keys = self._keys(key_id)
+        if team_ms:
+            team_spent += self._unwritten_team_spend(caller.team)
+            if cluster_read is None:
+                keys.append(team_key)  # read by the admission script itself: no extra trip
+            args += [repr(caller.team_budget_usd), team_ms, repr(team_spent)]
         sent = time.monotonic()
         self.round_trips += 1
         op, bounded = script_op(self._pipe, script, keys, args)  # bounded: the pipe times it
@@ -567,7 +638,11 @@ class RedisLimiter:
     def _decided(self, caller: Caller, ticket: str, tokens: int, found: Any, sent: float) -> Decision:
         """The decision (and any lease) from the admission script's answer ``found``."""
         key_id, rpm, tpm = caller.counted_as, caller.rpm, caller.tpm
-        refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left = found
+        refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left, team_left = (
+            found
+        )
+        if caller.team_budget_usd is not None and caller.team_budget_period_s:
+            self._team_left[caller.team] = team_left / 1_000_000
         lease = None
         if not refused and (grant_rq > 1 or grant_tk > tokens):
             budget_left = None
@@ -616,6 +691,41 @@ class RedisLimiter:
         rate.count += 1
         return max(rate.last, rate.count)
 
+    async def _read_team_spent(self, team_key: str, period_ms: int) -> float | None:
+        """What a team spent of its shared budget in the current period, as Redis counts it (a
+        Cluster's admission reads it before the key's script); None when Redis failed and the
+        policy fails open."""
+        script = self._team_spent
+        assert script is not None, "start() first"
+        args: list[str | int] = [self._now_arg(), self._window_ms, period_ms]
+        return await self._call(lambda: script(keys=[team_key], args=args), read=_team_spent)
+
+    async def team_spent(self, team: str, period_s: float) -> float:
+        """The team's shared-budget spend in the current period of ``period_s`` (``/admin/usage``):
+        every replica's, written or not by this one. ``UsageUnavailable`` when Redis fails."""
+        await self.flush()
+        script = self._team_spent
+        assert script is not None, "start() first"
+        args: list[str | int] = [self._now_arg(), self._window_ms, int(period_s * 1000)]
+        try:
+            spent = _team_spent(await script(keys=[self._team_key(team)], args=args))
+        except (*FAILURES, TypeError) as exc:
+            log.warning("usage unavailable: its Redis failed", extra={"fields": {"error": repr(exc)}})
+            raise UsageUnavailable() from None
+        return spent + self._unwritten_team_spend(team)
+
+    def _unwritten_team_spend(self, team: str) -> float:
+        """What this process settled for the team's keys and has not written to Redis yet."""
+        spend = 0.0
+        unwritten = [self._batch.pending, self._carried]
+        if self._writing is not None:
+            unwritten.append(self._writing.pending)
+        for slots in unwritten:
+            for pending in slots.values():
+                if pending.caller.team == team and pending.caller.team_budget_usd is not None:
+                    spend += pending.cost_usd
+        return spend
+
     def _unwritten_spend(self, key_id: str) -> float:
         """What this process settled for the key (counted as ``key_id``) and has not written to
         Redis yet (the batch filling now, and one being written)."""
@@ -640,7 +750,7 @@ class RedisLimiter:
             return
         if lease.requests <= 0 and lease.tokens <= 0:
             return
-        rpm, tpm, _, _ = lease.limits
+        rpm, tpm = lease.limits[0], lease.limits[1]
         pending = self._batch.of(Caller(key_id, "", rpm=rpm, tpm=tpm), self._today())
         if lease.requests > 0:
             pending.corrections["r", lease.entry] -= lease.requests
@@ -650,6 +760,13 @@ class RedisLimiter:
         self._schedule()
 
     # -- a look before the body (``LimitGate.check_upload``) ----------------------------------
+
+    def _lease_admits(self, lease: _Lease, caller: Caller, tokens: int, now: float) -> bool:
+        """Whether ``lease`` may admit a request of ``caller`` now: the lease's own room, and
+        for a key of a team with a shared budget, some of it left as this process last saw it."""
+        if caller.team_budget_usd is not None and self._team_left.get(caller.team, 0.0) <= 0:
+            return False
+        return _drawable(lease, caller, tokens, now)
 
     async def peek(self, caller: Caller, tokens: int) -> Decision:
         """What ``admit`` would decide now, counting nothing. A request this process's lease
@@ -664,7 +781,7 @@ class RedisLimiter:
         held_rq = held_tk = 0
         lease = self._leases.get(key_id)
         if lease is not None:
-            if _drawable(lease, caller, tokens, time.monotonic()):
+            if self._lease_admits(lease, caller, tokens, time.monotonic()):
                 return ADMITTED_UNLIMITED
             held_rq, held_tk = max(0, lease.requests), max(0, lease.tokens)
         if key_id in self._taking:
@@ -726,6 +843,8 @@ class RedisLimiter:
             and lease.budget_left_usd is not None
         ):
             lease.budget_left_usd -= cost_usd
+        if cost_usd and caller.team_budget_usd is not None and caller.team in self._team_left:
+            self._team_left[caller.team] -= cost_usd
         used = tokens_in + tokens_out
         if caller.tpm is not None and used != reserved:
             pending.corrections["t", ticket] += used - reserved
@@ -804,16 +923,20 @@ class RedisLimiter:
             kept.add(p)
 
     async def _send(self, batch: _Batch) -> bool:
-        client, script = self._client, self._settle
-        assert client is not None and script is not None, "start() first"
+        client, script, team_script = self._client, self._settle, self._team_settle
+        assert client is not None and script is not None and team_script is not None, "start() first"
         if self._carried:  # an outage's counts go with this write (carried again if it fails)
             carried, self._carried = self._carried, {}
             for kept in carried.values():
                 batch.of(kept.caller, kept.day).add(kept)
         calls: list[tuple[list[str], list[EncodableT]]] = []
         indexed: list[tuple[int, str, str]] = []
+        teams: dict[tuple[str, int], float] = {}  # (team, period_ms) -> its keys' spend
         for (key_id, team, day), p in batch.pending.items():
             caller = p.caller
+            if p.cost_usd and caller.team_budget_usd is not None and caller.team_budget_period_s:
+                slot = (team, int(caller.team_budget_period_s * 1000))
+                teams[slot] = teams.get(slot, 0.0) + p.cost_usd
             counted_as = caller.counted_as
             period_ms = int((caller.budget_period_s or 0) * 1000) if caller.budget_usd is not None else 0
             args: list[EncodableT] = [
@@ -838,25 +961,35 @@ class RedisLimiter:
             member = _index_member(team, key_id, counted_as)
             if team and (p.requests or p.refusals) and (day, team, member) not in self._indexed:
                 indexed.append((day, team, member))
+        # A team's shared budget: charged once per write with its keys' spend in it (its counter
+        # is in its own slot, so not by the keys' scripts), after them, in the same pipeline.
+        team_calls: list[tuple[list[str], list[EncodableT]]] = [
+            ([self._team_key(team)], [self._now_arg(), self._window_ms, period_ms, repr(cost)])
+            for (team, period_ms), cost in teams.items()
+        ]
+        scripts = len(calls) + len(team_calls)
         if isinstance(client, RedisCluster):
             # A cluster pipeline does not load scripts on the nodes it reaches (NOSCRIPT): each
             # key's settlement goes on its own, all at once (it is a background flush).
             replies = await asyncio.gather(
                 *(script(keys=keys, args=args) for keys, args in calls),
+                *(team_script(keys=keys, args=args) for keys, args in team_calls),
                 *(self._index_row(client, day, member) for day, _, member in indexed),
             )
-            _settled(replies[: len(calls)], len(calls))
+            _settled(replies[:scripts], scripts)
         else:
             # ``async with``: a write cut short (the op timeout, while the pipeline loads its
             # script) gives the connection back; left to the GC, asyncio logs it as unclosed.
             async with client.pipeline(transaction=False) as pipe:
                 for keys, args in calls:
                     await script(keys=keys, args=args, client=pipe)
+                for keys, args in team_calls:
+                    await team_script(keys=keys, args=args, client=pipe)
                 for day, _, member in indexed:
                     # The day's index of rows (read by /admin/usage) lives in another slot.
                     pipe.sadd(f"{self._prefix}ud:{day}", member)
                     pipe.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
-                _settled(await pipe.execute(), len(calls))
+                _settled(await pipe.execute(), scripts)
         if len(self._indexed) > 100_000:
             self._indexed.clear()
         self._indexed.update(indexed)
@@ -981,22 +1114,34 @@ class RedisLimiter:
         return self._outage.reconnects, self._outage.failed_probes
 
 
-def _admission(reply: Any) -> tuple[str, int, int, int, int, int, int, int, int, int]:
+def _admission(reply: Any) -> tuple[str, int, int, int, int, int, int, int, int, int, int]:
     """The admission script's reply read (``Outage.call``'s ``read``): whether it refused, then
-    its nine counts; ``InvalidResponse`` for a reply of another shape."""
-    if not isinstance(reply, list) or len(reply) != 10:
+    its ten counts; ``InvalidResponse`` for a reply of another shape."""
+    if not isinstance(reply, list) or len(reply) != 11:
         raise InvalidResponse(f"not an admission script's reply: {type(reply).__name__}")
     refused, *counts = reply
     refused = refused.decode(errors="replace") if isinstance(refused, bytes) else refused
     # Lua's numbers come as integers, its reason as one of these strings: a bulk string "5"
     # or an array in their place is another server's answer, not a count or a reason.
     if refused not in _REFUSALS or not all(type(c) is int for c in counts):
-        raise InvalidResponse("not an admission script's reply: another shape of 10 elements")
-    used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left = counts
-    return refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left
+        raise InvalidResponse("not an admission script's reply: another shape of 11 elements")
+    used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left, team_left = counts
+    return refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left, team_left
 
 
-_REFUSALS = frozenset(("", "budget", "requests", "tokens"))  # the admission script's reasons
+# The admission script's reasons
+_REFUSALS = frozenset(("", "budget", "team_budget", "requests", "tokens"))
+
+
+def _team_spent(reply: Any) -> float:
+    """``_TEAM_SPENT``'s reply read: a finite number of dollars; ``InvalidResponse`` otherwise."""
+    try:
+        spent = float(_strict_text(reply))
+    except ValueError:
+        raise InvalidResponse("not a team's spend") from None
+    if not math.isfinite(spent):
+        raise InvalidResponse("not a team's spend")
+    return spent
 
 
 def _peeked(reply: Any) -> tuple[str, int, int, int, int, int, int]:
@@ -1046,8 +1191,17 @@ def _added(reply: Any) -> None:
         raise InvalidResponse(f"not a SADD reply: {type(reply).__name__}")
 
 
-def _limits(caller: Caller) -> tuple[int | None, int | None, float | None, float | None]:
-    return (caller.rpm, caller.tpm, caller.budget_usd, caller.budget_period_s)
+def _limits(
+    caller: Caller,
+) -> tuple[int | None, int | None, float | None, float | None, float | None, float | None]:
+    return (
+        caller.rpm,
+        caller.tpm,
+        caller.budget_usd,
+        caller.budget_period_s,
+        caller.team_budget_usd,
+        caller.team_budget_period_s,
+    )
 
 
 def _window(limit: int, used: int, reset_s: float) -> Window:

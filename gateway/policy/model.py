@@ -1263,7 +1263,17 @@ class Team(_Strict):
         None, ge=0, description="Spend allowed per key per `budget_period`, in US dollars (null: unlimited)."
     )
     budget_period: BudgetPeriodS = Field(
-        30 * 86400.0, description="The budget's period, e.g. 30d, 7d, 12h (seconds when a number)."
+        30 * 86400.0,
+        description="The budget's period, e.g. 30d, 7d, 12h (seconds when a number); also the "
+        "period of `shared_budget_usd`.",
+    )
+    shared_budget_usd: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_PRICE_USD,
+        description="Spend allowed per `budget_period` to all the team's keys together, in US "
+        "dollars (null: none). Checked alongside each key's own budget: a call is admitted only "
+        "while both have room.",
     )
     namespaces: TeamNamespaces = TeamNamespaces()
 

@@ -34,10 +34,13 @@ auth:
       tpm: 1000
       budget_usd: 5.5
       budget_period: 7d
+      shared_budget_usd: 50
       namespaces: {read: [a, b], write: []}
     ops: {}
 """
     )
+    assert policy.auth.teams["research"].shared_budget_usd == 50.0  # per the team's budget_period
+    assert policy.auth.teams["ops"].shared_budget_usd is None
     research = policy.auth.teams["research"]
     assert (research.models, research.rpm, research.tpm, research.budget_usd) == (["m"], 10, 1000, 5.5)
     assert research.budget_period == 7 * 86400
@@ -66,6 +69,20 @@ auth:
         ),
         ("{teams: {t: {namespaces: {write: ['']}}}}", "auth.teams.t.namespaces.write[0]", "pattern"),
         ("{teams: {t: {colour: red}}}", "auth.teams.t.colour", ""),
+        # A team's shared budget (h-teambudget): a finite number of dollars, 0 to a billion.
+        (
+            "{teams: {t: {shared_budget_usd: -1}}}",
+            "auth.teams.t.shared_budget_usd",
+            "greater than or equal to 0",
+        ),
+        ("{teams: {t: {shared_budget_usd: .inf}}}", "auth.teams.t.shared_budget_usd", "finite number"),
+        ("{teams: {t: {shared_budget_usd: .nan}}}", "auth.teams.t.shared_budget_usd", "finite number"),
+        (
+            "{teams: {t: {shared_budget_usd: 1e10}}}",
+            "auth.teams.t.shared_budget_usd",
+            "less than or equal to 1000000000",
+        ),
+        ("{teams: {t: {shared_budget_usd: lots}}}", "auth.teams.t.shared_budget_usd", "valid number"),
     ],
 )
 def test_mistakes_name_the_key_path(tmp_path: object, auth: str, where: str, says: str) -> None:

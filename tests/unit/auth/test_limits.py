@@ -114,6 +114,38 @@ async def test_budget_refuses_once_spent_until_the_next_period() -> None:
     assert (await limiter.admit(key, "d", 0)).refused is None  # a new period
 
 
+def of_team(key_id: str, team: str = "alpha", **limits: object) -> Caller:
+    """A key of a team with a shared budget of $1 per hour."""
+    return Caller(key_id, team, team_budget_usd=1.0, team_budget_period_s=3600.0, **limits)  # type: ignore[arg-type]
+
+
+async def test_a_teams_shared_budget_is_spent_by_all_its_keys_until_the_next_period() -> None:
+    # (h-teambudget) counted under the team's name: key k2 is refused once k1 spent the team's $1,
+    # and so is a key never seen before; another team, and a key of a team without a shared
+    # budget, are not.
+    clock = Clock(now=10 * 3600.0)
+    limiter = LocalLimiter(clock=clock)
+    k1, k2 = of_team("k1"), of_team("k2", budget_usd=5.0, budget_period_s=3600.0)
+    assert (await limiter.admit(k1, "a", 0)).refused is None
+    assert (await limiter.admit(k2, "b", 0)).refused is None  # 0 spent
+    await limiter.settle(k1, "a", 0, 10, 10, 0.6)
+    await limiter.settle(k2, "b", 0, 10, 10, 0.6)  # $1.2 of the team's $1 (both were running)
+    clock.now += 600
+    for key in (k1, k2, of_team("k3"), of_team("k1", limits_id="k0")):
+        refused = await limiter.admit(key, "c", 0)
+        assert (refused.refused, refused.retry_after_s) == ("team_budget", pytest.approx(3000)), key
+        assert refused.budget_reset_s == pytest.approx(3000)
+    assert (await limiter.admit(of_team("k4", "beta"), "d", 0)).refused is None  # another team
+    assert (await limiter.admit(Caller("k5", "alpha"), "e", 0)).refused is None  # no shared budget
+    assert await limiter.team_spent("alpha", 3600.0) == pytest.approx(1.2)
+    # The key's own budget spent first is what it is refused for.
+    own = of_team("k6", budget_usd=0.0, budget_period_s=3600.0)
+    assert (await limiter.admit(own, "f", 0)).refused == "budget"
+    clock.now += 3000  # a new period
+    assert (await limiter.admit(k2, "g", 0)).refused is None
+    assert await limiter.team_spent("alpha", 3600.0) == 0.0
+
+
 async def test_refused_requests_are_not_counted_and_keys_are_separate() -> None:
     limiter = LocalLimiter(clock=Clock())
     key = caller(rpm=1)

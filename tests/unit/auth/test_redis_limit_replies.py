@@ -12,11 +12,11 @@ from redis.exceptions import InvalidResponse
 
 from gateway.auth.redis_limits import _admission, _peeked, _settled
 
-ADMITTED = [b"", 1, 59_000, 10, 59_000, 0, 0, 1, 10, 0]
+ADMITTED = [b"", 1, 59_000, 10, 59_000, 0, 0, 1, 10, 0, 0]
 
 
 def test_the_admission_scripts_reply_is_read() -> None:
-    assert _admission(ADMITTED) == ("", 1, 59_000, 10, 59_000, 0, 0, 1, 10, 0)
+    assert _admission(ADMITTED) == ("", 1, 59_000, 10, 59_000, 0, 0, 1, 10, 0, 0)
     assert _admission([b"tokens", *ADMITTED[1:]])[0] == "tokens"
 
 
@@ -25,7 +25,8 @@ def test_the_admission_scripts_reply_is_read() -> None:
     [
         [],
         [1, 2, [5]],  # the nested array a fake Redis answered
-        [b"zz"] * 10,
+        [b"zz"] * 11,
+        ADMITTED[:10],  # the reply before the team's budget was added to it
         [b"", b"1", *ADMITTED[2:]],  # a count as a bulk string
         [b"", [1], *ADMITTED[2:]],
         [b"", True, *ADMITTED[2:]],
