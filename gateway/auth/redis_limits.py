@@ -9,6 +9,9 @@ and the weights' sum in a STRING:
 * ``P{K}:rq`` / ``:ra`` / ``:rs``: the requests of the window;
 * ``P{K}:tk`` / ``:ta`` / ``:ts``: the token reservations of the window;
 * ``P{K}:sp``  HASH ``period`` (index of the budget period), ``usd`` (spent in it);
+* ``P{team:T}:sp`` the same for team ``T``'s shared budget (``Caller.team_budget_usd``), one for
+  all its keys, in a slot of its own: read by the key's ``_ADMIT`` on one server (``KEYS[8]``),
+  by ``_TEAM_SPENT`` before it on a Cluster; charged by ``_TEAM_SETTLE`` once per team per write;
 * ``P{K}:u:{day}:{team}`` HASH requests, tokens_in, tokens_out, cost_usd, refused:<reason>
   (in the key's slot), indexed by the SET ``P:ud:{day}`` of ``team\\tkey`` (the usage rows of
   ``/admin/usage``; added once per key and day by each process).

@@ -727,7 +727,8 @@ class GatewayMetrics:
         )
         self.refusals = Counter(
             "gateway_refusals",
-            "Requests refused by a key's limits, by team and reason (requests, tokens, budget).",
+            "Requests refused by a key's limits, by team and reason (requests, tokens, budget, "
+            "team_budget: the team's shared budget).",
             ("team", "reason"),
         )
         self.auth_throttled = Counter(
