@@ -173,7 +173,8 @@ class LocalLimiter:
             team_period_s = caller.team_budget_period_s
             period = int(now // team_period_s)
             team = self._teams.get(caller.team)
-            if team is not None and team.period == period and team.spent_usd >= caller.team_budget_usd:
+            spent = team.spent_usd if team is not None and team.period == period else 0.0
+            if spent >= caller.team_budget_usd:  # (a budget of 0 refuses at once, as a key's)
                 budget_reset_s = (period + 1) * team_period_s - now
                 refused, retry_s = REFUSED_TEAM_BUDGET, budget_reset_s
         rpm, tpm = caller.rpm, caller.tpm

@@ -69,6 +69,9 @@ async def test_two_replicas_share_the_teams_budget_for_every_key_of_the_team(
         assert (await here.admit(Caller("k6", "alpha", rpm=100), "f", 0)).refused is None
         assert await there.team_spent("alpha", HOUR) == pytest.approx(1.1)
         assert await there.team_spent("beta", HOUR) == 0.0
+        # A shared budget of 0 refuses at once, as a key's own of 0 does.
+        none = Caller("k7", "gamma", team_budget_usd=0.0, team_budget_period_s=HOUR)
+        assert (await here.admit(none, "g", 0)).refused == "team_budget"
     finally:
         await here.close()
         await there.close()

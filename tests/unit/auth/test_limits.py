@@ -144,6 +144,9 @@ async def test_a_teams_shared_budget_is_spent_by_all_its_keys_until_the_next_per
     clock.now += 3000  # a new period
     assert (await limiter.admit(k2, "g", 0)).refused is None
     assert await limiter.team_spent("alpha", 3600.0) == 0.0
+    # A shared budget of 0 refuses at once, as a key's own of 0 does (nothing spent yet).
+    none = Caller("k7", "gamma", team_budget_usd=0.0, team_budget_period_s=3600.0)
+    assert (await limiter.admit(none, "h", 0)).refused == "team_budget"
 
 
 async def test_refused_requests_are_not_counted_and_keys_are_separate() -> None:
