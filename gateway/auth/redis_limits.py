@@ -69,7 +69,14 @@ from redis.exceptions import InvalidResponse
 from redis.typing import EncodableT
 
 from gateway.auth.identity import Caller
-from gateway.auth.limits import ADMITTED_UNLIMITED, WINDOW_S, Decision, LocalLimiter, Window
+from gateway.auth.limits import (
+    ADMITTED_UNLIMITED,
+    REFUSED_TEAM_BUDGET,
+    WINDOW_S,
+    Decision,
+    LocalLimiter,
+    Window,
+)
 from gateway.auth.usage import UsageQuery, UsageRow, day_of
 from gateway.errors import LimitsUnavailable, UsageUnavailable
 from gateway.redis_link import FAILURES, Outage, RedisClient, probe, probe_answered, redis_client
@@ -820,6 +827,15 @@ class RedisLimiter:
         if found is None:
             return self.local.peek_now(caller, tokens) if self._fail == "open" else ADMITTED_UNLIMITED
         refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset = found
+        if not refused and caller.team_budget_usd is not None and caller.team_budget_period_s:
+            # The team's shared budget (h-teambudget): its counter, read as the admission reads it.
+            team_ms = int(caller.team_budget_period_s * 1000)
+            team_spent = await self._read_team_spent(self._team_key(caller.team), team_ms)
+            spent = (team_spent or 0.0) + self._unwritten_team_spend(caller.team)
+            if team_spent is not None and spent >= caller.team_budget_usd:
+                now_ms = self._clock_ms() if self._clock_ms is not None else time.time() * 1000
+                breset = (now_ms // team_ms + 1) * team_ms - now_ms
+                refused, retry = REFUSED_TEAM_BUDGET, breset
         return Decision(
             refused or None,
             None if rpm is None else Window(rpm, max(0, rpm - used_rq), rq_reset / 1000),

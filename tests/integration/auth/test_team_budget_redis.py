@@ -258,3 +258,27 @@ async def test_two_gateways_refuse_every_key_of_the_team_once_its_shared_budget_
     assert (await chat(two, d["secret"]))[0] == 200
     status, body = await chat(two, c["secret"])
     assert status == 429 and "this key's budget of $1" in body["error"]["message"], body
+
+
+async def test_a_peek_refuses_a_key_of_a_team_whose_shared_budget_another_replica_spent(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """(h-uploadgate x h-teambudget) A transcription's check before its form is read sees the
+    team's shared budget, spent by another key on another replica: the same refusal ``admit``
+    then gives, so the key's 20 MB form is not read for nothing."""
+    here, there = await _limiter(redis_url, redis_prefix), await _limiter(redis_url, redis_prefix)
+    try:
+        spender, uploader = of_team("k1", rpm=100), of_team("k2", rpm=100)
+        assert (await here.peek(uploader, 10)).refused is None  # nothing spent yet
+        assert (await there.admit(spender, "a", 0)).refused is None
+        await there.settle(spender, "a", 0, 10, 10, 1.2)
+        await there.flush()
+        seen = await here.peek(uploader, 10)
+        assert seen.refused == "team_budget"
+        assert 0 < seen.budget_reset_s <= HOUR and seen.retry_after_s == seen.budget_reset_s
+        assert (await here.admit(uploader, "b", 10)).refused == "team_budget"  # as admit decides
+        # Another team's key is not refused by it.
+        assert (await here.peek(of_team("k3", "beta", rpm=100), 10)).refused is None
+    finally:
+        await here.close()
+        await there.close()
