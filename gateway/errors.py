@@ -15,6 +15,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     ├── InvalidRequest             400     invalid_request_error   no     bad JSON, missing/invalid field
     │   ├── ContextTooLong         400     invalid_request_error   no     code=context_length_exceeded; is_context_length
     │   ├── MessageThreadsUnsupported 400  invalid_request_error   no     code=thread_unsupported_request; Anthropic's details
+    │   ├── ProviderFileNotAllowed 400     invalid_request_error   no     code=provider_file_not_allowed; a provider-side object
     │   └── UnsupportedByProvider  400     invalid_request_error   yes    code=unsupported_endpoint
     ├── AuthenticationFailed       401     authentication_error    no
     ├── PermissionDenied           403     permission_error        no     a granted key that may not do this
@@ -230,6 +231,24 @@ class MessageThreadsUnsupported(InvalidRequest):
             "`thread` (the anthropic SDK's tool runner does so by itself).",
             param="thread",
             code="thread_unsupported_request",
+        )
+
+
+class ProviderFileNotAllowed(InvalidRequest):
+    """A request naming an object stored with a provider (a file id, a Gemini Files API or
+    ``gs://`` URI: ``wire/provider_files.py``) from a key whose team (or itself) is not allowed
+    to: the provider would read it with the organisation's key, whoever uploaded it."""
+
+    def __init__(self, param: str, team: str) -> None:
+        super().__init__(
+            f"'{param}' names an object stored with the provider (a file id or a provider file "
+            "URI), which this gateway reads with the organisation's provider key whoever uploaded "
+            "it, so keys may not name one unless allowed: set provider_files: true on the team "
+            f"(auth.teams.{team}.provider_files in the policy) or on the key (sophia-gateway keys "
+            'create --provider-files, or "provider_files": true to POST /admin/keys). Or send '
+            "the file's content inline (a data: URL or base64).",
+            param=param,
+            code="provider_file_not_allowed",
         )
 
 

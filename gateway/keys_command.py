@@ -99,6 +99,13 @@ def add_arguments(keys: argparse.ArgumentParser) -> None:
     )
     create.add_argument("--name", help="a label shown in listings (printable characters, up to 200)")
     create.add_argument("--description")
+    create.add_argument(
+        "--provider-files",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="may (or, with --no-provider-files, may not) name files stored with the providers "
+        "(file ids, Gemini Files API URIs); default: its team's provider_files",
+    )
     create.set_defaults(func=_create)
 
     listing = sub.add_parser("list", parents=[common], help="list keys (never their secrets)")
@@ -142,6 +149,7 @@ def _create(args: argparse.Namespace) -> int:
         namespaces_write=write,
         name=args.name,
         description=args.description,
+        provider_files=args.provider_files,
     )
     if args.url:
         return _remote(args, "POST", "/admin/keys", _create_body(args.team, settings))
@@ -248,6 +256,7 @@ def _create_body(team: str, s: KeySettings) -> Json:
         ("expires", s.expires_in_s),
         ("name", s.name),
         ("description", s.description),
+        ("provider_files", s.provider_files),
     ):
         if value is not None:
             body[name] = list(value) if isinstance(value, tuple) else value
@@ -294,6 +303,8 @@ def _print_table(rows: list[Json]) -> None:
             limits.append(f"period={format_duration(k['budget_period_s'])}")
         if k["models"] is not None:
             limits.append("models=" + ",".join(k["models"]))
+        if k.get("provider_files") is not None:
+            limits.append(f"provider_files={str(k['provider_files']).lower()}")
         table.append(
             (
                 k["id"],

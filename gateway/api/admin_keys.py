@@ -67,6 +67,7 @@ class KeyCreateIn(_Strict):
     namespaces: NamespacesIn | None = None
     name: str | None = None  # its bounds are KeyRing.create's (the CLI's too)
     description: str | None = None
+    provider_files: bool | None = None  # may name provider-side objects (null: the team's)
 
     def settings(self) -> KeySettings:
         ns = self.namespaces or NamespacesIn()
@@ -81,6 +82,7 @@ class KeyCreateIn(_Strict):
             namespaces_write=_names(ns.write),
             name=self.name,
             description=self.description,
+            provider_files=self.provider_files,
         )
 
 

@@ -38,6 +38,9 @@ class Caller:
     # together and counted under the team's name, per the team's ``budget_period``: None for none.
     team_budget_usd: float | None = None
     team_budget_period_s: float | None = None
+    # May it name objects stored with the providers under the gateway's keys (file ids, Gemini
+    # Files API URIs: ``wire/provider_files.py``)? Off unless its key or team allows it.
+    provider_files: bool = False
 
     @property
     def counted_as(self) -> str:

@@ -43,11 +43,17 @@ class KeyQueries:
             f"rpm {d.integer}, tpm {d.integer}, budget_usd {d.real}, budget_period_s {d.real}, "
             f"read_namespaces {d.text}, write_namespaces {d.text}, expires_at {d.real}, "
             f"revoked_at {d.real}, name {d.text}, description {d.text}, "
-            f"previous_hash {d.text}, previous_until {d.real}, limits_id {d.text})"
+            f"previous_hash {d.text}, previous_until {d.real}, limits_id {d.text}, "
+            f"provider_files {d.integer})"
         )
         # Columns added since the table was first released, added by ``start`` to a table made
         # before them: PostgreSQL says IF NOT EXISTS, SQLite (which cannot) skips a column it has.
-        self.added_columns = {"previous_hash": d.text, "previous_until": d.real, "limits_id": d.text}
+        self.added_columns = {
+            "previous_hash": d.text,
+            "previous_until": d.real,
+            "limits_id": d.text,
+            "provider_files": d.integer,  # 0 or 1; NULL: the team's setting
+        }
         self.column_names = f"SELECT * FROM {table} LIMIT 0"  # its cursor's description
         index = table.replace(".", "_")
         self.create_team_index = f"CREATE INDEX IF NOT EXISTS idx_{index}_team ON {table} (team)"

@@ -82,6 +82,7 @@ class KeySettings:
     namespaces_write: tuple[str, ...] | None = None
     name: str | None = None
     description: str | None = None
+    provider_files: bool | None = None  # may name provider-side objects (None: the team's)
 
 
 @dataclass(slots=True)
@@ -208,6 +209,7 @@ class KeyRing:
             expires_at=None if s.expires_in_s is None else now + s.expires_in_s,
             name=s.name,
             description=s.description,
+            provider_files=s.provider_files,
         )
         await self.store.insert(record)
         return secret, record
@@ -369,6 +371,9 @@ class KeyRing:
             team_budget_period_s=None
             if team.shared_budget_usd is None
             else max(MIN_BUDGET_PERIOD_S, team.budget_period),
+            provider_files=record.provider_files
+            if record.provider_files is not None
+            else team.provider_files,
         )
 
     def _remember(self, cache: OrderedDict[str, _Cached], key_hash: str, entry: _Cached, bound: int) -> None:

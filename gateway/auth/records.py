@@ -108,6 +108,9 @@ class KeyRecord:
     # The key id its limits and budget are counted under: the first key of its rotations, which
     # a rotation carries over (so a new secret does not reset the spend); None: its own id.
     limits_id: str | None = None
+    # May its requests name objects stored with the providers under the gateway's keys (file
+    # ids, Gemini Files API URIs: ``wire/provider_files.py``)? None: its team's setting.
+    provider_files: bool | None = None
 
     @property
     def counted_as(self) -> str:
@@ -150,6 +153,7 @@ COLUMNS: Sequence[str] = (
     "previous_hash",
     "previous_until",
     "limits_id",
+    "provider_files",
 )
 
 
@@ -210,6 +214,7 @@ def record_row(record: KeyRecord) -> tuple[object, ...]:
         record.previous_hash,
         record.previous_until,
         record.limits_id,
+        None if record.provider_files is None else int(record.provider_files),
     )
 
 
@@ -217,7 +222,7 @@ def row_record(row: Sequence[object]) -> KeyRecord:
     """A row of ``COLUMNS`` (as either store returns it) back into a record."""
     (key_id, hash_, prefix, team, created_at, models, rpm, tpm, budget_usd, budget_period_s) = row[:10]
     (read_ns, write_ns, expires_at, revoked_at, name, description, previous_hash, previous_until) = row[10:18]
-    limits_id = row[18]
+    limits_id, provider_files = row[18:20]
     return KeyRecord(
         key_id=_text(key_id),
         hash=_text(hash_),
@@ -238,6 +243,7 @@ def row_record(row: Sequence[object]) -> KeyRecord:
         previous_hash=_opt_text(previous_hash),
         previous_until=_opt_number(previous_until),
         limits_id=_opt_text(limits_id),
+        provider_files=None if provider_files is None else bool(_number(provider_files)),
     )
 
 
@@ -306,6 +312,8 @@ def key_json(record: KeyRecord, now_s: float) -> dict[str, Any]:
         "revoked_at": None if record.revoked_at is None else int(record.revoked_at),
         # When the secret it replaced (by rotation with a grace) stops working; None: no grace.
         "grace_until": None if record.previous_until is None else int(grace_end(record)),
+        # Its own setting (null: its team's, ``auth.teams.<team>.provider_files``).
+        "provider_files": record.provider_files,
     }
 
 

@@ -1276,6 +1276,12 @@ class Team(_Strict):
         "while both have room.",
     )
     namespaces: TeamNamespaces = TeamNamespaces()
+    provider_files: bool = Field(
+        False,
+        description="Whether its keys may name objects stored with the providers under the "
+        "gateway's keys (an OpenAI or Anthropic file_id, a Gemini Files API URI or gs:// URI), "
+        "which any key could otherwise read by id; a key's own setting overrides it.",
+    )
 
 
 class Auth(_Strict):

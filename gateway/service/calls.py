@@ -32,6 +32,7 @@ from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, Respons
 from gateway.errors import (
     GatewayError,
     ModelNotFound,
+    ProviderFileNotAllowed,
     StreamInterrupted,
     UpstreamBadResponse,
     UpstreamStatusError,
@@ -55,6 +56,7 @@ from gateway.service.media import check_served, image_usage, media_units, unit_c
 from gateway.service.shadow import ShadowTraffic, door_answer
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import check_request
+from gateway.wire import provider_files
 from gateway.wire.requests import BYTES_ENDPOINTS, MEDIA_ENDPOINTS, Endpoint, JSONObject
 from gateway.wire.usage import MOST_TOKENS, cache_counts
 
@@ -158,6 +160,13 @@ class RequestService:
         check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
         if endpoint is Endpoint.CHAT and door is None:  # a door's translation holds its own values
             check_chat_values(body)
+        identity = ctx.identity
+        if identity is not None and not identity.provider_files and endpoint is Endpoint.CHAT:
+            # A key not allowed to name the organisation's provider-side objects (file ids,
+            # Gemini Files URIs), before any provider sees them; open mode and allowed keys skip it.
+            where = provider_files.in_chat(body) if door is None else door.provider_file()
+            if where is not None:
+                raise ProviderFileNotAllowed(where, identity.team)
         elif endpoint is Endpoint.COMPLETIONS:
             check_completion_values(body)
         allowed = ctx.identity.models if ctx.identity is not None and not ctx.internal else None

@@ -67,6 +67,12 @@ class FrontDoor(Protocol):
         """The chat translation the request service validates, routes and limits by."""
         ...
 
+    def provider_file(self) -> str | None:
+        """The key path, as the client sent it, of the first object stored with a provider its
+        request names (``wire/provider_files.py``), None when it names none. Asked only of
+        callers whose key may not name one."""
+        ...
+
     def remembered(self, trusted: str, reference: str) -> FrontDoor:
         """This request with recalled memories (``memory/augment.recall``) placed in the door's
         own format where chat places them: ``trusted`` text after the client's system prompt,

@@ -40,6 +40,7 @@ from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.front_door import has_choice
 from gateway.service.validation import validate_head
+from gateway.wire import provider_files
 from gateway.wire.messages import (
     ChatTranslation,
     CountTokensHead,
@@ -157,6 +158,11 @@ class MessagesDoor:
             # OpenAI's own name for it (``low`` to ``max`` are all its values).
             chat = {**chat, "reasoning_effort": self._effort}
         return client.adapter.build_request(Endpoint.CHAT, chat, target.model)
+
+    def provider_file(self) -> str | None:
+        """``FrontDoor.provider_file``: in the client's Messages body (a native Anthropic
+        deployment gets it as it is)."""
+        return provider_files.in_messages(self.body)
 
     def withheld(self, target: Target) -> bool:
         """``FrontDoor.withheld``: ``output_config.effort`` was asked and ``target``, a

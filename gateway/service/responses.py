@@ -48,6 +48,7 @@ from gateway.service.effort import chat_for, responses_for, responses_withheld, 
 from gateway.service.front_door import has_choice
 from gateway.service.limits import check_limits
 from gateway.service.streams import AnswerStream, ReplayStream
+from gateway.wire import provider_files
 from gateway.wire.requests import CHARS_PER_TOKEN, Endpoint, JSONObject
 from gateway.wire.responses import (
     ResponsesInputError,
@@ -364,6 +365,11 @@ class ResponsesDoor:
         self.body = body
         self.chat = chat
         self.ids = ids
+
+    def provider_file(self) -> str | None:
+        """``FrontDoor.provider_file``: in the input items (the kept conversation's too: its
+        paths are named as the client's by ``ResponsesService.run``)."""
+        return provider_files.in_responses(self.body)
 
     def remembered(self, trusted: str, reference: str) -> ResponsesDoor:
         """``FrontDoor.remembered``: ``trusted`` a system message after the input's leading
