@@ -7,7 +7,9 @@ argparse reads a word starting with ``-`` as a flag unless it is a plain negativ
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.cli import main
@@ -59,3 +61,30 @@ def test_a_negative_or_too_long_grace_is_refused_in_its_own_words() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="must be at most 1w"):
         _grace("8d")
     assert _grace("1h") == 3600.0
+
+
+@pytest.mark.parametrize(
+    ("flags", "stored"), [(["--provider-files"], True), (["--no-provider-files"], False), ([], None)]
+)
+def test_keys_create_sets_provider_files_or_leaves_it_to_the_team(
+    flags: list[str],
+    stored: bool | None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """h-fileref: the key's own ``provider_files`` (null: its team's), as ``/admin/keys`` takes it."""
+    monkeypatch.delenv("KEYS_URL", raising=False)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nproviders:\n  a: {kind: openai, base_url: 'http://a.test/v1'}\n"
+        "models:\n  m: {deployments: [{provider: a, model: ma}]}\nmemory: {enabled: false}\n"
+        f"auth:\n  store: {tmp_path}/keys.sqlite3\n  teams:\n    ops: {{}}\n"
+    )
+    assert main(["keys", "create", "--team", "ops", *flags, "--json", "--policy", str(policy)]) == 0
+    assert orjson.loads(capsys.readouterr().out)["provider_files"] is stored
+    assert main(["keys", "list", "--policy", str(policy)]) == 0
+    table = capsys.readouterr().out
+    assert ("provider_files=" in table) is (stored is not None), table
+    if stored is not None:
+        assert f"provider_files={str(stored).lower()}" in table

@@ -210,3 +210,55 @@ async def test_a_table_made_before_the_grace_gains_its_columns_at_start(
                 assert await store.find_by_hash(existing.hash) == new
         finally:
             await store.close()
+
+
+async def test_provider_files_round_trips_as_true_false_or_the_teams(key_store: KeyStore) -> None:
+    allowed = record(provider_files=True)
+    denied = record(created_at=1001.0, provider_files=False)
+    inherits = record(created_at=1002.0)
+    for each in (allowed, denied, inherits):
+        await key_store.insert(each)
+    assert [(await key_store.get(r.key_id)) for r in (allowed, denied, inherits)] == [
+        allowed,
+        denied,
+        inherits,
+    ]
+    assert [r.provider_files for r in await key_store.list()] == [True, False, None]
+
+
+# The table as the releases with a rotation's grace and carried limits made it (h-keycarry).
+CARRY_TABLE = OLD_TABLE.removesuffix(")") + ", previous_hash TEXT, previous_until {real}, limits_id TEXT)"
+
+
+@pytest.mark.parametrize("table_sql", [OLD_TABLE, CARRY_TABLE], ids=["before-grace", "before-provider-files"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_table_made_before_provider_files_gains_the_column_at_start(
+    kind: str, table_sql: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    row = ("key_abcdefghijkl", "h" * 64, "sk-sg-ab12…", "ops", 1000.0)
+    insert = "INSERT INTO {table} (key_id, hash, prefix, team, created_at) VALUES ({p}, {p}, {p}, {p}, {p})"
+    store: KeyStore
+    if kind == "sqlite":
+        path = str(tmp_path / "keys.sqlite3")
+        with sqlite3.connect(path) as conn:
+            conn.execute(table_sql.format(table="virtual_keys", real="REAL", integer="INTEGER"))
+            conn.execute(insert.format(table="virtual_keys", p="?"), row)
+        conn.close()
+        store = SQLiteKeyStore(path)
+    else:
+        table = f"{request.getfixturevalue('pg_schema')}.virtual_keys"
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as pg:
+            pg.execute(table_sql.format(table=table, real="DOUBLE PRECISION", integer="BIGINT").encode())
+            pg.execute(insert.format(table=table, p="%s").encode(), row)
+        store = PostgresKeyStore(POSTGRES_URL, table=table)
+    allowed = record(provider_files=True)
+    for start in range(2):  # the second start finds the column there
+        await store.start()
+        try:
+            existing = await store.get("key_abcdefghijkl")
+            assert existing is not None and existing.provider_files is None  # its team's setting
+            if start == 0:
+                await store.insert(allowed)
+            assert await store.find_by_hash(allowed.hash) == allowed
+        finally:
+            await store.close()
