@@ -267,3 +267,19 @@ async def test_the_admin_api_types_the_setting_strictly(start: Start) -> None:
     assert resp.status == 400 and body["error"]["param"] == "provider_files", body
     listed = await (await gateway.client.get("/admin/keys", headers=ADMIN)).json()
     assert listed["data"] == []
+
+
+async def test_a_kept_conversation_naming_a_file_is_checked_for_the_key_continuing_it(start: Start) -> None:
+    gateway = await start("keys")
+    allowed, _ = gateway.sdks(await gateway.key(provider_files=True))
+    first = await allowed.responses.create(model="m", input=RESPONSES_INPUT, store=True)  # type: ignore[arg-type]
+    other, _ = gateway.sdks(await gateway.key())  # the same team (tenant), not allowed
+    with pytest.raises(openai.BadRequestError) as refused:
+        await other.responses.create(model="m", input="And the second page?", previous_response_id=first.id)
+    body = refused.value.body
+    assert isinstance(body, dict), body
+    assert (body["code"], body["param"]) == ("provider_file_not_allowed", "previous_response_id")
+    assert "input[0] of previous_response_id's conversation" in body["message"], body["message"]
+    assert len(gateway.sent) == 1  # the allowed key's call only
+    await allowed.close()
+    await other.close()
