@@ -119,3 +119,9 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # What the request service did for a proxied call (model group, cache, route, memories), filled
 # in as it goes; response headers, metrics and the access log read it.
 REQUEST_CALL = web.RequestKey("request_call", CallRecord)
+# Which credential let an admin request in (``require_admin``): admin, admin_previous or loopback;
+# the audit line's ``actor`` (observability/audit.py).
+ADMIN_ACTOR = web.RequestKey("admin_actor", str)
+# What an audited admin action's handler learnt of its target (a key's id and team, a policy's
+# versions), written on its audit line (api/admin_audit.py).
+AUDIT_FIELDS: web.RequestKey[dict[str, object]] = web.RequestKey("audit_fields")

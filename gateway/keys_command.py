@@ -3,6 +3,10 @@
 Works on the key store the policy names (``auth.store``, or ``KEYS_URL`` when set), or with
 ``--url`` on a running gateway through ``/admin/keys`` (``SOPHIA_ADMIN_TOKEN`` from the
 environment). A new key's secret is printed once; ``--json`` prints what the API answers.
+
+Each change made on the key store (create, revoke, rotate, end-grace; not ``list``) writes its
+audit line on stderr, in the gateway's log format (``SOPHIA_LOG_FORMAT``), actor ``cli`` with the
+operating-system user and host (``observability/audit.py``); with ``--url`` the gateway writes it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from gateway.auth.backends import key_store
 from gateway.auth.keyring import JOINERS, MAX_GRACE_S, KeyRing, KeySettings
 from gateway.auth.records import key_json
 from gateway.errors import GatewayError, StartupError
+from gateway.observability import audit
 from gateway.policy.durations import (
     format_duration,
     parse_budget_period_s,
@@ -158,7 +163,7 @@ def _create(args: argparse.Namespace) -> int:
         secret, record = await ring.create(args.team, settings)
         return {**key_json(record, time.time()), "secret": secret}
 
-    return _local(args, op)
+    return _local(args, op, "key.create", {"team": args.team})
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -180,7 +185,7 @@ def _revoke(args: argparse.Namespace) -> int:
     async def op(ring: KeyRing) -> Json:
         return key_json(await ring.revoke(args.key_id), time.time())
 
-    return _local(args, op)
+    return _local(args, op, "key.revoke", {"key_id": args.key_id})
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -192,7 +197,7 @@ def _rotate(args: argparse.Namespace) -> int:
         secret, record = await ring.rotate(args.key_id, args.grace)
         return {**key_json(record, time.time()), "secret": secret, "replaces": args.key_id}
 
-    return _local(args, op)
+    return _local(args, op, "key.rotate", {"key_id": args.key_id, "grace_s": args.grace})
 
 
 def _end_grace(args: argparse.Namespace) -> int:
@@ -202,19 +207,32 @@ def _end_grace(args: argparse.Namespace) -> int:
     async def op(ring: KeyRing) -> Json:
         return key_json(await ring.end_grace(args.key_id), time.time())
 
-    return _local(args, op)
+    return _local(args, op, "key.end_grace", {"key_id": args.key_id})
 
 
-def _local(args: argparse.Namespace, op: Callable[[KeyRing], Awaitable[Json]]) -> int:
-    """Run ``op`` on the key store the policy (or ``KEYS_URL``) names, then print its answer."""
+def _local(
+    args: argparse.Namespace,
+    op: Callable[[KeyRing], Awaitable[Json]],
+    action: str | None = None,
+    given: Json | None = None,
+) -> int:
+    """Run ``op`` on the key store the policy (or ``KEYS_URL``) names, then print its answer.
+    ``action``: the change ``op`` makes, written as an audit line (``given``: its target as the
+    command line named it), whether it was made or refused."""
     try:
-        path = args.policy or Settings.from_env().policy_path
+        settings = Settings.from_env()
     except SettingsError as exc:
-        return _fail(str(exc), 2)
+        if not args.policy:
+            return _fail(str(exc), 2)
+        settings = Settings()  # as before: --policy given, the environment's settings unread
     try:
-        policy = load_policy(path)
+        policy = load_policy(args.policy or settings.policy_path)
     except PolicyError as exc:
         return _fail(f"the policy is invalid:\n{exc}", 2)
+    if action is not None:
+        from gateway.observability.logging import configure_logging
+
+        configure_logging(settings.log_level, settings.log_format)
 
     async def run() -> Json:
         store = key_store(policy.auth, os.environ.get("KEYS_URL"))
@@ -228,11 +246,36 @@ def _local(args: argparse.Namespace, op: Callable[[KeyRing], Awaitable[Json]]) -
     try:
         answer = asyncio.run(run())
     except StartupError as exc:
+        if action is not None:
+            _audit(action, audit.FAILED, {"code": "key_store_unavailable", **(given or {})})
         return _fail(f"cannot open the key store: {exc}", 2)
     except GatewayError as exc:
+        if action is not None:
+            code = exc.code or exc.error_type
+            _audit(action, audit.outcome_of(exc.http_status), {"code": code, **(given or {})})
         return _fail(exc.message, 1)
+    if action is not None:
+        _audit(action, audit.OK, {**(given or {}), **_audit_target(action, answer)})
     _print(args, answer)
     return 0
+
+
+def _audit(action: str, outcome: str, fields: Json) -> None:
+    """The audit line of a change made (or refused) on the key store from this command line."""
+    who = {"os_user": audit.os_user(), "hostname": audit.hostname()}
+    audit.record(action, outcome, "cli", {**who, **fields})
+
+
+def _audit_target(action: str, answer: Json) -> Json:
+    """What the audit line says of the key ``answer`` shows (never its secret)."""
+    if action == "key.create":
+        return audit.key_fields(answer, limits=True)
+    if action == "key.rotate":  # the old key's id is the target, the new key comes with it
+        return {"team": answer["team"], "new_key_id": answer["id"], "grace_until": answer["grace_until"]}
+    fields = audit.key_fields(answer)
+    if action == "key.revoke":
+        fields["revoked_at"] = answer["revoked_at"]
+    return fields
 
 
 def _remote(args: argparse.Namespace, method: str, path: str, body: Json | None = None) -> int:

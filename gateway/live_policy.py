@@ -29,6 +29,7 @@ import watchfiles
 
 from gateway.auth.keyring import KeyRing
 from gateway.cache.service import ResponseCache, load_semantic_index
+from gateway.observability import audit
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.loader import PolicyError, parse_policy_bytes, read_policy_file
 from gateway.policy.model import Policy
@@ -207,7 +208,31 @@ class LivePolicy:
     async def reload(self, source: str, data: bytes | None = None, *, first: bool = False) -> ReloadOutcome:
         """Read (unless the watcher has just read ``data``), validate and apply the policy file;
         one reload at a time. ``first``: the watcher's look at the file when it starts, which is
-        no reload when the file still says what the process started on (not counted)."""
+        no reload when the file still says what the process started on (not counted).
+
+        A reload the gateway starts itself (``file``: an edit the watcher saw; ``signal``:
+        SIGHUP) writes its audit line here (actor ``file`` or ``signal``, the path, the versions
+        before and after, applied, unchanged or refused); ``POST /admin/policy/reload``'s handler
+        writes its own, with the credential and the client (``admin_policy.py``)."""
+        before = self.version
+        outcome = await self._reload(source, data, first=first)
+        if source != "admin" and not (first and outcome.result == "unchanged"):
+            fields: dict[str, object] = {}
+            if outcome.result not in ("applied", "unchanged"):
+                fields["code"] = "policy_invalid" if outcome.result == "invalid" else "policy_reload_failed"
+            fields |= {
+                "path": self.path,
+                "version_before": before,
+                "version_after": outcome.version,
+                "result": outcome.result,
+            }
+            if outcome.problems:
+                fields["problems"] = len(outcome.problems)
+            result = {"applied": audit.OK, "unchanged": audit.OK, "invalid": audit.REFUSED}
+            audit.record("policy.reload", result.get(outcome.result, audit.FAILED), source, fields)
+        return outcome
+
+    async def _reload(self, source: str, data: bytes | None, *, first: bool) -> ReloadOutcome:
         if self.path is None:
             return self._refused(source, ("this gateway was not started from a policy file",))
         async with self._lock:

@@ -26,12 +26,14 @@ from pydantic_core import ErrorDetails
 
 from gateway import keys
 from gateway.api import peers
+from gateway.api.admin_audit import audited, target
 from gateway.auth.keyring import MAX_GRACE_S, KeyRing, KeySettings
 from gateway.auth.records import key_json
 from gateway.errors import InvalidRequest, quoted
 from gateway.http.auth import require_admin
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
+from gateway.observability.audit import key_fields
 from gateway.policy.durations import BudgetPeriodS, ExpiresS
 from gateway.policy.model import MAX_RATE
 from gateway.quoting import bounded
@@ -97,12 +99,16 @@ def _names(values: list[str] | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(dict.fromkeys(values))
 
 
+@audited("key.create")
 async def create(request: web.Request) -> web.Response:
     """``POST /admin/keys``: 201 with the new key and its ``secret`` (shown once)."""
     ring = _ring(request)
     given = _parse(await read_json(request), KeyCreateIn)
+    target(request, team=given.team)
     secret, record = await ring.create(given.team, given.settings())
-    return _render({**key_json(record, time.time()), "secret": secret}, status=201)
+    body = key_json(record, time.time())
+    target(request, **key_fields(body, limits=True))
+    return _render({**body, "secret": secret}, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -113,16 +119,20 @@ async def list_keys(request: web.Request) -> web.Response:
     return _render({"object": "list", "data": [key_json(r, now) for r in records]})
 
 
+@audited("key.revoke")
 async def revoke(request: web.Request) -> web.Response:
     """``DELETE /admin/keys/{id}``: the key, revoked (revoking twice keeps the first time), and
     no longer accepted by any worker of the set."""
     ring = _ring(request)
+    target(request, key_id=bounded(request.match_info["id"]))
     record = await ring.revoke(request.match_info["id"])
     body = key_json(record, time.time())
+    target(request, **key_fields(body), revoked_at=body["revoked_at"])
     await _every_worker_drops(request, record.key_id, body)
     return _render(body)
 
 
+@audited("key.rotate")
 async def rotate(request: web.Request) -> web.Response:
     """``POST /admin/keys/{id}/rotate``: a new key with the same settings (its ``secret`` shown
     once, ``replaces`` naming the old one, now revoked and no longer accepted by any worker).
@@ -130,20 +140,27 @@ async def rotate(request: web.Request) -> web.Response:
     (``grace_until``), its answers marked ``x-gateway-token-deprecated: true``."""
     ring = _ring(request)
     old_id = request.match_info["id"]
+    target(request, key_id=bounded(old_id))
     given = _parse(await read_json(request), KeyRotateIn) if request.body_exists else KeyRotateIn()
+    target(request, grace_s=given.grace_s)
     secret, record = await ring.rotate(old_id, given.grace_s)
-    body = {**key_json(record, time.time()), "secret": secret, "replaces": old_id}
+    shown = key_json(record, time.time())
+    target(request, team=shown["team"], new_key_id=shown["id"], grace_until=shown["grace_until"])
+    body = {**shown, "secret": secret, "replaces": old_id}
     await _every_worker_drops(request, old_id, body)
     return _render(body, status=201)
 
 
+@audited("key.end_grace")
 async def end_grace(request: web.Request) -> web.Response:
     """``DELETE /admin/keys/{id}/grace``: end the key's rotation grace now, keeping its new
     secret; the secret it replaced is no longer accepted by any worker of the set. Ending an
     ended grace keeps its end (200); 404 for a key never rotated with a grace."""
     ring = _ring(request)
+    target(request, key_id=bounded(request.match_info["id"]))
     record = await ring.end_grace(request.match_info["id"])
     body = key_json(record, time.time())
+    target(request, **key_fields(body))
     await _every_worker_drops(request, record.key_id, body, "/grace")
     return _render(body)
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.api import peers
+from gateway.api.admin_audit import audited, target
 from gateway.http.auth import require_admin
 from gateway.http.responses import json_response
 from gateway.policy.versions import PolicyStatus, ReloadOutcome
@@ -27,9 +28,16 @@ async def status(request: web.Request) -> web.Response:
     return json_response(orjson.dumps(_status(request.app[keys.POLICY_CONTROL].status())))
 
 
+@audited("policy.reload")
 async def reload(request: web.Request) -> web.Response:
     require_admin(request)
-    outcome = await request.app[keys.POLICY_CONTROL].reload("admin")
+    control = request.app[keys.POLICY_CONTROL]
+    before = control.status()
+    target(request, path=before.path, version_before=before.version)
+    outcome = await control.reload("admin")
+    target(request, version_after=outcome.version, result=outcome.result)
+    if outcome.problems:
+        target(request, problems=len(outcome.problems))
     body: dict[str, Any] = _outcome(outcome)
     worker = request.app[keys.SETTINGS].worker
     if worker is not None and not peers.from_peer(request):
@@ -50,13 +58,15 @@ async def reload(request: web.Request) -> web.Response:
     if outcome.result in ("applied", "unchanged"):
         return json_response(orjson.dumps({"object": "policy.reload", "policy": body}))
     problems = "; ".join(outcome.problems) or "unknown"
+    code = "policy_invalid" if outcome.result == "invalid" else "policy_reload_failed"
+    target(request, code=code)
     envelope = {
         "error": {
             "message": f"The policy file was not applied ({outcome.result}); version "
             f"{outcome.version} keeps serving. Problems: {problems}",
             "type": "invalid_request_error",
             "param": None,
-            "code": "policy_invalid" if outcome.result == "invalid" else "policy_reload_failed",
+            "code": code,
         },
         "policy": body,
     }

@@ -11,10 +11,12 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
+from gateway.api.admin_audit import audited, target
 from gateway.errors import InvalidRequest, NotFound, quoted
 from gateway.http.auth import require_admin
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
+from gateway.quoting import bounded
 from gateway.routing.rollout import ACTIONS, Action
 
 
@@ -25,6 +27,13 @@ async def list_rollouts(request: web.Request) -> web.Response:
     return json_response(orjson.dumps({"object": "list", "data": data}))
 
 
+def _audited_action(request: web.Request) -> str:
+    """The audit line's action: ``rollout.<action>``, ``rollout.unknown`` for an action not served."""
+    text = request.match_info["action"]
+    return f"rollout.{text}" if text in ACTIONS else "rollout.unknown"
+
+
+@audited(_audited_action)
 async def act(request: web.Request) -> web.Response:
     """``POST /admin/rollouts/{action}`` with ``{"model": "<group>"}``: the rollout afterwards."""
     require_admin(request)
@@ -33,9 +42,17 @@ async def act(request: web.Request) -> web.Response:
     group = body.get("model")
     if not isinstance(group, str) or not group:
         raise InvalidRequest("'model' is required: the model group whose rollout to drive.", param="model")
+    target(request, model=bounded(group))
     rollouts = request.app[keys.ROLLOUTS]
     await rollouts.act(group, action)
-    return json_response(orjson.dumps(rollouts.view(group)))
+    view = rollouts.view(group)
+    target(
+        request,
+        upstream_model=f"{view['provider']}/{view['upstream_model']}",
+        rollout_status=view["status"],
+        step_index=view["step_index"],
+    )
+    return json_response(orjson.dumps(view))
 
 
 def _action(text: str) -> Action:

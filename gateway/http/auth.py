@@ -244,7 +244,8 @@ def require_admin(request: web.Request) -> None:
     ``SOPHIA_ADMIN_TOKEN_PREVIOUS``, which is let in and noted: ``used_previous``); 403
     when no token is set and the gateway listens beyond loopback (the admin API is then closed);
     429 ``auth_throttled`` first for a client address that failed too often lately (a wrong token
-    is counted against it, as a wrong key is)."""
+    is counted against it, as a wrong key is). The credential that let it in is noted as
+    ``keys.ADMIN_ACTOR`` (``admin``, ``admin_previous``, ``loopback``) for the audit trail."""
     app = request.app
     throttle = app[keys.AUTH_THROTTLE]
     if throttle.failures:
@@ -254,6 +255,7 @@ def require_admin(request: web.Request) -> None:
     if token is None:
         if is_loopback(settings.host):
             _require_local_host(request)
+            request[keys.ADMIN_ACTOR] = "loopback"
             return
         raise PermissionDenied(
             "The admin API is closed: this gateway listens beyond loopback and SOPHIA_ADMIN_TOKEN "
@@ -266,9 +268,12 @@ def require_admin(request: web.Request) -> None:
         or ""
     )
     matched = matched_token(given, token, settings.admin_token_previous)
-    if matched is PREVIOUS:
+    if matched is CURRENT:
+        request[keys.ADMIN_ACTOR] = "admin"
+    elif matched is PREVIOUS:
         used_previous(request, "admin")
-    elif matched is None:
+        request[keys.ADMIN_ACTOR] = "admin_previous"
+    else:
         sent = "Authorization" in request.headers  # the caller knows whether it sent one
         raise failed(
             request,

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from gateway import jsonsafe
+from gateway.observability.audit import AUDIT_LOGGER
 from gateway.observability.stderr import StderrHandler
 
 # Characters valid raw in a JSON string that a terminal or a line-splitting log reader would act on.
@@ -102,6 +103,9 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The audit trail (``audit.py``) is kept whatever the level: a production WARNING (or ERROR)
+    # must not drop the record of who revoked a key. Its lines stay at INFO, as they are no warning.
+    logging.getLogger(AUDIT_LOGGER).setLevel(logging.INFO)
     # aiohttp's own access log is replaced by the gateway's structured one.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # watchfiles says "N changes detected" at INFO for every event batch of the policy's
