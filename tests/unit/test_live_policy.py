@@ -789,3 +789,41 @@ async def test_the_same_bytes_from_two_saves_are_not_taken_for_a_settled_file(
     writer = asyncio.ensure_future(burst())
     assert await live._read_settled() == b"z"
     await writer
+
+
+async def test_reloads_the_gateway_starts_itself_write_audit_lines(
+    aiohttp_client: ClientFactory,
+    policy_file: Path,
+    upstreams: Upstreams,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SIGHUP (``signal``) and the watcher (``file``) write the audit line of their reload
+    (``POST`` writes its own, in its handler); the watcher's first look at the file it started on
+    is no reload, and no line."""
+    with caplog.at_level(logging.INFO, logger="gateway.audit"):
+        watching = await gateway(aiohttp_client, policy_file, upstreams, watch=True)
+        await asyncio.wait_for(watching.app[keys.POLICY_CONTROL].first_check_done.wait(), 10)
+        assert [r for r in caplog.records if r.name == "gateway.audit"] == []
+        # (a gateway of its own for SIGHUP: the watcher's reload of the edit would race it)
+        client = await gateway(aiohttp_client, policy_file, upstreams)
+        live = client.app[keys.POLICY_CONTROL]
+        first = live.version
+        policy_file.write_text(BASE + "  n: {deployments: [{provider: b, model: nb}]}\n")
+        applied = await live.reload("signal")
+        policy_file.write_text("version: [\n")
+        refused = await live.reload("signal")
+    assert (applied.result, refused.result) == ("applied", "invalid")
+    lines = [r.fields for r in caplog.records if r.name == "gateway.audit"]  # type: ignore[attr-defined]
+    signal_lines = [f for f in lines if f["actor"] == "signal"]
+    assert signal_lines[0] == {
+        "action": "policy.reload",
+        "outcome": "ok",
+        "actor": "signal",
+        "path": str(policy_file),
+        "version_before": first,
+        "version_after": applied.version,
+        "result": "applied",
+    }
+    assert signal_lines[1]["outcome"] == "refused" and signal_lines[1]["code"] == "policy_invalid"
+    assert signal_lines[1]["version_before"] == signal_lines[1]["version_after"] == applied.version
+    assert signal_lines[1]["problems"] >= 1

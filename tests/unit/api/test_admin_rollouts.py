@@ -4,6 +4,7 @@ listed, actions applied, and bad input answered 4xx in OpenAI's envelope."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -149,3 +150,35 @@ async def test_a_huge_name_is_a_small_error_that_still_says_what_is_wrong(client
     body = await resp.read()
     assert resp.status == 404 and len(body) < 1000 and b"Unknown rollout action" in body
     assert b"(5000 chars)" in body
+
+
+async def test_each_rollout_action_writes_an_audit_line(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="gateway.audit"):
+        ok = await client.post(
+            "/admin/rollouts/pause", json={"model": "chat"}, headers={**ADMIN, "X-Request-Id": "r-pause"}
+        )
+        again = await client.post("/admin/rollouts/pause", json={"model": "chat"}, headers=ADMIN)
+        unknown = await client.post("/admin/rollouts/explode", json={"model": "chat"}, headers=ADMIN)
+        wrong = await client.post(
+            "/admin/rollouts/abort", json={"model": "chat"}, headers={"Authorization": "Bearer wrong"}
+        )
+    assert (ok.status, again.status, unknown.status, wrong.status) == (200, 409, 404, 401)
+    lines = [r.fields for r in caplog.records if r.name == "gateway.audit"]  # type: ignore[attr-defined]
+    assert [(f["action"], f["outcome"], f["actor"]) for f in lines] == [
+        ("rollout.pause", "ok", "admin"),
+        ("rollout.pause", "refused", "admin"),
+        ("rollout.unknown", "refused", "admin"),
+        ("rollout.abort", "refused", "unauthenticated"),
+    ]
+    paused = lines[0]
+    assert (paused["request_id"], paused["client"], paused["model"], paused["rollout_status"]) == (
+        "r-pause",
+        "127.0.0.1",
+        "chat",
+        "paused",
+    )
+    assert paused["upstream_model"] == "a/org/new:8b"
+    assert (lines[1]["status"], lines[3]["status"], lines[3].get("model")) == (409, 401, None)
+    assert all(TOKEN not in str(f) for f in lines)
