@@ -78,6 +78,7 @@ from gateway.wire.requests import Endpoint
 # imports, in gateway/redis_link.py and the Redis stores) only when REDIS_URL is set.
 if TYPE_CHECKING:
     from gateway.auth.redis_limits import RedisLimiter
+    from gateway.auth.redis_throttle import RedisFailures
     from gateway.cache.redis_store import RedisStore
     from gateway.memory.ingest import IngestService
     from gateway.routing.shared import SharedRouting
@@ -189,11 +190,15 @@ def build_app(
         model_groups=policy.models.keys(),
     )
     app[keys.KEYRING] = key_ring
+    shared_failures = _shared_failures(settings)
     app[keys.AUTH_THROTTLE] = FailedAuthThrottle(
         settings.auth_throttle_failures,
         settings.auth_throttle_window_s,
         exempt=parse_networks(settings.auth_throttle_exempt),
+        shared=shared_failures,
     )
+    if shared_failures is not None:
+        app.cleanup_ctx.append(_shared_failures_open(shared_failures))
     app[keys.CLIENT_ADDRESSES] = ClientAddresses(parse_networks(settings.trusted_proxies))
     app[keys.ALLOWED_HOSTS] = AllowedHosts(parse_host_patterns(settings.allowed_hosts), settings.host)
 
@@ -383,6 +388,25 @@ def _runner_id(settings: Settings) -> str:
     worker = settings.worker
     place = str(settings.port) if settings.port else f"pid{os.getpid()}"
     return f"{socket.gethostname()}:{place}:{worker.index if worker is not None else 0}"
+
+
+def _shared_failures(settings: Settings) -> RedisFailures | None:
+    """The failed-auth throttle's count for every worker and replica, when ``REDIS_URL`` is set
+    and the throttle is on."""
+    if not (settings.redis_url and settings.auth_throttle_failures > 0):
+        return None
+    from gateway.auth.redis_throttle import RedisFailures
+
+    return RedisFailures(settings.redis_url, prefix=settings.throttle_prefix)
+
+
+def _shared_failures_open(failures: RedisFailures) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        await failures.start()  # no connection yet: an unreachable Redis fails its first call (local count)
+        yield
+        await failures.close()
+
+    return run
 
 
 def _limiter(settings: Settings, policy: Policy, metrics: GatewayMetrics) -> Limiter:

@@ -307,6 +307,9 @@ class Settings:
     auth_throttle_failures: int = 20
     auth_throttle_window_s: float = 60.0
     auth_throttle_exempt: str = DEFAULT_EXEMPT
+    # With REDIS_URL, the throttle's failures are counted in Redis for every worker and replica
+    # (``auth/redis_throttle.py``), under keys starting with this.
+    throttle_prefix: str = "sophia:throttle:"
     # The proxies in front of the gateway (comma-separated networks; ``auth/client_address.py``):
     # from a peer in them, the client address is read from ``X-Forwarded-For`` (the rightmost
     # untrusted entry). Empty (the default): the header is never read, since any client can write it.
@@ -377,6 +380,7 @@ class Settings:
             auth_throttle_failures=base.auth_throttle_failures if failures is None else failures,
             auth_throttle_window_s=base.auth_throttle_window_s if window_s is None else window_s,
             auth_throttle_exempt=exempt,
+            throttle_prefix=e.get("SOPHIA_THROTTLE_PREFIX", base.throttle_prefix),
             trusted_proxies=trusted_proxies,
             allowed_hosts=allowed_hosts,
         )

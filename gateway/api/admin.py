@@ -18,14 +18,14 @@ from gateway.service.context import CallContext
 
 async def models(request: web.Request) -> web.Response:
     """Every deployment with its live figures, score terms, first-choice share and breaker."""
-    require_admin(request)
+    await require_admin(request)
     app = request.app
     return json_response(orjson.dumps(snapshot(app[keys.ROUTER], app[keys.ROLLOUTS].views())))
 
 
 async def shadow(request: web.Request) -> web.Response:
     """Each group's shadow candidate: mirrored, dropped, errors, latency, cost and agreement."""
-    require_admin(request)
+    await require_admin(request)
     return json_response(orjson.dumps(request.app[keys.SHADOW].snapshot()))
 
 

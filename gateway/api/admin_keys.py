@@ -102,7 +102,7 @@ def _names(values: list[str] | None) -> tuple[str, ...] | None:
 @audited("key.create")
 async def create(request: web.Request) -> web.Response:
     """``POST /admin/keys``: 201 with the new key and its ``secret`` (shown once)."""
-    ring = _ring(request)
+    ring = await _ring(request)
     given = _parse(await read_json(request), KeyCreateIn)
     target(request, team=given.team)
     secret, record = await ring.create(given.team, given.settings())
@@ -113,7 +113,7 @@ async def create(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     """``GET /admin/keys[?team=T]``: every key (of team T), oldest first, no secrets."""
-    ring = _ring(request)
+    ring = await _ring(request)
     now = time.time()
     records = await ring.list(request.query.get("team") or None)
     return _render({"object": "list", "data": [key_json(r, now) for r in records]})
@@ -123,7 +123,7 @@ async def list_keys(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     """``DELETE /admin/keys/{id}``: the key, revoked (revoking twice keeps the first time), and
     no longer accepted by any worker of the set."""
-    ring = _ring(request)
+    ring = await _ring(request)
     target(request, key_id=bounded(request.match_info["id"]))
     record = await ring.revoke(request.match_info["id"])
     body = key_json(record, time.time())
@@ -138,7 +138,7 @@ async def rotate(request: web.Request) -> web.Response:
     once, ``replaces`` naming the old one, now revoked and no longer accepted by any worker).
     With ``{"grace_s": N}`` the old secret keeps working as the new key for N seconds
     (``grace_until``), its answers marked ``x-gateway-token-deprecated: true``."""
-    ring = _ring(request)
+    ring = await _ring(request)
     old_id = request.match_info["id"]
     target(request, key_id=bounded(old_id))
     given = _parse(await read_json(request), KeyRotateIn) if request.body_exists else KeyRotateIn()
@@ -156,7 +156,7 @@ async def end_grace(request: web.Request) -> web.Response:
     """``DELETE /admin/keys/{id}/grace``: end the key's rotation grace now, keeping its new
     secret; the secret it replaced is no longer accepted by any worker of the set. Ending an
     ended grace keeps its end (200); 404 for a key never rotated with a grace."""
-    ring = _ring(request)
+    ring = await _ring(request)
     target(request, key_id=bounded(request.match_info["id"]))
     record = await ring.end_grace(request.match_info["id"])
     body = key_json(record, time.time())
@@ -199,8 +199,8 @@ async def _every_worker_drops(
     body["workers"] = sorted([{"worker": worker.index, "result": done}, *others], key=lambda w: w["worker"])
 
 
-def _ring(request: web.Request) -> KeyRing:
-    require_admin(request)
+async def _ring(request: web.Request) -> KeyRing:
+    await require_admin(request)
     return request.app[keys.KEY_ADMIN]
 
 

@@ -24,13 +24,13 @@ from gateway.policy.versions import PolicyStatus, ReloadOutcome
 
 
 async def status(request: web.Request) -> web.Response:
-    require_admin(request)
+    await require_admin(request)
     return json_response(orjson.dumps(_status(request.app[keys.POLICY_CONTROL].status())))
 
 
 @audited("policy.reload")
 async def reload(request: web.Request) -> web.Response:
-    require_admin(request)
+    await require_admin(request)
     control = request.app[keys.POLICY_CONTROL]
     before = control.status()
     target(request, path=before.path, version_before=before.version)

@@ -22,7 +22,7 @@ from gateway.routing.rollout import ACTIONS, Action
 
 async def list_rollouts(request: web.Request) -> web.Response:
     """``GET /admin/rollouts``: ``{"object": "list", "data": [rollout, ...]}``."""
-    require_admin(request)
+    await require_admin(request)
     data = request.app[keys.ROLLOUTS].views()
     return json_response(orjson.dumps({"object": "list", "data": data}))
 
@@ -36,7 +36,7 @@ def _audited_action(request: web.Request) -> str:
 @audited(_audited_action)
 async def act(request: web.Request) -> web.Response:
     """``POST /admin/rollouts/{action}`` with ``{"model": "<group>"}``: the rollout afterwards."""
-    require_admin(request)
+    await require_admin(request)
     action = _action(request.match_info["action"])
     body = await read_json(request)
     group = body.get("model")

@@ -27,7 +27,7 @@ _MAX_DAYS = 366
 
 
 async def usage(request: web.Request) -> web.Response:
-    require_admin(request)
+    await require_admin(request)
     query = _query(request.query)
     limiter = request.app[keys.LIMITS].limiter
     rows = await limiter.usage(query)

@@ -48,7 +48,7 @@ async def health(request: web.Request) -> web.Response:
     """Every dependency's status, latency and last change (``service/health.py``), checked now.
     Admin only, like ``/admin/models``: it shows the topology. 503 when the gateway can serve
     nothing, else 200 (``degraded`` says something is not up)."""
-    require_admin(request)
+    await require_admin(request)
     report = await request.app[keys.HEALTH].check()
     return json_response(orjson.dumps(report.to_json()), status=503 if report.status == "down" else 200)
 
@@ -62,7 +62,7 @@ async def metrics(request: web.Request) -> web.Response:
     rendered or asked of the peers; a peer worker asks over its Unix socket (in the set's private
     directory) and is answered without it."""
     from_peer = peers.from_peer(request)
-    if not from_peer and (refusal := metrics_refusal(request)) is not None:
+    if not from_peer and (refusal := await metrics_refusal(request)) is not None:
         return refusal
     body = request.app[keys.METRICS].render()
     worker = request.app[keys.SETTINGS].worker

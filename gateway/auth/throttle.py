@@ -22,8 +22,20 @@ succeeds (an exempt address is never in the table, so its lookup misses).
 
 The table holds at most ``max_addresses`` addresses; its entries are in the order their windows
 end (each window is ``window_s`` long and starts at insertion), so the ended ones are dropped
-from its front, and when it is full the oldest is evicted. Per process: with ``--workers N`` or
-several replicas an address gets up to ``limit`` failures a window in each (ARCHITECTURE.md).
+from its front, and when it is full the oldest is evicted.
+
+Shared (``shared``: ``auth/redis_throttle.RedisFailures`` when ``REDIS_URL`` is set): every
+worker and replica counts an address's failures in one Redis counter, so ``limit`` holds across
+all of them. Redis is asked only where it cannot cost a request that succeeds (``fail`` and
+``refusal_s``): each failure is counted there (one round trip, on the failure path) and the table
+takes the shared count and window from the answer; a request is checked against Redis only when
+this process's table already holds its address, below the limit, within its window (it failed
+here lately, and may since have failed elsewhere). A request from an address absent from the table
+is decided here as before, with no round trip: an address that reached the limit elsewhere and
+never failed here has its first credential here checked, and a wrong one is refused with the 429
+(its count already past the limit) rather than a 401, a right one served (ARCHITECTURE.md,
+h-sharedthrottle). Redis down, slow or unreadable: the count of this process decides, as without
+Redis (``limit`` failures a window in each process).
 """
 
 from __future__ import annotations
@@ -32,11 +44,26 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from gateway.settings import DEFAULT_EXEMPT, Network, parse_networks
 
 MAX_ADDRESSES = 10_000  # ~1.5 MB at most: an address string and a small entry each
 _V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
+
+
+class SharedFailures(Protocol):
+    """Failures counted for every process (``auth/redis_throttle.RedisFailures``). Each returns
+    (the key's failures in its window, seconds left of the window), or None when it cannot say
+    (the caller then counts in process); neither raises."""
+
+    async def count(self, key: str, window_s: float) -> tuple[int, float] | None:
+        """Count one failure of ``key`` (its window starting now when it had none)."""
+        ...
+
+    async def look(self, key: str, window_s: float) -> tuple[int, float] | None:
+        """``key``'s failures, not counting one."""
+        ...
 
 
 class _Failures:
@@ -50,9 +77,10 @@ class _Failures:
 class FailedAuthThrottle:
     """The failures of each client address in its current window (``failed``), and how long an
     address that reached ``limit`` is refused (``retry_after_s``). ``limit`` 0: off, nothing is
-    counted. ``clock``: seconds, monotonic."""
+    counted. ``clock``: seconds, monotonic. ``shared``: the failures counted for every process
+    (None: this process's count alone)."""
 
-    __slots__ = ("_clock", "_exempt", "_max", "failures", "limit", "window_s")
+    __slots__ = ("_clock", "_exempt", "_max", "failures", "limit", "shared", "window_s")
 
     def __init__(
         self,
@@ -62,8 +90,10 @@ class FailedAuthThrottle:
         exempt: Sequence[Network] | None = None,
         max_addresses: int = MAX_ADDRESSES,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedFailures | None = None,
     ) -> None:
         self.limit = limit
+        self.shared = shared
         self.window_s = window_s
         self._exempt = tuple(parse_networks(DEFAULT_EXEMPT) if exempt is None else exempt)
         self._max = max(1, max_addresses)
@@ -85,24 +115,84 @@ class FailedAuthThrottle:
         return 0.0
 
     def failed(self, address: str | None) -> bool:
-        """Count a failed attempt from ``address``; True when this one reached ``limit`` (the
-        address is refused from now on, for the rest of its window)."""
+        """Count a failed attempt from ``address`` in this process; True when this one reached
+        ``limit`` (the address is refused from now on, for the rest of its window)."""
         if self.limit <= 0:
             return False
         key = self.client_key(address)
         if key is None or self.exempt(address):
             return False
+        return self._count_here(key) == self.limit
+
+    async def fail(self, address: str | None) -> int:
+        """Count a failed attempt from ``address``, here and in ``shared`` (one round trip): the
+        address's failures in its window, this one included (shared when Redis answered, else
+        this process's); 0 when it is not counted (off, no address, exempt). ``limit``: this one
+        got the address refused; above it: it was refused already (elsewhere, or by a failure
+        that ended while this one ran)."""
+        if self.limit <= 0:
+            return 0
+        key = self.client_key(address)
+        if key is None or self.exempt(address):
+            return 0
+        here = self._count_here(key)
+        if self.shared is None:
+            return here
+        seen = await self.shared.count(key, self.window_s)
+        return here if seen is None else self._adopt(key, *seen)
+
+    async def refusal_s(self, address: str | None) -> float:
+        """Seconds ``address`` is still refused for (0.0: not refused). This process's table
+        decides; ``shared`` is asked only when the table holds the address below the limit
+        within its window (it failed here lately, and may have failed elsewhere since)."""
+        left = self.retry_after_s(address)
+        if left > 0 or self.shared is None:
+            return left
+        key = self.client_key(address)
+        if key is None or key not in self.failures:
+            return 0.0
+        seen = await self.shared.look(key, self.window_s)
+        if seen is None:  # Redis cannot say: this process's count decided
+            return 0.0
+        self._adopt(key, *seen)
+        return self.retry_after_s(address)
+
+    def _count_here(self, key: str) -> int:
+        """One more failure of ``key`` in the table: its count in its window."""
         now = self._clock()
         table = self.failures
         entry = table.get(key)
         if entry is not None and entry.window_end > now:
             entry.count += 1
-            return entry.count == self.limit
+            return entry.count
         if entry is not None:
             del table[key]  # its window ended: a new one starts now, at the end of the order
         self._make_room(now)
         table[key] = _Failures(now + self.window_s)
-        return self.limit == 1
+        return 1
+
+    def _adopt(self, key: str, count: int, left_s: float) -> int:
+        """Take the shared count (``count`` failures, ``left_s`` seconds left of their window)
+        for ``key`` when it is not below this process's own: the count that decides, returned.
+        (A shared window may end before the entries ahead of it in the table: it is then dropped
+        at its next lookup or with them, the bound on the table's size unchanged.)"""
+        now = self._clock()
+        table = self.failures
+        entry = table.get(key)
+        if entry is not None and entry.window_end <= now:
+            del table[key]
+            entry = None
+        if count <= 0 or left_s <= 0:  # no shared window (it ended, or was deleted)
+            return entry.count if entry is not None else 0
+        if entry is None:
+            self._make_room(now)
+            entry = table[key] = _Failures(now + left_s)
+            entry.count = count
+            return count
+        if count >= entry.count:
+            entry.count = count
+            entry.window_end = now + left_s
+        return entry.count
 
     def _make_room(self, now: float) -> None:
         """Drop the ended windows from the front of the table, then the oldest while it is full."""

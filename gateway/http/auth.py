@@ -32,7 +32,9 @@ Each 401 of any kind is counted against the client's address (``auth/throttle.py
 ``SOPHIA_TRUSTED_PROXIES``, the one their ``X-Forwarded-For`` names: ``client_address``); an
 address that failed too often is refused with 429 ``auth_throttled`` before its credential is
 read, a correct one included, until its window ends. While no address has failed lately, a
-request pays one look at the empty table for it.
+request pays one look at the empty table for it. With ``REDIS_URL`` the failures are counted in
+Redis for every worker and replica; only a failure, or a request from an address that failed in
+this process lately, waits for it (``auth/throttle.py``).
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ async def authenticate(request: web.Request, *, key_header: str = "") -> Caller 
         return None
     throttle = app[keys.AUTH_THROTTLE]
     if throttle.failures:  # some address failed lately: is it this one?
-        refuse_if_throttled(request, throttle, "api")
+        await refuse_if_throttled(request, throttle, "api")
     authorization = request.headers.getall("Authorization", [])
     # An empty ``Authorization`` carries no credential (as for the open-mode tenant): the door's
     # key header is read, not refused for a blank line a proxy or an HTTP library added.
@@ -135,13 +137,13 @@ async def authenticate(request: web.Request, *, key_header: str = "") -> Caller 
     else:
         secret = bearer_token(authorization)
     if secret is None or not secret.startswith(KEY_PREFIX):
-        raise failed(request, throttle, "api", invalid_api_key(key_header))
+        raise await failed(request, throttle, "api", invalid_api_key(key_header))
     keyring = app.get(keys.KEYRING)
     if keyring is None:  # no key store wired in: nobody can be checked, so nobody gets in
         raise KeyStoreUnavailable()
     caller = await keyring.authenticate(secret)
     if caller is None:
-        raise failed(request, throttle, "api", invalid_api_key(key_header))
+        raise await failed(request, throttle, "api", invalid_api_key(key_header))
     if caller.previous_secret:  # a rotated-out secret within its grace: say it is on its way out
         used_previous(request, "key")
     return caller
@@ -158,18 +160,22 @@ def client_address(request: web.Request, clients: ClientAddresses | None = None)
     return clients.of(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, ()))
 
 
-def refuse_if_throttled(request: web.Request, throttle: FailedAuthThrottle, door: str) -> None:
+async def refuse_if_throttled(request: web.Request, throttle: FailedAuthThrottle, door: str) -> None:
     """Raise 429 ``auth_throttled`` (counted in ``gateway_auth_throttled_total{door}``, marked in
     the access log) when ``request``'s client address is refused for its failures."""
-    retry_after_s = throttled(request, throttle, door)
+    retry_after_s = await throttled(request, throttle, door)
     if retry_after_s > 0:
         raise AuthThrottled(retry_after_s)
 
 
-def throttled(request: web.Request, throttle: FailedAuthThrottle, door: str) -> float:
+async def throttled(request: web.Request, throttle: FailedAuthThrottle, door: str) -> float:
     """How long ``request``'s client address stays refused for its failures (0: not refused); a
     refusal is counted in ``gateway_auth_throttled_total{door}`` and marked in the access log."""
-    retry_after_s = throttle.retry_after_s(client_address(request))
+    return _refused(request, door, await throttle.refusal_s(client_address(request)))
+
+
+def _refused(request: web.Request, door: str, retry_after_s: float) -> float:
+    """``retry_after_s``; when above 0 (a refusal), counted and marked in the access log."""
     if retry_after_s <= 0:
         return 0.0
     app = request.app
@@ -181,16 +187,24 @@ def throttled(request: web.Request, throttle: FailedAuthThrottle, door: str) -> 
     return retry_after_s
 
 
-def failed(
+async def failed(
     request: web.Request, throttle: FailedAuthThrottle, door: str, error: AuthenticationFailed
-) -> AuthenticationFailed:
+) -> AuthenticationFailed | AuthThrottled:
     """``error`` (to raise), with the failure counted against ``request``'s client address; the
     failure that makes the address refused is logged (its address and door, never a credential;
-    the proxy it came through as ``peer`` when the address is one ``X-Forwarded-For`` named)."""
+    the proxy it came through as ``peer`` when the address is one ``X-Forwarded-For`` named).
+    429 ``auth_throttled`` instead (counted and marked as a refusal) when the address was refused
+    already: another worker or replica refused it (the shared count was past the limit), or
+    a failure that ended while this one was counted."""
     if throttle.limit <= 0:  # off: nothing to count
         return error
     client = client_address(request)
-    if throttle.failed(client):
+    count = await throttle.fail(client)
+    if count > throttle.limit:
+        retry_after_s = _refused(request, door, throttle.retry_after_s(client))
+        if retry_after_s > 0:
+            return AuthThrottled(retry_after_s)
+    if count == throttle.limit:
         fields: dict[str, object] = {
             "client": client,
             "door": door,
@@ -239,7 +253,7 @@ def used_previous(request: web.Request, token: str) -> None:
         call.previous_token = token
 
 
-def require_admin(request: web.Request) -> None:
+async def require_admin(request: web.Request) -> None:
     """Let an admin request through, or raise: 401 without the right ``SOPHIA_ADMIN_TOKEN`` (or
     ``SOPHIA_ADMIN_TOKEN_PREVIOUS``, which is let in and noted: ``used_previous``); 403
     when no token is set and the gateway listens beyond loopback (the admin API is then closed);
@@ -249,7 +263,7 @@ def require_admin(request: web.Request) -> None:
     app = request.app
     throttle = app[keys.AUTH_THROTTLE]
     if throttle.failures:
-        refuse_if_throttled(request, throttle, "admin")
+        await refuse_if_throttled(request, throttle, "admin")
     settings = app[keys.SETTINGS]
     token = settings.admin_token
     if token is None:
@@ -275,7 +289,7 @@ def require_admin(request: web.Request) -> None:
         request[keys.ADMIN_ACTOR] = "admin_previous"
     else:
         sent = "Authorization" in request.headers  # the caller knows whether it sent one
-        raise failed(
+        raise await failed(
             request,
             throttle,
             "admin",
@@ -288,7 +302,7 @@ def require_admin(request: web.Request) -> None:
         )
 
 
-def metrics_refusal(request: web.Request) -> web.Response | None:
+async def metrics_refusal(request: web.Request) -> web.Response | None:
     """None when ``request`` may read ``/metrics``, else the answer that refuses it, in plain text
     (a scraper shows the status; a person with curl reads the line): 401 with a Bearer challenge
     without the right ``SOPHIA_METRICS_TOKEN`` or ``SOPHIA_METRICS_TOKEN_PREVIOUS`` (compared in
@@ -301,11 +315,8 @@ def metrics_refusal(request: web.Request) -> web.Response | None:
     if token is None:
         return None
     throttle = app[keys.AUTH_THROTTLE]
-    if throttle.failures and (retry_after_s := throttled(request, throttle, "metrics")) > 0:
-        refusal = AuthThrottled(retry_after_s)
-        return web.Response(
-            status=429, text=refusal.message + "\n", headers={**refusal.headers}, content_type="text/plain"
-        )
+    if throttle.failures and (retry_after_s := await throttled(request, throttle, "metrics")) > 0:
+        return _plain_throttled(AuthThrottled(retry_after_s))
     given = (
         bearer_token(request.headers.getall("Authorization", []), _ADMIN_BEARER, _MAX_ADMIN_HEADER_CHARS)
         or ""
@@ -315,13 +326,23 @@ def metrics_refusal(request: web.Request) -> web.Response | None:
         if matched is PREVIOUS:
             used_previous(request, "metrics")
         return None
-    failed(request, throttle, "metrics", AuthenticationFailed(""))
+    if isinstance(
+        refusal := await failed(request, throttle, "metrics", AuthenticationFailed("")), AuthThrottled
+    ):
+        return _plain_throttled(refusal)
     text = (
         "401 Unauthorized: the token sent is not this gateway's SOPHIA_METRICS_TOKEN.\n"
         if "Authorization" in request.headers
         else "401 Unauthorized: /metrics needs 'Authorization: Bearer <SOPHIA_METRICS_TOKEN>'.\n"
     )
     return web.Response(status=401, text=text, headers=_CHALLENGE, content_type="text/plain")
+
+
+def _plain_throttled(refusal: AuthThrottled) -> web.Response:
+    """``/metrics``' 429 for a throttled address, in plain text."""
+    return web.Response(
+        status=429, text=refusal.message + "\n", headers={**refusal.headers}, content_type="text/plain"
+    )
 
 
 def _require_local_host(request: web.Request) -> None:
