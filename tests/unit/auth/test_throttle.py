@@ -95,3 +95,51 @@ def test_the_table_is_bounded_evicting_the_oldest_window_first() -> None:
     clock.now += 61.0
     throttle.failed("192.0.2.1")
     assert list(throttle.failures) == ["192.0.2.1"]
+
+
+class Shared:
+    """The shared count through its Protocol (``SharedFailures``): what the tests make it say
+    (None: Redis cannot answer), and which keys were asked."""
+
+    def __init__(self) -> None:
+        self.reply: tuple[int, float] | None = None
+        self.asked: list[tuple[str, str]] = []
+
+    async def count(self, key: str, window_s: float) -> tuple[int, float] | None:
+        self.asked.append(("count", key))
+        return self.reply
+
+    async def look(self, key: str, window_s: float) -> tuple[int, float] | None:
+        self.asked.append(("look", key))
+        return self.reply
+
+
+async def test_the_shared_count_decides_unless_it_is_below_this_processs_own() -> None:
+    clock, shared = Clock(), Shared()
+    throttle = FailedAuthThrottle(5, 60.0, clock=clock, shared=shared)
+    # Redis answers: the table takes the shared count and what is left of its window.
+    shared.reply = (4, 30.0)
+    assert await throttle.fail("203.0.113.9") == 4
+    assert await throttle.refusal_s("203.0.113.9") == 0.0  # below the limit: Redis asked
+    shared.reply = (6, 30.0)  # failed elsewhere meanwhile, past the limit
+    assert await throttle.refusal_s("203.0.113.9") == 30.0
+    assert await throttle.refusal_s("203.0.113.9") == 30.0  # refused here now: Redis not asked
+    assert shared.asked == [("count", "203.0.113.9"), ("look", "203.0.113.9"), ("look", "203.0.113.9")]
+    # Redis cannot answer: this process's count goes on from what it last saw.
+    shared.reply = None
+    assert await throttle.fail("203.0.113.10") == 1
+    # Redis back with a lower count (its counter was lost): the higher local count stays.
+    throttle.failed("203.0.113.10")
+    throttle.failed("203.0.113.10")
+    shared.reply = (1, 60.0)
+    assert await throttle.fail("203.0.113.10") == 4
+    # An address that never failed here is decided here, Redis not asked; nor is an exempt one.
+    asked = len(shared.asked)
+    assert await throttle.refusal_s("198.51.100.1") == 0.0
+    exempting = FailedAuthThrottle(5, 60.0, clock=clock, shared=shared, exempt=None)
+    assert await exempting.fail("10.0.0.1") == 0
+    assert len(shared.asked) == asked
+    # A failure whose shared count is past the limit: refused already, elsewhere.
+    shared.reply = (9, 12.0)
+    assert await throttle.fail("198.51.100.2") == 9
+    assert throttle.retry_after_s("198.51.100.2") == 12.0
