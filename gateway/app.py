@@ -502,6 +502,15 @@ async def _start_draining(app: web.Application) -> None:
     app[keys.LIFECYCLE].draining = True
 
 
+# The form uploads (``api/openai.upload``), in the order their routes are added.
+_FORM_DOORS = (
+    Endpoint.TRANSCRIPTIONS,
+    Endpoint.TRANSLATIONS,
+    Endpoint.IMAGE_EDITS,
+    Endpoint.IMAGE_VARIATIONS,
+)
+
+
 def _add_routes(app: web.Application) -> None:
     """Every route's handler wrapped in the gateway's per-request work (``http/middleware.py``),
     and a catch-all last for what the gateway does not serve (404/405 in OpenAI's envelope)."""
@@ -522,8 +531,8 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/moderations", openai.proxy(Endpoint.MODERATIONS, app))
     add("POST", "/v1/images/generations", openai.proxy(Endpoint.IMAGES, app))
     add("POST", "/v1/audio/speech", openai.proxy(Endpoint.SPEECH, app))
-    add("POST", "/v1/audio/transcriptions", openai.transcribe(Endpoint.TRANSCRIPTIONS, app))
-    add("POST", "/v1/audio/translations", openai.transcribe(Endpoint.TRANSLATIONS, app))
+    for endpoint in _FORM_DOORS:  # form uploads: transcriptions, translations, image edits, variations
+        add("POST", f"/v1/{endpoint.value}", openai.upload(endpoint, app))
     add("POST", "/v1/responses", responses_api.create_response)
     # (before the kept-response resource below, which would take the path as an id)
     add("POST", "/v1/responses/input_tokens", responses_api.count_input_tokens)
@@ -536,13 +545,13 @@ def _add_routes(app: web.Application) -> None:
     # Azure OpenAI's paths (the AzureOpenAI client pointed at the gateway): the same endpoints
     for path, endpoint in azure.DEPLOYMENT_PATHS.items():
         add("POST", path, azure.proxy(endpoint, app))
-    for endpoint in (Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS):  # form uploads
+    for endpoint in _FORM_DOORS:  # form uploads
         add(
             "POST",
             f"/openai/deployments/{{deployment}}/{endpoint.value}",
-            openai.transcribe(endpoint, app, AZURE_API_KEY),
+            openai.upload(endpoint, app, AZURE_API_KEY),
         )
-        add("POST", f"/openai/v1/{endpoint.value}", openai.transcribe(endpoint, app, AZURE_API_KEY))
+        add("POST", f"/openai/v1/{endpoint.value}", openai.upload(endpoint, app, AZURE_API_KEY))
     add("POST", "/openai/responses", responses_api.create_response)
     add("POST", "/openai/responses/input_tokens", responses_api.count_input_tokens)
     add("GET", "/openai/responses/{response_id}", responses_api.retrieve_response)

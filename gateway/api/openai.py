@@ -17,12 +17,13 @@ from gateway.http.auth import X_API_KEY, authenticate, client_address
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
 from gateway.http.sse import send_stream
-from gateway.http.upload import read_audio_form
+from gateway.http.upload import read_upload_form
 from gateway.service.audio_room import share_of, uploader_of
 from gateway.service.calls import RequestService
 from gateway.service.context import CallContext
-from gateway.wire.audio import AudioForm, audio_body
-from gateway.wire.requests import Endpoint
+from gateway.wire.audio import AUDIO_FORM, audio_body
+from gateway.wire.images import EDIT_FORM, VARIATION_FORM, image_body
+from gateway.wire.requests import IMAGE_UPLOAD_ENDPOINTS, Endpoint, JSONObject
 
 
 def proxy(endpoint: Endpoint, app: web.Application, door_key_header: str = "") -> Handler:
@@ -54,16 +55,21 @@ def proxy(endpoint: Endpoint, app: web.Application, door_key_header: str = "") -
     return handle
 
 
-def transcribe(endpoint: Endpoint, app: web.Application, door_key_header: str = "") -> Handler:
-    """The handler of ``/v1/audio/transcriptions`` or ``/translations``: a form upload, held
-    whole within ``server.max_audio_bytes`` (failover sends it again), its answer relayed with
-    the provider's Content-Type (json, text, srt, vtt, or a stream of events). Under Azure's
-    ``/openai/deployments/{deployment}/...`` (the AzureOpenAI client), the deployment in the path
-    is the model group, as ``api/azure.proxy`` takes it; ``door_key_header``: ``api-key``
-    there and under ``/openai/v1/``."""
+def upload(endpoint: Endpoint, app: web.Application, door_key_header: str = "") -> Handler:
+    """The handler of a form upload: ``/v1/audio/transcriptions`` or ``/translations`` (held
+    whole within ``server.max_audio_bytes``, the answer relayed with the provider's Content-Type:
+    json, text, srt, vtt, or a stream of events) and ``/v1/images/edits`` or ``/variations``
+    (within ``server.max_image_bytes``, the answer JSON as generations'). Held whole because
+    failover sends it again; every form in flight shares one room (``AudioRoom``,
+    ``server.max_audio_in_flight_bytes``). Under Azure's ``/openai/deployments/{deployment}/...``
+    (the AzureOpenAI client), the deployment in the path is the model group, as
+    ``api/azure.proxy`` takes it; ``door_key_header``: ``api-key`` there and under
+    ``/openai/v1/``."""
     service = app[keys.SERVICE]
     limits = app[keys.LIMITS]
     open_mode = app[keys.POLICY].auth.mode == "open"
+    images = endpoint in IMAGE_UPLOAD_ENDPOINTS
+    shape = AUDIO_FORM if not images else EDIT_FORM if endpoint is Endpoint.IMAGE_EDITS else VARIATION_FORM
 
     async def handle(request: web.Request) -> web.StreamResponse:
         started_s = time.perf_counter()
@@ -78,21 +84,22 @@ def transcribe(endpoint: Endpoint, app: web.Application, door_key_header: str = 
         await limits.check_upload(endpoint, declared, ctx)
         # (the policy's bounds read per request: a reload applies to the next upload)
         server = request.app[keys.POLICY].server
-        size = server.max_audio_bytes if declared is None else min(declared, server.max_audio_bytes)
+        bound = server.max_image_bytes if images else server.max_audio_bytes
+        size = bound if declared is None else min(declared, bound)
         room, most = request.app[keys.AUDIO_ROOM], server.max_audio_in_flight_bytes
         uploader = uploader_of(ctx, lambda: client_address(request))
-        with room.hold(size, most, uploader, share_of(most, server.max_audio_bytes)):
-            form = await read_audio_form(request, server.max_audio_bytes)
-            return await _transcribed(request, endpoint, service, form, ctx)
+        with room.hold(size, most, uploader, share_of(most, bound)):
+            form = await read_upload_form(request, bound, shape)
+            body = image_body(form) if images else audio_body(form, _stream_field(form.field("stream")))
+            return await _uploaded(request, endpoint, service, body, ctx)
 
     return handle
 
 
-async def _transcribed(
-    request: web.Request, endpoint: Endpoint, service: RequestService, form: AudioForm, ctx: CallContext
+async def _uploaded(
+    request: web.Request, endpoint: Endpoint, service: RequestService, body: JSONObject, ctx: CallContext
 ) -> web.StreamResponse:
-    """The call of a transcription ``form`` and its answer, sent."""
-    body = audio_body(form, _stream_field(form.field("stream")))
+    """The call of an upload's ``body`` (its form within) and its answer, sent."""
     deployment = request.match_info.get("deployment")
     if deployment is None:
         answer = await service.run(endpoint, body, ctx)
@@ -104,7 +111,7 @@ async def _transcribed(
             if exc.model != deployment:
                 raise
             raise DeploymentNotFound(deployment, exc.available) from None
-    if answer.stream is None:  # (never: relayed as bytes, ``BYTES_ENDPOINTS``, and not cached)
+    if answer.stream is None:  # an image edit or variation (a transcription is relayed as bytes)
         return json_response(answer.body or b"{}")
     return await send_stream(request, answer.stream, ctx.request_id, media_type=answer.media_type)
 

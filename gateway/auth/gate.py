@@ -25,9 +25,19 @@ from gateway.auth.identity import Caller
 from gateway.auth.limits import REFUSED_BUDGET, REFUSED_TEAM_BUDGET, Decision, Limiter, Window
 from gateway.errors import GatewayError, QuotaExceeded, RateLimited, RequestTooLarge
 from gateway.observability.metrics import GatewayMetrics
-from gateway.wire.audio import AUDIO_BYTES_PER_TOKEN, FORM, AudioForm
-from gateway.wire.media import media_tokens
-from gateway.wire.requests import CHARS_PER_TOKEN, UPLOAD_ENDPOINTS, Endpoint, JSONObject, prompt_chars
+from gateway.wire.audio import AUDIO_BYTES_PER_TOKEN
+from gateway.wire.forms import FORM, UploadForm
+from gateway.wire.images import input_images
+from gateway.wire.media import IMAGE_TOKENS_MAX, media_tokens
+from gateway.wire.requests import (
+    CHARS_PER_TOKEN,
+    IMAGE_ENDPOINTS,
+    IMAGE_UPLOAD_ENDPOINTS,
+    UPLOAD_ENDPOINTS,
+    Endpoint,
+    JSONObject,
+    prompt_chars,
+)
 
 DEFAULT_OUTPUT_TOKENS = 256  # the output reserved when a request sets no max_tokens
 # Bytes of a transcription form's declared length taken as its other fields and framing, not
@@ -111,7 +121,8 @@ class LimitGate:
         return RateLimited(refused, window.limit if window else 0, decision.retry_after_s, headers)
 
     async def check_upload(self, endpoint: Endpoint, declared_bytes: int | None, ctx: LimitedCall) -> None:
-        """Refuse a transcription before a byte of its form is read when its key's limits already
+        """Refuse an upload (a transcription, translation, image edit or variation) before a byte
+        of its form is read when its key's limits already
         refuse it (h-uploadgate): a spent budget, a full RPM window, a TPM window without room for
         the least the form can reserve, or (h-audioroom) a declared length that alone reserves
         more than the whole TPM. The same 429 ``admit`` gives once the form is read (envelope,
@@ -121,11 +132,15 @@ class LimitGate:
         counted there once and its reservation the form's own. The least a form reserves is its
         declared length as audio less ``UPLOAD_FIELDS_ALLOWANCE`` for its other fields and
         framing (a declared length counted whole as audio would refuse a file that exactly
-        fits), one token without a declared length."""
+        fits), one token without a declared length; an image form's, one input image, one
+        output image and no prompt (its tokens are not its bytes')."""
         caller = ctx.identity
         if caller is None or not caller.limited or ctx.charge_only:
             return
-        least = audio_tokens((declared_bytes or 0) - UPLOAD_FIELDS_ALLOWANCE)
+        if endpoint in IMAGE_UPLOAD_ENDPOINTS:  # (an image's tokens do not grow with its bytes)
+            least = 1 + DEFAULT_OUTPUT_TOKENS + IMAGE_TOKENS_MAX  # one image in, one out, no prompt
+        else:
+            least = audio_tokens((declared_bytes or 0) - UPLOAD_FIELDS_ALLOWANCE)
         if caller.tpm is not None and least > caller.tpm:
             m = self._metrics
             m.child(m.refusals, caller.team, "tokens").inc()
@@ -202,12 +217,12 @@ class LimitTicket:
 # only: an embedding, a moderation verdict and speech produce no text tokens (speech is priced by
 # its input's characters). An image (``n`` of them) reserves DEFAULT_OUTPUT_TOKENS each; the GPT
 # image models report their real usage, which settles it.
-_PROMPTED = frozenset((Endpoint.COMPLETIONS, Endpoint.IMAGES))
+_PROMPTED = frozenset((Endpoint.COMPLETIONS, *IMAGE_ENDPOINTS))
 _INPUT_ONLY = frozenset((Endpoint.EMBEDDINGS, Endpoint.MODERATIONS, Endpoint.SPEECH))
 # What a request larger than its key's whole TPM should lower, by what its reservation counts.
 _LOWER_OUTPUT = "Lower max_tokens (or the prompt)"
 _LOWER = {
-    Endpoint.IMAGES: "Lower n (or the prompt)",
+    **dict.fromkeys(IMAGE_ENDPOINTS, "Lower n (or the prompt, or the images sent)"),
     **dict.fromkeys(_INPUT_ONLY, "Shorten the input"),
     # (reserved by the file's bytes: ``audio_reservation``)
     **dict.fromkeys(UPLOAD_ENDPOINTS, "Send a shorter audio file (or a shorter prompt)"),
@@ -218,8 +233,13 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
     """Tokens to reserve for ``body``: prompt characters / 4 (and its images and PDFs) plus the
     output it may produce."""
     media = ids = 0
-    if endpoint in UPLOAD_ENDPOINTS and isinstance(form := body.get(FORM), AudioForm):
+    form = body.get(FORM)
+    if endpoint in UPLOAD_ENDPOINTS and isinstance(form, UploadForm):
         return audio_reservation(form)  # a transcription or translation: the audio's length unknown
+    if endpoint in IMAGE_UPLOAD_ENDPOINTS and isinstance(form, UploadForm):
+        # An edit's or variation's input images, each as a full-size chat image (their pixels are
+        # not read); the GPT image models report their real input tokens, which settle it.
+        media = input_images(form) * IMAGE_TOKENS_MAX
     if endpoint is Endpoint.CHAT:
         messages = body.get("messages")
         chars = prompt_chars(messages)
@@ -242,7 +262,7 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
     # An image has no max_tokens: one in its body (unchecked, passed on) must not shrink, or
     # turn negative, what it reserves and what a DALL-E call is charged at.
     output = (
-        None if endpoint is Endpoint.IMAGES else body.get("max_completion_tokens") or body.get("max_tokens")
+        None if endpoint in IMAGE_ENDPOINTS else body.get("max_completion_tokens") or body.get("max_tokens")
     )
     if not isinstance(output, int) or isinstance(output, bool):
         output = DEFAULT_OUTPUT_TOKENS
@@ -250,7 +270,7 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
     return prompt + output * (n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1)
 
 
-def audio_reservation(form: AudioForm) -> int:
+def audio_reservation(form: UploadForm) -> int:
     """Tokens to reserve for a transcription or translation of ``form``: its file's bytes as audio
     tokens (``AUDIO_BYTES_PER_TOKEN``: one per 100 ms of a 128 kbit/s MP3), a third of that for
     the transcript (speech is ~3 text tokens a second against 10 audio tokens), and the prompt's

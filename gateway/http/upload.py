@@ -38,7 +38,7 @@ from gateway.http.body import refuse_compressed
 from gateway.memory.access import MemoryAccess
 from gateway.memory.formats import READ_BYTES, format_of, supported
 from gateway.policy.model import Ingest
-from gateway.wire.audio import AudioForm
+from gateway.wire.forms import FormFile, FormShape, UploadForm
 from gateway.wire.memory import MemoryFileIn
 
 if TYPE_CHECKING:  # the ingest machinery is imported by build_app when memory is on
@@ -53,10 +53,11 @@ _FORM_OVERHEAD = 1 << 20  # the fields and multipart framing a declared length m
 # len(_FIELDS) x _FIELD_MAX_BYTES (a form of thousands of fields, or one repeated, is refused at
 # the first field past that, not read whole first).
 _FIELDS = frozenset(MemoryFileIn.model_fields)
-# A transcription form's fields (OpenAI's take about a dozen, a few repeated as ``name[]``): more
-# is no client's form. Without a count, a form of one-byte fields kept every field and its name
-# (each repeat check costing one pass over those before it: 16,000 fields held the loop 12 s).
-_AUDIO_FORM_MAX_FIELDS = 1000
+# An upload form's parts (OpenAI's take about a dozen fields, a few repeated as ``name[]``, and up
+# to 16 images): more is no client's form. Without a count, a form of one-byte fields kept every
+# field and its name (each repeat check costing one pass over those before it: 16,000 fields held
+# the loop 12 s).
+_UPLOAD_FORM_MAX_PARTS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,12 +364,14 @@ def _refuse_cross_site_form(request: web.Request) -> None:
 _MIME_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}")
 
 
-async def read_audio_form(request: web.Request, limit_bytes: int) -> AudioForm:
-    """The transcription or translation form of ``request``, held whole (at most ``limit_bytes``
-    of fields and file, ``server.max_audio_bytes``): the client's error otherwise (415 not a form,
-    413 beyond the limit, 408 too slow, as ``memory.ingest``'s upload pace says, 400 a malformed
-    form, no file, a field repeated whose name does not end in ``[]``). The file's type is the
-    provider's to judge; its name and the fields are passed on as sent."""
+async def read_upload_form(request: web.Request, limit_bytes: int, shape: FormShape) -> UploadForm:
+    """The form of ``request`` (a transcription or translation, an image edit or variation: its
+    ``shape``), held whole (at most ``limit_bytes`` of fields and files, ``server.max_audio_bytes``
+    or ``server.max_image_bytes``): the client's error otherwise (415 not a form, 413 beyond the
+    limit, 408 too slow, as ``memory.ingest``'s upload pace says, 400 a malformed form, no file
+    of those ``shape`` requires, a file in a field it does not take, a field or file repeated
+    whose name does not end in ``[]``). The files' types are the provider's to judge; their names
+    and the fields are passed on as sent."""
     _refuse_cross_site_form(request)
     if request.content_length is not None and request.content_length > limit_bytes + _FORM_OVERHEAD:
         raise _too_large(limit_bytes)  # refused before reading a byte of it
@@ -380,7 +383,8 @@ async def read_audio_form(request: web.Request, limit_bytes: int) -> AudioForm:
         raise _malformed(exc) from None
     fields: list[tuple[str, str]] = []
     names: set[str] = set()
-    file: tuple[str, str, bytes] | None = None
+    files: list[FormFile] = []
+    first = shape.required[0]
     # The body's own bytes, framing and part headers included (only the values count toward
     # ``limit_bytes``): a body without a declared length is held to what a declared one may be.
     body_limit = limit_bytes + _FORM_OVERHEAD
@@ -388,39 +392,54 @@ async def read_audio_form(request: web.Request, limit_bytes: int) -> AudioForm:
         if request.content.total_bytes > body_limit:
             raise _too_large(limit_bytes)
         if not isinstance(part, BodyPartReader):
-            raise InvalidRequest("Every part of the form must be a named field.", param="file")
+            raise InvalidRequest("Every part of the form must be a named field.", param=first)
         name = _named(part)
         _refuse_encoded(part)
+        if not name.endswith("[]") and name in names:
+            raise InvalidRequest(f"The form field {quoted(name)} is sent twice.", param=name)
+        if len(fields) + len(files) >= _UPLOAD_FORM_MAX_PARTS:
+            raise InvalidRequest(
+                f"The form has more than {_UPLOAD_FORM_MAX_PARTS} fields and files.", param=None
+            )
+        names.add(name)
         if part.filename is None:
-            if name == "file":
-                raise InvalidRequest("The 'file' part has no filename: send it as a file.", param="file")
-            if not name.endswith("[]") and name in names:
-                raise InvalidRequest(f"The form field {quoted(name)} is sent twice.", param=name)
-            if len(fields) >= _AUDIO_FORM_MAX_FIELDS:
-                raise InvalidRequest(f"The form has more than {_AUDIO_FORM_MAX_FIELDS} fields.", param=None)
-            names.add(name)
+            if name in shape.file_fields:
+                raise InvalidRequest(
+                    f"The {quoted(name)} part has no filename: send it as a file.", param=name
+                )
             # (a field may be long: a diarization's known_speaker_references[] are audio data URLs
             # of up to 10 s; the whole form's bound holds them all)
             fields.append((name, await _field(part, pace, limit_bytes)))
         else:
-            if name != "file" or file is not None:
-                raise InvalidRequest("Send one file, in the form field 'file'.", param="file")
-            filename = part.filename.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            if len(filename) > _FILENAME_MAX_CHARS or _unprintable(filename) is not None:
-                raise InvalidRequest(
-                    f"The file's name must be at most {_FILENAME_MAX_CHARS} printable characters.",
-                    param="file",
-                )
-            given = part.headers.get("Content-Type", "")
-            kind = given if _MIME_TYPE.fullmatch(given) else "application/octet-stream"
-            data = bytearray()
-            while block := await _read(part, pace):
-                data += block
-                if pace.received > limit_bytes:  # the fields before it count too
-                    raise _too_large(limit_bytes)
-            file = filename, kind, bytes(data)
-        if pace.received > limit_bytes:  # the fields and the file together
+            files.append(await _held_file(part, name, shape, pace, limit_bytes))
+        if pace.received > limit_bytes:  # the fields and the files together
             raise _too_large(limit_bytes)
-    if file is None:
-        raise InvalidRequest("The form has no 'file' part: send the audio as the field 'file'.", param="file")
-    return AudioForm(tuple(fields), *file)
+    if not any(file.name in shape.required for file in files):
+        raise InvalidRequest(
+            f"The form has no {quoted(first)} part: send {shape.what} as the field {quoted(first)}.",
+            param=first,
+        )
+    return UploadForm(tuple(fields), tuple(files))
+
+
+async def _held_file(
+    part: BodyPartReader, name: str, shape: FormShape, pace: _Pace, limit_bytes: int
+) -> FormFile:
+    """A file part of an upload form, read whole (the fields before it count toward
+    ``limit_bytes`` too)."""
+    if name not in shape.file_fields:
+        taken = ", ".join(sorted(shape.file_fields))
+        raise InvalidRequest(f"A file in the field {quoted(name)}: files are taken in {taken}.", param=name)
+    filename = (part.filename or "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if len(filename) > _FILENAME_MAX_CHARS or _unprintable(filename) is not None:
+        raise InvalidRequest(
+            f"The file's name must be at most {_FILENAME_MAX_CHARS} printable characters.", param=name
+        )
+    given = part.headers.get("Content-Type", "")
+    kind = given if _MIME_TYPE.fullmatch(given) else "application/octet-stream"
+    data = bytearray()
+    while block := await _read(part, pace):
+        data += block
+        if pace.received > limit_bytes:
+            raise _too_large(limit_bytes)
+    return FormFile(name, filename, kind, bytes(data))

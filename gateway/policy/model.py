@@ -1151,14 +1151,24 @@ class Server(_Strict):
         "served (failover sends it again), so this bounds memory per upload in flight. The "
         "default is OpenAI's own limit of 25 MiB. A size such as 10MiB.",
     )
+    max_image_bytes: ByteSize = Field(
+        64 * 1024 * 1024,
+        description="Largest form an image edit or variation upload may be (images, mask and "
+        "fields; 413 beyond, before the rest is read). Held whole in memory while served, as "
+        "transcriptions are, and counted in max_audio_in_flight_bytes. The default holds one "
+        "image at OpenAI's largest (50 MB, GPT image models) with its mask; OpenAI takes up to "
+        "16 such images, so raise it for many large images. A size such as 100MiB.",
+    )
     max_audio_in_flight_bytes: ByteSize = Field(
         256 * 1024 * 1024,
-        description="Most bytes of transcription and translation forms one process holds at once: "
-        "each upload reserves its declared length (max_audio_bytes without one) until it is "
+        description="Most bytes of upload forms (transcriptions, translations, image edits and "
+        "variations) one process holds at once: "
+        "each upload reserves its declared length (max_audio_bytes or max_image_bytes without one) "
+        "until it is "
         "answered; past this, an upload is refused before it is read, 503 uploads_busy with "
         "Retry-After: 1 (the SDKs retry). One upload is always let in. One caller (its key, else "
         "its open-mode credential, else its address) may hold a quarter of this, at least one "
-        "max_audio_bytes form: past it, 429 uploads_busy. Resident memory runs to "
+        "largest form of its endpoint: past it, 429 uploads_busy. Resident memory runs to "
         "about 5 x this under a burst (the form, each attempt's copy, buffers). A size such as 1GiB.",
     )
     drain_grace_s: float = Field(

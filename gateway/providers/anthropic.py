@@ -55,6 +55,8 @@ _UNSUPPORTED = {
     Endpoint.SPEECH: "/v1/audio/speech",
     Endpoint.TRANSCRIPTIONS: "/v1/audio/transcriptions",
     Endpoint.TRANSLATIONS: "/v1/audio/translations",
+    Endpoint.IMAGE_EDITS: "/v1/images/edits",
+    Endpoint.IMAGE_VARIATIONS: "/v1/images/variations",
 }
 
 

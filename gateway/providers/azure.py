@@ -28,7 +28,7 @@ from gateway.policy.model import AzureProvider
 from gateway.providers.base import Endpoint, UpstreamRequest
 from gateway.providers.openai import OpenAIAdapter, request_bytes, upload_request
 from gateway.quoting import bounded
-from gateway.wire.requests import UPLOAD_ENDPOINTS, JSONObject
+from gateway.wire.requests import FORM_ENDPOINTS, JSONObject
 
 DEFAULT_API_VERSION = "2024-10-21"
 # A content filter verdict is a few categories of flags (about 500 bytes); anything far larger is
@@ -70,7 +70,7 @@ class AzureOpenAIAdapter(OpenAIAdapter):
             body = {key: value for key, value in body.items() if key != "model"}
         deployment = quote(upstream_model, safe="")
         path = f"{self._root}/deployments/{deployment}/{endpoint.value}{self._query}"
-        if endpoint in UPLOAD_ENDPOINTS:  # the form, without a model field (the path names it)
+        if endpoint in FORM_ENDPOINTS:  # the form, without a model field (the path names it)
             return upload_request(path, body, None)
         return UpstreamRequest(path, request_bytes(endpoint, body, False), bool(body.get("stream")))
 

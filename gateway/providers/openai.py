@@ -28,8 +28,9 @@ from gateway.errors import (
 )
 from gateway.policy.model import OpenAIProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
-from gateway.wire.audio import FORM, USAGE_READ_BYTES, AudioForm, form_body, transcript_usage
-from gateway.wire.requests import UPLOAD_ENDPOINTS, JSONObject
+from gateway.wire.audio import USAGE_READ_BYTES, transcript_usage
+from gateway.wire.forms import FORM, UploadForm, form_body
+from gateway.wire.requests import FORM_ENDPOINTS, UPLOAD_ENDPOINTS, JSONObject
 from gateway.wire.sse import DONE_DATA, SSEDecoder, WholeEvents
 
 _PATHS = {endpoint: "/" + endpoint.value for endpoint in Endpoint}
@@ -54,7 +55,7 @@ class OpenAIAdapter:
         return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def build_request(self, endpoint: Endpoint, body: JSONObject, upstream_model: str) -> UpstreamRequest:
-        if endpoint in UPLOAD_ENDPOINTS:
+        if endpoint in FORM_ENDPOINTS:
             return upload_request(_PATHS[endpoint], body, upstream_model)
         if body.get("model") != upstream_model:
             body = {**body, "model": upstream_model}
@@ -205,11 +206,12 @@ def takes_extra_content(base_url: str) -> bool:
 
 
 def upload_request(path: str, body: JSONObject, model: str | None) -> UpstreamRequest:
-    """A transcription or translation form (``body[FORM]``) sent to ``path`` as multipart, its
-    model field ``model`` (None: none, the model being in the path)."""
+    """An upload's form (``body[FORM]``: a transcription, translation, image edit or variation)
+    sent to ``path`` as multipart, its model field ``model`` (None: none, the model being in the
+    path)."""
     form = body.get(FORM)
-    if not isinstance(form, AudioForm):  # (the handler always puts one there)
-        raise InvalidRequest("The request has no audio form.", param="file")
+    if not isinstance(form, UploadForm):  # (the handler always puts one there)
+        raise InvalidRequest("The request has no form.", param=None)
     data, content_type = form_body(form, model)
     return UpstreamRequest(path, data, bool(body.get("stream")), {"Content-Type": content_type})
 

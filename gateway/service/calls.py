@@ -57,7 +57,7 @@ from gateway.service.shadow import ShadowTraffic, door_answer
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import check_request
 from gateway.wire import provider_files
-from gateway.wire.requests import BYTES_ENDPOINTS, MEDIA_ENDPOINTS, Endpoint, JSONObject
+from gateway.wire.requests import BYTES_ENDPOINTS, IMAGE_ENDPOINTS, MEDIA_ENDPOINTS, Endpoint, JSONObject
 from gateway.wire.usage import MOST_TOKENS, cache_counts
 
 # OTel's gen_ai.operation.name for each endpoint.
@@ -71,6 +71,8 @@ _OPERATION = {
     Endpoint.SPEECH: "speech",
     Endpoint.TRANSCRIPTIONS: "transcription",
     Endpoint.TRANSLATIONS: "translation",
+    Endpoint.IMAGE_EDITS: "image_edit",
+    Endpoint.IMAGE_VARIATIONS: "image_variation",
 }
 T = TypeVar("T")
 Attempt = Callable[[Target], Awaitable[T]]  # one try of a routed call on a target (``Router.call``)
@@ -441,7 +443,7 @@ class RequestService:
         )
         translated = adapter.translate_response(endpoint, parsed, body, target.model)
         if translated is None:  # OpenAI format already: forward the provider's bytes
-            if endpoint is Endpoint.IMAGES:
+            if endpoint in IMAGE_ENDPOINTS:
                 return raw, image_usage(parsed)
             return raw, parsed.get("usage")
         return orjson.dumps(translated), translated.get("usage")
@@ -512,7 +514,7 @@ class RequestService:
             translated = adapter.translate_response(endpoint, parsed, body, target.model)
             answer = parsed if translated is None else translated
             _answer_attributes(span, answer, target)
-            usage = image_usage(answer) if endpoint is Endpoint.IMAGES else answer.get("usage")
+            usage = image_usage(answer) if endpoint in IMAGE_ENDPOINTS else answer.get("usage")
             tracing.usage_attributes(span, usage)
             return (raw if translated is None else orjson.dumps(translated)), usage
         except BaseException as error:

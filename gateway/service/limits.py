@@ -18,6 +18,8 @@ _TOKEN_FIELDS: dict[Endpoint, tuple[str, ...]] = {
     # A front door's own names, checked by its service before translation (issue 17).
     Endpoint.RESPONSES: ("max_output_tokens",),
     Endpoint.IMAGES: (),  # only ``n``: images per request
+    Endpoint.IMAGE_EDITS: (),
+    Endpoint.IMAGE_VARIATIONS: (),
 }
 
 

@@ -1,4 +1,5 @@
-"""The OpenAI-only endpoints (moderations, image generation, speech): which provider kinds serve
+"""The OpenAI-only endpoints (moderations, image generation, edits and variations, speech,
+transcriptions and translations): which provider kinds serve
 them, and the client's error for a model group none of whose deployments can.
 
 These are OpenAI's own operations with no counterpart in Anthropic's or Gemini's APIs that the
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from gateway.errors import InvalidRequest
 from gateway.policy.model import Policy, Price
 from gateway.wire.audio import AUDIO_SECONDS
-from gateway.wire.requests import Endpoint, JSONObject
+from gateway.wire.requests import IMAGE_ENDPOINTS, Endpoint, JSONObject
 from gateway.wire.usage import token_count
 
 # An images answer's usage carries the number of images it returned under this key (the
@@ -32,6 +33,8 @@ SERVING_KINDS: dict[Endpoint, frozenset[str]] = {
     Endpoint.SPEECH: frozenset(("openai", "azure")),
     Endpoint.TRANSCRIPTIONS: frozenset(("openai", "azure")),
     Endpoint.TRANSLATIONS: frozenset(("openai", "azure")),
+    Endpoint.IMAGE_EDITS: frozenset(("openai", "azure")),
+    Endpoint.IMAGE_VARIATIONS: frozenset(("openai", "azure")),
 }
 
 
@@ -90,7 +93,7 @@ class MediaUnits:
 
 def media_units(endpoint: Endpoint, body: JSONObject) -> MediaUnits | None:
     """The units a call on ``endpoint`` may be priced by (None: none, as moderations)."""
-    if endpoint is Endpoint.IMAGES:
+    if endpoint in IMAGE_ENDPOINTS:  # (an edit's or variation's ``n`` read off its form)
         n, size, quality = body.get("n"), body.get("size"), body.get("quality")
         return MediaUnits(
             endpoint,
@@ -113,7 +116,7 @@ def unit_cost_usd(units: MediaUnits, price: Price, usage: object) -> float | Non
     for; speech: the input's characters; transcriptions and translations: the seconds of audio
     the answer's usage reports (whisper-1's json and verbose_json)."""
     endpoint = units.endpoint
-    if endpoint is Endpoint.IMAGES:
+    if endpoint in IMAGE_ENDPOINTS:
         if price.per_image is None:
             return None
         returned = usage.get(IMAGES_RETURNED) if isinstance(usage, dict) else None

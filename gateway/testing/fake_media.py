@@ -199,6 +199,20 @@ def images_body(body: dict[str, object]) -> dict[str, object]:
     )
     if body.get("stream") is True:
         raise WireError("The fake provider does not stream images.", "stream", "unsupported_value")
+    return _images_answer(model, prompt, n, size, response_format, rules)
+
+
+def _images_answer(
+    model: str,
+    prompt: str,
+    n: int,
+    size: str,
+    response_format: str,
+    rules: _ImageModel,
+    image_tokens: int = 0,
+) -> dict[str, object]:
+    """``n`` pictures as ``response_format`` asks; the GPT image models' usage (their input's
+    ``image_tokens`` besides the prompt's words)."""
     side = 1 if size == "auto" else int(size.split("x")[0]) // 256  # a tiny picture stands for it
     picture = base64.b64encode(png(side, side)).decode()
     digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
@@ -214,12 +228,13 @@ def images_body(body: dict[str, object]) -> dict[str, object]:
         data.append(item)
     answer: dict[str, object] = {"created": int(time.time()), "data": data}
     if not rules.formats:  # the GPT image models report their tokens
-        tokens_in = max(1, len(prompt.split()))
+        text_tokens = max(1, len(prompt.split()))
+        tokens_in = text_tokens + image_tokens
         answer["usage"] = {
             "input_tokens": tokens_in,
             "output_tokens": 272 * n,
             "total_tokens": tokens_in + 272 * n,
-            "input_tokens_details": {"text_tokens": tokens_in, "image_tokens": 0},
+            "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": image_tokens},
         }
     return answer
 
@@ -316,10 +331,20 @@ _AUDIO_BYTES_PER_S = 16_000  # the fake's reading of an upload's length: a 128 k
 
 @dataclass(frozen=True, slots=True)
 class AudioUpload:
-    """A transcription or translation form as the fake received it."""
+    """A form as the fake received it (a transcription's, translation's, image edit's or
+    variation's): ``filename`` and ``data`` are its last file's, ``files`` every file."""
 
     fields: dict[str, list[str]]  # each name's values, in order
     filename: str | None  # None: no file part
+    data: bytes
+    files: tuple[UploadedFile, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UploadedFile:
+    name: str  # the form field: image, image[], mask
+    filename: str
+    content_type: str
     data: bytes
 
 
@@ -476,3 +501,142 @@ def _speech_events(audio: bytes, chars: int) -> bytes:
         % (tokens_in, tokens_out, tokens_in + tokens_out)
     )
     return b"".join(deltas) + done
+
+
+# ----- image edits and variations (multipart uploads)
+#
+# The rules of OpenAI's API reference ("Create image edit", "Create image variation"; the SDK's
+# ``image_edit_params`` / ``image_create_variation_params`` carry the same text):
+# * edits: ``image`` and ``prompt`` required. dall-e-2 (the default model): one image, "a square
+#   png file less than 4MB"; prompt at most 1,000 characters; size 256x256, 512x512 or 1024x1024.
+#   GPT image models: "each image should be a png, webp, or jpg file less than 50MB. You can
+#   provide up to 16 images"; prompt at most 32,000 characters; sizes and qualities as their
+#   generations; no response_format (always base64). ``mask``: "a valid PNG file, less than 4MB,
+#   and have the same dimensions as image" (not compared here). ``n`` 1 to 10.
+# * variations: ``image`` required, "a valid PNG file, less than 4MB, and square"; "Only dall-e-2
+#   is supported"; ``n`` 1 to 10; size 256x256, 512x512 or 1024x1024; response_format url or
+#   b64_json.
+# A file's type is read from its bytes (its magic), as the API reads an upload, not its name.
+DALLE2_IMAGE_MAX_BYTES = 4 * 1024 * 1024
+GPT_IMAGE_MAX_BYTES = 50 * 1024 * 1024
+GPT_IMAGE_MAX_FILES = 16
+_IMAGE_FIELDS = ("image", "image[]")
+_FAKE_IMAGE_TOKENS = 323  # what the fake reports per input image (a low-fidelity 1024x1024's order)
+
+
+def _image_type(data: bytes) -> str | None:
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _png_square(data: bytes) -> bool:
+    """Whether a PNG's IHDR says width == height (bytes 16-24)."""
+    return len(data) >= 24 and data[16:20] == data[20:24]
+
+
+def _dalle2_png(file: UploadedFile, square: bool) -> None:
+    if _image_type(file.data) != "png" or len(file.data) >= DALLE2_IMAGE_MAX_BYTES:
+        raise WireError(
+            f"Invalid input image - uploaded '{file.name}' must be a PNG and less than 4 MB.",
+            file.name.removesuffix("[]"),
+            "invalid_image_format",
+        )
+    if square and not _png_square(file.data):
+        raise WireError("Invalid input image - the image must be square.", "image", "invalid_image_format")
+
+
+def _form_one(upload: AudioUpload) -> dict[str, str]:
+    return {name: values[0] for name, values in upload.fields.items() if not name.endswith("[]")}
+
+
+def _form_n(one: dict[str, str], model: str) -> int:
+    raw = one.get("n", "1")
+    n = int(raw) if raw.isdigit() else 0
+    if not 1 <= n <= 10:
+        raise WireError(f"Invalid 'n': n must be from 1 to 10 for {model}.", "n", "invalid_value")
+    return n
+
+
+def image_edit(upload: AudioUpload) -> dict[str, object]:
+    """The answer to an image edit form; ``WireError`` where OpenAI refuses it."""
+    one = _form_one(upload)
+    images = [f for f in upload.files if f.name in _IMAGE_FIELDS]
+    if not images:
+        raise WireError("Missing required parameter: 'image'.", "image", "missing_required_parameter")
+    prompt = one.get("prompt")
+    if prompt is None:
+        raise WireError("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
+    model = one.get("model") or "dall-e-2"
+    if model == "dall-e-3" or model.startswith("tts") or model.startswith("whisper"):
+        raise WireError(
+            f"Invalid value: '{model}'. Image edits support dall-e-2 and the GPT image models.",
+            "model",
+            "invalid_value",
+        )
+    rules = _image_model(model)
+    if not prompt or len(prompt) > rules.prompt_chars:
+        raise WireError(
+            f"Invalid 'prompt': string length must be from 1 to {rules.prompt_chars} characters for {model}.",
+            "prompt",
+            "string_above_max_length" if prompt else "empty_string",
+        )
+    masks = [f for f in upload.files if f.name == "mask"]
+    if model == "dall-e-2":
+        if len(images) > 1:
+            raise WireError("dall-e-2 edits take one image.", "image", "invalid_value")
+        _dalle2_png(images[0], square=True)
+    else:
+        if len(images) > GPT_IMAGE_MAX_FILES:
+            raise WireError(
+                f"Invalid 'image': at most {GPT_IMAGE_MAX_FILES} images.", "image", "array_above_max_length"
+            )
+        for image in images:
+            if _image_type(image.data) is None:
+                raise WireError(
+                    f"Invalid file '{image.name}': unsupported mimetype ('{image.content_type}'). Supported "
+                    "file formats are 'image/jpeg', 'image/png', and 'image/webp'.",
+                    "image",
+                    "unsupported_file",
+                )
+            if len(image.data) >= GPT_IMAGE_MAX_BYTES:
+                raise WireError(
+                    "Invalid 'image': each image must be less than 50MB.", "image", "file_too_large"
+                )
+    for mask in masks:
+        _dalle2_png(mask, square=False)  # "a valid PNG file, less than 4MB"
+    n = _form_n(one, model)
+    size = _choice(dict(one), "size", rules.sizes, model) or "1024x1024"
+    if "quality" in one:
+        _choice(dict(one), "quality", rules.qualities, model)
+    response_format = _choice(dict(one), "response_format", rules.formats, model) or (
+        "url" if rules.formats else "b64_json"
+    )
+    if one.get("stream", "false").lower() == "true":
+        raise WireError("The fake provider does not stream images.", "stream", "unsupported_value")
+    tokens = _FAKE_IMAGE_TOKENS * len(images)
+    return _images_answer(model, prompt, n, size, response_format, rules, tokens)
+
+
+def image_variation(upload: AudioUpload) -> dict[str, object]:
+    """The answer to an image variation form; ``WireError`` where OpenAI refuses it."""
+    one = _form_one(upload)
+    images = [f for f in upload.files if f.name == "image"]
+    if not images:
+        raise WireError("Missing required parameter: 'image'.", "image", "missing_required_parameter")
+    model = one.get("model") or "dall-e-2"
+    if model != "dall-e-2":
+        raise WireError(
+            f"Invalid value: '{model}'. Image variations support only dall-e-2.", "model", "invalid_value"
+        )
+    _dalle2_png(images[0], square=True)
+    rules = _IMAGE_MODELS["dall-e-2"]
+    n = _form_n(one, model)
+    size = _choice(dict(one), "size", rules.sizes, model) or "1024x1024"
+    response_format = _choice(dict(one), "response_format", rules.formats, model) or "url"
+    digest = hashlib.sha256(images[0].data).hexdigest()[:16]
+    return _images_answer(model, f"variation {digest}", n, size, response_format, rules)

@@ -2,7 +2,8 @@
 
 A real HTTP server for tests, demos and benchmarks to use as the upstream. It answers
 ``/v1/chat/completions``, ``/v1/completions`` (both streamed or whole), ``/v1/embeddings``,
-``/v1/moderations``, ``/v1/images/generations``, ``/v1/audio/speech`` (``fake_media.py``) and
+``/v1/moderations``, ``/v1/images/generations``, ``/v1/images/edits`` and ``/variations`` (forms),
+``/v1/audio/speech``, ``/transcriptions`` and ``/translations`` (``fake_media.py``) and
 ``/v1/models`` (and Azure OpenAI's ``/openai/deployments/{deployment}/...`` paths, keyed by
 ``api-key``) deterministically (the default reply echoes the last user message; with ``tools``,
 a forced ``tool_choice`` or "call NAME" in the last user message gets a function call whose
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import math
 import random
@@ -290,6 +292,8 @@ def build_app(config: FakeConfig) -> web.Application:
         app.router.add_post("/v1/audio/speech", _speech)
         app.router.add_post("/v1/audio/transcriptions", _transcriptions)
         app.router.add_post("/v1/audio/translations", _translations)
+        app.router.add_post("/v1/images/edits", _image_edits)
+        app.router.add_post("/v1/images/variations", _image_variations)
         app.router.add_get("/v1/models", _models)
         app.router.add_get("/v1/models/{name:.+}", _model)
         # Azure OpenAI's paths (the ``azure`` provider kind): the deployment stands for the model.
@@ -300,6 +304,8 @@ def build_app(config: FakeConfig) -> web.Application:
         app.router.add_post("/openai/deployments/{deployment}/audio/speech", _speech)
         app.router.add_post("/openai/deployments/{deployment}/audio/transcriptions", _transcriptions)
         app.router.add_post("/openai/deployments/{deployment}/audio/translations", _translations)
+        app.router.add_post("/openai/deployments/{deployment}/images/edits", _image_edits)
+        app.router.add_post("/openai/deployments/{deployment}/images/variations", _image_variations)
     else:
         add_flavor_routes(app, config.flavor)
     app.router.add_get("/_fake/stats", _stats)
@@ -476,6 +482,27 @@ async def _transcribed(request: web.Request, *, translate: bool) -> web.StreamRe
     return response
 
 
+async def _image_edits(request: web.Request) -> web.StreamResponse:
+    return await _image_form(request, fake_media.image_edit)
+
+
+async def _image_variations(request: web.Request) -> web.StreamResponse:
+    return await _image_form(request, fake_media.image_variation)
+
+
+async def _image_form(
+    request: web.Request, answer_of: Callable[[fake_media.AudioUpload], dict[str, object]]
+) -> web.StreamResponse:
+    """An image edit or variation form (``fake_media.image_edit`` / ``image_variation``), its
+    answer JSON as generations'."""
+    state = request.app[FAKE_STATE]
+    config = state.config
+    upload = await _admit_form(request, state)
+    answer = _parsed(lambda _: answer_of(upload), {})
+    early = await _inject(request, config, state.rng, draw_fault(config, state.rng), stream=False)
+    return early if early is not None else _json(orjson.dumps(answer))
+
+
 async def _admit_form(request: web.Request, state: FakeState) -> fake_media.AudioUpload:
     """``_admit`` for a multipart form: recorded (its fields, the file's name and size as the
     body), authorised, within OpenAI's 25 MB, its model served."""
@@ -489,16 +516,32 @@ async def _admit_form(request: web.Request, state: FakeState) -> fake_media.Audi
     fields: dict[str, list[str]] = {}
     filename: str | None = None
     data = b""
+    files: list[fake_media.UploadedFile] = []
     form = await request.post()
     for name, value in form.items():
         if isinstance(value, web.FileField):
             filename, data = value.filename, value.file.read()
+            files.append(fake_media.UploadedFile(name, filename, value.content_type, data))
         else:
             fields.setdefault(name, []).append(str(value))
     deployment = request.match_info.get("deployment")
     if deployment is not None:
         fields.setdefault("model", [deployment])
-    seen = {"fields": fields, "filename": filename, "bytes": len(data)}
+    seen = {
+        "fields": fields,
+        "filename": filename,
+        "bytes": len(data),
+        "files": [
+            {
+                "name": f.name,
+                "filename": f.filename,
+                "content_type": f.content_type,
+                "bytes": len(f.data),
+                "sha256": hashlib.sha256(f.data).hexdigest(),
+            }
+            for f in files
+        ],
+    }
     state.record(SeenRequest(request.path, request.headers, seen))
     key = state.config.require_key
     authorised = request.headers.get("api-key" if deployment else "Authorization")
@@ -510,7 +553,7 @@ async def _admit_form(request: web.Request, state: FakeState) -> fake_media.Audi
     model = fields.get("model", [""])[0]
     if model and not state.config.serves(model):
         raise _unknown_model(model, azure=deployment is not None)
-    return fake_media.AudioUpload(fields, filename, data)
+    return fake_media.AudioUpload(fields, filename, data, tuple(files))
 
 
 async def _models(request: web.Request) -> web.StreamResponse:

@@ -2,10 +2,10 @@
 ``/v1/audio/translations``, multipart/form-data) as the gateway holds it between attempts, and
 the multipart body each attempt sends.
 
-    AudioForm             the form's text fields in order (repeats kept) and the file, whole
-    form_body(form, ...)  (bytes, content type) of the form for one provider, ``model`` rewritten
+    AUDIO_FORM            its shape: one file, ``file`` (``wire/forms.py`` holds it, ``UploadForm``)
+    audio_body(form, ...) the request body the service routes
 
-The form is read once (``http/upload.read_audio_form``, within ``server.max_audio_bytes``) and
+The form is read once (``http/upload.read_upload_form``, within ``server.max_audio_bytes``) and
 kept whole so that failover can send it again to the next deployment. Fields other than
 ``model`` are passed through as the client sent them (the provider judges them), so the
 request body the service sees holds only what the gateway reads (``model``, ``stream``, the
@@ -14,14 +14,11 @@ prompt's length for the reservation) and the form under ``FORM``.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import orjson
 
+from gateway.wire.forms import FORM, FormShape, UploadForm
 from gateway.wire.requests import JSONObject
 
-FORM = "form"  # the key of a request body under which its ``AudioForm`` is held
 # OpenAI's own bound on the file ("File uploads are currently limited to 25 MB"; its 413 names
 # 26214400 bytes): the default of ``server.max_audio_bytes``.
 OPENAI_MAX_AUDIO_BYTES = 25 * 1024 * 1024
@@ -31,66 +28,16 @@ OPENAI_MAX_AUDIO_BYTES = 25 * 1024 * 1024
 AUDIO_BYTES_PER_TOKEN = 1600
 
 
-@dataclass(frozen=True, slots=True)
-class AudioForm:
-    """The client's form: ``fields`` (name, value) in the order sent, ``model`` among them."""
-
-    fields: tuple[tuple[str, str], ...]
-    filename: str
-    content_type: str
-    data: bytes
-
-    def field(self, name: str) -> str | None:
-        """The first value of field ``name`` (None when not sent)."""
-        return next((value for key, value in self.fields if key == name), None)
+# The form of a transcription or translation: one file, in the field ``file``.
+AUDIO_FORM = FormShape(frozenset(("file",)), ("file",), "the audio")
 
 
-def audio_body(form: AudioForm, stream: bool | None) -> JSONObject:
+def audio_body(form: UploadForm, stream: bool | None) -> JSONObject:
     """The request body the service routes: what the gateway reads, and the form under ``FORM``."""
     body: JSONObject = {"model": form.field("model") or "", FORM: form}
     if stream is not None:
         body["stream"] = stream
     return body
-
-
-def form_body(form: AudioForm, model: str | None) -> tuple[bytes, str]:
-    """The multipart body of ``form`` and its Content-Type, with ``model`` as the model field
-    (None: without one, as Azure's deployment paths name it in the path). The boundary is random
-    and not found in the file (checked: a coincidence would cut the file short upstream)."""
-    while True:
-        boundary = "sophia-" + os.urandom(16).hex()
-        mark = boundary.encode()
-        if form.data.find(mark) < 0 and not any(mark in value.encode() for _, value in form.fields):
-            break
-    parts: list[bytes] = []
-    named = False
-    for name, value in form.fields:
-        if name == "model":
-            if named or model is None:
-                continue
-            value, named = model, True
-        parts.append(_head(mark, name) + b"\r\n\r\n" + value.encode() + b"\r\n")
-    if model is not None and not named:
-        parts.append(_head(mark, "model") + b"\r\n\r\n" + model.encode() + b"\r\n")
-    file_head = (
-        _head(mark, "file")
-        + b'; filename="'
-        + _quoted(form.filename).encode()
-        + b'"\r\nContent-Type: '
-        + form.content_type.encode("ascii", "replace")
-        + b"\r\n\r\n"
-    )
-    body = b"".join((*parts, file_head, form.data, b"\r\n--", mark, b"--\r\n"))
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
-def _head(mark: bytes, name: str) -> bytes:
-    return b"--" + mark + b'\r\nContent-Disposition: form-data; name="' + _quoted(name).encode() + b'"'
-
-
-def _quoted(text: str) -> str:
-    """``text`` within a quoted header parameter (the WHATWG form encoding's escapes)."""
-    return text.replace("\r", "%0D").replace("\n", "%0A").replace('"', "%22")
 
 
 # A transcription's answer is read for its usage only when it is at most this long (a 25-minute

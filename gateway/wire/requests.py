@@ -70,6 +70,9 @@ class Endpoint(enum.Enum):
     # provider's Content-Type (json, text, srt, vtt or a stream of events).
     TRANSCRIPTIONS = "audio/transcriptions"
     TRANSLATIONS = "audio/translations"
+    # Image uploads (multipart/form-data, ``wire/images.py``): the answer is JSON, as generations'.
+    IMAGE_EDITS = "images/edits"
+    IMAGE_VARIATIONS = "images/variations"
     # Front doors (issue 17): served as chat calls; the value scopes their cache keys (and
     # names the path of a provider the door passes its request through to).
     RESPONSES = "responses"  # OpenAI's Responses API (service/responses.py)
@@ -270,6 +273,13 @@ class ImageHead(_Head):
         return value
 
 
+class ImageVariationHead(_Head):
+    """What the gateway reads of an image variation form (no prompt: the image is the request)."""
+
+    model: StrictStr = Field(min_length=1)
+    n: StrictInt | None = Field(None, ge=1, le=MAX_IMAGES)
+
+
 class SpeechVoice(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: StrictStr = Field(min_length=1)
@@ -300,6 +310,7 @@ HEADS: dict[
         | EmbeddingHead
         | ModerationHead
         | ImageHead
+        | ImageVariationHead
         | SpeechHead
         | AudioHead
     ],
@@ -312,12 +323,27 @@ HEADS: dict[
     Endpoint.SPEECH: SpeechHead,
     Endpoint.TRANSCRIPTIONS: AudioHead,
     Endpoint.TRANSLATIONS: AudioHead,
+    Endpoint.IMAGE_EDITS: ImageHead,  # model, prompt, n and stream (refused), as generations'
+    Endpoint.IMAGE_VARIATIONS: ImageVariationHead,
 }
 # The endpoints only OpenAI's wire format serves, passed through untouched and never cached.
 MEDIA_ENDPOINTS = frozenset(
-    (Endpoint.MODERATIONS, Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS)
+    (
+        Endpoint.MODERATIONS,
+        Endpoint.IMAGES,
+        Endpoint.SPEECH,
+        Endpoint.TRANSCRIPTIONS,
+        Endpoint.TRANSLATIONS,
+        Endpoint.IMAGE_EDITS,
+        Endpoint.IMAGE_VARIATIONS,
+    )
 )
-# The endpoints whose request is a form upload (its body holds an ``AudioForm`` under ``FORM``).
+# The endpoints whose request is an audio form upload (its body holds an ``UploadForm`` under
+# ``FORM``), and the image ones; ``FORM_ENDPOINTS`` both.
 UPLOAD_ENDPOINTS = frozenset((Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS))
+IMAGE_UPLOAD_ENDPOINTS = frozenset((Endpoint.IMAGE_EDITS, Endpoint.IMAGE_VARIATIONS))
+FORM_ENDPOINTS = UPLOAD_ENDPOINTS | IMAGE_UPLOAD_ENDPOINTS
+# The endpoints whose answers are images (``data``, priced per image) and usage as generations'.
+IMAGE_ENDPOINTS = frozenset((Endpoint.IMAGES, *IMAGE_UPLOAD_ENDPOINTS))
 # The endpoints whose answer is relayed as the provider's bytes with its Content-Type.
 BYTES_ENDPOINTS = frozenset((Endpoint.SPEECH, *UPLOAD_ENDPOINTS))

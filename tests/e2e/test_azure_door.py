@@ -218,7 +218,7 @@ def test_bad_bodies_get_openais_envelope(azure: Azure) -> None:
         answer = post(url, content=body, headers=headers)
         assert answer.status_code == 400, (body, answer.text)
         assert set(answer.json()["error"]) >= {"message", "type", "param", "code"}
-    unknown = post(f"{azure.gateway.url}/openai/deployments/chat/images/edits", json_body={}, headers=headers)
+    unknown = post(f"{azure.gateway.url}/openai/deployments/chat/images/masks", json_body={}, headers=headers)
     assert unknown.status_code == 404 and "Unknown path" in unknown.json()["error"]["message"]
 
 

@@ -396,7 +396,7 @@ def test_odd_deployment_paths_by_hand(door: Door) -> None:
         assert answer.status == 404 and "Unknown path" in answer.error()["message"]
 
 
-@pytest.mark.parametrize("operation", ["images/edits", "images/variations", "extensions/chat/completions"])
+@pytest.mark.parametrize("operation", ["images/masks", "extensions/chat/completions"])
 def test_deployment_operations_not_served_are_a_404_in_the_envelope(door: Door, operation: str) -> None:
     answer = call(
         f"{door.url}/openai/deployments/chat/{operation}?api-version={API_VERSION}",
@@ -409,9 +409,11 @@ def test_deployment_operations_not_served_are_a_404_in_the_envelope(door: Door, 
     assert door.secret not in answer.text
 
 
-@pytest.mark.parametrize("operation", ["audio/transcriptions", "audio/translations"])
+@pytest.mark.parametrize(
+    "operation", ["audio/transcriptions", "audio/translations", "images/edits", "images/variations"]
+)
 def test_uploads_take_a_form_not_json(door: Door, operation: str) -> None:
-    # (a 404 until h-transcribe served them: a form upload, so a JSON body is a 415)
+    # (a 404 until h-transcribe and h-imageedits served them: a form upload, so JSON is a 415)
     answer = call(
         f"{door.url}/openai/deployments/chat/{operation}?api-version={API_VERSION}",
         body={"prompt": "x"},

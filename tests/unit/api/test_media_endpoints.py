@@ -36,8 +36,8 @@ from gateway.settings import Settings
 from gateway.testing import fake_media
 from gateway.testing.fake_provider import FAKE_STATE, FakeConfig
 from gateway.testing.fake_provider import build_app as fake_app
-from gateway.wire.audio import FORM, AudioForm
-from gateway.wire.requests import UPLOAD_ENDPOINTS, Endpoint
+from gateway.wire.forms import FORM, FormFile, UploadForm
+from gateway.wire.requests import FORM_ENDPOINTS, Endpoint
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -523,14 +523,22 @@ async def test_the_azure_openai_client_reaches_images_and_speech(gw: Gateway) ->
 
 @pytest.mark.parametrize(
     "endpoint",
-    [Endpoint.MODERATIONS, Endpoint.IMAGES, Endpoint.SPEECH, Endpoint.TRANSCRIPTIONS, Endpoint.TRANSLATIONS],
+    [
+        Endpoint.MODERATIONS,
+        Endpoint.IMAGES,
+        Endpoint.SPEECH,
+        Endpoint.TRANSCRIPTIONS,
+        Endpoint.TRANSLATIONS,
+        Endpoint.IMAGE_EDITS,
+        Endpoint.IMAGE_VARIATIONS,
+    ],
 )
 async def test_the_translating_adapters_refuse_before_any_io(endpoint: Endpoint) -> None:
     """Before: the Gemini adapter built a completions request of an images body, the Anthropic
     one raised a KeyError (a 500)."""
-    form = AudioForm((("model", "m"),), "a.mp3", "audio/mpeg", b"ID3")
+    form = UploadForm((("model", "m"),), (FormFile("file", "a.mp3", "audio/mpeg", b"ID3"),))
     body = {"model": "m", "input": "x", "prompt": "x", "voice": "alloy"}
-    if endpoint in UPLOAD_ENDPOINTS:
+    if endpoint in FORM_ENDPOINTS:
         body[FORM] = form
     gemini = GeminiProvider(kind="gemini", base_url="https://g.test/v1beta")
     claude = AnthropicProvider(kind="anthropic", base_url="https://a.test/v1")
