@@ -437,13 +437,13 @@ class NoHealthyDeployment(ServiceUnavailable):
 
 
 class UploadsBusy(ServiceUnavailable):
-    """The transcription forms held in memory at once would pass ``server.max_audio_in_flight_bytes``
-    (``service/audio_room.py``): refused before the form is read, so the connection is closed
+    """The upload forms (audio, images) held in memory at once would pass
+    ``server.max_audio_in_flight_bytes`` (``service/audio_room.py``): refused before the form is read, so the connection is closed
     rather than its body drained."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(
-            "The gateway is holding as many audio uploads as it may at once "
+            "The gateway is holding as many uploads (audio, images) as it may at once "
             f"({limit} bytes, server.max_audio_in_flight_bytes). Retry shortly.",
             code="uploads_busy",
             headers={"retry-after": "1", "connection": "close"},
@@ -451,7 +451,7 @@ class UploadsBusy(ServiceUnavailable):
 
 
 class UploadShareFull(GatewayError):
-    """One caller's transcription forms held at once would pass its share of
+    """One caller's upload forms held at once would pass its share of
     ``server.max_audio_in_flight_bytes`` (``service/audio_room.share_of``): refused before the
     form is read, as ``UploadsBusy`` is, but a 429, since it is the caller's own uploads that fill
     it while others may still get in. Retry-After: 1 (the SDKs retry)."""
@@ -461,7 +461,7 @@ class UploadShareFull(GatewayError):
 
     def __init__(self, share: int) -> None:
         super().__init__(
-            "This caller is holding as many audio uploads as one caller may at once "
+            "This caller is holding as many uploads (audio, images) as one caller may at once "
             f"({share} bytes, its share of server.max_audio_in_flight_bytes). Retry when one has "
             "been answered.",
             code="uploads_busy",

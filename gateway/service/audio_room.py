@@ -1,7 +1,8 @@
-"""How many bytes of transcription forms this process holds at once, and how many one caller may.
+"""How many bytes of upload forms this process holds at once, and how many one caller may.
 
-A transcription or translation form is held whole while it is served (failover sends it again,
-``http/upload.read_audio_form``), so uploads in flight cost memory in proportion to their
+A transcription, translation, image edit or variation form is held whole while it is served
+(failover sends it again, ``http/upload.read_upload_form``): one room for all of them (h-imageedits:
+memory is memory, whichever endpoint holds it), so uploads in flight cost memory in proportion to their
 sizes: measured, 20 uploads of 24 MiB at once took a gateway to 2.4 GB resident (the form, its
 copy for each attempt's body, the reader's buffers). ``AudioRoom`` bounds the sum of the sizes
 the forms in flight may reach (``server.max_audio_in_flight_bytes``); past it, an upload is
