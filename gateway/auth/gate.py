@@ -31,6 +31,7 @@ from gateway.wire.images import input_images
 from gateway.wire.media import IMAGE_TOKENS_MAX, media_tokens
 from gateway.wire.requests import (
     CHARS_PER_TOKEN,
+    FORM_ENDPOINTS,
     IMAGE_ENDPOINTS,
     IMAGE_UPLOAD_ENDPOINTS,
     UPLOAD_ENDPOINTS,
@@ -233,10 +234,9 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
     """Tokens to reserve for ``body``: prompt characters / 4 (and its images and PDFs) plus the
     output it may produce."""
     media = ids = 0
-    form = body.get(FORM)
-    if endpoint in UPLOAD_ENDPOINTS and isinstance(form, UploadForm):
-        return audio_reservation(form)  # a transcription or translation: the audio's length unknown
-    if endpoint in IMAGE_UPLOAD_ENDPOINTS and isinstance(form, UploadForm):
+    if endpoint in FORM_ENDPOINTS and isinstance(form := body.get(FORM), UploadForm):
+        if endpoint in UPLOAD_ENDPOINTS:  # a transcription or translation: the audio's length unknown
+            return audio_reservation(form)
         # An edit's or variation's input images, each as a full-size chat image (their pixels are
         # not read); the GPT image models report their real input tokens, which settle it.
         media = input_images(form) * IMAGE_TOKENS_MAX
