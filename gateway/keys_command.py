@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import re
 import sys
@@ -264,6 +265,10 @@ def _audit(action: str, outcome: str, fields: Json) -> None:
     """The audit line of a change made (or refused) on the key store from this command line."""
     who = {"os_user": audit.os_user(), "hostname": audit.hostname()}
     audit.record(action, outcome, "cli", {**who, **fields})
+    # The log's handler writes from a thread of its own: closed here (it waits for the line), so
+    # the line is on stderr before the command's own message, never in the middle of it.
+    for handler in logging.getLogger().handlers:
+        handler.close()
 
 
 def _audit_target(action: str, answer: Json) -> Json:

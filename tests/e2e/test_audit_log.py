@@ -268,6 +268,9 @@ def test_the_direct_store_cli_writes_its_own_audit_line(workdir: Path) -> None:
         new["id"],
         "research",
     )
+    # The audit line is written (its log's writer thread waited for) before the command's own
+    # message: each on a line of its own, in that order.
+    assert unknown.stderr.splitlines()[-1] == "sophia-gateway keys: No such key.", unknown.stderr
     (line,) = audit_lines(unknown.stderr)
     assert (line["action"], line["outcome"], line["key_id"], line["code"]) == (
         "key.revoke",
