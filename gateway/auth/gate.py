@@ -88,8 +88,13 @@ class LimitGate:
         # The estimate also prices a call whose provider never says its usage (a stream the
         # client did not ask usage of, or left): a key with a budget alone settled such a stream
         # at 0 input tokens, whatever its prompt (a 400,000-character prompt cost nothing).
-        estimate = reservation(endpoint, body) if caller.tpm is not None or caller.budgeted else 0
-        tokens = estimate if caller.tpm is not None else 0
+        # Without a TPM or a budget it is not needed now: the service makes it if such a call
+        # ends without usage (h-estcost), as it does for every unkeyed call.
+        estimate: int | None = None
+        tokens = 0
+        if caller.tpm is not None or caller.budgeted:
+            estimate = reservation(endpoint, body)
+            tokens = estimate if caller.tpm is not None else 0
         if caller.tpm is not None and tokens > caller.tpm:
             # It would never fit, however long the client waits: say so, and no retry (OpenAI's
             # "Request too large ... on tokens per min" is also a 429).
@@ -183,8 +188,9 @@ class LimitTicket:
         self.ticket = ticket
         self.reserved = reserved  # TPM tokens reserved (0 without a TPM)
         # Prompt and output tokens the call may use (``reservation``): what is charged when the
-        # provider never says what it used. The reservation when there is one.
-        self.estimate = reserved if estimate is None else estimate
+        # provider never says what it used. None: not made at admission (a key without a TPM
+        # or a budget, a charge-only call); the service makes it if it is needed.
+        self.estimate = estimate
         self._settled = False
 
     async def settle(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:

@@ -715,7 +715,17 @@ class GatewayMetrics:
         )
         self.cost = Counter(
             "gateway_cost_usd",
-            "Spend in US dollars, from the policy's prices and the usage providers reported.",
+            "Spend in US dollars at the policy's prices: the usage providers reported, per-unit "
+            "prices, and the estimate charged for calls that reported no usage.",
+            ("model", "provider", "upstream_model"),
+        )
+        # The part of gateway_cost_usd_total that is an estimate (no usage reported: the prompt's
+        # characters / 4 plus the output allowed, as budgets are charged), so a dashboard can
+        # tell the two apart without a label that would change every cost series' identity.
+        self.cost_estimated = Counter(
+            "gateway_cost_estimated_usd",
+            "Of gateway_cost_usd_total, the spend estimated for calls whose provider reported no "
+            "usage (in US dollars, as budgets are charged for them).",
             ("model", "provider", "upstream_model"),
         )
 

@@ -136,6 +136,7 @@ def _deployment(
             "feedback_votes": st.feedback_votes,
             "feedback_mean": round(st.feedback_sum / st.feedback_votes, 6) if st.feedback_votes else None,
             "cost_usd": round(st.cost_usd, 6),
+            "cost_estimated_usd": round(st.cost_estimated_usd, 6),  # (of cost_usd)
             "cooling_for_s": round(st.cooling_until - now, 3) if st.cooling_until > now else None,
             "peers": _peers(st.peer),
         },

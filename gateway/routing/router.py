@@ -710,6 +710,19 @@ class Router:
             group.input_share += 0.05 * (prompt / (prompt + completion) - group.input_share)
         return cost
 
+    def record_estimated_cost(self, group_name: str, target: Target, cost_usd: float) -> None:
+        """Account ``cost_usd`` charged for a call ``target`` served without reporting its usage
+        (the request service's estimate, as budgets are charged): in the deployment's cost and
+        ``gateway_cost_usd_total`` as reported cost is, and apart in
+        ``gateway_cost_estimated_usd_total``. No tokens: an estimate must not move the group's
+        input share nor the observed prompt-cache shares routing prices by."""
+        stats = target.live.stats
+        stats.cost_usd += cost_usd
+        stats.cost_estimated_usd += cost_usd
+        m = self._metrics
+        m.child(m.cost, group_name, target.provider, target.model).inc(cost_usd)
+        m.child(m.cost_estimated, group_name, target.provider, target.model).inc(cost_usd)
+
     def remember(self, request_id: str, group: str, target: Target, caller: str) -> None:
         """Keep where ``request_id`` was served, so feedback on it can reach that deployment.
         ``caller`` is a hash of the caller's credential (or its team); only that caller may vote

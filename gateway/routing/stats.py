@@ -182,6 +182,7 @@ class DeploymentStats:
     feedback_sum: float = 0.0
     feedback_votes: int = 0
     cost_usd: float = 0.0
+    cost_estimated_usd: float = 0.0  # of cost_usd, estimated for answers without usage
     cooling_until: float = 0.0  # a 429's Retry-After: skipped by every request until then
     cache: CacheShare = field(default_factory=CacheShare)
     peer: PeerFigures | None = None  # the other replicas' figures (shared routing state)

@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 
 import orjson
 
-from gateway.auth.gate import LimitTicket
+from gateway.auth.gate import reservation
 from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache, reusable
 from gateway.errors import (
     GatewayError,
@@ -273,9 +273,9 @@ class RequestService:
             # 7. account
             exact = unit_cost(ctx, target, usage)
             used = self.account_usage(endpoint, model, routed.group, target, usage, series, exact)
+            if used[0] + used[1] == 0:  # an answer without usage: its estimate is charged, counted
+                used = self.account_unreported(ctx, endpoint, body, routed.group, target, 0, exact)
             if ctx.limit_ticket is not None:
-                if used[0] + used[1] == 0:  # an answer without usage: its estimate is charged
-                    used = unreported(ctx.limit_ticket, target, 0, exact)
                 ctx.limit_ticket.settle_later(*used)
             # Shadow traffic: one attribute check for a group without it (read now: reloads apply)
             group_config = self.router.policy.models.get(routed.group)
@@ -297,11 +297,17 @@ class RequestService:
                 self.cache.land(plan, None)
             ticket = ctx.limit_ticket
             if ticket is not None:
-                if ctx.sent_to is not None and isinstance(error, asyncio.CancelledError):
+                sent_to = ctx.sent_to  # (noted for keyed calls only: ``_noting``)
+                if sent_to is not None and isinstance(error, asyncio.CancelledError):
                     # The client left while a provider worked on its request: tokens were spent
-                    # (as for a stream left half way), so the reservation stands, at its prices.
-                    exact = unit_cost(ctx, ctx.sent_to, None)  # (speech's characters: known)
-                    ticket.settle_later(*unreported(ticket, ctx.sent_to, 0, exact))
+                    # (as for a stream left half way), so the reservation stands, at its prices;
+                    # counted for ``group``, the one routing tried it in (``Router.call``).
+                    exact = unit_cost(ctx, sent_to, None)  # (speech's characters: known)
+                    if exact is not None:  # as exact as a reported cost: counted where it is
+                        self.router.record_usage(group, sent_to, 0, 0, cost_usd=exact)
+                    ticket.settle_later(
+                        *self.account_unreported(ctx, endpoint, body, group, sent_to, 0, exact)
+                    )
                 else:  # no provider answered: the reservation is released
                     ticket.settle_later(0, 0, 0.0)
             raise
@@ -564,7 +570,9 @@ class RequestService:
         lead: bool,
         door: FrontDoor | None = None,
     ) -> Answer:
-        book = _StreamBook(self, endpoint, plan, ctx, lead, door.endpoint if door is not None else endpoint)
+        book = _StreamBook(
+            self, endpoint, body, plan, ctx, lead, door.endpoint if door is not None else endpoint
+        )
         capture = self.cache.capture_bytes(plan)
 
         open_stream: Attempt[RoutedStream]
@@ -741,6 +749,34 @@ class RequestService:
             )
         return prompt, completion, self.router.record_usage(group, target, prompt, completion)
 
+    def account_unreported(
+        self,
+        ctx: CallContext,
+        endpoint: Endpoint,
+        body: JSONObject,
+        group: str,
+        target: Target,
+        out: int,
+        exact_usd: float | None,
+    ) -> tuple[int, int, float]:
+        """(tokens in, tokens out, cost in US dollars) charged for a call ``target`` served in
+        ``group`` whose provider never said its usage (or whose client left before it did), with
+        ``out`` output tokens seen: ``unreported`` of the call's estimate (the admission's, else
+        made now from ``body``: only such calls pay for it). Its cost, unless ``exact_usd`` (a
+        per-unit price, counted as reported cost is), goes to ``gateway_cost_usd_total`` and the
+        deployment's cost as an estimate (``Router.record_estimated_cost``), keyed or not, so
+        the metric's sum is what budgets were charged."""
+        ticket = ctx.limit_ticket
+        if ticket is None and exact_usd is not None:
+            return 0, 0, exact_usd  # nothing to charge the tokens to
+        estimate = ticket.estimate if ticket is not None else None
+        if estimate is None:
+            estimate = reservation(endpoint, body)
+        used = unreported(estimate, target, out, exact_usd)
+        if exact_usd is None and used[2] > 0:
+            self.router.record_estimated_cost(group, target, used[2])
+        return used
+
     def record_operation(
         self, endpoint: Endpoint, model: str, target: Target | None, called_s: float, error_type: str = ""
     ) -> None:
@@ -827,6 +863,7 @@ class _StreamBook:
     """A routed stream's bookkeeping, run by the stream itself as it goes and when it ends."""
 
     __slots__ = (
+        "_body",
         "_ctx",
         "_door",
         "_endpoint",
@@ -844,6 +881,7 @@ class _StreamBook:
         self,
         service: RequestService,
         endpoint: Endpoint,
+        body: JSONObject,
         plan: CachePlan,
         ctx: CallContext,
         lead: bool,
@@ -851,6 +889,7 @@ class _StreamBook:
     ) -> None:
         self._service = service
         self._endpoint = endpoint
+        self._body = body  # what an answer without usage is estimated from
         self._door = door  # the client's endpoint (a front door's own)
         self._plan = plan
         self._ctx = ctx
@@ -1003,20 +1042,26 @@ class _StreamBook:
     def _settle(
         self, stream: RoutedStream, used: tuple[int, int, float] | None, exact_usd: float | None = None
     ) -> None:
-        """Settle a keyed call's reservation. Without the provider's usage (it never said, or the
-        client left) tokens were spent all the same: the reservation stands, or the output seen
-        if larger, and its cost at the deployment's price (or ``exact_usd``, by a per-unit price)
-        counts against the budget."""
-        ticket = self._ctx.limit_ticket
-        if ticket is None:
-            return
-        if used is None or used[0] + used[1] == 0:
-            used = unreported(
-                ticket,
-                self.route.target if self.route is not None else None,
+        """Settle the call's cost. Without the provider's usage (it never said, or the client
+        left) tokens were spent all the same: the estimate stands, or the output seen if larger,
+        and its cost at the deployment's price (or ``exact_usd``, by a per-unit price) counts
+        against a keyed call's budget and, keyed or not, in the deployment's cost
+        (``RequestService.account_unreported``)."""
+        route, ticket = self.route, self._ctx.limit_ticket
+        if (used is None or used[0] + used[1] == 0) and route is not None:
+            used = self._service.account_unreported(
+                self._ctx,
+                self._endpoint,
+                self._body,
+                route.group,
+                route.target,
                 stream.output_tokens(),
                 exact_usd,
             )
+        if ticket is None:
+            return
+        if used is None:  # (left before a route was known: the reservation stands, unpriced)
+            used = max(0, (ticket.estimate or 0) - stream.output_tokens()), 0, exact_usd or 0.0
         ticket.settle_later(*used)
 
     def _land(self, answer: CachedAnswer | None) -> None:
@@ -1059,20 +1104,18 @@ def _served_by(model: str, group: str) -> str:
 
 
 def unreported(
-    ticket: LimitTicket, target: Target | None, out: int, exact_usd: float | None = None
+    estimate: int, target: Target, out: int, exact_usd: float | None = None
 ) -> tuple[int, int, float]:
     """(tokens in, tokens out, cost) charged for a call whose provider never said its usage (or
-    whose client left before it did): the admission's estimate stands (prompt characters / 4
-    plus the output it allowed), or the output seen if larger, at the deployment's prices; or,
-    when a per-unit price gave it, at ``exact_usd`` (the tokens still count against TPM)."""
-    prompt = max(0, ticket.estimate - out)
-    cost = 0.0
+    whose client left before it did): the ``estimate`` stands (``gate.reservation``: prompt
+    characters / 4 plus the output it allowed), or the output seen if larger, at ``target``'s
+    prices; or, when a per-unit price gave it, at ``exact_usd`` (the tokens still count against
+    TPM)."""
+    prompt = max(0, estimate - out)
     if exact_usd is not None:
-        cost = exact_usd
-    elif target is not None:
-        price = target.deployment.price
-        cost = (prompt * price.input_per_mtok + out * price.output_per_mtok) / 1_000_000
-    return prompt, out, cost
+        return prompt, out, exact_usd
+    price = target.deployment.price
+    return prompt, out, (prompt * price.input_per_mtok + out * price.output_per_mtok) / 1_000_000
 
 
 def unit_cost(ctx: CallContext, target: Target | None, usage: object) -> float | None:
