@@ -306,7 +306,14 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
                    "{{gen_ai_request_model}} -> {{gen_ai_response_model}}")),
             graph("Cost (USD/h) by model", "currencyUSD",
                   (f"sum by (model, provider) (rate(gateway_cost_usd_total{{{M}, {P}}}[{RATE}])) * 3600",
-                   "{{model}} {{provider}}")),
+                   "{{model}} {{provider}}"),
+                  (f"sum by (model, provider) (rate(gateway_cost_estimated_usd_total{{{M}, {P}}}[{RATE}])) * 3600",
+                   "{{model}} {{provider}} (of it estimated)"),
+                  description="Every call's cost at the policy's prices, as keys' budgets are "
+                  "charged (its sum is the teams' spend). \"Of it estimated\": calls whose provider "
+                  "reported no usage (a stream without include_usage, speech or moderations without "
+                  "a per-unit price, a call its client left), charged the prompt's characters / 4 "
+                  "plus the output allowed."),
             graph("Spend (USD/h) by team", "currencyUSD",
                   (f'sum by (team) (rate(gateway_spend_usd_total{{team=~"$team"}}[{RATE}])) * 3600', "{{team}}")),
             graph("Refusals/s by team and reason", "reqps",
