@@ -91,9 +91,10 @@ class LimitGate:
         # Without a TPM or a budget it is not needed now: the service makes it if such a call
         # ends without usage (h-estcost), as it does for every unkeyed call.
         estimate: int | None = None
+        prompt: int | None = None
         tokens = 0
         if caller.tpm is not None or caller.budgeted:
-            estimate = reservation(endpoint, body)
+            prompt, estimate = reservation_parts(endpoint, body)
             tokens = estimate if caller.tpm is not None else 0
         if caller.tpm is not None and tokens > caller.tpm:
             # It would never fit, however long the client waits: say so, and no retry (OpenAI's
@@ -107,7 +108,7 @@ class LimitGate:
         headers = headers_for(decision)
         ctx.record.rate_limits = headers
         if decision.refused is None:
-            ctx.limit_ticket = LimitTicket(self, caller, decision.ticket or ticket, tokens, estimate)
+            ctx.limit_ticket = LimitTicket(self, caller, decision.ticket or ticket, tokens, estimate, prompt)
             return
         raise self._refusal(caller, decision, headers)
 
@@ -178,10 +179,16 @@ class LimitGate:
 class LimitTicket:
     """One admitted call's reservation: settled once, when the call ends."""
 
-    __slots__ = ("_caller", "_gate", "_settled", "estimate", "reserved", "ticket")
+    __slots__ = ("_caller", "_gate", "_settled", "estimate", "estimate_prompt", "reserved", "ticket")
 
     def __init__(
-        self, gate: LimitGate, caller: Caller, ticket: str, reserved: int, estimate: int | None = None
+        self,
+        gate: LimitGate,
+        caller: Caller,
+        ticket: str,
+        reserved: int,
+        estimate: int | None = None,
+        estimate_prompt: int | None = None,
     ) -> None:
         self._gate = gate
         self._caller = caller
@@ -191,6 +198,8 @@ class LimitTicket:
         # provider never says what it used. None: not made at admission (a key without a TPM
         # or a budget, a charge-only call); the service makes it if it is needed.
         self.estimate = estimate
+        # Of the estimate, the prompt's tokens: what picks a long-context price tier (h-tierprice)
+        self.estimate_prompt = estimate_prompt
         self._settled = False
 
     async def settle(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
@@ -239,10 +248,16 @@ _LOWER = {
 def reservation(endpoint: Endpoint, body: JSONObject) -> int:
     """Tokens to reserve for ``body``: prompt characters / 4 (and its images and PDFs) plus the
     output it may produce."""
+    return reservation_parts(endpoint, body)[1]
+
+
+def reservation_parts(endpoint: Endpoint, body: JSONObject) -> tuple[int, int]:
+    """(the prompt's estimated tokens, all ``reservation`` reserves for ``body``)."""
     media = ids = 0
     if endpoint in FORM_ENDPOINTS and isinstance(form := body.get(FORM), UploadForm):
         if endpoint in UPLOAD_ENDPOINTS:  # a transcription or translation: the audio's length unknown
-            return audio_reservation(form)
+            tokens = audio_reservation(form)
+            return tokens, tokens
         # An edit's or variation's input images, each as a full-size chat image (their pixels are
         # not read); the GPT image models report their real input tokens, which settle it.
         media = input_images(form) * IMAGE_TOKENS_MAX
@@ -264,7 +279,7 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
                 ids += 1
     prompt = chars // CHARS_PER_TOKEN + ids + media + 1
     if endpoint in _INPUT_ONLY:
-        return prompt
+        return prompt, prompt
     # An image has no max_tokens: one in its body (unchecked, passed on) must not shrink, or
     # turn negative, what it reserves and what a DALL-E call is charged at.
     output = (
@@ -273,7 +288,7 @@ def reservation(endpoint: Endpoint, body: JSONObject) -> int:
     if not isinstance(output, int) or isinstance(output, bool):
         output = DEFAULT_OUTPUT_TOKENS
     n = body.get("n")
-    return prompt + output * (n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1)
+    return prompt, prompt + output * (n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1)
 
 
 def audio_reservation(form: UploadForm) -> int:

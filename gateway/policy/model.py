@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -300,6 +301,50 @@ def _price_problem(value: object, wanted: str) -> object:
     return value
 
 
+# A prompt's token count a tier may name: what a provider may report (``wire.usage.MOST_TOKENS``)
+_MOST_PROMPT_TOKENS = 2**31 - 1
+_CACHE_PRICES = ("cached_input_per_mtok", "cache_write_per_mtok", "cache_write_1h_per_mtok")
+_UNIT_PRICES = ("per_image", "per_mchar_input", "per_minute_audio")
+
+
+class PriceTier(_Strict):
+    """The prices of a request whose prompt is longer than ``above_input_tokens`` tokens (Gemini
+    2.5 Pro's and Claude's 1M-context prompts above 200k): the whole request, input and output,
+    is priced at them. The prompt counted is every prompt token the provider reported, those
+    read from or written to its prompt cache included, as Google and Anthropic count it."""
+
+    above_input_tokens: int = Field(
+        gt=0,
+        le=_MOST_PROMPT_TOKENS,
+        description="The tier's prices apply to a request whose prompt (cached tokens included) "
+        "has more tokens than this: 200000 for Gemini 2.5 Pro and Claude's 1M context.",
+    )
+    input_per_mtok: float = Field(
+        ge=0, le=MAX_PRICE_USD, description="Price of a prompt token in this tier (input_per_mtok's)."
+    )
+    output_per_mtok: float = Field(
+        ge=0, le=MAX_PRICE_USD, description="Price of a completion token in this tier (output_per_mtok's)."
+    )
+    cached_input_per_mtok: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_PRICE_USD,
+        description="This tier's cached_input_per_mtok: set exactly when the base price sets it.",
+    )
+    cache_write_per_mtok: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_PRICE_USD,
+        description="This tier's cache_write_per_mtok: set exactly when the base price sets it.",
+    )
+    cache_write_1h_per_mtok: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_PRICE_USD,
+        description="This tier's cache_write_1h_per_mtok: set exactly when the base price sets it.",
+    )
+
+
 class Price(_Strict):
     """Provider price in US dollars per million tokens. The cache prices are optional: a prompt
     token read from or written to the provider's prompt cache costs ``input_per_mtok`` unless
@@ -365,6 +410,67 @@ class Price(_Strict):
         "as the answer's usage reports its seconds (json, verbose_json), priced instead of tokens "
         "($0.006 for whisper-1). Answers without it (text, srt, vtt) are charged their estimate.",
     )
+
+    tiers: list[PriceTier] = Field(
+        default_factory=list,
+        description="Higher prices for long prompts, in increasing order of above_input_tokens: a "
+        "request whose prompt (cached tokens included) has more tokens than a tier's "
+        "above_input_tokens is priced, input and output, at the last such tier; shorter ones at "
+        "the prices above. A tier sets the cache prices the base price sets. Gemini 2.5 Pro: "
+        "[{above_input_tokens: 200000, input_per_mtok: 2.5, output_per_mtok: 15}].",
+    )
+
+    # (above_input_tokens, the tier's whole price), highest first: built once, read per answer
+    _tiered: tuple[tuple[int, Price], ...] = PrivateAttr(default=())
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_increase(cls, tiers: list[PriceTier]) -> list[PriceTier]:
+        for i in range(1, len(tiers)):
+            before, after = tiers[i - 1].above_input_tokens, tiers[i].above_input_tokens
+            if after <= before:
+                raise ValueError(
+                    f"tiers[{i}].above_input_tokens ({after}) must be above tiers[{i - 1}]'s "
+                    f"({before}): list the tiers in increasing order"
+                )
+        return tiers
+
+    @model_validator(mode="after")
+    def _tiers_priced_alike(self) -> Price:
+        """A tier sets exactly the cache prices the base sets: one unset would fall back to its own
+        input price (a cache read at 2.5 instead of 0.625), one set alone would never be read."""
+        if not self.tiers:
+            return self
+        units = [name for name in _UNIT_PRICES if getattr(self, name) is not None]
+        if units:
+            raise ValueError(
+                f"tiers price tokens, and this price is per unit ({', '.join(units)}): drop the tiers"
+            )
+        for i, tier in enumerate(self.tiers):
+            for name in _CACHE_PRICES:
+                if getattr(self, name) is not None and getattr(tier, name) is None:
+                    raise ValueError(
+                        f"tiers[{i}].{name} is not set, and the base price sets {name}: "
+                        "set the tier's too (a tier's cache prices do not come from the base's)"
+                    )
+                if getattr(self, name) is None and getattr(tier, name) is not None:
+                    raise ValueError(
+                        f"tiers[{i}].{name} is set, and the base price does not set {name}: "
+                        "set it there too, or drop it from the tier"
+                    )
+        self._tiered = tuple(
+            (tier.above_input_tokens, Price(**tier.model_dump(exclude={"above_input_tokens"})))
+            for tier in reversed(self.tiers)
+        )
+        return self
+
+    def at(self, prompt: int) -> Price:
+        """The prices of a request of ``prompt`` tokens in (all of them, cached ones included):
+        its tier's (the last whose ``above_input_tokens`` it exceeds), else these."""
+        for above, price in self._tiered:
+            if prompt > above:
+                return price
+        return self
 
     @field_validator("per_image", mode="before")
     @classmethod
@@ -433,26 +539,35 @@ class Price(_Strict):
         )
 
     def cost_usd(
-        self, prompt: int, completion: int, read: int = 0, written: int = 0, written_1h: int = 0
+        self,
+        prompt: int,
+        completion: int,
+        read: int = 0,
+        written: int = 0,
+        written_1h: int = 0,
+        *,
+        tier_prompt: int | None = None,
     ) -> float:
         """The cost in US dollars of ``prompt`` tokens in (all of them: those ``read`` from the
         prompt cache and ``written`` to it, of which ``written_1h`` to a 1-hour cache, included)
-        and ``completion`` tokens out. Cache counts beyond the prompt are cut to it."""
+        and ``completion`` tokens out, at the prices of the tier ``tier_prompt`` prompt tokens
+        fall in (``at``; by default ``prompt``). Cache counts beyond the prompt are cut to it."""
+        p = self.at(prompt if tier_prompt is None else tier_prompt) if self._tiered else self
         if not (read or written):
-            return (prompt * self.input_per_mtok + completion * self.output_per_mtok) / 1_000_000
+            return (prompt * p.input_per_mtok + completion * p.output_per_mtok) / 1_000_000
         read = min(read, prompt)
         written = min(written, prompt - read)
         written_1h = min(written_1h, written)
-        cached = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
-        write = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
-        write_1h = write if self.cache_write_1h_per_mtok is None else self.cache_write_1h_per_mtok
+        cached = p.input_per_mtok if p.cached_input_per_mtok is None else p.cached_input_per_mtok
+        write = p.input_per_mtok if p.cache_write_per_mtok is None else p.cache_write_per_mtok
+        write_1h = write if p.cache_write_1h_per_mtok is None else p.cache_write_1h_per_mtok
         fresh = prompt - read - written
         return (
-            fresh * self.input_per_mtok
+            fresh * p.input_per_mtok
             + read * cached
             + (written - written_1h) * write
             + written_1h * write_1h
-            + completion * self.output_per_mtok
+            + completion * p.output_per_mtok
         ) / 1_000_000
 
     def input_per_mtok_at(self, read_share: float, written_share: float, written_1h_share: float) -> float:

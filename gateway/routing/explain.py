@@ -162,6 +162,9 @@ def _price(target: Target, now: float) -> dict[str, Any]:
         "cache_read_share": round(shares.read, 4) if shares is not None else None,
         "cache_write_share": round(shares.written, 4) if shares is not None else None,
         "cache_write_1h_share": round(shares.written_1h, 4) if shares is not None else None,
+        # Long prompts' prices (h-tierprice): what a request above each threshold is charged at;
+        # the cost term compares the prices above (the base tier's), as most prompts are short.
+        "tiers": [tier.model_dump(exclude_none=True) for tier in price.tiers],
     }
 
 
@@ -290,7 +293,13 @@ def _price_text(price: Mapping[str, Any]) -> str:
     else:
         cache = f"{read:.0%} read from the cache, {written or 0:.0%} written"
     shown = _dollars(listed) if effective == listed else f"{_dollars(listed)} -> {_dollars(effective)}"
-    return f"input {shown}{f' ({cache})' if cache else ''}, output {_dollars(price['output_per_mtok'])}"
+    text = f"input {shown}{f' ({cache})' if cache else ''}, output {_dollars(price['output_per_mtok'])}"
+    for tier in price.get("tiers") or ():
+        text += (
+            f"; above {tier['above_input_tokens']:,} prompt tokens: input "
+            f"{_dollars(tier['input_per_mtok'])}, output {_dollars(tier['output_per_mtok'])}"
+        )
+    return text
 
 
 def _dollars(value: float) -> str:

@@ -690,9 +690,12 @@ class Router:
     ) -> float:
         """Account a response's tokens (``prompt`` in, of them ``read`` from the provider's prompt
         cache and ``written`` to it, ``written_1h`` of those to a 1-hour cache; ``completion`` out);
-        returns its cost in US dollars at the deployment's price (``Price.cost_usd``), or
-        ``cost_usd`` when the caller priced it (a media call's per-unit price)."""
+        returns its cost in US dollars at the deployment's price (``Price.cost_usd``; a long
+        prompt's at its tier's, ``Price.at``), or ``cost_usd`` when the caller priced it (a media
+        call's per-unit price)."""
         price = target.deployment.price
+        if price.tiers:  # (h-tierprice; an empty list's test is all a deployment without pays)
+            price = price.at(prompt)
         if cost_usd is not None:
             cost = cost_usd
         elif read or written:

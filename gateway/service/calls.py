@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 
 import orjson
 
-from gateway.auth.gate import reservation
+from gateway.auth.gate import reservation_parts
 from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache, reusable
 from gateway.errors import (
     GatewayError,
@@ -770,9 +770,10 @@ class RequestService:
         if ticket is None and exact_usd is not None:
             return 0, 0, exact_usd  # nothing to charge the tokens to
         estimate = ticket.estimate if ticket is not None else None
+        prompt = ticket.estimate_prompt if ticket is not None else None
         if estimate is None:
-            estimate = reservation(endpoint, body)
-        used = unreported(estimate, target, out, exact_usd)
+            prompt, estimate = reservation_parts(endpoint, body)
+        used = unreported(estimate, target, out, exact_usd, prompt)
         if exact_usd is None and used[2] > 0:
             self.router.record_estimated_cost(group, target, used[2])
         return used
@@ -1104,18 +1105,17 @@ def _served_by(model: str, group: str) -> str:
 
 
 def unreported(
-    estimate: int, target: Target, out: int, exact_usd: float | None = None
+    estimate: int, target: Target, out: int, exact_usd: float | None = None, tier_prompt: int | None = None
 ) -> tuple[int, int, float]:
     """(tokens in, tokens out, cost) charged for a call whose provider never said its usage (or
     whose client left before it did): the ``estimate`` stands (``gate.reservation``: prompt
     characters / 4 plus the output it allowed), or the output seen if larger, at ``target``'s
-    prices; or, when a per-unit price gave it, at ``exact_usd`` (the tokens still count against
-    TPM)."""
+    prices (of the tier ``tier_prompt``, the estimate's prompt alone, falls in: ``Price.at``); or,
+    when a per-unit price gave it, at ``exact_usd`` (the tokens still count against TPM)."""
     prompt = max(0, estimate - out)
     if exact_usd is not None:
         return prompt, out, exact_usd
-    price = target.deployment.price
-    return prompt, out, (prompt * price.input_per_mtok + out * price.output_per_mtok) / 1_000_000
+    return prompt, out, target.deployment.price.cost_usd(prompt, out, tier_prompt=tier_prompt)
 
 
 def unit_cost(ctx: CallContext, target: Target | None, usage: object) -> float | None:

@@ -140,6 +140,9 @@ class FakeConfig:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    # Prompt tokens each answer reports whatever its prompt (0: the prompt's own count), cache
+    # counts included: a 250,000-token prompt's usage without sending one (price tiers).
+    reported_prompt_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in ("reset_rate", "hang_rate", "malformed_rate", "error_rate", "disconnect_rate"):
@@ -151,7 +154,12 @@ class FakeConfig:
         _check_number("error_status", self.error_status, 400, 599, integer=True)
         _check_number("embedding_dim", self.embedding_dim, 1, 65536, integer=True)
         _check_number("port", self.port, 0, 65535, integer=True)
-        for name in ("cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens"):
+        for name in (
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "cache_write_1h_tokens",
+            "reported_prompt_tokens",
+        ):
             _check_number(name, getattr(self, name), 0, 2**31 - 1, integer=True)
         if self.flavor not in FLAVORS:
             raise ValueError(f"flavor: must be one of {', '.join(FLAVORS)}")
@@ -170,7 +178,7 @@ class FakeConfig:
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> Usage:
         """An answer's counts, with the cache counts this provider is told to report."""
-        usage = Usage(prompt_tokens, completion_tokens)
+        usage = Usage(self.reported_prompt_tokens or prompt_tokens, completion_tokens)
         if self.cache_read_tokens or self.cache_write_tokens:
             return usage.cached(self.cache_read_tokens, self.cache_write_tokens, self.cache_write_1h_tokens)
         return usage
@@ -197,7 +205,7 @@ FAULT_FIELDS = frozenset(
     {
         "latency_ms", "latency_jitter_ms", "latency_dist", "ttft_ms", "tokens_per_s", "error_rate",
         "error_status", "retry_after", "hang_rate", "reset_rate", "malformed_rate", "disconnect_rate", "reply",
-        "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+        "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reported_prompt_tokens",
     }
 )  # fmt: skip
 
@@ -834,6 +842,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--cache-read-tokens", count, "N", "prompt tokens each answer reports read from the prompt cache"),
         ("--cache-write-tokens", count, "N", "prompt tokens each answer reports written to the prompt cache"),
         ("--cache-write-1h-tokens", count, "N", "of those written, to a 1-hour cache (anthropic flavor)"),
+        (
+            "--reported-prompt-tokens",
+            count,
+            "N",
+            "prompt tokens each answer reports, cache counts included (default: 0 = the prompt's own)",
+        ),
     ]
     # Each flag sets the field of its name, and starts at that field's default (every fault off).
     defaults = FakeConfig()
