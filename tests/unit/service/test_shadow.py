@@ -467,6 +467,23 @@ async def test_the_candidates_cached_prompt_tokens_cost_its_cache_price(
     assert metric(client, "gateway_shadow_cost_usd_total", **LABELS) == pytest.approx(0.0052)
 
 
+async def test_the_candidates_long_prompt_costs_its_tier_price(
+    aiohttp_client: ClientFactory, upstreams: Upstreams
+) -> None:
+    """h-tierprice: a candidate priced with a tier above 2 prompt tokens charges a 3-token
+    prompt, input and output, at the tier's prices, as served calls are."""
+    text = policy().replace(
+        "price: {input_per_mtok: 1000, output_per_mtok: 2000}",
+        "price: {input_per_mtok: 1000, output_per_mtok: 2000, "
+        "tiers: [{above_input_tokens: 2, input_per_mtok: 10000, output_per_mtok: 20000}]}",
+    )
+    client = await gateway(aiohttp_client, upstreams, text)
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+    await shadow_of(client).settle()
+    # 3 prompt tokens at $10000/M and 2 completion tokens at $20000/M (the base: $0.007)
+    assert metric(client, "gateway_shadow_cost_usd_total", **LABELS) == pytest.approx(0.07)
+
+
 async def test_a_candidate_declared_without_reasoning_is_mirrored_no_effort(
     aiohttp_client: ClientFactory, upstreams: Upstreams
 ) -> None:
