@@ -474,6 +474,8 @@ def _step(tp: Any, part: str | int) -> Any:
         return field.annotation if field else None
     if origin in (dict, list):
         return typing.get_args(tp)[-1]
+    if origin is tuple:  # ``tuple[X, ...]`` (a list that keeps its model hashable: price tiers)
+        return typing.get_args(tp)[0]
     return None
 
 

@@ -411,8 +411,9 @@ class Price(_Strict):
         "($0.006 for whisper-1). Answers without it (text, srt, vtt) are charged their estimate.",
     )
 
-    tiers: list[PriceTier] = Field(
-        default_factory=list,
+    # A tuple: a deployment (and its price) is hashed, as a Target's key (embedding slices)
+    tiers: tuple[PriceTier, ...] = Field(
+        (),
         description="Higher prices for long prompts, in increasing order of above_input_tokens: a "
         "request whose prompt (cached tokens included) has more tokens than a tier's "
         "above_input_tokens is priced, input and output, at the last such tier; shorter ones at "
@@ -425,7 +426,7 @@ class Price(_Strict):
 
     @field_validator("tiers")
     @classmethod
-    def _tiers_increase(cls, tiers: list[PriceTier]) -> list[PriceTier]:
+    def _tiers_increase(cls, tiers: tuple[PriceTier, ...]) -> tuple[PriceTier, ...]:
         for i in range(1, len(tiers)):
             before, after = tiers[i - 1].above_input_tokens, tiers[i].above_input_tokens
             if after <= before:

@@ -71,6 +71,13 @@ def test_several_tiers_pick_the_last_one_exceeded() -> None:
     assert price.cost_usd(1500, 0, tier_prompt=50) == pytest.approx(1500 * 1 / 1e6)
 
 
+def test_a_tiered_price_is_hashable() -> None:
+    """A deployment, its price with it, is a dict key (the embedding slices kept per Target): a
+    list of tiers made every embeddings call of a tiered deployment a 500 (unhashable type)."""
+    deployment = parse_policy(policy(GEMINI_25_PRO), "p.yaml").models["pro"].deployments[0]
+    assert {deployment: 1}[deployment] == 1
+
+
 def test_a_price_without_tiers_is_what_it_was() -> None:
     price = Price(input_per_mtok=3, output_per_mtok=15)
     assert price.at(10**9) is price
