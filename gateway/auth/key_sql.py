@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.auth.records import COLUMNS
+from gateway.auth.records import COLUMNS, SETTINGS_COLUMNS
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 
@@ -79,6 +79,13 @@ class KeyQueries:
             f"UPDATE {table} SET previous_until = {p} WHERE key_id = {p} AND previous_until > {p}"
         )
         self.revoke_active = f"UPDATE {table} SET revoked_at = {p} WHERE key_id = {p} AND revoked_at IS NULL"
+        # A key's settings changed in place (``KeyStore.update``): never a revoked key's. A grace
+        # is only ever brought forward, to the bound given (or kept, NULL), as ``end_grace`` does.
+        self.update = (
+            f"UPDATE {table} SET {', '.join(f'{c} = {p}' for c in SETTINGS_COLUMNS)}, "
+            f"previous_until = CASE WHEN previous_until > CAST({p} AS {d.real}) THEN CAST({p} AS {d.real}) "
+            f"ELSE previous_until END WHERE key_id = {p} AND revoked_at IS NULL"
+        )
 
     def add_column(self, name: str, *, if_not_exists: bool) -> str:
         """``ALTER TABLE`` adding ``name`` (one of ``added_columns``)."""

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from gateway.auth.key_sql import POSTGRES, KeyQueries
-from gateway.auth.records import KeyRecord, record_row, row_record
+from gateway.auth.records import KeyRecord, record_row, row_record, settings_row
 from gateway.errors import KeyStoreUnavailable, StartupError
 
 if TYPE_CHECKING:
@@ -130,6 +130,14 @@ class PostgresKeyStore:
         async def op(conn: Connection) -> KeyRecord | None:
             await conn.execute(self._q.revoke, (at_s, key_id))
             return await self._one(conn, self._q.by_id, key_id)
+
+        return await self._run(op)
+
+    async def update(self, record: KeyRecord, grace_until: float | None = None) -> bool:
+        async def op(conn: Connection) -> bool:
+            params = (*settings_row(record), grace_until, grace_until, record.key_id)
+            cur = await conn.execute(self._q.update, params)
+            return cur.rowcount == 1
 
         return await self._run(op)
 

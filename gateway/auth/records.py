@@ -157,6 +157,29 @@ COLUMNS: Sequence[str] = (
 )
 
 
+# The columns ``KeyStore.update`` writes: what ``keys update`` / ``PATCH /admin/keys/{id}`` may
+# change (never the key's id, secret, team, times of creation and revocation, or limits_id).
+SETTINGS_COLUMNS: Sequence[str] = (
+    "models",
+    "rpm",
+    "tpm",
+    "budget_usd",
+    "budget_period_s",
+    "read_namespaces",
+    "write_namespaces",
+    "expires_at",
+    "name",
+    "description",
+    "provider_files",
+)
+
+
+def settings_row(record: KeyRecord) -> tuple[object, ...]:
+    """``record``'s values of ``SETTINGS_COLUMNS``, in order (as ``record_row`` writes them)."""
+    row = dict(zip(COLUMNS, record_row(record), strict=True))
+    return tuple(row[column] for column in SETTINGS_COLUMNS)
+
+
 def join_names(names: tuple[str, ...] | None) -> str | None:
     """A list column's stored text: a JSON array (names may hold any character); None stays."""
     return None if names is None else orjson.dumps(list(names)).decode()
@@ -276,6 +299,12 @@ class KeyStore(Protocol):
     async def replace(self, new: KeyRecord, old_key_id: str, at_s: float) -> bool:
         """Rotation: insert ``new`` and revoke ``old_key_id`` at ``at_s`` in one transaction.
         False (and nothing written) when the old key does not exist or is revoked already."""
+
+    async def update(self, record: KeyRecord, grace_until: float | None = None) -> bool:
+        """Write ``record``'s settings (``SETTINGS_COLUMNS``) over those of the key of its id, in
+        place, unless that key is revoked; with ``grace_until`` its rotation grace ends by then
+        (brought forward only). False (nothing written) when there is no such key or it is
+        revoked."""
 
     async def end_grace(self, key_id: str, at_s: float) -> KeyRecord | None:
         """End the key's rotation grace at ``at_s`` (``previous_until`` brought forward to it; one

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from gateway.auth.key_sql import SQLITE, KeyQueries
-from gateway.auth.records import KeyRecord, record_row, row_record
+from gateway.auth.records import KeyRecord, record_row, row_record, settings_row
 from gateway.errors import KeyStoreUnavailable, StartupError
 
 if TYPE_CHECKING:
@@ -89,6 +89,10 @@ class SQLiteKeyStore:
             return self._one(conn, self._q.by_id, key_id)
 
         return await self._run(op)
+
+    async def update(self, record: KeyRecord, grace_until: float | None = None) -> bool:
+        params = (*settings_row(record), grace_until, grace_until, record.key_id)
+        return await self._run(lambda conn: conn.execute(self._q.update, params).rowcount == 1)
 
     async def end_grace(self, key_id: str, at_s: float) -> KeyRecord | None:
         def op(conn: sqlite3.Connection) -> KeyRecord | None:

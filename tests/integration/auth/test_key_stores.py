@@ -168,6 +168,56 @@ async def test_ending_a_grace_brings_its_end_forward_only(key_store: KeyStore) -
     assert await key_store.end_grace("key_nosuchkey000", 1700.0) is None
 
 
+async def test_update_writes_the_settings_in_place_never_on_a_revoked_key(key_store: KeyStore) -> None:
+    """(h-keyupdate) ``update`` writes the settings columns of the key of the record's id, and
+    nothing else: not its hash, team, times or limits_id; a revoked key is left as it is."""
+    old = record(rpm=2, models=("m",), budget_usd=5.0, name="ci", limits_id="key_first0000000")
+    await key_store.insert(old)
+    changed = replace(
+        old,
+        rpm=5,
+        tpm=None,
+        models=None,
+        budget_usd=None,
+        read_namespaces=("a", "b"),
+        write_namespaces=(),
+        expires_at=9000.0,
+        name=None,
+        description="line\nbreak",
+        provider_files=True,
+        # Not settings: update leaves them whatever the record says.
+        hash="f" * 64,
+        team="ops",
+        created_at=1.0,
+        limits_id=None,
+    )
+    assert await key_store.update(changed)
+    stored = await key_store.get(old.key_id)
+    assert stored == replace(
+        changed, hash=old.hash, team=old.team, created_at=old.created_at, limits_id=old.limits_id
+    )
+    assert await key_store.find_by_hash(old.hash) == stored
+
+    await key_store.revoke(old.key_id, 2000.0)
+    assert not await key_store.update(replace(stored, rpm=100))
+    assert (await key_store.get(old.key_id)) == replace(stored, revoked_at=2000.0)
+    assert not await key_store.update(record())  # no such key: nothing written
+    assert await key_store.list("research") == [replace(stored, revoked_at=2000.0)]
+
+
+async def test_update_brings_a_grace_forward_only_when_asked(key_store: KeyStore) -> None:
+    old = record()
+    await key_store.insert(old)
+    new = replace(record(), previous_hash=old.hash, previous_until=2000.0, limits_id=old.key_id)
+    assert await key_store.replace(new, old.key_id, 1500.0)
+    assert await key_store.update(replace(new, rpm=7))
+    assert await key_store.get(new.key_id) == replace(new, rpm=7)  # the grace kept
+    assert await key_store.update(replace(new, rpm=8), grace_until=3000.0)  # later: kept
+    assert (await key_store.get(new.key_id)) == replace(new, rpm=8)
+    assert await key_store.update(replace(new, rpm=9), grace_until=1800.0)
+    assert (await key_store.get(new.key_id)) == replace(new, rpm=9, previous_until=1800.0)
+
+
 # The table as every release before the rotation grace made it.
 OLD_TABLE = (
     "CREATE TABLE {table} (key_id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, "
