@@ -24,7 +24,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from gateway.auth.identity import Caller
 from gateway.auth.records import (
@@ -38,7 +38,7 @@ from gateway.auth.records import (
     secret_form,
     shown_prefix,
 )
-from gateway.errors import InvalidRequest, KeyStoreUnavailable, NotFound, quoted
+from gateway.errors import Conflict, InvalidRequest, KeyStoreUnavailable, NotFound, quoted
 from gateway.policy.durations import MIN_BUDGET_PERIOD_S, format_duration
 from gateway.policy.model import TEAM_NAME, Team
 from gateway.quoting import listed
@@ -83,6 +83,12 @@ class KeySettings:
     name: str | None = None
     description: str | None = None
     provider_files: bool | None = None  # may name provider-side objects (None: the team's)
+
+
+# What ``update`` may change: every setting ``create`` takes, by its ``KeySettings`` name.
+UPDATABLE: tuple[str, ...] = tuple(f.name for f in fields(KeySettings))
+# A setting's record field where the names differ.
+_RECORD_FIELD = {"namespaces_read": "read_namespaces", "namespaces_write": "write_namespaces"}
 
 
 @dataclass(slots=True)
@@ -172,25 +178,7 @@ class KeyRing:
         team's ``models`` do not include (a ceiling), or a setting out of bounds (the one check for ``/admin/keys`` and ``keys create`` alike)."""
         s = settings or KeySettings()
         self._check_team(team)
-        self._check_models(s.models)
-        self._check_within_team(team, s.models)
-        _check_label(s.name, s.description)
-        _check_grants(s.namespaces_read, s.namespaces_write)
-        for field, value in (("rpm", s.rpm), ("tpm", s.tpm)):
-            if value is not None and value < 1:
-                raise InvalidRequest(f"'{field}' must be at least 1.", param=field)
-        for field, number in (
-            ("budget_usd", s.budget_usd),
-            ("budget_period_s", s.budget_period_s),
-            ("expires_in_s", s.expires_in_s),
-        ):
-            if number is not None and not (number >= 0 if field == "budget_usd" else number > 0):
-                raise InvalidRequest(f"'{field}' must be a positive number.", param=field)
-        if s.budget_period_s is not None and s.budget_period_s < MIN_BUDGET_PERIOD_S:
-            raise InvalidRequest(
-                f"'budget_period' must be at least {format_duration(MIN_BUDGET_PERIOD_S)}.",
-                param="budget_period",
-            )
+        self._check_settings(team, s)
         now = self._clock()
         secret = new_secret()
         record = KeyRecord(
@@ -304,6 +292,59 @@ class KeyRing:
         self._forget(record)
         return record
 
+    async def update(
+        self, key_id: str, changes: KeySettings, given: Collection[str]
+    ) -> tuple[KeyRecord, KeyRecord]:
+        """Change ``key_id``'s settings in place: those named in ``given`` (``KeySettings``
+        field names) take their value in ``changes``, None clearing one back to its team's
+        (``expires_in_s`` None: it never expires; a lifetime counts from now); the others are
+        kept. Checked as ``create`` checks them (``models`` within the team's). Its id, secret,
+        team and limits_id stay: the limiters go on counting it as before, with the new limits
+        from its next request. Returns the record before and after.
+
+        This process forgets its cached lookup at once (other workers are asked by
+        ``api/admin_keys.py``; other replicas within ``cache_s``). ``NotFound`` for an unknown
+        key; ``Conflict`` (``key_revoked``) for a revoked one (a rotated one is revoked: update
+        the key it was rotated into). An expired key may be changed, and given ``expires_in_s``
+        it is active again; a rotation's grace it had ended with its expiry and stays ended."""
+        unknown = sorted(set(given) - set(UPDATABLE))
+        if unknown:
+            raise ValueError(f"not a key setting: {unknown}")  # a caller's bug, never a client's
+        if not given:
+            raise InvalidRequest(
+                "Nothing to change: give at least one of the key's settings (models, rpm, tpm, "
+                "budget_usd, budget_period, expires, namespaces, name, description, provider_files).",
+                code="nothing_to_change",
+            )
+        old = await self.get(key_id)
+        if old.revoked_at is not None:
+            raise _revoked(key_id)
+        self._check_settings(old.team, changes)
+        now = self._clock()
+        new = old
+        for field in given:
+            value = getattr(changes, field)
+            if field == "expires_in_s":
+                new = replace(new, expires_at=None if value is None else now + value)
+            else:
+                new = replace(new, **{_RECORD_FIELD.get(field, field): value})
+        # An expired key brought back: the secret a rotation's grace kept ended with it.
+        grace_until = old.expires_at if old.expires_at is not None and now >= old.expires_at else None
+        if not await self.store.update(new, grace_until):
+            raise _revoked(key_id)  # revoked (or rotated) by someone else since the read
+        if grace_until is not None and new.previous_until is not None:
+            new = replace(new, previous_until=min(new.previous_until, grace_until))
+        self._forget(new)
+        return old, new
+
+    async def drop_cached(self, key_id: str) -> KeyRecord:
+        """Forget this process's cached lookups of ``key_id`` (its secret and the one its grace
+        keeps), so its next request reads the store: a peer worker's part of an update.
+        ``NotFound`` for an unknown key."""
+        record = await self.get(key_id)
+        self._forget(record)
+        return record
+
     async def authenticate(self, secret: str) -> Caller | None:
         """The ``Caller`` a secret stands for; None when it is unknown, revoked or expired (or its
         team is gone from the policy). Raises ``KeyStoreUnavailable`` when the store cannot answer.
@@ -399,6 +440,29 @@ class KeyRing:
                 "unknown keys arrive faster than the key store lookup allowance; refusing the excess "
                 "with 503 (keys already found are unaffected)",
                 extra={"fields": {"form": form, "lookups_per_s": self._allowances[form].rate}},
+            )
+
+    def _check_settings(self, team: str, s: KeySettings) -> None:
+        """``InvalidRequest`` for a setting of ``s`` out of bounds (those that are None are not
+        set): the one check of ``create`` and ``update``, the API's and the CLI's alike."""
+        self._check_models(s.models)
+        self._check_within_team(team, s.models)
+        _check_label(s.name, s.description)
+        _check_grants(s.namespaces_read, s.namespaces_write)
+        for field, value in (("rpm", s.rpm), ("tpm", s.tpm)):
+            if value is not None and value < 1:
+                raise InvalidRequest(f"'{field}' must be at least 1.", param=field)
+        for field, number in (
+            ("budget_usd", s.budget_usd),
+            ("budget_period_s", s.budget_period_s),
+            ("expires_in_s", s.expires_in_s),
+        ):
+            if number is not None and not (number >= 0 if field == "budget_usd" else number > 0):
+                raise InvalidRequest(f"'{field}' must be a positive number.", param=field)
+        if s.budget_period_s is not None and s.budget_period_s < MIN_BUDGET_PERIOD_S:
+            raise InvalidRequest(
+                f"'budget_period' must be at least {format_duration(MIN_BUDGET_PERIOD_S)}.",
+                param="budget_period",
             )
 
     def _check_team(self, team: str) -> None:
@@ -528,6 +592,15 @@ def _check_grants(*grants: tuple[str, ...] | None) -> None:
                 "(1-64 letters, digits, '_', '.' or '-').",
                 param=param,
             )
+
+
+def _revoked(key_id: str) -> Conflict:
+    return Conflict(
+        f"Key '{key_id}' is revoked and cannot be changed (a rotated key is revoked: change the "
+        "key it was rotated into); create a new key.",
+        param="key_id",
+        code="key_revoked",
+    )
 
 
 def _unknown_key(key_id: str) -> NotFound:

@@ -14,7 +14,7 @@ from gateway.auth.identity import Caller
 from gateway.auth.keyring import MAX_CACHED_MISSES, KeyRing, KeySettings
 from gateway.auth.records import CHECKED, LEGACY, KeyRecord, hash_secret, new_secret, secret_form
 from gateway.auth.sqlite_keys import SQLiteKeyStore
-from gateway.errors import InvalidRequest, KeyStoreUnavailable, NotFound
+from gateway.errors import Conflict, InvalidRequest, KeyStoreUnavailable, NotFound
 from gateway.policy.model import Team, TeamNamespaces
 
 TEAMS = {
@@ -389,3 +389,101 @@ async def test_a_grace_out_of_bounds_is_refused(ring: KeyRing, grace_s: float) -
     with pytest.raises(InvalidRequest) as exc:
         await ring.rotate(key.key_id, grace_s)
     assert exc.value.param == "grace_s"
+
+
+# ----- (h-keyupdate) a key's settings changed in place
+
+
+async def test_update_changes_the_cached_caller_at_once_and_keeps_the_rest(
+    ring: KeyRing, store: CountingStore, clock: Clock
+) -> None:
+    secret, key = await ring.create(
+        "research", KeySettings(rpm=2, models=("claude",), budget_usd=5.0, name="ci")
+    )
+    caller = await ring.authenticate(secret)
+    assert caller is not None and (caller.rpm, caller.models, caller.budget_usd) == (
+        2,
+        frozenset({"claude"}),
+        5.0,
+    )
+    clock.now += 1
+    before, after = await ring.update(
+        key.key_id, KeySettings(rpm=5, models=None, budget_usd=None), ["rpm", "models", "budget_usd"]
+    )
+    assert before == key
+    assert (after.rpm, after.models, after.budget_usd, after.name) == (5, None, None, "ci")
+    assert (after.key_id, after.hash, after.team, after.created_at) == (
+        key.key_id,
+        key.hash,
+        "research",
+        key.created_at,
+    )
+    assert await store.get(key.key_id) == after
+    lookups = store.lookups
+    caller = await ring.authenticate(secret)  # within cache_s of the cached lookup: dropped, read again
+    assert store.lookups == lookups + 1
+    # rpm its own; models and budget back to the team's.
+    assert caller is not None and caller.rpm == 5 and caller.models == frozenset({"gpt-4o", "claude"})
+    assert (caller.budget_usd, caller.budget_period_s) == (100.0, 30 * 86400.0)
+
+
+async def test_update_checks_as_create_and_refuses_revoked_and_unknown_keys(ring: KeyRing) -> None:
+    _, key = await ring.create("research")
+    with pytest.raises(InvalidRequest) as exc:
+        await ring.update(key.key_id, KeySettings(models=("mini",)), ["models"])  # known, not the team's
+    assert exc.value.code == "model_not_in_team"
+    for settings, given, param in (
+        (KeySettings(rpm=0), ["rpm"], "rpm"),
+        (KeySettings(name="a\x1b[2Jb"), ["name"], "name"),
+        (KeySettings(budget_period_s=0.5), ["budget_period_s"], "budget_period"),
+        (KeySettings(namespaces_read=("bad name",)), ["namespaces_read"], "namespaces.read"),
+    ):
+        with pytest.raises(InvalidRequest) as exc:
+            await ring.update(key.key_id, settings, given)
+        assert exc.value.param == param
+    with pytest.raises(InvalidRequest) as exc:
+        await ring.update(key.key_id, KeySettings(), [])
+    assert exc.value.code == "nothing_to_change"
+    assert await ring.get(key.key_id) == key  # nothing written
+    with pytest.raises(NotFound):
+        await ring.update("key_doesnotexist", KeySettings(rpm=3), ["rpm"])
+    await ring.revoke(key.key_id)
+    with pytest.raises(Conflict) as conflict:
+        await ring.update(key.key_id, KeySettings(rpm=3), ["rpm"])
+    assert (conflict.value.status, conflict.value.code) == (409, "key_revoked")
+
+
+async def test_a_rotated_keys_new_id_takes_the_update_counted_as_its_first(ring: KeyRing) -> None:
+    first_secret, first = await ring.create("ops", KeySettings(rpm=2))
+    graced_secret, second = await ring.rotate(first.key_id)
+    new_secret, third = await ring.rotate(second.key_id, grace_s=600.0)
+    for secret in (graced_secret, new_secret):  # both cached, as the third key
+        caller = await ring.authenticate(secret)
+        assert caller is not None and caller.rpm == 2
+    with pytest.raises(Conflict):  # the rotated-out key is revoked: change the key it became
+        await ring.update(second.key_id, KeySettings(rpm=5), ["rpm"])
+    _, after = await ring.update(third.key_id, KeySettings(rpm=5), ["rpm"])
+    assert after.limits_id == first.key_id  # still counted as the first key of its rotations
+    for secret in (graced_secret, new_secret):  # the grace's secret is the same key: both dropped
+        caller = await ring.authenticate(secret)
+        assert caller is not None and (caller.key_id, caller.rpm, caller.counted_as) == (
+            third.key_id,
+            5,
+            first.key_id,
+        )
+    assert await ring.authenticate(first_secret) is None
+
+
+async def test_an_expired_key_may_be_given_a_new_lifetime(ring: KeyRing, clock: Clock) -> None:
+    secret, key = await ring.create("ops", KeySettings(expires_in_s=10.0))
+    rotated_secret, key = await ring.rotate(key.key_id, grace_s=3600.0)
+    clock.now += 20.0
+    assert await ring.authenticate(rotated_secret) is None
+    _, still = await ring.update(key.key_id, KeySettings(rpm=3), ["rpm"])  # changed, still expired
+    assert not still.is_active(clock.now)
+    _, renewed = await ring.update(key.key_id, KeySettings(expires_in_s=86400.0), ["expires_in_s"])
+    assert renewed.expires_at == clock.now + 86400.0
+    assert await ring.authenticate(rotated_secret) is not None
+    assert await ring.authenticate(secret) is None  # its grace ended with the expiry: not revived
+    _, forever = await ring.update(key.key_id, KeySettings(expires_in_s=None), ["expires_in_s"])
+    assert forever.expires_at is None
