@@ -597,6 +597,7 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/admin/rollouts/{action}", admin_rollouts.act)
     add("POST", "/admin/keys", admin_keys.create)
     add("GET", "/admin/keys", admin_keys.list_keys)
+    add("PATCH", "/admin/keys/{id}", admin_keys.update)
     add("DELETE", "/admin/keys/{id}", admin_keys.revoke)
     add("POST", "/admin/keys/{id}/rotate", admin_keys.rotate)
     add("DELETE", "/admin/keys/{id}/grace", admin_keys.end_grace)

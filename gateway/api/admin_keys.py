@@ -1,15 +1,17 @@
-"""``/admin/keys``: issue, list, revoke and rotate virtual keys (behind the admin token).
+"""``/admin/keys``: issue, list, update, revoke and rotate virtual keys (behind the admin token).
 
 ``POST /admin/keys`` answers 201 with the key's ``secret``, the only time it is ever shown;
 listings and every other answer carry the record without secret or hash. The body is checked
 strictly: a number sent as a string, a whole number as ``5.0`` or ``true`` is a 400 naming the
 field, never read as something else.
 
-Under ``serve --workers N`` each worker caches key lookups for ``auth.key_cache_s``. A revoke or
-rotate is written once (by the worker that takes the request), then every other worker is asked
+Under ``serve --workers N`` each worker caches key lookups for ``auth.key_cache_s``. A revoke,
+rotate or update is written once (by the worker that takes the request), then every other worker is asked
 over its Unix socket to revoke the key too (``DELETE /admin/keys/{id}``: revoking twice keeps the
 first time), which drops its cached lookup, so no worker accepts the key after the answer; the
-answer lists each worker's outcome under ``workers``.
+answer lists each worker's outcome under ``workers``. An update asks the same way with ``PATCH
+/admin/keys/{id}`` and no body: from a peer that only drops the cached lookup (the change is
+made), so every worker applies the new settings from the next request.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from gateway.errors import InvalidRequest, quoted
 from gateway.http.auth import require_admin
 from gateway.http.body import read_json
 from gateway.http.responses import json_response
-from gateway.observability.audit import key_fields
+from gateway.observability.audit import key_changes, key_fields
 from gateway.policy.durations import BudgetPeriodS, ExpiresS
 from gateway.policy.model import MAX_RATE
 from gateway.quoting import bounded
@@ -88,6 +90,51 @@ class KeyCreateIn(_Strict):
         )
 
 
+class KeyUpdateIn(_Strict):
+    """The body of ``PATCH /admin/keys/{id}``: ``POST /admin/keys``' fields but ``team``, each
+    optional; one sent changes the key (``null``: back to its team's; ``expires`` null: never),
+    one left out keeps its value."""
+
+    models: list[str] | None = Field(None, max_length=1000)
+    rpm: int | None = Field(None, ge=1, le=MAX_RATE)
+    tpm: int | None = Field(None, ge=1, le=MAX_RATE)
+    budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    budget_period: BudgetPeriodS | None = None
+    expires: ExpiresS | None = None
+    namespaces: NamespacesIn | None = None
+    name: str | None = None
+    description: str | None = None
+    provider_files: bool | None = None
+
+    def changes(self) -> tuple[KeySettings, list[str]]:
+        """The settings sent (``KeySettings``) and which of its fields they are."""
+        sent = self.model_fields_set
+        ns = self.namespaces or NamespacesIn()
+        given = [_SETTING.get(field, field) for field in sent if field != "namespaces"]
+        if "namespaces" in sent:
+            # {"namespaces": null} clears both grants; {"namespaces": {"read": [...]}} only read.
+            kinds = ns.model_fields_set if self.namespaces is not None else {"read", "write"}
+            given += [f"namespaces_{kind}" for kind in sorted(kinds)]
+        settings = KeySettings(
+            models=_names(self.models),
+            rpm=self.rpm,
+            tpm=self.tpm,
+            budget_usd=self.budget_usd,
+            budget_period_s=self.budget_period,
+            expires_in_s=self.expires,
+            namespaces_read=_names(ns.read),
+            namespaces_write=_names(ns.write),
+            name=self.name,
+            description=self.description,
+            provider_files=self.provider_files,
+        )
+        return settings, sorted(given)
+
+
+# A body field's ``KeySettings`` name where the two differ.
+_SETTING = {"budget_period": "budget_period_s", "expires": "expires_in_s"}
+
+
 class KeyRotateIn(_Strict):
     """The body of ``POST /admin/keys/{id}/rotate`` (optional): ``grace_s``, how long the old
     secret keeps working (seconds, 0 to 7 days; 0, the default, retires it at once)."""
@@ -117,6 +164,43 @@ async def list_keys(request: web.Request) -> web.Response:
     now = time.time()
     records = await ring.list(request.query.get("team") or None)
     return _render({"object": "list", "data": [key_json(r, now) for r in records]})
+
+
+@audited("key.update")
+async def update(request: web.Request) -> web.Response:
+    """``PATCH /admin/keys/{id}``: change the key's settings in place (the fields sent; ``null``
+    clears one back to its team's); 200 with the key, no secret. Every worker of the set drops
+    its cached lookup before the answer, so the next request anywhere has the new settings."""
+    ring = await _ring(request)
+    key_id = request.match_info["id"]
+    target(request, key_id=bounded(key_id))
+    if peers.from_peer(request):  # another worker made the change: only forget the key here
+        return _render(key_json(await ring.drop_cached(key_id), time.time()))
+    raw = await read_json(request)
+    if "team" in raw:
+        raise InvalidRequest(
+            "A key's team cannot be changed: its limits, spend and usage are the team's. Issue a new "
+            "key for the other team (POST /admin/keys, sophia-gateway keys create --team) and "
+            "revoke this one.",
+            param="team",
+            code="team_not_changeable",
+        )
+    unknown = [name for name in raw if name not in KeyUpdateIn.model_fields]
+    if unknown:
+        shown = ", ".join(quoted(bounded(name)) for name in unknown[:10])
+        raise InvalidRequest(
+            f"Unknown field(s) {shown}{f' and {len(unknown) - 10} more' if len(unknown) > 10 else ''}; "
+            f"a key's settings are {', '.join(KeyUpdateIn.model_fields)}.",
+            param=bounded(unknown[0]) or None,
+            code="unknown_field",
+        )
+    changes, given = _parse(raw, KeyUpdateIn).changes()
+    before, after = await ring.update(key_id, changes, given)
+    now = time.time()
+    body = key_json(after, now)
+    target(request, **key_fields(body), changes=key_changes(key_json(before, now), body))
+    await _every_worker_drops(request, after.key_id, body, method="PATCH")
+    return _render(body)
 
 
 @audited("key.revoke")
@@ -166,11 +250,12 @@ async def end_grace(request: web.Request) -> web.Response:
 
 
 async def _every_worker_drops(
-    request: web.Request, key_id: str, body: dict[str, Any], what: str = ""
+    request: web.Request, key_id: str, body: dict[str, Any], what: str = "", method: str = "DELETE"
 ) -> None:
     """Under ``serve --workers N``: ask every other worker to revoke ``key_id`` (already revoked:
-    it keeps its time), or with ``what`` ``/grace`` to end its grace (ended: it keeps its end), so
-    each drops its cached lookup now, and list the outcomes in ``body``.
+    it keeps its time), or with ``what`` ``/grace`` to end its grace (ended: it keeps its end), or
+    with ``method`` ``PATCH`` to read it again (an update, made already), so each drops its cached
+    lookup now, and list the outcomes in ``body``.
     Nothing when this process serves alone or the request came from a peer."""
     worker = request.app[keys.SETTINGS].worker
     if worker is None or peers.from_peer(request):
@@ -178,19 +263,19 @@ async def _every_worker_drops(
     headers = (
         {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
     )
-    done = "grace ended" if what else "revoked"
+    done = "updated" if method == "PATCH" else "grace ended" if what else "revoked"
     path = f"/admin/keys/{key_id}{what}"  # a key id as the key ring checked it: nothing to quote
 
     async def ask(index: int) -> dict[str, Any]:
-        answer = await peers.ask(worker, index, "DELETE", path, headers)
+        answer = await peers.ask(worker, index, method, path, headers)
         if answer is None:
             result = "unreachable"  # restarting (its cache starts empty) or stuck
         else:
             result = done if answer.status == 200 else f"failed ({answer.status})"
         if result != done:
             log.warning(
-                "a worker may accept a revoked key (or an ended grace's secret) until its cached "
-                "lookup expires",
+                "a worker may accept a revoked key (or an ended grace's secret, or an updated key "
+                "with its old settings) until its cached lookup expires",
                 extra={"fields": {"worker": index, "key_id": key_id, "result": result}},
             )
         return {"worker": index, "result": result}

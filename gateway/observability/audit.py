@@ -1,12 +1,12 @@
 """The audit trail: one line per state-changing admin action, on the ``gateway.audit`` logger.
 
-Who changed what, when and from where: a key issued, revoked, rotated or its grace ended (over
+Who changed what, when and from where: a key issued, updated, revoked, rotated or its grace ended (over
 ``/admin/keys`` or by ``sophia-gateway keys`` on the key store), the policy reloaded (``POST
 /admin/policy/reload``, a file edit, SIGHUP), a rollout driven by hand. Each line goes through the
 gateway's logging (``logging.py``: JSON or text on stderr, as every other logger) with
 ``msg: "audit"`` and these fields, always in this order:
 
-- ``action``: ``key.create``, ``key.revoke``, ``key.rotate``, ``key.end_grace``,
+- ``action``: ``key.create``, ``key.update``, ``key.revoke``, ``key.rotate``, ``key.end_grace``,
   ``policy.reload``, ``rollout.<pause|resume|promote|abort>``;
 - ``outcome``: ``ok``, ``refused`` (a 4xx: wrong token, a body that does not validate, an unknown
   key, an invalid policy file) or ``failed`` (a 5xx: the key store did not answer), with
@@ -18,7 +18,8 @@ gateway's logging (``logging.py``: JSON or text on stderr, as every other logger
   the gateway started itself);
 - ``client`` (the address as the access log writes it: behind ``SOPHIA_TRUSTED_PROXIES`` the one
   ``X-Forwarded-For`` names) and ``request_id``, for an HTTP action;
-- the target: ``key_id``, ``team``, a new key's limits and grants (``key_fields``), a policy's
+- the target: ``key_id``, ``team``, a new key's limits and grants (``key_fields``), an updated
+  key's ``changes`` (each setting changed, ``before`` and ``after``: ``key_changes``), a policy's
   ``path``, ``version_before`` and ``version_after``, a rollout's ``model``.
 
 Never a secret, a hash of one, a token or a provider key: a key's fields are picked by name from
@@ -90,6 +91,42 @@ def key_fields(key: Mapping[str, Any], *, limits: bool = False) -> dict[str, Any
     elif key.get("grace_until") is not None:
         out["grace_until"] = key.get("grace_until")
     return out
+
+
+# What an update may change, as ``key_json`` shows it (``namespaces`` split in two), and what it
+# may change with it (an expired key given a new lifetime: its status, a grace it had).
+_CHANGEABLE = (
+    "name",
+    "description",
+    "models",
+    "rpm",
+    "tpm",
+    "budget_usd",
+    "budget_period_s",
+    "expires_at",
+    "namespaces_read",
+    "namespaces_write",
+    "provider_files",
+    "status",
+    "grace_until",
+)
+
+
+def key_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """What an update changed of a key (both in their ``key_json`` form): ``{field: {"before":
+    old, "after": new}}`` for each setting whose value differs (a setting sent with the value it
+    had is not a change). Picked by name, as ``key_fields``: never a secret or hash."""
+
+    def flat(key: Mapping[str, Any]) -> dict[str, Any]:
+        namespaces = key.get("namespaces") or {}
+        return {
+            **{name: key.get(name) for name in _CHANGEABLE},
+            "namespaces_read": namespaces.get("read"),
+            "namespaces_write": namespaces.get("write"),
+        }
+
+    old, new = flat(before), flat(after)
+    return {name: {"before": old[name], "after": new[name]} for name in _CHANGEABLE if old[name] != new[name]}
 
 
 def os_user() -> str:
