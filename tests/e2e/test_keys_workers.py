@@ -1,4 +1,4 @@
-"""Revoking and rotating keys under ``serve --workers N``: every worker refuses the key as soon as
+"""Revoking, rotating and updating keys under ``serve --workers N``: every worker refuses the key as soon as
 ``/admin/keys`` answers, not only the worker that took the admin call (the others used to accept
 it from their lookup cache for ``auth.key_cache_s``, here 300 s so that window cannot pass).
 
@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
+import openai
 import orjson
 import pytest
 
@@ -133,3 +135,62 @@ def test_a_rotated_keys_old_secret_is_refused_by_every_worker_at_once(gateway: M
     assert code == 200 and [w["result"] for w in ended["workers"]] == ["grace ended"] * 2, ended
     assert statuses(gateway.url, new["secret"]) == [401] * TRIES
     assert statuses(gateway.url, graced["secret"]) == [200] * TRIES
+
+
+@pytest.fixture
+def fake() -> Iterator[ManagedProcess]:
+    proc = start(["fake-provider", "--port", "0", "--seed", "1"])
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def chat_statuses(url: str, secret: str, calls: int) -> list[tuple[int, str]]:
+    """``calls`` chat completions through the official openai SDK, each on a new connection (no
+    keep-alive: either worker may take it): each one's status and ``x-ratelimit-limit-requests``."""
+    out = []
+    for _ in range(calls):
+        with httpx2.Client(limits=httpx2.Limits(max_keepalive_connections=0)) as http:
+            app = openai.OpenAI(api_key=secret, base_url=f"{url}/v1", max_retries=0, http_client=http)
+            try:
+                raw = app.chat.completions.with_raw_response.create(
+                    model="m", messages=[{"role": "user", "content": "hi"}]
+                )
+                out.append((raw.http_response.status_code, raw.headers["x-ratelimit-limit-requests"]))
+            except openai.APIStatusError as exc:
+                out.append((exc.status_code, exc.response.headers.get("x-ratelimit-limit-requests", "")))
+    return out
+
+
+def test_an_updated_rpm_holds_on_every_worker_at_once(
+    tmp_path: Path, redis_url: str, fake: ManagedProcess
+) -> None:
+    """(h-keyupdate) rpm 2 raised to 5 by ``PATCH /admin/keys/{id}``: both workers had the key
+    cached with rpm 2 (300 s), and both admit by rpm 5 from the next request (the window shared
+    in Redis: 2 already in it, so 3 more). Before, there was no way to change it."""
+    (tmp_path / "policy.yaml").write_text(POLICY.replace("http://127.0.0.1:9/v1", f"{fake.url}/v1"))
+    proc = start(
+        ["serve", "--policy", "policy.yaml", "--port", "0", "--workers", "2"],
+        cwd=str(tmp_path),
+        env={
+            "SOPHIA_ADMIN_TOKEN": TOKEN,
+            "KEYS_URL": "",
+            "REDIS_URL": redis_url,
+            "SOPHIA_CACHE_PREFIX": unique("keys-update") + ":",
+            "SOPHIA_SHARED_ROUTING": "0",
+        },
+    )
+    try:
+        code, key = admin(proc.url, "POST", "/admin/keys", {"team": "ops", "rpm": 2})
+        assert code == 201, key
+        before = chat_statuses(proc.url, key["secret"], TRIES)  # both workers cache it (rpm 2)
+        assert before == [(200, "2")] * 2 + [(429, "2")] * (TRIES - 2)
+
+        code, updated = admin(proc.url, "PATCH", f"/admin/keys/{key['id']}", {"rpm": 5})
+        assert code == 200 and updated["rpm"] == 5, updated
+        after = chat_statuses(proc.url, key["secret"], TRIES)
+        assert after == [(200, "5")] * 3 + [(429, "5")] * (TRIES - 3)
+        assert updated["workers"] == [{"worker": 0, "result": "updated"}, {"worker": 1, "result": "updated"}]
+    finally:
+        proc.stop(30)
