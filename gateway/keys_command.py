@@ -1,10 +1,10 @@
-"""``sophia-gateway keys create | list | revoke | rotate | end-grace``: virtual keys from the command line.
+"""``sophia-gateway keys create | list | update | revoke | rotate | end-grace``: virtual keys from the command line.
 
 Works on the key store the policy names (``auth.store``, or ``KEYS_URL`` when set), or with
 ``--url`` on a running gateway through ``/admin/keys`` (``SOPHIA_ADMIN_TOKEN`` from the
 environment). A new key's secret is printed once; ``--json`` prints what the API answers.
 
-Each change made on the key store (create, revoke, rotate, end-grace; not ``list``) writes its
+Each change made on the key store (create, update, revoke, rotate, end-grace; not ``list``) writes its
 audit line on stderr, in the gateway's log format (``SOPHIA_LOG_FORMAT``), actor ``cli`` with the
 operating-system user and host (``observability/audit.py``); with ``--url`` the gateway writes it.
 """
@@ -114,6 +114,68 @@ def add_arguments(keys: argparse.ArgumentParser) -> None:
     )
     create.set_defaults(func=_create)
 
+    update = sub.add_parser(
+        "update",
+        parents=[common],
+        help="change a key's settings in place (its secret, id and team stay)",
+        description="Change the settings given; the others are kept. 'none' sets one back to its "
+        "team's (the policy's auth.teams); '--expires never' makes the key never expire.",
+    )
+    update.add_argument("key_id")
+    update.add_argument(
+        "--models", type=_or_none(_names), help="model groups it may call, a,b (none: the team's)"
+    )
+    update.add_argument("--rpm", type=_or_none(_positive_int), help="requests per minute (none: the team's)")
+    update.add_argument("--tpm", type=_or_none(_positive_int), help="tokens per minute (none: the team's)")
+    update.add_argument(
+        "--budget-usd", type=_or_none(_budget), help="spend allowed per budget period (none: the team's)"
+    )
+    update.add_argument(
+        "--budget-period",
+        type=_or_none(_budget_period),
+        help="the budget's period, e.g. 30d (none: the team's)",
+    )
+    update.add_argument(
+        "--expires",
+        type=_expiry_or_never,
+        help="a lifetime from now, e.g. 90d, a time with its offset, or never",
+    )
+    update.add_argument("--name", help="a label shown in listings ('' removes it)")
+    update.add_argument("--description", help="('' removes it)")
+    files = update.add_mutually_exclusive_group()
+    files.add_argument(
+        "--provider-files",
+        action=argparse.BooleanOptionalAction,
+        help="may (or may not) name files stored with the providers",
+    )
+    files.add_argument(
+        "--provider-files-inherit",
+        dest="provider_files",
+        action="store_const",
+        const=None,
+        help="provider files as its team allows",
+    )
+    for kind in ("read", "write"):
+        grant = update.add_mutually_exclusive_group()
+        grant.add_argument(
+            f"--{kind}",
+            type=_namespaces,
+            metavar="NS,..",
+            help=f"the memory namespaces it may {kind} ('' grants none)",
+        )
+        grant.add_argument(
+            f"--{kind}-inherit",
+            dest=kind,
+            action="store_const",
+            const=None,
+            help=f"{kind} the namespaces its team grants",
+        )
+    update.set_defaults(func=_update, updated=True)
+    # A flag not given is not in the namespace at all (None is a value here: the team's).
+    for action in update._actions:
+        if action.dest not in ("key_id", "help", "policy", "url", "json"):
+            action.default = argparse.SUPPRESS
+
     listing = sub.add_parser("list", parents=[common], help="list keys (never their secrets)")
     listing.add_argument("--team", help="only this team's keys")
     listing.set_defaults(func=_list)
@@ -177,6 +239,51 @@ def _list(args: argparse.Namespace) -> int:
         return {"object": "list", "data": [key_json(r, now) for r in await ring.list(args.team)]}
 
     return _local(args, op)
+
+
+# ``keys update``'s flags (their ``dest``) as ``KeySettings`` fields, and as the API's body fields.
+_UPDATE_FLAGS = {
+    "models": ("models", "models"),
+    "rpm": ("rpm", "rpm"),
+    "tpm": ("tpm", "tpm"),
+    "budget_usd": ("budget_usd", "budget_usd"),
+    "budget_period": ("budget_period_s", "budget_period"),
+    "expires": ("expires_in_s", "expires"),
+    "name": ("name", "name"),
+    "description": ("description", "description"),
+    "provider_files": ("provider_files", "provider_files"),
+    "read": ("namespaces_read", "read"),
+    "write": ("namespaces_write", "write"),
+}
+
+
+def _update(args: argparse.Namespace) -> int:
+    values = {dest: getattr(args, dest) for dest in _UPDATE_FLAGS if hasattr(args, dest)}
+    for dest in ("name", "description"):
+        if values.get(dest) == "":
+            values[dest] = None  # '' removes the label
+    if args.url:
+        body: Json = {}
+        for dest, value in values.items():
+            field = _UPDATE_FLAGS[dest][1]
+            shown = list(value) if isinstance(value, tuple) else value
+            if dest in ("read", "write"):
+                body.setdefault("namespaces", {})[field] = shown
+            else:
+                body[field] = shown
+        return _remote(args, "PATCH", f"/admin/keys/{urllib.parse.quote(args.key_id, safe='')}", body)
+    settings = KeySettings(**{_UPDATE_FLAGS[dest][0]: value for dest, value in values.items()})
+    given = [_UPDATE_FLAGS[dest][0] for dest in values]
+    target: Json = {"key_id": args.key_id}
+
+    async def op(ring: KeyRing) -> Json:
+        before, after = await ring.update(args.key_id, settings, given)
+        now = time.time()
+        answer = key_json(after, now)
+        target["changes"] = audit.key_changes(key_json(before, now), answer)  # for its audit line
+        return answer
+
+    return _local(args, op, "key.update", target)
 
 
 def _revoke(args: argparse.Namespace) -> int:
@@ -278,6 +385,8 @@ def _audit_target(action: str, answer: Json) -> Json:
     if action == "key.rotate":  # the old key's id is the target, the new key comes with it
         return {"team": answer["team"], "new_key_id": answer["id"], "grace_until": answer["grace_until"]}
     fields = audit.key_fields(answer)
+    if action == "key.update":  # ``changes`` came with the target, from the records before and after
+        fields.pop("grace_until", None)
     if action == "key.revoke":
         fields["revoked_at"] = answer["revoked_at"]
     return fields
@@ -331,6 +440,10 @@ def _print(args: argparse.Namespace, answer: Json) -> None:
             )
         print("Its secret, shown this once (only its hash is stored):")
         print(answer["secret"])
+    elif getattr(args, "updated", False):
+        print(
+            f"Updated key {answer['id']} ({answer['prefix']}, team {answer['team']}): it is {answer['status']}."
+        )
     elif getattr(args, "ended_grace", False):
         print(
             f"The grace of key {answer['id']} ({answer['prefix']}, team {answer['team']}) ended "
@@ -407,6 +520,25 @@ def _names(text: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError("give at least one name, e.g. gpt-4o,claude-sonnet")
     return names
+
+
+def _or_none(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse``, with ``none`` read as None: the setting back to its team's."""
+
+    def read(text: str) -> Any:
+        return None if text.strip().lower() == "none" else parse(text)
+
+    read.__name__ = parse.__name__  # what argparse names in an "invalid value" message
+    return read
+
+
+def _expiry_or_never(text: str) -> float | None:
+    return None if text.strip().lower() == "never" else _expiry(text)
+
+
+def _namespaces(text: str) -> tuple[str, ...]:
+    """``a,b`` as namespace names (checked by the key ring); '' for none."""
+    return tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
 
 
 def _positive_int(text: str) -> int:

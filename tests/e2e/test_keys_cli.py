@@ -247,3 +247,119 @@ def test_expires_takes_a_lifetime_or_a_time_with_its_offset(workdir: Path) -> No
     for bad in ("2099-01-31T00:00:00", "2001-01-31T00:00:00Z"):  # no offset; passed
         refused = keys(workdir, "create", "--policy", "policy.yaml", "--team", "ops", "--expires", bad)
         assert refused.returncode != 0 and "--expires" in refused.stderr, refused.stderr
+
+
+def audit_lines(stderr: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in stderr.splitlines() if '"gateway.audit"' in line]
+
+
+def test_update_on_the_store_changes_settings_and_writes_its_audit_line(workdir: Path) -> None:
+    """(h-keyupdate) ``keys update`` on the SQLite store: only the flags given change, ``none``
+    gives a setting back to the team, and the audit line says before and after."""
+    env = {"SOPHIA_LOG_FORMAT": "json"}
+    key = keys_json(
+        workdir, "create", "--policy", "policy.yaml", "--team", "research", "--rpm", "2", "--name", "ci"
+    )
+    done = keys(
+        workdir,
+        *("update", key["id"], "--policy", "policy.yaml", "--rpm", "5", "--budget-usd", "3", "--models", "m"),
+        *("--read", "a,b", "--write-inherit", "--no-provider-files", "--expires", "30d"),
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"Updated key {key['id']} ({key['prefix']}, team research): it is active.\n"
+    (line,) = audit_lines(done.stderr)
+    assert (line["action"], line["outcome"], line["actor"], line["key_id"], line["team"]) == (
+        "key.update",
+        "ok",
+        "cli",
+        key["id"],
+        "research",
+    )
+    assert line["changes"]["rpm"] == {"before": 2, "after": 5}
+    assert line["changes"]["budget_usd"] == {"before": None, "after": 3.0}
+    assert line["changes"]["namespaces_read"] == {"before": None, "after": ["a", "b"]}
+    assert "name" not in line["changes"] and key["secret"] not in done.stderr
+    (stored,) = keys_json(workdir, "list", "--policy", "policy.yaml")["data"]
+    assert (stored["rpm"], stored["budget_usd"], stored["models"], stored["name"]) == (5, 3.0, ["m"], "ci")
+    assert (stored["namespaces"], stored["provider_files"]) == ({"read": ["a", "b"], "write": None}, False)
+    assert stored["expires_at"] is not None
+
+    cleared = keys_json(
+        workdir,
+        *("update", key["id"], "--policy", "policy.yaml", "--rpm", "none", "--budget-usd", "none"),
+        *("--expires", "never", "--name", "", "--provider-files-inherit", "--read", ""),
+    )
+    assert (cleared["rpm"], cleared["budget_usd"], cleared["expires_at"], cleared["name"]) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert (cleared["provider_files"], cleared["namespaces"]["read"], cleared["models"]) == (None, [], ["m"])
+
+    # Refused as create refuses, in one line, exit 1; bad flags exit 2; the refusal audited.
+    wider = keys(workdir, "update", key["id"], "--policy", "policy.yaml", "--models", "m,other", env=env)
+    assert wider.returncode == 1 and "are not among the models of team 'research'" in wider.stderr
+    (refused,) = audit_lines(wider.stderr)
+    assert (refused["action"], refused["outcome"], refused["code"]) == (
+        "key.update",
+        "refused",
+        "model_not_in_team",
+    )
+    nothing = keys(workdir, "update", key["id"], "--policy", "policy.yaml")
+    assert nothing.returncode == 1 and "Nothing to change" in nothing.stderr
+    bad = keys(workdir, "update", key["id"], "--policy", "policy.yaml", "--rpm", "lots")
+    assert bad.returncode == 2 and "--rpm" in bad.stderr
+    both = keys(workdir, "update", key["id"], "--policy", "policy.yaml", "--read", "a", "--read-inherit")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    team = keys(workdir, "update", key["id"], "--policy", "policy.yaml", "--team", "ops")
+    assert team.returncode == 2  # no such flag: a key's team is not changed
+    keys_json(workdir, "revoke", key["id"], "--policy", "policy.yaml")
+    revoked = keys(workdir, "update", key["id"], "--policy", "policy.yaml", "--rpm", "9")
+    assert revoked.returncode == 1 and "is revoked and cannot be changed" in revoked.stderr
+    missing = keys(workdir, "update", "key_abcdefghijkl", "--policy", "policy.yaml", "--rpm", "9")
+    assert missing.returncode == 1 and "No such key" in missing.stderr
+
+
+def test_update_through_a_running_gateway(workdir: Path, gateway: ManagedProcess) -> None:
+    """(h-keyupdate) ``keys update --url``: PATCH /admin/keys/{id} with the flags as JSON; the
+    gateway answers (and audits) it, and its edge has the new settings at once."""
+    admin = {"SOPHIA_ADMIN_TOKEN": TOKEN}
+    key = keys_json(workdir, "create", "--team", "ops", "--url", gateway.url, env=admin)
+    assert status(gateway.url, key["secret"]) == 200
+    done = keys(
+        workdir,
+        *("update", key["id"], "--url", gateway.url, "--rpm", "7", "--models", "other", "--name", "batch"),
+        *("--read", "x", "--write", "", "--provider-files"),
+        env=admin,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"Updated key {key['id']} ({key['prefix']}, team ops): it is active.\n"
+    assert audit_lines(done.stderr) == []  # the gateway writes it
+    (listed,) = keys_json(workdir, "list", "--url", gateway.url, env=admin)["data"]
+    assert (listed["rpm"], listed["models"], listed["name"], listed["provider_files"]) == (
+        7,
+        ["other"],
+        "batch",
+        True,
+    )
+    assert listed["namespaces"] == {"read": ["x"], "write": []}
+    # models narrowed to `other`: the key's model list is read again at once (key_cache_s 5 s).
+    request = urllib.request.Request(
+        f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {key['secret']}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert [m["id"] for m in orjson.loads(resp.read())["data"]] == ["other"]
+
+    cleared = keys_json(
+        workdir, "update", key["id"], "--url", gateway.url, "--models", "none", "--read-inherit", env=admin
+    )
+    assert (cleared["models"], cleared["namespaces"]["read"], cleared["rpm"]) == (None, None, 7)
+    refused = keys(
+        workdir, "update", key["id"], "--url", gateway.url, "--rpm", "5", env={"SOPHIA_ADMIN_TOKEN": "wrong"}
+    )
+    assert refused.returncode == 1 and "SOPHIA_ADMIN_TOKEN" in refused.stderr
+    keys_json(workdir, "revoke", key["id"], "--url", gateway.url, env=admin)
+    revoked = keys(workdir, "update", key["id"], "--url", gateway.url, "--rpm", "5", env=admin)
+    assert revoked.returncode == 1 and "is revoked and cannot be changed" in revoked.stderr
