@@ -1,11 +1,12 @@
-"""``KeyRing``: issue, list, revoke and rotate virtual keys, and authenticate a secret.
+"""``KeyRing``: issue, list, update, revoke and rotate virtual keys, and authenticate a secret.
 
 ``authenticate`` is the one call the edge makes per request. It hashes the secret (the store
 holds only hashes), looks the hash up, and merges the key's own settings over its team's
 defaults from the policy into a ``Caller``. Results, found or not, are cached in this process for
 ``auth.key_cache_s`` so a steady caller costs one dict lookup; a revocation made through this
-key ring drops its entry at once (``/admin/keys`` under ``serve --workers N`` asks every worker
-to drop it: ``api/admin_keys.py``), other replicas see it when their entry expires.
+key ring drops its entry at once, and so does an update of the key's settings (``/admin/keys``
+under ``serve --workers N`` asks every worker to drop it: ``api/admin_keys.py``), other replicas
+see it when their entry expires.
 
 Made-up keys cannot make the store work for them: a secret that is not of a form this gateway
 issues, or whose checksum is wrong (``records.secret_form``), is refused before any lookup; and
