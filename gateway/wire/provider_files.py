@@ -10,11 +10,12 @@ the request; the ids are random, but any key that learns one could. What counts:
 
 * an OpenAI ``file_id`` (a chat ``file`` part, a Responses ``input_file`` / ``input_image``),
   an Anthropic file source (``source: {"type": "file", "file_id": ...}`` on an image or a
-  document) or ``container_upload`` block;
+  document, at any depth: in tool results, in a document's own ``content`` source), a
+  ``container_upload`` block or a code execution's output file;
 * a Gemini Files API file: a URL on ``generativelanguage.googleapis.com`` (the Files API's
   ``https://generativelanguage.googleapis.com/v1beta/files/...``; nothing else is served
-  there, and Gemini reads it with the gateway's key) or a bare ``files/...`` name, wherever a
-  URL is taken (``image_url``, a file part's ``file_data``, an image or document ``url`` source);
+  there, and Gemini reads it with the gateway's key; its host in any spelling a URL parser
+  reads as it: ``provider_uri``) or a bare ``files/...`` name, wherever a URL is taken (``image_url``, a file part's ``file_data``, an image or document ``url`` source);
 * a ``gs://`` URI: Google reads Cloud Storage with the organisation's credentials, so a private
   bucket's object would be read for whoever names it (a public object has an https URL,
   ``https://storage.googleapis.com/...``, which stays allowed);
@@ -28,8 +29,10 @@ messages and their content parts only (a text-only request looks at each message
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from gateway.wire.requests import JSONObject
 
@@ -38,7 +41,10 @@ _GEMINI_FILES_HOST = "generativelanguage.googleapis.com"
 
 def provider_uri(url: object) -> bool:
     """Whether ``url`` (a URL a content part carries) names a provider-side object: a ``gs://``
-    URI, a URL on the Gemini API's host, or a bare Gemini ``files/...`` name."""
+    URI, a URL on the Gemini API's host, or a bare Gemini ``files/...`` name. The host is read
+    as a URL parser (WHATWG's, Chromium's) reads it, not only as ``urlsplit`` does: a backslash
+    ends it as a slash does, tabs and newlines are dropped, percent-escapes and full-width
+    forms are decoded, so no spelling of the Files API's host passes for another."""
     if not isinstance(url, str) or url.startswith("data:"):
         return False
     head = url[:8].lower()
@@ -46,14 +52,42 @@ def provider_uri(url: object) -> bool:
         return True
     if url.startswith("files/"):
         return True
-    # (the host looked for first: parsing every public image URL cost ~4 us each)
-    if not head.startswith(("https://", "http://")) or _GEMINI_FILES_HOST not in url.lower():
-        return False
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:  # a malformed authority: not a URL any provider fetches
-        return False
-    return host is not None and host.rstrip(".") == _GEMINI_FILES_HOST
+    if url.startswith(("https://", "http://")) and url.isascii() and _ODD.search(url) is None:
+        # A plain URL (the usual public image's): the host looked for first, as parsing every
+        # public image URL cost ~4 us each.
+        if _GEMINI_FILES_HOST not in url.lower():
+            return False
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:  # a malformed authority: not a URL any provider fetches
+            return False
+        return host is not None and host.rstrip(".") == _GEMINI_FILES_HOST
+    return _lenient_host(url) == _GEMINI_FILES_HOST
+
+
+_ODD = re.compile(r"[%\\\t\n\r]")  # what a URL parser decodes, drops or reads as a slash
+# An http(s) URL's authority as a lenient parser finds it: leading spaces and controls skipped,
+# any case, ``:`` then any slashes or backslashes, up to the first of ``/ \ ? #`` (tabs and
+# newlines already dropped).
+_AUTHORITY = re.compile(r"[\x00-\x20]*(?i:https?):[/\\]*([^/\\?#]*)")
+_DROPPED = str.maketrans("", "", "\t\n\r")
+_DOTS = str.maketrans("\u3002\uff0e\uff61", "...")  # the full stops IDNA maps to "."
+
+
+def _lenient_host(url: str) -> str | None:
+    """The host of an http(s) ``url`` as a browser's URL parser reads it, lower case, without a
+    port or a trailing dot; None for any other URL. A plain public URL costs one regex match."""
+    if "\t" in url or "\n" in url or "\r" in url:
+        url = url.translate(_DROPPED)
+    found = _AUTHORITY.match(url)
+    if found is None:
+        return None
+    host = found.group(1).rpartition("@")[2]
+    if not host.isascii() or "%" in host:
+        host = unicodedata.normalize("NFKC", unquote(host)).translate(_DOTS)
+    if not host.startswith("["):
+        host = host.partition(":")[0]
+    return host.lower().rstrip(".")
 
 
 def in_chat(body: JSONObject) -> str | None:
@@ -145,22 +179,38 @@ def in_messages(body: JSONObject) -> str | None:
 
 
 def _blocks(blocks: list[Any], where: str) -> str | None:
+    """In Messages ``blocks``, and every block nested in them: a tool result's content, a
+    document whose source is its own content (``source: {"type": "content", "content": [...]}``:
+    image blocks with sources of their own), a server tool result's content (an object holding
+    output files: ``code_execution_output.file_id``)."""
     for j, block in enumerate(blocks):
         if type(block) is not dict:
             continue
-        if block.get("file_id") is not None:  # container_upload
-            return f"{where}[{j}].file_id"
-        source = block.get("source")
-        if type(source) is dict:
-            if source.get("type") == "file" or source.get("file_id") is not None:
-                return f"{where}[{j}].source.file_id"
-            if provider_uri(source.get("url")):
-                return f"{where}[{j}].source.url"
-        inner = block.get("content")
-        if block.get("type") == "tool_result" and type(inner) is list:
-            found = _blocks(inner, f"{where}[{j}].content")
+        found = _block(block, f"{where}[{j}]")
+        if found is not None:
+            return found
+    return None
+
+
+def _block(block: JSONObject, where: str) -> str | None:
+    if block.get("file_id") is not None:  # container_upload, a code execution's output file
+        return f"{where}.file_id"
+    source = block.get("source")
+    if type(source) is dict:
+        if source.get("type") == "file" or source.get("file_id") is not None:
+            return f"{where}.source.file_id"
+        if provider_uri(source.get("url")):
+            return f"{where}.source.url"
+        inner = source.get("content")
+        if type(inner) is list:
+            found = _blocks(inner, f"{where}.source.content")
             if found is not None:
                 return found
+    inner = block.get("content")
+    if type(inner) is list:
+        return _blocks(inner, f"{where}.content")
+    if type(inner) is dict:
+        return _block(inner, f"{where}.content")
     return None
 
 

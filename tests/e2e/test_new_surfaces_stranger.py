@@ -1,0 +1,261 @@
+"""A stranger's probes of the newest surfaces (h-probe3), over real loopback HTTP with the
+official SDKs and in-process fake providers (``MockTransport``): each test names the defect it
+found, and failed before its fix.
+
+- provider-file tenancy (h-fileref): a Messages document whose source is its own content
+  (``source: {"type": "content", "content": [image blocks]}``) carried an image block with a
+  ``file`` source past the walk; a Gemini Files API URL spelled as a URL parser reads it (a
+  backslash for the path's slash, a percent-encoded dot, a tab inside the host, full-width
+  letters or an ideographic full stop) was not seen as on the Files API's host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import build_app
+from gateway.policy.loader import load_policy_with_digest
+from gateway.providers.base import UpstreamRequest
+from gateway.settings import Settings
+from gateway.testing.mock_transport import MockResponse, MockTransport
+from gateway.wire.provider_files import in_messages, provider_uri
+
+TOKEN = "admin-token-for-the-stranger"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+POLICY = """
+version: 1
+providers:
+  a: {{kind: openai, base_url: "http://a.test/v1"}}
+  an: {{kind: anthropic, base_url: "http://an.test/v1"}}
+models:
+  m: {{deployments: [{{provider: a, model: ma}}]}}
+  claude: {{deployments: [{{provider: an, model: claude-x}}]}}
+memory: {{enabled: false}}
+auth:
+  mode: keys
+  store: {store}
+  teams:
+    research: {{}}
+"""
+
+
+def answer(request: UpstreamRequest) -> MockResponse:
+    body = orjson.loads(request.body)
+    if request.path.endswith("/messages"):
+        return MockResponse.json(
+            {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": [{"type": "text", "text": "read it"}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 3, "output_tokens": 2},
+            }
+        )
+    return MockResponse.json(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "read it"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    )
+
+
+class Gateway:
+    def __init__(self, client: TestClient, sent: list[dict[str, Any]]) -> None:
+        self.client = client
+        self.sent = sent
+
+    async def key(self) -> str:
+        resp = await self.client.post("/admin/keys", json={"team": "research"}, headers=ADMIN)
+        assert resp.status == 201
+        return str((await resp.json())["secret"])
+
+    def sdks(self, secret: str) -> tuple[openai.AsyncOpenAI, anthropic.AsyncAnthropic]:
+        url = str(self.client.make_url("/"))
+        oa = openai.AsyncOpenAI(api_key=secret, base_url=url + "v1", max_retries=0, timeout=10)
+        an = anthropic.AsyncAnthropic(api_key=secret, base_url=url, max_retries=0, timeout=10)
+        return oa, an
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY.format(store=tmp_path / "keys.sqlite3"))
+    settings = Settings(access_log=False, admin_token=TOKEN, policy_watch=False, policy_path=str(path))
+    policy, digest = load_policy_with_digest(path)
+    sent: list[dict[str, Any]] = []
+
+    def upstream(request: UpstreamRequest) -> MockResponse:
+        sent.append(orjson.loads(request.body))
+        return answer(request)
+
+    transport = MockTransport(upstream)
+    app = build_app(
+        settings,
+        policy,
+        {},
+        transports={"a": transport, "an": transport},
+        policy_path=str(path),
+        policy_digest=digest,
+    )
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    yield Gateway(client, sent)
+    await client.close()
+
+
+Call = Callable[[], Awaitable[object]]
+FILE_ID = "file_011CNha8iCJcU1wXNR6q4V8w"
+
+
+def document_of_content(image_source: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Messages turn with a document whose source is its own content (Anthropic's
+    ``ContentBlockSource``: text and image blocks), one image with ``image_source``."""
+    return [
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "document",
+                    "source": {
+                        "type": "content",
+                        "content": [
+                            {"type": "text", "text": "Page one."},
+                            {"type": "image", "source": image_source},
+                        ],
+                    },
+                },
+                {"type": "text", "text": "Summarise the document."},
+            ],
+        }
+    ]
+
+
+async def test_a_file_inside_a_documents_own_content_is_a_provider_file(gateway: Gateway) -> None:
+    """Before: the walk looked at a block's ``source`` and a tool result's content only, so an
+    image block with a ``file`` source inside a document of ``type: content`` reached Anthropic,
+    which reads the organisation's file for the key."""
+    _, an = gateway.sdks(await gateway.key())
+    for source, field in (
+        ({"type": "file", "file_id": FILE_ID}, "file_id"),
+        ({"type": "url", "url": "gs://org-private/scan.png"}, "url"),
+    ):
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await an.messages.create(model="claude", max_tokens=16, messages=document_of_content(source))  # type: ignore[arg-type]
+        body = refused.value.body
+        assert isinstance(body, dict) and body["error"]["type"] == "invalid_request_error", body
+        assert f"'messages[0].content[0].source.content[1].source.{field}'" in body["error"]["message"]
+    # The same inside a tool result's document.
+    turns = [
+        {"role": "user", "content": "Read the scan."},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "scan", "input": {}}]},
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "t1",
+                    "content": document_of_content({"type": "file", "file_id": FILE_ID})[0]["content"][:1],
+                }
+            ],
+        },
+    ]
+    with pytest.raises(anthropic.BadRequestError) as nested:
+        await an.messages.create(model="claude", max_tokens=16, messages=turns)  # type: ignore[arg-type]
+    assert "'messages[2].content[0].content[0].source.content[1].source.file_id'" in nested.value.message
+    assert gateway.sent == []
+    # A document of plain content (text, a public image) is no provider file.
+    public = {"type": "url", "url": "https://example.com/scan.png"}
+    done = await an.messages.create(model="claude", max_tokens=16, messages=document_of_content(public))  # type: ignore[arg-type]
+    assert done.content[0].type == "text" and len(gateway.sent) == 1
+    await an.close()
+
+
+# Spellings of the Gemini Files API's host a URL parser (WHATWG's, Chromium's GURL) reads as that
+# host: a backslash ends the host as a slash does, percent-escapes and full-width forms in a host
+# are decoded, tabs and newlines inside a URL are dropped.
+GEMINI_SPELLINGS = [
+    "https://generativelanguage.googleapis.com\\v1beta\\files\\abc123",
+    "https://generativelanguage%2Egoogleapis%2Ecom/v1beta/files/abc123",
+    "https://generativelanguage.google\tapis.com/v1beta/files/abc123",
+    "https://generativelanguage.googleapis.com\r\n/v1beta/files/abc123",
+    "https://generativelanguage\u3002googleapis\uff0ecom/v1beta/files/abc123",
+    "https://\uff47enerativelanguage.googleapis.com/v1beta/files/abc123",
+    "https://user:pw@GenerativeLanguage.GoogleAPIs.com.:443/v1beta/files/abc123",
+    " https://generativelanguage.googleapis.com/v1beta/files/abc123",
+    "HTTPS:\\\\generativelanguage.googleapis.com/v1beta/files/abc123",
+]
+
+
+@pytest.mark.parametrize("url", GEMINI_SPELLINGS)
+def test_every_spelling_of_the_gemini_files_host_is_a_provider_uri(url: str) -> None:
+    assert provider_uri(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/cat.png",
+        "https://generativelanguage.googleapis.com.evil.example/v1beta/files/x",
+        "https://evil.example/generativelanguage.googleapis.com/files/x",
+        "https://evil.example/?u=https://generativelanguage.googleapis.com/v1beta/files/x",
+        "https://generativelanguage.googleapis.co/x",
+        "https://storage.googleapis.com/public-bucket/cat.png",
+    ],
+)
+def test_look_alikes_and_public_urls_stay_public(url: str) -> None:
+    assert not provider_uri(url)
+
+
+async def test_an_obfuscated_gemini_files_url_is_refused_on_the_chat_door(gateway: Gateway) -> None:
+    oa, _ = gateway.sdks(await gateway.key())
+    part = {"type": "image_url", "image_url": {"url": GEMINI_SPELLINGS[0]}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        await oa.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": [{"type": "text", "text": "What is it?"}, part]}],  # type: ignore[list-item]
+        )
+    assert refused.value.code == "provider_file_not_allowed"
+    assert gateway.sent == []
+    await oa.close()
+
+
+def test_a_code_execution_results_output_file_is_named() -> None:
+    """An assistant turn replaying a code execution result names its output files by id."""
+    body = {
+        "messages": [
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "code_execution_tool_result",
+                        "tool_use_id": "srv_1",
+                        "content": {
+                            "type": "code_execution_result",
+                            "stdout": "",
+                            "stderr": "",
+                            "return_code": 0,
+                            "content": [{"type": "code_execution_output", "file_id": FILE_ID}],
+                        },
+                    }
+                ],
+            }
+        ]
+    }
+    assert in_messages(body) == "messages[0].content[0].content.content[0].file_id"
