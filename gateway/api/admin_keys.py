@@ -30,7 +30,7 @@ from gateway import keys
 from gateway.api import peers
 from gateway.api.admin_audit import audited, target
 from gateway.auth.keyring import MAX_GRACE_S, KeyRing, KeySettings
-from gateway.auth.records import key_json
+from gateway.auth.records import key_json, without_secrets
 from gateway.errors import InvalidRequest, quoted
 from gateway.http.auth import require_admin
 from gateway.http.body import read_json
@@ -142,6 +142,12 @@ class KeyRotateIn(_Strict):
     grace_s: float = Field(0.0, ge=0, le=MAX_GRACE_S, allow_inf_nan=False)
 
 
+def _shown_id(request: web.Request) -> str:
+    """The key id of the URL as the audit line names it: bounded, and never a secret (a revoke
+    naming the key by its secret, by mistake, is a 404 whose line would have carried it)."""
+    return bounded(without_secrets(request.match_info["id"]))
+
+
 def _names(values: list[str] | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(dict.fromkeys(values))
 
@@ -208,7 +214,7 @@ async def revoke(request: web.Request) -> web.Response:
     """``DELETE /admin/keys/{id}``: the key, revoked (revoking twice keeps the first time), and
     no longer accepted by any worker of the set."""
     ring = await _ring(request)
-    target(request, key_id=bounded(request.match_info["id"]))
+    target(request, key_id=_shown_id(request))
     record = await ring.revoke(request.match_info["id"])
     body = key_json(record, time.time())
     target(request, **key_fields(body), revoked_at=body["revoked_at"])
@@ -224,7 +230,7 @@ async def rotate(request: web.Request) -> web.Response:
     (``grace_until``), its answers marked ``x-gateway-token-deprecated: true``."""
     ring = await _ring(request)
     old_id = request.match_info["id"]
-    target(request, key_id=bounded(old_id))
+    target(request, key_id=_shown_id(request))
     given = _parse(await read_json(request), KeyRotateIn) if request.body_exists else KeyRotateIn()
     target(request, grace_s=given.grace_s)
     secret, record = await ring.rotate(old_id, given.grace_s)
@@ -241,7 +247,7 @@ async def end_grace(request: web.Request) -> web.Response:
     secret; the secret it replaced is no longer accepted by any worker of the set. Ending an
     ended grace keeps its end (200); 404 for a key never rotated with a grace."""
     ring = await _ring(request)
-    target(request, key_id=bounded(request.match_info["id"]))
+    target(request, key_id=_shown_id(request))
     record = await ring.end_grace(request.match_info["id"])
     body = key_json(record, time.time())
     target(request, **key_fields(body))

@@ -81,6 +81,19 @@ def shown_prefix(secret: str) -> str:
     return secret[: len(SECRET_PREFIX) + _SHOWN_CHARS] + "…"
 
 
+_SECRET_IN_TEXT = re.compile(rf"{SECRET_PREFIX}{_URL_SAFE}+")
+
+
+def without_secrets(text: str) -> str:
+    """``text`` with every virtual key's secret in it shown as listings show one
+    (``shown_prefix``): what the logs say of a path or an id an operator pasted a secret into
+    (``DELETE /admin/keys/sk-sg-...``, where the key's id was meant). One substring test for
+    text without one."""
+    if SECRET_PREFIX not in text:
+        return text
+    return _SECRET_IN_TEXT.sub(lambda found: shown_prefix(found.group()), text)
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
     """One virtual key as stored. Times are Unix seconds; ``None`` settings inherit the team's."""

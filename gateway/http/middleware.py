@@ -27,6 +27,7 @@ from yarl import URL
 
 from gateway import keys
 from gateway.auth.client_address import ClientAddresses
+from gateway.auth.records import without_secrets
 from gateway.errors import (
     GatewayError,
     HTTPStatusError,
@@ -324,7 +325,7 @@ def _observe(
         access.record(
             rid,
             request.method,
-            request.path,
+            without_secrets(request.path),  # (a secret pasted into an admin path by mistake)
             status,
             model,
             provider,

@@ -11,7 +11,9 @@ found, and failed before its fix.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +97,15 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    async with serving(tmp_path) as started:
+        yield started
+
+
+@asynccontextmanager
+async def serving(tmp_path: Path, access_log: bool = False) -> AsyncIterator[Gateway]:
     path = tmp_path / "p.yaml"
     path.write_text(POLICY.format(store=tmp_path / "keys.sqlite3"))
-    settings = Settings(access_log=False, admin_token=TOKEN, policy_watch=False, policy_path=str(path))
+    settings = Settings(access_log=access_log, admin_token=TOKEN, policy_watch=False, policy_path=str(path))
     policy, digest = load_policy_with_digest(path)
     sent: list[dict[str, Any]] = []
 
@@ -116,8 +124,10 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     )
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
-    yield Gateway(client, sent)
-    await client.close()
+    try:
+        yield Gateway(client, sent)
+    finally:
+        await client.close()
 
 
 Call = Callable[[], Awaitable[object]]
@@ -259,3 +269,40 @@ def test_a_code_execution_results_output_file_is_named() -> None:
         ]
     }
     assert in_messages(body) == "messages[0].content[0].content.content[0].file_id"
+
+
+async def test_a_secret_pasted_as_a_key_id_is_not_logged(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator revoking (or rotating, or ending the grace of) a key by its secret instead of
+    its id got a 404, and the secret was written whole into the audit line's ``key_id`` and the
+    access log's ``path``: the two logs shipped to a log store. Now both show it as listings do."""
+    caplog.set_level(logging.INFO, logger="gateway.access")  # the access log is on only then
+    caplog.set_level(logging.INFO, logger="gateway.audit")
+    async with serving(tmp_path, access_log=True) as gw:
+        resp = await gw.client.post("/admin/keys", json={"team": "research"}, headers=ADMIN)
+        created = await resp.json()
+        secret, key_id = created["secret"], created["id"]
+        for method, path in (
+            ("DELETE", f"/admin/keys/{secret}"),
+            ("POST", f"/admin/keys/{secret}/rotate"),
+            ("DELETE", f"/admin/keys/{secret}/grace"),
+        ):
+            resp = await gw.client.request(method, path, headers=ADMIN)
+            assert resp.status == 404, await resp.text()
+        resp = await gw.client.delete(f"/admin/keys/{key_id}", headers=ADMIN)  # the id: as before
+        assert resp.status == 200
+    audits = [r.fields for r in caplog.records if r.name == "gateway.audit"]  # type: ignore[attr-defined]
+    assert [(a["action"], a["outcome"]) for a in audits] == [
+        ("key.create", "ok"),
+        ("key.revoke", "refused"),
+        ("key.rotate", "refused"),
+        ("key.end_grace", "refused"),
+        ("key.revoke", "ok"),
+    ]
+    assert [a["key_id"] for a in audits[1:4]] == [secret[:10] + "\u2026"] * 3
+    assert audits[4]["key_id"] == key_id
+    out = capfd.readouterr().err
+    paths = [orjson.loads(line)["path"] for line in out.splitlines() if '"gateway.access"' in line]
+    assert f"/admin/keys/{secret[:10]}\u2026/rotate" in paths and f"/admin/keys/{key_id}" in paths
+    assert secret[10:] not in out and all(secret[10:] not in repr(r.__dict__) for r in caplog.records)
