@@ -182,6 +182,9 @@ class FailedAuthThrottle:
         if entry is not None and entry.window_end <= now:
             del table[key]
             entry = None
+        # A counter's expiry is Redis's to say but never more than a window: one left with a
+        # longer one (by hand, by another writer under the prefix) refused the address for as long.
+        left_s = min(left_s, self.window_s)
         if count <= 0 or left_s <= 0:  # no shared window (it ended, or was deleted)
             return entry.count if entry is not None else 0
         if entry is None:

@@ -12,6 +12,8 @@ found, and failed before its fix.
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,9 +23,12 @@ import anthropic
 import openai
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import build_app
+from gateway.auth.redis_throttle import RedisFailures
+from gateway.auth.throttle import FailedAuthThrottle
 from gateway.policy.loader import load_policy_with_digest
 from gateway.providers.base import UpstreamRequest
 from gateway.settings import Settings
@@ -306,3 +311,33 @@ async def test_a_secret_pasted_as_a_key_id_is_not_logged(
     paths = [orjson.loads(line)["path"] for line in out.splitlines() if '"gateway.access"' in line]
     assert f"/admin/keys/{secret[:10]}\u2026/rotate" in paths and f"/admin/keys/{key_id}" in paths
     assert secret[10:] not in out and all(secret[10:] not in repr(r.__dict__) for r in caplog.records)
+
+
+async def test_a_shared_failure_count_never_refuses_longer_than_the_window() -> None:
+    """The shared throttle (h-sharedthrottle) took the window's end from Redis's ``PTTL`` as it
+    came: a counter left with a long expiry (written by hand, by another tool under the prefix, a
+    server answering nonsense) refused an address for as long, its ``Retry-After`` years. The
+    table now takes at most one window from the shared answer. Real Redis, under a test prefix."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = f"sophia:probe3:{uuid.uuid4().hex}:"
+    shared = RedisFailures(url, prefix=prefix)
+    await shared.start()
+    client = aioredis.from_url(url)
+    try:
+        await client.set(prefix + "203.0.113.7", 5, px=10**12)  # ~31 years left
+        await client.set(prefix + "2001:db8:1:2::/64", 5, px=10**12)  # (a key no /64 is counted under)
+        throttle = FailedAuthThrottle(3, 60.0, shared=shared)
+        assert await throttle.fail("203.0.113.7") == 6  # refused: past the limit
+        assert 0 < await throttle.refusal_s("203.0.113.7") <= 60.0
+        assert 0 < throttle.retry_after_s("203.0.113.7") <= 60.0
+        # An IPv6 client is counted under its /64 (hex): one address of it fails, another of the
+        # same /64 is refused, one of another /64 is not.
+        v6 = FailedAuthThrottle(2, 60.0, shared=shared)
+        assert await v6.fail("2001:db8:1:2::10") == 1
+        assert await v6.fail("2001:db8:1:2:ffff::1") == 2
+        assert 0 < await v6.refusal_s("2001:db8:1:2:aaaa::3") <= 60.0
+        assert await v6.refusal_s("2001:db8:1:3::10") == 0.0
+    finally:
+        await client.delete(*[key async for key in client.scan_iter(match=prefix + "*")] or [prefix])
+        await client.aclose()
+        await shared.close()
