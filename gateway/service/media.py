@@ -112,15 +112,17 @@ def media_units(endpoint: Endpoint, body: JSONObject) -> MediaUnits | None:
 def unit_cost_usd(units: MediaUnits, price: Price, usage: object) -> float | None:
     """The exact cost in US dollars of a media call by its deployment's per-unit ``price``, or
     None when none applies or the count is unknown (then its tokens are priced, or estimated).
-    Images: those the answer returned (its ``usage``, from ``image_usage``), else those asked
-    for; speech: the input's characters; transcriptions and translations: the seconds of audio
+    Images: those the answer returned (its ``usage``, from ``image_usage``) up to those asked
+    for, else those asked for; speech: the input's characters; transcriptions and translations: the seconds of audio
     the answer's usage reports (whisper-1's json and verbose_json)."""
     endpoint = units.endpoint
     if endpoint in IMAGE_ENDPOINTS:
         if price.per_image is None:
             return None
         returned = usage.get(IMAGES_RETURNED) if isinstance(usage, dict) else None
-        count = token_count(returned) if returned is not None else units.count
+        # (never more than asked: a provider answering 40 images to ``n: 1`` is not billed for
+        # 40, and must not spend a key's budget at once)
+        count = min(token_count(returned), units.count) if returned is not None else units.count
         return count * price.image_usd(units.size, units.quality)
     if endpoint is Endpoint.SPEECH:
         if price.per_mchar_input is None:

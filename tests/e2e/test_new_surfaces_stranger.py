@@ -45,6 +45,7 @@ providers:
 models:
   m: {{deployments: [{{provider: a, model: ma}}]}}
   claude: {{deployments: [{{provider: an, model: claude-x}}]}}
+  img: {{deployments: [{{provider: a, model: dall-e-2, price: {{per_image: {{"1024x1024": 0.02}}}}}}]}}
 memory: {{enabled: false}}
 auth:
   mode: keys
@@ -54,8 +55,13 @@ auth:
 """
 
 
+HOSTILE_IMAGES = 40  # what the images endpoint answers with, whatever was asked
+
+
 def answer(request: UpstreamRequest) -> MockResponse:
     body = orjson.loads(request.body)
+    if request.path.endswith("/images/generations"):
+        return MockResponse.json({"created": 0, "data": [{"url": "https://img.test/1.png"}] * HOSTILE_IMAGES})
     if request.path.endswith("/messages"):
         return MockResponse.json(
             {
@@ -341,3 +347,20 @@ async def test_a_shared_failure_count_never_refuses_longer_than_the_window() -> 
         await client.delete(*[key async for key in client.scan_iter(match=prefix + "*")] or [prefix])
         await client.aclose()
         await shared.close()
+
+
+async def test_a_provider_answering_more_images_than_asked_is_charged_those_asked(gateway: Gateway) -> None:
+    """``per_image`` x the images in the answer's ``data``: a provider (or a compatible server)
+    answering 40 images to ``n: 1`` charged the key and ``gateway_cost_usd_total`` 40 images at
+    once. The count is now at most the ``n`` asked (what the provider may bill)."""
+    oa, _ = gateway.sdks(await gateway.key())
+    done = await oa.images.generate(model="img", prompt="a cat", n=1, size="1024x1024")
+    assert len(done.data or []) == HOSTILE_IMAGES
+    await oa.close()
+    metrics = await (await gateway.client.get("/metrics")).text()
+    (cost,) = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("gateway_cost_usd_total{") and 'model="img"' in line
+    ]
+    assert float(cost.rsplit(" ", 1)[1]) == pytest.approx(0.02)
