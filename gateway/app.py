@@ -516,11 +516,13 @@ def _add_routes(app: web.Application) -> None:
     and a catch-all last for what the gateway does not serve (404/405 in OpenAI's envelope)."""
     router = app.router
 
-    def add(method: str, path: str, handler: Handler) -> None:
+    def add(method: str, path: str, handler: Handler, *, upload: bool = False) -> None:
         resource = router.add_resource(path)  # the same resource for a path's second method
         wrapped = gateway_handler(handler, resource.canonical, app)
-        # A refused Expect header: 417 in the route's envelope, through the same wrapper.
-        expect = expect_handler(gateway_handler(expectation_failed, resource.canonical, app))
+        # A refused Expect header: 417 in the route's envelope, through the same wrapper; an
+        # upload's 100 Continue sent once its checks let it in (``expect_handler``).
+        refuse = gateway_handler(expectation_failed, resource.canonical, app)
+        expect = expect_handler(refuse, deferred=upload)
         if method == "GET":
             resource.add_route("HEAD", wrapped, expect_handler=expect)  # as router.add_get does
         resource.add_route(method, wrapped, expect_handler=expect)
@@ -532,7 +534,7 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/images/generations", openai.proxy(Endpoint.IMAGES, app))
     add("POST", "/v1/audio/speech", openai.proxy(Endpoint.SPEECH, app))
     for endpoint in _FORM_DOORS:  # form uploads: transcriptions, translations, image edits, variations
-        add("POST", f"/v1/{endpoint.value}", openai.upload(endpoint, app))
+        add("POST", f"/v1/{endpoint.value}", openai.upload(endpoint, app), upload=True)
     add("POST", "/v1/responses", responses_api.create_response)
     # (before the kept-response resource below, which would take the path as an id)
     add("POST", "/v1/responses/input_tokens", responses_api.count_input_tokens)
@@ -550,8 +552,9 @@ def _add_routes(app: web.Application) -> None:
             "POST",
             f"/openai/deployments/{{deployment}}/{endpoint.value}",
             openai.upload(endpoint, app, AZURE_API_KEY),
+            upload=True,
         )
-        add("POST", f"/openai/v1/{endpoint.value}", openai.upload(endpoint, app, AZURE_API_KEY))
+        add("POST", f"/openai/v1/{endpoint.value}", openai.upload(endpoint, app, AZURE_API_KEY), upload=True)
     add("POST", "/openai/responses", responses_api.create_response)
     add("POST", "/openai/responses/input_tokens", responses_api.count_input_tokens)
     add("GET", "/openai/responses/{response_id}", responses_api.retrieve_response)
@@ -579,7 +582,7 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/feedback", admin.feedback)
     add("POST", "/v1/memory", memory_api.create)
     add("POST", "/v1/memory/search", memory_api.search)
-    add("POST", "/v1/memory/files", memory_files.upload)
+    add("POST", "/v1/memory/files", memory_files.upload, upload=True)
     add("GET", "/v1/memory/jobs", memory_files.list_jobs)  # before /v1/memory/{id}, which would take it
     add("GET", "/v1/memory/jobs/{id}", memory_files.read_job)
     add("DELETE", "/v1/memory/jobs/{id}", memory_files.cancel_job)

@@ -19,6 +19,18 @@ from gateway.errors import PayloadTooLarge, RequestTimeout, UnsupportedContentEn
 from gateway.service.validation import parse_body
 from gateway.wire.requests import JSONObject
 
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def send_continue(request: web.Request) -> None:
+    """Send an upload's deferred ``100 Continue`` (``middleware.expect_handler``), if it asked for
+    one: called when its body is about to be read, after every check that refuses it unread."""
+    if request.get(keys.CONTINUE_DEFERRED):
+        request[keys.CONTINUE_DEFERRED] = False
+        await request.writer.write(_CONTINUE)
+        request.writer.output_size = 0  # the response proper has not started
+
+
 JSON_CONTENT_TYPE = "application/json"
 
 

@@ -187,17 +187,25 @@ def _log_library_words(request_id: str, error: GatewayError) -> None:
 ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
 
-def expect_handler(refuse: Handler) -> ExpectHandler:
+def expect_handler(refuse: Handler, *, deferred: bool = False) -> ExpectHandler:
     """A route's ``Expect`` handling (aiohttp calls it before the handler when the header is
     there): ``100-continue`` on HTTP/1.1 gets the interim ``100 Continue``, as aiohttp's default
     does; any other expectation is refused by ``refuse`` (the route's ``gateway_handler`` around
     ``expectation_failed``), so the 417 comes in the route's error envelope with a request id, a
-    log line and its metrics, where aiohttp's default answered plain text."""
+    log line and its metrics, where aiohttp's default answered plain text.
+
+    ``deferred`` (the upload routes): the ``100 Continue`` waits until the handler is about to
+    read the form (``body.send_continue``), so a request refused before that (its key, its
+    limits, the upload room, a declared length too large) gets only the refusal and its client
+    never sends the body: what ``Expect`` is for (RFC 9110 10.1.1)."""
 
     async def expect(request: web.Request) -> web.StreamResponse | None:
         if request.version != HttpVersion11:
             return None  # HTTP/1.0 has no Expect: ignored, as aiohttp does
         if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+            if deferred:
+                request[keys.CONTINUE_DEFERRED] = True
+                return None
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # the response proper has not started
             return None

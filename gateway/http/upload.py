@@ -34,7 +34,7 @@ from gateway.errors import (
     UnsupportedMediaType,
     quoted,
 )
-from gateway.http.body import refuse_compressed
+from gateway.http.body import refuse_compressed, send_continue
 from gateway.memory.access import MemoryAccess
 from gateway.memory.formats import READ_BYTES, format_of, supported
 from gateway.policy.model import Ingest
@@ -85,6 +85,7 @@ async def read_upload(
         raise _too_large(limit)  # refused before reading a byte of it
     # A spool with no room for the declared file (or none at all) refuses it before a byte is read.
     await ingest.check_room(max(0, (request.content_length or 0) - _FORM_OVERHEAD))
+    await send_continue(request)
     pace = _Pace(ingest.config, request.app[keys.POLICY].server.request_read_timeout_s)
     try:
         reader = await request.multipart()
@@ -375,6 +376,7 @@ async def read_upload_form(request: web.Request, limit_bytes: int, shape: FormSh
     _refuse_cross_site_form(request)
     if request.content_length is not None and request.content_length > limit_bytes + _FORM_OVERHEAD:
         raise _too_large(limit_bytes)  # refused before reading a byte of it
+    await send_continue(request)
     policy = request.app[keys.POLICY]
     pace = _Pace(policy.memory.ingest, policy.server.request_read_timeout_s)
     try:

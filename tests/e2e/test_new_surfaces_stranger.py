@@ -11,6 +11,7 @@ found, and failed before its fix.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import uuid
@@ -364,3 +365,56 @@ async def test_a_provider_answering_more_images_than_asked_is_charged_those_aske
         if line.startswith("gateway_cost_usd_total{") and 'model="img"' in line
     ]
     assert float(cost.rsplit(" ", 1)[1]) == pytest.approx(0.02)
+
+
+async def _raw_upload_head(
+    gw: Gateway, secret: str, declared: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The head of a transcription upload declaring ``declared`` bytes, with ``Expect:
+    100-continue``, its body not sent."""
+    url = gw.client.make_url("/")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        (
+            "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: localhost\r\n"
+            f"Authorization: Bearer {secret}\r\n"
+            "Content-Type: multipart/form-data; boundary=XyZ\r\n"
+            f"Content-Length: {declared}\r\nExpect: 100-continue\r\n\r\n"
+        ).encode()
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def test_an_upload_asking_100_continue_is_refused_before_it_is_told_to_send(gateway: Gateway) -> None:
+    """h-uploadgate refuses a key over its limits before its form is read, but the gateway's
+    ``Expect`` handler answered ``100 Continue`` before the handler ran: a client waiting for it
+    (curl for any upload over 1 MiB, as RFC 9110 10.1.1 has it) was told to send its 20 MiB,
+    then got the 429. Now an upload route's ``100 Continue`` is sent when its form is about to
+    be read, so a refusal is the only answer; an admitted upload gets it and is served."""
+    resp = await gateway.client.post("/admin/keys", json={"team": "research", "rpm": 1}, headers=ADMIN)
+    secret = (await resp.json())["secret"]
+    reader, writer = await _raw_upload_head(gateway, secret, 64)
+    first = await asyncio.wait_for(reader.readline(), 5)
+    assert first.startswith(b"HTTP/1.1 100"), first  # admitted: told to send
+    await asyncio.wait_for(reader.readline(), 5)  # (the interim answer's blank line)
+    form = b'--XyZ\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n--XyZ--\r\n'
+    writer.write(form.ljust(64, b"\n")[:64] if len(form) < 64 else form[:64])
+    await writer.drain()
+    final = await asyncio.wait_for(reader.readline(), 5)
+    assert final.startswith(b"HTTP/1.1 400"), final  # (no file part: the form was read)
+    writer.close()
+    # The key's one request a minute spent (the form above was refused before admission):
+    # refused before its body is asked for.
+    oa, _ = gateway.sdks(secret)
+    await oa.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    await oa.close()
+    reader, writer = await _raw_upload_head(gateway, secret, 20 * 2**20)
+    first = await asyncio.wait_for(reader.readline(), 5)
+    assert first.startswith(b"HTTP/1.1 429"), first
+    writer.close()
+    # A wrong key: 401, never 100 either.
+    reader, writer = await _raw_upload_head(gateway, "sk-sg-wrong", 20 * 2**20)
+    first = await asyncio.wait_for(reader.readline(), 5)
+    assert first.startswith(b"HTTP/1.1 401"), first
+    writer.close()
