@@ -39,6 +39,7 @@ from gateway.wire.requests import (
     JSONObject,
     prompt_chars,
 )
+from gateway.wire.usage import MOST_TOKENS
 
 DEFAULT_OUTPUT_TOKENS = 256  # the output reserved when a request sets no max_tokens
 # Bytes of a transcription form's declared length taken as its other fields and framing, not
@@ -287,6 +288,8 @@ def reservation_parts(endpoint: Endpoint, body: JSONObject) -> tuple[int, int]:
     )
     if not isinstance(output, int) or isinstance(output, bool):
         output = DEFAULT_OUTPUT_TOKENS
+    elif output > MOST_TOKENS:  # what a count may be (``token_count``): 2**62 priced $4.6e12
+        output = MOST_TOKENS
     n = body.get("n")
     return prompt, prompt + output * (n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1)
 

@@ -46,6 +46,7 @@ providers:
 models:
   m: {{deployments: [{{provider: a, model: ma}}]}}
   claude: {{deployments: [{{provider: an, model: claude-x}}]}}
+  priced: {{deployments: [{{provider: a, model: no-usage, price: {{input_per_mtok: 1, output_per_mtok: 1}}}}]}}
   img: {{deployments: [{{provider: a, model: dall-e-2, price: {{per_image: {{"1024x1024": 0.02}}}}}}]}}
 memory: {{enabled: false}}
 auth:
@@ -74,6 +75,18 @@ def answer(request: UpstreamRequest) -> MockResponse:
                 "stop_reason": "end_turn",
                 "stop_sequence": None,
                 "usage": {"input_tokens": 3, "output_tokens": 2},
+            }
+        )
+    if body.get("model") == "no-usage":  # a compatible server that reports no usage
+        return MockResponse.json(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "no-usage",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+                ],
             }
         )
     return MockResponse.json(
@@ -418,3 +431,25 @@ async def test_an_upload_asking_100_continue_is_refused_before_it_is_told_to_sen
     first = await asyncio.wait_for(reader.readline(), 5)
     assert first.startswith(b"HTTP/1.1 401"), first
     writer.close()
+
+
+async def test_an_estimate_for_an_answer_without_usage_is_bounded(gateway: Gateway) -> None:
+    """h-estcost charges a call whose provider reports no usage its reservation: the prompt's
+    characters / 4 plus ``max_tokens`` x ``n`` as the client sent them, unbounded unless the
+    policy sets ``limits.max_tokens`` (default: none). A client asking ``max_tokens: 2**62`` of a
+    server that ignores it and reports no usage put $4.6e12 into ``gateway_cost_usd_total`` (and
+    its key's spend) at $1 per million tokens. The output an estimate counts is now bounded as a
+    reported count is (``MOST_TOKENS`` a choice)."""
+    oa, _ = gateway.sdks(await gateway.key())
+    done = await oa.chat.completions.create(
+        model="priced", messages=[{"role": "user", "content": "hi"}], max_tokens=2**62
+    )
+    assert done.choices[0].message.content == "ok"
+    await oa.close()
+    metrics = await (await gateway.client.get("/metrics")).text()
+    (cost,) = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("gateway_cost_usd_total{") and 'model="priced"' in line
+    ]
+    assert 0 < float(cost.rsplit(" ", 1)[1]) <= (2**31 + 10) / 1e6
