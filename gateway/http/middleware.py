@@ -130,8 +130,14 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
                 call.tried = error.tried  # a routed call made for it failed (memory's embeddings too)
                 _log_library_words(rid, error)
                 response = (render or error_renderer(request.path))(error)
+                if request.get(keys.CONTINUE_DEFERRED):
+                    response.force_close()  # (below)
             except web.HTTPException as exc:
                 response = (render or error_renderer(request.path))(_from_http_exception(exc, request))
+                if request.get(keys.CONTINUE_DEFERRED):
+                    # An upload refused before its 100 Continue: its client sends no body, and
+                    # the connection ends with the answer rather than wait for one.
+                    response.force_close()
             except asyncio.CancelledError:
                 if not draining_cut(request):
                     status = _CLIENT_CLOSED

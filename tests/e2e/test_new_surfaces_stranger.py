@@ -422,15 +422,12 @@ async def test_an_upload_asking_100_continue_is_refused_before_it_is_told_to_sen
     oa, _ = gateway.sdks(secret)
     await oa.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     await oa.close()
-    reader, writer = await _raw_upload_head(gateway, secret, 20 * 2**20)
-    first = await asyncio.wait_for(reader.readline(), 5)
-    assert first.startswith(b"HTTP/1.1 429"), first
-    writer.close()
-    # A wrong key: 401, never 100 either.
-    reader, writer = await _raw_upload_head(gateway, "sk-sg-wrong", 20 * 2**20)
-    first = await asyncio.wait_for(reader.readline(), 5)
-    assert first.startswith(b"HTTP/1.1 401"), first
-    writer.close()
+    for secret_sent, status in ((secret, b"429"), ("sk-sg-wrong", b"401")):  # a wrong key: never 100
+        reader, writer = await _raw_upload_head(gateway, secret_sent, 20 * 2**20)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 " + status), head
+        assert b"\r\nconnection: close\r\n" in head.lower()  # the connection is not reused
+        writer.close()
 
 
 async def test_an_estimate_for_an_answer_without_usage_is_bounded(gateway: Gateway) -> None:
