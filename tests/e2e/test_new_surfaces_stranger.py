@@ -6,7 +6,14 @@ found, and failed before its fix.
   (``source: {"type": "content", "content": [image blocks]}``) carried an image block with a
   ``file`` source past the walk; a Gemini Files API URL spelled as a URL parser reads it (a
   backslash for the path's slash, a percent-encoded dot, a tab inside the host, full-width
-  letters or an ideographic full stop) was not seen as on the Files API's host.
+  letters or an ideographic full stop) was not seen as on the Files API's host;
+- the audit trail and the access log (h-audit): a secret pasted where a key id goes was written
+  whole;
+- the shared auth throttle (h-sharedthrottle): a window as long as a Redis counter's expiry;
+- costs (h-imageedits, h-estcost): more images charged than asked; an estimate as large as any
+  ``max_tokens``;
+- uploads (h-uploadgate): ``Expect: 100-continue`` answered before the checks that refuse an
+  upload unread.
 """
 
 from __future__ import annotations
