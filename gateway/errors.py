@@ -493,16 +493,26 @@ class UsageUnavailable(ServiceUnavailable):
 
 
 class RateLimited(GatewayError):
-    """A key's requests (RPM) or tokens (TPM) per minute are used up. OpenAI's shape: type
-    ``requests`` or ``tokens``, code ``rate_limit_exceeded``, with ``Retry-After``."""
+    """A key's requests (RPM) or tokens (TPM) per minute are used up, or (``team``) its team's
+    shared ones. OpenAI's shape: type ``requests`` or ``tokens``, code ``rate_limit_exceeded``,
+    with ``Retry-After``."""
 
     status = 429
     error_type = "requests"
 
-    def __init__(self, kind: str, limit: int, retry_after_s: float, headers: Mapping[str, str]) -> None:
-        unit = "requests" if kind == "requests" else "tokens"
+    def __init__(
+        self,
+        kind: str,
+        limit: int,
+        retry_after_s: float,
+        headers: Mapping[str, str],
+        *,
+        team: str | None = None,
+    ) -> None:
+        unit = "requests" if kind in ("requests", "team_requests") else "tokens"
+        whose = "this key" if team is None else f"team {team!r} (its keys' shared limit)"
         super().__init__(
-            f"Rate limit reached for this key on {unit} per min: limit {limit}. "
+            f"Rate limit reached for {whose} on {unit} per min: limit {limit}. "
             f"Please try again in {_format_retry_after(retry_after_s)}s.",
             code="rate_limit_exceeded",
             headers={**headers, **retry_after_headers(retry_after_s)},
@@ -519,10 +529,18 @@ class RequestTooLarge(RateLimited):
     """A request that reserves more tokens than its key's whole per-minute limit: no wait makes it
     fit (OpenAI: "Request too large ... on tokens per min"), so SDKs are told not to retry."""
 
-    def __init__(self, limit: int, requested: int, lower: str = "Lower max_tokens (or the prompt)") -> None:
+    def __init__(
+        self,
+        limit: int,
+        requested: int,
+        lower: str = "Lower max_tokens (or the prompt)",
+        *,
+        team: str | None = None,
+    ) -> None:
+        whose = "this key" if team is None else f"team {team!r} (its keys' shared limit)"
         GatewayError.__init__(
             self,
-            f"Request too large for this key on tokens per min: limit {limit}, requested {requested}. "
+            f"Request too large for {whose} on tokens per min: limit {limit}, requested {requested}. "
             f"{lower} to run it.",
             code="rate_limit_exceeded",
             headers=dict(_NO_CLIENT_RETRY),

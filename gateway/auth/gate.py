@@ -9,7 +9,8 @@ characters a token (the text of ``messages`` and their tool calls' arguments, ``
 has no ``max_tokens``). When the call ends, the tokens the provider reported replace it.
 
 Refusals (OpenAI's shapes): 429 ``rate_limit_exceeded`` (type ``requests`` / ``tokens``) with
-``Retry-After``; 429 ``insufficient_quota`` when the period's budget is spent, the key's own or
+``Retry-After``, the key's own window or its team's shared one (``Caller.team_rpm`` /
+``team_tpm``, reasons ``team_requests`` / ``team_tokens``, the message says which); 429 ``insufficient_quota`` when the period's budget is spent, the key's own or
 its team's shared one (``Caller.team_budget_usd``, the message says which). Every answer to a
 limited key carries the ``x-ratelimit-*`` headers (``headers_for``).
 """
@@ -22,7 +23,15 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol
 
 from gateway.auth.identity import Caller
-from gateway.auth.limits import REFUSED_BUDGET, REFUSED_TEAM_BUDGET, Decision, Limiter, Window
+from gateway.auth.limits import (
+    REFUSED_BUDGET,
+    REFUSED_TEAM_BUDGET,
+    REFUSED_TEAM_REQUESTS,
+    REFUSED_TEAM_TOKENS,
+    Decision,
+    Limiter,
+    Window,
+)
 from gateway.errors import GatewayError, QuotaExceeded, RateLimited, RequestTooLarge
 from gateway.observability.metrics import GatewayMetrics
 from gateway.wire.audio import AUDIO_BYTES_PER_TOKEN
@@ -71,7 +80,7 @@ class LimitedCall(Protocol):
 
 class LimitGate:
     """Admits a keyed call against its key's limits (``Caller.rpm``, ``tpm``, ``budget_usd``) and
-    its team's shared budget (``team_budget_usd``);
+    its team's shared budget and rates (``team_budget_usd``, ``team_rpm``, ``team_tpm``);
     a caller without limits (and every call in open mode) passes without a limiter call."""
 
     def __init__(self, limiter: Limiter, metrics: GatewayMetrics) -> None:
@@ -94,16 +103,13 @@ class LimitGate:
         estimate: int | None = None
         prompt: int | None = None
         tokens = 0
-        if caller.tpm is not None or caller.budgeted:
+        if caller.token_limited or caller.budgeted:
             prompt, estimate = reservation_parts(endpoint, body)
-            tokens = estimate if caller.tpm is not None else 0
-        if caller.tpm is not None and tokens > caller.tpm:
+            tokens = estimate if caller.token_limited else 0
+        if caller.token_limited and (too_large := self._too_large(caller, tokens, endpoint)) is not None:
             # It would never fit, however long the client waits: say so, and no retry (OpenAI's
             # "Request too large ... on tokens per min" is also a 429).
-            m = self._metrics
-            m.child(m.refusals, caller.team, "tokens").inc()
-            self.later(self.limiter.refused(caller, "tokens"))  # in the usage rows too
-            raise RequestTooLarge(caller.tpm, tokens, _LOWER.get(endpoint, _LOWER_OUTPUT))
+            raise too_large
         ticket = f"{ctx.request_id}:{os.urandom(4).hex()}"
         decision = await self.limiter.admit(caller, ticket, tokens)
         headers = headers_for(decision)
@@ -112,6 +118,22 @@ class LimitGate:
             ctx.limit_ticket = LimitTicket(self, caller, decision.ticket or ticket, tokens, estimate, prompt)
             return
         raise self._refusal(caller, decision, headers)
+
+    def _too_large(self, caller: Caller, tokens: int, endpoint: Endpoint) -> RequestTooLarge | None:
+        """The refusal (counted) of a request reserving more tokens than its key's whole TPM or its
+        team's whole shared TPM; None when it fits both."""
+        lower = _LOWER.get(endpoint, _LOWER_OUTPUT)
+        error, reason = None, ""
+        if caller.tpm is not None and tokens > caller.tpm:
+            error, reason = RequestTooLarge(caller.tpm, tokens, lower), "tokens"
+        elif caller.team_tpm is not None and tokens > caller.team_tpm:
+            error = RequestTooLarge(caller.team_tpm, tokens, lower, team=caller.team)
+            reason = REFUSED_TEAM_TOKENS
+        if error is not None:
+            m = self._metrics
+            m.child(m.refusals, caller.team, reason).inc()
+            self.later(self.limiter.refused(caller, reason))  # in the usage rows too
+        return error
 
     def _refusal(self, caller: Caller, decision: Decision, headers: dict[str, str]) -> GatewayError:
         """The 429 of a refused ``decision``, counted (metrics, the usage rows' refusals)."""
@@ -125,6 +147,10 @@ class LimitGate:
             return QuotaExceeded(
                 caller.team_budget_usd or 0.0, decision.budget_reset_s, headers, team=caller.team
             )
+        if refused in (REFUSED_TEAM_REQUESTS, REFUSED_TEAM_TOKENS):
+            window = decision.team_requests if refused == REFUSED_TEAM_REQUESTS else decision.team_tokens
+            limit = window.limit if window else (caller.team_rpm or caller.team_tpm or 0)
+            return RateLimited(refused, limit, decision.retry_after_s, headers, team=caller.team)
         window = decision.requests if refused == "requests" else decision.tokens
         return RateLimited(refused, window.limit if window else 0, decision.retry_after_s, headers)
 
@@ -149,13 +175,11 @@ class LimitGate:
             least = 1 + DEFAULT_OUTPUT_TOKENS + IMAGE_TOKENS_MAX  # one image in, one out, no prompt
         else:
             least = audio_tokens((declared_bytes or 0) - UPLOAD_FIELDS_ALLOWANCE)
-        if caller.tpm is not None and least > caller.tpm:
-            m = self._metrics
-            m.child(m.refusals, caller.team, "tokens").inc()
-            self.later(self.limiter.refused(caller, "tokens"))
-            error: GatewayError = RequestTooLarge(caller.tpm, least, _LOWER.get(endpoint, _LOWER_OUTPUT))
+        too_large = self._too_large(caller, least, endpoint) if caller.token_limited else None
+        if too_large is not None:
+            error: GatewayError = too_large
         else:
-            decision = await self.limiter.peek(caller, least if caller.tpm is not None else 0)
+            decision = await self.limiter.peek(caller, least if caller.token_limited else 0)
             if decision.refused is None:
                 return
             headers = headers_for(decision)
@@ -312,11 +336,20 @@ def audio_tokens(file_bytes: int) -> int:
 
 
 def headers_for(decision: Decision) -> dict[str, str]:
-    """OpenAI's ``x-ratelimit-*`` headers for the limits a key has (reset as ``6m0s``, ``1s``)."""
+    """OpenAI's ``x-ratelimit-*`` headers for the limits a key has (reset as ``6m0s``, ``1s``):
+    for each unit the tighter of the key's window and its team's shared one (fewer remaining; the
+    key's on a tie), all three headers of the one window, so a client pacing itself by them
+    waits for the window that will refuse it."""
     headers: dict[str, str] = {}
-    _add(headers, "requests", decision.requests)
-    _add(headers, "tokens", decision.tokens)
+    _add(headers, "requests", _tighter(decision.requests, decision.team_requests))
+    _add(headers, "tokens", _tighter(decision.tokens, decision.team_tokens))
     return headers
+
+
+def _tighter(key: Window | None, team: Window | None) -> Window | None:
+    if team is None or (key is not None and key.remaining <= team.remaining):
+        return key
+    return team
 
 
 def _add(headers: dict[str, str], unit: str, window: Window | None) -> None:

@@ -38,6 +38,10 @@ class Caller:
     # together and counted under the team's name, per the team's ``budget_period``: None for none.
     team_budget_usd: float | None = None
     team_budget_period_s: float | None = None
+    # The team's shared rates (``auth.teams.<team>.shared_rpm`` / ``shared_tpm``): one window each
+    # for all its keys together, counted under the team's name alongside the key's own: None for none.
+    team_rpm: int | None = None
+    team_tpm: int | None = None
     # May it name objects stored with the providers under the gateway's keys (file ids, Gemini
     # Files API URIs: ``wire/provider_files.py``)? Off unless its key or team allows it.
     provider_files: bool = False
@@ -54,13 +58,25 @@ class Caller:
 
     @property
     def limited(self) -> bool:
-        """Whether any of its limits is set (RPM, TPM, its budget, its team's shared budget)."""
+        """Whether any of its limits is set (RPM, TPM, its budget, its team's shared budget and rates)."""
         return (
             self.rpm is not None
             or self.tpm is not None
             or self.budget_usd is not None
             or self.team_budget_usd is not None
+            or self.team_rpm is not None
+            or self.team_tpm is not None
         )
+
+    @property
+    def team_rated(self) -> bool:
+        """Whether its team has a shared RPM or TPM."""
+        return self.team_rpm is not None or self.team_tpm is not None
+
+    @property
+    def token_limited(self) -> bool:
+        """Whether its requests reserve tokens: its own TPM or its team's shared one."""
+        return self.tpm is not None or self.team_tpm is not None
 
     @property
     def budgeted(self) -> bool:

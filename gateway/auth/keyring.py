@@ -413,6 +413,8 @@ class KeyRing:
             team_budget_period_s=None
             if team.shared_budget_usd is None
             else max(MIN_BUDGET_PERIOD_S, team.budget_period),
+            team_rpm=team.shared_rpm,
+            team_tpm=team.shared_tpm,
             provider_files=record.provider_files
             if record.provider_files is not None
             else team.provider_files,

@@ -14,6 +14,9 @@ every 30 days at the same instant for every replica); it is known only when a re
 requests already running when the budget runs out still finish (the overshoot is what they cost).
 A team's shared budget (``Caller.team_budget_usd``) is one more such spend, counted under the
 team's name for all its keys together, checked with the key's own and charged the same cost.
+A team's shared rates (``Caller.team_rpm`` / ``team_tpm``) are one more pair of windows, the same
+sliding logs counted under the team's name for all its keys, checked after the key's own: a
+request needs room in both, and is counted (and its tokens reserved and settled) in both.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ REFUSED_REQUESTS = "requests"
 REFUSED_TOKENS = "tokens"
 REFUSED_BUDGET = "budget"
 REFUSED_TEAM_BUDGET = "team_budget"  # the team's shared budget is spent (the key's own may not be)
+REFUSED_TEAM_REQUESTS = "team_requests"  # the team's shared RPM window is full
+REFUSED_TEAM_TOKENS = "team_tokens"  # the team's shared TPM window has no room
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +52,9 @@ class Window:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """A limiter's answer for one request: ``refused`` is None (admitted: counted and reserved)
-    or the limit it hit (``requests``, ``tokens``, ``budget``, ``team_budget``), with when a retry
-    may fit."""
+    or the limit it hit (``requests``, ``tokens``, ``budget``, ``team_budget``, ``team_requests``,
+    ``team_tokens``), with when a retry may fit; ``team_requests`` / ``team_tokens``: the team's
+    shared windows, for a key of a team with shared rates."""
 
     refused: str | None
     requests: Window | None
@@ -56,6 +62,8 @@ class Decision:
     retry_after_s: float = 0.0
     budget_reset_s: float = 0.0
     ticket: str | None = None  # the reservation to settle, when not the ticket admit was given
+    team_requests: Window | None = None
+    team_tokens: Window | None = None
 
 
 ADMITTED_UNLIMITED = Decision(None, None, None)
@@ -134,6 +142,7 @@ class LocalLimiter:
         self._window_s = window_s
         self._keys: dict[str, _KeyCounts] = {}
         self._teams: dict[str, _TeamSpend] = {}  # team -> its shared budget's spend
+        self._team_windows: dict[str, _KeyCounts] = {}  # team -> its shared RPM and TPM windows
         self.table = UsageTable(clock)
 
     async def start(self) -> None:
@@ -182,19 +191,33 @@ class LocalLimiter:
             refused, retry_s = REFUSED_REQUESTS, counts.requests[0] + window - now
         if refused is None and tpm is not None and counts.tokens_total + tokens > tpm:
             refused, retry_s = REFUSED_TOKENS, self._tokens_fit_in(counts, tokens, tpm, now)
+        team_rpm, team_tpm = caller.team_rpm, caller.team_tpm
+        shared: _KeyCounts | None = None
+        if team_rpm is not None or team_tpm is not None:
+            shared = self._team_windows.get(caller.team)
+            if shared is None:
+                shared = self._team_windows[caller.team] = _KeyCounts()
+            self._expire(shared, now - window)
+            if refused is None and team_rpm is not None and len(shared.requests) >= team_rpm:
+                refused, retry_s = REFUSED_TEAM_REQUESTS, shared.requests[0] + window - now
+            if refused is None and team_tpm is not None and shared.tokens_total + tokens > team_tpm:
+                refused, retry_s = REFUSED_TEAM_TOKENS, self._tokens_fit_in(shared, tokens, team_tpm, now)
         if refused is None and count:
-            if rpm is not None:
-                counts.requests.append(now)
-            if tpm is not None:
-                counts.tokens.append((now, ticket))
-                counts.amounts[ticket] = tokens
-                counts.tokens_total += tokens
+            _count_in(counts, rpm, tpm, now, ticket, tokens)
+            if shared is not None:
+                _count_in(shared, team_rpm, team_tpm, now, ticket, tokens)
         return Decision(
             refused,
             None if rpm is None else _window(rpm, len(counts.requests), counts.requests, now, window),
             None if tpm is None else _window(tpm, counts.tokens_total, counts.tokens, now, window),
             max(0.0, retry_s),
             budget_reset_s,
+            team_requests=None
+            if shared is None or team_rpm is None
+            else _window(team_rpm, len(shared.requests), shared.requests, now, window),
+            team_tokens=None
+            if shared is None or team_tpm is None
+            else _window(team_tpm, shared.tokens_total, shared.tokens, now, window),
         )
 
     async def settle(
@@ -226,17 +249,11 @@ class LocalLimiter:
             counts = self._keys[caller.counted_as] = _KeyCounts()
         self._expire(counts, now - self._window_s)
         used = tokens_in + tokens_out
-        held = counts.amounts.get(ticket)
-        if held is not None:  # still in the window: it now counts what it used
-            counts.amounts[ticket] = used
-            counts.tokens_total += used - held
-        elif caller.tpm is not None and used > reserved:
-            # Its reservation already left the window (a stream longer than a minute): what it
-            # used beyond the reservation counts from now.
-            extra = f"{ticket}+"
-            counts.tokens.append((now, extra))
-            counts.amounts[extra] = used - reserved
-            counts.tokens_total += used - reserved
+        if caller.tpm is not None:
+            _settle_in(counts, ticket, reserved, used, now)
+        if caller.team_tpm is not None and (shared := self._team_windows.get(caller.team)) is not None:
+            self._expire(shared, now - self._window_s)
+            _settle_in(shared, ticket, reserved, used, now)
         if cost_usd and caller.budget_period_s:
             period = int(now // caller.budget_period_s)
             if counts.period != period:
@@ -288,6 +305,33 @@ class LocalLimiter:
             if free >= tokens:
                 return at + self._window_s - now
         return self._window_s  # more than the whole limit: it never fits (OpenAI refuses it too)
+
+
+def _count_in(
+    counts: _KeyCounts, rpm: int | None, tpm: int | None, now: float, ticket: str, tokens: int
+) -> None:
+    """Count one admitted request (and reserve its tokens) in ``counts``' windows."""
+    if rpm is not None:
+        counts.requests.append(now)
+    if tpm is not None:
+        counts.tokens.append((now, ticket))
+        counts.amounts[ticket] = tokens
+        counts.tokens_total += tokens
+
+
+def _settle_in(counts: _KeyCounts, ticket: str, reserved: int, used: int, now: float) -> None:
+    """The reservation ``ticket`` in ``counts``' TPM window now counts the ``used`` tokens."""
+    held = counts.amounts.get(ticket)
+    if held is not None:  # still in the window: it now counts what it used
+        counts.amounts[ticket] = used
+        counts.tokens_total += used - held
+    elif used > reserved:
+        # Its reservation already left the window (a stream longer than a minute): what it
+        # used beyond the reservation counts from now.
+        extra = f"{ticket}+"
+        counts.tokens.append((now, extra))
+        counts.amounts[extra] = used - reserved
+        counts.tokens_total += used - reserved
 
 
 def _window(

@@ -738,7 +738,8 @@ class GatewayMetrics:
         self.refusals = Counter(
             "gateway_refusals",
             "Requests refused by a key's limits, by team and reason (requests, tokens, budget, "
-            "team_budget: the team's shared budget).",
+            "team_budget: the team's shared budget; team_requests, team_tokens: the team's shared RPM and "
+            "TPM).",
             ("team", "reason"),
         )
         self.auth_throttled = Counter(

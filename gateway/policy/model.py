@@ -1377,13 +1377,17 @@ class Team(_Strict):
         "`models` may narrow this list, never widen it.",
     )
     rpm: int | None = Field(
-        None, ge=1, le=MAX_RATE, description="Requests per minute per key (null: unlimited)."
+        None,
+        ge=1,
+        le=MAX_RATE,
+        description="Requests per minute per key (null: unlimited); `shared_rpm` bounds the team.",
     )
     tpm: int | None = Field(
         None,
         ge=1,
         le=MAX_RATE,
-        description="Tokens (prompt + completion) per minute per key (null: unlimited).",
+        description="Tokens (prompt + completion) per minute per key (null: unlimited); "
+        "`shared_tpm` bounds the team.",
     )
     budget_usd: float | None = Field(
         None, ge=0, description="Spend allowed per key per `budget_period`, in US dollars (null: unlimited)."
@@ -1400,6 +1404,21 @@ class Team(_Strict):
         description="Spend allowed per `budget_period` to all the team's keys together, in US "
         "dollars (null: none). Checked alongside each key's own budget: a call is admitted only "
         "while both have room.",
+    )
+    shared_rpm: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_RATE,
+        description="Requests per minute to all the team's keys together (null: none). Checked "
+        "alongside each key's own `rpm`: a call is admitted only while both have room.",
+    )
+    shared_tpm: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_RATE,
+        description="Tokens (prompt + completion) per minute to all the team's keys together "
+        "(null: none). Checked alongside each key's own `tpm`: a call is admitted only while both "
+        "have room.",
     )
     namespaces: TeamNamespaces = TeamNamespaces()
     provider_files: bool = Field(

@@ -35,12 +35,19 @@ auth:
       budget_usd: 5.5
       budget_period: 7d
       shared_budget_usd: 50
+      shared_rpm: 100
+      shared_tpm: 50000
       namespaces: {read: [a, b], write: []}
     ops: {}
 """
     )
     assert policy.auth.teams["research"].shared_budget_usd == 50.0  # per the team's budget_period
     assert policy.auth.teams["ops"].shared_budget_usd is None
+    assert (policy.auth.teams["research"].shared_rpm, policy.auth.teams["research"].shared_tpm) == (
+        100,
+        50000,
+    )
+    assert (policy.auth.teams["ops"].shared_rpm, policy.auth.teams["ops"].shared_tpm) == (None, None)
     research = policy.auth.teams["research"]
     assert (research.models, research.rpm, research.tpm, research.budget_usd) == (["m"], 10, 1000, 5.5)
     assert research.budget_period == 7 * 86400
@@ -83,6 +90,13 @@ auth:
             "less than or equal to 1000000000",
         ),
         ("{teams: {t: {shared_budget_usd: lots}}}", "auth.teams.t.shared_budget_usd", "valid number"),
+        # A team's shared rates (h-teamrate): positive whole numbers, capped as a key's rpm / tpm.
+        ("{teams: {t: {shared_rpm: 0}}}", "auth.teams.t.shared_rpm", "greater than or equal to 1"),
+        ("{teams: {t: {shared_tpm: -5}}}", "auth.teams.t.shared_tpm", "greater than or equal to 1"),
+        ("{teams: {t: {shared_rpm: 1.5}}}", "auth.teams.t.shared_rpm", "valid integer"),
+        ("{teams: {t: {shared_tpm: many}}}", "auth.teams.t.shared_tpm", "valid integer"),
+        ("{teams: {t: {shared_rpm: 1000000000001}}}", "auth.teams.t.shared_rpm", "less than or equal to"),
+        ("{teams: {t: {shared_tpm: .inf}}}", "auth.teams.t.shared_tpm", "finite number"),
     ],
 )
 def test_mistakes_name_the_key_path(tmp_path: object, auth: str, where: str, says: str) -> None:

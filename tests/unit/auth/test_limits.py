@@ -149,6 +149,48 @@ async def test_a_teams_shared_budget_is_spent_by_all_its_keys_until_the_next_per
     assert (await limiter.admit(none, "h", 0)).refused == "team_budget"
 
 
+async def test_a_teams_shared_rpm_counts_every_key_of_the_team_in_one_sliding_window() -> None:
+    # (h-teamrate) shared_rpm 3: the 4th request across two keys is refused as the team's, so is a
+    # key never seen before and a rotated key; each key's own rpm 10 had room. Another team and a
+    # key of a team without the field are unchanged; the window slides as a key's.
+    clock = Clock()
+    limiter = LocalLimiter(clock=clock)
+    k1, k2 = Caller("k1", "alpha", rpm=10, team_rpm=3), Caller("k2", "alpha", rpm=10, team_rpm=3)
+    for key, ticket in ((k1, "a"), (k2, "b"), (k1, "c")):
+        assert (await limiter.admit(key, ticket, 0)).refused is None
+        clock.now += 10
+    for key in (k2, k1, Caller("k3", "alpha", team_rpm=3), Caller("k4", "alpha", team_rpm=3, limits_id="k1")):
+        refused = await limiter.admit(key, "d", 0)
+        assert refused.refused == "team_requests", key
+        assert refused.retry_after_s == pytest.approx(30)  # the first entry leaves at +60
+        assert refused.team_requests is not None and refused.team_requests.remaining == 0
+        assert refused.team_requests.limit == 3
+    assert (await limiter.admit(Caller("k5", "beta", rpm=1, team_rpm=3), "e", 0)).refused is None
+    for i in range(5):  # the team's name without the field: each key its own rpm only
+        assert (await limiter.admit(Caller(f"n{i}", "alpha", rpm=1), "f", 0)).refused is None
+    # k1's own window is not the team's: it was admitted twice of its 10.
+    peeked = await limiter.peek(k1, 0)
+    assert peeked.refused == "team_requests" and peeked.requests is not None
+    assert peeked.requests.remaining == 8
+    clock.now += 30  # the first request left the window: one more fits, the 5th in 60 s does not
+    assert (await limiter.admit(k2, "g", 0)).refused is None
+    assert (await limiter.admit(k1, "h", 0)).refused == "team_requests"
+
+
+async def test_a_teams_shared_tpm_reserves_and_settles_in_the_teams_window() -> None:
+    clock = Clock()
+    limiter = LocalLimiter(clock=clock)
+    k1, k2 = Caller("k1", "alpha", team_tpm=100), Caller("k2", "alpha", tpm=1000, team_tpm=100)
+    assert (await limiter.admit(k1, "a", 60)).refused is None
+    refused = await limiter.admit(k2, "b", 60)  # 120 of the team's 100
+    assert refused.refused == "team_tokens"
+    assert refused.tokens is not None and refused.tokens.remaining == 1000  # its own: untouched
+    await limiter.settle(k1, "a", 60, 10, 10, 0.0)  # it used 20: the team's window counts 20
+    admitted = await limiter.admit(k2, "b", 60)
+    assert admitted.refused is None
+    assert admitted.team_tokens is not None and admitted.team_tokens.remaining == 20
+
+
 async def test_refused_requests_are_not_counted_and_keys_are_separate() -> None:
     limiter = LocalLimiter(clock=Clock())
     key = caller(rpm=1)
