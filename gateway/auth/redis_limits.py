@@ -72,6 +72,8 @@ from gateway.auth.identity import Caller
 from gateway.auth.limits import (
     ADMITTED_UNLIMITED,
     REFUSED_TEAM_BUDGET,
+    REFUSED_TEAM_REQUESTS,
+    REFUSED_TEAM_TOKENS,
     WINDOW_S,
     Decision,
     LocalLimiter,
@@ -160,11 +162,14 @@ end
 # asked, lease_ms, the lease given back ('' = none), its unused requests, its unused tokens, the
 # spend this process settled for the key and has not written yet (USD), the team's shared budget
 # ('' = none), its period_ms, the team's spend not in KEYS[8] (this process's unwritten, and on a
-# Cluster what ``_TEAM_SPENT`` read: the team's counter is in another slot). KEYS[8], the team's
-# ``P{team:T}:sp``, only when it is in the same server as the key's (not on a Cluster).
+# Cluster what ``_TEAM_SPENT`` read: the team's counter is in another slot), then (only for a
+# key of a team with shared rates, on one server) the team's shared RPM and TPM (0: none).
+# KEYS[8], the team's ``P{team:T}:sp``, only when it is in the same server as the key's (not on a
+# Cluster), and then KEYS[9..14] the team's windows (rq, ra, rs, tk, ta, ts) for shared rates.
 # Returns {refused, requests used, requests reset ms, tokens used, tokens reset ms, retry ms,
 # budget reset ms, requests granted, tokens granted, budget left in micro-USD (0: no budget),
-# the team's budget left in micro-USD (0: none)}.
+# the team's budget left in micro-USD (0: none), the team's requests used, their reset ms, its
+# tokens used, their reset ms (0s: no shared rates here)}.
 _ADMIT = """
 local rpm, tpm, need = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local budget, period, ticket = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
@@ -215,6 +220,22 @@ if tpm > 0 then
     refused, retry = 'tokens', fit(KEYS[4], KEYS[5], used_tk, tpm, need)
   end
 end
+-- The team's shared windows (a key of such a team takes no lease: ask_rq is 1, the entries are
+-- this request's alone, stamped now).
+local team_rpm, team_tpm = tonumber(ARGV[19] or '0'), tonumber(ARGV[20] or '0')
+local team_rq, team_tk, team_rq_reset, team_tk_reset = 0, 0, 0, 0
+if team_rpm > 0 then
+  team_rq = expire(KEYS[9], KEYS[10], KEYS[11])
+  if refused == '' and team_rq + 1 > team_rpm then
+    refused, retry = 'team_requests', fit(KEYS[9], KEYS[10], team_rq, team_rpm, 1)
+  end
+end
+if team_tpm > 0 then
+  team_tk = expire(KEYS[12], KEYS[13], KEYS[14])
+  if refused == '' and team_tk + need > team_tpm then
+    refused, retry = 'team_tokens', fit(KEYS[12], KEYS[13], team_tk, team_tpm, need)
+  end
+end
 local grant_rq, grant_tk = 0, 0
 if refused == '' then
   grant_rq, grant_tk = ask_rq, math.max(need, ask_tk)
@@ -224,9 +245,68 @@ if refused == '' then
   if grant_rq > 1 or grant_tk > need then at = now + lease_ms end
   if rpm > 0 then used_rq = add(KEYS[1], KEYS[2], KEYS[3], ticket, at, grant_rq, ttl) end
   if tpm > 0 then used_tk = add(KEYS[4], KEYS[5], KEYS[6], ticket, at, grant_tk, ttl) end
+  if team_rpm > 0 then team_rq = add(KEYS[9], KEYS[10], KEYS[11], ticket, now, 1, ttl) end
+  if team_tpm > 0 then team_tk = add(KEYS[12], KEYS[13], KEYS[14], ticket, now, need, ttl) end
 end
+if team_rpm > 0 then team_rq_reset = reset_of(KEYS[9]) end
+if team_tpm > 0 then team_tk_reset = reset_of(KEYS[12]) end
 return {refused, used_rq, reset_of(KEYS[1]), used_tk, reset_of(KEYS[4]), math.max(0, retry), breset,
-        grant_rq, grant_tk, left, team_left}
+        grant_rq, grant_tk, left, team_left, team_rq, team_rq_reset, team_tk, team_tk_reset}
+"""
+
+# A team's shared windows on a Redis Cluster, where they are in another slot than the key's
+# counters (``_ADMIT`` reads them on one server): checked, and (``count``) the request's entries
+# added, before the key's ``_ADMIT``; a key refused there then gives its team entries back.
+# KEYS: the team's sp, rq, ra, rs, tk, ta, ts.  ARGV: now_ms, window_ms, team rpm (0: none), team
+# tpm (0: none), tokens, ticket, count (1: add; 0: a peek), the team's budget period_ms (0: none),
+# lease_ms.  Returns {refused, requests used, their reset ms, tokens used, their reset ms, retry
+# ms, what the team spent of its shared budget in the current period as text (USD)}.
+_TEAM_ADMIT = """
+local team_rpm, team_tpm, need = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ticket, count, period = ARGV[6], ARGV[7] == '1', tonumber(ARGV[8])
+local ttl = window + tonumber(ARGV[9]) + 1000
+local refused, retry, used_rq, used_tk = '', 0, 0, 0
+if team_rpm > 0 then
+  used_rq = expire(KEYS[2], KEYS[3], KEYS[4])
+  if used_rq + 1 > team_rpm then refused, retry = 'team_requests', fit(KEYS[2], KEYS[3], used_rq, team_rpm, 1) end
+end
+if team_tpm > 0 then
+  used_tk = expire(KEYS[5], KEYS[6], KEYS[7])
+  if refused == '' and used_tk + need > team_tpm then
+    refused, retry = 'team_tokens', fit(KEYS[5], KEYS[6], used_tk, team_tpm, need)
+  end
+end
+if refused == '' and count then
+  if team_rpm > 0 then used_rq = add(KEYS[2], KEYS[3], KEYS[4], ticket, now, 1, ttl) end
+  if team_tpm > 0 then used_tk = add(KEYS[5], KEYS[6], KEYS[7], ticket, now, need, ttl) end
+end
+local spent = '0'
+if period > 0 then
+  local s = redis.call('HMGET', KEYS[1], 'period', 'usd')
+  if tonumber(s[1]) == math.floor(now / period) then spent = s[2] or '0' end
+end
+return {refused, used_rq, reset_of(KEYS[2]), used_tk, reset_of(KEYS[5]), math.max(0, retry), spent}
+"""
+
+# Corrections of a team's shared windows (one call per team per settle write, next to its keys'
+# _SETTLE): a reservation becomes what the call used, a request given back (a key refused after
+# its team admitted it on a Cluster). KEYS: the team's rq, ra, rs, tk, ta, ts.  ARGV: now_ms,
+# window_ms, lease_ms, an id for tokens used beyond a reservation that left the window, the
+# number of corrections, then (log 'r' | 't', entry, delta) for each.
+_TEAM_CORRECT = """
+local ttl = window + tonumber(ARGV[3]) + 1000
+local i, extra = 6, 0
+for _ = 1, tonumber(ARGV[5]) do
+  local id, delta = ARGV[i + 1], tonumber(ARGV[i + 2])
+  if ARGV[i] == 'r' then
+    adjust(KEYS[2], KEYS[3], id, delta)
+  elseif not adjust(KEYS[5], KEYS[6], id, delta) and delta > 0 then
+    extra = extra + delta
+  end
+  i = i + 3
+end
+if extra > 0 then add(KEYS[4], KEYS[5], KEYS[6], ARGV[4], now, extra, ttl) end
+return 1
 """
 
 # A team's shared budget in its own counter (``P{team:T}:sp``, HASH period, usd), for a Redis
@@ -254,9 +334,12 @@ return 1
 
 # KEYS: as _ADMIT's.  ARGV: now_ms, window_ms, rpm (0: none), tpm (0: none), tokens, budget_usd
 # ('' = none), period_ms, the spend this process has not written yet (USD), then the requests and
-# the tokens this process holds counted and unused (its lease, give-backs not yet written).
+# the tokens this process holds counted and unused (its lease, give-backs not yet written), then
+# (a key of a team with shared rates, on one server) the team's RPM and TPM (0: none), with
+# KEYS[8] the team's sp (unread) and KEYS[9..14] its windows, as _ADMIT's.
 # Counts nothing (``RedisLimiter.peek``). Returns {refused, requests used, requests reset ms,
-# tokens used, tokens reset ms, retry ms, budget reset ms}.
+# tokens used, tokens reset ms, retry ms, budget reset ms, the team's requests used, their reset
+# ms, its tokens used, their reset ms}.
 _PEEK = """
 local rpm, tpm, need = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local budget, period = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -284,7 +367,24 @@ if tpm > 0 then
     refused, retry = 'tokens', fit(KEYS[4], KEYS[5], used_tk, tpm, need)
   end
 end
-return {refused, used_rq, reset_of(KEYS[1]), used_tk, reset_of(KEYS[4]), math.max(0, retry), breset}
+local team_rpm, team_tpm = tonumber(ARGV[11] or '0'), tonumber(ARGV[12] or '0')
+local team_rq, team_tk, team_rq_reset, team_tk_reset = 0, 0, 0, 0
+if team_rpm > 0 then
+  team_rq = expire(KEYS[9], KEYS[10], KEYS[11])
+  team_rq_reset = reset_of(KEYS[9])
+  if refused == '' and team_rq + 1 > team_rpm then
+    refused, retry = 'team_requests', fit(KEYS[9], KEYS[10], team_rq, team_rpm, 1)
+  end
+end
+if team_tpm > 0 then
+  team_tk = expire(KEYS[12], KEYS[13], KEYS[14])
+  team_tk_reset = reset_of(KEYS[12])
+  if refused == '' and team_tk + need > team_tpm then
+    refused, retry = 'team_tokens', fit(KEYS[12], KEYS[13], team_tk, team_tpm, need)
+  end
+end
+return {refused, used_rq, reset_of(KEYS[1]), used_tk, reset_of(KEYS[4]), math.max(0, retry), breset,
+        team_rq, team_rq_reset, team_tk, team_tk_reset}
 """
 
 # KEYS: rq, ra, rs, tk, ta, ts, sp, usage row.  ARGV: now_ms, window_ms, lease_ms, period_ms (0:
@@ -330,12 +430,17 @@ return 1
 """
 
 
+_Limits = tuple[
+    int | None, int | None, float | None, float | None, float | None, float | None, int | None, int | None
+]
+
+
 @dataclass(slots=True)
 class _Lease:
     """Requests and tokens this process holds for one key, admitted in process until ``ends``."""
 
     entry: str  # the entries' name in Redis (the ticket of the request that took it)
-    limits: tuple[int | None, int | None, float | None, float | None, float | None, float | None]
+    limits: _Limits
     ends: float  # monotonic s
     requests: int  # left
     tokens: int  # left
@@ -387,6 +492,18 @@ class _Batch:
     settled: list[tuple[Caller, str, int, int, int, float]] = field(default_factory=list)
     refused: list[tuple[Caller, str]] = field(default_factory=list)
     written: asyncio.Future[None] | None = None
+    # Team -> corrections of its shared windows ((log, entry) -> delta), as ``_Pending``'s.
+    team_corrections: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        """Whether it has anything to write."""
+        return bool(self.pending or self.team_corrections)
+
+    def team(self, team: str) -> Counter[tuple[str, str]]:
+        found = self.team_corrections.get(team)
+        if found is None:
+            found = self.team_corrections[team] = Counter()
+        return found
 
     def of(self, caller: Caller, day: int) -> _Pending:
         slot = (caller.key_id, caller.team, day)
@@ -438,6 +555,8 @@ class RedisLimiter:
         self._peek: AsyncScript | None = None
         self._team_spent: AsyncScript | None = None
         self._team_settle: AsyncScript | None = None
+        self._team_admit: AsyncScript | None = None
+        self._team_correct: AsyncScript | None = None
         # Team -> what this process saw left of its shared budget at its last round trip, less
         # what its keys settled here since: at 0 or below no key of the team draws from a lease.
         self._team_left: dict[str, float] = {}
@@ -463,6 +582,8 @@ class RedisLimiter:
         self._peek = self._client.register_script(_COMMON + _PEEK)
         self._team_spent = self._client.register_script(_COMMON + _TEAM_SPENT)
         self._team_settle = self._client.register_script(_COMMON + _TEAM_SETTLE)
+        self._team_admit = self._client.register_script(_COMMON + _TEAM_ADMIT)
+        self._team_correct = self._client.register_script(_COMMON + _TEAM_CORRECT)
         # Admissions on a pipelined connection of their own (redis_pipe.py): a key admitted
         # less than twice per lease period costs one per request, in the default policy.
         self._pipe = ScriptPipe.for_client(self._client, self._op_timeout_s)
@@ -487,6 +608,11 @@ class RedisLimiter:
     def _team_key(self, team: str) -> str:
         # Its own hash tag: shared by every key of the team, whatever slot each key is in.
         return f"{self._prefix}{{team:{team}}}:sp"
+
+    def _team_windows(self, team: str) -> list[str]:
+        """The team's shared RPM and TPM logs (rq, ra, rs, tk, ta, ts), in its sp's slot."""
+        base = f"{self._prefix}{{team:{team}}}"
+        return [f"{base}:{name}" for name in ("rq", "ra", "rs", "tk", "ta", "ts")]
 
     def _now_arg(self) -> str:
         return str(self._clock_ms()) if self._clock_ms is not None else ""
@@ -555,16 +681,41 @@ class RedisLimiter:
         assert script is not None, "start() first"
         key_id = caller.counted_as
         team_ms, team_spent, team_key, cluster_read = 0, 0.0, "", None
+        cluster = isinstance(self._client, RedisCluster)
+        team_rated = caller.team_rated
         if caller.team_budget_usd is not None and caller.team_budget_period_s:
             team_ms = int(caller.team_budget_period_s * 1000)
+        if team_ms or team_rated:
             team_key = self._team_key(caller.team)
-            if isinstance(self._client, RedisCluster):
-                # Another slot than the key's: read first (one more round trip, on a Cluster only).
-                cluster_read = await self._read_team_spent(team_key, team_ms)
-                if cluster_read is None:
-                    self._count(key_id)
-                    return self.local.admit_now(caller, ticket, tokens)
-                team_spent = cluster_read
+        team_windows: tuple[Window | None, Window | None] | None = None
+        if cluster and team_rated:
+            # The team's windows are in another slot than the key's: checked and counted first
+            # (one more round trip, on a Cluster only, which reads its spent budget too); a key
+            # refused after gives its team entries back.
+            team_found = await self._team_call(caller, ticket, tokens, team_ms, count=True)
+            if team_found is None:
+                self._count(key_id)
+                return self.local.admit_now(caller, ticket, tokens)
+            t_refused, t_rq, t_rq_reset, t_tk, t_tk_reset, t_retry, t_spent = team_found
+            team_windows = _team_windows_of(caller, t_rq, t_rq_reset, t_tk, t_tk_reset)
+            if t_refused:
+                self._count(key_id)
+                return Decision(
+                    t_refused,
+                    None,
+                    None,
+                    t_retry / 1000,
+                    team_requests=team_windows[0],
+                    team_tokens=team_windows[1],
+                )
+            cluster_read = team_spent = t_spent
+        elif cluster and team_ms:
+            # Another slot than the key's: read first (one more round trip, on a Cluster only).
+            cluster_read = await self._read_team_spent(team_key, team_ms)
+            if cluster_read is None:
+                self._count(key_id)
+                return self.local.admit_now(caller, ticket, tokens)
+            team_spent = cluster_read
         old = self._leases.pop(key_id, None)
         demand = self._count(key_id)
         rpm, tpm = caller.rpm, caller.tpm
@@ -574,7 +725,9 @@ class RedisLimiter:
         # this one asks for its own request only (two leases taken at once would each hold part
         # of the limit unused, the older until its give-back is written).
         ask_rq = 1
-        if self._lease_s > 0 and demand > 1 and key_id not in self._taking:
+        # A key of a team with shared rates takes no lease: requests drawn in process would not
+        # be in the team's window, which every key of the team on every replica shares.
+        if self._lease_s > 0 and demand > 1 and key_id not in self._taking and not team_rated:
             ask_rq = min(2 * demand, rpm // LEASE_SHARE if rpm is not None else MAX_LEASE)
             if tpm is not None:
                 ask_rq = min(ask_rq, tpm // LEASE_SHARE // max(1, tokens))
@@ -600,9 +753,14 @@ class RedisLimiter:
         keys = self._keys(key_id)
         if team_ms:
             team_spent += self._unwritten_team_spend(caller.team)
-            if cluster_read is None:
-                keys.append(team_key)  # read by the admission script itself: no extra trip
             args += [repr(caller.team_budget_usd), team_ms, repr(team_spent)]
+        if team_key and not cluster:
+            keys.append(team_key)  # read by the admission script itself: no extra trip
+            if team_rated:  # and the team's windows, checked and counted by it too
+                keys += self._team_windows(caller.team)
+                if not team_ms:
+                    args += ["", 0, "0"]
+                args += [caller.team_rpm or 0, caller.team_tpm or 0]
         sent = time.monotonic()
         self.round_trips += 1
         op, bounded = script_op(self._pipe, script, keys, args)  # bounded: the pipe times it
@@ -618,24 +776,46 @@ class RedisLimiter:
         try:
             found = await asyncio.shield(call)
         except asyncio.CancelledError:
-            call.add_done_callback(lambda done: self._unclaimed(done, caller, ticket, tokens, sent))
+            call.add_done_callback(
+                lambda done: self._unclaimed(done, caller, ticket, tokens, sent, team_windows)
+            )
             raise
         finally:
             if taking is not None:
                 del self._taking[key_id]
                 taking.set_result(None)
         if found is None:
+            if team_windows is not None:
+                self._give_back_team(caller, ticket, tokens)
             return self.local.admit_now(caller, ticket, tokens)
-        return self._decided(caller, ticket, tokens, found, sent)
+        return self._decided(caller, ticket, tokens, found, sent, team_windows)
+
+    def _give_back_team(self, caller: Caller, ticket: str, tokens: int) -> None:
+        """The request's entries in its team's windows (a Cluster's ``_TEAM_ADMIT`` counted them)
+        given back on the next write: the key's own script refused it (or failed)."""
+        corrections = self._batch.team(caller.team)
+        if caller.team_rpm is not None:
+            corrections["r", ticket] -= 1
+        if caller.team_tpm is not None and tokens:
+            corrections["t", ticket] -= tokens
+        self._schedule()
 
     def _unclaimed(
-        self, call: asyncio.Future[Any], caller: Caller, ticket: str, tokens: int, sent: float
+        self,
+        call: asyncio.Future[Any],
+        caller: Caller,
+        ticket: str,
+        tokens: int,
+        sent: float,
+        team_windows: tuple[Window | None, Window | None] | None,
     ) -> None:
         """The admission trip of a request cancelled meanwhile has ended: what Redis admitted is
         kept (a lease, for the key's next requests) and the request's own part given back."""
         if call.cancelled() or call.exception() is not None or call.result() is None:
+            if team_windows is not None:
+                self._give_back_team(caller, ticket, tokens)
             return
-        decision = self._decided(caller, ticket, tokens, call.result(), sent)
+        decision = self._decided(caller, ticket, tokens, call.result(), sent, team_windows)
         if decision.refused is not None:
             return
         lease = self._leases.get(caller.counted_as)
@@ -645,12 +825,37 @@ class RedisLimiter:
         else:  # admitted alone: its reservation released (the request counts, as any admitted one)
             self.settle_soon(caller, ticket, tokens, 0, 0, 0.0)
 
-    def _decided(self, caller: Caller, ticket: str, tokens: int, found: Any, sent: float) -> Decision:
-        """The decision (and any lease) from the admission script's answer ``found``."""
+    def _decided(
+        self,
+        caller: Caller,
+        ticket: str,
+        tokens: int,
+        found: Any,
+        sent: float,
+        team_windows: tuple[Window | None, Window | None] | None = None,
+    ) -> Decision:
+        """The decision (and any lease) from the admission script's answer ``found``;
+        ``team_windows``: the team's, when a Cluster's ``_TEAM_ADMIT`` counted them (refused here,
+        its entries are given back)."""
         key_id, rpm, tpm = caller.counted_as, caller.rpm, caller.tpm
-        refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left, team_left = (
-            found
-        )
+        (
+            refused,
+            used_rq,
+            rq_reset,
+            used_tk,
+            tk_reset,
+            retry,
+            breset,
+            grant_rq,
+            grant_tk,
+            left,
+            team_left,
+            *team_counts,
+        ) = found
+        if team_windows is None:
+            team_windows = _team_windows_of(caller, *team_counts)
+        elif refused:
+            self._give_back_team(caller, ticket, tokens)
         if caller.team_budget_usd is not None and caller.team_budget_period_s:
             self._team_left[caller.team] = team_left / 1_000_000
         lease = None
@@ -684,6 +889,8 @@ class RedisLimiter:
             retry / 1000,
             breset / 1000,
             ticket=None if refused else ticket,
+            team_requests=team_windows[0],
+            team_tokens=team_windows[1],
         )
 
     def _count(self, key_id: str) -> int:
@@ -700,6 +907,31 @@ class RedisLimiter:
             rate.count, rate.since = 0, now
         rate.count += 1
         return max(rate.last, rate.count)
+
+    async def _team_call(
+        self, caller: Caller, ticket: str, tokens: int, period_ms: int, *, count: bool
+    ) -> tuple[str, int, int, int, int, int, float] | None:
+        """A Cluster's ``_TEAM_ADMIT`` for ``caller``'s team: its windows checked (and, ``count``,
+        the request counted in them) and its shared budget's spend read; None when Redis failed
+        and the policy fails open."""
+        script = self._team_admit
+        assert script is not None, "start() first"
+        team = caller.team
+        args: list[str | int] = [
+            self._now_arg(),
+            self._window_ms,
+            caller.team_rpm or 0,
+            caller.team_tpm or 0,
+            tokens,
+            ticket,
+            1 if count else 0,
+            period_ms,
+            int(self._lease_s * 1000),
+        ]
+        keys = [self._team_key(team), *self._team_windows(team)]
+        return await self._call(
+            lambda: script(keys=keys, args=args), fallback_ok=not count, read=_team_admitted
+        )
 
     async def _read_team_spent(self, team_key: str, period_ms: int) -> float | None:
         """What a team spent of its shared budget in the current period, as Redis counts it (a
@@ -776,6 +1008,8 @@ class RedisLimiter:
         for a key of a team with a shared budget, some of it left as this process last saw it."""
         if caller.team_budget_usd is not None and self._team_left.get(caller.team, 0.0) <= 0:
             return False
+        if caller.team_rated:  # (such a key takes none: its team's windows count every request)
+            return False
         return _drawable(lease, caller, tokens, now)
 
     async def peek(self, caller: Caller, tokens: int) -> Decision:
@@ -809,6 +1043,24 @@ class RedisLimiter:
         script = self._peek
         assert script is not None, "start() first"
         rpm, tpm = caller.rpm, caller.tpm
+        cluster = isinstance(self._client, RedisCluster)
+        team_windows: tuple[Window | None, Window | None] = (None, None)
+        if cluster and caller.team_rated:
+            # The team's windows first, in their own slot (as the admission on a Cluster).
+            team_found = await self._team_call(caller, "", tokens, 0, count=False)
+            if team_found is None:
+                return self.local.peek_now(caller, tokens) if self._fail == "open" else ADMITTED_UNLIMITED
+            t_refused, t_rq, t_rq_reset, t_tk, t_tk_reset, t_retry, _ = team_found
+            team_windows = _team_windows_of(caller, t_rq, t_rq_reset, t_tk, t_tk_reset)
+            if t_refused:
+                return Decision(
+                    t_refused,
+                    None,
+                    None,
+                    t_retry / 1000,
+                    team_requests=team_windows[0],
+                    team_tokens=team_windows[1],
+                )
         args: list[str | int] = [
             self._now_arg(),
             self._window_ms,
@@ -821,12 +1073,18 @@ class RedisLimiter:
             held_rq,
             held_tk,
         ]
+        keys = self._keys(key_id)
+        if caller.team_rated and not cluster:  # the team's windows read by the same script
+            keys += [self._team_key(caller.team), *self._team_windows(caller.team)]
+            args += [caller.team_rpm or 0, caller.team_tpm or 0]
         self.peeks += 1
-        op, bounded = script_op(self._pipe, script, self._keys(key_id), args)
+        op, bounded = script_op(self._pipe, script, keys, args)
         found = await self._call(op, fallback_ok=True, bounded=bounded, read=_peeked)
         if found is None:
             return self.local.peek_now(caller, tokens) if self._fail == "open" else ADMITTED_UNLIMITED
-        refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset = found
+        refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, *team_counts = found
+        if not cluster:
+            team_windows = _team_windows_of(caller, *team_counts)
         if not refused and caller.team_budget_usd is not None and caller.team_budget_period_s:
             # The team's shared budget (h-teambudget): its counter, read as the admission reads it.
             team_ms = int(caller.team_budget_period_s * 1000)
@@ -842,6 +1100,8 @@ class RedisLimiter:
             None if tpm is None else Window(tpm, max(0, tpm - used_tk), tk_reset / 1000),
             retry / 1000,
             breset / 1000,
+            team_requests=team_windows[0],
+            team_tokens=team_windows[1],
         )
 
     # -- settlement ------------------------------------------------------------------------
@@ -867,6 +1127,8 @@ class RedisLimiter:
         used = tokens_in + tokens_out
         if caller.tpm is not None and used != reserved:
             pending.corrections["t", ticket] += used - reserved
+        if caller.team_tpm is not None and used != reserved:
+            batch.team(caller.team)["t", ticket] += used - reserved
         batch.settled.append((caller, ticket, reserved, tokens_in, tokens_out, cost_usd))
         self._schedule()
 
@@ -883,7 +1145,7 @@ class RedisLimiter:
 
     async def flush(self) -> None:
         """Write every pending settlement now (and wait for a write already running)."""
-        while self._flushing is not None or self._batch.pending:
+        while self._flushing is not None or self._batch:
             if self._flushing is not None:
                 await asyncio.shield(self._flushing)
                 continue
@@ -909,7 +1171,7 @@ class RedisLimiter:
 
     def _start_flush(self) -> None:
         self._flush_at = None
-        if self._flushing is None and (self._batch.pending or self._carried):
+        if self._flushing is None and (self._batch or self._carried):
             self._writing = self._batch
             self._flushing = asyncio.ensure_future(self._write(self._batch))
             self._batch = _Batch()
@@ -926,7 +1188,7 @@ class RedisLimiter:
             self._writing = None
             if batch.written is not None and not batch.written.done():
                 batch.written.set_result(None)
-            if self._batch.pending:
+            if self._batch:
                 self._schedule()
 
     def _carry(self, batch: _Batch) -> None:
@@ -943,7 +1205,9 @@ class RedisLimiter:
 
     async def _send(self, batch: _Batch) -> bool:
         client, script, team_script = self._client, self._settle, self._team_settle
+        correct = self._team_correct
         assert client is not None and script is not None and team_script is not None, "start() first"
+        assert correct is not None, "start() first"
         if self._carried:  # an outage's counts go with this write (carried again if it fails)
             carried, self._carried = self._carried, {}
             for kept in carried.values():
@@ -986,13 +1250,29 @@ class RedisLimiter:
             ([self._team_key(team)], [self._now_arg(), self._window_ms, period_ms, repr(cost)])
             for (team, period_ms), cost in teams.items()
         ]
-        scripts = len(calls) + len(team_calls)
+        # A team's shared windows: their corrections, once per team per write (h-teamrate).
+        correct_calls: list[tuple[list[str], list[EncodableT]]] = []
+        for team, corrections in batch.team_corrections.items():
+            if not any(corrections.values()):
+                continue
+            args = [
+                self._now_arg(),
+                self._window_ms,
+                int(self._lease_s * 1000),
+                f"x:{id(corrections):x}:{time.monotonic_ns()}",
+                len(corrections),
+            ]
+            for (which, entry), delta in corrections.items():
+                args += [which, entry, delta]
+            correct_calls.append((self._team_windows(team), args))
+        scripts = len(calls) + len(team_calls) + len(correct_calls)
         if isinstance(client, RedisCluster):
             # A cluster pipeline does not load scripts on the nodes it reaches (NOSCRIPT): each
             # key's settlement goes on its own, all at once (it is a background flush).
             replies = await asyncio.gather(
                 *(script(keys=keys, args=args) for keys, args in calls),
                 *(team_script(keys=keys, args=args) for keys, args in team_calls),
+                *(correct(keys=keys, args=args) for keys, args in correct_calls),
                 *(self._index_row(client, day, member) for day, _, member in indexed),
             )
             _settled(replies[:scripts], scripts)
@@ -1004,6 +1284,8 @@ class RedisLimiter:
                     await script(keys=keys, args=args, client=pipe)
                 for keys, args in team_calls:
                     await team_script(keys=keys, args=args, client=pipe)
+                for keys, args in correct_calls:
+                    await correct(keys=keys, args=args, client=pipe)
                 for day, _, member in indexed:
                     # The day's index of rows (read by /admin/usage) lives in another slot.
                     pipe.sadd(f"{self._prefix}ud:{day}", member)
@@ -1133,23 +1415,84 @@ class RedisLimiter:
         return self._outage.reconnects, self._outage.failed_probes
 
 
-def _admission(reply: Any) -> tuple[str, int, int, int, int, int, int, int, int, int, int]:
+def _admission(
+    reply: Any,
+) -> tuple[str, int, int, int, int, int, int, int, int, int, int, int, int, int, int]:
     """The admission script's reply read (``Outage.call``'s ``read``): whether it refused, then
-    its ten counts; ``InvalidResponse`` for a reply of another shape."""
-    if not isinstance(reply, list) or len(reply) != 11:
+    its fourteen counts; ``InvalidResponse`` for a reply of another shape."""
+    if not isinstance(reply, list) or len(reply) != 15:
         raise InvalidResponse(f"not an admission script's reply: {type(reply).__name__}")
     refused, *counts = reply
     refused = refused.decode(errors="replace") if isinstance(refused, bytes) else refused
     # Lua's numbers come as integers, its reason as one of these strings: a bulk string "5"
     # or an array in their place is another server's answer, not a count or a reason.
     if refused not in _REFUSALS or not all(type(c) is int for c in counts):
-        raise InvalidResponse("not an admission script's reply: another shape of 11 elements")
-    used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left, team_left = counts
-    return refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, grant_rq, grant_tk, left, team_left
+        raise InvalidResponse("not an admission script's reply: another shape of 15 elements")
+    (
+        used_rq,
+        rq_reset,
+        used_tk,
+        tk_reset,
+        retry,
+        breset,
+        grant_rq,
+        grant_tk,
+        left,
+        team_left,
+        team_rq,
+        team_rq_reset,
+        team_tk,
+        team_tk_reset,
+    ) = counts
+    return (
+        refused,
+        used_rq,
+        rq_reset,
+        used_tk,
+        tk_reset,
+        retry,
+        breset,
+        grant_rq,
+        grant_tk,
+        left,
+        team_left,
+        team_rq,
+        team_rq_reset,
+        team_tk,
+        team_tk_reset,
+    )
 
 
 # The admission script's reasons
-_REFUSALS = frozenset(("", "budget", "team_budget", "requests", "tokens"))
+_REFUSALS = frozenset(
+    ("", "budget", "team_budget", "requests", "tokens", REFUSED_TEAM_REQUESTS, REFUSED_TEAM_TOKENS)
+)
+
+
+def _team_admitted(reply: Any) -> tuple[str, int, int, int, int, int, float]:
+    """``_TEAM_ADMIT``'s reply read: whether the team's windows refuse, five counts and the team's
+    spend (USD); ``InvalidResponse`` for a reply of another shape."""
+    if not isinstance(reply, list) or len(reply) != 7:
+        raise InvalidResponse(f"not a team admission script's reply: {type(reply).__name__}")
+    refused, *counts, spent = reply
+    refused = refused.decode(errors="replace") if isinstance(refused, bytes) else refused
+    if refused not in ("", REFUSED_TEAM_REQUESTS, REFUSED_TEAM_TOKENS) or not all(
+        type(c) is int for c in counts
+    ):
+        raise InvalidResponse("not a team admission script's reply: another shape of 7 elements")
+    used_rq, rq_reset, used_tk, tk_reset, retry = counts
+    return refused, used_rq, rq_reset, used_tk, tk_reset, retry, _team_spent(spent)
+
+
+def _team_windows_of(
+    caller: Caller, used_rq: int, rq_reset_ms: int, used_tk: int, tk_reset_ms: int
+) -> tuple[Window | None, Window | None]:
+    """The team's shared windows (for the ``x-ratelimit-*`` headers and a refusal's limit)."""
+    rpm, tpm = caller.team_rpm, caller.team_tpm
+    return (
+        None if rpm is None else _window(rpm, used_rq, rq_reset_ms / 1000),
+        None if tpm is None else _window(tpm, used_tk, tk_reset_ms / 1000),
+    )
 
 
 def _team_spent(reply: Any) -> float:
@@ -1163,16 +1506,30 @@ def _team_spent(reply: Any) -> float:
     return spent
 
 
-def _peeked(reply: Any) -> tuple[str, int, int, int, int, int, int]:
-    """The peek script's reply read (as ``_admission``): whether it would refuse, then six counts."""
-    if not isinstance(reply, list) or len(reply) != 7:
+def _peeked(reply: Any) -> tuple[str, int, int, int, int, int, int, int, int, int, int]:
+    """The peek script's reply read (as ``_admission``): whether it would refuse, then ten counts."""
+    if not isinstance(reply, list) or len(reply) != 11:
         raise InvalidResponse(f"not a peek script's reply: {type(reply).__name__}")
     refused, *counts = reply
     refused = refused.decode(errors="replace") if isinstance(refused, bytes) else refused
     if refused not in _REFUSALS or not all(type(c) is int for c in counts):
-        raise InvalidResponse("not a peek script's reply: another shape of 7 elements")
-    used_rq, rq_reset, used_tk, tk_reset, retry, breset = counts
-    return refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset
+        raise InvalidResponse("not a peek script's reply: another shape of 11 elements")
+    used_rq, rq_reset, used_tk, tk_reset, retry, breset, team_rq, team_rq_reset, team_tk, team_tk_reset = (
+        counts
+    )
+    return (
+        refused,
+        used_rq,
+        rq_reset,
+        used_tk,
+        tk_reset,
+        retry,
+        breset,
+        team_rq,
+        team_rq_reset,
+        team_tk,
+        team_tk_reset,
+    )
 
 
 def _drawable(lease: _Lease, caller: Caller, tokens: int, now: float) -> bool:
@@ -1210,9 +1567,7 @@ def _added(reply: Any) -> None:
         raise InvalidResponse(f"not a SADD reply: {type(reply).__name__}")
 
 
-def _limits(
-    caller: Caller,
-) -> tuple[int | None, int | None, float | None, float | None, float | None, float | None]:
+def _limits(caller: Caller) -> _Limits:
     return (
         caller.rpm,
         caller.tpm,
@@ -1220,6 +1575,8 @@ def _limits(
         caller.budget_period_s,
         caller.team_budget_usd,
         caller.team_budget_period_s,
+        caller.team_rpm,
+        caller.team_tpm,
     )
 
 
