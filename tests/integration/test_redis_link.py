@@ -134,6 +134,44 @@ async def test_a_teams_shared_budget(url: str) -> None:
         await limiter.close()
 
 
+async def test_a_teams_shared_rates(url: str) -> None:
+    # (h-teamrate) the team's windows have the team's hash tag: on one server (TLS, Sentinel)
+    # checked by the key's admission script, on a Cluster by _TEAM_ADMIT before it, its entries
+    # given back when the key's own script refuses; a reservation settled in the team's window.
+    limiter = RedisLimiter(url, prefix="link:limits:", op_timeout_s=2.0)
+    await limiter.start()
+    team = f"team-{uuid.uuid4().hex[:8]}"
+    one, two = (
+        Caller(key_id, team, rpm=1, team_rpm=3, team_tpm=100)
+        for key_id in (f"a{uuid.uuid4().hex}", f"b{uuid.uuid4().hex}")
+    )
+    try:
+        first = await limiter.admit(one, "t0", 60)
+        assert first.refused is None and first.team_tokens is not None
+        assert first.team_tokens.remaining == 40
+        assert (await limiter.admit(one, "t1", 10)).refused == "requests"  # the key's own RPM of 1
+        await limiter.settle(one, "t0", 60, 10, 10, 0.0)  # the team's window now counts 20
+        assert (await limiter.admit(two, "t2", 60)).refused is None  # 80 of 100: fits
+        refused = await limiter.admit(
+            Caller(f"c{uuid.uuid4().hex}", team, team_rpm=3, team_tpm=100), "t3", 30
+        )
+        assert refused.refused == "team_tokens"
+        assert refused.team_tokens is not None and refused.team_tokens.limit == 100
+        assert (await limiter.peek(Caller(f"d{uuid.uuid4().hex}", team, team_rpm=3), 0)).refused is None
+        # The key refused by its own RPM above gave its team entry back: 2 of 3 requests counted.
+        third = await limiter.admit(Caller(f"e{uuid.uuid4().hex}", team, team_rpm=3), "t4", 0)
+        assert third.refused is None
+        assert (await limiter.admit(Caller(f"f{uuid.uuid4().hex}", team, team_rpm=3), "t5", 0)).refused == (
+            "team_requests"
+        )
+        assert (await limiter.peek(Caller(f"g{uuid.uuid4().hex}", team, team_rpm=3), 0)).refused == (
+            "team_requests"
+        )
+        assert limiter.healthy and limiter.errors == 0
+    finally:
+        await limiter.close()
+
+
 async def test_rollout_store(url: str) -> None:
     store = RedisRolloutStore(url, "link:rollout:")
     await store.start()
