@@ -12,6 +12,11 @@ and the weights' sum in a STRING:
 * ``P{team:T}:sp`` the same for team ``T``'s shared budget (``Caller.team_budget_usd``), one for
   all its keys, in a slot of its own: read by the key's ``_ADMIT`` on one server (``KEYS[8]``),
   by ``_TEAM_SPENT`` before it on a Cluster; charged by ``_TEAM_SETTLE`` once per team per write;
+* ``P{team:T}:rq`` / ``:ra`` / ``:rs`` / ``:tk`` / ``:ta`` / ``:ts``: team ``T``'s shared RPM and
+  TPM windows (``Caller.team_rpm`` / ``team_tpm``), in the team's slot: checked and counted by the
+  key's ``_ADMIT`` on one server (``KEYS[9..14]``), by ``_TEAM_ADMIT`` before it on a Cluster (a
+  key refused by its own script then gives the team's entries back); its reservations settled by
+  ``_TEAM_CORRECT`` once per team per write. A key of such a team takes no lease;
 * ``P{K}:u:{day}:{team}`` HASH requests, tokens_in, tokens_out, cost_usd, refused:<reason>
   (in the key's slot), indexed by the SET ``P:ud:{day}`` of ``team\\tkey`` (the usage rows of
   ``/admin/usage``; added once per key and day by each process).
