@@ -77,6 +77,7 @@ from gateway.wire.requests import Endpoint
 # Imported where they are built: the ingest machinery with memory on, redis-py (~0.15 s of
 # imports, in gateway/redis_link.py and the Redis stores) only when REDIS_URL is set.
 if TYPE_CHECKING:
+    from gateway.auth.key_bus import KeyBus
     from gateway.auth.redis_limits import RedisLimiter
     from gateway.auth.redis_throttle import RedisFailures
     from gateway.cache.redis_store import RedisStore
@@ -199,6 +200,11 @@ def build_app(
     )
     if shared_failures is not None:
         app.cleanup_ctx.append(_shared_failures_open(shared_failures))
+    key_bus = _key_bus(settings, key_ring)
+    if key_bus is not None:
+        app[keys.KEY_BUS] = key_bus
+        app.cleanup_ctx.append(key_bus.running)
+        metrics.recovery.add_source(link_reconnects("redis_key_bus_reconnect", key_bus))
     app[keys.CLIENT_ADDRESSES] = ClientAddresses(parse_networks(settings.trusted_proxies))
     app[keys.ALLOWED_HOSTS] = AllowedHosts(parse_host_patterns(settings.allowed_hosts), settings.host)
 
@@ -398,6 +404,15 @@ def _shared_failures(settings: Settings) -> RedisFailures | None:
     from gateway.auth.redis_throttle import RedisFailures
 
     return RedisFailures(settings.redis_url, prefix=settings.throttle_prefix)
+
+
+def _key_bus(settings: Settings, key_ring: KeyRing) -> KeyBus | None:
+    """Key changes announced to every process of every replica, when ``REDIS_URL`` is set."""
+    if not settings.redis_url:
+        return None
+    from gateway.auth.key_bus import KeyBus
+
+    return KeyBus(settings.redis_url, key_ring, prefix=settings.key_bus_prefix)
 
 
 def _shared_failures_open(failures: RedisFailures) -> Callable[[web.Application], AsyncIterator[None]]:

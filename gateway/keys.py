@@ -36,6 +36,7 @@ from gateway.service.shadow import ShadowTraffic
 from gateway.settings import Settings
 
 if TYPE_CHECKING:  # imported by build_app when it builds them: memory on; REDIS_URL set
+    from gateway.auth.key_bus import KeyBus
     from gateway.memory.ingest import IngestService
     from gateway.routing.shared import SharedRouting
 
@@ -101,6 +102,9 @@ KEYRING: web.AppKey[KeyLookup] = web.AppKey("keyring")
 KEY_ADMIN = web.AppKey("key_admin", KeyRing)
 # Failed credentials counted per client address, and the addresses refused for them (``http/auth.py``)
 AUTH_THROTTLE = web.AppKey("auth_throttle", FailedAuthThrottle)
+# Key changes announced to every process of every replica (``auth/key_bus.py``); absent without
+# REDIS_URL. ``/admin/keys`` publishes on it; its subscriber drops the key ring's cached lookups.
+KEY_BUS: web.AppKey[KeyBus] = web.AppKey("key_bus")
 # The client address behind SOPHIA_TRUSTED_PROXIES (X-Forwarded-For), for the throttle and the access log
 CLIENT_ADDRESSES = web.AppKey("client_addresses", ClientAddresses)
 # The Host names that are not a DNS-rebinding page's (auth.mode: open, the admin API without a

@@ -294,6 +294,11 @@ class Outage:
         self._probing = True
         return True
 
+    def retry_in_s(self) -> float:
+        """Seconds until the backoff ends (0 when not backing off): how long a background loop
+        that tries Redis by itself (``auth/key_bus.py``'s subscriber) sleeps before its probe."""
+        return 0.0 if self.healthy else max(0.0, self._retry_at - self._clock())
+
     def finished(self, probe: bool) -> None:
         """After a call, whatever happened (from a ``finally``)."""
         if probe:

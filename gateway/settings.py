@@ -310,6 +310,10 @@ class Settings:
     # With REDIS_URL, the throttle's failures are counted in Redis for every worker and replica
     # (``auth/redis_throttle.py``), under keys starting with this.
     throttle_prefix: str = "sophia:throttle:"
+    # With REDIS_URL, key changes (revoke, rotate, end-grace, update) are announced to every
+    # process of every replica on the pub/sub channel ``<key_bus_prefix>changes``
+    # (``auth/key_bus.py``), so each drops its cached lookup of the key at once.
+    key_bus_prefix: str = "sophia:keys:"
     # The proxies in front of the gateway (comma-separated networks; ``auth/client_address.py``):
     # from a peer in them, the client address is read from ``X-Forwarded-For`` (the rightmost
     # untrusted entry). Empty (the default): the header is never read, since any client can write it.
@@ -381,6 +385,7 @@ class Settings:
             auth_throttle_window_s=base.auth_throttle_window_s if window_s is None else window_s,
             auth_throttle_exempt=exempt,
             throttle_prefix=e.get("SOPHIA_THROTTLE_PREFIX", base.throttle_prefix),
+            key_bus_prefix=e.get("SOPHIA_KEY_BUS_PREFIX", base.key_bus_prefix),
             trusted_proxies=trusted_proxies,
             allowed_hosts=allowed_hosts,
         )

@@ -12,6 +12,12 @@ first time), which drops its cached lookup, so no worker accepts the key after t
 answer lists each worker's outcome under ``workers``. An update asks the same way with ``PATCH
 /admin/keys/{id}`` and no body: from a peer that only drops the cached lookup (the change is
 made), so every worker applies the new settings from the next request.
+
+With ``REDIS_URL``, the worker that made the change also announces it on the key bus
+(``auth/key_bus.py``: the key's id and the kind of change), so every process of every other
+replica drops its cached lookup when the message arrives, well within ``auth.key_cache_s``. The
+announcement is bounded (0.5 s) and never fails the call: Redis down, the change is logged as not
+announced and other replicas see it when their cached lookup expires.
 """
 
 from __future__ import annotations
@@ -205,7 +211,7 @@ async def update(request: web.Request) -> web.Response:
     now = time.time()
     body = key_json(after, now)
     target(request, **key_fields(body), changes=key_changes(key_json(before, now), body))
-    await _every_worker_drops(request, after.key_id, body, method="PATCH")
+    await _every_process_drops(request, after.key_id, body, "update")
     return _render(body)
 
 
@@ -218,7 +224,7 @@ async def revoke(request: web.Request) -> web.Response:
     record = await ring.revoke(request.match_info["id"])
     body = key_json(record, time.time())
     target(request, **key_fields(body), revoked_at=body["revoked_at"])
-    await _every_worker_drops(request, record.key_id, body)
+    await _every_process_drops(request, record.key_id, body, "revoke")
     return _render(body)
 
 
@@ -237,7 +243,7 @@ async def rotate(request: web.Request) -> web.Response:
     shown = key_json(record, time.time())
     target(request, team=shown["team"], new_key_id=shown["id"], grace_until=shown["grace_until"])
     body = {**shown, "secret": secret, "replaces": old_id}
-    await _every_worker_drops(request, old_id, body)
+    await _every_process_drops(request, old_id, body, "rotate")
     return _render(body, status=201)
 
 
@@ -251,8 +257,32 @@ async def end_grace(request: web.Request) -> web.Response:
     record = await ring.end_grace(request.match_info["id"])
     body = key_json(record, time.time())
     target(request, **key_fields(body))
-    await _every_worker_drops(request, record.key_id, body, "/grace")
+    await _every_process_drops(request, record.key_id, body, "end_grace")
     return _render(body)
+
+
+# How a peer worker is asked to drop its cached lookup after each change (method, path tail).
+_PEER_ASK = {
+    "revoke": ("DELETE", ""),
+    "rotate": ("DELETE", ""),  # the old key, revoked by the rotation
+    "end_grace": ("DELETE", "/grace"),
+    "update": ("PATCH", ""),
+}
+
+
+async def _every_process_drops(request: web.Request, key_id: str, body: dict[str, Any], change: str) -> None:
+    """After ``change`` to ``key_id``: announce it on the key bus (``REDIS_URL``: every replica's
+    processes) and ask this set's other workers at once (their outcomes in ``body``). Nothing
+    when the request came from a peer (the worker that made the change does both)."""
+    if peers.from_peer(request):
+        return
+    bus = request.app.get(keys.KEY_BUS)
+    method, what = _PEER_ASK[change]
+    workers = _every_worker_drops(request, key_id, body, what, method)
+    if bus is None:
+        await workers
+    else:
+        await asyncio.gather(bus.publish(key_id, change), workers)
 
 
 async def _every_worker_drops(

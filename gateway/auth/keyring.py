@@ -5,8 +5,10 @@ holds only hashes), looks the hash up, and merges the key's own settings over it
 defaults from the policy into a ``Caller``. Results, found or not, are cached in this process for
 ``auth.key_cache_s`` so a steady caller costs one dict lookup; a revocation made through this
 key ring drops its entry at once, and so does an update of the key's settings (``/admin/keys``
-under ``serve --workers N`` asks every worker to drop it: ``api/admin_keys.py``), other replicas
-see it when their entry expires.
+under ``serve --workers N`` asks every worker to drop it: ``api/admin_keys.py``); with
+``REDIS_URL`` every other process, on every replica, drops it when the change's announcement
+arrives (``auth/key_bus.py``: ``forget_key``, and ``forget_all`` after its subscription was
+lost), else when its entry expires.
 
 Made-up keys cannot make the store work for them: a secret that is not of a form this gateway
 issues, or whose checksum is wrong (``records.secret_form``), is refused before any lookup; and
@@ -167,10 +169,33 @@ class KeyRing:
         so the keys already looked up are looked up again (as keys found before: outside the
         lookup allowance)."""
         self.teams, self.cache_s, self._model_groups = teams, cache_s, model_groups
+        self.forget_all()
+
+    def forget_all(self) -> None:
+        """Look every key up again at its next request: the keys found before stay known (looked
+        up outside the lookup allowance), the unknown secrets are forgotten. After a policy
+        reload, and when the announcements of other processes' key changes may have been missed
+        (``auth/key_bus.py``, after its subscription to them was lost)."""
         for key_hash, entry in list(self._hits.items()):
             self._hits[key_hash] = replace(entry, until_s=float("-inf"))  # stale, still known
         self._misses.clear()
         self._epoch += 1
+
+    def forget_key(self, key_id: str) -> int:
+        """Drop every cached lookup of ``key_id`` without asking the store: its secret, the one a
+        rotation's grace keeps, and a refusal cached for either (expired, revoked: an update may
+        renew the key). Another process changed the key (``auth/key_bus.py``). Returns how many
+        lookups were dropped; a key this process has not looked up costs a scan of the cache
+        (at most ``MAX_CACHED_KEYS`` + ``MAX_CACHED_MISSES`` entries, once a change)."""
+        dropped = 0
+        for cache in (self._hits, self._misses):
+            for key_hash in [
+                h for h, e in cache.items() if e.record is not None and e.record.key_id == key_id
+            ]:
+                del cache[key_hash]
+                dropped += 1
+        self._epoch += 1  # a lookup under way may have read the key as it was
+        return dropped
 
     async def create(self, team: str, settings: KeySettings | None = None) -> tuple[str, KeyRecord]:
         """A new key of ``team``: its secret (shown once, never stored) and its record.
@@ -377,7 +402,11 @@ class KeyRing:
             # asked before that) but keep nothing that may predate it.
             return caller
         if caller is None:
-            self._remember(self._misses, key_hash, _Cached(now + self.cache_s, None, None), MAX_CACHED_MISSES)
+            # The key found, if any, is kept with the refusal: ``forget_key`` finds it by its id
+            # (an expired key renewed elsewhere). Refused all the same: ``accepts`` is False for
+            # it, or its caller (team gone) is None.
+            miss = replace(found, until_s=now + self.cache_s)
+            self._remember(self._misses, key_hash, miss, MAX_CACHED_MISSES)
             return None
         entry = replace(found, until_s=now + self.cache_s, caller=caller)
         self._remember(self._hits, key_hash, entry, MAX_CACHED_KEYS)

@@ -487,3 +487,55 @@ async def test_an_expired_key_may_be_given_a_new_lifetime(ring: KeyRing, clock: 
     assert await ring.authenticate(secret) is None  # its grace ended with the expiry: not revived
     _, forever = await ring.update(key.key_id, KeySettings(expires_in_s=None), ["expires_in_s"])
     assert forever.expires_at is None
+
+
+async def test_forget_key_drops_a_change_made_elsewhere_by_its_id_alone(
+    store: CountingStore, clock: Clock
+) -> None:
+    # Two replicas over one store, a long cache; ``there`` hears of each change by key id only
+    # (the key bus's message) and looks the key up again at once (before: no such method).
+    here = KeyRing(store, TEAMS, cache_s=300.0, clock=clock)
+    there = KeyRing(store, TEAMS, cache_s=300.0, clock=clock)
+    secret, key = await here.create("ops", KeySettings(rpm=2))
+    other_secret, other = await here.create("ops")
+    assert await there.authenticate(secret) is not None
+    assert await there.authenticate(other_secret) is not None
+    await here.update(key.key_id, KeySettings(rpm=9), ["rpm"])
+    assert (await there.authenticate(secret)).rpm == 2  # type: ignore[union-attr]  # cached
+    assert there.forget_key(key.key_id) == 1
+    assert (await there.authenticate(secret)).rpm == 9  # type: ignore[union-attr]
+    lookups = store.lookups
+    assert await there.authenticate(other_secret) is not None  # another key's entry kept
+    assert store.lookups == lookups
+
+    # A rotation with a grace: the old secret, cached as the old key, is read again as the new
+    # key; ending the grace then drops it by the new key's id.
+    rotated_secret, rotated = await here.rotate(other.key_id, grace_s=60.0)
+    assert there.forget_key(other.key_id) == 1
+    by_old = await there.authenticate(other_secret)
+    assert by_old is not None and by_old.key_id == rotated.key_id and by_old.previous_secret
+    assert await there.authenticate(rotated_secret) is not None
+    await here.end_grace(rotated.key_id)
+    assert there.forget_key(rotated.key_id) == 2  # the new secret and the grace's
+    assert await there.authenticate(other_secret) is None
+    assert await there.authenticate(rotated_secret) is not None
+
+    # An expired key's refusal is cached with its id: renewed elsewhere, it is let in at once.
+    brief_secret, brief = await here.create("ops", KeySettings(expires_in_s=10.0))
+    clock.now += 11.0
+    assert await there.authenticate(brief_secret) is None  # cached as refused for 300 s
+    await here.update(brief.key_id, KeySettings(expires_in_s=3600.0), ["expires_in_s"])
+    assert await there.authenticate(brief_secret) is None
+    assert there.forget_key(brief.key_id) == 1
+    assert await there.authenticate(brief_secret) is not None
+
+
+async def test_forget_all_looks_every_key_up_again(store: CountingStore, clock: Clock) -> None:
+    here = KeyRing(store, TEAMS, cache_s=300.0, clock=clock)
+    there = KeyRing(store, TEAMS, cache_s=300.0, clock=clock)
+    secret, key = await here.create("ops")
+    assert await there.authenticate(secret) is not None
+    await here.revoke(key.key_id)  # its announcement lost
+    assert await there.authenticate(secret) is not None
+    there.forget_all()
+    assert await there.authenticate(secret) is None

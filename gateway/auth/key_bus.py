@@ -1,0 +1,239 @@
+"""Key changes announced to every process of every replica through Redis pub/sub (``REDIS_URL``),
+so a revoked, rotated or updated key stops working everywhere at once instead of when each
+process's cached lookup expires (``auth.key_cache_s``).
+
+The process that makes a change (``/admin/keys``: revoke, rotate, end-grace, update) publishes
+``{"key_id": "key_...", "change": "revoke"}`` on the channel ``P`` + ``changes`` (``P`` =
+``SOPHIA_KEY_BUS_PREFIX``, default ``sophia:keys:``), after the store has it. Only the key's id
+(the listings show it) and the kind of change: never a secret, hash, prefix or setting; a
+receiver reads the key again from the store. Every process (each worker of ``serve --workers N``
+too) holds one subscriber connection and drops the key's cached lookups when a message arrives
+(``KeyRing.forget_key``: its secret, the secret a grace keeps, a refusal cached for either); its
+own messages come back too, and cost a scan of the cache. A message that is not of that form (or
+larger than ``MAX_MESSAGE_BYTES``) is ignored: anyone who may publish on the Redis could only
+make processes read keys again.
+
+Nothing of this is on the request path: ``authenticate`` is unchanged, and the subscriber is a
+background task started in the app's cleanup context.
+
+Failures (Redis down, restarted, failed over, or not answering):
+
+* **Publishing** is bounded (``PUBLISH_TIMEOUT_S``) and never fails the admin call: a change not
+  announced is logged (a warning naming the key and change), and other replicas see it when their
+  cached lookup expires, as without Redis. Each publish tries Redis (no outage backoff: a skipped
+  announcement while Redis is back would be lost with nobody resynchronising).
+* **Pub/sub loses what is sent while a subscriber is disconnected.** So each time the subscriber
+  (re)subscribes (confirmed by Redis), the process forgets every cached lookup once
+  (``KeyRing.forget_all``: known keys are looked up again at their next request): nothing stale
+  outlives an outage by more than the reconnect. The first subscription at start does so too (a
+  change made while it connected would otherwise be missed).
+* **Reconnects** go through the link's ``Outage``: after a failure the subscriber waits a backoff
+  (0.1 s doubling to 5 s, with jitter) and tries again, logging once when the link goes down and
+  once when it is back. A connection that goes quiet (a network partition: no reset arrives) is
+  found by a ping after ``IDLE_PING_S`` without traffic, unanswered for ``PONG_TIMEOUT_S``.
+
+Kinds of Redis (``redis_link.redis_client``): one Redis and Sentinel (the primary's pool: after a
+failover the subscriber reconnects to the new primary and resynchronises as above); Cluster
+through redis-py's ``ClusterPubSub`` on the node of the channel's slot: a ``PUBLISH`` on any node
+reaches the subscribers of every node (Cluster broadcasts classic pub/sub on its bus), so one
+subscriber connection per process is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import orjson
+from redis.asyncio.client import PubSub
+
+from gateway.auth.keyring import KEY_ID
+from gateway.redis_link import FAILURES, Outage, RedisClient, redis_client
+from gateway.tasks import stop as stop_task
+
+log = logging.getLogger(__name__)
+
+# What a message may say: the key ring's operations that change how a key authenticates.
+CHANGES = frozenset({"revoke", "rotate", "end_grace", "update"})
+# An admin call waits at most this for its announcement (a Redis that refuses answers at once).
+PUBLISH_TIMEOUT_S = 0.5
+# Connecting and subscribing (the subscription confirmed) within this, or the attempt failed.
+SUBSCRIBE_TIMEOUT_S = 2.0
+# How long one read of the subscription waits before the loop looks at its timers.
+LISTEN_S = 1.0
+# After this long without any traffic, the subscriber pings; no answer within PONG_TIMEOUT_S:
+# the connection is dead (a partition sends no reset), reconnect.
+IDLE_PING_S = 15.0
+PONG_TIMEOUT_S = 5.0
+MAX_MESSAGE_BYTES = 256  # a real message is about 50 bytes
+
+
+class KeyCache(Protocol):
+    """What the bus drops (``KeyRing``)."""
+
+    def forget_key(self, key_id: str) -> int: ...
+
+    def forget_all(self) -> None: ...
+
+
+class KeyBus:
+    """The announcements of key changes for ``cache`` (see the module docstring). Counters for
+    tests and the recovery metric: ``published``, ``received`` (messages acted on),
+    ``resyncs`` (subscriptions made, each a ``forget_all``)."""
+
+    def __init__(
+        self,
+        url: str,
+        cache: KeyCache,
+        *,
+        prefix: str = "sophia:keys:",
+        publish_timeout_s: float = PUBLISH_TIMEOUT_S,
+        idle_ping_s: float = IDLE_PING_S,
+    ) -> None:
+        self._url = url
+        self._cache = cache
+        self.channel = prefix + "changes"
+        self._publish_timeout_s = publish_timeout_s
+        self._idle_ping_s = idle_ping_s
+        self._client: RedisClient | None = None
+        self._outage = Outage()
+        self.subscribed = False
+        self.published = 0
+        self.received = 0
+        self.resyncs = 0
+
+    async def running(self, _: object = None) -> AsyncIterator[None]:
+        """A cleanup context: the client, and the subscriber as a background task (an unreachable
+        Redis delays nothing: the task keeps trying)."""
+        self._client = redis_client(self._url, self._publish_timeout_s, health_check_interval_s=30)
+        task = asyncio.create_task(self._subscribe_forever(self._client))
+        yield
+        await stop_task(task)  # (a cancel redis-py swallows while it connects is repeated)
+        client, self._client = self._client, None
+        await client.aclose()
+
+    async def publish(self, key_id: str, change: str) -> bool:
+        """Announce that ``key_id`` changed (``change`` one of ``CHANGES``); False, logged, when
+        Redis did not take it within ``PUBLISH_TIMEOUT_S``. Never raises for Redis."""
+        if change not in CHANGES:
+            raise ValueError(f"not a key change: {change!r}")  # a caller's bug
+        client = self._client
+        if client is None:
+            return False
+        payload = orjson.dumps({"key_id": key_id, "change": change})
+        try:
+            async with asyncio.timeout(self._publish_timeout_s):
+                await client.publish(self.channel, payload)
+        except FAILURES as exc:
+            log.warning(
+                "key change not announced to other replicas: they apply it when their cached "
+                "lookup expires (auth.key_cache_s)",
+                extra={"fields": {"key_id": key_id, "change": change, "error": type(exc).__name__}},
+            )
+            return False
+        self.published += 1
+        return True
+
+    def reconnect_counts(self) -> tuple[int, int]:
+        """The subscriber's reconnects that ended an outage, and its failed attempts."""
+        return self._outage.reconnects, self._outage.failed_probes
+
+    async def _subscribe_forever(self, client: RedisClient) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            probe = self._outage.attempt()
+            if probe is None:  # backing off after a failure
+                await asyncio.sleep(max(0.01, self._outage.retry_in_s()))
+                continue
+            pubsub = client.pubsub()
+            try:
+                try:
+                    await self._subscribe(pubsub)
+                except FAILURES as exc:
+                    if self._outage.failed(probe):
+                        self._went_down(exc)
+                    continue
+                finally:
+                    self._outage.finished(probe)
+                if self._outage.succeeded():
+                    log.info("redis key bus recovered: key changes reach this process at once again")
+                # Whatever was announced before this subscription is lost: look every key up again.
+                self.subscribed = True
+                self.resyncs += 1
+                self._cache.forget_all()
+                try:
+                    await self._listen(pubsub, loop)
+                except FAILURES as exc:
+                    self.subscribed = False
+                    if self._outage.failed(False):
+                        self._went_down(exc)
+            finally:
+                self.subscribed = False
+                with contextlib.suppress(*FAILURES):
+                    await pubsub.aclose()
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        """Subscribe, and wait for Redis to confirm it (messages published after that reach us)."""
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+            await pubsub.subscribe(self.channel)
+            while True:
+                message = await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
+                if message is not None and message["type"] == "subscribe":
+                    return
+
+    async def _listen(self, pubsub: PubSub, loop: asyncio.AbstractEventLoop) -> None:
+        """Act on each message until the connection fails (raises one of ``FAILURES``)."""
+        heard = loop.time()
+        pinged: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=LISTEN_S)
+            now = loop.time()
+            if message is not None:
+                heard, pinged = now, None
+                if message["type"] == "message":
+                    self._receive(message["data"])
+            elif pinged is not None:
+                if now - pinged > PONG_TIMEOUT_S:
+                    raise TimeoutError("no answer to a ping on the subscription")
+            elif now - heard > self._idle_ping_s:
+                async with asyncio.timeout(PONG_TIMEOUT_S):
+                    await pubsub.ping()
+                pinged = now
+
+    def _receive(self, data: Any) -> None:
+        change = _read(data)
+        if change is None:
+            log.debug("ignored a message on the key bus that is not a key change")
+            return
+        key_id, kind = change
+        self.received += 1
+        dropped = self._cache.forget_key(key_id)
+        log.debug(
+            "key changed elsewhere", extra={"fields": {"key_id": key_id, "change": kind, "dropped": dropped}}
+        )
+
+    def _went_down(self, exc: BaseException) -> None:
+        log.warning(
+            "redis key bus unavailable: key changes made elsewhere reach this process when its "
+            "cached lookups expire (auth.key_cache_s) until it reconnects",
+            extra={"fields": {"error": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__}},
+        )
+
+
+def _read(data: object) -> tuple[str, str] | None:
+    """A message's (key id, change), or None when it is not one this module publishes."""
+    if not isinstance(data, bytes | str) or len(data) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    key_id, change = body.get("key_id"), body.get("change")
+    if not (isinstance(key_id, str) and KEY_ID.fullmatch(key_id) and change in CHANGES):
+        return None
+    return key_id, str(change)
