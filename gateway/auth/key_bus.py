@@ -63,7 +63,7 @@ PUBLISH_TIMEOUT_S = 0.5
 # Connecting and subscribing (the subscription confirmed) within this, or the attempt failed.
 SUBSCRIBE_TIMEOUT_S = 2.0
 # How long one read of the subscription waits before the loop looks at its timers.
-LISTEN_S = 1.0
+LISTEN_S = 0.5
 # After this long without any traffic, the subscriber pings; no answer within PONG_TIMEOUT_S:
 # the connection is dead (a partition sends no reset), reconnect.
 IDLE_PING_S = 15.0
@@ -92,12 +92,14 @@ class KeyBus:
         prefix: str = "sophia:keys:",
         publish_timeout_s: float = PUBLISH_TIMEOUT_S,
         idle_ping_s: float = IDLE_PING_S,
+        pong_timeout_s: float = PONG_TIMEOUT_S,
     ) -> None:
         self._url = url
         self._cache = cache
         self.channel = prefix + "changes"
         self._publish_timeout_s = publish_timeout_s
         self._idle_ping_s = idle_ping_s
+        self._pong_timeout_s = pong_timeout_s
         self._client: RedisClient | None = None
         self._outage = Outage()
         self.subscribed = False
@@ -196,10 +198,10 @@ class KeyBus:
                 if message["type"] == "message":
                     self._receive(message["data"])
             elif pinged is not None:
-                if now - pinged > PONG_TIMEOUT_S:
+                if now - pinged > self._pong_timeout_s:
                     raise TimeoutError("no answer to a ping on the subscription")
             elif now - heard > self._idle_ping_s:
-                async with asyncio.timeout(PONG_TIMEOUT_S):
+                async with asyncio.timeout(self._pong_timeout_s):
                     await pubsub.ping()
                 pinged = now
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import shutil
 import subprocess
 import time
@@ -18,6 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from gateway.auth.identity import Caller
+from gateway.auth.key_bus import KeyBus
 from gateway.auth.redis_limits import RedisLimiter
 from gateway.auth.usage import UsageQuery, day_of
 from gateway.cache.redis_store import RedisStore
@@ -399,3 +401,36 @@ async def test_a_waiting_call_cancelled_once_woken_wakes_the_next(
             await second
     finally:
         await client.aclose()
+
+
+class _Forgetting:
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def forget_key(self, key_id: str) -> int:
+        self.keys.append(key_id)
+        return 1
+
+    def forget_all(self) -> None:
+        pass
+
+
+async def test_key_bus(url: str) -> None:
+    # Two processes' buses: a change published by one reaches both (on Cluster, through
+    # whichever node each subscribed to: PUBLISH is broadcast to every node).
+    caches = [_Forgetting(), _Forgetting()]
+    buses = [KeyBus(url, cache, prefix=f"link:{uuid.uuid4().hex}:") for cache in caches]
+    buses[1].channel = buses[0].channel
+    async with contextlib.AsyncExitStack() as stack:
+        for bus in buses:
+            await stack.enter_async_context(contextlib.asynccontextmanager(bus.running)(None))
+        deadline = time.monotonic() + 10
+        while not all(bus.subscribed for bus in buses):
+            assert time.monotonic() < deadline, "not subscribed"
+            await asyncio.sleep(0.02)
+        for n in range(5):
+            assert await buses[n % 2].publish(f"key_{'abcdefghijkl'[n] * 12}", "revoke")
+        expected = [f"key_{'abcdefghijkl'[n] * 12}" for n in range(5)]
+        while not all(cache.keys == expected for cache in caches):
+            assert time.monotonic() < deadline, [cache.keys for cache in caches]
+            await asyncio.sleep(0.02)

@@ -236,3 +236,37 @@ async def test_a_revocation_with_redis_unreachable_is_answered_and_logged(
             {"key_id": key_id, "change": "revoke", "error": "ConnectionError"}
         ]
         assert not a.app[keys.KEY_BUS].subscribed
+
+
+class Forgetting:
+    """A ``KeyCache`` that records what the bus asks of it."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.everything = 0
+
+    def forget_key(self, key_id: str) -> int:
+        self.keys.append(key_id)
+        return 1
+
+    def forget_all(self) -> None:
+        self.everything += 1
+
+
+async def test_a_subscription_gone_quiet_is_found_by_a_ping_and_made_again(
+    private_redis: PrivateRedis,
+) -> None:
+    # A Redis that stops answering without closing the connection (as a network partition: no
+    # reset arrives): the subscriber's ping goes unanswered, it reconnects once Redis answers,
+    # and forgets every cached lookup (a change announced meanwhile is lost).
+    cache = Forgetting()
+    bus = KeyBus(private_redis.url, cache, prefix="test:quiet:", idle_ping_s=0.2, pong_timeout_s=0.5)
+    async with asynccontextmanager(bus.running)(None):
+        await until(lambda: bus.subscribed, "subscription")
+        assert cache.everything == 1
+        async with aioredis.Redis.from_url(private_redis.url) as client:
+            await client.execute_command("DEBUG", "SLEEP", "3")  # the server answers nobody for 3 s
+        await until(lambda: cache.everything == 2, "resubscription")  # before: stayed subscribed, deaf
+        assert bus.reconnect_counts()[0] >= 1
+        assert await bus.publish("key_aaaaaaaaaaaa", "update")
+        await until(lambda: cache.keys == ["key_aaaaaaaaaaaa"], "message")
