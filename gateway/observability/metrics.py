@@ -555,6 +555,7 @@ class _RecoveryCollector(Collector):
         family = CounterMetricFamily(
             "gateway_recovery_actions",
             "Automatic recovery actions by kind (redis_cache_reconnect, redis_limits_reconnect, "
+            "redis_routing_reconnect, redis_key_bus_reconnect, "
             "memory_store_reconnect, failover, memory_cleanup_*) and result (ok, failed); the seed's "
             "recovery success KPI is ok / all.",
             labels=("kind", "result"),

@@ -1444,7 +1444,8 @@ class Auth(_Strict):
         5.0,
         ge=0,
         description="How long a key lookup (found or not) is cached in each gateway process; a "
-        "revocation reaches other replicas within this time.",
+        "revocation reaches other replicas within this time (with REDIS_URL at once, through the key "
+        "bus; this stays the bound while Redis is down).",
     )
     limits_fail: Literal["open", "closed"] = Field(
         "open",
