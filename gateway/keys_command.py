@@ -283,7 +283,7 @@ def _update(args: argparse.Namespace) -> int:
         target["changes"] = audit.key_changes(key_json(before, now), answer)  # for its audit line
         return answer
 
-    return _local(args, op, "key.update", target)
+    return _local(args, op, "key.update", target, announce="update")
 
 
 def _revoke(args: argparse.Namespace) -> int:
@@ -293,7 +293,7 @@ def _revoke(args: argparse.Namespace) -> int:
     async def op(ring: KeyRing) -> Json:
         return key_json(await ring.revoke(args.key_id), time.time())
 
-    return _local(args, op, "key.revoke", {"key_id": args.key_id})
+    return _local(args, op, "key.revoke", {"key_id": args.key_id}, announce="revoke")
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -305,7 +305,7 @@ def _rotate(args: argparse.Namespace) -> int:
         secret, record = await ring.rotate(args.key_id, args.grace)
         return {**key_json(record, time.time()), "secret": secret, "replaces": args.key_id}
 
-    return _local(args, op, "key.rotate", {"key_id": args.key_id, "grace_s": args.grace})
+    return _local(args, op, "key.rotate", {"key_id": args.key_id, "grace_s": args.grace}, announce="rotate")
 
 
 def _end_grace(args: argparse.Namespace) -> int:
@@ -315,7 +315,7 @@ def _end_grace(args: argparse.Namespace) -> int:
     async def op(ring: KeyRing) -> Json:
         return key_json(await ring.end_grace(args.key_id), time.time())
 
-    return _local(args, op, "key.end_grace", {"key_id": args.key_id})
+    return _local(args, op, "key.end_grace", {"key_id": args.key_id}, announce="end_grace")
 
 
 def _local(
@@ -323,10 +323,14 @@ def _local(
     op: Callable[[KeyRing], Awaitable[Json]],
     action: str | None = None,
     given: Json | None = None,
+    *,
+    announce: str | None = None,
 ) -> int:
     """Run ``op`` on the key store the policy (or ``KEYS_URL``) names, then print its answer.
     ``action``: the change ``op`` makes, written as an audit line (``given``: its target as the
-    command line named it), whether it was made or refused."""
+    command line named it), whether it was made or refused. ``announce``: the kind of change
+    (``auth/key_bus.py``) published for the gateways when ``REDIS_URL`` is set, so every replica
+    drops its cached lookup of the key at once (the key the answer ``replaces``, else its own)."""
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -347,9 +351,16 @@ def _local(
         ring = KeyRing(store, policy.auth.teams, model_groups=policy.models.keys())
         await store.start()
         try:
-            return await op(ring)
+            answer = await op(ring)
         finally:
             await store.close()
+        if announce is not None and settings.redis_url:
+            from gateway.auth.key_bus import announce as publish  # redis-py: only with REDIS_URL
+
+            await publish(
+                settings.redis_url, settings.key_bus_prefix, answer.get("replaces") or answer["id"], announce
+            )
+        return answer
 
     try:
         answer = asyncio.run(run())

@@ -56,6 +56,7 @@ from gateway.tasks import stop as stop_task
 
 log = logging.getLogger(__name__)
 
+CHANNEL = "changes"  # after the prefix
 # What a message may say: the key ring's operations that change how a key authenticates.
 CHANGES = frozenset({"revoke", "rotate", "end_grace", "update"})
 # An admin call waits at most this for its announcement (a Redis that refuses answers at once).
@@ -96,7 +97,7 @@ class KeyBus:
     ) -> None:
         self._url = url
         self._cache = cache
-        self.channel = prefix + "changes"
+        self.channel = prefix + CHANNEL
         self._publish_timeout_s = publish_timeout_s
         self._idle_ping_s = idle_ping_s
         self._pong_timeout_s = pong_timeout_s
@@ -120,24 +121,12 @@ class KeyBus:
     async def publish(self, key_id: str, change: str) -> bool:
         """Announce that ``key_id`` changed (``change`` one of ``CHANGES``); False, logged, when
         Redis did not take it within ``PUBLISH_TIMEOUT_S``. Never raises for Redis."""
-        if change not in CHANGES:
-            raise ValueError(f"not a key change: {change!r}")  # a caller's bug
         client = self._client
         if client is None:
             return False
-        payload = orjson.dumps({"key_id": key_id, "change": change})
-        try:
-            async with asyncio.timeout(self._publish_timeout_s):
-                await client.publish(self.channel, payload)
-        except FAILURES as exc:
-            log.warning(
-                "key change not announced to other replicas: they apply it when their cached "
-                "lookup expires (auth.key_cache_s)",
-                extra={"fields": {"key_id": key_id, "change": change, "error": type(exc).__name__}},
-            )
-            return False
-        self.published += 1
-        return True
+        published = await _publish(client, self.channel, key_id, change, self._publish_timeout_s)
+        self.published += published
+        return published
 
     def reconnect_counts(self) -> tuple[int, int]:
         """The subscriber's reconnects that ended an outage, and its failed attempts."""
@@ -223,6 +212,35 @@ class KeyBus:
             "cached lookups expire (auth.key_cache_s) until it reconnects",
             extra={"fields": {"error": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__}},
         )
+
+
+async def announce(url: str, prefix: str, key_id: str, change: str) -> bool:
+    """Publish one key change from a process that runs no bus (``keys revoke`` and the like on
+    the store, ``keys_command.py``), on the channel the gateways' buses of ``prefix`` hear; False
+    (logged) when Redis did not take it within ``PUBLISH_TIMEOUT_S``."""
+    client = redis_client(url, PUBLISH_TIMEOUT_S, health_check_interval_s=0)
+    try:
+        return await _publish(client, prefix + CHANNEL, key_id, change, PUBLISH_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(*FAILURES):
+            await client.aclose()
+
+
+async def _publish(client: RedisClient, channel: str, key_id: str, change: str, timeout_s: float) -> bool:
+    if change not in CHANGES:
+        raise ValueError(f"not a key change: {change!r}")  # a caller's bug
+    payload = orjson.dumps({"key_id": key_id, "change": change})
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.publish(channel, payload)
+    except FAILURES as exc:
+        log.warning(
+            "key change not announced to other replicas: they apply it when their cached "
+            "lookup expires (auth.key_cache_s)",
+            extra={"fields": {"key_id": key_id, "change": change, "error": type(exc).__name__}},
+        )
+        return False
+    return True
 
 
 def _read(data: object) -> tuple[str, str] | None:

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -363,3 +364,38 @@ def test_update_through_a_running_gateway(workdir: Path, gateway: ManagedProcess
     keys_json(workdir, "revoke", key["id"], "--url", gateway.url, env=admin)
     revoked = keys(workdir, "update", key["id"], "--url", gateway.url, "--rpm", "5", env=admin)
     assert revoked.returncode == 1 and "is revoked and cannot be changed" in revoked.stderr
+
+
+def test_a_change_made_on_the_store_reaches_a_running_gateway_at_once_with_redis(workdir: Path) -> None:
+    # A gateway that caches lookups for 300 s and a `keys revoke` / `keys update` run on the same
+    # SQLite file with the same REDIS_URL: the command announces the change on the key bus, and
+    # the gateway refuses the key at once (before: it served it from its cache for 300 s).
+    import redis
+
+    from tests.e2e.cache_support import shared_redis_url, unique
+
+    (workdir / "policy.yaml").write_text(POLICY.replace("auth:\n", "auth:\n  key_cache_s: 300\n"))
+    url, private = shared_redis_url()
+    prefix = f"test:{unique('bus')}:"
+    env = {"REDIS_URL": url, "SOPHIA_KEY_BUS_PREFIX": prefix}
+    proc = start(
+        ["serve", "--policy", "policy.yaml", "--port", "0"], cwd=str(workdir), env={**env, "KEYS_URL": ""}
+    )
+    try:
+        with redis.Redis.from_url(url) as client:  # the gateway's subscription is made
+            deadline = time.monotonic() + 20
+            while client.pubsub_numsub(prefix + "changes")[0][1] < 1:
+                assert time.monotonic() < deadline, "the gateway did not subscribe"
+                time.sleep(0.02)
+        made = keys_json(workdir, "create", "--team", "ops", "--policy", "policy.yaml", env=env)
+        assert status(proc.url, made["secret"]) == 200  # cached for 300 s
+        result = keys(workdir, "revoke", made["id"], "--policy", "policy.yaml", env=env)
+        assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + 20
+        while status(proc.url, made["secret"]) != 401:
+            assert time.monotonic() < deadline, "the gateway still serves the revoked key"
+            time.sleep(0.02)
+    finally:
+        proc.stop()
+        if private is not None:
+            private.close()
