@@ -250,6 +250,7 @@ def build_app(
         limit_gate.limiter,
         service.memory,
         key_ring.store if policy.auth.mode == "keys" else None,
+        shared_failures,
     )
     if worker is not None:  # a crashed worker's counts stay in the set's sum
         app.cleanup_ctx.append(worker_totals.writing(metrics.render, worker.run_dir, worker.index))
@@ -266,6 +267,7 @@ def _watch_health(
     limiter: Limiter,
     memory: MemoryService | None,
     key_records: KeyStore | None,
+    failures: RedisFailures | None = None,
 ) -> None:
     """The health monitor, the event loop's lag sampler and (with ``server.max_rss_bytes``) the
     memory guard, each a background task of its own; and the recovery actions the Redis links
@@ -283,6 +285,9 @@ def _watch_health(
         shared = app[keys.SHARED_ROUTING]
         redis["redis:routing"] = shared
         metrics.recovery.add_source(link_reconnects("redis_routing_reconnect", shared))
+    if failures is not None:  # the failed-auth throttle's own link (auth/redis_throttle.py)
+        redis["redis:throttle"] = failures
+        metrics.recovery.add_source(link_reconnects("redis_throttle_reconnect", failures))
     if memory is not None:
         metrics.recovery.add_source(pool_reconnects(memory.store))
     lag = LoopLag()

@@ -24,12 +24,13 @@ after a backoff one call probes Redis again.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from redis.commands.core import AsyncScript
 from redis.exceptions import InvalidResponse
 
-from gateway.redis_link import Outage, RedisClient, redis_client
+from gateway.redis_link import Outage, RedisClient, probe, probe_answered, redis_client
 
 if TYPE_CHECKING:
     from gateway.auth.throttle import SharedFailures
@@ -137,6 +138,29 @@ class RedisFailures:
     @property
     def healthy(self) -> bool:
         return self._outage.healthy
+
+    async def ping(self) -> float | None:
+        """One probe script through the fail-open link (the health monitor's ``redis:throttle``
+        check, see ``RedisStore.ping``): its round trip in seconds, or None when it failed or
+        Redis is being skipped. After a backoff this is the probe, so the shared count is used
+        again once Redis is back even while no authentication fails."""
+        client = self._client
+        if client is None:
+            return None
+        started = time.perf_counter()
+        answered = await self._outage.call(
+            lambda: probe(client),
+            self._op_timeout_s,
+            went_down=self._went_down,
+            came_back=self._came_back,
+            read=probe_answered,
+        )
+        return time.perf_counter() - started if answered else None
+
+    def reconnect_counts(self) -> tuple[int, int]:
+        """(outages ended by a successful call, probes that failed) so far: the recovery action
+        ``redis_throttle_reconnect``."""
+        return self._outage.reconnects, self._outage.failed_probes
 
 
 if TYPE_CHECKING:

@@ -555,7 +555,7 @@ class _RecoveryCollector(Collector):
         family = CounterMetricFamily(
             "gateway_recovery_actions",
             "Automatic recovery actions by kind (redis_cache_reconnect, redis_limits_reconnect, "
-            "redis_routing_reconnect, redis_key_bus_reconnect, "
+            "redis_routing_reconnect, redis_key_bus_reconnect, redis_throttle_reconnect, "
             "memory_store_reconnect, failover, memory_cleanup_*) and result (ok, failed); the seed's "
             "recovery success KPI is ok / all.",
             labels=("kind", "result"),
@@ -588,7 +588,7 @@ class _HealthCollector(Collector):
         up = GaugeMetricFamily(
             "gateway_dependency_up",
             "1 while a dependency (deployment:<provider>/<model>, redis:cache, redis:limits, "
-            "memory:store, memory:index, event_loop, resident_memory) is up or degraded, 0 while "
+            "redis:routing, redis:throttle, memory:store, memory:index, event_loop, resident_memory) is up or degraded, 0 while "
             "it is down, as of the health monitor's last check.",
             labels=("dependency",),
         )

@@ -5,7 +5,8 @@ changed.
 * ``deployment:<provider>/<model>``: from the router, nothing sent: down while its key is not set
   or its breaker is open, degraded while half-open; latency is its recent average, and the age of
   its last success (a whole answer or a stream's first chunk) is shown.
-* ``redis:cache`` / ``redis:limits`` / ``redis:routing`` (with ``REDIS_URL``): one probe script
+* ``redis:cache`` / ``redis:limits`` / ``redis:routing`` / ``redis:throttle`` (with ``REDIS_URL``;
+  the last while the failed-auth throttle is on, ``auth/redis_throttle.py``): one probe script
   (``EVAL "return 1" 0``, ``redis_link.probe``: every call the gateway makes runs a script, and a
   Redis refusing scripts answers PING) through the link's fail-open state (``redis_link.Outage``),
   bounded by the link's own timeout. While the link backs off the probe is skipped (down); after
