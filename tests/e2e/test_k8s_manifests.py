@@ -628,3 +628,35 @@ def test_the_analysis_queries_measure_the_canary_alone(tmp_path: Path) -> None:
         check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# ----- memory ------------------------------------------------------------------------------------
+
+# Resident memory a full upload room costs, per byte of it: README's `server.max_audio_in_flight_
+# bytes` row ("a burst of full-size uploads runs resident memory to about 5 x this"; h-probe4
+# measured 3-6 x for image edits of 40-47 MiB held through three attempts).
+UPLOAD_RSS_FACTOR = 5
+UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
+
+
+def quantity_bytes(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([KMG]i?)?", text)
+    assert match, text
+    return int(match[1]) * UNITS.get(match[2] or "", 1)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_memory_limit_holds_the_idle_gateway_and_a_full_upload_room(overlay: str) -> None:
+    """A burst of image edits (`server.max_image_bytes` 64 MiB each) fills the one upload room
+    (`max_audio_in_flight_bytes`, 256 MiB); the pod's limit must hold that on top of what the
+    gateway uses idle (its request), or the burst is an OOM kill of every stream on the pod."""
+    docs = render(overlay)
+    resources = gateway_container(docs)["resources"]
+    config_map = the(docs, "ConfigMap", "sophia-policy")
+    room = parse_policy(config_map["data"]["policy.yaml"], "policy.yaml").server.max_audio_in_flight_bytes
+    need = quantity_bytes(resources["requests"]["memory"]) + UPLOAD_RSS_FACTOR * room
+    limit = quantity_bytes(resources["limits"]["memory"])
+    assert limit >= need, (
+        f"{overlay}: memory limit {limit / 2**20:.0f} MiB < request + {UPLOAD_RSS_FACTOR} x upload room "
+        f"= {need / 2**20:.0f} MiB"
+    )
