@@ -59,6 +59,7 @@ _KEY_FIELDS = (
     "budget_period_s",
     "expires_at",
     "grace_until",
+    "provider_files",  # a grant: the key may name the organisation's provider-side files
 )
 
 

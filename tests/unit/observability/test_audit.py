@@ -70,6 +70,7 @@ def test_key_fields_never_copy_a_secret_or_its_prefix() -> None:
         "namespaces": {"read": ["a"], "write": []},
         "expires_at": None,
         "grace_until": None,
+        "provider_files": True,
         "secret": "sk-sg-abcdefghijklmnopqrstuvwxyz",
         "hash": "deadbeef",
     }
@@ -85,6 +86,7 @@ def test_key_fields_never_copy_a_secret_or_its_prefix() -> None:
         "budget_period_s": 86400,
         "expires_at": None,
         "grace_until": None,
+        "provider_files": True,
         "namespaces_read": ["a"],
         "namespaces_write": [],
     }
