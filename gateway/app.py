@@ -226,6 +226,7 @@ def build_app(
         metrics=metrics,
         watch=settings.policy_watch,
         started_digest=policy_digest,
+        worker=None if settings.worker is None else settings.worker.index,
     )
     live.subscribe(rollouts.reconfigure)  # after the router's swap: rollouts follow their groups
     app.cleanup_ctx.append(live.running)  # the provider clients, then the file watcher

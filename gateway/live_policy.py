@@ -114,6 +114,7 @@ class LivePolicy:
         metrics: GatewayMetrics,
         watch: bool = True,
         started_digest: str | None = None,
+        worker: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
@@ -129,6 +130,9 @@ class LivePolicy:
         self._watch = watch and path is not None
         self.watching = True  # False once the file watcher has stopped (it could not watch)
         self._clock = clock
+        # In a worker set each worker watches the file and reloads it on its own (one audit line
+        # each, which may differ: one worker may fail to start a client): the line says which.
+        self._worker = worker
         self._subscribers: list[Callable[[Policy], None]] = []
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[object]] = set()
@@ -228,6 +232,8 @@ class LivePolicy:
             }
             if outcome.problems:
                 fields["problems"] = len(outcome.problems)
+            if self._worker is not None:
+                fields["worker"] = self._worker
             result = {"applied": audit.OK, "unchanged": audit.OK, "invalid": audit.REFUSED}
             audit.record("policy.reload", result.get(outcome.result, audit.FAILED), source, fields)
         return outcome

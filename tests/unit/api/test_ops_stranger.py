@@ -65,3 +65,40 @@ async def test_a_key_created_with_provider_files_says_so_in_its_audit_line(
     assert "provider_files" in inherited and inherited["provider_files"] is None  # the team's
     secret = (await made.json())["secret"]
     assert secret not in caplog.text
+
+
+async def test_each_workers_file_reload_line_names_its_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under ``serve --workers N`` every worker watches the policy file and reloads it itself,
+    so one edit writes N ``policy.reload`` lines (actor ``file``): right, since each may end
+    differently, but the lines were identical, N copies of one action to whoever reads the
+    trail. Each now says its worker; a gateway serving alone says none."""
+    from gateway import keys
+    from gateway.settings import WorkerSlot
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text(tmp_path / "keys.sqlite3"))
+    lines = []
+    for slot in (WorkerSlot(1, 2, str(tmp_path)), None):
+        app = build_app(
+            Settings(
+                access_log=False, admin_token=TOKEN, policy_watch=False, policy_path=str(path), worker=slot
+            ),
+            parse_policy(path.read_text()),
+            {},
+            policy_path=str(path),
+            transports={"a": MockTransport(lambda request: MockResponse.json({}))},
+        )
+        path.write_text(path.read_text().replace("research: {}", "research: {rpm: 5}", 1))
+        with caplog.at_level(logging.INFO, logger="gateway.audit"):
+            outcome = await app[keys.POLICY_CONTROL].reload("file")
+        assert outcome.result == "applied", outcome
+        (line,) = [r.fields for r in caplog.records if r.name == "gateway.audit"]  # type: ignore[attr-defined]
+        caplog.clear()
+        path.write_text(policy_text(tmp_path / "keys.sqlite3"))
+        lines.append(line)
+    in_set, alone = lines
+    assert in_set["action"] == "policy.reload" and in_set["actor"] == "file"
+    assert in_set["worker"] == 1
+    assert "worker" not in alone
