@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from gateway.testing.process import ManagedProcess, free_port, start
+from gateway.testing.redis_server import PrivateRedis
 from tests.e2e.conftest import start_fakes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,6 +155,7 @@ def policy_text(fakes: dict[str, ManagedProcess]) -> str:
           teams:
             research: {budget_usd: 1000}
             tight: {rpm: 1}
+            pooled: {shared_budget_usd: 0}  # its shared budget spent: refusals of reason team_budget
         breaker: {consecutive_failures: 1000000, min_requests: 1000000}
         retry: {max_attempts: 3, backoff_initial_s: 0.001, backoff_max_s: 0.01}
         cache:
@@ -241,7 +243,11 @@ def stack() -> Iterator[Stack]:
         }
     )
     gateway = prometheus = None
+    # Redis links (redis:limits, redis:routing, redis:throttle) for SophiaRedisLinkDown's series:
+    # the gateway's own private server, so no other run's state is in it.
+    redis_server = PrivateRedis()
     try:
+        redis_server.start()
         policy = workdir / "policy.yaml"
         policy.write_text(policy_text(fakes))
         snowflake = {
@@ -258,12 +264,13 @@ def stack() -> Iterator[Stack]:
                 "SOPHIA_LOG_FORMAT": "json",
                 "SOPHIA_ACCESS_LOG": "0",
                 "SOPHIA_METRICS_TOKEN": METRICS_TOKEN,
+                "REDIS_URL": redis_server.url,
                 **snowflake,
             },
             module="tests.e2e.fakesnow_serve",
             timeout_s=60,
         )
-        keys = {team: create_key(gateway, team) for team in ("research", "tight")}
+        keys = {team: create_key(gateway, team) for team in ("research", "tight", "pooled")}
         prometheus = start_prometheus(binary, gateway.url.removeprefix("http://"), workdir)
         yield Stack(gateway, prometheus, keys)
     finally:
@@ -274,6 +281,7 @@ def stack() -> Iterator[Stack]:
             gateway.stop()
         for fake in fakes.values():
             fake.stop()
+        redis_server.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -331,6 +339,8 @@ def traffic_round(stack: Stack, number: int) -> None:
     # the tight team's key: one request a minute, the rest refused
     statuses = [post(f"{base}/v1/chat/completions", stack.keys["tight"], {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}) for _ in range(2)]  # fmt: skip
     assert 429 in statuses
+    # the pooled team's key: its team's shared budget is spent (SophiaTeamBudgetSpent reads these)
+    assert post(f"{base}/v1/chat/completions", stack.keys["pooled"], {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}) == 429  # fmt: skip
     # a key issued by nobody: a 401 (SophiaManyFailedAuthentications reads them)
     assert post(f"{base}/v1/chat/completions", "sk-sg-" + "W" * 51, {"model": "chat", "messages": []}) == 401
 
