@@ -318,7 +318,10 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
                   (f'sum by (team) (rate(gateway_spend_usd_total{{team=~"$team"}}[{RATE}])) * 3600', "{{team}}")),
             graph("Refusals/s by team and reason", "reqps",
                   (f'sum by (team, reason) (rate(gateway_refusals_total{{team=~"$team"}}[{RATE}]))',
-                   "{{team}} {{reason}}")),
+                   "{{team}} {{reason}}"),
+                  description="reason: requests or tokens (a key's RPM or TPM), budget (a key's "
+                  "own budget), team_budget (the team's shared_budget_usd: every key of the team "
+                  "is refused until its period ends; alert SophiaTeamBudgetSpent)."),
         ]),
         ("Processes", [
             graph("CPU (cores) by replica", "short",
@@ -330,6 +333,13 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
                   (f"max by (instance) (process_open_fds{{{JOB}}} / process_max_fds{{{JOB}}})", "{{instance}}"),
                   description="Past the limit new connections are reset unanswered; the alert "
                   "SophiaOpenFilesNearLimit fires at 80 %."),
+            graph("Processes seeing a dependency down", "short",
+                  ("sum by (dependency) (1 - gateway_dependency_up)", "{{dependency}}"),
+                  description="Gateway processes (workers and replicas) whose health monitor found "
+                  "each dependency down: a deployment (key unset, breaker open), a Redis link "
+                  "(redis:cache, redis:limits, redis:routing, redis:throttle: alerts "
+                  "SophiaCacheBackendDown, SophiaRedisLinkDown), the key or memory store. "
+                  "GET /health on a pod says why."),
             graph("Log lines dropped/s", "ops",
                   (f"sum(rate(gateway_access_log_dropped_total[{RATE}]))", "access log"),
                   (f"sum(rate(gateway_log_dropped_total[{RATE}]))", "other loggers"),
