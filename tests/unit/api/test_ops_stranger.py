@@ -1,5 +1,7 @@
-"""h-probe4: an operator's probes of the session's new surfaces, over real HTTP on loopback (the
-gateway in process, a mock upstream). Each test failed before the fix its docstring names."""
+"""h-probe4: an operator's probes of the session's new surfaces in the audit trail (the gateway in
+process, a mock upstream; the admin API over real HTTP on loopback). Each test failed before the
+fix its docstring names: key.create's line without provider_files (KeyError), a worker's own
+policy.reload line without its worker (KeyError)."""
 
 from __future__ import annotations
 
