@@ -1111,8 +1111,15 @@ def unreported(
     whose client left before it did): the ``estimate`` stands (``gate.reservation``: prompt
     characters / 4 plus the output it allowed), or the output seen if larger, at ``target``'s
     prices (of the tier ``tier_prompt``, the estimate's prompt alone, falls in: ``Price.at``); or,
-    when a per-unit price gave it, at ``exact_usd`` (the tokens still count against TPM)."""
-    prompt = max(0, estimate - out)
+    when a per-unit price gave it, at ``exact_usd`` (the tokens still count against TPM). With the
+    estimate's prompt known (``tier_prompt``), the prompt is charged at the input price and the
+    rest of the estimate, the output it allowed (or the output seen if larger), at the output
+    price: charged whole as input, an unused allowance of ``max_tokens`` cost the input price."""
+    if tier_prompt is None:
+        prompt = max(0, estimate - out)
+    else:
+        prompt = min(max(0, tier_prompt), estimate)
+        out = max(out, estimate - prompt)
     if exact_usd is not None:
         return prompt, out, exact_usd
     return prompt, out, target.deployment.price.cost_usd(prompt, out, tier_prompt=tier_prompt)

@@ -61,7 +61,7 @@ def no_usage(request: UpstreamRequest) -> MockResponse:
 @pytest.mark.parametrize(
     ("chars", "max_tokens", "price"),
     [
-        (8000, 10, 10),  # a 2,001-token prompt: the tier's input price on the whole estimate
+        (8000, 10, 10),  # a 2,001-token prompt: the tier's prices on the whole estimate
         (2000, 1000, 1),  # a 501-token prompt that may write 1,000: the base price, though 1,501 > 1,000
     ],
 )
@@ -85,5 +85,7 @@ async def test_the_estimate_is_charged_at_its_prompts_tier(
     await client.app[keys.LIMITS].drain()  # type: ignore[index]
     usage = await client.get("/admin/usage", headers={"Authorization": f"Bearer {ADMIN}"})
     row = (await usage.json())["data"][0]
-    assert row["tokens_in"] == estimate
-    assert row["cost_usd"] == pytest.approx(estimate * price)
+    # The prompt at the input price, the output it allowed at the output price ($2, $20): the
+    # allowance charged as input cost the input price (the whole estimate x ``price``) before.
+    assert (row["tokens_in"], row["tokens_out"]) == (prompt, estimate - prompt)
+    assert row["cost_usd"] == pytest.approx(prompt * price + (estimate - prompt) * 2 * price)
