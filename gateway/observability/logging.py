@@ -48,7 +48,14 @@ def json_escape_raw_controls(line: str) -> str:
 def logfmt_value(value: object) -> str:
     """``value`` as a logfmt value: quoted when it holds whitespace, ``=``, a quote or a backslash,
     every non-printable character escaped."""
-    text = value if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (dict, list, tuple)):
+        # A nested field (an audit line's ``changes``, ``models``) as JSON, as the JSON format
+        # writes it: ``str`` gave Python's repr (``{'rpm': [2, 5]}``, ``None``) no tool reads.
+        text = jsonsafe.dumps(value, default=str).decode()
+    else:
+        text = str(value)
     if not text:
         return '""'
     if _LOGFMT_QUOTED.search(text):

@@ -105,3 +105,15 @@ def test_json_format_writes_header_bytes_that_are_not_utf8() -> None:
     parsed = orjson.loads(out)
     assert parsed["msg"] == "bad header Bearer \\udcff\\udcfe" and parsed["error"] == "Bearer \\udcff\\udcfe"
     assert parsed["exc"].endswith("ValueError: Bearer \\udcff\\udcfe")
+
+
+def test_text_format_writes_a_nested_field_as_json() -> None:
+    """An audit line's ``changes`` (h-audit, h-keyupdate) in the text format: JSON a tool can
+    read back, quoted as one logfmt value, not Python's repr (``{'rpm': [2, 5]}``, ``None``)."""
+    fields = {"changes": {"rpm": [2, 5], "models": None}, "models": ["a", "b"], "ok": True, "n": 3}
+    out = TextFormatter().format(record("audit", fields))
+    assert 'changes="{\\"rpm\\":[2,5],\\"models\\":null}"' in out, out
+    assert 'models="[\\"a\\",\\"b\\"]"' in out, out
+    assert " ok=True n=3" in out  # scalars as before (the access log's text lines unchanged)
+    quoted = out.split("changes=", 1)[1].split('" ', 1)[0] + '"'
+    assert orjson.loads(orjson.loads(quoted)) == fields["changes"]  # a JSON string holding JSON
