@@ -18,6 +18,7 @@ from typing import Protocol
 
 from gateway.errors import UpstreamStatusError
 from gateway.policy.model import Provider
+from gateway.wire.forms import FormBody
 from gateway.wire.requests import Endpoint, JSONObject
 
 __all__ = [
@@ -38,7 +39,7 @@ class UpstreamRequest:
     one is built per attempt; nothing changes it once built."""
 
     path: str
-    body: bytes
+    body: bytes | FormBody  # an upload's form as pieces, its files never joined (h-uploadcopy)
     stream: bool
     headers: Mapping[str, str] | None = None
     # A translating kind's OpenAI parameters the client sent under another name: an error the

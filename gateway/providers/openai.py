@@ -212,8 +212,8 @@ def upload_request(path: str, body: JSONObject, model: str | None) -> UpstreamRe
     form = body.get(FORM)
     if not isinstance(form, UploadForm):  # (the handler always puts one there)
         raise InvalidRequest("The request has no form.", param=None)
-    data, content_type = form_body(form, model)
-    return UpstreamRequest(path, data, bool(body.get("stream")), {"Content-Type": content_type})
+    data = form_body(form, model)  # the form's file bytes themselves, between encoded heads
+    return UpstreamRequest(path, data, bool(body.get("stream")), {"Content-Type": data.content_type})
 
 
 def request_bytes(endpoint: Endpoint, body: JSONObject, keeps_extra: bool) -> bytes:

@@ -28,6 +28,7 @@ from gateway.errors import GatewayError, UpstreamBadResponse, UpstreamConnectErr
 from gateway.policy.model import Provider
 from gateway.providers import eager_writes, payload_guard
 from gateway.providers.base import UpstreamRequest
+from gateway.wire.forms import FormBody
 
 # A fixed User-Agent in the session's defaults: aiohttp would otherwise add its own (naming its
 # version), and skipping it with ``skip_auto_headers`` costs a header set built per request.
@@ -220,7 +221,7 @@ class AiohttpTransport:
             raw = await self._session._request(
                 "POST",
                 self._base_url + request.path,
-                data=request.body,
+                data=body if isinstance(body := request.body, bytes) else FormPayload(body),
                 headers=request.headers,
                 allow_redirects=False,
             )
@@ -237,6 +238,50 @@ class AiohttpTransport:
             raise
         dog.since = _IDLE
         return AiohttpResponse(raw, self._errors, dog, self._limit)
+
+
+# The most of an upload's file handed to the socket in one write. aiohttp writes a bytes body
+# whole: on Python before 3.12.9 it joins it to the request's headers first (no ``writelines``),
+# and the socket transport copies whatever the kernel did not take at once (asyncio slices the
+# rest and appends it to its buffer; uvloop slices it): two more copies of the whole body, held
+# until it is sent. Written as views of this size, each waiting for the buffer to drain, an
+# upload holds at most this much beyond the form (h-uploadcopy).
+_FORM_WRITE_BYTES = 256 * 1024
+
+
+class FormPayload(aiohttp.payload.Payload):
+    """An upload's ``FormBody`` as aiohttp's payload: its pieces written in order, the files
+    (the held form's own bytes) as ``memoryview`` slices of ``_FORM_WRITE_BYTES``, never joined
+    or copied. Reusable: nothing is consumed, so a second send writes the same bytes."""
+
+    _autoclose = True  # nothing to close: the bytes belong to the held form
+
+    def __init__(self, body: FormBody) -> None:
+        super().__init__(body, content_type=body.content_type)
+        self._size = body.size
+        self.body = body
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self.body).decode(encoding, errors)
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        left = self.body.size if content_length is None else content_length
+        for part in self.body.parts:
+            if left <= 0:
+                return
+            if len(part) <= _FORM_WRITE_BYTES and len(part) <= left:
+                await writer.write(part)
+                left -= len(part)
+                continue
+            view = memoryview(part)[:left]
+            for start in range(0, len(view), _FORM_WRITE_BYTES):
+                await writer.write(view[start : start + _FORM_WRITE_BYTES])
+            left -= len(view)
 
 
 class _Watchdogs:

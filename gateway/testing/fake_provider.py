@@ -49,7 +49,7 @@ from gateway.testing.fake_flavors import FLAVORS, add_flavor_routes
 from gateway.testing.fake_wire import DONE, ReplyFormat, Usage
 
 _T = TypeVar("_T")
-_MAX_BODY_BYTES = 32 * 1024 * 1024
+_MAX_BODY_BYTES = 80 * 1024 * 1024  # image edits up to 50 MB a file (the gateway: 64 MiB a form)
 _HANG_POLL_S = 0.05
 # A fake has nothing worth draining for: in-flight streams and hangs are cut after this on SIGTERM.
 _SHUTDOWN_GRACE_S = 1.0
@@ -471,7 +471,7 @@ async def _transcribed(request: web.Request, *, translate: bool) -> web.StreamRe
     its events when ``stream`` is true. Over 25 MB: OpenAI's 413."""
     state = request.app[FAKE_STATE]
     config = state.config
-    upload = await _admit_form(request, state)
+    upload = await _admit_form(request, state, fake_media.AUDIO_MAX_BYTES)
     transcript = _parsed(lambda _: fake_media.transcription(upload, translate=translate), {})
     fault = draw_fault(config, state.rng)
     early = await _inject(request, config, state.rng, fault, stream=bool(transcript.events))
@@ -505,19 +505,24 @@ async def _image_form(
     answer JSON as generations'."""
     state = request.app[FAKE_STATE]
     config = state.config
-    upload = await _admit_form(request, state)
+    upload = await _admit_form(request, state, _MAX_BODY_BYTES)
     answer = _parsed(lambda _: answer_of(upload), {})
     early = await _inject(request, config, state.rng, draw_fault(config, state.rng), stream=False)
     return early if early is not None else _json(orjson.dumps(answer))
 
 
-async def _admit_form(request: web.Request, state: FakeState) -> fake_media.AudioUpload:
+async def _admit_form(request: web.Request, state: FakeState, limit_bytes: int) -> fake_media.AudioUpload:
     """``_admit`` for a multipart form: recorded (its fields, the file's name and size as the
-    body), authorised, within OpenAI's 25 MB, its model served."""
-    if (request.content_length or 0) > fake_media.AUDIO_MAX_BYTES:
-        message = f"Maximum content size limit ({fake_media.AUDIO_MAX_BYTES}) exceeded ({request.content_length} bytes read)"
-        raise _refusal(
-            web.HTTPRequestEntityTooLarge, fake_wire.error_body(message, "invalid_request_error", None)
+    body), authorised, within ``limit_bytes`` (OpenAI's 25 MB for audio; an image's own bound is
+    checked per file), its model served."""
+    if (size := request.content_length or 0) > limit_bytes:
+        message = f"Maximum content size limit ({limit_bytes}) exceeded ({size} bytes read)"
+        # (aiohttp's HTTPRequestEntityTooLarge wants the sizes: as a kind for _refusal, a TypeError)
+        raise web.HTTPRequestEntityTooLarge(
+            limit_bytes,
+            size,
+            text=fake_wire.error_body(message, "invalid_request_error", None).decode(),
+            content_type="application/json",
         )
     if request.content_type != "multipart/form-data":
         raise _bad_request("Invalid Content-Type header: expected multipart/form-data.", None)

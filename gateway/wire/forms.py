@@ -5,7 +5,9 @@ edits and variations (``wire/images.py``).
     FormFile              one file part: its field name, file name, type and bytes, whole
     UploadForm            the form's text fields in order (repeats kept) and its files in order
     FormShape             which field names carry files, and which one must be sent
-    form_body(form, ...)  (bytes, content type) of the form for one provider, ``model`` rewritten
+    FormBody              the multipart body of one attempt, as pieces: the held files' own bytes
+                          objects between the encoded heads (never joined: h-uploadcopy)
+    form_body(form, ...)  the ``FormBody`` of the form for one provider, ``model`` rewritten
 
 The form is read once (``http/upload.read_upload_form``, within ``server.max_audio_bytes`` or
 ``server.max_image_bytes``) and kept whole so that failover can send it again to the next
@@ -66,10 +68,33 @@ class FormShape:
     what: str
 
 
-def form_body(form: UploadForm, model: str | None) -> tuple[bytes, str]:
-    """The multipart body of ``form`` and its Content-Type, with ``model`` as the model field
-    (None: without one, as Azure's deployment paths name it in the path). The boundary is random
-    and not found in any file (checked: a coincidence would cut a file short upstream)."""
+@dataclass(frozen=True, slots=True)
+class FormBody:
+    """A multipart body as the pieces it is written in, in order: the encoded fields and each
+    file's head joined, then the file's bytes (the very ``bytes`` object ``FormFile.data`` holds,
+    not a copy), then the framing up to the next file's bytes, and the closing boundary. The
+    transport writes the pieces one after another (``providers/transport``); joining them would
+    copy every file once an attempt (h-uploadcopy: a 40 MiB edit through three attempts held
+    three joined copies, and aiohttp joined the headers to each once more)."""
+
+    parts: tuple[bytes, ...]
+    content_type: str  # multipart/form-data with the body's boundary
+
+    @property
+    def size(self) -> int:
+        """The body's length in bytes (its Content-Length)."""
+        return sum(len(part) for part in self.parts)
+
+    def __bytes__(self) -> bytes:
+        """The whole body joined (a copy: for tests and logs, never on the request path)."""
+        return b"".join(self.parts)
+
+
+def form_body(form: UploadForm, model: str | None) -> FormBody:
+    """The multipart body of ``form``, with ``model`` as the model field (None: without one, as
+    Azure's deployment paths name it in the path). The boundary is random and not found in any
+    file (checked: a coincidence would cut a file short upstream). Only the fields and part heads
+    are encoded here; the files are the form's own bytes objects."""
     while True:
         boundary = "sophia-" + os.urandom(16).hex()
         mark = boundary.encode()
@@ -77,7 +102,8 @@ def form_body(form: UploadForm, model: str | None) -> tuple[bytes, str]:
             mark in value.encode() for _, value in form.fields
         ):
             break
-    parts: list[bytes] = []
+    parts: list[bytes] = []  # the pieces between two files' bytes, joined below
+    pieces: list[bytes] = []
     named = False
     for name, value in form.fields:
         if name == "model":
@@ -96,10 +122,10 @@ def form_body(form: UploadForm, model: str | None) -> tuple[bytes, str]:
             + file.content_type.encode("ascii", "replace")
             + b"\r\n\r\n"
         )
-        parts.append(file.data)
-        parts.append(b"\r\n")
-    body = b"".join((*parts, b"--", mark, b"--\r\n"))
-    return body, f"multipart/form-data; boundary={boundary}"
+        pieces += (b"".join(parts), file.data)
+        parts = [b"\r\n"]
+    pieces.append(b"".join((*parts, b"--", mark, b"--\r\n")))
+    return FormBody(tuple(pieces), f"multipart/form-data; boundary={boundary}")
 
 
 def _head(mark: bytes, name: str) -> bytes:
