@@ -119,7 +119,9 @@ def measure(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--baseline", required=True, help="revision to compare against")
     parser.add_argument("--current", help="revision to measure (default: the working tree)")
     parser.add_argument("--concurrency", type=int, default=5, help="uploads at once (default: %(default)s)")
@@ -141,7 +143,9 @@ def main() -> int:
         extract(args.current, trees["after"])
     # The fakes run from this checkout whatever the revisions (one that takes the large forms).
     ok = start(["fake-provider", "--port", "0"], env=tree_env(ROOT))
-    bad = start(["fake-provider", "--port", "0", "--error-rate", "1", "--error-status", "500"], env=tree_env(ROOT))
+    bad = start(
+        ["fake-provider", "--port", "0", "--error-rate", "1", "--error-status", "500"], env=tree_env(ROOT)
+    )
     sizes = {"image edit": args.mib, "transcription": args.audio_mib}
     results: dict[tuple[str, str, str], tuple[int, int]] = {}
     try:
