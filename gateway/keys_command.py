@@ -29,7 +29,7 @@ import orjson
 from gateway.admin_client import AdminCallError, call_admin, gateway_url
 from gateway.auth.backends import key_store
 from gateway.auth.keyring import JOINERS, MAX_GRACE_S, KeyRing, KeySettings
-from gateway.auth.records import key_json
+from gateway.auth.records import key_json, without_secrets
 from gateway.errors import GatewayError, StartupError
 from gateway.observability import audit
 from gateway.policy.durations import (
@@ -40,6 +40,7 @@ from gateway.policy.durations import (
 )
 from gateway.policy.loader import PolicyError, load_policy
 from gateway.policy.model import MAX_RATE
+from gateway.quoting import bounded
 from gateway.settings import Settings, SettingsError
 
 Json = dict[str, Any]
@@ -274,7 +275,7 @@ def _update(args: argparse.Namespace) -> int:
         return _remote(args, "PATCH", f"/admin/keys/{urllib.parse.quote(args.key_id, safe='')}", body)
     settings = KeySettings(**{_UPDATE_FLAGS[dest][0]: value for dest, value in values.items()})
     given = [_UPDATE_FLAGS[dest][0] for dest in values]
-    target: Json = {"key_id": args.key_id}
+    target: Json = {"key_id": _shown_id(args.key_id)}
 
     async def op(ring: KeyRing) -> Json:
         before, after = await ring.update(args.key_id, settings, given)
@@ -293,7 +294,7 @@ def _revoke(args: argparse.Namespace) -> int:
     async def op(ring: KeyRing) -> Json:
         return key_json(await ring.revoke(args.key_id), time.time())
 
-    return _local(args, op, "key.revoke", {"key_id": args.key_id}, announce="revoke")
+    return _local(args, op, "key.revoke", {"key_id": _shown_id(args.key_id)}, announce="revoke")
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -305,7 +306,9 @@ def _rotate(args: argparse.Namespace) -> int:
         secret, record = await ring.rotate(args.key_id, args.grace)
         return {**key_json(record, time.time()), "secret": secret, "replaces": args.key_id}
 
-    return _local(args, op, "key.rotate", {"key_id": args.key_id, "grace_s": args.grace}, announce="rotate")
+    return _local(
+        args, op, "key.rotate", {"key_id": _shown_id(args.key_id), "grace_s": args.grace}, announce="rotate"
+    )
 
 
 def _end_grace(args: argparse.Namespace) -> int:
@@ -315,7 +318,7 @@ def _end_grace(args: argparse.Namespace) -> int:
     async def op(ring: KeyRing) -> Json:
         return key_json(await ring.end_grace(args.key_id), time.time())
 
-    return _local(args, op, "key.end_grace", {"key_id": args.key_id}, announce="end_grace")
+    return _local(args, op, "key.end_grace", {"key_id": _shown_id(args.key_id)}, announce="end_grace")
 
 
 def _local(
@@ -377,6 +380,13 @@ def _local(
         _audit(action, audit.OK, {**(given or {}), **_audit_target(action, answer)})
     _print(args, answer)
     return 0
+
+
+def _shown_id(key_id: str) -> str:
+    """A key id from the command line as its audit line names it: bounded, and never a secret
+    (a secret pasted where the id goes is refused as unknown, and its line would have carried it:
+    ``api/admin_keys._shown_id`` for the API)."""
+    return bounded(without_secrets(key_id))
 
 
 def _audit(action: str, outcome: str, fields: Json) -> None:

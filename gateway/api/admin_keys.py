@@ -185,7 +185,7 @@ async def update(request: web.Request) -> web.Response:
     its cached lookup before the answer, so the next request anywhere has the new settings."""
     ring = await _ring(request)
     key_id = request.match_info["id"]
-    target(request, key_id=bounded(key_id))
+    target(request, key_id=_shown_id(request))
     if peers.from_peer(request):  # another worker made the change: only forget the key here
         return _render(key_json(await ring.drop_cached(key_id), time.time()))
     raw = await read_json(request)

@@ -520,8 +520,11 @@ class KeyRing:
             )
 
     def _check_within_team(self, team: str, models: tuple[str, ...] | None) -> None:
-        """A team's ``models`` are a ceiling: a key may narrow them, never widen them."""
-        ceiling = self.teams[team].models
+        """A team's ``models`` are a ceiling: a key may narrow them, never widen them. A key whose
+        team the policy no longer has (refused while it is gone) has no ceiling to check: its
+        ``models`` are bounded by the team's at each call if the team comes back."""
+        known = self.teams.get(team)
+        ceiling = None if known is None else known.models
         if models is None or ceiling is None:
             return
         allowed = set(ceiling)
