@@ -8,8 +8,10 @@ The process that makes a change (``/admin/keys``: revoke, rotate, end-grace, upd
 (the listings show it) and the kind of change: never a secret, hash, prefix or setting; a
 receiver reads the key again from the store. Every process (each worker of ``serve --workers N``
 too) holds one subscriber connection and drops the key's cached lookups when a message arrives
-(``KeyRing.forget_key``: its secret, the secret a grace keeps, a refusal cached for either); its
-own messages come back too, and cost a scan of the cache. A message that is not of that form (or
+(``KeyRing.forget_keys``: its secret, the secret a grace keeps, a refusal cached for either); its
+own messages come back too, and cost a scan of the cache. The messages already received are
+acted on together (``MAX_BATCH``), with one scan of the cache for all their keys, so a flood of
+messages costs their parsing and a scan per batch, never a scan each. A message that is not of that form (or
 larger than ``MAX_MESSAGE_BYTES``) is ignored: anyone who may publish on the Redis could only
 make processes read keys again.
 
@@ -44,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any, Protocol
 
 import orjson
@@ -70,12 +72,14 @@ LISTEN_S = 0.5
 IDLE_PING_S = 15.0
 PONG_TIMEOUT_S = 5.0
 MAX_MESSAGE_BYTES = 256  # a real message is about 50 bytes
+# Messages already received are acted on together, up to this many: one scan of the key cache.
+MAX_BATCH = 1000
 
 
 class KeyCache(Protocol):
     """What the bus drops (``KeyRing``)."""
 
-    def forget_key(self, key_id: str) -> int: ...
+    def forget_keys(self, key_ids: Collection[str]) -> int: ...
 
     def forget_all(self) -> None: ...
 
@@ -83,7 +87,8 @@ class KeyCache(Protocol):
 class KeyBus:
     """The announcements of key changes for ``cache`` (see the module docstring). Counters for
     tests and the recovery metric: ``published``, ``received`` (messages acted on),
-    ``resyncs`` (subscriptions made, each a ``forget_all``)."""
+    ``resyncs`` (subscriptions made, each a ``forget_all``), ``scans`` (batches of messages
+    acted on, each one ``forget_keys``)."""
 
     def __init__(
         self,
@@ -107,6 +112,7 @@ class KeyBus:
         self.published = 0
         self.received = 0
         self.resyncs = 0
+        self.scans = 0
 
     async def running(self, _: object = None) -> AsyncIterator[None]:
         """A cleanup context: the client, and the subscriber as a background task (an unreachable
@@ -184,8 +190,25 @@ class KeyBus:
             now = loop.time()
             if message is not None:
                 heard, pinged = now, None
-                if message["type"] == "message":
-                    self._receive(message["data"])
+                changed: set[str] = set()
+                # Every message already here is taken with it (at most MAX_BATCH), and the cache
+                # scanned once for all: a flood of messages (a hostile or broken publisher) costs
+                # a scan per batch, not one per message.
+                for _ in range(MAX_BATCH):
+                    if message["type"] == "message":
+                        self._receive(message["data"], changed)
+                    message = await pubsub.get_message(timeout=0)
+                    if message is None:
+                        break
+                else:
+                    if message["type"] == "message":
+                        self._receive(message["data"], changed)
+                if changed:
+                    dropped = self._cache.forget_keys(changed)
+                    self.scans += 1
+                    log.debug(
+                        "keys changed elsewhere", extra={"fields": {"keys": len(changed), "dropped": dropped}}
+                    )
             elif pinged is not None:
                 if now - pinged > self._pong_timeout_s:
                     raise TimeoutError("no answer to a ping on the subscription")
@@ -194,17 +217,13 @@ class KeyBus:
                     await pubsub.ping()
                 pinged = now
 
-    def _receive(self, data: Any) -> None:
+    def _receive(self, data: Any, changed: set[str]) -> None:
         change = _read(data)
         if change is None:
             log.debug("ignored a message on the key bus that is not a key change")
             return
-        key_id, kind = change
         self.received += 1
-        dropped = self._cache.forget_key(key_id)
-        log.debug(
-            "key changed elsewhere", extra={"fields": {"key_id": key_id, "change": kind, "dropped": dropped}}
-        )
+        changed.add(change[0])
 
     def _went_down(self, exc: BaseException) -> None:
         log.warning(

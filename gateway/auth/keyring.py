@@ -7,7 +7,7 @@ defaults from the policy into a ``Caller``. Results, found or not, are cached in
 key ring drops its entry at once, and so does an update of the key's settings (``/admin/keys``
 under ``serve --workers N`` asks every worker to drop it: ``api/admin_keys.py``); with
 ``REDIS_URL`` every other process, on every replica, drops it when the change's announcement
-arrives (``auth/key_bus.py``: ``forget_key``, and ``forget_all`` after its subscription was
+arrives (``auth/key_bus.py``: ``forget_keys``, and ``forget_all`` after its subscription was
 lost), else when its entry expires.
 
 Made-up keys cannot make the store work for them: a secret that is not of a form this gateway
@@ -182,20 +182,27 @@ class KeyRing:
         self._epoch += 1
 
     def forget_key(self, key_id: str) -> int:
-        """Drop every cached lookup of ``key_id`` without asking the store: its secret, the one a
-        rotation's grace keeps, and a refusal cached for either (expired, revoked: an update may
-        renew the key). Another process changed the key (``auth/key_bus.py``). Returns how many
-        lookups were dropped; a key this process has not looked up costs a scan of the cache
-        (at most ``MAX_CACHED_KEYS`` + ``MAX_CACHED_MISSES`` entries, once a change)."""
-        dropped = 0
-        for cache in (self._hits, self._misses):
-            for key_hash in [
-                h for h, e in cache.items() if e.record is not None and e.record.key_id == key_id
-            ]:
-                del cache[key_hash]
-                dropped += 1
+        """``forget_keys`` of one key."""
+        return self.forget_keys((key_id,))
+
+    def forget_keys(self, key_ids: Collection[str]) -> int:
+        """Look every cached lookup of the keys ``key_ids`` up again, without asking the store
+        now: their secrets, the ones a rotation's grace keeps, and a refusal cached for either
+        (expired, revoked: an update may renew the key). Other processes changed the keys
+        (``auth/key_bus.py``). Each entry is made stale, not dropped (as ``forget_all`` does for
+        the keys found), so the key stays known and its next lookup is outside the lookup
+        allowance: an announced change never turns a working key into a 503 while unknown keys
+        use the allowance up. Returns how many lookups were affected. One scan of the cache (at
+        most ``MAX_CACHED_KEYS`` + ``MAX_CACHED_MISSES`` entries) for all of ``key_ids``."""
+        ids = key_ids if isinstance(key_ids, set | frozenset) else set(key_ids)
+        stale = [h for h, e in self._hits.items() if e.record is not None and e.record.key_id in ids]
+        for key_hash in stale:
+            self._hits[key_hash] = replace(self._hits[key_hash], until_s=float("-inf"))
+        refused = [h for h, e in self._misses.items() if e.record is not None and e.record.key_id in ids]
+        for key_hash in refused:  # a key's refusal (revoked, expired): known too, looked up again
+            self._misses[key_hash] = replace(self._misses[key_hash], until_s=float("-inf"))
         self._epoch += 1  # a lookup under way may have read the key as it was
-        return dropped
+        return len(stale) + len(refused)
 
     async def create(self, team: str, settings: KeySettings | None = None) -> tuple[str, KeyRecord]:
         """A new key of ``team``: its secret (shown once, never stored) and its record.
@@ -388,7 +395,10 @@ class KeyRing:
         cached = hit or self._misses.get(key_hash)
         if cached is not None and now < cached.until_s:
             return cached.caller if cached.accepts(now) else None
-        if hit is None and not self._allowances[form].take(now):
+        # A secret found before (a key, or the refusal of a key's: revoked, expired, its team
+        # gone) is looked up again outside the allowance, which is for unknown secrets.
+        known = hit is not None or (cached is not None and cached.record is not None)
+        if not known and not self._allowances[form].take(now):
             self._warn_flood(form, now)
             raise KeyStoreUnavailable()
         epoch = self._epoch
@@ -402,7 +412,7 @@ class KeyRing:
             # asked before that) but keep nothing that may predate it.
             return caller
         if caller is None:
-            # The key found, if any, is kept with the refusal: ``forget_key`` finds it by its id
+            # The key found, if any, is kept with the refusal: ``forget_keys`` finds it by its id
             # (an expired key renewed elsewhere). Refused all the same: ``accepts`` is False for
             # it, or its caller (team gone) is None.
             miss = replace(found, until_s=now + self.cache_s)
@@ -461,7 +471,9 @@ class KeyRing:
         ends with it)."""
         for key_hash in (record.hash, record.previous_hash):
             if key_hash is not None:
-                self._hits.pop(key_hash, None)
+                hit = self._hits.get(key_hash)
+                if hit is not None:  # known: looked up again outside the lookup allowance
+                    self._hits[key_hash] = replace(hit, until_s=float("-inf"))
                 self._misses.pop(key_hash, None)
         self._epoch += 1
 

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -407,9 +407,9 @@ class _Forgetting:
     def __init__(self) -> None:
         self.keys: list[str] = []
 
-    def forget_key(self, key_id: str) -> int:
-        self.keys.append(key_id)
-        return 1
+    def forget_keys(self, key_ids: Collection[str]) -> int:
+        self.keys.extend(sorted(key_ids))
+        return len(key_ids)
 
     def forget_all(self) -> None:
         pass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,9 +245,9 @@ class Forgetting:
         self.keys: list[str] = []
         self.everything = 0
 
-    def forget_key(self, key_id: str) -> int:
-        self.keys.append(key_id)
-        return 1
+    def forget_keys(self, key_ids: Collection[str]) -> int:
+        self.keys.extend(sorted(key_ids))
+        return len(key_ids)
 
     def forget_all(self) -> None:
         self.everything += 1
