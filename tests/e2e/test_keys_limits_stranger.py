@@ -12,6 +12,10 @@ own; the CLI as a subprocess.
   on the store wrote it into their audit lines too.
 - ``test_updating_a_key_whose_team_left_the_policy_is_not_a_500``: a ``KeyError`` (500) on the
   API, a traceback from ``keys update`` on the store.
+- ``test_an_announced_change_never_turns_a_working_key_into_a_503``: a changed key's lookup was
+  dropped and counted against the unknown-key allowance (a 503 while it was used up).
+- ``test_a_flood_of_key_bus_messages_costs_a_scan_per_batch_and_breaks_nothing``: a scan of the
+  whole key cache per message on the bus.
 """
 
 from __future__ import annotations
