@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,24 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # no cache directory to write to: compile as before
     os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
     del os.environ["PYTHONDONTWRITEBYTECODE"]
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """A test that runs a command in process (the keys CLI configures logging to write its audit
+    line: ``observability.logging.configure_logging``) leaves the root logger a handler on
+    pytest's captured stderr, closed once that test ends, and ``gateway.audit`` pinned at INFO:
+    later tests of the same worker logged into a closed stream ("Logging error") and captured
+    audit records they never asked for. Such handlers are closed and removed after each test and
+    the two levels put back; pytest's own capture handlers are left to pytest."""
+    from gateway.observability.stderr import StderrHandler
+
+    root, audit = logging.getLogger(), logging.getLogger("gateway.audit")
+    before, root_level, audit_level = set(root.handlers), root.level, audit.level
+    yield
+    for handler in list(root.handlers):
+        if isinstance(handler, StderrHandler) and handler not in before:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(root_level)
+    audit.setLevel(audit_level)

@@ -215,7 +215,11 @@ async def test_an_update_writes_one_audit_line_with_before_and_after(
     with caplog.at_level(logging.INFO, logger="gateway.audit"):
         assert (await patch(client, key["id"], {"rpm": 5, "budget_usd": None, "name": "ci"}))[0] == 200
         assert (await patch(client, key["id"], {"team": "ops"}))[0] == 400
-    ok, refused = [r.fields for r in caplog.records if r.name == "gateway.audit"]  # type: ignore[attr-defined]
+    ok, refused = [
+        r.fields  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "gateway.audit" and r.fields["action"] == "key.update"  # type: ignore[attr-defined]
+    ]
     assert (ok["action"], ok["outcome"], ok["actor"], ok["key_id"], ok["team"]) == (
         "key.update",
         "ok",
