@@ -30,7 +30,8 @@ from gateway.policy.model import OpenAIProvider
 from gateway.providers.base import Endpoint, StreamTranslator, UpstreamRequest
 from gateway.wire.audio import USAGE_READ_BYTES, transcript_usage
 from gateway.wire.forms import FORM, UploadForm, form_body
-from gateway.wire.requests import FORM_ENDPOINTS, UPLOAD_ENDPOINTS, JSONObject
+from gateway.wire.images import images_usage
+from gateway.wire.requests import FORM_ENDPOINTS, IMAGE_ENDPOINTS, UPLOAD_ENDPOINTS, JSONObject
 from gateway.wire.sse import DONE_DATA, SSEDecoder, WholeEvents
 
 _PATHS = {endpoint: "/" + endpoint.value for endpoint in Endpoint}
@@ -81,6 +82,8 @@ class OpenAIAdapter:
             return TranscriptRelay()
         if endpoint is Endpoint.SPEECH:
             return BytesRelay()
+        if endpoint in IMAGE_ENDPOINTS:  # a streamed generation's or edit's partial images
+            return ImageStreamRelay()
         return OpenAIStreamTranslator()
 
     def translate_error(
@@ -360,6 +363,85 @@ class OpenAIStreamTranslator(WatchedStream):
         usage = event.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
+
+
+class ImageStreamRelay(WatchedStream):
+    """A streamed image generation or edit (the GPT image models, ``stream: true``) relayed as
+    the provider sent it, byte for byte: OpenAI's ``image_generation.partial_image`` /
+    ``image_edit.partial_image`` events (``b64_json``, ``partial_image_index``, ...), then
+    ``image_generation.completed`` / ``image_edit.completed`` with the image and ``usage``
+    (``input_tokens`` / ``output_tokens``). Whole once a ``*.completed`` event came and the body
+    ended as its framing says (no ``[DONE]`` is needed; one is taken as an end too).
+
+    One event may be megabytes (a partial image's base64): it is held as the chunks it came in
+    and joined once when its blank line comes (``WholeEvents``, ``SSEDecoder``), and only
+    searched (``find``) unless it can carry what the gateway reads: the first event (parsed, so
+    a provider opening with garbage or an error is failed over), a ``completed`` one (its usage)
+    and one naming ``"error"`` (base64 holds no quote, so a partial image's picture never does).
+    The usage is summed over the ``completed`` events, one per image, and counts them
+    (``images_usage``): what ``per_image`` prices."""
+
+    __slots__ = ("_images", "_opening", "_tokens_in", "_tokens_out")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._opening = True
+        self._images = 0  # completed events seen
+        self._tokens_in: int | None = None
+        self._tokens_out: int | None = None
+
+    def _watch(self, data: bytes) -> None:
+        opening, self._opening = self._opening, False
+        if data == DONE_DATA:
+            self._done = True
+            return
+        completed = data.find(b'.completed"') >= 0
+        if not (opening or completed or data.find(b'"error"') >= 0):
+            return  # a partial image: relayed unparsed
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            if opening:
+                raise _not_json() from None
+            if self._finishing:
+                self._errored = True  # the stream ended inside it: cut short (``finish``)
+            else:
+                self._failure = UpstreamBadEvent("stream: provider sent an event that is not valid JSON")
+            return
+        if not isinstance(event, dict):
+            return
+        kind = event.get("type")
+        if "error" in event or kind == "error":
+            error = stream_error(event.get("error", event))
+            if opening:
+                raise error
+            self._failure = error
+            return
+        if isinstance(kind, str) and kind.endswith(".completed"):
+            self._done = True
+            self._images += 1
+            usage = event.get("usage")
+            if isinstance(usage, dict):
+                self._tokens_in = _summed(self._tokens_in, usage.get("input_tokens"))
+                self._tokens_out = _summed(self._tokens_out, usage.get("output_tokens"))
+
+    def usage(self) -> JSONObject | None:
+        if not self._images:
+            return None
+        reported = (
+            None
+            if self._tokens_in is None and self._tokens_out is None
+            else {"input_tokens": self._tokens_in, "output_tokens": self._tokens_out}
+        )
+        counted = images_usage(reported, self._images)
+        return counted if isinstance(counted, dict) else None
+
+
+def _summed(total: int | None, count: object) -> int | None:
+    """``total`` plus a reported token ``count`` (ignored unless a non-negative integer)."""
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        return total
+    return count if total is None else total + count
 
 
 class BytesRelay:

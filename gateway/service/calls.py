@@ -74,6 +74,9 @@ _OPERATION = {
     Endpoint.IMAGE_EDITS: "image_edit",
     Endpoint.IMAGE_VARIATIONS: "image_variation",
 }
+# Streams whose events are not text tokens (speech's audio, image streams' partial pictures):
+# none is counted as an output token when no usage comes (``RoutedStream.binary``).
+_UNTOKENED = frozenset((Endpoint.SPEECH, *IMAGE_ENDPOINTS))
 T = TypeVar("T")
 Attempt = Callable[[Target], Awaitable[T]]  # one try of a routed call on a target (``Router.call``)
 # Builds the memory service around the request service's own embeddings path.
@@ -640,7 +643,7 @@ class RequestService:
                         translator,
                         book,
                         capture=capture,
-                        binary=endpoint is Endpoint.SPEECH,
+                        binary=endpoint in _UNTOKENED,
                     )
         except BaseException:
             await chunks.aclose()
@@ -680,7 +683,7 @@ class RequestService:
                             translator,
                             book,
                             capture=capture,
-                            binary=endpoint is Endpoint.SPEECH,
+                            binary=endpoint in _UNTOKENED,
                         )
             except BaseException:
                 await chunks.aclose()

@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from gateway.errors import InvalidRequest
 from gateway.policy.model import Policy, Price
 from gateway.wire.audio import AUDIO_SECONDS
+from gateway.wire.images import IMAGES_RETURNED, images_usage
 from gateway.wire.requests import IMAGE_ENDPOINTS, Endpoint, JSONObject
 from gateway.wire.usage import token_count
 
-# An images answer's usage carries the number of images it returned under this key (the
-# accounting's, never a provider's: ``image_usage`` builds the dict).
-IMAGES_RETURNED = "images"
 DEFAULT_IMAGE_SIZE = "1024x1024"  # OpenAI's default for DALL-E 2 and 3 (the models priced per image)
 DEFAULT_IMAGE_QUALITY = "standard"
 
@@ -58,25 +56,10 @@ def check_served(endpoint: Endpoint, group: str, policy: Policy) -> None:
 
 
 def image_usage(answer: JSONObject) -> object:
-    """An images ``answer``'s usage as the accounting reads it: the GPT image models report
-    ``input_tokens`` / ``output_tokens`` (priced per token, as chat's), the DALL·E models none;
-    with the number of images in its ``data`` (``IMAGES_RETURNED``), what ``per_image`` prices."""
-    usage = answer.get("usage")
-    if isinstance(usage, dict):
-        if "prompt_tokens" in usage:
-            usage = dict(usage)  # (a copy: the count of images below is the gateway's alone)
-        else:
-            usage = {
-                "prompt_tokens": usage.get("input_tokens"),
-                "completion_tokens": usage.get("output_tokens"),
-            }
+    """A whole images ``answer``'s usage as the accounting reads it (``images_usage``), with the
+    number of images in its ``data``."""
     data = answer.get("data")
-    if not isinstance(data, list):
-        return usage
-    if isinstance(usage, dict):
-        usage[IMAGES_RETURNED] = len(data)
-        return usage
-    return {IMAGES_RETURNED: len(data)}
+    return images_usage(answer.get("usage"), len(data) if isinstance(data, list) else None)
 
 
 @dataclass(frozen=True, slots=True)

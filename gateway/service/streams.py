@@ -109,7 +109,8 @@ class RoutedStream:
     cached (``capture``: at most that many bytes, the cache category's space, past which it is let
     go: such an answer could not be stored anyway); ``events`` counts SSE events, a stand-in for
     output tokens when no usage comes, unless the answer is ``binary`` (speech: its bytes, or its
-    ``speech.audio.delta`` events, are audio, not text tokens: none are counted)."""
+    ``speech.audio.delta`` events, are audio; an image stream's events are pictures: not text
+    tokens, none are counted)."""
 
     __slots__ = (
         "_book",

@@ -15,6 +15,16 @@ envelope) where the real API refuses, and answered deterministically.
   1024x1024, 1536x1024, 1024x1536 or auto, quality low, medium, high or auto, no style);
   ``response_format`` url or b64_json, unsupported for the GPT image models (which always answer
   base64 and report token usage). Another model name gets the union of those values.
+  ``stream: true`` (generations and edits) only for the GPT image models ("This parameter is only
+  supported for the GPT image models", the SDK's ``ImageGenerateParamsStreaming.stream``);
+  ``partial_images`` "must be between 0 and 3". The stream (``ImageEvents``; OpenAI's API
+  reference, "Image generation streaming events" / "Image edit streaming events", and the SDK's
+  ``ImageGenPartialImageEvent`` / ``ImageGenCompletedEvent``): per image, ``partial_images``
+  events ``image_generation.partial_image`` (``image_edit.partial_image`` for edits) carrying
+  ``b64_json``, ``partial_image_index``, ``size``, ``quality``, ``background``,
+  ``output_format``, ``created_at``, then ``image_generation.completed`` (``image_edit.completed``)
+  with the final image and ``usage``; each as ``event: <type>`` and ``data: <json>``, no
+  ``[DONE]``. Pictures are tiny PNGs, padded to ``image_bytes`` when asked (``picture``).
 * speech: ``model``, ``input`` (at most 4,096 characters) and ``voice`` (a name, or
   ``{"id": ...}``) are required; ``response_format`` mp3, opus, aac, flac, wav or pcm; ``speed``
   0.25 to 4.0; ``instructions`` and ``stream_format: sse`` do not work with tts-1 and tts-1-hd.
@@ -168,8 +178,9 @@ def _choice(body: dict[str, object], name: str, allowed: tuple[str, ...], model:
     return str(value)
 
 
-def images_body(body: dict[str, object]) -> dict[str, object]:
-    """The images answer for a request ``body``; ``WireError`` where OpenAI refuses it."""
+def images_body(body: dict[str, object], image_bytes: int = 0) -> dict[str, object] | ImageEvents:
+    """The images answer for a request ``body`` (a stream's events when it asks for one: its
+    pictures padded to ``image_bytes``); ``WireError`` where OpenAI refuses it."""
     model = body.get("model", "dall-e-2")
     if not isinstance(model, str) or not model:
         raise WireError("'model' must be a non-empty string", "model", "invalid_type")
@@ -197,9 +208,111 @@ def images_body(body: dict[str, object]) -> dict[str, object]:
     response_format = _choice(body, "response_format", rules.formats, model) or (
         "url" if rules.formats else "b64_json"
     )
+    partials = _partial_images(body.get("partial_images"))
     if body.get("stream") is True:
-        raise WireError("The fake provider does not stream images.", "stream", "unsupported_value")
+        _check_streams(model, rules)
+        picked = {name: body.get(name) for name in _EVENT_SETTINGS}
+        return _image_events("image_generation", prompt, n, size, picked, 0, partials, image_bytes)
     return _images_answer(model, prompt, n, size, response_format, rules)
+
+
+PARTIAL_IMAGES_MAX = 3  # "Value must be between 0 and 3" (the SDK's ``partial_images``)
+_EVENT_SETTINGS = ("quality", "background", "output_format")
+_EVENT_DEFAULTS = {"quality": "medium", "background": "opaque", "output_format": "png"}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageEvents:
+    """A streamed images answer: its server-sent events, each whole, in order."""
+
+    events: tuple[bytes, ...]
+
+
+def _partial_images(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # (a form's text)
+        value = int(value)
+    if type(value) is not int or not 0 <= value <= PARTIAL_IMAGES_MAX:
+        raise WireError(
+            f"Invalid 'partial_images': must be an integer between 0 and {PARTIAL_IMAGES_MAX}.",
+            "partial_images",
+            "invalid_value",
+        )
+    return value
+
+
+def _check_streams(model: str, rules: _ImageModel) -> None:
+    if rules.formats:  # the DALL·E models (and names the fake does not know): no streaming
+        raise WireError(
+            f"Streaming is not supported for model '{model}': only the GPT image models stream.",
+            "stream",
+            "unsupported_value",
+        )
+
+
+def picture(size: str, image_bytes: int = 0, partial: int | None = None) -> bytes:
+    """The fake's picture of ``size`` (the final one, or the ``partial``-th preview), a tiny PNG
+    followed, when ``image_bytes`` asks for more, by deterministic filler up to that length."""
+    side = 1 if size == "auto" else int(size.split("x")[0]) // 256
+    made = png(side, side) if partial is None else png(partial + 1, partial + 2)
+    if len(made) >= image_bytes:
+        return made
+    seed = f"{size}/{partial}".encode()
+    return made + hashlib.shake_256(seed).digest(image_bytes - len(made))
+
+
+def _image_events(
+    operation: str,
+    prompt: str,
+    n: int,
+    size: str,
+    settings: dict[str, object],
+    image_tokens: int,
+    partials: int,
+    image_bytes: int,
+) -> ImageEvents:
+    """The events of a streamed ``operation`` (``image_generation`` or ``image_edit``): per
+    image, ``partials`` previews, then its completed event; the usage's input tokens on the first
+    image's, its output tokens (272) on each."""
+    created = int(time.time())
+    shown = {name: settings.get(name) or _EVENT_DEFAULTS[name] for name in _EVENT_SETTINGS}
+    common = {"created_at": created, "size": size, **shown}
+    text_tokens = max(1, len(prompt.split()))
+    events: list[bytes] = []
+    for image in range(n):
+        for index in range(partials):
+            events.append(
+                _event(
+                    f"{operation}.partial_image",
+                    {
+                        "b64_json": base64.b64encode(picture(size, image_bytes, index)).decode(),
+                        **common,
+                        "partial_image_index": index,
+                    },
+                )
+            )
+        tokens_in = text_tokens + image_tokens if image == 0 else 0
+        usage = {
+            "input_tokens": tokens_in,
+            "input_tokens_details": {
+                "text_tokens": tokens_in and text_tokens,
+                "image_tokens": tokens_in and image_tokens,
+            },
+            "output_tokens": 272,
+            "total_tokens": tokens_in + 272,
+        }
+        events.append(
+            _event(
+                f"{operation}.completed",
+                {"b64_json": base64.b64encode(picture(size, image_bytes)).decode(), **common, "usage": usage},
+            )
+        )
+    return ImageEvents(tuple(events))
+
+
+def _event(kind: str, fields: dict[str, object]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **fields}) + b"\n\n"
 
 
 def _images_answer(
@@ -213,13 +326,12 @@ def _images_answer(
 ) -> dict[str, object]:
     """``n`` pictures as ``response_format`` asks; the GPT image models' usage (their input's
     ``image_tokens`` besides the prompt's words)."""
-    side = 1 if size == "auto" else int(size.split("x")[0]) // 256  # a tiny picture stands for it
-    picture = base64.b64encode(png(side, side)).decode()
+    made = base64.b64encode(picture(size)).decode()  # a tiny picture stands for it
     digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
     data: list[dict[str, object]] = []
     for index in range(n):
         item: dict[str, object] = (
-            {"b64_json": picture}
+            {"b64_json": made}
             if response_format == "b64_json"
             else {"url": f"https://images.fake.test/{digest}-{index}.png"}
         )
@@ -562,8 +674,9 @@ def _form_n(one: dict[str, str], model: str) -> int:
     return n
 
 
-def image_edit(upload: AudioUpload) -> dict[str, object]:
-    """The answer to an image edit form; ``WireError`` where OpenAI refuses it."""
+def image_edit(upload: AudioUpload, image_bytes: int = 0) -> dict[str, object] | ImageEvents:
+    """The answer to an image edit form (a stream's events when it asks for one: its pictures
+    padded to ``image_bytes``); ``WireError`` where OpenAI refuses it."""
     one = _form_one(upload)
     images = [f for f in upload.files if f.name in _IMAGE_FIELDS]
     if not images:
@@ -616,13 +729,16 @@ def image_edit(upload: AudioUpload) -> dict[str, object]:
     response_format = _choice(dict(one), "response_format", rules.formats, model) or (
         "url" if rules.formats else "b64_json"
     )
-    if one.get("stream", "false").lower() == "true":
-        raise WireError("The fake provider does not stream images.", "stream", "unsupported_value")
     tokens = _FAKE_IMAGE_TOKENS * len(images)
+    partials = _partial_images(one.get("partial_images"))
+    if one.get("stream", "false").lower() == "true":
+        _check_streams(model, rules)
+        picked: dict[str, object] = {name: one.get(name) for name in _EVENT_SETTINGS}
+        return _image_events("image_edit", prompt, n, size, picked, tokens, partials, image_bytes)
     return _images_answer(model, prompt, n, size, response_format, rules, tokens)
 
 
-def image_variation(upload: AudioUpload) -> dict[str, object]:
+def image_variation(upload: AudioUpload, image_bytes: int = 0) -> dict[str, object]:
     """The answer to an image variation form; ``WireError`` where OpenAI refuses it."""
     one = _form_one(upload)
     images = [f for f in upload.files if f.name == "image"]

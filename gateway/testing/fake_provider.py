@@ -143,6 +143,9 @@ class FakeConfig:
     # Prompt tokens each answer reports whatever its prompt (0: the prompt's own count), cache
     # counts included: a 250,000-token prompt's usage without sending one (price tiers).
     reported_prompt_tokens: int = 0
+    # Streamed images (``stream: true``): each picture padded to this many bytes (0: a tiny PNG),
+    # so a partial image event is as large as a real one (megabytes of base64).
+    image_bytes: int = 0
 
     def __post_init__(self) -> None:
         for name in ("reset_rate", "hang_rate", "malformed_rate", "error_rate", "disconnect_rate"):
@@ -154,6 +157,7 @@ class FakeConfig:
         _check_number("error_status", self.error_status, 400, 599, integer=True)
         _check_number("embedding_dim", self.embedding_dim, 1, 65536, integer=True)
         _check_number("port", self.port, 0, 65535, integer=True)
+        _check_number("image_bytes", self.image_bytes, 0, 64 * 2**20, integer=True)
         for name in (
             "cache_read_tokens",
             "cache_write_tokens",
@@ -206,6 +210,7 @@ FAULT_FIELDS = frozenset(
         "latency_ms", "latency_jitter_ms", "latency_dist", "ttft_ms", "tokens_per_s", "error_rate",
         "error_status", "retry_after", "hang_rate", "reset_rate", "malformed_rate", "disconnect_rate", "reply",
         "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "reported_prompt_tokens",
+        "image_bytes",
     }
 )  # fmt: skip
 
@@ -248,6 +253,9 @@ class FakeState:
     last_request: SeenRequest | None = None
     in_flight: int = 0  # API requests being answered now
     max_in_flight: int = 0  # the most at once since the last reset
+    # The SHA-256 of each event of the last streamed images answer, as written (tests compare
+    # what the gateway relayed, byte for byte).
+    streamed: list[str] = field(default_factory=list)
 
     @classmethod
     def start(cls, config: FakeConfig) -> FakeState:
@@ -263,6 +271,7 @@ class FakeState:
         self.requests = 0
         self.by_path.clear()
         self.last_request = None
+        self.streamed = []
         self.max_in_flight = self.in_flight
         self.rng.seed(self.config.seed)
 
@@ -280,6 +289,7 @@ class FakeState:
             "by_path": self.by_path,
             "last_request": seen,
             "max_in_flight": self.max_in_flight,
+            "streamed": list(self.streamed),
         }
 
 
@@ -431,9 +441,36 @@ async def _moderations(request: web.Request) -> web.StreamResponse:
 async def _images(request: web.Request) -> web.StreamResponse:
     state = request.app[FAKE_STATE]
     config = state.config
-    answer = _parsed(fake_media.images_body, await _admit(request, state))
-    early = await _inject(request, config, state.rng, draw_fault(config, state.rng), stream=False)
-    return early if early is not None else _json(orjson.dumps(answer))
+    answer = _parsed(lambda b: fake_media.images_body(b, config.image_bytes), await _admit(request, state))
+    return await _images_answer(request, state, config, answer)
+
+
+async def _images_answer(
+    request: web.Request,
+    state: FakeState,
+    config: FakeConfig,
+    answer: dict[str, object] | fake_media.ImageEvents,
+) -> web.StreamResponse:
+    """An images answer: JSON, or a stream's events one write each (a ``disconnect`` fault drops
+    the connection after half of them)."""
+    fault = draw_fault(config, state.rng)
+    streamed = isinstance(answer, fake_media.ImageEvents)
+    early = await _inject(request, config, state.rng, fault, stream=streamed)
+    if early is not None:
+        return early
+    if not isinstance(answer, fake_media.ImageEvents):
+        return _json(orjson.dumps(answer))
+    response = web.StreamResponse(headers=_SSE_HEADERS)
+    await response.prepare(request)
+    events = answer.events
+    sent = events[: len(events) // 2] if fault is Fault.DISCONNECT else events
+    state.streamed = [hashlib.sha256(event).hexdigest() for event in sent]
+    for event in sent:
+        await response.write(event)
+    if fault is Fault.DISCONNECT:
+        return _drop_connection(request, abort=False)
+    await response.write_eof()
+    return response
 
 
 async def _speech(request: web.Request) -> web.StreamResponse:
@@ -499,16 +536,16 @@ async def _image_variations(request: web.Request) -> web.StreamResponse:
 
 
 async def _image_form(
-    request: web.Request, answer_of: Callable[[fake_media.AudioUpload], dict[str, object]]
+    request: web.Request,
+    answer_of: Callable[[fake_media.AudioUpload, int], dict[str, object] | fake_media.ImageEvents],
 ) -> web.StreamResponse:
     """An image edit or variation form (``fake_media.image_edit`` / ``image_variation``), its
-    answer JSON as generations'."""
+    answer as generations' (JSON, or a stream's events)."""
     state = request.app[FAKE_STATE]
     config = state.config
     upload = await _admit_form(request, state, _MAX_BODY_BYTES)
-    answer = _parsed(lambda _: answer_of(upload), {})
-    early = await _inject(request, config, state.rng, draw_fault(config, state.rng), stream=False)
-    return early if early is not None else _json(orjson.dumps(answer))
+    answer = _parsed(lambda _: answer_of(upload, config.image_bytes), {})
+    return await _images_answer(request, state, config, answer)
 
 
 async def _admit_form(request: web.Request, state: FakeState, limit_bytes: int) -> fake_media.AudioUpload:

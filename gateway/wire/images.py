@@ -5,6 +5,8 @@ the service routes.
     EDIT_FORM, VARIATION_FORM   their shapes: which fields carry files, which one must be sent
     image_body(form)            the body the service routes: model, prompt, n, size, quality,
                                 stream (what the gateway reads or prices), the form under ``FORM``
+    images_usage(usage, count)  an images answer's usage as the accounting reads it (whole
+                                answers and streams alike)
 
 The official SDK sends one image as ``image`` and several as ``image[]`` (its
 ``extract_files(..., array_format="brackets")``), a mask as ``mask`` and GPT Image 2.5's
@@ -29,12 +31,16 @@ INPUT_IMAGE_FIELDS = frozenset(("image", "image[]"))
 OPENAI_MAX_IMAGE_FILE_BYTES = 50 * 1000 * 1000
 DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
 _READ = ("prompt", "size", "quality")  # read as the client sent them (text)
+# An images answer's usage carries the number of images it returned under this key (the
+# accounting's, never a provider's: ``images_usage`` builds the dict).
+IMAGES_RETURNED = "images"
 
 
 def image_body(form: UploadForm) -> JSONObject:
     """The request body the service routes for an image edit or variation ``form``: what the
     gateway reads (the model group, the prompt for the reservation, ``n``, ``size`` and
-    ``quality`` for a per-image price, ``stream`` to refuse it), and the form under ``FORM``."""
+    ``quality`` for a per-image price, ``stream``: its answer relayed as events), and the form
+    under ``FORM``."""
     body: JSONObject = {"model": form.field("model") or "", FORM: form}
     for name in _READ:
         value = form.field(name)
@@ -52,3 +58,24 @@ def image_body(form: UploadForm) -> JSONObject:
 def input_images(form: UploadForm) -> int:
     """How many images an edit or variation ``form`` gives the model (its mask not counted)."""
     return sum(1 for file in form.files if file.name in INPUT_IMAGE_FIELDS)
+
+
+def images_usage(usage: object, count: int | None) -> object:
+    """An images answer's ``usage`` as the accounting reads it: the GPT image models report
+    ``input_tokens`` / ``output_tokens`` (mapped to ``prompt_tokens`` / ``completion_tokens``,
+    priced per token as chat's), the DALL·E models none; with ``count``, the images it returned
+    (``IMAGES_RETURNED``, what ``per_image`` prices; None: not known)."""
+    if isinstance(usage, dict):
+        if "prompt_tokens" in usage:
+            usage = dict(usage)  # (a copy: the count of images below is the gateway's alone)
+        else:
+            usage = {
+                "prompt_tokens": usage.get("input_tokens"),
+                "completion_tokens": usage.get("output_tokens"),
+            }
+    if count is None:
+        return usage
+    if isinstance(usage, dict):
+        usage[IMAGES_RETURNED] = count
+        return usage
+    return {IMAGES_RETURNED: count}

@@ -259,18 +259,11 @@ class ImageHead(_Head):
     model: StrictStr = Field(min_length=1)
     prompt: StrictStr = Field(min_length=1)
     n: StrictInt | None = Field(None, ge=1, le=MAX_IMAGES)
-    # Streamed image generation (partial images as events) is not relayed: refused here rather
-    # than passed to a provider whose events the gateway's stream translators do not know.
+    # A streamed generation or edit (the GPT image models: ``image_generation.partial_image`` /
+    # ``image_edit.partial_image`` events, then ``*.completed`` with the usage) is relayed as its
+    # events (``providers/openai.ImageStreamRelay``); which models stream, and ``partial_images``
+    # (0-3), are the provider's to judge.
     stream: StrictBool | None = None
-
-    @field_validator("stream")
-    @classmethod
-    def _whole(cls, value: bool | None) -> bool | None:
-        if value:
-            raise PydanticCustomError(
-                "stream", "this gateway does not relay streamed image generation: leave stream unset"
-            )
-        return value
 
 
 class ImageVariationHead(_Head):
@@ -278,6 +271,19 @@ class ImageVariationHead(_Head):
 
     model: StrictStr = Field(min_length=1)
     n: StrictInt | None = Field(None, ge=1, le=MAX_IMAGES)
+    # OpenAI streams generations and edits only (its SDK's ``create_variation`` has no
+    # ``stream``): refused here, else the form's ``stream`` went upstream on a whole call.
+    stream: StrictBool | None = None
+
+    @field_validator("stream")
+    @classmethod
+    def _whole(cls, value: bool | None) -> bool | None:
+        if value:
+            raise PydanticCustomError(
+                "stream",
+                "image variations are not streamed (only generations and edits are): leave stream unset",
+            )
+        return value
 
 
 class SpeechVoice(BaseModel):
@@ -323,7 +329,7 @@ HEADS: dict[
     Endpoint.SPEECH: SpeechHead,
     Endpoint.TRANSCRIPTIONS: AudioHead,
     Endpoint.TRANSLATIONS: AudioHead,
-    Endpoint.IMAGE_EDITS: ImageHead,  # model, prompt, n and stream (refused), as generations'
+    Endpoint.IMAGE_EDITS: ImageHead,  # model, prompt, n and stream, as generations'
     Endpoint.IMAGE_VARIATIONS: ImageVariationHead,
 }
 # The endpoints only OpenAI's wire format serves, passed through untouched and never cached.

@@ -265,8 +265,8 @@ async def test_a_variation_relays_urls_and_the_image(gw: Gateway) -> None:
 async def test_the_providers_refusals_are_relayed_and_the_gateways_own_are_400s(gw: Gateway) -> None:
     """What the real API refuses, the fake refuses and the client gets in the envelope: a
     variation of a GPT image model, a dall-e-2 edit of a JPEG or of a non-square PNG, a size
-    dall-e-2 does not make. What the gateway reads is its own 400: n out of range, no prompt on
-    an edit, no image, a streamed edit."""
+    dall-e-2 does not make, a streamed dall-e-2 edit. What the gateway reads is its own 400: n out
+    of range, no prompt on an edit, no image."""
     cases = [
         (
             gw.sdk.images.create_variation(model="gpt-image", image=("a.png", SQUARE)),
@@ -299,10 +299,10 @@ async def test_the_providers_refusals_are_relayed_and_the_gateways_own_are_400s(
             "prompt",
             "at least 1 character",
         ),
-        (
+        (  # (h-imagestream: the provider's refusal now; only the GPT image models stream)
             gw.sdk.images.edit(model="dalle", image=("a.png", SQUARE), prompt="x", stream=True),
             "stream",
-            "streamed",
+            "GPT image models",
         ),
     ]
     for call, param, words in cases:

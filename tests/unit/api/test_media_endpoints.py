@@ -332,7 +332,8 @@ async def test_images_on_azure_and_in_a_mixed_group(gw: Gateway) -> None:
         ("gpt-image", {"n": 11}, "n"),  # the gateway's own bound (OpenAI's)
         ("gpt-image", {"prompt": ""}, "prompt"),
         ("gpt-image", {"prompt": None}, "prompt"),
-        ("gpt-image", {"stream": True}, "stream"),
+        ("dalle", {"stream": True}, "stream"),  # only the GPT image models stream (h-imagestream)
+        ("gpt-image", {"stream": True, "partial_images": 4}, "partial_images"),  # 0-3
     ],
 )
 async def test_images_bad_input_is_a_400_in_the_envelope(

@@ -530,7 +530,7 @@ async def test_runtime_fault_changes(aiohttp_client: AiohttpClient) -> None:
 async def test_stats_and_reset(aiohttp_client: AiohttpClient) -> None:
     client = await fake(aiohttp_client)
     empty = await (await client.get("/_fake/stats")).json()
-    assert empty == {"requests": 0, "by_path": {}, "last_request": None, "max_in_flight": 0}
+    assert empty == {"requests": 0, "by_path": {}, "last_request": None, "max_in_flight": 0, "streamed": []}
     await post(client, "/v1/embeddings", {"model": "e", "input": "x"})
     await post(
         client,
