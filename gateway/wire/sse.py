@@ -99,6 +99,12 @@ class WholeEvents:
         held = self._held
         if not held and chunk.endswith(b"\n\n"):  # whole events, as most chunks are
             return chunk
+        if chunk.find(b"\n") < 0 and chunk.find(b"\r") < 0:
+            # No line end: no blank line can end in it. Held as it came, with no search for one
+            # (a partial image's megabytes of base64 arrive as many such reads: the searches
+            # below, three ``rfind`` a read, were half the cost of relaying them).
+            held.append(chunk)
+            return b""
         tail = b""  # a blank line may begin in what is held: its last two bytes
         for piece in reversed(held):  # (pieces of one byte each, sent one at a time)
             tail = piece + tail
