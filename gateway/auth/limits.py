@@ -38,6 +38,24 @@ REFUSED_BUDGET = "budget"
 REFUSED_TEAM_BUDGET = "team_budget"  # the team's shared budget is spent (the key's own may not be)
 REFUSED_TEAM_REQUESTS = "team_requests"  # the team's shared RPM window is full
 REFUSED_TEAM_TOKENS = "team_tokens"  # the team's shared TPM window has no room
+BUDGETS = frozenset((REFUSED_BUDGET, REFUSED_TEAM_BUDGET))  # refusals no retry helps before a renewal
+
+
+def prevailing(
+    first: str | None, first_s: float, second: str | None, second_s: float
+) -> tuple[str | None, float]:
+    """Which of two refusals (a reason and its wait in s; None: that limit admits) a request is
+    refused for when both refuse it (h-retryafter): a spent budget over a full window (no retry
+    helps before the budget renews), else the one with the longer wait (so its Retry-After is
+    when both have room); ``first`` on a tie."""
+    if second is None:
+        return first, first_s
+    if first is None:
+        return second, second_s
+    first_budget, second_budget = first in BUDGETS, second in BUDGETS
+    if first_budget != second_budget:
+        return (first, first_s) if first_budget else (second, second_s)
+    return (second, second_s) if second_s > first_s else (first, first_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,26 +189,34 @@ class LocalLimiter:
         if counts is None:
             counts = self._keys[caller.counted_as] = _KeyCounts()
         self._expire(counts, now - window)
-        refused, retry_s, budget_reset_s = None, 0.0, 0.0
+        refused: str | None = None
+        retry_s = budget_reset_s = 0.0
         if caller.budget_usd is not None and caller.budget_period_s:
             period = int(now // caller.budget_period_s)
             spent = counts.spent_usd if counts.period == period else 0.0
             budget_reset_s = (period + 1) * caller.budget_period_s - now
             if spent >= caller.budget_usd:
                 refused, retry_s = REFUSED_BUDGET, budget_reset_s
-        if refused is None and caller.team_budget_usd is not None and caller.team_budget_period_s:
+        if caller.team_budget_usd is not None and caller.team_budget_period_s:
             team_period_s = caller.team_budget_period_s
             period = int(now // team_period_s)
             team = self._teams.get(caller.team)
             spent = team.spent_usd if team is not None and team.period == period else 0.0
             if spent >= caller.team_budget_usd:  # (a budget of 0 refuses at once, as a key's)
-                budget_reset_s = (period + 1) * team_period_s - now
-                refused, retry_s = REFUSED_TEAM_BUDGET, budget_reset_s
+                reset_s = (period + 1) * team_period_s - now
+                if refused is None or reset_s > retry_s:  # both spent: the one renewing last
+                    refused, retry_s = REFUSED_TEAM_BUDGET, reset_s
+                    budget_reset_s = reset_s
+        # A spent budget prevails over a full window (h-retryafter): no window's wait is needed
+        # then. Otherwise every full window is checked and the refusal is the one freeing last,
+        # so Retry-After is when all of them have room. (Only a refusal computes a wait.)
+        rated = refused is None
         rpm, tpm = caller.rpm, caller.tpm
-        if refused is None and rpm is not None and len(counts.requests) >= rpm:
+        if rated and rpm is not None and len(counts.requests) >= rpm:
             refused, retry_s = REFUSED_REQUESTS, counts.requests[0] + window - now
-        if refused is None and tpm is not None and counts.tokens_total + tokens > tpm:
-            refused, retry_s = REFUSED_TOKENS, self._tokens_fit_in(counts, tokens, tpm, now)
+        if rated and tpm is not None and counts.tokens_total + tokens > tpm:
+            wait_s = self._tokens_fit_in(counts, tokens, tpm, now)
+            refused, retry_s = prevailing(refused, retry_s, REFUSED_TOKENS, wait_s)
         team_rpm, team_tpm = caller.team_rpm, caller.team_tpm
         shared: _KeyCounts | None = None
         if team_rpm is not None or team_tpm is not None:
@@ -198,10 +224,12 @@ class LocalLimiter:
             if shared is None:
                 shared = self._team_windows[caller.team] = _KeyCounts()
             self._expire(shared, now - window)
-            if refused is None and team_rpm is not None and len(shared.requests) >= team_rpm:
-                refused, retry_s = REFUSED_TEAM_REQUESTS, shared.requests[0] + window - now
-            if refused is None and team_tpm is not None and shared.tokens_total + tokens > team_tpm:
-                refused, retry_s = REFUSED_TEAM_TOKENS, self._tokens_fit_in(shared, tokens, team_tpm, now)
+            if rated and team_rpm is not None and len(shared.requests) >= team_rpm:
+                wait_s = shared.requests[0] + window - now
+                refused, retry_s = prevailing(refused, retry_s, REFUSED_TEAM_REQUESTS, wait_s)
+            if rated and team_tpm is not None and shared.tokens_total + tokens > team_tpm:
+                wait_s = self._tokens_fit_in(shared, tokens, team_tpm, now)
+                refused, retry_s = prevailing(refused, retry_s, REFUSED_TEAM_TOKENS, wait_s)
         if refused is None and count:
             _count_in(counts, rpm, tpm, now, ticket, tokens)
             if shared is not None:

@@ -83,6 +83,7 @@ from gateway.auth.limits import (
     Decision,
     LocalLimiter,
     Window,
+    prevailing,
 )
 from gateway.auth.usage import UsageQuery, UsageRow, day_of
 from gateway.errors import LimitsUnavailable, UsageUnavailable
@@ -155,6 +156,13 @@ local function fit(z, h, used, limit, want)
   end
   return window
 end
+-- Of two refusals, the one reported (h-retryafter, ``limits.prevailing``): the scripts check the
+-- budgets first and compare only windows here, each refusing window's wait against the one so
+-- far; the longer wait wins (the first on a tie), so Retry-After is when all have room.
+local function later(refused, retry, reason, wait)
+  if refused == '' or wait > retry then return reason, wait end
+  return refused, retry
+end
 local function reset_of(z)
   local last = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
   if #last == 0 then return 0 end
@@ -205,24 +213,29 @@ if team_budget then
     local s = redis.call('HMGET', KEYS[8], 'period', 'usd')
     if tonumber(s[1]) == idx then spent = spent + (tonumber(s[2]) or 0) end
   end
-  if refused == '' and spent >= team_budget then
-    breset = (idx + 1) * team_period - now
-    refused, retry = 'team_budget', breset
+  if spent >= team_budget then
+    local reset = (idx + 1) * team_period - now
+    if refused == '' or reset > retry then  -- both spent: the one renewing last
+      breset, refused, retry = reset, 'team_budget', reset
+    end
   end
   team_left = math.max(-4503599627370496,
                        math.min(4503599627370496, math.floor((team_budget - spent) * 1000000)))
 end
+-- A spent budget prevails over a full window; otherwise every full window's wait is computed
+-- (refusals only) and the one freeing last is reported.
+local rated = refused == ''
 local used_rq, used_tk = 0, 0
 if rpm > 0 then
   used_rq = expire(KEYS[1], KEYS[2], KEYS[3])
-  if refused == '' and used_rq + 1 > rpm then
+  if rated and used_rq + 1 > rpm then
     refused, retry = 'requests', fit(KEYS[1], KEYS[2], used_rq, rpm, 1)
   end
 end
 if tpm > 0 then
   used_tk = expire(KEYS[4], KEYS[5], KEYS[6])
-  if refused == '' and used_tk + need > tpm then
-    refused, retry = 'tokens', fit(KEYS[4], KEYS[5], used_tk, tpm, need)
+  if rated and used_tk + need > tpm then
+    refused, retry = later(refused, retry, 'tokens', fit(KEYS[4], KEYS[5], used_tk, tpm, need))
   end
 end
 -- The team's shared windows (a key of such a team takes no lease: ask_rq is 1, the entries are
@@ -231,14 +244,14 @@ local team_rpm, team_tpm = tonumber(ARGV[19] or '0'), tonumber(ARGV[20] or '0')
 local team_rq, team_tk, team_rq_reset, team_tk_reset = 0, 0, 0, 0
 if team_rpm > 0 then
   team_rq = expire(KEYS[9], KEYS[10], KEYS[11])
-  if refused == '' and team_rq + 1 > team_rpm then
-    refused, retry = 'team_requests', fit(KEYS[9], KEYS[10], team_rq, team_rpm, 1)
+  if rated and team_rq + 1 > team_rpm then
+    refused, retry = later(refused, retry, 'team_requests', fit(KEYS[9], KEYS[10], team_rq, team_rpm, 1))
   end
 end
 if team_tpm > 0 then
   team_tk = expire(KEYS[12], KEYS[13], KEYS[14])
-  if refused == '' and team_tk + need > team_tpm then
-    refused, retry = 'team_tokens', fit(KEYS[12], KEYS[13], team_tk, team_tpm, need)
+  if rated and team_tk + need > team_tpm then
+    refused, retry = later(refused, retry, 'team_tokens', fit(KEYS[12], KEYS[13], team_tk, team_tpm, need))
   end
 end
 local grant_rq, grant_tk = 0, 0
@@ -277,8 +290,8 @@ if team_rpm > 0 then
 end
 if team_tpm > 0 then
   used_tk = expire(KEYS[5], KEYS[6], KEYS[7])
-  if refused == '' and used_tk + need > team_tpm then
-    refused, retry = 'team_tokens', fit(KEYS[5], KEYS[6], used_tk, team_tpm, need)
+  if used_tk + need > team_tpm then
+    refused, retry = later(refused, retry, 'team_tokens', fit(KEYS[5], KEYS[6], used_tk, team_tpm, need))
   end
 end
 if refused == '' and count then
@@ -359,17 +372,18 @@ if budget then
   breset = (idx + 1) * period - now
   if spent >= budget then refused, retry = 'budget', breset end
 end
+local rated = refused == ''  -- as _ADMIT: a spent budget prevails, else the window freeing last
 local used_rq, used_tk = 0, 0
 if rpm > 0 then
   used_rq = math.max(0, expire(KEYS[1], KEYS[2], KEYS[3]) - held_rq)
-  if refused == '' and used_rq + 1 > rpm then
+  if rated and used_rq + 1 > rpm then
     refused, retry = 'requests', fit(KEYS[1], KEYS[2], used_rq, rpm, 1)
   end
 end
 if tpm > 0 then
   used_tk = math.max(0, expire(KEYS[4], KEYS[5], KEYS[6]) - held_tk)
-  if refused == '' and used_tk + need > tpm then
-    refused, retry = 'tokens', fit(KEYS[4], KEYS[5], used_tk, tpm, need)
+  if rated and used_tk + need > tpm then
+    refused, retry = later(refused, retry, 'tokens', fit(KEYS[4], KEYS[5], used_tk, tpm, need))
   end
 end
 local team_rpm, team_tpm = tonumber(ARGV[11] or '0'), tonumber(ARGV[12] or '0')
@@ -377,15 +391,15 @@ local team_rq, team_tk, team_rq_reset, team_tk_reset = 0, 0, 0, 0
 if team_rpm > 0 then
   team_rq = expire(KEYS[9], KEYS[10], KEYS[11])
   team_rq_reset = reset_of(KEYS[9])
-  if refused == '' and team_rq + 1 > team_rpm then
-    refused, retry = 'team_requests', fit(KEYS[9], KEYS[10], team_rq, team_rpm, 1)
+  if rated and team_rq + 1 > team_rpm then
+    refused, retry = later(refused, retry, 'team_requests', fit(KEYS[9], KEYS[10], team_rq, team_rpm, 1))
   end
 end
 if team_tpm > 0 then
   team_tk = expire(KEYS[12], KEYS[13], KEYS[14])
   team_tk_reset = reset_of(KEYS[12])
-  if refused == '' and team_tk + need > team_tpm then
-    refused, retry = 'team_tokens', fit(KEYS[12], KEYS[13], team_tk, team_tpm, need)
+  if rated and team_tk + need > team_tpm then
+    refused, retry = later(refused, retry, 'team_tokens', fit(KEYS[12], KEYS[13], team_tk, team_tpm, need))
   end
 end
 return {refused, used_rq, reset_of(KEYS[1]), used_tk, reset_of(KEYS[4]), math.max(0, retry), breset,
@@ -704,15 +718,13 @@ class RedisLimiter:
             t_refused, t_rq, t_rq_reset, t_tk, t_tk_reset, t_retry, t_spent = team_found
             team_windows = _team_windows_of(caller, t_rq, t_rq_reset, t_tk, t_tk_reset)
             if t_refused:
+                # Nothing counted. The key's own limits may refuse it too (h-retryafter): a spent
+                # budget prevails, a full window freeing later sets the wait (one more read, on a
+                # team refusal on a Cluster only).
                 self._count(key_id)
-                return Decision(
-                    t_refused,
-                    None,
-                    None,
-                    t_retry / 1000,
-                    team_requests=team_windows[0],
-                    team_tokens=team_windows[1],
-                )
+                own = await self._peek_own(caller, tokens, 0, 0, team_windows=False)
+                spent = t_spent if team_ms else None
+                return self._combined(caller, own, spent, (t_refused, t_retry / 1000), team_windows)
             cluster_read = team_spent = t_spent
         elif cluster and team_ms:
             # Another slot than the key's: read first (one more round trip, on a Cluster only).
@@ -1045,27 +1057,41 @@ class RedisLimiter:
                         held_rq -= delta
                     elif delta < 0:
                         held_tk -= delta
+        cluster = isinstance(self._client, RedisCluster)
+        team_windows: tuple[Window | None, Window | None] = (None, None)
+        team_refused: tuple[str | None, float] = (None, 0.0)
+        team_spent: float | None = None  # read by a Cluster's _TEAM_ADMIT
+        team_ms = _team_budget_ms(caller)
+        if cluster and caller.team_rated:
+            # The team's windows first, in their own slot (as the admission on a Cluster), its
+            # budget's spend with them; then the key's own (its refusal may prevail).
+            team_found = await self._team_call(caller, "", tokens, team_ms, count=False)
+            if team_found is None:
+                return self.local.peek_now(caller, tokens) if self._fail == "open" else ADMITTED_UNLIMITED
+            t_refused, t_rq, t_rq_reset, t_tk, t_tk_reset, t_retry, t_spent = team_found
+            team_windows = _team_windows_of(caller, t_rq, t_rq_reset, t_tk, t_tk_reset)
+            team_refused = (t_refused or None, t_retry / 1000)
+            team_spent = t_spent if team_ms else None
+        own = await self._peek_own(caller, tokens, held_rq, held_tk, team_windows=not cluster)
+        if own is None:
+            return self.local.peek_now(caller, tokens) if self._fail == "open" else ADMITTED_UNLIMITED
+        if not cluster:
+            team_windows = _team_windows_of(caller, *own[7:])
+        if team_ms and team_spent is None:
+            # The team's shared budget (h-teambudget): its counter, read as the admission reads
+            # it; on a refusal too, as a spent budget prevails over a full window (h-retryafter).
+            team_spent = await self._read_team_spent(self._team_key(caller.team), team_ms)
+        return self._combined(caller, own, team_spent, team_refused, team_windows)
+
+    async def _peek_own(
+        self, caller: Caller, tokens: int, held_rq: int, held_tk: int, *, team_windows: bool
+    ) -> _PeekReply | None:
+        """``_PEEK``'s answer for ``caller``'s own counters (and, ``team_windows``: on one server,
+        its team's windows, in the same script); None when Redis failed."""
         script = self._peek
         assert script is not None, "start() first"
         rpm, tpm = caller.rpm, caller.tpm
-        cluster = isinstance(self._client, RedisCluster)
-        team_windows: tuple[Window | None, Window | None] = (None, None)
-        if cluster and caller.team_rated:
-            # The team's windows first, in their own slot (as the admission on a Cluster).
-            team_found = await self._team_call(caller, "", tokens, 0, count=False)
-            if team_found is None:
-                return self.local.peek_now(caller, tokens) if self._fail == "open" else ADMITTED_UNLIMITED
-            t_refused, t_rq, t_rq_reset, t_tk, t_tk_reset, t_retry, _ = team_found
-            team_windows = _team_windows_of(caller, t_rq, t_rq_reset, t_tk, t_tk_reset)
-            if t_refused:
-                return Decision(
-                    t_refused,
-                    None,
-                    None,
-                    t_retry / 1000,
-                    team_requests=team_windows[0],
-                    team_tokens=team_windows[1],
-                )
+        key_id = caller.counted_as
         args: list[str | int] = [
             self._now_arg(),
             self._window_ms,
@@ -1079,32 +1105,46 @@ class RedisLimiter:
             held_tk,
         ]
         keys = self._keys(key_id)
-        if caller.team_rated and not cluster:  # the team's windows read by the same script
+        if caller.team_rated and team_windows:  # the team's windows read by the same script
             keys += [self._team_key(caller.team), *self._team_windows(caller.team)]
             args += [caller.team_rpm or 0, caller.team_tpm or 0]
         self.peeks += 1
         op, bounded = script_op(self._pipe, script, keys, args)
-        found = await self._call(op, fallback_ok=True, bounded=bounded, read=_peeked)
-        if found is None:
-            return self.local.peek_now(caller, tokens) if self._fail == "open" else ADMITTED_UNLIMITED
-        refused, used_rq, rq_reset, used_tk, tk_reset, retry, breset, *team_counts = found
-        if not cluster:
-            team_windows = _team_windows_of(caller, *team_counts)
-        if not refused and caller.team_budget_usd is not None and caller.team_budget_period_s:
-            # The team's shared budget (h-teambudget): its counter, read as the admission reads it.
-            team_ms = int(caller.team_budget_period_s * 1000)
-            team_spent = await self._read_team_spent(self._team_key(caller.team), team_ms)
-            spent = (team_spent or 0.0) + self._unwritten_team_spend(caller.team)
-            if team_spent is not None and spent >= caller.team_budget_usd:
+        found: _PeekReply | None = await self._call(op, fallback_ok=True, bounded=bounded, read=_peeked)
+        return found
+
+    def _combined(
+        self,
+        caller: Caller,
+        own: _PeekReply | None,
+        team_spent: float | None,
+        team_refused: tuple[str | None, float],
+        team_windows: tuple[Window | None, Window | None],
+    ) -> Decision:
+        """The decision of the key's own ``_PEEK`` answer (None: not known, Redis failed), the
+        team's budget spend read apart (None: not read) and a Cluster's team windows' refusal:
+        whichever refusal prevails (``limits.prevailing``, h-retryafter)."""
+        reason, retry_s, breset_s = None, 0.0, 0.0
+        if own is not None:
+            reason, retry_s, breset_s = own[0] or None, own[5] / 1000, own[6] / 1000
+        team_ms = _team_budget_ms(caller)
+        if team_ms and team_spent is not None:
+            spent = team_spent + self._unwritten_team_spend(caller.team)
+            if spent >= (caller.team_budget_usd or 0.0):
                 now_ms = self._clock_ms() if self._clock_ms is not None else time.time() * 1000
-                breset = (now_ms // team_ms + 1) * team_ms - now_ms
-                refused, retry = REFUSED_TEAM_BUDGET, breset
+                reset_s = ((now_ms // team_ms + 1) * team_ms - now_ms) / 1000
+                reason, retry_s = prevailing(reason, retry_s, REFUSED_TEAM_BUDGET, reset_s)
+                if reason == REFUSED_TEAM_BUDGET:
+                    breset_s = reset_s
+        reason, retry_s = prevailing(reason, retry_s, *team_refused)
+        rpm, tpm = (caller.rpm, caller.tpm) if own is not None else (None, None)
+        _, used_rq, rq_reset, used_tk, tk_reset, *_ = own or _NOTHING_PEEKED
         return Decision(
-            refused or None,
+            reason,
             None if rpm is None else Window(rpm, max(0, rpm - used_rq), rq_reset / 1000),
             None if tpm is None else Window(tpm, max(0, tpm - used_tk), tk_reset / 1000),
-            retry / 1000,
-            breset / 1000,
+            retry_s,
+            breset_s,
             team_requests=team_windows[0],
             team_tokens=team_windows[1],
         )
@@ -1511,7 +1551,20 @@ def _team_spent(reply: Any) -> float:
     return spent
 
 
-def _peeked(reply: Any) -> tuple[str, int, int, int, int, int, int, int, int, int, int]:
+# ``_PEEK``'s reply: refused, requests used, their reset ms, tokens used, their reset ms, retry
+# ms, budget reset ms, the team's requests used, their reset ms, its tokens used, their reset ms.
+_PeekReply = tuple[str, int, int, int, int, int, int, int, int, int, int]
+_NOTHING_PEEKED: _PeekReply = ("", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _team_budget_ms(caller: Caller) -> int:
+    """The period of ``caller``'s team's shared budget in ms; 0 without one."""
+    if caller.team_budget_usd is None or not caller.team_budget_period_s:
+        return 0
+    return int(caller.team_budget_period_s * 1000)
+
+
+def _peeked(reply: Any) -> _PeekReply:
     """The peek script's reply read (as ``_admission``): whether it would refuse, then ten counts."""
     if not isinstance(reply, list) or len(reply) != 11:
         raise InvalidResponse(f"not a peek script's reply: {type(reply).__name__}")

@@ -240,3 +240,67 @@ async def test_a_peek_counts_nothing_and_decides_as_admit_would() -> None:
     await limiter.settle(key, "a", 600, 10, 10, 1.0)
     clock.now += 60
     assert (await limiter.peek(key, 0)).refused == (await limiter.admit(key, "d", 0)).refused == "budget"
+
+
+async def test_a_double_refusal_waits_for_the_window_freeing_last() -> None:
+    # (h-retryafter) the key's RPM frees in 10 s, its team's shared RPM in 50 s: Retry-After was
+    # the key's 10 s, and the SDK's retry then met the team's full window (a second 429). Now the
+    # refusal is the team's, with its 50 s, when both have room. The admission and the upload's
+    # early check (peek) agree.
+    clock = Clock()
+    limiter = LocalLimiter(clock=clock)
+    # Its request at 0 was counted before the team had shared_rpm (a policy edit since).
+    assert (await limiter.admit(Caller("a", "alpha", rpm=1), "a0", 0)).refused is None
+    clock.now += 40
+    assert (await limiter.admit(Caller("b", "alpha", team_rpm=1), "b0", 0)).refused is None
+    clock.now += 10
+    key = Caller("a", "alpha", rpm=1, team_rpm=1)
+    for decision in (await limiter.admit(key, "a1", 0), await limiter.peek(key, 0)):
+        assert (decision.refused, decision.retry_after_s) == ("team_requests", pytest.approx(50))
+    clock.now += 10  # the key's own window has room now, the team's not yet
+    assert (await limiter.admit(key, "a2", 0)).refused == "team_requests"
+    clock.now += 40
+    assert (await limiter.admit(key, "a3", 0)).refused is None
+
+
+async def test_a_double_refusal_the_other_way_round_waits_for_the_keys_window() -> None:
+    # (h-retryafter) the team's window frees in 10 s, the key's own in 50 s: the key's, 50 s; and
+    # its tokens' window freeing later than its requests' sets the wait the same way.
+    clock = Clock()
+    limiter = LocalLimiter(clock=clock)
+    assert (await limiter.admit(Caller("b", "alpha", team_rpm=2), "b0", 0)).refused is None
+    clock.now += 40
+    key = Caller("a", "alpha", rpm=1, team_rpm=2)
+    assert (await limiter.admit(key, "a0", 0)).refused is None
+    clock.now += 10
+    for decision in (await limiter.admit(key, "a1", 0), await limiter.peek(key, 0)):
+        assert (decision.refused, decision.retry_after_s) == ("requests", pytest.approx(50))
+    other = LocalLimiter(clock=clock)
+    tokens_key = Caller("c", "alpha", rpm=1, tpm=100)
+    assert (await other.admit(tokens_key, "c0", 10)).refused is None
+    clock.now += 30
+    assert (await other.admit(Caller("c", "alpha", tpm=100), "c1", 90)).refused is None
+    clock.now += 10  # requests free in 20 s, the 90 tokens reserved at +30 in 50 s
+    refused = await other.admit(tokens_key, "c2", 50)
+    assert (refused.refused, refused.retry_after_s) == ("tokens", pytest.approx(50))
+
+
+async def test_a_spent_budget_prevails_over_a_full_window() -> None:
+    # (h-retryafter) a key whose RPM window is full (and its team's) and whose team's budget is
+    # spent is refused for the budget: insufficient_quota, not to be retried, where a rate limit's
+    # Retry-After would have the SDK retry in vain. Both budgets spent: the one renewing last.
+    clock = Clock(now=10 * 3600.0)
+    limiter = LocalLimiter(clock=clock)
+    key = of_team("a", rpm=1, team_rpm=1)
+    assert (await limiter.admit(key, "a0", 0)).refused is None
+    await limiter.settle(key, "a0", 0, 10, 10, 1.5)
+    clock.now += 10
+    for decision in (await limiter.admit(key, "a1", 0), await limiter.peek(key, 0)):
+        assert (decision.refused, decision.budget_reset_s) == ("team_budget", pytest.approx(3590))
+        assert decision.requests is not None and decision.requests.remaining == 0  # (it is full)
+    # The key's own budget renews in 3590 s, its team's (a day's) in 13 h 59 min 50 s: the team's.
+    daily = Caller(
+        "d", "beta", budget_usd=0.0, budget_period_s=3600.0, team_budget_usd=0.0, team_budget_period_s=86400.0
+    )
+    refused = await limiter.admit(daily, "d0", 0)
+    assert (refused.refused, refused.budget_reset_s) == ("team_budget", pytest.approx(86400 - 10 * 3600 - 10))
