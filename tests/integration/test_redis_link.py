@@ -174,6 +174,43 @@ async def test_a_teams_shared_rates(url: str) -> None:
         await limiter.close()
 
 
+async def test_a_double_refusal_reports_the_limit_that_prevails(url: str) -> None:
+    # (h-retryafter) on a Cluster the team's windows are checked first, by a script of their own:
+    # a team refusal was reported as it stood, whatever the key's own limits said. Now the key's
+    # window freeing in 50 s outlasts the team's 10 s, and a spent budget (the key's, or its
+    # team's) prevails over full windows, as on one server (TLS, Sentinel) and in process.
+    now = [1_000_000_800_000]  # a whole hour
+    limiter = RedisLimiter(url, prefix="link:limits:", op_timeout_s=2.0, clock_ms=lambda: now[0])
+    await limiter.start()
+    team = f"team-{uuid.uuid4().hex[:8]}"
+
+    def of_team(name: str, **limits: float) -> Caller:
+        return Caller(f"{name}-{team}", team, **limits)  # type: ignore[arg-type]
+
+    try:
+        assert (await limiter.admit(of_team("b", team_rpm=2), "b0", 0)).refused is None
+        now[0] += 40_000
+        key = of_team("a", rpm=1, team_rpm=2)
+        assert (await limiter.admit(key, "a0", 0)).refused is None  # the team's full until +60
+        now[0] += 10_000
+        for decision in (await limiter.admit(key, "a1", 0), await limiter.peek(key, 0)):
+            assert (decision.refused, decision.retry_after_s) == ("requests", pytest.approx(50))
+            assert decision.team_requests is not None and decision.team_requests.remaining == 0
+        spent = of_team("a", rpm=1, team_rpm=2, budget_usd=0.0, budget_period_s=3600.0)
+        for decision in (await limiter.admit(spent, "a2", 0), await limiter.peek(spent, 0)):
+            assert (decision.refused, decision.budget_reset_s) == ("budget", pytest.approx(3550))
+        shared = of_team("a", rpm=1, team_rpm=2, team_budget_usd=0.0, team_budget_period_s=3600.0)
+        for decision in (await limiter.admit(shared, "a3", 0), await limiter.peek(shared, 0)):
+            assert (decision.refused, decision.budget_reset_s) == ("team_budget", pytest.approx(3550))
+        now[0] += 10_000  # the team's window has room, the key's not: nothing was counted
+        assert (await limiter.admit(key, "a4", 0)).refused == "requests"
+        await limiter.flush()  # (on a Cluster its team entry, counted first, given back)
+        assert (await limiter.admit(of_team("c", team_rpm=2), "c0", 0)).refused is None
+        assert limiter.healthy and limiter.errors == 0
+    finally:
+        await limiter.close()
+
+
 async def test_rollout_store(url: str) -> None:
     store = RedisRolloutStore(url, "link:rollout:")
     await store.start()
