@@ -17,6 +17,8 @@ team's name for all its keys together, checked with the key's own and charged th
 A team's shared rates (``Caller.team_rpm`` / ``team_tpm``) are one more pair of windows, the same
 sliding logs counted under the team's name for all its keys, checked after the key's own: a
 request needs room in both, and is counted (and its tokens reserved and settled) in both.
+Refused by several at once, a request is refused for the one that ``prevailing`` names (a spent
+budget over a full window; else the window freeing last, so its wait is when all have room).
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ class Window:
 class Decision:
     """A limiter's answer for one request: ``refused`` is None (admitted: counted and reserved)
     or the limit it hit (``requests``, ``tokens``, ``budget``, ``team_budget``, ``team_requests``,
-    ``team_tokens``), with when a retry may fit; ``team_requests`` / ``team_tokens``: the team's
-    shared windows, for a key of a team with shared rates."""
+    ``team_tokens``), with when a retry may fit (refused by several: the one ``prevailing``
+    names, so ``retry_after_s`` is when every refusing window has room); ``team_requests`` /
+    ``team_tokens``: the team's shared windows, for a key of a team with shared rates."""
 
     refused: str | None
     requests: Window | None

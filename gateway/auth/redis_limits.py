@@ -27,7 +27,9 @@ rotated key ``R`` counted as ``K`` writes ``P{K}:r:{R}:{day}:{team}`` (in ``K``'
 settle script), indexed as ``team\\tR\\tK``.
 
 **Admission** (``_ADMIT``, one script, one round trip): expire, check the budget, the RPM and the
-TPM, and only if all pass add one entry per log. The entry is a **lease** when the key is busy:
+TPM, and only if all pass add one entry per log (refused by several: ``limits.prevailing``'s
+choice, as in process; on a Cluster a team's refusal is weighed against a ``_PEEK`` of the key's
+own counters, one read more on such a refusal only). The entry is a **lease** when the key is busy:
 it may hold more than this request (up to ``1/LEASE_SHARE`` of each limit, sized from what this
 process drew from its last lease), and this process then admits the key's next requests from it
 **in process** for ``LEASE_S``, with no round trip. A lease's entry is stamped at its end (now +
