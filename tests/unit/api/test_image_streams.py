@@ -329,7 +329,7 @@ async def test_a_streamed_generation_at_an_azure_deployment(gw: Gateway) -> None
     assert last["path"] == "/openai/deployments/gpt-image-1/images/generations"  # type: ignore[index]
 
 
-def test_the_fake_refuses_what_the_real_api_refuses() -> None:
+async def test_the_fake_refuses_what_the_real_api_refuses() -> None:
     """The fake's streaming rules, called directly."""
     events = fake_media.images_body(
         {"model": "gpt-image-1", "prompt": "x", "stream": True, "partial_images": 3}
