@@ -321,7 +321,9 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
                    "{{team}} {{reason}}"),
                   description="reason: requests or tokens (a key's RPM or TPM), budget (a key's "
                   "own budget), team_budget (the team's shared_budget_usd: every key of the team "
-                  "is refused until its period ends; alert SophiaTeamBudgetSpent)."),
+                  "is refused until its period ends; alert SophiaTeamBudgetSpent), team_requests "
+                  "or team_tokens (the team's shared_rpm or shared_tpm). A request several limits "
+                  "refuse counts once, under the one that prevails."),
         ]),
         ("Processes", [
             graph("CPU (cores) by replica", "short",

@@ -278,3 +278,16 @@ def test_dashboard_panels_read_a_fleet_of_worker_sets_right(tmp_path: Path) -> N
         [promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_refusals_panel_names_every_reason_the_limits_refuse_for() -> None:
+    """Each ``reason`` value of ``gateway_refusals_total`` is told apart in the panel's description,
+    the team's shared rates' (``team_requests``, ``team_tokens``) as much as the key's own."""
+    from gateway.auth import limits
+
+    reasons = {value for name, value in vars(limits).items() if name.startswith("REFUSED_")}
+    assert {"requests", "tokens", "budget", "team_budget", "team_requests", "team_tokens"} <= reasons
+    board = json.loads(DASHBOARD.read_text())
+    (panel,) = [p for p in board["panels"] if p.get("title") == "Refusals/s by team and reason"]
+    named = set(re.findall(r"[a-z_]+", panel["description"]))
+    assert reasons <= named, sorted(reasons - named)
