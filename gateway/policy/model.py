@@ -1282,10 +1282,11 @@ class Server(_Strict):
         "each upload reserves its declared length (max_audio_bytes or max_image_bytes without one) "
         "until it is "
         "answered; past this, an upload is refused before it is read, 503 uploads_busy with "
-        "Retry-After: 1 (the SDKs retry). One upload is always let in. One caller (its key, else "
-        "its open-mode credential, else its address) may hold a quarter of this, at least one "
-        "largest form of its endpoint: past it, 429 uploads_busy. Resident memory runs to "
-        "about 5 x this under a burst (the form, each attempt's copy, buffers). A size such as 1GiB.",
+        "Retry-After: 1 (the SDKs retry). One upload is always let in. One caller (its key's team, "
+        "else its key, else its open-mode credential, else its address) may hold a quarter of "
+        "this, at least one largest form of its endpoint: past it, 429 uploads_busy. Resident "
+        "memory runs to about 1.3 x this under a burst of full-size uploads (each attempt sends "
+        "the held form's own bytes). A size such as 1GiB.",
     )
     drain_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."

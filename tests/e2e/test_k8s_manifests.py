@@ -632,9 +632,9 @@ def test_the_analysis_queries_measure_the_canary_alone(tmp_path: Path) -> None:
 
 # ----- memory ------------------------------------------------------------------------------------
 
-# Resident memory a full upload room costs, per byte of it: README's `server.max_audio_in_flight_
-# bytes` row ("a burst of full-size uploads runs resident memory to about 5 x this"; h-probe4
-# measured 3-6 x for image edits of 40-47 MiB held through three attempts).
+# Resident memory a full upload room costs, per byte of it, with a margin: README's `server.max_
+# audio_in_flight_bytes` row says about 1.3 x since h-uploadcopy (each attempt sends the held
+# form's own bytes); h-probe4 measured 3-6 x before it, and the limit keeps that margin.
 UPLOAD_RSS_FACTOR = 5
 UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
 

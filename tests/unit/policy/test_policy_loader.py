@@ -16,6 +16,7 @@ from gateway.policy.model import (
     OpenAIProvider,
     OrderedStrategyConfig,
     ScoreStrategyConfig,
+    Server,
     StrategyConfig,
     StrategyName,
 )
@@ -462,3 +463,14 @@ def test_parsing_leaves_the_collector_as_it_found_it() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_the_upload_rooms_description_says_what_the_readme_says() -> None:
+    """The schema's words for ``server.max_audio_in_flight_bytes`` (what editors show) agree with the
+    README's row: a caller's share is its team's (h-uploadgate) and a burst costs about 1.3 x the
+    room (h-uploadcopy), not the 5 x the copies per attempt cost before."""
+    text = Server.model_fields["max_audio_in_flight_bytes"].description or ""
+    readme = " ".join((Path(__file__).resolve().parents[3] / "README.md").read_text().split())
+    assert "about 1.3 x this" in text and "about 1.3 x this" in readme
+    assert "5 x" not in text
+    assert "its key's team" in text and "its key's team" in readme
