@@ -167,6 +167,7 @@ class ResponseCache:
         # per cacheable request. Any other store (Redis) is awaited.
         self._get_now: Callable[[str, str], bytes | None] | None = getattr(store, "get_now", None)
         self.flights = Flights()
+        self._keys = fingerprint.KeyMemo()  # a repeated request's key without its SHA-256
         self._releases: set[asyncio.Task[None]] = set()  # claims being released (``land``)
         self._metrics = metrics
         self.config = config
@@ -263,7 +264,7 @@ class ResponseCache:
         scope = endpoint.value if not variant else f"{endpoint.value};{variant}"
         plan = CachePlan(
             category,
-            fingerprint.request_key(scope, tenant, body),
+            self._keys.key(scope, tenant, body),
             ttl_s,
             read,
             write,

@@ -299,6 +299,14 @@ class Router:
             t.client.configured and t.live.breaker.state(now) is not BreakerState.OPEN for t in group.targets
         )
 
+    def unruled(self, model: str) -> bool:
+        """Whether group ``model`` has no rules, so ``resolve`` names it whatever the request
+        (nothing of the request need be gathered to ask); ``ModelNotFound`` as ``resolve``."""
+        group = self._groups.get(model)
+        if group is None:
+            raise ModelNotFound(model, list(self._groups))
+        return not group.config.rules
+
     def resolve(self, ctx: RouteContext) -> str:
         """The group that serves ``ctx``: the named one, or where its first matching rule points
         among the groups the caller may use (a client sets the tags rules match on: a key limited

@@ -175,16 +175,22 @@ class RequestService:
         elif endpoint is Endpoint.COMPLETIONS:
             check_completion_values(body)
         allowed = ctx.identity.models if ctx.identity is not None and not ctx.internal else None
-        route = RouteContext(
-            model, body, stream=stream, tags=ctx.tags, allowed=allowed, request_id=ctx.request_id
-        )
         if ctx.identity is not None and not ctx.identity.may_use(model) and not ctx.internal:
             # (An internal call made for a caller, ``OnBehalf``, uses the policy's models: the
             # memory's embedding model is the gateway's choice, not the key's.)
             # As if it did not exist (OpenAI's answer for a model a key cannot see): a 404 naming
             # only the key's own models, before resolve, whose 404 would list every group.
             raise ModelNotFound(model, [m for m in self.router.model_names if ctx.identity.may_use(m)])
-        group = self.router.resolve(route)  # an unknown model is a 404 before any store is read
+        # An unknown model is a 404 before any store is read. A group without rules is itself
+        # whatever the request: its ``RouteContext`` waits until routing (a hit never needs it).
+        route: RouteContext | None = None
+        if self.router.unruled(model):
+            group = model
+        else:
+            route = RouteContext(
+                model, body, stream=stream, tags=ctx.tags, allowed=allowed, request_id=ctx.request_id
+            )
+            group = self.router.resolve(route)
         ctx.record.model = model
         if endpoint in MEDIA_ENDPOINTS:  # only OpenAI-compatible deployments serve these
             check_served(endpoint, group, self.router.policy)
@@ -238,6 +244,10 @@ class RequestService:
             else:
                 self.cache.count(plan.category, plan.status)
             # 5. route with failover (6 and 7 follow, or in the stream when it ends)
+            if route is None:
+                route = RouteContext(
+                    model, body, stream=stream, tags=ctx.tags, allowed=allowed, request_id=ctx.request_id
+                )
             if stream:
                 return await self._stream(endpoint, body, route, group, plan, ctx, lead, door)
             # A whole answer, here rather than in a coroutine of its own (one frame less).

@@ -139,3 +139,44 @@ def test_prompts_that_differ_in_their_images_are_not_semantic_neighbours() -> No
     assert fingerprint.semantic_scope("m", "t", one) != fingerprint.semantic_scope("m", "t", two)
     plain = {**BODY, "messages": [{"role": "user", "content": [{"type": "text", "text": "q"}]}]}
     assert fingerprint.semantic_scope("m", "t", plain) == fingerprint.semantic_scope("m", "t", BODY)
+
+
+def test_the_key_memo_gives_request_keys_own_key_asked_first_or_again() -> None:
+    """``KeyMemo`` (the response cache's) answers a body it has seen from memory: every body,
+    first asked or repeated, gets exactly ``request_key``'s key, whatever its field order, whole
+    floats, left-out fields and ``stream``."""
+    memo = fingerprint.KeyMemo()
+    bodies: list[dict[str, object]] = [
+        BODY,
+        orjson.loads(
+            b'{"temperature": 0.0, "model": "chat", "messages": [{"content": "What is our Q3 revenue?", "role": "user"}]}'
+        ),
+        {**BODY, "user": "alice", "metadata": {"a": "b"}},
+        {**BODY, "stream": True},
+        {**BODY, "stream": False},
+        {**BODY, "stream": 1},
+        {**BODY, "max_tokens": 10.0},
+        {**BODY, "temperature": 0.5},
+    ]
+    for tenant in ("t1", "t2"):
+        for body in bodies:
+            for _ in range(3):
+                assert memo.key("chat", tenant, body) == fingerprint.request_key("chat", tenant, body)
+                assert memo.key("responses", tenant, body) == fingerprint.request_key(
+                    "responses", tenant, body
+                )
+    assert len(memo) == 2 * 2 * len(bodies)
+
+
+def test_the_key_memo_is_bounded_by_bytes() -> None:
+    memo = fingerprint.KeyMemo(max_bytes=64 * 1024)
+    big = {**BODY, "messages": [{"role": "user", "content": "x" * 2048}]}
+    assert memo.key("chat", "t", big) == fingerprint.request_key("chat", "t", big)
+    assert len(memo) == 0  # above a 64th of the bound: not kept
+    for n in range(1000):
+        body = {**BODY, "seed": n}
+        assert memo.key("chat", "t", body) == fingerprint.request_key("chat", "t", body)
+    entry = len(orjson.dumps({**BODY, "seed": 999})) + fingerprint.KeyMemo.ENTRY_OVERHEAD
+    assert 0 < len(memo) <= 64 * 1024 // (entry - 2)  # the oldest dropped
+    last = {**BODY, "seed": 999}
+    assert memo.key("chat", "t", last) == fingerprint.request_key("chat", "t", last)
