@@ -15,6 +15,7 @@ import asyncio
 import logging
 import re
 import zlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -80,11 +81,6 @@ class CachePlan:
     counter: CounterChild | None = None  # and their ``cache_requests`` series, found once
 
 
-# ``CachedAnswer.encode``'s head when neither name needs a JSON escape (what orjson writes for a
-# string holding no quote, backslash or control character is its UTF-8 bytes as they are).
-_PLAIN_HEAD = re.compile(rb'\{"p":"([^"\\\x00-\x1f]*)","m":"([^"\\\x00-\x1f]*)","n":(\d+),"c":(\d+)\}')
-
-
 @dataclass(slots=True)
 class CachedAnswer:
     """A stored answer: the body exactly as first sent (JSON, or the SSE stream's bytes)."""
@@ -107,26 +103,56 @@ class CachedAnswer:
         CRC-32 were kept is read as before. ``intact``: ``raw`` is known to be as ``encode`` made
         it (the in-process store's own bytes), so its body is not checked against them."""
         head, sep, body = raw.partition(b"\n")
-        # The head as ``encode`` writes it, names without escapes (every entry, near enough),
-        # read without orjson: 5k instructions of a hit's ~13k decode went to ``loads`` alone.
-        plain = _PLAIN_HEAD.fullmatch(head) if sep else None
-        if plain is not None:
-            provider, model, size, crc = plain.groups()
-            if not intact and (int(size) != len(body) or int(crc) != zlib.crc32(body)):
-                return None
-            try:
-                return cls(body, provider.decode(), model.decode(), match)
-            except UnicodeDecodeError:
-                return None  # (not UTF-8: corrupted, as orjson would have found)
         try:
             meta = orjson.loads(head) if sep else None
         except orjson.JSONDecodeError:
             meta = None
         if not isinstance(meta, dict):
             return None  # not ours (or corrupted): a miss, never an error
-        if "c" in meta and (meta.get("n") != len(body) or meta["c"] != zlib.crc32(body)):
+        if "c" in meta and not intact and (meta.get("n") != len(body) or meta["c"] != zlib.crc32(body)):
             return None
         return cls(body, str(meta.get("p", "")), str(meta.get("m", "")), match)
+
+
+class DecodedAnswers:
+    """Answers decoded recently, by the stored bytes they were decoded from: a hit on an entry
+    read before gets its answer without ``CachedAnswer.decode`` (the head's ``loads``, the
+    CRC-32 of the body and the answer's construction: ~12k instructions of a hit's ~370k,
+    callgrind) for a dict lookup (the in-process store hands back the same bytes object, whose
+    hash Python keeps; Redis's copy is hashed and compared, a C-speed pass over its bytes).
+    Equal bytes decode alike, so the answer is the one ``decode`` would give; answers are never
+    changed once made, so one may serve many requests (as a flight's leader's serves its
+    followers). Bounded by entries and by bytes (an entry counts its stored bytes twice: the
+    answer's body is a copy), least recently used first out; an entry above a 64th of the bytes
+    bound is not kept, nor is a miss. One per response cache, on the event loop only."""
+
+    __slots__ = ("_bytes", "_entries", "max_bytes", "max_entries")
+
+    def __init__(self, max_entries: int = 1024, max_bytes: int = 4 << 20) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[bytes, CachedAnswer] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def exact(self, raw: bytes, intact: bool = False) -> CachedAnswer | None:
+        """``CachedAnswer.decode(raw, "exact", intact)``, remembered."""
+        entries = self._entries
+        answer = entries.get(raw)
+        if answer is not None:
+            entries.move_to_end(raw)
+            return answer
+        answer = CachedAnswer.decode(raw, "exact", intact)
+        size = 2 * len(raw)
+        if answer is not None and size * 64 <= self.max_bytes:
+            entries[raw] = answer
+            self._bytes += size
+            while self._bytes > self.max_bytes or len(entries) > self.max_entries:
+                dropped, _ = entries.popitem(last=False)
+                self._bytes -= 2 * len(dropped)
+        return answer
 
 
 @dataclass(slots=True)
@@ -185,6 +211,7 @@ class ResponseCache:
         self._get_now: Callable[[str, str], bytes | None] | None = getattr(store, "get_now", None)
         self.flights = Flights()
         self._keys = fingerprint.KeyMemo()  # a repeated request's key without its SHA-256
+        self._decoded = DecodedAnswers()  # and its answer without decoding it again
         self._releases: set[asyncio.Task[None]] = set()  # claims being released (``land``)
         self._metrics = metrics
         self.config = config
@@ -309,7 +336,7 @@ class ResponseCache:
         """``lookup`` without a coroutine, where ``answers_now`` says it is the whole lookup."""
         assert self._get_now is not None
         raw = self._get_now(plan.category, plan.key)
-        return None if raw is None else CachedAnswer.decode(raw, "exact", intact=True)
+        return None if raw is None else self._decoded.exact(raw, intact=True)
 
     async def lookup(self, plan: CachePlan, embed: Embedder) -> CachedAnswer | None:
         """The cached answer for ``plan``: exact key first, then the nearest prompt (embedded
@@ -325,7 +352,7 @@ class ResponseCache:
         else:
             raw = await self.store.get(plan.category, plan.key)
         if raw is not None:
-            return CachedAnswer.decode(raw, "exact")
+            return self._decoded.exact(raw)
         near = await self._nearest(plan, embed)
         if near is not None and plan.write:
             self._release(plan)  # answered from another prompt's entry: nothing will be fetched

@@ -7,7 +7,7 @@ import zlib
 import orjson
 import pytest
 
-from gateway.cache.service import CachedAnswer
+from gateway.cache.service import CachedAnswer, DecodedAnswers
 
 BODY = b'{"id":"c1","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]}'
 
@@ -50,3 +50,35 @@ def test_what_is_not_an_entry_of_ours_is_a_miss() -> None:
         assert CachedAnswer.decode(raw, "exact") is None
     bad_utf8 = b'{"p":"\xff","m":"m","n":%d,"c":%d}\n' % (len(BODY), zlib.crc32(BODY)) + BODY
     assert CachedAnswer.decode(bad_utf8, "exact") is None
+
+
+def test_decoded_answers_give_decodes_answer_and_remember_only_what_decoded() -> None:
+    """The response cache's memo of decoded answers: by equal bytes, never a miss remembered,
+    so a cut copy of an entry it remembers is still a miss."""
+    memo = DecodedAnswers()
+    answer = CachedAnswer(BODY, "openai", "gpt-4o-mini")
+    raw = answer.encode()
+    first = memo.exact(raw)
+    assert first == answer
+    assert memo.exact(bytes(bytearray(raw))) is first  # Redis's copy: equal bytes, same answer
+    assert memo.exact(raw[:-1]) is None  # cut: decoded, refused, not remembered
+    assert memo.exact(b"not ours") is None
+    assert len(memo) == 1
+
+
+def test_decoded_answers_are_bounded_by_entries_and_bytes() -> None:
+    memo = DecodedAnswers(max_entries=10, max_bytes=64 * 1024)
+    raws = [CachedAnswer(b'{"n":%d}' % n, "p", "m").encode() for n in range(30)]
+    for raw in raws:
+        assert memo.exact(raw) == CachedAnswer.decode(raw, "exact")
+    assert len(memo) == 10  # the 10 most recent
+    assert memo.exact(raws[-1]) is memo.exact(raws[-1])
+    big = CachedAnswer(b"x" * 1024, "p", "m").encode()  # 2 x its bytes above a 64th of the bound
+    assert memo.exact(big) == CachedAnswer.decode(big, "exact")
+    assert len(memo) == 10  # not kept: nothing dropped for it
+    same = [CachedAnswer(b'{"n":%03d}' % n, "p", "m").encode() for n in range(100)]  # one size each
+    size = 2 * len(same[0])
+    by_bytes = DecodedAnswers(max_bytes=64 * size)
+    for raw in same:
+        assert by_bytes.exact(raw) == CachedAnswer.decode(raw, "exact")
+    assert len(by_bytes) == 64
