@@ -162,6 +162,8 @@ class RedisStore:
         self.redacted_url = redact_url(url)
         self._budgets = {name: budget.max_bytes for name, budget in budgets.items()}
         self._prefix = prefix
+        # Each category's key names but the entry's: (value prefix, lru, sizes, bytes, claim prefix).
+        self._named: dict[str, tuple[str, str, str, str, str]] = {}
         self._op_timeout_s = op_timeout_s
         self._usage = {name: CategoryUsage(entries=0, bytes=0) for name in budgets}
         self._client: RedisClient | None = None
@@ -337,8 +339,17 @@ class RedisStore:
 
     def _keys(self, category: str, key: str) -> list[str]:
         self._check(category)
-        base = f"{self._prefix}{{{category}}}"  # the hash tag: one category, one Cluster slot
-        return [f"{base}:v:{key}", f"{base}:lru", f"{base}:sizes", f"{base}:bytes", f"{base}:f:{key}"]
+        named = self._named.get(category)  # (made once per category: a lookup per cache request)
+        if named is None:
+            base = f"{self._prefix}{{{category}}}"  # the hash tag: one category, one Cluster slot
+            named = self._named[category] = (
+                f"{base}:v:",
+                f"{base}:lru",
+                f"{base}:sizes",
+                f"{base}:bytes",
+                f"{base}:f:",
+            )
+        return [named[0] + key, named[1], named[2], named[3], named[4] + key]
 
     def _call(
         self,

@@ -45,6 +45,8 @@ _MAX_TTL_S = 7 * 86400
 CLAIM_S = 5.0
 _CLAIM_POLL_S = (0.02, 0.5)  # first wait, doubling up to the second
 _NUMBER = (int, float)
+# Each endpoint's value, read without ``Enum.value``'s Python-level descriptor (one a plan).
+_SCOPES = {endpoint: endpoint.value for endpoint in Endpoint}
 
 
 # An answer a safety filter or a refusal ended: a verdict on one generation, not an answer to
@@ -212,6 +214,7 @@ class ResponseCache:
         self.flights = Flights()
         self._keys = fingerprint.KeyMemo()  # a repeated request's key without its SHA-256
         self._decoded = DecodedAnswers()  # and its answer without decoding it again
+        self._hits: dict[str, CounterChild] = {}  # each category's hit series, once made
         self._releases: set[asyncio.Task[None]] = set()  # claims being released (``land``)
         self._metrics = metrics
         self.config = config
@@ -305,7 +308,7 @@ class ResponseCache:
                 return self._bypass[category]
         if settings.shared:
             tenant = fingerprint.SHARED_TENANT
-        scope = endpoint.value if not variant else f"{endpoint.value};{variant}"
+        scope = _SCOPES[endpoint] if not variant else f"{_SCOPES[endpoint]};{variant}"
         plan = CachePlan(
             category,
             self._keys.key(scope, tenant, body),
@@ -447,6 +450,16 @@ class ResponseCache:
 
     def count(self, category: str, result: str) -> None:
         self._metrics.child(self._metrics.cache_requests, category, result).inc()
+
+    def count_hit(self, category: str) -> None:
+        """``count(category, "hit")``, its series found once (made at the category's first hit,
+        as ``count`` makes it: no series shows before)."""
+        counter = self._hits.get(category)
+        if counter is None:
+            counter = self._hits[category] = self._metrics.child(
+                self._metrics.cache_requests, category, "hit"
+            )
+        counter.value += 1  # inc(), without the call
 
     def _rule_category(self, body: Mapping[str, Any], tags: frozenset[str]) -> str | None:
         if not self.config.rules:

@@ -437,7 +437,7 @@ class RequestService:
 
     def _hit(self, plan: CachePlan, answer: CachedAnswer, ctx: CallContext, stream: bool) -> Answer:
         ctx.record.cache = CacheOutcome("hit", plan.category, answer.match, answer.model)
-        self.cache.count(plan.category, "hit")
+        self.cache.count_hit(plan.category)
         if ctx.limit_ticket is not None:  # a hit costs no provider tokens
             ctx.limit_ticket.settle_later(0, 0, 0.0)
         return Answer(stream=ReplayStream(answer.body)) if stream else Answer(body=answer.body)
