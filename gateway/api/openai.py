@@ -14,7 +14,7 @@ from gateway.api.azure import key_header
 from gateway.auth.identity import Caller
 from gateway.errors import DeploymentNotFound, InvalidRequest, ModelNotFound
 from gateway.http.auth import X_API_KEY, authenticate, client_address
-from gateway.http.body import read_json
+from gateway.http.body import json_now, read_json
 from gateway.http.responses import json_response
 from gateway.http.sse import send_stream
 from gateway.http.upload import read_upload_form
@@ -46,7 +46,9 @@ def proxy(endpoint: Endpoint, app: web.Application, door_key_header: str = "") -
         ctx = CallContext.for_client(
             request[keys.REQUEST_ID], started_s, request.headers, caller, record, door_key_header
         )
-        body = await read_json(request, max_body_bytes)
+        body = json_now(request, max_body_bytes)  # (no coroutine when the body is in, as most are)
+        if body is None:
+            body = await read_json(request, max_body_bytes)
         answer = await service.run(endpoint, body, ctx)
         if answer.stream is not None:
             return await send_stream(request, answer.stream, ctx.request_id, media_type=answer.media_type)
