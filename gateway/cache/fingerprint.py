@@ -72,19 +72,19 @@ class KeyMemo:
     def key(self, endpoint: str, tenant: str, body: Mapping[str, Any]) -> str:
         """``request_key(endpoint, tenant, body)``, remembered."""
         found = (endpoint, tenant, orjson.dumps(body), bool(body.get("stream")))
+        size = len(found[2]) + self.ENTRY_OVERHEAD
+        if size * 64 > self.max_bytes:  # never kept: not hashed to be looked for either
+            return request_key(endpoint, tenant, body)
         entries = self._entries
         key = entries.get(found)
         if key is not None:
             entries.move_to_end(found)
             return key
-        key = request_key(endpoint, tenant, body)
-        size = len(found[2]) + self.ENTRY_OVERHEAD
-        if size * 64 <= self.max_bytes:
-            entries[found] = key
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                (_, _, dropped, _), _ = entries.popitem(last=False)
-                self._bytes -= len(dropped) + self.ENTRY_OVERHEAD
+        key = entries[found] = request_key(endpoint, tenant, body)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            (_, _, dropped, _), _ = entries.popitem(last=False)
+            self._bytes -= len(dropped) + self.ENTRY_OVERHEAD
         return key
 
 

@@ -141,14 +141,16 @@ class DecodedAnswers:
 
     def exact(self, raw: bytes, intact: bool = False) -> CachedAnswer | None:
         """``CachedAnswer.decode(raw, "exact", intact)``, remembered."""
+        size = 2 * len(raw)
+        if size * 64 > self.max_bytes:  # never kept: not hashed to be looked for either
+            return CachedAnswer.decode(raw, "exact", intact)
         entries = self._entries
         answer = entries.get(raw)
         if answer is not None:
             entries.move_to_end(raw)
             return answer
         answer = CachedAnswer.decode(raw, "exact", intact)
-        size = 2 * len(raw)
-        if answer is not None and size * 64 <= self.max_bytes:
+        if answer is not None:
             entries[raw] = answer
             self._bytes += size
             while self._bytes > self.max_bytes or len(entries) > self.max_entries:
