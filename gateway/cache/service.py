@@ -45,6 +45,7 @@ _MAX_TTL_S = 7 * 86400
 CLAIM_S = 5.0
 _CLAIM_POLL_S = (0.02, 0.5)  # first wait, doubling up to the second
 _NUMBER = (int, float)
+_MAX_HIT_OUTCOMES = 1024
 # Each endpoint's value, read without ``Enum.value``'s Python-level descriptor (one a plan).
 _SCOPES = {endpoint: endpoint.value for endpoint in Endpoint}
 
@@ -216,7 +217,8 @@ class ResponseCache:
         self.flights = Flights()
         self._keys = fingerprint.KeyMemo()  # a repeated request's key without its SHA-256
         self._decoded = DecodedAnswers()  # and its answer without decoding it again
-        self._hits: dict[str, CounterChild] = {}  # each category's hit series, once made
+        # A hit's outcome and its category's hit series, by (category, match, model): ``hit``
+        self._hits: dict[tuple[str, str, str], tuple[CacheOutcome, CounterChild]] = {}
         self._releases: set[asyncio.Task[None]] = set()  # claims being released (``land``)
         self._metrics = metrics
         self.config = config
@@ -453,15 +455,23 @@ class ResponseCache:
     def count(self, category: str, result: str) -> None:
         self._metrics.child(self._metrics.cache_requests, category, result).inc()
 
-    def count_hit(self, category: str) -> None:
-        """``count(category, "hit")``, its series found once (made at the category's first hit,
-        as ``count`` makes it: no series shows before)."""
-        counter = self._hits.get(category)
-        if counter is None:
-            counter = self._hits[category] = self._metrics.child(
-                self._metrics.cache_requests, category, "hit"
+    def hit(self, category: str, answer: CachedAnswer) -> CacheOutcome:
+        """A hit in ``category`` answered by ``answer``: counted (``count``'s series, found once,
+        made at the category's first hit as ``count`` makes it: none shows before) and its
+        outcome, made once per category, match and model and shared (an outcome is never changed
+        once made, as the bypass plans' shared ones are not)."""
+        hits = self._hits
+        found = hits.get((category, answer.match, answer.model))
+        if found is None:
+            if len(hits) >= _MAX_HIT_OUTCOMES:  # (models named by stored entries: bounded anyway)
+                hits.clear()
+            m = self._metrics
+            found = hits[(category, answer.match, answer.model)] = (
+                CacheOutcome("hit", category, answer.match, answer.model),
+                m.child(m.cache_requests, category, "hit"),
             )
-        counter.value += 1  # inc(), without the call
+        found[1].value += 1  # inc(), without the call
+        return found[0]
 
     def _rule_category(self, body: Mapping[str, Any], tags: frozenset[str]) -> str | None:
         if not self.config.rules:

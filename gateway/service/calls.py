@@ -436,8 +436,7 @@ class RequestService:
             span.end()
 
     def _hit(self, plan: CachePlan, answer: CachedAnswer, ctx: CallContext, stream: bool) -> Answer:
-        ctx.record.cache = CacheOutcome("hit", plan.category, answer.match, answer.model)
-        self.cache.count_hit(plan.category)
+        ctx.record.cache = self.cache.hit(plan.category, answer)  # counted, its outcome shared
         if ctx.limit_ticket is not None:  # a hit costs no provider tokens
             ctx.limit_ticket.settle_later(0, 0, 0.0)
         return Answer(stream=ReplayStream(answer.body)) if stream else Answer(body=answer.body)
