@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.cache.memory_store import MemoryStore
-from gateway.cache.service import ResponseCache
+from gateway.cache.service import CachedAnswer, ResponseCache
 from gateway.errors import InvalidRequest
 from gateway.observability.metrics import GatewayMetrics
 from gateway.policy.loader import parse_policy
@@ -52,3 +52,19 @@ def test_bad_cache_headers_are_refused_even_when_the_request_cannot_be_cached(
 ) -> None:
     with pytest.raises(InvalidRequest):
         cache().plan(Endpoint.CHAT, CHAT, headers, tenant="t1", tags=frozenset())
+
+
+def test_a_hit_is_counted_on_its_series_made_at_the_first_hit_and_its_outcome_shared() -> None:
+    metrics = GatewayMetrics()
+    policy = parse_policy(POLICY)
+    c = ResponseCache(policy.cache, MemoryStore(policy.cache.categories), metrics)
+    category = policy.cache.default_category
+    labels = {"category": category, "result": "hit"}
+    assert metrics.registry.get_sample_value("gateway_cache_requests_total", labels) is None
+    answer = CachedAnswer(b"{}", "p", "m1")
+    first = c.hit(category, answer)
+    assert (first.status, first.category, first.match, first.model) == ("hit", category, "exact", "m1")
+    assert c.hit(category, CachedAnswer(b'{"a":1}', "p", "m1")) is first  # the same outcome, shared
+    other = c.hit(category, CachedAnswer(b"{}", "p", "m2", "semantic"))
+    assert (other.match, other.model) == ("semantic", "m2")
+    assert metrics.registry.get_sample_value("gateway_cache_requests_total", labels) == 3
