@@ -33,7 +33,7 @@ from aiohttp.typedefs import Handler
 from gateway import keys
 from gateway.errors import DeploymentNotFound, ModelNotFound
 from gateway.http.auth import AZURE_API_KEY, authenticate
-from gateway.http.body import read_json
+from gateway.http.body import json_now, read_json
 from gateway.http.responses import json_response
 from gateway.http.sse import send_stream
 from gateway.service.context import CallContext
@@ -80,7 +80,9 @@ def proxy(endpoint: Endpoint, app: web.Application) -> Handler:
             request[keys.REQUEST_CALL],
             AZURE_API_KEY,
         )
-        body = await read_json(request, max_body_bytes)
+        body = json_now(request, max_body_bytes)  # (no coroutine when the body is in, as most are)
+        if body is None:
+            body = await read_json(request, max_body_bytes)
         body["model"] = deployment = request.match_info["deployment"]
         try:
             answer = await service.run(endpoint, body, ctx)
