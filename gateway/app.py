@@ -289,6 +289,8 @@ def _watch_health(
     if failures is not None:  # the failed-auth throttle's own link (auth/redis_throttle.py)
         redis["redis:throttle"] = failures
         metrics.recovery.add_source(link_reconnects("redis_throttle_reconnect", failures))
+    if keys.KEY_BUS in app:  # key changes from other processes (auth/key_bus.py)
+        redis["redis:keybus"] = app[keys.KEY_BUS]
     if memory is not None:
         metrics.recovery.add_source(pool_reconnects(memory.store))
     lag = LoopLag()

@@ -339,7 +339,7 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
                   ("sum by (dependency) (1 - gateway_dependency_up)", "{{dependency}}"),
                   description="Gateway processes (workers and replicas) whose health monitor found "
                   "each dependency down: a deployment (key unset, breaker open), a Redis link "
-                  "(redis:cache, redis:limits, redis:routing, redis:throttle: alerts "
+                  "(redis:cache, redis:limits, redis:routing, redis:throttle, redis:keybus: alerts "
                   "SophiaCacheBackendDown, SophiaRedisLinkDown), the key or memory store. "
                   "GET /health on a pod says why."),
             graph("Log lines dropped/s", "ops",

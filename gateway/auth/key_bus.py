@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Collection
 from typing import Any, Protocol
 
@@ -53,7 +54,14 @@ import orjson
 from redis.asyncio.client import PubSub
 
 from gateway.auth.keyring import KEY_ID
-from gateway.redis_link import FAILURES, Outage, RedisClient, redis_client
+from gateway.redis_link import (
+    FAILURES,
+    Outage,
+    RedisClient,
+    probe_answered,
+    redis_client,
+)
+from gateway.redis_link import probe as probe_script  # (``probe`` names an outage's attempt below)
 from gateway.tasks import stop as stop_task
 
 log = logging.getLogger(__name__)
@@ -109,6 +117,7 @@ class KeyBus:
         self._client: RedisClient | None = None
         self._outage = Outage()
         self.subscribed = False
+        self._first_tried = asyncio.Event()  # set once the first subscription succeeded or failed
         self.published = 0
         self.received = 0
         self.resyncs = 0
@@ -134,6 +143,28 @@ class KeyBus:
         self.published += published
         return published
 
+    async def ping(self) -> float | None:
+        """The health monitor's ``redis:keybus`` check: None while this process holds no
+        confirmed subscription (changes made elsewhere reach it only when its cached lookups
+        expire); else one probe script on the publishing client, bounded by the publish timeout,
+        its round trip in seconds, or None when Redis did not answer it."""
+        client = self._client
+        if client is None:
+            return None
+        if not self._first_tried.is_set():  # just started: wait for the first subscription's outcome
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                    await self._first_tried.wait()
+        if not self.subscribed:
+            return None
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._publish_timeout_s):
+                probe_answered(await probe_script(client))
+        except FAILURES:
+            return None
+        return time.perf_counter() - started
+
     def reconnect_counts(self) -> tuple[int, int]:
         """The subscriber's reconnects that ended an outage, and its failed attempts."""
         return self._outage.reconnects, self._outage.failed_probes
@@ -155,6 +186,8 @@ class KeyBus:
                     continue
                 finally:
                     self._outage.finished(probe)
+                    # (no await until ``subscribed`` is set below: a waiter sees it)
+                    self._first_tried.set()
                 if self._outage.succeeded():
                     log.info("redis key bus recovered: key changes reach this process at once again")
                 # Whatever was announced before this subscription is lost: look every key up again.

@@ -588,7 +588,7 @@ class _HealthCollector(Collector):
         up = GaugeMetricFamily(
             "gateway_dependency_up",
             "1 while a dependency (deployment:<provider>/<model>, redis:cache, redis:limits, "
-            "redis:routing, redis:throttle, memory:store, memory:index, event_loop, "
+            "redis:routing, redis:throttle, redis:keybus, memory:store, memory:index, event_loop, "
             "resident_memory) is up or degraded, 0 while it is down, as of the health monitor's "
             "last check.",
             labels=("dependency",),

@@ -18,6 +18,10 @@ changed.
   one was refused for want of it (``MemoryStore.ping``), naming SNOWFLAKE_WAREHOUSE; and while
   Snowflake refuses the login and new logins are paused (down when no open connection answers),
   naming SNOWFLAKE_USER and SNOWFLAKE_PASSWORD, never a value.
+* ``redis:keybus`` (with ``REDIS_URL``): the key bus's subscription (``auth/key_bus.py``): down
+  while this process holds none (changes made elsewhere reach it when its cached lookups
+  expire), else one probe script on the bus's publishing client; at start the first
+  subscription's outcome is waited for, so a first check does not find it merely not yet made.
 * ``keys:store`` (``auth.mode: keys``): a lookup of a hash no key has, through the key store
   (``KEYS_URL``'s PostgreSQL or the SQLite file), 2 s bound: down when it fails or does not
   answer. Every key not in a process's lookup cache is refused (503 ``key_store_unavailable``)
