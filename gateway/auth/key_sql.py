@@ -20,10 +20,11 @@ class Dialect:
     text: str
     integer: str
     real: str
+    same: str  # equality that holds for two NULLs too
 
 
-SQLITE = Dialect("?", "TEXT", "INTEGER", "REAL")
-POSTGRES = Dialect("%s", "TEXT", "BIGINT", "DOUBLE PRECISION")
+SQLITE = Dialect("?", "TEXT", "INTEGER", "REAL", "IS")
+POSTGRES = Dialect("%s", "TEXT", "BIGINT", "DOUBLE PRECISION", "IS NOT DISTINCT FROM")
 
 
 class KeyQueries:
@@ -86,6 +87,12 @@ class KeyQueries:
             f"previous_until = CASE WHEN previous_until > CAST({p} AS {d.real}) THEN CAST({p} AS {d.real}) "
             f"ELSE previous_until END WHERE key_id = {p} AND revoked_at IS NULL"
         )
+        # Compare-and-set: the same, only while the key's settings are still those the writer
+        # read (``expected`` of ``update`` and ``replace``), so two admins' changes made at once
+        # (a PATCH and a PATCH, a PATCH and a rotation) never undo one another unseen.
+        unchanged = " AND ".join(f"{c} {d.same} {p}" for c in SETTINGS_COLUMNS)
+        self.update_if_unchanged = f"{self.update} AND {unchanged}"
+        self.revoke_active_if_unchanged = f"{self.revoke_active} AND {unchanged}"
 
     def add_column(self, name: str, *, if_not_exists: bool) -> str:
         """``ALTER TABLE`` adding ``name`` (one of ``added_columns``)."""

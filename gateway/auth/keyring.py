@@ -69,6 +69,9 @@ MAX_GRANTED_NAMESPACES = 1000
 # The longest grace a rotation may give the secret it replaces: long enough for a weekly deploy,
 # short enough that a rotated-out secret (perhaps leaked) does not linger.
 MAX_GRACE_S = 7 * 86400.0
+# A rotation or update whose compare-and-set lost (another admin changed the key between its read
+# and its write) reads again and retries up to this many times in all; then 409 key_changed.
+MAX_WRITE_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,38 +278,37 @@ class KeyRing:
                 f"'grace_s' must be 0 to {MAX_GRACE_S:g} seconds ({format_duration(MAX_GRACE_S)}).",
                 param="grace_s",
             )
-        old = await self.get(key_id)
-        now = self._clock()
-        if not old.is_active(now):
-            state = "revoked" if old.revoked_at is not None else "expired"
-            raise InvalidRequest(
-                f"Key '{key_id}' is {state} and cannot be rotated; create a new key.",
-                param="key_id",
-                code=f"key_{state}",
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            old = await self.get(key_id)
+            now = self._clock()
+            if not old.is_active(now):
+                state = "revoked" if old.revoked_at is not None else "expired"
+                raise InvalidRequest(
+                    f"Key '{key_id}' is {state} and cannot be rotated; create a new key.",
+                    param="key_id",
+                    code=f"key_{state}",
+                )
+            secret = new_secret()
+            new = replace(
+                old,
+                key_id=new_key_id(),
+                hash=hash_secret(secret),
+                prefix=shown_prefix(secret),
+                created_at=now,
+                revoked_at=None,
+                # Only the secret it replaces: a grace the old key had (an older secret) ends here.
+                previous_hash=old.hash if grace_s > 0 else None,
+                previous_until=now + grace_s if grace_s > 0 else None,
+                # Counted as the key it replaces: a new secret is not a fresh budget or window.
+                limits_id=old.counted_as,
             )
-        secret = new_secret()
-        new = replace(
-            old,
-            key_id=new_key_id(),
-            hash=hash_secret(secret),
-            prefix=shown_prefix(secret),
-            created_at=now,
-            revoked_at=None,
-            # Only the secret it replaces: a grace the old key had (an older secret) ends here.
-            previous_hash=old.hash if grace_s > 0 else None,
-            previous_until=now + grace_s if grace_s > 0 else None,
-            # Counted as the key it replaces: a new secret is not a fresh budget or window.
-            limits_id=old.counted_as,
-        )
-        if not await self.store.replace(new, key_id, now):
-            # Revoked by someone else between the read and the write.
-            raise InvalidRequest(
-                f"Key '{key_id}' is revoked and cannot be rotated; create a new key.",
-                param="key_id",
-                code="key_revoked",
-            )
-        self._forget(old)  # its own grace (an older secret) ends here too
-        return secret, new
+            # Written only while the old key is unrevoked and its settings are those read: a
+            # change made meanwhile (a PATCH) is read again and carried into the new key, a
+            # revocation meanwhile is found as revoked above.
+            if await self.store.replace(new, key_id, now, expected=old):
+                self._forget(old)  # its own grace (an older secret) ends here too
+                return secret, new
+        raise _busy(key_id)
 
     async def end_grace(self, key_id: str) -> KeyRecord:
         """End ``key_id``'s rotation grace now, keeping its new secret: the secret it replaced is
@@ -349,22 +351,28 @@ class KeyRing:
                 "budget_usd, budget_period, expires, namespaces, name, description, provider_files).",
                 code="nothing_to_change",
             )
-        old = await self.get(key_id)
-        if old.revoked_at is not None:
-            raise _revoked(key_id)
-        self._check_settings(old.team, changes)
-        now = self._clock()
-        new = old
-        for field in given:
-            value = getattr(changes, field)
-            if field == "expires_in_s":
-                new = replace(new, expires_at=None if value is None else now + value)
-            else:
-                new = replace(new, **{_RECORD_FIELD.get(field, field): value})
-        # An expired key brought back: the secret a rotation's grace kept ended with it.
-        grace_until = old.expires_at if old.expires_at is not None and now >= old.expires_at else None
-        if not await self.store.update(new, grace_until):
-            raise _revoked(key_id)  # revoked (or rotated) by someone else since the read
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            old = await self.get(key_id)
+            if old.revoked_at is not None:
+                raise _revoked(key_id)
+            self._check_settings(old.team, changes)
+            now = self._clock()
+            new = old
+            for field in given:
+                value = getattr(changes, field)
+                if field == "expires_in_s":
+                    new = replace(new, expires_at=None if value is None else now + value)
+                else:
+                    new = replace(new, **{_RECORD_FIELD.get(field, field): value})
+            # An expired key brought back: the secret a rotation's grace kept ended with it.
+            grace_until = old.expires_at if old.expires_at is not None and now >= old.expires_at else None
+            # Written only while the settings are those read: another change made meanwhile (a
+            # PATCH of other fields) is read again and kept; a revocation or rotation meanwhile
+            # is found as revoked above.
+            if await self.store.update(new, grace_until, expected=old):
+                break
+        else:
+            raise _busy(key_id)
         if grace_until is not None and new.previous_until is not None:
             new = replace(new, previous_until=min(new.previous_until, grace_until))
         self._forget(new)
@@ -639,6 +647,15 @@ def _check_grants(*grants: tuple[str, ...] | None) -> None:
                 "(1-64 letters, digits, '_', '.' or '-').",
                 param=param,
             )
+
+
+def _busy(key_id: str) -> Conflict:
+    return Conflict(
+        f"Key '{key_id}' kept changing while this change was being written "
+        f"({MAX_WRITE_ATTEMPTS} attempts); read it and try again.",
+        param="key_id",
+        code="key_changed",
+    )
 
 
 def _revoked(key_id: str) -> Conflict:

@@ -133,10 +133,16 @@ class PostgresKeyStore:
 
         return await self._run(op)
 
-    async def update(self, record: KeyRecord, grace_until: float | None = None) -> bool:
+    async def update(
+        self, record: KeyRecord, grace_until: float | None = None, expected: KeyRecord | None = None
+    ) -> bool:
+        params: tuple[object, ...] = (*settings_row(record), grace_until, grace_until, record.key_id)
+        sql = self._q.update
+        if expected is not None:
+            sql, params = self._q.update_if_unchanged, (*params, *settings_row(expected))
+
         async def op(conn: Connection) -> bool:
-            params = (*settings_row(record), grace_until, grace_until, record.key_id)
-            cur = await conn.execute(self._q.update, params)
+            cur = await conn.execute(sql, params)
             return cur.rowcount == 1
 
         return await self._run(op)
@@ -148,9 +154,16 @@ class PostgresKeyStore:
 
         return await self._run(op)
 
-    async def replace(self, new: KeyRecord, old_key_id: str, at_s: float) -> bool:
+    async def replace(
+        self, new: KeyRecord, old_key_id: str, at_s: float, expected: KeyRecord | None = None
+    ) -> bool:
+        sql = self._q.revoke_active
+        params: tuple[object, ...] = (at_s, old_key_id)
+        if expected is not None:
+            sql, params = self._q.revoke_active_if_unchanged, (*params, *settings_row(expected))
+
         async def op(conn: Connection) -> bool:
-            cur = await conn.execute(self._q.revoke_active, (at_s, old_key_id))
+            cur = await conn.execute(sql, params)
             if cur.rowcount != 1:
                 return False
             await conn.execute(self._q.insert, record_row(new))

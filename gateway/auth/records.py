@@ -309,15 +309,21 @@ class KeyStore(Protocol):
         """Mark the key revoked at ``at_s`` (a key revoked already keeps its first time); the
         record after the change, None when there is no such key."""
 
-    async def replace(self, new: KeyRecord, old_key_id: str, at_s: float) -> bool:
+    async def replace(
+        self, new: KeyRecord, old_key_id: str, at_s: float, expected: KeyRecord | None = None
+    ) -> bool:
         """Rotation: insert ``new`` and revoke ``old_key_id`` at ``at_s`` in one transaction.
-        False (and nothing written) when the old key does not exist or is revoked already."""
+        False (and nothing written) when the old key does not exist or is revoked already, or
+        (with ``expected``) its settings are no longer ``expected``'s."""
 
-    async def update(self, record: KeyRecord, grace_until: float | None = None) -> bool:
+    async def update(
+        self, record: KeyRecord, grace_until: float | None = None, expected: KeyRecord | None = None
+    ) -> bool:
         """Write ``record``'s settings (``SETTINGS_COLUMNS``) over those of the key of its id, in
         place, unless that key is revoked; with ``grace_until`` its rotation grace ends by then
         (brought forward only). False (nothing written) when there is no such key or it is
-        revoked."""
+        revoked, or (with ``expected``) its settings are no longer ``expected``'s (another
+        writer changed them since they were read)."""
 
     async def end_grace(self, key_id: str, at_s: float) -> KeyRecord | None:
         """End the key's rotation grace at ``at_s`` (``previous_until`` brought forward to it; one

@@ -90,9 +90,14 @@ class SQLiteKeyStore:
 
         return await self._run(op)
 
-    async def update(self, record: KeyRecord, grace_until: float | None = None) -> bool:
+    async def update(
+        self, record: KeyRecord, grace_until: float | None = None, expected: KeyRecord | None = None
+    ) -> bool:
         params = (*settings_row(record), grace_until, grace_until, record.key_id)
-        return await self._run(lambda conn: conn.execute(self._q.update, params).rowcount == 1)
+        sql = self._q.update
+        if expected is not None:
+            sql, params = self._q.update_if_unchanged, (*params, *settings_row(expected))
+        return await self._run(lambda conn: conn.execute(sql, params).rowcount == 1)
 
     async def end_grace(self, key_id: str, at_s: float) -> KeyRecord | None:
         def op(conn: sqlite3.Connection) -> KeyRecord | None:
@@ -101,9 +106,16 @@ class SQLiteKeyStore:
 
         return await self._run(op)
 
-    async def replace(self, new: KeyRecord, old_key_id: str, at_s: float) -> bool:
+    async def replace(
+        self, new: KeyRecord, old_key_id: str, at_s: float, expected: KeyRecord | None = None
+    ) -> bool:
+        sql = self._q.revoke_active
+        params: tuple[object, ...] = (at_s, old_key_id)
+        if expected is not None:
+            sql, params = self._q.revoke_active_if_unchanged, (*params, *settings_row(expected))
+
         def op(conn: sqlite3.Connection) -> bool:
-            if conn.execute(self._q.revoke_active, (at_s, old_key_id)).rowcount != 1:
+            if conn.execute(sql, params).rowcount != 1:
                 return False
             conn.execute(self._q.insert, record_row(new))
             return True

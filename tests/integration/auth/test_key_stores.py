@@ -312,3 +312,49 @@ async def test_a_table_made_before_provider_files_gains_the_column_at_start(
             assert await store.find_by_hash(allowed.hash) == allowed
         finally:
             await store.close()
+
+
+async def test_update_and_replace_with_expected_write_only_over_the_settings_read(
+    key_store: KeyStore,
+) -> None:
+    """Compare-and-set (``expected``): a write that lost a race to another change writes nothing,
+    with every kind of setting compared, NULLs included."""
+    old = record(
+        models=("gpt-4o",),
+        rpm=3,
+        budget_usd=1.25,
+        budget_period_s=86400.0,
+        read_namespaces=("a",),
+        expires_at=9000.5,
+        name="n",
+        provider_files=False,
+    )
+    await key_store.insert(old)
+    read = old
+    assert await key_store.update(replace(old, rpm=4), expected=read)  # unchanged since read: written
+    assert (await key_store.get(old.key_id)) == replace(old, rpm=4)
+    assert not await key_store.update(replace(old, rpm=9), expected=read)  # stale (rpm 3): nothing
+    current = replace(old, rpm=4)
+    # Each kind of column compared, a NULL against a value and a value against a NULL too.
+    for stale in (
+        replace(current, tpm=5),  # stored NULL
+        replace(current, models=None),  # stored a value
+        replace(current, models=("gpt-4o", "x")),
+        replace(current, budget_usd=1.2500001),
+        replace(current, expires_at=9000.25),
+        replace(current, name="m"),
+        replace(current, provider_files=True),
+        replace(current, read_namespaces=()),
+    ):
+        assert not await key_store.update(replace(current, rpm=9), expected=stale), stale
+    assert (await key_store.get(old.key_id)) == current
+    assert await key_store.update(replace(current, tpm=8, description=None), expected=current)
+    current = replace(current, tpm=8)
+
+    new = record(limits_id=old.key_id)
+    assert not await key_store.replace(new, old.key_id, 50.0, expected=read)  # stale: nothing written
+    assert (await key_store.get(old.key_id)).revoked_at is None
+    assert await key_store.get(new.key_id) is None
+    assert await key_store.replace(new, old.key_id, 50.0, expected=current)
+    assert (await key_store.get(old.key_id)).revoked_at == 50.0
+    assert await key_store.get(new.key_id) == new

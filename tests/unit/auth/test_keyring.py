@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -539,3 +540,111 @@ async def test_forget_all_looks_every_key_up_again(store: CountingStore, clock: 
     assert await there.authenticate(secret) is not None
     there.forget_all()
     assert await there.authenticate(secret) is None
+
+
+class Interleaved(SQLiteKeyStore):
+    """The real store; before each write of a key's settings (``update``, ``replace``) it runs
+    ``meanwhile`` (another admin's change, through another ring over the same file), once
+    unless ``always``: the change lands between the writer's read and its write."""
+
+    meanwhile: Callable[[], Awaitable[object]] | None = None
+    always = False
+
+    async def update(self, *args: Any, **kwargs: Any) -> bool:
+        await self._interleave()
+        return await super().update(*args, **kwargs)
+
+    async def replace(self, *args: Any, **kwargs: Any) -> bool:
+        await self._interleave()
+        return await super().replace(*args, **kwargs)
+
+    async def _interleave(self) -> None:
+        step = self.meanwhile
+        if not self.always:
+            self.meanwhile = None
+        if step is not None:
+            await step()
+
+
+@pytest.fixture
+async def two_admins(tmp_path: Path, clock: Clock) -> AsyncIterator[tuple[KeyRing, Interleaved, KeyRing]]:
+    """A ring whose writes another ring (over the same SQLite file) can race, and that ring."""
+    path = str(tmp_path / "raced.sqlite3")
+    racing, other = Interleaved(path), SQLiteKeyStore(path)
+    await racing.start()
+    await other.start()
+    groups = {"gpt-4o", "claude", "mini"}
+    yield (
+        KeyRing(racing, TEAMS, cache_s=5.0, clock=clock, model_groups=groups),
+        racing,
+        KeyRing(other, TEAMS, cache_s=5.0, clock=clock, model_groups=groups),
+    )
+    await racing.close()
+    await other.close()
+
+
+async def test_a_patch_landing_during_a_rotation_is_carried_into_the_new_key(
+    two_admins: tuple[KeyRing, Interleaved, KeyRing],
+) -> None:
+    ring, store, other = two_admins
+    _, key = await ring.create("research", KeySettings(rpm=2, name="ci"))
+    store.meanwhile = lambda: other.update(key.key_id, KeySettings(rpm=7), ["rpm"])
+    secret, new = await ring.rotate(key.key_id)
+    # Before: the rotation wrote the settings it had read (rpm 2), so the PATCH (answered 200)
+    # was lost with the old key it changed.
+    assert (new.rpm, new.name) == (7, "ci")
+    assert (await ring.get(new.key_id)).rpm == 7
+    old = await ring.get(key.key_id)
+    assert old.revoked_at is not None and old.rpm == 7  # the PATCH landed on it, then it was rotated
+    caller = await ring.authenticate(secret)
+    assert caller is not None and caller.rpm == 7
+
+
+async def test_two_patches_of_different_fields_at_once_keep_both(
+    two_admins: tuple[KeyRing, Interleaved, KeyRing],
+) -> None:
+    ring, store, other = two_admins
+    _, key = await ring.create("research", KeySettings(rpm=2, tpm=500))
+    store.meanwhile = lambda: other.update(key.key_id, KeySettings(tpm=900), ["tpm"])
+    _, after = await ring.update(key.key_id, KeySettings(rpm=5), ["rpm"])
+    # Before: the second writer's whole row undid the first's tpm.
+    assert (after.rpm, after.tpm) == (5, 900)
+    stored = await ring.get(key.key_id)
+    assert (stored.rpm, stored.tpm) == (5, 900)
+
+
+async def test_a_rotation_landing_during_a_patch_refuses_the_patch(
+    two_admins: tuple[KeyRing, Interleaved, KeyRing],
+) -> None:
+    ring, store, other = two_admins
+    _, key = await ring.create("research", KeySettings(rpm=2))
+    rotated: list[KeyRecord] = []
+
+    async def rotate() -> None:
+        rotated.append((await other.rotate(key.key_id))[1])
+
+    store.meanwhile = rotate
+    with pytest.raises(Conflict) as conflict:
+        await ring.update(key.key_id, KeySettings(rpm=5), ["rpm"])
+    assert conflict.value.code == "key_revoked"  # change the key it was rotated into
+    assert (await ring.get(rotated[0].key_id)).rpm == 2
+
+
+async def test_a_key_that_keeps_changing_is_a_conflict_not_a_loop(
+    two_admins: tuple[KeyRing, Interleaved, KeyRing],
+) -> None:
+    ring, store, other = two_admins
+    _, key = await ring.create("research", KeySettings(rpm=2))
+    changes = iter(range(10, 100))
+    store.meanwhile = lambda: other.update(key.key_id, KeySettings(rpm=next(changes)), ["rpm"])
+    store.always = True
+    with pytest.raises(Conflict) as conflict:
+        await ring.update(key.key_id, KeySettings(tpm=5), ["tpm"])
+    assert (conflict.value.status, conflict.value.code) == (409, "key_changed")
+    with pytest.raises(Conflict) as conflict:
+        await ring.rotate(key.key_id)
+    assert conflict.value.code == "key_changed"
+    store.always = False
+    store.meanwhile = None
+    stored = await ring.get(key.key_id)
+    assert stored.tpm is None and stored.revoked_at is None  # neither written
