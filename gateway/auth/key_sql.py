@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.auth.records import COLUMNS, SETTINGS_COLUMNS
+from gateway.auth.records import COLUMNS, SETTINGS_COLUMNS, KeyRecord, settings_row
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 
@@ -93,6 +93,24 @@ class KeyQueries:
         unchanged = " AND ".join(f"{c} {d.same} {p}" for c in SETTINGS_COLUMNS)
         self.update_if_unchanged = f"{self.update} AND {unchanged}"
         self.revoke_active_if_unchanged = f"{self.revoke_active} AND {unchanged}"
+
+    def update_statement(
+        self, record: KeyRecord, grace_until: float | None, expected: KeyRecord | None
+    ) -> tuple[str, tuple[object, ...]]:
+        """``KeyStore.update``'s statement and parameters (compare-and-set with ``expected``)."""
+        params: tuple[object, ...] = (*settings_row(record), grace_until, grace_until, record.key_id)
+        if expected is None:
+            return self.update, params
+        return self.update_if_unchanged, (*params, *settings_row(expected))
+
+    def revoke_replaced(
+        self, old_key_id: str, at_s: float, expected: KeyRecord | None
+    ) -> tuple[str, tuple[object, ...]]:
+        """``KeyStore.replace``'s revocation of the old key (compare-and-set with ``expected``)."""
+        params: tuple[object, ...] = (at_s, old_key_id)
+        if expected is None:
+            return self.revoke_active, params
+        return self.revoke_active_if_unchanged, (*params, *settings_row(expected))
 
     def add_column(self, name: str, *, if_not_exists: bool) -> str:
         """``ALTER TABLE`` adding ``name`` (one of ``added_columns``)."""

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from gateway.auth.key_sql import POSTGRES, KeyQueries
-from gateway.auth.records import KeyRecord, record_row, row_record, settings_row
+from gateway.auth.records import KeyRecord, record_row, row_record
 from gateway.errors import KeyStoreUnavailable, StartupError
 
 if TYPE_CHECKING:
@@ -136,10 +136,7 @@ class PostgresKeyStore:
     async def update(
         self, record: KeyRecord, grace_until: float | None = None, expected: KeyRecord | None = None
     ) -> bool:
-        params: tuple[object, ...] = (*settings_row(record), grace_until, grace_until, record.key_id)
-        sql = self._q.update
-        if expected is not None:
-            sql, params = self._q.update_if_unchanged, (*params, *settings_row(expected))
+        sql, params = self._q.update_statement(record, grace_until, expected)
 
         async def op(conn: Connection) -> bool:
             cur = await conn.execute(sql, params)
@@ -157,10 +154,7 @@ class PostgresKeyStore:
     async def replace(
         self, new: KeyRecord, old_key_id: str, at_s: float, expected: KeyRecord | None = None
     ) -> bool:
-        sql = self._q.revoke_active
-        params: tuple[object, ...] = (at_s, old_key_id)
-        if expected is not None:
-            sql, params = self._q.revoke_active_if_unchanged, (*params, *settings_row(expected))
+        sql, params = self._q.revoke_replaced(old_key_id, at_s, expected)
 
         async def op(conn: Connection) -> bool:
             cur = await conn.execute(sql, params)

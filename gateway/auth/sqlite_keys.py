@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from gateway.auth.key_sql import SQLITE, KeyQueries
-from gateway.auth.records import KeyRecord, record_row, row_record, settings_row
+from gateway.auth.records import KeyRecord, record_row, row_record
 from gateway.errors import KeyStoreUnavailable, StartupError
 
 if TYPE_CHECKING:
@@ -93,10 +93,7 @@ class SQLiteKeyStore:
     async def update(
         self, record: KeyRecord, grace_until: float | None = None, expected: KeyRecord | None = None
     ) -> bool:
-        params = (*settings_row(record), grace_until, grace_until, record.key_id)
-        sql = self._q.update
-        if expected is not None:
-            sql, params = self._q.update_if_unchanged, (*params, *settings_row(expected))
+        sql, params = self._q.update_statement(record, grace_until, expected)
         return await self._run(lambda conn: conn.execute(sql, params).rowcount == 1)
 
     async def end_grace(self, key_id: str, at_s: float) -> KeyRecord | None:
@@ -109,10 +106,7 @@ class SQLiteKeyStore:
     async def replace(
         self, new: KeyRecord, old_key_id: str, at_s: float, expected: KeyRecord | None = None
     ) -> bool:
-        sql = self._q.revoke_active
-        params: tuple[object, ...] = (at_s, old_key_id)
-        if expected is not None:
-            sql, params = self._q.revoke_active_if_unchanged, (*params, *settings_row(expected))
+        sql, params = self._q.revoke_replaced(old_key_id, at_s, expected)
 
         def op(conn: sqlite3.Connection) -> bool:
             if conn.execute(sql, params).rowcount != 1:
