@@ -138,19 +138,39 @@ class Limiter(Protocol):
 
 
 @dataclass(slots=True)
-class _KeyCounts:
+class _Spend:
+    """A budget's spend in one period: the period's index and its length (s). It counts while
+    that period has not ended, by its own length: a budget whose ``budget_period`` an operator
+    changes keeps its spend until the period in force ends, and the new length applies from the
+    next one (never a fresh budget at once). Redis keeps the same record (``spent_in``)."""
+
+    period: int = -1  # the index of the period ``spent_usd`` belongs to
+    spent_usd: float = 0.0
+    period_s: float = 0.0  # that period's length
+
+    def current(self, now: float, period_s: float) -> tuple[float, float]:
+        """What counts against a budget of ``period_s`` now, and when that stops (clock s)."""
+        own_s = self.period_s or period_s
+        if self.period == int(now // own_s):
+            return self.spent_usd, (self.period + 1) * own_s
+        return 0.0, (int(now // period_s) + 1) * period_s
+
+    def charge(self, now: float, period_s: float, cost_usd: float) -> None:
+        own_s = self.period_s or period_s
+        if self.period != int(now // own_s):
+            self.period, self.period_s, self.spent_usd = int(now // period_s), period_s, 0.0
+        self.spent_usd += cost_usd
+
+
+@dataclass(slots=True)
+class _KeyCounts(_Spend):
     requests: deque[float] = field(default_factory=deque)  # admitted at (clock s)
     tokens: deque[tuple[float, str]] = field(default_factory=deque)  # (reserved at, ticket)
     amounts: dict[str, int] = field(default_factory=dict)  # ticket -> tokens it counts for
     tokens_total: int = 0
-    period: int = -1  # the budget period ``spent_usd`` belongs to
-    spent_usd: float = 0.0
 
 
-@dataclass(slots=True)
-class _TeamSpend:
-    period: int = -1  # the budget period ``spent_usd`` belongs to
-    spent_usd: float = 0.0
+_NO_SPEND = _Spend()  # (read only: a team with nothing charged yet)
 
 
 class LocalLimiter:
@@ -162,7 +182,7 @@ class LocalLimiter:
         self._clock = clock
         self._window_s = window_s
         self._keys: dict[str, _KeyCounts] = {}
-        self._teams: dict[str, _TeamSpend] = {}  # team -> its shared budget's spend
+        self._teams: dict[str, _Spend] = {}  # team -> its shared budget's spend
         self._team_windows: dict[str, _KeyCounts] = {}  # team -> its shared RPM and TPM windows
         self.table = UsageTable(clock)
 
@@ -195,18 +215,15 @@ class LocalLimiter:
         refused: str | None = None
         retry_s = budget_reset_s = 0.0
         if caller.budget_usd is not None and caller.budget_period_s:
-            period = int(now // caller.budget_period_s)
-            spent = counts.spent_usd if counts.period == period else 0.0
-            budget_reset_s = (period + 1) * caller.budget_period_s - now
+            spent, ends = counts.current(now, caller.budget_period_s)
+            budget_reset_s = ends - now
             if spent >= caller.budget_usd:
                 refused, retry_s = REFUSED_BUDGET, budget_reset_s
         if caller.team_budget_usd is not None and caller.team_budget_period_s:
-            team_period_s = caller.team_budget_period_s
-            period = int(now // team_period_s)
-            team = self._teams.get(caller.team)
-            spent = team.spent_usd if team is not None and team.period == period else 0.0
+            team = self._teams.get(caller.team) or _NO_SPEND
+            spent, ends = team.current(now, caller.team_budget_period_s)
             if spent >= caller.team_budget_usd:  # (a budget of 0 refuses at once, as a key's)
-                reset_s = (period + 1) * team_period_s - now
+                reset_s = ends - now
                 if refused is None or reset_s > retry_s:  # both spent: the one renewing last
                     refused, retry_s = REFUSED_TEAM_BUDGET, reset_s
                     budget_reset_s = reset_s
@@ -286,18 +303,12 @@ class LocalLimiter:
             self._expire(shared, now - self._window_s)
             _settle_in(shared, ticket, reserved, used, now)
         if cost_usd and caller.budget_period_s:
-            period = int(now // caller.budget_period_s)
-            if counts.period != period:
-                counts.period, counts.spent_usd = period, 0.0
-            counts.spent_usd += cost_usd
+            counts.charge(now, caller.budget_period_s, cost_usd)
         if cost_usd and caller.team_budget_period_s:
-            period = int(now // caller.team_budget_period_s)
             team = self._teams.get(caller.team)
             if team is None:
-                team = self._teams[caller.team] = _TeamSpend()
-            if team.period != period:
-                team.period, team.spent_usd = period, 0.0
-            team.spent_usd += cost_usd
+                team = self._teams[caller.team] = _Spend()
+            team.charge(now, caller.team_budget_period_s, cost_usd)
         if record:
             self.table.record(caller.team, caller.key_id, tokens_in, tokens_out, cost_usd)
 
@@ -315,9 +326,7 @@ class LocalLimiter:
 
     def team_spent_now(self, team: str, period_s: float) -> float:
         spend = self._teams.get(team)
-        if spend is None or spend.period != int(self._clock() // period_s):
-            return 0.0
-        return spend.spent_usd
+        return 0.0 if spend is None else spend.current(self._clock(), period_s)[0]
 
     @staticmethod
     def _expire(counts: _KeyCounts, edge: float) -> None:

@@ -8,7 +8,8 @@ and the weights' sum in a STRING:
 
 * ``P{K}:rq`` / ``:ra`` / ``:rs``: the requests of the window;
 * ``P{K}:tk`` / ``:ta`` / ``:ts``: the token reservations of the window;
-* ``P{K}:sp``  HASH ``period`` (index of the budget period), ``usd`` (spent in it);
+* ``P{K}:sp``  HASH ``period`` (index of the budget period), ``usd`` (spent in it), ``len`` (the
+  period's length, ms: the record counts until its own period ends, ``spent_in``);
 * ``P{team:T}:sp`` the same for team ``T``'s shared budget (``Caller.team_budget_usd``), one for
   all its keys, in a slot of its own: read by the key's ``_ADMIT`` on one server (``KEYS[8]``),
   by ``_TEAM_SPENT`` before it on a Cluster; charged by ``_TEAM_SETTLE`` once per team per write;
@@ -165,6 +166,27 @@ local function later(refused, retry, reason, wait)
   if refused == '' or wait > retry then return reason, wait end
   return refused, retry
 end
+-- A budget's spend record (HASH period, usd, len: the period's index, the spend in it, the
+-- period's length in ms). It counts while the period it was written in has not ended, by its own
+-- length (a record written before ``len`` was kept: by ``period``'s), so a budget whose period an
+-- operator changes keeps its spend until the period in force ends (``limits._Spend``). Returns
+-- the spend as text ('0' when none counts) and when the counting period ends (ms).
+local function spent_in(key, period)
+  local s = redis.call('HMGET', key, 'period', 'usd', 'len')
+  local len, idx = tonumber(s[3]) or period, tonumber(s[1])
+  if idx ~= nil and idx == math.floor(now / len) then return s[2] or '0', (idx + 1) * len end
+  return '0', (math.floor(now / period) + 1) * period
+end
+local function charge(key, period, cost)
+  local s = redis.call('HMGET', key, 'period', 'len')
+  local len, idx = tonumber(s[2]) or period, tonumber(s[1])
+  if idx == nil or idx ~= math.floor(now / len) then
+    len, idx = period, math.floor(now / period)
+    redis.call('HSET', key, 'period', idx, 'usd', 0, 'len', period)
+  end
+  redis.call('HINCRBYFLOAT', key, 'usd', cost)
+  redis.call('PEXPIRE', key, (idx + 1) * len - now + 1000)
+end
 local function reset_of(z)
   local last = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
   if #last == 0 then return 0 end
@@ -196,12 +218,10 @@ if ARGV[12] ~= '' then
 end
 local refused, retry, breset, left = '', 0, 0, 0
 if budget then
-  local idx = math.floor(now / period)
-  local s = redis.call('HMGET', KEYS[7], 'period', 'usd')
-  local spent = 0
-  if tonumber(s[1]) == idx then spent = tonumber(s[2]) or 0 end
-  spent = spent + (tonumber(ARGV[15]) or 0)  -- and what the asking process has not written yet
-  breset = (idx + 1) * period - now
+  local text, ends = spent_in(KEYS[7], period)
+  -- and what the asking process has not written yet
+  local spent = (tonumber(text) or 0) + (tonumber(ARGV[15]) or 0)
+  breset = ends - now
   if spent >= budget then refused, retry = 'budget', breset end
   -- what is left, in micro-dollars (a reply's numbers are integers), within a double's integers
   left = math.max(-4503599627370496, math.min(4503599627370496, math.floor((budget - spent) * 1000000)))
@@ -209,14 +229,15 @@ end
 local team_budget, team_left = tonumber(ARGV[16]), 0
 if team_budget then
   local team_period = tonumber(ARGV[17])
-  local idx = math.floor(now / team_period)
+  local ends = (math.floor(now / team_period) + 1) * team_period
   local spent = tonumber(ARGV[18]) or 0
   if KEYS[8] then
-    local s = redis.call('HMGET', KEYS[8], 'period', 'usd')
-    if tonumber(s[1]) == idx then spent = spent + (tonumber(s[2]) or 0) end
+    local text
+    text, ends = spent_in(KEYS[8], team_period)
+    spent = spent + (tonumber(text) or 0)
   end
   if spent >= team_budget then
-    local reset = (idx + 1) * team_period - now
+    local reset = ends - now
     if refused == '' or reset > retry then  -- both spent: the one renewing last
       breset, refused, retry = reset, 'team_budget', reset
     end
@@ -301,10 +322,7 @@ if refused == '' and count then
   if team_tpm > 0 then used_tk = add(KEYS[5], KEYS[6], KEYS[7], ticket, now, need, ttl) end
 end
 local spent = '0'
-if period > 0 then
-  local s = redis.call('HMGET', KEYS[1], 'period', 'usd')
-  if tonumber(s[1]) == math.floor(now / period) then spent = s[2] or '0' end
-end
+if period > 0 then spent = spent_in(KEYS[1], period) end
 return {refused, used_rq, reset_of(KEYS[2]), used_tk, reset_of(KEYS[5]), math.max(0, retry), spent}
 """
 
@@ -334,21 +352,14 @@ return 1
 # KEYS: the team's sp.  ARGV: now_ms, (unused), period_ms.  Returns what the team spent in the
 # current period, as text (USD).
 _TEAM_SPENT = """
-local s = redis.call('HMGET', KEYS[1], 'period', 'usd')
-if tonumber(s[1]) ~= math.floor(now / tonumber(ARGV[3])) then return '0' end
-return s[2] or '0'
+local spent = spent_in(KEYS[1], tonumber(ARGV[3]))
+return spent
 """
 
 # Charge a team's shared budget (one call per team per settle write, next to its keys' _SETTLE).
 # KEYS: the team's sp.  ARGV: now_ms, (unused), period_ms, cost_usd.
 _TEAM_SETTLE = """
-local period = tonumber(ARGV[3])
-local idx = math.floor(now / period)
-if tonumber(redis.call('HGET', KEYS[1], 'period')) ~= idx then
-  redis.call('HSET', KEYS[1], 'period', idx, 'usd', 0)
-end
-redis.call('HINCRBYFLOAT', KEYS[1], 'usd', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], period + 1000)
+charge(KEYS[1], tonumber(ARGV[3]), ARGV[4])
 return 1
 """
 
@@ -366,12 +377,9 @@ local budget, period = tonumber(ARGV[6]), tonumber(ARGV[7])
 local held_rq, held_tk = tonumber(ARGV[9]), tonumber(ARGV[10])
 local refused, retry, breset = '', 0, 0
 if budget then
-  local idx = math.floor(now / period)
-  local s = redis.call('HMGET', KEYS[7], 'period', 'usd')
-  local spent = 0
-  if tonumber(s[1]) == idx then spent = tonumber(s[2]) or 0 end
-  spent = spent + (tonumber(ARGV[8]) or 0)
-  breset = (idx + 1) * period - now
+  local text, ends = spent_in(KEYS[7], period)
+  local spent = (tonumber(text) or 0) + (tonumber(ARGV[8]) or 0)
+  breset = ends - now
   if spent >= budget then refused, retry = 'budget', breset end
 end
 local rated = refused == ''  -- as _ADMIT: a spent budget prevails, else the window freeing last
@@ -439,14 +447,7 @@ for _ = 1, reasons do
   i = i + 2
 end
 if requests > 0 or reasons > 0 then redis.call('EXPIRE', KEYS[8], ARGV[9]) end
-if cost > 0 and period > 0 then
-  local idx = math.floor(now / period)
-  if tonumber(redis.call('HGET', KEYS[7], 'period')) ~= idx then
-    redis.call('HSET', KEYS[7], 'period', idx, 'usd', 0)
-  end
-  redis.call('HINCRBYFLOAT', KEYS[7], 'usd', ARGV[5])
-  redis.call('PEXPIRE', KEYS[7], period + 1000)
-end
+if cost > 0 and period > 0 then charge(KEYS[7], period, ARGV[5]) end
 return 1
 """
 

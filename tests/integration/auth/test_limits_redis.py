@@ -588,3 +588,65 @@ async def test_a_peek_counts_what_this_process_holds_unused_as_free(
     finally:
         await limiter.close()
         await other.close()
+
+
+MONTH_MS, DAY_MS = 30 * 86_400_000, 86_400_000
+
+
+async def test_a_changed_budget_period_keeps_the_spend_until_the_period_in_force_ends_in_redis(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # As in process (tests/unit/auth/test_limits.py): the spend record keeps its period's length
+    # (``len``) and counts until that period ends, so a PATCHed budget_period is not a fresh budget.
+    start = (START_MS // MONTH_MS + 1) * MONTH_MS
+    clock = ClockMs()
+    clock.now = start + 1000
+    limiter = await _limiter(redis_url, redis_prefix, clock)
+    monthly = Caller("kp", "alpha", budget_usd=1.0, budget_period_s=MONTH_MS / 1000)
+    daily = Caller("kp", "alpha", budget_usd=1.0, budget_period_s=DAY_MS / 1000)
+    try:
+        assert (await limiter.admit(monthly, "a", 0)).refused is None
+        await limiter.settle(monthly, "a", 0, 10, 10, 1.0)
+        await limiter.flush()
+        clock.now += 2 * DAY_MS
+        refused = await limiter.admit(daily, "b", 0)
+        assert refused.refused == "budget"
+        assert refused.retry_after_s == pytest.approx((start + MONTH_MS - clock.now) / 1000)
+        with redis.Redis.from_url(redis_url) as client:
+            record = client.hgetall(f"{redis_prefix}{{kp}}:sp")
+            assert record[b"len"] == str(MONTH_MS).encode() and float(record[b"usd"]) == 1.0
+            # its expiry follows its own period's end, not the new length
+            assert client.pttl(f"{redis_prefix}{{kp}}:sp") > DAY_MS
+        clock.now = start + MONTH_MS + 10
+        assert (await limiter.admit(daily, "c", 0)).refused is None
+        await limiter.settle(daily, "c", 0, 10, 10, 1.0)
+        await limiter.flush()
+        spent = await limiter.admit(daily, "d", 0)
+        assert (spent.refused, spent.retry_after_s) == ("budget", pytest.approx((DAY_MS - 10) / 1000))
+        clock.now += DAY_MS
+        assert (await limiter.admit(daily, "e", 0)).refused is None
+    finally:
+        await limiter.close()
+
+
+async def test_a_spend_record_written_before_its_length_was_kept_counts_as_before(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # A gateway of an earlier release wrote {period, usd} only: read by the budget's own period.
+    clock = ClockMs()
+    period_ms = 3_600_000
+    with redis.Redis.from_url(redis_url) as client:
+        client.hset(f"{redis_prefix}{{kl}}:sp", mapping={"period": START_MS // period_ms, "usd": "2.5"})
+        client.hset(f"{redis_prefix}{{team:beta}}:sp", mapping={"period": START_MS // period_ms, "usd": "3"})
+    limiter = await _limiter(redis_url, redis_prefix, clock)
+    key = Caller("kl", "alpha", budget_usd=2.0, budget_period_s=3600.0)
+    team_key = Caller("km", "beta", team_budget_usd=2.0, team_budget_period_s=3600.0)
+    try:
+        assert (await limiter.admit(key, "a", 0)).refused == "budget"
+        assert (await limiter.admit(team_key, "b", 0)).refused == "team_budget"
+        assert await limiter.team_spent("beta", 3600.0) == pytest.approx(3.0)
+        clock.now += period_ms
+        assert (await limiter.admit(key, "c", 0)).refused is None
+        assert (await limiter.admit(team_key, "d", 0)).refused is None
+    finally:
+        await limiter.close()

@@ -304,3 +304,58 @@ async def test_a_spent_budget_prevails_over_a_full_window() -> None:
     )
     refused = await limiter.admit(daily, "d0", 0)
     assert (refused.refused, refused.budget_reset_s) == ("team_budget", pytest.approx(86400 - 10 * 3600 - 10))
+
+
+MONTH_S, DAY_S = 30 * 86400.0, 86400.0
+
+
+async def test_a_changed_budget_period_keeps_the_spend_until_the_period_in_force_ends() -> None:
+    # A key at its $1 of 30 days, changed to 1 day (PATCH), was given a fresh $1 at once: spend
+    # was counted by the index of the period, and the new length's index had none. Now the spend
+    # counts until its own 30-day period ends; the new length applies from then.
+    start = 10 * MONTH_S
+    clock = Clock(now=start + 1000.0)
+    limiter = LocalLimiter(clock=clock)
+    monthly, daily = (
+        caller(budget_usd=1.0, budget_period_s=MONTH_S),
+        caller(budget_usd=1.0, budget_period_s=DAY_S),
+    )
+    assert (await limiter.admit(monthly, "a", 0)).refused is None
+    await limiter.settle(monthly, "a", 0, 10, 10, 1.0)
+    clock.now += 2 * DAY_S  # two days in: the 1-day period's index has nothing
+    refused = await limiter.admit(daily, "b", 0)
+    assert refused.refused == "budget"
+    assert refused.retry_after_s == pytest.approx(start + MONTH_S - clock.now)  # the month's end
+    assert refused.budget_reset_s == pytest.approx(start + MONTH_S - clock.now)
+    clock.now = start + MONTH_S + 10.0  # the month ended: daily periods from here
+    assert (await limiter.admit(daily, "c", 0)).refused is None
+    await limiter.settle(daily, "c", 0, 10, 10, 1.0)
+    spent = await limiter.admit(daily, "d", 0)
+    assert (spent.refused, spent.retry_after_s) == ("budget", pytest.approx(DAY_S - 10.0))
+    clock.now += DAY_S  # the next day
+    assert (await limiter.admit(daily, "e", 0)).refused is None
+    # Longer again: today's spend counts until today ends, not for a month.
+    await limiter.settle(daily, "e", 0, 10, 10, 1.0)
+    refused = await limiter.admit(monthly, "f", 0)
+    assert (refused.refused, refused.retry_after_s) == ("budget", pytest.approx(DAY_S - 10.0))
+    clock.now += DAY_S
+    assert (await limiter.admit(monthly, "g", 0)).refused is None
+
+
+async def test_a_teams_changed_budget_period_keeps_its_spend_until_the_period_in_force_ends() -> None:
+    start = 10 * MONTH_S
+    clock = Clock(now=start + 1000.0)
+    limiter = LocalLimiter(clock=clock)
+    monthly = Caller("k1", "alpha", team_budget_usd=1.0, team_budget_period_s=MONTH_S)
+    daily = Caller("k2", "alpha", team_budget_usd=1.0, team_budget_period_s=DAY_S)
+    await limiter.settle(monthly, "a", 0, 10, 10, 1.5)
+    clock.now += 2 * DAY_S
+    refused = await limiter.admit(daily, "b", 0)
+    assert (refused.refused, refused.retry_after_s) == (
+        "team_budget",
+        pytest.approx(start + MONTH_S - clock.now),
+    )
+    assert await limiter.team_spent("alpha", DAY_S) == pytest.approx(1.5)
+    clock.now = start + MONTH_S + 1.0
+    assert (await limiter.admit(daily, "c", 0)).refused is None
+    assert await limiter.team_spent("alpha", DAY_S) == 0.0
