@@ -25,9 +25,11 @@ from typing import Any, Protocol
 from gateway.auth.identity import Caller
 from gateway.auth.limits import (
     REFUSED_BUDGET,
+    REFUSED_REQUESTS,
     REFUSED_TEAM_BUDGET,
     REFUSED_TEAM_REQUESTS,
     REFUSED_TEAM_TOKENS,
+    REFUSED_TOKENS,
     Decision,
     Limiter,
     Window,
@@ -339,17 +341,29 @@ def headers_for(decision: Decision) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-*`` headers for the limits a key has (reset as ``6m0s``, ``1s``):
     for each unit the tighter of the key's window and its team's shared one (fewer remaining; the
     key's on a tie), all three headers of the one window, so a client pacing itself by them
-    waits for the window that will refuse it."""
+    waits for the window that will refuse it. On a refusal by a window, that unit's headers are
+    the refusing window's (its reset is the ``Retry-After``), whichever has fewer remaining."""
+    refused = decision.refused
     headers: dict[str, str] = {}
-    _add(headers, "requests", _tighter(decision.requests, decision.team_requests))
-    _add(headers, "tokens", _tighter(decision.tokens, decision.team_tokens))
+    _add(headers, "requests", _tighter(decision.requests, decision.team_requests, refused, REFUSED_REQUESTS))
+    _add(headers, "tokens", _tighter(decision.tokens, decision.team_tokens, refused, REFUSED_TOKENS))
     return headers
 
 
-def _tighter(key: Window | None, team: Window | None) -> Window | None:
-    if team is None or (key is not None and key.remaining <= team.remaining):
+def _tighter(key: Window | None, team: Window | None, refused: str | None, keys_reason: str) -> Window | None:
+    if team is None:
+        return key
+    if refused is not None and key is not None:  # the refusing window's, when one of these refused
+        if refused == keys_reason:
+            return key
+        if refused == _TEAMS_REASON[keys_reason]:
+            return team
+    if key is not None and key.remaining <= team.remaining:
         return key
     return team
+
+
+_TEAMS_REASON = {REFUSED_REQUESTS: REFUSED_TEAM_REQUESTS, REFUSED_TOKENS: REFUSED_TEAM_TOKENS}
 
 
 def _add(headers: dict[str, str], unit: str, window: Window | None) -> None:

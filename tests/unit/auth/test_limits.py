@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.auth.gate import headers_for
 from gateway.auth.identity import Caller
-from gateway.auth.limits import LocalLimiter
+from gateway.auth.limits import Decision, LocalLimiter, Window
 from gateway.auth.usage import UsageQuery, day_of
 
 
@@ -359,3 +360,23 @@ async def test_a_teams_changed_budget_period_keeps_its_spend_until_the_period_in
     clock.now = start + MONTH_S + 1.0
     assert (await limiter.admit(daily, "c", 0)).refused is None
     assert await limiter.team_spent("alpha", DAY_S) == 0.0
+
+
+def test_a_refusals_rate_headers_are_the_refusing_windows() -> None:
+    # Both windows full (0 remaining each), refused by the team's (it frees last: h-retryafter).
+    # Before, the tie went to the key's window, whose reset (10 s) contradicted Retry-After (50 s).
+    key, team = Window(2, 0, 10.0), Window(3, 0, 50.0)
+    refused = Decision("team_requests", key, None, 50.0, team_requests=team)
+    headers = headers_for(refused)
+    assert (headers["x-ratelimit-limit-requests"], headers["x-ratelimit-reset-requests"]) == ("3", "50s")
+    by_key = headers_for(Decision("requests", key, None, 10.0, team_requests=Window(3, 0, 5.0)))
+    assert (by_key["x-ratelimit-limit-requests"], by_key["x-ratelimit-reset-requests"]) == ("2", "10s")
+    tokens = headers_for(
+        Decision("team_tokens", None, Window(100, 0, 3.0), 40.0, team_tokens=Window(600, 0, 40.0))
+    )
+    assert (tokens["x-ratelimit-limit-tokens"], tokens["x-ratelimit-reset-tokens"]) == ("600", "40s")
+    # Admitted: the tighter window, the key's on a tie, as before.
+    admitted = headers_for(Decision(None, Window(10, 3, 1.0), None, team_requests=Window(3, 2, 2.0)))
+    assert admitted["x-ratelimit-limit-requests"] == "3"
+    tie = headers_for(Decision(None, Window(10, 2, 1.0), None, team_requests=Window(3, 2, 2.0)))
+    assert tie["x-ratelimit-limit-requests"] == "10"
