@@ -21,9 +21,13 @@ background task started in the app's cleanup context.
 Failures (Redis down, restarted, failed over, or not answering):
 
 * **Publishing** is bounded (``PUBLISH_TIMEOUT_S``) and never fails the admin call: a change not
-  announced is logged (a warning naming the key and change), and other replicas see it when their
-  cached lookup expires, as without Redis. Each publish tries Redis (no outage backoff: a skipped
-  announcement while Redis is back would be lost with nobody resynchronising).
+  announced is logged (a warning naming the key and change) and kept (one per key, at most
+  ``MAX_UNSENT``): the subscriber announces it again, at most every ``RESEND_S`` while it is
+  subscribed (so at once after its own resubscription), because the processes that kept their
+  subscription through this one's failure resynchronise nothing. Meanwhile other replicas see it
+  when their cached lookup expires, as without Redis. Each publish tries Redis (no outage
+  backoff: a skipped announcement while Redis is back would be lost with nobody resynchronising).
+  ``sophia-gateway keys ...`` on the store (``announce``) runs no subscriber and tries once.
 * **Pub/sub loses what is sent while a subscriber is disconnected.** So each time the subscriber
   (re)subscribes (confirmed by Redis), the process forgets every cached lookup once
   (``KeyRing.forget_all``: known keys are looked up again at their next request): nothing stale
@@ -47,6 +51,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection
 from typing import Any, Protocol
 
@@ -82,6 +87,10 @@ PONG_TIMEOUT_S = 5.0
 MAX_MESSAGE_BYTES = 256  # a real message is about 50 bytes
 # Messages already received are acted on together, up to this many: one scan of the key cache.
 MAX_BATCH = 1000
+# Changes this process could not announce are announced again (at most this many kept, the
+# oldest let go with a warning), at least this often while any wait.
+MAX_UNSENT = 10_000
+RESEND_S = 1.0
 
 
 class KeyCache(Protocol):
@@ -122,6 +131,8 @@ class KeyBus:
         self.received = 0
         self.resyncs = 0
         self.scans = 0
+        self._unsent: OrderedDict[str, str] = OrderedDict()  # key id -> change, not yet announced
+        self._resend_at = 0.0
 
     async def running(self, _: object = None) -> AsyncIterator[None]:
         """A cleanup context: the client, and the subscriber as a background task (an unreachable
@@ -139,9 +150,47 @@ class KeyBus:
         client = self._client
         if client is None:
             return False
-        published = await _publish(client, self.channel, key_id, change, self._publish_timeout_s)
+        published = await _publish(
+            client, self.channel, key_id, change, self._publish_timeout_s, retried=True
+        )
         self.published += published
+        if not published:
+            self._keep_unsent(key_id, change)
         return published
+
+    @property
+    def unsent(self) -> int:
+        """Changes waiting to be announced again."""
+        return len(self._unsent)
+
+    def _keep_unsent(self, key_id: str, change: str) -> None:
+        """Announce it again later: processes that kept their subscription through this process's
+        failure (only its publish failed) would otherwise hear of it only when their cached
+        lookups expire. A receiver reads the key again whatever the change, so one per key."""
+        self._unsent[key_id] = change
+        self._unsent.move_to_end(key_id)
+        if len(self._unsent) > MAX_UNSENT:
+            dropped, _ = self._unsent.popitem(last=False)
+            log.warning(
+                "key change dropped from those to announce again (too many waiting): other "
+                "replicas apply it when their cached lookup expires (auth.key_cache_s)",
+                extra={"fields": {"key_id": dropped}},
+            )
+
+    async def _resend(self, now: float) -> None:
+        """Announce the changes that could not be, oldest first, until one fails again (at most
+        once per ``RESEND_S``)."""
+        client = self._client
+        if not self._unsent or client is None or now < self._resend_at:
+            return
+        self._resend_at = now + RESEND_S
+        while self._unsent:
+            key_id, change = next(iter(self._unsent.items()))
+            if not await _publish(client, self.channel, key_id, change, self._publish_timeout_s, quiet=True):
+                return
+            self.published += 1
+            self._unsent.pop(key_id, None)  # (unless announced meanwhile by a newer change)
+        log.info("key changes announced again to other replicas after a failed announcement")
 
     async def ping(self) -> float | None:
         """The health monitor's ``redis:keybus`` check: None while this process holds no
@@ -221,6 +270,8 @@ class KeyBus:
         while True:
             message = await pubsub.get_message(timeout=LISTEN_S)
             now = loop.time()
+            if self._unsent:
+                await self._resend(now)
             if message is not None:
                 heard, pinged = now, None
                 changed: set[str] = set()
@@ -278,7 +329,18 @@ async def announce(url: str, prefix: str, key_id: str, change: str) -> bool:
             await client.aclose()
 
 
-async def _publish(client: RedisClient, channel: str, key_id: str, change: str, timeout_s: float) -> bool:
+async def _publish(
+    client: RedisClient,
+    channel: str,
+    key_id: str,
+    change: str,
+    timeout_s: float,
+    *,
+    quiet: bool = False,
+    retried: bool = False,
+) -> bool:
+    """PUBLISH one change within ``timeout_s``; False when Redis did not take it, logged unless
+    ``quiet`` (``retried``: the caller will announce it again, and the line says so)."""
     if change not in CHANGES:
         raise ValueError(f"not a key change: {change!r}")  # a caller's bug
     payload = orjson.dumps({"key_id": key_id, "change": change})
@@ -286,9 +348,12 @@ async def _publish(client: RedisClient, channel: str, key_id: str, change: str, 
         async with asyncio.timeout(timeout_s):
             await client.publish(channel, payload)
     except FAILURES as exc:
+        if quiet:
+            return False
         log.warning(
-            "key change not announced to other replicas: they apply it when their cached "
-            "lookup expires (auth.key_cache_s)",
+            "key change not announced to other replicas: "
+            + ("announced again once Redis takes it; until then " if retried else "")
+            + "they apply it when their cached lookup expires (auth.key_cache_s)",
             extra={"fields": {"key_id": key_id, "change": change, "error": type(exc).__name__}},
         )
         return False

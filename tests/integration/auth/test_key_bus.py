@@ -238,6 +238,29 @@ async def test_a_revocation_with_redis_unreachable_is_answered_and_logged(
         assert not a.app[keys.KEY_BUS].subscribed
 
 
+async def test_a_change_whose_announcement_failed_is_announced_again_once_redis_takes_it(
+    tmp_path: Path, private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only the announcing process's PUBLISH fails (Redis paused for writes past the publish
+    # timeout; every subscription stays up, so nobody resynchronises). Before: the other replica
+    # kept the revoked key, cached, until its lookup expired (300 s here).
+    caplog.set_level(logging.INFO, logger="gateway.auth.key_bus")
+    async with pair(tmp_path, private_redis.url, "test:bus:") as (a, b):
+        await subscribed(a, b)
+        key_id, secret = await a.new_key()
+        assert (await call(b, secret))[0] == 200  # cached on b for 300 s
+        resyncs, received = b.bus.resyncs, b.bus.received
+        async with aioredis.Redis.from_url(private_redis.url) as client:
+            await client.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+        revoked = await a.admin("DELETE", f"/admin/keys/{key_id}")
+        assert revoked.status_code == 200, revoked.text  # answered after the 0.5 s bound
+        assert a.bus.unsent == 1
+        await until(lambda: b.bus.received > received, "the change announced again, on b")
+        assert a.bus.unsent == 0 and b.bus.resyncs == resyncs  # heard, not resynchronised
+        assert (await call(b, secret))[0] == 401
+        assert any(r.getMessage().startswith("key changes announced again") for r in caplog.records)
+
+
 class Forgetting:
     """A ``KeyCache`` that records what the bus asks of it."""
 
