@@ -35,7 +35,9 @@ is decided here as before, with no round trip: an address that reached the limit
 never failed here has its first credential here checked, and a wrong one is refused with the 429
 (its count already past the limit) rather than a 401, a right one served (ARCHITECTURE.md,
 h-sharedthrottle). Redis down, slow or unreadable: the count of this process decides, as without
-Redis (``limit`` failures a window in each process).
+Redis (``limit`` failures a window in each process). A refusal whose count came from Redis has
+the count read again at most every ``RECHECK_S`` while the address keeps knocking, and is lifted
+when it is gone or below the limit (an operator's ``DEL``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ from typing import Protocol
 from gateway.settings import DEFAULT_EXEMPT, Network, parse_networks
 
 MAX_ADDRESSES = 10_000  # ~1.5 MB at most: an address string and a small entry each
+# A refused address whose count came from Redis has it read again at most this often, so an
+# operator's ``DEL`` of its counter lifts the refusal on every process within this long.
+RECHECK_S = 1.0
 _V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
 
 
@@ -67,11 +72,13 @@ class SharedFailures(Protocol):
 
 
 class _Failures:
-    __slots__ = ("count", "window_end")
+    __slots__ = ("count", "recheck_at", "shared", "window_end")
 
     def __init__(self, window_end: float) -> None:
         self.window_end = window_end
         self.count = 1
+        self.shared = False  # the count is Redis's (not failures only this process saw)
+        self.recheck_at = 0.0  # (refused, shared) when to read the shared count again
 
 
 class FailedAuthThrottle:
@@ -146,8 +153,10 @@ class FailedAuthThrottle:
         decides; ``shared`` is asked only when the table holds the address below the limit
         within its window (it failed here lately, and may have failed elsewhere since)."""
         left = self.retry_after_s(address)
-        if left > 0 or self.shared is None:
+        if self.shared is None:
             return left
+        if left > 0:
+            return await self._still_refused(address, left)
         key = self.client_key(address)
         if key is None or key not in self.failures:
             return 0.0
@@ -155,6 +164,26 @@ class FailedAuthThrottle:
         if seen is None:  # Redis cannot say: this process's count decided
             return 0.0
         self._adopt(key, *seen)
+        return self.retry_after_s(address)
+
+    async def _still_refused(self, address: str | None, left: float) -> float:
+        """A refusal whose count came from Redis, read again at most every ``RECHECK_S``: lifted
+        when the shared count is gone or below the limit (an operator's ``DEL``). A count of
+        failures this process saw while Redis could not count them stands for its window."""
+        key = self.client_key(address)
+        entry = self.failures.get(key) if key is not None else None
+        now = self._clock()
+        if key is None or entry is None or not entry.shared or now < entry.recheck_at or self.shared is None:
+            return left
+        entry.recheck_at = now + RECHECK_S
+        seen = await self.shared.look(key, self.window_s)
+        if seen is None or seen[0] >= self.limit:
+            return left
+        count, left_s = seen
+        if count <= 0 or left_s <= 0:
+            self.failures.pop(key, None)
+        else:
+            entry.count, entry.window_end = count, now + min(left_s, self.window_s)
         return self.retry_after_s(address)
 
     def _count_here(self, key: str) -> int:
@@ -190,11 +219,13 @@ class FailedAuthThrottle:
         if entry is None:
             self._make_room(now)
             entry = table[key] = _Failures(now + left_s)
-            entry.count = count
+            entry.count, entry.shared, entry.recheck_at = count, True, now + RECHECK_S
             return count
         if count >= entry.count:
             entry.count = count
             entry.window_end = now + left_s
+        entry.shared = count >= entry.count  # else this process saw failures Redis did not count
+        entry.recheck_at = now + RECHECK_S  # (just read)
         return entry.count
 
     def _make_room(self, now: float) -> None:

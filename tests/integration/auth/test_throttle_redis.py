@@ -8,6 +8,7 @@ Before: each gateway counted alone, so an address got ``LIMIT`` failures a windo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -232,3 +233,48 @@ async def test_redis_down_or_unreachable_keeps_each_process_throttling(
         assert await status(a, guesser, secret) == 429
         assert await status(b, guesser, secret) == 200  # b saw no failure
         assert not a.shared.healthy
+
+
+async def test_deleting_an_addresses_counter_lifts_its_refusal_on_every_process(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    # The README's way to lift a refusal: `redis-cli DEL <prefix><address>`. Before, processes
+    # that had refused the address kept refusing it (their own table) until its window ended.
+    async with pair(tmp_path, redis_url, redis_prefix) as (a, b, secret):
+        guesser = "127.0.0.51"
+        for _ in range(LIMIT):
+            assert await status(a, guesser, WRONG) == 401
+        assert await status(a, guesser, secret) == 429
+        assert await status(b, guesser, WRONG) == 429  # b adopted the shared count
+        trips = a.shared.round_trips
+        for _ in range(10):  # a refused address hammering: at most one read a second per process
+            assert await status(a, guesser, secret) == 429
+        assert a.shared.round_trips - trips <= 2
+        async with aioredis.Redis.from_url(redis_url) as client:
+            assert await client.delete(redis_prefix + guesser) == 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        for gw in (a, b):
+            while (code := await status(gw, guesser, secret)) == 429:
+                assert loop.time() < deadline, "the refusal was not lifted"
+                await asyncio.sleep(0.05)
+            assert code == 200
+        assert await status(a, guesser, WRONG) == 401  # counted afresh from 1
+
+
+async def test_failures_counted_while_redis_could_not_are_not_lifted_by_its_empty_count(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    # The refusal of an address whose failures only this process saw (Redis down meanwhile) is
+    # not lifted because Redis, back, has no count for it.
+    async with pair(tmp_path, private_redis.url, "t:") as (a, _, secret):
+        private_redis.stop()
+        guesser = "127.0.0.52"
+        for _ in range(LIMIT):
+            assert await status(a, guesser, WRONG) == 401
+        assert await status(a, guesser, secret) == 429
+        private_redis.start()
+        trips = a.shared.round_trips
+        for _ in range(3):
+            assert await status(a, guesser, secret) == 429
+        assert a.shared.round_trips == trips  # not asked: the count is this process's
