@@ -31,6 +31,8 @@ _NAMES_LEFT = frozenset(
 )
 _MAX_STOPS = 4  # "Up to 4 sequences where the API will stop generating further tokens."
 _NAMES = frozenset((*_RANGES, *_NAMES_LEFT))
+_RANGE_NAMES = frozenset(_RANGES)
+_NAMES_BUT_OPTIONS = _NAMES_LEFT - {"stream_options"}
 _FORMATS = ("text", "json_object", "json_schema")
 _MAX_BIAS = 100
 
@@ -40,15 +42,21 @@ def check_chat_values(body: JSONObject) -> None:
     (absent or null fields are fine); one set operation for a body holding none of them."""
     if _NAMES.isdisjoint(body):
         return
-    for name, (integer, low, high) in _RANGES.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        kind = type(value)  # exact: a bool is refused, and checked below
-        if (kind is int or (kind is float and not integer)) and (low is None or low <= value <= high):
-            continue  # the usual case, without a call
-        _check_number(name, value, integer, low, high)
-    if _NAMES_LEFT.isdisjoint(body):
+    # (A streamed body's ``stream_options`` alone skips the ranges' six lookups and the
+    # others' five: one set operation each.)
+    if not _RANGE_NAMES.isdisjoint(body):
+        for name, (integer, low, high) in _RANGES.items():
+            value = body.get(name)
+            if value is None:
+                continue
+            kind = type(value)  # exact: a bool is refused, and checked below
+            if (kind is int or (kind is float and not integer)) and (low is None or low <= value <= high):
+                continue  # the usual case, without a call
+            _check_number(name, value, integer, low, high)
+        if _NAMES_LEFT.isdisjoint(body):
+            return
+    if _NAMES_BUT_OPTIONS.isdisjoint(body):
+        _check_stream_options(body)
         return
     logprobs = body.get("logprobs")
     if logprobs is not None and not isinstance(logprobs, bool):
@@ -68,6 +76,10 @@ def check_chat_values(body: JSONObject) -> None:
     if response_format is not None:
         _check_format(response_format)
     _check_stops(body.get("stop"))
+    _check_stream_options(body)
+
+
+def _check_stream_options(body: JSONObject) -> None:
     if body.get("stream_options") is not None and body.get("stream") is not True:
         # OpenAI's 400 (its fake's too): another kind would answer what an OpenAI deployment refuses
         raise InvalidRequest(

@@ -284,3 +284,39 @@ def test_an_error_event_with_nothing_before_it_in_its_chunk_raises_at_once() -> 
         assert b"".join(translator.feed(c) for c in before) == CHUNK
         with pytest.raises(UpstreamStatusError):
             translator.feed(last)
+
+
+def _marked_by_walking(chunk: bytes) -> list[int]:
+    """The events the translator decoded before ``_marked_events``: each looked at in turn."""
+    return [
+        at
+        for at, event in enumerate(chunk.split(b"\n\n"))
+        if event.endswith(b"[DONE]") or event.find(b'"usage"') >= 0 or event.find(b'"error"') >= 0
+    ]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_events_found_by_searching_are_the_ones_a_walk_finds(seed: int) -> None:
+    """``_marked_events`` (a search per mark, blank lines counted before each) picks the same
+    events, in the same order, as looking at every event: marks anywhere, twice in an event,
+    in several events, ``[DONE]`` in the middle, stray blank lines and lone newlines."""
+    import random
+
+    from gateway.providers.openai import _marked_events
+
+    rng = random.Random(seed)
+    pieces = [
+        CHUNK,
+        USAGE,
+        ERROR,
+        b"data: [DONE]\n\n",
+        b"data:[DONE]\n\n",
+        b": keep-alive\n\n",
+        b'data: {"usage": null, "error": null}\n\n',
+        b"event: x\ndata: 1\n\n",
+        b"\n\n",
+        b"data: [DONE]x\n\n",
+    ]
+    for _ in range(50):
+        chunk = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        assert _marked_events(chunk) == _marked_by_walking(chunk), chunk
