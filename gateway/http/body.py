@@ -57,21 +57,26 @@ def json_now(request: web.Request, max_body_bytes: int | None = None) -> JSONObj
     coroutine fewer per request."""
     # The exact header most clients send needs no parsing (aiohttp's ``content_type`` copies
     # the parsed parameters into a new dict on each request).
-    if request.headers.get("Content-Type") != JSON_CONTENT_TYPE and request.content_type != JSON_CONTENT_TYPE:
+    # (``headers`` and ``content`` read once: each read of an aiohttp ``reify`` is a lookup in
+    # the request's cache, ~0.3k instructions)
+    headers = request.headers
+    if headers.get("Content-Type") != JSON_CONTENT_TYPE and request.content_type != JSON_CONTENT_TYPE:
         # aiohttp reports a missing header as application/octet-stream; show what was sent.
-        raise UnsupportedMediaType(request.headers.get("Content-Type", ""))
-    if request.headers.get("Content-Encoding") is not None:
+        raise UnsupportedMediaType(headers.get("Content-Type", ""))
+    if headers.get("Content-Encoding") is not None:
         refuse_compressed(request)
     limit = (request.app[keys.SETTINGS].max_body_bytes or 0) if max_body_bytes is None else max_body_bytes
-    declared = request.content_length  # (parsed from the header on each access)
-    if limit and declared is not None and declared > limit:
-        raise PayloadTooLarge(limit)  # refuse before reading a byte of it
-    if request.content.is_eof():
+    if limit:  # (``request.content_length``'s parse, without its call)
+        declared = headers.get("Content-Length")
+        if declared is not None and int(declared) > limit:
+            raise PayloadTooLarge(limit)  # refuse before reading a byte of it
+    content = request.content
+    if content.is_eof():
         # The whole body came with the headers (most requests): no timer needed, and the bytes
         # are taken from the reader at once rather than through ``request.read()``'s two
         # ``readany`` coroutines, a bytearray and a copy (12.6k instructions of a cache hit's
         # 381k). ``read`` held a body with no declared length (chunked) to the limit: so does this.
-        raw = request.content.read_nowait()
+        raw = content.read_nowait()
         if limit and len(raw) > limit:
             raise PayloadTooLarge(limit)
         return parse_body(raw)

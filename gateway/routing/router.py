@@ -334,15 +334,28 @@ class Router:
         into fresh and rate limited (those last, soonest free first). With it, whether its first
         choice is already a fallback: not the one the policy picks first with every deployment
         healthy (``_fell_back``; asked only when an open breaker or a rate limit skipped one)."""
+        targets = group.targets
+        rollout = group.rollout
+        if rollout is None and len(targets) == 1:
+            # One deployment (most groups): the loop's verdict for it when it can serve, without
+            # the loop's bookkeeping (the loop below still decides every other case).
+            t = targets[0]
+            live = t.live
+            window = t.deployment.context_window
+            if (
+                t.client.configured
+                and (window is None or window >= ctx.prompt_tokens)
+                and live.breaker.available(now)
+                and live.stats.cooling_until <= now
+            ):
+                return [t], False
         fresh: list[Target] = []
         cooling: list[Target] | None = None
         usable = fits = 0
         largest = 0
         retry_in: float | None = None
         skipped = False
-        targets = group.targets
         lead: Target | None = None
-        rollout = group.rollout
         if rollout is not None:  # the candidate is first with its step's share, else out of the plan
             if rollout.share > 0 and self._rng.random() < rollout.share:
                 lead = rollout.candidate
@@ -710,12 +723,20 @@ class Router:
             cost = price.cost_usd(prompt, completion, read, written, written_1h)
         else:  # the common case, inline (a method call is ~0.2 us on every answer)
             cost = (prompt * price.input_per_mtok + completion * price.output_per_mtok) / 1_000_000
-        stats = target.live.stats
+        live = target.live
+        stats = live.stats
         stats.cost_usd += cost
         if target.prices_cache and prompt:  # the cache shares the cost term prices (h-routecost)
             stats.cache.add(prompt, read, written, written_1h, stats.alpha, self._clock())
         if cost:
-            self._metrics.child(self._metrics.cost, group_name, target.provider, target.model).inc(cost)
+            series = live.cost_series  # kept for the group it served last: no lookup per answer
+            if series is None or series[0] != group_name:
+                m = self._metrics
+                series = live.cost_series = (
+                    group_name,
+                    m.child(m.cost, group_name, target.provider, target.model),
+                )
+            series[1].inc(cost)
         group = self._groups.get(group_name)
         if group is not None and prompt + completion > 0:
             group.input_share += 0.05 * (prompt / (prompt + completion) - group.input_share)

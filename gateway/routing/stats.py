@@ -27,17 +27,25 @@ class _Bucket:
 class WindowCounter:
     """Successes and failures over the last ``window_s`` seconds, in ten time buckets."""
 
-    __slots__ = ("_buckets", "_width")
+    __slots__ = ("_buckets", "_current", "_until", "_width")
 
     def __init__(self, window_s: float) -> None:
         self._width = window_s / _BUCKETS
         self._buckets = [_Bucket() for _ in range(_BUCKETS)]
+        # The bucket the last call counted in, and when its slice ends: a call within the same
+        # slice (every call but one a slice) counts there without finding it again.
+        self._current = self._buckets[0]
+        self._until = -1.0
 
     def add(self, now: float, ok: bool) -> None:
-        start = now - (now % self._width)
-        bucket = self._buckets[int(now / self._width) % _BUCKETS]
-        if bucket.start != start:
-            bucket.start, bucket.successes, bucket.failures = start, 0, 0
+        bucket = self._current
+        if not bucket.start <= now < self._until:
+            width = self._width
+            start = now - (now % width)
+            bucket = self._buckets[int(now / width) % _BUCKETS]
+            if bucket.start != start:
+                bucket.start, bucket.successes, bucket.failures = start, 0, 0
+            self._current, self._until = bucket, start + width
         if ok:
             bucket.successes += 1
         else:
@@ -62,6 +70,7 @@ class WindowCounter:
     def clear(self) -> None:
         for b in self._buckets:
             b.start, b.successes, b.failures = -1.0, 0, 0
+        self._until = -1.0
 
 
 @dataclass(slots=True)

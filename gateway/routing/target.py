@@ -36,6 +36,8 @@ class DeploymentState:
     # The router's upstream series of this deployment's successes (latency histogram, success
     # counter), found on the first and kept: two lookups fewer on every request.
     success_series: tuple[HistogramChild, CounterChild] | None = None
+    # Its ``gateway_cost_usd_total`` series for the group it last served (``Router.record_usage``).
+    cost_series: tuple[str, CounterChild] | None = None
 
 
 @dataclass(frozen=True, slots=True)

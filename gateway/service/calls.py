@@ -174,13 +174,15 @@ class RequestService:
                 raise ProviderFileNotAllowed(where, identity.team)
         elif endpoint is Endpoint.COMPLETIONS:
             check_completion_values(body)
-        allowed = ctx.identity.models if ctx.identity is not None and not ctx.internal else None
-        if ctx.identity is not None and not ctx.identity.may_use(model) and not ctx.internal:
-            # (An internal call made for a caller, ``OnBehalf``, uses the policy's models: the
-            # memory's embedding model is the gateway's choice, not the key's.)
-            # As if it did not exist (OpenAI's answer for a model a key cannot see): a 404 naming
-            # only the key's own models, before resolve, whose 404 would list every group.
-            raise ModelNotFound(model, [m for m in self.router.model_names if ctx.identity.may_use(m)])
+        allowed = None
+        if identity is not None and not ctx.internal:  # (open mode: one test)
+            allowed = identity.models
+            if not identity.may_use(model):
+                # (An internal call made for a caller, ``OnBehalf``, uses the policy's models: the
+                # memory's embedding model is the gateway's choice, not the key's.)
+                # As if it did not exist (OpenAI's answer for a model a key cannot see): a 404
+                # naming only the key's own models, before resolve, whose 404 would list every group.
+                raise ModelNotFound(model, [m for m in self.router.model_names if identity.may_use(m)])
         # An unknown model is a 404 before any store is read. A group without rules is itself
         # whatever the request: its ``RouteContext`` waits until routing (a hit never needs it).
         route: RouteContext | None = None
@@ -195,7 +197,13 @@ class RequestService:
         if endpoint in MEDIA_ENDPOINTS:  # only OpenAI-compatible deployments serve these
             check_served(endpoint, group, self.router.policy)
             ctx.units = media_units(endpoint, body)  # what a per-unit price counts
-        plan = self._cache_plan(endpoint, body, ctx, _served_by(model, group), door)
+        variant = "" if group == model else _served_by(model, group)  # (no call for most)
+        if door is None:  # ``_cache_plan``, inline for a client's own request
+            plan = self.cache.plan(
+                endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags, variant=variant
+            )
+        else:
+            plan = self._cache_plan(endpoint, body, ctx, variant, door)
         # 2. admit
         for gate in self._gates:
             await gate.admit(endpoint, model, body, ctx)
@@ -284,7 +292,7 @@ class RequestService:
                 lead = False
                 self.cache.land(plan, answer)
             # 7. account
-            exact = unit_cost(ctx, target, usage)
+            exact = None if ctx.units is None else unit_cost(ctx, target, usage)
             used = self.account_usage(endpoint, model, routed.group, target, usage, series, exact)
             if used[0] + used[1] == 0:  # an answer without usage: its estimate is charged, counted
                 used = self.account_unreported(ctx, endpoint, body, routed.group, target, 0, exact)
@@ -746,7 +754,7 @@ class RequestService:
             series = self.genai_series(endpoint, model, target)
         series.tokens_in.observe(prompt)
         if completion or "completion_tokens" in usage:
-            series.output_tokens().observe(completion)
+            (series.tokens_out or series.output_tokens()).observe(completion)
         if exact_usd is not None:
             return (
                 prompt,

@@ -23,11 +23,15 @@ _TOKEN_FIELDS: dict[Endpoint, tuple[str, ...]] = {
 }
 
 
+# Every field ``check_limits`` looks at, on any endpoint.
+_BOUNDED = frozenset(("n", *(name for names in _TOKEN_FIELDS.values() for name in names)))
+
+
 def check_limits(endpoint: Endpoint, body: JSONObject, limits: Limits) -> None:
     """Raise ``InvalidRequest`` naming the first of ``n`` / ``max_tokens`` /
     ``max_completion_tokens`` outside ``limits`` (absent or null fields are left to the provider)."""
     fields = _TOKEN_FIELDS.get(endpoint)
-    if fields is None:
+    if fields is None or _BOUNDED.isdisjoint(body):  # (most bodies: one set operation)
         return
     if body.get("n") is not None:  # most bodies set none of these: no call for them
         _check_int(body, "n", limits.max_n, "limits.max_n")

@@ -366,6 +366,30 @@ def test_cost_is_counted_from_policy_prices_and_reported_usage() -> None:
     assert snapshot(r)["models"]["solo"]["deployments"][0]["stats"]["cost_usd"] == round(cost, 6)
 
 
+def test_cost_goes_to_the_group_served_when_groups_share_a_deployment() -> None:
+    """A deployment listed by two groups keeps one cost series at hand (``cost_series``): each
+    answer's cost still lands in the series of the group that served it, turn by turn."""
+    price = "price: {input_per_mtok: 1.0, output_per_mtok: 1.0}"
+    text = POLICY.replace(
+        "solo: {deployments: [{provider: a, model: s1}]}",
+        f"solo: {{deployments: [{{provider: a, model: s1, {price}}}]}}\n"
+        f"  duo: {{deployments: [{{provider: a, model: s1, {price}}}]}}",
+    )
+    r = router(text=text)
+    solo, duo = r.plan(ctx("solo"))[0], r.plan(ctx("duo"))[0]
+    assert solo.live is duo.live  # one deployment, one live state
+    for group, target, tokens in [("solo", solo, 1000), ("duo", duo, 2000), ("solo", solo, 3000)]:
+        r.record_usage(group, target, tokens, 0)
+
+    def spent(group: str) -> float | None:
+        return r._metrics.registry.get_sample_value(
+            "gateway_cost_usd_total", {"model": group, "provider": "a", "upstream_model": "s1"}
+        )
+
+    assert spent("solo") == pytest.approx(4000 / 1_000_000)
+    assert spent("duo") == pytest.approx(2000 / 1_000_000)
+
+
 async def test_every_probe_taken_is_a_retry_after_of_one_second_not_zero() -> None:
     """Every breaker half-open with its one probe in flight: the 503 said ``Retry-After: 0`` and
     "Retry in 0 s", which a client honouring it reads as "retry now", into the same wall."""
