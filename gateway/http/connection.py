@@ -81,10 +81,11 @@ class GatewayRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         self._last_data = data
         parsed = self._request_count
-        super().data_received(data)
+        _received(self, data)  # aiohttp's, without a ``super()`` object per read
         if self._request_count != parsed:
-            self._disarm_read_deadline()  # a request's headers are complete
-        elif self._read_deadline is None and self._waiting_for_request():
+            if self._read_deadline is not None:  # a request's headers are complete
+                self._disarm_read_deadline()
+        elif self._read_deadline is None and (waiter := self._waiter) is not None and not waiter.done():
             self._arm_read_deadline()  # the first bytes of the next request on a kept-alive connection
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -302,6 +303,7 @@ def _let_go(transport: asyncio.Transport, timeout_s: float) -> None:
 
 # aiohttp's own, called as a function: ``super()`` made an object per response (issue 12).
 _finish = RequestHandler.finish_response
+_received = RequestHandler.data_received
 _BYTES = (bytes, bytearray)  # a tuple: ``bytes | bytearray`` made a union per call
 
 

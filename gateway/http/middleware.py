@@ -115,7 +115,15 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
         else:
             call = CallRecord(anthropic=True) if anthropic else CallRecord()
         request[keys.REQUEST_CALL] = call
-        request[keys.REQUEST_ID] = rid = request_id_for(request, ids)
+        # ``request_id_for``, inline: ``request.headers`` (an aiohttp reify, a lookup each read)
+        # is read once for it and the Host check
+        headers = request.headers
+        given = headers.get("x-request-id")
+        if given and _VALID_REQUEST_ID.match(given):
+            rid = given
+        else:
+            rid = ids.new() if ids is not None else new_request_id()
+        request[keys.REQUEST_ID] = rid
         started = time.perf_counter()
         status = 500
         # Tracing off (the default): this check is all it costs (observability/tracing.py).
@@ -123,8 +131,8 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
         in_flight.value += 1
         try:
             try:
-                if hosts is not None:
-                    refuse_rebound_host(request, hosts)
+                if hosts is not None and not hosts.allows(headers.get(hdrs.HOST, "")):
+                    refuse_rebound_host(request, hosts)  # (refuses it, unless from a peer worker)
                 response = await handler(request)
             except GatewayError as error:
                 call.tried = error.tried  # a routed call made for it failed (memory's embeddings too)

@@ -464,9 +464,8 @@ class RequestService:
                 return await self._fetch_slices(target, body, inputs, adapter.embedding_batch, done)
         if self._tracer.on:
             return await self._fetch_traced(target, endpoint, body)
-        raw, parsed = await client.fetch_json(
-            adapter.build_request(endpoint, chat_for(body, target), target.model)
-        )
+        sent = body if target.deployment.reasoning is not False else chat_for(body, target)  # (a call fewer)
+        raw, parsed = await client.fetch_json(adapter.build_request(endpoint, sent, target.model))
         translated = adapter.translate_response(endpoint, parsed, body, target.model)
         if translated is None:  # OpenAI format already: forward the provider's bytes
             if endpoint in IMAGE_ENDPOINTS:
@@ -721,9 +720,12 @@ class RequestService:
         ctx.record.route = route
         # The client's effort withheld from a model without reasoning: the response's header
         # and the access log say so (``effort.py``).
-        if door.withheld(route.target) if door is not None else withheld(body, route.target):
+        if door is not None:
+            if door.withheld(route.target):
+                ctx.record.effort_dropped = True
+        elif route.target.deployment.reasoning is False and withheld(body, route.target):
             ctx.record.effort_dropped = True
-        if not ctx.internal:  # only the same caller may vote on it later (/v1/feedback)
+        if ctx.request_id:  # not ``internal``: only the same caller may vote on it later (/v1/feedback)
             self.router.remember(ctx.request_id, route.group, route.target, ctx.tenant)
 
     def account_usage(
