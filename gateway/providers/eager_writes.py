@@ -47,7 +47,11 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
         coro: Coroutine[Any, Any, Any],
         context: contextvars.Context | None = None,
     ) -> asyncio.Future[Any]:
-        if getattr(coro, "cr_code", None) is _WRITE_BYTES:
+        try:  # (an attribute read, where ``getattr`` with a default was a call: every task pays it)
+            eager = coro.cr_code is _WRITE_BYTES  # type: ignore[attr-defined]
+        except AttributeError:  # not a native coroutine
+            eager = False
+        if eager:
             return _eager(loop, coro, context)
         if previous is not None:
             if context is None:

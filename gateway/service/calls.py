@@ -210,7 +210,11 @@ class RequestService:
         lead = False
         try:
             # 3. augment
-            if endpoint is Endpoint.CHAT and door is None and memory_augment.wanted(body, ctx.headers):
+            if (
+                endpoint is Endpoint.CHAT
+                and door is None
+                and ("memory" in body or memory_augment.HEADER in ctx.headers)  # ``wanted``, inline
+            ):
                 access = memory_access_of(ctx.identity)  # only memories the caller's team may read
                 with on_behalf_of(ctx.identity, admit=False):  # the query's embedding is charged
                     body, ctx.record.memory_ids = await memory_augment.augment(
