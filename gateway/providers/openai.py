@@ -313,7 +313,7 @@ class OpenAIStreamTranslator(WatchedStream):
                 _check_first_event(chunk)
             events = chunk.split(b"\n\n")
             for at in _marked_events(chunk):
-                for data in decoder.feed(events[at] + b"\n\n"):
+                for data in _event_data(events[at], decoder):
                     self._watch(data)
                 if self._failure is not None:  # relayed up to the event that failed
                     if not at:
@@ -523,6 +523,18 @@ class TranscriptRelay(BytesRelay):
 
 
 _MARKS = (b'"usage"', b'"error"', b"[DONE]\n\n")
+
+
+def _event_data(event: bytes, decoder: SSEDecoder) -> list[bytes]:
+    """What ``decoder`` (idle: between events) gives for ``event``, a whole event without its
+    blank line and with plain line ends: a one-line event is read here (its data, or nothing
+    for a comment or another field), any other goes through the decoder."""
+    if event.find(b"\n") >= 0:
+        return decoder.feed(event + b"\n\n")
+    if not event.startswith(b"data:"):
+        return []
+    value = event[5:]
+    return [value[1:] if value[:1] == b" " else value]
 
 
 def _marked_events(chunk: bytes) -> list[int]:

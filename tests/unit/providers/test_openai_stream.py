@@ -320,3 +320,27 @@ def test_the_events_found_by_searching_are_the_ones_a_walk_finds(seed: int) -> N
     for _ in range(50):
         chunk = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
         assert _marked_events(chunk) == _marked_by_walking(chunk), chunk
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        b'data: {"usage": {"prompt_tokens": 1}}',
+        b'data:{"usage": null}',
+        b"data: [DONE]",
+        b"data:",
+        b"data: ",
+        b"data:  two spaces",
+        b"data",
+        b': a comment with "usage"',
+        b'event: usage\ndata: {"usage": {}}',
+        b'data: {"error": 1}\ndata: more',
+        b'id: 7\n: "error"',
+    ],
+)
+def test_a_whole_event_is_read_as_the_decoder_reads_it(event: bytes) -> None:
+    """``_event_data`` reads a one-line event itself: the same data as the idle decoder gives."""
+    from gateway.providers.openai import _event_data
+    from gateway.wire.sse import SSEDecoder
+
+    assert _event_data(event, SSEDecoder()) == SSEDecoder().feed(event + b"\n\n")
