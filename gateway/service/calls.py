@@ -256,10 +256,8 @@ class RequestService:
             else:
                 self.cache.count(plan.category, plan.status)
             # 5. route with failover (6 and 7 follow, or in the stream when it ends)
-            if route is None:
-                route = RouteContext(
-                    model, body, stream=stream, tags=ctx.tags, allowed=allowed, request_id=ctx.request_id
-                )
+            if route is None:  # (by position: a call with keywords matches each name)
+                route = RouteContext(model, body, stream, ctx.tags, allowed, ctx.request_id)
             if stream:
                 return await self._stream(endpoint, body, route, group, plan, ctx, lead, door)
             # A whole answer, here rather than in a coroutine of its own (one frame less).
@@ -316,7 +314,7 @@ class RequestService:
                     self.shadow.mirror(
                         routed.group, group_config.shadow, endpoint, body, door_answer(raw), sse=False
                     )
-            return Answer(body=raw)
+            return Answer(raw)
         except BaseException as error:
             if lead:
                 self.cache.land(plan, None)

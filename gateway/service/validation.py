@@ -80,6 +80,8 @@ def _ordinary_chat(body: JSONObject) -> bool:
         calls = message.get("tool_calls")
         if calls is not None and (type(calls) is not list or any(type(c) is not dict for c in calls)):
             return False
+    if _OPTIONAL_NAMES.isdisjoint(body):  # model and messages only, as many bodies: one test
+        return True
     stream = body.get("stream", False)
     if stream is not True and stream is not False:
         return False
@@ -132,6 +134,10 @@ def _typed_fields(body: JSONObject) -> bool:
 _TYPED_NAMES = frozenset(
     ("top_p", "stop", "tools", "tool_choice", "response_format", "parallel_tool_calls", "user")
 )
+
+
+# Every field ``_ordinary_chat`` looks at besides model and messages.
+_OPTIONAL_NAMES = frozenset(("stream", "stream_options", "temperature", *_TYPED_NAMES))
 
 
 def validate_head(head_type: type[H], body: JSONObject) -> H:
