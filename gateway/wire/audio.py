@@ -34,7 +34,10 @@ AUDIO_FORM = FormShape(frozenset(("file",)), ("file",), "the audio")
 
 def audio_body(form: UploadForm, stream: bool | None) -> JSONObject:
     """The request body the service routes: what the gateway reads, and the form under ``FORM``."""
-    body: JSONObject = {"model": form.field("model") or "", FORM: form}
+    body: JSONObject = {FORM: form}
+    model = form.field("model")
+    if model is not None:  # (none: validation's "Missing required parameter", not an empty model)
+        body["model"] = model
     if stream is not None:
         body["stream"] = stream
     return body

@@ -41,7 +41,10 @@ def image_body(form: UploadForm) -> JSONObject:
     gateway reads (the model group, the prompt for the reservation, ``n``, ``size`` and
     ``quality`` for a per-image price, ``stream``: its answer relayed as events), and the form
     under ``FORM``."""
-    body: JSONObject = {"model": form.field("model") or "", FORM: form}
+    body: JSONObject = {FORM: form}
+    model = form.field("model")
+    if model is not None:  # (none: validation's "Missing required parameter", not an empty model)
+        body["model"] = model
     for name in _READ:
         value = form.field(name)
         if value is not None:

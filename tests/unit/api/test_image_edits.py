@@ -444,3 +444,35 @@ async def test_the_azure_door_serves_edits_at_the_deployments_path(gw: Gateway) 
     assert isinstance(seen, dict) and seen["fields"]["model"] == [
         "dall-e-2"
     ]  # (the path's, as the fake reads it)
+
+
+@pytest.mark.parametrize(
+    ("path", "file_field"),
+    [
+        ("/v1/images/edits", "image"),
+        ("/v1/images/variations", "image"),
+        ("/v1/audio/transcriptions", "file"),
+        ("/v1/audio/translations", "file"),
+    ],
+)
+async def test_a_form_without_a_model_is_told_the_model_is_missing(
+    gw: Gateway, path: str, file_field: str
+) -> None:
+    """A form without a ``model`` field (or with ``model[]`` only) gets the JSON doors' words,
+    ``Missing required parameter: 'model'`` (h-probe6; before, the form's missing model was an
+    empty one: "String should have at least 1 character", as if the client had sent ``""``)."""
+    headers = {"Authorization": f"Bearer {gw.sdk.api_key}", "Content-Type": "multipart/form-data; boundary=b"}
+    file_part = (
+        (
+            f'--b\r\nContent-Disposition: form-data; name="{file_field}"; filename="a.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + SQUARE
+        + b"\r\n"
+    )
+    prompt = b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n'
+    for model in (b"", b'--b\r\nContent-Disposition: form-data; name="model[]"\r\n\r\ndalle\r\n'):
+        resp = await gw.client.post(path, data=model + file_part + prompt + b"--b--\r\n", headers=headers)
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+        assert error["param"] == "model" and error["message"] == "Missing required parameter: 'model'.", error
