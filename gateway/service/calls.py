@@ -57,7 +57,16 @@ from gateway.service.shadow import ShadowTraffic, door_answer
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
 from gateway.service.validation import check_request
 from gateway.wire import provider_files
-from gateway.wire.requests import BYTES_ENDPOINTS, IMAGE_ENDPOINTS, MEDIA_ENDPOINTS, Endpoint, JSONObject
+from gateway.wire.forms import FORM, UploadForm
+from gateway.wire.requests import (
+    BYTES_ENDPOINTS,
+    IMAGE_ENDPOINTS,
+    IMAGE_UPLOAD_ENDPOINTS,
+    MEDIA_ENDPOINTS,
+    UPLOAD_ENDPOINTS,
+    Endpoint,
+    JSONObject,
+)
 from gateway.wire.usage import MOST_TOKENS, cache_counts
 
 # OTel's gen_ai.operation.name for each endpoint.
@@ -81,6 +90,9 @@ T = TypeVar("T")
 Attempt = Callable[[Target], Awaitable[T]]  # one try of a routed call on a target (``Router.call``)
 # Builds the memory service around the request service's own embeddings path.
 MemoryFactory = Callable[["Embed"], MemoryService]
+
+
+FORM_ENDPOINTS = UPLOAD_ENDPOINTS | IMAGE_UPLOAD_ENDPOINTS  # requests whose body holds a form
 
 
 class Embed(Protocol):
@@ -174,6 +186,12 @@ class RequestService:
                 raise ProviderFileNotAllowed(where, identity.team)
         elif endpoint is Endpoint.COMPLETIONS:
             check_completion_values(body)
+        elif identity is not None and not identity.provider_files and endpoint in FORM_ENDPOINTS:
+            # An upload's form fields: none may be a file id's bracketed path (``mask[file_id]``).
+            form = body.get(FORM)
+            named = provider_files.in_form(form.fields) if isinstance(form, UploadForm) else None
+            if named is not None:
+                raise ProviderFileNotAllowed(named, identity.team)
         allowed = None
         if identity is not None and not ctx.internal:  # (open mode: one test)
             allowed = identity.models

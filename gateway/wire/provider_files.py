@@ -3,6 +3,7 @@
     in_chat(body)       the path of the first one in a chat request's messages, or None
     in_responses(body)  ... in a Responses request's ``input`` items
     in_messages(body)   ... in a Messages request (its blocks, tool results and ``container``)
+    in_form(fields)     the first upload form field named like a file id (``mask[file_id]``)
 
 The gateway calls providers with the organisation's keys, so an id or URI of something stored
 in that account (uploaded there directly: the gateway has no Files API) reads it whoever sends
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -160,6 +162,19 @@ def _responses_parts(parts: list[Any], where: str) -> str | None:
         for name in ("image_url", "file_data", "file_url"):
             if provider_uri(part.get(name)):
                 return f"{where}[{j}].{name}"
+    return None
+
+
+def in_form(fields: Sequence[tuple[str, str]]) -> str | None:
+    """The name of the first field of an upload form (an image edit or variation, a
+    transcription) that would name a provider-side object: one whose name holds ``file_id``.
+    OpenAI's image edits take ``images[].file_id`` and ``mask.file_id`` as JSON, which the
+    gateway does not pass (its uploads are forms); a form field spelled as their bracketed
+    path (``images[0][file_id]``, ``mask[file_id]``) is refused rather than trusted not to be
+    read so (no documented form field has the word in its name)."""
+    for name, _ in fields:
+        if "file_id" in name.lower():
+            return name
     return None
 
 

@@ -476,3 +476,34 @@ async def test_a_form_without_a_model_is_told_the_model_is_missing(
         assert resp.status == 400
         error = (await resp.json())["error"]
         assert error["param"] == "model" and error["message"] == "Missing required parameter: 'model'.", error
+
+
+async def test_a_form_field_named_as_a_file_ids_path_needs_provider_files(gw: Gateway) -> None:
+    """OpenAI's image edits take ``images[].file_id`` and ``mask.file_id`` (as JSON): a form field
+    spelled as that path (``mask[file_id]``) is refused for a key without ``provider_files``
+    before any provider sees it, and passed on for a key allowed (h-probe6; before, passed on
+    for every key, to be read with the organisation's key if the provider reads it so)."""
+    refused, _ = await _key(gw.client)
+    allowed, _ = await _key(gw.client, provider_files=True)
+    sent_before = _stats(gw.good)["requests"]
+    for secret, name in (
+        (refused, "mask[file_id]"),
+        (refused, "images[0][File_Id]"),
+        (allowed, "mask[file_id]"),
+    ):
+        form = (
+            b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\ndalle\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="' + name.encode() + b'"\r\n\r\nfile-abc123\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + SQUARE + b"\r\n--b--\r\n"
+        )
+        headers = {"Authorization": f"Bearer {secret}", "Content-Type": "multipart/form-data; boundary=b"}
+        resp = await gw.client.post("/v1/images/edits", data=form, headers=headers)
+        error = (await resp.json()).get("error") if resp.status != 200 else None
+        if secret == refused:
+            assert resp.status == 400 and error is not None, error
+            assert error["code"] == "provider_file_not_allowed" and error["param"] == name, error
+            assert _stats(gw.good)["requests"] == sent_before  # no provider saw it
+        else:
+            assert error is None or error.get("code") != "provider_file_not_allowed", error

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.wire.provider_files import in_chat, in_messages, in_responses, provider_uri
+from gateway.wire.provider_files import in_chat, in_form, in_messages, in_responses, provider_uri
 
 
 @pytest.mark.parametrize(
@@ -101,3 +101,9 @@ def test_messages_names_file_sources_uploads_urls_and_containers() -> None:
     skills = {"skills": [{"type": "anthropic", "skill_id": "pptx"}, {"type": "custom", "skill_id": "s"}]}
     assert in_messages({**turn(public), "container": skills}) == "container.skills[1].skill_id"
     assert in_messages({**turn(public), "container": {"skills": skills["skills"][:1]}}) is None
+
+
+def test_a_form_field_named_as_a_file_ids_path_is_named() -> None:
+    assert in_form([("model", "dalle"), ("prompt", "file_id"), ("mask[file_id]", "f")]) == ("mask[file_id]")
+    assert in_form([("images[0][FILE_ID]", "f")]) == "images[0][FILE_ID]"
+    assert in_form([("model", "dalle"), ("prompt", "file-abc"), ("n", "1")]) is None
