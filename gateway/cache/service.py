@@ -292,6 +292,14 @@ class ResponseCache:
                     f"Unknown cache category '{named}' in {CATEGORY_HEADER}. Known: {', '.join(sorted(cfg.categories))}.",
                     param=CATEGORY_HEADER,
                 )
+            if named is not None and not cfg.categories[named].selectable:
+                raise InvalidRequest(
+                    f"Cache category '{named}' shares its answers across tenants and may not be "
+                    f"named in {CATEGORY_HEADER} (the policy's cache.rules pick it; "
+                    f"cache.categories.{named}.client_selectable: true allows the header).",
+                    param=CATEGORY_HEADER,
+                    code="cache_category_not_selectable",
+                )
             picked = named or self._rule_category(body, tags)
             chosen = picked is not None
             category = picked or cfg.default_category

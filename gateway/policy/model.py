@@ -1009,7 +1009,20 @@ class CacheCategory(_Strict):
         description="Share answers across tenants (callers' API keys). Only for answers that are "
         "the same for everyone; by default each tenant has its own entries.",
     )
+    client_selectable: bool | None = Field(
+        None,
+        description="May a client name this category with x-gateway-cache-category? Default: yes, "
+        "unless shared: a client naming a shared category would put its own answers in every "
+        "tenant's reach, and could learn whether another tenant made an exact request (a hit), "
+        "so a shared category is reached through cache.rules (or as the default category) "
+        "unless this is true.",
+    )
     semantic: SemanticCache | None = Field(None, description="Opt in to semantic matching.")
+
+    @property
+    def selectable(self) -> bool:
+        """Whether the ``x-gateway-cache-category`` header may name this category."""
+        return not self.shared if self.client_selectable is None else self.client_selectable
 
 
 class CacheRuleMatch(_Strict):

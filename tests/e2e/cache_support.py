@@ -83,7 +83,8 @@ def policy_text(fakes: Mapping[str, ManagedProcess], lookup_timeout_ms: float, i
             tiny: {{ttl_s: 600, max_bytes: {TINY_BYTES}}}
             other: {{ttl_s: 600, max_bytes: 1MB}}
             metered: {{ttl_s: 600, max_bytes: 1MB}}
-            faq: {{ttl_s: 600, max_bytes: 1MB, shared: true}}
+            faq: {{ttl_s: 600, max_bytes: 1MB, shared: true, client_selectable: true}}
+            faq_rules: {{ttl_s: 600, max_bytes: 1MB, shared: true}}
             semantic_q:
               ttl_s: 600
               max_bytes: 1MB
@@ -95,6 +96,7 @@ def policy_text(fakes: Mapping[str, ManagedProcess], lookup_timeout_ms: float, i
           rules:
             - {{when: {{models: [sem-chat]}}, category: semantic_q}}
             - {{when: {{models: [sem-broken-chat]}}, category: semantic_broken}}
+            - {{when: {{tags: [faq]}}, category: faq_rules}}
         providers:
         """
     )

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -323,6 +324,29 @@ async def test_tenants_never_share_unless_category_is_shared(stack: CacheStack) 
     assert a2.id == a1.id and b2.id == b1.id
     assert (shared_a.cache, shared_b.cache) == ("miss", "hit")
     assert shared_b.id == shared_a.id and shared_b.category == "faq"
+
+
+async def test_a_shared_category_is_reached_by_rules_not_named_by_a_client(stack: CacheStack) -> None:
+    # A client naming a shared category put its answers in every tenant's reach, and learned
+    # from a hit whether another tenant had made an exact request (h-probe6). Unless the category
+    # says client_selectable: true, the header naming it is a 400; the operator's rules reach it.
+    a, b = aclient(stack, unique("tenant-a")), aclient(stack, unique("tenant-b"))
+    prompt = f"What are the office opening hours? {unique('rules')}"
+    before = await upstream_requests(stack, "main")
+    try:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await chat(a, prompt, headers={"x-gateway-cache-category": "faq_rules"})
+        body: Any = refused.value.body
+        assert (body["code"], body["param"]) == ("cache_category_not_selectable", "x-gateway-cache-category")
+        assert "client_selectable: true" in body["message"]
+        assert await upstream_requests(stack, "main") == before  # refused before any provider call
+        tagged = {"x-gateway-tags": "faq"}
+        shared_a, shared_b = await chat(a, prompt, headers=tagged), await chat(b, prompt, headers=tagged)
+    finally:
+        await a.close()
+        await b.close()
+    assert (shared_a.cache, shared_b.cache) == ("miss", "hit")
+    assert shared_b.id == shared_a.id and shared_b.category == "faq_rules"
 
 
 # ----- 4. TTLs and budgets -------------------------------------------------------------------------
