@@ -79,7 +79,7 @@ class OpenAIAdapter:
         self, endpoint: Endpoint, request: JSONObject, upstream_model: str, provider: str = ""
     ) -> StreamTranslator:
         if endpoint in UPLOAD_ENDPOINTS:  # a transcription's json, text, subtitles or events
-            return TranscriptRelay()
+            return TranscriptRelay(streamed=request.get("stream") is True)
         if endpoint is Endpoint.SPEECH:
             return BytesRelay()
         if endpoint in IMAGE_ENDPOINTS:  # a streamed generation's or edit's partial images
@@ -497,14 +497,22 @@ class BytesRelay:
 
 class TranscriptRelay(BytesRelay):
     """A transcription's or translation's answer relayed as it arrives, as ``BytesRelay``, and
-    kept (up to ``USAGE_READ_BYTES``) for the usage it reports (``transcript_usage``)."""
+    kept (up to ``USAGE_READ_BYTES``) for the usage it reports (``transcript_usage``).
 
-    __slots__ = ("_kept", "_size")
+    A streamed one (``stream: true``: ``data:`` events) has its first event held until it is
+    whole and read: the provider's ``error`` event there is raised before a byte goes out, so
+    the request fails over as a chat or image stream opening with an error does (before, it was
+    relayed as a 200 carrying the error). An answer that is not events after all (a provider
+    answering JSON) goes out as it arrives, as the other formats (json, text, subtitles) do."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_kept", "_opening", "_size")
+
+    def __init__(self, *, streamed: bool = False) -> None:
         super().__init__()
         self._kept: list[bytes] = []
         self._size = 0
+        # A stream's first event, held until it is whole (None: relayed as it arrives).
+        self._opening: bytearray | None = bytearray() if streamed else None
 
     def feed(self, chunk: bytes) -> bytes:
         self._size += len(chunk)
@@ -512,7 +520,25 @@ class TranscriptRelay(BytesRelay):
             self._kept.append(chunk)
         elif self._kept:
             self._kept = []  # too long to read: relayed unread, charged at its estimate
-        return chunk
+        opening = self._opening
+        if opening is None:
+            return chunk
+        opening += chunk
+        if not _may_open_events(opening):
+            self._opening = None
+            return bytes(opening)
+        end = _first_event_end(opening)
+        if end < 0 and len(opening) <= _MAX_OPENING_BYTES:
+            return b""  # held until the first event is whole
+        self._opening = None
+        if end >= 0:
+            _raise_opening_error(bytes(opening[:end]))
+        return bytes(opening)
+
+    def finish(self) -> bytes:
+        held, self._opening = self._opening, None
+        super().finish()
+        return b"" if held is None else bytes(held)
 
     def usage(self) -> JSONObject | None:
         if not self._done or not self._kept:
@@ -520,6 +546,39 @@ class TranscriptRelay(BytesRelay):
         if len(self._kept) > 1:  # (read more than once: joined once)
             self._kept = [b"".join(self._kept)]
         return transcript_usage(self._kept[0])
+
+
+_MAX_OPENING_BYTES = 64 * 1024  # a first event longer than this is relayed unread
+_EVENT_FIELDS = (b"data:", b"event:", b"id:", b":")
+
+
+def _may_open_events(held: bytearray) -> bool:
+    """Whether ``held`` (an answer's first bytes) is, or may still become, the start of SSE
+    events: a ``data:``, ``event:``, ``id:`` or comment line."""
+    head = bytes(held[:6])
+    return any(head.startswith(field) or field.startswith(head) for field in _EVENT_FIELDS)
+
+
+def _first_event_end(held: bytearray) -> int:
+    """Where the first event's blank line begins in ``held``; -1 while it has not come."""
+    ends = [at for at in (held.find(b"\n\n"), held.find(b"\r\n\r\n")) if at >= 0]
+    return min(ends) if ends else -1
+
+
+def _raise_opening_error(event: bytes) -> None:
+    """Raise the provider's error when a stream's first event is one (``{"type": "error"}`` or
+    ``{"error": {...}}``); anything else, JSON or not, is left to the client as it came."""
+    data = b"\n".join(
+        line[5:].lstrip(b" ")
+        for line in event.replace(b"\r\n", b"\n").split(b"\n")
+        if line.startswith(b"data:")
+    )
+    try:
+        parsed = orjson.loads(data) if data else None
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(parsed, dict) and ("error" in parsed or parsed.get("type") == "error"):
+        raise stream_error(parsed.get("error", parsed))
 
 
 _MARKS = (b'"usage"', b'"error"', b"[DONE]\n\n")
