@@ -129,6 +129,8 @@ def test_milliseconds_are_what_round_gives() -> None:
     durations = [rng.random() * scale for scale in (1e-4, 1e-3, 1e-2, 1.0, 300.0) for _ in range(20_000)]
     durations += [0.0, 0.0005, 0.0015, 0.0025, 1e-7]
     assert [milliseconds(d) for d in durations] == [round(d * 1000, 3) for d in durations]
+    # The float floor is ``int()``'s value: the same floats as the ``int()`` it replaced, exactly.
+    assert [milliseconds(d) for d in durations] == [int(d * 1_000_000.0 + 0.5) / 1000 for d in durations]
     # A duration a rounding error away from a half microsecond may land on the other side.
     assert abs(milliseconds(0.1234565) - round(0.1234565 * 1000, 3)) <= 0.001 + 1e-9
 

@@ -38,11 +38,13 @@ CREATED_NS = (
 )
 
 
-def logged_by_logging(formatter: logging.Formatter, created_ns: int, entry: tuple[object, ...]) -> bytes:
+def logged_by_logging(
+    formatter: logging.Formatter, created_ns: int, entry: tuple[object, ...], **more: object
+) -> bytes:
     """The line the ``gateway.access`` logger wrote through a StreamHandler before."""
     record = logging.LogRecord("gateway.access", logging.INFO, __file__, 1, "request", (), None)
     record.created, record.msecs = created_ns / 1e9, created_ns // 1_000_000 % 1000 + 0.0
-    record.fields = dict(zip(FIELDS, entry, strict=True))
+    record.fields = {**dict(zip(FIELDS, entry, strict=True)), **more}
     return (formatter.format(record) + "\n").encode()
 
 
@@ -50,10 +52,20 @@ def dropped() -> Counter:
     return Counter("dropped", "test")
 
 
+# Which lines have a client address (the common line, made without a dict) and which a failed
+# stream besides (an optional field: the line's dict), so a batch mixes both kinds.
+CLIENTS = {
+    "no client": ((None, ""), (None, ""), (None, ""), (None, "")),
+    "clients": (("203.0.113.7", ""), ("2001:db8::1", ""), ("203.0.113.7", ""), ("10.0.0.1", "")),
+    "mixed": (("203.0.113.7", ""), (None, ""), ("10.0.0.1", "upstream_closed"), ("203.0.113.7", "")),
+}
+
+
+@pytest.mark.parametrize("clients", list(CLIENTS))
 @pytest.mark.parametrize("batch", [1, len(ENTRIES)], ids=["line by line", "one batch"])
 @pytest.mark.parametrize("fmt", ["json", "text"])
 def test_lines_are_those_logging_wrote_byte_for_byte(
-    fmt: str, batch: int, monkeypatch: pytest.MonkeyPatch
+    fmt: str, batch: int, clients: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = io.StringIO()
     access = AccessLog(fmt, True, dropped(), stream=out)
@@ -61,10 +73,15 @@ def test_lines_are_those_logging_wrote_byte_for_byte(
     clock = iter(CREATED_NS)
     monkeypatch.setattr(access_log, "time_ns", lambda: next(clock))
     expected = b""
-    for i, (created_ns, entry) in enumerate(zip(CREATED_NS, ENTRIES, strict=True)):
+    for i, (created_ns, entry, (client, stream_error)) in enumerate(
+        zip(CREATED_NS, ENTRIES, CLIENTS[clients], strict=True)
+    ):
         access._scheduled = True  # as while a batch's timer is armed: the flush below writes the batch
-        access.record(*entry)  # type: ignore[arg-type]
-        expected += logged_by_logging(formatter, created_ns, entry)
+        access.record(*entry, client=client, stream_error=stream_error)  # type: ignore[arg-type]
+        more = {"client": client} if client else {}
+        if stream_error:
+            more["stream_error"] = stream_error
+        expected += logged_by_logging(formatter, created_ns, entry, **more)
         if (i + 1) % batch == 0:
             access.flush()
     assert out.getvalue().encode() == expected
@@ -98,7 +115,10 @@ def test_a_path_that_is_not_utf8_is_written_escaped_not_lost() -> None:
     out = io.StringIO()
     access = AccessLog("json", True, dropped(), stream=out)
     access.record("r", "GET", "/v1/\udcff", 404, "", "", "", 0, False, 0.1)
-    assert orjson.loads(out.getvalue())["path"] == "/v1/\\udcff"
+    access.record("r", "GET", "/v1/\udcfe", 404, "", "", "", 0, False, 0.1, client="203.0.113.7")
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["path"] for line in lines] == ["/v1/\\udcff", "/v1/\\udcfe"]
+    assert lines[1]["client"] == "203.0.113.7"
 
 
 def read_all(fd: int, into: bytearray) -> threading.Thread:
@@ -347,3 +367,45 @@ def test_a_call_let_in_with_a_previous_token_is_said_as_logging_wrote_it(
     fields = {**dict(zip(FIELDS, entry, strict=True)), "client": "10.0.0.7", "previous_token": "metrics"}
     record.fields = fields
     assert out.getvalue() == formatter.format(record) + "\n"
+
+
+async def test_one_line_batches_wait_for_a_full_pipe_and_are_counted_on_a_dead_one() -> None:
+    """A batch that fits in one atomic write (one line: what a lone request's timer flushes) is
+    written by one ``os.write``: when the pipe is full it waits, in order, for the pipe to be
+    writable; when the reader is gone it is counted, never raised."""
+    read_fd, write_fd = os.pipe()
+    filler = os.open(f"/proc/self/fd/{write_fd}", os.O_WRONLY | os.O_NONBLOCK)
+    filled = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:  # fill the pipe with whole lines
+            filled += os.write(filler, b"x" * 63 + b"\n") // 64
+    os.close(filler)
+    counter = dropped()
+    access = AccessLog("json", True, counter, stream=PipeStream(write_fd))  # type: ignore[arg-type]
+    access.start()
+    assert access._pipe is not None
+    for i in range(20):
+        access.record(f"r-{i}", "POST", "/v1/chat/completions", 200, "m", "p", "u", 1, False, 0.5)
+        access.flush()  # one line a batch
+    assert access._pipe._waiting  # the full pipe refused them: they wait, the loop did not
+    received = bytearray()
+    reader = read_all(read_fd, received)
+    await access.close()
+    os.close(write_fd)
+    reader.join(10)
+    lines = received.splitlines()
+    assert len(lines) == filled + 20
+    assert [orjson.loads(line)["request_id"] for line in lines[filled:]] == [f"r-{i}" for i in range(20)]
+    assert counter.children[()].value == 0
+
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # the reader died: EPIPE
+    access = AccessLog("json", True, counter, stream=PipeStream(write_fd))  # type: ignore[arg-type]
+    access.start()
+    for i in range(5):
+        access.record(f"r-{i}", "POST", "/v1/chat/completions", 200, "m", "p", "u", 1, False, 0.5)
+        access.flush()
+    assert counter.children[()].value == 5  # counted as they fail, while serving
+    await access.close()
+    os.close(write_fd)
+    assert counter.children[()].value == 5  # once
