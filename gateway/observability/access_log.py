@@ -2,11 +2,12 @@
 
 The lines are exactly those the ``gateway.access`` logger wrote through ``logging`` before (the
 same JSON object, key for key, or the same text line, with the same control-character escaping:
-``observability/logging.py``), but a request only appends its line's object to a list. The first
-request after a flush arms one timer (``FLUSH_INTERVAL_S``); when it fires, or as soon as
-``MOST_PENDING_LINES`` are waiting, every pending line is formatted with orjson and the batch,
-one bytes object, goes to stderr as below. ``logging``'s way, a record, a formatter and a
-write + flush per request, cost 41 us per request (issue 12).
+``observability/logging.py``), but a request only appends its line's object to a list (``_Line``,
+a dataclass orjson dumps, for the common line). The first request after a flush arms one timer
+(``FLUSH_INTERVAL_S``); when it fires, or as soon as ``MOST_PENDING_LINES`` are waiting, the
+pending lines are dumped with one orjson call and the batch, one bytes object, goes to stderr as
+below. ``logging``'s way, a record, a formatter and a write + flush per request, cost 41 us per
+request (issue 12).
 
 Why batches in time rather than one per event-loop iteration (the first design, and the issue's
 words): each hand-over wakes the writer, which on a busy core preempts the loop thread and then
