@@ -39,7 +39,7 @@ from redis.exceptions import InvalidResponse, RedisError
 from gateway.cache.memory_store import entry_size
 from gateway.cache.store import CategoryBudget, CategoryUsage
 from gateway.redis_link import Outage, RedisClient, probe, probe_answered, redis_client
-from gateway.redis_pipe import ScriptPipe, script_op
+from gateway.redis_pipe import ScriptPipe, ScriptTemplate, script_op
 
 if TYPE_CHECKING:
     from gateway.cache.store import CacheStore
@@ -164,6 +164,8 @@ class RedisStore:
         self._prefix = prefix
         # Each category's key names but the entry's: (value prefix, lru, sizes, bytes, claim prefix).
         self._named: dict[str, tuple[str, str, str, str, str]] = {}
+        # The lookup's packed call per (category, claim time in ms), made at its first lookup.
+        self._lookups: dict[tuple[str, int], ScriptTemplate] = {}
         self._op_timeout_s = op_timeout_s
         self._usage = {name: CategoryUsage(entries=0, bytes=0) for name in budgets}
         self._client: RedisClient | None = None
@@ -240,16 +242,37 @@ class RedisStore:
     async def get_or_claim(self, category: str, key: str, claim_s: float) -> tuple[bytes | None, bool]:
         """See ``CacheStore.get_or_claim``: one script, one round trip, hit or miss. A failing
         Redis gives (None, True): fetch, as without a shared cache."""
-        keys = self._keys(category, key)
         claim_ms = max(1, math.ceil(claim_s * 1000))
-        result = await self._call_script("get", keys, [key, claim_ms], _lookup)
+        pipe = self._pipe
+        if pipe is not None:
+            # The one call of a cacheable request: its command from the category's template
+            # (the same bytes, not formatted argument by argument: ``ScriptTemplate``).
+            template = self._lookups.get((category, claim_ms))
+            if template is None:
+                template = self._lookup_template(category, claim_ms)
+            script = self._scripts["get"]
+            command = template.command(key)
+            result = await self._call(lambda: pipe.call(script, command), bounded=pipe.bounded, read=_lookup)
+        else:
+            result = await self._call_script("get", self._keys(category, key), [key, claim_ms], _lookup)
         if isinstance(result, int):
             return None, bool(result)
         if result is None:  # failed or skipped (with a claim asked, the script never gives nil)
             if len(self._orphans) < _MAX_ORPHANS:
-                self._orphans.add(keys[4])
+                self._orphans.add(self._keys(category, key)[4])
             return None, True
         return bytes(result), False
+
+    def _lookup_template(self, category: str, claim_ms: int) -> ScriptTemplate:
+        """The lookup script's call for ``category`` (its keys, then ARGV key and ``claim_ms``),
+        made once per category: ``get_or_claim`` fills in the entry's key."""
+        self._check(category)
+        self._keys(category, "")
+        value, lru, sizes, total, claim = self._named[category]
+        parts = [(value, True), (lru, False), (sizes, False), (total, False), (claim, True)]
+        template = ScriptTemplate(self._scripts["get"].sha, 5, [*parts, ("", True), (str(claim_ms), False)])
+        self._lookups[(category, claim_ms)] = template
+        return template
 
     def _call_script(
         self, name: str, keys: list[str], args: list[str | int | bytes], read: Callable[[Any], Any]
