@@ -220,6 +220,11 @@ def _sentinel_client(
     return client
 
 
+def failure_text(exc: BaseException) -> str:
+    """How a failed call is named in the went-down log line: its type and, if any, its words."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class Outage:
     """The fail-open state of one Redis link (see the module docstring); ``clock`` in seconds."""
 
@@ -276,7 +281,7 @@ class Outage:
                 result = read(result)
         except FAILURES as exc:
             if self.failed(probe):
-                went_down(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                went_down(failure_text(exc))
             return None
         finally:
             self.finished(probe)

@@ -30,7 +30,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.commands.core import AsyncScript
@@ -38,7 +38,15 @@ from redis.exceptions import InvalidResponse, RedisError
 
 from gateway.cache.memory_store import entry_size
 from gateway.cache.store import CategoryBudget, CategoryUsage
-from gateway.redis_link import Outage, RedisClient, probe, probe_answered, redis_client
+from gateway.redis_link import (
+    FAILURES,
+    Outage,
+    RedisClient,
+    failure_text,
+    probe,
+    probe_answered,
+    redis_client,
+)
 from gateway.redis_pipe import ScriptPipe, ScriptTemplate, script_op
 
 if TYPE_CHECKING:
@@ -239,29 +247,63 @@ class RedisStore:
         result = await self._call_script("get", self._keys(category, key), [key], _value)
         return bytes(result) if result is not None else None
 
-    async def get_or_claim(self, category: str, key: str, claim_s: float) -> tuple[bytes | None, bool]:
+    def get_or_claim(
+        self, category: str, key: str, claim_s: float
+    ) -> Coroutine[Any, Any, tuple[bytes | None, bool]]:
         """See ``CacheStore.get_or_claim``: one script, one round trip, hit or miss. A failing
-        Redis gives (None, True): fetch, as without a shared cache."""
+        Redis gives (None, True): fetch, as without a shared cache. (No coroutine of its own:
+        the one it returns is awaited.)"""
         claim_ms = max(1, math.ceil(claim_s * 1000))
         pipe = self._pipe
-        if pipe is not None:
-            # The one call of a cacheable request: its command from the category's template
-            # (the same bytes, not formatted argument by argument: ``ScriptTemplate``).
-            template = self._lookups.get((category, claim_ms))
-            if template is None:
-                template = self._lookup_template(category, claim_ms)
-            script = self._scripts["get"]
-            command = template.command(key)
-            result = await self._call(lambda: pipe.call(script, command), bounded=pipe.bounded, read=_lookup)
-        else:
-            result = await self._call_script("get", self._keys(category, key), [key, claim_ms], _lookup)
+        if pipe is None or not pipe.bounded:
+            return self._claim_via_client(category, key, claim_ms)
+        # The one call of a cacheable request: its command from the category's template (the
+        # same bytes, not formatted argument by argument: ``ScriptTemplate``).
+        template = self._lookups.get((category, claim_ms))
+        if template is None:
+            template = self._lookup_template(category, claim_ms)
+        return self._claim_on_pipe(pipe, template.command(key), category, key)
+
+    async def _claim_on_pipe(
+        self, pipe: ScriptPipe, command: bytes, category: str, key: str
+    ) -> tuple[bytes | None, bool]:
+        """The lookup on the (bounded) pipe, with ``Outage.call``'s bookkeeping done here, its
+        steps in its order: a Redis hit's reply comes back through two coroutine frames fewer
+        (``Outage.call``'s, ``get_or_claim``'s), each made, suspended and resumed per hit."""
+        outage = self._outage
+        probe = outage.attempt()
+        if probe is None:
+            return self._unclaimed(category, key)
+        try:
+            result = _lookup(await pipe.call(self._scripts["get"], command))
+        except FAILURES as exc:
+            if outage.failed(probe):
+                self._went_down(failure_text(exc))
+            return self._unclaimed(category, key)
+        finally:
+            outage.finished(probe)
+        if outage.succeeded():
+            self._came_back()
+        if isinstance(result, int):
+            return None, bool(result)
+        if result is None:  # (with a claim asked, the script never gives nil)
+            return self._unclaimed(category, key)
+        return result, False
+
+    async def _claim_via_client(self, category: str, key: str, claim_ms: int) -> tuple[bytes | None, bool]:
+        """``get_or_claim`` without a bounded pipe (Sentinel, Cluster): through ``_call``."""
+        result = await self._call_script("get", self._keys(category, key), [key, claim_ms], _lookup)
         if isinstance(result, int):
             return None, bool(result)
         if result is None:  # failed or skipped (with a claim asked, the script never gives nil)
-            if len(self._orphans) < _MAX_ORPHANS:
-                self._orphans.add(self._keys(category, key)[4])
-            return None, True
+            return self._unclaimed(category, key)
         return bytes(result), False
+
+    def _unclaimed(self, category: str, key: str) -> tuple[None, bool]:
+        """A lookup that failed or was skipped: fetch, and remember the claim key it may have set."""
+        if len(self._orphans) < _MAX_ORPHANS:
+            self._orphans.add(self._keys(category, key)[4])
+        return None, True
 
     def _lookup_template(self, category: str, claim_ms: int) -> ScriptTemplate:
         """The lookup script's call for ``category`` (its keys, then ARGV key and ``claim_ms``),
