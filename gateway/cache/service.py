@@ -27,7 +27,7 @@ from gateway.cache.store import CacheStore
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.observability.metrics import CounterChild, GatewayMetrics
 from gateway.policy.model import Cache
-from gateway.wire.requests import MEDIA_ENDPOINTS, Endpoint
+from gateway.wire.requests import ENDPOINT_EMBEDDINGS, MEDIA_ENDPOINTS, Endpoint
 
 if TYPE_CHECKING:
     from gateway.cache.semantic import SemanticIndex, Vector
@@ -502,7 +502,7 @@ class ResponseCache:
             return True
         if mode == "opt-in":
             return False
-        if endpoint is Endpoint.EMBEDDINGS:
+        if endpoint is ENDPOINT_EMBEDDINGS:
             return True  # embeddings are deterministic
         temperature = body.get("temperature")
         # (a tuple: ``int | float`` would build a union object on every request)

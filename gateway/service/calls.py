@@ -60,6 +60,9 @@ from gateway.wire import provider_files
 from gateway.wire.forms import FORM, UploadForm
 from gateway.wire.requests import (
     BYTES_ENDPOINTS,
+    ENDPOINT_CHAT,
+    ENDPOINT_COMPLETIONS,
+    ENDPOINT_EMBEDDINGS,
     IMAGE_ENDPOINTS,
     IMAGE_UPLOAD_ENDPOINTS,
     MEDIA_ENDPOINTS,
@@ -175,16 +178,16 @@ class RequestService:
         # 1. validate: nothing below runs for a request that will be refused anyway
         model, stream = check_request(endpoint, body)
         check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
-        if endpoint is Endpoint.CHAT and door is None:  # a door's translation holds its own values
+        if endpoint is ENDPOINT_CHAT and door is None:  # a door's translation holds its own values
             check_chat_values(body)
         identity = ctx.identity
-        if identity is not None and not identity.provider_files and endpoint is Endpoint.CHAT:
+        if identity is not None and not identity.provider_files and endpoint is ENDPOINT_CHAT:
             # A key not allowed to name the organisation's provider-side objects (file ids,
             # Gemini Files URIs), before any provider sees them; open mode and allowed keys skip it.
             where = provider_files.in_chat(body) if door is None else door.provider_file()
             if where is not None:
                 raise ProviderFileNotAllowed(where, identity.team)
-        elif endpoint is Endpoint.COMPLETIONS:
+        elif endpoint is ENDPOINT_COMPLETIONS:
             check_completion_values(body)
         elif identity is not None and not identity.provider_files and endpoint in FORM_ENDPOINTS:
             # An upload's form fields: none may be a file id's bracketed path (``mask[file_id]``).
@@ -229,7 +232,7 @@ class RequestService:
         try:
             # 3. augment
             if (
-                endpoint is Endpoint.CHAT
+                endpoint is ENDPOINT_CHAT
                 and door is None
                 and ("memory" in body or memory_augment.HEADER in ctx.headers)  # ``wanted``, inline
             ):
@@ -282,7 +285,7 @@ class RequestService:
             called_s = time.perf_counter()
             try:
                 fetch: Attempt[tuple[bytes, object]]
-                if door is None and endpoint is Endpoint.EMBEDDINGS:
+                if door is None and endpoint is ENDPOINT_EMBEDDINGS:
                     kept: _KeptSlices = {}  # slices that came back, per deployment: a retry keeps them
                     fetch = lambda t: self._fetch(t, endpoint, body, kept)  # noqa: E731
                 elif door is None:

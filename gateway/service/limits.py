@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from gateway.errors import InvalidRequest
 from gateway.policy.model import Limits
-from gateway.wire.requests import Endpoint, JSONObject
+from gateway.wire.requests import ENDPOINT_COMPLETIONS, Endpoint, JSONObject
 
 # The token fields of each endpoint (OpenAI's chat API renamed max_tokens to max_completion_tokens).
 _TOKEN_FIELDS: dict[Endpoint, tuple[str, ...]] = {
@@ -37,7 +37,7 @@ def check_limits(endpoint: Endpoint, body: JSONObject, limits: Limits) -> None:
         _check_int(body, "n", limits.max_n, "limits.max_n")
     # OpenAI's legacy completions take ``max_tokens: 0`` (its reference: minimum 0), with
     # ``echo`` to score a prompt's log probabilities without generating; chat's minimum is 1.
-    least = 0 if endpoint is Endpoint.COMPLETIONS else 1
+    least = 0 if endpoint is ENDPOINT_COMPLETIONS else 1
     for name in fields:
         if body.get(name) is not None:
             _check_int(body, name, limits.max_tokens, "limits.max_tokens", least)

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from gateway.errors import InvalidRequest
 from gateway.jsonsafe import MAX_JSON_DEPTH, nests_deeper_than
-from gateway.wire.requests import BYTES_ENDPOINTS, HEADS, Endpoint, H, JSONObject
+from gateway.wire.requests import BYTES_ENDPOINTS, ENDPOINT_CHAT, HEADS, Endpoint, H, JSONObject
 
 
 def parse_body(raw: bytes) -> JSONObject:
@@ -48,7 +48,7 @@ def check_request(endpoint: Endpoint, body: JSONObject) -> tuple[str, bool]:
     An ordinary chat body (the shapes clients send all day) is checked by hand, which costs a
     fraction of building the pydantic head; anything else, valid or not, goes through pydantic,
     so every refusal and its message are the head models' own."""
-    if endpoint is Endpoint.CHAT and _ordinary_chat(body):
+    if endpoint is ENDPOINT_CHAT and _ordinary_chat(body):
         return body["model"], body.get("stream") is True
     head = validate_head(HEADS[endpoint], body)
     # Speech and the uploads take the stream path: their answers are relayed as bytes as they
