@@ -69,9 +69,12 @@ class KeyMemo:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def key(self, endpoint: str, tenant: str, body: Mapping[str, Any]) -> str:
-        """``request_key(endpoint, tenant, body)``, remembered."""
-        found = (endpoint, tenant, orjson.dumps(body), bool(body.get("stream")))
+    def key(self, endpoint: str, tenant: str, body: Mapping[str, Any], body_json: bytes | None = None) -> str:
+        """``request_key(endpoint, tenant, body)``, remembered. ``body_json``: ``orjson.dumps(body)``,
+        when the caller made it already."""
+        if body_json is None:
+            body_json = orjson.dumps(body)
+        found = (endpoint, tenant, body_json, bool(body.get("stream")))
         size = len(found[2]) + self.ENTRY_OVERHEAD
         if size * 64 > self.max_bytes:  # never kept: not hashed to be looked for either
             return request_key(endpoint, tenant, body)

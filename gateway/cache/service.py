@@ -269,13 +269,15 @@ class ResponseCache:
         tenant: str,
         tags: frozenset[str],
         variant: str = "",
+        body_json: bytes | None = None,
     ) -> CachePlan:
         """Decide how the cache treats this request; raises ``InvalidRequest`` for bad cache headers.
 
         ``tenant`` is whose answers these are (categories marked shared ignore it); ``variant``
         what besides the body changes the answer (a front door's ``cache_variant``: Anthropic
         betas), keyed apart. A request that cannot be cached gets its category's shared bypass
-        plan (never to be changed)."""
+        plan (never to be changed). ``body_json``: ``orjson.dumps(body)``, when the caller made
+        it already (``may_key``)."""
         cfg = self.config
         named = _once(headers, CATEGORY_HEADER)
         if named is None and not cfg.rules and TTL_HEADER not in headers:
@@ -323,7 +325,7 @@ class ResponseCache:
         scope = _SCOPES[endpoint] if not variant else f"{_SCOPES[endpoint]};{variant}"
         plan = CachePlan(
             category,
-            self._keys.key(scope, tenant, body),
+            self._keys.key(scope, tenant, body, body_json),
             ttl_s,
             read,
             write,
@@ -333,6 +335,20 @@ class ResponseCache:
             plan.scope = fingerprint.semantic_scope(scope, tenant, body)
             plan.text = fingerprint.prompt_text(body)
         return plan
+
+    def may_key(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> bool:
+        """Whether ``plan`` may give a chat request a key (and so need its body's JSON): cheap,
+        and never False for a request that gets one (True for some that do not: a header may name
+        a category that turns out to be unknown, a rule may not match, Cache-Control may bypass)."""
+        cfg = self.config
+        if not cfg.enabled:
+            return False
+        if cfg.cacheable == "always" or cfg.rules or CATEGORY_HEADER in headers:
+            return True
+        if cfg.cacheable == "opt-in":
+            return False
+        temperature = body.get("temperature")
+        return isinstance(temperature, _NUMBER) and not isinstance(temperature, bool) and temperature == 0
 
     def capture_bytes(self, plan: CachePlan) -> int:
         """How much of a streamed answer to keep for storing under ``plan``: none when it will

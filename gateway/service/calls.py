@@ -55,7 +55,7 @@ from gateway.service.limits import check_limits
 from gateway.service.media import check_served, image_usage, media_units, unit_cost_usd
 from gateway.service.shadow import ShadowTraffic, door_answer
 from gateway.service.streams import AnswerStream, ReplayStream, RoutedStream
-from gateway.service.validation import check_request
+from gateway.service.validation import CheckedBodies, check_request
 from gateway.wire import provider_files
 from gateway.wire.forms import FORM, UploadForm
 from gateway.wire.requests import (
@@ -157,6 +157,7 @@ class RequestService:
         self._limits = limits if limits is not None else Limits()  # the policy's defaults
         self._tuning = tuning
         self._tracer = tracer  # tracing.OFF: each hook below costs one ``on`` check
+        self._checked = CheckedBodies()  # chat bodies found valid: a repeated one is not checked again
         self._genai: dict[tuple[Endpoint, str, int], tuple[Target, _GenAISeries]] = {}
         self.memory: MemoryService | None = memory(self.embed) if memory is not None else None
         # Shadow traffic (``shadow.py``): ``rng`` draws which requests are mirrored.
@@ -176,10 +177,19 @@ class RequestService:
 
         ``door``: a front door's call (``front_door.py``): ``body`` is its chat translation."""
         # 1. validate: nothing below runs for a request that will be refused anyway
-        model, stream = check_request(endpoint, body)
-        check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
+        body_json = None
         if endpoint is ENDPOINT_CHAT and door is None:  # a door's translation holds its own values
-            check_chat_values(body)
+            if self.cache.may_key(body, ctx.headers):
+                # Its key will need the body's JSON: made now, it also finds a body checked before
+                body_json = orjson.dumps(body)
+                model, stream = self._checked.check(body, body_json, self._limits)
+            else:
+                model, stream = check_request(endpoint, body)
+                check_limits(endpoint, body, self._limits)  # n, max_tokens: bounded before any provider
+                check_chat_values(body)
+        else:
+            model, stream = check_request(endpoint, body)
+            check_limits(endpoint, body, self._limits)
         identity = ctx.identity
         if identity is not None and not identity.provider_files and endpoint is ENDPOINT_CHAT:
             # A key not allowed to name the organisation's provider-side objects (file ids,
@@ -221,7 +231,13 @@ class RequestService:
         variant = "" if group == model else _served_by(model, group)  # (no call for most)
         if door is None:  # ``_cache_plan``, inline for a client's own request
             plan = self.cache.plan(
-                endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags, variant=variant
+                endpoint,
+                body,
+                ctx.headers,
+                tenant=ctx.tenant,
+                tags=ctx.tags,
+                variant=variant,
+                body_json=body_json,
             )
         else:
             plan = self._cache_plan(endpoint, body, ctx, variant, door)
