@@ -68,3 +68,37 @@ def test_a_hit_is_counted_on_its_series_made_at_the_first_hit_and_its_outcome_sh
     other = c.hit(category, CachedAnswer(b"{}", "p", "m2", "semantic"))
     assert (other.match, other.model) == ("semantic", "m2")
     assert metrics.registry.get_sample_value("gateway_cache_requests_total", labels) == 3
+
+
+def test_a_repeated_cacheable_request_shares_its_plan_and_another_gets_its_own() -> None:
+    c = cache()
+    body = {**CHAT, "temperature": 0}
+    plan = c.plan(Endpoint.CHAT, body, {}, tenant="t1", tags=frozenset())
+    assert c.plan(Endpoint.CHAT, dict(body), {}, tenant="t1", tags=frozenset()) is plan
+    others = [
+        c.plan(Endpoint.CHAT, body, {}, tenant="t2", tags=frozenset()),  # another tenant: another key
+        c.plan(Endpoint.CHAT, body, {"x-gateway-cache-ttl": "60"}, tenant="t1", tags=frozenset()),
+        c.plan(Endpoint.CHAT, body, {"cache-control": "no-cache"}, tenant="t1", tags=frozenset()),
+        c.plan(Endpoint.CHAT, body, {"cache-control": "no-store"}, tenant="t1", tags=frozenset()),
+    ]
+    assert all(other is not plan for other in others)
+    assert [(o.ttl_s, o.read, o.write, o.status) for o in others[1:]] == [
+        (60.0, True, True, "miss"),
+        (plan.ttl_s, False, True, "refresh"),
+        (plan.ttl_s, True, False, "miss"),
+    ]
+    assert others[0].key != plan.key and others[1].key == plan.key
+
+
+def test_a_semantic_categorys_plan_is_never_shared() -> None:
+    policy = parse_policy(
+        POLICY
+        + "cache: {default_category: s, categories: {s: {ttl_s: 60, max_bytes: 1000000,"
+        + " semantic: {embedding_model: m, threshold: 0.9}}}}\n"
+    )
+    c = ResponseCache(policy.cache, MemoryStore(policy.cache.categories), GatewayMetrics())
+    body = {**CHAT, "temperature": 0}
+    first = c.plan(Endpoint.CHAT, body, {}, tenant="t1", tags=frozenset())
+    second = c.plan(Endpoint.CHAT, body, {}, tenant="t1", tags=frozenset())
+    assert first is not second and first.key == second.key  # each sets its own vector
+    assert first.text == "user: hi"
