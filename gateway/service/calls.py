@@ -121,6 +121,14 @@ class Answer:
     media_type: str | None = None
 
 
+# The hits' shared answers (``RequestService._hit``): how many, their bodies' bytes in all, and
+# the largest body shared (the cache decodes a larger entry anew on each hit, so its body is a
+# new object whose hash would be computed each time).
+_MOST_SHARED_REPLIES = 1024
+_MOST_SHARED_REPLIES_BYTES = 4 << 20
+_MOST_SHARED_REPLY_BYTES = 64 << 10
+
+
 @dataclass(frozen=True, slots=True)
 class Tuning:
     """Single-flight limits: how long an identical request waits for its leader, and how many
@@ -158,6 +166,8 @@ class RequestService:
         self._tuning = tuning
         self._tracer = tracer  # tracing.OFF: each hook below costs one ``on`` check
         self._checked = CheckedBodies()  # chat bodies found valid: a repeated one is not checked again
+        self._replies: dict[bytes, Answer] = {}  # hits' answers, by their body (``_hit``)
+        self._reply_bytes = 0
         self._genai: dict[tuple[Endpoint, str, int], tuple[Target, _GenAISeries]] = {}
         self.memory: MemoryService | None = memory(self.embed) if memory is not None else None
         # Shadow traffic (``shadow.py``): ``rng`` draws which requests are mirrored.
@@ -486,7 +496,26 @@ class RequestService:
         ctx.record.cache = self.cache.hit(plan.category, answer)  # counted, its outcome shared
         if ctx.limit_ticket is not None:  # a hit costs no provider tokens
             ctx.limit_ticket.settle_later(0, 0, 0.0)
-        return Answer(stream=ReplayStream(answer.body)) if stream else Answer(body=answer.body)
+        if stream:
+            return Answer(stream=ReplayStream(answer.body))
+        # A whole answer's ``Answer``, made once per stored body and shared, as nothing changes
+        # an ``Answer`` once made: the cache hands back the same body object for each hit of an
+        # entry it decoded once, whose hash Python keeps (a dataclass's ``__init__``: ~2.7k
+        # instructions, callgrind). Bounded by entries and bytes; then it starts again.
+        body = answer.body
+        size = len(body)
+        if size > _MOST_SHARED_REPLY_BYTES:  # not kept, so not hashed to be looked for either
+            return Answer(body=body)
+        replies = self._replies
+        reply = replies.get(body)
+        if reply is None:
+            reply = Answer(body=body)
+            self._reply_bytes += size
+            if len(replies) >= _MOST_SHARED_REPLIES or self._reply_bytes > _MOST_SHARED_REPLIES_BYTES:
+                replies.clear()
+                self._reply_bytes = size
+            replies[body] = reply
+        return reply
 
     # ----- 5 for a whole answer
 

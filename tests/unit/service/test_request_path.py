@@ -26,6 +26,7 @@ from gateway.errors import UpstreamConnectError
 from gateway.policy.loader import parse_policy
 from gateway.providers.base import UpstreamRequest
 from gateway.service.calls import _StreamBook
+from gateway.service.context import CallContext
 from gateway.service.streams import RoutedStream
 from gateway.settings import Settings
 from gateway.testing.mock_transport import MockResponse, MockTransport
@@ -457,3 +458,22 @@ async def test_an_unreadable_in_process_entry_is_a_miss_fetched_again_and_replac
     assert await second.read() == await first.read()
     assert upstreams.calls == [("a", "ma")]
     assert cache.flights._pending == {}
+
+
+async def test_hits_of_one_entry_share_its_answer_and_a_large_one_is_made_each_time(
+    client: TestClient, upstreams: Upstreams
+) -> None:
+    service = client.app[keys.SERVICE]  # type: ignore[index]
+    stored = await service.run(Endpoint.CHAT, dict(CHAT), CallContext("r0", 0.0))  # the miss
+    first = await service.run(Endpoint.CHAT, dict(CHAT), CallContext("r1", 0.0))
+    second = await service.run(Endpoint.CHAT, dict(CHAT), CallContext("r2", 0.0))
+    assert first is second and first.body == stored.body and first.stream is None
+    assert len(upstreams.calls) == 1
+
+    large = {**CHAT, "messages": [{"role": "user", "content": "large"}]}
+    upstreams.behaviour = {"a": lambda request: MockResponse.json(completion("ma", "x" * 70_000))}
+    await service.run(Endpoint.CHAT, dict(large), CallContext("r3", 0.0))
+    one = await service.run(Endpoint.CHAT, dict(large), CallContext("r4", 0.0))
+    other = await service.run(Endpoint.CHAT, dict(large), CallContext("r5", 0.0))
+    assert one is not other and one.body == other.body and len(one.body or b"") > 64 * 1024
+    assert len(upstreams.calls) == 2
