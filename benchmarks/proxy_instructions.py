@@ -78,7 +78,16 @@ def valgrind_gateway(
         f"--callgrind-out-file={out}",
         *(program or [sys.executable, "-m", "gateway.cli", "serve", "--policy", str(policy), "--port", "0"]),
     ]
-    env = {**os.environ, **tree_env(tree, SOPHIA_ACCESS_LOG="1" if access_log else "0", PYTHONUNBUFFERED="1")}
+    # One hash seed for every process: a random one lays dicts and sets out differently in each
+    # run, which moved the same tree's count by up to ~1.7 %; with one seed it repeats within
+    # ~0.05 % (the access log's timed flushes still follow the machine's load: see RESULTS.md).
+    seed = os.environ.get("PYTHONHASHSEED", "0")
+    env = {
+        **os.environ,
+        **tree_env(
+            tree, SOPHIA_ACCESS_LOG="1" if access_log else "0", PYTHONUNBUFFERED="1", PYTHONHASHSEED=seed
+        ),
+    }
     # Tracing only where asked: an OTEL_* variable of the caller's would otherwise turn it on.
     env = {k: v for k, v in env.items() if not k.startswith("OTEL_")} | (extra_env or {})
     proc = subprocess.Popen(
