@@ -30,8 +30,11 @@ SHARED_TENANT = "*"
 ANONYMOUS_TENANT = "anonymous"
 
 
+@functools.lru_cache(maxsize=1024)
 def tenant_of(authorization: str | None) -> str:
-    """A stable, non-reversible tenant id from the caller's ``Authorization`` header."""
+    """A stable, non-reversible tenant id from the caller's ``Authorization`` header.
+    (Remembered as ``_credential_hash`` is, so a request's tenant is found without a Python
+    frame: every open-mode request asks.)"""
     if not authorization:
         return ANONYMOUS_TENANT
     return _credential_hash(authorization)

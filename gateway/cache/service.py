@@ -282,7 +282,9 @@ class ResponseCache:
         plan (never to be changed). ``body_json``: ``orjson.dumps(body)``, when the caller made
         it already (``may_key``)."""
         cfg = self.config
-        named = _once(headers, CATEGORY_HEADER)
+        named = headers.get(CATEGORY_HEADER)
+        if named is not None:  # (sent more than once: refused)
+            named = _once(headers, CATEGORY_HEADER)
         if named is None and not cfg.rules and TTL_HEADER not in headers:
             # The common case, decided cheaply: no header names a category or a TTL and no rule
             # can pick one, so only the default category and the request's own fields matter.

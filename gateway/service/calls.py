@@ -291,8 +291,14 @@ class RequestService:
             if plan.read:
                 if self._tracer.on:
                     found, lead = await self._find_traced(plan)
-                elif (now := self._find_now(plan)) is not None:
-                    found, lead = now
+                elif self.cache.answers_now(plan) and not self.cache.flights.leading(plan.key):
+                    # ``_find`` without awaiting (no flight for the key yet, an in-process store,
+                    # no semantic index: the default gateway), inline: two coroutines fewer per
+                    # in-process lookup, and no call of its own
+                    found = self.cache.exact_now(plan)
+                    if found is None:
+                        self.cache.flights.lead(plan.key)  # checked and taken with no await between
+                        lead = True
                 else:
                     found, lead = await self._find(plan)
                 if found is not None:
@@ -414,20 +420,6 @@ class RequestService:
         return (await self.embed(model, [text]))[0]
 
     # ----- 4. cache
-
-    def _find_now(self, plan: CachePlan) -> tuple[CachedAnswer | None, bool] | None:
-        """``_find`` without awaiting, where that is possible (no flight for the key yet, an
-        in-process store, no semantic index: the default gateway): the answer, or a miss whose
-        flight this request now leads; None when ``_find`` must be awaited. Two coroutines fewer
-        per in-process lookup."""
-        flights, cache = self.cache.flights, self.cache
-        if flights.leading(plan.key) or not cache.answers_now(plan):
-            return None
-        found = cache.exact_now(plan)
-        if found is None:
-            flights.lead(plan.key)  # checked and taken with no await between, as in ``_find``
-            return None, True
-        return found, False
 
     def _cache_plan(
         self, endpoint: Endpoint, body: JSONObject, ctx: CallContext, variant: str, door: FrontDoor | None

@@ -22,6 +22,7 @@ __all__ = ["CallContext", "CallRecord", "OnBehalf", "RequestIds", "Route", "on_b
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 TAGS_HEADER = "x-gateway-tags"
+_NO_TAGS: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -117,7 +118,7 @@ class CallContext:
             request_id,
             started_s,
             headers,
-            frozenset(t.strip() for t in tags.split(",") if t.strip()) if tags else frozenset(),
+            frozenset(t.strip() for t in tags.split(",") if t.strip()) if tags else _NO_TAGS,
             record if record is not None else CallRecord(),
             tenant,
             identity,
