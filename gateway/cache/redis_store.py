@@ -327,10 +327,14 @@ class RedisStore:
         return self._call(op, bounded=bounded, read=read)
 
     async def release_claim(self, category: str, key: str) -> None:
-        """Delete the claim key (nothing happens while Redis is failing: it expires)."""
+        """Delete the claim key (nothing happens while Redis is failing: it expires). Never the
+        call that probes a failing link: a plain ``DEL`` that works says nothing of the scripts
+        every other call runs (a Redis refusing scripts, an ACL without ``@scripting``, answers
+        it), and its success ended the outage the next lookup opened again: the link flickered
+        between down and recovered."""
         claim = self._keys(category, key)[4]
         client = self._client
-        if client is not None:
+        if client is not None and self._outage.healthy:
             await self._call(lambda: client.delete(claim))
 
     def largest_entry(self, category: str) -> int:
@@ -455,7 +459,7 @@ class RedisStore:
         since is deleted too: its waiters then fetch once more, nothing worse)."""
         client = self._client
         for start in range(0, len(claims), 500):
-            if client is None:
+            if client is None or not self._outage.healthy:  # (as ``release_claim``: never a probe)
                 return
             part = claims[start : start + 500]
             await self._call(lambda part=part: client.delete(*part))  # type: ignore[misc]

@@ -371,3 +371,30 @@ async def test_a_value_key_of_another_type_is_a_miss_not_an_outage(
     assert await store.get("chat", "fine") == VALUE  # the rest of the cache served all along
     await store.set("chat", "odd", b"answer", 30)
     assert await store.get("chat", "odd") == b"answer"
+
+
+async def test_a_claims_release_never_ends_an_outage_of_a_redis_refusing_scripts(
+    private_redis: PrivateRedis,
+) -> None:
+    # Every cache call runs a script but the claim's release, a plain DEL, which a Redis refusing
+    # scripts (an ACL without @scripting) answers: once the backoff passed, a release was the
+    # call that probed the failing link, its success ended the outage and the next lookup opened
+    # it again (tests/e2e/test_redis_faults.py saw "unavailable" twice, "recovered" once).
+    s = RedisStore(private_redis.url, BUDGETS, prefix="test:noscripts:", op_timeout_s=1.0)
+    await s.start()
+    admin = aioredis.Redis.from_url(private_redis.url)
+    try:
+        assert await s.get_or_claim("chat", "k", 5.0) == (None, True)  # a miss, claimed
+        await admin.execute_command("ACL", "SETUSER", "default", "-@scripting")
+        assert await s.get_or_claim("chat", "k2", 5.0) == (None, True)  # refused: fetch, unclaimed
+        assert not s.healthy
+        deadline = time.monotonic() + 1.5  # several backoffs (0.1 s doubling, jittered)
+        while time.monotonic() < deadline:
+            await s.release_claim("chat", "k")
+            assert not s.healthy  # before: healthy again after the first backoff
+            await asyncio.sleep(0.02)
+        assert not await s.ping()  # the link's own probe (a script) still finds it down
+    finally:
+        await admin.execute_command("ACL", "SETUSER", "default", "+@all")
+        await admin.aclose()
+        await s.close()
