@@ -63,10 +63,9 @@ from gateway.wire.requests import (
     ENDPOINT_CHAT,
     ENDPOINT_COMPLETIONS,
     ENDPOINT_EMBEDDINGS,
+    FORM_ENDPOINTS,
     IMAGE_ENDPOINTS,
-    IMAGE_UPLOAD_ENDPOINTS,
     MEDIA_ENDPOINTS,
-    UPLOAD_ENDPOINTS,
     Endpoint,
     JSONObject,
 )
@@ -93,9 +92,6 @@ T = TypeVar("T")
 Attempt = Callable[[Target], Awaitable[T]]  # one try of a routed call on a target (``Router.call``)
 # Builds the memory service around the request service's own embeddings path.
 MemoryFactory = Callable[["Embed"], MemoryService]
-
-
-FORM_ENDPOINTS = UPLOAD_ENDPOINTS | IMAGE_UPLOAD_ENDPOINTS  # requests whose body holds a form
 
 
 class Embed(Protocol):
