@@ -76,6 +76,10 @@ def parse_host_patterns(text: str) -> tuple[str, ...]:
             patterns.append(entry)
             continue
         entry = entry.removesuffix(".")
+        if _is_ip_literal(entry.removeprefix("[").removesuffix("]")):
+            # Every IP literal is admitted already (nothing to re-point); an operator listing the
+            # address clients use ([::1], 10.0.0.5) meant no harm, so it starts rather than stops.
+            continue
         if _HOST_NAME.fullmatch(entry) is None:
             raise ValueError(
                 f"{part.strip()!r} is not a host name (list names without scheme or port: gateway, "
@@ -83,6 +87,14 @@ def parse_host_patterns(text: str) -> tuple[str, ...]:
             )
         patterns.append(entry)
     return tuple(patterns)
+
+
+def _is_ip_literal(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class SettingsError(ValueError):

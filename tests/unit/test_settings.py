@@ -125,7 +125,16 @@ def test_allowed_hosts_are_names_lower_cased_without_a_trailing_dot() -> None:
     assert Settings.from_env({}).allowed_hosts == ""
 
 
-@pytest.mark.parametrize("entry", ["gateway:8080", "http://gateway", "*.example.com", "gate way", "/x", "."])
+def test_an_allowed_host_that_is_an_ip_literal_is_taken_as_already_allowed() -> None:
+    # IP literals pass the rebinding check anyway; listing one (v6 with or without brackets) must
+    # not stop the start, and adds nothing to the names.
+    settings = Settings.from_env({"SOPHIA_ALLOWED_HOSTS": "[::1], ::1, 10.0.0.5, gw.lan, [fe80::1]"})
+    assert parse_host_patterns(settings.allowed_hosts) == ("gw.lan",)
+
+
+@pytest.mark.parametrize(
+    "entry", ["gateway:8080", "[::1]:8080", "[gw]", "http://gateway", "*.example.com", "gate way", "/x", "."]
+)
 def test_an_allowed_host_that_is_not_a_name_stops_the_start(entry: str) -> None:
     with pytest.raises(SettingsError, match=r"SOPHIA_ALLOWED_HOSTS: .* is not a host name"):
         Settings.from_env({"SOPHIA_ALLOWED_HOSTS": f"localhost,{entry}"})
