@@ -229,7 +229,9 @@ async def test_one_shared_timer_times_out_the_stalled_request_among_quick_ones(
             await asyncio.Event().wait()  # never answers
         return web.Response(body=b'{"ok": true}', content_type="application/json")
 
-    t = transport(await upstream(aiohttp_server, answer), first_byte_s=0.4)
+    # 1 s, not less: the quick requests are under the same bound, and on a loaded machine (the
+    # suite beside other work) one of them took longer than 0.4 s once.
+    t = transport(await upstream(aiohttp_server, answer), first_byte_s=1.0)
     await t.start()
 
     async def quick() -> bytes:
@@ -244,7 +246,7 @@ async def test_one_shared_timer_times_out_the_stalled_request_among_quick_ones(
         stalled = asyncio.ensure_future(t.send(UpstreamRequest("/chat/completions", b"stall", False)))
         for _ in range(5):  # quick requests keep coming while the stalled one waits
             assert await quick() == b'{"ok": true}'
-        with pytest.raises(UpstreamTimeout, match=r"no first byte within first_byte_s 0\.4 s"):
+        with pytest.raises(UpstreamTimeout, match=r"no first byte within first_byte_s 1 s"):
             await stalled
         assert await quick() == b'{"ok": true}'  # the timer still serves what comes next
     finally:
