@@ -539,13 +539,13 @@ def _add_routes(app: web.Application) -> None:
     and a catch-all last for what the gateway does not serve (404/405 in OpenAI's envelope)."""
     router = app.router
 
-    def add(method: str, path: str, handler: Handler, *, upload: bool = False) -> None:
+    def add(method: str, path: str, handler: Handler) -> None:
         resource = router.add_resource(path)  # the same resource for a path's second method
         wrapped = gateway_handler(handler, resource.canonical, app)
-        # A refused Expect header: 417 in the route's envelope, through the same wrapper; an
-        # upload's 100 Continue sent once its checks let it in (``expect_handler``).
+        # A refused Expect header: 417 in the route's envelope, through the same wrapper; a
+        # 100 Continue sent once the handler's checks let the request in (``expect_handler``).
         refuse = gateway_handler(expectation_failed, resource.canonical, app)
-        expect = expect_handler(refuse, deferred=upload)
+        expect = expect_handler(refuse)
         if method == "GET":
             resource.add_route("HEAD", wrapped, expect_handler=expect)  # as router.add_get does
         resource.add_route(method, wrapped, expect_handler=expect)
@@ -557,7 +557,7 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/images/generations", openai.proxy(Endpoint.IMAGES, app))
     add("POST", "/v1/audio/speech", openai.proxy(Endpoint.SPEECH, app))
     for endpoint in _FORM_DOORS:  # form uploads: transcriptions, translations, image edits, variations
-        add("POST", f"/v1/{endpoint.value}", openai.upload(endpoint, app), upload=True)
+        add("POST", f"/v1/{endpoint.value}", openai.upload(endpoint, app))
     add("POST", "/v1/responses", responses_api.create_response)
     # (before the kept-response resource below, which would take the path as an id)
     add("POST", "/v1/responses/input_tokens", responses_api.count_input_tokens)
@@ -575,9 +575,8 @@ def _add_routes(app: web.Application) -> None:
             "POST",
             f"/openai/deployments/{{deployment}}/{endpoint.value}",
             openai.upload(endpoint, app, AZURE_API_KEY),
-            upload=True,
         )
-        add("POST", f"/openai/v1/{endpoint.value}", openai.upload(endpoint, app, AZURE_API_KEY), upload=True)
+        add("POST", f"/openai/v1/{endpoint.value}", openai.upload(endpoint, app, AZURE_API_KEY))
     add("POST", "/openai/responses", responses_api.create_response)
     add("POST", "/openai/responses/input_tokens", responses_api.count_input_tokens)
     add("GET", "/openai/responses/{response_id}", responses_api.retrieve_response)
@@ -605,7 +604,7 @@ def _add_routes(app: web.Application) -> None:
     add("POST", "/v1/feedback", admin.feedback)
     add("POST", "/v1/memory", memory_api.create)
     add("POST", "/v1/memory/search", memory_api.search)
-    add("POST", "/v1/memory/files", memory_files.upload, upload=True)
+    add("POST", "/v1/memory/files", memory_files.upload)
     add("GET", "/v1/memory/jobs", memory_files.list_jobs)  # before /v1/memory/{id}, which would take it
     add("GET", "/v1/memory/jobs/{id}", memory_files.read_job)
     add("DELETE", "/v1/memory/jobs/{id}", memory_files.cancel_job)

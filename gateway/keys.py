@@ -129,6 +129,6 @@ ADMIN_ACTOR = web.RequestKey("admin_actor", str)
 # What an audited admin action's handler learnt of its target (a key's id and team, a policy's
 # versions), written on its audit line (api/admin_audit.py).
 AUDIT_FIELDS: web.RequestKey[dict[str, object]] = web.RequestKey("audit_fields")
-# An upload's ``Expect: 100-continue``, not answered yet: its ``100 Continue`` is sent when the
-# form is about to be read (``http/body.send_continue``), after the checks that refuse it unread.
+# A request's ``Expect: 100-continue``, not answered yet: its ``100 Continue`` is sent when its
+# body is about to be read (``http/body.send_continue``), after the checks that refuse it unread.
 CONTINUE_DEFERRED = web.RequestKey("continue_deferred", bool)

@@ -82,7 +82,7 @@ def proxy(endpoint: Endpoint, app: web.Application) -> Handler:
         )
         body = json_now(request, max_body_bytes)  # (no coroutine when the body is in, as most are)
         if body is None:
-            body = await read_json(request, max_body_bytes)
+            body = await read_json(request, max_body_bytes, ctx)
         body["model"] = deployment = request.match_info["deployment"]
         try:
             answer = await service.run(endpoint, body, ctx)

@@ -36,7 +36,7 @@ async def create_message(request: web.Request) -> web.StreamResponse:
     ctx = CallContext.for_client(
         request[keys.REQUEST_ID], started_s, headers, caller, request[keys.REQUEST_CALL], X_API_KEY
     )
-    door = MessagesDoor.parse(await read_json(request), headers)
+    door = MessagesDoor.parse(await read_json(request, ctx=ctx), headers)
     answer = await app[keys.SERVICE].run(Endpoint.CHAT, door.chat, ctx, door=door)
     if answer.stream is not None:
         return await send_stream(request, answer.stream, ctx.request_id, anthropic_error_event)

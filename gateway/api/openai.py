@@ -48,7 +48,7 @@ def proxy(endpoint: Endpoint, app: web.Application, door_key_header: str = "") -
         )
         body = json_now(request, max_body_bytes)  # (no coroutine when the body is in, as most are)
         if body is None:
-            body = await read_json(request, max_body_bytes)
+            body = await read_json(request, max_body_bytes, ctx)
         answer = await service.run(endpoint, body, ctx)
         if answer.stream is not None:
             return await send_stream(request, answer.stream, ctx.request_id, media_type=answer.media_type)

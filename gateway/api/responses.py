@@ -44,7 +44,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     started_s = time.perf_counter()
     app = request.app
     _, ctx = await _client(request, started_s, request[keys.REQUEST_CALL])
-    body = await read_json(request)
+    body = await read_json(request, ctx=ctx)
     answer = await app[keys.RESPONSES].run(body, ctx)
     if answer.stream is not None:
         stream = _Sequenced(answer.stream)

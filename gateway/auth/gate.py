@@ -179,14 +179,31 @@ class LimitGate:
             least = audio_tokens((declared_bytes or 0) - UPLOAD_FIELDS_ALLOWANCE)
         too_large = self._too_large(caller, least, endpoint) if caller.token_limited else None
         if too_large is not None:
-            error: GatewayError = too_large
-        else:
-            decision = await self.limiter.peek(caller, least if caller.token_limited else 0)
-            if decision.refused is None:
-                return
-            headers = headers_for(decision)
-            ctx.record.rate_limits = headers
-            error = self._refusal(caller, decision, headers)
+            too_large.headers["connection"] = "close"
+            raise too_large
+        await self._refuse_unread(caller, least if caller.token_limited else 0, ctx)
+
+    async def check_unread(self, ctx: LimitedCall) -> None:
+        """Refuse a front door's call (chat, embeddings, Messages, Responses...) whose ``100
+        Continue`` is withheld, before its body is asked for, when its key's limits already
+        refuse it (h-expect): a spent budget, a full RPM window, a TPM window already over its
+        limit. ``check_upload``'s peek for a request reserving nothing: its reservation is in
+        its body, so a TPM window with room for no more is left to ``admit``, which refuses it
+        once the body is read. Only a request sent with ``Expect: 100-continue`` comes here."""
+        caller = ctx.identity
+        if caller is None or not caller.limited or ctx.charge_only:
+            return
+        await self._refuse_unread(caller, 0, ctx)
+
+    async def _refuse_unread(self, caller: Caller, tokens: int, ctx: LimitedCall) -> None:
+        """``admit``'s 429 (counted) when a peek for ``tokens`` is refused, with ``Connection:
+        close`` (the body is not drained); nothing when it passes."""
+        decision = await self.limiter.peek(caller, tokens)
+        if decision.refused is None:
+            return
+        headers = headers_for(decision)
+        ctx.record.rate_limits = headers
+        error = self._refusal(caller, decision, headers)
         error.headers["connection"] = "close"
         raise error
 

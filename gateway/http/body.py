@@ -6,6 +6,12 @@ must not be compressed (415: ``refuse_compressed``), the declared
 length must be within ``server.max_body_bytes`` (413 before reading a byte), the body must arrive
 within ``server.request_read_timeout_s`` (408, and the connection is closed), and it must parse
 as a JSON object the gateway can serialise again (400, ``service/validation.parse_body``).
+
+``Expect: 100-continue`` (h-expect): every route withholds its ``100 Continue``
+(``middleware.expect_handler``) until its body is about to be read (``send_continue``, called by
+``read_json`` and the upload readers), so whatever its handler refuses first (the key, the
+declared length, the content type, a door's limits: ``read_json``'s ``ctx``) is the only answer,
+and the client never sends the body.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import asyncio
 from aiohttp import web
 
 from gateway import keys
+from gateway.auth.gate import LimitedCall
 from gateway.errors import PayloadTooLarge, RequestTimeout, UnsupportedContentEncoding, UnsupportedMediaType
 from gateway.service.validation import parse_body
 from gateway.wire.requests import JSONObject
@@ -22,11 +29,34 @@ from gateway.wire.requests import JSONObject
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+class WithholdsContinue:
+    """A connection handler told when a request's ``100 Continue`` is withheld
+    (``connection.GatewayRequestHandler``): an answer sent while it still is, with the body not
+    all in, ends the connection at once (its ``finish_response``), rather than after aiohttp's
+    lingering wait for a body the client was never asked for. A flag on the connection, so an
+    ordinary answer pays one attribute read for it."""
+
+    __slots__ = ()
+    continue_withheld: bool
+
+
+def withhold_continue(request: web.Request) -> None:
+    """Note that ``request`` asked for ``100 Continue`` and has not had it
+    (``middleware.expect_handler``)."""
+    request[keys.CONTINUE_DEFERRED] = True
+    protocol = request.protocol
+    if isinstance(protocol, WithholdsContinue):
+        protocol.continue_withheld = True
+
+
 async def send_continue(request: web.Request) -> None:
-    """Send an upload's deferred ``100 Continue`` (``middleware.expect_handler``), if it asked for
+    """Send a request's withheld ``100 Continue`` (``middleware.expect_handler``), if it asked for
     one: called when its body is about to be read, after every check that refuses it unread."""
     if request.get(keys.CONTINUE_DEFERRED):
         request[keys.CONTINUE_DEFERRED] = False
+        protocol = request.protocol
+        if isinstance(protocol, WithholdsContinue):
+            protocol.continue_withheld = False
         await request.writer.write(_CONTINUE)
         request.writer.output_size = 0  # the response proper has not started
 
@@ -34,13 +64,21 @@ async def send_continue(request: web.Request) -> None:
 JSON_CONTENT_TYPE = "application/json"
 
 
-async def read_json(request: web.Request, max_body_bytes: int | None = None) -> JSONObject:
+async def read_json(
+    request: web.Request, max_body_bytes: int | None = None, ctx: LimitedCall | None = None
+) -> JSONObject:
     """The request's body as a JSON object, or the client's error (415, 413, 408, 400).
     ``max_body_bytes``: the app's ``server.max_body_bytes`` when the caller has it at hand (0:
-    no limit); otherwise read from the app."""
+    no limit); otherwise read from the app. ``ctx``: a call its key's limits admit once the
+    body is read (the front doors'): when its ``100 Continue`` is withheld, a key its limits
+    already refuse gets that 429 before it is told to send (``LimitGate.check_unread``)."""
     body = json_now(request, max_body_bytes)
     if body is not None:
         return body
+    if request.get(keys.CONTINUE_DEFERRED):  # (only a body not yet in gets here: no cost otherwise)
+        if ctx is not None:
+            await request.app[keys.LIMITS].check_unread(ctx)
+        await send_continue(request)
     timeout_s = request.app[keys.POLICY].server.request_read_timeout_s
     try:
         async with asyncio.timeout(timeout_s):

@@ -35,6 +35,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequest
+from gateway.http.body import WithholdsContinue
 from gateway.http.middleware import SERVER, new_request_id
 from gateway.http.responses import MESSAGES_PATH, anthropic_error_response, error_response
 
@@ -53,10 +54,10 @@ _ANTHROPIC_LINE = re.compile(
 )
 
 
-class GatewayRequestHandler(RequestHandler):
+class GatewayRequestHandler(RequestHandler, WithholdsContinue):
     """aiohttp's connection handler with a request-read deadline and OpenAI-format protocol errors."""
 
-    __slots__ = ("_last_data", "_read_deadline", "_read_timeout_s", "_write_timeout_s")
+    __slots__ = ("_last_data", "_read_deadline", "_read_timeout_s", "_write_timeout_s", "continue_withheld")
 
     def __init__(
         self,
@@ -73,6 +74,8 @@ class GatewayRequestHandler(RequestHandler):
         # The bytes last received (a reference, no copy): a request aiohttp cannot parse reaches
         # ``handle_error`` without its path, and these show whether it was for Anthropic's door.
         self._last_data = b""
+        # A request's 100 Continue withheld and not yet sent (``body.withhold_continue``).
+        self.continue_withheld = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -125,7 +128,15 @@ class GatewayRequestHandler(RequestHandler):
         bytes for as long as the client kept the socket, out of ``gateway_requests_in_flight``
         (5 answers of 8 MB: +5 tasks, +89 MB resident); and aiohttp's close of a connection waits
         for its unsent bytes. A body of a few KiB to a connection with nothing unsent cannot
-        wait: no timer then."""
+        wait: no timer then.
+
+        An answer to a request whose ``100 Continue`` was withheld (a refusal before its body was
+        asked for), its body not all in: ``Connection: close``, and once the answer is written
+        the connection is half-closed (``_end_unasked``)."""
+        if self.continue_withheld:
+            self.continue_withheld = False
+            if not request.content.is_eof():
+                return await self._end_unasked(request, resp, start_time)
         transport = self.transport
         if transport is None:
             return await _finish(self, request, resp, start_time)
@@ -144,6 +155,31 @@ class GatewayRequestHandler(RequestHandler):
             self._loop.call_later(
                 self._write_timeout_s, _watch_unsent, transport, self._write_timeout_s, unsent
             )
+        return finished
+
+    async def _end_unasked(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """Answer a request never asked for its body, then end the connection promptly. aiohttp
+        would keep it up to ``lingering_time`` (10 s) after the answer, reading a body the
+        client, told nothing, does not send. Closing it outright risks the answer: a client that
+        did send (it need not wait for ``100 Continue``) gets a reset for its unread bytes, which
+        may discard the answer before it is read (RFC 9112 9.6). So the close is staged: the
+        answer with ``Connection: close``, then this side's FIN (``write_eof``): the client sees
+        the end at once and closes its side, which ends aiohttp's lingering read (the connection
+        is lost: its task ends); one still sending is drained, within ``lingering_time``, as
+        before."""
+        if not resp.prepared:
+            resp.force_close()
+        finished = await self.finish_response(request, resp, start_time)
+        transport = self.transport
+        if (
+            transport is not None
+            and not finished[1]
+            and not transport.is_closing()
+            and transport.can_write_eof()
+        ):
+            transport.write_eof()  # (sent once the answer's bytes are: they are queued before it)
         return finished
 
     def handle_error(

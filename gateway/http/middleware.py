@@ -39,6 +39,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.http.auth import refuse_rebound_host
+from gateway.http.body import withhold_continue
 from gateway.http.responses import anthropic_error_response, error_renderer
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
@@ -143,8 +144,8 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
             except web.HTTPException as exc:
                 response = (render or error_renderer(request.path))(_from_http_exception(exc, request))
                 if request.get(keys.CONTINUE_DEFERRED):
-                    # An upload refused before its 100 Continue: its client sends no body, and
-                    # the connection ends with the answer rather than wait for one.
+                    # Refused before its 100 Continue: its client sends no body, and the
+                    # connection ends with the answer (``connection.GatewayRequestHandler``).
                     response.force_close()
             except asyncio.CancelledError:
                 if not draining_cut(request):
@@ -201,27 +202,24 @@ def _log_library_words(request_id: str, error: GatewayError) -> None:
 ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
 
-def expect_handler(refuse: Handler, *, deferred: bool = False) -> ExpectHandler:
+def expect_handler(refuse: Handler) -> ExpectHandler:
     """A route's ``Expect`` handling (aiohttp calls it before the handler when the header is
-    there): ``100-continue`` on HTTP/1.1 gets the interim ``100 Continue``, as aiohttp's default
-    does; any other expectation is refused by ``refuse`` (the route's ``gateway_handler`` around
-    ``expectation_failed``), so the 417 comes in the route's error envelope with a request id, a
-    log line and its metrics, where aiohttp's default answered plain text.
-
-    ``deferred`` (the upload routes): the ``100 Continue`` waits until the handler is about to
-    read the form (``body.send_continue``), so a request refused before that (its key, its
-    limits, the upload room, a declared length too large) gets only the refusal and its client
-    never sends the body: what ``Expect`` is for (RFC 9110 10.1.1)."""
+    there, so a request without one pays nothing for it). ``100-continue`` on HTTP/1.1: the
+    interim ``100 Continue`` is withheld (``body.withhold_continue``) until the handler is about
+    to read the body (``body.send_continue``, from ``read_json`` and the upload readers), so a
+    request refused before that (its key, its declared length, its content type, its key's
+    limits, the upload room) gets only the refusal, with ``Connection: close``, and its client
+    never sends the body: what ``Expect`` is for (RFC 9110 10.1.1), and what Envoy and nginx do
+    (h-uploadgate did it for uploads; h-expect for every route). Any other expectation is
+    refused by ``refuse`` (the route's ``gateway_handler`` around ``expectation_failed``), so
+    the 417 comes in the route's error envelope with a request id, a log line and its metrics,
+    where aiohttp's default answered plain text."""
 
     async def expect(request: web.Request) -> web.StreamResponse | None:
         if request.version != HttpVersion11:
             return None  # HTTP/1.0 has no Expect: ignored, as aiohttp does
         if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
-            if deferred:
-                request[keys.CONTINUE_DEFERRED] = True
-                return None
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # the response proper has not started
+            withhold_continue(request)
             return None
         return await refuse(request)
 
