@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
@@ -435,3 +436,26 @@ async def test_a_refused_connection_is_gone_from_the_server_once_its_client_clos
     answer = await _answer(reader)
     assert answer.status == 401 and answer.header("connection") == "close"
     writer.close()
+
+
+async def test_aiohttps_client_waiting_for_100_continue_never_sends_a_refused_body(gw: Gateway) -> None:
+    """aiohttp's client (``expect100=True``, the Python client that waits for ``100 Continue``;
+    httpx and requests send no ``Expect``): a wrong key's 401 and a key at its RPM's 429 arrive
+    with no byte of the body taken from the client; an admitted request's body is sent and served."""
+    secret, _ = await _key(gw, rpm=1)
+    taken: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        taken.append(len(CHAT))
+        yield CHAT
+
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{gw.port}") as session:
+        for key, status in ((WRONG, 401), (secret, 200), (secret, 429)):
+            headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+            async with session.post(
+                "/v1/chat/completions", data=body(), headers=headers, expect100=True
+            ) as resp:
+                assert resp.status == status, await resp.text()
+                if status != 200:
+                    assert resp.headers["Connection"] == "close"
+    assert taken == [len(CHAT)]  # the admitted request's only
