@@ -31,7 +31,8 @@ import logging
 import re
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequest
@@ -44,6 +45,10 @@ log = logging.getLogger("gateway.http")
 # At the end of the drain grace, how long a request the drain cancels has to end its answer (a
 # stream's error event, a whole answer's 503) before its connection is closed.
 DRAIN_CUT_S = 0.5
+# How long a client never asked for its body (a refusal before its ``100 Continue``) may stay
+# silent after the answer before its connection is closed (``_drain_unasked``): nginx's
+# ``lingering_timeout`` is 5 s; a client told nothing has no reason to send at all.
+UNASKED_IDLE_S = 1.0
 # ``server.response_write_timeout_s``'s default (the policy's; this is for callers without one).
 DEFAULT_WRITE_TIMEOUT_S = 30.0
 _SMALL_BODY = 16 * 1024
@@ -166,21 +171,35 @@ class GatewayRequestHandler(RequestHandler, WithholdsContinue):
         did send (it need not wait for ``100 Continue``) gets a reset for its unread bytes, which
         may discard the answer before it is read (RFC 9112 9.6). So the close is staged: the
         answer with ``Connection: close``, then this side's FIN (``write_eof``): the client sees
-        the end at once and closes its side, which ends aiohttp's lingering read (the connection
-        is lost: its task ends); one still sending is drained, within ``lingering_time``, as
-        before."""
+        the end at once and closes its side, which ends the connection (its task is cancelled:
+        ``handler_cancellation``); what it still sends is read and dropped while it keeps coming
+        (``_drain_unasked``)."""
         if not resp.prepared:
             resp.force_close()
         finished = await self.finish_response(request, resp, start_time)
         transport = self.transport
-        if (
-            transport is not None
-            and not finished[1]
-            and not transport.is_closing()
-            and transport.can_write_eof()
-        ):
+        if transport is None or finished[1] or transport.is_closing():
+            return finished
+        if transport.can_write_eof():
             transport.write_eof()  # (sent once the answer's bytes are: they are queued before it)
+        await self._drain_unasked(request.content)
         return finished
+
+    async def _drain_unasked(self, payload: StreamReader) -> None:
+        """Read and drop what a client never asked for its body still sends, while it keeps
+        sending: until it stops for ``UNASKED_IDLE_S`` (nginx's ``lingering_timeout``), at most
+        ``lingering_time`` in all; then aiohttp closes the connection (no lingering of its own
+        after this: the answer said ``Connection: close``). aiohttp's lingering bounds only the
+        whole wait, so a silent client kept it for all of its 10 s."""
+        loop = self._loop
+        end_s = loop.time() + self._lingering_time
+        self._lingering_time = 0.0  # (this connection's last request: it closes after this)
+        try:
+            while not payload.is_eof() and (left_s := end_s - loop.time()) > 0:
+                async with asyncio.timeout(min(UNASKED_IDLE_S, left_s)):
+                    await payload.readany()
+        except (TimeoutError, HttpProcessingError, ConnectionError):
+            return  # silent, or a body that cannot be read: nothing more to wait for
 
     def handle_error(
         self,

@@ -29,7 +29,7 @@ from aiohttp.test_utils import TestServer
 from gateway import keys
 from gateway.app import build_app
 from gateway.auth.gate import LimitGate
-from gateway.http.connection import GatewayRunner
+from gateway.http.connection import UNASKED_IDLE_S, GatewayRunner
 from gateway.policy.loader import load_policy_with_digest
 from gateway.server import MAX_HEADER_FIELD_BYTES
 from gateway.settings import Settings
@@ -459,3 +459,21 @@ async def test_aiohttps_client_waiting_for_100_continue_never_sends_a_refused_bo
                 if status != 200:
                     assert resp.headers["Connection"] == "close"
     assert taken == [len(CHAT)]  # the admitted request's only
+
+
+async def test_a_silent_client_keeping_its_refused_connection_is_let_go_promptly(gw: Gateway) -> None:
+    """A client that reads its refusal and the end of the connection but keeps its socket open,
+    sending nothing: the gateway closes the connection once it has been silent for
+    ``UNASKED_IDLE_S`` (before: held, reading, for the whole lingering time of 10 s)."""
+    started = time.monotonic()
+    reader, writer = await _head(gw, "/v1/audio/transcriptions", "", BIG, "multipart/form-data; boundary=b")
+    try:
+        assert (await _answer(reader)).status == 401
+        assert await asyncio.wait_for(reader.read(), PROMPT_S) == b""
+        async with asyncio.timeout(LINGERING_S + 5):
+            while gw.connections():
+                await asyncio.sleep(0.01)
+        took_s = time.monotonic() - started
+        assert took_s < UNASKED_IDLE_S + PROMPT_S, f"held {took_s:.1f} s"
+    finally:
+        writer.close()
