@@ -563,7 +563,9 @@ async def test_a_peek_counts_what_this_process_holds_unused_as_free(
     """(h-uploadgate) A key's requests counted in Redis as this process's lease, unused, are not
     a full window to ``peek``: a lease that would admit the request admits it without a round
     trip, and a lease ended whose give-back is not written yet is counted as given back."""
-    limiter = RedisLimiter(redis_url, prefix=redis_prefix, lease_s=0.3, flush_s=30)
+    # The lease must outlast the other process's 397 round trips below (0.3 s did not once, on a
+    # loaded machine); the test then waits for it to end.
+    limiter = RedisLimiter(redis_url, prefix=redis_prefix, lease_s=2.0, flush_s=30)
     await limiter.start()
     other = await _limiter(redis_url, redis_prefix, lease_s=0)  # one round trip per request
     key = Caller("k1", "alpha", rpm=400)  # leases of up to 2
@@ -576,7 +578,7 @@ async def test_a_peek_counts_what_this_process_holds_unused_as_free(
         assert (await other.admit(key, "full", 0)).refused == "requests"
         assert (await limiter.peek(key, 0)).refused is None and limiter.peeks == 0  # the lease's
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
+        deadline = loop.time() + 10
         while "k1" in limiter._leases:  # the lease ends; its give-back waits for the next write
             assert loop.time() < deadline, "the lease never ended"
             await asyncio.sleep(0.02)
