@@ -1,14 +1,18 @@
-"""``GET /admin/usage?team=&key=&from=&to=``: spend and usage per team and key (admin token).
+"""``GET /admin/usage?team=&key=&from=&to=&month=&by=``: spend and usage per team and key (admin token).
 
-``from`` / ``to`` are UTC dates (``YYYY-MM-DD``, inclusive; default: today, at most 366 days);
+``from`` / ``to`` are UTC dates (``YYYY-MM-DD``, inclusive; default: today, at most 366 days), or
+``month`` a UTC calendar month (``YYYY-MM``: its first to its last day) instead of both;
 ``team`` and ``key`` (a key id) filter. One row per key and day: requests admitted, tokens in
-and out, cost in US dollars, refusals by reason; ``total`` adds them up. ``teams``: each team
+and out, cost in US dollars, refusals by reason; ``by=key`` adds each key's days up into one row,
+``by=team`` each team's keys; ``total`` adds them all up. Every keyed call counts, with limits
+or without (h-keyspend). ``teams``: each team
 with a shared budget (``auth.teams.<team>.shared_budget_usd``; the ``team`` filter's only), what
 all its keys spent of it in the current period, whatever the dates asked.
 """
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import time
 from typing import Any
@@ -17,20 +21,26 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
-from gateway.auth.usage import DAY_S, UsageQuery, UsageRow, day_of
+from gateway.auth.usage import BY_KEY, BY_TEAM, DAY_S, UsageQuery, UsageRow, day_of, summed
 from gateway.errors import InvalidRequest
 from gateway.http.auth import require_admin
 from gateway.http.responses import json_response
 from gateway.policy.durations import MIN_BUDGET_PERIOD_S
 
 _MAX_DAYS = 366
+_BY = ("day", BY_KEY, BY_TEAM)
 
 
 async def usage(request: web.Request) -> web.Response:
     await require_admin(request)
     query = _query(request.query)
+    by = request.query.get("by") or "day"
+    if by not in _BY:
+        raise InvalidRequest("'by' must be day, key or team.", param="by")
     limiter = request.app[keys.LIMITS].limiter
     rows = await limiter.usage(query)
+    if by != "day":
+        rows = summed(rows, by)
     ring = request.app.get(keys.KEY_ADMIN)
     shared = []
     for name, team in sorted((ring.teams if ring is not None else {}).items()):
@@ -55,7 +65,8 @@ async def usage(request: web.Request) -> web.Response:
         "to": _date(query.to_day),
         "team": query.team,
         "key": query.key_id,
-        "data": [_row(r) for r in rows],
+        "by": by,
+        "data": [_row(r, by) for r in rows],
         "total": {k: v for k, v in _row(total).items() if k not in ("team", "key", "date")},
         "teams": shared,
     }
@@ -64,6 +75,11 @@ async def usage(request: web.Request) -> web.Response:
 
 def _query(params: Any) -> UsageQuery:
     today = day_of(time.time())
+    if month := params.get("month"):
+        if params.get("from") or params.get("to"):
+            raise InvalidRequest("Give 'month' or 'from' and 'to', not both.", param="month")
+        from_day, to_day = _month(month)
+        return UsageQuery(params.get("team") or None, params.get("key") or None, from_day, to_day)
     from_day = _day(params.get("from"), "from", today)
     to_day = _day(params.get("to"), "to", today)
     if to_day < from_day:
@@ -83,15 +99,34 @@ def _day(value: str | None, name: str, default: int) -> int:
     return date.toordinal() - dt.date(1970, 1, 1).toordinal()
 
 
+def _month(value: str) -> tuple[int, int]:
+    """The first and last UTC day (days since the epoch) of calendar month ``YYYY-MM``."""
+    try:
+        year, _, month = value.partition("-")
+        if len(year) != 4 or len(month) != 2 or not (year + month).isascii():
+            raise ValueError(value)
+        first = dt.date(int(year), int(month), 1)
+    except ValueError:
+        raise InvalidRequest("'month' must be a month, YYYY-MM.", param="month") from None
+    epoch = dt.date(1970, 1, 1).toordinal()
+    days = calendar.monthrange(first.year, first.month)[1]
+    return first.toordinal() - epoch, first.toordinal() + days - 1 - epoch
+
+
 def _date(day: int) -> str:
     return dt.datetime.fromtimestamp(day * DAY_S, dt.UTC).date().isoformat()
 
 
-def _row(row: UsageRow) -> dict[str, Any]:
+def _row(row: UsageRow, by: str = "day") -> dict[str, Any]:
+    """A row of the answer: a key's day, a key's days (``by=key``: no date) or a team's
+    (``by=team``: no key, no date)."""
+    where: dict[str, Any] = {"team": row.team}
+    if by != BY_TEAM:
+        where["key"] = row.key_id
+    if by == "day":
+        where["date"] = _date(row.day)
     return {
-        "team": row.team,
-        "key": row.key_id,
-        "date": _date(row.day),
+        **where,
         "requests": row.requests,
         "tokens_in": row.tokens_in,
         "tokens_out": row.tokens_out,

@@ -82,8 +82,9 @@ class LimitedCall(Protocol):
 
 class LimitGate:
     """Admits a keyed call against its key's limits (``Caller.rpm``, ``tpm``, ``budget_usd``) and
-    its team's shared budget and rates (``team_budget_usd``, ``team_rpm``, ``team_tpm``);
-    a caller without limits (and every call in open mode) passes without a limiter call."""
+    its team's shared budget and rates (``team_budget_usd``, ``team_rpm``, ``team_tpm``).
+    A caller without limits passes without a limiter call, its usage still counted when it
+    ends (a ``LimitTicket`` reserving nothing); every call in open mode passes untouched."""
 
     def __init__(self, limiter: Limiter, metrics: GatewayMetrics) -> None:
         self.limiter = limiter
@@ -92,7 +93,13 @@ class LimitGate:
 
     async def admit(self, endpoint: Endpoint, model: str, body: JSONObject, ctx: LimitedCall) -> None:
         caller = ctx.identity
-        if caller is None or not caller.limited:
+        if caller is None:  # (open mode: nothing to count it under)
+            return
+        if not caller.limited:
+            # Never refused, but counted (h-keyspend): its end settles the key's usage row and
+            # its team's spend, as a limited key's does, with no limiter call now. The ticket is
+            # the request id: only a TPM's reservation is named by it, and there is none.
+            ctx.limit_ticket = LimitTicket(self, caller, ctx.request_id, 0)
             return
         if ctx.charge_only:  # charged when it ends, never refused (the service's ``OnBehalf``)
             ctx.limit_ticket = LimitTicket(self, caller, f"{ctx.request_id}:{os.urandom(4).hex()}", 0)

@@ -291,6 +291,10 @@ class LocalLimiter:
     ) -> None:
         """``record``: false when the usage row is kept elsewhere (the Redis limiter's fallback
         counts the windows and budget here and carries the row to Redis)."""
+        if not caller.limited:  # no window nor budget to settle: its usage row only (h-keyspend)
+            if record:
+                self.table.record(caller.team, caller.key_id, tokens_in, tokens_out, cost_usd)
+            return
         now = self._clock()
         counts = self._keys.get(caller.counted_as)
         if counts is None:

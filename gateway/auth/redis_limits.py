@@ -88,7 +88,7 @@ from gateway.auth.limits import (
     Window,
     prevailing,
 )
-from gateway.auth.usage import UsageQuery, UsageRow, day_of
+from gateway.auth.usage import DAY_S, KEPT_DAYS, UsageQuery, UsageRow, day_of
 from gateway.errors import LimitsUnavailable, UsageUnavailable
 from gateway.redis_link import FAILURES, Outage, RedisClient, probe, probe_answered, redis_client
 from gateway.redis_pipe import ScriptPipe, script_op
@@ -105,7 +105,7 @@ T = TypeVar("T")
 # (tests/e2e/test_limits_replicas.py). A down Redis refuses at once; a stalled one costs this
 # much only to the one call that probes it after the backoff.
 OP_TIMEOUT_S = 1.0
-USAGE_TTL_S = 400 * 86400  # a usage row is kept for 400 days
+USAGE_TTL_S = KEPT_DAYS * DAY_S  # a usage row is kept for 400 days after its last write
 LEASE_S = 1.0  # how long a lease's requests may be admitted in process
 LEASE_SHARE = 200  # a lease holds at most 1/200 (0.5 %) of a limit; limits below 200: no lease
 MAX_LEASE = 10_000  # requests per lease when the key has no RPM (a TPM or budget alone)
@@ -1379,15 +1379,27 @@ class RedisLimiter:
         rows: list[UsageRow] = []
         for day in range(query.from_day, query.to_day + 1):
             members = await client.smembers(f"{self._prefix}ud:{day}")
+            wanted: list[tuple[UsageRow, str]] = []
             for member in sorted(_strict_text(m) for m in members):
                 team, tab, key_ids = member.partition("\t")
                 if not tab:
                     raise InvalidResponse("not a usage index entry (team, tab, key id)")
                 key_id, _, counted_as = key_ids.partition("\t")
-                if not query.matches(team, key_id):
-                    continue
-                fields = await client.hgetall(self._usage_key(day, team, key_id, counted_as or key_id))
-                rows.append(_usage_row(UsageRow(team, key_id, day), fields))
+                if query.matches(team, key_id):
+                    usage_key = self._usage_key(day, team, key_id, counted_as or key_id)
+                    wanted.append((UsageRow(team, key_id, day), usage_key))
+            if isinstance(client, RedisCluster) or len(wanted) < 2:
+                replies = [await client.hgetall(usage_key) for _, usage_key in wanted]
+            else:
+                # A day's rows in one round trip (h-keyspend: every key has rows now, and a
+                # month is 31 days of them).
+                async with client.pipeline(transaction=False) as pipe:
+                    for _, usage_key in wanted:
+                        pipe.hgetall(usage_key)
+                    replies = await pipe.execute()
+            if len(replies) != len(wanted):
+                raise InvalidResponse(f"{len(replies)} replies to {len(wanted)} HGETALL")
+            rows += [_usage_row(row, fields) for (row, _), fields in zip(wanted, replies, strict=True)]
         return rows
 
     async def _call(

@@ -14,6 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 DAY_S = 86400
+# How long a day's rows are kept: Redis expires a row this long after its last write (its day's
+# index too), and the in-process table drops the days older than this when a new day begins.
+# Over a year, so last year's same month can still be asked for.
+KEPT_DAYS = 400
+# What ``summed`` adds rows up by: each key over the days asked, or each team.
+BY_KEY = "key"
+BY_TEAM = "team"
 
 
 def day_of(epoch_s: float) -> int:
@@ -62,11 +69,15 @@ class UsageTable:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._rows: dict[tuple[int, str, str], UsageRow] = {}
+        self._newest_day = 0  # the newest day a row was made for
 
     def _row(self, team: str, key_id: str) -> UsageRow:
         day = day_of(self._clock())
         row = self._rows.get((day, team, key_id))
         if row is None:
+            if day > self._newest_day:  # a new day: the days past ``KEPT_DAYS`` go (as in Redis)
+                self._newest_day = day
+                self._rows = {k: r for k, r in self._rows.items() if k[0] > day - KEPT_DAYS}
             row = self._rows[(day, team, key_id)] = UsageRow(team, key_id, day)
         return row
 
@@ -88,3 +99,17 @@ class UsageTable:
             for (day, team, key_id), row in sorted(self._rows.items())
             if q.from_day <= day <= q.to_day and q.matches(team, key_id)
         ]
+
+
+def summed(rows: list[UsageRow], by: str) -> list[UsageRow]:
+    """``rows`` added up ``by`` key (one row per team and key, its ``day`` the first day it has a
+    row) or by team (one per team, its ``key_id`` empty), in the order of their team and key."""
+    out: dict[tuple[str, str], UsageRow] = {}
+    for row in rows:
+        slot = (row.team, row.key_id if by == BY_KEY else "")
+        found = out.get(slot)
+        if found is None:
+            found = out[slot] = UsageRow(slot[0], slot[1], row.day)
+        found.day = min(found.day, row.day)
+        found.add(row)
+    return [out[slot] for slot in sorted(out)]

@@ -30,12 +30,14 @@ MODEL = "chat"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def policy_text(fake_url: str, store: Path) -> str:
-    """Keys mode, one team without defaults (each key carries its own limits), no memory."""
+def policy_text(fake_url: str, store: Path, price: str = "") -> str:
+    """Keys mode, one team without defaults (each key carries its own limits), no memory;
+    ``price`` the deployment's (``{input_per_mtok: 1, output_per_mtok: 2}``), none by default."""
+    priced = f", price: {price}" if price else ""
     return (
         "version: 1\n"
         f"providers:\n  fake: {{kind: openai, base_url: '{fake_url}/v1'}}\n"
-        f"models:\n  {MODEL}: {{deployments: [{{provider: fake, model: fake-model}}]}}\n"
+        f"models:\n  {MODEL}: {{deployments: [{{provider: fake, model: fake-model{priced}}}]}}\n"
         "memory: {enabled: false}\n"
         f"auth:\n  mode: keys\n  store: '{store}'\n  teams:\n    {TEAM}: {{}}\n"
     )
@@ -58,6 +60,10 @@ class ReplicaStack:
 
     def create_key(self, *flags: str) -> str:
         """``sophia-gateway keys create --team TEAM FLAGS...`` on the shared store; the secret."""
+        return self.create_key_with_id(*flags)[1]
+
+    def create_key_with_id(self, *flags: str) -> tuple[str, str]:
+        """``create_key``, and the key's id: (id, secret)."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), "KEYS_URL": ""}
         command = ["keys", "create", "--policy", str(self.policy_path), "--team", TEAM, "--json"]
         result = subprocess.run(
@@ -70,8 +76,8 @@ class ReplicaStack:
         )
         if result.returncode != 0:
             raise RuntimeError(f"keys create failed: {result.stderr}")
-        secret: str = orjson.loads(result.stdout)["secret"]
-        return secret
+        made = orjson.loads(result.stdout)
+        return str(made["id"]), str(made["secret"])
 
     def close(self) -> None:
         for proc in [*self.gateways, self.fake]:
@@ -88,6 +94,7 @@ def start_replicas(
     gateway_cpu: int | None = None,
     helper_cpu: int | None = None,
     env: Mapping[str, str] | None = None,
+    price: str = "",
 ) -> ReplicaStack:
     """A private Redis, one fake provider and ``replicas`` gateways sharing both (RuntimeError
     when ``redis-server`` is missing or does not start)."""
@@ -97,7 +104,7 @@ def start_replicas(
     try:
         fake = start(["fake-provider", "--port", "0", "--seed", "1", *fake_flags], cpu=helper_cpu)
         policy = workdir / "replicas.yaml"
-        policy.write_text(policy_text(fake.url, workdir / "keys.sqlite3"))
+        policy.write_text(policy_text(fake.url, workdir / "keys.sqlite3", price))
         stack = ReplicaStack(workdir, policy, redis, redis.url, fake)
         gateway_env = {
             "REDIS_URL": redis.url,
