@@ -18,12 +18,15 @@ bare aiohttp answering fixed bytes. With ``--tracing`` the current gateway is me
 second time with tracing on (``OTEL_EXPORTER_OTLP_ENDPOINT`` set, spans batched and exported over
 OTLP/HTTP to a collector stand-in on loopback, ``gateway.testing.otlp_sink``; the exporter's thread
 runs in the gateway process, so its instructions count too), and the table gains its columns.
+``--keyed``: both gateways in ``auth.mode: keys`` (a SQLite store) and every request carries a
+virtual key without limits (made by ``keys create``), instead of open mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import platform
 import re
@@ -42,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.proxy_overhead import (  # noqa: E402
     BODY,
     HIT_BODY,
+    OPEN_AUTH,
     STREAM_BODY,
     Revision,
     extract,
@@ -114,8 +118,8 @@ def valgrind_gateway(
     return proc, found[0]
 
 
-def send(conn: http.client.HTTPConnection, body: str, count: int) -> None:
-    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench"}
+def send(conn: http.client.HTTPConnection, body: str, count: int, secret: str = "bench") -> None:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
     for _ in range(count):
         conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
         response = conn.getresponse()
@@ -149,6 +153,7 @@ def measure(
     access_log: bool = False,
     extra_env: dict[str, str] | None = None,
     program: list[str] | None = None,
+    secret: str = "bench",
 ) -> int:
     out = scratch / f"callgrind.{label}"
     cwd = Path(tempfile.mkdtemp(prefix="serve-", dir=scratch))
@@ -157,10 +162,10 @@ def measure(
     proc, port = valgrind_gateway(tree, own, out, cwd, access_log, extra_env, program)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        send(conn, body, warmup)
+        send(conn, body, warmup, secret)
         callgrind(proc.pid, "-i", "on")
         callgrind(proc.pid, "-z")
-        send(conn, body, requests)
+        send(conn, body, requests, secret)
         callgrind(proc.pid, "-d")
         conn.close()
         return instructions(scratch, out.name)
@@ -208,6 +213,11 @@ def main() -> int:
         action="store_true",
         help="also measure the current gateway with tracing on, exporting to a local OTLP sink",
     )
+    parser.add_argument(
+        "--keyed",
+        action="store_true",
+        help="auth.mode: keys, every request with a virtual key without limits (instead of open mode)",
+    )
     args = parser.parse_args()
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         raise SystemExit("valgrind is required: apt-get install valgrind")
@@ -238,7 +248,14 @@ def main() -> int:
     redis_server = None
     try:
         policy = scratch / "bench.yaml"
-        policy.write_text(policy_text(fake.url) + "memory: {enabled: false}\n")
+        text = policy_text(fake.url) + "memory: {enabled: false}\n"
+        secret = "bench"
+        if args.keyed:
+            keyed = f"auth: {{mode: keys, store: '{scratch / 'keys.sqlite3'}', teams: {{bench: {{}}}}}}\n"
+            text = text.replace(OPEN_AUTH, keyed)
+        policy.write_text(text)
+        if args.keyed:
+            secret = unlimited_key(policy)
         kinds = {**KINDS, HIT_KIND: HIT_BODY % "bench"} if args.hits else dict(KINDS)
         redis_env: dict[str, str] = {}
         if args.hits:
@@ -261,6 +278,7 @@ def main() -> int:
                     f"{side}.{len(results)}",
                     args.access_log,
                     extra_env,
+                    secret=secret,
                 )
                 results[(kind, side)] = total / args.requests
                 print(f"{kind} [{side}]: {results[(kind, side)]:.0f} instructions per request", flush=True)
@@ -290,7 +308,13 @@ def main() -> int:
         f"{platform.python_version()}, `valgrind --tool=callgrind`: instructions the gateway process executes "
         f"per chat completion, averaged over {args.requests} sequential requests on one keep-alive connection "
         f"after {args.warmup} warm-up requests (start-up and warm-up not counted), zero-latency fake upstream, "
-        f"access log {'on (JSON lines to a pipe)' if args.access_log else 'off'}, one deployment. Exact and repeatable, unlike requests/s on a shared machine.",
+        f"access log {'on (JSON lines to a pipe)' if args.access_log else 'off'}, one deployment"
+        + (
+            ", auth.mode keys (SQLite store), every request with one key without limits."
+            if args.keyed
+            else "."
+        )
+        + " Exact and repeatable, unlike requests/s on a shared machine.",
         "",
         f"- **Compared**: baseline = {baseline.describe()}; current = "
         + (f"revision {head.describe()}" if args.current else f"the working tree at {head.describe()}")
@@ -335,6 +359,30 @@ def main() -> int:
     write_section(args.title, "\n".join(lines))
     print("\n".join(lines))
     return 0
+
+
+def unlimited_key(policy: Path) -> str:
+    """A key without limits in ``policy``'s store, made by this tree's ``keys create``; its secret."""
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "keys",
+            "create",
+            "--policy",
+            str(policy),
+            "--team",
+            "bench",
+            "--json",
+        ],
+        env={**os.environ, **tree_env(ROOT), "KEYS_URL": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return str(json.loads(made.stdout)["secret"])
 
 
 def tracing_section(

@@ -276,6 +276,9 @@ class LocalLimiter:
     def settle_soon(
         self, caller: Caller, ticket: str, reserved: int, tokens_in: int, tokens_out: int, cost_usd: float
     ) -> None:
+        if not caller.limited:  # (``settle_now``'s first branch, one call less: every such key's end)
+            self.table.record(caller.team, caller.key_id, tokens_in, tokens_out, cost_usd)
+            return
         self.settle_now(caller, ticket, reserved, tokens_in, tokens_out, cost_usd)
 
     def settle_now(

@@ -70,16 +70,35 @@ class UsageTable:
         self._clock = clock
         self._rows: dict[tuple[int, str, str], UsageRow] = {}
         self._newest_day = 0  # the newest day a row was made for
+        # The day rows are counted in now, from when to when (clock s), and its rows by key id:
+        # a call's end costs one clock read and one lookup by a string (every keyed call ends
+        # here, h-keyspend: no day computed, no tuple made and hashed).
+        self._day = -1
+        self._day_starts = self._day_ends = 0.0
+        self._today: dict[str, UsageRow] = {}
 
     def _row(self, team: str, key_id: str) -> UsageRow:
-        day = day_of(self._clock())
-        row = self._rows.get((day, team, key_id))
-        if row is None:
-            if day > self._newest_day:  # a new day: the days past ``KEPT_DAYS`` go (as in Redis)
-                self._newest_day = day
-                self._rows = {k: r for k, r in self._rows.items() if k[0] > day - KEPT_DAYS}
-            row = self._rows[(day, team, key_id)] = UsageRow(team, key_id, day)
+        now = self._clock()
+        if not self._day_starts <= now < self._day_ends:  # another day (or the clock went back)
+            self._turn(now)
+        row = self._today.get(key_id)
+        if row is None or row.team != team:
+            day = self._day
+            row = self._rows.get((day, team, key_id))
+            if row is None:
+                row = self._rows[(day, team, key_id)] = UsageRow(team, key_id, day)
+            self._today[key_id] = row
         return row
+
+    def _turn(self, now: float) -> None:
+        """Count in ``now``'s day from now on; on a new day, the days past ``KEPT_DAYS`` go (as
+        in Redis)."""
+        day = day_of(now)
+        self._day, self._today = day, {}
+        self._day_starts, self._day_ends = day * DAY_S, (day + 1) * DAY_S
+        if day > self._newest_day:
+            self._newest_day = day
+            self._rows = {k: r for k, r in self._rows.items() if k[0] > day - KEPT_DAYS}
 
     def record(self, team: str, key_id: str, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
         """One admitted request ended, with what it used."""

@@ -11,6 +11,7 @@ gateway processes: ``tests/e2e/test_key_spend_replicas.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import keys
 from gateway.app import build_app
-from gateway.auth.gate import reservation
+from gateway.auth.gate import reservation, reservation_parts
 from gateway.policy.loader import load_policy_with_digest
 from gateway.settings import Settings
 from gateway.testing.fake_provider import FakeConfig
@@ -40,9 +41,12 @@ POLICY = """
 version: 1
 providers:
   fake: {{kind: openai, base_url: "{fake}/v1"}}
+  hanging: {{kind: openai, base_url: "{hanging}/v1"}}
 models:
   chat:
     deployments: [{{provider: fake, model: gpt-4o, price: {{input_per_mtok: {inp}, output_per_mtok: {out}}}}}]
+  slow:
+    deployments: [{{provider: hanging, model: gpt-4o, price: {{input_per_mtok: {inp}, output_per_mtok: {out}}}}}]
 memory: {{enabled: false}}
 auth: {{store: {store}, teams: {{blue: {{}}, red: {{}}}}}}
 """
@@ -59,11 +63,14 @@ class Key:
 async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TestClient]:
     tmp: Path = tmp_path_factory.mktemp("keyspend")
     fake = TestServer(fake_app(FakeConfig(port=0, reply="one two three four five six")), host="127.0.0.1")
-    await fake.start_server()
+    hanging = TestServer(fake_app(FakeConfig(port=0, hang_rate=1.0)), host="127.0.0.1")
+    for server in (fake, hanging):
+        await server.start_server()
     policy_file = tmp / "policy.yaml"
     policy_file.write_text(
         POLICY.format(
             fake=str(fake.make_url("")).rstrip("/"),
+            hanging=str(hanging.make_url("")).rstrip("/"),
             inp=IN_PER_MTOK,
             out=OUT_PER_MTOK,
             store=tmp / "keys.sqlite3",
@@ -72,11 +79,13 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Tes
     settings = Settings(access_log=False, admin_token=TOKEN, policy_watch=False, policy_path=str(policy_file))
     policy, digest = load_policy_with_digest(policy_file)
     app = build_app(settings, policy, {}, policy_path=str(policy_file), policy_digest=digest)
-    client = TestClient(TestServer(app, host="127.0.0.1"))
+    # As ``serve`` runs it: a client that leaves cancels its handler.
+    client = TestClient(TestServer(app, host="127.0.0.1", handler_cancellation=True))
     await client.start_server()
     yield client
     await client.close()
-    await fake.close()
+    for server in (fake, hanging):
+        await server.close()
 
 
 async def _key(client: TestClient, team: str, **limits: object) -> Key:
@@ -224,3 +233,30 @@ async def test_a_bad_month_or_by_is_a_400_in_openais_shape(
     assert answer.status == 400
     error = (await answer.json())["error"]
     assert (error["type"], error["param"]) == ("invalid_request_error", param), error
+
+
+async def test_a_whole_call_its_client_left_is_charged_to_a_key_without_limits(gateway: TestClient) -> None:
+    """The provider worked on it (the tokens are spent): its estimate counts in the key's row and
+    in the metrics, as for a limited key (h-estcost); before, a key without limits had no ticket,
+    so the call was counted nowhere."""
+    free = await _key(gateway, "red")
+    cost_before = await _metric(gateway, "gateway_cost_usd_total")
+    messages = [{"role": "user", "content": "w" * 800}]
+    with pytest.raises(openai.APITimeoutError):
+        await free.sdk.with_options(timeout=0.5).chat.completions.create(
+            model="slow", messages=messages, max_tokens=40
+        )
+    await free.sdk.close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while await _metric(gateway, "gateway_requests_in_flight") > 1:  # (the scrape itself is one)
+        assert loop.time() < deadline, "the abandoned call never ended"
+        await asyncio.sleep(0.01)
+    await gateway.app[keys.LIMITS].drain()  # type: ignore[index]
+    prompt, estimate = reservation_parts(Endpoint.CHAT, {"messages": messages, "max_tokens": 40})
+    expected = (prompt * IN_PER_MTOK + (estimate - prompt) * OUT_PER_MTOK) / 1e6
+    (row,) = (await _usage(gateway, key=free.id))["data"]
+    assert (row["requests"], row["tokens_in"], row["tokens_out"]) == (1, prompt, estimate - prompt)
+    assert row["cost_usd"] == pytest.approx(expected, abs=1e-6)
+    rise = await _metric(gateway, "gateway_cost_usd_total") - cost_before
+    assert rise == pytest.approx(expected, abs=1e-6)
