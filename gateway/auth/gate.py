@@ -96,10 +96,10 @@ class LimitGate:
         if caller is None:  # (open mode: nothing to count it under)
             return
         if not caller.limited:
-            # Never refused, but counted (h-keyspend): its end settles the key's usage row and
-            # its team's spend, as a limited key's does, with no limiter call now. The ticket is
-            # the request id: only a TPM's reservation is named by it, and there is none.
-            ctx.limit_ticket = LimitTicket(self, caller, ctx.request_id, 0)
+            # Never refused, but counted (h-keyspend): its end adds to the key's usage row and
+            # its team's spend, with no limiter call now. Named by the request id: only a TPM's
+            # reservation is named by its ticket, and there is none.
+            ctx.limit_ticket = UsageTicket(self, caller, ctx.request_id, 0)
             return
         if ctx.charge_only:  # charged when it ends, never refused (the service's ``OnBehalf``)
             ctx.limit_ticket = LimitTicket(self, caller, f"{ctx.request_id}:{os.urandom(4).hex()}", 0)
@@ -278,6 +278,28 @@ class LimitTicket:
         if cost_usd:
             m = self._gate._metrics
             m.child(m.spend, self._caller.team).inc(cost_usd)
+
+
+class UsageTicket(LimitTicket):
+    """The ticket of a call whose key has no limits (h-keyspend): nothing reserved, nothing to
+    settle in a window or a budget; its end counts in the key's usage row (``Limiter.record_soon``)
+    and its team's spend, and costs no more than that (one call, measured: ARCHITECTURE.md)."""
+
+    __slots__ = ()
+
+    async def settle(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        self.settle_later(tokens_in, tokens_out, cost_usd)
+        await self._gate.limiter.flush()
+
+    def settle_later(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        gate = self._gate
+        if cost_usd:
+            m = gate._metrics
+            m.child(m.spend, self._caller.team).inc(cost_usd)
+        gate.limiter.record_soon(self._caller, tokens_in, tokens_out, cost_usd)
 
 
 # Endpoints whose text is ``prompt`` (the others' is ``input``), and those reserved for their input

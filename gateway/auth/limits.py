@@ -122,6 +122,12 @@ class Limiter(Protocol):
         """``settle`` without waiting for it (the answer is not held back by it)."""
         ...
 
+    def record_soon(self, caller: Caller, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        """A call of a key without limits ended (``caller.limited`` false): its usage row counts
+        it, now (in process) or on the next write (Redis), as ``settle_soon`` would, with no
+        window or budget to settle."""
+        ...
+
     async def refused(self, caller: Caller, reason: str) -> None:
         """Count a refusal in the usage rows."""
         ...
@@ -276,10 +282,10 @@ class LocalLimiter:
     def settle_soon(
         self, caller: Caller, ticket: str, reserved: int, tokens_in: int, tokens_out: int, cost_usd: float
     ) -> None:
-        if not caller.limited:  # (``settle_now``'s first branch, one call less: every such key's end)
-            self.table.record(caller.team, caller.key_id, tokens_in, tokens_out, cost_usd)
-            return
         self.settle_now(caller, ticket, reserved, tokens_in, tokens_out, cost_usd)
+
+    def record_soon(self, caller: Caller, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        self.table.record(caller.team, caller.key_id, tokens_in, tokens_out, cost_usd)
 
     def settle_now(
         self,

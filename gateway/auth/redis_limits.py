@@ -1186,6 +1186,18 @@ class RedisLimiter:
         self.settle_soon(caller, ticket, reserved, tokens_in, tokens_out, cost_usd)
         await self._written()
 
+    def record_soon(self, caller: Caller, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        """Count a call of a key without limits on the next write (h-keyspend): its usage row
+        only, in the same batch as the limited keys' settlements (one settle script per key per
+        write: no window, no budget). Not in ``batch.settled``: a failed write has nothing to
+        settle in the local fallback; its row is carried to the next write (``_carry``)."""
+        pending = self._batch.of(caller, self._today())
+        pending.requests += 1
+        pending.tokens_in += tokens_in
+        pending.tokens_out += tokens_out
+        pending.cost_usd += cost_usd
+        self._schedule()
+
     async def refused(self, caller: Caller, reason: str) -> None:
         self._batch.of(caller, self._today()).refusals[reason] += 1
         self._batch.refused.append((caller, reason))

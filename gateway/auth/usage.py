@@ -102,7 +102,10 @@ class UsageTable:
 
     def record(self, team: str, key_id: str, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
         """One admitted request ended, with what it used."""
-        row = self._row(team, key_id)
+        now = self._clock()  # (``_row`` inline when today's row exists: every keyed call's end)
+        row = self._today.get(key_id) if self._day_starts <= now < self._day_ends else None
+        if row is None or row.team != team:
+            row = self._row(team, key_id)
         row.requests += 1
         row.tokens_in += tokens_in
         row.tokens_out += tokens_out
