@@ -335,6 +335,54 @@ async def test_what_an_outage_counted_reaches_the_shared_rows_and_budget_once_re
         await there.close()
 
 
+async def test_a_key_without_limits_counts_its_usage_row_only_and_an_outages_calls_reach_it(
+    private_redis: PrivateRedis,
+) -> None:
+    """(h-keyspend) ``record_soon``: the usage row of a key without limits, written in the same
+    batches as the limited keys' settlements; nothing else of it in Redis (no window, no budget);
+    an outage's calls carried to the next write that reaches Redis, as a limited key's are."""
+    here = RedisLimiter(private_redis.url, prefix="t:", op_timeout_s=0.2)
+    there = RedisLimiter(private_redis.url, prefix="t:", op_timeout_s=2.0)  # another replica
+    await here.start()
+    await there.start()
+    free = Caller("free1", "alpha")
+    probe = Caller("k2", "alpha", rpm=100)  # (an admission is what probes a Redis back)
+    pid = private_redis._popen.pid  # type: ignore[union-attr]
+    today = day_of(time.time())
+    query = UsageQuery("alpha", "free1", today, today)
+    try:
+        here.record_soon(free, 10, 20, 0.25)
+        there.record_soon(free, 1, 2, 0.5)
+        await there.flush()
+        (row,) = await here.usage(query)  # (``usage`` writes this process's own first)
+        assert (row.requests, row.tokens_in, row.tokens_out) == (2, 11, 22)
+        assert row.cost_usd == pytest.approx(0.75)
+        with redis.Redis.from_url(private_redis.url) as client:
+            assert sorted(client.scan_iter(match="t:{free1}*")) == [f"t:{{free1}}:u:{today}:alpha".encode()]
+            assert client.ttl(f"t:{{free1}}:u:{today}:alpha") > 399 * 86400
+
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            here.record_soon(free, 3, 4, 1.0)
+            await here.flush()  # cut: carried
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert not here.healthy
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not here.healthy:
+            assert loop.time() < deadline, "limits never recovered"
+            await here.admit(probe, "probe", 0)
+            await asyncio.sleep(0.05)
+        await here.flush()
+        (row,) = await there.usage(query)  # the other replica reads only Redis
+        assert (row.requests, row.tokens_in, row.tokens_out) == (3, 14, 26)
+        assert row.cost_usd == pytest.approx(1.75)
+    finally:
+        await here.close()
+        await there.close()
+
+
 async def _try(limiter: RedisLimiter, key: Caller) -> object | None:
     try:
         return await limiter.admit(key, "probe", 0)
