@@ -84,7 +84,7 @@ class LimitGate:
     """Admits a keyed call against its key's limits (``Caller.rpm``, ``tpm``, ``budget_usd``) and
     its team's shared budget and rates (``team_budget_usd``, ``team_rpm``, ``team_tpm``).
     A caller without limits passes without a limiter call, its usage still counted when it
-    ends (a ``LimitTicket`` reserving nothing); every call in open mode passes untouched."""
+    ends (a ``UsageTicket``); every call in open mode passes untouched."""
 
     def __init__(self, limiter: Limiter, metrics: GatewayMetrics) -> None:
         self.limiter = limiter
