@@ -52,9 +52,14 @@ _GENERATION_FIELDS = (
     ("top_k", "topK"),  # not OpenAI's, but vLLM-style clients send it
     ("n", "candidateCount"),
     ("seed", "seed"),
-    ("presence_penalty", "presencePenalty"),
-    ("frequency_penalty", "frequencyPenalty"),
 )
+# OpenAI's sampling penalties, sent only to the models that take them (Gemini 1.5 and 2.0): later
+# ones refuse a non-zero penalty with a 400 "Penalty is not enabled for this model"
+# (google-gemini/cookbook#1290, every 2.5 and 3 model tested; PublicAffairs/openai-gemini#63), so
+# elsewhere they are left out, as the hints they are (``chat_features.py``; Anthropic's adapter
+# leaves them out too). An optional ``vendor/`` or ``models/`` prefix, as for ``_LEVEL_MODEL``.
+_PENALTIES = (("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"))
+_PENALTY_MODEL = re.compile(r"^(?:[\w.-]+/)?gemini-(?:1\.|2\.0)", re.IGNORECASE)
 # A chat body's thinking budget in tokens (the Messages door's ``thinking.budget_tokens``; not an
 # OpenAI field) -> ``generationConfig.thinkingConfig.thinkingBudget``. Gemini's thinking guide
 # documents the range per model: 2.5 Pro 128 to 32768, 2.5 Flash 0 to 24576, 2.5 Flash-Lite 512
@@ -239,6 +244,13 @@ def _contents(messages: list[Any]) -> tuple[list[JSONObject], list[JSONObject]]:
         # the whole conversation of a request made of system messages only (Gemini refuses
         # empty contents; OpenAI answers the instructions, the Anthropic adapter does the same).
         contents.insert(0, {"role": "user", "parts": [{"text": _OPENING}]})
+    if contents[-1]["role"] == "model":
+        # Gemini refuses a history that ends on the model's turn ("Please ensure that multiturn
+        # requests ends with a user role or a function response", microsoft/semantic-kernel#13288,
+        # crewAIInc/crewAI#6973): a chat client's trailing assistant message, or the Messages
+        # door's prefill. Gemini cannot continue the model's text, so the same one-character user
+        # turn closes the conversation and the model answers after it, as OpenAI does.
+        contents.append({"role": "user", "parts": [{"text": _OPENING}]})
     return system, contents
 
 
@@ -475,6 +487,10 @@ def _generation_config(body: JSONObject, model: str) -> JSONObject:
     for openai_name, gemini_name in _GENERATION_FIELDS:
         value = body.get(openai_name)
         if value is not None:
+            config[gemini_name] = value
+    for openai_name, gemini_name in _PENALTIES:
+        value = body.get(openai_name)
+        if value is not None and _PENALTY_MODEL.match(model):  # (matched only when one is sent)
             config[gemini_name] = value
     limit = body.get("max_completion_tokens")
     limit = body.get("max_tokens") if limit is None else limit

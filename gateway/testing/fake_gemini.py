@@ -271,8 +271,15 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
         words += len(text.split())
         if role == "user":
             prompt = text
+    last = contents[-1]
+    if isinstance(last, dict) and last.get("role") == "model":
+        # The API's words for a history ending on the model's turn (songquanpeng/one-api#836), still
+        # refused by current models (microsoft/semantic-kernel#13288, crewAIInc/crewAI#6973: "Gemini's
+        # generateContent API rejects a request whose history ends on a model turn").
+        raise refusal(400, _LAST_TURN)
     config = body.get("generationConfig")
     config = config if isinstance(config, dict) else {}
+    _check_penalties(model, config)
     limit = config.get("maxOutputTokens")
     _check_thinking(model, config.get("thinkingConfig"))
     stops = config.get("stopSequences")
@@ -297,6 +304,23 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
         _candidate_count(config.get("candidateCount")),
         _top_logprobs(config),
     )
+
+
+_LAST_TURN = "Please ensure that multiturn requests ends with a user role or a function response."
+# Models that take ``presencePenalty`` / ``frequencyPenalty`` (Gemini 2.0 and 1.5); later ones
+# refuse a non-zero penalty: "Penalty is not enabled for this model" (google-gemini/cookbook#1290,
+# on every 2.5 and 3 model tested; PublicAffairs/openai-gemini#63 for 2.5 Flash; a Google team
+# member on the forum: frequencyPenalty is supported on gemini-2.0-flash only). The fake's own
+# models (``gemini-test``) play a current model.
+_PENALTY_MODELS = re.compile(r"^gemini-(?:1\.|2\.0)")
+
+
+def _check_penalties(model: str, config: dict[str, object]) -> None:
+    if _PENALTY_MODELS.match(model):
+        return
+    for name in ("presencePenalty", "frequencyPenalty"):
+        if config.get(name) not in (None, 0, 0.0):
+            raise refusal(400, "Penalty is not enabled for this model")
 
 
 def _top_logprobs(config: dict[str, object]) -> int | None:

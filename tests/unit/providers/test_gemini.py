@@ -892,3 +892,31 @@ def test_a_400_naming_a_translated_field_names_the_openai_param(message: str, pa
     error = GeminiAdapter().translate_error(400, body, None, "gem")
     assert error.param == param
     assert error.envelope()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("model", "kept"),
+    [
+        ("gemini-2.0-flash", True),
+        ("models/gemini-1.5-pro", True),
+        ("gemini-2.5-flash", False),
+        ("gemini-3-pro-preview", False),
+        ("tunedModels/mine", False),
+    ],
+)
+def test_penalties_reach_only_the_models_that_take_them(model: str, kept: bool) -> None:
+    # 2.5 and later refuse a non-zero penalty ("Penalty is not enabled for this model"): a hint,
+    # left out there as on Anthropic.
+    body = {**HELLO, "presence_penalty": 0.5, "frequency_penalty": -0.5}
+    config = sent(Endpoint.CHAT, body, model).get("generationConfig", {})
+    assert ("presencePenalty" in config and "frequencyPenalty" in config) is kept
+    assert ("presencePenalty" in config or "frequencyPenalty" in config) is kept
+
+
+def test_a_conversation_ending_on_the_assistant_is_closed_by_a_user_turn() -> None:
+    # Gemini refuses a history that ends on the model's turn; OpenAI answers after it.
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The answer is"}]
+    contents = sent(Endpoint.CHAT, {"model": "m", "messages": messages})["contents"]
+    assert [c["role"] for c in contents] == ["user", "model", "user"]
+    assert contents[-1]["parts"] == [{"text": "."}]
+    assert contents[1]["parts"] == [{"text": "The answer is"}]
