@@ -482,7 +482,15 @@ def _thinking_config(body: JSONObject, model: str) -> JSONObject | None:
     return None
 
 
+# ``GenerationConfig.candidateCount``: "This value must be between [1, 8], inclusive" (the v1beta
+# reference); OpenAI's ``n`` goes to 128. Refused above it (fewer choices would change the answer).
+MAX_CANDIDATES = 8
+
+
 def _generation_config(body: JSONObject, model: str) -> JSONObject:
+    n = body.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > MAX_CANDIDATES:
+        raise UnsupportedByProvider(KIND, f"n > {MAX_CANDIDATES} (Gemini's most candidates)", param="n")
     config: JSONObject = {}
     for openai_name, gemini_name in _GENERATION_FIELDS:
         value = body.get(openai_name)

@@ -373,6 +373,9 @@ def check_options(body: dict[str, object]) -> None:
         # Extended thinking docs, "Feature compatibility": forced tool use is refused.
         raise _refusal(400, "Thinking may not be enabled when tool_choice forces tool use.")
     temperature = body.get("temperature")
+    if isinstance(temperature, (int, float)) and not 0 <= temperature <= 1:
+        # The Messages reference: temperature "Ranges from 0.0 to 1.0" (OpenAI's goes to 2).
+        raise _refusal(400, "temperature: Input should be less than or equal to 1")
     if thinks and temperature is not None and temperature != 1:
         raise _refusal(400, "`temperature` may only be set to 1 when thinking is enabled.")
     if thinks and body.get("top_k") is not None:

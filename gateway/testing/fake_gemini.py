@@ -345,7 +345,15 @@ def _candidate_count(count: object) -> int:
         return 1
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise refusal(400, "* GenerateContentRequest.generation_config.candidate_count: must be positive")
+    if count > MAX_CANDIDATES:  # the v1beta GenerationConfig reference: "must be between [1, 8]"
+        raise refusal(
+            400,
+            f"* GenerateContentRequest.generation_config.candidate_count: must be at most {MAX_CANDIDATES}",
+        )
     return count
+
+
+MAX_CANDIDATES = 8
 
 
 # The largest thinking budget any model takes (the thinking guide: 2.5 Pro "128 to 32768"; the

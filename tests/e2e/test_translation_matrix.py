@@ -188,6 +188,7 @@ SHAPES: dict[str, Shape] = {
         refused={k: "stop" for k in CHAT_KINDS},  # OpenAI's limit (4), held on the door for every kind
     ),
     "n 3": Shape({"messages": ASK, "n": 3}, refused={"claude": "n"}, choices=3),
+    "n 9": Shape({"messages": ASK, "n": 9}, refused={"claude": "n", "gemini": "n"}, choices=9),
     "seed": Shape({"messages": ASK, "seed": 7}),
     "logprobs": Shape({"messages": ASK, "logprobs": True, "top_logprobs": 5}, refused={"claude": "logprobs"}),
     "logprobs 0": Shape(

@@ -920,3 +920,10 @@ def test_a_conversation_ending_on_the_assistant_is_closed_by_a_user_turn() -> No
     assert [c["role"] for c in contents] == ["user", "model", "user"]
     assert contents[-1]["parts"] == [{"text": "."}]
     assert contents[1]["parts"] == [{"text": "The answer is"}]
+
+
+def test_more_choices_than_gemini_gives_are_refused_by_name() -> None:
+    assert sent(Endpoint.CHAT, {**HELLO, "n": 8})["generationConfig"]["candidateCount"] == 8
+    with pytest.raises(UnsupportedByProvider) as caught:
+        sent(Endpoint.CHAT, {**HELLO, "n": 9})
+    assert caught.value.param == "n"
