@@ -280,6 +280,7 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
     config = body.get("generationConfig")
     config = config if isinstance(config, dict) else {}
     _check_penalties(model, config)
+    _check_schemas(body, config)
     limit = config.get("maxOutputTokens")
     _check_thinking(model, config.get("thinkingConfig"))
     stops = config.get("stopSequences")
@@ -321,6 +322,67 @@ def _check_penalties(model: str, config: dict[str, object]) -> None:
     for name in ("presencePenalty", "frequencyPenalty"):
         if config.get(name) not in (None, 0, 0.0):
             raise refusal(400, "Penalty is not enabled for this model")
+
+
+# The fields of Gemini's ``Schema`` ("a select subset of an OpenAPI 3.0 schema object",
+# https://ai.google.dev/api/caching#Schema); the API refuses any other key, in protobuf's JSON
+# words ('Invalid JSON payload received. Unknown name "additionalProperties" at
+# 'generation_config.response_schema': Cannot find field.', as clients quote it). (A JSON Schema
+# goes in ``responseJsonSchema`` / ``parametersJsonSchema`` instead, which this fake leaves alone.)
+_SCHEMA_FIELDS = frozenset(
+    [
+        "type",
+        "format",
+        "title",
+        "description",
+        "nullable",
+        "enum",
+        "maxItems",
+        "minItems",
+        "properties",
+        "required",
+        "minProperties",
+        "maxProperties",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "example",
+        "anyOf",
+        "propertyOrdering",
+        "default",
+        "items",
+        "minimum",
+        "maximum",
+    ]
+)
+
+
+def _check_schemas(body: dict[str, object], config: dict[str, object]) -> None:
+    schemas: list[tuple[object, str]] = [(config.get("responseSchema"), "generation_config.response_schema")]
+    tools = body.get("tools")
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        declarations = tool.get("functionDeclarations") if isinstance(tool, dict) else None
+        for j, declaration in enumerate(declarations if isinstance(declarations, list) else []):
+            if isinstance(declaration, dict):
+                where = f"tools[{i}].function_declarations[{j}].parameters"
+                schemas.append((declaration.get("parameters"), where))
+    while schemas:
+        node, where = schemas.pop()
+        if not isinstance(node, dict):
+            continue
+        unknown = sorted(set(node) - _SCHEMA_FIELDS)
+        if unknown:
+            raise refusal(
+                400,
+                f"Invalid JSON payload received. Unknown name \"{unknown[0]}\" at '{where}': Cannot find field.",
+            )
+        properties = node.get("properties")
+        for name, sub in properties.items() if isinstance(properties, dict) else ():
+            schemas.append((sub, f"{where}.properties[{name}].value"))
+        schemas.append((node.get("items"), f"{where}.items"))
+        branches = node.get("anyOf")
+        for k, sub in enumerate(branches if isinstance(branches, list) else []):
+            schemas.append((sub, f"{where}.any_of[{k}]"))
 
 
 def _top_logprobs(config: dict[str, object]) -> int | None:

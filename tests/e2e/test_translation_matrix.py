@@ -366,6 +366,77 @@ def _answer(client: openai.OpenAI, kwargs: dict[str, Any], streamed: bool) -> di
     return {i: (text, finish, len(calls)) for i, (text, finish, calls) in got.items()}
 
 
+# What each translated kind's request may hold (the Messages API reference's request body; the
+# GenerateContentRequest and GenerationConfig of Gemini's v1beta reference): both refuse other
+# fields ("Extra inputs are not permitted"; "Invalid JSON payload received. Unknown name").
+ANTHROPIC_PARAMS = frozenset(
+    [
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        "service_tier",
+        "container",
+        "mcp_servers",
+        "context_management",
+    ]
+)
+GEMINI_PARAMS = frozenset(
+    [
+        "contents",
+        "tools",
+        "toolConfig",
+        "safetySettings",
+        "systemInstruction",
+        "generationConfig",
+        "cachedContent",
+    ]
+)
+GEMINI_CONFIG = frozenset(
+    [
+        "stopSequences",
+        "responseMimeType",
+        "responseSchema",
+        "responseJsonSchema",
+        "responseModalities",
+        "candidateCount",
+        "maxOutputTokens",
+        "temperature",
+        "topP",
+        "topK",
+        "seed",
+        "presencePenalty",
+        "frequencyPenalty",
+        "responseLogprobs",
+        "logprobs",
+        "enableEnhancedCivicAnswers",
+        "speechConfig",
+        "thinkingConfig",
+        "imageConfig",
+        "mediaResolution",
+    ]
+)
+
+
+def _known_fields(kind: str, sent: dict[str, Any]) -> None:
+    if kind == "claude":
+        assert set(sent) <= ANTHROPIC_PARAMS, set(sent) - ANTHROPIC_PARAMS
+        assert set(sent.get("metadata", {})) <= {"user_id"}
+    elif kind == "gemini":
+        assert set(sent) <= GEMINI_PARAMS, set(sent) - GEMINI_PARAMS
+        assert set(sent.get("generationConfig", {})) <= GEMINI_CONFIG
+
+
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize("kind", CHAT_KINDS)
 @pytest.mark.parametrize("name", list(SHAPES))
@@ -395,8 +466,10 @@ def test_a_chat_shape_is_answered_or_refused_by_name(
         # anthropic_request.py), which its fake does not follow.
         if name.startswith("json_") and (kind != "claude" or "strict" in name):
             assert isinstance(json.loads(text), dict)
+    sent = xstack.sent(kind)
+    _known_fields(kind, sent)
     if shape.sent is not None:
-        shape.sent(kind, xstack.sent(kind))
+        shape.sent(kind, sent)
 
 
 # --- the Messages door (the anthropic SDK) to OpenAI, Gemini and Azure deployments ----------------
@@ -512,6 +585,49 @@ M_SHAPES: dict[str, MShape] = {
 }
 
 
+# The Chat Completions request body's parameters (OpenAI's API reference); OpenAI and Azure refuse
+# others ("Unrecognized request argument supplied: ..."), so a door's translation sends no other.
+OPENAI_CHAT_PARAMS = frozenset(
+    [
+        "messages",
+        "model",
+        "audio",
+        "frequency_penalty",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "metadata",
+        "modalities",
+        "n",
+        "parallel_tool_calls",
+        "prediction",
+        "presence_penalty",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "seed",
+        "service_tier",
+        "stop",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+        "verbosity",
+        "web_search_options",
+    ]
+)
+
+
 @pytest.fixture(scope="module")
 def ant(xstack: Stack) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=xstack.gateway.url, api_key="k", max_retries=0, timeout=10)
@@ -544,5 +660,9 @@ def test_a_messages_shape_is_answered_or_refused_by_name(
     if name == "tools named no parallel":
         assert [u.name for u in uses] == ["get_time"]
     assert message.usage.output_tokens > 0
+    sent = xstack.sent(kind)
+    if kind != "gemini":
+        assert set(sent) <= OPENAI_CHAT_PARAMS, set(sent) - OPENAI_CHAT_PARAMS
+        assert ("model" in sent) == (kind == "gpt")  # Azure's path names the deployment
     if shape.sent is not None:
-        shape.sent(kind, xstack.sent(kind))
+        shape.sent(kind, sent)

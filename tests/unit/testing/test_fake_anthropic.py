@@ -570,3 +570,11 @@ async def test_more_than_four_cache_breakpoints_are_refused(aiohttp_client: Aioh
     ] == "A maximum of 4 blocks with cache_control may be provided. Found 5."
     body = {**ASK, "messages": [{"role": "user", "content": [block] * 4}]}
     assert (await post(client, body)).status == 200
+
+
+async def test_a_temperature_above_one_is_refused(aiohttp_client: AiohttpClient) -> None:
+    client = await aiohttp_client(build_app(FakeConfig(flavor="anthropic")))
+    base = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    resp = await client.post("/v1/messages", json={**base, "temperature": 1.5})
+    assert resp.status == 400 and "temperature" in (await resp.json())["error"]["message"]
+    assert (await client.post("/v1/messages", json={**base, "temperature": 1})).status == 200

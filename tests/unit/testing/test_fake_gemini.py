@@ -229,3 +229,39 @@ async def test_response_logprobs_give_a_logprobs_result(aiohttp_client: AiohttpC
     assert all(len(t["candidates"]) == 2 for t in result["topCandidates"])
     resp = await post(client, "gem:generateContent", {**ASK, "generationConfig": {"logprobs": 2}})
     assert resp.status == 400  # logprobs without responseLogprobs
+
+
+async def test_requests_gemini_refuses_since_h_xlate(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    model_last = {"contents": [*ASK["contents"], {"role": "model", "parts": [{"text": "The answer is"}]}]}
+    penalty = {**ASK, "generationConfig": {"presencePenalty": 0.5}}
+    loose = {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": False}
+    refused = {
+        "ends with a user role": model_last,
+        "Penalty is not enabled": penalty,
+        "candidate_count: must be at most 8": {**ASK, "generationConfig": {"candidateCount": 9}},
+        'Unknown name "additionalProperties"': {
+            **ASK,
+            "generationConfig": {"responseMimeType": "application/json", "responseSchema": loose},
+        },
+        'Unknown name "$ref"': {
+            **ASK,
+            "tools": [
+                {
+                    "functionDeclarations": [
+                        {
+                            "name": "f",
+                            "parameters": {"type": "object", "properties": {"a": {"$ref": "#/$defs/a"}}},
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    for words, body in refused.items():
+        resp = await post(client, "gemini-2.5-flash:generateContent", body)
+        assert resp.status == 400 and words in (await resp.json())["error"]["message"], words
+    # Gemini 2.0 takes penalties; a zero penalty is no penalty anywhere.
+    assert (await post(client, "gemini-2.0-flash:generateContent", penalty)).status == 200
+    zero = {**ASK, "generationConfig": {"presencePenalty": 0, "candidateCount": 8}}
+    assert (await post(client, "gemini-2.5-flash:generateContent", zero)).status == 200
