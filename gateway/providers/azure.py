@@ -16,6 +16,7 @@ deployment name). Responses, streams and error envelopes are OpenAI's and pass t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -34,6 +35,11 @@ DEFAULT_API_VERSION = "2024-10-21"
 # A content filter verdict is a few categories of flags (about 500 bytes); anything far larger is
 # not one, and is not relayed.
 _VERDICT_MAX_BYTES = 8192
+# Azure refuses an argument its api-version (or the deployment's model) does not know with a 400
+# whose ``param`` is null and whose message names it: "Unrecognized request argument supplied:
+# max_completion_tokens" (openai/openai-python#1724, api-version 2024-08-01-preview; "functions"
+# before 2023-07-01-preview, MicrosoftDocs/azure-docs#112948). The name becomes ``param``.
+_UNRECOGNIZED = re.compile(r"Unrecognized request argument supplied: ([A-Za-z_][\w.\[\]]{0,63})")
 # Azure's error bodies carry a ``code`` but no OpenAI ``type``; the SDKs' exception classes go by
 # status anyway, and this keeps the type clients see the one OpenAI would send.
 _TYPES_BY_STATUS = {
@@ -84,6 +90,10 @@ class AzureOpenAIAdapter(OpenAIAdapter):
             error.code = "rate_limit_exceeded"  # Azure's code is the status, as text: OpenAI's name
         if error.code == "content_filter":
             error.innererror = _content_filter_verdict(body)
+        if status == 400 and error.param is None:
+            named = _UNRECOGNIZED.search(error.message)
+            if named is not None:  # the client's SDK reads ``param``; Azure names it in words only
+                error.param = named.group(1)
         return error
 
 

@@ -61,6 +61,15 @@ REFUSED = {
     "refuse me at length": _refusal(
         {f"category_{i}": {"filtered": True, "severity": "x" * 100} for i in range(200)}
     ),
+    # An argument the deployment's api-version lacks: named in words only (openai/openai-python#1724).
+    "an old api-version": {
+        "error": {
+            "message": "Unrecognized request argument supplied: store",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    },
 }
 
 
@@ -546,6 +555,17 @@ def test_an_azure_content_filter_refusal_keeps_its_verdict_for_the_client(door: 
     assert json.loads(caught.value.response.text)["error"]["innererror"] == {
         "code": "ResponsibleAIPolicyViolation"
     }
+
+
+def test_an_argument_azure_does_not_know_is_named_in_param(door: Door) -> None:
+    # (h-xlate) Azure says which argument in its message only; the SDK's error names it in param.
+    with pytest.raises(openai.BadRequestError) as caught:
+        door.client().chat.completions.create(
+            model="filtered", messages=[{"role": "user", "content": "an old api-version"}], store=True
+        )
+    error: Any = caught.value.body
+    assert error["param"] == "store" and error["type"] == "invalid_request_error"
+    assert "Unrecognized request argument supplied: store" in error["message"]
 
 
 def test_an_empty_authorization_leaves_x_api_key_to_be_read_on_the_messages_door(door: Door) -> None:

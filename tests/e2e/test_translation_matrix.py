@@ -288,6 +288,48 @@ SHAPES: dict[str, Shape] = {
             "response_format": {"type": "json_schema", "json_schema": {"name": "f", "schema": NESTED}},
         }
     ),
+    "strict tool nested schema": Shape(
+        {
+            "messages": ASK,
+            "tools": [
+                {"type": "function", "function": {"name": "forecast", "strict": True, "parameters": NESTED}}
+            ],
+            "tool_choice": "required",
+        },
+        finish="tool_calls",
+    ),
+    "loose tool nested schema": Shape(
+        {
+            "messages": ASK,
+            "tools": [{"type": "function", "function": {"name": "forecast", "parameters": NESTED}}],
+            "tool_choice": "required",
+        },
+        finish="tool_calls",
+    ),
+    "assistant refusal part": Shape(
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot."}]},
+                {"role": "user", "content": "alpha"},
+            ]
+        },
+        said="Echo: alpha",
+    ),
+    "tool result several text parts": Shape(
+        {
+            "messages": [
+                ASK[0],
+                {"role": "assistant", "content": None, "tool_calls": CALLS[:1]},
+                {
+                    "role": "tool",
+                    "tool_call_id": "call_0",
+                    "content": [{"type": "text", "text": "15"}, {"type": "text", "text": " degrees"}],
+                },
+            ],
+            "tools": [WEATHER],
+        }
+    ),
     "penalties": Shape(
         {"messages": ASK, "frequency_penalty": 0.5, "presence_penalty": 0.3}, sent=_sent_no_penalties
     ),

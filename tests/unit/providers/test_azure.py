@@ -83,3 +83,20 @@ def test_an_unquoted_yaml_date_is_a_valid_api_version() -> None:
         {"kind": "azure", "base_url": "https://r.openai.azure.com", "api_version": date(2024, 10, 21)}
     )
     assert config.api_version == "2024-10-21"
+
+
+def test_an_argument_azure_does_not_know_is_named_in_param() -> None:
+    # Azure's words for an argument its api-version lacks, param null (openai/openai-python#1724).
+    body = {
+        "error": {
+            "message": "Unrecognized request argument supplied: max_completion_tokens",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    error = adapter().translate_error(400, orjson.dumps(body), None, "az")
+    assert error.param == "max_completion_tokens" and error.http_status == 400
+    assert error.message == "az: Unrecognized request argument supplied: max_completion_tokens"
+    other = {"error": {"message": "Something else.", "type": "invalid_request_error", "param": None}}
+    assert adapter().translate_error(400, orjson.dumps(other), None, "az").param is None
