@@ -78,6 +78,12 @@ def _hashed(user: str) -> str:
 
 
 _VALID_TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")  # Anthropic's pattern for tool_use.id
+# A tool's name: "tools.0.custom.name: String should match pattern '^[a-zA-Z0-9_-]{1,128}$'" (the
+# API's 400, home-assistant/core#147760); a dotted MCP-style name Gemini takes is refused by name.
+_VALID_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+# The image types Anthropic reads ("image/jpeg, image/png, image/gif, image/webp", its vision
+# guide; anything else is its 400 naming ``source.base64.media_type``).
+_IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
 
 def messages_request(body: JSONObject, upstream_model: str, default_max_tokens: int) -> JSONObject:
@@ -297,7 +303,7 @@ def _user_part(part: object, where: str) -> JSONObject | None:
         url = image.get("url") if isinstance(image, dict) else image
         if not isinstance(url, str) or not url:
             raise InvalidRequest(f"'{where}.image_url.url' must be a URL.", param=where)
-        return {"type": "image", "source": _source(url, where)}
+        return _image_block(_source(url, where), where)
     if kind == "file":
         file = part.get("file")
         data = file.get("file_data") if isinstance(file, dict) else None
@@ -309,12 +315,22 @@ def _user_part(part: object, where: str) -> JSONObject | None:
     raise UnsupportedByProvider(KIND, f"content parts of type '{kind}'", param=where)
 
 
+def _image_block(source: JSONObject, where: str) -> JSONObject:
+    """An image block; a base64 image of a type Anthropic does not read is refused by name."""
+    media_type = source.get("media_type")
+    if source.get("type") == "base64" and str(media_type).lower() not in _IMAGE_TYPES:
+        raise UnsupportedByProvider(
+            KIND, f"images of type '{media_type}' (JPEG, PNG, GIF and WebP only)", param=where
+        )
+    return {"type": "image", "source": source}
+
+
 def _file_block(source: JSONObject, where: str) -> JSONObject:
     """The block for an inline file: a PDF is a base64 document, an image an image block, text
     a text document (Anthropic's base64 documents are PDFs only, its text ones ``text/plain``)."""
     media_type = str(source.get("media_type", "")).lower()
     if media_type.startswith("image/"):
-        return {"type": "image", "source": source}
+        return _image_block(source, where)
     if media_type == "application/pdf":
         block: JSONObject = {"type": "document", "source": source}
     elif media_type.startswith("text/"):
@@ -435,6 +451,12 @@ def _tool(tool: object, i: int) -> JSONObject:
     function = tool.get("function")
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         raise InvalidRequest(f"'{where}.function.name' is required.", param=f"{where}.function.name")
+    if _VALID_TOOL_NAME.fullmatch(function["name"]) is None:
+        raise UnsupportedByProvider(
+            KIND,
+            "tool names other than 1 to 128 letters, digits, '_' and '-'",
+            param=f"{where}.function.name",
+        )
     out: JSONObject = {"name": function["name"]}
     if function.get("description"):
         out["description"] = function["description"]

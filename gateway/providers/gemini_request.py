@@ -111,6 +111,10 @@ MEDIUM_LEVEL = "medium"
 # model's "dynamic thinking" default, the same promise as a budget of -1.
 DYNAMIC_THINKING_LEVEL = "high"
 _TOOL_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
+# ``FunctionDeclaration.name`` (v1beta reference: letters, digits, '_', ':', '.', '-', at most 64;
+# Gemini's 400 also wants a letter or '_' first: "Invalid function name. Must start with a letter or
+# an underscore...", google-gemini/gemini-cli#9535). OpenAI takes a leading digit, Anthropic up to 128.
+_FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
 # Gemini needs a MIME type for a file URL; guessed from the extension, images by default.
 _MIME_TYPES = {
     "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
@@ -414,6 +418,13 @@ def _declaration(function: object, param: str) -> JSONObject:
     name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(function, dict) or not isinstance(name, str) or not name:
         raise InvalidRequest(f"{param}.name is missing.", param=f"{param}.name")
+    if _FUNCTION_NAME.fullmatch(name) is None:
+        raise UnsupportedByProvider(
+            KIND,
+            "function names that do not open with a letter or '_' and hold up to 64 letters, "
+            "digits, '_', '.', ':' and '-'",
+            param=f"{param}.name",
+        )
     declaration: JSONObject = {"name": name}
     if isinstance(function.get("description"), str):
         declaration["description"] = function["description"]

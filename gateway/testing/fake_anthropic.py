@@ -171,6 +171,7 @@ def parse_messages(body: dict[str, object]) -> MessagesRequest:
             prompt = text
     check_conversation(messages)
     _check_tools_defined(messages, body.get("tools"))
+    _check_tool_names(body.get("tools"))
     check_options(body)
     stops = body.get("stop_sequences")
     stop_sequences = tuple(s for s in stops if isinstance(s, str) and s) if isinstance(stops, list) else ()
@@ -285,6 +286,22 @@ def check_conversation(messages: list[dict[str, object]]) -> None:
     _check_answered(offered, answered, offered_at)
     if messages[-1].get("role") == "assistant":
         _check_answered(ids, set(), len(messages) - 1)
+
+
+# A client tool's name (the Messages reference's ``Tool.name``; the API's words, as its users quote
+# them: "tools.0.custom.name: String should match pattern '^[a-zA-Z0-9_-]{1,128}$'",
+# home-assistant/core#147760, MCP tool names with dots). Server tools (a ``type`` other than
+# ``custom``, no ``input_schema``) have fixed names.
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+
+
+def _check_tool_names(tools: object) -> None:
+    for i, tool in enumerate(tools if isinstance(tools, list) else []):
+        if not isinstance(tool, dict) or tool.get("type", "custom") != "custom":
+            continue
+        name = tool.get("name")
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+            raise _refusal(400, f"tools.{i}.custom.name: String should match pattern '{_TOOL_NAME.pattern}'")
 
 
 def _check_tools_defined(messages: list[dict[str, object]], tools: object) -> None:

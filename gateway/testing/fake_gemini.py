@@ -357,15 +357,35 @@ _SCHEMA_FIELDS = frozenset(
 )
 
 
-def _check_schemas(body: dict[str, object], config: dict[str, object]) -> None:
-    schemas: list[tuple[object, str]] = [(config.get("responseSchema"), "generation_config.response_schema")]
+# ``FunctionDeclaration.name``: "Must be a-z, A-Z, 0-9, or contain underscores, colons, dots, and
+# dashes, with a maximum length of 64" (the v1beta reference); the API also wants a letter or an
+# underscore first, in its words as clients quote them (google-gemini/gemini-cli#9535).
+_FUNCTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
+_BAD_FUNCTION_NAME = (
+    "Invalid function name. Must start with a letter or an underscore. Must be alphameric (a-z, "
+    "A-Z, 0-9), underscores (_), dots (.), colons (:), or dashes (-), with a maximum length of 64."
+)
+
+
+def _declarations(body: dict[str, object]) -> list[tuple[str, dict[str, object]]]:
+    """Each function declaration of ``body`` with its place (``tools[i].function_declarations[j]``)."""
+    found = []
     tools = body.get("tools")
     for i, tool in enumerate(tools if isinstance(tools, list) else []):
         declarations = tool.get("functionDeclarations") if isinstance(tool, dict) else None
         for j, declaration in enumerate(declarations if isinstance(declarations, list) else []):
             if isinstance(declaration, dict):
-                where = f"tools[{i}].function_declarations[{j}].parameters"
-                schemas.append((declaration.get("parameters"), where))
+                found.append((f"tools[{i}].function_declarations[{j}]", declaration))
+    return found
+
+
+def _check_schemas(body: dict[str, object], config: dict[str, object]) -> None:
+    schemas: list[tuple[object, str]] = [(config.get("responseSchema"), "generation_config.response_schema")]
+    schemas += [(d.get("parameters"), f"{where}.parameters") for where, d in _declarations(body)]
+    for where, declaration in _declarations(body):
+        name = declaration.get("name")
+        if not isinstance(name, str) or not _FUNCTION_NAME.fullmatch(name):
+            raise refusal(400, f"* GenerateContentRequest.{where}.name: {_BAD_FUNCTION_NAME}")
     while schemas:
         node, where = schemas.pop()
         if not isinstance(node, dict):

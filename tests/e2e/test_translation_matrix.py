@@ -330,6 +330,21 @@ SHAPES: dict[str, Shape] = {
             "tools": [WEATHER],
         }
     ),
+    # Tool names: OpenAI's and Anthropic's are [a-zA-Z0-9_-]; Gemini's also take dots and colons
+    # but must open with a letter or an underscore: refused by name where the provider would refuse.
+    "dotted tool name": Shape(
+        {"messages": ASK, "tools": [{"type": "function", "function": {"name": "weather.get"}}]},
+        refused={"claude": "tools[0].function.name"},
+    ),
+    "tool name opening with a digit": Shape(
+        {"messages": ASK, "tools": [TIME, {"type": "function", "function": {"name": "3d_view"}}]},
+        refused={"gemini": "tools[1].function.name"},
+    ),
+    # Anthropic takes JPEG, PNG, GIF and WebP images only.
+    "image svg": Shape(
+        {"messages": _image("data:image/svg+xml;base64,PHN2Zy8+", "auto")},
+        refused={"claude": "messages[0].content[1]"},
+    ),
     "penalties": Shape(
         {"messages": ASK, "frequency_penalty": 0.5, "presence_penalty": 0.3}, sent=_sent_no_penalties
     ),

@@ -909,3 +909,31 @@ def test_an_endpoint_anthropic_lacks_is_refused_naming_the_model(endpoint: Endpo
     with pytest.raises(UnsupportedByProvider) as caught:
         adapter().build_request(endpoint, {"model": "m", "prompt": "x", "input": "x"}, "claude-x")
     assert caught.value.param == "model"
+
+
+@pytest.mark.parametrize("name", ["weather.get", "ns/tool", "a b", "x" * 129, ""])
+def test_a_tool_name_anthropic_refuses_is_refused_by_name(name: str) -> None:
+    # Anthropic's pattern ^[a-zA-Z0-9_-]{1,128}$ (Gemini takes dotted names: a mixed group fails over).
+    tools = [
+        {"type": "function", "function": {"name": "ok_name-1"}},
+        {"type": "function", "function": {"name": name}},
+    ]
+    with pytest.raises(UnsupportedByProvider) as caught:
+        translate({"messages": [USER], "tools": tools})
+    assert caught.value.param == "tools[1].function.name"
+    assert translate({"messages": [USER], "tools": tools[:1]})["tools"][0]["name"] == "ok_name-1"
+
+
+@pytest.mark.parametrize("media_type", ["image/svg+xml", "image/bmp", "image/tiff"])
+def test_an_image_type_anthropic_does_not_read_is_refused_by_name(media_type: str) -> None:
+    part = {"type": "image_url", "image_url": {"url": f"data:{media_type};base64,AAAA"}}
+    message = {"role": "user", "content": [{"type": "text", "text": "what is it?"}, part]}
+    with pytest.raises(UnsupportedByProvider) as caught:
+        translate({"messages": [message]})
+    assert caught.value.param == "messages[0].content[1]"
+    as_file = {"type": "file", "file": {"filename": "a", "file_data": f"data:{media_type};base64,AAAA"}}
+    with pytest.raises(UnsupportedByProvider):
+        translate({"messages": [{"role": "user", "content": [as_file]}]})
+    for ok in ("image/png", "image/jpg", "IMAGE/WEBP"):  # (jpg is sent as jpeg)
+        part["image_url"]["url"] = f"data:{ok};base64,AAAA"  # type: ignore[index]
+        assert translate({"messages": [message]})["messages"][0]["content"][1]["type"] == "image"

@@ -927,3 +927,17 @@ def test_more_choices_than_gemini_gives_are_refused_by_name() -> None:
     with pytest.raises(UnsupportedByProvider) as caught:
         sent(Endpoint.CHAT, {**HELLO, "n": 9})
     assert caught.value.param == "n"
+
+
+@pytest.mark.parametrize("name", ["3d_view", "-x", "a/b", "a b", "x" * 65])
+def test_a_function_name_gemini_refuses_is_refused_by_name(name: str) -> None:
+    # Gemini: a letter or '_' first, then letters, digits, '_', '.', ':', '-', at most 64.
+    tools = [
+        {"type": "function", "function": {"name": "ns.tool:v-1"}},
+        {"type": "function", "function": {"name": name}},
+    ]
+    with pytest.raises(UnsupportedByProvider) as caught:
+        sent(Endpoint.CHAT, {**HELLO, "tools": tools})
+    assert caught.value.param == "tools[1].function.name"
+    declared = sent(Endpoint.CHAT, {**HELLO, "tools": tools[:1]})["tools"][0]["functionDeclarations"]
+    assert declared[0]["name"] == "ns.tool:v-1"

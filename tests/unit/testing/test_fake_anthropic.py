@@ -578,3 +578,14 @@ async def test_a_temperature_above_one_is_refused(aiohttp_client: AiohttpClient)
     resp = await client.post("/v1/messages", json={**base, "temperature": 1.5})
     assert resp.status == 400 and "temperature" in (await resp.json())["error"]["message"]
     assert (await client.post("/v1/messages", json={**base, "temperature": 1})).status == 200
+
+
+async def test_a_tool_name_outside_the_pattern_is_refused(aiohttp_client: AiohttpClient) -> None:
+    client = await aiohttp_client(build_app(FakeConfig(flavor="anthropic")))
+    base = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    for name, status in (("weather.get", 400), ("x" * 129, 400), ("get_weather-2", 200)):
+        body = {**base, "tools": [{"name": name, "input_schema": {"type": "object"}}]}
+        resp = await client.post("/v1/messages", json=body)
+        assert resp.status == status, name
+        if status == 400:
+            assert "tools.0.custom.name" in (await resp.json())["error"]["message"]

@@ -265,3 +265,13 @@ async def test_requests_gemini_refuses_since_h_xlate(aiohttp_client: AiohttpClie
     assert (await post(client, "gemini-2.0-flash:generateContent", penalty)).status == 200
     zero = {**ASK, "generationConfig": {"presencePenalty": 0, "candidateCount": 8}}
     assert (await post(client, "gemini-2.5-flash:generateContent", zero)).status == 200
+
+
+async def test_a_function_name_gemini_refuses(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    for name, status in (("3d", 400), ("a/b", 400), ("x" * 65, 400), ("ns.tool:v-1", 200), ("_x", 200)):
+        body = {**ASK, "tools": [{"functionDeclarations": [{"name": name}]}]}
+        resp = await post(client, "gem:generateContent", body)
+        assert resp.status == status, name
+        if status == 400:
+            assert "Invalid function name" in (await resp.json())["error"]["message"]
