@@ -247,6 +247,22 @@ def _calls_a_function(content: dict[str, object]) -> bool:
     return isinstance(parts, list) and any(isinstance(p, dict) and "functionCall" in p for p in parts)
 
 
+def _check_responses(call_turn: dict[str, object], answer: dict[str, object]) -> None:
+    """The turn after a function call turn answers each call: Gemini's 400 otherwise, in the words
+    its users quote (google-gemini/gemini-cli#4217, #16415)."""
+
+    def count(content: dict[str, object], key: str) -> int:
+        parts = content.get("parts")
+        return sum(isinstance(p, dict) and key in p for p in parts) if isinstance(parts, list) else 0
+
+    if count(answer, "functionResponse") != count(call_turn, "functionCall"):
+        raise refusal(
+            400,
+            "Please ensure that the number of function response parts is equal to the number of "
+            "function call parts of the function call turn.",
+        )
+
+
 def _after_user_or_response(contents: list[object], i: int) -> bool:
     before = contents[i - 1] if i > 0 else None
     return isinstance(before, dict) and before.get("role") == "user"  # (a function response is a user turn)
@@ -265,6 +281,8 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
             raise refusal(400, f"* GenerateContentRequest.contents[{i}].role: must be user or model")
         if role == "model" and _calls_a_function(content) and not _after_user_or_response(contents, i):
             raise refusal(400, _CALL_TURN)
+        if role == "user" and i > 0 and _calls_a_function(contents[i - 1]):
+            _check_responses(contents[i - 1], content)
         if role == "model" and i == 0:  # (NousResearch/hermes-agent#55427)
             raise refusal(400, "Please ensure that multiturn requests alternate between user and model.")
         text = _text(content)

@@ -275,3 +275,15 @@ async def test_a_function_name_gemini_refuses(aiohttp_client: AiohttpClient) -> 
         assert resp.status == status, name
         if status == 400:
             assert "Invalid function name" in (await resp.json())["error"]["message"]
+
+
+async def test_every_function_call_needs_its_response_in_the_next_turn(aiohttp_client: AiohttpClient) -> None:
+    client = await fake(aiohttp_client)
+    calls = {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}}] * 2}
+    answer = {"functionResponse": {"name": "f", "response": {"result": 1}}}
+    for responses, status in ((1, 400), (2, 200), (3, 400)):
+        body = {"contents": [*ASK["contents"], calls, {"role": "user", "parts": [answer] * responses}]}
+        resp = await post(client, "gem:generateContent", body)
+        assert resp.status == status, responses
+        if status == 400:
+            assert "number of function response parts" in (await resp.json())["error"]["message"]
