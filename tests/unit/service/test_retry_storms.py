@@ -309,10 +309,12 @@ async def test_sdk_does_not_retry_an_open_breaker(
 
     error, elapsed = await sdk_call(client, "once")
     assert error.status_code == 503 and error.code == "no_healthy_deployment"
-    assert error.response.headers["retry-after"] == "30"
+    # The breaker's open time left, rounded up (30 s open): 29 once a second passed since it
+    # opened, as it did once on a loaded machine.
+    assert 25 <= int(error.response.headers["retry-after"]) <= 30
     assert error.response.headers["x-should-retry"] == "false"
     assert requests_received(client) - before == 1  # not 3
-    assert elapsed < 2, elapsed  # not 60 s of Retry-After
+    assert elapsed < 10, elapsed  # not 30 s or more of Retry-After
     assert len(upstreams.calls) == 1
 
 
