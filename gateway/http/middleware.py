@@ -213,7 +213,7 @@ def expect_handler(refuse: Handler) -> ExpectHandler:
     (h-uploadgate did it for uploads; h-expect for every route). Any other expectation is
     refused by ``refuse`` (the route's ``gateway_handler`` around ``expectation_failed``), so
     the 417 comes in the route's error envelope with a request id, a log line and its metrics,
-    where aiohttp's default answered plain text."""
+    where aiohttp's default answered plain text; its body unread, with ``Connection: close``."""
 
     async def expect(request: web.Request) -> web.StreamResponse | None:
         if request.version != HttpVersion11:
@@ -221,6 +221,9 @@ def expect_handler(refuse: Handler) -> ExpectHandler:
         if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
             withhold_continue(request)
             return None
+        # Refused, its body never asked for: the 417 ends the connection as any such refusal
+        # (``Connection: close``, this side's FIN), not after aiohttp's 10 s lingering (h-probe7).
+        withhold_continue(request)
         return await refuse(request)
 
     return expect

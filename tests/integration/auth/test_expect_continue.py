@@ -477,3 +477,41 @@ async def test_a_silent_client_keeping_its_refused_connection_is_let_go_promptly
         assert took_s < UNASKED_IDLE_S + PROMPT_S, f"held {took_s:.1f} s"
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "expectation", "anthropic"),
+    [
+        ("/v1/chat/completions", "", "100-continue, foo", False),
+        ("/v1/messages", "", "foo", True),
+        ("/v1/audio/transcriptions", "", "202-accepted", False),
+    ],
+)
+async def test_an_unknown_expectation_is_refused_and_its_connection_ended_at_once(
+    gw: Gateway, path: str, headers: str, expectation: str, anthropic: bool
+) -> None:
+    """(h-probe7) An expectation other than ``100-continue`` (``100-continue, foo`` included) on
+    a request with a body: the 417, in the door's envelope, with ``Connection: close`` and the
+    end of the connection at once, as any refusal of a body never asked for. Before: no
+    ``Connection: close`` and the connection held for the lingering time (10.5 s measured),
+    reading a body its client, refused, does not send."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(
+            (
+                f"POST {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Type: application/json\r\n"
+                f"Content-Length: {len(CHAT)}\r\nExpect: {expectation}\r\n\r\n"
+            ).encode()
+        )
+        answer = await _answer(reader)
+        assert answer.status == 417, answer.head
+        error = _anthropic_error(answer) if anthropic else _openai_error(answer)
+        assert expectation in str(error["message"])
+        assert answer.header("connection") == "close", answer.head
+        started = time.monotonic()
+        async with asyncio.timeout(LINGERING_S + 5):
+            assert await reader.read() == b""
+        took_s = time.monotonic() - started
+        assert took_s < PROMPT_S, f"the refused connection ended {took_s:.1f} s after its answer"
+    finally:
+        writer.close()
