@@ -260,3 +260,35 @@ async def test_a_whole_call_its_client_left_is_charged_to_a_key_without_limits(g
     assert row["cost_usd"] == pytest.approx(expected, abs=1e-6)
     rise = await _metric(gateway, "gateway_cost_usd_total") - cost_before
     assert rise == pytest.approx(expected, abs=1e-6)
+
+
+async def test_a_cache_hit_counts_as_a_request_without_tokens_or_cost(gateway: TestClient) -> None:
+    """(h-probe7) What the README says of a response-cache hit in ``/admin/usage``: one request
+    admitted (it passed the key's limits before the cache), no tokens, no cost, as no provider
+    was called; nor does it count in ``gateway_spend_usd_total``. The miss before it is charged
+    its usage. A key without limits and one with an RPM alike."""
+    for limits in ({}, {"rpm": 1000}):
+        key = await _key(gateway, "red", **limits)
+        messages = [{"role": "user", "content": f"cached question of {key.id}"}]
+        miss = await key.sdk.chat.completions.with_raw_response.create(
+            model="chat", messages=messages, temperature=0
+        )
+        assert miss.headers["x-gateway-cache"] == "miss"
+        usage = miss.parse().usage
+        await gateway.app[keys.LIMITS].drain()  # type: ignore[index]
+        spent = await _metric(gateway, "gateway_spend_usd_total")
+        hit = await key.sdk.chat.completions.with_raw_response.create(
+            model="chat", messages=messages, temperature=0
+        )
+        assert hit.headers["x-gateway-cache"] == "hit"
+        await gateway.app[keys.LIMITS].drain()  # type: ignore[index]
+        await key.sdk.close()
+        (row,) = (await _usage(gateway, key=key.id))["data"]
+        assert usage is not None
+        assert (row["requests"], row["tokens_in"], row["tokens_out"]) == (
+            2,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+        ), row
+        assert row["cost_usd"] == pytest.approx(_cost(usage), abs=1e-6)
+        assert await _metric(gateway, "gateway_spend_usd_total") == pytest.approx(spent, abs=1e-9)
