@@ -103,7 +103,8 @@ def _month(value: str) -> tuple[int, int]:
     """The first and last UTC day (days since the epoch) of calendar month ``YYYY-MM``."""
     try:
         year, _, month = value.partition("-")
-        if len(year) != 4 or len(month) != 2 or not (year + month).isascii():
+        digits = year + month  # ASCII digits only: ``int`` would take a sign, spaces, underscores
+        if len(year) != 4 or len(month) != 2 or not (digits.isascii() and digits.isdigit()):
             raise ValueError(value)
         first = dt.date(int(year), int(month), 1)
     except ValueError:
