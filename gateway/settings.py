@@ -76,7 +76,7 @@ def parse_host_patterns(text: str) -> tuple[str, ...]:
             patterns.append(entry)
             continue
         entry = entry.removesuffix(".")
-        if _is_ip_literal(entry.removeprefix("[").removesuffix("]")):
+        if is_ip_literal(entry.removeprefix("[").removesuffix("]")):
             # Every IP literal is admitted already (nothing to re-point); an operator listing the
             # address clients use ([::1], 10.0.0.5) meant no harm, so it starts rather than stops.
             continue
@@ -89,7 +89,8 @@ def parse_host_patterns(text: str) -> tuple[str, ...]:
     return tuple(patterns)
 
 
-def _is_ip_literal(text: str) -> bool:
+def is_ip_literal(text: str) -> bool:
+    """Whether ``text`` is an IPv4 or IPv6 address (no brackets, no port)."""
     try:
         ipaddress.ip_address(text)
     except ValueError:

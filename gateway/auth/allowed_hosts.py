@@ -21,8 +21,9 @@ comes from no web page, and an old health checker (HAProxy's ``httpchk``) sends 
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
+
+from gateway.settings import is_ip_literal as _is_ip_literal
 
 ANY = "*"
 _MAX_REMEMBERED = 64  # Host values accepted, remembered as they were sent (a handful in practice)
@@ -96,11 +97,3 @@ def _is_port(text: str, *, colon: bool) -> bool:
             return False
         text = text[1:]
     return not text or (len(text) <= 5 and text.isascii() and text.isdigit())
-
-
-def _is_ip_literal(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
