@@ -498,6 +498,13 @@ class _Pending:
     corrections: Counter[tuple[str, str]] = field(default_factory=Counter)  # (log, entry) -> delta
     refusals: Counter[str] = field(default_factory=Counter)
 
+    def count(self, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
+        """One more call ended, with what it used."""
+        self.requests += 1
+        self.tokens_in += tokens_in
+        self.tokens_out += tokens_out
+        self.cost_usd += cost_usd
+
     def add(self, other: _Pending) -> None:
         """Count ``other``'s usage, spend and refusals here too (not its window corrections)."""
         self.requests += other.requests
@@ -1160,10 +1167,7 @@ class RedisLimiter:
         """Count the call's end on the next write (within ``FLUSH_S``), without waiting for it."""
         batch = self._batch
         pending = batch.of(caller, self._today())
-        pending.requests += 1
-        pending.tokens_in += tokens_in
-        pending.tokens_out += tokens_out
-        pending.cost_usd += cost_usd
+        pending.count(tokens_in, tokens_out, cost_usd)
         if (
             cost_usd
             and (lease := self._leases.get(caller.counted_as)) is not None
@@ -1191,11 +1195,7 @@ class RedisLimiter:
         only, in the same batch as the limited keys' settlements (one settle script per key per
         write: no window, no budget). Not in ``batch.settled``: a failed write has nothing to
         settle in the local fallback; its row is carried to the next write (``_carry``)."""
-        pending = self._batch.of(caller, self._today())
-        pending.requests += 1
-        pending.tokens_in += tokens_in
-        pending.tokens_out += tokens_out
-        pending.cost_usd += cost_usd
+        self._batch.of(caller, self._today()).count(tokens_in, tokens_out, cost_usd)
         self._schedule()
 
     async def refused(self, caller: Caller, reason: str) -> None:

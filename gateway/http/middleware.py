@@ -218,12 +218,12 @@ def expect_handler(refuse: Handler) -> ExpectHandler:
     async def expect(request: web.Request) -> web.StreamResponse | None:
         if request.version != HttpVersion11:
             return None  # HTTP/1.0 has no Expect: ignored, as aiohttp does
-        if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
-            withhold_continue(request)
-            return None
-        # Refused, its body never asked for: the 417 ends the connection as any such refusal
-        # (``Connection: close``, this side's FIN), not after aiohttp's 10 s lingering (h-probe7).
+        # Either way the body is not asked for yet: a 417 too ends the connection as any refusal
+        # before its body (``Connection: close``, this side's FIN), not after aiohttp's 10 s
+        # lingering (h-probe7).
         withhold_continue(request)
+        if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+            return None
         return await refuse(request)
 
     return expect
