@@ -38,7 +38,7 @@ from aiohttp.web_protocol import RequestHandler
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequest
 from gateway.http.body import WithholdsContinue
 from gateway.http.middleware import SERVER, new_request_id
-from gateway.http.responses import MESSAGES_PATH, anthropic_error_response, error_response
+from gateway.http.responses import MESSAGES_PATH, WholeJSON, anthropic_error_response, error_response
 
 log = logging.getLogger("gateway.http")
 
@@ -145,6 +145,25 @@ class GatewayRequestHandler(RequestHandler, WithholdsContinue):
         transport = self.transport
         if transport is None:
             return await _finish(self, request, resp, start_time)
+        if (
+            type(resp) is WholeJSON
+            and not transport.get_write_buffer_size()
+            and len(resp._body) < _SMALL_BODY  # type: ignore[arg-type]
+            and not self._upgraded
+        ):
+            # A whole JSON answer that cannot wait on the client: written in one pass, without
+            # aiohttp's prepare and write_eof coroutines (``responses.WholeJSON``), unless it
+            # needs them (then ``write_now`` wrote nothing).
+            request._finish()
+            try:
+                written = resp.write_now(request, transport)
+            except ConnectionError:
+                self.log_access(request, resp, start_time)
+                return resp, True
+            if written:
+                if self._logging_enabled:
+                    self.log_access(request, resp, start_time)
+                return resp, False
         if not transport.get_write_buffer_size() and _small(resp):
             finished = await _finish(self, request, resp, start_time)
         else:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Mapping
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.web_response import REASON_PHRASES
+from multidict import CIMultiDict
 
 from gateway import jsonsafe
 from gateway.errors import AllDeploymentsFailed, GatewayError, NoHealthyDeployment
@@ -14,9 +19,7 @@ JSON = "application/json"
 
 def error_response(error: GatewayError) -> web.Response:
     """The OpenAI error envelope for ``error`` with its status and headers (e.g. Retry-After)."""
-    response = web.Response(
-        body=error.body(), status=error.http_status, content_type=JSON, headers=error.headers or None
-    )
+    response = WholeJSON(error.body(), error.http_status, error.headers or None)
     if error.headers.get("connection") == "close":
         response.force_close()  # aiohttp would otherwise keep the connection for the next request
     return response
@@ -24,7 +27,102 @@ def error_response(error: GatewayError) -> web.Response:
 
 def json_response(body: bytes, status: int = 200) -> web.Response:
     """A JSON response from bytes already serialised (with orjson, or a provider's own)."""
-    return web.Response(body=body, status=status, content_type=JSON)
+    return WholeJSON(body, status)
+
+
+_JSON_TYPE = ((hdrs.CONTENT_TYPE, JSON),)
+_EMPTY_STATUSES = frozenset((204, 304))  # (aiohttp's ``must_be_empty_body``, with 1xx)
+_ZLIB_SIZE = web.Response(body=b"")._zlib_executor_size  # (aiohttp's default, however it names it)
+
+
+class WholeJSON(web.Response):
+    """A whole JSON answer (every proxied call's, a cache hit's, an admin answer) that the
+    connection handler writes as one buffer: status line, headers and body, serialised here in
+    one pass (``write_now``), instead of aiohttp's chain of a dozen coroutines and frames
+    (``prepare``, ``_start`` twice, ``_prepare_headers``, the prepare hook, ``_write_headers``,
+    the writer's ``write_headers``, ``write_eof`` three times, ``_send_headers_with_payload``)
+    and a ``Response.__init__`` that sorts out text, charset and payload arguments a JSON body
+    never has (issue 12: a cache hit's largest piece of the gateway's own cost).
+
+    It is a complete ``web.Response`` (``__init__`` sets what aiohttp's would: a test compares
+    the attributes with the installed aiohttp's): whatever the one-pass write does not cover
+    (HTTP/1.0, HEAD, compression, cookies, an ``on_response_prepare`` hook, a large body or a
+    connection with unsent bytes: ``connection.GatewayRequestHandler.finish_response``) goes
+    through aiohttp's own path, unchanged. The bytes on the wire are what aiohttp writes, but
+    for the order of its last headers: the response's own, then ``Content-Length``, ``Date``,
+    ``Server`` (unless set), ``Connection: close`` (when the connection ends)."""
+
+    def __init__(self, body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
+        # ``Response.__init__`` with ``body`` bytes and ``content_type``: what it sets, directly.
+        self._state = {}
+        self._headers = CIMultiDict(_JSON_TYPE)
+        if headers:
+            self._headers.extend(headers)
+        self._status = status
+        self._reason = REASON_PHRASES.get(status, "")
+        self._body = body
+        self._compressed_body = None
+        self._zlib_executor_size = _ZLIB_SIZE
+        self._zlib_executor = None
+
+    def write_now(self, request: web.BaseRequest, transport: asyncio.Transport) -> bool:
+        """Write the whole answer to ``transport`` at once, as ``prepare`` and ``write_eof``
+        would; False, having written nothing, when this answer or request needs aiohttp's path.
+        A header name or value with CR or LF raises ``ValueError`` as aiohttp's serialiser does
+        (a header injection never reaches the wire)."""
+        if (
+            self._payload_writer is not None
+            or self._eof_sent
+            or self._compression
+            or self._cookies
+            or self._chunked
+            or request.version != HttpVersion11
+            or request.method == hdrs.METH_HEAD
+            or self._status < 200
+            or self._status in _EMPTY_STATUSES
+        ):
+            return False
+        match_info = request._match_info  # type: ignore[attr-defined]  # (a web.Request: routed)
+        if match_info is not None:
+            for app in match_info._apps:
+                if app.on_response_prepare:
+                    return False
+        headers = self._headers
+        if hdrs.CONTENT_LENGTH in headers or hdrs.TRANSFER_ENCODING in headers:
+            return False
+        keep_alive = self._keep_alive
+        if keep_alive is None:
+            keep_alive = self._keep_alive = request.keep_alive
+        body = self._body
+        assert isinstance(body, bytes | bytearray)
+        lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+        lines.append(f"Content-Length: {len(body)}\r\n")
+        if hdrs.DATE not in headers:
+            lines.append(f"Date: {rfc822_formatted_time()}\r\n")
+        if hdrs.SERVER not in headers:
+            lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
+        if not keep_alive and hdrs.CONNECTION not in headers:
+            lines.append("Connection: close\r\n")
+        text = f"HTTP/1.1 {self._status} {self._reason}\r\n{''.join(lines)}\r\n"
+        # Every CR and LF is one of the line ends written above: one pair per header line, the
+        # status line's and the blank line's (aiohttp's serialiser refuses a header with either).
+        ends = len(lines) + 2
+        if text.count("\r") != ends or text.count("\n") != ends:
+            raise ValueError(
+                "Newline or carriage return character detected in HTTP status message or header."
+            )
+        head = text.encode()
+        if transport.is_closing():
+            raise ConnectionResetError("Cannot write to closing transport")  # (as aiohttp's writer)
+        writer = request._payload_writer
+        size = len(head) + len(body)
+        writer.buffer_size += size
+        writer.output_size += size
+        transport.write(head + body)  # (aiohttp joins them too, below 2 KiB and on Python < 3.12.9)
+        writer._eof = True  # type: ignore[attr-defined]  # (aiohttp's StreamWriter, as write_eof leaves it)
+        self._eof_sent = True
+        self._body_length = writer.output_size
+        return True
 
 
 # ----- Anthropic's error envelope, for the Messages front door (/v1/messages*)
@@ -73,12 +171,7 @@ def anthropic_envelope(error: GatewayError) -> bytes:
 
 def anthropic_error_response(error: GatewayError) -> web.Response:
     """``error`` in Anthropic's envelope and status, with its headers (e.g. Retry-After)."""
-    response = web.Response(
-        body=anthropic_envelope(error),
-        status=anthropic_status(error),
-        content_type=JSON,
-        headers=error.headers or None,
-    )
+    response = WholeJSON(anthropic_envelope(error), anthropic_status(error), error.headers or None)
     if error.headers.get("connection") == "close":
         response.force_close()
     return response
