@@ -37,6 +37,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequest
 from gateway.http.body import WithholdsContinue
+from gateway.http.dispatch import PlainRoutes
 from gateway.http.middleware import SERVER, new_request_id
 from gateway.http.responses import MESSAGES_PATH, WholeJSON, anthropic_error_response, error_response
 
@@ -324,7 +325,7 @@ class GatewayRunner(web.AppRunner):
         # arguments it would use; the same, but making our connection handler.
         plain = await super()._make_server()
         return GatewayServer(
-            plain.request_handler,
+            PlainRoutes(self._app),  # (``plain.request_handler`` is the app's ``_handle``: it calls it)
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             loop=asyncio.get_running_loop(),
