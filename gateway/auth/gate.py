@@ -58,6 +58,12 @@ DEFAULT_OUTPUT_TOKENS = 256  # the output reserved when a request sets no max_to
 # model, response_format and a short prompt is well under 1 KiB; a longer prompt counts in the
 # reservation made once it is read.
 UPLOAD_FIELDS_ALLOWANCE = 64 * 1024
+# The least a JSON request reserves (``reservation_parts``), all a request's TPM peek before its
+# body can assume (``LimitGate.check_unread``, h-limits2): every prompt counts ``+ 1``, and a
+# legacy completion's ``max_tokens: 0`` (``service/limits``: its minimum) or an embedding's input
+# of up to 3 characters adds nothing to it. The declared ``Content-Length`` raises no JSON
+# body's least: whitespace pads any body, and an image part's tokens are not its bytes'.
+LEAST_RESERVATION = 1
 
 
 class _Record(Protocol):
@@ -191,16 +197,18 @@ class LimitGate:
         await self._refuse_unread(caller, least if caller.token_limited else 0, ctx)
 
     async def check_unread(self, ctx: LimitedCall) -> None:
-        """Refuse a front door's call (chat, embeddings, Messages, Responses...) whose ``100
-        Continue`` is withheld, before its body is asked for, when its key's limits already
-        refuse it (h-expect): a spent budget, a full RPM window, a TPM window already over its
-        limit. ``check_upload``'s peek for a request reserving nothing: its reservation is in
-        its body, so a TPM window with room for no more is left to ``admit``, which refuses it
-        once the body is read. Only a request sent with ``Expect: 100-continue`` comes here."""
+        """Refuse a front door's call (chat, embeddings, Messages, Responses, the memory API's
+        POSTs...) whose ``100 Continue`` is withheld, before its body is asked for, when its
+        key's limits already refuse it (h-expect): a spent budget, a full RPM window, a TPM
+        window without room for ``LEAST_RESERVATION``, the least any JSON request reserves
+        (h-limits2; before: only a window already over its limit). Its reservation is in its
+        body, so a window with room for that least is left to ``admit``, which judges the
+        request's own once the body is read: the peek never refuses a request that could fit.
+        Only a request sent with ``Expect: 100-continue`` comes here."""
         caller = ctx.identity
         if caller is None or not caller.limited or ctx.charge_only:
             return
-        await self._refuse_unread(caller, 0, ctx)
+        await self._refuse_unread(caller, LEAST_RESERVATION if caller.token_limited else 0, ctx)
 
     async def _refuse_unread(self, caller: Caller, tokens: int, ctx: LimitedCall) -> None:
         """``admit``'s 429 (counted) when a peek for ``tokens`` is refused, with ``Connection:

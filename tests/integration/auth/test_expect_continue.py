@@ -28,13 +28,15 @@ from aiohttp.test_utils import TestServer
 
 from gateway import keys
 from gateway.app import build_app
-from gateway.auth.gate import LimitGate
+from gateway.auth.gate import LEAST_RESERVATION, LimitGate, reservation
+from gateway.auth.identity import Caller
 from gateway.http.connection import UNASKED_IDLE_S, GatewayRunner
 from gateway.policy.loader import load_policy_with_digest
 from gateway.server import MAX_HEADER_FIELD_BYTES
 from gateway.settings import Settings
 from gateway.testing.fake_provider import FAKE_STATE, FakeConfig
 from gateway.testing.fake_provider import build_app as fake_app
+from gateway.wire.requests import Endpoint
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -53,8 +55,14 @@ models:
     deployments: [{{provider: good, model: gpt-4o-mini}}]
   priced:  # a dollar a token: one call spends a budget of $1
     deployments: [{{provider: good, model: gpt-4o, price: {{input_per_mtok: 1000000, output_per_mtok: 1000000}}}}]
+  emb:
+    deployments: [{{provider: good, model: text-embedding-3-small}}]
 server: {{max_body_bytes: 1048576, request_read_timeout_s: 30}}
-memory: {{enabled: false}}
+memory:
+  embedding_model: emb
+  index_dir: "{tmp}/index"
+  path: "{tmp}/memory.sqlite3"
+  ingest: {{spool_dir: "{tmp}/spool"}}
 cache: {{enabled: false}}
 auth:
   store: {store}
@@ -92,7 +100,9 @@ async def gw(
     good = TestServer(fake_app(FakeConfig(port=0)), host="127.0.0.1")
     await good.start_server()
     policy_file = tmp / "policy.yaml"
-    policy_file.write_text(POLICY.format(good=str(good.make_url("")).rstrip("/"), store=tmp / "keys.sqlite3"))
+    policy_file.write_text(
+        POLICY.format(good=str(good.make_url("")).rstrip("/"), store=tmp / "keys.sqlite3", tmp=tmp)
+    )
     settings = Settings(
         access_log=False,
         admin_token=TOKEN,
@@ -393,6 +403,75 @@ async def test_a_key_whose_budget_is_spent_is_refused_before_its_body(gw: Gatewa
     await gw.limits.drain()
     answer = await _refused_unasked(gw, "/v1/chat/completions", auth, declared=len(priced))
     assert answer.status == 429 and _openai_error(answer)["code"] == "insufficient_quota"
+
+
+async def _caller(gw: Gateway, secret: str) -> Caller:
+    keyring = gw.app[keys.KEYRING]
+    assert keyring is not None
+    caller = await keyring.authenticate(secret)
+    assert caller is not None
+    return caller
+
+
+async def _reserve(gw: Gateway, caller: Caller, tokens: int) -> None:
+    """Reserve ``tokens`` of ``caller``'s TPM window, as an admitted call still running would."""
+    decision = await gw.limits.limiter.admit(caller, f"held:{uuid.uuid4().hex}", tokens)
+    assert decision.refused is None and decision.tokens is not None
+
+
+ONE_TOKEN = orjson.dumps({"model": "m", "input": "abc"})  # an embedding reserving the least there is
+
+
+async def test_a_tpm_window_without_room_for_the_least_request_is_refused_before_its_body(
+    gw: Gateway,
+) -> None:
+    """(h-limits2) A TPM window with no room left (all 50 tokens reserved, none over): no request
+    can fit, so the next one asking ``100-continue`` gets the TPM's 429 (``Retry-After``, the
+    tokens' headers, ``Connection: close``) before it is told to send, counted as a refusal, on
+    the OpenAI and the Messages doors. Before: only a window over its limit was refused unread;
+    this one answered ``100 Continue`` and refused the body once it was read."""
+    assert reservation(Endpoint.EMBEDDINGS, orjson.loads(ONE_TOKEN)) == LEAST_RESERVATION == 1
+    secret, key_id = await _key(gw, tpm=50)
+    await _reserve(gw, await _caller(gw, secret), 50)
+    calls = gw.upstream_calls()
+    answer = await _refused_unasked(
+        gw, "/v1/embeddings", f"Authorization: Bearer {secret}\r\n", len(ONE_TOKEN)
+    )
+    assert answer.status == 429, answer.body
+    error = _openai_error(answer)
+    assert error["code"] == "rate_limit_exceeded" and error["type"] == "tokens"
+    assert answer.header("retry-after") and answer.header("x-ratelimit-remaining-tokens") == "0"
+    answer = await _refused_unasked(gw, "/v1/messages", f"x-api-key: {secret}\r\n", declared=len(CHAT))
+    assert answer.status == 429 and _anthropic_error(answer)["type"] == "rate_limit_error"
+    assert gw.upstream_calls() == calls
+    row = await _usage_row(gw, key_id)
+    assert row["refusals"] == {"tokens": 2}, row
+
+
+async def test_a_tpm_window_with_room_for_the_least_request_is_told_to_send(gw: Gateway) -> None:
+    """(h-limits2) The other edge: one token of room (49 of 50 reserved) is room for the least
+    request, so the peek never refuses it: ``100 Continue``, and the embedding that reserves
+    exactly that token is admitted and served. A chat that reserves more is told to send all
+    the same (unread, it could be as small) and refused once its body is read."""
+    secret, _ = await _key(gw, tpm=50)
+    await _reserve(gw, await _caller(gw, secret), 49)
+    calls = gw.upstream_calls()
+    auth = f"Authorization: Bearer {secret}\r\n"
+    served = await _served(gw, "/v1/embeddings", auth, ONE_TOKEN)
+    assert served.status == 200, served.body
+    assert served.header("x-ratelimit-remaining-tokens") == "0"  # it took the last token
+    assert gw.upstream_calls() == calls + 1
+    secret, _ = await _key(gw, tpm=50)
+    await _reserve(gw, await _caller(gw, secret), 49)
+    reader, writer = await _head(gw, "/v1/chat/completions", f"Authorization: Bearer {secret}\r\n", len(CHAT))
+    try:
+        interim = await _answer(reader)
+        assert interim.head == "http/1.1 100 continue\r\n\r\n", interim.head
+        writer.write(CHAT)  # reserves 256 tokens of output: refused now that it is read
+        refused = await _answer(reader)
+        assert refused.status == 429 and _openai_error(refused)["type"] == "tokens"
+    finally:
+        writer.close()
 
 
 async def test_a_wrong_key_refused_before_its_body_counts_toward_the_throttle(gw: Gateway) -> None:
