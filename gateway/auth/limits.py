@@ -104,8 +104,8 @@ class Limiter(Protocol):
 
     async def peek(self, caller: Caller, tokens: int) -> Decision:
         """What ``admit`` would decide now for a request reserving at least ``tokens``, counting
-        and reserving nothing (a transcription's check before its form is read,
-        ``LimitGate.check_upload``). It may admit what ``admit`` then refuses (the window moved,
+        and reserving nothing (an upload's check before its form is read,
+        ``LimitGate.check_upload``; a JSON request's before its body, ``check_unread``). It may admit what ``admit`` then refuses (the window moved,
         the form reserves more), never the reverse at the same moment."""
         ...
 
