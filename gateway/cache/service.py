@@ -169,6 +169,9 @@ class CacheOutcome:
     category: str
     match: str | None = None  # hits: exact | semantic
     model: str | None = None  # hits: the upstream model that first produced the answer
+    # Its response header lines, serialised once by the first response that names it (an
+    # outcome is shared and never changed: ``http/middleware.gateway_head``)
+    head: str = ""
 
 
 class Flights:

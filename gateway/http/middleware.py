@@ -28,6 +28,7 @@ from yarl import URL
 from gateway import keys
 from gateway.auth.client_address import ClientAddresses
 from gateway.auth.records import SECRET_PREFIX, without_secrets
+from gateway.cache.service import CacheOutcome
 from gateway.errors import (
     GatewayError,
     HTTPStatusError,
@@ -40,7 +41,7 @@ from gateway.errors import (
 )
 from gateway.http.auth import refuse_rebound_host
 from gateway.http.body import withhold_continue
-from gateway.http.responses import anthropic_error_response, error_renderer
+from gateway.http.responses import WholeJSON, anthropic_error_response, error_renderer
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Span
@@ -166,7 +167,13 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
                     InternalError(f"The gateway hit an internal error. Request id: {rid}.")
                 )
             status = response.status
-            if not response.prepared:  # a stream set its headers before it started (``sse.py``)
+            if type(response) is WholeJSON:
+                if call.rate_limits is not None:  # (set: they replace an error's own, Retry-After)
+                    headers = response.headers
+                    for name, value in call.rate_limits.items():
+                        headers[name] = value
+                response.head, response.head_lines = gateway_head(rid, call)
+            elif not response.prepared:  # a stream set its headers before it started (``sse.py``)
                 add_gateway_headers(response.headers, rid, call)
             return response
         finally:
@@ -448,3 +455,58 @@ def add_gateway_headers(headers: MutableMapping[str, str], rid: str, call: CallR
             headers["x-gateway-model"] = cached.model or ""
             headers["x-gateway-cache-match"] = cached.match or "exact"
             headers["x-gateway-cache-category"] = cached.category
+
+
+def gateway_head(rid: str, call: CallRecord) -> tuple[str, int]:
+    """``add_gateway_headers``' headers for a whole JSON answer but the key's rate limits (set in
+    the response's headers, where they replace an error's own ``Retry-After``), as the header lines it writes
+    (``responses.WholeJSON.head``) and how many: the same names and values, serialised here
+    rather than set one by one in the response's ``CIMultiDict`` and serialised again (issue 12).
+    A cache outcome's lines are serialised once (it is shared: ``CacheOutcome.head``)."""
+    head = f"Server: {SERVER}\r\nx-request-id: {rid}\r\n"
+    count = 2
+    if call.anthropic:
+        head += f"request-id: {rid}\r\n"
+        count += 1
+    cached = call.cache
+    route = call.route
+    if route is not None:
+        target = route.target
+        if cached is None or cached.status != "hit":  # (a hit names the cache instead)
+            head += f"x-gateway-provider: {target.provider}\r\nx-gateway-model: {target.model}\r\n"
+            count += 2
+        head += f"x-gateway-attempts: {route.attempts}\r\nx-gateway-fallback: {'true' if route.fallback else 'false'}\r\n"
+        count += 2
+        if route.group != call.model:
+            head += f"x-gateway-group: {route.group}\r\n"
+            count += 1
+        if call.effort_dropped:
+            head += f"{EFFORT_DROPPED_HEADER}: dropped\r\n"
+            count += 1
+    elif call.tried is not None:
+        head += f"x-gateway-attempts: {call.tried.attempts}\r\n"
+        count += 1
+    if call.previous_token:
+        head += f"{TOKEN_DEPRECATED_HEADER}: true\r\n"
+        count += 1
+    if call.memory_ids is not None:
+        head += f"x-gateway-memory-ids: {','.join(call.memory_ids)}\r\n"
+        count += 1
+    if cached is not None:
+        lines = cached.head
+        if not lines:
+            lines = cached.head = _cache_lines(cached)
+        head += lines
+        count += 5 if cached.status == "hit" else 1
+    return head, count
+
+
+def _cache_lines(cached: CacheOutcome) -> str:
+    """A cache outcome's header lines (``add_gateway_headers``' last ones): five for a hit, one
+    otherwise (``gateway_head`` counts them so)."""
+    if cached.status == "hit":
+        return (
+            f"x-gateway-cache: hit\r\nx-gateway-provider: cache\r\nx-gateway-model: {cached.model or ''}\r\n"
+            f"x-gateway-cache-match: {cached.match or 'exact'}\r\nx-gateway-cache-category: {cached.category}\r\n"
+        )
+    return f"x-gateway-cache: {cached.status}\r\n"

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 from aiohttp.web_response import REASON_PHRASES
@@ -52,6 +53,12 @@ class WholeJSON(web.Response):
     for the order of its last headers: the response's own, then ``Content-Length``, ``Date``,
     ``Server`` (unless set), ``Connection: close`` (when the connection ends)."""
 
+    # Header lines already serialised (``middleware.gateway_head``: the gateway's own, ``Server``
+    # among them), written after ``headers``, and how many lines they are by construction (a CR
+    # or LF inside a value makes the count written fall short of the text's: refused); "": none.
+    head = ""
+    head_lines = 0
+
     def __init__(self, body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
         # ``Response.__init__`` with ``body`` bytes and ``content_type``: what it sets, directly.
         self._state = {}
@@ -64,6 +71,17 @@ class WholeJSON(web.Response):
         self._compressed_body = None
         self._zlib_executor_size = _ZLIB_SIZE
         self._zlib_executor = None
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        """aiohttp's, for what ``write_now`` leaves to it: ``head``'s lines go into the headers
+        first (a line with a CR or LF of its own is refused there by aiohttp's serialiser)."""
+        head = self.head
+        if head and self._payload_writer is None and not self._eof_sent:
+            self.head = ""
+            for line in head.split("\r\n")[:-1]:
+                name, _, value = line.partition(": ")
+                self._headers.add(name, value)
+        return await super().prepare(request)
 
     def write_now(self, request: web.BaseRequest, transport: asyncio.Transport) -> bool:
         """Write the whole answer to ``transport`` at once, as ``prepare`` and ``write_eof``
@@ -96,29 +114,37 @@ class WholeJSON(web.Response):
         body = self._body
         assert isinstance(body, bytes | bytearray)
         lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
+        head = self.head
+        ends = len(lines) + 2  # (the status line's and the blank line's)
+        if head:
+            lines.append(head)
+            ends += self.head_lines
+        elif hdrs.SERVER not in headers:
+            lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
+            ends += 1
         lines.append(f"Content-Length: {len(body)}\r\n")
+        ends += 1
         if hdrs.DATE not in headers:
             lines.append(f"Date: {rfc822_formatted_time()}\r\n")
-        if hdrs.SERVER not in headers:
-            lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
+            ends += 1
         if not keep_alive and hdrs.CONNECTION not in headers:
             lines.append("Connection: close\r\n")
+            ends += 1
         text = f"HTTP/1.1 {self._status} {self._reason}\r\n{''.join(lines)}\r\n"
         # Every CR and LF is one of the line ends written above: one pair per header line, the
         # status line's and the blank line's (aiohttp's serialiser refuses a header with either).
-        ends = len(lines) + 2
         if text.count("\r") != ends or text.count("\n") != ends:
             raise ValueError(
                 "Newline or carriage return character detected in HTTP status message or header."
             )
-        head = text.encode()
+        encoded = text.encode()
         if transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")  # (as aiohttp's writer)
         writer = request._payload_writer
-        size = len(head) + len(body)
+        size = len(encoded) + len(body)
         writer.buffer_size += size
         writer.output_size += size
-        transport.write(head + body)  # (aiohttp joins them too, below 2 KiB and on Python < 3.12.9)
+        transport.write(encoded + body)  # (aiohttp joins them too, below 2 KiB and on Python < 3.12.9)
         writer._eof = True  # type: ignore[attr-defined]  # (aiohttp's StreamWriter, as write_eof leaves it)
         self._eof_sent = True
         self._body_length = writer.output_size

@@ -14,14 +14,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
-from gateway.errors import RateLimited
+from gateway.cache.service import CacheOutcome
+from gateway.errors import RateLimited, Tried
 from gateway.http import responses
 from gateway.http.connection import GatewayRunner
+from gateway.http.middleware import add_gateway_headers, gateway_head
 from gateway.http.responses import JSON, WholeJSON, error_response
+from gateway.service.context import CallRecord, Route
 
 BODY = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[]}'
 LARGE = b'{"text":"' + b"x" * (64 * 1024) + b'"}'
@@ -246,3 +251,94 @@ def test_errors_are_whole_json() -> None:
     assert type(response) is responses.WholeJSON
     assert response.status == 429
     assert response.headers["x-ratelimit-limit-requests"] == "10" and "Retry-After" in response.headers
+
+
+# ----- the gateway's own header lines (``middleware.gateway_head``)
+
+
+def _records() -> list[CallRecord]:
+    """Call records covering every branch of ``add_gateway_headers``."""
+    target = SimpleNamespace(provider="openai-east", model="gpt-4o-2024")
+    hit = CacheOutcome("hit", "common_queries", "semantic", "gpt-4o-2024")
+    plain_hit = CacheOutcome("hit", "default", None, None)
+    records = [
+        CallRecord(),
+        CallRecord(anthropic=True),
+        CallRecord(model="m", cache=CacheOutcome("miss", "default"), route=Route("m", target, 1, False)),
+        CallRecord(model="m", cache=CacheOutcome("bypass", "none"), route=Route("other", target, 3, True)),
+        CallRecord(model="m", cache=hit),
+        CallRecord(model="m", cache=plain_hit, anthropic=True),
+        CallRecord(model="m", cache=hit, route=Route("m", target, 2, True)),  # (a hit names the cache)
+        CallRecord(model="m", route=Route("m", target, 1, False), effort_dropped=True),
+        CallRecord(model="m", tried=Tried(4, True, ())),
+        CallRecord(previous_token="key", memory_ids=["mem_1", "mem_2"]),
+        CallRecord(memory_ids=[]),
+        CallRecord(
+            model="m",
+            rate_limits={"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59"},
+            route=Route("m", target, 1, False),
+            cache=CacheOutcome("refresh", "default"),
+        ),
+    ]
+    return records
+
+
+@pytest.mark.parametrize("record", _records(), ids=lambda r: repr(r)[:80])
+def test_the_gateway_head_holds_what_add_gateway_headers_sets(record: CallRecord) -> None:
+    expected: CIMultiDict[str] = CIMultiDict()
+    add_gateway_headers(expected, "rid-1", record)
+    for name in record.rate_limits or ():  # (the middleware sets those in the response's headers)
+        del expected[name]
+    for _ in range(2):  # (the second time from the outcome's serialised lines)
+        head, count = gateway_head("rid-1", record)
+        lines = head.split("\r\n")
+        assert lines[-1] == "" and len(lines) - 1 == count
+        got = [tuple(line.split(": ", 1)) for line in lines[:-1]]
+        assert sorted(got) == sorted(expected.items())
+
+
+async def test_a_line_break_in_a_gateway_value_is_refused_not_written(serve: Callable[..., object]) -> None:
+    """A value in the gateway's own lines with a CR LF (here a category name) does not inject a
+    header: ``write_now`` counts the lines by how they were made, not by the text."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        record = CallRecord(model="m", cache=CacheOutcome("hit", "evil\r\nSet-Cookie: stolen=1", None, "x"))
+        response = WholeJSON(BODY)
+        response.head, response.head_lines = gateway_head("rid", record)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", answer)
+    runner = GatewayRunner(app, access_log=None, request_read_timeout_s=10)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        assert await _exchange(runner.addresses[0][1], _request("/", method="GET")) == b""
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_gateway_head_goes_into_the_headers_on_aiohttps_path(serve: Callable[..., object]) -> None:
+    """HTTP/1.0 (aiohttp's path): the serialised lines are still sent, as headers."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = WholeJSON(BODY)
+        record = CallRecord(model="m", cache=CacheOutcome("hit", "c", "exact", "x"))
+        response.head, response.head_lines = gateway_head("rid", record)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", answer)
+    runner = GatewayRunner(app, access_log=None, request_read_timeout_s=10)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        got = await _exchange(runner.addresses[0][1], _request("/", method="GET", version="1.0"))
+    finally:
+        await runner.cleanup()
+    (status, lines, body) = _messages(got, "")[0]
+    assert status == b"HTTP/1.0 200 OK" and body == BODY
+    assert b"x-gateway-cache-category: c" in lines and b"Server: sophia-gateway" in lines
+    assert not any(line.startswith(b"Server: Python") for line in lines)
