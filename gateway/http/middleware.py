@@ -169,9 +169,9 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
             status = response.status
             if type(response) is WholeJSON:
                 if call.rate_limits is not None:  # (set: they replace an error's own, Retry-After)
-                    headers = response.headers
+                    answer_headers = response.headers
                     for name, value in call.rate_limits.items():
-                        headers[name] = value
+                        answer_headers[name] = value
                 response.head, response.head_lines = gateway_head(rid, call)
             elif not response.prepared:  # a stream set its headers before it started (``sse.py``)
                 add_gateway_headers(response.headers, rid, call)
