@@ -19,24 +19,32 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import MultiMapping
 
 from gateway import keys
 from gateway.auth.usage import BY_KEY, BY_TEAM, DAY_S, UsageQuery, UsageRow, day_of, summed
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, quoted
 from gateway.http.auth import require_admin
 from gateway.http.responses import json_response
 from gateway.policy.durations import MIN_BUDGET_PERIOD_S
+from gateway.quoting import bounded
 
 _MAX_DAYS = 366
 _BY = ("day", BY_KEY, BY_TEAM)
+# Every parameter the endpoint reads. Names and ``by``'s values are matched exactly (lower case),
+# as OpenAI's own enums are: anything else is a 400 naming it, never silently read as absent.
+_PARAMS = ("team", "key", "from", "to", "month", "by")
 
 
 async def usage(request: web.Request) -> web.Response:
     await require_admin(request)
-    query = _query(request.query)
-    by = request.query.get("by") or "day"
+    params = _params(request.query)
+    query = _query(params)
+    by = params.get("by") or "day"
     if by not in _BY:
-        raise InvalidRequest("'by' must be day, key or team.", param="by")
+        raise InvalidRequest(
+            f"'by' must be one of day, key, team (lower case); got {quoted(by)}.", param="by"
+        )
     limiter = request.app[keys.LIMITS].limiter
     rows = await limiter.usage(query)
     if by != "day":
@@ -73,7 +81,25 @@ async def usage(request: web.Request) -> web.Response:
     return json_response(orjson.dumps(body))
 
 
-def _query(params: Any) -> UsageQuery:
+def _params(given: MultiMapping[str]) -> dict[str, str]:
+    """The query's parameters, each given once: a name it does not take (``Month``, ``tema``) or
+    a name given twice (``team=a&team=b``: which one was meant?) is a 400 naming it. Before, the
+    first was read and the other silently dropped (h-probe7), and a misspelt name answered today's
+    rows for every team."""
+    params: dict[str, str] = {}
+    for name, value in given.items():
+        if name not in _PARAMS:
+            raise InvalidRequest(
+                f"Unknown parameter {quoted(name)}: /admin/usage takes {', '.join(_PARAMS)}.",
+                param=bounded(name),
+            )
+        if name in params:
+            raise InvalidRequest(f"'{name}' is given more than once; give it once.", param=name)
+        params[name] = value
+    return params
+
+
+def _query(params: dict[str, str]) -> UsageQuery:
     today = day_of(time.time())
     if month := params.get("month"):
         if params.get("from") or params.get("to"):

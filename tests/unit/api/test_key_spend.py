@@ -227,15 +227,42 @@ async def test_a_month_is_its_utc_calendar_days(gateway: TestClient) -> None:
         ({"month": "2026-+1"}, "month"),
         ({"month": "2026-01", "from": "2026-01-01"}, "month"),
         ({"by": "model"}, "by"),
+        ({"by": "Key"}, "by"),  # (h-usage2: names and values are lower case, as documented)
+        ({"by": "KEY"}, "by"),
+        # (h-usage2) A name the endpoint does not take was silently ignored: ``Month`` answered
+        # today, ``tema`` every team.
+        ({"Month": "2026-11"}, "Month"),
+        ({"tema": "blue"}, "tema"),
+        ({"key_id": "k"}, "key_id"),
+        # (h-usage2) A repeated name took its first value silently (h-probe7's "not fixed").
+        ([("team", "blue"), ("team", "red")], "team"),
+        ([("by", "key"), ("by", "team")], "by"),
+        ([("month", "2026-12"), ("month", "2026-11")], "month"),
+        ([("key", "a"), ("key", "a")], "key"),
+        ([("from", "2026-12-01"), ("to", "2026-12-02"), ("from", "2026-12-01")], "from"),
     ],
 )
 async def test_a_bad_month_or_by_is_a_400_in_openais_shape(
-    gateway: TestClient, params: dict[str, str], param: str
+    gateway: TestClient, params: dict[str, str] | list[tuple[str, str]], param: str
 ) -> None:
     answer = await gateway.get("/admin/usage", params=params, headers=ADMIN)
     assert answer.status == 400
     error = (await answer.json())["error"]
     assert (error["type"], error["param"]) == ("invalid_request_error", param), error
+    assert param in error["message"], error
+
+
+async def test_an_unknown_parameter_is_named_with_the_ones_taken(gateway: TestClient) -> None:
+    """(h-usage2) The 400 says what the endpoint does take, so a typo is fixed at once."""
+    answer = await gateway.get("/admin/usage", params={"By": "key"}, headers=ADMIN)
+    assert answer.status == 400
+    error = (await answer.json())["error"]
+    assert error["param"] == "By"
+    for name in ("team", "key", "from", "to", "month", "by"):
+        assert f"{name}" in error["message"], error
+    answer = await gateway.get("/admin/usage", params={"by": "Team"}, headers=ADMIN)
+    message = (await answer.json())["error"]["message"]
+    assert "day, key, team" in message and "'Team'" in message, message
 
 
 async def test_a_whole_call_its_client_left_is_charged_to_a_key_without_limits(gateway: TestClient) -> None:
