@@ -170,8 +170,10 @@ async def resume_job(request: web.Request) -> web.Response:
 async def _admit(request: web.Request, caller: Caller | None) -> None:
     """A job's start is one request against its key's limits (a token for TPM): refused (429)
     when the key's RPM is used up or its budget spent, before it costs anything. The job's own
-    embeddings are then charged to the key as they happen, never refused (``on_behalf_of``)."""
-    if caller is None or not caller.limited:
+    embeddings are then charged to the key as they happen, never refused (``on_behalf_of``).
+    A key without limits is never refused, but its start is one request in its usage row too, as
+    a limited key's is (h-usage2: the gate gives it a ``UsageTicket``; it returned early here)."""
+    if caller is None:  # (open mode: nothing to count it under)
         return
     ctx = CallContext.for_client(request[keys.REQUEST_ID], 0.0, {}, caller, request[keys.REQUEST_CALL])
     await request.app[keys.LIMITS].admit(Endpoint.EMBEDDINGS, "", {"input": ""}, ctx)

@@ -170,9 +170,11 @@ ON_BEHALF_OF: ContextVar[OnBehalf | None] = ContextVar("on_behalf_of", default=N
 
 @contextmanager
 def on_behalf_of(caller: Caller | None, *, admit: bool, record: CallRecord | None = None) -> Iterator[None]:
-    """Internal calls made inside the block are ``caller``'s (see ``OnBehalf``); a caller without
-    limits (open mode, an unlimited key) sets nothing: its internal calls stay the gateway's."""
-    if caller is None or not caller.limited:
+    """Internal calls made inside the block are ``caller``'s (see ``OnBehalf``); open mode (no
+    caller) sets nothing: its internal calls stay the gateway's. A key without limits is set too
+    (h-usage2): never refused, its calls are counted in its usage row and its team's spend, as
+    its own calls are (h-keyspend); before, they were the gateway's and its row had none."""
+    if caller is None:
         yield
         return
     token = ON_BEHALF_OF.set(OnBehalf(caller, admit, record))

@@ -316,3 +316,32 @@ async def test_ids_given_twice_or_taken_are_refused_before_anything_is_embedded(
         status, body, _ = await gw.call("POST", "/v1/memory", batch)
         assert (status, body["error"]["param"]) == (400, "memories[1].id")
         assert gw.embedder.texts == ["x"]
+
+
+@pytest.mark.parametrize("limits", [{}, {"rpm": 1000}], ids=["without-limits", "with-an-rpm"])
+async def test_an_uploads_start_and_its_embeddings_count_whether_its_key_has_limits_or_not(
+    opened: Any, limits: dict[str, Any]
+) -> None:
+    """(h-usage2) A job's start counted as one request of a limited key's (settled at 0), but a
+    key without limits returned before the gate (h-keyspend's "not fixed"), and ``on_behalf_of``
+    set nothing for it, so its job's embeddings (and the memory API's) were the gateway's: its
+    row had nothing. Now both keys' rows say the same: the start, and one request per
+    embeddings call with the tokens the provider reported."""
+    async for gw in opened(**limits):
+        status, job = await gw.upload(b"one short paragraph")
+        assert status == 202, job
+        job = await gw.wait(job["id"])
+        assert job["status"] == "done", job
+        assert gw.embedder.texts == ["one short paragraph"]  # one embeddings call (embed_batch 2)
+        usage = await gw.usage()
+        assert (usage["requests"], usage["tokens_in"]) == (1 + 1, TOKENS_PER_TEXT), usage
+        assert usage["cost_usd"] == pytest.approx(0.5)
+        assert gw.spend() == pytest.approx(0.5)
+        # The memory API's own embeddings: one request each, charged.
+        status, body, _ = await gw.call("POST", "/v1/memory", {"namespace": "docs", "content": "two"})
+        assert status == 201, body
+        status, body, _ = await gw.call("POST", "/v1/memory/search", {"query": "three"})
+        assert status == 200, body
+        usage = await gw.usage()
+        assert (usage["requests"], usage["tokens_in"]) == (4, 3 * TOKENS_PER_TEXT), usage
+        assert usage["cost_usd"] == pytest.approx(1.5)
