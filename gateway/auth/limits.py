@@ -191,6 +191,10 @@ class LocalLimiter:
         self._teams: dict[str, _Spend] = {}  # team -> its shared budget's spend
         self._team_windows: dict[str, _KeyCounts] = {}  # team -> its shared RPM and TPM windows
         self.table = UsageTable(clock)
+        # When ``_decide`` next drops the state of keys and teams that stopped calling (``sweep``):
+        # once a window, so the state is bounded by the keys active in the last two windows (and
+        # those with a budget spent in its current period), not by every key that ever called.
+        self._sweep_at = 0.0
 
     async def start(self) -> None:
         return None
@@ -214,6 +218,8 @@ class LocalLimiter:
 
     def _decide(self, caller: Caller, ticket: str, tokens: int, *, count: bool) -> Decision:
         now, window = self._clock(), self._window_s
+        if now >= self._sweep_at:
+            self.sweep(now)
         counts = self._keys.get(caller.counted_as)
         if counts is None:
             counts = self._keys[caller.counted_as] = _KeyCounts()
@@ -341,6 +347,29 @@ class LocalLimiter:
         spend = self._teams.get(team)
         return 0.0 if spend is None else spend.current(self._clock(), period_s)[0]
 
+    def sweep(self, now: float) -> None:
+        """Drop the state of every key and team that holds nothing any more (h-usage2): no
+        request or reservation left in its window and no spend in its budget's current period.
+        A key found again gets a fresh ``_KeyCounts``, which is exactly what the dropped one
+        counted for (empty windows; a spend of a past period counts 0 and is reset by the next
+        charge), so no decision changes. Run by ``_decide`` once a window: O(keys) a minute."""
+        self._sweep_at = now + self._window_s
+        edge = now - self._window_s
+        for states in (self._keys, self._team_windows):
+            idle = []
+            for name, counts in states.items():
+                self._expire(counts, edge)
+                if not counts.requests and not counts.tokens and not _spending(counts, now):
+                    idle.append(name)
+            for name in idle:
+                del states[name]
+        for team in [team for team, spend in self._teams.items() if not _spending(spend, now)]:
+            del self._teams[team]
+
+    def tracked(self) -> int:
+        """How many keys and teams this limiter holds state for (what ``sweep`` bounds)."""
+        return len(self._keys) + len(self._team_windows) + len(self._teams)
+
     @staticmethod
     def _expire(counts: _KeyCounts, edge: float) -> None:
         requests = counts.requests
@@ -358,6 +387,12 @@ class LocalLimiter:
             if free >= tokens:
                 return at + self._window_s - now
         return self._window_s  # more than the whole limit: it never fits (OpenAI refuses it too)
+
+
+def _spending(spend: _Spend, now: float) -> bool:
+    """Whether ``spend`` still counts against a budget at ``now``: something spent in a period
+    that has not ended (``_Spend.current`` reads 0 after it, whatever the budget's length)."""
+    return bool(spend.spent_usd) and bool(spend.period_s) and spend.period == int(now // spend.period_s)
 
 
 def _count_in(

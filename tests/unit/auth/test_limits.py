@@ -380,3 +380,59 @@ def test_a_refusals_rate_headers_are_the_refusing_windows() -> None:
     assert admitted["x-ratelimit-limit-requests"] == "3"
     tie = headers_for(Decision(None, Window(10, 2, 1.0), None, team_requests=Window(3, 2, 2.0)))
     assert tie["x-ratelimit-limit-requests"] == "10"
+
+
+async def test_the_state_of_keys_that_stopped_calling_is_dropped_and_stays_flat() -> None:
+    """(h-usage2) Every limited key that ever called kept its ``_KeyCounts`` for ever (h-keyspend's
+    "not fixed"): 2,000 keys calling once each, then waves of 2,000 other keys, grew it by 2,000
+    a wave. Now a key whose windows are empty and whose budget holds no spend of its current
+    period is dropped once a window, so it stays at the keys of the last two windows."""
+    clock = Clock()
+    limiter = LocalLimiter(clock=clock)
+    sizes = []
+    for wave in range(5):
+        for i in range(2000):
+            key = Caller(f"w{wave}k{i}", f"team{i % 3}", rpm=5, tpm=1000, team_rpm=100_000)
+            assert (await limiter.admit(key, f"t{wave}-{i}", 10)).refused is None
+            await limiter.settle(key, f"t{wave}-{i}", 10, 3, 4, 0.0)
+        sizes.append(limiter.tracked())
+        clock.now += 61  # past the window: every one of them is idle now
+    # Each wave: its 2,000 keys and their three teams' shared windows, the wave before dropped.
+    assert sizes == [2000 + 3] * 5, sizes  # flat: before, 2,003 then 4,006 ... 10,015
+    assert (await limiter.admit(Caller("last", "team0", rpm=1), "z", 0)).refused is None
+    assert limiter.tracked() == 1  # the last wave was swept too: only "last" is left
+
+
+async def test_limits_hold_across_a_sweep_and_a_spent_budget_is_kept() -> None:
+    """(h-usage2) Dropping is exact: a key still in its window is kept and refused; a dropped one
+    gets its whole RPM back, as it would have anyway; a budget spent in its current period
+    survives any number of sweeps; a reservation dropped with its key counts its excess when
+    its long call ends, as before."""
+    clock = Clock(now=10 * 3600.0)
+    limiter = LocalLimiter(clock=clock)
+    busy = Caller("busy", "alpha", rpm=2)
+    spender = Caller("spender", "alpha", budget_usd=1.0, budget_period_s=3600.0)
+    streamer = Caller("streamer", "alpha", tpm=1000)
+    for ticket in ("a", "b"):
+        assert (await limiter.admit(busy, ticket, 0)).refused is None
+    assert (await limiter.admit(spender, "s", 0)).refused is None
+    await limiter.settle(spender, "s", 0, 10, 10, 1.5)
+    assert (await limiter.admit(streamer, "long", 100)).refused is None
+    clock.now += 30
+    limiter.sweep(clock.now)
+    assert (await limiter.admit(busy, "c", 0)).refused == "requests"  # kept: still in its window
+    clock.now += 31  # busy's two requests and the stream's reservation leave the window
+    limiter.sweep(clock.now)
+    assert limiter.tracked() == 1  # the spender only: its $1.5 counts until 11:00
+    refused = await limiter.admit(spender, "s2", 0)
+    assert (refused.refused, refused.retry_after_s) == ("budget", pytest.approx(3600 - 61))
+    for ticket in ("d", "e"):  # its whole RPM, the same as without the sweep
+        assert (await limiter.admit(busy, ticket, 0)).refused is None
+    assert (await limiter.admit(busy, "f", 0)).refused == "requests"
+    await limiter.settle(streamer, "long", 100, 50, 650, 0.0)  # used 700: 600 more than reserved
+    refused = await limiter.admit(streamer, "next", 500)
+    assert refused.refused == "tokens" and refused.tokens is not None and refused.tokens.remaining == 400
+    clock.now = 11 * 3600.0 + 1  # the spender's period ended: dropped, and admitted again
+    limiter.sweep(clock.now)
+    assert limiter.tracked() == 0
+    assert (await limiter.admit(spender, "s3", 0)).refused is None
