@@ -3,8 +3,10 @@
 ``from`` / ``to`` are UTC dates (``YYYY-MM-DD``, inclusive; default: today, at most 366 days), or
 ``month`` a UTC calendar month (``YYYY-MM``: its first to its last day) instead of both;
 ``team`` and ``key`` (a key id) filter. One row per key and day: requests admitted, tokens in
-and out, cost in US dollars, refusals by reason; ``by=key`` adds each key's days up into one row,
-``by=team`` each team's keys; ``total`` adds them all up. Every keyed call counts, with limits
+and out, cost in US dollars, refusals by reason; ``by=key`` adds each chain of rotations' days up
+into one row (named by its newest key, ``keys`` the ids in it; ``key=`` any of them asks for
+the chain: h-usage2), ``by=team`` each team's keys; ``total`` adds them all up. A parameter not
+in that list, or given twice, is a 400 naming it (h-usage2). Every keyed call counts, with limits
 or without (h-keyspend). ``teams``: each team
 with a shared budget (``auth.teams.<team>.shared_budget_usd``; the ``team`` filter's only), what
 all its keys spent of it in the current period, whatever the dates asked.
@@ -13,6 +15,7 @@ all its keys spent of it in the current period, whatever the dates asked.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import datetime as dt
 import time
 from typing import Any
@@ -22,6 +25,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from gateway import keys
+from gateway.auth.keyring import KeyRing
 from gateway.auth.usage import BY_KEY, BY_TEAM, DAY_S, UsageQuery, UsageRow, day_of, summed
 from gateway.errors import InvalidRequest, quoted
 from gateway.http.auth import require_admin
@@ -46,10 +50,20 @@ async def usage(request: web.Request) -> web.Response:
             f"'by' must be one of day, key, team (lower case); got {quoted(by)}.", param="by"
         )
     limiter = request.app[keys.LIMITS].limiter
+    ring = request.app.get(keys.KEY_ADMIN)
+    chains: dict[str, list[str]] | None = None
+    asked = query
+    if by == BY_KEY and ring is not None:
+        # A row per chain of rotations (h-usage2), named by its newest key: the store says which
+        # keys each chain holds (one read of the keys, for this view only). ``key=`` names a
+        # chain here: any of its keys asks for all of them.
+        chains = await _chains(ring)
+        if query.key_id is not None:
+            chain = next((c for c, ids in chains.items() if query.key_id in ids), query.key_id)
+            query = dataclasses.replace(query, key_id=None, chain=chain)
     rows = await limiter.usage(query)
     if by != "day":
-        rows = summed(rows, by)
-    ring = request.app.get(keys.KEY_ADMIN)
+        rows = summed(rows, by, chains)
     shared = []
     for name, team in sorted((ring.teams if ring is not None else {}).items()):
         if team.shared_budget_usd is None or (query.team is not None and name != query.team):
@@ -71,14 +85,23 @@ async def usage(request: web.Request) -> web.Response:
         "object": "usage",
         "from": _date(query.from_day),
         "to": _date(query.to_day),
-        "team": query.team,
-        "key": query.key_id,
+        "team": asked.team,
+        "key": asked.key_id,
         "by": by,
         "data": [_row(r, by) for r in rows],
         "total": {k: v for k, v in _row(total).items() if k not in ("team", "key", "date")},
         "teams": shared,
     }
     return json_response(orjson.dumps(body))
+
+
+async def _chains(ring: KeyRing) -> dict[str, list[str]]:
+    """Every chain of rotations the store knows (its first key's id) and its key ids, oldest
+    first (``KeyRing.list``'s order)."""
+    chains: dict[str, list[str]] = {}
+    for record in await ring.list():
+        chains.setdefault(record.counted_as, []).append(record.key_id)
+    return chains
 
 
 def _params(given: MultiMapping[str]) -> dict[str, str]:
@@ -150,6 +173,8 @@ def _row(row: UsageRow, by: str = "day") -> dict[str, Any]:
     where: dict[str, Any] = {"team": row.team}
     if by != BY_TEAM:
         where["key"] = row.key_id
+    if by == BY_KEY:
+        where["keys"] = list(row.keys)
     if by == "day":
         where["date"] = _date(row.day)
     return {

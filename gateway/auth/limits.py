@@ -291,7 +291,7 @@ class LocalLimiter:
         self.settle_now(caller, ticket, reserved, tokens_in, tokens_out, cost_usd)
 
     def record_soon(self, caller: Caller, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
-        self.table.record(caller.team, caller.key_id, tokens_in, tokens_out, cost_usd)
+        self.table.count(caller, tokens_in, tokens_out, cost_usd)
 
     def settle_now(
         self,
@@ -308,7 +308,7 @@ class LocalLimiter:
         counts the windows and budget here and carries the row to Redis)."""
         if not caller.limited:  # no window nor budget to settle: its usage row only (h-keyspend)
             if record:
-                self.table.record(caller.team, caller.key_id, tokens_in, tokens_out, cost_usd)
+                self.table.count(caller, tokens_in, tokens_out, cost_usd)
             return
         now = self._clock()
         counts = self._keys.get(caller.counted_as)
@@ -329,10 +329,10 @@ class LocalLimiter:
                 team = self._teams[caller.team] = _Spend()
             team.charge(now, caller.team_budget_period_s, cost_usd)
         if record:
-            self.table.record(caller.team, caller.key_id, tokens_in, tokens_out, cost_usd)
+            self.table.count(caller, tokens_in, tokens_out, cost_usd)
 
     async def refused(self, caller: Caller, reason: str) -> None:
-        self.table.refused(caller.team, caller.key_id, reason)
+        self.table.refused(caller.team, caller.key_id, reason, caller.counted_as)
 
     async def usage(self, query: UsageQuery) -> list[UsageRow]:
         return self.table.query(query)

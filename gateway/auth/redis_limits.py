@@ -1376,8 +1376,11 @@ class RedisLimiter:
             raise UsageUnavailable() from None
         local = {(r.day, r.team, r.key_id): r for r in self.local.table.query(query)}
         for (key_id, team, day), kept in self._carried.items():  # counted, not yet written
-            if query.from_day <= day <= query.to_day and query.matches(team, key_id):
-                row = local.setdefault((day, team, key_id), UsageRow(team, key_id, day))
+            counted_as = kept.caller.counted_as
+            if query.from_day <= day <= query.to_day and query.matches(team, key_id, counted_as):
+                row = local.setdefault(
+                    (day, team, key_id), UsageRow(team, key_id, day, counted_as=counted_as)
+                )
                 row.add(_row_of(kept))
         for row in rows:
             extra = local.pop((row.day, row.team, row.key_id), None)
@@ -1397,9 +1400,10 @@ class RedisLimiter:
                 if not tab:
                     raise InvalidResponse("not a usage index entry (team, tab, key id)")
                 key_id, _, counted_as = key_ids.partition("\t")
-                if query.matches(team, key_id):
-                    usage_key = self._usage_key(day, team, key_id, counted_as or key_id)
-                    wanted.append((UsageRow(team, key_id, day), usage_key))
+                counted_as = counted_as or key_id
+                if query.matches(team, key_id, counted_as):
+                    usage_key = self._usage_key(day, team, key_id, counted_as)
+                    wanted.append((UsageRow(team, key_id, day, counted_as=counted_as), usage_key))
             if isinstance(client, RedisCluster) or len(wanted) < 2:
                 replies = [await client.hgetall(usage_key) for _, usage_key in wanted]
             else:
@@ -1709,7 +1713,7 @@ def _index_member(team: str, key_id: str, counted_as: str) -> str:
 
 
 def _row_of(kept: _Pending) -> UsageRow:
-    row = UsageRow(kept.caller.team, kept.caller.key_id, kept.day)
+    row = UsageRow(kept.caller.team, kept.caller.key_id, kept.day, counted_as=kept.caller.counted_as)
     row.requests, row.tokens_in, row.tokens_out = kept.requests, kept.tokens_in, kept.tokens_out
     row.cost_usd = kept.cost_usd
     row.refusals = dict(kept.refusals)

@@ -53,3 +53,34 @@ def test_rows_summed_by_key_and_by_team() -> None:
         ("red", "", 1, 1, 0.25),
     ]
     assert rows[0].requests == 1  # the rows given are not changed
+
+
+def test_a_chain_of_rotations_is_summed_into_one_row_named_by_its_newest_key() -> None:
+    """(h-usage2) Rows of keys counted as the same first key (``counted_as``) are one ``by=key``
+    row: named by the chain's newest key in the store's order, else by the key with the latest
+    row; ``keys`` the ids it holds, oldest first. A chain filter (``UsageQuery.chain``) reads
+    all of a chain's rows and no others."""
+    rows = [
+        UsageRow("blue", "key_old", 3, 1, 10, 5, 0.5, counted_as="key_old"),
+        UsageRow("blue", "key_mid", 4, 2, 20, 10, 1.0, counted_as="key_old"),
+        UsageRow("blue", "key_zzz", 5, 1, 1, 1, 0.25),  # a row read without its chain: its own
+        UsageRow("blue", "key_new", 5, 4, 40, 20, 2.0, counted_as="key_old"),
+    ]
+    known = {"key_old": ["key_old", "key_mid", "key_new", "key_unused"]}
+    by_key = summed(rows, BY_KEY, known)
+    assert [(r.key_id, r.keys, r.day, r.requests, r.tokens_in) for r in by_key] == [
+        ("key_unused", ("key_old", "key_mid", "key_new"), 3, 7, 70),
+        ("key_zzz", ("key_zzz",), 5, 1, 1),
+    ]
+    by_rows = summed(rows, BY_KEY)  # the store does not know it: the latest row's key names it
+    assert [(r.key_id, r.keys) for r in by_rows] == [
+        ("key_new", ("key_mid", "key_new", "key_old")),
+        ("key_zzz", ("key_zzz",)),
+    ]
+    clock = Clock()
+    table = UsageTable(clock)
+    table.record("blue", "key_old", 1, 1, 0.0, "key_old")
+    table.refused("blue", "key_new", "requests", "key_old")
+    table.record("blue", "key_zzz", 1, 1, 0.0, "key_zzz")
+    chain = table.query(UsageQuery(None, None, 0, 10_000, chain="key_old"))
+    assert [(r.key_id, r.chain) for r in chain] == [("key_new", "key_old"), ("key_old", "key_old")]
