@@ -194,8 +194,12 @@ async def test_lines_are_handed_over_in_batches_on_a_timer_and_written_in_order(
     while access._pending and loop.time() < deadline:  # the timer's flush hands the batch over
         await asyncio.sleep(0.01)
     assert access._pending == [] and access._timer is None
-    for i in range(5, 5 + access_log.MOST_PENDING_LINES):  # a full batch goes at once, no timer
+    for i in range(5, 5 + access_log.MOST_PENDING_LINES):  # a full batch goes soon, no timer
         access.record(f"r-{i}", "GET", "/health/live", 200, "", "", "", 0, False, 0.1)
+    # Not within the request that filled it (its answer is not written yet): at the end of the
+    # loop iteration
+    assert len(access._pending) == access_log.MOST_PENDING_LINES
+    await asyncio.sleep(0)
     assert access._pending == []
     last = 5 + access_log.MOST_PENDING_LINES
     access.record(f"r-{last}", "GET", "/health/live", 200, "", "", "", 0, False, 0.1)
@@ -276,6 +280,7 @@ async def test_a_pipe_nobody_reads_at_shutdown_is_given_up_on_after_the_timeout_
     access.start()
     for _ in range(1000):  # about 300 KB: the pipe takes 64 KiB, the rest waits
         access.record("r" * 32, "POST", "/v1/chat/completions", 200, "m", "p", "u", 1, False, 0.5)
+    await asyncio.sleep(0)  # (a full batch is handed over at the end of the loop iteration)
     assert access._pipe is not None
     pipe = access._pipe
     assert pipe._waiting  # waiting for the pipe, the loop free
@@ -303,8 +308,9 @@ async def test_lines_stderr_cannot_take_are_counted_while_serving_and_never_rais
     access.start()
     started_as_expected(access, kind)
     batch = access_log.MOST_PENDING_LINES
-    for _ in range(batch):  # a full batch, written at once
+    for _ in range(batch):  # a full batch, handed over at the end of the loop iteration
         access.record("r", "GET", "/health/live", 200, "", "", "", 0, False, 0.1)
+    await asyncio.sleep(0)
     writer = access._pipe or access._writer
     assert writer is not None
     loop = asyncio.get_running_loop()
@@ -313,6 +319,7 @@ async def test_lines_stderr_cannot_take_are_counted_while_serving_and_never_rais
         await asyncio.sleep(0.01)
     for _ in range(batch):  # the next batch's flush reports what failed so far, on the loop
         access.record("r", "GET", "/health/live", 200, "", "", "", 0, False, 0.1)
+    await asyncio.sleep(0)
     # The metric says so while the gateway serves, not only at shutdown.
     assert counter.children[()].value >= batch
     await access.close()
