@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import signal
 import socket
 import subprocess
 import sys
 
 import aiohttp
+import hiredis
 import uvloop
+import yarl
 from aiohttp import web
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -83,11 +86,72 @@ def build_answering() -> web.Application:
     return app
 
 
+class _RedisLink(asyncio.Protocol):
+    """The least a Redis round trip costs in Python: packed commands written on one connection,
+    replies read by ``hiredis`` in order (what the gateway's ``redis_pipe.ScriptPipe`` does,
+    without its timeouts, reconnects and scripts)."""
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader()
+        self._waiting: collections.deque[asyncio.Future[object]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while (reply := self._reader.gets()) is not False:
+            self._waiting.popleft().set_result(reply)
+
+    def call(self, packed: bytes) -> asyncio.Future[object]:
+        assert self._transport is not None
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self._transport.write(packed)
+        return future
+
+
+REDIS_LINK = web.AppKey("redis_link", _RedisLink)
+ANSWER_KEY = "floor:answer"
+
+
+def build_redis_answering(redis_url: str) -> web.Application:
+    """The floor of a Redis cache hit: read the body, fetch the answer with one GET from Redis
+    (set at start), answer it. No lookup key, no script, no timeout: the hit's round trip alone."""
+    url = yarl.URL(redis_url)
+    get = hiredis.pack_command(("GET", ANSWER_KEY))
+
+    async def link_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+        loop = asyncio.get_running_loop()
+        _, link = await loop.create_connection(_RedisLink, url.host or "127.0.0.1", url.port or 6379)
+        if url.path.strip("/"):
+            await link.call(hiredis.pack_command(("SELECT", url.path.strip("/"))))
+        await link.call(hiredis.pack_command(("SET", ANSWER_KEY, FIXED_ANSWER)))
+        app[REDIS_LINK] = link
+        yield
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        body = await request.app[REDIS_LINK].call(get)
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.cleanup_ctx.append(link_ctx)
+    app.router.add_post("/{tail:.*}", answer)
+    return app
+
+
 # --- running it: one process, or N on one port ----------------------------------------------------
 
 
-async def _serve(upstream: str, host: str, port: int, reuse_port: bool, answer_fixed: bool = False) -> None:
-    app = build_answering() if answer_fixed else build_floor(upstream)
+async def _serve(
+    upstream: str, host: str, port: int, reuse_port: bool, answer_fixed: bool = False, answer_redis: str = ""
+) -> None:
+    if answer_redis:
+        app = build_redis_answering(answer_redis)
+    else:
+        app = build_answering() if answer_fixed else build_floor(upstream)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port)
@@ -149,13 +213,21 @@ def main() -> int:
         action="store_true",
         help="answer every POST with fixed bytes, never calling the upstream (a cache hit's floor)",
     )
+    parser.add_argument(
+        "--answer-redis",
+        default="",
+        metavar="REDIS_URL",
+        help="answer every POST with bytes fetched by one GET from this Redis (a Redis cache hit's floor)",
+    )
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.workers > 1:
-        if args.answer_fixed:
-            parser.error("--answer-fixed runs one process")
+        if args.answer_fixed or args.answer_redis:
+            parser.error("--answer-fixed and --answer-redis run one process")
         return _supervise(args)
-    uvloop.run(_serve(args.upstream, args.host, args.port, args.reuse_port, args.answer_fixed))
+    uvloop.run(
+        _serve(args.upstream, args.host, args.port, args.reuse_port, args.answer_fixed, args.answer_redis)
+    )
     return 0
 
 

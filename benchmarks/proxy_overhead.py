@@ -119,6 +119,8 @@ DIRECT, FLOOR, FLOOR_AA, GATEWAY, LOG_OFF, REDIS_GATEWAY = (
 BASELINE_GATEWAY = "gateway (baseline)"
 # The floor of a cache hit: bare aiohttp reading the body and answering fixed bytes (no upstream).
 ANSWER_FLOOR = "floor (fixed answer)"
+# The floor of a Redis cache hit: the same, the answer fetched by one GET from the same Redis.
+REDIS_FLOOR = "floor (Redis answer)"
 
 # The targets, each a ratio to or a difference from the floor measured in the same run.
 TARGET_RPS_RATIO = 0.80
@@ -169,8 +171,8 @@ def kinds_for(compared: tuple[str, ...]) -> list[Kind]:
         Kind(SCORE1, BODY % "bench-score", 1, (GATEWAY,)),
         Kind(HIT16, HIT_BODY % "bench", 16, (GATEWAY, ANSWER_FLOOR), per_forwarded=False),
         Kind(HIT1, HIT_BODY % "bench", 1, (GATEWAY, ANSWER_FLOOR), per_forwarded=False),
-        Kind(REDIS1, HIT_BODY % "bench", 1, (REDIS_GATEWAY,), per_forwarded=False),
-        Kind(REDIS16, HIT_BODY % "bench", 16, (REDIS_GATEWAY,), per_forwarded=False),
+        Kind(REDIS1, HIT_BODY % "bench", 1, (REDIS_GATEWAY, REDIS_FLOOR), per_forwarded=False),
+        Kind(REDIS16, HIT_BODY % "bench", 16, (REDIS_GATEWAY, REDIS_FLOOR), per_forwarded=False),
     ]
 
 
@@ -649,6 +651,9 @@ class Run:
             LOG_OFF: start_gateway(
                 stack, current, policy, scratch, LOG_OFF, pin, pipe_cpus=collector, SOPHIA_ACCESS_LOG="0"
             ),
+            REDIS_FLOOR: start_floor(
+                stack, fake.url, scratch / "floor-redis.log", pin, 1, 0, "--answer-redis", redis_url
+            ),
             REDIS_GATEWAY: start_gateway(
                 stack, current, policy, scratch, REDIS_GATEWAY, pin, pipe_cpus=collector, REDIS_URL=redis_url
             ),
@@ -683,7 +688,7 @@ class Run:
         for kind in kinds:
             for name in kind.targets:
                 url = targets[name].url + CHAT_PATH
-                if kind.body == HIT_BODY % "bench" and name != ANSWER_FLOOR:
+                if kind.body == HIT_BODY % "bench" and name not in (ANSWER_FLOOR, REDIS_FLOOR):
                     post(url, kind.body)  # the miss that stores it
                     headers, _ = post(url, kind.body)
                     if headers.get("x-gateway-cache") != "hit":

@@ -24,6 +24,7 @@ from benchmarks.proxy_overhead import (
     LONG16,
     REDIS1,
     REDIS16,
+    REDIS_FLOOR,
     REDIS_GATEWAY,
     SCORE1,
     SCORE16,
@@ -44,16 +45,18 @@ if TYPE_CHECKING:
     from benchmarks.proxy_overhead import Run
 
 
-def _machine_limits(answer_rps: float, answer_p99_ms: float) -> str:
-    """What the two absolute hit targets ask of this machine: the hit's floor (bare aiohttp
-    answering fixed bytes, no lookup, no gateway) in the same run, against each target."""
+def _machine_limits(answer_rps: float, answer_p99_ms: float, redis_floor_p99_ms: float) -> str:
+    """What the two absolute hit targets ask of this machine: the hits' floors (bare aiohttp
+    answering fixed bytes, or bytes from one Redis GET; no lookup, no gateway) in the same run,
+    against each target."""
     parts = [
         f"bare aiohttp answering fixed bytes: {answer_rps:.0f} requests/s "
         f"({'above' if answer_rps >= TARGET_MEMORY_HIT_RPS else 'below'} the hit target), "
-        f"p99 at 1 connection {answer_p99_ms:.3f} ms "
-        f"({'within' if answer_p99_ms <= TARGET_REDIS_HIT_P99_MS else 'above'} the Redis hit's target)"
+        f"p99 at 1 connection {answer_p99_ms:.3f} ms; answering from one Redis GET, p99 at 1 connection "
+        f"{redis_floor_p99_ms:.3f} ms "
+        f"({'within' if redis_floor_p99_ms <= TARGET_REDIS_HIT_P99_MS else 'above'} the Redis hit's target)"
     ]
-    if answer_rps < TARGET_MEMORY_HIT_RPS or answer_p99_ms > TARGET_REDIS_HIT_P99_MS:
+    if answer_rps < TARGET_MEMORY_HIT_RPS or redis_floor_p99_ms > TARGET_REDIS_HIT_P99_MS:
         parts.append("a target the floor itself misses cannot be met on this machine by any aiohttp server")
     return "This machine's limits: " + "; ".join(parts) + "."
 
@@ -150,6 +153,9 @@ def render(run: Run, kinds: list[Kind]) -> list[str]:
         f"| {med(HIT1, ANSWER_FLOOR, 'p99_ms'):.3f} |",
         f"| Redis hit | {med(REDIS16, REDIS_GATEWAY, 'rps'):.0f} | {_f(med(REDIS16, REDIS_GATEWAY, 'cpu_us'))} "
         f"| {med(REDIS1, REDIS_GATEWAY, 'p50_ms'):.3f} | {med(REDIS1, REDIS_GATEWAY, 'p99_ms'):.3f} |",
+        f"| the Redis hit's floor: bare aiohttp answering bytes from one Redis GET | "
+        f"{med(REDIS16, REDIS_FLOOR, 'rps'):.0f} | {_f(med(REDIS16, REDIS_FLOOR, 'cpu_us'))} "
+        f"| {med(REDIS1, REDIS_FLOOR, 'p50_ms'):.3f} | {med(REDIS1, REDIS_FLOOR, 'p99_ms'):.3f} |",
     ]
 
     # --- workers ---------------------------------------------------------------------------------
@@ -204,6 +210,7 @@ def render(run: Run, kinds: list[Kind]) -> list[str]:
     event_added = med(STREAM1, GATEWAY, "first_event_p50_ms") - med(STREAM1, FLOOR, "first_event_p50_ms")
     log_cost_rps, log_cost_cpu = 1 - g_rps / off_rps, g_cpu / off_cpu - 1
     redis_p99 = med(REDIS1, REDIS_GATEWAY, "p99_ms")
+    redis_floor_p99 = med(REDIS1, REDIS_FLOOR, "p99_ms")
     hit_rps = med(HIT16, GATEWAY, "rps")
     answer_rps = med(HIT16, ANSWER_FLOOR, "rps")
     hit_ratio = run.paired(HIT16, GATEWAY, "rps", ANSWER_FLOOR)
@@ -233,10 +240,12 @@ def render(run: Run, kinds: list[Kind]) -> list[str]:
         f"- Redis cache hit p99 at 1 connection: **{redis_p99:.3f} ms** (target <= {TARGET_REDIS_HIT_P99_MS} ms): "
         f"{_verdict(redis_p99 <= TARGET_REDIS_HIT_P99_MS)}"
         + ("" if run.hiredis else " (without hiredis)")
+        + f"; the Redis hit's floor (bare aiohttp answering bytes from one Redis GET, same pinning and Redis) "
+        f"{redis_floor_p99:.3f} ms, the gateway {redis_p99 - redis_floor_p99:+.3f} ms above it"
         + f". In-process hit: **{hit_rps:.0f}** requests/s on one core (target >= {TARGET_MEMORY_HIT_RPS:,}): "
         f"{_verdict(hit_rps >= TARGET_MEMORY_HIT_RPS)}; the hit's floor (bare aiohttp answering fixed bytes, "
         f"same pinning) served {answer_rps:.0f}: the gateway's hit is **{hit_ratio:.3f}** of it. "
-        + _machine_limits(answer_rps, med(HIT1, ANSWER_FLOOR, "p99_ms")),
+        + _machine_limits(answer_rps, med(HIT1, ANSWER_FLOOR, "p99_ms"), redis_floor_p99),
     ]
     if not math.isnan(workers_ratio):
         cores = os.cpu_count() or 0

@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
+from benchmarks.floor_proxy import ANSWER_KEY
 from benchmarks.processes import Logged, launch, process_tree
 from benchmarks.proxy_overhead import BODY, LONG_STREAM_BODY, STREAM_BODY
 from benchmarks.stream_probe import probe
 from gateway.testing.process import ManagedProcess, start
+from gateway.testing.redis_server import PrivateRedis
 
 FLOOR = str(Path(__file__).resolve().parents[2] / "benchmarks" / "floor_proxy.py")
 CHAT = "/v1/chat/completions"
@@ -99,3 +102,24 @@ def test_the_answering_floor_answers_fixed_bytes_without_the_upstream(
             assert json.load(resp)["by_path"].get(CHAT, 0) == 1  # only the direct call above
     finally:
         assert proxy.stop() == 0
+
+
+def test_the_redis_answering_floor_answers_from_one_redis_get(fake: ManagedProcess, tmp_path: Path) -> None:
+    """A Redis cache hit's floor: reads the body, answers the bytes of one GET from Redis (set at
+    its start), never calls the provider; each request is one GET on the server."""
+    with PrivateRedis() as server:
+        proxy = launch(
+            [sys.executable, FLOOR, "--upstream", fake.url, "--port", "0", "--answer-redis", server.url],
+            tmp_path / "redis.log",
+        )
+        try:
+            with redis.Redis.from_url(server.url) as client:
+                before = client.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+                for _ in range(3):
+                    status, content_type, body = post(proxy.url, BODY % "fake-model")
+                    assert status == 200 and content_type.startswith("application/json")
+                    assert json.loads(body)["object"] == "chat.completion"
+                assert body == client.get(ANSWER_KEY)
+                assert client.info("commandstats")["cmdstat_get"]["calls"] - before == 4  # 3 + ours
+        finally:
+            assert proxy.stop() == 0
