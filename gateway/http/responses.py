@@ -50,8 +50,9 @@ class WholeJSON(web.Response):
     (HTTP/1.0, HEAD, compression, cookies, an ``on_response_prepare`` hook, a large body or a
     connection with unsent bytes: ``connection.GatewayRequestHandler.finish_response``) goes
     through aiohttp's own path, unchanged. The bytes on the wire are what aiohttp writes, but
-    for the order of its last headers: the response's own, then ``Content-Length``, ``Date``,
-    ``Server`` (unless set), ``Connection: close`` (when the connection ends)."""
+    for the order of the headers: the response's own, the gateway's serialised lines (``head``),
+    then ``Content-Length``, ``Date``, ``Server`` (when neither sets it), ``Connection: close``
+    (when the connection ends)."""
 
     # Header lines already serialised (``middleware.gateway_head``: the gateway's own, ``Server``
     # among them), written after ``headers``, and how many lines they are by construction (a CR
