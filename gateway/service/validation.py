@@ -170,8 +170,8 @@ def _typed_fields(body: JSONObject) -> bool:
             if kind is not list or any(type(t) is not dict for t in value):
                 return False
         elif name == "tool_choice":
-            # an object, or required: checked against the tools by pydantic
-            if kind is not str or value == "required":
+            # an object, required, or any choice without tools: checked by pydantic
+            if kind is not str or value == "required" or not body.get("tools"):
                 return False
         elif name == "response_format":
             if kind is not dict:

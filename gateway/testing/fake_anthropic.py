@@ -384,6 +384,10 @@ def check_options(body: dict[str, object]) -> None:
     if isinstance(stops, list) and any(not isinstance(s, str) or not s or s.isspace() for s in stops):
         raise _refusal(400, "stop_sequences: each stop sequence must contain non-whitespace")
     thinking, choice = body.get("thinking"), body.get("tool_choice")
+    if choice is not None and not body.get("tools"):
+        # Any tool_choice, none included, needs tools (ai365vip/chat-api#82: "tool_choice may
+        # only be specified while providing tools."; anthropics/claude-cookbooks#142: none too).
+        raise _refusal(400, "tool_choice may only be specified while providing tools.")
     thinks = isinstance(thinking, dict) and thinking.get("type") == "enabled"
     _check_final_thinking(body.get("messages"), thinking)
     if thinks and isinstance(choice, dict) and choice.get("type") in ("any", "tool"):

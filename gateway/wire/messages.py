@@ -194,8 +194,8 @@ def check_request(body: JSONObject, whole: bool = True) -> None:
     image not JPEG, PNG, GIF or WebP (anthropics/claude-code#8184), a base64 document not a PDF
     or a text one not ``text/plain``, and (``whole``: a request, not a ``count_tokens`` body) a
     stop sequence without a visible character ("stop_sequences: each stop sequence must contain
-    non-whitespace", BerriAI/litellm#3286) and a ``service_tier`` other than ``auto`` /
-    ``standard_only``. Key paths as Anthropic writes them (``messages.0.content.1``)."""
+    non-whitespace", BerriAI/litellm#3286), a ``tool_choice`` without ``tools`` and a
+    ``service_tier`` other than ``auto`` / ``standard_only``. Key paths as Anthropic writes them (``messages.0.content.1``)."""
     marks: list[str] = []
     tools = body.get("tools")
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
@@ -216,6 +216,10 @@ def check_request(body: JSONObject, whole: bool = True) -> None:
         )
     if not whole:
         return
+    if body.get("tool_choice") is not None and not body.get("tools"):
+        # Anthropic refuses any tool_choice (``none`` too) without tools (ai365vip/chat-api#82,
+        # anthropics/claude-cookbooks#142); the translated kinds ignored ``auto`` and ``none``.
+        raise MessagesInputError("tool_choice may only be specified while providing tools.", "tool_choice")
     stops = body.get("stop_sequences")
     if isinstance(stops, list) and any(isinstance(s, str) and (not s or s.isspace()) for s in stops):
         raise MessagesInputError(

@@ -138,10 +138,13 @@ class ChatCompletionHead(_Head):
     ) -> str | dict[str, Any] | None:
         # A choice no tool can satisfy (``required``, or a function not among ``tools``) is
         # OpenAI's 400 for every provider: the translating adapters sent it on, and Anthropic
-        # and Gemini answered in text as if no tool had been asked for.
+        # and Gemini answered in text as if no tool had been asked for. So is any choice
+        # (``auto`` and ``none`` too) without ``tools``: OpenAI's "Invalid value for
+        # 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified." (h-xlate2;
+        # Anthropic and Gemini ignored it, so the same request was served or refused by target).
         tools = info.data.get("tools") or []
-        if value == "required" and not tools:
-            raise PydanticCustomError("no_tools", "'required' needs 'tools'")
+        if value is not None and not tools:
+            raise PydanticCustomError("no_tools", "'tool_choice' is only allowed when 'tools' are specified")
         if isinstance(value, dict) and value.get("type") == "function":
             named = value.get("function")
             name = named.get("name") if isinstance(named, dict) else None

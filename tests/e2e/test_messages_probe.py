@@ -215,6 +215,12 @@ REFUSED = {
         for k in KINDS
     },
     **{("thinking temperature", k): "may only be set to 1 when thinking is enabled" for k in KINDS},
+    # Anthropic refuses any tool_choice without tools: so does the door, for every kind (h-xlate2)
+    **{
+        (case, k): "tool_choice may only be specified while providing tools"
+        for case in ("tool_choice auto without tools", "tool_choice none without tools")
+        for k in KINDS
+    },
 }
 # What the answer must say: the fakes echo the last user text (Gemini and Anthropic: a tool result).
 SAID = {

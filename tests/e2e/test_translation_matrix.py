@@ -243,6 +243,13 @@ SHAPES: dict[str, Shape] = {
     "tools none parallel off": Shape(
         {"messages": ASK, "tools": [WEATHER], "tool_choice": "none", "parallel_tool_calls": False}
     ),
+    # OpenAI refuses any tool_choice without tools; Anthropic and Gemini ignored it (h-xlate2).
+    "tool_choice auto without tools": Shape(
+        {"messages": ASK, "tool_choice": "auto"}, refused={k: "tool_choice" for k in CHAT_KINDS}
+    ),
+    "tool_choice none without tools": Shape(
+        {"messages": ASK, "tool_choice": "none"}, refused={k: "tool_choice" for k in CHAT_KINDS}
+    ),
     "three tool results": Shape(
         {"messages": _tool_turns(TOOL_RESULTS), "tools": [WEATHER, TIME]}, sent=_sent_tool_results
     ),
@@ -635,6 +642,15 @@ M_SHAPES: dict[str, MShape] = {
         stop_reason="tool_use",
     ),
     "tools none": MShape({"messages": M_ASK, "tools": [M_WEATHER], "tool_choice": {"type": "none"}}),
+    # Anthropic refuses any tool_choice without tools; the translated kinds dropped it (h-xlate2).
+    "tool_choice none without tools": MShape(
+        {"messages": M_ASK, "tool_choice": {"type": "none"}},
+        refused={k: "tool_choice may only be specified while providing tools" for k in MESSAGES_KINDS},
+    ),
+    "tool_choice auto without tools": MShape(
+        {"messages": M_ASK, "tool_choice": {"type": "auto"}},
+        refused={k: "tool_choice may only be specified while providing tools" for k in MESSAGES_KINDS},
+    ),
     "tool results with is_error": MShape(
         {"messages": M_TOOL_TURNS, "tools": [M_WEATHER, M_TIME]}, sent=_m_sent_error_result
     ),

@@ -166,8 +166,13 @@ _F = [{"type": "function", "function": {"name": "f"}}]
         ({"tool_choice": {"type": "function"}, "tools": _F}, True),
         ({"tool_choice": {"type": "function", "function": {"name": "f"}}, "tools": _F}, False),
         ({"tool_choice": "required", "tools": _F}, False),
-        ({"tool_choice": "auto"}, False),  # the provider judges these
-        ({"tool_choice": "none"}, False),
+        # OpenAI refuses any tool_choice without tools; Anthropic and Gemini ignored auto and
+        # none: refused on the door for every kind (h-xlate2)
+        ({"tool_choice": "auto"}, True),
+        ({"tool_choice": "none"}, True),
+        ({"tool_choice": "none", "tools": []}, True),
+        ({"tool_choice": "auto", "tools": _F}, False),
+        ({"tool_choice": "none", "tools": _F}, False),
         (
             {
                 "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": _F}},
@@ -187,6 +192,20 @@ def test_a_tool_choice_no_tool_can_satisfy_is_the_clients_400(extra: dict, refus
     with pytest.raises(InvalidRequest) as err:
         check_request(Endpoint.CHAT, body)
     assert err.value.param == "tool_choice" and err.value.code == "invalid_value"
+
+
+@pytest.mark.parametrize("choice", ["auto", "none", "required", {"type": "function", "function": {"name": "f"}}])
+def test_a_tool_choice_without_tools_is_refused_in_openais_words(choice: object) -> None:
+    """OpenAI's 400 for every value (its API checks the pair before the value); Anthropic and
+    Gemini deployments ignored ``auto`` and ``none`` (h-xlate2)."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tool_choice": choice}
+    with pytest.raises(InvalidRequest) as err:
+        check_request(Endpoint.CHAT, body)
+    assert err.value.param == "tool_choice"
+    if not isinstance(choice, dict):
+        assert err.value.message == (
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified."
+        )
 
 
 @pytest.mark.parametrize("body", _CHAT_SHAPES)

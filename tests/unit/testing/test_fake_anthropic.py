@@ -86,6 +86,18 @@ async def test_requests_the_api_would_refuse(aiohttp_client: AiohttpClient) -> N
     assert (await post(client, ASK, **{"x-api-key": "sk-ant-test"})).status == 200
 
 
+async def test_a_tool_choice_without_tools_is_refused(aiohttp_client: AiohttpClient) -> None:
+    """As the API: any ``tool_choice``, ``none`` included, needs ``tools`` (h-xlate2)."""
+    client = await fake(aiohttp_client)
+    for choice in ({"type": "none"}, {"type": "auto"}, {"type": "any"}):
+        for extra in ({}, {"tools": []}):
+            refused = await post(client, {**ASK, **extra, "tool_choice": choice})
+            assert refused.status == 400
+            error = (await refused.json())["error"]
+            assert error["message"] == "tool_choice may only be specified while providing tools."
+        assert (await post(client, {**ASK, "tools": [WEATHER], "tool_choice": choice})).status == 200
+
+
 async def test_tool_use_when_forced_or_asked(aiohttp_client: AiohttpClient) -> None:
     client = await fake(aiohttp_client)
     forced = await (await post(client, {**ASK, "tools": [WEATHER], "tool_choice": {"type": "any"}})).json()

@@ -15,6 +15,7 @@ import pytest
 from gateway.wire.messages import (
     MessagesHead,
     MessagesInputError,
+    check_request,
     message_from_chat,
     messages_usage,
     stop_reason,
@@ -90,13 +91,19 @@ def test_tool_choice_variants() -> None:
     assert translate({**base, "tool_choice": {"type": "none"}}).chat["tool_choice"] == "none"
 
 
-@pytest.mark.parametrize("kind", ["auto", "none"])
-def test_tool_choice_without_tools_is_not_sent(kind: str) -> None:
-    """Without tools, auto and none change nothing, and OpenAI refuses a ``tool_choice``
-    without ``tools`` (its fake too): a valid Messages request failed on an OpenAI deployment."""
+@pytest.mark.parametrize("kind", ["auto", "none", "any"])
+def test_tool_choice_without_tools_is_refused_in_anthropics_words(kind: str) -> None:
+    """Anthropic refuses any ``tool_choice`` without ``tools`` ("tool_choice may only be
+    specified while providing tools."); OpenAI and Gemini deployments were sent none of
+    ``auto`` and ``none`` and answered (h-xlate2): now refused on the door for every kind."""
     body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
-    assert "tool_choice" not in translate({**body, "tool_choice": {"type": kind}}).chat
-    assert "tool_choice" not in translate({**body, "tools": [], "tool_choice": {"type": kind}}).chat
+    for extra in ({}, {"tools": []}):
+        with pytest.raises(MessagesInputError) as caught:
+            check_request({**body, **extra, "tool_choice": {"type": kind}})
+        assert caught.value.param == "tool_choice"
+        assert caught.value.message == "tool_choice may only be specified while providing tools."
+    check_request({**body, "tool_choice": None})
+    check_request({**body, "tools": [{"name": "f", "input_schema": {}}], "tool_choice": {"type": kind}})
 
 
 def test_stop_reasons_and_usage() -> None:
