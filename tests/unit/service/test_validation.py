@@ -194,7 +194,9 @@ def test_a_tool_choice_no_tool_can_satisfy_is_the_clients_400(extra: dict, refus
     assert err.value.param == "tool_choice" and err.value.code == "invalid_value"
 
 
-@pytest.mark.parametrize("choice", ["auto", "none", "required", {"type": "function", "function": {"name": "f"}}])
+@pytest.mark.parametrize(
+    "choice", ["auto", "none", "required", {"type": "function", "function": {"name": "f"}}]
+)
 def test_a_tool_choice_without_tools_is_refused_in_openais_words(choice: object) -> None:
     """OpenAI's 400 for every value (its API checks the pair before the value); Anthropic and
     Gemini deployments ignored ``auto`` and ``none`` (h-xlate2)."""
