@@ -120,7 +120,16 @@ _MIME_TYPES = {
     "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
     "webp": "image/webp", "heic": "image/heic", "heif": "image/heif", "pdf": "application/pdf",
     "mp3": "audio/mp3", "wav": "audio/wav", "mp4": "video/mp4", "txt": "text/plain",
+    "bmp": "image/bmp", "svg": "image/svg+xml", "tif": "image/tiff", "tiff": "image/tiff",
 }  # fmt: skip
+# The image types Gemini reads: "PNG - image/png, JPEG - image/jpeg, WEBP - image/webp, HEIC -
+# image/heic, HEIF - image/heif" (its image understanding guide, "Supported image formats"; the
+# same five in Vertex AI's model pages). Any other image type is its 400 ("Unsupported MIME
+# type: image/gif", Mai-with-u/MaiBot#1435; earlier "MIME type must be image/png, image/jpeg,
+# image/webp, image/heic, or image/heif.", EvanZhouDev/gemini-ai#3), ``image/jpg`` included
+# (brianpetro/obsidian-smart-connections#1238): that one is sent as ``image/jpeg``, the rest are
+# refused by name before sending (as Anthropic's adapter refuses the types it does not read).
+_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
 _AUDIO_TYPES = {"wav": "audio/wav", "mp3": "audio/mp3"}
 
 
@@ -319,11 +328,29 @@ def _media_part(url: object, param: str) -> JSONObject:
         header, comma, data = url[5:].partition(",")
         mime, *params = header.split(";")
         if comma and "base64" in params:
-            return {"inlineData": {"mimeType": mime or "application/octet-stream", "data": data}}
+            return {
+                "inlineData": {"mimeType": _readable(mime, param) or "application/octet-stream", "data": data}
+            }
     elif isinstance(url, str) and url.startswith(("https://", "http://", "gs://")):
         extension = urlsplit(url).path.rpartition(".")[2].lower()
-        return {"fileData": {"mimeType": _MIME_TYPES.get(extension, "image/jpeg"), "fileUri": url}}
+        mime = _readable(_MIME_TYPES.get(extension, "image/jpeg"), param)
+        return {"fileData": {"mimeType": mime, "fileUri": url}}
     raise InvalidRequest(f"{param}: expected a base64 data: URL or an http(s) URL.", param=param)
+
+
+def _readable(mime: str, param: str) -> str:
+    """``mime`` as Gemini is sent it; an image type it does not read is refused by name (a URL's
+    by its extension: ``.gif``, ``.bmp``, ``.svg``, ``.tif``)."""
+    lowered = mime.lower()
+    if not lowered.startswith("image/"):
+        return mime
+    if lowered == "image/jpg":  # a common misspelling OpenAI accepts; Gemini refuses it
+        return "image/jpeg"
+    if lowered not in _IMAGE_TYPES:
+        raise UnsupportedByProvider(
+            KIND, f"images of type '{mime}' (PNG, JPEG, WebP, HEIC and HEIF only)", param=param
+        )
+    return lowered
 
 
 def _assistant_parts(message: JSONObject, where: str, call_names: dict[str, str]) -> list[JSONObject]:

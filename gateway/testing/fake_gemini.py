@@ -285,6 +285,7 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
             _check_responses(contents[i - 1], content)
         if role == "model" and i == 0:  # (NousResearch/hermes-agent#55427)
             raise refusal(400, "Please ensure that multiturn requests alternate between user and model.")
+        _check_media(content)
         text = _text(content)
         words += len(text.split())
         if role == "user":
@@ -323,6 +324,21 @@ def parse_generate(model: str, body: dict[str, object]) -> GenerateRequest:
         _candidate_count(config.get("candidateCount")),
         _top_logprobs(config),
     )
+
+
+# The image types Gemini reads (its image understanding guide, "Supported image formats");
+# another image type is refused in these words (Mai-with-u/MaiBot#1435: image/gif;
+# brianpetro/obsidian-smart-connections#1238: image/jpg; charmbracelet/crush#995).
+_IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif")
+
+
+def _check_media(content: object) -> None:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    for part in parts if isinstance(parts, list) else ():
+        media = (part.get("inlineData") or part.get("fileData")) if isinstance(part, dict) else None
+        mime = media.get("mimeType") if isinstance(media, dict) else None
+        if isinstance(mime, str) and mime.startswith("image/") and mime not in _IMAGE_TYPES:
+            raise refusal(400, f"Unsupported MIME type: {mime}")
 
 
 _LAST_TURN = "Please ensure that multiturn requests ends with a user role or a function response."

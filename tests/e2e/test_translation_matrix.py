@@ -167,6 +167,14 @@ def _sent_prefill(kind: str, sent: dict[str, Any]) -> None:
         assert sent["contents"][-1]["role"] == "user"
 
 
+def _sent_jpeg(kind: str, sent: dict[str, Any]) -> None:
+    # image/jpg (which OpenAI takes) is refused by Anthropic and Gemini: sent as image/jpeg
+    if kind == "claude":
+        assert sent["messages"][0]["content"][1]["source"]["media_type"] == "image/jpeg"
+    elif kind == "gemini":
+        assert sent["contents"][0]["parts"][1]["inlineData"]["mimeType"] == "image/jpeg"
+
+
 def _sent_tool_results(kind: str, sent: dict[str, Any]) -> None:
     if kind == "claude":
         results = [b for b in sent["messages"][-1]["content"] if b["type"] == "tool_result"]
@@ -347,11 +355,20 @@ SHAPES: dict[str, Shape] = {
         {"messages": ASK, "tools": [TIME, {"type": "function", "function": {"name": "3d_view"}}]},
         refused={"gemini": "tools[1].function.name"},
     ),
-    # Anthropic takes JPEG, PNG, GIF and WebP images only.
+    # Anthropic takes JPEG, PNG, GIF and WebP images only; Gemini PNG, JPEG, WebP, HEIC and HEIF.
     "image svg": Shape(
         {"messages": _image("data:image/svg+xml;base64,PHN2Zy8+", "auto")},
-        refused={"claude": "messages[0].content[1]"},
+        refused={"claude": "messages[0].content[1]", "gemini": "messages[0].content[1]"},
     ),
+    "image gif": Shape(
+        {"messages": _image(f"data:image/gif;base64,{PNG}", "auto")},
+        refused={"gemini": "messages[0].content[1]"},
+    ),
+    "image gif by url": Shape(
+        {"messages": _image("https://example.com/cat.gif", "low")},
+        refused={"gemini": "messages[0].content[1]"},
+    ),
+    "image jpg": Shape({"messages": _image(f"data:image/jpg;base64,{PNG}", "auto")}, sent=_sent_jpeg),
     "penalties": Shape(
         {"messages": ASK, "frequency_penalty": 0.5, "presence_penalty": 0.3}, sent=_sent_no_penalties
     ),

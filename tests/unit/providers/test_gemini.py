@@ -941,3 +941,33 @@ def test_a_function_name_gemini_refuses_is_refused_by_name(name: str) -> None:
     assert caught.value.param == "tools[1].function.name"
     declared = sent(Endpoint.CHAT, {**HELLO, "tools": tools[:1]})["tools"][0]["functionDeclarations"]
     assert declared[0]["name"] == "ns.tool:v-1"
+
+
+@pytest.mark.parametrize("media_type", ["image/gif", "image/svg+xml", "image/bmp", "IMAGE/TIFF"])
+def test_an_image_type_gemini_does_not_read_is_refused_by_name(media_type: str) -> None:
+    """Gemini reads PNG, JPEG, WebP, HEIC and HEIF; another image type was sent and came back as
+    its 400 ("Unsupported MIME type"), after a wasted call and without failover (h-xlate2)."""
+    part = {"type": "image_url", "image_url": {"url": f"data:{media_type};base64,AAAA"}}
+    message = {"role": "user", "content": [{"type": "text", "text": "what is it?"}, part]}
+    with pytest.raises(UnsupportedByProvider) as caught:
+        sent(Endpoint.CHAT, chat(message))
+    assert caught.value.param == "messages[0].content[1]" and caught.value.retryable
+    as_file = {"type": "file", "file": {"filename": "a", "file_data": f"data:{media_type};base64,AAAA"}}
+    with pytest.raises(UnsupportedByProvider):
+        sent(Endpoint.CHAT, chat({"role": "user", "content": [as_file]}))
+    extension = media_type.lower().removeprefix("image/").removesuffix("+xml")
+    by_url = {"type": "image_url", "image_url": {"url": f"https://example.com/a.{extension}"}}
+    with pytest.raises(UnsupportedByProvider):
+        sent(Endpoint.CHAT, chat({"role": "user", "content": [by_url]}))
+
+
+def test_the_image_types_gemini_reads_are_sent_jpg_as_jpeg() -> None:
+    parts = [
+        {"type": "image_url", "image_url": {"url": f"data:{mime};base64,AAAA"}}
+        for mime in ("image/png", "image/jpg", "IMAGE/WEBP", "image/heic", "image/heif")
+    ]
+    parts.append({"type": "image_url", "image_url": {"url": "https://example.com/cat"}})  # no extension
+    out = sent(Endpoint.CHAT, chat({"role": "user", "content": parts}))["contents"][0]["parts"]
+    assert [p.get("inlineData", p.get("fileData"))["mimeType"] for p in out] == [
+        "image/png", "image/jpeg", "image/webp", "image/heic", "image/heif", "image/jpeg",
+    ]  # fmt: skip

@@ -164,6 +164,29 @@ async def test_more_than_five_stop_sequences_are_refused(aiohttp_client: Aiohttp
     assert "stop_sequences" in (await resp.json())["error"]["message"]
 
 
+async def test_an_image_type_gemini_does_not_read_is_refused(aiohttp_client: AiohttpClient) -> None:
+    """Gemini reads PNG, JPEG, WebP, HEIC and HEIF images only; other image types (``image/jpg``
+    too) are its 400 "Unsupported MIME type: ..." (h-xlate2). Other modalities are not judged."""
+    client = await fake(aiohttp_client)
+    for mime, status in (
+        ("image/png", 200),
+        ("image/heif", 200),
+        ("application/pdf", 200),
+        ("image/gif", 400),
+        ("image/jpg", 400),
+        ("image/svg+xml", 400),
+    ):
+        for part in (
+            {"inlineData": {"mimeType": mime, "data": "AAAA"}},
+            {"fileData": {"mimeType": mime, "fileUri": "https://example.com/a"}},
+        ):
+            body = {"contents": [{"role": "user", "parts": [{"text": "what is it?"}, part]}]}
+            resp = await post(client, "gem:generateContent", body)
+            assert resp.status == status, (mime, await resp.text())
+            if status == 400:
+                assert (await resp.json())["error"]["message"] == f"Unsupported MIME type: {mime}"
+
+
 async def test_a_thinking_budget_no_model_takes_is_refused(aiohttp_client: AiohttpClient) -> None:
     """The thinking guide's ranges (2.5 Pro: 128 to 32768; -1 is dynamic); Gemini's message
     (RooCodeInc/Roo-Code#4399)."""
