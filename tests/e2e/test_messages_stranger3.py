@@ -102,8 +102,12 @@ SERVED: dict[str, dict[str, Any]] = {
 }
 
 # OpenAI takes at most 4 stop sequences (h-probe: the OpenAI kind keeps the provider's answer,
-# compatible servers take more); Gemini and Anthropic take 5.
-PROVIDER_REFUSES = {("stop_sequences five", "gpt"): "gpt: Invalid 'stop': array too long"}
+# compatible servers take more); Gemini and Anthropic take 5. Gemini reads no GIF (PNG, JPEG,
+# WebP, HEIC, HEIF): refused by name before sending (h-xlate2).
+PROVIDER_REFUSES = {
+    ("stop_sequences five", "gpt"): "gpt: Invalid 'stop': array too long",
+    ("image gif", "gemini"): "images of type 'image/gif'",
+}
 
 # What only Anthropic can do: served by the Anthropic kind, a 400 naming it on the others.
 NATIVE_ONLY: dict[str, tuple[dict[str, Any], str]] = {
