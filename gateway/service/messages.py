@@ -185,7 +185,8 @@ class MessagesDoor:
         completion = completion if completion is not None else parsed
         if not has_choice(completion):
             raise _bad(target, "returned a chat completion without choices")
-        return orjson.dumps(message_from_chat(completion, target.model)), completion.get("usage")
+        message = message_from_chat(completion, target.model, self.chat.get("stop"))
+        return orjson.dumps(message), completion.get("usage")
 
     def stream_translator(self, target: Target) -> StreamTranslator:
         if target.client.config.kind == NATIVE_KIND:
@@ -193,7 +194,7 @@ class MessagesDoor:
         inner = target.client.adapter.stream_translator(
             Endpoint.CHAT, self.chat, target.model, target.provider
         )
-        return TranslatedMessagesStream(inner, target.model, target.provider)
+        return TranslatedMessagesStream(inner, target.model, target.provider, self.chat.get("stop"))
 
 
 class NativeMessagesStream:
@@ -249,9 +250,9 @@ class TranslatedMessagesStream:
 
     __slots__ = ("_events", "_inner", "_provider")
 
-    def __init__(self, inner: StreamTranslator, model: str, provider: str) -> None:
+    def __init__(self, inner: StreamTranslator, model: str, provider: str, stops: object = None) -> None:
         self._inner = inner
-        self._events = ChatToMessagesEvents(model)
+        self._events = ChatToMessagesEvents(model, stops)
         self._provider = provider
 
     def feed(self, chunk: bytes) -> bytes:

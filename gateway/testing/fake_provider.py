@@ -134,6 +134,10 @@ class FakeConfig:
     # False (--no-reasoning): the models served do not reason, and ``reasoning_effort`` is refused
     # as OpenAI refuses it for gpt-4o.
     reasoning: bool = True
+    # True (--stop-reason): a chat choice says which stop sequence ended it in ``stop_reason``
+    # (null otherwise), as vLLM's OpenAI-compatible server does (vllm-project/vllm#2976); OpenAI
+    # itself sends no such field.
+    stop_reason: bool = False
     # Prompt tokens each answer reports as read from the provider's prompt cache, written to it,
     # and of those written, written to a 1-hour cache, in each flavor's own fields (cut to the
     # prompt; OpenAI's flavor reports only reads, as OpenAI does).
@@ -404,9 +408,13 @@ async def _generate(
         text = config.reply if config.reply is not None else _echo(generation.prompt)
         if generation.json_reply is not None and config.reply is None:  # a fixed reply stands
             text = generation.json_reply
+        whole = text
         text = fake_wire.cut_at_stop(text, generation.stop)
         tokens, finish_reason = fake_wire.reply_tokens(text, generation.max_tokens)
         fmt = reply_format(next(state.serials), generation)
+        if config.stop_reason and isinstance(fmt, fake_wire.ChatFormat):
+            matched = fake_wire.matched_stop(whole, generation.stop) if finish_reason == "stop" else None
+            fmt.stop_reason = matched
     usage = config.usage(generation.prompt_tokens, len(tokens) * generation.choices)
     if not generation.stream:
         return _json(fmt.whole(tokens, finish_reason, usage))
@@ -902,6 +910,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="the models served do not reason: chat's reasoning_effort is refused with OpenAI's 400 "
         "for gpt-4o (default: taken)",
+    )
+    parser.add_argument(
+        "--stop-reason",
+        dest="stop_reason",
+        action="store_true",
+        help="play vLLM: a chat choice names the stop sequence that ended it in 'stop_reason' "
+        "(default: no such field, as OpenAI)",
     )
     parser.add_argument(
         "--flavor",

@@ -284,6 +284,13 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text[: min(hits)] if hits else text
 
 
+def matched_stop(text: str, stops: Sequence[str]) -> str | None:
+    """The stop sequence ``cut_at_stop`` cuts ``text`` at (the earliest; the first listed of
+    those at one place), None when none is in it."""
+    hits = [(i, n) for n, i in enumerate(text.find(s) for s in stops) if i >= 0]
+    return stops[min(hits)[1]] if hits else None
+
+
 def _check_tool_pairs(messages: list[dict[str, object]]) -> None:
     """Refuse, as OpenAI does with its words, a ``tool`` message that answers no call of the
     assistant message right before the tool messages it belongs to, and an assistant message
@@ -648,12 +655,15 @@ class ChatFormat:
     the same reply, streamed one chunk per choice; with ``logprobs`` (``top_logprobs`` a count)
     when asked, per token."""
 
-    __slots__ = ("_choices", "_head", "_top_logprobs")
+    __slots__ = ("_choices", "_head", "_top_logprobs", "stop_reason")
 
     def __init__(self, serial: int, model: str, choices: int = 1, top_logprobs: int | None = None) -> None:
         self._head = {"id": f"chatcmpl-fake{serial:08x}", "created": int(time.time()), "model": model}
         self._choices = choices
         self._top_logprobs = top_logprobs
+        # vLLM's ``stop_reason`` (``--stop-reason``): the sequence that ended the reply, or ""
+        # for none said (the field is then left out, as OpenAI leaves it).
+        self.stop_reason: str | None = ""
 
     @classmethod
     def of(cls, serial: int, generation: Generation) -> ChatFormat:
@@ -682,7 +692,13 @@ class ChatFormat:
     ) -> bytes:
         logprobs = self._logprobs(tokens)
         choices = [
-            {"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+            {
+                "index": i,
+                "message": message,
+                "logprobs": logprobs,
+                "finish_reason": finish_reason,
+                **self._said(),
+            }
             for i in range(self._choices)
         ]
         return orjson.dumps(
@@ -699,12 +715,21 @@ class ChatFormat:
                     **self._head,
                     "object": "chat.completion.chunk",
                     "choices": [
-                        {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+                        {
+                            "index": i,
+                            "delta": delta,
+                            "logprobs": logprobs,
+                            "finish_reason": finish_reason,
+                            **(self._said() if finish_reason is not None else {}),
+                        }
                     ],
                 }
             )
             for i in range(self._choices)
         )
+
+    def _said(self) -> dict[str, object]:
+        return {} if self.stop_reason == "" else {"stop_reason": self.stop_reason}
 
     def _logprobs(self, tokens: Sequence[str]) -> dict[str, object] | None:
         if self._top_logprobs is None:

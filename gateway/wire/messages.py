@@ -717,6 +717,18 @@ def stop_reason(finish_reason: object) -> str:
     return STOP_REASONS.get(finish_reason, "end_turn") if isinstance(finish_reason, str) else "end_turn"
 
 
+def matched_stop(choice: JSONObject, stops: object) -> str | None:
+    """The stop sequence that ended ``choice``, when its provider says which: OpenAI's and
+    Gemini's ``stop`` / ``STOP`` does not (a natural end or a stop sequence alike), but vLLM and
+    the servers that copy it send the matched string as the choice's ``stop_reason`` (None at the
+    model's own end; vllm-project/vllm#2976), whole and in the streamed choice that finishes.
+    Only a string among the request's ``stops`` counts (an integer is a stop token id)."""
+    matched = choice.get("stop_reason")
+    if choice.get("finish_reason") != "stop" or not isinstance(matched, str) or not isinstance(stops, list):
+        return None
+    return matched if matched in stops else None
+
+
 def messages_usage(usage: object) -> JSONObject:
     """Anthropic usage for OpenAI usage: Anthropic's ``input_tokens`` excludes cache reads and
     writes, OpenAI's ``prompt_tokens`` includes them (as ``prompt_tokens_details.cached_tokens``
@@ -777,8 +789,9 @@ def message_id(chat_id: object) -> str:
     return "msg_gateway"
 
 
-def message_from_chat(completion: JSONObject, model: str) -> JSONObject:
-    """The Messages ``message`` for a ``chat.completion`` (its first choice)."""
+def message_from_chat(completion: JSONObject, model: str, stops: object = None) -> JSONObject:
+    """The Messages ``message`` for a ``chat.completion`` (its first choice); ``stops`` the
+    request's stop sequences (``stop_sequence`` when the provider says one matched)."""
     choices = completion.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     found = choice.get("message")
@@ -808,14 +821,16 @@ def message_from_chat(completion: JSONObject, model: str) -> JSONObject:
             }
         )
     answered = completion.get("model")
+    matched = None if refused else matched_stop(choice, stops)
+    reason = "refusal" if refused else stop_reason(choice.get("finish_reason"))
     return {
         "id": message_id(completion.get("id")),
         "type": "message",
         "role": "assistant",
         "model": answered if isinstance(answered, str) and answered else model,
         "content": content,
-        "stop_reason": "refusal" if refused else stop_reason(choice.get("finish_reason")),
-        "stop_sequence": None,
+        "stop_reason": "stop_sequence" if matched is not None else reason,
+        "stop_sequence": matched,
         "usage": messages_usage(completion.get("usage")),
     }
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.wire.messages import message_id, messages_usage, stop_reason, tool_use_id
+from gateway.wire.messages import matched_stop, message_id, messages_usage, stop_reason, tool_use_id
 from gateway.wire.requests import JSONObject
 from gateway.wire.sse import DONE_DATA, SSEDecoder
 
@@ -54,14 +54,18 @@ class ChatToMessagesEvents:
         "_refused",
         "_started",
         "_stop",
+        "_stop_sequence",
+        "_stops",
         "_tools",
         "_usage",
         "done",
         "error",
     )
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, stops: object = None) -> None:
         self._model = model
+        self._stops = stops  # the request's stop sequences (``matched_stop``)
+        self._stop_sequence: str | None = None
         self._decoder = SSEDecoder()
         self._started = False
         self._blocks = 0  # content blocks opened so far (the next one's index)
@@ -133,6 +137,7 @@ class ChatToMessagesEvents:
         finish = choice.get("finish_reason")
         if isinstance(finish, str):
             self._stop = stop_reason(finish)
+            self._stop_sequence = matched_stop(choice, self._stops)
         return out
 
     def _start(self, chunk: JSONObject) -> bytes:
@@ -228,8 +233,9 @@ class ChatToMessagesEvents:
     def _finish(self) -> bytes:
         self.done = True
         usage = messages_usage(self._usage)
+        matched = None if self._refused else self._stop_sequence
         stop = "refusal" if self._refused else self._stop or "end_turn"
-        delta = {"stop_reason": stop, "stop_sequence": None}
+        delta = {"stop_reason": stop if matched is None else "stop_sequence", "stop_sequence": matched}
         return (
             self._release_held()
             + self._close()

@@ -26,7 +26,12 @@ import pytest
 from gateway.testing.process import ManagedProcess
 from tests.e2e.conftest import start_fakes, start_gateway
 
-FAKES = {"claude": ["--flavor", "anthropic"], "gem": ["--flavor", "gemini"], "gpt": []}
+FAKES = {
+    "claude": ["--flavor", "anthropic"],
+    "gem": ["--flavor", "gemini"],
+    "gpt": [],
+    "vllm": ["--stop-reason"],
+}
 POLICY = """\
 version: 1
 auth: {{mode: open}}
@@ -37,14 +42,16 @@ providers:
   gem: {{kind: gemini, base_url: "{gem}/v1beta"}}
   gpt: {{kind: openai, base_url: "{gpt}/v1"}}
   az: {{kind: azure, base_url: "{gpt}"}}
+  vllm: {{kind: openai, base_url: "{vllm}/v1"}}
 models:
   claude: {{deployments: [{{provider: claude, model: claude-test}}]}}
   gemini: {{deployments: [{{provider: gem, model: gemini-test}}]}}
   azure: {{deployments: [{{provider: az, model: my-gpt4o}}]}}
   gpt: {{deployments: [{{provider: gpt, model: gpt-test}}]}}
+  vllm: {{deployments: [{{provider: vllm, model: llama-test}}]}}
 memory: {{enabled: false}}
 """
-FAKE_OF = {"claude": "claude", "gemini": "gem", "azure": "gpt", "gpt": "gpt"}
+FAKE_OF = {"claude": "claude", "gemini": "gem", "azure": "gpt", "gpt": "gpt", "vllm": "vllm"}
 CHAT_KINDS = ["claude", "gemini", "azure"]
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 ASK: Any = [{"role": "user", "content": "alpha beta gamma delta"}]
@@ -756,3 +763,28 @@ def test_a_messages_shape_is_answered_or_refused_by_name(
         assert ("model" in sent) == (kind == "gpt")  # Azure's path names the deployment
     if shape.sent is not None:
         shape.sent(kind, sent)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("kind", [*MESSAGES_KINDS, "vllm"])
+def test_a_stop_sequence_is_named_only_where_the_provider_says_which(
+    ant: anthropic.Anthropic, kind: str, streamed: bool
+) -> None:
+    """Anthropic answers ``stop_sequence`` and the sequence matched. OpenAI's ``stop`` and
+    Gemini's ``STOP`` say nothing of which (a natural end reads the same): ``end_turn``, the
+    text cut. vLLM names the match in the choice's ``stop_reason``: ``stop_sequence`` (h-xlate2)."""
+    kwargs: Any = {"model": kind, "max_tokens": 200, "messages": M_ASK, "stop_sequences": ["zeta", "gamma"]}
+    if streamed:
+        with ant.messages.stream(**kwargs) as stream:
+            message = stream.get_final_message()
+    else:
+        message = ant.messages.create(**kwargs)
+    text = message.content[0].text  # type: ignore[union-attr]
+    assert text.rstrip() == "Echo: alpha beta", text
+    if kind == "vllm":
+        assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "gamma"), message
+    else:
+        assert (message.stop_reason, message.stop_sequence) == ("end_turn", None), message
+    unmatched = {**kwargs, "stop_sequences": ["zeta"]}
+    answered = ant.messages.create(**unmatched)
+    assert (answered.stop_reason, answered.stop_sequence) == ("end_turn", None), answered

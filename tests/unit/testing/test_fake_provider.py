@@ -1119,3 +1119,28 @@ def test_parallel_tool_calls_without_tools_is_refused_as_openai_does() -> None:
         fake_wire.parse_chat(body)
     assert caught.value.param == "parallel_tool_calls" and "only allowed when 'tools'" in str(caught.value)
     fake_wire.parse_chat({**body, "tools": _functions("a")})
+
+
+async def test_stop_reason_names_the_matched_stop_sequence_as_vllm_does(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """``--stop-reason`` plays vLLM (vllm-project/vllm#2976): the choice's ``stop_reason`` is the
+    stop string matched, null otherwise; without it the field is absent, as OpenAI sends it."""
+    ask = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "alpha beta gamma"}],
+        "stop": ["gamma", "beta"],
+    }
+    plain = await fake(aiohttp_client)
+    assert "stop_reason" not in (await (await post(plain, "/v1/chat/completions", ask)).json())["choices"][0]
+    client = await fake(aiohttp_client, stop_reason=True)
+    choice = (await (await post(client, "/v1/chat/completions", ask)).json())["choices"][0]
+    assert choice["message"]["content"].rstrip() == "Echo: alpha" and choice["stop_reason"] == "beta"
+    unmatched = (await (await post(client, "/v1/chat/completions", {**ask, "stop": ["zeta"]})).json())[
+        "choices"
+    ][0]
+    assert unmatched["finish_reason"] == "stop" and unmatched["stop_reason"] is None
+    streamed = await events(await post(client, "/v1/chat/completions", {**ask, "stream": True}))
+    last = orjson.loads(streamed[-2])["choices"][0]
+    assert last["finish_reason"] == "stop" and last["stop_reason"] == "beta"
+    assert all("stop_reason" not in orjson.loads(e)["choices"][0] for e in streamed[:-2])

@@ -413,3 +413,35 @@ def test_json_outputs_stay_guaranteed_on_chat_when_openai_takes_the_schema_stric
         "response_format"
     ]
     assert "strict" not in fmt["json_schema"]
+
+
+@pytest.mark.parametrize(
+    ("finish", "said", "stops", "expected"),
+    [
+        ("stop", "gamma", ["zeta", "gamma"], ("stop_sequence", "gamma")),  # vLLM names the match
+        ("stop", None, ["gamma"], ("end_turn", None)),  # vLLM: the model's own end
+        ("stop", 128009, ["gamma"], ("end_turn", None)),  # vLLM: a stop token id
+        ("stop", "delta", ["gamma"], ("end_turn", None)),  # not one the client asked for
+        ("stop", "gamma", None, ("end_turn", None)),
+        ("length", "gamma", ["gamma"], ("max_tokens", None)),
+        ("stop", "absent", ["gamma"], ("end_turn", None)),  # (OpenAI, Gemini: no field at all)
+    ],
+)
+def test_a_stop_sequence_is_said_only_when_the_provider_names_it(
+    finish: str, said: object, stops: object, expected: tuple[str, str | None]
+) -> None:
+    """OpenAI's ``stop`` and Gemini's ``STOP`` cover a natural end and a stop sequence alike:
+    ``end_turn``. vLLM's ``stop_reason`` names the matched string: ``stop_sequence`` with it, as
+    Anthropic answers (before: ``end_turn`` and null for every provider; h-xlate2)."""
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+    if said != "absent":
+        choice["stop_reason"] = said
+    completion = {"id": "x", "choices": [{**choice, "message": {"role": "assistant", "content": "hi"}}]}
+    message = message_from_chat(completion, "m", stops)
+    assert (message["stop_reason"], message["stop_sequence"]) == expected
+    converter = ChatToMessagesEvents("m", stops)
+    raw = converter.feed(sse({"id": "x", "choices": [{"index": 0, "delta": {"content": "hi"}}]}))
+    raw += converter.feed(sse({"id": "x", "choices": [{**choice, "delta": {}}]}))
+    raw += converter.feed(b"data: [DONE]\n\n")
+    (delta_event,) = [data for name, data in events(raw) if name == "message_delta"]
+    assert (delta_event["delta"]["stop_reason"], delta_event["delta"]["stop_sequence"]) == expected
