@@ -677,6 +677,9 @@ async def _admit(request: web.Request, state: FakeState, *, needs_body: bool = T
     if deployment is not None:
         if "api-version" not in request.query:
             raise _bad_request("Missing required query parameter: api-version", "api-version")
+        refused = fake_wire.azure_refusal(request.query["api-version"], body)
+        if refused is not None:
+            raise _bad_request(*refused)
         body = {"model": deployment, **body}  # a copy: the stats show the body as it came
     model = body.get("model")
     if isinstance(model, str) and not state.config.serves(model):

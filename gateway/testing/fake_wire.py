@@ -284,6 +284,59 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text[: min(hits)] if hits else text
 
 
+# The Azure OpenAI ``api-version`` (inference, dated) that first took each chat argument, from
+# Azure's "API preview lifecycle" page: function calling in 2023-07-01-preview; ``tools`` /
+# ``tool_choice`` (which replaced ``functions``, with ``seed``, ``logprobs`` and JSON mode) in
+# 2023-12-01-preview; "Changes between 2024-09-01-preview and 2024-08-01-preview":
+# ``max_completion_tokens``, ``parallel_tool_calls``, ``stream_options`` & ``include_usage``
+# added; the 2024-10-21 GA has them (Azure.AI.OpenAI 2.1.0's notes); ``store``, ``metadata``,
+# ``reasoning_effort`` with o1 in 2024-12-01-preview; and in 2025-01-01-preview ``prediction``,
+# ``modalities``, ``audio``, ``user_security_context`` (azure-sdk-for-go azopenai 0.7.2, which
+# added all seven for that version). Structured outputs (``response_format`` ``json_schema``):
+# 2024-08-01-preview. Dated versions compare as dates (a GA version has the features previewed
+# before it: 2024-10-21 has those of 2024-09-01-preview); any other value (``v1``, ``preview``,
+# ``latest``) takes every argument. An argument its version lacks is Azure's 400 "Unrecognized
+# request argument supplied: X" with ``param`` null (openai/openai-python#1724: ``max_completion_tokens``
+# on 2024-08-01-preview; MicrosoftDocs/azure-docs#112948: ``functions`` before 2023-07-01).
+AZURE_ADDED_IN = {
+    "functions": "2023-07-01", "function_call": "2023-07-01",
+    "tools": "2023-12-01", "tool_choice": "2023-12-01", "seed": "2023-12-01",
+    "logprobs": "2023-12-01", "top_logprobs": "2023-12-01", "response_format": "2023-12-01",
+    "max_completion_tokens": "2024-09-01", "parallel_tool_calls": "2024-09-01",
+    "stream_options": "2024-09-01",
+    "store": "2024-12-01", "metadata": "2024-12-01", "reasoning_effort": "2024-12-01",
+    "prediction": "2025-01-01", "modalities": "2025-01-01", "audio": "2025-01-01",
+    "user_security_context": "2025-01-01",
+}  # fmt: skip
+AZURE_JSON_SCHEMA_FROM = "2024-08-01"
+_AZURE_DATED = re.compile(r"(\d{4}-\d{2}-\d{2})(?:-preview)?")
+
+
+def azure_refusal(api_version: str, body: Mapping[str, object]) -> tuple[str, str | None] | None:
+    """Azure's 400 (message, param) for an argument of ``body`` that ``api_version`` does not
+    take, None when it takes them all (see ``AZURE_ADDED_IN``)."""
+    dated = _AZURE_DATED.fullmatch(api_version)
+    if dated is None:
+        return None
+    day = dated.group(1)
+    for name in body:
+        added = AZURE_ADDED_IN.get(name)
+        if added is not None and day < added:
+            return f"Unrecognized request argument supplied: {name}", None
+    response_format = body.get("response_format")
+    if (
+        isinstance(response_format, dict)
+        and response_format.get("type") == "json_schema"
+        and day < AZURE_JSON_SCHEMA_FROM
+    ):
+        # (Azure's words for json_schema where it is not taken, Azure/azure-sdk-for-net#45894)
+        return (
+            "Invalid value: 'json_schema'. Supported values are: 'json_object' and 'text'.",
+            "response_format.type",
+        )
+    return None
+
+
 def matched_stop(text: str, stops: Sequence[str]) -> str | None:
     """The stop sequence ``cut_at_stop`` cuts ``text`` at (the earliest; the first listed of
     those at one place), None when none is in it."""

@@ -40,6 +40,7 @@ PLAIN = """\
   az:
     kind: azure
     base_url: {gpt}
+    api_version: 2025-04-01-preview  # (reasoning_effort from 2024-12-01-preview)
     timeouts: {{connect_s: 1, first_byte_s: 5, total_s: 20}}
 """
 MIXED = """\

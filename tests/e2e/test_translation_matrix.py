@@ -43,15 +43,24 @@ providers:
   gpt: {{kind: openai, base_url: "{gpt}/v1"}}
   az: {{kind: azure, base_url: "{gpt}"}}
   vllm: {{kind: openai, base_url: "{vllm}/v1"}}
+  az_old: {{kind: azure, base_url: "{gpt}", api_version: "2024-06-01"}}
 models:
   claude: {{deployments: [{{provider: claude, model: claude-test}}]}}
   gemini: {{deployments: [{{provider: gem, model: gemini-test}}]}}
   azure: {{deployments: [{{provider: az, model: my-gpt4o}}]}}
   gpt: {{deployments: [{{provider: gpt, model: gpt-test}}]}}
   vllm: {{deployments: [{{provider: vllm, model: llama-test}}]}}
+  azure-old: {{deployments: [{{provider: az_old, model: my-gpt4o}}]}}
 memory: {{enabled: false}}
 """
-FAKE_OF = {"claude": "claude", "gemini": "gem", "azure": "gpt", "gpt": "gpt", "vllm": "vllm"}
+FAKE_OF = {
+    "claude": "claude",
+    "gemini": "gem",
+    "azure": "gpt",
+    "azure-old": "gpt",
+    "gpt": "gpt",
+    "vllm": "vllm",
+}
 CHAT_KINDS = ["claude", "gemini", "azure"]
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 ASK: Any = [{"role": "user", "content": "alpha beta gamma delta"}]
@@ -211,7 +220,10 @@ SHAPES: dict[str, Shape] = {
     ),
     "max_tokens": Shape({"messages": ASK, "max_tokens": 3}, finish="length"),
     "max_completion_tokens": Shape({"messages": ASK, "max_completion_tokens": 3}, finish="length"),
-    "reasoning_effort": Shape({"messages": ASK, "reasoning_effort": "high"}),
+    # (Azure took reasoning_effort from api-version 2024-12-01-preview; the default is 2024-10-21)
+    "reasoning_effort": Shape(
+        {"messages": ASK, "reasoning_effort": "high"}, refused={"azure": "reasoning_effort"}
+    ),
     "developer": Shape({"messages": [{"role": "developer", "content": "Be terse."}, *ASK]}),
     "systems mid-conversation": Shape(
         {
@@ -388,7 +400,8 @@ SHAPES: dict[str, Shape] = {
     "service_tier": Shape({"messages": ASK, "service_tier": "default"}),
     "audio out": Shape(
         {"messages": ASK, "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
-        refused={"claude": "modalities", "gemini": "modalities"},
+        # (Azure: modalities and audio came with api-version 2025-01-01-preview; the default is 2024-10-21)
+        refused={"claude": "modalities", "gemini": "modalities", "azure": "modalities"},
     ),
     "prediction": Shape({"messages": ASK, "prediction": {"type": "content", "content": "Echo: alpha"}}),
     "web_search_options": Shape(
@@ -788,3 +801,47 @@ def test_a_stop_sequence_is_named_only_where_the_provider_says_which(
     unmatched = {**kwargs, "stop_sequences": ["zeta"]}
     answered = ant.messages.create(**unmatched)
     assert (answered.stop_reason, answered.stop_sequence) == ("end_turn", None), answered
+
+
+def test_an_azure_api_version_is_sent_only_what_it_takes(
+    xstack: Stack, oai: openai.OpenAI, ant: anthropic.Anthropic
+) -> None:
+    """The Azure fake refuses an argument its ``api-version`` lacks, as Azure does (h-xlate2).
+    The adapter sends a dated version only what it takes: hints dropped (``store``, ``metadata``,
+    ``seed``), the doors' own ``stream_options`` dropped (a Messages stream to an api-version
+    before 2024-09-01-preview was refused), ``max_completion_tokens`` as ``max_tokens``; what the
+    answer rests on (and ``reasoning_effort``) is refused by name (retryable), not sent."""
+    hints: Any = {"store": True, "metadata": {"k": "v"}, "seed": 7}
+    oai.chat.completions.create(model="azure", messages=ASK, **hints)
+    assert not (set(hints) - {"seed"}) & set(xstack.sent("azure"))  # 2024-10-21 takes seed only
+    done = oai.chat.completions.create(model="azure-old", messages=ASK, max_completion_tokens=3, **hints)
+    assert done.choices[0].finish_reason == "length"
+    sent = xstack.sent("azure-old")
+    assert sent["max_tokens"] == 3 and not {
+        "max_completion_tokens",
+        "store",
+        "metadata",
+        "reasoning_effort",
+    } & set(sent)
+    with ant.messages.stream(model="azure-old", max_tokens=50, messages=M_ASK) as stream:
+        message = stream.get_final_message()
+    assert message.stop_reason == "end_turn" and "stream_options" not in xstack.sent("azure-old")
+    chunks = list(
+        oai.chat.completions.create(
+            model="azure-old", messages=ASK, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("Echo: ")
+    schema: Any = {"type": "json_schema", "json_schema": {"name": "n", "schema": NESTED, "strict": True}}
+    refused: list[tuple[str, Any]] = [
+        ("response_format", {"response_format": schema}),
+        ("parallel_tool_calls", {"tools": [WEATHER], "parallel_tool_calls": False}),
+        ("modalities", {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}),
+        ("reasoning_effort", {"reasoning_effort": "low"}),
+    ]
+    for param, kwargs in refused:
+        with pytest.raises(openai.BadRequestError) as caught:
+            oai.chat.completions.create(model="azure-old", messages=ASK, **kwargs)
+        error: Any = caught.value.body
+        assert error["param"] == param and "api-version 2024-06-01" in error["message"], error
+    oai.chat.completions.create(model="azure", messages=ASK, response_format=schema)  # 2024-10-21 takes it

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.errors import UnsupportedByProvider
 from gateway.policy.model import AzureProvider
 from gateway.providers.azure import DEFAULT_API_VERSION, AzureOpenAIAdapter
 from gateway.providers.base import Endpoint
@@ -100,3 +101,43 @@ def test_an_argument_azure_does_not_know_is_named_in_param() -> None:
     assert error.message == "az: Unrecognized request argument supplied: max_completion_tokens"
     other = {"error": {"message": "Something else.", "type": "invalid_request_error", "param": None}}
     assert adapter().translate_error(400, orjson.dumps(other), None, "az").param is None
+
+
+CHAT_BODY: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _sent(api_version: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    request = adapter(api_version=api_version).build_request(Endpoint.CHAT, body, "dep")
+    parsed: dict[str, Any] = orjson.loads(request.body)  # type: ignore[arg-type]
+    return parsed
+
+
+def test_a_dated_api_version_is_sent_only_the_arguments_it_takes() -> None:
+    """Azure refuses a request holding an argument its api-version lacks (h-xlate2): hints and the
+    doors' own ``stream_options`` are left out, ``max_completion_tokens`` is sent as
+    ``max_tokens``, and what the answer rests on is refused by name, retryable."""
+    hints = {"store": True, "metadata": {"k": "v"}, "seed": 1, "prediction": {}}
+    streamed = {**CHAT_BODY, **hints, "stream": True, "stream_options": {"include_usage": True}}
+    old = _sent("2024-06-01", {**streamed, "max_completion_tokens": 9})
+    assert old == {
+        "messages": CHAT_BODY["messages"], "seed": 1, "stream": True, "max_tokens": 9,
+    }  # fmt: skip
+    assert _sent("2024-06-01", {**CHAT_BODY, "max_completion_tokens": 9, "max_tokens": 5})["max_tokens"] == 5
+    ga = _sent(None, {**streamed, "max_completion_tokens": 9})  # 2024-10-21
+    assert set(ga) == {"messages", "seed", "stream", "stream_options", "max_completion_tokens"}
+    for version in ("v1", "2025-04-01-preview", "preview"):  # (v1: the v1 API's own path)
+        assert {"store", "prediction", "stream_options"} <= set(_sent(version, streamed))
+    schema = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}}
+    refused = [
+        ("2024-07-01-preview", {"response_format": schema}, "response_format"),
+        ("2024-08-01-preview", {"tools": [{}], "parallel_tool_calls": False}, "parallel_tool_calls"),
+        ("2024-10-21", {"modalities": ["audio"], "audio": {}}, "modalities"),
+        ("2023-10-01-preview", {"tools": [{}]}, "tools"),
+        ("2024-10-21", {"reasoning_effort": "low"}, "reasoning_effort"),
+    ]
+    for version, extra, param in refused:
+        with pytest.raises(UnsupportedByProvider) as caught:
+            _sent(version, {**CHAT_BODY, **extra})
+        assert caught.value.param == param and caught.value.retryable
+        assert f"api-version {version}" in caught.value.message
+    assert _sent("2024-08-01-preview", {**CHAT_BODY, "response_format": schema})["response_format"] == schema

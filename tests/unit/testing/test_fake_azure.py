@@ -32,3 +32,54 @@ async def test_azure_paths(aiohttp_client: AiohttpClient) -> None:
         headers={"api-key": "k"},
     )
     assert (await embed.json())["model"] == "emb"
+
+
+async def test_an_argument_the_api_version_lacks_is_refused_as_azure_does(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """Azure's 400 for an argument its api-version does not know ("Unrecognized request argument
+    supplied: X", param null), per the versions that added them (h-xlate2); undated versions
+    (v1, preview) take everything."""
+    client = await aiohttp_client(build_app(FakeConfig()))
+    cases = [
+        ("2024-08-01-preview", {"max_completion_tokens": 5}, "max_completion_tokens"),
+        ("2024-06-01", {"stream": True, "stream_options": {"include_usage": True}}, "stream_options"),
+        ("2024-06-01", {"parallel_tool_calls": False}, "parallel_tool_calls"),
+        ("2024-10-21", {"store": True}, "store"),
+        ("2024-10-21", {"reasoning_effort": "low"}, "reasoning_effort"),
+        ("2024-12-01-preview", {"prediction": {"type": "content", "content": "x"}}, "prediction"),
+        ("2023-10-01-preview", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ("2023-05-15", {"functions": [{"name": "f"}]}, "functions"),
+    ]
+    for version, extra, name in cases:
+        resp = await client.post(f"{PATH}?api-version={version}", data=orjson.dumps({**CHAT, **extra}))
+        assert resp.status == 400, (version, name)
+        error = (await resp.json())["error"]
+        assert (
+            error["message"] == f"Unrecognized request argument supplied: {name}" and error["param"] is None
+        )
+    schema = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}}
+    old = await client.post(
+        f"{PATH}?api-version=2024-07-01-preview", data=orjson.dumps({**CHAT, "response_format": schema})
+    )
+    assert old.status == 400 and (await old.json())["error"]["param"] == "response_format.type"
+    taken = [
+        (
+            "2024-09-01-preview",
+            {
+                "max_completion_tokens": 5,
+                "parallel_tool_calls": False,
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+            },
+        ),
+        (
+            "2024-10-21",
+            {"response_format": schema, "stream": True, "stream_options": {"include_usage": True}},
+        ),
+        ("2025-01-01-preview", {"store": True, "prediction": {"type": "content", "content": "x"}}),
+        ("v1", {"store": True, "verbosity": "low"}),
+        ("preview", {"audio": {"voice": "alloy", "format": "wav"}, "modalities": ["text", "audio"]}),
+    ]
+    for version, extra in taken:
+        resp = await client.post(f"{PATH}?api-version={version}", data=orjson.dumps({**CHAT, **extra}))
+        assert resp.status == 200, (version, await resp.text())
