@@ -164,6 +164,11 @@ class GatewayRequestHandler(RequestHandler, WithholdsContinue):
             if written:
                 if self._logging_enabled:
                     self.log_access(request, resp, start_time)
+                if unsent := transport.get_write_buffer_size():
+                    # The socket was full (a client that stopped reading): watched as below.
+                    self._loop.call_later(
+                        self._write_timeout_s, _watch_unsent, transport, self._write_timeout_s, unsent
+                    )
                 return resp, False
         if not transport.get_write_buffer_size() and _small(resp):
             finished = await _finish(self, request, resp, start_time)
