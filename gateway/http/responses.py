@@ -33,6 +33,8 @@ def json_response(body: bytes, status: int = 200) -> web.Response:
 
 _JSON_TYPE = ((hdrs.CONTENT_TYPE, JSON),)
 _EMPTY_STATUSES = frozenset((204, 304))  # (aiohttp's ``must_be_empty_body``, with 1xx)
+# The characters aiohttp's serialiser refuses in a header (``http_writer._safe_header``'s).
+_CONTROLS = bytes(c for c in range(0x20) if c != 0x09) + b"\x7f"
 _ZLIB_SIZE = web.Response(body=b"")._zlib_executor_size  # (aiohttp's default, however it names it)
 
 
@@ -79,16 +81,22 @@ class WholeJSON(web.Response):
         head = self.head
         if head and self._payload_writer is None and not self._eof_sent:
             self.head = ""
-            for line in head.split("\r\n")[:-1]:
+            lines = head.split("\r\n")[:-1]
+            if len(lines) != self.head_lines:  # a value with a CR LF of its own: an injection
+                raise ValueError(
+                    "Newline or carriage return character detected in HTTP status message or header."
+                )
+            for line in lines:
                 name, _, value = line.partition(": ")
                 self._headers.add(name, value)
         return await super().prepare(request)
 
     def write_now(self, request: web.BaseRequest, transport: asyncio.Transport) -> bool:
         """Write the whole answer to ``transport`` at once, as ``prepare`` and ``write_eof``
-        would; False, having written nothing, when this answer or request needs aiohttp's path.
-        A header name or value with CR or LF raises ``ValueError`` as aiohttp's serialiser does
-        (a header injection never reaches the wire)."""
+        would; False, having written nothing, when this answer or request needs aiohttp's path,
+        a header aiohttp's serialiser would refuse or alter among them (a control character other
+        than tab, CR LF included: aiohttp's path then raises its ``ValueError``; a lone surrogate,
+        which it drops)."""
         if (
             self._payload_writer is not None
             or self._eof_sent
@@ -132,13 +140,17 @@ class WholeJSON(web.Response):
             lines.append("Connection: close\r\n")
             ends += 1
         text = f"HTTP/1.1 {self._status} {self._reason}\r\n{''.join(lines)}\r\n"
-        # Every CR and LF is one of the line ends written above: one pair per header line, the
-        # status line's and the blank line's (aiohttp's serialiser refuses a header with either).
-        if text.count("\r") != ends or text.count("\n") != ends:
-            raise ValueError(
-                "Newline or carriage return character detected in HTTP status message or header."
-            )
-        encoded = text.encode()
+        try:
+            encoded = text.encode()
+        except UnicodeEncodeError:  # a lone surrogate, which aiohttp's serialiser drops
+            return False
+        # Every control character aiohttp's serialiser refuses (all but tab: CR and LF, NUL,
+        # DEL...) must be one of the line ends written above, a CR LF per header line (``head``'s
+        # counted as they were made), the status line's and the blank line's; any other is
+        # aiohttp's path's to refuse (ValueError, nothing written: a header injection never
+        # reaches the wire; ``prepare`` refuses ``head``'s lines if a value split one).
+        if len(encoded.translate(None, _CONTROLS)) != len(encoded) - 2 * ends:
+            return False
         if transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")  # (as aiohttp's writer)
         writer = request._payload_writer

@@ -8,6 +8,12 @@ is a raw socket. Each test failed before its fix.
   transport with no watch: the connection and its bytes stayed for as long as the client kept
   the socket (aiohttp's keep-alive close waits for them), where aiohttp's path let it go after
   ``response_write_timeout_s``.
+- ``test_a_header_the_one_pass_cannot_write_as_aiohttp_does_takes_aiohttps_path``: the one pass
+  refused CR and LF only, and wrote the other control characters aiohttp's serialiser refuses
+  (NUL, DEL, ...: a policy's upstream model name reaches ``x-gateway-model``) onto the wire; and
+  a lone surrogate, which aiohttp's serialiser drops, raised in the one pass and dropped the
+  connection. Such an answer now goes through aiohttp's path: the same outcome as before the
+  one pass, byte for byte.
 """
 
 from __future__ import annotations
@@ -44,6 +50,52 @@ async def serve() -> AsyncIterator[Callable[[web.Application], object]]:
     yield go
     for runner in runners:
         await runner.cleanup()
+
+
+async def _reply(port: int) -> bytes:
+    """One request's raw reply, up to the server's close or its whole answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /answer HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while (end := got.find(b"\r\n\r\n")) < 0 or len(got) < end + 4 + len(ANSWER):
+        chunk = await asyncio.wait_for(reader.read(65536), 10)
+        if not chunk:
+            break
+        got += chunk
+    writer.close()
+    return b"\r\n".join(b"Date: -" if line.startswith(b"Date: ") else line for line in got.split(b"\r\n"))
+
+
+WRITTEN = ("m\tx", "mé")  # a tab and non-ASCII (as UTF-8) are allowed
+REFUSED = ("m\x00x", "m\x01x", "m\x0bx", "m\x1fx", "m\x7fx")  # aiohttp's forbidden controls
+
+
+@pytest.mark.parametrize("value", [*WRITTEN, *REFUSED, "m\ud800x"])
+async def test_a_header_the_one_pass_cannot_write_as_aiohttp_does_takes_aiohttps_path(
+    serve: Callable[[web.Application], object], value: str
+) -> None:
+    def app(kind: type[web.Response]) -> web.Application:
+        async def answer(request: web.Request) -> web.StreamResponse:
+            if kind is WholeJSON:
+                return WholeJSON(ANSWER, 200, {"x-gateway-model": value})
+            return web.Response(
+                body=ANSWER, content_type="application/json", headers={"x-gateway-model": value}
+            )
+
+        served = web.Application()
+        served.router.add_get("/answer", answer)
+        return served
+
+    whole = await _reply(await serve(app(WholeJSON)))  # type: ignore[misc]
+    plain = await _reply(await serve(app(web.Response)))  # type: ignore[misc]
+    # (aiohttp's ``Response`` puts its Content-Type after the headers it is given)
+    assert sorted(whole.split(b"\r\n")) == sorted(plain.split(b"\r\n"))
+    if value in WRITTEN:
+        assert b"\r\nx-gateway-model: " + value.encode() + b"\r\n" in whole
+    elif value in REFUSED:
+        assert whole == b""  # refused: nothing written, the connection closed
+    else:
+        assert b"\r\nx-gateway-model: mx\r\n" in whole  # (aiohttp drops a lone surrogate)
 
 
 async def test_an_answer_left_unsent_by_the_one_pass_is_watched(
