@@ -549,6 +549,10 @@ NAMED = [
     ("POST", "/v1/chat/completions", orjson.dumps({**CHAT, "model": "nope"}), 404),
     ("GET", "/v1/chat/completions", b"", 405),
     ("GET", "/no/such/route", b"", 404),
+    # Targets whose path is empty (authority-form, absolute-form without a path): aiohttp's router
+    # answered them itself, past the catch-all (h-probe8)
+    ("CONNECT", "localhost:443", b"", 404),
+    ("GET", "http://localhost", b"", 404),
     ("GET", "/health/live", b"", 200),
     ("GET", "/metrics", b"", 200),
 ]
