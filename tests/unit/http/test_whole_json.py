@@ -297,47 +297,40 @@ def test_the_gateway_head_holds_what_add_gateway_headers_sets(record: CallRecord
         assert sorted(got) == sorted(expected.items())
 
 
-async def test_a_line_break_in_a_gateway_value_is_refused_not_written(serve: Callable[..., object]) -> None:
+async def _hit_answer(category: str, raw: bytes) -> bytes:
+    """``raw``'s reply from a server answering a cache hit of ``category``, the gateway's lines
+    in ``head`` (as the middleware leaves a ``WholeJSON``)."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        record = CallRecord(model="m", cache=CacheOutcome("hit", category, "exact", "x"))
+        response = WholeJSON(BODY)
+        response.head, response.head_lines = gateway_head("rid", record)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", answer)
+    runner = GatewayRunner(app, access_log=None, request_read_timeout_s=10)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        return await _exchange(runner.addresses[0][1], raw)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"], ids=["one pass", "aiohttp's path"])
+async def test_a_line_break_in_a_gateway_value_is_refused_not_written(version: str) -> None:
     """A value in the gateway's own lines with a CR LF (here a category name) does not inject a
-    header: ``write_now`` counts the lines by how they were made, not by the text."""
-
-    async def answer(request: web.Request) -> web.StreamResponse:
-        record = CallRecord(model="m", cache=CacheOutcome("hit", "evil\r\nSet-Cookie: stolen=1", None, "x"))
-        response = WholeJSON(BODY)
-        response.head, response.head_lines = gateway_head("rid", record)
-        return response
-
-    app = web.Application()
-    app.router.add_get("/", answer)
-    runner = GatewayRunner(app, access_log=None, request_read_timeout_s=10)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        assert await _exchange(runner.addresses[0][1], _request("/", method="GET")) == b""
-    finally:
-        await runner.cleanup()
+    header, on either path: ``write_now`` counts the lines by how they were made, not by the
+    text, and ``prepare`` refuses lines that do not split into that count."""
+    raw = _request("/", method="GET", version=version)
+    assert await _hit_answer("evil\r\nSet-Cookie: stolen=1", raw) == b""
 
 
-async def test_the_gateway_head_goes_into_the_headers_on_aiohttps_path(serve: Callable[..., object]) -> None:
+async def test_the_gateway_head_goes_into_the_headers_on_aiohttps_path() -> None:
     """HTTP/1.0 (aiohttp's path): the serialised lines are still sent, as headers."""
-
-    async def answer(request: web.Request) -> web.StreamResponse:
-        response = WholeJSON(BODY)
-        record = CallRecord(model="m", cache=CacheOutcome("hit", "c", "exact", "x"))
-        response.head, response.head_lines = gateway_head("rid", record)
-        return response
-
-    app = web.Application()
-    app.router.add_get("/", answer)
-    runner = GatewayRunner(app, access_log=None, request_read_timeout_s=10)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        got = await _exchange(runner.addresses[0][1], _request("/", method="GET", version="1.0"))
-    finally:
-        await runner.cleanup()
+    got = await _hit_answer("c", _request("/", method="GET", version="1.0"))
     (status, lines, body) = _messages(got, "")[0]
     assert status == b"HTTP/1.0 200 OK" and body == BODY
     assert b"x-gateway-cache-category: c" in lines and b"Server: sophia-gateway" in lines
