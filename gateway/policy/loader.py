@@ -14,6 +14,7 @@ import difflib
 import gc
 import hashlib
 import os
+import re
 import stat
 import types
 import typing
@@ -284,15 +285,22 @@ class _NamesAsWritten(yaml.constructor.SafeConstructor):
                 node.value = value
 
 
+_LOC_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def format_loc(loc: Loc) -> str:
     """``("models", "gpt-4o", "deployments", 1)`` -> ``models.gpt-4o.deployments[1]``; a key
-    beyond ``quoting.QUOTE_MAX_CHARS`` characters is cut (``bounded``)."""
+    beyond ``quoting.QUOTE_MAX_CHARS`` characters is cut (``bounded``), and a control character
+    in one is written escaped (``\\x1b``): never sent raw to the terminal showing the problem."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{bounded(part)}" if out else bounded(part)
+            text = bounded(part)
+            if _LOC_CONTROL.search(text) is not None:
+                text = _LOC_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+            out += f".{text}" if out else text
     return out
 
 

@@ -15,6 +15,7 @@ import urllib.parse
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -42,6 +43,25 @@ def _parse_size(value: object) -> object:
         return int(float(match.group(1)) * _UNITS[(match.group(2) or "B").lower()])
     return value
 
+
+# A control character (C0 but tab, or DEL: what aiohttp refuses in a header value) in a name the
+# gateway sends back in its response headers (``x-gateway-provider``, ``-model``, ``-group``,
+# ``-cache-category``): aiohttp refuses to write such a header, so every answer naming it lost
+# its connection, with an ERROR traceback in the log (h-probe8). Refused where the name is written.
+_NAME_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _no_control(value: str) -> str:
+    found = _NAME_CONTROL.search(value)
+    if found is not None:
+        raise ValueError(
+            f"contains the control character U+{ord(found.group()):04X}: names are sent in response "
+            "headers (x-gateway-provider, x-gateway-model, ...), which cannot carry one"
+        )
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_no_control)]
 
 ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
 ByteCount = Annotated[int, BeforeValidator(_parse_size), Field(ge=0)]  # a size that may be 0
@@ -672,7 +692,7 @@ class Deployment(_Strict):
     """One way to serve a model: a provider and the model name it knows."""
 
     provider: str = Field(description="A key of `providers`.")
-    model: str = Field(min_length=1, description="The model name sent to the provider.")
+    model: HeaderName = Field(min_length=1, description="The model name sent to the provider.")
     price: Price = Price()
     quality: float = Field(
         0.5,
@@ -1066,7 +1086,7 @@ class Cache(_Strict):
         "(header or rule).",
     )
     default_category: str = Field("common_queries", description="Category when nothing picks one.")
-    categories: dict[str, CacheCategory] = Field(default_factory=_seed_categories, min_length=1)
+    categories: dict[HeaderName, CacheCategory] = Field(default_factory=_seed_categories, min_length=1)
     rules: list[CacheRule] = Field(default_factory=list, description="First match picks the category.")
     lookup_timeout_ms: float = Field(
         50,
@@ -1517,8 +1537,8 @@ class Policy(_Strict):
     limits: Limits = Limits()
     auth: Auth = Auth()
     responses: ResponsesSettings = ResponsesSettings()
-    providers: dict[str, Provider] = Field(min_length=1)
-    models: dict[str, ModelGroup] = Field(min_length=1)
+    providers: dict[HeaderName, Provider] = Field(min_length=1)
+    models: dict[HeaderName, ModelGroup] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _providers_exist(self) -> Policy:

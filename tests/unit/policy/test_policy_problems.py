@@ -292,3 +292,41 @@ def test_the_snowflake_statement_timeout_is_bounded_as_snowflake_bounds_it(value
         "p.yaml:5: memory.pool.statement_timeout_s: Input should be "
         + ("greater than 0" if value == "0" else "less than or equal to 604800")
     ]
+
+
+def test_a_control_character_in_a_name_sent_in_response_headers_is_refused() -> None:
+    """A provider, a model group, a deployment's model and a cache category are named in every
+    answer's ``x-gateway-*`` headers; aiohttp refuses to write a header with a control character
+    (but tab), so a policy that let one in lost the connection of every answer naming it, with an
+    ERROR traceback (h-probe8). Refused where it is written, all in one run; a tab passes."""
+    text = """\
+version: 1
+providers:
+  "open\\x01ai": {kind: openai, base_url: "http://a.test/v1"}
+  plain: {kind: openai, base_url: "http://b.test/v1"}
+models:
+  "chat\\x02":
+    deployments: [{provider: plain, model: "gpt\\x7f4o"}]
+  tabbed:
+    deployments: [{provider: plain, model: "gpt\\t4o"}]
+cache:
+  default_category: faq
+  categories:
+    faq: {ttl_s: 60, max_bytes: 1MB}
+    "f\\x1baq": {ttl_s: 60, max_bytes: 1MB}
+"""
+    found = problems(text)
+    because = "names are sent in response headers (x-gateway-provider, x-gateway-model, ...), which cannot carry one"
+    # (each path's control character written escaped: never raw to the terminal)
+    assert sorted(found) == sorted(
+        [
+            f"p.yaml:3: providers.open\\x01ai.[key]: contains the control character U+0001: {because}",
+            f"p.yaml:7: models.chat\\x02.[key]: contains the control character U+0002: {because}",
+            f"p.yaml:7: models.chat\\x02.deployments[0].model: contains the control character U+007F: {because}",
+            f"p.yaml:14: cache.categories.f\\x1baq.[key]: contains the control character U+001B: {because}",
+        ]
+    )
+    policy = parse_policy(
+        text.replace("\\x01", "").replace("\\x02", "").replace("\\x7f", "").replace('"f\\x1baq"', "other")
+    )
+    assert policy.models["tabbed"].deployments[0].model == "gpt\t4o"
