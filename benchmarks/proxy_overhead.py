@@ -52,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.processes import Logged, gateway_command, launch  # noqa: E402
+from benchmarks.processes import Logged, gateway_command, launch, process_tree  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 from gateway.testing.process import ManagedProcess, free_port, start  # noqa: E402
 
@@ -154,6 +154,8 @@ SCORE16, SCORE1, HIT16, HIT1, REDIS1, REDIS16 = (
     "Redis hit c1",
     "Redis hit c16",
 )
+# The 1-connection rows again with every process on the proxy's core (``measure_one_core``).
+ONE_CORE = " (one core)"
 
 
 def kinds_for(compared: tuple[str, ...]) -> list[Kind]:
@@ -174,6 +176,29 @@ def kinds_for(compared: tuple[str, ...]) -> list[Kind]:
         Kind(REDIS1, HIT_BODY % "bench", 1, (REDIS_GATEWAY, REDIS_FLOOR), per_forwarded=False),
         Kind(REDIS16, HIT_BODY % "bench", 16, (REDIS_GATEWAY, REDIS_FLOOR), per_forwarded=False),
     ]
+
+
+def one_core_kinds(compared: tuple[str, ...]) -> list[Kind]:
+    """The latency rows at 1 connection, measured again with the load generator, the fake provider,
+    Redis and the log collectors on the proxies' core (``Run.measure_one_core``)."""
+    chat = tuple(t for t in compared if t in (FLOOR, GATEWAY, LOG_OFF))
+    return [
+        Kind(CHAT1 + ONE_CORE, BODY % "bench", 1, chat),
+        Kind(STREAM1 + ONE_CORE, STREAM_BODY % "bench", 1, (FLOOR, GATEWAY), probe=True),
+        Kind(HIT1 + ONE_CORE, HIT_BODY % "bench", 1, (GATEWAY, ANSWER_FLOOR), per_forwarded=False),
+        Kind(REDIS1 + ONE_CORE, HIT_BODY % "bench", 1, (REDIS_GATEWAY, REDIS_FLOOR), per_forwarded=False),
+    ]
+
+
+def pin_tree(pid: int, cpu: int) -> int:
+    """Move ``pid``, its descendants and all their threads to core ``cpu``; how many threads."""
+    moved = 0
+    for proc in process_tree(pid):
+        for task in Path(f"/proc/{proc}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):
+                os.sched_setaffinity(int(task.name), {cpu})
+                moved += 1
+    return moved
 
 
 def tree_env(tree: Path, **extra: str) -> dict[str, str]:
@@ -554,6 +579,9 @@ def main() -> int:
         help="run the gateway (and the fake provider) of revision REV, not the working tree",
     )
     parser.add_argument("--no-workers", action="store_true", help="skip the workers rows")
+    parser.add_argument(
+        "--no-one-core", action="store_true", help="skip the 1-connection rows with every process on one core"
+    )
     parser.add_argument("--no-write", action="store_true", help="print the section, do not write RESULTS.md")
     args = parser.parse_args()
     if args.rounds < 1 or args.duration < 1:
@@ -568,8 +596,9 @@ def main() -> int:
     kinds = kinds_for(compared)
     load_before = os.getloadavg()[0]
     run = Run(args, wrk, warmup, head, dirty, baseline_rev, current_rev, load_before)
+    timed = kinds + ([] if args.no_one_core else one_core_kinds(compared))
     print(
-        f"planned: about {planned_seconds(kinds, args.duration, warmup, args.rounds, 0 if args.no_workers else 4)} s "
+        f"planned: about {planned_seconds(timed, args.duration, warmup, args.rounds, 0 if args.no_workers else 4)} s "
         f"of timed runs ({args.rounds} round(s), {args.duration} s per run)",
         flush=True,
     )
@@ -677,11 +706,39 @@ class Run:
                         {k: round(v, 3) for k, v in result.items()},
                         flush=True,
                     )
+        if not args.no_one_core:
+            self.measure_one_core(targets, fake.url)
         self.spread = served_by(targets[GATEWAY].url + CHAT_PATH, "bench-score", 300)
         for name in (GATEWAY, LOG_OFF):
             proc = procs[name]
             proc.stop()
             self.log_lines[name] = sum(1 for _ in proc.log.open(errors="replace"))
+
+    def measure_one_core(self, targets: dict[str, Target], fake_url: str) -> None:
+        """The 1-connection rows again, every process of this run (fake provider, Redis, the log
+        collectors, wrk, the probe) moved to the proxies' core. At 1 connection nothing runs in
+        parallel (client, proxy, upstream and Redis take turns), so one core costs no throughput;
+        what it removes is the wake-up of another core at each turn, which on a virtual machine
+        is a hypervisor's rescheduling of an idle vCPU: here it added ~0.1 ms to every turn's
+        median and ~2 ms to the p99 of bare aiohttp answering fixed bytes (ARCHITECTURE.md)."""
+        moved = pin_tree(os.getpid(), PROXY_CPU)
+        os.sched_setaffinity(0, {LOAD_CPU})  # (this process only times; it stays where it was)
+        self.notes.append(f"one-core rows: {moved} threads of this run's processes moved to core {PROXY_CPU}")
+        kinds = one_core_kinds(tuple(t for t in targets if t != DIRECT))
+        for kind in kinds:  # a warm-up on the new layout
+            for name in kind.targets:
+                if not kind.probe:
+                    run_wrk(self.wrk, targets[name].url + CHAT_PATH, kind.body, 1, self.warmup, PROXY_CPU)
+        for index in range(self.args.rounds):
+            for kind in kinds:
+                for name in rotated(kind.targets, index):
+                    result = measure(self.wrk, kind, targets[name], fake_url, self.args.duration, PROXY_CPU)
+                    self.results[(kind.name, name)].append(result)
+                    print(
+                        f"round {index + 1} {kind.name} [{name}]",
+                        {k: round(v, 3) for k, v in result.items()},
+                        flush=True,
+                    )
 
     def prime(self, kinds: list[Kind], targets: dict[str, Target], fake_url: str) -> None:
         """Warm-up runs, the stream checks, the events per stream, and that hits are hits."""

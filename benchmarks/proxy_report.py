@@ -22,6 +22,7 @@ from benchmarks.proxy_overhead import (
     HIT16,
     LOG_OFF,
     LONG16,
+    ONE_CORE,
     REDIS1,
     REDIS16,
     REDIS_FLOOR,
@@ -158,6 +159,8 @@ def render(run: Run, kinds: list[Kind]) -> list[str]:
         f"| {med(REDIS1, REDIS_FLOOR, 'p50_ms'):.3f} | {med(REDIS1, REDIS_FLOOR, 'p99_ms'):.3f} |",
     ]
 
+    lines += _one_core_table(run)
+
     # --- workers ---------------------------------------------------------------------------------
     lines += [
         "",
@@ -227,7 +230,7 @@ def render(run: Run, kinds: list[Kind]) -> list[str]:
         "Ratios are medians of the per-round ratios (each round's pair measured back to back).",
         f"- p50 at 1 connection, gateway - floor: **{p50_added:+.3f} ms** (target <= {TARGET_P50_ADDED_MS} ms): "
         f"{_verdict(p50_added <= TARGET_P50_ADDED_MS)}; p99: **{p99_added:+.3f} ms** (target <= {TARGET_P99_ADDED_MS} ms): "
-        f"{_verdict(p99_added <= TARGET_P99_ADDED_MS)}.",
+        f"{_verdict(p99_added <= TARGET_P99_ADDED_MS)}" + _one_core_latency(run) + ".",
         f"- Streaming, time to first byte p50 at 1 connection, gateway - floor: **{ttfb_added:+.3f} ms** (target <= "
         f"{TARGET_TTFB_ADDED_MS} ms): {_verdict(ttfb_added <= TARGET_TTFB_ADDED_MS)}; to the first `data:` event "
         f"{event_added:+.3f} ms. Per-chunk relay cost: gateway **{_f(per_chunk.get(GATEWAY, math.nan), 1)} us**, "
@@ -240,6 +243,7 @@ def render(run: Run, kinds: list[Kind]) -> list[str]:
         f"- Redis cache hit p99 at 1 connection: **{redis_p99:.3f} ms** (target <= {TARGET_REDIS_HIT_P99_MS} ms): "
         f"{_verdict(redis_p99 <= TARGET_REDIS_HIT_P99_MS)}"
         + ("" if run.hiredis else " (without hiredis)")
+        + _one_core_redis(run)
         + f"; the Redis hit's floor (bare aiohttp answering bytes from one Redis GET, same pinning and Redis) "
         f"{redis_floor_p99:.3f} ms, the gateway {redis_p99 - redis_floor_p99:+.3f} ms above it"
         + f". In-process hit: **{hit_rps:.0f}** requests/s on one core (target >= {TARGET_MEMORY_HIT_RPS:,}): "
@@ -287,6 +291,63 @@ def render(run: Run, kinds: list[Kind]) -> list[str]:
         + "`.",
     ]
     return lines
+
+
+def _one_core_table(run: Run) -> list[str]:
+    """The 1-connection rows measured with every process on the proxies' core, if they were."""
+    rows = [
+        ("non-streaming chat", CHAT1, (FLOOR, GATEWAY, LOG_OFF), "p50_ms", "p99_ms"),
+        ("stream, time to first byte", STREAM1, (FLOOR, GATEWAY), "first_byte_p50_ms", "first_byte_p99_ms"),
+        ("in-process hit", HIT1, (ANSWER_FLOOR, GATEWAY), "p50_ms", "p99_ms"),
+        ("Redis hit", REDIS1, (REDIS_FLOOR, REDIS_GATEWAY), "p50_ms", "p99_ms"),
+    ]
+    if not any((kind + ONE_CORE, t) in run.results for _, kind, targets, _, _ in rows for t in targets):
+        return []
+    lines = [
+        "",
+        "**At 1 connection, two layouts** (the same processes; `split`: the rows above, proxy on core 0 and "
+        "everything else on core 1; `one core`: every process of the run moved to core 0 afterwards, wrk "
+        "and the probe too. At 1 connection client, proxy, upstream and Redis take turns, so one core costs "
+        "no throughput; it removes the wake-up of the other core at every turn, which on a virtual machine "
+        "is the hypervisor rescheduling an idle vCPU. The floors' split rows show what that wake-up costs "
+        "here):",
+        "",
+        "| request | proxy | p50 ms split | p99 ms split | p50 ms one core | p99 ms one core |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, kind, targets, p50, p99 in rows:
+        for target in targets:
+            lines.append(
+                f"| {label} | {target} | {_f(run.med(kind, target, p50), 3)} | {_f(run.med(kind, target, p99), 3)} "
+                f"| {_f(run.med(kind + ONE_CORE, target, p50), 3)} | {_f(run.med(kind + ONE_CORE, target, p99), 3)} |"
+            )
+    return lines
+
+
+def _one_core_latency(run: Run) -> str:
+    """The p50 / p99 and first-byte verdicts again on the one-core layout ('' if not measured)."""
+    kind, stream = CHAT1 + ONE_CORE, STREAM1 + ONE_CORE
+    if (kind, GATEWAY) not in run.results:
+        return ""
+    p50 = run.med(kind, GATEWAY, "p50_ms") - run.med(kind, FLOOR, "p50_ms")
+    p99 = run.med(kind, GATEWAY, "p99_ms") - run.med(kind, FLOOR, "p99_ms")
+    ttfb = run.med(stream, GATEWAY, "first_byte_p50_ms") - run.med(stream, FLOOR, "first_byte_p50_ms")
+    return (
+        f". With every process on one core (no wake-up of another vCPU in the turn): p50 **{p50:+.3f} ms** "
+        f"{_verdict(p50 <= TARGET_P50_ADDED_MS)}, p99 **{p99:+.3f} ms** {_verdict(p99 <= TARGET_P99_ADDED_MS)}, "
+        f"stream first byte {ttfb:+.3f} ms {_verdict(ttfb <= TARGET_TTFB_ADDED_MS)}"
+    )
+
+
+def _one_core_redis(run: Run) -> str:
+    kind = REDIS1 + ONE_CORE
+    if (kind, REDIS_GATEWAY) not in run.results:
+        return ""
+    p99, floor = run.med(kind, REDIS_GATEWAY, "p99_ms"), run.med(kind, REDIS_FLOOR, "p99_ms")
+    return (
+        f"; with every process on one core: **{p99:.3f} ms** {_verdict(p99 <= TARGET_REDIS_HIT_P99_MS)} "
+        f"(its floor {floor:.3f} ms, p50 {run.med(kind, REDIS_GATEWAY, 'p50_ms'):.3f} ms)"
+    )
 
 
 def _median(values: list[float]) -> float:

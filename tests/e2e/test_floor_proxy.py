@@ -5,6 +5,8 @@ event), on one port with several processes too."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ import redis
 
 from benchmarks.floor_proxy import ANSWER_KEY
 from benchmarks.processes import Logged, launch, process_tree
-from benchmarks.proxy_overhead import BODY, LONG_STREAM_BODY, STREAM_BODY
+from benchmarks.proxy_overhead import BODY, LONG_STREAM_BODY, STREAM_BODY, pin_tree
 from benchmarks.stream_probe import probe
 from gateway.testing.process import ManagedProcess, start
 from gateway.testing.redis_server import PrivateRedis
@@ -123,3 +125,29 @@ def test_the_redis_answering_floor_answers_from_one_redis_get(fake: ManagedProce
                 assert client.info("commandstats")["cmdstat_get"]["calls"] - before == 4  # 3 + ours
         finally:
             assert proxy.stop() == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
+def test_the_one_core_layout_moves_every_thread_of_a_process_tree() -> None:
+    """``pin_tree`` moves a process, its children and every thread of each (a Redis keeps
+    background threads; a thread left on the other core would wake it again)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    script = (
+        "import subprocess, sys, threading, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        threads = [int(t.name) for pid in (parent.pid, child) for t in Path(f"/proc/{pid}/task").iterdir()]
+        assert len(threads) >= 3
+        target = cpus[-1]
+        assert pin_tree(parent.pid, target) == len(threads)
+        assert all(os.sched_getaffinity(tid) == {target} for tid in threads)
+    finally:
+        parent.kill()
+        parent.wait()
