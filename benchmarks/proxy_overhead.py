@@ -190,10 +190,11 @@ def one_core_kinds(compared: tuple[str, ...]) -> list[Kind]:
     ]
 
 
-def pin_tree(pid: int, cpu: int) -> int:
-    """Move ``pid``, its descendants and all their threads to core ``cpu``; how many threads."""
+def pin_tree(pid: int, cpu: int, root: bool = True) -> int:
+    """Move ``pid`` (unless ``root`` is False), its descendants and all their threads to core
+    ``cpu``; how many threads."""
     moved = 0
-    for proc in process_tree(pid):
+    for proc in process_tree(pid)[0 if root else 1 :]:
         for task in Path(f"/proc/{proc}/task").glob("*"):
             with contextlib.suppress(OSError, ValueError):
                 os.sched_setaffinity(int(task.name), {cpu})
@@ -721,8 +722,9 @@ class Run:
         what it removes is the wake-up of another core at each turn, which on a virtual machine
         is a hypervisor's rescheduling of an idle vCPU: here it added ~0.1 ms to every turn's
         median and ~2 ms to the p99 of bare aiohttp answering fixed bytes (ARCHITECTURE.md)."""
-        moved = pin_tree(os.getpid(), PROXY_CPU)
-        os.sched_setaffinity(0, {LOAD_CPU})  # (this process only times; it stays where it was)
+        # Not this process (it only times, and what it starts later, the workers phase's
+        # processes, inherits its cores).
+        moved = pin_tree(os.getpid(), PROXY_CPU, root=False)
         self.notes.append(f"one-core rows: {moved} threads of this run's processes moved to core {PROXY_CPU}")
         kinds = one_core_kinds(tuple(t for t in targets if t != DIRECT))
         for kind in kinds:  # a warm-up on the new layout

@@ -146,6 +146,10 @@ def test_the_one_core_layout_moves_every_thread_of_a_process_tree() -> None:
         threads = [int(t.name) for pid in (parent.pid, child) for t in Path(f"/proc/{pid}/task").iterdir()]
         assert len(threads) >= 3
         target = cpus[-1]
+        before = os.sched_getaffinity(parent.pid)
+        assert pin_tree(parent.pid, target, root=False) == 1  # the child's one thread
+        assert os.sched_getaffinity(child) == {target}
+        assert os.sched_getaffinity(parent.pid) == before
         assert pin_tree(parent.pid, target) == len(threads)
         assert all(os.sched_getaffinity(tid) == {target} for tid in threads)
     finally:
