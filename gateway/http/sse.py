@@ -43,6 +43,19 @@ _SSE_HEADERS = {
 }
 
 
+class StreamAnswer(web.StreamResponse):
+    """A stream's response whose status line and headers go out with its first chunk, in one
+    write, not alone at ``prepare`` (aiohttp's ``StreamResponse`` sends them at once; its whole
+    ``Response`` buffers them like this, the same attribute). ``send_stream`` prepares it only
+    once the stream's first chunk is in hand (a provider stream is answered once its first chunk
+    has arrived, so it can still fail over: ``service/streams.RoutedStream``), so nothing waits
+    for it: each stream makes one system call and one TCP segment fewer, and its first byte
+    carries its first event (ARCHITECTURE.md, twenty-ninth round). A stream that ends with no
+    chunk sends them with its end (``write_eof``); one cut before any chunk sends nothing."""
+
+    _send_headers_immediately = False
+
+
 def _failure_fields(request_id: str, error: GatewayError) -> dict[str, str]:
     """The log's fields for a stream failed mid-way: its reason and, in ``detail`` only (never
     sent to the client), what the provider or the library said (key scrubbed at the transport)."""
@@ -102,7 +115,7 @@ async def send_stream(
     an error, never a shorter file taken for whole)."""
     # A binary answer keeps the stream's other headers: a proxy in front must not buffer it whole.
     headers = _SSE_HEADERS if media_type is None else {**_SSE_HEADERS, "Content-Type": media_type}
-    response = web.StreamResponse(status=200, headers=headers)
+    response = StreamAnswer(status=200, headers=headers)
     call = request[keys.REQUEST_CALL]
     add_gateway_headers(response.headers, request_id, call)
     call.streaming = True

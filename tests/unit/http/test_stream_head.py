@@ -1,0 +1,137 @@
+"""A stream's status line and headers go out with its first chunk, in one write
+(``sse.StreamAnswer``), over real loopback HTTP; the server's transport counts its writes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway import keys
+from gateway.errors import StreamInterrupted, UpstreamError
+from gateway.http.connection import GatewayRunner
+from gateway.http.sse import send_stream
+from gateway.service.context import CallRecord
+
+
+class Counting:
+    """The server side's real transport, each write (or writelines) kept whole as it went."""
+
+    def __init__(self, real: asyncio.Transport) -> None:
+        self._real = real
+        self.writes: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+        self._real.write(data)
+
+    def writelines(self, chunks: Iterable[Any]) -> None:
+        parts = [bytes(chunk) for chunk in chunks]
+        self.writes.append(b"".join(parts))
+        self._real.writelines(parts)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class Chunks:
+    """An answer stream of fixed chunks; ``fail_after``: raise the mid-stream error then."""
+
+    def __init__(self, chunks: list[bytes], fail_after: int | None = None) -> None:
+        self._chunks = chunks
+        self._fail_after = fail_after
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i, chunk in enumerate(self._chunks):
+            if i == self._fail_after:
+                raise StreamInterrupted("upstream_closed", "p", UpstreamError("closed", provider="p"))
+            yield chunk
+
+    async def aclose(self) -> None:
+        return None
+
+    def drained(self) -> None:
+        return None
+
+
+EVENTS = [b'data: {"n":1}\n\n', b'data: {"n":2}\n\n', b"data: [DONE]\n\n"]
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[int, list[Counting]]]:
+    transports: list[Counting] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        counting = Counting(request.transport)  # type: ignore[arg-type]
+        request.protocol.transport = counting  # type: ignore[assignment]  # what aiohttp writes through
+        transports.append(counting)
+        request[keys.REQUEST_CALL] = CallRecord()
+        kind = request.query.get("kind", "three")
+        stream = {
+            "three": Chunks(EVENTS),
+            "none": Chunks([]),
+            "fails": Chunks(EVENTS, fail_after=1),
+        }[kind]
+        return await send_stream(request, stream, "req-1")
+
+    app = web.Application()
+    # (what ``send_stream`` reads of the policy: the write timeout of a client that stops reading)
+    app[keys.POLICY] = SimpleNamespace(server=SimpleNamespace(response_write_timeout_s=10.0))  # type: ignore[misc]
+    app.router.add_get("/stream", handler)
+    runner = GatewayRunner(app, access_log=None, request_read_timeout_s=10)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield runner.addresses[0][1], transports
+    await runner.cleanup()
+
+
+async def _get(port: int, kind: str) -> tuple[aiohttp.ClientResponse, bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/stream?kind={kind}") as resp,
+    ):
+        return resp, await resp.read()
+
+
+async def test_the_head_goes_out_with_the_first_event(served: tuple[int, list[Counting]]) -> None:
+    port, transports = served
+    resp, body = await _get(port, "three")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "text/event-stream"
+    assert resp.headers["x-request-id"] == "req-1"
+    assert body == b"".join(EVENTS)
+    writes = transports[0].writes
+    # One write per chunk and one for the end: the head rode with the first chunk.
+    assert len(writes) == len(EVENTS) + 1, writes
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert writes[0].endswith(b"\r\n\r\n" + f"{len(EVENTS[0]):x}".encode() + b"\r\n" + EVENTS[0] + b"\r\n")
+    assert writes[-1] == b"0\r\n\r\n"
+
+
+async def test_a_stream_without_chunks_sends_its_head_with_its_end(
+    served: tuple[int, list[Counting]],
+) -> None:
+    port, transports = served
+    resp, body = await _get(port, "none")
+    assert resp.status == 200 and body == b""
+    writes = transports[0].writes
+    assert len(writes) == 1
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\n0\r\n\r\n")
+
+
+async def test_a_stream_failing_after_its_first_chunk_still_ends_with_its_error_event(
+    served: tuple[int, list[Counting]],
+) -> None:
+    port, transports = served
+    resp, body = await _get(port, "fails")
+    assert resp.status == 200
+    assert body.startswith(EVENTS[0])
+    assert b'"error"' in body and body.endswith(b"data: [DONE]\n\n")
+    assert EVENTS[1] not in body
+    assert transports[0].writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
