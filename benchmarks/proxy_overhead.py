@@ -181,10 +181,11 @@ def kinds_for(compared: tuple[str, ...]) -> list[Kind]:
 def one_core_kinds(compared: tuple[str, ...]) -> list[Kind]:
     """The latency rows at 1 connection, measured again with the load generator, the fake provider,
     Redis and the log collectors on the proxies' core (``Run.measure_one_core``)."""
-    chat = tuple(t for t in compared if t in (FLOOR, GATEWAY, LOG_OFF))
+    chat = tuple(t for t in compared if t in (FLOOR, GATEWAY, LOG_OFF, BASELINE_GATEWAY))
+    stream = tuple(t for t in compared if t in (FLOOR, GATEWAY, BASELINE_GATEWAY))
     return [
         Kind(CHAT1 + ONE_CORE, BODY % "bench", 1, chat),
-        Kind(STREAM1 + ONE_CORE, STREAM_BODY % "bench", 1, (FLOOR, GATEWAY), probe=True),
+        Kind(STREAM1 + ONE_CORE, STREAM_BODY % "bench", 1, stream, probe=True),
         Kind(HIT1 + ONE_CORE, HIT_BODY % "bench", 1, (GATEWAY, ANSWER_FLOOR), per_forwarded=False),
         Kind(REDIS1 + ONE_CORE, HIT_BODY % "bench", 1, (REDIS_GATEWAY, REDIS_FLOOR), per_forwarded=False),
     ]
