@@ -297,9 +297,7 @@ def format_loc(loc: Loc) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            text = bounded(part)
-            if _LOC_CONTROL.search(text) is not None:
-                text = _LOC_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+            text = _LOC_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", bounded(part))
             out += f".{text}" if out else text
     return out
 

@@ -48,11 +48,12 @@ def _parse_size(value: object) -> object:
 # gateway sends back in its response headers (``x-gateway-provider``, ``-model``, ``-group``,
 # ``-cache-category``): aiohttp refuses to write such a header, so every answer naming it lost
 # its connection, with an ERROR traceback in the log (h-probe8). Refused where the name is written.
-_NAME_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# (Also what a configured header's value may not hold: ``_no_auth_header`` below.)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _no_control(value: str) -> str:
-    found = _NAME_CONTROL.search(value)
+    found = _CONTROL.search(value)
     if found is not None:
         raise ValueError(
             f"contains the control character U+{ord(found.group()):04X}: names are sent in response "
@@ -79,9 +80,8 @@ _SECRET_HEADERS = frozenset(
         "x-auth-token",
     }
 )
-# A header's name is an RFC 9110 token; its value may not hold control characters (but tab).
+# A header's name is an RFC 9110 token; its value may not hold control characters (but tab: ``_CONTROL``).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 _SECRET_QUERY = frozenset(
     {"key", "api_key", "apikey", "access_token", "token", "password", "secret", "sig", "signature", "code"}
