@@ -152,16 +152,20 @@ async def test_slow_silent_and_idle_connections_are_closed_while_requests_keep_t
 ) -> None:
     deadline = time.monotonic() + KEEPALIVE_S + MARGIN_S + 1.0
 
+    # ``opened`` is read before the connection is: the server's timer starts at its accept, which
+    # is after that, while a time read once ``open_connection`` returns came late by as long as
+    # this loop was held up (0.63 s once, in a full fresh-clone run: every silent socket then
+    # "lived" 0.37 s of its 1 s timeout).
     async def silent() -> tuple[str, float]:
-        reader, writer = await asyncio.open_connection(edge.host, edge.port)
         opened = time.monotonic()
+        reader, writer = await asyncio.open_connection(edge.host, edge.port)
         closed = await until_closed(reader, deadline)
         writer.close()
         return "silent", closed - opened
 
     async def slowloris() -> tuple[str, float]:
-        reader, writer = await asyncio.open_connection(edge.host, edge.port)
         opened = time.monotonic()
+        reader, writer = await asyncio.open_connection(edge.host, edge.port)
         writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n")
         closed: asyncio.Future[float] = asyncio.ensure_future(until_closed(reader, deadline))
         await dribble(writer, b"X-Slow: a\r\n", closed)
