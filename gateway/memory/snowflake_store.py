@@ -96,6 +96,9 @@ _NO_WAREHOUSE_SQLSTATE = "57P03"
 _CREDENTIAL_ERRNOS = frozenset({390100, 390144, *range(394300, 394307)})
 _CREDENTIAL_SQLSTATE = "28000"
 _CREDENTIAL_SETTINGS = "SNOWFLAKE_USER and SNOWFLAKE_PASSWORD (or SNOWFLAKE_PRIVATE_KEY_PATH)"
+# The migration's statements besides one per added column (_migrate): three tables, the counter's
+# seed, the jobs table, the column read and the clustering key. Each is one operation of its own.
+_MIGRATION_STATEMENTS = 7
 _REFUSAL_BACKOFF_S = 30.0  # the first pause after a refused login while serving, doubling
 _REFUSAL_BACKOFF_MAX_S = 300.0  # to 5 minutes: fewer than 5 logins per replica in Snowflake's 15
 
@@ -226,16 +229,21 @@ class SnowflakeMemoryStore(SQLMemoryStore):
             refusal_backoff_max_s=_REFUSAL_BACKOFF_MAX_S,
             name="snowflake",
         )
+        statements = _MIGRATION_STATEMENTS + sum(c.name not in CORE_COLUMNS for c in COLUMNS)
+        migration_s = self._settings.statement_timeout_s * statements
         try:
             await pool.start(upkeep=self._upkeep)
-            async with asyncio.timeout(self._settings.statement_timeout_s):
+            # statement_timeout_s bounds one operation; the migration is several statements in a
+            # row, each bounded by it in the account (the session's STATEMENT_TIMEOUT_IN_SECONDS).
+            async with asyncio.timeout(migration_s):
                 await pool.run(lambda conn: self._redacting(self._migrate, conn))
         except TimeoutError:
             await pool.close()
             raise StartupError(
                 f"the Snowflake memory store did not prepare table {self.table} within "
-                f"{self._settings.statement_timeout_s:g} s (memory.pool.statement_timeout_s); check "
-                "SNOWFLAKE_WAREHOUSE (running, not queueing every query)"
+                f"{migration_s:g} s ({statements} statements of memory.pool.statement_timeout_s "
+                f"{self._settings.statement_timeout_s:g} s each); check SNOWFLAKE_WAREHOUSE "
+                "(running, not queueing every query)"
             ) from None
         except ServiceUnavailable as exc:  # every connect failed: retried, or refused (at once)
             await pool.close()

@@ -1130,7 +1130,8 @@ class MemoryPool(_Strict):
         # Snowflake refuses a STATEMENT_TIMEOUT_IN_SECONDS above 7 days (604,800 s) at login.
         le=604800,
         description="Longest wait for one store operation (a 503 after it); also Snowflake's "
-        "STATEMENT_TIMEOUT_IN_SECONDS for the pool's sessions, so the account cancels it too.",
+        "STATEMENT_TIMEOUT_IN_SECONDS for the pool's sessions, so the account cancels it too. "
+        "The table's preparation at start is bounded by it per statement.",
     )
 
 

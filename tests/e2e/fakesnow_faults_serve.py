@@ -11,6 +11,7 @@ The file named by ``SOPHIA_TEST_SNOWFLAKE_FAULT`` holds the fault (absent or emp
   Snowflake answers without a warehouse. ``warehouse-after-ddl`` lets the migration's DDL
   through too (Snowflake runs DDL without a warehouse), so the store opens, then fails when
   the index is read from it.
+* ``slow``: every statement takes 0.3 s (a small warehouse under load): slow, never failing.
 * ``hang``: statements do not return while the fault lasts (a warehouse queueing every query;
   the connector waits for a query's result without a bound unless one is set), until the
   session's ``STATEMENT_TIMEOUT_IN_SECONDS`` (when given) cancels them, as Snowflake does
@@ -66,6 +67,8 @@ def _raise(fault: str, *, connecting: bool, sql: str = "", timeout_s: int = 0) -
             errno=606,
             sqlstate="57P03",
         )
+    if fault == "slow" and not connecting:
+        time.sleep(0.3)
     if fault == "hang" and not connecting:
         # The query returns once the warehouse takes it, or the session's timeout cancels it.
         deadline = time.monotonic() + (timeout_s or 172800)  # Snowflake's default: two days

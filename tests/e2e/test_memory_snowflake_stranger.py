@@ -399,6 +399,29 @@ def test_a_snowflake_that_fails_at_start_is_one_line_naming_the_settings(
         assert logins == 3  # the network's failures keep their retries
 
 
+def test_a_slow_snowflake_still_starts_the_store_statement_by_statement(tmp_path: Path) -> None:
+    """statement_timeout_s bounds each of the migration's statements, not all of them together:
+    seven statements of 0.3 s each (2.1 s) start under a 1 s statement timeout (a CI run once
+    failed to start because fakesnow's first statements took more than 1 s in all)."""
+    fault = tmp_path / "fault"
+    fault.write_text("slow")
+    process = start(
+        ["serve", "--policy", str(fault_policy(tmp_path)), "--port", "0"],
+        env={"SOPHIA_TEST_SNOWFLAKE_FAULT": str(fault), **SNOWFLAKE_ENV},
+        module=FAULTS_MODULE,
+        timeout_s=90,
+    )
+    try:
+        fault.write_text("")
+        assert health(process.url)["dependencies"]["memory:store"]["status"] == "up"
+        status, _, _ = call(
+            "POST", process.url + "/v1/memory", {"namespace": "ns", "content": "x", "embedding": [1.0, 0.0]}
+        )
+        assert status == 201
+    finally:
+        process.stop()
+
+
 def test_memory_prune_beside_a_snowflake_without_a_warehouse_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "fault").write_text("warehouse-after-ddl")
     env = {
