@@ -38,22 +38,20 @@ _CONTROLS = bytes(c for c in range(0x20) if c != 0x09) + b"\x7f"
 _ZLIB_SIZE = web.Response(body=b"")._zlib_executor_size  # (aiohttp's default, however it names it)
 
 
-class WholeJSON(web.Response):
-    """A whole JSON answer (every proxied call's, a cache hit's, an admin answer) that the
-    connection handler writes as one buffer: status line, headers and body, serialised here in
-    one pass (``write_now``), instead of aiohttp's chain of a dozen coroutines and frames
-    (``prepare``, ``_start`` twice, ``_prepare_headers``, the prepare hook, ``_write_headers``,
-    the writer's ``write_headers``, ``write_eof`` three times, ``_send_headers_with_payload``)
-    and a ``Response.__init__`` that sorts out text, charset and payload arguments a JSON body
-    never has (issue 12: a cache hit's largest piece of the gateway's own cost).
+class OnePassHead(web.StreamResponse):
+    """A response whose status line and headers are serialised here in one pass, with the
+    gateway's own header lines already serialised (``head``), instead of aiohttp's chain of
+    coroutines and frames (``prepare``, ``_start``, ``_prepare_headers``, the prepare hook,
+    ``_write_headers``, the writer's ``write_headers``) and its set-one-then-serialise-again of
+    every header. ``WholeJSON`` (a whole answer, written with its body by the connection handler)
+    and ``sse.StreamAnswer`` (a stream, its head going out with its first chunk) are the two.
 
-    It is a complete ``web.Response`` (``__init__`` sets what aiohttp's would: a test compares
-    the attributes with the installed aiohttp's): whatever the one-pass write does not cover
-    (HTTP/1.0, HEAD, compression, cookies, an ``on_response_prepare`` hook, a large body or a
-    connection with unsent bytes: ``connection.GatewayRequestHandler.finish_response``) goes
-    through aiohttp's own path, unchanged. The bytes on the wire are what aiohttp writes, but
-    for the order of the headers: the response's own, the gateway's serialised lines (``head``),
-    then ``Content-Length``, ``Date``, ``Server`` (when neither sets it), ``Connection: close``
+    Whatever the one pass does not cover (HTTP/1.0, HEAD, compression, cookies, an
+    ``on_response_prepare`` hook, a status without a body, a framing header already set) goes
+    through aiohttp's own ``prepare``, unchanged but for ``head``'s lines, added to the headers
+    first. The bytes on the wire are what aiohttp writes, but for the order of the headers: the
+    response's own, ``head``'s lines, then the framing line (``Content-Length`` or
+    ``Transfer-Encoding``), ``Date``, ``Server`` (when neither sets it), ``Connection: close``
     (when the connection ends)."""
 
     # Header lines already serialised (``middleware.gateway_head``: the gateway's own, ``Server``
@@ -62,21 +60,8 @@ class WholeJSON(web.Response):
     head = ""
     head_lines = 0
 
-    def __init__(self, body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
-        # ``Response.__init__`` with ``body`` bytes and ``content_type``: what it sets, directly.
-        self._state = {}
-        self._headers = CIMultiDict(_JSON_TYPE)
-        if headers:
-            self._headers.extend(headers)
-        self._status = status
-        self._reason = REASON_PHRASES.get(status, "")
-        self._body = body
-        self._compressed_body = None
-        self._zlib_executor_size = _ZLIB_SIZE
-        self._zlib_executor = None
-
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        """aiohttp's, for what ``write_now`` leaves to it: ``head``'s lines go into the headers
+        """aiohttp's, for what the one pass leaves to it: ``head``'s lines go into the headers
         first (a line with a CR or LF of its own is refused there by aiohttp's serialiser)."""
         head = self.head
         if head and self._payload_writer is None and not self._eof_sent:
@@ -91,12 +76,12 @@ class WholeJSON(web.Response):
                 self._headers.add(name, value)
         return await super().prepare(request)
 
-    def write_now(self, request: web.BaseRequest, transport: asyncio.Transport) -> bool:
-        """Write the whole answer to ``transport`` at once, as ``prepare`` and ``write_eof``
-        would; False, having written nothing, when this answer or request needs aiohttp's path,
-        a header aiohttp's serialiser would refuse or alter among them (a control character other
-        than tab, CR LF included: aiohttp's path then raises its ``ValueError``; a lone surrogate,
-        which it drops)."""
+    def one_pass_head(self, request: web.BaseRequest, framing: str) -> bytes | None:
+        """The status line and headers, ``framing`` (a header line) among them, as aiohttp's
+        ``prepare`` would write them; None when this answer or request needs aiohttp's path, a
+        header aiohttp's serialiser would refuse or alter among them (a control character other
+        than tab, CR LF included: aiohttp's path then raises its ``ValueError``; a lone
+        surrogate, which it drops). Sets the keep-alive decision, as ``prepare`` does."""
         if (
             self._payload_writer is not None
             or self._eof_sent
@@ -108,31 +93,28 @@ class WholeJSON(web.Response):
             or self._status < 200
             or self._status in _EMPTY_STATUSES
         ):
-            return False
+            return None
         match_info = request._match_info  # type: ignore[attr-defined]  # (a web.Request: routed)
         if match_info is not None:
             for app in match_info._apps:
                 if app.on_response_prepare:
-                    return False
+                    return None
         headers = self._headers
         if hdrs.CONTENT_LENGTH in headers or hdrs.TRANSFER_ENCODING in headers:
-            return False
+            return None
         keep_alive = self._keep_alive
         if keep_alive is None:
             keep_alive = self._keep_alive = request.keep_alive
-        body = self._body
-        assert isinstance(body, bytes | bytearray)
         lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
         head = self.head
-        ends = len(lines) + 2  # (the status line's and the blank line's)
+        ends = len(lines) + 3  # (the status line's, the framing line's and the blank line's)
         if head:
             lines.append(head)
             ends += self.head_lines
         elif hdrs.SERVER not in headers:
             lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
             ends += 1
-        lines.append(f"Content-Length: {len(body)}\r\n")
-        ends += 1
+        lines.append(framing)
         if hdrs.DATE not in headers:
             lines.append(f"Date: {rfc822_formatted_time()}\r\n")
             ends += 1
@@ -143,13 +125,52 @@ class WholeJSON(web.Response):
         try:
             encoded = text.encode()
         except UnicodeEncodeError:  # a lone surrogate, which aiohttp's serialiser drops
-            return False
+            return None
         # Every control character aiohttp's serialiser refuses (all but tab: CR and LF, NUL,
         # DEL...) must be one of the line ends written above, a CR LF per header line (``head``'s
-        # counted as they were made), the status line's and the blank line's; any other is
-        # aiohttp's path's to refuse (ValueError, nothing written: a header injection never
-        # reaches the wire; ``prepare`` refuses ``head``'s lines if a value split one).
+        # counted as they were made), the status line's, the framing line's and the blank line's;
+        # any other is aiohttp's path's to refuse (ValueError, nothing written: a header
+        # injection never reaches the wire; ``prepare`` refuses ``head``'s lines if a value
+        # split one).
         if len(encoded.translate(None, _CONTROLS)) != len(encoded) - 2 * ends:
+            return None
+        return encoded
+
+
+class WholeJSON(OnePassHead, web.Response):
+    """A whole JSON answer (every proxied call's, a cache hit's, an admin answer) that the
+    connection handler writes as one buffer: status line, headers and body, serialised in one
+    pass (``write_now``, ``OnePassHead``), instead of aiohttp's chain of a dozen coroutines and
+    frames (``prepare``'s, then ``write_eof`` three times, ``_send_headers_with_payload``) and a
+    ``Response.__init__`` that sorts out text, charset and payload arguments a JSON body never
+    has (issue 12: a cache hit's largest piece of the gateway's own cost).
+
+    It is a complete ``web.Response`` (``__init__`` sets what aiohttp's would: a test compares
+    the attributes with the installed aiohttp's): whatever the one-pass write does not cover
+    (``OnePassHead``'s cases, a large body or a connection with unsent bytes:
+    ``connection.GatewayRequestHandler.finish_response``) goes through aiohttp's own path."""
+
+    def __init__(self, body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> None:
+        # ``Response.__init__`` with ``body`` bytes and ``content_type``: what it sets, directly.
+        self._state = {}
+        self._headers = CIMultiDict(_JSON_TYPE)
+        if headers:
+            self._headers.extend(headers)
+        self._status = status
+        self._reason = REASON_PHRASES.get(status, "")
+        self._body = body
+        self._compressed_body = None
+        self._zlib_executor_size = _ZLIB_SIZE
+        self._zlib_executor = None
+
+    def write_now(self, request: web.BaseRequest, transport: asyncio.Transport) -> bool:
+        """Write the whole answer to ``transport`` at once, as ``prepare`` and ``write_eof``
+        would; False, having written nothing, when this answer or request needs aiohttp's path
+        (``one_pass_head``)."""
+        body = self._body
+        assert isinstance(body, bytes | bytearray)
+        encoded = self.one_pass_head(request, f"Content-Length: {len(body)}\r\n")
+        if encoded is None:
             return False
         if transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")  # (as aiohttp's writer)

@@ -22,11 +22,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion11
 
 from gateway import keys
 from gateway.errors import GatewayError, StreamInterrupted
 from gateway.http.connection import while_read
-from gateway.http.middleware import add_gateway_headers, draining_cut, draining_error
+from gateway.http.middleware import draining_cut, draining_error, gateway_head
+from gateway.http.responses import OnePassHead
 from gateway.service.streams import AnswerStream
 from gateway.wire.sse import DONE, encode
 
@@ -36,6 +39,8 @@ log = logging.getLogger("gateway.sse")
 # high-water mark (asyncio and uvloop: 64 KiB). With none unsent, a chunk under this cannot.
 _BUFFERED = 16 * 1024
 
+_CHUNKED = "Transfer-Encoding: chunked\r\n"
+
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
     "Cache-Control": "no-cache",
@@ -43,7 +48,7 @@ _SSE_HEADERS = {
 }
 
 
-class StreamAnswer(web.StreamResponse):
+class StreamAnswer(OnePassHead):
     """A stream's response whose status line and headers go out with its first chunk, in one
     write, not alone at ``prepare`` (aiohttp's ``StreamResponse`` sends them at once; its whole
     ``Response`` buffers them like this, the same attribute). ``send_stream`` prepares it only
@@ -51,9 +56,33 @@ class StreamAnswer(web.StreamResponse):
     has arrived, so it can still fail over: ``service/streams.RoutedStream``), so nothing waits
     for it: each stream makes one system call and one TCP segment fewer, and its first byte
     carries its first event (ARCHITECTURE.md, twenty-ninth round). A stream that ends with no
-    chunk sends them with its end (``write_eof``); one cut before any chunk sends nothing."""
+    chunk sends them with its end (``write_eof``); one cut before any chunk sends nothing.
+
+    The head is serialised in one pass (``responses.OnePassHead``: the gateway's own lines
+    already serialised, ``head``), handed to aiohttp's writer as its buffered headers, so the
+    writes, the chunked framing and the end are aiohttp's; anything the one pass does not cover
+    goes through aiohttp's ``prepare``."""
 
     _send_headers_immediately = False
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        encoded = self.one_pass_head(request, _CHUNKED)
+        if encoded is None:
+            if request.version < HttpVersion11:
+                # No chunked framing before HTTP/1.1: the body ends when the connection does.
+                # aiohttp's prepare drops the keep-alive header then but keeps the connection
+                # open, so a client asking for keep-alive waited for an end that never came.
+                self.force_close()
+            return await super().prepare(request)
+        # What ``StreamResponse._start`` leaves: the request, its writer, chunked framing, and
+        # the headers buffered in the writer to go out with the first chunk (or the end).
+        self._req = request
+        writer = self._payload_writer = request._payload_writer
+        self._must_be_empty_body = False
+        writer.enable_chunking()
+        writer._headers_buf = encoded  # type: ignore[attr-defined]  # (aiohttp's StreamWriter, as write_headers leaves it)
+        writer._headers_written = False  # type: ignore[attr-defined]
+        return writer
 
 
 def _failure_fields(request_id: str, error: GatewayError) -> dict[str, str]:
@@ -117,7 +146,9 @@ async def send_stream(
     headers = _SSE_HEADERS if media_type is None else {**_SSE_HEADERS, "Content-Type": media_type}
     response = StreamAnswer(status=200, headers=headers)
     call = request[keys.REQUEST_CALL]
-    add_gateway_headers(response.headers, request_id, call)
+    if call.rate_limits is not None:  # a key with limits: OpenAI's x-ratelimit-* on every answer
+        response.headers.update(call.rate_limits)
+    response.head, response.head_lines = gateway_head(request_id, call)
     call.streaming = True
     try:
         await response.prepare(request)

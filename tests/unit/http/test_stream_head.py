@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,8 +16,8 @@ from aiohttp import web
 from gateway import keys
 from gateway.errors import StreamInterrupted, UpstreamError
 from gateway.http.connection import GatewayRunner
-from gateway.http.sse import send_stream
-from gateway.service.context import CallRecord
+from gateway.http.sse import StreamAnswer, send_stream
+from gateway.service.context import CallRecord, Route
 
 
 class Counting:
@@ -79,6 +80,13 @@ async def served() -> AsyncIterator[tuple[int, list[Counting]]]:
         }[kind]
         return await send_stream(request, stream, "req-1")
 
+    async with _serving(handler) as port:
+        yield port, transports
+
+
+@asynccontextmanager
+async def _serving(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[int]:
+    """``handler`` at GET /stream behind the gateway's connection handler; its port."""
     app = web.Application()
     # (what ``send_stream`` reads of the policy: the write timeout of a client that stops reading)
     app[keys.POLICY] = SimpleNamespace(server=SimpleNamespace(response_write_timeout_s=10.0))  # type: ignore[misc]
@@ -87,8 +95,10 @@ async def served() -> AsyncIterator[tuple[int, list[Counting]]]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    yield runner.addresses[0][1], transports
-    await runner.cleanup()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
 
 
 async def _get(port: int, kind: str) -> tuple[aiohttp.ClientResponse, bytes]:
@@ -135,3 +145,103 @@ async def test_a_stream_failing_after_its_first_chunk_still_ends_with_its_error_
     assert b'"error"' in body and body.endswith(b"data: [DONE]\n\n")
     assert EVENTS[1] not in body
     assert transports[0].writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+# ----- the head serialised in one pass (``responses.OnePassHead``): aiohttp's bytes, or its path
+
+
+def _routed_call() -> CallRecord:
+    call = CallRecord()
+    target = SimpleNamespace(provider="prov", model="m-1")
+    call.route = Route("chat", target, 2, True)  # type: ignore[arg-type]
+    call.model = "chat"
+    call.rate_limits = {"x-ratelimit-limit-requests": "60"}
+    return call
+
+
+@pytest.fixture
+async def raw_served() -> AsyncIterator[int]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        call = _routed_call()
+        if request.query.get("value"):
+            call.route.target.model = request.query["value"]  # type: ignore[union-attr]
+        request[keys.REQUEST_CALL] = call
+        return await send_stream(request, Chunks(EVENTS), "req-1")
+
+    async with _serving(handler) as port:
+        yield port
+
+
+async def _raw(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    data = b""
+    try:
+        while not data.endswith(b"0\r\n\r\n"):
+            more = await asyncio.wait_for(reader.read(65536), 5)
+            if not more:
+                break
+            data += more
+    finally:
+        writer.close()
+    return data
+
+
+def _normalised(raw: bytes) -> tuple[bytes, list[bytes], bytes]:
+    """Status line, header lines sorted (their order means nothing to HTTP) with ``Date``'s
+    value blanked, and the body."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    return status, sorted(b"Date: -" if line.startswith(b"Date: ") else line for line in lines), body
+
+
+REQUESTS = {
+    "keep-alive": b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n",
+    "connection close": b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "HTTP/1.0": b"GET /stream HTTP/1.0\r\nHost: x\r\n\r\n",
+    "HTTP/1.0 keep-alive": b"GET /stream HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", list(REQUESTS))
+async def test_the_one_pass_head_is_what_aiohttp_writes(
+    raw_served: int, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[bool] = []
+    real_start = web.StreamResponse._start
+
+    async def counted(self: web.StreamResponse, request: web.BaseRequest) -> Any:
+        started.append(True)
+        return await real_start(self, request)
+
+    monkeypatch.setattr(web.StreamResponse, "_start", counted)
+    fast = await _raw(raw_served, REQUESTS[case])
+    took_aiohttp_path = bool(started)
+    monkeypatch.setattr(StreamAnswer, "one_pass_head", lambda self, request, framing: None)
+    started.clear()
+    slow = await _raw(raw_served, REQUESTS[case])
+    assert started  # (the reference: aiohttp's own prepare)
+    assert _normalised(fast) == _normalised(slow)
+    status, lines, body = _normalised(fast)
+    assert status.endswith(b" 200 OK")
+    assert b"x-gateway-provider: prov" in lines and b"x-gateway-attempts: 2" in lines
+    assert b"x-ratelimit-limit-requests: 60" in lines and b"x-request-id: req-1" in lines
+    # HTTP/1.0 has no chunked framing: aiohttp's path, the body ending with the connection
+    # (_raw returned: it was closed, keep-alive asked for or not).
+    assert took_aiohttp_path == case.startswith("HTTP/1.0")
+    if took_aiohttp_path:
+        assert b"Connection: keep-alive" not in lines and body == b"".join(EVENTS)
+    if not took_aiohttp_path:
+        assert b"Transfer-Encoding: chunked" in lines
+        assert (b"Connection: close" in lines) == (case == "connection close")
+
+
+async def test_a_header_value_splitting_a_line_is_refused_before_a_byte(raw_served: int) -> None:
+    """A value with a CR LF of its own (a header injection) never reaches the wire: the one pass
+    declines it, and aiohttp's path refuses it (its ValueError: the handler's 500 here, the
+    gateway's middleware turns it into its error envelope)."""
+    raw = await _raw(
+        raw_served, b"GET /stream?value=m%0D%0ASet-Cookie:%20stolen=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert b"stolen" not in raw
+    assert not raw.startswith(b"HTTP/1.1 200")
