@@ -14,9 +14,8 @@ from gateway.api.memory import _parse
 from gateway.auth.identity import Caller
 from gateway.errors import GatewayError, InvalidRequest, ServiceUnavailable, quoted
 from gateway.http.auth import authenticate
-from gateway.http.middleware import add_gateway_headers
 from gateway.http.responses import json_response
-from gateway.http.sse import send_paced
+from gateway.http.sse import send_paced, stream_answer
 from gateway.http.upload import read_upload
 from gateway.memory.chunking import ChunkOptions
 from gateway.memory.jobs import ACTIVE, LIST_MAX, JobOptions
@@ -122,14 +121,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     access = memory_access_of(await authenticate(request))
     events = _ingest(request).events(request.match_info["id"], access)
     first = await anext(events)  # NotFound before the stream starts: a plain 404
-    response = web.StreamResponse(
-        status=200,
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
     # Prepared here, so the middleware's headers are set here (as ``send_stream`` does).
-    call = request[keys.REQUEST_CALL]
-    add_gateway_headers(response.headers, request[keys.REQUEST_ID], call)
-    call.streaming = True
+    response = stream_answer(request, request[keys.REQUEST_ID])
     await response.prepare(request)
     encoded = _encoded(first, events)
     try:

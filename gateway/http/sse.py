@@ -18,7 +18,7 @@ import socket
 import struct
 import termios
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import NoReturn
 
 from aiohttp import web
@@ -85,6 +85,21 @@ class StreamAnswer(OnePassHead):
         return writer
 
 
+def stream_answer(
+    request: web.Request, request_id: str, headers: Mapping[str, str] = _SSE_HEADERS
+) -> StreamAnswer:
+    """A 200 stream with ``headers`` (an event stream's by default) and the gateway's own (request id, route, cache, the key's
+    rate limits: the middleware sets them on a whole answer, a stream sets them before it
+    starts), its call marked streaming."""
+    response = StreamAnswer(status=200, headers=headers)
+    call = request[keys.REQUEST_CALL]
+    if call.rate_limits is not None:  # a key with limits: OpenAI's x-ratelimit-* on every answer
+        response.headers.update(call.rate_limits)
+    response.head, response.head_lines = gateway_head(request_id, call)
+    call.streaming = True
+    return response
+
+
 def _failure_fields(request_id: str, error: GatewayError) -> dict[str, str]:
     """The log's fields for a stream failed mid-way: its reason and, in ``detail`` only (never
     sent to the client), what the provider or the library said (key scrubbed at the transport)."""
@@ -144,12 +159,7 @@ async def send_stream(
     an error, never a shorter file taken for whole)."""
     # A binary answer keeps the stream's other headers: a proxy in front must not buffer it whole.
     headers = _SSE_HEADERS if media_type is None else {**_SSE_HEADERS, "Content-Type": media_type}
-    response = StreamAnswer(status=200, headers=headers)
-    call = request[keys.REQUEST_CALL]
-    if call.rate_limits is not None:  # a key with limits: OpenAI's x-ratelimit-* on every answer
-        response.headers.update(call.rate_limits)
-    response.head, response.head_lines = gateway_head(request_id, call)
-    call.streaming = True
+    response = stream_answer(request, request_id, headers)
     try:
         await response.prepare(request)
         transport = request.transport
