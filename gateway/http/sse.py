@@ -24,6 +24,7 @@ from typing import NoReturn
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion11
+from aiohttp.http_writer import StreamWriter
 
 from gateway import keys
 from gateway.errors import GatewayError, StreamInterrupted
@@ -40,6 +41,10 @@ log = logging.getLogger("gateway.sse")
 _BUFFERED = 16 * 1024
 
 _CHUNKED = "Transfer-Encoding: chunked\r\n"
+# aiohttp 3.12 and later keep a response's serialised headers in its writer until the first
+# write (``_headers_buf``, ``send_headers``: aio-libs/aiohttp#10991); an older writer would never
+# send the one-pass head it was handed, so there a stream takes aiohttp's own ``prepare``.
+_WRITER_BUFFERS_HEADERS = hasattr(StreamWriter, "send_headers")
 
 _SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -66,7 +71,7 @@ class StreamAnswer(OnePassHead):
     _send_headers_immediately = False
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        encoded = self.one_pass_head(request, _CHUNKED)
+        encoded = self.one_pass_head(request, _CHUNKED) if _WRITER_BUFFERS_HEADERS else None
         if encoded is None:
             if request.version < HttpVersion11:
                 # No chunked framing before HTTP/1.1: the body ends when the connection does.

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import StreamInterrupted, UpstreamError
+from gateway.http import sse
 from gateway.http.connection import GatewayRunner
 from gateway.http.sse import StreamAnswer, send_stream
 from gateway.service.context import CallRecord, Route
@@ -245,3 +246,18 @@ async def test_a_header_value_splitting_a_line_is_refused_before_a_byte(raw_serv
     )
     assert b"stolen" not in raw
     assert not raw.startswith(b"HTTP/1.1 200")
+
+
+async def test_an_aiohttp_whose_writer_does_not_buffer_headers_gets_its_own_prepare(
+    raw_served: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before aiohttp 3.12 the writer has no buffered headers to hand the one-pass head to: the
+    stream is prepared by aiohttp, its bytes the same."""
+    fast = await _raw(raw_served, REQUESTS["keep-alive"])
+    monkeypatch.setattr(sse, "_WRITER_BUFFERS_HEADERS", False)
+    monkeypatch.setattr(StreamAnswer, "one_pass_head", _must_not_run)
+    assert _normalised(await _raw(raw_served, REQUESTS["keep-alive"])) == _normalised(fast)
+
+
+def _must_not_run(self: StreamAnswer, request: web.BaseRequest, framing: str) -> bytes | None:
+    raise AssertionError("the one pass ran without a writer that buffers headers")
