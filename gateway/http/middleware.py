@@ -41,7 +41,7 @@ from gateway.errors import (
 )
 from gateway.http.auth import refuse_rebound_host
 from gateway.http.body import withhold_continue
-from gateway.http.responses import WholeJSON, anthropic_error_response, error_renderer
+from gateway.http.responses import OnePassHead, WholeJSON, anthropic_error_response, error_renderer
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Span
@@ -168,11 +168,7 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
                 )
             status = response.status
             if type(response) is WholeJSON:
-                if call.rate_limits is not None:  # (set: they replace an error's own, Retry-After)
-                    answer_headers = response.headers
-                    for name, value in call.rate_limits.items():
-                        answer_headers[name] = value
-                response.head, response.head_lines = gateway_head(rid, call)
+                give_gateway_head(response, rid, call)
             elif not response.prepared:  # a stream set its headers before it started (``sse.py``)
                 add_gateway_headers(response.headers, rid, call)
             return response
@@ -455,6 +451,18 @@ def add_gateway_headers(headers: MutableMapping[str, str], rid: str, call: CallR
             headers["x-gateway-model"] = cached.model or ""
             headers["x-gateway-cache-match"] = cached.match or "exact"
             headers["x-gateway-cache-category"] = cached.category
+
+
+def give_gateway_head(response: OnePassHead, rid: str, call: CallRecord) -> None:
+    """``add_gateway_headers``' headers on a response that writes its head in one pass: the key's
+    rate limits in its headers (set: they replace an error's own, ``Retry-After``), the rest as
+    its serialised lines (``gateway_head``). A whole JSON answer gets them from the middleware,
+    a stream before it starts (``sse.stream_answer``)."""
+    if call.rate_limits is not None:
+        answer_headers = response.headers
+        for name, value in call.rate_limits.items():
+            answer_headers[name] = value
+    response.head, response.head_lines = gateway_head(rid, call)
 
 
 def gateway_head(rid: str, call: CallRecord) -> tuple[str, int]:

@@ -29,7 +29,7 @@ from aiohttp.http_writer import StreamWriter
 from gateway import keys
 from gateway.errors import GatewayError, StreamInterrupted
 from gateway.http.connection import while_read
-from gateway.http.middleware import draining_cut, draining_error, gateway_head
+from gateway.http.middleware import draining_cut, draining_error, give_gateway_head
 from gateway.http.responses import OnePassHead
 from gateway.service.streams import AnswerStream
 from gateway.wire.sse import DONE, encode
@@ -93,14 +93,12 @@ class StreamAnswer(OnePassHead):
 def stream_answer(
     request: web.Request, request_id: str, headers: Mapping[str, str] = _SSE_HEADERS
 ) -> StreamAnswer:
-    """A 200 stream with ``headers`` (an event stream's by default) and the gateway's own (request id, route, cache, the key's
-    rate limits: the middleware sets them on a whole answer, a stream sets them before it
-    starts), its call marked streaming."""
+    """A 200 stream with ``headers`` (an event stream's by default) and the gateway's own
+    (``middleware.give_gateway_head``: request id, route, cache, the key's rate limits), its call
+    marked streaming."""
     response = StreamAnswer(status=200, headers=headers)
     call = request[keys.REQUEST_CALL]
-    if call.rate_limits is not None:  # a key with limits: OpenAI's x-ratelimit-* on every answer
-        response.headers.update(call.rate_limits)
-    response.head, response.head_lines = gateway_head(request_id, call)
+    give_gateway_head(response, request_id, call)
     call.streaming = True
     return response
 

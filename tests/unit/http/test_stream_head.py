@@ -16,9 +16,9 @@ from aiohttp import web
 from gateway import keys
 from gateway.errors import StreamInterrupted, UpstreamError
 from gateway.http import sse
-from gateway.http.connection import GatewayRunner
 from gateway.http.sse import StreamAnswer, send_stream
 from gateway.service.context import CallRecord, Route
+from tests.unit.http.serving import serving_app
 
 
 class Counting:
@@ -92,14 +92,8 @@ async def _serving(handler: Callable[[web.Request], Awaitable[web.StreamResponse
     # (what ``send_stream`` reads of the policy: the write timeout of a client that stops reading)
     app[keys.POLICY] = SimpleNamespace(server=SimpleNamespace(response_write_timeout_s=10.0))  # type: ignore[misc]
     app.router.add_get("/stream", handler)
-    runner = GatewayRunner(app, access_log=None, request_read_timeout_s=10)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
+    async with serving_app(app) as port:
+        yield port
 
 
 async def _get(port: int, kind: str) -> tuple[aiohttp.ClientResponse, bytes]:

@@ -27,6 +27,7 @@ from gateway.http.connection import GatewayRunner
 from gateway.http.middleware import add_gateway_headers, gateway_head
 from gateway.http.responses import JSON, WholeJSON, error_response
 from gateway.service.context import CallRecord, Route
+from tests.unit.http.serving import serving_app
 
 BODY = b'{"id":"chatcmpl-1","object":"chat.completion","choices":[]}'
 LARGE = b'{"text":"' + b"x" * (64 * 1024) + b'"}'
@@ -309,14 +310,8 @@ async def _hit_answer(category: str, raw: bytes) -> bytes:
 
     app = web.Application()
     app.router.add_get("/", answer)
-    runner = GatewayRunner(app, access_log=None, request_read_timeout_s=10)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        return await _exchange(runner.addresses[0][1], raw)
-    finally:
-        await runner.cleanup()
+    async with serving_app(app) as port:
+        return await _exchange(port, raw)
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.0"], ids=["one pass", "aiohttp's path"])
