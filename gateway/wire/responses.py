@@ -144,6 +144,10 @@ _TYPED: tuple[tuple[str, type, str], ...] = (
         for name in ("stream_options", "text", "reasoning", "prompt_cache_options", "image")
     ),
 )
+# Sampling values as OpenAI's API bounds them (the reference: temperature "between 0 and 2";
+# top_p a probability mass, 0 to 1), as the chat door checks them (``service/chat_values``):
+# unchecked, a lenient OpenAI-compatible provider served what OpenAI's API and the chat door refuse.
+_SAMPLING = (("temperature", 2), ("top_p", 1))
 _TRUNCATION = ("auto", "disabled")
 # The documented values (the openai SDK's ``ResponseIncludable``, ``ReasoningEffort``,
 # ``Reasoning.summary`` and ``ResponseTextConfig.verbosity``): OpenAI's API refuses others, and
@@ -188,6 +192,25 @@ def _invalid_type(name: str, expected: str, value: object) -> ResponsesInputErro
     )
 
 
+def _check_sampling(name: str, value: object, high: int) -> None:
+    """``name``'s value a number from 0 to ``high``, with OpenAI's messages and codes."""
+    if type(value) is bool or not isinstance(value, int | float):
+        raise _invalid_type(name, "a number", value)
+    if value < 0:
+        raise ResponsesInputError(
+            f"Invalid '{name}': decimal below minimum value. Expected a value >= 0, but got {value:g} instead.",
+            name,
+            "decimal_below_min_value",
+        )
+    if value > high:
+        raise ResponsesInputError(
+            f"Invalid '{name}': decimal above maximum value. Expected a value <= {high}, but got "
+            f"{value:g} instead.",
+            name,
+            "decimal_above_max_value",
+        )
+
+
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
@@ -204,6 +227,10 @@ def check_fields(body: JSONObject) -> None:
         value = body.get(name)
         if value is not None and type(value) is not kind:  # exactly: a boolean is no integer here
             raise _invalid_type(name, expected, value)
+    for name, high in _SAMPLING:
+        value = body.get(name)
+        if value is not None:
+            _check_sampling(name, value, high)
     top = body.get("top_logprobs")
     if top is not None and not 0 <= top <= _TOP_LOGPROBS:
         raise ResponsesInputError(

@@ -183,3 +183,26 @@ def test_failover_from_an_overloaded_anthropic_to_gemini(rstack: ResponsesStack)
 def test_a_built_in_tool_is_a_400_naming_it(rstack: ResponsesStack) -> None:
     with pytest.raises(openai.BadRequestError, match="web_search_preview"):
         rstack.client().responses.create(model="gpt", input="news?", tools=[{"type": "web_search_preview"}])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("temperature", 5, "Expected a value <= 2, but got 5 instead"),
+        ("top_p", 7, "Expected a value <= 1, but got 7 instead"),
+        ("temperature", -0.5, "Expected a value >= 0, but got -0.5 instead"),
+    ],
+)
+def test_a_sampling_value_out_of_range_is_the_chat_doors_400_before_any_provider(
+    rstack: ResponsesStack, field: str, value: float, words: str
+) -> None:
+    """The chat door refuses these (``chat_values``); the Responses door passed them on, so a lenient
+    OpenAI-compatible provider served what OpenAI's API refuses."""
+    before = rstack.last_request("gpt")
+    with pytest.raises(openai.BadRequestError, match=words) as caught:
+        rstack.client().responses.create(model="gpt", input="hello", **{field: value})  # type: ignore[arg-type]
+    assert caught.value.param == field  # type: ignore[attr-defined]
+    assert caught.value.code in ("decimal_above_max_value", "decimal_below_min_value")
+    assert rstack.last_request("gpt") == before  # no provider was asked
+    served = rstack.client().responses.create(model="gpt", input="hello", **{field: 1})  # type: ignore[arg-type]
+    assert served.output_text

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from gateway.wire.responses import BUILT_IN_TOOLS, ResponsesInputError, chat_request, responses_param
+from gateway.wire.responses import (
+    BUILT_IN_TOOLS,
+    ResponsesInputError,
+    chat_request,
+    check_fields,
+    responses_param,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "responses"
 REQUESTS = sorted(p.name for p in FIXTURES.glob("request_*.json"))
@@ -547,3 +553,43 @@ def test_parallel_tool_calls_without_tools_is_not_sent_to_chat(given: Any) -> No
         ]
         is False
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "words"),
+    [
+        (
+            {"temperature": 2.5},
+            "decimal_above_max_value",
+            "Invalid 'temperature': decimal above maximum value. Expected a value <= 2, but got 2.5 instead.",
+        ),
+        ({"top_p": 1.01}, "decimal_above_max_value", "Expected a value <= 1, but got 1.01 instead."),
+        (
+            {"top_p": -1},
+            "decimal_below_min_value",
+            "Invalid 'top_p': decimal below minimum value. Expected a value >= 0, but got -1 instead.",
+        ),
+        (
+            {"temperature": "hot"},
+            "invalid_type",
+            "Invalid type for 'temperature': expected a number, but got string instead.",
+        ),
+        (
+            {"top_p": True},
+            "invalid_type",
+            "Invalid type for 'top_p': expected a number, but got boolean instead.",
+        ),
+    ],
+)
+def test_sampling_values_are_bounded_as_on_the_chat_door(body: Any, code: str, words: str) -> None:
+    with pytest.raises(ResponsesInputError) as caught:
+        check_fields({"model": "m", "input": "hi", **body})
+    assert (caught.value.param, caught.value.code) == (next(iter(body)), code)
+    assert words in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "body", [{"temperature": 0}, {"temperature": 2}, {"top_p": 0.0}, {"top_p": 1}, {"temperature": None}]
+)
+def test_sampling_values_within_bounds_pass(body: Any) -> None:
+    check_fields({"model": "m", "input": "hi", **body})
