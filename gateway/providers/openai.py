@@ -354,10 +354,13 @@ class OpenAIStreamTranslator(WatchedStream):
             return
         if not isinstance(event, dict):
             return
-        if "error" in event:
+        error = event.get("error")
+        if (
+            error is not None
+        ):  # (``"error": null`` in every chunk, as some OpenAI-compatible servers send: no error)
             if opening:
-                raise stream_error(event["error"])
-            self._failure = stream_error(event["error"])
+                raise stream_error(error)
+            self._failure = stream_error(error)
             return
         usage = event.get("usage")
         if isinstance(usage, dict):
@@ -410,8 +413,9 @@ class ImageStreamRelay(WatchedStream):
         if not isinstance(event, dict):
             return
         kind = event.get("type")
-        if "error" in event or kind == "error":
-            error = stream_error(event.get("error", event))
+        failed = event.get("error")
+        if failed is not None or kind == "error":
+            error = stream_error(event if failed is None else failed)
             if opening:
                 raise error
             self._failure = error
@@ -577,8 +581,11 @@ def _raise_opening_error(event: bytes) -> None:
         parsed = orjson.loads(data) if data else None
     except orjson.JSONDecodeError:
         return
-    if isinstance(parsed, dict) and ("error" in parsed or parsed.get("type") == "error"):
-        raise stream_error(parsed.get("error", parsed))
+    failed = parsed.get("error") if isinstance(parsed, dict) else None
+    if failed is not None:  # (``"error": null``, as some OpenAI-compatible servers send: no error)
+        raise stream_error(failed)
+    if isinstance(parsed, dict) and parsed.get("type") == "error":
+        raise stream_error(parsed)
 
 
 _MARKS = (b'"usage"', b'"error"', b"[DONE]\n\n")

@@ -101,7 +101,7 @@ class ChatToResponsesStream:
                 raise UpstreamBadEvent("stream: provider sent an event that is not valid JSON") from None
             if not isinstance(event, dict) or self._errored:
                 continue  # (nothing follows an error event: the stream has ended for the client)
-            if "error" in event:
+            if event.get("error") is not None:
                 # A chat error event mid-stream ends the stream with the Responses API's own
                 # ``error`` event, as the gateway's errors do: relayed as chat's bare envelope it
                 # had no ``type`` nor ``sequence_number``, and the Vercel AI SDK's parser refused
@@ -166,7 +166,7 @@ class NativeResponsesStream(WatchedStream):
             response = event.get("response")
             if isinstance(response, dict):
                 self._usage = chat_usage(response.get("usage"))
-        elif kind in ("response.failed", "error") or ("error" in event and kind is None):
+        elif kind in ("response.failed", "error") or (event.get("error") is not None and kind is None):
             if opening:
                 raise stream_error(_failure(event))
             self._failure = stream_error(_failure(event))

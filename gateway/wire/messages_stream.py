@@ -108,8 +108,8 @@ class ChatToMessagesEvents:
             return b""
         if not isinstance(chunk, dict):
             return b""
-        if "error" in chunk:
-            error = chunk["error"]
+        error = chunk.get("error")
+        if error is not None:  # (``"error": null`` in every chunk, as some servers send: no error)
             message = error.get("message") if isinstance(error, dict) else error
             self.error = str(message or "provider sent an error event")
             return b""

@@ -344,3 +344,17 @@ def test_a_whole_event_is_read_as_the_decoder_reads_it(event: bytes) -> None:
     from gateway.wire.sse import SSEDecoder
 
     assert _event_data(event, SSEDecoder()) == SSEDecoder().feed(event + b"\n\n")
+
+
+NULL_ERROR = b'data: {"id":"x","choices":[{"index":0,"delta":{"content":"hi"}}],"error":null}\n\n'
+
+
+@pytest.mark.parametrize("size", [3, len(NULL_ERROR), 10_000])
+def test_an_error_field_that_is_null_is_no_error(size: int) -> None:
+    """Some OpenAI-compatible servers put ``"error": null`` in every chunk: a healthy stream, as
+    the whole answer's ``"error": null`` always was (the stream failed over three times and ended
+    in a 502, an outside probe)."""
+    stream = NULL_ERROR + NULL_ERROR.replace(b'"error":null', b'"usage":{"total_tokens":2},"error":null')
+    stream += b"data: [DONE]\n\n"
+    out, usage, completed = run(stream, size)
+    assert out == stream and completed and usage == {"total_tokens": 2}

@@ -239,3 +239,16 @@ def test_a_chat_stream_cut_before_its_end_raises_through_the_bridge() -> None:
     with pytest.raises(UpstreamBadResponse, match="without its end marker"):
         translator.finish()
     assert not translator.completed
+
+
+def test_an_error_field_that_is_null_is_no_error() -> None:
+    """``"error": null`` in every chat chunk (some OpenAI-compatible servers): the answer."""
+    body = {"model": "m", "input": "hi", "stream": True}
+    translator = bridged(OpenAIProvider(kind="openai", base_url="http://x/v1"), body)
+    out = translator.feed(
+        b'data: {"choices":[{"delta":{"content":"a"}}],"error":null}\n\n'
+        b'data: {"choices":[{"delta":{},"finish_reason":"stop"}],"error":null}\n\ndata: [DONE]\n\n'
+    )
+    out += translator.finish()
+    assert b"response.output_text.delta" in out and b"response.completed" in out
+    assert translator.completed

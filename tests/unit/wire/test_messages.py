@@ -445,3 +445,17 @@ def test_a_stop_sequence_is_said_only_when_the_provider_names_it(
     raw += converter.feed(b"data: [DONE]\n\n")
     (delta_event,) = [data for name, data in events(raw) if name == "message_delta"]
     assert (delta_event["delta"]["stop_reason"], delta_event["delta"]["stop_sequence"]) == expected
+
+
+def test_an_error_field_that_is_null_is_no_error() -> None:
+    """``"error": null`` in every chunk (some OpenAI-compatible servers): the answer, not an error."""
+    converter = ChatToMessagesEvents("m")
+    null = {**HEAD, "error": None}
+    out = converter.feed(
+        sse({**null, "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]})
+        + sse({**null, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    )
+    out += converter.end()
+    assert converter.error is None
+    names = [name for name, _ in events(out)]
+    assert "content_block_delta" in names and names[-1] == "message_stop"
