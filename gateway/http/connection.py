@@ -255,7 +255,7 @@ class GatewayRequestHandler(RequestHandler, WithholdsContinue):
             else:
                 error = HTTPStatusError(status, text)
         anthropic = _anthropic_door(self._last_data)
-        response = (anthropic_error_response if anthropic else error_response)(error)
+        response = (anthropic_error_response if anthropic else error_response)(error, request_id)
         if anthropic:
             response.headers["request-id"] = request_id  # as on every answer under /v1/messages
         response.headers["Server"] = SERVER

@@ -93,8 +93,10 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
     route_render = None if endpoint == "unmatched" else error_renderer(endpoint)
     anthropic = endpoint.startswith("/v1/messages")  # its SDK reads ``request-id``
     # /v1/models answers Anthropic's SDKs (they send ``anthropic-version``) in Anthropic's shapes,
-    # its errors included (``api/openai.py``): decided per request on that route only.
-    shared = endpoint.startswith("/v1/models")
+    # its errors included (``api/openai.py``): decided per request on that route, and on the
+    # catch-all's (an unknown path or a wrong method: ``client.beta.files.list()``, a ``DELETE
+    # /v1/models/x``), whose 404 and 405 such a client reads as Anthropic's, with ``request-id``.
+    shared = endpoint.startswith("/v1/models") or endpoint == "unmatched"
     # auth.mode: open: a request naming another host is refused (DNS rebinding:
     # ``auth.refuse_rebound_host``), on loopback and beyond (a page can rebind a LAN address, and
     # 0.0.0.0 listens on loopback too). Keys mode needs a key a page does not have: nothing to do.
@@ -139,11 +141,11 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
             except GatewayError as error:
                 call.tried = error.tried  # a routed call made for it failed (memory's embeddings too)
                 _log_library_words(rid, error)
-                response = (render or error_renderer(request.path))(error)
+                response = (render or error_renderer(request.path))(error, rid)
                 if request.get(keys.CONTINUE_DEFERRED):
                     response.force_close()  # (below)
             except web.HTTPException as exc:
-                response = (render or error_renderer(request.path))(_from_http_exception(exc, request))
+                response = (render or error_renderer(request.path))(_from_http_exception(exc, request), rid)
                 if request.get(keys.CONTINUE_DEFERRED):
                     # Refused before its 100 Continue: its client sends no body, and the
                     # connection ends with the answer (``connection.GatewayRequestHandler``).
@@ -160,11 +162,11 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
                 task = asyncio.current_task()
                 if task is not None:
                     task.uncancel()  # answered, not cancelled: aiohttp writes the 503
-                response = (render or error_renderer(request.path))(draining_error())
+                response = (render or error_renderer(request.path))(draining_error(), rid)
             except Exception:
                 log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": request.path}})
                 response = (render or error_renderer(request.path))(
-                    InternalError(f"The gateway hit an internal error. Request id: {rid}.")
+                    InternalError(f"The gateway hit an internal error. Request id: {rid}."), rid
                 )
             status = response.status
             if type(response) is WholeJSON:

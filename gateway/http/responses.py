@@ -18,8 +18,9 @@ from gateway.errors import AllDeploymentsFailed, GatewayError, NoHealthyDeployme
 JSON = "application/json"
 
 
-def error_response(error: GatewayError) -> web.Response:
-    """The OpenAI error envelope for ``error`` with its status and headers (e.g. Retry-After)."""
+def error_response(error: GatewayError, request_id: str = "") -> web.Response:
+    """The OpenAI error envelope for ``error`` with its status and headers (e.g. Retry-After);
+    ``request_id`` is in the headers only (OpenAI's envelope has no field for it)."""
     response = WholeJSON(error.body(), error.http_status, error.headers or None)
     if error.headers.get("connection") == "close":
         response.force_close()  # aiohttp would otherwise keep the connection for the next request
@@ -218,20 +219,27 @@ def _overloaded(error: GatewayError) -> bool:
     return isinstance(error, NoHealthyDeployment) or error.shows_overload
 
 
-def anthropic_envelope(error: GatewayError) -> bytes:
-    """``{"type": "error", "error": {"type", "message"}}`` for ``error`` (and ``details`` when the
-    error has Anthropic's machine-readable ones)."""
+def anthropic_envelope(error: GatewayError, request_id: str = "") -> bytes:
+    """``{"type": "error", "error": {"type", "message"}, "request_id"}`` for ``error`` (and
+    ``details`` when the error has Anthropic's machine-readable ones): Anthropic's "Error shapes",
+    whose answers "also include a ``request_id`` field" (the ``request-id`` header's value), left
+    out where there is none to give (a stream's error event, which Anthropic's have without it)."""
     status = anthropic_status(error)
     kind = _ANTHROPIC_TYPES.get(status) or ("api_error" if status >= 500 else "invalid_request_error")
     inner: dict[str, object] = {"type": kind, "message": error.message}
     if error.details is not None:
         inner["details"] = error.details
+    if request_id:
+        return jsonsafe.dumps({"type": "error", "error": inner, "request_id": request_id})
     return jsonsafe.dumps({"type": "error", "error": inner})
 
 
-def anthropic_error_response(error: GatewayError) -> web.Response:
-    """``error`` in Anthropic's envelope and status, with its headers (e.g. Retry-After)."""
-    response = WholeJSON(anthropic_envelope(error), anthropic_status(error), error.headers or None)
+def anthropic_error_response(error: GatewayError, request_id: str = "") -> web.Response:
+    """``error`` in Anthropic's envelope and status, with its headers (e.g. Retry-After), and
+    ``request_id`` in its body."""
+    response = WholeJSON(
+        anthropic_envelope(error, request_id), anthropic_status(error), error.headers or None
+    )
     if error.headers.get("connection") == "close":
         response.force_close()
     return response
@@ -242,7 +250,10 @@ def anthropic_error_event(error: GatewayError) -> bytes:
     return b"event: error\ndata: " + anthropic_envelope(error) + b"\n\n"
 
 
-def error_renderer(path: str) -> Callable[[GatewayError], web.Response]:
+ErrorRenderer = Callable[[GatewayError, str], web.Response]  # (the error, its request id)
+
+
+def error_renderer(path: str) -> ErrorRenderer:
     """How errors on ``path`` are rendered: Anthropic's envelope under /v1/messages, OpenAI's
     everywhere else."""
     if path == MESSAGES_PATH or path.startswith(MESSAGES_PATH + "/"):

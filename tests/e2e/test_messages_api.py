@@ -275,6 +275,7 @@ def test_a_history_anthropic_refuses_is_refused_whichever_kind_serves_it(
             "after: toolu_e2e. Each `tool_use` block must have a corresponding `tool_result` block in "
             "the next message.",
         },
+        "request_id": caught.value.request_id,  # Anthropic's "Error shapes": the header's value
     }
     assert caught.value.request_id
     assert fake_requests(mstack, fake) == before

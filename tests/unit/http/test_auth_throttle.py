@@ -225,6 +225,7 @@ async def test_the_messages_door_refuses_a_throttled_address_in_anthropics_envel
             "type": "rate_limit_error",
             "message": "Too many failed authentication attempts from this address. Try again in 60 s.",
         },
+        "request_id": refused.value.request_id,  # Anthropic's "Error shapes": the header's value
     }
     assert refused.value.response.headers["retry-after"] == "60"
     assert refused.value.response.headers["request-id"]  # the SDK's request_id, as on every answer

@@ -529,8 +529,10 @@ async def test_unknown_model_is_not_found(sdk: anthropic.AsyncAnthropic) -> None
         await sdk.messages.create(model="nope", max_tokens=5, messages=USER)
     assert caught.value.body == {
         "type": "error",
-        "error": {"type": "not_found_error", "message": caught.value.body["error"]["message"]},
-    }  # type: ignore[index]
+        "error": {"type": "not_found_error", "message": caught.value.body["error"]["message"]},  # type: ignore[index]
+        "request_id": caught.value.request_id,  # Anthropic's "Error shapes": the header's value
+    }
+    assert caught.value.request_id
 
 
 async def test_upstream_rate_limit_is_a_rate_limit_error(
@@ -564,6 +566,29 @@ async def test_unknown_paths_and_methods_answer_in_anthropic_envelope(gateway: T
     assert (await wrong.json())["type"] == "error"
     chat = await gateway.get("/v1/nothing")
     assert "type" not in await chat.json()  # OpenAI's envelope elsewhere
+
+
+async def test_the_anthropic_sdk_on_a_path_or_method_the_gateway_does_not_serve_gets_anthropics_errors(
+    sdk: anthropic.AsyncAnthropic, gateway: TestClient
+) -> None:
+    """Its SDKs send ``anthropic-version`` on every call: a 404 or 405 anywhere is Anthropic's
+    envelope with ``request-id`` (the header and the body's ``request_id``), as under /v1/messages
+    and /v1/models; it was OpenAI's, and the SDK's ``request_id`` was None (an outside probe)."""
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        await sdk.beta.files.list()
+    assert missing.value.request_id
+    assert missing.value.body == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "Unknown path: GET /v1/files."},
+        "request_id": missing.value.request_id,
+    }
+    wrong = await gateway.delete("/v1/models/gpt", headers={"anthropic-version": "2023-06-01"})
+    assert wrong.status == 405 and wrong.headers["request-id"] == wrong.headers["x-request-id"]
+    body = await wrong.json()
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert body["request_id"] == wrong.headers["request-id"]
+    plain = await gateway.delete("/v1/models/gpt")  # an OpenAI client's: OpenAI's envelope
+    assert plain.status == 405 and "type" not in await plain.json() and "request-id" not in plain.headers
 
 
 @pytest.mark.parametrize(
