@@ -345,9 +345,14 @@ async def while_read(transport: asyncio.Transport, writing: asyncio.Future[Any],
     as the client reads: False, with ``writing`` cancelled, once the connection's unsent bytes
     stayed the same for a whole ``timeout_s`` (it read nothing). The bound is on a stall, never
     on the whole write: a slow client reading a large answer (a 30 MB embeddings answer on a slow
-    link) gets all of it, where a bound on the whole write cut it (h-leaks' first version)."""
-    unsent = transport.get_write_buffer_size()
+    link) gets all of it, where a bound on the whole write cut it (h-leaks' first version).
+    The first window's baseline is taken once ``writing`` has run its first step, which puts its
+    bytes in the transport's buffer: taken before, that growth read as the client's progress and
+    the cut came a window late (at twice the timeout; an outside probe)."""
     try:
+        if not writing.done():
+            await asyncio.sleep(0)  # (a task just made runs its first step before this resumes)
+        unsent = transport.get_write_buffer_size()
         while True:
             done, _ = await asyncio.wait((writing,), timeout=timeout_s)
             if done:
