@@ -33,7 +33,7 @@ from typing import Any
 
 from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequest
 from gateway.http.body import WithholdsContinue
@@ -92,10 +92,42 @@ class GatewayRequestHandler(RequestHandler, WithholdsContinue):
         parsed = self._request_count
         _received(self, data)  # aiohttp's, without a ``super()`` object per read
         if self._request_count != parsed:
+            messages = self._messages
+            if messages and type(messages[-1][0]) is _ErrInfo:  # (the parser refused something: rare)
+                self._end_body_in_error(messages)
             if self._read_deadline is not None:  # a request's headers are complete
                 self._disarm_read_deadline()
         elif self._read_deadline is None and (waiter := self._waiter) is not None and not waiter.done():
             self._arm_read_deadline()  # the first bytes of the next request on a kept-alive connection
+
+    def _end_body_in_error(self, messages: Any) -> None:
+        """The parser refused bytes inside a request's body (its chunked framing, a chunk
+        extension, its trailers): aiohttp queues the error as a request of its own and leaves
+        the body unfinished, so the handler reading it waited ``request_read_timeout_s``,
+        answered 408, and the connection lingered 10 s more (an outside probe). The error goes to
+        that body instead: its reader raises a 400 ``malformed_http_request`` in the route's
+        envelope, with ``Connection: close`` (nothing after the error can be framed). An error
+        after a whole body (a bad next request) is left to aiohttp, which answers it."""
+        if len(messages) > 1:
+            payload, current = messages[-2][1], False  # its request is queued: it will read it
+        else:
+            request = self._current_request
+            payload, current = (request._payload if request is not None else None), True
+        if not isinstance(payload, StreamReader) or payload.is_eof():
+            return
+        info = messages.pop()[0]
+        detail = _one_line(info.message)
+        log.warning("malformed http request body", extra={"fields": {"status": 400, "error": detail}})
+        payload.set_exception(
+            InvalidRequest(
+                f"Malformed HTTP request: {detail}" if detail else "Malformed HTTP request.",
+                code="malformed_http_request",
+                headers={"connection": "close"},
+            )
+        )
+        payload.feed_eof()  # (no lingering read of a body that cannot go on)
+        if current:
+            self.close()  # no further request: the connection ends once this one is answered
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm_read_deadline()

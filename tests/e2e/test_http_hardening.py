@@ -324,6 +324,42 @@ async def test_a_chunked_body_that_arrives_whole_is_held_to_the_limit(edge: Edge
         assert reply.status == 200, reply
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [b"zz\r\n", b"5;\x01ext\r\n", b"5\r\nabcdeXY"],
+    ids=["chunk-size", "chunk-extension", "no-crlf-after-data"],
+)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_body_whose_chunked_framing_breaks_mid_way_is_a_400_at_once(
+    edge: Edge, bad: bytes, path: str
+) -> None:
+    """The framing breaks after the handler has started reading the body: aiohttp queued the
+    parser's error as a request of its own and left the body open, so the handler waited for
+    request_read_timeout_s, answered 408 and the connection lingered 10 s more (an outside
+    probe). Now the body's reader gets the parser's error: a 400 in the route's envelope, and
+    the connection ends with it."""
+    head = f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n".encode()
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    try:
+        writer.write(head + b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n")
+        await writer.drain()
+        await asyncio.sleep(READ_TIMEOUT_S / 4)  # the handler is reading the body by now
+        writer.write(bad)
+        reply = await asyncio.wait_for(read_reply(reader), READ_TIMEOUT_S + MARGIN_S)
+        closed = await until_closed(reader, time.monotonic() + READ_TIMEOUT_S + MARGIN_S)
+    finally:
+        writer.close()
+    assert reply.status == 400, reply  # (not the read timeout's 408)
+    assert reply.headers["connection"] == "close"
+    assert closed != float("inf")  # closed with the answer, not 10 s of lingering later
+    if path == "/v1/messages":
+        assert reply.json()["error"]["type"] == "invalid_request_error"
+        assert reply.json()["request_id"] == reply.headers["request-id"]
+    else:
+        assert reply.json()["error"]["code"] == "malformed_http_request"
+        assert reply.json()["error"]["message"].startswith("Malformed HTTP request")
+
+
 # --- 2b. compressed bodies ---------------------------------------------------------------------------
 
 
