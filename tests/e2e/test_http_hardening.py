@@ -341,7 +341,7 @@ async def test_a_body_whose_chunked_framing_breaks_mid_way_is_a_400_at_once(
     head = f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n".encode()
     reader, writer = await asyncio.open_connection(edge.host, edge.port)
     try:
-        writer.write(head + b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n")
+        writer.write(head + b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\n')
         await writer.drain()
         await asyncio.sleep(READ_TIMEOUT_S / 4)  # the handler is reading the body by now
         writer.write(bad)
