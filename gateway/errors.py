@@ -33,6 +33,7 @@ provider said it is too busy: a retry after it spends the group's retry budget).
     ├── QuotaExceeded              429     insufficient_quota      no     code=insufficient_quota; the key's budget is spent
     ├── AuthThrottled              429     rate_limit_error        no     code=auth_throttled; the address failed auth too often
     ├── UploadShareFull            429     rate_limit_error        no     code=uploads_busy; one caller's share of the audio room
+    ├── UnsupportedTransferCoding  501     invalid_request_error   no     code=unsupported_transfer_coding; a coded body (note 2)
     ├── InsufficientStorage        507     server_error            no     code=spool_full; no room to keep an upload (note 2)
     ├── ServiceUnavailable         503     service_unavailable     no     draining, not ready
     │   ├── ProviderNotConfigured  503     service_unavailable     no     code=provider_not_configured
@@ -367,6 +368,25 @@ class UnsupportedContentEncoding(UnsupportedMediaType):
             self,
             f"Content-Encoding '{given}' is not supported for request bodies: send the body uncompressed.",
             code="unsupported_content_encoding",
+        )
+
+
+class UnsupportedTransferCoding(GatewayError):
+    """A request body sent with a transfer coding other than ``chunked`` (``Transfer-Encoding:
+    gzip, chunked``): RFC 9112 6.1, "A server that receives a request message with a transfer
+    coding it does not understand SHOULD respond with 501 (Not Implemented)". Read as plain
+    chunked, the coded bytes were taken for the body. ``x-should-retry: false`` (the SDKs retry a
+    5xx; no SDK sends one) and ``Connection: close`` (the body is not read)."""
+
+    status = 501
+    error_type = "invalid_request_error"
+
+    def __init__(self, given: str) -> None:
+        super().__init__(
+            f"Transfer-Encoding '{given}' is not supported for request bodies: send the body with "
+            "Content-Length or plain chunked.",
+            code="unsupported_transfer_coding",
+            headers={"connection": "close", **_NO_CLIENT_RETRY},
         )
 
 

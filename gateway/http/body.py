@@ -22,7 +22,13 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.auth.gate import LimitedCall
-from gateway.errors import PayloadTooLarge, RequestTimeout, UnsupportedContentEncoding, UnsupportedMediaType
+from gateway.errors import (
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedContentEncoding,
+    UnsupportedMediaType,
+    UnsupportedTransferCoding,
+)
 from gateway.service.validation import parse_body
 from gateway.wire.requests import JSONObject
 
@@ -101,7 +107,10 @@ def json_now(request: web.Request, max_body_bytes: int | None = None) -> JSONObj
     if headers.get("Content-Type") != JSON_CONTENT_TYPE and request.content_type != JSON_CONTENT_TYPE:
         # aiohttp reports a missing header as application/octet-stream; show what was sent.
         raise UnsupportedMediaType(headers.get("Content-Type", ""))
-    if headers.get("Content-Encoding") is not None:
+    if (
+        headers.get("Content-Encoding") is not None
+        or headers.get("Transfer-Encoding", "chunked") != "chunked"
+    ):
         refuse_compressed(request)
     limit = (request.app[keys.SETTINGS].max_body_bytes or 0) if max_body_bytes is None else max_body_bytes
     if limit:  # (``request.content_length``'s parse, without its call)
@@ -124,7 +133,12 @@ def json_now(request: web.Request, max_body_bytes: int | None = None) -> JSONObj
 def refuse_compressed(request: web.Request) -> None:
     """415 for a compressed body (``Content-Encoding`` gzip, deflate, br...): the server does not
     inflate request bodies (``auto_decompress=False``, ``server.py``), so a compressed one is
-    refused by name rather than misread as bad JSON."""
+    refused by name rather than misread as bad JSON. A transfer coding other than ``chunked``
+    (``gzip, chunked``), which aiohttp's parser reads as plain chunked: 501 (RFC 9112 6.1)."""
+    for given in request.headers.getall("Transfer-Encoding", ()):
+        for coding in given.split(","):
+            if coding.strip().lower() != "chunked":
+                raise UnsupportedTransferCoding(given)
     # Every header and every coding in each (``identity, gzip`` is gzip, as is a second header):
     # one that is not identity means bytes this gateway would misread.
     for encoding in request.headers.getall("Content-Encoding", ()):

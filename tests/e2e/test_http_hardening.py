@@ -381,6 +381,34 @@ async def test_compressed_bodies_are_refused_by_name_not_inflated(edge: Edge, en
     assert plain.status == 200
 
 
+@pytest.mark.parametrize("coding", ["gzip, chunked", "foo, chunked", "GZIP , chunked"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/audio/transcriptions"])
+async def test_a_transfer_coding_other_than_chunked_is_a_501(edge: Edge, coding: str, path: str) -> None:
+    """aiohttp's parser reads ``gzip, chunked`` as plain chunked: the coded bytes were taken for the
+    body (a plain JSON body under ``foo, chunked`` was served). RFC 9112 6.1: a transfer coding the
+    server does not understand SHOULD be a 501."""
+    body = orjson.dumps(CHAT)
+    chunk = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    kind = "application/json" if "chat" in path else "multipart/form-data; boundary=b"
+    head = f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {kind}\r\nTransfer-Encoding: {coding}\r\n\r\n"
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    try:
+        writer.write(head.encode() + chunk)
+        reply = await asyncio.wait_for(read_reply(reader), 10)
+    finally:
+        writer.close()
+    assert reply.status == 501, reply
+    assert reply.json()["error"]["code"] == "unsupported_transfer_coding"
+    assert reply.headers["x-should-retry"] == "false" and reply.headers["connection"] == "close"
+    if "chat" in path:  # plain chunked is served
+        reader, writer = await asyncio.open_connection(edge.host, edge.port)
+        try:
+            writer.write(head.replace(coding, "chunked").encode() + chunk)
+            assert (await asyncio.wait_for(read_reply(reader), 10)).status == 200
+        finally:
+            writer.close()
+
+
 @pytest.mark.parametrize(
     "codings",
     [["identity", "gzip"], ["identity, gzip"], ["gzip, identity"]],
