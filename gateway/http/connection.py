@@ -32,7 +32,9 @@ import re
 from typing import Any
 
 from aiohttp import StreamReader, web
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequest
@@ -93,8 +95,12 @@ class GatewayRequestHandler(RequestHandler, WithholdsContinue):
         _received(self, data)  # aiohttp's, without a ``super()`` object per read
         if self._request_count != parsed:
             messages = self._messages
-            if messages and type(messages[-1][0]) is _ErrInfo:  # (the parser refused something: rare)
-                self._end_body_in_error(messages)
+            if messages:
+                last = messages[-1][0]
+                if isinstance(last, _ErrInfo):  # (the parser refused something: rare)
+                    self._end_body_in_error(messages)
+                elif last.version not in _HTTP1:
+                    _refuse_versions(messages, self._request_count - parsed)
             if self._read_deadline is not None:  # a request's headers are complete
                 self._disarm_read_deadline()
         elif self._read_deadline is None and (waiter := self._waiter) is not None and not waiter.done():
@@ -272,7 +278,13 @@ class GatewayRequestHandler(RequestHandler, WithholdsContinue):
             raise ConnectionError("a response was already started; cannot send the error")
         request_id = new_request_id()
         error: GatewayError
-        if status >= 500:
+        if status == _VERSION_NOT_SUPPORTED:  # (``_refuse_versions``)
+            log.warning(
+                "http version not supported",
+                extra={"fields": {"request_id": request_id, "status": status, "error": message or ""}},
+            )
+            error = HTTPStatusError(status, message or "HTTP version not supported.")
+        elif status >= 500:
             log.error("unhandled error", exc_info=exc, extra={"fields": {"request_id": request_id}})
             error = InternalError(f"The gateway hit an internal error. Request id: {request_id}.")
         else:
@@ -432,6 +444,26 @@ def _small(resp: web.StreamResponse) -> bool:
         body = resp.body
         return body is None or (isinstance(body, _BYTES) and len(body) < _SMALL_BODY)
     return resp.prepared
+
+
+_HTTP1 = (HttpVersion11, HttpVersion10)
+_VERSION_NOT_SUPPORTED = 505
+
+
+def _refuse_versions(messages: Any, count: int) -> None:
+    """The ``count`` requests just parsed that are neither HTTP/1.1 nor 1.0 (``HTTP/2.0`` or
+    ``HTTP/0.9`` with HTTP/1 framing, which aiohttp's parser takes, and aiohttp echoed in its
+    answer's status line: ``HTTP/2.0 200 OK``; an outside probe) become aiohttp's error
+    requests: a 505 (RFC 9110 15.6.6) from ``handle_error``, and the connection closes."""
+    for i in range(len(messages) - count, len(messages)):
+        message, _payload = messages[i]
+        if type(message) is not _ErrInfo and message.version not in _HTTP1:
+            version = f"HTTP/{message.version.major}.{message.version.minor}"
+            text = f"{version} is not supported here: send HTTP/1.1 (or HTTP/1.0)."
+            messages[i] = (
+                _ErrInfo(status=_VERSION_NOT_SUPPORTED, exc=ValueError(text), message=text),
+                EMPTY_PAYLOAD,
+            )
 
 
 def _one_line(text: str) -> str:

@@ -704,3 +704,33 @@ async def test_expect_100_continue_gets_the_interim_answer_then_the_response(edg
         assert reply.status == 200 and reply.json()["object"] == "chat.completion"
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("version", ["HTTP/2.0", "HTTP/0.9"])
+async def test_a_version_other_than_http_1_is_a_505_not_echoed(edge: Edge, version: str) -> None:
+    """aiohttp's parser takes HTTP/2.0 and HTTP/0.9 with HTTP/1 framing, and its answer echoed the
+    version: ``HTTP/2.0 200 OK``. RFC 9110 15.6.6: 505, in a version the gateway speaks; a
+    request pipelined after an HTTP/1.1 one is refused alone."""
+    reader, writer = await asyncio.open_connection(edge.host, edge.port)
+    try:
+        writer.write(
+            b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            + f"GET /health/live {version}\r\nHost: localhost\r\n\r\n".encode()
+        )
+        first = await asyncio.wait_for(read_reply(reader), 10)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+        rest = await asyncio.wait_for(read_reply_rest(reader), 10)
+    finally:
+        writer.close()
+    assert first.status == 200
+    assert head == b"HTTP/1.0 505 HTTP Version Not Supported\r\n"
+    assert version in rest.json()["error"]["message"] and rest.headers["x-request-id"]
+
+
+async def read_reply_rest(reader: asyncio.StreamReader) -> Reply:
+    """The headers and body of a response whose status line was read already."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines if ln)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return Reply(0, headers, body)
