@@ -32,18 +32,18 @@ async def create(request: web.Request) -> web.Response:
     batch = "memories" in body
     items = _parse(MemoryBatchIn, body).memories if batch else [_parse(MemoryIn, body)]
     await _check_new(_service(request), items, batch, access)  # before anything is embedded (and paid)
-    await _check_new_ids(_service(request), items, batch)
+    await _check_new_ids(_service(request), items, batch, access)
     with on_behalf_of(caller, admit=True, record=request[keys.REQUEST_CALL]):  # its texts pass the limits
-        created = await _service(request).add([_new(i) for i in items], access)
+        created = await _service(request).add([_new(i, access) for i in items], access)
     return json_response(
-        orjson.dumps({"object": "list", "data": [memory_json(m) for m in created]}), status=201
+        orjson.dumps({"object": "list", "data": [memory_json(m, access) for m in created]}), status=201
     )
 
 
 async def read(request: web.Request) -> web.Response:
     access = memory_access_of(await authenticate(request))
-    memory = await _service(request).get(request.match_info["id"], access)
-    return json_response(orjson.dumps(memory_json(memory)))
+    memory = await _service(request).find(request.match_info["id"], access)
+    return json_response(orjson.dumps(memory_json(memory, access)))
 
 
 async def patch(request: web.Request) -> web.Response:
@@ -60,17 +60,21 @@ async def patch(request: web.Request) -> web.Response:
         processing_status=given.processing_status,
         if_row_version=given.row_version,
     )
+    service = _service(request)
+    stored = (await service.find(request.match_info["id"], access)).id  # 404 before anything is embedded
     with on_behalf_of(caller, admit=True, record=request[keys.REQUEST_CALL]):  # new content is embedded
-        memory = await _service(request).update(request.match_info["id"], change, access)
-    return json_response(orjson.dumps(memory_json(memory)))
+        memory = await service.update(stored, change, access)
+    return json_response(orjson.dumps(memory_json(memory, access)))
 
 
 async def delete(request: web.Request) -> web.Response:
     access = memory_access_of(await authenticate(request))
     service = _service(request)
     memory_id = request.match_info["id"]
-    await service.get(memory_id, access)  # 404 when it does not exist (or is not the caller's to see)
-    await service.delete([memory_id], access)  # 403 when the caller may only read it
+    found = await service.find(
+        memory_id, access
+    )  # 404 when it does not exist (or is not the caller's to see)
+    await service.delete([found.id], access)  # 403 when the caller may only read it
     return json_response(orjson.dumps({"id": memory_id, "object": "memory.deleted", "deleted": True}))
 
 
@@ -82,7 +86,10 @@ async def search(request: web.Request) -> web.Response:
     where = MemoryFilter(q.namespaces, q.data_source, q.min_confidence, q.processing_status)
     with on_behalf_of(caller, admit=True, record=request[keys.REQUEST_CALL]):  # a text query is embedded
         hits = await _service(request).search(q.query, q.vector, q.top_k, where, access)
-    data = [{"score": round(h.score, 6), "memory": memory_json(h.memory, with_embedding=False)} for h in hits]
+    data = [
+        {"score": round(h.score, 6), "memory": memory_json(h.memory, access, with_embedding=False)}
+        for h in hits
+    ]
     return json_response(orjson.dumps({"object": "list", "data": data}))
 
 
@@ -99,10 +106,14 @@ async def _check_new(
     await service.check_dimensions([vector for _, vector in given], [param for param, _ in given])
 
 
-async def _check_new_ids(service: MemoryService, items: list[MemoryIn], batch: bool) -> None:
+async def _check_new_ids(
+    service: MemoryService, items: list[MemoryIn], batch: bool, access: MemoryAccess | None
+) -> None:
     """The early refusal of ids that are given twice or stored already (400
     ``memory_exists``, ``param`` as written: ``memories[1].id``); the store checks again when it
-    inserts, against a concurrent writer."""
+    inserts, against a concurrent writer. With keys, only the caller's team's ids count (its
+    own, ``access.stored_id``, and one of its memories written as given before ids were per
+    team): another team's are never looked at, so never told."""
     given: dict[str, int] = {}
     for k, item in enumerate(items):
         if item.id is None:
@@ -134,7 +145,13 @@ async def _check_new_ids(service: MemoryService, items: list[MemoryIn], batch: b
         given[item.id] = k
     if not given:
         return
-    taken = await service.existing_ids(list(given))
+    if access is None:
+        taken = await service.existing_ids(list(given))
+    else:
+        stored = {access.stored_id(name): name for name in given}
+        taken = {stored[found] for found in await service.existing_ids(list(stored))}
+        for legacy in await service.owned_ids(list(given), access.team):
+            taken.add(legacy)
     if taken:
         first = min(taken, key=given.__getitem__)
         raise InvalidRequest(
@@ -147,9 +164,12 @@ async def _check_new_ids(service: MemoryService, items: list[MemoryIn], batch: b
 _PATH_WORDS = frozenset({".", "..", "jobs", "search", "files"})
 
 
-def memory_json(memory: Memory, *, with_embedding: bool = True) -> dict[str, Any]:
+def memory_json(
+    memory: Memory, access: MemoryAccess | None = None, *, with_embedding: bool = True
+) -> dict[str, Any]:
+    """``memory`` as the API shows it to ``access``'s caller (its team's ids without their prefix)."""
     out: dict[str, Any] = {
-        "id": memory.id,
+        "id": memory.id if access is None else access.shown_id(memory.id),
         "object": "memory",
         "namespace": memory.namespace,
         "owner": memory.owner,  # the team that wrote it; null: written in open mode
@@ -174,7 +194,7 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _new(item: MemoryIn) -> NewMemory:
+def _new(item: MemoryIn, access: MemoryAccess | None) -> NewMemory:
     return NewMemory(
         namespace=item.namespace,
         content=item.content,
@@ -183,7 +203,7 @@ def _new(item: MemoryIn) -> NewMemory:
         data_source=item.data_source,
         confidence_score=item.confidence_score,
         importance_score=item.importance_score,
-        id=item.id,
+        id=item.id if item.id is None or access is None else access.stored_id(item.id),
     )
 
 

@@ -45,6 +45,21 @@ class MemoryAccess:
     read: frozenset[str] | None = None
     write: frozenset[str] | None = None
 
+    # Ids a client chooses are its team's: stored as ``<team>:<id>`` (a team name has no colon,
+    # so the first one splits it off) and shown without the prefix to that team, so two teams
+    # may each have a memory ``doc-1``, and one team's create can neither tell that another's
+    # ``acme-merger`` exists (a 400 ``memory_exists`` said so, where GET said 404) nor take an id
+    # from it (an outside probe). Ids the gateway makes (uuids, ingested chunks') are stored as made.
+
+    def stored_id(self, given: str) -> str:
+        """The id under which this caller's memory named ``given`` is stored."""
+        return f"{self.team}:{given}"
+
+    def shown_id(self, memory_id: str) -> str:
+        """``memory_id`` as this caller sees it: its own team's prefix taken off."""
+        prefix = f"{self.team}:"
+        return memory_id[len(prefix) :] if memory_id.startswith(prefix) else memory_id
+
     def sees(self, namespace: str, owner: str | None) -> bool:
         """Whether rows of ``owner`` in ``namespace`` are visible to this caller."""
         if owner == self.team:

@@ -413,6 +413,21 @@ class MemoryService:
         """The ids among ``ids`` that are stored."""
         return await self.store.existing_ids(ids)
 
+    async def owned_ids(self, ids: Sequence[str], owner: str) -> set[str]:
+        """The ids among ``ids`` stored as given and written by ``owner`` (a team's memories
+        from before ids were per team: ``MemoryAccess.stored_id``)."""
+        return {m.id for m in await self.store.get_many(ids) if m.owner == owner}
+
+    async def find(self, given: str, access: MemoryAccess | None = None) -> Memory:
+        """The memory a client names ``given`` (a path's id): with keys, its team's own
+        (``access.stored_id``) first, else the id as stored (one the gateway made, one written
+        before ids were per team, another team's shown whole); ``NotFound`` as ``get``."""
+        if access is not None:
+            own = await self.store.get(access.stored_id(given))
+            if own is not None and access.sees(own.namespace, own.owner):
+                return own
+        return await self.get(given, access)
+
     async def get(self, memory_id: str, access: MemoryAccess | None = None) -> Memory:
         """The memory ``memory_id``; ``NotFound`` when it does not exist or ``access`` may not
         see it (the same answer: another team's ids are not revealed)."""

@@ -38,6 +38,7 @@ from gateway.errors import (
     UpstreamStatusError,
 )
 from gateway.memory import augment as memory_augment
+from gateway.memory.access import MemoryAccess
 from gateway.memory.service import MemoryService
 from gateway.observability import tracing
 from gateway.observability.metrics import GatewayMetrics, HistogramChild, vendor_of
@@ -260,9 +261,8 @@ class RequestService:
             ):
                 access = memory_access_of(ctx.identity)  # only memories the caller's team may read
                 with on_behalf_of(ctx.identity, admit=False):  # the query's embedding is charged
-                    body, ctx.record.memory_ids = await memory_augment.augment(
-                        self.memory, body, ctx.headers, access
-                    )
+                    body, recalled_ids = await memory_augment.augment(self.memory, body, ctx.headers, access)
+                    ctx.record.memory_ids = _shown(recalled_ids, access)
                 route = RouteContext(
                     model, body, stream=stream, tags=ctx.tags, allowed=allowed, request_id=ctx.request_id
                 )
@@ -277,7 +277,7 @@ class RequestService:
                 if recalled.ids:
                     door = door.remembered(recalled.trusted, recalled.reference)
                     body = door.chat
-                    ctx.record.memory_ids = list(recalled.ids)
+                    ctx.record.memory_ids = _shown(recalled.ids, access)
                     route = RouteContext(
                         model, body, stream=stream, tags=ctx.tags, allowed=allowed, request_id=ctx.request_id
                     )
@@ -1226,3 +1226,11 @@ def _incomplete(target: Target) -> GatewayError:
         f"{target.provider}: stream ended without its end marker or carried an error event",
         provider=target.provider,
     )
+
+
+def _shown(ids: Sequence[str] | None, access: MemoryAccess | None) -> list[str] | None:
+    """The recalled memories' ids as the caller sees them (``x-gateway-memory-ids``): its team's
+    without their prefix (``MemoryAccess.shown_id``), as the memory API shows them."""
+    if ids is None:
+        return None
+    return list(ids) if access is None else [access.shown_id(i) for i in ids]

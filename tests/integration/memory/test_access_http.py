@@ -335,3 +335,105 @@ async def test_a_data_source_longer_than_snowflakes_column_is_400_on_every_store
     assert (status, err["error"]["param"]) == (400, "memories[1].data_source"), err
     status, kept = await gw.call(ALPHA, "GET", f"/v1/memory/{memory_id}")
     assert (status, kept["data_source"]) == (200, fits)
+
+
+async def test_a_client_chosen_id_is_its_teams_so_another_team_can_neither_see_nor_take_it(
+    gw: Gateway,
+) -> None:
+    """``POST /v1/memory`` checked a chosen id against every team's: beta's create of alpha's
+    ``acme-merger-2027`` was a 400 ``memory_exists`` (where GET said 404), so a team could test
+    which guessable ids another had, and take an id first to keep it from that team (an outside
+    probe). Ids are now per team: each has its own ``acme-merger-2027``."""
+    chosen = "acme-merger-2027"
+    status, alpha = await gw.call(
+        ALPHA, "POST", "/v1/memory", {"namespace": "deals", "id": chosen, "content": "alpha's"}
+    )
+    assert status == 201 and alpha["data"][0]["id"] == chosen, alpha
+    status, beta = await gw.call(
+        BETA, "POST", "/v1/memory", {"namespace": "x", "id": chosen, "content": "beta's"}
+    )
+    assert status == 201 and beta["data"][0]["id"] == chosen, beta  # nothing said alpha has one
+    for key, content in ((ALPHA, "alpha's"), (BETA, "beta's")):
+        status, got = await gw.call(key, "GET", f"/v1/memory/{chosen}")
+        assert (status, got["id"], got["content"]) == (200, chosen, content)
+    status, again = await gw.call(
+        ALPHA, "POST", "/v1/memory", {"namespace": "deals", "id": chosen, "content": "x"}
+    )
+    assert status == 400 and again["error"]["code"] == "memory_exists"  # its own id: taken
+    status, patched = await gw.call(BETA, "PATCH", f"/v1/memory/{chosen}", {"content": "beta's, changed"})
+    assert (status, patched["id"], patched["content"]) == (200, chosen, "beta's, changed")
+    status, deleted = await gw.call(BETA, "DELETE", f"/v1/memory/{chosen}")
+    assert status == 200 and deleted["deleted"] is True
+    status, kept = await gw.call(ALPHA, "GET", f"/v1/memory/{chosen}")
+    assert (status, kept["content"]) == (200, "alpha's")  # beta's delete was of its own
+
+
+async def test_another_teams_chosen_id_is_shown_whole_where_it_is_shared(gw: Gateway) -> None:
+    """A namespace granted to beta shows alpha's memory with alpha's id whole, which beta reads
+    and searches by; alpha sees its own without the prefix."""
+    status, made = await gw.call(
+        ALPHA,
+        "POST",
+        "/v1/memory",
+        {"namespace": X, "id": "launch-notes", "content": "The launch is on 3 May"},
+    )
+    assert status == 201 and made["data"][0]["id"] == "launch-notes"
+    status, found = await gw.call(
+        BETA_READER, "POST", "/v1/memory/search", {"query": "launch", "namespaces": [X]}
+    )
+    assert status == 200 and [h["memory"]["id"] for h in found["data"]] == ["alpha:launch-notes"]
+    status, read = await gw.call(BETA_READER, "GET", "/v1/memory/alpha:launch-notes")
+    assert (status, read["content"]) == (200, "The launch is on 3 May")
+    status, missing = await gw.call(BETA_READER, "GET", "/v1/memory/launch-notes")
+    assert status == 404  # beta has none of that name
+    status, mine = await gw.call(ALPHA, "POST", "/v1/memory/search", {"query": "launch", "namespaces": [X]})
+    assert [h["memory"]["id"] for h in mine["data"]] == ["launch-notes"]
+
+
+async def test_the_recalled_ids_header_shows_ids_as_the_memory_api_does(gw: Gateway) -> None:
+    status, _ = await gw.call(
+        ALPHA, "POST", "/v1/memory", {"namespace": X, "id": "launch-plan", "content": "Launch: 3 May"}
+    )
+    assert status == 201
+    chat = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "When is the launch?"}],
+        "memory": {"namespaces": [X]},
+    }
+    for key, shown in ((ALPHA, "launch-plan"), (BETA_READER, "alpha:launch-plan")):
+        async with gw.client.post(
+            "/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {key}"}
+        ) as resp:
+            assert resp.status == 200
+            assert resp.headers["x-gateway-memory-ids"] == shown
+        status, read = await gw.call(key, "GET", f"/v1/memory/{shown}")  # the id it was shown reads it
+        assert (status, read["content"]) == (200, "Launch: 3 May")
+
+
+async def test_a_teams_memory_stored_before_ids_were_per_team_keeps_its_id(gw: Gateway) -> None:
+    """Written with the id as given (before ``MemoryAccess.stored_id``): its team reads it by that
+    id and cannot make a second one of it; another team can make its own."""
+    from gateway.memory.access import MemoryAccess
+    from gateway.memory.service import NewMemory
+
+    service = gw.client.app[keys.MEMORY]
+    await service.add(
+        [
+            NewMemory(
+                namespace="n", content="written before", embedding=(1.0,) + (0.0,) * (DIM - 1), id="old-id"
+            )
+        ],
+        MemoryAccess("alpha"),
+    )
+    status, read = await gw.call(ALPHA, "GET", "/v1/memory/old-id")
+    assert (status, read["id"], read["content"]) == (200, "old-id", "written before")
+    status, again = await gw.call(
+        ALPHA, "POST", "/v1/memory", {"namespace": "n", "id": "old-id", "content": "x"}
+    )
+    assert status == 400 and again["error"]["code"] == "memory_exists"
+    status, other = await gw.call(
+        BETA, "POST", "/v1/memory", {"namespace": "n", "id": "old-id", "content": "beta's"}
+    )
+    assert status == 201 and other["data"][0]["id"] == "old-id"
+    status, still = await gw.call(ALPHA, "GET", "/v1/memory/old-id")
+    assert (status, still["content"]) == (200, "written before")
