@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway import keys
 from gateway.auth.gate import LimitedCall
@@ -108,8 +108,8 @@ def json_now(request: web.Request, max_body_bytes: int | None = None) -> JSONObj
         # aiohttp reports a missing header as application/octet-stream; show what was sent.
         raise UnsupportedMediaType(headers.get("Content-Type", ""))
     if (
-        headers.get("Content-Encoding") is not None
-        or headers.get("Transfer-Encoding", "chunked") != "chunked"
+        headers.get(hdrs.CONTENT_ENCODING) is not None  # (aiohttp's ``istr`` names: no case folding)
+        or headers.get(hdrs.TRANSFER_ENCODING, "chunked") != "chunked"
     ):
         refuse_compressed(request)
     limit = (request.app[keys.SETTINGS].max_body_bytes or 0) if max_body_bytes is None else max_body_bytes

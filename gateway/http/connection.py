@@ -99,7 +99,7 @@ class GatewayRequestHandler(RequestHandler, WithholdsContinue):
                 last = messages[-1][0]
                 if isinstance(last, _ErrInfo):  # (the parser refused something: rare)
                     self._end_body_in_error(messages)
-                elif last.version not in _HTTP1:
+                elif last.version is not HttpVersion11 and last.version not in _HTTP1:
                     _refuse_versions(messages, self._request_count - parsed)
             if self._read_deadline is not None:  # a request's headers are complete
                 self._disarm_read_deadline()
