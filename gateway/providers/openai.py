@@ -79,7 +79,9 @@ class OpenAIAdapter:
         self, endpoint: Endpoint, request: JSONObject, upstream_model: str, provider: str = ""
     ) -> StreamTranslator:
         if endpoint in UPLOAD_ENDPOINTS:  # a transcription's json, text, subtitles or events
-            return TranscriptRelay(streamed=request.get("stream") is True)
+            form = request.get(FORM)
+            shape = form.field("response_format") if isinstance(form, UploadForm) else None
+            return TranscriptRelay(streamed=request.get("stream") is True, json=shape in _JSON_TRANSCRIPTS)
         if endpoint is Endpoint.SPEECH:
             return BytesRelay()
         if endpoint in IMAGE_ENDPOINTS:  # a streamed generation's or edit's partial images
@@ -473,19 +475,44 @@ def _summed(total: int | None, count: object) -> int | None:
 class BytesRelay:
     """A binary answer (speech's audio) relayed as it arrives: nothing to watch, no end marker.
     Whole once the provider's body ended as its framing says (a body cut short raises in the
-    transport's ``chunks`` before ``finish``); no usage (speech reports none)."""
+    transport's ``chunks`` before ``finish``); no usage (speech reports none).
 
-    __slots__ = ("_done",)
+    An answer that opens with ``{`` is held (up to ``_MAX_HELD_JSON_BYTES``) until it is whole:
+    a provider's error answered with a 2xx (``{"error": {...}}``) is raised at ``finish`` before
+    a byte goes out, so the request fails over as a chat's does (it was relayed as a 200, and
+    the SDK wrote the error into the audio file, or read ``text=None``; an outside probe). No
+    audio format opens with ``{``; raw PCM may, and is released at the bound or its end."""
+
+    __slots__ = ("_done", "_held", "_opened")
 
     def __init__(self) -> None:
         self._done = False
+        self._opened = False  # its first byte (not white space) seen: relayed from then on
+        self._held: bytearray | None = None  # an opening ``{``: maybe an error, held
 
     def feed(self, chunk: bytes) -> bytes:
-        return chunk
+        held = self._held
+        if held is None:
+            if self._opened:
+                return chunk
+            start = chunk.lstrip()[:1]
+            if start != b"{":
+                self._opened = bool(start)
+                return chunk
+            self._held = held = bytearray()
+        held += chunk
+        if len(held) <= _MAX_HELD_JSON_BYTES:
+            return b""
+        self._held, self._opened = None, True  # too long for an error: relayed unread
+        return bytes(held)
 
     def finish(self) -> bytes:
+        held, self._held = self._held, None
         self._done = True
-        return b""
+        if held is None:
+            return b""
+        _raise_error_answer(bytes(held), must_be_json=False)
+        return bytes(held)
 
     def usage(self) -> JSONObject | None:
         return None
@@ -509,14 +536,17 @@ class TranscriptRelay(BytesRelay):
     relayed as a 200 carrying the error). An answer that is not events after all (a provider
     answering JSON) goes out as it arrives, as the other formats (json, text, subtitles) do."""
 
-    __slots__ = ("_kept", "_opening", "_size")
+    __slots__ = ("_json", "_kept", "_opening", "_size")
 
-    def __init__(self, *, streamed: bool = False) -> None:
+    def __init__(self, *, streamed: bool = False, json: bool = False) -> None:
         super().__init__()
         self._kept: list[bytes] = []
         self._size = 0
         # A stream's first event, held until it is whole (None: relayed as it arrives).
         self._opening: bytearray | None = bytearray() if streamed else None
+        # ``response_format`` json or verbose_json (or none: json): a body that is no JSON
+        # object is the provider's failure (a 200 HTML page, a cut body), not the answer.
+        self._json = json and not streamed
 
     def feed(self, chunk: bytes) -> bytes:
         self._size += len(chunk)
@@ -526,7 +556,11 @@ class TranscriptRelay(BytesRelay):
             self._kept = []  # too long to read: relayed unread, charged at its estimate
         opening = self._opening
         if opening is None:
-            return chunk
+            if self._json and self._held is None and not self._opened:
+                start = chunk.lstrip()[:1]
+                if start and start != b"{":
+                    raise _not_json_answer()
+            return super().feed(chunk)
         opening += chunk
         if not _may_open_events(opening):
             self._opening = None
@@ -541,8 +575,16 @@ class TranscriptRelay(BytesRelay):
 
     def finish(self) -> bytes:
         held, self._opening = self._opening, None
-        super().finish()
-        return b"" if held is None else bytes(held)
+        if held is not None:
+            super().finish()
+            return bytes(held)
+        json_held = self._held
+        if json_held is not None and self._json:
+            self._held = None
+            self._done = True
+            _raise_error_answer(bytes(json_held), must_be_json=True)
+            return bytes(json_held)
+        return super().finish()
 
     def usage(self) -> JSONObject | None:
         if not self._done or not self._kept:
@@ -553,6 +595,35 @@ class TranscriptRelay(BytesRelay):
 
 
 _MAX_OPENING_BYTES = 64 * 1024  # a first event longer than this is relayed unread
+# A relayed answer opening with ``{`` is held this long for a 2xx error (``BytesRelay``): a
+# transcript's JSON under it is validated whole, and relayed unread above it.
+_MAX_HELD_JSON_BYTES = USAGE_READ_BYTES
+_JSON_TRANSCRIPTS = (None, "json", "verbose_json")
+
+
+def _raise_error_answer(body: bytes, must_be_json: bool) -> None:
+    """Raise the error a whole relayed answer stands for: ``{"error": {...}}`` with a 2xx (as
+    ``translate_response`` raises for a whole JSON answer), or, where the answer must be JSON
+    (``must_be_json``), a body that is not a JSON object."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        if must_be_json:
+            raise _not_json_answer() from None
+        return
+    if not isinstance(parsed, dict):
+        if must_be_json:
+            raise _not_json_answer()
+        return
+    error = parsed.get("error")
+    if error is not None:
+        raise stream_error(error, "provider answered an error with a 2xx status")
+
+
+def _not_json_answer() -> UpstreamBadResponse:
+    return UpstreamBadResponse("provider returned a body that is not valid JSON")
+
+
 _EVENT_FIELDS = (b"data:", b"event:", b"id:", b":")
 
 

@@ -717,6 +717,12 @@ class RequestService:
                         capture=capture,
                         binary=endpoint in _UNTOKENED,
                     )
+            if endpoint in BYTES_ENDPOINTS and (whole := translator.finish()):
+                # An answer held whole (one opening with ``{``: ``providers/openai.BytesRelay``),
+                # judged at its end: a 2xx error raised there fails over; else it is the answer.
+                return RoutedStream(
+                    whole, response, chunks, translator, book, capture=capture, binary=endpoint in _UNTOKENED
+                )
         except BaseException:
             await chunks.aclose()
             response.close()
@@ -757,6 +763,17 @@ class RequestService:
                             capture=capture,
                             binary=endpoint in _UNTOKENED,
                         )
+                if endpoint in BYTES_ENDPOINTS and (whole := translator.finish()):  # (as untraced)
+                    book.span = span
+                    return RoutedStream(
+                        whole,
+                        response,
+                        chunks,
+                        translator,
+                        book,
+                        capture=capture,
+                        binary=endpoint in _UNTOKENED,
+                    )
             except BaseException:
                 await chunks.aclose()
                 response.close()
