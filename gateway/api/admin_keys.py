@@ -171,10 +171,22 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    """``GET /admin/keys[?team=T]``: every key (of team T), oldest first, no secrets."""
+    """``GET /admin/keys[?team=T]``: every key (of team T), oldest first, no secrets. ``team``
+    given empty or twice, or another parameter (``tema``), is a 400 naming it, as on
+    /admin/usage: each listed every team's keys, where the admin asked for one team's (an
+    outside probe)."""
     ring = await _ring(request)
     now = time.time()
-    records = await ring.list(request.query.get("team") or None)
+    team: str | None = None
+    for name, value in request.query.items():
+        if name != "team":
+            raise InvalidRequest(
+                f"Unknown parameter {quoted(name)}: /admin/keys takes team.", param=bounded(name)
+            )
+        if team is not None:
+            raise InvalidRequest("'team' is given more than once; give it once.", param="team")
+        team = value  # (an empty one is refused by the key ring as no team's name)
+    records = await ring.list(team)
     return _render({"object": "list", "data": [key_json(r, now) for r in records]})
 
 

@@ -385,7 +385,7 @@ async def test_another_teams_chosen_id_is_shown_whole_where_it_is_shared(gw: Gat
     status, read = await gw.call(BETA_READER, "GET", "/v1/memory/alpha:launch-notes")
     assert (status, read["content"]) == (200, "The launch is on 3 May")
     status, missing = await gw.call(BETA_READER, "GET", "/v1/memory/launch-notes")
-    assert status == 404  # beta has none of that name
+    assert (status, missing["error"]["code"]) == (404, "memory_not_found")  # beta has none of that name
     status, mine = await gw.call(ALPHA, "POST", "/v1/memory/search", {"query": "launch", "namespaces": [X]})
     assert [h["memory"]["id"] for h in mine["data"]] == ["launch-notes"]
 

@@ -91,6 +91,11 @@ async def test_create_shows_the_secret_once_and_the_key_works(client: TestClient
     text = str(listed)
     assert secret not in text and "hash" not in listed["data"][0] and "secret" not in listed["data"][0]
     assert (await (await client.get("/admin/keys?team=ops", headers=ADMIN)).json())["data"] == []
+    # A filter that names no team is refused, never every team's keys (an outside probe)
+    for query, param in (("team=", "team"), ("team=research&team=ops", "team"), ("tema=research", "tema")):
+        refused = await client.get(f"/admin/keys?{query}", headers=ADMIN)
+        assert refused.status == 400, query
+        assert (await refused.json())["error"]["param"] == param
 
     assert (await client.get("/v1/models", headers=bearer(secret))).status == 200
     assert (await client.get("/v1/models", headers=bearer("sk-sg-" + "x" * 43))).status == 401
