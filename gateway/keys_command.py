@@ -562,21 +562,21 @@ def _namespaces(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
 
 
+_DOLLARS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
+    # ASCII digits only, as ``--workers``: int() also took "1_0", " 5" and other scripts' digits
+    # ("٣" was 3), which the JSON API cannot express (an outside probe).
+    value = int(text) if text.isascii() and text.isdigit() else 0
     if not 1 <= value <= MAX_RATE:
         raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_RATE:,}, not {text!r}")
     return value
 
 
 def _budget(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
+    # ASCII only (``_positive_int``): float() took "1_0", "٣" and "infinity" spelt many ways.
+    value = float(text) if _DOLLARS.fullmatch(text) else -1.0
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of US dollars, not {text!r}")
     return value
@@ -592,7 +592,8 @@ def _expiry(text: str) -> float:
 def _grace(text: str) -> float:
     """A rotation's grace: 0 (none) or a duration (``1h``, seconds) of at most MAX_GRACE_S."""
     try:  # any spelling of zero (0, 0s, -0, 0.0, 0h) is "no grace", as grace_s 0 is on the API
-        zero = float(text.strip().rstrip("smhd")) == 0
+        number = text.strip().rstrip("smhd")
+        zero = number.isascii() and float(number) == 0
     except ValueError:
         zero = False
     try:

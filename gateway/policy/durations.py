@@ -18,10 +18,12 @@ from pydantic import BeforeValidator, Field, WithJsonSchema
 
 # The sign is read so that ``-5d`` is refused as not longer than 0 (by ``_bounded``), not as
 # something other than a duration.
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(w|d|h|m|s)?\s*$", re.IGNORECASE)
+# ASCII digits only (``re.ASCII``): ``\d`` took other scripts' digits ("٣d" was 3 days), which
+# the schema's pattern (ECMA's ``\d``) refuses.
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(w|d|h|m|s)?\s*$", re.IGNORECASE | re.ASCII)
 # A number with an exponent: PyYAML (YAML 1.1) reads ``1e3`` (no dot) as a string, and the editor
 # meant the number, as the policy's plain number fields take it.
-_EXPONENT = re.compile(r"^\s*\d+(?:\.\d+)?[eE][+-]?\d+\s*$")
+_EXPONENT = re.compile(r"^\s*\d+(?:\.\d+)?[eE][+-]?\d+\s*$", re.ASCII)
 _UNIT_S = {"w": 7 * 86400.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*[wdhmsWDHMS]?\s*$"
 # The longest duration (100 years): an expiry or a period past it is a typo, and a date that far

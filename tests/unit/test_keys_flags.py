@@ -88,3 +88,37 @@ def test_keys_create_sets_provider_files_or_leaves_it_to_the_team(
     assert ("provider_files=" in table) is (stored is not None), table
     if stored is not None:
         assert f"provider_files={str(stored).lower()}" in table
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--rpm", "٣", "must be a whole number from 1 to"),  # Arabic-Indic 3: int() took it
+        ("--rpm", "1_0", "must be a whole number from 1 to"),
+        ("--tpm", "０9", "must be a whole number from 1 to"),  # full-width digits
+        ("--budget-usd", "٣", "must be a number of US dollars"),
+        ("--budget-usd", "1_0", "must be a number of US dollars"),
+        ("--budget-usd", "infinity", "must be a number of US dollars"),
+        ("--expires", "٣d", "must be a duration"),
+        ("--budget-period", "٣٠d", "must be a duration"),
+    ],
+)
+def test_numbers_are_ascii_as_the_api_takes_them(
+    flag: str, value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The JSON API cannot express these values, and ``--workers`` refuses them: the limit
+    flags took them through int() / float() / ``\\d`` (an outside probe: ``--rpm ٣`` stored 3)."""
+    with pytest.raises(SystemExit) as exited:
+        main(["keys", "create", "--team", "ops", flag, value, "--url", "http://127.0.0.1:1"])
+    assert exited.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--rpm", "5"), ("--budget-usd", "2.50"), ("--budget-usd", ".5"), ("--expires", "30d")],
+)
+def test_ascii_numbers_still_parse(flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Parsed, then refused only for the unreachable gateway (exit 1, not argparse's 2)."""
+    assert main(["keys", "create", "--team", "ops", flag, value, "--url", "http://127.0.0.1:1"]) == 1
+    assert "cannot reach" in capsys.readouterr().err
