@@ -2,7 +2,7 @@
 
 Names that must be keys elsewhere in the file: a deployment's provider (a shadow's candidate
 too), a rule's group, the embedding models of memory, of the semantic cache and of shadows, cache
-categories. Checked before the
+categories, a team's model groups. Checked before the
 models validate, so every broken reference is reported in one run alongside any other problem:
 the model validators (``model.py``) stop at the first one and run only once everything else
 is valid; they remain the guard for policies built in code. Messages and hints are the same.
@@ -27,6 +27,7 @@ def broken_references(raw: Mapping[Any, Any]) -> list[PolicyReferenceError]:
         *_rule_targets(models),
         *_embedding_models(raw, models),
         *_cache_categories(raw.get("cache", {})),
+        *_team_models(raw, models),
     ]
 
 
@@ -88,6 +89,25 @@ def _rule_targets(models: Mapping[Any, Any] | None) -> Iterator[PolicyReferenceE
                     loc,
                     f"group {quoted(use)} has rules of its own",
                     "rules are applied once; point at a group without rules",
+                )
+
+
+def _team_models(raw: Mapping[Any, Any], models: Mapping[Any, Any] | None) -> Iterator[PolicyReferenceError]:
+    """A team's ``models`` naming a group the file does not have (``model._team_models_exist``,
+    which runs only once everything else validates: an outside probe found it reported only on
+    a second run, after the file's other errors were fixed)."""
+    auth = _mapping(raw.get("auth"))
+    teams = _mapping(auth.get("teams")) if auth is not None else None
+    if models is None or teams is None:
+        return
+    for team_name, team in teams.items():
+        wanted = team.get("models") if isinstance(team, Mapping) else None
+        for i, model in enumerate(wanted if isinstance(wanted, list) else ()):
+            if isinstance(model, str) and model not in models:
+                yield PolicyReferenceError(
+                    ("auth", "teams", str(team_name), "models", i),
+                    f"unknown model group {quoted(model)}",
+                    f"known model groups: {_known(models)}",
                 )
 
 

@@ -330,3 +330,21 @@ cache:
         text.replace("\\x01", "").replace("\\x02", "").replace("\\x7f", "").replace('"f\\x1baq"', "other")
     )
     assert policy.models["tabbed"].deployments[0].model == "gpt\t4o"
+
+
+def test_a_teams_unknown_model_group_is_reported_with_the_files_other_problems() -> None:
+    """It was reported only once everything else validated: a second run, after the other
+    errors were fixed (an outside probe)."""
+    text = PROVIDERS + (
+        "auth:\n  teams:\n    t1: {rpm: 0}\n    t9: {models: [nope]}\n"
+        "models:\n  chat: {deployments: [{provider: opnai, model: m}]}\n"
+    )
+    found = problems(text)
+    assert (
+        "p.yaml:7: auth.teams.t9.models[0]: unknown model group 'nope' (hint: known model groups: chat)"
+        in found
+    )
+    assert any("auth.teams.t1.rpm" in p for p in found) and any(
+        "unknown provider 'opnai'" in p for p in found
+    )
+    assert len(found) == 3
