@@ -339,8 +339,9 @@ async def _read(part: BodyPartReader, pace: _Pace) -> bytes:
     return block
 
 
-def _refuse_cross_site_form(request: web.Request) -> None:
-    """403 for a form another site's page posts; 415 for a body that is not an uncompressed form."""
+def _refuse_cross_site_form(request: web.Request, part: str = "file") -> None:
+    """403 for a form another site's page posts; 415 for a body that is not an uncompressed form
+    (``part``: the file part the form needs, as its message names it: ``image`` for an edit)."""
     origin = request.headers.get("Origin")
     if origin is not None and origin.partition("://")[2] != request.headers.get("Host"):
         # A form is what a web page may post to any site without asking first (no CORS
@@ -355,7 +356,7 @@ def _refuse_cross_site_form(request: web.Request) -> None:
     if request.content_type != "multipart/form-data":
         raise UnsupportedMediaType(
             request.content_type,
-            "Content-Type must be multipart/form-data with a 'file' part "
+            f"Content-Type must be multipart/form-data with a part named '{part}' "
             f"(got '{request.headers.get('Content-Type', 'none')}').",
         )
     refuse_compressed(request)
@@ -373,7 +374,7 @@ async def read_upload_form(request: web.Request, limit_bytes: int, shape: FormSh
     of those ``shape`` requires, a file in a field it does not take, a field or file repeated
     whose name does not end in ``[]``). The files' types are the provider's to judge; their names
     and the fields are passed on as sent."""
-    _refuse_cross_site_form(request)
+    _refuse_cross_site_form(request, shape.required[0])
     if request.content_length is not None and request.content_length > limit_bytes + _FORM_OVERHEAD:
         raise _too_large(limit_bytes)  # refused before reading a byte of it
     await send_continue(request)

@@ -319,6 +319,8 @@ async def test_the_providers_refusals_are_relayed_and_the_gateways_own_are_400s(
     assert resp.status == 400 and (await resp.json())["error"]["param"] == "image"
     resp = await gw.client.post("/v1/images/variations", json={"model": "dalle"}, headers=headers)
     assert resp.status == 415  # a form, not JSON
+    # naming the part the form needs: an edit's is 'image' (it said 'file', which edits refuse)
+    assert "with a part named 'image'" in (await resp.json())["error"]["message"]
 
 
 async def test_the_fake_refuses_what_the_real_api_refuses() -> None:
