@@ -21,6 +21,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Literal
@@ -184,7 +185,19 @@ class LivePolicy:
             for client in started:
                 await client.close()
             raise
-        if self._watch:
+        if self._watch and self.path is not None and not _regular_file(self.path):
+            # ``serve --policy <(envsubst < policy.yaml)``: a pipe, read once at start-up as
+            # given. It cannot change, and the watcher's first look at it was a refused reload
+            # ("not a regular file"), the policy degraded in /health and an invalid reload
+            # counted for good (an outside probe). Not watched; /admin/policy says so.
+            self.watching = False
+            self.first_check_done.set()
+            self.watch_started.set()
+            log.info(
+                "policy read from a pipe at start-up: not watched (serve a file to reload it)",
+                extra={"fields": {"path": self.path}},
+            )
+        elif self._watch:
             self._spawn(self._watch_file())
             self._spawn(self._poll_file())
         try:
@@ -550,3 +563,12 @@ def _read(path: str) -> bytes:
 
 def _parse(data: bytes, path: str) -> Policy:
     return parse_policy_bytes(data, path)  # exactly what ``policy check`` runs
+
+
+def _regular_file(path: str) -> bool:
+    """Whether ``path`` is a regular file (through symlinks); True when it cannot be looked at
+    now (gone, unreadable: the watcher reports that as it happens)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -391,5 +392,27 @@ def test_the_file_made_unreadable_is_refused_and_readable_again_clears_it(
         path.chmod(0o644)
         gw.until("policy up again", lambda: gw.health_policy() == "up")
         assert gw.refusals_logged() == 1, proc.output[-3000:]
+    finally:
+        assert proc.stop() == 0, proc.output[-3000:]
+
+
+def test_a_policy_read_from_a_pipe_at_start_up_is_served_and_not_watched(
+    fake: ManagedProcess, tmp_path: Path
+) -> None:
+    """``serve --policy <(envsubst < policy.yaml)``, as the README suggests: the pipe is read once.
+    The watcher's first look at it was a refused reload ("not a regular file"): an invalid reload
+    counted and the policy degraded in /health for good (an outside probe). Not watched now."""
+    fifo = tmp_path / "policy.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=(policy(fake.url, "piped"),), daemon=True)
+    writer.start()  # (blocks until the gateway opens the pipe)
+    proc = start(["serve", "--policy", str(fifo), "--port", "0"], env={"SOPHIA_ACCESS_LOG": "0"})
+    gateway = Gateway(proc, fifo, fake.url)
+    try:
+        gateway.wait_served("piped")
+        gateway.quiet()  # what a watcher would have done by now, it has done
+        assert "invalid" not in gateway.reloads() and gateway.refusals_logged() == 0
+        assert gateway.health_policy() == "up"
+        assert "not watched" in proc.output
     finally:
         assert proc.stop() == 0, proc.output[-3000:]
