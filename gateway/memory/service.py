@@ -928,11 +928,19 @@ def _lock_index_dir(directory: Path) -> int:
     Two gateways that both wrote one directory (two ``serve`` started in one folder) raced on its
     files and each missed the other's memories; the second now refuses to start, saying why
     (``serve --workers N`` shares one directory among its workers: only worker 0 writes it)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    held = _HELD.get(directory.resolve())
-    if held is not None:  # a forked worker of the parent that holds it: share the parent's lock
-        return os.dup(held)  # (a flock belongs to the open file, which the fork and a dup share)
-    fd = os.open(directory / _OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        held = _HELD.get(directory.resolve())
+        if held is not None:  # a forked worker of the parent that holds it: share the parent's lock
+            return os.dup(held)  # (a flock belongs to the open file, which the fork and a dup share)
+        fd = os.open(directory / _OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        # A path under a regular file, in /proc, read-only, not permitted: the one ``cannot
+        # start`` line, not a traceback (an outside probe).
+        raise StartupError(
+            f"the memory index directory {directory} cannot be used ({exc.strerror or exc}): set "
+            "memory.index_dir to a directory this process may create and write"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

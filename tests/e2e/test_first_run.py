@@ -658,3 +658,17 @@ def test_fake_provider_port_default_is_the_readmes() -> None:
         "Listens on `127.0.0.1:9000` unless told otherwise",
         "`sophia-gateway fake-provider [--host H] [--port P]` (default `127.0.0.1:9000`",
     )
+
+
+def test_a_memory_index_dir_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    """Under a regular file: a traceback (``NotADirectoryError`` from the index's lock) and exit 1
+    before (an outside probe)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        MINIMAL_POLICY
+        + f"memory: {{embedding_model: chat, path: '{tmp_path / 'm.sqlite3'}', index_dir: '{blocker / 'idx'}'}}\n"
+    )
+    line = the_line(serve_until_exit(tmp_path, {}, "--port", "0", policy=policy))
+    assert "memory index directory" in line and "memory.index_dir" in line
