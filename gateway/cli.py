@@ -533,7 +533,14 @@ def _policy_schema(args: argparse.Namespace) -> int:
         orjson.dumps(policy_json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
     )
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:  # a missing directory, a directory, a full disk: one line, not a traceback
+            print(
+                f"sophia-gateway policy schema: cannot write {args.output}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 1
     else:
         sys.stdout.write(text)
     return 0
