@@ -992,6 +992,23 @@ class ModelGroup(_Strict):
     )
 
     @model_validator(mode="after")
+    def _each_deployment_once(self) -> ModelGroup:
+        # One provider and model twice shared one set of live statistics, one breaker and one
+        # metrics series (/metrics then held two samples with the same labels, and Prometheus
+        # kept one; an outside probe); a rollout's candidate is refused the same way.
+        seen: dict[tuple[str, str], int] = {}
+        for i, dep in enumerate(self.deployments):
+            if dep.rollout is not None:
+                continue  # a rollout's candidate: refused with its own words (``Policy``'s check)
+            first = seen.setdefault((dep.provider, dep.model), i)
+            if first != i:
+                raise ValueError(
+                    f"deployments[{i}] repeats deployments[{first}] ({dep.provider}/{dep.model}): a "
+                    "group has each provider and model once (drop one, or name another model)"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _some_weight(self) -> ModelGroup:
         if self.strategy.type == "weighted" and all(d.weight == 0 for d in self.deployments):
             # Every one a fallback: the first took every request while every view said 1/n each.

@@ -348,3 +348,16 @@ def test_a_teams_unknown_model_group_is_reported_with_the_files_other_problems()
         "unknown provider 'opnai'" in p for p in found
     )
     assert len(found) == 3
+
+
+def test_a_group_with_one_provider_and_model_twice_is_refused() -> None:
+    """They shared one set of live statistics, one breaker and one metrics series (/metrics held
+    two samples with the same labels; an outside probe)."""
+    text = (
+        PROVIDERS
+        + "models:\n  chat: {deployments: [{provider: openai, model: m}, {provider: openai, model: m, quality: 0.9}]}\n"
+    )
+    assert problems(text) == [
+        "p.yaml:5: models.chat: deployments[1] repeats deployments[0] (openai/m): a group has each "
+        "provider and model once (drop one, or name another model)"
+    ]
