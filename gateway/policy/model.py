@@ -118,12 +118,14 @@ class _Strict(BaseModel):
 class Weights(_Strict):
     """Relative weight of each score term; they need not sum to 1 (they are normalised)."""
 
+    # At most 1,000 each: they are relative, and weights near the float's limit summed to
+    # infinity, every score NaN and routing blind (an outside probe).
     latency: float = Field(
-        0.35, ge=0, description="Weight of the latency term (lower latency scores higher)."
+        0.35, ge=0, le=1000, description="Weight of the latency term (lower latency scores higher)."
     )
-    quality: float = Field(0.40, ge=0, description="Weight of the quality term.")
-    reliability: float = Field(0.15, ge=0, description="Weight of the success-rate term.")
-    cost: float = Field(0.10, ge=0, description="Weight of the cost term (cheaper scores higher).")
+    quality: float = Field(0.40, ge=0, le=1000, description="Weight of the quality term.")
+    reliability: float = Field(0.15, ge=0, le=1000, description="Weight of the success-rate term.")
+    cost: float = Field(0.10, ge=0, le=1000, description="Weight of the cost term (cheaper scores higher).")
 
     @model_validator(mode="after")
     def _not_all_zero(self) -> Weights:
@@ -872,9 +874,14 @@ class Breaker(_Strict):
         0.5, gt=0, le=1, description="Open when the failure share over `window_s` reaches this..."
     )
     min_requests: int = Field(20, ge=1, description="...once the window holds at least this many requests.")
-    window_s: float = Field(30.0, gt=0, description="Window for the failure rate.")
+    # At most a day: a breaker open for longer is a deployment to remove from the policy, and
+    # 1e300 answered a 301-digit Retry-After (an outside probe).
+    window_s: float = Field(30.0, gt=0, le=86400, description="Window for the failure rate (at most a day).")
     cooldown_s: float = Field(
-        30.0, gt=0, description="How long an open breaker stays open before one probe is let through."
+        30.0,
+        gt=0,
+        le=86400,
+        description="How long an open breaker stays open before one probe is let through (at most a day).",
     )
 
 

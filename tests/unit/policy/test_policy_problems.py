@@ -361,3 +361,17 @@ def test_a_group_with_one_provider_and_model_twice_is_refused() -> None:
         "p.yaml:5: models.chat: deployments[1] repeats deployments[0] (openai/m): a group has each "
         "provider and model once (drop one, or name another model)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("section", "words"),
+    [
+        ("weights: {latency: 1e308, quality: 1e308, reliability: 1e308, cost: 1e308}\n", "weights.latency"),
+        ("breaker: {cooldown_s: 1e300}\n", "breaker.cooldown_s"),
+    ],
+)
+def test_values_that_broke_routing_are_refused(section: str, words: str) -> None:
+    """Weights summing past the float's limit made every score NaN; a cooldown of 1e300 answered a
+    301-digit Retry-After (an outside probe)."""
+    found = problems(PROVIDERS + section + "models:\n  chat: {deployments: [{provider: openai, model: m}]}\n")
+    assert found and words in found[0] and "less than or equal to" in found[0]
