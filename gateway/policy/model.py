@@ -9,6 +9,7 @@ unions (providers by ``kind``, strategies by ``type``), each class with only its
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import math
 import re
 import urllib.parse
@@ -115,6 +116,38 @@ class _Strict(BaseModel):
         return data
 
 
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _check_host(url: str, host: str, port: int | None) -> None:
+    """A host a connection can be made to: a DNS name (labels of letters, digits, '-' and '_',
+    which container runtimes' service names use), an IPv4 or an IPv6 address; and no port 0.
+    ``http://${HOST}:8000/v1`` (a variable nobody substituted), ``999.999.999.999`` or ``[::1]:0``
+    loaded and then failed every request with a 502 (an outside probe)."""
+    if "$" in url:
+        raise ValueError(
+            "holds an unsubstituted variable ($...): the policy file is read as written; substitute "
+            "it before the gateway reads it (serve --policy <(envsubst < policy.yaml))"
+        )
+    if port == 0:
+        raise ValueError("names port 0, which no connection can be made to")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"names {quoted(host)}, which is not an IPv6 address") from None
+        return
+    labels = host.rstrip(".").split(".")
+    if all(label.isdigit() for label in labels):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"names {quoted(host)}, which is not an IPv4 address") from None
+        return
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"names {quoted(host)}, which is not a host name (letters, digits, '-', '_', dots)")
+
+
 class Weights(_Strict):
     """Relative weight of each score term; they need not sum to 1 (they are normalised)."""
 
@@ -196,6 +229,7 @@ class ProviderBase(_Strict):
             raise ValueError("must name a host (http://HOST[:PORT]/PATH)")
         if any(c.isspace() or not c.isprintable() for c in value):
             raise ValueError("must not contain spaces, line breaks or control characters")
+        _check_host(value, parts.hostname, parts.port)
         if parts.query or parts.fragment or value.endswith(("?", "#")):
             raise ValueError(
                 "must not have a query (?...) or fragment (#...): each endpoint's path is appended to it"

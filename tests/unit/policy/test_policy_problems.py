@@ -375,3 +375,40 @@ def test_values_that_broke_routing_are_refused(section: str, words: str) -> None
     301-digit Retry-After (an outside probe)."""
     found = problems(PROVIDERS + section + "models:\n  chat: {deployments: [{provider: openai, model: m}]}\n")
     assert found and words in found[0] and "less than or equal to" in found[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("http://${HOST}:8000/v1", "unsubstituted variable"),
+        ("http://999.999.999.999/v1", "not an IPv4 address"),
+        ("http://h\\\\x/v1", "not a host name"),
+        ("http://[::1]:0/v1", "port 0"),
+    ],
+)
+def test_a_base_url_no_connection_can_be_made_to_is_refused(url: str, words: str) -> None:
+    """Each loaded and then failed every request with a 502 (an outside probe)."""
+    text = (
+        "version: 1\nproviders:\n"
+        f"  p: {{kind: openai, base_url: '{url}'}}\n"
+        "models:\n  chat: {deployments: [{provider: p, model: m}]}\n"
+    )
+    found = problems(text)
+    assert len(found) == 1 and "providers.p.base_url" in found[0] and words in found[0], found
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://my_svc:8000/v1",
+        "http://10.0.0.1:8000/v1",
+        "http://[::1]:9000/v1",
+        "http://llm.ns.svc.cluster.local/v1",
+    ],
+)
+def test_hosts_of_every_kind_are_taken(url: str) -> None:
+    parse_policy(
+        f"version: 1\nproviders:\n  p: {{kind: openai, base_url: '{url}'}}\n"
+        "models:\n  chat: {deployments: [{provider: p, model: m}]}\n",
+        "p.yaml",
+    )
