@@ -235,11 +235,27 @@ class HealthMonitor:
         now = router.now()
         stale_after_s = router.policy.routing.stale_after_s
         groups: dict[tuple[str, str], tuple[Target, list[str]]] = {}
+        in_plan: set[tuple[str, str]] = set()
         for name in router.model_names:
+            slot = router.rollout(name)
             for target in router.targets(name):
-                groups.setdefault((target.provider, target.model), (target, []))[1].append(name)
-        for (provider, model), (target, names) in groups.items():
-            yield f"deployment:{provider}/{model}", _deployment_check(target, names, now, stale_after_s)
+                pair = (target.provider, target.model)
+                groups.setdefault(pair, (target, []))[1].append(name)
+                if slot is None or target is not slot.candidate or slot.share > 0:
+                    in_plan.add(pair)
+        for pair, (target, names) in groups.items():
+            check = _deployment_check(target, names, now, stale_after_s)
+            if pair not in in_plan and check.status != "up":
+                # A rollout's candidate at share 0 (rolled back, aborted, not started): no request
+                # reaches it, so its breaker stays half-open with no probe to decide it, and
+                # /health stayed degraded until someone resumed the rollout (an outside probe).
+                check = Check(
+                    "up",
+                    check.latency_s,
+                    f"out of service ({check.detail}): a rollout's candidate at share 0",
+                    check.figures,
+                )
+            yield f"deployment:{pair[0]}/{pair[1]}", check
 
     @staticmethod
     async def _redis_check(probe: RedisProbe) -> Check:

@@ -328,3 +328,27 @@ async def test_a_keys_mode_gateway_reports_its_key_store(
     resp = await client.get("/health")
     deps = (await resp.json())["dependencies"]
     assert deps["keys:store"]["status"] == "up"
+
+
+async def test_a_rollout_candidate_at_share_0_does_not_keep_health_degraded() -> None:
+    """Rolled back with its breaker open: no request reaches it, so it stays half-open with no
+    probe to decide it, and /health stayed degraded until someone resumed the rollout (an
+    outside probe). Out of the plan, it is reported up, saying why; in the plan, as before."""
+    from gateway.routing.rollout_state import RolloutKey, RolloutSlot
+
+    clock, wall, rss = Clock(), Clock(1_700_000_000.0), [500]
+    text = POLICY.replace("  other: {deployments: [{provider: paid, model: big}]}\n", "")
+    monitor, router, _ = monitor_for(text, {"a": Upstream("a"), "b": Upstream("b")}, clock, wall, rss)
+    stable, candidate = router.targets("m")
+    candidate.live.breaker.failure(clock.now)
+    clock.now += 601  # past the cooldown: half-open, and only a request would probe it
+    key = RolloutKey("m", candidate.provider, candidate.model)
+    slot = RolloutSlot(key, candidate, (stable,), 0.0, "rolled_back", 0, (0.1, 1.0), "gate failed")
+    router.set_rollout("m", slot)
+    deps = {d.name: d for d in (await monitor.check()).dependencies}
+    out = deps["deployment:b/mb"].check
+    assert out.status == "up" and "rollout's candidate at share 0" in (out.detail or ""), out
+    assert out.figures["breaker"] == "half_open"
+    router.set_rollout("m", RolloutSlot(key, candidate, (stable,), 0.1, "rolling", 0, (0.1, 1.0), ""))
+    deps = {d.name: d for d in (await monitor.check()).dependencies}
+    assert deps["deployment:b/mb"].check.status == "degraded"  # in the plan again: its breaker counts
