@@ -150,8 +150,7 @@ async def _check_new_ids(
     else:
         stored = {access.stored_id(name): name for name in given}
         taken = {stored[found] for found in await service.existing_ids(list(stored))}
-        for legacy in await service.owned_ids(list(given), access.team):
-            taken.add(legacy)
+        taken |= await service.owned_ids(list(given), access.team)
     if taken:
         first = min(taken, key=given.__getitem__)
         raise InvalidRequest(

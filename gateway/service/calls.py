@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -44,7 +44,7 @@ from gateway.observability import tracing
 from gateway.observability.metrics import GatewayMetrics, HistogramChild, vendor_of
 from gateway.observability.tracing import Span, Tracer
 from gateway.policy.model import Limits, Shadow
-from gateway.providers.base import UpstreamRequest
+from gateway.providers.base import StreamTranslator, UpstreamRequest
 from gateway.routing.router import Router
 from gateway.routing.target import RouteContext, Target
 from gateway.service.chat_values import check_chat_values, check_completion_values
@@ -702,26 +702,10 @@ class RequestService:
                 translator = adapter.stream_translator(endpoint, body, target.model, target.provider)
             else:
                 translator = door.stream_translator(target)
-            async for chunk in chunks:
-                first = translator.feed(chunk)
-                # The answer starts with its first event: comments before it (keep-alives) are
-                # not an answer, and a stream of nothing else is failed over as empty. (Speech's
-                # audio, a transcription's text, start with their first byte.)
-                if first.find(b"data:") >= 0 or (first and endpoint in BYTES_ENDPOINTS):
-                    return RoutedStream(
-                        first,
-                        response,
-                        chunks,
-                        translator,
-                        book,
-                        capture=capture,
-                        binary=endpoint in _UNTOKENED,
-                    )
-            if endpoint in BYTES_ENDPOINTS and (whole := translator.finish()):
-                # An answer held whole (one opening with ``{``: ``providers/openai.BytesRelay``),
-                # judged at its end: a 2xx error raised there fails over; else it is the answer.
+            first = await _first_answer(endpoint, translator, chunks)
+            if first is not None:
                 return RoutedStream(
-                    whole, response, chunks, translator, book, capture=capture, binary=endpoint in _UNTOKENED
+                    first, response, chunks, translator, book, capture=capture, binary=endpoint in _UNTOKENED
                 )
         except BaseException:
             await chunks.aclose()
@@ -750,23 +734,11 @@ class RequestService:
                 translator = target.client.adapter.stream_translator(
                     endpoint, body, target.model, target.provider
                 )
-                async for chunk in chunks:
-                    first = translator.feed(chunk)
-                    if first.find(b"data:") >= 0 or (first and endpoint in BYTES_ENDPOINTS):
-                        book.span = span  # ended with the stream (_StreamBook)
-                        return RoutedStream(
-                            first,
-                            response,
-                            chunks,
-                            translator,
-                            book,
-                            capture=capture,
-                            binary=endpoint in _UNTOKENED,
-                        )
-                if endpoint in BYTES_ENDPOINTS and (whole := translator.finish()):  # (as untraced)
-                    book.span = span
+                first = await _first_answer(endpoint, translator, chunks)
+                if first is not None:
+                    book.span = span  # ended with the stream (_StreamBook)
                     return RoutedStream(
-                        whole,
+                        first,
                         response,
                         chunks,
                         translator,
@@ -1243,6 +1215,24 @@ def _incomplete(target: Target) -> GatewayError:
         f"{target.provider}: stream ended without its end marker or carried an error event",
         provider=target.provider,
     )
+
+
+async def _first_answer(
+    endpoint: Endpoint, translator: StreamTranslator, chunks: AsyncIterator[bytes]
+) -> bytes | None:
+    """The first bytes of a provider's answer to relay, read from ``chunks`` through
+    ``translator``; None when its body ended with none. The answer starts with its first event:
+    comments before it (keep-alives) are not an answer, and a stream of nothing else is failed
+    over as empty. (Speech's audio, a transcription's text, start with their first byte; one held
+    whole, opening with ``{``: ``providers/openai.BytesRelay``, is judged at its end, where a 2xx
+    error raised fails over.)"""
+    async for chunk in chunks:
+        first = translator.feed(chunk)
+        if first.find(b"data:") >= 0 or (first and endpoint in BYTES_ENDPOINTS):
+            return first
+    if endpoint in BYTES_ENDPOINTS:
+        return translator.finish() or None
+    return None
 
 
 def _shown(ids: Sequence[str] | None, access: MemoryAccess | None) -> list[str] | None:
