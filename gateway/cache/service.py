@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.cache")
 
 # (embedding model group, text) -> the embedding, or None when it could not be had.
-Embedder = Callable[[str, str], Awaitable[list[float] | None]]
+# (model group, prompt text, tenant): the prompt's embedding, cached as the tenant's.
+Embedder = Callable[[str, str, str], Awaitable[list[float] | None]]
 
 CATEGORY_HEADER = "x-gateway-cache-category"
 TTL_HEADER = "x-gateway-cache-ttl"
@@ -83,6 +84,7 @@ class CachePlan:
     vector: Vector | None = None  # the prompt's embedding, once computed (reused to store)
     outcome: CacheOutcome | None = None  # set on the shared bypass plans: their record, made once
     counter: CounterChild | None = None  # and their ``cache_requests`` series, found once
+    tenant: str = fingerprint.ANONYMOUS_TENANT  # semantic categories: whose prompt is embedded
 
 
 @dataclass(slots=True)
@@ -348,6 +350,7 @@ class ResponseCache:
         plan = CachePlan(category, key, ttl_s, read, write, "miss" if read else "refresh")
         plan.scope = fingerprint.semantic_scope(scope, tenant, body)
         plan.text = fingerprint.prompt_text(body)
+        plan.tenant = tenant
         return plan
 
     def may_key(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> bool:
@@ -410,7 +413,7 @@ class ResponseCache:
         semantic = category.semantic if category is not None else None
         if index is None or semantic is None or plan.scope is None or not plan.text:
             return None
-        plan.vector = await self._vector(embed, semantic.embedding_model, plan.text)
+        plan.vector = await self._vector(embed, semantic.embedding_model, plan.text, plan.tenant)
         if plan.vector is None:
             return None
         near = index.nearest(plan.scope, plan.vector, semantic.threshold)
@@ -463,7 +466,7 @@ class ResponseCache:
         semantic = category.semantic if category is not None else None
         if index is not None and semantic is not None and plan.scope is not None and plan.text:
             if plan.vector is None:
-                plan.vector = await self._vector(embed, semantic.embedding_model, plan.text)
+                plan.vector = await self._vector(embed, semantic.embedding_model, plan.text, plan.tenant)
             if plan.vector is not None:
                 index.add(plan.scope, plan.key, plan.vector)
 
@@ -555,9 +558,9 @@ class ResponseCache:
         return ttl_s
 
     @staticmethod
-    async def _vector(embed: Embedder, model: str, text: str) -> Vector | None:
+    async def _vector(embed: Embedder, model: str, text: str, tenant: str) -> Vector | None:
         try:
-            values = await embed(model, text)
+            values = await embed(model, text, tenant)
         except GatewayError as exc:  # the embeddings call failed: a miss, not an error
             log.warning(
                 "semantic cache: could not embed the prompt", extra={"fields": {"error": exc.message}}

@@ -27,7 +27,7 @@ import dataclasses
 import functools
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -53,12 +53,23 @@ _REFERENCE_NOTE = (
 _CUT = " […]"
 _MIN_CUT_CHARS = 200  # a memory cut shorter than this is left out rather than sent as a stub
 # Brackets, and look-alikes of one, that may open a delimiter (as ``_folded`` leaves them).
-_BRACKETS = "<\u2039\u3008\u27e8\u00ab\u1438\u29fc\uff1c\ufe64"
-# "<memory-context", "</ Memory_Context", "＜memory context" ...: a bracket (or a look-alike of
-# one), any separators (a slash, spaces, blanks; not another bracket, which starts its own
-# match: a text of brackets alone stays linear), "memory", any separators, "context", in any
-# case; matched in the folded text (``_folded``).
-_DELIMITER_LOOKALIKE = re.compile(rf"[{_BRACKETS}](?:[^\w{_BRACKETS}]|_)*memory[\W_]*context", re.IGNORECASE)
+_BRACKETS = "<\u2039\u3008\u27e8\u00ab\u1438\u29fc\uff1c\ufe64\u02c2\u276e\u276c\u227a"
+# Separators: anything but a letter, a digit or a bracket (a bracket starts its own match: a text
+# of brackets alone stays linear), ``_`` included.
+_SEP = rf"(?:[^\w{_BRACKETS}]|_)*"
+# "<memory-context", "</ Memory_Context", "＜memory context", "&lt;/m e m o r y-context" ...: a
+# bracket (a look-alike of one, or HTML's escape of one: a model reads ``&lt;`` as ``<``), any
+# separators (a slash, spaces, blanks), the letters of "memory" and of "context", any
+# separators between any two, in any case; matched in the folded text (``_folded``). The
+# ``bracket`` group is what ``defuse`` replaces.
+_DELIMITER_LOOKALIKE = re.compile(
+    rf"(?P<bracket>[{_BRACKETS}]|&(?:lt|#0*60|#x0*3c);)"
+    + _SEP
+    + _SEP.join("memory")
+    + r"[\W_]*"
+    + _SEP.join("context"),
+    re.IGNORECASE,
+)
 # Letters of other scripts read as those of "memory context" (NFKC leaves them as they are).
 _HOMOGLYPHS = {
     "\u041c": "M", "\u043c": "m", "\u039c": "M",  # Cyrillic М м, Greek Μ
@@ -70,6 +81,13 @@ _HOMOGLYPHS = {
     "\u0578": "n",  # Armenian ո
     "\u0422": "T", "\u0442": "t", "\u03a4": "T",  # Cyrillic Т т, Greek Τ
     "\u0425": "X", "\u0445": "x", "\u03a7": "X", "\u03c7": "x",  # Cyrillic Х х, Greek Χ χ
+    "\u039d": "N", "\u03b7": "n", "\u043f": "n",  # Greek Ν η, Cyrillic п
+    "\u03c4": "t", "\u03b5": "e", "\u03b3": "y",  # Greek τ ε γ
+    # Small capitals (IPA and phonetic letters; NFKC leaves them): ᴍ ᴇ ᴏ ʀ ʏ ᴄ ɴ ᴛ
+    "\u1d0d": "m", "\u1d07": "e", "\u1d0f": "o", "\u0280": "r", "\u028f": "y",
+    "\u1d04": "c", "\u0274": "n", "\u1d1b": "t",
+    # Cherokee capitals drawn as Latin ones: Ꮇ Ꭼ Ꮯ Ꭲ Ꭱ Ꭹ
+    "\u13b7": "M", "\u13ac": "E", "\u13df": "C", "\u13a2": "T", "\u13a1": "R", "\u13a9": "Y",
 }  # fmt: skip
 # Letters that show nothing (Hangul fillers): left out as format characters are.
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
@@ -122,10 +140,13 @@ async def recall(
     for hit in hits:
         namespace = settings.get(hit.memory.namespace)
         (trusted if namespace is not None and namespace.trusted else reference).append(hit)
-    lines = [_PREAMBLE, *(f"[{h.memory.id}] {h.memory.content}" for h in trusted)]
+    # Each memory under the id its caller's team knows it by (as ``x-gateway-memory-ids`` and the
+    # memory API show it): the model is asked to cite them, and the team's prefix is not sent.
+    shown = access.shown_id if access is not None else str
+    lines = [_PREAMBLE, *(f"[{shown(h.memory.id)}] {h.memory.content}" for h in trusted)]
     return Recalled(
         "\n".join(lines) if trusted else "",
-        reference_block(reference) if reference else "",
+        reference_block(reference, shown) if reference else "",
         tuple(h.memory.id for h in hits),
     )
 
@@ -159,27 +180,36 @@ async def augment(
     return body, list(recalled.ids)
 
 
-def reference_block(hits: Sequence[Hit]) -> str:
-    """Untrusted memories as a delimited reference block (delimiter look-alikes inside defused)."""
+def reference_block(hits: Sequence[Hit], shown: Callable[[str], str] = str) -> str:
+    """Untrusted memories as a delimited reference block (delimiter look-alikes inside defused),
+    each under ``shown(id)``."""
     lines = [_REFERENCE_NOTE, OPEN]
-    lines.extend(f"[{h.memory.id}] {defuse(h.memory.content)}" for h in hits)
+    lines.extend(f"[{shown(h.memory.id)}] {defuse(h.memory.content)}" for h in hits)
     lines.append(CLOSE)
     return "\n".join(lines)
 
 
 def defuse(text: str) -> str:
     """``text`` with every look-alike of the block's delimiters made harmless: its bracket, as
-    written, becomes ``(``; everything else stays as written. Look-alikes are found in the text
-    folded as a model reads it (``_folded``)."""
+    written (or its HTML escape, ``&lt;``), becomes ``(``; everything else stays as written.
+    Look-alikes are found in the text folded as a model reads it (``_folded``)."""
     if text.isascii():  # nothing to fold: the common case, at C speed
-        return _DELIMITER_LOOKALIKE.sub(lambda m: "(" + m.group()[1:], text)
-    if not any(b in unicodedata.normalize("NFKD", text) for b in _BRACKETS):
+        return _DELIMITER_LOOKALIKE.sub(lambda m: "(" + m.group()[m.end(1) - m.start() :], text)
+    decomposed = unicodedata.normalize("NFKD", text)
+    if "&" not in decomposed and not any(b in decomposed for b in _BRACKETS):
         return text  # no bracket, however written: no delimiter
     folded, origin = _folded(text)
-    brackets = {origin[m.start()] for m in _DELIMITER_LOOKALIKE.finditer(folded)}
-    if not brackets:
+    # Each bracket found, as the span of ``text`` it was written with (one character, or an
+    # escape's several): its first character becomes ``(``, the rest of it goes.
+    first: set[int] = set()
+    dropped: set[int] = set()
+    for m in _DELIMITER_LOOKALIKE.finditer(folded):
+        start, end = origin[m.start(1)], origin[m.end(1) - 1]
+        first.add(start)
+        dropped.update(range(start + 1, end + 1))
+    if not first:
         return text
-    return "".join("(" if i in brackets else c for i, c in enumerate(text))
+    return "".join("(" if i in first else c for i, c in enumerate(text) if i not in dropped)
 
 
 def _folded(text: str) -> tuple[str, list[int]]:
@@ -244,17 +274,24 @@ def _spec(body: Mapping[str, Any], headers: Mapping[str, str]) -> ChatMemoryIn:
 
 
 def _last_user_text(messages: object) -> str:
+    """The text of the last user turn that has some (README: "the last user turn with text"): a
+    last turn of an image or a file alone asks about the text before it. Before, such a turn
+    ended the search and nothing was recalled (an outside probe)."""
     if not isinstance(messages, list):
         return ""
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
             content = message.get("content")
             if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(
+                text = content
+            elif isinstance(content, list):
+                text = " ".join(
                     p.get("text", "")
                     for p in content
                     if isinstance(p, dict) and isinstance(p.get("text"), str)
                 )
+            else:
+                continue
+            if text.strip():
+                return text
     return ""

@@ -28,6 +28,7 @@ from typing import Protocol, TypeVar
 import orjson
 
 from gateway.auth.gate import reservation_parts
+from gateway.cache import fingerprint
 from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache, reusable
 from gateway.errors import (
     GatewayError,
@@ -384,16 +385,25 @@ class RequestService:
                     ticket.settle_later(0, 0, 0.0)
             raise
 
-    async def embed(self, model: str, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(
+        self, model: str, texts: Sequence[str], tenant: str = fingerprint.ANONYMOUS_TENANT
+    ) -> list[list[float]]:
         """One embedding per text from model group ``model``, through the whole request path
-        (cache and single flight included); raises ``GatewayError`` on failure. Embeddings are
-        the same for every caller, so these calls share the anonymous tenant's cache entries.
-        Inside ``on_behalf_of`` (the memory API) they pass, or are charged to, the caller's limits."""
+        (cache and single flight included); raises ``GatewayError`` on failure. Inside
+        ``on_behalf_of`` (the memory API, augmentation) they pass, or are charged to, the caller's
+        limits, and are cached as its team's; else as ``tenant``'s (the semantic cache's prompt
+        is the requesting call's). An embedding is the same for every caller, but one cache
+        entry shared by all let a team time another's texts: a hit answers in a millisecond, a
+        miss waits for the provider, so an exact memory, upload chunk or prompt of another team
+        showed by the time its embedding took (an outside probe)."""
         body = {"model": model, "input": list(texts), "encoding_format": "float"}
         ctx = CallContext("", 0.0)
         behalf = ON_BEHALF_OF.get()
         if behalf is not None:  # a caller's memory work: its limits admit or are charged
             ctx.identity, ctx.charge_only = behalf.caller, not behalf.admit
+            ctx.tenant = behalf.caller.tenant
+        else:
+            ctx.tenant = tenant
         try:
             answer = await self.run(Endpoint.EMBEDDINGS, body, ctx)
         finally:
@@ -412,8 +422,8 @@ class RequestService:
             )
         return vectors
 
-    async def _embed_one(self, model: str, text: str) -> list[float] | None:
-        return (await self.embed(model, [text]))[0]
+    async def _embed_one(self, model: str, text: str, tenant: str) -> list[float] | None:
+        return (await self.embed(model, [text], tenant))[0]
 
     # ----- 4. cache
 

@@ -406,6 +406,9 @@ async def test_the_recalled_ids_header_shows_ids_as_the_memory_api_does(gw: Gate
         ) as resp:
             assert resp.status == 200
             assert resp.headers["x-gateway-memory-ids"] == shown
+        # The model cites the id the client knows: the prompt holds it as the header names it
+        # (it held ``[alpha:launch-plan]`` for alpha: an outside probe).
+        assert f"[{shown}] Launch: 3 May" in orjson.dumps(gw.upstream.chats[-1]).decode()
         status, read = await gw.call(key, "GET", f"/v1/memory/{shown}")  # the id it was shown reads it
         assert (status, read["content"]) == (200, "Launch: 3 May")
 
@@ -437,3 +440,66 @@ async def test_a_teams_memory_stored_before_ids_were_per_team_keeps_its_id(gw: G
     assert status == 201 and other["data"][0]["id"] == "old-id"
     status, still = await gw.call(ALPHA, "GET", "/v1/memory/old-id")
     assert (status, still["content"]) == (200, "written before")
+
+
+async def test_a_teams_texts_are_embedded_for_it_not_timed_from_another_teams_cache(gw: Gateway) -> None:
+    """An embedding cached for one team is not another team's hit: a hit answers in a
+    millisecond and a miss waits for the provider, so a shared entry let beta time whether alpha
+    had stored (or asked) an exact text (an outside probe). Within a team, the cache still serves."""
+    text = "Alpha's launch date is 3 May"
+    await write_alpha_secret(gw)
+    assert gw.upstream.embedded.count(text) == 1
+    status, _ = await gw.call(BETA, "POST", "/v1/memory/search", {"query": text})
+    assert status == 200
+    assert gw.upstream.embedded.count(text) == 2  # beta's own embedding call, not alpha's entry
+    status, _ = await gw.call(ALPHA, "POST", "/v1/memory/search", {"query": text, "namespaces": [X]})
+    assert status == 200
+    assert gw.upstream.embedded.count(text) == 2  # alpha's: its cached embedding
+    status, _ = await gw.call(BETA, "POST", "/v1/memory/search", {"query": text})
+    assert gw.upstream.embedded.count(text) == 2  # and beta's, now its own
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses", "/v1/messages"])
+async def test_a_last_turn_without_text_recalls_for_the_user_turn_with_text_before_it(
+    gw: Gateway, path: str
+) -> None:
+    """README: memories are recalled for "the last user turn with text"; a last turn of an image
+    alone recalled nothing on any door (an outside probe)."""
+    secret = await write_alpha_secret(gw)
+    image = "data:image/png;base64,iVBORw0KGgo="
+    if path == "/v1/responses":
+        parts: Any = [{"type": "input_image", "image_url": image}]
+        body: dict[str, Any] = {
+            "input": [
+                {"role": "user", "content": "When is the launch?"},
+                {"role": "assistant", "content": "Let me look."},
+                {"role": "user", "content": parts},
+            ],
+            "store": False,
+        }
+    elif path == "/v1/messages":
+        source = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+        body = {
+            "max_tokens": 20,
+            "messages": [
+                {"role": "user", "content": "When is the launch?"},
+                {"role": "assistant", "content": "Let me look."},
+                {"role": "user", "content": [{"type": "image", "source": source}]},
+            ],
+        }
+    else:
+        body = {
+            "messages": [
+                {"role": "user", "content": "When is the launch?"},
+                {"role": "assistant", "content": "Let me look."},
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}]},
+            ]
+        }
+    async with gw.client.post(
+        path,
+        json={"model": "chat", **body},
+        headers={"Authorization": f"Bearer {ALPHA}", "x-gateway-memory": X},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["x-gateway-memory-ids"] == secret
+    assert "3 May" in orjson.dumps(gw.upstream.chats[-1]).decode()

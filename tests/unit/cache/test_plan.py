@@ -102,3 +102,25 @@ def test_a_semantic_categorys_plan_is_never_shared() -> None:
     second = c.plan(Endpoint.CHAT, body, {}, tenant="t1", tags=frozenset())
     assert first is not second and first.key == second.key  # each sets its own vector
     assert first.text == "user: hi"
+
+
+async def test_a_semantic_prompt_is_embedded_as_its_tenants() -> None:
+    """The prompt's embedding call is the requesting tenant's (its cache entry too): one entry
+    shared by every tenant let one time whether another had sent an exact prompt."""
+    policy = parse_policy(
+        POLICY
+        + "cache: {default_category: s, categories: {s: {ttl_s: 60, max_bytes: 1000000,"
+        + " semantic: {embedding_model: m, threshold: 0.9}}}}\n"
+    )
+    c = ResponseCache(policy.cache, MemoryStore(policy.cache.categories), GatewayMetrics())
+    asked: list[tuple[str, str, str]] = []
+
+    async def embed(model: str, text: str, tenant: str) -> list[float]:
+        asked.append((model, text, tenant))
+        return [1.0, 0.0]
+
+    body = {**CHAT, "temperature": 0}
+    for tenant in ("team:alpha", "team:beta"):
+        plan = c.plan(Endpoint.CHAT, body, {}, tenant=tenant, tags=frozenset())
+        assert await c.lookup(plan, embed) is None
+    assert asked == [("m", "user: hi", "team:alpha"), ("m", "user: hi", "team:beta")]
