@@ -1660,6 +1660,10 @@ class Policy(_Strict):
 
     @model_validator(mode="after")
     def _one_rollout_per_group(self) -> Policy:
+        used: dict[tuple[str, str], list[str]] = {}
+        for name, group in self.models.items():
+            for dep in group.deployments:
+                used.setdefault((dep.provider, dep.model), []).append(name)
         for name, group in self.models.items():
             rolling = [i for i, dep in enumerate(group.deployments) if dep.rollout is not None]
             if len(rolling) > 1:
@@ -1691,6 +1695,17 @@ class Policy(_Strict):
                         f"{same[0]} of the group already",
                         "a rollout brings in a deployment the group does not have: change the "
                         "candidate's provider or model, or drop the duplicate entry",
+                    )
+                others = sorted({g for g in used[(cand.provider, cand.model)] if g != name})
+                if others:  # (``references._rollouts`` says why)
+                    raise PolicyReferenceError(
+                        ("models", name, "deployments", rolling[0], "rollout"),
+                        f"the rollout's candidate {quoted(f'{cand.provider}/{cand.model}')} is deployed in "
+                        f"group {quoted(others[0])} too",
+                        "a deployment's live figures are shared by every group using it, so the "
+                        "rollout's gates would count the other group's traffic: roll it out where it "
+                        "is not deployed yet, or drop it from the other group (a rule can send that "
+                        "group's requests here)",
                     )
         return self
 

@@ -28,6 +28,7 @@ def broken_references(raw: Mapping[Any, Any]) -> list[PolicyReferenceError]:
         *_embedding_models(raw, models),
         *_cache_categories(raw.get("cache", {})),
         *_team_models(raw, models),
+        *_rollouts(models),
     ]
 
 
@@ -109,6 +110,67 @@ def _team_models(raw: Mapping[Any, Any], models: Mapping[Any, Any] | None) -> It
                     f"unknown model group {quoted(model)}",
                     f"known model groups: {_known(models)}",
                 )
+
+
+def _rollouts(models: Mapping[Any, Any] | None) -> Iterator[PolicyReferenceError]:
+    """Every group's rollout problems (``model._one_rollout_per_group``, which stops at the first
+    and runs only once everything else validates: an outside probe fixed a file one run per
+    problem): two rollouts in a group, the group's only deployment rolled out, a candidate the
+    group has already, and a candidate another group deploys (its live figures are the
+    deployment's, shared by every group using it: the gates counted the other group's traffic,
+    and a rollout was promoted with no request of its own group)."""
+    if models is None:
+        return
+    used: dict[tuple[str, str], list[str]] = {}
+    for name, group in models.items():
+        for _, dep in _items(group.get("deployments") if isinstance(group, Mapping) else None):
+            if (pair := _pair(dep)) is not None:
+                used.setdefault(pair, []).append(str(name))
+    for name, group in models.items():
+        deployments = list(_items(group.get("deployments") if isinstance(group, Mapping) else None))
+        rolling = [i for i, dep in deployments if dep.get("rollout") is not None]
+        if not rolling:
+            continue
+        first = rolling[0]
+        for extra in rolling[1:]:
+            yield PolicyReferenceError(
+                ("models", str(name), "deployments", extra, "rollout"),
+                "a group may roll out one deployment at a time",
+                f"deployment {first} is in rollout already; drop one of the rollouts",
+            )
+        if len(deployments) == 1:
+            yield PolicyReferenceError(
+                ("models", str(name), "deployments", first, "rollout"),
+                "the group's only deployment cannot be rolled out",
+                "a rollout shifts traffic from the group's other deployments; add the one it replaces",
+            )
+            continue
+        pair = _pair(dict(deployments)[first])
+        if pair is None:  # (the model's own problems say what is wrong with it)
+            continue
+        same = [i for i, dep in deployments if i != first and _pair(dep) == pair]
+        where = f"{pair[0]}/{pair[1]}"
+        if same:
+            yield PolicyReferenceError(
+                ("models", str(name), "deployments", first, "rollout"),
+                f"the rollout's candidate {quoted(where)} is deployment {same[0]} of the group already",
+                "a rollout brings in a deployment the group does not have: change the "
+                "candidate's provider or model, or drop the duplicate entry",
+            )
+        others = sorted({g for g in used.get(pair, ()) if g != str(name)})
+        if others:
+            yield PolicyReferenceError(
+                ("models", str(name), "deployments", first, "rollout"),
+                f"the rollout's candidate {quoted(where)} is deployed in group {quoted(others[0])} too",
+                "a deployment's live figures are shared by every group using it, so the rollout's "
+                "gates would count the other group's traffic: roll it out where it is not deployed "
+                "yet, or drop it from the other group (a rule can send that group's requests here)",
+            )
+
+
+def _pair(deployment: Mapping[Any, Any]) -> tuple[str, str] | None:
+    provider, model = deployment.get("provider"), deployment.get("model")
+    return (provider, model) if isinstance(provider, str) and isinstance(model, str) else None
 
 
 def _embedding_models(

@@ -412,3 +412,60 @@ def test_hosts_of_every_kind_are_taken(url: str) -> None:
         "models:\n  chat: {deployments: [{provider: p, model: m}]}\n",
         "p.yaml",
     )
+
+
+ROLLOUT_PROBLEMS = (
+    PROVIDERS
+    + """\
+  other: {kind: openai, base_url: https://other.example/v1}
+models:
+  solo:
+    deployments: [{provider: openai, model: m, rollout: {}}]
+  dup:
+    deployments: [{provider: openai, model: a}, {provider: openai, model: a, rollout: {}}]
+  two:
+    deployments: [{provider: openai, model: b}, {provider: other, model: c, rollout: {}}, {provider: other, model: d, rollout: {}}]
+  shared:
+    deployments: [{provider: openai, model: e}, {provider: other, model: x, rollout: {}}]
+  elsewhere:
+    deployments: [{provider: other, model: x}, {provider: nowhere, model: y}]
+"""
+)
+
+
+def test_every_rollout_problem_in_one_run_with_the_files_other_problems() -> None:
+    """An outside probe fixed a file one run per rollout problem, and saw none of them while a
+    provider was unknown."""
+    assert problems(ROLLOUT_PROBLEMS) == [
+        "p.yaml:15: models.elsewhere.deployments[1].provider: unknown provider 'nowhere' (hint: known providers: openai, other)",
+        "p.yaml:7: models.solo.deployments[0].rollout: the group's only deployment cannot be rolled out "
+        "(hint: a rollout shifts traffic from the group's other deployments; add the one it replaces)",
+        "p.yaml:9: models.dup.deployments[1].rollout: the rollout's candidate 'openai/a' is deployment 0 of the "
+        "group already (hint: a rollout brings in a deployment the group does not have: change the candidate's "
+        "provider or model, or drop the duplicate entry)",
+        "p.yaml:11: models.two.deployments[2].rollout: a group may roll out one deployment at a time "
+        "(hint: deployment 1 is in rollout already; drop one of the rollouts)",
+        "p.yaml:13: models.shared.deployments[1].rollout: the rollout's candidate 'other/x' is deployed in group "
+        "'elsewhere' too (hint: a deployment's live figures are shared by every group using it, so the rollout's "
+        "gates would count the other group's traffic: roll it out where it is not deployed yet, or drop it from "
+        "the other group (a rule can send that group's requests here))",
+    ]
+
+
+def test_a_rollout_candidate_another_group_deploys_is_refused_in_code_too() -> None:
+    raw = {
+        "version": 1,
+        "providers": {"p": {"kind": "openai", "base_url": "https://p.example/v1"}},
+        "models": {
+            "chat": {
+                "deployments": [
+                    {"provider": "p", "model": "a"},
+                    {"provider": "p", "model": "b", "rollout": {}},
+                ]
+            },
+            "other": {"deployments": [{"provider": "p", "model": "b"}]},
+        },
+    }
+    with pytest.raises(ValueError) as err:
+        Policy.model_validate(raw)
+    assert "is deployed in group 'other' too" in str(err.value)
