@@ -40,8 +40,12 @@ async def act(request: web.Request) -> web.Response:
     action = _action(request.match_info["action"])
     body = await read_json(request)
     group = body.get("model")
-    if not isinstance(group, str) or not group:
+    if group is None:
         raise InvalidRequest("'model' is required: the model group whose rollout to drive.", param="model")
+    if not isinstance(group, str) or not group:
+        raise InvalidRequest(
+            "'model' must be a non-empty string: the model group whose rollout to drive.", param="model"
+        )
     target(request, model=bounded(group))
     rollouts = request.app[keys.ROLLOUTS]
     await rollouts.act(group, action)

@@ -99,9 +99,8 @@ async def _check_new(
     """Each item's namespace grant and vector size, refused naming the item as written
     (``memories[2].namespace``, ``memories[2].embedding``); the service checks again."""
     where = [f"memories[{k}]." if batch else "" for k in range(len(items))]
-    if access is not None:
-        for k, item in enumerate(items):
-            access.check_write(item.namespace, f"{where[k]}namespace")
+    for k, item in enumerate(items):
+        service.check_writable(item.namespace, access, f"{where[k]}namespace")
     given = [(f"{where[k]}embedding", i.embedding) for k, i in enumerate(items) if i.embedding is not None]
     await service.check_dimensions([vector for _, vector in given], [param for param, _ in given])
 

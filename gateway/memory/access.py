@@ -12,6 +12,8 @@ The rules (README "Memory access control"):
 * Another team's memories, and ownerless ones, are seen only in a namespace the team is granted
   *explicitly* (named in ``read``): an unrestricted team is not granted anyone else's memories.
 * Changing or deleting follows the same rule with ``write``.
+* A trusted namespace (``memory.namespaces.NAME.trusted``: its memories are system text in every
+  reader's chats) is written, changed and deleted only with a grant naming it, own memories too.
 """
 
 from __future__ import annotations
@@ -66,9 +68,10 @@ class MemoryAccess:
             return self.read is None or namespace in self.read
         return self.read is not None and namespace in self.read
 
-    def may_change(self, namespace: str, owner: str | None) -> bool:
-        """Whether rows of ``owner`` in ``namespace`` may be changed or deleted by this caller."""
-        if owner == self.team:
+    def may_change(self, namespace: str, owner: str | None, by_name: bool = False) -> bool:
+        """Whether rows of ``owner`` in ``namespace`` may be changed or deleted by this caller.
+        ``by_name``: the namespace is written only with a grant naming it (``check_write``)."""
+        if owner == self.team and not by_name:
             return self.write is None or namespace in self.write
         return self.write is not None and namespace in self.write
 
@@ -83,12 +86,20 @@ class MemoryAccess:
                     code="namespace_not_granted",
                 )
 
-    def check_write(self, namespace: str, param: str = "namespace") -> None:
+    def check_write(self, namespace: str, param: str = "namespace", by_name: bool = False) -> None:
         """Raise ``PermissionDenied`` when this caller may not write in ``namespace`` (``param``:
-        the field as the client wrote it, ``memories[2].namespace`` in a batch)."""
-        if self.write is not None and namespace not in self.write:
+        the field as the client wrote it, ``memories[2].namespace`` in a batch). ``by_name``: a
+        namespace only a grant naming it may write (a trusted one: its memories go into every
+        reader's chats as system text, so an unrestricted team, which may write anywhere else,
+        may not plant them there: an outside probe)."""
+        if (self.write is None and by_name) or (self.write is not None and namespace not in self.write):
             raise PermissionDenied(
-                f"This API key may not write memory namespace '{namespace}'.",
+                f"This API key may not write memory namespace '{namespace}'."
+                + (
+                    " It is trusted: only a key or team granted it by name (write: [...]) may."
+                    if by_name
+                    else ""
+                ),
                 param=param,
                 code="namespace_not_granted",
             )

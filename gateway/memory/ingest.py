@@ -190,8 +190,7 @@ class IngestService:
 
     def check_writable(self, namespace: str, access: MemoryAccess | None) -> None:
         """``PermissionDenied`` when ``access`` may not write ``namespace`` (before any byte is read)."""
-        if access is not None:
-            access.check_write(namespace)
+        self.memory.check_writable(namespace, access)
 
     async def check_room(self, expected_bytes: int) -> None:
         """``InsufficientStorage`` (507) when an upload of ``expected_bytes`` would not fit the

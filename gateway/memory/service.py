@@ -352,9 +352,8 @@ class MemoryService:
         ``skip_existing``: items whose id is stored already are left out (not an error), so a
         batch with ids derived from its content can be written again (file ingestion).
         ``read_back``: return the rows as stored (times set); False returns them as built."""
-        if access is not None:
-            for item in items:
-                access.check_write(item.namespace)
+        for item in items:
+            self.check_writable(item.namespace, access)
         if skip_existing:
             stored = await self.store.existing_ids([i.id for i in items if i.id is not None])
             items = [i for i in items if i.id is None or i.id not in stored]
@@ -409,6 +408,17 @@ class MemoryService:
         policy names no model, the routing's ``GatewayError`` when no deployment can answer."""
         return await self._vectors_for(texts)
 
+    def check_writable(self, namespace: str, access: MemoryAccess | None, param: str = "namespace") -> None:
+        """``PermissionDenied`` when ``access`` may not write ``namespace``; ``param``: the field as
+        the client wrote it (``memories[2].namespace`` in a batch)."""
+        if access is not None:
+            access.check_write(namespace, param, by_name=self.trusted(namespace))
+
+    def trusted(self, namespace: str) -> bool:
+        """Whether the policy marks ``namespace`` trusted (``memory.namespaces.NAME.trusted``)."""
+        settings = self.config.namespaces.get(namespace)
+        return settings is not None and settings.trusted
+
     async def existing_ids(self, ids: Sequence[str]) -> set[str]:
         """The ids among ``ids`` that are stored."""
         return await self.store.existing_ids(ids)
@@ -440,7 +450,9 @@ class MemoryService:
         """The memory ``access`` may change: ``NotFound`` if it cannot see it, else
         ``PermissionDenied`` if it may only read it."""
         memory = await self.get(memory_id, access)
-        if access is not None and not access.may_change(memory.namespace, memory.owner):
+        if access is not None and not access.may_change(
+            memory.namespace, memory.owner, self.trusted(memory.namespace)
+        ):
             raise PermissionDenied(
                 f"This API key may not change memories in namespace '{memory.namespace}'.",
                 param="id",

@@ -216,6 +216,15 @@ def check_request(body: JSONObject, whole: bool = True) -> None:
         )
     if not whole:
         return
+    if "memory" in body:
+        # The chat door's field, not this door's (README: the headers ask for memories here). It
+        # was dropped without a word, and sent to a native Anthropic deployment, namespace names
+        # and all (an outside probe); the Responses door refuses it as an unknown parameter.
+        raise MessagesInputError(
+            "Extra inputs are not permitted (the gateway's memory is asked for with the "
+            "x-gateway-memory header on this API).",
+            "memory",
+        )
     if body.get("tool_choice") is not None and not body.get("tools"):
         # Anthropic refuses any tool_choice (``none`` too) without tools (ai365vip/chat-api#82,
         # anthropics/claude-cookbooks#142); the translated kinds ignored ``auto`` and ``none``.

@@ -33,8 +33,11 @@ class Doors:
     rule: str  # the id of a memory in the trusted namespace
 
     def last_request(self, fake: str) -> Any:
+        return self.stats(fake)["last_request"]["body"]
+
+    def stats(self, fake: str) -> Any:
         with urllib.request.urlopen(self.fakes[fake].url + "/_fake/stats", timeout=5) as resp:
-            return json.loads(resp.read())["last_request"]["body"]
+            return json.loads(resp.read())
 
     def anthropic(self) -> anthropic.Anthropic:
         return anthropic.Anthropic(base_url=self.gateway.url, api_key="k", max_retries=0)
@@ -217,3 +220,23 @@ def test_without_the_header_nothing_is_recalled_and_bad_namespaces_are_refused(d
             extra_headers={"x-gateway-memory": "not a namespace!"},
         )
     assert bad.value.body["type"] == "error"  # type: ignore[index]  # Anthropic's envelope
+
+
+def test_a_memory_field_on_the_messages_door_is_refused_and_never_sent(doors: Doors) -> None:
+    """The chat door's ``memory`` field was dropped without a word on ``/v1/messages`` and sent to
+    a native Anthropic deployment, namespace names and all (an outside probe)."""
+    before = doors.stats("claude")["requests"]
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        doors.anthropic().messages.create(
+            model="claude",
+            max_tokens=50,
+            messages=[{"role": "user", "content": QUESTION}],
+            extra_body={"memory": {"namespaces": ["plant_safety"]}},
+        )
+    body: Any = bad.value.body
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"] == (
+        "Invalid value for 'memory': Extra inputs are not permitted (the gateway's memory is asked "
+        "for with the x-gateway-memory header on this API)."
+    )
+    assert doors.stats("claude")["requests"] == before  # refused before any provider saw it

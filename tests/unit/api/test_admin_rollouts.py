@@ -79,7 +79,7 @@ async def test_bad_input_is_a_clear_4xx(client: TestClient) -> None:
     for path, body, status, text in [
         ("/admin/rollouts/explode", {"model": "chat"}, 404, "Unknown rollout action 'explode'"),
         ("/admin/rollouts/pause", {}, 400, "'model' is required"),
-        ("/admin/rollouts/pause", {"model": 3}, 400, "'model' is required"),
+        ("/admin/rollouts/pause", {"model": 3}, 400, "'model' must be a non-empty string"),
         ("/admin/rollouts/pause", {"model": "nope"}, 404, "No rollout in model group 'nope'"),
     ]:
         resp = await client.post(path, json=body, headers=ADMIN)
