@@ -129,7 +129,9 @@ class Figures:
 
 
 def _client_api(labels: Labels) -> bool:
-    return labels.get("endpoint", "").startswith("/v1/")
+    """The client API's endpoints: OpenAI's and Anthropic's under /v1/, Azure OpenAI's under
+    /openai/ (a gateway serving only the Azure SDK showed no traffic: an outside probe)."""
+    return labels.get("endpoint", "").startswith(("/v1/", "/openai/"))
 
 
 def _increase(after: Mapping[Any, float], before: Mapping[Any, float]) -> dict[Any, float]:

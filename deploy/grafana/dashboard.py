@@ -45,6 +45,8 @@ DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
 M = 'model=~"$model"'
 P = 'provider=~"$provider"'
+# The client API's endpoints (the rules' ratios count these: deploy/prometheus/rules.yml).
+API = 'endpoint=~"/v1/.+|/openai/.+"'
 GENAI = 'gen_ai_request_model=~"$model", provider=~"$provider"'
 # process_* series are every Python and Go exporter's: only the gateway's scrape job is read.
 JOB = 'job="sophia-gateway"'
@@ -201,12 +203,14 @@ def rows() -> list[tuple[str, list[timeseries.Panel]]]:
             # By model group only: a request every deployment failed is counted with provider="",
             # so a provider filter would drop every 5xx and read 0 %.
             graph("Error ratio (5xx and failed streams)", PERCENT,
-                  (f'((sum(rate(gateway_requests_total{{{M}, status_code=~"5.."}}[{RATE}])) or vector(0))'
+                  (f'((sum(rate(gateway_requests_total{{{M}, {API}, status_code=~"5.."}}[{RATE}])) or vector(0))'
                    f" + (sum(rate(gateway_stream_errors_total{{{M}}}[{RATE}])) or vector(0)))"
-                   f" / sum(rate(gateway_requests_total{{{M}}}[{RATE}]))", "errors"),
+                   f' / sum(rate(gateway_requests_total{{{M}, {API}, status_code!="401"}}[{RATE}]))', "errors"),
                   description="5xx answers, and streams a provider failed after their first byte (answered "
-                  "200), over all answers of the selected model groups (the provider variable does not "
-                  "apply: a request no deployment served has no provider)."),
+                  "200), over the client API's answers of the selected model groups (/v1/ and /openai/ "
+                  "paths, 401s aside: scrapes, probes, unserved paths and unauthenticated callers are "
+                  "not clients' traffic). The provider variable does not apply: a request no deployment "
+                  "served has no provider."),
             graph("Failed streams/s by reason", "reqps",
                   (f"sum by (provider, reason) (rate(gateway_stream_errors_total{{{M}, {P}}}[{RATE}]))",
                    "{{provider}} {{reason}}"),

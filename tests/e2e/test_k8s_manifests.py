@@ -572,16 +572,16 @@ tests:
   - interval: 1m
     input_series:
       # The canary (hash c1): 10 % 5xx, every request between 1 and 2 s.
-      - {series: 'gateway_requests_total{rollouts_pod_template_hash="c1",status_code="200"}', values: '0+90x10'}
-      - {series: 'gateway_requests_total{rollouts_pod_template_hash="c1",status_code="502"}', values: '0+10x10'}
+      - {series: 'gateway_requests_total{rollouts_pod_template_hash="c1",endpoint="/v1/chat/completions",status_code="200"}', values: '0+90x10'}
+      - {series: 'gateway_requests_total{rollouts_pod_template_hash="c1",endpoint="/v1/chat/completions",status_code="502"}', values: '0+10x10'}
       - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="c1",le="0.5"}', values: '0x10'}
       - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="c1",le="1"}', values: '0x10'}
       - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="c1",le="2"}', values: '0+100x10'}
       - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="c1",le="+Inf"}', values: '0+100x10'}
       # The stable version (s1): half its requests fail, which must not count against the canary;
       # every request between 0.5 and 1 s.
-      - {series: 'gateway_requests_total{rollouts_pod_template_hash="s1",status_code="200"}', values: '0+50x10'}
-      - {series: 'gateway_requests_total{rollouts_pod_template_hash="s1",status_code="500"}', values: '0+50x10'}
+      - {series: 'gateway_requests_total{rollouts_pod_template_hash="s1",endpoint="/v1/chat/completions",status_code="200"}', values: '0+50x10'}
+      - {series: 'gateway_requests_total{rollouts_pod_template_hash="s1",endpoint="/v1/chat/completions",status_code="500"}', values: '0+50x10'}
       - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="s1",le="0.5"}', values: '0x10'}
       - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="s1",le="1"}', values: '0+100x10'}
       - {series: 'gateway_request_duration_seconds_bucket{rollouts_pod_template_hash="s1",le="2"}', values: '0+100x10'}

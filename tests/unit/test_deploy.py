@@ -221,8 +221,14 @@ FLEET_SERIES = [
     ),
 ]
 FLEET_COUNTERS = [
-    ('gateway_requests_total{instance="a",model="chat",provider="openai",status_code="200"}', "0+98x10"),
-    ('gateway_requests_total{instance="a",model="chat",provider="",status_code="502"}', "0+2x10"),
+    (
+        'gateway_requests_total{instance="a",endpoint="/v1/chat/completions",model="chat",provider="openai",status_code="200"}',
+        "0+98x10",
+    ),
+    (
+        'gateway_requests_total{instance="a",endpoint="/v1/chat/completions",model="chat",provider="",status_code="502"}',
+        "0+2x10",
+    ),
     # One of the 200s is a stream its provider failed after the first byte: an error too.
     (
         'gateway_stream_errors_total{instance="a",model="chat",provider="openai",reason="upstream_closed"}',

@@ -29,3 +29,25 @@ def test_names_are_shown_as_written_never_as_markup_or_control_sequences() -> No
 def test_a_long_name_is_cut() -> None:
     screen = _screen("g" * 500, "p")
     assert "g" * 79 + "…" in screen and "g" * 81 not in screen
+
+
+def test_the_azure_doors_requests_are_client_api_traffic() -> None:
+    """A gateway serving only the Azure SDK (/openai/... paths) showed 0 requests/s (an outside
+    probe); scrapes, probes and unserved paths are still not counted."""
+    from gateway.top import Scrape, figures
+
+    def look(n: int, at_s: float) -> Scrape:
+        text = (
+            "# TYPE gateway_requests_total counter\n"
+            f'gateway_requests_total{{endpoint="/openai/deployments/{{deployment}}/chat/completions",'
+            f'model="chat",provider="p",status_code="200"}} {n}\n'
+            f'gateway_requests_total{{endpoint="/openai/v1/chat/completions",model="chat",provider="p",'
+            f'status_code="502"}} {n // 10}\n'
+            f'gateway_requests_total{{endpoint="/metrics",model="",provider="",status_code="200"}} {n}\n'
+            f'gateway_requests_total{{endpoint="unmatched",model="",provider="",status_code="404"}} {n}\n'
+        )
+        return Scrape.parse(text, None, at_s)
+
+    f = figures(look(100, 0.0), look(300, 2.0))
+    assert f.requests == 220 and f.requests_per_s == 110
+    assert f.error_rate == 20 / 220
