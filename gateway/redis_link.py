@@ -26,8 +26,13 @@ connection would fail; they serve managed-Redis failovers only, so they are off.
 then one call probes it. Calls already in flight when it broke fail too; only the first of them,
 or a failed probe, opens a new (longer) backoff window, so concurrency does not inflate it. The
 jitter spreads the replicas' probes, so a recovering Redis is not hit by all of them at once.
-Each probe is a recovery action (``gateway_recovery_actions_total``): ``reconnects`` counts the
-ones that ended an outage, ``failed_probes`` those that found Redis still down.
+Each outage is one recovery action (``gateway_recovery_actions_total``): ``ok`` when a probe
+reconnects within ``RECOVERY_BOUND_S`` of its start (``reconnects``), ``failed`` once when it has
+lasted that long (``failed_recoveries``; its later reconnect is not counted again). Each failed
+probe was a failed action before, so an outage of 17 s recovered cleanly read as 36 failures
+against 9 successes on five links, and the recovery KPI's alert fired for an hour after it (an
+outside probe): the ratio measured how long Redis was away, not whether the gateway recovered.
+``failed_probes`` still counts the probes that found Redis down.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ RedisClient = aioredis.Redis | RedisCluster
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_MAX_S = 5.0
+# An outage not ended by a reconnect within this long is a failed recovery (counted once).
+RECOVERY_BOUND_S = 60.0
 
 # What a call that did not reach Redis raises. redis-py's cluster client has errors of its own
 # that are not ``RedisError``s: ``RedisClusterException`` (and its ``RedisClusterUnreachableError``,
@@ -230,11 +237,13 @@ class Outage:
 
     __slots__ = (
         "_clock",
+        "_down_since",
         "_failures",
         "_probing",
         "_retry_at",
         "errors",
         "failed_probes",
+        "failed_recoveries",
         "healthy",
         "reconnects",
     )
@@ -242,9 +251,12 @@ class Outage:
     def __init__(self, *, healthy: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.healthy = healthy
         self.errors = 0  # failed calls, exported
-        self.reconnects = 0  # successes that ended an outage, exported as recovery actions (ok)
-        self.failed_probes = 0  # probes after a backoff that failed (recovery actions: failed)
+        self.reconnects = 0  # outages ended within RECOVERY_BOUND_S (recovery actions: ok)
+        self.failed_recoveries = 0  # outages that lasted RECOVERY_BOUND_S (recovery actions: failed)
+        self.failed_probes = 0  # probes after a backoff that found Redis down
         self._clock = clock
+        # When the outage began (None: healthy, or this one is counted failed already).
+        self._down_since: float | None = None if healthy else clock()
         self._failures = 0  # consecutive failed backoff windows; sets the next backoff
         self._retry_at = 0.0  # clock time before which Redis is skipped
         self._probing = False  # one call at a time tries Redis again after a backoff
@@ -299,6 +311,11 @@ class Outage:
         self._probing = True
         return True
 
+    def recovery_actions(self) -> tuple[int, int]:
+        """(ok, failed) recovery actions so far: outages ended within ``RECOVERY_BOUND_S``, and
+        those that lasted it."""
+        return self.reconnects, self.failed_recoveries
+
     def retry_in_s(self) -> float:
         """Seconds until the backoff ends (0 when not backing off): how long a background loop
         that tries Redis by itself (``auth/key_bus.py``'s subscriber) sleeps before its probe."""
@@ -312,8 +329,9 @@ class Outage:
     def succeeded(self) -> bool:
         """A call worked; True when that ends an outage (say so in the log)."""
         recovered = not self.healthy
-        if recovered:
+        if recovered and self._down_since is not None:
             self.reconnects += 1
+        self._down_since = None
         self.healthy = True
         self._failures = 0
         return recovered
@@ -323,9 +341,15 @@ class Outage:
         self.errors += 1
         if probe:
             self.failed_probes += 1
+            since = self._down_since
+            if since is not None and self._clock() - since >= RECOVERY_BOUND_S:
+                self.failed_recoveries += 1
+                self._down_since = None  # counted: its reconnect will not be
         if not (self.healthy or probe):
             return False
         started = self.healthy
+        if started:
+            self._down_since = self._clock()
         self.healthy = False
         self._failures += 1
         delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** min(self._failures - 1, 16))

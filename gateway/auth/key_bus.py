@@ -216,7 +216,7 @@ class KeyBus:
 
     def reconnect_counts(self) -> tuple[int, int]:
         """The subscriber's reconnects that ended an outage, and its failed attempts."""
-        return self._outage.reconnects, self._outage.failed_probes
+        return self._outage.recovery_actions()
 
     async def _subscribe_forever(self, client: RedisClient) -> None:
         loop = asyncio.get_running_loop()

@@ -160,7 +160,7 @@ class RedisFailures:
     def reconnect_counts(self) -> tuple[int, int]:
         """(outages ended by a successful call, probes that failed) so far: the recovery action
         ``redis_throttle_reconnect``."""
-        return self._outage.reconnects, self._outage.failed_probes
+        return self._outage.recovery_actions()
 
 
 if TYPE_CHECKING:

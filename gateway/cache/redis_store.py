@@ -399,8 +399,9 @@ class RedisStore:
         return time.perf_counter() - started if answered else None
 
     def reconnect_counts(self) -> tuple[int, int]:
-        """(outages ended by a successful probe, probes that failed) so far."""
-        return self._outage.reconnects, self._outage.failed_probes
+        """Recovery actions so far: (outages ended within ``RECOVERY_BOUND_S``, outages that lasted it)
+        (``redis_link.Outage.recovery_actions``)."""
+        return self._outage.recovery_actions()
 
     def _check(self, category: str) -> None:
         if category not in self._budgets:

@@ -163,7 +163,7 @@ class SharedRouting:
 
     def reconnect_counts(self) -> tuple[int, int]:
         """(outages ended by a successful call, probes that failed) so far."""
-        return self._outage.reconnects, self._outage.failed_probes
+        return self._outage.recovery_actions()
 
     async def start(self) -> None:
         self._client = redis_client(self._url, OP_TIMEOUT_S, HEALTH_CHECK_INTERVAL_S)

@@ -133,12 +133,14 @@ class MemoryGuard:
 
 class ReconnectingLink(Protocol):
     def reconnect_counts(self) -> tuple[int, int]:
-        """(outages ended by a successful probe, probes that failed) so far."""
+        """Recovery actions so far: (outages ended within ``RECOVERY_BOUND_S``, outages that lasted it)
+        (``redis_link.Outage.recovery_actions``)."""
         ...
 
 
 def link_reconnects(kind: str, link: ReconnectingLink) -> Callable[[], list[tuple[str, str, int]]]:
-    """A ``RecoveryActions`` source: ``link``'s reconnects (ok) and failed probes (failed)."""
+    """A ``RecoveryActions`` source: ``link``'s outages recovered (ok) and not recovered within
+    ``redis_link.RECOVERY_BOUND_S`` (failed)."""
 
     def read() -> list[tuple[str, str, int]]:
         ok, failed = link.reconnect_counts()
