@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from typing import Any
 
 from aiohttp import StreamReader, web
@@ -65,7 +66,14 @@ _ANTHROPIC_LINE = re.compile(
 class GatewayRequestHandler(RequestHandler, WithholdsContinue):
     """aiohttp's connection handler with a request-read deadline and OpenAI-format protocol errors."""
 
-    __slots__ = ("_last_data", "_read_deadline", "_read_timeout_s", "_write_timeout_s", "continue_withheld")
+    __slots__ = (
+        "_last_data",
+        "_read_deadline",
+        "_read_timeout_s",
+        "_write_timeout_s",
+        "continue_withheld",
+        "peer",
+    )
 
     def __init__(
         self,
@@ -84,9 +92,14 @@ class GatewayRequestHandler(RequestHandler, WithholdsContinue):
         self._last_data = b""
         # A request's 100 Continue withheld and not yet sent (``body.withhold_continue``).
         self.continue_withheld = False
+        # A connection on this worker's Unix socket: another worker of a ``serve --workers`` set
+        # asking (``api/peers.py``), whose requests are not clients' (``middleware.handle``).
+        self.peer = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        self.peer = sock is not None and sock.family == socket.AF_UNIX
         self._arm_read_deadline()  # a silent connection is closed when it passes
 
     def data_received(self, data: bytes) -> None:

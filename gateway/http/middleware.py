@@ -176,9 +176,22 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
             return response
         finally:
             in_flight.value -= 1
-            _observe(
-                request, metrics, access, clients, endpoint, call, rid, status, time.perf_counter() - started
-            )
+            # Not a peer worker's ask (its /metrics merge, a key change passed on: a Unix-socket
+            # connection, ``connection.GatewayRequestHandler.peer``): counted and logged, each
+            # scrape of a ``serve --workers N`` set was N requests and N - 1 lines without a
+            # client (an outside probe). (A slot read: the protocol is the gateway's in serve.)
+            if not getattr(request.protocol, "peer", False):
+                _observe(
+                    request,
+                    metrics,
+                    access,
+                    clients,
+                    endpoint,
+                    call,
+                    rid,
+                    status,
+                    time.perf_counter() - started,
+                )
             if span is not None:
                 _end_span(span, call, rid, status)
 

@@ -221,6 +221,26 @@ def test_one_line_for_the_set_and_one_metrics_summing_every_worker(gateway: Mana
     assert found[("gateway_previous_token_used_total", (("token", "admin"),))] == 1
 
 
+def test_a_scrape_is_one_request_of_the_set_not_one_per_worker(gateway: ManagedProcess) -> None:
+    """The answering worker asks the other over its Unix socket; that ask was counted (and
+    logged, without a client) as a client request too, so N workers counted each scrape N times
+    (an outside probe)."""
+
+    def scrapes() -> float:
+        return sum(
+            v
+            for (name, labels), v in samples(gateway.url).items()
+            if name == "gateway_requests_total"
+            and ("endpoint", "/metrics") in labels
+            and ("status_code", "200") in labels
+        )
+
+    before = scrapes()  # (a scrape is counted once answered: this one shows in the next)
+    for _ in range(5):
+        samples(gateway.url)
+    assert scrapes() - before == 6
+
+
 def index_vectors(url: str) -> dict[str, float]:
     return {
         dict(labels)["worker"]: v
