@@ -854,6 +854,10 @@ class GatewayMetrics:
         # at scrape time; with --workers, per worker (a ``worker`` label) but CPU, which sums.
         ProcessCollector(registry=self.registry)
         self.recovery = RecoveryActions()  # exported with the health figures (health_collector)
+        # Failovers after a timeout (``Router``) start at 0, as the other known series (the links'
+        # sources report theirs from the start): increase() misses a series' first appearance.
+        for result in ("ok", "failed"):
+            self.recovery.count("failover", result, 0)
 
     def cache_collector(self, view: CacheView) -> None:
         """Export the cache store's per-category footprint and health, read at scrape time."""
