@@ -252,7 +252,9 @@ async def test_a_failover_after_a_refused_connection_is_not_a_timeout_recovery(
     resp = await client.post("/v1/chat/completions", json=CHAT)
     assert resp.status == 200 and resp.headers["x-gateway-fallback"] == "true"
     text = await (await client.get("/metrics")).text()
-    assert 'kind="failover"' not in text
+    # (the series exist from the start, at 0: a refused connection is no timeout recovery)
+    assert 'gateway_recovery_actions_total{kind="failover",result="ok"} 0.0' in text
+    assert 'gateway_recovery_actions_total{kind="failover",result="failed"} 0.0' in text
 
 
 async def test_memory_store_and_index_are_checked(aiohttp_client: ClientFactory, tmp_path: Path) -> None:
