@@ -38,6 +38,7 @@ outside probe): the ratio measured how long Redis was away, not whether the gate
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 import time
@@ -50,7 +51,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import InvalidResponse, RedisClusterException, RedisError
+from redis.exceptions import InvalidResponse, RedisClusterException, RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from gateway.redis_pool import POOL_IDLE_S, WaitingConnectionPool, WaitingRedisCluster, WaitingSentinelPool
@@ -69,6 +70,21 @@ RECOVERY_BOUND_S = 60.0
 # ``SlotNotCoveredError``) when no node of the cluster answers, at start or after they all went
 # away. Left out, a Cluster that was down failed every request with a 500 instead of failing open.
 FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+log = logging.getLogger("gateway.redis")
+
+# A reply that refuses a command for what one key holds, not for the server's state: a key of
+# another type than the script's (written by hand, by another program or another version) or a
+# counter that is not a number. Redis answered: the link is fine, and that call alone fails (as
+# a call skipped: each user counts locally, misses, or refuses as it would in an outage).
+_DATA_REFUSALS = ("WRONGTYPE", "ERR value is not")
+# At most one warning per link in this long for such refusals (each call on the key makes one).
+_DATA_REFUSAL_LOG_S = 10.0
+
+
+def refused_on_data(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a command for what a key holds (``_DATA_REFUSALS``)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith(_DATA_REFUSALS)
 
 
 # The health check's probe of a link (``ping`` of the cache, limits and routing links, the
@@ -240,7 +256,9 @@ class Outage:
         "_down_since",
         "_failures",
         "_probing",
+        "_refusal_logged_at",
         "_retry_at",
+        "data_refusals",
         "errors",
         "failed_probes",
         "failed_recoveries",
@@ -257,6 +275,8 @@ class Outage:
         self._clock = clock
         # When the outage began (None: healthy, or this one is counted failed already).
         self._down_since: float | None = None if healthy else clock()
+        self._refusal_logged_at = -_DATA_REFUSAL_LOG_S
+        self.data_refusals = 0  # calls refused for what a key holds (the link stayed up)
         self._failures = 0  # consecutive failed backoff windows; sets the next backoff
         self._retry_at = 0.0  # clock time before which Redis is skipped
         self._probing = False  # one call at a time tries Redis again after a backoff
@@ -292,6 +312,14 @@ class Outage:
             if read is not None:
                 result = read(result)
         except FAILURES as exc:
+            if refused_on_data(exc):
+                # One key's data, not the link: one row of another type turned the replica's
+                # whole cache or every tenant's limits off, for each backoff, for as long as it
+                # stayed (an outside probe). This call fails alone.
+                self._refused_on_data(exc)
+                if probe and self.succeeded():  # (Redis answered: the outage it probed for is over)
+                    came_back()
+                return None
             if self.failed(probe):
                 went_down(failure_text(exc))
             return None
@@ -300,6 +328,16 @@ class Outage:
         if self.succeeded():
             came_back()
         return result
+
+    def _refused_on_data(self, exc: BaseException) -> None:
+        self.data_refusals += 1
+        now = self._clock()
+        if now - self._refusal_logged_at >= _DATA_REFUSAL_LOG_S:
+            self._refusal_logged_at = now
+            log.warning(
+                "redis refused a command for what a key holds; that call failed alone",
+                extra={"fields": {"error": failure_text(exc), "refusals": self.data_refusals}},
+            )
 
     def attempt(self) -> bool | None:
         """Before a call: None to skip Redis (backing off, or another call probes it), else

@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import InvalidResponse
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.typing import EncodableT
 
 from gateway.auth.identity import Caller
@@ -1334,8 +1334,19 @@ class RedisLimiter:
                 *(team_script(keys=keys, args=args) for keys, args in team_calls),
                 *(correct(keys=keys, args=args) for keys, args in correct_calls),
                 *(self._index_row(client, day, member) for day, _, member in indexed),
+                return_exceptions=True,
             )
-            _settled(replies[:scripts], scripts)
+            failed = _refused_commands(
+                replies,
+                [
+                    *(k[-1] for k, _ in calls),
+                    *(k[0] for k, _ in team_calls),
+                    *(k[0] for k, _ in correct_calls),
+                    *(f"{self._prefix}ud:{day}" for day, _, _ in indexed),
+                ],
+            )
+            _settled([1 if i in failed else r for i, r in enumerate(replies[:scripts])], scripts)
+            indexed = [row for i, row in enumerate(indexed) if scripts + i not in failed]
         else:
             # ``async with``: a write cut short (the op timeout, while the pipeline loads its
             # script) gives the connection back; left to the GC, asyncio logs it as unclosed.
@@ -1350,7 +1361,20 @@ class RedisLimiter:
                     # The day's index of rows (read by /admin/usage) lives in another slot.
                     pipe.sadd(f"{self._prefix}ud:{day}", member)
                     pipe.expire(f"{self._prefix}ud:{day}", USAGE_TTL_S)
-                _settled(await pipe.execute(), scripts)
+                # Each command's error in its place (``raise_on_error=False``): a connection
+                # error or a timeout still raises (the write failed: carried); a command refused
+                # on its own key (a row of another type) is that key's alone (``_refused_commands``).
+                replies = await pipe.execute(raise_on_error=False)
+            labels = [
+                *(keys[-1] for keys, _ in calls),
+                *(keys[0] for keys, _ in team_calls),
+                *(keys[0] for keys, _ in correct_calls),
+                *(f"{self._prefix}ud:{day}" for day, _, _ in indexed for _ in (0, 1)),
+            ]
+            failed = _refused_commands(replies, labels)
+            expected: list[Any] = [1] * scripts + [0, True] * len(indexed)
+            _settled([expected[i] if i in failed else r for i, r in enumerate(replies)], scripts)
+            indexed = [row for i, row in enumerate(indexed) if scripts + 2 * i not in failed]
         if len(self._indexed) > 100_000:
             self._indexed.clear()
         self._indexed.update(indexed)
@@ -1404,18 +1428,26 @@ class RedisLimiter:
                 if query.matches(team, key_id, counted_as):
                     usage_key = self._usage_key(day, team, key_id, counted_as)
                     wanted.append((UsageRow(team, key_id, day, counted_as=counted_as), usage_key))
+            replies: list[Any]
             if isinstance(client, RedisCluster) or len(wanted) < 2:
-                replies = [await client.hgetall(usage_key) for _, usage_key in wanted]
+                replies = [await _row_or_refusal(client, usage_key) for _, usage_key in wanted]
             else:
                 # A day's rows in one round trip (h-keyspend: every key has rows now, and a
                 # month is 31 days of them).
                 async with client.pipeline(transaction=False) as pipe:
                     for _, usage_key in wanted:
                         pipe.hgetall(usage_key)
-                    replies = await pipe.execute()
+                    replies = await pipe.execute(raise_on_error=False)
             if len(replies) != len(wanted):
                 raise InvalidResponse(f"{len(replies)} replies to {len(wanted)} HGETALL")
-            rows += [_usage_row(row, fields) for (row, _), fields in zip(wanted, replies, strict=True)]
+            # A row Redis refuses to read as a hash (another type, written by hand) is left out,
+            # logged, rather than the whole report a 503 (an outside probe).
+            failed = _refused_commands(replies, [usage_key for _, usage_key in wanted])
+            rows += [
+                _usage_row(row, fields)
+                for i, ((row, _), fields) in enumerate(zip(wanted, replies, strict=True))
+                if i not in failed
+            ]
         return rows
 
     async def _call(
@@ -1632,6 +1664,38 @@ def _drawable(lease: _Lease, caller: Caller, tokens: int, now: float) -> bool:
         and now < lease.ends
         and lease.limits == _limits(caller)
     )
+
+
+async def _row_or_refusal(client: RedisClient, usage_key: str) -> Any:
+    """A usage row, or the ``ResponseError`` Redis refused it with (``_refused_commands``)."""
+    try:
+        return await client.hgetall(usage_key)
+    except ResponseError as exc:
+        return exc
+
+
+def _refused_commands(replies: list[Any], labels: list[str]) -> set[int]:
+    """The positions of the write's commands Redis refused on their own key (WRONGTYPE: a row of
+    another type, written by hand or by another program), each logged and dropped. One bad row
+    made the whole write a failure before: carried and sent again after each recovery, so every
+    other key's usage and spend in it, applied already (the pipeline is not a transaction), was
+    charged again every few seconds (an outside probe: a budget spent four times, limits per
+    process, the link down for good). A dropped settle script is not sent again either: Redis
+    keeps the writes a script made before its error. Anything else raises: NOSCRIPT (the script
+    never ran, the write is carried) and a connection error or timeout (the link is down)."""
+    failed: set[int] = set()
+    for i, reply in enumerate(replies):
+        if not isinstance(reply, BaseException):
+            continue
+        if isinstance(reply, ResponseError) and not isinstance(reply, NoScriptError):
+            failed.add(i)
+            log.warning(
+                "redis refused a command on one key of the limits; that key's part left out",
+                extra={"fields": {"key": labels[i] if i < len(labels) else "", "error": str(reply)}},
+            )
+            continue
+        raise reply
+    return failed
 
 
 def _settled(replies: list[Any], scripts: int) -> None:

@@ -113,8 +113,18 @@ return {evicted, total, redis.call('ZCARD', KEYS[2])}
 # A value key of another type (a HASH someone wrote there) is a miss, not the script's WRONGTYPE
 # error: that failed the call, counted as an outage, and the replica skipped its whole cache for
 # the backoff, renewed by every request for that key. The answer's SET then replaces it.
-_GET = """
-local value = redis.pcall('GET', KEYS[1])
+# A value longer than any entry the gateway writes (``MAX_ENTRY_BYTES`` and its header) is a miss
+# too, without reading it: a 60 MB value put there by hand timed out every lookup of its key (the
+# op timeout, 50 ms), each an outage of the whole replica's cache, for as long as it stayed (an
+# outside probe); the answer's SET then replaces it.
+_LONGEST_VALUE = 4 * 1024 * 1024 + 64 * 1024  # MAX_ENTRY_BYTES and its header, with room
+_GET = (
+    """
+local length = redis.pcall('STRLEN', KEYS[1])
+local value = false
+if type(length) ~= 'number' or length <= """
+    + str(_LONGEST_VALUE)
+    + """ then value = redis.pcall('GET', KEYS[1]) end
 if type(value) == 'table' then value = false end
 if value then
   redis.call('ZADD', KEYS[2], 'XX', now, ARGV[1])
@@ -128,6 +138,7 @@ if claim_ms > 0 then
 end
 return false
 """
+)
 
 # KEYS: value, lru, sizes, bytes, claim.  ARGV: key.  Returns {bytes, entries}.
 _DELETE = """
@@ -470,6 +481,7 @@ class RedisStore:
 # by default): a 15 MB answer could be neither written nor read back in it, each try counted as a
 # Redis outage, and the whole replica served without its cache for the backoff.
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
+assert _LONGEST_VALUE > MAX_ENTRY_BYTES  # (a lookup reads every entry the gateway writes)
 _MAX_ORPHANS = 10_000  # claim keys remembered during one outage (more: they expire, CLAIM_S)
 
 

@@ -48,7 +48,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from redis.commands.core import AsyncScript
@@ -138,6 +138,8 @@ class SharedRouting:
         self._flushed: dict[Key, _Flushed] = {}
         self._applied_cooling: dict[Key, float] = {}
         self.peers = 0  # other replicas seen at the last sync
+        self.skipped_rows = 0  # other replicas' rows this version cannot read (``_readable``)
+        self._skip_logged_at = -_SKIP_LOG_S
         self.syncs = 0
 
     @property
@@ -289,10 +291,16 @@ class SharedRouting:
         merged: dict[str, _Merge] = {}
         for raw in peers:
             published, _, body = raw.partition(b"|")
-            age_ms = server_ms - int(published)
             try:
+                age_ms = server_ms - int(published)
                 summary = orjson.loads(body)
-            except orjson.JSONDecodeError:
+            except (ValueError, orjson.JSONDecodeError):
+                summary = None
+            if not _readable(summary):
+                # A replica of another version, or a row written by hand: skipped, the others
+                # merged. One such row raised here on every replica, four times a second, and
+                # no replica merged any figures while it stayed (an outside probe).
+                self._skipped_row()
                 continue
             for name, row in summary.items():
                 merged.setdefault(name, _Merge()).add(row, age_ms)
@@ -321,6 +329,16 @@ class SharedRouting:
                     self._applied_cooling[key] = until
         for key in [k for k in self._applied_cooling if k not in states]:
             del self._applied_cooling[key]
+
+    def _skipped_row(self) -> None:
+        self.skipped_rows += 1
+        now = time.monotonic()
+        if now - self._skip_logged_at >= _SKIP_LOG_S:
+            self._skip_logged_at = now
+            log.warning(
+                "a replica's shared routing row cannot be read; skipped, the others merged",
+                extra={"fields": {"skipped": self.skipped_rows}},
+            )
 
     def _fall_back(self, states: Mapping[Key, DeploymentState]) -> None:
         for live in states.values():
@@ -407,6 +425,39 @@ class _Merge:
             cache=_averages(self.cache_sums, self.cache_weight) if self.cache_weight else None,
             cache_weight=self.cache_weight,
         )
+
+
+# At most one warning in this long for peer rows that cannot be read (one per sync otherwise).
+_SKIP_LOG_S = 60.0
+# What a readable row's figures may be: latencies in seconds, counts, milliseconds left (a
+# breaker's cooldown and a 429's cooling are at most a day).
+_MOST_SECONDS = 86_400.0
+_MOST_COUNT = 10**12
+_MOST_MS = 86_400_000
+
+
+def _readable(summary: object) -> TypeGuard[dict[str, list[Any]]]:
+    """Whether a replica's summary is one this version merges: deployment name -> a row of at
+    least 7 figures (latency s, first-token s, ok, failed, in flight, open ms, cooling ms, then
+    optional ones), each in its range. ``1e308`` for a latency or a count of -5 was merged."""
+    if not isinstance(summary, dict):
+        return False
+    for name, row in summary.items():
+        if not isinstance(name, str) or not isinstance(row, list) or len(row) < 7:
+            return False
+        latency, ttft, ok, bad, in_flight, open_ms, cooling_ms = row[:7]
+        for value in (latency, ttft):
+            if value is not None and not (type(value) in (int, float) and 0 <= value <= _MOST_SECONDS):
+                return False
+        for count in (ok, bad, row[7] if len(row) > 7 else 0):
+            if count is not None and not (type(count) is int and 0 <= count <= _MOST_COUNT):
+                return False
+        if in_flight is not None and not (type(in_flight) is int and abs(in_flight) <= _MOST_COUNT):
+            return False
+        for ms in (open_ms, cooling_ms):
+            if ms is not None and not (type(ms) is int and -_MOST_MS <= ms <= _MOST_MS):
+                return False
+    return True
 
 
 def _cache_figures(value: object) -> tuple[float, float, float, float] | None:

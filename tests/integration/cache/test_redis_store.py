@@ -398,3 +398,27 @@ async def test_a_claims_release_never_ends_an_outage_of_a_redis_refusing_scripts
         await admin.execute_command("ACL", "SETUSER", "default", "+@all")
         await admin.aclose()
         await s.close()
+
+
+async def test_one_keys_odd_data_fails_that_call_alone_never_the_replicas_cache(
+    redis_url: str, redis_prefix: str, raw: aioredis.Redis
+) -> None:
+    """An outside probe: a 40 MB value where an entry belongs timed out every lookup of its key
+    (the default op timeout, 50 ms), and a category's byte counter holding text failed every
+    store: each an outage, so the replica skipped its whole cache for the backoff, for as long as
+    the data stayed. Now a miss, and a store refused alone; the link stays up."""
+    store = RedisStore(redis_url, BUDGETS, prefix=redis_prefix)  # the default 50 ms op timeout
+    await store.start()
+    try:
+        await store.set("chat", "fine", VALUE, 30)
+        await raw.set(f"{redis_prefix}{{chat}}:v:huge", b"{}\n" + b"x" * (40 * 1024 * 1024))
+        for _ in range(3):
+            assert await store.get("chat", "huge") is None
+        assert store.healthy and store.errors == 0
+        assert await store.get("chat", "fine") == VALUE
+        await raw.set(f"{redis_prefix}{{chat}}:bytes", "abc")
+        await store.set("chat", "another", VALUE, 30)  # refused by Redis: that store alone
+        assert store.healthy
+        assert await store.get("chat", "fine") == VALUE  # the cache serves all along
+    finally:
+        await store.close()

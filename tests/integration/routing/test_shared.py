@@ -269,3 +269,32 @@ async def test_rows_of_other_versions_are_read_by_what_they_hold(
     peer = live_b[KEY].stats.peer
     assert peer is not None and peer.successes == 6 and peer.cache is None
     assert live_b[KEY].stats.cache_shares(pair.clock.now) is None
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        b'{"openai\\tgpt-4o": [1]}',  # too few figures
+        b"[1, 2, 3]",  # not a summary
+        b'{"openai\\tgpt-4o": [1e308, null, 1, 0, 0, null, null]}',  # a latency no replica has
+        b'{"openai\\tgpt-4o": [0.1, null, -5, 0, 0, null, null]}',  # a negative count
+        b"not json",
+    ],
+)
+async def test_a_row_no_replica_of_this_version_wrote_is_skipped_and_the_others_merged(
+    pair: Pair, redis_url: str, redis_prefix: str, row: bytes
+) -> None:
+    """One such row (another version's, or written by hand) made every replica's sync raise, four
+    times a second, and none merged any figures while it stayed (an outside probe)."""
+    clock, a, b, live_a, live_b = pair.clock, pair.a, pair.b, pair.live_a, pair.live_b
+    async with redis.asyncio.Redis.from_url(redis_url) as r:
+        now_ms = int((await r.time())[0]) * 1000
+        await r.hset(f"{redis_prefix}{{routing}}:replicas", "evil", str(now_ms).encode() + b"|" + row)
+    breaker_a = live_a[KEY].breaker
+    breaker_a.failure(clock.now)
+    breaker_a.failure(clock.now)
+    assert await a.sync() and await b.sync()
+    assert live_b[KEY].breaker.state(clock.now) is BreakerState.OPEN  # a's row merged all the same
+    assert b.skipped_rows >= 1
+    peer = live_b[KEY].stats.peer
+    assert peer is not None and (peer.latency_s is None or peer.latency_s < 3600)
