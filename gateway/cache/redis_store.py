@@ -108,7 +108,8 @@ end
 return {evicted, total, redis.call('ZCARD', KEYS[2])}
 """
 
-# KEYS: value, lru, sizes, bytes, claim.  ARGV: key, claim_ms (0: no claim).  Returns the value;
+# KEYS: value, lru, sizes, bytes, claim.  ARGV: key, claim_ms (0: no claim), longest value read
+# (the store's ``max_entry_bytes`` and a header).  Returns the value;
 # on a miss 1 when this caller claimed the fetch, 0 when another holds the claim, nil when none asked.
 # A value key of another type (a HASH someone wrote there) is a miss, not the script's WRONGTYPE
 # error: that failed the call, counted as an outage, and the replica skipped its whole cache for
@@ -117,14 +118,11 @@ return {evicted, total, redis.call('ZCARD', KEYS[2])}
 # too, without reading it: a 60 MB value put there by hand timed out every lookup of its key (the
 # op timeout, 50 ms), each an outage of the whole replica's cache, for as long as it stayed (an
 # outside probe); the answer's SET then replaces it.
-_LONGEST_VALUE = 4 * 1024 * 1024 + 64 * 1024  # MAX_ENTRY_BYTES and its header, with room
-_GET = (
-    """
+_HEADER_ROOM = 64 * 1024  # an entry's header line (provider, model, length, CRC), with room
+_GET = """
 local length = redis.pcall('STRLEN', KEYS[1])
 local value = false
-if type(length) ~= 'number' or length <= """
-    + str(_LONGEST_VALUE)
-    + """ then value = redis.pcall('GET', KEYS[1]) end
+if type(length) ~= 'number' or length <= tonumber(ARGV[3]) then value = redis.pcall('GET', KEYS[1]) end
 if type(value) == 'table' then value = false end
 if value then
   redis.call('ZADD', KEYS[2], 'XX', now, ARGV[1])
@@ -138,7 +136,6 @@ if claim_ms > 0 then
 end
 return false
 """
-)
 
 # KEYS: value, lru, sizes, bytes, claim.  ARGV: key.  Returns {bytes, entries}.
 _DELETE = """
@@ -196,6 +193,7 @@ class RedisStore:
         # back (else every replica asking for that key waited the claim's 5 s, then missed).
         self._orphans: set[str] = set()
         self._max_entry_bytes = MAX_ENTRY_BYTES if max_entry_bytes is None else max_entry_bytes
+        self._longest = self._max_entry_bytes + _HEADER_ROOM  # the longest value a lookup reads
         self._sweeps: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -255,7 +253,7 @@ class RedisStore:
 
     async def get(self, category: str, key: str) -> bytes | None:
         """The value (now the category's most recently used), or None: absent, expired, failing."""
-        result = await self._call_script("get", self._keys(category, key), [key], _value)
+        result = await self._call_script("get", self._keys(category, key), [key, 0, self._longest], _value)
         return bytes(result) if result is not None else None
 
     def get_or_claim(
@@ -303,7 +301,9 @@ class RedisStore:
 
     async def _claim_via_client(self, category: str, key: str, claim_ms: int) -> tuple[bytes | None, bool]:
         """``get_or_claim`` without a bounded pipe (Sentinel, Cluster): through ``_call``."""
-        result = await self._call_script("get", self._keys(category, key), [key, claim_ms], _lookup)
+        result = await self._call_script(
+            "get", self._keys(category, key), [key, claim_ms, self._longest], _lookup
+        )
         if isinstance(result, int):
             return None, bool(result)
         if result is None:  # failed or skipped (with a claim asked, the script never gives nil)
@@ -323,7 +323,11 @@ class RedisStore:
         self._keys(category, "")
         value, lru, sizes, total, claim = self._named[category]
         parts = [(value, True), (lru, False), (sizes, False), (total, False), (claim, True)]
-        template = ScriptTemplate(self._scripts["get"].sha, 5, [*parts, ("", True), (str(claim_ms), False)])
+        template = ScriptTemplate(
+            self._scripts["get"].sha,
+            5,
+            [*parts, ("", True), (str(claim_ms), False), (str(self._longest), False)],
+        )
         self._lookups[(category, claim_ms)] = template
         return template
 
@@ -481,7 +485,6 @@ class RedisStore:
 # by default): a 15 MB answer could be neither written nor read back in it, each try counted as a
 # Redis outage, and the whole replica served without its cache for the backoff.
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
-assert _LONGEST_VALUE > MAX_ENTRY_BYTES  # (a lookup reads every entry the gateway writes)
 _MAX_ORPHANS = 10_000  # claim keys remembered during one outage (more: they expire, CLAIM_S)
 
 
