@@ -154,9 +154,18 @@ class MessagesDoor:
                 "reasoning_effort": self._gemini_effort if sends else None,
             }
             chat = {**chat, **{name: value for name, value in extra.items() if value is not None}}
-        elif self._effort is not None and _takes_effort(target):
-            # OpenAI's own name for it (``low`` to ``max`` are all its values).
-            chat = {**chat, "reasoning_effort": self._effort}
+        elif _takes_effort(target):
+            # A reasoning model: OpenAI's refuse ``max_tokens`` ("not compatible with o-series
+            # models": a 400 for every request of this door, which requires it; an outside
+            # probe), so the bound goes as ``max_completion_tokens``, as the Responses door sends it.
+            limit = chat.get("max_tokens")
+            if limit is not None:
+                chat = {name: value for name, value in chat.items() if name != "max_tokens"}
+                chat["max_completion_tokens"] = limit
+            if self._effort is not None:
+                # OpenAI's own name for it (``low`` to ``max`` are all its values: the openai
+                # SDK's ``ReasoningEffort``).
+                chat = {**chat, "reasoning_effort": self._effort}
         return client.adapter.build_request(Endpoint.CHAT, chat, target.model)
 
     def provider_file(self) -> str | None:

@@ -145,6 +145,7 @@ def parse_chat(body: dict[str, object]) -> Generation:
     _check_strict_format(body.get("response_format"))
     _check_shapes(body)
     _check_reasoning_effort(body.get("reasoning_effort"))
+    _check_max_tokens_for(body)
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     return Generation(
         _model(body),
@@ -231,6 +232,23 @@ def _check_shapes(body: dict[str, object]) -> None:
 
 # ``reasoning_effort``: the openai SDK's ``ReasoningEffort`` (Chat Completions reference).
 _REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+
+
+# OpenAI's reasoning models (o-series, GPT-5 but its ``-chat`` variants) refuse ``max_tokens``: the
+# Chat Completions reference, "max_tokens ... is not compatible with o-series models"; the API
+# answers the 400 below (code ``unsupported_parameter``).
+_REFUSES_MAX_TOKENS = re.compile(r"^(?:[\w.-]+/)?(?:o[1-9]|gpt-5(?![\w.]*-chat))", re.IGNORECASE)
+
+
+def _check_max_tokens_for(body: dict[str, object]) -> None:
+    model = body.get("model")
+    if body.get("max_tokens") is not None and isinstance(model, str) and _REFUSES_MAX_TOKENS.match(model):
+        raise WireError(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+            "max_tokens",
+            "unsupported_parameter",
+        )
 
 
 def _check_reasoning_effort(effort: object) -> None:

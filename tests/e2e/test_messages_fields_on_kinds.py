@@ -90,6 +90,7 @@ UPSTREAM = {
     "gpt-then-claude": "claude",
     "gpt-plain": "plain",
     "gpt-plain-unsaid": "plain",
+    "o-unsaid": "plain",
     "gemini-plain": "gem",
     "gemini-unsaid": "gem",
     "gemini-25-unsaid": "gem",
@@ -142,6 +143,9 @@ def test_effort_reaches_every_kind(stack: MessagesStack, model: str, effort: str
         assert sent["output_config"] == {"effort": effort}
     elif model in ("gpt", "azure"):
         assert sent["reasoning_effort"] == effort and "output_config" not in sent
+        # A reasoning deployment's bound (OpenAI's reasoning models refuse ``max_tokens``: the
+        # fake too, for the names it knows as theirs)
+        assert sent["max_completion_tokens"] == 30000 and "max_tokens" not in sent
         path, _ = stack.last_request("gpt")
         assert path.startswith("/openai/deployments/gpt-azure/") == (model == "azure")
     else:
@@ -389,3 +393,13 @@ def test_the_fake_openai_refuses_a_reasoning_effort_openai_does_not_know(stack: 
 def _requests(stack: MessagesStack, fake: str) -> int:
     with urllib.request.urlopen(stack.fakes[fake].url + "/_fake/stats", timeout=5) as resp:
         return int(json.loads(resp.read())["requests"])
+
+
+def test_a_reasoning_model_named_so_gets_max_completion_tokens_not_max_tokens(stack: MessagesStack) -> None:
+    """Every Messages request (``max_tokens`` is required there) to an OpenAI reasoning model was
+    refused: "Unsupported parameter: 'max_tokens' is not supported with this model" (an outside
+    probe). A model that does not reason keeps ``max_tokens``."""
+    sent = _sent(stack, "o-unsaid", {})
+    assert sent["max_completion_tokens"] == 30000 and "max_tokens" not in sent
+    sent = _sent(stack, "gpt-plain-unsaid", {})
+    assert sent["max_tokens"] == 30000 and "max_completion_tokens" not in sent
