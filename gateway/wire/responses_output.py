@@ -166,6 +166,20 @@ def message_item(
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
 
 
+def unique_call_id(call_id: str, given: set[str]) -> str:
+    """``call_id``, or it with a suffix (``call_0_2``) when an earlier call of the answer has it
+    (``given``, added to): open models' servers send ``call_0`` for every call, and the openai
+    SDK's ``responses.stream()`` raised "conflicting output identities" on a second one, nor could
+    a client answer the two apart with ``function_call_output`` (an outside probe). The Messages
+    door does the same (``messages.tool_use_id``)."""
+    found, n = call_id, 1
+    while found in given:
+        n += 1
+        found = f"{call_id}_{n}"
+    given.add(found)
+    return found
+
+
 def call_item(
     ids: ResponseIds,
     index: int,
@@ -289,13 +303,14 @@ def whole_response(request: Mapping[str, Any], chat: Mapping[str, Any], ids: Res
         )
     calls = message.get("tool_calls")
     custom = custom_tool_names(request.get("tools"))
+    call_ids: set[str] = set()  # the call ids given so far (``unique_call_id``)
     for index, call in enumerate(calls if isinstance(calls, list) else []):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
             continue
         name = str(function.get("name", ""))
         if name in custom:
-            call_id = str(call.get("id") or ids.custom_call(index))
+            call_id = unique_call_id(str(call.get("id") or ids.custom_call(index)), call_ids)
             arguments = str(function.get("arguments") or "")
             output.append(custom_call_item(ids, index, call_id, name, arguments, "completed"))
             continue
@@ -303,7 +318,7 @@ def whole_response(request: Mapping[str, Any], chat: Mapping[str, Any], ids: Res
             call_item(
                 ids,
                 index,
-                str(call.get("id") or ids.call(index)),
+                unique_call_id(str(call.get("id") or ids.call(index)), call_ids),
                 str(function.get("name", "")),
                 str(function.get("arguments") or ""),
                 "completed",
@@ -323,6 +338,7 @@ class ResponsesEvents:
     ``response.in_progress``."""
 
     __slots__ = (
+        "_call_ids",
         "_calls",
         "_custom",
         "_delta_head",
@@ -360,6 +376,7 @@ class ResponsesEvents:
         self._refusal: list[str] = []
         self._parts: list[str] = []  # the open message's content parts, in order: "text", "refusal"
         self._calls: dict[int, tuple[int, JSONObject]] = {}  # chat tool index -> (output index, item)
+        self._call_ids: set[str] = set()  # the call ids given so far (``unique_call_id``)
         self._open_call: int | None = None  # chat tool index whose item is open
         # Tool calls that began while another was open, held whole until the stream ends: some
         # OpenAI-compatible providers interleave the argument deltas of parallel calls (0, 1,
@@ -555,7 +572,7 @@ class ResponsesEvents:
                 held = custom_call_item(
                     self._ids,
                     number,
-                    str(call.get("id") or self._ids.custom_call(number)),
+                    unique_call_id(str(call.get("id") or self._ids.custom_call(number)), self._call_ids),
                     name,
                     "",
                     "in_progress",
@@ -566,7 +583,7 @@ class ResponsesEvents:
             item = call_item(
                 self._ids,
                 number,
-                str(call.get("id") or self._ids.call(number)),
+                unique_call_id(str(call.get("id") or self._ids.call(number)), self._call_ids),
                 str(function.get("name") or ""),
                 "",
                 "in_progress",

@@ -283,3 +283,26 @@ def test_the_settings_a_response_object_has_are_echoed() -> None:
     plain = response_object({"model": "m"}, IDS, "m", [], "completed", None)
     assert plain["top_logprobs"] == 0 and plain["safety_identifier"] is None
     assert plain["text"] == {"format": {"type": "text"}}
+
+
+def test_repeated_call_ids_are_made_unique_whole_and_streamed() -> None:
+    """Open models' servers send ``call_0`` for every call: the openai SDK's
+    ``responses.stream()`` raised "conflicting output identities" on the second, and a client
+    could not answer the two apart (an outside probe). The second gets a suffix, as on the
+    Messages door."""
+    calls = [
+        {"id": "call_0", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"id": "call_0", "type": "function", "function": {"name": "g", "arguments": "{}"}},
+    ]
+    chat = {"model": "m", "choices": [{"message": {"tool_calls": calls}, "finish_reason": "tool_calls"}]}
+    whole = whole_response({"model": "m", "input": "hi"}, chat, IDS)
+    assert [o["call_id"] for o in whole["output"]] == ["call_0", "call_0_2"]
+    events = ResponsesEvents({"model": "m", "input": "hi"}, IDS)
+    out = b""
+    for index, call in enumerate(calls):
+        out += events.chunk({"choices": [{"delta": {"tool_calls": [{"index": index, **call}]}}]})
+    out += events.chunk({"choices": [{"delta": {}, "finish_reason": "tool_calls"}]})
+    out += events.done()
+    final = Response.model_validate(events_of(out)[-1]["response"])
+    assert [getattr(o, "call_id", None) for o in final.output] == ["call_0", "call_0_2"]
+    assert len({o.id for o in final.output}) == 2
