@@ -263,6 +263,20 @@ class KeyRing:
         if record is None:
             raise _unknown_key(key_id)
         self._forget(record)
+        # Its secret may still be let in as the one the key that replaced it keeps for a grace (a
+        # rotation with ``grace_s``): revoking the old id, as an operator whose old secret leaked
+        # does, ends that grace too. It answered "revoked" and the secret went on working until
+        # the grace ended (an outside probe).
+        now = self._clock()
+        for other in await self.store.list(record.team):
+            if (
+                other.previous_hash == record.hash
+                and other.previous_until is not None
+                and other.previous_until > now
+            ):
+                ended = await self.store.end_grace(other.key_id, now)
+                if ended is not None:
+                    self._forget(ended)
         return record
 
     async def rotate(self, key_id: str, grace_s: float = 0.0) -> tuple[str, KeyRecord]:

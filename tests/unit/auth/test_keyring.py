@@ -384,6 +384,21 @@ async def test_a_grace_ends_with_a_revocation_a_second_rotation_or_the_keys_expi
     assert await ring.authenticate(second) is None and await ring.authenticate(third) is None
 
 
+async def test_revoking_the_rotated_out_id_ends_the_grace_of_its_secret(ring: KeyRing) -> None:
+    """An operator whose old secret leaked revokes the old id: it answered "revoked" and the
+    secret went on working, as the new key, until the grace ended (an outside probe). The new
+    key and its own secret are untouched."""
+    old_secret, old = await ring.create("ops")
+    new_secret, new = await ring.rotate(old.key_id, grace_s=600.0)
+    other_secret, other = await ring.create("ops")  # another key of the team: untouched
+    assert await ring.authenticate(old_secret) is not None
+    await ring.revoke(old.key_id)
+    assert await ring.authenticate(old_secret) is None
+    assert await ring.authenticate(new_secret) is not None
+    assert await ring.authenticate(other_secret) is not None
+    assert (await ring.get(new.key_id)).revoked_at is None
+
+
 @pytest.mark.parametrize("grace_s", [-1.0, 7 * 86400.0 + 1, float("nan"), float("inf")])
 async def test_a_grace_out_of_bounds_is_refused(ring: KeyRing, grace_s: float) -> None:
     _, key = await ring.create("ops")
