@@ -419,8 +419,48 @@ def _remote(args: argparse.Namespace, method: str, path: str, body: Json | None 
         answer = call_admin(args.url, method, path, body)
     except AdminCallError as exc:
         return _fail(str(exc), 1)
+    if not _keys_view(answer):
+        # JSON, but not the gateway's (another service on the port, a proxy's page): one line,
+        # as README promises for every --url command; it was a KeyError traceback (or, with
+        # --json, printed with exit 0: an outside probe).
+        return _fail(f"{args.url} did not answer a gateway's keys view", 1)
     _print(args, answer)
     return 0
+
+
+# The fields a key of the keys API has and their JSON types (``records.key_json``) that printing
+# reads; each may be null where the key has none.
+_KEY_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "prefix": (str,),
+    "team": (str,),
+    "status": (str,),
+    "name": (str, type(None)),
+    "models": (list, type(None)),
+    "rpm": (int, type(None)),
+    "tpm": (int, type(None)),
+    "budget_usd": (int, float, type(None)),
+    "budget_period_s": (int, float, type(None)),
+    "created_at": (int, float),
+    "expires_at": (int, float, type(None)),
+}
+
+
+def _keys_view(answer: object) -> bool:
+    """Whether ``answer`` is a key, a list of keys, or a key with its secret, as the gateway's
+    ``/admin/keys`` answers them."""
+    if not isinstance(answer, dict):
+        return False
+    keys = answer.get("data") if answer.get("object") == "list" else [answer]
+    if not isinstance(keys, list):
+        return False
+    for key in keys:
+        if not isinstance(key, dict):
+            return False
+        for name, types in _KEY_FIELDS.items():
+            if name not in key or not isinstance(key[name], types) or isinstance(key[name], bool):
+                return False
+    return "secret" not in answer or isinstance(answer["secret"], str)
 
 
 def _create_body(team: str, s: KeySettings) -> Json:

@@ -297,7 +297,9 @@ class KeyRing:
             now = self._clock()
             if not old.is_active(now):
                 state = "revoked" if old.revoked_at is not None else "expired"
-                raise InvalidRequest(
+                # 409, as a change of a revoked key (``_revoked``): the key's state, not the
+                # request, is what stands in the way (it was a 400 here: an outside probe).
+                raise Conflict(
                     f"Key '{key_id}' is {state} and cannot be rotated; create a new key.",
                     param="key_id",
                     code=f"key_{state}",
@@ -525,6 +527,13 @@ class KeyRing:
         ):
             if number is not None and not (number >= 0 if field == "budget_usd" else number > 0):
                 raise InvalidRequest(f"'{field}' must be a positive number.", param=field)
+        if s.expires_in_s is not None and s.expires_in_s < 1.0:
+            # A lifetime under a second made a key expired by the time it was listed, with a
+            # success (an outside probe), as a time that has passed is refused.
+            raise InvalidRequest(
+                "'expires' must be at least 1s: a key that expires sooner is expired when it is made.",
+                param="expires",
+            )
         if s.budget_period_s is not None and s.budget_period_s < MIN_BUDGET_PERIOD_S:
             raise InvalidRequest(
                 f"'budget_period' must be at least {format_duration(MIN_BUDGET_PERIOD_S)}.",

@@ -40,6 +40,9 @@ def _answer(conn: socket.socket, mode: str) -> None:
     elif mode == "other-json":  # another service's JSON
         body = b'{"status":"up","dependencies":{"a":1},"models":{"gpt-4o":1}}'
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    elif mode == "other-list":  # a list of something else, in the keys API's envelope
+        body = b'{"object":"list","data":[{"id":5,"status":null}]}'
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     elif mode == "escapes":  # an error message that would act on the operator's terminal
         body = b'{"error":{"message":"\\u001b[2J\\u001b]0;owned\\u0007 no"}}'
         conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
@@ -63,7 +66,7 @@ def hostile() -> Iterator[dict[str, str]]:
         with conn, contextlib.suppress(OSError):
             _answer(conn, mode)
 
-    for mode in ("drip", "ssh", "endless", "other-json", "escapes"):
+    for mode in ("drip", "ssh", "endless", "other-json", "other-list", "escapes"):
         listener = socket.create_server(("127.0.0.1", 0))
         listeners.append(listener)
         threading.Thread(target=serve, args=(listener, mode), daemon=True).start()
@@ -101,10 +104,15 @@ COMMANDS = {
     "top": ("top",),
     "rollout": ("rollout", "status"),
     "explain": ("policy", "explain", str(ROOT / "routing_policies/default.yaml"), "--model", "gpt-4o"),
+    # The keys commands with --url printed a KeyError traceback for JSON not the gateway's, or
+    # with --json printed it with exit 0 (an outside probe).
+    "keys list": ("keys", "list"),
+    "keys list --json": ("keys", "list", "--json"),
+    "keys revoke": ("keys", "revoke", "key_abcdefabcdef"),
 }
 
 
-@pytest.mark.parametrize("mode", ["ssh", "endless", "other-json", "escapes"])
+@pytest.mark.parametrize("mode", ["ssh", "endless", "other-json", "other-list", "escapes"])
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_a_url_that_is_not_a_gateway_is_one_line_and_a_nonzero_exit(
     hostile: dict[str, str], command: str, mode: str

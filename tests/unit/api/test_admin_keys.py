@@ -142,7 +142,7 @@ async def test_rotate_keeps_settings_and_retires_the_old_secret(client: TestClie
     assert (await client.get("/v1/models", headers=bearer(old["secret"]))).status == 401
     assert (await client.get("/v1/models", headers=bearer(new["secret"]))).status == 200
     again = await client.post(f"/admin/keys/{old['id']}/rotate", headers=ADMIN)
-    assert again.status == 400 and (await again.json())["error"]["code"] == "key_revoked"
+    assert again.status == 409 and (await again.json())["error"]["code"] == "key_revoked"
 
 
 @pytest.mark.parametrize(

@@ -173,7 +173,7 @@ async def test_rotate_keeps_settings_and_retires_the_old_secret(ring: KeyRing, c
     assert await ring.authenticate(old_secret) is None
     caller = await ring.authenticate(new_secret)
     assert caller is not None and caller.rpm == 7 and caller.tenant == "team:research"
-    with pytest.raises(InvalidRequest) as exc:
+    with pytest.raises(Conflict) as exc:
         await ring.rotate(old.key_id)
     assert exc.value.code == "key_revoked"
 
@@ -183,7 +183,7 @@ async def test_expired_keys_are_refused_even_from_the_cache(ring: KeyRing, clock
     assert await ring.authenticate(secret) is not None
     clock.now += 3.0  # still within the 5 s cache entry, but past the key's expiry
     assert await ring.authenticate(secret) is None
-    with pytest.raises(InvalidRequest) as exc:
+    with pytest.raises(Conflict) as exc:
         await ring.rotate(record.key_id)
     assert exc.value.code == "key_expired"
 
@@ -390,7 +390,7 @@ async def test_revoking_the_rotated_out_id_ends_the_grace_of_its_secret(ring: Ke
     key and its own secret are untouched."""
     old_secret, old = await ring.create("ops")
     new_secret, new = await ring.rotate(old.key_id, grace_s=600.0)
-    other_secret, other = await ring.create("ops")  # another key of the team: untouched
+    other_secret, _ = await ring.create("ops")  # another key of the team: untouched
     assert await ring.authenticate(old_secret) is not None
     await ring.revoke(old.key_id)
     assert await ring.authenticate(old_secret) is None
@@ -663,3 +663,13 @@ async def test_a_key_that_keeps_changing_is_a_conflict_not_a_loop(
     store.meanwhile = None
     stored = await ring.get(key.key_id)
     assert stored.tpm is None and stored.revoked_at is None  # neither written
+
+
+@pytest.mark.parametrize("expires_in_s", [0.001, 1e-7, 0.999])
+async def test_a_lifetime_under_a_second_is_refused(ring: KeyRing, expires_in_s: float) -> None:
+    """It made a key expired by the time it was listed, with a success (an outside probe)."""
+    with pytest.raises(InvalidRequest) as exc:
+        await ring.create("ops", KeySettings(expires_in_s=expires_in_s))
+    assert exc.value.param == "expires"
+    _, key = await ring.create("ops", KeySettings(expires_in_s=1.0))
+    assert key.expires_at is not None
