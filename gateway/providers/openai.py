@@ -41,7 +41,23 @@ _EXTRA = "extra_content"
 _EXTRA_KEY = b'"extra_content"'  # as a JSON key; in a string value it would read \"extra_content\"
 # A choice's end in a chat or completions chunk: a finish reason that is not null.
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
+# OpenAI's reasoning models (the o-series, GPT-5 but its ``-chat`` variants; an optional
+# ``vendor/`` prefix, as compatible hosts spell them) refuse ``max_tokens`` ("not compatible with
+# o-series models": "Unsupported parameter: 'max_tokens' is not supported with this model. Use
+# 'max_completion_tokens' instead."): a chat request sends its bound as ``max_completion_tokens``
+# there, so one client's request is served by either member of a group that mixes such a model
+# with others (which take either name).
+_REFUSES_MAX_TOKENS = re.compile(r"^(?:[\w.-]+/)?(?:o[1-9]|gpt-5(?![\w.]*-chat))", re.IGNORECASE)
 
+
+
+def _as_max_completion_tokens(body: JSONObject) -> JSONObject:
+    """``body`` with its ``max_tokens`` sent as ``max_completion_tokens`` (``_REFUSES_MAX_TOKENS``);
+    one that has both keeps ``max_completion_tokens``, the newer name's."""
+    out = {name: value for name, value in body.items() if name != "max_tokens"}
+    if out.get("max_completion_tokens") is None and body["max_tokens"] is not None:
+        out["max_completion_tokens"] = body["max_tokens"]
+    return out
 
 class OpenAIAdapter:
     """Pass-through adapter for OpenAI-compatible providers."""
@@ -60,6 +76,8 @@ class OpenAIAdapter:
             return upload_request(_PATHS[endpoint], body, upstream_model)
         if body.get("model") != upstream_model:
             body = {**body, "model": upstream_model}
+        if "max_tokens" in body and endpoint is Endpoint.CHAT and _REFUSES_MAX_TOKENS.match(upstream_model):
+            body = _as_max_completion_tokens(body)
         return UpstreamRequest(
             _PATHS[endpoint], request_bytes(endpoint, body, self._keeps_extra), bool(body.get("stream"))
         )

@@ -403,3 +403,22 @@ def test_a_reasoning_model_named_so_gets_max_completion_tokens_not_max_tokens(st
     assert sent["max_completion_tokens"] == 30000 and "max_tokens" not in sent
     sent = _sent(stack, "gpt-plain-unsaid", {})
     assert sent["max_tokens"] == 30000 and "max_completion_tokens" not in sent
+
+
+def test_the_chat_door_sends_max_tokens_as_max_completion_tokens_to_openais_reasoning_models(
+    stack: MessagesStack,
+) -> None:
+    """OpenAI's reasoning models refuse ``max_tokens`` (the fake too, for their names): a chat
+    client's bound reaches them as ``max_completion_tokens``, so a group mixing them with other
+    models serves the same request on either; other models get it as sent."""
+    import openai
+
+    client = openai.OpenAI(base_url=stack.gateway.url + "/v1", api_key="k", max_retries=0)
+    for model, fake, sent_as in (
+        ("o-unsaid", "plain", "max_completion_tokens"),
+        ("gpt-plain-unsaid", "plain", "max_tokens"),
+    ):
+        answer = client.chat.completions.create(model=model, max_tokens=50, messages=ASK)
+        assert answer.choices[0].message.content
+        _, sent = stack.last_request(fake)
+        assert sent[sent_as] == 50 and len({"max_tokens", "max_completion_tokens"} & set(sent)) == 1
