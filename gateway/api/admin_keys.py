@@ -233,7 +233,9 @@ async def revoke(request: web.Request) -> web.Response:
     no longer accepted by any worker of the set."""
     ring = await _ring(request)
     target(request, key_id=_shown_id(request))
-    record = await ring.revoke(request.match_info["id"])
+    # (a peer worker's ask, a revocation or rotation made already: only its caches; the grace
+    # the old secret has on a key that replaced it is the originating worker's to end)
+    record = await ring.revoke(request.match_info["id"], end_grace=not peers.from_peer(request))
     body = key_json(record, time.time())
     target(request, **key_fields(body), revoked_at=body["revoked_at"])
     await _every_process_drops(request, record.key_id, body, "revoke")

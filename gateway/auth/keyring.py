@@ -256,9 +256,12 @@ class KeyRing:
             raise _unknown_key(key_id)
         return record
 
-    async def revoke(self, key_id: str) -> KeyRecord:
+    async def revoke(self, key_id: str, end_grace: bool = True) -> KeyRecord:
         """Revoke ``key_id`` now (revoking twice keeps the first time); ``NotFound`` if unknown.
-        This process forgets its cached lookup at once; other replicas within ``cache_s``."""
+        This process forgets its cached lookup at once; other replicas within ``cache_s``.
+        ``end_grace``: also end the grace its secret has on the key that replaced it (below);
+        False for a peer worker's part of a change made already (a rotation asks the other
+        workers to revoke the old key again, which must not end the grace it just gave)."""
         record = await self.store.revoke(key_id, self._clock()) if KEY_ID.fullmatch(key_id) else None
         if record is None:
             raise _unknown_key(key_id)
@@ -267,6 +270,8 @@ class KeyRing:
         # rotation with ``grace_s``): revoking the old id, as an operator whose old secret leaked
         # does, ends that grace too. It answered "revoked" and the secret went on working until
         # the grace ended (an outside probe).
+        if not end_grace:
+            return record
         now = self._clock()
         for other in await self.store.list(record.team):
             if (

@@ -50,7 +50,6 @@ _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 _REFUSES_MAX_TOKENS = re.compile(r"^(?:[\w.-]+/)?(?:o[1-9]|gpt-5(?![\w.]*-chat))", re.IGNORECASE)
 
 
-
 def _as_max_completion_tokens(body: JSONObject) -> JSONObject:
     """``body`` with its ``max_tokens`` sent as ``max_completion_tokens`` (``_REFUSES_MAX_TOKENS``);
     one that has both keeps ``max_completion_tokens``, the newer name's."""
@@ -58,6 +57,7 @@ def _as_max_completion_tokens(body: JSONObject) -> JSONObject:
     if out.get("max_completion_tokens") is None and body["max_tokens"] is not None:
         out["max_completion_tokens"] = body["max_tokens"]
     return out
+
 
 class OpenAIAdapter:
     """Pass-through adapter for OpenAI-compatible providers."""

@@ -137,6 +137,23 @@ def test_a_rotated_keys_old_secret_is_refused_by_every_worker_at_once(gateway: M
     assert statuses(gateway.url, graced["secret"]) == [200] * TRIES
 
 
+def test_revoking_the_rotated_out_id_refuses_its_secret_on_every_worker_at_once(
+    gateway: ManagedProcess,
+) -> None:
+    """An operator whose old secret leaked revokes the old id: the grace its secret had on the
+    new key ends (it answered revoked and the secret kept working: an outside probe), on every
+    worker; the rotation's own asks to the other workers (a revoke of the old id) do not end it."""
+    code, old = admin(gateway.url, "POST", "/admin/keys", {"team": "ops"})
+    assert code == 201, old
+    code, new = admin(gateway.url, "POST", f"/admin/keys/{old['id']}/rotate", {"grace_s": 3600})
+    assert code == 201, new
+    assert statuses(gateway.url, old["secret"]) == [200] * TRIES  # in its grace, on both workers
+    code, revoked = admin(gateway.url, "DELETE", f"/admin/keys/{old['id']}")
+    assert code == 200 and [w["result"] for w in revoked["workers"]] == ["revoked", "revoked"]
+    assert statuses(gateway.url, old["secret"]) == [401] * TRIES
+    assert statuses(gateway.url, new["secret"]) == [200] * TRIES
+
+
 @pytest.fixture
 def fake() -> Iterator[ManagedProcess]:
     proc = start(["fake-provider", "--port", "0", "--seed", "1"])
