@@ -202,7 +202,8 @@ def figures(before: Scrape, after: Scrape) -> Figures:
         client_error_rate=_ratio(client_errors, requests),
         fallback_rate=_ratio(max(fallbacks, 0.0), requests),
         cache_hit_rate=_ratio(hits, hits + misses),
-        in_flight=max(after.total(IN_FLIGHT), 0.0),
+        # (less top's own scrape, in flight while the gateway answers it)
+        in_flight=max(after.total(IN_FLIGHT) - 1.0, 0.0),
         deployments=_deployments(before, after, interval_s),
         admin_error=after.admin_error,
         deprecated=after.deprecated,

@@ -132,7 +132,13 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
         status = 500
         # Tracing off (the default): this check is all it costs (observability/tracing.py).
         span = tracer.request(request.method, endpoint, request.headers) if tracer.on else None
-        in_flight.value += 1
+        # A peer worker's ask over its Unix socket (``connection.GatewayRequestHandler.peer``:
+        # the /metrics merge, a change passed on) is not a client's request: neither in flight,
+        # nor counted, nor logged (each scrape of a set of N counted N, and its merge showed N - 1
+        # asks in flight: an outside probe). (A slot read: the protocol is the gateway's in serve.)
+        peer = getattr(request.protocol, "peer", False)
+        if not peer:
+            in_flight.value += 1
         try:
             try:
                 if hosts is not None and not hosts.allows(headers.get(hdrs.HOST, "")):
@@ -175,12 +181,8 @@ def gateway_handler(handler: Handler, endpoint: str, app: web.Application) -> Ha
                 add_gateway_headers(response.headers, rid, call)
             return response
         finally:
-            in_flight.value -= 1
-            # Not a peer worker's ask (its /metrics merge, a key change passed on: a Unix-socket
-            # connection, ``connection.GatewayRequestHandler.peer``): counted and logged, each
-            # scrape of a ``serve --workers N`` set was N requests and N - 1 lines without a
-            # client (an outside probe). (A slot read: the protocol is the gateway's in serve.)
-            if not getattr(request.protocol, "peer", False):
+            if not peer:
+                in_flight.value -= 1
                 _observe(
                     request,
                     metrics,

@@ -556,7 +556,7 @@ def test_demo_split_and_breaker_are_what_the_readme_says(tmp_path: Path) -> None
             fake.stop()
     readme_says(
         "Nearly all requests (about 97 %) go to `fake-a`",
-        "`fake-b` keeps its exploration share (`routing.exploration` / 2, 2.5 %)",
+        "`fake-b` keeps its exploration share (`routing.exploration` / 2, about 2.5-3 %)",
         "the first ones with `x-gateway-attempts: 2` and `x-gateway-fallback: true`",
         f"after {failures} failures in a row (`breaker.consecutive_failures`) fake-a's breaker opens "
         "and requests go straight to `fake-b` with `x-gateway-attempts: 1`",

@@ -239,6 +239,9 @@ def test_a_scrape_is_one_request_of_the_set_not_one_per_worker(gateway: ManagedP
     for _ in range(5):
         samples(gateway.url)
     assert scrapes() - before == 6
+    # In flight while it is answered: the scrape itself, not the other worker's part of it.
+    in_flight = [v for (name, _), v in samples(gateway.url).items() if name == "gateway_requests_in_flight"]
+    assert sum(in_flight) == 1
 
 
 def index_vectors(url: str) -> dict[str, float]:
