@@ -114,7 +114,31 @@ def semantic_scope(endpoint: str, tenant: str, body: Mapping[str, Any]) -> str:
     media = _media(body.get("messages", body.get("prompt", body.get("input"))), [])
     if media:
         kept["\x00media"] = media  # (a key no body field can have)
+    turns = _turns(body.get("messages"))
+    if turns:
+        kept["\x00turns"] = turns
     return _digest(endpoint, tenant, kept)
+
+
+def _turns(messages: object) -> list[object]:
+    """A chat's messages but their user and assistant text: each one's role, ``name``, tool calls
+    (names and arguments) and tool call id, and the system and developer messages whole. Only the
+    text is embedded, so two conversations that differed in a tool call's arguments (Paris,
+    London) or the speaker's name embedded alike (cosine 1.0: no threshold kept them apart) and
+    one got the other's answer; and a different system prompt ("answer in French", "in German")
+    was only diluted in the embedding (an outside probe). The Responses door's ``instructions``
+    was in the scope already."""
+    if not isinstance(messages, list):
+        return []
+    out: list[object] = []
+    for m in messages:
+        if not isinstance(m, dict):
+            continue
+        if m.get("role") in ("system", "developer"):
+            out.append(m)
+        else:
+            out.append({k: v for k, v in m.items() if k != "content"})
+    return out
 
 
 def _media(value: object, found: list[object]) -> list[object]:

@@ -278,6 +278,7 @@ class ResponseCache:
         tags: frozenset[str],
         variant: str = "",
         body_json: bytes | None = None,
+        internal: bool = False,
     ) -> CachePlan:
         """Decide how the cache treats this request; raises ``InvalidRequest`` for bad cache headers.
 
@@ -285,7 +286,15 @@ class ResponseCache:
         what besides the body changes the answer (a front door's ``cache_variant``: Anthropic
         betas), keyed apart. A request that cannot be cached gets its category's shared bypass
         plan (never to be changed). ``body_json``: ``orjson.dumps(body)``, when the caller made
-        it already (``may_key``)."""
+        it already (``may_key``). ``internal``: the gateway's own call (an embedding for the
+        semantic cache or the memory), cached as its tenant's, exactly, whatever the category.
+
+        Embeddings are matched exactly in every category: a semantic category answered one text
+        with another's vectors, and with a semantic default category the gateway's own
+        embedding call looked itself up semantically, embedding its text again under the same
+        key and waiting on its own single flight (a request hung for minutes). A shared category
+        does not share the gateway's own calls: a prompt's embedding cached for all let one
+        tenant time another's exact prompt (outside probes)."""
         cfg = self.config
         named = headers.get(CATEGORY_HEADER)
         if named is not None:  # (sent more than once: refused)
@@ -330,11 +339,18 @@ class ResponseCache:
             write = "no-store" not in directives
             if not (read or write):
                 return self._bypass[category]
-        if settings.shared:
+        if settings.shared and not internal:
             tenant = fingerprint.SHARED_TENANT
         scope = _SCOPES[endpoint] if not variant else f"{_SCOPES[endpoint]};{variant}"
         key = self._keys.key(scope, tenant, body, body_json)
-        if settings.semantic is None:
+        text = (
+            fingerprint.prompt_text(body)
+            if settings.semantic is not None and not internal and endpoint is not ENDPOINT_EMBEDDINGS
+            else None
+        )
+        if not (text and _has_words(text)):
+            # (an exact category's; or a prompt with no text to embed, such as a completion's
+            # token ids: every one embedded alike, and got the first one's answer)
             # An exact category's plan is never changed once made (only a semantic lookup sets
             # its ``vector``), so a repeated request shares the one made for its key: a hit builds
             # no plan (a slotted dataclass's ``__init__``: ~2.8k instructions, callgrind).
@@ -349,7 +365,7 @@ class ResponseCache:
             return plan
         plan = CachePlan(category, key, ttl_s, read, write, "miss" if read else "refresh")
         plan.scope = fingerprint.semantic_scope(scope, tenant, body)
-        plan.text = fingerprint.prompt_text(body)
+        plan.text = text
         plan.tenant = tenant
         return plan
 
@@ -415,6 +431,9 @@ class ResponseCache:
             return None
         plan.vector = await self._vector(embed, semantic.embedding_model, plan.text, plan.tenant)
         if plan.vector is None:
+            # The embedding failed: an exact miss from here on, not tried again when the answer
+            # is stored (the provider's failure, twice, made one miss wait twice its timeout).
+            plan.text = None
             return None
         near = index.nearest(plan.scope, plan.vector, semantic.threshold)
         if near is None:
@@ -569,6 +588,12 @@ class ResponseCache:
         from gateway.cache.semantic import SemanticIndex  # imported by ``reconfigure`` already
 
         return SemanticIndex.normalise(values) if values else None
+
+
+def _has_words(text: str) -> bool:
+    """Whether a prompt's text (``fingerprint.prompt_text``: ``role: content`` lines) has any
+    letter or digit beyond its role names: anything an embedding could tell apart."""
+    return any(c.isalnum() for line in text.split("\n") for c in line.partition(": ")[2])
 
 
 def _all(headers: Mapping[str, str], name: str) -> list[str]:

@@ -246,6 +246,7 @@ class RequestService:
                 tags=ctx.tags,
                 variant=variant,
                 body_json=body_json,
+                internal=not ctx.request_id,  # (``CallContext.internal``, without the call)
             )
         else:
             plan = self._cache_plan(endpoint, body, ctx, variant, door)
@@ -435,7 +436,13 @@ class RequestService:
         its answers are served in one shape only."""
         if door is None:
             return self.cache.plan(
-                endpoint, body, ctx.headers, tenant=ctx.tenant, tags=ctx.tags, variant=variant
+                endpoint,
+                body,
+                ctx.headers,
+                tenant=ctx.tenant,
+                tags=ctx.tags,
+                variant=variant,
+                internal=not ctx.request_id,
             )
         if door.cache_variant:
             variant = f"{door.cache_variant};{variant}" if variant else door.cache_variant

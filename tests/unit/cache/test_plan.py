@@ -124,3 +124,110 @@ async def test_a_semantic_prompt_is_embedded_as_its_tenants() -> None:
         plan = c.plan(Endpoint.CHAT, body, {}, tenant=tenant, tags=frozenset())
         assert await c.lookup(plan, embed) is None
     assert asked == [("m", "user: hi", "team:alpha"), ("m", "user: hi", "team:beta")]
+
+
+SEMANTIC_DEFAULT = (
+    POLICY
+    + "cache: {default_category: s, categories: {s: {ttl_s: 60, max_bytes: 1000000,"
+    + " semantic: {embedding_model: m, threshold: 0.9}},"
+    + " both: {ttl_s: 60, max_bytes: 1000000, shared: true, client_selectable: true}}}\n"
+)
+
+
+def semantic_cache() -> ResponseCache:
+    policy = parse_policy(SEMANTIC_DEFAULT)
+    return ResponseCache(policy.cache, MemoryStore(policy.cache.categories), GatewayMetrics())
+
+
+def test_embeddings_and_the_gateways_own_calls_are_matched_exactly_in_a_semantic_category() -> None:
+    """A semantic category answered one text with another's vectors, and the gateway's own
+    embedding call, looked up semantically, embedded its text again under its own key and waited
+    on its own flight (an outside probe: a chat hung for minutes)."""
+    c = semantic_cache()
+    embedding = {"model": "m", "input": "alpha beta gamma"}
+    plan = c.plan(Endpoint.EMBEDDINGS, embedding, {}, tenant="t1", tags=frozenset())
+    assert plan.scope is None and plan.text is None
+    chat = {**CHAT, "temperature": 0}
+    assert c.plan(Endpoint.CHAT, chat, {}, tenant="t1", tags=frozenset()).text == "user: hi"
+    own = c.plan(Endpoint.CHAT, chat, {}, tenant="t1", tags=frozenset(), internal=True)
+    assert own.scope is None and own.text is None
+
+
+def test_a_shared_category_does_not_share_the_gateways_own_calls() -> None:
+    """A prompt's embedding cached for every tenant let one time another's exact prompt."""
+    c = semantic_cache()
+    body = {"model": "m", "input": "Acquire Initech for 40 million dollars"}
+    header = {"x-gateway-cache-category": "both"}
+    clients = [c.plan(Endpoint.EMBEDDINGS, body, header, tenant=t, tags=frozenset()) for t in ("t1", "t2")]
+    assert clients[0].key == clients[1].key  # a client's own, in a shared category: shared
+    own = [
+        c.plan(Endpoint.EMBEDDINGS, body, header, tenant=t, tags=frozenset(), internal=True)
+        for t in ("t1", "t2")
+    ]
+    assert own[0].key != own[1].key
+
+
+def test_a_prompt_without_words_is_matched_exactly() -> None:
+    """A completion's token ids have no text: every such prompt embedded alike and got the first
+    one's answer."""
+    c = semantic_cache()
+    for prompt in ([1, 2, 3], [[5, 6], [7]]):
+        plan = c.plan(
+            Endpoint.COMPLETIONS,
+            {"model": "m", "prompt": prompt, "temperature": 0},
+            {},
+            tenant="t",
+            tags=frozenset(),
+        )
+        assert plan.scope is None and plan.text is None
+
+
+def test_tool_calls_names_and_system_prompts_keep_conversations_apart() -> None:
+    c = semantic_cache()
+
+    def scope(messages: list[dict[str, object]]) -> str | None:
+        body = {"model": "m", "temperature": 0, "messages": messages}
+        return c.plan(Endpoint.CHAT, body, {}, tenant="t", tags=frozenset()).scope
+
+    def call(city: str) -> list[dict[str, object]]:
+        tool_call = {
+            "id": "c1",
+            "type": "function",
+            "function": {"name": "weather", "arguments": f'{{"city": "{city}"}}'},
+        }
+        return [
+            {"role": "user", "content": "What's the weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [tool_call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ]
+
+    assert scope(call("Paris")) != scope(call("London"))
+    assert scope([{"role": "user", "name": "alice", "content": "hi"}]) != scope(
+        [{"role": "user", "name": "bob", "content": "hi"}]
+    )
+    long = "Tell me about the history of the city of Lyon in detail please."
+    assert scope(
+        [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": long}]
+    ) != scope([{"role": "system", "content": "Answer in German."}, {"role": "user", "content": long}])
+    # A paraphrase of the user's text is still a neighbour (the same scope).
+    assert scope([{"role": "user", "content": "How tall is Everest?"}]) == scope(
+        [{"role": "user", "content": "What is the height of Everest?"}]
+    )
+
+
+async def test_a_failed_embedding_is_not_tried_again_when_the_answer_is_stored() -> None:
+    """The provider's failure, tried at the lookup and again at the store, made one miss wait
+    twice its timeout (an outside probe)."""
+    from gateway.errors import UpstreamError
+
+    c = semantic_cache()
+    calls: list[str] = []
+
+    async def failing(model: str, text: str, tenant: str) -> list[float]:
+        calls.append(text)
+        raise UpstreamError("embeddings down")
+
+    plan = c.plan(Endpoint.CHAT, {**CHAT, "temperature": 0}, {}, tenant="t", tags=frozenset())
+    assert await c.lookup(plan, failing) is None
+    await c.store_answer(plan, CachedAnswer(b"{}", "p", "m1"), failing)
+    assert calls == ["user: hi"]
