@@ -771,11 +771,20 @@ def tool_use_id(call_id: object, used: set[str]) -> str:
     cleaned = _TOOL_ID.sub("_", call_id) if isinstance(call_id, str) else ""
     if not cleaned:
         cleaned = "toolu_" + secrets.token_hex(12)
-    found, n = cleaned, 1
-    while found in used:
+    return unique_call_id(cleaned, used)
+
+
+def unique_call_id(call_id: str, given: set[str]) -> str:
+    """``call_id``, or it with a suffix (``call_0_2``) when an earlier call of the answer has it
+    (``given``, added to): open models' servers send ``call_0`` for every call. On this door
+    Anthropic refuses repeated ``tool_use`` ids; on the Responses door the openai SDK's
+    ``responses.stream()`` raised "conflicting output identities" on a second one, nor could a
+    client answer the two apart with ``function_call_output`` (an outside probe)."""
+    found, n = call_id, 1
+    while found in given:
         n += 1
-        found = f"{cleaned}_{n}"
-    used.add(found)
+        found = f"{call_id}_{n}"
+    given.add(found)
     return found
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from gateway.wire.messages import unique_call_id
 from gateway.wire.requests import JSONObject
 from gateway.wire.responses import CUSTOM_INPUT, custom_tool_names, wants_logprobs
 
@@ -164,20 +165,6 @@ def message_item(
     if refusal:
         content.append({"type": "refusal", "refusal": refusal})
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
-
-
-def unique_call_id(call_id: str, given: set[str]) -> str:
-    """``call_id``, or it with a suffix (``call_0_2``) when an earlier call of the answer has it
-    (``given``, added to): open models' servers send ``call_0`` for every call, and the openai
-    SDK's ``responses.stream()`` raised "conflicting output identities" on a second one, nor could
-    a client answer the two apart with ``function_call_output`` (an outside probe). The Messages
-    door does the same (``messages.tool_use_id``)."""
-    found, n = call_id, 1
-    while found in given:
-        n += 1
-        found = f"{call_id}_{n}"
-    given.add(found)
-    return found
 
 
 def call_item(
