@@ -15,7 +15,8 @@ has and rewrites the common JSON Schema idioms it lacks:
 * dropped, as Gemini has no such key: ``additionalProperties``, ``$schema``, ``$id``, ``examples``,
   ``not``, ``if``/``then``/``else``, ``patternProperties``, ``strict``, ...; ``format`` unless it
   is ``enum`` or ``date-time`` (the only ones the Gemini Developer API accepts); ``enum`` whose
-  values are not all strings; ``required`` names that are not properties; empty ``properties``.
+  values are not all strings, or empty; ``required`` names that are not properties; empty
+  ``properties``. An ``enum`` without a ``type`` is a string's (Gemini's enums are strings only).
 
 So constraints such as ``additionalProperties: false`` are lost: a model may send arguments the
 schema would have refused, as with any provider that does not enforce strict schemas.
@@ -120,10 +121,15 @@ def _cleaned(node: JSONObject, walk: _Walk, expanding: frozenset[str]) -> JSONOb
             out["properties"] = {**out.get("properties", {}), **own}
         elif key == "items" and isinstance(value, dict):
             out["items"] = _clean(value, walk, expanding)
-        elif key == "enum" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        elif key == "enum" and isinstance(value, list) and value and all(isinstance(v, str) for v in value):
             out["enum"] = value
         elif key == "format" and isinstance(value, str) and value in _FORMATS:
             out["format"] = value
+    if "enum" in out and "type" not in out and "anyOf" not in out:
+        # Gemini refuses an enum on anything but a string ("function declaration enum only
+        # allowed for STRING type"), an untyped one included, which JSON Schema allows: the
+        # values are all strings (kept only then), so it is a string's (an outside probe).
+        out["type"] = "string"
     if isinstance(node.get("required"), list):
         required.extend(node["required"])
     properties = out.get("properties", {})
