@@ -232,9 +232,12 @@ class ProviderClient:
         error = self.adapter.translate_error(
             status, self.scrub_error_bytes(body), _retry_after_s(scrubbed_after), self.name
         )
-        if status in _CREDENTIAL_STATUSES or (
+        names_request = isinstance(error, UpstreamStatusError) and error.param is not None
+        if (status in _CREDENTIAL_STATUSES and not names_request) or (
             isinstance(error, UpstreamStatusError) and error.upstream_type == "authentication_error"
         ):
+            # (A 401 or 403 naming a request parameter, a file the client sent that the
+            # gateway's key may not read, is the client's: relayed, as a 404 naming one is.)
             # The gateway's key, not the client's (errors.py, note 3). The log names the
             # provider's type and code; its message, which may quote part of the key, goes nowhere.
             code = error.code if isinstance(error.code, str) else None

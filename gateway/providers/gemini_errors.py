@@ -70,6 +70,8 @@ _OPENAI_PARAMS = {
     "tool_config": "tool_choice",
     "toolConfig": "tool_choice",
 }
+# Gemini's words for a Files API file (``files/abc``) a request named.
+_CLIENT_FILE = re.compile(r"\b(?:the )?File [\w./-]+ (?:or it may not exist|is not found|does not exist)", re.IGNORECASE)
 _FIELD = re.compile(r"\b(" + "|".join(sorted(_OPENAI_PARAMS, key=len, reverse=True)) + r")\b")
 
 
@@ -110,12 +112,21 @@ def error_from_object(
     if retry_after_s is None:
         retry_after_s = _retry_delay_s(details)
     field = _FIELD.search(message) if status == 400 else None
+    param = _OPENAI_PARAMS[field.group(1)] if field is not None else None
+    if status in (403, 404) and _CLIENT_FILE.search(message):
+        # A Files API URI the client sent (expired after 48 h, or another project's): Gemini's
+        # 403 "You do not have permission to access the File abc or it may not exist", or 404
+        # "File abc is not found". The client's, named by the messages that carry it: as a 403 it
+        # read as the gateway's key refused (a 502 "the gateway's configuration", counted
+        # against the deployment, one client's stale URI cooling it for all), as a 404 as the
+        # configured model missing (an outside probe).
+        param = "messages"
     return UpstreamStatusError(
         status,
         f"{provider}: {message}" if provider else message,
         provider=provider,
         upstream_type=err_type,
-        param=_OPENAI_PARAMS[field.group(1)] if field is not None else None,
+        param=param,
         code=code_name,
         retry_after_s=retry_after_s,
         said=str(error["message"]) if error.get("message") else None,

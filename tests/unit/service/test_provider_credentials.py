@@ -164,3 +164,35 @@ async def test_a_refused_account_is_asked_once_and_another_deployment_serves(
     assert refusing.calls == 1  # more credit does not come from asking again
     response = await client.post("/v1/chat/completions", json=chat("pair"))
     assert response.status == 200 and response.headers["x-gateway-provider"] == "good"
+
+
+@pytest.mark.parametrize(
+    ("status", "google_status", "message"),
+    [
+        (
+            403,
+            "PERMISSION_DENIED",
+            "You do not have permission to access the File abc123 or it may not exist.",
+        ),
+        (404, "NOT_FOUND", "File abc123 is not found."),
+    ],
+)
+async def test_geminis_answer_about_a_file_the_client_sent_is_the_clients(
+    aiohttp_client: ClientFactory, status: int, google_status: str, message: str
+) -> None:
+    """An expired (48 h) or another project's Files API URI: Gemini's 403 read as the gateway's
+    key refused (a 502 "the gateway's configuration", counted against the deployment), its 404
+    as the configured model missing (an outside probe). Relayed as the client's, naming the
+    messages that carry the file."""
+    body = {"error": {"code": status, "message": message, "status": google_status}}
+    transports = {"gem": MockTransport(lambda r: MockResponse.json(body, status=status))}
+    app = build_app(Settings(access_log=False), parse_policy(POLICY), {"BAD_KEY": KEY}, transports=transports)
+    client = await aiohttp_client(app)
+    response = await client.post("/v1/chat/completions", json=chat("gemini"))
+    assert response.status == status
+    error = orjson.loads(await response.read())["error"]
+    assert error["param"] == "messages" and error["code"] not in (
+        "provider_auth_failed",
+        "provider_model_not_found",
+    )
+    assert "File abc123" in error["message"]
