@@ -69,6 +69,22 @@ def reusable(body: bytes | bytearray) -> bool:
     return _FILTERED.search(body) is None
 
 
+def readable_stream(body: bytes | bytearray) -> bool:
+    """Whether every event of a stream's bytes reads (its ``data`` JSON, or ``[DONE]``): an
+    OpenAI-compatible stream's content events are relayed unparsed, so one that is not JSON
+    reached the client as sent, and was stored: every identical request was then answered the
+    same broken event from the cache (an outside probe). Read once, when the answer is stored."""
+    for event in bytes(body).split(b"\n\n"):
+        data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
+        if not data or data == b"[DONE]":
+            continue
+        try:
+            orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return False
+    return True
+
+
 @dataclass(slots=True)
 class CachePlan:
     """How the cache treats one request."""

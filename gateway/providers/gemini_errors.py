@@ -71,7 +71,9 @@ _OPENAI_PARAMS = {
     "toolConfig": "tool_choice",
 }
 # Gemini's words for a Files API file (``files/abc``) a request named.
-_CLIENT_FILE = re.compile(r"\b(?:the )?File [\w./-]+ (?:or it may not exist|is not found|does not exist)", re.IGNORECASE)
+_CLIENT_FILE = re.compile(
+    r"\b(?:the )?File [\w./-]+ (?:or it may not exist|is not found|does not exist)", re.IGNORECASE
+)
 _FIELD = re.compile(r"\b(" + "|".join(sorted(_OPENAI_PARAMS, key=len, reverse=True)) + r")\b")
 
 

@@ -149,11 +149,23 @@ class WatchedStream(ABC):
     the provider said and however the chunks fell.
     """
 
-    __slots__ = ("_decoder", "_done", "_errored", "_failure", "_finishing", "_usage", "_whole")
+    __slots__ = (
+        "_decoder",
+        "_done",
+        "_errored",
+        "_failure",
+        "_finishing",
+        "_unmarked_end",
+        "_usage",
+        "_whole",
+    )
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
         self._done = False
+        # The provider's stream ended whole without its end marker (``OpenAIStreamTranslator``):
+        # ``finish`` writes the marker, unless the last bytes held it after all.
+        self._unmarked_end = False
         self._errored = False
         self._finishing = False  # an event the stream ended inside is cut short, not unreadable
         self._failure: GatewayError | None = None  # a failure seen mid-stream, raised next
@@ -198,6 +210,13 @@ class WatchedStream(ABC):
             self._watch(data)
         if self._failure is not None:
             raise self._failure
+        if not (self._done or seen_error) and self._unmarked_end:
+            # Whole, ended without the marker the provider left out, which goes out here: a
+            # client waiting for it, the cached copy's replay and the Responses door (whose
+            # ``response.completed`` it brings: that stream stopped with neither it nor an error
+            # event, an outside probe) all read a whole stream's end.
+            self._done = True
+            return self._whole.rest() + b"data: [DONE]\n\n"
         if not (self._done or seen_error):
             # Cut short: neither its end marker nor an error the client has seen (an SSE client
             # drops an event the stream ends inside). Ended quietly, the client's SDK would end
@@ -292,10 +311,10 @@ class OpenAIStreamTranslator(WatchedStream):
         if not self._done and (
             self._usage is not None or _FINISHED.search(self._prev + self._last) is not None
         ):
-            # No [DONE], but the answer's end came: its usage (sent after the last choice), or a
-            # finish reason in the last chunks; some OpenAI-compatible servers end their streams
-            # so. Whole, not cut short.
-            self._done = True
+            # No [DONE] seen yet, but the answer's end came: its usage (sent after the last
+            # choice), or a finish reason in the last chunks; some OpenAI-compatible servers end
+            # their streams so. Whole, not cut short (``WatchedStream.finish``).
+            self._unmarked_end = True
         return super().finish()
 
     def feed(self, chunk: bytes) -> bytes:

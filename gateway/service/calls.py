@@ -29,7 +29,14 @@ import orjson
 
 from gateway.auth.gate import reservation_parts
 from gateway.cache import fingerprint
-from gateway.cache.service import CachedAnswer, CacheOutcome, CachePlan, ResponseCache, reusable
+from gateway.cache.service import (
+    CachedAnswer,
+    CacheOutcome,
+    CachePlan,
+    ResponseCache,
+    readable_stream,
+    reusable,
+)
 from gateway.errors import (
     GatewayError,
     ModelNotFound,
@@ -1032,7 +1039,13 @@ class _StreamBook:
             service.shadow.mirror(route.group, shadow, endpoint, body, served, sse=True)
         answer: CachedAnswer | None = None
         try:
-            if error is None and stream.captured and _storable(self._ctx) and reusable(stream.captured):
+            if (
+                error is None
+                and stream.captured
+                and _storable(self._ctx)
+                and reusable(stream.captured)
+                and readable_stream(stream.captured)
+            ):
                 answer = CachedAnswer(bytes(stream.captured), route.target.provider, route.target.model)
                 await service.cache.store_answer(self._plan, answer, service._embed_one)
         finally:

@@ -252,3 +252,31 @@ def test_an_error_field_that_is_null_is_no_error() -> None:
     out += translator.finish()
     assert b"response.output_text.delta" in out and b"response.completed" in out
     assert translator.completed
+
+
+def test_a_chat_stream_ending_after_its_finish_reason_without_done_completes_the_response() -> None:
+    """The chat door took such a stream as whole; the Responses door stopped it after the last
+    delta with neither ``response.completed`` nor an error event, and the SDK's
+    ``get_final_response()`` raised (an outside probe)."""
+    from gateway.providers.openai import OpenAIStreamTranslator
+    from gateway.providers.responses_bridge import ChatToResponsesStream
+    from gateway.wire.responses_output import ResponseIds, ResponsesEvents
+
+    stream = ChatToResponsesStream(
+        OpenAIStreamTranslator(), ResponsesEvents({"model": "m", "input": "x"}, ResponseIds("T", 1))
+    )
+    out = stream.feed(b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"EVIL1 "}}]}\n\n')
+    out += stream.feed(b'data: {"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
+    out += stream.finish()
+    assert b"event: response.completed" in out and stream.completed
+
+
+def test_a_stored_stream_must_read_whole() -> None:
+    """A content event that is not JSON is relayed as the provider sent it (content is not
+    parsed), but the stream is not stored: it was, and every identical request was answered the
+    same broken event from the cache (an outside probe)."""
+    from gateway.cache.service import readable_stream
+
+    good = b'data: {"a":1}\n\nevent: x\ndata: {"b":\ndata: 2}\n\n: keep-alive\n\ndata: [DONE]\n\n'
+    assert readable_stream(good)
+    assert not readable_stream(b'data: {"a":1}\n\ndata: {not json\n\ndata: [DONE]\n\n')
