@@ -99,8 +99,11 @@ class ChatToResponsesStream:
                 # error) and the SDK's stream helper with a vague error: raised, the client gets
                 # the door's error event, or another deployment before anything was sent.
                 raise UpstreamBadEvent("stream: provider sent an event that is not valid JSON") from None
-            if not isinstance(event, dict) or self._errored:
-                continue  # (nothing follows an error event: the stream has ended for the client)
+            if not isinstance(event, dict) or self._errored or self._done:
+                # (nothing follows an error event, nor ``response.completed``: the stream has
+                # ended for the client; a provider going on after [DONE] made a second output
+                # item the final response did not hold, an outside probe)
+                continue
             if event.get("error") is not None:
                 # A chat error event mid-stream ends the stream with the Responses API's own
                 # ``error`` event, as the gateway's errors do: relayed as chat's bare envelope it

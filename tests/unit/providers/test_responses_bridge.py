@@ -280,3 +280,21 @@ def test_a_stored_stream_must_read_whole() -> None:
     good = b'data: {"a":1}\n\nevent: x\ndata: {"b":\ndata: 2}\n\n: keep-alive\n\ndata: [DONE]\n\n'
     assert readable_stream(good)
     assert not readable_stream(b'data: {"a":1}\n\ndata: {not json\n\ndata: [DONE]\n\n')
+
+
+def test_events_after_the_end_marker_add_nothing_after_response_completed() -> None:
+    """A provider that went on after [DONE] had its delta made a second output item after
+    ``response.completed``: the streamed text and the final response differed (an outside probe)."""
+    from gateway.providers.openai import OpenAIStreamTranslator
+    from gateway.providers.responses_bridge import ChatToResponsesStream
+    from gateway.wire.responses_output import ResponseIds, ResponsesEvents
+
+    stream = ChatToResponsesStream(
+        OpenAIStreamTranslator(), ResponsesEvents({"model": "m", "input": "x"}, ResponseIds("T", 1))
+    )
+    out = stream.feed(b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"EVIL1 "}}]}\n\n')
+    out += stream.feed(b'data: {"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
+    out += stream.feed(b"data: [DONE]\n\n")
+    after = stream.feed(b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"GARBAGE"}}]}\n\n')
+    after += stream.finish()
+    assert b"event: response.completed" in out and b"GARBAGE" not in after and stream.completed
