@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, ResponseError
 from redis.typing import EncodableT
 
 from gateway.auth.identity import Caller
@@ -90,7 +90,15 @@ from gateway.auth.limits import (
 )
 from gateway.auth.usage import DAY_S, KEPT_DAYS, UsageQuery, UsageRow, day_of
 from gateway.errors import LimitsUnavailable, UsageUnavailable
-from gateway.redis_link import FAILURES, Outage, RedisClient, probe, probe_answered, redis_client
+from gateway.redis_link import (
+    FAILURES,
+    Outage,
+    RedisClient,
+    probe,
+    probe_answered,
+    redis_client,
+    refused_on_data,
+)
 from gateway.redis_pipe import ScriptPipe, script_op
 
 if TYPE_CHECKING:
@@ -1326,6 +1334,12 @@ class RedisLimiter:
                 args += [which, entry, delta]
             correct_calls.append((self._team_windows(team), args))
         scripts = len(calls) + len(team_calls) + len(correct_calls)
+        # Each script's key as a refusal's log names it (``_refused_commands``), in reply order.
+        labels = [
+            *(k[-1] for k, _ in calls),
+            *(k[0] for k, _ in team_calls),
+            *(k[0] for k, _ in correct_calls),
+        ]
         if isinstance(client, RedisCluster):
             # A cluster pipeline does not load scripts on the nodes it reaches (NOSCRIPT): each
             # key's settlement goes on its own, all at once (it is a background flush).
@@ -1337,13 +1351,7 @@ class RedisLimiter:
                 return_exceptions=True,
             )
             failed = _refused_commands(
-                replies,
-                [
-                    *(k[-1] for k, _ in calls),
-                    *(k[0] for k, _ in team_calls),
-                    *(k[0] for k, _ in correct_calls),
-                    *(f"{self._prefix}ud:{day}" for day, _, _ in indexed),
-                ],
+                replies, [*labels, *(f"{self._prefix}ud:{day}" for day, _, _ in indexed)]
             )
             _settled([1 if i in failed else r for i, r in enumerate(replies[:scripts])], scripts)
             indexed = [row for i, row in enumerate(indexed) if scripts + i not in failed]
@@ -1365,13 +1373,8 @@ class RedisLimiter:
                 # error or a timeout still raises (the write failed: carried); a command refused
                 # on its own key (a row of another type) is that key's alone (``_refused_commands``).
                 replies = await pipe.execute(raise_on_error=False)
-            labels = [
-                *(keys[-1] for keys, _ in calls),
-                *(keys[0] for keys, _ in team_calls),
-                *(keys[0] for keys, _ in correct_calls),
-                *(f"{self._prefix}ud:{day}" for day, _, _ in indexed for _ in (0, 1)),
-            ]
-            failed = _refused_commands(replies, labels)
+            indexes = (f"{self._prefix}ud:{day}" for day, _, _ in indexed for _ in (0, 1))  # SADD, EXPIRE
+            failed = _refused_commands(replies, [*labels, *indexes])
             expected: list[Any] = [1] * scripts + [0, True] * len(indexed)
             _settled([expected[i] if i in failed else r for i, r in enumerate(replies)], scripts)
             indexed = [row for i, row in enumerate(indexed) if scripts + 2 * i not in failed]
@@ -1682,12 +1685,14 @@ def _refused_commands(replies: list[Any], labels: list[str]) -> set[int]:
     charged again every few seconds (an outside probe: a budget spent four times, limits per
     process, the link down for good). A dropped settle script is not sent again either: Redis
     keeps the writes a script made before its error. Anything else raises: NOSCRIPT (the script
-    never ran, the write is carried) and a connection error or timeout (the link is down)."""
+    never ran, the write is carried), the server's state (OOM, READONLY, LOADING: every link
+    takes those for an outage, ``redis_link``), and a connection error or timeout (the link is
+    down)."""
     failed: set[int] = set()
     for i, reply in enumerate(replies):
         if not isinstance(reply, BaseException):
             continue
-        if isinstance(reply, ResponseError) and not isinstance(reply, NoScriptError):
+        if refused_on_data(reply):  # the links' own test (``Outage.call``), not any ResponseError
             failed.add(i)
             log.warning(
                 "redis refused a command on one key of the limits; that key's part left out",

@@ -51,3 +51,15 @@ def test_the_azure_doors_requests_are_client_api_traffic() -> None:
     f = figures(look(100, 0.0), look(300, 2.0))
     assert f.requests == 220 and f.requests_per_s == 110
     assert f.error_rate == 20 / 220
+
+
+def test_tops_own_scrape_is_not_in_flight() -> None:
+    """An idle gateway showed ``in flight 1``: the scrape top was making (a newcomer's probe)."""
+    from gateway.top import Scrape, figures
+
+    def look(in_flight: int) -> Scrape:
+        text = f"# TYPE gateway_requests_in_flight gauge\ngateway_requests_in_flight {in_flight}\n"
+        return Scrape.parse(text, None, 0.0)
+
+    assert figures(look(1), look(1)).in_flight == 0
+    assert figures(look(1), look(4)).in_flight == 3
